@@ -1,0 +1,260 @@
+/*
+ * nozzle_engine.h — the one public C ABI of the Nozzle engine.
+ *
+ * The engine computes; Go (runtime/engine, through purego) parses files and
+ * decides. Every backend (libnozzle_cpu.so, libnozzle_cuda.so) exports
+ * exactly these symbols with exactly these semantics.
+ *
+ * Rules of the ABI:
+ *  - Only scalars and pointers cross it; structs are passed by pointer and
+ *    hold only 8-byte fields (int64_t, double, pointers), so there is no
+ *    padding and Go mirrors them field for field. nz_struct_size() lets Go
+ *    check the sizes at load time.
+ *  - Every call that can fail returns an int32_t status (NZ_OK or a negative
+ *    NZ_ERR_*); nz_last_error() then says why. The library never exits,
+ *    aborts or prints.
+ *  - The engine never keeps a caller pointer after a call returns: tensor
+ *    data, adapter weights and batch arrays are copied or converted into
+ *    the engine's own memory during the call.
+ *  - Calls on one engine are not concurrent: the caller serialises them
+ *    (one engine goroutine in Go). Different engines are independent.
+ *  - Row-major (C order) tensors everywhere; a linear layer's weight is
+ *    [out_features, in_features] and computes y = x·Wᵀ (+ b), as in
+ *    Hugging Face checkpoints.
+ */
+#ifndef NOZZLE_ENGINE_H
+#define NOZZLE_ENGINE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define NZ_ABI_VERSION 1
+
+/* ---- status codes ------------------------------------------------------ */
+#define NZ_OK 0
+#define NZ_ERR_INVALID (-1)     /* bad argument, shape, dtype or call order */
+#define NZ_ERR_OOM (-2)         /* host or device memory exhausted */
+#define NZ_ERR_UNSUPPORTED (-3) /* feature, dtype or processor not supported */
+#define NZ_ERR_DEVICE (-4)      /* CUDA or device failure */
+#define NZ_ERR_INTERNAL (-5)    /* a bug: an invariant did not hold */
+
+/* ---- dtypes -------------------------------------------------------------- */
+#define NZ_F32 0
+#define NZ_F16 1
+#define NZ_BF16 2
+
+/* ---- base-model tensor kinds (nz_engine_set_tensor) ------------------------
+ * Shapes (H hidden, I intermediate, V vocab, nh/nkv heads, hd head_dim):
+ *   EMBED [V,H]  LM_HEAD [V,H] (absent when tie_word_embeddings)
+ *   FINAL_NORM, ATTN_NORM, FFN_NORM [H]
+ *   Q [nh*hd,H]  K,V [nkv*hd,H]  O [H,nh*hd]
+ *   GATE,UP [I,H]  DOWN [H,I]
+ *   *_BIAS [out] (optional; Qwen2 has Q/K/V biases)
+ * Per-layer kinds take layer in [0, num_layers); the others take layer -1. */
+enum {
+	NZ_T_EMBED = 0,
+	NZ_T_LM_HEAD = 1,
+	NZ_T_FINAL_NORM = 2,
+	NZ_T_ATTN_NORM = 3,
+	NZ_T_FFN_NORM = 4,
+	NZ_T_Q = 5,
+	NZ_T_K = 6,
+	NZ_T_V = 7,
+	NZ_T_O = 8,
+	NZ_T_GATE = 9,
+	NZ_T_UP = 10,
+	NZ_T_DOWN = 11,
+	NZ_T_Q_BIAS = 12,
+	NZ_T_K_BIAS = 13,
+	NZ_T_V_BIAS = 14,
+	NZ_T_O_BIAS = 15,
+	NZ_T_GATE_BIAS = 16,
+	NZ_T_UP_BIAS = 17,
+	NZ_T_DOWN_BIAS = 18,
+	NZ_T_COUNT = 19
+};
+
+/* ---- LoRA target modules (nz_adapter_load) -------------------------------- */
+enum {
+	NZ_M_Q = 0,
+	NZ_M_K = 1,
+	NZ_M_V = 2,
+	NZ_M_O = 3,
+	NZ_M_GATE = 4,
+	NZ_M_UP = 5,
+	NZ_M_DOWN = 6,
+	NZ_M_COUNT = 7
+};
+
+/* ---- rope types ----------------------------------------------------------- */
+#define NZ_ROPE_DEFAULT 0
+#define NZ_ROPE_LINEAR 1
+#define NZ_ROPE_LLAMA3 2
+
+/* ---- engine configuration --------------------------------------------------
+ * Model fields come from config.json (Go resolves defaults and spellings);
+ * sizing fields from the runtime's configuration. 0 in a sizing field means
+ * "the backend's default". */
+typedef struct nz_config {
+	/* model */
+	int64_t vocab_size;
+	int64_t hidden_size;
+	int64_t intermediate_size;
+	int64_t num_layers;
+	int64_t num_heads;
+	int64_t num_kv_heads;
+	int64_t head_dim;
+	int64_t max_position;          /* context length in tokens */
+	double rms_norm_eps;
+	double rope_theta;
+	int64_t rope_type;             /* NZ_ROPE_* */
+	double rope_factor;            /* linear, llama3 */
+	double rope_low_freq_factor;   /* llama3 */
+	double rope_high_freq_factor;  /* llama3 */
+	int64_t rope_original_max_position; /* llama3 */
+	int64_t sliding_window;        /* 0 = none; else a query at position p sees keys at p-window+1..p */
+	int64_t sliding_window_from_layer; /* layers >= this use the window (Qwen2 max_window_layers) */
+	int64_t tie_word_embeddings;   /* 1 = logits use EMBED */
+	int64_t weight_dtype;          /* NZ_F32/F16/BF16: the dtype the engine keeps weights in */
+	/* sizing */
+	int64_t max_slots;             /* adapter slots */
+	int64_t max_rank;              /* every slot is padded to this rank */
+	int64_t kv_block_size;         /* tokens per KV block (default 16) */
+	int64_t kv_num_blocks;         /* blocks in the pool; 0 = derive from kv_memory_bytes */
+	int64_t kv_memory_bytes;       /* budget for the KV pool when kv_num_blocks is 0 */
+	int64_t max_batch_tokens;      /* most tokens one step may carry */
+	int64_t max_batch_seqs;        /* most sequences one step may carry */
+	int64_t num_threads;           /* CPU: worker threads; 0 = every core */
+	int64_t device_index;          /* CUDA device ordinal */
+	int64_t reserved[8];           /* zero */
+} nz_config;
+
+/* ---- one engine step -------------------------------------------------------
+ * A step carries n_seqs sequences; sequence i brings seq_len[i] new tokens
+ * (a prefill chunk, or 1 when decoding) whose first token sits at absolute
+ * position seq_pos[i]. Its tokens are tokens[off_i .. off_i+seq_len[i]) with
+ * off_i the sum of the earlier seq_len. Its KV cache lives in the blocks
+ * block_table[i*max_blocks .. i*max_blocks+ceil((seq_pos[i]+seq_len[i])/kv_block_size)),
+ * the Go scheduler's choice; the step writes the new tokens' keys and values
+ * there and attends over positions 0..seq_pos[i]+seq_len[i]-1.
+ *
+ * seq_slot[i] is the adapter slot (or -1 for none) applied to the sequence.
+ *
+ * When seq_sample[i] is 1 the engine samples a token from the logits of the
+ * sequence's last new token (otherwise the chunk only fills the cache):
+ * temperature[i] 0 is greedy (argmax, lowest id on ties); otherwise softmax
+ * of logits/temperature, then top_k[i] (0 = off), then top_p[i] (1 = off)
+ * over tokens ordered by probability, then a draw from a generator seeded by
+ * (seed[i], position of the sampled token) — so a sequence's draws do not
+ * depend on what else is in the batch.
+ *
+ * Outputs, for sequences with seq_sample[i] = 1 (others left untouched):
+ *   out_token[i]       the sampled token
+ *   out_logprob[i]     its log-probability under log_softmax(logits)
+ *                      (temperature 1, before any filter)
+ *   out_top_token/out_top_logprob [i*n_top .. i*n_top+n_top)
+ *                      the n_top most likely tokens and their
+ *                      log-probabilities, most likely first (n_top <= 20)
+ *   out_logits [i*vocab_size ..)  the raw logits (f32), when not NULL —
+ *                      for tests and tooling, not for serving.
+ */
+typedef struct nz_batch {
+	int64_t n_seqs;
+	int64_t n_tokens;              /* sum of seq_len */
+	const int32_t *tokens;         /* [n_tokens] */
+	const int32_t *seq_len;        /* [n_seqs] */
+	const int32_t *seq_pos;        /* [n_seqs] */
+	const int32_t *seq_slot;       /* [n_seqs] */
+	const int32_t *seq_sample;     /* [n_seqs] */
+	const int32_t *block_table;    /* [n_seqs * max_blocks] */
+	int64_t max_blocks;
+	const float *temperature;      /* [n_seqs] */
+	const float *top_p;            /* [n_seqs] */
+	const int32_t *top_k;          /* [n_seqs] */
+	const uint64_t *seed;          /* [n_seqs] */
+	int64_t n_top;
+	int32_t *out_token;            /* [n_seqs] */
+	float *out_logprob;            /* [n_seqs] */
+	int32_t *out_top_token;        /* [n_seqs * n_top] or NULL when n_top is 0 */
+	float *out_top_logprob;        /* [n_seqs * n_top] or NULL when n_top is 0 */
+	float *out_logits;             /* [n_seqs * vocab_size] or NULL */
+} nz_batch;
+
+/* nz_engine_info indices */
+#define NZ_INFO_KV_BLOCK_SIZE 0
+#define NZ_INFO_KV_NUM_BLOCKS 1
+#define NZ_INFO_WEIGHT_BYTES 2   /* base weights held by the engine */
+#define NZ_INFO_SLOT_BYTES 3     /* memory of all adapter slots */
+#define NZ_INFO_KV_BYTES 4       /* memory of the KV pool */
+#define NZ_INFO_MAX_SLOTS 5
+#define NZ_INFO_MAX_RANK 6
+#define NZ_INFO_THREADS 7        /* CPU worker threads (0 on CUDA) */
+#define NZ_INFO_COUNT 8
+
+/* nz_struct_size arguments */
+#define NZ_STRUCT_CONFIG 0
+#define NZ_STRUCT_BATCH 1
+
+typedef struct nz_engine nz_engine;
+
+/* NZ_ABI_VERSION of the library. Go refuses a library whose value differs. */
+int32_t nz_abi_version(void);
+
+/* sizeof the ABI structs (NZ_STRUCT_*), or -1 for an unknown one. */
+int64_t nz_struct_size(int32_t which);
+
+/* The message of the last failed call on this thread ("" if none). Owned by
+ * the library; valid until the next call on this thread. */
+const char *nz_last_error(void);
+
+/* Copies a short description of the backend ("cpu avx512-bf16 2 threads",
+ * "cuda NVIDIA H100 sm_90") into buf (NUL-terminated, truncated to n). */
+int32_t nz_backend_name(char *buf, int64_t n);
+
+/* Creates an engine for cfg. Weights are set next, then finalized. */
+int32_t nz_engine_create(const nz_config *cfg, nz_engine **out);
+
+/* Copies (converting to cfg->weight_dtype) one base-model tensor. shape has
+ * ndim entries and must match the kind's shape; dtype is the source dtype. */
+int32_t nz_engine_set_tensor(nz_engine *e, int32_t kind, int32_t layer, int32_t dtype,
+                             const void *data, const int64_t *shape, int32_t ndim);
+
+/* Checks every required tensor is set, allocates adapter slots and the KV
+ * pool. Steps are refused until it succeeds. */
+int32_t nz_engine_finalize(nz_engine *e);
+
+/* Fills out[0..n) with NZ_INFO_* values (n <= NZ_INFO_COUNT). */
+int32_t nz_engine_info(nz_engine *e, int64_t *out, int32_t n);
+
+/* Frees the engine and everything it holds. NULL is allowed. */
+void nz_engine_destroy(nz_engine *e);
+
+/* Loads an adapter into slot (0 <= slot < max_slots), replacing what was
+ * there: the slot is zeroed, then for each of the n entries j the module
+ * module[j] of layer layer[j] gets
+ *   A = a[j]: [rank[j], in_features]  (PEFT lora_A, dtype a_dtype[j])
+ *   B = b[j]: [out_features, rank[j]] (PEFT lora_B, dtype b_dtype[j])
+ * stored rank-padded to max_rank with B scaled by scale[j] (alpha/r or
+ * alpha/sqrt(r), resolved by Go). Modules not listed contribute nothing.
+ * rank[j] must be in 1..max_rank. The base weights are never modified. On
+ * failure the slot is left empty. */
+int32_t nz_adapter_load(nz_engine *e, int32_t slot, int32_t n,
+                        const int32_t *layer, const int32_t *module, const int32_t *rank,
+                        const float *scale,
+                        const int32_t *a_dtype, const void *const *a,
+                        const int32_t *b_dtype, const void *const *b);
+
+/* Empties a slot. */
+int32_t nz_adapter_clear(nz_engine *e, int32_t slot);
+
+/* Runs one step (see nz_batch). */
+int32_t nz_step(nz_engine *e, const nz_batch *batch);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* NOZZLE_ENGINE_H */

@@ -1,0 +1,124 @@
+package nozzle
+
+import (
+	"context"
+	"time"
+)
+
+// ModelInfo describes the base model a runtime serves.
+type ModelInfo struct {
+	ID            string `json:"id"`
+	Architecture  string `json:"architecture"`
+	ContextLength int    `json:"context_length"`
+	VocabSize     int    `json:"vocab_size"`
+	// Shapes an adapter must match.
+	HiddenSize       int `json:"hidden_size"`
+	IntermediateSize int `json:"intermediate_size"`
+	NumLayers        int `json:"num_layers"`
+	NumHeads         int `json:"num_heads"`
+	NumKVHeads       int `json:"num_kv_heads"`
+	HeadDim          int `json:"head_dim"`
+	MaxLoRARank      int `json:"max_lora_rank"`
+	// Device is "cpu" or "cuda".
+	Device    string    `json:"device"`
+	CreatedAt time.Time `json:"created_at"`
+}
+
+// ChatMessage is one message of a chat.
+type ChatMessage struct {
+	Role    string `json:"role"`
+	Content string `json:"content"`
+	Name    string `json:"name,omitempty"`
+}
+
+// GenerateRequest asks a runtime for one completion.
+type GenerateRequest struct {
+	RequestID string
+	TenantID  string
+	// Adapter is the adapter to apply, nil for the base model.
+	Adapter *Adapter
+
+	// Exactly one of Messages (chat: rendered with the model's chat
+	// template), Prompt (text) or PromptTokens (token ids) is set.
+	Messages     []ChatMessage
+	Prompt       string
+	PromptTokens []int
+
+	// MaxTokens caps completion tokens; 0 means up to the context length.
+	MaxTokens int
+	// Temperature 0 is greedy. TopP 0 or 1 and TopK 0 disable those
+	// filters. Seed makes sampling reproducible when set.
+	Temperature float64
+	TopP        float64
+	TopK        int
+	Seed        *uint64
+	// Stop sequences end the completion; they are not included in it.
+	Stop []string
+	// Logprobs asks for each token's log-probability, TopLogprobs for that
+	// many alternatives per token (at most 20).
+	Logprobs    bool
+	TopLogprobs int
+}
+
+// TokenLogprob is the log-probability of one generated token.
+type TokenLogprob struct {
+	Token   string       `json:"token"`
+	Logprob float64      `json:"logprob"`
+	Bytes   []int        `json:"bytes"`
+	Top     []TopLogprob `json:"top_logprobs"`
+}
+
+// TopLogprob is one alternative at a token position.
+type TopLogprob struct {
+	Token   string  `json:"token"`
+	Logprob float64 `json:"logprob"`
+	Bytes   []int   `json:"bytes"`
+}
+
+// Chunk is a piece of a completion as it streams: text that is complete
+// UTF-8, and the logprobs of the tokens that produced it when asked for.
+type Chunk struct {
+	Text     string
+	Logprobs []TokenLogprob
+}
+
+// Finish reasons.
+const (
+	FinishStop   = "stop"   // end of sequence or a stop sequence
+	FinishLength = "length" // max tokens or the context length reached
+)
+
+// GenerateResult is a runtime's account of a request.
+type GenerateResult struct {
+	FinishReason     string
+	PromptTokens     int
+	CompletionTokens int
+	// DeviceSeconds is the request's share of the wall time of every engine
+	// step it took part in.
+	DeviceSeconds      float64
+	QueueSeconds       float64
+	TTFTSeconds        float64
+	AdapterLoadSeconds float64
+	RuntimeID          string
+	RatePerHour        float64
+}
+
+// Generator runs completions. The gateway calls it; an in-process runtime
+// and a remote runtime client both implement it.
+type Generator interface {
+	// Info describes the base model. Returns EUNAVAILABLE until the model
+	// is loaded.
+	Info(ctx context.Context) (ModelInfo, error)
+	// Generate runs req, calling emit with each piece of text as it is
+	// produced (never concurrently). If emit returns an error, generation
+	// stops. It returns the request's account — also when generation
+	// stopped early because ctx was canceled or emit failed, with the
+	// tokens produced so far — and an error: ECONTEXTLENGTH (before any
+	// work) when the prompt does not fit, EINVALID for bad parameters,
+	// ENOTFOUND for an adapter whose files cannot be found, ECANCELED when
+	// ctx ended or emit failed, EUNAVAILABLE when the runtime cannot take
+	// work, EINTERNAL when the runtime failed.
+	Generate(ctx context.Context, req *GenerateRequest, emit func(Chunk) error) (*GenerateResult, error)
+	// AdapterTier says where an adapter's weights are right now.
+	AdapterTier(ctx context.Context, sha256 string) Tier
+}

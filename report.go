@@ -1,0 +1,111 @@
+package nozzle
+
+import (
+	"context"
+	"time"
+)
+
+// Report group keys.
+const (
+	GroupHour    = "hour"
+	GroupDay     = "day"
+	GroupAdapter = "adapter"
+	GroupTenant  = "tenant"
+)
+
+// Idle-time policies: who carries the cost of the model kept warm while no
+// step runs.
+const (
+	IdleProrata  = "prorata"  // spread over tenants by active share in the period
+	IdleOperator = "operator" // left with the operator
+)
+
+// ReportQuery selects and groups usage for a report.
+type ReportQuery struct {
+	// TenantID limits the report to one tenant; empty means every tenant
+	// (the operator's report).
+	TenantID string
+	// AdapterName limits the report to one adapter of the tenant.
+	AdapterName string
+	// Start is inclusive, End exclusive; both are truncated to the hour.
+	Start, End time.Time
+	// GroupBy lists group keys (GroupHour, GroupDay, GroupAdapter,
+	// GroupTenant); empty means one row.
+	GroupBy []string
+}
+
+// ReportRow is the usage and cost of one group (or the total).
+type ReportRow struct {
+	// Group fields; zero when not grouped by them.
+	Time        time.Time `json:"time,omitzero"` // start of the hour or day
+	TenantID    string    `json:"tenant_id,omitempty"`
+	TenantName  string    `json:"tenant,omitempty"`
+	AdapterID   string    `json:"adapter_id,omitempty"`
+	AdapterName string    `json:"adapter,omitempty"`
+
+	Requests         int64 `json:"requests"`
+	PromptTokens     int64 `json:"prompt_tokens"`
+	CompletionTokens int64 `json:"completion_tokens"`
+	// DeviceSeconds is active device time; IdleSeconds the share of idle
+	// time allocated to the group.
+	DeviceSeconds float64 `json:"device_seconds"`
+	IdleSeconds   float64 `json:"idle_seconds"`
+	// ActiveCostUSD + IdleCostUSD = CostUSD: the group's share of the
+	// GPU's cost.
+	ActiveCostUSD float64 `json:"active_cost_usd"`
+	IdleCostUSD   float64 `json:"idle_cost_usd"`
+	CostUSD       float64 `json:"cost_usd"`
+	// ChargedUSD is what was charged at the prices in force; MarginUSD is
+	// ChargedUSD − CostUSD.
+	ChargedUSD float64 `json:"charged_usd"`
+	MarginUSD  float64 `json:"margin_usd"`
+	// DedicatedUSD is what an always-on dedicated GPU would have cost over
+	// the period (per adapter for adapter rows); SavingPercent compares
+	// CostUSD with it.
+	DedicatedUSD  float64 `json:"dedicated_usd"`
+	SavingPercent float64 `json:"saving_percent"`
+}
+
+// Report is a usage and cost report over a period.
+type Report struct {
+	Start      time.Time   `json:"start"`
+	End        time.Time   `json:"end"`
+	GroupBy    []string    `json:"group_by"`
+	IdlePolicy string      `json:"idle_policy"`
+	Rows       []ReportRow `json:"data"`
+	Total      ReportRow   `json:"total"`
+	// GPU is the capacity side of the period: filled in operator reports.
+	GPU *GPUSummary `json:"gpu,omitempty"`
+	// Outbox is the Stripe outbox state: filled in operator reports.
+	Outbox *OutboxState `json:"outbox,omitempty"`
+}
+
+// GPUSummary is runtimes' capacity over a report's period.
+type GPUSummary struct {
+	UptimeSeconds float64 `json:"uptime_seconds"`
+	ActiveSeconds float64 `json:"active_seconds"`
+	IdleSeconds   float64 `json:"idle_seconds"`
+	Utilization   float64 `json:"utilization"` // ActiveSeconds / UptimeSeconds
+	CostUSD       float64 `json:"cost_usd"`
+	// IdleCostUSD is the cost of idle time; OperatorIdleUSD the part of it
+	// not allocated to tenants (all of it under the operator policy).
+	IdleCostUSD     float64 `json:"idle_cost_usd"`
+	OperatorIdleUSD float64 `json:"operator_idle_usd"`
+}
+
+// OutboxState summarises the Stripe outbox.
+type OutboxState struct {
+	Enabled    bool      `json:"enabled"`
+	Pending    int       `json:"pending"`
+	Sent       int       `json:"sent"`
+	Failing    int       `json:"failing"`
+	LastError  string    `json:"last_error,omitempty"`
+	LastSentAt time.Time `json:"last_sent_at,omitzero"`
+}
+
+// Reporter produces usage and cost reports.
+type Reporter interface {
+	// Report returns the report for q. Returns EINVALID for a bad period or
+	// an unknown group key.
+	Report(ctx context.Context, q ReportQuery) (*Report, error)
+}

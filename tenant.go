@@ -1,0 +1,102 @@
+package nozzle
+
+import (
+	"context"
+	"time"
+)
+
+// Tenant is a customer of the pool: a company with API keys, adapters and a
+// share of the GPU bill.
+type Tenant struct {
+	ID        string    `json:"id"`
+	Name      string    `json:"name"`
+	CreatedAt time.Time `json:"created_at"`
+	// Suspended tenants are refused on every request (403).
+	Suspended bool `json:"suspended"`
+	// MonthlyBudgetUSD caps what the tenant can be charged in a calendar
+	// month (UTC); 0 means no cap.
+	MonthlyBudgetUSD float64 `json:"monthly_budget_usd"`
+	// Limits are the default per-key limits for the tenant's keys.
+	Limits Limits `json:"limits"`
+	// StripeCustomerID is the tenant's Stripe customer, once created.
+	StripeCustomerID string `json:"stripe_customer_id,omitempty"`
+}
+
+// Validate reports whether the tenant's fields are acceptable.
+func (t *Tenant) Validate() error {
+	if t.Name == "" {
+		return Errorf(EINVALID, "Tenant name is required.").WithParam("name")
+	}
+	if len(t.Name) > 100 {
+		return Errorf(EINVALID, "Tenant name must be at most 100 characters.").WithParam("name")
+	}
+	if t.MonthlyBudgetUSD < 0 {
+		return Errorf(EINVALID, "Monthly budget must not be negative.").WithParam("monthly_budget_usd")
+	}
+	return t.Limits.Validate()
+}
+
+// Limits are per-key request and token rates. Zero means unlimited.
+type Limits struct {
+	RequestsPerMinute int `json:"requests_per_minute"`
+	TokensPerMinute   int `json:"tokens_per_minute"`
+}
+
+// Validate reports whether the limits are acceptable.
+func (l Limits) Validate() error {
+	if l.RequestsPerMinute < 0 || l.TokensPerMinute < 0 {
+		return Errorf(EINVALID, "Limits must not be negative.").WithParam("limits")
+	}
+	return nil
+}
+
+// Price is what a tenant is charged per million tokens.
+type Price struct {
+	PromptPerMillionUSD     float64 `json:"prompt_per_million_usd"`
+	CompletionPerMillionUSD float64 `json:"completion_per_million_usd"`
+}
+
+// Charge returns the price of the given token counts.
+func (p Price) Charge(promptTokens, completionTokens int64) float64 {
+	return (float64(promptTokens)*p.PromptPerMillionUSD + float64(completionTokens)*p.CompletionPerMillionUSD) / 1e6
+}
+
+// PriceVersion is a price in force from a point in time. TenantID is empty
+// for the default price list.
+type PriceVersion struct {
+	TenantID      string    `json:"tenant_id,omitempty"`
+	Price         Price     `json:"price"`
+	EffectiveFrom time.Time `json:"effective_from"`
+}
+
+// TenantUpdate changes some fields of a tenant; nil fields stay as they are.
+type TenantUpdate struct {
+	Name             *string  `json:"name,omitempty"`
+	Suspended        *bool    `json:"suspended,omitempty"`
+	MonthlyBudgetUSD *float64 `json:"monthly_budget_usd,omitempty"`
+	Limits           *Limits  `json:"limits,omitempty"`
+	StripeCustomerID *string  `json:"stripe_customer_id,omitempty"`
+}
+
+// TenantService stores tenants and their prices.
+type TenantService interface {
+	// CreateTenant stores a new tenant, filling ID and CreatedAt.
+	// Returns ECONFLICT if the name is taken, EINVALID if it fails Validate.
+	CreateTenant(ctx context.Context, t *Tenant) error
+	// Tenant returns a tenant by ID. Returns ENOTFOUND if there is none.
+	Tenant(ctx context.Context, id string) (*Tenant, error)
+	// Tenants returns every tenant, ordered by creation.
+	Tenants(ctx context.Context) ([]*Tenant, error)
+	// UpdateTenant applies upd. Returns ENOTFOUND if there is no such tenant.
+	UpdateTenant(ctx context.Context, id string, upd TenantUpdate) (*Tenant, error)
+
+	// SetPrice puts a price in force from the given time for a tenant, or
+	// for everyone when tenantID is empty.
+	SetPrice(ctx context.Context, tenantID string, p Price, from time.Time) error
+	// PriceAt returns the price in force for a tenant at a time: the
+	// tenant's override if one is in force, else the default.
+	PriceAt(ctx context.Context, tenantID string, at time.Time) (Price, error)
+	// Prices returns the price history of a tenant (or of the default list
+	// when tenantID is empty), oldest first.
+	Prices(ctx context.Context, tenantID string) ([]PriceVersion, error)
+}

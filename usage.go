@@ -1,0 +1,101 @@
+package nozzle
+
+import (
+	"context"
+	"time"
+)
+
+// Usage event statuses.
+const (
+	UsageOK       = "ok"       // finished normally
+	UsageCanceled = "canceled" // the client went away; tokens produced are charged
+	UsageFailed   = "failed"   // the runtime failed; nothing is charged
+)
+
+// UsageEvent is the ledger's record of one request. Exactly one event exists
+// per RequestID.
+type UsageEvent struct {
+	RequestID   string    `json:"request_id"`
+	TenantID    string    `json:"tenant_id"`
+	KeyID       string    `json:"key_id,omitempty"`
+	AdapterID   string    `json:"adapter_id,omitempty"` // empty for the base model
+	AdapterName string    `json:"adapter,omitempty"`
+	Model       string    `json:"model"`
+	RuntimeID   string    `json:"runtime_id,omitempty"`
+	Status      string    `json:"status"`
+	Time        time.Time `json:"time"` // when the request finished
+
+	PromptTokens     int64 `json:"prompt_tokens"`
+	CompletionTokens int64 `json:"completion_tokens"`
+
+	// DeviceSeconds is the request's share of every engine step it took
+	// part in; QueueSeconds, TTFTSeconds and AdapterLoadSeconds are
+	// latencies for the operator.
+	DeviceSeconds      float64 `json:"device_seconds"`
+	QueueSeconds       float64 `json:"queue_seconds"`
+	TTFTSeconds        float64 `json:"ttft_seconds"`
+	AdapterLoadSeconds float64 `json:"adapter_load_seconds"`
+	// RatePerHour is the runtime's cost rate (the operator's GPU price) when
+	// the request ran.
+	RatePerHour float64 `json:"rate_per_hour"`
+
+	// ChargeUSD is what the tenant is charged, set by the ledger from the
+	// price in force at Time (zero for failed requests).
+	ChargeUSD float64 `json:"charge_usd"`
+
+	// Response, when set, is stored with the event so that a retried
+	// request with the same idempotency key is answered from the ledger.
+	Response []byte `json:"-"`
+}
+
+// Ledger is the durable usage ledger.
+type Ledger interface {
+	// RecordUsage durably stores ev (fsynced when it returns) and updates
+	// the rollups in the same transaction. A RequestID already stored is
+	// not stored again: RecordUsage then returns duplicate=true and fills
+	// ev from the stored event.
+	RecordUsage(ctx context.Context, ev *UsageEvent) (duplicate bool, err error)
+	// Usage returns the event stored for a request. Returns ENOTFOUND if
+	// there is none.
+	Usage(ctx context.Context, requestID string) (*UsageEvent, error)
+}
+
+// BudgetService reserves budget at admission so that concurrent requests
+// cannot overspend a tenant's monthly budget.
+type BudgetService interface {
+	// ReserveBudget reserves usd against the tenant's budget for the
+	// current month. Returns EQUOTA (with RetryAfter set to the start of
+	// next month) if the reservation would exceed the budget. The returned
+	// release function must be called once the request's usage has been
+	// recorded (or the request abandoned); it is safe to call twice.
+	ReserveBudget(ctx context.Context, tenantID string, usd float64) (release func(), err error)
+}
+
+// CapacityInterval is a stretch of a runtime's life: how long it was up,
+// how much of that it spent running engine steps, and its cost rate.
+// ActiveSeconds + IdleSeconds equals End − Start.
+type CapacityInterval struct {
+	RuntimeID     string    `json:"runtime_id"`
+	Seq           uint64    `json:"seq"` // increasing per runtime; (RuntimeID, Seq) is unique
+	Start         time.Time `json:"start"`
+	End           time.Time `json:"end"`
+	ActiveSeconds float64   `json:"active_seconds"`
+	IdleSeconds   float64   `json:"idle_seconds"`
+	RatePerHour   float64   `json:"rate_per_hour"`
+}
+
+// CapacitySource reports a runtime's closed capacity intervals.
+type CapacitySource interface {
+	// CapacityIntervals returns closed intervals with Seq > after, oldest
+	// first.
+	CapacityIntervals(ctx context.Context, after uint64) ([]CapacityInterval, error)
+}
+
+// CapacityLedger stores runtimes' capacity intervals.
+type CapacityLedger interface {
+	// RecordCapacity stores intervals; an interval already stored (same
+	// RuntimeID and Seq) is skipped.
+	RecordCapacity(ctx context.Context, intervals []CapacityInterval) error
+	// LastCapacitySeq returns the highest Seq stored for a runtime.
+	LastCapacitySeq(ctx context.Context, runtimeID string) (uint64, error)
+}
