@@ -219,7 +219,9 @@ int32_t nz_backend_name(char *buf, int64_t n);
 int32_t nz_engine_create(const nz_config *cfg, nz_engine **out);
 
 /* Copies (converting to cfg->weight_dtype) one base-model tensor. shape has
- * ndim entries and must match the kind's shape; dtype is the source dtype. */
+ * ndim entries and must match the kind's shape; dtype is the source dtype.
+ * Allowed after nz_engine_finalize too: it then replaces the tensor (the
+ * classic merge-and-swap baseline of the benchmarks uses this). */
 int32_t nz_engine_set_tensor(nz_engine *e, int32_t kind, int32_t layer, int32_t dtype,
                              const void *data, const int64_t *shape, int32_t ndim);
 
@@ -253,6 +255,13 @@ int32_t nz_adapter_clear(nz_engine *e, int32_t slot);
 
 /* Runs one step (see nz_batch). */
 int32_t nz_step(nz_engine *e, const nz_batch *batch);
+
+/* Tooling: measures the memory read bandwidth the backend's own threads
+ * reach over a buffer of `bytes` bytes, read `iters` times (host memory on
+ * CPU, device memory on CUDA), and stores it in *out_bytes_per_sec. The
+ * benchmarks divide the engine's weight-read rate by this figure. */
+int32_t nz_bench_read_bandwidth(int64_t bytes, int32_t iters, int32_t num_threads,
+                                double *out_bytes_per_sec);
 
 #ifdef __cplusplus
 }
