@@ -1,0 +1,23 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"io"
+)
+
+var errNotWired = errors.New("this command is not wired yet")
+
+func runServer(ctx context.Context, cmd string, args []string, stdout, stderr io.Writer) error {
+	return errNotWired
+}
+func runReport(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	return errNotWired
+}
+func runBackup(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	return errNotWired
+}
+func runLedger(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	return errNotWired
+}
+func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) error { return errNotWired }

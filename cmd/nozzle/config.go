@@ -1,0 +1,377 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"reflect"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/BurntSushi/toml"
+)
+
+// Config is the one configuration of the nozzle binary. Every field is a
+// key of the TOML config file, an environment variable NOZZLE_<KEY> and a
+// flag --<key> (underscores become dashes). Precedence, lowest first:
+// built-in defaults, the config file (--config or NOZZLE_CONFIG), the
+// environment, flags.
+type Config struct {
+	Addr      string `key:"addr" help:"address to listen on (serve, gateway: HTTP API; runtime: internal API)"`
+	Data      string `key:"data" help:"data folder: ledger, adapter store, demo model"`
+	Model     string `key:"model" help:"Hugging Face model folder to serve (default: the built-in demo model, generated into the data folder)"`
+	Device    string `key:"device" help:"engine device: auto, cpu or cuda"`
+	EngineLib string `key:"engine_lib" help:"path of the engine library (default: next to the binary, then ./build)"`
+
+	AdminToken    Secret `key:"admin_token" help:"operator token for /admin (default: generated into DATA/admin-token)"`
+	InternalToken Secret `key:"internal_token" help:"shared token between gateway and runtimes (default: generated into DATA/internal-token)"`
+	LogFormat     string `key:"log_format" help:"log format: auto (text on a terminal, else JSON), text or json"`
+	LogLevel      string `key:"log_level" help:"log level: debug, info, warn or error"`
+
+	// Runtime.
+	RuntimeID      string  `key:"runtime_id" help:"name of this runtime in usage and cost reports"`
+	RatePerHour    float64 `key:"rate_per_hour" help:"cost of this runtime's machine in USD per hour (the GPU price)"`
+	Slots          int     `key:"slots" help:"adapter slots on the device"`
+	MaxRank        int     `key:"max_rank" help:"largest LoRA rank accepted (slots are padded to it; at most 256)"`
+	KVMemoryMB     int     `key:"kv_memory_mb" help:"memory for the KV cache in MiB"`
+	MaxBatchTokens int     `key:"max_batch_tokens" help:"most tokens in one engine step (prefill chunks and decodes)"`
+	MaxBatchSeqs   int     `key:"max_batch_seqs" help:"most sequences in one engine step"`
+	Threads        int     `key:"threads" help:"CPU engine threads (0: every core)"`
+	HostCacheMB    int     `key:"host_cache_mb" help:"host memory for adapters kept ready in MiB"`
+	PrefillWeight  float64 `key:"prefill_weight" help:"work weight of a prompt token when splitting a step's time"`
+	DecodeWeight   float64 `key:"decode_weight" help:"work weight of a generated token when splitting a step's time"`
+	GatewayURL     string  `key:"gateway_url" help:"runtime: the gateway's URL, where adapter files are fetched from"`
+
+	// Gateway.
+	Upstreams      []string      `key:"upstreams" help:"gateway: comma-separated URLs of remote runtimes"`
+	UploadLimitMB  int           `key:"upload_limit_mb" help:"largest adapter upload in MiB"`
+	RequestTimeout time.Duration `key:"request_timeout" help:"longest a completion may run"`
+
+	// Billing.
+	IdlePolicy           string  `key:"idle_policy" help:"who carries idle GPU time: prorata or operator"`
+	PricePrompt          float64 `key:"price_prompt" help:"default price in USD per million prompt tokens"`
+	PriceCompletion      float64 `key:"price_completion" help:"default price in USD per million completion tokens"`
+	DedicatedRatePerHour float64 `key:"dedicated_rate_per_hour" help:"hourly price of a dedicated GPU, for the saving shown to tenants (default: rate_per_hour)"`
+	StripeKey            Secret  `key:"stripe_key" help:"Stripe secret key; enables metered billing"`
+	StripeAPIURL         string  `key:"stripe_api_url" help:"Stripe API URL (for stripe-mock)"`
+	StripeMeterPrompt    string  `key:"stripe_meter_prompt" help:"Stripe meter event name for prompt tokens"`
+	StripeMeterComp      string  `key:"stripe_meter_completion" help:"Stripe meter event name for completion tokens"`
+}
+
+// DefaultConfig returns the built-in defaults.
+func DefaultConfig() Config {
+	return Config{
+		Addr:              "127.0.0.1:8080",
+		Data:              "./data",
+		Device:            "auto",
+		LogFormat:         "auto",
+		LogLevel:          "info",
+		RuntimeID:         "local",
+		RatePerHour:       2.0,
+		Slots:             8,
+		MaxRank:           64,
+		KVMemoryMB:        512,
+		MaxBatchTokens:    512,
+		MaxBatchSeqs:      64,
+		HostCacheMB:       1024,
+		PrefillWeight:     1,
+		DecodeWeight:      1,
+		UploadLimitMB:     2048,
+		RequestTimeout:    10 * time.Minute,
+		IdlePolicy:        "prorata",
+		PricePrompt:       0.10,
+		PriceCompletion:   0.30,
+		StripeMeterPrompt: "nozzle_prompt_tokens",
+		StripeMeterComp:   "nozzle_completion_tokens",
+	}
+}
+
+// Validate reports the first unacceptable value, naming its key.
+func (c *Config) Validate() error {
+	switch c.Device {
+	case "auto", "cpu", "cuda":
+	default:
+		return fmt.Errorf("device %q: want auto, cpu or cuda", c.Device)
+	}
+	switch c.LogFormat {
+	case "auto", "text", "json":
+	default:
+		return fmt.Errorf("log_format %q: want auto, text or json", c.LogFormat)
+	}
+	switch c.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		return fmt.Errorf("log_level %q: want debug, info, warn or error", c.LogLevel)
+	}
+	switch c.IdlePolicy {
+	case "prorata", "operator":
+	default:
+		return fmt.Errorf("idle_policy %q: want prorata or operator", c.IdlePolicy)
+	}
+	if c.Addr == "" {
+		return errors.New("addr is empty")
+	}
+	if c.Data == "" {
+		return errors.New("data is empty")
+	}
+	if c.Slots < 1 || c.Slots > 1024 {
+		return fmt.Errorf("slots %d: want 1 to 1024", c.Slots)
+	}
+	if c.MaxRank < 1 || c.MaxRank > 256 {
+		return fmt.Errorf("max_rank %d: want 1 to 256", c.MaxRank)
+	}
+	for _, f := range []struct {
+		key string
+		v   float64
+	}{{"rate_per_hour", c.RatePerHour}, {"price_prompt", c.PricePrompt}, {"price_completion", c.PriceCompletion}, {"dedicated_rate_per_hour", c.DedicatedRatePerHour}} {
+		if f.v < 0 {
+			return fmt.Errorf("%s %g: must not be negative", f.key, f.v)
+		}
+	}
+	if c.PrefillWeight <= 0 || c.DecodeWeight <= 0 {
+		return errors.New("prefill_weight and decode_weight must be positive")
+	}
+	for _, f := range []struct {
+		key string
+		v   int
+	}{{"kv_memory_mb", c.KVMemoryMB}, {"max_batch_tokens", c.MaxBatchTokens}, {"max_batch_seqs", c.MaxBatchSeqs}, {"host_cache_mb", c.HostCacheMB}, {"upload_limit_mb", c.UploadLimitMB}} {
+		if f.v < 1 {
+			return fmt.Errorf("%s %d: must be positive", f.key, f.v)
+		}
+	}
+	if c.Threads < 0 {
+		return fmt.Errorf("threads %d: must not be negative", c.Threads)
+	}
+	if c.RequestTimeout <= 0 {
+		return fmt.Errorf("request_timeout %v: must be positive", c.RequestTimeout)
+	}
+	return nil
+}
+
+// Secret is a string that never shows itself in logs or config dumps.
+type Secret string
+
+// String redacts the secret.
+func (s Secret) String() string {
+	if s == "" {
+		return ""
+	}
+	return "[redacted]"
+}
+
+// LogValue redacts the secret in slog output.
+func (s Secret) LogValue() any { return s.String() }
+
+// field is one configuration key bound to a Config field.
+type field struct {
+	key, help string
+	v         reflect.Value
+}
+
+func (c *Config) fields() []field {
+	rv := reflect.ValueOf(c).Elem()
+	rt := rv.Type()
+	out := make([]field, 0, rt.NumField())
+	for i := 0; i < rt.NumField(); i++ {
+		f := rt.Field(i)
+		key := f.Tag.Get("key")
+		if key == "" {
+			continue
+		}
+		out = append(out, field{key: key, help: f.Tag.Get("help"), v: rv.Field(i)})
+	}
+	return out
+}
+
+// FlagName is the flag of a key: "max_rank" → "max-rank".
+func FlagName(key string) string { return strings.ReplaceAll(key, "_", "-") }
+
+// EnvName is the environment variable of a key: "max_rank" → "NOZZLE_MAX_RANK".
+func EnvName(key string) string { return "NOZZLE_" + strings.ToUpper(key) }
+
+// set parses s into the field.
+func (f field) set(s string) error {
+	switch p := f.v.Addr().Interface().(type) {
+	case *string:
+		*p = s
+	case *Secret:
+		*p = Secret(s)
+	case *int:
+		n, err := strconv.Atoi(strings.TrimSpace(s))
+		if err != nil {
+			return fmt.Errorf("%s: %q is not a whole number", f.key, s)
+		}
+		*p = n
+	case *float64:
+		x, err := strconv.ParseFloat(strings.TrimSpace(s), 64)
+		if err != nil {
+			return fmt.Errorf("%s: %q is not a number", f.key, s)
+		}
+		*p = x
+	case *bool:
+		b, err := strconv.ParseBool(strings.TrimSpace(s))
+		if err != nil {
+			return fmt.Errorf("%s: %q is not true or false", f.key, s)
+		}
+		*p = b
+	case *time.Duration:
+		d, err := time.ParseDuration(strings.TrimSpace(s))
+		if err != nil {
+			return fmt.Errorf("%s: %q is not a duration like 90s or 10m", f.key, s)
+		}
+		*p = d
+	case *[]string:
+		*p = nil
+		for _, part := range strings.Split(s, ",") {
+			if part = strings.TrimSpace(part); part != "" {
+				*p = append(*p, part)
+			}
+		}
+	default:
+		return fmt.Errorf("%s: unsupported type %T", f.key, p)
+	}
+	return nil
+}
+
+// setValue sets the field from a decoded TOML value.
+func (f field) setValue(v any) error {
+	switch x := v.(type) {
+	case string:
+		return f.set(x)
+	case int64:
+		switch f.v.Kind() {
+		case reflect.Int, reflect.Float64:
+			return f.set(strconv.FormatInt(x, 10))
+		}
+	case float64:
+		if f.v.Kind() == reflect.Float64 {
+			f.v.SetFloat(x)
+			return nil
+		}
+	case bool:
+		if f.v.Kind() == reflect.Bool {
+			f.v.SetBool(x)
+			return nil
+		}
+	case []any:
+		if f.v.Type() == reflect.TypeOf([]string(nil)) {
+			parts := make([]string, 0, len(x))
+			for _, e := range x {
+				s, ok := e.(string)
+				if !ok {
+					return fmt.Errorf("%s: want a list of strings", f.key)
+				}
+				parts = append(parts, s)
+			}
+			return f.set(strings.Join(parts, ","))
+		}
+	}
+	return fmt.Errorf("%s: a %T value does not fit here", f.key, v)
+}
+
+// ReadConfigFile applies a TOML config file to c. Unknown keys are errors.
+func (c *Config) ReadConfigFile(path string) error {
+	buf, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("config file: %w", err)
+	}
+	var m map[string]any
+	if _, err := toml.Decode(string(buf), &m); err != nil {
+		return fmt.Errorf("config file %s: %w", path, err)
+	}
+	byKey := map[string]field{}
+	for _, f := range c.fields() {
+		byKey[f.key] = f
+	}
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		f, ok := byKey[k]
+		if !ok {
+			return fmt.Errorf("config file %s: unknown key %q", path, k)
+		}
+		if err := f.setValue(m[k]); err != nil {
+			return fmt.Errorf("config file %s: %w", path, err)
+		}
+	}
+	return nil
+}
+
+// ApplyEnv applies NOZZLE_* environment variables found by lookup.
+func (c *Config) ApplyEnv(lookup func(string) (string, bool)) error {
+	for _, f := range c.fields() {
+		if s, ok := lookup(EnvName(f.key)); ok {
+			if err := f.set(s); err != nil {
+				return fmt.Errorf("environment %s: %w", EnvName(f.key), err)
+			}
+		}
+	}
+	return nil
+}
+
+// Load builds the configuration of a command from defaults, the config
+// file, the environment and args (flags), in that order of precedence, and
+// returns the remaining positional arguments.
+func Load(name string, args []string, lookup func(string) (string, bool), stderr io.Writer) (Config, []string, error) {
+	c := DefaultConfig()
+	fs := flag.NewFlagSet("nozzle "+name, flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	configPath := fs.String("config", "", "TOML config file (env NOZZLE_CONFIG)")
+	// Flags are checked against a scratch config while parsing, then
+	// replayed on top of file and environment so that they win.
+	type setting struct{ key, value string }
+	var flagged []setting
+	scratch := DefaultConfig()
+	for _, f := range scratch.fields() {
+		f := f
+		fs.Func(FlagName(f.key), f.help+" (env "+EnvName(f.key)+")", func(s string) error {
+			flagged = append(flagged, setting{f.key, s})
+			return f.set(s)
+		})
+	}
+	fs.Usage = func() {} // a bad flag is one line of error, not a page of usage
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintf(stderr, "Usage: nozzle %s [flags]\n\nFlags (each also a config-file key and an environment variable NOZZLE_<KEY>):\n", name)
+			fs.SetOutput(stderr)
+			fs.PrintDefaults()
+		}
+		return c, nil, err
+	}
+	if *configPath == "" {
+		if p, ok := lookup("NOZZLE_CONFIG"); ok {
+			*configPath = p
+		}
+	}
+	if *configPath != "" {
+		if err := c.ReadConfigFile(*configPath); err != nil {
+			return c, nil, err
+		}
+	}
+	if err := c.ApplyEnv(lookup); err != nil {
+		return c, nil, err
+	}
+	byKey := map[string]field{}
+	for _, f := range c.fields() {
+		byKey[f.key] = f
+	}
+	for _, s := range flagged {
+		if err := byKey[s.key].set(s.value); err != nil {
+			return c, nil, err
+		}
+	}
+	if c.DedicatedRatePerHour == 0 {
+		c.DedicatedRatePerHour = c.RatePerHour
+	}
+	if err := c.Validate(); err != nil {
+		return c, nil, err
+	}
+	return c, fs.Args(), nil
+}

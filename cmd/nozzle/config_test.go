@@ -1,0 +1,90 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func env(m map[string]string) func(string) (string, bool) {
+	return func(k string) (string, bool) { v, ok := m[k]; return v, ok }
+}
+
+func TestLoad_Precedence(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "nozzle.toml")
+	os.WriteFile(file, []byte(`
+addr = "0.0.0.0:9000"
+slots = 4
+max_rank = 32
+upstreams = ["http://a:1", "http://b:2"]
+request_timeout = "30s"
+rate_per_hour = 3
+`), 0o600)
+
+	c, rest, err := Load("serve", []string{"--config", file, "--slots", "16", "extra"},
+		env(map[string]string{"NOZZLE_SLOTS": "12", "NOZZLE_MAX_RANK": "16", "NOZZLE_ADMIN_TOKEN": "s3cret"}), os.Stderr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := c.Addr, "0.0.0.0:9000"; got != want { // file over default
+		t.Errorf("Addr=%q, want %q", got, want)
+	}
+	if got, want := c.MaxRank, 16; got != want { // env over file
+		t.Errorf("MaxRank=%d, want %d", got, want)
+	}
+	if got, want := c.Slots, 16; got != want { // flag over env and file
+		t.Errorf("Slots=%d, want %d", got, want)
+	}
+	if got, want := strings.Join(c.Upstreams, ","), "http://a:1,http://b:2"; got != want {
+		t.Errorf("Upstreams=%q, want %q", got, want)
+	}
+	if c.RequestTimeout != 30*time.Second || c.RatePerHour != 3 {
+		t.Errorf("RequestTimeout=%v RatePerHour=%v", c.RequestTimeout, c.RatePerHour)
+	}
+	if c.DedicatedRatePerHour != 3 {
+		t.Errorf("DedicatedRatePerHour=%v, want the runtime rate", c.DedicatedRatePerHour)
+	}
+	if string(c.AdminToken) != "s3cret" || c.AdminToken.String() != "[redacted]" {
+		t.Errorf("AdminToken=%q shown as %q", string(c.AdminToken), c.AdminToken.String())
+	}
+	if len(rest) != 1 || rest[0] != "extra" {
+		t.Errorf("rest=%v", rest)
+	}
+}
+
+func TestLoad_Errors(t *testing.T) {
+	dir := t.TempDir()
+	bad := filepath.Join(dir, "bad.toml")
+	os.WriteFile(bad, []byte("addr = \n"), 0o600)
+	unknown := filepath.Join(dir, "unknown.toml")
+	os.WriteFile(unknown, []byte("slotz = 3\n"), 0o600)
+	wrongType := filepath.Join(dir, "type.toml")
+	os.WriteFile(wrongType, []byte("slots = \"many\"\n"), 0o600)
+
+	for _, tt := range []struct {
+		name string
+		args []string
+		env  map[string]string
+		want string
+	}{
+		{"UnknownFlag", []string{"--nope"}, nil, "flag provided but not defined: -nope"},
+		{"BadInt", []string{"--slots", "x"}, nil, `slots: "x" is not a whole number`},
+		{"BadDevice", []string{"--device", "tpu"}, nil, `device "tpu": want auto, cpu or cuda`},
+		{"BadEnv", nil, map[string]string{"NOZZLE_MAX_RANK": "big"}, "environment NOZZLE_MAX_RANK"},
+		{"RankTooLarge", []string{"--max-rank", "512"}, nil, "max_rank 512: want 1 to 256"},
+		{"FileSyntax", []string{"--config", bad}, nil, "config file " + bad},
+		{"FileUnknownKey", []string{"--config", unknown}, nil, `unknown key "slotz"`},
+		{"FileWrongType", []string{"--config", wrongType}, nil, `slots: "many" is not a whole number`},
+		{"FileMissing", []string{"--config", filepath.Join(dir, "none.toml")}, nil, "no such file"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			_, _, err := Load("serve", tt.args, env(tt.env), os.Stderr)
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("err=%v, want it to contain %q", err, tt.want)
+			}
+		})
+	}
+}
