@@ -1,0 +1,342 @@
+package runtime
+
+import (
+	"container/list"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	nozzle "github.com/nozzle-ai/nozzle"
+)
+
+// hostEntry is one adapter in (or on its way into) host memory.
+type hostEntry struct {
+	sha     string
+	ready   chan struct{} // closed once loading ended
+	a       hostAdapter   // set when loaded
+	err     error         // set when loading failed
+	size    int64
+	loadDur time.Duration
+	refs    int // engine copies in flight; an entry with refs is not closed
+	elem    *list.Element
+	evicted bool // out of the LRU; closed once refs reach zero
+}
+
+func (e *hostEntry) loaded() bool {
+	select {
+	case <-e.ready:
+		return e.err == nil
+	default:
+		return false
+	}
+}
+
+// hostCache is the middle tier: adapters parsed into host memory, kept in
+// LRU order within a byte budget. Loads from the source (disk, or the
+// gateway in remote mode) run on their own goroutines, a few at a time,
+// so that they never stall an engine step.
+type hostCache struct {
+	ctx    context.Context
+	src    AdapterSource
+	load   adapterLoader
+	budget int64
+	wake   func()
+	log    *slog.Logger
+	m      *runtimeMetrics
+
+	sem chan struct{}
+
+	mu       sync.Mutex
+	used     int64
+	entries  map[string]*hostEntry
+	lru      *list.List        // of *hostEntry, most recent first
+	onDevice map[string]bool   // adapters in an engine slot, for AdapterTier
+	wg       sync.WaitGroup
+}
+
+func newHostCache(ctx context.Context, src AdapterSource, load adapterLoader, budget int64, loaders int, wake func(), log *slog.Logger, m *runtimeMetrics) *hostCache {
+	return &hostCache{
+		ctx: ctx, src: src, load: load, budget: budget, wake: wake, log: log, m: m,
+		sem:      make(chan struct{}, max(1, loaders)),
+		entries:  map[string]*hostEntry{},
+		lru:      list.New(),
+		onDevice: map[string]bool{},
+	}
+}
+
+// tier says where an adapter is.
+func (c *hostCache) tier(sha string) nozzle.Tier {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.onDevice[sha] {
+		return nozzle.TierDevice
+	}
+	if e := c.entries[sha]; e != nil && e.loaded() {
+		return nozzle.TierHost
+	}
+	return nozzle.TierDisk
+}
+
+func (c *hostCache) setOnDevice(sha string, on bool) {
+	c.mu.Lock()
+	if on {
+		c.onDevice[sha] = true
+	} else {
+		delete(c.onDevice, sha)
+	}
+	c.mu.Unlock()
+}
+
+// prefetch starts bringing an adapter into host memory, unless it is there
+// or on its way, and returns its entry.
+func (c *hostCache) prefetch(sha string) *hostEntry {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if e := c.entries[sha]; e != nil {
+		if e.elem != nil {
+			c.lru.MoveToFront(e.elem)
+		}
+		return e
+	}
+	e := &hostEntry{sha: sha, ready: make(chan struct{})}
+	c.entries[sha] = e
+	c.wg.Add(1)
+	go c.fill(e)
+	return e
+}
+
+func (c *hostCache) fill(e *hostEntry) {
+	defer c.wg.Done()
+	select {
+	case c.sem <- struct{}{}:
+	case <-c.ctx.Done():
+		c.finish(e, nil, 0, nozzle.Errorf(nozzle.EUNAVAILABLE, "The runtime is shutting down."))
+		return
+	}
+	t0 := time.Now()
+	a, err := c.loadFromSource(e.sha)
+	d := time.Since(t0)
+	<-c.sem
+	c.finish(e, a, d, err)
+}
+
+func (c *hostCache) loadFromSource(sha string) (hostAdapter, error) {
+	if c.src == nil {
+		return nil, nozzle.Errorf(nozzle.ENOTFOUND, "Adapter %s is not available on this runtime.", shortSHA(sha)).WithReason("model_not_found")
+	}
+	dir, err := c.src.AdapterDir(c.ctx, sha)
+	if err != nil {
+		return nil, err
+	}
+	a, err := c.load(dir)
+	if err != nil {
+		if nozzle.AsError(err) != nil {
+			return nil, err
+		}
+		return nil, nozzle.Errorf(nozzle.EINTERNAL, "Internal error.").Wrap(fmt.Errorf("load adapter %s: %w", shortSHA(sha), err))
+	}
+	return a, nil
+}
+
+func (c *hostCache) finish(e *hostEntry, a hostAdapter, d time.Duration, err error) {
+	c.mu.Lock()
+	if err != nil {
+		e.err = err
+		// Forget failures so that a later request tries again.
+		if c.entries[e.sha] == e {
+			delete(c.entries, e.sha)
+		}
+		close(e.ready)
+		c.mu.Unlock()
+		if nozzle.ErrorCode(err) == nozzle.EINTERNAL {
+			c.log.Error("adapter load failed", "sha256", e.sha, "err", err)
+		}
+		c.wake()
+		return
+	}
+	e.a, e.size, e.loadDur = a, a.SizeBytes(), d
+	e.elem = c.lru.PushFront(e)
+	c.used += e.size
+	close(e.ready)
+	evicted := c.evictLocked(e)
+	c.mu.Unlock()
+	c.m.adapterLoads.With(string(nozzle.TierHost)).Inc()
+	c.m.adapterLoadSeconds.With(string(nozzle.TierHost)).Observe(d.Seconds())
+	for _, x := range evicted {
+		x.a.Close()
+	}
+	c.wake()
+}
+
+// evictLocked drops least recently used entries, other than keep, until
+// the cache fits its budget. It returns entries to close.
+func (c *hostCache) evictLocked(keep *hostEntry) []*hostEntry {
+	var out []*hostEntry
+	for el := c.lru.Back(); el != nil && c.used > c.budget; {
+		e := el.Value.(*hostEntry)
+		prev := el.Prev()
+		if e != keep {
+			c.lru.Remove(el)
+			e.elem = nil
+			e.evicted = true
+			c.used -= e.size
+			delete(c.entries, e.sha)
+			c.m.adapterEvictions.With(string(nozzle.TierHost)).Inc()
+			if e.refs == 0 {
+				out = append(out, e)
+			}
+		}
+		el = prev
+	}
+	return out
+}
+
+// acquire returns a loaded adapter and holds it until release, so that it
+// is not closed while the engine copies it.
+func (c *hostCache) acquire(e *hostEntry) hostAdapter {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e.refs++
+	if e.elem != nil {
+		c.lru.MoveToFront(e.elem)
+	}
+	return e.a
+}
+
+func (c *hostCache) release(e *hostEntry) {
+	c.mu.Lock()
+	e.refs--
+	closeIt := e.refs == 0 && e.evicted
+	c.mu.Unlock()
+	if closeIt {
+		e.a.Close()
+	}
+}
+
+// residentBytes returns the host memory in use.
+func (c *hostCache) residentBytes() int64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.used
+}
+
+// close waits for loads in flight and frees every entry.
+func (c *hostCache) close() {
+	c.wg.Wait()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for el := c.lru.Front(); el != nil; el = el.Next() {
+		e := el.Value.(*hostEntry)
+		if e.refs == 0 {
+			e.a.Close()
+		}
+	}
+	c.lru.Init()
+	c.entries = map[string]*hostEntry{}
+	c.used = 0
+}
+
+// slot is one engine adapter slot, as the scheduler tracks it.
+type slot struct {
+	sha      string // "" when empty
+	pins     int    // running sequences using it
+	lastUse  uint64 // scheduler tick of the last pin
+	draining bool   // no new sequence may pin it; it goes to a waiting adapter
+	loadedAt time.Time
+	loadDur  time.Duration
+}
+
+// slotTable tracks the engine's adapter slots. Engine goroutine only.
+type slotTable struct {
+	slots []slot
+	where map[string]int // sha → slot index
+}
+
+func newSlotTable(n int) *slotTable {
+	return &slotTable{slots: make([]slot, n), where: map[string]int{}}
+}
+
+func (t *slotTable) lookup(sha string) (int, bool) {
+	i, ok := t.where[sha]
+	return i, ok
+}
+
+// victim returns the slot to load a new adapter into: an empty one, else
+// the least recently used slot that no running sequence uses, draining
+// slots first. It returns -1 when every slot is pinned.
+func (t *slotTable) victim() int {
+	best := -1
+	for i := range t.slots {
+		s := &t.slots[i]
+		if s.sha == "" {
+			return i
+		}
+		if s.pins > 0 {
+			continue
+		}
+		if best < 0 || (s.draining && !t.slots[best].draining) ||
+			(s.draining == t.slots[best].draining && s.lastUse < t.slots[best].lastUse) {
+			best = i
+		}
+	}
+	return best
+}
+
+// drainCandidate returns the pinned slot to drain for a waiting adapter:
+// the one with the fewest pins, least recently used on ties, or -1.
+func (t *slotTable) drainCandidate() int {
+	best := -1
+	for i := range t.slots {
+		s := &t.slots[i]
+		if s.draining || s.sha == "" {
+			continue
+		}
+		if best < 0 || s.pins < t.slots[best].pins ||
+			(s.pins == t.slots[best].pins && s.lastUse < t.slots[best].lastUse) {
+			best = i
+		}
+	}
+	return best
+}
+
+func (t *slotTable) draining() int {
+	n := 0
+	for i := range t.slots {
+		if t.slots[i].draining {
+			n++
+		}
+	}
+	return n
+}
+
+func (t *slotTable) used() int {
+	n := 0
+	for i := range t.slots {
+		if t.slots[i].sha != "" {
+			n++
+		}
+	}
+	return n
+}
+
+func (t *slotTable) pinned() int {
+	n := 0
+	for i := range t.slots {
+		if t.slots[i].pins > 0 {
+			n++
+		}
+	}
+	return n
+}
+
+func shortSHA(sha string) string {
+	if len(sha) > 12 {
+		return sha[:12]
+	}
+	return sha
+}
+
+var errClosed = errors.New("runtime closed")

@@ -1,0 +1,442 @@
+package runtime
+
+import (
+	"context"
+	"strings"
+
+	nozzle "github.com/nozzle-ai/nozzle"
+)
+
+// Generate runs one completion: it tokenizes the request (the chat
+// template for messages), checks it against the context length and the
+// KV cache before any work, queues it, and streams its text to emit as
+// the engine samples tokens. See nozzle.Generator for the contract.
+func (r *Runtime) Generate(ctx context.Context, req *nozzle.GenerateRequest, emit func(nozzle.Chunk) error) (*nozzle.GenerateResult, error) {
+	res := &nozzle.GenerateResult{RuntimeID: r.opts.RuntimeID, RatePerHour: r.opts.RatePerHour}
+	if err := r.enter(); err != nil {
+		return res, err
+	}
+	defer r.inflight.Done()
+
+	q, err := r.prepare(req)
+	if q != nil {
+		res.PromptTokens = q.nPrompt
+	}
+	if err != nil {
+		return res, err
+	}
+	if err := ctx.Err(); err != nil {
+		return res, nozzle.Errorf(nozzle.ECANCELED, "The request was canceled.").Wrap(err)
+	}
+	if q.sha != "" {
+		r.countLookup(q.sha)
+		q.host = r.cache.prefetch(q.sha)
+		q.hostWaited = !q.host.loaded()
+	}
+	q.arrived = r.clock()
+	r.sched.submit(q)
+	return r.stream(ctx, q, req, res, emit)
+}
+
+func (r *Runtime) countLookup(sha string) {
+	switch r.cache.tier(sha) {
+	case nozzle.TierDevice:
+		r.m.adapterHits.With(string(nozzle.TierDevice)).Inc()
+	case nozzle.TierHost:
+		r.m.adapterMisses.With(string(nozzle.TierDevice)).Inc()
+		r.m.adapterHits.With(string(nozzle.TierHost)).Inc()
+	default:
+		r.m.adapterMisses.With(string(nozzle.TierDevice)).Inc()
+		r.m.adapterMisses.With(string(nozzle.TierHost)).Inc()
+	}
+}
+
+// prepare validates req and turns it into a sequence. Every error it
+// returns comes before any work.
+func (r *Runtime) prepare(req *nozzle.GenerateRequest) (*sequence, error) {
+	if err := r.validate(req); err != nil {
+		return nil, err
+	}
+	prompt, param, err := r.promptTokens(req)
+	if err != nil {
+		return nil, err
+	}
+	q := &sequence{
+		id:          r.nextID.Add(1),
+		tenantID:    req.TenantID,
+		nPrompt:     len(prompt),
+		slot:        -1,
+		temperature: float32(req.Temperature),
+		topP:        float32(req.TopP),
+		topK:        int32(req.TopK),
+		out:         newMailbox(),
+	}
+	if q.topP <= 0 || q.topP > 1 {
+		q.topP = 1
+	}
+	if req.Seed != nil {
+		q.seed = *req.Seed
+	} else {
+		q.seed = randomSeed()
+	}
+	if req.Logprobs || req.TopLogprobs > 0 {
+		q.nTop = req.TopLogprobs
+	}
+	if req.Adapter != nil {
+		q.sha = req.Adapter.SHA256
+	}
+
+	n := r.info.ContextLength
+	what := "in the messages"
+	if param == "prompt" {
+		what = "in your prompt"
+	}
+	if req.MaxTokens > 0 && len(prompt)+req.MaxTokens > n {
+		return q, contextError(n, len(prompt), req.MaxTokens, what, param)
+	}
+	if len(prompt) >= n {
+		return q, contextError(n, len(prompt), 1, what, param)
+	}
+	q.maxTokens = req.MaxTokens
+	// What one request can hold in the KV cache.
+	poolTokens := r.sched.pool.n * r.sched.pool.size
+	if q.maxTokens == 0 {
+		q.maxTokens = min(n, poolTokens) - len(prompt)
+	}
+	if len(prompt)+max(q.maxTokens, 1) > poolTokens {
+		return q, nozzle.Errorf(nozzle.ECONTEXTLENGTH,
+			"This runtime can hold at most %d tokens for one request. However, you requested %d tokens (%d %s, %d in the completion). Please reduce the length of the %s or completion.",
+			poolTokens, len(prompt)+max(q.maxTokens, 1), len(prompt), what, max(q.maxTokens, 1), paramNoun(param)).
+			WithParam(param).WithReason("context_length_exceeded")
+	}
+	q.tokens = make([]int32, len(prompt), len(prompt)+min(q.maxTokens, 256))
+	for i, id := range prompt {
+		q.tokens[i] = int32(id)
+	}
+	return q, nil
+}
+
+func contextError(n, prompt, completion int, what, param string) error {
+	return nozzle.Errorf(nozzle.ECONTEXTLENGTH,
+		"This model's maximum context length is %d tokens. However, you requested %d tokens (%d %s, %d in the completion). Please reduce the length of the %s or completion.",
+		n, prompt+completion, prompt, what, completion, paramNoun(param)).
+		WithParam(param).WithReason("context_length_exceeded")
+}
+
+func paramNoun(param string) string {
+	if param == "messages" {
+		return "messages"
+	}
+	return "prompt"
+}
+
+func (r *Runtime) validate(req *nozzle.GenerateRequest) error {
+	given := 0
+	if req.Messages != nil {
+		given++
+	}
+	if req.Prompt != "" {
+		given++
+	}
+	if req.PromptTokens != nil {
+		given++
+	}
+	if given > 1 {
+		return nozzle.Errorf(nozzle.EINVALID, "Give exactly one of messages, prompt or prompt tokens.").WithParam("prompt")
+	}
+	switch {
+	case !finiteIn(req.Temperature, 0, 2):
+		return nozzle.Errorf(nozzle.EINVALID, "temperature must be between 0 and 2.").WithParam("temperature")
+	case !finiteIn(req.TopP, 0, 1):
+		return nozzle.Errorf(nozzle.EINVALID, "top_p must be between 0 and 1.").WithParam("top_p")
+	case req.TopK < 0:
+		return nozzle.Errorf(nozzle.EINVALID, "top_k must not be negative.").WithParam("top_k")
+	case req.MaxTokens < 0:
+		return nozzle.Errorf(nozzle.EINVALID, "max_tokens must not be negative.").WithParam("max_tokens")
+	case req.TopLogprobs < 0 || req.TopLogprobs > 20:
+		return nozzle.Errorf(nozzle.EINVALID, "top_logprobs must be between 0 and 20.").WithParam("top_logprobs")
+	case len(req.Stop) > 16:
+		return nozzle.Errorf(nozzle.EINVALID, "At most 16 stop sequences are allowed.").WithParam("stop")
+	}
+	for _, s := range req.Stop {
+		if s == "" {
+			return nozzle.Errorf(nozzle.EINVALID, "Stop sequences must not be empty.").WithParam("stop")
+		}
+	}
+	if a := req.Adapter; a != nil {
+		if !isSHA256(a.SHA256) {
+			return nozzle.Errorf(nozzle.EINVALID, "The adapter has no valid content address.").WithParam("model")
+		}
+		if a.Rank > r.opts.MaxRank {
+			return nozzle.Errorf(nozzle.EINVALID, "Adapter %q has rank %d; this runtime serves ranks up to %d.", a.Name, a.Rank, r.opts.MaxRank).WithParam("model")
+		}
+	}
+	return nil
+}
+
+// promptTokens tokenizes the request as Hugging Face does: a chat is
+// rendered with the chat template (generation prompt added) and encoded
+// without adding special tokens again; a text prompt is encoded with them
+// (BOS); token ids are used as given.
+func (r *Runtime) promptTokens(req *nozzle.GenerateRequest) ([]int, string, error) {
+	switch {
+	case req.Messages != nil:
+		if len(req.Messages) == 0 {
+			return nil, "messages", nozzle.Errorf(nozzle.EINVALID, "messages must not be empty.").WithParam("messages")
+		}
+		text, err := r.codec.ChatPrompt(req.Messages)
+		if err != nil {
+			if e := nozzle.AsError(err); e != nil {
+				return nil, "messages", err
+			}
+			return nil, "messages", nozzle.Errorf(nozzle.EINVALID, "The messages cannot be rendered with the model's chat template: %s.", strings.TrimSuffix(err.Error(), ".")).WithParam("messages").Wrap(err)
+		}
+		ids, err := r.codec.Encode(text, false)
+		if err != nil {
+			return nil, "messages", nozzle.Errorf(nozzle.EINVALID, "The messages cannot be tokenized.").WithParam("messages").Wrap(err)
+		}
+		if len(ids) == 0 {
+			return nil, "messages", nozzle.Errorf(nozzle.EINVALID, "The messages are empty.").WithParam("messages")
+		}
+		return ids, "messages", nil
+	case req.PromptTokens != nil:
+		if len(req.PromptTokens) == 0 {
+			return nil, "prompt", nozzle.Errorf(nozzle.EINVALID, "The prompt is empty.").WithParam("prompt")
+		}
+		for _, id := range req.PromptTokens {
+			if id < 0 || id >= r.info.VocabSize {
+				return nil, "prompt", nozzle.Errorf(nozzle.EINVALID, "Token id %d is out of range: the vocabulary has %d tokens.", id, r.info.VocabSize).WithParam("prompt")
+			}
+		}
+		return req.PromptTokens, "prompt", nil
+	default:
+		ids, err := r.codec.Encode(req.Prompt, true)
+		if err != nil {
+			return nil, "prompt", nozzle.Errorf(nozzle.EINVALID, "The prompt cannot be tokenized.").WithParam("prompt").Wrap(err)
+		}
+		if len(ids) == 0 {
+			return nil, "prompt", nozzle.Errorf(nozzle.EINVALID, "The prompt is empty.").WithParam("prompt")
+		}
+		return ids, "prompt", nil
+	}
+}
+
+func isSHA256(s string) bool {
+	if len(s) != 64 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
+			return false
+		}
+	}
+	return true
+}
+
+// stream follows q's events: it turns tokens into text, holds back text
+// that could still start a stop sequence, emits complete UTF-8 chunks, and
+// returns q's account once the engine goroutine has freed everything.
+func (r *Runtime) stream(ctx context.Context, q *sequence, req *nozzle.GenerateRequest, res *nozzle.GenerateResult, emit func(nozzle.Chunk) error) (*nozzle.GenerateResult, error) {
+	ts := &textStream{dec: r.codec.NewStreamDecoder(), stops: req.Stop, logprobs: req.Logprobs || req.TopLogprobs > 0}
+	var (
+		stopped   bool  // no more text goes out
+		stopAt    = -1  // completion tokens when a stop sequence matched
+		cancelErr error // why the request ended early
+		consumed  int
+		evs       []seqEvent
+	)
+	done := ctx.Done()
+	for {
+		select {
+		case <-q.out.signal:
+		case <-done:
+			done = nil
+			if !stopped {
+				stopped = true
+				cancelErr = nozzle.Errorf(nozzle.ECANCELED, "The request was canceled.").Wrap(ctx.Err())
+				r.sched.cancel(q, cancelClient)
+			}
+		}
+		evs = q.out.take(evs)
+		for i := range evs {
+			ev := &evs[i]
+			if ev.final {
+				return r.settle(q, ts, ev, res, stopped, stopAt, cancelErr, emit)
+			}
+			if stopped {
+				continue
+			}
+			consumed++
+			if ev.eos {
+				continue
+			}
+			chunk, matched := ts.add(r.codec, ev)
+			if chunk.Text != "" || len(chunk.Logprobs) > 0 {
+				if err := emit(chunk); err != nil {
+					stopped = true
+					cancelErr = nozzle.Errorf(nozzle.ECANCELED, "The request was canceled.").Wrap(err)
+					r.sched.cancel(q, cancelClient)
+					continue
+				}
+			}
+			if matched {
+				stopped = true
+				stopAt = consumed
+				r.sched.cancel(q, cancelStop)
+			}
+		}
+	}
+}
+
+// settle turns the final event into the request's result.
+func (r *Runtime) settle(q *sequence, ts *textStream, ev *seqEvent, res *nozzle.GenerateResult, stopped bool, stopAt int, cancelErr error, emit func(nozzle.Chunk) error) (*nozzle.GenerateResult, error) {
+	acct := ev.res
+	acct.RuntimeID, acct.RatePerHour = res.RuntimeID, res.RatePerHour
+	switch {
+	case cancelErr != nil:
+		acct.FinishReason = ""
+		return &acct, cancelErr
+	case stopAt >= 0:
+		acct.FinishReason = nozzle.FinishStop
+		acct.CompletionTokens = stopAt
+		return &acct, nil
+	case ev.err != nil:
+		return &acct, ev.err
+	}
+	chunk, matched := ts.flush(r.codec)
+	if matched {
+		acct.FinishReason = nozzle.FinishStop
+	}
+	if chunk.Text != "" || len(chunk.Logprobs) > 0 {
+		if err := emit(chunk); err != nil {
+			acct.FinishReason = ""
+			return &acct, nozzle.Errorf(nozzle.ECANCELED, "The request was canceled.").Wrap(err)
+		}
+	}
+	return &acct, nil
+}
+
+// textStream turns sampled tokens into chunks of text, holding back text
+// that could be the start of a stop sequence.
+type textStream struct {
+	dec      streamDecoder
+	stops    []string
+	logprobs bool
+	held     string // produced, not yet emitted
+	base     int    // offset of held in the whole completion text
+	lps      []heldLogprob
+	done     bool
+}
+
+type heldLogprob struct {
+	lp         nozzle.TokenLogprob
+	start, end int // the token's text in the whole completion text
+}
+
+func (t *textStream) add(c codec, ev *seqEvent) (nozzle.Chunk, bool) {
+	text := t.dec.Add(int(ev.token))
+	start := t.base + len(t.held)
+	t.held += text
+	if t.logprobs {
+		t.lps = append(t.lps, heldLogprob{lp: tokenLogprob(c, ev), start: start, end: start + len(text)})
+	}
+	return t.cut(false)
+}
+
+func (t *textStream) flush(c codec) (nozzle.Chunk, bool) {
+	t.held += t.dec.Flush()
+	return t.cut(true)
+}
+
+// cut emits what can go out: everything before a matched stop sequence
+// (and reports the match), or everything except a tail that could still
+// grow into one; at the end, everything.
+func (t *textStream) cut(final bool) (nozzle.Chunk, bool) {
+	if t.done {
+		return nozzle.Chunk{}, false
+	}
+	if m := firstStop(t.held, t.stops); m >= 0 {
+		t.done = true
+		end := t.base + m
+		var lps []nozzle.TokenLogprob
+		for _, h := range t.lps {
+			if h.start < end || h.start == h.end && h.start <= end {
+				lps = append(lps, h.lp)
+			}
+		}
+		t.lps = nil
+		return nozzle.Chunk{Text: t.held[:m], Logprobs: lps}, true
+	}
+	safe := len(t.held)
+	if !final {
+		safe -= stopPrefixTail(t.held, t.stops)
+	}
+	end := t.base + safe
+	var lps []nozzle.TokenLogprob
+	k := 0
+	for _, h := range t.lps {
+		if h.end <= end {
+			lps = append(lps, h.lp)
+			k++
+		} else {
+			break
+		}
+	}
+	t.lps = t.lps[k:]
+	chunk := nozzle.Chunk{Text: t.held[:safe], Logprobs: lps}
+	t.held = t.held[safe:]
+	t.base = end
+	return chunk, false
+}
+
+// firstStop returns the index of the earliest stop sequence in s, or -1.
+func firstStop(s string, stops []string) int {
+	best := -1
+	for _, st := range stops {
+		if i := strings.Index(s, st); i >= 0 && (best < 0 || i < best) {
+			best = i
+		}
+	}
+	return best
+}
+
+// stopPrefixTail returns the length of the longest suffix of s that is a
+// proper prefix of a stop sequence.
+func stopPrefixTail(s string, stops []string) int {
+	best := 0
+	for _, st := range stops {
+		for n := min(len(st)-1, len(s)); n > best; n-- {
+			if strings.HasSuffix(s, st[:n]) {
+				best = n
+				break
+			}
+		}
+	}
+	return best
+}
+
+func tokenLogprob(c codec, ev *seqEvent) nozzle.TokenLogprob {
+	lp := nozzle.TokenLogprob{
+		Token:   c.TokenText(int(ev.token)),
+		Logprob: float64(ev.logprob),
+		Bytes:   bytesInts(c.TokenBytes(int(ev.token))),
+		Top:     []nozzle.TopLogprob{},
+	}
+	for i, id := range ev.topTok {
+		lp.Top = append(lp.Top, nozzle.TopLogprob{
+			Token:   c.TokenText(int(id)),
+			Logprob: float64(ev.topLP[i]),
+			Bytes:   bytesInts(c.TokenBytes(int(id))),
+		})
+	}
+	return lp
+}
+
+func bytesInts(b []byte) []int {
+	out := make([]int, len(b))
+	for i, c := range b {
+		out[i] = int(c)
+	}
+	return out
+}

@@ -1,0 +1,56 @@
+package runtime
+
+import "github.com/nozzle-ai/nozzle/internal/metrics"
+
+// runtimeMetrics are the runtime's Prometheus metrics.
+type runtimeMetrics struct {
+	queueDepth      metrics.Gauge
+	running         metrics.Gauge
+	batchSeqs       metrics.Histogram
+	batchTokens     metrics.Histogram
+	stepSeconds     metrics.Histogram
+	kvUsed          metrics.Gauge
+	kvFree          metrics.Gauge
+	slotsUsed       metrics.Gauge
+	slotsPinned     metrics.Gauge
+	tokensGenerated metrics.Counter
+	promptTokens    metrics.Counter
+	preemptions     metrics.Counter
+	requests        metrics.CounterVec // by outcome
+
+	adapterHits        metrics.CounterVec // by tier
+	adapterMisses      metrics.CounterVec
+	adapterLoads       metrics.CounterVec
+	adapterEvictions   metrics.CounterVec
+	adapterLoadSeconds metrics.HistogramVec
+	hostCacheBytes     metrics.Gauge
+}
+
+var sizeBuckets = []float64{1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192}
+
+func newRuntimeMetrics(r *metrics.Registry, utilisation func() float64) *runtimeMetrics {
+	m := &runtimeMetrics{
+		queueDepth:      r.Gauge("nozzle_runtime_queue_depth", "Requests waiting for admission."),
+		running:         r.Gauge("nozzle_runtime_running_sequences", "Sequences admitted and running."),
+		batchSeqs:       r.Histogram("nozzle_runtime_batch_sequences", "Sequences per engine step.", sizeBuckets),
+		batchTokens:     r.Histogram("nozzle_runtime_batch_tokens", "Tokens per engine step.", sizeBuckets),
+		stepSeconds:     r.Histogram("nozzle_runtime_step_seconds", "Wall time of engine steps.", metrics.LatencyBuckets),
+		kvUsed:          r.Gauge("nozzle_runtime_kv_blocks_used", "KV cache blocks in use."),
+		kvFree:          r.Gauge("nozzle_runtime_kv_blocks_free", "KV cache blocks free."),
+		slotsUsed:       r.Gauge("nozzle_runtime_adapter_slots_used", "Engine adapter slots holding an adapter."),
+		slotsPinned:     r.Gauge("nozzle_runtime_adapter_slots_pinned", "Engine adapter slots used by running sequences."),
+		tokensGenerated: r.Counter("nozzle_runtime_tokens_generated_total", "Completion tokens generated."),
+		promptTokens:    r.Counter("nozzle_runtime_prompt_tokens_total", "Prompt tokens admitted."),
+		preemptions:     r.Counter("nozzle_runtime_preemptions_total", "Sequences preempted for recompute when KV blocks ran out."),
+		requests:        r.CounterVec("nozzle_runtime_requests_total", "Requests finished, by outcome.", "outcome"),
+
+		adapterHits:        r.CounterVec("nozzle_runtime_adapter_cache_hits_total", "Adapter lookups found in a tier.", "tier"),
+		adapterMisses:      r.CounterVec("nozzle_runtime_adapter_cache_misses_total", "Adapter lookups not found in a tier.", "tier"),
+		adapterLoads:       r.CounterVec("nozzle_runtime_adapter_loads_total", "Adapters brought into a tier.", "tier"),
+		adapterEvictions:   r.CounterVec("nozzle_runtime_adapter_evictions_total", "Adapters evicted from a tier.", "tier"),
+		adapterLoadSeconds: r.HistogramVec("nozzle_runtime_adapter_load_seconds", "Time to bring an adapter into a tier.", metrics.LatencyBuckets, "tier"),
+		hostCacheBytes:     r.Gauge("nozzle_runtime_adapter_host_cache_bytes", "Host memory held by cached adapters."),
+	}
+	r.GaugeFunc("nozzle_runtime_device_utilisation", "Share of uptime spent in engine steps.", utilisation)
+	return m
+}

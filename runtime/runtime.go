@@ -1,0 +1,349 @@
+// Package runtime is Nozzle's shared runtime: one base model kept warm on
+// one device, many tenants' LoRA adapters applied per request.
+//
+// A Runtime loads the model once (memory-mapped), owns the engine through
+// one goroutine that runs steps back to back while there is work, and
+// batches requests for different adapters into each step (continuous
+// batching with chunked prefill). Adapters move through three tiers: the
+// content-addressed Store on disk, a host-memory LRU of parsed adapters,
+// and the engine's adapter slots. Admission is fair across tenants
+// (S-LoRA's virtual token counter). Every step's wall time is split across
+// the sequences in it by their share of the step's work, so each request
+// reports the device seconds it used; the runtime's capacity intervals
+// report its active and idle time for the cost split.
+//
+// NewServer and NewClient carry the same nozzle.Generator over HTTP for
+// deployments where the gateway and the runtime run on different machines.
+package runtime
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"encoding/hex"
+	"fmt"
+	"log/slog"
+	"math"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	nozzle "github.com/nozzle-ai/nozzle"
+	"github.com/nozzle-ai/nozzle/internal/metrics"
+)
+
+// Options configure a Runtime. Zero values take the defaults named.
+type Options struct {
+	// ModelDir is a Hugging Face model folder (config.json, safetensors,
+	// tokenizer.json, generation_config.json).
+	ModelDir string
+	// EngineLib is the engine library: the path of libnozzle_cpu.so or
+	// libnozzle_cuda.so, or a folder holding them.
+	EngineLib string
+	// Device is "cpu", "cuda" or "auto" (default): auto picks the CUDA
+	// library when it loads and finds a GPU, else the CPU one.
+	Device string
+	// Slots is the number of engine adapter slots (default 8).
+	Slots int
+	// MaxRank is the largest adapter rank accepted; slots are padded to it
+	// (default 64, at most 256).
+	MaxRank int
+	// KVMemoryBytes is the memory budget of the KV cache (default: the
+	// engine's default); KVBlocks, when set, fixes the number of blocks.
+	KVMemoryBytes int64
+	KVBlocks      int
+	// KVBlockSize is the number of tokens per KV block (default 16).
+	KVBlockSize int
+	// MaxBatchTokens is the token budget of one step (default 512),
+	// MaxBatchSeqs the most sequences running at once (default 32), and
+	// PrefillChunk the most prompt tokens of one sequence per step
+	// (default 256).
+	MaxBatchTokens int
+	MaxBatchSeqs   int
+	PrefillChunk   int
+	// Threads is the CPU engine's worker threads (0: every core).
+	Threads int
+	// HostCacheBytes is the budget of the host-memory adapter cache
+	// (default 1 GiB).
+	HostCacheBytes int64
+	// RuntimeID names this runtime in usage and capacity records
+	// (default: a random id).
+	RuntimeID string
+	// RatePerHour is the operator's price of the device per hour.
+	RatePerHour float64
+	// PrefillWeight and DecodeWeight weigh prompt and completion tokens in
+	// the split of a step's time and in the fair-share counters (default 1
+	// and 2).
+	PrefillWeight float64
+	DecodeWeight  float64
+	// IntervalLength is the length of a capacity interval (default one
+	// minute); intervals are also closed at every UTC hour.
+	IntervalLength time.Duration
+	// AdapterSource is where adapter files come from: a Store, or a
+	// RemoteSource in remote mode. Nil: only the base model is served.
+	AdapterSource AdapterSource
+	// AdapterLoaders is how many adapters load into host memory at once
+	// (default 2).
+	AdapterLoaders int
+	Logger         *slog.Logger
+	Metrics        *metrics.Registry
+	// Clock tells the time (default time.Now).
+	Clock func() time.Time
+}
+
+func (o *Options) setDefaults() error {
+	if o.Device == "" {
+		o.Device = "auto"
+	}
+	switch o.Device {
+	case "auto", "cpu", "cuda":
+	default:
+		return fmt.Errorf("device %q: want auto, cpu or cuda", o.Device)
+	}
+	if o.Slots <= 0 {
+		o.Slots = 8
+	}
+	if o.MaxRank <= 0 {
+		o.MaxRank = 64
+	}
+	if o.MaxRank > 256 {
+		return fmt.Errorf("max rank %d: at most 256", o.MaxRank)
+	}
+	if o.MaxBatchSeqs <= 0 {
+		o.MaxBatchSeqs = 32
+	}
+	if o.MaxBatchTokens <= 0 {
+		o.MaxBatchTokens = 512
+	}
+	if o.MaxBatchTokens < o.MaxBatchSeqs {
+		o.MaxBatchTokens = o.MaxBatchSeqs
+	}
+	if o.PrefillChunk <= 0 {
+		o.PrefillChunk = 256
+	}
+	if o.HostCacheBytes <= 0 {
+		o.HostCacheBytes = 1 << 30
+	}
+	if o.RuntimeID == "" {
+		var b [6]byte
+		rand.Read(b[:])
+		o.RuntimeID = "rt-" + hex.EncodeToString(b[:])
+	}
+	if o.PrefillWeight <= 0 {
+		o.PrefillWeight = 1
+	}
+	if o.DecodeWeight <= 0 {
+		o.DecodeWeight = 2
+	}
+	if o.IntervalLength <= 0 {
+		o.IntervalLength = time.Minute
+	}
+	if o.AdapterLoaders <= 0 {
+		o.AdapterLoaders = 2
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default().With("component", "runtime")
+	}
+	if o.Metrics == nil {
+		o.Metrics = metrics.NewRegistry()
+	}
+	if o.Clock == nil {
+		o.Clock = time.Now
+	}
+	return nil
+}
+
+// parts are what a runtime is made of once the model, tokenizer and
+// engine are up.
+type parts struct {
+	info    nozzle.ModelInfo
+	be      backend
+	codec   codec
+	load    adapterLoader
+	eos     []int
+	closers []func() error // run after the engine is closed
+}
+
+// Runtime is one warm base model serving requests for many adapters. It
+// implements nozzle.Generator and nozzle.CapacitySource.
+type Runtime struct {
+	opts  Options
+	info  nozzle.ModelInfo
+	codec codec
+	log   *slog.Logger
+	m     *runtimeMetrics
+	clock func() time.Time
+	start time.Time
+
+	sched   *scheduler
+	cache   *hostCache
+	cap     *capacity
+	be      backend
+	closers []func() error
+
+	ctx    context.Context // ended at Close: stops adapter loads
+	cancel context.CancelFunc
+
+	mu       sync.Mutex
+	closing  bool
+	inflight sync.WaitGroup
+	ready    atomic.Bool
+	nextID   atomic.Uint64
+	closed   chan struct{}
+}
+
+var (
+	_ nozzle.Generator      = (*Runtime)(nil)
+	_ nozzle.CapacitySource = (*Runtime)(nil)
+)
+
+// newRuntime starts a runtime on parts that are up.
+func newRuntime(opts Options, p parts) (*Runtime, error) {
+	if err := opts.setDefaults(); err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &Runtime{
+		opts: opts, info: p.info, codec: p.codec, log: opts.Logger, clock: opts.Clock,
+		be: p.be, closers: p.closers, ctx: ctx, cancel: cancel, closed: make(chan struct{}),
+	}
+	r.info.Device = p.be.Device()
+	r.info.MaxLoRARank = opts.MaxRank
+	r.start = r.clock()
+	r.cap = newCapacity(opts.RuntimeID, opts.RatePerHour, opts.IntervalLength, r.start)
+	r.m = newRuntimeMetrics(opts.Metrics, r.utilisation)
+
+	s := &scheduler{
+		be: p.be, clock: r.clock, log: r.log, m: r.m, cap: r.cap,
+		pool:           newBlockPool(p.be.KVNumBlocks(), p.be.KVBlockSize()),
+		slots:          newSlotTable(opts.Slots),
+		eos:            map[int32]bool{},
+		ctxLen:         p.info.ContextLength,
+		maxBatchTokens: opts.MaxBatchTokens,
+		maxBatchSeqs:   opts.MaxBatchSeqs,
+		prefillChunk:   opts.PrefillChunk,
+		prefillWeight:  opts.PrefillWeight,
+		decodeWeight:   opts.DecodeWeight,
+		lookahead:      16,
+		maxDrains:      max(1, opts.Slots/4),
+		wake:           make(chan struct{}, 1),
+		quit:           make(chan struct{}),
+		done:           make(chan struct{}),
+		tenants:        map[string]*tenant{},
+		drainFor:       map[string]int{},
+	}
+	for _, id := range p.eos {
+		s.eos[int32(id)] = true
+	}
+	r.sched = s
+	r.cache = newHostCache(ctx, opts.AdapterSource, p.load, opts.HostCacheBytes, opts.AdapterLoaders, s.notify, r.log, r.m)
+	s.cache = r.cache
+	go s.run()
+	r.ready.Store(true)
+	return r, nil
+}
+
+// Ready reports whether the model and engine are up and requests can run.
+func (r *Runtime) Ready() bool { return r.ready.Load() }
+
+// Info describes the base model.
+func (r *Runtime) Info(ctx context.Context) (nozzle.ModelInfo, error) {
+	if !r.Ready() {
+		return nozzle.ModelInfo{}, nozzle.Errorf(nozzle.EUNAVAILABLE, "The runtime is not ready.")
+	}
+	return r.info, nil
+}
+
+// AdapterTier says where an adapter's weights are right now.
+func (r *Runtime) AdapterTier(ctx context.Context, sha256 string) nozzle.Tier {
+	return r.cache.tier(sha256)
+}
+
+// CapacityIntervals returns the closed capacity intervals with Seq > after,
+// oldest first.
+func (r *Runtime) CapacityIntervals(ctx context.Context, after uint64) ([]nozzle.CapacityInterval, error) {
+	return r.cap.intervals(r.clock(), after), nil
+}
+
+// Stats is a snapshot of the runtime's time accounting.
+type Stats struct {
+	UptimeSeconds float64
+	// ActiveSeconds is the time spent in engine steps, IdleSeconds the
+	// rest of the uptime.
+	ActiveSeconds float64
+	IdleSeconds   float64
+	Steps         uint64
+}
+
+// Stats returns the runtime's time accounting so far.
+func (r *Runtime) Stats() Stats {
+	up, active := r.cap.totals(r.clock())
+	return Stats{
+		UptimeSeconds: up.Seconds(),
+		ActiveSeconds: active.Seconds(),
+		IdleSeconds:   (up - active).Seconds(),
+	}
+}
+
+func (r *Runtime) utilisation() float64 {
+	up, active := r.cap.totals(r.clock())
+	if up <= 0 {
+		return 0
+	}
+	return float64(active) / float64(up)
+}
+
+// Close stops taking requests, lets those in flight finish (or cancels
+// them when ctx ends first), then stops the engine and frees the model.
+func (r *Runtime) Close(ctx context.Context) error {
+	r.mu.Lock()
+	if r.closing {
+		r.mu.Unlock()
+		<-r.closed
+		return nil
+	}
+	r.closing = true
+	r.mu.Unlock()
+
+	drained := make(chan struct{})
+	go func() { r.inflight.Wait(); close(drained) }()
+	select {
+	case <-drained:
+	case <-ctx.Done():
+		r.sched.cancelAll()
+		<-drained
+	}
+	r.ready.Store(false)
+	close(r.sched.quit)
+	<-r.sched.done
+	r.cancel()
+	r.cache.close()
+	err := r.be.Close()
+	for _, c := range r.closers {
+		if cerr := c(); err == nil {
+			err = cerr
+		}
+	}
+	r.cap.stop(r.clock())
+	close(r.closed)
+	return err
+}
+
+// enter registers a request in flight, or refuses it while closing.
+func (r *Runtime) enter() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closing || !r.Ready() {
+		return nozzle.Errorf(nozzle.EUNAVAILABLE, "The runtime is not taking requests.")
+	}
+	r.inflight.Add(1)
+	return nil
+}
+
+func randomSeed() uint64 {
+	var b [8]byte
+	rand.Read(b[:])
+	return binary.LittleEndian.Uint64(b[:])
+}
+
+func finiteIn(v, lo, hi float64) bool { return !math.IsNaN(v) && v >= lo && v <= hi }

@@ -1,0 +1,759 @@
+package runtime
+
+import (
+	"log/slog"
+	goruntime "runtime"
+	"slices"
+	"sync"
+	"time"
+
+	nozzle "github.com/nozzle-ai/nozzle"
+)
+
+type seqState int
+
+const (
+	stWaiting seqState = iota
+	stRunning
+	stDone
+)
+
+// cancel kinds sent by a request's goroutine.
+const (
+	cancelClient = iota // ctx ended or emit failed: ECANCELED
+	cancelStop          // a stop sequence matched: finished with "stop"
+	cancelShutdown      // the runtime is closing: EUNAVAILABLE
+)
+
+// seqEvent is what the engine goroutine tells a request: one sampled token,
+// or the final account.
+type seqEvent struct {
+	token   int32
+	logprob float32
+	topTok  []int32
+	topLP   []float32
+	eos     bool
+
+	final  bool
+	reason string
+	res    nozzle.GenerateResult
+	err    error
+}
+
+// mailbox carries events from the engine goroutine to a request's
+// goroutine without ever blocking the engine.
+type mailbox struct {
+	mu     sync.Mutex
+	events []seqEvent
+	signal chan struct{}
+}
+
+func newMailbox() *mailbox { return &mailbox{signal: make(chan struct{}, 1)} }
+
+func (m *mailbox) post(ev seqEvent) {
+	m.mu.Lock()
+	m.events = append(m.events, ev)
+	m.mu.Unlock()
+	select {
+	case m.signal <- struct{}{}:
+	default:
+	}
+}
+
+func (m *mailbox) take(buf []seqEvent) []seqEvent {
+	m.mu.Lock()
+	buf = append(buf[:0], m.events...)
+	clear(m.events)
+	m.events = m.events[:0]
+	m.mu.Unlock()
+	return buf
+}
+
+// sequence is one request inside the scheduler.
+type sequence struct {
+	id       uint64
+	tenantID string
+	sha      string     // adapter content address, "" for the base model
+	host     *hostEntry // the adapter's host-cache entry
+
+	tokens    []int32 // prompt, then generated tokens
+	nPrompt   int
+	maxTokens int // completion tokens at most
+	computed  int // tokens whose keys and values are in the KV cache
+	generated int
+	blocks    []int32
+	slot      int
+
+	temperature float32
+	topP        float32
+	topK        int32
+	seed        uint64
+	nTop        int
+
+	state      seqState
+	admitOrder uint64
+	charged    bool // its prompt counted in the tenant's virtual counter
+
+	arrived      time.Time
+	waitingSince time.Time
+	queueDur     time.Duration
+	firstToken   time.Time
+	deviceSec    float64
+	adapterLoad  time.Duration
+	hostWaited   bool // its adapter was not in host memory when it arrived
+
+	out *mailbox
+}
+
+func (q *sequence) pending() int { return len(q.tokens) - q.computed }
+
+// tenant is one tenant's share of the scheduler: a FIFO of waiting
+// sequences and S-LoRA's virtual token counter.
+type tenant struct {
+	id      string
+	counter float64
+	queue   []*sequence
+	running int
+}
+
+type inMsg struct {
+	submit *sequence
+	cancel *sequence
+	kind   int
+	all    bool // cancel everything (shutdown)
+}
+
+type stepEntry struct {
+	q      *sequence
+	n      int
+	sample bool
+	decode bool
+}
+
+// scheduler owns the engine: one goroutine, locked to its OS thread, runs
+// engine steps back to back while there is work, mixing decode tokens and
+// prefill chunks of sequences with different adapters in one batch.
+type scheduler struct {
+	be    backend
+	clock func() time.Time
+	log   *slog.Logger
+	m     *runtimeMetrics
+	cache *hostCache
+	cap   *capacity
+
+	pool  *blockPool
+	slots *slotTable
+	eos   map[int32]bool
+
+	ctxLen         int
+	maxBatchTokens int
+	maxBatchSeqs   int
+	prefillChunk   int
+	prefillWeight  float64
+	decodeWeight   float64
+	lookahead      int
+	maxDrains      int
+
+	mu    sync.Mutex
+	inbox []inMsg
+	wake  chan struct{}
+	quit  chan struct{}
+	done  chan struct{}
+
+	// Engine goroutine only.
+	tenants   map[string]*tenant
+	waiting   int
+	running   []*sequence // in admission order
+	admitted  uint64
+	tick      uint64
+	drainFor  map[string]int // adapter waiting for a slot → slot draining for it
+	batch     stepBatch
+	entries   []stepEntry
+	scratch   []*sequence
+	msgs      []inMsg
+	order     []*tenant
+	steps     uint64
+	lastPanic any
+}
+
+func (s *scheduler) notify() {
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (s *scheduler) submit(q *sequence) {
+	s.mu.Lock()
+	s.inbox = append(s.inbox, inMsg{submit: q})
+	s.mu.Unlock()
+	s.notify()
+}
+
+func (s *scheduler) cancel(q *sequence, kind int) {
+	s.mu.Lock()
+	s.inbox = append(s.inbox, inMsg{cancel: q, kind: kind})
+	s.mu.Unlock()
+	s.notify()
+}
+
+func (s *scheduler) cancelAll() {
+	s.mu.Lock()
+	s.inbox = append(s.inbox, inMsg{all: true, kind: cancelShutdown})
+	s.mu.Unlock()
+	s.notify()
+}
+
+// run is the engine goroutine.
+func (s *scheduler) run() {
+	goruntime.LockOSThread()
+	defer goruntime.UnlockOSThread()
+	defer close(s.done)
+	for {
+		s.drainInbox()
+		s.admit()
+		s.updateGauges()
+		if len(s.running) == 0 {
+			select {
+			case <-s.wake:
+				continue
+			case <-s.quit:
+				s.drainInbox()
+				if len(s.running) == 0 && s.waiting == 0 {
+					return
+				}
+				// Work arrived with the quit; finish it.
+				s.cancelEverything(cancelShutdown)
+				continue
+			}
+		}
+		s.step()
+	}
+}
+
+func (s *scheduler) drainInbox() {
+	s.mu.Lock()
+	s.msgs, s.inbox = s.inbox, s.msgs[:0]
+	s.mu.Unlock()
+	now := s.clock()
+	for _, msg := range s.msgs {
+		switch {
+		case msg.submit != nil:
+			s.enqueue(msg.submit, now)
+		case msg.all:
+			s.cancelEverything(msg.kind)
+		case msg.cancel != nil:
+			q := msg.cancel
+			if q.state == stDone {
+				continue
+			}
+			switch msg.kind {
+			case cancelStop:
+				s.finish(q, nozzle.FinishStop, nil)
+			case cancelShutdown:
+				s.finish(q, "", nozzle.Errorf(nozzle.EUNAVAILABLE, "The runtime is shutting down."))
+			default:
+				s.finish(q, "", nozzle.Errorf(nozzle.ECANCELED, "The request was canceled."))
+			}
+		}
+	}
+	clear(s.msgs)
+	s.msgs = s.msgs[:0]
+}
+
+func (s *scheduler) cancelEverything(kind int) {
+	for _, q := range slices.Clone(s.running) {
+		s.finish(q, "", shutdownErr(kind))
+	}
+	for _, t := range s.sortedTenants() {
+		for _, q := range slices.Clone(t.queue) {
+			s.finish(q, "", shutdownErr(kind))
+		}
+	}
+}
+
+func shutdownErr(kind int) error {
+	if kind == cancelShutdown {
+		return nozzle.Errorf(nozzle.EUNAVAILABLE, "The runtime is shutting down.")
+	}
+	return nozzle.Errorf(nozzle.ECANCELED, "The request was canceled.")
+}
+
+// minCounter returns the lowest virtual counter among active tenants.
+func (s *scheduler) minCounter() (float64, bool) {
+	first := true
+	var m float64
+	for _, t := range s.tenants {
+		if first || t.counter < m {
+			m, first = t.counter, false
+		}
+	}
+	return m, !first
+}
+
+func (s *scheduler) enqueue(q *sequence, now time.Time) {
+	t := s.tenants[q.tenantID]
+	if t == nil {
+		// A tenant that becomes active starts at the lowest counter of the
+		// active ones: it cannot bank credit while idle.
+		t = &tenant{id: q.tenantID}
+		if m, ok := s.minCounter(); ok {
+			t.counter = m
+		}
+		s.tenants[q.tenantID] = t
+	}
+	q.state = stWaiting
+	q.waitingSince = now
+	t.queue = append(t.queue, q)
+	s.waiting++
+}
+
+func (s *scheduler) sortedTenants() []*tenant {
+	s.order = s.order[:0]
+	for _, t := range s.tenants {
+		if len(t.queue) > 0 {
+			s.order = append(s.order, t)
+		}
+	}
+	slices.SortFunc(s.order, func(a, b *tenant) int {
+		if a.counter != b.counter {
+			if a.counter < b.counter {
+				return -1
+			}
+			return 1
+		}
+		if a.id < b.id {
+			return -1
+		} else if a.id > b.id {
+			return 1
+		}
+		return 0
+	})
+	return s.order
+}
+
+// admit moves waiting sequences into the running set while KV blocks,
+// adapter slots and the batch limit allow, lowest virtual counter first.
+func (s *scheduler) admit() {
+	if s.waiting == 0 {
+		return
+	}
+	now := s.clock()
+	for len(s.running) < s.maxBatchSeqs && s.waiting > 0 {
+		q := s.pick(now)
+		if q == nil {
+			break
+		}
+		s.start(q, now)
+	}
+	s.warmSlots(now)
+	// A draining slot that nobody took stops draining.
+	for i := range s.slots.slots {
+		sl := &s.slots.slots[i]
+		if sl.draining && sl.pins == 0 {
+			sl.draining = false
+			for sha, j := range s.drainFor {
+				if j == i {
+					delete(s.drainFor, sha)
+				}
+			}
+		}
+	}
+}
+
+// pick returns the next sequence to admit, removed from its tenant's
+// queue, or nil.
+func (s *scheduler) pick(now time.Time) *sequence {
+	for _, t := range s.sortedTenants() {
+		n := min(len(t.queue), s.lookahead)
+		for i := 0; i < n; i++ {
+			q := t.queue[i]
+			need := s.pool.blocksFor(len(q.tokens))
+			reserve := 0
+			if len(s.running) > 0 {
+				// Leave a block of headroom per running sequence so that
+				// admission does not force an immediate preemption.
+				reserve = len(s.running)
+			}
+			if need+reserve > s.pool.available() {
+				// Memory is the fair-share resource: nobody behind the
+				// head of the lowest counter jumps ahead for it.
+				return nil
+			}
+			ok, failed := s.ensureSlot(q, now)
+			if failed {
+				// ensureSlot finished q; the queue changed under us.
+				return s.pick(now)
+			}
+			if !ok {
+				continue
+			}
+			t.queue = slices.Delete(t.queue, i, i+1)
+			return q
+		}
+	}
+	return nil
+}
+
+// ensureSlot makes q's adapter resident in a slot that q may pin. It
+// reports false when q must wait, and failed when q was finished because
+// its adapter could not be loaded.
+func (s *scheduler) ensureSlot(q *sequence, now time.Time) (ok, failed bool) {
+	if q.sha == "" {
+		return true, false
+	}
+	if i, found := s.slots.lookup(q.sha); found {
+		return !s.slots.slots[i].draining, false
+	}
+	e := q.host
+	select {
+	case <-e.ready:
+	default:
+		return false, false
+	}
+	if e.err != nil {
+		s.finish(q, "", e.err)
+		return false, true
+	}
+	v := s.slots.victim()
+	if v < 0 {
+		// Every slot is in use: drain one for this adapter, so that a
+		// stream of requests for resident adapters cannot keep it out.
+		if _, ok := s.drainFor[q.sha]; !ok && s.slots.draining() < s.maxDrains {
+			if d := s.slots.drainCandidate(); d >= 0 {
+				s.slots.slots[d].draining = true
+				s.drainFor[q.sha] = d
+			}
+		}
+		return false, false
+	}
+	if err := s.loadSlot(v, e, now); err != nil {
+		s.finish(q, "", err)
+		return false, true
+	}
+	return true, false
+}
+
+// loadSlot copies an adapter from host memory into slot v, evicting what
+// was there.
+func (s *scheduler) loadSlot(v int, e *hostEntry, now time.Time) error {
+	sl := &s.slots.slots[v]
+	if sl.sha != "" {
+		delete(s.slots.where, sl.sha)
+		s.cache.setOnDevice(sl.sha, false)
+		s.m.adapterEvictions.With(string(nozzle.TierDevice)).Inc()
+	}
+	for sha, j := range s.drainFor {
+		if j == v {
+			delete(s.drainFor, sha)
+		}
+	}
+	*sl = slot{}
+	a := s.cache.acquire(e)
+	t0 := time.Now()
+	err := s.be.LoadAdapter(v, a)
+	d := time.Since(t0)
+	s.cache.release(e)
+	if err != nil {
+		s.be.ClearAdapter(v)
+		return nozzle.Errorf(nozzle.EINTERNAL, "Internal error.").Wrap(err)
+	}
+	*sl = slot{sha: e.sha, lastUse: s.tick, loadedAt: now, loadDur: d}
+	s.slots.where[e.sha] = v
+	s.cache.setOnDevice(e.sha, true)
+	s.m.adapterLoads.With(string(nozzle.TierDevice)).Inc()
+	s.m.adapterLoadSeconds.With(string(nozzle.TierDevice)).Observe(d.Seconds())
+	return nil
+}
+
+// warmSlots loads host-resident adapters of waiting sequences into empty
+// slots, so that they are ready when KV blocks free up.
+func (s *scheduler) warmSlots(now time.Time) {
+	for _, t := range s.sortedTenants() {
+		for _, q := range t.queue[:min(len(t.queue), s.lookahead)] {
+			if q.sha == "" || !q.host.loaded() {
+				continue
+			}
+			if _, ok := s.slots.lookup(q.sha); ok {
+				continue
+			}
+			v := -1
+			for i := range s.slots.slots {
+				if s.slots.slots[i].sha == "" {
+					v = i
+					break
+				}
+			}
+			if v < 0 {
+				return
+			}
+			if err := s.loadSlot(v, q.host, now); err != nil {
+				s.log.Error("adapter slot load failed", "sha256", q.sha, "err", err)
+				return
+			}
+		}
+	}
+}
+
+// start admits q: its prompt's KV blocks, its slot pin.
+func (s *scheduler) start(q *sequence, now time.Time) {
+	t := s.tenants[q.tenantID]
+	var ok bool
+	q.blocks, ok = s.pool.grow(q.blocks[:0], len(q.tokens))
+	if !ok {
+		panic("runtime: admitted a sequence without free blocks")
+	}
+	q.slot = -1
+	if q.sha != "" {
+		i := s.slots.where[q.sha]
+		sl := &s.slots.slots[i]
+		sl.pins++
+		sl.lastUse = s.tick
+		q.slot = i
+		if q.waitingSince.Before(sl.loadedAt) || q.waitingSince.Equal(sl.loadedAt) {
+			q.adapterLoad += sl.loadDur
+		}
+		if q.hostWaited {
+			q.adapterLoad += q.host.loadDur
+			q.hostWaited = false
+		}
+	}
+	q.queueDur += now.Sub(q.waitingSince)
+	q.state = stRunning
+	s.admitted++
+	q.admitOrder = s.admitted
+	t.running++
+	s.waiting--
+	if !q.charged {
+		t.counter += float64(q.nPrompt) * s.prefillWeight
+		q.charged = true
+		s.m.promptTokens.Add(float64(q.nPrompt))
+	}
+	s.running = append(s.running, q)
+}
+
+// preempt evicts a running sequence for recompute: its blocks go back to
+// the pool and it waits again, first in its tenant's queue, with what it
+// generated appended to its prompt. The client sees nothing of it.
+func (s *scheduler) preempt(q *sequence, now time.Time) {
+	s.removeRunning(q)
+	s.pool.release(q.blocks)
+	q.blocks = q.blocks[:0]
+	s.unpin(q)
+	q.computed = 0
+	q.state = stWaiting
+	q.waitingSince = now
+	t := s.tenants[q.tenantID]
+	t.running--
+	t.queue = slices.Insert(t.queue, 0, q)
+	s.waiting++
+	s.m.preemptions.Inc()
+}
+
+func (s *scheduler) removeRunning(q *sequence) {
+	if i := slices.Index(s.running, q); i >= 0 {
+		s.running = slices.Delete(s.running, i, i+1)
+	}
+}
+
+func (s *scheduler) unpin(q *sequence) {
+	if q.slot >= 0 {
+		s.slots.slots[q.slot].pins--
+		q.slot = -1
+	}
+}
+
+// finish ends q, frees everything it holds and posts its account. reason
+// is the finish reason when err is nil.
+func (s *scheduler) finish(q *sequence, reason string, err error) {
+	now := s.clock()
+	t := s.tenants[q.tenantID]
+	switch q.state {
+	case stRunning:
+		s.removeRunning(q)
+		s.pool.release(q.blocks)
+		q.blocks = q.blocks[:0]
+		s.unpin(q)
+		t.running--
+	case stWaiting:
+		if i := slices.Index(t.queue, q); i >= 0 {
+			t.queue = slices.Delete(t.queue, i, i+1)
+		}
+		s.waiting--
+		q.queueDur += now.Sub(q.waitingSince)
+	case stDone:
+		return
+	}
+	q.state = stDone
+	if len(t.queue) == 0 && t.running == 0 {
+		delete(s.tenants, t.id)
+	}
+	res := nozzle.GenerateResult{
+		FinishReason:       reason,
+		PromptTokens:       q.nPrompt,
+		CompletionTokens:   q.generated,
+		DeviceSeconds:      q.deviceSec,
+		QueueSeconds:       q.queueDur.Seconds(),
+		AdapterLoadSeconds: q.adapterLoad.Seconds(),
+	}
+	if !q.firstToken.IsZero() {
+		res.TTFTSeconds = q.firstToken.Sub(q.arrived).Seconds()
+	}
+	outcome := "ok"
+	if err != nil {
+		res.FinishReason = ""
+		outcome = nozzle.ErrorCode(err)
+	}
+	s.m.requests.With(outcome).Inc()
+	q.out.post(seqEvent{final: true, reason: res.FinishReason, res: res, err: err})
+}
+
+// step runs one engine step: one token for every decoding sequence first,
+// then prefill chunks in the token budget left.
+func (s *scheduler) step() {
+	t0 := s.clock()
+	s.tick++
+	b := &s.batch
+	s.entries = s.entries[:0]
+	budget := s.maxBatchTokens
+
+	s.scratch = append(s.scratch[:0], s.running...)
+	for _, q := range s.scratch {
+		if budget == 0 {
+			break
+		}
+		if q.state != stRunning || q.pending() != 1 {
+			continue
+		}
+		for q.state == stRunning {
+			var ok bool
+			if q.blocks, ok = s.pool.grow(q.blocks, q.computed+1); ok {
+				break
+			}
+			// Out of blocks: recompute later the most recently admitted.
+			s.preempt(s.running[len(s.running)-1], t0)
+		}
+		if q.state != stRunning {
+			continue
+		}
+		s.entries = append(s.entries, stepEntry{q: q, n: 1, sample: true, decode: q.generated > 0})
+		budget--
+	}
+	for _, q := range s.running {
+		if budget == 0 {
+			break
+		}
+		p := q.pending()
+		if p <= 1 {
+			continue
+		}
+		n := min(p, s.prefillChunk, budget)
+		s.entries = append(s.entries, stepEntry{q: q, n: n, sample: q.computed+n == len(q.tokens)})
+		budget -= n
+	}
+	if len(s.entries) == 0 {
+		return
+	}
+
+	maxBlocks, nTop := 1, 0
+	for _, e := range s.entries {
+		maxBlocks = max(maxBlocks, len(e.q.blocks))
+		nTop = max(nTop, e.q.nTop)
+	}
+	b.reset(maxBlocks, nTop)
+	for _, e := range s.entries {
+		q := e.q
+		b.Tokens = append(b.Tokens, q.tokens[q.computed:q.computed+e.n]...)
+		b.SeqLen = append(b.SeqLen, int32(e.n))
+		b.SeqPos = append(b.SeqPos, int32(q.computed))
+		b.SeqSlot = append(b.SeqSlot, int32(q.slot))
+		b.SeqSample = append(b.SeqSample, boolInt(e.sample))
+		b.BlockTable = append(b.BlockTable, q.blocks...)
+		for range maxBlocks - len(q.blocks) {
+			b.BlockTable = append(b.BlockTable, 0)
+		}
+		b.Temperature = append(b.Temperature, q.temperature)
+		b.TopP = append(b.TopP, q.topP)
+		b.TopK = append(b.TopK, q.topK)
+		b.Seed = append(b.Seed, q.seed)
+	}
+	b.sizeOutputs()
+	err := s.be.Step(b)
+	t1 := s.clock()
+	s.steps++
+
+	// Split the step's wall time across its sequences by their work.
+	dt := t1.Sub(t0).Seconds()
+	var work float64
+	for _, e := range s.entries {
+		work += s.work(e)
+	}
+	for _, e := range s.entries {
+		e.q.deviceSec += dt * s.work(e) / work
+	}
+	s.cap.addActive(t0, t1)
+	s.m.stepSeconds.Observe(dt)
+	s.m.batchSeqs.Observe(float64(len(s.entries)))
+	s.m.batchTokens.Observe(float64(len(b.Tokens)))
+
+	if err != nil {
+		s.log.Error("engine step failed", "err", err, "seqs", len(s.entries), "tokens", len(b.Tokens))
+		for _, e := range s.entries {
+			s.finish(e.q, "", nozzle.Errorf(nozzle.EINTERNAL, "Internal error.").Wrap(err))
+		}
+		return
+	}
+	for i, e := range s.entries {
+		q := e.q
+		q.computed += e.n
+		if !e.sample {
+			continue
+		}
+		tok := b.OutToken[i]
+		q.tokens = append(q.tokens, tok)
+		q.generated++
+		if q.firstToken.IsZero() {
+			q.firstToken = t1
+		}
+		if t := s.tenants[q.tenantID]; t != nil {
+			t.counter += s.decodeWeight
+		}
+		ev := seqEvent{token: tok, logprob: b.OutLogprob[i], eos: s.eos[tok]}
+		if q.nTop > 0 {
+			ev.topTok = slices.Clone(b.OutTopToken[i*nTop : i*nTop+q.nTop])
+			ev.topLP = slices.Clone(b.OutTopLogprob[i*nTop : i*nTop+q.nTop])
+		}
+		q.out.post(ev)
+		s.m.tokensGenerated.Inc()
+		switch {
+		case ev.eos:
+			s.finish(q, nozzle.FinishStop, nil)
+		case q.generated >= q.maxTokens || len(q.tokens) >= s.ctxLen:
+			s.finish(q, nozzle.FinishLength, nil)
+		}
+	}
+}
+
+func (s *scheduler) work(e stepEntry) float64 {
+	if e.decode {
+		return float64(e.n) * s.decodeWeight
+	}
+	return float64(e.n) * s.prefillWeight
+}
+
+func (s *scheduler) updateGauges() {
+	s.m.queueDepth.Set(float64(s.waiting))
+	s.m.running.Set(float64(len(s.running)))
+	s.m.kvUsed.Set(float64(s.pool.used()))
+	s.m.kvFree.Set(float64(s.pool.available()))
+	s.m.slotsUsed.Set(float64(s.slots.used()))
+	s.m.slotsPinned.Set(float64(s.slots.pinned()))
+	s.m.hostCacheBytes.Set(float64(s.cache.residentBytes()))
+}
+
+func boolInt(b bool) int32 {
+	if b {
+		return 1
+	}
+	return 0
+}
