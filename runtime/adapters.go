@@ -52,8 +52,8 @@ type hostCache struct {
 	mu       sync.Mutex
 	used     int64
 	entries  map[string]*hostEntry
-	lru      *list.List        // of *hostEntry, most recent first
-	onDevice map[string]bool   // adapters in an engine slot, for AdapterTier
+	lru      *list.List      // of *hostEntry, most recent first
+	onDevice map[string]bool // adapters in an engine slot, for AdapterTier
 	wg       sync.WaitGroup
 }
 

@@ -20,9 +20,9 @@ const (
 
 // cancel kinds sent by a request's goroutine.
 const (
-	cancelClient = iota // ctx ended or emit failed: ECANCELED
-	cancelStop          // a stop sequence matched: finished with "stop"
-	cancelShutdown      // the runtime is closing: EUNAVAILABLE
+	cancelClient   = iota // ctx ended or emit failed: ECANCELED
+	cancelStop            // a stop sequence matched: finished with "stop"
+	cancelShutdown        // the runtime is closing: EUNAVAILABLE
 )
 
 // seqEvent is what the engine goroutine tells a request: one sampled token,
