@@ -1,0 +1,598 @@
+// Package model reads Hugging Face Llama-family model folders (config.json,
+// generation_config.json, safetensors weights, sharded or not) and PEFT LoRA
+// adapter folders, validating them against the shapes the engine computes
+// with, and writes deterministic random models and adapters for demos, tests
+// and benchmarks.
+package model
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"os"
+	"path/filepath"
+
+	"github.com/nozzle-ai/nozzle/runtime/safetensors"
+)
+
+// Architectures accepted in config.json, by architectures[0].
+const (
+	ArchLlama   = "LlamaForCausalLM"
+	ArchMistral = "MistralForCausalLM"
+	ArchQwen2   = "Qwen2ForCausalLM"
+)
+
+var archByModelType = map[string]string{"llama": ArchLlama, "mistral": ArchMistral, "qwen2": ArchQwen2}
+
+// RoPE scaling types the engine implements.
+const (
+	RopeDefault = "default"
+	RopeLinear  = "linear"
+	RopeLlama3  = "llama3"
+)
+
+// RopeScaling is config.json's rope_scaling (or rope_parameters) resolved.
+type RopeScaling struct {
+	// Type is RopeDefault, RopeLinear or RopeLlama3.
+	Type string
+	// Factor divides frequencies (linear, llama3).
+	Factor float64
+	// LowFreqFactor, HighFreqFactor and OriginalMaxPosition are llama3's.
+	LowFreqFactor       float64
+	HighFreqFactor      float64
+	OriginalMaxPosition int
+}
+
+// Config is a model's config.json with every default and alternative
+// spelling resolved.
+type Config struct {
+	// Architecture is one of ArchLlama, ArchMistral, ArchQwen2.
+	Architecture string
+	// ModelType is config.json's model_type (may be empty).
+	ModelType string
+	// NameOrPath is config.json's _name_or_path (may be empty).
+	NameOrPath string
+
+	VocabSize        int
+	HiddenSize       int
+	IntermediateSize int
+	NumLayers        int
+	NumHeads         int
+	NumKVHeads       int
+	HeadDim          int
+	// MaxPositionEmbeddings is the context length the model was made for.
+	MaxPositionEmbeddings int
+	RMSNormEps            float64
+	RopeTheta             float64
+	RopeScaling           RopeScaling
+	// SlidingWindow is 0 for full attention; otherwise a query at position
+	// p sees keys at positions p-SlidingWindow+1..p in the layers from
+	// SlidingWindowFromLayer on.
+	SlidingWindow          int
+	SlidingWindowFromLayer int
+	TieWordEmbeddings      bool
+	// QKVBias: q, k and v projections have biases (Qwen2, or Llama with
+	// attention_bias). OBias: o_proj has one (Llama with attention_bias).
+	QKVBias bool
+	OBias   bool
+	// MLPBias: gate, up and down projections have biases (Llama mlp_bias).
+	MLPBias bool
+	// DType is torch_dtype/dtype as a safetensors dtype ("" when absent).
+	DType safetensors.DType
+
+	BOSTokenID  int // -1 when absent
+	PadTokenID  int // -1 when absent
+	EOSTokenIDs []int
+}
+
+// GenerationConfig is generation_config.json. Absent fields are nil.
+type GenerationConfig struct {
+	BOSTokenID   *int
+	PadTokenID   *int
+	EOSTokenIDs  []int
+	DoSample     *bool
+	Temperature  *float64
+	TopP         *float64
+	TopK         *int
+	MaxNewTokens *int
+	MaxLength    *int
+}
+
+// rawConfig holds the fields of config.json the engine reads. Pointers
+// tell absent from zero; json.RawMessage fields take several shapes.
+type rawConfig struct {
+	Architectures         []string        `json:"architectures"`
+	ModelType             string          `json:"model_type"`
+	NameOrPath            string          `json:"_name_or_path"`
+	VocabSize             *int            `json:"vocab_size"`
+	HiddenSize            *int            `json:"hidden_size"`
+	IntermediateSize      *int            `json:"intermediate_size"`
+	NumHiddenLayers       *int            `json:"num_hidden_layers"`
+	NumAttentionHeads     *int            `json:"num_attention_heads"`
+	NumKeyValueHeads      *int            `json:"num_key_value_heads"`
+	HeadDim               *int            `json:"head_dim"`
+	MaxPositionEmbeddings *int            `json:"max_position_embeddings"`
+	RMSNormEps            *float64        `json:"rms_norm_eps"`
+	RopeTheta             *float64        `json:"rope_theta"`
+	RopeScaling           json.RawMessage `json:"rope_scaling"`
+	RopeParameters        json.RawMessage `json:"rope_parameters"`
+	TieWordEmbeddings     *bool           `json:"tie_word_embeddings"`
+	AttentionBias         *bool           `json:"attention_bias"`
+	MLPBias               *bool           `json:"mlp_bias"`
+	HiddenAct             *string         `json:"hidden_act"`
+	SlidingWindow         json.RawMessage `json:"sliding_window"`
+	UseSlidingWindow      *bool           `json:"use_sliding_window"`
+	MaxWindowLayers       *int            `json:"max_window_layers"`
+	LayerTypes            []string        `json:"layer_types"`
+	TorchDType            *string         `json:"torch_dtype"`
+	DType                 *string         `json:"dtype"`
+	BOSTokenID            json.RawMessage `json:"bos_token_id"`
+	EOSTokenID            json.RawMessage `json:"eos_token_id"`
+	PadTokenID            json.RawMessage `json:"pad_token_id"`
+	PartialRotaryFactor   *float64        `json:"partial_rotary_factor"`
+}
+
+// LoadConfig reads dir/config.json.
+func LoadConfig(dir string) (*Config, error) {
+	b, err := readSmallFile(filepath.Join(dir, "config.json"), 4<<20)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("model folder %s has no config.json", dir)
+		}
+		return nil, fmt.Errorf("read config.json: %w", err)
+	}
+	c, err := ParseConfig(b)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", filepath.Join(dir, "config.json"), err)
+	}
+	return c, nil
+}
+
+// ParseConfig parses the bytes of a config.json.
+func ParseConfig(b []byte) (*Config, error) {
+	var r rawConfig
+	if err := json.Unmarshal(b, &r); err != nil {
+		return nil, fmt.Errorf("not valid JSON: %w", err)
+	}
+	c := &Config{ModelType: r.ModelType, NameOrPath: r.NameOrPath}
+	switch {
+	case len(r.Architectures) > 0:
+		a := r.Architectures[0]
+		if a != ArchLlama && a != ArchMistral && a != ArchQwen2 {
+			return nil, fmt.Errorf("architecture %q is not supported (want %s, %s or %s)", a, ArchLlama, ArchMistral, ArchQwen2)
+		}
+		c.Architecture = a
+	case r.ModelType != "":
+		a, ok := archByModelType[r.ModelType]
+		if !ok {
+			return nil, fmt.Errorf("model_type %q is not supported (want llama, mistral or qwen2)", r.ModelType)
+		}
+		c.Architecture = a
+	default:
+		return nil, errors.New("neither architectures nor model_type is set")
+	}
+
+	need := func(name string, v *int) (int, error) {
+		if v == nil {
+			return 0, fmt.Errorf("%s is missing", name)
+		}
+		if *v <= 0 {
+			return 0, fmt.Errorf("%s is %d, want a positive number", name, *v)
+		}
+		return *v, nil
+	}
+	var err error
+	if c.HiddenSize, err = need("hidden_size", r.HiddenSize); err != nil {
+		return nil, err
+	}
+	if c.IntermediateSize, err = need("intermediate_size", r.IntermediateSize); err != nil {
+		return nil, err
+	}
+	if c.NumLayers, err = need("num_hidden_layers", r.NumHiddenLayers); err != nil {
+		return nil, err
+	}
+	if c.NumHeads, err = need("num_attention_heads", r.NumAttentionHeads); err != nil {
+		return nil, err
+	}
+	c.VocabSize = 32000
+	if c.Architecture == ArchQwen2 {
+		c.VocabSize = 151936
+	}
+	if r.VocabSize != nil {
+		if c.VocabSize, err = need("vocab_size", r.VocabSize); err != nil {
+			return nil, err
+		}
+	}
+	c.NumKVHeads = c.NumHeads
+	if c.Architecture == ArchMistral {
+		c.NumKVHeads = 8
+	}
+	if r.NumKeyValueHeads != nil {
+		if c.NumKVHeads, err = need("num_key_value_heads", r.NumKeyValueHeads); err != nil {
+			return nil, err
+		}
+	}
+	if c.NumHeads%c.NumKVHeads != 0 {
+		return nil, fmt.Errorf("num_attention_heads %d is not a multiple of num_key_value_heads %d", c.NumHeads, c.NumKVHeads)
+	}
+	c.HeadDim = c.HiddenSize / c.NumHeads
+	if r.HeadDim != nil {
+		if c.HeadDim, err = need("head_dim", r.HeadDim); err != nil {
+			return nil, err
+		}
+	}
+	if c.HeadDim <= 0 || c.HeadDim%2 != 0 {
+		return nil, fmt.Errorf("head_dim %d must be a positive even number", c.HeadDim)
+	}
+	switch c.Architecture {
+	case ArchMistral:
+		c.MaxPositionEmbeddings = 4096 * 32
+	case ArchQwen2:
+		c.MaxPositionEmbeddings = 32768
+	default:
+		c.MaxPositionEmbeddings = 2048
+	}
+	if r.MaxPositionEmbeddings != nil {
+		if c.MaxPositionEmbeddings, err = need("max_position_embeddings", r.MaxPositionEmbeddings); err != nil {
+			return nil, err
+		}
+	}
+	c.RMSNormEps = 1e-6
+	if r.RMSNormEps != nil {
+		c.RMSNormEps = *r.RMSNormEps
+	}
+	if !(c.RMSNormEps > 0) || math.IsInf(c.RMSNormEps, 0) {
+		return nil, fmt.Errorf("rms_norm_eps %v must be a positive number", c.RMSNormEps)
+	}
+	if r.HiddenAct != nil && *r.HiddenAct != "silu" {
+		return nil, fmt.Errorf("hidden_act %q is not supported (want silu)", *r.HiddenAct)
+	}
+	if r.PartialRotaryFactor != nil && *r.PartialRotaryFactor != 1 {
+		return nil, fmt.Errorf("partial_rotary_factor %v is not supported (want 1)", *r.PartialRotaryFactor)
+	}
+
+	// RoPE: top-level rope_theta/rope_scaling, or transformers v5
+	// rope_parameters carrying both.
+	c.RopeTheta = 10000
+	if r.RopeTheta != nil {
+		c.RopeTheta = *r.RopeTheta
+	}
+	c.RopeScaling = RopeScaling{Type: RopeDefault, Factor: 1}
+	if isSet(r.RopeParameters) {
+		theta, err := c.parseRope(r.RopeParameters, "rope_parameters")
+		if err != nil {
+			return nil, err
+		}
+		if theta != nil {
+			c.RopeTheta = *theta
+		}
+	} else if isSet(r.RopeScaling) {
+		if _, err := c.parseRope(r.RopeScaling, "rope_scaling"); err != nil {
+			return nil, err
+		}
+	}
+	if !(c.RopeTheta > 0) || math.IsInf(c.RopeTheta, 0) {
+		return nil, fmt.Errorf("rope_theta %v must be a positive number", c.RopeTheta)
+	}
+
+	c.TieWordEmbeddings = r.TieWordEmbeddings != nil && *r.TieWordEmbeddings
+	switch c.Architecture {
+	case ArchQwen2:
+		c.QKVBias = true
+	case ArchLlama:
+		if r.AttentionBias != nil && *r.AttentionBias {
+			c.QKVBias, c.OBias = true, true
+		}
+		c.MLPBias = r.MLPBias != nil && *r.MLPBias
+	}
+
+	if err := c.parseSlidingWindow(&r); err != nil {
+		return nil, err
+	}
+
+	dt := r.TorchDType
+	if r.DType != nil {
+		dt = r.DType
+	}
+	if dt != nil {
+		switch *dt {
+		case "bfloat16":
+			c.DType = safetensors.BF16
+		case "float16", "half":
+			c.DType = safetensors.F16
+		case "float32", "float":
+			c.DType = safetensors.F32
+		default:
+			return nil, fmt.Errorf("dtype %q is not supported (want bfloat16, float16 or float32)", *dt)
+		}
+	}
+
+	if c.BOSTokenID, err = optionalTokenID(r.BOSTokenID, "bos_token_id"); err != nil {
+		return nil, err
+	}
+	if c.PadTokenID, err = optionalTokenID(r.PadTokenID, "pad_token_id"); err != nil {
+		return nil, err
+	}
+	if c.EOSTokenIDs, err = tokenIDs(r.EOSTokenID, "eos_token_id"); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+func (c *Config) parseRope(raw json.RawMessage, field string) (*float64, error) {
+	var m map[string]json.RawMessage
+	if err := json.Unmarshal(raw, &m); err != nil {
+		return nil, fmt.Errorf("%s is not an object: %w", field, err)
+	}
+	num := func(key string) (*float64, error) {
+		v, ok := m[key]
+		if !ok || !isSet(v) {
+			return nil, nil
+		}
+		var f float64
+		if err := json.Unmarshal(v, &f); err != nil {
+			return nil, fmt.Errorf("%s.%s is not a number", field, key)
+		}
+		if math.IsNaN(f) || math.IsInf(f, 0) {
+			return nil, fmt.Errorf("%s.%s is not finite", field, key)
+		}
+		return &f, nil
+	}
+	typ := ""
+	for _, k := range []string{"rope_type", "type"} {
+		if v, ok := m[k]; ok && isSet(v) {
+			if err := json.Unmarshal(v, &typ); err != nil {
+				return nil, fmt.Errorf("%s.%s is not a string", field, k)
+			}
+			break
+		}
+	}
+	theta, err := num("rope_theta")
+	if err != nil {
+		return nil, err
+	}
+	if typ == "" {
+		if field == "rope_parameters" {
+			typ = RopeDefault
+		} else {
+			return nil, fmt.Errorf("%s has no rope_type", field)
+		}
+	}
+	require := func(key string) (float64, error) {
+		f, err := num(key)
+		if err != nil {
+			return 0, err
+		}
+		if f == nil {
+			return 0, fmt.Errorf("%s (rope_type %s) needs %s", field, typ, key)
+		}
+		if !(*f > 0) {
+			return 0, fmt.Errorf("%s.%s is %v, want a positive number", field, key, *f)
+		}
+		return *f, nil
+	}
+	rs := RopeScaling{Type: typ, Factor: 1}
+	switch typ {
+	case RopeDefault:
+	case RopeLinear:
+		if rs.Factor, err = require("factor"); err != nil {
+			return nil, err
+		}
+	case RopeLlama3:
+		if rs.Factor, err = require("factor"); err != nil {
+			return nil, err
+		}
+		if rs.LowFreqFactor, err = require("low_freq_factor"); err != nil {
+			return nil, err
+		}
+		if rs.HighFreqFactor, err = require("high_freq_factor"); err != nil {
+			return nil, err
+		}
+		orig, err := require("original_max_position_embeddings")
+		if err != nil {
+			return nil, err
+		}
+		if orig != math.Trunc(orig) {
+			return nil, fmt.Errorf("%s.original_max_position_embeddings %v is not an integer", field, orig)
+		}
+		rs.OriginalMaxPosition = int(orig)
+		if rs.HighFreqFactor <= rs.LowFreqFactor {
+			return nil, fmt.Errorf("%s: high_freq_factor %v must exceed low_freq_factor %v", field, rs.HighFreqFactor, rs.LowFreqFactor)
+		}
+	default:
+		return nil, fmt.Errorf("%s rope_type %q is not supported (default, linear and llama3 are)", field, typ)
+	}
+	c.RopeScaling = rs
+	return theta, nil
+}
+
+func (c *Config) parseSlidingWindow(r *rawConfig) error {
+	window := 0
+	if isSet(r.SlidingWindow) {
+		if err := json.Unmarshal(r.SlidingWindow, &window); err != nil || window < 0 {
+			return fmt.Errorf("sliding_window %s is not a non-negative integer", r.SlidingWindow)
+		}
+	}
+	switch c.Architecture {
+	case ArchMistral:
+		if r.SlidingWindow == nil {
+			window = 4096 // MistralConfig's default when the key is absent
+		}
+		c.SlidingWindow = window
+	case ArchQwen2:
+		if r.UseSlidingWindow == nil || !*r.UseSlidingWindow {
+			window = 0
+		} else if r.SlidingWindow == nil {
+			window = 4096
+		}
+		c.SlidingWindow = window
+		c.SlidingWindowFromLayer = 28
+		if r.MaxWindowLayers != nil {
+			c.SlidingWindowFromLayer = *r.MaxWindowLayers
+		}
+	}
+	if len(r.LayerTypes) > 0 && c.SlidingWindow > 0 {
+		// Explicit layer types must be full layers followed by sliding
+		// ones, which is all the engine can express.
+		if len(r.LayerTypes) != c.NumLayers {
+			return fmt.Errorf("layer_types has %d entries for %d layers", len(r.LayerTypes), c.NumLayers)
+		}
+		from := len(r.LayerTypes)
+		for i, t := range r.LayerTypes {
+			switch t {
+			case "sliding_attention":
+				if from > i {
+					from = i
+				}
+			case "full_attention":
+				if from < i {
+					return fmt.Errorf("layer_types: full attention in layer %d after sliding layers is not supported", i)
+				}
+			default:
+				return fmt.Errorf("layer_types: %q is not supported", t)
+			}
+		}
+		c.SlidingWindowFromLayer = from
+	}
+	if c.SlidingWindowFromLayer < 0 {
+		return fmt.Errorf("max_window_layers %d is negative", c.SlidingWindowFromLayer)
+	}
+	if c.SlidingWindow == 0 || c.SlidingWindowFromLayer >= c.NumLayers {
+		c.SlidingWindow, c.SlidingWindowFromLayer = 0, 0
+	}
+	return nil
+}
+
+// SlidingLayer reports whether layer uses the sliding window.
+func (c *Config) SlidingLayer(layer int) bool {
+	return c.SlidingWindow > 0 && layer >= c.SlidingWindowFromLayer
+}
+
+// LoadGenerationConfig reads dir/generation_config.json; it returns nil and
+// no error when the file is absent.
+func LoadGenerationConfig(dir string) (*GenerationConfig, error) {
+	p := filepath.Join(dir, "generation_config.json")
+	b, err := readSmallFile(p, 1<<20)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read generation_config.json: %w", err)
+	}
+	g, err := ParseGenerationConfig(b)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", p, err)
+	}
+	return g, nil
+}
+
+// ParseGenerationConfig parses the bytes of a generation_config.json.
+func ParseGenerationConfig(b []byte) (*GenerationConfig, error) {
+	var r struct {
+		BOSTokenID   json.RawMessage `json:"bos_token_id"`
+		PadTokenID   json.RawMessage `json:"pad_token_id"`
+		EOSTokenID   json.RawMessage `json:"eos_token_id"`
+		DoSample     *bool           `json:"do_sample"`
+		Temperature  *float64        `json:"temperature"`
+		TopP         *float64        `json:"top_p"`
+		TopK         *int            `json:"top_k"`
+		MaxNewTokens *int            `json:"max_new_tokens"`
+		MaxLength    *int            `json:"max_length"`
+	}
+	if err := json.Unmarshal(b, &r); err != nil {
+		return nil, fmt.Errorf("not valid JSON: %w", err)
+	}
+	g := &GenerationConfig{DoSample: r.DoSample, Temperature: r.Temperature, TopP: r.TopP, TopK: r.TopK, MaxNewTokens: r.MaxNewTokens, MaxLength: r.MaxLength}
+	ptr := func(raw json.RawMessage, name string) (*int, error) {
+		id, err := optionalTokenID(raw, name)
+		if err != nil || id < 0 {
+			return nil, err
+		}
+		return &id, nil
+	}
+	var err error
+	if g.BOSTokenID, err = ptr(r.BOSTokenID, "bos_token_id"); err != nil {
+		return nil, err
+	}
+	if g.PadTokenID, err = ptr(r.PadTokenID, "pad_token_id"); err != nil {
+		return nil, err
+	}
+	if g.EOSTokenIDs, err = tokenIDs(r.EOSTokenID, "eos_token_id"); err != nil {
+		return nil, err
+	}
+	if g.Temperature != nil && (*g.Temperature < 0 || math.IsNaN(*g.Temperature)) {
+		return nil, fmt.Errorf("temperature %v is negative", *g.Temperature)
+	}
+	if g.TopP != nil && !(*g.TopP > 0 && *g.TopP <= 1) {
+		return nil, fmt.Errorf("top_p %v is not in (0, 1]", *g.TopP)
+	}
+	if g.TopK != nil && *g.TopK < 0 {
+		return nil, fmt.Errorf("top_k %d is negative", *g.TopK)
+	}
+	return g, nil
+}
+
+func isSet(raw json.RawMessage) bool {
+	return len(raw) > 0 && !bytes.Equal(bytes.TrimSpace(raw), []byte("null"))
+}
+
+func optionalTokenID(raw json.RawMessage, name string) (int, error) {
+	if !isSet(raw) {
+		return -1, nil
+	}
+	var id int
+	if err := json.Unmarshal(raw, &id); err != nil || id < 0 {
+		return 0, fmt.Errorf("%s %s is not a token id", name, raw)
+	}
+	return id, nil
+}
+
+// tokenIDs reads an int or a list of ints.
+func tokenIDs(raw json.RawMessage, name string) ([]int, error) {
+	if !isSet(raw) {
+		return nil, nil
+	}
+	var one int
+	if err := json.Unmarshal(raw, &one); err == nil {
+		if one < 0 {
+			return nil, fmt.Errorf("%s %d is not a token id", name, one)
+		}
+		return []int{one}, nil
+	}
+	var list []int
+	if err := json.Unmarshal(raw, &list); err != nil {
+		return nil, fmt.Errorf("%s %s is neither a token id nor a list of them", name, raw)
+	}
+	for _, id := range list {
+		if id < 0 {
+			return nil, fmt.Errorf("%s %d is not a token id", name, id)
+		}
+	}
+	return list, nil
+}
+
+func readSmallFile(path string, limit int64) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if st.IsDir() {
+		return nil, fmt.Errorf("%s is a folder", path)
+	}
+	if st.Size() > limit {
+		return nil, fmt.Errorf("%s is %d bytes, more than the %d allowed", filepath.Base(path), st.Size(), limit)
+	}
+	b := make([]byte, st.Size())
+	if _, err := f.ReadAt(b, 0); err != nil && st.Size() > 0 {
+		return nil, err
+	}
+	return b, nil
+}
+
