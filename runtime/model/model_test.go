@@ -132,7 +132,11 @@ func TestOpen_Errors(t *testing.T) {
 			os.Remove(filepath.Join(dir, "model.safetensors"))
 			os.WriteFile(filepath.Join(dir, "pytorch_model.bin"), []byte("x"), 0o644)
 		}, "pickle checkpoint (pytorch_model.bin)"},
-		{"MissingTensor", func(t *testing.T, dir string) { rewrite(t, dir, func(ts []safetensors.Tensor) []safetensors.Tensor { return drop(ts, "model.layers.1.mlp.up_proj.weight") }) }, "no tensor model.layers.1.mlp.up_proj.weight"},
+		{"MissingTensor", func(t *testing.T, dir string) {
+			rewrite(t, dir, func(ts []safetensors.Tensor) []safetensors.Tensor {
+				return drop(ts, "model.layers.1.mlp.up_proj.weight")
+			})
+		}, "no tensor model.layers.1.mlp.up_proj.weight"},
 		{"WrongShape", func(t *testing.T, dir string) {
 			rewrite(t, dir, func(ts []safetensors.Tensor) []safetensors.Tensor {
 				for i := range ts {
