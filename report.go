@@ -95,12 +95,17 @@ type GPUSummary struct {
 
 // OutboxState summarises the Stripe outbox.
 type OutboxState struct {
-	Enabled    bool      `json:"enabled"`
-	Pending    int       `json:"pending"`
-	Sent       int       `json:"sent"`
-	Failing    int       `json:"failing"`
-	LastError  string    `json:"last_error,omitempty"`
-	LastSentAt time.Time `json:"last_sent_at,omitzero"`
+	Enabled bool `json:"enabled"`
+	Pending int  `json:"pending"`
+	Sent    int  `json:"sent"`
+	Failing int  `json:"failing"`
+	// NeedsReview counts rows parked because an attempt with an unknown
+	// outcome is older than Stripe's deduplication window; Expired counts
+	// rows older than Stripe accepts. Neither is sent without an operator.
+	NeedsReview int       `json:"needs_review"`
+	Expired     int       `json:"expired"`
+	LastError   string    `json:"last_error,omitempty"`
+	LastSentAt  time.Time `json:"last_sent_at,omitzero"`
 }
 
 // Reporter produces usage and cost reports.

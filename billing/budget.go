@@ -1,0 +1,98 @@
+package billing
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"github.com/nozzle-ai/nozzle"
+	bolt "go.etcd.io/bbolt"
+)
+
+// budgets holds the open reservations: what admitted requests may still
+// charge. Month-to-date charges come from the ledger (bucket months).
+type budgets struct {
+	mu   sync.Mutex
+	open map[string]float64 // tenant → reserved USD
+}
+
+func (b *budgets) init() { b.open = map[string]float64{} }
+
+// ReserveBudget reserves usd against the tenant's budget for the current
+// calendar month (UTC): month-to-date charges plus open reservations plus
+// usd must stay within Tenant.MonthlyBudgetUSD. Returns EQUOTA, with
+// RetryAfter set to the start of next month, when it would not. The check
+// and the reservation are one step under a lock, so concurrent requests
+// can never reserve past the budget. A tenant without a budget reserves
+// nothing.
+//
+// release must be called once the request's usage is recorded (its charge
+// is then in the month-to-date total) or the request is abandoned; it is
+// safe to call twice.
+func (l *Ledger) ReserveBudget(ctx context.Context, tenantID string, usd float64) (func(), error) {
+	if !nonNegative(usd) {
+		return nil, nozzle.Errorf(nozzle.EINVALID, "A budget reservation must be a non-negative amount.")
+	}
+	t, err := l.Tenant(ctx, tenantID)
+	if err != nil {
+		return nil, err
+	}
+	if t.MonthlyBudgetUSD == 0 {
+		return func() {}, nil
+	}
+	now := l.now().UTC()
+	b := &l.budget
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	// Read the month-to-date charges under the lock: a release (which
+	// takes the lock) always follows the commit of its usage, so the sum
+	// below never misses both the reservation and its charge.
+	var mtd float64
+	err = l.view(func(tx *bolt.Tx) error {
+		v := tx.Bucket(bMonths).Get(monthKey(tenantID, monthOf(now)))
+		if v == nil {
+			return nil
+		}
+		r, err := decodeRollup(v)
+		mtd = r.ChargedUSD
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	if mtd+b.open[tenantID]+usd > t.MonthlyBudgetUSD*(1+1e-12) {
+		next := time.Date(now.Year(), now.Month()+1, 1, 0, 0, 0, 0, time.UTC)
+		return nil, nozzle.Errorf(nozzle.EQUOTA, "You exceeded your monthly budget of $%.2f; it renews on %s.",
+			t.MonthlyBudgetUSD, next.Format("2006-01-02")).WithReason("insufficient_quota").WithRetryAfter(next.Sub(now))
+	}
+	b.open[tenantID] += usd
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			b.mu.Lock()
+			defer b.mu.Unlock()
+			left := b.open[tenantID] - usd
+			if left <= 1e-12 {
+				delete(b.open, tenantID)
+			} else {
+				b.open[tenantID] = left
+			}
+		})
+	}, nil
+}
+
+// MonthToDate returns a tenant's charges in the calendar month (UTC)
+// holding at.
+func (l *Ledger) MonthToDate(ctx context.Context, tenantID string, at time.Time) (float64, error) {
+	var mtd float64
+	err := l.view(func(tx *bolt.Tx) error {
+		v := tx.Bucket(bMonths).Get(monthKey(tenantID, monthOf(at)))
+		if v == nil {
+			return nil
+		}
+		r, err := decodeRollup(v)
+		mtd = r.ChargedUSD
+		return err
+	})
+	return mtd, err
+}

@@ -1,0 +1,204 @@
+package billing
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"time"
+
+	"github.com/nozzle-ai/nozzle"
+	bolt "go.etcd.io/bbolt"
+)
+
+func capacityKey(runtimeID string, seq uint64) []byte { return join(lp(runtimeID), u64key(seq)) }
+
+func capHourKey(hour int64, runtimeID string) []byte { return join(hourKey(hour), []byte(runtimeID)) }
+
+func validateInterval(iv *nozzle.CapacityInterval) error {
+	dur := iv.End.Sub(iv.Start).Seconds()
+	switch {
+	case iv.RuntimeID == "" || len(iv.RuntimeID) > maxIDLen:
+		return nozzle.Errorf(nozzle.EINVALID, "Capacity interval needs a runtime id.")
+	case iv.Start.IsZero() || !iv.End.After(iv.Start):
+		return nozzle.Errorf(nozzle.EINVALID, "Capacity interval %s/%d must end after it starts.", iv.RuntimeID, iv.Seq)
+	case !nonNegative(iv.ActiveSeconds, iv.IdleSeconds, iv.RatePerHour):
+		return nozzle.Errorf(nozzle.EINVALID, "Capacity interval %s/%d has a negative duration or rate.", iv.RuntimeID, iv.Seq)
+	case math.Abs(iv.ActiveSeconds+iv.IdleSeconds-dur) > 1e-3+1e-6*dur:
+		return nozzle.Errorf(nozzle.EINVALID, "Capacity interval %s/%d: active plus idle seconds (%g) must equal its length (%g).",
+			iv.RuntimeID, iv.Seq, iv.ActiveSeconds+iv.IdleSeconds, dur)
+	}
+	return nil
+}
+
+// splitHours calls fn for each UTC hour the interval overlaps with the
+// fraction of the interval inside it.
+func splitHours(start, end time.Time, fn func(hour int64, frac float64)) {
+	total := end.Sub(start).Seconds()
+	for h := hourOf(start); ; h++ {
+		hs, he := hourTime(h), hourTime(h+1)
+		if !hs.Before(end) {
+			return
+		}
+		from, to := maxTime(start, hs), minTime(end, he)
+		if to.After(from) {
+			fn(h, to.Sub(from).Seconds()/total)
+		}
+	}
+}
+
+func maxTime(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
+}
+
+func minTime(a, b time.Time) time.Time {
+	if a.Before(b) {
+		return a
+	}
+	return b
+}
+
+// RecordCapacity stores intervals; an interval already stored (same
+// RuntimeID and Seq) is skipped. Each interval is also added to the hourly
+// capacity of its runtime, split across hours in proportion to time.
+func (l *Ledger) RecordCapacity(ctx context.Context, intervals []nozzle.CapacityInterval) error {
+	for i := range intervals {
+		if err := validateInterval(&intervals[i]); err != nil {
+			return err
+		}
+	}
+	ivs := append([]nozzle.CapacityInterval(nil), intervals...)
+	return l.write(ctx, func(w *wtx) error {
+		caps, hours := w.tx.Bucket(bCapacity), w.tx.Bucket(bCapHours)
+		for i := range ivs {
+			iv := &ivs[i]
+			k := capacityKey(iv.RuntimeID, iv.Seq)
+			if caps.Get(k) != nil {
+				continue
+			}
+			iv.Start, iv.End = iv.Start.UTC(), iv.End.UTC()
+			if err := caps.Put(k, encodeInterval(iv)); err != nil {
+				return err
+			}
+			var err error
+			splitHours(iv.Start, iv.End, func(h int64, f float64) {
+				if err != nil {
+					return
+				}
+				inc := capHour{
+					UptimeSeconds: f * (iv.ActiveSeconds + iv.IdleSeconds),
+					ActiveSeconds: f * iv.ActiveSeconds,
+					IdleSeconds:   f * iv.IdleSeconds,
+					CostUSD:       f * (iv.ActiveSeconds + iv.IdleSeconds) * iv.RatePerHour / 3600,
+					IdleCostUSD:   f * iv.IdleSeconds * iv.RatePerHour / 3600,
+				}
+				hk := capHourKey(h, iv.RuntimeID)
+				var c capHour
+				if v := hours.Get(hk); v != nil {
+					if c, err = decodeCapHour(v); err != nil {
+						return
+					}
+				}
+				c.add(inc)
+				err = hours.Put(hk, encodeCapHour(&c))
+			})
+			if err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// LastCapacitySeq returns the highest Seq stored for a runtime (0 if none).
+func (l *Ledger) LastCapacitySeq(ctx context.Context, runtimeID string) (uint64, error) {
+	var seq uint64
+	err := l.view(func(tx *bolt.Tx) error {
+		prefix := lp(runtimeID)
+		c := tx.Bucket(bCapacity).Cursor()
+		k, _ := c.Seek(capacityKey(runtimeID, math.MaxUint64))
+		if k == nil || !bytes.Equal(k, capacityKey(runtimeID, math.MaxUint64)) {
+			if k == nil {
+				k, _ = c.Last()
+			} else {
+				k, _ = c.Prev()
+			}
+		}
+		if k != nil && bytes.HasPrefix(k, prefix) && len(k) == len(prefix)+8 {
+			seq = bytesU64(k[len(prefix):])
+		}
+		return nil
+	})
+	return seq, err
+}
+
+// CollectCapacity pulls closed capacity intervals from each runtime (keyed
+// by runtime id) every interval, recording those after the last one stored,
+// until ctx ends; then it pulls once more so that a shutdown loses nothing.
+// A failing source is logged and retried at the next tick.
+func CollectCapacity(ctx context.Context, ledger nozzle.CapacityLedger, sources map[string]nozzle.CapacitySource, every time.Duration) error {
+	log := slog.Default().With("component", "billing")
+	if every <= 0 {
+		every = 10 * time.Second
+	}
+	pull := func(ctx context.Context) {
+		for id, src := range sources {
+			if err := pullCapacity(ctx, ledger, id, src); err != nil && ctx.Err() == nil {
+				log.Warn("collect capacity", "runtime", id, "err", err)
+			}
+		}
+	}
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		pull(ctx)
+		select {
+		case <-ctx.Done():
+			final, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+			pull(final)
+			cancel()
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+func pullCapacity(ctx context.Context, ledger nozzle.CapacityLedger, runtimeID string, src nozzle.CapacitySource) error {
+	for {
+		after, err := ledger.LastCapacitySeq(ctx, runtimeID)
+		if err != nil {
+			return err
+		}
+		ivs, err := src.CapacityIntervals(ctx, after)
+		if err != nil {
+			return err
+		}
+		var keep []nozzle.CapacityInterval
+		for _, iv := range ivs {
+			if iv.Seq <= after {
+				continue
+			}
+			if iv.RuntimeID == "" {
+				iv.RuntimeID = runtimeID
+			}
+			if iv.RuntimeID != runtimeID {
+				return fmt.Errorf("runtime %s reported an interval of runtime %s", runtimeID, iv.RuntimeID)
+			}
+			keep = append(keep, iv)
+		}
+		if len(keep) == 0 {
+			return nil
+		}
+		if err := ledger.RecordCapacity(ctx, keep); err != nil {
+			if errors.Is(err, ErrClosed) {
+				return err
+			}
+			return fmt.Errorf("record capacity: %w", err)
+		}
+	}
+}

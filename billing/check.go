@@ -1,0 +1,213 @@
+package billing
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"math"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// ErrInconsistent is wrapped by Check's error when the ledger's derived
+// data does not match its events.
+var ErrInconsistent = errors.New("ledger is inconsistent")
+
+// CheckResult says what Check looked at and what it found.
+type CheckResult struct {
+	Events     int      `json:"events"`
+	Rollups    int      `json:"rollups"`
+	Intervals  int      `json:"capacity_intervals"`
+	OutboxRows int      `json:"outbox_rows"`
+	Problems   []string `json:"problems,omitempty"`
+}
+
+const maxProblems = 50
+
+func (r *CheckResult) problem(format string, args ...any) {
+	if len(r.Problems) < maxProblems {
+		r.Problems = append(r.Problems, fmt.Sprintf(format, args...))
+	}
+}
+
+// Check verifies the ledger in one read transaction (writes go on): every
+// event decodes and is indexed by its request id; the hourly rollups, the
+// all-tenant hourly totals and the monthly totals equal the sums of the
+// events; the hourly capacity equals the sum of the capacity intervals;
+// and the outbox never took more of an hour than it holds. The error wraps
+// ErrInconsistent when something does not match.
+func (l *Ledger) Check(ctx context.Context) (*CheckResult, error) {
+	res := &CheckResult{}
+	err := l.view(func(tx *bolt.Tx) error {
+		rollups := map[string]*rollup{}
+		hours := map[string]*rollup{}
+		months := map[string]*rollup{}
+		reqids := tx.Bucket(bRequestIDs)
+		c := tx.Bucket(bEvents).Cursor()
+		for k, v := c.First(); k != nil; k, v = c.Next() {
+			if res.Events++; res.Events%65536 == 0 && ctx.Err() != nil {
+				return ctx.Err()
+			}
+			ev, err := decodeEvent(v)
+			if err != nil {
+				res.problem("event %x: %v", k, err)
+				continue
+			}
+			if got := reqids.Get([]byte(ev.RequestID)); !bytes.Equal(got, k) {
+				res.problem("request id %q is not indexed to its event %x", ev.RequestID, k)
+			}
+			h := hourOf(ev.Time)
+			for _, x := range []struct {
+				m map[string]*rollup
+				k []byte
+			}{
+				{rollups, rollupKey(ev.TenantID, h, ev.AdapterID)},
+				{hours, hourKey(h)},
+				{months, monthKey(ev.TenantID, monthOf(ev.Time))},
+			} {
+				r := x.m[string(x.k)]
+				if r == nil {
+					r = &rollup{}
+					x.m[string(x.k)] = r
+				}
+				r.addEvent(ev)
+			}
+		}
+		if n := reqids.Stats().KeyN; n != res.Events {
+			res.problem("%d request ids index %d events", n, res.Events)
+		}
+		res.Rollups = compareRollups(res, "rollup", tx.Bucket(bRollups), rollups)
+		compareRollups(res, "hourly total", tx.Bucket(bHours), hours)
+		compareRollups(res, "monthly total", tx.Bucket(bMonths), months)
+
+		caps := map[string]*capHour{}
+		err := tx.Bucket(bCapacity).ForEach(func(k, v []byte) error {
+			res.Intervals++
+			iv, err := decodeInterval(v)
+			if err != nil {
+				res.problem("capacity interval %x: %v", k, err)
+				return nil
+			}
+			splitHours(iv.Start, iv.End, func(h int64, f float64) {
+				key := string(capHourKey(h, iv.RuntimeID))
+				ch := caps[key]
+				if ch == nil {
+					ch = &capHour{}
+					caps[key] = ch
+				}
+				ch.add(capHour{
+					UptimeSeconds: f * (iv.ActiveSeconds + iv.IdleSeconds),
+					ActiveSeconds: f * iv.ActiveSeconds,
+					IdleSeconds:   f * iv.IdleSeconds,
+					CostUSD:       f * (iv.ActiveSeconds + iv.IdleSeconds) * iv.RatePerHour / 3600,
+					IdleCostUSD:   f * iv.IdleSeconds * iv.RatePerHour / 3600,
+				})
+			})
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		seen := map[string]bool{}
+		err = tx.Bucket(bCapHours).ForEach(func(k, v []byte) error {
+			seen[string(k)] = true
+			got, err := decodeCapHour(v)
+			if err != nil {
+				res.problem("capacity hour %x: %v", k, err)
+				return nil
+			}
+			want := caps[string(k)]
+			if want == nil {
+				res.problem("capacity hour %x has no intervals", k)
+			} else if !near(got.UptimeSeconds, want.UptimeSeconds) || !near(got.ActiveSeconds, want.ActiveSeconds) ||
+				!near(got.CostUSD, want.CostUSD) || !near(got.IdleCostUSD, want.IdleCostUSD) {
+				res.problem("capacity hour %x is %+v, its intervals sum to %+v", k, got, *want)
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		for k := range caps {
+			if !seen[k] {
+				res.problem("capacity hour %x is missing", k)
+			}
+		}
+
+		// The outbox never took more of an hour than the hour holds.
+		err = tx.Bucket(bBilled).ForEach(func(k, v []byte) error {
+			b, err := decodeBilled(v)
+			if err != nil {
+				res.problem("billed hour %x: %v", k, err)
+				return nil
+			}
+			var sum rollup
+			rc := tx.Bucket(bRollups).Cursor()
+			for rk, rv := rc.Seek(k); rk != nil && bytes.HasPrefix(rk, k); rk, rv = rc.Next() {
+				if r, err := decodeRollup(rv); err == nil {
+					sum.add(&r)
+				}
+			}
+			if b.PromptTokens > sum.PromptTokens || b.CompletionTokens > sum.CompletionTokens {
+				res.problem("outbox took %d/%d tokens of hour %x holding %d/%d", b.PromptTokens, b.CompletionTokens, k, sum.PromptTokens, sum.CompletionTokens)
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		return tx.Bucket(bOutbox).ForEach(func(k, v []byte) error {
+			res.OutboxRows++
+			if _, err := decodeOutboxRow(v); err != nil {
+				res.problem("outbox row %x: %v", k, err)
+			}
+			return nil
+		})
+	})
+	if err != nil {
+		return res, fmt.Errorf("check ledger: %w", err)
+	}
+	if len(res.Problems) > 0 {
+		return res, fmt.Errorf("check ledger: %w: %d problems, first: %s", ErrInconsistent, len(res.Problems), res.Problems[0])
+	}
+	return res, nil
+}
+
+// compareRollups compares a bucket of rollups with the sums computed from
+// the events and returns the number of stored rollups.
+func compareRollups(res *CheckResult, what string, b *bolt.Bucket, want map[string]*rollup) int {
+	n := 0
+	seen := make(map[string]bool, len(want))
+	_ = b.ForEach(func(k, v []byte) error {
+		n++
+		seen[string(k)] = true
+		got, err := decodeRollup(v)
+		if err != nil {
+			res.problem("%s %x: %v", what, k, err)
+			return nil
+		}
+		w := want[string(k)]
+		if w == nil {
+			res.problem("%s %x has no events", what, k)
+			return nil
+		}
+		if got.Requests != w.Requests || got.Failed != w.Failed || got.PromptTokens != w.PromptTokens ||
+			got.CompletionTokens != w.CompletionTokens || !near(got.DeviceSeconds, w.DeviceSeconds) ||
+			!near(got.ActiveCostUSD, w.ActiveCostUSD) || !near(got.ChargedUSD, w.ChargedUSD) {
+			res.problem("%s %x is %+v, its events sum to %+v", what, k, got, *w)
+		}
+		return nil
+	})
+	for k := range want {
+		if !seen[k] {
+			res.problem("%s %x is missing", what, k)
+		}
+	}
+	return n
+}
+
+// near compares sums of the same numbers added in different orders.
+func near(a, b float64) bool {
+	return math.Abs(a-b) <= 1e-9*math.Max(math.Abs(a), math.Abs(b))+1e-12
+}

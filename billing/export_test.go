@@ -1,0 +1,25 @@
+package billing
+
+import (
+	"encoding/binary"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// SetSchemaVersionForTest creates a ledger file stamped with version v.
+func SetSchemaVersionForTest(path string, v int) error {
+	db, err := bolt.Open(path, 0o600, nil)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	return db.Update(func(tx *bolt.Tx) error {
+		b, err := tx.CreateBucketIfNotExists(bMeta)
+		if err != nil {
+			return err
+		}
+		var buf [4]byte
+		binary.BigEndian.PutUint32(buf[:], uint32(v))
+		return b.Put(metaVersion, buf[:])
+	})
+}

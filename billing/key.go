@@ -1,0 +1,166 @@
+package billing
+
+import (
+	"bytes"
+	"context"
+	"sort"
+	"time"
+
+	"github.com/nozzle-ai/nozzle"
+	bolt "go.etcd.io/bbolt"
+)
+
+// CreateKey stores a key whose Digest and Prefix the caller has set,
+// filling ID and CreatedAt (and the default scopes when none are given).
+func (l *Ledger) CreateKey(ctx context.Context, k *nozzle.APIKey) error {
+	if len(k.Digest) != 64 {
+		return nozzle.Errorf(nozzle.EINVALID, "An API key needs the hex SHA-256 digest of its secret.")
+	}
+	if len(k.Name) > 100 {
+		return nozzle.Errorf(nozzle.EINVALID, "Key name must be at most 100 characters.").WithParam("name")
+	}
+	for _, s := range k.Scopes {
+		if s != nozzle.ScopeInference && s != nozzle.ScopeAdapters && s != nozzle.ScopeUsage {
+			return nozzle.Errorf(nozzle.EINVALID, "Unknown scope %q.", s).WithParam("scopes")
+		}
+	}
+	if err := k.Limits.Validate(); err != nil {
+		return err
+	}
+	rec := *k
+	rec.ID = newID("key_")
+	rec.CreatedAt = l.now().UTC()
+	if len(rec.Scopes) == 0 {
+		rec.Scopes = append([]nozzle.Scope(nil), nozzle.AllScopes...)
+	}
+	err := l.write(ctx, func(w *wtx) error {
+		if _, err := getTenant(w.tx, rec.TenantID); err != nil {
+			return err
+		}
+		digests := w.tx.Bucket(bKeyDigests)
+		if digests.Get([]byte(rec.Digest)) != nil {
+			return nozzle.Errorf(nozzle.ECONFLICT, "This API key is stored already.")
+		}
+		if err := digests.Put([]byte(rec.Digest), []byte(rec.ID)); err != nil {
+			return err
+		}
+		if err := w.tx.Bucket(bTenantKeys).Put(join(lp(rec.TenantID), []byte(rec.ID)), nil); err != nil {
+			return err
+		}
+		return w.tx.Bucket(bKeys).Put([]byte(rec.ID), encodeKey(&rec))
+	})
+	if err != nil {
+		return err
+	}
+	*k = rec
+	return nil
+}
+
+// KeyByDigest returns the key with the given digest. Returns EUNAUTHORIZED
+// if there is none or it is revoked.
+func (l *Ledger) KeyByDigest(ctx context.Context, digest string) (*nozzle.APIKey, error) {
+	var k *nozzle.APIKey
+	err := l.view(func(tx *bolt.Tx) error {
+		id := tx.Bucket(bKeyDigests).Get([]byte(digest))
+		if id == nil {
+			return nozzle.Errorf(nozzle.EUNAUTHORIZED, "Incorrect API key provided.").WithReason("invalid_api_key")
+		}
+		v := tx.Bucket(bKeys).Get(id)
+		if v == nil {
+			return nozzle.Errorf(nozzle.EUNAUTHORIZED, "Incorrect API key provided.").WithReason("invalid_api_key")
+		}
+		var err error
+		k, err = decodeKey(v)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	if k.Revoked() {
+		return nil, nozzle.Errorf(nozzle.EUNAUTHORIZED, "This API key has been revoked.").WithReason("invalid_api_key")
+	}
+	return k, nil
+}
+
+// Keys returns a tenant's keys, revoked ones included, newest first.
+func (l *Ledger) Keys(ctx context.Context, tenantID string) ([]*nozzle.APIKey, error) {
+	var out []*nozzle.APIKey
+	err := l.view(func(tx *bolt.Tx) error {
+		prefix := lp(tenantID)
+		keys := tx.Bucket(bKeys)
+		c := tx.Bucket(bTenantKeys).Cursor()
+		for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
+			v := keys.Get(k[len(prefix):])
+			if v == nil {
+				continue
+			}
+			key, err := decodeKey(v)
+			if err != nil {
+				return err
+			}
+			out = append(out, key)
+		}
+		return nil
+	})
+	sort.SliceStable(out, func(i, j int) bool {
+		if !out[i].CreatedAt.Equal(out[j].CreatedAt) {
+			return out[i].CreatedAt.After(out[j].CreatedAt)
+		}
+		return out[i].ID > out[j].ID
+	})
+	return out, err
+}
+
+// RevokeKey revokes a tenant's key. Returns ENOTFOUND if the tenant has no
+// such key. Revoking a revoked key is not an error.
+func (l *Ledger) RevokeKey(ctx context.Context, tenantID, id string) error {
+	now := l.now().UTC()
+	return l.write(ctx, func(w *wtx) error {
+		keys := w.tx.Bucket(bKeys)
+		v := keys.Get([]byte(id))
+		var k *nozzle.APIKey
+		if v != nil {
+			var err error
+			if k, err = decodeKey(v); err != nil {
+				return err
+			}
+		}
+		if k == nil || k.TenantID != tenantID {
+			return nozzle.Errorf(nozzle.ENOTFOUND, "No API key %q.", id)
+		}
+		if k.Revoked() {
+			return nil
+		}
+		k.RevokedAt = now
+		return keys.Put([]byte(id), encodeKey(k))
+	})
+}
+
+// TouchKeys records last-use times (key id → time) in one transaction.
+// Unknown keys are skipped; a time earlier than the stored one is ignored.
+func (l *Ledger) TouchKeys(ctx context.Context, lastUsed map[string]time.Time) error {
+	if len(lastUsed) == 0 {
+		return nil
+	}
+	return l.write(ctx, func(w *wtx) error {
+		keys := w.tx.Bucket(bKeys)
+		for id, at := range lastUsed {
+			v := keys.Get([]byte(id))
+			if v == nil {
+				continue
+			}
+			k, err := decodeKey(v)
+			if err != nil {
+				return err
+			}
+			if !at.After(k.LastUsedAt) {
+				continue
+			}
+			k.LastUsedAt = at.UTC()
+			if err := keys.Put([]byte(id), encodeKey(k)); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}

@@ -1,0 +1,468 @@
+package billing
+
+import (
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/nozzle-ai/nozzle"
+)
+
+// Every binary value starts with a format byte so that a later schema can
+// change a value's layout and still read the old one.
+const valueV1 = 1
+
+// Status codes of stored usage events.
+var statusCodes = map[string]byte{nozzle.UsageOK: 1, nozzle.UsageCanceled: 2, nozzle.UsageFailed: 3}
+var statusNames = map[byte]string{1: nozzle.UsageOK, 2: nozzle.UsageCanceled, 3: nozzle.UsageFailed}
+
+func encodeEvent(buf []byte, ev *nozzle.UsageEvent) []byte {
+	e := enc{b: buf[:0]}
+	e.u8(valueV1)
+	e.str(ev.RequestID)
+	e.str(ev.TenantID)
+	e.str(ev.KeyID)
+	e.str(ev.AdapterID)
+	e.str(ev.AdapterName)
+	e.str(ev.Model)
+	e.str(ev.RuntimeID)
+	e.u8(statusCodes[ev.Status])
+	e.time(ev.Time)
+	e.varint(ev.PromptTokens)
+	e.varint(ev.CompletionTokens)
+	e.f64(ev.DeviceSeconds)
+	e.f64(ev.QueueSeconds)
+	e.f64(ev.TTFTSeconds)
+	e.f64(ev.AdapterLoadSeconds)
+	e.f64(ev.RatePerHour)
+	e.f64(ev.ChargeUSD)
+	e.bytes(ev.Response)
+	return e.b
+}
+
+func decodeEvent(b []byte) (*nozzle.UsageEvent, error) {
+	d := dec{b: b}
+	if d.u8() != valueV1 {
+		d.fail()
+	}
+	ev := &nozzle.UsageEvent{
+		RequestID:   d.str(),
+		TenantID:    d.str(),
+		KeyID:       d.str(),
+		AdapterID:   d.str(),
+		AdapterName: d.str(),
+		Model:       d.str(),
+		RuntimeID:   d.str(),
+	}
+	st, ok := statusNames[d.u8()]
+	if !ok {
+		d.fail()
+	}
+	ev.Status = st
+	ev.Time = d.time()
+	ev.PromptTokens = d.varint()
+	ev.CompletionTokens = d.varint()
+	ev.DeviceSeconds = d.f64()
+	ev.QueueSeconds = d.f64()
+	ev.TTFTSeconds = d.f64()
+	ev.AdapterLoadSeconds = d.f64()
+	ev.RatePerHour = d.f64()
+	ev.ChargeUSD = d.f64()
+	ev.Response = d.bytesCopy()
+	if err := d.done("usage event"); err != nil {
+		return nil, err
+	}
+	return ev, nil
+}
+
+// rollup is the sum of usage events in one group: a tenant, an adapter and
+// an hour (bucket rollups), every tenant in an hour (bucket hours), or a
+// tenant in a month (bucket months).
+type rollup struct {
+	Requests         int64
+	Failed           int64
+	PromptTokens     int64
+	CompletionTokens int64
+	DeviceSeconds    float64
+	ActiveCostUSD    float64
+	ChargedUSD       float64
+	AdapterName      string
+}
+
+func (r *rollup) add(o *rollup) {
+	r.Requests += o.Requests
+	r.Failed += o.Failed
+	r.PromptTokens += o.PromptTokens
+	r.CompletionTokens += o.CompletionTokens
+	r.DeviceSeconds += o.DeviceSeconds
+	r.ActiveCostUSD += o.ActiveCostUSD
+	r.ChargedUSD += o.ChargedUSD
+	if o.AdapterName != "" {
+		r.AdapterName = o.AdapterName
+	}
+}
+
+// addEvent adds one event to the rollup.
+func (r *rollup) addEvent(ev *nozzle.UsageEvent) {
+	r.Requests++
+	if ev.Status == nozzle.UsageFailed {
+		r.Failed++
+	}
+	r.PromptTokens += ev.PromptTokens
+	r.CompletionTokens += ev.CompletionTokens
+	r.DeviceSeconds += ev.DeviceSeconds
+	r.ActiveCostUSD += activeCost(ev)
+	r.ChargedUSD += ev.ChargeUSD
+	if ev.AdapterName != "" {
+		r.AdapterName = ev.AdapterName
+	}
+}
+
+// activeCost is the GPU cost of a request's device time.
+func activeCost(ev *nozzle.UsageEvent) float64 { return ev.DeviceSeconds * ev.RatePerHour / 3600 }
+
+func encodeRollup(r *rollup) []byte {
+	e := enc{b: make([]byte, 0, 64+len(r.AdapterName))}
+	e.u8(valueV1)
+	e.varint(r.Requests)
+	e.varint(r.Failed)
+	e.varint(r.PromptTokens)
+	e.varint(r.CompletionTokens)
+	e.f64(r.DeviceSeconds)
+	e.f64(r.ActiveCostUSD)
+	e.f64(r.ChargedUSD)
+	e.str(r.AdapterName)
+	return e.b
+}
+
+func decodeRollup(b []byte) (rollup, error) {
+	d := dec{b: b}
+	if d.u8() != valueV1 {
+		d.fail()
+	}
+	r := rollup{
+		Requests:         d.varint(),
+		Failed:           d.varint(),
+		PromptTokens:     d.varint(),
+		CompletionTokens: d.varint(),
+		DeviceSeconds:    d.f64(),
+		ActiveCostUSD:    d.f64(),
+		ChargedUSD:       d.f64(),
+		AdapterName:      d.str(),
+	}
+	return r, d.done("rollup")
+}
+
+func encodeInterval(iv *nozzle.CapacityInterval) []byte {
+	e := enc{}
+	e.u8(valueV1)
+	e.str(iv.RuntimeID)
+	e.u64(iv.Seq)
+	e.time(iv.Start)
+	e.time(iv.End)
+	e.f64(iv.ActiveSeconds)
+	e.f64(iv.IdleSeconds)
+	e.f64(iv.RatePerHour)
+	return e.b
+}
+
+func decodeInterval(b []byte) (*nozzle.CapacityInterval, error) {
+	d := dec{b: b}
+	if d.u8() != valueV1 {
+		d.fail()
+	}
+	iv := &nozzle.CapacityInterval{
+		RuntimeID:     d.str(),
+		Seq:           d.u64(),
+		Start:         d.time(),
+		End:           d.time(),
+		ActiveSeconds: d.f64(),
+		IdleSeconds:   d.f64(),
+		RatePerHour:   d.f64(),
+	}
+	return iv, d.done("capacity interval")
+}
+
+// capHour is a runtime's capacity within one hour (bucket caphours).
+type capHour struct {
+	UptimeSeconds float64
+	ActiveSeconds float64
+	IdleSeconds   float64
+	CostUSD       float64
+	IdleCostUSD   float64
+}
+
+func (c *capHour) add(o capHour) {
+	c.UptimeSeconds += o.UptimeSeconds
+	c.ActiveSeconds += o.ActiveSeconds
+	c.IdleSeconds += o.IdleSeconds
+	c.CostUSD += o.CostUSD
+	c.IdleCostUSD += o.IdleCostUSD
+}
+
+func encodeCapHour(c *capHour) []byte {
+	e := enc{b: make([]byte, 0, 41)}
+	e.u8(valueV1)
+	e.f64(c.UptimeSeconds)
+	e.f64(c.ActiveSeconds)
+	e.f64(c.IdleSeconds)
+	e.f64(c.CostUSD)
+	e.f64(c.IdleCostUSD)
+	return e.b
+}
+
+func decodeCapHour(b []byte) (capHour, error) {
+	d := dec{b: b}
+	if d.u8() != valueV1 {
+		d.fail()
+	}
+	c := capHour{d.f64(), d.f64(), d.f64(), d.f64(), d.f64()}
+	return c, d.done("capacity hour")
+}
+
+func encodePrice(p nozzle.Price) []byte {
+	e := enc{b: make([]byte, 0, 17)}
+	e.u8(valueV1)
+	e.f64(p.PromptPerMillionUSD)
+	e.f64(p.CompletionPerMillionUSD)
+	return e.b
+}
+
+func decodePrice(b []byte) (nozzle.Price, error) {
+	d := dec{b: b}
+	if d.u8() != valueV1 {
+		d.fail()
+	}
+	p := nozzle.Price{PromptPerMillionUSD: d.f64(), CompletionPerMillionUSD: d.f64()}
+	return p, d.done("price")
+}
+
+// billed is what the outbox has taken of a tenant's hour so far.
+type billed struct {
+	PromptTokens     int64
+	CompletionTokens int64
+	Parts            uint32
+}
+
+func encodeBilled(b *billed) []byte {
+	e := enc{}
+	e.u8(valueV1)
+	e.varint(b.PromptTokens)
+	e.varint(b.CompletionTokens)
+	e.uvarint(uint64(b.Parts))
+	return e.b
+}
+
+func decodeBilled(p []byte) (billed, error) {
+	d := dec{b: p}
+	if d.u8() != valueV1 {
+		d.fail()
+	}
+	b := billed{PromptTokens: d.varint(), CompletionTokens: d.varint()}
+	parts := d.uvarint()
+	if parts > 1<<31 {
+		d.fail()
+	}
+	b.Parts = uint32(parts)
+	return b, d.done("billed hour")
+}
+
+// Outbox row states.
+const (
+	outboxPending     = 1 // waiting to be sent, or being retried
+	outboxSent        = 2 // Stripe took it; never sent again
+	outboxNeedsReview = 3 // outcome unknown past Stripe's dedup window
+	outboxExpired     = 4 // older than Stripe accepts
+)
+
+// outboxRow is one meter event to send: a tenant's tokens of one meter in
+// one hour (or a later part of that hour, for late events).
+type outboxRow struct {
+	Identifier string
+	TenantID   string
+	Meter      string // "prompt" or "completion"
+	EventName  string
+	Hour       int64
+	Part       uint32
+	Value      int64
+	State      byte
+	// CustomerID is fixed at the first attempt so that every attempt
+	// sends the same parameters under the same idempotency key.
+	CustomerID string
+	Attempts   uint32
+	// UncertainSince is the time of the earliest attempt whose outcome is
+	// unknown (it may have reached Stripe); zero when no such attempt.
+	UncertainSince time.Time
+	LastAttemptAt  time.Time
+	NextAttemptAt  time.Time
+	LastError      string
+	SentAt         time.Time
+	CreatedAt      time.Time
+}
+
+func encodeOutboxRow(r *outboxRow) []byte {
+	e := enc{}
+	e.u8(valueV1)
+	e.str(r.Identifier)
+	e.str(r.TenantID)
+	e.str(r.Meter)
+	e.str(r.EventName)
+	e.varint(r.Hour)
+	e.uvarint(uint64(r.Part))
+	e.varint(r.Value)
+	e.u8(r.State)
+	e.str(r.CustomerID)
+	e.uvarint(uint64(r.Attempts))
+	e.time(r.UncertainSince)
+	e.time(r.LastAttemptAt)
+	e.time(r.NextAttemptAt)
+	e.str(r.LastError)
+	e.time(r.SentAt)
+	e.time(r.CreatedAt)
+	return e.b
+}
+
+func decodeOutboxRow(b []byte) (*outboxRow, error) {
+	d := dec{b: b}
+	if d.u8() != valueV1 {
+		d.fail()
+	}
+	r := &outboxRow{
+		Identifier: d.str(),
+		TenantID:   d.str(),
+		Meter:      d.str(),
+		EventName:  d.str(),
+		Hour:       d.varint(),
+	}
+	part := d.uvarint()
+	r.Value = d.varint()
+	r.State = d.u8()
+	r.CustomerID = d.str()
+	att := d.uvarint()
+	r.UncertainSince = d.time()
+	r.LastAttemptAt = d.time()
+	r.NextAttemptAt = d.time()
+	r.LastError = d.str()
+	r.SentAt = d.time()
+	r.CreatedAt = d.time()
+	if part > 1<<31 || att > 1<<31 || r.State < outboxPending || r.State > outboxExpired {
+		d.fail()
+	}
+	r.Part, r.Attempts = uint32(part), uint32(att)
+	if err := d.done("outbox row"); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+// outboxStats are the outbox's running counters (meta key "outbox").
+type outboxStats struct {
+	Sent       int64
+	LastSentAt time.Time
+	LastError  string
+}
+
+func encodeOutboxStats(s *outboxStats) []byte {
+	e := enc{}
+	e.u8(valueV1)
+	e.varint(s.Sent)
+	e.time(s.LastSentAt)
+	e.str(s.LastError)
+	return e.b
+}
+
+func decodeOutboxStats(b []byte) (outboxStats, error) {
+	d := dec{b: b}
+	if d.u8() != valueV1 {
+		d.fail()
+	}
+	s := outboxStats{Sent: d.varint(), LastSentAt: d.time(), LastError: d.str()}
+	return s, d.done("outbox stats")
+}
+
+// Metadata (tenants, keys, adapters, users, sessions) is stored as JSON:
+// small, rarely written, and easy to extend. The record types carry the
+// fields that the domain types keep out of their JSON (digests, hashes).
+
+type tenantRecord struct {
+	nozzle.Tenant
+}
+
+type keyRecord struct {
+	nozzle.APIKey
+	Digest string `json:"digest"`
+}
+
+type adapterRecord struct {
+	nozzle.Adapter
+}
+
+type userRecord struct {
+	nozzle.User
+	PasswordHash  []byte    `json:"password_hash,omitempty"`
+	InviteDigest  string    `json:"invite_digest,omitempty"`
+	InviteExpires time.Time `json:"invite_expires,omitzero"`
+}
+
+type sessionRecord struct {
+	nozzle.Session
+}
+
+func encodeJSON(v any) []byte {
+	b, err := json.Marshal(v)
+	if err != nil {
+		// The record types hold only marshalable fields.
+		panic(fmt.Sprintf("billing: marshal %T: %v", v, err))
+	}
+	return b
+}
+
+func decodeTenant(b []byte) (*nozzle.Tenant, error) {
+	var r tenantRecord
+	if err := json.Unmarshal(b, &r); err != nil || r.ID == "" {
+		return nil, fmt.Errorf("decode tenant: %w", errCorrupt)
+	}
+	return &r.Tenant, nil
+}
+
+func decodeKey(b []byte) (*nozzle.APIKey, error) {
+	var r keyRecord
+	if err := json.Unmarshal(b, &r); err != nil || r.ID == "" {
+		return nil, fmt.Errorf("decode key: %w", errCorrupt)
+	}
+	k := r.APIKey
+	k.Digest = r.Digest
+	return &k, nil
+}
+
+func decodeAdapter(b []byte) (*nozzle.Adapter, error) {
+	var r adapterRecord
+	if err := json.Unmarshal(b, &r); err != nil || r.ID == "" {
+		return nil, fmt.Errorf("decode adapter: %w", errCorrupt)
+	}
+	return &r.Adapter, nil
+}
+
+func decodeUser(b []byte) (*nozzle.User, error) {
+	var r userRecord
+	if err := json.Unmarshal(b, &r); err != nil || r.ID == "" {
+		return nil, fmt.Errorf("decode user: %w", errCorrupt)
+	}
+	u := r.User
+	u.PasswordHash, u.InviteDigest, u.InviteExpires = r.PasswordHash, r.InviteDigest, r.InviteExpires
+	return &u, nil
+}
+
+func decodeSession(b []byte) (*nozzle.Session, error) {
+	var r sessionRecord
+	if err := json.Unmarshal(b, &r); err != nil || r.ID == "" {
+		return nil, fmt.Errorf("decode session: %w", errCorrupt)
+	}
+	return &r.Session, nil
+}
+
+func encodeKey(k *nozzle.APIKey) []byte { return encodeJSON(keyRecord{APIKey: *k, Digest: k.Digest}) }
+
+func encodeUser(u *nozzle.User) []byte {
+	return encodeJSON(userRecord{User: *u, PasswordHash: u.PasswordHash, InviteDigest: u.InviteDigest, InviteExpires: u.InviteExpires})
+}

@@ -1,0 +1,426 @@
+package billing
+
+import (
+	"bytes"
+	"context"
+	"slices"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/nozzle-ai/nozzle"
+	bolt "go.etcd.io/bbolt"
+)
+
+// reportSpec is a validated ReportQuery.
+type reportSpec struct {
+	q                     nozzle.ReportQuery
+	startH, endH          int64 // hours, end exclusive
+	byHour, byDay, byAd   bool
+	byTenant, operatorRep bool
+}
+
+func (l *Ledger) spec(q nozzle.ReportQuery) (*reportSpec, error) {
+	now := l.now().UTC()
+	if q.Start.IsZero() && q.End.IsZero() {
+		q.Start = time.Date(now.Year(), now.Month(), 1, 0, 0, 0, 0, time.UTC)
+		q.End = q.Start.AddDate(0, 1, 0)
+	}
+	if q.Start.IsZero() || q.End.IsZero() {
+		return nil, nozzle.Errorf(nozzle.EINVALID, "A report needs both a start and an end.").WithParam("start")
+	}
+	s := &reportSpec{startH: hourOf(q.Start), endH: hourOf(q.End)}
+	if q.End.After(hourTime(s.endH)) {
+		s.endH++ // a partial last hour is included
+	}
+	q.Start, q.End = hourTime(s.startH), hourTime(s.endH)
+	if s.endH <= s.startH {
+		return nil, nozzle.Errorf(nozzle.EINVALID, "The report's end must be after its start.").WithParam("end")
+	}
+	if s.endH-s.startH > 24*400 {
+		return nil, nozzle.Errorf(nozzle.EINVALID, "A report covers at most 400 days.").WithParam("end")
+	}
+	var groups []string
+	for _, g := range q.GroupBy {
+		g = strings.ToLower(strings.TrimSpace(g))
+		if g == "" || slices.Contains(groups, g) {
+			continue
+		}
+		switch g {
+		case nozzle.GroupHour:
+			s.byHour = true
+		case nozzle.GroupDay:
+			s.byDay = true
+		case nozzle.GroupAdapter:
+			s.byAd = true
+		case nozzle.GroupTenant:
+			s.byTenant = true
+		default:
+			return nil, nozzle.Errorf(nozzle.EINVALID, "Unknown group %q: use hour, day, adapter or tenant.", g).WithParam("group_by")
+		}
+		groups = append(groups, g)
+	}
+	if s.byHour && s.byDay {
+		return nil, nozzle.Errorf(nozzle.EINVALID, "Group by hour or by day, not both.").WithParam("group_by")
+	}
+	q.GroupBy = groups
+	s.q = q
+	s.operatorRep = q.TenantID == ""
+	return s, nil
+}
+
+// usageCell is the usage of one tenant and adapter in one hour.
+type usageCell struct {
+	tenantID  string
+	hour      int64
+	adapterID string
+	r         rollup
+}
+
+// periodTotals is what the cost split needs beyond the selected usage:
+// every tenant's active cost in the period and the runtimes' capacity.
+type periodTotals struct {
+	activeCostUSD float64 // all tenants
+	deviceSeconds float64
+	capacity      capHour // all runtimes
+}
+
+// Report returns the usage and cost report for q, computed from the hourly
+// rollups. Returns EINVALID for a bad period or an unknown group key and
+// ENOTFOUND for an unknown tenant.
+func (l *Ledger) Report(ctx context.Context, q nozzle.ReportQuery) (*nozzle.Report, error) {
+	return l.report(ctx, q, false)
+}
+
+func (l *Ledger) report(ctx context.Context, q nozzle.ReportQuery, scan bool) (*nozzle.Report, error) {
+	s, err := l.spec(q)
+	if err != nil {
+		return nil, err
+	}
+	var rep *nozzle.Report
+	err = l.view(func(tx *bolt.Tx) error {
+		names := map[string]string{}
+		tenants, err := allTenants(tx)
+		if err != nil {
+			return err
+		}
+		for _, t := range tenants {
+			names[t.ID] = t.Name
+		}
+		if !s.operatorRep {
+			if _, ok := names[s.q.TenantID]; !ok {
+				return nozzle.Errorf(nozzle.ENOTFOUND, "Tenant %q does not exist.", s.q.TenantID)
+			}
+		}
+		var cells []usageCell
+		var tot periodTotals
+		if scan {
+			cells, tot, err = scanCells(ctx, tx, s)
+		} else {
+			cells, tot, err = rollupCells(tx, s, tenants)
+		}
+		if err != nil {
+			return err
+		}
+		if tot.capacity, err = capacityTotals(tx, s.startH, s.endH); err != nil {
+			return err
+		}
+		rep = l.buildReport(s, cells, tot, names)
+		if s.operatorRep {
+			st, err := l.outboxState(tx)
+			if err != nil {
+				return err
+			}
+			rep.Outbox = &st
+		}
+		return nil
+	})
+	return rep, err
+}
+
+// rollupCells reads the selected tenants' rollups and the all-tenant
+// hourly totals of the period.
+func rollupCells(tx *bolt.Tx, s *reportSpec, tenants []*nozzle.Tenant) ([]usageCell, periodTotals, error) {
+	var tot periodTotals
+	hc := tx.Bucket(bHours).Cursor()
+	for k, v := hc.Seek(hourKey(s.startH)); k != nil && hourFromKey(k) < s.endH; k, v = hc.Next() {
+		r, err := decodeRollup(v)
+		if err != nil {
+			return nil, tot, err
+		}
+		tot.activeCostUSD += r.ActiveCostUSD
+		tot.deviceSeconds += r.DeviceSeconds
+	}
+	var ids []string
+	if s.operatorRep {
+		for _, t := range tenants {
+			ids = append(ids, t.ID)
+		}
+	} else {
+		ids = []string{s.q.TenantID}
+	}
+	var cells []usageCell
+	c := tx.Bucket(bRollups).Cursor()
+	for _, id := range ids {
+		prefix := lp(id)
+		for k, v := c.Seek(join(prefix, hourKey(s.startH))); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
+			rest := k[len(prefix):]
+			if len(rest) < 8 {
+				continue
+			}
+			h := hourFromKey(rest[:8])
+			if h >= s.endH {
+				break
+			}
+			r, err := decodeRollup(v)
+			if err != nil {
+				return nil, tot, err
+			}
+			if s.q.AdapterName != "" && r.AdapterName != s.q.AdapterName {
+				continue
+			}
+			cells = append(cells, usageCell{tenantID: id, hour: h, adapterID: string(rest[8:]), r: r})
+		}
+	}
+	return cells, tot, nil
+}
+
+// scanCells computes the same cells and totals from the events themselves:
+// the slow path that Check and the benchmark baseline use.
+func scanCells(ctx context.Context, tx *bolt.Tx, s *reportSpec) ([]usageCell, periodTotals, error) {
+	var tot periodTotals
+	agg := map[string]*usageCell{}
+	c := tx.Bucket(bEvents).Cursor()
+	n := 0
+	for k, v := c.First(); k != nil; k, v = c.Next() {
+		if n++; n%65536 == 0 && ctx.Err() != nil {
+			return nil, tot, ctx.Err()
+		}
+		ev, err := decodeEvent(v)
+		if err != nil {
+			return nil, tot, err
+		}
+		h := hourOf(ev.Time)
+		if h < s.startH || h >= s.endH {
+			continue
+		}
+		tot.activeCostUSD += activeCost(ev)
+		tot.deviceSeconds += ev.DeviceSeconds
+		if !s.operatorRep && ev.TenantID != s.q.TenantID {
+			continue
+		}
+		key := string(rollupKey(ev.TenantID, h, ev.AdapterID))
+		cell := agg[key]
+		if cell == nil {
+			cell = &usageCell{tenantID: ev.TenantID, hour: h, adapterID: ev.AdapterID}
+			agg[key] = cell
+		}
+		cell.r.addEvent(ev)
+	}
+	cells := make([]usageCell, 0, len(agg))
+	for _, cell := range agg {
+		if s.q.AdapterName != "" && cell.r.AdapterName != s.q.AdapterName {
+			continue
+		}
+		cells = append(cells, *cell)
+	}
+	sort.Slice(cells, func(i, j int) bool {
+		a, b := cells[i], cells[j]
+		if a.tenantID != b.tenantID {
+			return a.tenantID < b.tenantID
+		}
+		if a.hour != b.hour {
+			return a.hour < b.hour
+		}
+		return a.adapterID < b.adapterID
+	})
+	return cells, tot, nil
+}
+
+func capacityTotals(tx *bolt.Tx, startH, endH int64) (capHour, error) {
+	var tot capHour
+	c := tx.Bucket(bCapHours).Cursor()
+	for k, v := c.Seek(hourKey(startH)); k != nil && len(k) >= 8 && hourFromKey(k[:8]) < endH; k, v = c.Next() {
+		ch, err := decodeCapHour(v)
+		if err != nil {
+			return tot, err
+		}
+		tot.add(ch)
+	}
+	return tot, nil
+}
+
+// rowAcc accumulates one report row.
+type rowAcc struct {
+	row      nozzle.ReportRow
+	start    int64 // the row's span in hours
+	end      int64
+	adapters map[string]*adapterUse // tenant+adapter → use, for the dedicated comparison
+}
+
+type adapterUse struct {
+	activeCost, deviceSeconds float64
+}
+
+func (a *rowAcc) add(c *usageCell) {
+	r := &a.row
+	r.Requests += c.r.Requests
+	r.PromptTokens += c.r.PromptTokens
+	r.CompletionTokens += c.r.CompletionTokens
+	r.DeviceSeconds += c.r.DeviceSeconds
+	r.ActiveCostUSD += c.r.ActiveCostUSD
+	r.ChargedUSD += c.r.ChargedUSD
+	k := c.tenantID + "\x00" + c.adapterID
+	u := a.adapters[k]
+	if u == nil {
+		u = &adapterUse{}
+		a.adapters[k] = u
+	}
+	u.activeCost += c.r.ActiveCostUSD
+	u.deviceSeconds += c.r.DeviceSeconds
+}
+
+// buildReport groups cells into rows and splits the GPU's cost.
+//
+// The cost model: a request's active cost is its device seconds at its
+// runtime's rate. The runtimes' cost over the period minus the active cost
+// of every tenant's requests in it is the idle pool (the model kept warm).
+// Under the prorata policy each row carries a share of the pool equal to
+// its share of all tenants' active cost in the period, so the rows of the
+// operator's report add up to the runtimes' cost; under the operator
+// policy the pool stays with the operator.
+func (l *Ledger) buildReport(s *reportSpec, cells []usageCell, tot periodTotals, names map[string]string) *nozzle.Report {
+	rows := map[string]*rowAcc{}
+	var order []string
+	all := &rowAcc{start: s.startH, end: s.endH, adapters: map[string]*adapterUse{}}
+	for i := range cells {
+		c := &cells[i]
+		var key strings.Builder
+		start, end := s.startH, s.endH
+		switch {
+		case s.byHour:
+			start, end = c.hour, c.hour+1
+		case s.byDay:
+			d := dayOf(c.hour)
+			start, end = max(d, s.startH), min(d+24, s.endH)
+		}
+		key.WriteString(string(hourKey(start)))
+		if s.byTenant {
+			key.WriteString(lpString(c.tenantID))
+		}
+		if s.byAd {
+			key.WriteString(lpString(c.tenantID) + c.adapterID)
+		}
+		acc := rows[key.String()]
+		if acc == nil {
+			acc = &rowAcc{start: start, end: end, adapters: map[string]*adapterUse{}}
+			if s.byHour || s.byDay {
+				acc.row.Time = hourTime(start)
+			}
+			if s.byTenant {
+				acc.row.TenantID, acc.row.TenantName = c.tenantID, names[c.tenantID]
+			}
+			if s.byAd {
+				acc.row.AdapterID = c.adapterID
+			}
+			rows[key.String()] = acc
+			order = append(order, key.String())
+		}
+		if s.byAd && c.r.AdapterName != "" {
+			acc.row.AdapterName = c.r.AdapterName
+		}
+		acc.add(c)
+		all.add(c)
+	}
+
+	pool := tot.capacity.CostUSD - tot.activeCostUSD
+	if pool < 0 {
+		pool = 0 // capacity not collected yet for part of the period
+	}
+	capRate := 0.0
+	if tot.capacity.UptimeSeconds > 0 {
+		capRate = tot.capacity.CostUSD / tot.capacity.UptimeSeconds * 3600
+	}
+	finish := func(a *rowAcc) nozzle.ReportRow {
+		r := a.row
+		if l.idlePolicy == nozzle.IdleProrata && tot.activeCostUSD > 0 {
+			share := r.ActiveCostUSD / tot.activeCostUSD
+			r.IdleCostUSD = pool * share
+			r.IdleSeconds = tot.capacity.IdleSeconds * share
+		}
+		r.CostUSD = r.ActiveCostUSD + r.IdleCostUSD
+		r.MarginUSD = r.ChargedUSD - r.CostUSD
+		hours := float64(a.end - a.start)
+		for _, u := range a.adapters {
+			rate := l.dedicated
+			if rate == 0 {
+				if u.deviceSeconds > 0 {
+					rate = u.activeCost / u.deviceSeconds * 3600
+				} else {
+					rate = capRate
+				}
+			}
+			r.DedicatedUSD += hours * rate
+		}
+		if r.DedicatedUSD > 0 {
+			r.SavingPercent = (1 - r.CostUSD/r.DedicatedUSD) * 100
+		}
+		return r
+	}
+
+	rep := &nozzle.Report{
+		Start:      s.q.Start,
+		End:        s.q.End,
+		GroupBy:    append([]string{}, s.q.GroupBy...),
+		IdlePolicy: l.idlePolicy,
+		Rows:       make([]nozzle.ReportRow, 0, len(rows)),
+	}
+	for _, k := range order {
+		rep.Rows = append(rep.Rows, finish(rows[k]))
+	}
+	sort.SliceStable(rep.Rows, func(i, j int) bool {
+		a, b := &rep.Rows[i], &rep.Rows[j]
+		if !a.Time.Equal(b.Time) {
+			return a.Time.Before(b.Time)
+		}
+		if a.TenantName != b.TenantName {
+			return a.TenantName < b.TenantName
+		}
+		if a.TenantID != b.TenantID {
+			return a.TenantID < b.TenantID
+		}
+		if a.AdapterName != b.AdapterName {
+			return a.AdapterName < b.AdapterName
+		}
+		return a.AdapterID < b.AdapterID
+	})
+	rep.Total = finish(all)
+	if s.operatorRep {
+		g := &nozzle.GPUSummary{
+			UptimeSeconds: tot.capacity.UptimeSeconds,
+			ActiveSeconds: tot.capacity.ActiveSeconds,
+			IdleSeconds:   tot.capacity.IdleSeconds,
+			CostUSD:       tot.capacity.CostUSD,
+			IdleCostUSD:   pool,
+		}
+		if g.UptimeSeconds > 0 {
+			g.Utilization = g.ActiveSeconds / g.UptimeSeconds
+		}
+		if l.idlePolicy == nozzle.IdleOperator || tot.activeCostUSD == 0 {
+			g.OperatorIdleUSD = pool
+		}
+		rep.GPU = g
+	}
+	return rep
+}
+
+func lpString(s string) string { return string(lp(s)) }
+
+// dayOf returns the first hour of the UTC day holding hour h.
+func dayOf(h int64) int64 {
+	d := h / 24
+	if h < 0 && h%24 != 0 {
+		d--
+	}
+	return d * 24
+}

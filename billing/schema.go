@@ -1,0 +1,118 @@
+package billing
+
+import (
+	"encoding/binary"
+	"fmt"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// SchemaVersion is the ledger layout this package writes. docs/LEDGER.md
+// describes it; migrations below bring older files up to it.
+const SchemaVersion = 1
+
+// Bucket names. docs/LEDGER.md gives each bucket's keys and values.
+var (
+	bMeta          = []byte("meta")
+	bTenants       = []byte("tenants")
+	bTenantNames   = []byte("tenant_names")
+	bPrices        = []byte("prices")
+	bKeys          = []byte("keys")
+	bKeyDigests    = []byte("key_digests")
+	bTenantKeys    = []byte("tenant_keys")
+	bAdapters      = []byte("adapters")
+	bAdapterNames  = []byte("adapter_names")
+	bAdapterSHA    = []byte("adapter_sha256")
+	bUsers         = []byte("users")
+	bUserEmails    = []byte("user_emails")
+	bUserInvites   = []byte("user_invites")
+	bSessions      = []byte("sessions")
+	bEvents        = []byte("events")
+	bRequestIDs    = []byte("request_ids")
+	bRollups       = []byte("rollups")
+	bHours         = []byte("hours")
+	bMonths        = []byte("months")
+	bCapacity      = []byte("capacity")
+	bCapHours      = []byte("capacity_hours")
+	bDirty         = []byte("dirty_hours")
+	bBilled        = []byte("billed_hours")
+	bOutbox        = []byte("outbox")
+	bOutboxPending = []byte("outbox_pending")
+	bOutboxParked  = []byte("outbox_parked")
+)
+
+var allBuckets = [][]byte{
+	bMeta, bTenants, bTenantNames, bPrices, bKeys, bKeyDigests, bTenantKeys,
+	bAdapters, bAdapterNames, bAdapterSHA, bUsers, bUserEmails, bUserInvites,
+	bSessions, bEvents, bRequestIDs, bRollups, bHours, bMonths, bCapacity,
+	bCapHours, bDirty, bBilled, bOutbox, bOutboxPending, bOutboxParked,
+}
+
+var (
+	metaVersion = []byte("version")
+	metaOutbox  = []byte("outbox")
+)
+
+// migration brings a ledger from version To-1 to To inside one transaction.
+type migration struct {
+	To int
+	Fn func(tx *bolt.Tx) error
+}
+
+// migrations run in order on open; each runs in the same transaction that
+// stamps its version, so a crash leaves the file at the older version.
+var migrations = []migration{
+	{To: 1, Fn: func(tx *bolt.Tx) error {
+		for _, name := range allBuckets {
+			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
+				return fmt.Errorf("create bucket %s: %w", name, err)
+			}
+		}
+		return nil
+	}},
+}
+
+// schemaVersion returns the version stamped in the file (0 for a new file).
+func schemaVersion(tx *bolt.Tx) (int, error) {
+	b := tx.Bucket(bMeta)
+	if b == nil {
+		return 0, nil
+	}
+	v := b.Get(metaVersion)
+	if len(v) != 4 {
+		return 0, fmt.Errorf("ledger schema version: %w", errCorrupt)
+	}
+	return int(binary.BigEndian.Uint32(v)), nil
+}
+
+// migrate runs the migrations the file needs.
+func migrate(db *bolt.DB) error {
+	var have int
+	if err := db.View(func(tx *bolt.Tx) (err error) { have, err = schemaVersion(tx); return err }); err != nil {
+		return err
+	}
+	if have > SchemaVersion {
+		return fmt.Errorf("ledger schema version %d is newer than this build supports (%d)", have, SchemaVersion)
+	}
+	for _, m := range migrations {
+		if m.To <= have {
+			continue
+		}
+		err := db.Update(func(tx *bolt.Tx) error {
+			if err := m.Fn(tx); err != nil {
+				return err
+			}
+			b, err := tx.CreateBucketIfNotExists(bMeta)
+			if err != nil {
+				return err
+			}
+			var v [4]byte
+			binary.BigEndian.PutUint32(v[:], uint32(m.To))
+			return b.Put(metaVersion, v[:])
+		})
+		if err != nil {
+			return fmt.Errorf("migrate ledger to version %d: %w", m.To, err)
+		}
+	}
+	return nil
+}

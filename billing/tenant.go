@@ -1,0 +1,254 @@
+package billing
+
+import (
+	"bytes"
+	"context"
+	"sort"
+	"time"
+
+	"github.com/nozzle-ai/nozzle"
+	bolt "go.etcd.io/bbolt"
+)
+
+// CreateTenant stores a new tenant, filling ID and CreatedAt. Returns
+// ECONFLICT if the name is taken, EINVALID if it fails Validate.
+func (l *Ledger) CreateTenant(ctx context.Context, t *nozzle.Tenant) error {
+	if err := t.Validate(); err != nil {
+		return err
+	}
+	rec := *t
+	rec.ID = newID("ten_")
+	rec.CreatedAt = l.now().UTC()
+	err := l.write(ctx, func(w *wtx) error {
+		names := w.tx.Bucket(bTenantNames)
+		if names.Get([]byte(lower(rec.Name))) != nil {
+			return nozzle.Errorf(nozzle.ECONFLICT, "A tenant named %q exists already.", rec.Name).WithParam("name")
+		}
+		if err := names.Put([]byte(lower(rec.Name)), []byte(rec.ID)); err != nil {
+			return err
+		}
+		return w.tx.Bucket(bTenants).Put([]byte(rec.ID), encodeJSON(tenantRecord{rec}))
+	})
+	if err != nil {
+		return err
+	}
+	*t = rec
+	return nil
+}
+
+// Tenant returns a tenant by ID. Returns ENOTFOUND if there is none.
+func (l *Ledger) Tenant(ctx context.Context, id string) (*nozzle.Tenant, error) {
+	var t *nozzle.Tenant
+	err := l.view(func(tx *bolt.Tx) (err error) { t, err = getTenant(tx, id); return err })
+	return t, err
+}
+
+func getTenant(tx *bolt.Tx, id string) (*nozzle.Tenant, error) {
+	v := tx.Bucket(bTenants).Get([]byte(id))
+	if v == nil {
+		return nil, nozzle.Errorf(nozzle.ENOTFOUND, "Tenant %q does not exist.", id)
+	}
+	return decodeTenant(v)
+}
+
+// Tenants returns every tenant, ordered by creation.
+func (l *Ledger) Tenants(ctx context.Context) ([]*nozzle.Tenant, error) {
+	var out []*nozzle.Tenant
+	err := l.view(func(tx *bolt.Tx) (err error) { out, err = allTenants(tx); return err })
+	return out, err
+}
+
+func allTenants(tx *bolt.Tx) ([]*nozzle.Tenant, error) {
+	var out []*nozzle.Tenant
+	err := tx.Bucket(bTenants).ForEach(func(_, v []byte) error {
+		t, err := decodeTenant(v)
+		if err != nil {
+			return err
+		}
+		out = append(out, t)
+		return nil
+	})
+	sort.SliceStable(out, func(i, j int) bool {
+		if !out[i].CreatedAt.Equal(out[j].CreatedAt) {
+			return out[i].CreatedAt.Before(out[j].CreatedAt)
+		}
+		return out[i].ID < out[j].ID
+	})
+	return out, err
+}
+
+// UpdateTenant applies upd. Returns ENOTFOUND if there is no such tenant.
+func (l *Ledger) UpdateTenant(ctx context.Context, id string, upd nozzle.TenantUpdate) (*nozzle.Tenant, error) {
+	var out *nozzle.Tenant
+	err := l.write(ctx, func(w *wtx) error {
+		t, err := getTenant(w.tx, id)
+		if err != nil {
+			return err
+		}
+		old := t.Name
+		if upd.Name != nil {
+			t.Name = *upd.Name
+		}
+		if upd.Suspended != nil {
+			t.Suspended = *upd.Suspended
+		}
+		if upd.MonthlyBudgetUSD != nil {
+			t.MonthlyBudgetUSD = *upd.MonthlyBudgetUSD
+		}
+		if upd.Limits != nil {
+			t.Limits = *upd.Limits
+		}
+		if upd.StripeCustomerID != nil {
+			t.StripeCustomerID = *upd.StripeCustomerID
+		}
+		if err := t.Validate(); err != nil {
+			return err
+		}
+		names := w.tx.Bucket(bTenantNames)
+		if lower(old) != lower(t.Name) {
+			if names.Get([]byte(lower(t.Name))) != nil {
+				return nozzle.Errorf(nozzle.ECONFLICT, "A tenant named %q exists already.", t.Name).WithParam("name")
+			}
+			if err := names.Delete([]byte(lower(old))); err != nil {
+				return err
+			}
+			if err := names.Put([]byte(lower(t.Name)), []byte(t.ID)); err != nil {
+				return err
+			}
+		}
+		out = t
+		return w.tx.Bucket(bTenants).Put([]byte(id), encodeJSON(tenantRecord{*t}))
+	})
+	return out, err
+}
+
+// priceVersion is one stored price with the time it takes effect.
+type priceVersion struct {
+	from  int64 // Unix nanoseconds
+	price nozzle.Price
+}
+
+func priceKey(tenantID string, from time.Time) []byte {
+	return join(lp(tenantID), u64key(uint64(from.UnixNano())^(1<<63)))
+}
+
+func validPrice(p nozzle.Price) error {
+	if !nonNegative(p.PromptPerMillionUSD, p.CompletionPerMillionUSD) {
+		return nozzle.Errorf(nozzle.EINVALID, "Prices must be non-negative numbers.").WithParam("price")
+	}
+	return nil
+}
+
+// SetPrice puts a price in force from the given time for a tenant, or for
+// everyone when tenantID is empty. A price set for a time already in force
+// replaces it. Events already recorded keep the charge they were given.
+func (l *Ledger) SetPrice(ctx context.Context, tenantID string, p nozzle.Price, from time.Time) error {
+	if err := validPrice(p); err != nil {
+		return err
+	}
+	if from.IsZero() {
+		return nozzle.Errorf(nozzle.EINVALID, "A price needs the time it takes effect.").WithParam("effective_from")
+	}
+	return l.write(ctx, func(w *wtx) error {
+		if tenantID != "" {
+			if _, err := getTenant(w.tx, tenantID); err != nil {
+				return err
+			}
+		}
+		if w.prices != nil {
+			delete(w.prices, tenantID) // later events in this batch re-read it
+			if tenantID == "" {
+				clear(w.prices)
+			}
+		}
+		return w.tx.Bucket(bPrices).Put(priceKey(tenantID, from), encodePrice(p))
+	})
+}
+
+// priceHistory reads the default price list and, when tenantID is set, the
+// tenant's own, merged: a tenant's version overrides the default from its
+// time on.
+func priceHistory(tx *bolt.Tx, tenantID string) ([]priceVersion, error) {
+	b := tx.Bucket(bPrices)
+	read := func(id string) ([]priceVersion, error) {
+		var out []priceVersion
+		prefix := lp(id)
+		c := b.Cursor()
+		for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix) && len(k) == len(prefix)+8; k, v = c.Next() {
+			p, err := decodePrice(v)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, priceVersion{from: int64(bytesU64(k[len(prefix):]) ^ (1 << 63)), price: p})
+		}
+		return out, nil
+	}
+	def, err := read("")
+	if err != nil || tenantID == "" {
+		return def, err
+	}
+	own, err := read(tenantID)
+	if err != nil {
+		return nil, err
+	}
+	if len(own) == 0 {
+		return def, nil
+	}
+	return mergePrices(def, own), nil
+}
+
+// mergePrices returns the effective price history: the default list until
+// the tenant's first override, the tenant's list after it.
+func mergePrices(def, own []priceVersion) []priceVersion {
+	first := own[0].from
+	var out []priceVersion
+	for _, v := range def {
+		if v.from < first {
+			out = append(out, v)
+		}
+	}
+	return append(out, own...)
+}
+
+// priceAt returns the price in force at t: the last version from at or
+// before t, else fallback.
+func priceAt(hist []priceVersion, fallback nozzle.Price, t time.Time) nozzle.Price {
+	n := t.UnixNano()
+	i := sort.Search(len(hist), func(i int) bool { return hist[i].from > n })
+	if i == 0 {
+		return fallback
+	}
+	return hist[i-1].price
+}
+
+// PriceAt returns the price in force for a tenant at a time: the tenant's
+// override if one is in force, else the default.
+func (l *Ledger) PriceAt(ctx context.Context, tenantID string, at time.Time) (nozzle.Price, error) {
+	var p nozzle.Price
+	err := l.view(func(tx *bolt.Tx) error {
+		hist, err := priceHistory(tx, tenantID)
+		p = priceAt(hist, l.defPrice, at)
+		return err
+	})
+	return p, err
+}
+
+// Prices returns the price history of a tenant (or of the default list
+// when tenantID is empty), oldest first.
+func (l *Ledger) Prices(ctx context.Context, tenantID string) ([]nozzle.PriceVersion, error) {
+	var out []nozzle.PriceVersion
+	err := l.view(func(tx *bolt.Tx) error {
+		prefix := lp(tenantID)
+		c := tx.Bucket(bPrices).Cursor()
+		for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix) && len(k) == len(prefix)+8; k, v = c.Next() {
+			p, err := decodePrice(v)
+			if err != nil {
+				return err
+			}
+			from := time.Unix(0, int64(bytesU64(k[len(prefix):])^(1<<63))).UTC()
+			out = append(out, nozzle.PriceVersion{TenantID: tenantID, Price: p, EffectiveFrom: from})
+		}
+		return nil
+	})
+	return out, err
+}

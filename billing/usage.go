@@ -1,0 +1,309 @@
+package billing
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"time"
+
+	"github.com/nozzle-ai/nozzle"
+	bolt "go.etcd.io/bbolt"
+)
+
+// Limits on what a usage event may carry.
+const (
+	maxIDLen       = 200
+	maxResponseLen = 4 << 20
+)
+
+// wtx is the state of one write transaction: the bbolt transaction and the
+// rollup increments of the usage events written in it, which flush adds
+// to the stored rollups once per key.
+type wtx struct {
+	l      *Ledger
+	tx     *bolt.Tx
+	events *bolt.Bucket
+	reqids *bolt.Bucket
+
+	rollups map[string]*rollup // rollups key → increment
+	hours   map[int64]*rollup
+	months  map[string]*rollup
+	dirty   map[string]struct{}
+	prices  map[string][]priceVersion // tenant → history, read once per tx
+	tenants map[string]bool
+}
+
+func newWtx(l *Ledger, tx *bolt.Tx) *wtx {
+	return &wtx{l: l, tx: tx}
+}
+
+// flush adds the accumulated rollup increments to the stored rollups.
+func (w *wtx) flush() error {
+	if len(w.rollups) == 0 {
+		return nil
+	}
+	if err := addRollups(w.tx.Bucket(bRollups), w.rollups); err != nil {
+		return err
+	}
+	hb := w.tx.Bucket(bHours)
+	for h, inc := range w.hours {
+		if err := addRollup(hb, hourKey(h), inc); err != nil {
+			return err
+		}
+	}
+	if err := addRollups(w.tx.Bucket(bMonths), w.months); err != nil {
+		return err
+	}
+	db := w.tx.Bucket(bDirty)
+	for k := range w.dirty {
+		if err := db.Put([]byte(k), nil); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func addRollups(b *bolt.Bucket, incs map[string]*rollup) error {
+	for k, inc := range incs {
+		if err := addRollup(b, []byte(k), inc); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func addRollup(b *bolt.Bucket, k []byte, inc *rollup) error {
+	var r rollup
+	if v := b.Get(k); v != nil {
+		var err error
+		if r, err = decodeRollup(v); err != nil {
+			return fmt.Errorf("rollup %x: %w", k, err)
+		}
+	}
+	r.add(inc)
+	return b.Put(k, encodeRollup(&r))
+}
+
+func rollupKey(tenantID string, hour int64, adapterID string) []byte {
+	return join(lp(tenantID), hourKey(hour), []byte(adapterID))
+}
+
+func monthOf(t time.Time) int64 {
+	t = t.UTC()
+	return int64(t.Year())*12 + int64(t.Month()) - 1
+}
+
+func monthKey(tenantID string, month int64) []byte {
+	return join(lp(tenantID), u64key(uint64(month)))
+}
+
+func dirtyKey(hour int64, tenantID string) []byte { return join(hourKey(hour), []byte(tenantID)) }
+
+// validateEvent checks a usage event before anything is written.
+func validateEvent(ev *nozzle.UsageEvent) error {
+	bad := func(format string, args ...any) *nozzle.Error {
+		return nozzle.Errorf(nozzle.EINVALID, format, args...)
+	}
+	switch {
+	case ev.RequestID == "" || len(ev.RequestID) > maxIDLen:
+		return bad("Usage event needs a request id of 1 to %d bytes.", maxIDLen).WithParam("request_id")
+	case ev.TenantID == "" || len(ev.TenantID) > 100:
+		return bad("Usage event needs a tenant id.").WithParam("tenant_id")
+	case len(ev.AdapterID) > maxIDLen || len(ev.AdapterName) > maxIDLen || len(ev.KeyID) > maxIDLen ||
+		len(ev.Model) > maxIDLen || len(ev.RuntimeID) > maxIDLen:
+		return bad("Usage event has an id longer than %d bytes.", maxIDLen)
+	case ev.Time.IsZero() || ev.Time.Year() < 2000 || ev.Time.Year() > 9999:
+		return bad("Usage event needs a time.").WithParam("time")
+	case ev.PromptTokens < 0 || ev.CompletionTokens < 0:
+		return bad("Token counts must not be negative.")
+	case !nonNegative(ev.DeviceSeconds, ev.QueueSeconds, ev.TTFTSeconds, ev.AdapterLoadSeconds, ev.RatePerHour):
+		return bad("Usage event durations and rate must be non-negative numbers.")
+	case len(ev.Response) > maxResponseLen:
+		return bad("Stored response must be at most %d bytes.", maxResponseLen)
+	}
+	if _, ok := statusCodes[ev.Status]; !ok {
+		return bad("Usage event status %q is not one of ok, canceled or failed.", ev.Status).WithParam("status")
+	}
+	return nil
+}
+
+func finite(v float64) bool { return !math.IsNaN(v) && !math.IsInf(v, 0) }
+
+func nonNegative(vs ...float64) bool {
+	for _, v := range vs {
+		if !finite(v) || v < 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// RecordUsage durably stores ev and adds it to the rollups in the same
+// transaction; it returns once the transaction is fsynced. The ledger sets
+// ev.ChargeUSD from the price in force at ev.Time (zero for failed
+// requests). A request id already stored is not stored again: RecordUsage
+// then returns duplicate=true and fills ev from the stored event.
+func (l *Ledger) RecordUsage(ctx context.Context, ev *nozzle.UsageEvent) (bool, error) {
+	if ev.Status == "" {
+		ev.Status = nozzle.UsageOK
+	}
+	if err := validateEvent(ev); err != nil {
+		return false, err
+	}
+	in := *ev
+	in.Time = in.Time.UTC()
+	var out *nozzle.UsageEvent
+	var dup bool
+	err := l.write(ctx, func(w *wtx) error {
+		var err error
+		out, dup, err = w.recordEvent(&in)
+		return err
+	})
+	if err != nil {
+		return false, err
+	}
+	*ev = *out
+	return dup, nil
+}
+
+// recordEvent writes one validated event unless its request id is stored
+// already; in that case it returns the stored event and true.
+func (w *wtx) recordEvent(ev *nozzle.UsageEvent) (*nozzle.UsageEvent, bool, error) {
+	if w.events == nil {
+		w.events = w.tx.Bucket(bEvents)
+		w.events.FillPercent = 1 // keys only ever grow
+		w.reqids = w.tx.Bucket(bRequestIDs)
+		w.rollups = map[string]*rollup{}
+		w.hours = map[int64]*rollup{}
+		w.months = map[string]*rollup{}
+		w.dirty = map[string]struct{}{}
+		w.prices = map[string][]priceVersion{}
+		w.tenants = map[string]bool{}
+	}
+	if seq := w.reqids.Get([]byte(ev.RequestID)); seq != nil {
+		v := w.events.Get(seq)
+		if v == nil {
+			return nil, false, fmt.Errorf("request id %q points to a missing event", ev.RequestID)
+		}
+		stored, err := decodeEvent(v)
+		if err != nil {
+			return nil, false, err
+		}
+		return stored, true, nil
+	}
+	known, ok := w.tenants[ev.TenantID]
+	if !ok {
+		known = w.tx.Bucket(bTenants).Get([]byte(ev.TenantID)) != nil
+		w.tenants[ev.TenantID] = known
+	}
+	if !known {
+		return nil, false, nozzle.Errorf(nozzle.EINVALID, "Usage event names unknown tenant %q.", ev.TenantID).WithParam("tenant_id")
+	}
+	out := *ev
+	out.ChargeUSD = 0
+	if out.Status != nozzle.UsageFailed {
+		hist, ok := w.prices[ev.TenantID]
+		if !ok {
+			var err error
+			if hist, err = priceHistory(w.tx, ev.TenantID); err != nil {
+				return nil, false, err
+			}
+			w.prices[ev.TenantID] = hist
+		}
+		out.ChargeUSD = priceAt(hist, w.l.defPrice, ev.Time).Charge(ev.PromptTokens, ev.CompletionTokens)
+	}
+	seq, err := w.events.NextSequence()
+	if err != nil {
+		return nil, false, err
+	}
+	sk := u64key(seq)
+	// bbolt keeps the value slice until commit: a fresh one per event.
+	if err := w.events.Put(sk, encodeEvent(nil, &out)); err != nil {
+		return nil, false, err
+	}
+	if err := w.reqids.Put([]byte(ev.RequestID), sk); err != nil {
+		return nil, false, err
+	}
+	w.addToRollups(&out)
+	return &out, false, nil
+}
+
+func (w *wtx) addToRollups(ev *nozzle.UsageEvent) {
+	h := hourOf(ev.Time)
+	rk := string(rollupKey(ev.TenantID, h, ev.AdapterID))
+	inc := w.rollups[rk]
+	if inc == nil {
+		inc = &rollup{}
+		w.rollups[rk] = inc
+		w.dirty[string(dirtyKey(h, ev.TenantID))] = struct{}{}
+	}
+	inc.addEvent(ev)
+	hi := w.hours[h]
+	if hi == nil {
+		hi = &rollup{}
+		w.hours[h] = hi
+	}
+	hi.addEvent(ev)
+	mk := string(monthKey(ev.TenantID, monthOf(ev.Time)))
+	mi := w.months[mk]
+	if mi == nil {
+		mi = &rollup{}
+		w.months[mk] = mi
+	}
+	mi.addEvent(ev)
+}
+
+// Usage returns the event stored for a request. Returns ENOTFOUND if there
+// is none.
+func (l *Ledger) Usage(ctx context.Context, requestID string) (*nozzle.UsageEvent, error) {
+	var ev *nozzle.UsageEvent
+	err := l.view(func(tx *bolt.Tx) error {
+		seq := tx.Bucket(bRequestIDs).Get([]byte(requestID))
+		if seq == nil {
+			return nozzle.Errorf(nozzle.ENOTFOUND, "No usage is recorded for request %q.", requestID)
+		}
+		v := tx.Bucket(bEvents).Get(seq)
+		if v == nil {
+			return fmt.Errorf("request id %q points to a missing event", requestID)
+		}
+		var err error
+		ev, err = decodeEvent(v)
+		return err
+	})
+	return ev, err
+}
+
+// recordBulk writes many events in transactions of up to per events each:
+// the setup path of benchmarks and simulations. Events are priced and
+// rolled up exactly as RecordUsage does.
+func (l *Ledger) recordBulk(ctx context.Context, evs []nozzle.UsageEvent, per int) error {
+	for i := range evs {
+		if evs[i].Status == "" {
+			evs[i].Status = nozzle.UsageOK
+		}
+		evs[i].Time = evs[i].Time.UTC()
+		if err := validateEvent(&evs[i]); err != nil {
+			return err
+		}
+	}
+	for len(evs) > 0 {
+		n := min(per, len(evs))
+		chunk := evs[:n]
+		evs = evs[n:]
+		err := l.write(ctx, func(w *wtx) error {
+			for i := range chunk {
+				out, _, err := w.recordEvent(&chunk[i])
+				if err != nil {
+					// Not an application error: the whole chunk rolls back.
+					return fmt.Errorf("bulk record: %s", err)
+				}
+				chunk[i].ChargeUSD = out.ChargeUSD
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
