@@ -1,0 +1,180 @@
+package tokenizer
+
+import (
+	"sort"
+	"unicode"
+	"unicode/utf8"
+)
+
+type addedToken struct {
+	id         int
+	content    string // as matched (normalized tokens: after normalization)
+	special    bool
+	singleWord bool
+	lstrip     bool
+	rstrip     bool
+}
+
+// matcher finds added tokens in text, leftmost first and longest at a
+// position, without overlaps (Hugging Face uses Aho-Corasick with
+// leftmost-longest semantics).
+type matcher struct {
+	first  [256]bool
+	byByte [256][]int // token indexes by first byte, longest first
+	tokens []addedToken
+}
+
+func newMatcher(tokens []addedToken) *matcher {
+	if len(tokens) == 0 {
+		return nil
+	}
+	m := &matcher{tokens: tokens}
+	for i, tok := range tokens {
+		b := tok.content[0]
+		m.first[b] = true
+		m.byByte[b] = append(m.byByte[b], i)
+	}
+	for b := range m.byByte {
+		l := m.byByte[b]
+		sort.SliceStable(l, func(i, j int) bool { return len(tokens[l[i]].content) > len(tokens[l[j]].content) })
+	}
+	return m
+}
+
+// find returns the next match at or after from: token index and span.
+func (m *matcher) find(s string, from int) (tok, start, end int) {
+	for i := from; i < len(s); i++ {
+		if !m.first[s[i]] {
+			continue
+		}
+		for _, k := range m.byByte[s[i]] {
+			c := m.tokens[k].content
+			if len(s)-i >= len(c) && s[i:i+len(c)] == c {
+				return k, i, i + len(c)
+			}
+		}
+	}
+	return -1, -1, -1
+}
+
+// addedVocab holds the added tokens matched on raw text (normalized:false)
+// and on normalized text (normalized:true).
+type addedVocab struct {
+	raw, normalized *matcher
+}
+
+func newAddedVocab(list []addedTokenJSON, n normalizer) addedVocab {
+	var raw, norm []addedToken
+	for _, a := range list {
+		tok := addedToken{id: *a.ID, content: a.Content, special: a.Special, singleWord: a.SingleWord, lstrip: a.LStrip, rstrip: a.RStrip}
+		normalized := !a.Special
+		if a.Normalized != nil {
+			normalized = *a.Normalized
+		}
+		if normalized {
+			if n != nil {
+				tok.content = n.normalize(tok.content)
+			}
+			if tok.content != "" {
+				norm = append(norm, tok)
+			}
+		} else {
+			raw = append(raw, tok)
+		}
+	}
+	return addedVocab{raw: newMatcher(raw), normalized: newMatcher(norm)}
+}
+
+// split calls fn for every segment of s in order: added tokens with their
+// id, other text with id -1. atStart is true for a segment at offset 0.
+// Empty text segments are not reported.
+func (v *addedVocab) split(s string, parseSpecial, normalizedPass bool, fn func(seg string, id int, atStart bool)) {
+	m := v.raw
+	if normalizedPass {
+		m = v.normalized
+	}
+	if m == nil {
+		if s != "" {
+			fn(s, -1, true)
+		}
+		return
+	}
+	offset := 0 // end of the last emitted segment
+	for pos := 0; pos < len(s); {
+		k, start, stop := m.find(s, pos)
+		if k < 0 {
+			break
+		}
+		pos = stop
+		tok := &m.tokens[k]
+		if tok.special && !parseSpecial {
+			continue
+		}
+		if start < offset {
+			continue
+		}
+		if tok.singleWord {
+			startOK := start == 0 || !endsWithWordChar(s[:start])
+			stopOK := stop == len(s) || !startsWithWordChar(s[stop:])
+			if !startOK || !stopOK {
+				continue
+			}
+		}
+		if tok.lstrip {
+			start = max(trailingSpaceStart(s[:start]), offset)
+		}
+		if tok.rstrip {
+			stop += leadingSpaceLen(s[stop:])
+			pos = stop
+		}
+		if offset < start {
+			fn(s[offset:start], -1, offset == 0)
+		}
+		fn(s[start:stop], tok.id, start == 0)
+		offset = stop
+	}
+	if offset < len(s) {
+		fn(s[offset:], -1, offset == 0)
+	}
+}
+
+func isWordChar(r rune) bool {
+	return r == '_' || unicode.IsLetter(r) || unicode.IsDigit(r) || unicode.IsMark(r)
+}
+
+func endsWithWordChar(s string) bool {
+	r, _ := utf8.DecodeLastRuneInString(s)
+	return s != "" && isWordChar(r)
+}
+
+func startsWithWordChar(s string) bool {
+	r, _ := utf8.DecodeRuneInString(s)
+	return s != "" && isWordChar(r)
+}
+
+// trailingSpaceStart returns the offset where the trailing whitespace of s
+// begins.
+func trailingSpaceStart(s string) int {
+	i := len(s)
+	for i > 0 {
+		r, n := utf8.DecodeLastRuneInString(s[:i])
+		if !unicode.IsSpace(r) {
+			break
+		}
+		i -= n
+	}
+	return i
+}
+
+// leadingSpaceLen returns the length of the leading whitespace of s.
+func leadingSpaceLen(s string) int {
+	i := 0
+	for i < len(s) {
+		r, n := utf8.DecodeRuneInString(s[i:])
+		if !unicode.IsSpace(r) {
+			break
+		}
+		i += n
+	}
+	return i
+}

@@ -1,0 +1,191 @@
+package tokenizer
+
+import (
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/ardanlabs/jinja"
+	"github.com/nozzle-ai/nozzle"
+)
+
+// ErrNoChatTemplate is returned by ApplyChatTemplate when the model has no
+// chat template.
+var ErrNoChatTemplate = errors.New("the model has no chat template (tokenizer_config.json chat_template or chat_template.jinja)")
+
+// TemplateError is the error a chat template raised with
+// raise_exception(message): the template refused the conversation. Its
+// Error() is the template's message.
+type TemplateError struct {
+	Message string
+}
+
+func (e *TemplateError) Error() string { return e.Message }
+
+// ApplyChatTemplate renders messages with the model's chat template the way
+// transformers' apply_chat_template does (trim_blocks and lstrip_blocks on,
+// raise_exception, strftime_now, bos_token/eos_token/unk_token/pad_token,
+// tools and documents set to none). Encode the result with ParseSpecial
+// true and AddSpecialTokens false: templates usually emit the BOS token
+// themselves.
+//
+// A template that calls raise_exception returns a *TemplateError.
+func (t *Tokenizer) ApplyChatTemplate(messages []nozzle.ChatMessage, addGenerationPrompt bool) (string, error) {
+	return t.ApplyChatTemplateVars(messages, addGenerationPrompt, nil)
+}
+
+// ApplyChatTemplateVars is ApplyChatTemplate with extra template variables
+// (for example enable_thinking for Qwen3, or date_string), which override
+// the defaults.
+func (t *Tokenizer) ApplyChatTemplateVars(messages []nozzle.ChatMessage, addGenerationPrompt bool, vars map[string]any) (string, error) {
+	tmpl, err := t.compiledTemplate()
+	if err != nil {
+		return "", err
+	}
+	msgs := make([]any, len(messages))
+	for i, m := range messages {
+		d := map[string]any{"role": m.Role, "content": m.Content}
+		if m.Name != "" {
+			d["name"] = m.Name
+		}
+		msgs[i] = d
+	}
+	var refused *TemplateError
+	data := map[string]any{
+		"messages":              msgs,
+		"add_generation_prompt": addGenerationPrompt,
+		"tools":                 nil,
+		"documents":             nil,
+		"bos_token":             t.cfg.bosToken,
+		"eos_token":             t.cfg.eosToken,
+		"unk_token":             t.cfg.unkToken,
+		"pad_token":             t.cfg.padToken,
+		"raise_exception": jinja.NewCallable("raise_exception", func(args []jinja.Value, _ map[string]jinja.Value) (jinja.Value, error) {
+			msg := "raise_exception called"
+			if len(args) > 0 {
+				msg = args[0].String()
+			}
+			refused = &TemplateError{Message: msg}
+			return jinja.Undefined(), refused
+		}),
+		"strftime_now": jinja.NewCallable("strftime_now", func(args []jinja.Value, _ map[string]jinja.Value) (jinja.Value, error) {
+			if len(args) == 0 {
+				return jinja.Undefined(), fmt.Errorf("strftime_now: missing format")
+			}
+			return jinja.NewString(strftime(time.Now(), args[0].String())), nil
+		}),
+	}
+	for k, v := range vars {
+		data[k] = v
+	}
+	out, err := tmpl.Render(data)
+	if err != nil {
+		if refused != nil {
+			return "", refused
+		}
+		return "", fmt.Errorf("render chat template: %w", err)
+	}
+	return out, nil
+}
+
+func (t *Tokenizer) compiledTemplate() (*jinja.Template, error) {
+	t.templateOnce.Do(func() {
+		if t.chatTemplate == "" {
+			t.templateErr = ErrNoChatTemplate
+			return
+		}
+		t.template, t.templateErr = jinja.Compile(t.chatTemplate)
+		if t.templateErr != nil {
+			t.templateErr = fmt.Errorf("compile chat template: %w", t.templateErr)
+		}
+	})
+	return t.template, t.templateErr
+}
+
+// strftime formats tm with a Python strftime format.
+func strftime(tm time.Time, format string) string {
+	var b strings.Builder
+	for i := 0; i < len(format); i++ {
+		c := format[i]
+		if c != '%' || i+1 == len(format) {
+			b.WriteByte(c)
+			continue
+		}
+		i++
+		pad := true
+		if format[i] == '-' && i+1 < len(format) { // glibc: no padding
+			pad = false
+			i++
+		}
+		num := func(v, width int) {
+			s := strconv.Itoa(v)
+			if pad {
+				for len(s) < width {
+					s = "0" + s
+				}
+			}
+			b.WriteString(s)
+		}
+		switch format[i] {
+		case 'Y':
+			num(tm.Year(), 4)
+		case 'y':
+			num(tm.Year()%100, 2)
+		case 'm':
+			num(int(tm.Month()), 2)
+		case 'd':
+			num(tm.Day(), 2)
+		case 'e':
+			b.WriteString(fmt.Sprintf("%2d", tm.Day()))
+		case 'H':
+			num(tm.Hour(), 2)
+		case 'I':
+			h := tm.Hour() % 12
+			if h == 0 {
+				h = 12
+			}
+			num(h, 2)
+		case 'M':
+			num(tm.Minute(), 2)
+		case 'S':
+			num(tm.Second(), 2)
+		case 'f':
+			num(tm.Nanosecond()/1000, 6)
+		case 'j':
+			num(tm.YearDay(), 3)
+		case 'p':
+			if tm.Hour() < 12 {
+				b.WriteString("AM")
+			} else {
+				b.WriteString("PM")
+			}
+		case 'B':
+			b.WriteString(tm.Month().String())
+		case 'b', 'h':
+			b.WriteString(tm.Month().String()[:3])
+		case 'A':
+			b.WriteString(tm.Weekday().String())
+		case 'a':
+			b.WriteString(tm.Weekday().String()[:3])
+		case 'w':
+			num(int(tm.Weekday()), 1)
+		case 'Z':
+			name, _ := tm.Zone()
+			b.WriteString(name)
+		case 'z':
+			b.WriteString(tm.Format("-0700"))
+		case 'F':
+			b.WriteString(tm.Format("2006-01-02"))
+		case 'T':
+			b.WriteString(tm.Format("15:04:05"))
+		case '%':
+			b.WriteByte('%')
+		default:
+			b.WriteByte('%')
+			b.WriteByte(format[i])
+		}
+	}
+	return b.String()
+}

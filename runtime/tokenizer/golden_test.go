@@ -1,0 +1,51 @@
+package tokenizer_test
+
+import (
+	"testing"
+
+	"github.com/nozzle-ai/nozzle/runtime/tokenizer"
+)
+
+// TestGolden compares every corpus line with the ids and decodings of
+// Hugging Face's tokenizer (testdata/gen/gen.mjs).
+func TestGolden(t *testing.T) {
+	for _, name := range models {
+		t.Run(name, func(t *testing.T) {
+			tok := mustModel(t, name)
+			lines := readGolden(t, name)
+			if len(lines) != len(readCorpus(t)) {
+				t.Fatalf("golden has %d lines, corpus %d: regenerate with testdata/gen", len(lines), len(readCorpus(t)))
+			}
+			bad := 0
+			for i, l := range lines {
+				check := func(what string, got, want []int) {
+					if !equalInts(got, want) {
+						bad++
+						if bad <= 15 {
+							t.Errorf("line %d %q %s:\n got %v\nwant %v", i, trunc(l.Text), what, got, want)
+						}
+					}
+				}
+				check("ids", tok.Encode(l.Text, tokenizer.EncodeOptions{AddSpecialTokens: true, ParseSpecial: true}), l.IDs)
+				check("ids_no_special", tok.Encode(l.Text, tokenizer.EncodeOptions{ParseSpecial: true}), l.IDsNoSpecial)
+				check("ids_no_parse", tok.Encode(l.Text, tokenizer.EncodeOptions{}), l.IDsNoParse)
+				if got := tok.Decode(l.IDs, false); got != l.Decode {
+					bad++
+					t.Errorf("line %d decode:\n got %q\nwant %q", i, got, l.Decode)
+				}
+				if got := tok.Decode(l.IDs, true); got != l.DecodeSkip {
+					bad++
+					t.Errorf("line %d decode skip special:\n got %q\nwant %q", i, got, l.DecodeSkip)
+				}
+			}
+			t.Logf("%s: %d lines, %d mismatches", name, len(lines), bad)
+		})
+	}
+}
+
+func trunc(s string) string {
+	if len(s) > 60 {
+		return s[:60] + "…"
+	}
+	return s
+}
