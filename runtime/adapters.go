@@ -21,6 +21,7 @@ type hostEntry struct {
 	size    int64
 	loadDur time.Duration
 	refs    int // engine copies in flight; an entry with refs is not closed
+	waiters int // queued sequences that want it; an entry with waiters is not evicted
 	elem    *list.Element
 	evicted bool // out of the LRU; closed once refs reach zero
 }
@@ -91,7 +92,8 @@ func (c *hostCache) setOnDevice(sha string, on bool) {
 }
 
 // prefetch starts bringing an adapter into host memory, unless it is there
-// or on its way, and returns its entry.
+// or on its way, and returns its entry. The caller waits for it: the entry
+// is not evicted until the caller calls unwait.
 func (c *hostCache) prefetch(sha string) *hostEntry {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -99,9 +101,10 @@ func (c *hostCache) prefetch(sha string) *hostEntry {
 		if e.elem != nil {
 			c.lru.MoveToFront(e.elem)
 		}
+		e.waiters++
 		return e
 	}
-	e := &hostEntry{sha: sha, ready: make(chan struct{})}
+	e := &hostEntry{sha: sha, ready: make(chan struct{}), waiters: 1}
 	c.entries[sha] = e
 	c.wg.Add(1)
 	go c.fill(e)
@@ -171,23 +174,30 @@ func (c *hostCache) finish(e *hostEntry, a hostAdapter, d time.Duration, err err
 	c.wake()
 }
 
+// unwait says that a caller of prefetch no longer waits for e.
+func (c *hostCache) unwait(e *hostEntry) {
+	c.mu.Lock()
+	e.waiters--
+	c.mu.Unlock()
+}
+
 // evictLocked drops least recently used entries, other than keep, until
-// the cache fits its budget. It returns entries to close.
+// the cache fits its budget. It returns entries to close. Entries that
+// queued requests wait for stay: the budget gives way to them rather than
+// load an adapter twice.
 func (c *hostCache) evictLocked(keep *hostEntry) []*hostEntry {
 	var out []*hostEntry
 	for el := c.lru.Back(); el != nil && c.used > c.budget; {
 		e := el.Value.(*hostEntry)
 		prev := el.Prev()
-		if e != keep {
+		if e != keep && e.waiters == 0 && e.refs == 0 {
 			c.lru.Remove(el)
 			e.elem = nil
 			e.evicted = true
 			c.used -= e.size
 			delete(c.entries, e.sha)
 			c.m.adapterEvictions.With(string(nozzle.TierHost)).Inc()
-			if e.refs == 0 {
-				out = append(out, e)
-			}
+			out = append(out, e)
 		}
 		el = prev
 	}
@@ -195,15 +205,19 @@ func (c *hostCache) evictLocked(keep *hostEntry) []*hostEntry {
 }
 
 // acquire returns a loaded adapter and holds it until release, so that it
-// is not closed while the engine copies it.
-func (c *hostCache) acquire(e *hostEntry) hostAdapter {
+// is not closed while the engine copies it. It reports false when e was
+// evicted.
+func (c *hostCache) acquire(e *hostEntry) (hostAdapter, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if e.evicted {
+		return nil, false
+	}
 	e.refs++
 	if e.elem != nil {
 		c.lru.MoveToFront(e.elem)
 	}
-	return e.a
+	return e.a, true
 }
 
 func (c *hostCache) release(e *hostEntry) {
@@ -339,4 +353,4 @@ func shortSHA(sha string) string {
 	return sha
 }
 
-var errClosed = errors.New("runtime closed")
+var errEvicted = errors.New("adapter evicted from host memory")

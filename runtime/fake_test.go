@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"math"
+	"math/rand/v2"
 	"sort"
 	"strings"
 	"sync"
@@ -62,6 +63,7 @@ type fakeEngine struct {
 	clears    int
 	failSteps int
 	closed    bool
+	onStep    func(n int) // called after each step with the step count
 }
 
 type kvCell struct {
@@ -173,6 +175,9 @@ func (e *fakeEngine) Step(b *runtime.StepBatch) error {
 		return fmt.Errorf("seq lengths add to %d, batch has %d tokens", off, len(b.Tokens))
 	}
 	e.clock.Advance(e.perStep + time.Duration(len(b.Tokens))*e.perToken)
+	if e.onStep != nil {
+		e.onStep(e.steps)
+	}
 	return nil
 }
 
@@ -415,7 +420,12 @@ type loadCounter struct {
 
 func startFake(t testing.TB, opts runtime.Options, numBlocks int) *testRT {
 	t.Helper()
-	clock := newFakeClock(time.Date(2025, 3, 1, 10, 0, 0, 0, time.UTC))
+	return startFakeAt(t, opts, numBlocks, time.Date(2025, 3, 1, 10, 0, 0, 0, time.UTC))
+}
+
+func startFakeAt(t testing.TB, opts runtime.Options, numBlocks int, start time.Time) *testRT {
+	t.Helper()
+	clock := newFakeClock(start)
 	if opts.Slots == 0 {
 		opts.Slots = 4
 	}
@@ -443,3 +453,5 @@ func startFake(t testing.TB, opts runtime.Options, numBlocks int) *testRT {
 	}
 	return &testRT{Runtime: rt, eng: eng, clock: clock, loads: lc}
 }
+
+func newRNG(seed uint64) *rand.Rand { return rand.New(rand.NewPCG(seed, seed^0x5eed)) }

@@ -31,6 +31,7 @@ func (r *Runtime) Generate(ctx context.Context, req *nozzle.GenerateRequest, emi
 	if q.sha != "" {
 		r.countLookup(q.sha)
 		q.host = r.cache.prefetch(q.sha)
+		q.waitsHost = true
 		q.hostWaited = !q.host.loaded()
 	}
 	q.arrived = r.clock()

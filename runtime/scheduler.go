@@ -101,6 +101,7 @@ type sequence struct {
 	deviceSec    float64
 	adapterLoad  time.Duration
 	hostWaited   bool // its adapter was not in host memory when it arrived
+	waitsHost    bool // holds a waiter count on host
 
 	out *mailbox
 }
@@ -428,6 +429,13 @@ func (s *scheduler) ensureSlot(q *sequence, now time.Time) (ok, failed bool) {
 		return false, false
 	}
 	if err := s.loadSlot(v, e, now); err != nil {
+		if err == errEvicted {
+			// Evicted from host memory before it reached a slot (only
+			// possible for an entry nobody waited for): fetch it again.
+			s.cache.unwait(e)
+			q.host = s.cache.prefetch(q.sha)
+			return false, false
+		}
 		s.finish(q, "", err)
 		return false, true
 	}
@@ -438,6 +446,9 @@ func (s *scheduler) ensureSlot(q *sequence, now time.Time) (ok, failed bool) {
 // was there.
 func (s *scheduler) loadSlot(v int, e *hostEntry, now time.Time) error {
 	sl := &s.slots.slots[v]
+	if !e.loaded() {
+		return errEvicted
+	}
 	if sl.sha != "" {
 		delete(s.slots.where, sl.sha)
 		s.cache.setOnDevice(sl.sha, false)
@@ -448,8 +459,11 @@ func (s *scheduler) loadSlot(v int, e *hostEntry, now time.Time) error {
 			delete(s.drainFor, sha)
 		}
 	}
+	a, ok := s.cache.acquire(e)
+	if !ok {
+		return errEvicted
+	}
 	*sl = slot{}
-	a := s.cache.acquire(e)
 	t0 := time.Now()
 	err := s.be.LoadAdapter(v, a)
 	d := time.Since(t0)
@@ -517,6 +531,10 @@ func (s *scheduler) start(q *sequence, now time.Time) {
 			q.adapterLoad += q.host.loadDur
 			q.hostWaited = false
 		}
+		if q.waitsHost {
+			s.cache.unwait(q.host)
+			q.waitsHost = false
+		}
 	}
 	q.queueDur += now.Sub(q.waitingSince)
 	q.state = stRunning
@@ -543,6 +561,10 @@ func (s *scheduler) preempt(q *sequence, now time.Time) {
 	q.computed = 0
 	q.state = stWaiting
 	q.waitingSince = now
+	if q.sha != "" {
+		q.host = s.cache.prefetch(q.sha)
+		q.waitsHost = true
+	}
 	t := s.tenants[q.tenantID]
 	t.running--
 	t.queue = slices.Insert(t.queue, 0, q)
@@ -581,6 +603,10 @@ func (s *scheduler) finish(q *sequence, reason string, err error) {
 		}
 		s.waiting--
 		q.queueDur += now.Sub(q.waitingSince)
+		if q.waitsHost {
+			s.cache.unwait(q.host)
+			q.waitsHost = false
+		}
 	case stDone:
 		return
 	}

@@ -2,6 +2,11 @@ package runtime_test
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -9,6 +14,7 @@ import (
 	"unicode/utf8"
 
 	nozzle "github.com/nozzle-ai/nozzle"
+	"github.com/nozzle-ai/nozzle/internal/metrics"
 	"github.com/nozzle-ai/nozzle/runtime"
 )
 
@@ -74,3 +80,266 @@ func TestGenerate_Greedy(t *testing.T) {
 }
 
 var _ = sync.Mutex{}
+
+func adapterFor(i int) *nozzle.Adapter {
+	return &nozzle.Adapter{Name: "a" + string(rune('A'+i)), AdapterManifest: nozzle.AdapterManifest{SHA256: fakeSHA(i), Rank: 8}}
+}
+
+func randomPrompt(rng *rand.Rand, n int) []int {
+	p := make([]int, n)
+	for i := range p {
+		p[i] = 32 + rng.IntN(95)
+	}
+	return p
+}
+
+type propCase struct {
+	req      *nozzle.GenerateRequest
+	cancelAt int  // cancel the context after this many chunks; -1 never
+	emitFail int  // fail emit after this many chunks; -1 never
+	missing  bool // adapter not stored
+}
+
+// TestScheduler_RandomArrivals throws seeded random traffic at a small
+// runtime — many tenants and adapters, random prompt lengths and max
+// tokens, cancellations, a KV pool small enough to force preemption, few
+// slots and a small host cache — and checks that every request ends with
+// a reason, every block and slot comes back, greedy text is the same as
+// alone, and the device seconds of all requests add up to the active
+// time.
+func TestScheduler_RandomArrivals(t *testing.T) {
+	for _, seed := range []uint64{1, 2, 3} {
+		t.Run(fmt.Sprint("seed", seed), func(t *testing.T) {
+			testRandomArrivals(t, seed)
+		})
+	}
+}
+
+func testRandomArrivals(t *testing.T, seed uint64) {
+	rng := rand.New(rand.NewPCG(seed, 99))
+	reg := metrics.NewRegistry()
+	rt := startFake(t, runtime.Options{
+		Slots: 3, MaxBatchSeqs: 12, MaxBatchTokens: 96, PrefillChunk: 40,
+		HostCacheBytes: 3 << 20, Metrics: reg,
+	}, 48)
+	const nAdapters, nReq = 10, 160
+	rt.loads.missing[fakeSHA(nAdapters-1)] = true
+
+	cases := make([]propCase, nReq)
+	for i := range cases {
+		c := propCase{cancelAt: -1, emitFail: -1}
+		req := &nozzle.GenerateRequest{
+			RequestID:    fmt.Sprint("r", i),
+			TenantID:     fmt.Sprint("t", rng.IntN(4)),
+			PromptTokens: randomPrompt(rng, 1+rng.IntN(180)),
+			MaxTokens:    1 + rng.IntN(50),
+		}
+		if k := rng.IntN(nAdapters + 3); k < nAdapters {
+			req.Adapter = adapterFor(k)
+			c.missing = k == nAdapters-1
+		}
+		if rng.IntN(4) == 0 {
+			req.Temperature = 0.8
+			s := rng.Uint64()
+			req.Seed = &s
+		}
+		switch rng.IntN(10) {
+		case 0:
+			c.cancelAt = rng.IntN(4)
+		case 1:
+			c.emitFail = rng.IntN(4)
+		}
+		c.req = req
+		cases[i] = c
+	}
+
+	results := make([]outcome, nReq)
+	var wg sync.WaitGroup
+	for i := range cases {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c := cases[i]
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			var o outcome
+			var b strings.Builder
+			n := 0
+			o.res, o.err = rt.Generate(ctx, c.req, func(ch nozzle.Chunk) error {
+				n++
+				b.WriteString(ch.Text)
+				o.chunks = append(o.chunks, ch)
+				if c.cancelAt >= 0 && n > c.cancelAt {
+					cancel()
+				}
+				if c.emitFail >= 0 && n > c.emitFail {
+					return errors.New("client gone")
+				}
+				return nil
+			})
+			o.text = b.String()
+			results[i] = o
+		}()
+		if rng.IntN(3) == 0 {
+			time.Sleep(time.Duration(rng.IntN(300)) * time.Microsecond)
+		}
+	}
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(60 * time.Second):
+		t.Fatal("requests did not finish: starvation or a lost request")
+	}
+
+	var device float64
+	finished, canceled := 0, 0
+	for i, o := range results {
+		c := cases[i]
+		if o.res == nil {
+			t.Fatalf("request %d: no result", i)
+		}
+		device += o.res.DeviceSeconds
+		switch {
+		case c.missing:
+			if nozzle.ErrorCode(o.err) != nozzle.ENOTFOUND {
+				t.Errorf("request %d: missing adapter gave %v", i, o.err)
+			}
+		case o.err != nil:
+			if nozzle.ErrorCode(o.err) != nozzle.ECANCELED || (c.cancelAt < 0 && c.emitFail < 0) {
+				t.Errorf("request %d: unexpected error %v", i, o.err)
+			}
+			canceled++
+		default:
+			finished++
+			if o.res.FinishReason != nozzle.FinishStop && o.res.FinishReason != nozzle.FinishLength {
+				t.Errorf("request %d: finish reason %q", i, o.res.FinishReason)
+			}
+			if o.res.CompletionTokens > c.req.MaxTokens || o.res.CompletionTokens < 1 {
+				t.Errorf("request %d: %d completion tokens, max %d", i, o.res.CompletionTokens, c.req.MaxTokens)
+			}
+			if o.res.FinishReason == nozzle.FinishLength && o.res.CompletionTokens != c.req.MaxTokens {
+				t.Errorf("request %d: length after %d of %d tokens", i, o.res.CompletionTokens, c.req.MaxTokens)
+			}
+			if o.res.PromptTokens != len(c.req.PromptTokens) {
+				t.Errorf("request %d: prompt tokens %d, want %d", i, o.res.PromptTokens, len(c.req.PromptTokens))
+			}
+		}
+	}
+	if finished < nReq/2 {
+		t.Errorf("only %d of %d finished", finished, nReq)
+	}
+
+	// Greedy and seeded text is the same when the request runs alone.
+	for i, o := range results {
+		c := cases[i]
+		if o.err != nil || c.missing {
+			continue
+		}
+		alone := run(context.Background(), rt, c.req)
+		if alone.err != nil || alone.text != o.text || alone.res.CompletionTokens != o.res.CompletionTokens {
+			t.Errorf("request %d: batched %q (%d tokens), alone %q (%d tokens, %v)", i, o.text, o.res.CompletionTokens, alone.text, alone.res.CompletionTokens, alone.err)
+		}
+		device += alone.res.DeviceSeconds
+	}
+
+	closeRT(t, rt)
+	res := rt.Resources()
+	if res.FreeBlocks != res.TotalBlocks || res.PinnedSlots != 0 || res.Waiting != 0 || res.Running != 0 || res.Tenants != 0 {
+		t.Errorf("resources not returned: %+v", res)
+	}
+	st := rt.Stats()
+	if math.Abs(device-st.ActiveSeconds) > 1e-6 {
+		t.Errorf("device seconds of requests %.9f, active %.9f", device, st.ActiveSeconds)
+	}
+	if math.Abs(st.ActiveSeconds+st.IdleSeconds-st.UptimeSeconds) > 1e-9 {
+		t.Errorf("active %.9f + idle %.9f != uptime %.9f", st.ActiveSeconds, st.IdleSeconds, st.UptimeSeconds)
+	}
+	var prom strings.Builder
+	reg.WriteTo(&prom)
+	for _, want := range []string{`nozzle_runtime_adapter_evictions_total{tier="host"}`, `nozzle_runtime_adapter_evictions_total{tier="device"}`} {
+		if v := metricValue(prom.String(), want); v <= 0 {
+			t.Errorf("%s = %v, want > 0", want, v)
+		}
+	}
+	t.Logf("finished %d, canceled %d, steps %d, %s", finished, canceled, res.Steps, summary(prom.String()))
+	for _, a := range rt.loads.opened {
+		if a.open {
+			t.Errorf("adapter %s left open after Close", a.sha[:8])
+		}
+	}
+}
+
+func metricValue(text, name string) float64 {
+	for _, line := range strings.Split(text, "\n") {
+		if strings.HasPrefix(line, name+" ") {
+			v, _ := strconv.ParseFloat(strings.TrimPrefix(line, name+" "), 64)
+			return v
+		}
+	}
+	return -1
+}
+
+func summary(text string) string {
+	var out []string
+	for _, line := range strings.Split(text, "\n") {
+		if strings.HasPrefix(line, "nozzle_runtime_preemptions_total") || strings.HasPrefix(line, "nozzle_runtime_adapter_loads_total") || strings.HasPrefix(line, "nozzle_runtime_adapter_evictions_total") {
+			out = append(out, line)
+		}
+	}
+	return strings.Join(out, "; ")
+}
+
+// TestScheduler_PreemptRecompute runs more long completions than the KV
+// pool holds at once: the scheduler preempts and recomputes, and each text
+// is still the one the request produces alone.
+func TestScheduler_PreemptRecompute(t *testing.T) {
+	reg := metrics.NewRegistry()
+	rt := startFake(t, runtime.Options{Metrics: reg, MaxBatchSeqs: 8}, 12) // 192 tokens
+	rt.eng.eosBias = -100
+	rng := rand.New(rand.NewPCG(7, 7))
+	var reqs []*nozzle.GenerateRequest
+	for i := range 4 {
+		r := &nozzle.GenerateRequest{TenantID: "t", PromptTokens: randomPrompt(rng, 20+i), MaxTokens: 100}
+		if i%2 == 1 {
+			r.Adapter = adapterFor(i)
+		}
+		reqs = append(reqs, r)
+	}
+	alone := make([]outcome, len(reqs))
+	for i, r := range reqs {
+		alone[i] = run(context.Background(), rt, r)
+		if alone[i].err != nil {
+			t.Fatal(alone[i].err)
+		}
+	}
+	before := metricValue(promText(reg), "nozzle_runtime_preemptions_total")
+	got := make([]outcome, len(reqs))
+	var wg sync.WaitGroup
+	for i, r := range reqs {
+		wg.Add(1)
+		go func() { defer wg.Done(); got[i] = run(context.Background(), rt, r) }()
+	}
+	wg.Wait()
+	if n := metricValue(promText(reg), "nozzle_runtime_preemptions_total") - before; n <= 0 {
+		t.Fatalf("no preemption happened")
+	}
+	for i := range reqs {
+		if got[i].err != nil {
+			t.Fatalf("request %d: %v", i, got[i].err)
+		}
+		if got[i].text != alone[i].text || got[i].res.CompletionTokens != 100 {
+			t.Errorf("request %d: preempted text %q (%d tokens) differs from alone %q", i, got[i].text, got[i].res.CompletionTokens, alone[i].text)
+		}
+	}
+	closeRT(t, rt)
+	if r := rt.Resources(); r.FreeBlocks != r.TotalBlocks || r.PinnedSlots != 0 {
+		t.Errorf("resources not returned: %+v", r)
+	}
+}
+
+func promText(reg *metrics.Registry) string {
+	var b strings.Builder
+	reg.WriteTo(&b)
+	return b.String()
+}
