@@ -44,28 +44,31 @@ func (t *Tokenizer) ApplyChatTemplateVars(messages []nozzle.ChatMessage, addGene
 	if err != nil {
 		return "", err
 	}
-	msgs := make([]any, len(messages))
+	msgs := make([]jinja.Value, len(messages))
 	for i, m := range messages {
-		d := map[string]any{"role": m.Role, "content": m.Content}
+		// Keys in insertion order, like a Python dict (tojson keeps it).
+		d := jinja.NewDict()
+		d.AsDict().Set("role", jinja.NewString(m.Role))
+		d.AsDict().Set("content", jinja.NewString(m.Content))
 		if m.Name != "" {
-			d["name"] = m.Name
+			d.AsDict().Set("name", jinja.NewString(m.Name))
 		}
 		msgs[i] = d
 	}
 	var refused *TemplateError
-	data := map[string]any{
-		"messages":              msgs,
-		"add_generation_prompt": addGenerationPrompt,
-		"tools":                 nil,
-		"documents":             nil,
-		"bos_token":             t.cfg.bosToken,
-		"eos_token":             t.cfg.eosToken,
-		"unk_token":             t.cfg.unkToken,
-		"pad_token":             t.cfg.padToken,
+	data := map[string]jinja.Value{
+		"messages":              jinja.NewList(msgs),
+		"add_generation_prompt": jinja.NewBool(addGenerationPrompt),
+		"tools":                 jinja.None(),
+		"documents":             jinja.None(),
+		"bos_token":             jinja.NewString(t.cfg.bosToken),
+		"eos_token":             jinja.NewString(t.cfg.eosToken),
+		"unk_token":             jinja.NewString(t.cfg.unkToken),
+		"pad_token":             jinja.NewString(t.cfg.padToken),
 		"raise_exception": jinja.NewCallable("raise_exception", func(args []jinja.Value, _ map[string]jinja.Value) (jinja.Value, error) {
 			msg := "raise_exception called"
 			if len(args) > 0 {
-				msg = args[0].String()
+				msg = valueText(args[0])
 			}
 			refused = &TemplateError{Message: msg}
 			return jinja.Undefined(), refused
@@ -74,13 +77,17 @@ func (t *Tokenizer) ApplyChatTemplateVars(messages []nozzle.ChatMessage, addGene
 			if len(args) == 0 {
 				return jinja.Undefined(), fmt.Errorf("strftime_now: missing format")
 			}
-			return jinja.NewString(strftime(time.Now(), args[0].String())), nil
+			return jinja.NewString(strftime(time.Now(), valueText(args[0]))), nil
 		}),
 	}
 	for k, v := range vars {
-		data[k] = v
+		if jv, ok := v.(jinja.Value); ok {
+			data[k] = jv
+		} else {
+			data[k] = jinja.FromGoValue(v)
+		}
 	}
-	out, err := tmpl.Render(data)
+	out, err := tmpl.RenderValues(data)
 	if err != nil {
 		if refused != nil {
 			return "", refused
@@ -88,6 +95,14 @@ func (t *Tokenizer) ApplyChatTemplateVars(messages []nozzle.ChatMessage, addGene
 		return "", fmt.Errorf("render chat template: %w", err)
 	}
 	return out, nil
+}
+
+// valueText is a value as {{ value }} prints it.
+func valueText(v jinja.Value) string {
+	if v.IsString() {
+		return v.AsString()
+	}
+	return v.String()
 }
 
 func (t *Tokenizer) compiledTemplate() (*jinja.Template, error) {

@@ -1,0 +1,178 @@
+package tokenizer_test
+
+import (
+	"encoding/json"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nozzle-ai/nozzle"
+	"github.com/nozzle-ai/nozzle/runtime/tokenizer"
+)
+
+type chatGolden struct {
+	Template            string         `json:"template"`
+	Model               string         `json:"model"`
+	Vars                map[string]any `json:"vars"`
+	Case                string         `json:"case"`
+	AddGenerationPrompt bool           `json:"add_generation_prompt"`
+	Prompt              *string        `json:"prompt"`
+	Error               *string        `json:"error"`
+}
+
+type chatCase struct {
+	Name     string               `json:"name"`
+	Messages []nozzle.ChatMessage `json:"messages"`
+}
+
+// loadWithTemplate writes a model's files to a temporary folder, with
+// templateFile (under testdata/templates) as chat_template.jinja when set,
+// and loads it with Load.
+func loadWithTemplate(tb testing.TB, model, templateFile string) *tokenizer.Tokenizer {
+	tb.Helper()
+	dir := tb.TempDir()
+	tj, cj := modelFiles(tb, model)
+	must(tb, os.WriteFile(filepath.Join(dir, tokenizer.TokenizerFile), tj, 0o644))
+	must(tb, os.WriteFile(filepath.Join(dir, tokenizer.TokenizerConfigFile), cj, 0o644))
+	if templateFile != "" {
+		src, err := os.ReadFile(filepath.Join("testdata", "templates", templateFile))
+		must(tb, err)
+		must(tb, os.WriteFile(filepath.Join(dir, tokenizer.ChatTemplateFile), src, 0o644))
+	}
+	tok, err := tokenizer.Load(dir)
+	must(tb, err)
+	return tok
+}
+
+func must(tb testing.TB, err error) {
+	tb.Helper()
+	if err != nil {
+		tb.Fatal(err)
+	}
+}
+
+// TestChatTemplate renders the real chat templates of Llama 2, Llama 3,
+// Llama 3.2 and Qwen3 and compares with @huggingface/jinja.
+func TestChatTemplate(t *testing.T) {
+	var golden []chatGolden
+	b, err := os.ReadFile(filepath.Join("testdata", "golden", "chat.json"))
+	must(t, err)
+	must(t, json.Unmarshal(b, &golden))
+	var cases []chatCase
+	b, err = os.ReadFile(filepath.Join("testdata", "chat_cases.json"))
+	must(t, err)
+	must(t, json.Unmarshal(b, &cases))
+	byName := map[string][]nozzle.ChatMessage{}
+	for _, c := range cases {
+		byName[c.Name] = c.Messages
+	}
+	files := map[string]string{"llama2-chat": "llama2-chat.jinja", "llama3.2-instruct": "llama3.2-instruct.jinja"}
+	toks := map[string]*tokenizer.Tokenizer{}
+	for _, g := range golden {
+		tok := toks[g.Template]
+		if tok == nil {
+			tok = loadWithTemplate(t, g.Model, files[g.Template])
+			toks[g.Template] = tok
+		}
+		name := g.Template + "/" + g.Case
+		if g.AddGenerationPrompt {
+			name += "/gen"
+		}
+		t.Run(name, func(t *testing.T) {
+			got, err := tok.ApplyChatTemplateVars(byName[g.Case], g.AddGenerationPrompt, g.Vars)
+			if g.Error != nil {
+				var te *tokenizer.TemplateError
+				if !errors.As(err, &te) {
+					t.Fatalf("err = %v, want a TemplateError %q", err, *g.Error)
+				}
+				if te.Message != *g.Error || err.Error() != *g.Error {
+					t.Fatalf("message = %q, want %q", te.Message, *g.Error)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got != *g.Prompt {
+				t.Fatalf("render:\n got %q\nwant %q", got, *g.Prompt)
+			}
+		})
+	}
+}
+
+func TestChatTemplate_Errors(t *testing.T) {
+	t.Run("NoTemplate", func(t *testing.T) {
+		tok := loadWithTemplate(t, "llama2", "")
+		_, err := tok.ApplyChatTemplate([]nozzle.ChatMessage{{Role: "user", Content: "hi"}}, true)
+		if !errors.Is(err, tokenizer.ErrNoChatTemplate) {
+			t.Fatalf("err = %v, want ErrNoChatTemplate", err)
+		}
+	})
+	t.Run("BadSyntax", func(t *testing.T) {
+		tok := chatTokenizer(t, "{% for m in messages %}{{ m.content }")
+		if _, err := tok.ApplyChatTemplate(nil, false); err == nil || !strings.Contains(err.Error(), "chat template") {
+			t.Fatalf("err = %v, want a compile error", err)
+		}
+	})
+	t.Run("RaiseException", func(t *testing.T) {
+		tok := chatTokenizer(t, "{% if messages|length == 0 %}{{ raise_exception('No messages given.') }}{% endif %}ok")
+		_, err := tok.ApplyChatTemplate(nil, false)
+		var te *tokenizer.TemplateError
+		if !errors.As(err, &te) || err.Error() != "No messages given." {
+			t.Fatalf("err = %v, want TemplateError %q", err, "No messages given.")
+		}
+		got, err := tok.ApplyChatTemplate([]nozzle.ChatMessage{{Role: "user", Content: "x"}}, false)
+		if err != nil || got != "ok" {
+			t.Fatalf("got %q, %v", got, err)
+		}
+	})
+	t.Run("StrftimeNow", func(t *testing.T) {
+		tok := chatTokenizer(t, `{{ strftime_now("%Y-%m-%d|%d %b %Y|%B %A %H") }}`)
+		before := time.Now()
+		got, err := tok.ApplyChatTemplate(nil, false)
+		must(t, err)
+		after := time.Now()
+		want1 := before.Format("2006-01-02|02 Jan 2006|January Monday 15")
+		want2 := after.Format("2006-01-02|02 Jan 2006|January Monday 15")
+		if got != want1 && got != want2 {
+			t.Fatalf("got %q, want %q", got, want1)
+		}
+	})
+	t.Run("LoopControlsNamespaceToJSON", func(t *testing.T) {
+		tok := chatTokenizer(t, `{%- set ns = namespace(n=0) -%}
+{%- for m in messages -%}
+  {%- if m.role == 'system' %}{% continue %}{% endif -%}
+  {%- if ns.n == 2 %}{% break %}{% endif -%}
+  {%- set ns.n = ns.n + 1 -%}
+  {{ m | tojson }}
+{% endfor -%}
+{{ {'a': 'x'}.get('a') }}{{ {'b': 1}.get('c', 'd') }}{% for k, v in {'k': 'v'}.items() %}{{ k }}={{ v }}{% endfor %}`)
+		got, err := tok.ApplyChatTemplate([]nozzle.ChatMessage{
+			{Role: "system", Content: "s"},
+			{Role: "user", Content: "<b>&é\"\n"},
+			{Role: "assistant", Content: "a"},
+			{Role: "user", Content: "dropped"},
+		}, false)
+		must(t, err)
+		want := `{"role": "user", "content": "<b>&é\"\n"}` + "\n" + `{"role": "assistant", "content": "a"}` + "\nxdk=v"
+		if got != want {
+			t.Fatalf("got  %q\nwant %q", got, want)
+		}
+	})
+}
+
+// chatTokenizer is the demo-free llama3 tokenizer with src as its template.
+func chatTokenizer(tb testing.TB, src string) *tokenizer.Tokenizer {
+	tb.Helper()
+	dir := tb.TempDir()
+	tj, cj := modelFiles(tb, "llama2")
+	must(tb, os.WriteFile(filepath.Join(dir, tokenizer.TokenizerFile), tj, 0o644))
+	must(tb, os.WriteFile(filepath.Join(dir, tokenizer.TokenizerConfigFile), cj, 0o644))
+	must(tb, os.WriteFile(filepath.Join(dir, tokenizer.ChatTemplateFile), []byte(src), 0o644))
+	tok, err := tokenizer.Load(dir)
+	must(tb, err)
+	return tok
+}
