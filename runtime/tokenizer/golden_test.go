@@ -9,7 +9,7 @@ import (
 // TestGolden compares every corpus line with the ids and decodings of
 // Hugging Face's tokenizer (testdata/gen/gen.mjs).
 func TestGolden(t *testing.T) {
-	for _, name := range models {
+	for _, name := range append(models, "demo") {
 		t.Run(name, func(t *testing.T) {
 			tok := mustModel(t, name)
 			lines := readGolden(t, name)
