@@ -10,6 +10,10 @@ import (
 	"github.com/dlclark/regexp2/v2"
 )
 
+// useScanners selects the hand-written scanners for the patterns they
+// implement (tests and benchmarks turn it off to compare with regexp2).
+var useScanners = true
+
 // preTokenizer splits pieces into smaller pieces, appending them to dst.
 type preTokenizer interface {
 	split(dst, src []piece) []piece
@@ -324,7 +328,7 @@ func parsePreTokenizer(b json.RawMessage, dst []preTokenizer) ([]preTokenizer, e
 		switch {
 		case !isRegex:
 			sp.literal = pat
-		case knownScanner(pat) != nil:
+		case useScanners && knownScanner(pat) != nil:
 			sp.scan = knownScanner(pat)
 		default:
 			if sp.re, err = compileRegex(pat); err != nil {
