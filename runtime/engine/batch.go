@@ -1,0 +1,140 @@
+package engine
+
+import (
+	"fmt"
+	"math"
+)
+
+// Batch is one engine step, field for field the ABI's nz_batch (see
+// csrc/include/nozzle_engine.h). Sequence i brings SeqLen[i] new tokens
+// (a prefill chunk, or 1 when decoding) starting at position SeqPos[i];
+// its KV cache lives in the blocks BlockTable[i*MaxBlocks:...]; SeqSlot[i]
+// is its adapter slot (-1 for none); when SeqSample[i] is 1 the engine
+// samples a token from its last new token's logits and fills the outputs
+// for it. Reset and Add reuse the slices' capacity.
+type Batch struct {
+	Tokens      []int32
+	SeqLen      []int32
+	SeqPos      []int32
+	SeqSlot     []int32
+	SeqSample   []int32
+	BlockTable  []int32 // len(SeqLen) rows of MaxBlocks entries
+	MaxBlocks   int
+	Temperature []float32
+	TopP        []float32
+	TopK        []int32
+	Seed        []uint64
+	// NTop is how many most likely tokens to report per sampled sequence
+	// (at most MaxTop).
+	NTop int
+	// Logits asks for each sampled sequence's raw logits in OutLogits
+	// (tests and tooling; serving leaves it false).
+	Logits bool
+
+	// Outputs, sized by Step; entries of sequences not sampled are left as
+	// they were.
+	OutToken      []int32
+	OutLogprob    []float32
+	OutTopToken   []int32   // [i*NTop:(i+1)*NTop]
+	OutTopLogprob []float32 // [i*NTop:(i+1)*NTop]
+	OutLogits     []float32 // [i*VocabSize:(i+1)*VocabSize]
+}
+
+// Seq is one sequence's part of a step, for Batch.Add.
+type Seq struct {
+	// Tokens are the new tokens; Pos is the position of the first.
+	Tokens []int32
+	Pos    int
+	// Slot is the adapter slot, -1 for the base model.
+	Slot int
+	// Blocks is the sequence's block table (at least
+	// ceil((Pos+len(Tokens))/KVBlockSize) entries, at most MaxBlocks).
+	Blocks []int32
+	// Sample asks for a sampled token. Temperature 0 is greedy; TopK 0
+	// and TopP 1 (or 0) disable those filters; Seed seeds the draw.
+	Sample      bool
+	Temperature float32
+	TopP        float32
+	TopK        int
+	Seed        uint64
+}
+
+// Reset empties the batch for a new step.
+func (b *Batch) Reset(maxBlocks, nTop int) {
+	b.Tokens = b.Tokens[:0]
+	b.SeqLen = b.SeqLen[:0]
+	b.SeqPos = b.SeqPos[:0]
+	b.SeqSlot = b.SeqSlot[:0]
+	b.SeqSample = b.SeqSample[:0]
+	b.BlockTable = b.BlockTable[:0]
+	b.Temperature = b.Temperature[:0]
+	b.TopP = b.TopP[:0]
+	b.TopK = b.TopK[:0]
+	b.Seed = b.Seed[:0]
+	b.MaxBlocks = maxBlocks
+	b.NTop = nTop
+}
+
+// Add appends a sequence; its block table row is padded with zeros to
+// MaxBlocks entries.
+func (b *Batch) Add(s Seq) {
+	b.Tokens = append(b.Tokens, s.Tokens...)
+	b.SeqLen = append(b.SeqLen, int32(len(s.Tokens)))
+	b.SeqPos = append(b.SeqPos, int32(s.Pos))
+	b.SeqSlot = append(b.SeqSlot, int32(s.Slot))
+	sample := int32(0)
+	if s.Sample {
+		sample = 1
+	}
+	b.SeqSample = append(b.SeqSample, sample)
+	row := len(b.BlockTable)
+	b.BlockTable = append(b.BlockTable, s.Blocks[:min(len(s.Blocks), b.MaxBlocks)]...)
+	for len(b.BlockTable) < row+b.MaxBlocks {
+		b.BlockTable = append(b.BlockTable, 0)
+	}
+	topP := s.TopP
+	if topP == 0 {
+		topP = 1
+	}
+	b.Temperature = append(b.Temperature, s.Temperature)
+	b.TopP = append(b.TopP, topP)
+	b.TopK = append(b.TopK, int32(s.TopK))
+	b.Seed = append(b.Seed, s.Seed)
+}
+
+// Len returns the number of sequences.
+func (b *Batch) Len() int { return len(b.SeqLen) }
+
+// check verifies what the C side cannot: that every array is as long as
+// the counts say, so the library never reads or writes past a slice.
+// Semantic checks (token ids, positions, slots, blocks) are the engine's.
+func (b *Batch) check() error {
+	n := len(b.SeqLen)
+	if n == 0 {
+		return fmt.Errorf("batch has no sequences")
+	}
+	lens := [...]struct {
+		name string
+		n    int
+	}{{"SeqPos", len(b.SeqPos)}, {"SeqSlot", len(b.SeqSlot)}, {"SeqSample", len(b.SeqSample)},
+		{"Temperature", len(b.Temperature)}, {"TopP", len(b.TopP)}, {"TopK", len(b.TopK)}, {"Seed", len(b.Seed)}}
+	for _, l := range lens {
+		if l.n != n {
+			return fmt.Errorf("batch has %d sequences but %d %s entries", n, l.n, l.name)
+		}
+	}
+	var total int64
+	for _, l := range b.SeqLen {
+		total += int64(l)
+	}
+	if total != int64(len(b.Tokens)) {
+		return fmt.Errorf("sequence lengths sum to %d, but the batch has %d tokens", total, len(b.Tokens))
+	}
+	if b.MaxBlocks < 0 || int64(b.MaxBlocks)*int64(n) > math.MaxInt32 || len(b.BlockTable) != n*b.MaxBlocks {
+		return fmt.Errorf("block table has %d entries, want %d sequences × %d", len(b.BlockTable), n, b.MaxBlocks)
+	}
+	if b.NTop < 0 || b.NTop > MaxTop {
+		return fmt.Errorf("n_top %d is not in 0..%d", b.NTop, MaxTop)
+	}
+	return nil
+}

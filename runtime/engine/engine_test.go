@@ -1,0 +1,550 @@
+package engine_test
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"strings"
+	"testing"
+
+	"github.com/nozzle-ai/nozzle/runtime/engine"
+	"github.com/nozzle-ai/nozzle/runtime/model"
+	"github.com/nozzle-ai/nozzle/runtime/safetensors"
+)
+
+func TestLibrary_Open(t *testing.T) {
+	lib := openLib(t)
+	if lib.Backend() == "" || !strings.HasPrefix(lib.Backend(), "cpu") {
+		t.Errorf("backend = %q", lib.Backend())
+	}
+	bw, err := lib.ReadBandwidth(64<<20, 2, 1)
+	if err != nil || !(bw > 1e8) {
+		t.Errorf("read bandwidth = %v, %v", bw, err)
+	}
+	_, err = lib.ReadBandwidth(1, 1, 1)
+	var ee *engine.Error
+	if !errors.Is(err, engine.ErrInvalid) || !errors.As(err, &ee) || ee.Call != "nz_bench_read_bandwidth" || ee.Message == "" {
+		t.Errorf("bad bandwidth call: %v", err)
+	}
+}
+
+// refCase is one model (and optional adapter) compared with the reference.
+type refCase struct {
+	name    string
+	spec    func(*model.Spec)
+	opts    func(*engine.Options)
+	adapter *model.AdapterSpec
+	tol     float64
+}
+
+func refCases() []refCase {
+	const tight = 5e-5
+	return []refCase{
+		{name: "LlamaGQA", tol: tight},
+		{name: "LlamaTiedBiases", spec: func(s *model.Spec) { s.Tied = true; s.AttentionBias = true; s.MLPBias = true }, tol: tight},
+		{name: "Qwen2SlidingWindow", spec: func(s *model.Spec) { s.Arch = "qwen2"; s.Tied = true; s.SlidingWindow = 5; s.MaxWindowLayers = 1; s.RopeTheta = 1e6 }, tol: tight},
+		{name: "MistralSlidingWindow", spec: func(s *model.Spec) { s.Arch = "mistral"; s.SlidingWindow = 6; s.NumKVHeads = 1 }, tol: tight},
+		{name: "Llama3RopeHeadDim", spec: func(s *model.Spec) {
+			s.HeadDim = 16
+			s.Rope = &model.RopeScaling{Type: model.RopeLlama3, Factor: 8, LowFreqFactor: 1, HighFreqFactor: 4, OriginalMaxPosition: 256}
+		}, tol: tight},
+		{name: "LinearRopeV5", spec: func(s *model.Spec) {
+			s.RopeParameters = true
+			s.RopeTheta = 500000
+			s.Rope = &model.RopeScaling{Type: model.RopeLinear, Factor: 4}
+		}, tol: tight},
+		{name: "ShardedF16", spec: func(s *model.Spec) { s.Shards = 3; s.DType = safetensors.F16 }, opts: func(o *engine.Options) { o.WeightDType = safetensors.F32 }, tol: tight},
+		{name: "BF16ToF32", spec: func(s *model.Spec) { s.DType = safetensors.BF16 }, opts: func(o *engine.Options) { o.WeightDType = safetensors.F32 }, tol: tight},
+		{name: "BF16Weights", spec: func(s *model.Spec) { s.DType = safetensors.BF16 }, tol: 5e-3},
+		{name: "F16Weights", spec: func(s *model.Spec) { s.DType = safetensors.F16 }, tol: 2e-3},
+		{name: "LoRAAllModules", adapter: &model.AdapterSpec{Rank: 8, Seed: 11}, tol: tight},
+		{name: "LoRAPatterns", adapter: &model.AdapterSpec{
+			Rank: 8, Alpha: 12, RSLoRA: true, Seed: 12, DType: safetensors.BF16,
+			RankPattern:  []model.Pattern{{Key: "v_proj", Value: 3}, {Key: `model\.layers\.1\.mlp\..*`, Value: 13}},
+			AlphaPattern: []model.Pattern{{Key: "q_proj", Value: 40}, {Key: "down_proj", Value: 2}},
+		}, tol: tight},
+		{name: "LoRASomeModules", adapter: &model.AdapterSpec{Rank: 4, Seed: 13, DType: safetensors.F16, Modules: []model.Module{model.ModuleK, model.ModuleO, model.ModuleUp}, Layers: []int{1}}, tol: tight},
+		{name: "LoRAQwen2", spec: func(s *model.Spec) { s.Arch = "qwen2"; s.Tied = true }, adapter: &model.AdapterSpec{Rank: 16, Alpha: 8, Seed: 14}, tol: tight},
+	}
+}
+
+// TestEngine_MatchesReference prefills a chunk of a prompt, then decodes the
+// rest one token at a time, and compares the logits of every step with the
+// float64 reference.
+func TestEngine_MatchesReference(t *testing.T) {
+	openLib(t)
+	for i, tc := range refCases() {
+		t.Run(tc.name, func(t *testing.T) {
+			spec := tinySpec(uint64(100 + i))
+			if tc.spec != nil {
+				tc.spec(&spec)
+			}
+			m := openModel(t, spec)
+			opts := testOptions()
+			if tc.opts != nil {
+				tc.opts(&opts)
+			}
+			e := newEngine(t, m, opts)
+			ref := newRefModel(t, m)
+			slot := -1
+			var ad refAdapter
+			if tc.adapter != nil {
+				a := openAdapter(t, m, *tc.adapter)
+				if err := e.LoadAdapter(2, a); err != nil {
+					t.Fatal(err)
+				}
+				slot, ad = 2, newRefAdapter(t, a)
+			}
+			h := newHarness(t, e, uint64(i))
+			r := rand.New(rand.NewPCG(uint64(i), 2))
+			s := &seq{tokens: randomTokens(r, 14, spec.VocabSize), slot: slot}
+			want := ref.forward(s.tokens, ad)
+			logits, _ := h.mustStep(part{s, 7})
+			checkLogits(t, "prefill 7", logits[0], want[6], tc.tol)
+			worst, _ := logitsErr(logits[0], want[6])
+			for s.done < len(s.tokens) {
+				logits, _ = h.mustStep(part{s, 1})
+				checkLogits(t, fmt.Sprintf("decode pos %d", s.done-1), logits[0], want[s.done-1], tc.tol)
+				e, _ := logitsErr(logits[0], want[s.done-1])
+				worst = math.Max(worst, e)
+			}
+			t.Logf("largest relative logit error %.3g (tolerance %.3g)", worst, tc.tol)
+			if tc.adapter != nil {
+				// The adapter must matter, or the comparison proves little.
+				base := ref.forward(s.tokens, nil)
+				if e, _ := logitsErr(logits[0], base[len(base)-1]); e < 10*tc.tol {
+					t.Errorf("adapter changes logits by only %.3g", e)
+				}
+			}
+		})
+	}
+}
+
+// TestEngine_ChunkedPrefill: prefill in chunks of several sizes equals one
+// whole prefill within tolerance, and both equal token-by-token decoding.
+func TestEngine_ChunkedPrefill(t *testing.T) {
+	m := openModel(t, tinySpec(7))
+	e := newEngine(t, m, testOptions())
+	a := openAdapter(t, m, model.AdapterSpec{Rank: 8, Seed: 3})
+	if err := e.LoadAdapter(0, a); err != nil {
+		t.Fatal(err)
+	}
+	h := newHarness(t, e, 1)
+	r := rand.New(rand.NewPCG(5, 5))
+	prompt := randomTokens(r, 23, 96)
+	whole := &seq{tokens: prompt, slot: 0}
+	want, _ := h.mustStep(part{whole, len(prompt)})
+	for _, chunks := range [][]int{{1, 22}, {5, 5, 5, 8}, {4, 4, 4, 4, 4, 3}, {22, 1}} {
+		s := &seq{tokens: prompt, slot: 0}
+		var got [][]float32
+		for _, n := range chunks {
+			got, _ = h.mustStep(part{s, n})
+		}
+		e, at := logitsErr(got[0], toF64(want[0]))
+		if e > 1e-5 {
+			t.Errorf("chunks %v: relative error %.3g at %d", chunks, e, at)
+		}
+		h.release(s)
+	}
+}
+
+func toF64(v []float32) []float64 {
+	out := make([]float64, len(v))
+	for i, x := range v {
+		out[i] = float64(x)
+	}
+	return out
+}
+
+// TestEngine_BatchInvariance: a sequence's logits and tokens are
+// bit-identical alone and inside a mixed batch with other adapters, other
+// sequences prefilling and decoding.
+func TestEngine_BatchInvariance(t *testing.T) {
+	m := openModel(t, tinySpec(8))
+	opts := testOptions()
+	opts.Threads = 2
+	e := newEngine(t, m, opts)
+	adapters := []*model.Adapter{
+		openAdapter(t, m, model.AdapterSpec{Rank: 8, Seed: 21}),
+		openAdapter(t, m, model.AdapterSpec{Rank: 16, Seed: 22, DType: safetensors.BF16}),
+		openAdapter(t, m, model.AdapterSpec{Rank: 3, Seed: 23, Modules: []model.Module{model.ModuleQ, model.ModuleDown}}),
+	}
+	for i, a := range adapters {
+		if err := e.LoadAdapter(i, a); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r := rand.New(rand.NewPCG(8, 8))
+	slots := []int{0, -1, 1, 2, 0, -1}
+	prompts := make([][]int32, len(slots))
+	for i := range prompts {
+		prompts[i] = randomTokens(r, 6+3*i, 96)
+	}
+	// Each sequence alone: prefill, then 4 decode steps.
+	alone := make([][][]float32, len(slots))
+	aloneTok := make([][]int32, len(slots))
+	h := newHarness(t, e, 2)
+	for i, slot := range slots {
+		s := &seq{tokens: append([]int32(nil), prompts[i]...), slot: slot, temp: 0.8, seed: uint64(i)}
+		l, tok := h.mustStep(part{s, len(prompts[i])})
+		alone[i] = append(alone[i], l[0])
+		aloneTok[i] = append(aloneTok[i], tok[0])
+		for k := 0; k < 4; k++ {
+			s.tokens = append(s.tokens, tok[0])
+			l, tok = h.mustStep(part{s, 1})
+			alone[i] = append(alone[i], l[0])
+			aloneTok[i] = append(aloneTok[i], tok[0])
+		}
+		h.release(s)
+	}
+	// Together, staggered: sequence i joins at step i, so every step mixes
+	// prefills and decodes of different adapters.
+	seqs := make([]*seq, len(slots))
+	got := make([][][]float32, len(slots))
+	gotTok := make([][]int32, len(slots))
+	for stepN := 0; ; stepN++ {
+		var parts []part
+		var idx []int
+		for i := range seqs {
+			if i == stepN {
+				seqs[i] = &seq{tokens: append([]int32(nil), prompts[i]...), slot: slots[i], temp: 0.8, seed: uint64(i)}
+				parts = append(parts, part{seqs[i], len(prompts[i])})
+				idx = append(idx, i)
+			} else if seqs[i] != nil && len(got[i]) < 5 {
+				seqs[i].tokens = append(seqs[i].tokens, gotTok[i][len(gotTok[i])-1])
+				parts = append(parts, part{seqs[i], 1})
+				idx = append(idx, i)
+			}
+		}
+		if len(parts) == 0 {
+			break
+		}
+		// Shuffle the order within the batch too.
+		r.Shuffle(len(parts), func(a, b int) { parts[a], parts[b] = parts[b], parts[a]; idx[a], idx[b] = idx[b], idx[a] })
+		l, tok := h.mustStep(parts...)
+		for k, i := range idx {
+			got[i] = append(got[i], l[k])
+			gotTok[i] = append(gotTok[i], tok[k])
+		}
+	}
+	for i := range slots {
+		for k := range alone[i] {
+			if !bitsEqual(alone[i][k], got[i][k]) {
+				t.Errorf("sequence %d (slot %d) step %d: logits differ alone vs batched (%s)", i, slots[i], k, firstDiff(alone[i][k], got[i][k]))
+			}
+			if aloneTok[i][k] != gotTok[i][k] {
+				t.Errorf("sequence %d step %d: token %d alone, %d batched", i, k, aloneTok[i][k], gotTok[i][k])
+			}
+		}
+	}
+}
+
+// TestEngine_SlotReuse: loading Y into the slot X held gives exactly Y's
+// results; clearing a slot gives exactly the base model's.
+func TestEngine_SlotReuse(t *testing.T) {
+	m := openModel(t, tinySpec(9))
+	e := newEngine(t, m, testOptions())
+	x := openAdapter(t, m, model.AdapterSpec{Rank: 16, Seed: 31})
+	y := openAdapter(t, m, model.AdapterSpec{Rank: 4, Seed: 32, Modules: []model.Module{model.ModuleV, model.ModuleGate}})
+	prompt := randomTokens(rand.New(rand.NewPCG(9, 9)), 9, 96)
+	h := newHarness(t, e, 3)
+	run := func(slot int) []float32 {
+		s := &seq{tokens: prompt, slot: slot}
+		l, _ := h.mustStep(part{s, len(prompt)})
+		h.release(s)
+		return l[0]
+	}
+	base := run(-1)
+	if err := e.LoadAdapter(3, y); err != nil {
+		t.Fatal(err)
+	}
+	yFresh := run(3)
+	if err := e.LoadAdapter(1, x); err != nil {
+		t.Fatal(err)
+	}
+	xRes := run(1)
+	if bitsEqual(xRes, base) {
+		t.Fatal("adapter X does not change the logits")
+	}
+	if err := e.LoadAdapter(1, y); err != nil {
+		t.Fatal(err)
+	}
+	if got := run(1); !bitsEqual(got, yFresh) {
+		t.Errorf("Y loaded over X differs from Y in a fresh slot (%s)", firstDiff(got, yFresh))
+	}
+	if err := e.ClearAdapter(1); err != nil {
+		t.Fatal(err)
+	}
+	if got := run(1); !bitsEqual(got, base) {
+		t.Errorf("a cleared slot differs from the base model (%s)", firstDiff(got, base))
+	}
+}
+
+// TestEngine_LongSequence: a sequence spanning many scattered KV blocks
+// matches the reference at its end, and two interleaved sequences do not
+// disturb each other's caches.
+func TestEngine_LongSequence(t *testing.T) {
+	spec := tinySpec(10)
+	m := openModel(t, spec)
+	opts := testOptions()
+	opts.KVBlockSize = 2
+	e := newEngine(t, m, opts)
+	ref := newRefModel(t, m)
+	r := rand.New(rand.NewPCG(10, 10))
+	a := &seq{tokens: randomTokens(r, 61, 96), slot: -1}
+	b := &seq{tokens: randomTokens(r, 47, 96), slot: -1}
+	h := newHarness(t, e, 4)
+	var la, lb [][]float32
+	for a.done < len(a.tokens) || b.done < len(b.tokens) {
+		var parts []part
+		if a.done < len(a.tokens) {
+			parts = append(parts, part{a, min(7, len(a.tokens)-a.done)})
+		}
+		if b.done < len(b.tokens) {
+			parts = append(parts, part{b, min(3, len(b.tokens)-b.done)})
+		}
+		l, _ := h.mustStep(parts...)
+		if a.done == len(a.tokens) && la == nil {
+			la = l[:1]
+		}
+		if b.done == len(b.tokens) && lb == nil {
+			lb = l[len(l)-1:]
+		}
+	}
+	if len(a.blocks) != 31 {
+		t.Errorf("sequence a used %d blocks", len(a.blocks))
+	}
+	checkLogits(t, "a", la[0], ref.forward(a.tokens, nil)[60], 2e-5)
+	checkLogits(t, "b", lb[0], ref.forward(b.tokens, nil)[46], 2e-5)
+}
+
+// TestEngine_Sampling: greedy picks the reference's argmax; seeded sampling
+// is deterministic and independent of the batch; logprobs and the top
+// tokens follow log_softmax of the logits.
+func TestEngine_Sampling(t *testing.T) {
+	m := openModel(t, tinySpec(11))
+	e := newEngine(t, m, testOptions())
+	ref := newRefModel(t, m)
+	r := rand.New(rand.NewPCG(11, 11))
+	prompt := randomTokens(r, 10, 96)
+	want := ref.forward(prompt, nil)[9]
+
+	var b engine.Batch
+	run := func(seqs ...engine.Seq) *engine.Batch {
+		t.Helper()
+		b.Reset(8, 5)
+		b.Logits = true
+		for i, s := range seqs {
+			s.Blocks = []int32{int32(8 * i), int32(8*i + 1), int32(8*i + 2)}
+			b.Add(s)
+		}
+		if err := e.Step(&b); err != nil {
+			t.Fatal(err)
+		}
+		return &b
+	}
+	greedy := run(engine.Seq{Tokens: prompt, Slot: -1, Sample: true})
+	if got := int(greedy.OutToken[0]); got != argmax64(want) {
+		t.Errorf("greedy token %d, reference argmax %d", got, argmax64(want))
+	}
+	// log_softmax
+	mx := want[argmax64(want)]
+	var sum float64
+	for _, v := range want {
+		sum += math.Exp(v - mx)
+	}
+	lsm := func(tok int) float64 { return want[tok] - mx - math.Log(sum) }
+	if d := math.Abs(float64(greedy.OutLogprob[0]) - lsm(int(greedy.OutToken[0]))); d > 1e-4 {
+		t.Errorf("logprob %v, want %v", greedy.OutLogprob[0], lsm(int(greedy.OutToken[0])))
+	}
+	for k := 0; k < 5; k++ {
+		tok := int(greedy.OutTopToken[k])
+		if d := math.Abs(float64(greedy.OutTopLogprob[k]) - lsm(tok)); d > 1e-4 {
+			t.Errorf("top %d: token %d logprob %v, want %v", k, tok, greedy.OutTopLogprob[k], lsm(tok))
+		}
+		if k > 0 && greedy.OutTopLogprob[k] > greedy.OutTopLogprob[k-1] {
+			t.Errorf("top logprobs not in order: %v", greedy.OutTopLogprob[:5])
+		}
+	}
+	if greedy.OutTopToken[0] != greedy.OutToken[0] {
+		t.Errorf("top token %d differs from greedy %d", greedy.OutTopToken[0], greedy.OutToken[0])
+	}
+	// top_k 1 at any temperature is greedy.
+	if got := run(engine.Seq{Tokens: prompt, Slot: -1, Sample: true, Temperature: 1.5, TopK: 1, Seed: 3}).OutToken[0]; int(got) != argmax64(want) {
+		t.Errorf("top_k 1 token %d", got)
+	}
+	// Seeded draws: same seed, same token, whatever else is in the batch;
+	// many seeds give more than one token at a high temperature.
+	hot := engine.Seq{Tokens: prompt, Slot: -1, Sample: true, Temperature: 2, TopP: 0.95}
+	seen := map[int32]bool{}
+	for seed := uint64(0); seed < 24; seed++ {
+		hot.Seed = seed
+		first := run(hot).OutToken[0]
+		other := engine.Seq{Tokens: prompt[:4], Slot: -1, Sample: true, Temperature: 1, Seed: 99}
+		again := run(other, hot).OutToken[1]
+		if first != again {
+			t.Errorf("seed %d: token %d alone, %d in a batch", seed, first, again)
+		}
+		seen[first] = true
+	}
+	if len(seen) < 3 {
+		t.Errorf("24 seeds at temperature 2 drew only %d distinct tokens", len(seen))
+	}
+	// top_p keeps the smallest prefix of the sorted distribution reaching p:
+	// with a tiny p only the most likely token survives.
+	for seed := uint64(0); seed < 8; seed++ {
+		if got := run(engine.Seq{Tokens: prompt, Slot: -1, Sample: true, Temperature: 1, TopP: 1e-6, Seed: seed}).OutToken[0]; int(got) != argmax64(want) {
+			t.Errorf("top_p 1e-6 seed %d drew %d", seed, got)
+		}
+	}
+	// A sequence that only fills its cache leaves its outputs untouched.
+	b.Reset(8, 0)
+	b.Add(engine.Seq{Tokens: prompt, Slot: -1, Blocks: []int32{0, 1, 2}})
+	b.OutToken = append(b.OutToken[:0], -7)
+	if err := e.Step(&b); err != nil {
+		t.Fatal(err)
+	}
+	if b.OutToken[0] != -7 {
+		t.Errorf("unsampled sequence's token was written: %d", b.OutToken[0])
+	}
+}
+
+// TestEngine_Errors: bad input from Go reaches Go as typed errors carrying
+// the library's message, and the engine keeps working afterwards.
+func TestEngine_Errors(t *testing.T) {
+	m := openModel(t, tinySpec(12))
+	e := newEngine(t, m, testOptions())
+	prompt := []int32{1, 2, 3}
+	good := engine.Seq{Tokens: prompt, Slot: -1, Blocks: []int32{0}, Sample: true}
+	cases := []struct {
+		name string
+		seq  func(s *engine.Seq)
+		want error
+	}{
+		{"TokenOutOfRange", func(s *engine.Seq) { s.Tokens = []int32{1, 96} }, engine.ErrInvalid},
+		{"NegativeToken", func(s *engine.Seq) { s.Tokens = []int32{-1} }, engine.ErrInvalid},
+		{"SlotOutOfRange", func(s *engine.Seq) { s.Slot = 4 }, engine.ErrInvalid},
+		{"BlockOutOfRange", func(s *engine.Seq) { s.Blocks = []int32{128} }, engine.ErrInvalid},
+		{"NoBlocks", func(s *engine.Seq) { s.Blocks = nil }, nil},
+		{"NegativePosition", func(s *engine.Seq) { s.Pos = -1 }, engine.ErrInvalid},
+		{"BadTopP", func(s *engine.Seq) { s.TopP = 1.5 }, engine.ErrInvalid},
+		{"NegativeTemperature", func(s *engine.Seq) { s.Temperature = -1 }, engine.ErrInvalid},
+	}
+	var b engine.Batch
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			s := good
+			tc.seq(&s)
+			mb := 1
+			if tc.name == "NoBlocks" {
+				mb = 0 // a row with no block for 3 tokens
+			}
+			b.Reset(mb, 0)
+			b.Add(s)
+			err := e.Step(&b)
+			want := tc.want
+			if want == nil {
+				want = engine.ErrInvalid
+			}
+			var ee *engine.Error
+			if !errors.Is(err, want) || !errors.As(err, &ee) || ee.Call != "nz_step" || ee.Message == "" {
+				t.Fatalf("Step error = %v, want %v from nz_step with a message", err, want)
+			}
+		})
+	}
+	t.Run("GoSideLengths", func(t *testing.T) {
+		b.Reset(1, 0)
+		b.Add(good)
+		b.Tokens = b.Tokens[:2]
+		if err := e.Step(&b); !errors.Is(err, engine.ErrInvalid) || !strings.Contains(err.Error(), "sum to 3") {
+			t.Errorf("Step = %v", err)
+		}
+		b.Reset(1, engine.MaxTop+1)
+		b.Add(good)
+		if err := e.Step(&b); !errors.Is(err, engine.ErrInvalid) {
+			t.Errorf("Step = %v", err)
+		}
+	})
+	t.Run("AdapterRankTooLarge", func(t *testing.T) {
+		a := openAdapter(t, m, model.AdapterSpec{Rank: 32, Seed: 1})
+		err := e.LoadAdapter(0, a)
+		var ee *engine.Error
+		if !errors.Is(err, engine.ErrInvalid) || !errors.As(err, &ee) || ee.Call != "nz_adapter_load" || ee.Message == "" {
+			t.Fatalf("LoadAdapter = %v", err)
+		}
+	})
+	t.Run("AdapterBadSlot", func(t *testing.T) {
+		a := openAdapter(t, m, model.AdapterSpec{Rank: 4, Seed: 1})
+		for _, slot := range []int{-1, 4} {
+			if err := e.LoadAdapter(slot, a); !errors.Is(err, engine.ErrInvalid) {
+				t.Errorf("slot %d: %v", slot, err)
+			}
+		}
+		if err := e.ClearAdapter(9); !errors.Is(err, engine.ErrInvalid) {
+			t.Errorf("ClearAdapter(9) = %v", err)
+		}
+	})
+	t.Run("AdapterWrongShape", func(t *testing.T) {
+		a := openAdapter(t, m, model.AdapterSpec{Rank: 4, Seed: 1, Modules: []model.Module{model.ModuleQ}, Layers: []int{0}})
+		bad := *a
+		bad.LoRAs = append([]model.LoRA(nil), a.LoRAs...)
+		bad.LoRAs[0].Module = model.ModuleGate // A is [4, 32] fits gate, B is [32, 4] but gate wants [64, 4]
+		err := e.LoadAdapter(0, &bad)
+		if !errors.Is(err, engine.ErrInvalid) {
+			t.Fatalf("LoadAdapter = %v", err)
+		}
+		bad.LoRAs[0].Module = model.ModuleQ
+		bad.LoRAs[0].Layer = 5
+		if err := e.LoadAdapter(0, &bad); !errors.Is(err, engine.ErrInvalid) {
+			t.Fatalf("layer 5: %v", err)
+		}
+	})
+	t.Run("SetTensorWrongShape", func(t *testing.T) {
+		w, _ := m.Weight(model.KindQ, 0)
+		bad := w.Tensor
+		bad.Shape = []int64{16, 64}
+		err := e.SetTensor(model.KindQ, 0, bad)
+		var ee *engine.Error
+		if !errors.Is(err, engine.ErrInvalid) || !errors.As(err, &ee) || ee.Message == "" {
+			t.Fatalf("SetTensor = %v", err)
+		}
+	})
+	// Still serves after all that.
+	b.Reset(1, 0)
+	b.Add(good)
+	if err := e.Step(&b); err != nil {
+		t.Fatalf("Step after errors: %v", err)
+	}
+}
+
+func TestEngine_MergeEquivalence(t *testing.T) {
+	// A forward with the adapter in a slot equals the base model with the
+	// adapter merged into its weights (W' = W + scale·B·A) via SetTensor.
+	m := openModel(t, tinySpec(13))
+	e := newEngine(t, m, testOptions())
+	a := openAdapter(t, m, model.AdapterSpec{Rank: 8, Seed: 41})
+	if err := e.LoadAdapter(0, a); err != nil {
+		t.Fatal(err)
+	}
+	prompt := randomTokens(rand.New(rand.NewPCG(13, 13)), 8, 96)
+	h := newHarness(t, e, 5)
+	s := &seq{tokens: prompt, slot: 0}
+	withSlot, _ := h.mustStep(part{s, len(prompt)})
+	h.release(s)
+	for _, l := range a.LoRAs {
+		w, _ := m.Weight(l.Module.Kind(), l.Layer)
+		merged, err := engine.Merge(w.Tensor, l)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := e.SetTensor(l.Module.Kind(), l.Layer, merged); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s = &seq{tokens: prompt, slot: -1}
+	mergedLogits, _ := h.mustStep(part{s, len(prompt)})
+	if e, at := logitsErr(mergedLogits[0], toF64(withSlot[0])); e > 1e-4 {
+		t.Errorf("merged vs slot: relative error %.3g at %d", e, at)
+	}
+}

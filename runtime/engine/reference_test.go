@@ -1,0 +1,327 @@
+package engine_test
+
+// A plain float64 forward pass of the Llama family, written from the
+// Hugging Face conventions (engine spec §1) and PEFT's LoRA math (§3.5). It
+// is slow and simple on purpose: the engine's logits are checked against it.
+
+import (
+	"math"
+	"testing"
+
+	"github.com/nozzle-ai/nozzle/runtime/model"
+)
+
+type refLinear struct {
+	w       []float64 // [out, in]
+	b       []float64 // [out] or nil
+	in, out int
+}
+
+func (l *refLinear) apply(x []float64) []float64 {
+	y := make([]float64, l.out)
+	for o := 0; o < l.out; o++ {
+		row := l.w[o*l.in : (o+1)*l.in]
+		var s float64
+		for i, v := range row {
+			s += v * x[i]
+		}
+		if l.b != nil {
+			s += l.b[o]
+		}
+		y[o] = s
+	}
+	return y
+}
+
+type refLayer struct {
+	attnNorm, ffnNorm []float64
+	proj              [model.NumModules]refLinear // q k v o gate up down
+}
+
+type refModel struct {
+	cfg       model.Config
+	embed     refLinear // [V, H]
+	lmHead    refLinear
+	finalNorm []float64
+	layers    []refLayer
+	invFreq   []float64
+}
+
+type refLoRA struct {
+	a     []float64 // [r, in]
+	b     []float64 // [out, r]
+	r     int
+	scale float64
+}
+
+// refAdapter maps (layer, module) to its LoRA.
+type refAdapter map[[2]int]*refLoRA
+
+func f64s(t testing.TB, w model.Weight) []float64 {
+	t.Helper()
+	v, err := w.Float32s()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := make([]float64, len(v))
+	for i, x := range v {
+		out[i] = float64(x)
+	}
+	return out
+}
+
+func newRefModel(t testing.TB, m *model.Model) *refModel {
+	t.Helper()
+	c := m.Config
+	r := &refModel{cfg: c}
+	get := func(kind model.TensorKind, layer int) []float64 {
+		w, ok := m.Weight(kind, layer)
+		if !ok {
+			return nil
+		}
+		return f64s(t, w)
+	}
+	r.embed = refLinear{w: get(model.KindEmbed, -1), in: c.HiddenSize, out: c.VocabSize}
+	r.lmHead = r.embed
+	if !m.Tied {
+		r.lmHead = refLinear{w: get(model.KindLMHead, -1), in: c.HiddenSize, out: c.VocabSize}
+	}
+	r.finalNorm = get(model.KindFinalNorm, -1)
+	info := m.Info()
+	for l := 0; l < c.NumLayers; l++ {
+		var L refLayer
+		L.attnNorm = get(model.KindAttnNorm, l)
+		L.ffnNorm = get(model.KindFFNNorm, l)
+		for mod := model.Module(0); mod < model.NumModules; mod++ {
+			in, out := mod.Features(info)
+			L.proj[mod] = refLinear{w: get(mod.Kind(), l), in: in, out: out}
+		}
+		L.proj[model.ModuleQ].b = get(model.KindQBias, l)
+		L.proj[model.ModuleK].b = get(model.KindKBias, l)
+		L.proj[model.ModuleV].b = get(model.KindVBias, l)
+		L.proj[model.ModuleO].b = get(model.KindOBias, l)
+		L.proj[model.ModuleGate].b = get(model.KindGateBias, l)
+		L.proj[model.ModuleUp].b = get(model.KindUpBias, l)
+		L.proj[model.ModuleDown].b = get(model.KindDownBias, l)
+		r.layers = append(r.layers, L)
+	}
+	r.invFreq = refInvFreq(c)
+	return r
+}
+
+// refInvFreq is HF's inv_freq with the configured rope scaling (§1.5).
+func refInvFreq(c model.Config) []float64 {
+	hd := c.HeadDim
+	inv := make([]float64, hd/2)
+	for j := range inv {
+		inv[j] = 1 / math.Pow(c.RopeTheta, float64(2*j)/float64(hd))
+	}
+	rs := c.RopeScaling
+	switch rs.Type {
+	case model.RopeLinear:
+		for j := range inv {
+			inv[j] /= rs.Factor
+		}
+	case model.RopeLlama3:
+		orig := float64(rs.OriginalMaxPosition)
+		lowWL, highWL := orig/rs.LowFreqFactor, orig/rs.HighFreqFactor
+		for j, f := range inv {
+			wl := 2 * math.Pi / f
+			switch {
+			case wl < highWL:
+			case wl > lowWL:
+				inv[j] = f / rs.Factor
+			default:
+				s := (orig/wl - rs.LowFreqFactor) / (rs.HighFreqFactor - rs.LowFreqFactor)
+				inv[j] = (1-s)*f/rs.Factor + s*f
+			}
+		}
+	}
+	return inv
+}
+
+func rmsNorm(x, w []float64, eps float64) []float64 {
+	var ss float64
+	for _, v := range x {
+		ss += v * v
+	}
+	r := 1 / math.Sqrt(ss/float64(len(x))+eps)
+	y := make([]float64, len(x))
+	for i, v := range x {
+		y[i] = w[i] * v * r
+	}
+	return y
+}
+
+// rope rotates each head of x (heads × hd) in place, rotate-half style.
+func (r *refModel) rope(x []float64, heads, pos int) {
+	hd := r.cfg.HeadDim
+	half := hd / 2
+	for h := 0; h < heads; h++ {
+		v := x[h*hd : (h+1)*hd]
+		for i := 0; i < half; i++ {
+			a := float64(pos) * r.invFreq[i]
+			c, s := math.Cos(a), math.Sin(a)
+			x1, x2 := v[i], v[i+half]
+			v[i] = x1*c - x2*s
+			v[i+half] = x2*c + x1*s
+		}
+	}
+}
+
+func (r *refModel) proj(l int, mod model.Module, x []float64, ad refAdapter) []float64 {
+	y := r.layers[l].proj[mod].apply(x)
+	if lo := ad[[2]int{l, int(mod)}]; lo != nil {
+		in := len(x)
+		v := make([]float64, lo.r)
+		for k := 0; k < lo.r; k++ {
+			var s float64
+			for i := 0; i < in; i++ {
+				s += lo.a[k*in+i] * x[i]
+			}
+			v[k] = s
+		}
+		for o := range y {
+			var s float64
+			for k := 0; k < lo.r; k++ {
+				s += lo.b[o*lo.r+k] * v[k]
+			}
+			y[o] += lo.scale * s
+		}
+	}
+	return y
+}
+
+// forward returns the logits of every position of one sequence that starts
+// at position 0.
+func (r *refModel) forward(tokens []int32, ad refAdapter) [][]float64 {
+	c := r.cfg
+	T, H, hd := len(tokens), c.HiddenSize, c.HeadDim
+	nh, nkv := c.NumHeads, c.NumKVHeads
+	h := make([][]float64, T)
+	for t, id := range tokens {
+		h[t] = append([]float64(nil), r.embed.w[int(id)*H:(int(id)+1)*H]...)
+	}
+	for l := range r.layers {
+		L := &r.layers[l]
+		q, k, v := make([][]float64, T), make([][]float64, T), make([][]float64, T)
+		for t := 0; t < T; t++ {
+			x := rmsNorm(h[t], L.attnNorm, c.RMSNormEps)
+			q[t] = r.proj(l, model.ModuleQ, x, ad)
+			k[t] = r.proj(l, model.ModuleK, x, ad)
+			v[t] = r.proj(l, model.ModuleV, x, ad)
+			r.rope(q[t], nh, t)
+			r.rope(k[t], nkv, t)
+		}
+		window := 0
+		if c.SlidingLayer(l) {
+			window = c.SlidingWindow
+		}
+		scale := 1 / math.Sqrt(float64(hd))
+		for t := 0; t < T; t++ {
+			o := make([]float64, nh*hd)
+			for head := 0; head < nh; head++ {
+				kh := head / (nh / nkv)
+				qv := q[t][head*hd : (head+1)*hd]
+				lo := 0
+				if window > 0 {
+					lo = max(0, t-window+1)
+				}
+				scores := make([]float64, t+1-lo)
+				mx := math.Inf(-1)
+				for j := lo; j <= t; j++ {
+					var s float64
+					for d := 0; d < hd; d++ {
+						s += qv[d] * k[j][kh*hd+d]
+					}
+					scores[j-lo] = s * scale
+					mx = math.Max(mx, scores[j-lo])
+				}
+				var sum float64
+				for i := range scores {
+					scores[i] = math.Exp(scores[i] - mx)
+					sum += scores[i]
+				}
+				for j := lo; j <= t; j++ {
+					p := scores[j-lo] / sum
+					for d := 0; d < hd; d++ {
+						o[head*hd+d] += p * v[j][kh*hd+d]
+					}
+				}
+			}
+			a := r.proj(l, model.ModuleO, o, ad)
+			for i := range a {
+				h[t][i] += a[i]
+			}
+		}
+		for t := 0; t < T; t++ {
+			x := rmsNorm(h[t], L.ffnNorm, c.RMSNormEps)
+			g := r.proj(l, model.ModuleGate, x, ad)
+			u := r.proj(l, model.ModuleUp, x, ad)
+			for i := range g {
+				g[i] = g[i] / (1 + math.Exp(-g[i])) * u[i]
+			}
+			d := r.proj(l, model.ModuleDown, g, ad)
+			for i := range d {
+				h[t][i] += d[i]
+			}
+		}
+	}
+	logits := make([][]float64, T)
+	for t := 0; t < T; t++ {
+		logits[t] = r.lmHead.apply(rmsNorm(h[t], r.finalNorm, c.RMSNormEps))
+	}
+	return logits
+}
+
+func newRefAdapter(t testing.TB, a *model.Adapter) refAdapter {
+	t.Helper()
+	ad := refAdapter{}
+	for _, l := range a.LoRAs {
+		av, err := l.A.Float32s()
+		if err != nil {
+			t.Fatal(err)
+		}
+		bv, err := l.B.Float32s()
+		if err != nil {
+			t.Fatal(err)
+		}
+		lo := &refLoRA{r: l.Rank, scale: l.Scale, a: make([]float64, len(av)), b: make([]float64, len(bv))}
+		for i, x := range av {
+			lo.a[i] = float64(x)
+		}
+		for i, x := range bv {
+			lo.b[i] = float64(x)
+		}
+		ad[[2]int{l.Layer, int(l.Module)}] = lo
+	}
+	return ad
+}
+
+// TestReference_RoPEVectors checks the reference's inv_freq against the
+// spec's vectors (§1.5) and its rotation against the hand example (§9.3).
+func TestReference_RoPEVectors(t *testing.T) {
+	c := model.Config{HeadDim: 128, RopeTheta: 10000}
+	inv := refInvFreq(c)
+	for j, want := range map[int]float64{1: 0.8659643233600653, 32: 0.01, 63: 1.1547819846894582e-4} {
+		if math.Abs(inv[j]-want) > 1e-12*want {
+			t.Errorf("default inv[%d] = %v, want %v", j, inv[j], want)
+		}
+	}
+	c = model.Config{HeadDim: 128, RopeTheta: 500000, RopeScaling: model.RopeScaling{Type: model.RopeLlama3, Factor: 8, LowFreqFactor: 1, HighFreqFactor: 4, OriginalMaxPosition: 8192}}
+	inv = refInvFreq(c)
+	for j, want := range map[int]float64{0: 1, 20: 0.0165604400809944, 30: 0.00137189356776114, 40: 3.428102195952591e-5, 63: 3.068925988914511e-7} {
+		if math.Abs(inv[j]-want) > 1e-9*want {
+			t.Errorf("llama3 inv[%d] = %v, want %v", j, inv[j], want)
+		}
+	}
+	r := &refModel{cfg: model.Config{HeadDim: 4}, invFreq: refInvFreq(model.Config{HeadDim: 4, RopeTheta: 10000})}
+	x := []float64{1, 2, 3, 4}
+	r.rope(x, 1, 1)
+	want := []float64{math.Cos(1) - 3*math.Sin(1), 2*math.Cos(0.01) - 4*math.Sin(0.01), 3*math.Cos(1) + math.Sin(1), 4*math.Cos(0.01) + 2*math.Sin(0.01)}
+	for i := range x {
+		if math.Abs(x[i]-want[i]) > 1e-12 {
+			t.Errorf("rope x[%d] = %v, want %v", i, x[i], want[i])
+		}
+	}
+}
