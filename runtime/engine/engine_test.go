@@ -43,7 +43,13 @@ func refCases() []refCase {
 	return []refCase{
 		{name: "LlamaGQA", tol: tight},
 		{name: "LlamaTiedBiases", spec: func(s *model.Spec) { s.Tied = true; s.AttentionBias = true; s.MLPBias = true }, tol: tight},
-		{name: "Qwen2SlidingWindow", spec: func(s *model.Spec) { s.Arch = "qwen2"; s.Tied = true; s.SlidingWindow = 5; s.MaxWindowLayers = 1; s.RopeTheta = 1e6 }, tol: tight},
+		{name: "Qwen2SlidingWindow", spec: func(s *model.Spec) {
+			s.Arch = "qwen2"
+			s.Tied = true
+			s.SlidingWindow = 5
+			s.MaxWindowLayers = 1
+			s.RopeTheta = 1e6
+		}, tol: tight},
 		{name: "MistralSlidingWindow", spec: func(s *model.Spec) { s.Arch = "mistral"; s.SlidingWindow = 6; s.NumKVHeads = 1 }, tol: tight},
 		{name: "Llama3RopeHeadDim", spec: func(s *model.Spec) {
 			s.HeadDim = 16
