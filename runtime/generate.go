@@ -12,6 +12,14 @@ import (
 // KV cache before any work, queues it, and streams its text to emit as
 // the engine samples tokens. See nozzle.Generator for the contract.
 func (r *Runtime) Generate(ctx context.Context, req *nozzle.GenerateRequest, emit func(nozzle.Chunk) error) (*nozzle.GenerateResult, error) {
+	return r.generate(ctx, req, nil, func(c nozzle.Chunk, _ int) error { return emit(c) })
+}
+
+// generate is Generate with two more things for the remote server:
+// started is called, when not nil, once the request passed every check and
+// is about to be queued, with its prompt tokens; emit also gets the number
+// of completion tokens produced so far.
+func (r *Runtime) generate(ctx context.Context, req *nozzle.GenerateRequest, started func(promptTokens int), emit func(nozzle.Chunk, int) error) (*nozzle.GenerateResult, error) {
 	res := &nozzle.GenerateResult{RuntimeID: r.opts.RuntimeID, RatePerHour: r.opts.RatePerHour}
 	if err := r.enter(); err != nil {
 		return res, err
@@ -33,6 +41,9 @@ func (r *Runtime) Generate(ctx context.Context, req *nozzle.GenerateRequest, emi
 		q.host = r.cache.prefetch(q.sha)
 		q.waitsHost = true
 		q.hostWaited = !q.host.loaded()
+	}
+	if started != nil {
+		started(q.nPrompt)
 	}
 	q.arrived = r.clock()
 	r.sched.submit(q)
@@ -238,7 +249,7 @@ func isSHA256(s string) bool {
 // stream follows q's events: it turns tokens into text, holds back text
 // that could still start a stop sequence, emits complete UTF-8 chunks, and
 // returns q's account once the engine goroutine has freed everything.
-func (r *Runtime) stream(ctx context.Context, q *sequence, req *nozzle.GenerateRequest, res *nozzle.GenerateResult, emit func(nozzle.Chunk) error) (*nozzle.GenerateResult, error) {
+func (r *Runtime) stream(ctx context.Context, q *sequence, req *nozzle.GenerateRequest, res *nozzle.GenerateResult, emit func(nozzle.Chunk, int) error) (*nozzle.GenerateResult, error) {
 	ts := &textStream{dec: r.codec.NewStreamDecoder(), stops: req.Stop, logprobs: req.Logprobs || req.TopLogprobs > 0}
 	var (
 		stopped   bool  // no more text goes out
@@ -263,7 +274,7 @@ func (r *Runtime) stream(ctx context.Context, q *sequence, req *nozzle.GenerateR
 		for i := range evs {
 			ev := &evs[i]
 			if ev.final {
-				return r.settle(q, ts, ev, res, stopped, stopAt, cancelErr, emit)
+				return r.settle(ts, ev, res, stopAt, cancelErr, consumed, emit)
 			}
 			if stopped {
 				continue
@@ -274,7 +285,7 @@ func (r *Runtime) stream(ctx context.Context, q *sequence, req *nozzle.GenerateR
 			}
 			chunk, matched := ts.add(r.codec, ev)
 			if chunk.Text != "" || len(chunk.Logprobs) > 0 {
-				if err := emit(chunk); err != nil {
+				if err := emit(chunk, consumed); err != nil {
 					stopped = true
 					cancelErr = nozzle.Errorf(nozzle.ECANCELED, "The request was canceled.").Wrap(err)
 					r.sched.cancel(q, cancelClient)
@@ -291,7 +302,7 @@ func (r *Runtime) stream(ctx context.Context, q *sequence, req *nozzle.GenerateR
 }
 
 // settle turns the final event into the request's result.
-func (r *Runtime) settle(q *sequence, ts *textStream, ev *seqEvent, res *nozzle.GenerateResult, stopped bool, stopAt int, cancelErr error, emit func(nozzle.Chunk) error) (*nozzle.GenerateResult, error) {
+func (r *Runtime) settle(ts *textStream, ev *seqEvent, res *nozzle.GenerateResult, stopAt int, cancelErr error, consumed int, emit func(nozzle.Chunk, int) error) (*nozzle.GenerateResult, error) {
 	acct := ev.res
 	acct.RuntimeID, acct.RatePerHour = res.RuntimeID, res.RatePerHour
 	switch {
@@ -310,7 +321,7 @@ func (r *Runtime) settle(q *sequence, ts *textStream, ev *seqEvent, res *nozzle.
 		acct.FinishReason = nozzle.FinishStop
 	}
 	if chunk.Text != "" || len(chunk.Logprobs) > 0 {
-		if err := emit(chunk); err != nil {
+		if err := emit(chunk, consumed); err != nil {
 			acct.FinishReason = ""
 			return &acct, nozzle.Errorf(nozzle.ECANCELED, "The request was canceled.").Wrap(err)
 		}

@@ -1,0 +1,334 @@
+package runtime
+
+import (
+	"context"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+
+	nozzle "github.com/nozzle-ai/nozzle"
+)
+
+// The remote protocol between a gateway and a runtime on another machine.
+// It carries nozzle.Generator and nozzle.CapacitySource with the same
+// semantics as a runtime in the same process.
+//
+// Every request but /healthz and /readyz carries
+// "Authorization: Bearer <internal token>" (compared in constant time);
+// without it the answer is 401.
+//
+//	GET  /healthz                          200 "ok" while the process runs
+//	GET  /readyz                           200 once the model is loaded, else 503
+//	GET  /internal/v1/info                 200 nozzle.ModelInfo as JSON
+//	GET  /internal/v1/capacity?after=N     200 {"data": [nozzle.CapacityInterval...]}
+//	GET  /internal/v1/adapters/{sha}/tier  200 {"tier": "device"|"host"|"disk"}
+//	POST /internal/v1/cancel/{request_id}  204; 404 when no such request runs
+//	POST /internal/v1/generate             the request (wireRequest) as JSON
+//
+// /internal/v1/generate answers an error found before any work (invalid
+// parameters, context length, runtime not ready) with a non-200 status and
+// {"error": {"code", "message", "param", "reason"}, "result": {...}}, the
+// codes those of nozzle.Error. Otherwise it answers 200 with application/x-ndjson, one
+// JSON object per line, each flushed as written:
+//
+//	{"prompt_tokens": P}                             first
+//	{"chunk": {"text", "logprobs", "tokens": N}}     per chunk; N = completion tokens so far
+//	{"result": {...}, "error": {...}}                last; "error" only when the request failed
+//
+// To cancel, the client sends POST /internal/v1/cancel/{request_id} and
+// keeps reading until the last line, which then carries the partial
+// account (device seconds included) and the error "canceled". A closed
+// connection cancels the request too.
+type wireRequest struct {
+	RequestID    string               `json:"request_id"`
+	TenantID     string               `json:"tenant_id"`
+	Adapter      *nozzle.Adapter      `json:"adapter,omitempty"`
+	Messages     []nozzle.ChatMessage `json:"messages"`
+	Prompt       string               `json:"prompt"`
+	PromptTokens []int                `json:"prompt_tokens"`
+	MaxTokens    int                  `json:"max_tokens"`
+	Temperature  float64              `json:"temperature"`
+	TopP         float64              `json:"top_p"`
+	TopK         int                  `json:"top_k"`
+	Seed         *uint64              `json:"seed,omitempty"`
+	Stop         []string             `json:"stop,omitempty"`
+	Logprobs     bool                 `json:"logprobs"`
+	TopLogprobs  int                  `json:"top_logprobs"`
+}
+
+func toWire(r *nozzle.GenerateRequest) wireRequest {
+	return wireRequest{
+		RequestID: r.RequestID, TenantID: r.TenantID, Adapter: r.Adapter,
+		Messages: r.Messages, Prompt: r.Prompt, PromptTokens: r.PromptTokens,
+		MaxTokens: r.MaxTokens, Temperature: r.Temperature, TopP: r.TopP, TopK: r.TopK,
+		Seed: r.Seed, Stop: r.Stop, Logprobs: r.Logprobs, TopLogprobs: r.TopLogprobs,
+	}
+}
+
+func (w wireRequest) request() *nozzle.GenerateRequest {
+	return &nozzle.GenerateRequest{
+		RequestID: w.RequestID, TenantID: w.TenantID, Adapter: w.Adapter,
+		Messages: w.Messages, Prompt: w.Prompt, PromptTokens: w.PromptTokens,
+		MaxTokens: w.MaxTokens, Temperature: w.Temperature, TopP: w.TopP, TopK: w.TopK,
+		Seed: w.Seed, Stop: w.Stop, Logprobs: w.Logprobs, TopLogprobs: w.TopLogprobs,
+	}
+}
+
+type wireChunk struct {
+	Text     string                `json:"text"`
+	Logprobs []nozzle.TokenLogprob `json:"logprobs,omitempty"`
+	Tokens   int                   `json:"tokens"`
+}
+
+type wireResult struct {
+	FinishReason       string  `json:"finish_reason"`
+	PromptTokens       int     `json:"prompt_tokens"`
+	CompletionTokens   int     `json:"completion_tokens"`
+	DeviceSeconds      float64 `json:"device_seconds"`
+	QueueSeconds       float64 `json:"queue_seconds"`
+	TTFTSeconds        float64 `json:"ttft_seconds"`
+	AdapterLoadSeconds float64 `json:"adapter_load_seconds"`
+	RuntimeID          string  `json:"runtime_id"`
+	RatePerHour        float64 `json:"rate_per_hour"`
+}
+
+type wireError struct {
+	Code         string `json:"code"`
+	Message      string `json:"message"`
+	Param        string `json:"param,omitempty"`
+	Reason       string `json:"reason,omitempty"`
+	RetryAfterMS int64  `json:"retry_after_ms,omitempty"`
+}
+
+type wireLine struct {
+	PromptTokens *int        `json:"prompt_tokens,omitempty"`
+	Chunk        *wireChunk  `json:"chunk,omitempty"`
+	Result       *wireResult `json:"result,omitempty"`
+	Error        *wireError  `json:"error,omitempty"`
+}
+
+func resultToWire(r *nozzle.GenerateResult) *wireResult {
+	if r == nil {
+		return &wireResult{}
+	}
+	w := wireResult(*r)
+	return &w
+}
+
+func (w *wireResult) result() *nozzle.GenerateResult {
+	r := nozzle.GenerateResult(*w)
+	return &r
+}
+
+func errorToWire(err error) *wireError {
+	if err == nil {
+		return nil
+	}
+	e := nozzle.AsError(err)
+	if e == nil || e.Code == nozzle.EINTERNAL {
+		return &wireError{Code: nozzle.EINTERNAL, Message: "Internal error."}
+	}
+	return &wireError{Code: e.Code, Message: e.Message, Param: e.Param, Reason: e.Reason, RetryAfterMS: e.RetryAfter.Milliseconds()}
+}
+
+func (w *wireError) err() error {
+	if w == nil {
+		return nil
+	}
+	e := nozzle.Errorf(w.Code, "%s", w.Message).WithParam(w.Param).WithReason(w.Reason)
+	e.RetryAfter = time.Duration(w.RetryAfterMS) * time.Millisecond
+	return e
+}
+
+func httpStatus(code string) int {
+	switch code {
+	case nozzle.EINVALID, nozzle.ECONTEXTLENGTH:
+		return http.StatusBadRequest
+	case nozzle.EUNAUTHORIZED:
+		return http.StatusUnauthorized
+	case nozzle.EFORBIDDEN:
+		return http.StatusForbidden
+	case nozzle.ENOTFOUND:
+		return http.StatusNotFound
+	case nozzle.ECONFLICT:
+		return http.StatusConflict
+	case nozzle.ETOOLARGE:
+		return http.StatusRequestEntityTooLarge
+	case nozzle.ERATELIMIT, nozzle.EQUOTA:
+		return http.StatusTooManyRequests
+	case nozzle.EUNAVAILABLE:
+		return http.StatusServiceUnavailable
+	case nozzle.ECANCELED:
+		return 499
+	}
+	return http.StatusInternalServerError
+}
+
+// server serves a Runtime over the remote protocol.
+type server struct {
+	rt    *Runtime
+	token []byte
+
+	mu      sync.Mutex
+	running map[string]context.CancelFunc
+}
+
+// NewServer returns the HTTP handler of the remote protocol for rt,
+// accepting internalToken as bearer token.
+func NewServer(rt *Runtime, internalToken string) http.Handler {
+	s := &server{rt: rt, token: []byte(internalToken), running: map[string]context.CancelFunc{}}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		if !rt.Ready() {
+			writeError(w, nozzle.Errorf(nozzle.EUNAVAILABLE, "The runtime is not ready."))
+			return
+		}
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		w.Write([]byte("ready\n"))
+	})
+	mux.HandleFunc("GET /internal/v1/info", s.auth(s.info))
+	mux.HandleFunc("GET /internal/v1/capacity", s.auth(s.capacity))
+	mux.HandleFunc("GET /internal/v1/adapters/{sha}/tier", s.auth(s.tier))
+	mux.HandleFunc("POST /internal/v1/cancel/{id}", s.auth(s.cancel))
+	mux.HandleFunc("POST /internal/v1/generate", s.auth(s.generate))
+	return mux
+}
+
+func (s *server) auth(h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		const prefix = "Bearer "
+		got := r.Header.Get("Authorization")
+		ok := len(s.token) > 0 && len(got) > len(prefix) && got[:len(prefix)] == prefix &&
+			subtle.ConstantTimeCompare([]byte(got[len(prefix):]), s.token) == 1
+		if !ok {
+			writeError(w, nozzle.Errorf(nozzle.EUNAUTHORIZED, "Invalid internal token."))
+			return
+		}
+		h(w, r)
+	}
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(v)
+}
+
+func writeError(w http.ResponseWriter, err error) {
+	we := errorToWire(err)
+	writeJSON(w, httpStatus(we.Code), map[string]any{"error": we})
+}
+
+func (s *server) info(w http.ResponseWriter, r *http.Request) {
+	info, err := s.rt.Info(r.Context())
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, info)
+}
+
+func (s *server) capacity(w http.ResponseWriter, r *http.Request) {
+	var after uint64
+	if v := r.URL.Query().Get("after"); v != "" {
+		n, err := strconv.ParseUint(v, 10, 64)
+		if err != nil {
+			writeError(w, nozzle.Errorf(nozzle.EINVALID, "after must be a non-negative integer.").WithParam("after"))
+			return
+		}
+		after = n
+	}
+	ivs, err := s.rt.CapacityIntervals(r.Context(), after)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	if ivs == nil {
+		ivs = []nozzle.CapacityInterval{}
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"data": ivs})
+}
+
+func (s *server) tier(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, map[string]any{"tier": s.rt.AdapterTier(r.Context(), r.PathValue("sha"))})
+}
+
+func (s *server) cancel(w http.ResponseWriter, r *http.Request) {
+	s.mu.Lock()
+	cancel := s.running[r.PathValue("id")]
+	s.mu.Unlock()
+	if cancel == nil {
+		writeError(w, nozzle.Errorf(nozzle.ENOTFOUND, "No such request is running."))
+		return
+	}
+	cancel()
+	w.WriteHeader(http.StatusNoContent)
+}
+
+const maxRequestBody = 32 << 20
+
+func (s *server) generate(w http.ResponseWriter, r *http.Request) {
+	var wr wireRequest
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxRequestBody))
+	if err := dec.Decode(&wr); err != nil {
+		writeError(w, nozzle.Errorf(nozzle.EINVALID, "The request body is not a valid generate request."))
+		return
+	}
+	ctx, cancel := context.WithCancel(r.Context())
+	defer cancel()
+	if wr.RequestID != "" {
+		s.mu.Lock()
+		if s.running[wr.RequestID] != nil {
+			s.mu.Unlock()
+			writeError(w, nozzle.Errorf(nozzle.ECONFLICT, "A request with this id is already running."))
+			return
+		}
+		s.running[wr.RequestID] = cancel
+		s.mu.Unlock()
+		defer func() {
+			s.mu.Lock()
+			delete(s.running, wr.RequestID)
+			s.mu.Unlock()
+		}()
+	}
+
+	rc := http.NewResponseController(w)
+	enc := json.NewEncoder(w)
+	var writeErr error
+	send := func(l wireLine) error {
+		if writeErr != nil {
+			return writeErr
+		}
+		if writeErr = enc.Encode(l); writeErr == nil {
+			writeErr = rc.Flush()
+		}
+		return writeErr
+	}
+	started := false
+	res, err := s.rt.generate(ctx, wr.request(), func(promptTokens int) {
+		started = true
+		w.Header().Set("Content-Type", "application/x-ndjson")
+		w.Header().Set("Cache-Control", "no-store")
+		w.WriteHeader(http.StatusOK)
+		send(wireLine{PromptTokens: &promptTokens})
+	}, func(c nozzle.Chunk, n int) error {
+		return send(wireLine{Chunk: &wireChunk{Text: c.Text, Logprobs: c.Logprobs, Tokens: n}})
+	})
+	if !started {
+		if err == nil {
+			err = errors.New("generate ended before it started")
+		}
+		we := errorToWire(err)
+		writeJSON(w, httpStatus(we.Code), map[string]any{"error": we, "result": resultToWire(res)})
+		return
+	}
+	send(wireLine{Result: resultToWire(res), Error: errorToWire(err)})
+}
