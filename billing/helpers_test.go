@@ -2,6 +2,8 @@ package billing_test
 
 import (
 	"context"
+	"io"
+	"log/slog"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -42,6 +44,9 @@ func mustOpen(tb testing.TB, opts billing.Options) *billing.Ledger {
 	tb.Helper()
 	if opts.Path == "" {
 		opts.Path = filepath.Join(tb.TempDir(), "ledger.db")
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
 	l, err := billing.Open(opts)
 	if err != nil {

@@ -232,7 +232,7 @@ func (l *Ledger) StartOutbox(s Sender, opts OutboxOptions) {
 	l.wwg.Add(1)
 	go func() {
 		defer l.wwg.Done()
-		if err := l.RunOutbox(l.wctx, s, opts); err != nil && !errors.Is(err, context.Canceled) {
+		if err := l.RunOutbox(l.wctx, s, opts); err != nil {
 			l.log.Error("outbox worker stopped", "err", err)
 		}
 	}()
@@ -254,14 +254,14 @@ func (l *Ledger) RunOutbox(ctx context.Context, s Sender, opts OutboxOptions) er
 	for {
 		if _, err := l.SweepOutbox(ctx, l.now().Add(-opts.CloseDelay), opts); err != nil {
 			if ctx.Err() != nil || errors.Is(err, ErrClosed) {
-				return ctx.Err()
+				return nil
 			}
 			return fmt.Errorf("sweep outbox: %w", err)
 		}
 		ok, err := l.sendDue(ctx, s, &opts)
 		if err != nil {
 			if ctx.Err() != nil || errors.Is(err, ErrClosed) {
-				return ctx.Err()
+				return nil
 			}
 			return err
 		}
