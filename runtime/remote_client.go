@@ -307,4 +307,3 @@ func (c *Client) cancelRemote(id string) {
 	io.Copy(io.Discard, resp.Body)
 	resp.Body.Close()
 }
-
