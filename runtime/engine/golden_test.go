@@ -86,12 +86,12 @@ func writeFixtures(t *testing.T) {
 }
 
 type goldenCase struct {
-	Model       string      `json:"model"`
-	Adapter     string      `json:"adapter"`
-	Prompt      []int32     `json:"prompt"`
-	Positions   []int       `json:"positions"`
-	Logits      [][]float64 `json:"logits"`
-	Greedy      []int32     `json:"greedy"`
+	Model     string      `json:"model"`
+	Adapter   string      `json:"adapter"`
+	Prompt    []int32     `json:"prompt"`
+	Positions []int       `json:"positions"`
+	Logits    [][]float64 `json:"logits"`
+	Greedy    []int32     `json:"greedy"`
 }
 
 type goldenFile struct {
