@@ -1,0 +1,366 @@
+package gateway
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"mime"
+	"mime/multipart"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/gofiber/fiber/v2"
+
+	"github.com/nozzle-ai/nozzle"
+)
+
+// adapterJSON is an adapter as the API shows it.
+type adapterJSON struct {
+	ID            string   `json:"id"`
+	Object        string   `json:"object"`
+	Name          string   `json:"name"`
+	Rank          int      `json:"rank"`
+	Alpha         float64  `json:"lora_alpha"`
+	UseRSLoRA     bool     `json:"use_rslora"`
+	TargetModules []string `json:"target_modules"`
+	Layers        int      `json:"layers"`
+	SizeBytes     int64    `json:"size_bytes"`
+	SHA256        string   `json:"sha256"`
+	BaseModel     string   `json:"base_model,omitempty"`
+	Warnings      []string `json:"warnings,omitempty"`
+	CreatedAt     int64    `json:"created_at"`
+}
+
+func toAdapterJSON(a *nozzle.Adapter) adapterJSON {
+	mods := a.TargetModules
+	if mods == nil {
+		mods = []string{}
+	}
+	return adapterJSON{
+		ID: a.ID, Object: "adapter", Name: a.Name, Rank: a.Rank, Alpha: a.Alpha, UseRSLoRA: a.UseRSLoRA,
+		TargetModules: mods, Layers: a.Layers, SizeBytes: a.SizeBytes, SHA256: a.SHA256,
+		BaseModel: a.BaseModel, Warnings: a.Warnings, CreatedAt: a.CreatedAt.Unix(),
+	}
+}
+
+// uploadGuard keeps file removal from racing an import of the same
+// content: files are removed only while no import is pending. (A delete
+// that skips removal for that reason leaves the files for a later delete.)
+type uploadGuard struct {
+	mu      sync.Mutex
+	pending int
+}
+
+// removeIfUnused removes an adapter's stored files when no adapter uses
+// them any more and no other import is in flight (self counts the caller's
+// own pending import).
+func (s *Server) removeIfUnused(ctx context.Context, sha string, self int) {
+	s.uploads.mu.Lock()
+	defer s.uploads.mu.Unlock()
+	if s.uploads.pending > self {
+		return
+	}
+	refs, err := s.deps.Adapters.AdapterRefs(ctx, sha)
+	if err != nil || refs > 0 {
+		if err != nil {
+			s.log.LogAttrs(ctx, slog.LevelWarn, "count adapter references", slog.String("sha256", sha), slog.String("error", err.Error()))
+		}
+		return
+	}
+	if err := s.deps.Store.Remove(ctx, sha); err != nil {
+		s.log.LogAttrs(ctx, slog.LevelWarn, "remove adapter files", slog.String("sha256", sha), slog.String("error", err.Error()))
+	}
+}
+
+// limitReader reads at most n bytes, then fails with errUploadTooLarge.
+type limitReader struct {
+	r io.Reader
+	n int64
+}
+
+var errUploadTooLarge = errors.New("upload too large")
+
+func (l *limitReader) Read(p []byte) (int, error) {
+	if l.n <= 0 {
+		// Probe: is there more?
+		var one [1]byte
+		if n, _ := l.r.Read(one[:]); n > 0 {
+			return 0, errUploadTooLarge
+		}
+		return 0, io.EOF
+	}
+	if int64(len(p)) > l.n {
+		p = p[:l.n]
+	}
+	n, err := l.r.Read(p)
+	l.n -= int64(n)
+	return n, err
+}
+
+// upload is what a multipart adapter upload carried.
+type upload struct {
+	name        string
+	haveName    bool
+	files       map[string]bool // PEFT files written to dir
+	archive     string          // path of the saved archive
+	archiveName string
+}
+
+func uploadError(param, format string, args ...any) error {
+	return nozzle.Errorf(nozzle.EINVALID, format, args...).WithParam(param)
+}
+
+// createAdapter handles POST /v1/adapters: a multipart upload streamed to
+// a staging folder, validated and imported by the AdapterStore, then
+// recorded. Nothing is left behind on failure.
+func (s *Server) createAdapter(c *fiber.Ctx) error {
+	p := principalFrom(c)
+	mt, params, err := mime.ParseMediaType(c.Get(fiber.HeaderContentType))
+	if err != nil || mt != "multipart/form-data" || params["boundary"] == "" {
+		return nozzle.Errorf(nozzle.EINVALID, "Expected a multipart/form-data body with the fields name and adapter_config.json + adapter_model.safetensors, or archive.")
+	}
+	limit := s.cfg.UploadLimit
+	if cl := c.Request().Header.ContentLength(); int64(cl) > limit {
+		return errTooLarge(limit)
+	}
+	if conn := c.Context().Conn(); conn != nil {
+		_ = conn.SetReadDeadline(time.Now().Add(s.cfg.UploadTimeout))
+	}
+	var body io.Reader = c.Context().RequestBodyStream()
+	if body == nil {
+		body = bytes.NewReader(c.Request().Body())
+	}
+	ctx, cancel := context.WithTimeout(c.UserContext(), s.cfg.UploadTimeout)
+	defer cancel()
+
+	dir, err := os.MkdirTemp(s.cfg.UploadDir, "upload-*")
+	if err != nil {
+		return fmt.Errorf("create upload dir: %w", err)
+	}
+	defer os.RemoveAll(dir)
+
+	lr := &limitReader{r: body, n: limit}
+	up, err := s.readUpload(ctx, p, multipart.NewReader(lr, params["boundary"]), dir)
+	if errors.Is(err, errUploadTooLarge) {
+		return errTooLarge(limit)
+	}
+	if err != nil {
+		return err
+	}
+	// Drain the epilogue so the connection can be reused.
+	if _, err := io.Copy(io.Discard, lr); err == nil {
+		stateOf(c).bodyConsumed = true
+	}
+
+	if !up.haveName {
+		return uploadError("name", "Missing required field: name.")
+	}
+	if up.archive != "" {
+		if len(up.files) > 0 {
+			return uploadError("archive", "Send either an archive or the files adapter_config.json and adapter_model.safetensors, not both.")
+		}
+		if err := extractArchive(up.archive, up.archiveName, dir, limit); err != nil {
+			return err
+		}
+		if err := os.Remove(up.archive); err != nil {
+			return fmt.Errorf("remove archive: %w", err)
+		}
+	} else {
+		for _, want := range []string{nozzle.AdapterConfigFile, nozzle.AdapterWeightsFile} {
+			if !up.files[want] {
+				return uploadError(want, "Missing required file: %s (or send one archive).", want)
+			}
+		}
+	}
+
+	s.uploads.mu.Lock()
+	s.uploads.pending++
+	s.uploads.mu.Unlock()
+	defer func() {
+		s.uploads.mu.Lock()
+		s.uploads.pending--
+		s.uploads.mu.Unlock()
+	}()
+	// The store consumes dir whatever happens; the deferred RemoveAll covers
+	// a store that does not.
+	m, err := s.deps.Store.Import(ctx, dir)
+	if err != nil {
+		return err
+	}
+	a := &nozzle.Adapter{TenantID: p.tenant.ID, Name: up.name, AdapterManifest: *m}
+	if err := s.deps.Adapters.CreateAdapter(ctx, a); err != nil {
+		s.removeIfUnused(context.WithoutCancel(ctx), m.SHA256, 1)
+		if nozzle.ErrorCode(err) == nozzle.ECONFLICT {
+			return adapterExists(up.name)
+		}
+		return err
+	}
+	s.log.LogAttrs(ctx, slog.LevelInfo, "adapter created", slog.String("tenant_id", p.tenant.ID),
+		slog.String("adapter", a.Name), slog.String("sha256", a.SHA256), slog.Int64("size_bytes", a.SizeBytes))
+	return c.Status(fiber.StatusCreated).JSON(toAdapterJSON(a))
+}
+
+func adapterExists(name string) error {
+	return nozzle.Errorf(nozzle.ECONFLICT, "An adapter named %q already exists.", name).WithParam("name").WithReason("adapter_exists")
+}
+
+// readUpload reads the parts of an upload, writing files into dir.
+func (s *Server) readUpload(ctx context.Context, p *principal, mr *multipart.Reader, dir string) (*upload, error) {
+	up := &upload{files: map[string]bool{}}
+	for {
+		part, err := mr.NextPart()
+		if errors.Is(err, io.EOF) {
+			return up, nil
+		}
+		if err != nil {
+			if errors.Is(err, errUploadTooLarge) {
+				return nil, err
+			}
+			return nil, nozzle.Errorf(nozzle.EINVALID, "The multipart body is malformed or truncated.").Wrap(err)
+		}
+		field := part.FormName()
+		file := filepath.Base(part.FileName())
+		if (field == "file" || field == "files") && (file == nozzle.AdapterConfigFile || file == nozzle.AdapterWeightsFile) {
+			field = file
+		}
+		switch field {
+		case "name":
+			b, err := io.ReadAll(io.LimitReader(part, 257))
+			if err != nil {
+				return nil, readPartError(err)
+			}
+			if len(b) > 256 || up.haveName {
+				return nil, uploadError("name", "Invalid field: name.")
+			}
+			up.name, up.haveName = strings.TrimSpace(string(b)), true
+			if err := nozzle.ValidateAdapterName(up.name); err != nil {
+				return nil, err
+			}
+			// Refuse a taken name before receiving the files.
+			if _, err := s.deps.Adapters.Adapter(ctx, p.tenant.ID, up.name); err == nil {
+				return nil, adapterExists(up.name)
+			} else if nozzle.ErrorCode(err) != nozzle.ENOTFOUND {
+				return nil, err
+			}
+		case nozzle.AdapterConfigFile, nozzle.AdapterWeightsFile:
+			if up.files[field] {
+				return nil, uploadError(field, "The file %s was sent more than once.", field)
+			}
+			max := s.cfg.UploadLimit
+			if field == nozzle.AdapterConfigFile {
+				max = maxConfigBytes
+			}
+			if err := saveFile(filepath.Join(dir, field), part, max, field); err != nil {
+				return nil, err
+			}
+			up.files[field] = true
+		case "archive":
+			if up.archive != "" {
+				return nil, uploadError("archive", "Only one archive may be sent.")
+			}
+			up.archive = filepath.Join(dir, ".archive")
+			up.archiveName = part.FileName()
+			if err := saveFile(up.archive, part, s.cfg.UploadLimit, "archive"); err != nil {
+				return nil, err
+			}
+		default:
+			return nil, uploadError(part.FormName(), "Unexpected field %q: send name, adapter_config.json and adapter_model.safetensors, or archive.", part.FormName())
+		}
+	}
+}
+
+func readPartError(err error) error {
+	if errors.Is(err, errUploadTooLarge) {
+		return err
+	}
+	return nozzle.Errorf(nozzle.EINVALID, "The multipart body is malformed or truncated.").Wrap(err)
+}
+
+// saveFile writes a part to path, at most max bytes.
+func saveFile(path string, r io.Reader, max int64, param string) error {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	if err != nil {
+		return fmt.Errorf("create upload file: %w", err)
+	}
+	n, err := io.Copy(f, io.LimitReader(r, max+1))
+	if cerr := f.Close(); err == nil && cerr != nil {
+		return fmt.Errorf("write upload file: %w", cerr)
+	}
+	if err != nil {
+		return readPartError(err)
+	}
+	if n > max {
+		return nozzle.Errorf(nozzle.ETOOLARGE, "The file %s is too large: the limit is %d bytes.", param, max).WithParam(param)
+	}
+	if n == 0 {
+		return uploadError(param, "The file %s is empty.", param)
+	}
+	return nil
+}
+
+func (s *Server) listAdapters(c *fiber.Ctx) error {
+	p := principalFrom(c)
+	list, err := s.deps.Adapters.Adapters(c.UserContext(), p.tenant.ID)
+	if err != nil {
+		return err
+	}
+	out := make([]adapterJSON, 0, len(list))
+	for _, a := range list {
+		out = append(out, toAdapterJSON(a))
+	}
+	return writeList(c, out)
+}
+
+func adapterNotFound(name string) error {
+	return nozzle.Errorf(nozzle.ENOTFOUND, "No adapter named %q.", name).WithParam("name").WithReason("adapter_not_found")
+}
+
+// adapterParam returns the :name of the route, or "not found" for a name
+// that no adapter can have.
+func adapterParam(c *fiber.Ctx) (string, error) {
+	name := strings.Clone(c.Params("name"))
+	if nozzle.ValidateAdapterName(name) != nil {
+		return "", adapterNotFound(name)
+	}
+	return name, nil
+}
+
+func (s *Server) getAdapter(c *fiber.Ctx) error {
+	p := principalFrom(c)
+	name, err := adapterParam(c)
+	if err != nil {
+		return err
+	}
+	a, err := s.deps.Adapters.Adapter(c.UserContext(), p.tenant.ID, name)
+	if err != nil {
+		if nozzle.ErrorCode(err) == nozzle.ENOTFOUND {
+			return adapterNotFound(name)
+		}
+		return err
+	}
+	return c.JSON(toAdapterJSON(a))
+}
+
+func (s *Server) deleteAdapter(c *fiber.Ctx) error {
+	p := principalFrom(c)
+	name, err := adapterParam(c)
+	if err != nil {
+		return err
+	}
+	ctx := c.UserContext()
+	a, err := s.deps.Adapters.DeleteAdapter(ctx, p.tenant.ID, name)
+	if err != nil {
+		if nozzle.ErrorCode(err) == nozzle.ENOTFOUND {
+			return adapterNotFound(name)
+		}
+		return err
+	}
+	s.removeIfUnused(ctx, a.SHA256, 0)
+	return c.JSON(fiber.Map{"id": a.ID, "object": "adapter", "name": a.Name, "deleted": true})
+}

@@ -1,0 +1,221 @@
+package gateway
+
+import (
+	"strings"
+	"time"
+
+	"github.com/gofiber/fiber/v2"
+
+	"github.com/nozzle-ai/nozzle"
+)
+
+// tenantJSON is a tenant as the admin API shows it.
+type tenantJSON struct {
+	Object string `json:"object"`
+	*nozzle.Tenant
+	// APIKey is the tenant's first key, shown once at creation.
+	APIKey string `json:"api_key,omitempty"`
+}
+
+type createTenantRequest struct {
+	Name             string         `json:"name"`
+	MonthlyBudgetUSD float64        `json:"monthly_budget_usd"`
+	Limits           *nozzle.Limits `json:"limits"`
+}
+
+// createTenant handles POST /admin/tenants: the tenant and its first API
+// key (all scopes), shown once. If the key cannot be stored the tenant
+// exists without one; POST /admin/tenants/{id}/keys issues it.
+func (s *Server) createTenant(c *fiber.Ctx) error {
+	var r createTenantRequest
+	if err := s.readJSON(c, &r, false); err != nil {
+		return err
+	}
+	t := &nozzle.Tenant{Name: strings.TrimSpace(r.Name), MonthlyBudgetUSD: r.MonthlyBudgetUSD}
+	if r.Limits != nil {
+		t.Limits = *r.Limits
+	}
+	if err := t.Validate(); err != nil {
+		return err
+	}
+	ctx := c.UserContext()
+	if err := s.deps.Tenants.CreateTenant(ctx, t); err != nil {
+		return err
+	}
+	_, secret, err := s.issueKey(ctx, t.ID, keyRequest{Name: "default"})
+	if err != nil {
+		return err
+	}
+	return c.Status(fiber.StatusCreated).JSON(tenantJSON{Object: "tenant", Tenant: t, APIKey: secret})
+}
+
+func (s *Server) listTenants(c *fiber.Ctx) error {
+	list, err := s.deps.Tenants.Tenants(c.UserContext())
+	if err != nil {
+		return err
+	}
+	out := make([]tenantJSON, 0, len(list))
+	for _, t := range list {
+		out = append(out, tenantJSON{Object: "tenant", Tenant: t})
+	}
+	return writeList(c, out)
+}
+
+func (s *Server) tenantParam(c *fiber.Ctx) (*nozzle.Tenant, error) {
+	id := strings.Clone(c.Params("id"))
+	t, err := s.deps.Tenants.Tenant(c.UserContext(), id)
+	if err != nil {
+		if nozzle.ErrorCode(err) == nozzle.ENOTFOUND {
+			return nil, nozzle.Errorf(nozzle.ENOTFOUND, "No tenant with id %q.", id).WithReason("tenant_not_found")
+		}
+		return nil, err
+	}
+	return t, nil
+}
+
+func (s *Server) getTenant(c *fiber.Ctx) error {
+	t, err := s.tenantParam(c)
+	if err != nil {
+		return err
+	}
+	return c.JSON(tenantJSON{Object: "tenant", Tenant: t})
+}
+
+// updateTenant handles PATCH /admin/tenants/{id}: name, suspended,
+// monthly_budget_usd, limits, stripe_customer_id.
+func (s *Server) updateTenant(c *fiber.Ctx) error {
+	var upd nozzle.TenantUpdate
+	if err := s.readJSON(c, &upd, false); err != nil {
+		return err
+	}
+	return s.applyTenantUpdate(c, upd)
+}
+
+func (s *Server) applyTenantUpdate(c *fiber.Ctx, upd nozzle.TenantUpdate) error {
+	if upd.Name != nil && (strings.TrimSpace(*upd.Name) == "" || len(*upd.Name) > 100) {
+		return invalid("name", "Tenant name must be 1 to 100 characters.")
+	}
+	if upd.MonthlyBudgetUSD != nil && *upd.MonthlyBudgetUSD < 0 {
+		return invalid("monthly_budget_usd", "Monthly budget must not be negative.")
+	}
+	if upd.Limits != nil {
+		if err := upd.Limits.Validate(); err != nil {
+			return err
+		}
+	}
+	id := strings.Clone(c.Params("id"))
+	t, err := s.deps.Tenants.UpdateTenant(c.UserContext(), id, upd)
+	if err != nil {
+		if nozzle.ErrorCode(err) == nozzle.ENOTFOUND {
+			return nozzle.Errorf(nozzle.ENOTFOUND, "No tenant with id %q.", id).WithReason("tenant_not_found")
+		}
+		return err
+	}
+	return c.JSON(tenantJSON{Object: "tenant", Tenant: t})
+}
+
+// setTenantLimits handles PUT /admin/tenants/{id}/limits.
+func (s *Server) setTenantLimits(c *fiber.Ctx) error {
+	var l nozzle.Limits
+	if err := s.readJSON(c, &l, false); err != nil {
+		return err
+	}
+	return s.applyTenantUpdate(c, nozzle.TenantUpdate{Limits: &l})
+}
+
+func (s *Server) adminCreateKey(c *fiber.Ctx) error {
+	t, err := s.tenantParam(c)
+	if err != nil {
+		return err
+	}
+	var r keyRequest
+	if err := s.readJSON(c, &r, true); err != nil {
+		return err
+	}
+	if err := r.validate(); err != nil {
+		return err
+	}
+	k, secret, err := s.issueKey(c.UserContext(), t.ID, r)
+	if err != nil {
+		return err
+	}
+	out := s.toKeyJSON(k)
+	out.Key = secret
+	return c.Status(fiber.StatusCreated).JSON(out)
+}
+
+func (s *Server) adminListKeys(c *fiber.Ctx) error {
+	t, err := s.tenantParam(c)
+	if err != nil {
+		return err
+	}
+	return s.listTenantKeys(c, t.ID)
+}
+
+func (s *Server) adminRevokeKey(c *fiber.Ctx) error {
+	t, err := s.tenantParam(c)
+	if err != nil {
+		return err
+	}
+	return s.revokeTenantKey(c, t.ID, strings.Clone(c.Params("key")))
+}
+
+// priceRequest sets a price from a time (default: now).
+type priceRequest struct {
+	PromptPerMillionUSD     *float64   `json:"prompt_per_million_usd"`
+	CompletionPerMillionUSD *float64   `json:"completion_per_million_usd"`
+	EffectiveFrom           *time.Time `json:"effective_from"`
+}
+
+func (s *Server) setPrice(c *fiber.Ctx, tenantID string) error {
+	var r priceRequest
+	if err := s.readJSON(c, &r, false); err != nil {
+		return err
+	}
+	if r.PromptPerMillionUSD == nil || *r.PromptPerMillionUSD < 0 {
+		return invalid("prompt_per_million_usd", "prompt_per_million_usd is required and must not be negative.")
+	}
+	if r.CompletionPerMillionUSD == nil || *r.CompletionPerMillionUSD < 0 {
+		return invalid("completion_per_million_usd", "completion_per_million_usd is required and must not be negative.")
+	}
+	from := time.Now().UTC()
+	if r.EffectiveFrom != nil {
+		from = r.EffectiveFrom.UTC()
+	}
+	p := nozzle.Price{PromptPerMillionUSD: *r.PromptPerMillionUSD, CompletionPerMillionUSD: *r.CompletionPerMillionUSD}
+	if err := s.deps.Tenants.SetPrice(c.UserContext(), tenantID, p, from); err != nil {
+		return err
+	}
+	return c.Status(fiber.StatusCreated).JSON(nozzle.PriceVersion{TenantID: tenantID, Price: p, EffectiveFrom: from})
+}
+
+func (s *Server) listPrices(c *fiber.Ctx, tenantID string) error {
+	list, err := s.deps.Tenants.Prices(c.UserContext(), tenantID)
+	if err != nil {
+		return err
+	}
+	return writeList(c, list)
+}
+
+func (s *Server) setDefaultPrice(c *fiber.Ctx) error   { return s.setPrice(c, "") }
+func (s *Server) listDefaultPrices(c *fiber.Ctx) error { return s.listPrices(c, "") }
+
+func (s *Server) setTenantPrice(c *fiber.Ctx) error {
+	t, err := s.tenantParam(c)
+	if err != nil {
+		return err
+	}
+	return s.setPrice(c, t.ID)
+}
+
+func (s *Server) listTenantPrices(c *fiber.Ctx) error {
+	t, err := s.tenantParam(c)
+	if err != nil {
+		return err
+	}
+	return s.listPrices(c, t.ID)
+}
+
+func (s *Server) listUpstreams(c *fiber.Ctx) error {
+	return writeList(c, s.router.status())
+}

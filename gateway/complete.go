@@ -1,0 +1,747 @@
+package gateway
+
+import (
+	"bufio"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/gofiber/fiber/v2"
+
+	"github.com/nozzle-ai/nozzle"
+)
+
+// HeaderIdempotencyKey makes a completion request idempotent: a retry with
+// the same key (and the same tenant) is answered from the ledger.
+const HeaderIdempotencyKey = "Idempotency-Key"
+
+const idemPrefix = "idem_"
+
+// idempotencyID is the ledger request id of an idempotent request: a
+// digest of the tenant and the key, so tenants cannot collide.
+func idempotencyID(tenantID, key string) string {
+	h := sha256.New()
+	h.Write([]byte(tenantID))
+	h.Write([]byte{0})
+	h.Write([]byte(key))
+	var sum [sha256.Size]byte
+	return idemPrefix + hex.EncodeToString(h.Sum(sum[:0])[:20])
+}
+
+func validIdempotencyKey(k string) bool {
+	if len(k) == 0 || len(k) > 255 {
+		return false
+	}
+	for i := 0; i < len(k); i++ {
+		if k[i] < 0x21 || k[i] > 0x7e {
+			return false
+		}
+	}
+	return true
+}
+
+// choiceResult is what one choice produced.
+type choiceResult struct {
+	text     []byte
+	logprobs []nozzle.TokenLogprob
+	res      *nozzle.GenerateResult
+	err      error
+}
+
+// completion is a completion request from admission to the end of its
+// answer.
+type completion struct {
+	s  *Server
+	st *reqState
+	p  *principal
+	j  *job
+
+	reqs      []*nozzle.GenerateRequest
+	meterID   string // ledger id if the request completes
+	attemptID string // ledger id if it fails or is abandoned
+	idem      bool   // an Idempotency-Key names this request
+	claimed   string // id held in the in-flight set
+
+	tokensTaken   int
+	releaseBudget func()
+	ctx           context.Context
+	cancel        context.CancelFunc
+	results       []choiceResult
+}
+
+func (s *Server) chatCompletions(c *fiber.Ctx) error { return s.complete(c, kindChat) }
+func (s *Server) textCompletions(c *fiber.Ctx) error { return s.complete(c, kindText) }
+
+func (s *Server) complete(c *fiber.Ctx, kind genKind) error {
+	st := stateOf(c)
+	p := principalFrom(c)
+	body, err := s.readBody(c, int64(s.cfg.BodyLimit))
+	if err != nil {
+		return err
+	}
+	var j *job
+	if kind == kindChat {
+		j, err = parseChat(body, s.cfg.MaxChoices)
+	} else {
+		j, err = parseCompletion(body, s.cfg.MaxChoices)
+	}
+	if err != nil {
+		return err
+	}
+	ctx := c.UserContext()
+	if err := s.resolveModel(ctx, p, j); err != nil {
+		return err
+	}
+
+	cp := &completion{s: s, st: st, p: p, j: j, releaseBudget: func() {}}
+	// The ledger ids. An idempotent request is recorded under the digest of
+	// its key once it completes; a failed or abandoned attempt under its own
+	// request id, which leaves the key free for a retry.
+	if key := c.Get(HeaderIdempotencyKey); key != "" {
+		if !validIdempotencyKey(key) {
+			return invalid(HeaderIdempotencyKey, "Invalid Idempotency-Key header: use 1 to 255 printable ASCII characters.")
+		}
+		cp.idem = true
+		cp.meterID = idempotencyID(p.tenant.ID, key)
+		if !s.inflight.add(cp.meterID) {
+			return nozzle.Errorf(nozzle.ECONFLICT, "A request with this Idempotency-Key is already in progress.").WithReason("idempotency_key_in_use")
+		}
+		cp.claimed = cp.meterID
+		ev, err := s.deps.Ledger.Usage(ctx, cp.meterID)
+		switch {
+		case err == nil:
+			s.inflight.remove(cp.meterID)
+			return s.replay(c, j, ev)
+		case nozzle.ErrorCode(err) != nozzle.ENOTFOUND:
+			s.inflight.remove(cp.meterID)
+			return err
+		}
+	} else if st.supplied {
+		// A client-chosen request id becomes a ledger id only while unused:
+		// reusing one must not make a request free.
+		if !s.inflight.add(st.id) {
+			s.renewRequestID(c, st)
+		} else if _, err := s.deps.Ledger.Usage(ctx, st.id); err == nil {
+			s.inflight.remove(st.id)
+			s.renewRequestID(c, st)
+		} else if nozzle.ErrorCode(err) != nozzle.ENOTFOUND {
+			s.inflight.remove(st.id)
+			return err
+		} else {
+			cp.claimed = st.id
+		}
+	}
+	cp.attemptID = st.id
+	if !cp.idem {
+		cp.meterID = st.id
+	}
+	if j.kind == kindChat {
+		j.id = "chatcmpl-" + st.id
+	} else {
+		j.id = "cmpl-" + st.id
+	}
+	j.created = time.Now().Unix()
+
+	// Admission: rate limits, then the budget, on estimates.
+	maxTokens := j.maxTokens
+	if maxTokens == 0 {
+		maxTokens = s.cfg.DefaultMaxTokens
+	}
+	promptEst := j.promptEstimate()
+	perChoice := maxTokens
+	if perChoice == 0 {
+		ctxLen := 4096
+		if info, ok := s.router.modelInfo(); ok && info.ContextLength > 0 {
+			ctxLen = info.ContextLength
+		}
+		perChoice = max(16, ctxLen-promptEst/max(1, j.choices()))
+	}
+	completionEst := perChoice * j.choices()
+	if cp.tokensTaken, err = s.admitRate(p, promptEst+completionEst); err != nil {
+		cp.unclaim()
+		return err
+	}
+	if cp.releaseBudget, err = s.reserveBudget(ctx, p, promptEst, completionEst); err != nil {
+		s.reconcileTokens(p, cp.tokensTaken, 0)
+		cp.unclaim()
+		return err
+	}
+	cp.reqs = j.requests(st.id, p.tenant.ID, maxTokens)
+	cp.results = make([]choiceResult, len(cp.reqs))
+	cp.ctx, cp.cancel = context.WithTimeout(context.Background(), s.cfg.RequestTimeout)
+	s.genWG.Add(1)
+	if j.stream {
+		return cp.stream(c)
+	}
+	defer cp.done()
+	return cp.respond(c)
+}
+
+func (s *Server) renewRequestID(c *fiber.Ctx, st *reqState) {
+	st.id = newRequestID()
+	st.supplied = false
+	c.Set(HeaderRequestID, st.id)
+}
+
+func (cp *completion) unclaim() {
+	if cp.claimed != "" {
+		cp.s.inflight.remove(cp.claimed)
+		cp.claimed = ""
+	}
+}
+
+// done releases what the request held, once its usage is recorded.
+func (cp *completion) done() {
+	cp.cancel()
+	cp.releaseBudget()
+	cp.unclaim()
+	cp.s.genWG.Done()
+}
+
+// resolveModel resolves the request's model to the base model or one of
+// the tenant's adapters. Another tenant's adapter is "not found", exactly
+// like a name that does not exist.
+func (s *Server) resolveModel(ctx context.Context, p *principal, j *job) error {
+	info, known := s.router.modelInfo()
+	if j.model == nozzle.BaseModelAlias || (known && j.model == info.ID) {
+		j.shownModel = j.model
+		if known {
+			j.shownModel = info.ID
+		}
+		return nil
+	}
+	if nozzle.ValidateAdapterName(j.model) != nil {
+		return modelNotFound(j.model)
+	}
+	a, err := s.deps.Adapters.Adapter(ctx, p.tenant.ID, j.model)
+	if err != nil {
+		if nozzle.ErrorCode(err) == nozzle.ENOTFOUND {
+			return modelNotFound(j.model)
+		}
+		return err
+	}
+	if a.TenantID != p.tenant.ID { // never trust a store to filter
+		return modelNotFound(j.model)
+	}
+	j.adapter = a
+	j.shownModel = a.Name
+	return nil
+}
+
+// reserveBudget reserves the estimated charge against the tenant's
+// monthly budget, when it has one.
+func (s *Server) reserveBudget(ctx context.Context, p *principal, promptEst, completionEst int) (func(), error) {
+	if s.deps.Budget == nil || p.tenant.MonthlyBudgetUSD <= 0 {
+		return func() {}, nil
+	}
+	price, err := s.deps.Tenants.PriceAt(ctx, p.tenant.ID, time.Now())
+	if err != nil {
+		return nil, err
+	}
+	release, err := s.deps.Budget.ReserveBudget(ctx, p.tenant.ID, price.Charge(int64(promptEst), int64(completionEst)))
+	if err != nil {
+		if nozzle.ErrorCode(err) == nozzle.EQUOTA {
+			s.met.rejected.With("budget").Inc()
+		}
+		return nil, err
+	}
+	if release == nil {
+		release = func() {}
+	}
+	return release, nil
+}
+
+// run generates every choice, calling emit for each chunk (under a lock
+// when choices run concurrently).
+func (cp *completion) run(emit func(i int, ch nozzle.Chunk) error) {
+	if len(cp.reqs) == 1 {
+		r := &cp.results[0]
+		r.res, r.err = cp.s.router.generate(cp.ctx, cp.reqs[0], func(ch nozzle.Chunk) error { return emit(0, ch) })
+		return
+	}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	for i := range cp.reqs {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			r := &cp.results[i]
+			r.res, r.err = cp.s.router.generate(cp.ctx, cp.reqs[i], func(ch nozzle.Chunk) error {
+				mu.Lock()
+				defer mu.Unlock()
+				return emit(i, ch)
+			})
+		}(i)
+	}
+	wg.Wait()
+}
+
+// respond answers a non-streamed request.
+func (cp *completion) respond(c *fiber.Ctx) error {
+	cp.run(func(i int, ch nozzle.Chunk) error {
+		r := &cp.results[i]
+		r.text = append(r.text, ch.Text...)
+		if cp.j.logprobs {
+			r.logprobs = append(r.logprobs, ch.Logprobs...)
+		}
+		return nil
+	})
+	var body []byte
+	if cp.failure() == nil {
+		body = cp.body(make([]byte, 0, 512))
+	}
+	stored, err := cp.settle(body)
+	if err != nil {
+		return err
+	}
+	if stored != nil {
+		cp.s.met.replays.Inc()
+		c.Set("Idempotent-Replayed", "true")
+		body = stored
+	}
+	c.Set(fiber.HeaderContentType, fiber.MIMEApplicationJSON)
+	return c.Send(body)
+}
+
+// failure returns the error that fails the request, if any: the first
+// choice's error, preferring a real failure over a cancellation.
+func (cp *completion) failure() error {
+	var first error
+	for _, r := range cp.results {
+		if r.err == nil {
+			continue
+		}
+		if first == nil || nozzle.ErrorCode(first) == nozzle.ECANCELED && nozzle.ErrorCode(r.err) != nozzle.ECANCELED {
+			first = r.err
+		}
+	}
+	return first
+}
+
+// settle writes the request's one usage event, durably, and returns the
+// error to answer with when the request failed. body is the complete
+// non-streamed answer (nil when failed); it is stored with an idempotent
+// request's event. When the ledger already holds an idempotent request's
+// event (a duplicate that raced this one), settle returns the stored
+// answer.
+//
+// Which requests are recorded:
+//   - completed: status ok, charged, under meterID;
+//   - abandoned by the client (ECANCELED): status canceled, charged for the
+//     tokens produced, under attemptID — if any work was done;
+//   - failed in the runtime (EINTERNAL and the like, after work): status
+//     failed, not charged, under attemptID, so the cost model still sees
+//     the device time;
+//   - refused before any work (context length, invalid parameters, no
+//     runtime available): not recorded, not charged.
+func (cp *completion) settle(body []byte) (stored []byte, err error) {
+	s, p, j := cp.s, cp.p, cp.j
+	ev := &nozzle.UsageEvent{
+		TenantID: p.tenant.ID,
+		KeyID:    p.key.ID,
+		Model:    j.shownModel,
+		Time:     time.Now().UTC(),
+	}
+	if j.adapter != nil {
+		ev.AdapterID, ev.AdapterName = j.adapter.ID, j.adapter.Name
+	}
+	work := false
+	for _, r := range cp.results {
+		if r.res == nil {
+			continue
+		}
+		x := r.res
+		ev.PromptTokens += int64(x.PromptTokens)
+		ev.CompletionTokens += int64(x.CompletionTokens)
+		ev.DeviceSeconds += x.DeviceSeconds
+		ev.AdapterLoadSeconds += x.AdapterLoadSeconds
+		ev.QueueSeconds = max(ev.QueueSeconds, x.QueueSeconds)
+		ev.TTFTSeconds = max(ev.TTFTSeconds, x.TTFTSeconds)
+		if ev.RuntimeID == "" {
+			ev.RuntimeID, ev.RatePerHour = x.RuntimeID, x.RatePerHour
+		}
+		if x.DeviceSeconds > 0 || x.CompletionTokens > 0 {
+			work = true
+		}
+	}
+	fail := cp.failure()
+	switch {
+	case fail == nil:
+		ev.Status = nozzle.UsageOK
+		ev.RequestID = cp.meterID
+		if cp.idem {
+			ev.Response = body
+		}
+	case nozzle.ErrorCode(fail) == nozzle.ECANCELED && cp.ctx.Err() == context.DeadlineExceeded:
+		ev.Status = nozzle.UsageFailed
+		ev.RequestID = cp.attemptID
+		fail = nozzle.Errorf(nozzle.EUNAVAILABLE, "The request timed out.").WithReason("timeout").Wrap(fail)
+	case nozzle.ErrorCode(fail) == nozzle.ECANCELED:
+		ev.Status = nozzle.UsageCanceled
+		ev.RequestID = cp.attemptID
+	default:
+		ev.Status = nozzle.UsageFailed
+		ev.RequestID = cp.attemptID
+	}
+	// Tokens count against the key's rate limit when charged.
+	charged := 0
+	if ev.Status != nozzle.UsageFailed {
+		charged = int(ev.PromptTokens + ev.CompletionTokens)
+	}
+	defer s.reconcileTokens(p, cp.tokensTaken, charged)
+
+	if fail != nil && !work {
+		return nil, fail
+	}
+	rctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	dup, rerr := s.deps.Ledger.RecordUsage(rctx, ev)
+	if rerr != nil {
+		s.met.usageErrs.Inc()
+		if fail != nil {
+			s.log.LogAttrs(rctx, slog.LevelError, "record usage of a failed request",
+				slog.String("request_id", ev.RequestID), slog.String("error", rerr.Error()))
+			return nil, fail
+		}
+		// Unrecorded work is not delivered: the answer would be free.
+		return nil, &nozzle.Error{Code: nozzle.EINTERNAL, Message: "Internal error.", Err: errors.Join(errors.New("record usage"), rerr)}
+	}
+	s.met.usageRecs.With(ev.Status).Inc()
+	if ev.Status != nozzle.UsageFailed {
+		s.met.countTokens(j.adapter != nil, ev.PromptTokens, ev.CompletionTokens)
+	}
+	if fail != nil {
+		return nil, fail
+	}
+	if dup {
+		if cp.idem && len(ev.Response) > 0 {
+			return ev.Response, nil
+		}
+		s.log.LogAttrs(rctx, slog.LevelError, "usage event already recorded for a new request",
+			slog.String("request_id", ev.RequestID))
+	}
+	return nil, nil
+}
+
+// body builds the complete non-streamed answer.
+func (cp *completion) body(dst []byte) []byte {
+	j := cp.j
+	var u usage
+	for _, r := range cp.results {
+		if r.res != nil {
+			u.prompt += int64(r.res.PromptTokens)
+			u.completion += int64(r.res.CompletionTokens)
+		}
+	}
+	if j.kind == kindChat {
+		dst = appendHead(dst, j.id, "chat.completion", j.created, j.shownModel)
+		dst = append(dst, `,"choices":[`...)
+		for i, r := range cp.results {
+			if i > 0 {
+				dst = append(dst, ',')
+			}
+			dst = append(dst, `{"index":`...)
+			dst = appendInt(dst, int64(i))
+			dst = append(dst, `,"message":{"role":"assistant","content":`...)
+			dst = appendString(dst, string(r.text))
+			dst = append(dst, `,"refusal":null},"logprobs":`...)
+			if j.logprobs {
+				dst = appendChatLogprobs(dst, r.logprobs)
+			} else {
+				dst = append(dst, "null"...)
+			}
+			dst = append(dst, `,"finish_reason":`...)
+			dst = appendString(dst, finishReason(r.res))
+			dst = append(dst, '}')
+		}
+	} else {
+		dst = appendHead(dst, j.id, "text_completion", j.created, j.shownModel)
+		dst = append(dst, `,"choices":[`...)
+		for i, r := range cp.results {
+			if i > 0 {
+				dst = append(dst, ',')
+			}
+			echo := j.echoText(i)
+			dst = append(dst, `{"text":`...)
+			dst = appendString(dst, echo+string(r.text))
+			dst = append(dst, `,"index":`...)
+			dst = appendInt(dst, int64(i))
+			dst = append(dst, `,"logprobs":`...)
+			if j.logprobs {
+				dst = appendTextLogprobs(dst, r.logprobs, len(echo))
+			} else {
+				dst = append(dst, "null"...)
+			}
+			dst = append(dst, `,"finish_reason":`...)
+			dst = appendString(dst, finishReason(r.res))
+			dst = append(dst, '}')
+		}
+	}
+	dst = append(dst, `],"usage":`...)
+	dst = appendUsage(dst, u)
+	return append(dst, '}')
+}
+
+func finishReason(r *nozzle.GenerateResult) string {
+	if r == nil || r.FinishReason == "" {
+		return nozzle.FinishStop
+	}
+	return r.FinishReason
+}
+
+// streamEvent is a chunk of choice index, or (done) its end.
+type streamEvent struct {
+	index int
+	chunk nozzle.Chunk
+	done  bool
+	res   *nozzle.GenerateResult
+	err   error
+}
+
+// stream answers a streamed request. Generation starts now; the status
+// line waits for the first chunk, so that an error before any output
+// (context length, no runtime) is still a proper HTTP error.
+func (cp *completion) stream(c *fiber.Ctx) error {
+	n := len(cp.reqs)
+	events := make(chan streamEvent, 64)
+	for i := range cp.reqs {
+		go func(i int) {
+			res, err := cp.s.router.generate(cp.ctx, cp.reqs[i], func(ch nozzle.Chunk) error {
+				select {
+				case events <- streamEvent{index: i, chunk: ch}:
+					return nil
+				case <-cp.ctx.Done():
+					return nozzle.Errorf(nozzle.ECANCELED, "The client went away.")
+				}
+			})
+			events <- streamEvent{index: i, done: true, res: res, err: err}
+		}(i)
+	}
+	first := <-events
+	if first.done && first.err != nil {
+		// Failed before any output: stop the other choices, record any
+		// work, answer with the error.
+		cp.cancel()
+		cp.results[first.index].res, cp.results[first.index].err = first.res, first.err
+		for left := n - 1; left > 0; left-- {
+			ev := <-events
+			if ev.done {
+				cp.results[ev.index].res, cp.results[ev.index].err = ev.res, ev.err
+			} else {
+				left++
+			}
+		}
+		defer cp.done()
+		_, err := cp.settle(nil)
+		if err == nil {
+			err = first.err
+		}
+		return err
+	}
+
+	cp.st.detach(c)
+	c.Set(fiber.HeaderContentType, "text/event-stream; charset=utf-8")
+	c.Set(fiber.HeaderCacheControl, "no-cache")
+	c.Set("X-Accel-Buffering", "no")
+	conn := c.Context().Conn()
+	c.Context().SetBodyStreamWriter(func(w *bufio.Writer) {
+		cp.writeStream(w, conn, events, first)
+	})
+	return nil
+}
+
+// writeStream writes the server-sent events of a stream. It runs after the
+// handler has returned, on fasthttp's stream goroutine, and touches no
+// fiber context.
+func (cp *completion) writeStream(w *bufio.Writer, conn net.Conn, events chan streamEvent, first streamEvent) {
+	s, j, st := cp.s, cp.j, cp.st
+	defer func() {
+		if r := recover(); r != nil {
+			s.log.LogAttrs(context.Background(), slog.LevelError, "panic in stream", slog.String("request_id", st.id), slog.Any("panic", r))
+		}
+		cp.done()
+		st.status = 200
+		s.finish(st)
+	}()
+	gone := false
+	buf := make([]byte, 0, 512)
+	send := func(b []byte) {
+		if gone {
+			return
+		}
+		if conn != nil {
+			_ = conn.SetWriteDeadline(time.Now().Add(s.cfg.WriteTimeout))
+		}
+		if _, err := w.Write(b); err == nil {
+			err = w.Flush()
+			if err == nil {
+				return
+			}
+		}
+		gone = true // the client went away: stop generating, keep metering
+		cp.cancel()
+	}
+
+	n := len(cp.reqs)
+	// First chunk of each choice: the role (chat) or the echoed prompt.
+	for i := 0; i < n; i++ {
+		if j.kind == kindChat {
+			buf = cp.chunk(buf[:0], i, "", nil, true, "")
+			send(buf)
+		} else if echo := j.echoText(i); echo != "" {
+			buf = cp.chunk(buf[:0], i, echo, nil, false, "")
+			send(buf)
+		}
+	}
+	firstToken := true
+	offsets := make([]int, n)
+	handle := func(ev streamEvent) bool {
+		r := &cp.results[ev.index]
+		if ev.done {
+			r.res, r.err = ev.res, ev.err
+			return true
+		}
+		if firstToken {
+			firstToken = false
+			s.met.ttft.Observe(time.Since(st.start).Seconds())
+		}
+		r.text = append(r.text, ev.chunk.Text...)
+		if j.logprobs {
+			r.logprobs = append(r.logprobs, ev.chunk.Logprobs...)
+		}
+		buf = cp.chunkWithOffset(buf[:0], ev.index, ev.chunk, offsets[ev.index]+len(j.echoText(ev.index)))
+		offsets[ev.index] += len(ev.chunk.Text)
+		send(buf)
+		return false
+	}
+	left := n
+	if handle(first) {
+		left--
+	}
+	for left > 0 {
+		if handle(<-events) {
+			left--
+		}
+	}
+
+	var body []byte
+	if cp.idem && cp.failure() == nil {
+		body = cp.body(make([]byte, 0, 512))
+	}
+	stored, err := cp.settle(body)
+	if gone {
+		return
+	}
+	if err != nil {
+		e := toAppError(err)
+		kind := errorKinds[e.Code]
+		msg := e.Message
+		if e.Code == nozzle.EINTERNAL || kind.typ == "" {
+			msg, kind = "Internal error.", errorKinds[nozzle.EINTERNAL]
+			s.log.LogAttrs(context.Background(), slog.LevelError, "internal error in stream",
+				slog.String("request_id", st.id), slog.String("error", err.Error()))
+		}
+		reason := e.Reason
+		if reason == "" {
+			reason = defaultReasons[e.Code]
+		}
+		buf = append(buf[:0], "data: "...)
+		buf = appendErrorBody(buf, msg, kind.typ, e.Param, reason)
+		buf = append(buf, "\n\n"...)
+		send(buf)
+		return
+	}
+	if stored != nil {
+		// A concurrent duplicate completed first: its answer is the one
+		// recorded, so this stream ends without a second charge.
+		s.met.replays.Inc()
+	}
+	buf = buf[:0]
+	var u usage
+	for i, r := range cp.results {
+		if r.res != nil {
+			u.prompt += int64(r.res.PromptTokens)
+			u.completion += int64(r.res.CompletionTokens)
+		}
+		buf = cp.chunk(buf, i, "", nil, false, finishReason(r.res))
+	}
+	if j.includeUsage {
+		buf = cp.usageChunk(buf, u)
+	}
+	buf = append(buf, "data: [DONE]\n\n"...)
+	send(buf)
+}
+
+// chunk appends one SSE event with one choice's delta.
+func (cp *completion) chunk(dst []byte, i int, text string, lps []nozzle.TokenLogprob, role bool, finish string) []byte {
+	return cp.appendChunk(dst, i, text, lps, role, finish, 0)
+}
+
+func (cp *completion) chunkWithOffset(dst []byte, i int, ch nozzle.Chunk, offset int) []byte {
+	return cp.appendChunk(dst, i, ch.Text, ch.Logprobs, false, "", offset)
+}
+
+func (cp *completion) appendChunk(dst []byte, i int, text string, lps []nozzle.TokenLogprob, role bool, finish string, offset int) []byte {
+	j := cp.j
+	dst = append(dst, "data: "...)
+	if j.kind == kindChat {
+		dst = appendHead(dst, j.id, "chat.completion.chunk", j.created, j.shownModel)
+		dst = append(dst, `,"choices":[{"index":`...)
+		dst = appendInt(dst, int64(i))
+		switch {
+		case role:
+			dst = append(dst, `,"delta":{"role":"assistant","content":"","refusal":null}`...)
+		case finish != "":
+			dst = append(dst, `,"delta":{}`...)
+		default:
+			dst = append(dst, `,"delta":{"content":`...)
+			dst = appendString(dst, text)
+			dst = append(dst, '}')
+		}
+		dst = append(dst, `,"logprobs":`...)
+		if j.logprobs && len(lps) > 0 {
+			dst = appendChatLogprobs(dst, lps)
+		} else {
+			dst = append(dst, "null"...)
+		}
+	} else {
+		dst = appendHead(dst, j.id, "text_completion", j.created, j.shownModel)
+		dst = append(dst, `,"choices":[{"text":`...)
+		dst = appendString(dst, text)
+		dst = append(dst, `,"index":`...)
+		dst = appendInt(dst, int64(i))
+		dst = append(dst, `,"logprobs":`...)
+		if j.logprobs && len(lps) > 0 {
+			dst = appendTextLogprobs(dst, lps, offset)
+		} else {
+			dst = append(dst, "null"...)
+		}
+	}
+	dst = append(dst, `,"finish_reason":`...)
+	dst = appendNullableString(dst, finish)
+	dst = append(dst, "}]"...)
+	if j.includeUsage {
+		dst = append(dst, `,"usage":null`...)
+	}
+	return append(dst, "}\n\n"...)
+}
+
+// usageChunk appends the last event of a stream with include_usage: no
+// choices, the usage.
+func (cp *completion) usageChunk(dst []byte, u usage) []byte {
+	j := cp.j
+	dst = append(dst, "data: "...)
+	obj := "chat.completion.chunk"
+	if j.kind == kindText {
+		obj = "text_completion"
+	}
+	dst = appendHead(dst, j.id, obj, j.created, j.shownModel)
+	dst = append(dst, `,"choices":[],"usage":`...)
+	dst = appendUsage(dst, u)
+	return append(dst, "}\n\n"...)
+}

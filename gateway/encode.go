@@ -1,0 +1,214 @@
+package gateway
+
+import (
+	"math"
+	"strconv"
+	"unicode/utf8"
+
+	"github.com/nozzle-ai/nozzle"
+)
+
+// Hand-written JSON encoding of the hot responses (completions, chunks,
+// errors): no reflection, one growing buffer per answer.
+
+const hexDigits = "0123456789abcdef"
+
+// appendString appends s as a JSON string. Invalid UTF-8 becomes U+FFFD;
+// U+2028 and U+2029 are escaped so the output is also valid JavaScript.
+func appendString(dst []byte, s string) []byte {
+	dst = append(dst, '"')
+	start := 0
+	for i := 0; i < len(s); {
+		b := s[i]
+		if b < utf8.RuneSelf {
+			if b >= 0x20 && b != '"' && b != '\\' {
+				i++
+				continue
+			}
+			dst = append(dst, s[start:i]...)
+			switch b {
+			case '"', '\\':
+				dst = append(dst, '\\', b)
+			case '\n':
+				dst = append(dst, '\\', 'n')
+			case '\r':
+				dst = append(dst, '\\', 'r')
+			case '\t':
+				dst = append(dst, '\\', 't')
+			default:
+				dst = append(dst, '\\', 'u', '0', '0', hexDigits[b>>4], hexDigits[b&0xf])
+			}
+			i++
+			start = i
+			continue
+		}
+		r, size := utf8.DecodeRuneInString(s[i:])
+		if r == utf8.RuneError && size == 1 {
+			dst = append(dst, s[start:i]...)
+			dst = append(dst, `\ufffd`...)
+			i += size
+			start = i
+			continue
+		}
+		if r == '\u2028' || r == '\u2029' {
+			dst = append(dst, s[start:i]...)
+			dst = append(dst, '\\', 'u', '2', '0', '2', hexDigits[r&0xf])
+			i += size
+			start = i
+			continue
+		}
+		i += size
+	}
+	dst = append(dst, s[start:]...)
+	return append(dst, '"')
+}
+
+func appendNullableString(dst []byte, s string) []byte {
+	if s == "" {
+		return append(dst, "null"...)
+	}
+	return appendString(dst, s)
+}
+
+// appendFloat appends a JSON number; a log-probability of -Inf (or NaN)
+// becomes -9999, as OpenAI reports it.
+func appendFloat(dst []byte, f float64) []byte {
+	if math.IsInf(f, 0) || math.IsNaN(f) {
+		if math.IsInf(f, 1) {
+			return append(dst, "9999"...)
+		}
+		return append(dst, "-9999"...)
+	}
+	return strconv.AppendFloat(dst, f, 'g', -1, 64)
+}
+
+func appendInt(dst []byte, n int64) []byte { return strconv.AppendInt(dst, n, 10) }
+
+func appendBytesList(dst []byte, b []int) []byte {
+	if b == nil {
+		return append(dst, "null"...)
+	}
+	dst = append(dst, '[')
+	for i, x := range b {
+		if i > 0 {
+			dst = append(dst, ',')
+		}
+		dst = strconv.AppendInt(dst, int64(x), 10)
+	}
+	return append(dst, ']')
+}
+
+// utf8Bytes returns the bytes of a token's text, as OpenAI's "bytes".
+func utf8Bytes(t nozzle.TokenLogprob) []int {
+	if t.Bytes != nil {
+		return t.Bytes
+	}
+	b := make([]int, len(t.Token))
+	for i := 0; i < len(t.Token); i++ {
+		b[i] = int(t.Token[i])
+	}
+	return b
+}
+
+// appendChatLogprobs appends a chat choice's "logprobs" object.
+func appendChatLogprobs(dst []byte, lps []nozzle.TokenLogprob) []byte {
+	dst = append(dst, `{"content":[`...)
+	for i, t := range lps {
+		if i > 0 {
+			dst = append(dst, ',')
+		}
+		dst = append(dst, `{"token":`...)
+		dst = appendString(dst, t.Token)
+		dst = append(dst, `,"logprob":`...)
+		dst = appendFloat(dst, t.Logprob)
+		dst = append(dst, `,"bytes":`...)
+		dst = appendBytesList(dst, utf8Bytes(t))
+		dst = append(dst, `,"top_logprobs":[`...)
+		for j, a := range t.Top {
+			if j > 0 {
+				dst = append(dst, ',')
+			}
+			dst = append(dst, `{"token":`...)
+			dst = appendString(dst, a.Token)
+			dst = append(dst, `,"logprob":`...)
+			dst = appendFloat(dst, a.Logprob)
+			dst = append(dst, `,"bytes":`...)
+			dst = appendBytesList(dst, utf8Bytes(nozzle.TokenLogprob{Token: a.Token, Bytes: a.Bytes}))
+			dst = append(dst, '}')
+		}
+		dst = append(dst, "]}"...)
+	}
+	return append(dst, `],"refusal":null}`...)
+}
+
+// appendTextLogprobs appends a legacy completion choice's "logprobs"
+// object; offset is the text offset of the first token.
+func appendTextLogprobs(dst []byte, lps []nozzle.TokenLogprob, offset int) []byte {
+	dst = append(dst, `{"tokens":[`...)
+	for i, t := range lps {
+		if i > 0 {
+			dst = append(dst, ',')
+		}
+		dst = appendString(dst, t.Token)
+	}
+	dst = append(dst, `],"token_logprobs":[`...)
+	for i, t := range lps {
+		if i > 0 {
+			dst = append(dst, ',')
+		}
+		dst = appendFloat(dst, t.Logprob)
+	}
+	dst = append(dst, `],"top_logprobs":[`...)
+	for i, t := range lps {
+		if i > 0 {
+			dst = append(dst, ',')
+		}
+		dst = append(dst, '{')
+		for j, a := range t.Top {
+			if j > 0 {
+				dst = append(dst, ',')
+			}
+			dst = appendString(dst, a.Token)
+			dst = append(dst, ':')
+			dst = appendFloat(dst, a.Logprob)
+		}
+		dst = append(dst, '}')
+	}
+	dst = append(dst, `],"text_offset":[`...)
+	for i, t := range lps {
+		if i > 0 {
+			dst = append(dst, ',')
+		}
+		dst = strconv.AppendInt(dst, int64(offset), 10)
+		offset += len(t.Token)
+	}
+	return append(dst, "]}"...)
+}
+
+// usage is the token account of an answer.
+type usage struct {
+	prompt, completion int64
+}
+
+func appendUsage(dst []byte, u usage) []byte {
+	dst = append(dst, `{"prompt_tokens":`...)
+	dst = appendInt(dst, u.prompt)
+	dst = append(dst, `,"completion_tokens":`...)
+	dst = appendInt(dst, u.completion)
+	dst = append(dst, `,"total_tokens":`...)
+	dst = appendInt(dst, u.prompt+u.completion)
+	return append(dst, '}')
+}
+
+// appendHead appends the fields every completion object starts with.
+func appendHead(dst []byte, id, object string, created int64, model string) []byte {
+	dst = append(dst, `{"id":`...)
+	dst = appendString(dst, id)
+	dst = append(dst, `,"object":"`...)
+	dst = append(dst, object...)
+	dst = append(dst, `","created":`...)
+	dst = appendInt(dst, created)
+	dst = append(dst, `,"model":`...)
+	dst = appendString(dst, model)
+	return dst
+}

@@ -1,0 +1,135 @@
+package gateway_test
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/nozzle-ai/nozzle"
+	"github.com/nozzle-ai/nozzle/mock"
+)
+
+func sha256hex(b []byte) string {
+	s := sha256.Sum256(b)
+	return hex.EncodeToString(s[:])
+}
+
+// defaultWords is what the fake runtime says, one token a word.
+var defaultWords = []string{"Hello", " from", " the", " fake", " runtime", "."}
+
+// fakeGen is a deterministic runtime behind a mock.Generator. The prompt
+// steers it: "TOO_LONG" → ECONTEXTLENGTH, "FAIL_BEFORE" → EINTERNAL before
+// any token, "FAIL_AFTER" → EINTERNAL after two tokens.
+type fakeGen struct {
+	w         *world
+	runtimeID string
+	words     []string
+	delay     atomic.Int64 // per token, nanoseconds
+	down      atomic.Bool  // Info and Generate answer EUNAVAILABLE
+	calls     atomic.Int64
+	hold      atomic.Pointer[chan struct{}] // Generate waits for it to close before the first token
+	started   chan string                   // receives the request id when Generate starts (if set)
+	lastReq   atomic.Pointer[nozzle.GenerateRequest]
+}
+
+func newFakeGen(w *world) *fakeGen {
+	return &fakeGen{w: w, runtimeID: "rt0", words: defaultWords}
+}
+
+func (g *fakeGen) setDelay(d time.Duration) { g.delay.Store(int64(d)) }
+
+func promptText(req *nozzle.GenerateRequest) string {
+	var sb strings.Builder
+	sb.WriteString(req.Prompt)
+	for _, m := range req.Messages {
+		sb.WriteString(m.Role + ": " + m.Content + "\n")
+	}
+	for _, t := range req.PromptTokens {
+		sb.WriteString(strconv.Itoa(t) + " ")
+	}
+	return sb.String()
+}
+
+func (g *fakeGen) mock() *mock.Generator {
+	return &mock.Generator{
+		InfoFn: func(ctx context.Context) (nozzle.ModelInfo, error) {
+			if g.down.Load() {
+				return nozzle.ModelInfo{}, nozzle.Errorf(nozzle.EUNAVAILABLE, "Down.")
+			}
+			return nozzle.ModelInfo{ID: "tiny-llama", Architecture: "llama", ContextLength: 2048, VocabSize: 32000,
+				Device: "cpu", CreatedAt: time.Unix(1700000000, 0).UTC()}, nil
+		},
+		GenerateFn:    g.generate,
+		AdapterTierFn: func(ctx context.Context, sha string) nozzle.Tier { return nozzle.TierDisk },
+	}
+}
+
+func (g *fakeGen) generate(ctx context.Context, req *nozzle.GenerateRequest, emit func(nozzle.Chunk) error) (*nozzle.GenerateResult, error) {
+	g.calls.Add(1)
+	g.w.generations.Add(1)
+	r := *req
+	g.lastReq.Store(&r)
+	if g.started != nil {
+		g.started <- req.RequestID
+	}
+	if g.down.Load() {
+		return nil, nozzle.Errorf(nozzle.EUNAVAILABLE, "Runtime is down.")
+	}
+	prompt := promptText(req)
+	res := &nozzle.GenerateResult{PromptTokens: len(prompt)/4 + 1, RuntimeID: g.runtimeID, RatePerHour: 2.5, QueueSeconds: 0.001}
+	switch {
+	case strings.Contains(prompt, "TOO_LONG"):
+		return res, nozzle.Errorf(nozzle.ECONTEXTLENGTH, "This model's maximum context length is 2048 tokens. However, your messages resulted in 5000 tokens.").WithParam("messages")
+	case strings.Contains(prompt, "FAIL_BEFORE"):
+		return res, nozzle.Errorf(nozzle.EINTERNAL, "engine exploded")
+	}
+	if h := g.hold.Load(); h != nil {
+		select {
+		case <-*h:
+		case <-ctx.Done():
+			return res, nozzle.Errorf(nozzle.ECANCELED, "Canceled.")
+		}
+	}
+	n := len(g.words)
+	if req.MaxTokens > 0 && req.MaxTokens < n {
+		n = req.MaxTokens
+	}
+	res.DeviceSeconds = 0.001
+	for i := 0; i < n; i++ {
+		if d := time.Duration(g.delay.Load()); d > 0 {
+			select {
+			case <-time.After(d):
+			case <-ctx.Done():
+			}
+		}
+		if ctx.Err() != nil {
+			return res, nozzle.Errorf(nozzle.ECANCELED, "Canceled.")
+		}
+		if i == 2 && strings.Contains(prompt, "FAIL_AFTER") {
+			return res, nozzle.Errorf(nozzle.EINTERNAL, "engine exploded mid-way")
+		}
+		ch := nozzle.Chunk{Text: g.words[i]}
+		if req.Logprobs {
+			lp := nozzle.TokenLogprob{Token: g.words[i], Logprob: -0.25}
+			for k := 0; k < req.TopLogprobs; k++ {
+				lp.Top = append(lp.Top, nozzle.TopLogprob{Token: "alt" + strconv.Itoa(k), Logprob: -1 - float64(k)})
+			}
+			ch.Logprobs = []nozzle.TokenLogprob{lp}
+		}
+		res.CompletionTokens++
+		res.DeviceSeconds += 0.001
+		if err := emit(ch); err != nil {
+			return res, nozzle.Errorf(nozzle.ECANCELED, "Canceled.").Wrap(err)
+		}
+	}
+	res.TTFTSeconds = 0.002
+	res.FinishReason = nozzle.FinishStop
+	if n < len(g.words) {
+		res.FinishReason = nozzle.FinishLength
+	}
+	return res, nil
+}

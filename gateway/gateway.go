@@ -1,0 +1,382 @@
+// Package gateway is Nozzle's HTTP front door: an OpenAI-compatible API
+// (/v1/completions, /v1/chat/completions, /v1/models), the adapter, key and
+// usage APIs for tenants, the operator's admin API, health and metrics, on
+// github.com/gofiber/fiber/v2.
+//
+// A request goes: request id → API key (only its digest is looked up) →
+// tenant → scope → rate limits and budget reservation → adapter resolution
+// within the tenant → an upstream Generator chosen by adapter affinity →
+// one usage event written durably to the Ledger before the final bytes of
+// the answer leave → the answer, with usage.
+//
+// The package reads no environment variables or flags: cmd/nozzle copies
+// its configuration into Config and wires the services into Deps.
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"net"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/gofiber/fiber/v2"
+
+	"github.com/nozzle-ai/nozzle"
+	"github.com/nozzle-ai/nozzle/internal/metrics"
+)
+
+// Defaults for zero Config fields.
+const (
+	DefaultBodyLimit        = 4 << 20 // JSON request bodies
+	DefaultUploadLimit      = 2 << 30 // adapter uploads
+	DefaultRequestTimeout   = 10 * time.Minute
+	DefaultReadTimeout      = 60 * time.Second
+	DefaultWriteTimeout     = 60 * time.Second
+	DefaultIdleTimeout      = 120 * time.Second
+	DefaultUploadTimeout    = 30 * time.Minute
+	DefaultHealthInterval   = 5 * time.Second
+	DefaultHealthTimeout    = 3 * time.Second
+	DefaultKeyTouchInterval = 10 * time.Second
+	DefaultMaxChoices       = 16
+)
+
+// Config is the gateway's configuration. Zero fields take the defaults
+// above; cmd/nozzle fills it from its own configuration.
+type Config struct {
+	// AdminToken is the bearer token of the /admin API. Empty disables the
+	// admin API (every admin request is refused).
+	AdminToken string
+	// InternalToken is the bearer token remote runtimes present to fetch
+	// adapter files from /internal/adapters. Empty disables that route.
+	InternalToken string
+
+	// BodyLimit caps JSON request bodies, in bytes (default 4 MiB).
+	BodyLimit int
+	// UploadLimit caps an adapter upload (the whole multipart body), in
+	// bytes (default 2 GiB).
+	UploadLimit int64
+	// UploadDir is where uploads are staged before the AdapterStore imports
+	// them; it should be on the same file system as the store. Default: the
+	// system's temporary directory.
+	UploadDir string
+	// UploadTimeout bounds the time to receive one upload (default 30 min).
+	UploadTimeout time.Duration
+
+	// RequestTimeout bounds one completion request, generation included
+	// (default 10 min).
+	RequestTimeout time.Duration
+	// ReadTimeout bounds reading a request's header and JSON body;
+	// WriteTimeout bounds writing a response, renewed for every chunk of a
+	// stream; IdleTimeout bounds a keep-alive connection's wait for its
+	// next request.
+	ReadTimeout, WriteTimeout, IdleTimeout time.Duration
+
+	// DefaultMaxTokens is the completion cap of a request that names none;
+	// 0 means up to the model's context length (OpenAI's behaviour).
+	DefaultMaxTokens int
+	// MaxChoices caps prompts × n of one request (default 16).
+	MaxChoices int
+
+	// HealthInterval is the period of upstream health checks (default 5 s);
+	// HealthTimeout bounds one check (default 3 s).
+	HealthInterval, HealthTimeout time.Duration
+	// KeyTouchInterval is how often keys' last-use times are written
+	// (default 10 s); they are also written on Shutdown.
+	KeyTouchInterval time.Duration
+
+	// TrustedProxies lists the addresses or CIDR ranges of reverse proxies
+	// whose X-Forwarded-For header gives the client address in access
+	// logs. Empty: the peer address is the client.
+	TrustedProxies []string
+
+	// Logger receives access logs and errors (default
+	// slog.Default().With("component", "gateway")).
+	Logger *slog.Logger
+	// Metrics is the registry the gateway registers its metrics in and
+	// serves at /metrics (default: a new registry).
+	Metrics *metrics.Registry
+}
+
+func (c Config) withDefaults() Config {
+	if c.BodyLimit <= 0 {
+		c.BodyLimit = DefaultBodyLimit
+	}
+	if c.UploadLimit <= 0 {
+		c.UploadLimit = DefaultUploadLimit
+	}
+	if c.UploadDir == "" {
+		c.UploadDir = os.TempDir()
+	}
+	if c.UploadTimeout <= 0 {
+		c.UploadTimeout = DefaultUploadTimeout
+	}
+	if c.RequestTimeout <= 0 {
+		c.RequestTimeout = DefaultRequestTimeout
+	}
+	if c.ReadTimeout <= 0 {
+		c.ReadTimeout = DefaultReadTimeout
+	}
+	if c.WriteTimeout <= 0 {
+		c.WriteTimeout = DefaultWriteTimeout
+	}
+	if c.IdleTimeout <= 0 {
+		c.IdleTimeout = DefaultIdleTimeout
+	}
+	if c.MaxChoices <= 0 {
+		c.MaxChoices = DefaultMaxChoices
+	}
+	if c.HealthInterval <= 0 {
+		c.HealthInterval = DefaultHealthInterval
+	}
+	if c.HealthTimeout <= 0 {
+		c.HealthTimeout = DefaultHealthTimeout
+	}
+	if c.KeyTouchInterval <= 0 {
+		c.KeyTouchInterval = DefaultKeyTouchInterval
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default().With("component", "gateway")
+	}
+	if c.Metrics == nil {
+		c.Metrics = metrics.NewRegistry()
+	}
+	return c
+}
+
+// Upstream is one runtime the gateway can send completions to.
+type Upstream struct {
+	// ID names the upstream in logs, metrics and rendezvous hashing; it
+	// must be unique and stable across restarts.
+	ID        string
+	Generator nozzle.Generator
+}
+
+// Extension adds routes to a Server. New calls each extension once, after
+// the gateway's own routes are registered. See Server.App.
+type Extension func(s *Server) error
+
+// Deps are the services the gateway works with. Tenants, Keys, Adapters,
+// Store, Ledger and Upstreams are required; Budget, Reporter and Users may
+// be nil (budgets then are not enforced, the report routes answer 501, and
+// the console has no users).
+type Deps struct {
+	Tenants  nozzle.TenantService
+	Keys     nozzle.KeyService
+	Adapters nozzle.AdapterService
+	Store    nozzle.AdapterStore
+	Ledger   nozzle.Ledger
+	Budget   nozzle.BudgetService
+	Reporter nozzle.Reporter
+	// Users is for console code mounted through Extensions.
+	Users nozzle.UserService
+
+	Upstreams []Upstream
+	// Extensions mount more routes (the web console) on the Server.
+	Extensions []Extension
+}
+
+// Server is the gateway. Create it with New, run it with Listen or Serve,
+// stop it with Shutdown.
+//
+// # Mounting more routes (the console seam)
+//
+// Code in other files of this package (gateway/console*.go) mounts its
+// routes through an Extension in Deps.Extensions, or directly on App()
+// before Serve. It reuses, rather than re-implements:
+//
+//   - the global middleware, already in front of every route: request ids
+//     (RequestID), panic recovery, security headers, access logs, metrics;
+//   - the error handler: a handler returns an error (a *nozzle.Error, or any
+//     error for a 500) and the gateway renders it OpenAI-shaped with the
+//     right status — handlers never write errors themselves;
+//   - authentication: s.RequireKey(scope) and s.RequireAdmin() are fiber
+//     handlers; a console session middleware that resolves a tenant can
+//     call SetPrincipal(c, key, tenant) and then reuse the tenant handlers
+//     (s.listKeys, s.createKey, s.listAdapters, s.usage, ...), which read
+//     the caller from PrincipalFrom(c);
+//   - readJSON(c, &v) for bodies within Config.BodyLimit, and writeList for
+//     OpenAI list answers.
+//
+// Handlers registered by extensions should set their own
+// Content-Security-Policy when they serve HTML (the default is
+// "default-src 'none'").
+type Server struct {
+	cfg  Config
+	deps Deps
+	log  *slog.Logger
+	app  *fiber.App
+
+	router    *upstreamRouter
+	keyStates *keyStateMap
+	inflight  *inflightSet
+	met       *gatewayMetrics
+	uploads   uploadGuard
+
+	baseCtx context.Context
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup // background loops
+	genWG   sync.WaitGroup // generations, until their usage is recorded
+
+	mu       sync.Mutex
+	serving  bool
+	shutdown bool
+}
+
+// New returns a Server with its routes registered. It starts the upstream
+// health checks and the key last-use writer; Shutdown stops them.
+func New(cfg Config, deps Deps) (*Server, error) {
+	cfg = cfg.withDefaults()
+	switch {
+	case deps.Tenants == nil:
+		return nil, errors.New("gateway: Deps.Tenants is required")
+	case deps.Keys == nil:
+		return nil, errors.New("gateway: Deps.Keys is required")
+	case deps.Adapters == nil:
+		return nil, errors.New("gateway: Deps.Adapters is required")
+	case deps.Store == nil:
+		return nil, errors.New("gateway: Deps.Store is required")
+	case deps.Ledger == nil:
+		return nil, errors.New("gateway: Deps.Ledger is required")
+	case len(deps.Upstreams) == 0:
+		return nil, errors.New("gateway: at least one upstream is required")
+	}
+	seen := map[string]bool{}
+	for _, u := range deps.Upstreams {
+		if u.ID == "" || u.Generator == nil {
+			return nil, errors.New("gateway: an upstream needs an ID and a Generator")
+		}
+		if seen[u.ID] {
+			return nil, fmt.Errorf("gateway: upstream %q listed twice", u.ID)
+		}
+		seen[u.ID] = true
+	}
+	if err := os.MkdirAll(cfg.UploadDir, 0o700); err != nil {
+		return nil, fmt.Errorf("gateway: create upload dir: %w", err)
+	}
+
+	s := &Server{cfg: cfg, deps: deps, log: cfg.Logger}
+	s.baseCtx, s.cancel = context.WithCancel(context.Background())
+	s.met = newGatewayMetrics(cfg.Metrics)
+	s.router = newUpstreamRouter(deps.Upstreams, cfg.HealthTimeout, s.met, s.log)
+	s.keyStates = newKeyStateMap()
+	s.inflight = newInflightSet()
+
+	bodyLimit := cfg.UploadLimit
+	if bodyLimit > math.MaxInt32 && math.MaxInt == math.MaxInt32 {
+		bodyLimit = math.MaxInt32
+	}
+	s.app = fiber.New(fiber.Config{
+		AppName:               "nozzle",
+		DisableStartupMessage: true,
+		ErrorHandler:          s.errorHandler,
+		// Bodies are read from the connection by the handlers, each within
+		// its route's limit (Config.BodyLimit for JSON, UploadLimit for
+		// uploads): fasthttp streams any body larger than its 8 KiB
+		// prefetch, and never parses multipart forms itself.
+		StreamRequestBody:            true,
+		DisablePreParseMultipartForm: true,
+		BodyLimit:                    int(bodyLimit),
+		ReadTimeout:                  cfg.ReadTimeout,
+		WriteTimeout:                 cfg.WriteTimeout,
+		IdleTimeout:                  cfg.IdleTimeout,
+		EnableTrustedProxyCheck:      len(cfg.TrustedProxies) > 0,
+		TrustedProxies:               cfg.TrustedProxies,
+		ProxyHeader:                  proxyHeader(cfg.TrustedProxies),
+		DisableDefaultContentType:    false,
+	})
+	s.routes()
+	for _, ext := range deps.Extensions {
+		if err := ext(s); err != nil {
+			s.cancel()
+			return nil, fmt.Errorf("gateway: extension: %w", err)
+		}
+	}
+
+	// Background loops: health checks and key last-use writes.
+	s.router.checkAll(s.baseCtx)
+	s.wg.Add(2)
+	go func() { defer s.wg.Done(); s.router.loop(s.baseCtx, cfg.HealthInterval) }()
+	go func() { defer s.wg.Done(); s.touchLoop(s.baseCtx) }()
+	return s, nil
+}
+
+func proxyHeader(trusted []string) string {
+	if len(trusted) == 0 {
+		return ""
+	}
+	return fiber.HeaderXForwardedFor
+}
+
+// App returns the fiber app, for mounting more routes before Serve (see
+// the Server doc) and for tests (App().Test).
+func (s *Server) App() *fiber.App { return s.app }
+
+// Logger returns the gateway's logger.
+func (s *Server) Logger() *slog.Logger { return s.log }
+
+// Listen serves on addr until Shutdown.
+func (s *Server) Listen(addr string) error {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	return s.Serve(ln)
+}
+
+// Serve serves on ln until Shutdown. It returns nil after a Shutdown.
+func (s *Server) Serve(ln net.Listener) error {
+	s.mu.Lock()
+	if s.shutdown {
+		s.mu.Unlock()
+		ln.Close()
+		return errors.New("gateway: server is shut down")
+	}
+	s.serving = true
+	s.mu.Unlock()
+	err := s.app.Listener(ln)
+	s.mu.Lock()
+	down := s.shutdown
+	s.mu.Unlock()
+	if down {
+		return nil
+	}
+	return err
+}
+
+// Shutdown stops accepting connections, waits for in-flight requests —
+// streams included, which finish and are metered — then stops the
+// background loops and writes the keys' last-use times. If ctx ends first
+// it returns ctx's error; requests still running then go on until they end.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.shutdown = true
+	serving := s.serving
+	s.mu.Unlock()
+	var err error
+	if serving {
+		err = s.app.ShutdownWithContext(ctx)
+	}
+	// Generations that outlive their connection (a client gone mid-stream)
+	// are still recording their usage: wait for them.
+	done := make(chan struct{})
+	go func() {
+		s.genWG.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		if err == nil {
+			err = ctx.Err()
+		}
+	}
+	s.cancel()
+	s.wg.Wait()
+	s.flushTouches(context.WithoutCancel(ctx))
+	return err
+}

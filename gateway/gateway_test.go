@@ -1,0 +1,62 @@
+package gateway_test
+
+import (
+	"net/http"
+	"strings"
+	"testing"
+)
+
+func TestHealth(t *testing.T) {
+	f := newFixture(t)
+	t.Run("Healthz", func(t *testing.T) {
+		resp := f.do(http.MethodGet, "/healthz", "")
+		if resp.StatusCode != 200 {
+			t.Fatalf("status %d", resp.StatusCode)
+		}
+		if got := resp.Header.Get("X-Request-Id"); !strings.HasPrefix(got, "req_") {
+			t.Errorf("X-Request-Id %q", got)
+		}
+		if got := resp.Header.Get("X-Content-Type-Options"); got != "nosniff" {
+			t.Errorf("X-Content-Type-Options %q", got)
+		}
+	})
+	t.Run("Readyz", func(t *testing.T) {
+		if resp := f.do(http.MethodGet, "/readyz", ""); resp.StatusCode != 200 {
+			t.Fatalf("status %d: %s", resp.StatusCode, readAll(t, resp))
+		}
+		f.gen.down.Store(true)
+		f.srv.CheckUpstreams(t.Context())
+		wantError(t, f.do(http.MethodGet, "/readyz", ""), 503, "server_error", "not_ready", "")
+		f.gen.down.Store(false)
+		f.srv.CheckUpstreams(t.Context())
+		if resp := f.do(http.MethodGet, "/readyz", ""); resp.StatusCode != 200 {
+			t.Fatalf("status %d after recovery", resp.StatusCode)
+		}
+	})
+	t.Run("Metrics", func(t *testing.T) {
+		f.do(http.MethodGet, "/v1/models", "", f.authA())
+		body := readAll(t, f.do(http.MethodGet, "/metrics", ""))
+		for _, want := range []string{
+			`nozzle_gateway_requests_total{route="/v1/models",code="200"} 1`,
+			`nozzle_gateway_upstream_healthy{upstream="rt0"} 1`,
+			`nozzle_gateway_request_duration_seconds_bucket{route="/v1/models",le="+Inf"} 1`,
+		} {
+			if !strings.Contains(body, want) {
+				t.Errorf("metrics lack %q:\n%s", want, body)
+			}
+		}
+	})
+	t.Run("RequestIDHonoured", func(t *testing.T) {
+		resp := f.do(http.MethodGet, "/healthz", "", hdr("X-Request-Id", "trace-abc.123"))
+		if got := resp.Header.Get("X-Request-Id"); got != "trace-abc.123" {
+			t.Errorf("X-Request-Id %q", got)
+		}
+		resp = f.do(http.MethodGet, "/healthz", "", hdr("X-Request-Id", "bad id with spaces"))
+		if got := resp.Header.Get("X-Request-Id"); !strings.HasPrefix(got, "req_") {
+			t.Errorf("insane id not replaced: %q", got)
+		}
+	})
+	t.Run("UnknownRoute", func(t *testing.T) {
+		wantError(t, f.do(http.MethodGet, "/v2/nothing", ""), 404, "not_found_error", "unknown_url", "")
+	})
+}

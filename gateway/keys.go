@@ -1,0 +1,166 @@
+package gateway
+
+import (
+	"context"
+	"strings"
+	"time"
+
+	"github.com/gofiber/fiber/v2"
+
+	"github.com/nozzle-ai/nozzle"
+)
+
+// keyJSON is an API key as the API shows it; Key (the secret) only once,
+// when it is created.
+type keyJSON struct {
+	ID         string         `json:"id"`
+	Object     string         `json:"object"`
+	Name       string         `json:"name"`
+	Key        string         `json:"key,omitempty"`
+	Prefix     string         `json:"prefix"`
+	Scopes     []nozzle.Scope `json:"scopes"`
+	Limits     nozzle.Limits  `json:"limits"`
+	CreatedAt  int64          `json:"created_at"`
+	LastUsedAt *int64         `json:"last_used_at"`
+	RevokedAt  *int64         `json:"revoked_at"`
+}
+
+func unixOrNil(t time.Time) *int64 {
+	if t.IsZero() {
+		return nil
+	}
+	u := t.Unix()
+	return &u
+}
+
+func (s *Server) toKeyJSON(k *nozzle.APIKey) keyJSON {
+	last := k.LastUsedAt
+	if st := s.keyStates.peek(k.ID); st != nil {
+		if ns := st.lastUsed.Load(); ns != 0 && time.Unix(0, ns).After(last) {
+			last = time.Unix(0, ns)
+		}
+	}
+	scopes := k.Scopes
+	if scopes == nil {
+		scopes = []nozzle.Scope{}
+	}
+	return keyJSON{ID: k.ID, Object: "api_key", Name: k.Name, Prefix: k.Prefix, Scopes: scopes, Limits: k.Limits,
+		CreatedAt: k.CreatedAt.Unix(), LastUsedAt: unixOrNil(last), RevokedAt: unixOrNil(k.RevokedAt)}
+}
+
+// keyRequest is the body of a key creation.
+type keyRequest struct {
+	Name   string         `json:"name"`
+	Scopes []nozzle.Scope `json:"scopes"`
+	Limits *nozzle.Limits `json:"limits"`
+}
+
+func (r *keyRequest) validate() error {
+	r.Name = strings.TrimSpace(r.Name)
+	if len(r.Name) > 100 {
+		return invalid("name", "Key name must be at most 100 characters.")
+	}
+	for _, sc := range r.Scopes {
+		switch sc {
+		case nozzle.ScopeInference, nozzle.ScopeAdapters, nozzle.ScopeUsage:
+		default:
+			return invalid("scopes", "Unknown scope %q: use inference, adapters or usage.", sc)
+		}
+	}
+	if r.Limits != nil {
+		return r.Limits.Validate()
+	}
+	return nil
+}
+
+// issueKey creates a key for a tenant and returns it with its secret.
+func (s *Server) issueKey(ctx context.Context, tenantID string, r keyRequest) (*nozzle.APIKey, string, error) {
+	secret, err := nozzle.NewKeySecret()
+	if err != nil {
+		return nil, "", err
+	}
+	scopes := r.Scopes
+	if len(scopes) == 0 {
+		scopes = append([]nozzle.Scope(nil), nozzle.AllScopes...)
+	}
+	k := &nozzle.APIKey{
+		TenantID: tenantID,
+		Name:     r.Name,
+		Prefix:   nozzle.KeyDisplayPrefix(secret),
+		Digest:   nozzle.KeyDigest(secret),
+		Scopes:   scopes,
+	}
+	if r.Limits != nil {
+		k.Limits = *r.Limits
+	}
+	if err := s.deps.Keys.CreateKey(ctx, k); err != nil {
+		return nil, "", err
+	}
+	return k, secret, nil
+}
+
+// createKey handles POST /v1/keys. A key can create keys with at most its
+// own scopes.
+func (s *Server) createKey(c *fiber.Ctx) error {
+	p := principalFrom(c)
+	var r keyRequest
+	if err := s.readJSON(c, &r, true); err != nil {
+		return err
+	}
+	if err := r.validate(); err != nil {
+		return err
+	}
+	if len(r.Scopes) == 0 {
+		r.Scopes = append([]nozzle.Scope(nil), p.key.Scopes...)
+	}
+	for _, sc := range r.Scopes {
+		if !p.key.Has(sc) {
+			return nozzle.Errorf(nozzle.EFORBIDDEN, "A key cannot grant the %q scope it does not have.", sc).WithParam("scopes").WithReason("missing_scope")
+		}
+	}
+	k, secret, err := s.issueKey(c.UserContext(), p.tenant.ID, r)
+	if err != nil {
+		return err
+	}
+	out := s.toKeyJSON(k)
+	out.Key = secret
+	return c.Status(fiber.StatusCreated).JSON(out)
+}
+
+func (s *Server) listTenantKeys(c *fiber.Ctx, tenantID string) error {
+	keys, err := s.deps.Keys.Keys(c.UserContext(), tenantID)
+	if err != nil {
+		return err
+	}
+	out := make([]keyJSON, 0, len(keys))
+	for _, k := range keys {
+		out = append(out, s.toKeyJSON(k))
+	}
+	return writeList(c, out)
+}
+
+func (s *Server) listKeys(c *fiber.Ctx) error {
+	return s.listTenantKeys(c, principalFrom(c).tenant.ID)
+}
+
+func (s *Server) revokeTenantKey(c *fiber.Ctx, tenantID, id string) error {
+	if err := s.deps.Keys.RevokeKey(c.UserContext(), tenantID, id); err != nil {
+		if nozzle.ErrorCode(err) == nozzle.ENOTFOUND {
+			return nozzle.Errorf(nozzle.ENOTFOUND, "No API key with id %q.", id).WithReason("key_not_found")
+		}
+		return err
+	}
+	return c.JSON(fiber.Map{"id": id, "object": "api_key", "deleted": true})
+}
+
+func (s *Server) revokeKey(c *fiber.Ctx) error {
+	return s.revokeTenantKey(c, principalFrom(c).tenant.ID, strings.Clone(c.Params("id")))
+}
+
+// peek returns a key's state if there is one, without creating it.
+func (ks *keyStateMap) peek(id string) *keyState {
+	sh := &ks.shards[shardOf(id, len(ks.shards))]
+	sh.mu.RLock()
+	defer sh.mu.RUnlock()
+	return sh.m[id]
+}

@@ -1,0 +1,147 @@
+package gateway
+
+import (
+	"fmt"
+	"math"
+	"sync"
+	"time"
+
+	"github.com/nozzle-ai/nozzle"
+)
+
+// bucket is a token bucket refilled continuously at capacity per minute.
+type bucket struct {
+	capacity float64
+	tokens   float64
+	last     time.Time
+}
+
+// refill brings the bucket to time now under a (possibly changed) limit.
+func (b *bucket) refill(limit int, now time.Time) {
+	c := float64(limit)
+	if b.capacity != c {
+		if b.last.IsZero() || b.tokens > c {
+			b.tokens = c
+		}
+		b.capacity = c
+	}
+	if !b.last.IsZero() {
+		b.tokens = math.Min(c, b.tokens+now.Sub(b.last).Seconds()*c/60)
+	}
+	b.last = now
+}
+
+// wait returns how long until the bucket holds n tokens.
+func (b *bucket) wait(n float64) time.Duration {
+	if b.tokens >= n {
+		return 0
+	}
+	return time.Duration((n - b.tokens) / (b.capacity / 60) * float64(time.Second))
+}
+
+// effectiveLimit is the tighter of a key's limit and its tenant's (zero
+// means none): a key can narrow its tenant's limits, never widen them.
+func effectiveLimit(key, tenant int) int {
+	switch {
+	case key <= 0:
+		return tenant
+	case tenant <= 0:
+		return key
+	}
+	return min(key, tenant)
+}
+
+// admitRate takes one request and estTokens tokens from the key's buckets,
+// or refuses with ERATELIMIT and the time after which it would succeed. It
+// returns the tokens taken, to be reconciled with the real count.
+func (s *Server) admitRate(p *principal, estTokens int) (int, error) {
+	if p.state == nil {
+		return 0, nil
+	}
+	rpm := effectiveLimit(p.key.Limits.RequestsPerMinute, p.tenant.Limits.RequestsPerMinute)
+	tpm := effectiveLimit(p.key.Limits.TokensPerMinute, p.tenant.Limits.TokensPerMinute)
+	if rpm <= 0 && tpm <= 0 {
+		return 0, nil
+	}
+	now := time.Now()
+	st := p.state
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if rpm > 0 {
+		st.requests.refill(rpm, now)
+		if w := st.requests.wait(1); w > 0 {
+			s.met.rejected.With("requests").Inc()
+			return 0, nozzle.Errorf(nozzle.ERATELIMIT, "Rate limit reached for requests per minute (limit %d). Try again in %s.", rpm, roundUp(w)).
+				WithReason("rate_limit_exceeded").WithRetryAfter(w)
+		}
+	}
+	take := 0
+	if tpm > 0 {
+		// A request bigger than the whole bucket waits for a full bucket.
+		take = min(estTokens, tpm)
+		st.tokens.refill(tpm, now)
+		if w := st.tokens.wait(float64(take)); w > 0 {
+			s.met.rejected.With("tokens").Inc()
+			return 0, nozzle.Errorf(nozzle.ERATELIMIT, "Rate limit reached for tokens per minute (limit %d, requested about %d). Try again in %s.", tpm, take, roundUp(w)).
+				WithReason("rate_limit_exceeded").WithRetryAfter(w)
+		}
+		st.tokens.tokens -= float64(take)
+	}
+	if rpm > 0 {
+		st.requests.tokens--
+	}
+	return take, nil
+}
+
+// reconcileTokens replaces a request's token estimate by its real count.
+func (s *Server) reconcileTokens(p *principal, taken, actual int) {
+	if p.state == nil || taken == 0 && actual == 0 {
+		return
+	}
+	st := p.state
+	st.mu.Lock()
+	if st.tokens.capacity > 0 {
+		st.tokens.tokens = math.Max(-st.tokens.capacity, math.Min(st.tokens.capacity, st.tokens.tokens+float64(taken-actual)))
+	}
+	st.mu.Unlock()
+}
+
+func roundUp(d time.Duration) string {
+	return fmt.Sprintf("%ds", int64(math.Ceil(d.Seconds())))
+}
+
+// inflightSet holds the ledger request ids being served, so that a
+// concurrent duplicate (same Idempotency-Key or X-Request-Id) is refused.
+type inflightSet struct {
+	shards [32]struct {
+		mu sync.Mutex
+		m  map[string]struct{}
+	}
+}
+
+func newInflightSet() *inflightSet {
+	s := &inflightSet{}
+	for i := range s.shards {
+		s.shards[i].m = map[string]struct{}{}
+	}
+	return s
+}
+
+// add claims id; it reports false if id is already claimed.
+func (s *inflightSet) add(id string) bool {
+	sh := &s.shards[shardOf(id, len(s.shards))]
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	if _, ok := sh.m[id]; ok {
+		return false
+	}
+	sh.m[id] = struct{}{}
+	return true
+}
+
+func (s *inflightSet) remove(id string) {
+	sh := &s.shards[shardOf(id, len(s.shards))]
+	sh.mu.Lock()
+	delete(sh.m, id)
+	sh.mu.Unlock()
+}

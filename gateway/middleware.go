@@ -1,0 +1,176 @@
+package gateway
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"log/slog"
+	"runtime/debug"
+	"strings"
+	"time"
+
+	"github.com/gofiber/fiber/v2"
+
+	"github.com/nozzle-ai/nozzle"
+)
+
+// HeaderRequestID carries the request id, in and out.
+const HeaderRequestID = "X-Request-Id"
+
+const localsState = "nozzle.request"
+
+// reqState is the gateway's per-request state, kept in the fiber locals.
+type reqState struct {
+	id       string // request id: sane incoming one or generated
+	supplied bool   // id came from the client
+	start    time.Time
+	method   string
+	path     string
+	client   string
+
+	principal *principal // set by RequireKey
+
+	// streaming is set by a handler that answers with a stream: the stream
+	// writes the access log and metrics when it ends.
+	streaming    bool
+	bodyConsumed bool
+	status       int
+	errCode      string
+	route        *routeMetrics
+}
+
+func stateOf(c *fiber.Ctx) *reqState {
+	st, _ := c.Locals(localsState).(*reqState)
+	return st
+}
+
+// requestID returns the request's id ("" outside the gateway's middleware).
+func requestID(c *fiber.Ctx) string {
+	if st := stateOf(c); st != nil {
+		return st.id
+	}
+	return ""
+}
+
+// RequestID returns the id of the request c is serving, as echoed in the
+// X-Request-Id response header.
+func RequestID(c *fiber.Ctx) string { return requestID(c) }
+
+// saneRequestID reports whether an incoming request id may be used: 1 to
+// 128 characters of letters, digits and ._:- , not in the gateway's own
+// "idem_" namespace.
+func saneRequestID(s string) bool {
+	if len(s) == 0 || len(s) > 128 || strings.HasPrefix(s, idemPrefix) {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		b := s[i]
+		switch {
+		case b >= 'a' && b <= 'z', b >= 'A' && b <= 'Z', b >= '0' && b <= '9':
+		case b == '.', b == '_', b == ':', b == '-':
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// newRequestID returns "req_" and 24 random hex digits.
+func newRequestID() string {
+	var b [12]byte
+	_, _ = rand.Read(b[:])
+	var out [4 + 24]byte
+	copy(out[:], "req_")
+	hex.Encode(out[4:], b[:])
+	return string(out[:])
+}
+
+// front is the first middleware of every request: request id, security
+// headers, panic recovery, error rendering, access log and metrics.
+func (s *Server) front(c *fiber.Ctx) (err error) {
+	st := &reqState{start: time.Now()}
+	if in := c.Get(HeaderRequestID); saneRequestID(in) {
+		st.id = strings.Clone(in)
+		st.supplied = true
+	} else {
+		st.id = newRequestID()
+	}
+	c.Locals(localsState, st)
+	h := &c.Response().Header
+	h.Set(HeaderRequestID, st.id)
+	h.Set("X-Content-Type-Options", "nosniff")
+	h.Set("X-Frame-Options", "DENY")
+	h.Set("Referrer-Policy", "no-referrer")
+	h.Set("Content-Security-Policy", "default-src 'none'; frame-ancestors 'none'")
+	h.Set("Cache-Control", "no-store")
+	s.met.inflight.Add(1)
+
+	defer func() {
+		if r := recover(); r != nil {
+			perr := fmt.Errorf("panic: %v\n%s", r, debug.Stack())
+			st.streaming = false
+			c.Response().ResetBody()
+			_ = s.errorHandler(c, perr)
+		}
+		s.met.inflight.Add(-1)
+		// A body the handler did not read is still on the wire: close the
+		// connection rather than parse it as the next request.
+		if !st.bodyConsumed && c.Context().RequestBodyStream() != nil && c.Request().Header.ContentLength() != 0 {
+			c.Response().Header.SetConnectionClose()
+		}
+		st.route = s.met.route(c.Route().Path, c.Path())
+		if st.streaming {
+			return // the stream logs when it ends
+		}
+		st.status = c.Response().StatusCode()
+		st.method = c.Method()
+		st.path = c.Path()
+		st.client = c.IP()
+		s.finish(st)
+		err = nil
+	}()
+
+	if err := c.Next(); err != nil {
+		return s.errorHandler(c, err)
+	}
+	return nil
+}
+
+// finish writes the access log line and the request metrics.
+func (s *Server) finish(st *reqState) {
+	lat := time.Since(st.start)
+	st.route.observe(st.status, lat)
+	if !s.log.Enabled(context.Background(), slog.LevelInfo) {
+		return
+	}
+	tenant := ""
+	if st.principal != nil {
+		tenant = st.principal.tenant.ID
+	}
+	s.log.LogAttrs(context.Background(), slog.LevelInfo, "request",
+		slog.String("method", st.method),
+		slog.String("path", st.path),
+		slog.Int("status", st.status),
+		slog.Duration("latency", lat),
+		slog.String("request_id", st.id),
+		slog.String("tenant_id", tenant),
+		slog.String("client", st.client),
+	)
+}
+
+// streamState copies what a stream needs from the request state before the
+// handler returns (the fiber context is reused after that).
+func (st *reqState) detach(c *fiber.Ctx) {
+	st.streaming = true
+	st.method = c.Method()
+	st.path = strings.Clone(c.Path())
+	st.client = strings.Clone(c.IP())
+}
+
+// notFound is returned for unknown adapter names and models: the same
+// answer whether the name does not exist or belongs to another tenant.
+func modelNotFound(model string) error {
+	return nozzle.Errorf(nozzle.ENOTFOUND, "The model `%s` does not exist or you do not have access to it.", model).
+		WithParam("model").WithReason("model_not_found")
+}

@@ -1,0 +1,73 @@
+package gateway
+
+import (
+	"strings"
+
+	"github.com/gofiber/fiber/v2"
+
+	"github.com/nozzle-ai/nozzle"
+)
+
+// modelJSON is an OpenAI model object; adapters name the base model as
+// their parent.
+type modelJSON struct {
+	ID            string `json:"id"`
+	Object        string `json:"object"`
+	Created       int64  `json:"created"`
+	OwnedBy       string `json:"owned_by"`
+	Root          string `json:"root,omitempty"`
+	Parent        string `json:"parent,omitempty"`
+	ContextLength int    `json:"context_length,omitempty"`
+}
+
+func (s *Server) baseModel() modelJSON {
+	info, ok := s.router.modelInfo()
+	if !ok {
+		return modelJSON{ID: nozzle.BaseModelAlias, Object: "model", OwnedBy: "nozzle"}
+	}
+	return modelJSON{ID: info.ID, Object: "model", Created: info.CreatedAt.Unix(), OwnedBy: "nozzle",
+		Root: info.ID, ContextLength: info.ContextLength}
+}
+
+func (s *Server) adapterModel(base modelJSON, a *nozzle.Adapter) modelJSON {
+	return modelJSON{ID: a.Name, Object: "model", Created: a.CreatedAt.Unix(), OwnedBy: a.TenantID,
+		Root: base.ID, Parent: base.ID, ContextLength: base.ContextLength}
+}
+
+// listModels handles GET /v1/models: the base model and the adapters of
+// the caller's tenant.
+func (s *Server) listModels(c *fiber.Ctx) error {
+	p := principalFrom(c)
+	list, err := s.deps.Adapters.Adapters(c.UserContext(), p.tenant.ID)
+	if err != nil {
+		return err
+	}
+	base := s.baseModel()
+	out := make([]modelJSON, 0, len(list)+1)
+	out = append(out, base)
+	for _, a := range list {
+		out = append(out, s.adapterModel(base, a))
+	}
+	return writeList(c, out)
+}
+
+// getModel handles GET /v1/models/{model}.
+func (s *Server) getModel(c *fiber.Ctx) error {
+	p := principalFrom(c)
+	id := strings.Clone(c.Params("*"))
+	base := s.baseModel()
+	if id == base.ID || id == nozzle.BaseModelAlias {
+		return c.JSON(base)
+	}
+	if nozzle.ValidateAdapterName(id) != nil {
+		return modelNotFound(id)
+	}
+	a, err := s.deps.Adapters.Adapter(c.UserContext(), p.tenant.ID, id)
+	if err != nil {
+		if nozzle.ErrorCode(err) == nozzle.ENOTFOUND {
+			return modelNotFound(id)
+		}
+		return err
+	}
+	return c.JSON(s.adapterModel(base, a))
+}

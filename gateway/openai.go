@@ -1,0 +1,533 @@
+package gateway
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"reflect"
+	"strconv"
+	"strings"
+
+	"github.com/nozzle-ai/nozzle"
+)
+
+// genKind tells the two completion endpoints apart.
+type genKind uint8
+
+const (
+	kindChat genKind = iota // /v1/chat/completions
+	kindText                // /v1/completions
+)
+
+// job is a parsed completion request: what to generate, before the model
+// is resolved and the request admitted.
+type job struct {
+	kind         genKind
+	model        string // as named in the request
+	stream       bool
+	includeUsage bool
+	logprobs     bool // answer with logprobs
+	n            int
+
+	messages []nozzle.ChatMessage // chat
+	prompts  []promptSpec         // completions
+	echo     bool
+
+	maxTokens   int // 0: not given
+	temperature float64
+	topP        float64
+	seed        *uint64
+	stop        []string
+	topLogprobs int
+	user        string
+
+	// Filled when the request is admitted.
+	shownModel string          // model named in the answer
+	adapter    *nozzle.Adapter // nil for the base model
+	id         string          // "chatcmpl-…" or "cmpl-…"
+	created    int64
+}
+
+// promptSpec is one prompt of a legacy completion request.
+type promptSpec struct {
+	text   string
+	tokens []int
+	isText bool
+}
+
+// choices returns the number of choices the request asks for.
+func (j *job) choices() int {
+	if j.kind == kindChat {
+		return j.n
+	}
+	return j.n * len(j.prompts)
+}
+
+// promptEstimate guesses the prompt tokens of the whole request (all
+// choices) before tokenizing: about 4 bytes a token, exact for token ids.
+func (j *job) promptEstimate() int {
+	per := 0
+	if j.kind == kindChat {
+		for _, m := range j.messages {
+			per += len(m.Content)/4 + 4
+		}
+		return (per + 3) * j.n
+	}
+	for _, p := range j.prompts {
+		if p.isText {
+			per += len(p.text)/4 + 1
+		} else {
+			per += len(p.tokens)
+		}
+	}
+	return per * j.n
+}
+
+// requests returns one GenerateRequest per choice: prompts × n, in
+// OpenAI's index order (prompt-major).
+func (j *job) requests(requestID, tenantID string, maxTokens int) []*nozzle.GenerateRequest {
+	out := make([]*nozzle.GenerateRequest, 0, j.choices())
+	mk := func() *nozzle.GenerateRequest {
+		return &nozzle.GenerateRequest{
+			RequestID: requestID, TenantID: tenantID, Adapter: j.adapter,
+			MaxTokens: maxTokens, Temperature: j.temperature, TopP: j.topP, Seed: j.seed,
+			Stop: j.stop, Logprobs: j.logprobs, TopLogprobs: j.topLogprobs,
+		}
+	}
+	if j.kind == kindChat {
+		for i := 0; i < j.n; i++ {
+			r := mk()
+			r.Messages = j.messages
+			out = append(out, r)
+		}
+		return out
+	}
+	for _, p := range j.prompts {
+		for i := 0; i < j.n; i++ {
+			r := mk()
+			if p.isText {
+				r.Prompt = p.text
+			} else {
+				r.PromptTokens = p.tokens
+			}
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// echoText is the text a legacy completion choice starts with when echo
+// is on.
+func (j *job) echoText(choice int) string {
+	if j.kind != kindText || !j.echo {
+		return ""
+	}
+	return j.prompts[choice/j.n].text
+}
+
+// Wire shapes of the requests. Polymorphic fields stay raw and are decoded
+// by hand so that a wrong type names its field.
+type streamOptions struct {
+	IncludeUsage *bool `json:"include_usage"`
+}
+
+type chatBody struct {
+	Model               *string         `json:"model"`
+	Messages            []chatMessageIn `json:"messages"`
+	MaxTokens           *int            `json:"max_tokens"`
+	MaxCompletionTokens *int            `json:"max_completion_tokens"`
+	Temperature         *float64        `json:"temperature"`
+	TopP                *float64        `json:"top_p"`
+	Seed                *int64          `json:"seed"`
+	N                   *int            `json:"n"`
+	Stop                json.RawMessage `json:"stop"`
+	Stream              *bool           `json:"stream"`
+	StreamOptions       *streamOptions  `json:"stream_options"`
+	Logprobs            *bool           `json:"logprobs"`
+	TopLogprobs         *int            `json:"top_logprobs"`
+	User                *string         `json:"user"`
+	Tools               json.RawMessage `json:"tools"`
+	Functions           json.RawMessage `json:"functions"`
+}
+
+type chatMessageIn struct {
+	Role    *string         `json:"role"`
+	Content json.RawMessage `json:"content"`
+	Name    *string         `json:"name"`
+}
+
+type contentPart struct {
+	Type *string `json:"type"`
+	Text *string `json:"text"`
+}
+
+type completionBody struct {
+	Model         *string         `json:"model"`
+	Prompt        json.RawMessage `json:"prompt"`
+	MaxTokens     *int            `json:"max_tokens"`
+	Temperature   *float64        `json:"temperature"`
+	TopP          *float64        `json:"top_p"`
+	Seed          *int64          `json:"seed"`
+	N             *int            `json:"n"`
+	Stop          json.RawMessage `json:"stop"`
+	Stream        *bool           `json:"stream"`
+	StreamOptions *streamOptions  `json:"stream_options"`
+	Logprobs      *int            `json:"logprobs"`
+	Echo          *bool           `json:"echo"`
+	Suffix        *string         `json:"suffix"`
+	BestOf        *int            `json:"best_of"`
+	User          *string         `json:"user"`
+}
+
+func invalid(param, format string, args ...any) error {
+	return nozzle.Errorf(nozzle.EINVALID, format, args...).WithParam(param)
+}
+
+// decodeJSON decodes a request body into v, turning decoder errors into
+// OpenAI-style 400s that name the offending field.
+func decodeJSON(body []byte, v any) error {
+	if len(bytes.TrimSpace(body)) == 0 {
+		return nozzle.Errorf(nozzle.EINVALID, "We could not parse the JSON body of your request: the body is empty. The API expects a JSON object.")
+	}
+	err := json.Unmarshal(body, v)
+	if err == nil {
+		return nil
+	}
+	var te *json.UnmarshalTypeError
+	if errors.As(err, &te) {
+		if te.Field == "" {
+			return nozzle.Errorf(nozzle.EINVALID, "The request body must be a JSON object.")
+		}
+		got, _, _ := strings.Cut(te.Value, " ")
+		return invalid(te.Field, "Invalid type for '%s': expected %s, but got %s.", te.Field, describeType(te.Type), article(got))
+	}
+	return nozzle.Errorf(nozzle.EINVALID, "We could not parse the JSON body of your request. The API expects a JSON object; check it is valid JSON.").Wrap(err)
+}
+
+func describeType(t reflect.Type) string {
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	switch t.Kind() {
+	case reflect.String:
+		return "a string"
+	case reflect.Bool:
+		return "a boolean"
+	case reflect.Int, reflect.Int64, reflect.Int32, reflect.Uint, reflect.Uint64:
+		return "an integer"
+	case reflect.Float64, reflect.Float32:
+		return "a number"
+	case reflect.Slice, reflect.Array:
+		return "an array"
+	}
+	return "an object"
+}
+
+func article(v string) string {
+	switch v {
+	case "array", "object", "integer":
+		return "an " + v
+	case "bool":
+		return "a boolean"
+	}
+	return "a " + v
+}
+
+func isNull(raw json.RawMessage) bool {
+	t := bytes.TrimSpace(raw)
+	return len(t) == 0 || string(t) == "null"
+}
+
+// parseStop accepts a string or a list of at most 4 strings.
+func parseStop(raw json.RawMessage) ([]string, error) {
+	if isNull(raw) {
+		return nil, nil
+	}
+	var one string
+	if json.Unmarshal(raw, &one) == nil {
+		if one == "" {
+			return nil, nil
+		}
+		return []string{one}, nil
+	}
+	var list []string
+	if err := json.Unmarshal(raw, &list); err != nil {
+		return nil, invalid("stop", "Invalid type for 'stop': expected a string or an array of strings.")
+	}
+	if len(list) > 4 {
+		return nil, invalid("stop", "Invalid 'stop': at most 4 stop sequences are allowed, got %d.", len(list))
+	}
+	out := list[:0]
+	for _, s := range list {
+		if s != "" {
+			out = append(out, s)
+		}
+	}
+	return out, nil
+}
+
+// common holds the sampling fields both endpoints share.
+type common struct {
+	model       *string
+	maxTokens   *int
+	temperature *float64
+	topP        *float64
+	seed        *int64
+	n           *int
+	stop        json.RawMessage
+	stream      *bool
+	streamOpts  *streamOptions
+	user        *string
+}
+
+func (j *job) applyCommon(c common, maxChoicesPerPrompt int, maxTokensParam string) error {
+	if c.model == nil || *c.model == "" {
+		return invalid("model", "You must provide a model parameter.")
+	}
+	j.model = *c.model
+	if c.maxTokens != nil {
+		if *c.maxTokens < 1 {
+			return invalid(maxTokensParam, "Invalid '%s': integer below minimum value. Expected a value >= 1, but got %d instead.", maxTokensParam, *c.maxTokens)
+		}
+		j.maxTokens = *c.maxTokens
+	}
+	j.temperature = 1
+	if c.temperature != nil {
+		if *c.temperature < 0 || *c.temperature > 2 {
+			return invalid("temperature", "Invalid 'temperature': expected a number from 0 to 2, but got %s.", strconv.FormatFloat(*c.temperature, 'g', -1, 64))
+		}
+		j.temperature = *c.temperature
+	}
+	j.topP = 1
+	if c.topP != nil {
+		if *c.topP < 0 || *c.topP > 1 {
+			return invalid("top_p", "Invalid 'top_p': expected a number from 0 to 1, but got %s.", strconv.FormatFloat(*c.topP, 'g', -1, 64))
+		}
+		j.topP = *c.topP
+	}
+	if c.seed != nil {
+		u := uint64(*c.seed)
+		j.seed = &u
+	}
+	j.n = 1
+	if c.n != nil {
+		if *c.n < 1 || *c.n > maxChoicesPerPrompt {
+			return invalid("n", "Invalid 'n': expected an integer from 1 to %d, but got %d.", maxChoicesPerPrompt, *c.n)
+		}
+		j.n = *c.n
+	}
+	stop, err := parseStop(c.stop)
+	if err != nil {
+		return err
+	}
+	j.stop = stop
+	j.stream = c.stream != nil && *c.stream
+	if c.streamOpts != nil {
+		if !j.stream {
+			return invalid("stream_options", "The 'stream_options' parameter is only allowed when 'stream' is enabled.")
+		}
+		j.includeUsage = c.streamOpts.IncludeUsage != nil && *c.streamOpts.IncludeUsage
+	}
+	if c.user != nil {
+		j.user = *c.user
+	}
+	return nil
+}
+
+// parseChat parses a /v1/chat/completions body.
+func parseChat(body []byte, maxChoices int) (*job, error) {
+	var b chatBody
+	if err := decodeJSON(body, &b); err != nil {
+		return nil, err
+	}
+	j := &job{kind: kindChat}
+	maxTok := b.MaxTokens
+	param := "max_tokens"
+	if b.MaxCompletionTokens != nil {
+		maxTok, param = b.MaxCompletionTokens, "max_completion_tokens"
+	}
+	if err := j.applyCommon(common{b.Model, maxTok, b.Temperature, b.TopP, b.Seed, b.N, b.Stop, b.Stream, b.StreamOptions, b.User}, maxChoices, param); err != nil {
+		return nil, err
+	}
+	if !isNull(b.Tools) && string(bytes.TrimSpace(b.Tools)) != "[]" {
+		return nil, invalid("tools", "Tools are not supported by this server.")
+	}
+	if !isNull(b.Functions) && string(bytes.TrimSpace(b.Functions)) != "[]" {
+		return nil, invalid("functions", "Functions are not supported by this server.")
+	}
+	if len(b.Messages) == 0 {
+		return nil, invalid("messages", "Invalid 'messages': empty array. Expected an array with minimum length 1.")
+	}
+	j.messages = make([]nozzle.ChatMessage, len(b.Messages))
+	for i, m := range b.Messages {
+		if m.Role == nil {
+			return nil, invalid(fmt.Sprintf("messages[%d].role", i), "Missing required parameter: 'messages[%d].role'.", i)
+		}
+		role := *m.Role
+		switch role {
+		case "system", "user", "assistant":
+		case "developer":
+			role = "system"
+		default:
+			return nil, invalid(fmt.Sprintf("messages[%d].role", i), "Invalid value for 'messages[%d].role': %q is not supported; use 'system', 'developer', 'user' or 'assistant'.", i, role)
+		}
+		text, err := parseContent(m.Content, i)
+		if err != nil {
+			return nil, err
+		}
+		j.messages[i] = nozzle.ChatMessage{Role: role, Content: text}
+		if m.Name != nil {
+			j.messages[i].Name = *m.Name
+		}
+	}
+	j.logprobs = b.Logprobs != nil && *b.Logprobs
+	if b.TopLogprobs != nil {
+		if *b.TopLogprobs < 0 || *b.TopLogprobs > 20 {
+			return nil, invalid("top_logprobs", "Invalid 'top_logprobs': expected an integer from 0 to 20, but got %d.", *b.TopLogprobs)
+		}
+		if *b.TopLogprobs > 0 && !j.logprobs {
+			return nil, invalid("top_logprobs", "Using 'top_logprobs' requires 'logprobs' to be true.")
+		}
+		j.topLogprobs = *b.TopLogprobs
+	}
+	return j, nil
+}
+
+// parseContent accepts a string, null, or an array of text parts.
+func parseContent(raw json.RawMessage, i int) (string, error) {
+	param := fmt.Sprintf("messages[%d].content", i)
+	if isNull(raw) {
+		return "", nil
+	}
+	var s string
+	if json.Unmarshal(raw, &s) == nil {
+		return s, nil
+	}
+	var parts []contentPart
+	if err := json.Unmarshal(raw, &parts); err != nil {
+		return "", invalid(param, "Invalid type for '%s': expected a string or an array of content parts.", param)
+	}
+	var sb strings.Builder
+	for k, p := range parts {
+		if p.Type == nil || *p.Type != "text" {
+			t := ""
+			if p.Type != nil {
+				t = *p.Type
+			}
+			return "", invalid(fmt.Sprintf("%s[%d].type", param, k), "Invalid content part type %q: only 'text' parts are supported.", t)
+		}
+		if p.Text == nil {
+			return "", invalid(fmt.Sprintf("%s[%d].text", param, k), "Missing required parameter: '%s[%d].text'.", param, k)
+		}
+		sb.WriteString(*p.Text)
+	}
+	return sb.String(), nil
+}
+
+// parseCompletion parses a /v1/completions body.
+func parseCompletion(body []byte, maxChoices int) (*job, error) {
+	var b completionBody
+	if err := decodeJSON(body, &b); err != nil {
+		return nil, err
+	}
+	j := &job{kind: kindText}
+	if err := j.applyCommon(common{b.Model, b.MaxTokens, b.Temperature, b.TopP, b.Seed, b.N, b.Stop, b.Stream, b.StreamOptions, b.User}, maxChoices, "max_tokens"); err != nil {
+		return nil, err
+	}
+	prompts, err := parsePrompt(b.Prompt)
+	if err != nil {
+		return nil, err
+	}
+	j.prompts = prompts
+	if j.choices() > maxChoices {
+		return nil, invalid("n", "Too many choices: %d prompts × n=%d exceeds %d.", len(prompts), j.n, maxChoices)
+	}
+	if b.Logprobs != nil {
+		if *b.Logprobs < 0 || *b.Logprobs > 5 {
+			return nil, invalid("logprobs", "Invalid 'logprobs': expected an integer from 0 to 5, but got %d.", *b.Logprobs)
+		}
+		j.logprobs, j.topLogprobs = true, *b.Logprobs
+	}
+	if b.Echo != nil && *b.Echo {
+		for _, p := range prompts {
+			if !p.isText {
+				return nil, invalid("echo", "'echo' is supported only with text prompts.")
+			}
+		}
+		j.echo = true
+	}
+	if b.Suffix != nil && *b.Suffix != "" {
+		return nil, invalid("suffix", "'suffix' is not supported by this server.")
+	}
+	if b.BestOf != nil && *b.BestOf != 1 && *b.BestOf != j.n {
+		return nil, invalid("best_of", "'best_of' other than n is not supported by this server.")
+	}
+	return j, nil
+}
+
+// parsePrompt accepts a string, a list of strings, a list of token ids or
+// a list of token-id lists.
+func parsePrompt(raw json.RawMessage) ([]promptSpec, error) {
+	if isNull(raw) {
+		return nil, invalid("prompt", "You must provide a prompt.")
+	}
+	var s string
+	if json.Unmarshal(raw, &s) == nil {
+		return []promptSpec{{text: s, isText: true}}, nil
+	}
+	var items []json.RawMessage
+	if err := json.Unmarshal(raw, &items); err != nil {
+		return nil, invalid("prompt", "Invalid type for 'prompt': expected a string, an array of strings, an array of token ids or an array of token-id arrays.")
+	}
+	if len(items) == 0 {
+		return nil, invalid("prompt", "Invalid 'prompt': empty array.")
+	}
+	first := bytes.TrimSpace(items[0])
+	switch {
+	case len(first) > 0 && first[0] == '"':
+		var list []string
+		if err := json.Unmarshal(raw, &list); err != nil {
+			return nil, invalid("prompt", "Invalid 'prompt': an array of prompts must hold only strings.")
+		}
+		out := make([]promptSpec, len(list))
+		for i, t := range list {
+			out[i] = promptSpec{text: t, isText: true}
+		}
+		return out, nil
+	case len(first) > 0 && first[0] == '[':
+		var lists [][]int
+		if err := json.Unmarshal(raw, &lists); err != nil {
+			return nil, invalid("prompt", "Invalid 'prompt': an array of token-id arrays must hold only arrays of integers.")
+		}
+		out := make([]promptSpec, len(lists))
+		for i, l := range lists {
+			if err := checkTokens(l); err != nil {
+				return nil, err
+			}
+			out[i] = promptSpec{tokens: l}
+		}
+		return out, nil
+	default:
+		var ids []int
+		if err := json.Unmarshal(raw, &ids); err != nil {
+			return nil, invalid("prompt", "Invalid 'prompt': an array of token ids must hold only integers.")
+		}
+		if err := checkTokens(ids); err != nil {
+			return nil, err
+		}
+		return []promptSpec{{tokens: ids}}, nil
+	}
+}
+
+func checkTokens(ids []int) error {
+	if len(ids) == 0 {
+		return invalid("prompt", "Invalid 'prompt': empty token list.")
+	}
+	for _, id := range ids {
+		if id < 0 || id > 1<<31-1 {
+			return invalid("prompt", "Invalid 'prompt': token id %d is out of range.", id)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,140 @@
+package gateway
+
+import (
+	"encoding/json"
+
+	"github.com/gofiber/fiber/v2"
+
+	"github.com/nozzle-ai/nozzle"
+)
+
+// storedAnswer is the part of a stored non-streamed answer that a replay
+// needs.
+type storedAnswer struct {
+	ID      string `json:"id"`
+	Object  string `json:"object"`
+	Created int64  `json:"created"`
+	Model   string `json:"model"`
+	Choices []struct {
+		Index   int `json:"index"`
+		Message *struct {
+			Content string `json:"content"`
+		} `json:"message"`
+		Text         *string         `json:"text"`
+		Logprobs     json.RawMessage `json:"logprobs"`
+		FinishReason string          `json:"finish_reason"`
+	} `json:"choices"`
+	Usage struct {
+		PromptTokens     int64 `json:"prompt_tokens"`
+		CompletionTokens int64 `json:"completion_tokens"`
+	} `json:"usage"`
+}
+
+// replay answers a request whose Idempotency-Key the ledger already holds,
+// without running or charging it again. The stored answer is the complete
+// non-streamed body; a streamed retry gets it back as a short stream (one
+// content chunk per choice), so streaming clients can retry too.
+func (s *Server) replay(c *fiber.Ctx, j *job, ev *nozzle.UsageEvent) error {
+	if len(ev.Response) == 0 {
+		return nozzle.Errorf(nozzle.ECONFLICT, "This Idempotency-Key was already used and its answer is not stored; use a new key.").WithReason("idempotency_key_reused")
+	}
+	var a storedAnswer
+	if err := json.Unmarshal(ev.Response, &a); err != nil {
+		return &nozzle.Error{Code: nozzle.EINTERNAL, Message: "Internal error.", Err: err}
+	}
+	want := "chat.completion"
+	if j.kind == kindText {
+		want = "text_completion"
+	}
+	if a.Object != want {
+		return nozzle.Errorf(nozzle.ECONFLICT, "This Idempotency-Key was already used for a request to another endpoint.").WithReason("idempotency_key_reused")
+	}
+	s.met.replays.Inc()
+	c.Set("Idempotent-Replayed", "true")
+	if !j.stream {
+		c.Set(fiber.HeaderContentType, fiber.MIMEApplicationJSON)
+		return c.Send(ev.Response)
+	}
+	chunkObj := "chat.completion.chunk"
+	if j.kind == kindText {
+		chunkObj = "text_completion"
+	}
+	head := func(dst []byte) []byte {
+		dst = append(dst, "data: "...)
+		return appendHead(dst, a.ID, chunkObj, a.Created, a.Model)
+	}
+	tail := func(dst []byte) []byte {
+		if j.includeUsage {
+			dst = append(dst, `,"usage":null`...)
+		}
+		return append(dst, "}\n\n"...)
+	}
+	logprobs := func(dst []byte, raw json.RawMessage) []byte {
+		if isNull(raw) {
+			return append(dst, "null"...)
+		}
+		return append(dst, raw...)
+	}
+	buf := make([]byte, 0, len(ev.Response)*2)
+	for _, ch := range a.Choices {
+		if j.kind == kindChat {
+			buf = head(buf)
+			buf = append(buf, `,"choices":[{"index":`...)
+			buf = appendInt(buf, int64(ch.Index))
+			buf = append(buf, `,"delta":{"role":"assistant","content":"","refusal":null},"logprobs":null,"finish_reason":null}]`...)
+			buf = tail(buf)
+			content := ""
+			if ch.Message != nil {
+				content = ch.Message.Content
+			}
+			buf = head(buf)
+			buf = append(buf, `,"choices":[{"index":`...)
+			buf = appendInt(buf, int64(ch.Index))
+			buf = append(buf, `,"delta":{"content":`...)
+			buf = appendString(buf, content)
+			buf = append(buf, `},"logprobs":`...)
+			buf = logprobs(buf, ch.Logprobs)
+			buf = append(buf, `,"finish_reason":null}]`...)
+			buf = tail(buf)
+		} else {
+			text := ""
+			if ch.Text != nil {
+				text = *ch.Text
+			}
+			buf = head(buf)
+			buf = append(buf, `,"choices":[{"text":`...)
+			buf = appendString(buf, text)
+			buf = append(buf, `,"index":`...)
+			buf = appendInt(buf, int64(ch.Index))
+			buf = append(buf, `,"logprobs":`...)
+			buf = logprobs(buf, ch.Logprobs)
+			buf = append(buf, `,"finish_reason":null}]`...)
+			buf = tail(buf)
+		}
+	}
+	for _, ch := range a.Choices {
+		buf = head(buf)
+		if j.kind == kindChat {
+			buf = append(buf, `,"choices":[{"index":`...)
+			buf = appendInt(buf, int64(ch.Index))
+			buf = append(buf, `,"delta":{},"logprobs":null,"finish_reason":`...)
+		} else {
+			buf = append(buf, `,"choices":[{"text":"","index":`...)
+			buf = appendInt(buf, int64(ch.Index))
+			buf = append(buf, `,"logprobs":null,"finish_reason":`...)
+		}
+		buf = appendString(buf, ch.FinishReason)
+		buf = append(buf, "}]"...)
+		buf = tail(buf)
+	}
+	if j.includeUsage {
+		buf = head(buf)
+		buf = append(buf, `,"choices":[],"usage":`...)
+		buf = appendUsage(buf, usage{a.Usage.PromptTokens, a.Usage.CompletionTokens})
+		buf = append(buf, "}\n\n"...)
+	}
+	buf = append(buf, "data: [DONE]\n\n"...)
+	c.Set(fiber.HeaderContentType, "text/event-stream; charset=utf-8")
+	c.Set(fiber.HeaderCacheControl, "no-cache")
+	return c.Send(buf)
+}

@@ -1,0 +1,139 @@
+package gateway
+
+import (
+	"bytes"
+	"strings"
+
+	"github.com/gofiber/fiber/v2"
+
+	"github.com/nozzle-ai/nozzle"
+)
+
+// routes registers the gateway's routes.
+//
+//	GET    /healthz                         alive
+//	GET    /readyz                          200 once an upstream is healthy
+//	GET    /metrics                         Prometheus text format
+//	GET    /v1/models                       inference scope
+//	GET    /v1/models/{model}               inference scope
+//	POST   /v1/completions                  inference scope
+//	POST   /v1/chat/completions             inference scope
+//	POST   /v1/adapters                     adapters scope (multipart upload)
+//	GET    /v1/adapters                     adapters scope
+//	GET    /v1/adapters/{name}              adapters scope
+//	DELETE /v1/adapters/{name}              adapters scope
+//	GET    /v1/usage                        usage scope
+//	POST   /v1/keys                         usage scope
+//	GET    /v1/keys                         usage scope
+//	DELETE /v1/keys/{id}                    usage scope
+//	POST   /admin/tenants                   admin token
+//	GET    /admin/tenants                   admin token
+//	GET    /admin/tenants/{id}              admin token
+//	PATCH  /admin/tenants/{id}              admin token
+//	PUT    /admin/tenants/{id}/limits       admin token
+//	POST   /admin/tenants/{id}/keys         admin token
+//	GET    /admin/tenants/{id}/keys         admin token
+//	DELETE /admin/tenants/{id}/keys/{key}   admin token
+//	GET    /admin/tenants/{id}/prices       admin token
+//	POST   /admin/tenants/{id}/prices       admin token
+//	GET    /admin/prices                    admin token
+//	POST   /admin/prices                    admin token
+//	GET    /admin/report                    admin token
+//	GET    /admin/upstreams                 admin token
+//	GET    /internal/adapters/{sha256}/{file}  internal token
+func (s *Server) routes() {
+	app := s.app
+	app.Use(s.front)
+
+	app.Get("/healthz", s.healthz)
+	app.Get("/readyz", s.readyz)
+	app.Get("/metrics", s.metricsText)
+
+	v1 := app.Group("/v1")
+	inference := s.RequireKey(nozzle.ScopeInference)
+	v1.Get("/models", inference, s.listModels)
+	v1.Get("/models/*", inference, s.getModel)
+	v1.Post("/completions", inference, s.textCompletions)
+	v1.Post("/chat/completions", inference, s.chatCompletions)
+
+	adapters := s.RequireKey(nozzle.ScopeAdapters)
+	v1.Post("/adapters", adapters, s.createAdapter)
+	v1.Get("/adapters", adapters, s.listAdapters)
+	v1.Get("/adapters/:name", adapters, s.getAdapter)
+	v1.Delete("/adapters/:name", adapters, s.deleteAdapter)
+
+	usageScope := s.RequireKey(nozzle.ScopeUsage)
+	v1.Get("/usage", usageScope, s.usage)
+	v1.Post("/keys", usageScope, s.createKey)
+	v1.Get("/keys", usageScope, s.listKeys)
+	v1.Delete("/keys/:id", usageScope, s.revokeKey)
+
+	admin := app.Group("/admin", s.RequireAdmin())
+	admin.Post("/tenants", s.createTenant)
+	admin.Get("/tenants", s.listTenants)
+	admin.Get("/tenants/:id", s.getTenant)
+	admin.Patch("/tenants/:id", s.updateTenant)
+	admin.Put("/tenants/:id/limits", s.setTenantLimits)
+	admin.Post("/tenants/:id/keys", s.adminCreateKey)
+	admin.Get("/tenants/:id/keys", s.adminListKeys)
+	admin.Delete("/tenants/:id/keys/:key", s.adminRevokeKey)
+	admin.Get("/tenants/:id/prices", s.listTenantPrices)
+	admin.Post("/tenants/:id/prices", s.setTenantPrice)
+	admin.Get("/prices", s.listDefaultPrices)
+	admin.Post("/prices", s.setDefaultPrice)
+	admin.Get("/report", s.adminReport)
+	admin.Get("/upstreams", s.listUpstreams)
+
+	app.Get("/internal/adapters/:sha256/:file", s.requireInternal, s.adapterFile)
+}
+
+func (s *Server) healthz(c *fiber.Ctx) error {
+	return c.JSON(fiber.Map{"status": "ok"})
+}
+
+// readyz answers 200 while at least one upstream's last health check
+// succeeded.
+func (s *Server) readyz(c *fiber.Ctx) error {
+	if !s.router.ready.Load() {
+		return nozzle.Errorf(nozzle.EUNAVAILABLE, "No runtime is ready yet.").WithReason("not_ready")
+	}
+	return c.JSON(fiber.Map{"status": "ready"})
+}
+
+func (s *Server) metricsText(c *fiber.Ctx) error {
+	var buf bytes.Buffer
+	if _, err := s.cfg.Metrics.WriteTo(&buf); err != nil {
+		return err
+	}
+	c.Set(fiber.HeaderContentType, "text/plain; version=0.0.4; charset=utf-8")
+	return c.Send(buf.Bytes())
+}
+
+func validSHA256(s string) bool {
+	if len(s) != 64 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if !(s[i] >= '0' && s[i] <= '9' || s[i] >= 'a' && s[i] <= 'f') {
+			return false
+		}
+	}
+	return true
+}
+
+// adapterFile handles GET /internal/adapters/{sha256}/{file}: a remote
+// runtime fetching a stored adapter file, streamed.
+func (s *Server) adapterFile(c *fiber.Ctx) error {
+	sha := strings.Clone(c.Params("sha256"))
+	file := strings.Clone(c.Params("file"))
+	if !validSHA256(sha) || (file != nozzle.AdapterConfigFile && file != nozzle.AdapterWeightsFile) {
+		return nozzle.Errorf(nozzle.ENOTFOUND, "No such adapter file.")
+	}
+	rc, size, err := s.deps.Store.Open(c.UserContext(), sha, file)
+	if err != nil {
+		return err
+	}
+	c.Set(fiber.HeaderContentType, fiber.MIMEOctetStream)
+	c.Response().SetBodyStream(rc, int(size))
+	return nil
+}

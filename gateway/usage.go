@@ -1,0 +1,203 @@
+package gateway
+
+import (
+	"bytes"
+	"encoding/csv"
+	"io"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/gofiber/fiber/v2"
+
+	"github.com/nozzle-ai/nozzle"
+)
+
+// reportQuery parses start, end and group_by. Times are RFC 3339; without
+// them the period is the current calendar month in UTC.
+func reportQuery(c *fiber.Ctx, allowed map[string]bool) (nozzle.ReportQuery, error) {
+	var q nozzle.ReportQuery
+	now := time.Now().UTC()
+	q.Start = time.Date(now.Year(), now.Month(), 1, 0, 0, 0, 0, time.UTC)
+	q.End = q.Start.AddDate(0, 1, 0)
+	if v := c.Query("start"); v != "" {
+		t, err := time.Parse(time.RFC3339, v)
+		if err != nil {
+			return q, invalid("start", "Invalid 'start': expected an RFC 3339 time such as 2025-01-31T00:00:00Z.")
+		}
+		q.Start = t.UTC()
+	}
+	if v := c.Query("end"); v != "" {
+		t, err := time.Parse(time.RFC3339, v)
+		if err != nil {
+			return q, invalid("end", "Invalid 'end': expected an RFC 3339 time such as 2025-02-01T00:00:00Z.")
+		}
+		q.End = t.UTC()
+	}
+	if !q.End.After(q.Start) {
+		return q, invalid("end", "'end' must be after 'start'.")
+	}
+	if v := c.Query("group_by"); v != "" {
+		for _, g := range strings.Split(v, ",") {
+			g = strings.TrimSpace(g)
+			if !allowed[g] {
+				return q, invalid("group_by", "Invalid 'group_by' %q.", g)
+			}
+			q.GroupBy = append(q.GroupBy, g)
+		}
+	}
+	q.AdapterName = strings.Clone(c.Query("adapter"))
+	return q, nil
+}
+
+var tenantGroups = map[string]bool{nozzle.GroupAdapter: true, nozzle.GroupDay: true, nozzle.GroupHour: true}
+var operatorGroups = map[string]bool{nozzle.GroupAdapter: true, nozzle.GroupDay: true, nozzle.GroupHour: true, nozzle.GroupTenant: true}
+
+// usageRow is a report row as a tenant sees it: the operator's margin is
+// left out.
+type usageRow struct {
+	Time             *time.Time `json:"time,omitempty"`
+	AdapterID        string     `json:"adapter_id,omitempty"`
+	AdapterName      string     `json:"adapter,omitempty"`
+	Requests         int64      `json:"requests"`
+	PromptTokens     int64      `json:"prompt_tokens"`
+	CompletionTokens int64      `json:"completion_tokens"`
+	DeviceSeconds    float64    `json:"device_seconds"`
+	IdleSeconds      float64    `json:"idle_seconds"`
+	ActiveCostUSD    float64    `json:"active_cost_usd"`
+	IdleCostUSD      float64    `json:"idle_cost_usd"`
+	CostUSD          float64    `json:"cost_usd"`
+	ChargedUSD       float64    `json:"charged_usd"`
+	DedicatedUSD     float64    `json:"dedicated_usd"`
+	SavingPercent    float64    `json:"saving_percent"`
+}
+
+func toUsageRow(r nozzle.ReportRow) usageRow {
+	u := usageRow{AdapterID: r.AdapterID, AdapterName: r.AdapterName, Requests: r.Requests,
+		PromptTokens: r.PromptTokens, CompletionTokens: r.CompletionTokens, DeviceSeconds: r.DeviceSeconds,
+		IdleSeconds: r.IdleSeconds, ActiveCostUSD: r.ActiveCostUSD, IdleCostUSD: r.IdleCostUSD, CostUSD: r.CostUSD,
+		ChargedUSD: r.ChargedUSD, DedicatedUSD: r.DedicatedUSD, SavingPercent: r.SavingPercent}
+	if !r.Time.IsZero() {
+		t := r.Time
+		u.Time = &t
+	}
+	return u
+}
+
+func (s *Server) reporter() (nozzle.Reporter, error) {
+	if s.deps.Reporter == nil {
+		return nil, nozzle.Errorf(nozzle.EUNAVAILABLE, "Reports are not available on this server.")
+	}
+	return s.deps.Reporter, nil
+}
+
+// usage handles GET /v1/usage: the caller's tenant's usage and cost.
+func (s *Server) usage(c *fiber.Ctx) error {
+	rep, err := s.reporter()
+	if err != nil {
+		return err
+	}
+	q, err := reportQuery(c, tenantGroups)
+	if err != nil {
+		return err
+	}
+	q.TenantID = principalFrom(c).tenant.ID
+	r, err := rep.Report(c.UserContext(), q)
+	if err != nil {
+		return err
+	}
+	if r.GPU != nil || r.Outbox != nil {
+		r.GPU, r.Outbox = nil, nil
+	}
+	for i := range r.Rows {
+		r.Rows[i].MarginUSD = 0
+	}
+	r.Total.MarginUSD = 0
+	if c.Query("format") == "csv" {
+		return writeCSV(c, r, "usage.csv")
+	}
+	rows := make([]usageRow, 0, len(r.Rows))
+	for _, row := range r.Rows {
+		rows = append(rows, toUsageRow(row))
+	}
+	return c.JSON(fiber.Map{
+		"object": "list", "data": rows, "total": toUsageRow(r.Total),
+		"start": r.Start, "end": r.End, "group_by": nonNil(r.GroupBy), "idle_policy": r.IdlePolicy,
+	})
+}
+
+// adminReport handles GET /admin/report: every tenant (or tenant_id's).
+func (s *Server) adminReport(c *fiber.Ctx) error {
+	rep, err := s.reporter()
+	if err != nil {
+		return err
+	}
+	q, err := reportQuery(c, operatorGroups)
+	if err != nil {
+		return err
+	}
+	q.TenantID = strings.Clone(c.Query("tenant_id"))
+	r, err := rep.Report(c.UserContext(), q)
+	if err != nil {
+		return err
+	}
+	if c.Query("format") == "csv" {
+		return writeCSV(c, r, "report.csv")
+	}
+	r.Rows = nonNil(r.Rows)
+	r.GroupBy = nonNil(r.GroupBy)
+	return c.JSON(fiber.Map{
+		"object": "list", "data": r.Rows, "total": r.Total, "start": r.Start, "end": r.End,
+		"group_by": r.GroupBy, "idle_policy": r.IdlePolicy, "gpu": r.GPU, "outbox": r.Outbox,
+	})
+}
+
+func nonNil[T any](s []T) []T {
+	if s == nil {
+		return []T{}
+	}
+	return s
+}
+
+// csvReport is implemented by nozzle.Report (report_csv.go).
+type csvReport interface {
+	WriteCSV(w io.Writer) error
+}
+
+func writeCSV(c *fiber.Ctx, r *nozzle.Report, filename string) error {
+	var buf bytes.Buffer
+	if cw, ok := any(r).(csvReport); ok {
+		if err := cw.WriteCSV(&buf); err != nil {
+			return err
+		}
+	} else if err := writeReportCSV(&buf, r); err != nil {
+		return err
+	}
+	c.Set(fiber.HeaderContentType, "text/csv; charset=utf-8")
+	c.Set(fiber.HeaderContentDisposition, `attachment; filename="`+filename+`"`)
+	return c.Send(buf.Bytes())
+}
+
+// writeReportCSV is the CSV of a report where nozzle.Report has no
+// WriteCSV of its own.
+func writeReportCSV(w io.Writer, r *nozzle.Report) error {
+	cw := csv.NewWriter(w)
+	f := func(v float64) string { return strconv.FormatFloat(v, 'f', -1, 64) }
+	_ = cw.Write([]string{"time", "tenant_id", "tenant", "adapter", "requests", "prompt_tokens", "completion_tokens",
+		"device_seconds", "idle_seconds", "cost_usd", "charged_usd", "dedicated_usd", "saving_percent"})
+	row := func(label string, x nozzle.ReportRow) {
+		t := label
+		if !x.Time.IsZero() {
+			t = x.Time.UTC().Format(time.RFC3339)
+		}
+		_ = cw.Write([]string{t, x.TenantID, x.TenantName, x.AdapterName, strconv.FormatInt(x.Requests, 10),
+			strconv.FormatInt(x.PromptTokens, 10), strconv.FormatInt(x.CompletionTokens, 10), f(x.DeviceSeconds),
+			f(x.IdleSeconds), f(x.CostUSD), f(x.ChargedUSD), f(x.DedicatedUSD), f(x.SavingPercent)})
+	}
+	for _, x := range r.Rows {
+		row("", x)
+	}
+	row("total", r.Total)
+	cw.Flush()
+	return cw.Error()
+}
