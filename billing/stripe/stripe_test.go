@@ -1,0 +1,180 @@
+package stripe_test
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nozzle-ai/nozzle"
+	"github.com/nozzle-ai/nozzle/billing"
+	"github.com/nozzle-ai/nozzle/billing/stripe"
+)
+
+var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
+
+func newSender(tb testing.TB, url string) *stripe.Sender {
+	tb.Helper()
+	s, err := stripe.New(stripe.Config{SecretKey: "sk_test_123", APIURL: url, Timeout: 2 * time.Second, Logger: quiet})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return s
+}
+
+func TestSender_CreateCustomer(t *testing.T) {
+	url, _ := startStripeMock(t, "")
+	s := newSender(t, url)
+	id, err := s.CreateCustomer(context.Background(), billing.Customer{TenantID: "ten_1", Name: "acme", IdempotencyKey: "nz-customer-ten_1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(id, "cus_") {
+		t.Fatalf("customer id = %q", id)
+	}
+}
+
+func TestSender_MeterEvent(t *testing.T) {
+	url, _ := startStripeMock(t, "")
+	s := newSender(t, url)
+	ctx := context.Background()
+	ev := billing.MeterEvent{
+		Identifier:     "nz-ten_1-prompt-2026030409",
+		IdempotencyKey: "nz-ten_1-prompt-2026030409",
+		EventName:      "nozzle_prompt_tokens",
+		CustomerID:     "cus_123",
+		Value:          150,
+		Timestamp:      time.Now().Add(-2 * time.Hour).Truncate(time.Hour),
+	}
+	t.Run("Accepted", func(t *testing.T) {
+		if err := s.SendMeterEvent(ctx, ev); err != nil {
+			t.Fatal(err)
+		}
+	})
+	t.Run("Rejected", func(t *testing.T) {
+		// A malformed key is refused (401): nothing was recorded.
+		bad, err := stripe.New(stripe.Config{SecretKey: "not-a-key", APIURL: url, Logger: quiet})
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = bad.SendMeterEvent(ctx, ev)
+		if !errors.Is(err, billing.ErrRejected) {
+			t.Fatalf("err = %v, want ErrRejected", err)
+		}
+	})
+	t.Run("Unreachable", func(t *testing.T) {
+		down := newSender(t, "http://"+freeAddr(t))
+		err := down.SendMeterEvent(ctx, ev)
+		if err == nil || errors.Is(err, billing.ErrRejected) || errors.Is(err, billing.ErrDuplicate) {
+			t.Fatalf("err = %v, want an unknown outcome", err)
+		}
+	})
+}
+
+// recorder wraps the real sender and notes when each call was made.
+type recorder struct {
+	billing.Sender
+	mu    sync.Mutex
+	times []time.Time
+	errs  []error
+}
+
+func (r *recorder) note(err error) {
+	r.mu.Lock()
+	r.times = append(r.times, time.Now())
+	r.errs = append(r.errs, err)
+	r.mu.Unlock()
+}
+
+func (r *recorder) CreateCustomer(ctx context.Context, c billing.Customer) (string, error) {
+	id, err := r.Sender.CreateCustomer(ctx, c)
+	r.note(err)
+	return id, err
+}
+
+func (r *recorder) SendMeterEvent(ctx context.Context, ev billing.MeterEvent) error {
+	err := r.Sender.SendMeterEvent(ctx, ev)
+	r.note(err)
+	return err
+}
+
+func (r *recorder) calls() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.times)
+}
+
+// TestOutbox_StripeOutage runs the outbox against an unreachable Stripe (a
+// closed port), checks that it backs off, then starts stripe-mock on that
+// port and checks that the rows go out with the same identifiers.
+func TestOutbox_StripeOutage(t *testing.T) {
+	ctx := context.Background()
+	now := time.Now().UTC()
+	l, err := billing.Open(billing.Options{Path: filepath.Join(t.TempDir(), "ledger.db"), Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	ten := &nozzle.Tenant{Name: "acme"}
+	if err := l.CreateTenant(ctx, ten); err != nil {
+		t.Fatal(err)
+	}
+	ev := nozzle.UsageEvent{RequestID: "r1", TenantID: ten.ID, Time: now.Add(-2 * time.Hour), PromptTokens: 100, CompletionTokens: 20}
+	if _, err := l.RecordUsage(ctx, &ev); err != nil {
+		t.Fatal(err)
+	}
+
+	addr := freeAddr(t)
+	rec := &recorder{Sender: newSender(t, "http://"+addr)}
+	opts := billing.OutboxOptions{PollEvery: 10 * time.Millisecond, MinBackoff: 20 * time.Millisecond, MaxBackoff: 160 * time.Millisecond}
+	wctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- l.RunOutbox(wctx, rec, opts) }()
+	defer func() { cancel(); <-done }()
+
+	waitFor(t, 20*time.Second, func() bool { return rec.calls() >= 5 })
+	st, _ := l.OutboxState(ctx)
+	if st.Sent != 0 || st.Failing == 0 || st.LastError == "" {
+		t.Fatalf("state during the outage = %+v", st)
+	}
+	// Calls back off exponentially: 20, 40, 80, 160 ms (±20%), then stay
+	// at the 160 ms cap.
+	rec.mu.Lock()
+	times := append([]time.Time(nil), rec.times...)
+	rec.mu.Unlock()
+	for i := 2; i < len(times); i++ {
+		gap := times[i].Sub(times[i-1])
+		if gap > time.Second {
+			t.Fatalf("gap %d is %v, past the cap", i, gap)
+		}
+	}
+	if first, fourth := times[1].Sub(times[0]), times[4].Sub(times[3]); fourth < 2*first || fourth < 60*time.Millisecond {
+		t.Fatalf("no backoff: first gap %v, fourth gap %v", first, fourth)
+	}
+
+	startStripeMock(t, addr)
+	waitFor(t, 20*time.Second, func() bool {
+		st, _ := l.OutboxState(ctx)
+		return st.Sent == 2 && st.Pending == 0
+	})
+	got, _ := l.Tenant(ctx, ten.ID)
+	if !strings.HasPrefix(got.StripeCustomerID, "cus_") {
+		t.Fatalf("tenant's customer = %q", got.StripeCustomerID)
+	}
+}
+
+func waitFor(tb testing.TB, d time.Duration, cond func() bool) {
+	tb.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			tb.Fatal("condition not met in time")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
