@@ -527,7 +527,7 @@ func (s *scheduler) start(q *sequence, now time.Time) {
 		if q.waitingSince.Before(sl.loadedAt) || q.waitingSince.Equal(sl.loadedAt) {
 			q.adapterLoad += sl.loadDur
 		}
-		if q.hostWaited {
+		if q.hostWaited && q.host.loaded() {
 			q.adapterLoad += q.host.loadDur
 			q.hostWaited = false
 		}
