@@ -67,7 +67,12 @@ type Engine struct {
 
 	// Reused per call so steady-state steps allocate nothing.
 	cbatch nzBatch
-	pin    goruntime.Pinner
+	// A Pinner keeps 5 pointers without allocating; a step pins up to 16,
+	// so it spreads them over several.
+	pins  [4]goruntime.Pinner
+	npins int
+	args  [2]uintptr
+	pin   goruntime.Pinner // adapter loads
 	shape  [2]int64
 	load   struct {
 		layer, module, rank, aDtype, bDtype []int32
@@ -333,15 +338,23 @@ func (e *Engine) Step(b *Batch) error {
 	if b.Logits {
 		c.OutLogits = e.pinned(unsafe.Pointer(unsafe.SliceData(b.OutLogits)), n*e.vocab)
 	}
+	// The C struct itself lives in the Engine (heap) and is pinned too, so
+	// its address may sit in the argument array.
+	e.pinned(unsafe.Pointer(c), 1)
+	e.args[0], e.args[1] = e.handle, uintptr(unsafe.Pointer(c))
 	goruntime.LockOSThread()
-	r1, _, _ := purego.SyscallN(e.lib.stepFn, e.handle, uintptr(unsafe.Pointer(c)))
+	r1, _, _ := purego.SyscallN(e.lib.stepFn, e.args[:]...)
 	st := int32(r1)
 	var err error
 	if st != nzOK {
 		err = &Error{Call: "nz_step", Status: st, Message: e.lib.lastError()}
 	}
 	goruntime.UnlockOSThread()
-	e.pin.Unpin()
+	for i := range e.pins {
+		e.pins[i].Unpin()
+	}
+	e.npins = 0
+	e.args = [2]uintptr{}
 	*c = nzBatch{}
 	return err
 }
@@ -352,7 +365,8 @@ func (e *Engine) pinned(p unsafe.Pointer, n int) unsafe.Pointer {
 	if n == 0 || p == nil {
 		return nil
 	}
-	e.pin.Pin(p)
+	e.pins[e.npins%len(e.pins)].Pin(p)
+	e.npins++
 	return p
 }
 
