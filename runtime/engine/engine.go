@@ -73,8 +73,8 @@ type Engine struct {
 	npins int
 	args  [2]uintptr
 	pin   goruntime.Pinner // adapter loads
-	shape  [2]int64
-	load   struct {
+	shape [2]int64
+	load  struct {
 		layer, module, rank, aDtype, bDtype []int32
 		scale                               []float32
 		a, b                                []unsafe.Pointer
