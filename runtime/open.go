@@ -1,0 +1,246 @@
+package runtime
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"unicode/utf8"
+
+	nozzle "github.com/nozzle-ai/nozzle"
+	"github.com/nozzle-ai/nozzle/runtime/engine"
+	"github.com/nozzle-ai/nozzle/runtime/model"
+	"github.com/nozzle-ai/nozzle/runtime/tokenizer"
+)
+
+// Engine library file names.
+const (
+	cpuLibrary  = "libnozzle_cpu.so"
+	cudaLibrary = "libnozzle_cuda.so"
+)
+
+// Open loads the model in opts.ModelDir (its weights memory-mapped, copied
+// once into the engine), its tokenizer and generation config, starts the
+// engine on the chosen device and returns a runtime ready for requests.
+func Open(ctx context.Context, opts Options) (*Runtime, error) {
+	if err := opts.setDefaults(); err != nil {
+		return nil, err
+	}
+	if opts.ModelDir == "" {
+		return nil, errors.New("open runtime: no model folder")
+	}
+	m, err := model.Open(opts.ModelDir)
+	if err != nil {
+		return nil, fmt.Errorf("open runtime: %w", err)
+	}
+	defer m.Close() // the engine holds its own copy of the weights
+	tk, err := tokenizer.Load(opts.ModelDir)
+	if err != nil {
+		return nil, fmt.Errorf("open runtime: %w", err)
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	info := m.Info()
+	if info.VocabSize < tk.VocabSize() {
+		return nil, fmt.Errorf("open runtime: the tokenizer has %d tokens, the model's vocabulary only %d", tk.VocabSize(), info.VocabSize)
+	}
+	eng, device, err := startEngine(m, opts)
+	if err != nil {
+		return nil, fmt.Errorf("open runtime: %w", err)
+	}
+	info.Device = device
+	ei := eng.Info()
+	opts.Logger.Info("engine up", "backend", ei.Backend, "model", info.ID, "layers", info.NumLayers,
+		"hidden", info.HiddenSize, "kv_blocks", ei.KVNumBlocks, "kv_block_size", ei.KVBlockSize,
+		"slots", ei.MaxSlots, "max_rank", ei.MaxRank, "weight_bytes", ei.WeightBytes)
+
+	eos := map[int]bool{}
+	for _, id := range m.EOSTokenIDs() {
+		eos[id] = true
+	}
+	for _, id := range tk.EOS() {
+		eos[id] = true
+	}
+	var eosIDs []int
+	for id := range eos {
+		eosIDs = append(eosIDs, id)
+	}
+	maxRank := opts.MaxRank
+	p := parts{
+		info:  info,
+		be:    &engineBackend{e: eng, info: ei, device: device},
+		codec: &tokenizerCodec{tk: tk},
+		load: func(dir string) (hostAdapter, error) {
+			a, err := model.LoadAdapter(dir, info, maxRank)
+			if err != nil {
+				return nil, err
+			}
+			return modelAdapter{a}, nil
+		},
+		eos: eosIDs,
+	}
+	return newRuntime(opts, p)
+}
+
+// ValidateAdapter returns the validator a Store needs for the model in
+// modelDir: model.ValidateAdapter bound to the model's shapes and maxRank.
+func ValidateAdapter(modelDir string, maxRank int) (func(dir string) (*nozzle.AdapterManifest, error), error) {
+	m, err := model.Open(modelDir)
+	if err != nil {
+		return nil, err
+	}
+	info := m.Info()
+	m.Close()
+	if maxRank <= 0 {
+		maxRank = 64
+	}
+	return func(dir string) (*nozzle.AdapterManifest, error) {
+		return model.ValidateAdapter(dir, info, maxRank)
+	}, nil
+}
+
+// libraryPaths returns where the CPU and CUDA libraries are for the
+// EngineLib option: a folder holding them, or one of the files (the other
+// is looked for beside it), or "" to search the usual places.
+func libraryPaths(lib string) (cpu, cuda string) {
+	if lib == "" {
+		cpu, _ = engine.Find(cpuLibrary)
+		cuda, _ = engine.Find(cudaLibrary)
+		return cpu, cuda
+	}
+	if st, err := os.Stat(lib); err == nil && st.IsDir() {
+		return filepath.Join(lib, cpuLibrary), filepath.Join(lib, cudaLibrary)
+	}
+	dir := filepath.Dir(lib)
+	if strings.Contains(filepath.Base(lib), "cuda") {
+		return filepath.Join(dir, cpuLibrary), lib
+	}
+	return lib, filepath.Join(dir, cudaLibrary)
+}
+
+// startEngine loads the engine library for opts.Device and creates the
+// engine: "auto" takes the CUDA library when it loads and finds a GPU,
+// else the CPU one.
+func startEngine(m *model.Model, opts Options) (*engine.Engine, string, error) {
+	eo := engine.Options{
+		MaxSlots: opts.Slots, MaxRank: opts.MaxRank, KVBlockSize: opts.KVBlockSize,
+		KVBlocks: opts.KVBlocks, KVMemoryBytes: opts.KVMemoryBytes,
+		MaxBatchTokens: opts.MaxBatchTokens, MaxBatchSeqs: opts.MaxBatchSeqs, Threads: opts.Threads,
+	}
+	cpuPath, cudaPath := libraryPaths(opts.EngineLib)
+	var cudaErr error
+	if opts.Device == "cuda" || opts.Device == "auto" {
+		if cudaPath == "" {
+			cudaErr = errors.New("no CUDA engine library found")
+		} else if lib, err := engine.Open(cudaPath); err != nil {
+			cudaErr = err
+		} else if e, err := lib.NewEngine(m, eo); err != nil {
+			cudaErr = err
+		} else {
+			return e, "cuda", nil
+		}
+		if opts.Device == "cuda" {
+			return nil, "", fmt.Errorf("cuda engine: %w", cudaErr)
+		}
+		opts.Logger.Info("using the CPU engine", "cuda", cudaErr.Error())
+	}
+	lib, err := engine.Open(cpuPath)
+	if err != nil {
+		return nil, "", err
+	}
+	e, err := lib.NewEngine(m, eo)
+	if err != nil {
+		return nil, "", err
+	}
+	return e, "cpu", nil
+}
+
+// engineBackend is the real engine behind the scheduler.
+type engineBackend struct {
+	e      *engine.Engine
+	info   engine.Info
+	device string
+	b      engine.Batch
+}
+
+func (eb *engineBackend) Step(sb *stepBatch) error {
+	b := &eb.b
+	b.Tokens, b.SeqLen, b.SeqPos, b.SeqSlot, b.SeqSample = sb.Tokens, sb.SeqLen, sb.SeqPos, sb.SeqSlot, sb.SeqSample
+	b.BlockTable, b.MaxBlocks = sb.BlockTable, sb.MaxBlocks
+	b.Temperature, b.TopP, b.TopK, b.Seed, b.NTop = sb.Temperature, sb.TopP, sb.TopK, sb.Seed, sb.NTop
+	b.OutToken, b.OutLogprob, b.OutTopToken, b.OutTopLogprob = sb.OutToken, sb.OutLogprob, sb.OutTopToken, sb.OutTopLogprob
+	err := eb.e.Step(b)
+	sb.OutToken, sb.OutLogprob, sb.OutTopToken, sb.OutTopLogprob = b.OutToken, b.OutLogprob, b.OutTopToken, b.OutTopLogprob
+	return err
+}
+
+func (eb *engineBackend) LoadAdapter(slot int, a hostAdapter) error {
+	ma, ok := a.(modelAdapter)
+	if !ok {
+		return fmt.Errorf("load adapter: %T is not a parsed adapter", a)
+	}
+	return eb.e.LoadAdapter(slot, ma.a)
+}
+
+func (eb *engineBackend) ClearAdapter(slot int) error { return eb.e.ClearAdapter(slot) }
+func (eb *engineBackend) KVBlockSize() int            { return eb.info.KVBlockSize }
+func (eb *engineBackend) KVNumBlocks() int            { return eb.info.KVNumBlocks }
+func (eb *engineBackend) Device() string              { return eb.device }
+func (eb *engineBackend) Close() error                { return eb.e.Close() }
+
+// modelAdapter is a parsed adapter in host memory: its tensors are views
+// into a read-only mapping of its safetensors file (page-cached).
+type modelAdapter struct{ a *model.Adapter }
+
+func (m modelAdapter) SizeBytes() int64 { return m.a.Manifest.SizeBytes }
+func (m modelAdapter) Rank() int        { return m.a.Manifest.Rank }
+func (m modelAdapter) Close() error     { return m.a.Close() }
+
+// tokenizerCodec is the Hugging Face tokenizer behind Generate.
+type tokenizerCodec struct{ tk *tokenizer.Tokenizer }
+
+func (c *tokenizerCodec) Encode(text string, addSpecial bool) ([]int, error) {
+	// Special-token text is parsed, as transformers' tokenizers do by
+	// default and as a rendered chat template needs.
+	return c.tk.Encode(text, tokenizer.EncodeOptions{AddSpecialTokens: addSpecial, ParseSpecial: true}), nil
+}
+
+func (c *tokenizerCodec) ChatPrompt(msgs []nozzle.ChatMessage) (string, error) {
+	s, err := c.tk.ApplyChatTemplate(msgs, true)
+	if errors.Is(err, tokenizer.ErrNoChatTemplate) {
+		return "", nozzle.Errorf(nozzle.EINVALID, "This model has no chat template: use the completions endpoint.").WithParam("messages")
+	}
+	var te *tokenizer.TemplateError
+	if errors.As(err, &te) {
+		return "", nozzle.Errorf(nozzle.EINVALID, "The chat template refused the messages: %s", te.Message).WithParam("messages")
+	}
+	return s, err
+}
+
+func (c *tokenizerCodec) NewStreamDecoder() streamDecoder { return c.tk.NewStreamDecoder(true) }
+func (c *tokenizerCodec) TokenBytes(id int) []byte       { return c.tk.TokenBytes(id) }
+
+// TokenText is a token's text as OpenAI's logprobs show it: its bytes when
+// they are UTF-8, else "bytes:" and the bytes escaped.
+func (c *tokenizerCodec) TokenText(id int) string {
+	b := c.tk.TokenBytes(id)
+	if utf8.Valid(b) {
+		return string(b)
+	}
+	var s strings.Builder
+	s.WriteString("bytes:")
+	for _, x := range b {
+		fmt.Fprintf(&s, "\\x%02x", x)
+	}
+	return s.String()
+}
+
+func (c *tokenizerCodec) EOS() int {
+	if ids := c.tk.EOS(); len(ids) > 0 {
+		return ids[0]
+	}
+	return -1
+}
