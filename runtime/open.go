@@ -221,7 +221,7 @@ func (c *tokenizerCodec) ChatPrompt(msgs []nozzle.ChatMessage) (string, error) {
 }
 
 func (c *tokenizerCodec) NewStreamDecoder() streamDecoder { return c.tk.NewStreamDecoder(true) }
-func (c *tokenizerCodec) TokenBytes(id int) []byte       { return c.tk.TokenBytes(id) }
+func (c *tokenizerCodec) TokenBytes(id int) []byte        { return c.tk.TokenBytes(id) }
 
 // TokenText is a token's text as OpenAI's logprobs show it: its bytes when
 // they are UTF-8, else "bytes:" and the bytes escaped.
