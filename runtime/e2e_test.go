@@ -2,6 +2,8 @@ package runtime_test
 
 import (
 	"context"
+	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"sync"
@@ -9,6 +11,7 @@ import (
 	"time"
 
 	nozzle "github.com/nozzle-ai/nozzle"
+	"github.com/nozzle-ai/nozzle/internal/metrics"
 	"github.com/nozzle-ai/nozzle/runtime"
 	"github.com/nozzle-ai/nozzle/runtime/engine"
 )
@@ -138,4 +141,118 @@ func TestDemo_EndToEnd(t *testing.T) {
 			t.Errorf("request %d: mixed %q (%v), alone %q", i, mixed[i].text, mixed[i].err, alone[i].text)
 		}
 	}
+}
+
+func TestEnsureDemo_Repair(t *testing.T) {
+	dir := t.TempDir()
+	modelDir, adapters, err := runtime.EnsureDemo(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(adapters) != 4 {
+		t.Fatalf("%d demo adapters", len(adapters))
+	}
+	weights := filepath.Join(modelDir, "model.safetensors")
+	st1, err := os.Stat(weights)
+	if err != nil {
+		t.Fatal(err)
+	}
+	orig, _ := os.ReadFile(weights)
+	// A second call reuses the files.
+	if _, _, err := runtime.EnsureDemo(dir); err != nil {
+		t.Fatal(err)
+	}
+	if st2, _ := os.Stat(weights); !st2.ModTime().Equal(st1.ModTime()) {
+		t.Error("intact demo regenerated")
+	}
+	// Damage: the same bytes come back.
+	os.WriteFile(weights, orig[:len(orig)/2], 0o644)
+	os.Remove(filepath.Join(adapters["demo-sql"], nozzle.AdapterWeightsFile))
+	if _, _, err := runtime.EnsureDemo(dir); err != nil {
+		t.Fatal(err)
+	}
+	again, _ := os.ReadFile(weights)
+	if string(again) != string(orig) {
+		t.Error("regenerated weights differ: generation is not deterministic")
+	}
+	if _, err := os.Stat(filepath.Join(adapters["demo-sql"], nozzle.AdapterWeightsFile)); err != nil {
+		t.Error("adapter not regenerated")
+	}
+}
+
+// TestDemo_PreemptAndConservation runs the demo model with a KV pool too
+// small for its load, with cancellations, on the real clock: texts match
+// the unpreempted runs, and the requests' device seconds plus idle time
+// add up to the uptime.
+func TestDemo_PreemptAndConservation(t *testing.T) {
+	reg := metrics.NewRegistry()
+	rt, adapters := openDemo(t, runtime.Options{KVBlocks: 12, MaxBatchSeqs: 8, Metrics: reg, PrefillChunk: 32})
+	ctx := context.Background()
+	names := []string{"", "demo-sql", "demo-chat", "demo-code", "demo-poet"}
+	var reqs []*nozzle.GenerateRequest
+	for i := range 8 {
+		r := &nozzle.GenerateRequest{TenantID: fmt.Sprint("t", i%3), PromptTokens: randomPrompt(newRNG(uint64(i)), 20+7*i), MaxTokens: 40}
+		if n := names[i%len(names)]; n != "" {
+			r.Adapter = adapters[n]
+		}
+		reqs = append(reqs, r)
+	}
+	var device float64
+	alone := make([]outcome, len(reqs))
+	for i, r := range reqs {
+		alone[i] = run(ctx, rt, r)
+		if alone[i].err != nil {
+			t.Fatal(alone[i].err)
+		}
+		device += alone[i].res.DeviceSeconds
+	}
+	got := make([]outcome, len(reqs)+2)
+	var wg sync.WaitGroup
+	for i := range got {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if i >= len(reqs) { // two more, canceled mid-way
+				cctx, cancel := context.WithCancel(ctx)
+				n := 0
+				var o outcome
+				o.res, o.err = rt.Generate(cctx, reqs[i-len(reqs)], func(nozzle.Chunk) error {
+					if n++; n == 5 {
+						cancel()
+					}
+					return nil
+				})
+				got[i] = o
+				return
+			}
+			got[i] = run(ctx, rt, reqs[i])
+		}()
+	}
+	wg.Wait()
+	if metricValue(promText(reg), "nozzle_runtime_preemptions_total") <= 0 {
+		t.Error("no preemption happened")
+	}
+	for i, o := range got {
+		device += o.res.DeviceSeconds
+		if i >= len(reqs) {
+			if nozzle.ErrorCode(o.err) != nozzle.ECANCELED {
+				t.Errorf("canceled request %d: %v", i, o.err)
+			}
+			continue
+		}
+		if o.err != nil || o.text != alone[i].text {
+			t.Errorf("request %d: preempted %q (%v), alone %q", i, o.text, o.err, alone[i].text)
+		}
+	}
+	time.Sleep(20 * time.Millisecond) // some idle time
+	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if err := rt.Close(cctx); err != nil {
+		t.Fatal(err)
+	}
+	st := rt.Stats()
+	if math.Abs(device-st.ActiveSeconds) > 1e-6*st.ActiveSeconds || math.Abs(device+st.IdleSeconds-st.UptimeSeconds) > 1e-6 {
+		t.Errorf("device seconds %.6f + idle %.6f != uptime %.6f (active %.6f)", device, st.IdleSeconds, st.UptimeSeconds, st.ActiveSeconds)
+	}
+	t.Logf("uptime %.3fs, active %.3fs, idle %.3fs", st.UptimeSeconds, st.ActiveSeconds, st.IdleSeconds)
 }

@@ -30,27 +30,46 @@ func serve(t testing.TB, rt *runtime.Runtime) *runtime.Client {
 }
 
 // TestRemote_Parity runs the same requests in process and through the
-// remote protocol: same text, same token counts, same errors.
+// remote protocol on a loopback port: same text, same token counts, same
+// errors; on the engine stand-in and on the demo model with the real
+// engine.
 func TestRemote_Parity(t *testing.T) {
-	rt := startFake(t, runtime.Options{}, 64)
-	defer closeRT(t, rt)
-	cl := serve(t, rt.Runtime)
-	ctx := context.Background()
+	t.Run("Fake", func(t *testing.T) {
+		rt := startFake(t, runtime.Options{}, 64)
+		defer closeRT(t, rt)
+		seed := uint64(9)
+		testParity(t, rt.Runtime, map[string]*nozzle.GenerateRequest{
+			"Greedy":    {Prompt: "hello world", MaxTokens: 30},
+			"Chat":      {Messages: []nozzle.ChatMessage{{Role: "user", Content: "hi"}}, MaxTokens: 10, Logprobs: true, TopLogprobs: 2},
+			"Seeded":    {Prompt: "the", MaxTokens: 20, Temperature: 1, Seed: &seed},
+			"Adapter":   {Prompt: "hello", MaxTokens: 15, Adapter: adapterFor(2)},
+			"Stop":      {Prompt: "hello", MaxTokens: 30, Stop: []string{"e"}},
+			"TooLong":   {PromptTokens: make([]int, 600)},
+			"BadParam":  {Prompt: "x", TopP: 3},
+			"BadTokens": {PromptTokens: []int{-1}},
+		}, fakeSHA(2))
+	})
+	t.Run("Demo", func(t *testing.T) {
+		rt, adapters := openDemo(t, runtime.Options{})
+		seed := uint64(11)
+		testParity(t, rt, map[string]*nozzle.GenerateRequest{
+			"Greedy":  {Prompt: "The quick brown fox", MaxTokens: 16},
+			"Chat":    {Messages: []nozzle.ChatMessage{{Role: "user", Content: "Hello there"}}, MaxTokens: 12, Logprobs: true, TopLogprobs: 3, Adapter: adapters["demo-chat"]},
+			"Seeded":  {Prompt: "Once upon a time", MaxTokens: 16, Temperature: 0.9, TopP: 0.95, TopK: 40, Seed: &seed, Adapter: adapters["demo-sql"]},
+			"Stop":    {Prompt: "The quick brown fox", MaxTokens: 16, Stop: []string{"xx"}},
+			"TooLong": {PromptTokens: make([]int, 3000)},
+			"Missing": {Prompt: "x", MaxTokens: 4, Adapter: &nozzle.Adapter{Name: "gone", AdapterManifest: nozzle.AdapterManifest{SHA256: fakeSHA(77), Rank: 8}}},
+		}, adapters["demo-chat"].SHA256)
+	})
+}
 
+func testParity(t *testing.T, rt *runtime.Runtime, reqs map[string]*nozzle.GenerateRequest, residentSHA string) {
+	cl := serve(t, rt)
+	ctx := context.Background()
 	info, err := cl.Info(ctx)
-	if err != nil || info.ID != fakeModel.ID || info.ContextLength != fakeModel.ContextLength {
-		t.Fatalf("info %+v %v", info, err)
-	}
-	seed := uint64(9)
-	reqs := map[string]*nozzle.GenerateRequest{
-		"Greedy":    {Prompt: "hello world", MaxTokens: 30},
-		"Chat":      {Messages: []nozzle.ChatMessage{{Role: "user", Content: "hi"}}, MaxTokens: 10, Logprobs: true, TopLogprobs: 2},
-		"Seeded":    {Prompt: "the", MaxTokens: 20, Temperature: 1, Seed: &seed},
-		"Adapter":   {Prompt: "hello", MaxTokens: 15, Adapter: adapterFor(2)},
-		"Stop":      {Prompt: "hello", MaxTokens: 30, Stop: []string{"e"}},
-		"TooLong":   {PromptTokens: make([]int, 600)},
-		"BadParam":  {Prompt: "x", TopP: 3},
-		"BadTokens": {PromptTokens: []int{-1}},
+	want, _ := rt.Info(ctx)
+	if err != nil || info.ID != want.ID || info.ContextLength != want.ContextLength || info.Device != want.Device {
+		t.Fatalf("info %+v %v, want %+v", info, err, want)
 	}
 	for name, req := range reqs {
 		t.Run(name, func(t *testing.T) {
@@ -71,13 +90,14 @@ func TestRemote_Parity(t *testing.T) {
 				t.Errorf("chunks: local %d, remote %d", len(local.chunks), len(remote.chunks))
 			}
 			for i := range min(len(local.chunks), len(remote.chunks)) {
-				if len(local.chunks[i].Logprobs) != len(remote.chunks[i].Logprobs) {
-					t.Errorf("chunk %d logprobs differ", i)
+				lc, rc := local.chunks[i], remote.chunks[i]
+				if lc.Text != rc.Text || len(lc.Logprobs) != len(rc.Logprobs) {
+					t.Errorf("chunk %d: local %+v, remote %+v", i, lc, rc)
 				}
 			}
 		})
 	}
-	if tier := cl.AdapterTier(ctx, fakeSHA(2)); tier != nozzle.TierDevice {
+	if tier := cl.AdapterTier(ctx, residentSHA); tier != nozzle.TierDevice {
 		t.Errorf("tier %q", tier)
 	}
 	if tier := cl.AdapterTier(ctx, fakeSHA(40)); tier != nozzle.TierDisk {
@@ -85,6 +105,11 @@ func TestRemote_Parity(t *testing.T) {
 	}
 	if !cl.Ready(ctx) {
 		t.Error("not ready")
+	}
+	if ivs, err := cl.CapacityIntervals(ctx, 0); err != nil {
+		t.Errorf("capacity: %v", err)
+	} else if local, _ := rt.CapacityIntervals(ctx, 0); len(local) != len(ivs) {
+		t.Errorf("capacity: %d intervals remote, %d local", len(ivs), len(local))
 	}
 }
 
