@@ -78,11 +78,18 @@ type usageCell struct {
 }
 
 // periodTotals is what the cost split needs beyond the selected usage:
-// every tenant's active cost in the period and the runtimes' capacity.
+// every tenant's active cost in the period, hour by hour, and the
+// runtimes' capacity.
 type periodTotals struct {
 	activeCostUSD float64 // all tenants
 	deviceSeconds float64
-	capacity      capHour // all runtimes
+	hourActive    map[int64]float64 // hour → all tenants' active cost
+	capacity      capHour           // all runtimes
+	hourCap       map[int64]capHour // hour → all runtimes
+}
+
+func newTotals() periodTotals {
+	return periodTotals{hourActive: map[int64]float64{}, hourCap: map[int64]capHour{}}
 }
 
 // Report returns the usage and cost report for q, computed from the hourly
@@ -122,7 +129,7 @@ func (l *Ledger) report(ctx context.Context, q nozzle.ReportQuery, scan bool) (*
 		if err != nil {
 			return err
 		}
-		if tot.capacity, err = capacityTotals(tx, s.startH, s.endH); err != nil {
+		if err = capacityTotals(tx, s.startH, s.endH, &tot); err != nil {
 			return err
 		}
 		rep = l.buildReport(s, cells, tot, names)
@@ -141,7 +148,7 @@ func (l *Ledger) report(ctx context.Context, q nozzle.ReportQuery, scan bool) (*
 // rollupCells reads the selected tenants' rollups and the all-tenant
 // hourly totals of the period.
 func rollupCells(tx *bolt.Tx, s *reportSpec, tenants []*nozzle.Tenant) ([]usageCell, periodTotals, error) {
-	var tot periodTotals
+	tot := newTotals()
 	hc := tx.Bucket(bHours).Cursor()
 	for k, v := hc.Seek(hourKey(s.startH)); k != nil && hourFromKey(k) < s.endH; k, v = hc.Next() {
 		r, err := decodeRollup(v)
@@ -150,6 +157,7 @@ func rollupCells(tx *bolt.Tx, s *reportSpec, tenants []*nozzle.Tenant) ([]usageC
 		}
 		tot.activeCostUSD += r.ActiveCostUSD
 		tot.deviceSeconds += r.DeviceSeconds
+		tot.hourActive[hourFromKey(k)] += r.ActiveCostUSD
 	}
 	var ids []string
 	if s.operatorRep {
@@ -188,7 +196,7 @@ func rollupCells(tx *bolt.Tx, s *reportSpec, tenants []*nozzle.Tenant) ([]usageC
 // scanCells computes the same cells and totals from the events themselves:
 // the slow path that Check and the benchmark baseline use.
 func scanCells(ctx context.Context, tx *bolt.Tx, s *reportSpec) ([]usageCell, periodTotals, error) {
-	var tot periodTotals
+	tot := newTotals()
 	agg := map[string]*usageCell{}
 	c := tx.Bucket(bEvents).Cursor()
 	n := 0
@@ -206,6 +214,7 @@ func scanCells(ctx context.Context, tx *bolt.Tx, s *reportSpec) ([]usageCell, pe
 		}
 		tot.activeCostUSD += activeCost(ev)
 		tot.deviceSeconds += ev.DeviceSeconds
+		tot.hourActive[h] += activeCost(ev)
 		if !s.operatorRep && ev.TenantID != s.q.TenantID {
 			continue
 		}
@@ -237,22 +246,27 @@ func scanCells(ctx context.Context, tx *bolt.Tx, s *reportSpec) ([]usageCell, pe
 	return cells, tot, nil
 }
 
-func capacityTotals(tx *bolt.Tx, startH, endH int64) (capHour, error) {
-	var tot capHour
+func capacityTotals(tx *bolt.Tx, startH, endH int64, tot *periodTotals) error {
 	c := tx.Bucket(bCapHours).Cursor()
 	for k, v := c.Seek(hourKey(startH)); k != nil && len(k) >= 8 && hourFromKey(k[:8]) < endH; k, v = c.Next() {
 		ch, err := decodeCapHour(v)
 		if err != nil {
-			return tot, err
+			return err
 		}
-		tot.add(ch)
+		tot.capacity.add(ch)
+		h := hourFromKey(k[:8])
+		hc := tot.hourCap[h]
+		hc.add(ch)
+		tot.hourCap[h] = hc
 	}
-	return tot, nil
+	return nil
 }
 
 // rowAcc accumulates one report row.
 type rowAcc struct {
 	row      nozzle.ReportRow
+	idleCost float64 // prorata share of idle, summed over the row's cells
+	idleSecs float64
 	start    int64 // the row's span in hours
 	end      int64
 	adapters map[string]*adapterUse // tenant+adapter → use, for the dedicated comparison
@@ -262,7 +276,9 @@ type adapterUse struct {
 	activeCost, deviceSeconds float64
 }
 
-func (a *rowAcc) add(c *usageCell) {
+func (a *rowAcc) add(c *usageCell, idleCost, idleSecs float64) {
+	a.idleCost += idleCost
+	a.idleSecs += idleSecs
 	r := &a.row
 	r.Requests += c.r.Requests
 	r.PromptTokens += c.r.PromptTokens
@@ -285,11 +301,42 @@ func (a *rowAcc) add(c *usageCell) {
 // The cost model: a request's active cost is its device seconds at its
 // runtime's rate. The runtimes' cost over the period minus the active cost
 // of every tenant's requests in it is the idle pool (the model kept warm).
-// Under the prorata policy each row carries a share of the pool equal to
-// its share of all tenants' active cost in the period, so the rows of the
-// operator's report add up to the runtimes' cost; under the operator
-// policy the pool stays with the operator.
+// Under the prorata policy the idle cost of each hour in which requests
+// ran goes to those requests' tenants by their share of the hour's active
+// cost; what is left of the pool (idle hours with no request at all, and
+// any mismatch between the runtimes' and the requests' own accounting of
+// active time) goes to the period's tenants by their share of the
+// period's active cost. So the rows of the operator's report add up to the
+// runtimes' cost. Under the operator policy the pool stays with the
+// operator.
 func (l *Ledger) buildReport(s *reportSpec, cells []usageCell, tot periodTotals, names map[string]string) *nozzle.Report {
+	// The idle split: each active hour's idle cost by share of the hour,
+	// the rest of the pool by share of the period.
+	pool := max(0, tot.capacity.CostUSD-tot.activeCostUSD)
+	hourIdle, hourIdleSecs := 0.0, 0.0
+	for h, a := range tot.hourActive {
+		if a > 0 {
+			hourIdle += tot.hourCap[h].IdleCostUSD
+			hourIdleSecs += tot.hourCap[h].IdleSeconds
+		}
+	}
+	rest := max(0, pool-hourIdle)
+	restSecs := max(0, tot.capacity.IdleSeconds-hourIdleSecs)
+	prorata := l.idlePolicy == nozzle.IdleProrata && tot.activeCostUSD > 0
+	cellIdle := func(c *usageCell) (float64, float64) {
+		if !prorata || c.r.ActiveCostUSD == 0 {
+			return 0, 0
+		}
+		cost := rest * c.r.ActiveCostUSD / tot.activeCostUSD
+		secs := restSecs * c.r.ActiveCostUSD / tot.activeCostUSD
+		if a := tot.hourActive[c.hour]; a > 0 {
+			share := c.r.ActiveCostUSD / a
+			cost += tot.hourCap[c.hour].IdleCostUSD * share
+			secs += tot.hourCap[c.hour].IdleSeconds * share
+		}
+		return cost, secs
+	}
+
 	rows := map[string]*rowAcc{}
 	var order []string
 	all := &rowAcc{start: s.startH, end: s.endH, adapters: map[string]*adapterUse{}}
@@ -329,25 +376,18 @@ func (l *Ledger) buildReport(s *reportSpec, cells []usageCell, tot periodTotals,
 		if s.byAd && c.r.AdapterName != "" {
 			acc.row.AdapterName = c.r.AdapterName
 		}
-		acc.add(c)
-		all.add(c)
+		ic, is := cellIdle(c)
+		acc.add(c, ic, is)
+		all.add(c, ic, is)
 	}
 
-	pool := tot.capacity.CostUSD - tot.activeCostUSD
-	if pool < 0 {
-		pool = 0 // capacity not collected yet for part of the period
-	}
 	capRate := 0.0
 	if tot.capacity.UptimeSeconds > 0 {
 		capRate = tot.capacity.CostUSD / tot.capacity.UptimeSeconds * 3600
 	}
 	finish := func(a *rowAcc) nozzle.ReportRow {
 		r := a.row
-		if l.idlePolicy == nozzle.IdleProrata && tot.activeCostUSD > 0 {
-			share := r.ActiveCostUSD / tot.activeCostUSD
-			r.IdleCostUSD = pool * share
-			r.IdleSeconds = tot.capacity.IdleSeconds * share
-		}
+		r.IdleCostUSD, r.IdleSeconds = a.idleCost, a.idleSecs
 		r.CostUSD = r.ActiveCostUSD + r.IdleCostUSD
 		r.MarginUSD = r.ChargedUSD - r.CostUSD
 		hours := float64(a.end - a.start)
@@ -406,7 +446,7 @@ func (l *Ledger) buildReport(s *reportSpec, cells []usageCell, tot periodTotals,
 		if g.UptimeSeconds > 0 {
 			g.Utilization = g.ActiveSeconds / g.UptimeSeconds
 		}
-		if l.idlePolicy == nozzle.IdleOperator || tot.activeCostUSD == 0 {
+		if !prorata {
 			g.OperatorIdleUSD = pool
 		}
 		rep.GPU = g

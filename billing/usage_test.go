@@ -273,6 +273,36 @@ func randomTrace(r *rand.Rand, tenants []string) trace {
 	return tr
 }
 
+// recordAll records events from many goroutines (they share commits).
+func recordAll(tb testing.TB, l *billing.Ledger, evs []nozzle.UsageEvent) {
+	tb.Helper()
+	var wg sync.WaitGroup
+	var next atomic.Int64
+	errs := make(chan error, 32)
+	for range 32 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= len(evs) {
+					return
+				}
+				ev := evs[i]
+				if _, err := l.RecordUsage(context.Background(), &ev); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		tb.Fatal(err)
+	}
+}
+
 func minT(a, b time.Time) time.Time {
 	if a.Before(b) {
 		return a
@@ -301,9 +331,7 @@ func TestReport_Conservation(t *testing.T) {
 			if err := l.RecordCapacity(ctx, tr.intervals); err != nil {
 				t.Fatal(err)
 			}
-			for _, ev := range tr.events {
-				mustRecord(t, l, ev)
-			}
+			recordAll(t, l, tr.events)
 			q := nozzle.ReportQuery{Start: tr.start, End: tr.end, GroupBy: []string{"tenant"}}
 			rep := mustReport(t, l, q)
 			if e := relErr(rep.GPU.CostUSD, tr.runtimeUSD); e > 1e-9 {

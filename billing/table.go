@@ -1,0 +1,117 @@
+package billing
+
+import (
+	"fmt"
+	"io"
+	"slices"
+	"text/tabwriter"
+	"time"
+
+	"github.com/nozzle-ai/nozzle"
+)
+
+// WriteTable renders a report as an aligned text table for the command
+// line: one line per row, a total line, and for operator reports the GPU
+// and outbox summaries.
+func WriteTable(w io.Writer, r *nozzle.Report) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
+	has := func(g string) bool { return slices.Contains(r.GroupBy, g) }
+	timeFmt := "2006-01-02 15:04"
+	if has(nozzle.GroupDay) {
+		timeFmt = "2006-01-02"
+	}
+	fmt.Fprintf(w, "Usage and cost %s – %s (UTC), idle policy %s\n\n", r.Start.UTC().Format("2006-01-02 15:04"), r.End.UTC().Format("2006-01-02 15:04"), r.IdlePolicy)
+	var head string
+	if has(nozzle.GroupHour) || has(nozzle.GroupDay) {
+		head += "time\t"
+	}
+	if has(nozzle.GroupTenant) {
+		head += "tenant\t"
+	}
+	if has(nozzle.GroupAdapter) {
+		head += "adapter\t"
+	}
+	if head == "" {
+		head = "\t"
+	}
+	fmt.Fprintln(tw, head+"requests\tprompt tok\tcompl tok\tdevice s\tidle s\tcost $\tcharged $\tmargin $\tdedicated $\tsaving %\t")
+	line := func(row *nozzle.ReportRow, label string) {
+		var cells string
+		if label != "" {
+			cells = label + "\t"
+			for i := 1; i < countTabs(head); i++ {
+				cells += "\t"
+			}
+		} else {
+			if has(nozzle.GroupHour) || has(nozzle.GroupDay) {
+				cells += row.Time.UTC().Format(timeFmt) + "\t"
+			}
+			if has(nozzle.GroupTenant) {
+				cells += orDash(row.TenantName, row.TenantID) + "\t"
+			}
+			if has(nozzle.GroupAdapter) {
+				name := row.AdapterName
+				if row.AdapterID == "" && name == "" {
+					name = "(base model)"
+				}
+				cells += orDash(name, row.AdapterID) + "\t"
+			}
+			if cells == "" {
+				cells = "\t"
+			}
+		}
+		fmt.Fprintf(tw, "%s%d\t%d\t%d\t%.1f\t%.1f\t%.4f\t%.4f\t%.4f\t%.2f\t%.1f\t\n", cells,
+			row.Requests, row.PromptTokens, row.CompletionTokens, row.DeviceSeconds, row.IdleSeconds,
+			row.CostUSD, row.ChargedUSD, row.MarginUSD, row.DedicatedUSD, row.SavingPercent)
+	}
+	for i := range r.Rows {
+		line(&r.Rows[i], "")
+	}
+	line(&r.Total, "total")
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if g := r.GPU; g != nil {
+		fmt.Fprintf(w, "\nGPU: up %s, active %s (utilisation %.1f%%), cost $%.4f, idle cost $%.4f, left with the operator $%.4f\n",
+			secs(g.UptimeSeconds), secs(g.ActiveSeconds), g.Utilization*100, g.CostUSD, g.IdleCostUSD, g.OperatorIdleUSD)
+	}
+	if o := r.Outbox; o != nil {
+		state := "off"
+		if o.Enabled {
+			state = "on"
+		}
+		fmt.Fprintf(w, "Stripe outbox (%s): %d pending, %d sent, %d failing, %d need review, %d expired", state, o.Pending, o.Sent, o.Failing, o.NeedsReview, o.Expired)
+		if !o.LastSentAt.IsZero() {
+			fmt.Fprintf(w, ", last sent %s", o.LastSentAt.UTC().Format(time.RFC3339))
+		}
+		if o.LastError != "" {
+			fmt.Fprintf(w, ", last error: %s", o.LastError)
+		}
+		fmt.Fprintln(w)
+	}
+	return nil
+}
+
+func countTabs(s string) int {
+	n := 0
+	for _, c := range s {
+		if c == '\t' {
+			n++
+		}
+	}
+	return n
+}
+
+func orDash(a, b string) string {
+	if a != "" {
+		return a
+	}
+	if b != "" {
+		return b
+	}
+	return "-"
+}
+
+func secs(s float64) string {
+	return (time.Duration(s * float64(time.Second))).Round(time.Second).String()
+}

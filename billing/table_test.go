@@ -1,0 +1,47 @@
+package billing_test
+
+import (
+	"bytes"
+	"context"
+	"flag"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/nozzle-ai/nozzle"
+	"github.com/nozzle-ai/nozzle/billing"
+)
+
+var update = flag.Bool("update", false, "update golden files")
+
+func TestWriteTable(t *testing.T) {
+	ctx := context.Background()
+	l := mustOpen(t, billing.Options{DefaultPrice: nozzle.Price{PromptPerMillionUSD: 0.5, CompletionPerMillionUSD: 1.5}})
+	a := mustTenant(t, l, "acme")
+	start := date("2026-03-04T10:00:00Z")
+	if err := l.RecordCapacity(ctx, []nozzle.CapacityInterval{{RuntimeID: "rt", Seq: 1, Start: start, End: start.Add(2 * time.Hour), ActiveSeconds: 720, IdleSeconds: 6480, RatePerHour: 2}}); err != nil {
+		t.Fatal(err)
+	}
+	mustRecord(t, l, nozzle.UsageEvent{RequestID: "1", TenantID: a.ID, AdapterID: "ad_1", AdapterName: "sql", Time: start.Add(time.Minute), PromptTokens: 1200, CompletionTokens: 300, DeviceSeconds: 500, RatePerHour: 2})
+	mustRecord(t, l, nozzle.UsageEvent{RequestID: "2", TenantID: a.ID, Time: start.Add(61 * time.Minute), PromptTokens: 100, CompletionTokens: 20, DeviceSeconds: 220, RatePerHour: 2})
+	rep := mustReport(t, l, nozzle.ReportQuery{Start: start, End: start.Add(2 * time.Hour), GroupBy: []string{"hour", "adapter"}})
+	// Tenant ids are random: show the rows as a tenant would see them.
+	var buf bytes.Buffer
+	if err := billing.WriteTable(&buf, rep); err != nil {
+		t.Fatal(err)
+	}
+	golden := filepath.Join("testdata", "table.golden")
+	if *update {
+		if err := os.WriteFile(golden, buf.Bytes(), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(golden)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(buf.Bytes(), want) {
+		t.Fatalf("table differs from %s (run with -update):\n%s", golden, buf.String())
+	}
+}

@@ -1,0 +1,75 @@
+package nozzle
+
+import (
+	"encoding/csv"
+	"io"
+	"slices"
+	"strconv"
+	"time"
+)
+
+// WriteCSV writes the report as CSV: a header, one line per row, and a
+// last line for the total (its first column says "total"). Group columns
+// appear only for the report's group keys.
+func (r *Report) WriteCSV(w io.Writer) error {
+	cw := csv.NewWriter(w)
+	has := func(g string) bool { return slices.Contains(r.GroupBy, g) }
+	var header []string
+	timeCol := has(GroupHour) || has(GroupDay)
+	if timeCol {
+		header = append(header, "time")
+	}
+	if has(GroupTenant) {
+		header = append(header, "tenant_id", "tenant")
+	}
+	if has(GroupAdapter) {
+		header = append(header, "adapter_id", "adapter")
+	}
+	if len(header) == 0 {
+		header = append(header, "period")
+	}
+	header = append(header, "requests", "prompt_tokens", "completion_tokens", "device_seconds", "idle_seconds",
+		"active_cost_usd", "idle_cost_usd", "cost_usd", "charged_usd", "margin_usd", "dedicated_usd", "saving_percent")
+	if err := cw.Write(header); err != nil {
+		return err
+	}
+	line := func(row *ReportRow, total bool) []string {
+		var rec []string
+		groups := len(header) - 12
+		switch {
+		case total:
+			rec = append(rec, "total")
+			for len(rec) < groups {
+				rec = append(rec, "")
+			}
+		default:
+			if timeCol {
+				rec = append(rec, row.Time.UTC().Format(time.RFC3339))
+			}
+			if has(GroupTenant) {
+				rec = append(rec, row.TenantID, row.TenantName)
+			}
+			if has(GroupAdapter) {
+				rec = append(rec, row.AdapterID, row.AdapterName)
+			}
+			if len(rec) == 0 {
+				rec = append(rec, r.Start.UTC().Format(time.RFC3339)+"/"+r.End.UTC().Format(time.RFC3339))
+			}
+		}
+		i := func(v int64) string { return strconv.FormatInt(v, 10) }
+		f := func(v float64) string { return strconv.FormatFloat(v, 'f', -1, 64) }
+		return append(rec, i(row.Requests), i(row.PromptTokens), i(row.CompletionTokens), f(row.DeviceSeconds),
+			f(row.IdleSeconds), f(row.ActiveCostUSD), f(row.IdleCostUSD), f(row.CostUSD), f(row.ChargedUSD),
+			f(row.MarginUSD), f(row.DedicatedUSD), f(row.SavingPercent))
+	}
+	for i := range r.Rows {
+		if err := cw.Write(line(&r.Rows[i], false)); err != nil {
+			return err
+		}
+	}
+	if err := cw.Write(line(&r.Total, true)); err != nil {
+		return err
+	}
+	cw.Flush()
+	return cw.Error()
+}

@@ -1,0 +1,60 @@
+package nozzle_test
+
+import (
+	"bytes"
+	"encoding/csv"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/nozzle-ai/nozzle"
+)
+
+func TestReport_WriteCSV(t *testing.T) {
+	day := time.Date(2026, 3, 4, 0, 0, 0, 0, time.UTC)
+	rep := &nozzle.Report{
+		Start: day, End: day.Add(48 * time.Hour), GroupBy: []string{nozzle.GroupDay, nozzle.GroupAdapter},
+		Rows: []nozzle.ReportRow{
+			{Time: day, AdapterID: "ad_1", AdapterName: "sql, \"v2\"", Requests: 2, PromptTokens: 10, CostUSD: 0.5},
+			{Time: day.Add(24 * time.Hour), AdapterID: "ad_2", AdapterName: "chat", Requests: 1, SavingPercent: 99.5},
+		},
+		Total: nozzle.ReportRow{Requests: 3, PromptTokens: 10, CostUSD: 0.5},
+	}
+	var buf bytes.Buffer
+	if err := rep.WriteCSV(&buf); err != nil {
+		t.Fatal(err)
+	}
+	recs, err := csv.NewReader(&buf).ReadAll()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(recs) != 4 {
+		t.Fatalf("%d records, want header + 2 rows + total", len(recs))
+	}
+	if got, want := recs[0][:4], []string{"time", "adapter_id", "adapter", "requests"}; !slices.Equal(got, want) {
+		t.Fatalf("header = %v, want %v…", got, want)
+	}
+	if recs[1][0] != "2026-03-04T00:00:00Z" || recs[1][2] != "sql, \"v2\"" || recs[1][3] != "2" || recs[1][10] != "0.5" {
+		t.Fatalf("row = %v", recs[1])
+	}
+	if recs[3][0] != "total" || recs[3][3] != "3" {
+		t.Fatalf("total = %v", recs[3])
+	}
+	for _, r := range recs {
+		if len(r) != len(recs[0]) {
+			t.Fatalf("ragged record %v", r)
+		}
+	}
+
+	t.Run("Ungrouped", func(t *testing.T) {
+		rep := &nozzle.Report{Start: day, End: day.Add(time.Hour), Total: nozzle.ReportRow{Requests: 1}, Rows: []nozzle.ReportRow{{Requests: 1}}}
+		var buf bytes.Buffer
+		if err := rep.WriteCSV(&buf); err != nil {
+			t.Fatal(err)
+		}
+		recs, _ := csv.NewReader(&buf).ReadAll()
+		if len(recs) != 3 || recs[0][0] != "period" || recs[1][0] != "2026-03-04T00:00:00Z/2026-03-04T01:00:00Z" {
+			t.Fatalf("records = %v", recs)
+		}
+	})
+}
