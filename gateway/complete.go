@@ -544,7 +544,7 @@ func (cp *completion) stream(c *fiber.Ctx) error {
 		return err
 	}
 
-	cp.st.detach(c)
+	cp.s.detach(c, cp.st)
 	c.Set(fiber.HeaderContentType, "text/event-stream; charset=utf-8")
 	c.Set(fiber.HeaderCacheControl, "no-cache")
 	c.Set("X-Accel-Buffering", "no")

@@ -59,18 +59,18 @@ func clone[T any](v *T) *T { c := *v; return &c }
 // fixture is a gateway over mocks, with two tenants (a and b), each with a
 // full-scope key.
 type fixture struct {
-	t        testing.TB
-	w        *world
-	srv      *gateway.Server
-	tenants  *mock.TenantService
-	keys     *mock.KeyService
-	adapterS *mock.AdapterService
-	store    *mock.AdapterStore
-	ledger   *mock.Ledger
-	budget   *mock.BudgetService
-	reporter *mock.Reporter
-	gen      *fakeGen
-	gens     []*fakeGen
+	t         testing.TB
+	w         *world
+	srv       *gateway.Server
+	tenants   *mock.TenantService
+	keys      *mock.KeyService
+	adapterS  *mock.AdapterService
+	store     *mock.AdapterStore
+	ledger    *mock.Ledger
+	budget    *mock.BudgetService
+	reporter  *mock.Reporter
+	gen       *fakeGen
+	gens      []*fakeGen
 	uploadDir string
 
 	tenantA, tenantB *nozzle.Tenant
@@ -460,8 +460,8 @@ func (f *fixture) events() []*nozzle.UsageEvent {
 
 type header [2]string
 
-func hdr(k, v string) header      { return header{k, v} }
-func bearer(key string) header    { return hdr("Authorization", "Bearer "+key) }
+func hdr(k, v string) header     { return header{k, v} }
+func bearer(key string) header   { return hdr("Authorization", "Bearer "+key) }
 func (f *fixture) authA() header { return bearer(f.keyA) }
 
 // do sends a request through app.Test (no network).

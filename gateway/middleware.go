@@ -109,23 +109,22 @@ func (s *Server) front(c *fiber.Ctx) (err error) {
 	defer func() {
 		if r := recover(); r != nil {
 			perr := fmt.Errorf("panic: %v\n%s", r, debug.Stack())
-			st.streaming = false
 			c.Response().ResetBody()
 			_ = s.errorHandler(c, perr)
 		}
 		s.met.inflight.Add(-1)
+		if st.streaming {
+			return // the stream owns st now, and logs when it ends
+		}
 		// A body the handler did not read is still on the wire: close the
 		// connection rather than parse it as the next request.
 		if !st.bodyConsumed && c.Context().RequestBodyStream() != nil && c.Request().Header.ContentLength() != 0 {
 			c.Response().Header.SetConnectionClose()
 		}
 		st.route = s.met.route(c.Route().Path, c.Path())
-		if st.streaming {
-			return // the stream logs when it ends
-		}
 		st.status = c.Response().StatusCode()
 		st.method = c.Method()
-		st.path = c.Path()
+		st.path = strings.Clone(c.Path())
 		st.client = c.IP()
 		s.finish(st)
 		err = nil
@@ -161,8 +160,9 @@ func (s *Server) finish(st *reqState) {
 
 // streamState copies what a stream needs from the request state before the
 // handler returns (the fiber context is reused after that).
-func (st *reqState) detach(c *fiber.Ctx) {
+func (s *Server) detach(c *fiber.Ctx, st *reqState) {
 	st.streaming = true
+	st.route = s.met.route(c.Route().Path, c.Path())
 	st.method = c.Method()
 	st.path = strings.Clone(c.Path())
 	st.client = strings.Clone(c.IP())

@@ -1,0 +1,138 @@
+package gateway_test
+
+import (
+	"net/http"
+	"testing"
+
+	"github.com/nozzle-ai/nozzle"
+)
+
+func TestAuth(t *testing.T) {
+	f := newFixture(t)
+	t.Run("OK", func(t *testing.T) {
+		if resp := f.do(http.MethodGet, "/v1/models", "", f.authA()); resp.StatusCode != 200 {
+			t.Fatalf("status %d: %s", resp.StatusCode, readAll(t, resp))
+		}
+	})
+	t.Run("Missing", func(t *testing.T) {
+		resp := f.do(http.MethodGet, "/v1/models", "")
+		if got := resp.Header.Get("WWW-Authenticate"); got == "" {
+			t.Error("no WWW-Authenticate header")
+		}
+		wantError(t, resp, 401, "authentication_error", "invalid_api_key", "")
+	})
+	t.Run("MalformedNoLookup", func(t *testing.T) {
+		before := f.w.digestLookups.Load()
+		for _, k := range []string{"sk-not-ours", "nz-short", f.keyA[:len(f.keyA)-1] + "x", f.keyA + "0"} {
+			wantError(t, f.do(http.MethodGet, "/v1/models", "", bearer(k)), 401, "authentication_error", "invalid_api_key", "")
+		}
+		if n := f.w.digestLookups.Load() - before; n != 0 {
+			t.Errorf("%d key lookups for malformed keys, want 0", n)
+		}
+	})
+	t.Run("Unknown", func(t *testing.T) {
+		secret, _ := nozzle.NewKeySecret()
+		wantError(t, f.do(http.MethodGet, "/v1/models", "", bearer(secret)), 401, "authentication_error", "invalid_api_key", "")
+	})
+	t.Run("RevokedOnNextRequest", func(t *testing.T) {
+		resp := f.do(http.MethodPost, "/v1/keys", `{"name":"temp"}`, f.authA())
+		var k struct{ ID, Key string }
+		decode(t, resp, &k)
+		if r := f.do(http.MethodGet, "/v1/models", "", bearer(k.Key)); r.StatusCode != 200 {
+			t.Fatalf("new key: status %d", r.StatusCode)
+		}
+		if r := f.do(http.MethodDelete, "/v1/keys/"+k.ID, "", f.authA()); r.StatusCode != 200 {
+			t.Fatalf("revoke: status %d: %s", r.StatusCode, readAll(t, r))
+		}
+		wantError(t, f.do(http.MethodGet, "/v1/models", "", bearer(k.Key)), 401, "authentication_error", "invalid_api_key", "")
+	})
+	t.Run("Suspended", func(t *testing.T) {
+		f.updateTenant(f.tenantB.ID, func(tn *nozzle.Tenant) { tn.Suspended = true })
+		defer f.updateTenant(f.tenantB.ID, func(tn *nozzle.Tenant) { tn.Suspended = false })
+		wantError(t, f.do(http.MethodPost, "/v1/chat/completions", chatBody("base", "hi"), bearer(f.keyB)), 403, "permission_error", "tenant_suspended", "")
+		if n := len(f.events()); n != 0 {
+			t.Errorf("%d usage events, want 0", n)
+		}
+	})
+	t.Run("MissingScope", func(t *testing.T) {
+		resp := f.do(http.MethodPost, "/v1/keys", `{"name":"usage only","scopes":["usage"]}`, f.authA())
+		var k struct{ Key string }
+		decode(t, resp, &k)
+		wantError(t, f.do(http.MethodPost, "/v1/chat/completions", chatBody("base", "hi"), bearer(k.Key)), 403, "permission_error", "missing_scope", "")
+		wantError(t, f.do(http.MethodGet, "/v1/adapters", "", bearer(k.Key)), 403, "permission_error", "missing_scope", "")
+		if r := f.do(http.MethodGet, "/v1/usage", "", bearer(k.Key)); r.StatusCode != 200 {
+			t.Errorf("usage with usage scope: %d", r.StatusCode)
+		}
+		// A key cannot mint a key with more scopes than it has.
+		wantError(t, f.do(http.MethodPost, "/v1/keys", `{"scopes":["inference"]}`, bearer(k.Key)), 403, "permission_error", "missing_scope", "scopes")
+	})
+	t.Run("Admin", func(t *testing.T) {
+		wantError(t, f.do(http.MethodGet, "/admin/tenants", ""), 401, "authentication_error", "", "")
+		wantError(t, f.do(http.MethodGet, "/admin/tenants", "", bearer("wrong")), 401, "authentication_error", "", "")
+		wantError(t, f.do(http.MethodGet, "/admin/tenants", "", f.authA()), 401, "authentication_error", "", "")
+	})
+}
+
+func TestKeys(t *testing.T) {
+	f := newFixture(t)
+	resp := f.do(http.MethodPost, "/v1/keys", `{"name":"ci","scopes":["inference"],"limits":{"requests_per_minute":5}}`, f.authA())
+	if resp.StatusCode != 201 {
+		t.Fatalf("status %d: %s", resp.StatusCode, readAll(t, resp))
+	}
+	var created struct {
+		ID, Object, Name, Key, Prefix string
+		Scopes                        []string
+	}
+	decode(t, resp, &created)
+	if !nozzle.ValidKeyFormat(created.Key) || created.Prefix != nozzle.KeyDisplayPrefix(created.Key) || created.Object != "api_key" {
+		t.Fatalf("created %+v", created)
+	}
+	// Only the digest is stored.
+	f.w.mu.Lock()
+	stored := f.w.keys[nozzle.KeyDigest(created.Key)]
+	f.w.mu.Unlock()
+	if stored == nil || stored.Name != "ci" || len(stored.Scopes) != 1 || stored.Limits.RequestsPerMinute != 5 {
+		t.Fatalf("stored %+v", stored)
+	}
+	f.do(http.MethodGet, "/v1/models", "", bearer(created.Key))
+
+	var list struct {
+		Object string
+		Data   []map[string]any
+	}
+	decode(t, f.do(http.MethodGet, "/v1/keys", "", f.authA()), &list)
+	if list.Object != "list" || len(list.Data) != 2 {
+		t.Fatalf("list %+v", list)
+	}
+	for _, k := range list.Data {
+		if _, ok := k["key"]; ok {
+			t.Errorf("list shows a secret: %v", k)
+		}
+		if k["id"] == created.ID && k["last_used_at"] == nil {
+			t.Errorf("last_used_at not shown for a used key: %v", k)
+		}
+	}
+	t.Run("TouchBatched", func(t *testing.T) {
+		ctx := t.Context()
+		if err := f.srv.Shutdown(ctx); err != nil {
+			t.Fatal(err)
+		}
+		f.w.mu.Lock()
+		defer f.w.mu.Unlock()
+		if _, ok := f.w.touched[created.ID]; !ok {
+			t.Errorf("last use of %s not written on shutdown: %v", created.ID, f.w.touched)
+		}
+	})
+}
+
+func TestKeys_BadInput(t *testing.T) {
+	f := newFixture(t)
+	wantError(t, f.do(http.MethodPost, "/v1/keys", `{"scopes":["root"]}`, f.authA()), 400, "invalid_request_error", "", "scopes")
+	wantError(t, f.do(http.MethodPost, "/v1/keys", `{"nmae":"typo"}`, f.authA()), 400, "invalid_request_error", "", "nmae")
+	wantError(t, f.do(http.MethodPost, "/v1/keys", `{"name":5}`, f.authA()), 400, "invalid_request_error", "", "name")
+	wantError(t, f.do(http.MethodDelete, "/v1/keys/key_999", "", f.authA()), 404, "not_found_error", "key_not_found", "")
+	// Another tenant's key id is not found either.
+	var list struct{ Data []struct{ ID string } }
+	decode(t, f.do(http.MethodGet, "/v1/keys", "", bearer(f.keyB)), &list)
+	wantError(t, f.do(http.MethodDelete, "/v1/keys/"+list.Data[0].ID, "", f.authA()), 404, "not_found_error", "key_not_found", "")
+}

@@ -1,0 +1,209 @@
+package gateway_test
+
+import (
+	"encoding/json"
+	"net/http"
+	"strings"
+	"testing"
+
+	"github.com/nozzle-ai/nozzle"
+	"github.com/nozzle-ai/nozzle/gateway"
+)
+
+func chatBody(model, content string) string {
+	b, _ := json.Marshal(map[string]any{"model": model, "messages": []map[string]any{{"role": "user", "content": content}}})
+	return string(b)
+}
+
+type chatResponse struct {
+	ID      string `json:"id"`
+	Object  string `json:"object"`
+	Created int64  `json:"created"`
+	Model   string `json:"model"`
+	Choices []struct {
+		Index   int `json:"index"`
+		Message struct {
+			Role    string `json:"role"`
+			Content string `json:"content"`
+		} `json:"message"`
+		Logprobs *struct {
+			Content []struct {
+				Token       string  `json:"token"`
+				Logprob     float64 `json:"logprob"`
+				TopLogprobs []struct {
+					Token string `json:"token"`
+				} `json:"top_logprobs"`
+			} `json:"content"`
+		} `json:"logprobs"`
+		FinishReason string `json:"finish_reason"`
+	} `json:"choices"`
+	Usage struct {
+		PromptTokens     int64 `json:"prompt_tokens"`
+		CompletionTokens int64 `json:"completion_tokens"`
+		TotalTokens      int64 `json:"total_tokens"`
+	} `json:"usage"`
+}
+
+func TestChat(t *testing.T) {
+	f := newFixture(t)
+	f.addAdapter(f.tenantA.ID, "support-bot", strings.Repeat("a", 64))
+
+	t.Run("Base", func(t *testing.T) {
+		resp := f.do(http.MethodPost, "/v1/chat/completions", chatBody("tiny-llama", "Say hello"), f.authA())
+		if resp.StatusCode != 200 {
+			t.Fatalf("status %d: %s", resp.StatusCode, readAll(t, resp))
+		}
+		rid := resp.Header.Get("X-Request-Id")
+		var r chatResponse
+		decode(t, resp, &r)
+		if r.Object != "chat.completion" || r.ID != "chatcmpl-"+rid || r.Model != "tiny-llama" || r.Created == 0 {
+			t.Errorf("head %+v", r)
+		}
+		if len(r.Choices) != 1 || r.Choices[0].Message.Content != "Hello from the fake runtime." ||
+			r.Choices[0].Message.Role != "assistant" || r.Choices[0].FinishReason != "stop" || r.Choices[0].Logprobs != nil {
+			t.Errorf("choices %+v", r.Choices)
+		}
+		if r.Usage.CompletionTokens != 6 || r.Usage.PromptTokens == 0 || r.Usage.TotalTokens != r.Usage.PromptTokens+6 {
+			t.Errorf("usage %+v", r.Usage)
+		}
+		evs := f.events()
+		if len(evs) != 1 {
+			t.Fatalf("%d events", len(evs))
+		}
+		ev := evs[0]
+		if ev.RequestID != rid || ev.TenantID != f.tenantA.ID || ev.KeyID == "" || ev.Status != nozzle.UsageOK ||
+			ev.AdapterID != "" || ev.Model != "tiny-llama" || ev.RuntimeID != "rt0" || ev.RatePerHour != 2.5 ||
+			ev.PromptTokens != r.Usage.PromptTokens || ev.CompletionTokens != 6 || ev.DeviceSeconds <= 0 || ev.TTFTSeconds <= 0 {
+			t.Errorf("event %+v", ev)
+		}
+		if len(ev.Response) != 0 {
+			t.Errorf("response stored without an idempotency key")
+		}
+	})
+	t.Run("BaseAlias", func(t *testing.T) {
+		resp := f.do(http.MethodPost, "/v1/chat/completions", chatBody("base", "hi"), f.authA())
+		var r chatResponse
+		decode(t, resp, &r)
+		if r.Model != "tiny-llama" {
+			t.Errorf("model %q", r.Model)
+		}
+	})
+	t.Run("Adapter", func(t *testing.T) {
+		body := `{"model":"support-bot","messages":[{"role":"developer","content":"Be nice."},{"role":"user","content":[{"type":"text","text":"Hi "},{"type":"text","text":"there"}]}],
+			"max_completion_tokens":3,"temperature":0,"top_p":0.5,"seed":42,"stop":["\n\n","END"],"user":"u-1","some_future_field":{"x":1}}`
+		resp := f.do(http.MethodPost, "/v1/chat/completions", body, f.authA())
+		var r chatResponse
+		decode(t, resp, &r)
+		if r.Model != "support-bot" || r.Choices[0].Message.Content != "Hello from the" || r.Choices[0].FinishReason != "length" {
+			t.Errorf("%+v", r)
+		}
+		req := f.gen.lastReq.Load()
+		if req.Adapter == nil || req.Adapter.Name != "support-bot" || req.MaxTokens != 3 || req.Temperature != 0 || req.TopP != 0.5 ||
+			req.Seed == nil || *req.Seed != 42 || len(req.Stop) != 2 || req.TenantID != f.tenantA.ID {
+			t.Errorf("request %+v", req)
+		}
+		if len(req.Messages) != 2 || req.Messages[0].Role != "system" || req.Messages[1].Content != "Hi there" {
+			t.Errorf("messages %+v", req.Messages)
+		}
+		ev := f.events()[len(f.events())-1]
+		if ev.AdapterName != "support-bot" || ev.AdapterID == "" {
+			t.Errorf("event %+v", ev)
+		}
+	})
+	t.Run("N", func(t *testing.T) {
+		resp := f.do(http.MethodPost, "/v1/chat/completions", `{"model":"base","n":3,"max_tokens":2,"messages":[{"role":"user","content":"x"}]}`, f.authA())
+		var r chatResponse
+		decode(t, resp, &r)
+		if len(r.Choices) != 3 || r.Usage.CompletionTokens != 6 {
+			t.Fatalf("%+v", r)
+		}
+		for i, c := range r.Choices {
+			if c.Index != i || c.Message.Content != "Hello from" {
+				t.Errorf("choice %d: %+v", i, c)
+			}
+		}
+		if ev := f.events()[len(f.events())-1]; ev.CompletionTokens != 6 {
+			t.Errorf("one event for all choices: %+v", ev)
+		}
+	})
+	t.Run("Logprobs", func(t *testing.T) {
+		resp := f.do(http.MethodPost, "/v1/chat/completions", `{"model":"base","logprobs":true,"top_logprobs":2,"max_tokens":2,"messages":[{"role":"user","content":"x"}]}`, f.authA())
+		var r chatResponse
+		decode(t, resp, &r)
+		lp := r.Choices[0].Logprobs
+		if lp == nil || len(lp.Content) != 2 || lp.Content[0].Token != "Hello" || lp.Content[0].Logprob != -0.25 || len(lp.Content[0].TopLogprobs) != 2 {
+			t.Fatalf("logprobs %+v", lp)
+		}
+	})
+}
+
+func TestChat_BadInput(t *testing.T) {
+	f := newFixture(t, withConfig(func(c *gateway.Config) { c.BodyLimit = 4096 }))
+	f.addAdapter(f.tenantB.ID, "globex-secret", strings.Repeat("b", 64))
+	msgs := `"messages":[{"role":"user","content":"hi"}]`
+	for _, tc := range []struct {
+		name, body      string
+		status          int
+		typ, code, param string
+	}{
+		{"MalformedJSON", `{"model":"base",`, 400, "invalid_request_error", "", ""},
+		{"Empty", ``, 400, "invalid_request_error", "", ""},
+		{"NotObject", `[1,2]`, 400, "invalid_request_error", "", ""},
+		{"TrailingGarbage", `{"model":"base",` + msgs + `} x`, 400, "invalid_request_error", "", ""},
+		{"ModelMissing", `{` + msgs + `}`, 400, "invalid_request_error", "", "model"},
+		{"ModelType", `{"model":7,` + msgs + `}`, 400, "invalid_request_error", "", "model"},
+		{"MessagesType", `{"model":"base","messages":"hi"}`, 400, "invalid_request_error", "", "messages"},
+		{"MessagesEmpty", `{"model":"base","messages":[]}`, 400, "invalid_request_error", "", "messages"},
+		{"RoleType", `{"model":"base","messages":[{"role":1,"content":"x"}]}`, 400, "invalid_request_error", "", "messages.role"},
+		{"RoleUnknown", `{"model":"base","messages":[{"role":"wizard","content":"x"}]}`, 400, "invalid_request_error", "", "messages[0].role"},
+		{"ContentType", `{"model":"base","messages":[{"role":"user","content":5}]}`, 400, "invalid_request_error", "", "messages[0].content"},
+		{"ContentImage", `{"model":"base","messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"x"}}]}]}`, 400, "invalid_request_error", "", "messages[0].content[0].type"},
+		{"TemperatureType", `{"model":"base","temperature":"hot",` + msgs + `}`, 400, "invalid_request_error", "", "temperature"},
+		{"TemperatureRange", `{"model":"base","temperature":3,` + msgs + `}`, 400, "invalid_request_error", "", "temperature"},
+		{"MaxTokensZero", `{"model":"base","max_tokens":0,` + msgs + `}`, 400, "invalid_request_error", "", "max_tokens"},
+		{"MaxTokensFloat", `{"model":"base","max_tokens":1.5,` + msgs + `}`, 400, "invalid_request_error", "", "max_tokens"},
+		{"NTooMany", `{"model":"base","n":1000,` + msgs + `}`, 400, "invalid_request_error", "", "n"},
+		{"StopTooMany", `{"model":"base","stop":["a","b","c","d","e"],` + msgs + `}`, 400, "invalid_request_error", "", "stop"},
+		{"StopType", `{"model":"base","stop":5,` + msgs + `}`, 400, "invalid_request_error", "", "stop"},
+		{"TopLogprobsNoLogprobs", `{"model":"base","top_logprobs":3,` + msgs + `}`, 400, "invalid_request_error", "", "top_logprobs"},
+		{"TopLogprobsRange", `{"model":"base","logprobs":true,"top_logprobs":21,` + msgs + `}`, 400, "invalid_request_error", "", "top_logprobs"},
+		{"StreamOptionsNoStream", `{"model":"base","stream_options":{"include_usage":true},` + msgs + `}`, 400, "invalid_request_error", "", "stream_options"},
+		{"Tools", `{"model":"base","tools":[{"type":"function"}],` + msgs + `}`, 400, "invalid_request_error", "", "tools"},
+		{"UnknownModel", `{"model":"nope",` + msgs + `}`, 404, "not_found_error", "model_not_found", "model"},
+		{"PathTrickModel", `{"model":"../../etc/passwd",` + msgs + `}`, 404, "not_found_error", "model_not_found", "model"},
+		{"ContextLength", `{"model":"base","messages":[{"role":"user","content":"TOO_LONG"}]}`, 400, "invalid_request_error", "context_length_exceeded", ""},
+		{"ContextLengthStream", `{"model":"base","stream":true,"messages":[{"role":"user","content":"TOO_LONG"}]}`, 400, "invalid_request_error", "context_length_exceeded", ""},
+		{"TooLarge", `{"model":"base","messages":[{"role":"user","content":"` + strings.Repeat("x", 5000) + `"}]}`, 413, "invalid_request_error", "", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			before := f.w.generations.Load()
+			wantError(t, f.do(http.MethodPost, "/v1/chat/completions", tc.body, f.authA()), tc.status, tc.typ, tc.code, tc.param)
+			if n := len(f.events()); n != 0 {
+				t.Errorf("%d usage events", n)
+			}
+			if tc.code != "context_length_exceeded" && f.w.generations.Load() != before {
+				t.Errorf("the runtime was called")
+			}
+			f.w.mu.Lock()
+			if f.w.reserved != 0 {
+				t.Errorf("budget still reserved: %v", f.w.reserved)
+			}
+			f.w.mu.Unlock()
+		})
+	}
+	t.Run("OtherTenantsAdapter", func(t *testing.T) {
+		// Indistinguishable from a name that does not exist.
+		a := readAll(t, f.do(http.MethodPost, "/v1/chat/completions", chatBody("globex-secret", "hi"), f.authA()))
+		b := readAll(t, f.do(http.MethodPost, "/v1/chat/completions", chatBody("globex-secreT", "hi"), f.authA()))
+		if strings.ReplaceAll(a, "globex-secret", "X") != strings.ReplaceAll(b, "globex-secreT", "X") {
+			t.Errorf("answers differ:\n%s\n%s", a, b)
+		}
+		if !strings.Contains(a, "model_not_found") {
+			t.Errorf("answer %s", a)
+		}
+		// The owner can use it.
+		if r := f.do(http.MethodPost, "/v1/chat/completions", chatBody("globex-secret", "hi"), bearer(f.keyB)); r.StatusCode != 200 {
+			t.Errorf("owner: status %d", r.StatusCode)
+		}
+	})
+}

@@ -1,0 +1,351 @@
+package gateway_test
+
+import (
+	"context"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nozzle-ai/nozzle"
+	"github.com/nozzle-ai/nozzle/gateway"
+)
+
+func TestIdempotency(t *testing.T) {
+	f := newFixture(t)
+	body := chatBody("base", "hi")
+	t.Run("Replay", func(t *testing.T) {
+		r1 := f.do(http.MethodPost, "/v1/chat/completions", body, f.authA(), hdr("Idempotency-Key", "order-1"))
+		b1 := readAll(t, r1)
+		calls := f.gen.calls.Load()
+		r2 := f.do(http.MethodPost, "/v1/chat/completions", body, f.authA(), hdr("Idempotency-Key", "order-1"))
+		b2 := readAll(t, r2)
+		if r2.StatusCode != 200 || b1 != b2 || r2.Header.Get("Idempotent-Replayed") != "true" {
+			t.Fatalf("replay: status %d, replayed %q\n%s\n%s", r2.StatusCode, r2.Header.Get("Idempotent-Replayed"), b1, b2)
+		}
+		if f.gen.calls.Load() != calls {
+			t.Errorf("the retry ran again")
+		}
+		evs := f.events()
+		if len(evs) != 1 || !strings.HasPrefix(evs[0].RequestID, "idem_") || string(evs[0].Response) != b1 {
+			t.Fatalf("events %+v", evs)
+		}
+	})
+	t.Run("StreamedRetry", func(t *testing.T) {
+		r := f.do(http.MethodPost, "/v1/chat/completions",
+			`{"model":"base","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"hi"}]}`,
+			f.authA(), hdr("Idempotency-Key", "order-1"))
+		if r.Header.Get("Idempotent-Replayed") != "true" {
+			t.Fatalf("not replayed")
+		}
+		chunks := parseChunks(t, sseEvents(t, readAll(t, r)))
+		var text string
+		for _, c := range chunks {
+			if len(c.Choices) > 0 && c.Choices[0].Delta.Content != nil {
+				text += *c.Choices[0].Delta.Content
+			}
+		}
+		if text != "Hello from the fake runtime." || chunks[len(chunks)-1].Usage == nil {
+			t.Errorf("replayed stream %q %+v", text, chunks)
+		}
+		if len(f.events()) != 1 {
+			t.Errorf("charged again")
+		}
+	})
+	t.Run("StreamedFirst", func(t *testing.T) {
+		r := f.do(http.MethodPost, "/v1/chat/completions", `{"model":"base","stream":true,"messages":[{"role":"user","content":"hi"}]}`, f.authA(), hdr("Idempotency-Key", "order-2"))
+		readAll(t, r)
+		r2 := f.do(http.MethodPost, "/v1/chat/completions", body, f.authA(), hdr("Idempotency-Key", "order-2"))
+		var out chatResponse
+		decode(t, r2, &out)
+		if r2.Header.Get("Idempotent-Replayed") != "true" || out.Choices[0].Message.Content != "Hello from the fake runtime." {
+			t.Errorf("replay of a streamed request: %+v", out)
+		}
+	})
+	t.Run("PerTenant", func(t *testing.T) {
+		before := len(f.events())
+		r := f.do(http.MethodPost, "/v1/chat/completions", body, bearer(f.keyB), hdr("Idempotency-Key", "order-1"))
+		if r.Header.Get("Idempotent-Replayed") != "" || len(f.events()) != before+1 {
+			t.Errorf("another tenant's key replayed")
+		}
+	})
+	t.Run("OtherEndpoint", func(t *testing.T) {
+		wantError(t, f.do(http.MethodPost, "/v1/completions", `{"model":"base","prompt":"x"}`, f.authA(), hdr("Idempotency-Key", "order-1")),
+			409, "conflict_error", "idempotency_key_reused", "")
+	})
+	t.Run("BadKey", func(t *testing.T) {
+		wantError(t, f.do(http.MethodPost, "/v1/chat/completions", body, f.authA(), hdr("Idempotency-Key", strings.Repeat("k", 300))),
+			400, "invalid_request_error", "", "Idempotency-Key")
+	})
+	t.Run("FailedAttemptLeavesKeyFree", func(t *testing.T) {
+		fail := chatBody("base", "FAIL_AFTER")
+		wantError(t, f.do(http.MethodPost, "/v1/chat/completions", fail, f.authA(), hdr("Idempotency-Key", "order-3")), 500, "server_error", "", "")
+		evs := f.events()
+		last := evs[len(evs)-1]
+		if last.Status != nozzle.UsageFailed || strings.HasPrefix(last.RequestID, "idem_") {
+			t.Fatalf("failed attempt recorded as %+v", last)
+		}
+		r := f.do(http.MethodPost, "/v1/chat/completions", body, f.authA(), hdr("Idempotency-Key", "order-3"))
+		if r.StatusCode != 200 || r.Header.Get("Idempotent-Replayed") != "" {
+			t.Errorf("retry after failure: %d %s", r.StatusCode, readAll(t, r))
+		}
+	})
+}
+
+func TestIdempotency_ConcurrentDuplicate(t *testing.T) {
+	f := newFixture(t)
+	hold := make(chan struct{})
+	f.gen.hold.Store(&hold)
+	f.gen.started = make(chan string, 4)
+	var wg sync.WaitGroup
+	var first *http.Response
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		first = f.do(http.MethodPost, "/v1/chat/completions", chatBody("base", "hi"), f.authA(), hdr("Idempotency-Key", "dup"))
+	}()
+	<-f.gen.started
+	wantError(t, f.do(http.MethodPost, "/v1/chat/completions", chatBody("base", "hi"), f.authA(), hdr("Idempotency-Key", "dup")),
+		409, "conflict_error", "idempotency_key_in_use", "")
+	close(hold)
+	wg.Wait()
+	if first.StatusCode != 200 {
+		t.Fatalf("first: %d", first.StatusCode)
+	}
+	if n := len(f.events()); n != 1 {
+		t.Errorf("%d events", n)
+	}
+}
+
+func TestRequestID_ReuseIsNotFree(t *testing.T) {
+	f := newFixture(t)
+	r1 := f.do(http.MethodPost, "/v1/chat/completions", chatBody("base", "hi"), f.authA(), hdr("X-Request-Id", "client-id-1"))
+	r2 := f.do(http.MethodPost, "/v1/chat/completions", chatBody("base", "hi"), f.authA(), hdr("X-Request-Id", "client-id-1"))
+	if r1.Header.Get("X-Request-Id") != "client-id-1" {
+		t.Errorf("first id %q", r1.Header.Get("X-Request-Id"))
+	}
+	if id := r2.Header.Get("X-Request-Id"); id == "client-id-1" || !strings.HasPrefix(id, "req_") {
+		t.Errorf("reused id kept: %q", id)
+	}
+	evs := f.events()
+	if len(evs) != 2 || evs[0].RequestID != "client-id-1" || evs[1].RequestID == "client-id-1" {
+		t.Errorf("events %+v", evs)
+	}
+}
+
+func TestRateLimit(t *testing.T) {
+	f := newFixture(t)
+	t.Run("Requests", func(t *testing.T) {
+		f.updateTenant(f.tenantA.ID, func(tn *nozzle.Tenant) { tn.Limits = nozzle.Limits{RequestsPerMinute: 2} })
+		for i := 0; i < 2; i++ {
+			if r := f.do(http.MethodPost, "/v1/chat/completions", chatBody("base", "hi"), f.authA()); r.StatusCode != 200 {
+				t.Fatalf("request %d: %d", i, r.StatusCode)
+			}
+		}
+		r := f.do(http.MethodPost, "/v1/chat/completions", chatBody("base", "hi"), f.authA())
+		ra, _ := strconv.Atoi(r.Header.Get("Retry-After"))
+		if ra < 1 || ra > 31 {
+			t.Errorf("Retry-After %q", r.Header.Get("Retry-After"))
+		}
+		wantError(t, r, 429, "rate_limit_error", "rate_limit_exceeded", "")
+		// Another key of the same tenant has its own bucket; another
+		// tenant is not affected.
+		if r := f.do(http.MethodPost, "/v1/chat/completions", chatBody("base", "hi"), bearer(f.keyB)); r.StatusCode != 200 {
+			t.Errorf("tenant b: %d", r.StatusCode)
+		}
+		if n := len(f.events()); n != 3 {
+			t.Errorf("%d events, want 3", n)
+		}
+	})
+	t.Run("Tokens", func(t *testing.T) {
+		f.updateTenant(f.tenantB.ID, func(tn *nozzle.Tenant) { tn.Limits = nozzle.Limits{TokensPerMinute: 100} })
+		body := `{"model":"base","max_tokens":60,"messages":[{"role":"user","content":"hi"}]}`
+		if r := f.do(http.MethodPost, "/v1/chat/completions", body, bearer(f.keyB)); r.StatusCode != 200 {
+			t.Fatalf("first: %d", r.StatusCode)
+		}
+		// The first request used far fewer tokens than its estimate: the
+		// difference came back, so a second one fits.
+		if r := f.do(http.MethodPost, "/v1/chat/completions", body, bearer(f.keyB)); r.StatusCode != 200 {
+			t.Fatalf("second: %d %s", r.StatusCode, readAll(t, r))
+		}
+		big := `{"model":"base","max_tokens":95,"messages":[{"role":"user","content":"hi"}]}`
+		r := f.do(http.MethodPost, "/v1/chat/completions", big, bearer(f.keyB))
+		if r.Header.Get("Retry-After") == "" {
+			t.Errorf("no Retry-After")
+		}
+		wantError(t, r, 429, "rate_limit_error", "rate_limit_exceeded", "")
+	})
+}
+
+func TestBudget(t *testing.T) {
+	f := newFixture(t)
+	f.updateTenant(f.tenantA.ID, func(tn *nozzle.Tenant) { tn.MonthlyBudgetUSD = 0.00001 })
+	r := f.do(http.MethodPost, "/v1/chat/completions", `{"model":"base","max_tokens":1000,"messages":[{"role":"user","content":"hi"}]}`, f.authA())
+	if r.Header.Get("Retry-After") != "5400" {
+		t.Errorf("Retry-After %q", r.Header.Get("Retry-After"))
+	}
+	wantError(t, r, 429, "insufficient_quota", "insufficient_quota", "")
+	if n := len(f.events()); n != 0 {
+		t.Errorf("%d events", n)
+	}
+	// Within budget: reserved at admission, released after recording.
+	f.updateTenant(f.tenantA.ID, func(tn *nozzle.Tenant) { tn.MonthlyBudgetUSD = 10 })
+	if r := f.do(http.MethodPost, "/v1/chat/completions", chatBody("base", "hi"), f.authA()); r.StatusCode != 200 {
+		t.Fatalf("status %d", r.StatusCode)
+	}
+	f.w.mu.Lock()
+	defer f.w.mu.Unlock()
+	if f.w.reserved != 0 || f.w.released != 1 {
+		t.Errorf("reserved %v released %d", f.w.reserved, f.w.released)
+	}
+}
+
+func TestBudget_Concurrent(t *testing.T) {
+	f := newFixture(t)
+	// Room for about one request's estimate: 1000 completion tokens at
+	// $2/M = $0.002.
+	f.updateTenant(f.tenantA.ID, func(tn *nozzle.Tenant) { tn.MonthlyBudgetUSD = 0.003 })
+	hold := make(chan struct{})
+	f.gen.hold.Store(&hold)
+	var wg sync.WaitGroup
+	codes := make([]int, 5)
+	for i := range codes {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			r := f.do(http.MethodPost, "/v1/chat/completions", `{"model":"base","max_tokens":1000,"messages":[{"role":"user","content":"hi"}]}`, f.authA())
+			codes[i] = r.StatusCode
+			readAll(t, r)
+		}(i)
+	}
+	time.Sleep(100 * time.Millisecond)
+	close(hold)
+	wg.Wait()
+	ok := 0
+	for _, c := range codes {
+		if c == 200 {
+			ok++
+		} else if c != 429 {
+			t.Errorf("status %d", c)
+		}
+	}
+	if ok != 1 {
+		t.Errorf("%d admitted, want 1: %v", ok, codes)
+	}
+}
+
+func TestFailures(t *testing.T) {
+	t.Run("InternalAfterWork", func(t *testing.T) {
+		f := newFixture(t)
+		e := wantError(t, f.do(http.MethodPost, "/v1/chat/completions", chatBody("base", "FAIL_AFTER"), f.authA()), 500, "server_error", "", "")
+		if e.Error.Message != "Internal error." {
+			t.Errorf("message %q", e.Error.Message)
+		}
+		evs := f.events()
+		if len(evs) != 1 || evs[0].Status != nozzle.UsageFailed || evs[0].ChargeUSD != 0 || evs[0].DeviceSeconds <= 0 {
+			t.Fatalf("events %+v", evs)
+		}
+	})
+	t.Run("InternalBeforeWork", func(t *testing.T) {
+		f := newFixture(t)
+		wantError(t, f.do(http.MethodPost, "/v1/chat/completions", chatBody("base", "FAIL_BEFORE"), f.authA()), 500, "server_error", "", "")
+		if n := len(f.events()); n != 0 {
+			t.Errorf("%d events for a request with no work", n)
+		}
+	})
+	t.Run("Failover", func(t *testing.T) {
+		f := newFixture(t, withUpstreams(3))
+		f.srv.CheckUpstreams(t.Context())
+		sha := strings.Repeat("c", 64)
+		f.addAdapter(f.tenantA.ID, "x", sha)
+		// Affinity: the same adapter lands on the same upstream.
+		for i := 0; i < 3; i++ {
+			f.do(http.MethodPost, "/v1/chat/completions", chatBody("x", "hi"), f.authA())
+		}
+		var owner *fakeGen
+		for _, g := range f.gens {
+			if g.calls.Load() == 3 {
+				owner = g
+			} else if g.calls.Load() != 0 {
+				t.Fatalf("adapter spread over upstreams")
+			}
+		}
+		if owner == nil {
+			t.Fatal("no upstream took all requests")
+		}
+		owner.down.Store(true)
+		r := f.do(http.MethodPost, "/v1/chat/completions", chatBody("x", "hi"), f.authA())
+		if r.StatusCode != 200 {
+			t.Fatalf("failover: %d %s", r.StatusCode, readAll(t, r))
+		}
+		evs := f.events()
+		if evs[len(evs)-1].RuntimeID == owner.runtimeID {
+			t.Errorf("recorded on the failed upstream")
+		}
+		for _, g := range f.gens {
+			g.down.Store(true)
+		}
+		r = f.do(http.MethodPost, "/v1/chat/completions", chatBody("x", "hi"), f.authA())
+		if r.Header.Get("Retry-After") == "" {
+			t.Errorf("no Retry-After on 503")
+		}
+		wantError(t, r, 503, "server_error", "upstream_unavailable", "")
+		if n := len(f.events()); n != 4 {
+			t.Errorf("%d events, want 4", n)
+		}
+	})
+	t.Run("LedgerDown", func(t *testing.T) {
+		f := newFixture(t)
+		f.ledger.RecordUsageFn = func(ctx context.Context, ev *nozzle.UsageEvent) (bool, error) {
+			return false, context.DeadlineExceeded
+		}
+		// Work that cannot be recorded is not delivered.
+		e := wantError(t, f.do(http.MethodPost, "/v1/chat/completions", chatBody("base", "hi"), f.authA()), 500, "server_error", "", "")
+		if strings.Contains(e.Error.Message, "deadline") {
+			t.Errorf("internal detail leaked: %q", e.Error.Message)
+		}
+		r := f.do(http.MethodPost, "/v1/chat/completions", `{"model":"base","stream":true,"messages":[{"role":"user","content":"hi"}]}`, f.authA())
+		body := readAll(t, r)
+		if strings.Contains(body, "[DONE]") || strings.Contains(body, `"finish_reason":"stop"`) || !strings.Contains(body, "Internal error.") {
+			t.Errorf("stream without a recorded event: %s", body)
+		}
+	})
+}
+
+func TestRendezvousSpread(t *testing.T) {
+	// Adapters spread over upstreams, and removing one upstream moves only
+	// its adapters.
+	f := newFixture(t, withUpstreams(4))
+	f.srv.CheckUpstreams(t.Context())
+	owners := map[string]string{}
+	for i := 0; i < 40; i++ {
+		name := "a" + strconv.Itoa(i)
+		f.addAdapter(f.tenantA.ID, name, sha256hex([]byte(name)))
+		f.do(http.MethodPost, "/v1/chat/completions", chatBody(name, "hi"), f.authA())
+		owners[name] = f.events()[len(f.events())-1].RuntimeID
+	}
+	per := map[string]int{}
+	for _, o := range owners {
+		per[o]++
+	}
+	if len(per) != 4 {
+		t.Errorf("spread %v", per)
+	}
+	f.gens[1].down.Store(true)
+	f.srv.CheckUpstreams(t.Context())
+	for i := 0; i < 40; i++ {
+		name := "a" + strconv.Itoa(i)
+		f.do(http.MethodPost, "/v1/chat/completions", chatBody(name, "hi"), f.authA())
+		now := f.events()[len(f.events())-1].RuntimeID
+		if owners[name] != "rt1" && now != owners[name] {
+			t.Errorf("%s moved from %s to %s", name, owners[name], now)
+		}
+		if now == "rt1" {
+			t.Errorf("%s still on the down upstream", name)
+		}
+	}
+}
+
+var _ = gateway.Upstream{}

@@ -1,0 +1,263 @@
+package gateway_test
+
+import (
+	"encoding/json"
+	"net/http"
+	"strings"
+	"testing"
+
+	"github.com/nozzle-ai/nozzle"
+)
+
+// sseEvents splits a server-sent-events body into its data payloads.
+func sseEvents(t testing.TB, body string) []string {
+	t.Helper()
+	var out []string
+	for _, ev := range strings.Split(body, "\n\n") {
+		if ev == "" {
+			continue
+		}
+		if !strings.HasPrefix(ev, "data: ") {
+			t.Fatalf("not a data event: %q", ev)
+		}
+		out = append(out, strings.TrimPrefix(ev, "data: "))
+	}
+	return out
+}
+
+type chunk struct {
+	ID      string `json:"id"`
+	Object  string `json:"object"`
+	Model   string `json:"model"`
+	Created int64  `json:"created"`
+	Choices []struct {
+		Index int `json:"index"`
+		Delta *struct {
+			Role    *string `json:"role"`
+			Content *string `json:"content"`
+		} `json:"delta"`
+		Text         *string         `json:"text"`
+		Logprobs     json.RawMessage `json:"logprobs"`
+		FinishReason *string         `json:"finish_reason"`
+	} `json:"choices"`
+	Usage *struct {
+		PromptTokens     int64 `json:"prompt_tokens"`
+		CompletionTokens int64 `json:"completion_tokens"`
+		TotalTokens      int64 `json:"total_tokens"`
+	} `json:"usage"`
+}
+
+func parseChunks(t testing.TB, events []string) []chunk {
+	t.Helper()
+	if len(events) == 0 || events[len(events)-1] != "[DONE]" {
+		t.Fatalf("stream does not end with [DONE]: %q", events)
+	}
+	var out []chunk
+	for _, e := range events[:len(events)-1] {
+		var c chunk
+		if err := json.Unmarshal([]byte(e), &c); err != nil {
+			t.Fatalf("chunk %q: %v", e, err)
+		}
+		out = append(out, c)
+	}
+	return out
+}
+
+func TestStream_Chat(t *testing.T) {
+	f := newFixture(t)
+	resp := f.do(http.MethodPost, "/v1/chat/completions",
+		`{"model":"base","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"hi"}]}`, f.authA())
+	if resp.StatusCode != 200 || !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream") {
+		t.Fatalf("status %d, type %q", resp.StatusCode, resp.Header.Get("Content-Type"))
+	}
+	rid := resp.Header.Get("X-Request-Id")
+	chunks := parseChunks(t, sseEvents(t, readAll(t, resp)))
+	// role, 6 tokens, finish, usage
+	if len(chunks) != 9 {
+		t.Fatalf("%d chunks: %+v", len(chunks), chunks)
+	}
+	var text strings.Builder
+	for i, c := range chunks {
+		if c.Object != "chat.completion.chunk" || c.ID != "chatcmpl-"+rid || c.Model != "tiny-llama" {
+			t.Errorf("chunk %d head %+v", i, c)
+		}
+		switch {
+		case i == 0:
+			if c.Choices[0].Delta.Role == nil || *c.Choices[0].Delta.Role != "assistant" || c.Choices[0].FinishReason != nil {
+				t.Errorf("first chunk %+v", c.Choices[0])
+			}
+		case i < 7:
+			text.WriteString(*c.Choices[0].Delta.Content)
+			if c.Choices[0].FinishReason != nil || c.Usage != nil {
+				t.Errorf("chunk %d %+v", i, c)
+			}
+		case i == 7:
+			if c.Choices[0].FinishReason == nil || *c.Choices[0].FinishReason != "stop" {
+				t.Errorf("finish chunk %+v", c.Choices[0])
+			}
+		case i == 8:
+			if len(c.Choices) != 0 || c.Usage == nil || c.Usage.CompletionTokens != 6 || c.Usage.TotalTokens != c.Usage.PromptTokens+6 {
+				t.Errorf("usage chunk %+v", c)
+			}
+		}
+	}
+	if text.String() != "Hello from the fake runtime." {
+		t.Errorf("text %q", text.String())
+	}
+	evs := f.events()
+	if len(evs) != 1 || evs[0].RequestID != rid || evs[0].Status != nozzle.UsageOK || evs[0].CompletionTokens != 6 {
+		t.Fatalf("events %+v", evs)
+	}
+}
+
+func TestStream_NoUsageChunk(t *testing.T) {
+	f := newFixture(t)
+	resp := f.do(http.MethodPost, "/v1/chat/completions", `{"model":"base","stream":true,"n":2,"max_tokens":2,"messages":[{"role":"user","content":"hi"}]}`, f.authA())
+	raw := readAll(t, resp)
+	if strings.Contains(raw, `"usage"`) {
+		t.Errorf("usage without include_usage: %s", raw)
+	}
+	chunks := parseChunks(t, sseEvents(t, raw))
+	texts := map[int]string{}
+	finishes := 0
+	for _, c := range chunks {
+		ch := c.Choices[0]
+		if ch.Delta.Content != nil {
+			texts[ch.Index] += *ch.Delta.Content
+		}
+		if ch.FinishReason != nil {
+			finishes++
+		}
+	}
+	if texts[0] != "Hello from" || texts[1] != "Hello from" || finishes != 2 {
+		t.Errorf("texts %v finishes %d", texts, finishes)
+	}
+}
+
+func TestStream_Completions(t *testing.T) {
+	f := newFixture(t)
+	resp := f.do(http.MethodPost, "/v1/completions",
+		`{"model":"base","stream":true,"echo":true,"logprobs":1,"max_tokens":3,"prompt":"Once","stream_options":{"include_usage":true}}`, f.authA())
+	chunks := parseChunks(t, sseEvents(t, readAll(t, resp)))
+	var text strings.Builder
+	var last chunk
+	for _, c := range chunks {
+		if c.Object != "text_completion" {
+			t.Errorf("object %q", c.Object)
+		}
+		if len(c.Choices) > 0 && c.Choices[0].Text != nil {
+			text.WriteString(*c.Choices[0].Text)
+		}
+		last = c
+	}
+	if text.String() != "OnceHello from the" {
+		t.Errorf("text %q", text.String())
+	}
+	if last.Usage == nil || last.Usage.CompletionTokens != 3 {
+		t.Errorf("usage %+v", last.Usage)
+	}
+	if !json.Valid(chunks[1].Choices[0].Logprobs) || !strings.Contains(string(chunks[1].Choices[0].Logprobs), `"token_logprobs":[-0.25]`) {
+		t.Errorf("logprobs %s", chunks[1].Choices[0].Logprobs)
+	}
+}
+
+func TestStream_FailureMidway(t *testing.T) {
+	f := newFixture(t)
+	resp := f.do(http.MethodPost, "/v1/chat/completions", `{"model":"base","stream":true,"messages":[{"role":"user","content":"FAIL_AFTER"}]}`, f.authA())
+	events := sseEvents(t, readAll(t, resp))
+	last := events[len(events)-1]
+	if !strings.Contains(last, `"error"`) || !strings.Contains(last, "Internal error.") || strings.Contains(last, "exploded") {
+		t.Errorf("last event %q", last)
+	}
+	for _, e := range events {
+		if e == "[DONE]" {
+			t.Errorf("[DONE] after a failure")
+		}
+	}
+	evs := f.events()
+	if len(evs) != 1 || evs[0].Status != nozzle.UsageFailed || evs[0].CompletionTokens != 2 {
+		t.Fatalf("events %+v", evs)
+	}
+}
+
+func TestCompletions(t *testing.T) {
+	f := newFixture(t)
+	type resp struct {
+		Object  string
+		Choices []struct {
+			Text         string
+			Index        int
+			FinishReason string `json:"finish_reason"`
+			Logprobs     *struct {
+				Tokens        []string
+				TokenLogprobs []float64        `json:"token_logprobs"`
+				TopLogprobs   []map[string]any `json:"top_logprobs"`
+				TextOffset    []int            `json:"text_offset"`
+			}
+		}
+		Usage struct {
+			PromptTokens     int64 `json:"prompt_tokens"`
+			CompletionTokens int64 `json:"completion_tokens"`
+		}
+	}
+	for _, tc := range []struct {
+		name, prompt string
+		n, choices   int
+	}{
+		{"String", `"Once upon a time"`, 1, 1},
+		{"Strings", `["a","b","c"]`, 1, 3},
+		{"Tokens", `[1,2,3]`, 1, 1},
+		{"TokenLists", `[[1,2],[3]]`, 2, 4},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			body := `{"model":"base","max_tokens":2,"n":` + itoa(tc.n) + `,"prompt":` + tc.prompt + `}`
+			r := f.do(http.MethodPost, "/v1/completions", body, f.authA())
+			if r.StatusCode != 200 {
+				t.Fatalf("status %d: %s", r.StatusCode, readAll(t, r))
+			}
+			var out resp
+			decode(t, r, &out)
+			if out.Object != "text_completion" || len(out.Choices) != tc.choices || out.Usage.CompletionTokens != int64(2*tc.choices) {
+				t.Fatalf("%+v", out)
+			}
+			for i, c := range out.Choices {
+				if c.Index != i || c.Text != "Hello from" || c.FinishReason != "length" {
+					t.Errorf("choice %+v", c)
+				}
+			}
+		})
+	}
+	t.Run("TokenPrompt", func(t *testing.T) {
+		f.do(http.MethodPost, "/v1/completions", `{"model":"base","prompt":[5,6,7]}`, f.authA())
+		if req := f.gen.lastReq.Load(); len(req.PromptTokens) != 3 || req.Prompt != "" {
+			t.Errorf("request %+v", req)
+		}
+	})
+	t.Run("EchoLogprobs", func(t *testing.T) {
+		var out resp
+		decode(t, f.do(http.MethodPost, "/v1/completions", `{"model":"base","prompt":"Hi","echo":true,"logprobs":2,"max_tokens":2}`, f.authA()), &out)
+		c := out.Choices[0]
+		if c.Text != "HiHello from" || c.Logprobs == nil || len(c.Logprobs.Tokens) != 2 || c.Logprobs.TextOffset[0] != 2 || c.Logprobs.TextOffset[1] != 7 || len(c.Logprobs.TopLogprobs[0]) != 2 {
+			t.Errorf("choice %+v", c)
+		}
+	})
+	t.Run("BadInput", func(t *testing.T) {
+		for _, tc := range []struct{ name, body, param string }{
+			{"NoPrompt", `{"model":"base"}`, "prompt"},
+			{"EmptyList", `{"model":"base","prompt":[]}`, "prompt"},
+			{"MixedList", `{"model":"base","prompt":["a",1]}`, "prompt"},
+			{"NegativeToken", `{"model":"base","prompt":[1,-2]}`, "prompt"},
+			{"PromptObject", `{"model":"base","prompt":{"a":1}}`, "prompt"},
+			{"LogprobsRange", `{"model":"base","prompt":"x","logprobs":6}`, "logprobs"},
+			{"EchoTokens", `{"model":"base","prompt":[1],"echo":true}`, "echo"},
+			{"Suffix", `{"model":"base","prompt":"x","suffix":"y"}`, "suffix"},
+			{"TooManyChoices", `{"model":"base","prompt":["a","b","c","d","e"],"n":4}`, "n"},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				wantError(t, f.do(http.MethodPost, "/v1/completions", tc.body, f.authA()), 400, "invalid_request_error", "", tc.param)
+			})
+		}
+	})
+}
+
+func itoa(n int) string { b, _ := json.Marshal(n); return string(b) }
