@@ -71,6 +71,13 @@ type Adapter struct {
 	file *safetensors.File
 }
 
+// Rank returns the largest rank over the adapter's modules.
+func (a *Adapter) Rank() int { return a.Manifest.Rank }
+
+// SizeBytes returns the size of the adapter's files, which its mapping
+// holds in host memory once read.
+func (a *Adapter) SizeBytes() int64 { return a.Manifest.SizeBytes }
+
 // Close unmaps the adapter's weights.
 func (a *Adapter) Close() error {
 	if a == nil || a.file == nil {
