@@ -1,0 +1,60 @@
+package tokenizer_test
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/nozzle-ai/nozzle/runtime/tokenizer"
+)
+
+// BenchmarkEncode measures encode throughput (MB/s) on the corpus for each
+// tokenizer, with the hand-written split scanners ("scanner") and, as the
+// baseline, with regexp2 running the same split pattern ("regexp2").
+func BenchmarkEncode(b *testing.B) {
+	text := strings.Join(readCorpus(b), "\n")
+	for _, name := range append(models, "demo") {
+		tj, cj := modelFiles(b, name)
+		for _, variant := range []string{"scanner", "regexp2"} {
+			tokenizer.SetUseScanners(variant == "scanner")
+			tok, err := tokenizer.FromJSON(tj, cj)
+			tokenizer.SetUseScanners(true)
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.Run(name+"/"+variant, func(b *testing.B) {
+				var dst []int
+				b.SetBytes(int64(len(text)))
+				b.ReportAllocs()
+				for b.Loop() {
+					dst = tok.AppendEncode(dst[:0], text, tokenizer.EncodeOptions{})
+				}
+			})
+		}
+	}
+}
+
+// BenchmarkDecode measures decoding and streaming decoding of the encoded
+// corpus.
+func BenchmarkDecode(b *testing.B) {
+	text := strings.Join(readCorpus(b), "\n")
+	for _, name := range models {
+		tok := mustModel(b, name)
+		ids := tok.Encode(text, tokenizer.EncodeOptions{})
+		b.Run(name+"/Decode", func(b *testing.B) {
+			b.SetBytes(int64(len(text)))
+			for b.Loop() {
+				tok.Decode(ids, false)
+			}
+		})
+		b.Run(name+"/Stream", func(b *testing.B) {
+			b.SetBytes(int64(len(text)))
+			for b.Loop() {
+				d := tok.NewStreamDecoder(false)
+				for _, id := range ids {
+					d.Add(id)
+				}
+				d.Flush()
+			}
+		})
+	}
+}
