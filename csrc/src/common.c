@@ -1,0 +1,574 @@
+/*
+ * common.c — backend-neutral helpers (see common.h).
+ */
+#include "common.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+
+/* ---------------------------------------------------------------------------
+ * Errors
+ * ------------------------------------------------------------------------- */
+
+static __thread char nz_errbuf[1024];
+
+int32_t nz_error(int32_t code, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(nz_errbuf, sizeof nz_errbuf, fmt, ap);
+	va_end(ap);
+	return code;
+}
+
+int32_t nz_oom(const char *what, size_t bytes)
+{
+	return nz_error(NZ_ERR_OOM, "%s: out of memory allocating %zu bytes", what, bytes);
+}
+
+const char *nz_error_message(void) { return nz_errbuf; }
+
+void *nz_alloc(size_t bytes)
+{
+	void *p = NULL;
+	if (bytes == 0)
+		bytes = 64;
+	if (bytes > SIZE_MAX - 64)
+		return NULL;
+	bytes = (bytes + 63) & ~(size_t)63;
+	if (posix_memalign(&p, 64, bytes) != 0)
+		return NULL;
+	return p;
+}
+
+void *nz_calloc(size_t bytes)
+{
+	void *p = nz_alloc(bytes);
+	if (p)
+		memset(p, 0, bytes);
+	return p;
+}
+
+void nz_free(void *p) { free(p); }
+
+double nz_now_seconds(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* ---------------------------------------------------------------------------
+ * dtypes
+ * ------------------------------------------------------------------------- */
+
+uint16_t nz_f32_to_bf16(float f)
+{
+	uint32_t u;
+	memcpy(&u, &f, sizeof u);
+	if ((u & 0x7fffffffu) > 0x7f800000u)
+		return (uint16_t)((u >> 16) | 0x0040u); /* NaN: keep it, force the quiet bit */
+	u += 0x7fffu + ((u >> 16) & 1u);
+	return (uint16_t)(u >> 16);
+}
+
+float nz_f16_to_f32(uint16_t h)
+{
+	uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+	uint32_t exp = (h >> 10) & 0x1fu;
+	uint32_t mant = h & 0x3ffu;
+	uint32_t u;
+	float f;
+	if (exp == 0) {
+		f = (float)mant * 0x1p-24f; /* zero or subnormal: exact */
+		memcpy(&u, &f, sizeof u);
+		u |= sign;
+	} else if (exp == 31) {
+		u = sign | 0x7f800000u | (mant << 13);
+	} else {
+		u = sign | ((exp + 112u) << 23) | (mant << 13);
+	}
+	memcpy(&f, &u, sizeof f);
+	return f;
+}
+
+uint16_t nz_f32_to_f16(float f)
+{
+	uint32_t u;
+	memcpy(&u, &f, sizeof u);
+	uint32_t sign = (u >> 16) & 0x8000u;
+	uint32_t a = u & 0x7fffffffu;
+	if (a > 0x7f800000u)
+		return (uint16_t)(sign | 0x7e00u | ((a >> 13) & 0x3ffu)); /* NaN */
+	if (a >= 0x47800000u)
+		return (uint16_t)(sign | 0x7c00u); /* >= 65536 or inf */
+	if (a < 0x38800000u) {                  /* below 2^-14: f16 subnormal or zero */
+		if (a <= 0x33000000u)
+			return (uint16_t)sign; /* <= 2^-25 rounds to zero (the tie goes to even) */
+		uint32_t e = a >> 23;
+		uint32_t m = (a & 0x7fffffu) | 0x800000u;
+		uint32_t shift = 126u - e; /* value·2^24 = m·2^(e-126) */
+		uint32_t q = m >> shift;
+		uint32_t rem = m & ((1u << shift) - 1u);
+		uint32_t half = 1u << (shift - 1u);
+		if (rem > half || (rem == half && (q & 1u)))
+			q++;
+		return (uint16_t)(sign | q);
+	}
+	uint32_t r = a + 0xfffu + ((a >> 13) & 1u);
+	r -= 112u << 23;
+	return (uint16_t)(sign | (r >> 13)); /* a carry into exponent 31 gives inf */
+}
+
+size_t nz_dtype_size(int32_t dtype)
+{
+	switch (dtype) {
+	case NZ_F32:
+		return 4;
+	case NZ_F16:
+	case NZ_BF16:
+		return 2;
+	default:
+		return 0;
+	}
+}
+
+const char *nz_dtype_name(int32_t dtype)
+{
+	switch (dtype) {
+	case NZ_F32:
+		return "f32";
+	case NZ_F16:
+		return "f16";
+	case NZ_BF16:
+		return "bf16";
+	default:
+		return "unknown";
+	}
+}
+
+float nz_load_f32(const void *src, int32_t dtype, int64_t i)
+{
+	switch (dtype) {
+	case NZ_F16:
+		return nz_f16_to_f32(((const uint16_t *)src)[i]);
+	case NZ_BF16:
+		return nz_bf16_to_f32(((const uint16_t *)src)[i]);
+	default:
+		return ((const float *)src)[i];
+	}
+}
+
+void nz_convert(void *dst, int32_t dst_dtype, const void *src, int32_t src_dtype, int64_t n)
+{
+	if (dst_dtype == src_dtype) {
+		memcpy(dst, src, (size_t)n * nz_dtype_size(src_dtype));
+		return;
+	}
+	switch (dst_dtype) {
+	case NZ_F32: {
+		float *d = dst;
+		if (src_dtype == NZ_BF16) {
+			const uint16_t *s = src;
+			for (int64_t i = 0; i < n; i++)
+				d[i] = nz_bf16_to_f32(s[i]);
+		} else {
+			const uint16_t *s = src;
+			for (int64_t i = 0; i < n; i++)
+				d[i] = nz_f16_to_f32(s[i]);
+		}
+		break;
+	}
+	case NZ_BF16: {
+		uint16_t *d = dst;
+		for (int64_t i = 0; i < n; i++)
+			d[i] = nz_f32_to_bf16(nz_load_f32(src, src_dtype, i));
+		break;
+	}
+	case NZ_F16: {
+		uint16_t *d = dst;
+		for (int64_t i = 0; i < n; i++)
+			d[i] = nz_f32_to_f16(nz_load_f32(src, src_dtype, i));
+		break;
+	}
+	default:
+		break;
+	}
+}
+
+void nz_convert_f32_via(float *dst, const void *src, int32_t src_dtype, int32_t via_dtype, int64_t n)
+{
+	for (int64_t i = 0; i < n; i++) {
+		float v = nz_load_f32(src, src_dtype, i);
+		if (via_dtype == NZ_BF16 && src_dtype != NZ_BF16)
+			v = nz_bf16_to_f32(nz_f32_to_bf16(v));
+		else if (via_dtype == NZ_F16 && src_dtype != NZ_F16)
+			v = nz_f16_to_f32(nz_f32_to_f16(v));
+		dst[i] = v;
+	}
+}
+
+/* ---------------------------------------------------------------------------
+ * Tensors and modules
+ * ------------------------------------------------------------------------- */
+
+static const char *const kind_names[NZ_T_COUNT] = {
+    "EMBED", "LM_HEAD", "FINAL_NORM", "ATTN_NORM", "FFN_NORM", "Q",         "K",
+    "V",     "O",       "GATE",       "UP",        "DOWN",     "Q_BIAS",    "K_BIAS",
+    "V_BIAS", "O_BIAS", "GATE_BIAS",  "UP_BIAS",   "DOWN_BIAS",
+};
+
+static const char *const module_names[NZ_M_COUNT] = {"q", "k", "v", "o", "gate", "up", "down"};
+
+const char *nz_kind_name(int32_t kind)
+{
+	return kind >= 0 && kind < NZ_T_COUNT ? kind_names[kind] : "unknown";
+}
+
+const char *nz_module_name(int32_t module)
+{
+	return module >= 0 && module < NZ_M_COUNT ? module_names[module] : "unknown";
+}
+
+int nz_kind_per_layer(int32_t kind)
+{
+	return kind >= NZ_T_ATTN_NORM && kind < NZ_T_COUNT;
+}
+
+int nz_kind_is_bias(int32_t kind) { return kind >= NZ_T_Q_BIAS && kind <= NZ_T_DOWN_BIAS; }
+
+void nz_module_dims(const nz_config *c, int32_t module, int64_t *in, int64_t *out)
+{
+	int64_t H = c->hidden_size, I = c->intermediate_size;
+	int64_t qd = c->num_heads * c->head_dim, kvd = c->num_kv_heads * c->head_dim;
+	switch (module) {
+	case NZ_M_Q:
+		*in = H, *out = qd;
+		break;
+	case NZ_M_K:
+	case NZ_M_V:
+		*in = H, *out = kvd;
+		break;
+	case NZ_M_O:
+		*in = qd, *out = H;
+		break;
+	case NZ_M_GATE:
+	case NZ_M_UP:
+		*in = H, *out = I;
+		break;
+	case NZ_M_DOWN:
+		*in = I, *out = H;
+		break;
+	default:
+		*in = 0, *out = 0;
+		break;
+	}
+}
+
+int nz_tensor_shape(const nz_config *c, int32_t kind, int64_t shape[2])
+{
+	int64_t in, out;
+	switch (kind) {
+	case NZ_T_EMBED:
+	case NZ_T_LM_HEAD:
+		shape[0] = c->vocab_size, shape[1] = c->hidden_size;
+		return 2;
+	case NZ_T_FINAL_NORM:
+	case NZ_T_ATTN_NORM:
+	case NZ_T_FFN_NORM:
+		shape[0] = c->hidden_size;
+		return 1;
+	default:
+		break;
+	}
+	if (kind >= NZ_T_Q && kind <= NZ_T_DOWN) {
+		nz_module_dims(c, kind - NZ_T_Q, &in, &out);
+		shape[0] = out, shape[1] = in;
+		return 2;
+	}
+	if (nz_kind_is_bias(kind)) {
+		nz_module_dims(c, kind - NZ_T_Q_BIAS, &in, &out);
+		shape[0] = out;
+		return 1;
+	}
+	return 0;
+}
+
+/* ---------------------------------------------------------------------------
+ * RoPE
+ * ------------------------------------------------------------------------- */
+
+void nz_rope_inv_freq(const nz_config *c, float *inv)
+{
+	int64_t dim = c->head_dim, half = dim / 2;
+	for (int64_t j = 0; j < half; j++) {
+		float e = (float)(2 * j) / (float)dim;
+		float p = (float)pow(c->rope_theta, (double)e);
+		inv[j] = 1.0f / p;
+	}
+	if (c->rope_type == NZ_ROPE_LINEAR) {
+		for (int64_t j = 0; j < half; j++)
+			inv[j] = (float)((double)inv[j] / c->rope_factor);
+	} else if (c->rope_type == NZ_ROPE_LLAMA3) {
+		double factor = c->rope_factor, lo = c->rope_low_freq_factor, hi = c->rope_high_freq_factor;
+		double orig = (double)c->rope_original_max_position;
+		double low_wl = orig / lo, high_wl = orig / hi;
+		for (int64_t j = 0; j < half; j++) {
+			double f = inv[j];
+			double wl = 2.0 * M_PI / f;
+			double out;
+			if (wl < high_wl) {
+				out = f;
+			} else if (wl > low_wl) {
+				out = f / factor;
+			} else {
+				double s = (orig / wl - lo) / (hi - lo);
+				out = (1.0 - s) * f / factor + s * f;
+			}
+			inv[j] = (float)out;
+		}
+	}
+}
+
+void nz_rope_cos_sin(const float *inv, int64_t half, int64_t pos, float *cos_out, float *sin_out)
+{
+	float p = (float)pos;
+	for (int64_t j = 0; j < half; j++) {
+		float a = p * inv[j];
+		cos_out[j] = (float)cos((double)a);
+		sin_out[j] = (float)sin((double)a);
+	}
+}
+
+void nz_rope_apply(float *x, int64_t half, const float *cos_v, const float *sin_v)
+{
+	for (int64_t i = 0; i < half; i++) {
+		float x1 = x[i], x2 = x[i + half];
+		x[i] = x1 * cos_v[i] - x2 * sin_v[i];
+		x[i + half] = x2 * cos_v[i] + x1 * sin_v[i];
+	}
+}
+
+/* ---------------------------------------------------------------------------
+ * Random numbers and sampling
+ * ------------------------------------------------------------------------- */
+
+uint64_t nz_splitmix64(uint64_t x)
+{
+	x += 0x9E3779B97F4A7C15ull;
+	x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+	x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+	return x ^ (x >> 31);
+}
+
+double nz_rng_uniform(uint64_t seed, int64_t position)
+{
+	uint64_t r = nz_splitmix64(nz_splitmix64(seed) ^ (uint64_t)position);
+	return (double)(r >> 11) * 0x1p-53;
+}
+
+/* A sort key that orders tokens most likely first: the logit's bits made
+ * monotonic in the high half, the complemented id in the low half (so a
+ * larger key means a larger logit, or the same logit and a lower id). */
+static inline uint64_t token_key(float logit, int32_t id)
+{
+	uint32_t u;
+	memcpy(&u, &logit, sizeof u);
+	u = (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+	return ((uint64_t)u << 32) | (uint32_t)(0xffffffffu - (uint32_t)id);
+}
+
+static inline int32_t key_id(uint64_t key) { return (int32_t)(0xffffffffu - (uint32_t)key); }
+
+static int cmp_key_desc(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+	return x < y ? 1 : x > y ? -1 : 0;
+}
+
+static int cmp_i32_asc(const void *a, const void *b)
+{
+	int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
+	return x < y ? -1 : x > y ? 1 : 0;
+}
+
+/* Moves the k largest keys of a[0..n) to a[0..k) (any order). */
+static void select_top(uint64_t *a, int64_t n, int64_t k)
+{
+	int64_t lo = 0, hi = n - 1;
+	while (lo < hi) {
+		/* median of three as pivot */
+		int64_t mid = lo + (hi - lo) / 2;
+		uint64_t x = a[lo], y = a[mid], z = a[hi];
+		uint64_t piv = (x < y) ? ((y < z) ? y : (x < z ? z : x)) : ((x < z) ? x : (y < z ? z : y));
+		int64_t i = lo, j = hi;
+		while (i <= j) {
+			while (a[i] > piv)
+				i++;
+			while (a[j] < piv)
+				j--;
+			if (i <= j) {
+				uint64_t t = a[i];
+				a[i] = a[j];
+				a[j] = t;
+				i++;
+				j--;
+			}
+		}
+		/* a[lo..j] >= piv >= a[i..hi] */
+		if (k - 1 <= j)
+			hi = j;
+		else if (k - 1 >= i)
+			lo = i;
+		else
+			break;
+	}
+}
+
+size_t nz_sample_scratch_bytes(int64_t vocab)
+{
+	return (size_t)vocab * (sizeof(uint64_t) + sizeof(int32_t)) + 64;
+}
+
+/* Draw among ids[0..n) (ascending), weights exp((l-m)·invt). */
+static int32_t draw_ids(const float *logits, const int32_t *ids, int64_t n, float m, float invt, double u)
+{
+	double total = 0;
+	for (int64_t i = 0; i < n; i++)
+		total += (double)expf((logits[ids[i]] - m) * invt);
+	double target = u * total, c = 0;
+	int32_t last = ids[0];
+	for (int64_t i = 0; i < n; i++) {
+		double q = (double)expf((logits[ids[i]] - m) * invt);
+		if (q > 0)
+			last = ids[i];
+		c += q;
+		if (c > target)
+			return ids[i];
+	}
+	return last;
+}
+
+void nz_sample(const float *logits, int64_t V, const nz_sample_params *p, void *scratch, int32_t *out_token,
+               float *out_logprob, int32_t *top_tok, float *top_lp)
+{
+	uint64_t *keys = scratch;
+	int32_t *ids = (int32_t *)(keys + V);
+
+	/* max and argmax (lowest id on ties; NaN never wins) */
+	int32_t best = 0;
+	float m = -INFINITY;
+	for (int64_t i = 0; i < V; i++) {
+		if (logits[i] > m) {
+			m = logits[i];
+			best = (int32_t)i;
+		}
+	}
+	double sum = 0;
+	for (int64_t i = 0; i < V; i++)
+		sum += (double)expf(logits[i] - m);
+	double lse = (double)m + log(sum);
+
+	int32_t tok = best;
+	if (p->temperature > 0 && isfinite(m)) {
+		float invt = 1.0f / p->temperature;
+		double u = nz_rng_uniform(p->seed, p->position);
+		int64_t k = (p->top_k > 0 && p->top_k < V) ? p->top_k : V;
+		if (k == V && p->top_p >= 1.0f) {
+			/* no filter: every token, in id order */
+			double total = 0;
+			for (int64_t i = 0; i < V; i++)
+				total += (double)expf((logits[i] - m) * invt);
+			double target = u * total, c = 0;
+			for (int64_t i = 0; i < V; i++) {
+				double q = (double)expf((logits[i] - m) * invt);
+				if (q > 0)
+					tok = (int32_t)i;
+				c += q;
+				if (c > target)
+					break;
+			}
+		} else {
+			int64_t n;         /* candidates, sorted most likely first */
+			double mass = 0;   /* the mass top_p is a fraction of */
+			if (k < V) {
+				for (int64_t i = 0; i < V; i++)
+					keys[i] = token_key(logits[i], (int32_t)i);
+				select_top(keys, V, k);
+				n = k;
+				qsort(keys, (size_t)n, sizeof *keys, cmp_key_desc);
+				for (int64_t i = 0; i < n; i++)
+					mass += (double)expf((logits[key_id(keys[i])] - m) * invt);
+			} else {
+				for (int64_t i = 0; i < V; i++)
+					mass += (double)expf((logits[i] - m) * invt);
+				/* Only tokens at least as likely as thr can be kept when the
+				 * ones that likely already reach top_p; lower thr until so. */
+				float thr = 0x1p-10f;
+				for (;;) {
+					n = 0;
+					double cm = 0;
+					for (int64_t i = 0; i < V; i++) {
+						float q = expf((logits[i] - m) * invt);
+						if (q >= thr) {
+							keys[n++] = token_key(logits[i], (int32_t)i);
+							cm += (double)q;
+						}
+					}
+					if (cm >= (double)p->top_p * mass || thr == 0.0f)
+						break;
+					thr = thr > 0x1p-100f ? thr * 0x1p-10f : 0.0f;
+				}
+				qsort(keys, (size_t)n, sizeof *keys, cmp_key_desc);
+			}
+			int64_t keep = n;
+			if (p->top_p < 1.0f) {
+				double c = 0, need = (double)p->top_p * mass;
+				for (int64_t i = 0; i < n; i++) {
+					c += (double)expf((logits[key_id(keys[i])] - m) * invt);
+					if (c >= need) {
+						keep = i + 1;
+						break;
+					}
+				}
+			}
+			for (int64_t i = 0; i < keep; i++)
+				ids[i] = key_id(keys[i]);
+			qsort(ids, (size_t)keep, sizeof *ids, cmp_i32_asc);
+			tok = draw_ids(logits, ids, keep, m, invt, u);
+		}
+	}
+	*out_token = tok;
+	*out_logprob = (float)((double)logits[tok] - lse);
+
+	int32_t nt = p->n_top;
+	if (nt > 0) {
+		uint64_t best_keys[NZ_MAX_TOP];
+		int32_t have = 0;
+		if (nt > V)
+			nt = (int32_t)V;
+		for (int64_t i = 0; i < V; i++) {
+			uint64_t key = token_key(logits[i], (int32_t)i);
+			if (have == nt && key <= best_keys[have - 1])
+				continue;
+			int32_t j = have < nt ? have++ : have - 1;
+			while (j > 0 && best_keys[j - 1] < key) {
+				best_keys[j] = best_keys[j - 1];
+				j--;
+			}
+			best_keys[j] = key;
+		}
+		for (int32_t j = 0; j < nt; j++) {
+			int32_t id = key_id(best_keys[j]);
+			top_tok[j] = id;
+			top_lp[j] = (float)((double)logits[id] - lse);
+		}
+		for (int32_t j = nt; j < p->n_top; j++) {
+			top_tok[j] = -1;
+			top_lp[j] = -INFINITY;
+		}
+	}
+}

@@ -1,0 +1,121 @@
+/*
+ * common.h — backend-neutral helpers shared by every engine backend:
+ * error reporting, dtype conversion, tensor shapes, RoPE, the sampler and
+ * its random generator. Nothing here is CPU-specific; the CUDA library
+ * compiles common.c and api.c as they are.
+ */
+#ifndef NZ_COMMON_H
+#define NZ_COMMON_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "nozzle_engine.h"
+
+/* Marks the functions of the public ABI (the library builds with
+ * -fvisibility=hidden). */
+#define NZ_API __attribute__((visibility("default")))
+
+/* Largest n_top the sampler reports (nozzle_engine.h: n_top <= 20). */
+#define NZ_MAX_TOP 20
+
+/* ---- errors ---------------------------------------------------------------
+ * nz_error formats a message into the calling thread's last-error buffer
+ * and returns code, so a failing path reads `return nz_error(NZ_ERR_INVALID,
+ * "...")`. nz_oom is the allocation-failure form ("<what>: out of memory
+ * allocating N bytes"). */
+int32_t nz_error(int32_t code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+int32_t nz_oom(const char *what, size_t bytes);
+const char *nz_error_message(void);
+
+/* 64-byte aligned allocation (NULL on failure or overflow); nz_free takes NULL. */
+void *nz_alloc(size_t bytes);
+void *nz_calloc(size_t bytes);
+void nz_free(void *p);
+
+/* ---- dtypes (engine-spec §1.3) --------------------------------------------- */
+static inline float nz_bf16_to_f32(uint16_t b)
+{
+	uint32_t u = (uint32_t)b << 16;
+	float f;
+	memcpy(&f, &u, sizeof f);
+	return f;
+}
+uint16_t nz_f32_to_bf16(float f); /* round to nearest even; NaN stays NaN */
+float nz_f16_to_f32(uint16_t h);  /* exact, subnormals included */
+uint16_t nz_f32_to_f16(float f);  /* round to nearest even; overflow -> inf */
+
+/* Bytes per element of an NZ_* dtype, 0 for an unknown one. */
+size_t nz_dtype_size(int32_t dtype);
+const char *nz_dtype_name(int32_t dtype);
+/* Element i of src (of dtype) as f32. */
+float nz_load_f32(const void *src, int32_t dtype, int64_t i);
+/* Converts n elements; dst and src must not overlap. */
+void nz_convert(void *dst, int32_t dst_dtype, const void *src, int32_t src_dtype, int64_t n);
+/* Converts n elements to f32 after rounding each through via_dtype (the
+ * value an engine keeping via_dtype would hold). */
+void nz_convert_f32_via(float *dst, const void *src, int32_t src_dtype, int32_t via_dtype, int64_t n);
+
+/* ---- tensors and modules ---------------------------------------------------- */
+/* The shape a base tensor kind must have under cfg; returns ndim (1 or 2),
+ * 0 for an unknown kind. */
+int nz_tensor_shape(const nz_config *cfg, int32_t kind, int64_t shape[2]);
+/* 1 when the kind takes a layer index, 0 when it takes -1. */
+int nz_kind_per_layer(int32_t kind);
+/* 1 when the kind is a bias (optional). */
+int nz_kind_is_bias(int32_t kind);
+const char *nz_kind_name(int32_t kind);
+/* in/out features of a LoRA target module (NZ_M_*). Module m's base weight
+ * kind is NZ_T_Q + m and its bias kind NZ_T_Q_BIAS + m. */
+void nz_module_dims(const nz_config *cfg, int32_t module, int64_t *in, int64_t *out);
+const char *nz_module_name(int32_t module);
+
+/* ---- RoPE (engine-spec §1.4.3, §1.5) --------------------------------------- */
+/* inv[0 .. head_dim/2) for cfg's rope_theta, head_dim and rope_type
+ * (default, linear, llama3), in f32 as Hugging Face computes them. */
+void nz_rope_inv_freq(const nz_config *cfg, float *inv);
+/* cos/sin[0 .. half) of pos·inv[j] (angle in f32, as HF). */
+void nz_rope_cos_sin(const float *inv, int64_t half, int64_t pos, float *cos_out, float *sin_out);
+/* Rotate-half RoPE of one head vector x[0 .. 2·half) in place. */
+void nz_rope_apply(float *x, int64_t half, const float *cos_v, const float *sin_v);
+
+/* ---- random numbers and sampling -------------------------------------------- */
+uint64_t nz_splitmix64(uint64_t x);
+/* The uniform draw in [0,1) for a sequence's token at `position`:
+ * r = splitmix64(splitmix64(seed) ^ position), u = (r >> 11) · 2^-53.
+ * It depends on (seed, position) only, never on the batch. */
+double nz_rng_uniform(uint64_t seed, int64_t position);
+
+typedef struct nz_sample_params {
+	float temperature; /* 0 = greedy */
+	float top_p;       /* 1 = off */
+	int32_t top_k;     /* 0 = off */
+	uint64_t seed;
+	int64_t position;  /* position of the token being sampled */
+	int32_t n_top;     /* 0..NZ_MAX_TOP */
+} nz_sample_params;
+
+/* Scratch the sampler needs for a vocabulary of V tokens. */
+size_t nz_sample_scratch_bytes(int64_t vocab);
+
+/* Samples one token from logits[0..V) (see nz_batch in nozzle_engine.h):
+ *  - greedy: argmax, lowest id on ties;
+ *  - otherwise p = softmax(logits/temperature); keep the top_k most likely
+ *    (ties: lower id first), renormalise; keep the shortest most-likely-first
+ *    prefix whose mass reaches top_p; draw u = nz_rng_uniform(seed,
+ *    position) and walk the kept tokens in ascending id, returning the
+ *    first whose cumulative probability exceeds u·(kept mass).
+ * out_logprob is the token's log_softmax at temperature 1; top_tok/top_lp
+ * (n_top entries, may be NULL when n_top is 0) the most likely tokens, most
+ * likely first (ties: lower id). scratch holds nz_sample_scratch_bytes(V). */
+void nz_sample(const float *logits, int64_t vocab, const nz_sample_params *p, void *scratch,
+               int32_t *out_token, float *out_logprob, int32_t *top_tok, float *top_lp);
+
+/* ---- misc ------------------------------------------------------------------- */
+double nz_now_seconds(void); /* CLOCK_MONOTONIC */
+static inline int64_t nz_min64(int64_t a, int64_t b) { return a < b ? a : b; }
+static inline int64_t nz_max64(int64_t a, int64_t b) { return a > b ? a : b; }
+static inline int64_t nz_ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+#endif /* NZ_COMMON_H */

@@ -1,0 +1,810 @@
+/*
+ * cpu_engine.c — the CPU backend: weights, adapter slots, the paged KV
+ * cache and the forward pass of a step (engine-spec §1, §4).
+ *
+ * Storage:
+ *  - base weights in cfg.weight_dtype, row-major [out, in]; norm weights and
+ *    biases in f32 (rounded through weight_dtype first, so an engine holds
+ *    the values a weight_dtype checkpoint would);
+ *  - adapter slots per (layer, module): A = [max_slots][max_rank][in] and
+ *    Bt = [max_slots][max_rank][out] (lora_B transposed, scale folded in f32,
+ *    then rounded once), both in weight_dtype; rows at and past the real
+ *    rank are zero and skipped (each slot/module remembers its rank, 0 =
+ *    absent);
+ *  - KV cache in f32: [layer][K|V][block][kv_head][block_size][head_dim].
+ *
+ * Activations and accumulation are f32. Every parallel region splits work
+ * into tasks whose results do not depend on the batch (cpu_kernels.h), so
+ * a sequence's logits are bit-identical alone or in any batch.
+ */
+#include <math.h>
+#include <stdio.h>
+
+#include "backend.h"
+#include "common.h"
+#include "cpu_kernels.h"
+#include "cpu_pool.h"
+
+typedef struct cpu_layer {
+	void *w[NZ_M_COUNT];  /* [out, in] in weight dtype */
+	float *b[NZ_M_COUNT]; /* [out] or NULL */
+	float *attn_norm, *ffn_norm;
+} cpu_layer;
+
+typedef struct cpu_lora {
+	void *a;  /* [max_slots][max_rank][in] */
+	void *bt; /* [max_slots][max_rank][out] */
+} cpu_lora;
+
+/* One task of a projection group (a set of modules sharing their input). */
+enum { TASK_BASE, TASK_SHRINK, TASK_EXPAND };
+typedef struct gtask {
+	int32_t kind;
+	int32_t mi;  /* index into the group's modules */
+	int32_t seg; /* adapter segment (shrink, expand) */
+	int32_t rank;
+	int64_t c0, c1; /* rows (base) or columns (expand) */
+} gtask;
+
+typedef struct cpu_engine {
+	nz_config cfg;
+	const cpu_kernels *k;
+	cpu_pool *pool;
+	int nthreads;
+	int32_t wdt;
+	size_t wsz;
+	int64_t H, I, V, L, nh, nkv, hd, qd, kvd, nrep, bs, nb, R, S;
+	int64_t mod_in[NZ_M_COUNT], mod_out[NZ_M_COUNT];
+
+	void *embed, *lm_head;
+	float *final_norm;
+	cpu_layer *layers;
+	float *inv_freq; /* [hd/2] */
+	int finalized;
+	int64_t weight_bytes, slot_bytes, kv_bytes;
+
+	cpu_lora *lora; /* [L][NZ_M_COUNT] */
+	int32_t *rank;  /* [max_slots][L][NZ_M_COUNT] */
+
+	float *kv; /* [L][2][nb][nkv][bs][hd] */
+	int64_t kv_block_elems, kv_layer_elems;
+
+	/* step scratch, for max_batch_tokens tokens T and max_batch_seqs S */
+	float *h, *x;      /* [T, H] residual stream, normed input */
+	float *q, *att;    /* [T, qd] */
+	float *kk, *vv;    /* [T, kvd] */
+	float *y;          /* [T, H] projection output before the residual add */
+	float *g, *u;      /* [T, I] */
+	float *lv[3];      /* [T, R] LoRA shrink outputs of a group's modules */
+	float *cs;         /* [T, hd] cos | sin of each token's position */
+	float *xs;         /* [S, H] final-normed hidden of the sampled tokens */
+	float *logits;     /* [S, V] */
+	float **att_buf;   /* [threads][nrep · max_position] */
+	void **samp_buf;   /* [threads] sampler scratch */
+	gtask *tasks;
+	int64_t task_cap;
+} cpu_engine;
+
+#define EXPAND_COLS 512
+
+/* ---------------------------------------------------------------------------
+ * Create, tensors, finalize
+ * ------------------------------------------------------------------------- */
+
+static void cpu_describe(char *buf, size_t n)
+{
+	const cpu_kernels *k = cpu_kernels_select();
+	snprintf(buf, n, "cpu %s %d threads", k ? k->name : "unsupported", cpu_online_cores());
+}
+
+static void cpu_destroy(void *impl)
+{
+	cpu_engine *e = impl;
+	if (!e)
+		return;
+	cpu_pool_destroy(e->pool);
+	nz_free(e->embed);
+	nz_free(e->lm_head);
+	nz_free(e->final_norm);
+	if (e->layers) {
+		for (int64_t l = 0; l < e->L; l++) {
+			cpu_layer *ly = &e->layers[l];
+			for (int m = 0; m < NZ_M_COUNT; m++) {
+				nz_free(ly->w[m]);
+				nz_free(ly->b[m]);
+			}
+			nz_free(ly->attn_norm);
+			nz_free(ly->ffn_norm);
+		}
+	}
+	nz_free(e->layers);
+	nz_free(e->inv_freq);
+	if (e->lora)
+		for (int64_t i = 0; i < e->L * NZ_M_COUNT; i++) {
+			nz_free(e->lora[i].a);
+			nz_free(e->lora[i].bt);
+		}
+	nz_free(e->lora);
+	nz_free(e->rank);
+	nz_free(e->kv);
+	float **bufs[] = {&e->h, &e->x, &e->q, &e->att, &e->kk, &e->vv, &e->y, &e->g,
+	                  &e->u, &e->lv[0], &e->lv[1], &e->lv[2], &e->cs, &e->xs, &e->logits};
+	for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
+		nz_free(*bufs[i]);
+	if (e->att_buf)
+		for (int t = 0; t < e->nthreads; t++)
+			nz_free(e->att_buf[t]);
+	nz_free(e->att_buf);
+	if (e->samp_buf)
+		for (int t = 0; t < e->nthreads; t++)
+			nz_free(e->samp_buf[t]);
+	nz_free(e->samp_buf);
+	nz_free(e->tasks);
+	nz_free(e);
+}
+
+static int32_t cpu_create(nz_config *c, void **out)
+{
+	const cpu_kernels *k = cpu_kernels_select();
+	if (!k)
+		return nz_error(NZ_ERR_UNSUPPORTED, "nz_engine_create: this processor lacks AVX2, FMA or F16C");
+	cpu_engine *e = nz_calloc(sizeof *e);
+	if (!e)
+		return nz_oom("nz_engine_create", sizeof *e);
+	e->k = k;
+	e->wdt = (int32_t)c->weight_dtype;
+	e->wsz = nz_dtype_size(e->wdt);
+	e->H = c->hidden_size, e->I = c->intermediate_size, e->V = c->vocab_size, e->L = c->num_layers;
+	e->nh = c->num_heads, e->nkv = c->num_kv_heads, e->hd = c->head_dim;
+	e->qd = e->nh * e->hd, e->kvd = e->nkv * e->hd, e->nrep = e->nh / e->nkv;
+	e->bs = c->kv_block_size, e->R = c->max_rank, e->S = c->max_batch_seqs;
+	for (int m = 0; m < NZ_M_COUNT; m++)
+		nz_module_dims(c, m, &e->mod_in[m], &e->mod_out[m]);
+
+	/* KV pool size */
+	e->kv_block_elems = e->nkv * e->bs * e->hd;
+	int64_t block_bytes = e->L * 2 * e->kv_block_elems * (int64_t)sizeof(float);
+	if (c->kv_num_blocks == 0) {
+		if (c->kv_memory_bytes > 0) {
+			c->kv_num_blocks = c->kv_memory_bytes / block_bytes;
+			if (c->kv_num_blocks < 1) {
+				nz_free(e);
+				return nz_error(NZ_ERR_INVALID,
+				                "nz_engine_create: kv_memory_bytes %lld holds no KV block (%lld bytes each)",
+				                (long long)c->kv_memory_bytes, (long long)block_bytes);
+			}
+		} else {
+			int64_t want = nz_ceil_div(c->max_position, e->bs) * c->max_batch_seqs;
+			c->kv_num_blocks = nz_max64(1, nz_min64(want, NZ_DEFAULT_KV_MEMORY_CAP / block_bytes));
+		}
+		c->kv_num_blocks = nz_min64(c->kv_num_blocks, INT32_MAX);
+	}
+	double kv_total = (double)c->kv_num_blocks * (double)block_bytes, slot_total = 0;
+	for (int m = 0; m < NZ_M_COUNT; m++)
+		slot_total += (double)e->L * (double)c->max_slots * (double)e->R * (double)(e->mod_in[m] + e->mod_out[m]) *
+		              (double)e->wsz;
+	if (kv_total > 0x1p50 || slot_total > 0x1p50) {
+		nz_free(e);
+		return nz_error(NZ_ERR_OOM, "nz_engine_create: the KV pool (%.0f bytes) or the adapter slots (%.0f bytes) are too large",
+		                kv_total, slot_total);
+	}
+	e->nb = c->kv_num_blocks;
+	e->kv_layer_elems = 2 * e->nb * e->kv_block_elems;
+	e->kv_bytes = e->nb * block_bytes;
+	for (int m = 0; m < NZ_M_COUNT; m++)
+		e->slot_bytes += e->L * c->max_slots * e->R * (e->mod_in[m] + e->mod_out[m]) * (int64_t)e->wsz;
+
+	if (c->num_threads == 0)
+		c->num_threads = cpu_online_cores();
+	e->nthreads = (int)c->num_threads;
+	e->cfg = *c;
+
+	e->layers = nz_calloc(sizeof(cpu_layer) * (size_t)e->L);
+	e->inv_freq = nz_alloc(sizeof(float) * (size_t)(e->hd / 2));
+	if (!e->layers || !e->inv_freq) {
+		cpu_destroy(e);
+		return nz_oom("nz_engine_create", sizeof(cpu_layer) * (size_t)e->L);
+	}
+	nz_rope_inv_freq(c, e->inv_freq);
+	int32_t st = cpu_pool_create(e->nthreads, &e->pool);
+	if (st != NZ_OK) {
+		cpu_destroy(e);
+		return st;
+	}
+	*out = e;
+	return NZ_OK;
+}
+
+/* Parallel dtype conversion of large tensors. */
+typedef struct conv_ctx {
+	void *dst;
+	int32_t ddt;
+	const void *src;
+	int32_t sdt;
+	int64_t n, chunk;
+} conv_ctx;
+
+static void conv_task(void *ctx, int64_t i, int tid)
+{
+	conv_ctx *c = ctx;
+	int64_t a = i * c->chunk, n = nz_min64(c->chunk, c->n - a);
+	nz_convert((char *)c->dst + a * (int64_t)nz_dtype_size(c->ddt), c->ddt,
+	           (const char *)c->src + a * (int64_t)nz_dtype_size(c->sdt), c->sdt, n);
+}
+
+static void convert_par(cpu_engine *e, void *dst, int32_t ddt, const void *src, int32_t sdt, int64_t n)
+{
+	conv_ctx c = {dst, ddt, src, sdt, n, 1 << 16};
+	cpu_pool_run(e->pool, nz_ceil_div(n, c.chunk), conv_task, &c);
+}
+
+/* Allocates *slot (bytes) on first use; returns 0 on failure. */
+static int ensure(void **slot, size_t bytes, int64_t *account)
+{
+	if (*slot)
+		return 1;
+	*slot = nz_alloc(bytes);
+	if (*slot && account)
+		*account += (int64_t)bytes;
+	return *slot != NULL;
+}
+
+static int32_t cpu_set_tensor(void *impl, int32_t kind, int32_t layer, int32_t dtype, const void *data, int64_t n)
+{
+	cpu_engine *e = impl;
+	void **dst;
+	int as_f32 = 0;
+	cpu_layer *ly = layer >= 0 ? &e->layers[layer] : NULL;
+	switch (kind) {
+	case NZ_T_EMBED:
+		dst = &e->embed;
+		break;
+	case NZ_T_LM_HEAD:
+		dst = &e->lm_head;
+		break;
+	case NZ_T_FINAL_NORM:
+		dst = (void **)&e->final_norm, as_f32 = 1;
+		break;
+	case NZ_T_ATTN_NORM:
+		dst = (void **)&ly->attn_norm, as_f32 = 1;
+		break;
+	case NZ_T_FFN_NORM:
+		dst = (void **)&ly->ffn_norm, as_f32 = 1;
+		break;
+	default:
+		if (kind >= NZ_T_Q && kind <= NZ_T_DOWN) {
+			dst = &ly->w[kind - NZ_T_Q];
+		} else {
+			dst = (void **)&ly->b[kind - NZ_T_Q_BIAS];
+			as_f32 = 1;
+		}
+		break;
+	}
+	size_t bytes = (size_t)n * (as_f32 ? sizeof(float) : e->wsz);
+	if (!ensure(dst, bytes, &e->weight_bytes))
+		return nz_oom("nz_engine_set_tensor", bytes);
+	if (as_f32)
+		nz_convert_f32_via(*dst, data, dtype, e->wdt, n);
+	else
+		convert_par(e, *dst, e->wdt, data, dtype, n);
+	return NZ_OK;
+}
+
+static int32_t cpu_finalize(void *impl)
+{
+	cpu_engine *e = impl;
+	const nz_config *c = &e->cfg;
+	int64_t T = c->max_batch_tokens, S = e->S, L = e->L, slots = c->max_slots;
+	size_t total = 0;
+#define ALLOC(ptr, bytes)                                   \
+	do {                                                    \
+		size_t b_ = (size_t)(bytes);                        \
+		total += b_;                                        \
+		if (!(ptr) && !((ptr) = nz_alloc(b_)))              \
+			return nz_oom("nz_engine_finalize", b_);        \
+	} while (0)
+	/* (every allocation is kept when a later one fails, so a retry resumes) */
+	if (!e->lora)
+		e->lora = nz_calloc(sizeof(cpu_lora) * (size_t)(L * NZ_M_COUNT));
+	if (!e->rank)
+		e->rank = nz_calloc(sizeof(int32_t) * (size_t)(slots * L * NZ_M_COUNT));
+	if (!e->lora || !e->rank)
+		return nz_oom("nz_engine_finalize", sizeof(cpu_lora) * (size_t)(L * NZ_M_COUNT));
+	for (int64_t l = 0; l < L; l++)
+		for (int m = 0; m < NZ_M_COUNT; m++) {
+			cpu_lora *lo = &e->lora[l * NZ_M_COUNT + m];
+			ALLOC(lo->a, (size_t)(slots * e->R * e->mod_in[m]) * e->wsz);
+			ALLOC(lo->bt, (size_t)(slots * e->R * e->mod_out[m]) * e->wsz);
+		}
+	ALLOC(e->kv, (size_t)e->kv_bytes);
+	ALLOC(e->h, sizeof(float) * (size_t)(T * e->H));
+	ALLOC(e->x, sizeof(float) * (size_t)(T * nz_max64(e->H, e->I)));
+	ALLOC(e->q, sizeof(float) * (size_t)(T * e->qd));
+	ALLOC(e->att, sizeof(float) * (size_t)(T * e->qd));
+	ALLOC(e->kk, sizeof(float) * (size_t)(T * e->kvd));
+	ALLOC(e->vv, sizeof(float) * (size_t)(T * e->kvd));
+	ALLOC(e->y, sizeof(float) * (size_t)(T * e->H));
+	ALLOC(e->g, sizeof(float) * (size_t)(T * e->I));
+	ALLOC(e->u, sizeof(float) * (size_t)(T * e->I));
+	for (int i = 0; i < 3; i++)
+		ALLOC(e->lv[i], sizeof(float) * (size_t)(T * e->R));
+	ALLOC(e->cs, sizeof(float) * (size_t)(T * e->hd));
+	ALLOC(e->xs, sizeof(float) * (size_t)(S * e->H));
+	ALLOC(e->logits, sizeof(float) * (size_t)(S * e->V));
+	e->att_buf = nz_calloc(sizeof(float *) * (size_t)e->nthreads);
+	e->samp_buf = nz_calloc(sizeof(void *) * (size_t)e->nthreads);
+	if (!e->att_buf || !e->samp_buf)
+		return nz_oom("nz_engine_finalize", sizeof(void *) * (size_t)e->nthreads);
+	for (int t = 0; t < e->nthreads; t++) {
+		ALLOC(e->att_buf[t], sizeof(float) * (size_t)(e->nrep * c->max_position));
+		ALLOC(e->samp_buf[t], nz_sample_scratch_bytes(e->V));
+	}
+	/* tasks of a group: base row chunks (at least 16 rows each) of up to
+	 * three modules, then shrink and expand tasks per segment and module */
+	int64_t max_out = 0;
+	for (int m = 0; m < NZ_M_COUNT; m++)
+		max_out = nz_max64(max_out, e->mod_out[m]);
+	max_out = nz_max64(max_out, e->V);
+	e->task_cap = 3 * (max_out / 16 + 2) + (slots + 1) * 3 * (max_out / EXPAND_COLS + 2);
+	ALLOC(e->tasks, sizeof(gtask) * (size_t)e->task_cap);
+#undef ALLOC
+	(void)total;
+	e->finalized = 1;
+	return NZ_OK;
+}
+
+static void cpu_info(void *impl, int64_t *out)
+{
+	cpu_engine *e = impl;
+	out[NZ_INFO_KV_BLOCK_SIZE] = e->bs;
+	out[NZ_INFO_KV_NUM_BLOCKS] = e->nb;
+	out[NZ_INFO_WEIGHT_BYTES] = e->weight_bytes;
+	out[NZ_INFO_SLOT_BYTES] = e->slot_bytes;
+	out[NZ_INFO_KV_BYTES] = e->kv_bytes;
+	out[NZ_INFO_MAX_SLOTS] = e->cfg.max_slots;
+	out[NZ_INFO_MAX_RANK] = e->R;
+	out[NZ_INFO_THREADS] = e->nthreads;
+}
+
+/* ---------------------------------------------------------------------------
+ * Adapters
+ * ------------------------------------------------------------------------- */
+
+static int32_t *rank_of(cpu_engine *e, int64_t slot, int64_t layer, int m)
+{
+	return &e->rank[(slot * e->L + layer) * NZ_M_COUNT + m];
+}
+
+typedef struct load_ctx {
+	cpu_engine *e;
+	int32_t slot;
+	const nz_lora_entry *ent;
+} load_ctx;
+
+static void load_task(void *ctx, int64_t j, int tid)
+{
+	load_ctx *c = ctx;
+	cpu_engine *e = c->e;
+	const nz_lora_entry *en = &c->ent[j];
+	int m = en->module;
+	int64_t in = e->mod_in[m], out = e->mod_out[m], r = en->rank, R = e->R;
+	cpu_lora *lo = &e->lora[en->layer * NZ_M_COUNT + m];
+	size_t wsz = e->wsz;
+	char *a = (char *)lo->a + (size_t)(c->slot * R * in) * wsz;
+	char *bt = (char *)lo->bt + (size_t)(c->slot * R * out) * wsz;
+	nz_convert(a, e->wdt, en->a, en->a_dtype, r * in);
+	memset(a + (size_t)(r * in) * wsz, 0, (size_t)((R - r) * in) * wsz);
+	/* Bt[j][o] = scale · B[o][j], folded in f32 then rounded once */
+	float col[64];
+	for (int64_t o0 = 0; o0 < out; o0 += 64) {
+		int64_t w = nz_min64(64, out - o0);
+		for (int64_t jj = 0; jj < r; jj++) {
+			for (int64_t o = 0; o < w; o++)
+				col[o] = nz_load_f32(en->b, en->b_dtype, (o0 + o) * r + jj) * en->scale;
+			nz_convert(bt + (size_t)(jj * out + o0) * wsz, e->wdt, col, NZ_F32, w);
+		}
+	}
+	memset(bt + (size_t)(r * out) * wsz, 0, (size_t)((R - r) * out) * wsz);
+}
+
+static int32_t cpu_adapter_clear(void *impl, int32_t slot)
+{
+	cpu_engine *e = impl;
+	memset(rank_of(e, slot, 0, 0), 0, sizeof(int32_t) * (size_t)(e->L * NZ_M_COUNT));
+	return NZ_OK;
+}
+
+static int32_t cpu_adapter_load(void *impl, int32_t slot, int32_t n, const nz_lora_entry *ent)
+{
+	cpu_engine *e = impl;
+	cpu_adapter_clear(e, slot);
+	load_ctx c = {e, slot, ent};
+	cpu_pool_run(e->pool, n, load_task, &c);
+	for (int32_t j = 0; j < n; j++)
+		*rank_of(e, slot, ent[j].layer, ent[j].module) = ent[j].rank;
+	return NZ_OK;
+}
+
+/* ---------------------------------------------------------------------------
+ * Step
+ * ------------------------------------------------------------------------- */
+
+typedef struct step_ctx {
+	cpu_engine *e;
+	const nz_batch *b;
+	const nz_step_plan *p;
+	int64_t layer;
+	int64_t tchunk; /* tokens per task of the per-token regions */
+	/* per-token regions */
+	const float *norm_w;
+	const float *add; /* residual add source or NULL */
+	/* projection group */
+	int nmod;
+	int mods[3];
+	const float *gx;
+	int64_t gin;
+	float *gy[3];
+	const void *gw[3]; /* base weights (LM head: one module, gw[0]) */
+	const float *gb[3];
+	int64_t gout[3];
+	int64_t ntasks;
+	int64_t gtok; /* tokens of the group's X */
+} step_ctx;
+
+static void rmsnorm(float *out, const float *x, const float *w, int64_t n, float eps)
+{
+	double ss = 0;
+	for (int64_t i = 0; i < n; i++)
+		ss += (double)x[i] * (double)x[i];
+	float r = 1.0f / sqrtf((float)(ss / (double)n) + eps);
+	for (int64_t i = 0; i < n; i++)
+		out[i] = w[i] * (x[i] * r);
+}
+
+static void embed_task(void *ctx, int64_t i, int tid)
+{
+	step_ctx *c = ctx;
+	cpu_engine *e = c->e;
+	int64_t t0 = i * c->tchunk, t1 = nz_min64(c->p->n_tokens, t0 + c->tchunk);
+	for (int64_t t = t0; t < t1; t++) {
+		int64_t tok = c->b->tokens[t];
+		nz_convert(e->h + t * e->H, NZ_F32, (const char *)e->embed + (size_t)(tok * e->H) * e->wsz, e->wdt, e->H);
+		nz_rope_cos_sin(e->inv_freq, e->hd / 2, c->p->tok_pos[t], e->cs + t * e->hd, e->cs + t * e->hd + e->hd / 2);
+	}
+}
+
+/* h += add (when set); x = rmsnorm(h, norm_w) (when set) */
+static void resnorm_task(void *ctx, int64_t i, int tid)
+{
+	step_ctx *c = ctx;
+	cpu_engine *e = c->e;
+	int64_t t0 = i * c->tchunk, t1 = nz_min64(c->p->n_tokens, t0 + c->tchunk);
+	for (int64_t t = t0; t < t1; t++) {
+		float *h = e->h + t * e->H;
+		if (c->add) {
+			const float *a = c->add + t * e->H;
+			for (int64_t j = 0; j < e->H; j++)
+				h[j] += a[j];
+		}
+		if (c->norm_w)
+			rmsnorm(e->x + t * e->H, h, c->norm_w, e->H, (float)e->cfg.rms_norm_eps);
+	}
+}
+
+static void silu_task(void *ctx, int64_t i, int tid)
+{
+	step_ctx *c = ctx;
+	cpu_engine *e = c->e;
+	int64_t t0 = i * c->tchunk, t1 = nz_min64(c->p->n_tokens, t0 + c->tchunk);
+	for (int64_t t = t0; t < t1; t++) {
+		float *g = e->g + t * e->I;
+		const float *u = e->u + t * e->I;
+		for (int64_t j = 0; j < e->I; j++)
+			g[j] = g[j] / (1.0f + expf(-g[j])) * u[j];
+	}
+}
+
+/* RoPE on q and k, then k and v into the cache. */
+static void rope_task(void *ctx, int64_t i, int tid)
+{
+	step_ctx *c = ctx;
+	cpu_engine *e = c->e;
+	const nz_step_plan *p = c->p;
+	int64_t t0 = i * c->tchunk, t1 = nz_min64(p->n_tokens, t0 + c->tchunk), half = e->hd / 2;
+	float *kvl = e->kv + c->layer * e->kv_layer_elems;
+	for (int64_t t = t0; t < t1; t++) {
+		const float *cs = e->cs + t * e->hd;
+		for (int64_t h = 0; h < e->nh; h++)
+			nz_rope_apply(e->q + t * e->qd + h * e->hd, half, cs, cs + half);
+		int64_t s = p->tok_seq[t], pos = p->tok_pos[t];
+		int64_t blk = c->b->block_table[s * c->b->max_blocks + pos / e->bs];
+		for (int64_t g = 0; g < e->nkv; g++) {
+			float *kr = e->kk + t * e->kvd + g * e->hd;
+			nz_rope_apply(kr, half, cs, cs + half);
+			int64_t off = (blk * e->nkv + g) * e->bs * e->hd + (pos % e->bs) * e->hd;
+			memcpy(kvl + off, kr, sizeof(float) * (size_t)e->hd);
+			memcpy(kvl + e->nb * e->kv_block_elems + off, e->vv + t * e->kvd + g * e->hd,
+			       sizeof(float) * (size_t)e->hd);
+		}
+	}
+}
+
+/* Attention of one token and one KV head (its nrep query heads). */
+static void attn_task(void *ctx, int64_t i, int tid)
+{
+	step_ctx *c = ctx;
+	cpu_engine *e = c->e;
+	const nz_step_plan *p = c->p;
+	const cpu_kernels *k = e->k;
+	int64_t t = i / e->nkv, g = i % e->nkv, hd = e->hd, bs = e->bs, nrep = e->nrep;
+	int64_t pos = p->tok_pos[t], lo = 0;
+	if (e->cfg.sliding_window > 0 && c->layer >= e->cfg.sliding_window_from_layer)
+		lo = nz_max64(0, pos - e->cfg.sliding_window + 1);
+	int64_t n = pos - lo + 1;
+	const int32_t *bt = c->b->block_table + p->tok_seq[t] * c->b->max_blocks;
+	const float *kl = e->kv + c->layer * e->kv_layer_elems;
+	const float *vl = kl + e->nb * e->kv_block_elems;
+	float *sc = e->att_buf[tid];
+	const float *q = e->q + t * e->qd + g * nrep * hd;
+	float *o = e->att + t * e->qd + g * nrep * hd;
+	float scale = 1.0f / sqrtf((float)hd);
+	for (int64_t j = lo; j <= pos; j++) {
+		const float *kr = kl + ((int64_t)bt[j / bs] * e->nkv + g) * bs * hd + (j % bs) * hd;
+		for (int64_t r = 0; r < nrep; r++)
+			sc[r * n + (j - lo)] = k->dot(q + r * hd, kr, hd) * scale;
+	}
+	for (int64_t r = 0; r < nrep; r++) {
+		float *s = sc + r * n, m = -INFINITY;
+		for (int64_t j = 0; j < n; j++)
+			m = s[j] > m ? s[j] : m;
+		float sum = 0;
+		for (int64_t j = 0; j < n; j++) {
+			s[j] = expf(s[j] - m);
+			sum += s[j];
+		}
+		for (int64_t j = 0; j < n; j++)
+			s[j] /= sum;
+		memset(o + r * hd, 0, sizeof(float) * (size_t)hd);
+	}
+	for (int64_t j = lo; j <= pos; j++) {
+		const float *vr = vl + ((int64_t)bt[j / bs] * e->nkv + g) * bs * hd + (j % bs) * hd;
+		for (int64_t r = 0; r < nrep; r++)
+			k->axpy(o + r * hd, sc[r * n + (j - lo)], vr, hd);
+	}
+}
+
+static void group_task(void *ctx, int64_t i, int tid)
+{
+	step_ctx *c = ctx;
+	cpu_engine *e = c->e;
+	const gtask *tk = &e->tasks[i];
+	int mi = tk->mi;
+	int64_t in = c->gin, out = c->gout[mi];
+	if (tk->kind == TASK_BASE) {
+		e->k->gemm[e->wdt]((const char *)c->gw[mi] + (size_t)(tk->c0 * in) * e->wsz, in, tk->c1 - tk->c0, in, c->gx,
+		                   in, c->gtok, c->gy[mi] + tk->c0, out, c->gb[mi] ? c->gb[mi] + tk->c0 : NULL);
+		return;
+	}
+	const nz_step_plan *p = c->p;
+	int64_t slot = p->seg_slot[tk->seg], R = e->R;
+	const cpu_lora *lo = &e->lora[c->layer * NZ_M_COUNT + c->mods[mi]];
+	for (int32_t si = p->seg_start[tk->seg]; si < p->seg_start[tk->seg + 1]; si++) {
+		int64_t s = p->seg_seqs[si], off = p->seq_off[s], len = p->seq_off[s + 1] - off;
+		if (tk->kind == TASK_SHRINK) {
+			const char *a = (const char *)lo->a + (size_t)(slot * R * in) * e->wsz;
+			e->k->gemm[e->wdt](a, in, tk->rank, in, c->gx + off * in, in, len, e->lv[mi] + off * R, R, NULL);
+		} else {
+			const char *bt = (const char *)lo->bt + (size_t)(slot * R * out + tk->c0) * e->wsz;
+			e->k->expand[e->wdt](bt, out, tk->rank, tk->c1 - tk->c0, e->lv[mi] + off * R, R, len,
+			                     c->gy[mi] + off * out + tk->c0, out);
+		}
+	}
+}
+
+/* Runs y_m = x·W_mᵀ (+b_m) (+ LoRA deltas) for the group's modules. */
+static void run_group(step_ctx *c, int use_lora)
+{
+	cpu_engine *e = c->e;
+	const nz_step_plan *p = c->p;
+	int64_t total = 0;
+	for (int mi = 0; mi < c->nmod; mi++)
+		total += c->gout[mi];
+	int64_t chunk = nz_max64(16, (total / (8 * e->nthreads) + 3) & ~(int64_t)3);
+	int64_t n = 0;
+	for (int mi = 0; mi < c->nmod; mi++)
+		for (int64_t r0 = 0; r0 < c->gout[mi]; r0 += chunk)
+			e->tasks[n++] = (gtask){TASK_BASE, mi, 0, 0, r0, nz_min64(c->gout[mi], r0 + chunk)};
+	int64_t n_base = n;
+	if (use_lora)
+		for (int32_t g = 0; g < p->n_segs; g++)
+			for (int mi = 0; mi < c->nmod; mi++) {
+				int32_t r = *rank_of(e, p->seg_slot[g], c->layer, c->mods[mi]);
+				if (r)
+					e->tasks[n++] = (gtask){TASK_SHRINK, mi, g, r, 0, 0};
+			}
+	cpu_pool_run(e->pool, n, group_task, c);
+	if (n == n_base)
+		return;
+	n = 0;
+	for (int32_t g = 0; g < p->n_segs; g++)
+		for (int mi = 0; mi < c->nmod; mi++) {
+			int32_t r = *rank_of(e, p->seg_slot[g], c->layer, c->mods[mi]);
+			if (!r)
+				continue;
+			for (int64_t c0 = 0; c0 < c->gout[mi]; c0 += EXPAND_COLS)
+				e->tasks[n++] = (gtask){TASK_EXPAND, mi, g, r, c0, nz_min64(c->gout[mi], c0 + EXPAND_COLS)};
+		}
+	cpu_pool_run(e->pool, n, group_task, c);
+}
+
+static void setup_group(step_ctx *c, int nmod, const int *mods, const float *x, float *const *y)
+{
+	cpu_engine *e = c->e;
+	const cpu_layer *ly = &e->layers[c->layer];
+	c->nmod = nmod;
+	c->gx = x;
+	c->gin = e->mod_in[mods[0]];
+	c->gtok = c->p->n_tokens;
+	for (int i = 0; i < nmod; i++) {
+		c->mods[i] = mods[i];
+		c->gy[i] = y[i];
+		c->gw[i] = ly->w[mods[i]];
+		c->gb[i] = ly->b[mods[i]];
+		c->gout[i] = e->mod_out[mods[i]];
+	}
+}
+
+static void sample_task(void *ctx, int64_t i, int tid)
+{
+	step_ctx *c = ctx;
+	cpu_engine *e = c->e;
+	const nz_batch *b = c->b;
+	int64_t s = c->p->sample_seq[i];
+	const float *lg = e->logits + i * e->V;
+	nz_sample_params sp = {
+	    .temperature = b->temperature[s],
+	    .top_p = b->top_p[s],
+	    .top_k = b->top_k[s],
+	    .seed = b->seed[s],
+	    .position = (int64_t)b->seq_pos[s] + b->seq_len[s],
+	    .n_top = (int32_t)b->n_top,
+	};
+	nz_sample(lg, e->V, &sp, e->samp_buf[tid], &b->out_token[s], &b->out_logprob[s],
+	          b->n_top ? b->out_top_token + s * b->n_top : NULL, b->n_top ? b->out_top_logprob + s * b->n_top : NULL);
+	if (b->out_logits)
+		memcpy(b->out_logits + s * e->V, lg, sizeof(float) * (size_t)e->V);
+}
+
+static void final_norm_task(void *ctx, int64_t i, int tid)
+{
+	step_ctx *c = ctx;
+	cpu_engine *e = c->e;
+	rmsnorm(e->xs + i * e->H, e->h + (int64_t)c->p->sample_tok[i] * e->H, e->final_norm, e->H,
+	        (float)e->cfg.rms_norm_eps);
+}
+
+static int32_t cpu_step(void *impl, const nz_batch *b, const nz_step_plan *p)
+{
+	cpu_engine *e = impl;
+	int64_t T = p->n_tokens;
+	step_ctx c = {.e = e, .b = b, .p = p};
+	c.tchunk = nz_max64(1, nz_ceil_div(T, 4 * e->nthreads));
+	int64_t ttasks = nz_ceil_div(T, c.tchunk);
+	int use_lora = p->n_segs > 0;
+
+	cpu_pool_run(e->pool, ttasks, embed_task, &c);
+	static const int qkv[3] = {NZ_M_Q, NZ_M_K, NZ_M_V}, o_m[1] = {NZ_M_O}, gu[2] = {NZ_M_GATE, NZ_M_UP},
+	                 down[1] = {NZ_M_DOWN};
+	for (int64_t l = 0; l < e->L; l++) {
+		const cpu_layer *ly = &e->layers[l];
+		c.layer = l;
+		/* x = norm(h) (for layer 0; later layers get it fused with the residual) */
+		if (l == 0) {
+			c.add = NULL;
+			c.norm_w = ly->attn_norm;
+			cpu_pool_run(e->pool, ttasks, resnorm_task, &c);
+		}
+		float *yq[3] = {e->q, e->kk, e->vv};
+		setup_group(&c, 3, qkv, e->x, yq);
+		run_group(&c, use_lora);
+		cpu_pool_run(e->pool, ttasks, rope_task, &c);
+		cpu_pool_run(e->pool, T * e->nkv, attn_task, &c);
+		float *yo[1] = {e->y};
+		setup_group(&c, 1, o_m, e->att, yo);
+		run_group(&c, use_lora);
+		c.add = e->y;
+		c.norm_w = ly->ffn_norm;
+		cpu_pool_run(e->pool, ttasks, resnorm_task, &c);
+		float *ygu[2] = {e->g, e->u};
+		setup_group(&c, 2, gu, e->x, ygu);
+		run_group(&c, use_lora);
+		cpu_pool_run(e->pool, ttasks, silu_task, &c);
+		float *yd[1] = {e->y};
+		setup_group(&c, 1, down, e->g, yd);
+		run_group(&c, use_lora);
+		c.add = e->y;
+		c.norm_w = l + 1 < e->L ? e->layers[l + 1].attn_norm : NULL;
+		cpu_pool_run(e->pool, ttasks, resnorm_task, &c);
+	}
+	if (p->n_sample == 0)
+		return NZ_OK;
+	cpu_pool_run(e->pool, p->n_sample, final_norm_task, &c);
+	/* LM head over the sampled tokens only */
+	c.nmod = 1;
+	c.gx = e->xs;
+	c.gin = e->H;
+	c.gtok = p->n_sample;
+	c.gy[0] = e->logits;
+	c.gw[0] = e->cfg.tie_word_embeddings ? e->embed : e->lm_head;
+	c.gb[0] = NULL;
+	c.gout[0] = e->V;
+	c.mods[0] = -1;
+	run_group(&c, 0);
+	cpu_pool_run(e->pool, p->n_sample, sample_task, &c);
+	return NZ_OK;
+}
+
+/* ---------------------------------------------------------------------------
+ * Read bandwidth probe
+ * ------------------------------------------------------------------------- */
+
+typedef struct bw_ctx {
+	const cpu_kernels *k;
+	const char *buf;
+	int64_t bytes, chunk;
+	uint64_t sums[64];
+} bw_ctx;
+
+static void bw_task(void *ctx, int64_t i, int tid)
+{
+	bw_ctx *c = ctx;
+	int64_t a = i * c->chunk;
+	c->sums[tid & 63] += c->k->read_sum(c->buf + a, nz_min64(c->chunk, c->bytes - a));
+}
+
+static int32_t cpu_bench_read_bandwidth(int64_t bytes, int32_t iters, int32_t num_threads, double *out)
+{
+	const cpu_kernels *k = cpu_kernels_select();
+	if (!k)
+		return nz_error(NZ_ERR_UNSUPPORTED, "nz_bench_read_bandwidth: this processor lacks AVX2, FMA or F16C");
+	cpu_pool *pool;
+	int32_t st = cpu_pool_create(num_threads ? num_threads : cpu_online_cores(), &pool);
+	if (st != NZ_OK)
+		return st;
+	char *buf = nz_alloc((size_t)bytes);
+	if (!buf) {
+		cpu_pool_destroy(pool);
+		return nz_oom("nz_bench_read_bandwidth", (size_t)bytes);
+	}
+	memset(buf, 1, (size_t)bytes);
+	bw_ctx c = {.k = k, .buf = buf, .bytes = bytes, .chunk = 1 << 20};
+	int64_t ntasks = nz_ceil_div(bytes, c.chunk);
+	cpu_pool_run(pool, ntasks, bw_task, &c); /* warm up */
+	double t0 = nz_now_seconds();
+	for (int32_t i = 0; i < iters; i++)
+		cpu_pool_run(pool, ntasks, bw_task, &c);
+	double dt = nz_now_seconds() - t0;
+	volatile uint64_t sink = 0;
+	for (int i = 0; i < 64; i++)
+		sink += c.sums[i];
+	(void)sink;
+	nz_free(buf);
+	cpu_pool_destroy(pool);
+	*out = dt > 0 ? (double)bytes * (double)iters / dt : 0;
+	return NZ_OK;
+}
+
+static const nz_backend_ops cpu_ops = {
+    .describe = cpu_describe,
+    .create = cpu_create,
+    .set_tensor = cpu_set_tensor,
+    .finalize = cpu_finalize,
+    .info = cpu_info,
+    .adapter_load = cpu_adapter_load,
+    .adapter_clear = cpu_adapter_clear,
+    .step = cpu_step,
+    .destroy = cpu_destroy,
+    .bench_read_bandwidth = cpu_bench_read_bandwidth,
+};
+
+const nz_backend_ops *nz_default_backend(void) { return &cpu_ops; }

@@ -1,0 +1,278 @@
+/*
+ * cpu_kernels.c — the AVX2+FMA+F16C baseline kernels (the library is built
+ * with -mavx2 -mfma -mf16c) and the run-time choice of a kernel path.
+ */
+#include "cpu_kernels.h"
+
+#include <cpuid.h>
+#include <immintrin.h>
+#include <math.h>
+#include <string.h>
+
+#include "common.h"
+
+#define INLINE static inline __attribute__((always_inline))
+
+/* Rows × tokens of one register block. */
+#define MR 4
+#define MT 3
+/* Tokens whose X rows are reused while W rows stay in L1. */
+#define TOK_TILE 64
+
+static inline size_t dt_size(int dt) { return dt == NZ_F32 ? 4 : 2; }
+
+INLINE __m256 ld8(const void *w, int64_t k, int dt)
+{
+	if (dt == NZ_F32)
+		return _mm256_loadu_ps((const float *)w + k);
+	__m128i h = _mm_loadu_si128((const __m128i *)((const uint16_t *)w + k));
+	if (dt == NZ_F16)
+		return _mm256_cvtph_ps(h);
+	return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+
+INLINE float ld1(const void *w, int64_t k, int dt)
+{
+	if (dt == NZ_F32)
+		return ((const float *)w)[k];
+	uint16_t h = ((const uint16_t *)w)[k];
+	if (dt == NZ_F16)
+		return _cvtsh_ss(h);
+	return nz_bf16_to_f32(h);
+}
+
+INLINE float hsum8(__m256 v)
+{
+	__m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+	s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+	s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+	return _mm_cvtss_f32(s);
+}
+
+/* One R×TB block: Y[t][r] for r < R, t < TB. */
+INLINE void mk(int dt, int R, int TB, const char *w, int64_t ldw, int64_t n, const float *x, int64_t ldx, float *y,
+               int64_t ldy, const float *bias)
+{
+	const size_t rs = (size_t)ldw * dt_size(dt);
+	__m256 acc[MR][MT];
+	for (int r = 0; r < R; r++)
+		for (int t = 0; t < TB; t++)
+			acc[r][t] = _mm256_setzero_ps();
+	int64_t k = 0;
+	for (; k + 8 <= n; k += 8) {
+		__m256 wv[MR];
+		for (int r = 0; r < R; r++)
+			wv[r] = ld8(w + r * rs, k, dt);
+		for (int t = 0; t < TB; t++) {
+			__m256 xv = _mm256_loadu_ps(x + t * ldx + k);
+			for (int r = 0; r < R; r++)
+				acc[r][t] = _mm256_fmadd_ps(wv[r], xv, acc[r][t]);
+		}
+	}
+	for (int r = 0; r < R; r++)
+		for (int t = 0; t < TB; t++) {
+			float s = hsum8(acc[r][t]);
+			for (int64_t kk = k; kk < n; kk++)
+				s = fmaf(ld1(w + r * rs, kk, dt), x[t * ldx + kk], s);
+			y[t * ldy + r] = bias ? s + bias[r] : s;
+		}
+}
+
+INLINE void gemm(int dt, const void *w, int64_t ldw, int64_t rows, int64_t n, const float *x, int64_t ldx,
+                 int64_t ntok, float *y, int64_t ldy, const float *bias)
+{
+	const size_t rs = (size_t)ldw * dt_size(dt);
+	for (int64_t t0 = 0; t0 < ntok; t0 += TOK_TILE) {
+		int64_t t1 = nz_min64(ntok, t0 + TOK_TILE);
+		int64_t r = 0;
+		for (; r < rows; r += MR) {
+			const char *wr = (const char *)w + r * rs;
+			const float *br = bias ? bias + r : NULL;
+			int64_t t = t0;
+			if (r + MR <= rows) {
+				for (; t + MT <= t1; t += MT)
+					mk(dt, MR, MT, wr, ldw, n, x + t * ldx, ldx, y + t * ldy + r, ldy, br);
+				if (t1 - t == 2)
+					mk(dt, MR, 2, wr, ldw, n, x + t * ldx, ldx, y + t * ldy + r, ldy, br);
+				else if (t1 - t == 1)
+					mk(dt, MR, 1, wr, ldw, n, x + t * ldx, ldx, y + t * ldy + r, ldy, br);
+			} else {
+				for (int64_t rr = r; rr < rows; rr++) {
+					const char *w1 = (const char *)w + rr * rs;
+					const float *b1 = bias ? bias + rr : NULL;
+					for (t = t0; t + MT <= t1; t += MT)
+						mk(dt, 1, MT, w1, ldw, n, x + t * ldx, ldx, y + t * ldy + rr, ldy, b1);
+					for (; t < t1; t++)
+						mk(dt, 1, 1, w1, ldw, n, x + t * ldx, ldx, y + t * ldy + rr, ldy, b1);
+				}
+			}
+		}
+	}
+}
+
+static void gemm_f32(const void *w, int64_t ldw, int64_t rows, int64_t n, const float *x, int64_t ldx, int64_t ntok,
+                     float *y, int64_t ldy, const float *bias)
+{
+	gemm(NZ_F32, w, ldw, rows, n, x, ldx, ntok, y, ldy, bias);
+}
+
+static void gemm_f16(const void *w, int64_t ldw, int64_t rows, int64_t n, const float *x, int64_t ldx, int64_t ntok,
+                     float *y, int64_t ldy, const float *bias)
+{
+	gemm(NZ_F16, w, ldw, rows, n, x, ldx, ntok, y, ldy, bias);
+}
+
+static void gemm_bf16(const void *w, int64_t ldw, int64_t rows, int64_t n, const float *x, int64_t ldx, int64_t ntok,
+                      float *y, int64_t ldy, const float *bias)
+{
+	gemm(NZ_BF16, w, ldw, rows, n, x, ldx, ntok, y, ldy, bias);
+}
+
+/* Expand: 4 vectors (32 columns) of one token at a time, Bt rows reused
+ * across the tokens of the call. */
+INLINE void expand(int dt, const void *bt, int64_t ldb, int64_t rank, int64_t cols, const float *v, int64_t ldv,
+                   int64_t ntok, float *y, int64_t ldy)
+{
+	const size_t rs = (size_t)ldb * dt_size(dt);
+	const char *b = bt;
+	int64_t o = 0;
+	for (; o + 32 <= cols; o += 32) {
+		for (int64_t t = 0; t < ntok; t++) {
+			__m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+			const float *vt = v + t * ldv;
+			for (int64_t j = 0; j < rank; j++) {
+				__m256 vj = _mm256_broadcast_ss(vt + j);
+				for (int c = 0; c < 4; c++)
+					acc[c] = _mm256_fmadd_ps(vj, ld8(b + j * rs, o + 8 * c, dt), acc[c]);
+			}
+			float *yt = y + t * ldy + o;
+			for (int c = 0; c < 4; c++)
+				_mm256_storeu_ps(yt + 8 * c, _mm256_add_ps(_mm256_loadu_ps(yt + 8 * c), acc[c]));
+		}
+	}
+	for (; o + 8 <= cols; o += 8) {
+		for (int64_t t = 0; t < ntok; t++) {
+			__m256 acc = _mm256_setzero_ps();
+			const float *vt = v + t * ldv;
+			for (int64_t j = 0; j < rank; j++)
+				acc = _mm256_fmadd_ps(_mm256_broadcast_ss(vt + j), ld8(b + j * rs, o, dt), acc);
+			float *yt = y + t * ldy + o;
+			_mm256_storeu_ps(yt, _mm256_add_ps(_mm256_loadu_ps(yt), acc));
+		}
+	}
+	for (; o < cols; o++) {
+		for (int64_t t = 0; t < ntok; t++) {
+			float acc = 0;
+			for (int64_t j = 0; j < rank; j++)
+				acc = fmaf(v[t * ldv + j], ld1(b + j * rs, o, dt), acc);
+			y[t * ldy + o] += acc;
+		}
+	}
+}
+
+static void expand_f32(const void *bt, int64_t ldb, int64_t rank, int64_t cols, const float *v, int64_t ldv,
+                       int64_t ntok, float *y, int64_t ldy)
+{
+	expand(NZ_F32, bt, ldb, rank, cols, v, ldv, ntok, y, ldy);
+}
+
+static void expand_f16(const void *bt, int64_t ldb, int64_t rank, int64_t cols, const float *v, int64_t ldv,
+                       int64_t ntok, float *y, int64_t ldy)
+{
+	expand(NZ_F16, bt, ldb, rank, cols, v, ldv, ntok, y, ldy);
+}
+
+static void expand_bf16(const void *bt, int64_t ldb, int64_t rank, int64_t cols, const float *v, int64_t ldv,
+                        int64_t ntok, float *y, int64_t ldy)
+{
+	expand(NZ_BF16, bt, ldb, rank, cols, v, ldv, ntok, y, ldy);
+}
+
+static float dot_avx2(const float *a, const float *b, int64_t n)
+{
+	__m256 acc = _mm256_setzero_ps();
+	int64_t k = 0;
+	for (; k + 8 <= n; k += 8)
+		acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + k), _mm256_loadu_ps(b + k), acc);
+	float s = hsum8(acc);
+	for (; k < n; k++)
+		s = fmaf(a[k], b[k], s);
+	return s;
+}
+
+static void axpy_avx2(float *y, float a, const float *x, int64_t n)
+{
+	__m256 av = _mm256_set1_ps(a);
+	int64_t k = 0;
+	for (; k + 8 <= n; k += 8)
+		_mm256_storeu_ps(y + k, _mm256_fmadd_ps(av, _mm256_loadu_ps(x + k), _mm256_loadu_ps(y + k)));
+	for (; k < n; k++)
+		y[k] = fmaf(a, x[k], y[k]);
+}
+
+static uint64_t read_sum_avx2(const void *p, int64_t bytes)
+{
+	const char *c = p;
+	__m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
+	int64_t i = 0;
+	for (; i + 128 <= bytes; i += 128) {
+		a0 = _mm256_add_epi64(a0, _mm256_loadu_si256((const __m256i *)(c + i)));
+		a1 = _mm256_add_epi64(a1, _mm256_loadu_si256((const __m256i *)(c + i + 32)));
+		a2 = _mm256_add_epi64(a2, _mm256_loadu_si256((const __m256i *)(c + i + 64)));
+		a3 = _mm256_add_epi64(a3, _mm256_loadu_si256((const __m256i *)(c + i + 96)));
+	}
+	__m256i s = _mm256_add_epi64(_mm256_add_epi64(a0, a1), _mm256_add_epi64(a2, a3));
+	uint64_t lanes[4];
+	_mm256_storeu_si256((__m256i *)lanes, s);
+	uint64_t r = lanes[0] + lanes[1] + lanes[2] + lanes[3];
+	for (; i < bytes; i++)
+		r += (unsigned char)c[i];
+	return r;
+}
+
+const cpu_kernels cpu_kernels_avx2 = {
+    .name = "avx2",
+    .gemm = {gemm_f32, gemm_f16, gemm_bf16},
+    .expand = {expand_f32, expand_f16, expand_bf16},
+    .dot = dot_avx2,
+    .axpy = axpy_avx2,
+    .read_sum = read_sum_avx2,
+};
+
+/* ---------------------------------------------------------------------------
+ * Path selection
+ * ------------------------------------------------------------------------- */
+
+static int forced_isa = CPU_ISA_AUTO;
+
+void cpu_force_isa(int isa) { forced_isa = isa; }
+
+int cpu_isa_supported(int isa)
+{
+	unsigned a, b, c, d;
+	__builtin_cpu_init();
+	int avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __get_cpuid(1, &a, &b, &c, &d) &&
+	           (c & bit_F16C);
+	switch (isa) {
+	case CPU_ISA_AVX2:
+		return avx2;
+	case CPU_ISA_AVX512:
+		return avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+		       __builtin_cpu_supports("avx512vl");
+	default:
+		return 0;
+	}
+}
+
+const cpu_kernels *cpu_kernels_select(void)
+{
+	if (forced_isa == CPU_ISA_AVX2)
+		return cpu_isa_supported(CPU_ISA_AVX2) ? &cpu_kernels_avx2 : NULL;
+	if (forced_isa == CPU_ISA_AVX512)
+		return cpu_isa_supported(CPU_ISA_AVX512) ? &cpu_kernels_avx512 : NULL;
+	if (cpu_isa_supported(CPU_ISA_AVX512))
+		return &cpu_kernels_avx512;
+	if (cpu_isa_supported(CPU_ISA_AVX2))
+		return &cpu_kernels_avx2;
+	return NULL;
+}

@@ -1,0 +1,56 @@
+/*
+ * cpu_kernels.h — the CPU backend's SIMD kernels, one table per
+ * instruction-set path (AVX2+FMA+F16C baseline, AVX-512).
+ *
+ * Batch invariance: every output element is computed by one fixed
+ * sequence of operations that depends only on the element's own inputs and
+ * the reduction length — never on how many tokens or rows a call covers,
+ * where the element sits in a register block, or which thread runs it. So a
+ * sequence's results are bit-identical alone or in any batch. (The two
+ * paths differ from each other in the last bits; an engine uses one path
+ * for its whole life.)
+ */
+#ifndef NZ_CPU_KERNELS_H
+#define NZ_CPU_KERNELS_H
+
+#include <stdint.h>
+
+/* Y[t·ldy + r] = Σ_k W[r·ldw + k] · X[t·ldx + k]  (+ bias[r] when bias != NULL)
+ * for r < rows, t < ntok; W rows hold n elements of the table entry's dtype.
+ * Each dot product: lane-wise FMA over the full vectors of k in ascending
+ * order, a fixed horizontal sum, then the tail. */
+typedef void (*cpu_gemm_fn)(const void *w, int64_t ldw, int64_t rows, int64_t n, const float *x, int64_t ldx,
+                            int64_t ntok, float *y, int64_t ldy, const float *bias);
+
+/* Y[t·ldy + o] += Σ_{j<rank} V[t·ldv + j] · Bt[j·ldb + o]  for o < cols, t < ntok
+ * (the LoRA expand with B stored transposed, [rank, out]). Each element:
+ * FMA over j ascending from 0, then one add into Y. */
+typedef void (*cpu_expand_fn)(const void *bt, int64_t ldb, int64_t rank, int64_t cols, const float *v, int64_t ldv,
+                              int64_t ntok, float *y, int64_t ldy);
+
+typedef struct cpu_kernels {
+	const char *name; /* "avx2", "avx512" */
+	cpu_gemm_fn gemm[3];     /* indexed by NZ_F32, NZ_F16, NZ_BF16 */
+	cpu_expand_fn expand[3]; /* indexed by the dtype of Bt */
+	float (*dot)(const float *a, const float *b, int64_t n);
+	void (*axpy)(float *y, float a, const float *x, int64_t n); /* y += a·x */
+	uint64_t (*read_sum)(const void *p, int64_t bytes);          /* bandwidth probe: reads every byte */
+} cpu_kernels;
+
+extern const cpu_kernels cpu_kernels_avx2;
+extern const cpu_kernels cpu_kernels_avx512;
+
+#define CPU_ISA_AUTO 0
+#define CPU_ISA_AVX2 1
+#define CPU_ISA_AVX512 2
+
+/* 1 when this processor (and OS) runs the path. */
+int cpu_isa_supported(int isa);
+/* The path engines created from now on use: the best supported one, or the
+ * forced one. NULL when not even AVX2+FMA+F16C is available. */
+const cpu_kernels *cpu_kernels_select(void);
+/* Tests: force a path for engines created from now on (CPU_ISA_AUTO undoes
+ * it). Not thread-safe; never called by the library itself. */
+void cpu_force_isa(int isa);
+
+#endif /* NZ_CPU_KERNELS_H */

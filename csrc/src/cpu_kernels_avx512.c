@@ -1,0 +1,240 @@
+/*
+ * cpu_kernels_avx512.c — AVX-512 (F, BW, VL) kernels, compiled per function
+ * with target attributes and chosen at run time (cpu_kernels_select).
+ */
+#include <immintrin.h>
+#include <math.h>
+#include <string.h>
+
+#include "common.h"
+#include "cpu_kernels.h"
+
+#define TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq")))
+#define INLINE static inline __attribute__((always_inline, target("avx512f,avx512bw,avx512vl,avx512dq")))
+
+#define MR 4
+#define MT 4
+#define TOK_TILE 64
+
+static inline size_t dt_size(int dt) { return dt == NZ_F32 ? 4 : 2; }
+
+INLINE __m512 ld16(const void *w, int64_t k, int dt)
+{
+	if (dt == NZ_F32)
+		return _mm512_loadu_ps((const float *)w + k);
+	__m256i h = _mm256_loadu_si256((const __m256i *)((const uint16_t *)w + k));
+	if (dt == NZ_F16)
+		return _mm512_cvtph_ps(h);
+	return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+INLINE __m512 ld16m(const void *w, int64_t k, __mmask16 m, int dt)
+{
+	if (dt == NZ_F32)
+		return _mm512_maskz_loadu_ps(m, (const float *)w + k);
+	__m256i h = _mm256_maskz_loadu_epi16(m, (const uint16_t *)w + k);
+	if (dt == NZ_F16)
+		return _mm512_cvtph_ps(h);
+	return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+INLINE void mk(int dt, int R, int TB, const char *w, int64_t ldw, int64_t n, const float *x, int64_t ldx, float *y,
+               int64_t ldy, const float *bias)
+{
+	const size_t rs = (size_t)ldw * dt_size(dt);
+	__m512 acc[MR][MT];
+	for (int r = 0; r < R; r++)
+		for (int t = 0; t < TB; t++)
+			acc[r][t] = _mm512_setzero_ps();
+	int64_t k = 0;
+	for (; k + 16 <= n; k += 16) {
+		__m512 wv[MR];
+		for (int r = 0; r < R; r++)
+			wv[r] = ld16(w + r * rs, k, dt);
+		for (int t = 0; t < TB; t++) {
+			__m512 xv = _mm512_loadu_ps(x + t * ldx + k);
+			for (int r = 0; r < R; r++)
+				acc[r][t] = _mm512_fmadd_ps(wv[r], xv, acc[r][t]);
+		}
+	}
+	if (k < n) {
+		__mmask16 m = (__mmask16)((1u << (n - k)) - 1u);
+		__m512 wv[MR];
+		for (int r = 0; r < R; r++)
+			wv[r] = ld16m(w + r * rs, k, m, dt);
+		for (int t = 0; t < TB; t++) {
+			__m512 xv = _mm512_maskz_loadu_ps(m, x + t * ldx + k);
+			for (int r = 0; r < R; r++)
+				acc[r][t] = _mm512_fmadd_ps(wv[r], xv, acc[r][t]);
+		}
+	}
+	for (int r = 0; r < R; r++)
+		for (int t = 0; t < TB; t++) {
+			float s = _mm512_reduce_add_ps(acc[r][t]);
+			y[t * ldy + r] = bias ? s + bias[r] : s;
+		}
+}
+
+INLINE void gemm(int dt, const void *w, int64_t ldw, int64_t rows, int64_t n, const float *x, int64_t ldx,
+                 int64_t ntok, float *y, int64_t ldy, const float *bias)
+{
+	const size_t rs = (size_t)ldw * dt_size(dt);
+	for (int64_t t0 = 0; t0 < ntok; t0 += TOK_TILE) {
+		int64_t t1 = nz_min64(ntok, t0 + TOK_TILE);
+		int64_t r = 0;
+		for (; r + MR <= rows; r += MR) {
+			const char *wr = (const char *)w + r * rs;
+			const float *br = bias ? bias + r : NULL;
+			int64_t t = t0;
+			for (; t + MT <= t1; t += MT)
+				mk(dt, MR, MT, wr, ldw, n, x + t * ldx, ldx, y + t * ldy + r, ldy, br);
+			switch (t1 - t) {
+			case 3:
+				mk(dt, MR, 3, wr, ldw, n, x + t * ldx, ldx, y + t * ldy + r, ldy, br);
+				break;
+			case 2:
+				mk(dt, MR, 2, wr, ldw, n, x + t * ldx, ldx, y + t * ldy + r, ldy, br);
+				break;
+			case 1:
+				mk(dt, MR, 1, wr, ldw, n, x + t * ldx, ldx, y + t * ldy + r, ldy, br);
+				break;
+			default:
+				break;
+			}
+		}
+		for (; r < rows; r++) {
+			const char *w1 = (const char *)w + r * rs;
+			const float *b1 = bias ? bias + r : NULL;
+			int64_t t = t0;
+			for (; t + MT <= t1; t += MT)
+				mk(dt, 1, MT, w1, ldw, n, x + t * ldx, ldx, y + t * ldy + r, ldy, b1);
+			for (; t < t1; t++)
+				mk(dt, 1, 1, w1, ldw, n, x + t * ldx, ldx, y + t * ldy + r, ldy, b1);
+		}
+	}
+}
+
+TARGET static void gemm_f32(const void *w, int64_t ldw, int64_t rows, int64_t n, const float *x, int64_t ldx,
+                            int64_t ntok, float *y, int64_t ldy, const float *bias)
+{
+	gemm(NZ_F32, w, ldw, rows, n, x, ldx, ntok, y, ldy, bias);
+}
+
+TARGET static void gemm_f16(const void *w, int64_t ldw, int64_t rows, int64_t n, const float *x, int64_t ldx,
+                            int64_t ntok, float *y, int64_t ldy, const float *bias)
+{
+	gemm(NZ_F16, w, ldw, rows, n, x, ldx, ntok, y, ldy, bias);
+}
+
+TARGET static void gemm_bf16(const void *w, int64_t ldw, int64_t rows, int64_t n, const float *x, int64_t ldx,
+                             int64_t ntok, float *y, int64_t ldy, const float *bias)
+{
+	gemm(NZ_BF16, w, ldw, rows, n, x, ldx, ntok, y, ldy, bias);
+}
+
+INLINE void expand(int dt, const void *bt, int64_t ldb, int64_t rank, int64_t cols, const float *v, int64_t ldv,
+                   int64_t ntok, float *y, int64_t ldy)
+{
+	const size_t rs = (size_t)ldb * dt_size(dt);
+	const char *b = bt;
+	int64_t o = 0;
+	for (; o + 64 <= cols; o += 64) {
+		for (int64_t t = 0; t < ntok; t++) {
+			__m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+			const float *vt = v + t * ldv;
+			for (int64_t j = 0; j < rank; j++) {
+				__m512 vj = _mm512_set1_ps(vt[j]);
+				for (int c = 0; c < 4; c++)
+					acc[c] = _mm512_fmadd_ps(vj, ld16(b + j * rs, o + 16 * c, dt), acc[c]);
+			}
+			float *yt = y + t * ldy + o;
+			for (int c = 0; c < 4; c++)
+				_mm512_storeu_ps(yt + 16 * c, _mm512_add_ps(_mm512_loadu_ps(yt + 16 * c), acc[c]));
+		}
+	}
+	for (; o < cols; o += 16) {
+		int64_t w = nz_min64(16, cols - o);
+		__mmask16 m = (__mmask16)((1u << w) - 1u);
+		for (int64_t t = 0; t < ntok; t++) {
+			__m512 acc = _mm512_setzero_ps();
+			const float *vt = v + t * ldv;
+			for (int64_t j = 0; j < rank; j++)
+				acc = _mm512_fmadd_ps(_mm512_set1_ps(vt[j]), ld16m(b + j * rs, o, m, dt), acc);
+			float *yt = y + t * ldy + o;
+			_mm512_mask_storeu_ps(yt, m, _mm512_add_ps(_mm512_maskz_loadu_ps(m, yt), acc));
+		}
+	}
+}
+
+TARGET static void expand_f32(const void *bt, int64_t ldb, int64_t rank, int64_t cols, const float *v, int64_t ldv,
+                              int64_t ntok, float *y, int64_t ldy)
+{
+	expand(NZ_F32, bt, ldb, rank, cols, v, ldv, ntok, y, ldy);
+}
+
+TARGET static void expand_f16(const void *bt, int64_t ldb, int64_t rank, int64_t cols, const float *v, int64_t ldv,
+                              int64_t ntok, float *y, int64_t ldy)
+{
+	expand(NZ_F16, bt, ldb, rank, cols, v, ldv, ntok, y, ldy);
+}
+
+TARGET static void expand_bf16(const void *bt, int64_t ldb, int64_t rank, int64_t cols, const float *v,
+                               int64_t ldv, int64_t ntok, float *y, int64_t ldy)
+{
+	expand(NZ_BF16, bt, ldb, rank, cols, v, ldv, ntok, y, ldy);
+}
+
+TARGET static float dot_avx512(const float *a, const float *b, int64_t n)
+{
+	__m512 acc = _mm512_setzero_ps();
+	int64_t k = 0;
+	for (; k + 16 <= n; k += 16)
+		acc = _mm512_fmadd_ps(_mm512_loadu_ps(a + k), _mm512_loadu_ps(b + k), acc);
+	if (k < n) {
+		__mmask16 m = (__mmask16)((1u << (n - k)) - 1u);
+		acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + k), _mm512_maskz_loadu_ps(m, b + k), acc);
+	}
+	return _mm512_reduce_add_ps(acc);
+}
+
+TARGET static void axpy_avx512(float *y, float a, const float *x, int64_t n)
+{
+	__m512 av = _mm512_set1_ps(a);
+	int64_t k = 0;
+	for (; k + 16 <= n; k += 16)
+		_mm512_storeu_ps(y + k, _mm512_fmadd_ps(av, _mm512_loadu_ps(x + k), _mm512_loadu_ps(y + k)));
+	if (k < n) {
+		__mmask16 m = (__mmask16)((1u << (n - k)) - 1u);
+		_mm512_mask_storeu_ps(y + k, m,
+		                      _mm512_fmadd_ps(av, _mm512_maskz_loadu_ps(m, x + k), _mm512_maskz_loadu_ps(m, y + k)));
+	}
+}
+
+TARGET static uint64_t read_sum_avx512(const void *p, int64_t bytes)
+{
+	const char *c = p;
+	__m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
+	int64_t i = 0;
+	for (; i + 256 <= bytes; i += 256) {
+		a0 = _mm512_add_epi64(a0, _mm512_loadu_si512((const void *)(c + i)));
+		a1 = _mm512_add_epi64(a1, _mm512_loadu_si512((const void *)(c + i + 64)));
+		a2 = _mm512_add_epi64(a2, _mm512_loadu_si512((const void *)(c + i + 128)));
+		a3 = _mm512_add_epi64(a3, _mm512_loadu_si512((const void *)(c + i + 192)));
+	}
+	uint64_t lanes[8], r = 0;
+	_mm512_storeu_si512((void *)lanes, _mm512_add_epi64(_mm512_add_epi64(a0, a1), _mm512_add_epi64(a2, a3)));
+	for (int l = 0; l < 8; l++)
+		r += lanes[l];
+	for (; i < bytes; i++)
+		r += (unsigned char)c[i];
+	return r;
+}
+
+const cpu_kernels cpu_kernels_avx512 = {
+    .name = "avx512",
+    .gemm = {gemm_f32, gemm_f16, gemm_bf16},
+    .expand = {expand_f32, expand_f16, expand_bf16},
+    .dot = dot_avx512,
+    .axpy = axpy_avx512,
+    .read_sum = read_sum_avx512,
+};

@@ -1,0 +1,322 @@
+/*
+ * test_common.c — dtype conversion (engine-spec §1.3), RoPE (§1.5, §9.3),
+ * the random generator and the sampler.
+ */
+#include <immintrin.h>
+
+#include "testutil.h"
+
+static void test_bf16(void)
+{
+	struct {
+		float f;
+		uint16_t b;
+	} v[] = {
+	    {1.0f, 0x3F80}, {-2.5f, 0xC020}, {3.14159265f, 0x4049}, {0.001f, 0x3A83},
+	    {65504.0f, 0x4780}, {1.00390625f, 0x3F80}, {1.01171875f, 0x3F82}, {0.0f, 0x0000},
+	    {-0.0f, 0x8000}, {INFINITY, 0x7F80}, {-INFINITY, 0xFF80},
+	};
+	for (size_t i = 0; i < sizeof v / sizeof v[0]; i++)
+		CHECK(nz_f32_to_bf16(v[i].f) == v[i].b, "f32 %.9g -> bf16 0x%04x, want 0x%04x", (double)v[i].f,
+		      nz_f32_to_bf16(v[i].f), v[i].b);
+	/* NaN stays NaN, also when only low mantissa bits are set */
+	uint32_t nan_bits[] = {0x7FC00000u, 0x7F800001u, 0xFF800001u, 0x7FFFFFFFu};
+	for (size_t i = 0; i < 4; i++) {
+		float f;
+		memcpy(&f, &nan_bits[i], 4);
+		uint16_t b = nz_f32_to_bf16(f);
+		CHECK(isnan(nz_bf16_to_f32(b)), "NaN 0x%08x -> bf16 0x%04x is not NaN", nan_bits[i], b);
+	}
+	/* bf16 -> f32 is exact and round-trips */
+	for (uint32_t b = 0; b < 65536; b++) {
+		float f = nz_bf16_to_f32((uint16_t)b);
+		uint32_t u;
+		memcpy(&u, &f, 4);
+		CHECK(u == b << 16, "bf16 0x%04x -> 0x%08x", b, u);
+		if (!isnan(f))
+			CHECK(nz_f32_to_bf16(f) == b, "bf16 0x%04x does not round-trip", b);
+	}
+}
+
+static void test_f16(void)
+{
+	struct {
+		float f;
+		uint16_t h;
+	} v[] = {
+	    {1.0f, 0x3C00},       {-2.0f, 0xC000},      {65504.0f, 0x7BFF}, {65520.0f, 0x7C00},
+	    {0x1p-24f, 0x0001},   {0x1p-25f, 0x0000},   {0x1.8p-25f, 0x0001}, {0x1p-14f, 0x0400},
+	    {0.1f, 0x2E66},       {-0.0f, 0x8000},      {1e10f, 0x7C00},    {0x1.ffcp-15f, 0x0400},
+	};
+	for (size_t i = 0; i < sizeof v / sizeof v[0]; i++)
+		CHECK(nz_f32_to_f16(v[i].f) == v[i].h, "f32 %a -> f16 0x%04x, want 0x%04x", (double)v[i].f,
+		      nz_f32_to_f16(v[i].f), v[i].h);
+	/* every f16 against the F16C instructions, both directions */
+	for (uint32_t h = 0; h < 65536; h++) {
+		float f = nz_f16_to_f32((uint16_t)h), hw = _cvtsh_ss((unsigned short)h);
+		if (isnan(hw)) {
+			CHECK(isnan(f), "f16 0x%04x should be NaN", h);
+			continue;
+		}
+		CHECK(memcmp(&f, &hw, 4) == 0, "f16 0x%04x -> %a, hardware %a", h, (double)f, (double)hw);
+		CHECK(nz_f32_to_f16(f) == h, "f16 0x%04x does not round-trip", h);
+	}
+	/* random f32 bit patterns against the hardware's round-to-nearest-even */
+	trng r = {7};
+	for (int i = 0; i < 2000000; i++) {
+		uint32_t u = (uint32_t)trng_next(&r);
+		if (i & 1)
+			u = (u & 0x80000000u) | (0x30000000u + (u & 0x1FFFFFFFu)); /* concentrate near the f16 range */
+		float f;
+		memcpy(&f, &u, 4);
+		if (isnan(f))
+			continue;
+		uint16_t want = (uint16_t)_cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT);
+		uint16_t got = nz_f32_to_f16(f);
+		if (got != want) {
+			CHECK(got == want, "f32 0x%08x -> f16 0x%04x, hardware 0x%04x", u, got, want);
+			break;
+		}
+	}
+	/* nz_convert agrees with the scalar functions */
+	float src[5] = {1.5f, -3.25f, 1e-6f, 70000.0f, 0.333f};
+	uint16_t h[5], b[5];
+	float back[5];
+	nz_convert(h, NZ_F16, src, NZ_F32, 5);
+	nz_convert(b, NZ_BF16, src, NZ_F32, 5);
+	for (int i = 0; i < 5; i++) {
+		CHECK(h[i] == nz_f32_to_f16(src[i]), "nz_convert f16 %d", i);
+		CHECK(b[i] == nz_f32_to_bf16(src[i]), "nz_convert bf16 %d", i);
+	}
+	nz_convert(back, NZ_F32, b, NZ_BF16, 5);
+	for (int i = 0; i < 5; i++)
+		CHECK(back[i] == nz_bf16_to_f32(b[i]), "nz_convert bf16->f32 %d", i);
+}
+
+static void check_rel(double got, double want, double tol, const char *what)
+{
+	CHECK(fabs(got - want) <= tol * fabs(want), "%s: got %.17g want %.17g", what, got, want);
+}
+
+static void test_rope(void)
+{
+	nz_config c = tiny_config();
+	c.head_dim = 128;
+	c.rope_theta = 10000;
+	float inv[64];
+	nz_rope_inv_freq(&c, inv);
+	check_rel(inv[0], 1.0, 1e-6, "default inv[0]");
+	check_rel(inv[1], 0.8659643233600653, 1e-6, "default inv[1]");
+	check_rel(inv[32], 0.01, 1e-6, "default inv[32]");
+	check_rel(inv[63], 1.1547819846894582e-4, 1e-6, "default inv[63]");
+
+	c.rope_type = NZ_ROPE_LINEAR;
+	c.rope_factor = 4;
+	float lin[64];
+	nz_rope_inv_freq(&c, lin);
+	for (int j = 0; j < 64; j++)
+		check_rel(lin[j], inv[j] / 4.0, 1e-6, "linear");
+
+	c.rope_type = NZ_ROPE_LLAMA3;
+	c.rope_theta = 500000;
+	c.rope_factor = 8;
+	c.rope_low_freq_factor = 1;
+	c.rope_high_freq_factor = 4;
+	c.rope_original_max_position = 8192;
+	float base[64], l3[64];
+	nz_config d = c;
+	d.rope_type = NZ_ROPE_DEFAULT;
+	nz_rope_inv_freq(&d, base);
+	nz_rope_inv_freq(&c, l3);
+	check_rel(l3[0], 1.0, 1e-6, "llama3 inv[0]");
+	check_rel(base[20], 0.0165604400809944, 1e-6, "llama3 base inv[20]");
+	check_rel(l3[20], 0.0165604400809944, 1e-6, "llama3 inv[20]");
+	check_rel(base[30], 0.00213111953691197, 1e-6, "llama3 base inv[30]");
+	check_rel(l3[30], 0.00137189356776114, 1e-6, "llama3 inv[30]");
+	check_rel(base[40], 2.742481756762073e-4, 1e-6, "llama3 base inv[40]");
+	check_rel(l3[40], 3.428102195952591e-5, 1e-6, "llama3 inv[40]");
+	check_rel(base[63], 2.455140791131609e-6, 1e-6, "llama3 base inv[63]");
+	check_rel(l3[63], 3.068925988914511e-7, 1e-6, "llama3 inv[63]");
+	int same = 0, scaled = 0, smooth = 0;
+	for (int j = 0; j < 64; j++) {
+		if (l3[j] == base[j])
+			same++;
+		else if (fabs((double)l3[j] - base[j] / 8.0) <= 1e-6 * base[j] / 8.0)
+			scaled++;
+		else
+			smooth++;
+	}
+	CHECK(same == 29 && scaled == 29 && smooth == 6, "llama3 bands: %d unchanged, %d scaled, %d smoothed", same,
+	      scaled, smooth);
+
+	/* §9.3 hand example: hd 4, p 1, theta 10000: f = [1, 0.01] */
+	nz_config h = tiny_config();
+	h.head_dim = 4;
+	h.rope_theta = 10000;
+	float f[2], cs[2], sn[2];
+	nz_rope_inv_freq(&h, f);
+	check_rel(f[0], 1.0, 1e-7, "hand f0");
+	check_rel(f[1], 0.01, 1e-6, "hand f1");
+	nz_rope_cos_sin(f, 2, 1, cs, sn);
+	float x[4] = {1, 2, 3, 4};
+	nz_rope_apply(x, 2, cs, sn);
+	double want[4] = {cos(1.0) - 3 * sin(1.0), 2 * cos(0.01) - 4 * sin(0.01), 3 * cos(1.0) + sin(1.0),
+	                  4 * cos(0.01) + 2 * sin(0.01)};
+	for (int i = 0; i < 4; i++)
+		CHECK(fabs(x[i] - want[i]) < 1e-6, "hand rope[%d] = %.9g, want %.9g", i, (double)x[i], want[i]);
+}
+
+static void test_rng(void)
+{
+	double u0 = nz_rng_uniform(42, 0), u0b = nz_rng_uniform(42, 0), u1 = nz_rng_uniform(42, 1);
+	CHECK(u0 == u0b, "same (seed, position), same draw");
+	CHECK(u0 != u1, "different positions draw differently");
+	CHECK(nz_rng_uniform(43, 0) != u0, "different seeds draw differently");
+	double mean = 0;
+	for (int i = 0; i < 100000; i++) {
+		double u = nz_rng_uniform(9, i);
+		CHECK(u >= 0 && u < 1, "u %g out of [0,1)", u);
+		mean += u;
+	}
+	mean /= 100000;
+	CHECK(fabs(mean - 0.5) < 0.01, "mean of uniform draws %g", mean);
+}
+
+static int32_t sample(const float *lg, int64_t V, float temp, float top_p, int32_t top_k, uint64_t seed, int64_t pos,
+                      float *lp)
+{
+	void *scr = malloc(nz_sample_scratch_bytes(V));
+	nz_sample_params p = {temp, top_p, top_k, seed, pos, 0};
+	int32_t tok;
+	float l;
+	nz_sample(lg, V, &p, scr, &tok, &l, NULL, NULL);
+	free(scr);
+	if (lp)
+		*lp = l;
+	return tok;
+}
+
+static void test_sampling(void)
+{
+	/* greedy: argmax, lowest id on ties */
+	float tie[6] = {0.5f, 2.0f, -1.0f, 2.0f, 1.0f, 2.0f};
+	CHECK(sample(tie, 6, 0, 1, 0, 1, 0, NULL) == 1, "greedy tie picks the lowest id");
+
+	/* logprob = log_softmax, top-N most likely first with ties by id */
+	float lg[6] = {1.0f, 3.0f, 3.0f, -2.0f, 0.5f, 2.5f};
+	double lse = 0;
+	for (int i = 0; i < 6; i++)
+		lse += exp(lg[i]);
+	lse = log(lse);
+	void *scr = malloc(nz_sample_scratch_bytes(6));
+	nz_sample_params p = {0, 1, 0, 5, 3, 4};
+	int32_t tok, tt[4];
+	float lp, tl[4];
+	nz_sample(lg, 6, &p, scr, &tok, &lp, tt, tl);
+	CHECK(tok == 1, "greedy token %d", tok);
+	CHECK(fabs(lp - (3.0 - lse)) < 1e-6, "logprob %g want %g", (double)lp, 3.0 - lse);
+	int32_t want_top[4] = {1, 2, 5, 0};
+	for (int i = 0; i < 4; i++) {
+		CHECK(tt[i] == want_top[i], "top[%d] = %d, want %d", i, tt[i], want_top[i]);
+		CHECK(fabs(tl[i] - (lg[want_top[i]] - lse)) < 1e-6, "top logprob %d", i);
+	}
+	/* more tops than tokens: the rest are -1 */
+	p.n_top = 8;
+	int32_t tt8[8];
+	float tl8[8];
+	nz_sample(lg, 6, &p, scr, &tok, &lp, tt8, tl8);
+	CHECK(tt8[5] == 3 && tt8[6] == -1 && tt8[7] == -1, "n_top > V pads with -1");
+	free(scr);
+
+	/* seeded draws are deterministic and follow the distribution */
+	float pr[4] = {0.4f, 0.3f, 0.2f, 0.1f}, l4[4];
+	for (int i = 0; i < 4; i++)
+		l4[i] = logf(pr[i]) + 7.0f;
+	int cnt[4] = {0};
+	for (int i = 0; i < 20000; i++) {
+		int32_t t = sample(l4, 4, 1.0f, 1.0f, 0, 1234, i, NULL);
+		CHECK(t == sample(l4, 4, 1.0f, 1.0f, 0, 1234, i, NULL), "draw %d is not deterministic", i);
+		cnt[t]++;
+	}
+	for (int i = 0; i < 4; i++)
+		CHECK(fabs(cnt[i] / 20000.0 - pr[i]) < 0.015, "token %d drawn %d/20000 times, want p=%g", i, cnt[i],
+		      (double)pr[i]);
+
+	/* top_p 0.5 keeps {0, 1} (0.4 < 0.5 <= 0.7), renormalised 4:3 */
+	int kept[4] = {0};
+	for (int i = 0; i < 20000; i++)
+		kept[sample(l4, 4, 1.0f, 0.5f, 0, 99, i, NULL)]++;
+	CHECK(kept[2] == 0 && kept[3] == 0, "top_p 0.5 drew tokens 2 (%d) or 3 (%d)", kept[2], kept[3]);
+	CHECK(fabs(kept[0] / 20000.0 - 4.0 / 7.0) < 0.015, "top_p renormalisation: %d", kept[0]);
+	/* top_p tiny: always the argmax */
+	for (int i = 0; i < 100; i++)
+		CHECK(sample(l4, 4, 1.0f, 1e-6f, 0, 5, i, NULL) == 0, "top_p tiny");
+	/* top_k 1 is greedy; top_k 3 never draws token 3 */
+	int k3[4] = {0};
+	for (int i = 0; i < 5000; i++) {
+		CHECK(sample(l4, 4, 1.5f, 1.0f, 1, 11, i, NULL) == 0, "top_k 1");
+		k3[sample(l4, 4, 1.0f, 1.0f, 3, 12, i, NULL)]++;
+	}
+	CHECK(k3[3] == 0 && k3[2] > 0, "top_k 3 counts %d %d %d %d", k3[0], k3[1], k3[2], k3[3]);
+	/* top_k 3 then top_p 0.6: of {0.4,0.3,0.2}/0.9, cumulative 0.444 < 0.6 <= 0.778 keeps {0, 1} */
+	int kp[4] = {0};
+	for (int i = 0; i < 5000; i++)
+		kp[sample(l4, 4, 1.0f, 0.6f, 3, 13, i, NULL)]++;
+	CHECK(kp[2] == 0 && kp[3] == 0 && kp[1] > 0, "top_k+top_p counts %d %d %d %d", kp[0], kp[1], kp[2], kp[3]);
+	/* a low temperature concentrates on the argmax */
+	int hot = 0;
+	for (int i = 0; i < 2000; i++)
+		hot += sample(l4, 4, 0.05f, 1.0f, 0, 17, i, NULL) == 0;
+	CHECK(hot > 1990, "temperature 0.05 picked the argmax %d/2000 times", hot);
+	/* logprob is the temperature-1 log_softmax even when sampling hot */
+	float lpt;
+	int32_t t = sample(l4, 4, 2.0f, 1.0f, 0, 3, 3, &lpt);
+	CHECK(fabs(lpt - logf(pr[t])) < 1e-5, "sampled logprob %g want %g", (double)lpt, (double)logf(pr[t]));
+
+	/* a large vocabulary: top_k draws only among the k most likely, top_p
+	 * only from the smallest set reaching p */
+	int64_t V = 5000;
+	float *big = malloc(sizeof(float) * (size_t)V), *sorted = malloc(sizeof(float) * (size_t)V);
+	trng r = {77};
+	for (int64_t i = 0; i < V; i++)
+		big[i] = trng_unif(&r, -4, 4);
+	big[17] = big[4000]; /* a tie */
+	memcpy(sorted, big, sizeof(float) * (size_t)V);
+	for (int64_t i = 1; i < V; i++) /* insertion sort, descending */
+		for (int64_t j = i; j > 0 && sorted[j] > sorted[j - 1]; j--) {
+			float tmp = sorted[j];
+			sorted[j] = sorted[j - 1];
+			sorted[j - 1] = tmp;
+		}
+	for (int i = 0; i < 300; i++) {
+		int32_t tk = sample(big, V, 1.0f, 1.0f, 50, 21, i, NULL);
+		CHECK(big[tk] >= sorted[49], "top_k 50 drew a token of rank > 50");
+	}
+	double mx = sorted[0], tot = 0;
+	for (int64_t i = 0; i < V; i++)
+		tot += exp(big[i] - mx);
+	double cum = 0, cut = 0;
+	for (int64_t i = 0; i < V; i++) {
+		cum += exp(sorted[i] - mx);
+		if (cum >= 0.3 * tot) {
+			cut = sorted[i];
+			break;
+		}
+	}
+	for (int i = 0; i < 300; i++) {
+		int32_t tk = sample(big, V, 1.0f, 0.3f, 0, 22, i, NULL);
+		CHECK(big[tk] >= cut, "top_p 0.3 drew a token below the cut");
+	}
+	free(big);
+	free(sorted);
+}
+
+int main(void)
+{
+	test_bf16();
+	test_f16();
+	test_rope();
+	test_rng();
+	test_sampling();
+	return t_done("test_common");
+}

@@ -1,0 +1,299 @@
+/*
+ * test_errors.c — every refused call returns the right status and a message
+ * naming the problem, and leaves the engine usable; plus the ABI helpers
+ * and the bandwidth probe.
+ */
+#include "testutil.h"
+
+#define MAXB 16
+
+/* status and a message containing `want` */
+#define CHECK_ERR(expr, code, want)                                                                     \
+	do {                                                                                                \
+		int32_t st_ = (expr);                                                                           \
+		CHECK(st_ == (code), "%s returned %d, want %d (%s)", #expr, st_, (code), nz_last_error());       \
+		CHECK(strstr(nz_last_error(), (want)) != NULL, "%s: message \"%s\" lacks \"%s\"", #expr,        \
+		      nz_last_error(), (want));                                                                 \
+	} while (0)
+
+static void test_abi(void)
+{
+	CHECK(nz_abi_version() == NZ_ABI_VERSION, "abi version");
+	CHECK(nz_struct_size(NZ_STRUCT_CONFIG) == (int64_t)sizeof(nz_config), "config size");
+	CHECK(nz_struct_size(NZ_STRUCT_BATCH) == (int64_t)sizeof(nz_batch), "batch size");
+	CHECK(nz_struct_size(7) == -1, "unknown struct");
+	char buf[64];
+	CHECK_OK(nz_backend_name(buf, sizeof buf));
+	CHECK(strncmp(buf, "cpu ", 4) == 0 && strstr(buf, "threads"), "backend name \"%s\"", buf);
+	char tiny[5];
+	CHECK_OK(nz_backend_name(tiny, sizeof tiny));
+	CHECK(strlen(tiny) == 4, "truncated name \"%s\"", tiny);
+	CHECK_ERR(nz_backend_name(NULL, 4), NZ_ERR_INVALID, "buf");
+	double bw = 0;
+	CHECK_OK(nz_bench_read_bandwidth(1 << 22, 2, 2, &bw));
+	CHECK(bw > 1e8, "read bandwidth %g B/s", bw);
+	CHECK_ERR(nz_bench_read_bandwidth(100, 1, 1, &bw), NZ_ERR_INVALID, "bytes");
+	CHECK_ERR(nz_bench_read_bandwidth(1 << 20, 0, 1, &bw), NZ_ERR_INVALID, "iters");
+	CHECK_ERR(nz_bench_read_bandwidth(1 << 20, 1, 1, NULL), NZ_ERR_INVALID, "NULL");
+}
+
+static void test_create_errors(void)
+{
+	nz_engine *e = (nz_engine *)1;
+	nz_config c = tiny_config();
+	CHECK_ERR(nz_engine_create(NULL, &e), NZ_ERR_INVALID, "NULL");
+	c.num_heads = 6; /* not a multiple of 4... of num_kv_heads 4 */
+	c.num_kv_heads = 4;
+	CHECK_ERR(nz_engine_create(&c, &e), NZ_ERR_INVALID, "num_heads 6 is not a multiple of num_kv_heads 4");
+	CHECK(e == NULL, "out is NULL after a failure");
+	c = tiny_config();
+	c.head_dim = 7;
+	CHECK_ERR(nz_engine_create(&c, &e), NZ_ERR_INVALID, "head_dim");
+	c = tiny_config();
+	c.weight_dtype = 9;
+	CHECK_ERR(nz_engine_create(&c, &e), NZ_ERR_INVALID, "weight_dtype is 9");
+	c = tiny_config();
+	c.rope_type = NZ_ROPE_LLAMA3;
+	c.rope_factor = 8;
+	c.rope_low_freq_factor = 4;
+	c.rope_high_freq_factor = 1;
+	c.rope_original_max_position = 8192;
+	CHECK_ERR(nz_engine_create(&c, &e), NZ_ERR_INVALID, "rope_low_freq_factor");
+	c = tiny_config();
+	c.reserved[3] = 1;
+	CHECK_ERR(nz_engine_create(&c, &e), NZ_ERR_INVALID, "reserved[3]");
+	c = tiny_config();
+	c.kv_num_blocks = 0;
+	c.kv_memory_bytes = 100;
+	CHECK_ERR(nz_engine_create(&c, &e), NZ_ERR_INVALID, "kv_memory_bytes");
+	c = tiny_config();
+	c.rms_norm_eps = NAN;
+	CHECK_ERR(nz_engine_create(&c, &e), NZ_ERR_INVALID, "rms_norm_eps");
+	/* defaults: sizing fields 0 */
+	c = tiny_config();
+	c.max_slots = c.max_rank = c.kv_block_size = c.kv_num_blocks = c.max_batch_tokens = c.max_batch_seqs = 0;
+	c.num_threads = 0;
+	CHECK_OK(nz_engine_create(&c, &e));
+	int64_t info[NZ_INFO_COUNT];
+	CHECK_OK(nz_engine_info(e, info, NZ_INFO_COUNT));
+	CHECK(info[NZ_INFO_KV_BLOCK_SIZE] == 16 && info[NZ_INFO_MAX_SLOTS] == 8 && info[NZ_INFO_MAX_RANK] == 16,
+	      "defaults: block %lld slots %lld rank %lld", (long long)info[NZ_INFO_KV_BLOCK_SIZE],
+	      (long long)info[NZ_INFO_MAX_SLOTS], (long long)info[NZ_INFO_MAX_RANK]);
+	CHECK(info[NZ_INFO_KV_NUM_BLOCKS] >= 16 && info[NZ_INFO_THREADS] >= 1, "default kv blocks %lld threads %lld",
+	      (long long)info[NZ_INFO_KV_NUM_BLOCKS], (long long)info[NZ_INFO_THREADS]);
+	CHECK_ERR(nz_engine_info(e, info, NZ_INFO_COUNT + 1), NZ_ERR_INVALID, "n is");
+	nz_engine_destroy(e);
+	nz_engine_destroy(NULL);
+	/* kv_memory_bytes sizes the pool */
+	c = tiny_config();
+	c.kv_num_blocks = 0;
+	int64_t block_bytes = c.num_layers * 2 * c.num_kv_heads * c.kv_block_size * c.head_dim * 4;
+	c.kv_memory_bytes = 10 * block_bytes + 5;
+	CHECK_OK(nz_engine_create(&c, &e));
+	CHECK_OK(nz_engine_info(e, info, NZ_INFO_COUNT));
+	CHECK(info[NZ_INFO_KV_NUM_BLOCKS] == 10, "kv blocks from memory: %lld", (long long)info[NZ_INFO_KV_NUM_BLOCKS]);
+	CHECK(info[NZ_INFO_KV_BYTES] == 10 * block_bytes, "kv bytes %lld", (long long)info[NZ_INFO_KV_BYTES]);
+	nz_engine_destroy(e);
+}
+
+/* A valid one-sequence step; returns its status. */
+static int32_t good_step(nz_engine *e, const nz_config *c, const int32_t *bt, int32_t *token)
+{
+	int32_t tok[3] = {1, 2, 3};
+	tseq s = {.tokens = tok, .len = 3, .pos = 0, .slot = -1, .sample = 1, .blocks = bt};
+	int32_t st = run_step(e, c, &s, 1, MAXB, 0);
+	if (token)
+		*token = s.token;
+	return st;
+}
+
+static void test_engine_errors(void)
+{
+	nz_config c = tiny_config();
+	tmodel m;
+	tm_init(&m, &c, 600, 0);
+	nz_engine *e = NULL;
+	CHECK_OK(nz_engine_create(&c, &e));
+	if (!e)
+		return;
+	int32_t bt[MAXB];
+	for (int i = 0; i < MAXB; i++)
+		bt[i] = i;
+
+	/* wrong shape, naming the tensor and both shapes */
+	int64_t shape[2] = {64, 32};
+	float *buf = calloc(100000, 4);
+	CHECK_ERR(nz_engine_set_tensor(e, NZ_T_Q, 1, NZ_F32, buf, shape, 2), NZ_ERR_INVALID,
+	          "Q of layer 1 has shape [64,32], want [48,48]");
+	int64_t s1[1] = {48};
+	CHECK_ERR(nz_engine_set_tensor(e, NZ_T_ATTN_NORM, 2, NZ_F32, buf, s1, 1), NZ_ERR_INVALID, "layer 2");
+	CHECK_ERR(nz_engine_set_tensor(e, NZ_T_FINAL_NORM, 0, NZ_F32, buf, s1, 1), NZ_ERR_INVALID, "layer -1");
+	CHECK_ERR(nz_engine_set_tensor(e, 99, -1, NZ_F32, buf, s1, 1), NZ_ERR_INVALID, "kind 99");
+	CHECK_ERR(nz_engine_set_tensor(e, NZ_T_FINAL_NORM, -1, 5, buf, s1, 1), NZ_ERR_INVALID, "dtype 5");
+	CHECK_ERR(nz_engine_set_tensor(e, NZ_T_FINAL_NORM, -1, NZ_F32, NULL, s1, 1), NZ_ERR_INVALID, "NULL");
+	int64_t s2[2] = {48, 1};
+	CHECK_ERR(nz_engine_set_tensor(e, NZ_T_FINAL_NORM, -1, NZ_F32, buf, s2, 2), NZ_ERR_INVALID,
+	          "FINAL_NORM has shape [48,1], want [48]");
+	free(buf);
+
+	/* step and adapters before finalize */
+	CHECK_ERR(good_step(e, &c, bt, NULL), NZ_ERR_INVALID, "not finalized");
+	CHECK_ERR(nz_adapter_clear(e, 0), NZ_ERR_INVALID, "not finalized");
+
+	/* missing tensors at finalize */
+	size_t rows = (size_t)(c.num_layers + 1) * NZ_T_COUNT;
+	for (size_t i = 0; i < rows; i++) {
+		int layer = (int)(i / NZ_T_COUNT) - 1;
+		int32_t kind = (int32_t)(i % NZ_T_COUNT);
+		if (m.src[i] && !(layer == 1 && kind == NZ_T_DOWN))
+			CHECK_OK(tm_set(e, &m, layer, kind, NZ_F32, m.src[i]));
+	}
+	CHECK_ERR(nz_engine_finalize(e), NZ_ERR_INVALID, "missing tensor DOWN of layer 1");
+	CHECK_OK(tm_set(e, &m, 1, NZ_T_DOWN, NZ_F32, m.src[2 * NZ_T_COUNT + NZ_T_DOWN]));
+	CHECK_OK(nz_engine_finalize(e));
+	CHECK_OK(nz_engine_finalize(e)); /* again: nothing to do */
+	int32_t want_tok = -1, got = -2;
+	CHECK_OK(good_step(e, &c, bt, &want_tok));
+
+	/* adapters */
+	tadapter ad;
+	int ranks[NZ_M_COUNT] = {4, 4, 4, 4, 4, 4, 4};
+	ta_init(&ad, &c, 61, ranks, -1);
+	CHECK_ERR(ta_load(e, 4, &ad, NZ_F32, &c), NZ_ERR_INVALID, "slot 4 is out of range 0..3");
+	CHECK_ERR(ta_load(e, -1, &ad, NZ_F32, &c), NZ_ERR_INVALID, "slot -1");
+	CHECK_ERR(nz_adapter_clear(e, 9), NZ_ERR_INVALID, "slot 9");
+	/* a failing load leaves the slot empty: slot 2 first holds the adapter */
+	CHECK_OK(ta_load(e, 2, &ad, NZ_F32, &c));
+	ad.rank[1][NZ_M_V] = 17; /* > max_rank 16 (the arrays are larger than needed: only rank is checked) */
+	float *big_a = calloc(17 * 48, 4), *big_b = calloc(48 * 17, 4);
+	float *sa = ad.a[1][NZ_M_V], *sb = ad.b[1][NZ_M_V];
+	ad.a[1][NZ_M_V] = big_a, ad.b[1][NZ_M_V] = big_b;
+	CHECK_ERR(ta_load(e, 2, &ad, NZ_F32, &c), NZ_ERR_INVALID, "rank 17 is out of range 1..16");
+	ad.a[1][NZ_M_V] = sa, ad.b[1][NZ_M_V] = sb, ad.rank[1][NZ_M_V] = 4;
+	free(big_a), free(big_b);
+	{
+		float *l0 = malloc(sizeof(float) * 97), *l2 = malloc(sizeof(float) * 97);
+		int32_t tok[3] = {1, 2, 3};
+		tseq s = {.tokens = tok, .len = 3, .pos = 0, .slot = -1, .sample = 1, .blocks = bt, .logits = l0};
+		CHECK_OK(run_step(e, &c, &s, 1, MAXB, 0));
+		s.slot = 2, s.logits = l2;
+		CHECK_OK(run_step(e, &c, &s, 1, MAXB, 0));
+		CHECK(memcmp(l0, l2, sizeof(float) * 97) == 0, "after a failed load the slot is empty");
+		free(l0), free(l2);
+	}
+	{
+		int32_t layer[2] = {0, 0}, module[2] = {NZ_M_Q, NZ_M_Q}, rank[2] = {4, 4}, dt[2] = {NZ_F32, NZ_F32};
+		float scale[2] = {1, 1};
+		const void *a[2] = {ad.a[0][0], ad.a[0][0]}, *b[2] = {ad.b[0][0], ad.b[0][0]};
+		CHECK_ERR(nz_adapter_load(e, 0, 2, layer, module, rank, scale, dt, a, dt, b), NZ_ERR_INVALID,
+		          "layer 0 q is listed twice");
+		layer[1] = 5;
+		CHECK_ERR(nz_adapter_load(e, 0, 2, layer, module, rank, scale, dt, a, dt, b), NZ_ERR_INVALID,
+		          "layer 5 is out of range");
+		layer[1] = 1, module[1] = 7;
+		CHECK_ERR(nz_adapter_load(e, 0, 2, layer, module, rank, scale, dt, a, dt, b), NZ_ERR_INVALID, "module 7");
+		module[1] = NZ_M_K, scale[1] = INFINITY;
+		CHECK_ERR(nz_adapter_load(e, 0, 2, layer, module, rank, scale, dt, a, dt, b), NZ_ERR_INVALID, "scale");
+		scale[1] = 1, dt[1] = 3;
+		CHECK_ERR(nz_adapter_load(e, 0, 2, layer, module, rank, scale, dt, a, dt, b), NZ_ERR_INVALID, "dtypes");
+		dt[1] = NZ_F32, b[1] = NULL;
+		CHECK_ERR(nz_adapter_load(e, 0, 2, layer, module, rank, scale, dt, a, dt, b), NZ_ERR_INVALID, "NULL");
+		CHECK_OK(nz_adapter_load(e, 0, 0, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL)); /* empty adapter */
+	}
+	ta_free(&ad);
+
+	/* batches */
+	int32_t tok[8] = {1, 2, 3, 4, 5, 6, 7, 8}, len[2] = {3, 2}, pos[2] = {0, 0}, slot[2] = {-1, 0},
+	        smp[2] = {1, 1}, tables[2 * MAXB], top_k[2] = {0, 0}, otok[2], ttok[40];
+	float temp[2] = {0, 0}, top_p[2] = {1, 1}, olp[2], tlp[40];
+	uint64_t seed[2] = {1, 2};
+	for (int i = 0; i < 2 * MAXB; i++)
+		tables[i] = i;
+	nz_batch good = {.n_seqs = 2, .n_tokens = 5, .tokens = tok, .seq_len = len, .seq_pos = pos, .seq_slot = slot,
+	                 .seq_sample = smp, .block_table = tables, .max_blocks = MAXB, .temperature = temp,
+	                 .top_p = top_p, .top_k = top_k, .seed = seed, .n_top = 0, .out_token = otok,
+	                 .out_logprob = olp};
+	CHECK_OK(nz_step(e, &good));
+	nz_batch b = good;
+	b.n_tokens = 200;
+	CHECK_ERR(nz_step(e, &b), NZ_ERR_INVALID, "max_batch_tokens");
+	b = good;
+	b.n_seqs = 17;
+	CHECK_ERR(nz_step(e, &b), NZ_ERR_INVALID, "max_batch_seqs");
+	b = good;
+	b.n_tokens = 4;
+	CHECK_ERR(nz_step(e, &b), NZ_ERR_INVALID, "seq_len sum to");
+	b = good;
+	tables[MAXB] = 256; /* sequence 1, block 0; the pool has 256 */
+	CHECK_ERR(nz_step(e, &b), NZ_ERR_INVALID, "block_table[1][0] is 256, want 0..255");
+	tables[MAXB] = -3;
+	CHECK_ERR(nz_step(e, &b), NZ_ERR_INVALID, "block_table[1][0] is -3");
+	tables[MAXB] = 0; /* both sequences write block 0 */
+	CHECK_ERR(nz_step(e, &b), NZ_ERR_INVALID, "KV block 0 is written by sequence 0");
+	tables[MAXB] = MAXB;
+	pos[1] = 4;
+	tables[MAXB] = 0; /* sequence 1 reads block 0 while sequence 0 writes it */
+	CHECK_ERR(nz_step(e, &b), NZ_ERR_INVALID, "and read by sequence 1");
+	tables[MAXB] = MAXB;
+	pos[1] = 0;
+	b.max_blocks = 0;
+	CHECK_ERR(nz_step(e, &b), NZ_ERR_INVALID, "max_blocks");
+	b = good;
+	pos[0] = 255; /* 255 + 3 > max_position 256 */
+	CHECK_ERR(nz_step(e, &b), NZ_ERR_INVALID, "max_position");
+	pos[0] = 62; /* 65 positions need 17 blocks of 4 > max_blocks 16 */
+	CHECK_ERR(nz_step(e, &b), NZ_ERR_INVALID, "needs 17 KV blocks");
+	pos[0] = 0;
+	tok[4] = 97;
+	CHECK_ERR(nz_step(e, &b), NZ_ERR_INVALID, "tokens[4] is 97, want 0..96");
+	tok[4] = 5;
+	slot[1] = 4;
+	CHECK_ERR(nz_step(e, &b), NZ_ERR_INVALID, "seq_slot[1] is 4");
+	slot[1] = 0;
+	len[1] = 0;
+	b.n_tokens = 3;
+	CHECK_ERR(nz_step(e, &b), NZ_ERR_INVALID, "seq_len[1] is 0");
+	len[1] = 2;
+	b = good;
+	smp[0] = 2;
+	CHECK_ERR(nz_step(e, &b), NZ_ERR_INVALID, "seq_sample[0] is 2");
+	smp[0] = 1;
+	temp[1] = -1;
+	CHECK_ERR(nz_step(e, &b), NZ_ERR_INVALID, "temperature[1]");
+	temp[1] = 0;
+	top_p[0] = 0;
+	CHECK_ERR(nz_step(e, &b), NZ_ERR_INVALID, "top_p[0]");
+	top_p[0] = 1;
+	top_k[1] = -2;
+	CHECK_ERR(nz_step(e, &b), NZ_ERR_INVALID, "top_k[1]");
+	top_k[1] = 0;
+	b.n_top = 21;
+	CHECK_ERR(nz_step(e, &b), NZ_ERR_INVALID, "n_top is 21");
+	b.n_top = 3;
+	CHECK_ERR(nz_step(e, &b), NZ_ERR_INVALID, "out_top_token");
+	b.out_top_token = ttok, b.out_top_logprob = tlp;
+	CHECK_OK(nz_step(e, &b));
+	b = good;
+	b.out_token = NULL;
+	CHECK_ERR(nz_step(e, &b), NZ_ERR_INVALID, "out_token");
+	smp[0] = smp[1] = 0; /* nothing sampled: no sampling arrays needed */
+	CHECK_OK(nz_step(e, &b));
+	smp[0] = smp[1] = 1;
+	b.tokens = NULL;
+	CHECK_ERR(nz_step(e, &b), NZ_ERR_INVALID, "NULL");
+	CHECK_ERR(nz_step(e, NULL), NZ_ERR_INVALID, "NULL");
+
+	/* the engine still works and gives the same answer */
+	CHECK_OK(good_step(e, &c, bt, &got));
+	CHECK(got == want_tok, "after the errors: token %d, before %d", got, want_tok);
+	nz_engine_destroy(e);
+	tm_free(&m);
+}
+
+int main(void)
+{
+	test_abi();
+	test_create_errors();
+	test_engine_errors();
+	return t_done("test_errors");
+}

@@ -1,0 +1,195 @@
+/*
+ * test_kernels.c — each SIMD path's GEMM, LoRA expand, dot and axpy
+ * against naive float64 loops (odd sizes included), and the batch
+ * invariance of their results (any token/row split gives the same bits).
+ */
+#include "cpu_kernels.h"
+#include "testutil.h"
+
+static const int32_t dtypes[3] = {NZ_F32, NZ_F16, NZ_BF16};
+
+/* w as the kernels read it (dtype) and as float64 */
+static void *make_w(trng *r, int32_t dt, int64_t n, double *ref)
+{
+	float *f = malloc(sizeof(float) * (size_t)n);
+	fill_unif(r, f, n, -1, 1);
+	void *w = malloc((size_t)n * nz_dtype_size(dt));
+	nz_convert(w, dt, f, NZ_F32, n);
+	for (int64_t i = 0; i < n; i++)
+		ref[i] = nz_load_f32(w, dt, i);
+	free(f);
+	return w;
+}
+
+static void test_gemm(const cpu_kernels *k)
+{
+	static const int64_t sizes[][3] = {
+	    /* rows, n, ntok */
+	    {1, 1, 1}, {3, 5, 2}, {4, 16, 4}, {5, 7, 3}, {13, 67, 9}, {8, 64, 1}, {37, 128, 70}, {6, 33, 5}, {9, 200, 13},
+	};
+	trng r = {1};
+	for (int d = 0; d < 3; d++) {
+		int32_t dt = dtypes[d];
+		for (size_t si = 0; si < sizeof sizes / sizeof sizes[0]; si++) {
+			int64_t rows = sizes[si][0], n = sizes[si][1], nt = sizes[si][2];
+			int64_t ldw = n + 3, ldx = n + 5, ldy = rows + 2;
+			double *wr = malloc(sizeof(double) * (size_t)(rows * ldw));
+			void *w = make_w(&r, dt, rows * ldw, wr);
+			float *x = malloc(sizeof(float) * (size_t)(nt * ldx));
+			fill_unif(&r, x, nt * ldx, -1, 1);
+			float bias[64];
+			fill_unif(&r, bias, 64, -1, 1);
+			float *y = malloc(sizeof(float) * (size_t)(nt * ldy)), *y1 = malloc(sizeof(float) * (size_t)(nt * ldy));
+			for (int use_bias = 0; use_bias < 2; use_bias++) {
+				k->gemm[dt](w, ldw, rows, n, x, ldx, nt, y, ldy, use_bias ? bias : NULL);
+				double worst = 0;
+				for (int64_t t = 0; t < nt; t++)
+					for (int64_t o = 0; o < rows; o++) {
+						double s = use_bias ? bias[o] : 0, mag = fabs(s);
+						for (int64_t i = 0; i < n; i++) {
+							s += wr[o * ldw + i] * x[t * ldx + i];
+							mag += fabs(wr[o * ldw + i] * x[t * ldx + i]);
+						}
+						worst = fmax(worst, fabs(y[t * ldy + o] - s) / (mag + 1e-30));
+					}
+				CHECK(worst < 1e-6, "%s gemm %s %lldx%lldx%lld: relative error %g", k->name, nz_dtype_name(dt),
+				      (long long)rows, (long long)n, (long long)nt, worst);
+				/* invariance: each token alone, and row subsets, give the same bits */
+				for (int64_t t = 0; t < nt; t++)
+					k->gemm[dt](w, ldw, rows, n, x + t * ldx, ldx, 1, y1 + t * ldy, ldy, use_bias ? bias : NULL);
+				int same = 1;
+				for (int64_t t = 0; t < nt; t++)
+					same &= memcmp(y + t * ldy, y1 + t * ldy, sizeof(float) * (size_t)rows) == 0;
+				CHECK(same, "%s gemm %s %lldx%lldx%lld: one token at a time differs", k->name, nz_dtype_name(dt),
+				      (long long)rows, (long long)n, (long long)nt);
+				if (rows > 1 && nt > 2) {
+					int64_t r0 = 1, t0 = 2;
+					k->gemm[dt]((const char *)w + r0 * ldw * (int64_t)nz_dtype_size(dt), ldw, rows - r0, n,
+					            x + t0 * ldx, ldx, nt - t0, y1 + t0 * ldy + r0, ldy,
+					            use_bias ? bias + r0 : NULL);
+					same = 1;
+					for (int64_t t = t0; t < nt; t++)
+						same &= memcmp(y + t * ldy + r0, y1 + t * ldy + r0, sizeof(float) * (size_t)(rows - r0)) == 0;
+					CHECK(same, "%s gemm %s: a row/token sub-block differs", k->name, nz_dtype_name(dt));
+				}
+			}
+			free(wr), free(w), free(x), free(y), free(y1);
+		}
+	}
+}
+
+static void test_expand(const cpu_kernels *k)
+{
+	static const int64_t sizes[][3] = {
+	    /* rank, cols, ntok */
+	    {1, 1, 1}, {1, 70, 3}, {8, 64, 2}, {13, 100, 5}, {16, 129, 4}, {3, 7, 1}, {16, 512, 3},
+	};
+	trng r = {2};
+	for (int d = 0; d < 3; d++) {
+		int32_t dt = dtypes[d];
+		for (size_t si = 0; si < sizeof sizes / sizeof sizes[0]; si++) {
+			int64_t rank = sizes[si][0], cols = sizes[si][1], nt = sizes[si][2];
+			int64_t ldb = cols + 4, ldv = 16, ldy = cols + 1;
+			double *br = malloc(sizeof(double) * (size_t)(rank * ldb));
+			void *bt = make_w(&r, dt, rank * ldb, br);
+			float *v = malloc(sizeof(float) * (size_t)(nt * ldv));
+			fill_unif(&r, v, nt * ldv, -1, 1);
+			float *y = malloc(sizeof(float) * (size_t)(nt * ldy)), *y0 = malloc(sizeof(float) * (size_t)(nt * ldy));
+			float *y1 = malloc(sizeof(float) * (size_t)(nt * ldy));
+			fill_unif(&r, y0, nt * ldy, -1, 1);
+			memcpy(y, y0, sizeof(float) * (size_t)(nt * ldy));
+			memcpy(y1, y0, sizeof(float) * (size_t)(nt * ldy));
+			k->expand[dt](bt, ldb, rank, cols, v, ldv, nt, y, ldy);
+			double worst = 0;
+			for (int64_t t = 0; t < nt; t++)
+				for (int64_t o = 0; o < cols; o++) {
+					double s = y0[t * ldy + o], mag = fabs(s);
+					for (int64_t j = 0; j < rank; j++) {
+						s += v[t * ldv + j] * br[j * ldb + o];
+						mag += fabs(v[t * ldv + j] * br[j * ldb + o]);
+					}
+					worst = fmax(worst, fabs(y[t * ldy + o] - s) / (mag + 1e-30));
+				}
+			CHECK(worst < 1e-6, "%s expand %s r%lld c%lld t%lld: relative error %g", k->name, nz_dtype_name(dt),
+			      (long long)rank, (long long)cols, (long long)nt, worst);
+			/* columns outside [0, cols) are untouched */
+			int untouched = 1;
+			for (int64_t t = 0; t < nt; t++)
+				untouched &= y[t * ldy + cols] == y0[t * ldy + cols];
+			CHECK(untouched, "%s expand wrote past cols", k->name);
+			/* invariance: per token and per column chunk */
+			for (int64_t t = 0; t < nt; t++) {
+				int64_t c0 = cols > 16 ? 16 : 0;
+				if (c0)
+					k->expand[dt](bt, ldb, rank, c0, v + t * ldv, ldv, 1, y1 + t * ldy, ldy);
+				k->expand[dt]((const char *)bt + c0 * (int64_t)nz_dtype_size(dt), ldb, rank, cols - c0, v + t * ldv,
+				              ldv, 1, y1 + t * ldy + c0, ldy);
+			}
+			CHECK(memcmp(y, y1, sizeof(float) * (size_t)(nt * ldy)) == 0, "%s expand %s: split run differs",
+			      k->name, nz_dtype_name(dt));
+			free(br), free(bt), free(v), free(y), free(y0), free(y1);
+		}
+	}
+}
+
+static void test_vec(const cpu_kernels *k)
+{
+	trng r = {3};
+	for (int64_t n = 1; n < 80; n += 7) {
+		float a[80], b[80], y[80], y0[80];
+		fill_unif(&r, a, n, -1, 1);
+		fill_unif(&r, b, n, -1, 1);
+		fill_unif(&r, y0, n, -1, 1);
+		double s = 0, mag = 0;
+		for (int64_t i = 0; i < n; i++) {
+			s += (double)a[i] * b[i];
+			mag += fabs((double)a[i] * b[i]);
+		}
+		CHECK(fabs(k->dot(a, b, n) - s) <= 1e-6 * mag, "%s dot n=%lld", k->name, (long long)n);
+		memcpy(y, y0, sizeof y);
+		k->axpy(y, 0.75f, a, n);
+		int ok = 1;
+		for (int64_t i = 0; i < n; i++)
+			ok &= fabs(y[i] - (y0[i] + 0.75 * a[i])) <= 1e-6;
+		CHECK(ok, "%s axpy n=%lld", k->name, (long long)n);
+	}
+	/* read_sum: 64-bit words of the vector blocks, bytes of the tail */
+	unsigned char buf[1000];
+	for (int i = 0; i < 1000; i++)
+		buf[i] = (unsigned char)(i * 7);
+	int64_t block = k == &cpu_kernels_avx512 ? 256 : 128, body = 1000 / block * block;
+	uint64_t want = 0;
+	for (int64_t i = 0; i < body; i += 8) {
+		uint64_t w;
+		memcpy(&w, buf + i, 8);
+		want += w;
+	}
+	for (int64_t i = body; i < 1000; i++)
+		want += buf[i];
+	CHECK(k->read_sum(buf, 1000) == want, "%s read_sum", k->name);
+}
+
+int main(void)
+{
+	const cpu_kernels *paths[2] = {&cpu_kernels_avx2, &cpu_kernels_avx512};
+	int isas[2] = {CPU_ISA_AVX2, CPU_ISA_AVX512};
+	int ran = 0;
+	for (int i = 0; i < 2; i++) {
+		if (!cpu_isa_supported(isas[i])) {
+			printf("test_kernels: %s not supported here, skipped\n", paths[i]->name);
+			continue;
+		}
+		test_gemm(paths[i]);
+		test_expand(paths[i]);
+		test_vec(paths[i]);
+		ran++;
+	}
+	CHECK(ran > 0, "no kernel path ran");
+	/* selection honours the forced path */
+	cpu_force_isa(CPU_ISA_AVX2);
+	CHECK(cpu_kernels_select() == &cpu_kernels_avx2, "forced avx2");
+	cpu_force_isa(CPU_ISA_AUTO);
+	if (cpu_isa_supported(CPU_ISA_AVX512))
+		CHECK(cpu_kernels_select() == &cpu_kernels_avx512, "auto picks avx512 where supported");
+	return t_done("test_kernels");
+}
