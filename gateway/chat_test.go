@@ -142,8 +142,8 @@ func TestChat_BadInput(t *testing.T) {
 	f.addAdapter(f.tenantB.ID, "globex-secret", strings.Repeat("b", 64))
 	msgs := `"messages":[{"role":"user","content":"hi"}]`
 	for _, tc := range []struct {
-		name, body      string
-		status          int
+		name, body       string
+		status           int
 		typ, code, param string
 	}{
 		{"MalformedJSON", `{"model":"base",`, 400, "invalid_request_error", "", ""},

@@ -1,0 +1,321 @@
+package gateway_test
+
+import (
+	"archive/tar"
+	"archive/zip"
+	"bytes"
+	"compress/gzip"
+	"context"
+	"io"
+	"mime/multipart"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"strings"
+	"testing"
+
+	"github.com/nozzle-ai/nozzle"
+	"github.com/nozzle-ai/nozzle/gateway"
+)
+
+var (
+	goodConfig  = []byte(`{"r":8,"lora_alpha":16,"target_modules":["q_proj","v_proj"],"peft_type":"LORA"}`)
+	goodWeights = append([]byte("SAFE"), bytes.Repeat([]byte{7}, 1000)...)
+)
+
+type part struct {
+	field, filename string
+	data            []byte
+}
+
+func multipartBody(t testing.TB, parts ...part) (string, []byte) {
+	t.Helper()
+	var buf bytes.Buffer
+	mw := multipart.NewWriter(&buf)
+	for _, p := range parts {
+		var w io.Writer
+		var err error
+		if p.filename == "" {
+			w, err = mw.CreateFormField(p.field)
+		} else {
+			w, err = mw.CreateFormFile(p.field, p.filename)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		w.Write(p.data)
+	}
+	mw.Close()
+	return mw.FormDataContentType(), buf.Bytes()
+}
+
+func (f *fixture) upload(key string, parts ...part) *http.Response {
+	f.t.Helper()
+	ct, body := multipartBody(f.t, parts...)
+	req := httptest.NewRequest(http.MethodPost, "/v1/adapters", bytes.NewReader(body))
+	req.Header.Set("Content-Type", ct)
+	req.Header.Set("Authorization", "Bearer "+key)
+	return f.doReq(req)
+}
+
+type entry struct {
+	name string
+	data []byte
+	typ  byte // tar type; 0 regular
+	link string
+}
+
+func tarGz(t testing.TB, entries ...entry) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	zw := gzip.NewWriter(&buf)
+	tw := tar.NewWriter(zw)
+	for _, e := range entries {
+		h := &tar.Header{Name: e.name, Mode: 0o644, Size: int64(len(e.data)), Typeflag: tar.TypeReg}
+		if e.typ != 0 {
+			h.Typeflag, h.Size, h.Linkname = e.typ, 0, e.link
+		}
+		if err := tw.WriteHeader(h); err != nil {
+			t.Fatal(err)
+		}
+		if h.Typeflag == tar.TypeReg {
+			tw.Write(e.data)
+		}
+	}
+	tw.Close()
+	zw.Close()
+	return buf.Bytes()
+}
+
+func zipOf(t testing.TB, entries ...entry) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	zw := zip.NewWriter(&buf)
+	for _, e := range entries {
+		h := &zip.FileHeader{Name: e.name, Method: zip.Deflate}
+		if e.typ == tar.TypeSymlink {
+			h.SetMode(os.ModeSymlink | 0o777)
+			e.data = []byte(e.link)
+		}
+		w, err := zw.CreateHeader(h)
+		if err != nil {
+			t.Fatal(err)
+		}
+		w.Write(e.data)
+	}
+	zw.Close()
+	return buf.Bytes()
+}
+
+func pe(name string) (entry, entry) {
+	return entry{name: name + nozzle.AdapterConfigFile, data: goodConfig}, entry{name: name + nozzle.AdapterWeightsFile, data: goodWeights}
+}
+
+// assertClean checks that nothing was left in the upload folder.
+func (f *fixture) assertClean(t testing.TB) {
+	t.Helper()
+	ents, err := os.ReadDir(f.uploadDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ents) != 0 {
+		t.Errorf("upload dir not clean: %v", ents)
+	}
+}
+
+type adapterOut struct {
+	ID            string   `json:"id"`
+	Object        string   `json:"object"`
+	Name          string   `json:"name"`
+	Rank          int      `json:"rank"`
+	TargetModules []string `json:"target_modules"`
+	SizeBytes     int64    `json:"size_bytes"`
+	SHA256        string   `json:"sha256"`
+	CreatedAt     int64    `json:"created_at"`
+}
+
+func TestAdapters_Upload(t *testing.T) {
+	f := newFixture(t)
+	c, w := pe("")
+	nc, nw := pe("my-adapter/")
+	for _, tc := range []struct {
+		name  string
+		parts []part
+	}{
+		{"Files", []part{{"name", "", []byte("files")}, {nozzle.AdapterConfigFile, "adapter_config.json", goodConfig}, {nozzle.AdapterWeightsFile, "adapter_model.safetensors", goodWeights}}},
+		{"FilesNameLast", []part{{nozzle.AdapterConfigFile, "x.json", goodConfig}, {nozzle.AdapterWeightsFile, "y", goodWeights}, {"name", "", []byte("name-last")}}},
+		{"FilesField", []part{{"name", "", []byte("files-field")}, {"files", "adapter_config.json", goodConfig}, {"files", "adapter_model.safetensors", goodWeights}}},
+		{"TarGz", []part{{"name", "", []byte("targz")}, {"archive", "a.tar.gz", tarGz(t, c, w)}}},
+		{"TarGzNested", []part{{"name", "", []byte("targz.nested")}, {"archive", "a.tgz", tarGz(t, entry{name: "my-adapter/", typ: tar.TypeDir}, nc, nw, entry{name: "my-adapter/README.md", data: []byte("hi")})}}},
+		{"Zip", []part{{"name", "", []byte("zip_1")}, {"archive", "a.zip", zipOf(t, c, w)}}},
+		{"ZipNested", []part{{"name", "", []byte("zip-nested")}, {"archive", "adapter.zip", zipOf(t, nc, nw, entry{name: "__MACOSX/my-adapter/._adapter_config.json", data: []byte("junk")})}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			resp := f.upload(f.keyA, tc.parts...)
+			if resp.StatusCode != http.StatusCreated {
+				t.Fatalf("status %d: %s", resp.StatusCode, readAll(t, resp))
+			}
+			var a adapterOut
+			decode(t, resp, &a)
+			if a.Object != "adapter" || a.ID == "" || a.Rank != 8 || len(a.TargetModules) != 2 || a.SizeBytes != int64(len(goodConfig)+len(goodWeights)) ||
+				a.SHA256 != sha256hex(append(append([]byte{}, goodConfig...), goodWeights...)) || a.CreatedAt == 0 {
+				t.Errorf("adapter %+v", a)
+			}
+			f.assertClean(t)
+		})
+	}
+	t.Run("ListGetUse", func(t *testing.T) {
+		var list struct {
+			Object string
+			Data   []adapterOut
+		}
+		decode(t, f.do(http.MethodGet, "/v1/adapters", "", f.authA()), &list)
+		if list.Object != "list" || len(list.Data) != 7 {
+			t.Fatalf("list %+v", list)
+		}
+		var one adapterOut
+		decode(t, f.do(http.MethodGet, "/v1/adapters/targz.nested", "", f.authA()), &one)
+		if one.Name != "targz.nested" {
+			t.Errorf("get %+v", one)
+		}
+		wantError(t, f.do(http.MethodGet, "/v1/adapters/targz", "", bearer(f.keyB)), 404, "not_found_error", "adapter_not_found", "")
+		if r := f.do(http.MethodPost, "/v1/chat/completions", chatBody("zip_1", "hi"), f.authA()); r.StatusCode != 200 {
+			t.Errorf("use: %d", r.StatusCode)
+		}
+		var models struct{ Data []struct{ ID, Parent string } }
+		decode(t, f.do(http.MethodGet, "/v1/models", "", f.authA()), &models)
+		if len(models.Data) != 8 || models.Data[0].ID != "tiny-llama" {
+			t.Errorf("models %+v", models)
+		}
+		decode(t, f.do(http.MethodGet, "/v1/models", "", bearer(f.keyB)), &models)
+		if len(models.Data) != 1 {
+			t.Errorf("tenant b sees %+v", models)
+		}
+	})
+	t.Run("Delete", func(t *testing.T) {
+		sha := sha256hex(append(append([]byte{}, goodConfig...), goodWeights...))
+		names := []string{"files", "name-last", "files-field", "targz", "targz.nested", "zip_1"}
+		for _, n := range names {
+			if r := f.do(http.MethodDelete, "/v1/adapters/"+n, "", f.authA()); r.StatusCode != 200 {
+				t.Fatalf("delete %s: %d %s", n, r.StatusCode, readAll(t, r))
+			}
+			if len(f.w.removed) != 0 {
+				t.Fatalf("files removed while still referenced")
+			}
+		}
+		wantError(t, f.do(http.MethodDelete, "/v1/adapters/files", "", f.authA()), 404, "not_found_error", "adapter_not_found", "")
+		f.do(http.MethodDelete, "/v1/adapters/zip-nested", "", f.authA())
+		if len(f.w.removed) != 1 || f.w.removed[0] != sha {
+			t.Errorf("removed %v", f.w.removed)
+		}
+	})
+}
+
+func TestAdapters_BadUpload(t *testing.T) {
+	f := newFixture(t, withConfig(func(c *gateway.Config) { c.UploadLimit = 64 << 10 }))
+	f.addAdapter(f.tenantA.ID, "taken", strings.Repeat("d", 64))
+	c, w := pe("")
+	files := func(name string) []part {
+		return []part{{"name", "", []byte(name)}, {nozzle.AdapterConfigFile, "c", goodConfig}, {nozzle.AdapterWeightsFile, "w", goodWeights}}
+	}
+	arch := func(filename string, data []byte) []part {
+		return []part{{"name", "", []byte("ok-name")}, {"archive", filename, data}}
+	}
+	for _, tc := range []struct {
+		name        string
+		parts       []part
+		status      int
+		code, param string
+	}{
+		{"NoName", files("")[1:], 400, "", "name"},
+		{"BadName", files("../evil"), 400, "", "name"},
+		{"BadNameSlash", files("a/b"), 400, "", "name"},
+		{"NameBase", files("base"), 400, "", "name"},
+		{"Taken", files("taken"), 409, "adapter_exists", "name"},
+		{"MissingWeights", files("x")[:2], 400, "", nozzle.AdapterWeightsFile},
+		{"EmptyWeights", []part{{"name", "", []byte("x")}, {nozzle.AdapterConfigFile, "c", goodConfig}, {nozzle.AdapterWeightsFile, "w", nil}}, 400, "", nozzle.AdapterWeightsFile},
+		{"UnknownField", append(files("x"), part{"extra", "", []byte("1")}), 400, "", "extra"},
+		{"Duplicate", append(files("x"), part{nozzle.AdapterConfigFile, "c", goodConfig}), 400, "", nozzle.AdapterConfigFile},
+		{"BothForms", append(files("x"), part{"archive", "a.zip", zipOf(t, c, w)}), 400, "", "archive"},
+		{"TruncatedSafetensors", []part{{"name", "", []byte("x")}, {nozzle.AdapterConfigFile, "c", goodConfig}, {nozzle.AdapterWeightsFile, "w", []byte("SA")}}, 400, "", nozzle.AdapterWeightsFile},
+		{"BadConfig", []part{{"name", "", []byte("x")}, {nozzle.AdapterConfigFile, "c", []byte("{nope")}, {nozzle.AdapterWeightsFile, "w", goodWeights}}, 400, "", nozzle.AdapterConfigFile},
+		{"TooLarge", []part{{"name", "", []byte("x")}, {nozzle.AdapterConfigFile, "c", goodConfig}, {nozzle.AdapterWeightsFile, "w", bytes.Repeat([]byte("S"), 70<<10)}}, 413, "", ""},
+		{"ZipNamedTarGz", arch("a.tar.gz", zipOf(t, c, w)), 400, "", "archive"},
+		{"TarGzNamedZip", arch("a.zip", tarGz(t, c, w)), 400, "", "archive"},
+		{"NotAnArchive", arch("a.tar.gz", []byte("plain text, not an archive")), 400, "", "archive"},
+		{"TruncatedTarGz", arch("a.tar.gz", tarGz(t, c, w)[:200]), 400, "", "archive"},
+		{"TarDotDot", arch("a.tar.gz", tarGz(t, entry{name: "../" + nozzle.AdapterConfigFile, data: goodConfig}, w)), 400, "", "archive"},
+		{"TarAbsolute", arch("a.tar.gz", tarGz(t, entry{name: "/etc/" + nozzle.AdapterConfigFile, data: goodConfig}, w)), 400, "", "archive"},
+		{"TarSymlink", arch("a.tar.gz", tarGz(t, entry{name: nozzle.AdapterConfigFile, typ: tar.TypeSymlink, link: "/etc/passwd"}, w)), 400, "", "archive"},
+		{"TarHardlink", arch("a.tar.gz", tarGz(t, c, entry{name: nozzle.AdapterWeightsFile, typ: tar.TypeLink, link: nozzle.AdapterConfigFile})), 400, "", "archive"},
+		{"TarDotDotOther", arch("a.tar.gz", tarGz(t, c, w, entry{name: "x/../../README", data: []byte("x")})), 400, "", "archive"},
+		{"TarTwoFolders", arch("a.tar.gz", tarGz(t, entry{name: "a/" + nozzle.AdapterConfigFile, data: goodConfig}, entry{name: "b/" + nozzle.AdapterWeightsFile, data: goodWeights})), 400, "", "archive"},
+		{"TarTooDeep", arch("a.tar.gz", tarGz(t, entry{name: "a/b/" + nozzle.AdapterConfigFile, data: goodConfig}, w)), 400, "", "archive"},
+		{"TarMissingFile", arch("a.tar.gz", tarGz(t, c)), 400, "", "archive"},
+		{"TarDuplicate", arch("a.tar.gz", tarGz(t, c, w, c)), 400, "", "archive"},
+		{"ZipBackslashDotDot", arch("a.zip", zipOf(t, entry{name: `..\` + nozzle.AdapterConfigFile, data: goodConfig}, w)), 400, "", "archive"},
+		{"ZipSymlink", arch("a.zip", zipOf(t, entry{name: nozzle.AdapterConfigFile, typ: tar.TypeSymlink, link: "/etc/passwd"}, w)), 400, "", "archive"},
+		{"ZipBomb", arch("a.zip", zipOf(t, c, entry{name: nozzle.AdapterWeightsFile, data: append([]byte("SAFE"), make([]byte, 200<<10)...)})), 400, "", "archive"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			before := len(f.w.adapters)
+			resp := f.upload(f.keyA, tc.parts...)
+			typ := "invalid_request_error"
+			if tc.status == 409 {
+				typ = "conflict_error"
+			}
+			wantError(t, resp, tc.status, typ, tc.code, tc.param)
+			f.w.mu.Lock()
+			n := len(f.w.adapters)
+			f.w.mu.Unlock()
+			if n != before {
+				t.Errorf("an adapter was stored")
+			}
+			f.assertClean(t)
+		})
+	}
+	t.Run("NotMultipart", func(t *testing.T) {
+		wantError(t, f.do(http.MethodPost, "/v1/adapters", `{"name":"x"}`, f.authA()), 400, "invalid_request_error", "", "")
+	})
+	t.Run("Truncated", func(t *testing.T) {
+		ct, body := multipartBody(t, files("trunc")...)
+		req := httptest.NewRequest(http.MethodPost, "/v1/adapters", bytes.NewReader(body[:len(body)-100]))
+		req.Header.Set("Content-Type", ct)
+		req.Header.Set("Authorization", "Bearer "+f.keyA)
+		wantError(t, f.doReq(req), 400, "invalid_request_error", "", "")
+		f.assertClean(t)
+	})
+	t.Run("MetadataFailsAfterImport", func(t *testing.T) {
+		f.adapterS.CreateAdapterFn = func(ctx context.Context, a *nozzle.Adapter) error {
+			return nozzle.Errorf(nozzle.ECONFLICT, "Taken meanwhile.")
+		}
+		wantError(t, f.upload(f.keyA, files("race")...), 409, "conflict_error", "adapter_exists", "name")
+		f.w.mu.Lock()
+		defer f.w.mu.Unlock()
+		if len(f.w.removed) != 1 || len(f.w.stored) != 0 {
+			t.Errorf("imported files not removed: removed %v stored %d", f.w.removed, len(f.w.stored))
+		}
+	})
+	t.Run("Scope", func(t *testing.T) {
+		var k struct{ Key string }
+		decode(t, f.do(http.MethodPost, "/v1/keys", `{"scopes":["inference"]}`, f.authA()), &k)
+		wantError(t, f.upload(k.Key, files("x")...), 403, "permission_error", "missing_scope", "")
+	})
+}
+
+func TestInternalAdapterFiles(t *testing.T) {
+	f := newFixture(t)
+	resp := f.upload(f.keyA, part{"name", "", []byte("a")}, part{nozzle.AdapterConfigFile, "c", goodConfig}, part{nozzle.AdapterWeightsFile, "w", goodWeights})
+	var a adapterOut
+	decode(t, resp, &a)
+	path := "/internal/adapters/" + a.SHA256 + "/" + nozzle.AdapterWeightsFile
+	r := f.do(http.MethodGet, path, "", bearer(internalToken))
+	if body := readAll(t, r); r.StatusCode != 200 || body != string(goodWeights) {
+		t.Fatalf("status %d, %d bytes", r.StatusCode, len(body))
+	}
+	wantError(t, f.do(http.MethodGet, path, "", f.authA()), 401, "authentication_error", "", "")
+	wantError(t, f.do(http.MethodGet, path, ""), 401, "authentication_error", "", "")
+	wantError(t, f.do(http.MethodGet, "/internal/adapters/"+a.SHA256+"/passwd", "", bearer(internalToken)), 404, "not_found_error", "", "")
+	wantError(t, f.do(http.MethodGet, "/internal/adapters/..%2F..%2Fetc/"+nozzle.AdapterConfigFile, "", bearer(internalToken)), 404, "not_found_error", "", "")
+	wantError(t, f.do(http.MethodGet, "/internal/adapters/"+strings.Repeat("e", 64)+"/"+nozzle.AdapterConfigFile, "", bearer(internalToken)), 404, "not_found_error", "", "")
+}

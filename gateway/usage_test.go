@@ -1,0 +1,78 @@
+package gateway_test
+
+import (
+	"context"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nozzle-ai/nozzle"
+)
+
+func TestUsage(t *testing.T) {
+	f := newFixture(t)
+	var got nozzle.ReportQuery
+	inner := f.reporter.ReportFn
+	f.reporter.ReportFn = func(ctx context.Context, q nozzle.ReportQuery) (*nozzle.Report, error) {
+		got = q
+		return inner(ctx, q)
+	}
+	f.do(http.MethodPost, "/v1/chat/completions", chatBody("base", "hi"), f.authA())
+	f.do(http.MethodPost, "/v1/chat/completions", chatBody("base", "hi"), bearer(f.keyB))
+
+	t.Run("DefaultMonth", func(t *testing.T) {
+		r := f.do(http.MethodGet, "/v1/usage", "", f.authA())
+		body := readAll(t, r)
+		if r.StatusCode != 200 {
+			t.Fatalf("%d %s", r.StatusCode, body)
+		}
+		now := time.Now().UTC()
+		start := time.Date(now.Year(), now.Month(), 1, 0, 0, 0, 0, time.UTC)
+		if got.TenantID != f.tenantA.ID || !got.Start.Equal(start) || !got.End.Equal(start.AddDate(0, 1, 0)) || len(got.GroupBy) != 0 {
+			t.Errorf("query %+v", got)
+		}
+		for _, want := range []string{`"object":"list"`, `"data":[`, `"total":{`, `"requests":1`, `"prompt_tokens":`, `"device_seconds":`, `"cost_usd":`} {
+			if !strings.Contains(body, want) {
+				t.Errorf("body lacks %s: %s", want, body)
+			}
+		}
+		if strings.Contains(body, "margin") {
+			t.Errorf("tenant sees the margin: %s", body)
+		}
+	})
+	t.Run("Params", func(t *testing.T) {
+		r := f.do(http.MethodGet, "/v1/usage?start=2025-01-01T00:00:00Z&end=2025-02-01T00:00:00%2B01:00&group_by=adapter,day&adapter=x", "", f.authA())
+		if r.StatusCode != 200 {
+			t.Fatalf("%d %s", r.StatusCode, readAll(t, r))
+		}
+		if !got.Start.Equal(time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)) || !got.End.Equal(time.Date(2025, 1, 31, 23, 0, 0, 0, time.UTC)) ||
+			strings.Join(got.GroupBy, ",") != "adapter,day" || got.AdapterName != "x" {
+			t.Errorf("query %+v", got)
+		}
+	})
+	t.Run("BadParams", func(t *testing.T) {
+		wantError(t, f.do(http.MethodGet, "/v1/usage?start=yesterday", "", f.authA()), 400, "invalid_request_error", "", "start")
+		wantError(t, f.do(http.MethodGet, "/v1/usage?start=2025-02-01T00:00:00Z&end=2025-01-01T00:00:00Z", "", f.authA()), 400, "invalid_request_error", "", "end")
+		wantError(t, f.do(http.MethodGet, "/v1/usage?group_by=tenant", "", f.authA()), 400, "invalid_request_error", "", "group_by")
+	})
+	t.Run("CSV", func(t *testing.T) {
+		r := f.do(http.MethodGet, "/v1/usage?format=csv", "", f.authA())
+		body := readAll(t, r)
+		if !strings.HasPrefix(r.Header.Get("Content-Type"), "text/csv") || !strings.Contains(body, "requests") || strings.Count(body, "\n") < 2 {
+			t.Errorf("csv %q %s", r.Header.Get("Content-Type"), body)
+		}
+	})
+	t.Run("AdminReport", func(t *testing.T) {
+		r := f.do(http.MethodGet, "/admin/report?group_by=tenant", "", bearer(adminToken))
+		body := readAll(t, r)
+		if r.StatusCode != 200 || got.TenantID != "" || !strings.Contains(body, `"requests":2`) || !strings.Contains(body, "margin_usd") {
+			t.Errorf("%d %+v %s", r.StatusCode, got, body)
+		}
+		r = f.do(http.MethodGet, "/admin/report?format=csv", "", bearer(adminToken))
+		if !strings.HasPrefix(r.Header.Get("Content-Type"), "text/csv") {
+			t.Errorf("csv type %q", r.Header.Get("Content-Type"))
+		}
+		wantError(t, f.do(http.MethodGet, "/admin/report", "", f.authA()), 401, "authentication_error", "", "")
+	})
+}
