@@ -8,9 +8,6 @@ import (
 
 var errNotWired = errors.New("this command is not wired yet")
 
-func runServer(ctx context.Context, cmd string, args []string, stdout, stderr io.Writer) error {
-	return errNotWired
-}
 func runReport(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	return errNotWired
 }

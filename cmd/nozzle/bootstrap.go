@@ -1,0 +1,132 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+
+	"github.com/nozzle-ai/nozzle"
+)
+
+// demoTenant is the tenant the demo creates on first start.
+const demoTenant = "demo"
+
+// bootstrap creates what a first start needs: the demo tenant with an API
+// key and the demo adapters (demo model only, and only into an empty
+// ledger), and prints how to use them.
+func (m *Main) bootstrap(ctx context.Context, store nozzle.AdapterStore, demoAdapters map[string]string) error {
+	if demoAdapters == nil {
+		return nil
+	}
+	tenants, err := m.Ledger.Tenants(ctx)
+	if err != nil {
+		return err
+	}
+	keyPath := filepath.Join(m.Config.Data, "demo-api-key")
+	if len(tenants) == 0 {
+		t := &nozzle.Tenant{Name: demoTenant}
+		if err := m.Ledger.CreateTenant(ctx, t); err != nil {
+			return fmt.Errorf("demo tenant: %w", err)
+		}
+		secret, err := nozzle.NewKeySecret()
+		if err != nil {
+			return err
+		}
+		k := &nozzle.APIKey{TenantID: t.ID, Name: "demo", Prefix: nozzle.KeyDisplayPrefix(secret),
+			Digest: nozzle.KeyDigest(secret), Scopes: nozzle.AllScopes}
+		if err := m.Ledger.CreateKey(ctx, k); err != nil {
+			return fmt.Errorf("demo key: %w", err)
+		}
+		if err := writeFileAtomic(keyPath, []byte(secret+"\n"), 0o600); err != nil {
+			return fmt.Errorf("save demo key: %w", err)
+		}
+		names := make([]string, 0, len(demoAdapters))
+		for name := range demoAdapters {
+			names = append(names, name)
+		}
+		sort.Strings(names)
+		for _, name := range names {
+			if err := m.importAdapter(ctx, store, t.ID, name, demoAdapters[name]); err != nil {
+				return fmt.Errorf("demo adapter %s: %w", name, err)
+			}
+		}
+	}
+	key, _ := os.ReadFile(keyPath)
+	m.banner(m.Stdout, strings.TrimSpace(string(key)), demoAdapters)
+	return nil
+}
+
+// importAdapter copies an adapter folder into the store and names it for
+// a tenant.
+func (m *Main) importAdapter(ctx context.Context, store nozzle.AdapterStore, tenantID, name, dir string) error {
+	tmp, err := os.MkdirTemp(filepath.Join(m.Config.Data), ".import-*")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(tmp)
+	for _, f := range []string{nozzle.AdapterConfigFile, nozzle.AdapterWeightsFile} {
+		if err := copyFile(filepath.Join(dir, f), filepath.Join(tmp, f)); err != nil {
+			return err
+		}
+	}
+	man, err := store.Import(ctx, tmp)
+	if err != nil {
+		return err
+	}
+	return m.Ledger.CreateAdapter(ctx, &nozzle.Adapter{TenantID: tenantID, Name: name, AdapterManifest: *man})
+}
+
+func copyFile(src, dst string) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		return err
+	}
+	return out.Close()
+}
+
+// banner tells a newcomer what is running and how to talk to it.
+func (m *Main) banner(w io.Writer, key string, adapters map[string]string) {
+	base := "http://" + m.Addr
+	if host, port, ok := strings.Cut(m.Addr, ":"); ok && (host == "0.0.0.0" || host == "" || host == "[::]") {
+		base = "http://127.0.0.1:" + port
+	}
+	names := make([]string, 0, len(adapters))
+	for n := range adapters {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	fmt.Fprintf(w, `
+Nozzle is serving the built-in demo model at %s
+(random weights: its text is meaningless; serve a real model with --model DIR).
+
+  API key of the demo tenant:  %s   (saved in %s)
+  Demo adapters:               %s
+  Console:                     %s/console
+
+  curl %s/v1/chat/completions \
+    -H "Authorization: Bearer $(cat %s)" -H "Content-Type: application/json" \
+    -d '{"model": "%s", "messages": [{"role": "user", "content": "Hello!"}], "max_tokens": 16}'
+
+`, base, key, filepath.Join(m.Config.Data, "demo-api-key"), strings.Join(names, ", "), base,
+		base, filepath.Join(m.Config.Data, "demo-api-key"), firstOr(names, "base"))
+}
+
+func firstOr(s []string, def string) string {
+	if len(s) == 0 {
+		return def
+	}
+	return s[0]
+}

@@ -1,0 +1,582 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/nozzle-ai/nozzle"
+	"github.com/nozzle-ai/nozzle/billing"
+	"github.com/nozzle-ai/nozzle/billing/stripe"
+	"github.com/nozzle-ai/nozzle/gateway"
+	"github.com/nozzle-ai/nozzle/internal/metrics"
+	"github.com/nozzle-ai/nozzle/runtime"
+	"github.com/nozzle-ai/nozzle/runtime/model"
+)
+
+// shutdownGrace bounds the drain of in-flight requests on SIGINT/SIGTERM.
+const shutdownGrace = 30 * time.Second
+
+// Main is one run of a server command. Its fields are the parts it wired;
+// Close releases them in reverse order.
+type Main struct {
+	Config  Config
+	Log     *slog.Logger
+	Metrics *metrics.Registry
+	Stdout  io.Writer
+
+	Ledger  *billing.Ledger
+	Runtime *runtime.Runtime
+	Gateway *gateway.Server
+
+	// Addr is the address the server listens on, once it does.
+	Addr string
+	// Ready is closed once the server accepts requests.
+	Ready chan struct{}
+
+	closers []func(context.Context) error
+}
+
+// NewMain returns a Main for cfg.
+func NewMain(cfg Config, log *slog.Logger, stdout io.Writer) *Main {
+	return &Main{Config: cfg, Log: log, Metrics: metrics.NewRegistry(), Stdout: stdout, Ready: make(chan struct{})}
+}
+
+func runServer(ctx context.Context, cmd string, args []string, stdout, stderr io.Writer) error {
+	cfg, rest, err := Load(cmd, args, os.LookupEnv, stderr)
+	if err != nil {
+		return err
+	}
+	if len(rest) > 0 {
+		return fmt.Errorf("%s: unexpected argument %q", cmd, rest[0])
+	}
+	m := NewMain(cfg, newLogger(cfg, os.Stderr), stdout)
+	switch cmd {
+	case "serve":
+		return m.Serve(ctx)
+	case "gateway":
+		return m.RunGateway(ctx)
+	default:
+		return m.RunRuntime(ctx)
+	}
+}
+
+// onClose registers a release function run by Close, last first.
+func (m *Main) onClose(f func(context.Context) error) { m.closers = append(m.closers, f) }
+
+// Close releases everything Main opened, last first, within shutdownGrace.
+func (m *Main) Close() error {
+	ctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
+	defer cancel()
+	var errs []error
+	for i := len(m.closers) - 1; i >= 0; i-- {
+		if err := m.closers[i](ctx); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	m.closers = nil
+	return errors.Join(errs...)
+}
+
+// prepareData makes sure the data folder exists and is writable.
+func (m *Main) prepareData() error {
+	dir := m.Config.Data
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return fmt.Errorf("data folder %s: %w", dir, unwrapPath(err))
+	}
+	probe, err := os.CreateTemp(dir, ".write-probe-*")
+	if err != nil {
+		return fmt.Errorf("data folder %s is not writable: %w", dir, unwrapPath(err))
+	}
+	probe.Close()
+	os.Remove(probe.Name())
+	return nil
+}
+
+// unwrapPath drops the *PathError wrapper, whose path the message already names.
+func unwrapPath(err error) error {
+	var pe *os.PathError
+	if errors.As(err, &pe) {
+		return pe.Err
+	}
+	return err
+}
+
+// listen opens the listening socket first, so a port in use is one clear
+// line before any slow start-up work.
+func (m *Main) listen() (net.Listener, error) {
+	ln, err := net.Listen("tcp", m.Config.Addr)
+	if err != nil {
+		if errors.Is(err, syscall.EADDRINUSE) {
+			return nil, fmt.Errorf("cannot listen on %s: the address is already in use (is another nozzle running? choose another with --addr)", m.Config.Addr)
+		}
+		return nil, fmt.Errorf("cannot listen on %s: %w", m.Config.Addr, err)
+	}
+	m.Addr = ln.Addr().String()
+	return ln, nil
+}
+
+// secret returns a configured secret, or the one kept in DATA/name,
+// generating it on first use.
+func (m *Main) secret(configured Secret, name string) (string, error) {
+	if configured != "" {
+		return string(configured), nil
+	}
+	path := filepath.Join(m.Config.Data, name)
+	if b, err := os.ReadFile(path); err == nil {
+		if s := strings.TrimSpace(string(b)); s != "" {
+			return s, nil
+		}
+	}
+	var raw [24]byte
+	if _, err := rand.Read(raw[:]); err != nil {
+		return "", err
+	}
+	s := hex.EncodeToString(raw[:])
+	if err := writeFileAtomic(path, []byte(s+"\n"), 0o600); err != nil {
+		return "", fmt.Errorf("save %s: %w", name, err)
+	}
+	return s, nil
+}
+
+func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, data, perm); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
+// openLedger opens the bbolt ledger in the data folder.
+func (m *Main) openLedger() error {
+	l, err := billing.Open(billing.Options{
+		Path:       filepath.Join(m.Config.Data, "ledger.db"),
+		IdlePolicy: m.Config.IdlePolicy,
+		DefaultPrice: nozzle.Price{
+			PromptPerMillionUSD:     m.Config.PricePrompt,
+			CompletionPerMillionUSD: m.Config.PriceCompletion,
+		},
+		DedicatedRatePerHour: m.Config.DedicatedRatePerHour,
+		Logger:               m.Log.With("component", "billing"),
+	})
+	if err != nil {
+		if errors.Is(err, billing.ErrLocked) {
+			return fmt.Errorf("the ledger %s is in use by another nozzle process", filepath.Join(m.Config.Data, "ledger.db"))
+		}
+		return fmt.Errorf("open ledger: %w", err)
+	}
+	m.Ledger = l
+	m.onClose(func(context.Context) error { return l.Close() })
+	return nil
+}
+
+// startStripe starts the outbox worker when a Stripe key is configured.
+func (m *Main) startStripe(ctx context.Context) error {
+	if m.Config.StripeKey == "" {
+		return nil
+	}
+	sender, err := stripe.New(stripe.Config{SecretKey: string(m.Config.StripeKey), APIURL: m.Config.StripeAPIURL, Logger: m.Log.With("component", "stripe")})
+	if err != nil {
+		return fmt.Errorf("stripe: %w", err)
+	}
+	m.Ledger.StartOutbox(sender, billing.OutboxOptions{
+		PromptEventName:     m.Config.StripeMeterPrompt,
+		CompletionEventName: m.Config.StripeMeterComp,
+	})
+	return nil
+}
+
+// runtimeOptions are the runtime's options from the configuration.
+func (m *Main) runtimeOptions(modelDir string, source runtime.AdapterSource) runtime.Options {
+	c := m.Config
+	return runtime.Options{
+		ModelDir:       modelDir,
+		EngineLib:      c.EngineLib,
+		Device:         c.Device,
+		Slots:          c.Slots,
+		MaxRank:        c.MaxRank,
+		KVMemoryBytes:  int64(c.KVMemoryMB) << 20,
+		MaxBatchTokens: c.MaxBatchTokens,
+		MaxBatchSeqs:   c.MaxBatchSeqs,
+		Threads:        c.Threads,
+		HostCacheBytes: int64(c.HostCacheMB) << 20,
+		RuntimeID:      c.RuntimeID,
+		RatePerHour:    c.RatePerHour,
+		PrefillWeight:  c.PrefillWeight,
+		DecodeWeight:   c.DecodeWeight,
+		AdapterSource:  source,
+		Logger:         m.Log.With("component", "runtime"),
+		Metrics:        m.Metrics,
+	}
+}
+
+// lazyRuntime is the runtime while it loads: the gateway serves (health,
+// readiness, admin) before the model is ready, and requests that need the
+// model get EUNAVAILABLE until it is.
+type lazyRuntime struct {
+	mu    sync.RWMutex
+	rt    *runtime.Runtime
+	err   error
+	ready chan struct{}
+}
+
+func newLazyRuntime() *lazyRuntime { return &lazyRuntime{ready: make(chan struct{})} }
+
+func (l *lazyRuntime) set(rt *runtime.Runtime, err error) {
+	l.mu.Lock()
+	l.rt, l.err = rt, err
+	l.mu.Unlock()
+	close(l.ready)
+}
+
+func (l *lazyRuntime) get() (*runtime.Runtime, error) {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	if l.rt != nil {
+		return l.rt, nil
+	}
+	if l.err != nil {
+		return nil, nozzle.Errorf(nozzle.EUNAVAILABLE, "The model failed to load.").Wrap(l.err)
+	}
+	return nil, nozzle.Errorf(nozzle.EUNAVAILABLE, "The model is still loading; try again shortly.").WithRetryAfter(5 * time.Second)
+}
+
+func (l *lazyRuntime) Info(ctx context.Context) (nozzle.ModelInfo, error) {
+	rt, err := l.get()
+	if err != nil {
+		return nozzle.ModelInfo{}, err
+	}
+	return rt.Info(ctx)
+}
+
+func (l *lazyRuntime) Generate(ctx context.Context, req *nozzle.GenerateRequest, emit func(nozzle.Chunk) error) (*nozzle.GenerateResult, error) {
+	rt, err := l.get()
+	if err != nil {
+		return nil, err
+	}
+	return rt.Generate(ctx, req, emit)
+}
+
+func (l *lazyRuntime) AdapterTier(ctx context.Context, sha string) nozzle.Tier {
+	rt, err := l.get()
+	if err != nil {
+		return nozzle.TierDisk
+	}
+	return rt.AdapterTier(ctx, sha)
+}
+
+func (l *lazyRuntime) CapacityIntervals(ctx context.Context, after uint64) ([]nozzle.CapacityInterval, error) {
+	rt, err := l.get()
+	if err != nil {
+		return nil, nil // nothing closed yet
+	}
+	return rt.CapacityIntervals(ctx, after)
+}
+
+// storeValidator validates adapters against the base model that info
+// describes, once it is known.
+func storeValidator(info func(context.Context) (nozzle.ModelInfo, error), maxRank int) func(dir string) (*nozzle.AdapterManifest, error) {
+	return func(dir string) (*nozzle.AdapterManifest, error) {
+		mi, err := info(context.Background())
+		if err != nil {
+			return nil, err
+		}
+		return model.ValidateAdapter(dir, mi, maxRank)
+	}
+}
+
+// Serve runs gateway and runtime in one process until ctx ends, then
+// drains in-flight requests and flushes the ledger.
+func (m *Main) Serve(ctx context.Context) (err error) {
+	defer func() {
+		if cerr := m.Close(); err == nil {
+			err = cerr
+		}
+	}()
+	if err := m.prepareData(); err != nil {
+		return err
+	}
+	ln, err := m.listen()
+	if err != nil {
+		return err
+	}
+	defer ln.Close()
+
+	// Resolve the model folder before anything slow, so a bad --model is
+	// one clear line.
+	modelDir, demoAdapters, err := m.modelDir()
+	if err != nil {
+		return err
+	}
+	if err := m.openLedger(); err != nil {
+		return err
+	}
+	adminToken, err := m.secret(m.Config.AdminToken, "admin-token")
+	if err != nil {
+		return err
+	}
+
+	lazy := newLazyRuntime()
+	store := runtime.NewStore(filepath.Join(m.Config.Data, "adapters"), storeValidator(lazy.Info, m.Config.MaxRank))
+
+	gw, err := gateway.New(m.gatewayConfig(adminToken, ""), gateway.Deps{
+		Tenants: m.Ledger, Keys: m.Ledger, Adapters: m.Ledger, Store: store,
+		Ledger: m.Ledger, Budget: m.Ledger, Reporter: m.Ledger, Users: m.Ledger,
+		Upstreams:  []gateway.Upstream{{ID: m.Config.RuntimeID, Generator: lazy}},
+		Extensions: m.consoleExtensions(),
+	})
+	if err != nil {
+		return err
+	}
+	m.Gateway = gw
+	// On the way out: the gateway drains in-flight requests (their usage is
+	// recorded), then the runtime stops, then the last capacity intervals
+	// are collected; the ledger closes after all of that.
+	stopCollect := func() {}
+	m.onClose(func(ctx context.Context) error {
+		err := gw.Shutdown(ctx)
+		if m.Runtime != nil {
+			err = errors.Join(err, m.Runtime.Close(ctx))
+		}
+		stopCollect()
+		return err
+	})
+
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- gw.Serve(ln) }()
+
+	// Load the model while the gateway already answers health checks.
+	loadCtx, cancelLoad := context.WithCancel(ctx)
+	defer cancelLoad()
+	go func() {
+		rt, err := runtime.Open(loadCtx, m.runtimeOptions(modelDir, store))
+		lazy.set(rt, err)
+	}()
+	select {
+	case <-lazy.ready:
+	case <-ctx.Done():
+		return nil
+	case err := <-serveErr:
+		return err
+	}
+	rt, err := lazy.get()
+	if err != nil {
+		return fmt.Errorf("load model %s: %w", modelDir, nozzle.AsError(err).Err)
+	}
+	m.Runtime = rt
+	stopCollect = m.collectCapacity(map[string]nozzle.CapacitySource{m.Config.RuntimeID: rt})
+
+	if err := m.startStripe(ctx); err != nil {
+		return err
+	}
+	if err := m.bootstrap(ctx, store, demoAdapters); err != nil {
+		return err
+	}
+	close(m.Ready)
+
+	select {
+	case <-ctx.Done():
+		m.Log.Info("shutting down: draining in-flight requests")
+		return nil
+	case err := <-serveErr:
+		return err
+	}
+}
+
+// collectCapacity pulls runtimes' capacity intervals into the ledger until
+// the returned stop function is called; stop waits for the final pull.
+func (m *Main) collectCapacity(sources map[string]nozzle.CapacitySource) (stop func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := billing.CollectCapacity(ctx, m.Ledger, sources, 10*time.Second); err != nil && !errors.Is(err, context.Canceled) {
+			m.Log.Error("capacity collection stopped", "err", err)
+		}
+	}()
+	return func() { cancel(); <-done }
+}
+
+// modelDir is the configured model folder, or the demo model generated
+// into the data folder.
+func (m *Main) modelDir() (string, map[string]string, error) {
+	if m.Config.Model != "" {
+		fi, err := os.Stat(m.Config.Model)
+		if err != nil {
+			return "", nil, fmt.Errorf("model folder %s: %w", m.Config.Model, unwrapPath(err))
+		}
+		if !fi.IsDir() {
+			return "", nil, fmt.Errorf("model %s is not a folder", m.Config.Model)
+		}
+		// Parse config.json now: a missing file or an unsupported
+		// architecture is one clear line before anything starts.
+		if _, err := model.LoadConfig(m.Config.Model); err != nil {
+			return "", nil, err
+		}
+		return m.Config.Model, nil, nil
+	}
+	dir, adapters, err := runtime.EnsureDemo(m.Config.Data)
+	if err != nil {
+		return "", nil, fmt.Errorf("demo model: %w", err)
+	}
+	return dir, adapters, nil
+}
+
+// gatewayConfig is the gateway's configuration.
+func (m *Main) gatewayConfig(adminToken, internalToken string) gateway.Config {
+	return gateway.Config{
+		AdminToken:     adminToken,
+		InternalToken:  internalToken,
+		UploadLimit:    int64(m.Config.UploadLimitMB) << 20,
+		UploadDir:      filepath.Join(m.Config.Data, "uploads"),
+		RequestTimeout: m.Config.RequestTimeout,
+		Logger:         m.Log.With("component", "gateway"),
+		Metrics:        m.Metrics,
+	}
+}
+
+// RunGateway runs the gateway alone in front of remote runtimes.
+func (m *Main) RunGateway(ctx context.Context) (err error) {
+	defer func() {
+		if cerr := m.Close(); err == nil {
+			err = cerr
+		}
+	}()
+	if len(m.Config.Upstreams) == 0 {
+		return errors.New("gateway: --upstreams names no runtime")
+	}
+	if err := m.prepareData(); err != nil {
+		return err
+	}
+	ln, err := m.listen()
+	if err != nil {
+		return err
+	}
+	defer ln.Close()
+	if err := m.openLedger(); err != nil {
+		return err
+	}
+	adminToken, err := m.secret(m.Config.AdminToken, "admin-token")
+	if err != nil {
+		return err
+	}
+	internalToken, err := m.secret(m.Config.InternalToken, "internal-token")
+	if err != nil {
+		return err
+	}
+	hc := &http.Client{Timeout: 0}
+	var ups []gateway.Upstream
+	sources := map[string]nozzle.CapacitySource{}
+	var first *runtime.Client
+	for _, u := range m.Config.Upstreams {
+		c := runtime.NewClient(u, internalToken, hc)
+		if first == nil {
+			first = c
+		}
+		ups = append(ups, gateway.Upstream{ID: u, Generator: c})
+		sources[u] = c
+	}
+	store := runtime.NewStore(filepath.Join(m.Config.Data, "adapters"), storeValidator(first.Info, m.Config.MaxRank))
+	gw, err := gateway.New(m.gatewayConfig(adminToken, internalToken), gateway.Deps{
+		Tenants: m.Ledger, Keys: m.Ledger, Adapters: m.Ledger, Store: store,
+		Ledger: m.Ledger, Budget: m.Ledger, Reporter: m.Ledger, Users: m.Ledger,
+		Upstreams: ups, Extensions: m.consoleExtensions(),
+	})
+	if err != nil {
+		return err
+	}
+	m.Gateway = gw
+	stopCollect := m.collectCapacity(sources)
+	m.onClose(func(ctx context.Context) error {
+		err := gw.Shutdown(ctx)
+		stopCollect()
+		return err
+	})
+	if err := m.startStripe(ctx); err != nil {
+		return err
+	}
+	if err := m.bootstrap(ctx, store, nil); err != nil {
+		return err
+	}
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- gw.Serve(ln) }()
+	close(m.Ready)
+	m.Log.Info("gateway listening", "addr", m.Addr, "upstreams", m.Config.Upstreams)
+	select {
+	case <-ctx.Done():
+		m.Log.Info("shutting down: draining in-flight requests")
+		return nil
+	case err := <-serveErr:
+		return err
+	}
+}
+
+// RunRuntime runs a runtime alone, serving gateways over the internal API.
+func (m *Main) RunRuntime(ctx context.Context) (err error) {
+	defer func() {
+		if cerr := m.Close(); err == nil {
+			err = cerr
+		}
+	}()
+	if err := m.prepareData(); err != nil {
+		return err
+	}
+	ln, err := m.listen()
+	if err != nil {
+		return err
+	}
+	defer ln.Close()
+	modelDir, _, err := m.modelDir()
+	if err != nil {
+		return err
+	}
+	internalToken, err := m.secret(m.Config.InternalToken, "internal-token")
+	if err != nil {
+		return err
+	}
+	var source runtime.AdapterSource
+	if m.Config.GatewayURL != "" {
+		source = runtime.NewRemoteSource(m.Config.GatewayURL, internalToken, filepath.Join(m.Config.Data, "adapter-cache"), &http.Client{Timeout: 10 * time.Minute})
+	}
+	rt, err := runtime.Open(ctx, m.runtimeOptions(modelDir, source))
+	if err != nil {
+		return fmt.Errorf("load model %s: %w", modelDir, err)
+	}
+	m.Runtime = rt
+	m.onClose(func(ctx context.Context) error { return rt.Close(ctx) })
+
+	mux := http.NewServeMux()
+	mux.Handle("/", runtime.NewServer(rt, internalToken))
+	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+		m.Metrics.WriteTo(w)
+	})
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	m.onClose(func(ctx context.Context) error { return srv.Shutdown(ctx) })
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve(ln) }()
+	close(m.Ready)
+	m.Log.Info("runtime listening", "addr", m.Addr, "model", modelDir)
+	select {
+	case <-ctx.Done():
+		m.Log.Info("shutting down: draining in-flight requests")
+		return nil
+	case err := <-serveErr:
+		if errors.Is(err, http.ErrServerClosed) {
+			return nil
+		}
+		return err
+	}
+}
