@@ -1,0 +1,258 @@
+package gateway_test
+
+import (
+	"bufio"
+	"context"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nozzle-ai/nozzle"
+)
+
+// serve runs the fixture's server on a loopback port and returns its URL.
+func (f *fixture) serve(t testing.TB) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- f.srv.Serve(ln) }()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = f.srv.Shutdown(ctx)
+		if err := <-done; err != nil {
+			t.Errorf("Serve: %v", err)
+		}
+	})
+	return "http://" + ln.Addr().String()
+}
+
+func post(t testing.TB, url, key, body string, hs ...header) *http.Response {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodPost, url, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Authorization", "Bearer "+key)
+	for _, h := range hs {
+		req.Header.Set(h[0], h[1])
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp
+}
+
+// lines reads SSE data lines of resp into a channel as they arrive.
+func lines(resp *http.Response) <-chan string {
+	ch := make(chan string, 100)
+	go func() {
+		defer close(ch)
+		sc := bufio.NewScanner(resp.Body)
+		for sc.Scan() {
+			if l := sc.Text(); strings.HasPrefix(l, "data: ") {
+				ch <- strings.TrimPrefix(l, "data: ")
+			}
+		}
+	}()
+	return ch
+}
+
+func manyWords(n int) []string {
+	w := make([]string, n)
+	for i := range w {
+		w[i] = " tok"
+	}
+	return w
+}
+
+const streamBody = `{"model":"base","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"hi"}]}`
+
+func TestRealPort_StreamIsIncremental(t *testing.T) {
+	f := newFixture(t)
+	f.gen.setDelay(40 * time.Millisecond)
+	url := f.serve(t)
+	start := time.Now()
+	resp := post(t, url+"/v1/chat/completions", f.keyA, streamBody)
+	defer resp.Body.Close()
+	if resp.StatusCode != 200 || resp.Header.Get("Content-Type") != "text/event-stream; charset=utf-8" {
+		t.Fatalf("status %d type %q", resp.StatusCode, resp.Header.Get("Content-Type"))
+	}
+	ch := lines(resp)
+	<-ch // role
+	first := <-ch
+	if !strings.Contains(first, `"content":"Hello"`) {
+		t.Fatalf("first content chunk %q", first)
+	}
+	if el := time.Since(start); el > 200*time.Millisecond {
+		t.Errorf("first token after %v: not streamed", el)
+	}
+	var all []string
+	for l := range ch {
+		all = append(all, l)
+	}
+	if all[len(all)-1] != "[DONE]" || !strings.Contains(all[len(all)-2], `"usage":{"prompt_tokens"`) {
+		t.Errorf("tail %q", all[len(all)-3:])
+	}
+}
+
+func TestRealPort_MeteredBeforeFinalChunk(t *testing.T) {
+	f := newFixture(t)
+	release := make(chan struct{})
+	recorded := make(chan struct{})
+	inner := f.ledger.RecordUsageFn
+	f.ledger.RecordUsageFn = func(ctx context.Context, ev *nozzle.UsageEvent) (bool, error) {
+		<-release
+		dup, err := inner(ctx, ev)
+		close(recorded)
+		return dup, err
+	}
+	url := f.serve(t)
+	resp := post(t, url+"/v1/chat/completions", f.keyA, streamBody)
+	defer resp.Body.Close()
+	ch := lines(resp)
+	var got []string
+	for len(got) < 7 { // role + 6 tokens
+		got = append(got, <-ch)
+	}
+	select {
+	case l := <-ch:
+		t.Fatalf("%q arrived before the usage was recorded", l)
+	case <-time.After(150 * time.Millisecond):
+	}
+	close(release)
+	<-recorded
+	var rest []string
+	for l := range ch {
+		rest = append(rest, l)
+	}
+	if len(rest) != 3 || !strings.Contains(rest[0], `"finish_reason":"stop"`) || rest[2] != "[DONE]" {
+		t.Errorf("after recording: %q", rest)
+	}
+}
+
+func TestRealPort_ClientDisconnectIsCharged(t *testing.T) {
+	f := newFixture(t)
+	f.gen.words = manyWords(500)
+	f.gen.setDelay(5 * time.Millisecond)
+	url := f.serve(t)
+	resp := post(t, url+"/v1/chat/completions", f.keyA, streamBody)
+	ch := lines(resp)
+	for i := 0; i < 6; i++ { // role + 5 tokens
+		<-ch
+	}
+	resp.Body.Close() // the client goes away mid-stream
+	deadline := time.Now().Add(5 * time.Second)
+	for len(f.events()) == 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	evs := f.events()
+	if len(evs) != 1 {
+		t.Fatalf("%d events", len(evs))
+	}
+	ev := evs[0]
+	if ev.Status != nozzle.UsageCanceled || ev.CompletionTokens < 5 || ev.CompletionTokens >= 500 || ev.ChargeUSD <= 0 {
+		t.Errorf("event %+v", ev)
+	}
+	f.w.mu.Lock()
+	defer f.w.mu.Unlock()
+	if f.w.reserved != 0 {
+		t.Errorf("budget reservation kept")
+	}
+}
+
+func TestRealPort_ConcurrentIdempotencyKey(t *testing.T) {
+	f := newFixture(t)
+	hold := make(chan struct{})
+	f.gen.hold.Store(&hold)
+	f.gen.started = make(chan string, 4)
+	url := f.serve(t)
+	var wg sync.WaitGroup
+	var first *http.Response
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		first = post(t, url+"/v1/chat/completions", f.keyA, streamBody, hdr("Idempotency-Key", "k1"))
+	}()
+	<-f.gen.started
+	resp := post(t, url+"/v1/chat/completions", f.keyA, streamBody, hdr("Idempotency-Key", "k1"))
+	wantError(t, resp, 409, "conflict_error", "idempotency_key_in_use", "")
+	close(hold)
+	wg.Wait()
+	body := readAll(t, first)
+	if !strings.HasSuffix(body, "data: [DONE]\n\n") {
+		t.Errorf("first stream %q", body)
+	}
+	resp = post(t, url+"/v1/chat/completions", f.keyA, streamBody, hdr("Idempotency-Key", "k1"))
+	if resp.Header.Get("Idempotent-Replayed") != "true" {
+		t.Errorf("not replayed")
+	}
+	readAll(t, resp)
+	if n := len(f.events()); n != 1 {
+		t.Errorf("%d events", n)
+	}
+}
+
+func TestRealPort_ShutdownDrainsStreams(t *testing.T) {
+	f := newFixture(t)
+	f.gen.setDelay(30 * time.Millisecond)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- f.srv.Serve(ln) }()
+	resp := post(t, "http://"+ln.Addr().String()+"/v1/chat/completions", f.keyA, streamBody)
+	ch := lines(resp)
+	<-ch
+	<-ch
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	shut := make(chan error, 1)
+	go func() { shut <- f.srv.Shutdown(ctx) }()
+	var last string
+	for l := range ch {
+		last = l
+	}
+	if last != "[DONE]" {
+		t.Errorf("stream cut by shutdown: last %q", last)
+	}
+	if err := <-shut; err != nil {
+		t.Errorf("Shutdown: %v", err)
+	}
+	if err := <-served; err != nil {
+		t.Errorf("Serve: %v", err)
+	}
+	if evs := f.events(); len(evs) != 1 || evs[0].Status != nozzle.UsageOK {
+		t.Errorf("events %+v", evs)
+	}
+	if _, err := net.DialTimeout("tcp", ln.Addr().String(), time.Second); err == nil {
+		t.Errorf("still accepting after shutdown")
+	}
+}
+
+func TestRealPort_OversizedChunkedBody(t *testing.T) {
+	f := newFixture(t)
+	url := f.serve(t)
+	// Chunked (no Content-Length): the limit is enforced while reading.
+	pr := strings.NewReader(`{"model":"base","messages":[{"role":"user","content":"` + strings.Repeat("x", 5<<20) + `"}]}`)
+	req, _ := http.NewRequest(http.MethodPost, url+"/v1/chat/completions", struct{ *strings.Reader }{pr})
+	req.ContentLength = -1
+	req.Header.Set("Authorization", "Bearer "+f.keyA)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantError(t, resp, 413, "invalid_request_error", "", "")
+	if n := len(f.events()); n != 0 {
+		t.Errorf("%d events", n)
+	}
+}
