@@ -1,6 +1,7 @@
 package engine_test
 
 import (
+	"flag"
 	"fmt"
 	"math"
 	"math/rand/v2"
@@ -18,15 +19,21 @@ var (
 	libErr  error
 )
 
-// openLib loads build/libnozzle_cpu.so (found from the package folder up).
-// Tests skip when the library has not been built; a library that exists but
-// fails to load is a failure.
+// engineLib runs the engine tests against another backend library, e.g.
+// go test ./runtime/engine -args -engine-lib $PWD/build/libnozzle_cuda.so
+var engineLib = flag.String("engine-lib", "", "engine library to test (default: build/libnozzle_cpu.so)")
+
+// openLib loads build/libnozzle_cpu.so (found from the package folder up)
+// or -engine-lib. Tests skip when the CPU library has not been built; a
+// library that exists but fails to load is a failure.
 func openLib(t testing.TB) *engine.Library {
 	t.Helper()
-	if _, err := engine.Find(engine.DefaultLibrary); err != nil {
-		t.Skipf("engine library not built (make build/libnozzle_cpu.so): %v", err)
+	if *engineLib == "" {
+		if _, err := engine.Find(engine.DefaultLibrary); err != nil {
+			t.Skipf("engine library not built (make build/libnozzle_cpu.so): %v", err)
+		}
 	}
-	libOnce.Do(func() { libVal, libErr = engine.Open("") })
+	libOnce.Do(func() { libVal, libErr = engine.Open(*engineLib) })
 	if libErr != nil {
 		t.Fatal(libErr)
 	}

@@ -92,6 +92,17 @@ func (a *Adapter) Close() error {
 // model described by info. maxRank > 0 refuses larger ranks. The returned
 // adapter keeps its weights mapped until Close.
 func LoadAdapter(dir string, info nozzle.ModelInfo, maxRank int) (*Adapter, error) {
+	return loadAdapter(dir, info, maxRank, []string{info.ID})
+}
+
+// LoadAdapter opens and validates the PEFT adapter in dir for this model.
+// base_model_name_or_path is compared with the model's folder name and its
+// config's _name_or_path.
+func (m *Model) LoadAdapter(dir string, maxRank int) (*Adapter, error) {
+	return loadAdapter(dir, m.Info(), maxRank, []string{m.ID, m.Config.NameOrPath})
+}
+
+func loadAdapter(dir string, info nozzle.ModelInfo, maxRank int, names []string) (*Adapter, error) {
 	cfgBytes, err := readAdapterConfig(dir)
 	if err != nil {
 		return nil, err
@@ -120,7 +131,7 @@ func LoadAdapter(dir string, info nozzle.ModelInfo, maxRank int) (*Adapter, erro
 		return nil, err
 	}
 	warnings = append(warnings, more...)
-	if cfg.BaseModel != "" && !sameBase(cfg.BaseModel, info.ID) {
+	if cfg.BaseModel != "" && !sameBase(cfg.BaseModel, names) {
 		warnings = append(warnings, fmt.Sprintf("The adapter was trained on %q, but the base model is %q.", cfg.BaseModel, info.ID))
 	}
 	sum, size, err := contentAddress(cfgBytes, wpath)
@@ -211,12 +222,10 @@ func (a *Adapter) manifest(sum string, size int64, warnings []string) nozzle.Ada
 	return m
 }
 
-// sameBase compares base_model_name_or_path with the base model's id: equal,
-// or equal last path element, ignoring case.
-func sameBase(adapterBase, id string) bool {
-	if id == "" {
-		return true
-	}
+// sameBase compares base_model_name_or_path with the base model's names
+// (folder name, _name_or_path): equal, or equal last path element,
+// ignoring case. No known name means nothing to compare.
+func sameBase(adapterBase string, names []string) bool {
 	last := func(s string) string {
 		s = strings.TrimRight(s, "/")
 		if i := strings.LastIndexAny(s, `/\`); i >= 0 {
@@ -224,7 +233,17 @@ func sameBase(adapterBase, id string) bool {
 		}
 		return strings.ToLower(s)
 	}
-	return strings.EqualFold(adapterBase, id) || last(adapterBase) == last(id)
+	known := false
+	for _, id := range names {
+		if id == "" {
+			continue
+		}
+		known = true
+		if strings.EqualFold(adapterBase, id) || last(adapterBase) == last(id) {
+			return true
+		}
+	}
+	return !known
 }
 
 // advanced PEFT options that change the math; refused when set.

@@ -407,3 +407,33 @@ func FuzzLoadAdapter(f *testing.F) {
 		}
 	})
 }
+
+func TestModel_LoadAdapter_NameOrPath(t *testing.T) {
+	spec := tinySpec()
+	spec.NameOrPath = "org/Llama-Tiny"
+	m, err := model.Open(writeModel(t, spec))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	dir := writeAdapter(t, model.AdapterSpec{Rank: 4, Seed: 1, Extra: map[string]any{"base_model_name_or_path": "org/Llama-Tiny"}})
+	a, err := m.LoadAdapter(dir, 16)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	if len(a.Manifest.Warnings) != 0 {
+		t.Errorf("warnings %v", a.Manifest.Warnings)
+	}
+	if a.Rank() != 4 || a.SizeBytes() != a.Manifest.SizeBytes {
+		t.Errorf("Rank %d SizeBytes %d", a.Rank(), a.SizeBytes())
+	}
+	b, err := model.LoadAdapter(dir, m.Info(), 16)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if len(b.Manifest.Warnings) != 1 {
+		t.Errorf("by folder name only: warnings %v", b.Manifest.Warnings)
+	}
+}
