@@ -20,6 +20,7 @@ type chatGolden struct {
 	Case                string         `json:"case"`
 	AddGenerationPrompt bool           `json:"add_generation_prompt"`
 	Prompt              *string        `json:"prompt"`
+	IDs                 []int          `json:"ids"`
 	Error               *string        `json:"error"`
 }
 
@@ -98,6 +99,9 @@ func TestChatTemplate(t *testing.T) {
 			}
 			if got != *g.Prompt {
 				t.Fatalf("render:\n got %q\nwant %q", got, *g.Prompt)
+			}
+			if ids := tok.Encode(got, tokenizer.EncodeOptions{ParseSpecial: true}); !equalInts(ids, g.IDs) {
+				t.Fatalf("ids:\n got %v\nwant %v", ids, g.IDs)
 			}
 		})
 	}

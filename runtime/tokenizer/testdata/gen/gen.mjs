@@ -86,8 +86,11 @@ const templates = [
 ];
 const cases = readJSON(path.join(td, "chat_cases.json"));
 const chat = [];
+const chatTokenizers = {};
 for (const t of templates) {
   const cfg = cfgOf(t.model);
+  chatTokenizers[t.model] ??= new PreTrainedTokenizer(readTokenizerJSON(path.join(td, "models", t.model)), cfg);
+  const tok = chatTokenizers[t.model];
   const tpl = new Template(t.source);
   for (const c of cases) {
     for (const agp of [false, true]) {
@@ -104,7 +107,9 @@ for (const t of templates) {
       };
       let out = null, error = null;
       try { out = tpl.render(vars); } catch (e) { error = String(e.message); }
-      chat.push({ template: t.name, model: t.model, vars: t.vars ?? {}, case: c.name, add_generation_prompt: agp, prompt: out, error });
+      // The rendered prompt's ids: special tokens parsed, none added.
+      const ids = out === null ? null : tok.encode(out, { add_special_tokens: false });
+      chat.push({ template: t.name, model: t.model, vars: t.vars ?? {}, case: c.name, add_generation_prompt: agp, prompt: out, ids, error });
     }
   }
 }
