@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"math"
+	"math/bits"
 	"os"
 	"path/filepath"
 	goruntime "runtime"
@@ -446,21 +447,8 @@ type rng struct{ s uint64 }
 
 func (r *rng) next() uint64 {
 	r.s += 0xa0761d6478bd642f
-	hi, lo := mul64(r.s, r.s^0xe7037ed1a0b428db)
+	hi, lo := bits.Mul64(r.s, r.s^0xe7037ed1a0b428db)
 	return hi ^ lo
-}
-
-func mul64(a, b uint64) (uint64, uint64) {
-	const mask32 = 1<<32 - 1
-	a0, a1 := a&mask32, a>>32
-	b0, b1 := b&mask32, b>>32
-	w0 := a0 * b0
-	t := a1*b0 + w0>>32
-	w1 := t & mask32
-	w2 := t >> 32
-	w1 += a0 * b1
-	hi := a1*b1 + w2 + w1>>32
-	return hi, a * b
 }
 
 // AdapterSpec describes a random PEFT LoRA adapter for WriteRandomAdapter.
