@@ -1,0 +1,59 @@
+package gateway_test
+
+import (
+	"context"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestOpenAISDK runs the official openai npm SDK (pinned in
+// testdata/sdk/package.json) against the gateway on a real loopback port.
+// scripts/test-deps installs the SDK; without node the test is skipped.
+func TestOpenAISDK(t *testing.T) {
+	node, err := exec.LookPath("node")
+	if err != nil {
+		t.Skip("node is not installed")
+	}
+	dir, _ := filepath.Abs(filepath.Join("testdata", "sdk"))
+	if _, err := os.Stat(filepath.Join(dir, "node_modules", "openai")); err != nil {
+		npm, err := exec.LookPath("npm")
+		if err != nil {
+			t.Skip("npm is not installed")
+		}
+		ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, npm, "ci", "--no-audit", "--no-fund")
+		cmd.Dir = dir
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("npm ci: %v\n%s", err, out)
+		}
+	}
+	f := newFixture(t)
+	f.addAdapter(f.tenantA.ID, "support-bot", strings.Repeat("5", 64))
+	url := f.serve(t)
+
+	var limited struct{ Key string }
+	decode(t, f.do(http.MethodPost, "/v1/keys", `{"name":"limited","limits":{"requests_per_minute":1}}`, f.authA()), &limited)
+	if r := post(t, url+"/v1/chat/completions", limited.Key, chatBody("base", "hi")); r.StatusCode != 200 {
+		t.Fatalf("limited key's first request: %d", r.StatusCode)
+	}
+
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, node, "run.mjs")
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), "NOZZLE_URL="+url, "NOZZLE_KEY="+f.keyA, "NOZZLE_LIMITED_KEY="+limited.Key)
+	out, err := cmd.CombinedOutput()
+	t.Logf("node run.mjs:\n%s", out)
+	if err != nil {
+		t.Fatalf("SDK checks failed: %v", err)
+	}
+	if !strings.Contains(string(out), "all ok") {
+		t.Fatalf("SDK script did not finish")
+	}
+}

@@ -1,0 +1,146 @@
+// Drives the gateway with the official openai SDK. gateway/sdk_test.go
+// starts a gateway on a loopback port and runs this script with
+// NOZZLE_URL, NOZZLE_KEY (full scopes) and NOZZLE_LIMITED_KEY (one request
+// a minute, already used). Each check prints "ok <name>"; the first failed
+// assertion exits non-zero.
+import assert from 'node:assert/strict';
+import OpenAI from 'openai';
+
+const baseURL = process.env.NOZZLE_URL + '/v1';
+const client = new OpenAI({ apiKey: process.env.NOZZLE_KEY, baseURL, maxRetries: 0 });
+const want = 'Hello from the fake runtime.';
+
+async function check(name, fn) {
+  await fn();
+  console.log('ok ' + name);
+}
+
+await check('chat', async () => {
+  const r = await client.chat.completions.create({
+    model: 'base',
+    messages: [{ role: 'developer', content: 'Be brief.' }, { role: 'user', content: 'Say hello' }],
+    temperature: 0,
+  });
+  assert.equal(r.object, 'chat.completion');
+  assert.equal(r.model, 'tiny-llama');
+  assert.equal(r.choices[0].message.role, 'assistant');
+  assert.equal(r.choices[0].message.content, want);
+  assert.equal(r.choices[0].finish_reason, 'stop');
+  assert.equal(r.usage.completion_tokens, 6);
+  assert.equal(r.usage.total_tokens, r.usage.prompt_tokens + 6);
+});
+
+await check('chat-stream', async () => {
+  const stream = await client.chat.completions.create({
+    model: 'base',
+    messages: [{ role: 'user', content: 'Say hello' }],
+    stream: true,
+    stream_options: { include_usage: true },
+  });
+  let text = '', role = '', finish = null, usage = null, n = 0;
+  for await (const chunk of stream) {
+    n++;
+    assert.equal(chunk.object, 'chat.completion.chunk');
+    if (chunk.usage) usage = chunk.usage;
+    for (const c of chunk.choices) {
+      if (c.delta.role) role = c.delta.role;
+      if (c.delta.content) text += c.delta.content;
+      if (c.finish_reason) finish = c.finish_reason;
+    }
+  }
+  assert.equal(role, 'assistant');
+  assert.equal(text, want);
+  assert.equal(finish, 'stop');
+  assert.ok(usage && usage.completion_tokens === 6, JSON.stringify(usage));
+  assert.ok(n >= 8);
+});
+
+await check('chat-stream-helper', async () => {
+  const runner = client.chat.completions.stream({ model: 'base', messages: [{ role: 'user', content: 'hi' }] });
+  const final = await runner.finalChatCompletion();
+  assert.equal(final.choices[0].message.content, want);
+});
+
+await check('completions', async () => {
+  const r = await client.completions.create({ model: 'base', prompt: ['Once', 'Twice'], max_tokens: 3, n: 2 });
+  assert.equal(r.object, 'text_completion');
+  assert.equal(r.choices.length, 4);
+  for (const c of r.choices) {
+    assert.equal(c.text, 'Hello from the');
+    assert.equal(c.finish_reason, 'length');
+  }
+  assert.equal(r.usage.completion_tokens, 12);
+});
+
+await check('completions-stream', async () => {
+  const stream = await client.completions.create({ model: 'base', prompt: 'Once', max_tokens: 2, stream: true, stream_options: { include_usage: true } });
+  let text = '', usage = null;
+  for await (const chunk of stream) {
+    if (chunk.usage) usage = chunk.usage;
+    for (const c of chunk.choices) text += c.text;
+  }
+  assert.equal(text, 'Hello from');
+  assert.equal(usage.completion_tokens, 2);
+});
+
+await check('models', async () => {
+  const ids = [];
+  for await (const m of client.models.list()) ids.push(m.id);
+  assert.deepEqual(ids, ['tiny-llama', 'support-bot']);
+  const m = await client.models.retrieve('support-bot');
+  assert.equal(m.id, 'support-bot');
+  assert.equal(m.object, 'model');
+});
+
+await check('adapter', async () => {
+  const r = await client.chat.completions.create({ model: 'support-bot', messages: [{ role: 'user', content: 'hi' }], max_completion_tokens: 1 });
+  assert.equal(r.model, 'support-bot');
+  assert.equal(r.choices[0].message.content, 'Hello');
+});
+
+await check('idempotency', async () => {
+  const opts = { headers: { 'Idempotency-Key': 'sdk-retry-1' } };
+  const a = await client.chat.completions.create({ model: 'base', messages: [{ role: 'user', content: 'hi' }] }, opts);
+  const b = await client.chat.completions.create({ model: 'base', messages: [{ role: 'user', content: 'hi' }] }, opts);
+  assert.equal(a.id, b.id);
+});
+
+await check('error-auth', async () => {
+  const bad = new OpenAI({ apiKey: 'nz-notakey', baseURL, maxRetries: 0 });
+  await assert.rejects(bad.models.list(), (e) => {
+    assert.ok(e instanceof OpenAI.AuthenticationError, String(e));
+    assert.equal(e.status, 401);
+    assert.equal(e.code, 'invalid_api_key');
+    return true;
+  });
+});
+
+await check('error-not-found', async () => {
+  await assert.rejects(client.chat.completions.create({ model: 'no-such-adapter', messages: [{ role: 'user', content: 'hi' }] }), (e) => {
+    assert.ok(e instanceof OpenAI.NotFoundError, String(e));
+    assert.equal(e.code, 'model_not_found');
+    assert.equal(e.param, 'model');
+    return true;
+  });
+});
+
+await check('error-bad-request', async () => {
+  await assert.rejects(client.chat.completions.create({ model: 'base', messages: [{ role: 'user', content: 'TOO_LONG' }] }), (e) => {
+    assert.ok(e instanceof OpenAI.BadRequestError, String(e));
+    assert.equal(e.code, 'context_length_exceeded');
+    return true;
+  });
+});
+
+await check('error-rate-limit', async () => {
+  const limited = new OpenAI({ apiKey: process.env.NOZZLE_LIMITED_KEY, baseURL, maxRetries: 0 });
+  await assert.rejects(limited.chat.completions.create({ model: 'base', messages: [{ role: 'user', content: 'hi' }] }), (e) => {
+    assert.ok(e instanceof OpenAI.RateLimitError, String(e));
+    assert.equal(e.status, 429);
+    assert.equal(e.code, 'rate_limit_exceeded');
+    assert.ok(Number(e.headers.get('retry-after')) >= 1, 'retry-after ' + e.headers.get('retry-after'));
+    return true;
+  });
+});
+
+console.log('all ok');
