@@ -1,6 +1,7 @@
 package tokenizer
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strconv"
@@ -37,8 +38,11 @@ func (t *Tokenizer) ApplyChatTemplate(messages []nozzle.ChatMessage, addGenerati
 }
 
 // ApplyChatTemplateVars is ApplyChatTemplate with extra template variables
-// (for example enable_thinking for Qwen3, or date_string), which override
-// the defaults.
+// (for example enable_thinking for Qwen3, date_string, or tools), which
+// override the defaults. Values are Go values (bool, string, numbers,
+// []any, map[string]any) or json.RawMessage, which keeps the order of
+// object keys the way a Python dict does (use it for tools: tojson shows
+// the order).
 func (t *Tokenizer) ApplyChatTemplateVars(messages []nozzle.ChatMessage, addGenerationPrompt bool, vars map[string]any) (string, error) {
 	tmpl, err := t.compiledTemplate()
 	if err != nil {
@@ -65,6 +69,7 @@ func (t *Tokenizer) ApplyChatTemplateVars(messages []nozzle.ChatMessage, addGene
 		"eos_token":             jinja.NewString(t.cfg.eosToken),
 		"unk_token":             jinja.NewString(t.cfg.unkToken),
 		"pad_token":             jinja.NewString(t.cfg.padToken),
+		tojsonFilter:            tojsonCallable(),
 		"raise_exception": jinja.NewCallable("raise_exception", func(args []jinja.Value, _ map[string]jinja.Value) (jinja.Value, error) {
 			msg := "raise_exception called"
 			if len(args) > 0 {
@@ -81,9 +86,16 @@ func (t *Tokenizer) ApplyChatTemplateVars(messages []nozzle.ChatMessage, addGene
 		}),
 	}
 	for k, v := range vars {
-		if jv, ok := v.(jinja.Value); ok {
+		switch v := v.(type) {
+		case json.RawMessage:
+			jv, err := jsonValue(v)
+			if err != nil {
+				return "", fmt.Errorf("chat template variable %q: %w", k, err)
+			}
 			data[k] = jv
-		} else {
+		case jinja.Value:
+			data[k] = v
+		default:
 			data[k] = jinja.FromGoValue(v)
 		}
 	}
@@ -111,7 +123,7 @@ func (t *Tokenizer) compiledTemplate() (*jinja.Template, error) {
 			t.templateErr = ErrNoChatTemplate
 			return
 		}
-		t.template, t.templateErr = jinja.Compile(t.chatTemplate)
+		t.template, t.templateErr = jinja.Compile(rewriteTojson(t.chatTemplate))
 		if t.templateErr != nil {
 			t.templateErr = fmt.Errorf("compile chat template: %w", t.templateErr)
 		}

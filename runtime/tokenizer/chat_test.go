@@ -25,8 +25,9 @@ type chatGolden struct {
 }
 
 type chatCase struct {
-	Name     string               `json:"name"`
-	Messages []nozzle.ChatMessage `json:"messages"`
+	Name     string                     `json:"name"`
+	Messages []nozzle.ChatMessage       `json:"messages"`
+	Vars     map[string]json.RawMessage `json:"vars"`
 }
 
 // loadWithTemplate writes a model's files to a temporary folder, with
@@ -66,9 +67,9 @@ func TestChatTemplate(t *testing.T) {
 	b, err = os.ReadFile(filepath.Join("testdata", "chat_cases.json"))
 	must(t, err)
 	must(t, json.Unmarshal(b, &cases))
-	byName := map[string][]nozzle.ChatMessage{}
+	byName := map[string]chatCase{}
 	for _, c := range cases {
-		byName[c.Name] = c.Messages
+		byName[c.Name] = c
 	}
 	files := map[string]string{"llama2-chat": "llama2-chat.jinja", "llama3.2-instruct": "llama3.2-instruct.jinja"}
 	toks := map[string]*tokenizer.Tokenizer{}
@@ -83,7 +84,15 @@ func TestChatTemplate(t *testing.T) {
 			name += "/gen"
 		}
 		t.Run(name, func(t *testing.T) {
-			got, err := tok.ApplyChatTemplateVars(byName[g.Case], g.AddGenerationPrompt, g.Vars)
+			c := byName[g.Case]
+			vars := map[string]any{}
+			for k, v := range c.Vars {
+				vars[k] = v // json.RawMessage: key order kept
+			}
+			for k, v := range g.Vars {
+				vars[k] = v
+			}
+			got, err := tok.ApplyChatTemplateVars(c.Messages, g.AddGenerationPrompt, vars)
 			if g.Error != nil {
 				var te *tokenizer.TemplateError
 				if !errors.As(err, &te) {

@@ -103,6 +103,7 @@ for (const t of templates) {
         eos_token: tokenOf(cfg.eos_token) ?? "",
         unk_token: tokenOf(cfg.unk_token) ?? "",
         pad_token: tokenOf(cfg.pad_token) ?? "",
+        ...(c.vars ?? {}),
         ...(t.vars ?? {}),
       };
       let out = null, error = null;
