@@ -1,0 +1,151 @@
+package gateway
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"unicode/utf8"
+
+	"github.com/nozzle-ai/nozzle"
+)
+
+func FuzzParseChat(f *testing.F) {
+	for _, s := range []string{
+		`{"model":"base","messages":[{"role":"user","content":"hi"}]}`,
+		`{"model":"m","messages":[{"role":"developer","content":[{"type":"text","text":"a"}]}],"stop":["x"],"n":2,"logprobs":true,"top_logprobs":3,"stream":true,"stream_options":{"include_usage":true}}`,
+		`{"model":"m","messages":[{"role":"assistant","content":null}],"max_completion_tokens":5,"seed":-1,"temperature":0}`,
+		`{"model":1}`, `[]`, `{"messages":{}}`, `{`,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		j, err := parseChat(body, 16)
+		if err != nil {
+			if nozzle.ErrorCode(err) != nozzle.EINVALID {
+				t.Fatalf("error code %q: %v", nozzle.ErrorCode(err), err)
+			}
+			return
+		}
+		if j.model == "" || len(j.messages) == 0 || j.n < 1 || j.n > 16 || len(j.stop) > 4 || j.topLogprobs > 20 || j.temperature < 0 || j.temperature > 2 {
+			t.Fatalf("accepted a bad request: %+v", j)
+		}
+		for _, m := range j.messages {
+			if m.Role != "system" && m.Role != "user" && m.Role != "assistant" {
+				t.Fatalf("role %q", m.Role)
+			}
+		}
+	})
+}
+
+func FuzzParseCompletion(f *testing.F) {
+	for _, s := range []string{
+		`{"model":"base","prompt":"hi"}`, `{"model":"base","prompt":["a","b"],"n":2}`,
+		`{"model":"base","prompt":[1,2,3],"logprobs":2}`, `{"model":"base","prompt":[[1],[2,3]],"echo":false}`,
+		`{"model":"base","prompt":[]}`, `{"model":"base","prompt":[[]]}`, `{"model":"base","prompt":[1,"a"]}`,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		j, err := parseCompletion(body, 16)
+		if err != nil {
+			if nozzle.ErrorCode(err) != nozzle.EINVALID {
+				t.Fatalf("error code %q: %v", nozzle.ErrorCode(err), err)
+			}
+			return
+		}
+		if len(j.prompts) == 0 || j.choices() > 16 {
+			t.Fatalf("accepted a bad request: %+v", j)
+		}
+		for _, p := range j.prompts {
+			if !p.isText && len(p.tokens) == 0 {
+				t.Fatalf("empty token prompt")
+			}
+		}
+		if n := len(j.requests("r", "t", 0)); n != j.choices() {
+			t.Fatalf("%d requests for %d choices", n, j.choices())
+		}
+	})
+}
+
+func FuzzAppendString(f *testing.F) {
+	for _, s := range []string{"", "hello", "quote\" back\\slash", "\x00\x1f\n\t", "\u2028\u2029", "\xff\xfe", "日本語 🎉"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		b := appendString(nil, s)
+		if !json.Valid(b) {
+			t.Fatalf("invalid JSON %q for %q", b, s)
+		}
+		var back string
+		if err := json.Unmarshal(b, &back); err != nil {
+			t.Fatal(err)
+		}
+		if utf8.ValidString(s) && back != s {
+			t.Fatalf("round trip %q → %q", s, back)
+		}
+	})
+}
+
+func FuzzEntryPath(f *testing.F) {
+	for _, s := range []string{"a/b", "../x", "/etc/passwd", `..\x`, "C:/x", "./a/./b/", "a//b", "a/../b"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, name string) {
+		parts, err := entryPath(name)
+		if err != nil {
+			return
+		}
+		if len(parts) == 0 {
+			t.Fatal("no parts")
+		}
+		for _, p := range parts {
+			if p == "" || p == "." || p == ".." || strings.ContainsAny(p, "/\\\x00") {
+				t.Fatalf("unsafe part %q of %q", p, name)
+			}
+		}
+		joined := filepath.Join(append([]string{"/base"}, parts...)...)
+		if !strings.HasPrefix(joined, "/base/") {
+			t.Fatalf("%q escapes: %q", name, joined)
+		}
+	})
+}
+
+func FuzzExtractArchive(f *testing.F) {
+	f.Add([]byte{0x1f, 0x8b, 8, 0, 0, 0, 0, 0}, true)
+	f.Add([]byte("PK\x03\x04garbage"), false)
+	f.Add([]byte("PK\x05\x06\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00"), false)
+	f.Fuzz(func(t *testing.T, data []byte, tgz bool) {
+		dir := t.TempDir()
+		out := filepath.Join(dir, "out")
+		if err := os.Mkdir(out, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		path := filepath.Join(dir, "archive")
+		if err := os.WriteFile(path, data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		name := "a.zip"
+		if tgz {
+			name = "a.tar.gz"
+		}
+		err := extractArchive(path, name, out, 1<<20)
+		ents, _ := os.ReadDir(out)
+		for _, e := range ents {
+			if e.Name() != nozzle.AdapterConfigFile && e.Name() != nozzle.AdapterWeightsFile {
+				t.Fatalf("unexpected file %q", e.Name())
+			}
+		}
+		if err != nil && nozzle.ErrorCode(err) != nozzle.EINVALID {
+			t.Fatalf("error code %q: %v", nozzle.ErrorCode(err), err)
+		}
+		if err == nil && len(ents) != 2 {
+			t.Fatalf("success with %d files", len(ents))
+		}
+		top, _ := os.ReadDir(dir)
+		if len(top) != 2 {
+			t.Fatalf("wrote outside the target folder: %v", top)
+		}
+	})
+}
