@@ -25,6 +25,7 @@ const (
 // once into the engine), its tokenizer and generation config, starts the
 // engine on the chosen device and returns a runtime ready for requests.
 func Open(ctx context.Context, opts Options) (*Runtime, error) {
+	sized := opts // batch limits as given, before the device is known
 	if err := opts.setDefaults(); err != nil {
 		return nil, err
 	}
@@ -47,10 +48,12 @@ func Open(ctx context.Context, opts Options) (*Runtime, error) {
 	if info.VocabSize < tk.VocabSize() {
 		return nil, fmt.Errorf("open runtime: the tokenizer has %d tokens, the model's vocabulary only %d", tk.VocabSize(), info.VocabSize)
 	}
-	eng, device, err := startEngine(m, opts)
+	eng, device, err := startEngine(m, opts, sized)
 	if err != nil {
 		return nil, fmt.Errorf("open runtime: %w", err)
 	}
+	sized.sizeFor(device)
+	opts.MaxBatchSeqs, opts.MaxBatchTokens = sized.MaxBatchSeqs, sized.MaxBatchTokens
 	info.Device = device
 	ei := eng.Info()
 	opts.Logger.Info("engine up", "backend", ei.Backend, "model", info.ID, "layers", info.NumLayers,
@@ -124,11 +127,15 @@ func libraryPaths(lib string) (cpu, cuda string) {
 // startEngine loads the engine library for opts.Device and creates the
 // engine: "auto" takes the CUDA library when it loads and finds a GPU,
 // else the CPU one.
-func startEngine(m *model.Model, opts Options) (*engine.Engine, string, error) {
-	eo := engine.Options{
-		MaxSlots: opts.Slots, MaxRank: opts.MaxRank, KVBlockSize: opts.KVBlockSize,
-		KVBlocks: opts.KVBlocks, KVMemoryBytes: opts.KVMemoryBytes,
-		MaxBatchTokens: opts.MaxBatchTokens, MaxBatchSeqs: opts.MaxBatchSeqs, Threads: opts.Threads,
+func startEngine(m *model.Model, opts, sized Options) (*engine.Engine, string, error) {
+	engineOptions := func(device string) engine.Options {
+		s := sized
+		s.sizeFor(device)
+		return engine.Options{
+			MaxSlots: opts.Slots, MaxRank: opts.MaxRank, KVBlockSize: opts.KVBlockSize,
+			KVBlocks: opts.KVBlocks, KVMemoryBytes: opts.KVMemoryBytes,
+			MaxBatchTokens: s.MaxBatchTokens, MaxBatchSeqs: s.MaxBatchSeqs, Threads: opts.Threads,
+		}
 	}
 	cpuPath, cudaPath := libraryPaths(opts.EngineLib)
 	var cudaErr error
@@ -137,7 +144,7 @@ func startEngine(m *model.Model, opts Options) (*engine.Engine, string, error) {
 			cudaErr = errors.New("no CUDA engine library found")
 		} else if lib, err := engine.Open(cudaPath); err != nil {
 			cudaErr = err
-		} else if e, err := lib.NewEngine(m, eo); err != nil {
+		} else if e, err := lib.NewEngine(m, engineOptions("cuda")); err != nil {
 			cudaErr = err
 		} else {
 			return e, "cuda", nil
@@ -151,7 +158,7 @@ func startEngine(m *model.Model, opts Options) (*engine.Engine, string, error) {
 	if err != nil {
 		return nil, "", err
 	}
-	e, err := lib.NewEngine(m, eo)
+	e, err := lib.NewEngine(m, engineOptions("cpu"))
 	if err != nil {
 		return nil, "", err
 	}

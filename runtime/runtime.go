@@ -54,10 +54,11 @@ type Options struct {
 	KVBlocks      int
 	// KVBlockSize is the number of tokens per KV block (default 16).
 	KVBlockSize int
-	// MaxBatchTokens is the token budget of one step (default 512),
-	// MaxBatchSeqs the most sequences running at once (default 32), and
-	// PrefillChunk the most prompt tokens of one sequence per step
-	// (default 256).
+	// MaxBatchTokens is the token budget of one step (default 512 on
+	// CUDA, 128 on CPU), MaxBatchSeqs the most sequences running at once
+	// (default 32 on CUDA, 8 on CPU, where steps are compute-bound and
+	// larger batches only add latency), and PrefillChunk the most prompt
+	// tokens of one sequence per step (default 256).
 	MaxBatchTokens int
 	MaxBatchSeqs   int
 	PrefillChunk   int
@@ -91,6 +92,23 @@ type Options struct {
 	Clock func() time.Time
 }
 
+// sizeFor fills the batch limits left zero with the defaults of device.
+func (o *Options) sizeFor(device string) {
+	seqs, tokens := 32, 512
+	if device == "cpu" {
+		seqs, tokens = 8, 128
+	}
+	if o.MaxBatchSeqs <= 0 {
+		o.MaxBatchSeqs = seqs
+	}
+	if o.MaxBatchTokens <= 0 {
+		o.MaxBatchTokens = tokens
+	}
+	if o.MaxBatchTokens < o.MaxBatchSeqs {
+		o.MaxBatchTokens = o.MaxBatchSeqs
+	}
+}
+
 func (o *Options) setDefaults() error {
 	if o.Device == "" {
 		o.Device = "auto"
@@ -109,15 +127,7 @@ func (o *Options) setDefaults() error {
 	if o.MaxRank > 256 {
 		return fmt.Errorf("max rank %d: at most 256", o.MaxRank)
 	}
-	if o.MaxBatchSeqs <= 0 {
-		o.MaxBatchSeqs = 32
-	}
-	if o.MaxBatchTokens <= 0 {
-		o.MaxBatchTokens = 512
-	}
-	if o.MaxBatchTokens < o.MaxBatchSeqs {
-		o.MaxBatchTokens = o.MaxBatchSeqs
-	}
+	o.sizeFor("cuda")
 	if o.PrefillChunk <= 0 {
 		o.PrefillChunk = 256
 	}
