@@ -217,6 +217,7 @@ static int32_t cpu_create(nz_config *c, void **out)
 
 /* Parallel dtype conversion of large tensors. */
 typedef struct conv_ctx {
+	const cpu_kernels *k;
 	void *dst;
 	int32_t ddt;
 	const void *src;
@@ -228,13 +229,13 @@ static void conv_task(void *ctx, int64_t i, int tid)
 {
 	conv_ctx *c = ctx;
 	int64_t a = i * c->chunk, n = nz_min64(c->chunk, c->n - a);
-	nz_convert((char *)c->dst + a * (int64_t)nz_dtype_size(c->ddt), c->ddt,
-	           (const char *)c->src + a * (int64_t)nz_dtype_size(c->sdt), c->sdt, n);
+	c->k->convert((char *)c->dst + a * (int64_t)nz_dtype_size(c->ddt), c->ddt,
+	              (const char *)c->src + a * (int64_t)nz_dtype_size(c->sdt), c->sdt, n);
 }
 
 static void convert_par(cpu_engine *e, void *dst, int32_t ddt, const void *src, int32_t sdt, int64_t n)
 {
-	conv_ctx c = {dst, ddt, src, sdt, n, 1 << 16};
+	conv_ctx c = {e->k, dst, ddt, src, sdt, n, 1 << 16};
 	cpu_pool_run(e->pool, nz_ceil_div(n, c.chunk), conv_task, &c);
 }
 
@@ -392,18 +393,10 @@ static void load_task(void *ctx, int64_t j, int tid)
 	size_t wsz = e->wsz;
 	char *a = (char *)lo->a + (size_t)(c->slot * R * in) * wsz;
 	char *bt = (char *)lo->bt + (size_t)(c->slot * R * out) * wsz;
-	nz_convert(a, e->wdt, en->a, en->a_dtype, r * in);
+	e->k->convert(a, e->wdt, en->a, en->a_dtype, r * in);
 	memset(a + (size_t)(r * in) * wsz, 0, (size_t)((R - r) * in) * wsz);
 	/* Bt[j][o] = scale · B[o][j], folded in f32 then rounded once */
-	float col[64];
-	for (int64_t o0 = 0; o0 < out; o0 += 64) {
-		int64_t w = nz_min64(64, out - o0);
-		for (int64_t jj = 0; jj < r; jj++) {
-			for (int64_t o = 0; o < w; o++)
-				col[o] = nz_load_f32(en->b, en->b_dtype, (o0 + o) * r + jj) * en->scale;
-			nz_convert(bt + (size_t)(jj * out + o0) * wsz, e->wdt, col, NZ_F32, w);
-		}
-	}
+	e->k->transpose_scale(bt, e->wdt, out, en->b, en->b_dtype, out, r, en->scale);
 	memset(bt + (size_t)(r * out) * wsz, 0, (size_t)((R - r) * out) * wsz);
 }
 

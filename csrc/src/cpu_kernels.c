@@ -230,6 +230,78 @@ static uint64_t read_sum_avx2(const void *p, int64_t bytes)
 	return r;
 }
 
+/* 8 elements of dtype dt as f32 / from f32 (round to nearest even) */
+INLINE __m256 cv_load8(const void *src, int dt, int64_t k) { return ld8(src, k, dt); }
+
+INLINE void cv_store8(void *dst, int dt, int64_t k, __m256 v)
+{
+	if (dt == NZ_F32) {
+		_mm256_storeu_ps((float *)dst + k, v);
+		return;
+	}
+	__m128i h;
+	if (dt == NZ_F16) {
+		h = _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+	} else {
+		__m256i u = _mm256_castps_si256(v);
+		__m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+		__m256i r = _mm256_srli_epi32(_mm256_add_epi32(u, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7fff))), 16);
+		__m256i a = _mm256_and_si256(u, _mm256_set1_epi32(0x7fffffff));
+		__m256i nan = _mm256_cmpgt_epi32(a, _mm256_set1_epi32(0x7f800000));
+		__m256i q = _mm256_or_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(0x40));
+		r = _mm256_blendv_epi8(r, q, nan);
+		__m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(r, r), 0x08);
+		h = _mm256_castsi256_si128(packed);
+	}
+	_mm_storeu_si128((__m128i *)((uint16_t *)dst + k), h);
+}
+
+static void convert_avx2(void *dst, int32_t ddt, const void *src, int32_t sdt, int64_t n)
+{
+	if (ddt == sdt) {
+		memcpy(dst, src, (size_t)n * dt_size(sdt));
+		return;
+	}
+	int64_t k = 0;
+	for (; k + 8 <= n; k += 8)
+		cv_store8(dst, ddt, k, cv_load8(src, sdt, k));
+	nz_convert((char *)dst + k * (int64_t)dt_size(ddt), ddt, (const char *)src + k * (int64_t)dt_size(sdt), sdt,
+	           n - k);
+}
+
+static void transpose_scale_avx2(void *dst, int32_t ddt, int64_t ldd, const void *src, int32_t sdt, int64_t rows,
+                                 int64_t cols, float scale)
+{
+	const size_t ds = dt_size(ddt), ss = dt_size(sdt);
+	const __m256i idx = _mm256_setr_epi32(0, 8, 16, 24, 32, 40, 48, 56);
+	const __m256 sc = _mm256_set1_ps(scale);
+	float tile[64];
+	for (int64_t i0 = 0; i0 < rows; i0 += 8) {
+		int64_t h = nz_min64(8, rows - i0);
+		for (int64_t j0 = 0; j0 < cols; j0 += 8) {
+			int64_t w = nz_min64(8, cols - j0);
+			for (int64_t ii = 0; ii < h; ii++) {
+				const char *row = (const char *)src + (size_t)((i0 + ii) * cols + j0) * ss;
+				if (w == 8) {
+					_mm256_storeu_ps(tile + ii * 8, _mm256_mul_ps(ld8(row, 0, sdt), sc));
+				} else {
+					for (int64_t jj = 0; jj < w; jj++)
+						tile[ii * 8 + jj] = ld1(row, jj, sdt) * scale;
+				}
+			}
+			for (int64_t jj = 0; jj < w; jj++) {
+				char *out = (char *)dst + (size_t)((j0 + jj) * ldd + i0) * ds;
+				if (h == 8) {
+					cv_store8(out, ddt, 0, _mm256_i32gather_ps(tile + jj, idx, 4));
+				} else {
+					for (int64_t ii = 0; ii < h; ii++)
+						nz_convert(out + (size_t)ii * ds, ddt, &tile[ii * 8 + jj], NZ_F32, 1);
+				}
+			}
+		}
+	}
+}
+
 const cpu_kernels cpu_kernels_avx2 = {
     .name = "avx2",
     .gemm = {gemm_f32, gemm_f16, gemm_bf16},
@@ -237,6 +309,8 @@ const cpu_kernels cpu_kernels_avx2 = {
     .dot = dot_avx2,
     .axpy = axpy_avx2,
     .read_sum = read_sum_avx2,
+    .convert = convert_avx2,
+    .transpose_scale = transpose_scale_avx2,
 };
 
 /* ---------------------------------------------------------------------------

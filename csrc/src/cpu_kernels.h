@@ -35,6 +35,13 @@ typedef struct cpu_kernels {
 	float (*dot)(const float *a, const float *b, int64_t n);
 	void (*axpy)(float *y, float a, const float *x, int64_t n); /* y += a·x */
 	uint64_t (*read_sum)(const void *p, int64_t bytes);          /* bandwidth probe: reads every byte */
+	/* dst[i] = src[i] for i < n, converted exactly as nz_convert does
+	 * (through f32, round to nearest even). */
+	void (*convert)(void *dst, int32_t ddt, const void *src, int32_t sdt, int64_t n);
+	/* dst[j·ldd + i] = round_ddt(src[i·cols + j] · scale) for i < rows,
+	 * j < cols: lora_B [out, rank] to the scaled Bt [rank, out]. */
+	void (*transpose_scale)(void *dst, int32_t ddt, int64_t ldd, const void *src, int32_t sdt, int64_t rows,
+	                        int64_t cols, float scale);
 } cpu_kernels;
 
 extern const cpu_kernels cpu_kernels_avx2;

@@ -230,6 +230,68 @@ TARGET static uint64_t read_sum_avx512(const void *p, int64_t bytes)
 	return r;
 }
 
+INLINE void cv_store16(void *dst, int dt, int64_t k, __m512 v, __mmask16 m)
+{
+	if (dt == NZ_F32) {
+		_mm512_mask_storeu_ps((float *)dst + k, m, v);
+		return;
+	}
+	__m256i h;
+	if (dt == NZ_F16) {
+		h = _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+	} else {
+		__m512i u = _mm512_castps_si512(v);
+		__m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+		__m512i r = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff))), 16);
+		__m512i a = _mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff));
+		__mmask16 nan = _mm512_cmpgt_epi32_mask(a, _mm512_set1_epi32(0x7f800000));
+		r = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40)));
+		h = _mm512_cvtepi32_epi16(r);
+	}
+	_mm256_mask_storeu_epi16((uint16_t *)dst + k, m, h);
+}
+
+TARGET static void convert_avx512(void *dst, int32_t ddt, const void *src, int32_t sdt, int64_t n)
+{
+	if (ddt == sdt) {
+		memcpy(dst, src, (size_t)n * dt_size(sdt));
+		return;
+	}
+	int64_t k = 0;
+	for (; k + 16 <= n; k += 16)
+		cv_store16(dst, ddt, k, ld16(src, k, sdt), 0xffff);
+	if (k < n) {
+		__mmask16 m = (__mmask16)((1u << (n - k)) - 1u);
+		cv_store16(dst, ddt, k, ld16m(src, k, m, sdt), m);
+	}
+}
+
+TARGET static void transpose_scale_avx512(void *dst, int32_t ddt, int64_t ldd, const void *src, int32_t sdt,
+                                          int64_t rows, int64_t cols, float scale)
+{
+	const size_t ds = dt_size(ddt), ss = dt_size(sdt);
+	const __m512i idx = _mm512_setr_epi32(0, 16, 32, 48, 64, 80, 96, 112, 128, 144, 160, 176, 192, 208, 224, 240);
+	const __m512 sc = _mm512_set1_ps(scale);
+	float tile[256];
+	for (int64_t i0 = 0; i0 < rows; i0 += 16) {
+		int64_t h = nz_min64(16, rows - i0);
+		__mmask16 hm = (__mmask16)((1u << h) - 1u);
+		for (int64_t j0 = 0; j0 < cols; j0 += 16) {
+			int64_t w = nz_min64(16, cols - j0);
+			__mmask16 wm = (__mmask16)((1u << w) - 1u);
+			for (int64_t ii = 0; ii < h; ii++) {
+				const char *row = (const char *)src + (size_t)((i0 + ii) * cols + j0) * ss;
+				_mm512_storeu_ps(tile + ii * 16, _mm512_mul_ps(ld16m(row, 0, wm, sdt), sc));
+			}
+			for (int64_t jj = 0; jj < w; jj++) {
+				char *out = (char *)dst + (size_t)((j0 + jj) * ldd + i0) * ds;
+				__m512 col = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), hm, idx, tile + jj, 4);
+				cv_store16(out, ddt, 0, col, hm);
+			}
+		}
+	}
+}
+
 const cpu_kernels cpu_kernels_avx512 = {
     .name = "avx512",
     .gemm = {gemm_f32, gemm_f16, gemm_bf16},
@@ -237,4 +299,6 @@ const cpu_kernels cpu_kernels_avx512 = {
     .dot = dot_avx512,
     .axpy = axpy_avx512,
     .read_sum = read_sum_avx512,
+    .convert = convert_avx512,
+    .transpose_scale = transpose_scale_avx512,
 };

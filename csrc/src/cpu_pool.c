@@ -1,40 +1,45 @@
 /*
- * cpu_pool.c — persistent worker threads that wait on a futex between jobs
- * (after a short spin, so the many small jobs of one step do not pay a
- * sleep/wake each).
+ * cpu_pool.c — persistent worker threads.
+ *
+ * A job is published as a claim word (job number << 32 | next task index).
+ * Every thread, the caller included, claims tasks with a compare-and-swap
+ * that only succeeds for the current job, runs them and counts them done.
+ * The caller returns once all tasks are done; it never waits for a worker
+ * that has not woken up yet (on a busy machine a descheduled worker simply
+ * claims nothing). Idle workers spin briefly, then sleep on a futex.
  */
 #include "cpu_pool.h"
 
 #include <errno.h>
+#include <immintrin.h>
 #include <limits.h>
 #include <linux/futex.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <sys/syscall.h>
 #include <unistd.h>
-#include <immintrin.h>
 
 #include "common.h"
 
-/* Spin iterations (each a pause) before a waiting thread sleeps. */
-#define SPIN_ITERS 4000
+/* Pause iterations before an idle worker sleeps / a waiting caller yields. */
+#define SPIN_ITERS 2000
 
 struct cpu_pool {
 	int n; /* threads including the caller */
 	pthread_t *th;
-	int started; /* workers actually started */
+	int started; /* workers started (tids 1..started) */
+	uint32_t job; /* the caller's job counter */
 
-	/* the current job */
+	/* the current job; fn and ctx are read only after a successful claim */
 	cpu_task_fn fn;
 	void *ctx;
-	int64_t ntasks;
-	_Atomic int64_t next;
+	_Atomic int64_t ntasks;
+	_Atomic uint64_t claim; /* job << 32 | next task */
+	_Atomic int64_t done;   /* tasks finished in the current job */
 
-	_Atomic uint32_t gen;     /* futex: bumped to start a job */
-	_Atomic uint32_t done;    /* futex: set to gen when the last worker finishes */
-	_Atomic int32_t active;   /* workers still busy with the current job */
+	_Atomic uint32_t gen;     /* futex word: the latest job number */
 	_Atomic int32_t sleepers; /* workers blocked in futex_wait on gen */
-	_Atomic int32_t main_waiting; /* the caller is blocked in futex_wait on done */
 	_Atomic int stop;
 };
 
@@ -48,13 +53,20 @@ static long futex(_Atomic uint32_t *addr, int op, uint32_t val)
 	return syscall(SYS_futex, (uint32_t *)addr, op, val, NULL, NULL, 0);
 }
 
-static void run_tasks(cpu_pool *p, int tid)
+static void run_claims(cpu_pool *p, uint32_t job, int tid)
 {
 	for (;;) {
-		int64_t i = atomic_fetch_add_explicit(&p->next, 1, memory_order_relaxed);
-		if (i >= p->ntasks)
-			break;
+		uint64_t v = atomic_load_explicit(&p->claim, memory_order_acquire);
+		if ((uint32_t)(v >> 32) != job)
+			return;
+		int64_t i = (int64_t)(uint32_t)v;
+		if (i >= atomic_load_explicit(&p->ntasks, memory_order_relaxed))
+			return;
+		if (!atomic_compare_exchange_weak_explicit(&p->claim, &v, v + 1, memory_order_acq_rel,
+		                                           memory_order_relaxed))
+			continue;
 		p->fn(p->ctx, i, tid);
+		atomic_fetch_add_explicit(&p->done, 1, memory_order_release);
 	}
 }
 
@@ -67,7 +79,7 @@ static void *worker_main(void *arg)
 	for (;;) {
 		uint32_t g;
 		int spins = 0;
-		while ((g = atomic_load_explicit(&p->gen, memory_order_acquire)) == seen) {
+		while ((g = atomic_load(&p->gen)) == seen) {
 			if (spins < SPIN_ITERS) {
 				_mm_pause();
 				spins++;
@@ -79,14 +91,9 @@ static void *worker_main(void *arg)
 			atomic_fetch_sub(&p->sleepers, 1);
 		}
 		seen = g;
-		if (atomic_load_explicit(&p->stop, memory_order_acquire))
+		if (atomic_load(&p->stop))
 			break;
-		run_tasks(p, tid);
-		if (atomic_fetch_sub_explicit(&p->active, 1, memory_order_acq_rel) == 1) {
-			atomic_store(&p->done, g);
-			if (atomic_load(&p->main_waiting))
-				futex(&p->done, FUTEX_WAKE_PRIVATE, 1);
-		}
+		run_claims(p, g, tid);
 	}
 	return NULL;
 }
@@ -137,8 +144,8 @@ void cpu_pool_destroy(cpu_pool *p)
 	if (!p)
 		return;
 	if (p->started) {
-		atomic_store_explicit(&p->stop, 1, memory_order_release);
-		atomic_fetch_add_explicit(&p->gen, 1, memory_order_acq_rel);
+		atomic_store(&p->stop, 1);
+		atomic_fetch_add(&p->gen, 1);
 		futex(&p->gen, FUTEX_WAKE_PRIVATE, INT_MAX);
 		for (int t = 1; t <= p->started; t++)
 			pthread_join(p->th[t], NULL);
@@ -158,27 +165,24 @@ void cpu_pool_run(cpu_pool *p, int64_t ntasks, cpu_task_fn fn, void *ctx)
 			fn(ctx, i, 0);
 		return;
 	}
+	uint32_t job = ++p->job;
+	if (job == 0) /* 0 is the workers' initial "seen" */
+		job = ++p->job;
 	p->fn = fn;
 	p->ctx = ctx;
-	p->ntasks = ntasks;
-	atomic_store_explicit(&p->next, 0, memory_order_relaxed);
-	atomic_store_explicit(&p->active, p->n - 1, memory_order_relaxed);
-	uint32_t g = atomic_load_explicit(&p->gen, memory_order_relaxed) + 1;
-	atomic_store(&p->gen, g);
+	atomic_store_explicit(&p->ntasks, ntasks, memory_order_relaxed);
+	atomic_store_explicit(&p->done, 0, memory_order_relaxed);
+	atomic_store_explicit(&p->claim, (uint64_t)job << 32, memory_order_release);
+	atomic_store(&p->gen, job);
 	if (atomic_load(&p->sleepers) > 0)
 		futex(&p->gen, FUTEX_WAKE_PRIVATE, INT_MAX);
-	run_tasks(p, 0);
+	run_claims(p, job, 0);
+	/* the rest are claimed and running on workers: wait for them */
 	int spins = 0;
-	uint32_t d;
-	while ((d = atomic_load_explicit(&p->done, memory_order_acquire)) != g) {
-		if (spins < SPIN_ITERS) {
+	while (atomic_load_explicit(&p->done, memory_order_acquire) != ntasks) {
+		if (++spins < SPIN_ITERS)
 			_mm_pause();
-			spins++;
-			continue;
-		}
-		atomic_store(&p->main_waiting, 1);
-		if (atomic_load(&p->done) == d)
-			futex(&p->done, FUTEX_WAIT_PRIVATE, d);
-		atomic_store(&p->main_waiting, 0);
+		else
+			sched_yield();
 	}
 }

@@ -169,6 +169,47 @@ static void test_vec(const cpu_kernels *k)
 	CHECK(k->read_sum(buf, 1000) == want, "%s read_sum", k->name);
 }
 
+/* convert and transpose_scale give exactly what the scalar conversions give */
+static void test_convert(const cpu_kernels *k)
+{
+	trng r = {4};
+	float *f = malloc(sizeof(float) * 4000);
+	fill_unif(&r, f, 4000, -70000, 70000);
+	for (int i = 0; i < 4000; i += 3)
+		f[i] *= 1e-9f; /* small values, f16 subnormals */
+	f[5] = NAN, f[6] = INFINITY, f[7] = -0.0f;
+	for (int s = 0; s < 3; s++)
+		for (int d = 0; d < 3; d++) {
+			int32_t sdt = dtypes[s], ddt = dtypes[d];
+			char src[16000], got[16000], want[16000];
+			nz_convert(src, sdt, f, NZ_F32, 4000);
+			for (int64_t n = 1; n <= 4000; n = n * 3 + 1) {
+				memset(got, 0x5a, sizeof got);
+				memset(want, 0x5a, sizeof want);
+				k->convert(got, ddt, src, sdt, n);
+				nz_convert(want, ddt, src, sdt, n);
+				CHECK(memcmp(got, want, sizeof got) == 0, "%s convert %s->%s n=%lld", k->name, nz_dtype_name(sdt),
+				      nz_dtype_name(ddt), (long long)n);
+			}
+			static const int64_t shapes[][2] = {{1, 1}, {5, 3}, {16, 16}, {37, 13}, {70, 16}, {9, 1}, {8, 8}};
+			for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+				int64_t rows = shapes[si][0], cols = shapes[si][1], ldd = rows + 3;
+				memset(got, 0x5a, sizeof got);
+				memset(want, 0x5a, sizeof want);
+				k->transpose_scale(got, ddt, ldd, src, sdt, rows, cols, 0.37f);
+				size_t ds = nz_dtype_size(ddt);
+				for (int64_t i = 0; i < rows; i++)
+					for (int64_t j = 0; j < cols; j++) {
+						float v = nz_load_f32(src, sdt, i * cols + j) * 0.37f;
+						nz_convert(want + (size_t)(j * ldd + i) * ds, ddt, &v, NZ_F32, 1);
+					}
+				CHECK(memcmp(got, want, sizeof got) == 0, "%s transpose_scale %s->%s %lldx%lld", k->name,
+				      nz_dtype_name(sdt), nz_dtype_name(ddt), (long long)rows, (long long)cols);
+			}
+		}
+	free(f);
+}
+
 int main(void)
 {
 	const cpu_kernels *paths[2] = {&cpu_kernels_avx2, &cpu_kernels_avx512};
@@ -182,6 +223,7 @@ int main(void)
 		test_gemm(paths[i]);
 		test_expand(paths[i]);
 		test_vec(paths[i]);
+		test_convert(paths[i]);
 		ran++;
 	}
 	CHECK(ran > 0, "no kernel path ran");
