@@ -15,6 +15,9 @@ func BenchmarkEncode(b *testing.B) {
 	for _, name := range append(models, "demo") {
 		tj, cj := modelFiles(b, name)
 		for _, variant := range []string{"scanner", "regexp2"} {
+			if name == "llama2" && variant == "regexp2" {
+				continue // no split pattern: nothing to compare
+			}
 			tokenizer.SetUseScanners(variant == "scanner")
 			tok, err := tokenizer.FromJSON(tj, cj)
 			tokenizer.SetUseScanners(true)

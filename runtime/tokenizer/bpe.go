@@ -145,9 +145,10 @@ type symbol struct {
 }
 
 type mergeItem struct {
-	rank  uint32
-	pos   int32
-	newID int32
+	rank        uint32
+	pos         int32
+	newID       int32
+	left, right int32 // the pair when pushed
 }
 
 // encodeWord appends the ids of one pre-tokenized word. byteLevel words are
@@ -294,7 +295,7 @@ func (p *bpe) mergeAll(sc *bpeScratch) {
 	h := sc.heap[:0]
 	for i := 0; i+1 < n; i++ {
 		if rank, id, ok := p.lookup(syms[i].id, syms[i+1].id); ok {
-			h = append(h, mergeItem{rank, int32(i), id})
+			h = append(h, mergeItem{rank, int32(i), id, syms[i].id, syms[i+1].id})
 		}
 	}
 	heapInit(h)
@@ -306,8 +307,12 @@ func (p *bpe) mergeAll(sc *bpeScratch) {
 			continue
 		}
 		right := syms[cur.next]
-		if _, id, ok := p.lookup(cur.id, right.id); !ok || id != top.newID {
-			continue
+		if cur.id != top.left || right.id != top.right {
+			// The pair changed since it was queued: Hugging Face still
+			// merges when the new pair makes the same token.
+			if _, id, ok := p.lookup(cur.id, right.id); !ok || id != top.newID {
+				continue
+			}
 		}
 		cur.id = top.newID
 		syms[cur.next].gone = true
@@ -317,12 +322,12 @@ func (p *bpe) mergeAll(sc *bpeScratch) {
 		}
 		if cur.prev >= 0 {
 			if rank, id, ok := p.lookup(syms[cur.prev].id, cur.id); ok {
-				h = heapPush(h, mergeItem{rank, cur.prev, id})
+				h = heapPush(h, mergeItem{rank, cur.prev, id, syms[cur.prev].id, cur.id})
 			}
 		}
 		if cur.next >= 0 {
 			if rank, id, ok := p.lookup(cur.id, syms[cur.next].id); ok {
-				h = heapPush(h, mergeItem{rank, top.pos, id})
+				h = heapPush(h, mergeItem{rank, top.pos, id, cur.id, syms[cur.next].id})
 			}
 		}
 	}

@@ -264,11 +264,33 @@ func build(b []byte, cfg config) (*Tokenizer, error) {
 		return nil, fmt.Errorf("post_processor: %w", err)
 	}
 	t.post = t.configPostProcessor(t.post)
+	t.configPrefixSpace()
 	if t.decoder, err = parseDecoder(f.Decoder, nil); err != nil {
 		return nil, fmt.Errorf("decoder: %w", err)
 	}
 	t.resolveSpecialIDs()
 	return t, nil
+}
+
+// configPrefixSpace applies tokenizer_config.json's add_prefix_space to the
+// ByteLevel pre-tokenizers of the GPT-2 family of tokenizer classes, as
+// their transformers constructors do. (Llama-style classes would need the
+// SentencePiece model to rebuild the pipeline; tokenizer.json is used as
+// is for them, as is "legacy".)
+func (t *Tokenizer) configPrefixSpace() {
+	if t.cfg.addPrefixSpace == nil {
+		return
+	}
+	switch strings.TrimSuffix(t.cfg.tokenizerClass, "Fast") {
+	case "GPT2Tokenizer", "RobertaTokenizer", "BartTokenizer", "CodeGenTokenizer", "GPTNeoXTokenizer", "LongformerTokenizer":
+	default:
+		return
+	}
+	for _, p := range t.pre {
+		if bl, ok := p.(*byteLevelPre); ok {
+			bl.addPrefixSpace = *t.cfg.addPrefixSpace
+		}
+	}
 }
 
 // configPostProcessor applies tokenizer_config.json's add_bos_token and

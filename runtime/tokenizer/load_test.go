@@ -144,3 +144,21 @@ func TestEncode_Pipeline(t *testing.T) {
 		})
 	}
 }
+
+func TestLoad_AddPrefixSpace(t *testing.T) {
+	const tj = `{"model": {"vocab": {"Ġ": 0, "a": 1, "Ġa": 2}, "merges": [["Ġ", "a"]]}, "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false}}`
+	for _, tt := range []struct {
+		cfg  string
+		want []int
+	}{
+		{`{}`, []int{1}},
+		{`{"tokenizer_class": "GPT2Tokenizer", "add_prefix_space": true}`, []int{2}},
+		{`{"tokenizer_class": "Qwen2Tokenizer", "add_prefix_space": true}`, []int{1}},
+	} {
+		tok, err := tokenizer.FromJSON([]byte(tj), []byte(tt.cfg))
+		must(t, err)
+		if got := tok.Encode("a", tokenizer.EncodeOptions{}); !equalInts(got, tt.want) {
+			t.Errorf("%s: got %v, want %v", tt.cfg, got, tt.want)
+		}
+	}
+}

@@ -102,3 +102,41 @@ func TestLossy(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkSplit measures the split patterns alone on the corpus: the
+// hand-written scanners against regexp2 running the same pattern.
+func BenchmarkSplit(b *testing.B) {
+	raw, err := os.ReadFile("testdata/corpus.json")
+	if err != nil {
+		b.Fatal(err)
+	}
+	var corpus []string
+	if err := json.Unmarshal(raw, &corpus); err != nil {
+		b.Fatal(err)
+	}
+	text := strings.Join(corpus, "\n")
+	for _, p := range scannerPatterns {
+		re, err := compileRegex(p.pattern)
+		if err != nil {
+			b.Fatal(err)
+		}
+		variants := []struct {
+			name string
+			sp   *splitPre
+		}{
+			{"scanner", &splitPre{scan: knownScanner(p.pattern), behavior: behIsolated}},
+			{"regexp2", &splitPre{re: re, behavior: behIsolated}},
+		}
+		for _, v := range variants {
+			b.Run(p.name+"/"+v.name, func(b *testing.B) {
+				src := []piece{{s: text, first: true}}
+				var dst []piece
+				b.SetBytes(int64(len(text)))
+				b.ReportAllocs()
+				for b.Loop() {
+					dst = v.sp.split(dst[:0], src)
+				}
+			})
+		}
+	}
+}

@@ -11,8 +11,14 @@
 // ignore_merges, subword prefix and word suffix), the post-processors
 // TemplateProcessing, RobertaProcessing, BertProcessing, ByteLevel and
 // Sequence, and the decoders ByteLevel, Replace, ByteFallback, Fuse, Strip,
-// Metaspace, BPEDecoder, WordPiece and Sequence. That covers the Llama 2,
-// Mistral, TinyLlama, Llama 3, Qwen2/Qwen3 and SmolLM families.
+// Metaspace, BPEDecoder and Sequence. That covers the Llama 2, Mistral,
+// TinyLlama, Llama 3, Qwen2/Qwen3 and SmolLM families. From
+// tokenizer_config.json it reads the special tokens, add_bos_token and
+// add_eos_token (Llama and Gemma classes), add_prefix_space (GPT-2 family
+// classes) and the chat template.
+//
+// Decode does not apply clean_up_tokenization_spaces (which would change
+// the model's text), so decoding is exact and streaming matches it.
 //
 // The split patterns of GPT-2, Llama 3 and Qwen2 are matched by hand-written
 // scanners; any other pattern runs on a backtracking regular-expression
