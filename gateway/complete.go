@@ -398,8 +398,8 @@ func (cp *completion) settle(body []byte) (stored []byte, err error) {
 	if fail != nil && !work {
 		return nil, fail
 	}
-	rctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
+	// Not the request's context: a client that went away is still charged.
+	rctx := context.Background()
 	dup, rerr := s.deps.Ledger.RecordUsage(rctx, ev)
 	if rerr != nil {
 		s.met.usageErrs.Inc()

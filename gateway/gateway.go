@@ -9,6 +9,39 @@
 // one usage event written durably to the Ledger before the final bytes of
 // the answer leave → the answer, with usage.
 //
+// # Metering
+//
+// Every completion request that did work is one UsageEvent, written with
+// Ledger.RecordUsage before the final response body, or the final chunk
+// and [DONE] of a stream, is sent; an answer whose event cannot be written
+// is not delivered (500, or an error event closing the stream).
+//
+//   - Completed: status ok, charged, under the request id (X-Request-Id).
+//   - Client gone mid-stream: status canceled, charged for the tokens the
+//     runtime produced before it stopped.
+//   - Runtime failure after work (EINTERNAL and the like): status failed,
+//     never charged, recorded so the cost model still counts its device
+//     time. Refused before any work (context length, bad parameters, no
+//     runtime, EINTERNAL before a token): not recorded, not charged.
+//
+// A client-chosen X-Request-Id becomes the ledger id only while no event
+// has it; a reused one is replaced by a fresh id (echoed back), so reusing
+// an id never makes a request free.
+//
+// # Idempotency-Key
+//
+// With an Idempotency-Key header (1–255 printable ASCII characters) a
+// completed request is recorded under "idem_" + a digest of (tenant, key),
+// with its complete non-streamed answer stored in the event. A retry with
+// the same key is neither run nor charged: it gets the stored answer back
+// with Idempotent-Replayed: true — as JSON, or, when the retry asks for a
+// stream, as a short SSE stream (one content chunk per choice, then the
+// finish chunks, the usage chunk if asked, [DONE]). A duplicate arriving
+// while the first is in flight gets 409 idempotency_key_in_use; a key used
+// on the other completion endpoint gets 409 idempotency_key_reused. Failed
+// and abandoned attempts are recorded under their own request id, leaving
+// the key free for a retry. The in-flight check is per gateway process.
+//
 // The package reads no environment variables or flags: cmd/nozzle copies
 // its configuration into Config and wires the services into Deps.
 package gateway
@@ -196,9 +229,9 @@ type Deps struct {
 //     right status — handlers never write errors themselves;
 //   - authentication: s.RequireKey(scope) and s.RequireAdmin() are fiber
 //     handlers; a console session middleware that resolves a tenant can
-//     call SetPrincipal(c, key, tenant) and then reuse the tenant handlers
-//     (s.listKeys, s.createKey, s.listAdapters, s.usage, ...), which read
-//     the caller from PrincipalFrom(c);
+//     call s.setPrincipal(c, key, tenant) and then reuse the tenant
+//     handlers (s.listKeys, s.createKey, s.listAdapters, s.usage, ...),
+//     which read the caller from principalFrom(c);
 //   - readJSON(c, &v) for bodies within Config.BodyLimit, and writeList for
 //     OpenAI list answers.
 //

@@ -8,6 +8,7 @@ import (
 	"reflect"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/nozzle-ai/nozzle"
 )
@@ -396,14 +397,19 @@ func parseChat(body []byte, maxChoices int) (*job, error) {
 
 // parseContent accepts a string, null, or an array of text parts.
 func parseContent(raw json.RawMessage, i int) (string, error) {
-	param := fmt.Sprintf("messages[%d].content", i)
 	if isNull(raw) {
 		return "", nil
+	}
+	// Fast path: a plain string without escapes (the body is already known
+	// to be valid JSON).
+	if n := len(raw); n >= 2 && raw[0] == '"' && raw[n-1] == '"' && bytes.IndexByte(raw, '\\') < 0 && utf8.Valid(raw) {
+		return string(raw[1 : n-1]), nil
 	}
 	var s string
 	if json.Unmarshal(raw, &s) == nil {
 		return s, nil
 	}
+	param := fmt.Sprintf("messages[%d].content", i)
 	var parts []contentPart
 	if err := json.Unmarshal(raw, &parts); err != nil {
 		return "", invalid(param, "Invalid type for '%s': expected a string or an array of content parts.", param)
