@@ -260,8 +260,9 @@ type Server struct {
 	shutdown bool
 }
 
-// New returns a Server with its routes registered. It starts the upstream
-// health checks and the key last-use writer; Shutdown stops them.
+// New returns a Server with its routes registered. It runs a first round
+// of upstream health checks (bounded by HealthTimeout), then starts the
+// periodic checks and the key last-use writer; Shutdown stops them.
 func New(cfg Config, deps Deps) (*Server, error) {
 	cfg = cfg.withDefaults()
 	switch {

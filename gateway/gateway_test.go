@@ -4,6 +4,11 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+
+	"github.com/gofiber/fiber/v2"
+
+	"github.com/nozzle-ai/nozzle"
+	"github.com/nozzle-ai/nozzle/gateway"
 )
 
 func TestHealth(t *testing.T) {
@@ -59,4 +64,37 @@ func TestHealth(t *testing.T) {
 	t.Run("UnknownRoute", func(t *testing.T) {
 		wantError(t, f.do(http.MethodGet, "/v2/nothing", ""), 404, "not_found_error", "unknown_url", "")
 	})
+}
+
+func TestExtension(t *testing.T) {
+	ext := func(s *gateway.Server) error {
+		s.App().Get("/ext/whoami", s.RequireKey(nozzle.ScopeUsage), func(c *fiber.Ctx) error {
+			return c.JSON(fiber.Map{"request_id": gateway.RequestID(c)})
+		})
+		s.App().Get("/ext/boom", func(c *fiber.Ctx) error { panic("kaboom") })
+		s.App().Get("/ext/fail", func(c *fiber.Ctx) error {
+			return nozzle.Errorf(nozzle.ECONFLICT, "Already there.").WithParam("thing")
+		})
+		return nil
+	}
+	f := newFixture(t, func(c *gateway.Config, d *gateway.Deps, f *fixture) { d.Extensions = append(d.Extensions, ext) })
+	// Extension routes get the gateway's auth, middleware and error handler.
+	wantError(t, f.do(http.MethodGet, "/ext/whoami", ""), 401, "authentication_error", "invalid_api_key", "")
+	r := f.do(http.MethodGet, "/ext/whoami", "", f.authA())
+	var out struct {
+		RequestID string `json:"request_id"`
+	}
+	decode(t, r, &out)
+	if out.RequestID == "" || out.RequestID != r.Header.Get("X-Request-Id") {
+		t.Errorf("request id %q vs header %q", out.RequestID, r.Header.Get("X-Request-Id"))
+	}
+	e := wantError(t, f.do(http.MethodGet, "/ext/boom", ""), 500, "server_error", "", "")
+	if e.Error.Message != "Internal error." {
+		t.Errorf("panic message %q", e.Error.Message)
+	}
+	wantError(t, f.do(http.MethodGet, "/ext/fail", ""), 409, "conflict_error", "", "thing")
+	// The server still serves after a panic.
+	if r := f.do(http.MethodGet, "/healthz", ""); r.StatusCode != 200 {
+		t.Errorf("after panic: %d", r.StatusCode)
+	}
 }
