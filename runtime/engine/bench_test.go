@@ -65,7 +65,7 @@ func TestBench(t *testing.T) {
 			t.Errorf("%s ratio %v", r.Metric, r.Ratio)
 		}
 	}
-	want := map[string]int{"decode_tokens_per_second": 6, "distinct_adapter_cost": 1, "batch1_bandwidth_efficiency": 1, "adapter_load_seconds": 1, "multi_adapter_speedup_vs_merge": 1}
+	want := map[string]int{"decode_tokens_per_second": 6, "distinct_adapter_cost": 1, "batch1_bandwidth_efficiency": 1, "adapter_load_seconds": 1, "multi_adapter_speedup_vs_merge": 1, "multi_adapter_speedup_vs_swap_only": 1}
 	for k, n := range want {
 		if metrics[k] != n {
 			t.Errorf("%d %s lines, want %d\n%s", metrics[k], k, n, report)

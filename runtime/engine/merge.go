@@ -60,8 +60,14 @@ func (m *merger) merge(w safetensors.Tensor, l model.LoRA) (safetensors.Tensor, 
 			}
 			for o := lo; o < hi; o++ {
 				row := m.out[o*in : (o+1)*in]
-				for j := 0; j < r; j++ {
-					axpy(row, scale*m.b[o*r+j], m.a[j*in:(j+1)*in])
+				bs := m.b[o*r : (o+1)*r]
+				j := 0
+				for ; j+4 <= r; j += 4 {
+					axpy4(row, scale*bs[j], scale*bs[j+1], scale*bs[j+2], scale*bs[j+3],
+						m.a[j*in:(j+1)*in], m.a[(j+1)*in:(j+2)*in], m.a[(j+2)*in:(j+3)*in], m.a[(j+3)*in:(j+4)*in])
+				}
+				for ; j < r; j++ {
+					axpy(row, scale*bs[j], m.a[j*in:(j+1)*in])
 				}
 			}
 		}()
@@ -85,5 +91,14 @@ func axpy(y []float32, a float32, x []float32) {
 	}
 	for ; i < len(y); i++ {
 		y[i] += a * x[i]
+	}
+}
+
+// axpy4 is y += c0·x0 + c1·x1 + c2·x2 + c3·x3, one pass over y.
+func axpy4(y []float32, c0, c1, c2, c3 float32, x0, x1, x2, x3 []float32) {
+	n := len(y)
+	x0, x1, x2, x3 = x0[:n], x1[:n], x2[:n], x3[:n]
+	for i := range y {
+		y[i] += c0*x0[i] + c1*x1[i] + c2*x2[i] + c3*x3[i]
 	}
 }

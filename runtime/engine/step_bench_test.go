@@ -107,3 +107,17 @@ func BenchmarkLoadAdapter(b *testing.B) {
 		}
 	}
 }
+
+func BenchmarkMerge(b *testing.B) {
+	m := openModel(b, benchSpec())
+	a := openAdapter(b, m, model.AdapterSpec{Rank: 16, Seed: 1, DType: safetensors.BF16, Modules: []model.Module{model.ModuleGate}, Layers: []int{0}})
+	w, _ := m.Weight(model.KindGate, 0)
+	b.SetBytes(int64(len(w.Data)))
+	for b.Loop() {
+		if _, err := engine.Merge(w.Tensor, a.LoRAs[0]); err != nil {
+			b.Fatal(err)
+		}
+	}
+	// rank·in·out multiply-adds per merge
+	b.ReportMetric(float64(16*w.NumElements()*int64(b.N))/b.Elapsed().Seconds()/1e9, "GFMA/s")
+}
