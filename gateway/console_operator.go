@@ -1,0 +1,262 @@
+package gateway
+
+import (
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/gofiber/fiber/v2"
+
+	"github.com/nozzle-ai/nozzle"
+)
+
+type tenantRow struct {
+	Tenant *nozzle.Tenant
+	Users  int
+	Month  nozzle.ReportRow
+}
+
+type tenantsView struct {
+	Tenants []tenantRow
+	Total   nozzle.ReportRow
+	Price   nozzle.Price
+	Month   string
+}
+
+func (cs *console) tenantsPage(c *fiber.Ctx, sess *consoleSession) error {
+	ctx := c.UserContext()
+	now := cs.cfg.Clock().UTC()
+	list, err := cs.s.deps.Tenants.Tenants(ctx)
+	if err != nil {
+		return err
+	}
+	rep, err := cs.report(c, nozzle.ReportQuery{Start: monthStart(now), End: monthStart(now).AddDate(0, 1, 0), GroupBy: []string{nozzle.GroupTenant}})
+	if err != nil {
+		return err
+	}
+	byTenant := map[string]nozzle.ReportRow{}
+	for _, r := range rep.Rows {
+		byTenant[r.TenantID] = r
+	}
+	users, err := cs.users.Users(ctx, "")
+	if err != nil {
+		return err
+	}
+	count := map[string]int{}
+	for _, u := range users {
+		count[u.TenantID]++
+	}
+	v := tenantsView{Total: rep.Total, Month: monthStart(now).Format("January 2006")}
+	for _, t := range list {
+		v.Tenants = append(v.Tenants, tenantRow{Tenant: t, Users: count[t.ID], Month: byTenant[t.ID]})
+	}
+	sort.SliceStable(v.Tenants, func(i, j int) bool { return v.Tenants[i].Tenant.CreatedAt.Before(v.Tenants[j].Tenant.CreatedAt) })
+	if v.Price, err = cs.s.deps.Tenants.PriceAt(ctx, "", now); err != nil {
+		return err
+	}
+	return cs.page(c, "operator", v)
+}
+
+type tenantView struct {
+	Tenant   *nozzle.Tenant
+	Users    []*nozzle.User
+	Keys     []keyJSON
+	Prices   []nozzle.PriceVersion
+	Price    nozzle.Price
+	Override bool
+	Month    nozzle.ReportRow
+	Now      time.Time
+}
+
+func (cs *console) tenantPage(c *fiber.Ctx, sess *consoleSession) error {
+	ctx := c.UserContext()
+	now := cs.cfg.Clock().UTC()
+	t, err := cs.s.tenantParam(c)
+	if err != nil {
+		return err
+	}
+	v := tenantView{Tenant: t, Now: now}
+	if v.Users, err = cs.users.Users(ctx, t.ID); err != nil {
+		return err
+	}
+	keys, err := cs.s.deps.Keys.Keys(ctx, t.ID)
+	if err != nil {
+		return err
+	}
+	for _, k := range keys {
+		v.Keys = append(v.Keys, cs.s.toKeyJSON(k))
+	}
+	if v.Prices, err = cs.s.deps.Tenants.Prices(ctx, t.ID); err != nil {
+		return err
+	}
+	for _, pv := range v.Prices {
+		if pv.TenantID == t.ID && !pv.EffectiveFrom.After(now) {
+			v.Override = true
+		}
+	}
+	if v.Price, err = cs.s.deps.Tenants.PriceAt(ctx, t.ID, now); err != nil {
+		return err
+	}
+	rep, err := cs.report(c, nozzle.ReportQuery{TenantID: t.ID, Start: monthStart(now), End: monthStart(now).AddDate(0, 1, 0)})
+	if err != nil {
+		return err
+	}
+	v.Month = rep.Total
+	return cs.page(c, "tenant", v)
+}
+
+type gpuView struct {
+	Period      period
+	PeriodNames [][2]string
+	Error       string
+	GPU         nozzle.GPUSummary
+	Outbox      *nozzle.OutboxState
+	Tenants     []nozzle.ReportRow
+	Total       nozzle.ReportRow
+	Revenue     float64
+	Margin      float64 // revenue − the GPU's whole cost
+	IdlePolicy  string
+	Utilization chart
+	Seconds     chart
+	Split       chart
+	Step        string
+}
+
+// gpuPage shows the pool's side: utilisation over time (one operator
+// report per hour, or per day for long periods, for the capacity of each),
+// the cost split by tenant with idle shares, revenue and margin, and the
+// Stripe outbox.
+func (cs *console) gpuPage(c *fiber.Ctx, sess *consoleSession) error {
+	now := cs.cfg.Clock().UTC()
+	v := gpuView{PeriodNames: periodNames}
+	p, err := parsePeriod(c.Query("period", "7d"), c.Query("start"), c.Query("end"), now)
+	if err != nil {
+		v.Error = nozzle.ErrorMessage(err)
+		p, _ = parsePeriod("7d", "", "", now)
+	}
+	v.Period = p
+	rep, err := cs.report(c, nozzle.ReportQuery{Start: p.Start, End: p.End, GroupBy: []string{nozzle.GroupTenant}})
+	if err != nil {
+		return err
+	}
+	if rep.GPU != nil {
+		v.GPU = *rep.GPU
+	}
+	v.Outbox, v.Tenants, v.Total, v.IdlePolicy = rep.Outbox, rep.Rows, rep.Total, rep.IdlePolicy
+	v.Revenue = rep.Total.ChargedUSD
+	v.Margin = v.Revenue - v.GPU.CostUSD
+	sort.SliceStable(v.Tenants, func(i, j int) bool { return v.Tenants[i].CostUSD > v.Tenants[j].CostUSD })
+
+	v.Step = nozzle.GroupHour
+	if p.End.Sub(p.Start) > 7*24*time.Hour {
+		v.Step = nozzle.GroupDay
+	}
+	xs := buckets(p.Start, p.End, v.Step)
+	util := make([]float64, len(xs))
+	active := make([]float64, len(xs))
+	idle := make([]float64, len(xs))
+	for i, x := range xs {
+		if x.After(now) {
+			break
+		}
+		end := x.Add(time.Hour)
+		if v.Step == nozzle.GroupDay {
+			end = x.AddDate(0, 0, 1)
+		}
+		r, err := cs.report(c, nozzle.ReportQuery{Start: x, End: end})
+		if err != nil {
+			return err
+		}
+		if r.GPU != nil {
+			util[i] = r.GPU.Utilization * 100
+			active[i] = r.GPU.ActiveSeconds
+			idle[i] = r.GPU.IdleSeconds
+		}
+	}
+	v.Utilization = chart{Title: "GPU utilisation", Unit: "percent", Kind: "line", Step: v.Step, X: unixes(xs),
+		Series: []chartSeries{{Label: "Utilisation", Values: util}}}
+	v.Seconds = chart{Title: "Active and idle time", Unit: "seconds", Kind: "bars", Stacked: true, Step: v.Step, X: unixes(xs),
+		Series: []chartSeries{{Label: "Active", Values: active}, {Label: "Idle", Values: idle}}}
+	return cs.page(c, "gpu", v)
+}
+
+type userRequest struct {
+	Email    string `json:"email"`
+	Password string `json:"password"`
+}
+
+type userJSON struct {
+	Object string `json:"object"`
+	*nozzle.User
+	InviteURL string `json:"invite_url,omitempty"`
+}
+
+// invite gives u a new invite token and returns the link.
+func (cs *console) invite(c *fiber.Ctx, u *nozzle.User) string {
+	tok := randomToken(32)
+	u.InviteDigest = inviteDigest(tok)
+	u.InviteExpires = cs.cfg.Clock().Add(cs.cfg.InviteLifetime).UTC()
+	return cs.baseURL(c) + "/console/invite/" + tok
+}
+
+// createUser handles POST /console/api/operator/tenants/{id}/users: a user
+// of the tenant, invited (a one-time link, of which only a digest is
+// stored) or with a first password.
+func (cs *console) createUser(c *fiber.Ctx) error {
+	t, err := cs.s.tenantParam(c)
+	if err != nil {
+		return err
+	}
+	var r userRequest
+	if err := cs.s.readJSON(c, &r, false); err != nil {
+		return err
+	}
+	email := normalizeEmail(r.Email)
+	if !validEmail(email) {
+		return invalid("email", "Enter a valid email address.")
+	}
+	u := &nozzle.User{TenantID: t.ID, Email: email, Role: nozzle.RoleTenant}
+	link := ""
+	if r.Password != "" {
+		if err := validatePassword(r.Password); err != nil {
+			return err
+		}
+		if u.PasswordHash, err = hashPassword(r.Password); err != nil {
+			return err
+		}
+	} else {
+		link = cs.invite(c, u)
+	}
+	if err := cs.users.CreateUser(c.UserContext(), u); err != nil {
+		if nozzle.ErrorCode(err) == nozzle.ECONFLICT {
+			return nozzle.Errorf(nozzle.ECONFLICT, "A user with the email %s exists already.", email).WithParam("email")
+		}
+		return err
+	}
+	return c.Status(fiber.StatusCreated).JSON(userJSON{Object: "user", User: u, InviteURL: link})
+}
+
+// reinvite handles POST /console/api/operator/users/{id}/invite: a new
+// invite link for a user who has not set a password yet (the old link
+// stops working).
+func (cs *console) reinvite(c *fiber.Ctx) error {
+	id := strings.Clone(c.Params("id"))
+	u, err := cs.users.User(c.UserContext(), id)
+	if err != nil {
+		if nozzle.ErrorCode(err) == nozzle.ENOTFOUND {
+			return nozzle.Errorf(nozzle.ENOTFOUND, "No user with id %q.", id)
+		}
+		return err
+	}
+	if u.Role != nozzle.RoleTenant {
+		return nozzle.Errorf(nozzle.EINVALID, "Operators are not invited.")
+	}
+	if len(u.PasswordHash) > 0 {
+		return nozzle.Errorf(nozzle.ECONFLICT, "%s has set a password already.", u.Email)
+	}
+	link := cs.invite(c, u)
+	if err := cs.users.UpdateUser(c.UserContext(), u); err != nil {
+		return err
+	}
+	return c.JSON(userJSON{Object: "user", User: u, InviteURL: link})
+}

@@ -1,0 +1,691 @@
+package gateway
+
+import (
+	"bytes"
+	"fmt"
+	"html/template"
+	"log/slog"
+	"math"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/gofiber/fiber/v2"
+
+	"github.com/nozzle-ai/nozzle"
+)
+
+// page is what every console template gets.
+type page struct {
+	Title   string
+	Nav     string // the active navigation item
+	User    *nozzle.User
+	Tenant  *nozzle.Tenant
+	CSRF    string // the session's CSRF token, or the sign-in form's
+	BaseURL string // where the API is reached, without /v1
+	Data    any
+}
+
+// contentSecurityPolicy allows the console's own files only: no inline
+// script, no inline style sheet, no other origin.
+const contentSecurityPolicy = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; " +
+	"connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+
+func (cs *console) baseURL(c *fiber.Ctx) string {
+	if cs.cfg.PublicURL != "" {
+		return cs.cfg.PublicURL
+	}
+	return c.BaseURL()
+}
+
+// render writes a page. sess is nil on the sign-in and invite pages,
+// whose CSRF token is the double-submit form token.
+func (cs *console) render(c *fiber.Ctx, status int, name string, sess *consoleSession, data any) error {
+	t := cs.pages[name]
+	if t == nil {
+		return fmt.Errorf("console: no page %q", name)
+	}
+	p := page{Nav: name, BaseURL: cs.baseURL(c), Data: data}
+	if sess != nil {
+		p.User, p.Tenant, p.CSRF = sess.user, sess.tenant, sess.csrf
+	} else {
+		p.CSRF = cs.formToken(c)
+	}
+	var buf bytes.Buffer
+	if err := t.Execute(&buf, p); err != nil {
+		return fmt.Errorf("render %s: %w", name, err)
+	}
+	c.Set("Content-Security-Policy", contentSecurityPolicy)
+	c.Set(fiber.HeaderContentType, fiber.MIMETextHTMLCharsetUTF8)
+	return c.Status(status).Send(buf.Bytes())
+}
+
+type errorView struct {
+	Status  int
+	Heading string
+	Message string
+	SignIn  bool
+}
+
+// renderError shows an error as a page: the same message the API would
+// give, never internal details.
+func (cs *console) renderError(c *fiber.Ctx, err error) error {
+	e := toAppError(err)
+	kind, ok := errorKinds[e.Code]
+	if !ok {
+		kind = errorKinds[nozzle.EINTERNAL]
+	}
+	if e.Code == nozzle.EINTERNAL {
+		cs.s.log.LogAttrs(c.UserContext(), slog.LevelError, "internal error",
+			slog.String("request_id", requestID(c)), slog.String("path", c.Path()), slog.String("error", err.Error()))
+	}
+	v := errorView{Status: kind.status, Message: nozzle.ErrorMessage(e), SignIn: e.Code == nozzle.EUNAUTHORIZED}
+	switch e.Code {
+	case nozzle.ENOTFOUND:
+		v.Heading = "Not found"
+	case nozzle.EFORBIDDEN:
+		v.Heading = "Not allowed"
+	case nozzle.EUNAUTHORIZED:
+		v.Heading = "Please sign in"
+	case nozzle.EINTERNAL, nozzle.EUNAVAILABLE:
+		v.Heading = "Something went wrong"
+	default:
+		v.Heading = "That did not work"
+	}
+	return cs.render(c, kind.status, "error", sessionFrom(c), v)
+}
+
+// page renders a page of the signed-in user.
+func (cs *console) page(c *fiber.Ctx, name string, data any) error {
+	return cs.render(c, fiber.StatusOK, name, sessionFrom(c), data)
+}
+
+// pageHandler turns a page's errors into error pages.
+func (cs *console) pageHandler(h func(c *fiber.Ctx, sess *consoleSession) error) fiber.Handler {
+	return func(c *fiber.Ctx) error {
+		if err := h(c, sessionFrom(c)); err != nil {
+			return cs.renderError(c, err)
+		}
+		return nil
+	}
+}
+
+func (cs *console) funcs() template.FuncMap {
+	return template.FuncMap{
+		"asset":     func(name string) string { return cs.assets.url(name) },
+		"usd":       formatUSD,
+		"num":       formatInt,
+		"pct":       func(v float64) string { return strconv.FormatFloat(v, 'f', 1, 64) + "%" },
+		"ratio":     func(v float64) string { return strconv.FormatFloat(v*100, 'f', 1, 64) + "%" },
+		"bytes":     formatBytes,
+		"date":      func(t time.Time) string { return t.UTC().Format("2 Jan 2006") },
+		"datetime":  func(t time.Time) string { return t.UTC().Format("2 Jan 2006 15:04 UTC") },
+		"unixtime":  func(u int64) string { return time.Unix(u, 0).UTC().Format("2 Jan 2006 15:04 UTC") },
+		"ago":       func(t time.Time) string { return ago(t, cs.cfg.Clock()) },
+		"seconds":   formatSeconds,
+		"tierLabel": tierLabel,
+		"join":      strings.Join,
+		"scopes": func(s []nozzle.Scope) string {
+			out := make([]string, len(s))
+			for i, x := range s {
+				out[i] = string(x)
+			}
+			return strings.Join(out, ", ")
+		},
+		"add":   func(a, b int64) int64 { return a + b },
+		"int64": func(v int) int64 { return int64(v) },
+		"deref": func(p *int64) int64 { return *p },
+		"dict": func(kv ...any) (map[string]any, error) {
+			if len(kv)%2 != 0 {
+				return nil, fmt.Errorf("dict: odd number of arguments")
+			}
+			m := map[string]any{}
+			for i := 0; i < len(kv); i += 2 {
+				k, ok := kv[i].(string)
+				if !ok {
+					return nil, fmt.Errorf("dict: key %v is not a string", kv[i])
+				}
+				m[k] = kv[i+1]
+			}
+			return m, nil
+		},
+	}
+}
+
+func formatUSD(v float64) string {
+	neg := v < 0
+	v = math.Abs(v)
+	var s string
+	switch {
+	case v == 0:
+		s = "0.00"
+	case v < 0.01:
+		s = strconv.FormatFloat(v, 'f', 6, 64)
+		s = strings.TrimRight(s, "0")
+	case v < 100:
+		s = strconv.FormatFloat(v, 'f', 2, 64)
+	default:
+		s = groupDigits(strconv.FormatFloat(v, 'f', 2, 64))
+	}
+	if neg {
+		return "−$" + s
+	}
+	return "$" + s
+}
+
+func groupDigits(s string) string {
+	intPart, frac, _ := strings.Cut(s, ".")
+	var b strings.Builder
+	for i, r := range intPart {
+		if i > 0 && (len(intPart)-i)%3 == 0 {
+			b.WriteByte(',')
+		}
+		b.WriteRune(r)
+	}
+	if frac != "" {
+		b.WriteString("." + frac)
+	}
+	return b.String()
+}
+
+func formatInt(v int64) string {
+	if v < 0 {
+		return "−" + groupDigits(strconv.FormatInt(-v, 10))
+	}
+	return groupDigits(strconv.FormatInt(v, 10))
+}
+
+func formatBytes(n int64) string {
+	switch {
+	case n >= 1<<30:
+		return strconv.FormatFloat(float64(n)/(1<<30), 'f', 1, 64) + " GiB"
+	case n >= 1<<20:
+		return strconv.FormatFloat(float64(n)/(1<<20), 'f', 1, 64) + " MiB"
+	case n >= 1<<10:
+		return strconv.FormatFloat(float64(n)/(1<<10), 'f', 1, 64) + " KiB"
+	}
+	return strconv.FormatInt(n, 10) + " B"
+}
+
+func formatSeconds(s float64) string {
+	switch {
+	case s >= 3600:
+		return strconv.FormatFloat(s/3600, 'f', 1, 64) + " h"
+	case s >= 60:
+		return strconv.FormatFloat(s/60, 'f', 1, 64) + " min"
+	}
+	return strconv.FormatFloat(s, 'f', 2, 64) + " s"
+}
+
+func ago(t, now time.Time) string {
+	if t.IsZero() {
+		return "never"
+	}
+	d := now.Sub(t)
+	switch {
+	case d < time.Minute:
+		return "just now"
+	case d < time.Hour:
+		return pluralize(int(d.Minutes()), "minute") + " ago"
+	case d < 48*time.Hour:
+		return pluralize(int(d.Hours()), "hour") + " ago"
+	}
+	return t.UTC().Format("2 Jan 2006")
+}
+
+func pluralize(n int, unit string) string {
+	if n == 1 {
+		return "1 " + unit
+	}
+	return strconv.Itoa(n) + " " + unit + "s"
+}
+
+func tierLabel(t nozzle.Tier) string {
+	switch t {
+	case nozzle.TierDevice:
+		return "On the GPU"
+	case nozzle.TierHost:
+		return "In memory"
+	case nozzle.TierDisk:
+		return "On disk"
+	}
+	return "Unknown"
+}
+
+// chart is one chart's data, read by console.js from a JSON script
+// element and drawn with uPlot.
+type chart struct {
+	Title   string        `json:"title"`
+	Unit    string        `json:"unit"` // tokens, usd, percent, seconds, count
+	Kind    string        `json:"kind"` // bars or line
+	Stacked bool          `json:"stacked"`
+	Step    string        `json:"step"` // day or hour: the x axis
+	X       []int64       `json:"x"`    // unix seconds
+	Series  []chartSeries `json:"series"`
+}
+
+type chartSeries struct {
+	Label  string    `json:"label"`
+	Values []float64 `json:"values"`
+}
+
+// buckets returns the starts of the days or hours of [from, to).
+func buckets(from, to time.Time, step string) []time.Time {
+	var out []time.Time
+	for t := from; t.Before(to) && len(out) < 24*400; {
+		out = append(out, t)
+		if step == nozzle.GroupHour {
+			t = t.Add(time.Hour)
+		} else {
+			t = t.AddDate(0, 0, 1)
+		}
+	}
+	return out
+}
+
+// series fills a chart's series from report rows, with zeros where a
+// bucket has no row.
+func seriesByTime(rows []nozzle.ReportRow, xs []time.Time, fns ...func(r *nozzle.ReportRow) float64) [][]float64 {
+	idx := map[int64]int{}
+	for i, x := range xs {
+		idx[x.Unix()] = i
+	}
+	out := make([][]float64, len(fns))
+	for i := range out {
+		out[i] = make([]float64, len(xs))
+	}
+	for k := range rows {
+		r := &rows[k]
+		i, ok := idx[r.Time.Unix()]
+		if !ok {
+			continue
+		}
+		for j, fn := range fns {
+			out[j][i] += fn(r)
+		}
+	}
+	return out
+}
+
+func unixes(xs []time.Time) []int64 {
+	out := make([]int64, len(xs))
+	for i, x := range xs {
+		out[i] = x.Unix()
+	}
+	return out
+}
+
+func monthStart(t time.Time) time.Time {
+	t = t.UTC()
+	return time.Date(t.Year(), t.Month(), 1, 0, 0, 0, 0, time.UTC)
+}
+
+func dayStart(t time.Time) time.Time {
+	t = t.UTC()
+	return time.Date(t.Year(), t.Month(), t.Day(), 0, 0, 0, 0, time.UTC)
+}
+
+func (cs *console) report(c *fiber.Ctx, q nozzle.ReportQuery) (*nozzle.Report, error) {
+	rep, err := cs.s.reporter()
+	if err != nil {
+		return nil, err
+	}
+	return rep.Report(c.UserContext(), q)
+}
+
+// ----- tenant pages -----
+
+type overviewView struct {
+	Month        string
+	Total        nozzle.ReportRow
+	Tokens       int64
+	SavingUSD    float64
+	Chart        chart
+	HasUsage     bool
+	Keys         int
+	Adapters     int
+	ExampleModel string
+	Budget       float64
+	BudgetUsed   float64 // percent
+}
+
+func (cs *console) overviewPage(c *fiber.Ctx, sess *consoleSession) error {
+	ctx := c.UserContext()
+	now := cs.cfg.Clock().UTC()
+	from := monthStart(now)
+	to := from.AddDate(0, 1, 0)
+	rep, err := cs.report(c, nozzle.ReportQuery{TenantID: sess.tenant.ID, Start: from, End: to, GroupBy: []string{nozzle.GroupDay}})
+	if err != nil {
+		return err
+	}
+	v := overviewView{Month: from.Format("January 2006"), Total: rep.Total}
+	v.Tokens = rep.Total.PromptTokens + rep.Total.CompletionTokens
+	v.HasUsage = rep.Total.Requests > 0
+	v.SavingUSD = max(0, rep.Total.DedicatedUSD-rep.Total.CostUSD)
+	xs := buckets(from, dayStart(now).AddDate(0, 0, 1), nozzle.GroupDay)
+	s := seriesByTime(rep.Rows, xs,
+		func(r *nozzle.ReportRow) float64 { return float64(r.PromptTokens) },
+		func(r *nozzle.ReportRow) float64 { return float64(r.CompletionTokens) })
+	v.Chart = chart{Title: "Tokens per day", Unit: "tokens", Kind: "bars", Stacked: true, Step: nozzle.GroupDay, X: unixes(xs),
+		Series: []chartSeries{{Label: "Prompt tokens", Values: s[0]}, {Label: "Completion tokens", Values: s[1]}}}
+	keys, err := cs.s.deps.Keys.Keys(ctx, sess.tenant.ID)
+	if err != nil {
+		return err
+	}
+	for _, k := range keys {
+		if !k.Revoked() {
+			v.Keys++
+		}
+	}
+	ads, err := cs.s.deps.Adapters.Adapters(ctx, sess.tenant.ID)
+	if err != nil {
+		return err
+	}
+	v.Adapters = len(ads)
+	v.ExampleModel = cs.s.baseModel().ID
+	if len(ads) > 0 {
+		v.ExampleModel = ads[0].Name
+	}
+	if v.Budget = sess.tenant.MonthlyBudgetUSD; v.Budget > 0 {
+		v.BudgetUsed = min(100, rep.Total.ChargedUSD/v.Budget*100)
+	}
+	return cs.page(c, "overview", v)
+}
+
+type adapterView struct {
+	adapterJSON
+	Tier     nozzle.Tier `json:"tier"`
+	Modified time.Time   `json:"-"`
+}
+
+// adapterTier says where an adapter's weights are: the best tier over the
+// upstreams (the one affinity routing picks is where it stays warm).
+func (s *Server) adapterTier(c *fiber.Ctx, sha string) nozzle.Tier {
+	best := nozzle.TierDisk
+	rank := map[nozzle.Tier]int{nozzle.TierDevice: 3, nozzle.TierHost: 2, nozzle.TierDisk: 1}
+	for _, u := range s.router.ups {
+		if !u.healthy.Load() {
+			continue
+		}
+		if t := u.gen.AdapterTier(c.UserContext(), sha); rank[t] > rank[best] {
+			best = t
+		}
+	}
+	return best
+}
+
+func (cs *console) adapterViews(c *fiber.Ctx, tenantID string) ([]adapterView, error) {
+	list, err := cs.s.deps.Adapters.Adapters(c.UserContext(), tenantID)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]adapterView, 0, len(list))
+	for _, a := range list {
+		out = append(out, adapterView{adapterJSON: toAdapterJSON(a), Tier: cs.s.adapterTier(c, a.SHA256), Modified: a.CreatedAt})
+	}
+	return out, nil
+}
+
+// listAdapters handles GET /console/api/adapters: the tenant's adapters
+// with where each is right now.
+func (cs *console) listAdapters(c *fiber.Ctx) error {
+	out, err := cs.adapterViews(c, principalFrom(c).tenant.ID)
+	if err != nil {
+		return err
+	}
+	return writeList(c, out)
+}
+
+type adaptersView struct {
+	Adapters    []adapterView
+	UploadLimit int64
+	BaseModel   string
+	MaxRank     int
+}
+
+func (cs *console) adaptersPage(c *fiber.Ctx, sess *consoleSession) error {
+	ads, err := cs.adapterViews(c, sess.tenant.ID)
+	if err != nil {
+		return err
+	}
+	v := adaptersView{Adapters: ads, UploadLimit: cs.s.cfg.UploadLimit, BaseModel: cs.s.baseModel().ID}
+	if info, ok := cs.s.router.modelInfo(); ok {
+		v.MaxRank = info.MaxLoRARank
+	}
+	return cs.page(c, "adapters", v)
+}
+
+type playgroundView struct {
+	Models   []string
+	Selected string
+	Price    nozzle.Price
+}
+
+func (cs *console) playgroundPage(c *fiber.Ctx, sess *consoleSession) error {
+	ctx := c.UserContext()
+	ads, err := cs.s.deps.Adapters.Adapters(ctx, sess.tenant.ID)
+	if err != nil {
+		return err
+	}
+	v := playgroundView{Models: []string{cs.s.baseModel().ID}}
+	for _, a := range ads {
+		v.Models = append(v.Models, a.Name)
+	}
+	v.Selected = v.Models[0]
+	if m := c.Query("model"); slices.Contains(v.Models, m) {
+		v.Selected = strings.Clone(m)
+	}
+	if v.Price, err = cs.s.deps.Tenants.PriceAt(ctx, sess.tenant.ID, cs.cfg.Clock()); err != nil {
+		return err
+	}
+	return cs.page(c, "playground", v)
+}
+
+type keysView struct {
+	Keys         []keyJSON
+	ExampleModel string
+}
+
+func (cs *console) keysPage(c *fiber.Ctx, sess *consoleSession) error {
+	keys, err := cs.s.deps.Keys.Keys(c.UserContext(), sess.tenant.ID)
+	if err != nil {
+		return err
+	}
+	v := keysView{ExampleModel: cs.s.baseModel().ID}
+	for _, k := range keys {
+		v.Keys = append(v.Keys, cs.s.toKeyJSON(k))
+	}
+	// Active keys first, newest first.
+	sort.SliceStable(v.Keys, func(i, j int) bool {
+		a, b := v.Keys[i], v.Keys[j]
+		if (a.RevokedAt == nil) != (b.RevokedAt == nil) {
+			return a.RevokedAt == nil
+		}
+		return a.CreatedAt > b.CreatedAt
+	})
+	return cs.page(c, "keys", v)
+}
+
+// period is a report period chosen on a page.
+type period struct {
+	Name       string // month, last_month, 7d, 30d, custom
+	Start, End time.Time
+	StartDate  string // YYYY-MM-DD, end inclusive, for the form
+	EndDate    string
+	Label      string
+}
+
+// parsePeriod reads a page's period: a name, and for "custom" a start and
+// an end date (YYYY-MM-DD, the end inclusive).
+func parsePeriod(name, start, end string, now time.Time) (period, error) {
+	p := period{Name: name}
+	today := dayStart(now)
+	switch p.Name {
+	case "month":
+		p.Start, p.End = monthStart(now), today.AddDate(0, 0, 1)
+		p.Label = p.Start.Format("January 2006")
+	case "last_month":
+		p.End = monthStart(now)
+		p.Start = p.End.AddDate(0, -1, 0)
+		p.Label = p.Start.Format("January 2006")
+	case "today":
+		p.Start, p.End = today, today.AddDate(0, 0, 1)
+		p.Label = "Today"
+	case "7d":
+		p.Start, p.End = today.AddDate(0, 0, -6), today.AddDate(0, 0, 1)
+		p.Label = "Last 7 days"
+	case "30d":
+		p.Start, p.End = today.AddDate(0, 0, -29), today.AddDate(0, 0, 1)
+		p.Label = "Last 30 days"
+	case "custom":
+		s, err1 := time.Parse("2006-01-02", start)
+		e, err2 := time.Parse("2006-01-02", end)
+		if err1 != nil || err2 != nil {
+			return p, nozzle.Errorf(nozzle.EINVALID, "Choose a start and an end date.").WithParam("start")
+		}
+		if e.Before(s) {
+			return p, nozzle.Errorf(nozzle.EINVALID, "The end date must not be before the start date.").WithParam("end")
+		}
+		if e.Sub(s) > 366*24*time.Hour {
+			return p, nozzle.Errorf(nozzle.EINVALID, "Choose a period of at most a year.").WithParam("end")
+		}
+		p.Start, p.End = s.UTC(), e.UTC().AddDate(0, 0, 1)
+		p.Label = s.Format("2 Jan 2006") + " – " + e.Format("2 Jan 2006")
+	default:
+		return p, nozzle.Errorf(nozzle.EINVALID, "Unknown period %q.", p.Name).WithParam("period")
+	}
+	p.StartDate = p.Start.Format("2006-01-02")
+	p.EndDate = p.End.AddDate(0, 0, -1).Format("2006-01-02")
+	return p, nil
+}
+
+type usageView struct {
+	Period      period
+	Group       string
+	Adapter     string
+	Adapters    []string
+	Rows        []nozzle.ReportRow
+	ByAdapter   []nozzle.ReportRow
+	Total       nozzle.ReportRow
+	Tokens      chart
+	Cost        chart
+	CSVURL      string
+	Error       string
+	PeriodNames [][2]string
+}
+
+var periodNames = [][2]string{{"month", "This month"}, {"last_month", "Last month"}, {"today", "Today"}, {"7d", "Last 7 days"}, {"30d", "Last 30 days"}, {"custom", "Custom dates"}}
+
+func (cs *console) usagePage(c *fiber.Ctx, sess *consoleSession) error {
+	ctx := c.UserContext()
+	now := cs.cfg.Clock().UTC()
+	v := usageView{PeriodNames: periodNames, Group: c.Query("group", nozzle.GroupDay), Adapter: strings.Clone(c.Query("adapter"))}
+	ads, err := cs.s.deps.Adapters.Adapters(ctx, sess.tenant.ID)
+	if err != nil {
+		return err
+	}
+	for _, a := range ads {
+		v.Adapters = append(v.Adapters, a.Name)
+	}
+	if v.Group != nozzle.GroupHour {
+		v.Group = nozzle.GroupDay
+	}
+	p, err := parsePeriod(c.Query("period", "month"), c.Query("start"), c.Query("end"), now)
+	if err != nil {
+		v.Error = nozzle.ErrorMessage(err)
+		p, _ = parsePeriod("month", "", "", now)
+	}
+	v.Period = p
+	if v.Group == nozzle.GroupHour && p.End.Sub(p.Start) > 31*24*time.Hour {
+		v.Group = nozzle.GroupDay
+	}
+	q := nozzle.ReportQuery{TenantID: sess.tenant.ID, AdapterName: v.Adapter, Start: p.Start, End: p.End, GroupBy: []string{v.Group}}
+	rep, err := cs.report(c, q)
+	if err != nil {
+		return err
+	}
+	v.Rows, v.Total = rep.Rows, rep.Total
+	for i := range v.Rows {
+		v.Rows[i].MarginUSD = 0
+	}
+	q.GroupBy = []string{nozzle.GroupAdapter}
+	byAd, err := cs.report(c, q)
+	if err != nil {
+		return err
+	}
+	v.ByAdapter = byAd.Rows
+	xs := buckets(p.Start, p.End, v.Group)
+	s := seriesByTime(rep.Rows, xs,
+		func(r *nozzle.ReportRow) float64 { return float64(r.PromptTokens) },
+		func(r *nozzle.ReportRow) float64 { return float64(r.CompletionTokens) },
+		func(r *nozzle.ReportRow) float64 { return r.ChargedUSD })
+	v.Tokens = chart{Title: "Tokens", Unit: "tokens", Kind: "bars", Stacked: true, Step: v.Group, X: unixes(xs),
+		Series: []chartSeries{{Label: "Prompt tokens", Values: s[0]}, {Label: "Completion tokens", Values: s[1]}}}
+	v.Cost = chart{Title: "Charges", Unit: "usd", Kind: "bars", Step: v.Group, X: unixes(xs),
+		Series: []chartSeries{{Label: "Charged", Values: s[2]}}}
+	qs := fmt.Sprintf("start=%s&end=%s&group_by=%s&format=csv", p.Start.Format(time.RFC3339), p.End.Format(time.RFC3339), v.Group)
+	if v.Adapter != "" {
+		qs += "&adapter=" + v.Adapter
+	}
+	v.CSVURL = "/console/api/usage?" + qs
+	return cs.page(c, "usage", v)
+}
+
+type settingsView struct {
+	Price      nozzle.Price
+	Override   bool
+	Charged    float64
+	BudgetUsed float64 // percent of the budget spent this month
+	Users      []*nozzle.User
+	Billing    string // the Stripe sync status in words
+}
+
+func (cs *console) settingsPage(c *fiber.Ctx, sess *consoleSession) error {
+	ctx := c.UserContext()
+	now := cs.cfg.Clock().UTC()
+	v := settingsView{}
+	var err error
+	if v.Price, err = cs.s.deps.Tenants.PriceAt(ctx, sess.tenant.ID, now); err != nil {
+		return err
+	}
+	hist, err := cs.s.deps.Tenants.Prices(ctx, sess.tenant.ID)
+	if err != nil {
+		return err
+	}
+	for _, pv := range hist {
+		if pv.TenantID == sess.tenant.ID && !pv.EffectiveFrom.After(now) {
+			v.Override = true
+		}
+	}
+	rep, err := cs.report(c, nozzle.ReportQuery{TenantID: sess.tenant.ID, Start: monthStart(now), End: monthStart(now).AddDate(0, 1, 0)})
+	if err != nil {
+		return err
+	}
+	v.Charged = rep.Total.ChargedUSD
+	if b := sess.tenant.MonthlyBudgetUSD; b > 0 {
+		v.BudgetUsed = min(100, v.Charged/b*100)
+	}
+	if v.Users, err = cs.users.Users(ctx, sess.tenant.ID); err != nil {
+		return err
+	}
+	v.Billing = "Not connected to Stripe: your operator bills you directly from these figures."
+	if sess.tenant.StripeCustomerID != "" {
+		v.Billing = "Usage is sent to Stripe every hour, in hourly totals."
+		// The outbox is the operator's: only its state in words is shown.
+		if op, err := cs.report(c, nozzle.ReportQuery{Start: dayStart(now), End: dayStart(now).Add(time.Hour)}); err == nil && op.Outbox != nil {
+			switch o := op.Outbox; {
+			case !o.Enabled:
+				v.Billing = "Stripe billing is paused by the operator; usage is kept and will be sent later."
+			case o.Failing > 0 || o.NeedsReview > 0:
+				v.Billing = "Sending usage to Stripe is delayed; the operator has been told. Nothing is lost or billed twice."
+			case o.Pending > 0:
+				v.Billing = "Up to date, with the last hours waiting to be sent to Stripe."
+			default:
+				v.Billing = "Up to date: every closed hour has been sent to Stripe."
+			}
+		}
+	}
+	return cs.page(c, "settings", v)
+}

@@ -1,0 +1,629 @@
+package gateway_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nozzle-ai/nozzle"
+	"github.com/nozzle-ai/nozzle/gateway"
+	"github.com/nozzle-ai/nozzle/mock"
+)
+
+// memWorld is an in-memory pool behind the mocks of the console's tests
+// and of the server the browser tests can run against: tenants, keys,
+// users and sessions, adapters with a store that checks PEFT files, a
+// ledger and a reporter that prices and splits usage, and a runtime that
+// streams a fixed answer.
+type memWorld struct {
+	mu       sync.Mutex
+	now      func() time.Time
+	started  time.Time
+	seq      int
+	tenants  map[string]*nozzle.Tenant
+	order    []string
+	prices   []nozzle.PriceVersion
+	keys     map[string]*nozzle.APIKey // by digest
+	adapters map[string]*nozzle.Adapter
+	files    map[string]map[string][]byte
+	events   []*nozzle.UsageEvent
+	byID     map[string]*nozzle.UsageEvent
+	users    map[string]*nozzle.User
+	sessions map[string]*nozzle.Session
+	tiers    map[string]nozzle.Tier
+	words    []string
+	delay    time.Duration
+	rate     float64
+}
+
+func newMemWorld() *memWorld {
+	w := &memWorld{now: time.Now, tenants: map[string]*nozzle.Tenant{}, keys: map[string]*nozzle.APIKey{},
+		adapters: map[string]*nozzle.Adapter{}, files: map[string]map[string][]byte{}, byID: map[string]*nozzle.UsageEvent{},
+		users: map[string]*nozzle.User{}, sessions: map[string]*nozzle.Session{}, tiers: map[string]nozzle.Tier{},
+		words: []string{"Hello", " from", " the", " pooled", " GPU", "."}, rate: 2}
+	w.started = w.now().Add(-2 * time.Hour)
+	w.prices = []nozzle.PriceVersion{{Price: nozzle.Price{PromptPerMillionUSD: 0.1, CompletionPerMillionUSD: 0.3}, EffectiveFrom: time.Unix(0, 0).UTC()}}
+	return w
+}
+
+func (w *memWorld) id(prefix string) string {
+	w.seq++
+	return prefix + strconv.Itoa(w.seq)
+}
+
+func cp[T any](v *T) *T { c := *v; return &c }
+
+func (w *memWorld) priceAt(tenantID string, at time.Time) nozzle.Price {
+	var best *nozzle.PriceVersion
+	for i := range w.prices {
+		pv := &w.prices[i]
+		if pv.EffectiveFrom.After(at) || (pv.TenantID != "" && pv.TenantID != tenantID) {
+			continue
+		}
+		if best == nil || (pv.TenantID != "" && best.TenantID == "") || (pv.TenantID == best.TenantID && !pv.EffectiveFrom.Before(best.EffectiveFrom)) {
+			best = pv
+		}
+	}
+	return best.Price
+}
+
+func (w *memWorld) deps() gateway.Deps {
+	return gateway.Deps{
+		Tenants: &mock.TenantService{
+			CreateTenantFn: func(ctx context.Context, t *nozzle.Tenant) error {
+				w.mu.Lock()
+				defer w.mu.Unlock()
+				for _, x := range w.tenants {
+					if strings.EqualFold(x.Name, t.Name) {
+						return nozzle.Errorf(nozzle.ECONFLICT, "A tenant named %q exists already.", t.Name).WithParam("name")
+					}
+				}
+				t.ID, t.CreatedAt = w.id("ten_"), w.now().UTC()
+				w.tenants[t.ID] = cp(t)
+				w.order = append(w.order, t.ID)
+				return nil
+			},
+			TenantFn: func(ctx context.Context, id string) (*nozzle.Tenant, error) {
+				w.mu.Lock()
+				defer w.mu.Unlock()
+				if t := w.tenants[id]; t != nil {
+					return cp(t), nil
+				}
+				return nil, nozzle.Errorf(nozzle.ENOTFOUND, "No tenant %q.", id)
+			},
+			TenantsFn: func(ctx context.Context) ([]*nozzle.Tenant, error) {
+				w.mu.Lock()
+				defer w.mu.Unlock()
+				var out []*nozzle.Tenant
+				for _, id := range w.order {
+					out = append(out, cp(w.tenants[id]))
+				}
+				return out, nil
+			},
+			UpdateTenantFn: func(ctx context.Context, id string, upd nozzle.TenantUpdate) (*nozzle.Tenant, error) {
+				w.mu.Lock()
+				defer w.mu.Unlock()
+				t := w.tenants[id]
+				if t == nil {
+					return nil, nozzle.Errorf(nozzle.ENOTFOUND, "No tenant %q.", id)
+				}
+				if upd.Name != nil {
+					t.Name = *upd.Name
+				}
+				if upd.Suspended != nil {
+					t.Suspended = *upd.Suspended
+				}
+				if upd.MonthlyBudgetUSD != nil {
+					t.MonthlyBudgetUSD = *upd.MonthlyBudgetUSD
+				}
+				if upd.Limits != nil {
+					t.Limits = *upd.Limits
+				}
+				if upd.StripeCustomerID != nil {
+					t.StripeCustomerID = *upd.StripeCustomerID
+				}
+				return cp(t), nil
+			},
+			SetPriceFn: func(ctx context.Context, tenantID string, p nozzle.Price, from time.Time) error {
+				w.mu.Lock()
+				defer w.mu.Unlock()
+				w.prices = append(w.prices, nozzle.PriceVersion{TenantID: tenantID, Price: p, EffectiveFrom: from})
+				return nil
+			},
+			PriceAtFn: func(ctx context.Context, tenantID string, at time.Time) (nozzle.Price, error) {
+				w.mu.Lock()
+				defer w.mu.Unlock()
+				return w.priceAt(tenantID, at), nil
+			},
+			PricesFn: func(ctx context.Context, tenantID string) ([]nozzle.PriceVersion, error) {
+				w.mu.Lock()
+				defer w.mu.Unlock()
+				var out []nozzle.PriceVersion
+				for _, pv := range w.prices {
+					if pv.TenantID == tenantID {
+						out = append(out, pv)
+					}
+				}
+				return out, nil
+			},
+		},
+		Keys: &mock.KeyService{
+			CreateKeyFn: func(ctx context.Context, k *nozzle.APIKey) error {
+				w.mu.Lock()
+				defer w.mu.Unlock()
+				k.ID, k.CreatedAt = w.id("key_"), w.now().UTC()
+				w.keys[k.Digest] = cp(k)
+				return nil
+			},
+			KeyByDigestFn: func(ctx context.Context, digest string) (*nozzle.APIKey, error) {
+				w.mu.Lock()
+				defer w.mu.Unlock()
+				if k := w.keys[digest]; k != nil && !k.Revoked() {
+					return cp(k), nil
+				}
+				return nil, nozzle.Errorf(nozzle.EUNAUTHORIZED, "Invalid key.")
+			},
+			KeysFn: func(ctx context.Context, tenantID string) ([]*nozzle.APIKey, error) {
+				w.mu.Lock()
+				defer w.mu.Unlock()
+				var out []*nozzle.APIKey
+				for _, k := range w.keys {
+					if k.TenantID == tenantID {
+						out = append(out, cp(k))
+					}
+				}
+				sort.Slice(out, func(i, j int) bool { return out[i].ID > out[j].ID })
+				return out, nil
+			},
+			RevokeKeyFn: func(ctx context.Context, tenantID, id string) error {
+				w.mu.Lock()
+				defer w.mu.Unlock()
+				for _, k := range w.keys {
+					if k.ID == id && k.TenantID == tenantID {
+						if !k.Revoked() {
+							k.RevokedAt = w.now().UTC()
+						}
+						return nil
+					}
+				}
+				return nozzle.Errorf(nozzle.ENOTFOUND, "No key %q.", id)
+			},
+			TouchKeysFn: func(ctx context.Context, last map[string]time.Time) error {
+				w.mu.Lock()
+				defer w.mu.Unlock()
+				for _, k := range w.keys {
+					if t, ok := last[k.ID]; ok {
+						k.LastUsedAt = t
+					}
+				}
+				return nil
+			},
+		},
+		Adapters: &mock.AdapterService{
+			CreateAdapterFn: func(ctx context.Context, a *nozzle.Adapter) error {
+				w.mu.Lock()
+				defer w.mu.Unlock()
+				if w.adapters[a.TenantID+"/"+a.Name] != nil {
+					return nozzle.Errorf(nozzle.ECONFLICT, "Taken.")
+				}
+				a.ID, a.CreatedAt = w.id("ad_"), w.now().UTC()
+				w.adapters[a.TenantID+"/"+a.Name] = cp(a)
+				return nil
+			},
+			AdapterFn: func(ctx context.Context, tenantID, name string) (*nozzle.Adapter, error) {
+				w.mu.Lock()
+				defer w.mu.Unlock()
+				if a := w.adapters[tenantID+"/"+name]; a != nil {
+					return cp(a), nil
+				}
+				return nil, nozzle.Errorf(nozzle.ENOTFOUND, "No adapter.")
+			},
+			AdaptersFn: func(ctx context.Context, tenantID string) ([]*nozzle.Adapter, error) {
+				w.mu.Lock()
+				defer w.mu.Unlock()
+				var out []*nozzle.Adapter
+				for _, a := range w.adapters {
+					if a.TenantID == tenantID {
+						out = append(out, cp(a))
+					}
+				}
+				sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+				return out, nil
+			},
+			DeleteAdapterFn: func(ctx context.Context, tenantID, name string) (*nozzle.Adapter, error) {
+				w.mu.Lock()
+				defer w.mu.Unlock()
+				a := w.adapters[tenantID+"/"+name]
+				if a == nil {
+					return nil, nozzle.Errorf(nozzle.ENOTFOUND, "No adapter.")
+				}
+				delete(w.adapters, tenantID+"/"+name)
+				return a, nil
+			},
+			AdapterRefsFn: func(ctx context.Context, sha string) (int, error) {
+				w.mu.Lock()
+				defer w.mu.Unlock()
+				n := 0
+				for _, a := range w.adapters {
+					if a.SHA256 == sha {
+						n++
+					}
+				}
+				return n, nil
+			},
+		},
+		Store: &mock.AdapterStore{
+			ImportFn: w.importAdapter,
+			OpenFn: func(ctx context.Context, sha, name string) (io.ReadCloser, int64, error) {
+				w.mu.Lock()
+				defer w.mu.Unlock()
+				b, ok := w.files[sha][name]
+				if !ok {
+					return nil, 0, nozzle.Errorf(nozzle.ENOTFOUND, "Not stored.")
+				}
+				return io.NopCloser(bytes.NewReader(b)), int64(len(b)), nil
+			},
+			RemoveFn: func(ctx context.Context, sha string) error {
+				w.mu.Lock()
+				defer w.mu.Unlock()
+				delete(w.files, sha)
+				return nil
+			},
+		},
+		Ledger: &mock.Ledger{
+			RecordUsageFn: func(ctx context.Context, ev *nozzle.UsageEvent) (bool, error) {
+				w.mu.Lock()
+				defer w.mu.Unlock()
+				if old := w.byID[ev.RequestID]; old != nil {
+					*ev = *old
+					return true, nil
+				}
+				if ev.Status != nozzle.UsageFailed {
+					ev.ChargeUSD = w.priceAt(ev.TenantID, ev.Time).Charge(ev.PromptTokens, ev.CompletionTokens)
+				}
+				e := cp(ev)
+				w.events = append(w.events, e)
+				w.byID[e.RequestID] = e
+				return false, nil
+			},
+			UsageFn: func(ctx context.Context, id string) (*nozzle.UsageEvent, error) {
+				w.mu.Lock()
+				defer w.mu.Unlock()
+				if e := w.byID[id]; e != nil {
+					return cp(e), nil
+				}
+				return nil, nozzle.Errorf(nozzle.ENOTFOUND, "No usage.")
+			},
+		},
+		Reporter: &mock.Reporter{ReportFn: w.report},
+		Users:    w.userService(),
+		Upstreams: []gateway.Upstream{{ID: "local", Generator: &mock.Generator{
+			InfoFn: func(ctx context.Context) (nozzle.ModelInfo, error) {
+				return nozzle.ModelInfo{ID: "nozzle-demo", Architecture: "llama", ContextLength: 2048, MaxLoRARank: 64, Device: "cpu",
+					CreatedAt: time.Unix(1700000000, 0).UTC()}, nil
+			},
+			GenerateFn: w.generate,
+			AdapterTierFn: func(ctx context.Context, sha string) nozzle.Tier {
+				w.mu.Lock()
+				defer w.mu.Unlock()
+				if t, ok := w.tiers[sha]; ok {
+					return t
+				}
+				return nozzle.TierDisk
+			},
+		}}},
+	}
+}
+
+func (w *memWorld) userService() *mock.UserService {
+	return &mock.UserService{
+		CreateUserFn: func(ctx context.Context, u *nozzle.User) error {
+			w.mu.Lock()
+			defer w.mu.Unlock()
+			for _, x := range w.users {
+				if strings.EqualFold(x.Email, u.Email) {
+					return nozzle.Errorf(nozzle.ECONFLICT, "A user with this email exists already.").WithParam("email")
+				}
+			}
+			if u.TenantID != "" && w.tenants[u.TenantID] == nil {
+				return nozzle.Errorf(nozzle.ENOTFOUND, "No tenant.")
+			}
+			u.ID, u.CreatedAt = w.id("usr_"), w.now().UTC()
+			w.users[u.ID] = cp(u)
+			return nil
+		},
+		UserFn: func(ctx context.Context, id string) (*nozzle.User, error) {
+			w.mu.Lock()
+			defer w.mu.Unlock()
+			if u := w.users[id]; u != nil {
+				return cp(u), nil
+			}
+			return nil, nozzle.Errorf(nozzle.ENOTFOUND, "No user.")
+		},
+		UserByEmailFn: func(ctx context.Context, email string) (*nozzle.User, error) {
+			w.mu.Lock()
+			defer w.mu.Unlock()
+			for _, u := range w.users {
+				if strings.EqualFold(u.Email, strings.TrimSpace(email)) {
+					return cp(u), nil
+				}
+			}
+			return nil, nozzle.Errorf(nozzle.ENOTFOUND, "No user.")
+		},
+		UserByInviteFn: func(ctx context.Context, digest string) (*nozzle.User, error) {
+			w.mu.Lock()
+			defer w.mu.Unlock()
+			for _, u := range w.users {
+				if digest != "" && u.InviteDigest == digest {
+					return cp(u), nil
+				}
+			}
+			return nil, nozzle.Errorf(nozzle.ENOTFOUND, "No invite.")
+		},
+		UsersFn: func(ctx context.Context, tenantID string) ([]*nozzle.User, error) {
+			w.mu.Lock()
+			defer w.mu.Unlock()
+			var out []*nozzle.User
+			for _, u := range w.users {
+				if tenantID == "" || u.TenantID == tenantID {
+					out = append(out, cp(u))
+				}
+			}
+			sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+			return out, nil
+		},
+		UpdateUserFn: func(ctx context.Context, u *nozzle.User) error {
+			w.mu.Lock()
+			defer w.mu.Unlock()
+			old := w.users[u.ID]
+			if old == nil {
+				return nozzle.Errorf(nozzle.ENOTFOUND, "No user.")
+			}
+			old.PasswordHash, old.InviteDigest, old.InviteExpires, old.Disabled = u.PasswordHash, u.InviteDigest, u.InviteExpires, u.Disabled
+			return nil
+		},
+		CreateSessionFn: func(ctx context.Context, s *nozzle.Session) error {
+			w.mu.Lock()
+			defer w.mu.Unlock()
+			if w.sessions[s.ID] != nil {
+				return nozzle.Errorf(nozzle.ECONFLICT, "Session exists.")
+			}
+			s.CreatedAt = w.now().UTC()
+			w.sessions[s.ID] = cp(s)
+			return nil
+		},
+		SessionFn: func(ctx context.Context, id string) (*nozzle.Session, error) {
+			w.mu.Lock()
+			defer w.mu.Unlock()
+			s := w.sessions[id]
+			if s == nil || !s.RevokedAt.IsZero() || !w.now().Before(s.ExpiresAt) {
+				return nil, nozzle.Errorf(nozzle.EUNAUTHORIZED, "Please sign in.")
+			}
+			return cp(s), nil
+		},
+		RevokeSessionFn: func(ctx context.Context, id string) error {
+			w.mu.Lock()
+			defer w.mu.Unlock()
+			if s := w.sessions[id]; s != nil && s.RevokedAt.IsZero() {
+				s.RevokedAt = w.now().UTC()
+			}
+			return nil
+		},
+	}
+}
+
+// importAdapter checks a PEFT folder the way the runtime's store does, in
+// short: a LoRA config with a rank and target modules, and a safetensors
+// file whose header parses.
+func (w *memWorld) importAdapter(ctx context.Context, dir string) (*nozzle.AdapterManifest, error) {
+	defer os.RemoveAll(dir)
+	cfgB, err := os.ReadFile(filepath.Join(dir, nozzle.AdapterConfigFile))
+	if err != nil {
+		return nil, nozzle.Errorf(nozzle.EINVALID, "adapter_config.json is missing.")
+	}
+	var cfg struct {
+		PeftType string   `json:"peft_type"`
+		R        int      `json:"r"`
+		Alpha    float64  `json:"lora_alpha"`
+		Targets  []string `json:"target_modules"`
+		Base     string   `json:"base_model_name_or_path"`
+	}
+	if err := json.Unmarshal(cfgB, &cfg); err != nil {
+		return nil, nozzle.Errorf(nozzle.EINVALID, "adapter_config.json is not valid JSON: %v.", err).WithParam("adapter_config.json")
+	}
+	if cfg.PeftType != "LORA" {
+		return nil, nozzle.Errorf(nozzle.EINVALID, "adapter_config.json: peft_type is %q; only LORA adapters are supported.", cfg.PeftType).WithParam("adapter_config.json")
+	}
+	if cfg.R <= 0 || cfg.R > 64 || len(cfg.Targets) == 0 {
+		return nil, nozzle.Errorf(nozzle.EINVALID, "adapter_config.json: r must be 1 to 64 and target_modules must not be empty.").WithParam("adapter_config.json")
+	}
+	wB, err := os.ReadFile(filepath.Join(dir, nozzle.AdapterWeightsFile))
+	if err != nil {
+		return nil, nozzle.Errorf(nozzle.EINVALID, "adapter_model.safetensors is missing.")
+	}
+	if len(wB) < 8 || binary.LittleEndian.Uint64(wB) > uint64(len(wB)-8) || !json.Valid(wB[8:8+binary.LittleEndian.Uint64(wB)]) {
+		return nil, nozzle.Errorf(nozzle.EINVALID, "adapter_model.safetensors is not a safetensors file.").WithParam("adapter_model.safetensors")
+	}
+	h := sha256.New()
+	var n [8]byte
+	binary.LittleEndian.PutUint64(n[:], uint64(len(cfgB)))
+	h.Write(n[:])
+	h.Write(cfgB)
+	h.Write(wB)
+	sha := hex.EncodeToString(h.Sum(nil))
+	w.mu.Lock()
+	w.files[sha] = map[string][]byte{nozzle.AdapterConfigFile: cfgB, nozzle.AdapterWeightsFile: wB}
+	w.mu.Unlock()
+	alpha := cfg.Alpha
+	if alpha == 0 {
+		alpha = float64(cfg.R)
+	}
+	return &nozzle.AdapterManifest{SHA256: sha, Rank: cfg.R, Alpha: alpha, TargetModules: cfg.Targets, Layers: 2,
+		SizeBytes: int64(len(cfgB) + len(wB)), BaseModel: cfg.Base}, nil
+}
+
+// writeTestAdapter writes a small PEFT adapter folder.
+func writeTestAdapter(dir string, rank int) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	cfg := fmt.Sprintf(`{"peft_type": "LORA", "r": %d, "lora_alpha": %d, "target_modules": ["q_proj", "v_proj"], "base_model_name_or_path": "nozzle-demo"}`, rank, 2*rank)
+	if err := os.WriteFile(filepath.Join(dir, nozzle.AdapterConfigFile), []byte(cfg), 0o644); err != nil {
+		return err
+	}
+	header := []byte(fmt.Sprintf(`{"base_model.model.layers.0.self_attn.q_proj.lora_A.weight":{"dtype":"F32","shape":[%d,4],"data_offsets":[0,%d]}}`, rank, rank*16))
+	var b bytes.Buffer
+	_ = binary.Write(&b, binary.LittleEndian, uint64(len(header)))
+	b.Write(header)
+	b.Write(make([]byte, rank*16))
+	return os.WriteFile(filepath.Join(dir, nozzle.AdapterWeightsFile), b.Bytes(), 0o644)
+}
+
+func (w *memWorld) generate(ctx context.Context, req *nozzle.GenerateRequest, emit func(nozzle.Chunk) error) (*nozzle.GenerateResult, error) {
+	prompt := 0
+	for _, m := range req.Messages {
+		prompt += len(strings.Fields(m.Content)) + 4
+	}
+	prompt += len(strings.Fields(req.Prompt))
+	res := &nozzle.GenerateResult{PromptTokens: prompt, RuntimeID: "local", RatePerHour: w.rate, FinishReason: nozzle.FinishStop}
+	words := w.words
+	if req.MaxTokens > 0 && req.MaxTokens < len(words) {
+		words = words[:req.MaxTokens]
+		res.FinishReason = nozzle.FinishLength
+	}
+	for _, word := range words {
+		if w.delay > 0 {
+			select {
+			case <-time.After(w.delay):
+			case <-ctx.Done():
+				return res, nozzle.Errorf(nozzle.ECANCELED, "Canceled.")
+			}
+		}
+		res.CompletionTokens++
+		res.DeviceSeconds += 0.02
+		if err := emit(nozzle.Chunk{Text: word}); err != nil {
+			return res, nozzle.Errorf(nozzle.ECANCELED, "Canceled.").Wrap(err)
+		}
+	}
+	if req.Adapter != nil {
+		w.mu.Lock()
+		w.tiers[req.Adapter.SHA256] = nozzle.TierDevice
+		w.mu.Unlock()
+	}
+	return res, nil
+}
+
+// report groups the ledger's events the way billing does, in short: active
+// cost from device time, idle time (the runtime up since w.started) shared
+// by active cost under the prorata policy, a dedicated GPU per adapter.
+func (w *memWorld) report(ctx context.Context, q nozzle.ReportQuery) (*nozzle.Report, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, g := range q.GroupBy {
+		if !slices.Contains([]string{nozzle.GroupHour, nozzle.GroupDay, nozzle.GroupAdapter, nozzle.GroupTenant}, g) {
+			return nil, nozzle.Errorf(nozzle.EINVALID, "Unknown group %q.", g)
+		}
+	}
+	if q.TenantID != "" && w.tenants[q.TenantID] == nil {
+		return nil, nozzle.Errorf(nozzle.ENOTFOUND, "No tenant.")
+	}
+	now := w.now().UTC()
+	upEnd, upStart := q.End, q.Start
+	if now.Before(upEnd) {
+		upEnd = now
+	}
+	if w.started.After(upStart) {
+		upStart = w.started
+	}
+	up := max(0, upEnd.Sub(upStart).Seconds())
+	var active, activeCost float64
+	for _, e := range w.events {
+		if !e.Time.Before(q.Start) && e.Time.Before(q.End) {
+			active += e.DeviceSeconds
+			activeCost += e.DeviceSeconds * e.RatePerHour / 3600
+		}
+	}
+	idle := max(0, up-active)
+	idleCost := idle * w.rate / 3600
+	rep := &nozzle.Report{Start: q.Start, End: q.End, GroupBy: q.GroupBy, IdlePolicy: nozzle.IdleProrata}
+	rows := map[string]*nozzle.ReportRow{}
+	var keys []string
+	add := func(r *nozzle.ReportRow, e *nozzle.UsageEvent) {
+		r.Requests++
+		r.PromptTokens += e.PromptTokens
+		r.CompletionTokens += e.CompletionTokens
+		r.DeviceSeconds += e.DeviceSeconds
+		ac := e.DeviceSeconds * e.RatePerHour / 3600
+		r.ActiveCostUSD += ac
+		if activeCost > 0 {
+			r.IdleCostUSD += idleCost * ac / activeCost
+			r.IdleSeconds += idle * ac / activeCost
+		}
+		r.ChargedUSD += e.ChargeUSD
+	}
+	for _, e := range w.events {
+		if e.Time.Before(q.Start) || !e.Time.Before(q.End) || (q.TenantID != "" && e.TenantID != q.TenantID) ||
+			(q.AdapterName != "" && e.AdapterName != q.AdapterName) {
+			continue
+		}
+		var key strings.Builder
+		var r nozzle.ReportRow
+		for _, g := range q.GroupBy {
+			switch g {
+			case nozzle.GroupHour:
+				r.Time = e.Time.UTC().Truncate(time.Hour)
+			case nozzle.GroupDay:
+				t := e.Time.UTC()
+				r.Time = time.Date(t.Year(), t.Month(), t.Day(), 0, 0, 0, 0, time.UTC)
+			case nozzle.GroupTenant:
+				r.TenantID, r.TenantName = e.TenantID, w.tenants[e.TenantID].Name
+			case nozzle.GroupAdapter:
+				r.AdapterID, r.AdapterName = e.AdapterID, e.AdapterName
+			}
+		}
+		fmt.Fprintf(&key, "%d|%s|%s", r.Time.Unix(), r.TenantID, r.AdapterID)
+		if rows[key.String()] == nil {
+			rows[key.String()] = &r
+			keys = append(keys, key.String())
+		}
+		add(rows[key.String()], e)
+		add(&rep.Total, e)
+	}
+	hours := q.End.Sub(q.Start).Hours()
+	finish := func(r *nozzle.ReportRow) {
+		r.CostUSD = r.ActiveCostUSD + r.IdleCostUSD
+		r.MarginUSD = r.ChargedUSD - r.CostUSD
+		r.DedicatedUSD = hours * w.rate
+		if r.DedicatedUSD > 0 {
+			r.SavingPercent = (1 - r.CostUSD/r.DedicatedUSD) * 100
+		}
+	}
+	for _, k := range keys {
+		r := rows[k]
+		finish(r)
+		rep.Rows = append(rep.Rows, *r)
+	}
+	sort.SliceStable(rep.Rows, func(i, j int) bool { return rep.Rows[i].Time.Before(rep.Rows[j].Time) })
+	finish(&rep.Total)
+	if q.TenantID == "" {
+		rep.GPU = &nozzle.GPUSummary{UptimeSeconds: up, ActiveSeconds: min(active, up), IdleSeconds: idle, CostUSD: up * w.rate / 3600, IdleCostUSD: idleCost}
+		if up > 0 {
+			rep.GPU.Utilization = rep.GPU.ActiveSeconds / up
+		}
+		rep.Outbox = &nozzle.OutboxState{Enabled: true, Pending: 1, Sent: 12, LastSentAt: now.Add(-40 * time.Minute)}
+	}
+	return rep, nil
+}

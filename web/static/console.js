@@ -1,0 +1,547 @@
+// Nozzle console: the little JavaScript the server-rendered pages need.
+// Every state change goes through fetch with the session's CSRF token in a
+// header; creations also carry a form token, so a double-clicked submit
+// creates once. No framework, no build step.
+(function () {
+  'use strict';
+
+  const $ = (sel, root) => (root || document).querySelector(sel);
+  const $$ = (sel, root) => Array.from((root || document).querySelectorAll(sel));
+  const csrf = () => (document.querySelector('meta[name="csrf-token"]') || {}).content || '';
+
+  function newToken() {
+    if (window.crypto && crypto.randomUUID) return crypto.randomUUID();
+    const b = new Uint8Array(16);
+    crypto.getRandomValues(b);
+    return Array.from(b, (x) => x.toString(16).padStart(2, '0')).join('');
+  }
+
+  // errorMessage turns an API answer into a sentence for the page.
+  async function errorMessage(res) {
+    let msg = '';
+    try {
+      const j = await res.json();
+      msg = j && j.error && j.error.message;
+    } catch (_) { /* not JSON */ }
+    if (msg) return msg;
+    if (res.status === 413) return 'The upload is too large.';
+    if (res.status === 401) return 'Your session has ended. Reload the page and sign in again.';
+    return 'The request failed (HTTP ' + res.status + '). Please try again.';
+  }
+
+  async function api(method, url, body, formToken) {
+    const headers = { 'X-CSRF-Token': csrf(), Accept: 'application/json' };
+    if (body !== undefined) headers['Content-Type'] = 'application/json';
+    if (formToken) headers['X-Form-Token'] = formToken;
+    let res;
+    try {
+      res = await fetch(url, { method, headers, body: body === undefined ? undefined : JSON.stringify(body), credentials: 'same-origin' });
+    } catch (_) {
+      throw new Error('Could not reach the server. Check your connection and try again.');
+    }
+    if (!res.ok) throw new Error(await errorMessage(res));
+    const ct = res.headers.get('Content-Type') || '';
+    return ct.includes('json') ? res.json() : null;
+  }
+
+  function busy(button, on) {
+    if (!button) return;
+    button.disabled = on;
+    button.setAttribute('aria-busy', on ? 'true' : 'false');
+  }
+
+  // ----- dialogs -----
+  function showSecret(title, text, value) {
+    const d = $('#secret-dialog');
+    $('#secret-title').textContent = title;
+    $('#secret-text').textContent = text;
+    $('#secret-value').textContent = value;
+    $('#secret-status').textContent = '';
+    d.addEventListener('close', () => location.reload(), { once: true });
+    d.showModal();
+  }
+
+  function confirmAction(text, run) {
+    const d = $('#confirm-dialog');
+    const ok = $('#confirm-ok');
+    const err = $('#confirm-error');
+    $('#confirm-text').textContent = text;
+    err.textContent = '';
+    const fresh = ok.cloneNode(true);
+    ok.replaceWith(fresh);
+    fresh.addEventListener('click', async () => {
+      busy(fresh, true);
+      try {
+        await run();
+        d.close();
+      } catch (e) {
+        err.textContent = e.message;
+      } finally {
+        busy(fresh, false);
+      }
+    });
+    d.showModal();
+  }
+
+  // ----- copy buttons -----
+  async function copyText(text) {
+    try {
+      await navigator.clipboard.writeText(text);
+      return true;
+    } catch (_) {
+      const ta = document.createElement('textarea');
+      ta.value = text;
+      ta.setAttribute('readonly', '');
+      ta.style.position = 'fixed';
+      ta.style.opacity = '0';
+      document.body.appendChild(ta);
+      ta.select();
+      const ok = document.execCommand && document.execCommand('copy');
+      ta.remove();
+      return !!ok;
+    }
+  }
+
+  document.addEventListener('click', async (ev) => {
+    const btn = ev.target.closest('[data-copy]');
+    if (!btn) return;
+    const src = document.getElementById(btn.dataset.copy);
+    if (!src) return;
+    const ok = await copyText(src.textContent);
+    const label = btn.textContent;
+    btn.textContent = ok ? 'Copied' : 'Press Ctrl+C';
+    const status = $('#secret-status');
+    if (status && btn.closest('dialog')) status.textContent = ok ? 'Copied to the clipboard.' : 'Select the text and copy it.';
+    setTimeout(() => { btn.textContent = label; }, 1600);
+  });
+
+  // ----- JSON forms (data-api) -----
+  function formBody(form) {
+    const body = {};
+    for (const el of form.elements) {
+      if (!el.name || el.disabled || el.type === 'submit') continue;
+      if (el.type === 'checkbox') {
+        if (!Array.isArray(body[el.name])) body[el.name] = [];
+        if (el.checked) body[el.name].push(el.value);
+        continue;
+      }
+      const v = el.value.trim();
+      if (v === '') continue;
+      body[el.name] = el.dataset.type === 'number' ? Number(v) : v;
+    }
+    return body;
+  }
+
+  function succeed(el, res) {
+    const how = el.dataset.success || 'reload';
+    if (how === 'secret') {
+      const value = res && res[el.dataset.secretField];
+      if (value) {
+        showSecret(el.dataset.secretTitle || 'Copy it now', el.dataset.secretText || 'It is shown only once.', value);
+        return;
+      }
+    }
+    location.reload();
+  }
+
+  for (const form of $$('form[data-api]')) {
+    form.dataset.token = newToken();
+    form.addEventListener('submit', async (ev) => {
+      ev.preventDefault();
+      const err = $('.form-error', form);
+      const btn = $('button[type=submit]', form);
+      if (err) err.textContent = '';
+      if (!form.reportValidity()) return;
+      if (btn && btn.disabled) return;
+      busy(btn, true);
+      try {
+        const res = await api(form.dataset.method || 'POST', form.dataset.api, formBody(form), form.dataset.token);
+        form.dataset.token = newToken();
+        succeed(form, res);
+      } catch (e) {
+        if (err) err.textContent = e.message;
+      } finally {
+        busy(btn, false);
+      }
+    });
+  }
+
+  // Plain forms posted once: the button is disabled while the page loads.
+  for (const form of $$('form[data-once]')) {
+    form.addEventListener('submit', (ev) => {
+      const btn = $('button[type=submit]', form);
+      if (btn && btn.disabled) { ev.preventDefault(); return; }
+      setTimeout(() => busy(btn, true), 0);
+    });
+  }
+
+  // ----- action buttons (data-method + data-url, optional data-confirm) -----
+  document.addEventListener('click', (ev) => {
+    const btn = ev.target.closest('button[data-url][data-method]');
+    if (!btn) return;
+    const body = btn.dataset.body ? JSON.parse(btn.dataset.body) : undefined;
+    const token = btn.dataset.token || (btn.dataset.token = newToken());
+    const run = async () => {
+      const res = await api(btn.dataset.method, btn.dataset.url, body, token);
+      succeed(btn, res);
+    };
+    if (btn.dataset.confirm) {
+      confirmAction(btn.dataset.confirm, run);
+      return;
+    }
+    busy(btn, true);
+    run().catch((e) => { alert(e.message); }).finally(() => busy(btn, false));
+  });
+
+  // ----- tabs -----
+  for (const box of $$('[data-tabs]')) {
+    const tabs = $$('[role=tab]', box);
+    const select = (tab) => {
+      for (const t of tabs) {
+        const on = t === tab;
+        t.setAttribute('aria-selected', on ? 'true' : 'false');
+        t.tabIndex = on ? 0 : -1;
+        document.getElementById(t.getAttribute('aria-controls')).hidden = !on;
+      }
+    };
+    tabs.forEach((t, i) => {
+      t.addEventListener('click', () => select(t));
+      t.addEventListener('keydown', (ev) => {
+        const d = ev.key === 'ArrowRight' ? 1 : ev.key === 'ArrowLeft' ? -1 : 0;
+        if (!d) return;
+        const next = tabs[(i + d + tabs.length) % tabs.length];
+        select(next);
+        next.focus();
+      });
+    });
+  }
+
+  // ----- period filters -----
+  for (const sel of $$('select[data-period]')) {
+    const sync = () => { for (const f of $$('[data-custom-dates]', sel.form)) f.hidden = sel.value !== 'custom'; };
+    sel.addEventListener('change', sync);
+  }
+
+  // ----- charts (uPlot) -----
+  const palette = ['#3540b8', '#16a394', '#e07a1f', '#b3261e'];
+  const fmt = {
+    tokens: (v) => v >= 1e6 ? (v / 1e6).toFixed(1) + 'M' : v >= 1e3 ? (v / 1e3).toFixed(1) + 'k' : String(Math.round(v)),
+    usd: (v) => '$' + (v === 0 ? '0' : v < 0.01 ? v.toPrecision(2) : v.toFixed(2)),
+    percent: (v) => v.toFixed(0) + '%',
+    seconds: (v) => v >= 3600 ? (v / 3600).toFixed(1) + 'h' : v >= 60 ? (v / 60).toFixed(0) + 'm' : v.toFixed(0) + 's',
+    count: (v) => String(Math.round(v)),
+  };
+
+  function drawChart(box) {
+    const spec = JSON.parse(box.nextElementSibling.textContent);
+    const f = fmt[spec.unit] || fmt.count;
+    const n = spec.series.length;
+    // Stacked bars: each series is drawn as its running total.
+    const data = [spec.x];
+    let acc = spec.x.map(() => 0);
+    for (const s of spec.series) {
+      const vals = spec.stacked ? s.values.map((v, i) => (acc[i] += v)) : s.values;
+      data.push(vals.slice());
+    }
+    const bars = spec.kind === 'bars' && uPlot.paths && uPlot.paths.bars;
+    const series = [{ label: spec.step === 'hour' ? 'Hour' : 'Day', value: (u, v) => v == null ? '' : new Date(v * 1000).toISOString().slice(0, spec.step === 'hour' ? 16 : 10).replace('T', ' ') }];
+    spec.series.forEach((s, i) => {
+      const color = palette[i % palette.length];
+      series.push({
+        label: s.label,
+        stroke: color,
+        fill: spec.kind === 'bars' ? color : color + '22',
+        width: spec.kind === 'bars' ? 0 : 2,
+        paths: bars ? bars({ size: [0.7, 48], align: 0 }) : undefined,
+        points: { show: spec.kind !== 'bars' && spec.x.length < 60 },
+        value: (u, v, si, di) => di == null ? '' : f(spec.series[i].values[di]),
+      });
+    });
+    // Stacked: draw the top series first so each bar shows its segments.
+    if (spec.stacked) series.splice(1, n, ...series.slice(1).reverse());
+    if (spec.stacked) data.splice(1, n, ...data.slice(1).reverse());
+    const opts = {
+      width: Math.max(240, box.clientWidth),
+      height: 240,
+      series,
+      scales: { x: { time: true }, y: { range: (u, min, max) => [0, spec.unit === 'percent' ? 100 : (max > 0 ? max * 1.1 : 1)] } },
+      axes: [
+        { stroke: '#575c68', grid: { show: false }, values: (u, vals) => vals.map((v) => { const d = new Date(v * 1000); return spec.step === 'hour' ? d.toISOString().slice(11, 16) : d.toISOString().slice(5, 10); }) },
+        { stroke: '#575c68', grid: { stroke: '#e6e8ec' }, size: 56, values: (u, vals) => vals.map(f) },
+      ],
+      legend: { live: true },
+      cursor: { points: { show: false } },
+    };
+    const plot = new uPlot(opts, data, box);
+    if (window.ResizeObserver) {
+      new ResizeObserver(() => plot.setSize({ width: Math.max(240, box.clientWidth), height: 240 })).observe(box);
+    }
+  }
+
+  if ($$('[data-chart]').length) {
+    if (window.uPlot) {
+      for (const box of $$('[data-chart]')) {
+        try { drawChart(box); } catch (e) { box.textContent = 'The chart could not be drawn.'; }
+      }
+    }
+  }
+
+  // ----- adapter upload -----
+  const upload = $('#upload-form');
+  if (upload) {
+    const drop = $('#dropzone');
+    const list = $('#file-list');
+    const nameInput = $('#adapter-name');
+    const err = $('#upload-error');
+    const okMsg = $('#upload-ok');
+    const limit = Number(upload.dataset.uploadLimit || 0);
+    let chosen = null; // {config, weights} or {archive}
+
+    const isArchive = (f) => /\.(tar\.gz|tgz|zip)$/i.test(f.name);
+    const sizeText = (n) => n >= 1 << 20 ? (n / (1 << 20)).toFixed(1) + ' MiB' : n >= 1024 ? (n / 1024).toFixed(1) + ' KiB' : n + ' B';
+    const suggestName = (s) => s.replace(/\.(tar\.gz|tgz|zip)$/i, '').replace(/[^A-Za-z0-9._-]+/g, '-').replace(/^[^A-Za-z0-9]+/, '').slice(0, 64);
+
+    function choose(files, folderName) {
+      err.textContent = '';
+      okMsg.textContent = '';
+      list.textContent = '';
+      chosen = null;
+      files = Array.from(files);
+      const archive = files.find(isArchive);
+      const config = files.find((f) => f.name === 'adapter_config.json');
+      const weights = files.find((f) => f.name === 'adapter_model.safetensors');
+      if (archive && files.length === 1) {
+        chosen = { archive };
+        if (!nameInput.value) nameInput.value = suggestName(archive.name);
+      } else if (config && weights) {
+        chosen = { config, weights };
+        if (!nameInput.value && folderName) nameInput.value = suggestName(folderName);
+      } else {
+        const names = files.map((f) => f.name).slice(0, 5).join(', ');
+        err.textContent = 'These files are not a PEFT adapter' + (names ? ' (' + names + ')' : '') +
+          ': choose the adapter folder, its two files adapter_config.json and adapter_model.safetensors, or one .tar.gz or .zip of the folder.';
+        return;
+      }
+      const total = Object.values(chosen).reduce((n, f) => n + f.size, 0);
+      for (const f of Object.values(chosen)) {
+        const li = document.createElement('li');
+        li.textContent = '✓ ' + f.name + ' (' + sizeText(f.size) + ')';
+        list.appendChild(li);
+      }
+      if (limit && total > limit) {
+        err.textContent = 'These files are ' + sizeText(total) + ', more than the upload limit of ' + sizeText(limit) + '.';
+        chosen = null;
+      }
+    }
+
+    // Reads a dropped folder's top-level files.
+    async function dropped(dt) {
+      const items = Array.from(dt.items || []).map((it) => it.webkitGetAsEntry && it.webkitGetAsEntry()).filter(Boolean);
+      if (items.length === 1 && items[0].isDirectory) {
+        const dir = items[0];
+        const entries = await new Promise((res, rej) => dir.createReader().readEntries(res, rej));
+        const files = await Promise.all(entries.filter((e) => e.isFile).map((e) => new Promise((res, rej) => e.file(res, rej))));
+        return choose(files, dir.name);
+      }
+      choose(dt.files);
+    }
+
+    drop.addEventListener('dragover', (ev) => { ev.preventDefault(); drop.classList.add('over'); });
+    drop.addEventListener('dragleave', () => drop.classList.remove('over'));
+    drop.addEventListener('drop', (ev) => { ev.preventDefault(); drop.classList.remove('over'); dropped(ev.dataTransfer); });
+    drop.addEventListener('click', (ev) => { if (!ev.target.closest('label, input')) $('#pick-files').click(); });
+    drop.addEventListener('keydown', (ev) => { if (ev.key === 'Enter' || ev.key === ' ') { ev.preventDefault(); $('#pick-files').click(); } });
+    $('#pick-files').addEventListener('change', (ev) => choose(ev.target.files));
+    $('#pick-folder').addEventListener('change', (ev) => {
+      const files = Array.from(ev.target.files).filter((f) => (f.webkitRelativePath || f.name).split('/').length <= 2);
+      const folder = (ev.target.files[0] && (ev.target.files[0].webkitRelativePath || '').split('/')[0]) || '';
+      choose(files, folder);
+    });
+
+    upload.addEventListener('submit', (ev) => {
+      ev.preventDefault();
+      err.textContent = '';
+      okMsg.textContent = '';
+      const btn = $('#upload-button');
+      if (btn.disabled) return;
+      if (!chosen) { err.textContent = err.textContent || 'Choose the adapter files first: drag the folder into the box, or use the buttons.'; return; }
+      if (!nameInput.reportValidity()) return;
+      const fd = new FormData();
+      fd.append('name', nameInput.value.trim());
+      if (chosen.archive) fd.append('archive', chosen.archive, chosen.archive.name);
+      else {
+        fd.append('adapter_config.json', chosen.config, 'adapter_config.json');
+        fd.append('adapter_model.safetensors', chosen.weights, 'adapter_model.safetensors');
+      }
+      const bar = $('#upload-bar');
+      const pct = $('#upload-pct');
+      $('#upload-progress').hidden = false;
+      bar.value = 0;
+      pct.textContent = '0%';
+      busy(btn, true);
+      const xhr = new XMLHttpRequest();
+      xhr.open('POST', '/console/api/adapters');
+      xhr.setRequestHeader('X-CSRF-Token', csrf());
+      xhr.setRequestHeader('Accept', 'application/json');
+      xhr.upload.addEventListener('progress', (e) => {
+        if (!e.lengthComputable) return;
+        const p = Math.floor((e.loaded / e.total) * 100);
+        bar.value = p;
+        pct.textContent = p + '%';
+      });
+      xhr.addEventListener('load', () => {
+        busy(btn, false);
+        let body = null;
+        try { body = JSON.parse(xhr.responseText); } catch (_) { /* not JSON */ }
+        if (xhr.status >= 200 && xhr.status < 300) {
+          bar.value = 100;
+          pct.textContent = '100%';
+          okMsg.textContent = 'Uploaded ' + body.name + ' (rank ' + body.rank + '). Loading the list…';
+          setTimeout(() => location.reload(), 600);
+          return;
+        }
+        $('#upload-progress').hidden = true;
+        err.textContent = (body && body.error && body.error.message) ||
+          (xhr.status === 413 ? 'The upload is too large.' : 'The upload failed (HTTP ' + xhr.status + ').');
+      });
+      xhr.addEventListener('error', () => {
+        busy(btn, false);
+        $('#upload-progress').hidden = true;
+        err.textContent = 'The upload was interrupted. Check your connection and try again.';
+      });
+      xhr.send(fd);
+    });
+  }
+
+  // ----- playground -----
+  const chat = $('#chat-form');
+  if (chat) {
+    const box = chat.closest('[data-prompt-price]');
+    const pp = Number(box.dataset.promptPrice || 0);
+    const cp = Number(box.dataset.completionPrice || 0);
+    const transcript = $('#transcript');
+    const input = $('#chat-input');
+    const err = $('#chat-error');
+    const send = $('#chat-send');
+    const stop = $('#chat-stop');
+    let history = [];
+    let controller = null;
+
+    function bubble(role, text) {
+      $('#chat-empty') && $('#chat-empty').remove();
+      const div = document.createElement('div');
+      div.className = 'msg msg-' + role;
+      const r = document.createElement('p');
+      r.className = 'msg-role';
+      r.textContent = role === 'user' ? 'You' : 'Model';
+      const t = document.createElement('p');
+      t.className = 'msg-text';
+      t.textContent = text;
+      div.append(r, t);
+      transcript.appendChild(div);
+      transcript.scrollTop = transcript.scrollHeight;
+      return div;
+    }
+
+    function money(v) { return '$' + (v === 0 ? '0' : v < 0.01 ? v.toPrecision(2) : v.toFixed(4)); }
+
+    $('#chat-clear').addEventListener('click', () => {
+      history = [];
+      transcript.innerHTML = '<p class="empty-chat muted" id="chat-empty">Your conversation appears here.</p>';
+      err.textContent = '';
+      input.focus();
+    });
+    stop.addEventListener('click', () => controller && controller.abort());
+    input.addEventListener('keydown', (ev) => {
+      if (ev.key === 'Enter' && (ev.ctrlKey || ev.metaKey)) { ev.preventDefault(); chat.requestSubmit(); }
+    });
+
+    chat.addEventListener('submit', async (ev) => {
+      ev.preventDefault();
+      err.textContent = '';
+      const text = input.value.trim();
+      if (!text || send.disabled) return;
+      const system = $('#chat-system').value.trim();
+      history.push({ role: 'user', content: text });
+      bubble('user', text);
+      input.value = '';
+      const reply = bubble('assistant', '');
+      reply.setAttribute('aria-busy', 'true');
+      const out = $('.msg-text', reply);
+      const messages = (system ? [{ role: 'system', content: system }] : []).concat(history);
+      const body = {
+        model: $('#chat-model').value,
+        messages,
+        stream: true,
+        stream_options: { include_usage: true },
+        max_tokens: Number($('#chat-max').value) || 64,
+        temperature: Number($('#chat-temp').value) || 0,
+      };
+      busy(send, true);
+      stop.hidden = false;
+      controller = new AbortController();
+      let answer = '';
+      let usage = null;
+      let finish = '';
+      try {
+        const res = await fetch('/console/api/chat/completions', {
+          method: 'POST',
+          headers: { 'Content-Type': 'application/json', 'X-CSRF-Token': csrf(), Accept: 'text/event-stream' },
+          body: JSON.stringify(body),
+          signal: controller.signal,
+        });
+        if (!res.ok) throw new Error(await errorMessage(res));
+        const reader = res.body.getReader();
+        const dec = new TextDecoder();
+        let buf = '';
+        for (;;) {
+          const { value, done } = await reader.read();
+          if (done) break;
+          buf += dec.decode(value, { stream: true });
+          let i;
+          while ((i = buf.indexOf('\n\n')) >= 0) {
+            const event = buf.slice(0, i);
+            buf = buf.slice(i + 2);
+            for (const line of event.split('\n')) {
+              if (!line.startsWith('data:')) continue;
+              const data = line.slice(5).trim();
+              if (data === '[DONE]') continue;
+              const j = JSON.parse(data);
+              if (j.error) throw new Error(j.error.message);
+              if (j.usage) usage = j.usage;
+              for (const ch of j.choices || []) {
+                if (ch.delta && ch.delta.content) { answer += ch.delta.content; out.textContent = answer; }
+                if (ch.finish_reason) finish = ch.finish_reason;
+              }
+              transcript.scrollTop = transcript.scrollHeight;
+            }
+          }
+        }
+        history.push({ role: 'assistant', content: answer });
+        if (usage) {
+          const cost = (usage.prompt_tokens * pp + usage.completion_tokens * cp) / 1e6;
+          const meta = document.createElement('p');
+          meta.className = 'msg-meta';
+          meta.setAttribute('data-testid', 'answer-usage');
+          meta.textContent = usage.prompt_tokens + ' prompt + ' + usage.completion_tokens + ' completion tokens · ' + money(cost) +
+            (finish === 'length' ? ' · stopped at max tokens' : '');
+          reply.appendChild(meta);
+        }
+      } catch (e) {
+        reply.classList.add('msg-error');
+        if (e.name === 'AbortError') {
+          out.textContent = answer + ' [stopped]';
+          if (answer) history.push({ role: 'assistant', content: answer });
+        } else {
+          if (!answer) { reply.remove(); history.pop(); input.value = text; }
+          err.textContent = e.message;
+        }
+      } finally {
+        reply.removeAttribute('aria-busy');
+        busy(send, false);
+        stop.hidden = true;
+        controller = null;
+      }
+    });
+  }
+})();
