@@ -25,8 +25,8 @@ const DemoChatTemplate = "{{ bos_token }}{% for message in messages %}{{ '<|im_s
 // most vocabSize tokens: the 256 byte tokens, the merges, and the special
 // tokens <|begin_of_text|> (BOS), <|end_of_text|>, <|im_start|> and
 // <|im_end|> (EOS), in that order. The chat template is ChatML. It returns
-// the vocabulary size, which is smaller than vocabSize when the corpus has
-// no more pairs worth merging.
+// the vocabulary size, which is smaller than vocabSize when every word of
+// the corpus is already one token (about 2,000 tokens).
 func WriteDemo(dir string, vocabSize int) (int, error) {
 	if vocabSize < 256+len(demoSpecials) {
 		return 0, fmt.Errorf("write demo tokenizer: vocabulary size %d is below the minimum %d", vocabSize, 256+len(demoSpecials))
@@ -47,8 +47,8 @@ func WriteDemo(dir string, vocabSize int) (int, error) {
 }
 
 // trainDemo learns byte-level BPE merges on corpus until the vocabulary
-// has size tokens or no pair occurs twice. Ties go to the pair whose merged
-// token sorts first, so the result is deterministic.
+// has size tokens or every word is one token. Ties go to the pair whose
+// merged token sorts first, so the result is deterministic.
 func trainDemo(corpus string, size int) (tokens []string, merges [][2]int) {
 	for b := range 256 {
 		tokens = append(tokens, byteLevelUTF8[b])
@@ -84,16 +84,17 @@ func trainDemo(corpus string, size int) (tokens []string, merges [][2]int) {
 				pairs[[2]int{w[i], w[i+1]}] += freq[k]
 			}
 		}
+		// The most frequent pair; ties (and, once no pair occurs twice, the
+		// pairs seen once) go to the merged token that sorts first.
 		var best [2]int
-		bestN := 1
-		bestS := ""
+		bestN, bestS := 0, ""
 		for p, n := range pairs {
 			s := tokens[p[0]] + tokens[p[1]]
-			if n > bestN || n == bestN && bestN > 1 && (s < bestS || s == bestS && (p[0] < best[0] || p[0] == best[0] && p[1] < best[1])) {
+			if n > bestN || n == bestN && (s < bestS || s == bestS && (p[0] < best[0] || p[0] == best[0] && p[1] < best[1])) {
 				best, bestN, bestS = p, n, s
 			}
 		}
-		if bestN < 2 {
+		if bestN == 0 {
 			break
 		}
 		id, ok := index[bestS]

@@ -20,8 +20,8 @@ func TestWriteDemo(t *testing.T) {
 	dir := t.TempDir()
 	n, err := tokenizer.WriteDemo(dir, demoVocab)
 	must(t, err)
-	if n < 512 || n > demoVocab {
-		t.Fatalf("vocab size %d, want between 512 and %d", n, demoVocab)
+	if n != demoVocab {
+		t.Fatalf("vocab size %d, want %d", n, demoVocab)
 	}
 	tok, err := tokenizer.Load(dir)
 	must(t, err)
@@ -70,4 +70,15 @@ func TestWriteDemo(t *testing.T) {
 			t.Fatal("want an error")
 		}
 	})
+}
+
+func TestWriteDemo_Sizes(t *testing.T) {
+	for _, size := range []int{260, 300, 2048, 100000} {
+		n, err := tokenizer.WriteDemo(t.TempDir(), size)
+		must(t, err)
+		if n > size || (size <= 2048 && n != size) {
+			t.Errorf("WriteDemo(%d) = %d", size, n)
+		}
+		t.Logf("WriteDemo(%d) = %d", size, n)
+	}
 }
