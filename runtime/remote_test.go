@@ -1,9 +1,13 @@
 package runtime_test
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"net"
 	"net/http"
+	"net/http/httptest"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -161,4 +165,40 @@ func goodURL(t testing.TB, c *runtime.Client) string {
 		t.Fatal("unknown client")
 	}
 	return v.(string)
+}
+
+// FuzzServer_Generate posts arbitrary bodies to the generate endpoint: the
+// server answers an error or a well-formed stream that ends with the
+// account, and never fails otherwise.
+func FuzzServer_Generate(f *testing.F) {
+	f.Add([]byte(`{"prompt":"hello","max_tokens":4}`))
+	f.Add([]byte(`{"messages":[{"role":"user","content":"hi"}],"max_tokens":3,"stop":["a"],"logprobs":true,"top_logprobs":2}`))
+	f.Add([]byte(`{"prompt_tokens":[1,2,3],"max_tokens":2,"temperature":1,"seed":5}`))
+	f.Add([]byte(`{"prompt":"x","adapter":{"sha256":"zz"}}`))
+	f.Add([]byte(`{`))
+	rt := startFake(f, runtime.Options{}, 64)
+	defer closeRT(f, rt)
+	h := runtime.NewServer(rt.Runtime, internalToken)
+	f.Fuzz(func(t *testing.T, body []byte) {
+		req := httptest.NewRequest("POST", "/internal/v1/generate", bytes.NewReader(body))
+		req.Header.Set("Authorization", "Bearer "+internalToken)
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, req)
+		lines := strings.Split(strings.TrimSpace(w.Body.String()), "\n")
+		if w.Code != 200 {
+			var e struct {
+				Error struct{ Code, Message string } `json:"error"`
+			}
+			if json.Unmarshal([]byte(lines[0]), &e) != nil || e.Error.Code == "" || e.Error.Code == nozzle.EINTERNAL {
+				t.Fatalf("status %d with body %q", w.Code, w.Body.String())
+			}
+			return
+		}
+		var last struct {
+			Result *struct{ FinishReason string } `json:"result"`
+		}
+		if json.Unmarshal([]byte(lines[len(lines)-1]), &last) != nil || last.Result == nil {
+			t.Fatalf("stream does not end with the account: %q", w.Body.String())
+		}
+	})
 }

@@ -402,3 +402,47 @@ func TestAdapters_Tiers(t *testing.T) {
 		t.Errorf("%d host loads", len(rt.loads.opened))
 	}
 }
+
+// TestAdapters_NoSlotStarvation keeps every slot busy with a stream of
+// requests for resident adapters; a request for another adapter still gets
+// a slot (one drains for it) within a few service times.
+func TestAdapters_NoSlotStarvation(t *testing.T) {
+	rt := startFake(t, runtime.Options{Slots: 2, MaxBatchSeqs: 16}, 256)
+	defer closeRT(t, rt)
+	rt.eng.eosBias = -100
+	rt.eng.onStep = func(int) { time.Sleep(50 * time.Microsecond) }
+	ctx, stop := context.WithCancel(context.Background())
+	defer stop()
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var service float64
+	for g := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rng := newRNG(uint64(g))
+			for ctx.Err() == nil {
+				o := run(ctx, rt, &nozzle.GenerateRequest{TenantID: "t", PromptTokens: randomPrompt(rng, 10), MaxTokens: 30, Adapter: adapterFor(g % 2)})
+				if o.err == nil {
+					mu.Lock()
+					service = math.Max(service, o.res.TTFTSeconds-o.res.QueueSeconds)
+					mu.Unlock()
+				}
+			}
+		}()
+	}
+	time.Sleep(20 * time.Millisecond)
+	o := run(context.Background(), rt, &nozzle.GenerateRequest{TenantID: "t", Prompt: "hello", MaxTokens: 5, Adapter: adapterFor(5)})
+	stop()
+	wg.Wait()
+	if o.err != nil {
+		t.Fatal(o.err)
+	}
+	mu.Lock()
+	bound := 3 * 30 * service // three services of 30 steps each
+	mu.Unlock()
+	if o.res.QueueSeconds > bound {
+		t.Errorf("adapter waited %.3fs for a slot, bound %.3fs", o.res.QueueSeconds, bound)
+	}
+	t.Logf("waited %.3fs (bound %.3fs)", o.res.QueueSeconds, bound)
+}

@@ -1,0 +1,110 @@
+package runtime
+
+import (
+	"strings"
+	"testing"
+	"unicode/utf8"
+
+	nozzle "github.com/nozzle-ai/nozzle"
+)
+
+// byteCodec decodes each id as one byte, holding back incomplete UTF-8.
+type byteCodec struct{}
+
+type byteStream struct{ buf []byte }
+
+func (s *byteStream) Add(id int) string {
+	s.buf = append(s.buf, byte(id))
+	n := len(s.buf)
+	// Hold back a trailing incomplete sequence.
+	for i := max(0, n-3); i < n; i++ {
+		if utf8.RuneStart(s.buf[i]) && !utf8.FullRune(s.buf[i:]) {
+			n = i
+			break
+		}
+	}
+	out := strings.ToValidUTF8(string(s.buf[:n]), "\uFFFD")
+	s.buf = append(s.buf[:0], s.buf[n:]...)
+	return out
+}
+
+func (s *byteStream) Flush() string {
+	out := strings.ToValidUTF8(string(s.buf), "\uFFFD")
+	s.buf = nil
+	return out
+}
+
+func (byteCodec) Encode(string, bool) ([]int, error)              { return nil, nil }
+func (byteCodec) ChatPrompt([]nozzle.ChatMessage) (string, error) { return "", nil }
+func (byteCodec) NewStreamDecoder() streamDecoder                 { return &byteStream{} }
+func (byteCodec) TokenText(id int) string                         { return string(rune(id)) }
+func (byteCodec) TokenBytes(id int) []byte                        { return []byte{byte(id)} }
+func (byteCodec) EOS() int                                        { return -1 }
+
+// FuzzTextStream checks the stop-sequence logic against a direct reading
+// of the text as it grows token by token: what goes out is the text up to
+// the first stop sequence to appear (the earliest-starting one if several
+// complete with the same token), in valid UTF-8 chunks, and nothing of
+// the stop itself.
+func FuzzTextStream(f *testing.F) {
+	f.Add([]byte("hello world, stop here"), "stop", "")
+	f.Add([]byte("aaab"), "aab", "b")
+	f.Add([]byte("caf\xc3\xa9 cr\xc3\xa8me"), "\xc3\xa8", "")
+	f.Add([]byte("abc"), "", "x")
+	f.Fuzz(func(t *testing.T, text []byte, s1, s2 string) {
+		var stops []string
+		for _, s := range []string{s1, s2} {
+			if s != "" && utf8.ValidString(s) {
+				stops = append(stops, s)
+			}
+		}
+		var whole byteStream
+		full, want := "", ""
+		cut := false
+		for i := 0; i <= len(text); i++ {
+			if i < len(text) {
+				full += whole.Add(int(text[i]))
+			} else {
+				full += whole.Flush()
+			}
+			if j := firstStop(full, stops); j >= 0 && !cut {
+				want, cut = full[:j], true
+			}
+		}
+		if !cut {
+			want = full
+		}
+
+		ts := &textStream{dec: byteCodec{}.NewStreamDecoder(), stops: stops, logprobs: true}
+		var got strings.Builder
+		lps := 0
+		matched := false
+		for _, b := range text {
+			c, m := ts.add(byteCodec{}, &seqEvent{token: int32(b)})
+			if !utf8.ValidString(c.Text) {
+				t.Fatalf("chunk %q is not valid UTF-8", c.Text)
+			}
+			got.WriteString(c.Text)
+			lps += len(c.Logprobs)
+			if m {
+				matched = true
+				break
+			}
+		}
+		if !matched {
+			c, m := ts.flush(byteCodec{})
+			got.WriteString(c.Text)
+			lps += len(c.Logprobs)
+			matched = m
+		}
+		if got.String() != want {
+			t.Fatalf("stops %q over %q: got %q, want %q", stops, full, got.String(), want)
+		}
+		if matched != cut {
+			t.Fatalf("matched %v for %q in %q", matched, stops, full)
+		}
+		if !matched && lps != len(text) {
+			t.Fatalf("%d logprobs for %d tokens", lps, len(text))
+		}
+	})
+}
