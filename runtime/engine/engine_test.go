@@ -40,7 +40,11 @@ type refCase struct {
 
 func refCases() []refCase {
 	const tight = 5e-5
-	return []refCase{
+	var perModule []refCase
+	for mod := model.Module(0); mod < model.NumModules; mod++ {
+		perModule = append(perModule, refCase{name: "LoRAOnly_" + mod.String(), adapter: &model.AdapterSpec{Rank: 5, Seed: 50 + uint64(mod), Modules: []model.Module{mod}}, tol: tight})
+	}
+	return append(perModule, []refCase{
 		{name: "LlamaGQA", tol: tight},
 		{name: "LlamaTiedBiases", spec: func(s *model.Spec) { s.Tied = true; s.AttentionBias = true; s.MLPBias = true }, tol: tight},
 		{name: "Qwen2SlidingWindow", spec: func(s *model.Spec) {
@@ -72,7 +76,7 @@ func refCases() []refCase {
 		}, tol: tight},
 		{name: "LoRASomeModules", adapter: &model.AdapterSpec{Rank: 4, Seed: 13, DType: safetensors.F16, Modules: []model.Module{model.ModuleK, model.ModuleO, model.ModuleUp}, Layers: []int{1}}, tol: tight},
 		{name: "LoRAQwen2", spec: func(s *model.Spec) { s.Arch = "qwen2"; s.Tied = true }, adapter: &model.AdapterSpec{Rank: 16, Alpha: 8, Seed: 14}, tol: tight},
-	}
+	}...)
 }
 
 // TestEngine_MatchesReference prefills a chunk of a prompt, then decodes the
