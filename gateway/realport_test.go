@@ -2,9 +2,13 @@ package gateway_test
 
 import (
 	"bufio"
+	"bytes"
 	"context"
+	"io"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -255,4 +259,71 @@ func TestRealPort_OversizedChunkedBody(t *testing.T) {
 	if n := len(f.events()); n != 0 {
 		t.Errorf("%d events", n)
 	}
+}
+
+func TestRealPort_LargeUploadStreamed(t *testing.T) {
+	f := newFixture(t)
+	url := f.serve(t)
+	weights := append([]byte("SAFE"), bytes.Repeat([]byte{1, 2, 3, 4}, 2<<20)...) // 8 MiB
+	ct, body := multipartBody(t, part{"name", "", []byte("big")}, part{nozzle.AdapterConfigFile, "c", goodConfig}, part{nozzle.AdapterWeightsFile, "w", weights})
+	req, _ := http.NewRequest(http.MethodPost, url+"/v1/adapters", bytes.NewReader(body))
+	req.Header.Set("Content-Type", ct)
+	req.Header.Set("Authorization", "Bearer "+f.keyA)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != 201 {
+		t.Fatalf("status %d: %s", resp.StatusCode, readAll(t, resp))
+	}
+	var a adapterOut
+	decode(t, resp, &a)
+	if a.SizeBytes != int64(len(goodConfig)+len(weights)) {
+		t.Errorf("size %d", a.SizeBytes)
+	}
+	f.assertClean(t)
+	// The same connection serves the next request.
+	if r := post(t, url+"/v1/chat/completions", f.keyA, chatBody("big", "hi")); r.StatusCode != 200 {
+		t.Errorf("use: %d", r.StatusCode)
+	}
+}
+
+// TestRealPort_UploadIsStreamedToDisk shows the handler writes the upload
+// to its staging folder while the body is still arriving: the client holds
+// back the end of the body until the file shows up on disk.
+func TestRealPort_UploadIsStreamedToDisk(t *testing.T) {
+	f := newFixture(t)
+	url := f.serve(t)
+	weights := append([]byte("SAFE"), bytes.Repeat([]byte{9}, 4<<20)...)
+	ct, body := multipartBody(t, part{"name", "", []byte("streamed")}, part{nozzle.AdapterConfigFile, "c", goodConfig}, part{nozzle.AdapterWeightsFile, "w", weights})
+	cut := len(body) - (1 << 20)
+	pr, pw := io.Pipe()
+	go func() {
+		pw.Write(body[:cut])
+		deadline := time.Now().Add(10 * time.Second)
+		for time.Now().Before(deadline) {
+			m, _ := filepath.Glob(filepath.Join(f.uploadDir, "upload-*", nozzle.AdapterWeightsFile))
+			if len(m) == 1 {
+				if fi, err := os.Stat(m[0]); err == nil && fi.Size() > 1<<20 {
+					pw.Write(body[cut:])
+					pw.Close()
+					return
+				}
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		pw.CloseWithError(io.ErrUnexpectedEOF)
+	}()
+	req, _ := http.NewRequest(http.MethodPost, url+"/v1/adapters", pr)
+	req.ContentLength = int64(len(body))
+	req.Header.Set("Content-Type", ct)
+	req.Header.Set("Authorization", "Bearer "+f.keyA)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != 201 {
+		t.Fatalf("status %d: %s", resp.StatusCode, readAll(t, resp))
+	}
+	f.assertClean(t)
 }
