@@ -167,7 +167,7 @@ func rollupCells(tx *bolt.Tx, s *reportSpec, tenants []*nozzle.Tenant) ([]usageC
 	} else {
 		ids = []string{s.q.TenantID}
 	}
-	var cells []usageCell
+	cells := make([]usageCell, 0, int(s.endH-s.startH)*4)
 	c := tx.Bucket(bRollups).Cursor()
 	for _, id := range ids {
 		prefix := lp(id)
@@ -269,7 +269,14 @@ type rowAcc struct {
 	idleSecs float64
 	start    int64 // the row's span in hours
 	end      int64
-	adapters map[string]*adapterUse // tenant+adapter → use, for the dedicated comparison
+	adapters map[adapterKey]*adapterUse // for the dedicated comparison
+}
+
+type adapterKey struct{ tenant, adapter string }
+
+type rowKey struct {
+	start           int64
+	tenant, adapter string
 }
 
 type adapterUse struct {
@@ -286,7 +293,7 @@ func (a *rowAcc) add(c *usageCell, idleCost, idleSecs float64) {
 	r.DeviceSeconds += c.r.DeviceSeconds
 	r.ActiveCostUSD += c.r.ActiveCostUSD
 	r.ChargedUSD += c.r.ChargedUSD
-	k := c.tenantID + "\x00" + c.adapterID
+	k := adapterKey{c.tenantID, c.adapterID}
 	u := a.adapters[k]
 	if u == nil {
 		u = &adapterUse{}
@@ -337,12 +344,11 @@ func (l *Ledger) buildReport(s *reportSpec, cells []usageCell, tot periodTotals,
 		return cost, secs
 	}
 
-	rows := map[string]*rowAcc{}
-	var order []string
-	all := &rowAcc{start: s.startH, end: s.endH, adapters: map[string]*adapterUse{}}
+	rows := map[rowKey]*rowAcc{}
+	var order []rowKey
+	all := &rowAcc{start: s.startH, end: s.endH, adapters: map[adapterKey]*adapterUse{}}
 	for i := range cells {
 		c := &cells[i]
-		var key strings.Builder
 		start, end := s.startH, s.endH
 		switch {
 		case s.byHour:
@@ -351,16 +357,16 @@ func (l *Ledger) buildReport(s *reportSpec, cells []usageCell, tot periodTotals,
 			d := dayOf(c.hour)
 			start, end = max(d, s.startH), min(d+24, s.endH)
 		}
-		key.WriteString(string(hourKey(start)))
-		if s.byTenant {
-			key.WriteString(lpString(c.tenantID))
+		key := rowKey{start: start}
+		if s.byTenant || s.byAd {
+			key.tenant = c.tenantID
 		}
 		if s.byAd {
-			key.WriteString(lpString(c.tenantID) + c.adapterID)
+			key.adapter = c.adapterID
 		}
-		acc := rows[key.String()]
+		acc := rows[key]
 		if acc == nil {
-			acc = &rowAcc{start: start, end: end, adapters: map[string]*adapterUse{}}
+			acc = &rowAcc{start: start, end: end, adapters: map[adapterKey]*adapterUse{}}
 			if s.byHour || s.byDay {
 				acc.row.Time = hourTime(start)
 			}
@@ -370,8 +376,8 @@ func (l *Ledger) buildReport(s *reportSpec, cells []usageCell, tot periodTotals,
 			if s.byAd {
 				acc.row.AdapterID = c.adapterID
 			}
-			rows[key.String()] = acc
-			order = append(order, key.String())
+			rows[key] = acc
+			order = append(order, key)
 		}
 		if s.byAd && c.r.AdapterName != "" {
 			acc.row.AdapterName = c.r.AdapterName
@@ -453,8 +459,6 @@ func (l *Ledger) buildReport(s *reportSpec, cells []usageCell, tot periodTotals,
 	}
 	return rep
 }
-
-func lpString(s string) string { return string(lp(s)) }
 
 // dayOf returns the first hour of the UTC day holding hour h.
 func dayOf(h int64) int64 {

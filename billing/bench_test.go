@@ -1,0 +1,102 @@
+package billing_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nozzle-ai/nozzle"
+	"github.com/nozzle-ai/nozzle/billing"
+)
+
+// TestBench runs `nozzle bench billing` at a small size.
+func TestBench(t *testing.T) {
+	if testing.Short() {
+		t.Skip("benchmark run")
+	}
+	var out bytes.Buffer
+	doc := filepath.Join(t.TempDir(), "ECONOMICS.md")
+	err := billing.Bench(context.Background(), billing.BenchOptions{
+		Dir: t.TempDir(), ReportEvents: 50_000, Writers: 64, AppendEvents: 5_000,
+		BaselineDuration: 200 * time.Millisecond, SimTenants: 200, SimHours: 2, WriteDoc: doc,
+	}, &out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Log("\n" + out.String())
+	for _, want := range []string{"from rollups", "one event per transaction (baseline)", "Median tenant saving"} {
+		if !strings.Contains(out.String(), want) {
+			t.Fatalf("output lacks %q", want)
+		}
+	}
+	b, err := os.ReadFile(doc)
+	if err != nil || !strings.Contains(string(b), "## Assumptions") {
+		t.Fatalf("ECONOMICS.md: %v", err)
+	}
+}
+
+func BenchmarkRecordUsage(b *testing.B) {
+	l := mustOpen(b, billing.Options{DefaultPrice: nozzle.Price{PromptPerMillionUSD: 1}})
+	ten := mustTenant(b, l, "acme")
+	var n atomic.Int64
+	b.SetParallelism(64) // many concurrent requests share commits
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			i := n.Add(1)
+			ev := nozzle.UsageEvent{RequestID: fmt.Sprintf("req-%d-%d", i, time.Now().UnixNano()), TenantID: ten.ID, AdapterID: "ad", Time: time.Now(), PromptTokens: 100, CompletionTokens: 20, DeviceSeconds: 0.05, RatePerHour: 2}
+			if _, err := l.RecordUsage(context.Background(), &ev); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
+
+func BenchmarkKeyByDigest(b *testing.B) {
+	ctx := context.Background()
+	l := mustOpen(b, billing.Options{})
+	ten := mustTenant(b, l, "acme")
+	var digests []string
+	for range 1000 {
+		s, _ := nozzle.NewKeySecret()
+		k := &nozzle.APIKey{TenantID: ten.ID, Digest: nozzle.KeyDigest(s)}
+		if err := l.CreateKey(ctx, k); err != nil {
+			b.Fatal(err)
+		}
+		digests = append(digests, k.Digest)
+	}
+	var n atomic.Int64
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if _, err := l.KeyByDigest(ctx, digests[n.Add(1)%1000]); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
+
+func BenchmarkReport(b *testing.B) {
+	ctx := context.Background()
+	l := mustOpen(b, billing.Options{})
+	ten := mustTenant(b, l, "acme")
+	start := date("2026-04-01T00:00:00Z")
+	var evs []nozzle.UsageEvent
+	for i := range 20_000 {
+		evs = append(evs, nozzle.UsageEvent{RequestID: fmt.Sprint("r", i), TenantID: ten.ID, AdapterID: fmt.Sprint("ad", i%8), Time: start.Add(time.Duration(i) * 2 * time.Minute), PromptTokens: 100, DeviceSeconds: 0.1, RatePerHour: 2})
+	}
+	recordAll(b, l, evs)
+	q := nozzle.ReportQuery{TenantID: ten.ID, Start: start, End: start.Add(30 * 24 * time.Hour), GroupBy: []string{"day", "adapter"}}
+	b.ResetTimer()
+	for b.Loop() {
+		if _, err := l.Report(ctx, q); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -1,0 +1,112 @@
+package billing_test
+
+import (
+	"context"
+	"math"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nozzle-ai/nozzle"
+	"github.com/nozzle-ai/nozzle/billing"
+)
+
+func TestRecordCapacity(t *testing.T) {
+	ctx := context.Background()
+	l := mustOpen(t, billing.Options{})
+	start := date("2026-03-04T10:30:00Z")
+	iv := nozzle.CapacityInterval{RuntimeID: "rt", Seq: 1, Start: start, End: start.Add(time.Hour), ActiveSeconds: 1800, IdleSeconds: 1800, RatePerHour: 3}
+	if err := l.RecordCapacity(ctx, []nozzle.CapacityInterval{iv}); err != nil {
+		t.Fatal(err)
+	}
+	// Stored again: skipped, not doubled.
+	if err := l.RecordCapacity(ctx, []nozzle.CapacityInterval{iv}); err != nil {
+		t.Fatal(err)
+	}
+	if seq, err := l.LastCapacitySeq(ctx, "rt"); err != nil || seq != 1 {
+		t.Fatalf("LastCapacitySeq = %d, %v", seq, err)
+	}
+	if seq, _ := l.LastCapacitySeq(ctx, "r"); seq != 0 {
+		t.Fatalf("LastCapacitySeq of a prefix runtime = %d", seq)
+	}
+	// Half of the interval falls in each hour.
+	for _, h := range []string{"2026-03-04T10:00:00Z", "2026-03-04T11:00:00Z"} {
+		rep := mustReport(t, l, nozzle.ReportQuery{Start: date(h), End: date(h).Add(time.Hour)})
+		if g := rep.GPU; math.Abs(g.UptimeSeconds-1800) > 1e-9 || math.Abs(g.CostUSD-1.5) > 1e-12 || math.Abs(g.Utilization-0.5) > 1e-12 {
+			t.Fatalf("hour %s: GPU = %+v", h, g)
+		}
+	}
+	for name, bad := range map[string]nozzle.CapacityInterval{
+		"EndBeforeStart": {RuntimeID: "rt", Seq: 2, Start: start, End: start, RatePerHour: 1},
+		"NoRuntime":      {Seq: 2, Start: start, End: start.Add(time.Minute), IdleSeconds: 60},
+		"DoesNotAddUp":   {RuntimeID: "rt", Seq: 2, Start: start, End: start.Add(time.Minute), ActiveSeconds: 10, IdleSeconds: 10},
+		"NegativeRate":   {RuntimeID: "rt", Seq: 2, Start: start, End: start.Add(time.Minute), IdleSeconds: 60, RatePerHour: -1},
+	} {
+		t.Run(name, func(t *testing.T) {
+			wantCode(t, l.RecordCapacity(ctx, []nozzle.CapacityInterval{bad}), nozzle.EINVALID)
+		})
+	}
+	mustCheck(t, l)
+}
+
+// source is a runtime's capacity accounting at the CapacitySource seam
+// (the runtime's own implementation is tested in package runtime).
+type source struct {
+	mu  sync.Mutex
+	ivs []nozzle.CapacityInterval
+}
+
+func (s *source) add(seq uint64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st := date("2026-03-04T10:00:00Z").Add(time.Duration(seq) * time.Minute)
+	s.ivs = append(s.ivs, nozzle.CapacityInterval{Seq: seq, Start: st, End: st.Add(time.Minute), ActiveSeconds: 6, IdleSeconds: 54, RatePerHour: 2})
+}
+
+func (s *source) CapacityIntervals(ctx context.Context, after uint64) ([]nozzle.CapacityInterval, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []nozzle.CapacityInterval
+	for _, iv := range s.ivs {
+		if iv.Seq > after {
+			out = append(out, iv)
+		}
+	}
+	return out, nil
+}
+
+func TestCollectCapacity(t *testing.T) {
+	l := mustOpen(t, billing.Options{})
+	src := &source{}
+	for seq := range uint64(3) {
+		src.add(seq + 1)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- billing.CollectCapacity(ctx, l, map[string]nozzle.CapacitySource{"rt": src}, 10*time.Millisecond)
+	}()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if seq, _ := l.LastCapacitySeq(context.Background(), "rt"); seq == 3 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("intervals were not collected")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	// Intervals closed just before shutdown are collected by the final pull.
+	src.add(4)
+	src.add(5)
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if seq, _ := l.LastCapacitySeq(context.Background(), "rt"); seq != 5 {
+		t.Fatalf("last seq after shutdown = %d, want 5", seq)
+	}
+	if res := mustCheck(t, l); res.Intervals != 5 {
+		t.Fatalf("Check = %+v", res)
+	}
+}
