@@ -25,7 +25,11 @@ func (s *Server) baseModel() modelJSON {
 	if !ok {
 		return modelJSON{ID: nozzle.BaseModelAlias, Object: "model", OwnedBy: "nozzle"}
 	}
-	return modelJSON{ID: info.ID, Object: "model", Created: info.CreatedAt.Unix(), OwnedBy: "nozzle",
+	created := int64(0)
+	if !info.CreatedAt.IsZero() {
+		created = info.CreatedAt.Unix()
+	}
+	return modelJSON{ID: info.ID, Object: "model", Created: created, OwnedBy: "nozzle",
 		Root: info.ID, ContextLength: info.ContextLength}
 }
 
