@@ -1,0 +1,522 @@
+// Browser tests of the Nozzle console: playwright-core drives Debian's
+// chromium against the real binary (bin/nozzle serve, built by make) on a
+// free port with a fresh data folder. Screenshots of every page, at desktop
+// and phone widths, go to web/tests/screenshots/.
+//
+//   node run.mjs                 the real binary (default)
+//   node run.mjs --server=mock   the gateway over an in-memory pool, from a Go test
+//
+// Environment: CHROMIUM (default /usr/bin/chromium), NOZZLE_BIN (default
+// ../../bin/nozzle), HEADFUL=1 to watch.
+import { chromium } from 'playwright-core';
+import { spawn } from 'node:child_process';
+import { mkdtempSync, mkdirSync, readFileSync, rmSync, writeFileSync, existsSync, readdirSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const here = dirname(fileURLToPath(import.meta.url));
+const root = resolve(here, '..', '..');
+const shots = join(here, 'screenshots');
+const arg = (name, def) => (process.argv.find((a) => a.startsWith(`--${name}=`)) || `=${def}`).split('=').slice(1).join('=');
+const serverKind = arg('server', 'binary');
+const t0 = Date.now();
+const log = (...a) => console.log(`[${((Date.now() - t0) / 1000).toFixed(1).padStart(5)}s]`, ...a);
+const FIRST_PAGE_BUDGET = 100 * 1024;
+
+let passed = 0;
+let failed = 0;
+const failures = [];
+const cleanups = [];
+
+function assert(cond, msg) {
+  if (!cond) throw new Error(msg);
+}
+
+async function step(name, fn) {
+  const s = Date.now();
+  try {
+    await fn();
+    passed++;
+    log(`ok   ${name} (${Date.now() - s} ms)`);
+  } catch (e) {
+    failed++;
+    failures.push(name);
+    log(`FAIL ${name}: ${e.message}`);
+    throw e;
+  }
+}
+
+function freePort() {
+  return new Promise((res, rej) => {
+    const srv = createServer();
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address();
+      srv.close(() => res(port));
+    });
+    srv.on('error', rej);
+  });
+}
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+function startProcess(cmd, args, opts) {
+  const p = spawn(cmd, args, { ...opts, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
+  let out = '';
+  p.stdout.on('data', (d) => { out += d; });
+  p.stderr.on('data', (d) => { out += d; });
+  const exited = new Promise((res) => p.on('exit', (code) => res(code)));
+  cleanups.push(async () => {
+    if (p.exitCode === null) {
+      try { process.kill(-p.pid, 'SIGTERM'); } catch (_) { /* gone */ }
+      await Promise.race([exited, sleep(5000)]);
+      try { process.kill(-p.pid, 'SIGKILL'); } catch (_) { /* gone */ }
+    }
+  });
+  return { p, exited, output: () => out };
+}
+
+// startBinary runs bin/nozzle serve; it returns null when the binary has
+// no working serve command yet.
+async function startBinary() {
+  const bin = process.env.NOZZLE_BIN || join(root, 'bin', 'nozzle');
+  assert(existsSync(bin), `${bin} is missing: run make first`);
+  const port = await freePort();
+  const data = mkdtempSync(join(tmpdir(), 'nozzle-browser-'));
+  cleanups.push(() => rmSync(data, { recursive: true, force: true }));
+  const email = 'operator@example.com';
+  const password = 'operator-password-1';
+  const url = `http://127.0.0.1:${port}`;
+  const proc = startProcess(bin, ['serve', '--addr', `127.0.0.1:${port}`, '--data', data, '--upload-limit-mb', '4', '--log-level', 'warn'], {
+    cwd: root,
+    env: { ...process.env, NOZZLE_OPERATOR_EMAIL: email, NOZZLE_OPERATOR_PASSWORD: password, NOZZLE_ENGINE_LIB: join(root, 'build', 'libnozzle_cpu.so') },
+  });
+  const deadline = Date.now() + 120000;
+  while (Date.now() < deadline) {
+    if (proc.p.exitCode !== null) {
+      if (/not wired/.test(proc.output())) return null;
+      throw new Error(`bin/nozzle serve exited with ${proc.p.exitCode}:\n${proc.output()}`);
+    }
+    try {
+      const r = await fetch(url + '/readyz');
+      if (r.ok) break;
+    } catch (_) { /* not listening yet */ }
+    await sleep(250);
+  }
+  assert(Date.now() < deadline, `bin/nozzle serve was not ready within 2 minutes:\n${proc.output()}`);
+  const demo = join(data, 'demo-adapters');
+  const names = existsSync(demo) ? readdirSync(demo) : [];
+  assert(names.length > 0, `the data folder has no demo adapter in ${demo}`);
+  return { url, email, password, adapterDir: join(demo, names[0]), uploadLimit: 4 << 20, kind: 'binary' };
+}
+
+// startMock runs the gateway over an in-memory pool from a Go test.
+async function startMock() {
+  const dir = mkdtempSync(join(tmpdir(), 'nozzle-mock-'));
+  cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
+  const info = join(dir, 'server.json');
+  const proc = startProcess('go', ['test', './gateway', '-run', '^TestConsoleServe$', '-count=1', '-timeout=30m', '-args', `-console.serve=${info}`], { cwd: root });
+  const deadline = Date.now() + 240000;
+  while (!existsSync(info)) {
+    if (proc.p.exitCode !== null) throw new Error(`the console test server exited:\n${proc.output()}`);
+    if (Date.now() > deadline) throw new Error(`the console test server did not start:\n${proc.output()}`);
+    await sleep(200);
+  }
+  await sleep(100);
+  const j = JSON.parse(readFileSync(info, 'utf8'));
+  return { url: j.url, email: j.operator_email, password: j.operator_password, adapterDir: j.adapter_dir, uploadLimit: j.upload_limit, kind: 'mock' };
+}
+
+async function shot(page, name) {
+  await page.screenshot({ path: join(shots, `${name}.png`), fullPage: true });
+}
+
+// checkPage asserts what every page should have: one main landmark, a
+// level-1 heading, a label for every form control, nothing wider than
+// the viewport.
+async function checkPage(page, name) {
+  const r = await page.evaluate(() => {
+    const controls = Array.from(document.querySelectorAll('input, select, textarea'))
+      .filter((el) => el.type !== 'hidden' && !el.hidden && !(el.closest('dialog') && !el.closest('dialog').open));
+    const unlabelled = controls.filter((el) => !(el.labels && el.labels.length) && !el.getAttribute('aria-label') && !el.getAttribute('aria-labelledby'))
+      .map((el) => el.id || el.name);
+    return {
+      mains: document.querySelectorAll('main').length,
+      h1: document.querySelectorAll('h1').length,
+      unlabelled,
+      overflow: document.documentElement.scrollWidth - window.innerWidth,
+      lang: document.documentElement.lang,
+    };
+  });
+  assert(r.mains === 1, `${name}: ${r.mains} main landmarks`);
+  assert(r.h1 === 1, `${name}: ${r.h1} h1 headings`);
+  assert(r.unlabelled.length === 0, `${name}: controls without a label: ${r.unlabelled.join(', ')}`);
+  assert(r.overflow <= 1, `${name}: the page is ${r.overflow}px wider than the viewport`);
+  assert(r.lang === 'en', `${name}: no lang attribute`);
+}
+
+// closeSecret closes the shown-once dialog and waits for the page to
+// reload without the secret.
+async function closeSecret(page) {
+  await Promise.all([page.waitForEvent('framenavigated'), page.click('#secret-dialog button[value=close]')]);
+  await page.waitForLoadState('load');
+}
+
+async function apiFetch(page, method, url, body, headers = {}) {
+  return page.evaluate(async ({ method, url, body, headers }) => {
+    const r = await fetch(url, { method, headers: { 'Content-Type': 'application/json', ...headers }, body });
+    return { status: r.status, body: await r.text() };
+  }, { method, url, body, headers });
+}
+
+async function main() {
+  rmSync(shots, { recursive: true, force: true });
+  mkdirSync(shots, { recursive: true });
+
+  let srv = null;
+  if (serverKind === 'binary') {
+    srv = await startBinary();
+    if (!srv) log('bin/nozzle serve is not wired yet: using the in-memory test server');
+  }
+  if (!srv) srv = await startMock();
+  log(`server (${srv.kind}) at ${srv.url}`);
+
+  const browser = await chromium.launch({
+    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+    headless: !process.env.HEADFUL,
+    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
+      '--disable-component-update', '--disable-sync'],
+    // Playwright gives each launch a fresh, temporary --user-data-dir itself.
+  });
+  cleanups.unshift(() => browser.close());
+  const desktop = { viewport: { width: 1280, height: 860 } };
+  const phone = { viewport: { width: 360, height: 740 }, isMobile: true, hasTouch: true, deviceScaleFactor: 2 };
+  const U = (p) => srv.url + p;
+
+  // ----- operator -----
+  const op = await browser.newContext({ ...desktop, acceptDownloads: true });
+  const opPage = await op.newPage();
+  opPage.setDefaultTimeout(15000);
+
+  await step('first page loads under 100 KB, compressed, with cached assets', async () => {
+    const res = await opPage.goto(U('/console/'));
+    assert(res.ok(), `GET /console/ → ${res.status()}`);
+    assert(opPage.url().endsWith('/console/login'), `landed on ${opPage.url()}`);
+    const t = await opPage.evaluate(() => {
+      const nav = performance.getEntriesByType('navigation');
+      const res = performance.getEntriesByType('resource');
+      return { total: [...nav, ...res].reduce((n, e) => n + e.transferSize, 0), n: res.length };
+    });
+    log(`     first page: ${t.total} bytes transferred (${t.n} resources)`);
+    assert(t.total > 0 && t.total < FIRST_PAGE_BUDGET, `first page transferred ${t.total} bytes`);
+    const css = await opPage.evaluate(() => document.querySelector('link[rel=stylesheet]').href);
+    const r = await fetch(css, { headers: { 'Accept-Encoding': 'gzip' } });
+    assert(/immutable/.test(r.headers.get('cache-control') || ''), 'static files are not cached for long');
+    assert(r.headers.get('etag'), 'static files have no ETag');
+    assert(/\.[0-9a-f]{10}\.css$/.test(css), `the style sheet's name is not content-hashed: ${css}`);
+    await shot(opPage, 'login-desktop');
+  });
+
+  await step('keyboard focus is visible', async () => {
+    await opPage.keyboard.press('Tab');
+    await opPage.keyboard.press('Tab');
+    const outline = await opPage.evaluate(() => getComputedStyle(document.activeElement).outlineStyle);
+    assert(outline && outline !== 'none', `focused element has outline ${outline}`);
+  });
+
+  await step('wrong password is refused with a clear message', async () => {
+    await opPage.fill('#email', srv.email);
+    await opPage.fill('#password', 'not-the-password');
+    await opPage.click('button[type=submit]');
+    await opPage.waitForSelector('#login-error');
+    const msg = await opPage.textContent('#login-error');
+    assert(/Incorrect email or password/.test(msg), `message: ${msg}`);
+    await shot(opPage, 'login-error-desktop');
+  });
+
+  await step('operator signs in', async () => {
+    await opPage.fill('#email', srv.email);
+    await opPage.fill('#password', srv.password);
+    await Promise.all([opPage.waitForURL(/\/console\/operator$/), opPage.click('button[type=submit]')]);
+    await checkPage(opPage, 'tenants');
+    await shot(opPage, 'operator-tenants-empty-desktop');
+  });
+
+  await step('a POST without the CSRF token is refused', async () => {
+    const r = await apiFetch(opPage, 'POST', '/console/api/operator/tenants', JSON.stringify({ name: 'sneaky' }));
+    assert(r.status === 403 && /csrf/i.test(r.body), `got ${r.status} ${r.body}`);
+    const r2 = await apiFetch(opPage, 'POST', '/console/api/operator/tenants', JSON.stringify({ name: 'sneaky' }), { 'X-CSRF-Token': 'forged' });
+    assert(r2.status === 403, `forged token: got ${r2.status}`);
+  });
+
+  let tenantKey = '';
+  await step('operator creates a tenant and sees its first key once', async () => {
+    await opPage.fill('#tenant-name', 'acme');
+    await opPage.fill('#tenant-budget', '50');
+    await opPage.dblclick('form[data-api] button[type=submit]');
+    await opPage.waitForSelector('#secret-dialog[open]');
+    tenantKey = (await opPage.textContent('#secret-value')).trim();
+    assert(/^nz-/.test(tenantKey), `key ${tenantKey}`);
+    await shot(opPage, 'operator-tenant-key-desktop');
+    await closeSecret(opPage);
+    await opPage.waitForSelector('tr[data-tenant="acme"]');
+    const rows = await opPage.locator('tr[data-tenant="acme"]').count();
+    assert(rows === 1, `${rows} rows for acme after a double click`);
+  });
+
+  let inviteURL = '';
+  await step('operator invites a user', async () => {
+    await Promise.all([opPage.waitForURL(/\/console\/operator\/tenants\//), opPage.click('tr[data-tenant="acme"] a')]);
+    await checkPage(opPage, 'tenant');
+    await opPage.fill('#invite-email', 'dev@acme.test');
+    await opPage.click('form[data-api$="/users"] button[type=submit]');
+    await opPage.waitForSelector('#secret-dialog[open]');
+    inviteURL = (await opPage.textContent('#secret-value')).trim();
+    assert(inviteURL.startsWith(srv.url + '/console/invite/'), `invite link ${inviteURL}`);
+    await shot(opPage, 'operator-invite-desktop');
+    await closeSecret(opPage);
+    await shot(opPage, 'operator-tenant-desktop');
+  });
+
+  // ----- tenant user -----
+  const user = await browser.newContext({ ...desktop, acceptDownloads: true });
+  const page = await user.newPage();
+  page.setDefaultTimeout(15000);
+
+  await step('user accepts the invite and is signed in', async () => {
+    await page.goto(inviteURL);
+    await checkPage(page, 'invite');
+    await page.fill('#password', 'a-long-password-1');
+    await page.fill('#confirm', 'a-different-one-2');
+    await page.click('button[type=submit]');
+    await page.waitForSelector('#invite-error');
+    assert(/differ/.test(await page.textContent('#invite-error')), 'no mismatch message');
+    await page.fill('#password', 'a-long-password-1');
+    await page.fill('#confirm', 'a-long-password-1');
+    await Promise.all([page.waitForURL(/\/console\/overview$/), page.click('button[type=submit]')]);
+    await checkPage(page, 'overview');
+    await shot(page, 'overview-empty-desktop');
+  });
+
+  await step('the invite link works only once', async () => {
+    const other = await browser.newContext(desktop);
+    const p = await other.newPage();
+    const r = await p.goto(inviteURL);
+    assert(r.status() === 404, `reused invite → ${r.status()}`);
+    await other.close();
+  });
+
+  let key = '';
+  await step('user creates an API key, shown once', async () => {
+    await page.goto(U('/console/keys'));
+    await checkPage(page, 'keys');
+    await page.fill('#key-name', 'ci');
+    await page.click('form[data-api] button[type=submit]');
+    await page.waitForSelector('#secret-dialog[open]');
+    key = (await page.textContent('#secret-value')).trim();
+    assert(/^nz-[A-Za-z0-9]{49}$/.test(key), `key ${key}`);
+    await shot(page, 'keys-created-desktop');
+    await closeSecret(page);
+    assert(!(await page.content()).includes(key), 'the secret is still on the page after closing');
+  });
+
+  const models = await (async () => {
+    let list = [];
+    await step('the key works against /v1 (models, chat completion)', async () => {
+      const m = await fetch(U('/v1/models'), { headers: { Authorization: `Bearer ${key}` } });
+      assert(m.status === 200, `/v1/models → ${m.status}`);
+      list = (await m.json()).data.map((x) => x.id);
+      const r = await fetch(U('/v1/chat/completions'), {
+        method: 'POST',
+        headers: { Authorization: `Bearer ${key}`, 'Content-Type': 'application/json' },
+        body: JSON.stringify({ model: list[0], messages: [{ role: 'user', content: 'Say hello.' }], max_tokens: 8, temperature: 0 }),
+      });
+      const j = await r.json();
+      assert(r.status === 200, `chat → ${r.status} ${JSON.stringify(j)}`);
+      assert(j.usage && j.usage.completion_tokens > 0, `no usage: ${JSON.stringify(j)}`);
+    });
+    return list;
+  })();
+
+  await step('usage shows the first request', async () => {
+    await page.goto(U('/console/usage'));
+    await checkPage(page, 'usage');
+    const n = Number((await page.textContent('[data-testid=requests]')).replace(/\D/g, ''));
+    assert(n === 1, `requests ${n}`);
+    await page.waitForSelector('.chart-box canvas');
+  });
+
+  await step('wrong upload files get a plain message', async () => {
+    await page.goto(U('/console/adapters'));
+    await checkPage(page, 'adapters');
+    assert(/No adapters yet/.test(await page.textContent('#adapters-empty')), 'no empty state');
+    await shot(page, 'adapters-empty-desktop');
+    const bad = mkdtempSync(join(tmpdir(), 'nozzle-bad-'));
+    cleanups.push(() => rmSync(bad, { recursive: true, force: true }));
+    writeFileSync(join(bad, 'notes.txt'), 'not an adapter');
+    await page.setInputFiles('#pick-files', [join(bad, 'notes.txt')]);
+    assert(/not a PEFT adapter/.test(await page.textContent('#upload-error')), 'no message for wrong files');
+    // Right names, wrong content: the server's validation speaks.
+    writeFileSync(join(bad, 'adapter_config.json'), '{"peft_type": "PREFIX_TUNING", "r": 8}');
+    writeFileSync(join(bad, 'adapter_model.safetensors'), 'garbage');
+    await page.setInputFiles('#pick-files', [join(bad, 'adapter_config.json'), join(bad, 'adapter_model.safetensors')]);
+    await page.fill('#adapter-name', 'broken');
+    await page.click('#upload-button');
+    await page.waitForFunction(() => document.querySelector('#upload-error').textContent.length > 0);
+    const msg = await page.textContent('#upload-error');
+    assert(!/internal/i.test(msg) && msg.length > 10, `server message: ${msg}`);
+    log(`     validation message: ${msg}`);
+    await shot(page, 'adapters-error-desktop');
+  });
+
+  await step('an upload over the limit is refused with a clear message', async () => {
+    const r = await page.evaluate(async (size) => {
+      const fd = new FormData();
+      fd.append('name', 'huge');
+      fd.append('adapter_config.json', new Blob(['{}']), 'adapter_config.json');
+      fd.append('adapter_model.safetensors', new Blob([new Uint8Array(size)]), 'adapter_model.safetensors');
+      const csrf = document.querySelector('meta[name=csrf-token]').content;
+      const res = await fetch('/console/api/adapters', { method: 'POST', body: fd, headers: { 'X-CSRF-Token': csrf } });
+      return { status: res.status, body: await res.text() };
+    }, srv.uploadLimit + (1 << 20));
+    assert(r.status === 413 && /too large/i.test(r.body), `got ${r.status} ${r.body}`);
+  });
+
+  const adapterName = 'support-bot';
+  await step('user uploads a PEFT adapter and sees it listed with its tier', async () => {
+    await page.goto(U('/console/adapters'));
+    await page.setInputFiles('#pick-files', [join(srv.adapterDir, 'adapter_config.json'), join(srv.adapterDir, 'adapter_model.safetensors')]);
+    await page.fill('#adapter-name', adapterName);
+    await page.click('#upload-button');
+    await page.waitForSelector(`tr[data-adapter="${adapterName}"]`, { timeout: 30000 });
+    const tier = await page.textContent(`tr[data-adapter="${adapterName}"] .badge`);
+    assert(/On the GPU|In memory|On disk/.test(tier), `tier ${tier}`);
+    await shot(page, 'adapters-desktop');
+  });
+
+  await step('playground streams an answer with its tokens and cost', async () => {
+    await page.goto(U(`/console/playground?model=${adapterName}`));
+    await checkPage(page, 'playground');
+    assert((await page.inputValue('#chat-model')) === adapterName, 'adapter not preselected');
+    await page.fill('#chat-max', '12');
+    await page.fill('#chat-input', 'Write one short sentence about pooled GPUs.');
+    const seen = [];
+    const watcher = setInterval(async () => {
+      try { seen.push((await page.textContent('.msg-assistant .msg-text')) || ''); } catch (_) { /* not yet */ }
+    }, 20);
+    await page.click('#chat-send');
+    await page.waitForSelector('[data-testid=answer-usage]', { timeout: 60000 });
+    clearInterval(watcher);
+    const answer = await page.textContent('.msg-assistant .msg-text');
+    assert(answer.trim().length > 0, 'empty answer');
+    const usage = await page.textContent('[data-testid=answer-usage]');
+    assert(/\d+ prompt \+ \d+ completion tokens · \$/.test(usage), `usage line: ${usage}`);
+    const partial = seen.filter((s) => s.length > 0 && s.length < answer.length);
+    log(`     answer "${answer.slice(0, 60)}", seen ${partial.length} partial states`);
+    await shot(page, 'playground-desktop');
+  });
+
+  await step('usage chart and table change, and the CSV downloads', async () => {
+    await page.goto(U('/console/usage'));
+    const n = Number((await page.textContent('[data-testid=requests]')).replace(/\D/g, ''));
+    assert(n === 2, `requests ${n}, want 2`);
+    await page.waitForSelector('.chart-box canvas');
+    assert((await page.locator('#usage-table tbody tr').count()) >= 1, 'no table rows');
+    await shot(page, 'usage-desktop');
+    const [dl] = await Promise.all([page.waitForEvent('download'), page.click('#csv-link')]);
+    const file = await dl.path();
+    const csv = readFileSync(file, 'utf8');
+    assert(/requests/.test(csv.split('\n')[0]) && /^total,/m.test(csv), `CSV:\n${csv}`);
+    // The adapter filter narrows the report to the playground's request.
+    await page.selectOption('#adapter', adapterName);
+    await Promise.all([page.waitForURL(/adapter=/), page.click('.filters button[type=submit]')]);
+    const m = Number((await page.textContent('[data-testid=requests]')).replace(/\D/g, ''));
+    assert(m === 1, `requests for ${adapterName}: ${m}`);
+  });
+
+  await step('overview and settings show this month', async () => {
+    await page.goto(U('/console/overview'));
+    await page.waitForSelector('.chart-box canvas');
+    assert(/%/.test(await page.textContent('[data-testid=saving]')), 'no saving headline');
+    await shot(page, 'overview-desktop');
+    await page.goto(U('/console/settings'));
+    await checkPage(page, 'settings');
+    assert(/\$50\.00/.test(await page.textContent('#budget-title + p')), 'budget not shown');
+    await shot(page, 'settings-desktop');
+  });
+
+  await step('pages fit a phone (360 px)', async () => {
+    const ph = await browser.newContext(phone);
+    await ph.addCookies(await user.cookies());
+    const p = await ph.newPage();
+    for (const name of ['overview', 'adapters', 'playground', 'keys', 'usage', 'settings']) {
+      await p.goto(U(`/console/${name}`));
+      if (['overview', 'usage'].includes(name)) await p.waitForSelector('.chart-box canvas');
+      await checkPage(p, `${name} (phone)`);
+      await shot(p, `${name}-phone`);
+    }
+    await ph.close();
+  });
+
+  await step('a revoked key is refused (401)', async () => {
+    await page.goto(U('/console/keys'));
+    await page.click(`button[data-url$="/keys/${await page.getAttribute('tr[data-key]:not(.revoked)', 'data-key')}"]`);
+    await page.waitForSelector('#confirm-dialog[open]');
+    await Promise.all([page.waitForEvent('framenavigated'), page.click('#confirm-ok')]);
+    await page.waitForSelector('tr.revoked');
+    await shot(page, 'keys-desktop');
+    const r = await fetch(U('/v1/models'), { headers: { Authorization: `Bearer ${key}` } });
+    assert(r.status === 401, `revoked key → ${r.status}`);
+  });
+
+  await step('operator sees the tenant\'s cost and the GPU utilisation', async () => {
+    await opPage.goto(U('/console/operator/gpu'));
+    await checkPage(opPage, 'gpu');
+    await opPage.waitForSelector('.chart-box canvas');
+    assert(await opPage.locator('#split-table tr[data-tenant="acme"]').count() === 1, 'acme missing from the cost split');
+    assert(/%/.test(await opPage.textContent('[data-testid=utilization]')), 'no utilisation');
+    await shot(opPage, 'operator-gpu-desktop');
+    await opPage.goto(U('/console/operator'));
+    const charged = await opPage.textContent('tr[data-tenant="acme"] td:last-child');
+    assert(/\$/.test(charged), `charged ${charged}`);
+    await shot(opPage, 'operator-tenants-desktop');
+    const ph = await browser.newContext(phone);
+    await ph.addCookies(await op.cookies());
+    const p = await ph.newPage();
+    for (const [name, path] of [['operator-tenants', '/console/operator'], ['operator-gpu', '/console/operator/gpu']]) {
+      await p.goto(U(path));
+      await checkPage(p, `${name} (phone)`);
+      await shot(p, `${name}-phone`);
+    }
+    await p.goto(U('/console/login'));
+    await ph.close();
+  });
+
+  await step('sign-out ends the session on the server', async () => {
+    const cookies = await user.cookies();
+    await page.goto(U('/console/settings'));
+    await Promise.all([page.waitForURL(/\/console\/login/), page.click('.who button[type=submit]')]);
+    assert(/signed out/.test(await page.textContent('main')), 'no signed-out notice');
+    // The old cookie no longer works, even replayed.
+    const replay = await browser.newContext(desktop);
+    await replay.addCookies(cookies);
+    const p = await replay.newPage();
+    await p.goto(U('/console/overview'));
+    assert(/\/console\/login/.test(p.url()), `replayed cookie reached ${p.url()}`);
+    await replay.close();
+  });
+}
+
+let code = 0;
+try {
+  await main();
+} catch (e) {
+  code = 1;
+  if (!failures.length) log(`error: ${e.stack || e}`);
+}
+for (const c of cleanups) {
+  try { await c(); } catch (_) { /* best effort */ }
+}
+console.log(`browser: ${passed} passed, ${failed} failed in ${((Date.now() - t0) / 1000).toFixed(1)}s; screenshots in web/tests/screenshots/`);
+process.exit(code || (failed ? 1 : 0));
