@@ -151,7 +151,7 @@ func (cs *console) gpuPage(c *fiber.Ctx, sess *consoleSession) error {
 	if p.End.Sub(p.Start) > 7*24*time.Hour {
 		v.Step = nozzle.GroupDay
 	}
-	xs := buckets(p.Start, p.End, v.Step)
+	xs := buckets(p.Start, minTime(p.End, now.Truncate(time.Hour).Add(time.Hour)), v.Step)
 	util := make([]float64, len(xs))
 	active := make([]float64, len(xs))
 	idle := make([]float64, len(xs))

@@ -317,6 +317,13 @@ func unixes(xs []time.Time) []int64 {
 	return out
 }
 
+func minTime(a, b time.Time) time.Time {
+	if b.Before(a) {
+		return b
+	}
+	return a
+}
+
 func monthStart(t time.Time) time.Time {
 	t = t.UTC()
 	return time.Date(t.Year(), t.Month(), 1, 0, 0, 0, 0, time.UTC)
@@ -368,7 +375,7 @@ func (cs *console) overviewPage(c *fiber.Ctx, sess *consoleSession) error {
 	s := seriesByTime(rep.Rows, xs,
 		func(r *nozzle.ReportRow) float64 { return float64(r.PromptTokens) },
 		func(r *nozzle.ReportRow) float64 { return float64(r.CompletionTokens) })
-	v.Chart = chart{Title: "Tokens per day", Unit: "tokens", Kind: "bars", Stacked: true, Step: nozzle.GroupDay, X: unixes(xs),
+	v.Chart = chart{Title: "Tokens by day", Unit: "tokens", Kind: "bars", Stacked: true, Step: nozzle.GroupDay, X: unixes(xs),
 		Series: []chartSeries{{Label: "Prompt tokens", Values: s[0]}, {Label: "Completion tokens", Values: s[1]}}}
 	keys, err := cs.s.deps.Keys.Keys(ctx, sess.tenant.ID)
 	if err != nil {
@@ -524,7 +531,7 @@ func parsePeriod(name, start, end string, now time.Time) (period, error) {
 	today := dayStart(now)
 	switch p.Name {
 	case "month":
-		p.Start, p.End = monthStart(now), today.AddDate(0, 0, 1)
+		p.Start, p.End = monthStart(now), monthStart(now).AddDate(0, 1, 0)
 		p.Label = p.Start.Format("January 2006")
 	case "last_month":
 		p.End = monthStart(now)
@@ -616,7 +623,7 @@ func (cs *console) usagePage(c *fiber.Ctx, sess *consoleSession) error {
 		return err
 	}
 	v.ByAdapter = byAd.Rows
-	xs := buckets(p.Start, p.End, v.Group)
+	xs := buckets(p.Start, minTime(p.End, dayStart(now).AddDate(0, 0, 1)), v.Group)
 	s := seriesByTime(rep.Rows, xs,
 		func(r *nozzle.ReportRow) float64 { return float64(r.PromptTokens) },
 		func(r *nozzle.ReportRow) float64 { return float64(r.CompletionTokens) },

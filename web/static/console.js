@@ -226,7 +226,7 @@
   const palette = ['#3540b8', '#16a394', '#e07a1f', '#b3261e'];
   const fmt = {
     tokens: (v) => v >= 1e6 ? (v / 1e6).toFixed(1) + 'M' : v >= 1e3 ? (v / 1e3).toFixed(1) + 'k' : String(Math.round(v)),
-    usd: (v) => '$' + (v === 0 ? '0' : v < 0.01 ? v.toPrecision(2) : v.toFixed(2)),
+    usd: (v) => v === 0 ? '$0' : v < 0.01 ? '$' + Number(v.toPrecision(2)) : '$' + v.toFixed(2),
     percent: (v) => v.toFixed(0) + '%',
     seconds: (v) => v >= 3600 ? (v / 3600).toFixed(1) + 'h' : v >= 60 ? (v / 60).toFixed(0) + 'm' : v.toFixed(0) + 's',
     count: (v) => String(Math.round(v)),
@@ -243,6 +243,7 @@
       const vals = spec.stacked ? s.values.map((v, i) => (acc[i] += v)) : s.values;
       data.push(vals.slice());
     }
+    const span = spec.x.length > 1 ? spec.x[spec.x.length - 1] - spec.x[0] : 0;
     const bars = spec.kind === 'bars' && uPlot.paths && uPlot.paths.bars;
     const series = [{ label: spec.step === 'hour' ? 'Hour' : 'Day', value: (u, v) => v == null ? '' : new Date(v * 1000).toISOString().slice(0, spec.step === 'hour' ? 16 : 10).replace('T', ' ') }];
     spec.series.forEach((s, i) => {
@@ -266,8 +267,15 @@
       series,
       scales: { x: { time: true }, y: { range: (u, min, max) => [0, spec.unit === 'percent' ? 100 : (max > 0 ? max * 1.1 : 1)] } },
       axes: [
-        { stroke: '#575c68', grid: { show: false }, values: (u, vals) => vals.map((v) => { const d = new Date(v * 1000); return spec.step === 'hour' ? d.toISOString().slice(11, 16) : d.toISOString().slice(5, 10); }) },
-        { stroke: '#575c68', grid: { stroke: '#e6e8ec' }, size: 56, values: (u, vals) => vals.map(f) },
+        { stroke: '#575c68', grid: { show: false }, values: (u, vals) => vals.map((v) => {
+          const iso = new Date(v * 1000).toISOString();
+          // Hours over more than two days: dates at midnight, else times.
+          if (spec.step !== 'hour' || (span > 2 * 86400 && iso.slice(11, 16) === '00:00')) return iso.slice(5, 10);
+          return iso.slice(11, 16);
+        }) },
+        { stroke: '#575c68', grid: { stroke: '#e6e8ec' }, values: (u, vals) => vals.map(f),
+          incrs: spec.unit === 'seconds' ? [1, 5, 10, 30, 60, 300, 600, 900, 1800, 3600, 7200, 21600, 43200, 86400] : undefined,
+          size: (u, vals) => vals ? Math.max(40, 14 + 7 * Math.max(...vals.map((v) => String(v).length))) : 40 },
       ],
       legend: { live: true },
       cursor: { points: { show: false } },
