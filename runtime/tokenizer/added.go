@@ -20,7 +20,8 @@ type addedToken struct {
 // leftmost-longest semantics).
 type matcher struct {
 	first  [256]bool
-	byByte [256][]int // token indexes by first byte, longest first
+	single [256]int          // index+1 of a one-byte token
+	byPair map[uint16][]int // token indexes by first two bytes, longest first
 	tokens []addedToken
 }
 
@@ -28,14 +29,18 @@ func newMatcher(tokens []addedToken) *matcher {
 	if len(tokens) == 0 {
 		return nil
 	}
-	m := &matcher{tokens: tokens}
+	m := &matcher{tokens: tokens, byPair: map[uint16][]int{}}
 	for i, tok := range tokens {
-		b := tok.content[0]
-		m.first[b] = true
-		m.byByte[b] = append(m.byByte[b], i)
+		c := tok.content
+		m.first[c[0]] = true
+		if len(c) == 1 {
+			m.single[c[0]] = i + 1
+			continue
+		}
+		k := uint16(c[0])<<8 | uint16(c[1])
+		m.byPair[k] = append(m.byPair[k], i)
 	}
-	for b := range m.byByte {
-		l := m.byByte[b]
+	for _, l := range m.byPair {
 		sort.SliceStable(l, func(i, j int) bool { return len(tokens[l[i]].content) > len(tokens[l[j]].content) })
 	}
 	return m
@@ -47,11 +52,16 @@ func (m *matcher) find(s string, from int) (tok, start, end int) {
 		if !m.first[s[i]] {
 			continue
 		}
-		for _, k := range m.byByte[s[i]] {
-			c := m.tokens[k].content
-			if len(s)-i >= len(c) && s[i:i+len(c)] == c {
-				return k, i, i + len(c)
+		if i+1 < len(s) {
+			for _, k := range m.byPair[uint16(s[i])<<8|uint16(s[i+1])] {
+				c := m.tokens[k].content
+				if len(s)-i >= len(c) && s[i:i+len(c)] == c {
+					return k, i, i + len(c)
+				}
 			}
+		}
+		if k := m.single[s[i]]; k > 0 {
+			return k - 1, i, i + 1
 		}
 	}
 	return -1, -1, -1

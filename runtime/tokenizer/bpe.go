@@ -24,13 +24,16 @@ type bpe struct {
 	byteID [256]int32 // id of the byte-level character of each byte, -1 if none
 	fbID   [256]int32 // id of <0xHH>, -1 if none
 
-	mu    sync.RWMutex
-	cache map[string][]int32
+	mu         sync.RWMutex
+	cache      map[string][]int32
+	cacheBytes int
 }
 
+// The word cache is cleared when it reaches either limit.
 const (
 	cacheMaxEntries = 1 << 16
-	cacheMaxWordLen = 256
+	cacheMaxBytes   = 16 << 20
+	cacheMaxWordLen = 2048
 )
 
 func parseModel(b json.RawMessage) (*bpe, error) {
@@ -198,8 +201,12 @@ func (p *bpe) encodeWord(dst []int, s string, byteLevel bool, sc *bpeScratch) []
 		}
 		k := strings.Clone(key)
 		p.mu.Lock()
-		if len(p.cache) >= cacheMaxEntries {
+		if len(p.cache) >= cacheMaxEntries || p.cacheBytes+len(k)+4*len(ids) > cacheMaxBytes {
 			clear(p.cache)
+			p.cacheBytes = 0
+		}
+		if _, dup := p.cache[k]; !dup {
+			p.cacheBytes += len(k) + 4*len(ids)
 		}
 		p.cache[k] = ids
 		p.mu.Unlock()
