@@ -20,7 +20,7 @@ type addedToken struct {
 // leftmost-longest semantics).
 type matcher struct {
 	first  [256]bool
-	single [256]int          // index+1 of a one-byte token
+	single [256]int         // index+1 of a one-byte token
 	byPair map[uint16][]int // token indexes by first two bytes, longest first
 	tokens []addedToken
 }
