@@ -23,8 +23,8 @@ func TestBench(t *testing.T) {
 	var out bytes.Buffer
 	doc := filepath.Join(t.TempDir(), "ECONOMICS.md")
 	err := billing.Bench(context.Background(), billing.BenchOptions{
-		Dir: t.TempDir(), ReportEvents: 50_000, Writers: 64, AppendEvents: 5_000,
-		BaselineDuration: 200 * time.Millisecond, SimTenants: 200, SimHours: 2, WriteDoc: doc,
+		Dir: t.TempDir(), ReportEvents: 20_000, Writers: 64, AppendEvents: 3_000,
+		BaselineDuration: 100 * time.Millisecond, SimTenants: 50, SimHours: 1, WriteDoc: doc,
 	}, &out)
 	if err != nil {
 		t.Fatal(err)

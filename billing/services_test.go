@@ -3,8 +3,10 @@ package billing_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -322,4 +324,69 @@ func TestLedger_BackupAndReopen(t *testing.T) {
 	if !errors.Is(err, billing.ErrClosed) {
 		t.Fatalf("RecordUsage after Close = %v, want ErrClosed", err)
 	}
+}
+
+func TestLedger_HotBackup(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	l := mustOpen(t, billing.Options{Path: filepath.Join(dir, "a.db")})
+	ten := mustTenant(t, l, "acme")
+	stop := make(chan struct{})
+	done := make(chan int)
+	go func() {
+		n := 0
+		for {
+			select {
+			case <-stop:
+				done <- n
+				return
+			default:
+			}
+			ev := nozzle.UsageEvent{RequestID: "hot-" + strconv.Itoa(n), TenantID: ten.ID, Time: time.Now(), PromptTokens: 1}
+			if _, err := l.RecordUsage(ctx, &ev); err != nil {
+				t.Error(err)
+			}
+			n++
+		}
+	}()
+	time.Sleep(20 * time.Millisecond)
+	backup := filepath.Join(dir, "b.db")
+	if err := l.BackupToFile(backup); err != nil {
+		t.Fatal(err)
+	}
+	close(stop)
+	written := <-done
+	b := mustOpen(t, billing.Options{Path: backup})
+	res := mustCheck(t, b)
+	if res.Events == 0 || res.Events > written {
+		t.Fatalf("backup holds %d events of %d written", res.Events, written)
+	}
+}
+
+func ExampleLedger_RecordUsage() {
+	dir, _ := os.MkdirTemp("", "ledger")
+	defer os.RemoveAll(dir)
+	l, err := billing.Open(billing.Options{
+		Path:         filepath.Join(dir, "ledger.db"),
+		DefaultPrice: nozzle.Price{PromptPerMillionUSD: 0.20, CompletionPerMillionUSD: 0.60},
+	})
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer l.Close()
+	ctx := context.Background()
+	ten := &nozzle.Tenant{Name: "acme"}
+	l.CreateTenant(ctx, ten)
+	ev := &nozzle.UsageEvent{RequestID: "req_1", TenantID: ten.ID, Time: time.Date(2026, 3, 4, 10, 0, 0, 0, time.UTC), PromptTokens: 1_000_000, CompletionTokens: 500_000}
+	dup, _ := l.RecordUsage(ctx, ev)
+	fmt.Printf("charged $%.2f, duplicate %v\n", ev.ChargeUSD, dup)
+	dup, _ = l.RecordUsage(ctx, ev) // a retry
+	fmt.Printf("retry: duplicate %v\n", dup)
+	rep, _ := l.Report(ctx, nozzle.ReportQuery{TenantID: ten.ID, Start: ev.Time, End: ev.Time.Add(time.Hour)})
+	fmt.Printf("requests %d, charged $%.2f\n", rep.Total.Requests, rep.Total.ChargedUSD)
+	// Output:
+	// charged $0.50, duplicate false
+	// retry: duplicate true
+	// requests 1, charged $0.50
 }
