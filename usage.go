@@ -2,6 +2,7 @@ package nozzle
 
 import (
 	"context"
+	"io"
 	"time"
 )
 
@@ -98,4 +99,21 @@ type CapacityLedger interface {
 	RecordCapacity(ctx context.Context, intervals []CapacityInterval) error
 	// LastCapacitySeq returns the highest Seq stored for a runtime.
 	LastCapacitySeq(ctx context.Context, runtimeID string) (uint64, error)
+}
+
+// LedgerCheck is what a consistency check of the ledger looked at and found.
+type LedgerCheck struct {
+	Events     int      `json:"events"`
+	Rollups    int      `json:"rollups"`
+	Intervals  int      `json:"capacity_intervals"`
+	OutboxRows int      `json:"outbox_rows"`
+	Problems   []string `json:"problems,omitempty"`
+}
+
+// LedgerMaintainer backs up and checks the ledger while it serves.
+type LedgerMaintainer interface {
+	// Backup writes a consistent copy of the ledger file to w.
+	Backup(ctx context.Context, w io.Writer) error
+	// Check verifies that every rollup equals the sum of its events.
+	Check(ctx context.Context) (*LedgerCheck, error)
 }

@@ -2,6 +2,7 @@ package mock
 
 import (
 	"context"
+	"io"
 
 	"github.com/nozzle-ai/nozzle"
 )
@@ -67,4 +68,18 @@ type Reporter struct {
 
 func (r *Reporter) Report(ctx context.Context, q nozzle.ReportQuery) (*nozzle.Report, error) {
 	return r.ReportFn(ctx, q)
+}
+
+var _ nozzle.LedgerMaintainer = (*LedgerMaintainer)(nil)
+
+// LedgerMaintainer is a mock of nozzle.LedgerMaintainer.
+type LedgerMaintainer struct {
+	BackupFn func(ctx context.Context, w io.Writer) error
+	CheckFn  func(ctx context.Context) (*nozzle.LedgerCheck, error)
+}
+
+func (m *LedgerMaintainer) Backup(ctx context.Context, w io.Writer) error { return m.BackupFn(ctx, w) }
+
+func (m *LedgerMaintainer) Check(ctx context.Context) (*nozzle.LedgerCheck, error) {
+	return m.CheckFn(ctx)
 }

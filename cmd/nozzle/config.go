@@ -81,7 +81,7 @@ func DefaultConfig() Config {
 		MaxBatchSeqs:      64,
 		HostCacheMB:       1024,
 		PrefillWeight:     1,
-		DecodeWeight:      1,
+		DecodeWeight:      2,
 		UploadLimitMB:     2048,
 		RequestTimeout:    10 * time.Minute,
 		IdlePolicy:        "prorata",

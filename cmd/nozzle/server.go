@@ -125,7 +125,20 @@ func (m *Main) listen() (net.Listener, error) {
 		return nil, fmt.Errorf("cannot listen on %s: %w", m.Config.Addr, err)
 	}
 	m.Addr = ln.Addr().String()
-	return ln, nil
+	return &onceCloseListener{Listener: ln}, nil
+}
+
+// onceCloseListener may be closed by both the server that serves it and
+// the command that opened it; the second close is a no-op.
+type onceCloseListener struct {
+	net.Listener
+	once sync.Once
+	err  error
+}
+
+func (l *onceCloseListener) Close() error {
+	l.once.Do(func() { l.err = l.Listener.Close() })
+	return l.err
 }
 
 // secret returns a configured secret, or the one kept in DATA/name,

@@ -1,0 +1,355 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/nozzle-ai/nozzle"
+	"github.com/nozzle-ai/nozzle/billing"
+)
+
+// toolFlags are the flags the ledger tools share: where the ledger is, and
+// how to reach a running server that holds it.
+type toolFlags struct {
+	data, addr, adminToken string
+}
+
+func (t *toolFlags) register(fs *flag.FlagSet) {
+	def := DefaultConfig()
+	fs.StringVar(&t.data, "data", envOr("NOZZLE_DATA", def.Data), "data folder holding ledger.db (env NOZZLE_DATA)")
+	fs.StringVar(&t.addr, "addr", envOr("NOZZLE_ADDR", def.Addr), "address of a running nozzle, used when it holds the ledger (env NOZZLE_ADDR)")
+	fs.StringVar(&t.adminToken, "admin-token", os.Getenv("NOZZLE_ADMIN_TOKEN"), "admin token of that nozzle (default: DATA/admin-token; env NOZZLE_ADMIN_TOKEN)")
+}
+
+func envOr(k, def string) string {
+	if v, ok := os.LookupEnv(k); ok {
+		return v
+	}
+	return def
+}
+
+// openLedger opens the ledger directly. When a running nozzle holds it,
+// it returns (nil, nil): the caller then asks that server instead.
+func (t *toolFlags) openLedger() (*billing.Ledger, error) {
+	path := filepath.Join(t.data, "ledger.db")
+	if _, err := os.Stat(path); err != nil {
+		return nil, fmt.Errorf("no ledger at %s (use --data): %w", path, unwrapPath(err))
+	}
+	l, err := billing.Open(billing.Options{Path: path, LockTimeout: 200 * time.Millisecond})
+	if errors.Is(err, billing.ErrLocked) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open ledger %s: %w", path, err)
+	}
+	return l, nil
+}
+
+// admin calls the admin API of the running nozzle that holds the ledger.
+func (t *toolFlags) admin(ctx context.Context, method, path string, q url.Values) (*http.Response, error) {
+	token := t.adminToken
+	if token == "" {
+		b, err := os.ReadFile(filepath.Join(t.data, "admin-token"))
+		if err != nil {
+			return nil, fmt.Errorf("the ledger is held by a running nozzle at %s and no admin token was given (--admin-token)", t.addr)
+		}
+		token = strings.TrimSpace(string(b))
+	}
+	u := "http://" + t.addr + path
+	if len(q) > 0 {
+		u += "?" + q.Encode()
+	}
+	req, err := http.NewRequestWithContext(ctx, method, u, nil)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("the ledger is held by another process and the nozzle at %s does not answer: %w", t.addr, err)
+	}
+	if resp.StatusCode/100 != 2 {
+		defer resp.Body.Close()
+		var e struct {
+			Error struct{ Message string } `json:"error"`
+		}
+		json.NewDecoder(io.LimitReader(resp.Body, 1<<16)).Decode(&e)
+		return nil, fmt.Errorf("nozzle at %s: %s: %s", t.addr, resp.Status, e.Error.Message)
+	}
+	return resp, nil
+}
+
+func runReport(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("nozzle report", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var t toolFlags
+	t.register(fs)
+	tenant := fs.String("tenant", "", "tenant id or name (default: every tenant, the operator's report)")
+	start := fs.String("start", "", "start of the period, RFC 3339 or YYYY-MM-DD (default: start of this month, UTC)")
+	end := fs.String("end", "", "end of the period, exclusive (default: start of next month)")
+	groupBy := fs.String("group-by", "tenant,adapter", "comma-separated: hour, day, adapter, tenant")
+	format := fs.String("format", "table", "table, csv or json")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	q, err := reportQuery(*start, *end, *groupBy)
+	if err != nil {
+		return err
+	}
+	switch *format {
+	case "table", "csv", "json":
+	default:
+		return fmt.Errorf("--format %q: want table, csv or json", *format)
+	}
+	l, err := t.openLedger()
+	if err != nil {
+		return err
+	}
+	var rep *nozzle.Report
+	if l != nil {
+		defer l.Close()
+		if *tenant != "" {
+			id, err := resolveTenant(ctx, l, *tenant)
+			if err != nil {
+				return err
+			}
+			q.TenantID = id
+		}
+		if rep, err = l.Report(ctx, q); err != nil {
+			return err
+		}
+	} else {
+		v := url.Values{"start": {q.Start.Format(time.RFC3339)}, "end": {q.End.Format(time.RFC3339)}, "group_by": {strings.Join(q.GroupBy, ",")}}
+		if *tenant != "" {
+			v.Set("tenant", *tenant)
+		}
+		resp, err := t.admin(ctx, "GET", "/admin/report", v)
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		rep = new(nozzle.Report)
+		if err := json.NewDecoder(resp.Body).Decode(rep); err != nil {
+			return fmt.Errorf("read report: %w", err)
+		}
+	}
+	switch *format {
+	case "csv":
+		return rep.WriteCSV(stdout)
+	case "json":
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(rep)
+	}
+	return billing.WriteTable(stdout, rep)
+}
+
+// reportQuery parses the period and grouping of a report.
+func reportQuery(start, end, groupBy string) (nozzle.ReportQuery, error) {
+	var q nozzle.ReportQuery
+	now := time.Now().UTC()
+	q.Start = time.Date(now.Year(), now.Month(), 1, 0, 0, 0, 0, time.UTC)
+	q.End = q.Start.AddDate(0, 1, 0)
+	var err error
+	if start != "" {
+		if q.Start, err = parseTime(start); err != nil {
+			return q, fmt.Errorf("--start: %w", err)
+		}
+	}
+	if end != "" {
+		if q.End, err = parseTime(end); err != nil {
+			return q, fmt.Errorf("--end: %w", err)
+		}
+	} else if start != "" {
+		q.End = q.Start.AddDate(0, 1, 0)
+	}
+	if !q.End.After(q.Start) {
+		return q, errors.New("--end must be after --start")
+	}
+	for _, g := range strings.Split(groupBy, ",") {
+		if g = strings.TrimSpace(g); g == "" {
+			continue
+		}
+		switch g {
+		case nozzle.GroupHour, nozzle.GroupDay, nozzle.GroupAdapter, nozzle.GroupTenant:
+			q.GroupBy = append(q.GroupBy, g)
+		default:
+			return q, fmt.Errorf("--group-by %q: want hour, day, adapter or tenant", g)
+		}
+	}
+	return q, nil
+}
+
+func parseTime(s string) (time.Time, error) {
+	if t, err := time.Parse(time.RFC3339, s); err == nil {
+		return t.UTC(), nil
+	}
+	if t, err := time.Parse("2006-01-02", s); err == nil {
+		return t, nil
+	}
+	return time.Time{}, fmt.Errorf("%q is neither RFC 3339 (2026-11-01T00:00:00Z) nor a date (2026-11-01)", s)
+}
+
+func resolveTenant(ctx context.Context, l *billing.Ledger, s string) (string, error) {
+	if t, err := l.Tenant(ctx, s); err == nil {
+		return t.ID, nil
+	}
+	ts, err := l.Tenants(ctx)
+	if err != nil {
+		return "", err
+	}
+	for _, t := range ts {
+		if t.Name == s {
+			return t.ID, nil
+		}
+	}
+	return "", fmt.Errorf("no tenant %q", s)
+}
+
+func runBackup(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("nozzle backup", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var t toolFlags
+	t.register(fs)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() != 1 {
+		return errors.New("backup: name the file to write: nozzle backup FILE")
+	}
+	dst := fs.Arg(0)
+	l, err := t.openLedger()
+	if err != nil {
+		return err
+	}
+	if l != nil {
+		defer l.Close()
+		if err := l.BackupToFile(dst); err != nil {
+			return fmt.Errorf("backup: %w", err)
+		}
+	} else {
+		resp, err := t.admin(ctx, "GET", "/admin/backup", nil)
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		if err := saveStream(dst, resp.Body); err != nil {
+			return fmt.Errorf("backup: %w", err)
+		}
+	}
+	fi, err := os.Stat(dst)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "backup written to %s (%d bytes)\n", dst, fi.Size())
+	return nil
+}
+
+// saveStream writes r to path atomically.
+func saveStream(path string, r io.Reader) error {
+	tmp := path + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(f, r); err != nil {
+		f.Close()
+		os.Remove(tmp)
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		os.Remove(tmp)
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
+func runLedger(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 || args[0] != "check" {
+		fmt.Fprintln(stderr, "Usage: nozzle ledger check [--data DIR]")
+		return errUsage
+	}
+	fs := flag.NewFlagSet("nozzle ledger check", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var t toolFlags
+	t.register(fs)
+	if err := fs.Parse(args[1:]); err != nil {
+		return err
+	}
+	l, err := t.openLedger()
+	if err != nil {
+		return err
+	}
+	var res nozzle.LedgerCheck
+	if l != nil {
+		defer l.Close()
+		r, err := ledgerMaintainer{l}.Check(ctx)
+		if err != nil {
+			return err
+		}
+		res = *r
+	} else {
+		resp, err := t.admin(ctx, "POST", "/admin/ledger/check", nil)
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		if err := json.NewDecoder(resp.Body).Decode(&res); err != nil {
+			return fmt.Errorf("read check result: %w", err)
+		}
+	}
+	fmt.Fprintf(stdout, "events %d, rollups %d, capacity intervals %d, outbox rows %d\n", res.Events, res.Rollups, res.Intervals, res.OutboxRows)
+	if len(res.Problems) > 0 {
+		for _, p := range res.Problems {
+			fmt.Fprintln(stdout, "problem:", p)
+		}
+		return fmt.Errorf("ledger check found %d problem(s)", len(res.Problems))
+	}
+	fmt.Fprintln(stdout, "ok: every rollup equals the sum of its events")
+	return nil
+}
+
+// intList parses "1,8,32".
+func intList(s string) ([]int, error) {
+	var out []int
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p == "" {
+			continue
+		}
+		n, err := strconv.Atoi(p)
+		if err != nil || n < 1 {
+			return nil, fmt.Errorf("%q is not a positive whole number", p)
+		}
+		out = append(out, n)
+	}
+	return out, nil
+}
+
+// ledgerMaintainer lets the gateway's maintenance routes back up and check
+// the ledger it holds.
+type ledgerMaintainer struct{ l *billing.Ledger }
+
+func (m ledgerMaintainer) Backup(ctx context.Context, w io.Writer) error { return m.l.Backup(w) }
+
+func (m ledgerMaintainer) Check(ctx context.Context) (*nozzle.LedgerCheck, error) {
+	r, err := m.l.Check(ctx)
+	if err != nil && !errors.Is(err, billing.ErrInconsistent) {
+		return nil, err
+	}
+	return &nozzle.LedgerCheck{Events: r.Events, Rollups: r.Rollups, Intervals: r.Intervals, OutboxRows: r.OutboxRows, Problems: r.Problems}, nil
+}
