@@ -10,13 +10,14 @@ import "strings"
 // It works like Hugging Face's DecodeStream: it decodes a short window (the
 // tokens of the previous output as context, plus the new ones) and returns
 // what the new tokens added. Text is held back while it ends in an
-// incomplete UTF-8 sequence (U+FFFD) and, for byte-fallback vocabularies,
+// incomplete UTF-8 sequence and, for byte-fallback vocabularies,
 // while the last token is a <0xHH> byte token (a run of byte tokens decodes
 // as a whole).
 type StreamDecoder struct {
 	t           *Tokenizer
 	skipSpecial bool
 	byteFB      bool
+	byteLevel   bool // the decoder is ByteLevel alone
 	ids         []int
 	prefix      string
 	prefixIndex int
@@ -30,6 +31,9 @@ func (t *Tokenizer) NewStreamDecoder(skipSpecial bool) *StreamDecoder {
 			d.byteFB = true
 		}
 	}
+	if len(t.decoder) == 1 {
+		_, d.byteLevel = t.decoder[0].(byteLevelDec)
+	}
 	return d
 }
 
@@ -42,7 +46,10 @@ func (d *StreamDecoder) Add(id int) string {
 		}
 	}
 	s := d.t.Decode(d.ids, d.skipSpecial)
-	if len(s) <= len(d.prefix) || strings.HasSuffix(s, "\uFFFD") || !strings.HasPrefix(s, d.prefix) {
+	if len(s) <= len(d.prefix) || !strings.HasPrefix(s, d.prefix) {
+		return ""
+	}
+	if strings.HasSuffix(s, "\uFFFD") && !d.finalReplacement() {
 		return ""
 	}
 	out := s[len(d.prefix):]
@@ -51,6 +58,25 @@ func (d *StreamDecoder) Add(id int) string {
 	d.prefix = d.t.Decode(d.ids, d.skipSpecial)
 	d.prefixIndex = n
 	return out
+}
+
+// finalReplacement reports whether a trailing U+FFFD is final: for
+// byte-level decoding, when the last bytes are not the start of a UTF-8
+// sequence that later bytes could complete. (Otherwise text that ends in
+// invalid bytes would be held, and re-decoded, until Flush.)
+func (d *StreamDecoder) finalReplacement() bool {
+	if !d.byteLevel {
+		return false
+	}
+	var tail []byte
+	for i := len(d.ids) - 1; i >= 0 && len(tail) < 4; i-- {
+		id := d.ids[i]
+		if d.skipSpecial && d.t.IsSpecial(id) {
+			continue
+		}
+		tail = append(append([]byte(nil), d.t.TokenBytes(id)...), tail...)
+	}
+	return incompleteTail(tail) == 0
 }
 
 // Flush returns the text held back and resets the decoder.

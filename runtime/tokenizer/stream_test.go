@@ -243,3 +243,27 @@ func TestSpecialTokens(t *testing.T) {
 		})
 	}
 }
+
+// TestStreamDecoder_InvalidBytes checks that text ending in bytes that can
+// never become valid UTF-8 is emitted at once, not held until Flush.
+func TestStreamDecoder_InvalidBytes(t *testing.T) {
+	tok := mustModel(t, "llama3")
+	ff, ok := tok.TokenID("ÿ") // byte 0xFF: never valid in UTF-8
+	if !ok {
+		t.Fatal("no token for byte 0xFF")
+	}
+	e4, _ := tok.TokenID("ä") // byte 0xE4: starts a 3-byte sequence
+	d := tok.NewStreamDecoder(false)
+	if got := d.Add(ff); got != "\uFFFD" {
+		t.Fatalf("Add(0xFF) = %q, want U+FFFD at once", got)
+	}
+	if got := d.Add(e4); got != "" {
+		t.Fatalf("Add(0xE4) = %q, want it held", got)
+	}
+	if got := d.Add(ff); got != "\uFFFD\uFFFD" {
+		t.Fatalf("Add(0xFF) = %q, want two U+FFFD", got)
+	}
+	if got := d.Flush(); got != "" {
+		t.Fatalf("Flush = %q", got)
+	}
+}
