@@ -25,6 +25,7 @@ import (
 	"time"
 
 	"github.com/nozzle-ai/nozzle"
+	"github.com/nozzle-ai/nozzle/internal/metrics"
 	bolt "go.etcd.io/bbolt"
 )
 
@@ -56,6 +57,9 @@ type Options struct {
 	// MaxBatch caps the writes committed in one transaction. Defaults to
 	// 4096.
 	MaxBatch int
+	// Metrics, when set, receives the ledger's metrics (commit latency and
+	// batch size, usage events, outbox sends).
+	Metrics *metrics.Registry
 	// InitialMmapSize is the size of the initial memory map. A larger map
 	// makes it rarer for a growing file to remap, the one moment when a
 	// long reader (a backup, a check) can hold up the writer. Defaults to
@@ -87,6 +91,30 @@ type Ledger struct {
 	wcancel context.CancelFunc
 	wwg     sync.WaitGroup
 	outbox  outboxStatus
+	met     ledgerMetrics
+}
+
+type ledgerMetrics struct {
+	commitSeconds metrics.Histogram
+	batchWrites   metrics.Histogram
+	events        metrics.Counter
+	duplicates    metrics.Counter
+	outboxSent    metrics.Counter
+	outboxFailed  metrics.Counter
+}
+
+func newLedgerMetrics(r *metrics.Registry) ledgerMetrics {
+	if r == nil {
+		r = metrics.NewRegistry() // kept, never served
+	}
+	return ledgerMetrics{
+		commitSeconds: r.Histogram("nozzle_ledger_commit_seconds", "Time to commit and fsync one ledger transaction.", metrics.LatencyBuckets),
+		batchWrites:   r.Histogram("nozzle_ledger_batch_writes", "Writes committed together in one ledger transaction.", []float64{1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096}),
+		events:        r.Counter("nozzle_ledger_usage_events_total", "Usage events recorded."),
+		duplicates:    r.Counter("nozzle_ledger_usage_duplicates_total", "Usage events not recorded again because their request id was stored already."),
+		outboxSent:    r.Counter("nozzle_billing_outbox_sent_total", "Meter events Stripe took."),
+		outboxFailed:  r.Counter("nozzle_billing_outbox_failures_total", "Failed meter event or customer calls."),
+	}
 }
 
 var (
@@ -163,6 +191,7 @@ func Open(opts Options) (*Ledger, error) {
 		maxBatch:   opts.MaxBatch,
 		ops:        make(chan *op, opts.MaxBatch),
 		wdone:      make(chan struct{}),
+		met:        newLedgerMetrics(opts.Metrics),
 	}
 	l.budget.init()
 	l.wctx, l.wcancel = context.WithCancel(context.Background())
@@ -247,6 +276,11 @@ func (l *Ledger) writeLoop() {
 // op is retried in a transaction of its own so that one bad write cannot
 // fail the others.
 func (l *Ledger) commit(batch []*op) {
+	t0 := time.Now()
+	defer func() {
+		l.met.commitSeconds.Observe(time.Since(t0).Seconds())
+		l.met.batchWrites.Observe(float64(len(batch)))
+	}()
 	err := l.db.Update(func(tx *bolt.Tx) error {
 		w := newWtx(l, tx)
 		for _, o := range batch {

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -114,8 +113,6 @@ func (o *OutboxOptions) defaults() {
 // outboxStatus is the worker's in-memory state for reports.
 type outboxStatus struct {
 	running atomic.Int32
-	mu      sync.Mutex
-	lastErr string
 }
 
 func outboxKey(hour int64, tenantID, meter string, part uint32) []byte {
@@ -480,6 +477,7 @@ func (l *Ledger) sendRow(ctx context.Context, s Sender, opts *OutboxOptions, k [
 			st.LastSentAt = done
 			return true
 		})
+		l.met.outboxSent.Inc()
 		return true, err
 	case errors.Is(serr, ErrRejected):
 		// Nothing was recorded by this attempt; earlier ones stay as
@@ -499,9 +497,7 @@ func (l *Ledger) sendRow(ctx context.Context, s Sender, opts *OutboxOptions, k [
 
 // noteFailure records a failed attempt and when to try the row again.
 func (l *Ledger) noteFailure(ctx context.Context, k []byte, now time.Time, opts *OutboxOptions, msg string, rejected bool, prevUncertain ...time.Time) {
-	l.outbox.mu.Lock()
-	l.outbox.lastErr = msg
-	l.outbox.mu.Unlock()
+	l.met.outboxFailed.Inc()
 	_, err := l.updateRow(ctx, k, func(r *outboxRow, st *outboxStats) bool {
 		if r.State != outboxPending {
 			return false

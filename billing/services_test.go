@@ -13,6 +13,7 @@ import (
 
 	"github.com/nozzle-ai/nozzle"
 	"github.com/nozzle-ai/nozzle/billing"
+	"github.com/nozzle-ai/nozzle/internal/metrics"
 )
 
 func TestLedger_Tenants(t *testing.T) {
@@ -389,4 +390,22 @@ func ExampleLedger_RecordUsage() {
 	// charged $0.50, duplicate false
 	// retry: duplicate true
 	// requests 1, charged $0.50
+}
+
+func TestLedger_Metrics(t *testing.T) {
+	reg := metrics.NewRegistry()
+	l := mustOpen(t, billing.Options{Metrics: reg})
+	ten := mustTenant(t, l, "acme")
+	for range 2 {
+		mustRecord(t, l, nozzle.UsageEvent{RequestID: "m1", TenantID: ten.ID, Time: time.Now()})
+	}
+	var buf strings.Builder
+	if _, err := reg.WriteTo(&buf); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"nozzle_ledger_usage_events_total 1", "nozzle_ledger_usage_duplicates_total 1", "nozzle_ledger_commit_seconds_count"} {
+		if !strings.Contains(buf.String(), want) {
+			t.Fatalf("metrics lack %q:\n%s", want, buf.String())
+		}
+	}
 }

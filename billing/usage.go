@@ -162,6 +162,11 @@ func (l *Ledger) RecordUsage(ctx context.Context, ev *nozzle.UsageEvent) (bool, 
 	if err != nil {
 		return false, err
 	}
+	if dup {
+		l.met.duplicates.Inc()
+	} else {
+		l.met.events.Inc()
+	}
 	*ev = *out
 	return dup, nil
 }
