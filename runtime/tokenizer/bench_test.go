@@ -61,3 +61,21 @@ func BenchmarkDecode(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkEncodeParallel encodes from every core at once (the word cache
+// is shared).
+func BenchmarkEncodeParallel(b *testing.B) {
+	text := strings.Join(readCorpus(b), "\n")
+	for _, name := range []string{"llama3", "qwen3"} {
+		tok := mustModel(b, name)
+		b.Run(name, func(b *testing.B) {
+			b.SetBytes(int64(len(text)))
+			b.RunParallel(func(pb *testing.PB) {
+				var dst []int
+				for pb.Next() {
+					dst = tok.AppendEncode(dst[:0], text, tokenizer.EncodeOptions{})
+				}
+			})
+		})
+	}
+}

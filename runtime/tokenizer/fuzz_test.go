@@ -17,6 +17,9 @@ func FuzzEncode(f *testing.F) {
 	for _, s := range []string{"", "Hello world", "<|begin_of_text|>x<|eot_id|>", "<s>[INST] hi [/INST]", "\xff\xfe", "e\u0301 😀 \r\n\t 123456", "<think>\n</think>"} {
 		f.Add(s, true)
 	}
+	for _, s := range readCorpus(f) {
+		f.Add(s, false)
+	}
 	toks := map[string]*tokenizer.Tokenizer{}
 	for _, name := range append(models, "demo") {
 		toks[name] = mustModel(f, name)
