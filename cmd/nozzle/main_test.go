@@ -1,0 +1,272 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/nozzle-ai/nozzle"
+	"github.com/nozzle-ai/nozzle/billing"
+	"github.com/nozzle-ai/nozzle/runtime/engine"
+)
+
+// TestMain lets the test binary run as the nozzle binary itself: the crash
+// test re-executes it with NOZZLE_TEST_MAIN=1 to get a server process it
+// can SIGKILL.
+func TestMain(m *testing.M) {
+	if os.Getenv("NOZZLE_TEST_MAIN") == "1" {
+		main()
+		return
+	}
+	os.Exit(m.Run())
+}
+
+// engineLib finds the CPU engine library the Makefile builds.
+func engineLib(t testing.TB) string {
+	t.Helper()
+	p, err := engine.Find("libnozzle_cpu.so")
+	if err != nil {
+		t.Fatalf("the engine library is needed (make build/libnozzle_cpu.so): %v", err)
+	}
+	return p
+}
+
+// MustRunMain starts `nozzle serve` in process on a free port with the demo
+// model and a fresh data folder, and returns it once it serves.
+func MustRunMain(t testing.TB, args ...string) *Main {
+	t.Helper()
+	data := t.TempDir()
+	base := []string{"--addr", "127.0.0.1:0", "--data", data, "--engine-lib", engineLib(t), "--log-level", "warn", "--kv-memory-mb", "64"}
+	cfg, _, err := Load("serve", append(base, args...), func(string) (string, bool) { return "", false }, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := NewMain(cfg, quietLogger(), io.Discard)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- m.Serve(ctx) }()
+	select {
+	case <-m.Ready:
+	case err := <-done:
+		cancel()
+		t.Fatalf("serve: %v", err)
+	case <-time.After(2 * time.Minute):
+		cancel()
+		t.Fatal("serve did not become ready")
+	}
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("serve: %v", err)
+		}
+	})
+	return m
+}
+
+func (m *Main) demoKey(t testing.TB) string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(m.Config.Data, "demo-api-key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.TrimSpace(string(b))
+}
+
+func post(t testing.TB, url, key, body string) (*http.Response, []byte) {
+	t.Helper()
+	req, _ := http.NewRequest("POST", url, strings.NewReader(body))
+	req.Header.Set("Authorization", "Bearer "+key)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp, b
+}
+
+// TestServe_EndToEnd runs the demo as a newcomer would: a chat completion
+// with a demo adapter, greedy and repeatable, a stream, the usage report.
+func TestServe_EndToEnd(t *testing.T) {
+	m := MustRunMain(t)
+	base := "http://" + m.Addr
+	key := m.demoKey(t)
+
+	chat := `{"model":"demo-chat","messages":[{"role":"user","content":"Hello!"}],"max_tokens":12,"temperature":0}`
+	resp, b1 := post(t, base+"/v1/chat/completions", key, chat)
+	if resp.StatusCode != 200 {
+		t.Fatalf("chat: %d %s", resp.StatusCode, b1)
+	}
+	var out struct {
+		Choices []struct {
+			Message      struct{ Content string }
+			FinishReason string `json:"finish_reason"`
+		}
+		Usage struct {
+			PromptTokens     int `json:"prompt_tokens"`
+			CompletionTokens int `json:"completion_tokens"`
+		}
+	}
+	if err := json.Unmarshal(b1, &out); err != nil {
+		t.Fatal(err)
+	}
+	if len(out.Choices) != 1 || out.Usage.CompletionTokens == 0 || out.Usage.PromptTokens == 0 {
+		t.Fatalf("chat answer %s", b1)
+	}
+	_, b2 := post(t, base+"/v1/chat/completions", key, chat)
+	var out2 = out
+	json.Unmarshal(b2, &out2)
+	if out2.Choices[0].Message.Content != out.Choices[0].Message.Content {
+		t.Fatalf("greedy decoding is not repeatable: %q vs %q", out.Choices[0].Message.Content, out2.Choices[0].Message.Content)
+	}
+
+	// A stream ends with usage and [DONE].
+	resp, b := post(t, base+"/v1/completions", key, `{"model":"base","prompt":"Once upon","max_tokens":5,"stream":true,"stream_options":{"include_usage":true}}`)
+	if resp.StatusCode != 200 || !strings.HasSuffix(strings.TrimSpace(string(b)), "data: [DONE]") || !strings.Contains(string(b), `"completion_tokens":5`) {
+		t.Fatalf("stream: %d %s", resp.StatusCode, b)
+	}
+
+	// The usage report counts all three requests.
+	req, _ := http.NewRequest("GET", base+"/v1/usage?group_by=adapter", nil)
+	req.Header.Set("Authorization", "Bearer "+key)
+	r, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rep nozzle.Report
+	json.NewDecoder(r.Body).Decode(&rep)
+	r.Body.Close()
+	if rep.Total.Requests != 3 {
+		t.Fatalf("usage total %+v, want 3 requests", rep.Total)
+	}
+}
+
+// TestServe_SIGKILLLosesNoAcknowledgedUsage kills the server with SIGKILL
+// in the middle of a load run: every request whose response completed has
+// its usage event in the ledger.
+func TestServe_SIGKILLLosesNoAcknowledgedUsage(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a server process")
+	}
+	data := t.TempDir()
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(exe, "serve", "--addr", "127.0.0.1:0", "--data", data, "--engine-lib", engineLib(t), "--log-format", "json", "--kv-memory-mb", "64")
+	cmd.Env = append(os.Environ(), "NOZZLE_TEST_MAIN=1")
+	stdout, _ := cmd.StdoutPipe()
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+
+	// The banner names the address once the server is ready.
+	addr := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			if _, rest, ok := strings.Cut(sc.Text(), "demo model at http://"); ok {
+				addr <- rest
+			}
+		}
+	}()
+	var base string
+	select {
+	case a := <-addr:
+		base = "http://" + a
+	case <-time.After(2 * time.Minute):
+		t.Fatalf("server did not start: %s", stderr.String())
+	}
+	keyB, _ := os.ReadFile(filepath.Join(data, "demo-api-key"))
+	key := strings.TrimSpace(string(keyB))
+
+	var (
+		mu        sync.Mutex
+		completed []string
+		wg        sync.WaitGroup
+	)
+	stop := make(chan struct{})
+	client := &http.Client{Timeout: 30 * time.Second}
+	for w := 0; w < 8; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				body := fmt.Sprintf(`{"model":"%s","prompt":"load %d %d","max_tokens":4}`, []string{"base", "demo-chat", "demo-sql"}[i%3], w, i)
+				req, _ := http.NewRequest("POST", base+"/v1/completions", strings.NewReader(body))
+				req.Header.Set("Authorization", "Bearer "+key)
+				resp, err := client.Do(req)
+				if err != nil {
+					continue // the server died mid-request: not acknowledged
+				}
+				b, err := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if err != nil || resp.StatusCode != 200 || !bytes.Contains(b, []byte(`"usage"`)) {
+					continue
+				}
+				mu.Lock()
+				completed = append(completed, resp.Header.Get("X-Request-Id"))
+				mu.Unlock()
+			}
+		}(w)
+	}
+	// Let the load run, then kill the server in the middle of it.
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		mu.Lock()
+		n := len(completed)
+		mu.Unlock()
+		if n >= 40 {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	cmd.Wait()
+	close(stop)
+	wg.Wait()
+	if len(completed) < 10 {
+		t.Fatalf("only %d requests completed before the kill: %s", len(completed), stderr.String())
+	}
+
+	l, err := billing.Open(billing.Options{Path: filepath.Join(data, "ledger.db")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	for _, id := range completed {
+		if _, err := l.Usage(context.Background(), id); err != nil {
+			t.Errorf("request %s was answered but its usage is not in the ledger: %v", id, err)
+		}
+	}
+	if _, err := l.Check(context.Background()); err != nil {
+		t.Errorf("ledger check after the kill: %v", err)
+	}
+	t.Logf("%d acknowledged requests, all in the ledger after SIGKILL", len(completed))
+}
+
+func quietLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
