@@ -143,7 +143,11 @@ func nonNegative(vs ...float64) bool {
 // ev.ChargeUSD from the price in force at ev.Time (zero for failed
 // requests). A request id already stored is not stored again: RecordUsage
 // then returns duplicate=true and fills ev from the stored event.
+//
+// A canceled ctx does not stop the write: the usage of a request whose
+// client went away is still charged.
 func (l *Ledger) RecordUsage(ctx context.Context, ev *nozzle.UsageEvent) (bool, error) {
+	ctx = context.WithoutCancel(ctx)
 	if ev.Status == "" {
 		ev.Status = nozzle.UsageOK
 	}

@@ -562,3 +562,17 @@ func TestKillWriter(t *testing.T) {
 	}
 	wg.Wait()
 }
+
+func TestRecordUsage_CanceledContextStillRecords(t *testing.T) {
+	l := mustOpen(t, billing.Options{})
+	ten := mustTenant(t, l, "acme")
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	ev := nozzle.UsageEvent{RequestID: "gone", TenantID: ten.ID, Status: nozzle.UsageCanceled, Time: date("2026-03-04T10:00:00Z"), CompletionTokens: 7}
+	if _, err := l.RecordUsage(ctx, &ev); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := l.Usage(context.Background(), "gone"); err != nil || got.CompletionTokens != 7 {
+		t.Fatalf("Usage = %+v, %v", got, err)
+	}
+}
