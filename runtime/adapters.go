@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	nozzle "github.com/nozzle-ai/nozzle"
@@ -49,6 +50,9 @@ type hostCache struct {
 	m      *runtimeMetrics
 
 	sem chan struct{}
+
+	loads  atomic.Uint64
+	loadNs atomic.Int64
 
 	mu       sync.Mutex
 	used     int64
@@ -166,6 +170,8 @@ func (c *hostCache) finish(e *hostEntry, a hostAdapter, d time.Duration, err err
 	close(e.ready)
 	evicted := c.evictLocked(e)
 	c.mu.Unlock()
+	c.loads.Add(1)
+	c.loadNs.Add(int64(d))
 	c.m.adapterLoads.With(string(nozzle.TierHost)).Inc()
 	c.m.adapterLoadSeconds.With(string(nozzle.TierHost)).Observe(d.Seconds())
 	for _, x := range evicted {

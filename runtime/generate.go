@@ -285,7 +285,11 @@ func (r *Runtime) stream(ctx context.Context, q *sequence, req *nozzle.GenerateR
 			}
 			chunk, matched := ts.add(r.codec, ev)
 			if chunk.Text != "" || len(chunk.Logprobs) > 0 {
-				if err := emit(chunk, consumed); err != nil {
+				err := emit(chunk, consumed)
+				if err == nil && ctx.Err() != nil {
+					err = ctx.Err()
+				}
+				if err != nil {
 					stopped = true
 					cancelErr = nozzle.Errorf(nozzle.ECANCELED, "The request was canceled.").Wrap(err)
 					r.sched.cancel(q, cancelClient)

@@ -250,6 +250,7 @@ func TestGenerate_Cancel(t *testing.T) {
 	t.Run("MidDecode", func(t *testing.T) {
 		rt := startFake(t, runtime.Options{}, 64)
 		rt.eng.eosBias = -100
+		rt.eng.onStep = func(int) { time.Sleep(100 * time.Microsecond) }
 		ctx, cancel := context.WithCancel(context.Background())
 		n := 0
 		res, err := rt.Generate(ctx, &nozzle.GenerateRequest{Prompt: "hello", MaxTokens: 200, Adapter: adapterFor(1)}, func(nozzle.Chunk) error {

@@ -55,7 +55,7 @@ type Options struct {
 	// KVBlockSize is the number of tokens per KV block (default 16).
 	KVBlockSize int
 	// MaxBatchTokens is the token budget of one step (default 512 on
-	// CUDA, 128 on CPU), MaxBatchSeqs the most sequences running at once
+	// CUDA, 64 on CPU), MaxBatchSeqs the most sequences running at once
 	// (default 32 on CUDA, 8 on CPU, where steps are compute-bound and
 	// larger batches only add latency), and PrefillChunk the most prompt
 	// tokens of one sequence per step (default 256).
@@ -96,7 +96,7 @@ type Options struct {
 func (o *Options) sizeFor(device string) {
 	seqs, tokens := 32, 512
 	if device == "cpu" {
-		seqs, tokens = 8, 128
+		seqs, tokens = 8, 64
 	}
 	if o.MaxBatchSeqs <= 0 {
 		o.MaxBatchSeqs = seqs
@@ -282,16 +282,26 @@ type Stats struct {
 	// rest of the uptime.
 	ActiveSeconds float64
 	IdleSeconds   float64
-	Steps         uint64
+	// HostLoads adapters were read into host memory, taking
+	// HostLoadSeconds in all; SlotLoads were copied into engine slots,
+	// taking SlotLoadSeconds of the engine goroutine's time.
+	HostLoads       uint64
+	HostLoadSeconds float64
+	SlotLoads       uint64
+	SlotLoadSeconds float64
 }
 
 // Stats returns the runtime's time accounting so far.
 func (r *Runtime) Stats() Stats {
 	up, active := r.cap.totals(r.clock())
 	return Stats{
-		UptimeSeconds: up.Seconds(),
-		ActiveSeconds: active.Seconds(),
-		IdleSeconds:   (up - active).Seconds(),
+		UptimeSeconds:   up.Seconds(),
+		ActiveSeconds:   active.Seconds(),
+		IdleSeconds:     (up - active).Seconds(),
+		HostLoads:       r.cache.loads.Load(),
+		HostLoadSeconds: time.Duration(r.cache.loadNs.Load()).Seconds(),
+		SlotLoads:       r.sched.slotLoads.Load(),
+		SlotLoadSeconds: time.Duration(r.sched.slotLoadNs.Load()).Seconds(),
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	goruntime "runtime"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	nozzle "github.com/nozzle-ai/nozzle"
@@ -93,6 +94,7 @@ type sequence struct {
 	state      seqState
 	admitOrder uint64
 	charged    bool // its prompt counted in the tenant's virtual counter
+	skips      int  // times a later sequence of its tenant went first
 
 	arrived      time.Time
 	waitingSince time.Time
@@ -162,19 +164,21 @@ type scheduler struct {
 	done  chan struct{}
 
 	// Engine goroutine only.
-	tenants   map[string]*tenant
-	waiting   int
-	running   []*sequence // in admission order
-	admitted  uint64
-	tick      uint64
-	drainFor  map[string]int // adapter waiting for a slot → slot draining for it
-	batch     stepBatch
-	entries   []stepEntry
-	scratch   []*sequence
-	msgs      []inMsg
-	order     []*tenant
-	steps     uint64
-	lastPanic any
+	tenants  map[string]*tenant
+	waiting  int
+	running  []*sequence // in admission order
+	admitted uint64
+	tick     uint64
+	drainFor map[string]int // adapter waiting for a slot → slot draining for it
+	batch    stepBatch
+	entries  []stepEntry
+	scratch  []*sequence
+	msgs     []inMsg
+	order    []*tenant
+	steps    uint64
+
+	slotLoads  atomic.Uint64
+	slotLoadNs atomic.Int64
 }
 
 func (s *scheduler) notify() {
@@ -340,45 +344,71 @@ func (s *scheduler) admit() {
 		return
 	}
 	now := s.clock()
-	for len(s.running) < s.maxBatchSeqs && s.waiting > 0 {
-		q := s.pick(now)
-		if q == nil {
-			break
+	for {
+		for len(s.running) < s.maxBatchSeqs && s.waiting > 0 {
+			q := s.pick(now)
+			if q == nil {
+				break
+			}
+			s.start(q, now)
 		}
-		s.start(q, now)
-	}
-	s.warmSlots(now)
-	// A draining slot that nobody took stops draining.
-	for i := range s.slots.slots {
-		sl := &s.slots.slots[i]
-		if sl.draining && sl.pins == 0 {
-			sl.draining = false
-			for sha, j := range s.drainFor {
-				if j == i {
-					delete(s.drainFor, sha)
+		// A draining slot that nobody took stops draining; sequences of
+		// its adapter may then run on it after all.
+		undrained := false
+		for i := range s.slots.slots {
+			sl := &s.slots.slots[i]
+			if sl.draining && sl.pins == 0 {
+				sl.draining = false
+				undrained = true
+				for sha, j := range s.drainFor {
+					if j == i {
+						delete(s.drainFor, sha)
+					}
 				}
 			}
 		}
+		if !undrained || s.waiting == 0 || len(s.running) >= s.maxBatchSeqs {
+			break
+		}
 	}
+	s.warmSlots(now)
 }
 
 // pick returns the next sequence to admit, removed from its tenant's
 // queue, or nil.
 func (s *scheduler) pick(now time.Time) *sequence {
+	reserve := 0
+	if len(s.running) > 0 {
+		// Leave a block of headroom per running sequence so that
+		// admission does not force an immediate preemption.
+		reserve = len(s.running)
+	}
 	for _, t := range s.sortedTenants() {
 		n := min(len(t.queue), s.lookahead)
+		if s.pool.blocksFor(len(t.queue[0].tokens))+reserve > s.pool.available() {
+			// Memory is the fair-share resource: nobody behind the head
+			// of the lowest counter jumps ahead for it.
+			return nil
+		}
+		// Within the tenant's window, a sequence whose adapter is in a
+		// slot goes before one that needs a slot load (fewer loads, less
+		// thrash), unless the head has been passed over too often.
+		if t.queue[0].skips < s.lookahead {
+			for i := 0; i < n; i++ {
+				q := t.queue[i]
+				if !s.resident(q) || s.pool.blocksFor(len(q.tokens))+reserve > s.pool.available() {
+					continue
+				}
+				for _, p := range t.queue[:i] {
+					p.skips++
+				}
+				t.queue = slices.Delete(t.queue, i, i+1)
+				return q
+			}
+		}
 		for i := 0; i < n; i++ {
 			q := t.queue[i]
-			need := s.pool.blocksFor(len(q.tokens))
-			reserve := 0
-			if len(s.running) > 0 {
-				// Leave a block of headroom per running sequence so that
-				// admission does not force an immediate preemption.
-				reserve = len(s.running)
-			}
-			if need+reserve > s.pool.available() {
-				// Memory is the fair-share resource: nobody behind the
-				// head of the lowest counter jumps ahead for it.
+			if s.pool.blocksFor(len(q.tokens))+reserve > s.pool.available() {
 				return nil
 			}
 			ok, failed := s.ensureSlot(q, now)
@@ -394,6 +424,15 @@ func (s *scheduler) pick(now time.Time) *sequence {
 		}
 	}
 	return nil
+}
+
+// resident reports whether q can run without loading its adapter.
+func (s *scheduler) resident(q *sequence) bool {
+	if q.sha == "" {
+		return true
+	}
+	i, ok := s.slots.lookup(q.sha)
+	return ok && !s.slots.slots[i].draining
 }
 
 // ensureSlot makes q's adapter resident in a slot that q may pin. It
@@ -475,6 +514,8 @@ func (s *scheduler) loadSlot(v int, e *hostEntry, now time.Time) error {
 	*sl = slot{sha: e.sha, lastUse: s.tick, loadedAt: now, loadDur: d}
 	s.slots.where[e.sha] = v
 	s.cache.setOnDevice(e.sha, true)
+	s.slotLoads.Add(1)
+	s.slotLoadNs.Add(int64(d))
 	s.m.adapterLoads.With(string(nozzle.TierDevice)).Inc()
 	s.m.adapterLoadSeconds.With(string(nozzle.TierDevice)).Observe(d.Seconds())
 	return nil

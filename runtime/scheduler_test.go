@@ -314,6 +314,7 @@ func TestScheduler_PreemptRecompute(t *testing.T) {
 		}
 	}
 	before := metricValue(promText(reg), "nozzle_runtime_preemptions_total")
+	rt.eng.onStep = func(int) { time.Sleep(100 * time.Microsecond) } // all four arrive together
 	got := make([]outcome, len(reqs))
 	var wg sync.WaitGroup
 	for i, r := range reqs {
