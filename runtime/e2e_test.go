@@ -256,3 +256,30 @@ func TestDemo_PreemptAndConservation(t *testing.T) {
 	}
 	t.Logf("uptime %.3fs, active %.3fs, idle %.3fs", st.UptimeSeconds, st.ActiveSeconds, st.IdleSeconds)
 }
+
+func TestOpen_Devices(t *testing.T) {
+	lib := engineLib(t)
+	modelDir, _ := demo(t)
+	ctx := context.Background()
+	rt, err := runtime.Open(ctx, runtime.Options{ModelDir: modelDir, EngineLib: lib, Device: "auto", Threads: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, _ := rt.Info(ctx)
+	if _, cerr := os.Stat(filepath.Join(filepath.Dir(lib), "libnozzle_cuda.so")); cerr != nil && info.Device != "cpu" {
+		t.Errorf("auto without a CUDA library chose %q", info.Device)
+	}
+	rt.Close(ctx)
+	if _, err := rt.Info(ctx); nozzle.ErrorCode(err) != nozzle.EUNAVAILABLE {
+		t.Errorf("closed runtime info: %v", err)
+	}
+	if _, err := runtime.Open(ctx, runtime.Options{ModelDir: modelDir, EngineLib: filepath.Join(t.TempDir(), "libnozzle_cpu.so"), Device: "cuda"}); err == nil {
+		t.Error("cuda without a CUDA library opened")
+	}
+	if _, err := runtime.Open(ctx, runtime.Options{ModelDir: t.TempDir(), EngineLib: lib}); err == nil {
+		t.Error("empty model folder opened")
+	}
+	if _, err := runtime.Open(ctx, runtime.Options{ModelDir: modelDir, EngineLib: lib, Device: "tpu"}); err == nil {
+		t.Error("unknown device accepted")
+	}
+}
