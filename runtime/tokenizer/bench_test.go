@@ -8,19 +8,20 @@ import (
 )
 
 // BenchmarkEncode measures encode throughput (MB/s) on the corpus for each
-// tokenizer, with the hand-written split scanners ("scanner") and, as the
-// baseline, with regexp2 running the same split pattern ("regexp2").
+// tokenizer as configured ("fast") and, as the baseline, with regexp2
+// running the same split pattern instead of the hand-written scanner, or,
+// for Llama 2 (no split pattern), with BPE over whole segments instead of
+// space-separated pieces ("baseline").
 func BenchmarkEncode(b *testing.B) {
 	text := strings.Join(readCorpus(b), "\n")
 	for _, name := range append(models, "demo") {
 		tj, cj := modelFiles(b, name)
-		for _, variant := range []string{"scanner", "regexp2"} {
-			if name == "llama2" && variant == "regexp2" {
-				continue // no split pattern: nothing to compare
-			}
-			tokenizer.SetUseScanners(variant == "scanner")
+		for _, variant := range []string{"fast", "baseline"} {
+			tokenizer.SetUseScanners(variant == "fast")
+			tokenizer.SetSpaceSplit(variant == "fast")
 			tok, err := tokenizer.FromJSON(tj, cj)
 			tokenizer.SetUseScanners(true)
+			tokenizer.SetSpaceSplit(true)
 			if err != nil {
 				b.Fatal(err)
 			}

@@ -21,6 +21,14 @@ type bpe struct {
 	prefix       string // continuing_subword_prefix
 	suffix       string // end_of_word_suffix
 
+	// spaceSplit: words may be cut before each "▁" that follows another
+	// character, because "▁" is a token and no token has "▁" after another
+	// character, so no merge can cross such a cut. SentencePiece-style vocabularies (no
+	// pre-tokenizer: a word is a whole segment) then run BPE and the cache
+	// per space-separated piece instead of per segment, with the same
+	// result.
+	spaceSplit bool
+
 	byteID [256]int32 // id of the byte-level character of each byte, -1 if none
 	fbID   [256]int32 // id of <0xHH>, -1 if none
 
@@ -98,6 +106,14 @@ func parseModel(b json.RawMessage) (*bpe, error) {
 		}
 		p.merges[uint64(a)<<32|uint64(b)] = uint64(rank)<<32 | uint64(merged)
 	}
+	_, hasSpace := m.Vocab[metaspace]
+	p.spaceSplit = useSpaceSplit && hasSpace && p.prefix == "" && p.suffix == "" && !p.ignoreMerges
+	for s := range m.Vocab {
+		if strings.Contains(strings.TrimLeft(s, metaspace), metaspace) {
+			p.spaceSplit = false
+			break
+		}
+	}
 	for i := range 256 {
 		p.byteID[i], p.fbID[i] = -1, -1
 		if id, ok := m.Vocab[string(byteToRune[i])]; ok {
@@ -154,9 +170,36 @@ type mergeItem struct {
 	left, right int32 // the pair when pushed
 }
 
+const metaspace = "\u2581"
+
+// useSpaceSplit enables spaceSplit where the vocabulary allows it (tests
+// and benchmarks turn it off to compare).
+var useSpaceSplit = true
+
 // encodeWord appends the ids of one pre-tokenized word. byteLevel words are
 // mapped through the byte-to-unicode table first.
 func (p *bpe) encodeWord(dst []int, s string, byteLevel bool, sc *bpeScratch) []int {
+	if byteLevel || !p.spaceSplit || len(s) <= 32 {
+		return p.encodePiece(dst, s, byteLevel, sc)
+	}
+	start := 0
+	for i := 1; i < len(s); {
+		k := strings.Index(s[i:], metaspace)
+		if k < 0 {
+			break
+		}
+		i += k
+		if !strings.HasSuffix(s[start:i], metaspace) {
+			dst = p.encodePiece(dst, s[start:i], false, sc)
+			start = i
+		}
+		i += len(metaspace)
+	}
+	return p.encodePiece(dst, s[start:], false, sc)
+}
+
+// encodePiece runs BPE on one word (or one space-separated piece of it).
+func (p *bpe) encodePiece(dst []int, s string, byteLevel bool, sc *bpeScratch) []int {
 	key := s
 	if byteLevel {
 		sc.key = appendByteLevel(sc.key[:0], s)
