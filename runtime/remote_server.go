@@ -168,9 +168,19 @@ func httpStatus(code string) int {
 	return http.StatusInternalServerError
 }
 
-// server serves a Runtime over the remote protocol.
+// served is what the remote protocol serves: a Runtime, or any
+// nozzle.Generator adapted by NewGeneratorServer.
+type served interface {
+	Info(ctx context.Context) (nozzle.ModelInfo, error)
+	CapacityIntervals(ctx context.Context, after uint64) ([]nozzle.CapacityInterval, error)
+	AdapterTier(ctx context.Context, sha256 string) nozzle.Tier
+	Ready() bool
+	generate(ctx context.Context, req *nozzle.GenerateRequest, started func(promptTokens int), emit func(nozzle.Chunk, int) error) (*nozzle.GenerateResult, error)
+}
+
+// server serves a runtime over the remote protocol.
 type server struct {
-	rt    *Runtime
+	rt    served
 	token []byte
 
 	mu      sync.Mutex
@@ -180,6 +190,41 @@ type server struct {
 // NewServer returns the HTTP handler of the remote protocol for rt,
 // accepting internalToken as bearer token.
 func NewServer(rt *Runtime, internalToken string) http.Handler {
+	return newServer(rt, internalToken)
+}
+
+// NewGeneratorServer serves any nozzle.Generator over the remote protocol:
+// a stand-in upstream for gateway benchmarks and tests. It reports no
+// capacity, is always ready, and announces the prompt's token count as 0
+// until the final account (a Generator tells it only there).
+func NewGeneratorServer(g nozzle.Generator, internalToken string) http.Handler {
+	return newServer(generatorServed{g}, internalToken)
+}
+
+type generatorServed struct{ nozzle.Generator }
+
+func (generatorServed) Ready() bool { return true }
+
+func (generatorServed) CapacityIntervals(context.Context, uint64) ([]nozzle.CapacityInterval, error) {
+	return nil, nil
+}
+
+func (g generatorServed) generate(ctx context.Context, req *nozzle.GenerateRequest, started func(int), emit func(nozzle.Chunk, int) error) (*nozzle.GenerateResult, error) {
+	begun := false
+	res, err := g.Generate(ctx, req, func(c nozzle.Chunk) error {
+		if !begun {
+			begun = true
+			started(0)
+		}
+		return emit(c, 1)
+	})
+	if !begun && err == nil {
+		started(0)
+	}
+	return res, err
+}
+
+func newServer(rt served, internalToken string) http.Handler {
 	s := &server{rt: rt, token: []byte(internalToken), running: map[string]context.CancelFunc{}}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {

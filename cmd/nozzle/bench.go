@@ -2,14 +2,20 @@ package main
 
 import (
 	"context"
-	"errors"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
+	"time"
 
+	"github.com/nozzle-ai/nozzle"
 	"github.com/nozzle-ai/nozzle/billing"
+	"github.com/nozzle-ai/nozzle/gateway"
 	"github.com/nozzle-ai/nozzle/runtime"
 	"github.com/nozzle-ai/nozzle/runtime/engine"
 )
@@ -132,5 +138,132 @@ func benchBilling(ctx context.Context, args []string, stdout, stderr io.Writer) 
 }
 
 func benchGateway(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	return errors.New("bench gateway: not wired yet")
+	fs := flag.NewFlagSet("nozzle bench gateway", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	rates := fs.String("rps", "1000,5000", "request rates to measure")
+	dur := fs.Duration("duration", 5*time.Second, "length of each load run")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	rps, err := intList(*rates)
+	if err != nil {
+		return fmt.Errorf("--rps: %w", err)
+	}
+	dir, err := os.MkdirTemp("", "nozzle-bench-gateway-*")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+
+	// The upstream: a stub runtime on loopback that answers at once, so
+	// what is measured is the gateway.
+	const token = "bench-internal-token"
+	upLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	upSrv := &http.Server{Handler: runtime.NewGeneratorServer(&gateway.BenchStubGenerator{}, token)}
+	go upSrv.Serve(upLn)
+	defer upSrv.Close()
+	upURL := "http://" + upLn.Addr().String()
+
+	// The gateway: the real ledger (durable metering), auth, limits, and
+	// forwarding over HTTP to the stub.
+	l, err := billing.Open(billing.Options{Path: filepath.Join(dir, "ledger.db"), Logger: quiet})
+	if err != nil {
+		return err
+	}
+	defer l.Close()
+	tenant := &nozzle.Tenant{Name: "bench"}
+	if err := l.CreateTenant(ctx, tenant); err != nil {
+		return err
+	}
+	secret, err := nozzle.NewKeySecret()
+	if err != nil {
+		return err
+	}
+	if err := l.CreateKey(ctx, &nozzle.APIKey{TenantID: tenant.ID, Name: "bench", Prefix: nozzle.KeyDisplayPrefix(secret),
+		Digest: nozzle.KeyDigest(secret), Scopes: nozzle.AllScopes}); err != nil {
+		return err
+	}
+	client := runtime.NewClient(upURL, token, &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 1024}})
+	gw, err := gateway.New(gateway.Config{Logger: quiet, UploadDir: filepath.Join(dir, "uploads")}, gateway.Deps{
+		Tenants: l, Keys: l, Adapters: l, Store: runtime.NewStore(filepath.Join(dir, "adapters"), nil),
+		Ledger: l, Budget: l, Reporter: l,
+		Upstreams: []gateway.Upstream{{ID: "stub", Generator: client}},
+	})
+	if err != nil {
+		return err
+	}
+	gwLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	go gw.Serve(gwLn)
+	defer gw.Shutdown(context.Background())
+	gwURL := "http://" + gwLn.Addr().String()
+	gw.CheckUpstreams(ctx)
+
+	direct := benchTarget{url: upURL + "/internal/v1/generate", body: []byte(`{"request_id":"","tenant_id":"bench","prompt":"Hello","max_tokens":8}`),
+		headers: map[string]string{"Authorization": "Bearer " + token, "Content-Type": "application/json"}}
+	via := benchTarget{url: gwURL + "/v1/completions", body: []byte(`{"model":"base","prompt":"Hello","max_tokens":8}`),
+		headers: map[string]string{"Authorization": "Bearer " + secret, "Content-Type": "application/json"}}
+
+	fmt.Fprintf(stdout, "Gateway added latency over calling the upstream directly (stub upstream on loopback; auth, limits, durable metering, forwarding)\n\n")
+	fmt.Fprintf(stdout, "%8s  %-8s %10s %10s %10s %8s %8s\n", "rps", "path", "p50", "p90", "p99", "errors", "achieved")
+	type row struct {
+		RPS                  int           `json:"rps"`
+		Direct, Gateway      gateway.Stats `json:"-"`
+		AddedP50, AddedP99   time.Duration `json:"-"`
+		AddedP50us           float64       `json:"added_p50_us"`
+		AddedP99us           float64       `json:"added_p99_us"`
+		DirectP99us          float64       `json:"direct_p99_us"`
+		GatewayP99us         float64       `json:"gateway_p99_us"`
+		GatewayAchievedRPS   float64       `json:"gateway_achieved_rps"`
+		GatewayErrors        int           `json:"gateway_errors"`
+		UsageEventsPerSecond float64       `json:"usage_events_per_second"`
+	}
+	var rows []row
+	for _, r := range rps {
+		// Warm both paths, then measure each at the same rate.
+		gateway.BenchLoad(ctx, direct.url, r, time.Second/2, direct.body, direct.headers)
+		gateway.BenchLoad(ctx, via.url, r, time.Second/2, via.body, via.headers)
+		d, err := gateway.BenchLoad(ctx, direct.url, r, *dur, direct.body, direct.headers)
+		if err != nil {
+			return err
+		}
+		g, err := gateway.BenchLoad(ctx, via.url, r, *dur, via.body, via.headers)
+		if err != nil {
+			return err
+		}
+		for _, x := range []struct {
+			name string
+			s    gateway.Stats
+		}{{"direct", d}, {"gateway", g}} {
+			fmt.Fprintf(stdout, "%8d  %-8s %10s %10s %10s %8d %8.0f\n", r, x.name, x.s.P50, x.s.P90, x.s.P99, x.s.Errors, x.s.RPS)
+		}
+		rw := row{RPS: r, AddedP50: g.P50 - d.P50, AddedP99: g.P99 - d.P99, GatewayAchievedRPS: g.RPS, GatewayErrors: g.Errors}
+		rw.AddedP50us = float64(rw.AddedP50) / 1e3
+		rw.AddedP99us = float64(rw.AddedP99) / 1e3
+		rw.DirectP99us = float64(d.P99) / 1e3
+		rw.GatewayP99us = float64(g.P99) / 1e3
+		rw.UsageEventsPerSecond = g.RPS
+		fmt.Fprintf(stdout, "%8d  added    %10s %10s %10s   (target: p99 added ≤ 1ms at 5,000 rps)\n\n", r, rw.AddedP50, g.P90-d.P90, rw.AddedP99)
+		if g.FirstError != "" {
+			fmt.Fprintf(stdout, "          first gateway error: %s\n", g.FirstError)
+		}
+		rows = append(rows, rw)
+	}
+	enc := json.NewEncoder(stdout)
+	for _, rw := range rows {
+		enc.Encode(map[string]any{"bench": "gateway", "result": rw})
+	}
+	return nil
+}
+
+type benchTarget struct {
+	url     string
+	body    []byte
+	headers map[string]string
 }
