@@ -36,14 +36,16 @@ typedef struct cpu_lora {
 	void *bt; /* [max_slots][max_rank][out] */
 } cpu_lora;
 
-/* One task of a projection group (a set of modules sharing their input). */
-enum { TASK_BASE, TASK_SHRINK, TASK_EXPAND };
+/* One task of a projection group (modules sharing their input x): rows
+ * [r0, r1) of module mi's base GEMM, or (r1 = 0, seg >= 0) the LoRA
+ * shrink + expand of adapter segment seg for module mi into its delta
+ * buffer. Both kinds run in one parallel region, so the memory-bound
+ * adapter reads overlap the compute-bound base GEMM. */
 typedef struct gtask {
-	int32_t kind;
-	int32_t mi;  /* index into the group's modules */
-	int32_t seg; /* adapter segment (shrink, expand) */
-	int32_t rank;
-	int64_t c0, c1; /* rows (base) or columns (expand) */
+	int32_t mi;
+	int32_t seg;  /* -1 for a base task */
+	int32_t rank; /* LoRA tasks */
+	int64_t r0, r1;
 } gtask;
 
 typedef struct cpu_engine {
@@ -76,6 +78,8 @@ typedef struct cpu_engine {
 	float *y;          /* [T, H] projection output before the residual add */
 	float *g, *u;      /* [T, I] */
 	float *lv[3];      /* [T, R] LoRA shrink outputs of a group's modules */
+	float *dl[3];      /* [T, out] LoRA deltas of a group's modules (added by the next pass) */
+	int32_t *tslot;    /* [T] adapter slot of each token */
 	float *cs;         /* [T, hd] cos | sin of each token's position */
 	float *xs;         /* [S, H] final-normed hidden of the sampled tokens */
 	float *logits;     /* [S, V] */
@@ -84,8 +88,6 @@ typedef struct cpu_engine {
 	gtask *tasks;
 	int64_t task_cap;
 } cpu_engine;
-
-#define EXPAND_COLS 512
 
 /* ---------------------------------------------------------------------------
  * Create, tensors, finalize
@@ -127,10 +129,11 @@ static void cpu_destroy(void *impl)
 	nz_free(e->lora);
 	nz_free(e->rank);
 	nz_free(e->kv);
-	float **bufs[] = {&e->h, &e->x, &e->q, &e->att, &e->kk, &e->vv, &e->y, &e->g,
-	                  &e->u, &e->lv[0], &e->lv[1], &e->lv[2], &e->cs, &e->xs, &e->logits};
+	float **bufs[] = {&e->h,     &e->x,     &e->q,     &e->att,   &e->kk,    &e->vv, &e->y,  &e->g,     &e->u,
+	                  &e->lv[0], &e->lv[1], &e->lv[2], &e->dl[0], &e->dl[1], &e->dl[2], &e->cs, &e->xs, &e->logits};
 	for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
 		nz_free(*bufs[i]);
+	nz_free(e->tslot);
 	if (e->att_buf)
 		for (int t = 0; t < e->nthreads; t++)
 			nz_free(e->att_buf[t]);
@@ -327,8 +330,14 @@ static int32_t cpu_finalize(void *impl)
 	ALLOC(e->y, sizeof(float) * (size_t)(T * e->H));
 	ALLOC(e->g, sizeof(float) * (size_t)(T * e->I));
 	ALLOC(e->u, sizeof(float) * (size_t)(T * e->I));
-	for (int i = 0; i < 3; i++)
+	int64_t max_out = 0;
+	for (int m = 0; m < NZ_M_COUNT; m++)
+		max_out = nz_max64(max_out, e->mod_out[m]);
+	for (int i = 0; i < 3; i++) {
 		ALLOC(e->lv[i], sizeof(float) * (size_t)(T * e->R));
+		ALLOC(e->dl[i], sizeof(float) * (size_t)(T * max_out));
+	}
+	ALLOC(e->tslot, sizeof(int32_t) * (size_t)T);
 	ALLOC(e->cs, sizeof(float) * (size_t)(T * e->hd));
 	ALLOC(e->xs, sizeof(float) * (size_t)(S * e->H));
 	ALLOC(e->logits, sizeof(float) * (size_t)(S * e->V));
@@ -341,12 +350,8 @@ static int32_t cpu_finalize(void *impl)
 		ALLOC(e->samp_buf[t], nz_sample_scratch_bytes(e->V));
 	}
 	/* tasks of a group: base row chunks (at least 16 rows each) of up to
-	 * three modules, then shrink and expand tasks per segment and module */
-	int64_t max_out = 0;
-	for (int m = 0; m < NZ_M_COUNT; m++)
-		max_out = nz_max64(max_out, e->mod_out[m]);
-	max_out = nz_max64(max_out, e->V);
-	e->task_cap = 3 * (max_out / 16 + 2) + (slots + 1) * 3 * (max_out / EXPAND_COLS + 2);
+	 * three modules (or the LM head), and a LoRA task per segment and module */
+	e->task_cap = 3 * (nz_max64(max_out, e->V) / 16 + 2) + slots * 3;
 	ALLOC(e->tasks, sizeof(gtask) * (size_t)e->task_cap);
 #undef ALLOC
 	(void)total;
@@ -430,7 +435,7 @@ typedef struct step_ctx {
 	int64_t tchunk; /* tokens per task of the per-token regions */
 	/* per-token regions */
 	const float *norm_w;
-	const float *add; /* residual add source or NULL */
+	float *add; /* residual add source or NULL */
 	/* projection group */
 	int nmod;
 	int mods[3];
@@ -461,12 +466,17 @@ static void embed_task(void *ctx, int64_t i, int tid)
 	int64_t t0 = i * c->tchunk, t1 = nz_min64(c->p->n_tokens, t0 + c->tchunk);
 	for (int64_t t = t0; t < t1; t++) {
 		int64_t tok = c->b->tokens[t];
+		e->tslot[t] = c->b->seq_slot[c->p->tok_seq[t]];
 		nz_convert(e->h + t * e->H, NZ_F32, (const char *)e->embed + (size_t)(tok * e->H) * e->wsz, e->wdt, e->H);
 		nz_rope_cos_sin(e->inv_freq, e->hd / 2, c->p->tok_pos[t], e->cs + t * e->hd, e->cs + t * e->hd + e->hd / 2);
 	}
 }
 
-/* h += add (when set); x = rmsnorm(h, norm_w) (when set) */
+static inline const float *group_delta(const step_ctx *c, int mi, int64_t t);
+static inline void add_row(float *y, const float *d, int64_t n);
+
+/* h += add (+ the group's LoRA delta) when add is set; x = rmsnorm(h,
+ * norm_w) when norm_w is set */
 static void resnorm_task(void *ctx, int64_t i, int tid)
 {
 	step_ctx *c = ctx;
@@ -475,7 +485,8 @@ static void resnorm_task(void *ctx, int64_t i, int tid)
 	for (int64_t t = t0; t < t1; t++) {
 		float *h = e->h + t * e->H;
 		if (c->add) {
-			const float *a = c->add + t * e->H;
+			float *a = c->add + t * e->H;
+			add_row(a, group_delta(c, 0, t), e->H);
 			for (int64_t j = 0; j < e->H; j++)
 				h[j] += a[j];
 		}
@@ -490,8 +501,9 @@ static void silu_task(void *ctx, int64_t i, int tid)
 	cpu_engine *e = c->e;
 	int64_t t0 = i * c->tchunk, t1 = nz_min64(c->p->n_tokens, t0 + c->tchunk);
 	for (int64_t t = t0; t < t1; t++) {
-		float *g = e->g + t * e->I;
-		const float *u = e->u + t * e->I;
+		float *g = e->g + t * e->I, *u = e->u + t * e->I;
+		add_row(g, group_delta(c, 0, t), e->I);
+		add_row(u, group_delta(c, 1, t), e->I);
 		for (int64_t j = 0; j < e->I; j++)
 			g[j] = g[j] / (1.0f + expf(-g[j])) * u[j];
 	}
@@ -506,6 +518,9 @@ static void rope_task(void *ctx, int64_t i, int tid)
 	int64_t t0 = i * c->tchunk, t1 = nz_min64(p->n_tokens, t0 + c->tchunk), half = e->hd / 2;
 	float *kvl = e->kv + c->layer * e->kv_layer_elems;
 	for (int64_t t = t0; t < t1; t++) {
+		add_row(e->q + t * e->qd, group_delta(c, 0, t), e->qd);
+		add_row(e->kk + t * e->kvd, group_delta(c, 1, t), e->kvd);
+		add_row(e->vv + t * e->kvd, group_delta(c, 2, t), e->kvd);
 		const float *cs = e->cs + t * e->hd;
 		for (int64_t h = 0; h < e->nh; h++)
 			nz_rope_apply(e->q + t * e->qd + h * e->hd, half, cs, cs + half);
@@ -573,28 +588,27 @@ static void group_task(void *ctx, int64_t i, int tid)
 	const gtask *tk = &e->tasks[i];
 	int mi = tk->mi;
 	int64_t in = c->gin, out = c->gout[mi];
-	if (tk->kind == TASK_BASE) {
-		e->k->gemm[e->wdt]((const char *)c->gw[mi] + (size_t)(tk->c0 * in) * e->wsz, in, tk->c1 - tk->c0, in, c->gx,
-		                   in, c->gtok, c->gy[mi] + tk->c0, out, c->gb[mi] ? c->gb[mi] + tk->c0 : NULL);
+	if (tk->seg < 0) {
+		e->k->gemm[e->wdt]((const char *)c->gw[mi] + (size_t)(tk->r0 * in) * e->wsz, in, tk->r1 - tk->r0, in, c->gx,
+		                   in, c->gtok, c->gy[mi] + tk->r0, out, c->gb[mi] ? c->gb[mi] + tk->r0 : NULL);
 		return;
 	}
+	/* LoRA: shrink v = x·Aᵀ [len, rank], then expand d = v·Bt [len, out],
+	 * sequence by sequence of the segment (each a run of tokens) */
 	const nz_step_plan *p = c->p;
 	int64_t slot = p->seg_slot[tk->seg], R = e->R;
 	const cpu_lora *lo = &e->lora[c->layer * NZ_M_COUNT + c->mods[mi]];
+	const char *a = (const char *)lo->a + (size_t)(slot * R * in) * e->wsz;
+	const char *bt = (const char *)lo->bt + (size_t)(slot * R * out) * e->wsz;
 	for (int32_t si = p->seg_start[tk->seg]; si < p->seg_start[tk->seg + 1]; si++) {
 		int64_t s = p->seg_seqs[si], off = p->seq_off[s], len = p->seq_off[s + 1] - off;
-		if (tk->kind == TASK_SHRINK) {
-			const char *a = (const char *)lo->a + (size_t)(slot * R * in) * e->wsz;
-			e->k->gemm[e->wdt](a, in, tk->rank, in, c->gx + off * in, in, len, e->lv[mi] + off * R, R, NULL);
-		} else {
-			const char *bt = (const char *)lo->bt + (size_t)(slot * R * out + tk->c0) * e->wsz;
-			e->k->expand[e->wdt](bt, out, tk->rank, tk->c1 - tk->c0, e->lv[mi] + off * R, R, len,
-			                     c->gy[mi] + off * out + tk->c0, out);
-		}
+		e->k->gemm[e->wdt](a, in, tk->rank, in, c->gx + off * in, in, len, e->lv[mi] + off * R, R, NULL);
+		e->k->expand[e->wdt](bt, out, tk->rank, out, e->lv[mi] + off * R, R, len, e->dl[mi] + off * out, out);
 	}
 }
 
-/* Runs y_m = x·W_mᵀ (+b_m) (+ LoRA deltas) for the group's modules. */
+/* Runs y_m = x·W_mᵀ (+b_m) for the group's modules and, when use_lora,
+ * the LoRA deltas d_m of the tokens with an adapter (group_delta). */
 static void run_group(step_ctx *c, int use_lora)
 {
 	cpu_engine *e = c->e;
@@ -603,31 +617,45 @@ static void run_group(step_ctx *c, int use_lora)
 	for (int mi = 0; mi < c->nmod; mi++)
 		total += c->gout[mi];
 	int64_t chunk = nz_max64(16, (total / (8 * e->nthreads) + 3) & ~(int64_t)3);
-	int64_t n = 0;
-	for (int mi = 0; mi < c->nmod; mi++)
-		for (int64_t r0 = 0; r0 < c->gout[mi]; r0 += chunk)
-			e->tasks[n++] = (gtask){TASK_BASE, mi, 0, 0, r0, nz_min64(c->gout[mi], r0 + chunk)};
-	int64_t n_base = n;
+	/* LoRA tasks first, at the front of the list, interleaved with base
+	 * tasks so that threads tend to run one kind each at a time */
+	int64_t nl = 0;
+	gtask *lt = e->tasks + e->task_cap - (int64_t)p->n_segs * c->nmod;
 	if (use_lora)
 		for (int32_t g = 0; g < p->n_segs; g++)
 			for (int mi = 0; mi < c->nmod; mi++) {
 				int32_t r = *rank_of(e, p->seg_slot[g], c->layer, c->mods[mi]);
 				if (r)
-					e->tasks[n++] = (gtask){TASK_SHRINK, mi, g, r, 0, 0};
+					lt[nl++] = (gtask){mi, g, r, 0, 0};
 			}
-	cpu_pool_run(e->pool, n, group_task, c);
-	if (n == n_base)
-		return;
-	n = 0;
-	for (int32_t g = 0; g < p->n_segs; g++)
-		for (int mi = 0; mi < c->nmod; mi++) {
-			int32_t r = *rank_of(e, p->seg_slot[g], c->layer, c->mods[mi]);
-			if (!r)
-				continue;
-			for (int64_t c0 = 0; c0 < c->gout[mi]; c0 += EXPAND_COLS)
-				e->tasks[n++] = (gtask){TASK_EXPAND, mi, g, r, c0, nz_min64(c->gout[mi], c0 + EXPAND_COLS)};
+	int64_t n = 0, li = 0;
+	for (int mi = 0; mi < c->nmod; mi++)
+		for (int64_t r0 = 0; r0 < c->gout[mi]; r0 += chunk) {
+			if (li < nl)
+				e->tasks[n++] = lt[li++];
+			e->tasks[n++] = (gtask){mi, -1, 0, r0, nz_min64(c->gout[mi], r0 + chunk)};
 		}
+	while (li < nl)
+		e->tasks[n++] = lt[li++];
 	cpu_pool_run(e->pool, n, group_task, c);
+}
+
+/* The LoRA delta row of token t for the group's module mi, or NULL when the
+ * token's adapter has none for it. */
+static inline const float *group_delta(const step_ctx *c, int mi, int64_t t)
+{
+	const cpu_engine *e = c->e;
+	int32_t slot = e->tslot[t];
+	if (slot < 0 || !e->rank[(slot * e->L + c->layer) * NZ_M_COUNT + c->mods[mi]])
+		return NULL;
+	return e->dl[mi] + t * c->gout[mi];
+}
+
+static inline void add_row(float *y, const float *d, int64_t n)
+{
+	if (d)
+		for (int64_t j = 0; j < n; j++)
+			y[j] += d[j];
 }
 
 static void setup_group(step_ctx *c, int nmod, const int *mods, const float *x, float *const *y)
@@ -731,7 +759,7 @@ static int32_t cpu_step(void *impl, const nz_batch *b, const nz_step_plan *p)
 	c.gw[0] = e->cfg.tie_word_embeddings ? e->embed : e->lm_head;
 	c.gb[0] = NULL;
 	c.gout[0] = e->V;
-	c.mods[0] = -1;
+	c.mods[0] = 0;
 	run_group(&c, 0);
 	cpu_pool_run(e->pool, p->n_sample, sample_task, &c);
 	return NZ_OK;

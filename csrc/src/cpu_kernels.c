@@ -16,6 +16,8 @@
 /* Rows × tokens of one register block. */
 #define MR 4
 #define MT 3
+/* Prefetch distance in rows (see cpu_kernels_avx512.c). */
+#define PF_ROWS MR
 /* Tokens whose X rows are reused while W rows stay in L1. */
 #define TOK_TILE 64
 
@@ -61,6 +63,9 @@ INLINE void mk(int dt, int R, int TB, const char *w, int64_t ldw, int64_t n, con
 	int64_t k = 0;
 	for (; k + 8 <= n; k += 8) {
 		__m256 wv[MR];
+		if (((k * (int64_t)dt_size(dt)) & 63) == 0)
+			for (int r = 0; r < R; r++)
+				_mm_prefetch(w + (r + PF_ROWS) * rs + k * dt_size(dt), _MM_HINT_T0);
 		for (int r = 0; r < R; r++)
 			wv[r] = ld8(w + r * rs, k, dt);
 		for (int t = 0; t < TB; t++) {
@@ -147,7 +152,7 @@ INLINE void expand(int dt, const void *bt, int64_t ldb, int64_t rank, int64_t co
 			}
 			float *yt = y + t * ldy + o;
 			for (int c = 0; c < 4; c++)
-				_mm256_storeu_ps(yt + 8 * c, _mm256_add_ps(_mm256_loadu_ps(yt + 8 * c), acc[c]));
+				_mm256_storeu_ps(yt + 8 * c, acc[c]);
 		}
 	}
 	for (; o + 8 <= cols; o += 8) {
@@ -156,8 +161,7 @@ INLINE void expand(int dt, const void *bt, int64_t ldb, int64_t rank, int64_t co
 			const float *vt = v + t * ldv;
 			for (int64_t j = 0; j < rank; j++)
 				acc = _mm256_fmadd_ps(_mm256_broadcast_ss(vt + j), ld8(b + j * rs, o, dt), acc);
-			float *yt = y + t * ldy + o;
-			_mm256_storeu_ps(yt, _mm256_add_ps(_mm256_loadu_ps(yt), acc));
+			_mm256_storeu_ps(y + t * ldy + o, acc);
 		}
 	}
 	for (; o < cols; o++) {
@@ -165,7 +169,7 @@ INLINE void expand(int dt, const void *bt, int64_t ldb, int64_t rank, int64_t co
 			float acc = 0;
 			for (int64_t j = 0; j < rank; j++)
 				acc = fmaf(v[t * ldv + j], ld1(b + j * rs, o, dt), acc);
-			y[t * ldy + o] += acc;
+			y[t * ldy + o] = acc;
 		}
 	}
 }

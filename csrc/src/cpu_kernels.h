@@ -22,9 +22,10 @@
 typedef void (*cpu_gemm_fn)(const void *w, int64_t ldw, int64_t rows, int64_t n, const float *x, int64_t ldx,
                             int64_t ntok, float *y, int64_t ldy, const float *bias);
 
-/* Y[t·ldy + o] += Σ_{j<rank} V[t·ldv + j] · Bt[j·ldb + o]  for o < cols, t < ntok
- * (the LoRA expand with B stored transposed, [rank, out]). Each element:
- * FMA over j ascending from 0, then one add into Y. */
+/* D[t·ldd + o] = Σ_{j<rank} V[t·ldv + j] · Bt[j·ldb + o]  for o < cols, t < ntok
+ * (the LoRA expand with B stored transposed, [rank, out]; the caller adds
+ * D into the projection's output). Each element: FMA over j ascending
+ * from 0. */
 typedef void (*cpu_expand_fn)(const void *bt, int64_t ldb, int64_t rank, int64_t cols, const float *v, int64_t ldv,
                               int64_t ntok, float *y, int64_t ldy);
 

@@ -15,14 +15,13 @@
 #include <limits.h>
 #include <linux/futex.h>
 #include <pthread.h>
-#include <sched.h>
 #include <stdatomic.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
 #include "common.h"
 
-/* Pause iterations before an idle worker sleeps / a waiting caller yields. */
+/* Pause iterations before an idle worker or a waiting caller sleeps. */
 #define SPIN_ITERS 2000
 
 struct cpu_pool {
@@ -37,6 +36,8 @@ struct cpu_pool {
 	_Atomic int64_t ntasks;
 	_Atomic uint64_t claim; /* job << 32 | next task */
 	_Atomic int64_t done;   /* tasks finished in the current job */
+	_Atomic uint32_t finished;  /* futex word: the job number once all its tasks are done */
+	_Atomic int32_t caller_waits; /* the caller sleeps on finished */
 
 	_Atomic uint32_t gen;     /* futex word: the latest job number */
 	_Atomic int32_t sleepers; /* workers blocked in futex_wait on gen */
@@ -66,7 +67,11 @@ static void run_claims(cpu_pool *p, uint32_t job, int tid)
 		                                           memory_order_relaxed))
 			continue;
 		p->fn(p->ctx, i, tid);
-		atomic_fetch_add_explicit(&p->done, 1, memory_order_release);
+		if (atomic_fetch_add(&p->done, 1) + 1 == atomic_load_explicit(&p->ntasks, memory_order_relaxed)) {
+			atomic_store(&p->finished, job);
+			if (atomic_load(&p->caller_waits))
+				futex(&p->finished, FUTEX_WAKE_PRIVATE, 1);
+		}
 	}
 }
 
@@ -179,10 +184,15 @@ void cpu_pool_run(cpu_pool *p, int64_t ntasks, cpu_task_fn fn, void *ctx)
 	run_claims(p, job, 0);
 	/* the rest are claimed and running on workers: wait for them */
 	int spins = 0;
-	while (atomic_load_explicit(&p->done, memory_order_acquire) != ntasks) {
-		if (++spins < SPIN_ITERS)
+	uint32_t f;
+	while ((f = atomic_load(&p->finished)) != job) {
+		if (++spins < SPIN_ITERS) {
 			_mm_pause();
-		else
-			sched_yield();
+			continue;
+		}
+		atomic_store(&p->caller_waits, 1);
+		if (atomic_load(&p->finished) == f)
+			futex(&p->finished, FUTEX_WAIT_PRIVATE, f);
+		atomic_store(&p->caller_waits, 0);
 	}
 }

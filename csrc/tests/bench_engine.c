@@ -22,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "common.h"
 #include "cpu_kernels.h"
@@ -204,20 +205,74 @@ static double decode_step(nz_engine *e, int n, int pos, const int *slots)
 	return nz_now_seconds() - t0;
 }
 
-/* Median seconds per step of `steps` decode steps (after one warm-up). */
-static double time_decode(nz_engine *e, int n, int steps, const int *slots)
+static double cpu_seconds(void)
 {
-	double t[64];
-	decode_step(e, n, 0, slots);
-	for (int s = 0; s < steps; s++)
-		t[s] = decode_step(e, n, 1 + s, slots);
-	for (int i = 1; i < steps; i++)
-		for (int j = i; j > 0 && t[j] < t[j - 1]; j--) {
-			double x = t[j];
-			t[j] = t[j - 1];
-			t[j - 1] = x;
+	struct timespec ts;
+	clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static double median(double *v, int n)
+{
+	for (int i = 1; i < n; i++)
+		for (int j = i; j > 0 && v[j] < v[j - 1]; j--) {
+			double x = v[j];
+			v[j] = v[j - 1];
+			v[j - 1] = x;
 		}
-	return t[steps / 2];
+	return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+/* A measurement and its baseline, taken alternately `reps` times so that
+ * drift in a shared machine's speed hits both alike; medians of each, of
+ * the per-pair ratios, and of process CPU seconds per call. */
+typedef struct paired {
+	double base, meas, ratio, base_cpu, meas_cpu;
+} paired;
+
+typedef double (*timed_fn)(void *arg);
+
+static paired pair_run(int reps, timed_fn base, void *base_arg, timed_fn meas, void *meas_arg)
+{
+	double b[64], m[64], r[64], bc[64], mc[64];
+	base(base_arg); /* warm up */
+	meas(meas_arg);
+	for (int i = 0; i < reps; i++) {
+		double c0 = cpu_seconds();
+		b[i] = base(base_arg);
+		double c1 = cpu_seconds();
+		m[i] = meas(meas_arg);
+		double c2 = cpu_seconds();
+		bc[i] = c1 - c0, mc[i] = c2 - c1;
+		r[i] = m[i] / b[i];
+	}
+	return (paired){median(b, reps), median(m, reps), median(r, reps), median(bc, reps), median(mc, reps)};
+}
+
+typedef struct dec_arg {
+	nz_engine *e;
+	int n, pos;
+	const int *slots;
+} dec_arg;
+
+static double dec_fn(void *arg)
+{
+	dec_arg *d = arg;
+	d->pos = d->pos % 100 + 1;
+	return decode_step(d->e, d->n, d->pos, d->slots);
+}
+
+typedef struct bw_arg {
+	int threads;
+	double seconds_per_byte;
+} bw_arg;
+
+static double bw_fn(void *arg)
+{
+	bw_arg *a = arg;
+	double bw;
+	OK(nz_bench_read_bandwidth(256 << 20, 1, a->threads, &bw));
+	return 1.0 / bw; /* seconds per byte */
 }
 
 /* ---- merge-and-swap baseline ---------------------------------------------- */
@@ -281,6 +336,8 @@ int main(int argc, char **argv)
 	}
 	if (steps > 60)
 		steps = 60;
+	if (steps < 1)
+		steps = 1;
 	make_pool();
 	nz_config c = preset(pre);
 	c.num_threads = threads;
@@ -309,13 +366,13 @@ int main(int argc, char **argv)
 	       (double)ads[0].bytes / 1048576.0);
 
 	if (!only || !strcmp(only, "bw")) {
-		double bw;
-		OK(nz_bench_read_bandwidth(256 << 20, 4, nthreads, &bw));
-		double t1 = time_decode(e, 1, steps, NULL);
-		double rate = (double)info[NZ_INFO_WEIGHT_BYTES] / t1;
-		printf("bw:    batch-1 decode %.2f ms/step, weight-read %.2f GB/s; nz_bench_read_bandwidth %.2f GB/s; "
+		bw_arg ba = {nthreads, 0};
+		dec_arg da = {e, 1, 0, NULL};
+		paired p = pair_run(steps, bw_fn, &ba, dec_fn, &da);
+		double wb = (double)info[NZ_INFO_WEIGHT_BYTES];
+		printf("bw:    batch-1 decode %.2f ms/step = weight-read %.2f GB/s; nz_bench_read_bandwidth %.2f GB/s; "
 		       "ratio %.2f (target >= 0.70)\n",
-		       t1 * 1e3, rate / 1e9, bw / 1e9, rate / bw);
+		       p.meas * 1e3, wb / p.meas / 1e9, 1 / p.base / 1e9, wb / p.ratio);
 	}
 	if (!only || !strcmp(only, "lora")) {
 		int n = n_adapters;
@@ -324,11 +381,12 @@ int main(int argc, char **argv)
 			load(e, i, &ads[i]);
 			slots[i] = i;
 		}
-		double tb = time_decode(e, n, steps, NULL);
-		double tl = time_decode(e, n, steps, slots);
+		dec_arg base = {e, n, 0, NULL}, with = {e, n, 0, slots};
+		paired p = pair_run(steps, dec_fn, &base, dec_fn, &with);
 		printf("lora:  batch %d decode: base %.1f ms/step (%.1f tok/s), %d distinct adapters %.1f ms/step "
-		       "(%.1f tok/s); throughput ratio %.3f (target >= 0.85)\n",
-		       n, tb * 1e3, n / tb, n, tl * 1e3, n / tl, tb / tl);
+		       "(%.1f tok/s); throughput ratio %.3f (target >= 0.85); cpu time per step %.1f / %.1f ms, ratio %.3f\n",
+		       n, p.base * 1e3, n / p.base, n, p.meas * 1e3, n / p.meas, 1 / p.ratio, p.base_cpu * 1e3,
+		       p.meas_cpu * 1e3, p.base_cpu / p.meas_cpu);
 		free(slots);
 	}
 	if (!only || !strcmp(only, "load")) {
@@ -364,7 +422,11 @@ int main(int argc, char **argv)
 			load(e, i, &ads[i]);
 			slots[i] = i;
 		}
-		double tb = time_decode(e, n, steps, slots);
+		dec_arg da = {e, n, 0, slots};
+		double tv[64];
+		for (int i = 0; i < steps; i++)
+			tv[i] = dec_fn(&da);
+		double tb = median(tv, steps);
 		/* merge-and-swap: per request merge, a batch-1 step, unmerge; timed
 		 * over 2 requests (each costs the same) */
 		base_w *bw = calloc(1, sizeof *bw);
