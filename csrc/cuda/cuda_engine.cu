@@ -1,0 +1,1102 @@
+/*
+ * cuda_engine.cu — the CUDA backend: nz_backend_ops on one GPU.
+ *
+ * Memory (all on the device unless said):
+ *  - base weights in cfg.weight_dtype (bf16 or f16 as the checkpoint; f32
+ *    models stay f32 and their GEMMs run in plain f32, no TF32), row-major
+ *    [out, in] as in the checkpoint, with q|k|v packed into one
+ *    [qd+2·kvd, H] matrix and gate|up into one [2I, H] matrix, so a layer
+ *    runs four GEMMs; norm weights and biases in f32 (rounded through the
+ *    weight dtype first, as the CPU backend holds them);
+ *  - adapter slots: one region of max_slots × slot_stride elements; a slot
+ *    holds per layer and module A [R][in] (PEFT lora_A) and B [out][R]
+ *    (PEFT lora_B · scale, folded in f32 and rounded once), R = max_rank,
+ *    every block 16-byte aligned; a rank table [slot][layer][module] says
+ *    which rows and columns are real (0 = module absent);
+ *  - KV cache in the weight dtype: per layer a K and a V pool of
+ *    [kv_num_blocks][kv_heads][block_size][head_dim];
+ *  - scratch for max_batch_tokens tokens: residual stream h (f32), GEMM
+ *    outputs y (f32), queries (f32), GEMM inputs (weight dtype), LoRA
+ *    intermediates (f32), logits of max_batch_seqs rows (f32).
+ *
+ * Streams: steps run on the engine's stream; adapter uploads run on a side
+ * stream from pinned staging buffers (the caller's data is converted into
+ * them during nz_adapter_load), and the next step waits on the upload's
+ * event, so an upload overlaps whatever the host does before that step.
+ * Per-step metadata (tokens, positions, block tables, LoRA work items,
+ * sampling parameters) is laid out in one pinned buffer and sent with one
+ * copy; only the sampled tokens, logprobs and top logprobs come back
+ * (and the logits when the caller asks for them).
+ *
+ * Decode-only steps (every sequence brings one token) run as CUDA graphs,
+ * captured once per (sequences, sampled sequences, LoRA or not) and
+ * replayed: every value that changes between such steps is read by the
+ * kernels from the metadata buffer, whose layout depends only on the key.
+ *
+ * Every entry point selects the engine's device first (Go may call from
+ * any OS thread). CUDA and cuBLAS failures become NZ_ERR_DEVICE with the
+ * CUDA error string; a failed device allocation is NZ_ERR_OOM.
+ */
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+
+#include <algorithm>
+#include <atomic>
+#include <new>
+#include <thread>
+#include <vector>
+
+extern "C" {
+#include "backend.h"
+#include "common.h"
+}
+
+#include "cuda_kernels.h"
+
+namespace {
+
+/* ---------------------------------------------------------------------------
+ * Errors
+ * ------------------------------------------------------------------------- */
+
+int32_t cuda_fail(cudaError_t err, const char *what)
+{
+	cudaGetLastError(); /* clear a non-sticky error */
+	if (err == cudaErrorMemoryAllocation)
+		return nz_error(NZ_ERR_OOM, "%s: out of device memory (%s)", what, cudaGetErrorString(err));
+	return nz_error(NZ_ERR_DEVICE, "%s: CUDA error %d: %s", what, (int)err, cudaGetErrorString(err));
+}
+
+int32_t blas_fail(cublasStatus_t st, const char *what)
+{
+	cudaGetLastError();
+	return nz_error(NZ_ERR_DEVICE, "%s: cuBLAS error %d: %s", what, (int)st, cublasGetStatusString(st));
+}
+
+#define CUDA_TRY(call, what)                                                                                           \
+	do {                                                                                                               \
+		cudaError_t nz_err_ = (call);                                                                                  \
+		if (nz_err_ != cudaSuccess)                                                                                    \
+			return cuda_fail(nz_err_, what);                                                                           \
+	} while (0)
+
+#define NZ_TRY(call)                                                                                                   \
+	do {                                                                                                               \
+		int32_t nz_st_ = (call);                                                                                       \
+		if (nz_st_ != NZ_OK)                                                                                           \
+			return nz_st_;                                                                                             \
+	} while (0)
+
+int32_t dev_alloc(void **p, size_t bytes, const char *what)
+{
+	*p = NULL;
+	cudaError_t err = cudaMalloc(p, bytes ? bytes : 16);
+	if (err == cudaSuccess)
+		return NZ_OK;
+	*p = NULL;
+	cudaGetLastError();
+	if (err == cudaErrorMemoryAllocation) {
+		size_t fr = 0, tot = 0;
+		cudaMemGetInfo(&fr, &tot);
+		return nz_error(NZ_ERR_OOM, "%s: out of device memory allocating %zu bytes (%zu of %zu bytes free)", what,
+		                bytes, fr, tot);
+	}
+	return cuda_fail(err, what);
+}
+
+int32_t host_alloc(void **p, size_t bytes, const char *what)
+{
+	*p = NULL;
+	cudaError_t err = cudaMallocHost(p, bytes ? bytes : 16);
+	if (err == cudaSuccess)
+		return NZ_OK;
+	*p = NULL;
+	cudaGetLastError();
+	return nz_error(NZ_ERR_OOM, "%s: cannot allocate %zu bytes of pinned host memory (%s)", what, bytes,
+	                cudaGetErrorString(err));
+}
+
+/* Runs f(i) for i in [0, n) on up to `threads` OS threads. */
+template <class F> void parallel_for(int64_t n, int threads, F f)
+{
+	if (threads <= 1 || n <= 1) {
+		for (int64_t i = 0; i < n; i++)
+			f(i);
+		return;
+	}
+	std::atomic<int64_t> next(0);
+	std::vector<std::thread> ts;
+	int nt = (int)std::min<int64_t>(threads, n);
+	for (int t = 0; t < nt; t++)
+		ts.emplace_back([&]() {
+			for (;;) {
+				int64_t i = next++;
+				if (i >= n)
+					break;
+				f(i);
+			}
+		});
+	for (auto &t : ts)
+		t.join();
+}
+
+int host_threads()
+{
+	unsigned hc = std::thread::hardware_concurrency();
+	return hc == 0 ? 1 : (int)std::min(hc, 16u);
+}
+
+int64_t align_up(int64_t v, int64_t a) { return (v + a - 1) / a * a; }
+
+/* ---------------------------------------------------------------------------
+ * The engine
+ * ------------------------------------------------------------------------- */
+
+struct layer_w {
+	void *wqkv, *wo, *wgu, *wdown; /* weight dtype */
+	float *bqkv, *bo, *bgu, *bdown; /* f32, NULL when the model has none */
+	float *attn_norm, *ffn_norm;
+};
+
+/* Device pointers into the step metadata (see meta_layout). */
+struct meta_ptrs {
+	int32_t *scalars, *tokens, *tok_pos, *tok_seq, *attn_items, *lora_items, *lora_tok, *bt;
+	nz_sample_in *samples;
+};
+
+struct meta_layout {
+	size_t scalars, tokens, tok_pos, tok_seq, attn_items, lora_items, lora_tok, samples, bt, end;
+};
+
+struct graph_entry {
+	int64_t seqs, samples;
+	int lora;
+	cudaGraphExec_t exec; /* NULL: capture failed, run eagerly */
+	uint64_t used;
+};
+
+const int kMaxGraphs = 48;
+const size_t kTensorStage = 32u << 20; /* bytes per half of the weight staging buffer */
+const size_t kBlasWorkspace = 32u << 20;
+
+struct cuda_engine {
+	nz_config cfg;
+	int dev;
+	cudaDeviceProp prop;
+	cudaStream_t stream, side;
+	cublasHandle_t blas;
+	void *blas_ws;
+	int32_t wdt;
+	size_t wsz;
+	cudaDataType wtype;
+	int64_t H, I, V, L, nh, nkv, hd, qd, kvd, qkvd, bs, nb, R, slots, T, S;
+	int64_t mod_in[NZ_M_COUNT], mod_out[NZ_M_COUNT];
+	float eps;
+
+	void *embed, *lm_head;
+	float *final_norm, *inv_freq;
+	std::vector<layer_w> layers;
+	int64_t weight_bytes;
+
+	/* adapters */
+	void *slot_mem;
+	int64_t slot_stride; /* elements per slot */
+	std::vector<int64_t> a_off, b_off; /* [L][NZ_M_COUNT] */
+	int32_t *rank_dev;
+	std::vector<int32_t> rank_host; /* [slots][L][NZ_M_COUNT] */
+	void *stage[2];
+	cudaEvent_t stage_ev[2];
+	int stage_next;
+	cudaEvent_t upload_ev;
+	int upload_pending;
+	int64_t slot_bytes;
+
+	/* weight upload staging (two halves) */
+	void *tstage;
+	cudaEvent_t tstage_ev[2];
+
+	/* KV cache */
+	void *kv;
+	int64_t kv_bytes, kv_pool_elems; /* one K (or V) pool of one layer */
+
+	/* scratch */
+	float *h, *y, *q, *cs, *lv, *logits;
+	void *xin, *xs;
+	int64_t ymax, xmax;
+	nz_sample_out *d_out, *h_out;
+
+	/* step metadata */
+	unsigned char *h_meta, *d_meta;
+	size_t meta_cap;
+	int qt, rows_max;
+
+	std::vector<graph_entry> graphs;
+	uint64_t graph_clock;
+	int use_graphs;
+	int finalized;
+};
+
+int32_t select_device(cuda_engine *e, const char *what)
+{
+	CUDA_TRY(cudaSetDevice(e->dev), what);
+	return NZ_OK;
+}
+
+/* Scratch bytes for max_batch_tokens T and max_batch_seqs S. */
+int64_t scratch_bytes(const cuda_engine *e)
+{
+	int64_t T = e->T, S = e->S;
+	return 4 * T * (e->H + e->ymax + e->qd + e->hd + 3 * e->R) + (int64_t)e->wsz * (T * e->xmax + S * e->H) +
+	       4 * S * e->V + 2 * S * (int64_t)sizeof(nz_sample_out) + (int64_t)kBlasWorkspace;
+}
+
+int64_t weight_bytes_estimate(const cuda_engine *e)
+{
+	int64_t per_layer = e->qkvd * e->H + e->H * e->qd + 2 * e->I * e->H + e->H * e->I;
+	int64_t mats = e->V * e->H * (e->cfg.tie_word_embeddings ? 1 : 2) + e->L * per_layer;
+	int64_t vecs = e->H + e->L * (2 * e->H + e->qkvd + e->H + 2 * e->I + e->H);
+	return mats * (int64_t)e->wsz + 4 * vecs;
+}
+
+/* ---------------------------------------------------------------------------
+ * Describe, create, destroy
+ * ------------------------------------------------------------------------- */
+
+void cuda_describe(char *buf, size_t n)
+{
+	int count = 0;
+	cudaError_t err = cudaGetDeviceCount(&count);
+	if (err != cudaSuccess || count == 0) {
+		cudaGetLastError();
+		snprintf(buf, n, "cuda (no device: %s)", err != cudaSuccess ? cudaGetErrorString(err) : "none found");
+		return;
+	}
+	cudaDeviceProp p;
+	if (cudaGetDeviceProperties(&p, 0) != cudaSuccess) {
+		cudaGetLastError();
+		snprintf(buf, n, "cuda (device 0 unreadable)");
+		return;
+	}
+	snprintf(buf, n, "cuda %s sm_%d%d", p.name, p.major, p.minor);
+}
+
+void cuda_destroy(void *impl)
+{
+	cuda_engine *e = (cuda_engine *)impl;
+	if (!e)
+		return;
+	cudaSetDevice(e->dev);
+	if (e->stream)
+		cudaStreamSynchronize(e->stream);
+	if (e->side)
+		cudaStreamSynchronize(e->side);
+	for (auto &g : e->graphs)
+		if (g.exec)
+			cudaGraphExecDestroy(g.exec);
+	cudaFree(e->embed);
+	cudaFree(e->lm_head);
+	cudaFree(e->final_norm);
+	cudaFree(e->inv_freq);
+	for (auto &ly : e->layers) {
+		void *ps[] = {ly.wqkv, ly.wo, ly.wgu, ly.wdown, ly.bqkv, ly.bo, ly.bgu, ly.bdown, ly.attn_norm, ly.ffn_norm};
+		for (void *p : ps)
+			cudaFree(p);
+	}
+	cudaFree(e->slot_mem);
+	cudaFree(e->rank_dev);
+	cudaFree(e->kv);
+	void *scratch[] = {e->h, e->y, e->q, e->cs, e->lv, e->logits, e->xin, e->xs, e->d_out, e->d_meta, e->blas_ws};
+	for (void *p : scratch)
+		cudaFree(p);
+	cudaFreeHost(e->stage[0]);
+	cudaFreeHost(e->stage[1]);
+	cudaFreeHost(e->tstage);
+	cudaFreeHost(e->h_out);
+	cudaFreeHost(e->h_meta);
+	cudaEvent_t evs[] = {e->stage_ev[0], e->stage_ev[1], e->upload_ev, e->tstage_ev[0], e->tstage_ev[1]};
+	for (cudaEvent_t ev : evs)
+		if (ev)
+			cudaEventDestroy(ev);
+	if (e->blas)
+		cublasDestroy(e->blas);
+	if (e->stream)
+		cudaStreamDestroy(e->stream);
+	if (e->side)
+		cudaStreamDestroy(e->side);
+	cudaGetLastError();
+	delete e;
+}
+
+int32_t cuda_create(nz_config *c, void **out)
+{
+	int count = 0;
+	cudaError_t err = cudaGetDeviceCount(&count);
+	if (err != cudaSuccess || count == 0) {
+		cudaGetLastError();
+		return nz_error(NZ_ERR_DEVICE, "no CUDA device: %s",
+		                err != cudaSuccess ? cudaGetErrorString(err) : "the driver reports no device");
+	}
+	if (c->device_index >= count)
+		return nz_error(NZ_ERR_INVALID, "nz_engine_create: device_index %lld is out of range 0..%d",
+		                (long long)c->device_index, count - 1);
+	cuda_engine *e = new (std::nothrow) cuda_engine();
+	if (!e)
+		return nz_oom("nz_engine_create", sizeof(cuda_engine));
+	e->dev = (int)c->device_index;
+	int32_t st = NZ_OK;
+#define FAIL(x)                                                                                                        \
+	do {                                                                                                               \
+		st = (x);                                                                                                      \
+		if (st != NZ_OK) {                                                                                             \
+			cuda_destroy(e);                                                                                           \
+			return st;                                                                                                 \
+		}                                                                                                              \
+	} while (0)
+#define FAIL_CUDA(call, what) FAIL(((err = (call)) != cudaSuccess) ? cuda_fail(err, what) : NZ_OK)
+	FAIL_CUDA(cudaSetDevice(e->dev), "nz_engine_create: cudaSetDevice");
+	FAIL_CUDA(cudaGetDeviceProperties(&e->prop, e->dev), "nz_engine_create: cudaGetDeviceProperties");
+	if (e->prop.major < 8)
+		FAIL(nz_error(NZ_ERR_UNSUPPORTED, "nz_engine_create: %s is sm_%d%d; the CUDA backend needs sm_80 or newer",
+		              e->prop.name, e->prop.major, e->prop.minor));
+	FAIL_CUDA(cudaStreamCreateWithFlags(&e->stream, cudaStreamNonBlocking), "nz_engine_create: stream");
+	FAIL_CUDA(cudaStreamCreateWithFlags(&e->side, cudaStreamNonBlocking), "nz_engine_create: stream");
+	for (int i = 0; i < 2; i++) {
+		FAIL_CUDA(cudaEventCreateWithFlags(&e->stage_ev[i], cudaEventDisableTiming), "nz_engine_create: event");
+		FAIL_CUDA(cudaEventCreateWithFlags(&e->tstage_ev[i], cudaEventDisableTiming), "nz_engine_create: event");
+	}
+	FAIL_CUDA(cudaEventCreateWithFlags(&e->upload_ev, cudaEventDisableTiming), "nz_engine_create: event");
+	cublasStatus_t bst = cublasCreate(&e->blas);
+	if (bst != CUBLAS_STATUS_SUCCESS) {
+		e->blas = NULL;
+		FAIL(blas_fail(bst, "nz_engine_create: cublasCreate"));
+	}
+	FAIL(dev_alloc(&e->blas_ws, kBlasWorkspace, "nz_engine_create: cuBLAS workspace"));
+	if ((bst = cublasSetStream(e->blas, e->stream)) != CUBLAS_STATUS_SUCCESS ||
+	    (bst = cublasSetWorkspace(e->blas, e->blas_ws, kBlasWorkspace)) != CUBLAS_STATUS_SUCCESS ||
+	    (bst = cublasSetMathMode(e->blas, CUBLAS_DEFAULT_MATH)) != CUBLAS_STATUS_SUCCESS)
+		FAIL(blas_fail(bst, "nz_engine_create: cuBLAS setup"));
+
+	e->wdt = (int32_t)c->weight_dtype;
+	e->wsz = nz_dtype_size(e->wdt);
+	e->wtype = e->wdt == NZ_BF16 ? CUDA_R_16BF : e->wdt == NZ_F16 ? CUDA_R_16F : CUDA_R_32F;
+	e->H = c->hidden_size, e->I = c->intermediate_size, e->V = c->vocab_size, e->L = c->num_layers;
+	e->nh = c->num_heads, e->nkv = c->num_kv_heads, e->hd = c->head_dim;
+	e->qd = e->nh * e->hd, e->kvd = e->nkv * e->hd, e->qkvd = e->qd + 2 * e->kvd;
+	e->bs = c->kv_block_size, e->R = c->max_rank, e->slots = c->max_slots;
+	e->T = c->max_batch_tokens, e->S = c->max_batch_seqs;
+	e->eps = (float)c->rms_norm_eps;
+	e->ymax = std::max(std::max(e->qkvd, 2 * e->I), e->H);
+	e->xmax = std::max(std::max(e->H, e->qd), e->I);
+	for (int m = 0; m < NZ_M_COUNT; m++)
+		nz_module_dims(c, m, &e->mod_in[m], &e->mod_out[m]);
+	if (e->qkvd > INT32_MAX / 2 || 2 * e->I > INT32_MAX / 2 || e->V > INT32_MAX / 2)
+		FAIL(nz_error(NZ_ERR_UNSUPPORTED, "nz_engine_create: a projection is too large for the CUDA backend"));
+
+	/* adapter slot layout: per layer and module, A [R][in] then B [out][R] */
+	e->a_off.resize((size_t)(e->L * NZ_M_COUNT));
+	e->b_off.resize((size_t)(e->L * NZ_M_COUNT));
+	int64_t off = 0;
+	for (int64_t l = 0; l < e->L; l++)
+		for (int m = 0; m < NZ_M_COUNT; m++) {
+			e->a_off[(size_t)(l * NZ_M_COUNT + m)] = off;
+			off = align_up(off + e->R * e->mod_in[m], 16);
+			e->b_off[(size_t)(l * NZ_M_COUNT + m)] = off;
+			off = align_up(off + e->mod_out[m] * e->R, 16);
+		}
+	e->slot_stride = align_up(off, 64);
+	e->slot_bytes = e->slots * e->slot_stride * (int64_t)e->wsz;
+
+	/* attention work items: QT tokens of a sequence share each K/V tile */
+	int64_t nrep = e->nh / e->nkv;
+	e->qt = (int)std::max<int64_t>(1, std::min<int64_t>(16, 16 / nrep));
+	e->rows_max = (int)(e->qt * nrep);
+	size_t optin = e->prop.sharedMemPerBlockOptin ? e->prop.sharedMemPerBlockOptin : e->prop.sharedMemPerBlock;
+	while (e->qt > 1 && nz_attention_smem(e->rows_max, (int)e->hd) > optin) {
+		e->qt = 1;
+		e->rows_max = (int)nrep;
+	}
+	size_t smem = nz_attention_smem(e->rows_max, (int)e->hd);
+	if (smem > optin)
+		FAIL(nz_error(NZ_ERR_UNSUPPORTED,
+		              "nz_engine_create: attention with head_dim %lld and %lld query heads per KV head needs %zu bytes "
+		              "of shared memory; %s allows %zu",
+		              (long long)e->hd, (long long)nrep, smem, e->prop.name, optin));
+	FAIL_CUDA(nz_attention_setup(e->wdt, smem), "nz_engine_create: attention setup");
+
+	/* KV pool */
+	e->kv_pool_elems = 0;
+	int64_t block_bytes = e->L * 2 * e->nkv * e->bs * e->hd * (int64_t)e->wsz;
+	if (c->kv_num_blocks == 0) {
+		if (c->kv_memory_bytes > 0) {
+			c->kv_num_blocks = c->kv_memory_bytes / block_bytes;
+			if (c->kv_num_blocks < 1)
+				FAIL(nz_error(NZ_ERR_INVALID, "nz_engine_create: kv_memory_bytes %lld holds no KV block (%lld bytes each)",
+				              (long long)c->kv_memory_bytes, (long long)block_bytes));
+		} else {
+			size_t fr = 0, tot = 0;
+			FAIL_CUDA(cudaMemGetInfo(&fr, &tot), "nz_engine_create: cudaMemGetInfo");
+			int64_t margin = (int64_t)(512ll << 20) + (int64_t)tot / 50;
+			int64_t budget = (int64_t)fr - weight_bytes_estimate(e) - e->slot_bytes - scratch_bytes(e) - margin;
+			int64_t want = nz_ceil_div(c->max_position, e->bs) * e->S;
+			if (budget < block_bytes)
+				FAIL(nz_error(NZ_ERR_OOM,
+				              "nz_engine_create: no device memory left for the KV cache: %zu bytes free, the weights "
+				              "need about %lld, the adapter slots %lld, scratch %lld, a margin %lld",
+				              fr, (long long)weight_bytes_estimate(e), (long long)e->slot_bytes,
+				              (long long)scratch_bytes(e), (long long)margin));
+			c->kv_num_blocks = std::max<int64_t>(1, std::min(want, budget / block_bytes));
+		}
+		c->kv_num_blocks = std::min<int64_t>(c->kv_num_blocks, INT32_MAX);
+	}
+	e->nb = c->kv_num_blocks;
+	if ((double)e->nb * (double)block_bytes > 0x1p50 || (double)e->slot_bytes > 0x1p50)
+		FAIL(nz_error(NZ_ERR_OOM, "nz_engine_create: the KV pool (%.0f bytes) or the adapter slots (%lld bytes) are too large",
+		              (double)e->nb * (double)block_bytes, (long long)e->slot_bytes));
+	e->kv_pool_elems = e->nb * e->nkv * e->bs * e->hd;
+	e->kv_bytes = e->nb * block_bytes;
+	e->cfg = *c;
+
+	/* RoPE inverse frequencies, computed as the CPU backend does */
+	std::vector<float> inv((size_t)(e->hd / 2));
+	nz_rope_inv_freq(c, inv.data());
+	FAIL(dev_alloc((void **)&e->inv_freq, inv.size() * sizeof(float), "nz_engine_create: RoPE table"));
+	FAIL_CUDA(cudaMemcpy(e->inv_freq, inv.data(), inv.size() * sizeof(float), cudaMemcpyHostToDevice),
+	          "nz_engine_create: RoPE table");
+	e->layers.assign((size_t)e->L, layer_w());
+	FAIL(host_alloc(&e->tstage, 2 * kTensorStage, "nz_engine_create: weight staging"));
+	e->use_graphs = 1;
+#undef FAIL_CUDA
+#undef FAIL
+	*out = e;
+	return NZ_OK;
+}
+
+/* ---------------------------------------------------------------------------
+ * Tensors
+ * ------------------------------------------------------------------------- */
+
+/* Copies n elements of src (dtype) into dst on the device, converted to
+ * dst_dtype (f32 for norms and biases: rounded through the weight dtype
+ * first), through the pinned staging halves. */
+int32_t upload_converted(cuda_engine *e, void *dst, int32_t dst_dtype, const void *src, int32_t src_dtype, int64_t n,
+                         int via_weight_dtype)
+{
+	const size_t dsz = nz_dtype_size(dst_dtype), ssz = nz_dtype_size(src_dtype);
+	const int64_t chunk = (int64_t)(kTensorStage / dsz);
+	int half = 0;
+	for (int64_t i0 = 0; i0 < n; i0 += chunk, half ^= 1) {
+		int64_t cnt = std::min(chunk, n - i0);
+		CUDA_TRY(cudaEventSynchronize(e->tstage_ev[half]), "nz_engine_set_tensor: staging");
+		unsigned char *stg = (unsigned char *)e->tstage + (size_t)half * kTensorStage;
+		const unsigned char *s = (const unsigned char *)src + (size_t)i0 * ssz;
+		const int64_t sub = 1 << 18;
+		int64_t parts = nz_ceil_div(cnt, sub);
+		parallel_for(parts, cnt >= (1 << 20) ? host_threads() : 1, [&](int64_t k) {
+			int64_t a = k * sub, m = std::min(sub, cnt - a);
+			if (via_weight_dtype)
+				nz_convert_f32_via((float *)(stg + (size_t)a * dsz), s + (size_t)a * ssz, src_dtype, e->wdt, m);
+			else
+				nz_convert(stg + (size_t)a * dsz, dst_dtype, s + (size_t)a * ssz, src_dtype, m);
+		});
+		CUDA_TRY(cudaMemcpyAsync((unsigned char *)dst + (size_t)i0 * dsz, stg, (size_t)cnt * dsz, cudaMemcpyHostToDevice,
+		                         e->stream),
+		         "nz_engine_set_tensor: copy");
+		CUDA_TRY(cudaEventRecord(e->tstage_ev[half], e->stream), "nz_engine_set_tensor: event");
+	}
+	return NZ_OK;
+}
+
+/* Allocates *p (bytes) on first use, zeroed when zero is set. */
+int32_t ensure_dev(cuda_engine *e, void **p, size_t bytes, int zero, const char *what)
+{
+	if (*p)
+		return NZ_OK;
+	NZ_TRY(dev_alloc(p, bytes, what));
+	e->weight_bytes += (int64_t)bytes;
+	if (zero)
+		CUDA_TRY(cudaMemsetAsync(*p, 0, bytes, e->stream), what);
+	return NZ_OK;
+}
+
+int32_t cuda_set_tensor(void *impl, int32_t kind, int32_t layer, int32_t dtype, const void *data, int64_t n)
+{
+	cuda_engine *e = (cuda_engine *)impl;
+	NZ_TRY(select_device(e, "nz_engine_set_tensor"));
+	const char *what = "nz_engine_set_tensor";
+	const size_t ws = e->wsz;
+	layer_w *ly = layer >= 0 ? &e->layers[(size_t)layer] : NULL;
+	void **dst = NULL;
+	size_t total = 0, offset = 0; /* bytes of the (packed) buffer, byte offset of this tensor */
+	int as_f32 = 0, zero = 0;
+	switch (kind) {
+	case NZ_T_EMBED:
+		dst = &e->embed, total = (size_t)n * ws;
+		break;
+	case NZ_T_LM_HEAD:
+		dst = &e->lm_head, total = (size_t)n * ws;
+		break;
+	case NZ_T_FINAL_NORM:
+		dst = (void **)&e->final_norm, total = (size_t)n * 4, as_f32 = 1;
+		break;
+	case NZ_T_ATTN_NORM:
+		dst = (void **)&ly->attn_norm, total = (size_t)n * 4, as_f32 = 1;
+		break;
+	case NZ_T_FFN_NORM:
+		dst = (void **)&ly->ffn_norm, total = (size_t)n * 4, as_f32 = 1;
+		break;
+	case NZ_T_Q:
+	case NZ_T_K:
+	case NZ_T_V:
+		dst = &ly->wqkv, total = (size_t)(e->qkvd * e->H) * ws;
+		offset = (size_t)((kind == NZ_T_Q ? 0 : kind == NZ_T_K ? e->qd : e->qd + e->kvd) * e->H) * ws;
+		break;
+	case NZ_T_O:
+		dst = &ly->wo, total = (size_t)n * ws;
+		break;
+	case NZ_T_GATE:
+	case NZ_T_UP:
+		dst = &ly->wgu, total = (size_t)(2 * e->I * e->H) * ws;
+		offset = kind == NZ_T_GATE ? 0 : (size_t)(e->I * e->H) * ws;
+		break;
+	case NZ_T_DOWN:
+		dst = &ly->wdown, total = (size_t)n * ws;
+		break;
+	case NZ_T_Q_BIAS:
+	case NZ_T_K_BIAS:
+	case NZ_T_V_BIAS:
+		dst = (void **)&ly->bqkv, total = (size_t)e->qkvd * 4, as_f32 = 1, zero = 1;
+		offset = (size_t)(kind == NZ_T_Q_BIAS ? 0 : kind == NZ_T_K_BIAS ? e->qd : e->qd + e->kvd) * 4;
+		break;
+	case NZ_T_O_BIAS:
+		dst = (void **)&ly->bo, total = (size_t)n * 4, as_f32 = 1;
+		break;
+	case NZ_T_GATE_BIAS:
+	case NZ_T_UP_BIAS:
+		dst = (void **)&ly->bgu, total = (size_t)(2 * e->I) * 4, as_f32 = 1, zero = 1;
+		offset = kind == NZ_T_GATE_BIAS ? 0 : (size_t)e->I * 4;
+		break;
+	case NZ_T_DOWN_BIAS:
+		dst = (void **)&ly->bdown, total = (size_t)n * 4, as_f32 = 1;
+		break;
+	default:
+		return nz_error(NZ_ERR_INTERNAL, "%s: unexpected tensor kind %d", what, kind);
+	}
+	NZ_TRY(ensure_dev(e, dst, total, zero, what));
+	return upload_converted(e, (unsigned char *)*dst + offset, as_f32 ? NZ_F32 : e->wdt, data, dtype, n, as_f32);
+}
+
+/* ---------------------------------------------------------------------------
+ * Finalize, info
+ * ------------------------------------------------------------------------- */
+
+int32_t cuda_finalize(void *impl)
+{
+	cuda_engine *e = (cuda_engine *)impl;
+	const char *what = "nz_engine_finalize";
+	NZ_TRY(select_device(e, what));
+	const int64_t T = e->T, S = e->S;
+	/* (allocations are kept when a later one fails, so a retry resumes) */
+#define ALLOC(ptr, bytes)                                                                                              \
+	do {                                                                                                               \
+		if (!(ptr))                                                                                                    \
+			NZ_TRY(dev_alloc((void **)&(ptr), (size_t)(bytes), what));                                                 \
+	} while (0)
+	ALLOC(e->slot_mem, e->slot_bytes);
+	const size_t rank_bytes = (size_t)(e->slots * e->L * NZ_M_COUNT) * sizeof(int32_t);
+	if (!e->rank_dev) {
+		NZ_TRY(dev_alloc((void **)&e->rank_dev, rank_bytes, what));
+		CUDA_TRY(cudaMemsetAsync(e->rank_dev, 0, rank_bytes, e->stream), what);
+		e->rank_host.assign((size_t)(e->slots * e->L * NZ_M_COUNT), 0);
+	}
+	const size_t stage_bytes = (size_t)e->slot_stride * e->wsz + (size_t)(e->L * NZ_M_COUNT) * sizeof(int32_t);
+	for (int i = 0; i < 2; i++)
+		if (!e->stage[i]) {
+			NZ_TRY(host_alloc(&e->stage[i], stage_bytes, what));
+			memset(e->stage[i], 0, stage_bytes);
+		}
+	ALLOC(e->kv, e->kv_bytes);
+	ALLOC(e->h, 4 * T * e->H);
+	ALLOC(e->y, 4 * T * e->ymax);
+	ALLOC(e->q, 4 * T * e->qd);
+	ALLOC(e->cs, 4 * T * e->hd);
+	ALLOC(e->lv, 4 * 3 * T * e->R);
+	ALLOC(e->xin, (int64_t)e->wsz * T * e->xmax);
+	ALLOC(e->xs, (int64_t)e->wsz * S * e->H);
+	ALLOC(e->logits, 4 * S * e->V);
+	ALLOC(e->d_out, (int64_t)sizeof(nz_sample_out) * S);
+#undef ALLOC
+	if (!e->h_out)
+		NZ_TRY(host_alloc((void **)&e->h_out, sizeof(nz_sample_out) * (size_t)S, what));
+	CUDA_TRY(cudaStreamSynchronize(e->stream), what);
+	e->finalized = 1;
+	return NZ_OK;
+}
+
+void cuda_info(void *impl, int64_t *out)
+{
+	cuda_engine *e = (cuda_engine *)impl;
+	out[NZ_INFO_KV_BLOCK_SIZE] = e->bs;
+	out[NZ_INFO_KV_NUM_BLOCKS] = e->nb;
+	out[NZ_INFO_WEIGHT_BYTES] = e->weight_bytes;
+	out[NZ_INFO_SLOT_BYTES] = e->slot_bytes;
+	out[NZ_INFO_KV_BYTES] = e->kv_bytes;
+	out[NZ_INFO_MAX_SLOTS] = e->slots;
+	out[NZ_INFO_MAX_RANK] = e->R;
+	out[NZ_INFO_THREADS] = 0;
+}
+
+/* ---------------------------------------------------------------------------
+ * Adapters
+ * ------------------------------------------------------------------------- */
+
+int32_t cuda_adapter_clear(void *impl, int32_t slot)
+{
+	cuda_engine *e = (cuda_engine *)impl;
+	const char *what = "nz_adapter_clear";
+	NZ_TRY(select_device(e, what));
+	const size_t row = (size_t)(e->L * NZ_M_COUNT);
+	std::fill(e->rank_host.begin() + (ptrdiff_t)(slot * row), e->rank_host.begin() + (ptrdiff_t)((slot + 1) * row), 0);
+	CUDA_TRY(cudaMemsetAsync(e->rank_dev + (size_t)slot * row, 0, row * sizeof(int32_t), e->side), what);
+	CUDA_TRY(cudaEventRecord(e->upload_ev, e->side), what);
+	e->upload_pending = 1;
+	return NZ_OK;
+}
+
+/* Converts one entry into the slot image at stage (elements of the weight dtype). */
+void stage_entry(const cuda_engine *e, unsigned char *stage, const nz_lora_entry *en)
+{
+	const int m = en->module;
+	const int64_t in = e->mod_in[m], out = e->mod_out[m], r = en->rank, R = e->R;
+	const size_t ws = e->wsz;
+	const size_t k = (size_t)(en->layer * NZ_M_COUNT + m);
+	unsigned char *a = stage + (size_t)e->a_off[k] * ws;
+	unsigned char *b = stage + (size_t)e->b_off[k] * ws;
+	nz_convert(a, e->wdt, en->a, en->a_dtype, r * in);
+	memset(a + (size_t)(r * in) * ws, 0, (size_t)((R - r) * in) * ws);
+	/* B [out][R] = scale · lora_B [out][r], folded in f32 then rounded once */
+	float row[64];
+	for (int64_t o = 0; o < out; o++) {
+		unsigned char *dst = b + (size_t)(o * R) * ws;
+		for (int64_t j0 = 0; j0 < R; j0 += 64) {
+			int64_t w = std::min<int64_t>(64, R - j0);
+			for (int64_t j = 0; j < w; j++)
+				row[j] = j0 + j < r ? nz_load_f32(en->b, en->b_dtype, o * r + j0 + j) * en->scale : 0.0f;
+			nz_convert(dst + (size_t)j0 * ws, e->wdt, row, NZ_F32, w);
+		}
+	}
+}
+
+int32_t cuda_adapter_load(void *impl, int32_t slot, int32_t n, const nz_lora_entry *ent)
+{
+	cuda_engine *e = (cuda_engine *)impl;
+	const char *what = "nz_adapter_load";
+	NZ_TRY(select_device(e, what));
+	const int i = e->stage_next;
+	e->stage_next ^= 1;
+	/* the staging buffer's previous upload must be done before it is rewritten */
+	CUDA_TRY(cudaEventSynchronize(e->stage_ev[i]), what);
+	unsigned char *stg = (unsigned char *)e->stage[i];
+	const size_t data_bytes = (size_t)e->slot_stride * e->wsz, row = (size_t)(e->L * NZ_M_COUNT);
+	int32_t *ranks = (int32_t *)(stg + data_bytes);
+	memset(ranks, 0, row * sizeof(int32_t));
+	parallel_for(n, host_threads(), [&](int64_t j) { stage_entry(e, stg, &ent[j]); });
+	for (int32_t j = 0; j < n; j++)
+		ranks[ent[j].layer * NZ_M_COUNT + ent[j].module] = ent[j].rank;
+	CUDA_TRY(cudaMemcpyAsync((unsigned char *)e->slot_mem + (size_t)slot * data_bytes, stg, data_bytes,
+	                         cudaMemcpyHostToDevice, e->side),
+	         what);
+	CUDA_TRY(cudaMemcpyAsync(e->rank_dev + (size_t)slot * row, ranks, row * sizeof(int32_t), cudaMemcpyHostToDevice,
+	                         e->side),
+	         what);
+	CUDA_TRY(cudaEventRecord(e->stage_ev[i], e->side), what);
+	CUDA_TRY(cudaEventRecord(e->upload_ev, e->side), what);
+	e->upload_pending = 1;
+	memcpy(&e->rank_host[(size_t)slot * row], ranks, row * sizeof(int32_t));
+	return NZ_OK;
+}
+
+/* ---------------------------------------------------------------------------
+ * Step
+ * ------------------------------------------------------------------------- */
+
+size_t sec(size_t *at, size_t bytes)
+{
+	size_t o = *at;
+	*at = (o + bytes + 15) & ~(size_t)15;
+	return o;
+}
+
+/* The metadata layout of a step with T tokens and S sequences; only the
+ * block table (last) depends on its width W. */
+meta_layout layout_for(const cuda_engine *e, int64_t T, int64_t S, int64_t W)
+{
+	meta_layout m;
+	size_t at = 0;
+	m.scalars = sec(&at, 4 * NZ_SC_COUNT);
+	m.tokens = sec(&at, 4 * (size_t)T);
+	m.tok_pos = sec(&at, 4 * (size_t)T);
+	m.tok_seq = sec(&at, 4 * (size_t)T);
+	m.attn_items = sec(&at, 8 * (size_t)T);
+	m.lora_items = sec(&at, 12 * (size_t)(T + e->slots + 1));
+	m.lora_tok = sec(&at, 4 * (size_t)T);
+	m.samples = sec(&at, sizeof(nz_sample_in) * (size_t)S);
+	m.bt = sec(&at, 4 * (size_t)(S * W));
+	m.end = at;
+	return m;
+}
+
+meta_ptrs ptrs_for(unsigned char *base, const meta_layout &m)
+{
+	meta_ptrs p;
+	p.scalars = (int32_t *)(base + m.scalars);
+	p.tokens = (int32_t *)(base + m.tokens);
+	p.tok_pos = (int32_t *)(base + m.tok_pos);
+	p.tok_seq = (int32_t *)(base + m.tok_seq);
+	p.attn_items = (int32_t *)(base + m.attn_items);
+	p.lora_items = (int32_t *)(base + m.lora_items);
+	p.lora_tok = (int32_t *)(base + m.lora_tok);
+	p.samples = (nz_sample_in *)(base + m.samples);
+	p.bt = (int32_t *)(base + m.bt);
+	return p;
+}
+
+int32_t ensure_meta(cuda_engine *e, size_t bytes)
+{
+	if (bytes <= e->meta_cap)
+		return NZ_OK;
+	size_t cap = std::max(bytes + bytes / 2, (size_t)64 << 10);
+	CUDA_TRY(cudaStreamSynchronize(e->stream), "nz_step");
+	cudaFree(e->d_meta);
+	cudaFreeHost(e->h_meta);
+	e->d_meta = e->h_meta = NULL;
+	e->meta_cap = 0;
+	/* device pointers inside captured graphs are now stale */
+	for (auto &g : e->graphs)
+		if (g.exec)
+			cudaGraphExecDestroy(g.exec);
+	e->graphs.clear();
+	NZ_TRY(dev_alloc((void **)&e->d_meta, cap, "nz_step: metadata"));
+	NZ_TRY(host_alloc((void **)&e->h_meta, cap, "nz_step: metadata"));
+	e->meta_cap = cap;
+	return NZ_OK;
+}
+
+int32_t gemm(cuda_engine *e, const void *X, int64_t rows, int64_t in, const void *W, int64_t out, float *Y,
+             const char *what)
+{
+	const float one = 1.0f, zero = 0.0f;
+	cublasStatus_t st = cublasGemmEx(e->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)out, (int)rows, (int)in, &one, W, e->wtype,
+	                                 (int)in, X, e->wtype, (int)in, &zero, Y, CUDA_R_32F, (int)out, CUBLAS_COMPUTE_32F,
+	                                 CUBLAS_GEMM_DEFAULT);
+	if (st != CUBLAS_STATUS_SUCCESS)
+		return blas_fail(st, what);
+	return NZ_OK;
+}
+
+#define KTRY(call, what)                                                                                               \
+	do {                                                                                                               \
+		cudaError_t nz_kerr_ = (call);                                                                                 \
+		if (nz_kerr_ != cudaSuccess)                                                                                   \
+			return cuda_fail(nz_kerr_, what);                                                                          \
+	} while (0)
+
+/* LoRA deltas of the modules mods[0..nmod) (sharing input x [T][in]) added
+ * into y [T][y_stride] at their columns. */
+int32_t lora_group(cuda_engine *e, const meta_ptrs &m, int64_t items_grid, int64_t l, int nmod, const int *mods,
+                   const int *cols, const void *x, int64_t in, float *y, int64_t y_stride)
+{
+	nz_lora_group g;
+	memset(&g, 0, sizeof g);
+	g.nmod = nmod;
+	int max_out = 0;
+	for (int i = 0; i < nmod; i++) {
+		size_t k = (size_t)(l * NZ_M_COUNT + mods[i]);
+		g.module[i] = mods[i];
+		g.a_off[i] = e->a_off[k];
+		g.b_off[i] = e->b_off[k];
+		g.out[i] = (int32_t)e->mod_out[mods[i]];
+		g.col[i] = cols[i];
+		max_out = std::max(max_out, g.out[i]);
+	}
+	const int64_t vms = e->T * e->R;
+	KTRY(nz_k_lora_shrink(e->wdt, e->stream, items_grid, m.scalars, m.lora_items, m.lora_tok, x, in, e->slot_mem,
+	                      e->slot_stride, g, e->rank_dev, (int)l, (int)e->L, (int)e->R, e->lv, vms),
+	     "nz_step: LoRA shrink");
+	KTRY(nz_k_lora_expand(e->wdt, e->stream, items_grid, m.scalars, m.lora_items, m.lora_tok, e->lv, vms, e->slot_mem,
+	                      e->slot_stride, g, e->rank_dev, (int)l, (int)e->L, (int)e->R, y, y_stride, max_out),
+	     "nz_step: LoRA expand");
+	return NZ_OK;
+}
+
+/* Every launch of a step's forward pass and sampling, on e->stream.
+ * Grids depend only on (T, n_attn, lora_grid, ns): graph replays read the
+ * rest from the metadata. */
+int32_t forward(cuda_engine *e, const meta_ptrs &m, int64_t T, int64_t n_attn, int64_t lora_grid, int64_t ns)
+{
+	cudaStream_t s = e->stream;
+	const int dt = e->wdt;
+	const int64_t H = e->H, I = e->I;
+	const size_t pool_bytes = (size_t)e->kv_pool_elems * e->wsz;
+	static const int qkv_m[3] = {NZ_M_Q, NZ_M_K, NZ_M_V}, o_m[1] = {NZ_M_O}, gu_m[2] = {NZ_M_GATE, NZ_M_UP},
+	                 down_m[1] = {NZ_M_DOWN};
+	const int qkv_c[3] = {0, (int)e->qd, (int)(e->qd + e->kvd)}, zero_c[1] = {0}, gu_c[2] = {0, (int)I};
+
+	KTRY(nz_k_embed_norm(dt, s, T, e->embed, m.tokens, m.tok_pos, e->inv_freq, H, e->hd, e->layers[0].attn_norm,
+	                     e->eps, e->h, e->xin, e->cs),
+	     "nz_step: embedding");
+	for (int64_t l = 0; l < e->L; l++) {
+		const layer_w &ly = e->layers[(size_t)l];
+		unsigned char *kc = (unsigned char *)e->kv + (size_t)(2 * l) * pool_bytes, *vc = kc + pool_bytes;
+		int window = e->cfg.sliding_window > 0 && l >= e->cfg.sliding_window_from_layer ? (int)e->cfg.sliding_window : 0;
+		NZ_TRY(gemm(e, e->xin, T, H, ly.wqkv, e->qkvd, e->y, "nz_step: q/k/v projection"));
+		if (lora_grid)
+			NZ_TRY(lora_group(e, m, lora_grid, l, 3, qkv_m, qkv_c, e->xin, H, e->y, e->qkvd));
+		KTRY(nz_k_rope_kv(dt, s, T, e->y, ly.bqkv, e->cs, m.tok_pos, m.tok_seq, m.bt, m.scalars, (int)e->nh,
+		                  (int)e->nkv, (int)e->hd, (int)e->bs, e->q, kc, vc),
+		     "nz_step: RoPE");
+		KTRY(nz_k_attention(dt, s, n_attn, m.attn_items, e->rows_max, e->q, kc, vc, m.tok_pos, m.tok_seq, m.bt,
+		                    m.scalars, (int)e->nh, (int)e->nkv, (int)e->hd, (int)e->bs, window, e->xin),
+		     "nz_step: attention");
+		NZ_TRY(gemm(e, e->xin, T, e->qd, ly.wo, H, e->y, "nz_step: o projection"));
+		if (lora_grid)
+			NZ_TRY(lora_group(e, m, lora_grid, l, 1, o_m, zero_c, e->xin, e->qd, e->y, H));
+		KTRY(nz_k_add_norm(dt, s, T, H, e->h, e->y, ly.bo, ly.ffn_norm, e->eps, e->xin), "nz_step: norm");
+		NZ_TRY(gemm(e, e->xin, T, H, ly.wgu, 2 * I, e->y, "nz_step: gate/up projection"));
+		if (lora_grid)
+			NZ_TRY(lora_group(e, m, lora_grid, l, 2, gu_m, gu_c, e->xin, H, e->y, 2 * I));
+		KTRY(nz_k_silu(dt, s, T, I, e->y, ly.bgu, e->xin), "nz_step: SiLU");
+		NZ_TRY(gemm(e, e->xin, T, I, ly.wdown, H, e->y, "nz_step: down projection"));
+		if (lora_grid)
+			NZ_TRY(lora_group(e, m, lora_grid, l, 1, down_m, zero_c, e->xin, I, e->y, H));
+		const float *next_norm = l + 1 < e->L ? e->layers[(size_t)(l + 1)].attn_norm : NULL;
+		KTRY(nz_k_add_norm(dt, s, T, H, e->h, e->y, ly.bdown, next_norm, e->eps, e->xin), "nz_step: norm");
+	}
+	if (ns == 0)
+		return NZ_OK;
+	KTRY(nz_k_gather_norm(dt, s, ns, m.samples, e->h, H, e->final_norm, e->eps, e->xs), "nz_step: final norm");
+	const void *lm = e->cfg.tie_word_embeddings ? e->embed : e->lm_head;
+	NZ_TRY(gemm(e, e->xs, ns, H, lm, e->V, e->logits, "nz_step: LM head"));
+	KTRY(nz_k_sample(s, ns, e->logits, e->V, m.samples, m.scalars, e->d_out), "nz_step: sampling");
+	return NZ_OK;
+}
+
+/* Runs a decode-only step's forward pass through a graph captured for its
+ * key; returns 0 when it ran, 1 when the caller must run it eagerly. */
+int32_t run_graph(cuda_engine *e, const meta_ptrs &m, int64_t T, int64_t ns, int lora, int *ran)
+{
+	*ran = 0;
+	graph_entry *g = NULL;
+	for (auto &x : e->graphs)
+		if (x.seqs == T && x.samples == ns && x.lora == lora)
+			g = &x;
+	if (!g) {
+		if ((int)e->graphs.size() >= kMaxGraphs) {
+			auto lru = std::min_element(e->graphs.begin(), e->graphs.end(),
+			                            [](const graph_entry &a, const graph_entry &b) { return a.used < b.used; });
+			if (lru->exec)
+				cudaGraphExecDestroy(lru->exec);
+			e->graphs.erase(lru);
+		}
+		graph_entry ne;
+		ne.seqs = T, ne.samples = ns, ne.lora = lora, ne.exec = NULL, ne.used = 0;
+		CUDA_TRY(cudaStreamBeginCapture(e->stream, cudaStreamCaptureModeThreadLocal), "nz_step: graph capture");
+		int32_t st = forward(e, m, T, T, lora ? T : 0, ns);
+		cudaGraph_t graph = NULL;
+		cudaError_t end = cudaStreamEndCapture(e->stream, &graph);
+		if (st == NZ_OK && end == cudaSuccess && graph) {
+			cudaGraphExec_t exec = NULL;
+			if (cudaGraphInstantiateWithFlags(&exec, graph, 0) == cudaSuccess)
+				ne.exec = exec;
+		}
+		if (graph)
+			cudaGraphDestroy(graph);
+		cudaGetLastError(); /* a failed capture falls back to eager launches */
+		e->graphs.push_back(ne);
+		g = &e->graphs.back();
+	}
+	g->used = ++e->graph_clock;
+	if (!g->exec)
+		return NZ_OK;
+	CUDA_TRY(cudaGraphLaunch(g->exec, e->stream), "nz_step: graph launch");
+	*ran = 1;
+	return NZ_OK;
+}
+
+int32_t cuda_step(void *impl, const nz_batch *b, const nz_step_plan *p)
+{
+	cuda_engine *e = (cuda_engine *)impl;
+	const char *what = "nz_step";
+	NZ_TRY(select_device(e, what));
+	const int64_t T = p->n_tokens, S = p->n_seqs, ns = p->n_sample, bs = e->bs;
+	int64_t W = 1;
+	int decode_only = 1;
+	for (int64_t i = 0; i < S; i++) {
+		W = std::max<int64_t>(W, nz_ceil_div((int64_t)b->seq_pos[i] + b->seq_len[i], bs));
+		decode_only &= b->seq_len[i] == 1;
+	}
+	const meta_layout lay = layout_for(e, T, S, W);
+	NZ_TRY(ensure_meta(e, lay.end));
+	unsigned char *hm = e->h_meta;
+	const meta_ptrs hp = ptrs_for(hm, lay), dp = ptrs_for(e->d_meta, lay);
+
+	memcpy(hp.tokens, b->tokens, 4 * (size_t)T);
+	memcpy(hp.tok_pos, p->tok_pos, 4 * (size_t)T);
+	memcpy(hp.tok_seq, p->tok_seq, 4 * (size_t)T);
+	int64_t n_attn = 0;
+	for (int64_t i = 0; i < S; i++) {
+		int32_t off = p->seq_off[i], len = p->seq_off[i + 1] - off;
+		for (int32_t c = 0; c < len; c += e->qt) {
+			hp.attn_items[2 * n_attn] = off + c;
+			hp.attn_items[2 * n_attn + 1] = std::min<int32_t>(e->qt, len - c);
+			n_attn++;
+		}
+	}
+	int64_t n_li = 0, n_lt = 0;
+	for (int32_t g = 0; g < p->n_segs; g++) {
+		int64_t first = n_lt;
+		for (int32_t k = p->seg_start[g]; k < p->seg_start[g + 1]; k++) {
+			int32_t s = p->seg_seqs[k];
+			for (int32_t t = p->seq_off[s]; t < p->seq_off[s + 1]; t++)
+				hp.lora_tok[n_lt++] = t;
+		}
+		for (int64_t c = first; c < n_lt; c += NZ_LORA_TM) {
+			hp.lora_items[3 * n_li] = (int32_t)c;
+			hp.lora_items[3 * n_li + 1] = (int32_t)std::min<int64_t>(NZ_LORA_TM, n_lt - c);
+			hp.lora_items[3 * n_li + 2] = p->seg_slot[g];
+			n_li++;
+		}
+	}
+	for (int64_t i = 0; i < ns; i++) {
+		int32_t s = p->sample_seq[i];
+		nz_sample_in &si = hp.samples[i];
+		si.temperature = b->temperature[s];
+		si.top_p = b->top_p[s];
+		si.top_k = b->top_k[s];
+		si.token = p->sample_tok[i];
+		si.u = si.temperature > 0 ? nz_rng_uniform(b->seed[s], (int64_t)b->seq_pos[s] + b->seq_len[s]) : 0.0;
+	}
+	for (int64_t i = 0; i < S; i++) {
+		int64_t need = nz_ceil_div((int64_t)b->seq_pos[i] + b->seq_len[i], bs);
+		memcpy(hp.bt + i * W, b->block_table + i * b->max_blocks, 4 * (size_t)need);
+		for (int64_t j = need; j < W; j++)
+			hp.bt[i * W + j] = 0;
+	}
+	hp.scalars[NZ_SC_BT_WIDTH] = (int32_t)W;
+	hp.scalars[NZ_SC_LORA_ITEMS] = (int32_t)n_li;
+	hp.scalars[NZ_SC_N_TOP] = (int32_t)b->n_top;
+	hp.scalars[3] = 0;
+
+	if (e->upload_pending) {
+		CUDA_TRY(cudaStreamWaitEvent(e->stream, e->upload_ev, 0), what);
+		e->upload_pending = 0;
+	}
+	CUDA_TRY(cudaMemcpyAsync(e->d_meta, hm, lay.end, cudaMemcpyHostToDevice, e->stream), "nz_step: metadata copy");
+
+	int ran = 0;
+	if (decode_only && e->use_graphs)
+		NZ_TRY(run_graph(e, dp, T, ns, n_li > 0, &ran));
+	if (!ran)
+		NZ_TRY(forward(e, dp, T, n_attn, n_li, ns));
+
+	if (ns > 0) {
+		CUDA_TRY(cudaMemcpyAsync(e->h_out, e->d_out, sizeof(nz_sample_out) * (size_t)ns, cudaMemcpyDeviceToHost,
+		                         e->stream),
+		         "nz_step: result copy");
+		if (b->out_logits) {
+			for (int64_t i = 0; i < ns; i++) {
+				int64_t j = i; /* a run of consecutive sequences goes in one copy */
+				while (j + 1 < ns && p->sample_seq[j + 1] == p->sample_seq[j] + 1)
+					j++;
+				CUDA_TRY(cudaMemcpyAsync(b->out_logits + (size_t)p->sample_seq[i] * (size_t)e->V,
+				                         e->logits + (size_t)i * (size_t)e->V, 4 * (size_t)(e->V * (j - i + 1)),
+				                         cudaMemcpyDeviceToHost, e->stream),
+				         "nz_step: logits copy");
+				i = j;
+			}
+		}
+	}
+	CUDA_TRY(cudaStreamSynchronize(e->stream), what);
+	for (int64_t i = 0; i < ns; i++) {
+		int32_t s = p->sample_seq[i];
+		const nz_sample_out &o = e->h_out[i];
+		b->out_token[s] = o.token;
+		b->out_logprob[s] = o.logprob;
+		if (b->n_top > 0) {
+			memcpy(b->out_top_token + (size_t)s * (size_t)b->n_top, o.top_token, 4 * (size_t)b->n_top);
+			memcpy(b->out_top_logprob + (size_t)s * (size_t)b->n_top, o.top_logprob, 4 * (size_t)b->n_top);
+		}
+	}
+	return NZ_OK;
+}
+
+/* ---------------------------------------------------------------------------
+ * Read bandwidth probe
+ * ------------------------------------------------------------------------- */
+
+int32_t cuda_bench_read_bandwidth(int64_t bytes, int32_t iters, int32_t num_threads, double *out)
+{
+	const char *what = "nz_bench_read_bandwidth";
+	(void)num_threads;
+	int count = 0;
+	cudaError_t err = cudaGetDeviceCount(&count);
+	if (err != cudaSuccess || count == 0) {
+		cudaGetLastError();
+		return nz_error(NZ_ERR_DEVICE, "no CUDA device: %s",
+		                err != cudaSuccess ? cudaGetErrorString(err) : "the driver reports no device");
+	}
+	int dev = 0;
+	CUDA_TRY(cudaGetDevice(&dev), what);
+	cudaDeviceProp prop;
+	CUDA_TRY(cudaGetDeviceProperties(&prop, dev), what);
+	bytes &= ~(int64_t)15;
+	void *buf = NULL;
+	unsigned *sink = NULL;
+	cudaStream_t s = NULL;
+	cudaEvent_t t0 = NULL, t1 = NULL;
+	int32_t st = dev_alloc(&buf, (size_t)bytes, what);
+	if (st == NZ_OK)
+		st = dev_alloc((void **)&sink, 16, what);
+	if (st == NZ_OK && ((err = cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking)) != cudaSuccess ||
+	                    (err = cudaEventCreate(&t0)) != cudaSuccess || (err = cudaEventCreate(&t1)) != cudaSuccess ||
+	                    (err = cudaMemsetAsync(buf, 1, (size_t)bytes, s)) != cudaSuccess))
+		st = cuda_fail(err, what);
+	int blocks = prop.multiProcessorCount * 8;
+	float ms = 0;
+	if (st == NZ_OK) {
+		err = nz_k_read(s, buf, bytes, sink, blocks); /* warm up */
+		if (err == cudaSuccess)
+			err = cudaEventRecord(t0, s);
+		for (int32_t i = 0; i < iters && err == cudaSuccess; i++)
+			err = nz_k_read(s, buf, bytes, sink, blocks);
+		if (err == cudaSuccess)
+			err = cudaEventRecord(t1, s);
+		if (err == cudaSuccess)
+			err = cudaEventSynchronize(t1);
+		if (err == cudaSuccess)
+			err = cudaEventElapsedTime(&ms, t0, t1);
+		if (err != cudaSuccess)
+			st = cuda_fail(err, what);
+	}
+	if (t0)
+		cudaEventDestroy(t0);
+	if (t1)
+		cudaEventDestroy(t1);
+	if (s)
+		cudaStreamDestroy(s);
+	cudaFree(buf);
+	cudaFree(sink);
+	if (st == NZ_OK)
+		*out = ms > 0 ? (double)bytes * (double)iters / ((double)ms * 1e-3) : 0.0;
+	return st;
+}
+
+const nz_backend_ops cuda_ops = {
+    cuda_describe,  cuda_create,       cuda_set_tensor, cuda_finalize, cuda_info,
+    cuda_adapter_load, cuda_adapter_clear, cuda_step,    cuda_destroy,  cuda_bench_read_bandwidth,
+};
+
+} // namespace
+
+extern "C" const nz_backend_ops *nz_default_backend(void) { return &cuda_ops; }

@@ -1,0 +1,122 @@
+/*
+ * cuda_kernels.h — the CUDA backend's kernels, as host functions that
+ * launch them on a stream (kernels_*.cu). Each returns the launch's
+ * cudaError_t (cudaGetLastError after the launch).
+ *
+ * dtype (NZ_F32, NZ_F16, NZ_BF16) is the engine's weight dtype: weights,
+ * GEMM inputs ("act": the normed hidden state, the attention output, the
+ * gated MLP activation) and the KV cache are stored in it. The residual
+ * stream, GEMM outputs, queries, LoRA intermediates and logits are f32.
+ *
+ * Per-step values that CUDA graph replays must see (the block table's
+ * width, the number of LoRA work items) are read from device memory:
+ * `scalars` points at the step metadata's scalar words (NZ_SC_*).
+ */
+#ifndef NZ_CUDA_KERNELS_H
+#define NZ_CUDA_KERNELS_H
+
+#include "cuda_common.cuh"
+#include "nozzle_engine.h"
+
+/* Words of the step metadata's scalar block. */
+enum {
+	NZ_SC_BT_WIDTH = 0,    /* entries per block-table row */
+	NZ_SC_LORA_ITEMS = 1,  /* LoRA work items of this step */
+	NZ_SC_N_TOP = 2,       /* top logprobs per sampled sequence */
+	NZ_SC_COUNT = 4
+};
+
+/* The sampler's result for one sampled sequence (one D2H copy for all). */
+#define NZ_CUDA_MAX_TOP 20
+typedef struct nz_sample_out {
+	int32_t token;
+	float logprob;
+	int32_t top_token[NZ_CUDA_MAX_TOP];
+	float top_logprob[NZ_CUDA_MAX_TOP];
+} nz_sample_out;
+
+/* Sampling parameters of one sampled sequence (step metadata). */
+typedef struct nz_sample_in {
+	double u;          /* the uniform draw, nz_rng_uniform(seed, position) */
+	float temperature; /* 0 = greedy */
+	float top_p;       /* 1 = off */
+	int32_t top_k;     /* 0 = off */
+	int32_t token;     /* the token row in the logits */
+} nz_sample_in;
+
+/* Up to three LoRA target modules that share their input (q,k,v;
+ * gate,up; o; down), for the shrink and expand kernels. Offsets are in
+ * elements from the start of a slot's region; each slot holds, per layer
+ * and module, A [max_rank][in] then B [out][max_rank]. */
+typedef struct nz_lora_group {
+	int32_t nmod;
+	int32_t module[3];  /* NZ_M_* (index into the rank table) */
+	int64_t a_off[3];
+	int64_t b_off[3];
+	int32_t out[3];     /* out features */
+	int32_t col[3];     /* first column of the module's output in y */
+} nz_lora_group;
+
+/* LoRA work item: up to NZ_LORA_TM tokens of one adapter segment. */
+#define NZ_LORA_TM 8
+
+/* h[t] = embed[tokens[t]] (f32); x[t] = act(rmsnorm(h[t], norm_w));
+ * cs[t] = cos|sin of tok_pos[t]·inv_freq (hd/2 each). */
+cudaError_t nz_k_embed_norm(int dtype, cudaStream_t s, int64_t T, const void *embed, const int32_t *tokens,
+                            const int32_t *tok_pos, const float *inv_freq, int64_t H, int64_t hd,
+                            const float *norm_w, float eps, float *h, void *x, float *cs);
+
+/* h[t] += y[t] (+ bias); then, when norm_w is set, x[t] = act(rmsnorm(h[t])). */
+cudaError_t nz_k_add_norm(int dtype, cudaStream_t s, int64_t T, int64_t H, float *h, const float *y, const float *bias,
+                          const float *norm_w, float eps, void *x);
+
+/* x[i] = act(rmsnorm(h[sample_tok[i]], norm_w)) for i < n. */
+cudaError_t nz_k_gather_norm(int dtype, cudaStream_t s, int64_t n, const nz_sample_in *samples, const float *h,
+                             int64_t H, const float *norm_w, float eps, void *x);
+
+/* y is [T][qd + 2·kvd] (q | k | v, f32, + bias when set): RoPE on q and k;
+ * q to q_out (f32 [T][qd]); k and v into the layer's cache at each token's
+ * position (blocks from the block table). */
+cudaError_t nz_k_rope_kv(int dtype, cudaStream_t s, int64_t T, const float *y, const float *bias, const float *cs,
+                         const int32_t *tok_pos, const int32_t *tok_seq, const int32_t *bt, const int32_t *scalars,
+                         int nh, int nkv, int hd, int bs, float *q_out, void *kc, void *vc);
+
+/* Causal (optionally windowed) attention of items (first token, count:
+ * consecutive tokens of one sequence) over the paged cache; out is
+ * act [T][nh·hd]. */
+cudaError_t nz_k_attention(int dtype, cudaStream_t s, int64_t n_items, const int32_t *items, int rows_max,
+                           const float *q, const void *kc, const void *vc, const int32_t *tok_pos,
+                           const int32_t *tok_seq, const int32_t *bt, const int32_t *scalars, int nh, int nkv,
+                           int hd, int bs, int window, void *out);
+/* Dynamic shared memory of nz_k_attention, and the one-time setup that
+ * allows it (cudaFuncSetAttribute) on the current device. */
+size_t nz_attention_smem(int rows_max, int hd);
+cudaError_t nz_attention_setup(int dtype, size_t smem);
+
+/* x[t] = act(silu(y[t][0:I] + bg) · (y[t][I:2I] + bu)); bias is [2I] or NULL. */
+cudaError_t nz_k_silu(int dtype, cudaStream_t s, int64_t T, int64_t I, const float *y, const float *bias, void *x);
+
+/* LoRA shrink: v[mi][tok][0:r] = x[tok]·A_mᵀ for every token of every work
+ * item (items: [n][3] = first index into lora_tok, count, slot) whose
+ * slot has module m (rank from the rank table [slots][L][NZ_M_COUNT]);
+ * grid.x is max_items, blocks past scalars[NZ_SC_LORA_ITEMS] exit. */
+cudaError_t nz_k_lora_shrink(int dtype, cudaStream_t s, int64_t max_items, const int32_t *scalars,
+                             const int32_t *items, const int32_t *lora_tok, const void *x, int64_t in,
+                             const void *slots, int64_t slot_stride, nz_lora_group grp, const int32_t *rank_tab,
+                             int layer, int L, int R, float *v, int64_t v_mod_stride);
+
+/* LoRA expand: y[tok][col_m + o] += v[mi][tok][0:r]·B_m[o][0:r]. */
+cudaError_t nz_k_lora_expand(int dtype, cudaStream_t s, int64_t max_items, const int32_t *scalars,
+                             const int32_t *items, const int32_t *lora_tok, const float *v, int64_t v_mod_stride,
+                             const void *slots, int64_t slot_stride, nz_lora_group grp, const int32_t *rank_tab,
+                             int layer, int L, int R, float *y, int64_t y_stride, int max_out);
+
+/* Samples each of n logits rows [V] (nz_sample in common.h, same
+ * semantics): greedy, temperature, top-k, top-p, logprob, top logprobs. */
+cudaError_t nz_k_sample(cudaStream_t s, int64_t n, const float *logits, int64_t V, const nz_sample_in *in,
+                        const int32_t *scalars, nz_sample_out *out);
+
+/* Reads bytes (a multiple of 16) of buf with 16-byte loads; folds into sink. */
+cudaError_t nz_k_read(cudaStream_t s, const void *buf, int64_t bytes, unsigned *sink, int blocks);
+
+#endif /* NZ_CUDA_KERNELS_H */
