@@ -64,7 +64,7 @@ func (w *memWorld) id(prefix string) string {
 	return prefix + strconv.Itoa(w.seq)
 }
 
-func cp[T any](v *T) *T { c := *v; return &c }
+func memCopy[T any](v *T) *T { c := *v; return &c }
 
 func (w *memWorld) priceAt(tenantID string, at time.Time) nozzle.Price {
 	var best *nozzle.PriceVersion
@@ -92,7 +92,7 @@ func (w *memWorld) deps() gateway.Deps {
 					}
 				}
 				t.ID, t.CreatedAt = w.id("ten_"), w.now().UTC()
-				w.tenants[t.ID] = cp(t)
+				w.tenants[t.ID] = memCopy(t)
 				w.order = append(w.order, t.ID)
 				return nil
 			},
@@ -100,7 +100,7 @@ func (w *memWorld) deps() gateway.Deps {
 				w.mu.Lock()
 				defer w.mu.Unlock()
 				if t := w.tenants[id]; t != nil {
-					return cp(t), nil
+					return memCopy(t), nil
 				}
 				return nil, nozzle.Errorf(nozzle.ENOTFOUND, "No tenant %q.", id)
 			},
@@ -109,7 +109,7 @@ func (w *memWorld) deps() gateway.Deps {
 				defer w.mu.Unlock()
 				var out []*nozzle.Tenant
 				for _, id := range w.order {
-					out = append(out, cp(w.tenants[id]))
+					out = append(out, memCopy(w.tenants[id]))
 				}
 				return out, nil
 			},
@@ -135,7 +135,7 @@ func (w *memWorld) deps() gateway.Deps {
 				if upd.StripeCustomerID != nil {
 					t.StripeCustomerID = *upd.StripeCustomerID
 				}
-				return cp(t), nil
+				return memCopy(t), nil
 			},
 			SetPriceFn: func(ctx context.Context, tenantID string, p nozzle.Price, from time.Time) error {
 				w.mu.Lock()
@@ -165,14 +165,14 @@ func (w *memWorld) deps() gateway.Deps {
 				w.mu.Lock()
 				defer w.mu.Unlock()
 				k.ID, k.CreatedAt = w.id("key_"), w.now().UTC()
-				w.keys[k.Digest] = cp(k)
+				w.keys[k.Digest] = memCopy(k)
 				return nil
 			},
 			KeyByDigestFn: func(ctx context.Context, digest string) (*nozzle.APIKey, error) {
 				w.mu.Lock()
 				defer w.mu.Unlock()
 				if k := w.keys[digest]; k != nil && !k.Revoked() {
-					return cp(k), nil
+					return memCopy(k), nil
 				}
 				return nil, nozzle.Errorf(nozzle.EUNAUTHORIZED, "Invalid key.")
 			},
@@ -182,7 +182,7 @@ func (w *memWorld) deps() gateway.Deps {
 				var out []*nozzle.APIKey
 				for _, k := range w.keys {
 					if k.TenantID == tenantID {
-						out = append(out, cp(k))
+						out = append(out, memCopy(k))
 					}
 				}
 				sort.Slice(out, func(i, j int) bool { return out[i].ID > out[j].ID })
@@ -220,14 +220,14 @@ func (w *memWorld) deps() gateway.Deps {
 					return nozzle.Errorf(nozzle.ECONFLICT, "Taken.")
 				}
 				a.ID, a.CreatedAt = w.id("ad_"), w.now().UTC()
-				w.adapters[a.TenantID+"/"+a.Name] = cp(a)
+				w.adapters[a.TenantID+"/"+a.Name] = memCopy(a)
 				return nil
 			},
 			AdapterFn: func(ctx context.Context, tenantID, name string) (*nozzle.Adapter, error) {
 				w.mu.Lock()
 				defer w.mu.Unlock()
 				if a := w.adapters[tenantID+"/"+name]; a != nil {
-					return cp(a), nil
+					return memCopy(a), nil
 				}
 				return nil, nozzle.Errorf(nozzle.ENOTFOUND, "No adapter.")
 			},
@@ -237,7 +237,7 @@ func (w *memWorld) deps() gateway.Deps {
 				var out []*nozzle.Adapter
 				for _, a := range w.adapters {
 					if a.TenantID == tenantID {
-						out = append(out, cp(a))
+						out = append(out, memCopy(a))
 					}
 				}
 				sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
@@ -294,7 +294,7 @@ func (w *memWorld) deps() gateway.Deps {
 				if ev.Status != nozzle.UsageFailed {
 					ev.ChargeUSD = w.priceAt(ev.TenantID, ev.Time).Charge(ev.PromptTokens, ev.CompletionTokens)
 				}
-				e := cp(ev)
+				e := memCopy(ev)
 				w.events = append(w.events, e)
 				w.byID[e.RequestID] = e
 				return false, nil
@@ -303,7 +303,7 @@ func (w *memWorld) deps() gateway.Deps {
 				w.mu.Lock()
 				defer w.mu.Unlock()
 				if e := w.byID[id]; e != nil {
-					return cp(e), nil
+					return memCopy(e), nil
 				}
 				return nil, nozzle.Errorf(nozzle.ENOTFOUND, "No usage.")
 			},
@@ -342,14 +342,14 @@ func (w *memWorld) userService() *mock.UserService {
 				return nozzle.Errorf(nozzle.ENOTFOUND, "No tenant.")
 			}
 			u.ID, u.CreatedAt = w.id("usr_"), w.now().UTC()
-			w.users[u.ID] = cp(u)
+			w.users[u.ID] = memCopy(u)
 			return nil
 		},
 		UserFn: func(ctx context.Context, id string) (*nozzle.User, error) {
 			w.mu.Lock()
 			defer w.mu.Unlock()
 			if u := w.users[id]; u != nil {
-				return cp(u), nil
+				return memCopy(u), nil
 			}
 			return nil, nozzle.Errorf(nozzle.ENOTFOUND, "No user.")
 		},
@@ -358,7 +358,7 @@ func (w *memWorld) userService() *mock.UserService {
 			defer w.mu.Unlock()
 			for _, u := range w.users {
 				if strings.EqualFold(u.Email, strings.TrimSpace(email)) {
-					return cp(u), nil
+					return memCopy(u), nil
 				}
 			}
 			return nil, nozzle.Errorf(nozzle.ENOTFOUND, "No user.")
@@ -368,7 +368,7 @@ func (w *memWorld) userService() *mock.UserService {
 			defer w.mu.Unlock()
 			for _, u := range w.users {
 				if digest != "" && u.InviteDigest == digest {
-					return cp(u), nil
+					return memCopy(u), nil
 				}
 			}
 			return nil, nozzle.Errorf(nozzle.ENOTFOUND, "No invite.")
@@ -379,7 +379,7 @@ func (w *memWorld) userService() *mock.UserService {
 			var out []*nozzle.User
 			for _, u := range w.users {
 				if tenantID == "" || u.TenantID == tenantID {
-					out = append(out, cp(u))
+					out = append(out, memCopy(u))
 				}
 			}
 			sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
@@ -402,7 +402,7 @@ func (w *memWorld) userService() *mock.UserService {
 				return nozzle.Errorf(nozzle.ECONFLICT, "Session exists.")
 			}
 			s.CreatedAt = w.now().UTC()
-			w.sessions[s.ID] = cp(s)
+			w.sessions[s.ID] = memCopy(s)
 			return nil
 		},
 		SessionFn: func(ctx context.Context, id string) (*nozzle.Session, error) {
@@ -412,7 +412,7 @@ func (w *memWorld) userService() *mock.UserService {
 			if s == nil || !s.RevokedAt.IsZero() || !w.now().Before(s.ExpiresAt) {
 				return nil, nozzle.Errorf(nozzle.EUNAUTHORIZED, "Please sign in.")
 			}
-			return cp(s), nil
+			return memCopy(s), nil
 		},
 		RevokeSessionFn: func(ctx context.Context, id string) error {
 			w.mu.Lock()

@@ -275,7 +275,7 @@
         }) },
         { stroke: '#575c68', grid: { stroke: '#e6e8ec' }, values: (u, vals) => vals.map(f),
           incrs: spec.unit === 'seconds' ? [1, 5, 10, 30, 60, 300, 600, 900, 1800, 3600, 7200, 21600, 43200, 86400] : undefined,
-          size: (u, vals) => vals ? Math.max(40, 14 + 7 * Math.max(...vals.map((v) => String(v).length))) : 40 },
+          size: (u, vals) => vals ? Math.max(40, 18 + 8 * Math.max(...vals.map((v) => String(v).length))) : 40 },
       ],
       legend: { live: true },
       cursor: { points: { show: false } },

@@ -1,0 +1,809 @@
+package gateway_test
+
+import (
+	"bytes"
+	"compress/gzip"
+	"encoding/json"
+	"io"
+	"mime/multipart"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+
+	"github.com/nozzle-ai/nozzle"
+	"github.com/nozzle-ai/nozzle/gateway"
+)
+
+var consoleKey = []byte("console test signing key, at least 32 bytes long")
+
+const opEmail, opPassword = "operator@example.com", "operator-password-1"
+
+// consoleFixture is a gateway with the console over an in-memory pool, an
+// operator account, and a clock tests can move.
+type consoleFixture struct {
+	t     *testing.T
+	w     *memWorld
+	srv   *gateway.Server
+	deps  gateway.Deps
+	skew  atomic.Int64 // added to the console's clock
+	users map[string]string
+}
+
+func newConsoleFixture(t *testing.T, cfg ...func(*gateway.ConsoleConfig)) *consoleFixture {
+	t.Helper()
+	f := &consoleFixture{t: t, w: newMemWorld()}
+	cc := gateway.ConsoleConfig{SigningKey: consoleKey, Clock: func() time.Time { return time.Now().Add(time.Duration(f.skew.Load())) }}
+	for _, fn := range cfg {
+		fn(&cc)
+	}
+	f.w.now = cc.Clock
+	f.deps = f.w.deps()
+	f.deps.Extensions = []gateway.Extension{gateway.Console(cc)}
+	srv, err := gateway.New(gateway.Config{AdminToken: "admin", UploadLimit: 1 << 20, UploadDir: t.TempDir(), Logger: quietLogger()}, f.deps)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = srv.Shutdown(t.Context()) })
+	f.srv = srv
+	if err := gateway.EnsureOperator(t.Context(), f.deps.Users, opEmail, opPassword); err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+// consoleBrowser is a cookie-keeping client of the console.
+type consoleBrowser struct {
+	f       *consoleFixture
+	cookies map[string]string
+	csrf    string
+}
+
+func (f *consoleFixture) browser() *consoleBrowser {
+	return &consoleBrowser{f: f, cookies: map[string]string{}}
+}
+
+var csrfMeta = regexp.MustCompile(`<meta name="csrf-token" content="([^"]*)">`)
+
+func (b *consoleBrowser) do(method, path string, body io.Reader, hdr ...string) *http.Response {
+	b.f.t.Helper()
+	req := httptest.NewRequest(method, path, body)
+	for i := 0; i+1 < len(hdr); i += 2 {
+		req.Header.Set(hdr[i], hdr[i+1])
+	}
+	for k, v := range b.cookies {
+		req.AddCookie(&http.Cookie{Name: k, Value: v})
+	}
+	resp, err := b.f.srv.App().Test(req, -1)
+	if err != nil {
+		b.f.t.Fatal(err)
+	}
+	for _, c := range resp.Cookies() {
+		if c.MaxAge < 0 || c.Value == "" {
+			delete(b.cookies, c.Name)
+		} else {
+			b.cookies[c.Name] = c.Value
+		}
+	}
+	return resp
+}
+
+// page GETs a page and remembers its CSRF token.
+func (b *consoleBrowser) page(path string) (*http.Response, string) {
+	b.f.t.Helper()
+	resp := b.do(http.MethodGet, path, nil)
+	body := readAll(b.f.t, resp)
+	if m := csrfMeta.FindStringSubmatch(body); m != nil {
+		b.csrf = m[1]
+	}
+	return resp, body
+}
+
+func (b *consoleBrowser) form(path string, vals url.Values) (*http.Response, string) {
+	b.f.t.Helper()
+	resp := b.do(http.MethodPost, path, strings.NewReader(vals.Encode()), "Content-Type", "application/x-www-form-urlencoded")
+	return resp, readAll(b.f.t, resp)
+}
+
+func (b *consoleBrowser) login(email, password string) (*http.Response, string) {
+	b.f.t.Helper()
+	b.page("/console/login")
+	return b.form("/console/login", url.Values{"_csrf": {b.csrf}, "email": {email}, "password": {password}})
+}
+
+// api calls a console JSON route with the session's CSRF token.
+func (b *consoleBrowser) api(method, path, body string, hdr ...string) (*http.Response, string) {
+	b.f.t.Helper()
+	var r io.Reader
+	if body != "" {
+		r = strings.NewReader(body)
+	}
+	h := append([]string{"Content-Type", "application/json", gateway.HeaderCSRFToken, b.csrf}, hdr...)
+	resp := b.do(method, path, r, h...)
+	return resp, readAll(b.f.t, resp)
+}
+
+func wantConsoleStatus(t *testing.T, resp *http.Response, want int, body string) {
+	t.Helper()
+	if resp.StatusCode != want {
+		t.Fatalf("status %d, want %d: %s", resp.StatusCode, want, body)
+	}
+}
+
+// operator returns a browser signed in as the operator.
+func (f *consoleFixture) operator() *consoleBrowser {
+	f.t.Helper()
+	b := f.browser()
+	resp, body := b.login(opEmail, opPassword)
+	wantConsoleStatus(f.t, resp, http.StatusSeeOther, body)
+	b.page("/console/operator")
+	return b
+}
+
+// tenantUser creates a tenant with a user who signs in; it returns the
+// user's browser and the tenant's first API key.
+func (f *consoleFixture) tenantUser(name string) (*consoleBrowser, string) {
+	f.t.Helper()
+	op := f.operator()
+	resp, body := op.api(http.MethodPost, "/console/api/operator/tenants", `{"name": "`+name+`"}`)
+	wantConsoleStatus(f.t, resp, http.StatusCreated, body)
+	var tn struct{ ID, APIKey string }
+	json.Unmarshal([]byte(body), &struct {
+		ID     *string `json:"id"`
+		APIKey *string `json:"api_key"`
+	}{&tn.ID, &tn.APIKey})
+	email := "dev@" + name + ".test"
+	resp, body = op.api(http.MethodPost, "/console/api/operator/tenants/"+tn.ID+"/users", `{"email": "`+email+`", "password": "tenant-password-1"}`)
+	wantConsoleStatus(f.t, resp, http.StatusCreated, body)
+	b := f.browser()
+	resp, body = b.login(email, "tenant-password-1")
+	wantConsoleStatus(f.t, resp, http.StatusSeeOther, body)
+	b.page("/console/keys")
+	return b, tn.APIKey
+}
+
+func TestConsole_SignIn(t *testing.T) {
+	f := newConsoleFixture(t, func(c *gateway.ConsoleConfig) { c.LoginPerEmail, c.LoginPerAddress = 3, 5 })
+	t.Run("WrongPassword", func(t *testing.T) {
+		b := f.browser()
+		resp, body := b.login(opEmail, "wrong-password-123")
+		wantConsoleStatus(t, resp, http.StatusUnauthorized, body)
+		if !strings.Contains(body, "Incorrect email or password.") {
+			t.Errorf("no message: %s", body)
+		}
+		if _, ok := b.cookies["nozzle_session"]; ok {
+			t.Error("a session cookie was set")
+		}
+	})
+	t.Run("UnknownEmailSameAnswer", func(t *testing.T) {
+		resp, body := f.browser().login("nobody@example.com", "whatever-password")
+		wantConsoleStatus(t, resp, http.StatusUnauthorized, body)
+		if !strings.Contains(body, "Incorrect email or password.") {
+			t.Errorf("no message: %s", body)
+		}
+	})
+	t.Run("FormTokenMissing", func(t *testing.T) {
+		b := f.browser()
+		resp, body := b.form("/console/login", url.Values{"email": {opEmail}, "password": {opPassword}})
+		wantConsoleStatus(t, resp, http.StatusForbidden, body)
+		if !strings.Contains(body, "expired") {
+			t.Errorf("no message: %s", body)
+		}
+	})
+	t.Run("OK", func(t *testing.T) {
+		b := f.browser()
+		resp, body := b.login(opEmail, opPassword)
+		wantConsoleStatus(t, resp, http.StatusSeeOther, body)
+		if got := resp.Header.Get("Location"); got != "/console/operator" {
+			t.Errorf("Location %q", got)
+		}
+		var ck *http.Cookie
+		for _, c := range resp.Cookies() {
+			if c.Name == "nozzle_session" {
+				ck = c
+			}
+		}
+		if ck == nil || !ck.HttpOnly || !ck.Secure || ck.SameSite != http.SameSiteStrictMode || ck.Path != "/console" {
+			t.Fatalf("session cookie %+v", ck)
+		}
+		if resp, body := b.page("/console/operator"); resp.StatusCode != 200 || !strings.Contains(body, "Tenants") {
+			t.Fatalf("operator page: %d", resp.StatusCode)
+		}
+	})
+	t.Run("NextStaysInConsole", func(t *testing.T) {
+		b := f.browser()
+		b.page("/console/login")
+		resp, _ := b.form("/console/login", url.Values{"_csrf": {b.csrf}, "email": {opEmail}, "password": {opPassword}, "next": {"//evil.example/x"}})
+		if got := resp.Header.Get("Location"); got != "/console/operator" {
+			t.Errorf("Location %q", got)
+		}
+	})
+	t.Run("RateLimitedPerEmail", func(t *testing.T) {
+		g := newConsoleFixture(t, func(c *gateway.ConsoleConfig) { c.LoginPerEmail = 3 })
+		for i := 0; i < 3; i++ {
+			g.browser().login(opEmail, "wrong-password-123")
+		}
+		resp, body := g.browser().login(opEmail, opPassword)
+		wantConsoleStatus(t, resp, http.StatusTooManyRequests, body)
+		if !strings.Contains(body, "Too many sign-in attempts") || resp.Header.Get("Retry-After") == "" {
+			t.Errorf("no message or Retry-After: %s", body)
+		}
+		g.skew.Store(int64(16 * time.Minute))
+		resp, body = g.browser().login(opEmail, opPassword)
+		wantConsoleStatus(t, resp, http.StatusSeeOther, body)
+	})
+	t.Run("RateLimitedPerAddress", func(t *testing.T) {
+		g := newConsoleFixture(t, func(c *gateway.ConsoleConfig) { c.LoginPerAddress = 4 })
+		for i := 0; i < 4; i++ {
+			g.browser().login("someone"+string(rune('a'+i))+"@example.com", "wrong-password-123")
+		}
+		resp, body := g.browser().login(opEmail, opPassword)
+		wantConsoleStatus(t, resp, http.StatusTooManyRequests, body)
+	})
+}
+
+func TestConsole_SessionCookie(t *testing.T) {
+	f := newConsoleFixture(t)
+	b := f.operator()
+	claims := func(mod func(jwt.MapClaims)) jwt.MapClaims {
+		now := time.Now()
+		c := jwt.MapClaims{"iss": "nozzle", "aud": []string{"nozzle-console"}, "sub": "usr_1", "jti": "ses_forged",
+			"iat": now.Unix(), "exp": now.Add(time.Hour).Unix()}
+		// Reuse the real session's ids, so only the token is at fault.
+		real, _, _ := jwt.NewParser().ParseUnverified(b.cookies["nozzle_session"], jwt.MapClaims{})
+		rc := real.Claims.(jwt.MapClaims)
+		c["sub"], c["jti"] = rc["sub"], rc["jti"]
+		if mod != nil {
+			mod(c)
+		}
+		return c
+	}
+	sign := func(m jwt.SigningMethod, key any, c jwt.MapClaims) string {
+		s, err := jwt.NewWithClaims(m, c).SignedString(key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	valid := sign(jwt.SigningMethodHS256, consoleKey, claims(nil))
+	tampered := []byte(valid)
+	tampered[len(tampered)-3] ^= 1
+	cases := []struct{ name, token string }{
+		{"Garbage", "not-a-jwt"},
+		{"TamperedSignature", string(tampered)},
+		{"OtherKey", sign(jwt.SigningMethodHS256, []byte("another key of at least thirty-two bytes"), claims(nil))},
+		{"AlgNone", sign(jwt.SigningMethodNone, jwt.UnsafeAllowNoneSignatureType, claims(nil))},
+		{"AlgHS512", sign(jwt.SigningMethodHS512, consoleKey, claims(nil))},
+		{"NoExpiry", sign(jwt.SigningMethodHS256, consoleKey, claims(func(c jwt.MapClaims) { delete(c, "exp") }))},
+		{"Expired", sign(jwt.SigningMethodHS256, consoleKey, claims(func(c jwt.MapClaims) { c["exp"] = time.Now().Add(-time.Hour).Unix() }))},
+		{"IssuedInFuture", sign(jwt.SigningMethodHS256, consoleKey, claims(func(c jwt.MapClaims) { c["iat"] = time.Now().Add(time.Hour).Unix() }))},
+		{"WrongIssuer", sign(jwt.SigningMethodHS256, consoleKey, claims(func(c jwt.MapClaims) { c["iss"] = "someone-else" }))},
+		{"WrongAudience", sign(jwt.SigningMethodHS256, consoleKey, claims(func(c jwt.MapClaims) { c["aud"] = []string{"api"} }))},
+		{"UnknownSession", sign(jwt.SigningMethodHS256, consoleKey, claims(func(c jwt.MapClaims) { c["jti"] = "ses_unknown" }))},
+		{"OtherUsersSession", sign(jwt.SigningMethodHS256, consoleKey, claims(func(c jwt.MapClaims) { c["sub"] = "usr_999" }))},
+	}
+	t.Run("ValidControl", func(t *testing.T) {
+		c := f.browser()
+		c.cookies["nozzle_session"] = valid
+		if resp, _ := c.page("/console/operator"); resp.StatusCode != 200 {
+			t.Fatalf("a valid token was refused: %d", resp.StatusCode)
+		}
+	})
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			c := f.browser()
+			c.cookies["nozzle_session"] = tc.token
+			resp := c.do(http.MethodGet, "/console/operator", nil)
+			if resp.StatusCode != http.StatusSeeOther || !strings.HasPrefix(resp.Header.Get("Location"), "/console/login") {
+				t.Fatalf("page: status %d Location %q", resp.StatusCode, resp.Header.Get("Location"))
+			}
+			c.cookies["nozzle_session"] = tc.token
+			resp = c.do(http.MethodGet, "/console/api/operator/tenants", nil)
+			wantError(t, resp, 401, "authentication_error", "", "")
+		})
+	}
+	t.Run("RevokedBySignOut", func(t *testing.T) {
+		c := f.operator()
+		cookie := c.cookies["nozzle_session"]
+		resp, body := c.form("/console/logout", url.Values{"_csrf": {c.csrf}})
+		wantConsoleStatus(t, resp, http.StatusSeeOther, body)
+		if _, ok := c.cookies["nozzle_session"]; ok {
+			t.Error("the cookie was not cleared")
+		}
+		c.cookies["nozzle_session"] = cookie
+		resp = c.do(http.MethodGet, "/console/api/operator/tenants", nil)
+		wantError(t, resp, 401, "authentication_error", "session_ended", "")
+	})
+	t.Run("SessionExpires", func(t *testing.T) {
+		g := newConsoleFixture(t, func(c *gateway.ConsoleConfig) { c.SessionLifetime = time.Hour })
+		c := g.operator()
+		g.skew.Store(int64(2 * time.Hour))
+		resp := c.do(http.MethodGet, "/console/api/operator/tenants", nil)
+		wantError(t, resp, 401, "authentication_error", "", "")
+	})
+}
+
+func TestConsole_CSRF(t *testing.T) {
+	f := newConsoleFixture(t)
+	b, _ := f.tenantUser("acme")
+	for _, tc := range []struct{ name, token string }{{"Missing", ""}, {"Wrong", "bm90LXRoZS10b2tlbg"}} {
+		t.Run(tc.name, func(t *testing.T) {
+			resp := b.do(http.MethodPost, "/console/api/keys", strings.NewReader(`{"name": "x"}`), "Content-Type", "application/json", gateway.HeaderCSRFToken, tc.token)
+			wantError(t, resp, 403, "permission_error", "csrf_failed", "")
+		})
+	}
+	t.Run("OtherSessionsToken", func(t *testing.T) {
+		other := f.operator()
+		resp := b.do(http.MethodPost, "/console/api/keys", strings.NewReader(`{}`), "Content-Type", "application/json", gateway.HeaderCSRFToken, other.csrf)
+		wantError(t, resp, 403, "permission_error", "csrf_failed", "")
+	})
+	t.Run("LogoutNeedsToken", func(t *testing.T) {
+		resp, _ := b.form("/console/logout", url.Values{})
+		if resp.StatusCode != http.StatusForbidden {
+			t.Fatalf("status %d", resp.StatusCode)
+		}
+		if resp, _ := b.page("/console/keys"); resp.StatusCode != 200 {
+			t.Fatal("the session ended without a CSRF token")
+		}
+	})
+	t.Run("NothingCreated", func(t *testing.T) {
+		f.w.mu.Lock()
+		n := len(f.w.keys)
+		f.w.mu.Unlock()
+		if n != 1 {
+			t.Errorf("%d keys, want only the tenant's first", n)
+		}
+	})
+}
+
+func TestConsole_KeysIdempotentPerFormToken(t *testing.T) {
+	f := newConsoleFixture(t)
+	b, _ := f.tenantUser("acme")
+	var wg sync.WaitGroup
+	bodies := make([]string, 4)
+	for i := range bodies {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			resp, body := b.api(http.MethodPost, "/console/api/keys", `{"name": "ci"}`, gateway.HeaderFormToken, "form-1")
+			if resp.StatusCode != http.StatusCreated {
+				t.Errorf("status %d: %s", resp.StatusCode, body)
+			}
+			bodies[i] = body
+		}()
+	}
+	wg.Wait()
+	for _, x := range bodies[1:] {
+		if x != bodies[0] {
+			t.Fatalf("answers differ:\n%s\n%s", bodies[0], x)
+		}
+	}
+	var k struct{ Key string }
+	json.Unmarshal([]byte(bodies[0]), &k)
+	if !nozzle.ValidKeyFormat(k.Key) {
+		t.Fatalf("key %q", k.Key)
+	}
+	resp, _ := b.api(http.MethodPost, "/console/api/keys", `{"name": "ci"}`, gateway.HeaderFormToken, "form-2")
+	wantConsoleStatus(t, resp, http.StatusCreated, "")
+	f.w.mu.Lock()
+	n := len(f.w.keys)
+	f.w.mu.Unlock()
+	if n != 3 { // the tenant's first key, form-1's, form-2's
+		t.Errorf("%d keys, want 3", n)
+	}
+	t.Run("FailureNotCached", func(t *testing.T) {
+		resp, body := b.api(http.MethodPost, "/console/api/keys", `{"scopes": ["root"]}`, gateway.HeaderFormToken, "form-3")
+		wantConsoleStatus(t, resp, http.StatusBadRequest, body)
+		resp, body = b.api(http.MethodPost, "/console/api/keys", `{"scopes": ["usage"]}`, gateway.HeaderFormToken, "form-3")
+		wantConsoleStatus(t, resp, http.StatusCreated, body)
+	})
+	t.Run("KeyWorksThenRevoked", func(t *testing.T) {
+		req := httptest.NewRequest(http.MethodGet, "/v1/models", nil)
+		req.Header.Set("Authorization", "Bearer "+k.Key)
+		resp, _ := f.srv.App().Test(req, -1)
+		wantConsoleStatus(t, resp, 200, "")
+		var id struct{ ID string }
+		json.Unmarshal([]byte(bodies[0]), &id)
+		resp, body := b.api(http.MethodDelete, "/console/api/keys/"+id.ID, "")
+		wantConsoleStatus(t, resp, 200, body)
+		req = httptest.NewRequest(http.MethodGet, "/v1/models", nil)
+		req.Header.Set("Authorization", "Bearer "+k.Key)
+		resp, _ = f.srv.App().Test(req, -1)
+		wantConsoleStatus(t, resp, 401, "")
+	})
+}
+
+var inviteLink = regexp.MustCompile(`/console/invite/[A-Za-z0-9_-]+`)
+
+func TestConsole_Invite(t *testing.T) {
+	f := newConsoleFixture(t, func(c *gateway.ConsoleConfig) { c.InviteLifetime = 24 * time.Hour })
+	op := f.operator()
+	resp, body := op.api(http.MethodPost, "/console/api/operator/tenants", `{"name": "acme"}`)
+	wantConsoleStatus(t, resp, http.StatusCreated, body)
+	var tn struct{ ID string }
+	json.Unmarshal([]byte(body), &tn)
+	invite := func(email string) string {
+		t.Helper()
+		resp, body := op.api(http.MethodPost, "/console/api/operator/tenants/"+tn.ID+"/users", `{"email": "`+email+`"}`)
+		wantConsoleStatus(t, resp, http.StatusCreated, body)
+		link := inviteLink.FindString(body)
+		if link == "" {
+			t.Fatalf("no invite link: %s", body)
+		}
+		return link
+	}
+	link := invite("dev@acme.test")
+	t.Run("OnlyDigestStored", func(t *testing.T) {
+		u, err := f.deps.Users.UserByEmail(t.Context(), "dev@acme.test")
+		if err != nil {
+			t.Fatal(err)
+		}
+		tok := strings.TrimPrefix(link, "/console/invite/")
+		if u.InviteDigest == "" || strings.Contains(u.InviteDigest, tok) || len(u.PasswordHash) != 0 {
+			t.Fatalf("user %+v", u)
+		}
+	})
+	t.Run("DuplicateEmail", func(t *testing.T) {
+		resp, body := op.api(http.MethodPost, "/console/api/operator/tenants/"+tn.ID+"/users", `{"email": "dev@acme.test"}`)
+		wantConsoleStatus(t, resp, http.StatusConflict, body)
+	})
+	t.Run("BadEmail", func(t *testing.T) {
+		resp, body := op.api(http.MethodPost, "/console/api/operator/tenants/"+tn.ID+"/users", `{"email": "not an email"}`)
+		wantConsoleStatus(t, resp, http.StatusBadRequest, body)
+	})
+	b := f.browser()
+	resp, body = b.page(link)
+	wantConsoleStatus(t, resp, 200, body)
+	if !strings.Contains(body, "dev@acme.test") {
+		t.Fatal("the invite page does not name the user")
+	}
+	for _, tc := range []struct{ name, pw, confirm, want string }{
+		{"Short", "short", "short", "at least 12 characters"},
+		{"Mismatch", "a-long-password-1", "a-long-password-2", "differ"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			resp, body := b.form(link, url.Values{"_csrf": {b.csrf}, "password": {tc.pw}, "confirm": {tc.confirm}})
+			wantConsoleStatus(t, resp, http.StatusBadRequest, body)
+			if !strings.Contains(body, tc.want) {
+				t.Errorf("no %q in %s", tc.want, body)
+			}
+		})
+	}
+	resp, body = b.form(link, url.Values{"_csrf": {b.csrf}, "password": {"a-long-password-1"}, "confirm": {"a-long-password-1"}})
+	wantConsoleStatus(t, resp, http.StatusSeeOther, body)
+	if got := resp.Header.Get("Location"); got != "/console/overview" {
+		t.Fatalf("Location %q", got)
+	}
+	if resp, _ := b.page("/console/overview"); resp.StatusCode != 200 {
+		t.Fatalf("overview %d", resp.StatusCode)
+	}
+	t.Run("UsedOnce", func(t *testing.T) {
+		resp, body := f.browser().page(link)
+		wantConsoleStatus(t, resp, http.StatusNotFound, body)
+		if !strings.Contains(body, "not valid") {
+			t.Errorf("body %s", body)
+		}
+	})
+	t.Run("Expired", func(t *testing.T) {
+		link := invite("late@acme.test")
+		f.skew.Store(int64(25 * time.Hour))
+		defer f.skew.Store(0)
+		resp, body := f.browser().page(link)
+		wantConsoleStatus(t, resp, http.StatusNotFound, body)
+		if !strings.Contains(body, "expired") {
+			t.Errorf("body %s", body)
+		}
+	})
+	t.Run("NewLinkReplacesOld", func(t *testing.T) {
+		old := invite("new@acme.test")
+		u, _ := f.deps.Users.UserByEmail(t.Context(), "new@acme.test")
+		resp, body := op.api(http.MethodPost, "/console/api/operator/users/"+u.ID+"/invite", "")
+		wantConsoleStatus(t, resp, 200, body)
+		if resp, _ := f.browser().page(old); resp.StatusCode != http.StatusNotFound {
+			t.Errorf("old link: %d", resp.StatusCode)
+		}
+		if resp, _ := f.browser().page(inviteLink.FindString(body)); resp.StatusCode != 200 {
+			t.Errorf("new link: %d", resp.StatusCode)
+		}
+	})
+}
+
+func consoleMultipart(t *testing.T, fields map[string]string, files map[string][]byte) (io.Reader, string) {
+	t.Helper()
+	var buf bytes.Buffer
+	mw := multipart.NewWriter(&buf)
+	for k, v := range fields {
+		mw.WriteField(k, v)
+	}
+	for name, b := range files {
+		w, _ := mw.CreateFormFile(name, name)
+		w.Write(b)
+	}
+	mw.Close()
+	return &buf, mw.FormDataContentType()
+}
+
+func TestConsole_AdapterUpload(t *testing.T) {
+	f := newConsoleFixture(t)
+	b, _ := f.tenantUser("acme")
+	dir := t.TempDir()
+	if err := writeTestAdapter(dir, 8); err != nil {
+		t.Fatal(err)
+	}
+	cfg, _ := os.ReadFile(filepath.Join(dir, nozzle.AdapterConfigFile))
+	weights, _ := os.ReadFile(filepath.Join(dir, nozzle.AdapterWeightsFile))
+	upload := func(fields map[string]string, files map[string][]byte, hdr ...string) *http.Response {
+		body, ct := consoleMultipart(t, fields, files)
+		return b.do(http.MethodPost, "/console/api/adapters", body, append([]string{"Content-Type", ct, gateway.HeaderCSRFToken, b.csrf}, hdr...)...)
+	}
+	cases := []struct {
+		name   string
+		fields map[string]string
+		files  map[string][]byte
+		status int
+		msg    string
+	}{
+		{"OneFileMissing", map[string]string{"name": "a"}, map[string][]byte{nozzle.AdapterConfigFile: cfg}, 400, "Missing required file: adapter_model.safetensors"},
+		{"WrongFile", map[string]string{"name": "a"}, map[string][]byte{"notes.txt": []byte("hi")}, 400, "Unexpected field"},
+		{"NotLoRA", map[string]string{"name": "a"}, map[string][]byte{nozzle.AdapterConfigFile: []byte(`{"peft_type": "IA3"}`), nozzle.AdapterWeightsFile: weights}, 400, "only LORA adapters"},
+		{"TooLarge", map[string]string{"name": "a"}, map[string][]byte{nozzle.AdapterConfigFile: cfg, nozzle.AdapterWeightsFile: make([]byte, 2<<20)}, 413, "too large"},
+		{"BadName", map[string]string{"name": "../etc"}, map[string][]byte{nozzle.AdapterConfigFile: cfg, nozzle.AdapterWeightsFile: weights}, 400, "not allowed"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			resp := upload(tc.fields, tc.files)
+			body := readAll(t, resp)
+			wantConsoleStatus(t, resp, tc.status, body)
+			if !strings.Contains(body, tc.msg) {
+				t.Errorf("no %q in %s", tc.msg, body)
+			}
+		})
+	}
+	t.Run("NoCSRF", func(t *testing.T) {
+		body, ct := consoleMultipart(t, map[string]string{"name": "a"}, map[string][]byte{nozzle.AdapterConfigFile: cfg, nozzle.AdapterWeightsFile: weights})
+		resp := b.do(http.MethodPost, "/console/api/adapters", body, "Content-Type", ct)
+		wantError(t, resp, 403, "permission_error", "csrf_failed", "")
+	})
+	f.w.mu.Lock()
+	stored := len(f.w.adapters)
+	f.w.mu.Unlock()
+	if stored != 0 {
+		t.Fatalf("%d adapters stored after refused uploads", stored)
+	}
+	resp := upload(map[string]string{"name": "support-bot"}, map[string][]byte{nozzle.AdapterConfigFile: cfg, nozzle.AdapterWeightsFile: weights})
+	wantConsoleStatus(t, resp, http.StatusCreated, readAll(t, resp))
+	t.Run("ListedWithTier", func(t *testing.T) {
+		resp, body := b.api(http.MethodGet, "/console/api/adapters", "")
+		wantConsoleStatus(t, resp, 200, body)
+		if !strings.Contains(body, `"name":"support-bot"`) || !strings.Contains(body, `"tier":"disk"`) {
+			t.Fatalf("list %s", body)
+		}
+		_, page := b.page("/console/adapters")
+		if !strings.Contains(page, "On disk") || !strings.Contains(page, "q_proj, v_proj") {
+			t.Fatal("the adapters page lacks the adapter's tier or targets")
+		}
+	})
+	t.Run("Delete", func(t *testing.T) {
+		resp, body := b.api(http.MethodDelete, "/console/api/adapters/support-bot", "")
+		wantConsoleStatus(t, resp, 200, body)
+		_, page := b.page("/console/adapters")
+		if !strings.Contains(page, "No adapters yet") {
+			t.Fatal("no empty state after delete")
+		}
+	})
+}
+
+func TestConsole_Playground(t *testing.T) {
+	f := newConsoleFixture(t)
+	b, _ := f.tenantUser("acme")
+	resp, body := b.api(http.MethodPost, "/console/api/chat/completions",
+		`{"model": "base", "stream": true, "stream_options": {"include_usage": true}, "messages": [{"role": "user", "content": "Hi there"}]}`)
+	wantConsoleStatus(t, resp, 200, body)
+	if !strings.Contains(body, `"content":" pooled"`) || !strings.Contains(body, `"usage":{`) || !strings.HasSuffix(strings.TrimSpace(body), "data: [DONE]") {
+		t.Fatalf("stream:\n%s", body)
+	}
+	u, _ := f.deps.Users.UserByEmail(t.Context(), "dev@acme.test")
+	f.w.mu.Lock()
+	defer f.w.mu.Unlock()
+	if len(f.w.events) != 1 {
+		t.Fatalf("%d usage events", len(f.w.events))
+	}
+	ev := f.w.events[0]
+	if ev.TenantID != u.TenantID || ev.KeyID != "console:"+u.ID || ev.CompletionTokens != 6 || ev.ChargeUSD <= 0 {
+		t.Fatalf("event %+v", ev)
+	}
+}
+
+func TestConsole_Pages(t *testing.T) {
+	f := newConsoleFixture(t)
+	b, key := f.tenantUser("acme")
+	// One metered request so that charts and tables have data.
+	req := httptest.NewRequest(http.MethodPost, "/v1/chat/completions", strings.NewReader(`{"model": "base", "messages": [{"role": "user", "content": "Hello"}]}`))
+	req.Header.Set("Authorization", "Bearer "+key)
+	req.Header.Set("Content-Type", "application/json")
+	if resp, _ := f.srv.App().Test(req, -1); resp.StatusCode != 200 {
+		t.Fatalf("chat %d", resp.StatusCode)
+	}
+	op := f.operator()
+	for _, tc := range []struct {
+		b     *consoleBrowser
+		path  string
+		wants []string
+	}{
+		{b, "/console/overview", []string{"Saving against a dedicated GPU", "Tokens by day", "/v1/chat/completions", `"unit":"tokens"`}},
+		{b, "/console/adapters", []string{"No adapters yet", "drag a PEFT folder"}},
+		{b, "/console/playground", []string{"nozzle-demo (base model)", `data-prompt-price="0.1"`}},
+		{b, "/console/keys", []string{"Create a key", "default", "OpenAI SDK"}},
+		{b, "/console/usage", []string{"Download CSV", "format=csv", `id="usage-table"`}},
+		{b, "/console/usage?period=custom&start=2020-01-01&end=2020-01-31", []string{"No usage in this period"}},
+		{b, "/console/usage?period=custom&start=2020-02-01&end=2020-01-01", []string{"The end date must not be before the start date."}},
+		{b, "/console/settings", []string{"Prices in force", "$0.10 per million", "Not connected to Stripe"}},
+		{op, "/console/operator", []string{"acme", "Add a tenant", "Standard prices"}},
+		{op, "/console/operator/gpu", []string{"GPU utilisation", "Cost split by tenant", "Stripe outbox", `data-tenant="acme"`}},
+		{op, "/console/operator/gpu?period=30d", []string{`"step":"day"`}},
+	} {
+		t.Run(strings.TrimPrefix(tc.path, "/console/"), func(t *testing.T) {
+			resp, body := tc.b.page(tc.path)
+			wantConsoleStatus(t, resp, 200, body)
+			if csp := resp.Header.Get("Content-Security-Policy"); !strings.Contains(csp, "script-src 'self'") || strings.Contains(csp, "unsafe") {
+				t.Errorf("CSP %q", csp)
+			}
+			for _, w := range tc.wants {
+				if !strings.Contains(body, w) {
+					t.Errorf("no %q", w)
+				}
+			}
+		})
+	}
+	t.Run("WrongRole", func(t *testing.T) {
+		resp := b.do(http.MethodGet, "/console/operator", nil)
+		if resp.StatusCode != http.StatusSeeOther || resp.Header.Get("Location") != "/console/overview" {
+			t.Fatalf("tenant user on operator page: %d %q", resp.StatusCode, resp.Header.Get("Location"))
+		}
+		resp, body := b.api(http.MethodGet, "/console/api/operator/tenants", "")
+		wantConsoleStatus(t, resp, http.StatusForbidden, body)
+		resp = op.do(http.MethodGet, "/console/overview", nil)
+		if resp.StatusCode != http.StatusSeeOther || resp.Header.Get("Location") != "/console/operator" {
+			t.Fatalf("operator on tenant page: %d", resp.StatusCode)
+		}
+	})
+	t.Run("SignedOut", func(t *testing.T) {
+		resp := f.browser().do(http.MethodGet, "/console/usage?period=7d", nil)
+		if resp.StatusCode != http.StatusSeeOther || resp.Header.Get("Location") != "/console/login?next=/console/usage?period=7d" {
+			t.Fatalf("%d %q", resp.StatusCode, resp.Header.Get("Location"))
+		}
+	})
+	t.Run("CSV", func(t *testing.T) {
+		resp := b.do(http.MethodGet, "/console/api/usage?group_by=day&format=csv", nil)
+		body := readAll(t, resp)
+		wantConsoleStatus(t, resp, 200, body)
+		if !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/csv") || !strings.Contains(body, "\ntotal,") {
+			t.Fatalf("CSV %q:\n%s", resp.Header.Get("Content-Type"), body)
+		}
+	})
+	t.Run("Suspended", func(t *testing.T) {
+		u, _ := f.deps.Users.UserByEmail(t.Context(), "dev@acme.test")
+		resp, body := op.api(http.MethodPatch, "/console/api/operator/tenants/"+u.TenantID, `{"suspended": true}`)
+		wantConsoleStatus(t, resp, 200, body)
+		resp, body = b.page("/console/overview")
+		wantConsoleStatus(t, resp, http.StatusForbidden, body)
+		if !strings.Contains(body, "suspended") {
+			t.Errorf("page %s", body)
+		}
+		resp, body = b.api(http.MethodGet, "/console/api/keys", "")
+		wantConsoleStatus(t, resp, http.StatusForbidden, body)
+		op.api(http.MethodPatch, "/console/api/operator/tenants/"+u.TenantID, `{"suspended": false}`)
+	})
+}
+
+func TestConsole_StaticAssets(t *testing.T) {
+	f := newConsoleFixture(t)
+	_, body := f.browser().page("/console/login")
+	css := regexp.MustCompile(`/console/static/console\.[0-9a-f]{10}\.css`).FindString(body)
+	if css == "" {
+		t.Fatalf("no hashed style sheet in %s", body)
+	}
+	b := f.browser()
+	resp := b.do(http.MethodGet, css, nil, "Accept-Encoding", "gzip")
+	if got := resp.Header.Get("Cache-Control"); !strings.Contains(got, "immutable") {
+		t.Errorf("Cache-Control %q", got)
+	}
+	if resp.Header.Get("Content-Encoding") != "gzip" {
+		t.Fatalf("Content-Encoding %q", resp.Header.Get("Content-Encoding"))
+	}
+	zr, err := gzip.NewReader(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	plain, _ := io.ReadAll(zr)
+	if !bytes.Contains(plain, []byte("--accent")) {
+		t.Fatal("the style sheet did not decompress")
+	}
+	resp = b.do(http.MethodGet, css, nil, "If-None-Match", resp.Header.Get("ETag"))
+	wantConsoleStatus(t, resp, http.StatusNotModified, "")
+	resp = b.do(http.MethodGet, "/console/static/console.0000000000.css", nil)
+	wantConsoleStatus(t, resp, http.StatusNotFound, "")
+	// Compression stays on the console: the API answers as before.
+	resp = b.do(http.MethodGet, "/healthz", nil, "Accept-Encoding", "gzip")
+	if resp.Header.Get("Content-Encoding") != "" {
+		t.Errorf("/healthz compressed")
+	}
+}
+
+func TestEnsureOperator(t *testing.T) {
+	f := newConsoleFixture(t)
+	ctx := t.Context()
+	users := f.deps.Users
+	t.Run("Idempotent", func(t *testing.T) {
+		u1, _ := users.UserByEmail(ctx, opEmail)
+		if err := gateway.EnsureOperator(ctx, users, opEmail, opPassword); err != nil {
+			t.Fatal(err)
+		}
+		u2, _ := users.UserByEmail(ctx, opEmail)
+		if u1.ID != u2.ID || !bytes.Equal(u1.PasswordHash, u2.PasswordHash) || u2.Role != nozzle.RoleOperator {
+			t.Fatal("the operator changed")
+		}
+		if !bytes.HasPrefix(u2.PasswordHash, []byte("$argon2id$v=19$")) {
+			t.Errorf("hash %q", u2.PasswordHash)
+		}
+	})
+	t.Run("NewPasswordInForce", func(t *testing.T) {
+		if err := gateway.EnsureOperator(ctx, users, opEmail, "a-new-operator-password"); err != nil {
+			t.Fatal(err)
+		}
+		if resp, _ := f.browser().login(opEmail, opPassword); resp.StatusCode != http.StatusUnauthorized {
+			t.Errorf("old password: %d", resp.StatusCode)
+		}
+		if resp, _ := f.browser().login(opEmail, "a-new-operator-password"); resp.StatusCode != http.StatusSeeOther {
+			t.Errorf("new password: %d", resp.StatusCode)
+		}
+		if err := gateway.EnsureOperator(ctx, users, opEmail, opPassword); err != nil {
+			t.Fatal(err)
+		}
+	})
+	t.Run("Invalid", func(t *testing.T) {
+		for _, tc := range [][2]string{{"not-an-email", "long-enough-password"}, {"ops@example.com", "short"}} {
+			if err := gateway.EnsureOperator(ctx, users, tc[0], tc[1]); nozzle.ErrorCode(err) != nozzle.EINVALID {
+				t.Errorf("%v: %v", tc, err)
+			}
+		}
+	})
+	t.Run("TenantUsersEmail", func(t *testing.T) {
+		f.tenantUser("acme")
+		if err := gateway.EnsureOperator(ctx, users, "dev@acme.test", "long-enough-password"); nozzle.ErrorCode(err) != nozzle.ECONFLICT {
+			t.Errorf("err %v", err)
+		}
+	})
+}
+
+func TestConsole_Config(t *testing.T) {
+	w := newMemWorld()
+	for _, tc := range []struct {
+		name string
+		cfg  gateway.ConsoleConfig
+		deps func(*gateway.Deps)
+	}{
+		{"ShortKey", gateway.ConsoleConfig{SigningKey: []byte("short")}, nil},
+		{"NoUsers", gateway.ConsoleConfig{SigningKey: consoleKey}, func(d *gateway.Deps) { d.Users = nil }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			d := w.deps()
+			if tc.deps != nil {
+				tc.deps(&d)
+			}
+			d.Extensions = []gateway.Extension{gateway.Console(tc.cfg)}
+			if _, err := gateway.New(gateway.Config{UploadDir: t.TempDir(), Logger: quietLogger()}, d); err == nil {
+				t.Fatal("New accepted a console without what it needs")
+			}
+		})
+	}
+}
