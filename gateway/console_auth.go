@@ -55,7 +55,7 @@ func checkPassword(hash []byte, password string) bool {
 	}
 	var m, t uint32
 	var p uint8
-	if _, err := fmt.Sscanf(parts[3], "m=%d,t=%d,p=%d", &m, &t, &p); err != nil || m == 0 || m > 1<<20 || t == 0 || t > 16 || p == 0 {
+	if _, err := fmt.Sscanf(parts[3], "m=%d,t=%d,p=%d", &m, &t, &p); err != nil || m == 0 || m > 1<<18 || t == 0 || t > 10 || p == 0 {
 		return false
 	}
 	b64 := base64.RawStdEncoding
@@ -329,7 +329,7 @@ func homeOf(u *nozzle.User) string {
 // safeNext keeps a post-sign-in redirect inside the console.
 func safeNext(next string) string {
 	if !strings.HasPrefix(next, "/console/") || strings.HasPrefix(next, "//") || strings.ContainsAny(next, "\\\r\n") ||
-		strings.HasPrefix(next, "/console/api/") || strings.HasPrefix(next, "/console/login") {
+		strings.HasPrefix(next, "/console/api/") || strings.HasPrefix(next, "/console/login") || strings.Contains(next, "..") {
 		return ""
 	}
 	return next
