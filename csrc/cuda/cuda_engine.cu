@@ -178,6 +178,7 @@ struct graph_entry {
 };
 
 const int kMaxGraphs = 48;
+const int64_t kAttnParts = 4096; /* (item, KV head, split) partials of split-K attention */
 const size_t kTensorStage = 32u << 20; /* bytes per half of the weight staging buffer */
 const size_t kBlasWorkspace = 32u << 20;
 
@@ -222,7 +223,7 @@ struct cuda_engine {
 	int64_t kv_bytes, kv_pool_elems; /* one K (or V) pool of one layer */
 
 	/* scratch */
-	float *h, *y, *q, *cs, *lv, *logits;
+	float *h, *y, *q, *cs, *lv, *logits, *attn_o, *attn_ml;
 	void *xin, *xs;
 	int64_t ymax, xmax;
 	nz_sample_out *d_out, *h_out;
@@ -249,7 +250,8 @@ int64_t scratch_bytes(const cuda_engine *e)
 {
 	int64_t T = e->T, S = e->S;
 	return 4 * T * (e->H + e->ymax + e->qd + e->hd + 3 * e->R) + (int64_t)e->wsz * (T * e->xmax + S * e->H) +
-	       4 * S * e->V + 2 * S * (int64_t)sizeof(nz_sample_out) + (int64_t)kBlasWorkspace;
+	       4 * S * e->V + 2 * S * (int64_t)sizeof(nz_sample_out) + (int64_t)kBlasWorkspace +
+	       4 * kAttnParts * e->rows_max * (e->hd + 2);
 }
 
 int64_t weight_bytes_estimate(const cuda_engine *e)
@@ -307,7 +309,8 @@ void cuda_destroy(void *impl)
 	cudaFree(e->slot_mem);
 	cudaFree(e->rank_dev);
 	cudaFree(e->kv);
-	void *scratch[] = {e->h, e->y, e->q, e->cs, e->lv, e->logits, e->xin, e->xs, e->d_out, e->d_meta, e->blas_ws};
+	void *scratch[] = {e->h,  e->y,  e->q,     e->cs,     e->lv,      e->logits, e->xin,
+	                   e->xs, e->d_out, e->d_meta, e->blas_ws, e->attn_o, e->attn_ml};
 	for (void *p : scratch)
 		cudaFree(p);
 	cudaFreeHost(e->stage[0]);
@@ -626,6 +629,8 @@ int32_t cuda_finalize(void *impl)
 	ALLOC(e->xs, (int64_t)e->wsz * S * e->H);
 	ALLOC(e->logits, 4 * S * e->V);
 	ALLOC(e->d_out, (int64_t)sizeof(nz_sample_out) * S);
+	ALLOC(e->attn_o, 4 * kAttnParts * e->rows_max * e->hd);
+	ALLOC(e->attn_ml, 4 * kAttnParts * e->rows_max * 2);
 #undef ALLOC
 	if (!e->h_out)
 		NZ_TRY(host_alloc((void **)&e->h_out, sizeof(nz_sample_out) * (size_t)S, what));
@@ -783,9 +788,15 @@ int32_t ensure_meta(cuda_engine *e, size_t bytes)
 	return NZ_OK;
 }
 
+/* Y [rows][out] (f32) = X [rows][in] · Wᵀ: a GEMV pass for a few rows,
+ * cuBLAS (tensor cores for bf16/f16, plain f32 for f32) otherwise. */
 int32_t gemm(cuda_engine *e, const void *X, int64_t rows, int64_t in, const void *W, int64_t out, float *Y,
              const char *what)
 {
+	if (rows <= NZ_GEMV_MAX_T) {
+		cudaError_t err = nz_k_gemv(e->wdt, e->stream, rows, X, in, W, out, Y);
+		return err == cudaSuccess ? NZ_OK : cuda_fail(err, what);
+	}
 	const float one = 1.0f, zero = 0.0f;
 	cublasStatus_t st = cublasGemmEx(e->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)out, (int)rows, (int)in, &one, W, e->wtype,
 	                                 (int)in, X, e->wtype, (int)in, &zero, Y, CUDA_R_32F, (int)out, CUBLAS_COMPUTE_32F,
@@ -843,6 +854,13 @@ int32_t forward(cuda_engine *e, const meta_ptrs &m, int64_t T, int64_t n_attn, i
 	                 down_m[1] = {NZ_M_DOWN};
 	const int qkv_c[3] = {0, (int)e->qd, (int)(e->qd + e->kvd)}, zero_c[1] = {0}, gu_c[2] = {0, (int)I};
 
+	/* split the keys of few (item, KV head) blocks over more blocks */
+	int splits = 1;
+	const int64_t blocks = n_attn * e->nkv, want = 2 * (int64_t)e->prop.multiProcessorCount;
+	if (blocks < want)
+		splits = (int)std::min<int64_t>(16, (want + blocks - 1) / blocks);
+	while (splits > 1 && blocks * splits > kAttnParts)
+		splits--;
 	KTRY(nz_k_embed_norm(dt, s, T, e->embed, m.tokens, m.tok_pos, e->inv_freq, H, e->hd, e->layers[0].attn_norm,
 	                     e->eps, e->h, e->xin, e->cs),
 	     "nz_step: embedding");
@@ -857,7 +875,8 @@ int32_t forward(cuda_engine *e, const meta_ptrs &m, int64_t T, int64_t n_attn, i
 		                  (int)e->nkv, (int)e->hd, (int)e->bs, e->q, kc, vc),
 		     "nz_step: RoPE");
 		KTRY(nz_k_attention(dt, s, n_attn, m.attn_items, e->rows_max, e->q, kc, vc, m.tok_pos, m.tok_seq, m.bt,
-		                    m.scalars, (int)e->nh, (int)e->nkv, (int)e->hd, (int)e->bs, window, e->xin),
+		                    m.scalars, (int)e->nh, (int)e->nkv, (int)e->hd, (int)e->bs, window, e->xin, splits,
+		                    e->attn_o, e->attn_ml),
 		     "nz_step: attention");
 		NZ_TRY(gemm(e, e->xin, T, e->qd, ly.wo, H, e->y, "nz_step: o projection"));
 		if (lora_grid)

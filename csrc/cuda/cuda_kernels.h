@@ -83,15 +83,22 @@ cudaError_t nz_k_rope_kv(int dtype, cudaStream_t s, int64_t T, const float *y, c
 
 /* Causal (optionally windowed) attention of items (first token, count:
  * consecutive tokens of one sequence) over the paged cache; out is
- * act [T][nh·hd]. */
+ * act [T][nh·hd]. With splits > 1 each (item, KV head) spreads its keys
+ * over `splits` blocks whose partial results (part_o: [items][nkv][splits]
+ * [rows_max][hd], part_ml: [...][rows_max][2]) a second kernel merges. */
 cudaError_t nz_k_attention(int dtype, cudaStream_t s, int64_t n_items, const int32_t *items, int rows_max,
                            const float *q, const void *kc, const void *vc, const int32_t *tok_pos,
                            const int32_t *tok_seq, const int32_t *bt, const int32_t *scalars, int nh, int nkv,
-                           int hd, int bs, int window, void *out);
+                           int hd, int bs, int window, void *out, int splits, float *part_o, float *part_ml);
 /* Dynamic shared memory of nz_k_attention, and the one-time setup that
  * allows it (cudaFuncSetAttribute) on the current device. */
 size_t nz_attention_smem(int rows_max, int hd);
 cudaError_t nz_attention_setup(int dtype, size_t smem);
+
+/* y [T][out] (f32) = x [T][in] · Wᵀ for T <= NZ_GEMV_MAX_T: one pass over W. */
+#define NZ_GEMV_MAX_T 8
+cudaError_t nz_k_gemv(int dtype, cudaStream_t s, int64_t T, const void *x, int64_t in, const void *W, int64_t out,
+                      float *y);
 
 /* x[t] = act(silu(y[t][0:I] + bg) · (y[t][I:2I] + bu)); bias is [2I] or NULL. */
 cudaError_t nz_k_silu(int dtype, cudaStream_t s, int64_t T, int64_t I, const float *y, const float *bias, void *x);

@@ -11,6 +11,11 @@
  * A key j is visible to a query at position p when j <= p and, with a
  * sliding window w, j > p - w.
  *
+ * When the step has few (item, KV head) blocks for the device (decode of a
+ * small batch), the key range is split among `splits` blocks (split-K,
+ * "flash decoding"): each writes its unnormalised accumulator and its
+ * running max and sum, and a combine kernel merges them.
+ *
  * Cache layout per layer: K and V pools of [block][kv_head][block_size][hd].
  */
 #include "cuda_kernels.h"
@@ -26,7 +31,7 @@ __global__ void __launch_bounds__(128)
                      const T *__restrict__ kc, const T *__restrict__ vc, const int32_t *__restrict__ tok_pos,
                      const int32_t *__restrict__ tok_seq, const int32_t *__restrict__ bt,
                      const int32_t *__restrict__ scalars, int nh, int nkv, int hd, int bs, int window, float scale,
-                     T *__restrict__ out)
+                     T *__restrict__ out, int splits, float *__restrict__ part_o, float *__restrict__ part_ml)
 {
 	NZ_DYN_SMEM(float, sm);
 	const int it = blockIdx.x, g = blockIdx.y;
@@ -36,6 +41,11 @@ __global__ void __launch_bounds__(128)
 	const int32_t *btab = bt + (int64_t)tok_seq[t0] * width;
 	const int pos0 = tok_pos[t0], pos_last = pos0 + nq - 1;
 	const int lo = window > 0 && pos0 - window + 1 > 0 ? pos0 - window + 1 : 0;
+	/* this block's share of the key tiles */
+	const int split = blockIdx.z, n_tiles = (pos_last - lo) / kTile + 1;
+	const int per = (n_tiles + splits - 1) / splits;
+	const int j_begin = lo + split * per * kTile;
+	const int j_end = pos_last < lo + (split + 1) * per * kTile - 1 ? pos_last : lo + (split + 1) * per * kTile - 1;
 
 	float *qs = sm;                      /* [rows_max][hd] */
 	float *os = qs + rows_max * hd;      /* [rows_max][hd] */
@@ -60,8 +70,8 @@ __global__ void __launch_bounds__(128)
 
 	const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
 	const bool vec = (hd & 7) == 0;
-	for (int j0 = lo; j0 <= pos_last; j0 += kTile) {
-		const int nk = pos_last - j0 + 1 < kTile ? pos_last - j0 + 1 : kTile;
+	for (int j0 = j_begin; j0 <= j_end; j0 += kTile) {
+		const int nk = j_end - j0 + 1 < kTile ? j_end - j0 + 1 : kTile;
 		if (vec) {
 			const int per = hd >> 3;
 			for (int i = threadIdx.x; i < nk * per; i += blockDim.x) {
@@ -126,10 +136,50 @@ __global__ void __launch_bounds__(128)
 		}
 		__syncthreads();
 	}
+	if (splits == 1) {
+		for (int i = threadIdx.x; i < rows * hd; i += blockDim.x) {
+			int r = i / hd, d = i % hd;
+			float l = l_run[r];
+			out[(int64_t)(t0 + r / nrep) * qd + (g * nrep + r % nrep) * hd + d] = nz_cvt<T>(l > 0.0f ? os[i] / l : 0.0f);
+		}
+		return;
+	}
+	const int64_t part = ((int64_t)it * nkv + g) * splits + split;
+	for (int i = threadIdx.x; i < rows * hd; i += blockDim.x)
+		part_o[part * rows_max * hd + i] = os[i];
+	for (int r = threadIdx.x; r < rows; r += blockDim.x) {
+		part_ml[(part * rows_max + r) * 2] = m_run[r];
+		part_ml[(part * rows_max + r) * 2 + 1] = l_run[r];
+	}
+}
+
+/* Merges the splits of (item, KV head): o = Σ e^(m_s - M) o_s / Σ e^(m_s - M) l_s. */
+template <class T>
+__global__ void __launch_bounds__(128)
+    attention_combine_kernel(const int32_t *__restrict__ items, int rows_max, int nh, int nkv, int hd, int splits,
+                             const float *__restrict__ part_o, const float *__restrict__ part_ml, T *__restrict__ out)
+{
+	const int it = blockIdx.x, g = blockIdx.y;
+	const int t0 = items[2 * it], nq = items[2 * it + 1];
+	const int nrep = nh / nkv, rows = nq * nrep, qd = nh * hd;
+	const int64_t base = ((int64_t)it * nkv + g) * splits;
 	for (int i = threadIdx.x; i < rows * hd; i += blockDim.x) {
 		int r = i / hd, d = i % hd;
-		float l = l_run[r];
-		out[(int64_t)(t0 + r / nrep) * qd + (g * nrep + r % nrep) * hd + d] = nz_cvt<T>(l > 0.0f ? os[i] / l : 0.0f);
+		float M = -INFINITY;
+		for (int sp = 0; sp < splits; sp++)
+			M = fmaxf(M, part_ml[((base + sp) * rows_max + r) * 2]);
+		float acc = 0.0f, L = 0.0f;
+		if (M != -INFINITY) {
+			for (int sp = 0; sp < splits; sp++) {
+				float m = part_ml[((base + sp) * rows_max + r) * 2];
+				if (m == -INFINITY)
+					continue;
+				float w = expf(m - M);
+				acc += w * part_o[(base + sp) * rows_max * hd + i];
+				L += w * part_ml[((base + sp) * rows_max + r) * 2 + 1];
+			}
+		}
+		out[(int64_t)(t0 + r / nrep) * qd + (g * nrep + r % nrep) * hd + d] = nz_cvt<T>(L > 0.0f ? acc / L : 0.0f);
 	}
 }
 
@@ -160,28 +210,39 @@ cudaError_t nz_attention_setup(int dtype, size_t smem)
 	return err;
 }
 
-cudaError_t nz_k_attention(int dtype, cudaStream_t s, int64_t n_items, const int32_t *items, int rows_max,
-                           const float *q, const void *kc, const void *vc, const int32_t *tok_pos,
-                           const int32_t *tok_seq, const int32_t *bt, const int32_t *scalars, int nh, int nkv,
-                           int hd, int bs, int window, void *out)
+template <class T>
+cudaError_t launch_attention(cudaStream_t s, int64_t n_items, const int32_t *items, int rows_max, const float *q,
+                             const void *kc, const void *vc, const int32_t *tok_pos, const int32_t *tok_seq,
+                             const int32_t *bt, const int32_t *scalars, int nh, int nkv, int hd, int bs, int window,
+                             void *out, int splits, float *part_o, float *part_ml)
 {
 	size_t smem = nz_attention_smem(rows_max, hd);
 	float scale = 1.0f / sqrtf((float)hd);
-	dim3 grid((unsigned)n_items, (unsigned)nkv);
+	dim3 grid((unsigned)n_items, (unsigned)nkv, (unsigned)splits);
+	NZ_LAUNCH(attention_kernel<T>, grid, dim3(kThreads), smem, s, items, rows_max, q, (const T *)kc, (const T *)vc,
+	          tok_pos, tok_seq, bt, scalars, nh, nkv, hd, bs, window, scale, (T *)out, splits, part_o, part_ml);
+	cudaError_t err = cudaGetLastError();
+	if (err != cudaSuccess || splits == 1)
+		return err;
+	NZ_LAUNCH(attention_combine_kernel<T>, dim3((unsigned)n_items, (unsigned)nkv), dim3(kThreads), 0, s, items,
+	          rows_max, nh, nkv, hd, splits, (const float *)part_o, (const float *)part_ml, (T *)out);
+	return cudaGetLastError();
+}
+
+cudaError_t nz_k_attention(int dtype, cudaStream_t s, int64_t n_items, const int32_t *items, int rows_max,
+                           const float *q, const void *kc, const void *vc, const int32_t *tok_pos,
+                           const int32_t *tok_seq, const int32_t *bt, const int32_t *scalars, int nh, int nkv,
+                           int hd, int bs, int window, void *out, int splits, float *part_o, float *part_ml)
+{
 	switch (dtype) {
 	case NZ_BF16:
-		NZ_LAUNCH(attention_kernel<__nv_bfloat16>, grid, dim3(kThreads), smem, s, items, rows_max, q,
-		          (const __nv_bfloat16 *)kc, (const __nv_bfloat16 *)vc, tok_pos, tok_seq, bt, scalars, nh, nkv, hd,
-		          bs, window, scale, (__nv_bfloat16 *)out);
-		break;
+		return launch_attention<__nv_bfloat16>(s, n_items, items, rows_max, q, kc, vc, tok_pos, tok_seq, bt, scalars,
+		                                       nh, nkv, hd, bs, window, out, splits, part_o, part_ml);
 	case NZ_F16:
-		NZ_LAUNCH(attention_kernel<__half>, grid, dim3(kThreads), smem, s, items, rows_max, q, (const __half *)kc,
-		          (const __half *)vc, tok_pos, tok_seq, bt, scalars, nh, nkv, hd, bs, window, scale, (__half *)out);
-		break;
+		return launch_attention<__half>(s, n_items, items, rows_max, q, kc, vc, tok_pos, tok_seq, bt, scalars, nh, nkv,
+		                                hd, bs, window, out, splits, part_o, part_ml);
 	default:
-		NZ_LAUNCH(attention_kernel<float>, grid, dim3(kThreads), smem, s, items, rows_max, q, (const float *)kc,
-		          (const float *)vc, tok_pos, tok_seq, bt, scalars, nh, nkv, hd, bs, window, scale, (float *)out);
-		break;
+		return launch_attention<float>(s, n_items, items, rows_max, q, kc, vc, tok_pos, tok_seq, bt, scalars, nh, nkv,
+		                               hd, bs, window, out, splits, part_o, part_ml);
 	}
-	return cudaGetLastError();
 }

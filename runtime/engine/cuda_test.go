@@ -386,14 +386,14 @@ func TestCUDA_Parity(t *testing.T) {
 			s.Rope = &model.RopeScaling{Type: model.RopeLinear, Factor: 4}
 		}, tol: 1e-4},
 		{name: "Wide", spec: func(s *model.Spec) {
-			s.VocabSize, s.HiddenSize, s.IntermediateSize, s.NumHeads, s.NumKVHeads = 512, 256, 704, 4, 2
+			s.VocabSize, s.HiddenSize, s.IntermediateSize, s.NumHeads, s.NumKVHeads = 512, 256, 1056, 4, 2
 		}, tol: 1e-4},
 		{name: "OddSizes", spec: func(s *model.Spec) {
 			s.VocabSize, s.HiddenSize, s.IntermediateSize, s.NumHeads, s.NumKVHeads = 101, 36, 60, 6, 3
 		}, rank: 12, tol: 1e-4},
 		{name: "BF16", spec: func(s *model.Spec) { s.DType = safetensors.BF16 }, tol: 2e-2},
 		{name: "BF16Wide", spec: func(s *model.Spec) {
-			s.DType, s.VocabSize, s.HiddenSize, s.IntermediateSize, s.NumHeads, s.NumKVHeads = safetensors.BF16, 512, 256, 704, 4, 2
+			s.DType, s.VocabSize, s.HiddenSize, s.IntermediateSize, s.NumHeads, s.NumKVHeads = safetensors.BF16, 512, 256, 1056, 4, 2
 		}, tol: 2e-2},
 		{name: "F16", spec: func(s *model.Spec) { s.DType = safetensors.F16 }, tol: 4e-3},
 	}
