@@ -430,24 +430,39 @@ static void select_top(uint64_t *a, int64_t n, int64_t k)
 
 size_t nz_sample_scratch_bytes(int64_t vocab)
 {
-	return (size_t)vocab * (sizeof(uint64_t) + sizeof(int32_t)) + 64;
+	return (size_t)vocab * (sizeof(uint64_t) + sizeof(int32_t) + sizeof(float)) + 64;
 }
 
-/* Draw among ids[0..n) (ascending), weights exp((l-m)·invt). */
-static int32_t draw_ids(const float *logits, const int32_t *ids, int64_t n, float m, float invt, double u)
+/* Σ v[0..n) in double with eight interleaved partial sums, combined in a
+ * fixed order (vectorizes; the same result everywhere). */
+static double sum_fixed(const float *v, int64_t n)
+{
+	double s[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+	int64_t i = 0;
+	for (; i + 8 <= n; i += 8)
+		for (int j = 0; j < 8; j++)
+			s[j] += (double)v[i + j];
+	for (int j = 0; i < n; i++, j++)
+		s[j] += (double)v[i];
+	return ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
+}
+
+/* Walks ids[0..n) (or 0..n-1 when ids is NULL) accumulating the weights q
+ * and returns the first whose running sum exceeds u·(their total). */
+static int32_t draw(const float *q, const int32_t *ids, int64_t n, double u)
 {
 	double total = 0;
 	for (int64_t i = 0; i < n; i++)
-		total += (double)expf((logits[ids[i]] - m) * invt);
+		total += (double)q[ids ? ids[i] : i];
 	double target = u * total, c = 0;
-	int32_t last = ids[0];
+	int32_t last = ids ? ids[0] : 0;
 	for (int64_t i = 0; i < n; i++) {
-		double q = (double)expf((logits[ids[i]] - m) * invt);
-		if (q > 0)
-			last = ids[i];
-		c += q;
+		int32_t id = ids ? ids[i] : (int32_t)i;
+		if (q[id] > 0)
+			last = id;
+		c += (double)q[id];
 		if (c > target)
-			return ids[i];
+			return id;
 	}
 	return last;
 }
@@ -457,43 +472,43 @@ void nz_sample(const float *logits, int64_t V, const nz_sample_params *p, void *
 {
 	uint64_t *keys = scratch;
 	int32_t *ids = (int32_t *)(keys + V);
+	float *q = (float *)(ids + V);
 
-	/* max and argmax (lowest id on ties; NaN never wins) */
-	int32_t best = 0;
+	/* max (eight interleaved partial maxima, so it vectorizes; NaN never
+	 * wins), then argmax: the lowest id holding it */
+	float pm[8] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY};
+	int64_t i8 = 0;
+	for (; i8 + 8 <= V; i8 += 8)
+		for (int j = 0; j < 8; j++)
+			pm[j] = nz_select(logits[i8 + j] > pm[j], logits[i8 + j], pm[j]);
 	float m = -INFINITY;
-	for (int64_t i = 0; i < V; i++) {
-		if (logits[i] > m) {
-			m = logits[i];
-			best = (int32_t)i;
-		}
-	}
-	double sum = 0;
+	for (int j = 0; j < 8; j++)
+		m = pm[j] > m ? pm[j] : m;
+	for (; i8 < V; i8++)
+		m = logits[i8] > m ? logits[i8] : m;
+	int32_t best = 0;
 	for (int64_t i = 0; i < V; i++)
-		sum += (double)expf(logits[i] - m);
-	double lse = (double)m + log(sum);
+		if (logits[i] == m) {
+			best = (int32_t)i;
+			break;
+		}
+	for (int64_t i = 0; i < V; i++)
+		q[i] = nz_expf(logits[i] - m);
+	double lse = (double)m + log(sum_fixed(q, V));
 
 	int32_t tok = best;
 	if (p->temperature > 0 && isfinite(m)) {
+		/* q = exp((logits - max)/temperature): the softmax up to its sum */
 		float invt = 1.0f / p->temperature;
+		for (int64_t i = 0; i < V; i++)
+			q[i] = nz_expf((logits[i] - m) * invt);
 		double u = nz_rng_uniform(p->seed, p->position);
 		int64_t k = (p->top_k > 0 && p->top_k < V) ? p->top_k : V;
 		if (k == V && p->top_p >= 1.0f) {
-			/* no filter: every token, in id order */
-			double total = 0;
-			for (int64_t i = 0; i < V; i++)
-				total += (double)expf((logits[i] - m) * invt);
-			double target = u * total, c = 0;
-			for (int64_t i = 0; i < V; i++) {
-				double q = (double)expf((logits[i] - m) * invt);
-				if (q > 0)
-					tok = (int32_t)i;
-				c += q;
-				if (c > target)
-					break;
-			}
+			tok = draw(q, NULL, V, u); /* no filter: every token, in id order */
 		} else {
-			int64_t n;         /* candidates, sorted most likely first */
-			double mass = 0;   /* the mass top_p is a fraction of */
+			int64_t n;       /* candidates, sorted most likely first */
+			double mass = 0; /* the mass top_p is a fraction of */
 			if (k < V) {
 				for (int64_t i = 0; i < V; i++)
 					keys[i] = token_key(logits[i], (int32_t)i);
@@ -501,10 +516,9 @@ void nz_sample(const float *logits, int64_t V, const nz_sample_params *p, void *
 				n = k;
 				qsort(keys, (size_t)n, sizeof *keys, cmp_key_desc);
 				for (int64_t i = 0; i < n; i++)
-					mass += (double)expf((logits[key_id(keys[i])] - m) * invt);
+					mass += (double)q[key_id(keys[i])];
 			} else {
-				for (int64_t i = 0; i < V; i++)
-					mass += (double)expf((logits[i] - m) * invt);
+				mass = sum_fixed(q, V);
 				/* Only tokens at least as likely as thr can be kept when the
 				 * ones that likely already reach top_p; lower thr until so. */
 				float thr = 0x1p-10f;
@@ -512,10 +526,9 @@ void nz_sample(const float *logits, int64_t V, const nz_sample_params *p, void *
 					n = 0;
 					double cm = 0;
 					for (int64_t i = 0; i < V; i++) {
-						float q = expf((logits[i] - m) * invt);
-						if (q >= thr) {
+						if (q[i] >= thr) {
 							keys[n++] = token_key(logits[i], (int32_t)i);
-							cm += (double)q;
+							cm += (double)q[i];
 						}
 					}
 					if (cm >= (double)p->top_p * mass || thr == 0.0f)
@@ -528,7 +541,7 @@ void nz_sample(const float *logits, int64_t V, const nz_sample_params *p, void *
 			if (p->top_p < 1.0f) {
 				double c = 0, need = (double)p->top_p * mass;
 				for (int64_t i = 0; i < n; i++) {
-					c += (double)expf((logits[key_id(keys[i])] - m) * invt);
+					c += (double)q[key_id(keys[i])];
 					if (c >= need) {
 						keep = i + 1;
 						break;
@@ -538,7 +551,7 @@ void nz_sample(const float *logits, int64_t V, const nz_sample_params *p, void *
 			for (int64_t i = 0; i < keep; i++)
 				ids[i] = key_id(keys[i]);
 			qsort(ids, (size_t)keep, sizeof *ids, cmp_i32_asc);
-			tok = draw_ids(logits, ids, keep, m, invt, u);
+			tok = draw(q, ids, keep, u);
 		}
 	}
 	*out_token = tok;

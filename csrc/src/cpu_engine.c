@@ -505,7 +505,7 @@ static void silu_task(void *ctx, int64_t i, int tid)
 		add_row(g, group_delta(c, 0, t), e->I);
 		add_row(u, group_delta(c, 1, t), e->I);
 		for (int64_t j = 0; j < e->I; j++)
-			g[j] = g[j] / (1.0f + expf(-g[j])) * u[j];
+			g[j] = g[j] / (1.0f + nz_expf(-g[j])) * u[j];
 	}
 }
 
@@ -566,10 +566,10 @@ static void attn_task(void *ctx, int64_t i, int tid)
 		for (int64_t j = 0; j < n; j++)
 			m = s[j] > m ? s[j] : m;
 		float sum = 0;
-		for (int64_t j = 0; j < n; j++) {
-			s[j] = expf(s[j] - m);
+		for (int64_t j = 0; j < n; j++)
+			s[j] = nz_expf(s[j] - m);
+		for (int64_t j = 0; j < n; j++)
 			sum += s[j];
-		}
 		for (int64_t j = 0; j < n; j++)
 			s[j] /= sum;
 		memset(o + r * hd, 0, sizeof(float) * (size_t)hd);

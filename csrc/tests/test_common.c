@@ -166,6 +166,24 @@ static void test_rope(void)
 		CHECK(fabs(x[i] - want[i]) < 1e-6, "hand rope[%d] = %.9g, want %.9g", i, (double)x[i], want[i]);
 }
 
+static void test_expf(void)
+{
+	double worst = 0;
+	float at = 0;
+	for (float x = -87.3f; x < 88.7f; x += 0.000731f) {
+		double e = exp((double)x), r = fabs((double)nz_expf(x) - e) / e;
+		if (r > worst)
+			worst = r, at = x;
+	}
+	CHECK(worst < 3e-7, "nz_expf relative error %g at %g", worst, (double)at);
+	CHECK(nz_expf(0) == 1.0f, "exp(0)");
+	CHECK(nz_expf(-INFINITY) == 0.0f && nz_expf(-1000) == 0.0f, "exp(-inf), exp(-1000)");
+	CHECK(isinf(nz_expf(INFINITY)) && isinf(nz_expf(89)), "exp(inf), exp(89)");
+	CHECK(isnan(nz_expf(NAN)), "exp(nan)");
+	CHECK(nz_expf(88.5f) > 2e38f && isfinite(nz_expf(88.5f)), "exp(88.5) is finite");
+	CHECK(nz_expf(-87.0f) > 0, "exp(-87) is normal");
+}
+
 static void test_rng(void)
 {
 	double u0 = nz_rng_uniform(42, 0), u0b = nz_rng_uniform(42, 0), u1 = nz_rng_uniform(42, 1);
@@ -316,6 +334,7 @@ int main(void)
 	test_bf16();
 	test_f16();
 	test_rope();
+	test_expf();
 	test_rng();
 	test_sampling();
 	return t_done("test_common");
