@@ -40,6 +40,13 @@ func (l *Ledger) spec(q nozzle.ReportQuery) (*reportSpec, error) {
 	if s.endH-s.startH > 24*400 {
 		return nil, nozzle.Errorf(nozzle.EINVALID, "A report covers at most 400 days.").WithParam("end")
 	}
+	// Hours that have not begun hold no usage and cost nothing: a period
+	// running into the future (this month, say) is measured up to the end
+	// of the current hour, so the dedicated GPU it is compared with is
+	// charged for the hours that passed, not for the whole month ahead.
+	if nowH := hourOf(now) + 1; s.startH < nowH && s.endH > nowH {
+		s.endH = nowH
+	}
 	var groups []string
 	for _, g := range q.GroupBy {
 		g = strings.ToLower(strings.TrimSpace(g))

@@ -807,3 +807,31 @@ func TestConsole_Config(t *testing.T) {
 		})
 	}
 }
+
+func TestCreateTenantUser(t *testing.T) {
+	f := newConsoleFixture(t)
+	ctx := t.Context()
+	users := f.deps.Users
+	tn := &nozzle.Tenant{Name: "demo-co"}
+	if err := f.deps.Tenants.CreateTenant(ctx, tn); err != nil {
+		t.Fatal(err)
+	}
+	if err := gateway.CreateTenantUser(ctx, users, tn.ID, "Demo@Example.test", "a-long-demo-password"); err != nil {
+		t.Fatal(err)
+	}
+	u, err := users.UserByEmail(ctx, "demo@example.test")
+	if err != nil || u.TenantID != tn.ID || u.Role != nozzle.RoleTenant || u.InviteDigest != "" {
+		t.Fatalf("user %+v, %v", u, err)
+	}
+	if resp, _ := f.browser().login("demo@example.test", "a-long-demo-password"); resp.StatusCode != http.StatusSeeOther {
+		t.Errorf("sign-in: %d", resp.StatusCode)
+	}
+	if err := gateway.CreateTenantUser(ctx, users, tn.ID, "demo@example.test", "another-long-password"); nozzle.ErrorCode(err) != nozzle.ECONFLICT {
+		t.Errorf("taken email: %v", err)
+	}
+	for _, tc := range [][2]string{{"nope", "long-enough-password"}, {"x@example.test", "short"}} {
+		if err := gateway.CreateTenantUser(ctx, users, tn.ID, tc[0], tc[1]); nozzle.ErrorCode(err) != nozzle.EINVALID {
+			t.Errorf("%v: %v", tc, err)
+		}
+	}
+}

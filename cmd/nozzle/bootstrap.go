@@ -10,16 +10,22 @@ import (
 	"strings"
 
 	"github.com/nozzle-ai/nozzle"
+	"github.com/nozzle-ai/nozzle/gateway"
 )
 
-// demoTenant is the tenant the demo creates on first start.
-const demoTenant = "demo"
+// demoTenant is the tenant the demo creates on first start, and
+// demoUserEmail its console user (password in DATA/demo-password).
+const (
+	demoTenant    = "demo"
+	demoUserEmail = "demo@nozzle.local"
+)
 
 // bootstrap creates what a first start needs: the demo tenant with an API
 // key and the demo adapters (demo model only, and only into an empty
 // ledger), and prints how to use them.
 func (m *Main) bootstrap(ctx context.Context, store nozzle.AdapterStore, demoAdapters map[string]string) error {
 	if demoAdapters == nil {
+		m.banner(m.Stdout, "", nil)
 		return nil
 	}
 	tenants, err := m.Ledger.Tenants(ctx)
@@ -43,6 +49,13 @@ func (m *Main) bootstrap(ctx context.Context, store nozzle.AdapterStore, demoAda
 		}
 		if err := writeFileAtomic(keyPath, []byte(secret+"\n"), 0o600); err != nil {
 			return fmt.Errorf("save demo key: %w", err)
+		}
+		password, err := m.secret("", "demo-password")
+		if err != nil {
+			return err
+		}
+		if err := gateway.CreateTenantUser(ctx, m.Ledger, t.ID, demoUserEmail, password); err != nil {
+			return fmt.Errorf("demo user: %w", err)
 		}
 		names := make([]string, 0, len(demoAdapters))
 		for name := range demoAdapters {
@@ -103,11 +116,21 @@ func (m *Main) banner(w io.Writer, key string, adapters map[string]string) {
 	if host, port, ok := strings.Cut(m.Addr, ":"); ok && (host == "0.0.0.0" || host == "" || host == "[::]") {
 		base = "http://127.0.0.1:" + port
 	}
+	password := "(the configured operator_password)"
+	if m.operatorPasswordFile != "" {
+		password = "password in " + m.operatorPasswordFile
+	}
+	if adapters == nil {
+		fmt.Fprintf(w, "\nNozzle is serving %s at %s\n  Console: %s/console  (sign in as %s, %s)\n  Admin API token in %s\n\n",
+			m.modelName(), base, base, m.operator, password, filepath.Join(m.Config.Data, "admin-token"))
+		return
+	}
 	names := make([]string, 0, len(adapters))
 	for n := range adapters {
 		names = append(names, n)
 	}
 	sort.Strings(names)
+	keyFile := filepath.Join(m.Config.Data, "demo-api-key")
 	fmt.Fprintf(w, `
 Nozzle is serving the built-in demo model at %s
 (random weights: its text is meaningless; serve a real model with --model DIR).
@@ -115,13 +138,23 @@ Nozzle is serving the built-in demo model at %s
   API key of the demo tenant:  %s   (saved in %s)
   Demo adapters:               %s
   Console:                     %s/console
+    the demo tenant:           %s, password in %s
+    the operator:              %s, %s
 
   curl %s/v1/chat/completions \
     -H "Authorization: Bearer $(cat %s)" -H "Content-Type: application/json" \
     -d '{"model": "%s", "messages": [{"role": "user", "content": "Hello!"}], "max_tokens": 16}'
 
-`, base, key, filepath.Join(m.Config.Data, "demo-api-key"), strings.Join(names, ", "), base,
-		base, filepath.Join(m.Config.Data, "demo-api-key"), firstOr(names, "base"))
+`, base, key, keyFile, strings.Join(names, ", "), base, demoUserEmail, filepath.Join(m.Config.Data, "demo-password"), m.operator, password,
+		base, keyFile, firstOr(names, "base"))
+}
+
+// modelName names the served model for the banner.
+func (m *Main) modelName() string {
+	if m.Config.Model != "" {
+		return filepath.Base(filepath.Clean(m.Config.Model))
+	}
+	return "the demo model"
 }
 
 func firstOr(s []string, def string) string {

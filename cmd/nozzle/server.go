@@ -46,6 +46,10 @@ type Main struct {
 	// Ready is closed once the server accepts requests.
 	Ready chan struct{}
 
+	// operator is the console operator's email; operatorPasswordFile holds
+	// its generated password (empty when the password was configured).
+	operator, operatorPasswordFile string
+
 	closers []func(context.Context) error
 }
 
@@ -183,6 +187,7 @@ func (m *Main) openLedger() error {
 		},
 		DedicatedRatePerHour: m.Config.DedicatedRatePerHour,
 		Logger:               m.Log.With("component", "billing"),
+		Metrics:              m.Metrics,
 	})
 	if err != nil {
 		if errors.Is(err, billing.ErrLocked) {
@@ -341,6 +346,14 @@ func (m *Main) Serve(ctx context.Context) (err error) {
 		return err
 	}
 
+	exts, err := m.consoleExtensions()
+	if err != nil {
+		return err
+	}
+	if m.operator, m.operatorPasswordFile, err = m.ensureOperator(ctx); err != nil {
+		return err
+	}
+
 	lazy := newLazyRuntime()
 	store := runtime.NewStore(filepath.Join(m.Config.Data, "adapters"), storeValidator(lazy.Info, m.Config.MaxRank))
 
@@ -348,7 +361,7 @@ func (m *Main) Serve(ctx context.Context) (err error) {
 		Tenants: m.Ledger, Keys: m.Ledger, Adapters: m.Ledger, Store: store,
 		Ledger: m.Ledger, Budget: m.Ledger, Reporter: m.Ledger, Users: m.Ledger,
 		Upstreams:  []gateway.Upstream{{ID: m.Config.RuntimeID, Generator: lazy}},
-		Extensions: m.consoleExtensions(),
+		Extensions: exts,
 	})
 	if err != nil {
 		return err
@@ -502,10 +515,17 @@ func (m *Main) RunGateway(ctx context.Context) (err error) {
 		sources[u] = c
 	}
 	store := runtime.NewStore(filepath.Join(m.Config.Data, "adapters"), storeValidator(first.Info, m.Config.MaxRank))
+	exts, err := m.consoleExtensions()
+	if err != nil {
+		return err
+	}
+	if m.operator, m.operatorPasswordFile, err = m.ensureOperator(ctx); err != nil {
+		return err
+	}
 	gw, err := gateway.New(m.gatewayConfig(adminToken, internalToken), gateway.Deps{
 		Tenants: m.Ledger, Keys: m.Ledger, Adapters: m.Ledger, Store: store,
 		Ledger: m.Ledger, Budget: m.Ledger, Reporter: m.Ledger, Users: m.Ledger,
-		Upstreams: ups, Extensions: m.consoleExtensions(),
+		Upstreams: ups, Extensions: exts,
 	})
 	if err != nil {
 		return err
