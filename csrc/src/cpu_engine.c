@@ -617,27 +617,22 @@ static void run_group(step_ctx *c, int use_lora)
 	for (int mi = 0; mi < c->nmod; mi++)
 		total += c->gout[mi];
 	int64_t chunk = nz_max64(16, (total / (8 * e->nthreads) + 3) & ~(int64_t)3);
-	/* LoRA tasks first, at the front of the list, interleaved with base
-	 * tasks so that threads tend to run one kind each at a time */
-	int64_t nl = 0;
-	gtask *lt = e->tasks + e->task_cap - (int64_t)p->n_segs * c->nmod;
+	/* LoRA tasks (memory-bound: they stream adapter weights) first, then
+	 * the base row chunks (compute-bound at larger batches); the pool
+	 * overlaps the two kinds */
+	int64_t n = 0;
 	if (use_lora)
 		for (int32_t g = 0; g < p->n_segs; g++)
 			for (int mi = 0; mi < c->nmod; mi++) {
 				int32_t r = *rank_of(e, p->seg_slot[g], c->layer, c->mods[mi]);
 				if (r)
-					lt[nl++] = (gtask){mi, g, r, 0, 0};
+					e->tasks[n++] = (gtask){mi, g, r, 0, 0};
 			}
-	int64_t n = 0, li = 0;
+	int64_t n_mem = n;
 	for (int mi = 0; mi < c->nmod; mi++)
-		for (int64_t r0 = 0; r0 < c->gout[mi]; r0 += chunk) {
-			if (li < nl)
-				e->tasks[n++] = lt[li++];
+		for (int64_t r0 = 0; r0 < c->gout[mi]; r0 += chunk)
 			e->tasks[n++] = (gtask){mi, -1, 0, r0, nz_min64(c->gout[mi], r0 + chunk)};
-		}
-	while (li < nl)
-		e->tasks[n++] = lt[li++];
-	cpu_pool_run(e->pool, n, group_task, c);
+	cpu_pool_run_mixed(e->pool, n_mem, n, group_task, c);
 }
 
 /* The LoRA delta row of token t for the group's module mi, or NULL when the

@@ -21,6 +21,11 @@ int32_t cpu_pool_create(int nthreads, cpu_pool **out);
 void cpu_pool_destroy(cpu_pool *p);
 int cpu_pool_threads(const cpu_pool *p);
 void cpu_pool_run(cpu_pool *p, int64_t ntasks, cpu_task_fn fn, void *ctx);
+/* Like cpu_pool_run, where tasks [0, n_mem) are memory-bound: at most half
+ * the threads run them at a time while the others take the compute tasks
+ * [n_mem, ntasks), so the two kinds overlap; once the compute tasks are
+ * gone every thread takes memory tasks. */
+void cpu_pool_run_mixed(cpu_pool *p, int64_t n_mem, int64_t ntasks, cpu_task_fn fn, void *ctx);
 
 /* Number of online processors (at least 1). */
 int cpu_online_cores(void);
