@@ -33,17 +33,22 @@ var demoSpec = model.Spec{
 	NumKVHeads:       2,
 	MaxPosition:      2048,
 	RopeTheta:        10000,
-	Tied:             true,
+	Tied:             false,
 	DType:            safetensors.BF16,
 	Seed:             20250301,
 	NameOrPath:       "nozzle-demo",
+	// An untied head and logits with a spread of a few nats: a random model
+	// with tied embeddings only ever repeats its input token (the residual
+	// stream keeps the token's own embedding), and a unit-norm head makes
+	// one token take all the probability.
+	FinalNormScale: 2.5,
 }
 
 // demoVocab is the largest vocabulary asked of the demo tokenizer.
 const demoVocab = 2048
 
 // demoVersion changes whenever the demo's files would change.
-const demoVersion = "nozzle-demo-1"
+const demoVersion = "nozzle-demo-2"
 
 // demoAdapters are the demo's PEFT adapters: different ranks and targets.
 var demoAdapters = []struct {

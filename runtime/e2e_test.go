@@ -206,18 +206,29 @@ func TestDemo_PreemptAndConservation(t *testing.T) {
 		}
 		device += alone[i].res.DeviceSeconds
 	}
+	// Two more requests are canceled mid-way: copies of the two that ran
+	// longest alone (greedy decoding may meet the end of sequence early).
+	var long []*nozzle.GenerateRequest
+	for i := range reqs {
+		if alone[i].res.CompletionTokens >= 8 && len(long) < 2 {
+			long = append(long, reqs[i])
+		}
+	}
+	if len(long) < 2 {
+		t.Fatal("fewer than two requests generate 8 tokens alone")
+	}
 	got := make([]outcome, len(reqs)+2)
 	var wg sync.WaitGroup
 	for i := range got {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if i >= len(reqs) { // two more, canceled mid-way
+			if i >= len(reqs) {
 				cctx, cancel := context.WithCancel(ctx)
 				n := 0
 				var o outcome
-				o.res, o.err = rt.Generate(cctx, reqs[i-len(reqs)], func(nozzle.Chunk) error {
-					if n++; n == 5 {
+				o.res, o.err = rt.Generate(cctx, long[i-len(reqs)], func(nozzle.Chunk) error {
+					if n++; n == 3 {
 						cancel()
 					}
 					return nil
@@ -236,7 +247,7 @@ func TestDemo_PreemptAndConservation(t *testing.T) {
 		device += o.res.DeviceSeconds
 		if i >= len(reqs) {
 			if nozzle.ErrorCode(o.err) != nozzle.ECANCELED {
-				t.Errorf("canceled request %d: %v", i, o.err)
+				t.Errorf("canceled request %d: %v %+v", i, o.err, o.res)
 			}
 			continue
 		}

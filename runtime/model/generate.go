@@ -62,6 +62,11 @@ type Spec struct {
 	BOSTokenID  int
 	// NameOrPath is written as _name_or_path when set.
 	NameOrPath string
+	// FinalNormScale scales the final norm's weights (default 1). With
+	// embeddings of unit variance the logits' spread grows with the square
+	// root of HiddenSize; a scale near 3/sqrt(HiddenSize) keeps a random
+	// model's next-token distribution from collapsing onto one token.
+	FinalNormScale float64
 }
 
 func (s *Spec) defaults() error {
@@ -218,6 +223,7 @@ func WriteRandomModel(dir string, spec Spec) error {
 	}
 	groups = append(groups, ts[start:])
 	g := newFiller(spec.Seed)
+	g.finalNormScale = spec.FinalNormScale
 	if shards == 1 {
 		return g.writeFile(filepath.Join(dir, WeightsFile), groups[0], spec.DType)
 	}
@@ -336,6 +342,8 @@ func writeJSON(path string, v any) error {
 type filler struct {
 	seed uint64
 	buf  []byte
+	// finalNormScale scales model.norm.weight (Spec.FinalNormScale).
+	finalNormScale float64
 }
 
 func newFiller(seed uint64) *filler { return &filler{seed: seed} }
@@ -401,6 +409,9 @@ func (g *filler) fill(t genTensor, dt safetensors.DType) []byte {
 		center, halfWidth = 1, 0.1
 	case initBias:
 		halfWidth = float32(0.1 * math.Sqrt(3))
+	}
+	if t.name == "model.norm.weight" && g.finalNormScale != 0 {
+		center, halfWidth = center*float32(g.finalNormScale), halfWidth*float32(g.finalNormScale)
 	}
 	chunks := (n + fillChunk - 1) / fillChunk
 	workers := min(int64(goruntime.GOMAXPROCS(0)), chunks)
