@@ -30,14 +30,16 @@ ENGINE_LDFLAGS := -shared -pthread -lm
 # api.c and common.c with the C compiler. `make` builds it where nvcc is
 # found; a failing CUDA build only warns there (the CPU library, bin/nozzle
 # and the Go tests never depend on it), `make cuda` fails loudly.
-# CUDA_ARCHS, CUDA_LDFLAGS (-L, -rpath) and CUDA_LDLIBS are overridable for
-# other toolkits (scripts/gpu-check.sh builds for the GPU it runs on).
+# CUDA_ARCHS, CUDA_CFLAGS (-I), CUDA_LDFLAGS (-L, -rpath) and CUDA_LDLIBS are
+# overridable for other toolkits (scripts/gpu-check.sh builds for the GPU it
+# runs on).
 CUDA_SRC := $(wildcard csrc/cuda/*.cu)
 CUDA_HDR := $(wildcard csrc/cuda/*.cuh csrc/cuda/*.h)
 CUDA_C_SRC := $(filter-out csrc/src/cpu_%,$(ENGINE_SRC))
 CUDA_OBJ := $(patsubst csrc/cuda/%.cu,build/cuda/%.o,$(CUDA_SRC)) $(patsubst csrc/src/%.c,build/cuda/%.o,$(CUDA_C_SRC))
 CUDA_ARCHS ?= -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90
 NVCC_FLAGS ?= -O3 -std=c++17 -Xcompiler -fPIC -Xcompiler -fvisibility=hidden -Xcompiler -Wall -Icsrc/include -Icsrc/src $(CUDA_ARCHS)
+CUDA_CFLAGS ?=
 CUDA_LDFLAGS ?=
 CUDA_LDLIBS ?= -cudart shared -lcublas
 # The CUDA backend on a CPU emulation of CUDA (csrc/cuda/emu), for testing
@@ -72,7 +74,7 @@ build/libnozzle_cuda.so: $(CUDA_OBJ) csrc/cuda/exports.map
 		$(CUDA_LDFLAGS) -o $@ $(CUDA_OBJ) $(CUDA_LDLIBS)
 build/cuda/%.o: csrc/cuda/%.cu $(CUDA_HDR) $(ENGINE_HDR)
 	@mkdir -p build/cuda
-	$(NVCC) $(NVCC_FLAGS) -c -o $@ $<
+	$(NVCC) $(NVCC_FLAGS) $(CUDA_CFLAGS) -c -o $@ $<
 build/cuda/%.o: csrc/src/%.c $(ENGINE_HDR)
 	@mkdir -p build/cuda
 	$(CC) $(ENGINE_CFLAGS) -c -o $@ $<

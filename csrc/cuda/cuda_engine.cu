@@ -224,6 +224,7 @@ struct cuda_engine {
 
 	/* scratch */
 	float *h, *y, *q, *cs, *lv, *logits, *attn_o, *attn_ml;
+	int *attn_count;
 	void *xin, *xs;
 	int64_t ymax, xmax;
 	nz_sample_out *d_out, *h_out;
@@ -310,7 +311,7 @@ void cuda_destroy(void *impl)
 	cudaFree(e->rank_dev);
 	cudaFree(e->kv);
 	void *scratch[] = {e->h,  e->y,  e->q,     e->cs,     e->lv,      e->logits, e->xin,
-	                   e->xs, e->d_out, e->d_meta, e->blas_ws, e->attn_o, e->attn_ml};
+	                   e->xs, e->d_out, e->d_meta, e->blas_ws, e->attn_o, e->attn_ml, e->attn_count};
 	for (void *p : scratch)
 		cudaFree(p);
 	cudaFreeHost(e->stage[0]);
@@ -631,6 +632,10 @@ int32_t cuda_finalize(void *impl)
 	ALLOC(e->d_out, (int64_t)sizeof(nz_sample_out) * S);
 	ALLOC(e->attn_o, 4 * kAttnParts * e->rows_max * e->hd);
 	ALLOC(e->attn_ml, 4 * kAttnParts * e->rows_max * 2);
+	if (!e->attn_count) {
+		NZ_TRY(dev_alloc((void **)&e->attn_count, 4 * kAttnParts, what));
+		CUDA_TRY(cudaMemsetAsync(e->attn_count, 0, 4 * kAttnParts, e->stream), what);
+	}
 #undef ALLOC
 	if (!e->h_out)
 		NZ_TRY(host_alloc((void **)&e->h_out, sizeof(nz_sample_out) * (size_t)S, what));
@@ -876,7 +881,7 @@ int32_t forward(cuda_engine *e, const meta_ptrs &m, int64_t T, int64_t n_attn, i
 		     "nz_step: RoPE");
 		KTRY(nz_k_attention(dt, s, n_attn, m.attn_items, e->rows_max, e->q, kc, vc, m.tok_pos, m.tok_seq, m.bt,
 		                    m.scalars, (int)e->nh, (int)e->nkv, (int)e->hd, (int)e->bs, window, e->xin, splits,
-		                    e->attn_o, e->attn_ml),
+		                    e->attn_o, e->attn_ml, e->attn_count),
 		     "nz_step: attention");
 		NZ_TRY(gemm(e, e->xin, T, e->qd, ly.wo, H, e->y, "nz_step: o projection"));
 		if (lora_grid)

@@ -85,11 +85,14 @@ cudaError_t nz_k_rope_kv(int dtype, cudaStream_t s, int64_t T, const float *y, c
  * consecutive tokens of one sequence) over the paged cache; out is
  * act [T][nh·hd]. With splits > 1 each (item, KV head) spreads its keys
  * over `splits` blocks whose partial results (part_o: [items][nkv][splits]
- * [rows_max][hd], part_ml: [...][rows_max][2]) a second kernel merges. */
+ * [rows_max][hd], part_ml: [...][rows_max][2]) the last of them merges;
+ * part_count ([items][nkv], zero before the first launch) counts them and
+ * is left zero. */
 cudaError_t nz_k_attention(int dtype, cudaStream_t s, int64_t n_items, const int32_t *items, int rows_max,
                            const float *q, const void *kc, const void *vc, const int32_t *tok_pos,
                            const int32_t *tok_seq, const int32_t *bt, const int32_t *scalars, int nh, int nkv,
-                           int hd, int bs, int window, void *out, int splits, float *part_o, float *part_ml);
+                           int hd, int bs, int window, void *out, int splits, float *part_o, float *part_ml,
+                           int *part_count);
 /* Dynamic shared memory of nz_k_attention, and the one-time setup that
  * allows it (cudaFuncSetAttribute) on the current device. */
 size_t nz_attention_smem(int rows_max, int hd);

@@ -14,7 +14,8 @@
  * When the step has few (item, KV head) blocks for the device (decode of a
  * small batch), the key range is split among `splits` blocks (split-K,
  * "flash decoding"): each writes its unnormalised accumulator and its
- * running max and sum, and a combine kernel merges them.
+ * running max and sum, and the last of them to finish (a counter per
+ * (item, KV head), reset by that block) merges them.
  *
  * Cache layout per layer: K and V pools of [block][kv_head][block_size][hd].
  */
@@ -31,7 +32,8 @@ __global__ void __launch_bounds__(128)
                      const T *__restrict__ kc, const T *__restrict__ vc, const int32_t *__restrict__ tok_pos,
                      const int32_t *__restrict__ tok_seq, const int32_t *__restrict__ bt,
                      const int32_t *__restrict__ scalars, int nh, int nkv, int hd, int bs, int window, float scale,
-                     T *__restrict__ out, int splits, float *__restrict__ part_o, float *__restrict__ part_ml)
+                     T *__restrict__ out, int splits, float *__restrict__ part_o, float *__restrict__ part_ml,
+                     int *__restrict__ part_count)
 {
 	NZ_DYN_SMEM(float, sm);
 	const int it = blockIdx.x, g = blockIdx.y;
@@ -144,25 +146,27 @@ __global__ void __launch_bounds__(128)
 		}
 		return;
 	}
-	const int64_t part = ((int64_t)it * nkv + g) * splits + split;
+	const int64_t ig = (int64_t)it * nkv + g, part = ig * splits + split;
 	for (int i = threadIdx.x; i < rows * hd; i += blockDim.x)
 		part_o[part * rows_max * hd + i] = os[i];
 	for (int r = threadIdx.x; r < rows; r += blockDim.x) {
 		part_ml[(part * rows_max + r) * 2] = m_run[r];
 		part_ml[(part * rows_max + r) * 2 + 1] = l_run[r];
 	}
-}
-
-/* Merges the splits of (item, KV head): o = Σ e^(m_s - M) o_s / Σ e^(m_s - M) l_s. */
-template <class T>
-__global__ void __launch_bounds__(128)
-    attention_combine_kernel(const int32_t *__restrict__ items, int rows_max, int nh, int nkv, int hd, int splits,
-                             const float *__restrict__ part_o, const float *__restrict__ part_ml, T *__restrict__ out)
-{
-	const int it = blockIdx.x, g = blockIdx.y;
-	const int t0 = items[2 * it], nq = items[2 * it + 1];
-	const int nrep = nh / nkv, rows = nq * nrep, qd = nh * hd;
-	const int64_t base = ((int64_t)it * nkv + g) * splits;
+	/* the last split to finish merges: o = Σ e^(m_s - M) o_s / Σ e^(m_s - M) l_s */
+	__shared__ int last;
+	__threadfence();
+	__syncthreads();
+	if (threadIdx.x == 0) {
+		last = atomicAdd(&part_count[ig], 1) == splits - 1;
+		if (last)
+			part_count[ig] = 0; /* ready for the next launch */
+	}
+	__syncthreads();
+	if (!last)
+		return;
+	__threadfence();
+	const int64_t base = ig * splits;
 	for (int i = threadIdx.x; i < rows * hd; i += blockDim.x) {
 		int r = i / hd, d = i % hd;
 		float M = -INFINITY;
@@ -214,35 +218,32 @@ template <class T>
 cudaError_t launch_attention(cudaStream_t s, int64_t n_items, const int32_t *items, int rows_max, const float *q,
                              const void *kc, const void *vc, const int32_t *tok_pos, const int32_t *tok_seq,
                              const int32_t *bt, const int32_t *scalars, int nh, int nkv, int hd, int bs, int window,
-                             void *out, int splits, float *part_o, float *part_ml)
+                             void *out, int splits, float *part_o, float *part_ml, int *part_count)
 {
 	size_t smem = nz_attention_smem(rows_max, hd);
 	float scale = 1.0f / sqrtf((float)hd);
 	dim3 grid((unsigned)n_items, (unsigned)nkv, (unsigned)splits);
 	NZ_LAUNCH(attention_kernel<T>, grid, dim3(kThreads), smem, s, items, rows_max, q, (const T *)kc, (const T *)vc,
-	          tok_pos, tok_seq, bt, scalars, nh, nkv, hd, bs, window, scale, (T *)out, splits, part_o, part_ml);
-	cudaError_t err = cudaGetLastError();
-	if (err != cudaSuccess || splits == 1)
-		return err;
-	NZ_LAUNCH(attention_combine_kernel<T>, dim3((unsigned)n_items, (unsigned)nkv), dim3(kThreads), 0, s, items,
-	          rows_max, nh, nkv, hd, splits, (const float *)part_o, (const float *)part_ml, (T *)out);
+	          tok_pos, tok_seq, bt, scalars, nh, nkv, hd, bs, window, scale, (T *)out, splits, part_o, part_ml,
+	          part_count);
 	return cudaGetLastError();
 }
 
 cudaError_t nz_k_attention(int dtype, cudaStream_t s, int64_t n_items, const int32_t *items, int rows_max,
                            const float *q, const void *kc, const void *vc, const int32_t *tok_pos,
                            const int32_t *tok_seq, const int32_t *bt, const int32_t *scalars, int nh, int nkv,
-                           int hd, int bs, int window, void *out, int splits, float *part_o, float *part_ml)
+                           int hd, int bs, int window, void *out, int splits, float *part_o, float *part_ml,
+                           int *part_count)
 {
 	switch (dtype) {
 	case NZ_BF16:
 		return launch_attention<__nv_bfloat16>(s, n_items, items, rows_max, q, kc, vc, tok_pos, tok_seq, bt, scalars,
-		                                       nh, nkv, hd, bs, window, out, splits, part_o, part_ml);
+		                                       nh, nkv, hd, bs, window, out, splits, part_o, part_ml, part_count);
 	case NZ_F16:
 		return launch_attention<__half>(s, n_items, items, rows_max, q, kc, vc, tok_pos, tok_seq, bt, scalars, nh, nkv,
-		                                hd, bs, window, out, splits, part_o, part_ml);
+		                                hd, bs, window, out, splits, part_o, part_ml, part_count);
 	default:
 		return launch_attention<float>(s, n_items, items, rows_max, q, kc, vc, tok_pos, tok_seq, bt, scalars, nh, nkv,
-		                               hd, bs, window, out, splits, part_o, part_ml);
+		                               hd, bs, window, out, splits, part_o, part_ml, part_count);
 	}
 }

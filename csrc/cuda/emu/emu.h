@@ -177,7 +177,9 @@ template <class T> inline T __shfl_down_sync(unsigned mask, T v, unsigned delta,
 	return emu::shfl_exchange(mask, v, src, width);
 }
 
-/* Fibers never run concurrently, so atomics are plain read-modify-writes. */
+/* Fibers never run concurrently, so fences are no-ops and atomics plain
+ * read-modify-writes. */
+inline void __threadfence() {}
 template <class T> inline T atomicAdd(T *p, T v)
 {
 	T old = *p;

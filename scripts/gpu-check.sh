@@ -1,0 +1,223 @@
+#!/usr/bin/env bash
+# scripts/gpu-check.sh — the CUDA backend's prepared GPU run: build the
+# engine libraries for this machine's GPU, run the CUDA-vs-CPU parity tests
+# (and a short compute-sanitizer memcheck of them), benchmark the engine on
+# a Llama-shaped 1.24B-parameter model with 32 rank-16 adapters, and the same
+# model and adapters in Hugging Face transformers + peft, within a hard time
+# budget. Everything lands in $OUT (log.txt, summary.txt, results.json,
+# bench.txt, nozzle.json, hf.json, memcheck.txt); the summary is printed last.
+#
+# The GPU machine has no Go: run scripts/gpu-prepare.sh first where Go is,
+# and send its .gpu/ folder along (device tool: carry [".gpu"]); see
+# DEVELOPERS.md for the exact call. Without a GPU the script says so and
+# stops cleanly (a dry run).
+#
+# Environment: OUT (default .gpu/out), GPU_CHECK_BUDGET (seconds, default
+# 480), NVCC (default: found on PATH or under /usr/local/cuda).
+# GPU_CHECK_EMULATE=1 dry-runs every phase without a GPU: the CPU emulation
+# of CUDA (make cuda-emu) stands in for the GPU library, with a tiny
+# benchmark model; the figures mean nothing, the plumbing is checked.
+set -uo pipefail
+cd "$(dirname "$0")/.." || exit 1
+root=$PWD
+OUT=${OUT:-$root/.gpu/out}
+mkdir -p "$OUT"
+budget=${GPU_CHECK_BUDGET:-480}
+work=$(mktemp -d "${TMPDIR:-/tmp}/nozzle-gpu-check.XXXXXX")
+export NOZZLE_GPU_WORK=$work
+exec > >(tee -a "$OUT/log.txt") 2>&1
+tee_pid=$!
+start=$SECONDS
+
+left() { echo $((budget - (SECONDS - start))); }
+
+# phase_timeout WANT RESERVE: WANT seconds, or less so that RESERVE seconds
+# of the budget stay for what follows.
+phase_timeout() {
+	local want=$1 reserve=${2:-30} l
+	l=$(($(left) - reserve))
+	((l < want)) && want=$l
+	((want < 5)) && want=5
+	echo "$want"
+}
+
+record() {
+	printf '%s\t%s\n' "$1" "$2" >>"$work/status.tsv"
+	echo "== $1: $2 ($(($(left)))s of the budget left)"
+}
+
+finish() {
+	echo
+	echo "== summary"
+	python3 "$root/scripts/gpu/summarize.py" --out "$OUT" --work "$work" || echo "summarize.py failed"
+	exec >/dev/null 2>&1
+	wait "$tee_pid" 2>/dev/null || sleep 1
+	exit 0
+}
+
+echo "== nozzle gpu-check $(date -u +%Y-%m-%dT%H:%M:%SZ), budget ${budget}s"
+cat "$root/.gpu/BUILD" 2>/dev/null || echo "(no .gpu/BUILD: was scripts/gpu-prepare.sh run and .gpu carried?)"
+for py in scripts/gpu/hf_bench.py scripts/gpu/summarize.py; do
+	python3 -m py_compile "$root/$py" || record python "$py does not compile"
+done
+
+emulate=${GPU_CHECK_EMULATE:-0}
+cudalib=$root/build/libnozzle_cuda.so
+bench_model=1b
+if [[ $emulate == 1 ]]; then
+	record gpu "emulated: the CPU emulation of CUDA stands in for a GPU (a dry run; figures mean nothing)"
+	cudalib=$root/build/libnozzle_cudaemu.so
+	bench_model=tiny
+	if make -j"$(nproc)" build/libnozzle_cpu.so build/libnozzle_cudaemu.so; then
+		record build "ok: build/libnozzle_cudaemu.so"
+	else
+		record build "failed (see log.txt)"
+		finish
+	fi
+fi
+
+# ---- the GPU ---------------------------------------------------------------
+if [[ $emulate == 1 ]]; then
+	: # no GPU, no toolkit: straight to the tests
+elif ! command -v nvidia-smi >/dev/null 2>&1; then
+	record gpu "none (nvidia-smi not found): nothing to check on this machine"
+	finish
+elif ! nvidia-smi >"$work/nvidia-smi.txt" 2>&1; then
+	record gpu "none (nvidia-smi failed: $(head -1 "$work/nvidia-smi.txt"))"
+	finish
+fi
+
+# build_for_gpu: finds the toolkit and builds the libraries for this GPU.
+build_for_gpu() {
+	cat "$work/nvidia-smi.txt"
+	cc=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -1 | tr -d ' .')
+	gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
+	record gpu "$gpu (sm_${cc:-?})"
+	[[ $cc =~ ^[0-9]+$ ]] || cc=90
+
+	# ---- the CUDA toolkit --------------------------------------------------------
+	nvcc=${NVCC:-}
+	if [[ -z $nvcc ]]; then
+		for c in "$(command -v nvcc 2>/dev/null)" /usr/local/cuda/bin/nvcc /usr/local/cuda-*/bin/nvcc /opt/cuda/bin/nvcc; do
+			if [[ -n $c && -x $c ]]; then
+				nvcc=$c
+				break
+			fi
+		done
+	fi
+	if [[ -z $nvcc ]]; then
+		record build "failed: no nvcc found (set NVCC)"
+		finish
+	fi
+	cuda_home=$(dirname "$(dirname "$(readlink -f "$nvcc")")")
+	"$nvcc" --version | tail -2
+	pysite=$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])' 2>/dev/null || true)
+	# cuBLAS: the toolkit's, else the one PyTorch's wheels bring.
+	inc="" libdir=""
+	for d in "$cuda_home/include" "$cuda_home/targets/x86_64-linux/include" /usr/include; do
+		[[ -f $d/cublas_v2.h ]] && inc=$d && break
+	done
+	for d in "$cuda_home/lib64" "$cuda_home/targets/x86_64-linux/lib" "$cuda_home/lib" /usr/lib/x86_64-linux-gnu; do
+		compgen -G "$d/libcublas.so*" >/dev/null && libdir=$d && break
+	done
+	if [[ (-z $inc || -z $libdir) && -n $pysite ]]; then
+		h=$(find "$pysite/nvidia" -name cublas_v2.h 2>/dev/null | head -1)
+		l=$(find "$pysite/nvidia" -name 'libcublas.so*' 2>/dev/null | head -1)
+		[[ -z $inc && -n $h ]] && inc=$(dirname "$h")
+		[[ -z $libdir && -n $l ]] && libdir=$(dirname "$l")
+	fi
+	echo "nvcc $nvcc; cuBLAS headers ${inc:-?}, libraries ${libdir:-?}"
+	cflags="" ldflags="" ldlibs="-cudart shared -lcublas"
+	[[ -n $inc ]] && cflags="-I$inc"
+	if [[ -n $libdir ]]; then
+		ldflags="-L$libdir -Xlinker -rpath=$libdir"
+		if [[ ! -e $libdir/libcublas.so ]]; then
+			so=$(basename "$(compgen -G "$libdir/libcublas.so.*" | sort | head -1)")
+			ldlibs="-cudart shared -l:$so"
+		fi
+		export LD_LIBRARY_PATH="$libdir:$cuda_home/lib64:${LD_LIBRARY_PATH:-}"
+	fi
+	archs="-gencode arch=compute_${cc},code=sm_${cc} -gencode arch=compute_${cc},code=compute_${cc}"
+
+	# ---- build ---------------------------------------------------------------------
+	t=$(phase_timeout 240 200)
+	echo "== build (timeout ${t}s)"
+	rm -f build/libnozzle_cuda.so build/libnozzle_cpu.so
+	if timeout -k 10 "$t" make -j"$(nproc)" NVCC="$nvcc" CUDA_ARCHS="$archs" CUDA_CFLAGS="$cflags" \
+		CUDA_LDFLAGS="$ldflags" CUDA_LDLIBS="$ldlibs" build/libnozzle_cpu.so build/libnozzle_cuda.so; then
+		record build "ok: build/libnozzle_cuda.so for sm_${cc} with $("$nvcc" --version | grep -o 'release [0-9.]*')"
+	else
+		record build "failed (see log.txt)"
+		finish
+	fi
+}
+[[ $emulate == 1 ]] || build_for_gpu
+if [[ ! -x $root/.gpu/engine.test ]]; then
+	record tests "skipped: .gpu/engine.test is missing (run scripts/gpu-prepare.sh and carry .gpu)"
+	finish
+fi
+cd "$root/runtime/engine" || finish
+
+# ---- parity tests ------------------------------------------------------------------
+t=$(phase_timeout 150 240)
+echo "== CUDA parity tests (timeout ${t}s)"
+timeout -k 10 "$t" "$root/.gpu/engine.test" -test.run '^TestCUDA_' -test.v -test.count=1 -cuda.lib="$cudalib" 2>&1 |
+	tee "$work/tests.txt"
+rc=${PIPESTATUS[0]}
+if ((rc == 0)); then record tests "ok"; else record tests "failed (exit $rc)"; fi
+
+# ---- compute-sanitizer memcheck (short) ----------------------------------------------
+sanitizer=""
+if [[ $emulate != 1 ]]; then
+	sanitizer=$(command -v compute-sanitizer 2>/dev/null || true)
+	[[ -z $sanitizer && -x $cuda_home/bin/compute-sanitizer ]] && sanitizer=$cuda_home/bin/compute-sanitizer
+fi
+if [[ -z $sanitizer ]]; then
+	record memcheck "skipped: compute-sanitizer not found"
+else
+	t=$(phase_timeout 120 230)
+	echo "== compute-sanitizer memcheck (timeout ${t}s)"
+	timeout -k 10 "$t" "$sanitizer" --tool memcheck --error-exitcode 42 --print-limit 20 \
+		"$root/.gpu/engine.test" -test.count=1 -test.v -cuda.lib="$cudalib" \
+		-test.run '^TestCUDA_(Parity/(LlamaGQA|OddSizes|BF16)|LongContext|SlotReuse|Sampling)$' 2>&1 |
+		tee "$OUT/memcheck.txt"
+	rc=${PIPESTATUS[0]}
+	summary=$(grep -o 'ERROR SUMMARY: [0-9]* error[s]*' "$OUT/memcheck.txt" | tail -1)
+	case $rc in
+	0) record memcheck "ok: ${summary:-no summary line}" ;;
+	124 | 137) record memcheck "timed out (${summary:-no summary line})" ;;
+	*) record memcheck "failed (exit $rc): ${summary:-see memcheck.txt}" ;;
+	esac
+fi
+
+# ---- Nozzle engine benchmark ---------------------------------------------------------
+t=$(phase_timeout 220 120)
+echo "== nozzle engine benchmark (timeout ${t}s)"
+timeout -k 10 "$t" "$root/.gpu/engine.test" -test.run '^TestCUDABench$' -test.v -test.count=1 -test.timeout 30m \
+	-cuda.lib="$cudalib" -cuda.bench="$OUT" -cuda.bench-model="$bench_model" \
+	-cuda.bench-cache="${TMPDIR:-/tmp}/nozzle-cuda-bench" 2>&1 | tee "$work/bench.txt"
+rc=${PIPESTATUS[0]}
+if ((rc == 0)); then record bench "ok"; else record bench "failed (exit $rc)"; fi
+
+# ---- Hugging Face transformers + peft reference ------------------------------------------
+if [[ -f $OUT/nozzle.json ]]; then
+	t=$(phase_timeout 200 25)
+	echo "== Hugging Face transformers + peft reference (timeout ${t}s)"
+	PYTHONUNBUFFERED=1 timeout -k 10 "$t" python3 "$root/scripts/gpu/hf_bench.py" --nozzle "$OUT/nozzle.json" \
+		--out "$OUT/hf.json" --batches 32,128 --deadline $((t - 15))
+	rc=$?
+	if ((rc == 0)); then record hf "ok"; else record hf "failed (exit $rc)"; fi
+else
+	record hf "skipped: the Nozzle benchmark wrote no nozzle.json (its model and adapters are the reference's input)"
+fi
+
+# ---- the other engine tests on the CUDA backend (informational) -----------------------------
+if (($(left) > 60)); then
+	t=$(phase_timeout 45 15)
+	echo "== runtime/engine's engine tests on the CUDA library (informational, timeout ${t}s)"
+	timeout -k 5 "$t" "$root/.gpu/engine.test" -test.count=1 -engine-lib="$cudalib" \
+		-test.run '^TestEngine_(MatchesReference|ChunkedPrefill|LongSequence|Sampling|Errors|SlotReuse|MergeEquivalence)$' \
+		2>&1 | tee "$work/engine-tests.txt" | grep -E '^(---|ok|FAIL|PASS)' | head -40
+	record engine-tests "exit ${PIPESTATUS[0]} (informational: these tests were written for the CPU backend's bit-exact results)"
+fi
+finish
