@@ -107,14 +107,19 @@ func BenchLoad(ctx context.Context, target string, rps int, dur time.Duration, r
 	}
 
 	sent := 0
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
 loop:
 	for sent < total {
 		due := start.Add(time.Duration(sent) * interval)
-		if ahead := time.Until(due); ahead > time.Millisecond {
+		// Sleep until the next request is due: a spinning scheduler would
+		// take a core from the server it measures.
+		if ahead := time.Until(due); ahead > 0 {
+			timer.Reset(ahead)
 			select {
 			case <-ctx.Done():
 				break loop
-			case <-time.After(ahead - 500*time.Microsecond):
+			case <-timer.C:
 			}
 		} else if ctx.Err() != nil {
 			break

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime/pprof"
 	"time"
 
 	"github.com/nozzle-ai/nozzle"
@@ -142,14 +143,27 @@ func benchGateway(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	fs.SetOutput(stderr)
 	rates := fs.String("rps", "1000,5000", "request rates to measure")
 	dur := fs.Duration("duration", 5*time.Second, "length of each load run")
+	ledgerDir := fs.String("ledger-dir", "", "folder of the benchmark's ledger (default: a temporary folder); its file system's fsync latency is part of the figure")
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the run to this file")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
 	}
 	rps, err := intList(*rates)
 	if err != nil {
 		return fmt.Errorf("--rps: %w", err)
 	}
-	dir, err := os.MkdirTemp("", "nozzle-bench-gateway-*")
+	dir, err := os.MkdirTemp(*ledgerDir, "nozzle-bench-gateway-*")
 	if err != nil {
 		return err
 	}
