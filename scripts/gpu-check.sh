@@ -58,7 +58,8 @@ finish() {
 echo "== nozzle gpu-check $(date -u +%Y-%m-%dT%H:%M:%SZ), budget ${budget}s"
 cat "$root/.gpu/BUILD" 2>/dev/null || echo "(no .gpu/BUILD: was scripts/gpu-prepare.sh run and .gpu carried?)"
 for py in scripts/gpu/hf_bench.py scripts/gpu/summarize.py; do
-	python3 -m py_compile "$root/$py" || record python "$py does not compile"
+	python3 -c 'import ast, sys; ast.parse(open(sys.argv[1]).read(), sys.argv[1])' "$root/$py" ||
+		record python "$py does not parse"
 done
 
 emulate=${GPU_CHECK_EMULATE:-0}
@@ -219,5 +220,13 @@ if (($(left) > 60)); then
 		-test.run '^TestEngine_(MatchesReference|ChunkedPrefill|LongSequence|Sampling|Errors|SlotReuse|MergeEquivalence)$' \
 		2>&1 | tee "$work/engine-tests.txt" | grep -E '^(---|ok|FAIL|PASS)' | head -40
 	record engine-tests "exit ${PIPESTATUS[0]} (informational: these tests were written for the CPU backend's bit-exact results)"
+fi
+# ---- `nozzle bench engine` on its default model (informational, if time is left) ----------
+if [[ $emulate != 1 && -x $root/.gpu/nozzle ]] && (($(left) > 100)); then
+	t=$(phase_timeout 90 10)
+	echo "== nozzle bench engine --device cuda (informational, timeout ${t}s)"
+	timeout -k 5 "$t" "$root/.gpu/nozzle" bench engine --device cuda --engine-lib "$cudalib" --batches 1,32,128 \
+		--rounds 1 --cache "${TMPDIR:-/tmp}/nozzle-cuda-bench" 2>&1 | tail -30
+	record nozzle-bench "exit ${PIPESTATUS[0]} (informational; its figures are in log.txt)"
 fi
 finish

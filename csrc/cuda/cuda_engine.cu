@@ -410,6 +410,9 @@ int32_t cuda_create(nz_config *c, void **out)
 			off = align_up(off + e->mod_out[m] * e->R, 16);
 		}
 	e->slot_stride = align_up(off, 64);
+	if ((double)e->slots * (double)e->slot_stride * (double)e->wsz > 0x1p50)
+		FAIL(nz_error(NZ_ERR_OOM, "nz_engine_create: %lld adapter slots of rank %lld need %.0f bytes", (long long)e->slots,
+		              (long long)e->R, (double)e->slots * (double)e->slot_stride * (double)e->wsz));
 	e->slot_bytes = e->slots * e->slot_stride * (int64_t)e->wsz;
 
 	/* attention work items: QT tokens of a sequence share each K/V tile */
@@ -432,6 +435,9 @@ int32_t cuda_create(nz_config *c, void **out)
 	/* KV pool */
 	e->kv_pool_elems = 0;
 	int64_t block_bytes = e->L * 2 * e->nkv * e->bs * e->hd * (int64_t)e->wsz;
+	if ((double)c->kv_num_blocks * (double)block_bytes > 0x1p50)
+		FAIL(nz_error(NZ_ERR_OOM, "nz_engine_create: a KV pool of %lld blocks needs %.0f bytes", (long long)c->kv_num_blocks,
+		              (double)c->kv_num_blocks * (double)block_bytes));
 	if (c->kv_num_blocks == 0) {
 		if (c->kv_memory_bytes > 0) {
 			c->kv_num_blocks = c->kv_memory_bytes / block_bytes;
