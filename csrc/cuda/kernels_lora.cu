@@ -17,7 +17,7 @@
 
 namespace {
 
-const int kShrinkThreads = 256;
+const int kShrinkThreads = 512; /* a warp per rank row up to rank 16 */
 
 /* v[i] for i < 3 without indexing the parameter struct at run time (which
  * would copy it to local memory). */
@@ -25,7 +25,7 @@ template <class V> __device__ __forceinline__ V pick(const V (&v)[3], int i) { r
 const int kExpandThreads = 256;
 
 template <class T>
-__global__ void __launch_bounds__(256)
+__global__ void __launch_bounds__(512)
     lora_shrink_kernel(const int32_t *__restrict__ scalars, const int32_t *__restrict__ items,
                        const int32_t *__restrict__ lora_tok, const T *__restrict__ x, int64_t in,
                        const T *__restrict__ slots, int64_t slot_stride, nz_lora_group grp,
@@ -54,7 +54,30 @@ __global__ void __launch_bounds__(256)
 			acc[j] = 0.0f;
 		const T *a = A + (int64_t)k * in;
 		if (vec) {
-			for (int64_t i = (int64_t)lane * 8; i < in; i += 32 * 8) {
+			/* four 16-byte loads of A in flight per lane, then the tokens */
+			const int64_t step = 32 * 8;
+			int64_t i = (int64_t)lane * 8;
+			for (; i + 3 * step < in; i += 4 * step) {
+				float av[4][8];
+#pragma unroll
+				for (int c = 0; c < 4; c++)
+					nz_load8(a + i + c * step, av[c]);
+#pragma unroll
+				for (int j = 0; j < NZ_LORA_TM; j++) {
+					if (j < ntok) {
+						const T *xr = x + (int64_t)tok[j] * in + i;
+#pragma unroll
+						for (int c = 0; c < 4; c++) {
+							float xv[8];
+							nz_load8(xr + c * step, xv);
+#pragma unroll
+							for (int e = 0; e < 8; e++)
+								acc[j] += av[c][e] * xv[e];
+						}
+					}
+				}
+			}
+			for (; i < in; i += step) {
 				float av[8];
 				nz_load8(a + i, av);
 #pragma unroll
@@ -62,11 +85,9 @@ __global__ void __launch_bounds__(256)
 					if (j < ntok) {
 						float xv[8];
 						nz_load8(x + (int64_t)tok[j] * in + i, xv);
-						float d = 0.0f;
 #pragma unroll
 						for (int e = 0; e < 8; e++)
-							d += av[e] * xv[e];
-						acc[j] += d;
+							acc[j] += av[e] * xv[e];
 					}
 				}
 			}
