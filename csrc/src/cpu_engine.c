@@ -62,7 +62,6 @@ typedef struct cpu_engine {
 	float *final_norm;
 	cpu_layer *layers;
 	float *inv_freq; /* [hd/2] */
-	int finalized;
 	int64_t weight_bytes, slot_bytes, kv_bytes;
 
 	cpu_lora *lora; /* [L][NZ_M_COUNT] */
@@ -299,11 +298,9 @@ static int32_t cpu_finalize(void *impl)
 	cpu_engine *e = impl;
 	const nz_config *c = &e->cfg;
 	int64_t T = c->max_batch_tokens, S = e->S, L = e->L, slots = c->max_slots;
-	size_t total = 0;
 #define ALLOC(ptr, bytes)                                   \
 	do {                                                    \
 		size_t b_ = (size_t)(bytes);                        \
-		total += b_;                                        \
 		if (!(ptr) && !((ptr) = nz_alloc(b_)))              \
 			return nz_oom("nz_engine_finalize", b_);        \
 	} while (0)
@@ -322,7 +319,7 @@ static int32_t cpu_finalize(void *impl)
 		}
 	ALLOC(e->kv, (size_t)e->kv_bytes);
 	ALLOC(e->h, sizeof(float) * (size_t)(T * e->H));
-	ALLOC(e->x, sizeof(float) * (size_t)(T * nz_max64(e->H, e->I)));
+	ALLOC(e->x, sizeof(float) * (size_t)(T * e->H));
 	ALLOC(e->q, sizeof(float) * (size_t)(T * e->qd));
 	ALLOC(e->att, sizeof(float) * (size_t)(T * e->qd));
 	ALLOC(e->kk, sizeof(float) * (size_t)(T * e->kvd));
@@ -354,8 +351,6 @@ static int32_t cpu_finalize(void *impl)
 	e->task_cap = 3 * (nz_max64(max_out, e->V) / 16 + 2) + slots * 3;
 	ALLOC(e->tasks, sizeof(gtask) * (size_t)e->task_cap);
 #undef ALLOC
-	(void)total;
-	e->finalized = 1;
 	return NZ_OK;
 }
 
@@ -445,7 +440,6 @@ typedef struct step_ctx {
 	const void *gw[3]; /* base weights (LM head: one module, gw[0]) */
 	const float *gb[3];
 	int64_t gout[3];
-	int64_t ntasks;
 	int64_t gtok; /* tokens of the group's X */
 } step_ctx;
 
