@@ -37,16 +37,21 @@ typedef struct cpu_lora {
 } cpu_lora;
 
 /* One task of a projection group (modules sharing their input x): rows
- * [r0, r1) of module mi's base GEMM, or (r1 = 0, seg >= 0) the LoRA
- * shrink + expand of adapter segment seg for module mi into its delta
- * buffer. Both kinds run in one parallel region, so the memory-bound
- * adapter reads overlap the compute-bound base GEMM. */
+ * [r0, r1) of module mi's base GEMM (seg -1), or the LoRA shrink + expand
+ * of adapter segment seg for module mi over LoRA rows [r0, r1) (at most
+ * LORA_ROWS of them) into its delta buffer. Both kinds run in one parallel
+ * region (cpu_pool_run_mixed), the memory-bound adapter reads next to the
+ * compute-bound base GEMM. */
 typedef struct gtask {
 	int32_t mi;
 	int32_t seg;  /* -1 for a base task */
 	int32_t rank; /* LoRA tasks */
 	int64_t r0, r1;
 } gtask;
+
+/* Tokens per LoRA task: segments of many tokens (a prefill chunk, many
+ * sequences on one adapter) split into blocks that threads share. */
+#define LORA_ROWS 24
 
 typedef struct cpu_engine {
 	nz_config cfg;
@@ -76,9 +81,12 @@ typedef struct cpu_engine {
 	float *kk, *vv;    /* [T, kvd] */
 	float *y;          /* [T, H] projection output before the residual add */
 	float *g, *u;      /* [T, I] */
-	float *lv[3];      /* [T, R] LoRA shrink outputs of a group's modules */
-	float *dl[3];      /* [T, out] LoRA deltas of a group's modules (added by the next pass) */
-	int32_t *tslot;    /* [T] adapter slot of each token */
+	/* LoRA rows: the tokens with an adapter, in segment order */
+	int32_t *lrow;     /* [T] LoRA row of each token, -1 for none */
+	int32_t *lrow_tok; /* [T] token of each LoRA row */
+	int32_t *seg_row;  /* [max_slots+1] first LoRA row of each segment */
+	float *lv[3];      /* [T, R] LoRA shrink outputs of a group's modules, by LoRA row */
+	float *dl[3];      /* [T, out] LoRA deltas of a group's modules by LoRA row (added by the next pass) */
 	float *cs;         /* [T, hd] cos | sin of each token's position */
 	float *xs;         /* [S, H] final-normed hidden of the sampled tokens */
 	float *logits;     /* [S, V] */
@@ -132,7 +140,9 @@ static void cpu_destroy(void *impl)
 	                  &e->lv[0], &e->lv[1], &e->lv[2], &e->dl[0], &e->dl[1], &e->dl[2], &e->cs, &e->xs, &e->logits};
 	for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
 		nz_free(*bufs[i]);
-	nz_free(e->tslot);
+	nz_free(e->lrow);
+	nz_free(e->lrow_tok);
+	nz_free(e->seg_row);
 	if (e->att_buf)
 		for (int t = 0; t < e->nthreads; t++)
 			nz_free(e->att_buf[t]);
@@ -334,7 +344,9 @@ static int32_t cpu_finalize(void *impl)
 		ALLOC(e->lv[i], sizeof(float) * (size_t)(T * e->R));
 		ALLOC(e->dl[i], sizeof(float) * (size_t)(T * max_out));
 	}
-	ALLOC(e->tslot, sizeof(int32_t) * (size_t)T);
+	ALLOC(e->lrow, sizeof(int32_t) * (size_t)T);
+	ALLOC(e->lrow_tok, sizeof(int32_t) * (size_t)T);
+	ALLOC(e->seg_row, sizeof(int32_t) * (size_t)(slots + 1));
 	ALLOC(e->cs, sizeof(float) * (size_t)(T * e->hd));
 	ALLOC(e->xs, sizeof(float) * (size_t)(S * e->H));
 	ALLOC(e->logits, sizeof(float) * (size_t)(S * e->V));
@@ -348,7 +360,7 @@ static int32_t cpu_finalize(void *impl)
 	}
 	/* tasks of a group: base row chunks (at least 16 rows each) of up to
 	 * three modules (or the LM head), and a LoRA task per segment and module */
-	e->task_cap = 3 * (nz_max64(max_out, e->V) / 16 + 2) + slots * 3;
+	e->task_cap = 3 * (nz_max64(max_out, e->V) / 16 + 2) + 3 * (slots + T / LORA_ROWS + 1);
 	ALLOC(e->tasks, sizeof(gtask) * (size_t)e->task_cap);
 #undef ALLOC
 	return NZ_OK;
@@ -460,7 +472,6 @@ static void embed_task(void *ctx, int64_t i, int tid)
 	int64_t t0 = i * c->tchunk, t1 = nz_min64(c->p->n_tokens, t0 + c->tchunk);
 	for (int64_t t = t0; t < t1; t++) {
 		int64_t tok = c->b->tokens[t];
-		e->tslot[t] = c->b->seq_slot[c->p->tok_seq[t]];
 		nz_convert(e->h + t * e->H, NZ_F32, (const char *)e->embed + (size_t)(tok * e->H) * e->wsz, e->wdt, e->H);
 		nz_rope_cos_sin(e->inv_freq, e->hd / 2, c->p->tok_pos[t], e->cs + t * e->hd, e->cs + t * e->hd + e->hd / 2);
 	}
@@ -587,18 +598,14 @@ static void group_task(void *ctx, int64_t i, int tid)
 		                   in, c->gtok, c->gy[mi] + tk->r0, out, c->gb[mi] ? c->gb[mi] + tk->r0 : NULL);
 		return;
 	}
-	/* LoRA: shrink v = x·Aᵀ [len, rank], then expand d = v·Bt [len, out],
-	 * sequence by sequence of the segment (each a run of tokens) */
-	const nz_step_plan *p = c->p;
-	int64_t slot = p->seg_slot[tk->seg], R = e->R;
+	/* LoRA: shrink v = x·Aᵀ [rows, rank] (token rows gathered), then
+	 * expand d = v·Bt [rows, out] */
+	int64_t slot = c->p->seg_slot[tk->seg], R = e->R, r0 = tk->r0, nr = tk->r1 - tk->r0;
 	const cpu_lora *lo = &e->lora[c->layer * NZ_M_COUNT + c->mods[mi]];
 	const char *a = (const char *)lo->a + (size_t)(slot * R * in) * e->wsz;
 	const char *bt = (const char *)lo->bt + (size_t)(slot * R * out) * e->wsz;
-	for (int32_t si = p->seg_start[tk->seg]; si < p->seg_start[tk->seg + 1]; si++) {
-		int64_t s = p->seg_seqs[si], off = p->seq_off[s], len = p->seq_off[s + 1] - off;
-		e->k->gemm[e->wdt](a, in, tk->rank, in, c->gx + off * in, in, len, e->lv[mi] + off * R, R, NULL);
-		e->k->expand[e->wdt](bt, out, tk->rank, out, e->lv[mi] + off * R, R, len, e->dl[mi] + off * out, out);
-	}
+	e->k->gemm_gather[e->wdt](a, in, tk->rank, in, c->gx, in, e->lrow_tok + r0, nr, e->lv[mi] + r0 * R, R);
+	e->k->expand[e->wdt](bt, out, tk->rank, out, e->lv[mi] + r0 * R, R, nr, e->dl[mi] + r0 * out, out);
 }
 
 /* Runs y_m = x·W_mᵀ (+b_m) for the group's modules and, when use_lora,
@@ -619,8 +626,8 @@ static void run_group(step_ctx *c, int use_lora)
 		for (int32_t g = 0; g < p->n_segs; g++)
 			for (int mi = 0; mi < c->nmod; mi++) {
 				int32_t r = *rank_of(e, p->seg_slot[g], c->layer, c->mods[mi]);
-				if (r)
-					e->tasks[n++] = (gtask){mi, g, r, 0, 0};
+				for (int64_t r0 = e->seg_row[g]; r && r0 < e->seg_row[g + 1]; r0 += LORA_ROWS)
+					e->tasks[n++] = (gtask){mi, g, r, r0, nz_min64(e->seg_row[g + 1], r0 + LORA_ROWS)};
 			}
 	int64_t n_mem = n;
 	for (int mi = 0; mi < c->nmod; mi++)
@@ -634,10 +641,10 @@ static void run_group(step_ctx *c, int use_lora)
 static inline const float *group_delta(const step_ctx *c, int mi, int64_t t)
 {
 	const cpu_engine *e = c->e;
-	int32_t slot = e->tslot[t];
-	if (slot < 0 || !e->rank[(slot * e->L + c->layer) * NZ_M_COUNT + c->mods[mi]])
+	int32_t row = c->p->n_segs ? e->lrow[t] : -1;
+	if (row < 0 || !e->rank[(c->b->seq_slot[c->p->tok_seq[t]] * e->L + c->layer) * NZ_M_COUNT + c->mods[mi]])
 		return NULL;
-	return e->dl[mi] + t * c->gout[mi];
+	return e->dl[mi] + (int64_t)row * c->gout[mi];
 }
 
 static inline void add_row(float *y, const float *d, int64_t n)
@@ -701,6 +708,20 @@ static int32_t cpu_step(void *impl, const nz_batch *b, const nz_step_plan *p)
 	c.tchunk = nz_max64(1, nz_ceil_div(T, 4 * e->nthreads));
 	int64_t ttasks = nz_ceil_div(T, c.tchunk);
 	int use_lora = p->n_segs > 0;
+	if (use_lora) { /* LoRA rows in segment order */
+		for (int64_t t = 0; t < T; t++)
+			e->lrow[t] = -1;
+		int32_t row = 0;
+		for (int32_t g = 0; g < p->n_segs; g++) {
+			e->seg_row[g] = row;
+			for (int32_t si = p->seg_start[g]; si < p->seg_start[g + 1]; si++)
+				for (int32_t t = p->seq_off[p->seg_seqs[si]]; t < p->seq_off[p->seg_seqs[si] + 1]; t++) {
+					e->lrow[t] = row;
+					e->lrow_tok[row++] = t;
+				}
+		}
+		e->seg_row[p->n_segs] = row;
+	}
 
 	cpu_pool_run(e->pool, ttasks, embed_task, &c);
 	static const int qkv[3] = {NZ_M_Q, NZ_M_K, NZ_M_V}, o_m[1] = {NZ_M_O}, gu[2] = {NZ_M_GATE, NZ_M_UP},

@@ -52,7 +52,7 @@ INLINE float hsum8(__m256 v)
 }
 
 /* One R×TB block: Y[t][r] for r < R, t < TB. */
-INLINE void mk(int dt, int R, int TB, const char *w, int64_t ldw, int64_t n, const float *x, int64_t ldx, float *y,
+INLINE void mk(int dt, int R, int TB, const char *w, int64_t ldw, int64_t n, const float *const *xr, float *y,
                int64_t ldy, const float *bias)
 {
 	const size_t rs = (size_t)ldw * dt_size(dt);
@@ -69,7 +69,7 @@ INLINE void mk(int dt, int R, int TB, const char *w, int64_t ldw, int64_t n, con
 		for (int r = 0; r < R; r++)
 			wv[r] = ld8(w + r * rs, k, dt);
 		for (int t = 0; t < TB; t++) {
-			__m256 xv = _mm256_loadu_ps(x + t * ldx + k);
+			__m256 xv = _mm256_loadu_ps(xr[t] + k);
 			for (int r = 0; r < R; r++)
 				acc[r][t] = _mm256_fmadd_ps(wv[r], xv, acc[r][t]);
 		}
@@ -78,15 +78,23 @@ INLINE void mk(int dt, int R, int TB, const char *w, int64_t ldw, int64_t n, con
 		for (int t = 0; t < TB; t++) {
 			float s = hsum8(acc[r][t]);
 			for (int64_t kk = k; kk < n; kk++)
-				s = fmaf(ld1(w + r * rs, kk, dt), x[t * ldx + kk], s);
+				s = fmaf(ld1(w + r * rs, kk, dt), xr[t][kk], s);
 			y[t * ldy + r] = bias ? s + bias[r] : s;
 		}
 }
 
+/* Token rows of X: x + t·ldx, or x + xrow[t]·ldx (a gather) when xrow is set. */
+INLINE void rows_of(const float **xr, const float *x, int64_t ldx, const int32_t *xrow, int64_t t, int n)
+{
+	for (int i = 0; i < n; i++)
+		xr[i] = x + (xrow ? xrow[t + i] : t + i) * ldx;
+}
+
 INLINE void gemm(int dt, const void *w, int64_t ldw, int64_t rows, int64_t n, const float *x, int64_t ldx,
-                 int64_t ntok, float *y, int64_t ldy, const float *bias)
+                 const int32_t *xrow, int64_t ntok, float *y, int64_t ldy, const float *bias)
 {
 	const size_t rs = (size_t)ldw * dt_size(dt);
+	const float *xr[MT];
 	for (int64_t t0 = 0; t0 < ntok; t0 += TOK_TILE) {
 		int64_t t1 = nz_min64(ntok, t0 + TOK_TILE);
 		int64_t r = 0;
@@ -95,20 +103,27 @@ INLINE void gemm(int dt, const void *w, int64_t ldw, int64_t rows, int64_t n, co
 			const float *br = bias ? bias + r : NULL;
 			int64_t t = t0;
 			if (r + MR <= rows) {
-				for (; t + MT <= t1; t += MT)
-					mk(dt, MR, MT, wr, ldw, n, x + t * ldx, ldx, y + t * ldy + r, ldy, br);
+				for (; t + MT <= t1; t += MT) {
+					rows_of(xr, x, ldx, xrow, t, MT);
+					mk(dt, MR, MT, wr, ldw, n, xr, y + t * ldy + r, ldy, br);
+				}
+				rows_of(xr, x, ldx, xrow, t, (int)(t1 - t));
 				if (t1 - t == 2)
-					mk(dt, MR, 2, wr, ldw, n, x + t * ldx, ldx, y + t * ldy + r, ldy, br);
+					mk(dt, MR, 2, wr, ldw, n, xr, y + t * ldy + r, ldy, br);
 				else if (t1 - t == 1)
-					mk(dt, MR, 1, wr, ldw, n, x + t * ldx, ldx, y + t * ldy + r, ldy, br);
+					mk(dt, MR, 1, wr, ldw, n, xr, y + t * ldy + r, ldy, br);
 			} else {
 				for (int64_t rr = r; rr < rows; rr++) {
 					const char *w1 = (const char *)w + rr * rs;
 					const float *b1 = bias ? bias + rr : NULL;
-					for (t = t0; t + MT <= t1; t += MT)
-						mk(dt, 1, MT, w1, ldw, n, x + t * ldx, ldx, y + t * ldy + rr, ldy, b1);
-					for (; t < t1; t++)
-						mk(dt, 1, 1, w1, ldw, n, x + t * ldx, ldx, y + t * ldy + rr, ldy, b1);
+					for (t = t0; t + MT <= t1; t += MT) {
+						rows_of(xr, x, ldx, xrow, t, MT);
+						mk(dt, 1, MT, w1, ldw, n, xr, y + t * ldy + rr, ldy, b1);
+					}
+					for (; t < t1; t++) {
+						rows_of(xr, x, ldx, xrow, t, 1);
+						mk(dt, 1, 1, w1, ldw, n, xr, y + t * ldy + rr, ldy, b1);
+					}
 				}
 			}
 		}
@@ -118,23 +133,41 @@ INLINE void gemm(int dt, const void *w, int64_t ldw, int64_t rows, int64_t n, co
 static void gemm_f32(const void *w, int64_t ldw, int64_t rows, int64_t n, const float *x, int64_t ldx, int64_t ntok,
                      float *y, int64_t ldy, const float *bias)
 {
-	gemm(NZ_F32, w, ldw, rows, n, x, ldx, ntok, y, ldy, bias);
+	gemm(NZ_F32, w, ldw, rows, n, x, ldx, NULL, ntok, y, ldy, bias);
 }
 
 static void gemm_f16(const void *w, int64_t ldw, int64_t rows, int64_t n, const float *x, int64_t ldx, int64_t ntok,
                      float *y, int64_t ldy, const float *bias)
 {
-	gemm(NZ_F16, w, ldw, rows, n, x, ldx, ntok, y, ldy, bias);
+	gemm(NZ_F16, w, ldw, rows, n, x, ldx, NULL, ntok, y, ldy, bias);
 }
 
 static void gemm_bf16(const void *w, int64_t ldw, int64_t rows, int64_t n, const float *x, int64_t ldx, int64_t ntok,
                       float *y, int64_t ldy, const float *bias)
 {
-	gemm(NZ_BF16, w, ldw, rows, n, x, ldx, ntok, y, ldy, bias);
+	gemm(NZ_BF16, w, ldw, rows, n, x, ldx, NULL, ntok, y, ldy, bias);
 }
 
 /* Expand: 4 vectors (32 columns) of one token at a time, Bt rows reused
  * across the tokens of the call. */
+static void gemm_gather_f32(const void *w, int64_t ldw, int64_t rows, int64_t n, const float *x, int64_t ldx,
+                          const int32_t *xrow, int64_t ntok, float *y, int64_t ldy)
+{
+	gemm(NZ_F32, w, ldw, rows, n, x, ldx, xrow, ntok, y, ldy, NULL);
+}
+
+static void gemm_gather_f16(const void *w, int64_t ldw, int64_t rows, int64_t n, const float *x, int64_t ldx,
+                          const int32_t *xrow, int64_t ntok, float *y, int64_t ldy)
+{
+	gemm(NZ_F16, w, ldw, rows, n, x, ldx, xrow, ntok, y, ldy, NULL);
+}
+
+static void gemm_gather_bf16(const void *w, int64_t ldw, int64_t rows, int64_t n, const float *x, int64_t ldx,
+                          const int32_t *xrow, int64_t ntok, float *y, int64_t ldy)
+{
+	gemm(NZ_BF16, w, ldw, rows, n, x, ldx, xrow, ntok, y, ldy, NULL);
+}
+
 INLINE void expand(int dt, const void *bt, int64_t ldb, int64_t rank, int64_t cols, const float *v, int64_t ldv,
                    int64_t ntok, float *y, int64_t ldy)
 {
@@ -309,6 +342,7 @@ static void transpose_scale_avx2(void *dst, int32_t ddt, int64_t ldd, const void
 const cpu_kernels cpu_kernels_avx2 = {
     .name = "avx2",
     .gemm = {gemm_f32, gemm_f16, gemm_bf16},
+    .gemm_gather = {gemm_gather_f32, gemm_gather_f16, gemm_gather_bf16},
     .expand = {expand_f32, expand_f16, expand_bf16},
     .dot = dot_avx2,
     .axpy = axpy_avx2,

@@ -22,6 +22,11 @@
 typedef void (*cpu_gemm_fn)(const void *w, int64_t ldw, int64_t rows, int64_t n, const float *x, int64_t ldx,
                             int64_t ntok, float *y, int64_t ldy, const float *bias);
 
+/* The same with the token rows gathered: Y[t·ldy + r] = W[r] · X[xrow[t]·ldx]
+ * (no bias); each element computed exactly as by cpu_gemm_fn. */
+typedef void (*cpu_gemm_gather_fn)(const void *w, int64_t ldw, int64_t rows, int64_t n, const float *x,
+                                   int64_t ldx, const int32_t *xrow, int64_t ntok, float *y, int64_t ldy);
+
 /* D[t·ldd + o] = Σ_{j<rank} V[t·ldv + j] · Bt[j·ldb + o]  for o < cols, t < ntok
  * (the LoRA expand with B stored transposed, [rank, out]; the caller adds
  * D into the projection's output). Each element: FMA over j ascending
@@ -32,6 +37,7 @@ typedef void (*cpu_expand_fn)(const void *bt, int64_t ldb, int64_t rank, int64_t
 typedef struct cpu_kernels {
 	const char *name; /* "avx2", "avx512" */
 	cpu_gemm_fn gemm[3];     /* indexed by NZ_F32, NZ_F16, NZ_BF16 */
+	cpu_gemm_gather_fn gemm_gather[3];
 	cpu_expand_fn expand[3]; /* indexed by the dtype of Bt */
 	float (*dot)(const float *a, const float *b, int64_t n);
 	void (*axpy)(float *y, float a, const float *x, int64_t n); /* y += a·x */

@@ -41,7 +41,7 @@ INLINE __m512 ld16m(const void *w, int64_t k, __mmask16 m, int dt)
 	return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
 }
 
-INLINE void mk(int dt, int R, int TB, const char *w, int64_t ldw, int64_t n, const float *x, int64_t ldx, float *y,
+INLINE void mk(int dt, int R, int TB, const char *w, int64_t ldw, int64_t n, const float *const *xr, float *y,
                int64_t ldy, const float *bias)
 {
 	const size_t rs = (size_t)ldw * dt_size(dt);
@@ -58,7 +58,7 @@ INLINE void mk(int dt, int R, int TB, const char *w, int64_t ldw, int64_t n, con
 		for (int r = 0; r < R; r++)
 			wv[r] = ld16(w + r * rs, k, dt);
 		for (int t = 0; t < TB; t++) {
-			__m512 xv = _mm512_loadu_ps(x + t * ldx + k);
+			__m512 xv = _mm512_loadu_ps(xr[t] + k);
 			for (int r = 0; r < R; r++)
 				acc[r][t] = _mm512_fmadd_ps(wv[r], xv, acc[r][t]);
 		}
@@ -69,7 +69,7 @@ INLINE void mk(int dt, int R, int TB, const char *w, int64_t ldw, int64_t n, con
 		for (int r = 0; r < R; r++)
 			wv[r] = ld16m(w + r * rs, k, m, dt);
 		for (int t = 0; t < TB; t++) {
-			__m512 xv = _mm512_maskz_loadu_ps(m, x + t * ldx + k);
+			__m512 xv = _mm512_maskz_loadu_ps(m, xr[t] + k);
 			for (int r = 0; r < R; r++)
 				acc[r][t] = _mm512_fmadd_ps(wv[r], xv, acc[r][t]);
 		}
@@ -81,10 +81,18 @@ INLINE void mk(int dt, int R, int TB, const char *w, int64_t ldw, int64_t n, con
 		}
 }
 
+/* Token rows of X: x + t·ldx, or x + xrow[t]·ldx (a gather) when xrow is set. */
+INLINE void rows_of(const float **xr, const float *x, int64_t ldx, const int32_t *xrow, int64_t t, int n)
+{
+	for (int i = 0; i < n; i++)
+		xr[i] = x + (xrow ? xrow[t + i] : t + i) * ldx;
+}
+
 INLINE void gemm(int dt, const void *w, int64_t ldw, int64_t rows, int64_t n, const float *x, int64_t ldx,
-                 int64_t ntok, float *y, int64_t ldy, const float *bias)
+                 const int32_t *xrow, int64_t ntok, float *y, int64_t ldy, const float *bias)
 {
 	const size_t rs = (size_t)ldw * dt_size(dt);
+	const float *xr[MT];
 	for (int64_t t0 = 0; t0 < ntok; t0 += TOK_TILE) {
 		int64_t t1 = nz_min64(ntok, t0 + TOK_TILE);
 		int64_t r = 0;
@@ -92,23 +100,26 @@ INLINE void gemm(int dt, const void *w, int64_t ldw, int64_t rows, int64_t n, co
 			const char *wr = (const char *)w + r * rs;
 			const float *br = bias ? bias + r : NULL;
 			int64_t t = t0;
-			for (; t + MT <= t1; t += MT)
-				mk(dt, MR, MT, wr, ldw, n, x + t * ldx, ldx, y + t * ldy + r, ldy, br);
+			for (; t + MT <= t1; t += MT) {
+				rows_of(xr, x, ldx, xrow, t, MT);
+				mk(dt, MR, MT, wr, ldw, n, xr, y + t * ldy + r, ldy, br);
+			}
+			rows_of(xr, x, ldx, xrow, t, (int)(t1 - t));
 			switch (t1 - t) {
 			case 5:
-				mk(dt, MR, 5, wr, ldw, n, x + t * ldx, ldx, y + t * ldy + r, ldy, br);
+				mk(dt, MR, 5, wr, ldw, n, xr, y + t * ldy + r, ldy, br);
 				break;
 			case 4:
-				mk(dt, MR, 4, wr, ldw, n, x + t * ldx, ldx, y + t * ldy + r, ldy, br);
+				mk(dt, MR, 4, wr, ldw, n, xr, y + t * ldy + r, ldy, br);
 				break;
 			case 3:
-				mk(dt, MR, 3, wr, ldw, n, x + t * ldx, ldx, y + t * ldy + r, ldy, br);
+				mk(dt, MR, 3, wr, ldw, n, xr, y + t * ldy + r, ldy, br);
 				break;
 			case 2:
-				mk(dt, MR, 2, wr, ldw, n, x + t * ldx, ldx, y + t * ldy + r, ldy, br);
+				mk(dt, MR, 2, wr, ldw, n, xr, y + t * ldy + r, ldy, br);
 				break;
 			case 1:
-				mk(dt, MR, 1, wr, ldw, n, x + t * ldx, ldx, y + t * ldy + r, ldy, br);
+				mk(dt, MR, 1, wr, ldw, n, xr, y + t * ldy + r, ldy, br);
 				break;
 			default:
 				break;
@@ -118,10 +129,14 @@ INLINE void gemm(int dt, const void *w, int64_t ldw, int64_t rows, int64_t n, co
 			const char *w1 = (const char *)w + r * rs;
 			const float *b1 = bias ? bias + r : NULL;
 			int64_t t = t0;
-			for (; t + MT <= t1; t += MT)
-				mk(dt, 1, MT, w1, ldw, n, x + t * ldx, ldx, y + t * ldy + r, ldy, b1);
-			for (; t < t1; t++)
-				mk(dt, 1, 1, w1, ldw, n, x + t * ldx, ldx, y + t * ldy + r, ldy, b1);
+			for (; t + MT <= t1; t += MT) {
+				rows_of(xr, x, ldx, xrow, t, MT);
+				mk(dt, 1, MT, w1, ldw, n, xr, y + t * ldy + r, ldy, b1);
+			}
+			for (; t < t1; t++) {
+				rows_of(xr, x, ldx, xrow, t, 1);
+				mk(dt, 1, 1, w1, ldw, n, xr, y + t * ldy + r, ldy, b1);
+			}
 		}
 	}
 }
@@ -129,19 +144,37 @@ INLINE void gemm(int dt, const void *w, int64_t ldw, int64_t rows, int64_t n, co
 TARGET static void gemm_f32(const void *w, int64_t ldw, int64_t rows, int64_t n, const float *x, int64_t ldx,
                             int64_t ntok, float *y, int64_t ldy, const float *bias)
 {
-	gemm(NZ_F32, w, ldw, rows, n, x, ldx, ntok, y, ldy, bias);
+	gemm(NZ_F32, w, ldw, rows, n, x, ldx, NULL, ntok, y, ldy, bias);
 }
 
 TARGET static void gemm_f16(const void *w, int64_t ldw, int64_t rows, int64_t n, const float *x, int64_t ldx,
                             int64_t ntok, float *y, int64_t ldy, const float *bias)
 {
-	gemm(NZ_F16, w, ldw, rows, n, x, ldx, ntok, y, ldy, bias);
+	gemm(NZ_F16, w, ldw, rows, n, x, ldx, NULL, ntok, y, ldy, bias);
 }
 
 TARGET static void gemm_bf16(const void *w, int64_t ldw, int64_t rows, int64_t n, const float *x, int64_t ldx,
                              int64_t ntok, float *y, int64_t ldy, const float *bias)
 {
-	gemm(NZ_BF16, w, ldw, rows, n, x, ldx, ntok, y, ldy, bias);
+	gemm(NZ_BF16, w, ldw, rows, n, x, ldx, NULL, ntok, y, ldy, bias);
+}
+
+TARGET static void gemm_gather_f32(const void *w, int64_t ldw, int64_t rows, int64_t n, const float *x, int64_t ldx,
+                          const int32_t *xrow, int64_t ntok, float *y, int64_t ldy)
+{
+	gemm(NZ_F32, w, ldw, rows, n, x, ldx, xrow, ntok, y, ldy, NULL);
+}
+
+TARGET static void gemm_gather_f16(const void *w, int64_t ldw, int64_t rows, int64_t n, const float *x, int64_t ldx,
+                          const int32_t *xrow, int64_t ntok, float *y, int64_t ldy)
+{
+	gemm(NZ_F16, w, ldw, rows, n, x, ldx, xrow, ntok, y, ldy, NULL);
+}
+
+TARGET static void gemm_gather_bf16(const void *w, int64_t ldw, int64_t rows, int64_t n, const float *x, int64_t ldx,
+                          const int32_t *xrow, int64_t ntok, float *y, int64_t ldy)
+{
+	gemm(NZ_BF16, w, ldw, rows, n, x, ldx, xrow, ntok, y, ldy, NULL);
 }
 
 INLINE void expand(int dt, const void *bt, int64_t ldb, int64_t rank, int64_t cols, const float *v, int64_t ldv,
@@ -306,6 +339,7 @@ TARGET static void transpose_scale_avx512(void *dst, int32_t ddt, int64_t ldd, c
 const cpu_kernels cpu_kernels_avx512 = {
     .name = "avx512",
     .gemm = {gemm_f32, gemm_f16, gemm_bf16},
+    .gemm_gather = {gemm_gather_f32, gemm_gather_f16, gemm_gather_bf16},
     .expand = {expand_f32, expand_f16, expand_bf16},
     .dot = dot_avx512,
     .axpy = axpy_avx512,

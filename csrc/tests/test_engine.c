@@ -159,9 +159,9 @@ static void test_lora(int vi, int isa)
 		}
 	int64_t V = v.cfg.vocab_size;
 	trng r = {6};
-	enum { NS = 5, N = 13 };
-	int slots[NS] = {2, -1, 0, 2, 1}; /* unsorted, repeated, none */
-	int lens[NS] = {13, 6, 9, 1, 11};
+	enum { NS = 6, N = 31 };
+	int slots[NS] = {2, -1, 0, 2, 1, 0}; /* unsorted, repeated, none */
+	int lens[NS] = {13, 6, 31, 1, 11, 26}; /* slot 0: 57 tokens, more than one LoRA block */
 	int32_t tok[NS][N + 2], bt[NS * MAXB];
 	random_tables(&r, bt, NS, MAXB, v.cfg.kv_num_blocks);
 	float *lg[NS];

@@ -62,6 +62,18 @@ static void test_gemm(const cpu_kernels *k)
 					same &= memcmp(y + t * ldy, y1 + t * ldy, sizeof(float) * (size_t)rows) == 0;
 				CHECK(same, "%s gemm %s %lldx%lldx%lld: one token at a time differs", k->name, nz_dtype_name(dt),
 				      (long long)rows, (long long)n, (long long)nt);
+				/* gathered rows (reversed order) give each row's same bits */
+				if (!use_bias) {
+					int32_t xrow[128];
+					for (int64_t t = 0; t < nt; t++)
+						xrow[t] = (int32_t)(nt - 1 - t);
+					k->gemm_gather[dt](w, ldw, rows, n, x, ldx, xrow, nt, y1, ldy);
+					same = 1;
+					for (int64_t t = 0; t < nt; t++)
+						same &= memcmp(y + (nt - 1 - t) * ldy, y1 + t * ldy, sizeof(float) * (size_t)rows) == 0;
+					CHECK(same, "%s gemm_gather %s %lldx%lldx%lld differs from gemm", k->name, nz_dtype_name(dt),
+					      (long long)rows, (long long)n, (long long)nt);
+				}
 				if (rows > 1 && nt > 2) {
 					int64_t r0 = 1, t0 = 2;
 					k->gemm[dt]((const char *)w + r0 * ldw * (int64_t)nz_dtype_size(dt), ldw, rows - r0, n,
