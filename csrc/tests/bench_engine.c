@@ -1,19 +1,24 @@
 /*
  * bench_engine.c — the CPU engine's speed figures, on a random bf16
- * Llama-shaped model built in memory (tied embeddings, so every weight byte
- * the engine holds is streamed by a decode step).
+ * Llama-shaped model built in memory.
+ *
+ * Presets: tiny (29M params), 0.5b (Qwen2.5-0.5B-shaped), 1b (Llama-3.2-1B-
+ * shaped), go (the model of `nozzle bench engine`: H 2048, I 5632, 16
+ * layers, V 32000, untied embeddings).
  *
  * Build and run (not part of `make test-c`):
  *   gcc -std=c11 -O3 -D_GNU_SOURCE -pthread -mavx2 -mfma -mf16c -Icsrc/include -Icsrc/src \
  *       -o build/bench_engine csrc/tests/bench_engine.c csrc/src/[a-z]*.c -lm
- *   ./build/bench_engine [--preset tiny|0.5b|1b] [--threads N] [--steps N] [--isa avx2|avx512]
+ *   ./build/bench_engine [--preset tiny|0.5b|1b|go] [--threads N] [--steps N] [--isa avx2|avx512]
  *                        [--adapters N] [--rank R] [--only lora|bw|load|merge]
  *
- * Figures (each a ratio against a baseline measured in the same run):
+ * Figures (each a ratio against a baseline measured alternately with it in
+ * the same run):
  *   lora:  decode throughput at batch B with B distinct adapters on all seven
  *          modules / the same batch without adapters (target >= 0.85);
- *   bw:    batch-1 decode weight-read rate (weight bytes / step time) /
- *          nz_bench_read_bandwidth (target >= 0.70);
+ *   bw:    batch-1 decode weight-read rate (bytes of the weights a decode
+ *          step reads — all but the embedding table when it is untied — per
+ *          second) / nz_bench_read_bandwidth (target >= 0.70);
  *   load:  nz_adapter_load time / memcpy of the adapter's bytes (target <= 2);
  *   merge: batched multi-adapter decode throughput / merge-and-swap
  *          (merge the request's adapter into the weights, run the request,
@@ -40,7 +45,7 @@ static void die(const char *what, int32_t st)
 			die(#expr, st_);              \
 	} while (0)
 
-/* ---- random bf16 source data (one pool, reused by every tensor) --------- */
+/* ---- random bf16 source data (one pool, reused by every tensor) ---------- */
 
 #define POOL_ELEMS (1 << 24)
 static uint16_t *pool;
@@ -109,6 +114,9 @@ static nz_config preset(const char *name)
 	} else if (!strcmp(name, "1b")) { /* Llama-3.2-1B-shaped */
 		c.vocab_size = 128256, c.hidden_size = 2048, c.intermediate_size = 8192, c.num_layers = 16;
 		c.num_heads = 32, c.num_kv_heads = 8;
+	} else if (!strcmp(name, "go")) { /* DefaultBenchModel of runtime/engine */
+		c.vocab_size = 32000, c.hidden_size = 2048, c.intermediate_size = 5632, c.num_layers = 16;
+		c.num_heads = 32, c.num_kv_heads = 8, c.tie_word_embeddings = 0;
 	} else {
 		fprintf(stderr, "unknown preset %s\n", name);
 		exit(2);
@@ -132,6 +140,8 @@ static nz_engine *build(nz_config *c)
 	nz_engine *e;
 	OK(nz_engine_create(c, &e));
 	set_bf16(e, c, NZ_T_EMBED, -1, 1);
+	if (!c->tie_word_embeddings)
+		set_bf16(e, c, NZ_T_LM_HEAD, -1, 3);
 	set_bf16(e, c, NZ_T_FINAL_NORM, -1, 2);
 	for (int l = 0; l < c->num_layers; l++)
 		for (int32_t k = NZ_T_ATTN_NORM; k <= NZ_T_DOWN; k++)
@@ -353,8 +363,9 @@ int main(int argc, char **argv)
 	OK(nz_engine_info(e, info, NZ_INFO_COUNT));
 	char name[64];
 	nz_backend_name(name, sizeof name);
-	printf("model %s: %.0fM params, weights %.1f MiB bf16 (tied embeddings), %lld threads, %s, built in %.1fs\n", pre,
+	printf("model %s: %.0fM params, weights %.1f MiB bf16 (%s embeddings), %lld threads, %s, built in %.1fs\n", pre,
 	       (double)param_count(&c) / 1e6, (double)info[NZ_INFO_WEIGHT_BYTES] / 1048576.0,
+	       c.tie_word_embeddings ? "tied" : "untied",
 	       (long long)info[NZ_INFO_THREADS], name, nz_now_seconds() - t_build);
 	int nthreads = (int)info[NZ_INFO_THREADS];
 
@@ -369,7 +380,9 @@ int main(int argc, char **argv)
 		bw_arg ba = {nthreads, 0};
 		dec_arg da = {e, 1, 0, NULL};
 		paired p = pair_run(steps, bw_fn, &ba, dec_fn, &da);
-		double wb = (double)info[NZ_INFO_WEIGHT_BYTES];
+		double wb = (double)info[NZ_INFO_WEIGHT_BYTES]; /* minus the untied embedding: one row is read */
+		if (!c.tie_word_embeddings)
+			wb -= (double)(c.vocab_size * c.hidden_size) * 2;
 		printf("bw:    batch-1 decode %.2f ms/step = weight-read %.2f GB/s; nz_bench_read_bandwidth %.2f GB/s; "
 		       "ratio %.2f (target >= 0.70)\n",
 		       p.meas * 1e3, wb / p.meas / 1e9, 1 / p.base / 1e9, wb / p.ratio);
