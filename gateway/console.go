@@ -14,7 +14,6 @@ import (
 	"github.com/gofiber/fiber/v2/middleware/compress"
 
 	"github.com/nozzle-ai/nozzle"
-	"github.com/nozzle-ai/nozzle/web"
 )
 
 // Console defaults for zero ConsoleConfig fields.
@@ -32,6 +31,12 @@ const (
 
 // ConsoleConfig configures the web console. cmd/nozzle fills it.
 type ConsoleConfig struct {
+	// Static holds the console's static files and Templates its page
+	// templates, parsed with Layouts first (package web provides all
+	// three; cmd/nozzle passes them). Required.
+	Static    fs.FS
+	Templates fs.FS
+	Layouts   []string
 	// SigningKey signs session tokens (HMAC-SHA256); at least 32 random
 	// bytes, kept secret and stable across restarts (cmd/nozzle generates
 	// one into the data folder). Required.
@@ -116,6 +121,9 @@ func Console(cfg ConsoleConfig) Extension {
 		if s.deps.Users == nil {
 			return errors.New("console: Deps.Users is required")
 		}
+		if cfg.Static == nil || cfg.Templates == nil {
+			return errors.New("console: the static files and templates are required")
+		}
 		cfg = cfg.withDefaults()
 		cs := &console{s: s, cfg: cfg, users: s.deps.Users, limits: newKeyStateMap()}
 		mac := hmac.New(sha256.New, cfg.SigningKey)
@@ -124,10 +132,10 @@ func Console(cfg ConsoleConfig) Extension {
 		cs.login = newLoginLimiter(cfg.LoginPerEmail, cfg.LoginPerAddress, cfg.LoginWindow, cfg.Clock)
 		cs.forms = newFormCache(10*time.Minute, cfg.Clock)
 		var err error
-		if cs.assets, err = newAssetSet(web.Static); err != nil {
+		if cs.assets, err = newAssetSet(cfg.Static); err != nil {
 			return fmt.Errorf("console assets: %w", err)
 		}
-		if cs.pages, err = cs.parsePages(web.Templates); err != nil {
+		if cs.pages, err = cs.parsePages(cfg.Templates); err != nil {
 			return fmt.Errorf("console templates: %w", err)
 		}
 		cs.mount()
@@ -143,7 +151,7 @@ func (cs *console) parsePages(fsys fs.FS) (map[string]*template.Template, error)
 	}
 	out := map[string]*template.Template{}
 	for _, n := range names {
-		files := append(append([]string{}, web.Layouts...), n)
+		files := append(append([]string{}, cs.cfg.Layouts...), n)
 		t, err := template.New("layout.html").Funcs(cs.funcs()).ParseFS(fsys, files...)
 		if err != nil {
 			return nil, err

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/nozzle-ai/nozzle/gateway"
+	"github.com/nozzle-ai/nozzle/web"
 )
 
 var consoleServe = flag.String("console.serve", "", "serve the console with an in-memory pool on a real port, write its address "+
@@ -29,7 +30,7 @@ func TestConsoleServe(t *testing.T) {
 	w := newMemWorld()
 	w.delay = 40 * time.Millisecond
 	deps := w.deps()
-	deps.Extensions = []gateway.Extension{gateway.Console(gateway.ConsoleConfig{SigningKey: []byte("browser-test signing key, 32 bytes or more")})}
+	deps.Extensions = []gateway.Extension{gateway.Console(gateway.ConsoleConfig{Static: web.Static, Templates: web.Templates, Layouts: web.Layouts, SigningKey: []byte("browser-test signing key, 32 bytes or more")})}
 	dir := t.TempDir()
 	srv, err := gateway.New(gateway.Config{AdminToken: "admin-token-for-browser-tests", UploadLimit: 4 << 20, UploadDir: filepath.Join(dir, "uploads"),
 		Logger: quietLogger()}, deps)

@@ -22,6 +22,7 @@ import (
 
 	"github.com/nozzle-ai/nozzle"
 	"github.com/nozzle-ai/nozzle/gateway"
+	"github.com/nozzle-ai/nozzle/web"
 )
 
 var consoleKey = []byte("console test signing key, at least 32 bytes long")
@@ -42,7 +43,7 @@ type consoleFixture struct {
 func newConsoleFixture(t *testing.T, cfg ...func(*gateway.ConsoleConfig)) *consoleFixture {
 	t.Helper()
 	f := &consoleFixture{t: t, w: newMemWorld()}
-	cc := gateway.ConsoleConfig{SigningKey: consoleKey, Clock: func() time.Time { return time.Now().Add(time.Duration(f.skew.Load())) }}
+	cc := gateway.ConsoleConfig{Static: web.Static, Templates: web.Templates, Layouts: web.Layouts, SigningKey: consoleKey, Clock: func() time.Time { return time.Now().Add(time.Duration(f.skew.Load())) }}
 	for _, fn := range cfg {
 		fn(&cc)
 	}
@@ -792,8 +793,8 @@ func TestConsole_Config(t *testing.T) {
 		cfg  gateway.ConsoleConfig
 		deps func(*gateway.Deps)
 	}{
-		{"ShortKey", gateway.ConsoleConfig{SigningKey: []byte("short")}, nil},
-		{"NoUsers", gateway.ConsoleConfig{SigningKey: consoleKey}, func(d *gateway.Deps) { d.Users = nil }},
+		{"ShortKey", gateway.ConsoleConfig{Static: web.Static, Templates: web.Templates, Layouts: web.Layouts, SigningKey: []byte("short")}, nil},
+		{"NoUsers", gateway.ConsoleConfig{Static: web.Static, Templates: web.Templates, Layouts: web.Layouts, SigningKey: consoleKey}, func(d *gateway.Deps) { d.Users = nil }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			d := w.deps()

@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/nozzle-ai/nozzle/gateway"
+	"github.com/nozzle-ai/nozzle/web"
 )
 
 // defaultOperatorEmail signs the operator in to the console when no
@@ -27,7 +28,10 @@ func (m *Main) consoleExtensions() ([]gateway.Extension, error) {
 	}
 	// 24 random bytes, hex-encoded: 48 bytes of key material.
 	return []gateway.Extension{
-		gateway.Console(gateway.ConsoleConfig{SigningKey: []byte(key)}),
+		gateway.Console(gateway.ConsoleConfig{
+			Static: web.Static, Templates: web.Templates, Layouts: web.Layouts,
+			SigningKey: []byte(key),
+		}),
 		gateway.Maintenance(ledgerMaintainer{m.Ledger}),
 	}, nil
 }
