@@ -19,8 +19,13 @@
  *    outputs y (f32), queries (f32), GEMM inputs (weight dtype), LoRA
  *    intermediates (f32), logits of max_batch_seqs rows (f32).
  *
- * Streams: steps run on the engine's stream; adapter uploads run on a side
- * stream from pinned staging buffers (the caller's data is converted into
+ * Streams: steps run on the engine's stream. In a step with adapters, the
+ * LoRA branch of each projection group (shrink, then expand into a
+ * buffer of its own) runs on a second stream beside the base GEMM, forked
+ * after the group's input is written and joined before the kernel that
+ * adds the deltas, so the small, latency-bound LoRA kernels overlap the
+ * bandwidth-bound GEMM. Adapter uploads run on a third stream from pinned
+ * staging buffers (the caller's data is converted into
  * them during nz_adapter_load), and the next step waits on the upload's
  * event, so an upload overlaps whatever the host does before that step.
  * Per-step metadata (tokens, positions, block tables, LoRA work items,
@@ -162,12 +167,12 @@ struct layer_w {
 
 /* Device pointers into the step metadata (see meta_layout). */
 struct meta_ptrs {
-	int32_t *scalars, *tokens, *tok_pos, *tok_seq, *attn_items, *lora_items, *lora_tok, *bt;
+	int32_t *scalars, *tokens, *tok_pos, *tok_seq, *tok_lora, *attn_items, *lora_items, *lora_tok, *bt;
 	nz_sample_in *samples;
 };
 
 struct meta_layout {
-	size_t scalars, tokens, tok_pos, tok_seq, attn_items, lora_items, lora_tok, samples, bt, end;
+	size_t scalars, tokens, tok_pos, tok_seq, tok_lora, attn_items, lora_items, lora_tok, samples, bt, end;
 };
 
 struct graph_entry {
@@ -186,7 +191,8 @@ struct cuda_engine {
 	nz_config cfg;
 	int dev;
 	cudaDeviceProp prop;
-	cudaStream_t stream, side;
+	cudaStream_t stream, side, lstream;
+	cudaEvent_t ev_fork, ev_join; /* the LoRA branch's fork and join */
 	cublasHandle_t blas;
 	void *blas_ws;
 	int32_t wdt;
@@ -223,7 +229,7 @@ struct cuda_engine {
 	int64_t kv_bytes, kv_pool_elems; /* one K (or V) pool of one layer */
 
 	/* scratch */
-	float *h, *y, *q, *cs, *lv, *logits, *attn_o, *attn_ml;
+	float *h, *y, *yl, *q, *cs, *lv, *logits, *attn_o, *attn_ml;
 	int *attn_count;
 	void *xin, *xs;
 	int64_t ymax, xmax;
@@ -250,7 +256,7 @@ int32_t select_device(cuda_engine *e, const char *what)
 int64_t scratch_bytes(const cuda_engine *e)
 {
 	int64_t T = e->T, S = e->S;
-	return 4 * T * (e->H + e->ymax + e->qd + e->hd + 3 * e->R) + (int64_t)e->wsz * (T * e->xmax + S * e->H) +
+	return 4 * T * (e->H + 2 * e->ymax + e->qd + e->hd + 3 * e->R) + (int64_t)e->wsz * (T * e->xmax + S * e->H) +
 	       4 * S * e->V + 2 * S * (int64_t)sizeof(nz_sample_out) + (int64_t)kBlasWorkspace +
 	       4 * kAttnParts * e->rows_max * (e->hd + 2);
 }
@@ -295,6 +301,8 @@ void cuda_destroy(void *impl)
 		cudaStreamSynchronize(e->stream);
 	if (e->side)
 		cudaStreamSynchronize(e->side);
+	if (e->lstream)
+		cudaStreamSynchronize(e->lstream);
 	for (auto &g : e->graphs)
 		if (g.exec)
 			cudaGraphExecDestroy(g.exec);
@@ -310,7 +318,7 @@ void cuda_destroy(void *impl)
 	cudaFree(e->slot_mem);
 	cudaFree(e->rank_dev);
 	cudaFree(e->kv);
-	void *scratch[] = {e->h,  e->y,  e->q,     e->cs,     e->lv,      e->logits, e->xin,
+	void *scratch[] = {e->h,  e->y,  e->yl,    e->q,      e->cs,      e->lv,     e->logits, e->xin,
 	                   e->xs, e->d_out, e->d_meta, e->blas_ws, e->attn_o, e->attn_ml, e->attn_count};
 	for (void *p : scratch)
 		cudaFree(p);
@@ -319,7 +327,8 @@ void cuda_destroy(void *impl)
 	cudaFreeHost(e->tstage);
 	cudaFreeHost(e->h_out);
 	cudaFreeHost(e->h_meta);
-	cudaEvent_t evs[] = {e->stage_ev[0], e->stage_ev[1], e->upload_ev, e->tstage_ev[0], e->tstage_ev[1]};
+	cudaEvent_t evs[] = {e->stage_ev[0],  e->stage_ev[1], e->upload_ev, e->tstage_ev[0],
+	                     e->tstage_ev[1], e->ev_fork,     e->ev_join};
 	for (cudaEvent_t ev : evs)
 		if (ev)
 			cudaEventDestroy(ev);
@@ -329,6 +338,8 @@ void cuda_destroy(void *impl)
 		cudaStreamDestroy(e->stream);
 	if (e->side)
 		cudaStreamDestroy(e->side);
+	if (e->lstream)
+		cudaStreamDestroy(e->lstream);
 	cudaGetLastError();
 	delete e;
 }
@@ -366,6 +377,9 @@ int32_t cuda_create(nz_config *c, void **out)
 		              e->prop.name, e->prop.major, e->prop.minor));
 	FAIL_CUDA(cudaStreamCreateWithFlags(&e->stream, cudaStreamNonBlocking), "nz_engine_create: stream");
 	FAIL_CUDA(cudaStreamCreateWithFlags(&e->side, cudaStreamNonBlocking), "nz_engine_create: stream");
+	FAIL_CUDA(cudaStreamCreateWithFlags(&e->lstream, cudaStreamNonBlocking), "nz_engine_create: stream");
+	FAIL_CUDA(cudaEventCreateWithFlags(&e->ev_fork, cudaEventDisableTiming), "nz_engine_create: event");
+	FAIL_CUDA(cudaEventCreateWithFlags(&e->ev_join, cudaEventDisableTiming), "nz_engine_create: event");
 	for (int i = 0; i < 2; i++) {
 		FAIL_CUDA(cudaEventCreateWithFlags(&e->stage_ev[i], cudaEventDisableTiming), "nz_engine_create: event");
 		FAIL_CUDA(cudaEventCreateWithFlags(&e->tstage_ev[i], cudaEventDisableTiming), "nz_engine_create: event");
@@ -629,6 +643,7 @@ int32_t cuda_finalize(void *impl)
 	ALLOC(e->kv, e->kv_bytes);
 	ALLOC(e->h, 4 * T * e->H);
 	ALLOC(e->y, 4 * T * e->ymax);
+	ALLOC(e->yl, 4 * T * e->ymax);
 	ALLOC(e->q, 4 * T * e->qd);
 	ALLOC(e->cs, 4 * T * e->hd);
 	ALLOC(e->lv, 4 * 3 * T * e->R);
@@ -754,6 +769,7 @@ meta_layout layout_for(const cuda_engine *e, int64_t T, int64_t S, int64_t W)
 	m.tokens = sec(&at, 4 * (size_t)T);
 	m.tok_pos = sec(&at, 4 * (size_t)T);
 	m.tok_seq = sec(&at, 4 * (size_t)T);
+	m.tok_lora = sec(&at, 4 * (size_t)T);
 	m.attn_items = sec(&at, 8 * (size_t)T);
 	m.lora_items = sec(&at, 12 * (size_t)(T + e->slots + 1));
 	m.lora_tok = sec(&at, 4 * (size_t)T);
@@ -770,6 +786,7 @@ meta_ptrs ptrs_for(unsigned char *base, const meta_layout &m)
 	p.tokens = (int32_t *)(base + m.tokens);
 	p.tok_pos = (int32_t *)(base + m.tok_pos);
 	p.tok_seq = (int32_t *)(base + m.tok_seq);
+	p.tok_lora = (int32_t *)(base + m.tok_lora);
 	p.attn_items = (int32_t *)(base + m.attn_items);
 	p.lora_items = (int32_t *)(base + m.lora_items);
 	p.lora_tok = (int32_t *)(base + m.lora_tok);
@@ -824,11 +841,15 @@ int32_t gemm(cuda_engine *e, const void *X, int64_t rows, int64_t in, const void
 			return cuda_fail(nz_kerr_, what);                                                                          \
 	} while (0)
 
-/* LoRA deltas of the modules mods[0..nmod) (sharing input x [T][in]) added
- * into y [T][y_stride] at their columns. */
-int32_t lora_group(cuda_engine *e, const meta_ptrs &m, int64_t items_grid, int64_t l, int nmod, const int *mods,
-                   const int *cols, const void *x, int64_t in, float *y, int64_t y_stride)
+/* Starts the LoRA deltas of the modules mods[0..nmod) (sharing the input
+ * x [T][in] that the engine's stream has just written) on the LoRA stream:
+ * into yl [T][y_stride] at the modules' columns. lora_join makes the
+ * engine's stream wait for them. */
+int32_t lora_fork(cuda_engine *e, const meta_ptrs &m, int64_t items_grid, int64_t l, int nmod, const int *mods,
+                  const int *cols, const void *x, int64_t in, int64_t y_stride)
 {
+	CUDA_TRY(cudaEventRecord(e->ev_fork, e->stream), "nz_step: LoRA fork");
+	CUDA_TRY(cudaStreamWaitEvent(e->lstream, e->ev_fork, 0), "nz_step: LoRA fork");
 	nz_lora_group g;
 	memset(&g, 0, sizeof g);
 	g.nmod = nmod;
@@ -843,18 +864,27 @@ int32_t lora_group(cuda_engine *e, const meta_ptrs &m, int64_t items_grid, int64
 		max_out = std::max(max_out, g.out[i]);
 	}
 	const int64_t vms = e->T * e->R;
-	KTRY(nz_k_lora_shrink(e->wdt, e->stream, items_grid, m.scalars, m.lora_items, m.lora_tok, x, in, e->slot_mem,
+	KTRY(nz_k_lora_shrink(e->wdt, e->lstream, items_grid, m.scalars, m.lora_items, m.lora_tok, x, in, e->slot_mem,
 	                      e->slot_stride, g, e->rank_dev, (int)l, (int)e->L, (int)e->R, e->lv, vms),
 	     "nz_step: LoRA shrink");
-	KTRY(nz_k_lora_expand(e->wdt, e->stream, items_grid, m.scalars, m.lora_items, m.lora_tok, e->lv, vms, e->slot_mem,
-	                      e->slot_stride, g, e->rank_dev, (int)l, (int)e->L, (int)e->R, y, y_stride, max_out),
+	KTRY(nz_k_lora_expand(e->wdt, e->lstream, items_grid, m.scalars, m.lora_items, m.lora_tok, e->lv, vms,
+	                      e->slot_mem, e->slot_stride, g, e->rank_dev, (int)l, (int)e->L, (int)e->R, e->yl, y_stride,
+	                      max_out),
 	     "nz_step: LoRA expand");
 	return NZ_OK;
 }
 
-/* Every launch of a step's forward pass and sampling, on e->stream.
- * Grids depend only on (T, n_attn, lora_grid, ns): graph replays read the
- * rest from the metadata. */
+int32_t lora_join(cuda_engine *e)
+{
+	CUDA_TRY(cudaEventRecord(e->ev_join, e->lstream), "nz_step: LoRA join");
+	CUDA_TRY(cudaStreamWaitEvent(e->stream, e->ev_join, 0), "nz_step: LoRA join");
+	return NZ_OK;
+}
+
+/* Every launch of a step's forward pass and sampling, on e->stream (the
+ * LoRA branches forked to e->lstream and joined back). Grids depend only on
+ * (T, n_attn, lora_grid, ns): graph replays read the rest from the
+ * metadata. */
 int32_t forward(cuda_engine *e, const meta_ptrs &m, int64_t T, int64_t n_attn, int64_t lora_grid, int64_t ns)
 {
 	cudaStream_t s = e->stream;
@@ -865,6 +895,7 @@ int32_t forward(cuda_engine *e, const meta_ptrs &m, int64_t T, int64_t n_attn, i
 	                 down_m[1] = {NZ_M_DOWN};
 	const int qkv_c[3] = {0, (int)e->qd, (int)(e->qd + e->kvd)}, zero_c[1] = {0}, gu_c[2] = {0, (int)I};
 
+	float *yl = lora_grid ? e->yl : NULL; /* the LoRA deltas, when the step has adapters */
 	/* split the keys of few (item, KV head) blocks over more blocks */
 	int splits = 1;
 	const int64_t blocks = n_attn * e->nkv, want = 2 * (int64_t)e->prop.multiProcessorCount;
@@ -879,29 +910,39 @@ int32_t forward(cuda_engine *e, const meta_ptrs &m, int64_t T, int64_t n_attn, i
 		const layer_w &ly = e->layers[(size_t)l];
 		unsigned char *kc = (unsigned char *)e->kv + (size_t)(2 * l) * pool_bytes, *vc = kc + pool_bytes;
 		int window = e->cfg.sliding_window > 0 && l >= e->cfg.sliding_window_from_layer ? (int)e->cfg.sliding_window : 0;
+		if (lora_grid)
+			NZ_TRY(lora_fork(e, m, lora_grid, l, 3, qkv_m, qkv_c, e->xin, H, e->qkvd));
 		NZ_TRY(gemm(e, e->xin, T, H, ly.wqkv, e->qkvd, e->y, "nz_step: q/k/v projection"));
 		if (lora_grid)
-			NZ_TRY(lora_group(e, m, lora_grid, l, 3, qkv_m, qkv_c, e->xin, H, e->y, e->qkvd));
-		KTRY(nz_k_rope_kv(dt, s, T, e->y, ly.bqkv, e->cs, m.tok_pos, m.tok_seq, m.bt, m.scalars, (int)e->nh,
-		                  (int)e->nkv, (int)e->hd, (int)e->bs, e->q, kc, vc),
+			NZ_TRY(lora_join(e));
+		KTRY(nz_k_rope_kv(dt, s, T, e->y, yl, m.tok_lora, ly.bqkv, e->cs, m.tok_pos, m.tok_seq, m.bt, m.scalars,
+		                  (int)e->nh, (int)e->nkv, (int)e->hd, (int)e->bs, e->q, kc, vc),
 		     "nz_step: RoPE");
 		KTRY(nz_k_attention(dt, s, n_attn, m.attn_items, e->rows_max, e->q, kc, vc, m.tok_pos, m.tok_seq, m.bt,
 		                    m.scalars, (int)e->nh, (int)e->nkv, (int)e->hd, (int)e->bs, window, e->xin, splits,
 		                    e->attn_o, e->attn_ml, e->attn_count),
 		     "nz_step: attention");
+		if (lora_grid)
+			NZ_TRY(lora_fork(e, m, lora_grid, l, 1, o_m, zero_c, e->xin, e->qd, H));
 		NZ_TRY(gemm(e, e->xin, T, e->qd, ly.wo, H, e->y, "nz_step: o projection"));
 		if (lora_grid)
-			NZ_TRY(lora_group(e, m, lora_grid, l, 1, o_m, zero_c, e->xin, e->qd, e->y, H));
-		KTRY(nz_k_add_norm(dt, s, T, H, e->h, e->y, ly.bo, ly.ffn_norm, e->eps, e->xin), "nz_step: norm");
+			NZ_TRY(lora_join(e));
+		KTRY(nz_k_add_norm(dt, s, T, H, e->h, e->y, yl, m.tok_lora, ly.bo, ly.ffn_norm, e->eps, e->xin),
+		     "nz_step: norm");
+		if (lora_grid)
+			NZ_TRY(lora_fork(e, m, lora_grid, l, 2, gu_m, gu_c, e->xin, H, 2 * I));
 		NZ_TRY(gemm(e, e->xin, T, H, ly.wgu, 2 * I, e->y, "nz_step: gate/up projection"));
 		if (lora_grid)
-			NZ_TRY(lora_group(e, m, lora_grid, l, 2, gu_m, gu_c, e->xin, H, e->y, 2 * I));
-		KTRY(nz_k_silu(dt, s, T, I, e->y, ly.bgu, e->xin), "nz_step: SiLU");
+			NZ_TRY(lora_join(e));
+		KTRY(nz_k_silu(dt, s, T, I, e->y, yl, m.tok_lora, ly.bgu, e->xin), "nz_step: SiLU");
+		if (lora_grid)
+			NZ_TRY(lora_fork(e, m, lora_grid, l, 1, down_m, zero_c, e->xin, I, H));
 		NZ_TRY(gemm(e, e->xin, T, I, ly.wdown, H, e->y, "nz_step: down projection"));
 		if (lora_grid)
-			NZ_TRY(lora_group(e, m, lora_grid, l, 1, down_m, zero_c, e->xin, I, e->y, H));
+			NZ_TRY(lora_join(e));
 		const float *next_norm = l + 1 < e->L ? e->layers[(size_t)(l + 1)].attn_norm : NULL;
-		KTRY(nz_k_add_norm(dt, s, T, H, e->h, e->y, ly.bdown, next_norm, e->eps, e->xin), "nz_step: norm");
+		KTRY(nz_k_add_norm(dt, s, T, H, e->h, e->y, yl, m.tok_lora, ly.bdown, next_norm, e->eps, e->xin),
+		     "nz_step: norm");
 	}
 	if (ns == 0)
 		return NZ_OK;
@@ -974,6 +1015,8 @@ int32_t cuda_step(void *impl, const nz_batch *b, const nz_step_plan *p)
 	memcpy(hp.tokens, b->tokens, 4 * (size_t)T);
 	memcpy(hp.tok_pos, p->tok_pos, 4 * (size_t)T);
 	memcpy(hp.tok_seq, p->tok_seq, 4 * (size_t)T);
+	for (int64_t t = 0; t < T; t++)
+		hp.tok_lora[t] = b->seq_slot[p->tok_seq[t]] >= 0;
 	int64_t n_attn = 0;
 	for (int64_t i = 0; i < S; i++) {
 		int32_t off = p->seq_off[i], len = p->seq_off[i + 1] - off;

@@ -66,20 +66,23 @@ cudaError_t nz_k_embed_norm(int dtype, cudaStream_t s, int64_t T, const void *em
                             const int32_t *tok_pos, const float *inv_freq, int64_t H, int64_t hd,
                             const float *norm_w, float eps, float *h, void *x, float *cs);
 
-/* h[t] += y[t] (+ bias); then, when norm_w is set, x[t] = act(rmsnorm(h[t])). */
-cudaError_t nz_k_add_norm(int dtype, cudaStream_t s, int64_t T, int64_t H, float *h, const float *y, const float *bias,
-                          const float *norm_w, float eps, void *x);
+/* h[t] += y[t] (+ bias) (+ yl[t] when yl is set and tok_lora[t]); then,
+ * when norm_w is set, x[t] = act(rmsnorm(h[t])). */
+cudaError_t nz_k_add_norm(int dtype, cudaStream_t s, int64_t T, int64_t H, float *h, const float *y, const float *yl,
+                          const int32_t *tok_lora, const float *bias, const float *norm_w, float eps, void *x);
 
 /* x[i] = act(rmsnorm(h[sample_tok[i]], norm_w)) for i < n. */
 cudaError_t nz_k_gather_norm(int dtype, cudaStream_t s, int64_t n, const nz_sample_in *samples, const float *h,
                              int64_t H, const float *norm_w, float eps, void *x);
 
-/* y is [T][qd + 2·kvd] (q | k | v, f32, + bias when set): RoPE on q and k;
- * q to q_out (f32 [T][qd]); k and v into the layer's cache at each token's
- * position (blocks from the block table). */
-cudaError_t nz_k_rope_kv(int dtype, cudaStream_t s, int64_t T, const float *y, const float *bias, const float *cs,
-                         const int32_t *tok_pos, const int32_t *tok_seq, const int32_t *bt, const int32_t *scalars,
-                         int nh, int nkv, int hd, int bs, float *q_out, void *kc, void *vc);
+/* y is [T][qd + 2·kvd] (q | k | v, f32, + bias when set, + yl's LoRA
+ * deltas as in nz_k_add_norm): RoPE on q and k; q to q_out (f32 [T][qd]);
+ * k and v into the layer's cache at each token's position (blocks from
+ * the block table). */
+cudaError_t nz_k_rope_kv(int dtype, cudaStream_t s, int64_t T, const float *y, const float *yl, const int32_t *tok_lora,
+                         const float *bias, const float *cs, const int32_t *tok_pos, const int32_t *tok_seq,
+                         const int32_t *bt, const int32_t *scalars, int nh, int nkv, int hd, int bs, float *q_out,
+                         void *kc, void *vc);
 
 /* Causal (optionally windowed) attention of items (first token, count:
  * consecutive tokens of one sequence) over the paged cache; out is
@@ -103,8 +106,10 @@ cudaError_t nz_attention_setup(int dtype, size_t smem);
 cudaError_t nz_k_gemv(int dtype, cudaStream_t s, int64_t T, const void *x, int64_t in, const void *W, int64_t out,
                       float *y);
 
-/* x[t] = act(silu(y[t][0:I] + bg) · (y[t][I:2I] + bu)); bias is [2I] or NULL. */
-cudaError_t nz_k_silu(int dtype, cudaStream_t s, int64_t T, int64_t I, const float *y, const float *bias, void *x);
+/* x[t] = act(silu(g) · u) with g|u = y[t] (+ bias [2I]) (+ yl[t] as in
+ * nz_k_add_norm). */
+cudaError_t nz_k_silu(int dtype, cudaStream_t s, int64_t T, int64_t I, const float *y, const float *yl,
+                      const int32_t *tok_lora, const float *bias, void *x);
 
 /* LoRA shrink: v[mi][tok][0:r] = x[tok]·A_mᵀ for every token of every work
  * item (items: [n][3] = first index into lora_tok, count, slot) whose
@@ -115,7 +120,8 @@ cudaError_t nz_k_lora_shrink(int dtype, cudaStream_t s, int64_t max_items, const
                              const void *slots, int64_t slot_stride, nz_lora_group grp, const int32_t *rank_tab,
                              int layer, int L, int R, float *v, int64_t v_mod_stride);
 
-/* LoRA expand: y[tok][col_m + o] += v[mi][tok][0:r]·B_m[o][0:r]. */
+/* LoRA expand: y[tok][col_m + o] = v[mi][tok][0:r]·B_m[o][0:r] (0 where the
+ * slot lacks module m). */
 cudaError_t nz_k_lora_expand(int dtype, cudaStream_t s, int64_t max_items, const int32_t *scalars,
                              const int32_t *items, const int32_t *lora_tok, const float *v, int64_t v_mod_stride,
                              const void *slots, int64_t slot_stride, nz_lora_group grp, const int32_t *rank_tab,

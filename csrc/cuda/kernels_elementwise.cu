@@ -47,16 +47,20 @@ __global__ void __launch_bounds__(256)
 
 template <class T>
 __global__ void __launch_bounds__(256)
-    add_norm_kernel(int64_t H, float *__restrict__ h, const float *__restrict__ y, const float *__restrict__ bias,
-                    const float *__restrict__ w, float eps, T *__restrict__ x)
+    add_norm_kernel(int64_t H, float *__restrict__ h, const float *__restrict__ y, const float *__restrict__ yl,
+                    const int32_t *__restrict__ tok_lora, const float *__restrict__ bias, const float *__restrict__ w,
+                    float eps, T *__restrict__ x)
 {
 	__shared__ double red[32];
 	const int64_t t = blockIdx.x;
 	float *hr = h + t * H;
 	const float *yr = y + t * H;
+	const float *lr = yl && tok_lora[t] ? yl + t * H : NULL;
 	double ss = 0;
 	for (int64_t i = threadIdx.x; i < H; i += blockDim.x) {
 		float d = bias ? yr[i] + bias[i] : yr[i];
+		if (lr)
+			d += lr[i];
 		float v = hr[i] + d;
 		hr[i] = v;
 		ss += (double)v * (double)v;
@@ -90,7 +94,8 @@ __global__ void __launch_bounds__(256)
 
 template <class T>
 __global__ void __launch_bounds__(128)
-    rope_kv_kernel(const float *__restrict__ y, const float *__restrict__ bias, const float *__restrict__ cs,
+    rope_kv_kernel(const float *__restrict__ y, const float *__restrict__ yl, const int32_t *__restrict__ tok_lora,
+                   const float *__restrict__ bias, const float *__restrict__ cs,
                    const int32_t *__restrict__ tok_pos, const int32_t *__restrict__ tok_seq,
                    const int32_t *__restrict__ bt, const int32_t *__restrict__ scalars, int nh, int nkv, int hd, int bs,
                    float *__restrict__ q_out, T *__restrict__ kc, T *__restrict__ vc)
@@ -99,6 +104,7 @@ __global__ void __launch_bounds__(128)
 	const int half = hd / 2, qd = nh * hd, kvd = nkv * hd;
 	const int64_t ys = (int64_t)qd + 2 * kvd;
 	const float *yr = y + t * ys;
+	const float *lr = yl && tok_lora[t] ? yl + t * ys : NULL;
 	const float *c = cs + t * hd, *sn = c + half;
 	const int pos = tok_pos[t];
 	const int64_t width = scalars[NZ_SC_BT_WIDTH];
@@ -110,6 +116,8 @@ __global__ void __launch_bounds__(128)
 		float x1 = yr[o], x2 = yr[o + half];
 		if (bias)
 			x1 += bias[o], x2 += bias[o + half];
+		if (lr)
+			x1 += lr[o], x2 += lr[o + half];
 		qr[o] = x1 * c[j] - x2 * sn[j];
 		qr[o + half] = x2 * c[j] + x1 * sn[j];
 	}
@@ -118,6 +126,8 @@ __global__ void __launch_bounds__(128)
 		float x1 = yr[o], x2 = yr[o + half];
 		if (bias)
 			x1 += bias[o], x2 += bias[o + half];
+		if (lr)
+			x1 += lr[o], x2 += lr[o + half];
 		T *dst = kc + ((blk * nkv + g) * bs + row) * hd;
 		dst[j] = nz_cvt<T>(x1 * c[j] - x2 * sn[j]);
 		dst[j + half] = nz_cvt<T>(x2 * c[j] + x1 * sn[j]);
@@ -125,19 +135,24 @@ __global__ void __launch_bounds__(128)
 	for (int i = threadIdx.x; i < kvd; i += blockDim.x) {
 		int g = i / hd, d = i % hd, o = qd + kvd + i;
 		float v = bias ? yr[o] + bias[o] : yr[o];
+		if (lr)
+			v += lr[o];
 		vc[((blk * nkv + g) * bs + row) * hd + d] = nz_cvt<T>(v);
 	}
 }
 
 template <class T>
 __global__ void __launch_bounds__(256)
-    silu_kernel(int64_t n, int64_t I, const float *__restrict__ y, const float *__restrict__ bias, T *__restrict__ x)
+    silu_kernel(int64_t n, int64_t I, const float *__restrict__ y, const float *__restrict__ yl,
+                const int32_t *__restrict__ tok_lora, const float *__restrict__ bias, T *__restrict__ x)
 {
 	for (int64_t k = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; k < n; k += (int64_t)gridDim.x * blockDim.x) {
 		int64_t t = k / I, i = k % I;
 		float g = y[t * 2 * I + i], u = y[t * 2 * I + I + i];
 		if (bias)
 			g += bias[i], u += bias[I + i];
+		if (yl && tok_lora[t])
+			g += yl[t * 2 * I + i], u += yl[t * 2 * I + I + i];
 		x[k] = nz_cvt<T>(g / (1.0f + expf(-g)) * u);
 	}
 }
@@ -184,10 +199,11 @@ cudaError_t nz_k_embed_norm(int dtype, cudaStream_t s, int64_t T_, const void *e
 }
 
 cudaError_t nz_k_add_norm(int dtype, cudaStream_t s, int64_t T_, int64_t H, float *h, const float *y,
-                          const float *bias, const float *norm_w, float eps, void *x)
+                          const float *yl, const int32_t *tok_lora, const float *bias, const float *norm_w, float eps,
+                          void *x)
 {
-	NZ_DISPATCH(dtype, NZ_LAUNCH((add_norm_kernel<T>), dim3((unsigned)T_), dim3(kNormThreads), 0, s, H, h, y, bias,
-	                             norm_w, eps, (T *)x));
+	NZ_DISPATCH(dtype, NZ_LAUNCH((add_norm_kernel<T>), dim3((unsigned)T_), dim3(kNormThreads), 0, s, H, h, y, yl,
+	                             tok_lora, bias, norm_w, eps, (T *)x));
 	return cudaGetLastError();
 }
 
@@ -199,22 +215,25 @@ cudaError_t nz_k_gather_norm(int dtype, cudaStream_t s, int64_t n, const nz_samp
 	return cudaGetLastError();
 }
 
-cudaError_t nz_k_rope_kv(int dtype, cudaStream_t s, int64_t T_, const float *y, const float *bias, const float *cs,
-                         const int32_t *tok_pos, const int32_t *tok_seq, const int32_t *bt, const int32_t *scalars,
-                         int nh, int nkv, int hd, int bs, float *q_out, void *kc, void *vc)
+cudaError_t nz_k_rope_kv(int dtype, cudaStream_t s, int64_t T_, const float *y, const float *yl, const int32_t *tok_lora,
+                         const float *bias, const float *cs, const int32_t *tok_pos, const int32_t *tok_seq,
+                         const int32_t *bt, const int32_t *scalars, int nh, int nkv, int hd, int bs, float *q_out,
+                         void *kc, void *vc)
 {
-	NZ_DISPATCH(dtype, NZ_LAUNCH((rope_kv_kernel<T>), dim3((unsigned)T_), dim3(128), 0, s, y, bias, cs, tok_pos,
-	                             tok_seq, bt, scalars, nh, nkv, hd, bs, q_out, (T *)kc, (T *)vc));
+	NZ_DISPATCH(dtype, NZ_LAUNCH((rope_kv_kernel<T>), dim3((unsigned)T_), dim3(128), 0, s, y, yl, tok_lora, bias, cs,
+	                             tok_pos, tok_seq, bt, scalars, nh, nkv, hd, bs, q_out, (T *)kc, (T *)vc));
 	return cudaGetLastError();
 }
 
-cudaError_t nz_k_silu(int dtype, cudaStream_t s, int64_t T_, int64_t I, const float *y, const float *bias, void *x)
+cudaError_t nz_k_silu(int dtype, cudaStream_t s, int64_t T_, int64_t I, const float *y, const float *yl,
+                      const int32_t *tok_lora, const float *bias, void *x)
 {
 	int64_t n = T_ * I;
 	int64_t blocks = (n + 255) / 256;
 	if (blocks > 65536)
 		blocks = 65536;
-	NZ_DISPATCH(dtype, NZ_LAUNCH((silu_kernel<T>), dim3((unsigned)blocks), dim3(256), 0, s, n, I, y, bias, (T *)x));
+	NZ_DISPATCH(dtype,
+	            NZ_LAUNCH((silu_kernel<T>), dim3((unsigned)blocks), dim3(256), 0, s, n, I, y, yl, tok_lora, bias, (T *)x));
 	return cudaGetLastError();
 }
 

@@ -3,6 +3,10 @@
  * base GEMM of a projection group, for every adapter segment
  *   shrink: v[tok][0:r] = x[tok] · Aᵀ       (in -> r, f32 accumulation)
  *   expand: y[tok][col + o] += v[tok] · B[o] (r -> out, scale folded in B)
+ * The expand writes the deltas into their own buffer (y_lora), zero for
+ * a module the slot lacks, so the LoRA branch does not depend on the base
+ * GEMM and runs beside it on another stream; the kernel consuming the
+ * projection adds y_lora for the tokens that have an adapter.
  * Tokens are grouped by adapter slot into work items of up to NZ_LORA_TM
  * tokens (one segment's prefill tokens, or the decode tokens of the
  * sequences sharing a slot): each block reads its slot's A or B tile once
@@ -127,7 +131,7 @@ __global__ void __launch_bounds__(256)
 	const int start = items[3 * it], ntok = items[3 * it + 1], slot = items[3 * it + 2];
 	const int r = rank_tab[((int64_t)slot * L + layer) * NZ_M_COUNT + pick(grp.module, mi)];
 	const int o = oc * blockDim.x + threadIdx.x;
-	if (r == 0 || o >= pick(grp.out, mi))
+	if (o >= pick(grp.out, mi))
 		return;
 	const T *b = slots + (int64_t)slot * slot_stride + pick(grp.b_off, mi) + (int64_t)o * R;
 	const float *vm = v + mi * v_mod_stride;
@@ -164,7 +168,7 @@ __global__ void __launch_bounds__(256)
 #pragma unroll
 	for (int j = 0; j < NZ_LORA_TM; j++)
 		if (j < ntok)
-			y[(int64_t)tok[j] * y_stride + pick(grp.col, mi) + o] += acc[j];
+			y[(int64_t)tok[j] * y_stride + pick(grp.col, mi) + o] = acc[j];
 }
 
 } // namespace

@@ -9,8 +9,11 @@
 #include <sys/mman.h>
 
 #include <chrono>
+#include <deque>
 #include <map>
+#include <memory>
 #include <mutex>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -452,59 +455,123 @@ void check_align(const void *p, size_t a)
 
 /* ---------------------------------------------------------------------------
  * Streams, events, graphs
+ *
+ * Streams are lazy: work queued on a stream runs only when something needs
+ * it to have run (a synchronisation, an event another stream waits on or
+ * the host synchronises with, a device-wide synchronisation), so work
+ * whose ordering the program did not ask for happens as late as allowed.
+ * A missing event between two streams, or a host write to pinned memory
+ * before the copy reading it has run, then shows up as wrong data. The
+ * legacy default stream (NULL) is synchronous. While a stream is captured
+ * its work is recorded instead; a stream that waits on an event recorded
+ * in the capture joins it, and a graph launch replays the recorded work
+ * in the order it was issued.
  * ------------------------------------------------------------------------- */
 
+struct stream;
 struct graph {
 	std::vector<std::function<void()>> ops;
+	std::vector<stream *> joined;
+};
+struct op {
+	uint64_t seq;
+	std::function<void()> fn; /* empty: wait for wait_s up to wait_seq */
+	stream *wait_s;
+	uint64_t wait_seq;
 };
 struct stream {
-	bool capturing;
-	graph *g;
+	bool capturing = false;
+	graph *g = NULL;
+	std::deque<op> q;
+	uint64_t issued = 0;
+	/* while captured: work recorded, and how much of it the capture's
+	 * other streams have waited for (all of it must be, at the end) */
+	uint64_t cap_ops = 0, cap_joined = 0;
 };
 struct event {
+	stream *s = NULL; /* where it was last recorded (NULL: complete) */
+	uint64_t seq = 0;
+	graph *g = NULL; /* recorded into this capture */
+	stream *cap_s = NULL; /* ... by this stream, after cap_n of its operations */
+	uint64_t cap_n = 0;
 	std::chrono::steady_clock::time_point t;
-	bool recorded;
 };
 struct blas {
 	cudaStream_t s;
 };
 
-/* Runs op now, or records it when s is being captured. */
-static void enqueue(cudaStream_t s, std::function<void()> op)
+static std::recursive_mutex g_q_mu; /* the queues; taken before g_dev_mu */
+static std::set<stream *> g_streams;
+
+/* Runs s's queued work up to and including sequence number upto. */
+static void flush(stream *s, uint64_t upto)
 {
-	if (s && s->capturing) {
-		s->g->ops.push_back(std::move(op));
+	while (!s->q.empty() && s->q.front().seq <= upto) {
+		op o = std::move(s->q.front());
+		s->q.pop_front();
+		if (o.fn)
+			o.fn();
+		else if (o.wait_s)
+			flush(o.wait_s, o.wait_seq);
+	}
+}
+
+static void flush_all()
+{
+	std::lock_guard<std::recursive_mutex> lk(g_q_mu);
+	for (stream *s : g_streams)
+		flush(s, s->issued);
+}
+
+/* Queues op on s, records it when s is being captured, runs it now on the
+ * legacy stream. */
+static void enqueue(cudaStream_t s, std::function<void()> fn)
+{
+	std::lock_guard<std::recursive_mutex> lk(g_q_mu);
+	if (!s) {
+		fn();
 		return;
 	}
-	op();
+	if (s->capturing) {
+		s->g->ops.push_back(std::move(fn));
+		s->cap_ops++;
+		return;
+	}
+	s->q.push_back(op{++s->issued, std::move(fn), NULL, 0});
+}
+
+/* Checks a launch's configuration at issue time, as the runtime does. */
+static bool launch_ok(dim3 grid, dim3 block, size_t smem)
+{
+	uint64_t threads = (uint64_t)block.x * block.y * block.z;
+	if (threads == 0 || threads > kMaxThreads || block.z > 64) {
+		set_last(cudaErrorInvalidConfiguration);
+		fail("launch with a block of %u×%u×%u threads", block.x, block.y, block.z);
+		return false;
+	}
+	if (grid.x == 0 || grid.y == 0 || grid.z == 0 || grid.y > 65535 || grid.z > 65535 || grid.x > 0x7fffffffu) {
+		set_last(cudaErrorInvalidConfiguration);
+		fail("launch with a grid of %u×%u×%u blocks", grid.x, grid.y, grid.z);
+		return false;
+	}
+	if (smem > 227 * 1024) {
+		set_last(cudaErrorInvalidValue);
+		fail("launch with %zu bytes of dynamic shared memory", smem);
+		return false;
+	}
+	return true;
 }
 
 static void launch_now(dim3 grid, dim3 block, size_t smem, const std::function<void()> &body)
 {
 	if (sticky() != cudaSuccess)
 		return;
-	uint64_t threads = (uint64_t)block.x * block.y * block.z;
-	if (threads == 0 || threads > kMaxThreads || block.z > 64) {
-		set_last(cudaErrorInvalidConfiguration);
-		fail("launch with a block of %u×%u×%u threads", block.x, block.y, block.z);
-		return;
-	}
-	if (grid.x == 0 || grid.y == 0 || grid.z == 0 || grid.y > 65535 || grid.z > 65535 || grid.x > 0x7fffffffu) {
-		set_last(cudaErrorInvalidConfiguration);
-		fail("launch with a grid of %u×%u×%u blocks", grid.x, grid.y, grid.z);
-		return;
-	}
-	if (smem > 227 * 1024) {
-		set_last(cudaErrorInvalidValue);
-		fail("launch with %zu bytes of dynamic shared memory", smem);
-		return;
-	}
 	dev_access da(true);
 	unsigned char *dyn = (unsigned char *)malloc(smem + 2 * kGuard);
 	memset(dyn, kGuardByte, smem + 2 * kGuard);
 	g_dyn = dyn + kGuard;
 	g_body = &body;
-	g_nthreads = (int)threads;
+	g_nthreads = (int)((uint64_t)block.x * block.y * block.z);
 	g_abort = false;
 	blockDim = block;
 	gridDim = grid;
@@ -527,6 +594,8 @@ static void launch_now(dim3 grid, dim3 block, size_t smem, const std::function<v
 
 void launch(dim3 grid, dim3 block, size_t smem, cudaStream_t s, std::function<void()> body)
 {
+	if (sticky() != cudaSuccess || !launch_ok(grid, block, smem))
+		return;
 	enqueue(s, [=]() { launch_now(grid, block, smem, body); });
 }
 
@@ -619,6 +688,7 @@ cudaError_t cudaGetDeviceProperties(cudaDeviceProp *p, int d)
 
 cudaError_t cudaDeviceSynchronize(void)
 {
+	flush_all();
 	check_guards();
 	return sticky();
 }
@@ -656,6 +726,7 @@ cudaError_t cudaFree(void *p)
 {
 	if (!p)
 		return cudaSuccess;
+	flush_all(); /* cudaFree synchronises the device */
 	dev_access da;
 	std::lock_guard<std::mutex> lk(g_mem_mu);
 	auto it = g_dev.find((uintptr_t)p);
@@ -685,6 +756,7 @@ cudaError_t cudaFreeHost(void *p)
 {
 	if (!p)
 		return cudaSuccess;
+	flush_all();
 	std::lock_guard<std::mutex> lk(g_mem_mu);
 	auto it = g_pinned.find((uintptr_t)p);
 	if (it == g_pinned.end()) {
@@ -738,6 +810,28 @@ cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t n, cudaMemcpyKind
 		fail("cudaMemcpyAsync of pageable host memory while the stream is captured");
 		return sticky();
 	}
+	if (n && kind == cudaMemcpyDeviceToHost && !pinned_range(dst, n)) {
+		/* to pageable memory: returns once the copy is done */
+		if (s) {
+			std::lock_guard<std::recursive_mutex> lk(g_q_mu);
+			flush(s, s->issued);
+		}
+		dev_access da;
+		memmove(dst, src, n);
+		return sticky();
+	}
+	if (n && kind == cudaMemcpyHostToDevice && !pinned_range(src, n)) {
+		/* from pageable memory: the data is staged during the call */
+		std::shared_ptr<std::vector<unsigned char>> copy =
+		    std::make_shared<std::vector<unsigned char>>((const unsigned char *)src, (const unsigned char *)src + n);
+		enqueue(s, [=]() {
+			if (sticky() == cudaSuccess) {
+				dev_access da;
+				memmove(dst, copy->data(), n);
+			}
+		});
+		return sticky();
+	}
 	enqueue(s, [=]() {
 		if (n && sticky() == cudaSuccess) {
 			dev_access da;
@@ -772,16 +866,22 @@ cudaError_t cudaMemsetAsync(void *p, int v, size_t n, cudaStream_t s)
 cudaError_t cudaStreamCreateWithFlags(cudaStream_t *s, unsigned flags)
 {
 	(void)flags;
-	*s = new stream{false, NULL};
+	std::lock_guard<std::recursive_mutex> lk(g_q_mu);
+	*s = new stream();
+	g_streams.insert(*s);
 	return sticky();
 }
 
 cudaError_t cudaStreamDestroy(cudaStream_t s)
 {
-	if (s) {
+	if (!s)
+		return cudaSuccess;
+	std::lock_guard<std::recursive_mutex> lk(g_q_mu);
+	flush(s, s->issued);
+	g_streams.erase(s);
+	if (s->capturing && s->g && s->g->joined.empty())
 		delete s->g;
-		delete s;
-	}
+	delete s;
 	return cudaSuccess;
 }
 
@@ -789,20 +889,44 @@ cudaError_t cudaStreamSynchronize(cudaStream_t s)
 {
 	if (s && s->capturing)
 		return set_last(cudaErrorStreamCaptureUnsupported);
+	if (s) {
+		std::lock_guard<std::recursive_mutex> lk(g_q_mu);
+		flush(s, s->issued);
+	}
 	check_guards();
 	return sticky();
 }
 
 cudaError_t cudaStreamWaitEvent(cudaStream_t s, cudaEvent_t e, unsigned flags)
 {
-	(void)s, (void)e, (void)flags;
+	(void)flags;
+	std::lock_guard<std::recursive_mutex> lk(g_q_mu);
+	if (e->g) { /* recorded in a capture: s joins it */
+		if (s && !s->capturing) {
+			s->capturing = true;
+			s->g = e->g;
+			s->cap_ops = s->cap_joined = 0;
+			e->g->joined.push_back(s);
+		}
+		if (e->cap_s && e->cap_s != s && e->cap_n > e->cap_s->cap_joined)
+			e->cap_s->cap_joined = e->cap_n;
+		return sticky();
+	}
+	if (!e->s)
+		return sticky(); /* never recorded, or complete */
+	if (!s || s->capturing) {
+		flush(e->s, e->seq);
+		return sticky();
+	}
+	s->q.push_back(op{++s->issued, std::function<void()>(), e->s, e->seq});
 	return sticky();
 }
 
 cudaError_t cudaEventCreateWithFlags(cudaEvent_t *e, unsigned flags)
 {
 	(void)flags;
-	*e = new event{std::chrono::steady_clock::now(), false};
+	*e = new event();
+	(*e)->t = std::chrono::steady_clock::now();
 	return sticky();
 }
 
@@ -810,33 +934,51 @@ cudaError_t cudaEventCreate(cudaEvent_t *e) { return cudaEventCreateWithFlags(e,
 
 cudaError_t cudaEventDestroy(cudaEvent_t e)
 {
+	if (!e)
+		return cudaSuccess;
+	std::lock_guard<std::recursive_mutex> lk(g_q_mu);
+	if (e->s && g_streams.count(e->s))
+		flush(e->s, e->seq); /* its queued record refers to it */
 	delete e;
 	return cudaSuccess;
 }
 
 cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s)
 {
+	std::lock_guard<std::recursive_mutex> lk(g_q_mu);
 	if (s && s->capturing) {
-		fail("cudaEventRecord on a capturing stream");
+		e->g = s->g;
+		e->s = NULL;
+		e->cap_s = s;
+		e->cap_n = s->cap_ops;
 		return sticky();
 	}
-	e->t = std::chrono::steady_clock::now();
-	e->recorded = true;
+	e->g = NULL;
+	e->cap_s = NULL;
+	if (!s) {
+		flush_all();
+		e->s = NULL;
+		e->t = std::chrono::steady_clock::now();
+		return sticky();
+	}
+	e->s = s;
+	e->seq = ++s->issued;
+	s->q.push_back(op{e->seq, [e]() { e->t = std::chrono::steady_clock::now(); }, NULL, 0});
 	return sticky();
 }
 
 cudaError_t cudaEventSynchronize(cudaEvent_t e)
 {
-	(void)e;
+	{
+		std::lock_guard<std::recursive_mutex> lk(g_q_mu);
+		if (e->s)
+			flush(e->s, e->seq);
+	}
 	check_guards();
 	return sticky();
 }
 
-cudaError_t cudaEventQuery(cudaEvent_t e)
-{
-	(void)e;
-	return sticky();
-}
+cudaError_t cudaEventQuery(cudaEvent_t e) { return cudaEventSynchronize(e); }
 
 cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t a, cudaEvent_t b)
 {
@@ -847,6 +989,7 @@ cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t a, cudaEvent_t b)
 cudaError_t cudaStreamBeginCapture(cudaStream_t s, cudaStreamCaptureMode mode)
 {
 	(void)mode;
+	std::lock_guard<std::recursive_mutex> lk(g_q_mu);
 	if (!s || s->capturing)
 		return set_last(cudaErrorInvalidValue);
 	s->capturing = true;
@@ -856,10 +999,25 @@ cudaError_t cudaStreamBeginCapture(cudaStream_t s, cudaStreamCaptureMode mode)
 
 cudaError_t cudaStreamEndCapture(cudaStream_t s, cudaGraph_t *g)
 {
+	std::lock_guard<std::recursive_mutex> lk(g_q_mu);
 	if (!s || !s->capturing)
 		return set_last(cudaErrorInvalidValue);
 	s->capturing = false;
 	*g = s->g;
+	bool unjoined = false;
+	for (stream *j : s->g->joined) {
+		unjoined |= j->cap_ops > j->cap_joined;
+		j->capturing = false;
+		j->g = NULL;
+	}
+	if (unjoined) {
+		s->g->joined.clear();
+		delete s->g;
+		*g = NULL;
+		s->g = NULL;
+		return set_last(cudaErrorStreamCaptureInvalidated); /* CUDA: cudaErrorStreamCaptureUnjoined */
+	}
+	s->g->joined.clear();
 	s->g = NULL;
 	return sticky();
 }
@@ -875,8 +1033,10 @@ cudaError_t cudaGraphLaunch(cudaGraphExec_t x, cudaStream_t s)
 {
 	if (s && s->capturing)
 		return set_last(cudaErrorStreamCaptureUnsupported);
-	for (auto &op : x->ops)
-		op();
+	enqueue(s, [x]() {
+		for (auto &f : x->ops)
+			f();
+	});
 	return sticky();
 }
 
@@ -888,6 +1048,7 @@ cudaError_t cudaGraphDestroy(cudaGraph_t g)
 
 cudaError_t cudaGraphExecDestroy(cudaGraphExec_t x)
 {
+	flush_all(); /* queued launches of it */
 	delete x;
 	return cudaSuccess;
 }
