@@ -10,7 +10,7 @@
  *   gcc -std=c11 -O3 -D_GNU_SOURCE -pthread -mavx2 -mfma -mf16c -Icsrc/include -Icsrc/src \
  *       -o build/bench_engine csrc/tests/bench_engine.c csrc/src/[a-z]*.c -lm
  *   ./build/bench_engine [--preset tiny|0.5b|1b|go] [--threads N] [--steps N] [--isa avx2|avx512]
- *                        [--adapters N] [--rank R] [--only lora|bw|load|merge]
+ *                        [--adapters N] [--rank R] [--only lora|bw|load|prefill|merge]
  *
  * Figures (each a ratio against a baseline measured alternately with it in
  * the same run):
@@ -20,6 +20,8 @@
  *          step reads — all but the embedding table when it is untied — per
  *          second) / nz_bench_read_bandwidth (target >= 0.70);
  *   load:  nz_adapter_load time / memcpy of the adapter's bytes (target <= 2);
+ *   prefill: prompt tokens/s of a 256-token prefill without and with an
+ *          adapter (no target; a sanity check of the long-prompt path);
  *   merge: batched multi-adapter decode throughput / merge-and-swap
  *          (merge the request's adapter into the weights, run the request,
  *          unmerge) at 16 adapters and batch 16 (target >= 10).
@@ -259,6 +261,24 @@ static paired pair_run(int reps, timed_fn base, void *base_arg, timed_fn meas, v
 	return (paired){median(b, reps), median(m, reps), median(r, reps), median(bc, reps), median(mc, reps)};
 }
 
+/* One prefill of n tokens (one sequence from position 0, slot). */
+static double prefill(nz_engine *e, int n, int slot)
+{
+	int32_t len = n, pos = 0, sl = slot, smp = 1, bt[32], top_k = 0, otok;
+	float temp = 0, top_p = 1, olp;
+	uint64_t seed = 1;
+	for (int j = 0; j < 32; j++)
+		bt[j] = 100 + j;
+	for (int i = 0; i < n; i++)
+		B.tok[i] = (i * 131) % 1000;
+	nz_batch b = {.n_seqs = 1, .n_tokens = n, .tokens = B.tok, .seq_len = &len, .seq_pos = &pos, .seq_slot = &sl,
+	              .seq_sample = &smp, .block_table = bt, .max_blocks = 32, .temperature = &temp, .top_p = &top_p,
+	              .top_k = &top_k, .seed = &seed, .out_token = &otok, .out_logprob = &olp};
+	double t0 = nz_now_seconds();
+	OK(nz_step(e, &b));
+	return nz_now_seconds() - t0;
+}
+
 typedef struct dec_arg {
 	nz_engine *e;
 	int n, pos;
@@ -354,7 +374,7 @@ int main(int argc, char **argv)
 	c.max_slots = n_adapters > 16 ? n_adapters : 16;
 	c.max_rank = rank;
 	c.max_batch_seqs = 64;
-	c.max_batch_tokens = 64;
+	c.max_batch_tokens = 256;
 	c.kv_num_blocks = 64 * 8;
 	c.kv_block_size = 16;
 	double t_build = nz_now_seconds();
@@ -427,6 +447,17 @@ int main(int argc, char **argv)
 		printf("load:  nz_adapter_load %.2f ms, memcpy of the same %.1f MiB %.2f ms; ratio %.2f (target <= 2)\n",
 		       tl * 1e3, (double)bytes / 1048576.0, tm * 1e3, tl / tm);
 		free(dst);
+	}
+	if (!only || !strcmp(only, "prefill")) {
+		load(e, 0, &ads[0]);
+		double tb = 1e9, tl = 1e9;
+		for (int rep = 0; rep < 3; rep++) {
+			double b1 = prefill(e, 256, -1), l1 = prefill(e, 256, 0);
+			tb = b1 < tb ? b1 : tb;
+			tl = l1 < tl ? l1 : tl;
+		}
+		printf("prefill: 256 tokens %.0f ms (%.0f tok/s) without an adapter, %.0f ms (%.0f tok/s) with one\n", tb * 1e3,
+		       256 / tb, tl * 1e3, 256 / tl);
 	}
 	if (!only || !strcmp(only, "merge")) {
 		int n = 16 < n_adapters ? 16 : n_adapters;
