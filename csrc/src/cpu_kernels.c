@@ -21,8 +21,6 @@
 /* Tokens whose X rows are reused while W rows stay in L1. */
 #define TOK_TILE 64
 
-static inline size_t dt_size(int dt) { return dt == NZ_F32 ? 4 : 2; }
-
 INLINE __m256 ld8(const void *w, int64_t k, int dt)
 {
 	if (dt == NZ_F32)
@@ -81,13 +79,6 @@ INLINE void mk(int dt, int R, int TB, const char *w, int64_t ldw, int64_t n, con
 				s = fmaf(ld1(w + r * rs, kk, dt), xr[t][kk], s);
 			y[t * ldy + r] = bias ? s + bias[r] : s;
 		}
-}
-
-/* Token rows of X: x + t·ldx, or x + xrow[t]·ldx (a gather) when xrow is set. */
-INLINE void rows_of(const float **xr, const float *x, int64_t ldx, const int32_t *xrow, int64_t t, int n)
-{
-	for (int i = 0; i < n; i++)
-		xr[i] = x + (xrow ? xrow[t + i] : t + i) * ldx;
 }
 
 INLINE void gemm(int dt, const void *w, int64_t ldw, int64_t rows, int64_t n, const float *x, int64_t ldx,

@@ -13,7 +13,10 @@
 #ifndef NZ_CPU_KERNELS_H
 #define NZ_CPU_KERNELS_H
 
+#include <stddef.h>
 #include <stdint.h>
+
+#include "nozzle_engine.h"
 
 /* Y[t·ldy + r] = Σ_k W[r·ldw + k] · X[t·ldx + k]  (+ bias[r] when bias != NULL)
  * for r < rows, t < ntok; W rows hold n elements of the table entry's dtype.
@@ -53,6 +56,16 @@ typedef struct cpu_kernels {
 
 extern const cpu_kernels cpu_kernels_avx2;
 extern const cpu_kernels cpu_kernels_avx512;
+
+/* Helpers shared by the kernel files. */
+static inline size_t dt_size(int dt) { return dt == NZ_F32 ? 4 : 2; }
+
+/* Token rows of X: x + t·ldx, or x + xrow[t]·ldx (a gather) when xrow is set. */
+static inline void rows_of(const float **xr, const float *x, int64_t ldx, const int32_t *xrow, int64_t t, int n)
+{
+	for (int i = 0; i < n; i++)
+		xr[i] = x + (xrow ? xrow[t + i] : t + i) * ldx;
+}
 
 #define CPU_ISA_AUTO 0
 #define CPU_ISA_AVX2 1

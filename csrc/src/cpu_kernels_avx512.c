@@ -19,8 +19,6 @@
 #define PF_ROWS MR
 #define TOK_TILE 64
 
-static inline size_t dt_size(int dt) { return dt == NZ_F32 ? 4 : 2; }
-
 INLINE __m512 ld16(const void *w, int64_t k, int dt)
 {
 	if (dt == NZ_F32)
@@ -79,13 +77,6 @@ INLINE void mk(int dt, int R, int TB, const char *w, int64_t ldw, int64_t n, con
 			float s = _mm512_reduce_add_ps(acc[r][t]);
 			y[t * ldy + r] = bias ? s + bias[r] : s;
 		}
-}
-
-/* Token rows of X: x + t·ldx, or x + xrow[t]·ldx (a gather) when xrow is set. */
-INLINE void rows_of(const float **xr, const float *x, int64_t ldx, const int32_t *xrow, int64_t t, int n)
-{
-	for (int i = 0; i < n; i++)
-		xr[i] = x + (xrow ? xrow[t + i] : t + i) * ldx;
 }
 
 INLINE void gemm(int dt, const void *w, int64_t ldw, int64_t rows, int64_t n, const float *x, int64_t ldx,
