@@ -130,13 +130,17 @@ build_for_gpu() {
 	echo "nvcc $nvcc; cuBLAS headers ${inc:-?}, libraries ${libdir:-?}"
 	cflags="" ldflags="" ldlibs="-cudart shared -lcublas"
 	[[ -n $inc ]] && cflags="-I$inc"
-	if [[ -n $libdir ]]; then
-		ldflags="-L$libdir -Xlinker -rpath=$libdir"
-		if [[ ! -e $libdir/libcublas.so ]]; then
-			so=$(basename "$(compgen -G "$libdir/libcublas.so.*" | sort | head -1)")
-			ldlibs="-cudart shared -l:$so"
+	# the libraries' folders go into the library's run path and LD_LIBRARY_PATH
+	for d in "$libdir" "$cuda_home/lib64" "$cuda_home/targets/x86_64-linux/lib"; do
+		if [[ -n $d && -d $d ]]; then
+			ldflags="$ldflags -L$d -Xlinker -rpath=$d"
+			LD_LIBRARY_PATH="$d:${LD_LIBRARY_PATH:-}"
 		fi
-		export LD_LIBRARY_PATH="$libdir:$cuda_home/lib64:${LD_LIBRARY_PATH:-}"
+	done
+	export LD_LIBRARY_PATH
+	if [[ -n $libdir && ! -e $libdir/libcublas.so ]]; then
+		so=$(basename "$(compgen -G "$libdir/libcublas.so.*" | sort | head -1)")
+		ldlibs="-cudart shared -l:$so"
 	fi
 	archs="-gencode arch=compute_${cc},code=sm_${cc} -gencode arch=compute_${cc},code=compute_${cc}"
 
@@ -165,7 +169,13 @@ echo "== CUDA parity tests (timeout ${t}s)"
 timeout -k 10 "$t" "$root/.gpu/engine.test" -test.run '^TestCUDA_' -test.v -test.count=1 -cuda.lib="$cudalib" 2>&1 |
 	tee "$work/tests.txt"
 rc=${PIPESTATUS[0]}
-if ((rc == 0)); then record tests "ok"; else record tests "failed (exit $rc)"; fi
+if ((rc != 0)); then
+	record tests "failed (exit $rc)"
+elif ! grep -q -- '--- PASS' "$work/tests.txt"; then
+	record tests "none ran: $(grep -m1 -o 'no CUDA device.*' "$work/tests.txt" || echo 'all skipped')"
+else
+	record tests "ok"
+fi
 
 # ---- compute-sanitizer memcheck (short) ----------------------------------------------
 sanitizer=""
@@ -198,7 +208,13 @@ timeout -k 10 "$t" "$root/.gpu/engine.test" -test.run '^TestCUDABench$' -test.v 
 	-cuda.lib="$cudalib" -cuda.bench="$OUT" -cuda.bench-model="$bench_model" \
 	-cuda.bench-cache="${TMPDIR:-/tmp}/nozzle-cuda-bench" 2>&1 | tee "$work/bench.txt"
 rc=${PIPESTATUS[0]}
-if ((rc == 0)); then record bench "ok"; else record bench "failed (exit $rc)"; fi
+if ((rc != 0)); then
+	record bench "failed (exit $rc)"
+elif [[ ! -f $OUT/nozzle.json ]]; then
+	record bench "did not run: $(grep -m1 -o 'no CUDA device.*' "$work/bench.txt" || echo 'skipped')"
+else
+	record bench "ok"
+fi
 
 # ---- Hugging Face transformers + peft reference ------------------------------------------
 if [[ -f $OUT/nozzle.json ]]; then
