@@ -978,7 +978,12 @@ int32_t run_graph(cuda_engine *e, const meta_ptrs &m, int64_t T, int64_t ns, int
 		cudaError_t end = cudaStreamEndCapture(e->stream, &graph);
 		if (st == NZ_OK && end == cudaSuccess && graph) {
 			cudaGraphExec_t exec = NULL;
-			if (cudaGraphInstantiateWithFlags(&exec, graph, 0) == cudaSuccess)
+#if defined(CUDART_VERSION) && CUDART_VERSION >= 12000
+			cudaError_t ierr = cudaGraphInstantiate(&exec, graph, 0ULL);
+#else
+			cudaError_t ierr = cudaGraphInstantiateWithFlags(&exec, graph, 0ULL);
+#endif
+			if (ierr == cudaSuccess)
 				ne.exec = exec;
 		}
 		if (graph)
