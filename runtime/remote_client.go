@@ -260,6 +260,14 @@ func (c *Client) Generate(ctx context.Context, req *nozzle.GenerateRequest, emit
 			switch {
 			case l.Result != nil:
 				final := l.Result.result()
+				// The final line ends the stream: let the reader see the
+				// end of the body, so that the connection goes back to the
+				// pool instead of being closed (a new connection per
+				// request would cost a handshake and a socket in TIME_WAIT).
+				select {
+				case <-readErr:
+				case <-time.After(c.CancelGrace):
+				}
 				if canceled != nil {
 					// The runtime's account, our reason.
 					final.FinishReason = ""
