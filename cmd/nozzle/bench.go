@@ -163,6 +163,7 @@ func benchGateway(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	if err != nil {
 		return fmt.Errorf("--rps: %w", err)
 	}
+	tuneGC() // as the servers run
 	dir, err := os.MkdirTemp(*ledgerDir, "nozzle-bench-gateway-*")
 	if err != nil {
 		return err

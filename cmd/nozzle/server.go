@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"syscall"
@@ -66,6 +67,7 @@ func runServer(ctx context.Context, cmd string, args []string, stdout, stderr io
 	if len(rest) > 0 {
 		return fmt.Errorf("%s: unexpected argument %q", cmd, rest[0])
 	}
+	tuneGC()
 	m := NewMain(cfg, newLogger(cfg, os.Stderr), stdout)
 	switch cmd {
 	case "serve":
@@ -74,6 +76,17 @@ func runServer(ctx context.Context, cmd string, args []string, stdout, stderr io
 		return m.RunGateway(ctx)
 	default:
 		return m.RunRuntime(ctx)
+	}
+}
+
+// tuneGC runs the garbage collector less often than Go's default unless
+// GOGC says otherwise. A server's heap is small — model weights and
+// adapters are memory-mapped, not on the heap — so collecting at 4× the
+// live heap instead of 2× costs little memory and cuts the per-request
+// work and tail latency of the gateway (see nozzle bench gateway).
+func tuneGC() {
+	if _, set := os.LookupEnv("GOGC"); !set {
+		debug.SetGCPercent(400)
 	}
 }
 
