@@ -53,7 +53,7 @@ EMU_OBJ := $(patsubst csrc/cuda/%.cu,build/cudaemu/%.o,$(CUDA_SRC)) build/cudaem
 GO_SRC := $(shell find . -name '*.go' -not -path './node_modules/*' -not -path '*/node_modules/*' 2>/dev/null) go.mod go.sum
 WEB_SRC := $(shell find web -type f -not -path '*/node_modules/*' -not -path 'web/tests/*' 2>/dev/null)
 
-.PHONY: all engine cuda cuda-optional cuda-emu run test test-go test-c test-browser bench vet fmt clean deps
+.PHONY: all engine cuda cuda-optional cuda-emu run test test-go test-c test-cuda-emu test-browser vet fmt clean
 all: bin/nozzle build/libnozzle_cpu.so $(if $(NVCC),cuda-optional)
 
 bin/nozzle: $(GO_SRC) $(WEB_SRC)
@@ -101,7 +101,13 @@ test: all
 	./scripts/test-deps
 	$(MAKE) test-c
 	$(MAKE) test-go
+	$(MAKE) test-cuda-emu
 	$(MAKE) test-browser
+
+# The CUDA backend's parity tests on the CPU emulation of CUDA (no GPU
+# needed); on a GPU machine scripts/gpu-check.sh runs them on the device.
+test-cuda-emu: build/libnozzle_cpu.so build/libnozzle_cudaemu.so
+	$(GO) test -count=1 ./runtime/engine -run CUDA -args -cuda.lib=$(CURDIR)/build/libnozzle_cudaemu.so
 
 test-go: build/libnozzle_cpu.so
 	NOZZLE_ENGINE_LIB=$(CURDIR)/build/libnozzle_cpu.so $(GO) test -race -count=1 ./...
