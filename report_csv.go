@@ -11,7 +11,13 @@ import (
 // WriteCSV writes the report as CSV: a header, one line per row, and a
 // last line for the total (its first column says "total"). Group columns
 // appear only for the report's group keys.
-func (r *Report) WriteCSV(w io.Writer) error {
+func (r *Report) WriteCSV(w io.Writer) error { return r.writeCSV(w, true) }
+
+// WriteTenantCSV writes the report as a tenant sees it: as WriteCSV, but
+// without the operator's margin.
+func (r *Report) WriteTenantCSV(w io.Writer) error { return r.writeCSV(w, false) }
+
+func (r *Report) writeCSV(w io.Writer, margin bool) error {
 	cw := csv.NewWriter(w)
 	has := func(g string) bool { return slices.Contains(r.GroupBy, g) }
 	var header []string
@@ -28,14 +34,18 @@ func (r *Report) WriteCSV(w io.Writer) error {
 	if len(header) == 0 {
 		header = append(header, "period")
 	}
+	groups := len(header)
 	header = append(header, "requests", "prompt_tokens", "completion_tokens", "device_seconds", "idle_seconds",
-		"active_cost_usd", "idle_cost_usd", "cost_usd", "charged_usd", "margin_usd", "dedicated_usd", "saving_percent")
+		"active_cost_usd", "idle_cost_usd", "cost_usd", "charged_usd")
+	if margin {
+		header = append(header, "margin_usd")
+	}
+	header = append(header, "dedicated_usd", "saving_percent")
 	if err := cw.Write(header); err != nil {
 		return err
 	}
 	line := func(row *ReportRow, total bool) []string {
 		var rec []string
-		groups := len(header) - 12
 		switch {
 		case total:
 			rec = append(rec, "total")
@@ -58,9 +68,12 @@ func (r *Report) WriteCSV(w io.Writer) error {
 		}
 		i := func(v int64) string { return strconv.FormatInt(v, 10) }
 		f := func(v float64) string { return strconv.FormatFloat(v, 'f', -1, 64) }
-		return append(rec, i(row.Requests), i(row.PromptTokens), i(row.CompletionTokens), f(row.DeviceSeconds),
-			f(row.IdleSeconds), f(row.ActiveCostUSD), f(row.IdleCostUSD), f(row.CostUSD), f(row.ChargedUSD),
-			f(row.MarginUSD), f(row.DedicatedUSD), f(row.SavingPercent))
+		rec = append(rec, i(row.Requests), i(row.PromptTokens), i(row.CompletionTokens), f(row.DeviceSeconds),
+			f(row.IdleSeconds), f(row.ActiveCostUSD), f(row.IdleCostUSD), f(row.CostUSD), f(row.ChargedUSD))
+		if margin {
+			rec = append(rec, f(row.MarginUSD))
+		}
+		return append(rec, f(row.DedicatedUSD), f(row.SavingPercent))
 	}
 	for i := range r.Rows {
 		if err := cw.Write(line(&r.Rows[i], false)); err != nil {

@@ -57,4 +57,21 @@ func TestReport_WriteCSV(t *testing.T) {
 			t.Fatalf("records = %v", recs)
 		}
 	})
+
+	t.Run("Tenant", func(t *testing.T) {
+		rep.Total.MarginUSD = 7
+		var buf bytes.Buffer
+		if err := rep.WriteTenantCSV(&buf); err != nil {
+			t.Fatal(err)
+		}
+		recs, _ := csv.NewReader(&buf).ReadAll()
+		if slices.Contains(recs[0], "margin_usd") || !slices.Contains(recs[0], "charged_usd") {
+			t.Fatalf("tenant header = %v", recs[0])
+		}
+		for _, r := range recs {
+			if len(r) != len(recs[0]) || slices.Contains(r, "7") {
+				t.Fatalf("record %v", r)
+			}
+		}
+	})
 }

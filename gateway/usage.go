@@ -2,9 +2,6 @@ package gateway
 
 import (
 	"bytes"
-	"encoding/csv"
-	"io"
-	"strconv"
 	"strings"
 	"time"
 
@@ -114,7 +111,7 @@ func (s *Server) usage(c *fiber.Ctx) error {
 	}
 	r.Total.MarginUSD = 0
 	if c.Query("format") == "csv" {
-		return writeCSV(c, r, "usage.csv")
+		return writeCSV(c, r, "usage.csv", true)
 	}
 	rows := make([]usageRow, 0, len(r.Rows))
 	for _, row := range r.Rows {
@@ -142,7 +139,7 @@ func (s *Server) adminReport(c *fiber.Ctx) error {
 		return err
 	}
 	if c.Query("format") == "csv" {
-		return writeCSV(c, r, "report.csv")
+		return writeCSV(c, r, "report.csv", false)
 	}
 	r.Rows = nonNil(r.Rows)
 	r.GroupBy = nonNil(r.GroupBy)
@@ -159,45 +156,18 @@ func nonNil[T any](s []T) []T {
 	return s
 }
 
-// csvReport is implemented by nozzle.Report (report_csv.go).
-type csvReport interface {
-	WriteCSV(w io.Writer) error
-}
-
-func writeCSV(c *fiber.Ctx, r *nozzle.Report, filename string) error {
+// writeCSV answers with the report as CSV: the operator's version, or
+// (tenant) without the margin.
+func writeCSV(c *fiber.Ctx, r *nozzle.Report, filename string, tenant bool) error {
 	var buf bytes.Buffer
-	if cw, ok := any(r).(csvReport); ok {
-		if err := cw.WriteCSV(&buf); err != nil {
-			return err
-		}
-	} else if err := writeReportCSV(&buf, r); err != nil {
+	write := r.WriteCSV
+	if tenant {
+		write = r.WriteTenantCSV
+	}
+	if err := write(&buf); err != nil {
 		return err
 	}
 	c.Set(fiber.HeaderContentType, "text/csv; charset=utf-8")
 	c.Set(fiber.HeaderContentDisposition, `attachment; filename="`+filename+`"`)
 	return c.Send(buf.Bytes())
-}
-
-// writeReportCSV is the CSV of a report where nozzle.Report has no
-// WriteCSV of its own.
-func writeReportCSV(w io.Writer, r *nozzle.Report) error {
-	cw := csv.NewWriter(w)
-	f := func(v float64) string { return strconv.FormatFloat(v, 'f', -1, 64) }
-	_ = cw.Write([]string{"time", "tenant_id", "tenant", "adapter", "requests", "prompt_tokens", "completion_tokens",
-		"device_seconds", "idle_seconds", "cost_usd", "charged_usd", "dedicated_usd", "saving_percent"})
-	row := func(label string, x nozzle.ReportRow) {
-		t := label
-		if !x.Time.IsZero() {
-			t = x.Time.UTC().Format(time.RFC3339)
-		}
-		_ = cw.Write([]string{t, x.TenantID, x.TenantName, x.AdapterName, strconv.FormatInt(x.Requests, 10),
-			strconv.FormatInt(x.PromptTokens, 10), strconv.FormatInt(x.CompletionTokens, 10), f(x.DeviceSeconds),
-			f(x.IdleSeconds), f(x.CostUSD), f(x.ChargedUSD), f(x.DedicatedUSD), f(x.SavingPercent)})
-	}
-	for _, x := range r.Rows {
-		row("", x)
-	}
-	row("total", r.Total)
-	cw.Flush()
-	return cw.Error()
 }
