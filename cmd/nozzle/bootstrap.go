@@ -151,6 +151,9 @@ Nozzle is serving the built-in demo model at %s
 
 // modelName names the served model for the banner.
 func (m *Main) modelName() string {
+	if m.Runtime == nil && len(m.Config.Upstreams) > 0 {
+		return "the models of " + strings.Join(m.Config.Upstreams, ", ")
+	}
 	if m.Config.Model != "" {
 		return filepath.Base(filepath.Clean(m.Config.Model))
 	}

@@ -328,9 +328,11 @@ func storeValidator(info func(context.Context) (nozzle.ModelInfo, error), maxRan
 	}
 }
 
-// Serve runs gateway and runtime in one process until ctx ends, then
-// drains in-flight requests and flushes the ledger.
-func (m *Main) Serve(ctx context.Context) (err error) {
+// serve runs one server command: it prepares the data folder, opens the
+// listening socket first (a port in use is one clear line), calls start to
+// wire and start the command's parts, and serves until ctx ends or the
+// server fails. Close then drains and releases everything, last first.
+func (m *Main) serve(ctx context.Context, start func(ctx context.Context, ln net.Listener) (served <-chan error, err error)) (err error) {
 	defer func() {
 		if cerr := m.Close(); err == nil {
 			err = cerr
@@ -344,94 +346,104 @@ func (m *Main) Serve(ctx context.Context) (err error) {
 		return err
 	}
 	defer ln.Close()
-
-	// Resolve the model folder before anything slow, so a bad --model is
-	// one clear line.
-	modelDir, demoAdapters, err := m.modelDir()
-	if err != nil {
-		return err
-	}
-	if err := m.openLedger(); err != nil {
-		return err
-	}
-	adminToken, err := m.secret(m.Config.AdminToken, "admin-token")
-	if err != nil {
-		return err
-	}
-
-	exts, err := m.consoleExtensions()
-	if err != nil {
-		return err
-	}
-	if m.operator, m.operatorPasswordFile, err = m.ensureOperator(ctx); err != nil {
-		return err
-	}
-
-	lazy := newLazyRuntime()
-	store := runtime.NewStore(filepath.Join(m.Config.Data, "adapters"), storeValidator(lazy.Info, m.Config.MaxRank))
-
-	gw, err := gateway.New(m.gatewayConfig(adminToken, ""), gateway.Deps{
-		Tenants: m.Ledger, Keys: m.Ledger, Adapters: m.Ledger, Store: store,
-		Ledger: m.Ledger, Budget: m.Ledger, Reporter: m.Ledger, Users: m.Ledger,
-		Upstreams:  []gateway.Upstream{{ID: m.Config.RuntimeID, Generator: lazy}},
-		Extensions: exts,
-	})
-	if err != nil {
-		return err
-	}
-	m.Gateway = gw
-	// On the way out: the gateway drains in-flight requests (their usage is
-	// recorded), then the runtime stops, then the last capacity intervals
-	// are collected; the ledger closes after all of that.
-	stopCollect := func() {}
-	m.onClose(func(ctx context.Context) error {
-		err := gw.Shutdown(ctx)
-		if m.Runtime != nil {
-			err = errors.Join(err, m.Runtime.Close(ctx))
-		}
-		stopCollect()
-		return err
-	})
-
-	serveErr := make(chan error, 1)
-	go func() { serveErr <- gw.Serve(ln) }()
-
-	// Load the model while the gateway already answers health checks.
-	loadCtx, cancelLoad := context.WithCancel(ctx)
-	defer cancelLoad()
-	go func() {
-		rt, err := runtime.Open(loadCtx, m.runtimeOptions(modelDir, store))
-		lazy.set(rt, err)
-	}()
-	select {
-	case <-lazy.ready:
-	case <-ctx.Done():
-		return nil
-	case err := <-serveErr:
-		return err
-	}
-	rt, err := lazy.get()
-	if err != nil {
-		return fmt.Errorf("load model %s: %w", modelDir, nozzle.AsError(err).Err)
-	}
-	m.Runtime = rt
-	stopCollect = m.collectCapacity(map[string]nozzle.CapacitySource{m.Config.RuntimeID: rt})
-
-	if err := m.startStripe(ctx); err != nil {
-		return err
-	}
-	if err := m.bootstrap(ctx, store, demoAdapters); err != nil {
+	served, err := start(ctx, ln)
+	if err != nil || served == nil {
 		return err
 	}
 	close(m.Ready)
-
 	select {
 	case <-ctx.Done():
 		m.Log.Info("shutting down: draining in-flight requests")
 		return nil
-	case err := <-serveErr:
+	case err := <-served:
+		if errors.Is(err, http.ErrServerClosed) {
+			return nil
+		}
 		return err
 	}
+}
+
+// startGateway opens the ledger and starts the gateway on ln in front of
+// the given upstreams, with the console and the operator's account. On the
+// way out the gateway drains in-flight requests (their usage is recorded),
+// then afterDrain runs (the in-process runtime stops, the last capacity
+// intervals are collected); the ledger closes after all of that.
+func (m *Main) startGateway(ctx context.Context, ln net.Listener, internalToken string, store nozzle.AdapterStore, ups []gateway.Upstream, afterDrain func(context.Context) error) (<-chan error, error) {
+	if err := m.openLedger(); err != nil {
+		return nil, err
+	}
+	adminToken, err := m.secret(m.Config.AdminToken, "admin-token")
+	if err != nil {
+		return nil, err
+	}
+	exts, err := m.consoleExtensions()
+	if err != nil {
+		return nil, err
+	}
+	if m.operator, m.operatorPasswordFile, err = m.ensureOperator(ctx); err != nil {
+		return nil, err
+	}
+	gw, err := gateway.New(m.gatewayConfig(adminToken, internalToken), gateway.Deps{
+		Tenants: m.Ledger, Keys: m.Ledger, Adapters: m.Ledger, Store: store,
+		Ledger: m.Ledger, Budget: m.Ledger, Reporter: m.Ledger, Users: m.Ledger,
+		Upstreams: ups, Extensions: exts,
+	})
+	if err != nil {
+		return nil, err
+	}
+	m.Gateway = gw
+	m.onClose(func(ctx context.Context) error { return errors.Join(gw.Shutdown(ctx), afterDrain(ctx)) })
+	served := make(chan error, 1)
+	go func() { served <- gw.Serve(ln) }()
+	return served, m.startStripe(ctx)
+}
+
+// Serve runs gateway and runtime in one process until ctx ends, then
+// drains in-flight requests and flushes the ledger.
+func (m *Main) Serve(ctx context.Context) error {
+	return m.serve(ctx, func(ctx context.Context, ln net.Listener) (<-chan error, error) {
+		// Resolve the model folder before anything slow, so a bad --model
+		// is one clear line.
+		modelDir, demoAdapters, err := m.modelDir()
+		if err != nil {
+			return nil, err
+		}
+		lazy := newLazyRuntime()
+		store := runtime.NewStore(filepath.Join(m.Config.Data, "adapters"), storeValidator(lazy.Info, m.Config.MaxRank))
+		stopCollect := func() {}
+		served, err := m.startGateway(ctx, ln, "", store, []gateway.Upstream{{ID: m.Config.RuntimeID, Generator: lazy}},
+			func(ctx context.Context) error {
+				var err error
+				if m.Runtime != nil {
+					err = m.Runtime.Close(ctx)
+				}
+				stopCollect()
+				return err
+			})
+		if err != nil {
+			return nil, err
+		}
+
+		// Load the model while the gateway already answers health checks.
+		go func() {
+			rt, err := runtime.Open(ctx, m.runtimeOptions(modelDir, store))
+			lazy.set(rt, err)
+		}()
+		select {
+		case <-lazy.ready:
+		case <-ctx.Done():
+			return nil, nil
+		case err := <-served:
+			return nil, err
+		}
+		rt, err := lazy.get()
+		if err != nil {
+			return nil, fmt.Errorf("load model %s: %w", modelDir, nozzle.AsError(err).Err)
+		}
+		m.Runtime = rt
+		stopCollect = m.collectCapacity(map[string]nozzle.CapacitySource{m.Config.RuntimeID: rt})
+		return served, m.bootstrap(ctx, store, demoAdapters)
+	})
 }
 
 // collectCapacity pulls runtimes' capacity intervals into the ledger until
@@ -487,142 +499,68 @@ func (m *Main) gatewayConfig(adminToken, internalToken string) gateway.Config {
 }
 
 // RunGateway runs the gateway alone in front of remote runtimes.
-func (m *Main) RunGateway(ctx context.Context) (err error) {
-	defer func() {
-		if cerr := m.Close(); err == nil {
-			err = cerr
-		}
-	}()
+func (m *Main) RunGateway(ctx context.Context) error {
 	if len(m.Config.Upstreams) == 0 {
 		return errors.New("gateway: --upstreams names no runtime")
 	}
-	if err := m.prepareData(); err != nil {
-		return err
-	}
-	ln, err := m.listen()
-	if err != nil {
-		return err
-	}
-	defer ln.Close()
-	if err := m.openLedger(); err != nil {
-		return err
-	}
-	adminToken, err := m.secret(m.Config.AdminToken, "admin-token")
-	if err != nil {
-		return err
-	}
-	internalToken, err := m.secret(m.Config.InternalToken, "internal-token")
-	if err != nil {
-		return err
-	}
-	hc := &http.Client{Timeout: 0}
-	var ups []gateway.Upstream
-	sources := map[string]nozzle.CapacitySource{}
-	var first *runtime.Client
-	for _, u := range m.Config.Upstreams {
-		c := runtime.NewClient(u, internalToken, hc)
-		if first == nil {
-			first = c
+	return m.serve(ctx, func(ctx context.Context, ln net.Listener) (<-chan error, error) {
+		internalToken, err := m.secret(m.Config.InternalToken, "internal-token")
+		if err != nil {
+			return nil, err
 		}
-		ups = append(ups, gateway.Upstream{ID: u, Generator: c})
-		sources[u] = c
-	}
-	store := runtime.NewStore(filepath.Join(m.Config.Data, "adapters"), storeValidator(first.Info, m.Config.MaxRank))
-	exts, err := m.consoleExtensions()
-	if err != nil {
-		return err
-	}
-	if m.operator, m.operatorPasswordFile, err = m.ensureOperator(ctx); err != nil {
-		return err
-	}
-	gw, err := gateway.New(m.gatewayConfig(adminToken, internalToken), gateway.Deps{
-		Tenants: m.Ledger, Keys: m.Ledger, Adapters: m.Ledger, Store: store,
-		Ledger: m.Ledger, Budget: m.Ledger, Reporter: m.Ledger, Users: m.Ledger,
-		Upstreams: ups, Extensions: exts,
+		hc := &http.Client{}
+		var ups []gateway.Upstream
+		sources := map[string]nozzle.CapacitySource{}
+		for _, u := range m.Config.Upstreams {
+			c := runtime.NewClient(u, internalToken, hc)
+			ups = append(ups, gateway.Upstream{ID: u, Generator: c})
+			sources[u] = c
+		}
+		// Adapters are validated against the first runtime's base model.
+		store := runtime.NewStore(filepath.Join(m.Config.Data, "adapters"), storeValidator(ups[0].Generator.Info, m.Config.MaxRank))
+		stopCollect := func() {}
+		served, err := m.startGateway(ctx, ln, internalToken, store, ups, func(context.Context) error { stopCollect(); return nil })
+		if err != nil {
+			return nil, err
+		}
+		stopCollect = m.collectCapacity(sources)
+		m.Log.Info("gateway listening", "addr", m.Addr, "upstreams", m.Config.Upstreams)
+		return served, m.bootstrap(ctx, store, nil)
 	})
-	if err != nil {
-		return err
-	}
-	m.Gateway = gw
-	stopCollect := m.collectCapacity(sources)
-	m.onClose(func(ctx context.Context) error {
-		err := gw.Shutdown(ctx)
-		stopCollect()
-		return err
-	})
-	if err := m.startStripe(ctx); err != nil {
-		return err
-	}
-	if err := m.bootstrap(ctx, store, nil); err != nil {
-		return err
-	}
-	serveErr := make(chan error, 1)
-	go func() { serveErr <- gw.Serve(ln) }()
-	close(m.Ready)
-	m.Log.Info("gateway listening", "addr", m.Addr, "upstreams", m.Config.Upstreams)
-	select {
-	case <-ctx.Done():
-		m.Log.Info("shutting down: draining in-flight requests")
-		return nil
-	case err := <-serveErr:
-		return err
-	}
 }
 
 // RunRuntime runs a runtime alone, serving gateways over the internal API.
-func (m *Main) RunRuntime(ctx context.Context) (err error) {
-	defer func() {
-		if cerr := m.Close(); err == nil {
-			err = cerr
+func (m *Main) RunRuntime(ctx context.Context) error {
+	return m.serve(ctx, func(ctx context.Context, ln net.Listener) (<-chan error, error) {
+		modelDir, _, err := m.modelDir()
+		if err != nil {
+			return nil, err
 		}
-	}()
-	if err := m.prepareData(); err != nil {
-		return err
-	}
-	ln, err := m.listen()
-	if err != nil {
-		return err
-	}
-	defer ln.Close()
-	modelDir, _, err := m.modelDir()
-	if err != nil {
-		return err
-	}
-	internalToken, err := m.secret(m.Config.InternalToken, "internal-token")
-	if err != nil {
-		return err
-	}
-	var source runtime.AdapterSource
-	if m.Config.GatewayURL != "" {
-		source = runtime.NewRemoteSource(m.Config.GatewayURL, internalToken, filepath.Join(m.Config.Data, "adapter-cache"), &http.Client{Timeout: 10 * time.Minute})
-	}
-	rt, err := runtime.Open(ctx, m.runtimeOptions(modelDir, source))
-	if err != nil {
-		return fmt.Errorf("load model %s: %w", modelDir, err)
-	}
-	m.Runtime = rt
-	m.onClose(func(ctx context.Context) error { return rt.Close(ctx) })
-
-	mux := http.NewServeMux()
-	mux.Handle("/", runtime.NewServer(rt, internalToken))
-	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-		m.Metrics.WriteTo(w)
+		internalToken, err := m.secret(m.Config.InternalToken, "internal-token")
+		if err != nil {
+			return nil, err
+		}
+		var source runtime.AdapterSource
+		if m.Config.GatewayURL != "" {
+			source = runtime.NewRemoteSource(m.Config.GatewayURL, internalToken, filepath.Join(m.Config.Data, "adapter-cache"), &http.Client{Timeout: 10 * time.Minute})
+		}
+		rt, err := runtime.Open(ctx, m.runtimeOptions(modelDir, source))
+		if err != nil {
+			return nil, fmt.Errorf("load model %s: %w", modelDir, err)
+		}
+		m.Runtime = rt
+		mux := http.NewServeMux()
+		mux.Handle("/", runtime.NewServer(rt, internalToken))
+		mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+			m.Metrics.WriteTo(w)
+		})
+		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+		// The server drains first, then the runtime stops.
+		m.onClose(func(ctx context.Context) error { return errors.Join(srv.Shutdown(ctx), rt.Close(ctx)) })
+		served := make(chan error, 1)
+		go func() { served <- srv.Serve(ln) }()
+		m.Log.Info("runtime listening", "addr", m.Addr, "model", modelDir)
+		return served, nil
 	})
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-	m.onClose(func(ctx context.Context) error { return srv.Shutdown(ctx) })
-	serveErr := make(chan error, 1)
-	go func() { serveErr <- srv.Serve(ln) }()
-	close(m.Ready)
-	m.Log.Info("runtime listening", "addr", m.Addr, "model", modelDir)
-	select {
-	case <-ctx.Done():
-		m.Log.Info("shutting down: draining in-flight requests")
-		return nil
-	case err := <-serveErr:
-		if errors.Is(err, http.ErrServerClosed) {
-			return nil
-		}
-		return err
-	}
 }
