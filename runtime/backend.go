@@ -4,69 +4,15 @@ import (
 	"context"
 
 	nozzle "github.com/nozzle-ai/nozzle"
+	"github.com/nozzle-ai/nozzle/runtime/engine"
 )
-
-// stepBatch is one engine step, field for field the engine ABI's nz_batch
-// (see csrc/include/nozzle_engine.h): per sequence its new tokens, start
-// position, block table row, adapter slot and sampling parameters; the
-// engine fills the outputs of sequences with SeqSample[i] = 1.
-type stepBatch struct {
-	Tokens      []int32
-	SeqLen      []int32
-	SeqPos      []int32
-	SeqSlot     []int32
-	SeqSample   []int32
-	BlockTable  []int32 // len(SeqLen) rows of MaxBlocks entries
-	MaxBlocks   int
-	Temperature []float32
-	TopP        []float32
-	TopK        []int32
-	Seed        []uint64
-	NTop        int
-
-	OutToken      []int32
-	OutLogprob    []float32
-	OutTopToken   []int32
-	OutTopLogprob []float32
-}
-
-func (b *stepBatch) reset(maxBlocks, nTop int) {
-	b.Tokens = b.Tokens[:0]
-	b.SeqLen = b.SeqLen[:0]
-	b.SeqPos = b.SeqPos[:0]
-	b.SeqSlot = b.SeqSlot[:0]
-	b.SeqSample = b.SeqSample[:0]
-	b.BlockTable = b.BlockTable[:0]
-	b.MaxBlocks = maxBlocks
-	b.Temperature = b.Temperature[:0]
-	b.TopP = b.TopP[:0]
-	b.TopK = b.TopK[:0]
-	b.Seed = b.Seed[:0]
-	b.NTop = nTop
-}
-
-// sizeOutputs sizes the output arrays for the sequences added so far.
-func (b *stepBatch) sizeOutputs() {
-	n := len(b.SeqLen)
-	b.OutToken = resize(b.OutToken, n)
-	b.OutLogprob = resize(b.OutLogprob, n)
-	b.OutTopToken = resize(b.OutTopToken, n*b.NTop)
-	b.OutTopLogprob = resize(b.OutTopLogprob, n*b.NTop)
-}
-
-func resize[T any](s []T, n int) []T {
-	if cap(s) < n {
-		return make([]T, n)
-	}
-	return s[:n]
-}
 
 // backend is the compute engine as the scheduler sees it. Its calls are
 // made from the engine goroutine only. The real one is runtime/engine's
 // Engine; tests use a deterministic stand-in.
 type backend interface {
 	// Step runs one batch.
-	Step(b *stepBatch) error
+	Step(b *engine.Batch) error
 	// LoadAdapter copies a host-resident adapter into slot.
 	LoadAdapter(slot int, a hostAdapter) error
 	// ClearAdapter empties slot.

@@ -6,7 +6,6 @@ import nozzle "github.com/nozzle-ai/nozzle"
 // stand-in for the engine and tokenizer (the seam whose real side
 // runtime/engine and runtime/tokenizer test).
 type (
-	StepBatch     = stepBatch
 	Backend       = backend
 	Codec         = codec
 	HostAdapter   = hostAdapter

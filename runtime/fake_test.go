@@ -16,6 +16,7 @@ import (
 
 	nozzle "github.com/nozzle-ai/nozzle"
 	"github.com/nozzle-ai/nozzle/runtime"
+	"github.com/nozzle-ai/nozzle/runtime/engine"
 )
 
 // fakeClock is a clock that only the fake engine moves: each step costs a
@@ -109,7 +110,7 @@ func mix(h, v uint64) uint64 {
 	return h
 }
 
-func (e *fakeEngine) Step(b *runtime.StepBatch) error {
+func (e *fakeEngine) Step(b *engine.Batch) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if e.closed {
@@ -120,6 +121,7 @@ func (e *fakeEngine) Step(b *runtime.StepBatch) error {
 		return errors.New("injected step failure")
 	}
 	n := len(b.SeqLen)
+	b.SizeOutputs(e.vocab)
 	e.steps++
 	e.maxSeqs = max(e.maxSeqs, n)
 	owner := map[int32]int{}
@@ -195,7 +197,7 @@ func (e *fakeEngine) logits(h uint64) []float64 {
 	return l
 }
 
-func (e *fakeEngine) sample(b *runtime.StepBatch, i int, h uint64, pos uint64) {
+func (e *fakeEngine) sample(b *engine.Batch, i int, h uint64, pos uint64) {
 	l := e.logits(h)
 	maxL := math.Inf(-1)
 	for _, x := range l {

@@ -280,6 +280,9 @@ func TestGenerate_Cancel(t *testing.T) {
 	t.Run("Close", func(t *testing.T) {
 		rt := startFake(t, runtime.Options{}, 64)
 		rt.eng.eosBias = -100
+		// Steps take real time, so the request is still generating (not
+		// only streaming what it already generated) when Close comes.
+		rt.eng.onStep = func(int) { time.Sleep(time.Millisecond) }
 		started := make(chan struct{})
 		var once sync.Once
 		done := make(chan outcome)

@@ -170,19 +170,9 @@ type engineBackend struct {
 	e      *engine.Engine
 	info   engine.Info
 	device string
-	b      engine.Batch
 }
 
-func (eb *engineBackend) Step(sb *stepBatch) error {
-	b := &eb.b
-	b.Tokens, b.SeqLen, b.SeqPos, b.SeqSlot, b.SeqSample = sb.Tokens, sb.SeqLen, sb.SeqPos, sb.SeqSlot, sb.SeqSample
-	b.BlockTable, b.MaxBlocks = sb.BlockTable, sb.MaxBlocks
-	b.Temperature, b.TopP, b.TopK, b.Seed, b.NTop = sb.Temperature, sb.TopP, sb.TopK, sb.Seed, sb.NTop
-	b.OutToken, b.OutLogprob, b.OutTopToken, b.OutTopLogprob = sb.OutToken, sb.OutLogprob, sb.OutTopToken, sb.OutTopLogprob
-	err := eb.e.Step(b)
-	sb.OutToken, sb.OutLogprob, sb.OutTopToken, sb.OutTopLogprob = b.OutToken, b.OutLogprob, b.OutTopToken, b.OutTopLogprob
-	return err
-}
+func (eb *engineBackend) Step(b *engine.Batch) error { return eb.e.Step(b) }
 
 func (eb *engineBackend) LoadAdapter(slot int, a hostAdapter) error {
 	ma, ok := a.(modelAdapter)

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	nozzle "github.com/nozzle-ai/nozzle"
+	"github.com/nozzle-ai/nozzle/runtime/engine"
 )
 
 type seqState int
@@ -170,7 +171,7 @@ type scheduler struct {
 	admitted uint64
 	tick     uint64
 	drainFor map[string]int // adapter waiting for a slot → slot draining for it
-	batch    stepBatch
+	batch    engine.Batch
 	entries  []stepEntry
 	scratch  []*sequence
 	msgs     []inMsg
@@ -727,24 +728,12 @@ func (s *scheduler) step() {
 		maxBlocks = max(maxBlocks, len(e.q.blocks))
 		nTop = max(nTop, e.q.nTop)
 	}
-	b.reset(maxBlocks, nTop)
+	b.Reset(maxBlocks, nTop)
 	for _, e := range s.entries {
 		q := e.q
-		b.Tokens = append(b.Tokens, q.tokens[q.computed:q.computed+e.n]...)
-		b.SeqLen = append(b.SeqLen, int32(e.n))
-		b.SeqPos = append(b.SeqPos, int32(q.computed))
-		b.SeqSlot = append(b.SeqSlot, int32(q.slot))
-		b.SeqSample = append(b.SeqSample, boolInt(e.sample))
-		b.BlockTable = append(b.BlockTable, q.blocks...)
-		for range maxBlocks - len(q.blocks) {
-			b.BlockTable = append(b.BlockTable, 0)
-		}
-		b.Temperature = append(b.Temperature, q.temperature)
-		b.TopP = append(b.TopP, q.topP)
-		b.TopK = append(b.TopK, q.topK)
-		b.Seed = append(b.Seed, q.seed)
+		b.Add(engine.Seq{Tokens: q.tokens[q.computed : q.computed+e.n], Pos: q.computed, Slot: q.slot, Blocks: q.blocks,
+			Sample: e.sample, Temperature: q.temperature, TopP: q.topP, TopK: int(q.topK), Seed: q.seed})
 	}
-	b.sizeOutputs()
 	err := s.be.Step(b)
 	t1 := s.clock()
 	s.steps++
@@ -816,11 +805,4 @@ func (s *scheduler) updateGauges() {
 	s.m.slotsUsed.Set(float64(s.slots.used()))
 	s.m.slotsPinned.Set(float64(s.slots.pinned()))
 	s.m.hostCacheBytes.Set(float64(s.cache.residentBytes()))
-}
-
-func boolInt(b bool) int32 {
-	if b {
-		return 1
-	}
-	return 0
 }

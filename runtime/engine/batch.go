@@ -105,6 +105,20 @@ func (b *Batch) Add(s Seq) {
 // Len returns the number of sequences.
 func (b *Batch) Len() int { return len(b.SeqLen) }
 
+// SizeOutputs sizes the output slices for the sequences added, reusing
+// their capacity (OutLogits only when Logits is set, vocab entries per
+// sequence). Step calls it; a stand-in engine in tests does too.
+func (b *Batch) SizeOutputs(vocab int) {
+	n := len(b.SeqLen)
+	b.OutToken = resize(b.OutToken, n)
+	b.OutLogprob = resize(b.OutLogprob, n)
+	b.OutTopToken = resize(b.OutTopToken, n*b.NTop)
+	b.OutTopLogprob = resize(b.OutTopLogprob, n*b.NTop)
+	if b.Logits {
+		b.OutLogits = resize(b.OutLogits, n*vocab)
+	}
+}
+
 // check verifies what the C side cannot: that every array is as long as
 // the counts say, so the library never reads or writes past a slice.
 // Semantic checks (token ids, positions, slots, blocks) are the engine's.

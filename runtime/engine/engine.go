@@ -307,13 +307,7 @@ func (e *Engine) Step(b *Batch) error {
 		return fmt.Errorf("nz_step: %w: %v", ErrInvalid, err)
 	}
 	n := len(b.SeqLen)
-	b.OutToken = resize(b.OutToken, n)
-	b.OutLogprob = resize(b.OutLogprob, n)
-	b.OutTopToken = resize(b.OutTopToken, n*b.NTop)
-	b.OutTopLogprob = resize(b.OutTopLogprob, n*b.NTop)
-	if b.Logits {
-		b.OutLogits = resize(b.OutLogits, n*e.vocab)
-	}
+	b.SizeOutputs(e.vocab)
 	c := &e.cbatch
 	*c = nzBatch{
 		NSeqs:     int64(n),
