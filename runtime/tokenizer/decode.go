@@ -5,8 +5,6 @@ import (
 	"fmt"
 	"strings"
 	"unicode/utf8"
-
-	"github.com/dlclark/regexp2/v2"
 )
 
 // decoder is one step of Hugging Face's decode_chain: tokens in, tokens
@@ -28,16 +26,13 @@ func (byteLevelDec) decodeChain(tokens []string) []string {
 	return []string{string(appendLossy(nil, raw))}
 }
 
-type replaceDec struct {
-	literal string
-	re      *regexp2.Regexp
-	content string
-}
+// replaceDec is the Replace decoder: the Replace normalizer applied to
+// each token.
+type replaceDec struct{ normReplace }
 
 func (r *replaceDec) decodeChain(tokens []string) []string {
-	n := normReplace{literal: r.literal, re: r.re, content: r.content}
 	for i, t := range tokens {
-		tokens[i] = n.normalize(t)
+		tokens[i] = r.normalize(t)
 	}
 	return tokens
 }
@@ -177,21 +172,11 @@ func parseDecoder(b json.RawMessage, dst []decoder) ([]decoder, error) {
 	case "ByteLevel":
 		return append(dst, byteLevelDec{}), nil
 	case "Replace":
-		pat, isRegex, err := c.pattern("pattern")
+		r, err := c.replace()
 		if err != nil {
 			return nil, err
 		}
-		content, err := c.str("content", "")
-		if err != nil {
-			return nil, err
-		}
-		r := &replaceDec{literal: pat, content: content}
-		if isRegex {
-			if r.re, err = compileRegex(pat); err != nil {
-				return nil, err
-			}
-		}
-		return append(dst, r), nil
+		return append(dst, &replaceDec{*r}), nil
 	case "ByteFallback":
 		return append(dst, byteFallbackDec{}), nil
 	case "Fuse":

@@ -37,6 +37,26 @@ type normReplace struct {
 	content string
 }
 
+// replace reads a Replace normalizer or decoder: a String or Regex
+// pattern and its content.
+func (c component) replace() (*normReplace, error) {
+	pat, isRegex, err := c.pattern("pattern")
+	if err != nil {
+		return nil, err
+	}
+	content, err := c.str("content", "")
+	if err != nil {
+		return nil, err
+	}
+	r := &normReplace{literal: pat, content: content}
+	if isRegex {
+		if r.re, err = compileRegex(pat); err != nil {
+			return nil, err
+		}
+	}
+	return r, nil
+}
+
 func (r *normReplace) normalize(s string) string {
 	if r.re == nil {
 		if r.literal == "" {
@@ -108,21 +128,7 @@ func parseNormalizer(b json.RawMessage) (normalizer, error) {
 		p, err := c.str("prepend", "")
 		return normPrepend(p), err
 	case "Replace":
-		pat, isRegex, err := c.pattern("pattern")
-		if err != nil {
-			return nil, err
-		}
-		content, err := c.str("content", "")
-		if err != nil {
-			return nil, err
-		}
-		r := &normReplace{literal: pat, content: content}
-		if isRegex {
-			if r.re, err = compileRegex(pat); err != nil {
-				return nil, err
-			}
-		}
-		return r, nil
+		return c.replace()
 	case "NFC":
 		return normUnicode{norm.NFC}, nil
 	case "NFD":
