@@ -186,7 +186,7 @@ func TestEnsureDemo_Repair(t *testing.T) {
 // add up to the uptime.
 func TestDemo_PreemptAndConservation(t *testing.T) {
 	reg := metrics.NewRegistry()
-	rt, adapters := openDemo(t, runtime.Options{KVBlocks: 12, MaxBatchSeqs: 8, Metrics: reg, PrefillChunk: 32})
+	rt, adapters := openDemo(t, runtime.Options{KVBlocks: 8, MaxBatchSeqs: 8, Metrics: reg, PrefillChunk: 32})
 	ctx := context.Background()
 	names := []string{"", "demo-sql", "demo-chat", "demo-code", "demo-poet"}
 	var reqs []*nozzle.GenerateRequest
