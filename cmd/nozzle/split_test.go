@@ -1,0 +1,145 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"mime/multipart"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// startMain runs one server command of Main in process and returns it once
+// it serves.
+func startMain(t *testing.T, cmd string, args ...string) *Main {
+	t.Helper()
+	cfg, _, err := Load(cmd, args, func(string) (string, bool) { return "", false }, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := NewMain(cfg, quietLogger(), io.Discard)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		switch cmd {
+		case "gateway":
+			done <- m.RunGateway(ctx)
+		default:
+			done <- m.RunRuntime(ctx)
+		}
+	}()
+	select {
+	case <-m.Ready:
+	case err := <-done:
+		cancel()
+		t.Fatalf("%s: %v", cmd, err)
+	case <-time.After(2 * time.Minute):
+		cancel()
+		t.Fatalf("%s did not start", cmd)
+	}
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("%s: %v", cmd, err)
+		}
+	})
+	return m
+}
+
+// TestSplit_GatewayAndRuntime runs the deployment of fly.toml on loopback:
+// a runtime process-alike with the model, a gateway with the ledger and the
+// adapter store in front of it. An adapter uploaded to the gateway is
+// fetched by the runtime and used; usage lands in the gateway's ledger.
+func TestSplit_GatewayAndRuntime(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts two servers")
+	}
+	const token = "split-test-internal-token"
+	rtData := t.TempDir()
+	// The runtime learns the gateway's address after the gateway starts,
+	// so the gateway's port is chosen first.
+	gwAddr := freeAddr(t)
+	rt := startMain(t, "runtime", "--addr", "127.0.0.1:0", "--data", rtData, "--internal-token", token,
+		"--gateway-url", "http://"+gwAddr, "--engine-lib", engineLib(t), "--kv-memory-mb", "64", "--runtime-id", "rt-a")
+	gw := startMain(t, "gateway", "--addr", gwAddr, "--data", t.TempDir(), "--internal-token", token,
+		"--upstreams", "http://"+rt.Addr)
+	base := "http://" + gw.Addr
+	admin, _ := os.ReadFile(filepath.Join(gw.Config.Data, "admin-token"))
+
+	// A tenant, through the admin API.
+	req, _ := http.NewRequest("POST", base+"/admin/tenants", strings.NewReader(`{"name":"acme"}`))
+	req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(admin)))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var tenant struct {
+		APIKey string `json:"api_key"`
+	}
+	json.NewDecoder(resp.Body).Decode(&tenant)
+	resp.Body.Close()
+	if resp.StatusCode != 201 || tenant.APIKey == "" {
+		t.Fatalf("create tenant: %d", resp.StatusCode)
+	}
+
+	// An adapter uploaded to the gateway (the runtime made the demo
+	// adapters into its data folder).
+	var body bytes.Buffer
+	mw := multipart.NewWriter(&body)
+	mw.WriteField("name", "sql")
+	for _, f := range []string{"adapter_config.json", "adapter_model.safetensors"} {
+		w, _ := mw.CreateFormFile(f, f)
+		b, err := os.ReadFile(filepath.Join(rtData, "demo-adapters", "demo-sql", f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		w.Write(b)
+	}
+	mw.Close()
+	req, _ = http.NewRequest("POST", base+"/v1/adapters", &body)
+	req.Header.Set("Authorization", "Bearer "+tenant.APIKey)
+	req.Header.Set("Content-Type", mw.FormDataContentType())
+	resp, err = http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 201 {
+		t.Fatalf("upload: %d %s", resp.StatusCode, b)
+	}
+
+	// A completion with it: the runtime fetches the adapter's files from
+	// the gateway, runs it, and the gateway meters it.
+	resp, b = post(t, base+"/v1/completions", tenant.APIKey, `{"model":"sql","prompt":"SELECT","max_tokens":6,"temperature":0}`)
+	if resp.StatusCode != 200 || !strings.Contains(string(b), `"completion_tokens":`) {
+		t.Fatalf("completion: %d %s", resp.StatusCode, b)
+	}
+	ev, err := gw.Ledger.Usage(context.Background(), resp.Header.Get("X-Request-Id"))
+	if err != nil {
+		t.Fatalf("usage not in the gateway's ledger: %v", err)
+	}
+	if ev.RuntimeID != "rt-a" || ev.AdapterName != "sql" || ev.DeviceSeconds <= 0 {
+		t.Fatalf("usage event %+v", ev)
+	}
+	if _, err := os.Stat(filepath.Join(rtData, "adapter-cache")); err != nil {
+		t.Errorf("the runtime did not cache the fetched adapter: %v", err)
+	}
+}
+
+// freeAddr returns a loopback address no one listens on right now.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
