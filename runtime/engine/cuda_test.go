@@ -316,35 +316,6 @@ func (o *cudaOut) check(t testing.TB, what string, tol float64, greedy bool) boo
 	return true
 }
 
-func cudaModel(t testing.TB, spec model.Spec) *model.Model {
-	t.Helper()
-	dir := filepath.Join(t.TempDir(), "model")
-	if err := model.WriteRandomModel(dir, spec); err != nil {
-		t.Fatal(err)
-	}
-	m, err := model.Open(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { m.Close() })
-	return m
-}
-
-func cudaAdapter(t testing.TB, m *model.Model, spec model.AdapterSpec) *model.Adapter {
-	t.Helper()
-	spec.Base = m.Info()
-	dir := filepath.Join(t.TempDir(), fmt.Sprintf("adapter-%d", spec.Seed))
-	if err := model.WriteRandomAdapter(dir, spec); err != nil {
-		t.Fatal(err)
-	}
-	a, err := model.LoadAdapter(dir, m.Info(), 64)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { a.Close() })
-	return a
-}
-
 func cudaTokens(r *rand.Rand, n, vocab int) []int32 {
 	out := make([]int32, n)
 	for i := range out {
@@ -403,7 +374,7 @@ func TestCUDA_Parity(t *testing.T) {
 			if tc.spec != nil {
 				tc.spec(&spec)
 			}
-			m := cudaModel(t, spec)
+			m := openModel(t, spec)
 			opts := cudaOptions()
 			if tc.rank > 0 {
 				opts.MaxRank = tc.rank
@@ -413,9 +384,9 @@ func TestCUDA_Parity(t *testing.T) {
 			r8, r16 := min(8, opts.MaxRank), opts.MaxRank
 			// Adapters of realistic strength (B scaled by 0.3: the outputs
 			// change clearly, the model does not turn chaotic).
-			p.load(0, cudaAdapter(t, m, model.AdapterSpec{Rank: r8, Seed: 21, BScale: 0.3}))
-			p.load(1, cudaAdapter(t, m, model.AdapterSpec{Rank: r16, Seed: 22, DType: safetensors.BF16, BScale: 0.3}))
-			p.load(2, cudaAdapter(t, m, model.AdapterSpec{Rank: 3, Seed: 23, DType: safetensors.F16, BScale: 0.3,
+			p.load(0, openAdapter(t, m, model.AdapterSpec{Rank: r8, Seed: 21, BScale: 0.3}))
+			p.load(1, openAdapter(t, m, model.AdapterSpec{Rank: r16, Seed: 22, DType: safetensors.BF16, BScale: 0.3}))
+			p.load(2, openAdapter(t, m, model.AdapterSpec{Rank: 3, Seed: 23, DType: safetensors.F16, BScale: 0.3,
 				Modules: []model.Module{model.ModuleQ, model.ModuleV, model.ModuleDown}}))
 			checked, skipped := cudaScenario(t, p, spec.VocabSize, tc.tol, uint64(ci))
 			t.Logf("%d greedy tokens identical, %d near ties not compared", checked, skipped)
@@ -482,7 +453,7 @@ func cudaScenario(t *testing.T, p *cudaPair, vocab int, tol float64, seed uint64
 func TestCUDA_LongContext(t *testing.T) {
 	openCUDA(t)
 	spec := cudaTiny(401)
-	m := cudaModel(t, spec)
+	m := openModel(t, spec)
 	opts := cudaOptions()
 	opts.KVBlockSize = 2
 	p := newCUDAPair(t, m, opts)
@@ -511,10 +482,10 @@ func TestCUDA_LongContext(t *testing.T) {
 // each matches the CPU backend.
 func TestCUDA_SlotReuse(t *testing.T) {
 	openCUDA(t)
-	m := cudaModel(t, cudaTiny(402))
+	m := openModel(t, cudaTiny(402))
 	p := newCUDAPair(t, m, cudaOptions())
-	x := cudaAdapter(t, m, model.AdapterSpec{Rank: 16, Seed: 31})
-	y := cudaAdapter(t, m, model.AdapterSpec{Rank: 4, Seed: 32, Modules: []model.Module{model.ModuleV, model.ModuleGate}})
+	x := openAdapter(t, m, model.AdapterSpec{Rank: 16, Seed: 31})
+	y := openAdapter(t, m, model.AdapterSpec{Rank: 4, Seed: 32, Modules: []model.Module{model.ModuleV, model.ModuleGate}})
 	prompt := cudaTokens(rand.New(rand.NewPCG(9, 9)), 9, 96)
 	run := func(slot int) *cudaOut {
 		s := &cudaSeq{tokens: prompt, slot: slot}
@@ -620,7 +591,7 @@ func cudaSampleRef(logits []float32, temp, topP float32, topK int, u float64) (i
 // with the sampler's definition.
 func TestCUDA_Sampling(t *testing.T) {
 	openCUDA(t)
-	m := cudaModel(t, cudaTiny(403))
+	m := openModel(t, cudaTiny(403))
 	opts := cudaOptions()
 	opts.KVBlocks = 512
 	p := newCUDAPair(t, m, opts)
@@ -694,7 +665,7 @@ func TestCUDA_Sampling(t *testing.T) {
 // not crashes, and an engine keeps working after a bad step.
 func TestCUDA_Errors(t *testing.T) {
 	lib := openCUDA(t)
-	m := cudaModel(t, cudaTiny(404))
+	m := openModel(t, cudaTiny(404))
 	opts := cudaOptions()
 	opts.KVBlockSize, opts.KVBlocks = 4096, 1<<20 // 512 GiB of KV cache
 	if e, err := lib.NewEngine(m, opts); !errors.Is(err, engine.ErrOutOfMemory) {
