@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime/pprof"
+	"syscall"
 	"time"
 
 	"github.com/nozzle-ai/nozzle"
@@ -238,20 +239,27 @@ func benchGateway(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		GatewayAchievedRPS   float64       `json:"gateway_achieved_rps"`
 		GatewayErrors        int           `json:"gateway_errors"`
 		UsageEventsPerSecond float64       `json:"usage_events_per_second"`
+		// CPU time of the whole process (load generator and stub
+		// included) per request, in µs.
+		DirectCPUus  float64 `json:"direct_cpu_us_per_request"`
+		GatewayCPUus float64 `json:"gateway_cpu_us_per_request"`
 	}
 	var rows []row
 	for _, r := range rps {
 		// Warm both paths, then measure each at the same rate.
 		gateway.BenchLoad(ctx, direct.url, r, time.Second/2, direct.body, direct.headers)
 		gateway.BenchLoad(ctx, via.url, r, time.Second/2, via.body, via.headers)
+		c0 := processCPU()
 		d, err := gateway.BenchLoad(ctx, direct.url, r, *dur, direct.body, direct.headers)
 		if err != nil {
 			return err
 		}
+		c1 := processCPU()
 		g, err := gateway.BenchLoad(ctx, via.url, r, *dur, via.body, via.headers)
 		if err != nil {
 			return err
 		}
+		c2 := processCPU()
 		for _, x := range []struct {
 			name string
 			s    gateway.Stats
@@ -264,7 +272,10 @@ func benchGateway(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		rw.DirectP99us = float64(d.P99) / 1e3
 		rw.GatewayP99us = float64(g.P99) / 1e3
 		rw.UsageEventsPerSecond = g.RPS
-		fmt.Fprintf(stdout, "%8d  added    %10s %10s %10s   (target: p99 added ≤ 1ms at 5,000 rps)\n\n", r, rw.AddedP50, g.P90-d.P90, rw.AddedP99)
+		rw.DirectCPUus = perRequest(c1-c0, d.Requests)
+		rw.GatewayCPUus = perRequest(c2-c1, g.Requests)
+		fmt.Fprintf(stdout, "%8d  added    %10s %10s %10s   (target: p99 added ≤ 1ms at 5,000 rps)\n", r, rw.AddedP50, g.P90-d.P90, rw.AddedP99)
+		fmt.Fprintf(stdout, "%8d  cpu      %.0fµs per request direct, %.0fµs through the gateway (whole process: load generator and stub included)\n\n", r, rw.DirectCPUus, rw.GatewayCPUus)
 		if g.FirstError != "" {
 			fmt.Fprintf(stdout, "          first gateway error: %s\n", g.FirstError)
 		}
@@ -281,4 +292,20 @@ type benchTarget struct {
 	url     string
 	body    []byte
 	headers map[string]string
+}
+
+// processCPU is the CPU time the process has used so far, user and system.
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+func perRequest(d time.Duration, n int) float64 {
+	if n == 0 {
+		return 0
+	}
+	return float64(d) / 1e3 / float64(n)
 }
