@@ -47,6 +47,7 @@ func (l *Ledger) CreateKey(ctx context.Context, k *nozzle.APIKey) error {
 		if err := w.tx.Bucket(bTenantKeys).Put(join(lp(rec.TenantID), []byte(rec.ID)), nil); err != nil {
 			return err
 		}
+		w.authChanged = true
 		return w.tx.Bucket(bKeys).Put([]byte(rec.ID), encodeKey(&rec))
 	})
 	if err != nil {
@@ -59,7 +60,10 @@ func (l *Ledger) CreateKey(ctx context.Context, k *nozzle.APIKey) error {
 // KeyByDigest returns the key with the given digest. Returns EUNAUTHORIZED
 // if there is none or it is revoked.
 func (l *Ledger) KeyByDigest(ctx context.Context, digest string) (*nozzle.APIKey, error) {
-	var k *nozzle.APIKey
+	k, gen, ok := l.auth.key(digest)
+	if ok {
+		return k, nil // revoked keys are never cached
+	}
 	err := l.view(func(tx *bolt.Tx) error {
 		id := tx.Bucket(bKeyDigests).Get([]byte(digest))
 		if id == nil {
@@ -79,6 +83,7 @@ func (l *Ledger) KeyByDigest(ctx context.Context, digest string) (*nozzle.APIKey
 	if k.Revoked() {
 		return nil, nozzle.Errorf(nozzle.EUNAUTHORIZED, "This API key has been revoked.").WithReason("invalid_api_key")
 	}
+	l.auth.putKey(gen, digest, k)
 	return k, nil
 }
 
@@ -132,6 +137,7 @@ func (l *Ledger) RevokeKey(ctx context.Context, tenantID, id string) error {
 			return nil
 		}
 		k.RevokedAt = now
+		w.authChanged = true
 		return keys.Put([]byte(id), encodeKey(k))
 	})
 }
@@ -157,6 +163,7 @@ func (l *Ledger) TouchKeys(ctx context.Context, lastUsed map[string]time.Time) e
 				continue
 			}
 			k.LastUsedAt = at.UTC()
+			w.authChanged = true
 			if err := keys.Put([]byte(id), encodeKey(k)); err != nil {
 				return err
 			}

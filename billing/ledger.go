@@ -85,6 +85,7 @@ type Ledger struct {
 	wdone  chan struct{}
 
 	budget budgets
+	auth   authCache
 
 	// workers are background loops (the outbox) that Close stops.
 	wctx    context.Context
@@ -281,8 +282,10 @@ func (l *Ledger) commit(batch []*op) {
 		l.met.commitSeconds.Observe(time.Since(t0).Seconds())
 		l.met.batchWrites.Observe(float64(len(batch)))
 	}()
+	authChanged := false
 	err := l.db.Update(func(tx *bolt.Tx) error {
 		w := newWtx(l, tx)
+		defer func() { authChanged = authChanged || w.authChanged }()
 		for _, o := range batch {
 			o.err = o.fn(w)
 			if o.err != nil && nozzle.AsError(o.err) == nil {
@@ -297,6 +300,10 @@ func (l *Ledger) commit(batch []*op) {
 			l.commit([]*op{o})
 		}
 		return
+	}
+	if authChanged {
+		// Before any writer hears back: the change is seen from now on.
+		l.auth.invalidate()
 	}
 	for _, o := range batch {
 		if err != nil {

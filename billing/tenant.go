@@ -27,6 +27,7 @@ func (l *Ledger) CreateTenant(ctx context.Context, t *nozzle.Tenant) error {
 		if err := names.Put([]byte(lower(rec.Name)), []byte(rec.ID)); err != nil {
 			return err
 		}
+		w.authChanged = true
 		return w.tx.Bucket(bTenants).Put([]byte(rec.ID), encodeJSON(tenantRecord{rec}))
 	})
 	if err != nil {
@@ -38,9 +39,16 @@ func (l *Ledger) CreateTenant(ctx context.Context, t *nozzle.Tenant) error {
 
 // Tenant returns a tenant by ID. Returns ENOTFOUND if there is none.
 func (l *Ledger) Tenant(ctx context.Context, id string) (*nozzle.Tenant, error) {
-	var t *nozzle.Tenant
+	t, gen, ok := l.auth.tenant(id)
+	if ok {
+		return t, nil
+	}
 	err := l.view(func(tx *bolt.Tx) (err error) { t, err = getTenant(tx, id); return err })
-	return t, err
+	if err != nil {
+		return nil, err
+	}
+	l.auth.putTenant(gen, t)
+	return t, nil
 }
 
 func getTenant(tx *bolt.Tx, id string) (*nozzle.Tenant, error) {
@@ -117,6 +125,7 @@ func (l *Ledger) UpdateTenant(ctx context.Context, id string, upd nozzle.TenantU
 			}
 		}
 		out = t
+		w.authChanged = true
 		return w.tx.Bucket(bTenants).Put([]byte(id), encodeJSON(tenantRecord{*t}))
 	})
 	return out, err

@@ -31,6 +31,10 @@ type wtx struct {
 	dirty   map[string]struct{}
 	prices  map[string][]priceVersion // tenant → history, read once per tx
 	tenants map[string]bool
+
+	// authChanged says the transaction wrote a key or a tenant, which
+	// the ledger's auth cache must forget.
+	authChanged bool
 }
 
 func newWtx(l *Ledger, tx *bolt.Tx) *wtx {

@@ -1,0 +1,89 @@
+package billing
+
+import (
+	"slices"
+	"sync"
+	"sync/atomic"
+
+	"github.com/nozzle-ai/nozzle"
+)
+
+// authCache keeps the decoded keys (by digest) and tenants (by id) that
+// every API request looks up, so that the request path neither opens a
+// read transaction nor decodes a record.
+//
+// The cache is coherent by generation: every commit that changed a key or
+// a tenant bumps gen before its writers learn that it committed, and an
+// entry is used only while the generation it was read under is current.
+// A reader stores what it read only if gen did not move while it read, so
+// a value read before a commit can never be kept after it: a revoked key
+// or a suspended tenant is refused on the very next request.
+type authCache struct {
+	gen atomic.Uint64
+
+	mu      sync.RWMutex
+	at      uint64 // generation of the entries below
+	keys    map[string]nozzle.APIKey
+	tenants map[string]nozzle.Tenant
+}
+
+// invalidate drops every entry; called after a commit that changed keys
+// or tenants, before that commit is reported.
+func (c *authCache) invalidate() { c.gen.Add(1) }
+
+func (c *authCache) key(digest string) (*nozzle.APIKey, uint64, bool) {
+	g := c.gen.Load()
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	if c.at != g {
+		return nil, g, false
+	}
+	k, ok := c.keys[digest]
+	if !ok {
+		return nil, g, false
+	}
+	k.Scopes = slices.Clone(k.Scopes)
+	return &k, g, true
+}
+
+func (c *authCache) tenant(id string) (*nozzle.Tenant, uint64, bool) {
+	g := c.gen.Load()
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	if c.at != g {
+		return nil, g, false
+	}
+	t, ok := c.tenants[id]
+	if !ok {
+		return nil, g, false
+	}
+	return &t, g, true
+}
+
+// putKey stores a key read under generation g.
+func (c *authCache) putKey(g uint64, digest string, k *nozzle.APIKey) {
+	c.put(g, func() {
+		v := *k
+		v.Scopes = slices.Clone(k.Scopes)
+		c.keys[digest] = v
+	})
+}
+
+// putTenant stores a tenant read under generation g.
+func (c *authCache) putTenant(g uint64, t *nozzle.Tenant) {
+	c.put(g, func() { c.tenants[t.ID] = *t })
+}
+
+func (c *authCache) put(g uint64, store func()) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.gen.Load() != g {
+		return // something changed while the value was read
+	}
+	if c.at != g || c.keys == nil {
+		c.at = g
+		c.keys = map[string]nozzle.APIKey{}
+		c.tenants = map[string]nozzle.Tenant{}
+	}
+	store()
+}
