@@ -79,10 +79,16 @@ type Ledger struct {
 	dedicated  float64
 	maxBatch   int
 
-	mu     sync.RWMutex // guards closed and sends on ops
+	// mu guards closed; every write holds it for reading until it is
+	// committed, so Close (which takes it for writing) waits for them.
+	mu     sync.RWMutex
 	closed bool
-	ops    chan *op
-	wdone  chan struct{}
+
+	// Group commit: writes queue up while one of their goroutines, the
+	// leader, commits; see write.
+	qmu     sync.Mutex
+	queue   []*op
+	leading bool
 
 	budget budgets
 	auth   authCache
@@ -190,13 +196,10 @@ func Open(opts Options) (*Ledger, error) {
 		defPrice:   opts.DefaultPrice,
 		dedicated:  opts.DedicatedRatePerHour,
 		maxBatch:   opts.MaxBatch,
-		ops:        make(chan *op, opts.MaxBatch),
-		wdone:      make(chan struct{}),
 		met:        newLedgerMetrics(opts.Metrics),
 	}
 	l.budget.init()
 	l.wctx, l.wcancel = context.WithCancel(context.Background())
-	go l.writeLoop()
 	return l, nil
 }
 
@@ -213,10 +216,8 @@ func (l *Ledger) Close() error {
 		l.mu.Unlock()
 		return nil
 	}
-	l.closed = true
-	close(l.ops)
+	l.closed = true // every write has returned: nothing is queued
 	l.mu.Unlock()
-	<-l.wdone
 	if err := l.db.Close(); err != nil {
 		return fmt.Errorf("close ledger: %w", err)
 	}
@@ -233,44 +234,56 @@ type op struct {
 	done chan error
 }
 
+// errLead tells a queued write that it leads the next group commit.
+var errLead = errors.New("ledger: lead the next commit")
+
 // write queues fn and waits until it is committed and fsynced.
+//
+// Group commit without a writer goroutine: a write that finds no commit
+// running leads one itself, on its own goroutine, for everything queued
+// (up to MaxBatch); writes that arrive meanwhile queue up, and when the
+// commit is done the leader hands the lead to the first of them. A lone
+// write thus commits without waking another goroutine, and under load
+// each transaction still carries every write that waited for it.
 func (l *Ledger) write(ctx context.Context, fn func(w *wtx) error) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
 	o := &op{fn: fn, done: make(chan error, 1)}
 	l.mu.RLock()
+	defer l.mu.RUnlock()
 	if l.closed {
-		l.mu.RUnlock()
 		return ErrClosed
 	}
-	l.ops <- o
-	l.mu.RUnlock()
 	// The write is waited for even when ctx ends: the caller must learn
 	// whether it was committed.
-	return <-o.done
-}
-
-func (l *Ledger) writeLoop() {
-	defer close(l.wdone)
-	batch := make([]*op, 0, l.maxBatch)
-	for first := range l.ops {
-		batch = append(batch[:0], first)
-	fill:
-		for len(batch) < l.maxBatch {
-			select {
-			case o, ok := <-l.ops:
-				if !ok {
-					break fill
-				}
-				batch = append(batch, o)
-			default:
-				break fill
-			}
+	l.qmu.Lock()
+	l.queue = append(l.queue, o)
+	if l.leading {
+		l.qmu.Unlock()
+		if err := <-o.done; err != errLead {
+			return err
 		}
-		l.commit(batch)
-		clear(batch)
+		l.qmu.Lock()
 	}
+	l.leading = true
+	n := min(len(l.queue), l.maxBatch)
+	batch := l.queue[:n:n]
+	l.queue = append([]*op(nil), l.queue[n:]...)
+	l.qmu.Unlock()
+
+	l.commit(batch)
+
+	l.qmu.Lock()
+	if len(l.queue) > 0 {
+		next := l.queue[0]
+		l.qmu.Unlock()
+		next.done <- errLead
+	} else {
+		l.leading = false
+		l.qmu.Unlock()
+	}
+	return <-o.done
 }
 
 // commit runs a batch in one transaction. If the transaction fails, each

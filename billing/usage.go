@@ -1,6 +1,7 @@
 package billing
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"math"
@@ -60,11 +61,21 @@ func (w *wtx) flush() error {
 	}
 	db := w.tx.Bucket(bDirty)
 	for k := range w.dirty {
+		if has(db, []byte(k)) {
+			continue // marked already: a read leaves its page clean
+		}
 		if err := db.Put([]byte(k), nil); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// has reports whether b holds key k (Get cannot tell a missing key from
+// an empty value written in the same transaction).
+func has(b *bolt.Bucket, k []byte) bool {
+	got, _ := b.Cursor().Seek(k)
+	return bytes.Equal(got, k)
 }
 
 func addRollups(b *bolt.Bucket, incs map[string]*rollup) error {
