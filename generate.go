@@ -58,6 +58,11 @@ type GenerateRequest struct {
 	// many alternatives per token (at most 20).
 	Logprobs    bool
 	TopLogprobs int
+
+	// Stream says the caller passes chunks on as they come. Without it a
+	// generator may deliver them all at the end (a remote runtime then
+	// sends its answer in one piece: fewer writes and wake-ups).
+	Stream bool
 }
 
 // TokenLogprob is the log-probability of one generated token.

@@ -93,7 +93,7 @@ func (j *job) requests(requestID, tenantID string, maxTokens int) []*nozzle.Gene
 		return &nozzle.GenerateRequest{
 			RequestID: requestID, TenantID: tenantID, Adapter: j.adapter,
 			MaxTokens: maxTokens, Temperature: j.temperature, TopP: j.topP, Seed: j.seed,
-			Stop: j.stop, Logprobs: j.logprobs, TopLogprobs: j.topLogprobs,
+			Stop: j.stop, Logprobs: j.logprobs, TopLogprobs: j.topLogprobs, Stream: j.stream,
 		}
 	}
 	if j.kind == kindChat {

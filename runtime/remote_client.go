@@ -13,6 +13,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	nozzle "github.com/nozzle-ai/nozzle"
@@ -36,10 +37,11 @@ var (
 )
 
 // NewClient returns a client of the runtime at baseURL. hc nil means a
-// client without an overall timeout (completions stream for long).
+// client of its own on a Transport, without an overall timeout
+// (completions stream for long).
 func NewClient(baseURL, internalToken string, hc *http.Client) *Client {
 	if hc == nil {
-		hc = &http.Client{}
+		hc = &http.Client{Transport: NewTransport()}
 	}
 	return &Client{base: strings.TrimRight(baseURL, "/"), token: internalToken, hc: hc, CancelGrace: 30 * time.Second}
 }
@@ -155,6 +157,9 @@ func (c *Client) Ready(ctx context.Context) bool {
 // cancel and keeps reading until the runtime's final account arrives, so
 // that the device seconds used are reported; if the connection breaks, it
 // returns what it counted with ECANCELED (ctx ended) or EUNAVAILABLE.
+//
+// The answer is read on the caller's goroutine; only a canceled ctx starts
+// another one (to ask the runtime to stop).
 func (c *Client) Generate(ctx context.Context, req *nozzle.GenerateRequest, emit func(nozzle.Chunk) error) (*nozzle.GenerateResult, error) {
 	res := &nozzle.GenerateResult{}
 	wr := toWire(req)
@@ -170,133 +175,119 @@ func (c *Client) Generate(ctx context.Context, req *nozzle.GenerateRequest, emit
 	if err := ctx.Err(); err != nil {
 		return res, nozzle.Errorf(nozzle.ECANCELED, "The request was canceled.").Wrap(err)
 	}
-	// The stream outlives ctx by up to CancelGrace, for the final account.
+	// The exchange outlives ctx by up to CancelGrace, for the final account.
 	sctx, stop := context.WithCancel(context.WithoutCancel(ctx))
 	defer stop()
+	cn := &remoteCancel{c: c, id: wr.RequestID, stop: stop}
+	defer cn.close()
+	defer context.AfterFunc(ctx, func() {
+		cn.cancel(nozzle.Errorf(nozzle.ECANCELED, "The request was canceled.").Wrap(ctx.Err()))
+	})()
+
 	hreq, err := c.newRequest(sctx, http.MethodPost, "/internal/v1/generate", bytes.NewReader(body))
 	if err != nil {
 		return res, err
 	}
 	hreq.Header.Set("Accept", "application/x-ndjson")
-
-	type answer struct {
-		resp *http.Response
-		err  error
-	}
-	ans := make(chan answer, 1)
-	go func() {
-		resp, err := c.hc.Do(hreq)
-		ans <- answer{resp, err}
-	}()
-	var resp *http.Response
-	select {
-	case a := <-ans:
-		if a.err != nil {
-			return res, unavailable(a.err)
+	resp, err := c.hc.Do(hreq)
+	if err != nil {
+		if why := cn.reason(); why != nil {
+			return res, why
 		}
-		resp = a.resp
-	case <-ctx.Done():
-		// Nothing was read yet: ask the runtime to drop it, then wait
-		// for its answer (an early error, or the stream with the account).
-		c.cancelRemote(wr.RequestID)
-		select {
-		case a := <-ans:
-			if a.err != nil {
-				return res, nozzle.Errorf(nozzle.ECANCELED, "The request was canceled.").Wrap(ctx.Err())
-			}
-			resp = a.resp
-		case <-time.After(c.CancelGrace):
-			stop()
-			return res, nozzle.Errorf(nozzle.ECANCELED, "The request was canceled.").Wrap(ctx.Err())
-		}
+		return res, unavailable(err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		return readGenerateError(resp, res)
 	}
 
-	lines := make(chan wireLine)
-	readErr := make(chan error, 1)
-	go func() {
-		sc := bufio.NewScanner(resp.Body)
-		sc.Buffer(make([]byte, 64<<10), 16<<20)
-		for sc.Scan() {
-			var l wireLine
-			if err := json.Unmarshal(sc.Bytes(), &l); err != nil {
-				readErr <- fmt.Errorf("decode stream line: %w", err)
-				return
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 0, 4<<10), 16<<20)
+	for sc.Scan() {
+		var l wireLine
+		if err := json.Unmarshal(sc.Bytes(), &l); err != nil {
+			return res, unavailable(fmt.Errorf("decode stream line: %w", err))
+		}
+		switch {
+		case l.Result != nil:
+			final := l.Result.result()
+			// The final line ends the body: read its end, so that the
+			// connection goes back to the pool instead of being closed
+			// (a new connection per request would cost a handshake and a
+			// socket in TIME_WAIT).
+			t := time.AfterFunc(c.CancelGrace, stop)
+			io.Copy(io.Discard, resp.Body)
+			t.Stop()
+			if why := cn.reason(); why != nil {
+				// The runtime's account, our reason.
+				final.FinishReason = ""
+				return final, why
 			}
-			select {
-			case lines <- l:
-			case <-sctx.Done():
-				return
+			return final, l.Error.err()
+		case l.PromptTokens != nil:
+			res.PromptTokens = *l.PromptTokens
+		case l.Chunk != nil:
+			res.CompletionTokens = l.Chunk.Tokens
+			if cn.reason() != nil {
+				continue
+			}
+			if err := emit(nozzle.Chunk{Text: l.Chunk.Text, Logprobs: l.Chunk.Logprobs}); err != nil {
+				cn.cancel(nozzle.Errorf(nozzle.ECANCELED, "The request was canceled.").Wrap(err))
 			}
 		}
-		if err := sc.Err(); err != nil {
-			readErr <- err
-		} else {
-			readErr <- io.ErrUnexpectedEOF
-		}
-	}()
-
-	var (
-		canceled  error // why we asked the runtime to cancel
-		grace     <-chan time.Time
-		done      = ctx.Done()
-		cancelReq = func(why error) {
-			if canceled == nil {
-				canceled = why
-				c.cancelRemote(wr.RequestID)
-				grace = time.After(c.CancelGrace)
-			}
-		}
-	)
-	if ctx.Err() != nil {
-		cancelReq(nozzle.Errorf(nozzle.ECANCELED, "The request was canceled.").Wrap(ctx.Err()))
 	}
-	for {
-		select {
-		case l := <-lines:
-			switch {
-			case l.Result != nil:
-				final := l.Result.result()
-				// The final line ends the stream: let the reader see the
-				// end of the body, so that the connection goes back to the
-				// pool instead of being closed (a new connection per
-				// request would cost a handshake and a socket in TIME_WAIT).
-				select {
-				case <-readErr:
-				case <-time.After(c.CancelGrace):
-				}
-				if canceled != nil {
-					// The runtime's account, our reason.
-					final.FinishReason = ""
-					return final, canceled
-				}
-				return final, l.Error.err()
-			case l.PromptTokens != nil:
-				res.PromptTokens = *l.PromptTokens
-			case l.Chunk != nil:
-				res.CompletionTokens = l.Chunk.Tokens
-				if canceled != nil {
-					continue
-				}
-				if err := emit(nozzle.Chunk{Text: l.Chunk.Text, Logprobs: l.Chunk.Logprobs}); err != nil {
-					cancelReq(nozzle.Errorf(nozzle.ECANCELED, "The request was canceled.").Wrap(err))
-				}
-			}
-		case err := <-readErr:
-			if canceled != nil {
-				return res, canceled
-			}
-			return res, unavailable(fmt.Errorf("generate stream: %w", err))
-		case <-done:
-			done = nil
-			cancelReq(nozzle.Errorf(nozzle.ECANCELED, "The request was canceled.").Wrap(ctx.Err()))
-		case <-grace:
-			stop()
-			return res, canceled
-		}
+	if why := cn.reason(); why != nil {
+		return res, why
+	}
+	err = sc.Err()
+	if err == nil {
+		err = io.ErrUnexpectedEOF
+	}
+	return res, unavailable(fmt.Errorf("generate stream: %w", err))
+}
+
+// remoteCancel is the cancellation of one remote generation: the first
+// cancel records why, asks the runtime to stop, and gives it CancelGrace
+// to send its final account before the exchange is cut (stop).
+type remoteCancel struct {
+	c    *Client
+	id   string
+	stop context.CancelFunc
+
+	mu    sync.Mutex
+	why   error
+	grace *time.Timer
+	done  bool // Generate returned: no more timers
+}
+
+func (r *remoteCancel) cancel(why error) {
+	r.mu.Lock()
+	if r.why != nil || r.done {
+		r.mu.Unlock()
+		return
+	}
+	r.why = why
+	r.mu.Unlock()
+	r.c.cancelRemote(r.id)
+	r.mu.Lock()
+	if !r.done {
+		r.grace = time.AfterFunc(r.c.CancelGrace, r.stop)
+	}
+	r.mu.Unlock()
+}
+
+func (r *remoteCancel) reason() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.why
+}
+
+func (r *remoteCancel) close() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.done = true
+	if r.grace != nil {
+		r.grace.Stop()
 	}
 }
 

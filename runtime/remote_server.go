@@ -58,6 +58,7 @@ type wireRequest struct {
 	Stop         []string             `json:"stop,omitempty"`
 	Logprobs     bool                 `json:"logprobs"`
 	TopLogprobs  int                  `json:"top_logprobs"`
+	Stream       bool                 `json:"stream,omitempty"`
 }
 
 func toWire(r *nozzle.GenerateRequest) wireRequest {
@@ -65,7 +66,7 @@ func toWire(r *nozzle.GenerateRequest) wireRequest {
 		RequestID: r.RequestID, TenantID: r.TenantID, Adapter: r.Adapter,
 		Messages: r.Messages, Prompt: r.Prompt, PromptTokens: r.PromptTokens,
 		MaxTokens: r.MaxTokens, Temperature: r.Temperature, TopP: r.TopP, TopK: r.TopK,
-		Seed: r.Seed, Stop: r.Stop, Logprobs: r.Logprobs, TopLogprobs: r.TopLogprobs,
+		Seed: r.Seed, Stop: r.Stop, Logprobs: r.Logprobs, TopLogprobs: r.TopLogprobs, Stream: r.Stream,
 	}
 }
 
@@ -74,7 +75,7 @@ func (w wireRequest) request() *nozzle.GenerateRequest {
 		RequestID: w.RequestID, TenantID: w.TenantID, Adapter: w.Adapter,
 		Messages: w.Messages, Prompt: w.Prompt, PromptTokens: w.PromptTokens,
 		MaxTokens: w.MaxTokens, Temperature: w.Temperature, TopP: w.TopP, TopK: w.TopK,
-		Seed: w.Seed, Stop: w.Stop, Logprobs: w.Logprobs, TopLogprobs: w.TopLogprobs,
+		Seed: w.Seed, Stop: w.Stop, Logprobs: w.Logprobs, TopLogprobs: w.TopLogprobs, Stream: w.Stream,
 	}
 }
 
@@ -345,14 +346,18 @@ func (s *server) generate(w http.ResponseWriter, r *http.Request) {
 		}()
 	}
 
+	// A streamed request gets each line as it is made; any other gets the
+	// whole answer in one write when the handler returns (the final line
+	// never needs a flush of its own: returning sends it with the end of
+	// the body).
 	rc := http.NewResponseController(w)
 	enc := json.NewEncoder(w)
 	var writeErr error
-	send := func(l wireLine) error {
+	send := func(l wireLine, last bool) error {
 		if writeErr != nil {
 			return writeErr
 		}
-		if writeErr = enc.Encode(l); writeErr == nil {
+		if writeErr = enc.Encode(l); writeErr == nil && wr.Stream && !last {
 			writeErr = rc.Flush()
 		}
 		return writeErr
@@ -363,9 +368,9 @@ func (s *server) generate(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/x-ndjson")
 		w.Header().Set("Cache-Control", "no-store")
 		w.WriteHeader(http.StatusOK)
-		send(wireLine{PromptTokens: &promptTokens})
+		send(wireLine{PromptTokens: &promptTokens}, false)
 	}, func(c nozzle.Chunk, n int) error {
-		return send(wireLine{Chunk: &wireChunk{Text: c.Text, Logprobs: c.Logprobs, Tokens: n}})
+		return send(wireLine{Chunk: &wireChunk{Text: c.Text, Logprobs: c.Logprobs, Tokens: n}}, false)
 	})
 	if !started {
 		if err == nil {
@@ -375,5 +380,5 @@ func (s *server) generate(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, httpStatus(we.Code), map[string]any{"error": we, "result": resultToWire(res)})
 		return
 	}
-	send(wireLine{Result: resultToWire(res), Error: errorToWire(err)})
+	send(wireLine{Result: resultToWire(res), Error: errorToWire(err)}, true)
 }

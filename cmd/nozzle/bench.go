@@ -203,7 +203,7 @@ func benchGateway(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		Digest: nozzle.KeyDigest(secret), Scopes: nozzle.AllScopes}); err != nil {
 		return err
 	}
-	client := runtime.NewClient(upURL, token, &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 1024}})
+	client := runtime.NewClient(upURL, token, nil)
 	gw, err := gateway.New(gateway.Config{Logger: quiet, UploadDir: filepath.Join(dir, "uploads")}, gateway.Deps{
 		Tenants: l, Keys: l, Adapters: l, Store: runtime.NewStore(filepath.Join(dir, "adapters"), nil),
 		Ledger: l, Budget: l, Reporter: l,
@@ -280,6 +280,11 @@ func benchGateway(ctx context.Context, args []string, stdout, stderr io.Writer) 
 			fmt.Fprintf(stdout, "          first gateway error: %s\n", g.FirstError)
 		}
 		rows = append(rows, rw)
+	}
+	if f := os.Getenv("HACK_MEM"); f != "" {
+		fh, _ := os.Create(f)
+		pprof.Lookup("allocs").WriteTo(fh, 0)
+		fh.Close()
 	}
 	enc := json.NewEncoder(stdout)
 	for _, rw := range rows {

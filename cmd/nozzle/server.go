@@ -508,7 +508,7 @@ func (m *Main) RunGateway(ctx context.Context) error {
 		if err != nil {
 			return nil, err
 		}
-		hc := &http.Client{}
+		hc := &http.Client{Transport: runtime.NewTransport()}
 		var ups []gateway.Upstream
 		sources := map[string]nozzle.CapacitySource{}
 		for _, u := range m.Config.Upstreams {
