@@ -111,34 +111,31 @@ func BenchLoad(ctx context.Context, target string, rps int, dur time.Duration, r
 		}
 	}
 
+	// The requests go out from a goroutine with a thread of its own that
+	// sleeps precisely (see pace): Go's timers wake up to a millisecond
+	// late on an idle machine, which would turn a steady rate into bursts.
 	sent := 0
-	timer := time.NewTimer(time.Hour)
-	defer timer.Stop()
-loop:
-	for sent < total {
-		due := start.Add(time.Duration(sent) * interval)
-		// Sleep until the next request is due: a spinning scheduler would
-		// take a core from the server it measures.
-		if ahead := time.Until(due); ahead > 0 {
-			timer.Reset(ahead)
-			select {
-			case <-ctx.Done():
-				break loop
-			case <-timer.C:
-			}
-		} else if ctx.Err() != nil {
-			break
-		}
-		// Send everything that is due now.
-		for now := time.Now(); sent < total; sent++ {
+	paced := make(chan struct{})
+	go func() {
+		defer close(paced)
+		sleep := pace()
+		for sent < total && ctx.Err() == nil {
 			due := start.Add(time.Duration(sent) * interval)
-			if due.After(now) {
-				break
+			if ahead := time.Until(due); ahead > 0 {
+				sleep(min(ahead, 50*time.Millisecond))
+				continue
 			}
-			wg.Add(1)
-			go one(sent)
+			// Send everything that is due now.
+			for now := time.Now(); sent < total; sent++ {
+				if start.Add(time.Duration(sent) * interval).After(now) {
+					break
+				}
+				wg.Add(1)
+				go one(sent)
+			}
 		}
-	}
+	}()
+	<-paced
 	wg.Wait()
 	elapsed := time.Since(start)
 
