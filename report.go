@@ -32,6 +32,12 @@ type ReportQuery struct {
 	// GroupBy lists group keys (GroupHour, GroupDay, GroupAdapter,
 	// GroupTenant); empty means one row.
 	GroupBy []string
+	// GPUStep asks an operator report for the GPU's capacity per UTC hour
+	// (GroupHour) or day (GroupDay) in GPUSummary.Series, whatever the rows
+	// are grouped by. Empty means the query's own time group: a report
+	// grouped by hour or day carries the series at that step, any other
+	// none. Tenant reports carry no GPU figures and ignore it.
+	GPUStep string
 }
 
 // ReportRow is the usage and cost of one group (or the total).
@@ -89,6 +95,34 @@ type GPUSummary struct {
 	CostUSD       float64 `json:"cost_usd"`
 	// IdleCostUSD is the cost of idle time; OperatorIdleUSD the part of it
 	// not allocated to tenants (all of it under the operator policy).
+	IdleCostUSD     float64 `json:"idle_cost_usd"`
+	OperatorIdleUSD float64 `json:"operator_idle_usd"`
+	// Step is the series' step (GroupHour or GroupDay); empty when the
+	// report carries no series.
+	Step string `json:"step,omitempty"`
+	// Series is the capacity hour by hour or day by day (UTC) over the
+	// period, oldest first, one entry for every hour or day measured
+	// (zeros where no runtime was up); see ReportQuery.GPUStep. Each entry
+	// holds the figures that an operator report over its hour or day alone
+	// gives, so the series adds up to the period's uptime, active and idle
+	// seconds and cost.
+	Series []GPUBucket `json:"series,omitempty"`
+}
+
+// GPUBucket is runtimes' capacity over one hour or day of a report's
+// period.
+type GPUBucket struct {
+	// Time is the start of the hour or UTC day; a day cut by the period's
+	// start or end covers only the hours inside the period.
+	Time          time.Time `json:"time"`
+	UptimeSeconds float64   `json:"uptime_seconds"`
+	ActiveSeconds float64   `json:"active_seconds"`
+	IdleSeconds   float64   `json:"idle_seconds"`
+	Utilization   float64   `json:"utilization"` // ActiveSeconds / UptimeSeconds
+	CostUSD       float64   `json:"cost_usd"`
+	// IdleCostUSD is the cost of the bucket's idle time beyond its
+	// requests' active cost, and OperatorIdleUSD the part of it left with
+	// the operator, as in a report over the bucket alone.
 	IdleCostUSD     float64 `json:"idle_cost_usd"`
 	OperatorIdleUSD float64 `json:"operator_idle_usd"`
 }

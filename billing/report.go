@@ -18,6 +18,7 @@ type reportSpec struct {
 	startH, endH          int64 // hours, end exclusive
 	byHour, byDay, byAd   bool
 	byTenant, operatorRep bool
+	gpuStep               string // GroupHour, GroupDay or empty: the GPU series
 }
 
 func (l *Ledger) spec(q nozzle.ReportQuery) (*reportSpec, error) {
@@ -71,8 +72,24 @@ func (l *Ledger) spec(q nozzle.ReportQuery) (*reportSpec, error) {
 		return nil, nozzle.Errorf(nozzle.EINVALID, "Group by hour or by day, not both.").WithParam("group_by")
 	}
 	q.GroupBy = groups
+	switch step := strings.ToLower(strings.TrimSpace(q.GPUStep)); step {
+	case nozzle.GroupHour, nozzle.GroupDay:
+		s.gpuStep = step
+	case "":
+		if s.byHour {
+			s.gpuStep = nozzle.GroupHour
+		} else if s.byDay {
+			s.gpuStep = nozzle.GroupDay
+		}
+	default:
+		return nil, nozzle.Errorf(nozzle.EINVALID, "Unknown GPU step %q: use hour or day.", step).WithParam("gpu_step")
+	}
+	q.GPUStep = s.gpuStep
 	s.q = q
 	s.operatorRep = q.TenantID == ""
+	if !s.operatorRep {
+		s.gpuStep = ""
+	}
 	return s, nil
 }
 
@@ -93,10 +110,53 @@ type periodTotals struct {
 	hourActive    map[int64]float64 // hour → all tenants' active cost
 	capacity      capHour           // all runtimes
 	hourCap       map[int64]capHour // hour → all runtimes
+	// series is the GPU series' buckets (none unless the spec asks for
+	// it), each summed in the order a report over the bucket alone sums
+	// its hours, so that its figures are that report's to the bit.
+	series  []gpuAcc
+	startH  int64
+	dayStep bool
 }
 
-func newTotals() periodTotals {
-	return periodTotals{hourActive: map[int64]float64{}, hourCap: map[int64]capHour{}}
+// gpuAcc is the capacity and all tenants' active cost of one bucket of the
+// GPU series.
+type gpuAcc struct {
+	capacity   capHour
+	activeCost float64
+}
+
+func newTotals(s *reportSpec) periodTotals {
+	t := periodTotals{hourActive: map[int64]float64{}, hourCap: map[int64]capHour{}, startH: s.startH}
+	switch s.gpuStep {
+	case nozzle.GroupHour:
+		t.series = make([]gpuAcc, s.endH-s.startH)
+	case nozzle.GroupDay:
+		t.dayStep = true
+		t.series = make([]gpuAcc, (dayOf(s.endH-1)-dayOf(s.startH))/24+1)
+	}
+	return t
+}
+
+// bucket returns the GPU series' bucket holding hour h of the period, or
+// nil when the report has no series.
+func (t *periodTotals) bucket(h int64) *gpuAcc {
+	if t.series == nil {
+		return nil
+	}
+	i := h - t.startH
+	if t.dayStep {
+		i = (dayOf(h) - dayOf(t.startH)) / 24
+	}
+	return &t.series[i]
+}
+
+// bucketTime returns the start of the GPU series' bucket i: the hour, or
+// the UTC day cut by the period's start.
+func (t *periodTotals) bucketTime(i int) time.Time {
+	if !t.dayStep {
+		return hourTime(t.startH + int64(i))
+	}
+	return hourTime(max(t.startH, dayOf(t.startH)+24*int64(i)))
 }
 
 // Report returns the usage and cost report for q, computed from the hourly
@@ -155,7 +215,7 @@ func (l *Ledger) report(ctx context.Context, q nozzle.ReportQuery, scan bool) (*
 // rollupCells reads the selected tenants' rollups and the all-tenant
 // hourly totals of the period.
 func rollupCells(tx *bolt.Tx, s *reportSpec, tenants []*nozzle.Tenant) ([]usageCell, periodTotals, error) {
-	tot := newTotals()
+	tot := newTotals(s)
 	hc := tx.Bucket(bHours).Cursor()
 	for k, v := hc.Seek(hourKey(s.startH)); k != nil && hourFromKey(k) < s.endH; k, v = hc.Next() {
 		r, err := decodeRollup(v)
@@ -165,6 +225,9 @@ func rollupCells(tx *bolt.Tx, s *reportSpec, tenants []*nozzle.Tenant) ([]usageC
 		tot.activeCostUSD += r.ActiveCostUSD
 		tot.deviceSeconds += r.DeviceSeconds
 		tot.hourActive[hourFromKey(k)] += r.ActiveCostUSD
+		if b := tot.bucket(hourFromKey(k)); b != nil {
+			b.activeCost += r.ActiveCostUSD
+		}
 	}
 	var ids []string
 	if s.operatorRep {
@@ -203,7 +266,7 @@ func rollupCells(tx *bolt.Tx, s *reportSpec, tenants []*nozzle.Tenant) ([]usageC
 // scanCells computes the same cells and totals from the events themselves:
 // the slow path that Check and the benchmark baseline use.
 func scanCells(ctx context.Context, tx *bolt.Tx, s *reportSpec) ([]usageCell, periodTotals, error) {
-	tot := newTotals()
+	tot := newTotals(s)
 	agg := map[string]*usageCell{}
 	c := tx.Bucket(bEvents).Cursor()
 	n := 0
@@ -222,6 +285,9 @@ func scanCells(ctx context.Context, tx *bolt.Tx, s *reportSpec) ([]usageCell, pe
 		tot.activeCostUSD += activeCost(ev)
 		tot.deviceSeconds += ev.DeviceSeconds
 		tot.hourActive[h] += activeCost(ev)
+		if b := tot.bucket(h); b != nil {
+			b.activeCost += activeCost(ev)
+		}
 		if !s.operatorRep && ev.TenantID != s.q.TenantID {
 			continue
 		}
@@ -265,6 +331,9 @@ func capacityTotals(tx *bolt.Tx, startH, endH int64, tot *periodTotals) error {
 		hc := tot.hourCap[h]
 		hc.add(ch)
 		tot.hourCap[h] = hc
+		if b := tot.bucket(h); b != nil {
+			b.capacity.add(ch)
+		}
 	}
 	return nil
 }
@@ -462,9 +531,37 @@ func (l *Ledger) buildReport(s *reportSpec, cells []usageCell, tot periodTotals,
 		if !prorata {
 			g.OperatorIdleUSD = pool
 		}
+		if tot.series != nil {
+			g.Step = s.gpuStep
+			g.Series = make([]nozzle.GPUBucket, len(tot.series))
+			for i := range tot.series {
+				g.Series[i] = l.gpuBucket(tot.bucketTime(i), &tot.series[i])
+			}
+		}
 		rep.GPU = g
 	}
 	return rep
+}
+
+// gpuBucket returns the GPU figures of one bucket of the series: those of
+// GPUSummary for a period of that bucket alone.
+func (l *Ledger) gpuBucket(t time.Time, a *gpuAcc) nozzle.GPUBucket {
+	c := &a.capacity
+	b := nozzle.GPUBucket{
+		Time:          t,
+		UptimeSeconds: c.UptimeSeconds,
+		ActiveSeconds: c.ActiveSeconds,
+		IdleSeconds:   c.IdleSeconds,
+		CostUSD:       c.CostUSD,
+		IdleCostUSD:   max(0, c.CostUSD-a.activeCost),
+	}
+	if b.UptimeSeconds > 0 {
+		b.Utilization = b.ActiveSeconds / b.UptimeSeconds
+	}
+	if !(l.idlePolicy == nozzle.IdleProrata && a.activeCost > 0) {
+		b.OperatorIdleUSD = b.IdleCostUSD
+	}
+	return b
 }
 
 // dayOf returns the first hour of the UTC day holding hour h.
