@@ -22,6 +22,18 @@ type ModelInfo struct {
 	// Device is "cpu" or "cuda".
 	Device    string    `json:"device"`
 	CreatedAt time.Time `json:"created_at"`
+	// Sampling holds the model's recommended sampling settings
+	// (generation_config.json): they apply to the parameters a request
+	// leaves out.
+	Sampling SamplingDefaults `json:"sampling,omitzero"`
+}
+
+// SamplingDefaults are a model's recommended sampling settings; a nil or
+// zero field is not recommended (the API's own default applies).
+type SamplingDefaults struct {
+	Temperature *float64 `json:"temperature,omitempty"`
+	TopP        *float64 `json:"top_p,omitempty"`
+	TopK        int      `json:"top_k,omitempty"`
 }
 
 // ChatMessage is one message of a chat.

@@ -205,9 +205,13 @@ func (cp *completion) done() {
 
 // resolveModel resolves the request's model to the base model or one of
 // the tenant's adapters. Another tenant's adapter is "not found", exactly
-// like a name that does not exist.
+// like a name that does not exist. The model's recommended sampling
+// settings fill the parameters the request left out.
 func (s *Server) resolveModel(ctx context.Context, p *principal, j *job) error {
 	info, known := s.router.modelInfo()
+	if known {
+		j.applySampling(info.Sampling)
+	}
 	if j.model == nozzle.BaseModelAlias || (known && j.model == info.ID) {
 		j.shownModel = j.model
 		if known {

@@ -34,6 +34,7 @@ type fakeGen struct {
 	hold      atomic.Pointer[chan struct{}] // Generate waits for it to close before the first token
 	started   chan string                   // receives the request id when Generate starts (if set)
 	lastReq   atomic.Pointer[nozzle.GenerateRequest]
+	sampling  nozzle.SamplingDefaults // the model's recommended sampling, reported by Info
 }
 
 func newFakeGen(w *world) *fakeGen {
@@ -61,7 +62,7 @@ func (g *fakeGen) mock() *mock.Generator {
 				return nozzle.ModelInfo{}, nozzle.Errorf(nozzle.EUNAVAILABLE, "Down.")
 			}
 			return nozzle.ModelInfo{ID: "tiny-llama", Architecture: "llama", ContextLength: 2048, VocabSize: 32000,
-				Device: "cpu", CreatedAt: time.Unix(1700000000, 0).UTC()}, nil
+				Device: "cpu", CreatedAt: time.Unix(1700000000, 0).UTC(), Sampling: g.sampling}, nil
 		},
 		GenerateFn:    g.generate,
 		AdapterTierFn: func(ctx context.Context, sha string) nozzle.Tier { return nozzle.TierDisk },

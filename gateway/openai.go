@@ -38,10 +38,15 @@ type job struct {
 	maxTokens   int // 0: not given
 	temperature float64
 	topP        float64
+	topK        int // 0: no top-k filter
 	seed        *uint64
-	stop        []string
-	topLogprobs int
-	user        string
+
+	// Sampling parameters the request left out take the model's
+	// recommended values (see applySampling), else the API's defaults.
+	temperatureSet, topPSet, topKSet bool
+	stop                             []string
+	topLogprobs                      int
+	user                             string
 
 	// Filled when the request is admitted.
 	shownModel string          // model named in the answer
@@ -92,7 +97,7 @@ func (j *job) requests(requestID, tenantID string, maxTokens int) []*nozzle.Gene
 	mk := func() *nozzle.GenerateRequest {
 		return &nozzle.GenerateRequest{
 			RequestID: requestID, TenantID: tenantID, Adapter: j.adapter,
-			MaxTokens: maxTokens, Temperature: j.temperature, TopP: j.topP, Seed: j.seed,
+			MaxTokens: maxTokens, Temperature: j.temperature, TopP: j.topP, TopK: j.topK, Seed: j.seed,
 			Stop: j.stop, Logprobs: j.logprobs, TopLogprobs: j.topLogprobs, Stream: j.stream,
 		}
 	}
@@ -140,6 +145,7 @@ type chatBody struct {
 	MaxCompletionTokens *int            `json:"max_completion_tokens"`
 	Temperature         *float64        `json:"temperature"`
 	TopP                *float64        `json:"top_p"`
+	TopK                *int            `json:"top_k"`
 	Seed                *int64          `json:"seed"`
 	N                   *int            `json:"n"`
 	Stop                json.RawMessage `json:"stop"`
@@ -169,6 +175,7 @@ type completionBody struct {
 	MaxTokens     *int            `json:"max_tokens"`
 	Temperature   *float64        `json:"temperature"`
 	TopP          *float64        `json:"top_p"`
+	TopK          *int            `json:"top_k"`
 	Seed          *int64          `json:"seed"`
 	N             *int            `json:"n"`
 	Stop          json.RawMessage `json:"stop"`
@@ -274,6 +281,7 @@ type common struct {
 	maxTokens   *int
 	temperature *float64
 	topP        *float64
+	topK        *int
 	seed        *int64
 	n           *int
 	stop        json.RawMessage
@@ -294,6 +302,7 @@ func (j *job) applyCommon(c common, maxChoicesPerPrompt int, maxTokensParam stri
 		j.maxTokens = *c.maxTokens
 	}
 	j.temperature = 1
+	j.temperatureSet = c.temperature != nil
 	if c.temperature != nil {
 		if *c.temperature < 0 || *c.temperature > 2 {
 			return invalid("temperature", "Invalid 'temperature': expected a number from 0 to 2, but got %s.", strconv.FormatFloat(*c.temperature, 'g', -1, 64))
@@ -301,11 +310,20 @@ func (j *job) applyCommon(c common, maxChoicesPerPrompt int, maxTokensParam stri
 		j.temperature = *c.temperature
 	}
 	j.topP = 1
+	j.topPSet = c.topP != nil
 	if c.topP != nil {
 		if *c.topP < 0 || *c.topP > 1 {
 			return invalid("top_p", "Invalid 'top_p': expected a number from 0 to 1, but got %s.", strconv.FormatFloat(*c.topP, 'g', -1, 64))
 		}
 		j.topP = *c.topP
+	}
+	if c.topK != nil {
+		// An extension (as other OpenAI-compatible servers have it):
+		// -1 or 0 turns the filter off.
+		if *c.topK < -1 {
+			return invalid("top_k", "Invalid 'top_k': expected -1, 0 (no filter) or a positive integer, but got %d.", *c.topK)
+		}
+		j.topK, j.topKSet = max(*c.topK, 0), true
 	}
 	if c.seed != nil {
 		u := uint64(*c.seed)
@@ -348,7 +366,7 @@ func parseChat(body []byte, maxChoices int) (*job, error) {
 	if b.MaxCompletionTokens != nil {
 		maxTok, param = b.MaxCompletionTokens, "max_completion_tokens"
 	}
-	if err := j.applyCommon(common{b.Model, maxTok, b.Temperature, b.TopP, b.Seed, b.N, b.Stop, b.Stream, b.StreamOptions, b.User}, maxChoices, param); err != nil {
+	if err := j.applyCommon(common{b.Model, maxTok, b.Temperature, b.TopP, b.TopK, b.Seed, b.N, b.Stop, b.Stream, b.StreamOptions, b.User}, maxChoices, param); err != nil {
 		return nil, err
 	}
 	if !isNull(b.Tools) && string(bytes.TrimSpace(b.Tools)) != "[]" {
@@ -438,7 +456,7 @@ func parseCompletion(body []byte, maxChoices int) (*job, error) {
 		return nil, err
 	}
 	j := &job{kind: kindText}
-	if err := j.applyCommon(common{b.Model, b.MaxTokens, b.Temperature, b.TopP, b.Seed, b.N, b.Stop, b.Stream, b.StreamOptions, b.User}, maxChoices, "max_tokens"); err != nil {
+	if err := j.applyCommon(common{b.Model, b.MaxTokens, b.Temperature, b.TopP, b.TopK, b.Seed, b.N, b.Stop, b.Stream, b.StreamOptions, b.User}, maxChoices, "max_tokens"); err != nil {
 		return nil, err
 	}
 	prompts, err := parsePrompt(b.Prompt)
@@ -536,4 +554,20 @@ func checkTokens(ids []int) error {
 		}
 	}
 	return nil
+}
+
+// applySampling gives the sampling parameters the request left out the
+// model's recommended values (generation_config.json), as other serving
+// systems do; the API's defaults (temperature 1, top_p 1, no top-k) stand
+// where the model recommends nothing.
+func (j *job) applySampling(d nozzle.SamplingDefaults) {
+	if !j.temperatureSet && d.Temperature != nil {
+		j.temperature = *d.Temperature
+	}
+	if !j.topPSet && d.TopP != nil {
+		j.topP = *d.TopP
+	}
+	if !j.topKSet && d.TopK > 0 {
+		j.topK = d.TopK
+	}
 }

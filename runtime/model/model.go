@@ -171,7 +171,23 @@ func (m *Model) Info() nozzle.ModelInfo {
 		NumHeads:         c.NumHeads,
 		NumKVHeads:       c.NumKVHeads,
 		HeadDim:          c.HeadDim,
+		Sampling:         m.samplingDefaults(),
 	}
+}
+
+// samplingDefaults are generation_config.json's sampling settings, as
+// serving systems take them: the values present, whatever do_sample says
+// (an API request asks for sampling or not through its temperature).
+func (m *Model) samplingDefaults() nozzle.SamplingDefaults {
+	g := m.Generation
+	if g == nil {
+		return nozzle.SamplingDefaults{}
+	}
+	d := nozzle.SamplingDefaults{Temperature: g.Temperature, TopP: g.TopP}
+	if g.TopK != nil && *g.TopK > 0 {
+		d.TopK = *g.TopK
+	}
+	return d
 }
 
 // EOSTokenIDs returns the ids that end generation: generation_config.json's

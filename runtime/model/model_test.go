@@ -84,6 +84,11 @@ func TestOpen_Generated(t *testing.T) {
 			if ids := m.EOSTokenIDs(); len(ids) != 1 || ids[0] != 2 {
 				t.Errorf("eos = %v", ids)
 			}
+			// generation_config.json's sampling settings (the generator
+			// writes temperature 0.7, top_p 0.9 and no top_k).
+			if s := info.Sampling; s.Temperature == nil || *s.Temperature != 0.7 || s.TopP == nil || *s.TopP != 0.9 || s.TopK != 0 {
+				t.Errorf("sampling = %+v", s)
+			}
 			w, ok := m.Weight(model.KindDown, 1)
 			if !ok || w.Shape[0] != 32 || w.Shape[1] != 48 || w.Name != "model.layers.1.mlp.down_proj.weight" {
 				t.Errorf("down = %+v", w)
