@@ -122,10 +122,10 @@ type gpuView struct {
 	Step        string
 }
 
-// gpuPage shows the pool's side: utilisation over time (one operator
-// report per hour, or per day for long periods, for the capacity of each),
-// the cost split by tenant with idle shares, revenue and margin, and the
-// Stripe outbox.
+// gpuPage shows the pool's side: utilisation over time (hour by hour, or
+// day by day for long periods, from the operator report's GPU series), the
+// cost split by tenant with idle shares, revenue and margin, and the
+// Stripe outbox. One report gives all of it.
 func (cs *console) gpuPage(c *fiber.Ctx, sess *consoleSession) error {
 	now := cs.cfg.Clock().UTC()
 	v := gpuView{PeriodNames: periodNames}
@@ -135,7 +135,11 @@ func (cs *console) gpuPage(c *fiber.Ctx, sess *consoleSession) error {
 		p, _ = parsePeriod("7d", "", "", now)
 	}
 	v.Period = p
-	rep, err := cs.report(c, nozzle.ReportQuery{Start: p.Start, End: p.End, GroupBy: []string{nozzle.GroupTenant}})
+	v.Step = nozzle.GroupHour
+	if p.End.Sub(p.Start) > 7*24*time.Hour {
+		v.Step = nozzle.GroupDay
+	}
+	rep, err := cs.report(c, nozzle.ReportQuery{Start: p.Start, End: p.End, GroupBy: []string{nozzle.GroupTenant}, GPUStep: v.Step})
 	if err != nil {
 		return err
 	}
@@ -147,30 +151,23 @@ func (cs *console) gpuPage(c *fiber.Ctx, sess *consoleSession) error {
 	v.Margin = v.Revenue - v.GPU.CostUSD
 	sort.SliceStable(v.Tenants, func(i, j int) bool { return v.Tenants[i].CostUSD > v.Tenants[j].CostUSD })
 
-	v.Step = nozzle.GroupHour
-	if p.End.Sub(p.Start) > 7*24*time.Hour {
-		v.Step = nozzle.GroupDay
-	}
+	// The charts run up to the current hour; buckets the series lacks
+	// stay at zero.
 	xs := buckets(p.Start, minTime(p.End, now.Truncate(time.Hour).Add(time.Hour)), v.Step)
+	idx := make(map[int64]int, len(xs))
+	for i, x := range xs {
+		idx[x.Unix()] = i
+	}
 	util := make([]float64, len(xs))
 	active := make([]float64, len(xs))
 	idle := make([]float64, len(xs))
-	for i, x := range xs {
-		if x.After(now) {
-			break
-		}
-		end := x.Add(time.Hour)
-		if v.Step == nozzle.GroupDay {
-			end = x.AddDate(0, 0, 1)
-		}
-		r, err := cs.report(c, nozzle.ReportQuery{Start: x, End: end})
-		if err != nil {
-			return err
-		}
-		if r.GPU != nil {
-			util[i] = r.GPU.Utilization * 100
-			active[i] = r.GPU.ActiveSeconds
-			idle[i] = r.GPU.IdleSeconds
+	if rep.GPU != nil {
+		for _, b := range rep.GPU.Series {
+			if i, ok := idx[b.Time.Unix()]; ok {
+				util[i] = b.Utilization * 100
+				active[i] = b.ActiveSeconds
+				idle[i] = b.IdleSeconds
+			}
 		}
 	}
 	v.Utilization = chart{Title: "GPU utilisation", Unit: "percent", Kind: "line", Step: v.Step, X: unixes(xs),

@@ -47,6 +47,7 @@ type memWorld struct {
 	words    []string
 	delay    time.Duration
 	rate     float64
+	reports  int // reports asked for
 }
 
 func newMemWorld() *memWorld {
@@ -526,12 +527,40 @@ func (w *memWorld) generate(ctx context.Context, req *nozzle.GenerateRequest, em
 	return res, nil
 }
 
+// gpu is the runtime's capacity over [start, end): up since w.started, busy
+// for the device time of the requests in the period. It also returns the
+// requests' active cost. w.mu is held.
+func (w *memWorld) gpu(start, end time.Time) (nozzle.GPUSummary, float64) {
+	upEnd, upStart := end, start
+	if now := w.now(); now.Before(upEnd) {
+		upEnd = now
+	}
+	if w.started.After(upStart) {
+		upStart = w.started
+	}
+	up := max(0, upEnd.Sub(upStart).Seconds())
+	var active, activeCost float64
+	for _, e := range w.events {
+		if !e.Time.Before(start) && e.Time.Before(end) {
+			active += e.DeviceSeconds
+			activeCost += e.DeviceSeconds * e.RatePerHour / 3600
+		}
+	}
+	idle := max(0, up-active)
+	g := nozzle.GPUSummary{UptimeSeconds: up, ActiveSeconds: min(active, up), IdleSeconds: idle, CostUSD: up * w.rate / 3600, IdleCostUSD: idle * w.rate / 3600}
+	if up > 0 {
+		g.Utilization = g.ActiveSeconds / up
+	}
+	return g, activeCost
+}
+
 // report groups the ledger's events the way billing does, in short: active
 // cost from device time, idle time (the runtime up since w.started) shared
 // by active cost under the prorata policy, a dedicated GPU per adapter.
 func (w *memWorld) report(ctx context.Context, q nozzle.ReportQuery) (*nozzle.Report, error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	w.reports++
 	for _, g := range q.GroupBy {
 		if !slices.Contains([]string{nozzle.GroupHour, nozzle.GroupDay, nozzle.GroupAdapter, nozzle.GroupTenant}, g) {
 			return nil, nozzle.Errorf(nozzle.EINVALID, "Unknown group %q.", g)
@@ -541,23 +570,8 @@ func (w *memWorld) report(ctx context.Context, q nozzle.ReportQuery) (*nozzle.Re
 		return nil, nozzle.Errorf(nozzle.ENOTFOUND, "No tenant.")
 	}
 	now := w.now().UTC()
-	upEnd, upStart := q.End, q.Start
-	if now.Before(upEnd) {
-		upEnd = now
-	}
-	if w.started.After(upStart) {
-		upStart = w.started
-	}
-	up := max(0, upEnd.Sub(upStart).Seconds())
-	var active, activeCost float64
-	for _, e := range w.events {
-		if !e.Time.Before(q.Start) && e.Time.Before(q.End) {
-			active += e.DeviceSeconds
-			activeCost += e.DeviceSeconds * e.RatePerHour / 3600
-		}
-	}
-	idle := max(0, up-active)
-	idleCost := idle * w.rate / 3600
+	gpu, activeCost := w.gpu(q.Start, q.End)
+	idle, idleCost := gpu.IdleSeconds, gpu.IdleCostUSD
 	rep := &nozzle.Report{Start: q.Start, End: q.End, GroupBy: q.GroupBy, IdlePolicy: nozzle.IdleProrata}
 	rows := map[string]*nozzle.ReportRow{}
 	var keys []string
@@ -619,9 +633,31 @@ func (w *memWorld) report(ctx context.Context, q nozzle.ReportQuery) (*nozzle.Re
 	sort.SliceStable(rep.Rows, func(i, j int) bool { return rep.Rows[i].Time.Before(rep.Rows[j].Time) })
 	finish(&rep.Total)
 	if q.TenantID == "" {
-		rep.GPU = &nozzle.GPUSummary{UptimeSeconds: up, ActiveSeconds: min(active, up), IdleSeconds: idle, CostUSD: up * w.rate / 3600, IdleCostUSD: idleCost}
-		if up > 0 {
-			rep.GPU.Utilization = rep.GPU.ActiveSeconds / up
+		rep.GPU = &gpu
+		// The GPU series: each hour or day (UTC) up to the current hour as
+		// a report over it alone.
+		step := q.GPUStep
+		for _, g := range q.GroupBy {
+			if step == "" && (g == nozzle.GroupHour || g == nozzle.GroupDay) {
+				step = g
+			}
+		}
+		if step != "" {
+			rep.GPU.Step = step
+			for t := q.Start; t.Before(q.End) && t.Before(now.Truncate(time.Hour).Add(time.Hour)); {
+				next := t.Add(time.Hour)
+				if step == nozzle.GroupDay {
+					next = t.Truncate(24*time.Hour).AddDate(0, 0, 1)
+				}
+				if next.After(q.End) {
+					next = q.End
+				}
+				g, _ := w.gpu(t, next)
+				rep.GPU.Series = append(rep.GPU.Series, nozzle.GPUBucket{Time: t, UptimeSeconds: g.UptimeSeconds,
+					ActiveSeconds: g.ActiveSeconds, IdleSeconds: g.IdleSeconds, Utilization: g.Utilization,
+					CostUSD: g.CostUSD, IdleCostUSD: g.IdleCostUSD})
+				t = next
+			}
 		}
 		rep.Outbox = &nozzle.OutboxState{Enabled: true, Pending: 1, Sent: 12, LastSentAt: now.Add(-40 * time.Minute)}
 	}

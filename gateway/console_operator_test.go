@@ -1,0 +1,129 @@
+package gateway_test
+
+import (
+	"encoding/json"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"regexp"
+	"testing"
+	"time"
+
+	"github.com/nozzle-ai/nozzle"
+	"github.com/nozzle-ai/nozzle/gateway"
+)
+
+var chartJSON = regexp.MustCompile(`(?s)<script type="application/json">(.*?)</script>`)
+
+type pageChart struct {
+	Title  string  `json:"title"`
+	Step   string  `json:"step"`
+	X      []int64 `json:"x"`
+	Series []struct {
+		Label  string    `json:"label"`
+		Values []float64 `json:"values"`
+	} `json:"series"`
+}
+
+// TestConsole_GPUCharts: the GPU page draws utilisation and active and idle
+// time from one report, with the figures a report over each hour (or day,
+// for periods over a week) gives, up to the current hour.
+func TestConsole_GPUCharts(t *testing.T) {
+	now := time.Now().UTC().Truncate(time.Hour).Add(40 * time.Minute)
+	f := newConsoleFixture(t, func(c *gateway.ConsoleConfig) { c.Clock = func() time.Time { return now } })
+	f.tenantUser("acme")
+	f.tenantUser("bolt")
+	f.w.mu.Lock()
+	f.w.started = now.Add(-50 * 24 * time.Hour).Add(17 * time.Minute)
+	var ids []string
+	for id := range f.w.tenants {
+		ids = append(ids, id)
+	}
+	rng := rand.New(rand.NewPCG(1, 2))
+	for i := range 600 {
+		// Requests over the last 60 days, a few in the current hour.
+		at := now.Add(-time.Duration(rng.Int64N(int64(60 * 24 * time.Hour))))
+		if i < 5 {
+			at = now.Add(-time.Duration(rng.IntN(40*60)) * time.Second)
+		}
+		f.w.events = append(f.w.events, &nozzle.UsageEvent{RequestID: fmt.Sprint("gpu-", i), TenantID: ids[i%len(ids)], Time: at,
+			Status: nozzle.UsageOK, PromptTokens: 100, CompletionTokens: 20, DeviceSeconds: 200 * rng.Float64(), RatePerHour: 2, ChargeUSD: 0.001})
+	}
+	f.w.mu.Unlock()
+	op := f.operator()
+	today := now.Truncate(24 * time.Hour)
+	for _, tc := range []struct {
+		path  string
+		step  string
+		first time.Time
+		n     int
+	}{
+		{"/console/operator/gpu", nozzle.GroupHour, today.AddDate(0, 0, -6), 6*24 + now.Hour() + 1},
+		{"/console/operator/gpu?period=today", nozzle.GroupHour, today, now.Hour() + 1},
+		{"/console/operator/gpu?period=30d", nozzle.GroupDay, today.AddDate(0, 0, -29), 30},
+		{"/console/operator/gpu?period=custom&start=" + today.AddDate(0, 0, -89).Format("2006-01-02") + "&end=" + today.AddDate(0, 0, 5).Format("2006-01-02"),
+			nozzle.GroupDay, today.AddDate(0, 0, -89), 90},
+	} {
+		t.Run(tc.path, func(t *testing.T) {
+			f.w.mu.Lock()
+			before := f.w.reports
+			f.w.mu.Unlock()
+			resp, body := op.page(tc.path)
+			wantConsoleStatus(t, resp, 200, body)
+			f.w.mu.Lock()
+			calls := f.w.reports - before
+			f.w.mu.Unlock()
+			if calls != 1 {
+				t.Errorf("the page asked for %d reports, want 1", calls)
+			}
+			charts := map[string]pageChart{}
+			for _, m := range chartJSON.FindAllStringSubmatch(body, -1) {
+				var c pageChart
+				if err := json.Unmarshal([]byte(m[1]), &c); err != nil {
+					t.Fatalf("chart %s: %v", m[1], err)
+				}
+				charts[c.Title] = c
+			}
+			util, secs := charts["GPU utilisation"], charts["Active and idle time"]
+			if len(util.X) != tc.n || len(secs.X) != tc.n || util.Step != tc.step || secs.Step != tc.step ||
+				len(util.Series) != 1 || len(secs.Series) != 2 || secs.Series[0].Label != "Active" || secs.Series[1].Label != "Idle" {
+				t.Fatalf("charts: %+v", charts)
+			}
+			var busy int
+			for i, x := range util.X {
+				start := tc.first.Add(time.Duration(i) * time.Hour)
+				end := start.Add(time.Hour)
+				if tc.step == nozzle.GroupDay {
+					start = tc.first.AddDate(0, 0, i)
+					end = start.AddDate(0, 0, 1)
+				}
+				if x != start.Unix() || secs.X[i] != x {
+					t.Fatalf("bucket %d at %v, want %v", i, time.Unix(x, 0).UTC(), start)
+				}
+				// The figures of a report over the bucket alone.
+				r, err := f.deps.Reporter.Report(t.Context(), nozzle.ReportQuery{Start: start, End: end})
+				if err != nil {
+					t.Fatal(err)
+				}
+				for _, v := range []struct {
+					name      string
+					got, want float64
+				}{
+					{"utilisation", util.Series[0].Values[i], r.GPU.Utilization * 100},
+					{"active", secs.Series[0].Values[i], r.GPU.ActiveSeconds},
+					{"idle", secs.Series[1].Values[i], r.GPU.IdleSeconds},
+				} {
+					if math.Abs(v.got-v.want) > 1e-9 {
+						t.Errorf("%v: %s %v, a report over it gives %v", start, v.name, v.got, v.want)
+					}
+				}
+				if r.GPU.ActiveSeconds > 0 {
+					busy++
+				}
+			}
+			if busy == 0 {
+				t.Fatal("no bucket with active time")
+			}
+		})
+	}
+}
