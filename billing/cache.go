@@ -32,13 +32,7 @@ type authCache struct {
 func (c *authCache) invalidate() { c.gen.Add(1) }
 
 func (c *authCache) key(digest string) (*nozzle.APIKey, uint64, bool) {
-	g := c.gen.Load()
-	c.mu.RLock()
-	defer c.mu.RUnlock()
-	if c.at != g {
-		return nil, g, false
-	}
-	k, ok := c.keys[digest]
+	k, g, ok := cached(c, &c.keys, digest)
 	if !ok {
 		return nil, g, false
 	}
@@ -47,17 +41,25 @@ func (c *authCache) key(digest string) (*nozzle.APIKey, uint64, bool) {
 }
 
 func (c *authCache) tenant(id string) (*nozzle.Tenant, uint64, bool) {
-	g := c.gen.Load()
-	c.mu.RLock()
-	defer c.mu.RUnlock()
-	if c.at != g {
-		return nil, g, false
-	}
-	t, ok := c.tenants[id]
+	t, g, ok := cached(c, &c.tenants, id)
 	if !ok {
 		return nil, g, false
 	}
 	return &t, g, true
+}
+
+// cached looks k up in *m, one of c's maps, if its entries are current;
+// it returns the generation to store a fresh read under otherwise.
+func cached[V any](c *authCache, m *map[string]V, k string) (V, uint64, bool) {
+	g := c.gen.Load()
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	var v V
+	if c.at != g {
+		return v, g, false
+	}
+	v, ok := (*m)[k]
+	return v, g, ok
 }
 
 // putKey stores a key read under generation g.
