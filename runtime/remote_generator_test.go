@@ -58,3 +58,38 @@ func TestNewGeneratorServer(t *testing.T) {
 		t.Fatalf("tier %q", tier)
 	}
 }
+
+// BenchmarkRemoteGenerate is one short completion over the remote protocol
+// (client, loopback HTTP, server), streamed or answered in one piece.
+func BenchmarkRemoteGenerate(b *testing.B) {
+	gen := &mock.Generator{
+		GenerateFn: func(ctx context.Context, req *nozzle.GenerateRequest, emit func(nozzle.Chunk) error) (*nozzle.GenerateResult, error) {
+			for _, w := range []string{"Hello", " from", " the stub."} {
+				if err := emit(nozzle.Chunk{Text: w}); err != nil {
+					return nil, err
+				}
+			}
+			return &nozzle.GenerateResult{FinishReason: nozzle.FinishStop, PromptTokens: 3, CompletionTokens: 3, RuntimeID: "stub"}, nil
+		},
+	}
+	srv := httptest.NewServer(runtime.NewGeneratorServer(gen, "tok"))
+	defer srv.Close()
+	c := runtime.NewClient(srv.URL, "tok", nil)
+	for _, stream := range []bool{false, true} {
+		name := "whole"
+		if stream {
+			name = "streamed"
+		}
+		b.Run(name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				n := 0
+				_, err := c.Generate(context.Background(), &nozzle.GenerateRequest{TenantID: "t", Prompt: "hi", MaxTokens: 8, Stream: stream},
+					func(ch nozzle.Chunk) error { n++; return nil })
+				if err != nil || n != 3 {
+					b.Fatalf("%d chunks, %v", n, err)
+				}
+			}
+		})
+	}
+}
