@@ -60,16 +60,34 @@ type hostCache struct {
 	lru      *list.List      // of *hostEntry, most recent first
 	onDevice map[string]bool // adapters in an engine slot, for AdapterTier
 	wg       sync.WaitGroup
+
+	tracker useTracker // src, when it drops adapters it holds on disk
+	untrack func()
 }
 
 func newHostCache(ctx context.Context, src AdapterSource, load adapterLoader, budget int64, loaders int, wake func(), log *slog.Logger, m *runtimeMetrics) *hostCache {
-	return &hostCache{
+	c := &hostCache{
 		ctx: ctx, src: src, load: load, budget: budget, wake: wake, log: log, m: m,
 		sem:      make(chan struct{}, max(1, loaders)),
 		entries:  map[string]*hostEntry{},
 		lru:      list.New(),
 		onDevice: map[string]bool{},
+		untrack:  func() {},
 	}
+	if t, ok := src.(useTracker); ok {
+		c.tracker = t
+		c.untrack = t.track(c.inUse)
+	}
+	return c
+}
+
+// inUse reports whether the runtime holds an adapter: loading it, in host
+// memory, wanted by queued requests (they hold its entry) or in an engine
+// slot. The source keeps such an adapter's files.
+func (c *hostCache) inUse(sha string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.entries[sha] != nil || c.onDevice[sha]
 }
 
 // tier says where an adapter is.
@@ -99,6 +117,9 @@ func (c *hostCache) setOnDevice(sha string, on bool) {
 // or on its way, and returns its entry. The caller waits for it: the entry
 // is not evicted until the caller calls unwait.
 func (c *hostCache) prefetch(sha string) *hostEntry {
+	if c.tracker != nil {
+		c.tracker.used(sha) // before c.mu: the source calls inUse with its lock held
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if e := c.entries[sha]; e != nil {
@@ -246,6 +267,7 @@ func (c *hostCache) residentBytes() int64 {
 // close waits for loads in flight and frees every entry.
 func (c *hostCache) close() {
 	c.wg.Wait()
+	c.untrack()
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for el := c.lru.Front(); el != nil; el = el.Next() {

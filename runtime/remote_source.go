@@ -4,14 +4,17 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
+	"time"
 
 	nozzle "github.com/nozzle-ai/nozzle"
+	"github.com/nozzle-ai/nozzle/internal/metrics"
 	"github.com/nozzle-ai/nozzle/runtime/model"
 )
 
@@ -19,12 +22,22 @@ import (
 // gateway: it fetches an adapter's two files from the gateway's store
 // (GET {gateway}/internal/adapters/{sha256}/{file} with the internal
 // bearer token) into a local cache folder, checks their content address,
-// and serves them from there afterwards.
+// and serves them from there afterwards. The cache keeps to a byte
+// budget: when a fetch takes it over, the adapters used least recently
+// are deleted, except those a runtime holds (loading, in host memory or
+// an engine slot, or wanted by queued requests); an adapter deleted is
+// fetched again when next asked for. Adapters found in the folder at
+// start count toward the budget, their folder's modification time being
+// their last use.
 type RemoteSource struct {
 	base  string
 	token string
 	hc    *http.Client
 	cache *Store
+	disk  *diskCache
+
+	fetches   metrics.Counter
+	fetchSecs metrics.Histogram
 
 	mu       sync.Mutex
 	inflight map[string]*fetch
@@ -36,28 +49,63 @@ type fetch struct {
 	err  error
 }
 
-var _ AdapterSource = (*RemoteSource)(nil)
+var (
+	_ AdapterSource = (*RemoteSource)(nil)
+	_ useTracker    = (*RemoteSource)(nil)
+)
+
+// RemoteSourceOptions configure a RemoteSource. Zero values take the
+// defaults named.
+type RemoteSourceOptions struct {
+	// CacheDir is the local cache folder.
+	CacheDir string
+	// CacheBytes is the disk budget of the cache; 0 means unlimited.
+	CacheBytes int64
+	// HTTPClient fetches the files (default http.DefaultClient).
+	HTTPClient *http.Client
+	Logger     *slog.Logger
+	Metrics    *metrics.Registry
+}
 
 // NewRemoteSource returns a source that fetches from the gateway at
-// gatewayURL into cacheDir. hc nil means http.DefaultClient.
-func NewRemoteSource(gatewayURL, internalToken, cacheDir string, hc *http.Client) *RemoteSource {
-	if hc == nil {
-		hc = http.DefaultClient
+// gatewayURL into opts.CacheDir, indexing the adapters already there.
+func NewRemoteSource(gatewayURL, internalToken string, opts RemoteSourceOptions) *RemoteSource {
+	if opts.HTTPClient == nil {
+		opts.HTTPClient = http.DefaultClient
 	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default().With("component", "runtime")
+	}
+	if opts.Metrics == nil {
+		opts.Metrics = metrics.NewRegistry()
+	}
+	store := NewStore(opts.CacheDir, func(string) (*nozzle.AdapterManifest, error) { return &nozzle.AdapterManifest{}, nil })
 	return &RemoteSource{
-		base: strings.TrimRight(gatewayURL, "/"), token: internalToken, hc: hc,
-		cache:    NewStore(cacheDir, func(string) (*nozzle.AdapterManifest, error) { return &nozzle.AdapterManifest{}, nil }),
-		inflight: map[string]*fetch{},
+		base: strings.TrimRight(gatewayURL, "/"), token: internalToken, hc: opts.HTTPClient,
+		cache:     store,
+		disk:      newDiskCache(opts.CacheDir, opts.CacheBytes, opts.Logger, opts.Metrics),
+		fetches:   opts.Metrics.CounterVec("nozzle_runtime_adapter_loads_total", "Adapters brought into a tier.", "tier").With(string(nozzle.TierDisk)),
+		fetchSecs: opts.Metrics.HistogramVec("nozzle_runtime_adapter_load_seconds", "Time to bring an adapter into a tier.", metrics.LatencyBuckets, "tier").With(string(nozzle.TierDisk)),
+		inflight:  map[string]*fetch{},
 	}
 }
+
+// CacheBytes returns the disk space the cached adapters take.
+func (s *RemoteSource) CacheBytes() int64 { return s.disk.usedBytes() }
+
+func (s *RemoteSource) track(inUse func(string) bool) func() { return s.disk.track(inUse) }
+func (s *RemoteSource) used(sha string)                      { s.disk.used(sha) }
 
 // AdapterDir returns the local folder of an adapter, fetching it first.
 func (s *RemoteSource) AdapterDir(ctx context.Context, sha string) (string, error) {
 	if !isSHA256(sha) {
 		return "", nozzle.Errorf(nozzle.ENOTFOUND, "No such adapter.")
 	}
-	if dir, err := s.cache.AdapterDir(ctx, sha); err == nil {
-		return dir, nil
+	if e := s.disk.hit(sha); e != nil {
+		if s.cache.has(sha) {
+			return filepath.Join(s.cache.dir, sha), nil
+		}
+		s.disk.forget(e) // deleted from under the cache: fetch it again
 	}
 	s.mu.Lock()
 	f := s.inflight[sha]
@@ -81,7 +129,10 @@ func (s *RemoteSource) AdapterDir(ctx context.Context, sha string) (string, erro
 	}
 }
 
+// fetch brings an adapter into the cache and returns its folder. It is
+// entered for one sha at a time: AdapterDir dedupes concurrent fetches.
 func (s *RemoteSource) fetch(ctx context.Context, sha string) (string, error) {
+	t0 := time.Now()
 	if err := os.MkdirAll(s.cache.dir, 0o755); err != nil {
 		return "", fmt.Errorf("fetch adapter: %w", err)
 	}
@@ -90,10 +141,13 @@ func (s *RemoteSource) fetch(ctx context.Context, sha string) (string, error) {
 		return "", fmt.Errorf("fetch adapter: %w", err)
 	}
 	defer os.RemoveAll(tmp)
+	var size int64
 	for _, name := range adapterFiles {
-		if err := s.get(ctx, sha, name, filepath.Join(tmp, name)); err != nil {
+		n, err := s.get(ctx, sha, name, filepath.Join(tmp, name))
+		if err != nil {
 			return "", err
 		}
+		size += n
 	}
 	sum, _, err := model.ContentAddress(tmp)
 	if err != nil {
@@ -106,38 +160,43 @@ func (s *RemoteSource) fetch(ctx context.Context, sha string) (string, error) {
 	if _, err := s.cache.Import(ctx, tmp); err != nil {
 		return "", err
 	}
-	return s.cache.AdapterDir(ctx, sha)
+	s.disk.add(sha, size)
+	s.fetches.Inc()
+	s.fetchSecs.Observe(time.Since(t0).Seconds())
+	return filepath.Join(s.cache.dir, sha), nil
 }
 
-func (s *RemoteSource) get(ctx context.Context, sha, name, dst string) error {
+// get stores one file of an adapter at dst and returns its size.
+func (s *RemoteSource) get(ctx context.Context, sha, name, dst string) (int64, error) {
 	u := s.base + "/internal/adapters/" + url.PathEscape(sha) + "/" + url.PathEscape(name)
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
 	if err != nil {
-		return fmt.Errorf("fetch adapter: %w", err)
+		return 0, fmt.Errorf("fetch adapter: %w", err)
 	}
 	req.Header.Set("Authorization", "Bearer "+s.token)
 	resp, err := s.hc.Do(req)
 	if err != nil {
-		return nozzle.Errorf(nozzle.EUNAVAILABLE, "The gateway cannot be reached for the adapter's files.").Wrap(err)
+		return 0, nozzle.Errorf(nozzle.EUNAVAILABLE, "The gateway cannot be reached for the adapter's files.").Wrap(err)
 	}
 	defer resp.Body.Close()
 	switch {
 	case resp.StatusCode == http.StatusNotFound:
-		return nozzle.Errorf(nozzle.ENOTFOUND, "Adapter %s is not stored.", shortSHA(sha)).WithReason("model_not_found")
+		return 0, nozzle.Errorf(nozzle.ENOTFOUND, "Adapter %s is not stored.", shortSHA(sha)).WithReason("model_not_found")
 	case resp.StatusCode != http.StatusOK:
-		return nozzle.Errorf(nozzle.EUNAVAILABLE, "The gateway refused the adapter's files.").Wrap(fmt.Errorf("GET %s: %s", name, resp.Status))
+		return 0, nozzle.Errorf(nozzle.EUNAVAILABLE, "The gateway refused the adapter's files.").Wrap(fmt.Errorf("GET %s: %s", name, resp.Status))
 	}
 	f, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
 	if err != nil {
-		return fmt.Errorf("fetch adapter: %w", err)
+		return 0, fmt.Errorf("fetch adapter: %w", err)
 	}
-	if _, err := io.Copy(f, resp.Body); err != nil {
+	n, err := io.Copy(f, resp.Body)
+	if err != nil {
 		f.Close()
-		return nozzle.Errorf(nozzle.EUNAVAILABLE, "Fetching the adapter's files failed.").Wrap(err)
+		return 0, nozzle.Errorf(nozzle.EUNAVAILABLE, "Fetching the adapter's files failed.").Wrap(err)
 	}
 	if err := f.Sync(); err != nil {
 		f.Close()
-		return fmt.Errorf("fetch adapter: %w", err)
+		return 0, fmt.Errorf("fetch adapter: %w", err)
 	}
-	return f.Close()
+	return n, f.Close()
 }

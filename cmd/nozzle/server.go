@@ -542,7 +542,13 @@ func (m *Main) RunRuntime(ctx context.Context) error {
 		}
 		var source runtime.AdapterSource
 		if m.Config.GatewayURL != "" {
-			source = runtime.NewRemoteSource(m.Config.GatewayURL, internalToken, filepath.Join(m.Config.Data, "adapter-cache"), &http.Client{Timeout: 10 * time.Minute})
+			source = runtime.NewRemoteSource(m.Config.GatewayURL, internalToken, runtime.RemoteSourceOptions{
+				CacheDir:   filepath.Join(m.Config.Data, "adapter-cache"),
+				CacheBytes: int64(m.Config.AdapterCacheMB) << 20,
+				HTTPClient: &http.Client{Timeout: 10 * time.Minute},
+				Logger:     m.Log.With("component", "runtime"),
+				Metrics:    m.Metrics,
+			})
 		}
 		rt, err := runtime.Open(ctx, m.runtimeOptions(modelDir, source))
 		if err != nil {
