@@ -47,6 +47,7 @@ type Config struct {
 	PrefillWeight  float64 `key:"prefill_weight" help:"work weight of a prompt token when splitting a step's time"`
 	DecodeWeight   float64 `key:"decode_weight" help:"work weight of a generated token when splitting a step's time"`
 	GatewayURL     string  `key:"gateway_url" help:"runtime: the gateway's URL, where adapter files are fetched from"`
+	AdapterCacheMB int     `key:"adapter_cache_mb" help:"runtime: disk space in MiB for adapter files fetched from the gateway; the least recently used not in use are deleted first (0: unlimited)"`
 
 	// Gateway.
 	Upstreams      []string      `key:"upstreams" help:"gateway: comma-separated URLs of remote runtimes"`
@@ -80,6 +81,7 @@ func DefaultConfig() Config {
 		MaxBatchTokens:    512,
 		MaxBatchSeqs:      64,
 		HostCacheMB:       1024,
+		AdapterCacheMB:    10240,
 		PrefillWeight:     1,
 		DecodeWeight:      2,
 		UploadLimitMB:     2048,
@@ -144,6 +146,9 @@ func (c *Config) Validate() error {
 		if f.v < 1 {
 			return fmt.Errorf("%s %d: must be positive", f.key, f.v)
 		}
+	}
+	if c.AdapterCacheMB < 0 {
+		return fmt.Errorf("adapter_cache_mb %d: must not be negative (0: unlimited)", c.AdapterCacheMB)
 	}
 	if c.Threads < 0 {
 		return fmt.Errorf("threads %d: must not be negative", c.Threads)
