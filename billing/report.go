@@ -186,20 +186,31 @@ func (l *Ledger) report(ctx context.Context, q nozzle.ReportQuery, scan bool) (*
 				return nozzle.Errorf(nozzle.ENOTFOUND, "Tenant %q does not exist.", s.q.TenantID)
 			}
 		}
-		var cells []usageCell
+		var cells cellSource
 		var tot periodTotals
 		if scan {
-			cells, tot, err = scanCells(ctx, tx, s)
+			var all []usageCell
+			if all, tot, err = scanCells(ctx, tx, s); err != nil {
+				return err
+			}
+			cells = func(fn func(*usageCell)) error {
+				for i := range all {
+					fn(&all[i])
+				}
+				return nil
+			}
 		} else {
-			cells, tot, err = rollupCells(tx, s, tenants)
-		}
-		if err != nil {
-			return err
+			if tot, err = rollupTotals(tx, s); err != nil {
+				return err
+			}
+			cells = func(fn func(*usageCell)) error { return eachRollupCell(tx, s, tenants, fn) }
 		}
 		if err = capacityTotals(tx, s.startH, s.endH, &tot); err != nil {
 			return err
 		}
-		rep = l.buildReport(s, cells, tot, names)
+		if rep, err = l.buildReport(s, cells, tot, names); err != nil {
+			return err
+		}
 		if s.operatorRep {
 			st, err := l.outboxState(tx)
 			if err != nil {
@@ -212,15 +223,18 @@ func (l *Ledger) report(ctx context.Context, q nozzle.ReportQuery, scan bool) (*
 	return rep, err
 }
 
-// rollupCells reads the selected tenants' rollups and the all-tenant
-// hourly totals of the period.
-func rollupCells(tx *bolt.Tx, s *reportSpec, tenants []*nozzle.Tenant) ([]usageCell, periodTotals, error) {
+// cellSource calls fn for each usage cell of a report, in a fixed order;
+// the cell is fn's only for the call.
+type cellSource func(fn func(*usageCell)) error
+
+// rollupTotals reads the all-tenant hourly totals of the period.
+func rollupTotals(tx *bolt.Tx, s *reportSpec) (periodTotals, error) {
 	tot := newTotals(s)
 	hc := tx.Bucket(bHours).Cursor()
 	for k, v := hc.Seek(hourKey(s.startH)); k != nil && hourFromKey(k) < s.endH; k, v = hc.Next() {
 		r, err := decodeRollup(v)
 		if err != nil {
-			return nil, tot, err
+			return tot, err
 		}
 		tot.activeCostUSD += r.ActiveCostUSD
 		tot.deviceSeconds += r.DeviceSeconds
@@ -229,6 +243,13 @@ func rollupCells(tx *bolt.Tx, s *reportSpec, tenants []*nozzle.Tenant) ([]usageC
 			b.activeCost += r.ActiveCostUSD
 		}
 	}
+	return tot, nil
+}
+
+// eachRollupCell calls fn for each of the selected tenants' rollups in the
+// period, tenant by tenant, hour by hour, read from the rollups as they
+// stand rather than gathered first.
+func eachRollupCell(tx *bolt.Tx, s *reportSpec, tenants []*nozzle.Tenant, fn func(*usageCell)) error {
 	var ids []string
 	if s.operatorRep {
 		for _, t := range tenants {
@@ -237,7 +258,7 @@ func rollupCells(tx *bolt.Tx, s *reportSpec, tenants []*nozzle.Tenant) ([]usageC
 	} else {
 		ids = []string{s.q.TenantID}
 	}
-	cells := make([]usageCell, 0, int(s.endH-s.startH)*4)
+	var cell usageCell
 	c := tx.Bucket(bRollups).Cursor()
 	for _, id := range ids {
 		prefix := lp(id)
@@ -252,15 +273,16 @@ func rollupCells(tx *bolt.Tx, s *reportSpec, tenants []*nozzle.Tenant) ([]usageC
 			}
 			r, err := decodeRollup(v)
 			if err != nil {
-				return nil, tot, err
+				return err
 			}
 			if s.q.AdapterName != "" && r.AdapterName != s.q.AdapterName {
 				continue
 			}
-			cells = append(cells, usageCell{tenantID: id, hour: h, adapterID: string(rest[8:]), r: r})
+			cell = usageCell{tenantID: id, hour: h, adapterID: string(rest[8:]), r: r}
+			fn(&cell)
 		}
 	}
-	return cells, tot, nil
+	return nil
 }
 
 // scanCells computes the same cells and totals from the events themselves:
@@ -392,7 +414,7 @@ func (a *rowAcc) add(c *usageCell, idleCost, idleSecs float64) {
 // period's active cost. So the rows of the operator's report add up to the
 // runtimes' cost. Under the operator policy the pool stays with the
 // operator.
-func (l *Ledger) buildReport(s *reportSpec, cells []usageCell, tot periodTotals, names map[string]string) *nozzle.Report {
+func (l *Ledger) buildReport(s *reportSpec, cells cellSource, tot periodTotals, names map[string]string) (*nozzle.Report, error) {
 	// The idle split: each active hour's idle cost by share of the hour,
 	// the rest of the pool by share of the period.
 	pool := max(0, tot.capacity.CostUSD-tot.activeCostUSD)
@@ -423,8 +445,7 @@ func (l *Ledger) buildReport(s *reportSpec, cells []usageCell, tot periodTotals,
 	rows := map[rowKey]*rowAcc{}
 	var order []rowKey
 	all := &rowAcc{start: s.startH, end: s.endH, adapters: map[adapterKey]*adapterUse{}}
-	for i := range cells {
-		c := &cells[i]
+	err := cells(func(c *usageCell) {
 		start, end := s.startH, s.endH
 		switch {
 		case s.byHour:
@@ -461,6 +482,9 @@ func (l *Ledger) buildReport(s *reportSpec, cells []usageCell, tot periodTotals,
 		ic, is := cellIdle(c)
 		acc.add(c, ic, is)
 		all.add(c, ic, is)
+	})
+	if err != nil {
+		return nil, err
 	}
 
 	capRate := 0.0
@@ -540,7 +564,7 @@ func (l *Ledger) buildReport(s *reportSpec, cells []usageCell, tot periodTotals,
 		}
 		rep.GPU = g
 	}
-	return rep
+	return rep, nil
 }
 
 // gpuBucket returns the GPU figures of one bucket of the series: those of
