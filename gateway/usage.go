@@ -10,7 +10,7 @@ import (
 	"github.com/nozzle-ai/nozzle"
 )
 
-// reportQuery parses start, end and group_by. Times are RFC 3339; without
+// reportQuery parses start, end, group_by, adapter and gpu_step. Times are RFC 3339; without
 // them the period is the current calendar month in UTC.
 func reportQuery(c *fiber.Ctx, allowed map[string]bool) (nozzle.ReportQuery, error) {
 	var q nozzle.ReportQuery
@@ -44,6 +44,8 @@ func reportQuery(c *fiber.Ctx, allowed map[string]bool) (nozzle.ReportQuery, err
 		}
 	}
 	q.AdapterName = strings.Clone(c.Query("adapter"))
+	// The GPU's series (operator reports): the billing side checks it.
+	q.GPUStep = strings.Clone(c.Query("gpu_step"))
 	return q, nil
 }
 

@@ -69,6 +69,10 @@ func TestUsage(t *testing.T) {
 		if r.StatusCode != 200 || got.TenantID != "" || !strings.Contains(body, `"requests":2`) || !strings.Contains(body, "margin_usd") {
 			t.Errorf("%d %+v %s", r.StatusCode, got, body)
 		}
+		r = f.do(http.MethodGet, "/admin/report?group_by=tenant&gpu_step=day", "", bearer(adminToken))
+		if r.Body.Close(); r.StatusCode != 200 || got.GPUStep != nozzle.GroupDay {
+			t.Errorf("gpu_step: %d, query %+v", r.StatusCode, got)
+		}
 		r = f.do(http.MethodGet, "/admin/report?format=csv", "", bearer(adminToken))
 		if !strings.HasPrefix(r.Header.Get("Content-Type"), "text/csv") {
 			t.Errorf("csv type %q", r.Header.Get("Content-Type"))
