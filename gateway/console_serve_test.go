@@ -27,7 +27,7 @@ func TestConsoleServe(t *testing.T) {
 	if *consoleServe == "" {
 		t.Skip("set -console.serve=FILE to serve the console for the browser tests")
 	}
-	w := newMemWorld()
+	w := newWorld(consolePrice)
 	w.delay = 40 * time.Millisecond
 	deps := w.deps()
 	deps.Extensions = []gateway.Extension{gateway.Console(gateway.ConsoleConfig{Static: web.Static, Templates: web.Templates, Layouts: web.Layouts, SigningKey: []byte("browser-test signing key, 32 bytes or more")})}

@@ -29,11 +29,14 @@ var consoleKey = []byte("console test signing key, at least 32 bytes long")
 
 const opEmail, opPassword = "operator@example.com", "operator-password-1"
 
+// consolePrice is the default price of the console's world.
+var consolePrice = nozzle.Price{PromptPerMillionUSD: 0.1, CompletionPerMillionUSD: 0.3}
+
 // consoleFixture is a gateway with the console over an in-memory pool, an
 // operator account, and a clock tests can move.
 type consoleFixture struct {
 	t     *testing.T
-	w     *memWorld
+	w     *world
 	srv   *gateway.Server
 	deps  gateway.Deps
 	skew  atomic.Int64 // added to the console's clock
@@ -42,7 +45,7 @@ type consoleFixture struct {
 
 func newConsoleFixture(t *testing.T, cfg ...func(*gateway.ConsoleConfig)) *consoleFixture {
 	t.Helper()
-	f := &consoleFixture{t: t, w: newMemWorld()}
+	f := &consoleFixture{t: t, w: newWorld(consolePrice)}
 	cc := gateway.ConsoleConfig{Static: web.Static, Templates: web.Templates, Layouts: web.Layouts, SigningKey: consoleKey, Clock: func() time.Time { return time.Now().Add(time.Duration(f.skew.Load())) }}
 	for _, fn := range cfg {
 		fn(&cc)
@@ -787,7 +790,7 @@ func TestEnsureOperator(t *testing.T) {
 }
 
 func TestConsole_Config(t *testing.T) {
-	w := newMemWorld()
+	w := newWorld(consolePrice)
 	for _, tc := range []struct {
 		name string
 		cfg  gateway.ConsoleConfig

@@ -3,9 +3,7 @@ package gateway_test
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"encoding/binary"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -16,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nozzle-ai/nozzle"
@@ -23,51 +22,88 @@ import (
 	"github.com/nozzle-ai/nozzle/mock"
 )
 
-// memWorld is an in-memory pool behind the mocks of the console's tests
-// and of the server the browser tests can run against: tenants, keys,
-// users and sessions, adapters with a store that checks PEFT files, a
-// ledger and a reporter that prices and splits usage, and a runtime that
-// streams a fixed answer.
-type memWorld struct {
-	mu       sync.Mutex
-	now      func() time.Time
-	started  time.Time
-	seq      int
-	tenants  map[string]*nozzle.Tenant
-	order    []string
-	prices   []nozzle.PriceVersion
-	keys     map[string]*nozzle.APIKey // by digest
-	adapters map[string]*nozzle.Adapter
-	files    map[string]map[string][]byte
-	events   []*nozzle.UsageEvent
-	byID     map[string]*nozzle.UsageEvent
-	users    map[string]*nozzle.User
-	sessions map[string]*nozzle.Session
-	tiers    map[string]nozzle.Tier
-	words    []string
-	delay    time.Duration
-	rate     float64
-	reports  int // reports asked for
+// world is the in-memory pool behind the mocks of the gateway's tests and
+// of the server the browser tests can run against: tenants with prices,
+// keys, users and sessions, adapters with a store that checks PEFT files,
+// a ledger and a reporter that prices and splits usage, a monthly budget,
+// and a runtime that streams a fixed answer.
+type world struct {
+	mu          sync.Mutex
+	now         func() time.Time
+	started     time.Time // the runtime has been up since
+	seq         int
+	tenants     map[string]*nozzle.Tenant
+	tenantOrder []string // tenant ids in creation order
+	prices      []nozzle.PriceVersion
+	keys        map[string]*nozzle.APIKey  // by digest
+	touched     map[string]time.Time       // key id → last use written
+	adapters    map[string]*nozzle.Adapter // by tenant id "/" name
+	stored      map[string]map[string][]byte
+	removed     []string             // what the store removed, in order
+	events      []*nozzle.UsageEvent // in record order
+	byID        map[string]*nozzle.UsageEvent
+	reserved    float64 // budget reserved and not released
+	released    int
+	users       map[string]*nozzle.User
+	sessions    map[string]*nozzle.Session
+	tiers       map[string]nozzle.Tier
+	words       []string
+	delay       time.Duration
+	rate        float64
+	reports     int // reports asked for
+
+	digestLookups atomic.Int64
+	generations   atomic.Int64
 }
 
-func newMemWorld() *memWorld {
-	w := &memWorld{now: time.Now, tenants: map[string]*nozzle.Tenant{}, keys: map[string]*nozzle.APIKey{},
-		adapters: map[string]*nozzle.Adapter{}, files: map[string]map[string][]byte{}, byID: map[string]*nozzle.UsageEvent{},
+// newWorld returns an empty world whose default price, in force since
+// 1970, is base.
+func newWorld(base nozzle.Price) *world {
+	w := &world{now: time.Now, tenants: map[string]*nozzle.Tenant{}, keys: map[string]*nozzle.APIKey{}, touched: map[string]time.Time{},
+		adapters: map[string]*nozzle.Adapter{}, stored: map[string]map[string][]byte{}, byID: map[string]*nozzle.UsageEvent{},
 		users: map[string]*nozzle.User{}, sessions: map[string]*nozzle.Session{}, tiers: map[string]nozzle.Tier{},
 		words: []string{"Hello", " from", " the", " pooled", " GPU", "."}, rate: 2}
 	w.started = w.now().Add(-2 * time.Hour)
-	w.prices = []nozzle.PriceVersion{{Price: nozzle.Price{PromptPerMillionUSD: 0.1, CompletionPerMillionUSD: 0.3}, EffectiveFrom: time.Unix(0, 0).UTC()}}
+	w.prices = []nozzle.PriceVersion{{Price: base, EffectiveFrom: time.Unix(0, 0).UTC()}}
 	return w
 }
 
-func (w *memWorld) id(prefix string) string {
+// lock locks the world and returns its unlock.
+func (w *world) lock() func() {
+	w.mu.Lock()
+	return w.mu.Unlock
+}
+
+func (w *world) nextID(prefix string) string {
 	w.seq++
 	return prefix + strconv.Itoa(w.seq)
 }
 
-func memCopy[T any](v *T) *T { c := *v; return &c }
+func clone[T any](v *T) *T { c := *v; return &c }
 
-func (w *memWorld) priceAt(tenantID string, at time.Time) nozzle.Price {
+// setIf sets *dst to *v when v is not nil.
+func setIf[T any](dst, v *T) {
+	if v != nil {
+		*dst = *v
+	}
+}
+
+// collect returns copies of the values of m that keep accepts, ordered by
+// less.
+func collect[T any](m map[string]*T, keep func(*T) bool, less func(a, b *T) bool) []*T {
+	var out []*T
+	for _, v := range m {
+		if keep(v) {
+			out = append(out, clone(v))
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return less(out[i], out[j]) })
+	return out
+}
+
+// priceAt is the tenant's price in force at a time, else the default one.
+// w.mu is held.
+func (w *world) priceAt(tenantID string, at time.Time) nozzle.Price {
 	var best *nozzle.PriceVersion
 	for i := range w.prices {
 		pv := &w.prices[i]
@@ -81,77 +117,100 @@ func (w *memWorld) priceAt(tenantID string, at time.Time) nozzle.Price {
 	return best.Price
 }
 
-func (w *memWorld) deps() gateway.Deps {
-	return gateway.Deps{
-		Tenants: &mock.TenantService{
+// mocks are the world's services, each function backed by the world; a
+// test may replace one to count calls or inject a failure.
+type mocks struct {
+	tenants  *mock.TenantService
+	keys     *mock.KeyService
+	adapterS *mock.AdapterService
+	store    *mock.AdapterStore
+	ledger   *mock.Ledger
+	budget   *mock.BudgetService
+	reporter *mock.Reporter
+	users    *mock.UserService
+}
+
+// deps are the gateway's dependencies over the mocks, without upstreams.
+func (m *mocks) deps() gateway.Deps {
+	return gateway.Deps{Tenants: m.tenants, Keys: m.keys, Adapters: m.adapterS, Store: m.store, Ledger: m.ledger,
+		Budget: m.budget, Reporter: m.reporter, Users: m.users}
+}
+
+// deps are the gateway's dependencies over the world, with its runtime as
+// the one upstream.
+func (w *world) deps() gateway.Deps {
+	d := w.mocks().deps()
+	d.Upstreams = []gateway.Upstream{{ID: "local", Generator: &mock.Generator{
+		InfoFn: func(ctx context.Context) (nozzle.ModelInfo, error) {
+			return nozzle.ModelInfo{ID: "nozzle-demo", Architecture: "llama", ContextLength: 2048, MaxLoRARank: 64, Device: "cpu",
+				CreatedAt: time.Unix(1700000000, 0).UTC()}, nil
+		},
+		GenerateFn: w.generate,
+		AdapterTierFn: func(ctx context.Context, sha string) nozzle.Tier {
+			defer w.lock()()
+			if t, ok := w.tiers[sha]; ok {
+				return t
+			}
+			return nozzle.TierDisk
+		},
+	}}}
+	return d
+}
+
+func (w *world) mocks() *mocks {
+	return &mocks{
+		tenants: &mock.TenantService{
 			CreateTenantFn: func(ctx context.Context, t *nozzle.Tenant) error {
-				w.mu.Lock()
-				defer w.mu.Unlock()
+				defer w.lock()()
 				for _, x := range w.tenants {
 					if strings.EqualFold(x.Name, t.Name) {
 						return nozzle.Errorf(nozzle.ECONFLICT, "A tenant named %q exists already.", t.Name).WithParam("name")
 					}
 				}
-				t.ID, t.CreatedAt = w.id("ten_"), w.now().UTC()
-				w.tenants[t.ID] = memCopy(t)
-				w.order = append(w.order, t.ID)
+				t.ID, t.CreatedAt = w.nextID("ten_"), w.now().UTC()
+				w.tenants[t.ID] = clone(t)
+				w.tenantOrder = append(w.tenantOrder, t.ID)
 				return nil
 			},
 			TenantFn: func(ctx context.Context, id string) (*nozzle.Tenant, error) {
-				w.mu.Lock()
-				defer w.mu.Unlock()
+				defer w.lock()()
 				if t := w.tenants[id]; t != nil {
-					return memCopy(t), nil
+					return clone(t), nil
 				}
 				return nil, nozzle.Errorf(nozzle.ENOTFOUND, "No tenant %q.", id)
 			},
 			TenantsFn: func(ctx context.Context) ([]*nozzle.Tenant, error) {
-				w.mu.Lock()
-				defer w.mu.Unlock()
+				defer w.lock()()
 				var out []*nozzle.Tenant
-				for _, id := range w.order {
-					out = append(out, memCopy(w.tenants[id]))
+				for _, id := range w.tenantOrder {
+					out = append(out, clone(w.tenants[id]))
 				}
 				return out, nil
 			},
 			UpdateTenantFn: func(ctx context.Context, id string, upd nozzle.TenantUpdate) (*nozzle.Tenant, error) {
-				w.mu.Lock()
-				defer w.mu.Unlock()
+				defer w.lock()()
 				t := w.tenants[id]
 				if t == nil {
 					return nil, nozzle.Errorf(nozzle.ENOTFOUND, "No tenant %q.", id)
 				}
-				if upd.Name != nil {
-					t.Name = *upd.Name
-				}
-				if upd.Suspended != nil {
-					t.Suspended = *upd.Suspended
-				}
-				if upd.MonthlyBudgetUSD != nil {
-					t.MonthlyBudgetUSD = *upd.MonthlyBudgetUSD
-				}
-				if upd.Limits != nil {
-					t.Limits = *upd.Limits
-				}
-				if upd.StripeCustomerID != nil {
-					t.StripeCustomerID = *upd.StripeCustomerID
-				}
-				return memCopy(t), nil
+				setIf(&t.Name, upd.Name)
+				setIf(&t.Suspended, upd.Suspended)
+				setIf(&t.MonthlyBudgetUSD, upd.MonthlyBudgetUSD)
+				setIf(&t.Limits, upd.Limits)
+				setIf(&t.StripeCustomerID, upd.StripeCustomerID)
+				return clone(t), nil
 			},
 			SetPriceFn: func(ctx context.Context, tenantID string, p nozzle.Price, from time.Time) error {
-				w.mu.Lock()
-				defer w.mu.Unlock()
+				defer w.lock()()
 				w.prices = append(w.prices, nozzle.PriceVersion{TenantID: tenantID, Price: p, EffectiveFrom: from})
 				return nil
 			},
 			PriceAtFn: func(ctx context.Context, tenantID string, at time.Time) (nozzle.Price, error) {
-				w.mu.Lock()
-				defer w.mu.Unlock()
+				defer w.lock()()
 				return w.priceAt(tenantID, at), nil
 			},
 			PricesFn: func(ctx context.Context, tenantID string) ([]nozzle.PriceVersion, error) {
-				w.mu.Lock()
-				defer w.mu.Unlock()
+				defer w.lock()()
 				var out []nozzle.PriceVersion
 				for _, pv := range w.prices {
 					if pv.TenantID == tenantID {
@@ -161,37 +220,28 @@ func (w *memWorld) deps() gateway.Deps {
 				return out, nil
 			},
 		},
-		Keys: &mock.KeyService{
+		keys: &mock.KeyService{
 			CreateKeyFn: func(ctx context.Context, k *nozzle.APIKey) error {
-				w.mu.Lock()
-				defer w.mu.Unlock()
-				k.ID, k.CreatedAt = w.id("key_"), w.now().UTC()
-				w.keys[k.Digest] = memCopy(k)
+				defer w.lock()()
+				k.ID, k.CreatedAt = w.nextID("key_"), w.now().UTC()
+				w.keys[k.Digest] = clone(k)
 				return nil
 			},
 			KeyByDigestFn: func(ctx context.Context, digest string) (*nozzle.APIKey, error) {
-				w.mu.Lock()
-				defer w.mu.Unlock()
+				w.digestLookups.Add(1)
+				defer w.lock()()
 				if k := w.keys[digest]; k != nil && !k.Revoked() {
-					return memCopy(k), nil
+					return clone(k), nil
 				}
 				return nil, nozzle.Errorf(nozzle.EUNAUTHORIZED, "Invalid key.")
 			},
 			KeysFn: func(ctx context.Context, tenantID string) ([]*nozzle.APIKey, error) {
-				w.mu.Lock()
-				defer w.mu.Unlock()
-				var out []*nozzle.APIKey
-				for _, k := range w.keys {
-					if k.TenantID == tenantID {
-						out = append(out, memCopy(k))
-					}
-				}
-				sort.Slice(out, func(i, j int) bool { return out[i].ID > out[j].ID })
-				return out, nil
+				defer w.lock()()
+				return collect(w.keys, func(k *nozzle.APIKey) bool { return k.TenantID == tenantID },
+					func(a, b *nozzle.APIKey) bool { return a.ID > b.ID }), nil
 			},
 			RevokeKeyFn: func(ctx context.Context, tenantID, id string) error {
-				w.mu.Lock()
-				defer w.mu.Unlock()
+				defer w.lock()()
 				for _, k := range w.keys {
 					if k.ID == id && k.TenantID == tenantID {
 						if !k.Revoked() {
@@ -203,50 +253,42 @@ func (w *memWorld) deps() gateway.Deps {
 				return nozzle.Errorf(nozzle.ENOTFOUND, "No key %q.", id)
 			},
 			TouchKeysFn: func(ctx context.Context, last map[string]time.Time) error {
-				w.mu.Lock()
-				defer w.mu.Unlock()
+				defer w.lock()()
+				for id, at := range last {
+					w.touched[id] = at
+				}
 				for _, k := range w.keys {
-					if t, ok := last[k.ID]; ok {
-						k.LastUsedAt = t
+					if at, ok := last[k.ID]; ok {
+						k.LastUsedAt = at
 					}
 				}
 				return nil
 			},
 		},
-		Adapters: &mock.AdapterService{
+		adapterS: &mock.AdapterService{
 			CreateAdapterFn: func(ctx context.Context, a *nozzle.Adapter) error {
-				w.mu.Lock()
-				defer w.mu.Unlock()
+				defer w.lock()()
 				if w.adapters[a.TenantID+"/"+a.Name] != nil {
 					return nozzle.Errorf(nozzle.ECONFLICT, "Taken.")
 				}
-				a.ID, a.CreatedAt = w.id("ad_"), w.now().UTC()
-				w.adapters[a.TenantID+"/"+a.Name] = memCopy(a)
+				a.ID, a.CreatedAt = w.nextID("ad_"), w.now().UTC()
+				w.adapters[a.TenantID+"/"+a.Name] = clone(a)
 				return nil
 			},
 			AdapterFn: func(ctx context.Context, tenantID, name string) (*nozzle.Adapter, error) {
-				w.mu.Lock()
-				defer w.mu.Unlock()
+				defer w.lock()()
 				if a := w.adapters[tenantID+"/"+name]; a != nil {
-					return memCopy(a), nil
+					return clone(a), nil
 				}
 				return nil, nozzle.Errorf(nozzle.ENOTFOUND, "No adapter.")
 			},
 			AdaptersFn: func(ctx context.Context, tenantID string) ([]*nozzle.Adapter, error) {
-				w.mu.Lock()
-				defer w.mu.Unlock()
-				var out []*nozzle.Adapter
-				for _, a := range w.adapters {
-					if a.TenantID == tenantID {
-						out = append(out, memCopy(a))
-					}
-				}
-				sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
-				return out, nil
+				defer w.lock()()
+				return collect(w.adapters, func(a *nozzle.Adapter) bool { return a.TenantID == tenantID },
+					func(a, b *nozzle.Adapter) bool { return a.Name < b.Name }), nil
 			},
 			DeleteAdapterFn: func(ctx context.Context, tenantID, name string) (*nozzle.Adapter, error) {
-				w.mu.Lock()
-				defer w.mu.Unlock()
+				defer w.lock()()
 				a := w.adapters[tenantID+"/"+name]
 				if a == nil {
 					return nil, nozzle.Errorf(nozzle.ENOTFOUND, "No adapter.")
@@ -255,8 +297,7 @@ func (w *memWorld) deps() gateway.Deps {
 				return a, nil
 			},
 			AdapterRefsFn: func(ctx context.Context, sha string) (int, error) {
-				w.mu.Lock()
-				defer w.mu.Unlock()
+				defer w.lock()()
 				n := 0
 				for _, a := range w.adapters {
 					if a.SHA256 == sha {
@@ -266,74 +307,73 @@ func (w *memWorld) deps() gateway.Deps {
 				return n, nil
 			},
 		},
-		Store: &mock.AdapterStore{
+		store: &mock.AdapterStore{
 			ImportFn: w.importAdapter,
 			OpenFn: func(ctx context.Context, sha, name string) (io.ReadCloser, int64, error) {
-				w.mu.Lock()
-				defer w.mu.Unlock()
-				b, ok := w.files[sha][name]
+				defer w.lock()()
+				b, ok := w.stored[sha][name]
 				if !ok {
 					return nil, 0, nozzle.Errorf(nozzle.ENOTFOUND, "Not stored.")
 				}
 				return io.NopCloser(bytes.NewReader(b)), int64(len(b)), nil
 			},
 			RemoveFn: func(ctx context.Context, sha string) error {
-				w.mu.Lock()
-				defer w.mu.Unlock()
-				delete(w.files, sha)
+				defer w.lock()()
+				delete(w.stored, sha)
+				w.removed = append(w.removed, sha)
 				return nil
 			},
 		},
-		Ledger: &mock.Ledger{
+		ledger: &mock.Ledger{
 			RecordUsageFn: func(ctx context.Context, ev *nozzle.UsageEvent) (bool, error) {
-				w.mu.Lock()
-				defer w.mu.Unlock()
+				defer w.lock()()
 				if old := w.byID[ev.RequestID]; old != nil {
-					*ev = *old
+					*ev = *clone(old)
 					return true, nil
 				}
 				if ev.Status != nozzle.UsageFailed {
 					ev.ChargeUSD = w.priceAt(ev.TenantID, ev.Time).Charge(ev.PromptTokens, ev.CompletionTokens)
 				}
-				e := memCopy(ev)
+				e := clone(ev)
+				e.Response = append([]byte(nil), ev.Response...)
 				w.events = append(w.events, e)
 				w.byID[e.RequestID] = e
 				return false, nil
 			},
 			UsageFn: func(ctx context.Context, id string) (*nozzle.UsageEvent, error) {
-				w.mu.Lock()
-				defer w.mu.Unlock()
+				defer w.lock()()
 				if e := w.byID[id]; e != nil {
-					return memCopy(e), nil
+					return clone(e), nil
 				}
 				return nil, nozzle.Errorf(nozzle.ENOTFOUND, "No usage.")
 			},
 		},
-		Reporter: &mock.Reporter{ReportFn: w.report},
-		Users:    w.userService(),
-		Upstreams: []gateway.Upstream{{ID: "local", Generator: &mock.Generator{
-			InfoFn: func(ctx context.Context) (nozzle.ModelInfo, error) {
-				return nozzle.ModelInfo{ID: "nozzle-demo", Architecture: "llama", ContextLength: 2048, MaxLoRARank: 64, Device: "cpu",
-					CreatedAt: time.Unix(1700000000, 0).UTC()}, nil
-			},
-			GenerateFn: w.generate,
-			AdapterTierFn: func(ctx context.Context, sha string) nozzle.Tier {
-				w.mu.Lock()
-				defer w.mu.Unlock()
-				if t, ok := w.tiers[sha]; ok {
-					return t
+		budget: &mock.BudgetService{
+			ReserveBudgetFn: func(ctx context.Context, tenantID string, usd float64) (func(), error) {
+				defer w.lock()()
+				if t := w.tenants[tenantID]; t.MonthlyBudgetUSD > 0 && w.reserved+usd > t.MonthlyBudgetUSD {
+					return nil, nozzle.Errorf(nozzle.EQUOTA, "Monthly budget exhausted.").WithRetryAfter(90 * time.Minute)
 				}
-				return nozzle.TierDisk
+				w.reserved += usd
+				var once sync.Once
+				return func() {
+					once.Do(func() {
+						defer w.lock()()
+						w.reserved -= usd
+						w.released++
+					})
+				}, nil
 			},
-		}}},
+		},
+		reporter: &mock.Reporter{ReportFn: w.report},
+		users:    w.userService(),
 	}
 }
 
-func (w *memWorld) userService() *mock.UserService {
+func (w *world) userService() *mock.UserService {
 	return &mock.UserService{
 		CreateUserFn: func(ctx context.Context, u *nozzle.User) error {
-			w.mu.Lock()
-			defer w.mu.Unlock()
+			defer w.lock()()
 			for _, x := range w.users {
 				if strings.EqualFold(x.Email, u.Email) {
 					return nozzle.Errorf(nozzle.ECONFLICT, "A user with this email exists already.").WithParam("email")
@@ -342,53 +382,42 @@ func (w *memWorld) userService() *mock.UserService {
 			if u.TenantID != "" && w.tenants[u.TenantID] == nil {
 				return nozzle.Errorf(nozzle.ENOTFOUND, "No tenant.")
 			}
-			u.ID, u.CreatedAt = w.id("usr_"), w.now().UTC()
-			w.users[u.ID] = memCopy(u)
+			u.ID, u.CreatedAt = w.nextID("usr_"), w.now().UTC()
+			w.users[u.ID] = clone(u)
 			return nil
 		},
 		UserFn: func(ctx context.Context, id string) (*nozzle.User, error) {
-			w.mu.Lock()
-			defer w.mu.Unlock()
+			defer w.lock()()
 			if u := w.users[id]; u != nil {
-				return memCopy(u), nil
+				return clone(u), nil
 			}
 			return nil, nozzle.Errorf(nozzle.ENOTFOUND, "No user.")
 		},
 		UserByEmailFn: func(ctx context.Context, email string) (*nozzle.User, error) {
-			w.mu.Lock()
-			defer w.mu.Unlock()
+			defer w.lock()()
 			for _, u := range w.users {
 				if strings.EqualFold(u.Email, strings.TrimSpace(email)) {
-					return memCopy(u), nil
+					return clone(u), nil
 				}
 			}
 			return nil, nozzle.Errorf(nozzle.ENOTFOUND, "No user.")
 		},
 		UserByInviteFn: func(ctx context.Context, digest string) (*nozzle.User, error) {
-			w.mu.Lock()
-			defer w.mu.Unlock()
+			defer w.lock()()
 			for _, u := range w.users {
 				if digest != "" && u.InviteDigest == digest {
-					return memCopy(u), nil
+					return clone(u), nil
 				}
 			}
 			return nil, nozzle.Errorf(nozzle.ENOTFOUND, "No invite.")
 		},
 		UsersFn: func(ctx context.Context, tenantID string) ([]*nozzle.User, error) {
-			w.mu.Lock()
-			defer w.mu.Unlock()
-			var out []*nozzle.User
-			for _, u := range w.users {
-				if tenantID == "" || u.TenantID == tenantID {
-					out = append(out, memCopy(u))
-				}
-			}
-			sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
-			return out, nil
+			defer w.lock()()
+			return collect(w.users, func(u *nozzle.User) bool { return tenantID == "" || u.TenantID == tenantID },
+				func(a, b *nozzle.User) bool { return a.ID < b.ID }), nil
 		},
 		UpdateUserFn: func(ctx context.Context, u *nozzle.User) error {
-			w.mu.Lock()
-			defer w.mu.Unlock()
+			defer w.lock()()
 			old := w.users[u.ID]
 			if old == nil {
 				return nozzle.Errorf(nozzle.ENOTFOUND, "No user.")
@@ -397,27 +426,24 @@ func (w *memWorld) userService() *mock.UserService {
 			return nil
 		},
 		CreateSessionFn: func(ctx context.Context, s *nozzle.Session) error {
-			w.mu.Lock()
-			defer w.mu.Unlock()
+			defer w.lock()()
 			if w.sessions[s.ID] != nil {
 				return nozzle.Errorf(nozzle.ECONFLICT, "Session exists.")
 			}
 			s.CreatedAt = w.now().UTC()
-			w.sessions[s.ID] = memCopy(s)
+			w.sessions[s.ID] = clone(s)
 			return nil
 		},
 		SessionFn: func(ctx context.Context, id string) (*nozzle.Session, error) {
-			w.mu.Lock()
-			defer w.mu.Unlock()
+			defer w.lock()()
 			s := w.sessions[id]
 			if s == nil || !s.RevokedAt.IsZero() || !w.now().Before(s.ExpiresAt) {
 				return nil, nozzle.Errorf(nozzle.EUNAUTHORIZED, "Please sign in.")
 			}
-			return memCopy(s), nil
+			return clone(s), nil
 		},
 		RevokeSessionFn: func(ctx context.Context, id string) error {
-			w.mu.Lock()
-			defer w.mu.Unlock()
+			defer w.lock()()
 			if s := w.sessions[id]; s != nil && s.RevokedAt.IsZero() {
 				s.RevokedAt = w.now().UTC()
 			}
@@ -427,9 +453,10 @@ func (w *memWorld) userService() *mock.UserService {
 }
 
 // importAdapter checks a PEFT folder the way the runtime's store does, in
-// short: a LoRA config with a rank and target modules, and a safetensors
-// file whose header parses.
-func (w *memWorld) importAdapter(ctx context.Context, dir string) (*nozzle.AdapterManifest, error) {
+// short: a LoRA config with a rank and target modules, and a weights file
+// that is a safetensors file whose header parses (or, for the API tests'
+// small uploads, starts with "SAFE"). The digest is over both files.
+func (w *world) importAdapter(ctx context.Context, dir string) (*nozzle.AdapterManifest, error) {
 	defer os.RemoveAll(dir)
 	cfgB, err := os.ReadFile(filepath.Join(dir, nozzle.AdapterConfigFile))
 	if err != nil {
@@ -455,18 +482,13 @@ func (w *memWorld) importAdapter(ctx context.Context, dir string) (*nozzle.Adapt
 	if err != nil {
 		return nil, nozzle.Errorf(nozzle.EINVALID, "adapter_model.safetensors is missing.")
 	}
-	if len(wB) < 8 || binary.LittleEndian.Uint64(wB) > uint64(len(wB)-8) || !json.Valid(wB[8:8+binary.LittleEndian.Uint64(wB)]) {
+	if !bytes.HasPrefix(wB, []byte("SAFE")) &&
+		(len(wB) < 8 || binary.LittleEndian.Uint64(wB) > uint64(len(wB)-8) || !json.Valid(wB[8:8+binary.LittleEndian.Uint64(wB)])) {
 		return nil, nozzle.Errorf(nozzle.EINVALID, "adapter_model.safetensors is not a safetensors file.").WithParam("adapter_model.safetensors")
 	}
-	h := sha256.New()
-	var n [8]byte
-	binary.LittleEndian.PutUint64(n[:], uint64(len(cfgB)))
-	h.Write(n[:])
-	h.Write(cfgB)
-	h.Write(wB)
-	sha := hex.EncodeToString(h.Sum(nil))
+	sha := sha256hex(append(append([]byte{}, cfgB...), wB...))
 	w.mu.Lock()
-	w.files[sha] = map[string][]byte{nozzle.AdapterConfigFile: cfgB, nozzle.AdapterWeightsFile: wB}
+	w.stored[sha] = map[string][]byte{nozzle.AdapterConfigFile: cfgB, nozzle.AdapterWeightsFile: wB}
 	w.mu.Unlock()
 	alpha := cfg.Alpha
 	if alpha == 0 {
@@ -493,7 +515,7 @@ func writeTestAdapter(dir string, rank int) error {
 	return os.WriteFile(filepath.Join(dir, nozzle.AdapterWeightsFile), b.Bytes(), 0o644)
 }
 
-func (w *memWorld) generate(ctx context.Context, req *nozzle.GenerateRequest, emit func(nozzle.Chunk) error) (*nozzle.GenerateResult, error) {
+func (w *world) generate(ctx context.Context, req *nozzle.GenerateRequest, emit func(nozzle.Chunk) error) (*nozzle.GenerateResult, error) {
 	prompt := 0
 	for _, m := range req.Messages {
 		prompt += len(strings.Fields(m.Content)) + 4
@@ -530,7 +552,7 @@ func (w *memWorld) generate(ctx context.Context, req *nozzle.GenerateRequest, em
 // gpu is the runtime's capacity over [start, end): up since w.started, busy
 // for the device time of the requests in the period. It also returns the
 // requests' active cost. w.mu is held.
-func (w *memWorld) gpu(start, end time.Time) (nozzle.GPUSummary, float64) {
+func (w *world) gpu(start, end time.Time) (nozzle.GPUSummary, float64) {
 	upEnd, upStart := end, start
 	if now := w.now(); now.Before(upEnd) {
 		upEnd = now
@@ -557,9 +579,8 @@ func (w *memWorld) gpu(start, end time.Time) (nozzle.GPUSummary, float64) {
 // report groups the ledger's events the way billing does, in short: active
 // cost from device time, idle time (the runtime up since w.started) shared
 // by active cost under the prorata policy, a dedicated GPU per adapter.
-func (w *memWorld) report(ctx context.Context, q nozzle.ReportQuery) (*nozzle.Report, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
+func (w *world) report(ctx context.Context, q nozzle.ReportQuery) (*nozzle.Report, error) {
+	defer w.lock()()
 	w.reports++
 	for _, g := range q.GroupBy {
 		if !slices.Contains([]string{nozzle.GroupHour, nozzle.GroupDay, nozzle.GroupAdapter, nozzle.GroupTenant}, g) {
