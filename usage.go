@@ -92,6 +92,18 @@ type CapacitySource interface {
 	CapacityIntervals(ctx context.Context, after uint64) ([]CapacityInterval, error)
 }
 
+// OpenCapacitySource is a CapacitySource that also reports the interval it
+// has open, so that reports can show a runtime's uptime before the interval
+// closes.
+type OpenCapacitySource interface {
+	CapacitySource
+	// OpenCapacity returns the runtime's open interval so far: from its
+	// Start to now (End), with the active and idle seconds so far, under
+	// the Seq it will have once closed. ok is false when no interval is
+	// open (the runtime is not up yet, or stopped).
+	OpenCapacity(ctx context.Context) (iv CapacityInterval, ok bool, err error)
+}
+
 // CapacityLedger stores runtimes' capacity intervals.
 type CapacityLedger interface {
 	// RecordCapacity stores intervals; an interval already stored (same

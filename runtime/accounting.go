@@ -127,6 +127,31 @@ func (c *capacity) intervals(now time.Time, after uint64) []nozzle.CapacityInter
 	return out
 }
 
+// openInterval returns the open interval as it stands at now, computed as
+// closeCur would close it there: from its start to now, with the engine
+// steps finished so far as active time and the rest idle. It closes the
+// intervals due by now first, so the snapshot never overlaps a closed
+// interval. ok is false once the runtime stopped, or when no time has
+// passed since the interval opened.
+func (c *capacity) openInterval(now time.Time) (iv nozzle.CapacityInterval, ok bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.stopped {
+		return iv, false
+	}
+	c.advance(now)
+	iv = c.cur
+	iv.End = now.Round(0).UTC()
+	total := iv.End.Sub(iv.Start)
+	if total <= 0 {
+		return nozzle.CapacityInterval{}, false
+	}
+	active := min(c.curActive, total)
+	iv.ActiveSeconds = active.Seconds()
+	iv.IdleSeconds = (total - active).Seconds()
+	return iv, true
+}
+
 // stop closes the last interval at now; no interval opens after it.
 func (c *capacity) stop(now time.Time) {
 	c.mu.Lock()

@@ -21,7 +21,8 @@ import (
 
 // Client is a runtime on another machine, reached over the remote protocol
 // (see NewServer). It implements nozzle.Generator and
-// nozzle.CapacitySource with the same semantics as an in-process Runtime.
+// nozzle.OpenCapacitySource with the same semantics as an in-process
+// Runtime.
 type Client struct {
 	base  string
 	token string
@@ -32,8 +33,8 @@ type Client struct {
 }
 
 var (
-	_ nozzle.Generator      = (*Client)(nil)
-	_ nozzle.CapacitySource = (*Client)(nil)
+	_ nozzle.Generator          = (*Client)(nil)
+	_ nozzle.OpenCapacitySource = (*Client)(nil)
 )
 
 // NewClient returns a client of the runtime at baseURL. hc nil means a
@@ -137,6 +138,18 @@ func (c *Client) CapacityIntervals(ctx context.Context, after uint64) ([]nozzle.
 	}
 	err := c.getJSON(ctx, "/internal/v1/capacity?after="+strconv.FormatUint(after, 10), &body)
 	return body.Data, err
+}
+
+// OpenCapacity returns the runtime's open capacity interval so far; ok is
+// false when none is open.
+func (c *Client) OpenCapacity(ctx context.Context) (nozzle.CapacityInterval, bool, error) {
+	var body struct {
+		Data *nozzle.CapacityInterval `json:"data"`
+	}
+	if err := c.getJSON(ctx, "/internal/v1/capacity/open", &body); err != nil || body.Data == nil {
+		return nozzle.CapacityInterval{}, false, err
+	}
+	return *body.Data, true, nil
 }
 
 // Ready reports whether the runtime answers /readyz with 200.

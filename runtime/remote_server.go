@@ -14,7 +14,7 @@ import (
 )
 
 // The remote protocol between a gateway and a runtime on another machine.
-// It carries nozzle.Generator and nozzle.CapacitySource with the same
+// It carries nozzle.Generator and nozzle.OpenCapacitySource with the same
 // semantics as a runtime in the same process.
 //
 // Every request but /healthz and /readyz carries
@@ -25,6 +25,7 @@ import (
 //	GET  /readyz                           200 once the model is loaded, else 503
 //	GET  /internal/v1/info                 200 nozzle.ModelInfo as JSON
 //	GET  /internal/v1/capacity?after=N     200 {"data": [nozzle.CapacityInterval...]}
+//	GET  /internal/v1/capacity/open        200 {"data": nozzle.CapacityInterval or null}: the open interval so far
 //	GET  /internal/v1/adapters/{sha}/tier  200 {"tier": "device"|"host"|"disk"}
 //	POST /internal/v1/cancel/{request_id}  204; 404 when no such request runs
 //	POST /internal/v1/generate             the request (wireRequest) as JSON
@@ -174,6 +175,7 @@ func httpStatus(code string) int {
 type served interface {
 	Info(ctx context.Context) (nozzle.ModelInfo, error)
 	CapacityIntervals(ctx context.Context, after uint64) ([]nozzle.CapacityInterval, error)
+	OpenCapacity(ctx context.Context) (nozzle.CapacityInterval, bool, error)
 	AdapterTier(ctx context.Context, sha256 string) nozzle.Tier
 	Ready() bool
 	generate(ctx context.Context, req *nozzle.GenerateRequest, started func(promptTokens int), emit func(nozzle.Chunk, int) error) (*nozzle.GenerateResult, error)
@@ -210,6 +212,10 @@ func (generatorServed) CapacityIntervals(context.Context, uint64) ([]nozzle.Capa
 	return nil, nil
 }
 
+func (generatorServed) OpenCapacity(context.Context) (nozzle.CapacityInterval, bool, error) {
+	return nozzle.CapacityInterval{}, false, nil
+}
+
 func (g generatorServed) generate(ctx context.Context, req *nozzle.GenerateRequest, started func(int), emit func(nozzle.Chunk, int) error) (*nozzle.GenerateResult, error) {
 	begun := false
 	res, err := g.Generate(ctx, req, func(c nozzle.Chunk) error {
@@ -242,6 +248,7 @@ func newServer(rt served, internalToken string) http.Handler {
 	})
 	mux.HandleFunc("GET /internal/v1/info", s.auth(s.info))
 	mux.HandleFunc("GET /internal/v1/capacity", s.auth(s.capacity))
+	mux.HandleFunc("GET /internal/v1/capacity/open", s.auth(s.openCapacity))
 	mux.HandleFunc("GET /internal/v1/adapters/{sha}/tier", s.auth(s.tier))
 	mux.HandleFunc("POST /internal/v1/cancel/{id}", s.auth(s.cancel))
 	mux.HandleFunc("POST /internal/v1/generate", s.auth(s.generate))
@@ -301,6 +308,19 @@ func (s *server) capacity(w http.ResponseWriter, r *http.Request) {
 		ivs = []nozzle.CapacityInterval{}
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"data": ivs})
+}
+
+func (s *server) openCapacity(w http.ResponseWriter, r *http.Request) {
+	iv, ok, err := s.rt.OpenCapacity(r.Context())
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	var data *nozzle.CapacityInterval
+	if ok {
+		data = &iv
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"data": data})
 }
 
 func (s *server) tier(w http.ResponseWriter, r *http.Request) {

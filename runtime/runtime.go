@@ -175,7 +175,7 @@ type parts struct {
 }
 
 // Runtime is one warm base model serving requests for many adapters. It
-// implements nozzle.Generator and nozzle.CapacitySource.
+// implements nozzle.Generator and nozzle.OpenCapacitySource.
 type Runtime struct {
 	opts  Options
 	info  nozzle.ModelInfo
@@ -203,8 +203,8 @@ type Runtime struct {
 }
 
 var (
-	_ nozzle.Generator      = (*Runtime)(nil)
-	_ nozzle.CapacitySource = (*Runtime)(nil)
+	_ nozzle.Generator          = (*Runtime)(nil)
+	_ nozzle.OpenCapacitySource = (*Runtime)(nil)
 )
 
 // newRuntime starts a runtime on parts that are up.
@@ -273,6 +273,14 @@ func (r *Runtime) AdapterTier(ctx context.Context, sha256 string) nozzle.Tier {
 // oldest first.
 func (r *Runtime) CapacityIntervals(ctx context.Context, after uint64) ([]nozzle.CapacityInterval, error) {
 	return r.cap.intervals(r.clock(), after), nil
+}
+
+// OpenCapacity returns the capacity interval open now, as it stands: from
+// its start to now, with the engine steps finished so far as active time.
+// ok is false once the runtime has stopped.
+func (r *Runtime) OpenCapacity(ctx context.Context) (nozzle.CapacityInterval, bool, error) {
+	iv, ok := r.cap.openInterval(r.clock())
+	return iv, ok, nil
 }
 
 // Stats is a snapshot of the runtime's time accounting.

@@ -316,6 +316,14 @@ func (l *lazyRuntime) CapacityIntervals(ctx context.Context, after uint64) ([]no
 	return rt.CapacityIntervals(ctx, after)
 }
 
+func (l *lazyRuntime) OpenCapacity(ctx context.Context) (nozzle.CapacityInterval, bool, error) {
+	rt, err := l.get()
+	if err != nil {
+		return nozzle.CapacityInterval{}, false, nil // not up yet
+	}
+	return rt.OpenCapacity(ctx)
+}
+
 // storeValidator validates adapters against the base model that info
 // describes, once it is known.
 func storeValidator(info func(context.Context) (nozzle.ModelInfo, error), maxRank int) func(dir string) (*nozzle.AdapterManifest, error) {
