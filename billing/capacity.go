@@ -49,6 +49,17 @@ func splitHours(start, end time.Time, fn func(hour int64, frac float64)) {
 	}
 }
 
+// intervalShare is the capacity of fraction f of an interval.
+func intervalShare(iv *nozzle.CapacityInterval, f float64) capHour {
+	return capHour{
+		UptimeSeconds: f * (iv.ActiveSeconds + iv.IdleSeconds),
+		ActiveSeconds: f * iv.ActiveSeconds,
+		IdleSeconds:   f * iv.IdleSeconds,
+		CostUSD:       f * (iv.ActiveSeconds + iv.IdleSeconds) * iv.RatePerHour / 3600,
+		IdleCostUSD:   f * iv.IdleSeconds * iv.RatePerHour / 3600,
+	}
+}
+
 func maxTime(a, b time.Time) time.Time {
 	if a.After(b) {
 		return a
@@ -78,6 +89,9 @@ func (l *Ledger) RecordCapacity(ctx context.Context, intervals []nozzle.Capacity
 		for i := range ivs {
 			iv := &ivs[i]
 			k := capacityKey(iv.RuntimeID, iv.Seq)
+			if err := dropSupersededOpen(w.tx, iv.RuntimeID, iv.Seq); err != nil {
+				return err
+			}
 			if caps.Get(k) != nil {
 				continue
 			}
@@ -90,13 +104,7 @@ func (l *Ledger) RecordCapacity(ctx context.Context, intervals []nozzle.Capacity
 				if err != nil {
 					return
 				}
-				inc := capHour{
-					UptimeSeconds: f * (iv.ActiveSeconds + iv.IdleSeconds),
-					ActiveSeconds: f * iv.ActiveSeconds,
-					IdleSeconds:   f * iv.IdleSeconds,
-					CostUSD:       f * (iv.ActiveSeconds + iv.IdleSeconds) * iv.RatePerHour / 3600,
-					IdleCostUSD:   f * iv.IdleSeconds * iv.RatePerHour / 3600,
-				}
+				inc := intervalShare(iv, f)
 				hk := capHourKey(h, iv.RuntimeID)
 				var c capHour
 				if v := hours.Get(hk); v != nil {
@@ -119,28 +127,104 @@ func (l *Ledger) RecordCapacity(ctx context.Context, intervals []nozzle.Capacity
 func (l *Ledger) LastCapacitySeq(ctx context.Context, runtimeID string) (uint64, error) {
 	var seq uint64
 	err := l.view(func(tx *bolt.Tx) error {
-		prefix := lp(runtimeID)
-		c := tx.Bucket(bCapacity).Cursor()
-		k, _ := c.Seek(capacityKey(runtimeID, math.MaxUint64))
-		if k == nil || !bytes.Equal(k, capacityKey(runtimeID, math.MaxUint64)) {
-			if k == nil {
-				k, _ = c.Last()
-			} else {
-				k, _ = c.Prev()
-			}
-		}
-		if k != nil && bytes.HasPrefix(k, prefix) && len(k) == len(prefix)+8 {
-			seq = bytesU64(k[len(prefix):])
-		}
+		seq = lastCapacitySeq(tx, runtimeID)
 		return nil
 	})
 	return seq, err
 }
 
+func lastCapacitySeq(tx *bolt.Tx, runtimeID string) uint64 {
+	prefix := lp(runtimeID)
+	c := tx.Bucket(bCapacity).Cursor()
+	k, _ := c.Seek(capacityKey(runtimeID, math.MaxUint64))
+	if k == nil || !bytes.Equal(k, capacityKey(runtimeID, math.MaxUint64)) {
+		if k == nil {
+			k, _ = c.Last()
+		} else {
+			k, _ = c.Prev()
+		}
+	}
+	if k != nil && bytes.HasPrefix(k, prefix) && len(k) == len(prefix)+8 {
+		return bytesU64(k[len(prefix):])
+	}
+	return 0
+}
+
+// RecordOpenCapacity keeps iv, a runtime's open interval so far, as that
+// runtime's provisional capacity: one record per runtime, replaced by each
+// newer one and removed once a closed interval with the same or a later
+// Seq is stored (RecordCapacity removes it), so that it is never counted
+// together with the closed interval it becomes. A provisional interval
+// older than the one kept, or one a closed interval already covers, is
+// skipped. Reports count the provisional interval of each runtime with the
+// closed ones; it is not part of the rollups and hourly capacity, and
+// Check does not hold it to them.
+func (l *Ledger) RecordOpenCapacity(ctx context.Context, iv nozzle.CapacityInterval) error {
+	if err := validateInterval(&iv); err != nil {
+		return err
+	}
+	iv.Start, iv.End = iv.Start.UTC(), iv.End.UTC()
+	return l.write(ctx, func(w *wtx) error {
+		open := w.tx.Bucket(bCapOpen)
+		k := []byte(iv.RuntimeID)
+		if iv.Seq <= lastCapacitySeq(w.tx, iv.RuntimeID) {
+			return nil
+		}
+		if v := open.Get(k); v != nil {
+			if old, err := decodeInterval(v); err == nil && (old.Seq > iv.Seq || old.Seq == iv.Seq && old.End.After(iv.End)) {
+				return nil
+			}
+		}
+		return open.Put(k, encodeInterval(&iv))
+	})
+}
+
+// dropSupersededOpen removes a runtime's provisional interval once a
+// closed interval with Seq seq or later is stored.
+func dropSupersededOpen(tx *bolt.Tx, runtimeID string, seq uint64) error {
+	open := tx.Bucket(bCapOpen)
+	v := open.Get([]byte(runtimeID))
+	if v == nil {
+		return nil
+	}
+	if old, err := decodeInterval(v); err == nil && old.Seq > seq {
+		return nil
+	}
+	return open.Delete([]byte(runtimeID))
+}
+
+// openIntervals calls fn with each runtime's provisional interval that no
+// closed interval supersedes, in runtime order.
+func openIntervals(tx *bolt.Tx, fn func(iv *nozzle.CapacityInterval)) error {
+	return tx.Bucket(bCapOpen).ForEach(func(k, v []byte) error {
+		iv, err := decodeInterval(v)
+		if err != nil {
+			return fmt.Errorf("provisional capacity of %q: %w", k, err)
+		}
+		if iv.Seq > lastCapacitySeq(tx, iv.RuntimeID) {
+			fn(iv)
+		}
+		return nil
+	})
+}
+
+// OpenCapacityLedger is a nozzle.CapacityLedger that also keeps each
+// runtime's open interval as a provisional figure (Ledger is one).
+type OpenCapacityLedger interface {
+	nozzle.CapacityLedger
+	RecordOpenCapacity(ctx context.Context, iv nozzle.CapacityInterval) error
+}
+
+var _ OpenCapacityLedger = (*Ledger)(nil)
+
 // CollectCapacity pulls closed capacity intervals from each runtime (keyed
 // by runtime id) every interval, recording those after the last one stored,
 // until ctx ends; then it pulls once more so that a shutdown loses nothing.
-// A failing source is logged and retried at the next tick.
+// Where the source is a nozzle.OpenCapacitySource and the ledger an
+// OpenCapacityLedger, each pull then also records the runtime's open
+// interval so far as its provisional capacity, so that reports show the
+// GPU's uptime and cost before the interval closes. A failing source is
+// logged and retried at the next tick.
 func CollectCapacity(ctx context.Context, ledger nozzle.CapacityLedger, sources map[string]nozzle.CapacitySource, every time.Duration) error {
 	log := slog.Default().With("component", "billing")
 	if every <= 0 {
@@ -192,7 +276,7 @@ func pullCapacity(ctx context.Context, ledger nozzle.CapacityLedger, runtimeID s
 			keep = append(keep, iv)
 		}
 		if len(keep) == 0 {
-			return nil
+			break
 		}
 		if err := ledger.RecordCapacity(ctx, keep); err != nil {
 			if errors.Is(err, ErrClosed) {
@@ -201,4 +285,33 @@ func pullCapacity(ctx context.Context, ledger nozzle.CapacityLedger, runtimeID s
 			return fmt.Errorf("record capacity: %w", err)
 		}
 	}
+	// The open interval is asked for after the closed ones: one that
+	// closed in between is superseded by the next pull, never counted
+	// twice, since the ledger drops a provisional interval that a closed
+	// one with its Seq covers.
+	osrc, ok := src.(nozzle.OpenCapacitySource)
+	oled, ok2 := ledger.(OpenCapacityLedger)
+	if !ok || !ok2 {
+		return nil
+	}
+	iv, open, err := osrc.OpenCapacity(ctx)
+	if err != nil || !open {
+		return err
+	}
+	if iv.RuntimeID == "" {
+		iv.RuntimeID = runtimeID
+	}
+	if iv.RuntimeID != runtimeID {
+		return fmt.Errorf("runtime %s reported an open interval of runtime %s", runtimeID, iv.RuntimeID)
+	}
+	if !iv.End.After(iv.Start) {
+		return nil // just opened: nothing to count yet
+	}
+	if err := oled.RecordOpenCapacity(ctx, iv); err != nil {
+		if errors.Is(err, ErrClosed) {
+			return err
+		}
+		return fmt.Errorf("record open capacity: %w", err)
+	}
+	return nil
 }

@@ -341,15 +341,14 @@ func scanCells(ctx context.Context, tx *bolt.Tx, s *reportSpec) ([]usageCell, pe
 	return cells, tot, nil
 }
 
+// capacityTotals adds the runtimes' capacity in the period: the hourly
+// capacity of the closed intervals, then each runtime's provisional (open)
+// interval clipped to the period, hour by hour. A provisional interval's
+// share of an hour does not depend on the period, so a report over one
+// hour or day counts it as the series of a longer report does.
 func capacityTotals(tx *bolt.Tx, startH, endH int64, tot *periodTotals) error {
-	c := tx.Bucket(bCapHours).Cursor()
-	for k, v := c.Seek(hourKey(startH)); k != nil && len(k) >= 8 && hourFromKey(k[:8]) < endH; k, v = c.Next() {
-		ch, err := decodeCapHour(v)
-		if err != nil {
-			return err
-		}
+	add := func(h int64, ch capHour) {
 		tot.capacity.add(ch)
-		h := hourFromKey(k[:8])
 		hc := tot.hourCap[h]
 		hc.add(ch)
 		tot.hourCap[h] = hc
@@ -357,7 +356,24 @@ func capacityTotals(tx *bolt.Tx, startH, endH int64, tot *periodTotals) error {
 			b.capacity.add(ch)
 		}
 	}
-	return nil
+	c := tx.Bucket(bCapHours).Cursor()
+	for k, v := c.Seek(hourKey(startH)); k != nil && len(k) >= 8 && hourFromKey(k[:8]) < endH; k, v = c.Next() {
+		ch, err := decodeCapHour(v)
+		if err != nil {
+			return err
+		}
+		add(hourFromKey(k[:8]), ch)
+	}
+	return openIntervals(tx, func(iv *nozzle.CapacityInterval) {
+		if !iv.End.After(hourTime(startH)) || !iv.Start.Before(hourTime(endH)) {
+			return
+		}
+		splitHours(iv.Start, iv.End, func(h int64, f float64) {
+			if h >= startH && h < endH {
+				add(h, intervalShare(iv, f))
+			}
+		})
+	})
 }
 
 // rowAcc accumulates one report row.

@@ -15,7 +15,9 @@ import (
 // gpuTrace records a random trace into l: runtimes up in intervals of a
 // minute to three hours with gaps between them (some crossing hours and
 // UTC midnights), a silent stretch of a day and a half with no runtime
-// up, and requests of a few tenants. Nothing is recorded after now.
+// up, and requests of a few tenants. Each runtime's last interval is
+// still open at now, kept as provisional capacity (some crossing an hour,
+// as a snapshot the ledger is handed may). Nothing is recorded after now.
 func gpuTrace(tb testing.TB, l *billing.Ledger, rng *rand.Rand, from, now time.Time) {
 	tb.Helper()
 	ctx := context.Background()
@@ -30,6 +32,15 @@ func gpuTrace(tb testing.TB, l *billing.Ledger, rng *rand.Rand, from, now time.T
 			length := time.Duration(60+rng.IntN(3*3600)) * time.Second
 			end := t.Add(length)
 			if end.After(now) {
+				if now.After(t) {
+					d := now.Sub(t).Seconds()
+					active := d * rng.Float64()
+					open := nozzle.CapacityInterval{RuntimeID: id, Seq: seq, Start: t, End: now,
+						ActiveSeconds: active, IdleSeconds: d - active, RatePerHour: rates[r]}
+					if err := l.RecordOpenCapacity(ctx, open); err != nil {
+						tb.Fatal(err)
+					}
+				}
 				break
 			}
 			if end.Before(silentFrom) || !t.Before(silentTo) {

@@ -9,7 +9,7 @@ import (
 
 // SchemaVersion is the ledger layout this package writes. docs/LEDGER.md
 // describes it; migrations below bring older files up to it.
-const SchemaVersion = 1
+const SchemaVersion = 2
 
 // Bucket names. docs/LEDGER.md gives each bucket's keys and values.
 var (
@@ -34,6 +34,7 @@ var (
 	bMonths        = []byte("months")
 	bCapacity      = []byte("capacity")
 	bCapHours      = []byte("capacity_hours")
+	bCapOpen       = []byte("capacity_open")
 	bDirty         = []byte("dirty_hours")
 	bBilled        = []byte("billed_hours")
 	bOutbox        = []byte("outbox")
@@ -45,7 +46,7 @@ var allBuckets = [][]byte{
 	bMeta, bTenants, bTenantNames, bPrices, bKeys, bKeyDigests, bTenantKeys,
 	bAdapters, bAdapterNames, bAdapterSHA, bUsers, bUserEmails, bUserInvites,
 	bSessions, bEvents, bRequestIDs, bRollups, bHours, bMonths, bCapacity,
-	bCapHours, bDirty, bBilled, bOutbox, bOutboxPending, bOutboxParked,
+	bCapHours, bCapOpen, bDirty, bBilled, bOutbox, bOutboxPending, bOutboxParked,
 }
 
 var (
@@ -67,6 +68,13 @@ var migrations = []migration{
 			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 				return fmt.Errorf("create bucket %s: %w", name, err)
 			}
+		}
+		return nil
+	}},
+	// Version 2: each runtime's provisional (open) capacity interval.
+	{To: 2, Fn: func(tx *bolt.Tx) error {
+		if _, err := tx.CreateBucketIfNotExists(bCapOpen); err != nil {
+			return fmt.Errorf("create bucket %s: %w", bCapOpen, err)
 		}
 		return nil
 	}},

@@ -318,7 +318,6 @@ func relErr(got, want float64) float64 {
 }
 
 func TestReport_Conservation(t *testing.T) {
-	ctx := context.Background()
 	for seed := range uint64(40) {
 		t.Run(fmt.Sprint(seed), func(t *testing.T) {
 			r := rand.New(rand.NewPCG(seed, 7))
@@ -328,9 +327,7 @@ func TestReport_Conservation(t *testing.T) {
 				tenants = append(tenants, mustTenant(t, l, fmt.Sprintf("t%d", i)).ID)
 			}
 			tr := randomTrace(r, tenants)
-			if err := l.RecordCapacity(ctx, tr.intervals); err != nil {
-				t.Fatal(err)
-			}
+			recordWithOpen(t, l, r, tr.intervals)
 			recordAll(t, l, tr.events)
 			q := nozzle.ReportQuery{Start: tr.start, End: tr.end, GroupBy: []string{"tenant"}}
 			rep := mustReport(t, l, q)
@@ -364,6 +361,58 @@ func TestReport_Conservation(t *testing.T) {
 			}
 			mustCheck(t, l)
 		})
+	}
+}
+
+// recordWithOpen records a trace's intervals as a collector would see
+// them: each runtime's last interval is, at random, still open (kept as
+// provisional after an earlier, shorter snapshot of it), closed after a
+// provisional snapshot of it was kept, or closed outright.
+func recordWithOpen(tb testing.TB, l *billing.Ledger, r *rand.Rand, ivs []nozzle.CapacityInterval) {
+	tb.Helper()
+	ctx := context.Background()
+	last := map[string]int{}
+	for i, iv := range ivs {
+		last[iv.RuntimeID] = i
+	}
+	var closed []nozzle.CapacityInterval
+	var open, snaps []nozzle.CapacityInterval
+	for i, iv := range ivs {
+		if last[iv.RuntimeID] != i {
+			closed = append(closed, iv)
+			continue
+		}
+		// A snapshot of the first part of the interval, its active time
+		// a part of the final one.
+		f := 0.1 + 0.8*r.Float64()
+		snap := iv
+		snap.End = iv.Start.Add(time.Duration(f * float64(iv.End.Sub(iv.Start))))
+		d := snap.End.Sub(snap.Start).Seconds()
+		snap.ActiveSeconds = min(iv.ActiveSeconds*r.Float64(), d)
+		snap.IdleSeconds = d - snap.ActiveSeconds
+		switch r.IntN(3) {
+		case 0: // still open
+			snaps = append(snaps, snap)
+			open = append(open, iv)
+		case 1: // closed after a snapshot was kept
+			snaps = append(snaps, snap)
+			closed = append(closed, iv)
+		default:
+			closed = append(closed, iv)
+		}
+	}
+	for _, iv := range snaps {
+		if err := l.RecordOpenCapacity(ctx, iv); err != nil {
+			tb.Fatal(err)
+		}
+	}
+	if err := l.RecordCapacity(ctx, closed); err != nil {
+		tb.Fatal(err)
+	}
+	for _, iv := range open {
+		if err := l.RecordOpenCapacity(ctx, iv); err != nil {
+			tb.Fatal(err)
+		}
 	}
 }
 
