@@ -164,6 +164,24 @@ func TestOpenCapacity_Prorata(t *testing.T) {
 	if math.Abs(own.Total.CostUSD-0.045) > 1e-12 {
 		t.Fatalf("tenant a's own report: %+v", own.Total)
 	}
+
+	// Requests that finished after the snapshot: the tenants' active time
+	// (8 s) runs ahead of the runtime's (4 s) until the next pull. Their
+	// costs still add up to the GPU's, the idle scaled down to the pool.
+	mustRecord(t, l, nozzle.UsageEvent{RequestID: "3", TenantID: b.ID, Time: at.Add(40 * time.Second), DeviceSeconds: 4, RatePerHour: 3.6})
+	rep = mustReport(t, l, nozzle.ReportQuery{Start: date("2026-03-04T10:00:00Z"), End: date("2026-03-04T11:00:00Z"), GroupBy: []string{nozzle.GroupTenant}})
+	wantGPU(t, rep.GPU, 60, 4)
+	sum, idle := 0.0, 0.0
+	for _, r := range rep.Rows {
+		sum += r.CostUSD
+		idle += r.IdleCostUSD
+		if r.IdleCostUSD < 0 || r.IdleSeconds < 0 {
+			t.Fatalf("row %+v", r)
+		}
+	}
+	if math.Abs(sum-0.06) > 1e-12 || math.Abs(idle-0.052) > 1e-12 || math.Abs(rep.Rows[0].IdleCostUSD-0.052*3/8) > 1e-12 {
+		t.Fatalf("rows %+v: costs sum to %v (idle %v), want the GPU's 0.06 (idle 0.052)", rep.Rows, sum, idle)
+	}
 }
 
 // openSource is a runtime at the OpenCapacitySource seam: closed intervals

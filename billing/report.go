@@ -441,8 +441,20 @@ func (l *Ledger) buildReport(s *reportSpec, cells cellSource, tot periodTotals, 
 			hourIdleSecs += tot.hourCap[h].IdleSeconds
 		}
 	}
-	rest := max(0, pool-hourIdle)
+	// The requests' active time can run ahead of the runtimes' (their
+	// capacity is pulled every few seconds, the requests' usage recorded
+	// at once): the active hours' idle cost can then exceed the pool, and
+	// is scaled down to it, so that the tenants' costs still add up to the
+	// runtimes' cost.
+	scale := 1.0
+	if hourIdle > pool {
+		scale = pool / hourIdle
+	}
+	rest := max(0, pool-hourIdle*scale)
 	restSecs := max(0, tot.capacity.IdleSeconds-hourIdleSecs)
+	if scale < 1 {
+		rest, restSecs = 0, 0
+	}
 	prorata := l.idlePolicy == nozzle.IdleProrata && tot.activeCostUSD > 0
 	cellIdle := func(c *usageCell) (float64, float64) {
 		if !prorata || c.r.ActiveCostUSD == 0 {
@@ -452,8 +464,8 @@ func (l *Ledger) buildReport(s *reportSpec, cells cellSource, tot periodTotals, 
 		secs := restSecs * c.r.ActiveCostUSD / tot.activeCostUSD
 		if a := tot.hourActive[c.hour]; a > 0 {
 			share := c.r.ActiveCostUSD / a
-			cost += tot.hourCap[c.hour].IdleCostUSD * share
-			secs += tot.hourCap[c.hour].IdleSeconds * share
+			cost += tot.hourCap[c.hour].IdleCostUSD * share * scale
+			secs += tot.hourCap[c.hour].IdleSeconds * share * scale
 		}
 		return cost, secs
 	}
