@@ -77,7 +77,7 @@ type BudgetService interface {
 // ActiveSeconds + IdleSeconds equals End − Start.
 type CapacityInterval struct {
 	RuntimeID     string    `json:"runtime_id"`
-	Seq           uint64    `json:"seq"` // increasing per runtime; (RuntimeID, Seq) is unique
+	Seq           uint64    `json:"seq"` // increasing per runtime, across its restarts too; (RuntimeID, Seq) is unique
 	Start         time.Time `json:"start"`
 	End           time.Time `json:"end"`
 	ActiveSeconds float64   `json:"active_seconds"`

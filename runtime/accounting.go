@@ -33,9 +33,17 @@ type capacity struct {
 
 func newCapacity(runtimeID string, rate float64, length time.Duration, start time.Time) *capacity {
 	c := &capacity{runtimeID: runtimeID, rate: rate, length: length, start: start, maxKept: 100000}
-	c.open(1, start)
+	c.open(firstSeq(start), start)
 	return c
 }
+
+// firstSeq numbers a runtime's first interval: its start time in
+// microseconds since the epoch. Sequence numbers then keep increasing
+// across restarts of a runtime under the same id (a run closes far fewer
+// intervals than microseconds pass before the next start), so the
+// collector, which asks for intervals after the last one it stored, never
+// skips a restarted runtime's. Microseconds stay exact in JSON numbers.
+func firstSeq(start time.Time) uint64 { return uint64(max(start.UnixMicro(), 1)) }
 
 // nextBoundary returns the first interval boundary after t: a multiple of
 // the interval length since the Unix epoch or a UTC hour, whichever comes

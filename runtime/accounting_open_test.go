@@ -34,7 +34,7 @@ func TestCapacity_Open(t *testing.T) {
 			t.Fatalf("%s: open %v, %v", when, ok, err)
 		}
 		closed, _ := rt.CapacityIntervals(ctx, 0)
-		wantStart, wantSeq := start, uint64(1)
+		wantStart, wantSeq := start, uint64(start.UnixMicro())
 		var active, total float64
 		if n := len(closed); n > 0 {
 			wantStart, wantSeq = closed[n-1].End, closed[n-1].Seq+1

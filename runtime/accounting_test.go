@@ -45,7 +45,7 @@ func TestCapacity_Intervals(t *testing.T) {
 	var active, total float64
 	hourSplit := false
 	for i, iv := range ivs {
-		if iv.Seq != uint64(i+1) || iv.RuntimeID != "rt-test" || iv.RatePerHour != 2.5 {
+		if iv.Seq != uint64(start.UnixMicro())+uint64(i) || iv.RuntimeID != "rt-test" || iv.RatePerHour != 2.5 {
 			t.Errorf("interval %d: %+v", i, iv)
 		}
 		if i > 0 && !iv.Start.Equal(ivs[i-1].End) {
@@ -76,5 +76,31 @@ func TestCapacity_Intervals(t *testing.T) {
 	}
 	if after, _ := rt.CapacityIntervals(ctx, ivs[len(ivs)-2].Seq); len(after) != 1 {
 		t.Errorf("after filter: %d intervals", len(after))
+	}
+}
+
+// A runtime restarted under the same id numbers its intervals after the
+// previous run's, so a collector asking for those after the last it stored
+// gets the new run's too.
+func TestCapacity_SeqAcrossRestarts(t *testing.T) {
+	ctx := context.Background()
+	start := time.Date(2025, 3, 1, 10, 0, 0, 0, time.UTC)
+	var last uint64
+	for run := range 3 {
+		rt := startFakeAt(t, runtime.Options{IntervalLength: time.Minute, RuntimeID: "rt-same"}, 64, start)
+		rt.clock.Advance(30 * time.Minute)
+		closeRT(t, rt)
+		ivs, err := rt.CapacityIntervals(ctx, last)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(ivs) < 30 {
+			t.Fatalf("run %d: %d intervals after seq %d, want the whole run's", run, len(ivs), last)
+		}
+		if !ivs[0].Start.Equal(start) || !ivs[len(ivs)-1].End.Equal(start.Add(30*time.Minute)) {
+			t.Fatalf("run %d: intervals from %v to %v; want the whole run from %v", run, ivs[0].Start, ivs[len(ivs)-1].End, start)
+		}
+		last = ivs[len(ivs)-1].Seq
+		start = start.Add(31 * time.Minute) // restarted a minute after the stop
 	}
 }
