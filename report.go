@@ -86,17 +86,23 @@ type Report struct {
 	Outbox *OutboxState `json:"outbox,omitempty"`
 }
 
-// GPUSummary is runtimes' capacity over a report's period.
-type GPUSummary struct {
+// GPUFigures are runtimes' capacity over a stretch of time and its cost.
+type GPUFigures struct {
 	UptimeSeconds float64 `json:"uptime_seconds"`
 	ActiveSeconds float64 `json:"active_seconds"`
 	IdleSeconds   float64 `json:"idle_seconds"`
 	Utilization   float64 `json:"utilization"` // ActiveSeconds / UptimeSeconds
 	CostUSD       float64 `json:"cost_usd"`
-	// IdleCostUSD is the cost of idle time; OperatorIdleUSD the part of it
-	// not allocated to tenants (all of it under the operator policy).
+	// IdleCostUSD is the cost of idle time (beyond the requests' active
+	// cost); OperatorIdleUSD the part of it not allocated to tenants (all
+	// of it under the operator policy).
 	IdleCostUSD     float64 `json:"idle_cost_usd"`
 	OperatorIdleUSD float64 `json:"operator_idle_usd"`
+}
+
+// GPUSummary is runtimes' capacity over a report's period.
+type GPUSummary struct {
+	GPUFigures
 	// Step is the series' step (GroupHour or GroupDay); empty when the
 	// report carries no series.
 	Step string `json:"step,omitempty"`
@@ -110,21 +116,12 @@ type GPUSummary struct {
 }
 
 // GPUBucket is runtimes' capacity over one hour or day of a report's
-// period.
+// period, with the figures a report over that hour or day alone gives.
 type GPUBucket struct {
 	// Time is the start of the hour or UTC day; a day cut by the period's
 	// start or end covers only the hours inside the period.
-	Time          time.Time `json:"time"`
-	UptimeSeconds float64   `json:"uptime_seconds"`
-	ActiveSeconds float64   `json:"active_seconds"`
-	IdleSeconds   float64   `json:"idle_seconds"`
-	Utilization   float64   `json:"utilization"` // ActiveSeconds / UptimeSeconds
-	CostUSD       float64   `json:"cost_usd"`
-	// IdleCostUSD is the cost of the bucket's idle time beyond its
-	// requests' active cost, and OperatorIdleUSD the part of it left with
-	// the operator, as in a report over the bucket alone.
-	IdleCostUSD     float64 `json:"idle_cost_usd"`
-	OperatorIdleUSD float64 `json:"operator_idle_usd"`
+	Time time.Time `json:"time"`
+	GPUFigures
 }
 
 // OutboxState summarises the Stripe outbox.

@@ -570,19 +570,7 @@ func (l *Ledger) buildReport(s *reportSpec, cells cellSource, tot periodTotals, 
 	})
 	rep.Total = finish(all)
 	if s.operatorRep {
-		g := &nozzle.GPUSummary{
-			UptimeSeconds: tot.capacity.UptimeSeconds,
-			ActiveSeconds: tot.capacity.ActiveSeconds,
-			IdleSeconds:   tot.capacity.IdleSeconds,
-			CostUSD:       tot.capacity.CostUSD,
-			IdleCostUSD:   pool,
-		}
-		if g.UptimeSeconds > 0 {
-			g.Utilization = g.ActiveSeconds / g.UptimeSeconds
-		}
-		if !prorata {
-			g.OperatorIdleUSD = pool
-		}
+		g := &nozzle.GPUSummary{GPUFigures: gpuFigures(&tot.capacity, pool, !prorata)}
 		if tot.series != nil {
 			g.Step = s.gpuStep
 			g.Series = make([]nozzle.GPUBucket, len(tot.series))
@@ -598,22 +586,23 @@ func (l *Ledger) buildReport(s *reportSpec, cells cellSource, tot periodTotals, 
 // gpuBucket returns the GPU figures of one bucket of the series: those of
 // GPUSummary for a period of that bucket alone.
 func (l *Ledger) gpuBucket(t time.Time, a *gpuAcc) nozzle.GPUBucket {
-	c := &a.capacity
-	b := nozzle.GPUBucket{
-		Time:          t,
-		UptimeSeconds: c.UptimeSeconds,
-		ActiveSeconds: c.ActiveSeconds,
-		IdleSeconds:   c.IdleSeconds,
-		CostUSD:       c.CostUSD,
-		IdleCostUSD:   max(0, c.CostUSD-a.activeCost),
+	idle := max(0, a.capacity.CostUSD-a.activeCost)
+	return nozzle.GPUBucket{Time: t,
+		GPUFigures: gpuFigures(&a.capacity, idle, !(l.idlePolicy == nozzle.IdleProrata && a.activeCost > 0))}
+}
+
+// gpuFigures are the figures of capacity c whose idle time costs idleCost,
+// all of it left with the operator when operatorKeepsIdle.
+func gpuFigures(c *capHour, idleCost float64, operatorKeepsIdle bool) nozzle.GPUFigures {
+	f := nozzle.GPUFigures{UptimeSeconds: c.UptimeSeconds, ActiveSeconds: c.ActiveSeconds,
+		IdleSeconds: c.IdleSeconds, CostUSD: c.CostUSD, IdleCostUSD: idleCost}
+	if f.UptimeSeconds > 0 {
+		f.Utilization = f.ActiveSeconds / f.UptimeSeconds
 	}
-	if b.UptimeSeconds > 0 {
-		b.Utilization = b.ActiveSeconds / b.UptimeSeconds
+	if operatorKeepsIdle {
+		f.OperatorIdleUSD = idleCost
 	}
-	if !(l.idlePolicy == nozzle.IdleProrata && a.activeCost > 0) {
-		b.OperatorIdleUSD = b.IdleCostUSD
-	}
-	return b
+	return f
 }
 
 // dayOf returns the first hour of the UTC day holding hour h.

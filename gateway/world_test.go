@@ -569,7 +569,7 @@ func (w *world) gpu(start, end time.Time) (nozzle.GPUSummary, float64) {
 		}
 	}
 	idle := max(0, up-active)
-	g := nozzle.GPUSummary{UptimeSeconds: up, ActiveSeconds: min(active, up), IdleSeconds: idle, CostUSD: up * w.rate / 3600, IdleCostUSD: idle * w.rate / 3600}
+	g := nozzle.GPUSummary{GPUFigures: nozzle.GPUFigures{UptimeSeconds: up, ActiveSeconds: min(active, up), IdleSeconds: idle, CostUSD: up * w.rate / 3600, IdleCostUSD: idle * w.rate / 3600}}
 	if up > 0 {
 		g.Utilization = g.ActiveSeconds / up
 	}
@@ -674,9 +674,7 @@ func (w *world) report(ctx context.Context, q nozzle.ReportQuery) (*nozzle.Repor
 					next = q.End
 				}
 				g, _ := w.gpu(t, next)
-				rep.GPU.Series = append(rep.GPU.Series, nozzle.GPUBucket{Time: t, UptimeSeconds: g.UptimeSeconds,
-					ActiveSeconds: g.ActiveSeconds, IdleSeconds: g.IdleSeconds, Utilization: g.Utilization,
-					CostUSD: g.CostUSD, IdleCostUSD: g.IdleCostUSD})
+				rep.GPU.Series = append(rep.GPU.Series, nozzle.GPUBucket{Time: t, GPUFigures: g.GPUFigures})
 				t = next
 			}
 		}
