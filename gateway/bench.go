@@ -111,31 +111,25 @@ func BenchLoad(ctx context.Context, target string, rps int, dur time.Duration, r
 		}
 	}
 
-	// The requests go out from a goroutine with a thread of its own that
-	// sleeps precisely (see pace): Go's timers wake up to a millisecond
-	// late on an idle machine, which would turn a steady rate into bursts.
+	// One request per tick of a precise ticker (see newTicker); a late
+	// wake-up sends every request due by then.
+	tk, err := newTicker(ctx, interval)
+	if err != nil {
+		return Stats{}, err
+	}
 	sent := 0
-	paced := make(chan struct{})
-	go func() {
-		defer close(paced)
-		sleep := pace()
-		for sent < total && ctx.Err() == nil {
-			due := start.Add(time.Duration(sent) * interval)
-			if ahead := time.Until(due); ahead > 0 {
-				sleep(min(ahead, 50*time.Millisecond))
-				continue
-			}
-			// Send everything that is due now.
-			for now := time.Now(); sent < total; sent++ {
-				if start.Add(time.Duration(sent) * interval).After(now) {
-					break
-				}
-				wg.Add(1)
-				go one(sent)
-			}
+	for sent < total {
+		ticks, err := tk.wait()
+		if err != nil {
+			break // ctx ended
 		}
-	}()
-	<-paced
+		for n := min(ticks, total-sent); n > 0; n-- {
+			wg.Add(1)
+			go one(sent)
+			sent++
+		}
+	}
+	tk.close()
 	wg.Wait()
 	elapsed := time.Since(start)
 
@@ -161,6 +155,12 @@ func BenchLoad(ctx context.Context, target string, rps int, dur time.Duration, r
 		st.FirstError = *p
 	}
 	return st, ctx.Err()
+}
+
+// ticker ticks at a steady rate.
+type ticker interface {
+	wait() (ticks int, err error)
+	close()
 }
 
 func hostPort(u *url.URL) string {

@@ -2,7 +2,28 @@
 
 package gateway
 
-import "time"
+import (
+	"context"
+	"time"
+)
 
-// pace returns time.Sleep where no finer sleep is at hand.
-func pace() func(time.Duration) { return time.Sleep }
+// newTicker returns a time.Ticker where no finer timer is at hand.
+func newTicker(ctx context.Context, interval time.Duration) (ticker, error) {
+	return &timeTicker{t: time.NewTicker(interval), ctx: ctx}, nil
+}
+
+type timeTicker struct {
+	t   *time.Ticker
+	ctx context.Context
+}
+
+func (t *timeTicker) wait() (int, error) {
+	select {
+	case <-t.ctx.Done():
+		return 0, t.ctx.Err()
+	case <-t.t.C:
+		return 1, nil
+	}
+}
+
+func (t *timeTicker) close() { t.t.Stop() }
