@@ -162,21 +162,10 @@ func checkGPUSeries(t *testing.T, l *billing.Ledger, q nozzle.ReportQuery, now t
 		}
 		end = earlier(end, periodEnd)
 		one := mustReport(t, l, nozzle.ReportQuery{Start: b.Time, End: end})
-		w := one.GPU
-		for _, f := range []struct {
-			name      string
-			got, want float64
-		}{
-			{"UptimeSeconds", b.UptimeSeconds, w.UptimeSeconds},
-			{"ActiveSeconds", b.ActiveSeconds, w.ActiveSeconds},
-			{"IdleSeconds", b.IdleSeconds, w.IdleSeconds},
-			{"Utilization", b.Utilization, w.Utilization},
-			{"CostUSD", b.CostUSD, w.CostUSD},
-			{"IdleCostUSD", b.IdleCostUSD, w.IdleCostUSD},
-			{"OperatorIdleUSD", b.OperatorIdleUSD, w.OperatorIdleUSD},
-		} {
-			if math.Abs(f.got-f.want) > 1e-9 {
-				t.Errorf("bucket %v: %s = %v, a report over the bucket gives %v", b.Time, f.name, f.got, f.want)
+		alone := gpuFigures(one.GPU.GPUFigures)
+		for name, got := range gpuFigures(b.GPUFigures) {
+			if math.Abs(got-alone[name]) > 1e-9 {
+				t.Errorf("bucket %v: %s = %v, a report over the bucket gives %v", b.Time, name, got, alone[name])
 			}
 		}
 		if !b.Time.Before(silent) && b.Time.Before(silent.Add(24*time.Hour)) {
@@ -196,17 +185,11 @@ func checkGPUSeries(t *testing.T, l *billing.Ledger, q nozzle.ReportQuery, now t
 	if g.UptimeSeconds == 0 || g.ActiveSeconds == 0 {
 		t.Fatalf("the trace left the period empty: %+v", g)
 	}
-	for _, f := range []struct {
-		name      string
-		got, want float64
-	}{
-		{"UptimeSeconds", sum.UptimeSeconds, g.UptimeSeconds},
-		{"ActiveSeconds", sum.ActiveSeconds, g.ActiveSeconds},
-		{"IdleSeconds", sum.IdleSeconds, g.IdleSeconds},
-		{"CostUSD", sum.CostUSD, g.CostUSD},
-	} {
-		if math.Abs(f.got-f.want) > 1e-9*max(1, math.Abs(f.want)) {
-			t.Errorf("series' %s adds up to %v, the period's is %v", f.name, f.got, f.want)
+	total := gpuFigures(g.GPUFigures)
+	for _, name := range []string{"UptimeSeconds", "ActiveSeconds", "IdleSeconds", "CostUSD"} {
+		got, want := gpuFigures(sum.GPUFigures)[name], total[name]
+		if math.Abs(got-want) > 1e-9*max(1, math.Abs(want)) {
+			t.Errorf("series' %s adds up to %v, the period's is %v", name, got, want)
 		}
 	}
 }
@@ -263,4 +246,12 @@ func TestReport_GPUSeriesWhen(t *testing.T) {
 			t.Fatalf("error %v: want param gpu_step", err)
 		}
 	})
+}
+
+// gpuFigures names the figures of f.
+func gpuFigures(f nozzle.GPUFigures) map[string]float64 {
+	return map[string]float64{
+		"UptimeSeconds": f.UptimeSeconds, "ActiveSeconds": f.ActiveSeconds, "IdleSeconds": f.IdleSeconds,
+		"Utilization": f.Utilization, "CostUSD": f.CostUSD, "IdleCostUSD": f.IdleCostUSD, "OperatorIdleUSD": f.OperatorIdleUSD,
+	}
 }
