@@ -5,7 +5,6 @@ import (
 	"encoding/binary"
 	"math"
 	"path/filepath"
-	"sync"
 	"testing"
 	"time"
 
@@ -187,8 +186,7 @@ func TestOpenCapacity_Prorata(t *testing.T) {
 // openSource is a runtime at the OpenCapacitySource seam: closed intervals
 // of a minute and the one open so far.
 type openSource struct {
-	mu     sync.Mutex
-	closed []nozzle.CapacityInterval
+	source // the closed intervals
 	open   *nozzle.CapacityInterval
 	asked  int
 }
@@ -196,19 +194,7 @@ type openSource struct {
 func (s *openSource) set(closed []nozzle.CapacityInterval, open *nozzle.CapacityInterval) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.closed, s.open = closed, open
-}
-
-func (s *openSource) CapacityIntervals(ctx context.Context, after uint64) ([]nozzle.CapacityInterval, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	var out []nozzle.CapacityInterval
-	for _, iv := range s.closed {
-		if iv.Seq > after {
-			out = append(out, iv)
-		}
-	}
-	return out, nil
+	s.ivs, s.open = closed, open
 }
 
 func (s *openSource) OpenCapacity(ctx context.Context) (nozzle.CapacityInterval, bool, error) {
