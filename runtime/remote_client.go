@@ -91,6 +91,10 @@ func readError(resp *http.Response) error {
 	if json.Unmarshal(b, &body) == nil && body.Error != nil && body.Error.Code != "" {
 		return body.Error.err()
 	}
+	if resp.StatusCode == http.StatusNotFound {
+		// A path this runtime does not serve (an older version).
+		return nozzle.Errorf(nozzle.ENOTFOUND, "The runtime does not serve %s.", resp.Request.URL.Path)
+	}
 	return unavailable(fmt.Errorf("runtime answered %s", resp.Status))
 }
 
@@ -146,7 +150,11 @@ func (c *Client) OpenCapacity(ctx context.Context) (nozzle.CapacityInterval, boo
 	var body struct {
 		Data *nozzle.CapacityInterval `json:"data"`
 	}
-	if err := c.getJSON(ctx, "/internal/v1/capacity/open", &body); err != nil || body.Data == nil {
+	err := c.getJSON(ctx, "/internal/v1/capacity/open", &body)
+	if nozzle.ErrorCode(err) == nozzle.ENOTFOUND {
+		err = nil // a runtime from before open intervals: it reports closed ones only
+	}
+	if err != nil || body.Data == nil {
 		return nozzle.CapacityInterval{}, false, err
 	}
 	return *body.Data, true, nil

@@ -2,6 +2,7 @@ package runtime_test
 
 import (
 	"context"
+	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
@@ -91,5 +92,20 @@ func BenchmarkRemoteGenerate(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// A runtime that predates open capacity intervals answers 404 for them:
+// the client reports none open, not an outage.
+func TestClient_OpenCapacityOlderRuntime(t *testing.T) {
+	srv := httptest.NewServer(http.NotFoundHandler())
+	defer srv.Close()
+	c := runtime.NewClient(srv.URL, "tok", nil)
+	iv, ok, err := c.OpenCapacity(context.Background())
+	if err != nil || ok {
+		t.Fatalf("OpenCapacity = %+v, %v, %v; want none open, no error", iv, ok, err)
+	}
+	if _, err := c.CapacityIntervals(context.Background(), 0); nozzle.ErrorCode(err) != nozzle.ENOTFOUND {
+		t.Fatalf("CapacityIntervals on a server without them: %v", err)
 	}
 }
