@@ -108,3 +108,34 @@ func FuzzTextStream(f *testing.F) {
 		}
 	})
 }
+
+func TestBatchLimits(t *testing.T) {
+	const mib = 1 << 20
+	for _, tc := range []struct {
+		device       string
+		weights, l3  int64
+		seqs, tokens int
+	}{
+		{"cuda", 2000 * mib, 32 * mib, 64, 512},
+		{"cuda", 10 * mib, 512 * mib, 64, 512},
+		{"cpu", 1000 * mib, 256 * mib, 8, 64}, // streams its weights: batches pay
+		{"cpu", 27 * mib, 256 * mib, 3, 16},   // stays in the cache: short steps
+		{"cpu", 27 * mib, 32 * mib, 8, 64},    // more than half the cache
+		{"cpu", 0, 256 * mib, 8, 64},          // unknown size
+	} {
+		if s, tok := batchLimits(tc.device, tc.weights, tc.l3); s != tc.seqs || tok != tc.tokens {
+			t.Errorf("%s, %d MiB of weights, %d MiB cache: %d seqs, %d tokens; want %d, %d",
+				tc.device, tc.weights/mib, tc.l3/mib, s, tok, tc.seqs, tc.tokens)
+		}
+	}
+	o := Options{MaxBatchSeqs: 5}
+	o.sizeFor("cpu", 1<<40)
+	if o.MaxBatchSeqs != 5 || o.MaxBatchTokens != 64 {
+		t.Errorf("given limits: %+v", o)
+	}
+	for s, want := range map[string]int64{"2048K": 2 << 20, "491520K": 480 << 20, "32M": 32 << 20, "1G": 1 << 30, "x": 0, "": 0} {
+		if got := parseCacheSize(s); got != want {
+			t.Errorf("parseCacheSize(%q) = %d, want %d", s, got, want)
+		}
+	}
+}

@@ -52,7 +52,7 @@ func Open(ctx context.Context, opts Options) (*Runtime, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open runtime: %w", err)
 	}
-	sized.sizeFor(device)
+	sized.sizeFor(device, m.WeightBytes())
 	opts.MaxBatchSeqs, opts.MaxBatchTokens = sized.MaxBatchSeqs, sized.MaxBatchTokens
 	info.Device = device
 	ei := eng.Info()
@@ -130,7 +130,7 @@ func libraryPaths(lib string) (cpu, cuda string) {
 func startEngine(m *model.Model, opts, sized Options) (*engine.Engine, string, error) {
 	engineOptions := func(device string) engine.Options {
 		s := sized
-		s.sizeFor(device)
+		s.sizeFor(device, m.WeightBytes())
 		return engine.Options{
 			MaxSlots: opts.Slots, MaxRank: opts.MaxRank, KVBlockSize: opts.KVBlockSize,
 			KVBlocks: opts.KVBlocks, KVMemoryBytes: opts.KVMemoryBytes,

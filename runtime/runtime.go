@@ -24,6 +24,10 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -54,11 +58,13 @@ type Options struct {
 	KVBlocks      int
 	// KVBlockSize is the number of tokens per KV block (default 16).
 	KVBlockSize int
-	// MaxBatchTokens is the token budget of one step (default 512 on
-	// CUDA, 64 on CPU), MaxBatchSeqs the most sequences running at once
-	// (default 32 on CUDA, 8 on CPU, where steps are compute-bound and
-	// larger batches only add latency), and PrefillChunk the most prompt
-	// tokens of one sequence per step (default 256).
+	// MaxBatchTokens is the token budget of one step, MaxBatchSeqs the
+	// most sequences running at once, and PrefillChunk the most prompt
+	// tokens of one sequence per step (default 256). The batch limits
+	// default to what the device and model make worthwhile (see
+	// batchLimits): 512 tokens and 64 sequences on CUDA; on a CPU, 64 and
+	// 8 for a model that streams its weights from memory, 16 and 3 for
+	// one small enough to stay in the CPU's cache.
 	MaxBatchTokens int
 	MaxBatchSeqs   int
 	PrefillChunk   int
@@ -92,12 +98,10 @@ type Options struct {
 	Clock func() time.Time
 }
 
-// sizeFor fills the batch limits left zero with the defaults of device.
-func (o *Options) sizeFor(device string) {
-	seqs, tokens := 32, 512
-	if device == "cpu" {
-		seqs, tokens = 8, 64
-	}
+// sizeFor fills the batch limits left zero with the defaults of device
+// for a model of weightBytes (0: unknown).
+func (o *Options) sizeFor(device string, weightBytes int64) {
+	seqs, tokens := batchLimits(device, weightBytes, cpuCacheBytes())
 	if o.MaxBatchSeqs <= 0 {
 		o.MaxBatchSeqs = seqs
 	}
@@ -107,6 +111,65 @@ func (o *Options) sizeFor(device string) {
 	if o.MaxBatchTokens < o.MaxBatchSeqs {
 		o.MaxBatchTokens = o.MaxBatchSeqs
 	}
+}
+
+// batchLimits are the default batch limits. A batch pays off when a step
+// is bound by reading the weights: every sequence in it shares one pass
+// over them, so a bigger batch adds throughput and little time per step.
+// That is a GPU's case, and a CPU's for a model bigger than its cache.
+// A model whose weights stay in the CPU's cache (cacheBytes; half of it,
+// to leave room for activations and the KV cache) makes steps bound by
+// arithmetic instead: their time grows with every token in them, a bigger
+// batch hardly adds throughput, and everyone's time per token grows with
+// it — a light tenant's too, next to a heavy one's. There small batches
+// and short steps keep latency, and fairness in it, at a few percent of
+// throughput (see nozzle bench serve).
+func batchLimits(device string, weightBytes, cacheBytes int64) (seqs, tokens int) {
+	switch {
+	case device != "cpu":
+		return 64, 512
+	case weightBytes > 0 && weightBytes <= cacheBytes/2:
+		return 3, 16
+	}
+	return 8, 64
+}
+
+// cpuCacheBytes is the size of the largest CPU cache (Linux sysfs), or
+// 32 MiB where it cannot be read.
+var cpuCacheBytes = sync.OnceValue(func() int64 {
+	var largest int64
+	dirs, _ := filepath.Glob("/sys/devices/system/cpu/cpu0/cache/index*")
+	for _, d := range dirs {
+		b, err := os.ReadFile(filepath.Join(d, "size"))
+		if err != nil {
+			continue
+		}
+		if n := parseCacheSize(strings.TrimSpace(string(b))); n > largest {
+			largest = n
+		}
+	}
+	if largest == 0 {
+		largest = 32 << 20
+	}
+	return largest
+})
+
+// parseCacheSize reads sysfs cache sizes such as "2048K" or "32M".
+func parseCacheSize(s string) int64 {
+	mult := int64(1)
+	switch {
+	case strings.HasSuffix(s, "K"):
+		mult, s = 1<<10, strings.TrimSuffix(s, "K")
+	case strings.HasSuffix(s, "M"):
+		mult, s = 1<<20, strings.TrimSuffix(s, "M")
+	case strings.HasSuffix(s, "G"):
+		mult, s = 1<<30, strings.TrimSuffix(s, "G")
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || n < 0 {
+		return 0
+	}
+	return n * mult
 }
 
 func (o *Options) setDefaults() error {
@@ -127,7 +190,7 @@ func (o *Options) setDefaults() error {
 	if o.MaxRank > 256 {
 		return fmt.Errorf("max rank %d: at most 256", o.MaxRank)
 	}
-	o.sizeFor("cuda")
+	o.sizeFor("cuda", 0)
 	if o.PrefillChunk <= 0 {
 		o.PrefillChunk = 256
 	}

@@ -40,8 +40,8 @@ type Config struct {
 	Slots          int     `key:"slots" help:"adapter slots on the device"`
 	MaxRank        int     `key:"max_rank" help:"largest LoRA rank accepted (slots are padded to it; at most 256)"`
 	KVMemoryMB     int     `key:"kv_memory_mb" help:"memory for the KV cache in MiB"`
-	MaxBatchTokens int     `key:"max_batch_tokens" help:"most tokens in one engine step (prefill chunks and decodes)"`
-	MaxBatchSeqs   int     `key:"max_batch_seqs" help:"most sequences in one engine step"`
+	MaxBatchTokens int     `key:"max_batch_tokens" help:"most tokens in one engine step (prefill chunks and decodes; 0: 512 on a GPU, on a CPU 64, or 16 for a model that fits in its cache)"`
+	MaxBatchSeqs   int     `key:"max_batch_seqs" help:"most sequences in one engine step (0: 64 on a GPU, on a CPU 8, or 3 for a model that fits in its cache)"`
 	Threads        int     `key:"threads" help:"CPU engine threads (0: every core)"`
 	HostCacheMB    int     `key:"host_cache_mb" help:"host memory for adapters kept ready in MiB"`
 	PrefillWeight  float64 `key:"prefill_weight" help:"work weight of a prompt token when splitting a step's time"`
@@ -78,8 +78,6 @@ func DefaultConfig() Config {
 		Slots:             8,
 		MaxRank:           64,
 		KVMemoryMB:        512,
-		MaxBatchTokens:    512,
-		MaxBatchSeqs:      64,
 		HostCacheMB:       1024,
 		AdapterCacheMB:    10240,
 		PrefillWeight:     1,
@@ -142,10 +140,13 @@ func (c *Config) Validate() error {
 	for _, f := range []struct {
 		key string
 		v   int
-	}{{"kv_memory_mb", c.KVMemoryMB}, {"max_batch_tokens", c.MaxBatchTokens}, {"max_batch_seqs", c.MaxBatchSeqs}, {"host_cache_mb", c.HostCacheMB}, {"upload_limit_mb", c.UploadLimitMB}} {
+	}{{"kv_memory_mb", c.KVMemoryMB}, {"host_cache_mb", c.HostCacheMB}, {"upload_limit_mb", c.UploadLimitMB}} {
 		if f.v < 1 {
 			return fmt.Errorf("%s %d: must be positive", f.key, f.v)
 		}
+	}
+	if c.MaxBatchTokens < 0 || c.MaxBatchSeqs < 0 {
+		return errors.New("max_batch_tokens and max_batch_seqs must not be negative (0: sized for the device and model)")
 	}
 	if c.AdapterCacheMB < 0 {
 		return fmt.Errorf("adapter_cache_mb %d: must not be negative (0: unlimited)", c.AdapterCacheMB)
