@@ -569,7 +569,10 @@ func (m *Main) RunRuntime(ctx context.Context) error {
 			w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
 			m.Metrics.WriteTo(w)
 		})
-		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+		// Idle connections close after two minutes: gateways keep theirs
+		// for 30 s (runtime.Transport), so this only reaps those of
+		// gateways that went away.
+		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}
 		// The server drains first, then the runtime stops.
 		m.onClose(func(ctx context.Context) error { return errors.Join(srv.Shutdown(ctx), rt.Close(ctx)) })
 		served := make(chan error, 1)
