@@ -85,42 +85,47 @@ func (l *Ledger) RecordCapacity(ctx context.Context, intervals []nozzle.Capacity
 	}
 	ivs := append([]nozzle.CapacityInterval(nil), intervals...)
 	return l.write(ctx, func(w *wtx) error {
-		caps, hours := w.tx.Bucket(bCapacity), w.tx.Bucket(bCapHours)
 		for i := range ivs {
-			iv := &ivs[i]
-			k := capacityKey(iv.RuntimeID, iv.Seq)
-			if err := dropSupersededOpen(w.tx, iv.RuntimeID, iv.Seq); err != nil {
+			if err := dropSupersededOpen(w.tx, ivs[i].RuntimeID, ivs[i].Seq); err != nil {
 				return err
 			}
-			if caps.Get(k) != nil {
-				continue
-			}
-			iv.Start, iv.End = iv.Start.UTC(), iv.End.UTC()
-			if err := caps.Put(k, encodeInterval(iv)); err != nil {
-				return err
-			}
-			var err error
-			splitHours(iv.Start, iv.End, func(h int64, f float64) {
-				if err != nil {
-					return
-				}
-				inc := intervalShare(iv, f)
-				hk := capHourKey(h, iv.RuntimeID)
-				var c capHour
-				if v := hours.Get(hk); v != nil {
-					if c, err = decodeCapHour(v); err != nil {
-						return
-					}
-				}
-				c.add(inc)
-				err = hours.Put(hk, encodeCapHour(&c))
-			})
-			if err != nil {
+			if err := storeInterval(w.tx, &ivs[i]); err != nil {
 				return err
 			}
 		}
 		return nil
 	})
+}
+
+// storeInterval stores a closed interval unless it is stored already, and
+// adds it to its runtime's hourly capacity.
+func storeInterval(tx *bolt.Tx, iv *nozzle.CapacityInterval) error {
+	caps, hours := tx.Bucket(bCapacity), tx.Bucket(bCapHours)
+	k := capacityKey(iv.RuntimeID, iv.Seq)
+	if caps.Get(k) != nil {
+		return nil
+	}
+	iv.Start, iv.End = iv.Start.UTC(), iv.End.UTC()
+	if err := caps.Put(k, encodeInterval(iv)); err != nil {
+		return err
+	}
+	var err error
+	splitHours(iv.Start, iv.End, func(h int64, f float64) {
+		if err != nil {
+			return
+		}
+		inc := intervalShare(iv, f)
+		hk := capHourKey(h, iv.RuntimeID)
+		var c capHour
+		if v := hours.Get(hk); v != nil {
+			if c, err = decodeCapHour(v); err != nil {
+				return
+			}
+		}
+		c.add(inc)
+		err = hours.Put(hk, encodeCapHour(&c))
+	})
+	return err
 }
 
 // LastCapacitySeq returns the highest Seq stored for a runtime (0 if none).
@@ -171,13 +176,30 @@ func (l *Ledger) RecordOpenCapacity(ctx context.Context, iv nozzle.CapacityInter
 			return nil
 		}
 		if v := open.Get(k); v != nil {
-			if old, err := decodeInterval(v); err == nil && (old.Seq > iv.Seq || old.Seq == iv.Seq && old.End.After(iv.End)) {
-				return nil
+			if old, err := decodeInterval(v); err == nil {
+				if old.Seq > iv.Seq || old.Seq == iv.Seq && old.End.After(iv.End) {
+					return nil
+				}
+				if iv.Seq-old.Seq >= newRunSeqGap && old.Seq > lastCapacitySeq(w.tx, iv.RuntimeID) {
+					// The runtime restarted (it numbers its intervals from
+					// its start time in microseconds) and the old run's
+					// open interval will never close: what its last
+					// snapshot measured is kept as a closed interval.
+					if err := storeInterval(w.tx, old); err != nil {
+						return err
+					}
+				}
 			}
 		}
 		return open.Put(k, encodeInterval(&iv))
 	})
 }
+
+// newRunSeqGap is the jump in Seq that marks a new run of a runtime: runs
+// number their intervals from their start time in microseconds, so a
+// restart jumps by at least a second's worth, while one run closes about
+// one interval a minute.
+const newRunSeqGap = 1_000_000
 
 // dropSupersededOpen removes a runtime's provisional interval once a
 // closed interval with Seq seq or later is stored.

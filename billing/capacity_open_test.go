@@ -319,3 +319,41 @@ func TestOpenCapacity_Migrate(t *testing.T) {
 		return nil
 	})
 }
+
+// TestOpenCapacity_CrashedRun: a runtime that crashed never closes its
+// open interval; when its next run reports (intervals numbered from the
+// new start time, far past the old ones), the old run's last snapshot is
+// kept as a closed interval instead of being replaced and lost. Within a
+// run, a newer interval replaces the snapshot without keeping it.
+func TestOpenCapacity_CrashedRun(t *testing.T) {
+	ctx := context.Background()
+	l := mustOpen(t, billing.Options{Now: newClock(date("2026-03-04T10:30:00Z")).Now})
+	const from, to = "2026-03-04T10:00:00Z", "2026-03-04T11:00:00Z"
+	const run1, run2 = 1_000_000_000, 1_000_000_000 + 600_000_000 // started 10 minutes apart
+	record := func(iv nozzle.CapacityInterval) {
+		t.Helper()
+		if err := l.RecordOpenCapacity(ctx, iv); err != nil {
+			t.Fatal(err)
+		}
+	}
+	record(closedIv("rt", run1, 0, 2, 30))
+	record(closedIv("rt", run1+1, 2, 3, 6)) // the same run: replaces, keeps nothing
+	wantGPU(t, gpu(t, l, from, to), 60, 6)
+	if seq, _ := l.LastCapacitySeq(ctx, "rt"); seq != 0 {
+		t.Fatalf("a snapshot of the same run was kept as closed interval %d", seq)
+	}
+	// The runtime crashes; its next run starts at minute 10.
+	record(closedIv("rt", run2, 10, 11, 12))
+	wantGPU(t, gpu(t, l, from, to), 120, 18)
+	if seq, _ := l.LastCapacitySeq(ctx, "rt"); seq != run1+1 {
+		t.Fatalf("last closed seq %d, want the crashed run's %d", seq, run1+1)
+	}
+	if res := mustCheck(t, l); res.Intervals != 1 || len(res.Problems) > 0 {
+		t.Fatalf("ledger check: %+v", res)
+	}
+	// The new run's first closed interval supersedes its own snapshot only.
+	if err := l.RecordCapacity(ctx, []nozzle.CapacityInterval{closedIv("rt", run2, 10, 12, 20)}); err != nil {
+		t.Fatal(err)
+	}
+	wantGPU(t, gpu(t, l, from, to), 180, 26)
+}
