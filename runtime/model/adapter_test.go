@@ -1,7 +1,6 @@
 package model_test
 
 import (
-	"bytes"
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
@@ -327,27 +326,7 @@ func add(name string, shape []int64) func([]safetensors.Tensor) []safetensors.Te
 
 func editAdapter(t *testing.T, dir string, edit func([]safetensors.Tensor) []safetensors.Tensor) {
 	t.Helper()
-	p := filepath.Join(dir, nozzle.AdapterWeightsFile)
-	b, err := os.ReadFile(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	f, err := safetensors.Parse(b)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ts := edit(f.Tensors())
-	var buf bytes.Buffer
-	sw, err := safetensors.NewWriter(&buf, ts, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, tn := range ts {
-		sw.Write(tn.Data)
-	}
-	if err := os.WriteFile(p, buf.Bytes(), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	editSafetensors(t, filepath.Join(dir, nozzle.AdapterWeightsFile), edit)
 }
 
 func FuzzParseAdapterConfig(f *testing.F) {

@@ -254,7 +254,13 @@ func TestOpen_ExtraAndMissingLMHead(t *testing.T) {
 // rewrite replaces model.safetensors with edited tensors.
 func rewrite(t *testing.T, dir string, edit func([]safetensors.Tensor) []safetensors.Tensor) {
 	t.Helper()
-	p := filepath.Join(dir, "model.safetensors")
+	editSafetensors(t, filepath.Join(dir, "model.safetensors"), edit)
+}
+
+// editSafetensors rewrites the safetensors file p with edited tensors.
+// Shapes may have been edited; the raw data is written as announced.
+func editSafetensors(t *testing.T, p string, edit func([]safetensors.Tensor) []safetensors.Tensor) {
+	t.Helper()
 	b, err := os.ReadFile(p)
 	if err != nil {
 		t.Fatal(err)
@@ -265,7 +271,6 @@ func rewrite(t *testing.T, dir string, edit func([]safetensors.Tensor) []safeten
 	}
 	ts := edit(f.Tensors())
 	var buf bytes.Buffer
-	// Shapes may have been edited; write raw data as announced.
 	sw, err := safetensors.NewWriter(&buf, ts, nil)
 	if err != nil {
 		t.Fatal(err)
