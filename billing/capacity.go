@@ -172,7 +172,8 @@ func (l *Ledger) RecordOpenCapacity(ctx context.Context, iv nozzle.CapacityInter
 	return l.write(ctx, func(w *wtx) error {
 		open := w.tx.Bucket(bCapOpen)
 		k := []byte(iv.RuntimeID)
-		if iv.Seq <= lastCapacitySeq(w.tx, iv.RuntimeID) {
+		lastClosed := lastCapacitySeq(w.tx, iv.RuntimeID)
+		if iv.Seq <= lastClosed {
 			return nil
 		}
 		if v := open.Get(k); v != nil {
@@ -180,7 +181,7 @@ func (l *Ledger) RecordOpenCapacity(ctx context.Context, iv nozzle.CapacityInter
 				if old.Seq > iv.Seq || old.Seq == iv.Seq && old.End.After(iv.End) {
 					return nil
 				}
-				if iv.Seq-old.Seq >= newRunSeqGap && old.Seq > lastCapacitySeq(w.tx, iv.RuntimeID) {
+				if iv.Seq-old.Seq >= newRunSeqGap && old.Seq > lastClosed {
 					// The runtime restarted (it numbers its intervals from
 					// its start time in microseconds) and the old run's
 					// open interval will never close: what its last

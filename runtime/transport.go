@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -186,7 +187,9 @@ func (t *Transport) exchange(req *http.Request, c *tconn, addr string) (*http.Re
 }
 
 // tbody is an answer's body; read to its end, it gives the connection
-// back to the pool, closed before, it closes the connection.
+// back to the pool, closed before, it closes the connection. Close may
+// come from another goroutine while a Read waits: closing the connection
+// ends that Read.
 type tbody struct {
 	rc    io.ReadCloser
 	t     *Transport
@@ -195,41 +198,35 @@ type tbody struct {
 	stop  func() bool
 	reuse bool
 
-	mu   sync.Mutex
-	done bool
+	done atomic.Bool // finished: the connection is pooled or closed
+	once sync.Once
 }
 
 func (b *tbody) Read(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.done {
+	if b.done.Load() {
 		return 0, io.EOF
 	}
 	n, err := b.rc.Read(p)
-	if err == io.EOF {
-		b.finish(true)
-	} else if err != nil {
-		b.finish(false)
+	if err != nil {
+		b.finish(err == io.EOF)
 	}
 	return n, err
 }
 
 func (b *tbody) Close() error {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if !b.done {
-		b.finish(false)
-	}
+	b.finish(false)
 	return nil
 }
 
 func (b *tbody) finish(atEnd bool) {
-	b.done = true
-	// stop is false when the request's cancellation already fired and
-	// spoiled the connection's deadline.
-	if b.stop() && atEnd && b.reuse {
-		b.t.put(b.addr, b.c)
-		return
-	}
-	b.c.Close()
+	b.once.Do(func() {
+		b.done.Store(true)
+		// stop is false when the request's cancellation already fired and
+		// spoiled the connection's deadline.
+		if b.stop() && atEnd && b.reuse {
+			b.t.put(b.addr, b.c)
+			return
+		}
+		b.c.Close()
+	})
 }

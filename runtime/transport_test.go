@@ -234,3 +234,28 @@ func BenchmarkTransport(b *testing.B) {
 		})
 	}
 }
+
+// Closing a body from another goroutine ends a read under way.
+func TestTransport_CloseWhileReading(t *testing.T) {
+	srv, _ := transportServer(t)
+	c := &http.Client{Transport: runtime.NewTransport()}
+	resp, err := c.Get(srv.URL + "/stream")
+	if err != nil {
+		t.Fatal(err)
+	}
+	copied := make(chan error, 1)
+	go func() {
+		_, err := io.Copy(io.Discard, resp.Body)
+		copied <- err
+	}()
+	time.Sleep(20 * time.Millisecond)
+	resp.Body.Close()
+	select {
+	case <-copied:
+	case <-time.After(5 * time.Second):
+		t.Fatal("a read of the stream went on after Close")
+	}
+	if got := post(t, c, srv.URL+"/echo", "after"); got != "after" {
+		t.Fatalf("answer %q", got)
+	}
+}
