@@ -20,9 +20,9 @@ import (
 // request is sent to its whole answer. The load is open loop (requests
 // go out on schedule whatever the answers do), so a server that falls
 // behind shows it in the latencies instead of slowing the load down.
-// Latency is not counted from the moment a request was due: Go's timers
-// wake up to a millisecond late on an idle machine, and that lateness,
-// the load generator's and not the server's, would swamp the figures.
+// Latency is not counted from the moment a request was due: the load
+// generator's own scheduling delays (it shares the machine) are not the
+// server's.
 type Stats struct {
 	Requests int           `json:"requests"` // answered, successfully or not
 	Errors   int           `json:"errors"`   // transport errors and non-2xx answers
