@@ -51,8 +51,8 @@ type UsageEvent struct {
 
 // Ledger is the durable usage ledger.
 type Ledger interface {
-	// RecordUsage durably stores ev (fsynced when it returns) and updates
-	// the rollups in the same transaction. A RequestID already stored is
+	// RecordUsage durably stores ev (fsynced when it returns); reads of
+	// usage made after it returns see it in the rollups. A RequestID already stored is
 	// not stored again: RecordUsage then returns duplicate=true and fills
 	// ev from the stored event.
 	RecordUsage(ctx context.Context, ev *UsageEvent) (duplicate bool, err error)

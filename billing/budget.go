@@ -45,16 +45,19 @@ func (l *Ledger) ReserveBudget(ctx context.Context, tenantID string, usd float64
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	// Read the month-to-date charges under the lock: a release (which
-	// takes the lock) always follows the commit of its usage, so the sum
-	// below never misses both the reservation and its charge.
-	var mtd float64
+	// takes the lock) always follows the journaling of its usage, so the
+	// sum below never misses both the reservation and its charge. The
+	// journaled charges are read before the filed ones: an event filed in
+	// between is counted twice, never missed.
+	mk := monthKey(tenantID, monthOf(now))
+	mtd := l.j.monthCharges(mk)
 	err = l.view(func(tx *bolt.Tx) error {
-		v := tx.Bucket(bMonths).Get(monthKey(tenantID, monthOf(now)))
+		v := tx.Bucket(bMonths).Get(mk)
 		if v == nil {
 			return nil
 		}
 		r, err := decodeRollup(v)
-		mtd = r.ChargedUSD
+		mtd += r.ChargedUSD
 		return err
 	})
 	if err != nil {
@@ -85,7 +88,7 @@ func (l *Ledger) ReserveBudget(ctx context.Context, tenantID string, usd float64
 // holding at.
 func (l *Ledger) MonthToDate(ctx context.Context, tenantID string, at time.Time) (float64, error) {
 	var mtd float64
-	err := l.view(func(tx *bolt.Tx) error {
+	err := l.viewUsage(func(tx *bolt.Tx) error {
 		v := tx.Bucket(bMonths).Get(monthKey(tenantID, monthOf(at)))
 		if v == nil {
 			return nil

@@ -8,12 +8,12 @@ import (
 	"github.com/nozzle-ai/nozzle"
 )
 
-// authCache keeps the decoded keys (by digest) and tenants (by id) that
-// every API request looks up, so that the request path neither opens a
-// read transaction nor decodes a record.
+// authCache keeps the decoded keys (by digest), tenants (by id) and price
+// histories (by tenant id) that every API request looks up, so that the
+// request path neither opens a read transaction nor decodes a record.
 //
-// The cache is coherent by generation: every commit that changed a key or
-// a tenant bumps gen before its writers learn that it committed, and an
+// The cache is coherent by generation: every commit that changed a key, a
+// tenant or a price bumps gen before its writers learn that it committed, and an
 // entry is used only while the generation it was read under is current.
 // A reader stores what it read only if gen did not move while it read, so
 // a value read before a commit can never be kept after it: a revoked key
@@ -25,10 +25,11 @@ type authCache struct {
 	at      uint64 // generation of the entries below
 	keys    map[string]nozzle.APIKey
 	tenants map[string]nozzle.Tenant
+	prices  map[string][]priceVersion // never modified once stored
 }
 
-// invalidate drops every entry; called after a commit that changed keys
-// or tenants, before that commit is reported.
+// invalidate drops every entry; called after a commit that changed keys,
+// tenants or prices, before that commit is reported.
 func (c *authCache) invalidate() { c.gen.Add(1) }
 
 func (c *authCache) key(digest string) (*nozzle.APIKey, uint64, bool) {
@@ -46,6 +47,10 @@ func (c *authCache) tenant(id string) (*nozzle.Tenant, uint64, bool) {
 		return nil, g, false
 	}
 	return &t, g, true
+}
+
+func (c *authCache) priceHistory(tenantID string) ([]priceVersion, uint64, bool) {
+	return cached(c, &c.prices, tenantID)
 }
 
 // cached looks k up in *m, one of c's maps, if its entries are current;
@@ -76,6 +81,11 @@ func (c *authCache) putTenant(g uint64, t *nozzle.Tenant) {
 	c.put(g, func() { c.tenants[t.ID] = *t })
 }
 
+// putPrices stores a tenant's price history read under generation g.
+func (c *authCache) putPrices(g uint64, tenantID string, hist []priceVersion) {
+	c.put(g, func() { c.prices[tenantID] = hist })
+}
+
 func (c *authCache) put(g uint64, store func()) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -86,6 +96,7 @@ func (c *authCache) put(g uint64, store func()) {
 		c.at = g
 		c.keys = map[string]nozzle.APIKey{}
 		c.tenants = map[string]nozzle.Tenant{}
+		c.prices = map[string][]priceVersion{}
 	}
 	store()
 }

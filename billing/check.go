@@ -41,7 +41,7 @@ func (r *CheckResult) problem(format string, args ...any) {
 // runtime. The error wraps ErrInconsistent when something does not match.
 func (l *Ledger) Check(ctx context.Context) (*CheckResult, error) {
 	res := &CheckResult{}
-	err := l.view(func(tx *bolt.Tx) error {
+	err := l.viewUsage(func(tx *bolt.Tx) error {
 		rollups := map[string]*rollup{}
 		hours := map[string]*rollup{}
 		months := map[string]*rollup{}

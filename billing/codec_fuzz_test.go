@@ -155,3 +155,28 @@ func TestEncodeZeroTime(t *testing.T) {
 		t.Fatalf("zero times do not round-trip: %+v, %v", got, err)
 	}
 }
+
+// FuzzDecodeJournal: a journal decodes to the events of its good prefix,
+// which re-encode to exactly that prefix; nothing panics.
+func FuzzDecodeJournal(f *testing.F) {
+	ev := &nozzle.UsageEvent{RequestID: "r", TenantID: "t", Status: nozzle.UsageOK, Time: time.Unix(1, 2), PromptTokens: 3, ChargeUSD: 0.5}
+	one, _ := appendRecord(nil, nil, ev)
+	two, _ := appendRecord(bytes.Clone(one), nil, ev)
+	f.Add(one)
+	f.Add(two)
+	f.Add(two[:len(two)-1])
+	f.Add([]byte{})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		evs, good := decodeJournal(b)
+		if good < 0 || good > len(b) {
+			t.Fatalf("good prefix %d of %d bytes", good, len(b))
+		}
+		var again, scratch []byte
+		for _, ev := range evs {
+			again, scratch = appendRecord(again, scratch, ev)
+		}
+		if evs2, good2 := decodeJournal(again); good2 != len(again) || len(evs2) != len(evs) {
+			t.Fatalf("re-encoded journal decodes to %d of %d events (%d of %d bytes)", len(evs2), len(evs), good2, len(again))
+		}
+	})
+}

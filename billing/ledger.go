@@ -5,10 +5,12 @@
 // bill across tenants; usage and cost reports; and the worker that sends
 // metered usage to Stripe.
 //
-// Writes go through one writer goroutine that commits whatever is queued in
-// one transaction (group commit): a caller returns once its write is
-// fsynced. Reads use their own read transactions and never wait for the
-// writer. docs/LEDGER.md describes the file's layout.
+// Writes queue up and one of their goroutines at a time commits whatever
+// is queued in one transaction (group commit): a caller returns once its
+// write is fsynced. Usage events are acknowledged once fsynced in the
+// usage journal and filed into the file in the background (journal.go).
+// Reads use their own read transactions; reads of usage file the journal
+// first. docs/LEDGER.md describes the file's layout.
 package billing
 
 import (
@@ -20,6 +22,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -77,7 +80,6 @@ type Ledger struct {
 	idlePolicy string
 	defPrice   nozzle.Price
 	dedicated  float64
-	maxBatch   int
 
 	// mu guards closed; every write holds it for reading until it is
 	// committed, so Close (which takes it for writing) waits for them.
@@ -86,9 +88,11 @@ type Ledger struct {
 
 	// Group commit: writes queue up while one of their goroutines, the
 	// leader, commits; see write.
-	qmu     sync.Mutex
-	queue   []*op
-	leading bool
+	writes group[*op]
+
+	// j is the usage journal: RecordUsage's durable append, filed into
+	// db in the background (journal.go).
+	j *journal
 
 	budget budgets
 	auth   authCache
@@ -108,6 +112,9 @@ type ledgerMetrics struct {
 	duplicates    metrics.Counter
 	outboxSent    metrics.Counter
 	outboxFailed  metrics.Counter
+
+	journalSeconds metrics.Histogram
+	journalBatch   metrics.Histogram
 }
 
 func newLedgerMetrics(r *metrics.Registry) ledgerMetrics {
@@ -121,6 +128,9 @@ func newLedgerMetrics(r *metrics.Registry) ledgerMetrics {
 		duplicates:    r.Counter("nozzle_ledger_usage_duplicates_total", "Usage events not recorded again because their request id was stored already."),
 		outboxSent:    r.Counter("nozzle_billing_outbox_sent_total", "Meter events Stripe took."),
 		outboxFailed:  r.Counter("nozzle_billing_outbox_failures_total", "Failed meter event or customer calls."),
+
+		journalSeconds: r.Histogram("nozzle_ledger_journal_append_seconds", "Time to append and fdatasync one group of usage events to the usage journal.", metrics.LatencyBuckets),
+		journalBatch:   r.Histogram("nozzle_ledger_journal_batch_events", "Usage events appended together to the usage journal.", []float64{1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096}),
 	}
 }
 
@@ -187,7 +197,13 @@ func Open(opts Options) (*Ledger, error) {
 		db.Close()
 		return nil, fmt.Errorf("open ledger %s: %w", opts.Path, err)
 	}
+	j, journaled, err := openJournal(opts.Path, opts.MaxBatch)
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open ledger %s: %w", opts.Path, err)
+	}
 	l := &Ledger{
+		j:          j,
 		db:         db,
 		path:       opts.Path,
 		log:        opts.Logger,
@@ -195,11 +211,18 @@ func Open(opts Options) (*Ledger, error) {
 		idlePolicy: opts.IdlePolicy,
 		defPrice:   opts.DefaultPrice,
 		dedicated:  opts.DedicatedRatePerHour,
-		maxBatch:   opts.MaxBatch,
+		writes:     group[*op]{max: opts.MaxBatch},
 		met:        newLedgerMetrics(opts.Metrics),
+	}
+	if err := l.replayJournal(journaled); err != nil {
+		j.close()
+		db.Close()
+		return nil, fmt.Errorf("open ledger %s: %w", opts.Path, err)
 	}
 	l.budget.init()
 	l.wctx, l.wcancel = context.WithCancel(context.Background())
+	l.wwg.Add(1)
+	go l.fileLoop()
 	return l, nil
 }
 
@@ -218,6 +241,13 @@ func (l *Ledger) Close() error {
 	}
 	l.closed = true // every write has returned: nothing is queued
 	l.mu.Unlock()
+	l.fileJournal() // the only writer left
+	if l.j.n.Load() == 0 {
+		if err := l.j.empty(); err != nil {
+			l.log.Error("usage journal", "err", err)
+		}
+	}
+	l.j.close()
 	if err := l.db.Close(); err != nil {
 		return fmt.Errorf("close ledger: %w", err)
 	}
@@ -234,17 +264,13 @@ type op struct {
 	done chan error
 }
 
-// errLead tells a queued write that it leads the next group commit.
-var errLead = errors.New("ledger: lead the next commit")
+func (o *op) doneCh() chan error { return o.done }
 
-// write queues fn and waits until it is committed and fsynced.
-//
-// Group commit without a writer goroutine: a write that finds no commit
-// running leads one itself, on its own goroutine, for everything queued
-// (up to MaxBatch); writes that arrive meanwhile queue up, and when the
-// commit is done the leader hands the lead to the first of them. A lone
-// write thus commits without waking another goroutine, and under load
-// each transaction still carries every write that waited for it.
+// write queues fn and waits until it is committed and fsynced, in a group
+// commit (see group) with the writes queued meanwhile. Usage events go
+// through the journal instead (see RecordUsage); a transaction first files
+// the events journaled so far, so that writes see every acknowledged one.
+// A nil fn only files the journal.
 func (l *Ledger) write(ctx context.Context, fn func(w *wtx) error) error {
 	if err := ctx.Err(); err != nil {
 		return err
@@ -257,39 +283,22 @@ func (l *Ledger) write(ctx context.Context, fn func(w *wtx) error) error {
 	}
 	// The write is waited for even when ctx ends: the caller must learn
 	// whether it was committed.
-	l.qmu.Lock()
-	l.queue = append(l.queue, o)
-	if l.leading {
-		l.qmu.Unlock()
-		if err := <-o.done; err != errLead {
-			return err
-		}
-		l.qmu.Lock()
-	}
-	l.leading = true
-	n := min(len(l.queue), l.maxBatch)
-	batch := l.queue[:n:n]
-	l.queue = append([]*op(nil), l.queue[n:]...)
-	l.qmu.Unlock()
-
-	l.commit(batch)
-
-	l.qmu.Lock()
-	if len(l.queue) > 0 {
-		next := l.queue[0]
-		l.qmu.Unlock()
-		next.done <- errLead
-	} else {
-		l.leading = false
-		l.qmu.Unlock()
-	}
-	return <-o.done
+	return l.writes.do(o, l.commit)
 }
 
 // commit runs a batch in one transaction. If the transaction fails, each
 // op is retried in a transaction of its own so that one bad write cannot
 // fail the others.
 func (l *Ledger) commit(batch []*op) {
+	if l.j.n.Load() > 0 {
+		l.fileJournal()
+	}
+	if !slices.ContainsFunc(batch, func(o *op) bool { return o.fn != nil }) {
+		for _, o := range batch {
+			o.done <- nil
+		}
+		return
+	}
 	t0 := time.Now()
 	defer func() {
 		l.met.commitSeconds.Observe(time.Since(t0).Seconds())
@@ -300,6 +309,9 @@ func (l *Ledger) commit(batch []*op) {
 		w := newWtx(l, tx)
 		defer func() { authChanged = authChanged || w.authChanged }()
 		for _, o := range batch {
+			if o.fn == nil {
+				continue
+			}
 			o.err = o.fn(w)
 			if o.err != nil && nozzle.AsError(o.err) == nil {
 				return o.err
@@ -327,8 +339,18 @@ func (l *Ledger) commit(batch []*op) {
 	}
 }
 
-// view runs a read transaction.
+// view runs a read transaction of what usage does not touch: tenants,
+// keys, adapters, users, prices, capacity.
 func (l *Ledger) view(fn func(tx *bolt.Tx) error) error { return l.db.View(fn) }
+
+// viewUsage runs a read transaction that sees every acknowledged usage
+// event: the journal is filed first.
+func (l *Ledger) viewUsage(fn func(tx *bolt.Tx) error) error {
+	if err := l.fileJournalNow(); err != nil {
+		return err
+	}
+	return l.db.View(fn)
+}
 
 var idEncoding = base32.NewEncoding("abcdefghijklmnopqrstuvwxyz234567").WithPadding(base32.NoPadding)
 
@@ -374,7 +396,7 @@ func (l *Ledger) BackupToFile(path string) error {
 // Backup writes a consistent copy of the ledger file to w while writes go
 // on (a read transaction; the copy opens as a ledger of its own).
 func (l *Ledger) Backup(w io.Writer) error {
-	err := l.view(func(tx *bolt.Tx) error {
+	err := l.viewUsage(func(tx *bolt.Tx) error {
 		_, err := tx.WriteTo(w)
 		return err
 	})

@@ -295,7 +295,7 @@ func backoff(n int, o *OutboxOptions) time.Duration {
 func (l *Ledger) sendDue(ctx context.Context, s Sender, opts *OutboxOptions) (bool, error) {
 	now := l.now().UTC()
 	var due [][]byte
-	err := l.view(func(tx *bolt.Tx) error {
+	err := l.viewUsage(func(tx *bolt.Tx) error {
 		ob := tx.Bucket(bOutbox)
 		c := tx.Bucket(bOutboxPending).Cursor()
 		for k, _ := c.First(); k != nil && len(due) < 1000; k, _ = c.Next() {
@@ -392,7 +392,7 @@ func (l *Ledger) updateRow(ctx context.Context, k []byte, fn func(r *outboxRow, 
 func (l *Ledger) sendRow(ctx context.Context, s Sender, opts *OutboxOptions, k []byte, customers map[string]string) (bool, error) {
 	now := l.now().UTC()
 	var row *outboxRow
-	err := l.view(func(tx *bolt.Tx) error {
+	err := l.viewUsage(func(tx *bolt.Tx) error {
 		if v := tx.Bucket(bOutbox).Get(k); v != nil {
 			var err error
 			row, err = decodeOutboxRow(v)
@@ -592,7 +592,7 @@ func (l *Ledger) outboxState(tx *bolt.Tx) (nozzle.OutboxState, error) {
 // OutboxState returns the outbox's counters.
 func (l *Ledger) OutboxState(ctx context.Context) (nozzle.OutboxState, error) {
 	var st nozzle.OutboxState
-	err := l.view(func(tx *bolt.Tx) (err error) { st, err = l.outboxState(tx); return err })
+	err := l.viewUsage(func(tx *bolt.Tx) (err error) { st, err = l.outboxState(tx); return err })
 	return st, err
 }
 
@@ -638,7 +638,7 @@ func (r *outboxRow) public() OutboxRow {
 // (empty for all).
 func (l *Ledger) OutboxRows(ctx context.Context, state string) ([]OutboxRow, error) {
 	var out []OutboxRow
-	err := l.view(func(tx *bolt.Tx) error {
+	err := l.viewUsage(func(tx *bolt.Tx) error {
 		return tx.Bucket(bOutbox).ForEach(func(_, v []byte) error {
 			r, err := decodeOutboxRow(v)
 			if err != nil {
@@ -659,7 +659,7 @@ func (l *Ledger) OutboxRows(ctx context.Context, state string) ([]OutboxRow, err
 // identifier and ECONFLICT for a row that is not parked.
 func (l *Ledger) ResolveOutbox(ctx context.Context, identifier string, sent bool) error {
 	var key []byte
-	err := l.view(func(tx *bolt.Tx) error {
+	err := l.viewUsage(func(tx *bolt.Tx) error {
 		ob := tx.Bucket(bOutbox)
 		c := tx.Bucket(bOutboxParked).Cursor()
 		for k, _ := c.First(); k != nil; k, _ = c.Next() {

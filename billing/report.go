@@ -172,7 +172,7 @@ func (l *Ledger) report(ctx context.Context, q nozzle.ReportQuery, scan bool) (*
 		return nil, err
 	}
 	var rep *nozzle.Report
-	err = l.view(func(tx *bolt.Tx) error {
+	err = l.viewUsage(func(tx *bolt.Tx) error {
 		names := map[string]string{}
 		tenants, err := allTenants(tx)
 		if err != nil {

@@ -164,6 +164,7 @@ func (l *Ledger) SetPrice(ctx context.Context, tenantID string, p nozzle.Price, 
 				return err
 			}
 		}
+		w.authChanged = true // cached price histories
 		if w.prices != nil {
 			delete(w.prices, tenantID) // later events in this batch re-read it
 			if tenantID == "" {

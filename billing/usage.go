@@ -171,16 +171,16 @@ func (l *Ledger) RecordUsage(ctx context.Context, ev *nozzle.UsageEvent) (bool, 
 	}
 	in := *ev
 	in.Time = in.Time.UTC()
-	var out *nozzle.UsageEvent
-	var dup bool
-	err := l.write(ctx, func(w *wtx) error {
-		var err error
-		out, dup, err = w.recordEvent(&in)
-		return err
-	})
-	if err != nil {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	if l.closed {
+		return false, ErrClosed
+	}
+	o := &jop{ev: &in, done: make(chan error, 1)}
+	if err := l.j.appends.do(o, l.appendUsage); err != nil {
 		return false, err
 	}
+	out, dup := o.ev, o.dup
 	if dup {
 		l.met.duplicates.Inc()
 	} else {
@@ -191,8 +191,10 @@ func (l *Ledger) RecordUsage(ctx context.Context, ev *nozzle.UsageEvent) (bool, 
 }
 
 // recordEvent writes one validated event unless its request id is stored
-// already; in that case it returns the stored event and true.
-func (w *wtx) recordEvent(ev *nozzle.UsageEvent) (*nozzle.UsageEvent, bool, error) {
+// already; in that case it returns the stored event and true. A priced
+// event keeps its charge (the journal priced it); any other is priced at
+// the price in force at its time.
+func (w *wtx) recordEvent(ev *nozzle.UsageEvent, priced bool) (*nozzle.UsageEvent, bool, error) {
 	if w.events == nil {
 		w.events = w.tx.Bucket(bEvents)
 		w.events.FillPercent = 1 // keys only ever grow
@@ -224,8 +226,10 @@ func (w *wtx) recordEvent(ev *nozzle.UsageEvent) (*nozzle.UsageEvent, bool, erro
 		return nil, false, nozzle.Errorf(nozzle.EINVALID, "Usage event names unknown tenant %q.", ev.TenantID).WithParam("tenant_id")
 	}
 	out := *ev
-	out.ChargeUSD = 0
-	if out.Status != nozzle.UsageFailed {
+	if !priced {
+		out.ChargeUSD = 0
+	}
+	if !priced && out.Status != nozzle.UsageFailed {
 		hist, ok := w.prices[ev.TenantID]
 		if !ok {
 			var err error
@@ -280,6 +284,9 @@ func (w *wtx) addToRollups(ev *nozzle.UsageEvent) {
 // Usage returns the event stored for a request. Returns ENOTFOUND if there
 // is none.
 func (l *Ledger) Usage(ctx context.Context, requestID string) (*nozzle.UsageEvent, error) {
+	if ev := l.j.pendingEvent(requestID); ev != nil {
+		return ev, nil
+	}
 	var ev *nozzle.UsageEvent
 	err := l.view(func(tx *bolt.Tx) error {
 		seq := tx.Bucket(bRequestIDs).Get([]byte(requestID))
@@ -316,7 +323,7 @@ func (l *Ledger) recordBulk(ctx context.Context, evs []nozzle.UsageEvent, per in
 		evs = evs[n:]
 		err := l.write(ctx, func(w *wtx) error {
 			for i := range chunk {
-				out, _, err := w.recordEvent(&chunk[i])
+				out, _, err := w.recordEvent(&chunk[i], false)
 				if err != nil {
 					// Not an application error: the whole chunk rolls back.
 					return fmt.Errorf("bulk record: %s", err)

@@ -1,0 +1,269 @@
+package billing
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nozzle-ai/nozzle"
+)
+
+// openHeld opens a ledger whose background filing is stopped, so that
+// recorded events stay in the journal until something files them.
+func openHeld(t *testing.T, path string, price nozzle.Price) *Ledger {
+	t.Helper()
+	l, err := Open(Options{Path: path, DefaultPrice: price, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.wcancel()
+	l.wwg.Wait()
+	return l
+}
+
+// crash drops the ledger as a killed process would: nothing is filed.
+func crash(l *Ledger) {
+	l.mu.Lock()
+	l.closed = true
+	l.mu.Unlock()
+	l.j.close()
+	l.db.Close()
+}
+
+func journalEvent(tenantID, id string, at time.Time) *nozzle.UsageEvent {
+	return &nozzle.UsageEvent{RequestID: id, TenantID: tenantID, Time: at, PromptTokens: 1000, CompletionTokens: 500, DeviceSeconds: 0.01, RatePerHour: 2}
+}
+
+func TestJournal_CrashBeforeFiling(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "ledger.db")
+	price := nozzle.Price{PromptPerMillionUSD: 1, CompletionPerMillionUSD: 2}
+	l := openHeld(t, path, price)
+	ten := &nozzle.Tenant{Name: "acme"}
+	if err := l.CreateTenant(ctx, ten); err != nil {
+		t.Fatal(err)
+	}
+	at := time.Date(2026, 3, 4, 10, 0, 0, 0, time.UTC)
+	const n = 300
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ev := journalEvent(ten.ID, fmt.Sprintf("r-%d", i), at.Add(time.Duration(i)*time.Second))
+			if _, err := l.RecordUsage(ctx, ev); err != nil {
+				t.Error(err)
+			}
+			if ev.ChargeUSD != 0.002 {
+				t.Errorf("charge %v, want 0.002", ev.ChargeUSD)
+			}
+		}()
+	}
+	wg.Wait()
+	if got := l.j.n.Load(); got != n {
+		t.Fatalf("%d events journaled, want %d", got, n)
+	}
+	// An acknowledged event is visible before it is filed.
+	if ev, err := l.Usage(ctx, "r-7"); err != nil || ev.PromptTokens != 1000 {
+		t.Fatalf("Usage of a journaled event = %+v, %v", ev, err)
+	}
+	crash(l)
+
+	// A torn record at the end (a crash mid-append) is cut off.
+	f, err := os.OpenFile(journalPaths(path)[0], os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec, _ := appendRecord(nil, nil, journalEvent(ten.ID, "torn", at))
+	f.Write(rec[:len(rec)-3])
+	f.Close()
+
+	l = openHeld(t, path, price)
+	defer l.Close()
+	for _, p := range journalPaths(path) {
+		if st, err := os.Stat(p); err != nil || st.Size() != 0 {
+			t.Fatalf("journal %s not emptied after replay: %v, %v", p, st.Size(), err)
+		}
+	}
+	res, err := l.Check(ctx)
+	if err != nil || len(res.Problems) > 0 {
+		t.Fatalf("Check = %+v, %v", res, err)
+	}
+	if res.Events != n {
+		t.Fatalf("%d events after replay, want %d", res.Events, n)
+	}
+	if _, err := l.Usage(ctx, "torn"); nozzle.ErrorCode(err) != nozzle.ENOTFOUND {
+		t.Fatalf("torn record filed: %v", err)
+	}
+	mtd, err := l.MonthToDate(ctx, ten.ID, at)
+	if err != nil || mtd < n*0.002-1e-9 || mtd > n*0.002+1e-9 {
+		t.Fatalf("month to date %v, %v; want %v", mtd, err, n*0.002)
+	}
+}
+
+func TestJournal_ReplayIsIdempotent(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "ledger.db")
+	l := openHeld(t, path, nozzle.Price{})
+	ten := &nozzle.Tenant{Name: "acme"}
+	if err := l.CreateTenant(ctx, ten); err != nil {
+		t.Fatal(err)
+	}
+	at := time.Date(2026, 3, 4, 10, 0, 0, 0, time.UTC)
+	for i := range 10 {
+		if _, err := l.RecordUsage(ctx, journalEvent(ten.ID, fmt.Sprintf("r-%d", i), at)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Filed, but the files not emptied (a crash right after the commit).
+	b0, _ := os.ReadFile(journalPaths(path)[0])
+	b1, _ := os.ReadFile(journalPaths(path)[1])
+	if err := l.fileJournalNow(); err != nil {
+		t.Fatal(err)
+	}
+	crash(l)
+	os.WriteFile(journalPaths(path)[0], b0, 0o600)
+	os.WriteFile(journalPaths(path)[1], b1, 0o600)
+
+	l = openHeld(t, path, nozzle.Price{})
+	defer l.Close()
+	if res, err := l.Check(ctx); err != nil || res.Events != 10 || len(res.Problems) > 0 {
+		t.Fatalf("Check after a second replay = %+v, %v; want 10 events", res, err)
+	}
+}
+
+func TestJournal_Duplicates(t *testing.T) {
+	ctx := context.Background()
+	l := openHeld(t, filepath.Join(t.TempDir(), "ledger.db"), nozzle.Price{PromptPerMillionUSD: 1})
+	defer l.Close()
+	ten := &nozzle.Tenant{Name: "acme"}
+	if err := l.CreateTenant(ctx, ten); err != nil {
+		t.Fatal(err)
+	}
+	at := time.Date(2026, 3, 4, 10, 0, 0, 0, time.UTC)
+	record := func(id string, tokens int64) (*nozzle.UsageEvent, bool) {
+		t.Helper()
+		ev := journalEvent(ten.ID, id, at)
+		ev.PromptTokens = tokens
+		dup, err := l.RecordUsage(ctx, ev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ev, dup
+	}
+	if _, dup := record("a", 1000); dup {
+		t.Fatal("first record is a duplicate")
+	}
+	// Journaled, not filed: a retry gets the stored event back.
+	if ev, dup := record("a", 5); !dup || ev.PromptTokens != 1000 {
+		t.Fatalf("retry while journaled: dup=%v tokens=%d", dup, ev.PromptTokens)
+	}
+	if err := l.fileJournalNow(); err != nil {
+		t.Fatal(err)
+	}
+	if ev, dup := record("a", 5); !dup || ev.PromptTokens != 1000 {
+		t.Fatalf("retry once filed: dup=%v tokens=%d", dup, ev.PromptTokens)
+	}
+	// Concurrent retries of one new request: one is stored.
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	fresh := 0
+	for range 50 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, dup := record("b", 1000); !dup {
+				mu.Lock()
+				fresh++
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	if fresh != 1 {
+		t.Fatalf("%d concurrent records of one request stored, want 1", fresh)
+	}
+	if res, err := l.Check(ctx); err != nil || res.Events != 2 {
+		t.Fatalf("Check = %+v, %v; want 2 events", res, err)
+	}
+	// An unknown tenant is refused before anything is journaled.
+	ev := journalEvent("nobody", "c", at)
+	_, err := l.RecordUsage(ctx, ev)
+	if nozzle.ErrorCode(err) != nozzle.EINVALID {
+		t.Fatalf("unknown tenant: %v", err)
+	}
+	if l.j.n.Load() != 0 {
+		t.Fatal("a refused event was journaled")
+	}
+}
+
+func TestJournal_BudgetCountsJournaledCharges(t *testing.T) {
+	ctx := context.Background()
+	now := time.Date(2026, 3, 4, 10, 0, 0, 0, time.UTC)
+	l, err := Open(Options{Path: filepath.Join(t.TempDir(), "ledger.db"), DefaultPrice: nozzle.Price{PromptPerMillionUSD: 1000},
+		Now: func() time.Time { return now }, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	l.wcancel()
+	l.wwg.Wait()
+	ten := &nozzle.Tenant{Name: "acme"}
+	if err := l.CreateTenant(ctx, ten); err != nil {
+		t.Fatal(err)
+	}
+	budget := 2.0
+	if _, err := l.UpdateTenant(ctx, ten.ID, nozzle.TenantUpdate{MonthlyBudgetUSD: &budget}); err != nil {
+		t.Fatal(err)
+	}
+	// $1.50 charged and journaled, not filed.
+	ev := journalEvent(ten.ID, "big", now)
+	ev.PromptTokens, ev.CompletionTokens = 1500, 0
+	if _, err := l.RecordUsage(ctx, ev); err != nil {
+		t.Fatal(err)
+	}
+	if l.j.n.Load() != 1 {
+		t.Fatal("event not held in the journal")
+	}
+	if _, err := l.ReserveBudget(ctx, ten.ID, 0.6); nozzle.ErrorCode(err) != nozzle.EQUOTA {
+		t.Fatalf("reserving past the budget with journaled charges: %v", err)
+	}
+	if _, err := l.ReserveBudget(ctx, ten.ID, 0.4); err != nil {
+		t.Fatalf("reserving within the budget: %v", err)
+	}
+}
+
+func TestJournal_CloseFiles(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "ledger.db")
+	l := openHeld(t, path, nozzle.Price{})
+	ten := &nozzle.Tenant{Name: "acme"}
+	if err := l.CreateTenant(ctx, ten); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.RecordUsage(ctx, journalEvent(ten.ID, "a", time.Now())); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.RecordUsage(ctx, journalEvent(ten.ID, "b", time.Now())); err != ErrClosed {
+		t.Fatalf("RecordUsage after Close: %v", err)
+	}
+	for _, p := range journalPaths(path) {
+		if st, err := os.Stat(p); err != nil || st.Size() != 0 {
+			t.Fatalf("journal %s holds %d bytes after Close (%v)", p, st.Size(), err)
+		}
+	}
+	l = openHeld(t, path, nozzle.Price{})
+	defer l.Close()
+	if _, err := l.Usage(ctx, "a"); err != nil {
+		t.Fatal(err)
+	}
+}

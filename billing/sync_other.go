@@ -1,0 +1,8 @@
+//go:build !linux
+
+package billing
+
+import "os"
+
+// fdatasync flushes f; without fdatasync(2), with fsync.
+func fdatasync(f *os.File) error { return f.Sync() }
