@@ -171,6 +171,9 @@ func (l *Ledger) RecordUsage(ctx context.Context, ev *nozzle.UsageEvent) (bool, 
 	}
 	in := *ev
 	in.Time = in.Time.UTC()
+	// The journal keeps the event until it is filed, after the caller has
+	// moved on: the caller's buffer is not kept.
+	in.Response = bytes.Clone(in.Response)
 	l.mu.RLock()
 	defer l.mu.RUnlock()
 	if l.closed {

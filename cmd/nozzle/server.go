@@ -12,7 +12,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"runtime/debug"
 	"strings"
 	"sync"
 	"syscall"
@@ -76,17 +75,6 @@ func runServer(ctx context.Context, cmd string, args []string, stdout, stderr io
 		return m.RunGateway(ctx)
 	default:
 		return m.RunRuntime(ctx)
-	}
-}
-
-// tuneGC runs the garbage collector less often than Go's default unless
-// GOGC says otherwise. A server's heap is small — model weights and
-// adapters are memory-mapped, not on the heap — so collecting at 4× the
-// live heap instead of 2× costs little memory and cuts the per-request
-// work and tail latency of the gateway (see nozzle bench gateway).
-func tuneGC() {
-	if _, set := os.LookupEnv("GOGC"); !set {
-		debug.SetGCPercent(400)
 	}
 }
 
