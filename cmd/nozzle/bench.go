@@ -281,11 +281,6 @@ func benchGateway(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		}
 		rows = append(rows, rw)
 	}
-	if f := os.Getenv("HACK_MEM"); f != "" {
-		fh, _ := os.Create(f)
-		pprof.Lookup("allocs").WriteTo(fh, 0)
-		fh.Close()
-	}
 	enc := json.NewEncoder(stdout)
 	for _, rw := range rows {
 		enc.Encode(map[string]any{"bench": "gateway", "result": rw})
