@@ -160,22 +160,22 @@ func TestEncodeZeroTime(t *testing.T) {
 // which re-encode to exactly that prefix; nothing panics.
 func FuzzDecodeJournal(f *testing.F) {
 	ev := &nozzle.UsageEvent{RequestID: "r", TenantID: "t", Status: nozzle.UsageOK, Time: time.Unix(1, 2), PromptTokens: 3, ChargeUSD: 0.5}
-	one, _ := appendRecord(nil, nil, ev)
-	two, _ := appendRecord(bytes.Clone(one), nil, ev)
+	one, _ := appendRecord(nil, nil, 3, ev)
+	two, _ := appendRecord(bytes.Clone(one), nil, 3, ev)
 	f.Add(one)
 	f.Add(two)
 	f.Add(two[:len(two)-1])
 	f.Add([]byte{})
 	f.Fuzz(func(t *testing.T, b []byte) {
-		evs, good := decodeJournal(b)
+		evs, good, gen := decodeJournal(b)
 		if good < 0 || good > len(b) {
 			t.Fatalf("good prefix %d of %d bytes", good, len(b))
 		}
 		var again, scratch []byte
 		for _, ev := range evs {
-			again, scratch = appendRecord(again, scratch, ev)
+			again, scratch = appendRecord(again, scratch, gen, ev)
 		}
-		if evs2, good2 := decodeJournal(again); good2 != len(again) || len(evs2) != len(evs) {
+		if evs2, good2, _ := decodeJournal(again); good2 != len(again) || len(evs2) != len(evs) {
 			t.Fatalf("re-encoded journal decodes to %d of %d events (%d of %d bytes)", len(evs2), len(evs), good2, len(again))
 		}
 	})

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"hash/crc32"
 	"io"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"slices"
@@ -41,6 +42,14 @@ import (
 // Two files take turns: appends go to the current one; filing makes the
 // other current, files every journaled event and then empties the file it
 // left, which by then holds only filed events.
+//
+// The files are written in place, never truncated: each is created at
+// journalPrealloc bytes of zeros, and emptying one starts it over at
+// offset 0 under a new generation. An fdatasync then flushes data blocks
+// only — a file that grew or shrank would make every sync commit the file
+// system's metadata journal too, and wait behind its other commits. A
+// record carries its file's generation, so the records of an earlier
+// generation after the current ones are not read as current.
 
 const (
 	// journalFileEvery is how long the first journaled event waits at most
@@ -50,15 +59,22 @@ const (
 	// journalMaxRecord bounds one record: an event with its stored
 	// response is far smaller.
 	journalMaxRecord = 1 << 20
-	journalHeader    = 8 // length (4 bytes) and CRC-32C (4 bytes), little-endian
+	// journalHeader is the length of the payload, a CRC-32C of the
+	// generation and the payload, and the generation: 4 bytes each,
+	// little-endian.
+	journalHeader = 12
+	// journalPrealloc is each file's size when created: filing every 20 ms
+	// keeps far less than this pending. A file may grow past it.
+	journalPrealloc = 1 << 20
 )
 
 var crc32c = crc32.MakeTable(crc32.Castagnoli)
 
 type journal struct {
 	files [2]*os.File
-	size  [2]int64 // bytes appended; changed under wmu and mu
-	cur   int      // the file appends go to; changed under wmu and mu
+	size  [2]int64  // bytes appended this generation; changed under wmu and mu
+	gen   [2]uint32 // each file's generation
+	cur   int       // the file appends go to; changed under wmu and mu
 
 	// wmu is held by an append across its write and sync and by a switch
 	// of files, so that a switch never misses an event written to the
@@ -97,7 +113,7 @@ func journalPaths(ledgerPath string) [2]string {
 // openJournal opens (creating) the journal files of the ledger at
 // ledgerPath and returns the events they hold, oldest file first. A torn
 // or damaged record ends a file: it and what follows it were never
-// acknowledged, and are cut off.
+// acknowledged.
 func openJournal(ledgerPath string, maxBatch int) (*journal, []*nozzle.UsageEvent, error) {
 	j := &journal{
 		byID:    map[string]*nozzle.UsageEvent{},
@@ -119,15 +135,20 @@ func openJournal(ledgerPath string, maxBatch int) (*journal, []*nozzle.UsageEven
 			j.close()
 			return nil, nil, fmt.Errorf("read usage journal %s: %w", p, err)
 		}
-		evs, good := decodeJournal(b)
-		if good < len(b) {
-			if err := f.Truncate(int64(good)); err != nil {
+		found[i], _, _ = decodeJournal(b)
+		// A random first generation: records an earlier run left behind
+		// the current ones are never of the current generation.
+		j.gen[i] = rand.Uint32()
+		if len(b) < journalPrealloc {
+			if _, err := f.WriteAt(make([]byte, journalPrealloc-len(b)), int64(len(b))); err != nil {
 				j.close()
-				return nil, nil, fmt.Errorf("cut usage journal %s: %w", p, err)
+				return nil, nil, fmt.Errorf("size usage journal %s: %w", p, err)
 			}
 		}
-		found[i] = evs
-		j.size[i] = int64(good)
+		if err := f.Sync(); err != nil {
+			j.close()
+			return nil, nil, fmt.Errorf("sync usage journal %s: %w", p, err)
+		}
 	}
 	if err := syncDir(filepath.Dir(ledgerPath)); err != nil {
 		j.close()
@@ -140,14 +161,22 @@ func openJournal(ledgerPath string, maxBatch int) (*journal, []*nozzle.UsageEven
 	return j, append(found[0], found[1]...), nil
 }
 
-// empty truncates both files once their events are filed.
+// reset starts file i over, empty, under a new generation. Not synced:
+// should the reset be lost, the file's events are filed again, and
+// skipped as stored.
+func (j *journal) reset(i int) error {
+	j.gen[i]++
+	if _, err := j.files[i].WriteAt(make([]byte, journalHeader), 0); err != nil {
+		return fmt.Errorf("empty usage journal: %w", err)
+	}
+	return nil
+}
+
+// empty starts both files over once their events are filed.
 func (j *journal) empty() error {
-	for i, f := range j.files {
-		if err := f.Truncate(0); err != nil {
-			return fmt.Errorf("empty usage journal: %w", err)
-		}
-		if err := fdatasync(f); err != nil {
-			return fmt.Errorf("empty usage journal: %w", err)
+	for i := range j.files {
+		if err := j.reset(i); err != nil {
+			return err
 		}
 		j.size[i] = 0
 	}
@@ -162,28 +191,31 @@ func (j *journal) close() {
 	}
 }
 
-// appendRecord appends ev's journal record to b, encoding it in scratch,
-// and returns both.
-func appendRecord(b, scratch []byte, ev *nozzle.UsageEvent) ([]byte, []byte) {
+// appendRecord appends ev's journal record of generation gen to b,
+// encoding it in scratch, and returns both.
+func appendRecord(b, scratch []byte, gen uint32, ev *nozzle.UsageEvent) ([]byte, []byte) {
+	var g [4]byte
+	binary.LittleEndian.PutUint32(g[:], gen)
 	scratch = encodeEvent(scratch, ev)
 	b = binary.LittleEndian.AppendUint32(b, uint32(len(scratch)))
-	b = binary.LittleEndian.AppendUint32(b, crc32.Checksum(scratch, crc32c))
+	b = binary.LittleEndian.AppendUint32(b, crc32.Update(crc32.Checksum(g[:], crc32c), crc32c, scratch))
+	b = append(b, g[:]...)
 	return append(b, scratch...), scratch
 }
 
-// decodeJournal decodes the records of b up to the first torn or damaged
-// one, and returns the events and the length of the good prefix.
-func decodeJournal(b []byte) ([]*nozzle.UsageEvent, int) {
-	var evs []*nozzle.UsageEvent
-	good := 0
+// decodeJournal decodes the records of b up to the first empty, torn or
+// damaged one or one of another generation than the first, and returns
+// the events, the length of the records read and their generation.
+func decodeJournal(b []byte) (evs []*nozzle.UsageEvent, good int, gen uint32) {
 	for len(b)-good >= journalHeader {
 		n := int(binary.LittleEndian.Uint32(b[good:]))
 		sum := binary.LittleEndian.Uint32(b[good+4:])
-		if n == 0 || n > journalMaxRecord || n > len(b)-good-journalHeader {
+		g := binary.LittleEndian.Uint32(b[good+8:])
+		if n == 0 || n > journalMaxRecord || n > len(b)-good-journalHeader || (good > 0 && g != gen) {
 			break
 		}
 		payload := b[good+journalHeader : good+journalHeader+n]
-		if crc32.Checksum(payload, crc32c) != sum {
+		if crc32.Update(crc32.Checksum(b[good+8:good+12], crc32c), crc32c, payload) != sum {
 			break
 		}
 		ev, err := decodeEvent(payload)
@@ -191,9 +223,10 @@ func decodeJournal(b []byte) ([]*nozzle.UsageEvent, int) {
 			break
 		}
 		evs = append(evs, ev)
+		gen = g
 		good += journalHeader + n
 	}
-	return evs, good
+	return evs, good, gen
 }
 
 // pendingEvent returns the journaled event of a request, if any.
@@ -310,30 +343,31 @@ func (l *Ledger) appendUsage(batch []*jop) {
 // pending.
 func (l *Ledger) journalWrite(ops []*jop) error {
 	j := l.j
+	// Under wmu: the records carry the generation of the file they go to.
+	j.wmu.Lock()
+	defer j.wmu.Unlock()
 	j.buf = j.buf[:0]
 	var add []*nozzle.UsageEvent
 	for _, o := range ops {
 		if o.dup || o.err != nil {
 			continue
 		}
-		j.buf, j.scratch = appendRecord(j.buf, j.scratch, o.ev)
+		j.buf, j.scratch = appendRecord(j.buf, j.scratch, j.gen[j.cur], o.ev)
 		add = append(add, o.ev)
 	}
 	if len(add) == 0 {
 		return nil
 	}
-	j.wmu.Lock()
-	defer j.wmu.Unlock()
 	f, at := j.files[j.cur], j.size[j.cur]
 	_, err := f.WriteAt(j.buf, at)
 	if err == nil {
 		err = fdatasync(f)
 	}
 	if err != nil {
-		// Nothing was acknowledged: cut what may have been written, so
-		// that a later append does not follow a torn record.
-		if terr := f.Truncate(at); terr != nil {
-			l.log.Error("usage journal: cannot cut a failed append", "err", terr)
+		// Nothing was acknowledged: end the file before what may have
+		// been written (the next append overwrites it anyway).
+		if _, werr := f.WriteAt(make([]byte, journalHeader), at); werr != nil {
+			l.log.Error("usage journal: cannot cut a failed append", "err", werr)
 		}
 		return fmt.Errorf("usage journal: %w", err)
 	}
@@ -405,11 +439,9 @@ func (l *Ledger) fileJournal() {
 	j.n.Store(int64(n))
 	j.mu.Unlock()
 	// Appends go to the other file until the next fileJournal, which
-	// this one precedes: the file left is ours to empty. Not synced: if
-	// the truncation is lost, the next Open files its events again, and
-	// they are skipped as stored.
+	// this one precedes: the file left is ours to empty.
 	if j.size[left] > 0 {
-		if err := j.files[left].Truncate(0); err != nil {
+		if err := j.reset(left); err != nil {
 			l.log.Error("usage journal: cannot empty a filed journal", "err", err)
 			return
 		}

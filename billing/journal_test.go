@@ -76,21 +76,23 @@ func TestJournal_CrashBeforeFiling(t *testing.T) {
 	crash(l)
 
 	// A torn record at the end (a crash mid-append) is cut off.
-	f, err := os.OpenFile(journalPaths(path)[0], os.O_WRONLY|os.O_APPEND, 0)
+	f, err := os.OpenFile(journalPaths(path)[0], os.O_WRONLY, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	rec, _ := appendRecord(nil, nil, journalEvent(ten.ID, "torn", at))
-	f.Write(rec[:len(rec)-3])
+	l.j.size[0] = 0 // (the test wrote the file itself below)
+	b, _ := os.ReadFile(journalPaths(path)[0])
+	evs, good, gen := decodeJournal(b)
+	if len(evs) != n {
+		t.Fatalf("journal holds %d events, want %d", len(evs), n)
+	}
+	rec, _ := appendRecord(nil, nil, gen, journalEvent(ten.ID, "torn", at))
+	f.WriteAt(rec[:len(rec)-3], int64(good))
 	f.Close()
 
 	l = openHeld(t, path, price)
 	defer l.Close()
-	for _, p := range journalPaths(path) {
-		if st, err := os.Stat(p); err != nil || st.Size() != 0 {
-			t.Fatalf("journal %s not emptied after replay: %v, %v", p, st.Size(), err)
-		}
-	}
+	assertEmptyJournal(t, path)
 	res, err := l.Check(ctx)
 	if err != nil || len(res.Problems) > 0 {
 		t.Fatalf("Check = %+v, %v", res, err)
@@ -256,14 +258,49 @@ func TestJournal_CloseFiles(t *testing.T) {
 	if _, err := l.RecordUsage(ctx, journalEvent(ten.ID, "b", time.Now())); err != ErrClosed {
 		t.Fatalf("RecordUsage after Close: %v", err)
 	}
-	for _, p := range journalPaths(path) {
-		if st, err := os.Stat(p); err != nil || st.Size() != 0 {
-			t.Fatalf("journal %s holds %d bytes after Close (%v)", p, st.Size(), err)
-		}
-	}
+	assertEmptyJournal(t, path)
 	l = openHeld(t, path, nozzle.Price{})
 	defer l.Close()
 	if _, err := l.Usage(ctx, "a"); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// assertEmptyJournal checks that the journal files hold no record.
+func assertEmptyJournal(t *testing.T, path string) {
+	t.Helper()
+	for _, p := range journalPaths(path) {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if evs, _, _ := decodeJournal(b); len(evs) > 0 {
+			t.Fatalf("journal %s holds %d events", p, len(evs))
+		}
+		if len(b) < journalPrealloc {
+			t.Fatalf("journal %s is %d bytes, want %d preallocated", p, len(b), journalPrealloc)
+		}
+	}
+}
+
+// TestJournal_StaleRecordsAreNotReplayed: after a file is emptied, the
+// records of its earlier generation that follow the new ones are not read.
+func TestJournal_StaleRecordsAreNotReplayed(t *testing.T) {
+	ev := journalEvent("t", "old-1", time.Unix(1e9, 0))
+	ev.Status = nozzle.UsageOK
+	var b, scratch []byte
+	for i := range 5 {
+		ev.RequestID = fmt.Sprintf("old-%d", i)
+		b, scratch = appendRecord(b, scratch, 7, ev)
+	}
+	var fresh []byte
+	ev.RequestID = "new-0"
+	fresh, _ = appendRecord(nil, nil, 8, ev)
+	// A new record of the same length as an old one, so that the old
+	// records after it start on a record boundary.
+	copy(b, fresh)
+	evs, good, gen := decodeJournal(b)
+	if len(evs) != 1 || evs[0].RequestID != "new-0" || good != len(fresh) || gen != 8 {
+		t.Fatalf("decoded %d events (%v), %d bytes, generation %d; want the new one alone", len(evs), evs, good, gen)
 	}
 }
