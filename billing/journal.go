@@ -91,6 +91,8 @@ type journal struct {
 	buf     []byte // the append leader's
 	scratch []byte
 
+	failing atomic.Bool // the last filing failed
+
 	kick chan struct{} // the first event is pending
 	full chan struct{} // journalFileBatch events are pending
 }
@@ -418,8 +420,13 @@ func (l *Ledger) fileJournal() {
 		return
 	}
 	if err := l.db.Update(func(tx *bolt.Tx) error { return l.fileEvents(tx, snap) }); err != nil {
-		l.log.Error("usage journal: filing failed; the events stay journaled", "events", len(snap), "err", err)
+		if !j.failing.Swap(true) {
+			l.log.Error("usage journal: filing failed; the events stay journaled, and filing is retried every second", "events", len(snap), "err", err)
+		}
 		return
+	}
+	if j.failing.Swap(false) {
+		l.log.Info("usage journal: filing works again", "events", len(snap))
 	}
 	j.mu.Lock()
 	for _, ev := range snap {
@@ -484,8 +491,11 @@ func (l *Ledger) fileLoop() {
 				continue
 			}
 		}
-		if j.n.Load() < journalFileBatch {
-			t.Reset(journalFileEvery)
+		if wait := journalFileEvery; j.n.Load() < journalFileBatch || j.failing.Load() {
+			if j.failing.Load() {
+				wait = time.Second
+			}
+			t.Reset(wait)
 			select {
 			case <-l.wctx.Done():
 				t.Stop()
@@ -495,9 +505,8 @@ func (l *Ledger) fileLoop() {
 			}
 			t.Stop()
 		}
-		if err := l.write(l.wctx, nil); err != nil && !errors.Is(err, ErrClosed) && l.wctx.Err() == nil {
-			l.log.Error("usage journal: filing failed", "err", err)
-		}
+		// Errors are fileJournal's to report.
+		_ = l.write(l.wctx, nil)
 	}
 }
 
