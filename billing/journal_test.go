@@ -27,6 +27,16 @@ func openHeld(t *testing.T, path string, price nozzle.Price) *Ledger {
 	return l
 }
 
+// heldTenant creates tenant "acme".
+func heldTenant(t *testing.T, l *Ledger) *nozzle.Tenant {
+	t.Helper()
+	ten := &nozzle.Tenant{Name: "acme"}
+	if err := l.CreateTenant(context.Background(), ten); err != nil {
+		t.Fatal(err)
+	}
+	return ten
+}
+
 // crash drops the ledger as a killed process would: nothing is filed.
 func crash(l *Ledger) {
 	l.mu.Lock()
@@ -45,10 +55,7 @@ func TestJournal_CrashBeforeFiling(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "ledger.db")
 	price := nozzle.Price{PromptPerMillionUSD: 1, CompletionPerMillionUSD: 2}
 	l := openHeld(t, path, price)
-	ten := &nozzle.Tenant{Name: "acme"}
-	if err := l.CreateTenant(ctx, ten); err != nil {
-		t.Fatal(err)
-	}
+	ten := heldTenant(t, l)
 	at := time.Date(2026, 3, 4, 10, 0, 0, 0, time.UTC)
 	const n = 300
 	var wg sync.WaitGroup
@@ -113,10 +120,7 @@ func TestJournal_ReplayIsIdempotent(t *testing.T) {
 	ctx := context.Background()
 	path := filepath.Join(t.TempDir(), "ledger.db")
 	l := openHeld(t, path, nozzle.Price{})
-	ten := &nozzle.Tenant{Name: "acme"}
-	if err := l.CreateTenant(ctx, ten); err != nil {
-		t.Fatal(err)
-	}
+	ten := heldTenant(t, l)
 	at := time.Date(2026, 3, 4, 10, 0, 0, 0, time.UTC)
 	for i := range 10 {
 		if _, err := l.RecordUsage(ctx, journalEvent(ten.ID, fmt.Sprintf("r-%d", i), at)); err != nil {
@@ -144,10 +148,7 @@ func TestJournal_Duplicates(t *testing.T) {
 	ctx := context.Background()
 	l := openHeld(t, filepath.Join(t.TempDir(), "ledger.db"), nozzle.Price{PromptPerMillionUSD: 1})
 	defer l.Close()
-	ten := &nozzle.Tenant{Name: "acme"}
-	if err := l.CreateTenant(ctx, ten); err != nil {
-		t.Fatal(err)
-	}
+	ten := heldTenant(t, l)
 	at := time.Date(2026, 3, 4, 10, 0, 0, 0, time.UTC)
 	record := func(id string, tokens int64) (*nozzle.UsageEvent, bool) {
 		t.Helper()
@@ -216,10 +217,7 @@ func TestJournal_BudgetCountsJournaledCharges(t *testing.T) {
 	defer l.Close()
 	l.wcancel()
 	l.wwg.Wait()
-	ten := &nozzle.Tenant{Name: "acme"}
-	if err := l.CreateTenant(ctx, ten); err != nil {
-		t.Fatal(err)
-	}
+	ten := heldTenant(t, l)
 	budget := 2.0
 	if _, err := l.UpdateTenant(ctx, ten.ID, nozzle.TenantUpdate{MonthlyBudgetUSD: &budget}); err != nil {
 		t.Fatal(err)
@@ -245,10 +243,7 @@ func TestJournal_CloseFiles(t *testing.T) {
 	ctx := context.Background()
 	path := filepath.Join(t.TempDir(), "ledger.db")
 	l := openHeld(t, path, nozzle.Price{})
-	ten := &nozzle.Tenant{Name: "acme"}
-	if err := l.CreateTenant(ctx, ten); err != nil {
-		t.Fatal(err)
-	}
+	ten := heldTenant(t, l)
 	if _, err := l.RecordUsage(ctx, journalEvent(ten.ID, "a", time.Now())); err != nil {
 		t.Fatal(err)
 	}
