@@ -165,6 +165,9 @@ func benchGateway(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		return fmt.Errorf("--rps: %w", err)
 	}
 	tuneGC() // as the servers run
+	// Write back what earlier work left dirty (a previous run's files,
+	// their removal): its writeback would land in this run's fsyncs.
+	syscall.Sync()
 	dir, err := os.MkdirTemp(*ledgerDir, "nozzle-bench-gateway-*")
 	if err != nil {
 		return err
