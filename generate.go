@@ -72,8 +72,9 @@ type GenerateRequest struct {
 	TopLogprobs int
 
 	// Stream says the caller passes chunks on as they come. Without it a
-	// generator may deliver them all at the end (a remote runtime then
-	// sends its answer in one piece: fewer writes and wake-ups).
+	// generator may deliver them all at the end, even as one chunk (a
+	// remote runtime then sends its answer in one piece and one line:
+	// fewer writes, wake-ups and lines to encode and decode).
 	Stream bool
 }
 

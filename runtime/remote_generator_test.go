@@ -60,17 +60,19 @@ func TestNewGeneratorServer(t *testing.T) {
 	}
 }
 
-// BenchmarkRemoteGenerate is one short completion over the remote protocol
-// (client, loopback HTTP, server), streamed or answered in one piece.
+// BenchmarkRemoteGenerate is a 64-token completion over the remote
+// protocol (client, loopback HTTP, server), streamed or answered in one
+// piece.
 func BenchmarkRemoteGenerate(b *testing.B) {
+	const tokens = 64
 	gen := &mock.Generator{
 		GenerateFn: func(ctx context.Context, req *nozzle.GenerateRequest, emit func(nozzle.Chunk) error) (*nozzle.GenerateResult, error) {
-			for _, w := range []string{"Hello", " from", " the stub."} {
-				if err := emit(nozzle.Chunk{Text: w}); err != nil {
+			for range tokens {
+				if err := emit(nozzle.Chunk{Text: " word"}); err != nil {
 					return nil, err
 				}
 			}
-			return &nozzle.GenerateResult{FinishReason: nozzle.FinishStop, PromptTokens: 3, CompletionTokens: 3, RuntimeID: "stub"}, nil
+			return &nozzle.GenerateResult{FinishReason: nozzle.FinishLength, PromptTokens: 3, CompletionTokens: tokens, RuntimeID: "stub"}, nil
 		},
 	}
 	srv := httptest.NewServer(runtime.NewGeneratorServer(gen, "tok"))
@@ -85,10 +87,10 @@ func BenchmarkRemoteGenerate(b *testing.B) {
 			b.ReportAllocs()
 			for b.Loop() {
 				n := 0
-				_, err := c.Generate(context.Background(), &nozzle.GenerateRequest{TenantID: "t", Prompt: "hi", MaxTokens: 8, Stream: stream},
-					func(ch nozzle.Chunk) error { n++; return nil })
-				if err != nil || n != 3 {
-					b.Fatalf("%d chunks, %v", n, err)
+				_, err := c.Generate(context.Background(), &nozzle.GenerateRequest{TenantID: "t", Prompt: "hi", MaxTokens: tokens, Stream: stream},
+					func(ch nozzle.Chunk) error { n += len(ch.Text); return nil })
+				if err != nil || n != 5*tokens {
+					b.Fatalf("%d bytes of text, %v", n, err)
 				}
 			}
 		})

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -383,6 +384,12 @@ func (s *server) generate(w http.ResponseWriter, r *http.Request) {
 		return writeErr
 	}
 	started := false
+	var whole struct {
+		text     strings.Builder
+		logprobs []nozzle.TokenLogprob
+		tokens   int
+		any      bool
+	}
 	res, err := s.rt.generate(ctx, wr.request(), func(promptTokens int) {
 		started = true
 		w.Header().Set("Content-Type", "application/x-ndjson")
@@ -390,6 +397,14 @@ func (s *server) generate(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(http.StatusOK)
 		send(wireLine{PromptTokens: &promptTokens}, false)
 	}, func(c nozzle.Chunk, n int) error {
+		if !wr.Stream {
+			// Held and sent as one chunk before the result: one line to
+			// encode and decode instead of one per token.
+			whole.text.WriteString(c.Text)
+			whole.logprobs = append(whole.logprobs, c.Logprobs...)
+			whole.tokens, whole.any = n, true
+			return nil
+		}
 		return send(wireLine{Chunk: &wireChunk{Text: c.Text, Logprobs: c.Logprobs, Tokens: n}}, false)
 	})
 	if !started {
@@ -399,6 +414,9 @@ func (s *server) generate(w http.ResponseWriter, r *http.Request) {
 		we := errorToWire(err)
 		writeJSON(w, httpStatus(we.Code), map[string]any{"error": we, "result": resultToWire(res)})
 		return
+	}
+	if whole.any {
+		send(wireLine{Chunk: &wireChunk{Text: whole.text.String(), Logprobs: whole.logprobs, Tokens: whole.tokens}}, false)
 	}
 	send(wireLine{Result: resultToWire(res), Error: errorToWire(err)}, true)
 }

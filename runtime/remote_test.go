@@ -76,30 +76,14 @@ func testParity(t *testing.T, rt *runtime.Runtime, reqs map[string]*nozzle.Gener
 		t.Fatalf("info %+v %v, want %+v", info, err, want)
 	}
 	for name, req := range reqs {
-		t.Run(name, func(t *testing.T) {
-			local := run(ctx, rt, req)
-			remote := run(ctx, cl, req)
-			if local.text != remote.text {
-				t.Errorf("text: local %q, remote %q", local.text, remote.text)
+		for _, stream := range []bool{false, true} {
+			req := *req
+			req.Stream = stream
+			if stream {
+				name += "/streamed"
 			}
-			if le, re := nozzle.AsError(local.err), nozzle.AsError(remote.err); (le == nil) != (re == nil) ||
-				le != nil && (le.Code != re.Code || le.Message != re.Message || le.Param != re.Param || le.Reason != re.Reason) {
-				t.Errorf("error: local %#v, remote %#v", le, re)
-			}
-			l, r := *local.res, *remote.res
-			if l.PromptTokens != r.PromptTokens || l.CompletionTokens != r.CompletionTokens || l.FinishReason != r.FinishReason || l.RuntimeID != r.RuntimeID {
-				t.Errorf("result: local %+v, remote %+v", l, r)
-			}
-			if len(local.chunks) != len(remote.chunks) {
-				t.Errorf("chunks: local %d, remote %d", len(local.chunks), len(remote.chunks))
-			}
-			for i := range min(len(local.chunks), len(remote.chunks)) {
-				lc, rc := local.chunks[i], remote.chunks[i]
-				if lc.Text != rc.Text || len(lc.Logprobs) != len(rc.Logprobs) {
-					t.Errorf("chunk %d: local %+v, remote %+v", i, lc, rc)
-				}
-			}
-		})
+			t.Run(name, func(t *testing.T) { checkParity(t, run(ctx, rt, &req), run(ctx, cl, &req), stream) })
+		}
 	}
 	if tier := cl.AdapterTier(ctx, residentSHA); tier != nozzle.TierDevice {
 		t.Errorf("tier %q", tier)
@@ -117,6 +101,43 @@ func testParity(t *testing.T, rt *runtime.Runtime, reqs map[string]*nozzle.Gener
 	}
 }
 
+// checkParity compares a generation run in process with the same one run
+// remotely: a streamed one chunk by chunk; a whole one arrives as one
+// chunk holding all the text and logprobs.
+func checkParity(t *testing.T, local, remote outcome, stream bool) {
+	t.Helper()
+	if local.text != remote.text {
+		t.Errorf("text: local %q, remote %q", local.text, remote.text)
+	}
+	if le, re := nozzle.AsError(local.err), nozzle.AsError(remote.err); (le == nil) != (re == nil) ||
+		le != nil && (le.Code != re.Code || le.Message != re.Message || le.Param != re.Param || le.Reason != re.Reason) {
+		t.Errorf("error: local %#v, remote %#v", le, re)
+	}
+	l, r := *local.res, *remote.res
+	if l.PromptTokens != r.PromptTokens || l.CompletionTokens != r.CompletionTokens || l.FinishReason != r.FinishReason || l.RuntimeID != r.RuntimeID {
+		t.Errorf("result: local %+v, remote %+v", l, r)
+	}
+	if !stream {
+		var lps int
+		for _, c := range local.chunks {
+			lps += len(c.Logprobs)
+		}
+		if len(remote.chunks) > 1 || len(remote.chunks) == 1 && len(remote.chunks[0].Logprobs) != lps {
+			t.Errorf("whole answer: %d remote chunks, want one holding the %d logprobs", len(remote.chunks), lps)
+		}
+		return
+	}
+	if len(local.chunks) != len(remote.chunks) {
+		t.Errorf("chunks: local %d, remote %d", len(local.chunks), len(remote.chunks))
+	}
+	for i := range min(len(local.chunks), len(remote.chunks)) {
+		lc, rc := local.chunks[i], remote.chunks[i]
+		if lc.Text != rc.Text || len(lc.Logprobs) != len(rc.Logprobs) {
+			t.Errorf("chunk %d: local %+v, remote %+v", i, lc, rc)
+		}
+	}
+}
+
 func TestRemote_Cancel(t *testing.T) {
 	rt := startFake(t, runtime.Options{}, 64)
 	defer closeRT(t, rt)
@@ -125,7 +146,7 @@ func TestRemote_Cancel(t *testing.T) {
 	cl := serve(t, rt.Runtime)
 	ctx, cancel := context.WithCancel(context.Background())
 	n := 0
-	res, err := cl.Generate(ctx, &nozzle.GenerateRequest{RequestID: "req-1", Prompt: "hello", MaxTokens: 400}, func(c nozzle.Chunk) error {
+	res, err := cl.Generate(ctx, &nozzle.GenerateRequest{RequestID: "req-1", Prompt: "hello", MaxTokens: 400, Stream: true}, func(c nozzle.Chunk) error {
 		if n++; n == 3 {
 			cancel()
 		}
@@ -137,6 +158,17 @@ func TestRemote_Cancel(t *testing.T) {
 	}
 	if res.DeviceSeconds <= 0 || res.CompletionTokens < 3 || res.CompletionTokens >= 400 || res.PromptTokens != 2 || res.RuntimeID == "" {
 		t.Errorf("partial account %+v", res)
+	}
+
+	// A whole answer canceled midway: the account of what was made.
+	ctx, cancel = context.WithCancel(context.Background())
+	time.AfterFunc(20*time.Millisecond, cancel)
+	res, err = cl.Generate(ctx, &nozzle.GenerateRequest{RequestID: "req-2", Prompt: "hello", MaxTokens: 400}, func(c nozzle.Chunk) error { return nil })
+	if nozzle.ErrorCode(err) != nozzle.ECANCELED {
+		t.Fatalf("whole answer: error %v", err)
+	}
+	if res.DeviceSeconds <= 0 || res.CompletionTokens < 1 || res.CompletionTokens >= 400 || res.RuntimeID == "" {
+		t.Errorf("whole answer: partial account %+v", res)
 	}
 }
 
