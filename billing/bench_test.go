@@ -41,20 +41,35 @@ func TestBench(t *testing.T) {
 	}
 }
 
+// BenchmarkRecordUsage: durable usage events, from one writer (each event
+// waits for its own sync) and from 128 (they share syncs).
 func BenchmarkRecordUsage(b *testing.B) {
-	l := mustOpen(b, billing.Options{DefaultPrice: nozzle.Price{PromptPerMillionUSD: 1}})
-	ten := mustTenant(b, l, "acme")
-	var n atomic.Int64
-	b.SetParallelism(64) // many concurrent requests share commits
-	b.ResetTimer()
-	b.RunParallel(func(pb *testing.PB) {
-		for pb.Next() {
-			i := n.Add(1)
-			ev := nozzle.UsageEvent{RequestID: fmt.Sprintf("req-%d-%d", i, time.Now().UnixNano()), TenantID: ten.ID, AdapterID: "ad", Time: time.Now(), PromptTokens: 100, CompletionTokens: 20, DeviceSeconds: 0.05, RatePerHour: 2}
-			if _, err := l.RecordUsage(context.Background(), &ev); err != nil {
-				b.Fatal(err)
-			}
+	record := func(b *testing.B, l *billing.Ledger, tenantID string, i int64) {
+		ev := nozzle.UsageEvent{RequestID: fmt.Sprintf("req-%d-%d", i, time.Now().UnixNano()), TenantID: tenantID, AdapterID: "ad", Time: time.Now(), PromptTokens: 100, CompletionTokens: 20, DeviceSeconds: 0.05, RatePerHour: 2}
+		if _, err := l.RecordUsage(context.Background(), &ev); err != nil {
+			b.Fatal(err)
 		}
+	}
+	b.Run("writers=1", func(b *testing.B) {
+		l := mustOpen(b, billing.Options{DefaultPrice: nozzle.Price{PromptPerMillionUSD: 1}})
+		ten := mustTenant(b, l, "acme")
+		var i int64
+		for b.Loop() {
+			i++
+			record(b, l, ten.ID, i)
+		}
+	})
+	b.Run("writers=128", func(b *testing.B) {
+		l := mustOpen(b, billing.Options{DefaultPrice: nozzle.Price{PromptPerMillionUSD: 1}})
+		ten := mustTenant(b, l, "acme")
+		var n atomic.Int64
+		b.SetParallelism(64) // × GOMAXPROCS (2)
+		b.ResetTimer()
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() {
+				record(b, l, ten.ID, n.Add(1))
+			}
+		})
 	})
 }
 
