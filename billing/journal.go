@@ -56,9 +56,9 @@ const (
 	// before it is filed; journalFileBatch events are filed at once.
 	journalFileEvery = 20 * time.Millisecond
 	journalFileBatch = 512
-	// journalMaxRecord bounds one record: an event with its stored
-	// response is far smaller.
-	journalMaxRecord = 1 << 20
+	// journalMaxRecord bounds one record: the largest event, with its
+	// stored response and ids, fits with room to spare.
+	journalMaxRecord = maxResponseLen + 1<<16
 	// journalHeader is the length of the payload, a CRC-32C of the
 	// generation and the payload, and the generation: 4 bytes each,
 	// little-endian.

@@ -116,6 +116,35 @@ func TestJournal_CrashBeforeFiling(t *testing.T) {
 	}
 }
 
+// The largest event (a stored response at the limit) is journaled and
+// replayed like any other, and so are the events after it.
+func TestJournal_LargestEventReplays(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "ledger.db")
+	l := openHeld(t, path, nozzle.Price{})
+	ten := heldTenant(t, l)
+	big := journalEvent(ten.ID, "big", time.Now())
+	big.Response = make([]byte, maxResponseLen)
+	for i := range big.Response {
+		big.Response[i] = byte('a' + i%26)
+	}
+	for _, ev := range []*nozzle.UsageEvent{big, journalEvent(ten.ID, "after", time.Now())} {
+		if _, err := l.RecordUsage(ctx, ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	crash(l)
+	l = openHeld(t, path, nozzle.Price{})
+	defer l.Close()
+	got, err := l.Usage(ctx, "big")
+	if err != nil || len(got.Response) != maxResponseLen || got.Response[maxResponseLen-1] != big.Response[maxResponseLen-1] {
+		t.Fatalf("largest event after replay: %v", err)
+	}
+	if _, err := l.Usage(ctx, "after"); err != nil {
+		t.Fatalf("event after the largest: %v", err)
+	}
+}
+
 func TestJournal_ReplayIsIdempotent(t *testing.T) {
 	ctx := context.Background()
 	path := filepath.Join(t.TempDir(), "ledger.db")
