@@ -27,6 +27,15 @@ func openHeld(t *testing.T, path string, price nozzle.Price) *Ledger {
 	return l
 }
 
+// heldLedger opens a held ledger without prices in a fresh folder, with
+// tenant "acme".
+func heldLedger(t *testing.T) (*Ledger, string, *nozzle.Tenant) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "ledger.db")
+	l := openHeld(t, path, nozzle.Price{})
+	return l, path, heldTenant(t, l)
+}
+
 // heldTenant creates tenant "acme".
 func heldTenant(t *testing.T, l *Ledger) *nozzle.Tenant {
 	t.Helper()
@@ -120,9 +129,7 @@ func TestJournal_CrashBeforeFiling(t *testing.T) {
 // replayed like any other, and so are the events after it.
 func TestJournal_LargestEventReplays(t *testing.T) {
 	ctx := context.Background()
-	path := filepath.Join(t.TempDir(), "ledger.db")
-	l := openHeld(t, path, nozzle.Price{})
-	ten := heldTenant(t, l)
+	l, path, ten := heldLedger(t)
 	big := journalEvent(ten.ID, "big", time.Now())
 	big.Response = make([]byte, maxResponseLen)
 	for i := range big.Response {
@@ -147,9 +154,7 @@ func TestJournal_LargestEventReplays(t *testing.T) {
 
 func TestJournal_ReplayIsIdempotent(t *testing.T) {
 	ctx := context.Background()
-	path := filepath.Join(t.TempDir(), "ledger.db")
-	l := openHeld(t, path, nozzle.Price{})
-	ten := heldTenant(t, l)
+	l, path, ten := heldLedger(t)
 	at := time.Date(2026, 3, 4, 10, 0, 0, 0, time.UTC)
 	for i := range 10 {
 		if _, err := l.RecordUsage(ctx, journalEvent(ten.ID, fmt.Sprintf("r-%d", i), at)); err != nil {
@@ -270,9 +275,7 @@ func TestJournal_BudgetCountsJournaledCharges(t *testing.T) {
 
 func TestJournal_CloseFiles(t *testing.T) {
 	ctx := context.Background()
-	path := filepath.Join(t.TempDir(), "ledger.db")
-	l := openHeld(t, path, nozzle.Price{})
-	ten := heldTenant(t, l)
+	l, path, ten := heldLedger(t)
 	if _, err := l.RecordUsage(ctx, journalEvent(ten.ID, "a", time.Now())); err != nil {
 		t.Fatal(err)
 	}
