@@ -84,7 +84,7 @@ type journal struct {
 	mu      sync.Mutex
 	pending []*nozzle.UsageEvent          // journaled, not yet filed, in order
 	byID    map[string]*nozzle.UsageEvent // pending by request id
-	month   map[string]float64            // monthKey → charges pending
+	month   map[string]*pendingCharges    // by monthKey
 	n       atomic.Int64                  // len(pending)
 
 	appends group[*jop]
@@ -95,6 +95,12 @@ type journal struct {
 
 	kick chan struct{} // the first event is pending
 	full chan struct{} // journalFileBatch events are pending
+}
+
+// pendingCharges are a tenant's journaled charges of a month.
+type pendingCharges struct {
+	usd    float64
+	events int
 }
 
 // jop is one RecordUsage in the journal's group commit.
@@ -119,7 +125,7 @@ func journalPaths(ledgerPath string) [2]string {
 func openJournal(ledgerPath string, maxBatch int) (*journal, []*nozzle.UsageEvent, error) {
 	j := &journal{
 		byID:    map[string]*nozzle.UsageEvent{},
-		month:   map[string]float64{},
+		month:   map[string]*pendingCharges{},
 		appends: group[*jop]{max: maxBatch},
 		kick:    make(chan struct{}, 1),
 		full:    make(chan struct{}, 1),
@@ -252,7 +258,10 @@ func (j *journal) monthCharges(key []byte) float64 {
 	}
 	j.mu.Lock()
 	defer j.mu.Unlock()
-	return j.month[string(key)]
+	if m := j.month[string(key)]; m != nil {
+		return m.usd
+	}
+	return 0
 }
 
 // appendUsage journals a batch of RecordUsage calls: it answers those
@@ -380,7 +389,14 @@ func (l *Ledger) journalWrite(ops []*jop) error {
 		j.pending = append(j.pending, ev)
 		j.byID[ev.RequestID] = ev
 		if ev.ChargeUSD != 0 {
-			j.month[string(monthKey(ev.TenantID, monthOf(ev.Time)))] += ev.ChargeUSD
+			k := string(monthKey(ev.TenantID, monthOf(ev.Time)))
+			m := j.month[k]
+			if m == nil {
+				m = &pendingCharges{}
+				j.month[k] = m
+			}
+			m.usd += ev.ChargeUSD
+			m.events++
 		}
 	}
 	now := len(j.pending)
@@ -433,9 +449,9 @@ func (l *Ledger) fileJournal() {
 		delete(j.byID, ev.RequestID)
 		if ev.ChargeUSD != 0 {
 			k := string(monthKey(ev.TenantID, monthOf(ev.Time)))
-			if v := j.month[k] - ev.ChargeUSD; v > 1e-9 {
-				j.month[k] = v
-			} else {
+			m := j.month[k]
+			m.usd -= ev.ChargeUSD
+			if m.events--; m.events == 0 {
 				delete(j.month, k)
 			}
 		}
