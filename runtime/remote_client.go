@@ -223,7 +223,9 @@ func (c *Client) Generate(ctx context.Context, req *nozzle.GenerateRequest, emit
 	}
 
 	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 0, 4<<10), 16<<20)
+	buf := lineBufs.Get().(*[]byte)
+	defer lineBufs.Put(buf)
+	sc.Buffer((*buf)[:0], 16<<20)
 	for sc.Scan() {
 		var l wireLine
 		if err := json.Unmarshal(sc.Bytes(), &l); err != nil {
@@ -266,6 +268,10 @@ func (c *Client) Generate(ctx context.Context, req *nozzle.GenerateRequest, emit
 	}
 	return res, unavailable(fmt.Errorf("generate stream: %w", err))
 }
+
+// lineBufs are the first buffers of the answer's line scanners (a long
+// line gets a larger one of its own).
+var lineBufs = sync.Pool{New: func() any { b := make([]byte, 4<<10); return &b }}
 
 // remoteCancel is the cancellation of one remote generation: the first
 // cancel records why, asks the runtime to stop, and gives it CancelGrace
