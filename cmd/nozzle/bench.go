@@ -164,7 +164,7 @@ func benchGateway(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	if err != nil {
 		return fmt.Errorf("--rps: %w", err)
 	}
-	tuneGC() // as the servers run
+	tuneGC(uint64(DefaultConfig().HeapFloorMB) << 20) // as the servers run by default
 	// Write back what earlier work left dirty (a previous run's files,
 	// their removal): its writeback would land in this run's fsyncs.
 	syscall.Sync()

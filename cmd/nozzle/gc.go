@@ -14,28 +14,30 @@ import (
 // memory-mapped, not on the heap — while a busy gateway makes garbage at
 // tens of MB/s (parsed requests, the upstream exchange, usage events). With
 // Go's default (collect when the heap doubles) a 4 MB live heap is
-// collected several times a second, and each cycle's stop-the-world
-// pauses and mark assists land on the requests in flight: at 5,000
-// requests/s on 2 cores, they were the gateway's p99. So the heap may grow
-// to gcBasePercent over the live heap, and to at least gcHeapFloor, which
-// the collector's goal is raised to after each cycle while the live heap is
-// small.
+// collected several times a second, and each cycle's mark assists and
+// sweeping land on the requests in flight: at 5,000 requests/s on 2 cores
+// they were the gateway's p99. So the heap may grow to gcBasePercent over
+// the live heap, and to at least the heap floor (Config.HeapFloorMB),
+// which the collector's goal is raised to after each cycle while the live
+// heap is small.
 const (
 	gcBasePercent = 400
-	gcHeapFloor   = 64 << 20
-	gcMaxPercent  = 10000
+	gcMaxPercent  = 100000
 )
 
 var gcTuneOnce sync.Once
 
-// tuneGC applies the servers' GC settings once per process.
-func tuneGC() {
+// tuneGC applies the servers' GC settings once per process: floor is the
+// heap floor in bytes (0: none).
+func tuneGC(floor uint64) {
 	if _, set := os.LookupEnv("GOGC"); set {
 		return
 	}
 	gcTuneOnce.Do(func() {
 		debug.SetGCPercent(gcBasePercent)
-		newGCTuner().arm()
+		if floor > 0 {
+			newGCTuner(floor).arm()
+		}
 	})
 }
 
@@ -52,14 +54,15 @@ func gcPercentFor(live, floor uint64, base int) int {
 // gcTuner re-sets GOGC after every collection: a finalizer on an object
 // made unreachable on purpose runs once per cycle and re-arms itself.
 type gcTuner struct {
+	floor  uint64
 	sample []metrics.Sample
 	last   int
 	runs   atomic.Int64
 	stop   atomic.Bool // no re-arming after the next run (tests)
 }
 
-func newGCTuner() *gcTuner {
-	return &gcTuner{sample: []metrics.Sample{{Name: "/gc/heap/live:bytes"}}}
+func newGCTuner(floor uint64) *gcTuner {
+	return &gcTuner{floor: floor, sample: []metrics.Sample{{Name: "/gc/heap/live:bytes"}}}
 }
 
 type gcSentinel struct{ _ [16]byte }
@@ -80,7 +83,7 @@ func (t *gcTuner) tune() {
 	if t.sample[0].Value.Kind() != metrics.KindUint64 {
 		return
 	}
-	if p := gcPercentFor(t.sample[0].Value.Uint64(), gcHeapFloor, gcBasePercent); p != t.last {
+	if p := gcPercentFor(t.sample[0].Value.Uint64(), t.floor, gcBasePercent); p != t.last {
 		debug.SetGCPercent(p)
 		t.last = p
 	}

@@ -17,6 +17,7 @@ func TestGCPercentFor(t *testing.T) {
 		{100 << 20, 64 << 20, 400, 400}, // above the floor: the base
 		{0, 64 << 20, 400, 400},         // nothing measured yet
 		{1, 64 << 20, 400, gcMaxPercent},
+		{4 << 20, 256 << 20, 400, 6300},
 	} {
 		if got := gcPercentFor(c.live, c.floor, c.base); got != c.want {
 			t.Errorf("gcPercentFor(%d, %d, %d) = %d, want %d", c.live, c.floor, c.base, got, c.want)
@@ -29,7 +30,8 @@ func TestGCPercentFor(t *testing.T) {
 func TestGCTuner(t *testing.T) {
 	old := debug.SetGCPercent(100)
 	defer debug.SetGCPercent(old)
-	tu := newGCTuner()
+	const floor = 64 << 20
+	tu := newGCTuner(floor)
 	tu.arm()
 	defer tu.stop.Store(true)
 	deadline := time.Now().Add(5 * time.Second)
@@ -43,7 +45,7 @@ func TestGCTuner(t *testing.T) {
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
 	got := debug.SetGCPercent(100)
-	if want := gcPercentFor(ms.HeapAlloc, gcHeapFloor, gcBasePercent); got < gcBasePercent || (ms.HeapAlloc < gcHeapFloor/8 && got <= gcBasePercent) {
+	if want := gcPercentFor(ms.HeapAlloc, floor, gcBasePercent); got < gcBasePercent || (ms.HeapAlloc < floor/8 && got <= gcBasePercent) {
 		t.Fatalf("GOGC = %d with a %d-byte heap, want about %d", got, ms.HeapAlloc, want)
 	}
 }

@@ -66,7 +66,7 @@ func runServer(ctx context.Context, cmd string, args []string, stdout, stderr io
 	if len(rest) > 0 {
 		return fmt.Errorf("%s: unexpected argument %q", cmd, rest[0])
 	}
-	tuneGC()
+	tuneGC(uint64(cfg.HeapFloorMB) << 20)
 	m := NewMain(cfg, newLogger(cfg, os.Stderr), stdout)
 	switch cmd {
 	case "serve":
