@@ -331,3 +331,99 @@ func TestJournal_StaleRecordsAreNotReplayed(t *testing.T) {
 		t.Fatalf("decoded %d events (%v), %d bytes, generation %d; want the new one alone", len(evs), evs, good, gen)
 	}
 }
+
+// TestJournal_Concurrent records from many goroutines while reports, price
+// changes and budget checks run and the background filing goes on; after
+// Close and a reopen, every acknowledged event is stored once, the rollups
+// add up, and the month's charges equal the acknowledged ones.
+func TestJournal_Concurrent(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "ledger.db")
+	l, err := Open(Options{Path: path, DefaultPrice: nozzle.Price{PromptPerMillionUSD: 1, CompletionPerMillionUSD: 2},
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ten := heldTenant(t, l)
+	budget := 1e9
+	if _, err := l.UpdateTenant(ctx, ten.ID, nozzle.TenantUpdate{MonthlyBudgetUSD: &budget}); err != nil {
+		t.Fatal(err)
+	}
+	at := time.Now().UTC()
+	var (
+		wg      sync.WaitGroup
+		mu      sync.Mutex
+		charged float64
+		acked   int
+	)
+	stop := make(chan struct{})
+	for w := range 16 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 200 {
+				ev := journalEvent(ten.ID, fmt.Sprintf("w%d-%d", w, i%150), at) // some retried
+				dup, err := l.RecordUsage(ctx, ev)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if !dup {
+					mu.Lock()
+					charged += ev.ChargeUSD
+					acked++
+					mu.Unlock()
+				}
+			}
+		}()
+	}
+	var readers sync.WaitGroup
+	readers.Add(1)
+	go func() {
+		defer readers.Done()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if _, err := l.Report(ctx, nozzle.ReportQuery{TenantID: ten.ID, Start: at.Add(-time.Hour), End: at.Add(time.Hour)}); err != nil {
+				t.Error(err)
+				return
+			}
+			release, err := l.ReserveBudget(ctx, ten.ID, 0.01)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			release()
+			// A new price for the events recorded from now on.
+			p := nozzle.Price{PromptPerMillionUSD: float64(1 + time.Now().Nanosecond()%5), CompletionPerMillionUSD: 2}
+			if err := l.SetPrice(ctx, ten.ID, p, at.Add(-time.Hour)); err != nil {
+				t.Error(err)
+				return
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}()
+	wg.Wait()
+	close(stop)
+	readers.Wait()
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	l = openHeld(t, path, nozzle.Price{})
+	defer l.Close()
+	res, err := l.Check(ctx)
+	if err != nil || len(res.Problems) > 0 {
+		t.Fatalf("Check = %+v, %v", res, err)
+	}
+	if res.Events != acked || acked != 16*150 {
+		t.Fatalf("%d events stored, %d acknowledged as new, want %d", res.Events, acked, 16*150)
+	}
+	mtd, err := l.MonthToDate(ctx, ten.ID, at)
+	if err != nil || mtd < charged*(1-1e-9) || mtd > charged*(1+1e-9) {
+		t.Fatalf("month to date %v (%v), acknowledged charges %v", mtd, err, charged)
+	}
+}
