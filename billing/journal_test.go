@@ -7,11 +7,13 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/nozzle-ai/nozzle"
+	"github.com/nozzle-ai/nozzle/internal/metrics"
 )
 
 // openHeld opens a ledger whose background filing is stopped, so that
@@ -270,6 +272,28 @@ func TestJournal_BudgetCountsJournaledCharges(t *testing.T) {
 	}
 	if _, err := l.ReserveBudget(ctx, ten.ID, 0.4); err != nil {
 		t.Fatalf("reserving within the budget: %v", err)
+	}
+}
+
+func TestJournal_PendingMetric(t *testing.T) {
+	reg := metrics.NewRegistry()
+	l, err := Open(Options{Path: filepath.Join(t.TempDir(), "ledger.db"), Metrics: reg, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	l.wcancel()
+	l.wwg.Wait()
+	ten := heldTenant(t, l)
+	for _, id := range []string{"a", "b"} {
+		if _, err := l.RecordUsage(context.Background(), journalEvent(ten.ID, id, time.Now())); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var b strings.Builder
+	reg.WriteTo(&b)
+	if !strings.Contains(b.String(), "nozzle_ledger_journal_pending_events 2\n") {
+		t.Fatalf("metrics lack 2 pending events:\n%s", b.String())
 	}
 }
 

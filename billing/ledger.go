@@ -219,6 +219,10 @@ func Open(opts Options) (*Ledger, error) {
 		db.Close()
 		return nil, fmt.Errorf("open ledger %s: %w", opts.Path, err)
 	}
+	if opts.Metrics != nil {
+		opts.Metrics.GaugeFunc("nozzle_ledger_journal_pending_events", "Usage events acknowledged from the usage journal and not yet filed into the ledger file.",
+			func() float64 { return float64(l.j.n.Load()) })
+	}
 	l.budget.init()
 	l.wctx, l.wcancel = context.WithCancel(context.Background())
 	l.wwg.Add(1)
