@@ -18,9 +18,12 @@ import (
 
 // openHeld opens a ledger whose background filing is stopped, so that
 // recorded events stay in the journal until something files them.
-func openHeld(t *testing.T, path string, price nozzle.Price) *Ledger {
+func openHeld(t *testing.T, opts Options) *Ledger {
 	t.Helper()
-	l, err := Open(Options{Path: path, DefaultPrice: price, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	l, err := Open(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -29,12 +32,21 @@ func openHeld(t *testing.T, path string, price nozzle.Price) *Ledger {
 	return l
 }
 
+// crash drops the ledger as a killed process would: nothing is filed.
+func crash(l *Ledger) {
+	l.mu.Lock()
+	l.closed = true
+	l.mu.Unlock()
+	l.j.close()
+	l.db.Close()
+}
+
 // heldLedger opens a held ledger without prices in a fresh folder, with
 // tenant "acme".
 func heldLedger(t *testing.T) (*Ledger, string, *nozzle.Tenant) {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "ledger.db")
-	l := openHeld(t, path, nozzle.Price{})
+	l := openHeld(t, Options{Path: path})
 	return l, path, heldTenant(t, l)
 }
 
@@ -48,15 +60,6 @@ func heldTenant(t *testing.T, l *Ledger) *nozzle.Tenant {
 	return ten
 }
 
-// crash drops the ledger as a killed process would: nothing is filed.
-func crash(l *Ledger) {
-	l.mu.Lock()
-	l.closed = true
-	l.mu.Unlock()
-	l.j.close()
-	l.db.Close()
-}
-
 func journalEvent(tenantID, id string, at time.Time) *nozzle.UsageEvent {
 	return &nozzle.UsageEvent{RequestID: id, TenantID: tenantID, Time: at, PromptTokens: 1000, CompletionTokens: 500, DeviceSeconds: 0.01, RatePerHour: 2}
 }
@@ -65,7 +68,7 @@ func TestJournal_CrashBeforeFiling(t *testing.T) {
 	ctx := context.Background()
 	path := filepath.Join(t.TempDir(), "ledger.db")
 	price := nozzle.Price{PromptPerMillionUSD: 1, CompletionPerMillionUSD: 2}
-	l := openHeld(t, path, price)
+	l := openHeld(t, Options{Path: path, DefaultPrice: price})
 	ten := heldTenant(t, l)
 	at := time.Date(2026, 3, 4, 10, 0, 0, 0, time.UTC)
 	const n = 300
@@ -108,7 +111,7 @@ func TestJournal_CrashBeforeFiling(t *testing.T) {
 	f.WriteAt(rec[:len(rec)-3], int64(good))
 	f.Close()
 
-	l = openHeld(t, path, price)
+	l = openHeld(t, Options{Path: path, DefaultPrice: price})
 	defer l.Close()
 	assertEmptyJournal(t, path)
 	res, err := l.Check(ctx)
@@ -143,7 +146,7 @@ func TestJournal_LargestEventReplays(t *testing.T) {
 		}
 	}
 	crash(l)
-	l = openHeld(t, path, nozzle.Price{})
+	l = openHeld(t, Options{Path: path})
 	defer l.Close()
 	got, err := l.Usage(ctx, "big")
 	if err != nil || len(got.Response) != maxResponseLen || got.Response[maxResponseLen-1] != big.Response[maxResponseLen-1] {
@@ -173,7 +176,7 @@ func TestJournal_ReplayIsIdempotent(t *testing.T) {
 	os.WriteFile(journalPaths(path)[0], b0, 0o600)
 	os.WriteFile(journalPaths(path)[1], b1, 0o600)
 
-	l = openHeld(t, path, nozzle.Price{})
+	l = openHeld(t, Options{Path: path})
 	defer l.Close()
 	if res, err := l.Check(ctx); err != nil || res.Events != 10 || len(res.Problems) > 0 {
 		t.Fatalf("Check after a second replay = %+v, %v; want 10 events", res, err)
@@ -182,7 +185,7 @@ func TestJournal_ReplayIsIdempotent(t *testing.T) {
 
 func TestJournal_Duplicates(t *testing.T) {
 	ctx := context.Background()
-	l := openHeld(t, filepath.Join(t.TempDir(), "ledger.db"), nozzle.Price{PromptPerMillionUSD: 1})
+	l := openHeld(t, Options{Path: filepath.Join(t.TempDir(), "ledger.db"), DefaultPrice: nozzle.Price{PromptPerMillionUSD: 1}})
 	defer l.Close()
 	ten := heldTenant(t, l)
 	at := time.Date(2026, 3, 4, 10, 0, 0, 0, time.UTC)
@@ -245,14 +248,9 @@ func TestJournal_Duplicates(t *testing.T) {
 func TestJournal_BudgetCountsJournaledCharges(t *testing.T) {
 	ctx := context.Background()
 	now := time.Date(2026, 3, 4, 10, 0, 0, 0, time.UTC)
-	l, err := Open(Options{Path: filepath.Join(t.TempDir(), "ledger.db"), DefaultPrice: nozzle.Price{PromptPerMillionUSD: 1000},
-		Now: func() time.Time { return now }, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
+	l := openHeld(t, Options{Path: filepath.Join(t.TempDir(), "ledger.db"), DefaultPrice: nozzle.Price{PromptPerMillionUSD: 1000},
+		Now: func() time.Time { return now }})
 	defer l.Close()
-	l.wcancel()
-	l.wwg.Wait()
 	ten := heldTenant(t, l)
 	budget := 2.0
 	if _, err := l.UpdateTenant(ctx, ten.ID, nozzle.TenantUpdate{MonthlyBudgetUSD: &budget}); err != nil {
@@ -277,13 +275,8 @@ func TestJournal_BudgetCountsJournaledCharges(t *testing.T) {
 
 func TestJournal_PendingMetric(t *testing.T) {
 	reg := metrics.NewRegistry()
-	l, err := Open(Options{Path: filepath.Join(t.TempDir(), "ledger.db"), Metrics: reg, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
+	l := openHeld(t, Options{Path: filepath.Join(t.TempDir(), "ledger.db"), Metrics: reg})
 	defer l.Close()
-	l.wcancel()
-	l.wwg.Wait()
 	ten := heldTenant(t, l)
 	for _, id := range []string{"a", "b"} {
 		if _, err := l.RecordUsage(context.Background(), journalEvent(ten.ID, id, time.Now())); err != nil {
@@ -310,7 +303,7 @@ func TestJournal_CloseFiles(t *testing.T) {
 		t.Fatalf("RecordUsage after Close: %v", err)
 	}
 	assertEmptyJournal(t, path)
-	l = openHeld(t, path, nozzle.Price{})
+	l = openHeld(t, Options{Path: path})
 	defer l.Close()
 	if _, err := l.Usage(ctx, "a"); err != nil {
 		t.Fatal(err)
@@ -437,7 +430,7 @@ func TestJournal_Concurrent(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	l = openHeld(t, path, nozzle.Price{})
+	l = openHeld(t, Options{Path: path})
 	defer l.Close()
 	res, err := l.Check(ctx)
 	if err != nil || len(res.Problems) > 0 {
