@@ -292,18 +292,14 @@ func (l *Ledger) appendUsage(batch []*jop) {
 	// before the read began (see authCache).
 	gen := l.auth.gen.Load()
 	err := l.db.View(func(tx *bolt.Tx) error {
-		reqids := tx.Bucket(bRequestIDs)
+		reqids, events := tx.Bucket(bRequestIDs), tx.Bucket(bEvents)
 		for _, o := range fresh {
 			ev := o.ev
-			if seq := reqids.Get([]byte(ev.RequestID)); seq != nil {
-				v := tx.Bucket(bEvents).Get(seq)
-				if v == nil {
-					return fmt.Errorf("request id %q points to a missing event", ev.RequestID)
-				}
-				stored, err := decodeEvent(v)
-				if err != nil {
-					return err
-				}
+			stored, err := storedEvent(reqids, events, ev.RequestID)
+			if err != nil {
+				return err
+			}
+			if stored != nil {
 				o.ev, o.dup = stored, true
 				continue
 			}

@@ -209,16 +209,8 @@ func (w *wtx) recordEvent(ev *nozzle.UsageEvent, priced bool) (*nozzle.UsageEven
 		w.prices = map[string][]priceVersion{}
 		w.tenants = map[string]bool{}
 	}
-	if seq := w.reqids.Get([]byte(ev.RequestID)); seq != nil {
-		v := w.events.Get(seq)
-		if v == nil {
-			return nil, false, fmt.Errorf("request id %q points to a missing event", ev.RequestID)
-		}
-		stored, err := decodeEvent(v)
-		if err != nil {
-			return nil, false, err
-		}
-		return stored, true, nil
+	if stored, err := storedEvent(w.reqids, w.events, ev.RequestID); err != nil || stored != nil {
+		return stored, stored != nil, err
 	}
 	known, ok := w.tenants[ev.TenantID]
 	if !ok {
@@ -291,20 +283,28 @@ func (l *Ledger) Usage(ctx context.Context, requestID string) (*nozzle.UsageEven
 		return ev, nil
 	}
 	var ev *nozzle.UsageEvent
-	err := l.view(func(tx *bolt.Tx) error {
-		seq := tx.Bucket(bRequestIDs).Get([]byte(requestID))
-		if seq == nil {
-			return nozzle.Errorf(nozzle.ENOTFOUND, "No usage is recorded for request %q.", requestID)
+	err := l.view(func(tx *bolt.Tx) (err error) {
+		ev, err = storedEvent(tx.Bucket(bRequestIDs), tx.Bucket(bEvents), requestID)
+		if err == nil && ev == nil {
+			err = nozzle.Errorf(nozzle.ENOTFOUND, "No usage is recorded for request %q.", requestID)
 		}
-		v := tx.Bucket(bEvents).Get(seq)
-		if v == nil {
-			return fmt.Errorf("request id %q points to a missing event", requestID)
-		}
-		var err error
-		ev, err = decodeEvent(v)
 		return err
 	})
 	return ev, err
+}
+
+// storedEvent returns the event stored for a request, or nil if there is
+// none.
+func storedEvent(reqids, events *bolt.Bucket, requestID string) (*nozzle.UsageEvent, error) {
+	seq := reqids.Get([]byte(requestID))
+	if seq == nil {
+		return nil, nil
+	}
+	v := events.Get(seq)
+	if v == nil {
+		return nil, fmt.Errorf("request id %q points to a missing event", requestID)
+	}
+	return decodeEvent(v)
 }
 
 // recordBulk writes many events in transactions of up to per events each:
