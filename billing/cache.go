@@ -49,6 +49,12 @@ func (c *authCache) tenant(id string) (*nozzle.Tenant, uint64, bool) {
 	return &t, g, true
 }
 
+// knowsTenant reports whether tenant id is cached, without copying it.
+func (c *authCache) knowsTenant(id string) bool {
+	_, _, ok := cached(c, &c.tenants, id)
+	return ok
+}
+
 func (c *authCache) priceHistory(tenantID string) ([]priceVersion, uint64, bool) {
 	return cached(c, &c.prices, tenantID)
 }

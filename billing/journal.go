@@ -303,7 +303,7 @@ func (l *Ledger) appendUsage(batch []*jop) {
 				o.ev, o.dup = stored, true
 				continue
 			}
-			if _, _, ok := l.auth.tenant(ev.TenantID); !ok && tx.Bucket(bTenants).Get([]byte(ev.TenantID)) == nil {
+			if !l.auth.knowsTenant(ev.TenantID) && tx.Bucket(bTenants).Get([]byte(ev.TenantID)) == nil {
 				o.err = nozzle.Errorf(nozzle.EINVALID, "Usage event names unknown tenant %q.", ev.TenantID).WithParam("tenant_id")
 				continue
 			}

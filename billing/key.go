@@ -47,7 +47,7 @@ func (l *Ledger) CreateKey(ctx context.Context, k *nozzle.APIKey) error {
 		if err := w.tx.Bucket(bTenantKeys).Put(join(lp(rec.TenantID), []byte(rec.ID)), nil); err != nil {
 			return err
 		}
-		w.authChanged = true
+		w.cacheChanged = true
 		return w.tx.Bucket(bKeys).Put([]byte(rec.ID), encodeKey(&rec))
 	})
 	if err != nil {
@@ -137,7 +137,7 @@ func (l *Ledger) RevokeKey(ctx context.Context, tenantID, id string) error {
 			return nil
 		}
 		k.RevokedAt = now
-		w.authChanged = true
+		w.cacheChanged = true
 		return keys.Put([]byte(id), encodeKey(k))
 	})
 }
@@ -163,7 +163,7 @@ func (l *Ledger) TouchKeys(ctx context.Context, lastUsed map[string]time.Time) e
 				continue
 			}
 			k.LastUsedAt = at.UTC()
-			w.authChanged = true
+			w.cacheChanged = true
 			if err := keys.Put([]byte(id), encodeKey(k)); err != nil {
 				return err
 			}

@@ -308,10 +308,10 @@ func (l *Ledger) commit(batch []*op) {
 		l.met.commitSeconds.Observe(time.Since(t0).Seconds())
 		l.met.batchWrites.Observe(float64(len(batch)))
 	}()
-	authChanged := false
+	cacheChanged := false
 	err := l.db.Update(func(tx *bolt.Tx) error {
 		w := newWtx(l, tx)
-		defer func() { authChanged = authChanged || w.authChanged }()
+		defer func() { cacheChanged = cacheChanged || w.cacheChanged }()
 		for _, o := range batch {
 			if o.fn == nil {
 				continue
@@ -330,7 +330,7 @@ func (l *Ledger) commit(batch []*op) {
 		}
 		return
 	}
-	if authChanged {
+	if cacheChanged {
 		// Before any writer hears back: the change is seen from now on.
 		l.auth.invalidate()
 	}

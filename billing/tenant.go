@@ -27,7 +27,7 @@ func (l *Ledger) CreateTenant(ctx context.Context, t *nozzle.Tenant) error {
 		if err := names.Put([]byte(lower(rec.Name)), []byte(rec.ID)); err != nil {
 			return err
 		}
-		w.authChanged = true
+		w.cacheChanged = true
 		return w.tx.Bucket(bTenants).Put([]byte(rec.ID), encodeJSON(tenantRecord{rec}))
 	})
 	if err != nil {
@@ -125,7 +125,7 @@ func (l *Ledger) UpdateTenant(ctx context.Context, id string, upd nozzle.TenantU
 			}
 		}
 		out = t
-		w.authChanged = true
+		w.cacheChanged = true
 		return w.tx.Bucket(bTenants).Put([]byte(id), encodeJSON(tenantRecord{*t}))
 	})
 	return out, err
@@ -164,7 +164,7 @@ func (l *Ledger) SetPrice(ctx context.Context, tenantID string, p nozzle.Price, 
 				return err
 			}
 		}
-		w.authChanged = true // cached price histories
+		w.cacheChanged = true
 		if w.prices != nil {
 			delete(w.prices, tenantID) // later events in this batch re-read it
 			if tenantID == "" {

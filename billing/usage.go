@@ -33,9 +33,9 @@ type wtx struct {
 	prices  map[string][]priceVersion // tenant → history, read once per tx
 	tenants map[string]bool
 
-	// authChanged says the transaction wrote a key or a tenant, which
-	// the ledger's auth cache must forget.
-	authChanged bool
+	// cacheChanged says the transaction wrote a key, a tenant or a price,
+	// which the ledger's cache (authCache) must forget.
+	cacheChanged bool
 }
 
 func newWtx(l *Ledger, tx *bolt.Tx) *wtx {
