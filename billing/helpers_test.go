@@ -2,6 +2,7 @@ package billing_test
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"path/filepath"
@@ -63,6 +64,16 @@ func mustTenant(tb testing.TB, l *billing.Ledger, name string) *nozzle.Tenant {
 		tb.Fatalf("CreateTenant(%s): %v", name, err)
 	}
 	return t
+}
+
+// mustTenants creates n tenants named prefix0, prefix1, … and returns their ids.
+func mustTenants(tb testing.TB, l *billing.Ledger, prefix string, n int) []string {
+	tb.Helper()
+	ids := make([]string, n)
+	for i := range ids {
+		ids[i] = mustTenant(tb, l, fmt.Sprint(prefix, i)).ID
+	}
+	return ids
 }
 
 func mustRecord(tb testing.TB, l *billing.Ledger, ev nozzle.UsageEvent) nozzle.UsageEvent {

@@ -36,10 +36,7 @@ func BenchmarkGPUPage(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
-	var tenants []string
-	for i := range 10 {
-		tenants = append(tenants, mustTenant(b, l, fmt.Sprint("tenant", i)).ID)
-	}
+	tenants := mustTenants(b, l, "tenant", 10)
 	var evs []nozzle.UsageEvent
 	span := now.Sub(begin)
 	for i := range 20_000 {

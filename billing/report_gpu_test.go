@@ -54,10 +54,7 @@ func gpuTrace(tb testing.TB, l *billing.Ledger, rng *rand.Rand, from, now time.T
 			tb.Fatal(err)
 		}
 	}
-	var tenants []string
-	for i := range 3 {
-		tenants = append(tenants, mustTenant(tb, l, fmt.Sprint("tenant", i)).ID)
-	}
+	tenants := mustTenants(tb, l, "tenant", 3)
 	var evs []nozzle.UsageEvent
 	span := now.Sub(from)
 	for i := range 400 {

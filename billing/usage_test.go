@@ -322,10 +322,7 @@ func TestReport_Conservation(t *testing.T) {
 		t.Run(fmt.Sprint(seed), func(t *testing.T) {
 			r := rand.New(rand.NewPCG(seed, 7))
 			l := mustOpen(t, billing.Options{})
-			var tenants []string
-			for i := range 1 + r.IntN(5) {
-				tenants = append(tenants, mustTenant(t, l, fmt.Sprintf("t%d", i)).ID)
-			}
+			tenants := mustTenants(t, l, "t", 1+r.IntN(5))
 			tr := randomTrace(r, tenants)
 			recordWithOpen(t, l, r, tr.intervals)
 			recordAll(t, l, tr.events)
