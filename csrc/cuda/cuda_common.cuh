@@ -37,6 +37,46 @@
 #define NZ_CHECK_ALIGN(p, a) ((void)0)
 #endif
 
+/* Programmatic dependent launch (Hopper): NZ_LAUNCH_PDL launches a kernel
+ * that may be scheduled while the kernel before it on the stream is still
+ * running, so that launch latency hides behind work. Every such kernel
+ * calls nz_pdl_begin() first: it waits until the kernels before it have
+ * finished and their writes are visible (so the kernel may read and write
+ * anything), then lets the next kernel be scheduled. Elsewhere (before
+ * sm_90, with nz_cuda_pdl 0, in the emulator) it is a plain launch and
+ * nz_pdl_begin() does nothing. */
+__device__ __forceinline__ void nz_pdl_begin()
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+	asm volatile("griddepcontrol.wait;" ::: "memory");
+	asm volatile("griddepcontrol.launch_dependents;" :::);
+#endif
+}
+#ifdef NZ_EMU
+#define NZ_LAUNCH_PDL NZ_LAUNCH
+#else
+/* Whether NZ_LAUNCH_PDL asks for programmatic serialization (set when an
+ * engine is created: sm_90 or later with NOZZLE_CUDA_PDL=1). Off by
+ * default: on an H200 with CUDA 13 it made batch-1 decode 6% faster, but
+ * one parity test (F16) hung with it, cause not yet found. */
+extern int nz_cuda_pdl;
+#define NZ_LAUNCH_PDL(kern, grid_, block_, smem_, stream_, ...)                          \
+	do {                                                                                  \
+		auto nz_kern_ = (kern);                                                           \
+		cudaLaunchConfig_t nz_cfg_ = {};                                                  \
+		cudaLaunchAttribute nz_attr_[1] = {};                                             \
+		nz_attr_[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;              \
+		nz_attr_[0].val.programmaticStreamSerializationAllowed = nz_cuda_pdl;             \
+		nz_cfg_.gridDim = (grid_);                                                        \
+		nz_cfg_.blockDim = (block_);                                                      \
+		nz_cfg_.dynamicSmemBytes = (smem_);                                               \
+		nz_cfg_.stream = (stream_);                                                       \
+		nz_cfg_.attrs = nz_attr_;                                                         \
+		nz_cfg_.numAttrs = 1;                                                             \
+		cudaLaunchKernelEx(&nz_cfg_, nz_kern_, __VA_ARGS__);                              \
+	} while (0)
+#endif
+
 typedef __nv_bfloat16 nz_bf16_t;
 typedef __half nz_f16_t;
 

@@ -45,6 +45,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <algorithm>
@@ -59,6 +60,8 @@ extern "C" {
 }
 
 #include "cuda_kernels.h"
+
+int nz_cuda_pdl = 0; /* see NZ_LAUNCH_PDL (cuda_common.cuh) */
 
 namespace {
 
@@ -186,6 +189,10 @@ const int kMaxGraphs = 48;
 const int64_t kAttnParts = 4096; /* (item, KV head, split) partials of split-K attention */
 const size_t kTensorStage = 32u << 20; /* bytes per half of the weight staging buffer */
 const size_t kBlasWorkspace = 32u << 20;
+/* The LoRA shrink's partial sums: lv holds 3 modules × lv_rows × max_rank
+ * f32, lv_rows = max(max_batch_tokens, kLoraSplitRows) (tokens × splits). */
+const int64_t kLoraSplitRows = 2048;
+const int64_t kLoraMaxSplits = 16;
 
 struct cuda_engine {
 	nz_config cfg;
@@ -198,7 +205,7 @@ struct cuda_engine {
 	int32_t wdt;
 	size_t wsz;
 	cudaDataType wtype;
-	int64_t H, I, V, L, nh, nkv, hd, qd, kvd, qkvd, bs, nb, R, slots, T, S;
+	int64_t H, I, V, L, nh, nkv, hd, qd, kvd, qkvd, bs, nb, R, slots, T, S, lv_rows;
 	int64_t mod_in[NZ_M_COUNT], mod_out[NZ_M_COUNT];
 	float eps;
 
@@ -256,7 +263,7 @@ int32_t select_device(cuda_engine *e, const char *what)
 int64_t scratch_bytes(const cuda_engine *e)
 {
 	int64_t T = e->T, S = e->S;
-	return 4 * T * (e->H + 2 * e->ymax + e->qd + e->hd + 3 * e->R) + (int64_t)e->wsz * (T * e->xmax + S * e->H) +
+	return 4 * T * (e->H + 2 * e->ymax + e->qd + e->hd) + 4 * 3 * e->lv_rows * e->R + (int64_t)e->wsz * (T * e->xmax + S * e->H) +
 	       4 * S * e->V + 2 * S * (int64_t)sizeof(nz_sample_out) + (int64_t)kBlasWorkspace +
 	       4 * kAttnParts * e->rows_max * (e->hd + 2);
 }
@@ -375,6 +382,11 @@ int32_t cuda_create(nz_config *c, void **out)
 	if (e->prop.major < 8)
 		FAIL(nz_error(NZ_ERR_UNSUPPORTED, "nz_engine_create: %s is sm_%d%d; the CUDA backend needs sm_80 or newer",
 		              e->prop.name, e->prop.major, e->prop.minor));
+	{
+		/* opt-in: see NZ_LAUNCH_PDL */
+		const char *pdl = getenv("NOZZLE_CUDA_PDL");
+		nz_cuda_pdl = e->prop.major >= 9 && pdl && strcmp(pdl, "1") == 0;
+	}
 	FAIL_CUDA(cudaStreamCreateWithFlags(&e->stream, cudaStreamNonBlocking), "nz_engine_create: stream");
 	FAIL_CUDA(cudaStreamCreateWithFlags(&e->side, cudaStreamNonBlocking), "nz_engine_create: stream");
 	FAIL_CUDA(cudaStreamCreateWithFlags(&e->lstream, cudaStreamNonBlocking), "nz_engine_create: stream");
@@ -404,6 +416,7 @@ int32_t cuda_create(nz_config *c, void **out)
 	e->qd = e->nh * e->hd, e->kvd = e->nkv * e->hd, e->qkvd = e->qd + 2 * e->kvd;
 	e->bs = c->kv_block_size, e->R = c->max_rank, e->slots = c->max_slots;
 	e->T = c->max_batch_tokens, e->S = c->max_batch_seqs;
+	e->lv_rows = std::max<int64_t>(e->T, kLoraSplitRows);
 	e->eps = (float)c->rms_norm_eps;
 	e->ymax = std::max(std::max(e->qkvd, 2 * e->I), e->H);
 	e->xmax = std::max(std::max(e->H, e->qd), e->I);
@@ -646,7 +659,7 @@ int32_t cuda_finalize(void *impl)
 	ALLOC(e->yl, 4 * T * e->ymax);
 	ALLOC(e->q, 4 * T * e->qd);
 	ALLOC(e->cs, 4 * T * e->hd);
-	ALLOC(e->lv, 4 * 3 * T * e->R);
+	ALLOC(e->lv, 4 * 3 * e->lv_rows * e->R);
 	ALLOC(e->xin, (int64_t)e->wsz * T * e->xmax);
 	ALLOC(e->xs, (int64_t)e->wsz * S * e->H);
 	ALLOC(e->logits, 4 * S * e->V);
@@ -845,8 +858,8 @@ int32_t gemm(cuda_engine *e, const void *X, int64_t rows, int64_t in, const void
  * x [T][in] that the engine's stream has just written) on the LoRA stream:
  * into yl [T][y_stride] at the modules' columns. lora_join makes the
  * engine's stream wait for them. */
-int32_t lora_fork(cuda_engine *e, const meta_ptrs &m, int64_t items_grid, int64_t l, int nmod, const int *mods,
-                  const int *cols, const void *x, int64_t in, int64_t y_stride)
+int32_t lora_fork(cuda_engine *e, const meta_ptrs &m, int64_t T, int64_t items_grid, int64_t l, int nmod,
+                  const int *mods, const int *cols, const void *x, int64_t in, int64_t y_stride)
 {
 	CUDA_TRY(cudaEventRecord(e->ev_fork, e->stream), "nz_step: LoRA fork");
 	CUDA_TRY(cudaStreamWaitEvent(e->lstream, e->ev_fork, 0), "nz_step: LoRA fork");
@@ -863,13 +876,19 @@ int32_t lora_fork(cuda_engine *e, const meta_ptrs &m, int64_t items_grid, int64_
 		g.col[i] = cols[i];
 		max_out = std::max(max_out, g.out[i]);
 	}
-	const int64_t vms = e->T * e->R;
-	KTRY(nz_k_lora_shrink(e->wdt, e->lstream, items_grid, m.scalars, m.lora_items, m.lora_tok, x, in, e->slot_mem,
-	                      e->slot_stride, g, e->rank_dev, (int)l, (int)e->L, (int)e->R, e->lv, vms),
+	/* Split the shrink's input so that the step's work items (at fewest
+	 * T / NZ_LORA_TM: a graph is replayed for any mix of adapters) fill the
+	 * GPU twice over, as far as the partial sums fit in lv. */
+	const int64_t few = std::min<int64_t>(items_grid, nz_ceil_div(T, NZ_LORA_TM));
+	const int splits = nz_lora_splits(in, few, nmod, (int)e->R, 2 * (int64_t)e->prop.multiProcessorCount,
+	                                  std::max<int64_t>(1, std::min<int64_t>(kLoraMaxSplits, e->lv_rows / T)));
+	const int64_t vss = T * e->R, vms = splits * vss;
+	KTRY(nz_k_lora_shrink(e->wdt, e->lstream, items_grid, m.scalars, m.lora_items, m.lora_tok, x, in, splits,
+	                      e->slot_mem, e->slot_stride, g, e->rank_dev, (int)l, (int)e->L, (int)e->R, e->lv, vms, vss),
 	     "nz_step: LoRA shrink");
-	KTRY(nz_k_lora_expand(e->wdt, e->lstream, items_grid, m.scalars, m.lora_items, m.lora_tok, e->lv, vms,
-	                      e->slot_mem, e->slot_stride, g, e->rank_dev, (int)l, (int)e->L, (int)e->R, e->yl, y_stride,
-	                      max_out),
+	KTRY(nz_k_lora_expand(e->wdt, e->lstream, items_grid, m.scalars, m.lora_items, m.lora_tok, e->lv, vms, vss,
+	                      splits, e->slot_mem, e->slot_stride, g, e->rank_dev, (int)l, (int)e->L, (int)e->R, e->yl,
+	                      y_stride, max_out),
 	     "nz_step: LoRA expand");
 	return NZ_OK;
 }
@@ -911,7 +930,7 @@ int32_t forward(cuda_engine *e, const meta_ptrs &m, int64_t T, int64_t n_attn, i
 		unsigned char *kc = (unsigned char *)e->kv + (size_t)(2 * l) * pool_bytes, *vc = kc + pool_bytes;
 		int window = e->cfg.sliding_window > 0 && l >= e->cfg.sliding_window_from_layer ? (int)e->cfg.sliding_window : 0;
 		if (lora_grid)
-			NZ_TRY(lora_fork(e, m, lora_grid, l, 3, qkv_m, qkv_c, e->xin, H, e->qkvd));
+			NZ_TRY(lora_fork(e, m, T, lora_grid, l, 3, qkv_m, qkv_c, e->xin, H, e->qkvd));
 		NZ_TRY(gemm(e, e->xin, T, H, ly.wqkv, e->qkvd, e->y, "nz_step: q/k/v projection"));
 		if (lora_grid)
 			NZ_TRY(lora_join(e));
@@ -923,20 +942,20 @@ int32_t forward(cuda_engine *e, const meta_ptrs &m, int64_t T, int64_t n_attn, i
 		                    e->attn_o, e->attn_ml, e->attn_count),
 		     "nz_step: attention");
 		if (lora_grid)
-			NZ_TRY(lora_fork(e, m, lora_grid, l, 1, o_m, zero_c, e->xin, e->qd, H));
+			NZ_TRY(lora_fork(e, m, T, lora_grid, l, 1, o_m, zero_c, e->xin, e->qd, H));
 		NZ_TRY(gemm(e, e->xin, T, e->qd, ly.wo, H, e->y, "nz_step: o projection"));
 		if (lora_grid)
 			NZ_TRY(lora_join(e));
 		KTRY(nz_k_add_norm(dt, s, T, H, e->h, e->y, yl, m.tok_lora, ly.bo, ly.ffn_norm, e->eps, e->xin),
 		     "nz_step: norm");
 		if (lora_grid)
-			NZ_TRY(lora_fork(e, m, lora_grid, l, 2, gu_m, gu_c, e->xin, H, 2 * I));
+			NZ_TRY(lora_fork(e, m, T, lora_grid, l, 2, gu_m, gu_c, e->xin, H, 2 * I));
 		NZ_TRY(gemm(e, e->xin, T, H, ly.wgu, 2 * I, e->y, "nz_step: gate/up projection"));
 		if (lora_grid)
 			NZ_TRY(lora_join(e));
 		KTRY(nz_k_silu(dt, s, T, I, e->y, yl, m.tok_lora, ly.bgu, e->xin), "nz_step: SiLU");
 		if (lora_grid)
-			NZ_TRY(lora_fork(e, m, lora_grid, l, 1, down_m, zero_c, e->xin, I, H));
+			NZ_TRY(lora_fork(e, m, T, lora_grid, l, 1, down_m, zero_c, e->xin, I, H));
 		NZ_TRY(gemm(e, e->xin, T, I, ly.wdown, H, e->y, "nz_step: down projection"));
 		if (lora_grid)
 			NZ_TRY(lora_join(e));

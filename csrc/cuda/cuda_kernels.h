@@ -111,21 +111,29 @@ cudaError_t nz_k_gemv(int dtype, cudaStream_t s, int64_t T, const void *x, int64
 cudaError_t nz_k_silu(int dtype, cudaStream_t s, int64_t T, int64_t I, const float *y, const float *yl,
                       const int32_t *tok_lora, const float *bias, void *x);
 
-/* LoRA shrink: v[mi][tok][0:r] = x[tok]·A_mᵀ for every token of every work
- * item (items: [n][3] = first index into lora_tok, count, slot) whose
- * slot has module m (rank from the rank table [slots][L][NZ_M_COUNT]);
- * grid.x is max_items, blocks past scalars[NZ_SC_LORA_ITEMS] exit. */
+/* LoRA shrink: v[mi][split][tok][0:r] = the split's chunk of x[tok]·A_mᵀ
+ * for every token of every work item (items: [n][3] = first index into
+ * lora_tok, count, slot) whose slot has module m (rank from the rank table
+ * [slots][L][NZ_M_COUNT]); the input features are cut into `splits`
+ * chunks of whole 256-element strides (nz_lora_splits); grid.x is
+ * max_items, blocks past scalars[NZ_SC_LORA_ITEMS] exit. */
 cudaError_t nz_k_lora_shrink(int dtype, cudaStream_t s, int64_t max_items, const int32_t *scalars,
-                             const int32_t *items, const int32_t *lora_tok, const void *x, int64_t in,
+                             const int32_t *items, const int32_t *lora_tok, const void *x, int64_t in, int splits,
                              const void *slots, int64_t slot_stride, nz_lora_group grp, const int32_t *rank_tab,
-                             int layer, int L, int R, float *v, int64_t v_mod_stride);
+                             int layer, int L, int R, float *v, int64_t v_mod_stride, int64_t v_split_stride);
 
-/* LoRA expand: y[tok][col_m + o] = v[mi][tok][0:r]·B_m[o][0:r] (0 where the
- * slot lacks module m). */
+/* How many chunks the shrink cuts `in` input features into for `items`
+ * work items of nmod modules at max rank R: enough for about want_blocks
+ * blocks, at most max_splits, none empty. */
+int nz_lora_splits(int64_t in, int64_t items, int nmod, int R, int64_t want_blocks, int64_t max_splits);
+
+/* LoRA expand: y[tok][col_m + o] = (Σ_split v[mi][split][tok][0:r])·B_m[o][0:r]
+ * (0 where the slot lacks module m). */
 cudaError_t nz_k_lora_expand(int dtype, cudaStream_t s, int64_t max_items, const int32_t *scalars,
                              const int32_t *items, const int32_t *lora_tok, const float *v, int64_t v_mod_stride,
-                             const void *slots, int64_t slot_stride, nz_lora_group grp, const int32_t *rank_tab,
-                             int layer, int L, int R, float *y, int64_t y_stride, int max_out);
+                             int64_t v_split_stride, int splits, const void *slots, int64_t slot_stride,
+                             nz_lora_group grp, const int32_t *rank_tab, int layer, int L, int R, float *y,
+                             int64_t y_stride, int max_out);
 
 /* Samples each of n logits rows [V] (nz_sample in common.h, same
  * semantics): greedy, temperature, top-k, top-p, logprob, top logprobs. */

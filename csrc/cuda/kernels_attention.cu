@@ -35,6 +35,7 @@ __global__ void __launch_bounds__(128)
                      T *__restrict__ out, int splits, float *__restrict__ part_o, float *__restrict__ part_ml,
                      int *__restrict__ part_count)
 {
+	nz_pdl_begin();
 	NZ_DYN_SMEM(float, sm);
 	const int it = blockIdx.x, g = blockIdx.y;
 	const int t0 = items[2 * it], nq = items[2 * it + 1];
@@ -223,7 +224,7 @@ cudaError_t launch_attention(cudaStream_t s, int64_t n_items, const int32_t *ite
 	size_t smem = nz_attention_smem(rows_max, hd);
 	float scale = 1.0f / sqrtf((float)hd);
 	dim3 grid((unsigned)n_items, (unsigned)nkv, (unsigned)splits);
-	NZ_LAUNCH(attention_kernel<T>, grid, dim3(kThreads), smem, s, items, rows_max, q, (const T *)kc, (const T *)vc,
+	NZ_LAUNCH_PDL(attention_kernel<T>, grid, dim3(kThreads), smem, s, items, rows_max, q, (const T *)kc, (const T *)vc,
 	          tok_pos, tok_seq, bt, scalars, nh, nkv, hd, bs, window, scale, (T *)out, splits, part_o, part_ml,
 	          part_count);
 	return cudaGetLastError();

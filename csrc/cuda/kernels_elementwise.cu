@@ -18,6 +18,7 @@ __global__ void __launch_bounds__(256)
                       const float *__restrict__ inv_freq, int64_t H, int64_t hd, const float *__restrict__ w, float eps,
                       float *__restrict__ h, T *__restrict__ x, float *__restrict__ cs)
 {
+	nz_pdl_begin();
 	__shared__ double red[32];
 	const int64_t t = blockIdx.x;
 	const T *e = embed + (int64_t)tokens[t] * H;
@@ -51,6 +52,7 @@ __global__ void __launch_bounds__(256)
                     const int32_t *__restrict__ tok_lora, const float *__restrict__ bias, const float *__restrict__ w,
                     float eps, T *__restrict__ x)
 {
+	nz_pdl_begin();
 	__shared__ double red[32];
 	const int64_t t = blockIdx.x;
 	float *hr = h + t * H;
@@ -79,6 +81,7 @@ __global__ void __launch_bounds__(256)
     gather_norm_kernel(const nz_sample_in *__restrict__ samples, const float *__restrict__ h, int64_t H,
                        const float *__restrict__ w, float eps, T *__restrict__ x)
 {
+	nz_pdl_begin();
 	__shared__ double red[32];
 	const int64_t i = blockIdx.x;
 	const float *hr = h + (int64_t)samples[i].token * H;
@@ -100,6 +103,7 @@ __global__ void __launch_bounds__(128)
                    const int32_t *__restrict__ bt, const int32_t *__restrict__ scalars, int nh, int nkv, int hd, int bs,
                    float *__restrict__ q_out, T *__restrict__ kc, T *__restrict__ vc)
 {
+	nz_pdl_begin();
 	const int64_t t = blockIdx.x;
 	const int half = hd / 2, qd = nh * hd, kvd = nkv * hd;
 	const int64_t ys = (int64_t)qd + 2 * kvd;
@@ -146,6 +150,7 @@ __global__ void __launch_bounds__(256)
     silu_kernel(int64_t n, int64_t I, const float *__restrict__ y, const float *__restrict__ yl,
                 const int32_t *__restrict__ tok_lora, const float *__restrict__ bias, T *__restrict__ x)
 {
+	nz_pdl_begin();
 	for (int64_t k = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; k < n; k += (int64_t)gridDim.x * blockDim.x) {
 		int64_t t = k / I, i = k % I;
 		float g = y[t * 2 * I + i], u = y[t * 2 * I + I + i];
@@ -202,7 +207,7 @@ cudaError_t nz_k_add_norm(int dtype, cudaStream_t s, int64_t T_, int64_t H, floa
                           const float *yl, const int32_t *tok_lora, const float *bias, const float *norm_w, float eps,
                           void *x)
 {
-	NZ_DISPATCH(dtype, NZ_LAUNCH((add_norm_kernel<T>), dim3((unsigned)T_), dim3(kNormThreads), 0, s, H, h, y, yl,
+	NZ_DISPATCH(dtype, NZ_LAUNCH_PDL((add_norm_kernel<T>), dim3((unsigned)T_), dim3(kNormThreads), 0, s, H, h, y, yl,
 	                             tok_lora, bias, norm_w, eps, (T *)x));
 	return cudaGetLastError();
 }
@@ -210,7 +215,7 @@ cudaError_t nz_k_add_norm(int dtype, cudaStream_t s, int64_t T_, int64_t H, floa
 cudaError_t nz_k_gather_norm(int dtype, cudaStream_t s, int64_t n, const nz_sample_in *samples, const float *h,
                              int64_t H, const float *norm_w, float eps, void *x)
 {
-	NZ_DISPATCH(dtype, NZ_LAUNCH((gather_norm_kernel<T>), dim3((unsigned)n), dim3(kNormThreads), 0, s, samples, h, H,
+	NZ_DISPATCH(dtype, NZ_LAUNCH_PDL((gather_norm_kernel<T>), dim3((unsigned)n), dim3(kNormThreads), 0, s, samples, h, H,
 	                             norm_w, eps, (T *)x));
 	return cudaGetLastError();
 }
@@ -220,7 +225,7 @@ cudaError_t nz_k_rope_kv(int dtype, cudaStream_t s, int64_t T_, const float *y, 
                          const int32_t *bt, const int32_t *scalars, int nh, int nkv, int hd, int bs, float *q_out,
                          void *kc, void *vc)
 {
-	NZ_DISPATCH(dtype, NZ_LAUNCH((rope_kv_kernel<T>), dim3((unsigned)T_), dim3(128), 0, s, y, yl, tok_lora, bias, cs,
+	NZ_DISPATCH(dtype, NZ_LAUNCH_PDL((rope_kv_kernel<T>), dim3((unsigned)T_), dim3(128), 0, s, y, yl, tok_lora, bias, cs,
 	                             tok_pos, tok_seq, bt, scalars, nh, nkv, hd, bs, q_out, (T *)kc, (T *)vc));
 	return cudaGetLastError();
 }
@@ -233,7 +238,7 @@ cudaError_t nz_k_silu(int dtype, cudaStream_t s, int64_t T_, int64_t I, const fl
 	if (blocks > 65536)
 		blocks = 65536;
 	NZ_DISPATCH(dtype,
-	            NZ_LAUNCH((silu_kernel<T>), dim3((unsigned)blocks), dim3(256), 0, s, n, I, y, yl, tok_lora, bias, (T *)x));
+	            NZ_LAUNCH_PDL((silu_kernel<T>), dim3((unsigned)blocks), dim3(256), 0, s, n, I, y, yl, tok_lora, bias, (T *)x));
 	return cudaGetLastError();
 }
 

@@ -20,6 +20,7 @@ __global__ void __launch_bounds__(256)
     gemv_kernel(const T *__restrict__ W, const T *__restrict__ x, int64_t in, int64_t out, int ntok,
                 float *__restrict__ y)
 {
+	nz_pdl_begin();
 	const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
 	const int64_t o = (int64_t)blockIdx.x * kWarps + warp;
 	if (o >= out) /* the whole warp leaves together */
@@ -93,15 +94,15 @@ cudaError_t nz_k_gemv(int dtype, cudaStream_t s, int64_t T_, const void *x, int6
 	dim3 grid((unsigned)((out + kWarps - 1) / kWarps));
 	switch (dtype) {
 	case NZ_BF16:
-		NZ_LAUNCH(gemv_kernel<__nv_bfloat16>, grid, dim3(32 * kWarps), 0, s, (const __nv_bfloat16 *)W,
+		NZ_LAUNCH_PDL(gemv_kernel<__nv_bfloat16>, grid, dim3(32 * kWarps), 0, s, (const __nv_bfloat16 *)W,
 		          (const __nv_bfloat16 *)x, in, out, (int)T_, y);
 		break;
 	case NZ_F16:
-		NZ_LAUNCH(gemv_kernel<__half>, grid, dim3(32 * kWarps), 0, s, (const __half *)W, (const __half *)x, in, out,
+		NZ_LAUNCH_PDL(gemv_kernel<__half>, grid, dim3(32 * kWarps), 0, s, (const __half *)W, (const __half *)x, in, out,
 		          (int)T_, y);
 		break;
 	default:
-		NZ_LAUNCH(gemv_kernel<float>, grid, dim3(32 * kWarps), 0, s, (const float *)W, (const float *)x, in, out,
+		NZ_LAUNCH_PDL(gemv_kernel<float>, grid, dim3(32 * kWarps), 0, s, (const float *)W, (const float *)x, in, out,
 		          (int)T_, y);
 		break;
 	}

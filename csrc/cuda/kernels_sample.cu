@@ -18,6 +18,7 @@
 namespace {
 
 const int kThreads = 512;
+const int kUnroll = 8;
 typedef unsigned long long u64;
 
 __device__ __forceinline__ u64 token_key(float logit, int id)
@@ -127,23 +128,46 @@ __global__ void __launch_bounds__(512) sample_kernel(const float *__restrict__ l
                                                      const int32_t *__restrict__ scalars,
                                                      nz_sample_out *__restrict__ out)
 {
+	nz_pdl_begin();
 	__shared__ sample_smem sm;
 	const int row = blockIdx.x;
 	const float *lg = logits + (int64_t)row * V;
 	const nz_sample_in p = params[row];
 	const int tid = threadIdx.x, nt = blockDim.x;
 
-	/* max and argmax */
+	/* max and argmax; kUnroll loads in flight per thread (one SM streams the
+	 * whole row: latency, not bandwidth, bounds these two passes) */
 	u64 best = 0;
-	for (int i = tid; i < V; i += nt) {
+	int i = tid;
+	for (; i + (kUnroll - 1) * nt < V; i += kUnroll * nt) {
+		float l[kUnroll];
+#pragma unroll
+		for (int u = 0; u < kUnroll; u++)
+			l[u] = lg[i + u * nt];
+#pragma unroll
+		for (int u = 0; u < kUnroll; u++) {
+			u64 k = max_key(l[u], i + u * nt);
+			best = k > best ? k : best;
+		}
+	}
+	for (; i < V; i += nt) {
 		u64 k = max_key(lg[i], i);
 		best = k > best ? k : best;
 	}
 	best = nz_block_max_u64(best, sm.red_u64);
 	const int best_id = key_id(best);
 	const float m = lg[best_id] != lg[best_id] ? -INFINITY : lg[best_id];
-	double sum = 0.0;
-	for (int i = tid; i < V; i += nt)
+	double sum = 0.0; /* each thread adds its elements in ascending order */
+	for (i = tid; i + (kUnroll - 1) * nt < V; i += kUnroll * nt) {
+		float l[kUnroll];
+#pragma unroll
+		for (int u = 0; u < kUnroll; u++)
+			l[u] = lg[i + u * nt];
+#pragma unroll
+		for (int u = 0; u < kUnroll; u++)
+			sum += (double)expf(l[u] - m);
+	}
+	for (; i < V; i += nt)
 		sum += (double)expf(lg[i] - m);
 	sum = nz_block_sum(sum, sm.red_f64);
 	const double lse = (double)m + log(sum);
@@ -252,6 +276,6 @@ __global__ void __launch_bounds__(512) sample_kernel(const float *__restrict__ l
 cudaError_t nz_k_sample(cudaStream_t s, int64_t n, const float *logits, int64_t V, const nz_sample_in *in,
                         const int32_t *scalars, nz_sample_out *out)
 {
-	NZ_LAUNCH(sample_kernel, dim3((unsigned)n), dim3(kThreads), 0, s, logits, (int)V, in, scalars, out);
+	NZ_LAUNCH_PDL(sample_kernel, dim3((unsigned)n), dim3(kThreads), 0, s, logits, (int)V, in, scalars, out);
 	return cudaGetLastError();
 }

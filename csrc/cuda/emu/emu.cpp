@@ -679,7 +679,7 @@ cudaError_t cudaGetDeviceProperties(cudaDeviceProp *p, int d)
 	p->sharedMemPerBlockOptin = 227 << 10;
 	p->warpSize = 32;
 	p->maxThreadsPerBlock = 1024;
-	p->multiProcessorCount = 4;
+	p->multiProcessorCount = 132; /* an H100's: the backend sizes its grids (attention and LoRA splits) as on one */
 	p->l2CacheSize = 1 << 20;
 	p->major = 9;
 	p->minor = 0;
