@@ -5,15 +5,27 @@
 # a Llama-shaped 1.24B-parameter model with 32 rank-16 adapters, and the same
 # model and adapters in Hugging Face transformers + peft, within a hard time
 # budget. Everything lands in $OUT (log.txt, summary.txt, results.json,
-# bench.txt, nozzle.json, hf.json, memcheck.txt); the summary is printed last.
+# bench.txt, nozzle.json, hf.json, and with a base revision or a profile
+# base.json and profile.txt: at most the device tool's eight files; the
+# memcheck's output is in log.txt); the summary is printed last.
 #
 # The GPU machine has no Go: run scripts/gpu-prepare.sh first where Go is,
 # and send its .gpu/ folder along (device tool: carry [".gpu"]); see
 # DEVELOPERS.md for the exact call. Without a GPU the script says so and
 # stops cleanly (a dry run).
 #
+# With .gpu/base (GPU_BASE=<revision> scripts/gpu-prepare.sh) it also
+# builds that revision's CUDA library and benchmarks it beside this tree's
+# (base.json, and ratios in the summary). Where Nsight Compute (ncu) is
+# found it times every kernel of a few decode steps (profile.txt).
+#
 # Environment: OUT (default .gpu/out), GPU_CHECK_BUDGET (seconds, default
-# 480), NVCC (default: found on PATH or under /usr/local/cuda).
+# 480), NVCC (default: found on PATH or under /usr/local/cuda),
+# GPU_CHECK_HF=0 skips the Hugging Face reference, GPU_CHECK_VARIANTS
+# (environment settings, e.g. "NOZZLE_CUDA_PDL=0": the benchmark runs once
+# more under each, its decode figures in log.txt), GPU_CHECK_PROFILE (the
+# batch:adapters points to profile, default "1:none 1:distinct 32:none
+# 32:distinct"; empty: none).
 # GPU_CHECK_EMULATE=1 dry-runs every phase without a GPU: the CPU emulation
 # of CUDA (make cuda-emu) stands in for the GPU library, with a tiny
 # benchmark model; the figures mean nothing, the plumbing is checked.
@@ -155,6 +167,17 @@ build_for_gpu() {
 		record build "failed (see log.txt)"
 		finish
 	fi
+	if [[ -d $root/.gpu/base ]]; then
+		t=$(phase_timeout 150 200)
+		echo "== build the base revision $(cat "$root/.gpu/base/REVISION" 2>/dev/null) (timeout ${t}s)"
+		rm -rf "$root/.gpu/base/build"
+		if timeout -k 10 "$t" make -C "$root/.gpu/base" -j"$(nproc)" NVCC="$nvcc" CUDA_ARCHS="$archs" \
+			CUDA_CFLAGS="$cflags" CUDA_LDFLAGS="$ldflags" CUDA_LDLIBS="$ldlibs" build/libnozzle_cuda.so; then
+			record build-base "ok: .gpu/base/build/libnozzle_cuda.so"
+		else
+			record build-base "failed (see log.txt)"
+		fi
+	fi
 }
 [[ $emulate == 1 ]] || build_for_gpu
 if [[ ! -x $root/.gpu/engine.test ]]; then
@@ -190,14 +213,14 @@ else
 	echo "== compute-sanitizer memcheck (timeout ${t}s)"
 	timeout -k 10 "$t" "$sanitizer" --tool memcheck --error-exitcode 42 --print-limit 20 \
 		"$root/.gpu/engine.test" -test.count=1 -test.v -cuda.lib="$cudalib" \
-		-test.run '^TestCUDA_(Parity|LongContext|SlotReuse|Sampling)$/^(LlamaGQA|OddSizes|BF16)$' 2>&1 |
-		tee "$OUT/memcheck.txt"
+		-test.run '^TestCUDA_(Parity|LongContext|SlotReuse|Sampling)$/^(LlamaGQA|OddSizes|BF16|BF16WideMLP)$' 2>&1 |
+		tee "$work/memcheck.txt"
 	rc=${PIPESTATUS[0]}
-	summary=$(grep -o 'ERROR SUMMARY: [0-9]* error[s]*' "$OUT/memcheck.txt" | tail -1)
+	summary=$(grep -o 'ERROR SUMMARY: [0-9]* error[s]*' "$work/memcheck.txt" | tail -1)
 	case $rc in
 	0) record memcheck "ok: ${summary:-no summary line}" ;;
 	124 | 137) record memcheck "timed out (${summary:-no summary line})" ;;
-	*) record memcheck "failed (exit $rc): ${summary:-see memcheck.txt}" ;;
+	*) record memcheck "failed (exit $rc): ${summary:-see log.txt}" ;;
 	esac
 fi
 
@@ -216,8 +239,69 @@ else
 	record bench "ok"
 fi
 
+# ---- the base revision's benchmark, beside this tree's ---------------------------------------
+baselib=$root/.gpu/base/build/libnozzle_cuda.so
+if [[ -f $OUT/nozzle.json && -f $baselib ]]; then
+	t=$(phase_timeout 120 100)
+	echo "== the base revision's engine benchmark (timeout ${t}s)"
+	mkdir -p "$work/base"
+	timeout -k 10 "$t" "$root/.gpu/engine.test" -test.run '^TestCUDABench$' -test.v -test.count=1 -test.timeout 30m \
+		-cuda.lib="$baselib" -cuda.bench="$work/base" -cuda.bench-model="$bench_model" \
+		-cuda.bench-cache="${TMPDIR:-/tmp}/nozzle-cuda-bench" 2>&1 | grep -v '^ *round' | tail -25
+	rc=${PIPESTATUS[0]}
+	if [[ -f $work/base/nozzle.json ]]; then
+		cp "$work/base/nozzle.json" "$OUT/base.json"
+		record bench-base "ok (exit $rc)"
+	else
+		record bench-base "failed (exit $rc)"
+	fi
+fi
+
+# ---- this tree's benchmark under other settings (informational) -----------------------------
+for v in ${GPU_CHECK_VARIANTS:-}; do
+	[[ -f $OUT/nozzle.json ]] || break
+	t=$(phase_timeout 90 150)
+	echo "== the CUDA parity tests with $v (timeout 45s)"
+	env "$v" timeout -k 5 45 "$root/.gpu/engine.test" -test.run '^TestCUDA_' -test.v -test.count=1 \
+		-cuda.lib="$cudalib" 2>&1 | grep -E '^\s*(--- |=== RUN|ok|FAIL|PASS)' | tail -30
+	record variant-tests "$v: exit ${PIPESTATUS[0]}"
+	echo "== the engine benchmark with $v (timeout ${t}s)"
+	mkdir -p "$work/variant"
+	env "$v" timeout -k 10 "$t" "$root/.gpu/engine.test" -test.run '^TestCUDABench$' -test.v -test.count=1 \
+		-test.timeout 30m -cuda.lib="$cudalib" -cuda.bench="$work/variant" -cuda.bench-model="$bench_model" \
+		-cuda.bench-cache="${TMPDIR:-/tmp}/nozzle-cuda-bench" 2>&1 | grep -E 'decode batch|efficiency|^(--- |ok|FAIL)'
+	record variant "$v: exit ${PIPESTATUS[0]} (its figures are in log.txt)"
+done
+
+# ---- per-kernel times of a few decode steps (Nsight Compute) -------------------------------
+ncu=""
+if [[ $emulate != 1 && -f $OUT/nozzle.json ]]; then
+	ncu=$(command -v ncu 2>/dev/null || true)
+	[[ -z $ncu && -x $cuda_home/bin/ncu ]] && ncu=$cuda_home/bin/ncu
+	[[ -z $ncu ]] && ncu=$(compgen -G "/opt/nvidia/nsight-compute/*/ncu" | sort | tail -1)
+fi
+points=${GPU_CHECK_PROFILE-1:none 1:distinct 32:none 32:distinct}
+if [[ -n $ncu && -n $points ]]; then
+	echo "== per-kernel times with $ncu"
+	for pt in $points; do
+		if (($(left) < 150)); then
+			echo "(no time left to profile $pt)"
+			break
+		fi
+		csv=$work/profile-${pt/:/-}.csv
+		timeout -k 5 45 "$ncu" --metrics gpu__time_duration.sum --csv --print-units base --log-file "$csv" \
+			"$root/.gpu/engine.test" -test.run '^TestCUDAProfile$' -test.count=1 -cuda.lib="$cudalib" \
+			-cuda.profile="$pt" -cuda.bench-model="$bench_model" -cuda.bench-cache="${TMPDIR:-/tmp}/nozzle-cuda-bench" \
+			>"$work/profile-run.txt" 2>&1 || tail -5 "$work/profile-run.txt"
+	done
+	python3 "$root/scripts/gpu/profile.py" --steps 3 "$work"/profile-*.csv | tee "$OUT/profile.txt"
+	record profile "$(grep -c '^== ' "$OUT/profile.txt") points (profile.txt)"
+fi
+
 # ---- Hugging Face transformers + peft reference ------------------------------------------
-if [[ -f $OUT/nozzle.json ]]; then
+if [[ ${GPU_CHECK_HF:-1} == 0 ]]; then
+	record hf "skipped (GPU_CHECK_HF=0)"
+elif [[ -f $OUT/nozzle.json ]]; then
 	t=$(phase_timeout 200 25)
 	echo "== Hugging Face transformers + peft reference (timeout ${t}s)"
 	PYTHONUNBUFFERED=1 timeout -k 10 "$t" python3 "$root/scripts/gpu/hf_bench.py" --nozzle "$OUT/nozzle.json" \
@@ -234,8 +318,11 @@ if (($(left) > 60)); then
 	echo "== runtime/engine's engine tests on the CUDA library (informational, timeout ${t}s)"
 	timeout -k 5 "$t" "$root/.gpu/engine.test" -test.count=1 -engine-lib="$cudalib" \
 		-test.run '^TestEngine_(MatchesReference|ChunkedPrefill|LongSequence|Sampling|Errors|SlotReuse|MergeEquivalence)$' \
-		2>&1 | tee "$work/engine-tests.txt" | grep -E '^(---|ok|FAIL|PASS)' | head -40
-	record engine-tests "exit ${PIPESTATUS[0]} (informational: these tests were written for the CPU backend's bit-exact results)"
+		>"$work/engine-tests.txt" 2>&1
+	rc=$?
+	grep -E '^(---|ok|FAIL|PASS)' "$work/engine-tests.txt" | head -40
+	((rc != 0)) && grep -B2 -A12 -m3 -E '^\s+\S+_test\.go:[0-9]+:' "$work/engine-tests.txt" | head -60
+	record engine-tests "exit $rc (informational: these tests were written for the CPU backend's bit-exact results)"
 fi
 # ---- `nozzle bench engine` on its default model (informational, if time is left) ----------
 if [[ $emulate != 1 && -x $root/.gpu/nozzle ]] && (($(left) > 100)); then

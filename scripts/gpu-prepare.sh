@@ -6,13 +6,24 @@
 # .gpu/ is ignored by git, so it travels to the GPU machine only when the
 # device tool's call names it: carry [".gpu"] (see DEVELOPERS.md).
 #
+# GPU_BASE=<git revision> also exports that revision's engine sources
+# (csrc/ and the Makefile) into .gpu/base: gpu-check.sh then builds its CUDA
+# library too and benchmarks it beside this tree's, for side-by-side ratios.
+#
 #   scripts/gpu-prepare.sh          # then run scripts/gpu-check.sh there
+#   GPU_BASE=HEAD~3 scripts/gpu-prepare.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 out=.gpu
 mkdir -p "$out"
-rm -f "$out/engine.test" "$out/nozzle" "$out/BUILD"
+rm -rf "$out/engine.test" "$out/nozzle" "$out/BUILD" "$out/base"
+if [[ -n ${GPU_BASE:-} ]]; then
+	echo "gpu-prepare: the engine sources of $GPU_BASE into $out/base"
+	mkdir -p "$out/base"
+	git archive "$GPU_BASE" csrc Makefile | tar -x -C "$out/base"
+	git rev-parse --short "$GPU_BASE" >"$out/base/REVISION"
+fi
 
 echo "gpu-prepare: runtime/engine test binary"
 CGO_ENABLED=0 go test -c -trimpath -ldflags '-s -w' -o "$out/engine.test" ./runtime/engine

@@ -64,7 +64,7 @@ def main():
     nz = load_json(os.path.join(out, "nozzle.json"))
     hf = load_json(os.path.join(out, "hf.json"))
     eb = bench_lines(read(os.path.join(out, "bench.txt")))
-    memcheck = re.findall(r"ERROR SUMMARY: \d+ errors?", read(os.path.join(out, "memcheck.txt")))
+    memcheck = re.findall(r"ERROR SUMMARY: \d+ errors?", read(os.path.join(work, "memcheck.txt")))
 
     res = {"status": status, "tests": {"passed": passed, "failed": failed, "skipped": skipped},
            "memcheck": memcheck[-1] if memcheck else None, "nozzle": nz, "hf": hf, "engine_bench": eb, "targets": {}}
@@ -104,6 +104,24 @@ def main():
                 line += f", {ab / ready / h2d:.2f}x of the {h2d / 1e9:.1f} GB/s host-to-device copy (PyTorch, same run)"
                 targets["adapter_upload_vs_h2d"] = {"value": ab / ready / h2d, "target": "informational"}
             lines.append(line)
+        lines.append("")
+    base = load_json(os.path.join(out, "base.json"))
+    res["base"] = base
+    if nz and base:
+        d, bd = decode_map(nz.get("decode")), decode_map(base.get("decode"))
+        lines.append(f"This tree against the base revision (its CUDA library, same GPU, same run), decode tokens/s:")
+        lines.append(f"  {'batch':>5s} {'adapters':9s} {'base':>10s} {'this tree':>10s} {'ratio':>7s}")
+        for key in sorted(set(d) & set(bd)):
+            if bd[key]:
+                lines.append(f"  {key[0]:5d} {key[1]:9s} {bd[key]:10.1f} {d[key]:10.1f} {d[key] / bd[key]:6.2f}x")
+        be = base.get("batch1_bandwidth_efficiency")
+        if be and nz.get("batch1_bandwidth_efficiency"):
+            lines.append(f"  batch-1 bandwidth efficiency: base {100 * be:.0f}%, this tree "
+                         f"{100 * nz['batch1_bandwidth_efficiency']:.0f}%")
+        for b in sorted({k[0] for k in bd}):
+            if (b, "none") in bd and (b, "distinct") in bd and (b, "none") in d and (b, "distinct") in d:
+                lines.append(f"  distinct-adapter cost at batch {b}: base {100 * (1 - bd[(b, 'distinct')] / bd[(b, 'none')]):.1f}%, "
+                             f"this tree {100 * (1 - d[(b, 'distinct')] / d[(b, 'none')]):.1f}%")
         lines.append("")
     if hf:
         h = decode_map(hf.get("decode"))
