@@ -169,6 +169,15 @@ func TestChat_BadInput(t *testing.T) {
 		{"TopLogprobsRange", `{"model":"base","logprobs":true,"top_logprobs":21,` + msgs + `}`, 400, "invalid_request_error", "", "top_logprobs"},
 		{"StreamOptionsNoStream", `{"model":"base","stream_options":{"include_usage":true},` + msgs + `}`, 400, "invalid_request_error", "", "stream_options"},
 		{"Tools", `{"model":"base","tools":[{"type":"function"}],` + msgs + `}`, 400, "invalid_request_error", "", "tools"},
+		{"ToolChoiceRequired", `{"model":"base","tool_choice":"required",` + msgs + `}`, 400, "invalid_request_error", "", "tool_choice"},
+		{"ToolChoiceFunction", `{"model":"base","tool_choice":{"type":"function","function":{"name":"f"}},` + msgs + `}`, 400, "invalid_request_error", "", "tool_choice"},
+		{"ResponseFormatJSON", `{"model":"base","response_format":{"type":"json_object"},` + msgs + `}`, 400, "invalid_request_error", "", "response_format"},
+		{"ResponseFormatSchema", `{"model":"base","response_format":{"type":"json_schema","json_schema":{"name":"x"}},` + msgs + `}`, 400, "invalid_request_error", "", "response_format"},
+		{"ResponseFormatType", `{"model":"base","response_format":"json",` + msgs + `}`, 400, "invalid_request_error", "", "response_format"},
+		{"PresencePenalty", `{"model":"base","presence_penalty":0.5,` + msgs + `}`, 400, "invalid_request_error", "", "presence_penalty"},
+		{"FrequencyPenaltyRange", `{"model":"base","frequency_penalty":3,` + msgs + `}`, 400, "invalid_request_error", "", "frequency_penalty"},
+		{"LogitBias", `{"model":"base","logit_bias":{"50256":-100},` + msgs + `}`, 400, "invalid_request_error", "", "logit_bias"},
+		{"LogitBiasType", `{"model":"base","logit_bias":[1],` + msgs + `}`, 400, "invalid_request_error", "", "logit_bias"},
 		{"UnknownModel", `{"model":"nope",` + msgs + `}`, 404, "not_found_error", "model_not_found", "model"},
 		{"PathTrickModel", `{"model":"../../etc/passwd",` + msgs + `}`, 404, "not_found_error", "model_not_found", "model"},
 		{"ContextLength", `{"model":"base","messages":[{"role":"user","content":"TOO_LONG"}]}`, 400, "invalid_request_error", "context_length_exceeded", ""},
@@ -191,6 +200,18 @@ func TestChat_BadInput(t *testing.T) {
 			f.w.mu.Unlock()
 		})
 	}
+	t.Run("NoOpValues", func(t *testing.T) {
+		// What clients that send every field send: accepted, no effect.
+		body := `{"model":"base",` + msgs + `,"presence_penalty":0,"frequency_penalty":0,"logit_bias":{},` +
+			`"response_format":{"type":"text"},"tool_choice":"none","tools":[]}`
+		if r := f.do(http.MethodPost, "/v1/chat/completions", body, f.authA()); r.StatusCode != 200 {
+			t.Errorf("status %d: %s", r.StatusCode, readAll(t, r))
+		}
+		body = `{"model":"base",` + msgs + `,"tool_choice":"auto","logit_bias":null,"presence_penalty":null}`
+		if r := f.do(http.MethodPost, "/v1/chat/completions", body, f.authA()); r.StatusCode != 200 {
+			t.Errorf("status %d: %s", r.StatusCode, readAll(t, r))
+		}
+	})
 	t.Run("OtherTenantsAdapter", func(t *testing.T) {
 		// Indistinguishable from a name that does not exist.
 		a := readAll(t, f.do(http.MethodPost, "/v1/chat/completions", chatBody("globex-secret", "hi"), f.authA()))

@@ -156,6 +156,9 @@ type chatBody struct {
 	User                *string         `json:"user"`
 	Tools               json.RawMessage `json:"tools"`
 	Functions           json.RawMessage `json:"functions"`
+	ToolChoice          json.RawMessage `json:"tool_choice"`
+	ResponseFormat      json.RawMessage `json:"response_format"`
+	unimplemented
 }
 
 type chatMessageIn struct {
@@ -186,6 +189,64 @@ type completionBody struct {
 	Suffix        *string         `json:"suffix"`
 	BestOf        *int            `json:"best_of"`
 	User          *string         `json:"user"`
+	unimplemented
+}
+
+// unimplemented holds the parameters of both endpoints that shape the
+// output and that Nozzle does not implement: they are accepted at their
+// no-op values (as clients that send every field do) and refused
+// otherwise, so that no request silently gets other output than it asked
+// for.
+type unimplemented struct {
+	PresencePenalty  *float64        `json:"presence_penalty"`
+	FrequencyPenalty *float64        `json:"frequency_penalty"`
+	LogitBias        json.RawMessage `json:"logit_bias"`
+}
+
+func (u *unimplemented) check() error {
+	for _, p := range []struct {
+		name string
+		v    *float64
+	}{{"presence_penalty", u.PresencePenalty}, {"frequency_penalty", u.FrequencyPenalty}} {
+		switch {
+		case p.v == nil || *p.v == 0:
+		case *p.v < -2 || *p.v > 2:
+			return invalid(p.name, "Invalid '%s': expected a number from -2 to 2, but got %s.", p.name, strconv.FormatFloat(*p.v, 'g', -1, 64))
+		default:
+			return invalid(p.name, "'%s' is not supported by this server; leave it out or set it to 0.", p.name)
+		}
+	}
+	if t := bytes.TrimSpace(u.LogitBias); !isNull(t) && string(t) != "{}" {
+		if t[0] != '{' {
+			return invalid("logit_bias", "Invalid type for 'logit_bias': expected an object.")
+		}
+		return invalid("logit_bias", "'logit_bias' is not supported by this server; leave it out or send an empty object.")
+	}
+	return nil
+}
+
+// checkChatFormat accepts tool_choice "none" or "auto" (there are no tools)
+// and response_format {"type": "text"}: Nozzle has no tool calls and no
+// constrained decoding, so anything else is refused.
+func checkChatFormat(toolChoice, responseFormat json.RawMessage) error {
+	if !isNull(toolChoice) {
+		var mode string
+		if json.Unmarshal(toolChoice, &mode) != nil || (mode != "none" && mode != "auto") {
+			return invalid("tool_choice", "'tool_choice' other than \"none\" or \"auto\" is not supported by this server: it has no tools.")
+		}
+	}
+	if !isNull(responseFormat) {
+		var f struct {
+			Type *string `json:"type"`
+		}
+		if json.Unmarshal(responseFormat, &f) != nil || f.Type == nil {
+			return invalid("response_format", "Invalid 'response_format': expected an object with a 'type'.")
+		}
+		if *f.Type != "text" {
+			return invalid("response_format", "'response_format' of type %q is not supported by this server (it has no constrained decoding); leave it out or use \"text\".", *f.Type)
+		}
+	}
+	return nil
 }
 
 func invalid(param, format string, args ...any) error {
@@ -369,6 +430,12 @@ func parseChat(body []byte, maxChoices int) (*job, error) {
 	if err := j.applyCommon(common{b.Model, maxTok, b.Temperature, b.TopP, b.TopK, b.Seed, b.N, b.Stop, b.Stream, b.StreamOptions, b.User}, maxChoices, param); err != nil {
 		return nil, err
 	}
+	if err := b.check(); err != nil {
+		return nil, err
+	}
+	if err := checkChatFormat(b.ToolChoice, b.ResponseFormat); err != nil {
+		return nil, err
+	}
 	if !isNull(b.Tools) && string(bytes.TrimSpace(b.Tools)) != "[]" {
 		return nil, invalid("tools", "Tools are not supported by this server.")
 	}
@@ -457,6 +524,9 @@ func parseCompletion(body []byte, maxChoices int) (*job, error) {
 	}
 	j := &job{kind: kindText}
 	if err := j.applyCommon(common{b.Model, b.MaxTokens, b.Temperature, b.TopP, b.TopK, b.Seed, b.N, b.Stop, b.Stream, b.StreamOptions, b.User}, maxChoices, "max_tokens"); err != nil {
+		return nil, err
+	}
+	if err := b.check(); err != nil {
 		return nil, err
 	}
 	prompts, err := parsePrompt(b.Prompt)

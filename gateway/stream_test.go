@@ -251,6 +251,8 @@ func TestCompletions(t *testing.T) {
 			{"LogprobsRange", `{"model":"base","prompt":"x","logprobs":6}`, "logprobs"},
 			{"EchoTokens", `{"model":"base","prompt":[1],"echo":true}`, "echo"},
 			{"Suffix", `{"model":"base","prompt":"x","suffix":"y"}`, "suffix"},
+			{"FrequencyPenalty", `{"model":"base","prompt":"x","frequency_penalty":-1}`, "frequency_penalty"},
+			{"LogitBias", `{"model":"base","prompt":"x","logit_bias":{"1":5}}`, "logit_bias"},
 			{"TooManyChoices", `{"model":"base","prompt":["a","b","c","d","e"],"n":4}`, "n"},
 		} {
 			t.Run(tc.name, func(t *testing.T) {
