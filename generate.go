@@ -111,6 +111,9 @@ type GenerateResult struct {
 	FinishReason     string
 	PromptTokens     int
 	CompletionTokens int
+	// CachedPromptTokens is how many of the prompt tokens the runtime's
+	// prefix cache held: their keys and values were reused, not computed.
+	CachedPromptTokens int
 	// DeviceSeconds is the request's share of the wall time of every engine
 	// step it took part in.
 	DeviceSeconds      float64

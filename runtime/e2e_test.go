@@ -6,6 +6,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -292,5 +293,39 @@ func TestOpen_Devices(t *testing.T) {
 	}
 	if _, err := runtime.Open(ctx, runtime.Options{ModelDir: modelDir, EngineLib: lib, Device: "tpu"}); err == nil {
 		t.Error("unknown device accepted")
+	}
+}
+
+// TestDemo_PrefixCache: on the real engine, a request that repeats a long
+// system prompt, with or without an adapter, reuses its KV blocks and
+// answers exactly as a runtime without the prefix cache does.
+func TestDemo_PrefixCache(t *testing.T) {
+	on, adapters := openDemo(t, runtime.Options{})
+	off, _ := openDemo(t, runtime.Options{DisablePrefixCache: true})
+	ctx := context.Background()
+	system := strings.Repeat("You answer questions about the billing of shared GPUs, briefly and politely. ", 8)
+	ask := func(q string, ad *nozzle.Adapter) *nozzle.GenerateRequest {
+		return &nozzle.GenerateRequest{TenantID: "a", MaxTokens: 12, Adapter: ad,
+			Messages: []nozzle.ChatMessage{{Role: "system", Content: system}, {Role: "user", Content: q}}}
+	}
+	for i, r := range []*nozzle.GenerateRequest{
+		ask("What is a slot?", nil), ask("What is idle time?", nil),
+		ask("What is a slot?", adapters["demo-chat"]), ask("What is idle time?", adapters["demo-chat"]),
+	} {
+		a, b := run(ctx, on, r), run(ctx, off, r)
+		if a.err != nil || b.err != nil {
+			t.Fatal(a.err, b.err)
+		}
+		if a.text != b.text {
+			t.Errorf("request %d: with the cache %q, without %q", i, a.text, b.text)
+		}
+		if i%2 == 0 && a.res.CachedPromptTokens != 0 {
+			t.Errorf("request %d: %d cached tokens on first sight of its prefix", i, a.res.CachedPromptTokens)
+		}
+		if i%2 == 1 && a.res.CachedPromptTokens < a.res.PromptTokens/2 {
+			t.Errorf("request %d: %d of %d prompt tokens cached", i, a.res.CachedPromptTokens, a.res.PromptTokens)
+		}
+		t.Logf("request %d: %d of %d prompt tokens cached; device %.1f ms with the cache, %.1f ms without", i,
+			a.res.CachedPromptTokens, a.res.PromptTokens, 1e3*a.res.DeviceSeconds, 1e3*b.res.DeviceSeconds)
 	}
 }

@@ -124,8 +124,9 @@ func (e *fakeEngine) Step(b *engine.Batch) error {
 	b.SizeOutputs(e.vocab)
 	e.steps++
 	e.maxSeqs = max(e.maxSeqs, n)
-	owner := map[int32]int{}
-	off := 0
+	// A block may be read by several sequences of a step (a shared
+	// prefix) but written by one only, which no other may read.
+	writer := map[int32]int{}
 	for i := 0; i < n; i++ {
 		pos, ln := int(b.SeqPos[i]), int(b.SeqLen[i])
 		row := b.BlockTable[i*b.MaxBlocks : (i+1)*b.MaxBlocks]
@@ -137,10 +138,22 @@ func (e *fakeEngine) Step(b *engine.Batch) error {
 			if blk < 0 || int(blk) >= e.numBlocks {
 				return fmt.Errorf("block %d out of range", blk)
 			}
-			if o, ok := owner[blk]; ok && o != i {
-				return fmt.Errorf("block %d shared by seqs %d and %d", blk, o, i)
+		}
+		for _, blk := range row[pos/e.blockSize : need] {
+			if o, ok := writer[blk]; ok && o != i {
+				return fmt.Errorf("block %d written by seqs %d and %d", blk, o, i)
 			}
-			owner[blk] = i
+			writer[blk] = i
+		}
+	}
+	off := 0
+	for i := 0; i < n; i++ {
+		pos, ln := int(b.SeqPos[i]), int(b.SeqLen[i])
+		row := b.BlockTable[i*b.MaxBlocks : (i+1)*b.MaxBlocks]
+		for _, blk := range row[:(pos+e.blockSize-1)/e.blockSize] {
+			if o, ok := writer[blk]; ok && o != i {
+				return fmt.Errorf("seq %d reads block %d that seq %d writes", i, blk, o)
+			}
 		}
 		var ad uint64
 		if s := b.SeqSlot[i]; s >= 0 {

@@ -11,6 +11,8 @@ type runtimeMetrics struct {
 	stepSeconds     metrics.Histogram
 	kvUsed          metrics.Gauge
 	kvFree          metrics.Gauge
+	kvCached        metrics.Gauge
+	prefixHitTokens metrics.Counter
 	slotsUsed       metrics.Gauge
 	slotsPinned     metrics.Gauge
 	tokensGenerated metrics.Counter
@@ -36,7 +38,9 @@ func newRuntimeMetrics(r *metrics.Registry, utilisation func() float64) *runtime
 		batchTokens:     r.Histogram("nozzle_runtime_batch_tokens", "Tokens per engine step.", sizeBuckets),
 		stepSeconds:     r.Histogram("nozzle_runtime_step_seconds", "Wall time of engine steps.", metrics.LatencyBuckets),
 		kvUsed:          r.Gauge("nozzle_runtime_kv_blocks_used", "KV cache blocks in use."),
-		kvFree:          r.Gauge("nozzle_runtime_kv_blocks_free", "KV cache blocks free."),
+		kvFree:          r.Gauge("nozzle_runtime_kv_blocks_free", "KV cache blocks a sequence may take: free, or cached by the prefix cache and unused."),
+		kvCached:        r.Gauge("nozzle_runtime_kv_blocks_cached", "KV cache blocks the prefix cache remembers (in use or not)."),
+		prefixHitTokens: r.Counter("nozzle_runtime_prefix_cache_hit_tokens_total", "Tokens whose keys and values came from the prefix cache instead of a prefill."),
 		slotsUsed:       r.Gauge("nozzle_runtime_adapter_slots_used", "Engine adapter slots holding an adapter."),
 		slotsPinned:     r.Gauge("nozzle_runtime_adapter_slots_pinned", "Engine adapter slots used by running sequences."),
 		tokensGenerated: r.Counter("nozzle_runtime_tokens_generated_total", "Completion tokens generated."),

@@ -91,6 +91,7 @@ type wireResult struct {
 	FinishReason       string  `json:"finish_reason"`
 	PromptTokens       int     `json:"prompt_tokens"`
 	CompletionTokens   int     `json:"completion_tokens"`
+	CachedPromptTokens int     `json:"cached_prompt_tokens,omitempty"`
 	DeviceSeconds      float64 `json:"device_seconds"`
 	QueueSeconds       float64 `json:"queue_seconds"`
 	TTFTSeconds        float64 `json:"ttft_seconds"`

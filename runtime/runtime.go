@@ -89,6 +89,12 @@ type Options struct {
 	// AdapterSource is where adapter files come from: a Store, or a
 	// RemoteSource in remote mode. Nil: only the base model is served.
 	AdapterSource AdapterSource
+	// DisablePrefixCache turns off the prefix cache: by default the KV
+	// blocks of a prompt's leading whole blocks are kept and shared with
+	// later sequences that begin with the same tokens under the same
+	// adapter (a shared system prompt, the n choices of one request, the
+	// earlier turns of a conversation), which then skip their prefill.
+	DisablePrefixCache bool
 	// AdapterLoaders is how many adapters load into host memory at once
 	// (default 2).
 	AdapterLoaders int
@@ -288,7 +294,7 @@ func newRuntime(opts Options, p parts) (*Runtime, error) {
 
 	s := &scheduler{
 		be: p.be, clock: r.clock, log: r.log, m: r.m, cap: r.cap,
-		pool:           newBlockPool(p.be.KVNumBlocks(), p.be.KVBlockSize()),
+		pool:           newBlockPool(p.be.KVNumBlocks(), p.be.KVBlockSize(), !opts.DisablePrefixCache),
 		slots:          newSlotTable(opts.Slots),
 		eos:            map[int32]bool{},
 		ctxLen:         p.info.ContextLength,

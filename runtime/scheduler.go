@@ -84,6 +84,8 @@ type sequence struct {
 	computed  int // tokens whose keys and values are in the KV cache
 	generated int
 	blocks    []int32
+	keys      []uint64 // prefix-cache keys of its first whole blocks
+	cached    int      // prompt tokens the prefix cache held at admission
 	slot      int
 
 	temperature float32
@@ -554,10 +556,20 @@ func (s *scheduler) warmSlots(now time.Time) {
 // start admits q: its prompt's KV blocks, its slot pin.
 func (s *scheduler) start(q *sequence, now time.Time) {
 	t := s.tenants[q.tenantID]
+	// The whole blocks of q's tokens that the prefix cache holds are
+	// computed already; at least the last token is left to compute, for
+	// its logits.
+	matched, keys := s.pool.match(q.sha, q.tokens, len(q.tokens)-1)
+	q.blocks = append(q.blocks[:0], matched...)
+	q.keys = append(q.keys[:0], keys...)
+	q.computed = len(matched) * s.pool.size
 	var ok bool
-	q.blocks, ok = s.pool.grow(q.blocks[:0], len(q.tokens))
+	q.blocks, ok = s.pool.grow(q.blocks, len(q.tokens))
 	if !ok {
 		panic("runtime: admitted a sequence without free blocks")
+	}
+	if q.computed > 0 {
+		s.m.prefixHitTokens.Add(float64(q.computed))
 	}
 	q.slot = -1
 	if q.sha != "" {
@@ -585,7 +597,9 @@ func (s *scheduler) start(q *sequence, now time.Time) {
 	t.running++
 	s.waiting--
 	if !q.charged {
-		t.counter += float64(q.nPrompt) * s.prefillWeight
+		// Prompt tokens the cache held cost no prefill: they are not counted.
+		q.cached = min(q.computed, q.nPrompt)
+		t.counter += float64(q.nPrompt-q.cached) * s.prefillWeight
 		q.charged = true
 		s.m.promptTokens.Add(float64(q.nPrompt))
 	}
@@ -598,7 +612,7 @@ func (s *scheduler) start(q *sequence, now time.Time) {
 func (s *scheduler) preempt(q *sequence, now time.Time) {
 	s.removeRunning(q)
 	s.pool.release(q.blocks)
-	q.blocks = q.blocks[:0]
+	q.blocks, q.keys = q.blocks[:0], q.keys[:0]
 	s.unpin(q)
 	q.computed = 0
 	q.state = stWaiting
@@ -659,6 +673,7 @@ func (s *scheduler) finish(q *sequence, reason string, err error) {
 	res := nozzle.GenerateResult{
 		FinishReason:       reason,
 		PromptTokens:       q.nPrompt,
+		CachedPromptTokens: q.cached,
 		CompletionTokens:   q.generated,
 		DeviceSeconds:      q.deviceSec,
 		QueueSeconds:       q.queueDur.Seconds(),
@@ -762,6 +777,7 @@ func (s *scheduler) step() {
 	for i, e := range s.entries {
 		q := e.q
 		q.computed += e.n
+		s.rememberBlocks(q)
 		if !e.sample {
 			continue
 		}
@@ -790,6 +806,22 @@ func (s *scheduler) step() {
 	}
 }
 
+// rememberBlocks offers the prefix cache every block of q that is whole
+// and computed and that it has not offered yet.
+func (s *scheduler) rememberBlocks(q *sequence) {
+	if !s.pool.cache {
+		return
+	}
+	size := s.pool.size
+	for i := len(q.keys); (i+1)*size <= q.computed; i++ {
+		var parent uint64
+		if i > 0 {
+			parent = q.keys[i-1]
+		}
+		q.keys = append(q.keys, s.pool.remember(q.blocks[i], parent, q.sha, q.tokens[i*size:(i+1)*size]))
+	}
+}
+
 func (s *scheduler) work(e stepEntry) float64 {
 	if e.decode {
 		return float64(e.n) * s.decodeWeight
@@ -802,6 +834,7 @@ func (s *scheduler) updateGauges() {
 	s.m.running.Set(float64(len(s.running)))
 	s.m.kvUsed.Set(float64(s.pool.used()))
 	s.m.kvFree.Set(float64(s.pool.available()))
+	s.m.kvCached.Set(float64(s.pool.cached()))
 	s.m.slotsUsed.Set(float64(s.slots.used()))
 	s.m.slotsPinned.Set(float64(s.slots.pinned()))
 	s.m.hostCacheBytes.Set(float64(s.cache.residentBytes()))
