@@ -38,10 +38,30 @@ type chatResponse struct {
 		FinishReason string `json:"finish_reason"`
 	} `json:"choices"`
 	Usage struct {
-		PromptTokens     int64 `json:"prompt_tokens"`
-		CompletionTokens int64 `json:"completion_tokens"`
-		TotalTokens      int64 `json:"total_tokens"`
+		PromptTokens        int64 `json:"prompt_tokens"`
+		CompletionTokens    int64 `json:"completion_tokens"`
+		TotalTokens         int64 `json:"total_tokens"`
+		PromptTokensDetails *struct {
+			CachedTokens int64 `json:"cached_tokens"`
+		} `json:"prompt_tokens_details"`
 	} `json:"usage"`
+}
+
+// TestChat_CachedTokens: prompt tokens the runtime's prefix cache held are
+// reported as OpenAI reports them, in usage.prompt_tokens_details, and
+// only when there are some.
+func TestChat_CachedTokens(t *testing.T) {
+	f := newFixture(t)
+	var first, second chatResponse
+	decode(t, f.do(http.MethodPost, "/v1/chat/completions", chatBody("tiny-llama", "A long system prompt"), f.authA()), &first)
+	decode(t, f.do(http.MethodPost, "/v1/chat/completions", chatBody("tiny-llama", "A long system prompt CACHED"), f.authA()), &second)
+	if first.Usage.PromptTokensDetails != nil {
+		t.Errorf("first answer: details %+v", first.Usage.PromptTokensDetails)
+	}
+	d := second.Usage.PromptTokensDetails
+	if d == nil || d.CachedTokens != second.Usage.PromptTokens-1 || d.CachedTokens == 0 {
+		t.Errorf("second answer: usage %+v, details %+v", second.Usage, d)
+	}
 }
 
 func TestChat(t *testing.T) {

@@ -440,6 +440,7 @@ func (cp *completion) body(dst []byte) []byte {
 		if r.res != nil {
 			u.prompt += int64(r.res.PromptTokens)
 			u.completion += int64(r.res.CompletionTokens)
+			u.cached += int64(r.res.CachedPromptTokens)
 		}
 	}
 	if j.kind == kindChat {
@@ -671,6 +672,7 @@ func (cp *completion) writeStream(w *bufio.Writer, conn net.Conn, events chan st
 		if r.res != nil {
 			u.prompt += int64(r.res.PromptTokens)
 			u.completion += int64(r.res.CompletionTokens)
+			u.cached += int64(r.res.CachedPromptTokens)
 		}
 		buf = cp.chunk(buf, i, "", nil, false, finishReason(r.res))
 	}

@@ -185,9 +185,10 @@ func appendTextLogprobs(dst []byte, lps []nozzle.TokenLogprob, offset int) []byt
 	return append(dst, "]}"...)
 }
 
-// usage is the token account of an answer.
+// usage is the token account of an answer; cached counts the prompt tokens
+// the runtime's prefix cache held.
 type usage struct {
-	prompt, completion int64
+	prompt, completion, cached int64
 }
 
 func appendUsage(dst []byte, u usage) []byte {
@@ -197,6 +198,11 @@ func appendUsage(dst []byte, u usage) []byte {
 	dst = appendInt(dst, u.completion)
 	dst = append(dst, `,"total_tokens":`...)
 	dst = appendInt(dst, u.prompt+u.completion)
+	if u.cached > 0 {
+		dst = append(dst, `,"prompt_tokens_details":{"cached_tokens":`...)
+		dst = appendInt(dst, u.cached)
+		dst = append(dst, '}')
+	}
 	return append(dst, '}')
 }
 

@@ -82,6 +82,9 @@ func (g *fakeGen) generate(ctx context.Context, req *nozzle.GenerateRequest, emi
 	}
 	prompt := promptText(req)
 	res := &nozzle.GenerateResult{PromptTokens: len(prompt)/4 + 1, RuntimeID: g.runtimeID, RatePerHour: 2.5, QueueSeconds: 0.001}
+	if strings.Contains(prompt, "CACHED") { // as if the prefix cache held all but the last token
+		res.CachedPromptTokens = res.PromptTokens - 1
+	}
 	switch {
 	case strings.Contains(prompt, "TOO_LONG"):
 		return res, nozzle.Errorf(nozzle.ECONTEXTLENGTH, "This model's maximum context length is 2048 tokens. However, your messages resulted in 5000 tokens.").WithParam("messages")

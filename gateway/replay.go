@@ -25,8 +25,11 @@ type storedAnswer struct {
 		FinishReason string          `json:"finish_reason"`
 	} `json:"choices"`
 	Usage struct {
-		PromptTokens     int64 `json:"prompt_tokens"`
-		CompletionTokens int64 `json:"completion_tokens"`
+		PromptTokens        int64 `json:"prompt_tokens"`
+		CompletionTokens    int64 `json:"completion_tokens"`
+		PromptTokensDetails struct {
+			CachedTokens int64 `json:"cached_tokens"`
+		} `json:"prompt_tokens_details"`
 	} `json:"usage"`
 }
 
@@ -130,7 +133,7 @@ func (s *Server) replay(c *fiber.Ctx, j *job, ev *nozzle.UsageEvent) error {
 	if j.includeUsage {
 		buf = head(buf)
 		buf = append(buf, `,"choices":[],"usage":`...)
-		buf = appendUsage(buf, usage{a.Usage.PromptTokens, a.Usage.CompletionTokens})
+		buf = appendUsage(buf, usage{a.Usage.PromptTokens, a.Usage.CompletionTokens, a.Usage.PromptTokensDetails.CachedTokens})
 		buf = append(buf, "}\n\n"...)
 	}
 	buf = append(buf, "data: [DONE]\n\n"...)
