@@ -180,6 +180,15 @@ func BenchServe(ctx context.Context, opts BenchOptions, w io.Writer) error {
 		"alone_ttft_p50_ms": alone.ttft50 * 1000, "with_heavy_ttft_p50_ms": mixed.ttft50 * 1000, "heavy_ttft_p50_ms": heavy.ttft50 * 1000,
 	}, Target: "<= 2", Baseline: "light tenant alone"})
 
+	// Prefix cache: one request at a time, each a long system prompt shared
+	// by all, then a short question, against prompts of the same length
+	// that share nothing (the same runtime, the same run).
+	shared, fresh, cachedShare := b.sharedPrefix(ctx, many[2], 24)
+	rows = append(rows, benchRow{Bench: "serve", Case: "prefix_cache_shared_system_prompt", Values: map[string]float64{
+		"shared_ttft_p50_ms": shared.ttft50 * 1000, "fresh_ttft_p50_ms": fresh.ttft50 * 1000, "ttft_ratio": fresh.ttft50 / shared.ttft50,
+		"shared_device_ms": shared.device * 1000, "fresh_device_ms": fresh.device * 1000, "cached_prompt_share": cachedShare,
+	}, Target: "informational", Baseline: "prompts of the same length that share nothing"})
+
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintf(tw, "case\tvalues\ttarget\n")
 	for _, r := range rows {
@@ -293,10 +302,13 @@ func (s runStats) row(name string) benchRow {
 	}}
 }
 
-func (b *bencher) prompt() []int {
+func (b *bencher) prompt() []int { return b.tokens(b.opts.PromptTokens) }
+
+// tokens returns n random token ids.
+func (b *bencher) tokens(n int) []int {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	p := make([]int, b.opts.PromptTokens)
+	p := make([]int, n)
 	for i := range p {
 		p[i] = b.rng.IntN(min(b.vocab, 256))
 	}
@@ -321,7 +333,11 @@ type benchResult struct {
 }
 
 func (b *bencher) one(ctx context.Context, tenant string, a *nozzle.Adapter, maxTokens int) benchResult {
-	req := &nozzle.GenerateRequest{TenantID: tenant, Adapter: a, PromptTokens: b.prompt(), MaxTokens: maxTokens}
+	return b.oneWith(ctx, tenant, a, b.prompt(), maxTokens)
+}
+
+func (b *bencher) oneWith(ctx context.Context, tenant string, a *nozzle.Adapter, prompt []int, maxTokens int) benchResult {
+	req := &nozzle.GenerateRequest{TenantID: tenant, Adapter: a, PromptTokens: prompt, MaxTokens: maxTokens}
 	t0 := time.Now()
 	var first time.Duration
 	res, err := b.rt.Generate(ctx, req, func(nozzle.Chunk) error {
@@ -398,6 +414,35 @@ func (b *bencher) poisson(ctx context.Context, n int, rate float64, pick func(in
 	}
 	wg.Wait()
 	return summarize(rs, time.Since(t0).Seconds())
+}
+
+// sharedPrefix runs n requests one after another whose prompts are a
+// 512-token system prompt they all share and a 16-token question, then n
+// whose prompts of the same length share nothing, on adapter a; it returns
+// both runs (device is the mean device time per request) and the share of
+// the first run's prompt tokens the prefix cache held.
+func (b *bencher) sharedPrefix(ctx context.Context, a *nozzle.Adapter, n int) (shared, fresh runStats, cachedShare float64) {
+	system := b.tokens(512)
+	measure := func(prompt func() []int) (runStats, float64) {
+		rs := make([]benchResult, n)
+		var device float64
+		var cached, total int
+		t0 := time.Now()
+		for i := range rs {
+			rs[i] = b.oneWith(ctx, "prefix", a, prompt(), 4)
+			if r := rs[i].res; r != nil {
+				device += r.DeviceSeconds
+				cached += r.CachedPromptTokens
+				total += r.PromptTokens
+			}
+		}
+		st := summarize(rs, time.Since(t0).Seconds())
+		st.device = device / float64(n)
+		return st, float64(cached) / float64(max(total, 1))
+	}
+	shared, cachedShare = measure(func() []int { return append(slices.Clone(system), b.tokens(16)...) })
+	fresh, _ = measure(func() []int { return b.tokens(len(system) + 16) })
+	return shared, fresh, cachedShare
 }
 
 // coldWarm returns the median time to first token, in milliseconds, of

@@ -55,8 +55,13 @@ func TestBenchServe(t *testing.T) {
 		if len(row.Values) == 0 {
 			t.Errorf("case %s has no values", row.Case)
 		}
+		// The shared system prompt comes from the cache but for the first
+		// request's and each question's blocks.
+		if row.Case == "prefix_cache_shared_system_prompt" && (row.Values["cached_prompt_share"] < 0.8 || row.Values["ttft_ratio"] <= 1) {
+			t.Errorf("prefix cache: %v", row.Values)
+		}
 	}
-	for _, c := range []string{"saturated_many_vs_one", "poisson_many_vs_one", "cold_adapter_ttft", "fairness_light_tenant"} {
+	for _, c := range []string{"saturated_many_vs_one", "poisson_many_vs_one", "cold_adapter_ttft", "fairness_light_tenant", "prefix_cache_shared_system_prompt"} {
 		if !cases[c] {
 			t.Errorf("no %s row", c)
 		}
