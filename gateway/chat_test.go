@@ -142,7 +142,13 @@ func TestChat(t *testing.T) {
 				t.Errorf("choice %d: %+v", i, c)
 			}
 		}
-		if ev := f.events()[len(f.events())-1]; ev.CompletionTokens != 6 {
+		// The prompt counts once, as OpenAI counts it, however many choices.
+		var one chatResponse
+		decode(t, f.do(http.MethodPost, "/v1/chat/completions", `{"model":"base","max_tokens":2,"messages":[{"role":"user","content":"x"}]}`, f.authA()), &one)
+		if r.Usage.PromptTokens != one.Usage.PromptTokens || r.Usage.TotalTokens != one.Usage.PromptTokens+6 {
+			t.Errorf("n=3 usage %+v, n=1 usage %+v", r.Usage, one.Usage)
+		}
+		if ev := f.events()[len(f.events())-2]; ev.CompletionTokens != 6 || ev.PromptTokens != one.Usage.PromptTokens {
 			t.Errorf("one event for all choices: %+v", ev)
 		}
 	})

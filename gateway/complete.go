@@ -360,7 +360,6 @@ func (cp *completion) settle(body []byte) (stored []byte, err error) {
 			continue
 		}
 		x := r.res
-		ev.PromptTokens += int64(x.PromptTokens)
 		ev.CompletionTokens += int64(x.CompletionTokens)
 		ev.DeviceSeconds += x.DeviceSeconds
 		ev.AdapterLoadSeconds += x.AdapterLoadSeconds
@@ -373,6 +372,7 @@ func (cp *completion) settle(body []byte) (stored []byte, err error) {
 			work = true
 		}
 	}
+	ev.PromptTokens, _ = cp.promptUsage()
 	fail := cp.failure()
 	switch {
 	case fail == nil:
@@ -432,15 +432,33 @@ func (cp *completion) settle(body []byte) (stored []byte, err error) {
 	return nil, nil
 }
 
+// promptUsage is the prompt side of the request's account: each prompt
+// counted once however many choices it has (as OpenAI counts n), and of
+// those the tokens the prefix cache held (the most any of its choices had).
+func (cp *completion) promptUsage() (prompt, cached int64) {
+	n := max(cp.j.n, 1)
+	for g := 0; g < len(cp.results); g += n {
+		var p, c int64
+		for _, r := range cp.results[g:min(g+n, len(cp.results))] {
+			if r.res != nil {
+				p = max(p, int64(r.res.PromptTokens))
+				c = max(c, int64(r.res.CachedPromptTokens))
+			}
+		}
+		prompt += p
+		cached += c
+	}
+	return prompt, cached
+}
+
 // body builds the complete non-streamed answer.
 func (cp *completion) body(dst []byte) []byte {
 	j := cp.j
 	var u usage
+	u.prompt, u.cached = cp.promptUsage()
 	for _, r := range cp.results {
 		if r.res != nil {
-			u.prompt += int64(r.res.PromptTokens)
 			u.completion += int64(r.res.CompletionTokens)
-			u.cached += int64(r.res.CachedPromptTokens)
 		}
 	}
 	if j.kind == kindChat {
@@ -668,11 +686,10 @@ func (cp *completion) writeStream(w *bufio.Writer, conn net.Conn, events chan st
 	}
 	buf = buf[:0]
 	var u usage
+	u.prompt, u.cached = cp.promptUsage()
 	for i, r := range cp.results {
 		if r.res != nil {
-			u.prompt += int64(r.res.PromptTokens)
 			u.completion += int64(r.res.CompletionTokens)
-			u.cached += int64(r.res.CachedPromptTokens)
 		}
 		buf = cp.chunk(buf, i, "", nil, false, finishReason(r.res))
 	}

@@ -203,11 +203,13 @@ func TestCompletions(t *testing.T) {
 	for _, tc := range []struct {
 		name, prompt string
 		n, choices   int
+		promptTokens int64 // each prompt once, however many choices
 	}{
-		{"String", `"Once upon a time"`, 1, 1},
-		{"Strings", `["a","b","c"]`, 1, 3},
-		{"Tokens", `[1,2,3]`, 1, 1},
-		{"TokenLists", `[[1,2],[3]]`, 2, 4},
+		{"String", `"Once upon a time"`, 1, 1, 5},
+		{"Strings", `["a","b","c"]`, 1, 3, 3},
+		{"StringsN", `["a","bcdefghij"]`, 3, 6, 4},
+		{"Tokens", `[1,2,3]`, 1, 1, 2},
+		{"TokenLists", `[[1,2],[3]]`, 2, 4, 3},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			body := `{"model":"base","max_tokens":2,"n":` + itoa(tc.n) + `,"prompt":` + tc.prompt + `}`
@@ -217,7 +219,8 @@ func TestCompletions(t *testing.T) {
 			}
 			var out resp
 			decode(t, r, &out)
-			if out.Object != "text_completion" || len(out.Choices) != tc.choices || out.Usage.CompletionTokens != int64(2*tc.choices) {
+			if out.Object != "text_completion" || len(out.Choices) != tc.choices || out.Usage.CompletionTokens != int64(2*tc.choices) ||
+				out.Usage.PromptTokens != tc.promptTokens {
 				t.Fatalf("%+v", out)
 			}
 			for i, c := range out.Choices {

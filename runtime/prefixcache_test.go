@@ -107,3 +107,42 @@ func TestPrefixCache_Random(t *testing.T) {
 	}
 	t.Logf("%d prompt tokens from the cache", cached)
 }
+
+// TestPrefixCache_Followers: requests submitted together with the same
+// long prompt (the n choices of one request) wait for the first to compute
+// it and then take it from the cache, instead of all computing it at once.
+func TestPrefixCache_Followers(t *testing.T) {
+	on := startFake(t, runtime.Options{}, 256)
+	defer closeRT(t, on)
+	off := startFake(t, runtime.Options{DisablePrefixCache: true}, 256)
+	defer closeRT(t, off)
+	prompt := randomPrompt(newRNG(13), 200) // 12 whole blocks, then 8 tokens
+	runN := func(rt *testRT) []outcome {
+		out := make([]outcome, 4)
+		var wg sync.WaitGroup
+		for i := range out {
+			seed := uint64(i)
+			r := &nozzle.GenerateRequest{TenantID: "t", PromptTokens: prompt, MaxTokens: 8, Temperature: 1, Seed: &seed}
+			wg.Go(func() { out[i] = run(context.Background(), rt, r) })
+		}
+		wg.Wait()
+		return out
+	}
+	a, b := runN(on), runN(off)
+	cached := 0
+	var dOn, dOff float64
+	for i := range a {
+		if a[i].err != nil || b[i].err != nil || a[i].text != b[i].text {
+			t.Errorf("choice %d: with the cache %q (%v), without %q (%v)", i, a[i].text, a[i].err, b[i].text, b[i].err)
+		}
+		cached += a[i].res.CachedPromptTokens
+		dOn += a[i].res.DeviceSeconds
+		dOff += b[i].res.DeviceSeconds
+	}
+	if cached != 3*192 {
+		t.Errorf("%d prompt tokens from the cache, want 3 × 192", cached)
+	}
+	if dOn >= dOff/2 {
+		t.Errorf("device seconds %.3f with the cache, %.3f without", dOn, dOff)
+	}
+}

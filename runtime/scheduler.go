@@ -399,7 +399,7 @@ func (s *scheduler) pick(now time.Time) *sequence {
 		if t.queue[0].skips < s.lookahead {
 			for i := 0; i < n; i++ {
 				q := t.queue[i]
-				if !s.resident(q) || s.pool.blocksFor(len(q.tokens))+reserve > s.pool.available() {
+				if !s.resident(q) || s.pool.blocksFor(len(q.tokens))+reserve > s.pool.available() || s.followsLeader(q) {
 					continue
 				}
 				for _, p := range t.queue[:i] {
@@ -414,6 +414,9 @@ func (s *scheduler) pick(now time.Time) *sequence {
 			if s.pool.blocksFor(len(q.tokens))+reserve > s.pool.available() {
 				return nil
 			}
+			if s.followsLeader(q) {
+				continue
+			}
 			ok, failed := s.ensureSlot(q, now)
 			if failed {
 				// ensureSlot finished q; the queue changed under us.
@@ -427,6 +430,25 @@ func (s *scheduler) pick(now time.Time) *sequence {
 		}
 	}
 	return nil
+}
+
+// followsLeader reports whether q should wait for a running sequence that
+// is still computing the same first block under the same adapter (the n
+// choices of one request, requests that share a system prompt): once it
+// has, q takes every block they share from the prefix cache instead of
+// computing them beside it.
+func (s *scheduler) followsLeader(q *sequence) bool {
+	size := s.pool.size
+	if !s.pool.cache || len(q.tokens) <= size {
+		return false
+	}
+	first := q.tokens[:size]
+	for _, r := range s.running {
+		if r.sha == q.sha && r.pending() > 1 && len(r.tokens) > size && slices.Equal(r.tokens[:size], first) {
+			return true
+		}
+	}
+	return false
 }
 
 // resident reports whether q can run without loading its adapter.
