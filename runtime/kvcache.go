@@ -24,15 +24,14 @@ type blockPool struct {
 	free []int32 // blocks holding nothing, used as a stack
 	n    int     // blocks in the pool
 
-	cache  bool
-	seed   maphash.Seed
-	ref    []int32 // sequences using each block
-	meta   []blockMeta
-	byKey  map[uint64]int32
-	lru    int32 // the oldest cached block no sequence uses (-1: none)
-	nLRU   int   // cached blocks no sequence uses
-	hits   uint64
-	lookup uint64
+	cache bool
+	seed  maphash.Seed
+	ref   []int32 // sequences using each block
+	meta  []blockMeta
+	byKey map[uint64]int32
+	lru   int32  // the oldest cached block no sequence uses (-1: none)
+	nLRU  int    // cached blocks no sequence uses
+	hits  uint64 // blocks matched
 }
 
 // blockMeta is what the prefix cache knows of one block.
@@ -144,7 +143,6 @@ func (p *blockPool) match(adapter string, tokens []int32, limit int) (blocks []i
 	}
 	var parent uint64
 	for i := 0; (i+1)*p.size <= limit; i++ {
-		p.lookup++
 		toks := tokens[i*p.size : (i+1)*p.size]
 		k := p.chainKey(parent, adapter, toks)
 		b, ok := p.byKey[k]
