@@ -225,11 +225,17 @@ else
 fi
 
 # ---- Nozzle engine benchmark ---------------------------------------------------------
+# bench TIMEOUT LIB OUTDIR: TestCUDABench on LIB, its results into OUTDIR
+# (the environment passes through, for the variants below).
+bench() {
+	mkdir -p "$3"
+	timeout -k 10 "$1" "$root/.gpu/engine.test" -test.run '^TestCUDABench$' -test.v -test.count=1 -test.timeout 30m \
+		-cuda.lib="$2" -cuda.bench="$3" -cuda.bench-model="$bench_model" \
+		-cuda.bench-cache="${TMPDIR:-/tmp}/nozzle-cuda-bench" 2>&1
+}
 t=$(phase_timeout 220 120)
 echo "== nozzle engine benchmark (timeout ${t}s)"
-timeout -k 10 "$t" "$root/.gpu/engine.test" -test.run '^TestCUDABench$' -test.v -test.count=1 -test.timeout 30m \
-	-cuda.lib="$cudalib" -cuda.bench="$OUT" -cuda.bench-model="$bench_model" \
-	-cuda.bench-cache="${TMPDIR:-/tmp}/nozzle-cuda-bench" 2>&1 | tee "$work/bench.txt"
+bench "$t" "$cudalib" "$OUT" | tee "$work/bench.txt"
 rc=${PIPESTATUS[0]}
 if ((rc != 0)); then
 	record bench "failed (exit $rc)"
@@ -244,10 +250,7 @@ baselib=$root/.gpu/base/build/libnozzle_cuda.so
 if [[ -f $OUT/nozzle.json && -f $baselib ]]; then
 	t=$(phase_timeout 120 100)
 	echo "== the base revision's engine benchmark (timeout ${t}s)"
-	mkdir -p "$work/base"
-	timeout -k 10 "$t" "$root/.gpu/engine.test" -test.run '^TestCUDABench$' -test.v -test.count=1 -test.timeout 30m \
-		-cuda.lib="$baselib" -cuda.bench="$work/base" -cuda.bench-model="$bench_model" \
-		-cuda.bench-cache="${TMPDIR:-/tmp}/nozzle-cuda-bench" 2>&1 | grep -v '^ *round' | tail -25
+	bench "$t" "$baselib" "$work/base" | grep -v '^ *round' | tail -25
 	rc=${PIPESTATUS[0]}
 	if [[ -f $work/base/nozzle.json ]]; then
 		cp "$work/base/nozzle.json" "$OUT/base.json"
@@ -266,10 +269,7 @@ for v in ${GPU_CHECK_VARIANTS:-}; do
 		-cuda.lib="$cudalib" 2>&1 | grep -E '^\s*(--- |=== RUN|ok|FAIL|PASS)' | tail -30
 	record variant-tests "$v: exit ${PIPESTATUS[0]}"
 	echo "== the engine benchmark with $v (timeout ${t}s)"
-	mkdir -p "$work/variant"
-	env "$v" timeout -k 10 "$t" "$root/.gpu/engine.test" -test.run '^TestCUDABench$' -test.v -test.count=1 \
-		-test.timeout 30m -cuda.lib="$cudalib" -cuda.bench="$work/variant" -cuda.bench-model="$bench_model" \
-		-cuda.bench-cache="${TMPDIR:-/tmp}/nozzle-cuda-bench" 2>&1 | grep -E 'decode batch|efficiency|^(--- |ok|FAIL)'
+	(export "${v?}" && bench "$t" "$cudalib" "$work/variant") | grep -E 'decode batch|efficiency|^(--- |ok|FAIL)'
 	record variant "$v: exit ${PIPESTATUS[0]} (its figures are in log.txt)"
 done
 
