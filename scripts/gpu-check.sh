@@ -213,7 +213,7 @@ else
 	echo "== compute-sanitizer memcheck (timeout ${t}s)"
 	timeout -k 10 "$t" "$sanitizer" --tool memcheck --error-exitcode 42 --print-limit 20 \
 		"$root/.gpu/engine.test" -test.count=1 -test.v -cuda.lib="$cudalib" \
-		-test.run '^TestCUDA_(Parity|LongContext|SlotReuse|Sampling)$/^(LlamaGQA|OddSizes|BF16|BF16WideMLP)$' 2>&1 |
+		-test.run '^TestCUDA_(Parity|ParityBase|LongContext|SlotReuse|Sampling)$/^(LlamaGQA|OddSizes|BF16|BF16WideMLP|Llama)$' 2>&1 |
 		tee "$work/memcheck.txt"
 	rc=${PIPESTATUS[0]}
 	summary=$(grep -o 'ERROR SUMMARY: [0-9]* error[s]*' "$work/memcheck.txt" | tail -1)

@@ -251,6 +251,11 @@ struct cuda_engine {
 	uint64_t graph_clock;
 	int use_graphs;
 	int finalized;
+
+	/* decode steps without adapters: the fused GEMVs (nz_k_gemv_fused) */
+	int fuse;          /* NOZZLE_CUDA_FUSE=0 turns them off */
+	size_t gemv_smem;  /* dynamic shared memory they may use */
+	double *part;      /* sums of squares [NZ_GEMV_MAX_T][nz_gemv_fused_parts(H)] */
 };
 
 int32_t select_device(cuda_engine *e, const char *what)
@@ -265,7 +270,7 @@ int64_t scratch_bytes(const cuda_engine *e)
 	int64_t T = e->T, S = e->S;
 	return 4 * T * (e->H + 2 * e->ymax + e->qd + e->hd) + 4 * 3 * e->lv_rows * e->R + (int64_t)e->wsz * (T * e->xmax + S * e->H) +
 	       4 * S * e->V + 2 * S * (int64_t)sizeof(nz_sample_out) + (int64_t)kBlasWorkspace +
-	       4 * kAttnParts * e->rows_max * (e->hd + 2);
+	       4 * kAttnParts * e->rows_max * (e->hd + 2) + 8 * NZ_GEMV_MAX_T * nz_gemv_fused_parts(e->H);
 }
 
 int64_t weight_bytes_estimate(const cuda_engine *e)
@@ -326,7 +331,7 @@ void cuda_destroy(void *impl)
 	cudaFree(e->rank_dev);
 	cudaFree(e->kv);
 	void *scratch[] = {e->h,  e->y,  e->yl,    e->q,      e->cs,      e->lv,     e->logits, e->xin,
-	                   e->xs, e->d_out, e->d_meta, e->blas_ws, e->attn_o, e->attn_ml, e->attn_count};
+	                   e->xs, e->d_out, e->d_meta, e->blas_ws, e->attn_o, e->attn_ml, e->attn_count, e->part};
 	for (void *p : scratch)
 		cudaFree(p);
 	cudaFreeHost(e->stage[0]);
@@ -458,6 +463,13 @@ int32_t cuda_create(nz_config *c, void **out)
 		              "of shared memory; %s allows %zu",
 		              (long long)e->hd, (long long)nrep, smem, e->prop.name, optin));
 	FAIL_CUDA(nz_attention_setup(e->wdt, smem), "nz_engine_create: attention setup");
+	{
+		const char *fuse = getenv("NOZZLE_CUDA_FUSE");
+		e->fuse = !(fuse && strcmp(fuse, "0") == 0) && e->H % 8 == 0 && e->qd % 8 == 0 && e->I % 8 == 0;
+		e->gemv_smem = std::min<size_t>(optin, (size_t)(NZ_GEMV_MAX_T * e->H) * e->wsz);
+		if (e->fuse)
+			FAIL_CUDA(nz_gemv_fused_setup(e->wdt, e->gemv_smem), "nz_engine_create: GEMV setup");
+	}
 
 	/* KV pool */
 	e->kv_pool_elems = 0;
@@ -666,6 +678,7 @@ int32_t cuda_finalize(void *impl)
 	ALLOC(e->d_out, (int64_t)sizeof(nz_sample_out) * S);
 	ALLOC(e->attn_o, 4 * kAttnParts * e->rows_max * e->hd);
 	ALLOC(e->attn_ml, 4 * kAttnParts * e->rows_max * 2);
+	ALLOC(e->part, 8 * NZ_GEMV_MAX_T * nz_gemv_fused_parts(e->H));
 	if (!e->attn_count) {
 		NZ_TRY(dev_alloc((void **)&e->attn_count, 4 * kAttnParts, what));
 		CUDA_TRY(cudaMemsetAsync(e->attn_count, 0, 4 * kAttnParts, e->stream), what);
@@ -913,6 +926,10 @@ int32_t forward(cuda_engine *e, const meta_ptrs &m, int64_t T, int64_t n_attn, i
 	static const int qkv_m[3] = {NZ_M_Q, NZ_M_K, NZ_M_V}, o_m[1] = {NZ_M_O}, gu_m[2] = {NZ_M_GATE, NZ_M_UP},
 	                 down_m[1] = {NZ_M_DOWN};
 	const int qkv_c[3] = {0, (int)e->qd, (int)(e->qd + e->kvd)}, zero_c[1] = {0}, gu_c[2] = {0, (int)I};
+	/* small steps without adapters: residual adds, norms and the SiLU gate
+	 * ride in the GEMVs (nz_k_gemv_fused) */
+	const bool fused = e->fuse && !lora_grid && T <= NZ_GEMV_MAX_T && (size_t)(T * H) * e->wsz <= e->gemv_smem;
+	const int32_t n_part = (int32_t)nz_gemv_fused_parts(H);
 
 	float *yl = lora_grid ? e->yl : NULL; /* the LoRA deltas, when the step has adapters */
 	/* split the keys of few (item, KV head) blocks over more blocks */
@@ -929,18 +946,51 @@ int32_t forward(cuda_engine *e, const meta_ptrs &m, int64_t T, int64_t n_attn, i
 		const layer_w &ly = e->layers[(size_t)l];
 		unsigned char *kc = (unsigned char *)e->kv + (size_t)(2 * l) * pool_bytes, *vc = kc + pool_bytes;
 		int window = e->cfg.sliding_window > 0 && l >= e->cfg.sliding_window_from_layer ? (int)e->cfg.sliding_window : 0;
+		nz_gemv_io io;
+		if (fused) {
+			memset(&io, 0, sizeof io);
+			if (l == 0) {
+				io.x = e->xin; /* normed by nz_k_embed_norm */
+			} else {
+				io.h_in = e->h, io.norm_w = ly.attn_norm, io.eps = e->eps;
+				io.part_in = e->part, io.n_part_in = n_part;
+			}
+			/* + bias, RoPE, q to e->q, k and v into the cache */
+			io.epi = NZ_GEMV_ROPE, io.bias = ly.bqkv, io.cs = e->cs, io.tok_pos = m.tok_pos, io.tok_seq = m.tok_seq;
+			io.bt = m.bt, io.scalars = m.scalars, io.nh = (int32_t)e->nh, io.nkv = (int32_t)e->nkv;
+			io.hd = (int32_t)e->hd, io.bs = (int32_t)e->bs, io.q_out = e->q, io.kc = kc, io.vc = vc;
+			KTRY(nz_k_gemv_fused(dt, s, T, H, ly.wqkv, e->qkvd, &io), "nz_step: q/k/v projection");
+		}
 		if (lora_grid)
 			NZ_TRY(lora_fork(e, m, T, lora_grid, l, 3, qkv_m, qkv_c, e->xin, H, e->qkvd));
-		NZ_TRY(gemm(e, e->xin, T, H, ly.wqkv, e->qkvd, e->y, "nz_step: q/k/v projection"));
+		if (!fused)
+			NZ_TRY(gemm(e, e->xin, T, H, ly.wqkv, e->qkvd, e->y, "nz_step: q/k/v projection"));
 		if (lora_grid)
 			NZ_TRY(lora_join(e));
-		KTRY(nz_k_rope_kv(dt, s, T, e->y, yl, m.tok_lora, ly.bqkv, e->cs, m.tok_pos, m.tok_seq, m.bt, m.scalars,
-		                  (int)e->nh, (int)e->nkv, (int)e->hd, (int)e->bs, e->q, kc, vc),
-		     "nz_step: RoPE");
+		if (!fused)
+			KTRY(nz_k_rope_kv(dt, s, T, e->y, yl, m.tok_lora, ly.bqkv, e->cs, m.tok_pos, m.tok_seq, m.bt, m.scalars,
+			                  (int)e->nh, (int)e->nkv, (int)e->hd, (int)e->bs, e->q, kc, vc),
+			     "nz_step: RoPE");
 		KTRY(nz_k_attention(dt, s, n_attn, m.attn_items, e->rows_max, e->q, kc, vc, m.tok_pos, m.tok_seq, m.bt,
 		                    m.scalars, (int)e->nh, (int)e->nkv, (int)e->hd, (int)e->bs, window, e->xin, splits,
 		                    e->attn_o, e->attn_ml, e->attn_count),
 		     "nz_step: attention");
+		if (fused) {
+			/* o projection + residual; then gate/up from the normed residual
+			 * + SiLU; then down projection + residual (whose sums of squares
+			 * the next layer's q/k/v projection normalises with) */
+			memset(&io, 0, sizeof io);
+			io.x = e->xin, io.epi = NZ_GEMV_RESID, io.h = e->h, io.part_out = e->part, io.bias = ly.bo;
+			KTRY(nz_k_gemv_fused(dt, s, T, e->qd, ly.wo, H, &io), "nz_step: o projection");
+			memset(&io, 0, sizeof io);
+			io.h_in = e->h, io.norm_w = ly.ffn_norm, io.eps = e->eps, io.part_in = e->part, io.n_part_in = n_part;
+			io.epi = NZ_GEMV_SILU, io.x_out = e->xin, io.bias = ly.bgu;
+			KTRY(nz_k_gemv_fused(dt, s, T, H, ly.wgu, I, &io), "nz_step: gate/up projection");
+			memset(&io, 0, sizeof io);
+			io.x = e->xin, io.epi = NZ_GEMV_RESID, io.h = e->h, io.part_out = e->part, io.bias = ly.bdown;
+			KTRY(nz_k_gemv_fused(dt, s, T, I, ly.wdown, H, &io), "nz_step: down projection");
+			continue;
+		}
 		if (lora_grid)
 			NZ_TRY(lora_fork(e, m, T, lora_grid, l, 1, o_m, zero_c, e->xin, e->qd, H));
 		NZ_TRY(gemm(e, e->xin, T, e->qd, ly.wo, H, e->y, "nz_step: o projection"));

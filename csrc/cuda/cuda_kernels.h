@@ -106,6 +106,57 @@ cudaError_t nz_attention_setup(int dtype, size_t smem);
 cudaError_t nz_k_gemv(int dtype, cudaStream_t s, int64_t T, const void *x, int64_t in, const void *W, int64_t out,
                       float *y);
 
+/* The decode GEMV with its neighbours fused in, for steps of at most
+ * NZ_GEMV_MAX_T tokens without adapters: the residual add and RMSNorm
+ * between two projections, and the SiLU gate, no longer need kernels of
+ * their own.
+ *
+ * Input: x (act [T][in]), or with norm_w set act(rmsnorm(h_in)) built in
+ * shared memory from h_in (f32 [T][in]), norm_w and the sums of squares
+ * part_in (double [T][n_part_in], the partials of a NZ_GEMV_RESID launch).
+ * Output by epi:
+ *   NZ_GEMV_RESID  h [T][out] += x·Wᵀ (+ bias), and per block the sum of
+ *                  squares of its rows of the new h: part_out [T][grid]
+ *                  (grid = nz_gemv_fused_parts(out)); as nz_k_add_norm's
+ *                  first half;
+ *   NZ_GEMV_SILU   W has 2·out rows (gate | up): x_out [T][out] =
+ *                  act(silu(g (+ bias)) · (u (+ bias[out:]))), as nz_k_silu;
+ *   NZ_GEMV_ROPE   W is the q|k|v projection (out = qd + 2·kvd rows): the
+ *                  rows (+ bias) go through RoPE into q_out and the KV
+ *                  cache as nz_k_rope_kv does (rope_* fields: its
+ *                  arguments); each warp takes the rows j and j + hd/2 of
+ *                  one head.
+ * The arithmetic is the unfused kernels', operation for operation. in must
+ * be a multiple of 8; with norm_w, T·in·sizeof(act) bytes of shared memory
+ * (at most what nz_gemv_fused_setup allowed). The combinations the forward
+ * pass uses are built: RESID from x, SILU from h, ROPE from either; others
+ * return cudaErrorInvalidValue. */
+enum { NZ_GEMV_RESID = 1, NZ_GEMV_SILU = 2, NZ_GEMV_ROPE = 3 };
+typedef struct nz_gemv_io {
+	const void *x;
+	const float *h_in, *norm_w;
+	const double *part_in;
+	int32_t n_part_in;
+	float eps;
+	int32_t epi;
+	float *h;           /* RESID */
+	double *part_out;   /* RESID */
+	void *x_out;        /* SILU */
+	const float *bias;  /* RESID, SILU, ROPE; NULL: none */
+	/* ROPE */
+	const float *cs;
+	const int32_t *tok_pos, *tok_seq, *bt, *scalars;
+	int32_t nh, nkv, hd, bs;
+	float *q_out;
+	void *kc, *vc;
+} nz_gemv_io;
+cudaError_t nz_k_gemv_fused(int dtype, cudaStream_t s, int64_t T, int64_t in, const void *W, int64_t out,
+                            const nz_gemv_io *io);
+/* Blocks (partials per token) of a NZ_GEMV_RESID launch with out rows. */
+int64_t nz_gemv_fused_parts(int64_t out);
+/* Allows the normalising variants smem bytes of dynamic shared memory. */
+cudaError_t nz_gemv_fused_setup(int dtype, size_t smem);
+
 /* x[t] = act(silu(g) · u) with g|u = y[t] (+ bias [2I]) (+ yl[t] as in
  * nz_k_add_norm). */
 cudaError_t nz_k_silu(int dtype, cudaStream_t s, int64_t T, int64_t I, const float *y, const float *yl,

@@ -86,6 +86,215 @@ __global__ void __launch_bounds__(256)
 	}
 }
 
+/* The offset of token t's row of KV head g in a layer's K or V pool
+ * ([block][kv_head][block_size][hd]), as nz_k_rope_kv finds it. */
+__device__ __forceinline__ int64_t rope_row(const nz_gemv_io &io, int t, int64_t g)
+{
+	const int pos = io.tok_pos[t];
+	const int64_t width = io.scalars[NZ_SC_BT_WIDTH];
+	const int64_t blk = io.bt[(int64_t)io.tok_seq[t] * width + pos / io.bs];
+	return ((blk * io.nkv + g) * io.bs + pos % io.bs) * io.hd;
+}
+
+/* The fused variants (nz_k_gemv_fused): NR weight rows per warp (2 for
+ * SiLU: gate row o and up row out + o), the input normalised into shared
+ * memory first when NORM, the epilogue EPI. */
+template <class T, int NR, bool NORM, int EPI>
+__global__ void __launch_bounds__(256) gemv_fused_kernel(const T *__restrict__ W, nz_gemv_io io, int64_t in,
+                                                         int64_t out, int ntok)
+{
+	nz_pdl_begin();
+	NZ_DYN_SMEM(T, xs);
+	__shared__ float rs[NZ_GEMV_MAX_T];
+	__shared__ double red[NZ_GEMV_MAX_T][kWarps];
+	const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+	const int64_t o = (int64_t)blockIdx.x * kWarps + warp;
+	/* ROPE: warp o takes rows r0 and r0 + hd/2 of head o / (hd/2) */
+	const int half = io.hd / 2;
+	const int64_t rows = EPI == NZ_GEMV_ROPE ? out / 2 : out;
+	const int64_t r0 = EPI == NZ_GEMV_ROPE ? o / half * io.hd + o % half : o;
+	const int64_t r1 = EPI == NZ_GEMV_ROPE ? r0 + half : o + out; /* the second row (NR 2) */
+	const bool active = o < rows; /* the same in every lane of a warp */
+	const T *x = (const T *)io.x;
+	if (NORM) {
+		/* warp t: token t's 1 / rms from the producer's partial sums */
+		if (warp < ntok) {
+			double ss = 0;
+			for (int k = lane; k < io.n_part_in; k += 32)
+				ss += io.part_in[(int64_t)warp * io.n_part_in + k];
+			ss = nz_warp_sum(ss);
+			if (lane == 0)
+				rs[warp] = 1.0f / sqrtf((float)(ss / (double)in) + io.eps);
+		}
+		__syncthreads();
+		for (int64_t k = (int64_t)threadIdx.x * 8; k < (int64_t)ntok * in; k += (int64_t)blockDim.x * 8) {
+			const int64_t t = k / in, i = k % in;
+			float hv[8], wv[8];
+			nz_load8(io.h_in + k, hv);
+			nz_load8(io.norm_w + i, wv);
+			const float r = rs[t];
+#pragma unroll
+			for (int e = 0; e < 8; e++)
+				xs[k + e] = nz_cvt<T>(wv[e] * (hv[e] * r));
+		}
+		__syncthreads();
+		x = xs;
+	}
+	float acc[NR][NZ_GEMV_MAX_T];
+#pragma unroll
+	for (int r = 0; r < NR; r++)
+#pragma unroll
+		for (int j = 0; j < NZ_GEMV_MAX_T; j++)
+			acc[r][j] = 0.0f;
+	if (active) {
+		const T *w[NR];
+		w[0] = W + r0 * in;
+		if (NR > 1)
+			w[NR - 1] = W + r1 * in;
+		constexpr int C = 4 / NR; /* 16-byte loads in flight per lane and row */
+		const int64_t step = 32 * 8;
+		int64_t i = (int64_t)lane * 8;
+		for (; i + (C - 1) * step < in; i += C * step) {
+			float wv[NR][C][8];
+#pragma unroll
+			for (int r = 0; r < NR; r++)
+#pragma unroll
+				for (int c = 0; c < C; c++)
+					nz_load8(w[r] + i + c * step, wv[r][c]);
+#pragma unroll
+			for (int j = 0; j < NZ_GEMV_MAX_T; j++) {
+				if (j < ntok) {
+#pragma unroll
+					for (int c = 0; c < C; c++) {
+						float xv[8];
+						nz_load8(x + (int64_t)j * in + i + c * step, xv);
+#pragma unroll
+						for (int r = 0; r < NR; r++)
+#pragma unroll
+							for (int e = 0; e < 8; e++)
+								acc[r][j] += wv[r][c][e] * xv[e];
+					}
+				}
+			}
+		}
+		for (; i < in; i += step) {
+			float wv[NR][8];
+#pragma unroll
+			for (int r = 0; r < NR; r++)
+				nz_load8(w[r] + i, wv[r]);
+#pragma unroll
+			for (int j = 0; j < NZ_GEMV_MAX_T; j++) {
+				if (j < ntok) {
+					float xv[8];
+					nz_load8(x + (int64_t)j * in + i, xv);
+#pragma unroll
+					for (int r = 0; r < NR; r++)
+#pragma unroll
+						for (int e = 0; e < 8; e++)
+							acc[r][j] += wv[r][e] * xv[e];
+				}
+			}
+		}
+	}
+#pragma unroll
+	for (int j = 0; j < NZ_GEMV_MAX_T; j++) {
+		if (j >= ntok) /* ntok is the same in every lane */
+			continue;
+		float v[NR];
+#pragma unroll
+		for (int r = 0; r < NR; r++)
+			v[r] = nz_warp_sum(acc[r][j]);
+		if (lane != 0)
+			continue;
+		if (EPI == NZ_GEMV_RESID) {
+			double sq = 0;
+			if (active) {
+				float d = io.bias ? v[0] + io.bias[o] : v[0];
+				float *hp = io.h + (int64_t)j * out + o;
+				float hv = *hp + d;
+				*hp = hv;
+				sq = (double)hv * (double)hv;
+			}
+			red[j][warp] = sq;
+		} else if (EPI == NZ_GEMV_ROPE) {
+			if (active) {
+				float x1 = v[0], x2 = v[NR - 1];
+				if (io.bias)
+					x1 += io.bias[r0], x2 += io.bias[r1];
+				const int qd = io.nh * io.hd, kvd = io.nkv * io.hd;
+				const int jj = (int)(o % half);
+				if (r0 >= qd + kvd) { /* v: no rotation */
+					const int64_t g = (r0 - qd - kvd) / io.hd;
+					T *dst = (T *)io.vc + rope_row(io, j, g);
+					dst[jj] = nz_cvt<T>(x1);
+					dst[jj + half] = nz_cvt<T>(x2);
+				} else {
+					const float *c = io.cs + (int64_t)j * io.hd, *sn = c + half;
+					const float a = x1 * c[jj] - x2 * sn[jj], b = x2 * c[jj] + x1 * sn[jj];
+					if (r0 < qd) {
+						float *q = io.q_out + (int64_t)j * qd + r0;
+						q[0] = a;
+						q[half] = b;
+					} else {
+						T *dst = (T *)io.kc + rope_row(io, j, (r0 - qd) / io.hd);
+						dst[jj] = nz_cvt<T>(a);
+						dst[jj + half] = nz_cvt<T>(b);
+					}
+				}
+			}
+		} else {
+			if (active) {
+				float g = v[0], u = v[NR - 1];
+				if (io.bias)
+					g += io.bias[o], u += io.bias[out + o];
+				((T *)io.x_out)[(int64_t)j * out + o] = nz_cvt<T>(g / (1.0f + expf(-g)) * u);
+			}
+		}
+	}
+	if (EPI == NZ_GEMV_RESID) {
+		__syncthreads();
+		if ((int)threadIdx.x < ntok) {
+			double ss = 0;
+			for (int k = 0; k < kWarps; k++)
+				ss += red[threadIdx.x][k];
+			io.part_out[(int64_t)threadIdx.x * gridDim.x + blockIdx.x] = ss;
+		}
+	}
+}
+
+template <class T> cudaError_t gemv_fused(cudaStream_t s, int64_t T_, int64_t in, const T *W, int64_t out,
+                                          const nz_gemv_io &io)
+{
+	dim3 grid((unsigned)nz_gemv_fused_parts(io.epi == NZ_GEMV_ROPE ? out / 2 : out)), block(32 * kWarps);
+	const bool norm = io.norm_w != NULL;
+	const size_t smem = norm ? (size_t)(T_ * in) * sizeof(T) : 0;
+	const int ntok = (int)T_;
+	/* the combinations the forward pass uses */
+	if (io.epi == NZ_GEMV_SILU && norm)
+		NZ_LAUNCH_PDL((gemv_fused_kernel<T, 2, true, NZ_GEMV_SILU>), grid, block, smem, s, W, io, in, out, ntok);
+	else if (io.epi == NZ_GEMV_RESID && !norm)
+		NZ_LAUNCH_PDL((gemv_fused_kernel<T, 1, false, NZ_GEMV_RESID>), grid, block, smem, s, W, io, in, out, ntok);
+	else if (io.epi == NZ_GEMV_ROPE && norm)
+		NZ_LAUNCH_PDL((gemv_fused_kernel<T, 2, true, NZ_GEMV_ROPE>), grid, block, smem, s, W, io, in, out, ntok);
+	else if (io.epi == NZ_GEMV_ROPE)
+		NZ_LAUNCH_PDL((gemv_fused_kernel<T, 2, false, NZ_GEMV_ROPE>), grid, block, smem, s, W, io, in, out, ntok);
+	else
+		return cudaErrorInvalidValue;
+	return cudaGetLastError();
+}
+
+template <class T> cudaError_t gemv_fused_setup(size_t smem)
+{
+	cudaError_t err = cudaSuccess;
+	auto set = [&](auto kern) {
+		if (err == cudaSuccess)
+			err = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+	};
+	set(gemv_fused_kernel<T, 2, true, NZ_GEMV_SILU>);
+	set(gemv_fused_kernel<T, 2, true, NZ_GEMV_ROPE>);
+	return err;
+}
+
 } // namespace
 
 cudaError_t nz_k_gemv(int dtype, cudaStream_t s, int64_t T_, const void *x, int64_t in, const void *W, int64_t out,
@@ -107,4 +316,31 @@ cudaError_t nz_k_gemv(int dtype, cudaStream_t s, int64_t T_, const void *x, int6
 		break;
 	}
 	return cudaGetLastError();
+}
+
+int64_t nz_gemv_fused_parts(int64_t out) { return (out + kWarps - 1) / kWarps; }
+
+cudaError_t nz_k_gemv_fused(int dtype, cudaStream_t s, int64_t T_, int64_t in, const void *W, int64_t out,
+                            const nz_gemv_io *io)
+{
+	switch (dtype) {
+	case NZ_BF16:
+		return gemv_fused(s, T_, in, (const __nv_bfloat16 *)W, out, *io);
+	case NZ_F16:
+		return gemv_fused(s, T_, in, (const __half *)W, out, *io);
+	default:
+		return gemv_fused(s, T_, in, (const float *)W, out, *io);
+	}
+}
+
+cudaError_t nz_gemv_fused_setup(int dtype, size_t smem)
+{
+	switch (dtype) {
+	case NZ_BF16:
+		return gemv_fused_setup<__nv_bfloat16>(smem);
+	case NZ_F16:
+		return gemv_fused_setup<__half>(smem);
+	default:
+		return gemv_fused_setup<float>(smem);
+	}
 }

@@ -394,7 +394,7 @@ func TestCUDA_Parity(t *testing.T) {
 			p.load(1, openAdapter(t, m, model.AdapterSpec{Rank: r16, Seed: 22, DType: safetensors.BF16, BScale: 0.3}))
 			p.load(2, openAdapter(t, m, model.AdapterSpec{Rank: 3, Seed: 23, DType: safetensors.F16, BScale: 0.3,
 				Modules: []model.Module{model.ModuleQ, model.ModuleV, model.ModuleDown}}))
-			checked, skipped := cudaScenario(t, p, spec.VocabSize, tc.tol, uint64(ci))
+			checked, skipped := cudaScenario(t, p, spec.VocabSize, tc.tol, uint64(ci), []int{0, -1, 1, 2, 0, -1})
 			t.Logf("%d greedy tokens identical, %d near ties not compared", checked, skipped)
 			if checked < 150 {
 				t.Errorf("only %d of 198 greedy tokens were compared", checked)
@@ -403,12 +403,62 @@ func TestCUDA_Parity(t *testing.T) {
 	}
 }
 
-// cudaScenario drives the mixed batches of TestCUDA_Parity and returns how
-// many greedy tokens were compared and how many were near ties.
-func cudaScenario(t *testing.T, p *cudaPair, vocab int, tol float64, seed uint64) (checked, skipped int) {
+// TestCUDA_ParityBase runs TestCUDA_Parity's scenario without adapters:
+// its steps of up to eight tokens take the fused GEMVs (residual add, norm
+// and SiLU inside the projections, nz_k_gemv_fused), the larger ones the
+// separate kernels. Against the CPU backend, and against the same CUDA
+// backend with the fusion turned off (NOZZLE_CUDA_FUSE=0), which does the
+// same arithmetic and must agree to f32 rounding.
+func TestCUDA_ParityBase(t *testing.T) {
+	openCUDA(t)
+	cases := []struct {
+		name string
+		spec func(*model.Spec)
+		tol  float64
+	}{
+		{name: "Llama", tol: 1e-4},
+		{name: "TiedBiases", spec: func(s *model.Spec) { s.Tied, s.AttentionBias, s.MLPBias = true, true, true }, tol: 1e-4},
+		{name: "BF16Wide", spec: func(s *model.Spec) {
+			s.DType, s.VocabSize, s.HiddenSize, s.IntermediateSize, s.NumHeads, s.NumKVHeads = safetensors.BF16, 512, 256, 1056, 4, 2
+		}, tol: 2e-2},
+		{name: "F16", spec: func(s *model.Spec) { s.DType = safetensors.F16 }, tol: 4e-3},
+	}
+	none := []int{-1, -1, -1, -1, -1, -1}
+	for ci, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			spec := cudaTiny(uint64(400 + ci))
+			if tc.spec != nil {
+				tc.spec(&spec)
+			}
+			m := openModel(t, spec)
+			p := newCUDAPair(t, m, cudaOptions())
+			p.nTop = 5
+			checked, skipped := cudaScenario(t, p, spec.VocabSize, tc.tol, uint64(ci), none)
+			t.Logf("against the CPU: %d greedy tokens identical, %d near ties not compared", checked, skipped)
+			if checked < 150 {
+				t.Errorf("only %d of 198 greedy tokens were compared", checked)
+			}
+
+			// the same steps, CUDA without the fusion as the reference
+			t.Setenv("NOZZLE_CUDA_FUSE", "0")
+			ref := newCUDAEngine(t, openCUDA(t), m, cudaOptions())
+			t.Setenv("NOZZLE_CUDA_FUSE", "1")
+			q := newCUDAPair(t, m, cudaOptions())
+			q.cpu, q.nTop = ref, 5
+			checked, _ = cudaScenario(t, q, spec.VocabSize, 1e-6, uint64(ci), none)
+			if checked < 150 {
+				t.Errorf("fused against unfused: only %d of 198 greedy tokens were compared", checked)
+			}
+		})
+	}
+}
+
+// cudaScenario drives the mixed batches of TestCUDA_Parity, six sequences
+// on the given adapter slots (-1: none), and returns how many greedy tokens
+// were compared and how many were near ties.
+func cudaScenario(t *testing.T, p *cudaPair, vocab int, tol float64, seed uint64, slots []int) (checked, skipped int) {
 	t.Helper()
 	r := rand.New(rand.NewPCG(seed, 99))
-	slots := []int{0, -1, 1, 2, 0, -1}
 	const decode, chunk = 32, 4
 	seqs := make([]*cudaSeq, len(slots))
 	for stepN := 0; ; stepN++ {
