@@ -90,6 +90,17 @@ template <> __device__ __forceinline__ float nz_cvt<float>(float v) { return v; 
 template <> __device__ __forceinline__ __nv_bfloat16 nz_cvt<__nv_bfloat16>(float v) { return __float2bfloat16(v); }
 template <> __device__ __forceinline__ __half nz_cvt<__half>(float v) { return __float2half(v); }
 
+/* RoPE of the pair (x1, x2) with cosine c and sine sn. Every kernel that
+ * rotates uses this, with each product rounded before the sum: a compiler
+ * contracts a·b − c·d into an FMA one way or the other depending on the
+ * code around it, and kernels that must agree bit for bit (the fused and
+ * the separate RoPE) would not. */
+__device__ __forceinline__ void nz_rope(float x1, float x2, float c, float sn, float &a, float &b)
+{
+	a = __fsub_rn(__fmul_rn(x1, c), __fmul_rn(x2, sn));
+	b = __fadd_rn(__fmul_rn(x2, c), __fmul_rn(x1, sn));
+}
+
 /* ---- 8-element vector loads --------------------------------------------------
  * nz_load8(p, v) reads p[0..8) as f32; p must be 16-byte aligned (32 for
  * float is not needed: two 16-byte loads). */

@@ -122,8 +122,7 @@ __global__ void __launch_bounds__(128)
 			x1 += bias[o], x2 += bias[o + half];
 		if (lr)
 			x1 += lr[o], x2 += lr[o + half];
-		qr[o] = x1 * c[j] - x2 * sn[j];
-		qr[o + half] = x2 * c[j] + x1 * sn[j];
+		nz_rope(x1, x2, c[j], sn[j], qr[o], qr[o + half]);
 	}
 	for (int i = threadIdx.x; i < nkv * half; i += blockDim.x) {
 		int g = i / half, j = i % half, o = qd + g * hd + j;
@@ -133,8 +132,10 @@ __global__ void __launch_bounds__(128)
 		if (lr)
 			x1 += lr[o], x2 += lr[o + half];
 		T *dst = kc + ((blk * nkv + g) * bs + row) * hd;
-		dst[j] = nz_cvt<T>(x1 * c[j] - x2 * sn[j]);
-		dst[j + half] = nz_cvt<T>(x2 * c[j] + x1 * sn[j]);
+		float a, b;
+		nz_rope(x1, x2, c[j], sn[j], a, b);
+		dst[j] = nz_cvt<T>(a);
+		dst[j + half] = nz_cvt<T>(b);
 	}
 	for (int i = threadIdx.x; i < kvd; i += blockDim.x) {
 		int g = i / hd, d = i % hd, o = qd + kvd + i;

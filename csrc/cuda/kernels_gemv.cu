@@ -230,7 +230,8 @@ __global__ void __launch_bounds__(256) gemv_fused_kernel(const T *__restrict__ W
 					dst[jj + half] = nz_cvt<T>(x2);
 				} else {
 					const float *c = io.cs + (int64_t)j * io.hd, *sn = c + half;
-					const float a = x1 * c[jj] - x2 * sn[jj], b = x2 * c[jj] + x1 * sn[jj];
+					float a, b;
+					nz_rope(x1, x2, c[jj], sn[jj], a, b);
 					if (r0 < qd) {
 						float *q = io.q_out + (int64_t)j * qd + r0;
 						q[0] = a;

@@ -116,6 +116,10 @@ inline int __float_as_int(float f)
 /* ---- device math ---------------------------------------------------------- */
 inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
 inline float __expf(float x) { return expf(x); }
+/* round-to-nearest arithmetic that a compiler may not contract into FMAs */
+inline float __fmul_rn(float a, float b) { return a * b; }
+inline float __fadd_rn(float a, float b) { return a + b; }
+inline float __fsub_rn(float a, float b) { return a - b; }
 inline float __logf(float x) { return logf(x); }
 inline float __fdividef(float a, float b) { return a / b; }
 template <class T> inline T __ldg(const T *p) { return *p; }
