@@ -49,9 +49,12 @@ type ReportRow struct {
 	AdapterID   string    `json:"adapter_id,omitempty"`
 	AdapterName string    `json:"adapter,omitempty"`
 
-	Requests         int64 `json:"requests"`
-	PromptTokens     int64 `json:"prompt_tokens"`
-	CompletionTokens int64 `json:"completion_tokens"`
+	Requests     int64 `json:"requests"`
+	PromptTokens int64 `json:"prompt_tokens"`
+	// CachedPromptTokens is the part of PromptTokens served from the
+	// runtime's prefix cache.
+	CachedPromptTokens int64 `json:"cached_prompt_tokens"`
+	CompletionTokens   int64 `json:"completion_tokens"`
 	// DeviceSeconds is active device time; IdleSeconds the share of idle
 	// time allocated to the group.
 	DeviceSeconds float64 `json:"device_seconds"`

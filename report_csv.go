@@ -35,7 +35,7 @@ func (r *Report) writeCSV(w io.Writer, margin bool) error {
 		header = append(header, "period")
 	}
 	groups := len(header)
-	header = append(header, "requests", "prompt_tokens", "completion_tokens", "device_seconds", "idle_seconds",
+	header = append(header, "requests", "prompt_tokens", "cached_prompt_tokens", "completion_tokens", "device_seconds", "idle_seconds",
 		"active_cost_usd", "idle_cost_usd", "cost_usd", "charged_usd")
 	if margin {
 		header = append(header, "margin_usd")
@@ -68,7 +68,7 @@ func (r *Report) writeCSV(w io.Writer, margin bool) error {
 		}
 		i := func(v int64) string { return strconv.FormatInt(v, 10) }
 		f := func(v float64) string { return strconv.FormatFloat(v, 'f', -1, 64) }
-		rec = append(rec, i(row.Requests), i(row.PromptTokens), i(row.CompletionTokens), f(row.DeviceSeconds),
+		rec = append(rec, i(row.Requests), i(row.PromptTokens), i(row.CachedPromptTokens), i(row.CompletionTokens), f(row.DeviceSeconds),
 			f(row.IdleSeconds), f(row.ActiveCostUSD), f(row.IdleCostUSD), f(row.CostUSD), f(row.ChargedUSD))
 		if margin {
 			rec = append(rec, f(row.MarginUSD))

@@ -15,10 +15,10 @@ func TestReport_WriteCSV(t *testing.T) {
 	rep := &nozzle.Report{
 		Start: day, End: day.Add(48 * time.Hour), GroupBy: []string{nozzle.GroupDay, nozzle.GroupAdapter},
 		Rows: []nozzle.ReportRow{
-			{Time: day, AdapterID: "ad_1", AdapterName: "sql, \"v2\"", Requests: 2, PromptTokens: 10, CostUSD: 0.5},
+			{Time: day, AdapterID: "ad_1", AdapterName: "sql, \"v2\"", Requests: 2, PromptTokens: 10, CachedPromptTokens: 4, CostUSD: 0.5},
 			{Time: day.Add(24 * time.Hour), AdapterID: "ad_2", AdapterName: "chat", Requests: 1, SavingPercent: 99.5},
 		},
-		Total: nozzle.ReportRow{Requests: 3, PromptTokens: 10, CostUSD: 0.5},
+		Total: nozzle.ReportRow{Requests: 3, PromptTokens: 10, CachedPromptTokens: 4, CostUSD: 0.5},
 	}
 	var buf bytes.Buffer
 	if err := rep.WriteCSV(&buf); err != nil {
@@ -31,13 +31,16 @@ func TestReport_WriteCSV(t *testing.T) {
 	if len(recs) != 4 {
 		t.Fatalf("%d records, want header + 2 rows + total", len(recs))
 	}
-	if got, want := recs[0][:4], []string{"time", "adapter_id", "adapter", "requests"}; !slices.Equal(got, want) {
+	if got, want := recs[0][:7], []string{"time", "adapter_id", "adapter", "requests", "prompt_tokens", "cached_prompt_tokens", "completion_tokens"}; !slices.Equal(got, want) {
 		t.Fatalf("header = %v, want %v…", got, want)
 	}
-	if recs[1][0] != "2026-03-04T00:00:00Z" || recs[1][2] != "sql, \"v2\"" || recs[1][3] != "2" || recs[1][10] != "0.5" {
+	if recs[1][0] != "2026-03-04T00:00:00Z" || recs[1][2] != "sql, \"v2\"" || recs[1][3] != "2" || recs[1][4] != "10" || recs[1][5] != "4" || recs[1][11] != "0.5" {
 		t.Fatalf("row = %v", recs[1])
 	}
-	if recs[3][0] != "total" || recs[3][3] != "3" {
+	if recs[2][5] != "0" {
+		t.Fatalf("row without cached tokens = %v", recs[2])
+	}
+	if recs[3][0] != "total" || recs[3][3] != "3" || recs[3][5] != "4" {
 		t.Fatalf("total = %v", recs[3])
 	}
 	for _, r := range recs {

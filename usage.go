@@ -26,8 +26,12 @@ type UsageEvent struct {
 	Status      string    `json:"status"`
 	Time        time.Time `json:"time"` // when the request finished
 
-	PromptTokens     int64 `json:"prompt_tokens"`
-	CompletionTokens int64 `json:"completion_tokens"`
+	PromptTokens int64 `json:"prompt_tokens"`
+	// CachedPromptTokens is how many of PromptTokens the runtime's prefix
+	// cache held (OpenAI's usage.prompt_tokens_details.cached_tokens): a
+	// part of PromptTokens, never more.
+	CachedPromptTokens int64 `json:"cached_prompt_tokens"`
+	CompletionTokens   int64 `json:"completion_tokens"`
 
 	// DeviceSeconds is the request's share of every engine step it took
 	// part in; QueueSeconds, TTFTSeconds and AdapterLoadSeconds are

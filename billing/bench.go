@@ -138,16 +138,17 @@ func benchReport(ctx context.Context, opts BenchOptions, path string, w io.Write
 		for i := range m {
 			j := done + i
 			evs[i] = nozzle.UsageEvent{
-				RequestID:        fmt.Sprintf("b%09d", j),
-				TenantID:         ten.ID,
-				AdapterID:        fmt.Sprintf("ad_%02d", j%adapters),
-				AdapterName:      fmt.Sprintf("adapter-%02d", j%adapters),
-				RuntimeID:        "rt",
-				Time:             start.Add(time.Duration(float64(month) * float64(j) / float64(n))),
-				PromptTokens:     int64(200 + j%700),
-				CompletionTokens: int64(50 + j%300),
-				DeviceSeconds:    0.05,
-				RatePerHour:      2,
+				RequestID:          fmt.Sprintf("b%09d", j),
+				TenantID:           ten.ID,
+				AdapterID:          fmt.Sprintf("ad_%02d", j%adapters),
+				AdapterName:        fmt.Sprintf("adapter-%02d", j%adapters),
+				RuntimeID:          "rt",
+				Time:               start.Add(time.Duration(float64(month) * float64(j) / float64(n))),
+				PromptTokens:       int64(200 + j%700),
+				CachedPromptTokens: int64(j%3) * 64, // some requests share a cached prefix
+				CompletionTokens:   int64(50 + j%300),
+				DeviceSeconds:      0.05,
+				RatePerHour:        2,
 			}
 		}
 		if err := l.recordBulk(ctx, evs[:m], chunk); err != nil {
@@ -194,7 +195,8 @@ func benchReport(ctx context.Context, opts BenchOptions, path string, w io.Write
 			return err
 		}
 		scanT := time.Since(t)
-		if scan.Total.Requests != rep.Total.Requests || !near(scan.Total.CostUSD, rep.Total.CostUSD) {
+		if scan.Total.Requests != rep.Total.Requests || scan.Total.CachedPromptTokens != rep.Total.CachedPromptTokens ||
+			!near(scan.Total.CostUSD, rep.Total.CostUSD) {
 			return fmt.Errorf("rollup report %+v differs from the event scan %+v", rep.Total, scan.Total)
 		}
 		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%.0fx\n", qq.name, len(rep.Rows), fmtDur(med), fmtDur(scanT), float64(scanT)/float64(med))

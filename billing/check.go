@@ -34,8 +34,10 @@ func (r *CheckResult) problem(format string, args ...any) {
 // Check verifies the ledger in one read transaction (writes go on): every
 // event decodes and is indexed by its request id; the hourly rollups, the
 // all-tenant hourly totals and the monthly totals equal the sums of the
-// events; the hourly capacity equals the sum of the capacity intervals;
-// and the outbox never took more of an hour than it holds. Provisional
+// events (requests, prompt, cached prompt and completion tokens, device
+// time, cost and charges); the hourly capacity equals the sum of the
+// capacity intervals; and the outbox never took more of an hour than it
+// holds. Provisional
 // capacity (each runtime's open interval) is not part of these sums: Check
 // only verifies that each such record decodes and is filed under its
 // runtime. The error wraps ErrInconsistent when something does not match.
@@ -209,6 +211,7 @@ func compareRollups(res *CheckResult, what string, b *bolt.Bucket, want map[stri
 			return nil
 		}
 		if got.Requests != w.Requests || got.Failed != w.Failed || got.PromptTokens != w.PromptTokens ||
+			got.CachedPromptTokens != w.CachedPromptTokens ||
 			got.CompletionTokens != w.CompletionTokens || !near(got.DeviceSeconds, w.DeviceSeconds) ||
 			!near(got.ActiveCostUSD, w.ActiveCostUSD) || !near(got.ChargedUSD, w.ChargedUSD) {
 			res.problem("%s %x is %+v, its events sum to %+v", what, k, got, *w)

@@ -11,20 +11,30 @@ import (
 // Each value decoder must reject any bytes it cannot read with an error,
 // never panic, and re-encode what it accepts to the same bytes.
 
+// Usage events and rollups decode in format 1 (before schema version 3,
+// no cached prompt tokens) and format 2; both are seeded.
 func FuzzDecodeEvent(f *testing.F) {
 	f.Add(encodeEvent(nil, &nozzle.UsageEvent{RequestID: "r", TenantID: "t", Status: nozzle.UsageOK, Time: time.Unix(1, 2), PromptTokens: 3, DeviceSeconds: 0.5, Response: []byte("{}")}))
+	f.Add(encodeEvent(nil, &nozzle.UsageEvent{RequestID: "r", TenantID: "t", Status: nozzle.UsageCanceled, Time: time.Unix(1, 2), PromptTokens: 300, CachedPromptTokens: 256, CompletionTokens: 4}))
+	f.Add(encodeEventV1(v1Event))
 	f.Add([]byte{1})
+	f.Add([]byte{2})
 	f.Add([]byte{})
 	f.Fuzz(func(t *testing.T, b []byte) {
 		ev, err := decodeEvent(b)
 		if err != nil {
 			return
 		}
+		if ev.CachedPromptTokens < 0 || ev.CachedPromptTokens > max(ev.PromptTokens, 0) || (b[0] == valueV1 && ev.CachedPromptTokens != 0) {
+			t.Fatalf("event of format %d has %d of %d prompt tokens cached", b[0], ev.CachedPromptTokens, ev.PromptTokens)
+		}
 		if again := encodeEvent(nil, ev); !bytes.Equal(again, b) {
-			// Varints have one canonical form but decoders accept others;
-			// what matters is that a re-decode gives the same event.
+			// Varints have one canonical form but decoders accept others,
+			// and format 1 is written again as format 2; what matters is
+			// that a re-decode gives the same event.
 			ev2, err := decodeEvent(again)
-			if err != nil || ev2.RequestID != ev.RequestID || ev2.ChargeUSD != ev.ChargeUSD || !ev2.Time.Equal(ev.Time) {
+			if err != nil || ev2.RequestID != ev.RequestID || ev2.ChargeUSD != ev.ChargeUSD || !ev2.Time.Equal(ev.Time) ||
+				ev2.PromptTokens != ev.PromptTokens || ev2.CachedPromptTokens != ev.CachedPromptTokens || ev2.CompletionTokens != ev.CompletionTokens {
 				t.Fatalf("event does not round-trip: %+v vs %+v (%v)", ev, ev2, err)
 			}
 		}
@@ -33,11 +43,17 @@ func FuzzDecodeEvent(f *testing.F) {
 
 func FuzzDecodeRollup(f *testing.F) {
 	f.Add(encodeRollup(&rollup{Requests: 1, PromptTokens: 2, DeviceSeconds: 1.5, AdapterName: "a"}))
+	f.Add(encodeRollup(&rollup{Requests: 2, PromptTokens: 700, CachedPromptTokens: 512, CompletionTokens: 9, AdapterName: "a"}))
+	f.Add(encodeRollupV1(&v1Rollup))
 	f.Add([]byte{1, 0})
+	f.Add([]byte{2, 0})
 	f.Fuzz(func(t *testing.T, b []byte) {
 		r, err := decodeRollup(b)
 		if err != nil {
 			return
+		}
+		if r.CachedPromptTokens < 0 || r.CachedPromptTokens > max(r.PromptTokens, 0) || (b[0] == valueV1 && r.CachedPromptTokens != 0) {
+			t.Fatalf("rollup of format %d has %d of %d prompt tokens cached", b[0], r.CachedPromptTokens, r.PromptTokens)
 		}
 		if r2, err := decodeRollup(encodeRollup(&r)); err != nil || r2 != r {
 			t.Fatalf("rollup does not round-trip: %+v vs %+v (%v)", r, r2, err)
@@ -159,12 +175,13 @@ func TestEncodeZeroTime(t *testing.T) {
 // FuzzDecodeJournal: a journal decodes to the events of its good prefix,
 // which re-encode to exactly that prefix; nothing panics.
 func FuzzDecodeJournal(f *testing.F) {
-	ev := &nozzle.UsageEvent{RequestID: "r", TenantID: "t", Status: nozzle.UsageOK, Time: time.Unix(1, 2), PromptTokens: 3, ChargeUSD: 0.5}
+	ev := &nozzle.UsageEvent{RequestID: "r", TenantID: "t", Status: nozzle.UsageOK, Time: time.Unix(1, 2), PromptTokens: 3, CachedPromptTokens: 2, ChargeUSD: 0.5}
 	one, _ := appendRecord(nil, nil, 3, ev)
 	two, _ := appendRecord(bytes.Clone(one), nil, 3, ev)
 	f.Add(one)
 	f.Add(two)
 	f.Add(two[:len(two)-1])
+	f.Add(appendRecordV1(nil, 3, v1Event)) // left by a build before schema version 3
 	f.Add([]byte{})
 	f.Fuzz(func(t *testing.T, b []byte) {
 		evs, good, gen := decodeJournal(b)

@@ -12,13 +12,18 @@ import (
 // change a value's layout and still read the old one.
 const valueV1 = 1
 
+// valueV2 is the format of usage events and rollups since schema version
+// 3: format 1 with the cached prompt tokens after the prompt tokens.
+// Format 1 values still decode, with no cached prompt tokens.
+const valueV2 = 2
+
 // Status codes of stored usage events.
 var statusCodes = map[string]byte{nozzle.UsageOK: 1, nozzle.UsageCanceled: 2, nozzle.UsageFailed: 3}
 var statusNames = map[byte]string{1: nozzle.UsageOK, 2: nozzle.UsageCanceled, 3: nozzle.UsageFailed}
 
 func encodeEvent(buf []byte, ev *nozzle.UsageEvent) []byte {
 	e := enc{b: buf[:0]}
-	e.u8(valueV1)
+	e.u8(valueV2)
 	e.str(ev.RequestID)
 	e.str(ev.TenantID)
 	e.str(ev.KeyID)
@@ -29,6 +34,7 @@ func encodeEvent(buf []byte, ev *nozzle.UsageEvent) []byte {
 	e.u8(statusCodes[ev.Status])
 	e.time(ev.Time)
 	e.varint(ev.PromptTokens)
+	e.varint(ev.CachedPromptTokens)
 	e.varint(ev.CompletionTokens)
 	e.f64(ev.DeviceSeconds)
 	e.f64(ev.QueueSeconds)
@@ -42,7 +48,8 @@ func encodeEvent(buf []byte, ev *nozzle.UsageEvent) []byte {
 
 func decodeEvent(b []byte) (*nozzle.UsageEvent, error) {
 	d := dec{b: b}
-	if d.u8() != valueV1 {
+	format := d.u8()
+	if format != valueV1 && format != valueV2 {
 		d.fail()
 	}
 	ev := &nozzle.UsageEvent{
@@ -61,6 +68,12 @@ func decodeEvent(b []byte) (*nozzle.UsageEvent, error) {
 	ev.Status = st
 	ev.Time = d.time()
 	ev.PromptTokens = d.varint()
+	if format == valueV2 {
+		ev.CachedPromptTokens = d.varint()
+		if !cachedWithin(ev.CachedPromptTokens, ev.PromptTokens) {
+			d.fail()
+		}
+	}
 	ev.CompletionTokens = d.varint()
 	ev.DeviceSeconds = d.f64()
 	ev.QueueSeconds = d.f64()
@@ -79,20 +92,28 @@ func decodeEvent(b []byte) (*nozzle.UsageEvent, error) {
 // an hour (bucket rollups), every tenant in an hour (bucket hours), or a
 // tenant in a month (bucket months).
 type rollup struct {
-	Requests         int64
-	Failed           int64
-	PromptTokens     int64
-	CompletionTokens int64
-	DeviceSeconds    float64
-	ActiveCostUSD    float64
-	ChargedUSD       float64
-	AdapterName      string
+	Requests           int64
+	Failed             int64
+	PromptTokens       int64
+	CachedPromptTokens int64 // of PromptTokens, those the prefix cache held
+	CompletionTokens   int64
+	DeviceSeconds      float64
+	ActiveCostUSD      float64
+	ChargedUSD         float64
+	AdapterName        string
 }
+
+// cachedWithin reports whether cached prompt tokens can be part of the
+// prompt tokens: between 0 and them. None cached always can: the decoders,
+// like format 1's, leave the sign of the prompt tokens to validateEvent, and
+// every value they accept must re-encode to one they accept.
+func cachedWithin(cached, prompt int64) bool { return cached == 0 || (cached > 0 && cached <= prompt) }
 
 func (r *rollup) add(o *rollup) {
 	r.Requests += o.Requests
 	r.Failed += o.Failed
 	r.PromptTokens += o.PromptTokens
+	r.CachedPromptTokens += o.CachedPromptTokens
 	r.CompletionTokens += o.CompletionTokens
 	r.DeviceSeconds += o.DeviceSeconds
 	r.ActiveCostUSD += o.ActiveCostUSD
@@ -109,6 +130,7 @@ func (r *rollup) addEvent(ev *nozzle.UsageEvent) {
 		r.Failed++
 	}
 	r.PromptTokens += ev.PromptTokens
+	r.CachedPromptTokens += ev.CachedPromptTokens
 	r.CompletionTokens += ev.CompletionTokens
 	r.DeviceSeconds += ev.DeviceSeconds
 	r.ActiveCostUSD += activeCost(ev)
@@ -123,10 +145,11 @@ func activeCost(ev *nozzle.UsageEvent) float64 { return ev.DeviceSeconds * ev.Ra
 
 func encodeRollup(r *rollup) []byte {
 	e := enc{b: make([]byte, 0, 64+len(r.AdapterName))}
-	e.u8(valueV1)
+	e.u8(valueV2)
 	e.varint(r.Requests)
 	e.varint(r.Failed)
 	e.varint(r.PromptTokens)
+	e.varint(r.CachedPromptTokens)
 	e.varint(r.CompletionTokens)
 	e.f64(r.DeviceSeconds)
 	e.f64(r.ActiveCostUSD)
@@ -137,19 +160,25 @@ func encodeRollup(r *rollup) []byte {
 
 func decodeRollup(b []byte) (rollup, error) {
 	d := dec{b: b}
-	if d.u8() != valueV1 {
+	format := d.u8()
+	if format != valueV1 && format != valueV2 {
 		d.fail()
 	}
-	r := rollup{
-		Requests:         d.varint(),
-		Failed:           d.varint(),
-		PromptTokens:     d.varint(),
-		CompletionTokens: d.varint(),
-		DeviceSeconds:    d.f64(),
-		ActiveCostUSD:    d.f64(),
-		ChargedUSD:       d.f64(),
-		AdapterName:      d.str(),
+	var r rollup
+	r.Requests = d.varint()
+	r.Failed = d.varint()
+	r.PromptTokens = d.varint()
+	if format == valueV2 {
+		r.CachedPromptTokens = d.varint()
+		if !cachedWithin(r.CachedPromptTokens, r.PromptTokens) {
+			d.fail()
+		}
 	}
+	r.CompletionTokens = d.varint()
+	r.DeviceSeconds = d.f64()
+	r.ActiveCostUSD = d.f64()
+	r.ChargedUSD = d.f64()
+	r.AdapterName = d.str()
 	return r, d.done("rollup")
 }
 

@@ -403,6 +403,7 @@ func (a *rowAcc) add(c *usageCell, idleCost, idleSecs float64) {
 	r := &a.row
 	r.Requests += c.r.Requests
 	r.PromptTokens += c.r.PromptTokens
+	r.CachedPromptTokens += c.r.CachedPromptTokens
 	r.CompletionTokens += c.r.CompletionTokens
 	r.DeviceSeconds += c.r.DeviceSeconds
 	r.ActiveCostUSD += c.r.ActiveCostUSD

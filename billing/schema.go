@@ -9,7 +9,7 @@ import (
 
 // SchemaVersion is the ledger layout this package writes. docs/LEDGER.md
 // describes it; migrations below bring older files up to it.
-const SchemaVersion = 2
+const SchemaVersion = 3
 
 // Bucket names. docs/LEDGER.md gives each bucket's keys and values.
 var (
@@ -78,6 +78,12 @@ var migrations = []migration{
 		}
 		return nil
 	}},
+	// Version 3: usage events and rollups are written in value format 2,
+	// which adds the cached prompt tokens. Format 1 values stay as they
+	// are and still decode (with no cached prompt tokens); a rollup moves
+	// to format 2 when it is next written. The version keeps a build that
+	// cannot read format 2 from opening the file.
+	{To: 3, Fn: func(tx *bolt.Tx) error { return nil }},
 }
 
 // schemaVersion returns the version stamped in the file (0 for a new file).

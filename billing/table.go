@@ -34,7 +34,7 @@ func WriteTable(w io.Writer, r *nozzle.Report) error {
 	if head == "" {
 		head = "\t"
 	}
-	fmt.Fprintln(tw, head+"requests\tprompt tok\tcompl tok\tdevice s\tidle s\tcost $\tcharged $\tmargin $\tdedicated $\tsaving %\t")
+	fmt.Fprintln(tw, head+"requests\tprompt tok\tcached tok\tcompl tok\tdevice s\tidle s\tcost $\tcharged $\tmargin $\tdedicated $\tsaving %\t")
 	line := func(row *nozzle.ReportRow, label string) {
 		var cells string
 		if label != "" {
@@ -60,8 +60,8 @@ func WriteTable(w io.Writer, r *nozzle.Report) error {
 				cells = "\t"
 			}
 		}
-		fmt.Fprintf(tw, "%s%d\t%d\t%d\t%.1f\t%.1f\t%.4f\t%.4f\t%.4f\t%.2f\t%.1f\t\n", cells,
-			row.Requests, row.PromptTokens, row.CompletionTokens, row.DeviceSeconds, row.IdleSeconds,
+		fmt.Fprintf(tw, "%s%d\t%d\t%d\t%d\t%.1f\t%.1f\t%.4f\t%.4f\t%.4f\t%.2f\t%.1f\t\n", cells,
+			row.Requests, row.PromptTokens, row.CachedPromptTokens, row.CompletionTokens, row.DeviceSeconds, row.IdleSeconds,
 			row.CostUSD, row.ChargedUSD, row.MarginUSD, row.DedicatedUSD, row.SavingPercent)
 	}
 	for i := range r.Rows {

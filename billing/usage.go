@@ -131,6 +131,8 @@ func validateEvent(ev *nozzle.UsageEvent) error {
 		return bad("Usage event needs a time.").WithParam("time")
 	case ev.PromptTokens < 0 || ev.CompletionTokens < 0:
 		return bad("Token counts must not be negative.")
+	case !cachedWithin(ev.CachedPromptTokens, ev.PromptTokens):
+		return bad("Cached prompt tokens must be between 0 and the prompt tokens (%d), not %d.", ev.PromptTokens, ev.CachedPromptTokens).WithParam("cached_prompt_tokens")
 	case !nonNegative(ev.DeviceSeconds, ev.QueueSeconds, ev.TTFTSeconds, ev.AdapterLoadSeconds, ev.RatePerHour):
 		return bad("Usage event durations and rate must be non-negative numbers.")
 	case len(ev.Response) > maxResponseLen:

@@ -82,6 +82,8 @@ func TestRecordUsage_Invalid(t *testing.T) {
 		"NoRequestID":     {TenantID: ten.ID, Time: at},
 		"NoTime":          {RequestID: "r", TenantID: ten.ID},
 		"NegativeTokens":  {RequestID: "r", TenantID: ten.ID, Time: at, PromptTokens: -1},
+		"CachedTooMany":   {RequestID: "r", TenantID: ten.ID, Time: at, PromptTokens: 10, CachedPromptTokens: 11},
+		"NegativeCached":  {RequestID: "r", TenantID: ten.ID, Time: at, PromptTokens: 10, CachedPromptTokens: -1},
 		"NaNSeconds":      {RequestID: "r", TenantID: ten.ID, Time: at, DeviceSeconds: math.NaN()},
 		"UnknownStatus":   {RequestID: "r", TenantID: ten.ID, Time: at, Status: "weird"},
 		"UnknownTenant":   {RequestID: "r", TenantID: "ten_nope", Time: at},

@@ -1,8 +1,11 @@
 package gateway_test
 
 import (
+	"encoding/csv"
 	"encoding/json"
 	"net/http"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -49,10 +52,12 @@ type chatResponse struct {
 
 // TestChat_CachedTokens: prompt tokens the runtime's prefix cache held are
 // reported as OpenAI reports them, in usage.prompt_tokens_details, and
-// only when there are some.
+// only when there are some. The usage event carries the same count (once
+// per prompt, however many choices), and so do the tenant's and the
+// operator's usage reports, as JSON and as CSV.
 func TestChat_CachedTokens(t *testing.T) {
 	f := newFixture(t)
-	var first, second chatResponse
+	var first, second, multi chatResponse
 	decode(t, f.do(http.MethodPost, "/v1/chat/completions", chatBody("tiny-llama", "A long system prompt"), f.authA()), &first)
 	decode(t, f.do(http.MethodPost, "/v1/chat/completions", chatBody("tiny-llama", "A long system prompt CACHED"), f.authA()), &second)
 	if first.Usage.PromptTokensDetails != nil {
@@ -60,7 +65,76 @@ func TestChat_CachedTokens(t *testing.T) {
 	}
 	d := second.Usage.PromptTokensDetails
 	if d == nil || d.CachedTokens != second.Usage.PromptTokens-1 || d.CachedTokens == 0 {
-		t.Errorf("second answer: usage %+v, details %+v", second.Usage, d)
+		t.Fatalf("second answer: usage %+v, details %+v", second.Usage, d)
+	}
+	// Three choices of one prompt: its cached tokens count once, as its
+	// prompt tokens do.
+	decode(t, f.do(http.MethodPost, "/v1/chat/completions",
+		`{"model":"tiny-llama","n":3,"max_tokens":2,"messages":[{"role":"user","content":"Another prompt CACHED"}]}`, f.authA()), &multi)
+	md := multi.Usage.PromptTokensDetails
+	if len(multi.Choices) != 3 || md == nil || md.CachedTokens != multi.Usage.PromptTokens-1 {
+		t.Fatalf("n=3 answer: usage %+v, details %+v", multi.Usage, md)
+	}
+	// A stream reports them in its usage chunk.
+	resp := f.do(http.MethodPost, "/v1/chat/completions",
+		`{"model":"tiny-llama","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"A streamed prompt CACHED"}]}`, f.authA())
+	events := sseEvents(t, readAll(t, resp))
+	var streamed chatResponse
+	if len(events) < 2 || json.Unmarshal([]byte(events[len(events)-2]), &streamed) != nil || streamed.Usage.PromptTokensDetails == nil {
+		t.Fatalf("stream's usage chunk: %q", events)
+	}
+
+	answers := []chatResponse{first, second, multi, streamed}
+	var prompt, cached int64
+	evs := f.events()
+	if len(evs) != len(answers) {
+		t.Fatalf("%d usage events, want %d", len(evs), len(answers))
+	}
+	for i, a := range answers {
+		var c int64
+		if a.Usage.PromptTokensDetails != nil {
+			c = a.Usage.PromptTokensDetails.CachedTokens
+		}
+		if evs[i].PromptTokens != a.Usage.PromptTokens || evs[i].CachedPromptTokens != c {
+			t.Errorf("event %d has %d prompt tokens, %d cached; the answer said %d and %d",
+				i, evs[i].PromptTokens, evs[i].CachedPromptTokens, a.Usage.PromptTokens, c)
+		}
+		prompt += a.Usage.PromptTokens
+		cached += c
+	}
+
+	type row struct {
+		TenantID string `json:"tenant_id"`
+		Prompt   int64  `json:"prompt_tokens"`
+		Cached   int64  `json:"cached_prompt_tokens"`
+	}
+	var usage struct {
+		Data  []row `json:"data"`
+		Total row   `json:"total"`
+	}
+	decode(t, f.do(http.MethodGet, "/v1/usage", "", f.authA()), &usage)
+	if usage.Total.Prompt != prompt || usage.Total.Cached != cached || len(usage.Data) != 1 || usage.Data[0].Cached != cached {
+		t.Errorf("/v1/usage: %+v, want %d prompt tokens, %d cached", usage, prompt, cached)
+	}
+	var op struct {
+		Data []row `json:"data"`
+	}
+	decode(t, f.do(http.MethodGet, "/admin/report?group_by=tenant", "", bearer(adminToken)), &op)
+	if len(op.Data) != 1 || op.Data[0].TenantID != f.tenantA.ID || op.Data[0].Cached != cached {
+		t.Errorf("/admin/report: %+v, want tenant %s with %d cached", op, f.tenantA.ID, cached)
+	}
+	for _, c := range []struct {
+		path string
+		auth header
+	}{{"/v1/usage?format=csv", f.authA()}, {"/admin/report?format=csv", bearer(adminToken)}} {
+		recs, err := csv.NewReader(strings.NewReader(readAll(t, f.do(http.MethodGet, c.path, "", c.auth)))).ReadAll()
+		if err != nil || len(recs) < 2 {
+			t.Fatalf("%s: %v %v", c.path, recs, err)
+		}
+		i := slices.Index(recs[0], "cached_prompt_tokens")
+		if i < 1 || recs[0][i-1] != "prompt_tokens" || recs[len(recs)-1][i] != strconv.FormatInt(cached, 10) {
+			t.Errorf("%s: header %v, total %v; want %d cached", c.path, recs[0], recs[len(recs)-1], cached)
+		}
 	}
 }
 

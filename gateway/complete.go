@@ -372,7 +372,7 @@ func (cp *completion) settle(body []byte) (stored []byte, err error) {
 			work = true
 		}
 	}
-	ev.PromptTokens, _ = cp.promptUsage()
+	ev.PromptTokens, ev.CachedPromptTokens = cp.promptUsage()
 	fail := cp.failure()
 	switch {
 	case fail == nil:
@@ -432,9 +432,10 @@ func (cp *completion) settle(body []byte) (stored []byte, err error) {
 	return nil, nil
 }
 
-// promptUsage is the prompt side of the request's account: each prompt
-// counted once however many choices it has (as OpenAI counts n), and of
-// those the tokens the prefix cache held (the most any of its choices had).
+// promptUsage is the prompt side of the request's account, the same in the
+// answer's usage and in the ledger: each prompt counted once however many
+// choices it has (as OpenAI counts n), and of those the tokens the prefix
+// cache held (the most any of its choices had, never more than the prompt).
 func (cp *completion) promptUsage() (prompt, cached int64) {
 	n := max(cp.j.n, 1)
 	for g := 0; g < len(cp.results); g += n {
@@ -446,7 +447,7 @@ func (cp *completion) promptUsage() (prompt, cached int64) {
 			}
 		}
 		prompt += p
-		cached += c
+		cached += min(c, p)
 	}
 	return prompt, cached
 }

@@ -55,27 +55,28 @@ var operatorGroups = map[string]bool{nozzle.GroupAdapter: true, nozzle.GroupDay:
 // usageRow is a report row as a tenant sees it: the operator's margin is
 // left out.
 type usageRow struct {
-	Time             *time.Time `json:"time,omitempty"`
-	AdapterID        string     `json:"adapter_id,omitempty"`
-	AdapterName      string     `json:"adapter,omitempty"`
-	Requests         int64      `json:"requests"`
-	PromptTokens     int64      `json:"prompt_tokens"`
-	CompletionTokens int64      `json:"completion_tokens"`
-	DeviceSeconds    float64    `json:"device_seconds"`
-	IdleSeconds      float64    `json:"idle_seconds"`
-	ActiveCostUSD    float64    `json:"active_cost_usd"`
-	IdleCostUSD      float64    `json:"idle_cost_usd"`
-	CostUSD          float64    `json:"cost_usd"`
-	ChargedUSD       float64    `json:"charged_usd"`
-	DedicatedUSD     float64    `json:"dedicated_usd"`
-	SavingPercent    float64    `json:"saving_percent"`
+	Time               *time.Time `json:"time,omitempty"`
+	AdapterID          string     `json:"adapter_id,omitempty"`
+	AdapterName        string     `json:"adapter,omitempty"`
+	Requests           int64      `json:"requests"`
+	PromptTokens       int64      `json:"prompt_tokens"`
+	CachedPromptTokens int64      `json:"cached_prompt_tokens"`
+	CompletionTokens   int64      `json:"completion_tokens"`
+	DeviceSeconds      float64    `json:"device_seconds"`
+	IdleSeconds        float64    `json:"idle_seconds"`
+	ActiveCostUSD      float64    `json:"active_cost_usd"`
+	IdleCostUSD        float64    `json:"idle_cost_usd"`
+	CostUSD            float64    `json:"cost_usd"`
+	ChargedUSD         float64    `json:"charged_usd"`
+	DedicatedUSD       float64    `json:"dedicated_usd"`
+	SavingPercent      float64    `json:"saving_percent"`
 }
 
 func toUsageRow(r nozzle.ReportRow) usageRow {
 	u := usageRow{AdapterID: r.AdapterID, AdapterName: r.AdapterName, Requests: r.Requests,
-		PromptTokens: r.PromptTokens, CompletionTokens: r.CompletionTokens, DeviceSeconds: r.DeviceSeconds,
-		IdleSeconds: r.IdleSeconds, ActiveCostUSD: r.ActiveCostUSD, IdleCostUSD: r.IdleCostUSD, CostUSD: r.CostUSD,
-		ChargedUSD: r.ChargedUSD, DedicatedUSD: r.DedicatedUSD, SavingPercent: r.SavingPercent}
+		PromptTokens: r.PromptTokens, CachedPromptTokens: r.CachedPromptTokens, CompletionTokens: r.CompletionTokens,
+		DeviceSeconds: r.DeviceSeconds, IdleSeconds: r.IdleSeconds, ActiveCostUSD: r.ActiveCostUSD, IdleCostUSD: r.IdleCostUSD,
+		CostUSD: r.CostUSD, ChargedUSD: r.ChargedUSD, DedicatedUSD: r.DedicatedUSD, SavingPercent: r.SavingPercent}
 	if !r.Time.IsZero() {
 		t := r.Time
 		u.Time = &t

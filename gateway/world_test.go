@@ -599,6 +599,7 @@ func (w *world) report(ctx context.Context, q nozzle.ReportQuery) (*nozzle.Repor
 	add := func(r *nozzle.ReportRow, e *nozzle.UsageEvent) {
 		r.Requests++
 		r.PromptTokens += e.PromptTokens
+		r.CachedPromptTokens += e.CachedPromptTokens
 		r.CompletionTokens += e.CompletionTokens
 		r.DeviceSeconds += e.DeviceSeconds
 		ac := e.DeviceSeconds * e.RatePerHour / 3600

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/csv"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -12,6 +13,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -152,6 +155,89 @@ func TestServe_EndToEnd(t *testing.T) {
 	r.Body.Close()
 	if rep.Total.Requests != 3 {
 		t.Fatalf("usage total %+v, want 3 requests", rep.Total)
+	}
+}
+
+// TestServe_CachedPromptTokens: a prompt that begins like an earlier one
+// takes its leading blocks from the prefix cache. The ledger keeps the
+// count each answer reported: /v1/usage adds it up, as JSON and CSV, and
+// the ledger check holds.
+func TestServe_CachedPromptTokens(t *testing.T) {
+	m := MustRunMain(t)
+	base := "http://" + m.Addr
+	key := m.demoKey(t)
+	system := strings.Repeat("You are a careful assistant who answers in one short sentence. ", 6)
+	var prompt, cached int64
+	for _, q := range []string{"What is two and two?", "Name a colour.", "What is two and two?"} {
+		body, _ := json.Marshal(map[string]any{"model": "base", "max_tokens": 2, "temperature": 0,
+			"messages": []map[string]string{{"role": "system", "content": system}, {"role": "user", "content": q}}})
+		resp, b := post(t, base+"/v1/chat/completions", key, string(body))
+		if resp.StatusCode != 200 {
+			t.Fatalf("chat: %d %s", resp.StatusCode, b)
+		}
+		var out struct {
+			Usage struct {
+				PromptTokens        int64 `json:"prompt_tokens"`
+				PromptTokensDetails struct {
+					CachedTokens int64 `json:"cached_tokens"`
+				} `json:"prompt_tokens_details"`
+			}
+		}
+		if err := json.Unmarshal(b, &out); err != nil {
+			t.Fatal(err)
+		}
+		prompt += out.Usage.PromptTokens
+		cached += out.Usage.PromptTokensDetails.CachedTokens
+	}
+	if cached == 0 || cached >= prompt {
+		t.Fatalf("%d of %d prompt tokens came from the prefix cache", cached, prompt)
+	}
+
+	get := func(path string) []byte {
+		t.Helper()
+		req, _ := http.NewRequest("GET", base+path, nil)
+		req.Header.Set("Authorization", "Bearer "+key)
+		r, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer r.Body.Close()
+		b, _ := io.ReadAll(r.Body)
+		if r.StatusCode != 200 {
+			t.Fatalf("GET %s: %d %s", path, r.StatusCode, b)
+		}
+		return b
+	}
+	var rep nozzle.Report
+	if err := json.Unmarshal(get("/v1/usage"), &rep); err != nil {
+		t.Fatal(err)
+	}
+	if rep.Total.Requests != 3 || rep.Total.PromptTokens != prompt || rep.Total.CachedPromptTokens != cached {
+		t.Fatalf("usage total %+v, want 3 requests, %d prompt tokens, %d cached", rep.Total, prompt, cached)
+	}
+	recs, err := csv.NewReader(bytes.NewReader(get("/v1/usage?format=csv"))).ReadAll()
+	if err != nil {
+		t.Fatal(err)
+	}
+	i := slices.Index(recs[0], "cached_prompt_tokens")
+	if i < 1 || recs[0][i-1] != "prompt_tokens" || recs[len(recs)-1][i] != strconv.FormatInt(cached, 10) {
+		t.Fatalf("usage CSV %v", recs)
+	}
+
+	admin, err := os.ReadFile(filepath.Join(m.Config.Data, "admin-token"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req, _ := http.NewRequest("POST", base+"/admin/ledger/check", nil)
+	req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(admin)))
+	r, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Body.Close()
+	var res nozzle.LedgerCheck
+	if err := json.NewDecoder(r.Body).Decode(&res); err != nil || r.StatusCode != 200 || res.Events != 3 || len(res.Problems) > 0 {
+		t.Fatalf("ledger check: %d %+v %v", r.StatusCode, res, err)
 	}
 }
 

@@ -437,6 +437,8 @@ async function main() {
     assert(n === 2, `requests ${n}, want 2`);
     await page.waitForSelector('.chart-box canvas');
     assert((await page.locator('#usage-table tbody tr').count()) >= 1, 'no table rows');
+    const heads = await page.locator('#usage-table thead th').allTextContents();
+    assert(heads.some((h) => h.startsWith('Cached')), `usage table columns: ${heads.join(', ')}`);
     await shot(page, 'usage-desktop');
     const [dl] = await Promise.all([page.waitForEvent('download'), page.click('#csv-link')]);
     const file = await dl.path();

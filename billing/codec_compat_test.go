@@ -1,0 +1,364 @@
+package billing
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nozzle-ai/nozzle"
+	bolt "go.etcd.io/bbolt"
+)
+
+// Format 1 of usage events and rollups, as schema version 2 and earlier
+// wrote them (no cached prompt tokens). Kept here to make old files in
+// tests and to seed the fuzz tests.
+
+func encodeEventV1(ev *nozzle.UsageEvent) []byte {
+	e := enc{}
+	e.u8(valueV1)
+	e.str(ev.RequestID)
+	e.str(ev.TenantID)
+	e.str(ev.KeyID)
+	e.str(ev.AdapterID)
+	e.str(ev.AdapterName)
+	e.str(ev.Model)
+	e.str(ev.RuntimeID)
+	e.u8(statusCodes[ev.Status])
+	e.time(ev.Time)
+	e.varint(ev.PromptTokens)
+	e.varint(ev.CompletionTokens)
+	e.f64(ev.DeviceSeconds)
+	e.f64(ev.QueueSeconds)
+	e.f64(ev.TTFTSeconds)
+	e.f64(ev.AdapterLoadSeconds)
+	e.f64(ev.RatePerHour)
+	e.f64(ev.ChargeUSD)
+	e.bytes(ev.Response)
+	return e.b
+}
+
+func encodeRollupV1(r *rollup) []byte {
+	e := enc{}
+	e.u8(valueV1)
+	e.varint(r.Requests)
+	e.varint(r.Failed)
+	e.varint(r.PromptTokens)
+	e.varint(r.CompletionTokens)
+	e.f64(r.DeviceSeconds)
+	e.f64(r.ActiveCostUSD)
+	e.f64(r.ChargedUSD)
+	e.str(r.AdapterName)
+	return e.b
+}
+
+// v1Event is a format 1 event; v1EventHex is how the builds before schema
+// version 3 stored it, byte for byte.
+var v1Event = &nozzle.UsageEvent{RequestID: "req_1", TenantID: "ten_1", KeyID: "key_1", AdapterID: "ad_1", AdapterName: "sql",
+	Model: "sql", RuntimeID: "rt0", Status: nozzle.UsageOK, Time: time.Date(2026, 3, 4, 10, 5, 0, 0, time.UTC),
+	PromptTokens: 1000, CompletionTokens: 50, DeviceSeconds: 0.5, QueueSeconds: 0.25, TTFTSeconds: 0.125,
+	AdapterLoadSeconds: 0, RatePerHour: 2, ChargeUSD: 0.001, Response: []byte(`{}`)}
+
+const v1EventHex = "01057265715f310574656e5f31056b65795f310461645f310373716c0373716c0372743001" +
+	"80e0b7fb9bd4cd9931d00f643fe00000000000003fd00000000000003fc0000000000000000000000000000040000000000000003f50624dd2f1a9fc027b7d"
+
+// v1Rollup is a format 1 rollup; v1RollupHex is how the builds before
+// schema version 3 stored it, byte for byte.
+var v1Rollup = rollup{Requests: 3, Failed: 1, PromptTokens: 2000, CompletionTokens: 70, DeviceSeconds: 1.5,
+	ActiveCostUSD: 0.25, ChargedUSD: 0.5, AdapterName: "sql"}
+
+const v1RollupHex = "010602a01f8c013ff80000000000003fd00000000000003fe00000000000000373716c"
+
+// TestFormat1Values: events and rollups that older builds wrote decode, with
+// no cached prompt tokens, and are written again in format 2.
+func TestFormat1Values(t *testing.T) {
+	b, _ := hex.DecodeString(v1EventHex)
+	if got := encodeEventV1(v1Event); !bytes.Equal(got, b) {
+		t.Fatalf("format 1 event encodes to %x, want %x", got, b)
+	}
+	ev, err := decodeEvent(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ev.CachedPromptTokens != 0 || ev.RequestID != "req_1" || ev.PromptTokens != 1000 || ev.CompletionTokens != 50 ||
+		ev.DeviceSeconds != 0.5 || ev.ChargeUSD != 0.001 || !ev.Time.Equal(v1Event.Time) || string(ev.Response) != "{}" {
+		t.Fatalf("format 1 event decodes to %+v", ev)
+	}
+	again := encodeEvent(nil, ev)
+	if again[0] != valueV2 {
+		t.Fatalf("events are written in format %d", again[0])
+	}
+	if ev2, err := decodeEvent(again); err != nil || ev2.PromptTokens != 1000 || ev2.CachedPromptTokens != 0 || ev2.ChargeUSD != 0.001 {
+		t.Fatalf("re-encoded event decodes to %+v, %v", ev2, err)
+	}
+
+	b, _ = hex.DecodeString(v1RollupHex)
+	if got := encodeRollupV1(&v1Rollup); !bytes.Equal(got, b) {
+		t.Fatalf("format 1 rollup encodes to %x, want %x", got, b)
+	}
+	r, err := decodeRollup(b)
+	if err != nil || r != v1Rollup {
+		t.Fatalf("format 1 rollup decodes to %+v, %v", r, err)
+	}
+	if again := encodeRollup(&r); again[0] != valueV2 {
+		t.Fatalf("rollups are written in format %d", again[0])
+	} else if r2, err := decodeRollup(again); err != nil || r2 != r {
+		t.Fatalf("re-encoded rollup decodes to %+v, %v", r2, err)
+	}
+}
+
+// TestDecodeCachedOutOfRange: cached prompt tokens outside 0..prompt tokens
+// are refused as corrupt.
+func TestDecodeCachedOutOfRange(t *testing.T) {
+	for _, c := range []struct{ prompt, cached int64 }{{10, 11}, {10, -1}, {0, 1}} {
+		ev := &nozzle.UsageEvent{RequestID: "r", TenantID: "t", Status: nozzle.UsageOK, Time: time.Unix(1, 0),
+			PromptTokens: c.prompt, CachedPromptTokens: c.cached}
+		if _, err := decodeEvent(encodeEvent(nil, ev)); !errors.Is(err, errCorrupt) {
+			t.Errorf("event with %d of %d prompt tokens cached: %v", c.cached, c.prompt, err)
+		}
+		r := &rollup{Requests: 1, PromptTokens: c.prompt, CachedPromptTokens: c.cached}
+		if _, err := decodeRollup(encodeRollup(r)); !errors.Is(err, errCorrupt) {
+			t.Errorf("rollup with %d of %d prompt tokens cached: %v", c.cached, c.prompt, err)
+		}
+	}
+	ev := &nozzle.UsageEvent{RequestID: "r", TenantID: "t", Status: nozzle.UsageOK, Time: time.Unix(1, 0), PromptTokens: 10, CachedPromptTokens: 10}
+	if got, err := decodeEvent(encodeEvent(nil, ev)); err != nil || got.CachedPromptTokens != 10 {
+		t.Errorf("fully cached prompt: %+v, %v", got, err)
+	}
+}
+
+func openCompat(t *testing.T, path string) *Ledger {
+	t.Helper()
+	l, err := Open(Options{Path: path, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Now: func() time.Time { return time.Date(2026, 3, 10, 0, 0, 0, 0, time.UTC) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	return l
+}
+
+// rewriteUsage rewrites every stored event and rollup of a closed ledger
+// with fn.
+func rewriteUsage(t *testing.T, path string, fn func(bucket string, v []byte) []byte, version int) {
+	t.Helper()
+	db, err := bolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		for _, name := range [][]byte{bEvents, bRollups, bHours, bMonths} {
+			b := tx.Bucket(name)
+			type kv struct{ k, v []byte }
+			var all []kv
+			if err := b.ForEach(func(k, v []byte) error {
+				all = append(all, kv{bytes.Clone(k), fn(string(name), v)})
+				return nil
+			}); err != nil {
+				return err
+			}
+			for _, x := range all {
+				if err := b.Put(x.k, x.v); err != nil {
+					return err
+				}
+			}
+		}
+		if version > 0 {
+			var v [4]byte
+			binary.BigEndian.PutUint32(v[:], uint32(version))
+			return tx.Bucket(bMeta).Put(metaVersion, v[:])
+		}
+		return nil
+	})
+	if cerr := db.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestLedger_Format1File: a version 2 file, whose events and rollups are
+// all format 1, opens at the current version; its usage reads as having no
+// cached prompt tokens, new events add theirs to the old rollups, and the
+// check holds throughout.
+func TestLedger_Format1File(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "ledger.db")
+	l := openCompat(t, path)
+	ten := &nozzle.Tenant{Name: "acme"}
+	if err := l.CreateTenant(ctx, ten); err != nil {
+		t.Fatal(err)
+	}
+	at := time.Date(2026, 3, 4, 10, 5, 0, 0, time.UTC)
+	for _, id := range []string{"old-1", "old-2"} {
+		ev := &nozzle.UsageEvent{RequestID: id, TenantID: ten.ID, Time: at, PromptTokens: 100, CompletionTokens: 10, DeviceSeconds: 1, RatePerHour: 2}
+		if _, err := l.RecordUsage(ctx, ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	rewriteUsage(t, path, func(bucket string, v []byte) []byte {
+		if bucket == string(bEvents) {
+			ev, err := decodeEvent(v)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return encodeEventV1(ev)
+		}
+		r, err := decodeRollup(v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return encodeRollupV1(&r)
+	}, 2)
+
+	l = openCompat(t, path)
+	q := nozzle.ReportQuery{TenantID: ten.ID, Start: at.Truncate(time.Hour), End: at.Truncate(time.Hour).Add(time.Hour)}
+	rep, err := l.Report(ctx, q)
+	if err != nil || rep.Total.Requests != 2 || rep.Total.PromptTokens != 200 || rep.Total.CachedPromptTokens != 0 {
+		t.Fatalf("report of the old file: %+v, %v", rep, err)
+	}
+	if res, err := l.Check(ctx); err != nil || res.Events != 2 {
+		t.Fatalf("check of the old file: %+v, %v", res, err)
+	}
+	ev := &nozzle.UsageEvent{RequestID: "new-1", TenantID: ten.ID, Time: at, PromptTokens: 100, CachedPromptTokens: 64, CompletionTokens: 10, DeviceSeconds: 1, RatePerHour: 2}
+	if _, err := l.RecordUsage(ctx, ev); err != nil {
+		t.Fatal(err)
+	}
+	rep, err = l.Report(ctx, q)
+	if err != nil || rep.Total.Requests != 3 || rep.Total.PromptTokens != 300 || rep.Total.CachedPromptTokens != 64 {
+		t.Fatalf("report after a new event: %+v, %v", rep.Total, err)
+	}
+	if res, err := l.Check(ctx); err != nil || res.Events != 3 {
+		t.Fatalf("check after a new event: %+v, %v", res, err)
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	// The file is at the current version; old events kept their format,
+	// the rollups they share with the new one moved to format 2.
+	db, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	db.View(func(tx *bolt.Tx) error {
+		if v, _ := schemaVersion(tx); v != SchemaVersion || SchemaVersion != 3 {
+			t.Errorf("version %d after open, want %d", v, SchemaVersion)
+		}
+		formats := map[string][]byte{}
+		for _, name := range [][]byte{bEvents, bRollups, bHours, bMonths} {
+			tx.Bucket(name).ForEach(func(k, v []byte) error {
+				formats[string(name)] = append(formats[string(name)], v[0])
+				return nil
+			})
+		}
+		if got := formats[string(bEvents)]; !bytes.Equal(got, []byte{valueV1, valueV1, valueV2}) {
+			t.Errorf("event formats %v", got)
+		}
+		for _, name := range []string{"rollups", "hours", "months"} {
+			if got := formats[name]; !bytes.Equal(got, []byte{valueV2}) {
+				t.Errorf("%s formats %v", name, got)
+			}
+		}
+		return nil
+	})
+}
+
+// TestCheck_CachedPromptTokens: a rollup, hourly or monthly total whose
+// cached prompt tokens differ from its events' is reported.
+func TestCheck_CachedPromptTokens(t *testing.T) {
+	for _, bucket := range []string{"rollups", "hours", "months"} {
+		t.Run(bucket, func(t *testing.T) {
+			ctx := context.Background()
+			path := filepath.Join(t.TempDir(), "ledger.db")
+			l := openCompat(t, path)
+			ten := &nozzle.Tenant{Name: "acme"}
+			if err := l.CreateTenant(ctx, ten); err != nil {
+				t.Fatal(err)
+			}
+			ev := &nozzle.UsageEvent{RequestID: "r", TenantID: ten.ID, Time: time.Date(2026, 3, 4, 10, 5, 0, 0, time.UTC), PromptTokens: 100, CachedPromptTokens: 64}
+			if _, err := l.RecordUsage(ctx, ev); err != nil {
+				t.Fatal(err)
+			}
+			if res, err := l.Check(ctx); err != nil || len(res.Problems) != 0 {
+				t.Fatalf("check before: %+v, %v", res, err)
+			}
+			if err := l.Close(); err != nil {
+				t.Fatal(err)
+			}
+			rewriteUsage(t, path, func(name string, v []byte) []byte {
+				if name != bucket {
+					return v
+				}
+				r, err := decodeRollup(v)
+				if err != nil {
+					t.Fatal(err)
+				}
+				r.CachedPromptTokens--
+				return encodeRollup(&r)
+			}, 0)
+			l = openCompat(t, path)
+			res, err := l.Check(ctx)
+			if !errors.Is(err, ErrInconsistent) || len(res.Problems) != 1 || !strings.Contains(res.Problems[0], "CachedPromptTokens:63") {
+				t.Fatalf("check after changing the cached tokens of %s: %+v, %v", bucket, res, err)
+			}
+		})
+	}
+}
+
+// appendRecordV1 appends ev's journal record in format 1, as the builds
+// before schema version 3 wrote it.
+func appendRecordV1(b []byte, gen uint32, ev *nozzle.UsageEvent) []byte {
+	payload := encodeEventV1(ev)
+	var g [4]byte
+	binary.LittleEndian.PutUint32(g[:], gen)
+	b = binary.LittleEndian.AppendUint32(b, uint32(len(payload)))
+	b = binary.LittleEndian.AppendUint32(b, crc32.Update(crc32.Checksum(g[:], crc32c), crc32c, payload))
+	b = append(b, g[:]...)
+	return append(b, payload...)
+}
+
+// TestJournal_Format1Replay: the journal an older build left behind when it
+// crashed (format 1 events, a version 2 file) is filed on open.
+func TestJournal_Format1Replay(t *testing.T) {
+	ctx := context.Background()
+	l, path, ten := heldLedger(t)
+	crash(l)
+	rewriteUsage(t, path, func(_ string, v []byte) []byte { return v }, 2)
+	at := time.Date(2026, 3, 4, 10, 0, 0, 0, time.UTC)
+	var b []byte
+	for i := range 3 {
+		ev := journalEvent(ten.ID, fmt.Sprintf("old-%d", i), at)
+		ev.Status = nozzle.UsageOK
+		b = appendRecordV1(b, 5, ev)
+	}
+	if err := os.WriteFile(journalPaths(path)[0], b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	l = openHeld(t, Options{Path: path})
+	defer l.Close()
+	assertEmptyJournal(t, path)
+	if res, err := l.Check(ctx); err != nil || res.Events != 3 {
+		t.Fatalf("check after replay: %+v, %v", res, err)
+	}
+	ev, err := l.Usage(ctx, "old-2")
+	if err != nil || ev.PromptTokens != 1000 || ev.CachedPromptTokens != 0 {
+		t.Fatalf("replayed event %+v, %v", ev, err)
+	}
+}
