@@ -256,6 +256,7 @@ struct cuda_engine {
 	int fuse;          /* NOZZLE_CUDA_FUSE=0 turns them off */
 	size_t gemv_smem;  /* dynamic shared memory they may use */
 	double *part;      /* sums of squares [NZ_GEMV_MAX_T][nz_gemv_fused_parts(H)] */
+	nz_sample_part *spart; /* the sampler's chunks [S][nz_sample_parts(V)] */
 };
 
 int32_t select_device(cuda_engine *e, const char *what)
@@ -270,7 +271,8 @@ int64_t scratch_bytes(const cuda_engine *e)
 	int64_t T = e->T, S = e->S;
 	return 4 * T * (e->H + 2 * e->ymax + e->qd + e->hd) + 4 * 3 * e->lv_rows * e->R + (int64_t)e->wsz * (T * e->xmax + S * e->H) +
 	       4 * S * e->V + 2 * S * (int64_t)sizeof(nz_sample_out) + (int64_t)kBlasWorkspace +
-	       4 * kAttnParts * e->rows_max * (e->hd + 2) + 8 * NZ_GEMV_MAX_T * nz_gemv_fused_parts(e->H);
+	       4 * kAttnParts * e->rows_max * (e->hd + 2) + 8 * NZ_GEMV_MAX_T * nz_gemv_fused_parts(e->H) +
+	       (int64_t)sizeof(nz_sample_part) * S * nz_sample_parts(e->V);
 }
 
 int64_t weight_bytes_estimate(const cuda_engine *e)
@@ -331,7 +333,7 @@ void cuda_destroy(void *impl)
 	cudaFree(e->rank_dev);
 	cudaFree(e->kv);
 	void *scratch[] = {e->h,  e->y,  e->yl,    e->q,      e->cs,      e->lv,     e->logits, e->xin,
-	                   e->xs, e->d_out, e->d_meta, e->blas_ws, e->attn_o, e->attn_ml, e->attn_count, e->part};
+	                   e->xs, e->d_out, e->d_meta, e->blas_ws, e->attn_o, e->attn_ml, e->attn_count, e->part, e->spart};
 	for (void *p : scratch)
 		cudaFree(p);
 	cudaFreeHost(e->stage[0]);
@@ -679,6 +681,7 @@ int32_t cuda_finalize(void *impl)
 	ALLOC(e->attn_o, 4 * kAttnParts * e->rows_max * e->hd);
 	ALLOC(e->attn_ml, 4 * kAttnParts * e->rows_max * 2);
 	ALLOC(e->part, 8 * NZ_GEMV_MAX_T * nz_gemv_fused_parts(e->H));
+	ALLOC(e->spart, (int64_t)sizeof(nz_sample_part) * S * nz_sample_parts(e->V));
 	if (!e->attn_count) {
 		NZ_TRY(dev_alloc((void **)&e->attn_count, 4 * kAttnParts, what));
 		CUDA_TRY(cudaMemsetAsync(e->attn_count, 0, 4 * kAttnParts, e->stream), what);
@@ -932,9 +935,12 @@ int32_t forward(cuda_engine *e, const meta_ptrs &m, int64_t T, int64_t n_attn, i
 	const int32_t n_part = (int32_t)nz_gemv_fused_parts(H);
 
 	float *yl = lora_grid ? e->yl : NULL; /* the LoRA deltas, when the step has adapters */
-	/* split the keys of few (item, KV head) blocks over more blocks */
+	/* split the keys of few (item, KV head) blocks over more blocks: a
+	 * decode block is latency-bound (a chain of tile loads), so the split
+	 * aims at eight blocks per SM, all resident at once, each with a
+	 * shorter chain */
 	int splits = 1;
-	const int64_t blocks = n_attn * e->nkv, want = 2 * (int64_t)e->prop.multiProcessorCount;
+	const int64_t blocks = n_attn * e->nkv, want = 8 * (int64_t)e->prop.multiProcessorCount;
 	if (blocks < want)
 		splits = (int)std::min<int64_t>(16, (want + blocks - 1) / blocks);
 	while (splits > 1 && blocks * splits > kAttnParts)
@@ -1018,7 +1024,7 @@ int32_t forward(cuda_engine *e, const meta_ptrs &m, int64_t T, int64_t n_attn, i
 	KTRY(nz_k_gather_norm(dt, s, ns, m.samples, e->h, H, e->final_norm, e->eps, e->xs), "nz_step: final norm");
 	const void *lm = e->cfg.tie_word_embeddings ? e->embed : e->lm_head;
 	NZ_TRY(gemm(e, e->xs, ns, H, lm, e->V, e->logits, "nz_step: LM head"));
-	KTRY(nz_k_sample(s, ns, e->logits, e->V, m.samples, m.scalars, e->d_out), "nz_step: sampling");
+	KTRY(nz_k_sample(s, ns, e->logits, e->V, m.samples, m.scalars, e->d_out, e->spart), "nz_step: sampling");
 	return NZ_OK;
 }
 

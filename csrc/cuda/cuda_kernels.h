@@ -187,9 +187,18 @@ cudaError_t nz_k_lora_expand(int dtype, cudaStream_t s, int64_t max_items, const
                              int64_t y_stride, int max_out);
 
 /* Samples each of n logits rows [V] (nz_sample in common.h, same
- * semantics): greedy, temperature, top-k, top-p, logprob, top logprobs. */
+ * semantics): greedy, temperature, top-k, top-p, logprob, top logprobs.
+ * With parts (scratch of n·nz_sample_parts(V) entries) a first launch of
+ * many blocks per row finds each chunk's argmax and sum of expf, which one
+ * block per row then merges; without, that block reads the whole row. */
+typedef struct nz_sample_part {
+	unsigned long long key; /* the chunk's argmax key */
+	double sum;             /* Σ expf(l - m) over the chunk */
+	float m;                /* the chunk's largest logit (-inf: none) */
+} nz_sample_part;
+int64_t nz_sample_parts(int64_t V);
 cudaError_t nz_k_sample(cudaStream_t s, int64_t n, const float *logits, int64_t V, const nz_sample_in *in,
-                        const int32_t *scalars, nz_sample_out *out);
+                        const int32_t *scalars, nz_sample_out *out, nz_sample_part *parts);
 
 /* Reads bytes (a multiple of 16) of buf with 16-byte loads; folds into sink. */
 cudaError_t nz_k_read(cudaStream_t s, const void *buf, int64_t bytes, unsigned *sink, int blocks);

@@ -9,6 +9,10 @@
  *    prefix whose mass reaches p·(kept mass); then, with u drawn on the
  *    host from (seed, position), the first kept id in ascending order whose
  *    cumulative q exceeds u·(kept mass).
+ * The log-sum-exp is merged from chunks: Σ_c e^(m_c − m) · Σ_{i∈c} expf(l_i
+ * − m_c), each chunk's sum from its own maximum m_c (within an f32 rounding
+ * of the single sum; one block per chunk, so that a row is read by many
+ * SMs at once rather than one).
  * Tokens are ordered by a 64-bit key (the logit's bits made monotonic, then
  * the complemented id), so "the k most likely" and "the prefix reaching p"
  * are thresholds on the key, found by an 8-bit radix select over it.
@@ -19,6 +23,8 @@ namespace {
 
 const int kThreads = 512;
 const int kUnroll = 8;
+const int kPartThreads = 256;
+const int kChunk = 4096; /* logits per block of the partial pass */
 typedef unsigned long long u64;
 
 __device__ __forceinline__ u64 token_key(float logit, int id)
@@ -123,10 +129,58 @@ __device__ u64 radix_select(const float *__restrict__ lg, int V, u64 floor, bool
 	return prefix;
 }
 
+/* One chunk of kChunk logits of row blockIdx.y: its argmax key, largest
+ * logit and Σ expf(l - m_c) (a NaN logit makes the sum NaN, as in one
+ * pass; a chunk of -inf logits sums to 0). */
+__global__ void __launch_bounds__(256) sample_part_kernel(const float *__restrict__ logits, int V,
+                                                          nz_sample_part *__restrict__ parts)
+{
+	nz_pdl_begin();
+	__shared__ u64 red_u64[32];
+	__shared__ double red_f64[32];
+	const int row = blockIdx.y, c = blockIdx.x, tid = threadIdx.x, nt = blockDim.x;
+	const float *lg = logits + (int64_t)row * V;
+	const int i0 = c * kChunk, i1 = i0 + kChunk < V ? i0 + kChunk : V;
+	const int per = kChunk / kPartThreads;
+	float l[per];
+#pragma unroll
+	for (int u = 0; u < per; u++) {
+		const int i = i0 + tid + u * nt;
+		l[u] = i < i1 ? lg[i] : -INFINITY;
+	}
+	u64 best = 0;
+#pragma unroll
+	for (int u = 0; u < per; u++) {
+		const int i = i0 + tid + u * nt;
+		if (i < i1) {
+			u64 k = max_key(l[u], i);
+			best = k > best ? k : best;
+		}
+	}
+	best = nz_block_max_u64(best, red_u64);
+	const int id = key_id(best);
+	const float m = lg[id] != lg[id] ? -INFINITY : lg[id];
+	double sum = 0.0;
+#pragma unroll
+	for (int u = 0; u < per; u++) {
+		const int i = i0 + tid + u * nt;
+		if (i < i1)
+			sum += m == -INFINITY ? (l[u] != l[u] ? (double)NAN : 0.0) : (double)expf(l[u] - m);
+	}
+	sum = nz_block_sum(sum, red_f64);
+	if (tid == 0) {
+		nz_sample_part &o = parts[(int64_t)row * gridDim.x + c];
+		o.key = best;
+		o.sum = sum;
+		o.m = m;
+	}
+}
+
 __global__ void __launch_bounds__(512) sample_kernel(const float *__restrict__ logits, int V,
                                                      const nz_sample_in *__restrict__ params,
                                                      const int32_t *__restrict__ scalars,
-                                                     nz_sample_out *__restrict__ out)
+                                                     nz_sample_out *__restrict__ out,
+                                                     const nz_sample_part *__restrict__ parts, int n_parts)
 {
 	nz_pdl_begin();
 	__shared__ sample_smem sm;
@@ -134,11 +188,17 @@ __global__ void __launch_bounds__(512) sample_kernel(const float *__restrict__ l
 	const float *lg = logits + (int64_t)row * V;
 	const nz_sample_in p = params[row];
 	const int tid = threadIdx.x, nt = blockDim.x;
+	const nz_sample_part *pr = parts ? parts + (int64_t)row * n_parts : NULL;
 
 	/* max and argmax; kUnroll loads in flight per thread (one SM streams the
 	 * whole row: latency, not bandwidth, bounds these two passes) */
 	u64 best = 0;
 	int i = tid;
+	if (pr) {
+		for (int c = tid; c < n_parts; c += nt)
+			best = pr[c].key > best ? pr[c].key : best;
+		i = V; /* no pass over the row */
+	}
 	for (; i + (kUnroll - 1) * nt < V; i += kUnroll * nt) {
 		float l[kUnroll];
 #pragma unroll
@@ -158,7 +218,14 @@ __global__ void __launch_bounds__(512) sample_kernel(const float *__restrict__ l
 	const int best_id = key_id(best);
 	const float m = lg[best_id] != lg[best_id] ? -INFINITY : lg[best_id];
 	double sum = 0.0; /* each thread adds its elements in ascending order */
-	for (i = tid; i + (kUnroll - 1) * nt < V; i += kUnroll * nt) {
+	i = tid;
+	if (pr && isfinite(m)) {
+		for (int c = tid; c < n_parts; c += nt)
+			if (pr[c].m != -INFINITY || pr[c].sum != 0.0)
+				sum += pr[c].sum * exp((double)pr[c].m - (double)m);
+		i = V;
+	}
+	for (; i + (kUnroll - 1) * nt < V; i += kUnroll * nt) {
 		float l[kUnroll];
 #pragma unroll
 		for (int u = 0; u < kUnroll; u++)
@@ -273,9 +340,20 @@ __global__ void __launch_bounds__(512) sample_kernel(const float *__restrict__ l
 
 } // namespace
 
+int64_t nz_sample_parts(int64_t V) { return (V + kChunk - 1) / kChunk; }
+
 cudaError_t nz_k_sample(cudaStream_t s, int64_t n, const float *logits, int64_t V, const nz_sample_in *in,
-                        const int32_t *scalars, nz_sample_out *out)
+                        const int32_t *scalars, nz_sample_out *out, nz_sample_part *parts)
 {
-	NZ_LAUNCH_PDL(sample_kernel, dim3((unsigned)n), dim3(kThreads), 0, s, logits, (int)V, in, scalars, out);
+	const int n_parts = (int)nz_sample_parts(V);
+	if (parts) {
+		NZ_LAUNCH_PDL(sample_part_kernel, dim3((unsigned)n_parts, (unsigned)n), dim3(kPartThreads), 0, s, logits,
+		              (int)V, parts);
+		cudaError_t err = cudaGetLastError();
+		if (err != cudaSuccess)
+			return err;
+	}
+	NZ_LAUNCH_PDL(sample_kernel, dim3((unsigned)n), dim3(kThreads), 0, s, logits, (int)V, in, scalars, out, parts,
+	              n_parts);
 	return cudaGetLastError();
 }
