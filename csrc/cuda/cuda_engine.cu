@@ -979,7 +979,7 @@ int32_t forward(cuda_engine *e, const meta_ptrs &m, int64_t T, int64_t n_attn, i
 			     "nz_step: RoPE");
 		KTRY(nz_k_attention(dt, s, n_attn, m.attn_items, e->rows_max, e->q, kc, vc, m.tok_pos, m.tok_seq, m.bt,
 		                    m.scalars, (int)e->nh, (int)e->nkv, (int)e->hd, (int)e->bs, window, e->xin, splits,
-		                    e->attn_o, e->attn_ml, e->attn_count, n_attn == T),
+		                    e->attn_o, e->attn_ml, e->attn_count),
 		     "nz_step: attention");
 		if (fused) {
 			/* o projection + residual; then gate/up from the normed residual

@@ -90,14 +90,12 @@ cudaError_t nz_k_rope_kv(int dtype, cudaStream_t s, int64_t T, const float *y, c
  * over `splits` blocks whose partial results (part_o: [items][nkv][splits]
  * [rows_max][hd], part_ml: [...][rows_max][2]) the last of them merges;
  * part_count ([items][nkv], zero before the first launch) counts them and
- * is left zero. decode: every item is one token; a kernel made for that
- * (a warp per key, no shared tiles) runs where the head dim is 32, 64, 128
- * or 256 and at most 8 query heads share a KV head. */
+ * is left zero. */
 cudaError_t nz_k_attention(int dtype, cudaStream_t s, int64_t n_items, const int32_t *items, int rows_max,
                            const float *q, const void *kc, const void *vc, const int32_t *tok_pos,
                            const int32_t *tok_seq, const int32_t *bt, const int32_t *scalars, int nh, int nkv,
                            int hd, int bs, int window, void *out, int splits, float *part_o, float *part_ml,
-                           int *part_count, int decode);
+                           int *part_count);
 /* Dynamic shared memory of nz_k_attention, and the one-time setup that
  * allows it (cudaFuncSetAttribute) on the current device. */
 size_t nz_attention_smem(int rows_max, int hd);

@@ -26,65 +26,6 @@ namespace {
 const int kThreads = 128;
 const int kTile = 32;
 
-/* The end of an attention block: its rows' unnormalised outputs os
- * [rows][hd], running maxima and sums (row r: token t0 + r / nrep, query
- * head g·nrep + r % nrep). With one split, out = os / l; with more, the
- * block's partials go to part_o / part_ml and the last split of (item, KV
- * head) ig to finish merges them: o = Σ e^(m_s - M) o_s / Σ e^(m_s - M) l_s.
- * Called by every thread of the block. */
-template <class T>
-__device__ void attn_finish(const float *os, const float *m_run, const float *l_run, int rows, int rows_max, int hd,
-                            int nrep, int qd, int t0, int g, int64_t ig, int splits, int split, T *__restrict__ out,
-                            float *__restrict__ part_o, float *__restrict__ part_ml, int *__restrict__ part_count)
-{
-	if (splits == 1) {
-		for (int i = threadIdx.x; i < rows * hd; i += blockDim.x) {
-			int r = i / hd, d = i % hd;
-			float l = l_run[r];
-			out[(int64_t)(t0 + r / nrep) * qd + (g * nrep + r % nrep) * hd + d] = nz_cvt<T>(l > 0.0f ? os[i] / l : 0.0f);
-		}
-		return;
-	}
-	const int64_t part = ig * splits + split;
-	for (int i = threadIdx.x; i < rows * hd; i += blockDim.x)
-		part_o[part * rows_max * hd + i] = os[i];
-	for (int r = threadIdx.x; r < rows; r += blockDim.x) {
-		part_ml[(part * rows_max + r) * 2] = m_run[r];
-		part_ml[(part * rows_max + r) * 2 + 1] = l_run[r];
-	}
-	__shared__ int last;
-	__threadfence();
-	__syncthreads();
-	if (threadIdx.x == 0) {
-		last = atomicAdd(&part_count[ig], 1) == splits - 1;
-		if (last)
-			part_count[ig] = 0; /* ready for the next launch */
-	}
-	__syncthreads();
-	if (!last)
-		return;
-	__threadfence();
-	const int64_t base = ig * splits;
-	for (int i = threadIdx.x; i < rows * hd; i += blockDim.x) {
-		int r = i / hd, d = i % hd;
-		float M = -INFINITY;
-		for (int sp = 0; sp < splits; sp++)
-			M = fmaxf(M, part_ml[((base + sp) * rows_max + r) * 2]);
-		float acc = 0.0f, L = 0.0f;
-		if (M != -INFINITY) {
-			for (int sp = 0; sp < splits; sp++) {
-				float m = part_ml[((base + sp) * rows_max + r) * 2];
-				if (m == -INFINITY)
-					continue;
-				float w = expf(m - M);
-				acc += w * part_o[(base + sp) * rows_max * hd + i];
-				L += w * part_ml[((base + sp) * rows_max + r) * 2 + 1];
-			}
-		}
-		out[(int64_t)(t0 + r / nrep) * qd + (g * nrep + r % nrep) * hd + d] = nz_cvt<T>(L > 0.0f ? acc / L : 0.0f);
-	}
-}
-
 template <class T>
 __global__ void __launch_bounds__(128)
     attention_kernel(const int32_t *__restrict__ items, int rows_max, const float *__restrict__ q,
@@ -198,138 +139,53 @@ __global__ void __launch_bounds__(128)
 		}
 		__syncthreads();
 	}
-	attn_finish(os, m_run, l_run, rows, rows_max, hd, nrep, qd, t0, g, (int64_t)it * nkv + g, splits, split, out,
-	            part_o, part_ml, part_count);
-}
-
-/* Decode attention: every work item is one token (a decode step), so a
- * block of (item, KV head g, split) has the nrep query rows of g and no
- * tile to share. Each warp walks its keys (j = j_begin + warp, + 4, ...,
- * four at a time so their loads are in flight together); a lane holds EPL
- * of the hd = 32·EPL dimensions of q, K, V and the output, a key's score
- * is a warp sum, and each warp keeps its own online softmax, merged with
- * the other warps' at the end. nrep <= kMaxRep. */
-const int kMaxRep = 8;
-const int kDecWarps = 4;
-const int kDecUnroll = 4;
-
-size_t decode_smem(int nrep, int hd) { return (size_t)(kDecWarps + 1) * (size_t)(nrep * hd + 2 * nrep) * sizeof(float); }
-
-template <class T, int EPL>
-__global__ void __launch_bounds__(128)
-    attention_decode_kernel(const int32_t *__restrict__ items, int rows_max, const float *__restrict__ q,
-                            const T *__restrict__ kc, const T *__restrict__ vc, const int32_t *__restrict__ tok_pos,
-                            const int32_t *__restrict__ tok_seq, const int32_t *__restrict__ bt,
-                            const int32_t *__restrict__ scalars, int nh, int nkv, int bs, int window, float scale,
-                            T *__restrict__ out, int splits, float *__restrict__ part_o, float *__restrict__ part_ml,
-                            int *__restrict__ part_count)
-{
-	nz_pdl_begin();
-	NZ_DYN_SMEM(float, sm);
-	const int hd = 32 * EPL;
-	const int it = blockIdx.x, g = blockIdx.y, split = blockIdx.z;
-	const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-	const int t0 = items[2 * it];
-	const int nrep = nh / nkv, qd = nh * hd, rows = nrep;
-	const int64_t width = scalars[NZ_SC_BT_WIDTH];
-	const int32_t *btab = bt + (int64_t)tok_seq[t0] * width;
-	const int pos = tok_pos[t0];
-	const int lo = window > 0 && pos - window + 1 > 0 ? pos - window + 1 : 0;
-	const int per = (pos - lo + 1 + splits - 1) / splits;
-	const int j_begin = lo + split * per;
-	const int j_end = pos < j_begin + per - 1 ? pos : j_begin + per - 1;
-
-	float qv[kMaxRep][EPL], o[kMaxRep][EPL], m[kMaxRep], l[kMaxRep];
-#pragma unroll
-	for (int r = 0; r < kMaxRep; r++) {
-		m[r] = -INFINITY;
-		l[r] = 0.0f;
-#pragma unroll
-		for (int e = 0; e < EPL; e++) {
-			qv[r][e] = r < nrep ? q[(int64_t)t0 * qd + (g * nrep + r) * hd + lane * EPL + e] : 0.0f;
-			o[r][e] = 0.0f;
+	if (splits == 1) {
+		for (int i = threadIdx.x; i < rows * hd; i += blockDim.x) {
+			int r = i / hd, d = i % hd;
+			float l = l_run[r];
+			out[(int64_t)(t0 + r / nrep) * qd + (g * nrep + r % nrep) * hd + d] = nz_cvt<T>(l > 0.0f ? os[i] / l : 0.0f);
 		}
+		return;
 	}
-	for (int j0 = j_begin + warp; j0 <= j_end; j0 += kDecWarps * kDecUnroll) {
-		float kv[kDecUnroll][EPL], vv[kDecUnroll][EPL];
-#pragma unroll
-		for (int u = 0; u < kDecUnroll; u++) {
-			const int j = j0 + u * kDecWarps;
-			if (j <= j_end) {
-				const int64_t off = (((int64_t)btab[j / bs] * nkv + g) * bs + j % bs) * hd + lane * EPL;
-#pragma unroll
-				for (int e = 0; e < EPL; e++) {
-					kv[u][e] = nz_f32(kc[off + e]);
-					vv[u][e] = nz_f32(vc[off + e]);
-				}
-			}
-		}
-#pragma unroll
-		for (int u = 0; u < kDecUnroll; u++) {
-			if (j0 + u * kDecWarps > j_end) /* the same in every lane */
-				break;
-#pragma unroll
-			for (int r = 0; r < kMaxRep; r++) {
-				if (r >= nrep)
-					break;
-				float d = 0.0f;
-#pragma unroll
-				for (int e = 0; e < EPL; e++)
-					d += qv[r][e] * kv[u][e];
-				const float sc = nz_warp_sum(d) * scale;
-				const float m_new = fmaxf(m[r], sc);
-				const float a = m[r] == -INFINITY ? 0.0f : expf(m[r] - m_new);
-				const float p = expf(sc - m_new);
-				l[r] = l[r] * a + p;
-#pragma unroll
-				for (int e = 0; e < EPL; e++)
-					o[r][e] = o[r][e] * a + p * vv[u][e];
-				m[r] = m_new;
-			}
-		}
+	const int64_t ig = (int64_t)it * nkv + g, part = ig * splits + split;
+	for (int i = threadIdx.x; i < rows * hd; i += blockDim.x)
+		part_o[part * rows_max * hd + i] = os[i];
+	for (int r = threadIdx.x; r < rows; r += blockDim.x) {
+		part_ml[(part * rows_max + r) * 2] = m_run[r];
+		part_ml[(part * rows_max + r) * 2 + 1] = l_run[r];
 	}
-	/* the warps' results, then theirs merged: os [rows][hd], m_run, l_run */
-	const int stride = nrep * hd + 2 * nrep;
-	float *ws = sm + warp * stride;
-#pragma unroll
-	for (int r = 0; r < kMaxRep; r++) {
-		if (r >= nrep)
-			break;
-#pragma unroll
-		for (int e = 0; e < EPL; e++)
-			ws[r * hd + lane * EPL + e] = o[r][e];
-		if (lane == 0) {
-			ws[nrep * hd + r] = m[r];
-			ws[nrep * hd + nrep + r] = l[r];
-		}
+	/* the last split to finish merges: o = Σ e^(m_s - M) o_s / Σ e^(m_s - M) l_s */
+	__shared__ int last;
+	__threadfence();
+	__syncthreads();
+	if (threadIdx.x == 0) {
+		last = atomicAdd(&part_count[ig], 1) == splits - 1;
+		if (last)
+			part_count[ig] = 0; /* ready for the next launch */
 	}
 	__syncthreads();
-	float *os = sm + kDecWarps * stride, *m_run = os + nrep * hd, *l_run = m_run + nrep;
-	for (int i = threadIdx.x; i < nrep * hd; i += blockDim.x) {
-		const int r = i / hd;
+	if (!last)
+		return;
+	__threadfence();
+	const int64_t base = ig * splits;
+	for (int i = threadIdx.x; i < rows * hd; i += blockDim.x) {
+		int r = i / hd, d = i % hd;
 		float M = -INFINITY;
-		for (int w = 0; w < kDecWarps; w++)
-			M = fmaxf(M, sm[w * stride + nrep * hd + r]);
+		for (int sp = 0; sp < splits; sp++)
+			M = fmaxf(M, part_ml[((base + sp) * rows_max + r) * 2]);
 		float acc = 0.0f, L = 0.0f;
 		if (M != -INFINITY) {
-			for (int w = 0; w < kDecWarps; w++) {
-				const float mw = sm[w * stride + nrep * hd + r];
-				if (mw == -INFINITY)
+			for (int sp = 0; sp < splits; sp++) {
+				float m = part_ml[((base + sp) * rows_max + r) * 2];
+				if (m == -INFINITY)
 					continue;
-				const float f = expf(mw - M);
-				acc += f * sm[w * stride + i];
-				L += f * sm[w * stride + nrep * hd + nrep + r];
+				float w = expf(m - M);
+				acc += w * part_o[(base + sp) * rows_max * hd + i];
+				L += w * part_ml[((base + sp) * rows_max + r) * 2 + 1];
 			}
 		}
-		os[i] = acc;
-		if (i % hd == 0) {
-			m_run[r] = M;
-			l_run[r] = L;
-		}
+		out[(int64_t)(t0 + r / nrep) * qd + (g * nrep + r % nrep) * hd + d] = nz_cvt<T>(L > 0.0f ? acc / L : 0.0f);
 	}
-	__syncthreads();
-	attn_finish(os, m_run, l_run, rows, rows_max, hd, nrep, qd, t0, g, (int64_t)it * nkv + g, splits, split, out,
-	            part_o, part_ml, part_count);
 }
 
 } // namespace
@@ -363,35 +219,11 @@ template <class T>
 cudaError_t launch_attention(cudaStream_t s, int64_t n_items, const int32_t *items, int rows_max, const float *q,
                              const void *kc, const void *vc, const int32_t *tok_pos, const int32_t *tok_seq,
                              const int32_t *bt, const int32_t *scalars, int nh, int nkv, int hd, int bs, int window,
-                             void *out, int splits, float *part_o, float *part_ml, int *part_count, int decode)
+                             void *out, int splits, float *part_o, float *part_ml, int *part_count)
 {
+	size_t smem = nz_attention_smem(rows_max, hd);
 	float scale = 1.0f / sqrtf((float)hd);
 	dim3 grid((unsigned)n_items, (unsigned)nkv, (unsigned)splits);
-	const int nrep = nh / nkv;
-	if (decode && nrep <= kMaxRep && (hd == 32 || hd == 64 || hd == 128 || hd == 256)) {
-		const size_t dsm = decode_smem(nrep, hd);
-#define NZ_DECODE(EPL)                                                                                                 \
-	NZ_LAUNCH_PDL((attention_decode_kernel<T, EPL>), grid, dim3(32 * kDecWarps), dsm, s, items, rows_max, q,         \
-	              (const T *)kc, (const T *)vc, tok_pos, tok_seq, bt, scalars, nh, nkv, bs, window, scale, (T *)out,    \
-	              splits, part_o, part_ml, part_count)
-		switch (hd) {
-		case 32:
-			NZ_DECODE(1);
-			break;
-		case 64:
-			NZ_DECODE(2);
-			break;
-		case 128:
-			NZ_DECODE(4);
-			break;
-		default:
-			NZ_DECODE(8);
-			break;
-		}
-#undef NZ_DECODE
-		return cudaGetLastError();
-	}
-	size_t smem = nz_attention_smem(rows_max, hd);
 	NZ_LAUNCH_PDL(attention_kernel<T>, grid, dim3(kThreads), smem, s, items, rows_max, q, (const T *)kc, (const T *)vc,
 	          tok_pos, tok_seq, bt, scalars, nh, nkv, hd, bs, window, scale, (T *)out, splits, part_o, part_ml,
 	          part_count);
@@ -402,17 +234,17 @@ cudaError_t nz_k_attention(int dtype, cudaStream_t s, int64_t n_items, const int
                            const float *q, const void *kc, const void *vc, const int32_t *tok_pos,
                            const int32_t *tok_seq, const int32_t *bt, const int32_t *scalars, int nh, int nkv,
                            int hd, int bs, int window, void *out, int splits, float *part_o, float *part_ml,
-                           int *part_count, int decode)
+                           int *part_count)
 {
 	switch (dtype) {
 	case NZ_BF16:
 		return launch_attention<__nv_bfloat16>(s, n_items, items, rows_max, q, kc, vc, tok_pos, tok_seq, bt, scalars,
-		                                       nh, nkv, hd, bs, window, out, splits, part_o, part_ml, part_count, decode);
+		                                       nh, nkv, hd, bs, window, out, splits, part_o, part_ml, part_count);
 	case NZ_F16:
 		return launch_attention<__half>(s, n_items, items, rows_max, q, kc, vc, tok_pos, tok_seq, bt, scalars, nh, nkv,
-		                                hd, bs, window, out, splits, part_o, part_ml, part_count, decode);
+		                                hd, bs, window, out, splits, part_o, part_ml, part_count);
 	default:
 		return launch_attention<float>(s, n_items, items, rows_max, q, kc, vc, tok_pos, tok_seq, bt, scalars, nh, nkv,
-		                               hd, bs, window, out, splits, part_o, part_ml, part_count, decode);
+		                               hd, bs, window, out, splits, part_o, part_ml, part_count);
 	}
 }
