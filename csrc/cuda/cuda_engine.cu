@@ -935,12 +935,9 @@ int32_t forward(cuda_engine *e, const meta_ptrs &m, int64_t T, int64_t n_attn, i
 	const int32_t n_part = (int32_t)nz_gemv_fused_parts(H);
 
 	float *yl = lora_grid ? e->yl : NULL; /* the LoRA deltas, when the step has adapters */
-	/* split the keys of few (item, KV head) blocks over more blocks: a
-	 * decode block is latency-bound (a chain of tile loads), so the split
-	 * aims at eight blocks per SM, all resident at once, each with a
-	 * shorter chain */
+	/* split the keys of few (item, KV head) blocks over more blocks */
 	int splits = 1;
-	const int64_t blocks = n_attn * e->nkv, want = 8 * (int64_t)e->prop.multiProcessorCount;
+	const int64_t blocks = n_attn * e->nkv, want = 2 * (int64_t)e->prop.multiProcessorCount;
 	if (blocks < want)
 		splits = (int)std::min<int64_t>(16, (want + blocks - 1) / blocks);
 	while (splits > 1 && blocks * splits > kAttnParts)

@@ -360,6 +360,10 @@ func TestCUDA_Parity(t *testing.T) {
 		{name: "Wide", spec: func(s *model.Spec) {
 			s.VocabSize, s.HiddenSize, s.IntermediateSize, s.NumHeads, s.NumKVHeads = 512, 256, 1056, 4, 2
 		}, tol: 1e-4},
+		// head dim 32, four query heads on one KV head, a sliding window
+		{name: "HeadDim32MQAWindow", spec: func(s *model.Spec) {
+			s.Arch, s.SlidingWindow, s.HiddenSize, s.NumHeads, s.NumKVHeads = "mistral", 7, 128, 4, 1
+		}, tol: 1e-4},
 		{name: "OddSizes", spec: func(s *model.Spec) {
 			s.VocabSize, s.HiddenSize, s.IntermediateSize, s.NumHeads, s.NumKVHeads = 101, 36, 60, 6, 3
 		}, rank: 12, tol: 1e-4},
