@@ -90,17 +90,6 @@ template <> __device__ __forceinline__ float nz_cvt<float>(float v) { return v; 
 template <> __device__ __forceinline__ __nv_bfloat16 nz_cvt<__nv_bfloat16>(float v) { return __float2bfloat16(v); }
 template <> __device__ __forceinline__ __half nz_cvt<__half>(float v) { return __float2half(v); }
 
-/* Asks for the 128-byte line at p to be brought into L2 (no wait, no
- * register; nothing in the emulator). */
-__device__ __forceinline__ void nz_prefetch_l2(const void *p)
-{
-#if defined(__CUDA_ARCH__)
-	asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
-#else
-	(void)p;
-#endif
-}
-
 /* RoPE of the pair (x1, x2) with cosine c and sine sn. Every kernel that
  * rotates uses this, with each product rounded before the sum: a compiler
  * contracts a·b − c·d into an FMA one way or the other depending on the

@@ -255,7 +255,6 @@ struct cuda_engine {
 	/* decode steps without adapters: the fused GEMVs (nz_k_gemv_fused) */
 	int fuse;          /* NOZZLE_CUDA_FUSE=0 turns them off */
 	size_t gemv_smem;  /* dynamic shared memory they may use */
-	int gemv_blocks;   /* blocks of the normalising ones that fit on the device at once */
 	double *part;      /* sums of squares [NZ_GEMV_MAX_T][nz_gemv_fused_parts(H)] */
 	nz_sample_part *spart; /* the sampler's chunks [S][nz_sample_parts(V)] */
 };
@@ -470,12 +469,8 @@ int32_t cuda_create(nz_config *c, void **out)
 		const char *fuse = getenv("NOZZLE_CUDA_FUSE");
 		e->fuse = !(fuse && strcmp(fuse, "0") == 0) && e->H % 8 == 0 && e->qd % 8 == 0 && e->I % 8 == 0;
 		e->gemv_smem = std::min<size_t>(optin, (size_t)(NZ_GEMV_MAX_T * e->H) * e->wsz);
-		if (e->fuse) {
-			int per_sm = 1;
-			FAIL_CUDA(nz_gemv_fused_setup(e->wdt, e->gemv_smem, std::min(e->gemv_smem, (size_t)e->H * e->wsz), &per_sm),
-			          "nz_engine_create: GEMV setup");
-			e->gemv_blocks = per_sm * e->prop.multiProcessorCount;
-		}
+		if (e->fuse)
+			FAIL_CUDA(nz_gemv_fused_setup(e->wdt, e->gemv_smem), "nz_engine_create: GEMV setup");
 	}
 
 	/* KV pool */
@@ -960,7 +955,7 @@ int32_t forward(cuda_engine *e, const meta_ptrs &m, int64_t T, int64_t n_attn, i
 			if (l == 0) {
 				io.x = e->xin; /* normed by nz_k_embed_norm */
 			} else {
-				io.h_in = e->h, io.norm_w = ly.attn_norm, io.eps = e->eps, io.max_blocks = e->gemv_blocks;
+				io.h_in = e->h, io.norm_w = ly.attn_norm, io.eps = e->eps;
 				io.part_in = e->part, io.n_part_in = n_part;
 			}
 			/* + bias, RoPE, q to e->q, k and v into the cache */
@@ -992,7 +987,6 @@ int32_t forward(cuda_engine *e, const meta_ptrs &m, int64_t T, int64_t n_attn, i
 			KTRY(nz_k_gemv_fused(dt, s, T, e->qd, ly.wo, H, &io), "nz_step: o projection");
 			memset(&io, 0, sizeof io);
 			io.h_in = e->h, io.norm_w = ly.ffn_norm, io.eps = e->eps, io.part_in = e->part, io.n_part_in = n_part;
-			io.max_blocks = e->gemv_blocks;
 			io.epi = NZ_GEMV_SILU, io.x_out = e->xin, io.bias = ly.bgu;
 			KTRY(nz_k_gemv_fused(dt, s, T, H, ly.wgu, I, &io), "nz_step: gate/up projection");
 			memset(&io, 0, sizeof io);

@@ -126,8 +126,6 @@ cudaError_t nz_k_gemv(int dtype, cudaStream_t s, int64_t T, const void *x, int64
  *                  cache as nz_k_rope_kv does (rope_* fields: its
  *                  arguments); each warp takes the rows j and j + hd/2 of
  *                  one head.
- * With norm_w a block builds the input once and then takes row groups
- * blockIdx.x, + gridDim.x, ... (at most max_blocks blocks, 0: no limit).
  * The arithmetic is the unfused kernels', operation for operation. in must
  * be a multiple of 8; with norm_w, T·in·sizeof(act) bytes of shared memory
  * (at most what nz_gemv_fused_setup allowed). The combinations the forward
@@ -140,7 +138,6 @@ typedef struct nz_gemv_io {
 	const double *part_in;
 	int32_t n_part_in;
 	float eps;
-	int32_t max_blocks;
 	int32_t epi;
 	float *h;           /* RESID */
 	double *part_out;   /* RESID */
@@ -157,10 +154,8 @@ cudaError_t nz_k_gemv_fused(int dtype, cudaStream_t s, int64_t T, int64_t in, co
                             const nz_gemv_io *io);
 /* Blocks (partials per token) of a NZ_GEMV_RESID launch with out rows. */
 int64_t nz_gemv_fused_parts(int64_t out);
-/* Allows the normalising variants smem bytes of dynamic shared memory;
- * *blocks_per_sm: how many of their blocks fit on an SM with smem_one
- * bytes (one token's input). */
-cudaError_t nz_gemv_fused_setup(int dtype, size_t smem, size_t smem_one, int *blocks_per_sm);
+/* Allows the normalising variants smem bytes of dynamic shared memory. */
+cudaError_t nz_gemv_fused_setup(int dtype, size_t smem);
 
 /* x[t] = act(silu(g) · u) with g|u = y[t] (+ bias [2I]) (+ yl[t] as in
  * nz_k_add_norm). */

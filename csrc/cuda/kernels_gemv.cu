@@ -103,32 +103,19 @@ template <class T, int NR, bool NORM, int EPI>
 __global__ void __launch_bounds__(256) gemv_fused_kernel(const T *__restrict__ W, nz_gemv_io io, int64_t in,
                                                          int64_t out, int ntok)
 {
+	nz_pdl_begin();
 	NZ_DYN_SMEM(T, xs);
 	__shared__ float rs[NZ_GEMV_MAX_T];
 	__shared__ double red[NZ_GEMV_MAX_T][kWarps];
 	const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+	const int64_t o = (int64_t)blockIdx.x * kWarps + warp;
 	/* ROPE: warp o takes rows r0 and r0 + hd/2 of head o / (hd/2) */
 	const int half = io.hd / 2;
 	const int64_t rows = EPI == NZ_GEMV_ROPE ? out / 2 : out;
-	const int64_t groups = (rows + kWarps - 1) / kWarps;
+	const int64_t r0 = EPI == NZ_GEMV_ROPE ? o / half * io.hd + o % half : o;
+	const int64_t r1 = EPI == NZ_GEMV_ROPE ? r0 + half : o + out; /* the second row (NR 2) */
+	const bool active = o < rows; /* the same in every lane of a warp */
 	const T *x = (const T *)io.x;
-	if (NORM) {
-		/* The block loops over row groups (grid-stride) so that it builds
-		 * the normalised input once; while it does, its first group's
-		 * weights are already on their way into L2 (they do not depend on
-		 * the kernels before). */
-		const int64_t lpr = ((int64_t)sizeof(T) * in + 127) / 128; /* 128-byte lines per row */
-		for (int64_t k = threadIdx.x; k < (int64_t)NR * kWarps * lpr; k += blockDim.x) {
-			const int64_t oo = (int64_t)blockIdx.x * kWarps + (k / lpr) % kWarps;
-			if (oo < rows) {
-				int64_t row = EPI == NZ_GEMV_ROPE ? oo / half * io.hd + oo % half : oo;
-				if (k / (kWarps * lpr) > 0) /* the second row */
-					row += EPI == NZ_GEMV_ROPE ? half : out;
-				nz_prefetch_l2((const unsigned char *)(W + row * in) + (k % lpr) * 128);
-			}
-		}
-	}
-	nz_pdl_begin();
 	if (NORM) {
 		/* warp t: token t's 1 / rms from the producer's partial sums */
 		if (warp < ntok) {
@@ -153,131 +140,125 @@ __global__ void __launch_bounds__(256) gemv_fused_kernel(const T *__restrict__ W
 		__syncthreads();
 		x = xs;
 	}
-	for (int64_t grp = blockIdx.x; grp < groups; grp += gridDim.x) {
-		const int64_t o = grp * kWarps + warp;
-		const int64_t r0 = EPI == NZ_GEMV_ROPE ? o / half * io.hd + o % half : o;
-		const int64_t r1 = EPI == NZ_GEMV_ROPE ? r0 + half : o + out; /* the second row (NR 2) */
-		const bool active = o < rows; /* the same in every lane of a warp */
-		float acc[NR][NZ_GEMV_MAX_T];
+	float acc[NR][NZ_GEMV_MAX_T];
 #pragma unroll
-		for (int r = 0; r < NR; r++)
+	for (int r = 0; r < NR; r++)
 #pragma unroll
-			for (int j = 0; j < NZ_GEMV_MAX_T; j++)
-				acc[r][j] = 0.0f;
-		if (active) {
-			const T *w[NR];
-			w[0] = W + r0 * in;
-			if (NR > 1)
-				w[NR - 1] = W + r1 * in;
-			constexpr int C = 4 / NR; /* 16-byte loads in flight per lane and row */
-			const int64_t step = 32 * 8;
-			int64_t i = (int64_t)lane * 8;
-			for (; i + (C - 1) * step < in; i += C * step) {
-				float wv[NR][C][8];
+		for (int j = 0; j < NZ_GEMV_MAX_T; j++)
+			acc[r][j] = 0.0f;
+	if (active) {
+		const T *w[NR];
+		w[0] = W + r0 * in;
+		if (NR > 1)
+			w[NR - 1] = W + r1 * in;
+		constexpr int C = 4 / NR; /* 16-byte loads in flight per lane and row */
+		const int64_t step = 32 * 8;
+		int64_t i = (int64_t)lane * 8;
+		for (; i + (C - 1) * step < in; i += C * step) {
+			float wv[NR][C][8];
 #pragma unroll
-				for (int r = 0; r < NR; r++)
+			for (int r = 0; r < NR; r++)
 #pragma unroll
-					for (int c = 0; c < C; c++)
-						nz_load8(w[r] + i + c * step, wv[r][c]);
+				for (int c = 0; c < C; c++)
+					nz_load8(w[r] + i + c * step, wv[r][c]);
 #pragma unroll
-				for (int j = 0; j < NZ_GEMV_MAX_T; j++) {
-					if (j < ntok) {
+			for (int j = 0; j < NZ_GEMV_MAX_T; j++) {
+				if (j < ntok) {
 #pragma unroll
-						for (int c = 0; c < C; c++) {
-							float xv[8];
-							nz_load8(x + (int64_t)j * in + i + c * step, xv);
-#pragma unroll
-							for (int r = 0; r < NR; r++)
-#pragma unroll
-								for (int e = 0; e < 8; e++)
-									acc[r][j] += wv[r][c][e] * xv[e];
-						}
-					}
-				}
-			}
-			for (; i < in; i += step) {
-				float wv[NR][8];
-#pragma unroll
-				for (int r = 0; r < NR; r++)
-					nz_load8(w[r] + i, wv[r]);
-#pragma unroll
-				for (int j = 0; j < NZ_GEMV_MAX_T; j++) {
-					if (j < ntok) {
+					for (int c = 0; c < C; c++) {
 						float xv[8];
-						nz_load8(x + (int64_t)j * in + i, xv);
+						nz_load8(x + (int64_t)j * in + i + c * step, xv);
 #pragma unroll
 						for (int r = 0; r < NR; r++)
 #pragma unroll
 							for (int e = 0; e < 8; e++)
-								acc[r][j] += wv[r][e] * xv[e];
+								acc[r][j] += wv[r][c][e] * xv[e];
 					}
 				}
 			}
 		}
-#pragma unroll
-		for (int j = 0; j < NZ_GEMV_MAX_T; j++) {
-			if (j >= ntok) /* ntok is the same in every lane */
-				continue;
-			float v[NR];
+		for (; i < in; i += step) {
+			float wv[NR][8];
 #pragma unroll
 			for (int r = 0; r < NR; r++)
-				v[r] = nz_warp_sum(acc[r][j]);
-			if (lane != 0)
-				continue;
-			if (EPI == NZ_GEMV_RESID) {
-				double sq = 0;
-				if (active) {
-					float d = io.bias ? v[0] + io.bias[o] : v[0];
-					float *hp = io.h + (int64_t)j * out + o;
-					float hv = *hp + d;
-					*hp = hv;
-					sq = (double)hv * (double)hv;
-				}
-				red[j][warp] = sq;
-			} else if (EPI == NZ_GEMV_ROPE) {
-				if (active) {
-					float x1 = v[0], x2 = v[NR - 1];
-					if (io.bias)
-						x1 += io.bias[r0], x2 += io.bias[r1];
-					const int qd = io.nh * io.hd, kvd = io.nkv * io.hd;
-					const int jj = (int)(o % half);
-					if (r0 >= qd + kvd) { /* v: no rotation */
-						const int64_t g = (r0 - qd - kvd) / io.hd;
-						T *dst = (T *)io.vc + rope_row(io, j, g);
-						dst[jj] = nz_cvt<T>(x1);
-						dst[jj + half] = nz_cvt<T>(x2);
-					} else {
-						const float *c = io.cs + (int64_t)j * io.hd, *sn = c + half;
-						float a, b;
-						nz_rope(x1, x2, c[jj], sn[jj], a, b);
-						if (r0 < qd) {
-							float *q = io.q_out + (int64_t)j * qd + r0;
-							q[0] = a;
-							q[half] = b;
-						} else {
-							T *dst = (T *)io.kc + rope_row(io, j, (r0 - qd) / io.hd);
-							dst[jj] = nz_cvt<T>(a);
-							dst[jj + half] = nz_cvt<T>(b);
-						}
-					}
-				}
-			} else {
-				if (active) {
-					float g = v[0], u = v[NR - 1];
-					if (io.bias)
-						g += io.bias[o], u += io.bias[out + o];
-					((T *)io.x_out)[(int64_t)j * out + o] = nz_cvt<T>(g / (1.0f + expf(-g)) * u);
+				nz_load8(w[r] + i, wv[r]);
+#pragma unroll
+			for (int j = 0; j < NZ_GEMV_MAX_T; j++) {
+				if (j < ntok) {
+					float xv[8];
+					nz_load8(x + (int64_t)j * in + i, xv);
+#pragma unroll
+					for (int r = 0; r < NR; r++)
+#pragma unroll
+						for (int e = 0; e < 8; e++)
+							acc[r][j] += wv[r][e] * xv[e];
 				}
 			}
 		}
+	}
+#pragma unroll
+	for (int j = 0; j < NZ_GEMV_MAX_T; j++) {
+		if (j >= ntok) /* ntok is the same in every lane */
+			continue;
+		float v[NR];
+#pragma unroll
+		for (int r = 0; r < NR; r++)
+			v[r] = nz_warp_sum(acc[r][j]);
+		if (lane != 0)
+			continue;
 		if (EPI == NZ_GEMV_RESID) {
-			__syncthreads();
-			if ((int)threadIdx.x < ntok) {
-				double ss = 0;
-				for (int k = 0; k < kWarps; k++)
-					ss += red[threadIdx.x][k];
-				io.part_out[(int64_t)threadIdx.x * gridDim.x + blockIdx.x] = ss;
+			double sq = 0;
+			if (active) {
+				float d = io.bias ? v[0] + io.bias[o] : v[0];
+				float *hp = io.h + (int64_t)j * out + o;
+				float hv = *hp + d;
+				*hp = hv;
+				sq = (double)hv * (double)hv;
 			}
+			red[j][warp] = sq;
+		} else if (EPI == NZ_GEMV_ROPE) {
+			if (active) {
+				float x1 = v[0], x2 = v[NR - 1];
+				if (io.bias)
+					x1 += io.bias[r0], x2 += io.bias[r1];
+				const int qd = io.nh * io.hd, kvd = io.nkv * io.hd;
+				const int jj = (int)(o % half);
+				if (r0 >= qd + kvd) { /* v: no rotation */
+					const int64_t g = (r0 - qd - kvd) / io.hd;
+					T *dst = (T *)io.vc + rope_row(io, j, g);
+					dst[jj] = nz_cvt<T>(x1);
+					dst[jj + half] = nz_cvt<T>(x2);
+				} else {
+					const float *c = io.cs + (int64_t)j * io.hd, *sn = c + half;
+					float a, b;
+					nz_rope(x1, x2, c[jj], sn[jj], a, b);
+					if (r0 < qd) {
+						float *q = io.q_out + (int64_t)j * qd + r0;
+						q[0] = a;
+						q[half] = b;
+					} else {
+						T *dst = (T *)io.kc + rope_row(io, j, (r0 - qd) / io.hd);
+						dst[jj] = nz_cvt<T>(a);
+						dst[jj + half] = nz_cvt<T>(b);
+					}
+				}
+			}
+		} else {
+			if (active) {
+				float g = v[0], u = v[NR - 1];
+				if (io.bias)
+					g += io.bias[o], u += io.bias[out + o];
+				((T *)io.x_out)[(int64_t)j * out + o] = nz_cvt<T>(g / (1.0f + expf(-g)) * u);
+			}
+		}
+	}
+	if (EPI == NZ_GEMV_RESID) {
+		__syncthreads();
+		if ((int)threadIdx.x < ntok) {
+			double ss = 0;
+			for (int k = 0; k < kWarps; k++)
+				ss += red[threadIdx.x][k];
+			io.part_out[(int64_t)threadIdx.x * gridDim.x + blockIdx.x] = ss;
 		}
 	}
 }
@@ -285,11 +266,8 @@ __global__ void __launch_bounds__(256) gemv_fused_kernel(const T *__restrict__ W
 template <class T> cudaError_t gemv_fused(cudaStream_t s, int64_t T_, int64_t in, const T *W, int64_t out,
                                           const nz_gemv_io &io)
 {
+	dim3 grid((unsigned)nz_gemv_fused_parts(io.epi == NZ_GEMV_ROPE ? out / 2 : out)), block(32 * kWarps);
 	const bool norm = io.norm_w != NULL;
-	int64_t blocks = nz_gemv_fused_parts(io.epi == NZ_GEMV_ROPE ? out / 2 : out);
-	if (norm && io.max_blocks > 0 && blocks > io.max_blocks)
-		blocks = io.max_blocks; /* each block takes several row groups */
-	dim3 grid((unsigned)blocks), block(32 * kWarps);
 	const size_t smem = norm ? (size_t)(T_ * in) * sizeof(T) : 0;
 	const int ntok = (int)T_;
 	/* the combinations the forward pass uses */
@@ -306,22 +284,15 @@ template <class T> cudaError_t gemv_fused(cudaStream_t s, int64_t T_, int64_t in
 	return cudaGetLastError();
 }
 
-template <class T> cudaError_t gemv_fused_setup(size_t smem, size_t smem_one, int *blocks_per_sm)
+template <class T> cudaError_t gemv_fused_setup(size_t smem)
 {
 	cudaError_t err = cudaSuccess;
-	*blocks_per_sm = 1 << 30;
 	auto set = [&](auto kern) {
-		int n = 0;
 		if (err == cudaSuccess)
 			err = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-		if (err == cudaSuccess)
-			err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kern, 32 * kWarps, smem_one);
-		*blocks_per_sm = n < *blocks_per_sm ? n : *blocks_per_sm;
 	};
 	set(gemv_fused_kernel<T, 2, true, NZ_GEMV_SILU>);
 	set(gemv_fused_kernel<T, 2, true, NZ_GEMV_ROPE>);
-	if (*blocks_per_sm < 1)
-		*blocks_per_sm = 1;
 	return err;
 }
 
@@ -363,14 +334,14 @@ cudaError_t nz_k_gemv_fused(int dtype, cudaStream_t s, int64_t T_, int64_t in, c
 	}
 }
 
-cudaError_t nz_gemv_fused_setup(int dtype, size_t smem, size_t smem_one, int *blocks_per_sm)
+cudaError_t nz_gemv_fused_setup(int dtype, size_t smem)
 {
 	switch (dtype) {
 	case NZ_BF16:
-		return gemv_fused_setup<__nv_bfloat16>(smem, smem_one, blocks_per_sm);
+		return gemv_fused_setup<__nv_bfloat16>(smem);
 	case NZ_F16:
-		return gemv_fused_setup<__half>(smem, smem_one, blocks_per_sm);
+		return gemv_fused_setup<__half>(smem);
 	default:
-		return gemv_fused_setup<float>(smem, smem_one, blocks_per_sm);
+		return gemv_fused_setup<float>(smem);
 	}
 }

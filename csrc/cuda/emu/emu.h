@@ -306,14 +306,6 @@ cudaError_t cudaGraphInstantiateWithFlags(cudaGraphExec_t *x, cudaGraph_t g, uns
 cudaError_t cudaGraphLaunch(cudaGraphExec_t x, cudaStream_t s);
 cudaError_t cudaGraphDestroy(cudaGraph_t g);
 cudaError_t cudaGraphExecDestroy(cudaGraphExec_t x);
-/* One block per SM: kernels that size their grids by occupancy get their
- * grid-stride loops exercised. */
-template <class T> inline cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessor(int *n, T *entry, int block, size_t smem)
-{
-	(void)entry, (void)block, (void)smem;
-	*n = 1;
-	return cudaSuccess;
-}
 template <class T> inline cudaError_t cudaFuncSetAttribute(T *entry, cudaFuncAttribute attr, int value)
 {
 	(void)entry, (void)attr, (void)value;
