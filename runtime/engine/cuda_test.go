@@ -426,8 +426,12 @@ func TestCUDA_ParityBase(t *testing.T) {
 			s.DType, s.VocabSize, s.HiddenSize, s.IntermediateSize, s.NumHeads, s.NumKVHeads = safetensors.BF16, 512, 256, 1056, 4, 2
 		}, tol: 2e-2},
 		{name: "F16", spec: func(s *model.Spec) { s.DType = safetensors.F16 }, tol: 4e-3},
-		// a vocabulary the sampler reads in three chunks, the last one short
-		{name: "Vocab9000", spec: func(s *model.Spec) { s.VocabSize = 9000 }, tol: 1e-4},
+		// a vocabulary the sampler reads in two chunks, the last one short
+		{name: "Vocab4500", spec: func(s *model.Spec) { s.VocabSize = 4500 }, tol: 1e-4},
+		// an MLP wider than the others: 150 gate/up row groups
+		{name: "BF16WideMLP", spec: func(s *model.Spec) {
+			s.DType, s.VocabSize, s.HiddenSize, s.IntermediateSize, s.NumHeads, s.NumKVHeads = safetensors.BF16, 128, 64, 1200, 4, 2
+		}, tol: 2e-2},
 	}
 	none := []int{-1, -1, -1, -1, -1, -1}
 	for ci, tc := range cases {
