@@ -8,6 +8,11 @@
  * inputs are small and stay in L1. f32 accumulation, a warp reduction,
  * and one f32 store per (token, row): the same [T][out] layout a GEMM
  * writes.
+ *
+ * The fused variants (nz_k_gemv_fused) are the same loop with the work of
+ * the small kernels around a projection folded in: an RMSNorm prologue
+ * into shared memory, and epilogues for the residual add, SiLU, and RoPE
+ * with the KV-cache write.
  */
 #include "cuda_kernels.h"
 
