@@ -294,7 +294,7 @@ if [[ -n $ncu && -n $points ]]; then
 			-cuda.profile="$pt" -cuda.bench-model="$bench_model" -cuda.bench-cache="${TMPDIR:-/tmp}/nozzle-cuda-bench" \
 			>"$work/profile-run.txt" 2>&1 || tail -5 "$work/profile-run.txt"
 	done
-	python3 "$root/scripts/gpu/profile.py" --steps 3 "$work"/profile-*.csv | tee "$OUT/profile.txt"
+	python3 "$root/scripts/gpu/kernel_profile.py" --steps 3 "$work"/profile-*.csv | tee "$OUT/profile.txt"
 	record profile "$(grep -c '^== ' "$OUT/profile.txt") points (profile.txt)"
 fi
 

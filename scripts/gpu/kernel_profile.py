@@ -4,7 +4,7 @@ table per profiled point (file profile-<batch>-<adapters>.csv, from
 `ncu --metrics gpu__time_duration.sum --csv --print-units base`), kernels
 grouped by name and grid, as microseconds per decode step.
 
-  python3 scripts/gpu/profile.py --steps 3 WORK/profile-*.csv
+  python3 scripts/gpu/kernel_profile.py --steps 3 WORK/profile-*.csv
 """
 import argparse
 import csv
