@@ -21,46 +21,10 @@ import (
 )
 
 // Format 1 of usage events and rollups, as schema version 2 and earlier
-// wrote them (no cached prompt tokens). Kept here to make old files in
-// tests and to seed the fuzz tests.
-
-func encodeEventV1(ev *nozzle.UsageEvent) []byte {
-	e := enc{}
-	e.u8(valueV1)
-	e.str(ev.RequestID)
-	e.str(ev.TenantID)
-	e.str(ev.KeyID)
-	e.str(ev.AdapterID)
-	e.str(ev.AdapterName)
-	e.str(ev.Model)
-	e.str(ev.RuntimeID)
-	e.u8(statusCodes[ev.Status])
-	e.time(ev.Time)
-	e.varint(ev.PromptTokens)
-	e.varint(ev.CompletionTokens)
-	e.f64(ev.DeviceSeconds)
-	e.f64(ev.QueueSeconds)
-	e.f64(ev.TTFTSeconds)
-	e.f64(ev.AdapterLoadSeconds)
-	e.f64(ev.RatePerHour)
-	e.f64(ev.ChargeUSD)
-	e.bytes(ev.Response)
-	return e.b
-}
-
-func encodeRollupV1(r *rollup) []byte {
-	e := enc{}
-	e.u8(valueV1)
-	e.varint(r.Requests)
-	e.varint(r.Failed)
-	e.varint(r.PromptTokens)
-	e.varint(r.CompletionTokens)
-	e.f64(r.DeviceSeconds)
-	e.f64(r.ActiveCostUSD)
-	e.f64(r.ChargedUSD)
-	e.str(r.AdapterName)
-	return e.b
-}
+// wrote them (no cached prompt tokens), to make old files in tests and to
+// seed the fuzz tests; the hex constants below pin its bytes.
+func encodeEventV1(ev *nozzle.UsageEvent) []byte { return encodeEventAs(nil, ev, valueV1) }
+func encodeRollupV1(r *rollup) []byte            { return encodeRollupAs(r, valueV1) }
 
 // v1Event is a format 1 event; v1EventHex is how the builds before schema
 // version 3 stored it, byte for byte.

@@ -21,9 +21,13 @@ const valueV2 = 2
 var statusCodes = map[string]byte{nozzle.UsageOK: 1, nozzle.UsageCanceled: 2, nozzle.UsageFailed: 3}
 var statusNames = map[byte]string{1: nozzle.UsageOK, 2: nozzle.UsageCanceled, 3: nozzle.UsageFailed}
 
-func encodeEvent(buf []byte, ev *nozzle.UsageEvent) []byte {
+func encodeEvent(buf []byte, ev *nozzle.UsageEvent) []byte { return encodeEventAs(buf, ev, valueV2) }
+
+// encodeEventAs writes ev in value format 1 (no cached prompt tokens: what
+// builds before schema version 3 wrote) or 2.
+func encodeEventAs(buf []byte, ev *nozzle.UsageEvent, format byte) []byte {
 	e := enc{b: buf[:0]}
-	e.u8(valueV2)
+	e.u8(format)
 	e.str(ev.RequestID)
 	e.str(ev.TenantID)
 	e.str(ev.KeyID)
@@ -34,7 +38,9 @@ func encodeEvent(buf []byte, ev *nozzle.UsageEvent) []byte {
 	e.u8(statusCodes[ev.Status])
 	e.time(ev.Time)
 	e.varint(ev.PromptTokens)
-	e.varint(ev.CachedPromptTokens)
+	if format >= valueV2 {
+		e.varint(ev.CachedPromptTokens)
+	}
 	e.varint(ev.CompletionTokens)
 	e.f64(ev.DeviceSeconds)
 	e.f64(ev.QueueSeconds)
@@ -68,12 +74,7 @@ func decodeEvent(b []byte) (*nozzle.UsageEvent, error) {
 	ev.Status = st
 	ev.Time = d.time()
 	ev.PromptTokens = d.varint()
-	if format == valueV2 {
-		ev.CachedPromptTokens = d.varint()
-		if !cachedWithin(ev.CachedPromptTokens, ev.PromptTokens) {
-			d.fail()
-		}
-	}
+	ev.CachedPromptTokens = d.cached(format, ev.PromptTokens)
 	ev.CompletionTokens = d.varint()
 	ev.DeviceSeconds = d.f64()
 	ev.QueueSeconds = d.f64()
@@ -109,6 +110,19 @@ type rollup struct {
 // every value they accept must re-encode to one they accept.
 func cachedWithin(cached, prompt int64) bool { return cached == 0 || (cached > 0 && cached <= prompt) }
 
+// cached reads the cached prompt tokens of a format 2 value (format 1 has
+// none) and checks them against its prompt tokens.
+func (d *dec) cached(format byte, prompt int64) int64 {
+	if format < valueV2 {
+		return 0
+	}
+	c := d.varint()
+	if !cachedWithin(c, prompt) {
+		d.fail()
+	}
+	return c
+}
+
 func (r *rollup) add(o *rollup) {
 	r.Requests += o.Requests
 	r.Failed += o.Failed
@@ -143,13 +157,18 @@ func (r *rollup) addEvent(ev *nozzle.UsageEvent) {
 // activeCost is the GPU cost of a request's device time.
 func activeCost(ev *nozzle.UsageEvent) float64 { return ev.DeviceSeconds * ev.RatePerHour / 3600 }
 
-func encodeRollup(r *rollup) []byte {
+func encodeRollup(r *rollup) []byte { return encodeRollupAs(r, valueV2) }
+
+// encodeRollupAs writes r in value format 1 or 2 (as encodeEventAs).
+func encodeRollupAs(r *rollup, format byte) []byte {
 	e := enc{b: make([]byte, 0, 64+len(r.AdapterName))}
-	e.u8(valueV2)
+	e.u8(format)
 	e.varint(r.Requests)
 	e.varint(r.Failed)
 	e.varint(r.PromptTokens)
-	e.varint(r.CachedPromptTokens)
+	if format >= valueV2 {
+		e.varint(r.CachedPromptTokens)
+	}
 	e.varint(r.CompletionTokens)
 	e.f64(r.DeviceSeconds)
 	e.f64(r.ActiveCostUSD)
@@ -168,12 +187,7 @@ func decodeRollup(b []byte) (rollup, error) {
 	r.Requests = d.varint()
 	r.Failed = d.varint()
 	r.PromptTokens = d.varint()
-	if format == valueV2 {
-		r.CachedPromptTokens = d.varint()
-		if !cachedWithin(r.CachedPromptTokens, r.PromptTokens) {
-			d.fail()
-		}
-	}
+	r.CachedPromptTokens = d.cached(format, r.PromptTokens)
 	r.CompletionTokens = d.varint()
 	r.DeviceSeconds = d.f64()
 	r.ActiveCostUSD = d.f64()
