@@ -733,17 +733,21 @@ void stage_entry(const cuda_engine *e, unsigned char *stage, const nz_lora_entry
 	const size_t k = (size_t)(en->layer * NZ_M_COUNT + m);
 	unsigned char *a = stage + (size_t)e->a_off[k] * ws;
 	unsigned char *b = stage + (size_t)e->b_off[k] * ws;
-	nz_convert(a, e->wdt, en->a, en->a_dtype, r * in);
+	if (en->a_dtype == e->wdt)
+		memcpy(a, en->a, (size_t)(r * in) * ws);
+	else /* ·1 is exact: the same rounding as a plain conversion */
+		nz_convert_scaled(a, e->wdt, en->a, en->a_dtype, r * in, 1.0f);
 	memset(a + (size_t)(r * in) * ws, 0, (size_t)((R - r) * in) * ws);
 	/* B [out][R] = scale · lora_B [out][r], folded in f32 then rounded once */
-	float row[64];
-	for (int64_t o = 0; o < out; o++) {
-		unsigned char *dst = b + (size_t)(o * R) * ws;
-		for (int64_t j0 = 0; j0 < R; j0 += 64) {
-			int64_t w = std::min<int64_t>(64, R - j0);
-			for (int64_t j = 0; j < w; j++)
-				row[j] = j0 + j < r ? nz_load_f32(en->b, en->b_dtype, o * r + j0 + j) * en->scale : 0.0f;
-			nz_convert(dst + (size_t)j0 * ws, e->wdt, row, NZ_F32, w);
+	const size_t bsz = nz_dtype_size(en->b_dtype);
+	if (r == R) {
+		nz_convert_scaled(b, e->wdt, en->b, en->b_dtype, out * r, en->scale);
+	} else {
+		for (int64_t o = 0; o < out; o++) {
+			unsigned char *dst = b + (size_t)(o * R) * ws;
+			nz_convert_scaled(dst, e->wdt, (const unsigned char *)en->b + (size_t)(o * r) * bsz, en->b_dtype, r,
+			                  en->scale);
+			memset(dst + (size_t)r * ws, 0, (size_t)(R - r) * ws);
 		}
 	}
 }

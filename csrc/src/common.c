@@ -199,6 +199,49 @@ void nz_convert(void *dst, int32_t dst_dtype, const void *src, int32_t src_dtype
 	}
 }
 
+/* One loop per dtype pair, the dtype switch outside it, so that the
+ * compiler can inline the conversions and vectorise the loop. */
+#define NZ_SCALED_LOOP(DT, ST, LOAD, STORE)                                                                            \
+	do {                                                                                                               \
+		DT *d_ = dst;                                                                                                  \
+		const ST *s_ = src;                                                                                            \
+		for (int64_t i = 0; i < n; i++)                                                                                \
+			d_[i] = STORE(LOAD(s_[i]) * scale);                                                                        \
+	} while (0)
+#define NZ_ID(x) (x)
+
+void nz_convert_scaled(void *dst, int32_t dst_dtype, const void *src, int32_t src_dtype, int64_t n, float scale)
+{
+	switch (dst_dtype) {
+	case NZ_BF16:
+		if (src_dtype == NZ_BF16)
+			NZ_SCALED_LOOP(uint16_t, uint16_t, nz_bf16_to_f32, nz_f32_to_bf16);
+		else if (src_dtype == NZ_F16)
+			NZ_SCALED_LOOP(uint16_t, uint16_t, nz_f16_to_f32, nz_f32_to_bf16);
+		else
+			NZ_SCALED_LOOP(uint16_t, float, NZ_ID, nz_f32_to_bf16);
+		break;
+	case NZ_F16:
+		if (src_dtype == NZ_BF16)
+			NZ_SCALED_LOOP(uint16_t, uint16_t, nz_bf16_to_f32, nz_f32_to_f16);
+		else if (src_dtype == NZ_F16)
+			NZ_SCALED_LOOP(uint16_t, uint16_t, nz_f16_to_f32, nz_f32_to_f16);
+		else
+			NZ_SCALED_LOOP(uint16_t, float, NZ_ID, nz_f32_to_f16);
+		break;
+	default:
+		if (src_dtype == NZ_BF16)
+			NZ_SCALED_LOOP(float, uint16_t, nz_bf16_to_f32, NZ_ID);
+		else if (src_dtype == NZ_F16)
+			NZ_SCALED_LOOP(float, uint16_t, nz_f16_to_f32, NZ_ID);
+		else
+			NZ_SCALED_LOOP(float, float, NZ_ID, NZ_ID);
+		break;
+	}
+}
+#undef NZ_SCALED_LOOP
+#undef NZ_ID
+
 void nz_convert_f32_via(float *dst, const void *src, int32_t src_dtype, int32_t via_dtype, int64_t n)
 {
 	for (int64_t i = 0; i < n; i++) {
