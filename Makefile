@@ -35,7 +35,7 @@ ENGINE_LDFLAGS := -shared -pthread -lm
 # runs on).
 CUDA_SRC := $(wildcard csrc/cuda/*.cu)
 CUDA_HDR := $(wildcard csrc/cuda/*.cuh csrc/cuda/*.h)
-CUDA_C_SRC := $(filter-out csrc/src/cpu_%,$(ENGINE_SRC))
+CUDA_C_SRC := $(filter-out csrc/src/cpu_%,$(ENGINE_SRC)) csrc/src/cpu_pool.c
 CUDA_OBJ := $(patsubst csrc/cuda/%.cu,build/cuda/%.o,$(CUDA_SRC)) $(patsubst csrc/src/%.c,build/cuda/%.o,$(CUDA_C_SRC))
 CUDA_ARCHS ?= -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90
 NVCC_FLAGS ?= -O3 -std=c++17 -Xcompiler -fPIC -Xcompiler -fvisibility=hidden -Xcompiler -Wall -Icsrc/include -Icsrc/src $(CUDA_ARCHS)

@@ -57,6 +57,7 @@
 extern "C" {
 #include "backend.h"
 #include "common.h"
+#include "cpu_pool.h"
 }
 
 #include "cuda_kernels.h"
@@ -126,28 +127,18 @@ int32_t host_alloc(void **p, size_t bytes, const char *what)
 	                cudaGetErrorString(err));
 }
 
-/* Runs f(i) for i in [0, n) on up to `threads` OS threads. */
-template <class F> void parallel_for(int64_t n, int threads, F f)
+/* Runs f(i) for i in [0, n) on the engine's host worker pool (the CPU
+ * backend's: threads made once, asleep between jobs), or on this thread
+ * alone when n is 1 or the pool is NULL. */
+template <class F> void parallel_for(cpu_pool *pool, int64_t n, F f)
 {
-	if (threads <= 1 || n <= 1) {
+	if (!pool || n <= 1) {
 		for (int64_t i = 0; i < n; i++)
 			f(i);
 		return;
 	}
-	std::atomic<int64_t> next(0);
-	std::vector<std::thread> ts;
-	int nt = (int)std::min<int64_t>(threads, n);
-	for (int t = 0; t < nt; t++)
-		ts.emplace_back([&]() {
-			for (;;) {
-				int64_t i = next++;
-				if (i >= n)
-					break;
-				f(i);
-			}
-		});
-	for (auto &t : ts)
-		t.join();
+	cpu_pool_run(
+	    pool, n, [](void *ctx, int64_t i, int) { (*static_cast<F *>(ctx))(i); }, &f);
 }
 
 int host_threads()
@@ -257,6 +248,7 @@ struct cuda_engine {
 	size_t gemv_smem;  /* dynamic shared memory they may use */
 	double *part;      /* sums of squares [NZ_GEMV_MAX_T][nz_gemv_fused_parts(H)] */
 	nz_sample_part *spart; /* the sampler's chunks [S][nz_sample_parts(V)] */
+	cpu_pool *pool;        /* host threads for weight and adapter conversions */
 };
 
 int32_t select_device(cuda_engine *e, const char *what)
@@ -341,6 +333,8 @@ void cuda_destroy(void *impl)
 	cudaFreeHost(e->tstage);
 	cudaFreeHost(e->h_out);
 	cudaFreeHost(e->h_meta);
+	if (e->pool)
+		cpu_pool_destroy(e->pool);
 	cudaEvent_t evs[] = {e->stage_ev[0],  e->stage_ev[1], e->upload_ev, e->tstage_ev[0],
 	                     e->tstage_ev[1], e->ev_fork,     e->ev_join};
 	for (cudaEvent_t ev : evs)
@@ -518,6 +512,7 @@ int32_t cuda_create(nz_config *c, void **out)
 	e->layers.assign((size_t)e->L, layer_w());
 	FAIL(host_alloc(&e->tstage, 2 * kTensorStage, "nz_engine_create: weight staging"));
 	e->use_graphs = 1;
+	FAIL(cpu_pool_create(host_threads(), &e->pool)); /* host-side conversions of uploads */
 #undef FAIL_CUDA
 #undef FAIL
 	*out = e;
@@ -544,7 +539,7 @@ int32_t upload_converted(cuda_engine *e, void *dst, int32_t dst_dtype, const voi
 		const unsigned char *s = (const unsigned char *)src + (size_t)i0 * ssz;
 		const int64_t sub = 1 << 18;
 		int64_t parts = nz_ceil_div(cnt, sub);
-		parallel_for(parts, cnt >= (1 << 20) ? host_threads() : 1, [&](int64_t k) {
+		parallel_for(cnt >= (1 << 20) ? e->pool : NULL, parts, [&](int64_t k) {
 			int64_t a = k * sub, m = std::min(sub, cnt - a);
 			if (via_weight_dtype)
 				nz_convert_f32_via((float *)(stg + (size_t)a * dsz), s + (size_t)a * ssz, src_dtype, e->wdt, m);
@@ -765,7 +760,7 @@ int32_t cuda_adapter_load(void *impl, int32_t slot, int32_t n, const nz_lora_ent
 	const size_t data_bytes = (size_t)e->slot_stride * e->wsz, row = (size_t)(e->L * NZ_M_COUNT);
 	int32_t *ranks = (int32_t *)(stg + data_bytes);
 	memset(ranks, 0, row * sizeof(int32_t));
-	parallel_for(n, host_threads(), [&](int64_t j) { stage_entry(e, stg, &ent[j]); });
+	parallel_for(e->pool, n, [&](int64_t j) { stage_entry(e, stg, &ent[j]); });
 	for (int32_t j = 0; j < n; j++)
 		ranks[ent[j].layer * NZ_M_COUNT + ent[j].module] = ent[j].rank;
 	CUDA_TRY(cudaMemcpyAsync((unsigned char *)e->slot_mem + (size_t)slot * data_bytes, stg, data_bytes,
