@@ -426,6 +426,11 @@ func TestCUDA_ParityBase(t *testing.T) {
 			s.DType, s.VocabSize, s.HiddenSize, s.IntermediateSize, s.NumHeads, s.NumKVHeads = safetensors.BF16, 512, 256, 1056, 4, 2
 		}, tol: 2e-2},
 		{name: "F16", spec: func(s *model.Spec) { s.DType = safetensors.F16 }, tol: 4e-3},
+		// head dim 16 over 4 heads: q is 64 wide, the hidden state 32
+		{name: "HeadDim16Llama3Rope", spec: func(s *model.Spec) {
+			s.HeadDim = 16
+			s.Rope = &model.RopeScaling{Type: model.RopeLlama3, Factor: 8, LowFreqFactor: 1, HighFreqFactor: 4, OriginalMaxPosition: 256}
+		}, tol: 1e-4},
 		// a vocabulary the sampler reads in two chunks, the last one short
 		{name: "Vocab4500", spec: func(s *model.Spec) { s.VocabSize = 4500 }, tol: 1e-4},
 		// an MLP wider than the others: 150 gate/up row groups
