@@ -20,6 +20,58 @@ namespace {
 
 const int kWarps = 8;
 
+/* acc[r][j] += W row r · x[j] over in (a multiple of 8) for NR rows w[r]
+ * and ntok tokens: lane `lane` takes 8 elements in every 256, C of them
+ * per row in flight at a time. The loop of every GEMV here. */
+template <class T, int NR, int C>
+__device__ __forceinline__ void gemv_rows(const T *const (&w)[NR], const T *__restrict__ x, int64_t in, int ntok,
+                                          int lane, float (&acc)[NR][NZ_GEMV_MAX_T])
+{
+	const int64_t step = 32 * 8;
+	int64_t i = (int64_t)lane * 8;
+	for (; i + (C - 1) * step < in; i += C * step) {
+		float wv[NR][C][8];
+#pragma unroll
+		for (int r = 0; r < NR; r++)
+#pragma unroll
+			for (int c = 0; c < C; c++)
+				nz_load8(w[r] + i + c * step, wv[r][c]);
+#pragma unroll
+		for (int j = 0; j < NZ_GEMV_MAX_T; j++) {
+			if (j < ntok) {
+#pragma unroll
+				for (int c = 0; c < C; c++) {
+					float xv[8];
+					nz_load8(x + (int64_t)j * in + i + c * step, xv);
+#pragma unroll
+					for (int r = 0; r < NR; r++)
+#pragma unroll
+						for (int e = 0; e < 8; e++)
+							acc[r][j] += wv[r][c][e] * xv[e];
+				}
+			}
+		}
+	}
+	for (; i < in; i += step) {
+		float wv[NR][8];
+#pragma unroll
+		for (int r = 0; r < NR; r++)
+			nz_load8(w[r] + i, wv[r]);
+#pragma unroll
+		for (int j = 0; j < NZ_GEMV_MAX_T; j++) {
+			if (j < ntok) {
+				float xv[8];
+				nz_load8(x + (int64_t)j * in + i, xv);
+#pragma unroll
+				for (int r = 0; r < NR; r++)
+#pragma unroll
+					for (int e = 0; e < 8; e++)
+						acc[r][j] += wv[r][e] * xv[e];
+			}
+		}
+	}
+}
+
 template <class T>
 __global__ void __launch_bounds__(256)
     gemv_kernel(const T *__restrict__ W, const T *__restrict__ x, int64_t in, int64_t out, int ntok,
@@ -30,61 +82,26 @@ __global__ void __launch_bounds__(256)
 	const int64_t o = (int64_t)blockIdx.x * kWarps + warp;
 	if (o >= out) /* the whole warp leaves together */
 		return;
-	const T *w = W + o * in;
-	float acc[NZ_GEMV_MAX_T];
+	const T *w[1] = {W + o * in};
+	float acc[1][NZ_GEMV_MAX_T];
 #pragma unroll
 	for (int j = 0; j < NZ_GEMV_MAX_T; j++)
-		acc[j] = 0.0f;
+		acc[0][j] = 0.0f;
 	if ((in & 7) == 0) {
-		const int64_t step = 32 * 8;
-		int64_t i = (int64_t)lane * 8;
-		for (; i + 3 * step < in; i += 4 * step) {
-			float wv[4][8];
-#pragma unroll
-			for (int c = 0; c < 4; c++)
-				nz_load8(w + i + c * step, wv[c]);
-#pragma unroll
-			for (int j = 0; j < NZ_GEMV_MAX_T; j++) {
-				if (j < ntok) {
-					const T *xr = x + (int64_t)j * in + i;
-#pragma unroll
-					for (int c = 0; c < 4; c++) {
-						float xv[8];
-						nz_load8(xr + c * step, xv);
-#pragma unroll
-						for (int e = 0; e < 8; e++)
-							acc[j] += wv[c][e] * xv[e];
-					}
-				}
-			}
-		}
-		for (; i < in; i += step) {
-			float wv[8];
-			nz_load8(w + i, wv);
-#pragma unroll
-			for (int j = 0; j < NZ_GEMV_MAX_T; j++) {
-				if (j < ntok) {
-					float xv[8];
-					nz_load8(x + (int64_t)j * in + i, xv);
-#pragma unroll
-					for (int e = 0; e < 8; e++)
-						acc[j] += wv[e] * xv[e];
-				}
-			}
-		}
+		gemv_rows<T, 1, 4>(w, x, in, ntok, lane, acc);
 	} else {
 		for (int64_t i = lane; i < in; i += 32) {
-			float wv = nz_f32(w[i]);
+			float wv = nz_f32(w[0][i]);
 #pragma unroll
 			for (int j = 0; j < NZ_GEMV_MAX_T; j++)
 				if (j < ntok)
-					acc[j] += wv * nz_f32(x[(int64_t)j * in + i]);
+					acc[0][j] += wv * nz_f32(x[(int64_t)j * in + i]);
 		}
 	}
 #pragma unroll
 	for (int j = 0; j < NZ_GEMV_MAX_T; j++) {
 		if (j < ntok) { /* ntok is the same in every lane */
-			float v = nz_warp_sum(acc[j]);
+			float v = nz_warp_sum(acc[0][j]);
 			if (lane == 0)
 				y[(int64_t)j * out + o] = v;
 		}
@@ -156,50 +173,7 @@ __global__ void __launch_bounds__(256) gemv_fused_kernel(const T *__restrict__ W
 		w[0] = W + r0 * in;
 		if (NR > 1)
 			w[NR - 1] = W + r1 * in;
-		constexpr int C = 4 / NR; /* 16-byte loads in flight per lane and row */
-		const int64_t step = 32 * 8;
-		int64_t i = (int64_t)lane * 8;
-		for (; i + (C - 1) * step < in; i += C * step) {
-			float wv[NR][C][8];
-#pragma unroll
-			for (int r = 0; r < NR; r++)
-#pragma unroll
-				for (int c = 0; c < C; c++)
-					nz_load8(w[r] + i + c * step, wv[r][c]);
-#pragma unroll
-			for (int j = 0; j < NZ_GEMV_MAX_T; j++) {
-				if (j < ntok) {
-#pragma unroll
-					for (int c = 0; c < C; c++) {
-						float xv[8];
-						nz_load8(x + (int64_t)j * in + i + c * step, xv);
-#pragma unroll
-						for (int r = 0; r < NR; r++)
-#pragma unroll
-							for (int e = 0; e < 8; e++)
-								acc[r][j] += wv[r][c][e] * xv[e];
-					}
-				}
-			}
-		}
-		for (; i < in; i += step) {
-			float wv[NR][8];
-#pragma unroll
-			for (int r = 0; r < NR; r++)
-				nz_load8(w[r] + i, wv[r]);
-#pragma unroll
-			for (int j = 0; j < NZ_GEMV_MAX_T; j++) {
-				if (j < ntok) {
-					float xv[8];
-					nz_load8(x + (int64_t)j * in + i, xv);
-#pragma unroll
-					for (int r = 0; r < NR; r++)
-#pragma unroll
-						for (int e = 0; e < 8; e++)
-							acc[r][j] += wv[r][e] * xv[e];
-				}
-			}
-		}
+		gemv_rows<T, NR, 4 / NR>(w, x, in, ntok, lane, acc); /* four 16-byte loads in flight per lane */
 	}
 #pragma unroll
 	for (int j = 0; j < NZ_GEMV_MAX_T; j++) {
