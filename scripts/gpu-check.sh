@@ -44,10 +44,14 @@ start=$SECONDS
 left() { echo $((budget - (SECONDS - start))); }
 
 # phase_timeout WANT RESERVE: WANT seconds, or less so that RESERVE seconds
-# of the budget stay for what follows.
+# of the budget stay for what follows; with a budget too small for that,
+# half of what is left (a small budget starves the later phases, not this
+# one).
 phase_timeout() {
-	local want=$1 reserve=${2:-30} l
+	local want=$1 reserve=${2:-30} l half
 	l=$(($(left) - reserve))
+	half=$(($(left) / 2))
+	((l < half)) && l=$half
 	((l < want)) && want=$l
 	((want < 5)) && want=5
 	echo "$want"
