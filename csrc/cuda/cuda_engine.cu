@@ -49,7 +49,6 @@
 #include <string.h>
 
 #include <algorithm>
-#include <atomic>
 #include <new>
 #include <thread>
 #include <vector>
