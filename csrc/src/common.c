@@ -65,7 +65,8 @@ double nz_now_seconds(void)
  * dtypes
  * ------------------------------------------------------------------------- */
 
-uint16_t nz_f32_to_bf16(float f)
+/* (the conversion loops below inline these) */
+static inline __attribute__((always_inline)) uint16_t cvt_f32_to_bf16(float f)
 {
 	uint32_t u;
 	memcpy(&u, &f, sizeof u);
@@ -75,7 +76,10 @@ uint16_t nz_f32_to_bf16(float f)
 	return (uint16_t)(u >> 16);
 }
 
-float nz_f16_to_f32(uint16_t h)
+uint16_t nz_f32_to_bf16(float f) { return cvt_f32_to_bf16(f); }
+
+/* (the conversion loops below inline these) */
+static inline __attribute__((always_inline)) float cvt_f16_to_f32(uint16_t h)
 {
 	uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
 	uint32_t exp = (h >> 10) & 0x1fu;
@@ -95,7 +99,10 @@ float nz_f16_to_f32(uint16_t h)
 	return f;
 }
 
-uint16_t nz_f32_to_f16(float f)
+float nz_f16_to_f32(uint16_t h) { return cvt_f16_to_f32(h); }
+
+/* (the conversion loops below inline these) */
+static inline __attribute__((always_inline)) uint16_t cvt_f32_to_f16(float f)
 {
 	uint32_t u;
 	memcpy(&u, &f, sizeof u);
@@ -122,6 +129,8 @@ uint16_t nz_f32_to_f16(float f)
 	r -= 112u << 23;
 	return (uint16_t)(sign | (r >> 13)); /* a carry into exponent 31 gives inf */
 }
+
+uint16_t nz_f32_to_f16(float f) { return cvt_f32_to_f16(f); }
 
 size_t nz_dtype_size(int32_t dtype)
 {
@@ -162,84 +171,62 @@ float nz_load_f32(const void *src, int32_t dtype, int64_t i)
 	}
 }
 
+/* One loop per dtype pair, the dtype switch outside it, so that the
+ * compiler can inline the conversions and vectorise the loop; MUL is
+ * `* scale` or nothing. */
+#define NZ_CVT_LOOP(DT, ST, LOAD, STORE, MUL)                                                                          \
+	do {                                                                                                               \
+		DT *d_ = dst;                                                                                                  \
+		const ST *s_ = src;                                                                                            \
+		for (int64_t i = 0; i < n; i++)                                                                                \
+			d_[i] = STORE(LOAD(s_[i]) MUL);                                                                            \
+	} while (0)
+#define NZ_ID(x) (x)
+#define NZ_CVT_SWITCH(MUL)                                                                                             \
+	switch (dst_dtype) {                                                                                               \
+	case NZ_BF16:                                                                                                      \
+		if (src_dtype == NZ_BF16)                                                                                      \
+			NZ_CVT_LOOP(uint16_t, uint16_t, nz_bf16_to_f32, cvt_f32_to_bf16, MUL);                                      \
+		else if (src_dtype == NZ_F16)                                                                                  \
+			NZ_CVT_LOOP(uint16_t, uint16_t, cvt_f16_to_f32, cvt_f32_to_bf16, MUL);                                       \
+		else                                                                                                           \
+			NZ_CVT_LOOP(uint16_t, float, NZ_ID, cvt_f32_to_bf16, MUL);                                                  \
+		break;                                                                                                         \
+	case NZ_F16:                                                                                                       \
+		if (src_dtype == NZ_BF16)                                                                                      \
+			NZ_CVT_LOOP(uint16_t, uint16_t, nz_bf16_to_f32, cvt_f32_to_f16, MUL);                                       \
+		else if (src_dtype == NZ_F16)                                                                                  \
+			NZ_CVT_LOOP(uint16_t, uint16_t, cvt_f16_to_f32, cvt_f32_to_f16, MUL);                                        \
+		else                                                                                                           \
+			NZ_CVT_LOOP(uint16_t, float, NZ_ID, cvt_f32_to_f16, MUL);                                                   \
+		break;                                                                                                         \
+	case NZ_F32:                                                                                                       \
+		if (src_dtype == NZ_BF16)                                                                                      \
+			NZ_CVT_LOOP(float, uint16_t, nz_bf16_to_f32, NZ_ID, MUL);                                                  \
+		else if (src_dtype == NZ_F16)                                                                                  \
+			NZ_CVT_LOOP(float, uint16_t, cvt_f16_to_f32, NZ_ID, MUL);                                                   \
+		else                                                                                                           \
+			NZ_CVT_LOOP(float, float, NZ_ID, NZ_ID, MUL);                                                              \
+		break;                                                                                                         \
+	default:                                                                                                           \
+		break;                                                                                                         \
+	}
+
+void nz_convert_scaled(void *dst, int32_t dst_dtype, const void *src, int32_t src_dtype, int64_t n, float scale)
+{
+	NZ_CVT_SWITCH(*scale)
+}
+
 void nz_convert(void *dst, int32_t dst_dtype, const void *src, int32_t src_dtype, int64_t n)
 {
 	if (dst_dtype == src_dtype) {
 		memcpy(dst, src, (size_t)n * nz_dtype_size(src_dtype));
 		return;
 	}
-	switch (dst_dtype) {
-	case NZ_F32: {
-		float *d = dst;
-		if (src_dtype == NZ_BF16) {
-			const uint16_t *s = src;
-			for (int64_t i = 0; i < n; i++)
-				d[i] = nz_bf16_to_f32(s[i]);
-		} else {
-			const uint16_t *s = src;
-			for (int64_t i = 0; i < n; i++)
-				d[i] = nz_f16_to_f32(s[i]);
-		}
-		break;
-	}
-	case NZ_BF16: {
-		uint16_t *d = dst;
-		for (int64_t i = 0; i < n; i++)
-			d[i] = nz_f32_to_bf16(nz_load_f32(src, src_dtype, i));
-		break;
-	}
-	case NZ_F16: {
-		uint16_t *d = dst;
-		for (int64_t i = 0; i < n; i++)
-			d[i] = nz_f32_to_f16(nz_load_f32(src, src_dtype, i));
-		break;
-	}
-	default:
-		break;
-	}
+	NZ_CVT_SWITCH()
 }
-
-/* One loop per dtype pair, the dtype switch outside it, so that the
- * compiler can inline the conversions and vectorise the loop. */
-#define NZ_SCALED_LOOP(DT, ST, LOAD, STORE)                                                                            \
-	do {                                                                                                               \
-		DT *d_ = dst;                                                                                                  \
-		const ST *s_ = src;                                                                                            \
-		for (int64_t i = 0; i < n; i++)                                                                                \
-			d_[i] = STORE(LOAD(s_[i]) * scale);                                                                        \
-	} while (0)
-#define NZ_ID(x) (x)
-
-void nz_convert_scaled(void *dst, int32_t dst_dtype, const void *src, int32_t src_dtype, int64_t n, float scale)
-{
-	switch (dst_dtype) {
-	case NZ_BF16:
-		if (src_dtype == NZ_BF16)
-			NZ_SCALED_LOOP(uint16_t, uint16_t, nz_bf16_to_f32, nz_f32_to_bf16);
-		else if (src_dtype == NZ_F16)
-			NZ_SCALED_LOOP(uint16_t, uint16_t, nz_f16_to_f32, nz_f32_to_bf16);
-		else
-			NZ_SCALED_LOOP(uint16_t, float, NZ_ID, nz_f32_to_bf16);
-		break;
-	case NZ_F16:
-		if (src_dtype == NZ_BF16)
-			NZ_SCALED_LOOP(uint16_t, uint16_t, nz_bf16_to_f32, nz_f32_to_f16);
-		else if (src_dtype == NZ_F16)
-			NZ_SCALED_LOOP(uint16_t, uint16_t, nz_f16_to_f32, nz_f32_to_f16);
-		else
-			NZ_SCALED_LOOP(uint16_t, float, NZ_ID, nz_f32_to_f16);
-		break;
-	default:
-		if (src_dtype == NZ_BF16)
-			NZ_SCALED_LOOP(float, uint16_t, nz_bf16_to_f32, NZ_ID);
-		else if (src_dtype == NZ_F16)
-			NZ_SCALED_LOOP(float, uint16_t, nz_f16_to_f32, NZ_ID);
-		else
-			NZ_SCALED_LOOP(float, float, NZ_ID, NZ_ID);
-		break;
-	}
-}
-#undef NZ_SCALED_LOOP
+#undef NZ_CVT_SWITCH
+#undef NZ_CVT_LOOP
 #undef NZ_ID
 
 void nz_convert_f32_via(float *dst, const void *src, int32_t src_dtype, int32_t via_dtype, int64_t n)
