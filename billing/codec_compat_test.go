@@ -160,10 +160,7 @@ func TestLedger_Format1File(t *testing.T) {
 	ctx := context.Background()
 	path := filepath.Join(t.TempDir(), "ledger.db")
 	l := openCompat(t, path)
-	ten := &nozzle.Tenant{Name: "acme"}
-	if err := l.CreateTenant(ctx, ten); err != nil {
-		t.Fatal(err)
-	}
+	ten := heldTenant(t, l)
 	at := time.Date(2026, 3, 4, 10, 5, 0, 0, time.UTC)
 	for _, id := range []string{"old-1", "old-2"} {
 		ev := &nozzle.UsageEvent{RequestID: id, TenantID: ten.ID, Time: at, PromptTokens: 100, CompletionTokens: 10, DeviceSeconds: 1, RatePerHour: 2}
@@ -251,10 +248,7 @@ func TestCheck_CachedPromptTokens(t *testing.T) {
 			ctx := context.Background()
 			path := filepath.Join(t.TempDir(), "ledger.db")
 			l := openCompat(t, path)
-			ten := &nozzle.Tenant{Name: "acme"}
-			if err := l.CreateTenant(ctx, ten); err != nil {
-				t.Fatal(err)
-			}
+			ten := heldTenant(t, l)
 			ev := &nozzle.UsageEvent{RequestID: "r", TenantID: ten.ID, Time: time.Date(2026, 3, 4, 10, 5, 0, 0, time.UTC), PromptTokens: 100, CachedPromptTokens: 64}
 			if _, err := l.RecordUsage(ctx, ev); err != nil {
 				t.Fatal(err)
