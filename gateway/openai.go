@@ -90,20 +90,37 @@ func (j *job) promptEstimate() int {
 	return per * j.n
 }
 
+// choiceSeed is the seed of the i-th of n choices of one prompt: the
+// request's seed for the first, and for the others seeds derived from it,
+// so that the n choices are n different samples and the whole request is
+// still repeatable. nil (no seed) stays nil.
+func choiceSeed(seed *uint64, i int) *uint64 {
+	if seed == nil || i == 0 {
+		return seed
+	}
+	// splitmix64's increment and finaliser: nearby seeds and choices map
+	// far apart.
+	z := *seed + uint64(i)*0x9e3779b97f4a7c15
+	z = (z ^ z>>30) * 0xbf58476d1ce4e5b9
+	z = (z ^ z>>27) * 0x94d049bb133111eb
+	z ^= z >> 31
+	return &z
+}
+
 // requests returns one GenerateRequest per choice: prompts × n, in
 // OpenAI's index order (prompt-major).
 func (j *job) requests(requestID, tenantID string, maxTokens int) []*nozzle.GenerateRequest {
 	out := make([]*nozzle.GenerateRequest, 0, j.choices())
-	mk := func() *nozzle.GenerateRequest {
+	mk := func(i int) *nozzle.GenerateRequest {
 		return &nozzle.GenerateRequest{
 			RequestID: requestID, TenantID: tenantID, Adapter: j.adapter,
-			MaxTokens: maxTokens, Temperature: j.temperature, TopP: j.topP, TopK: j.topK, Seed: j.seed,
+			MaxTokens: maxTokens, Temperature: j.temperature, TopP: j.topP, TopK: j.topK, Seed: choiceSeed(j.seed, i),
 			Stop: j.stop, Logprobs: j.logprobs, TopLogprobs: j.topLogprobs, Stream: j.stream,
 		}
 	}
 	if j.kind == kindChat {
 		for i := 0; i < j.n; i++ {
-			r := mk()
+			r := mk(i)
 			r.Messages = j.messages
 			out = append(out, r)
 		}
@@ -111,7 +128,7 @@ func (j *job) requests(requestID, tenantID string, maxTokens int) []*nozzle.Gene
 	}
 	for _, p := range j.prompts {
 		for i := 0; i < j.n; i++ {
-			r := mk()
+			r := mk(i)
 			if p.isText {
 				r.Prompt = p.text
 			} else {

@@ -158,6 +158,46 @@ func TestServe_EndToEnd(t *testing.T) {
 	}
 }
 
+// TestServe_SeedWithN: the n choices of a seeded request are n different
+// samples, and the whole request is repeatable; its first choice is what
+// the same request with n = 1 gives.
+func TestServe_SeedWithN(t *testing.T) {
+	m := MustRunMain(t)
+	base := "http://" + m.Addr
+	key := m.demoKey(t)
+	texts := func(body string) []string {
+		t.Helper()
+		resp, b := post(t, base+"/v1/chat/completions", key, body)
+		if resp.StatusCode != 200 {
+			t.Fatalf("%d %s", resp.StatusCode, b)
+		}
+		var out struct {
+			Choices []struct{ Message struct{ Content string } }
+		}
+		if err := json.Unmarshal(b, &out); err != nil {
+			t.Fatal(err)
+		}
+		var s []string
+		for _, c := range out.Choices {
+			s = append(s, c.Message.Content)
+		}
+		return s
+	}
+	req := func(n int) string {
+		return fmt.Sprintf(`{"model":"demo-chat","messages":[{"role":"user","content":"Hello!"}],"max_tokens":12,"temperature":1,"seed":42,"n":%d}`, n)
+	}
+	a, b := texts(req(3)), texts(req(3))
+	if len(a) != 3 || !slices.Equal(a, b) {
+		t.Fatalf("a seeded request is not repeatable:\n%q\n%q", a, b)
+	}
+	if a[0] == a[1] || a[1] == a[2] || a[0] == a[2] {
+		t.Fatalf("the choices of a seeded request are the same sample: %q", a)
+	}
+	if one := texts(req(1)); one[0] != a[0] {
+		t.Fatalf("n=1 gives %q, the first of n=3 %q", one[0], a[0])
+	}
+}
+
 // TestServe_CachedPromptTokens: a prompt that begins like an earlier one
 // takes its leading blocks from the prefix cache. The ledger keeps the
 // count each answer reported: /v1/usage adds it up, as JSON and CSV, and
