@@ -278,6 +278,15 @@ func TestChat_BadInput(t *testing.T) {
 		{"FrequencyPenaltyRange", `{"model":"base","frequency_penalty":3,` + msgs + `}`, 400, "invalid_request_error", "", "frequency_penalty"},
 		{"LogitBias", `{"model":"base","logit_bias":{"50256":-100},` + msgs + `}`, 400, "invalid_request_error", "", "logit_bias"},
 		{"LogitBiasType", `{"model":"base","logit_bias":[1],` + msgs + `}`, 400, "invalid_request_error", "", "logit_bias"},
+		{"FunctionCallForced", `{"model":"base","function_call":{"name":"get_weather"},` + msgs + `}`, 400, "invalid_request_error", "", "function_call"},
+		{"ModalitiesAudio", `{"model":"base","modalities":["text","audio"],` + msgs + `}`, 400, "invalid_request_error", "", "modalities"},
+		{"Audio", `{"model":"base","audio":{"voice":"alloy","format":"wav"},` + msgs + `}`, 400, "invalid_request_error", "", "audio"},
+		{"WebSearch", `{"model":"base","web_search_options":{},` + msgs + `}`, 400, "invalid_request_error", "", "web_search_options"},
+		{"ReasoningEffort", `{"model":"base","reasoning_effort":"low",` + msgs + `}`, 400, "invalid_request_error", "", "reasoning_effort"},
+		{"AssistantToolCalls", `{"model":"base","messages":[{"role":"user","content":"x"},{"role":"assistant","content":null,"tool_calls":[{"id":"c1","type":"function","function":{"name":"f","arguments":"{}"}}]},{"role":"user","content":"y"}]}`, 400, "invalid_request_error", "", "messages[1].tool_calls"},
+		{"AssistantFunctionCall", `{"model":"base","messages":[{"role":"assistant","function_call":{"name":"f","arguments":"{}"}},{"role":"user","content":"y"}]}`, 400, "invalid_request_error", "", "messages[0].function_call"},
+		{"ContentMissing", `{"model":"base","messages":[{"role":"user"}]}`, 400, "invalid_request_error", "", "messages[0].content"},
+		{"ContentNull", `{"model":"base","messages":[{"role":"system","content":null},{"role":"user","content":"x"}]}`, 400, "invalid_request_error", "", "messages[0].content"},
 		{"UnknownModel", `{"model":"nope",` + msgs + `}`, 404, "not_found_error", "model_not_found", "model"},
 		{"PathTrickModel", `{"model":"../../etc/passwd",` + msgs + `}`, 404, "not_found_error", "model_not_found", "model"},
 		{"ContextLength", `{"model":"base","messages":[{"role":"user","content":"TOO_LONG"}]}`, 400, "invalid_request_error", "context_length_exceeded", ""},
@@ -308,6 +317,11 @@ func TestChat_BadInput(t *testing.T) {
 			t.Errorf("status %d: %s", r.StatusCode, readAll(t, r))
 		}
 		body = `{"model":"base",` + msgs + `,"tool_choice":"auto","logit_bias":null,"presence_penalty":null}`
+		if r := f.do(http.MethodPost, "/v1/chat/completions", body, f.authA()); r.StatusCode != 200 {
+			t.Errorf("status %d: %s", r.StatusCode, readAll(t, r))
+		}
+		body = `{"model":"base","messages":[{"role":"user","content":"x"},{"role":"assistant","content":null,"tool_calls":[]},{"role":"user","content":"y"}],` +
+			`"function_call":"none","modalities":["text"],"audio":null,"web_search_options":null,"reasoning_effort":null,"prediction":{"type":"content","content":"x"},"service_tier":"auto"}`
 		if r := f.do(http.MethodPost, "/v1/chat/completions", body, f.authA()); r.StatusCode != 200 {
 			t.Errorf("status %d: %s", r.StatusCode, readAll(t, r))
 		}

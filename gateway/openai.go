@@ -175,13 +175,20 @@ type chatBody struct {
 	Functions           json.RawMessage `json:"functions"`
 	ToolChoice          json.RawMessage `json:"tool_choice"`
 	ResponseFormat      json.RawMessage `json:"response_format"`
+	FunctionCall        json.RawMessage `json:"function_call"` // the legacy tool_choice
+	Modalities          []string        `json:"modalities"`
+	Audio               json.RawMessage `json:"audio"`
+	WebSearchOptions    json.RawMessage `json:"web_search_options"`
+	ReasoningEffort     json.RawMessage `json:"reasoning_effort"`
 	unimplemented
 }
 
 type chatMessageIn struct {
-	Role    *string         `json:"role"`
-	Content json.RawMessage `json:"content"`
-	Name    *string         `json:"name"`
+	Role         *string         `json:"role"`
+	Content      json.RawMessage `json:"content"`
+	Name         *string         `json:"name"`
+	ToolCalls    json.RawMessage `json:"tool_calls"`
+	FunctionCall json.RawMessage `json:"function_call"`
 }
 
 type contentPart struct {
@@ -262,6 +269,34 @@ func checkChatFormat(toolChoice, responseFormat json.RawMessage) error {
 		if *f.Type != "text" {
 			return invalid("response_format", "'response_format' of type %q is not supported by this server (it has no constrained decoding); leave it out or use \"text\".", *f.Type)
 		}
+	}
+	return nil
+}
+
+// checkChatOutputs refuses the chat parameters that ask for output Nozzle
+// cannot give: a forced legacy function call, audio or other non-text
+// modalities, web search, and reasoning effort (the models served do not
+// reason in a separate channel).
+func checkChatOutputs(b *chatBody) error {
+	if !isNull(b.FunctionCall) {
+		var mode string
+		if json.Unmarshal(b.FunctionCall, &mode) != nil || (mode != "none" && mode != "auto") {
+			return invalid("function_call", "'function_call' other than \"none\" or \"auto\" is not supported by this server: it has no tools.")
+		}
+	}
+	for _, m := range b.Modalities {
+		if m != "text" {
+			return invalid("modalities", "Invalid 'modalities': %q output is not supported by this server; only \"text\" is.", m)
+		}
+	}
+	if !isNull(b.Audio) {
+		return invalid("audio", "Audio output is not supported by this server.")
+	}
+	if !isNull(b.WebSearchOptions) {
+		return invalid("web_search_options", "Web search is not supported by this server.")
+	}
+	if !isNull(b.ReasoningEffort) {
+		return invalid("reasoning_effort", "'reasoning_effort' is not supported with this model.")
 	}
 	return nil
 }
@@ -459,6 +494,9 @@ func parseChat(body []byte, maxChoices int) (*job, error) {
 	if !isNull(b.Functions) && string(bytes.TrimSpace(b.Functions)) != "[]" {
 		return nil, invalid("functions", "Functions are not supported by this server.")
 	}
+	if err := checkChatOutputs(&b); err != nil {
+		return nil, err
+	}
 	if len(b.Messages) == 0 {
 		return nil, invalid("messages", "Invalid 'messages': empty array. Expected an array with minimum length 1.")
 	}
@@ -474,6 +512,15 @@ func parseChat(body []byte, maxChoices int) (*job, error) {
 			role = "system"
 		default:
 			return nil, invalid(fmt.Sprintf("messages[%d].role", i), "Invalid value for 'messages[%d].role': %q is not supported; use 'system', 'developer', 'user' or 'assistant'.", i, role)
+		}
+		if !isNull(m.ToolCalls) && string(bytes.TrimSpace(m.ToolCalls)) != "[]" {
+			return nil, invalid(fmt.Sprintf("messages[%d].tool_calls", i), "Tool calls are not supported by this server: it has no tools.")
+		}
+		if !isNull(m.FunctionCall) {
+			return nil, invalid(fmt.Sprintf("messages[%d].function_call", i), "Function calls are not supported by this server: it has no tools.")
+		}
+		if isNull(m.Content) && role != "assistant" {
+			return nil, invalid(fmt.Sprintf("messages[%d].content", i), "Missing required parameter: 'messages[%d].content'.", i)
 		}
 		text, err := parseContent(m.Content, i)
 		if err != nil {
