@@ -287,6 +287,9 @@ func (cp *completion) run(emit func(i int, ch nozzle.Chunk) error) {
 
 // respond answers a non-streamed request.
 func (cp *completion) respond(c *fiber.Ctx) error {
+	// A client that goes away stops the generation, as a stream's does:
+	// it is charged for the tokens produced until then.
+	stop := watchClient(c.Context().Conn(), clientCheckEvery, cp.cancel)
 	cp.run(func(i int, ch nozzle.Chunk) error {
 		r := &cp.results[i]
 		r.text = append(r.text, ch.Text...)
@@ -295,6 +298,7 @@ func (cp *completion) respond(c *fiber.Ctx) error {
 		}
 		return nil
 	})
+	stop()
 	var body []byte
 	if cp.failure() == nil {
 		body = cp.body(make([]byte, 0, 512))

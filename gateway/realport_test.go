@@ -4,11 +4,13 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"io"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -170,6 +172,70 @@ func TestRealPort_ClientDisconnectIsCharged(t *testing.T) {
 	defer f.w.mu.Unlock()
 	if f.w.reserved != 0 {
 		t.Errorf("budget reservation kept")
+	}
+}
+
+// A client that gives up on a non-streamed answer (a timeout, a retry)
+// stops its generation: charged for the tokens produced until then, not
+// for the whole answer nobody reads. A client that waits is not taken
+// for gone however long the answer takes.
+func TestRealPort_NonStreamedClientGoneStopsGeneration(t *testing.T) {
+	f := newFixture(t)
+	f.gen.words = manyWords(500)
+	f.gen.setDelay(5 * time.Millisecond)
+	url := f.serve(t)
+
+	body := `{"model":"base","messages":[{"role":"user","content":"hi"}]}`
+	conn, err := net.Dial("tcp", strings.TrimPrefix(url, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req := "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + f.keyA +
+		"\r\nContent-Type: application/json\r\nContent-Length: " + strconv.Itoa(len(body)) + "\r\n\r\n" + body
+	if _, err := conn.Write([]byte(req)); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond) // about 60 of the 500 tokens
+	conn.Close()
+	deadline := time.Now().Add(5 * time.Second)
+	for len(f.events()) == 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	evs := f.events()
+	if len(evs) != 1 {
+		t.Fatalf("%d events", len(evs))
+	}
+	if ev := evs[0]; ev.Status != nozzle.UsageCanceled || ev.CompletionTokens == 0 || ev.CompletionTokens > 200 || ev.ChargeUSD <= 0 {
+		t.Errorf("event %+v: want a canceled request charged for the tokens before the client left", ev)
+	}
+	f.w.mu.Lock()
+	if f.w.reserved != 0 {
+		t.Errorf("budget reservation kept")
+	}
+	f.w.mu.Unlock()
+
+	// Patient clients: answers of 0.4 s, several on one connection.
+	f.gen.words = manyWords(80)
+	for i := 0; i < 2; i++ {
+		resp := post(t, url+"/v1/chat/completions", f.keyA, body)
+		var out struct {
+			Choices []struct {
+				FinishReason string `json:"finish_reason"`
+			}
+			Usage struct {
+				CompletionTokens int `json:"completion_tokens"`
+			}
+		}
+		if err := json.NewDecoder(resp.Body).Decode(&out); err != nil || resp.StatusCode != 200 {
+			t.Fatalf("status %d: %v", resp.StatusCode, err)
+		}
+		resp.Body.Close()
+		if out.Usage.CompletionTokens != 80 || out.Choices[0].FinishReason != "stop" {
+			t.Errorf("answer %+v", out)
+		}
+	}
+	if evs := f.events(); len(evs) != 3 || evs[1].Status != nozzle.UsageOK || evs[2].Status != nozzle.UsageOK {
+		t.Errorf("events %+v", evs)
 	}
 }
 

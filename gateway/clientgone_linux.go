@@ -1,0 +1,50 @@
+package gateway
+
+import (
+	"errors"
+	"net"
+	"syscall"
+)
+
+// rawConn is the socket under conn (a TLS connection's too).
+func rawConn(conn net.Conn) syscall.RawConn {
+	if c, ok := conn.(interface{ NetConn() net.Conn }); ok {
+		conn = c.NetConn()
+	}
+	sc, ok := conn.(syscall.Conn)
+	if !ok {
+		return nil
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	return rc
+}
+
+func canPeek(conn net.Conn) bool { return rawConn(conn) != nil }
+
+// peerClosed reports whether the peer of conn closed it or the connection
+// broke: a peek without waiting that finds the end of the stream or an
+// error other than "nothing to read yet". Bytes waiting (a pipelined
+// request) mean the client is there.
+func peerClosed(conn net.Conn) bool {
+	rc := rawConn(conn)
+	if rc == nil {
+		return false
+	}
+	var buf [1]byte
+	closed := false
+	err := rc.Read(func(fd uintptr) bool {
+		n, _, err := syscall.Recvfrom(int(fd), buf[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		switch {
+		case err == nil:
+			closed = n == 0
+		case errors.Is(err, syscall.EAGAIN), errors.Is(err, syscall.EINTR):
+		default:
+			closed = true
+		}
+		return true // never wait for data
+	})
+	return closed || err != nil
+}
