@@ -20,7 +20,9 @@ type ModelInfo struct {
 	HeadDim          int `json:"head_dim"`
 	MaxLoRARank      int `json:"max_lora_rank"`
 	// Device is "cpu" or "cuda".
-	Device    string    `json:"device"`
+	Device string `json:"device"`
+	// RuntimeID names the runtime in usage and capacity records.
+	RuntimeID string    `json:"runtime_id,omitempty"`
 	CreatedAt time.Time `json:"created_at"`
 	// Sampling holds the model's recommended sampling settings
 	// (generation_config.json): they apply to the parameters a request

@@ -96,6 +96,16 @@ type CapacitySource interface {
 	CapacityIntervals(ctx context.Context, after uint64) ([]CapacityInterval, error)
 }
 
+// IdentifiedCapacitySource is a CapacitySource that can say which
+// runtime it reports for: a runtime reached over the network is known by
+// its address until asked.
+type IdentifiedCapacitySource interface {
+	CapacitySource
+	// CapacityRuntimeID returns the id the runtime records its intervals
+	// under.
+	CapacityRuntimeID(ctx context.Context) (string, error)
+}
+
 // OpenCapacitySource is a CapacitySource that also reports the interval it
 // has open, so that reports can show a runtime's uptime before the interval
 // closes.

@@ -241,22 +241,38 @@ type OpenCapacityLedger interface {
 var _ OpenCapacityLedger = (*Ledger)(nil)
 
 // CollectCapacity pulls closed capacity intervals from each runtime (keyed
-// by runtime id) every interval, recording those after the last one stored,
+// by runtime id, or by a label such as its address when the source is a
+// nozzle.IdentifiedCapacitySource, which names its runtime) every interval, recording those after the last one stored,
 // until ctx ends; then it pulls once more so that a shutdown loses nothing.
 // Where the source is a nozzle.OpenCapacitySource and the ledger an
 // OpenCapacityLedger, each pull then also records the runtime's open
 // interval so far as its provisional capacity, so that reports show the
 // GPU's uptime and cost before the interval closes. A failing source is
-// logged and retried at the next tick.
-func CollectCapacity(ctx context.Context, ledger nozzle.CapacityLedger, sources map[string]nozzle.CapacitySource, every time.Duration) error {
-	log := slog.Default().With("component", "billing")
+// logged (to log, or slog's default when nil) and retried at the next tick.
+func CollectCapacity(ctx context.Context, ledger nozzle.CapacityLedger, sources map[string]nozzle.CapacitySource, every time.Duration, log *slog.Logger) error {
+	if log == nil {
+		log = slog.Default()
+	}
 	if every <= 0 {
 		every = 10 * time.Second
 	}
 	pull := func(ctx context.Context) {
-		for id, src := range sources {
+		for label, src := range sources {
+			id := label
+			if is, ok := src.(nozzle.IdentifiedCapacitySource); ok {
+				rid, err := is.CapacityRuntimeID(ctx)
+				if err != nil {
+					if ctx.Err() == nil {
+						log.Warn("collect capacity", "runtime", label, "err", err)
+					}
+					continue
+				}
+				if rid != "" {
+					id = rid
+				}
+			}
 			if err := pullCapacity(ctx, ledger, id, src); err != nil && ctx.Err() == nil {
-				log.Warn("collect capacity", "runtime", id, "err", err)
+				log.Warn("collect capacity", "runtime", label, "err", err)
 			}
 		}
 	}

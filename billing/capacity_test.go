@@ -75,6 +75,31 @@ func (s *source) CapacityIntervals(ctx context.Context, after uint64) ([]nozzle.
 	return out, nil
 }
 
+// addressed is a runtime known by its address until asked for its id.
+type addressed struct {
+	*source
+	id string
+}
+
+func (a addressed) CapacityRuntimeID(context.Context) (string, error) { return a.id, nil }
+
+// TestCollectCapacity_ByReportedID: a source that names its runtime has its
+// intervals filed under that name, whatever label it is collected under.
+func TestCollectCapacity_ByReportedID(t *testing.T) {
+	l := mustOpen(t, billing.Options{})
+	src := &source{}
+	src.add(1)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel() // one pull: the final one
+	srcs := map[string]nozzle.CapacitySource{"http://10.0.0.7:8081": addressed{src, "gpu-1"}}
+	if err := billing.CollectCapacity(ctx, l, srcs, time.Hour, nil); err != nil {
+		t.Fatal(err)
+	}
+	if seq, _ := l.LastCapacitySeq(context.Background(), "gpu-1"); seq != 1 {
+		t.Fatalf("last seq of gpu-1 = %d, want 1", seq)
+	}
+}
+
 func TestCollectCapacity(t *testing.T) {
 	l := mustOpen(t, billing.Options{})
 	src := &source{}
@@ -84,7 +109,7 @@ func TestCollectCapacity(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
-		done <- billing.CollectCapacity(ctx, l, map[string]nozzle.CapacitySource{"rt": src}, 10*time.Millisecond)
+		done <- billing.CollectCapacity(ctx, l, map[string]nozzle.CapacitySource{"rt": src}, 10*time.Millisecond, nil)
 	}()
 	deadline := time.Now().Add(5 * time.Second)
 	for {

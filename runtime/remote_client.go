@@ -33,8 +33,9 @@ type Client struct {
 }
 
 var (
-	_ nozzle.Generator          = (*Client)(nil)
-	_ nozzle.OpenCapacitySource = (*Client)(nil)
+	_ nozzle.Generator                = (*Client)(nil)
+	_ nozzle.OpenCapacitySource       = (*Client)(nil)
+	_ nozzle.IdentifiedCapacitySource = (*Client)(nil)
 )
 
 // NewClient returns a client of the runtime at baseURL. hc nil means a
@@ -142,6 +143,13 @@ func (c *Client) CapacityIntervals(ctx context.Context, after uint64) ([]nozzle.
 	}
 	err := c.getJSON(ctx, "/internal/v1/capacity?after="+strconv.FormatUint(after, 10), &body)
 	return body.Data, err
+}
+
+// CapacityRuntimeID returns the id the runtime records its capacity
+// under, from its info.
+func (c *Client) CapacityRuntimeID(ctx context.Context) (string, error) {
+	info, err := c.Info(ctx)
+	return info.RuntimeID, err
 }
 
 // OpenCapacity returns the runtime's open capacity interval so far; ok is

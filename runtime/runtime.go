@@ -288,6 +288,7 @@ func newRuntime(opts Options, p parts) (*Runtime, error) {
 	}
 	r.info.Device = p.be.Device()
 	r.info.MaxLoRARank = opts.MaxRank
+	r.info.RuntimeID = opts.RuntimeID
 	r.start = r.clock()
 	r.cap = newCapacity(opts.RuntimeID, opts.RatePerHour, opts.IntervalLength, r.start)
 	r.m = newRuntimeMetrics(opts.Metrics, r.utilisation)

@@ -450,7 +450,7 @@ func (m *Main) collectCapacity(sources map[string]nozzle.CapacitySource) (stop f
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		if err := billing.CollectCapacity(ctx, m.Ledger, sources, 10*time.Second); err != nil && !errors.Is(err, context.Canceled) {
+		if err := billing.CollectCapacity(ctx, m.Ledger, sources, 10*time.Second, m.Log.With("component", "billing")); err != nil && !errors.Is(err, context.Canceled) {
 			m.Log.Error("capacity collection stopped", "err", err)
 		}
 	}()

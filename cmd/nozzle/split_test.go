@@ -131,6 +131,33 @@ func TestSplit_GatewayAndRuntime(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(rtData, "adapter-cache")); err != nil {
 		t.Errorf("the runtime did not cache the fetched adapter: %v", err)
 	}
+
+	// The gateway pulls the runtime's capacity (under the runtime's own
+	// id, not its address): the operator report shows the GPU's uptime
+	// and cost.
+	var rep struct {
+		GPU struct {
+			UptimeSeconds float64 `json:"uptime_seconds"`
+			CostUSD       float64 `json:"cost_usd"`
+		} `json:"gpu"`
+	}
+	for deadline := time.Now().Add(20 * time.Second); ; {
+		req, _ = http.NewRequest("GET", base+"/admin/report", nil)
+		req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(admin)))
+		resp, err = http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		json.NewDecoder(resp.Body).Decode(&rep)
+		resp.Body.Close()
+		if rep.GPU.UptimeSeconds > 0 && rep.GPU.CostUSD > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no GPU capacity in the operator report: %+v", rep.GPU)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }
 
 // freeAddr returns a loopback address no one listens on right now.
