@@ -70,6 +70,30 @@ func TestAuth(t *testing.T) {
 		// A key cannot mint a key with more scopes than it has.
 		wantError(t, f.do(http.MethodPost, "/v1/keys", `{"scopes":["inference"]}`, bearer(k.Key)), 403, "permission_error", "missing_scope", "scopes")
 	})
+	t.Run("LimitsNotWidened", func(t *testing.T) {
+		resp := f.do(http.MethodPost, "/v1/keys", `{"name":"limited","limits":{"requests_per_minute":2,"tokens_per_minute":1000}}`, f.authA())
+		var k struct{ Key string }
+		decode(t, resp, &k)
+		for _, body := range []string{
+			`{"limits":{"requests_per_minute":0,"tokens_per_minute":1000}}`, // 0: no limit
+			`{"limits":{"requests_per_minute":3,"tokens_per_minute":1000}}`,
+			`{"limits":{"requests_per_minute":2}}`,
+		} {
+			wantError(t, f.do(http.MethodPost, "/v1/keys", body, bearer(k.Key)), 403, "permission_error", "limit_exceeds_own", "")
+		}
+		// Narrower limits are granted; none asked for: the creator's.
+		for body, want := range map[string]nozzle.Limits{
+			`{"limits":{"requests_per_minute":1,"tokens_per_minute":500}}`: {RequestsPerMinute: 1, TokensPerMinute: 500},
+			`{"name":"same"}`: {RequestsPerMinute: 2, TokensPerMinute: 1000},
+		} {
+			resp := f.do(http.MethodPost, "/v1/keys", body, bearer(k.Key))
+			var got struct{ Limits nozzle.Limits }
+			decode(t, resp, &got)
+			if got.Limits != want {
+				t.Errorf("%s: limits %+v, want %+v", body, got.Limits, want)
+			}
+		}
+	})
 	t.Run("Admin", func(t *testing.T) {
 		wantError(t, f.do(http.MethodGet, "/admin/tenants", ""), 401, "authentication_error", "", "")
 		wantError(t, f.do(http.MethodGet, "/admin/tenants", "", bearer("wrong")), 401, "authentication_error", "", "")

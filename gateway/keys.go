@@ -100,7 +100,8 @@ func (s *Server) issueKey(ctx context.Context, tenantID string, r keyRequest) (*
 }
 
 // createKey handles POST /v1/keys. A key can create keys with at most its
-// own scopes.
+// own scopes and limits: a new key takes the creating key's scopes and
+// limits unless the request narrows them.
 func (s *Server) createKey(c *fiber.Ctx) error {
 	p := principalFrom(c)
 	var r keyRequest
@@ -118,6 +119,13 @@ func (s *Server) createKey(c *fiber.Ctx) error {
 			return nozzle.Errorf(nozzle.EFORBIDDEN, "A key cannot grant the %q scope it does not have.", sc).WithParam("scopes").WithReason("missing_scope")
 		}
 	}
+	if r.Limits == nil {
+		lim := p.key.Limits
+		r.Limits = &lim
+	}
+	if err := withinLimits(*r.Limits, p.key.Limits); err != nil {
+		return err
+	}
 	k, secret, err := s.issueKey(c.UserContext(), p.tenant.ID, r)
 	if err != nil {
 		return err
@@ -125,6 +133,21 @@ func (s *Server) createKey(c *fiber.Ctx) error {
 	out := s.toKeyJSON(k)
 	out.Key = secret
 	return c.Status(fiber.StatusCreated).JSON(out)
+}
+
+// withinLimits refuses limits looser than those of the key granting them
+// (0 is no limit).
+func withinLimits(want, have nozzle.Limits) error {
+	for _, l := range []struct {
+		name       string
+		want, have int
+	}{{"requests_per_minute", want.RequestsPerMinute, have.RequestsPerMinute}, {"tokens_per_minute", want.TokensPerMinute, have.TokensPerMinute}} {
+		if l.have > 0 && (l.want == 0 || l.want > l.have) {
+			return nozzle.Errorf(nozzle.EFORBIDDEN, "A key limited to %d %s cannot grant a key more (0 is no limit).", l.have, strings.ReplaceAll(l.name, "_", " ")).
+				WithParam("limits." + l.name).WithReason("limit_exceeds_own")
+		}
+	}
+	return nil
 }
 
 func (s *Server) listTenantKeys(c *fiber.Ctx, tenantID string) error {
