@@ -14,6 +14,7 @@ const (
 	EUNAUTHORIZED  = "unauthorized"            // 401 authentication_error
 	EFORBIDDEN     = "forbidden"               // 403 permission_error
 	ENOTFOUND      = "not_found"               // 404 not_found_error
+	EMETHOD        = "method_not_allowed"      // 405 invalid_request_error
 	ECONFLICT      = "conflict"                // 409 conflict_error
 	ETOOLARGE      = "too_large"               // 413 invalid_request_error
 	ERATELIMIT     = "rate_limited"            // 429 rate_limit_error

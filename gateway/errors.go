@@ -26,6 +26,7 @@ var errorKinds = map[string]errorKind{
 	nozzle.EUNAUTHORIZED:  {http.StatusUnauthorized, "authentication_error"},
 	nozzle.EFORBIDDEN:     {http.StatusForbidden, "permission_error"},
 	nozzle.ENOTFOUND:      {http.StatusNotFound, "not_found_error"},
+	nozzle.EMETHOD:        {http.StatusMethodNotAllowed, "invalid_request_error"},
 	nozzle.ECONFLICT:      {http.StatusConflict, "conflict_error"},
 	nozzle.ETOOLARGE:      {http.StatusRequestEntityTooLarge, "invalid_request_error"},
 	nozzle.ERATELIMIT:     {http.StatusTooManyRequests, "rate_limit_error"},
@@ -56,7 +57,7 @@ func toAppError(err error) *nozzle.Error {
 		case http.StatusNotFound:
 			return nozzle.Errorf(nozzle.ENOTFOUND, "Unknown request URL. Please check the URL and method.").WithReason("unknown_url")
 		case http.StatusMethodNotAllowed:
-			return nozzle.Errorf(nozzle.EINVALID, "Method not allowed for this URL.").WithReason("method_not_allowed")
+			return nozzle.Errorf(nozzle.EMETHOD, "Method not allowed for this URL.").WithReason("method_not_allowed")
 		case http.StatusRequestEntityTooLarge:
 			return nozzle.Errorf(nozzle.ETOOLARGE, "The request body is too large.")
 		case http.StatusRequestTimeout:

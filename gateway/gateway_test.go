@@ -64,6 +64,9 @@ func TestHealth(t *testing.T) {
 	t.Run("UnknownRoute", func(t *testing.T) {
 		wantError(t, f.do(http.MethodGet, "/v2/nothing", ""), 404, "not_found_error", "unknown_url", "")
 	})
+	t.Run("WrongMethod", func(t *testing.T) {
+		wantError(t, f.do(http.MethodGet, "/v1/chat/completions", "", f.authA()), 405, "invalid_request_error", "method_not_allowed", "")
+	})
 }
 
 func TestExtension(t *testing.T) {

@@ -34,6 +34,11 @@ func reportQuery(c *fiber.Ctx, allowed map[string]bool) (nozzle.ReportQuery, err
 	if !q.End.After(q.Start) {
 		return q, invalid("end", "'end' must be after 'start'.")
 	}
+	switch c.Query("format") {
+	case "", "json", "csv":
+	default:
+		return q, invalid("format", "Invalid 'format' %q: use json or csv.", c.Query("format"))
+	}
 	if v := c.Query("group_by"); v != "" {
 		for _, g := range strings.Split(v, ",") {
 			g = strings.TrimSpace(g)
