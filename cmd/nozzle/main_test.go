@@ -156,6 +156,14 @@ func TestServe_EndToEnd(t *testing.T) {
 	if rep.Total.Requests != 3 {
 		t.Fatalf("usage total %+v, want 3 requests", rep.Total)
 	}
+	// A row per adapter, the base model's named as requests name it.
+	byName := map[string]int64{}
+	for _, row := range rep.Rows {
+		byName[row.AdapterName] = row.Requests
+	}
+	if len(byName) != 2 || byName["demo-chat"] != 2 || byName["base"] != 1 {
+		t.Fatalf("rows by adapter %v", byName)
+	}
 }
 
 // TestServe_SeedWithN: the n choices of a seeded request are n different
