@@ -72,3 +72,16 @@ func TestRun_BadInput(t *testing.T) {
 		})
 	}
 }
+
+// Help is asked for, not an error: usage on stdout or stderr, exit 0.
+func TestRun_Help(t *testing.T) {
+	for _, args := range [][]string{{"help"}, {"-h"}, {"bench", "-h"}, {"serve", "-h"}, {"gateway", "--help"}, {"report", "-h"}} {
+		var stdout, stderr bytes.Buffer
+		if code := run(context.Background(), args, &stdout, &stderr); code != 0 {
+			t.Errorf("%v: exit %d, stderr %q", args, code, stderr.String())
+		}
+		if !strings.Contains(stdout.String()+stderr.String(), "Usage") || strings.Contains(stderr.String(), "nozzle: ") {
+			t.Errorf("%v: stdout %q stderr %q", args, stdout.String(), stderr.String())
+		}
+	}
+}

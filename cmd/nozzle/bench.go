@@ -38,6 +38,9 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	what, args := args[0], args[1:]
 	switch what {
+	case "-h", "-help", "--help", "help":
+		fmt.Fprint(stdout, benchUsage)
+		return nil
 	case "engine":
 		return benchEngine(ctx, args, stdout, stderr)
 	case "serve":

@@ -252,6 +252,49 @@ func (f field) set(s string) error {
 	return nil
 }
 
+// text formats the field's value as a flag takes it.
+func (f field) text() string {
+	switch x := f.v.Interface().(type) {
+	case string:
+		return x
+	case Secret:
+		return string(x)
+	case int:
+		return strconv.Itoa(x)
+	case float64:
+		return strconv.FormatFloat(x, 'g', -1, 64)
+	case bool:
+		return strconv.FormatBool(x)
+	case time.Duration:
+		return x.String()
+	case []string:
+		return strings.Join(x, ",")
+	}
+	return fmt.Sprint(f.v.Interface())
+}
+
+// flagValue is a config key as a flag: its help shows the default, and a
+// bool key may be given bare (--prefix-cache for --prefix-cache=true).
+type flagValue struct {
+	f      field
+	record func(string) error
+}
+
+// String is the value for the help's "(default …)"; zero values show no
+// default, as the flag package's own flags do.
+func (v *flagValue) String() string {
+	if v == nil || !v.f.v.IsValid() || v.f.v.IsZero() {
+		return ""
+	}
+	return v.f.text()
+}
+
+func (v *flagValue) Set(s string) error { return v.record(s) }
+
+func (v *flagValue) IsBoolFlag() bool {
+	return v != nil && v.f.v.IsValid() && v.f.v.Kind() == reflect.Bool
+}
+
 // setValue sets the field from a decoded TOML value.
 func (f field) setValue(v any) error {
 	switch x := v.(type) {
@@ -346,10 +389,10 @@ func Load(name string, args []string, lookup func(string) (string, bool), stderr
 	scratch := DefaultConfig()
 	for _, f := range scratch.fields() {
 		f := f
-		fs.Func(FlagName(f.key), f.help+" (env "+EnvName(f.key)+")", func(s string) error {
+		fs.Var(&flagValue{f: f, record: func(s string) error {
 			flagged = append(flagged, setting{f.key, s})
 			return f.set(s)
-		})
+		}}, FlagName(f.key), f.help+" (env "+EnvName(f.key)+")")
 	}
 	fs.Usage = func() {} // a bad flag is one line of error, not a page of usage
 	if err := fs.Parse(args); err != nil {

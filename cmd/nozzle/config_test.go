@@ -55,6 +55,28 @@ rate_per_hour = 3
 	}
 }
 
+// Bool keys take the bare flag form; the help shows each key's default.
+func TestLoad_FlagForms(t *testing.T) {
+	for args, want := range map[string]bool{"--prefix-cache": true, "--prefix-cache=false": false, "--prefix-cache=true": true} {
+		c, rest, err := Load("serve", []string{args, "--data", "d"}, env(nil), os.Stderr)
+		if err != nil || c.PrefixCache != want || c.Data != "d" || len(rest) != 0 {
+			t.Errorf("%s: PrefixCache=%v Data=%q rest=%v err=%v", args, c.PrefixCache, c.Data, rest, err)
+		}
+	}
+	var help strings.Builder
+	if _, _, err := Load("serve", []string{"-h"}, env(nil), &help); err == nil {
+		t.Fatal("-h: no error")
+	}
+	for _, want := range []string{"-addr value", "(default 127.0.0.1:8080)", "(default ./data)", "-prefix-cache\n", "(default 10m0s)"} {
+		if !strings.Contains(help.String(), want) {
+			t.Errorf("help lacks %q:\n%s", want, help.String())
+		}
+	}
+	if strings.Contains(help.String(), "(default 0)") || strings.Contains(help.String(), "(default false)") {
+		t.Errorf("help shows zero defaults:\n%s", help.String())
+	}
+}
+
 func TestLoad_Errors(t *testing.T) {
 	dir := t.TempDir()
 	bad := filepath.Join(dir, "bad.toml")
