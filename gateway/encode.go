@@ -163,7 +163,10 @@ func appendTextLogprobs(dst []byte, lps []nozzle.TokenLogprob, offset int) []byt
 		if i > 0 {
 			dst = append(dst, ',')
 		}
+		// The sampled token is always among them (as OpenAI's legacy
+		// completions do: up to logprobs + 1 entries).
 		dst = append(dst, '{')
+		sampled := false
 		for j, a := range t.Top {
 			if j > 0 {
 				dst = append(dst, ',')
@@ -171,6 +174,15 @@ func appendTextLogprobs(dst []byte, lps []nozzle.TokenLogprob, offset int) []byt
 			dst = appendString(dst, a.Token)
 			dst = append(dst, ':')
 			dst = appendFloat(dst, a.Logprob)
+			sampled = sampled || a.Token == t.Token
+		}
+		if !sampled {
+			if len(t.Top) > 0 {
+				dst = append(dst, ',')
+			}
+			dst = appendString(dst, t.Token)
+			dst = append(dst, ':')
+			dst = appendFloat(dst, t.Logprob)
 		}
 		dst = append(dst, '}')
 	}

@@ -613,6 +613,11 @@ func parseCompletion(body []byte, maxChoices int) (*job, error) {
 				return nil, invalid("echo", "'echo' is supported only with text prompts.")
 			}
 		}
+		if j.logprobs {
+			// OpenAI's answer would score the prompt's tokens too; this
+			// server computes logprobs of generated tokens only.
+			return nil, invalid("logprobs", "'logprobs' with 'echo' (the prompt's logprobs) is not supported by this server; leave out one of them.")
+		}
 		j.echo = true
 	}
 	if b.Suffix != nil && *b.Suffix != "" {

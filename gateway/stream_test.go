@@ -137,7 +137,7 @@ func TestStream_NoUsageChunk(t *testing.T) {
 func TestStream_Completions(t *testing.T) {
 	f := newFixture(t)
 	resp := f.do(http.MethodPost, "/v1/completions",
-		`{"model":"base","stream":true,"echo":true,"logprobs":1,"max_tokens":3,"prompt":"Once","stream_options":{"include_usage":true}}`, f.authA())
+		`{"model":"base","stream":true,"echo":true,"max_tokens":3,"prompt":"Once","stream_options":{"include_usage":true}}`, f.authA())
 	chunks := parseChunks(t, sseEvents(t, readAll(t, resp)))
 	var text strings.Builder
 	var last chunk
@@ -156,8 +156,10 @@ func TestStream_Completions(t *testing.T) {
 	if last.Usage == nil || last.Usage.CompletionTokens != 3 {
 		t.Errorf("usage %+v", last.Usage)
 	}
-	if !json.Valid(chunks[1].Choices[0].Logprobs) || !strings.Contains(string(chunks[1].Choices[0].Logprobs), `"token_logprobs":[-0.25]`) {
-		t.Errorf("logprobs %s", chunks[1].Choices[0].Logprobs)
+	resp = f.do(http.MethodPost, "/v1/completions", `{"model":"base","stream":true,"logprobs":1,"max_tokens":3,"prompt":"Once"}`, f.authA())
+	chunks = parseChunks(t, sseEvents(t, readAll(t, resp)))
+	if lp := chunks[0].Choices[0].Logprobs; !json.Valid(lp) || !strings.Contains(string(lp), `"token_logprobs":[-0.25]`) {
+		t.Errorf("logprobs %s", lp)
 	}
 }
 
@@ -236,12 +238,28 @@ func TestCompletions(t *testing.T) {
 			t.Errorf("request %+v", req)
 		}
 	})
-	t.Run("EchoLogprobs", func(t *testing.T) {
+	t.Run("Echo", func(t *testing.T) {
 		var out resp
-		decode(t, f.do(http.MethodPost, "/v1/completions", `{"model":"base","prompt":"Hi","echo":true,"logprobs":2,"max_tokens":2}`, f.authA()), &out)
-		c := out.Choices[0]
-		if c.Text != "HiHello from" || c.Logprobs == nil || len(c.Logprobs.Tokens) != 2 || c.Logprobs.TextOffset[0] != 2 || c.Logprobs.TextOffset[1] != 7 || len(c.Logprobs.TopLogprobs[0]) != 2 {
+		decode(t, f.do(http.MethodPost, "/v1/completions", `{"model":"base","prompt":"Hi","echo":true,"max_tokens":2}`, f.authA()), &out)
+		if c := out.Choices[0]; c.Text != "HiHello from" || c.Logprobs != nil {
 			t.Errorf("choice %+v", c)
+		}
+	})
+	t.Run("Logprobs", func(t *testing.T) {
+		// The sampled token is always among the top logprobs: logprobs + 1
+		// entries where it is not among the most likely.
+		for n, want := range map[int]int{0: 1, 2: 3} {
+			var out resp
+			decode(t, f.do(http.MethodPost, "/v1/completions", `{"model":"base","prompt":"Hi","logprobs":`+itoa(n)+`,"max_tokens":2}`, f.authA()), &out)
+			c := out.Choices[0]
+			if c.Logprobs == nil || len(c.Logprobs.Tokens) != 2 || c.Logprobs.TextOffset[0] != 0 || c.Logprobs.TextOffset[1] != 5 {
+				t.Fatalf("logprobs=%d: choice %+v", n, c)
+			}
+			for i, top := range c.Logprobs.TopLogprobs {
+				if len(top) != want || top[c.Logprobs.Tokens[i]] != c.Logprobs.TokenLogprobs[i] {
+					t.Errorf("logprobs=%d: top %v of token %q (%v)", n, top, c.Logprobs.Tokens[i], c.Logprobs.TokenLogprobs[i])
+				}
+			}
 		}
 	})
 	t.Run("BadInput", func(t *testing.T) {
@@ -253,6 +271,7 @@ func TestCompletions(t *testing.T) {
 			{"PromptObject", `{"model":"base","prompt":{"a":1}}`, "prompt"},
 			{"LogprobsRange", `{"model":"base","prompt":"x","logprobs":6}`, "logprobs"},
 			{"EchoTokens", `{"model":"base","prompt":[1],"echo":true}`, "echo"},
+			{"EchoLogprobs", `{"model":"base","prompt":"x","echo":true,"logprobs":1}`, "logprobs"},
 			{"Suffix", `{"model":"base","prompt":"x","suffix":"y"}`, "suffix"},
 			{"FrequencyPenalty", `{"model":"base","prompt":"x","frequency_penalty":-1}`, "frequency_penalty"},
 			{"LogitBias", `{"model":"base","prompt":"x","logit_bias":{"1":5}}`, "logit_bias"},
