@@ -162,7 +162,7 @@ func (s *Server) complete(c *fiber.Ctx, kind genKind) error {
 		perChoice = max(16, ctxLen-promptEst/max(1, j.choices()))
 	}
 	completionEst := perChoice * j.choices()
-	if cp.tokensTaken, err = s.admitRate(p, promptEst+completionEst); err != nil {
+	if cp.tokensTaken, err = s.admitRate(p, promptEst+completionEst, func(k, v string) { c.Set(k, v) }); err != nil {
 		cp.unclaim()
 		return err
 	}

@@ -3,6 +3,7 @@ package gateway
 import (
 	"fmt"
 	"math"
+	"strconv"
 	"sync"
 	"time"
 
@@ -51,10 +52,31 @@ func effectiveLimit(key, tenant int) int {
 	return min(key, tenant)
 }
 
+// full returns how long until the bucket is full again.
+func (b *bucket) full() time.Duration { return b.wait(b.capacity) }
+
+// rateHeaders sets OpenAI's x-ratelimit-* headers for the limits in force:
+// each limit, what is left of it and how long until it is whole again.
+func rateHeaders(set func(k, v string), rpm, tpm int, st *keyState) {
+	for _, l := range []struct {
+		name  string
+		limit int
+		b     *bucket
+	}{{"requests", rpm, &st.requests}, {"tokens", tpm, &st.tokens}} {
+		if l.limit <= 0 {
+			continue
+		}
+		set("X-Ratelimit-Limit-"+l.name, strconv.Itoa(l.limit))
+		set("X-Ratelimit-Remaining-"+l.name, strconv.Itoa(max(0, int(l.b.tokens))))
+		set("X-Ratelimit-Reset-"+l.name, l.b.full().Round(time.Millisecond).String())
+	}
+}
+
 // admitRate takes one request and estTokens tokens from the key's buckets,
 // or refuses with ERATELIMIT and the time after which it would succeed. It
-// returns the tokens taken, to be reconciled with the real count.
-func (s *Server) admitRate(p *principal, estTokens int) (int, error) {
+// returns the tokens taken, to be reconciled with the real count. Either
+// way it sets the x-ratelimit-* headers through set.
+func (s *Server) admitRate(p *principal, estTokens int, set func(k, v string)) (int, error) {
 	if p.state == nil {
 		return 0, nil
 	}
@@ -67,8 +89,14 @@ func (s *Server) admitRate(p *principal, estTokens int) (int, error) {
 	st := p.state
 	st.mu.Lock()
 	defer st.mu.Unlock()
+	defer rateHeaders(set, rpm, tpm, st)
 	if rpm > 0 {
 		st.requests.refill(rpm, now)
+	}
+	if tpm > 0 {
+		st.tokens.refill(tpm, now)
+	}
+	if rpm > 0 {
 		if w := st.requests.wait(1); w > 0 {
 			s.met.rejected.With("requests").Inc()
 			return 0, nozzle.Errorf(nozzle.ERATELIMIT, "Rate limit reached for requests per minute (limit %d). Try again in %s.", rpm, roundUp(w)).
@@ -79,7 +107,6 @@ func (s *Server) admitRate(p *principal, estTokens int) (int, error) {
 	if tpm > 0 {
 		// A request bigger than the whole bucket waits for a full bucket.
 		take = min(estTokens, tpm)
-		st.tokens.refill(tpm, now)
 		if w := st.tokens.wait(float64(take)); w > 0 {
 			s.met.rejected.With("tokens").Inc()
 			return 0, nozzle.Errorf(nozzle.ERATELIMIT, "Rate limit reached for tokens per minute (limit %d, requested about %d). Try again in %s.", tpm, take, roundUp(w)).

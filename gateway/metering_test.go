@@ -140,11 +140,21 @@ func TestRateLimit(t *testing.T) {
 	t.Run("Requests", func(t *testing.T) {
 		f.updateTenant(f.tenantA.ID, func(tn *nozzle.Tenant) { tn.Limits = nozzle.Limits{RequestsPerMinute: 2} })
 		for i := 0; i < 2; i++ {
-			if r := f.do(http.MethodPost, "/v1/chat/completions", chatBody("base", "hi"), f.authA()); r.StatusCode != 200 {
+			r := f.do(http.MethodPost, "/v1/chat/completions", chatBody("base", "hi"), f.authA())
+			if r.StatusCode != 200 {
 				t.Fatalf("request %d: %d", i, r.StatusCode)
 			}
+			// OpenAI's headers: the limit, what is left, when it is whole.
+			if h := r.Header; h.Get("X-Ratelimit-Limit-Requests") != "2" || h.Get("X-Ratelimit-Remaining-Requests") != strconv.Itoa(1-i) ||
+				h.Get("X-Ratelimit-Reset-Requests") == "" || h.Get("X-Ratelimit-Limit-Tokens") != "" {
+				t.Errorf("request %d: headers %v", i, h)
+			}
+			r.Body.Close()
 		}
 		r := f.do(http.MethodPost, "/v1/chat/completions", chatBody("base", "hi"), f.authA())
+		if d, err := time.ParseDuration(r.Header.Get("X-Ratelimit-Reset-Requests")); err != nil || d < 30*time.Second || d > 60*time.Second {
+			t.Errorf("429: x-ratelimit-reset-requests %q", r.Header.Get("X-Ratelimit-Reset-Requests"))
+		}
 		ra, _ := strconv.Atoi(r.Header.Get("Retry-After"))
 		if ra < 1 || ra > 31 {
 			t.Errorf("Retry-After %q", r.Header.Get("Retry-After"))
@@ -162,16 +172,21 @@ func TestRateLimit(t *testing.T) {
 	t.Run("Tokens", func(t *testing.T) {
 		f.updateTenant(f.tenantB.ID, func(tn *nozzle.Tenant) { tn.Limits = nozzle.Limits{TokensPerMinute: 100} })
 		body := `{"model":"base","max_tokens":60,"messages":[{"role":"user","content":"hi"}]}`
-		if r := f.do(http.MethodPost, "/v1/chat/completions", body, bearer(f.keyB)); r.StatusCode != 200 {
+		r := f.do(http.MethodPost, "/v1/chat/completions", body, bearer(f.keyB))
+		if r.StatusCode != 200 {
 			t.Fatalf("first: %d", r.StatusCode)
 		}
+		if rem, _ := strconv.Atoi(r.Header.Get("X-Ratelimit-Remaining-Tokens")); r.Header.Get("X-Ratelimit-Limit-Tokens") != "100" || rem <= 0 || rem >= 100 {
+			t.Errorf("headers %v", r.Header)
+		}
+		r.Body.Close()
 		// The first request used far fewer tokens than its estimate: the
 		// difference came back, so a second one fits.
 		if r := f.do(http.MethodPost, "/v1/chat/completions", body, bearer(f.keyB)); r.StatusCode != 200 {
 			t.Fatalf("second: %d %s", r.StatusCode, readAll(t, r))
 		}
 		big := `{"model":"base","max_tokens":95,"messages":[{"role":"user","content":"hi"}]}`
-		r := f.do(http.MethodPost, "/v1/chat/completions", big, bearer(f.keyB))
+		r = f.do(http.MethodPost, "/v1/chat/completions", big, bearer(f.keyB))
 		if r.Header.Get("Retry-After") == "" {
 			t.Errorf("no Retry-After")
 		}
