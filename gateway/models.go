@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"net/url"
 	"strings"
 
 	"github.com/gofiber/fiber/v2"
@@ -58,7 +59,11 @@ func (s *Server) listModels(c *fiber.Ctx) error {
 // getModel handles GET /v1/models/{model}.
 func (s *Server) getModel(c *fiber.Ctx) error {
 	p := principalFrom(c)
-	id := strings.Clone(c.Params("*"))
+	// SDKs escape a "/" in a model id (org/name) as %2F.
+	id, err := url.PathUnescape(c.Params("*"))
+	if err != nil {
+		id = strings.Clone(c.Params("*"))
+	}
 	base := s.baseModel()
 	if id == base.ID || id == nozzle.BaseModelAlias {
 		return c.JSON(base)
