@@ -62,10 +62,11 @@ type completion struct {
 	j  *job
 
 	reqs      []*nozzle.GenerateRequest
-	meterID   string // ledger id if the request completes
-	attemptID string // ledger id if it fails or is abandoned
-	idem      bool   // an Idempotency-Key names this request
-	claimed   string // id held in the in-flight set
+	meterID   string            // ledger id if the request completes
+	attemptID string            // ledger id if it fails or is abandoned
+	idem      bool              // an Idempotency-Key names this request
+	fp        [sha256.Size]byte // the idempotent request's fingerprint
+	claimed   string            // id held in the in-flight set
 
 	tokensTaken   int
 	releaseBudget func()
@@ -107,6 +108,7 @@ func (s *Server) complete(c *fiber.Ctx, kind genKind) error {
 			return invalid(HeaderIdempotencyKey, "Invalid Idempotency-Key header: use 1 to 255 printable ASCII characters.")
 		}
 		cp.idem = true
+		cp.fp = requestFingerprint(body)
 		cp.meterID = idempotencyID(p.tenant.ID, key)
 		if !s.inflight.add(cp.meterID) {
 			return nozzle.Errorf(nozzle.ECONFLICT, "A request with this Idempotency-Key is already in progress.").WithReason("idempotency_key_in_use")
@@ -116,7 +118,7 @@ func (s *Server) complete(c *fiber.Ctx, kind genKind) error {
 		switch {
 		case err == nil:
 			s.inflight.remove(cp.meterID)
-			return s.replay(c, j, ev)
+			return s.replay(c, j, ev, cp.fp)
 		case nozzle.ErrorCode(err) != nozzle.ENOTFOUND:
 			s.inflight.remove(cp.meterID)
 			return err
@@ -383,7 +385,7 @@ func (cp *completion) settle(body []byte) (stored []byte, err error) {
 		ev.Status = nozzle.UsageOK
 		ev.RequestID = cp.meterID
 		if cp.idem {
-			ev.Response = body
+			ev.Response = storedResponse(cp.fp, body)
 		}
 	case nozzle.ErrorCode(fail) == nozzle.ECANCELED && cp.ctx.Err() == context.DeadlineExceeded:
 		ev.Status = nozzle.UsageFailed
@@ -428,7 +430,8 @@ func (cp *completion) settle(body []byte) (stored []byte, err error) {
 	}
 	if dup {
 		if cp.idem && len(ev.Response) > 0 {
-			return ev.Response, nil
+			_, answer := splitStored(ev.Response)
+			return answer, nil
 		}
 		s.log.LogAttrs(rctx, slog.LevelError, "usage event already recorded for a new request",
 			slog.String("request_id", ev.RequestID))

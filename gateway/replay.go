@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"crypto/sha256"
 	"encoding/json"
 
 	"github.com/gofiber/fiber/v2"
@@ -33,16 +34,60 @@ type storedAnswer struct {
 	} `json:"usage"`
 }
 
+// storedVersion marks a stored answer that begins with the fingerprint of
+// its request; an answer stored without one begins with '{'.
+const storedVersion = 1
+
+// requestFingerprint identifies what an idempotent request asks for: its
+// parameters, whatever their order and spacing, except whether the answer
+// is streamed (a streamed retry may replay a non-streamed answer).
+func requestFingerprint(body []byte) [sha256.Size]byte {
+	var m map[string]any
+	if json.Unmarshal(body, &m) != nil {
+		return sha256.Sum256(body)
+	}
+	delete(m, "stream")
+	delete(m, "stream_options")
+	canon, err := json.Marshal(m) // object keys sorted
+	if err != nil {
+		return sha256.Sum256(body)
+	}
+	return sha256.Sum256(canon)
+}
+
+// storedResponse is what the ledger keeps of an idempotent answer: its
+// request's fingerprint, then the answer.
+func storedResponse(fp [sha256.Size]byte, answer []byte) []byte {
+	out := make([]byte, 0, 1+len(fp)+len(answer))
+	out = append(out, storedVersion)
+	out = append(out, fp[:]...)
+	return append(out, answer...)
+}
+
+// splitStored returns a stored answer's request fingerprint (nil for an
+// answer stored before fingerprints) and the answer.
+func splitStored(b []byte) (*[sha256.Size]byte, []byte) {
+	if len(b) > sha256.Size && b[0] == storedVersion {
+		fp := [sha256.Size]byte(b[1 : 1+sha256.Size])
+		return &fp, b[1+sha256.Size:]
+	}
+	return nil, b
+}
+
 // replay answers a request whose Idempotency-Key the ledger already holds,
 // without running or charging it again. The stored answer is the complete
 // non-streamed body; a streamed retry gets it back as a short stream (one
 // content chunk per choice), so streaming clients can retry too.
-func (s *Server) replay(c *fiber.Ctx, j *job, ev *nozzle.UsageEvent) error {
+func (s *Server) replay(c *fiber.Ctx, j *job, ev *nozzle.UsageEvent, fp [sha256.Size]byte) error {
 	if len(ev.Response) == 0 {
 		return nozzle.Errorf(nozzle.ECONFLICT, "This Idempotency-Key was already used and its answer is not stored; use a new key.").WithReason("idempotency_key_reused")
 	}
+	was, answer := splitStored(ev.Response)
+	if was != nil && *was != fp {
+		return nozzle.Errorf(nozzle.ECONFLICT, "This Idempotency-Key was already used with other parameters; a retry must send the same request, a new request a new key.").WithReason("idempotency_key_reused")
+	}
 	var a storedAnswer
-	if err := json.Unmarshal(ev.Response, &a); err != nil {
+	if err := json.Unmarshal(answer, &a); err != nil {
 		return &nozzle.Error{Code: nozzle.EINTERNAL, Message: "Internal error.", Err: err}
 	}
 	want := "chat.completion"
@@ -56,7 +101,7 @@ func (s *Server) replay(c *fiber.Ctx, j *job, ev *nozzle.UsageEvent) error {
 	c.Set("Idempotent-Replayed", "true")
 	if !j.stream {
 		c.Set(fiber.HeaderContentType, fiber.MIMEApplicationJSON)
-		return c.Send(ev.Response)
+		return c.Send(answer)
 	}
 	chunkObj := "chat.completion.chunk"
 	if j.kind == kindText {
@@ -78,7 +123,7 @@ func (s *Server) replay(c *fiber.Ctx, j *job, ev *nozzle.UsageEvent) error {
 		}
 		return append(dst, raw...)
 	}
-	buf := make([]byte, 0, len(ev.Response)*2)
+	buf := make([]byte, 0, len(answer)*2)
 	for _, ch := range a.Choices {
 		if j.kind == kindChat {
 			buf = head(buf)
