@@ -145,6 +145,21 @@ func TestRealPort_MeteredBeforeFinalChunk(t *testing.T) {
 	}
 }
 
+// soleEvent waits for the fixture's first usage event and returns it; it
+// must be the only one.
+func (f *fixture) soleEvent(t *testing.T) *nozzle.UsageEvent {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for len(f.events()) == 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	evs := f.events()
+	if len(evs) != 1 {
+		t.Fatalf("%d events", len(evs))
+	}
+	return evs[0]
+}
+
 func TestRealPort_ClientDisconnectIsCharged(t *testing.T) {
 	f := newFixture(t)
 	f.gen.words = manyWords(500)
@@ -156,15 +171,7 @@ func TestRealPort_ClientDisconnectIsCharged(t *testing.T) {
 		<-ch
 	}
 	resp.Body.Close() // the client goes away mid-stream
-	deadline := time.Now().Add(5 * time.Second)
-	for len(f.events()) == 0 && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
-	evs := f.events()
-	if len(evs) != 1 {
-		t.Fatalf("%d events", len(evs))
-	}
-	ev := evs[0]
+	ev := f.soleEvent(t)
 	if ev.Status != nozzle.UsageCanceled || ev.CompletionTokens < 5 || ev.CompletionTokens >= 500 || ev.ChargeUSD <= 0 {
 		t.Errorf("event %+v", ev)
 	}
@@ -197,15 +204,7 @@ func TestRealPort_NonStreamedClientGoneStopsGeneration(t *testing.T) {
 	}
 	time.Sleep(300 * time.Millisecond) // about 60 of the 500 tokens
 	conn.Close()
-	deadline := time.Now().Add(5 * time.Second)
-	for len(f.events()) == 0 && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
-	evs := f.events()
-	if len(evs) != 1 {
-		t.Fatalf("%d events", len(evs))
-	}
-	if ev := evs[0]; ev.Status != nozzle.UsageCanceled || ev.CompletionTokens == 0 || ev.CompletionTokens > 200 || ev.ChargeUSD <= 0 {
+	if ev := f.soleEvent(t); ev.Status != nozzle.UsageCanceled || ev.CompletionTokens == 0 || ev.CompletionTokens > 200 || ev.ChargeUSD <= 0 {
 		t.Errorf("event %+v: want a canceled request charged for the tokens before the client left", ev)
 	}
 	f.w.mu.Lock()
