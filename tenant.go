@@ -78,6 +78,31 @@ type TenantUpdate struct {
 	StripeCustomerID *string  `json:"stripe_customer_id,omitempty"`
 }
 
+// TenantLookup finds tenants (a TenantService is one).
+type TenantLookup interface {
+	Tenant(ctx context.Context, id string) (*Tenant, error)
+	Tenants(ctx context.Context) ([]*Tenant, error)
+}
+
+// FindTenant returns the tenant whose id, or else whose name, is s.
+// Returns ENOTFOUND if there is none.
+func FindTenant(ctx context.Context, ts TenantLookup, s string) (*Tenant, error) {
+	t, err := ts.Tenant(ctx, s)
+	if err == nil || ErrorCode(err) != ENOTFOUND {
+		return t, err
+	}
+	all, err := ts.Tenants(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for _, t := range all {
+		if t.Name == s {
+			return t, nil
+		}
+	}
+	return nil, Errorf(ENOTFOUND, "No tenant %q.", s)
+}
+
 // TenantService stores tenants and their prices.
 type TenantService interface {
 	// CreateTenant stores a new tenant, filling ID and CreatedAt.

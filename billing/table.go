@@ -51,7 +51,7 @@ func WriteTable(w io.Writer, r *nozzle.Report) error {
 			}
 			if has(nozzle.GroupAdapter) {
 				name := row.AdapterName
-				if row.AdapterID == "" && name == "" {
+				if row.AdapterID == "" && (name == "" || name == nozzle.BaseModelAlias) {
 					name = "(base model)"
 				}
 				cells += orDash(name, row.AdapterID) + "\t"

@@ -157,7 +157,17 @@ func (s *Server) adminReport(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
-	q.TenantID = strings.Clone(c.Query("tenant_id"))
+	if v := c.Query("tenant_id"); v != "" {
+		// An id or a name, as `nozzle report --tenant` takes.
+		t, err := nozzle.FindTenant(c.UserContext(), s.deps.Tenants, v)
+		if err != nil {
+			if nozzle.ErrorCode(err) == nozzle.ENOTFOUND {
+				return invalid("tenant_id", "No tenant %q.", v)
+			}
+			return err
+		}
+		q.TenantID = t.ID
+	}
 	r, err := rep.Report(c.UserContext(), q)
 	if err != nil {
 		return err

@@ -51,6 +51,15 @@ func engineLib(t testing.TB) string {
 // model and a fresh data folder, and returns it once it serves.
 func MustRunMain(t testing.TB, args ...string) *Main {
 	t.Helper()
+	m, _ := startServe(t, args...)
+	return m
+}
+
+// startServe is MustRunMain that also returns a function stopping the
+// server (as SIGTERM does) and waiting for it; the test's cleanup calls it
+// if the test did not.
+func startServe(t testing.TB, args ...string) (*Main, func()) {
+	t.Helper()
 	data := t.TempDir()
 	base := []string{"--addr", "127.0.0.1:0", "--data", data, "--engine-lib", engineLib(t), "--log-level", "warn", "--kv-memory-mb", "64"}
 	cfg, _, err := Load("serve", append(base, args...), func(string) (string, bool) { return "", false }, io.Discard)
@@ -70,13 +79,17 @@ func MustRunMain(t testing.TB, args ...string) *Main {
 		cancel()
 		t.Fatal("serve did not become ready")
 	}
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("serve: %v", err)
-		}
-	})
-	return m
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("serve: %v", err)
+			}
+		})
+	}
+	t.Cleanup(stop)
+	return m, stop
 }
 
 func (m *Main) demoKey(t testing.TB) string {

@@ -120,11 +120,11 @@ func runReport(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if l != nil {
 		defer l.Close()
 		if *tenant != "" {
-			id, err := resolveTenant(ctx, l, *tenant)
+			tn, err := nozzle.FindTenant(ctx, l, *tenant)
 			if err != nil {
 				return err
 			}
-			q.TenantID = id
+			q.TenantID = tn.ID
 		}
 		if rep, err = l.Report(ctx, q); err != nil {
 			return err
@@ -132,7 +132,7 @@ func runReport(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	} else {
 		v := url.Values{"start": {q.Start.Format(time.RFC3339)}, "end": {q.End.Format(time.RFC3339)}, "group_by": {strings.Join(q.GroupBy, ",")}}
 		if *tenant != "" {
-			v.Set("tenant", *tenant)
+			v.Set("tenant_id", *tenant)
 		}
 		resp, err := t.admin(ctx, "GET", "/admin/report", v)
 		if err != nil {
@@ -201,20 +201,21 @@ func parseTime(s string) (time.Time, error) {
 	return time.Time{}, fmt.Errorf("%q is neither RFC 3339 (2026-11-01T00:00:00Z) nor a date (2026-11-01)", s)
 }
 
-func resolveTenant(ctx context.Context, l *billing.Ledger, s string) (string, error) {
-	if t, err := l.Tenant(ctx, s); err == nil {
-		return t.ID, nil
-	}
-	ts, err := l.Tenants(ctx)
-	if err != nil {
-		return "", err
-	}
-	for _, t := range ts {
-		if t.Name == s {
-			return t.ID, nil
+// parseInterspersed parses args with fs, flags before and after the
+// positional arguments (nozzle backup FILE --data DIR), and returns the
+// positional ones.
+func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return nil, err
 		}
+		if fs.NArg() == 0 {
+			return pos, nil
+		}
+		pos = append(pos, fs.Arg(0))
+		args = fs.Args()[1:]
 	}
-	return "", fmt.Errorf("no tenant %q", s)
 }
 
 func runBackup(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -222,13 +223,14 @@ func runBackup(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	fs.SetOutput(stderr)
 	var t toolFlags
 	t.register(fs)
-	if err := fs.Parse(args); err != nil {
+	files, err := parseInterspersed(fs, args)
+	if err != nil {
 		return err
 	}
-	if fs.NArg() != 1 {
+	if len(files) != 1 {
 		return errors.New("backup: name the file to write: nozzle backup FILE")
 	}
-	dst := fs.Arg(0)
+	dst := files[0]
 	l, err := t.openLedger()
 	if err != nil {
 		return err
