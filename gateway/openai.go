@@ -580,6 +580,11 @@ func parseContent(raw json.RawMessage, i int) (string, error) {
 	return sb.String(), nil
 }
 
+// completionsDefaultMaxTokens is the max_tokens of a legacy completion that
+// gives none, as OpenAI's API documents it (a chat completion's is the
+// rest of the context).
+const completionsDefaultMaxTokens = 16
+
 // parseCompletion parses a /v1/completions body.
 func parseCompletion(body []byte, maxChoices int) (*job, error) {
 	var b completionBody
@@ -589,6 +594,9 @@ func parseCompletion(body []byte, maxChoices int) (*job, error) {
 	j := &job{kind: kindText}
 	if err := j.applyCommon(common{b.Model, b.MaxTokens, b.Temperature, b.TopP, b.TopK, b.Seed, b.N, b.Stop, b.Stream, b.StreamOptions, b.User}, maxChoices, "max_tokens"); err != nil {
 		return nil, err
+	}
+	if b.MaxTokens == nil {
+		j.maxTokens = completionsDefaultMaxTokens
 	}
 	if err := b.check(); err != nil {
 		return nil, err

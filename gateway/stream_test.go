@@ -234,7 +234,8 @@ func TestCompletions(t *testing.T) {
 	}
 	t.Run("TokenPrompt", func(t *testing.T) {
 		f.do(http.MethodPost, "/v1/completions", `{"model":"base","prompt":[5,6,7]}`, f.authA())
-		if req := f.gen.lastReq.Load(); len(req.PromptTokens) != 3 || req.Prompt != "" {
+		// Without max_tokens, OpenAI's default for completions: 16.
+		if req := f.gen.lastReq.Load(); len(req.PromptTokens) != 3 || req.Prompt != "" || req.MaxTokens != 16 {
 			t.Errorf("request %+v", req)
 		}
 	})
