@@ -11,9 +11,9 @@ import (
 const (
 	EINVALID       = "invalid"                 // 400 invalid_request_error
 	ECONTEXTLENGTH = "context_length_exceeded" // 400 invalid_request_error
-	EUNAUTHORIZED  = "unauthorized"            // 401 authentication_error
+	EUNAUTHORIZED  = "unauthorized"            // 401 invalid_request_error (as OpenAI)
 	EFORBIDDEN     = "forbidden"               // 403 permission_error
-	ENOTFOUND      = "not_found"               // 404 not_found_error
+	ENOTFOUND      = "not_found"               // 404 invalid_request_error (as OpenAI)
 	EMETHOD        = "method_not_allowed"      // 405 invalid_request_error
 	ECONFLICT      = "conflict"                // 409 conflict_error
 	ETOOLARGE      = "too_large"               // 413 invalid_request_error

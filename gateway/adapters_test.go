@@ -178,7 +178,7 @@ func TestAdapters_Upload(t *testing.T) {
 		if one.Name != "targz.nested" {
 			t.Errorf("get %+v", one)
 		}
-		wantError(t, f.do(http.MethodGet, "/v1/adapters/targz", "", bearer(f.keyB)), 404, "not_found_error", "adapter_not_found", "")
+		wantError(t, f.do(http.MethodGet, "/v1/adapters/targz", "", bearer(f.keyB)), 404, "invalid_request_error", "adapter_not_found", "")
 		if r := f.do(http.MethodPost, "/v1/chat/completions", chatBody("zip_1", "hi"), f.authA()); r.StatusCode != 200 {
 			t.Errorf("use: %d", r.StatusCode)
 		}
@@ -203,7 +203,7 @@ func TestAdapters_Upload(t *testing.T) {
 				t.Fatalf("files removed while still referenced")
 			}
 		}
-		wantError(t, f.do(http.MethodDelete, "/v1/adapters/files", "", f.authA()), 404, "not_found_error", "adapter_not_found", "")
+		wantError(t, f.do(http.MethodDelete, "/v1/adapters/files", "", f.authA()), 404, "invalid_request_error", "adapter_not_found", "")
 		f.do(http.MethodDelete, "/v1/adapters/zip-nested", "", f.authA())
 		if len(f.w.removed) != 1 || f.w.removed[0] != sha {
 			t.Errorf("removed %v", f.w.removed)
@@ -313,9 +313,9 @@ func TestInternalAdapterFiles(t *testing.T) {
 	if body := readAll(t, r); r.StatusCode != 200 || body != string(goodWeights) {
 		t.Fatalf("status %d, %d bytes", r.StatusCode, len(body))
 	}
-	wantError(t, f.do(http.MethodGet, path, "", f.authA()), 401, "authentication_error", "", "")
-	wantError(t, f.do(http.MethodGet, path, ""), 401, "authentication_error", "", "")
-	wantError(t, f.do(http.MethodGet, "/internal/adapters/"+a.SHA256+"/passwd", "", bearer(internalToken)), 404, "not_found_error", "", "")
-	wantError(t, f.do(http.MethodGet, "/internal/adapters/..%2F..%2Fetc/"+nozzle.AdapterConfigFile, "", bearer(internalToken)), 404, "not_found_error", "", "")
-	wantError(t, f.do(http.MethodGet, "/internal/adapters/"+strings.Repeat("e", 64)+"/"+nozzle.AdapterConfigFile, "", bearer(internalToken)), 404, "not_found_error", "", "")
+	wantError(t, f.do(http.MethodGet, path, "", f.authA()), 401, "invalid_request_error", "", "")
+	wantError(t, f.do(http.MethodGet, path, ""), 401, "invalid_request_error", "", "")
+	wantError(t, f.do(http.MethodGet, "/internal/adapters/"+a.SHA256+"/passwd", "", bearer(internalToken)), 404, "invalid_request_error", "", "")
+	wantError(t, f.do(http.MethodGet, "/internal/adapters/..%2F..%2Fetc/"+nozzle.AdapterConfigFile, "", bearer(internalToken)), 404, "invalid_request_error", "", "")
+	wantError(t, f.do(http.MethodGet, "/internal/adapters/"+strings.Repeat("e", 64)+"/"+nozzle.AdapterConfigFile, "", bearer(internalToken)), 404, "invalid_request_error", "", "")
 }

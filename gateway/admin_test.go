@@ -53,7 +53,7 @@ func TestAdmin(t *testing.T) {
 		if one.Name != "acme" {
 			t.Errorf("%+v", one)
 		}
-		wantError(t, f.do(http.MethodGet, "/admin/tenants/nope", "", admin), 404, "not_found_error", "tenant_not_found", "")
+		wantError(t, f.do(http.MethodGet, "/admin/tenants/nope", "", admin), 404, "invalid_request_error", "tenant_not_found", "")
 	})
 	t.Run("SuspendAndResume", func(t *testing.T) {
 		if r := f.do(http.MethodPatch, "/admin/tenants/"+f.tenantA.ID, `{"suspended":true}`, admin); r.StatusCode != 200 {
@@ -89,7 +89,7 @@ func TestAdmin(t *testing.T) {
 			t.Errorf("%+v", list)
 		}
 		f.do(http.MethodDelete, "/admin/tenants/"+f.tenantA.ID+"/keys/"+k.ID, "", admin)
-		wantError(t, f.do(http.MethodGet, "/v1/models", "", bearer(k.Key)), 401, "authentication_error", "", "")
+		wantError(t, f.do(http.MethodGet, "/v1/models", "", bearer(k.Key)), 401, "invalid_request_error", "", "")
 	})
 	t.Run("Prices", func(t *testing.T) {
 		type call struct {

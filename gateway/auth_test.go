@@ -19,7 +19,7 @@ func TestAuth(t *testing.T) {
 		if got := resp.Header.Get("WWW-Authenticate"); got == "" {
 			t.Error("no WWW-Authenticate header")
 		}
-		wantError(t, resp, 401, "authentication_error", "invalid_api_key", "")
+		wantError(t, resp, 401, "invalid_request_error", "invalid_api_key", "")
 	})
 	t.Run("MalformedNoLookup", func(t *testing.T) {
 		before := f.w.digestLookups.Load()
@@ -28,7 +28,7 @@ func TestAuth(t *testing.T) {
 			last = "y"
 		}
 		for _, k := range []string{"sk-not-ours", "nz-short", f.keyA[:len(f.keyA)-1] + last, f.keyA + "0"} {
-			wantError(t, f.do(http.MethodGet, "/v1/models", "", bearer(k)), 401, "authentication_error", "invalid_api_key", "")
+			wantError(t, f.do(http.MethodGet, "/v1/models", "", bearer(k)), 401, "invalid_request_error", "invalid_api_key", "")
 		}
 		if n := f.w.digestLookups.Load() - before; n != 0 {
 			t.Errorf("%d key lookups for malformed keys, want 0", n)
@@ -36,7 +36,7 @@ func TestAuth(t *testing.T) {
 	})
 	t.Run("Unknown", func(t *testing.T) {
 		secret, _ := nozzle.NewKeySecret()
-		wantError(t, f.do(http.MethodGet, "/v1/models", "", bearer(secret)), 401, "authentication_error", "invalid_api_key", "")
+		wantError(t, f.do(http.MethodGet, "/v1/models", "", bearer(secret)), 401, "invalid_request_error", "invalid_api_key", "")
 	})
 	t.Run("RevokedOnNextRequest", func(t *testing.T) {
 		resp := f.do(http.MethodPost, "/v1/keys", `{"name":"temp"}`, f.authA())
@@ -48,7 +48,7 @@ func TestAuth(t *testing.T) {
 		if r := f.do(http.MethodDelete, "/v1/keys/"+k.ID, "", f.authA()); r.StatusCode != 200 {
 			t.Fatalf("revoke: status %d: %s", r.StatusCode, readAll(t, r))
 		}
-		wantError(t, f.do(http.MethodGet, "/v1/models", "", bearer(k.Key)), 401, "authentication_error", "invalid_api_key", "")
+		wantError(t, f.do(http.MethodGet, "/v1/models", "", bearer(k.Key)), 401, "invalid_request_error", "invalid_api_key", "")
 	})
 	t.Run("Suspended", func(t *testing.T) {
 		f.updateTenant(f.tenantB.ID, func(tn *nozzle.Tenant) { tn.Suspended = true })
@@ -95,9 +95,9 @@ func TestAuth(t *testing.T) {
 		}
 	})
 	t.Run("Admin", func(t *testing.T) {
-		wantError(t, f.do(http.MethodGet, "/admin/tenants", ""), 401, "authentication_error", "", "")
-		wantError(t, f.do(http.MethodGet, "/admin/tenants", "", bearer("wrong")), 401, "authentication_error", "", "")
-		wantError(t, f.do(http.MethodGet, "/admin/tenants", "", f.authA()), 401, "authentication_error", "", "")
+		wantError(t, f.do(http.MethodGet, "/admin/tenants", ""), 401, "invalid_request_error", "", "")
+		wantError(t, f.do(http.MethodGet, "/admin/tenants", "", bearer("wrong")), 401, "invalid_request_error", "", "")
+		wantError(t, f.do(http.MethodGet, "/admin/tenants", "", f.authA()), 401, "invalid_request_error", "", "")
 	})
 }
 
@@ -158,9 +158,9 @@ func TestKeys_BadInput(t *testing.T) {
 	wantError(t, f.do(http.MethodPost, "/v1/keys", `{"scopes":["root"]}`, f.authA()), 400, "invalid_request_error", "", "scopes")
 	wantError(t, f.do(http.MethodPost, "/v1/keys", `{"nmae":"typo"}`, f.authA()), 400, "invalid_request_error", "", "nmae")
 	wantError(t, f.do(http.MethodPost, "/v1/keys", `{"name":5}`, f.authA()), 400, "invalid_request_error", "", "name")
-	wantError(t, f.do(http.MethodDelete, "/v1/keys/key_999", "", f.authA()), 404, "not_found_error", "key_not_found", "")
+	wantError(t, f.do(http.MethodDelete, "/v1/keys/key_999", "", f.authA()), 404, "invalid_request_error", "key_not_found", "")
 	// Another tenant's key id is not found either.
 	var list struct{ Data []struct{ ID string } }
 	decode(t, f.do(http.MethodGet, "/v1/keys", "", bearer(f.keyB)), &list)
-	wantError(t, f.do(http.MethodDelete, "/v1/keys/"+list.Data[0].ID, "", f.authA()), 404, "not_found_error", "key_not_found", "")
+	wantError(t, f.do(http.MethodDelete, "/v1/keys/"+list.Data[0].ID, "", f.authA()), 404, "invalid_request_error", "key_not_found", "")
 }

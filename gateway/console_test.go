@@ -312,7 +312,7 @@ func TestConsole_SessionCookie(t *testing.T) {
 			}
 			c.cookies["nozzle_session"] = tc.token
 			resp = c.do(http.MethodGet, "/console/api/operator/tenants", nil)
-			wantError(t, resp, 401, "authentication_error", "", "")
+			wantError(t, resp, 401, "invalid_request_error", "", "")
 		})
 	}
 	t.Run("RevokedBySignOut", func(t *testing.T) {
@@ -325,14 +325,14 @@ func TestConsole_SessionCookie(t *testing.T) {
 		}
 		c.cookies["nozzle_session"] = cookie
 		resp = c.do(http.MethodGet, "/console/api/operator/tenants", nil)
-		wantError(t, resp, 401, "authentication_error", "session_ended", "")
+		wantError(t, resp, 401, "invalid_request_error", "session_ended", "")
 	})
 	t.Run("SessionExpires", func(t *testing.T) {
 		g := newConsoleFixture(t, func(c *gateway.ConsoleConfig) { c.SessionLifetime = time.Hour })
 		c := g.operator()
 		g.skew.Store(int64(2 * time.Hour))
 		resp := c.do(http.MethodGet, "/console/api/operator/tenants", nil)
-		wantError(t, resp, 401, "authentication_error", "", "")
+		wantError(t, resp, 401, "invalid_request_error", "", "")
 	})
 }
 

@@ -23,9 +23,9 @@ type errorKind struct {
 var errorKinds = map[string]errorKind{
 	nozzle.EINVALID:       {http.StatusBadRequest, "invalid_request_error"},
 	nozzle.ECONTEXTLENGTH: {http.StatusBadRequest, "invalid_request_error"},
-	nozzle.EUNAUTHORIZED:  {http.StatusUnauthorized, "authentication_error"},
+	nozzle.EUNAUTHORIZED:  {http.StatusUnauthorized, "invalid_request_error"},
 	nozzle.EFORBIDDEN:     {http.StatusForbidden, "permission_error"},
-	nozzle.ENOTFOUND:      {http.StatusNotFound, "not_found_error"},
+	nozzle.ENOTFOUND:      {http.StatusNotFound, "invalid_request_error"},
 	nozzle.EMETHOD:        {http.StatusMethodNotAllowed, "invalid_request_error"},
 	nozzle.ECONFLICT:      {http.StatusConflict, "conflict_error"},
 	nozzle.ETOOLARGE:      {http.StatusRequestEntityTooLarge, "invalid_request_error"},

@@ -62,7 +62,7 @@ func TestHealth(t *testing.T) {
 		}
 	})
 	t.Run("UnknownRoute", func(t *testing.T) {
-		wantError(t, f.do(http.MethodGet, "/v2/nothing", ""), 404, "not_found_error", "unknown_url", "")
+		wantError(t, f.do(http.MethodGet, "/v2/nothing", ""), 404, "invalid_request_error", "unknown_url", "")
 	})
 	t.Run("WrongMethod", func(t *testing.T) {
 		wantError(t, f.do(http.MethodGet, "/v1/chat/completions", "", f.authA()), 405, "invalid_request_error", "method_not_allowed", "")
@@ -82,7 +82,7 @@ func TestExtension(t *testing.T) {
 	}
 	f := newFixture(t, func(c *gateway.Config, d *gateway.Deps, f *fixture) { d.Extensions = append(d.Extensions, ext) })
 	// Extension routes get the gateway's auth, middleware and error handler.
-	wantError(t, f.do(http.MethodGet, "/ext/whoami", ""), 401, "authentication_error", "invalid_api_key", "")
+	wantError(t, f.do(http.MethodGet, "/ext/whoami", ""), 401, "invalid_request_error", "invalid_api_key", "")
 	r := f.do(http.MethodGet, "/ext/whoami", "", f.authA())
 	var out struct {
 		RequestID string `json:"request_id"`

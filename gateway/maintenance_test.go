@@ -50,8 +50,8 @@ func TestMaintenance(t *testing.T) {
 		}
 	})
 	t.Run("ErrUnauthorized", func(t *testing.T) {
-		wantError(t, f.do(http.MethodGet, "/admin/backup", "", f.authA()), http.StatusUnauthorized, "authentication_error", "invalid_admin_token", "")
-		wantError(t, f.do(http.MethodPost, "/admin/ledger/check", ""), http.StatusUnauthorized, "authentication_error", "invalid_admin_token", "")
+		wantError(t, f.do(http.MethodGet, "/admin/backup", "", f.authA()), http.StatusUnauthorized, "invalid_request_error", "invalid_admin_token", "")
+		wantError(t, f.do(http.MethodPost, "/admin/ledger/check", ""), http.StatusUnauthorized, "invalid_request_error", "invalid_admin_token", "")
 	})
 	t.Run("BackupFails", func(t *testing.T) {
 		m.BackupFn = func(ctx context.Context, w io.Writer) error {

@@ -24,5 +24,5 @@ func TestGetModel(t *testing.T) {
 	if r.StatusCode != 404 || !strings.Contains(body, "org/nope") || !strings.Contains(body, "model_not_found") {
 		t.Errorf("%d %s", r.StatusCode, body)
 	}
-	wantError(t, f.do(http.MethodGet, "/v1/models/globex-secret", "", f.authA()), 404, "not_found_error", "model_not_found", "")
+	wantError(t, f.do(http.MethodGet, "/v1/models/globex-secret", "", f.authA()), 404, "invalid_request_error", "model_not_found", "")
 }

@@ -78,6 +78,6 @@ func TestUsage(t *testing.T) {
 		if !strings.HasPrefix(r.Header.Get("Content-Type"), "text/csv") {
 			t.Errorf("csv type %q", r.Header.Get("Content-Type"))
 		}
-		wantError(t, f.do(http.MethodGet, "/admin/report", "", f.authA()), 401, "authentication_error", "", "")
+		wantError(t, f.do(http.MethodGet, "/admin/report", "", f.authA()), 401, "invalid_request_error", "", "")
 	})
 }
