@@ -67,6 +67,7 @@ func TestAuth(t *testing.T) {
 		if r := f.do(http.MethodGet, "/v1/usage", "", bearer(k.Key)); r.StatusCode != 200 {
 			t.Errorf("usage with usage scope: %d", r.StatusCode)
 		}
+		wantError(t, f.do(http.MethodPost, "/v1/keys", `{"scopes":[]}`, f.authA()), 400, "invalid_request_error", "", "scopes")
 		// A key cannot mint a key with more scopes than it has.
 		wantError(t, f.do(http.MethodPost, "/v1/keys", `{"scopes":["inference"]}`, bearer(k.Key)), 403, "permission_error", "missing_scope", "scopes")
 	})

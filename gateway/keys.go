@@ -60,6 +60,11 @@ func (r *keyRequest) validate() error {
 	if len(r.Name) > 100 {
 		return invalid("name", "Key name must be at most 100 characters.")
 	}
+	if r.Scopes != nil && len(r.Scopes) == 0 {
+		// Left out is the default; an empty list is a key that could do
+		// nothing, most likely every box unticked by mistake.
+		return invalid("scopes", "A key needs at least one scope: inference, adapters or usage.")
+	}
 	for _, sc := range r.Scopes {
 		switch sc {
 		case nozzle.ScopeInference, nozzle.ScopeAdapters, nozzle.ScopeUsage:
