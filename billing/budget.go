@@ -2,6 +2,9 @@ package billing
 
 import (
 	"context"
+	"fmt"
+	"math"
+	"strconv"
 	"sync"
 	"time"
 
@@ -17,6 +20,16 @@ type budgets struct {
 }
 
 func (b *budgets) init() { b.open = map[string]float64{} }
+
+// usdText shows an amount of dollars with cents, or with two significant
+// digits when less than a cent.
+func usdText(v float64) string {
+	if v >= 0.0095 || v == 0 {
+		return fmt.Sprintf("$%.2f", v)
+	}
+	digits := max(2, int(-math.Floor(math.Log10(v)))+1)
+	return "$" + strconv.FormatFloat(v, 'f', digits, 64)
+}
 
 // ReserveBudget reserves usd against the tenant's budget for the current
 // calendar month (UTC): month-to-date charges plus open reservations plus
@@ -65,8 +78,20 @@ func (l *Ledger) ReserveBudget(ctx context.Context, tenantID string, usd float64
 	}
 	if mtd+b.open[tenantID]+usd > t.MonthlyBudgetUSD*(1+1e-12) {
 		next := time.Date(now.Year(), now.Month()+1, 1, 0, 0, 0, 0, time.UTC)
-		return nil, nozzle.Errorf(nozzle.EQUOTA, "You exceeded your monthly budget of $%.2f; it renews on %s.",
-			t.MonthlyBudgetUSD, next.Format("2006-01-02")).WithReason("insufficient_quota").WithRetryAfter(next.Sub(now))
+		renews := next.Format("2006-01-02")
+		if mtd >= t.MonthlyBudgetUSD {
+			return nil, nozzle.Errorf(nozzle.EQUOTA, "You have used your monthly budget of %s; it renews on %s.",
+				usdText(t.MonthlyBudgetUSD), renews).WithReason("insufficient_quota").WithRetryAfter(next.Sub(now))
+		}
+		// What is left does not cover this request at its most (every
+		// token it may generate): a smaller one may still fit.
+		left := max(0, t.MonthlyBudgetUSD-mtd-b.open[tenantID])
+		inFlight := ""
+		if b.open[tenantID] > 0 {
+			inFlight = fmt.Sprintf(" (%s more is held by requests still running)", usdText(b.open[tenantID]))
+		}
+		return nil, nozzle.Errorf(nozzle.EQUOTA, "This request could cost up to %s, more than the %s left of your monthly budget of %s%s; lower max_tokens, or raise the budget. It renews on %s.",
+			usdText(usd), usdText(left), usdText(t.MonthlyBudgetUSD), inFlight, renews).WithReason("insufficient_quota").WithRetryAfter(next.Sub(now))
 	}
 	b.open[tenantID] += usd
 	var once sync.Once

@@ -23,3 +23,6 @@ func SetSchemaVersionForTest(path string, v int) error {
 		return b.Put(metaVersion, buf[:])
 	})
 }
+
+// USDText is usdText.
+var USDText = usdText

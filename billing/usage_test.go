@@ -512,6 +512,16 @@ func TestBudget_Concurrent(t *testing.T) {
 	if e := nozzle.AsError(err); e.RetryAfter != time.Hour {
 		t.Fatalf("RetryAfter = %v, want 1h (next month)", e.RetryAfter)
 	}
+	// The refusal says why: what the request may cost, what is left.
+	if msg := nozzle.AsError(err).Message; !strings.Contains(msg, "could cost up to $0.03") || !strings.Contains(msg, "the $0.01 left of your monthly budget of $1.00") ||
+		!strings.Contains(msg, "$0.33 more is held by requests still running") {
+		t.Fatalf("message %q", msg)
+	}
+	for v, want := range map[float64]string{0: "$0.00", 1264: "$1264.00", 0.01: "$0.01", 0.00999999: "$0.01", 0.000068: "$0.000068", 0.0012: "$0.0012"} {
+		if got := billing.USDText(v); got != want {
+			t.Errorf("USDText(%v) = %q, want %q", v, got, want)
+		}
+	}
 	// Next month starts afresh.
 	clk.Add(time.Hour)
 	if _, err := l.ReserveBudget(ctx, ten.ID, 0.6); err != nil { // 0.33 is still reserved
