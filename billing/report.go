@@ -395,6 +395,7 @@ type rowKey struct {
 
 type adapterUse struct {
 	activeCost, deviceSeconds float64
+	firstH                    int64 // the first hour of the row with its requests
 }
 
 func (a *rowAcc) add(c *usageCell, idleCost, idleSecs float64) {
@@ -411,9 +412,10 @@ func (a *rowAcc) add(c *usageCell, idleCost, idleSecs float64) {
 	k := adapterKey{c.tenantID, c.adapterID}
 	u := a.adapters[k]
 	if u == nil {
-		u = &adapterUse{}
+		u = &adapterUse{firstH: c.hour}
 		a.adapters[k] = u
 	}
+	u.firstH = min(u.firstH, c.hour)
 	u.activeCost += c.r.ActiveCostUSD
 	u.deviceSeconds += c.r.DeviceSeconds
 }
@@ -525,8 +527,10 @@ func (l *Ledger) buildReport(s *reportSpec, cells cellSource, tot periodTotals, 
 		r.IdleCostUSD, r.IdleSeconds = a.idleCost, a.idleSecs
 		r.CostUSD = r.ActiveCostUSD + r.IdleCostUSD
 		r.MarginUSD = r.ChargedUSD - r.CostUSD
-		hours := float64(a.end - a.start)
 		for _, u := range a.adapters {
+			// A dedicated GPU for the adapter from its first request in
+			// the row's span, not from before it was in use.
+			hours := float64(a.end - max(a.start, u.firstH))
 			rate := l.dedicated
 			if rate == 0 {
 				if u.deviceSeconds > 0 {

@@ -1,6 +1,7 @@
 package billing_test
 
 import (
+	"fmt"
 	"math"
 	"testing"
 	"time"
@@ -11,14 +12,17 @@ import (
 
 // TestReport_PeriodIntoTheFuture: this month's report, asked for on the
 // 10th at 05:30, compares with a dedicated GPU over the 9 days and 6 hours
-// that began, not over the whole month ahead.
+// that began since the first request (on the 1st), not over the whole
+// month ahead.
 func TestReport_PeriodIntoTheFuture(t *testing.T) {
 	now := time.Date(2026, 11, 10, 5, 30, 0, 0, time.UTC)
 	clk := newClock(now)
 	l := mustOpen(t, billing.Options{Now: clk.Now, DedicatedRatePerHour: 2})
 	ten := mustTenant(t, l, "acme")
-	mustRecord(t, l, nozzle.UsageEvent{RequestID: "r1", TenantID: ten.ID, Model: "m", Status: nozzle.UsageOK,
-		Time: now.Add(-time.Hour), PromptTokens: 10, CompletionTokens: 5, DeviceSeconds: 1, RatePerHour: 2})
+	for i, at := range []time.Time{time.Date(2026, 11, 1, 0, 10, 0, 0, time.UTC), now.Add(-time.Hour)} {
+		mustRecord(t, l, nozzle.UsageEvent{RequestID: fmt.Sprint("r", i), TenantID: ten.ID, Model: "m", Status: nozzle.UsageOK,
+			Time: at, PromptTokens: 10, CompletionTokens: 5, DeviceSeconds: 1, RatePerHour: 2})
+	}
 
 	rep := mustReport(t, l, nozzle.ReportQuery{TenantID: ten.ID}) // the current month
 	if got, want := rep.End, time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC); !got.Equal(want) {

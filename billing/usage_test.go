@@ -445,8 +445,9 @@ func TestReport_DedicatedRate(t *testing.T) {
 	mustRecord(t, l, nozzle.UsageEvent{RequestID: "b", TenantID: ten.ID, AdapterID: "ad_2", AdapterName: "two", Time: at.Add(2 * time.Hour), DeviceSeconds: 36, RatePerHour: 1})
 	q := nozzle.ReportQuery{TenantID: ten.ID, Start: at, End: at.Add(10 * time.Hour), GroupBy: []string{"adapter"}}
 	rep := mustReport(t, l, q)
-	// Two adapters, ten hours, 4 $/h each.
-	if rep.Total.DedicatedUSD != 80 || len(rep.Rows) != 2 || rep.Rows[0].DedicatedUSD != 40 || rep.Rows[0].AdapterName != "one" {
+	// Two adapters at 4 $/h, each from its first request to the period's
+	// end: one for ten hours, two (first used at 12:00) for eight.
+	if rep.Total.DedicatedUSD != 72 || len(rep.Rows) != 2 || rep.Rows[0].DedicatedUSD != 40 || rep.Rows[1].DedicatedUSD != 32 || rep.Rows[0].AdapterName != "one" {
 		t.Fatalf("report = %+v", rep)
 	}
 	q.AdapterName = "two"
