@@ -213,6 +213,7 @@ func (cs *console) mount() {
 	api.Post("/keys", tapi, cs.once(s.createKey))
 	api.Delete("/keys/:id", tapi, s.revokeKey)
 	api.Get("/usage", tapi, s.usage)
+	api.Get("/usage/requests/:id", tapi, s.requestUsage)
 	api.Get("/models", tapi, s.listModels)
 	api.Post("/chat/completions", tapi, cs.playgroundLimits, s.chatCompletions)
 

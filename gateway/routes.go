@@ -64,6 +64,7 @@ func (s *Server) routes() {
 
 	usageScope := s.RequireKey(nozzle.ScopeUsage)
 	v1.Get("/usage", usageScope, s.usage)
+	v1.Get("/usage/requests/:id", usageScope, s.requestUsage)
 	v1.Post("/keys", usageScope, s.createKey)
 	v1.Get("/keys", usageScope, s.listKeys)
 	v1.Delete("/keys/:id", usageScope, s.revokeKey)

@@ -147,6 +147,34 @@ func (s *Server) usage(c *fiber.Ctx) error {
 	})
 }
 
+// requestUsage handles GET /v1/usage/requests/{id}: what the ledger holds
+// for one of the tenant's requests, named by its X-Request-Id or its
+// Idempotency-Key: its tokens and its charge at the prices in force when
+// it ran.
+func (s *Server) requestUsage(c *fiber.Ctx) error {
+	id := strings.Clone(c.Params("id"))
+	tenantID := principalFrom(c).tenant.ID
+	notFound := nozzle.Errorf(nozzle.ENOTFOUND, "No usage recorded for request %q.", id).WithReason("request_not_found")
+	ev, err := s.deps.Ledger.Usage(c.UserContext(), id)
+	if nozzle.ErrorCode(err) == nozzle.ENOTFOUND && validIdempotencyKey(id) {
+		ev, err = s.deps.Ledger.Usage(c.UserContext(), idempotencyID(tenantID, id))
+	}
+	if nozzle.ErrorCode(err) == nozzle.ENOTFOUND {
+		return notFound
+	}
+	if err != nil {
+		return err
+	}
+	if ev.TenantID != tenantID { // another tenant's: as if none
+		return notFound
+	}
+	return c.JSON(fiber.Map{
+		"object": "request.usage", "id": ev.RequestID, "model": ev.Model, "adapter": ev.AdapterName, "status": ev.Status,
+		"created": ev.Time.Unix(), "prompt_tokens": ev.PromptTokens, "cached_prompt_tokens": ev.CachedPromptTokens,
+		"completion_tokens": ev.CompletionTokens, "device_seconds": ev.DeviceSeconds, "charged_usd": ev.ChargeUSD,
+	})
+}
+
 // adminReport handles GET /admin/report: every tenant (or tenant_id's).
 func (s *Server) adminReport(c *fiber.Ctx) error {
 	rep, err := s.reporter()

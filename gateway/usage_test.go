@@ -81,3 +81,35 @@ func TestUsage(t *testing.T) {
 		wantError(t, f.do(http.MethodGet, "/admin/report", "", f.authA()), 401, "invalid_request_error", "", "")
 	})
 }
+
+// TestRequestUsage: a tenant looks up one request's tokens and charge by
+// its X-Request-Id or its Idempotency-Key; another tenant's does not exist.
+func TestRequestUsage(t *testing.T) {
+	f := newFixture(t)
+	r := f.do(http.MethodPost, "/v1/chat/completions", chatBody("base", "hi"), f.authA())
+	readAll(t, r)
+	id := r.Header.Get("X-Request-Id")
+	readAll(t, f.do(http.MethodPost, "/v1/chat/completions", chatBody("base", "hi"), f.authA(), hdr("Idempotency-Key", "order-9")))
+	evs := f.events()
+	for _, name := range []string{id, "order-9"} {
+		var got struct {
+			Object           string
+			ID               string
+			Status           string
+			PromptTokens     int64   `json:"prompt_tokens"`
+			CompletionTokens int64   `json:"completion_tokens"`
+			ChargedUSD       float64 `json:"charged_usd"`
+		}
+		decode(t, f.do(http.MethodGet, "/v1/usage/requests/"+name, "", f.authA()), &got)
+		ev := evs[0]
+		if name == "order-9" {
+			ev = evs[1]
+		}
+		if got.Object != "request.usage" || got.ID != ev.RequestID || got.Status != "ok" || got.PromptTokens != ev.PromptTokens ||
+			got.CompletionTokens != ev.CompletionTokens || got.ChargedUSD != ev.ChargeUSD || got.ChargedUSD <= 0 {
+			t.Errorf("%s: %+v, event %+v", name, got, ev)
+		}
+	}
+	wantError(t, f.do(http.MethodGet, "/v1/usage/requests/"+id, "", bearer(f.keyB)), 404, "invalid_request_error", "request_not_found", "")
+	wantError(t, f.do(http.MethodGet, "/v1/usage/requests/nope", "", f.authA()), 404, "invalid_request_error", "request_not_found", "")
+}

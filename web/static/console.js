@@ -527,7 +527,13 @@
         }
         history.push({ role: 'assistant', content: answer });
         if (usage) {
-          const cost = (usage.prompt_tokens * pp + usage.completion_tokens * cp) / 1e6;
+          // The charge the ledger recorded (prices may have changed since
+          // the page loaded); the page's prices only if it cannot be read.
+          let cost = (usage.prompt_tokens * pp + usage.completion_tokens * cp) / 1e6;
+          try {
+            const u = await fetch('/console/api/usage/requests/' + encodeURIComponent(res.headers.get('X-Request-Id') || ''));
+            if (u.ok) cost = (await u.json()).charged_usd;
+          } catch (_) { /* keep the estimate */ }
           const meta = document.createElement('p');
           meta.className = 'msg-meta';
           meta.setAttribute('data-testid', 'answer-usage');

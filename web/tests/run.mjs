@@ -416,6 +416,11 @@ async function main() {
     await checkPage(page, 'playground');
     assert((await page.inputValue('#chat-model')) === adapterName, 'adapter not preselected');
     await page.fill('#chat-max', '12');
+    // The operator changes the tenant's prices after the page loaded: the
+    // answer's cost is the charge at the new prices.
+    await opPage.fill('#tp-prompt', '1000');
+    await opPage.fill('#tp-completion', '2000');
+    await Promise.all([opPage.waitForEvent('framenavigated'), opPage.click('form[data-api$="/prices"] button[type=submit]')]);
     await page.fill('#chat-input', 'Write one short sentence about pooled GPUs.');
     const seen = [];
     const watcher = setInterval(async () => {
@@ -427,7 +432,10 @@ async function main() {
     const answer = await page.textContent('.msg-assistant .msg-text');
     assert(answer.trim().length > 0, 'empty answer');
     const usage = await page.textContent('[data-testid=answer-usage]');
-    assert(/\d+ prompt \+ \d+ completion tokens · \$/.test(usage), `usage line: ${usage}`);
+    const m = /(\d+) prompt \+ (\d+) completion tokens · \$([\d.e-]+)/.exec(usage);
+    assert(m, `usage line: ${usage}`);
+    const want = (Number(m[1]) * 1000 + Number(m[2]) * 2000) / 1e6;
+    assert(Math.abs(Number(m[3]) - want) < 1e-4, `usage line ${usage}: cost is not the charge at the prices in force ($${want})`);
     const partial = seen.filter((s) => s.length > 0 && s.length < answer.length);
     log(`     answer "${answer.slice(0, 60)}", seen ${partial.length} partial states`);
     await shot(page, 'playground-desktop');
