@@ -10,6 +10,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"net"
 	"strconv"
 	"strings"
 	"sync"
@@ -406,7 +407,31 @@ func (cs *console) loginPage(c *fiber.Ctx) error {
 	if c.Query("signed_out") != "" {
 		v.Notice = "You have signed out."
 	}
+	if cs.cookiesDropped(c) {
+		v.Error = errCookiesDropped
+	}
 	return cs.render(c, fiber.StatusOK, "login", nil, v)
+}
+
+const errCookiesDropped = "Signing in needs HTTPS at this address: the console's cookies are Secure, and browsers keep them over plain HTTP only on localhost. " +
+	"Serve the console behind HTTPS, or, on a trusted network, start Nozzle with console_insecure_cookies = true."
+
+// cookiesDropped reports whether the browser will drop the console's
+// Secure cookies: plain HTTP to an address other than localhost.
+func (cs *console) cookiesDropped(c *fiber.Ctx) bool {
+	if cs.cfg.InsecureCookie || c.Protocol() == "https" {
+		return false
+	}
+	host := c.Hostname()
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		host = h
+	}
+	host = strings.Trim(host, "[]")
+	if host == "localhost" || strings.HasSuffix(host, ".localhost") {
+		return false
+	}
+	ip := net.ParseIP(host)
+	return ip == nil || !ip.IsLoopback()
 }
 
 // loginSubmit checks an email and password. A wrong email and a wrong
@@ -421,6 +446,9 @@ func (cs *console) loginSubmit(c *fiber.Ctx) error {
 		return cs.render(c, status, "login", nil, v)
 	}
 	if !cs.checkFormToken(c) {
+		if cs.cookiesDropped(c) {
+			return fail(fiber.StatusForbidden, errCookiesDropped)
+		}
 		return fail(fiber.StatusForbidden, "Your sign-in form had expired. Please try again.")
 	}
 	if email == "" || password == "" {

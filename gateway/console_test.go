@@ -80,7 +80,12 @@ var csrfMeta = regexp.MustCompile(`<meta name="csrf-token" content="([^"]*)">`)
 
 func (b *consoleBrowser) do(method, path string, body io.Reader, hdr ...string) *http.Response {
 	b.f.t.Helper()
+	host := "127.0.0.1:8080" // where browsers keep Secure cookies over HTTP
+	if u, err := url.Parse(path); err == nil && u.Host != "" {
+		host, path = u.Host, u.RequestURI()
+	}
 	req := httptest.NewRequest(method, path, body)
+	req.Host = host
 	for i := 0; i+1 < len(hdr); i += 2 {
 		req.Header.Set(hdr[i], hdr[i+1])
 	}
@@ -253,6 +258,51 @@ func TestConsole_SignIn(t *testing.T) {
 		resp, body := g.browser().login(opEmail, opPassword)
 		wantConsoleStatus(t, resp, http.StatusTooManyRequests, body)
 	})
+}
+
+// Over plain HTTP at an address other than localhost, browsers drop the
+// console's Secure cookies: the sign-in page says so and how to fix it,
+// instead of answering every sign-in with an expired form.
+func TestConsole_PlainHTTPElsewhere(t *testing.T) {
+	const hint = "Signing in needs HTTPS at this address"
+	f := newConsoleFixture(t)
+	for _, tc := range []struct {
+		url  string
+		hdr  []string
+		want bool
+	}{
+		{"http://nozzle.test/console/login", nil, true},
+		{"http://10.1.2.3:8080/console/login", nil, true},
+		{"http://127.0.0.1:8080/console/login", nil, false},
+		{"http://[::1]:8080/console/login", nil, false},
+		{"http://localhost:8080/console/login", nil, false},
+		{"http://nozzle.test/console/login", []string{"X-Forwarded-Proto", "https"}, false}, // behind a TLS proxy
+	} {
+		resp := f.browser().do(http.MethodGet, tc.url, nil, tc.hdr...)
+		if got := strings.Contains(readAll(t, resp), hint); got != tc.want || resp.StatusCode != 200 {
+			t.Errorf("%s %v: status %d, hint shown %v, want %v", tc.url, tc.hdr, resp.StatusCode, got, tc.want)
+		}
+	}
+	// A sign-in there fails (the form's cookie never came back) with the
+	// same explanation.
+	b := f.browser()
+	_, page := b.page("http://nozzle.test/console/login")
+	tok := regexp.MustCompile(`name="_csrf" value="([^"]*)"`).FindStringSubmatch(page)
+	if tok == nil {
+		t.Fatal("no form token on the sign-in page")
+	}
+	b.cookies = map[string]string{} // dropped by the browser
+	vals := url.Values{"email": {opEmail}, "password": {opPassword}, "_csrf": {tok[1]}}
+	resp := b.do(http.MethodPost, "http://nozzle.test/console/login", strings.NewReader(vals.Encode()), "Content-Type", "application/x-www-form-urlencoded")
+	if body := readAll(t, resp); resp.StatusCode != 403 || !strings.Contains(body, hint) {
+		t.Errorf("sign-in: %d, hint shown %v", resp.StatusCode, strings.Contains(body, hint))
+	}
+	// With console_insecure_cookies, no hint: the cookies are not Secure.
+	f2 := newConsoleFixture(t, func(c *gateway.ConsoleConfig) { c.InsecureCookie = true })
+	resp = f2.browser().do(http.MethodGet, "http://nozzle.test/console/login", nil)
+	if strings.Contains(readAll(t, resp), hint) {
+		t.Errorf("hint shown with insecure cookies")
+	}
 }
 
 func TestConsole_SessionCookie(t *testing.T) {

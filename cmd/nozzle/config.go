@@ -27,13 +27,14 @@ type Config struct {
 	Device    string `key:"device" help:"engine device: auto, cpu or cuda"`
 	EngineLib string `key:"engine_lib" help:"path of the engine library (default: next to the binary, then ./build)"`
 
-	AdminToken       Secret `key:"admin_token" help:"operator token for /admin (default: generated into DATA/admin-token)"`
-	InternalToken    Secret `key:"internal_token" help:"shared token between gateway and runtimes (default: generated into DATA/internal-token)"`
-	OperatorEmail    string `key:"operator_email" help:"console: email of the operator account created at start-up"`
-	OperatorPassword Secret `key:"operator_password" help:"console: password of that operator account (default: generated into DATA/operator-password)"`
-	LogFormat        string `key:"log_format" help:"log format: auto (text on a terminal, else JSON), text or json"`
-	LogLevel         string `key:"log_level" help:"log level: debug, info, warn or error"`
-	HeapFloorMB      int    `key:"heap_floor_mb" help:"Go heap size below which the garbage collector does not run (fewer collections, a shorter latency tail; 0: Go's own pacing at GOGC=400; GOGC in the environment turns this off)"`
+	AdminToken             Secret `key:"admin_token" help:"operator token for /admin (default: generated into DATA/admin-token)"`
+	InternalToken          Secret `key:"internal_token" help:"shared token between gateway and runtimes (default: generated into DATA/internal-token)"`
+	OperatorEmail          string `key:"operator_email" help:"console: email of the operator account created at start-up"`
+	OperatorPassword       Secret `key:"operator_password" help:"console: password of that operator account (default: generated into DATA/operator-password)"`
+	ConsoleInsecureCookies bool   `key:"console_insecure_cookies" help:"console: cookies without the Secure attribute, so that sign-in works over plain HTTP on an address other than localhost (a trusted network only; otherwise serve HTTPS)"`
+	LogFormat              string `key:"log_format" help:"log format: auto (text on a terminal, else JSON), text or json"`
+	LogLevel               string `key:"log_level" help:"log level: debug, info, warn or error"`
+	HeapFloorMB            int    `key:"heap_floor_mb" help:"Go heap size below which the garbage collector does not run (fewer collections, a shorter latency tail; 0: Go's own pacing at GOGC=400; GOGC in the environment turns this off)"`
 
 	// Runtime.
 	RuntimeID      string  `key:"runtime_id" help:"name of this runtime in usage and cost reports"`

@@ -30,7 +30,7 @@ func (m *Main) consoleExtensions() ([]gateway.Extension, error) {
 	return []gateway.Extension{
 		gateway.Console(gateway.ConsoleConfig{
 			Static: web.Static, Templates: web.Templates, Layouts: web.Layouts,
-			SigningKey: []byte(key),
+			SigningKey: []byte(key), InsecureCookie: m.Config.ConsoleInsecureCookies,
 		}),
 		gateway.Maintenance(ledgerMaintainer{m.Ledger}),
 	}, nil

@@ -5,10 +5,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"reflect"
 	"strings"
 	"testing"
-	"time"
 )
 
 var update = flag.Bool("update", false, "rewrite the configuration table in README.md")
@@ -20,30 +18,16 @@ func configTable() string {
 	b.WriteString("| key (`--flag`, `NOZZLE_KEY`) | default | meaning |\n| --- | --- | --- |\n")
 	def := DefaultConfig()
 	for _, f := range def.fields() {
-		b.WriteString(fmt.Sprintf("| `%s` (`--%s`, `%s`) | %s | %s |\n", f.key, FlagName(f.key), EnvName(f.key), defaultText(f.v), f.help))
+		b.WriteString(fmt.Sprintf("| `%s` (`--%s`, `%s`) | %s | %s |\n", f.key, FlagName(f.key), EnvName(f.key), defaultText(f), f.help))
 	}
 	return b.String()
 }
 
-func defaultText(v reflect.Value) string {
-	switch x := v.Interface().(type) {
-	case string:
-		if x == "" {
-			return ""
-		}
-		return "`" + x + "`"
-	case Secret:
+func defaultText(f field) string {
+	if _, secret := f.v.Interface().(Secret); secret || f.text() == "" {
 		return ""
-	case []string:
-		return strings.Join(x, ", ")
-	case time.Duration:
-		return "`" + x.String() + "`"
-	default:
-		if v.IsZero() {
-			return "`0`"
-		}
-		return fmt.Sprintf("`%v`", x)
 	}
+	return "`" + f.text() + "`"
 }
 
 // TestREADME_ConfigTable keeps the README's configuration table true to
