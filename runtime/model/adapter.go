@@ -571,6 +571,14 @@ func (a *Adapter) collect(f *safetensors.File, info nozzle.ModelInfo, maxRank in
 		}
 		return mi < mj
 	})
+	// Modules whose tensors' rank differs from the config's, by the two
+	// ranks: one warning for each pair, not one for each module.
+	type rankPair struct {
+		tensors int64
+		config  float64
+	}
+	var mismatched []rankPair
+	mismatch := map[rankPair][]string{}
 	for _, path := range mods {
 		p := pairs[path]
 		sub := loraKeyRE.FindStringSubmatch(path)
@@ -636,7 +644,11 @@ func (a *Adapter) collect(f *safetensors.File, info nozzle.ModelInfo, maxRank in
 			want = v
 		}
 		if want != float64(r) {
-			warnings = append(warnings, fmt.Sprintf("%s has rank %d in its tensors but %v in the config; the tensors' rank is used.", path, r, want))
+			k := rankPair{r, want}
+			if mismatch[k] == nil {
+				mismatched = append(mismatched, k)
+			}
+			mismatch[k] = append(mismatch[k], path)
 		}
 		scale := alpha / float64(r)
 		if a.Config.UseRSLoRA {
@@ -646,6 +658,15 @@ func (a *Adapter) collect(f *safetensors.File, info nozzle.ModelInfo, maxRank in
 			return nil, fmt.Errorf("adapter scale of %s is %v, want a positive finite number", path, scale)
 		}
 		a.LoRAs = append(a.LoRAs, LoRA{Layer: layer, Module: module, Rank: int(r), Alpha: alpha, Scale: scale, A: p.a, B: p.b})
+	}
+	for _, k := range mismatched {
+		paths := mismatch[k]
+		if len(paths) == 1 {
+			warnings = append(warnings, fmt.Sprintf("%s has rank %d in its tensors but %v in the config; the tensors' rank is used.", paths[0], k.tensors, k.config))
+			continue
+		}
+		warnings = append(warnings, fmt.Sprintf("%d modules (%s and %d more) have rank %d in their tensors but %v in the config; the tensors' rank is used.",
+			len(paths), paths[0], len(paths)-1, k.tensors, k.config))
 	}
 	sort.Slice(a.LoRAs, func(i, j int) bool {
 		if a.LoRAs[i].Layer != a.LoRAs[j].Layer {

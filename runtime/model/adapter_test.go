@@ -150,10 +150,14 @@ func TestLoadAdapter_Warnings(t *testing.T) {
 	}
 	defer a.Close()
 	all := strings.Join(a.Manifest.Warnings, "|")
-	for _, want := range []string{`trained on "meta-llama/Other-Model"`, "task_type", "rank 4 in its tensors but 16"} {
+	for _, want := range []string{`trained on "meta-llama/Other-Model"`, "task_type", "rank 4 in their tensors but 16"} {
 		if !strings.Contains(all, want) {
 			t.Errorf("warnings %q lack %q", all, want)
 		}
+	}
+	// One warning for all the modules with the same mismatch.
+	if n := strings.Count(all, "in the config"); n != 1 {
+		t.Errorf("%d rank warnings: %q", n, all)
 	}
 	spec.Extra = map[string]any{"base_model_name_or_path": "someone/tiny-model"}
 	b, err := model.LoadAdapter(writeAdapter(t, spec), tinyInfo(), 16)

@@ -203,11 +203,13 @@ func parse(data []byte) (*File, error) {
 		return nil, fmt.Errorf("file is %d bytes, too short for a header", len(data))
 	}
 	n := leUint64(data[:8])
+	if n > uint64(len(data)-8) {
+		// Most often another kind of file: a safetensors file begins with
+		// the length of its JSON header.
+		return nil, fmt.Errorf("not a safetensors file: the header length in its first 8 bytes (%d) runs past the end of the %d-byte file", n, len(data))
+	}
 	if n > MaxHeaderSize {
 		return nil, fmt.Errorf("header too large: %d bytes (limit %d)", n, MaxHeaderSize)
-	}
-	if n > uint64(len(data)-8) {
-		return nil, fmt.Errorf("header length %d runs past the end of the %d-byte file", n, len(data))
 	}
 	hdr := data[8 : 8+n]
 	if len(hdr) == 0 || hdr[0] != '{' {

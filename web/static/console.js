@@ -18,6 +18,9 @@
 
   // errorMessage turns an API answer into a sentence for the page.
   async function errorMessage(res) {
+    // The session ended (signed out elsewhere, expired, cookie gone): say
+    // what to do, not the API's "sign in" error.
+    if (res.status === 401) return 'Your session has ended. Reload the page and sign in again.';
     let msg = '';
     try {
       const j = await res.json();
@@ -25,7 +28,6 @@
     } catch (_) { /* not JSON */ }
     if (msg) return msg;
     if (res.status === 413) return 'The upload is too large.';
-    if (res.status === 401) return 'Your session has ended. Reload the page and sign in again.';
     return 'The request failed (HTTP ' + res.status + '). Please try again.';
   }
 
@@ -398,18 +400,23 @@
         pct.textContent = p + '%';
       });
       xhr.addEventListener('load', () => {
-        busy(btn, false);
         let body = null;
         try { body = JSON.parse(xhr.responseText); } catch (_) { /* not JSON */ }
         if (xhr.status >= 200 && xhr.status < 300) {
+          // The button stays busy until the page reloads: a second click
+          // would upload the same files again.
           bar.value = 100;
           pct.textContent = '100%';
-          okMsg.textContent = 'Uploaded ' + body.name + ' (rank ' + body.rank + '). Loading the list…';
+          const w = (body.warnings || []).length;
+          okMsg.textContent = 'Uploaded ' + body.name + ' (rank ' + body.rank + ')' +
+            (w ? ', with ' + w + (w === 1 ? ' warning' : ' warnings') + ' shown in the list' : '') + '. Loading the list…';
           setTimeout(() => location.reload(), 600);
           return;
         }
+        busy(btn, false);
         $('#upload-progress').hidden = true;
-        err.textContent = (body && body.error && body.error.message) ||
+        err.textContent = xhr.status === 401 ? 'Your session has ended. Reload the page and sign in again.' :
+          (body && body.error && body.error.message) ||
           (xhr.status === 413 ? 'The upload is too large.' : 'The upload failed (HTTP ' + xhr.status + ').');
       });
       xhr.addEventListener('error', () => {
