@@ -67,7 +67,12 @@ func (r *Report) writeCSV(w io.Writer, margin bool) error {
 			}
 		}
 		i := func(v int64) string { return strconv.FormatInt(v, 10) }
-		f := func(v float64) string { return strconv.FormatFloat(v, 'f', -1, 64) }
+		// Sums of many charges carry float noise in their last digits
+		// (0.0011654999999999999): 15 significant digits, no exponent.
+		f := func(v float64) string {
+			r, _ := strconv.ParseFloat(strconv.FormatFloat(v, 'g', 15, 64), 64)
+			return strconv.FormatFloat(r, 'f', -1, 64)
+		}
 		rec = append(rec, i(row.Requests), i(row.PromptTokens), i(row.CachedPromptTokens), i(row.CompletionTokens), f(row.DeviceSeconds),
 			f(row.IdleSeconds), f(row.ActiveCostUSD), f(row.IdleCostUSD), f(row.CostUSD), f(row.ChargedUSD))
 		if margin {

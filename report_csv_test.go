@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/csv"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -77,4 +78,20 @@ func TestReport_WriteCSV(t *testing.T) {
 			}
 		}
 	})
+}
+
+// Money sums are written without float noise in their last digits.
+func TestWriteCSV_NoFloatNoise(t *testing.T) {
+	var sum float64
+	for range 7 {
+		sum += 0.0001665
+	}
+	rep := &nozzle.Report{Rows: []nozzle.ReportRow{{Requests: 1, ChargedUSD: sum, CostUSD: 123456789.123}}}
+	var b strings.Builder
+	if err := rep.WriteCSV(&b); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(b.String(), ",0.0011655,") || !strings.Contains(b.String(), "123456789.123") {
+		t.Errorf("CSV %q", b.String())
+	}
 }
