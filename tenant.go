@@ -67,6 +67,22 @@ type PriceVersion struct {
 	TenantID      string    `json:"tenant_id,omitempty"`
 	Price         Price     `json:"price"`
 	EffectiveFrom time.Time `json:"effective_from"`
+	// Standard marks the end of a tenant's override: from EffectiveFrom
+	// the tenant pays the standard prices, as they change (Price is zero).
+	Standard bool `json:"standard,omitempty"`
+}
+
+// OverrideInForce reports whether a tenant's price history (as Prices
+// returns it, oldest first) has an override in force at a time: its latest
+// version by then is a price, not a return to the standard prices.
+func OverrideInForce(hist []PriceVersion, tenantID string, at time.Time) bool {
+	in := false
+	for _, pv := range hist {
+		if pv.TenantID == tenantID && !pv.EffectiveFrom.After(at) {
+			in = !pv.Standard
+		}
+	}
+	return in
 }
 
 // TenantUpdate changes some fields of a tenant; nil fields stay as they are.
@@ -118,6 +134,10 @@ type TenantService interface {
 	// SetPrice puts a price in force from the given time for a tenant, or
 	// for everyone when tenantID is empty.
 	SetPrice(ctx context.Context, tenantID string, p Price, from time.Time) error
+	// UseStandardPrice ends a tenant's price override: from the given
+	// time the tenant pays the standard prices, as they change, until an
+	// override is set again. Returns ENOTFOUND if there is no such tenant.
+	UseStandardPrice(ctx context.Context, tenantID string, from time.Time) error
 	// PriceAt returns the price in force for a tenant at a time: the
 	// tenant's override if one is in force, else the default.
 	PriceAt(ctx context.Context, tenantID string, at time.Time) (Price, error)

@@ -89,12 +89,19 @@ func FuzzDecodeCapHour(f *testing.F) {
 
 func FuzzDecodePrice(f *testing.F) {
 	f.Add(encodePrice(nozzle.Price{PromptPerMillionUSD: 1, CompletionPerMillionUSD: 2}))
+	f.Add(encodeStandardPrice())
 	f.Fuzz(func(t *testing.T, b []byte) {
-		p, err := decodePrice(b)
+		p, standard, err := decodePrice(b)
 		if err != nil {
 			return
 		}
-		if p2, err := decodePrice(encodePrice(p)); err != nil || p2 != p {
+		if standard {
+			if p != (nozzle.Price{}) || string(b) != string(encodeStandardPrice()) {
+				t.Fatalf("standard mark %x decodes with a price", b)
+			}
+			return
+		}
+		if p2, std2, err := decodePrice(encodePrice(p)); err != nil || std2 || p2 != p {
 			t.Fatalf("price does not round-trip")
 		}
 	})

@@ -271,13 +271,24 @@ func encodePrice(p nozzle.Price) []byte {
 	return e.b
 }
 
-func decodePrice(b []byte) (nozzle.Price, error) {
+// priceStandard is the value of a tenant's price version that ends its
+// override: the standard prices apply from its time (schema version 4).
+const priceStandard = 2
+
+func encodeStandardPrice() []byte { return []byte{priceStandard} }
+
+// decodePrice decodes a price version's value: a price, or the mark of
+// the standard prices (standard true).
+func decodePrice(b []byte) (p nozzle.Price, standard bool, err error) {
+	if len(b) == 1 && b[0] == priceStandard {
+		return nozzle.Price{}, true, nil
+	}
 	d := dec{b: b}
 	if d.u8() != valueV1 {
 		d.fail()
 	}
-	p := nozzle.Price{PromptPerMillionUSD: d.f64(), CompletionPerMillionUSD: d.f64()}
-	return p, d.done("price")
+	p = nozzle.Price{PromptPerMillionUSD: d.f64(), CompletionPerMillionUSD: d.f64()}
+	return p, false, d.done("price")
 }
 
 // billed is what the outbox has taken of a tenant's hour so far.

@@ -7,9 +7,16 @@ import (
 	bolt "go.etcd.io/bbolt"
 )
 
-// SchemaVersion is the ledger layout this package writes. docs/LEDGER.md
-// describes it; migrations below bring older files up to it.
-const SchemaVersion = 3
+// SchemaVersion is the newest ledger layout this package reads and writes.
+// docs/LEDGER.md describes it; migrations below bring older files up to
+// version 3 on open, and a file moves to version 4 only when it first
+// holds a standard-price mark (stampVersion), so that a file that never
+// needed version 4 stays readable by the builds before it.
+const SchemaVersion = 4
+
+// versionStandardPrice is the version whose files may hold a tenant's
+// standard-price mark.
+const versionStandardPrice = 4
 
 // Bucket names. docs/LEDGER.md gives each bucket's keys and values.
 var (
@@ -84,6 +91,17 @@ var migrations = []migration{
 	// to format 2 when it is next written. The version keeps a build that
 	// cannot read format 2 from opening the file.
 	{To: 3, Fn: func(tx *bolt.Tx) error { return nil }},
+}
+
+// stampVersion raises the file's version to v (never lowers it), in tx.
+func stampVersion(tx *bolt.Tx, v int) error {
+	have, err := schemaVersion(tx)
+	if err != nil || have >= v {
+		return err
+	}
+	var b [4]byte
+	binary.BigEndian.PutUint32(b[:], uint32(v))
+	return tx.Bucket(bMeta).Put(metaVersion, b[:])
 }
 
 // schemaVersion returns the version stamped in the file (0 for a new file).

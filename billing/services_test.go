@@ -104,6 +104,55 @@ func TestLedger_Prices(t *testing.T) {
 	wantCode(t, l.SetPrice(ctx, "ten_nope", p1, t0), nozzle.ENOTFOUND)
 }
 
+// TestLedger_StandardPrice: a tenant's override ends; from then it pays
+// the standard prices as they change, until another override.
+func TestLedger_StandardPrice(t *testing.T) {
+	ctx := context.Background()
+	def := nozzle.Price{PromptPerMillionUSD: 0.1, CompletionPerMillionUSD: 0.2}
+	l := mustOpen(t, billing.Options{DefaultPrice: def})
+	ten := mustTenant(t, l, "acme")
+	h := func(n int) time.Time { return date("2026-03-01T00:00:00Z").Add(time.Duration(n) * time.Hour) }
+	p1 := nozzle.Price{PromptPerMillionUSD: 1, CompletionPerMillionUSD: 2}
+	p2 := nozzle.Price{PromptPerMillionUSD: 3, CompletionPerMillionUSD: 4}
+	own := nozzle.Price{PromptPerMillionUSD: 5, CompletionPerMillionUSD: 6}
+	own2 := nozzle.Price{PromptPerMillionUSD: 7, CompletionPerMillionUSD: 8}
+	// Standard (built-in) until 1; override 1–2; standard (still built-in)
+	// 2–4; the list sets p1 at 3 and p2 at 6; override again 5–7;
+	// standard from 7 (p2).
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(l.SetPrice(ctx, ten.ID, own, h(1)))
+	must(l.UseStandardPrice(ctx, ten.ID, h(2)))
+	must(l.SetPrice(ctx, "", p1, h(3)))
+	must(l.SetPrice(ctx, ten.ID, own2, h(5)))
+	must(l.SetPrice(ctx, "", p2, h(6)))
+	must(l.UseStandardPrice(ctx, ten.ID, h(7)))
+	for at, want := range map[int]nozzle.Price{0: def, 1: own, 2: def, 3: p1, 4: p1, 5: own2, 6: own2, 7: p2, 8: p2} {
+		if got, err := l.PriceAt(ctx, ten.ID, h(at)); err != nil || got != want {
+			t.Errorf("hour %d: PriceAt = %+v, %v; want %+v", at, got, err, want)
+		}
+	}
+	// Usage is charged at those prices (through the journal's cache).
+	mustRecord(t, l, nozzle.UsageEvent{RequestID: "r8", TenantID: ten.ID, Time: h(8), PromptTokens: 1e6})
+	if ev, err := l.Usage(ctx, "r8"); err != nil || ev.ChargeUSD != p2.PromptPerMillionUSD {
+		t.Errorf("charge at hour 8: %+v, %v; want %v", ev, err, p2.PromptPerMillionUSD)
+	}
+	hist, err := l.Prices(ctx, ten.ID)
+	if err != nil || len(hist) != 4 || !hist[1].Standard || !hist[3].Standard || hist[0].Standard || hist[0].Price != own {
+		t.Fatalf("Prices = %+v, %v", hist, err)
+	}
+	if v, err := billing.FileVersion(l); err != nil || v != billing.SchemaVersion {
+		t.Errorf("file version %d, %v after a standard-price mark; want %d", v, err, billing.SchemaVersion)
+	}
+	wantCode(t, l.UseStandardPrice(ctx, "ten_nope", h(9)), nozzle.ENOTFOUND)
+	wantCode(t, l.UseStandardPrice(ctx, "", h(9)), nozzle.EINVALID)
+	mustCheck(t, l)
+}
+
 func TestLedger_Keys(t *testing.T) {
 	ctx := context.Background()
 	clk := newClock(date("2026-03-01T00:00:00Z"))

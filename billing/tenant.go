@@ -3,6 +3,7 @@ package billing
 import (
 	"bytes"
 	"context"
+	"math"
 	"sort"
 	"time"
 
@@ -135,6 +136,10 @@ func (l *Ledger) UpdateTenant(ctx context.Context, id string, upd nozzle.TenantU
 type priceVersion struct {
 	from  int64 // Unix nanoseconds
 	price nozzle.Price
+	// fallback: the ledger's built-in default price applies (a tenant's
+	// return to the standard prices when no default version was in force).
+	fallback bool
+	standard bool // a tenant's mark: the standard prices from here
 }
 
 func priceKey(tenantID string, from time.Time) []byte {
@@ -175,6 +180,32 @@ func (l *Ledger) SetPrice(ctx context.Context, tenantID string, p nozzle.Price, 
 	})
 }
 
+// UseStandardPrice ends a tenant's price override from the given time: the
+// tenant pays the standard prices, as they change, until an override is
+// set again. Events already recorded keep the charge they were given.
+func (l *Ledger) UseStandardPrice(ctx context.Context, tenantID string, from time.Time) error {
+	if tenantID == "" {
+		return nozzle.Errorf(nozzle.EINVALID, "Only a tenant's prices can return to the standard ones.").WithParam("tenant_id")
+	}
+	if from.IsZero() {
+		return nozzle.Errorf(nozzle.EINVALID, "A price needs the time it takes effect.").WithParam("effective_from")
+	}
+	return l.write(ctx, func(w *wtx) error {
+		if _, err := getTenant(w.tx, tenantID); err != nil {
+			return err
+		}
+		// Builds that cannot read the mark must not open the file now.
+		if err := stampVersion(w.tx, versionStandardPrice); err != nil {
+			return err
+		}
+		w.cacheChanged = true
+		if w.prices != nil {
+			delete(w.prices, tenantID)
+		}
+		return w.tx.Bucket(bPrices).Put(priceKey(tenantID, from), encodeStandardPrice())
+	})
+}
+
 // priceHistory reads the default price list and, when tenantID is set, the
 // tenant's own, merged: a tenant's version overrides the default from its
 // time on.
@@ -185,11 +216,11 @@ func priceHistory(tx *bolt.Tx, tenantID string) ([]priceVersion, error) {
 		prefix := lp(id)
 		c := b.Cursor()
 		for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix) && len(k) == len(prefix)+8; k, v = c.Next() {
-			p, err := decodePrice(v)
+			p, standard, err := decodePrice(v)
 			if err != nil {
 				return nil, err
 			}
-			out = append(out, priceVersion{from: int64(bytesU64(k[len(prefix):]) ^ (1 << 63)), price: p})
+			out = append(out, priceVersion{from: int64(bytesU64(k[len(prefix):]) ^ (1 << 63)), price: p, standard: standard})
 		}
 		return out, nil
 	}
@@ -208,16 +239,38 @@ func priceHistory(tx *bolt.Tx, tenantID string) ([]priceVersion, error) {
 }
 
 // mergePrices returns the effective price history: the default list until
-// the tenant's first override, the tenant's list after it.
+// the tenant's first version; then each override of the tenant's until its
+// next version, and from each of its standard marks the default list again
+// (the version in force at the mark, and those after it).
 func mergePrices(def, own []priceVersion) []priceVersion {
-	first := own[0].from
 	var out []priceVersion
-	for _, v := range def {
-		if v.from < first {
-			out = append(out, v)
+	between := func(from, to int64) {
+		for _, v := range def {
+			if v.from > from && v.from < to {
+				out = append(out, v)
+			}
 		}
 	}
-	return append(out, own...)
+	between(math.MinInt64, own[0].from)
+	for i, o := range own {
+		if !o.standard {
+			out = append(out, o)
+			continue
+		}
+		at := priceVersion{from: o.from, fallback: true}
+		for _, v := range def {
+			if v.from <= o.from {
+				at = priceVersion{from: o.from, price: v.price}
+			}
+		}
+		out = append(out, at)
+		to := int64(math.MaxInt64)
+		if i+1 < len(own) {
+			to = own[i+1].from
+		}
+		between(o.from, to)
+	}
+	return out
 }
 
 // priceAt returns the price in force at t: the last version from at or
@@ -225,7 +278,7 @@ func mergePrices(def, own []priceVersion) []priceVersion {
 func priceAt(hist []priceVersion, fallback nozzle.Price, t time.Time) nozzle.Price {
 	n := t.UnixNano()
 	i := sort.Search(len(hist), func(i int) bool { return hist[i].from > n })
-	if i == 0 {
+	if i == 0 || hist[i-1].fallback {
 		return fallback
 	}
 	return hist[i-1].price
@@ -251,12 +304,12 @@ func (l *Ledger) Prices(ctx context.Context, tenantID string) ([]nozzle.PriceVer
 		prefix := lp(tenantID)
 		c := tx.Bucket(bPrices).Cursor()
 		for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix) && len(k) == len(prefix)+8; k, v = c.Next() {
-			p, err := decodePrice(v)
+			p, standard, err := decodePrice(v)
 			if err != nil {
 				return err
 			}
 			from := time.Unix(0, int64(bytesU64(k[len(prefix):])^(1<<63))).UTC()
-			out = append(out, nozzle.PriceVersion{TenantID: tenantID, Price: p, EffectiveFrom: from})
+			out = append(out, nozzle.PriceVersion{TenantID: tenantID, Price: p, EffectiveFrom: from, Standard: standard})
 		}
 		return nil
 	})

@@ -61,12 +61,13 @@ func (s *Server) listTenants(c *fiber.Ctx) error {
 	return writeList(c, out)
 }
 
+// tenantParam is the tenant the path's :id names, by id or by name.
 func (s *Server) tenantParam(c *fiber.Ctx) (*nozzle.Tenant, error) {
 	id := strings.Clone(c.Params("id"))
-	t, err := s.deps.Tenants.Tenant(c.UserContext(), id)
+	t, err := nozzle.FindTenant(c.UserContext(), s.deps.Tenants, id) // an id or a name
 	if err != nil {
 		if nozzle.ErrorCode(err) == nozzle.ENOTFOUND {
-			return nil, nozzle.Errorf(nozzle.ENOTFOUND, "No tenant with id %q.", id).WithReason("tenant_not_found")
+			return nil, nozzle.Errorf(nozzle.ENOTFOUND, "No tenant with id or name %q.", id).WithReason("tenant_not_found")
 		}
 		return nil, err
 	}
@@ -160,11 +161,13 @@ func (s *Server) adminRevokeKey(c *fiber.Ctx) error {
 	return s.revokeTenantKey(c, t.ID, strings.Clone(c.Params("key")))
 }
 
-// priceRequest sets a price from a time (default: now).
+// priceRequest sets a price from a time (default: now), or for a tenant
+// (standard: true) returns it to the standard prices.
 type priceRequest struct {
 	PromptPerMillionUSD     *float64   `json:"prompt_per_million_usd"`
 	CompletionPerMillionUSD *float64   `json:"completion_per_million_usd"`
 	EffectiveFrom           *time.Time `json:"effective_from"`
+	Standard                bool       `json:"standard"`
 }
 
 func (s *Server) setPrice(c *fiber.Ctx, tenantID string) error {
@@ -172,15 +175,27 @@ func (s *Server) setPrice(c *fiber.Ctx, tenantID string) error {
 	if err := s.readJSON(c, &r, false); err != nil {
 		return err
 	}
+	from := time.Now().UTC()
+	if r.EffectiveFrom != nil {
+		from = r.EffectiveFrom.UTC()
+	}
+	if r.Standard {
+		if tenantID == "" {
+			return invalid("standard", "'standard' ends a tenant's override; the standard prices themselves are set with prices.")
+		}
+		if r.PromptPerMillionUSD != nil || r.CompletionPerMillionUSD != nil {
+			return invalid("standard", "Send either prices or 'standard', not both.")
+		}
+		if err := s.deps.Tenants.UseStandardPrice(c.UserContext(), tenantID, from); err != nil {
+			return err
+		}
+		return c.Status(fiber.StatusCreated).JSON(nozzle.PriceVersion{TenantID: tenantID, EffectiveFrom: from, Standard: true})
+	}
 	if r.PromptPerMillionUSD == nil || *r.PromptPerMillionUSD < 0 {
 		return invalid("prompt_per_million_usd", "prompt_per_million_usd is required and must not be negative.")
 	}
 	if r.CompletionPerMillionUSD == nil || *r.CompletionPerMillionUSD < 0 {
 		return invalid("completion_per_million_usd", "completion_per_million_usd is required and must not be negative.")
-	}
-	from := time.Now().UTC()
-	if r.EffectiveFrom != nil {
-		from = r.EffectiveFrom.UTC()
 	}
 	p := nozzle.Price{PromptPerMillionUSD: *r.PromptPerMillionUSD, CompletionPerMillionUSD: *r.CompletionPerMillionUSD}
 	if err := s.deps.Tenants.SetPrice(c.UserContext(), tenantID, p, from); err != nil {

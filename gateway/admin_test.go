@@ -125,6 +125,24 @@ func TestAdmin(t *testing.T) {
 		if list.Object != "list" || len(list.Data) != 1 || list.Data[0].TenantID != f.tenantA.ID {
 			t.Errorf("%+v", list)
 		}
+		// A tenant's name does as well as its id.
+		decode(t, f.do(http.MethodGet, "/admin/tenants/"+f.tenantA.Name+"/prices", "", admin), &list)
+		if len(list.Data) != 1 || list.Data[0].TenantID != f.tenantA.ID {
+			t.Errorf("by name: %+v", list)
+		}
+		// The override ends: back to the standard prices.
+		var std []string
+		f.tenants.UseStandardPriceFn = func(ctx context.Context, tenantID string, from time.Time) error {
+			std = append(std, tenantID)
+			return nil
+		}
+		r = f.do(http.MethodPost, "/admin/tenants/"+f.tenantA.ID+"/prices", `{"standard":true}`, admin)
+		if body := readAll(t, r); r.StatusCode != 201 || len(std) != 1 || std[0] != f.tenantA.ID || !strings.Contains(body, `"standard":true`) {
+			t.Errorf("standard: %d %s, calls %v", r.StatusCode, body, std)
+		}
+		wantError(t, f.do(http.MethodPost, "/admin/prices", `{"standard":true}`, admin), 400, "invalid_request_error", "", "standard")
+		wantError(t, f.do(http.MethodPost, "/admin/tenants/"+f.tenantA.ID+"/prices", `{"standard":true,"prompt_per_million_usd":1,"completion_per_million_usd":1}`, admin),
+			400, "invalid_request_error", "", "standard")
 	})
 	t.Run("Upstreams", func(t *testing.T) {
 		body := readAll(t, f.do(http.MethodGet, "/admin/upstreams", "", admin))

@@ -89,11 +89,7 @@ func (cs *console) tenantPage(c *fiber.Ctx, sess *consoleSession) error {
 	if v.Prices, err = cs.s.deps.Tenants.Prices(ctx, t.ID); err != nil {
 		return err
 	}
-	for _, pv := range v.Prices {
-		if pv.TenantID == t.ID && !pv.EffectiveFrom.After(now) {
-			v.Override = true
-		}
-	}
+	v.Override = nozzle.OverrideInForce(v.Prices, t.ID, now)
 	if v.Price, err = cs.s.deps.Tenants.PriceAt(ctx, t.ID, now); err != nil {
 		return err
 	}

@@ -661,11 +661,7 @@ func (cs *console) settingsPage(c *fiber.Ctx, sess *consoleSession) error {
 	if err != nil {
 		return err
 	}
-	for _, pv := range hist {
-		if pv.TenantID == sess.tenant.ID && !pv.EffectiveFrom.After(now) {
-			v.Override = true
-		}
-	}
+	v.Override = nozzle.OverrideInForce(hist, sess.tenant.ID, now)
 	rep, err := cs.report(c, nozzle.ReportQuery{TenantID: sess.tenant.ID, Start: monthStart(now), End: monthStart(now).AddDate(0, 1, 0)})
 	if err != nil {
 		return err

@@ -104,17 +104,26 @@ func collect[T any](m map[string]*T, keep func(*T) bool, less func(a, b *T) bool
 // priceAt is the tenant's price in force at a time, else the default one.
 // w.mu is held.
 func (w *world) priceAt(tenantID string, at time.Time) nozzle.Price {
-	var best *nozzle.PriceVersion
+	// The tenant's latest version if it is an override, else the
+	// standard list's latest.
+	var own, def *nozzle.PriceVersion
 	for i := range w.prices {
 		pv := &w.prices[i]
 		if pv.EffectiveFrom.After(at) || (pv.TenantID != "" && pv.TenantID != tenantID) {
 			continue
 		}
-		if best == nil || (pv.TenantID != "" && best.TenantID == "") || (pv.TenantID == best.TenantID && !pv.EffectiveFrom.Before(best.EffectiveFrom)) {
-			best = pv
+		latest := &def
+		if pv.TenantID != "" {
+			latest = &own
+		}
+		if *latest == nil || !pv.EffectiveFrom.Before((*latest).EffectiveFrom) {
+			*latest = pv
 		}
 	}
-	return best.Price
+	if own != nil && !own.Standard {
+		return own.Price
+	}
+	return def.Price
 }
 
 // mocks are the world's services, each function backed by the world; a
@@ -203,6 +212,11 @@ func (w *world) mocks() *mocks {
 			SetPriceFn: func(ctx context.Context, tenantID string, p nozzle.Price, from time.Time) error {
 				defer w.lock()()
 				w.prices = append(w.prices, nozzle.PriceVersion{TenantID: tenantID, Price: p, EffectiveFrom: from})
+				return nil
+			},
+			UseStandardPriceFn: func(ctx context.Context, tenantID string, from time.Time) error {
+				defer w.lock()()
+				w.prices = append(w.prices, nozzle.PriceVersion{TenantID: tenantID, EffectiveFrom: from, Standard: true})
 				return nil
 			},
 			PriceAtFn: func(ctx context.Context, tenantID string, at time.Time) (nozzle.Price, error) {

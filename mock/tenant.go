@@ -11,13 +11,14 @@ var _ nozzle.TenantService = (*TenantService)(nil)
 
 // TenantService is a mock of nozzle.TenantService.
 type TenantService struct {
-	CreateTenantFn func(ctx context.Context, t *nozzle.Tenant) error
-	TenantFn       func(ctx context.Context, id string) (*nozzle.Tenant, error)
-	TenantsFn      func(ctx context.Context) ([]*nozzle.Tenant, error)
-	UpdateTenantFn func(ctx context.Context, id string, upd nozzle.TenantUpdate) (*nozzle.Tenant, error)
-	SetPriceFn     func(ctx context.Context, tenantID string, p nozzle.Price, from time.Time) error
-	PriceAtFn      func(ctx context.Context, tenantID string, at time.Time) (nozzle.Price, error)
-	PricesFn       func(ctx context.Context, tenantID string) ([]nozzle.PriceVersion, error)
+	CreateTenantFn     func(ctx context.Context, t *nozzle.Tenant) error
+	TenantFn           func(ctx context.Context, id string) (*nozzle.Tenant, error)
+	TenantsFn          func(ctx context.Context) ([]*nozzle.Tenant, error)
+	UpdateTenantFn     func(ctx context.Context, id string, upd nozzle.TenantUpdate) (*nozzle.Tenant, error)
+	SetPriceFn         func(ctx context.Context, tenantID string, p nozzle.Price, from time.Time) error
+	UseStandardPriceFn func(ctx context.Context, tenantID string, from time.Time) error
+	PriceAtFn          func(ctx context.Context, tenantID string, at time.Time) (nozzle.Price, error)
+	PricesFn           func(ctx context.Context, tenantID string) ([]nozzle.PriceVersion, error)
 }
 
 func (s *TenantService) CreateTenant(ctx context.Context, t *nozzle.Tenant) error {
@@ -38,6 +39,10 @@ func (s *TenantService) UpdateTenant(ctx context.Context, id string, upd nozzle.
 
 func (s *TenantService) SetPrice(ctx context.Context, tenantID string, p nozzle.Price, from time.Time) error {
 	return s.SetPriceFn(ctx, tenantID, p, from)
+}
+
+func (s *TenantService) UseStandardPrice(ctx context.Context, tenantID string, from time.Time) error {
+	return s.UseStandardPriceFn(ctx, tenantID, from)
 }
 
 func (s *TenantService) PriceAt(ctx context.Context, tenantID string, at time.Time) (nozzle.Price, error) {

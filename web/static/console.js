@@ -129,7 +129,7 @@
       }
       const v = el.value.trim();
       if (v === '') continue;
-      body[el.name] = el.dataset.type === 'number' ? Number(v) : v;
+      body[el.name] = el.dataset.type === 'number' ? Number(v) : el.dataset.type === 'boolean' ? v === 'true' : v;
     }
     return body;
   }

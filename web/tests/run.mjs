@@ -441,6 +441,14 @@ async function main() {
     await shot(page, 'playground-desktop');
   });
 
+  await step('operator returns the tenant to the standard prices', async () => {
+    await Promise.all([opPage.waitForEvent('framenavigated'), opPage.click('button:has-text("Use the standard prices from now")')]);
+    await opPage.waitForLoadState('load');
+    const text = await opPage.textContent('section[aria-labelledby=price-title]');
+    assert(text.includes('(the standard list)') && text.includes('the standard prices'), `prices section: ${text}`);
+    assert(!(await opPage.isVisible('button:has-text("Use the standard prices from now")')), 'the button stays after the override ended');
+  });
+
   await step('usage chart and table change, and the CSV downloads', async () => {
     await page.goto(U('/console/usage'));
     const n = Number((await page.textContent('[data-testid=requests]')).replace(/\D/g, ''));
