@@ -27,7 +27,9 @@ func canPeek(conn net.Conn) bool { return rawConn(conn) != nil }
 // peerClosed reports whether the peer of conn closed it or the connection
 // broke: a peek without waiting that finds the end of the stream or an
 // error other than "nothing to read yet". Bytes waiting (a pipelined
-// request) mean the client is there.
+// request) mean the client is there. The peek goes through Control, not
+// Read: the server's read deadline, which has passed when a request runs
+// longer than the read timeout, says nothing about the client.
 func peerClosed(conn net.Conn) bool {
 	rc := rawConn(conn)
 	if rc == nil {
@@ -35,7 +37,7 @@ func peerClosed(conn net.Conn) bool {
 	}
 	var buf [1]byte
 	closed := false
-	err := rc.Read(func(fd uintptr) bool {
+	rc.Control(func(fd uintptr) { // an error: the server closed it; not the client's doing
 		n, _, err := syscall.Recvfrom(int(fd), buf[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
 		switch {
 		case err == nil:
@@ -44,7 +46,6 @@ func peerClosed(conn net.Conn) bool {
 		default:
 			closed = true
 		}
-		return true // never wait for data
 	})
-	return closed || err != nil
+	return closed
 }

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/nozzle-ai/nozzle"
+	"github.com/nozzle-ai/nozzle/gateway"
 )
 
 // serve runs the fixture's server on a loopback port and returns its URL.
@@ -158,6 +159,24 @@ func (f *fixture) soleEvent(t *testing.T) *nozzle.UsageEvent {
 		t.Fatalf("%d events", len(evs))
 	}
 	return evs[0]
+}
+
+// A non-streamed answer that takes longer than the server's read timeout
+// is not mistaken for a client gone (the connection's read deadline has
+// passed by then).
+func TestRealPort_NonStreamedPastReadTimeout(t *testing.T) {
+	f := newFixture(t, func(c *gateway.Config, d *gateway.Deps, f *fixture) { c.ReadTimeout = 150 * time.Millisecond })
+	f.gen.words = manyWords(60)
+	f.gen.setDelay(10 * time.Millisecond) // 0.6 s
+	url := f.serve(t)
+	resp := post(t, url+"/v1/chat/completions", f.keyA, `{"model":"base","messages":[{"role":"user","content":"hi"}]}`)
+	body := readAll(t, resp)
+	if resp.StatusCode != 200 || !strings.Contains(body, `"completion_tokens":60`) {
+		t.Fatalf("%d %s", resp.StatusCode, body)
+	}
+	if ev := f.soleEvent(t); ev.Status != nozzle.UsageOK {
+		t.Errorf("event %+v", ev)
+	}
 }
 
 func TestRealPort_ClientDisconnectIsCharged(t *testing.T) {
