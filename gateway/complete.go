@@ -553,7 +553,11 @@ func (cp *completion) stream(c *fiber.Ctx) error {
 			events <- streamEvent{index: i, done: true, res: res, err: err}
 		}(i)
 	}
+	// Until the first chunk nothing is written, so a client that leaves
+	// while the request waits in the queue is seen only by looking.
+	stop := watchClient(c.Context().Conn(), clientCheckEvery, cp.cancel)
 	first := <-events
+	stop()
 	if first.done && first.err != nil {
 		// Failed before any output: stop the other choices, record any
 		// work, answer with the error.

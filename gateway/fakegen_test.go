@@ -32,6 +32,7 @@ type fakeGen struct {
 	down      atomic.Bool  // Info and Generate answer EUNAVAILABLE
 	calls     atomic.Int64
 	hold      atomic.Pointer[chan struct{}] // Generate waits for it to close before the first token
+	abandoned atomic.Int64                  // generations canceled while held
 	started   chan string                   // receives the request id when Generate starts (if set)
 	lastReq   atomic.Pointer[nozzle.GenerateRequest]
 	sampling  nozzle.SamplingDefaults // the model's recommended sampling, reported by Info
@@ -95,6 +96,7 @@ func (g *fakeGen) generate(ctx context.Context, req *nozzle.GenerateRequest, emi
 		select {
 		case <-*h:
 		case <-ctx.Done():
+			g.abandoned.Add(1)
 			return res, nozzle.Errorf(nozzle.ECANCELED, "Canceled.")
 		}
 	}

@@ -179,6 +179,43 @@ func TestRealPort_NonStreamedPastReadTimeout(t *testing.T) {
 	}
 }
 
+// A stream whose client leaves while it waits for its first token (in the
+// queue, say) ends there: not run, not charged, its Idempotency-Key free.
+func TestRealPort_StreamClientGoneBeforeFirstToken(t *testing.T) {
+	f := newFixture(t)
+	hold := make(chan struct{})
+	f.gen.hold.Store(&hold)
+	f.gen.started = make(chan string, 4)
+	url := f.serve(t)
+	conn, err := net.Dial("tcp", strings.TrimPrefix(url, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req := "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + f.keyA + "\r\nIdempotency-Key: k-early\r\n" +
+		"Content-Type: application/json\r\nContent-Length: " + strconv.Itoa(len(streamBody)) + "\r\n\r\n" + streamBody
+	if _, err := conn.Write([]byte(req)); err != nil {
+		t.Fatal(err)
+	}
+	<-f.gen.started
+	conn.Close()
+	// Canceled within a look or two at the connection.
+	for deadline := time.Now().Add(3 * time.Second); f.gen.abandoned.Load() == 0; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			close(hold)
+			t.Fatal("the abandoned stream still waits for its first token")
+		}
+	}
+	close(hold)
+	// Not recorded; its key is free for the retry, which runs.
+	r := post(t, url+"/v1/chat/completions", f.keyA, `{"model":"base","max_tokens":1,"messages":[{"role":"user","content":"hi"}]}`, hdr("Idempotency-Key", "k-early"))
+	if body := readAll(t, r); r.StatusCode != 200 || r.Header.Get("Idempotent-Replayed") != "" {
+		t.Fatalf("retry: %d %s", r.StatusCode, body)
+	}
+	if evs := f.events(); len(evs) != 1 || evs[0].Status != nozzle.UsageOK {
+		t.Errorf("events %+v: want the retry's only", evs)
+	}
+}
+
 func TestRealPort_ClientDisconnectIsCharged(t *testing.T) {
 	f := newFixture(t)
 	f.gen.words = manyWords(500)
