@@ -208,7 +208,9 @@ func (l *Ledger) report(ctx context.Context, q nozzle.ReportQuery, scan bool) (*
 		if err = capacityTotals(tx, s.startH, s.endH, &tot); err != nil {
 			return err
 		}
-		if rep, err = l.buildReport(s, cells, tot, names); err != nil {
+		adapters := tx.Bucket(bAdapters)
+		exists := func(adapterID string) bool { return adapterID == "" || adapters.Get([]byte(adapterID)) != nil }
+		if rep, err = l.buildReport(s, cells, tot, names, exists); err != nil {
 			return err
 		}
 		if s.operatorRep {
@@ -395,7 +397,7 @@ type rowKey struct {
 
 type adapterUse struct {
 	activeCost, deviceSeconds float64
-	firstH                    int64 // the first hour of the row with its requests
+	firstH, lastH             int64 // the first and last hours of the row with its requests
 }
 
 func (a *rowAcc) add(c *usageCell, idleCost, idleSecs float64) {
@@ -412,10 +414,10 @@ func (a *rowAcc) add(c *usageCell, idleCost, idleSecs float64) {
 	k := adapterKey{c.tenantID, c.adapterID}
 	u := a.adapters[k]
 	if u == nil {
-		u = &adapterUse{firstH: c.hour}
+		u = &adapterUse{firstH: c.hour, lastH: c.hour}
 		a.adapters[k] = u
 	}
-	u.firstH = min(u.firstH, c.hour)
+	u.firstH, u.lastH = min(u.firstH, c.hour), max(u.lastH, c.hour)
 	u.activeCost += c.r.ActiveCostUSD
 	u.deviceSeconds += c.r.DeviceSeconds
 }
@@ -433,7 +435,7 @@ func (a *rowAcc) add(c *usageCell, idleCost, idleSecs float64) {
 // period's active cost. So the rows of the operator's report add up to the
 // runtimes' cost. Under the operator policy the pool stays with the
 // operator.
-func (l *Ledger) buildReport(s *reportSpec, cells cellSource, tot periodTotals, names map[string]string) (*nozzle.Report, error) {
+func (l *Ledger) buildReport(s *reportSpec, cells cellSource, tot periodTotals, names map[string]string, exists func(adapterID string) bool) (*nozzle.Report, error) {
 	// The idle split: each active hour's idle cost by share of the hour,
 	// the rest of the pool by share of the period.
 	pool := max(0, tot.capacity.CostUSD-tot.activeCostUSD)
@@ -527,10 +529,15 @@ func (l *Ledger) buildReport(s *reportSpec, cells cellSource, tot periodTotals, 
 		r.IdleCostUSD, r.IdleSeconds = a.idleCost, a.idleSecs
 		r.CostUSD = r.ActiveCostUSD + r.IdleCostUSD
 		r.MarginUSD = r.ChargedUSD - r.CostUSD
-		for _, u := range a.adapters {
+		for k, u := range a.adapters {
 			// A dedicated GPU for the adapter from its first request in
-			// the row's span, not from before it was in use.
-			hours := float64(a.end - max(a.start, u.firstH))
+			// the row's span, not from before it was in use; for one
+			// deleted since, until its last request.
+			end := a.end
+			if !exists(k.adapter) {
+				end = min(end, u.lastH+1)
+			}
+			hours := float64(end - max(a.start, u.firstH))
 			rate := l.dedicated
 			if rate == 0 {
 				if u.deviceSeconds > 0 {

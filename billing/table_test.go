@@ -6,6 +6,7 @@ import (
 	"flag"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -23,7 +24,11 @@ func TestWriteTable(t *testing.T) {
 	if err := l.RecordCapacity(ctx, []nozzle.CapacityInterval{{RuntimeID: "rt", Seq: 1, Start: start, End: start.Add(2 * time.Hour), ActiveSeconds: 720, IdleSeconds: 6480, RatePerHour: 2}}); err != nil {
 		t.Fatal(err)
 	}
-	mustRecord(t, l, nozzle.UsageEvent{RequestID: "1", TenantID: a.ID, AdapterID: "ad_1", AdapterName: "sql", Time: start.Add(time.Minute), PromptTokens: 1200, CachedPromptTokens: 1024, CompletionTokens: 300, DeviceSeconds: 500, RatePerHour: 2})
+	sql := &nozzle.Adapter{TenantID: a.ID, Name: "sql", AdapterManifest: nozzle.AdapterManifest{SHA256: strings.Repeat("ab", 32), Rank: 8, TargetModules: []string{"q_proj"}}}
+	if err := l.CreateAdapter(ctx, sql); err != nil {
+		t.Fatal(err)
+	}
+	mustRecord(t, l, nozzle.UsageEvent{RequestID: "1", TenantID: a.ID, AdapterID: sql.ID, AdapterName: "sql", Time: start.Add(time.Minute), PromptTokens: 1200, CachedPromptTokens: 1024, CompletionTokens: 300, DeviceSeconds: 500, RatePerHour: 2})
 	mustRecord(t, l, nozzle.UsageEvent{RequestID: "2", TenantID: a.ID, Time: start.Add(61 * time.Minute), PromptTokens: 100, CompletionTokens: 20, DeviceSeconds: 220, RatePerHour: 2})
 	rep := mustReport(t, l, nozzle.ReportQuery{Start: start, End: start.Add(2 * time.Hour), GroupBy: []string{"hour", "adapter"}})
 	// Tenant ids are random: show the rows as a tenant would see them.

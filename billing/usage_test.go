@@ -441,18 +441,37 @@ func TestReport_DedicatedRate(t *testing.T) {
 	l := mustOpen(t, billing.Options{DedicatedRatePerHour: 4})
 	ten := mustTenant(t, l, "acme")
 	at := date("2026-03-04T10:00:00Z")
-	mustRecord(t, l, nozzle.UsageEvent{RequestID: "a", TenantID: ten.ID, AdapterID: "ad_1", AdapterName: "one", Time: at, DeviceSeconds: 36, RatePerHour: 1})
-	mustRecord(t, l, nozzle.UsageEvent{RequestID: "b", TenantID: ten.ID, AdapterID: "ad_2", AdapterName: "two", Time: at.Add(2 * time.Hour), DeviceSeconds: 36, RatePerHour: 1})
+	adapter := func(name string) string {
+		a := &nozzle.Adapter{TenantID: ten.ID, Name: name, AdapterManifest: nozzle.AdapterManifest{SHA256: strings.Repeat("ab", 32), Rank: 8, TargetModules: []string{"q_proj"}}}
+		if err := l.CreateAdapter(context.Background(), a); err != nil {
+			t.Fatal(err)
+		}
+		return a.ID
+	}
+	one, two, three := adapter("one"), adapter("two"), adapter("three")
+	mustRecord(t, l, nozzle.UsageEvent{RequestID: "a", TenantID: ten.ID, AdapterID: one, AdapterName: "one", Time: at, DeviceSeconds: 36, RatePerHour: 1})
+	mustRecord(t, l, nozzle.UsageEvent{RequestID: "b", TenantID: ten.ID, AdapterID: two, AdapterName: "two", Time: at.Add(2 * time.Hour), DeviceSeconds: 36, RatePerHour: 1})
+	for i, h := range []time.Duration{3, 5} {
+		mustRecord(t, l, nozzle.UsageEvent{RequestID: fmt.Sprint("c", i), TenantID: ten.ID, AdapterID: three, AdapterName: "three", Time: at.Add(h * time.Hour), DeviceSeconds: 36, RatePerHour: 1})
+	}
+	if _, err := l.DeleteAdapter(context.Background(), ten.ID, "three"); err != nil {
+		t.Fatal(err)
+	}
 	q := nozzle.ReportQuery{TenantID: ten.ID, Start: at, End: at.Add(10 * time.Hour), GroupBy: []string{"adapter"}}
 	rep := mustReport(t, l, q)
-	// Two adapters at 4 $/h, each from its first request to the period's
-	// end: one for ten hours, two (first used at 12:00) for eight.
-	if rep.Total.DedicatedUSD != 72 || len(rep.Rows) != 2 || rep.Rows[0].DedicatedUSD != 40 || rep.Rows[1].DedicatedUSD != 32 || rep.Rows[0].AdapterName != "one" {
+	// Adapters at 4 $/h, each from its first request to the period's end:
+	// one for ten hours, two (first used at 12:00) for eight; three,
+	// deleted since, from 13:00 until its last request at 15:00: three.
+	ded := map[string]float64{}
+	for _, r := range rep.Rows {
+		ded[r.AdapterName] = r.DedicatedUSD
+	}
+	if rep.Total.DedicatedUSD != 84 || len(rep.Rows) != 3 || ded["one"] != 40 || ded["two"] != 32 || ded["three"] != 12 {
 		t.Fatalf("report = %+v", rep)
 	}
 	q.AdapterName = "two"
 	rep = mustReport(t, l, q)
-	if len(rep.Rows) != 1 || rep.Rows[0].AdapterID != "ad_2" || rep.Total.Requests != 1 {
+	if len(rep.Rows) != 1 || rep.Rows[0].AdapterID != two || rep.Total.Requests != 1 {
 		t.Fatalf("filtered report = %+v", rep)
 	}
 }
