@@ -6,17 +6,20 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/BurntSushi/toml"
 )
 
 // flyConfig is the part of fly.toml the deployment relies on.
 type flyConfig struct {
-	App       string `toml:"app"`
-	Build     struct{ Dockerfile string }
-	Env       map[string]string `toml:"env"`
-	Processes map[string]string `toml:"processes"`
-	HTTP      struct {
+	App         string `toml:"app"`
+	KillSignal  string `toml:"kill_signal"`
+	KillTimeout string `toml:"kill_timeout"`
+	Build       struct{ Dockerfile string }
+	Env         map[string]string `toml:"env"`
+	Processes   map[string]string `toml:"processes"`
+	HTTP        struct {
 		Processes    []string `toml:"processes"`
 		InternalPort int      `toml:"internal_port"`
 		ForceHTTPS   bool     `toml:"force_https"`
@@ -72,6 +75,10 @@ func TestFlyToml(t *testing.T) {
 				t.Errorf("fly.toml key %s is not checked by this test", k)
 			}
 		}
+	}
+	// A stop lets the drain of in-flight requests run its course.
+	if d, err := time.ParseDuration(fly.KillTimeout); err != nil || d <= shutdownGrace || fly.KillSignal != "SIGTERM" {
+		t.Errorf("kill_signal %q, kill_timeout %q: want SIGTERM and more than the %v drain", fly.KillSignal, fly.KillTimeout, shutdownGrace)
 	}
 	if _, err := os.Stat(filepath.Join("..", "..", fly.Build.Dockerfile)); err != nil {
 		t.Errorf("build.dockerfile: %v", err)
