@@ -93,6 +93,8 @@ type journal struct {
 
 	failing atomic.Bool // the last filing failed
 
+	sync func(*os.File) error // fdatasync, or fdatasyncHoldingP
+
 	kick chan struct{} // the first event is pending
 	full chan struct{} // journalFileBatch events are pending
 }
@@ -124,6 +126,7 @@ func journalPaths(ledgerPath string) [2]string {
 // acknowledged.
 func openJournal(ledgerPath string, maxBatch int) (*journal, []*nozzle.UsageEvent, error) {
 	j := &journal{
+		sync:    fdatasync,
 		byID:    map[string]*nozzle.UsageEvent{},
 		month:   map[string]*pendingCharges{},
 		appends: group[*jop]{max: maxBatch},
@@ -368,7 +371,7 @@ func (l *Ledger) journalWrite(ops []*jop) error {
 	f, at := j.files[j.cur], j.size[j.cur]
 	_, err := f.WriteAt(j.buf, at)
 	if err == nil {
-		err = fdatasync(f)
+		err = j.sync(f)
 	}
 	if err != nil {
 		// Nothing was acknowledged: end the file before what may have

@@ -57,6 +57,12 @@ type Options struct {
 	Now func() time.Time
 	// LockTimeout bounds the wait for the file lock. Defaults to 1s.
 	LockTimeout time.Duration
+	// SyncHoldsP makes the usage journal's fdatasync keep its goroutine's
+	// P while the disk works (see fdatasyncHoldingP): on a busy machine the
+	// acknowledgement then follows the disk at once instead of waiting
+	// for a P. Set it only where GOMAXPROCS leaves a P to spare for it, as
+	// cmd/nozzle's servers do (they run one P more than the cores).
+	SyncHoldsP bool
 	// MaxBatch caps the writes committed in one transaction. Defaults to
 	// 4096.
 	MaxBatch int
@@ -201,6 +207,9 @@ func Open(opts Options) (*Ledger, error) {
 	if err != nil {
 		db.Close()
 		return nil, fmt.Errorf("open ledger %s: %w", opts.Path, err)
+	}
+	if opts.SyncHoldsP {
+		j.sync = fdatasyncHoldingP
 	}
 	l := &Ledger{
 		j:          j,

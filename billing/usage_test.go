@@ -654,3 +654,26 @@ func TestRecordUsage_CanceledContextStillRecords(t *testing.T) {
 		t.Fatalf("Usage = %+v, %v", got, err)
 	}
 }
+
+// TestJournal_SyncHoldingP: the journal with the P-holding fdatasync
+// acknowledges concurrent events exactly as with the plain one.
+func TestJournal_SyncHoldingP(t *testing.T) {
+	ctx := context.Background()
+	l := mustOpen(t, billing.Options{SyncHoldsP: true})
+	ten := mustTenant(t, l, "acme")
+	var wg sync.WaitGroup
+	for i := range 64 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ev := &nozzle.UsageEvent{RequestID: fmt.Sprint("h", i%32), TenantID: ten.ID, Time: time.Now(), PromptTokens: 10}
+			if _, err := l.RecordUsage(ctx, ev); err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	wg.Wait()
+	if res := mustCheck(t, l); res.Events != 32 {
+		t.Fatalf("check %+v: want 32 events", res)
+	}
+}

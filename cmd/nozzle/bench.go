@@ -192,7 +192,7 @@ func benchGateway(ctx context.Context, args []string, stdout, stderr io.Writer) 
 
 	// The gateway: the real ledger (durable metering), auth, limits, and
 	// forwarding over HTTP to the stub.
-	l, err := billing.Open(billing.Options{Path: filepath.Join(dir, "ledger.db"), Logger: quiet})
+	l, err := billing.Open(billing.Options{Path: filepath.Join(dir, "ledger.db"), Logger: quiet, SyncHoldsP: spareP()}) // as the servers run
 	if err != nil {
 		return err
 	}

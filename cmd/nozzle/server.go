@@ -189,6 +189,7 @@ func (m *Main) openLedger() error {
 		DedicatedRatePerHour: m.Config.DedicatedRatePerHour,
 		Logger:               m.Log.With("component", "billing"),
 		Metrics:              m.Metrics,
+		SyncHoldsP:           spareP(),
 	})
 	if err != nil {
 		if errors.Is(err, billing.ErrLocked) {
