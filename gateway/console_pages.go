@@ -623,6 +623,16 @@ func (cs *console) usagePage(c *fiber.Ctx, sess *consoleSession) error {
 		return err
 	}
 	v.ByAdapter = byAd.Rows
+	// The filter also offers adapters deleted since they were used, and
+	// the one asked for, so that the selection shows what the page shows.
+	for _, r := range byAd.Rows {
+		if r.AdapterName != "" && !slices.Contains(v.Adapters, r.AdapterName) {
+			v.Adapters = append(v.Adapters, r.AdapterName)
+		}
+	}
+	if v.Adapter != "" && !slices.Contains(v.Adapters, v.Adapter) {
+		v.Adapters = append(v.Adapters, v.Adapter)
+	}
 	xs := buckets(p.Start, minTime(p.End, dayStart(now).AddDate(0, 0, 1)), v.Group)
 	s := seriesByTime(rep.Rows, xs,
 		func(r *nozzle.ReportRow) float64 { return float64(r.PromptTokens) },

@@ -699,6 +699,7 @@ func TestConsole_Pages(t *testing.T) {
 		{b, "/console/keys", []string{"Create a key", "default", "OpenAI SDK"}},
 		{b, "/console/usage", []string{"Download CSV", "format=csv", `id="usage-table"`, `>Cached<span class="visually-hidden"> prompt tokens</span></th>`}},
 		{b, "/console/usage?period=custom&start=2020-01-01&end=2020-01-31", []string{"No usage in this period"}},
+		{b, "/console/usage?adapter=gone-since", []string{`<option value="gone-since" selected>gone-since</option>`}}, // the filter shows what was asked
 		{b, "/console/usage?period=custom&start=2020-02-01&end=2020-01-01", []string{"The end date must not be before the start date."}},
 		{b, "/console/settings", []string{"Prices in force", "$0.10 per million", "Not connected to Stripe"}},
 		{op, "/console/operator", []string{"acme", "Add a tenant", "Standard prices"}},
