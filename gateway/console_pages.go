@@ -67,6 +67,9 @@ type errorView struct {
 	Heading string
 	Message string
 	SignIn  bool
+	// Stuck: every page would answer the same (a suspended tenant), so
+	// the page offers to sign out, not to go back to the console.
+	Stuck bool
 }
 
 // renderError shows an error as a page: the same message the API would
@@ -81,7 +84,7 @@ func (cs *console) renderError(c *fiber.Ctx, err error) error {
 		cs.s.log.LogAttrs(c.UserContext(), slog.LevelError, "internal error",
 			slog.String("request_id", requestID(c)), slog.String("path", c.Path()), slog.String("error", err.Error()))
 	}
-	v := errorView{Status: kind.status, Message: nozzle.ErrorMessage(e), SignIn: e.Code == nozzle.EUNAUTHORIZED}
+	v := errorView{Status: kind.status, Message: nozzle.ErrorMessage(e), SignIn: e.Code == nozzle.EUNAUTHORIZED, Stuck: e.Reason == "tenant_suspended"}
 	switch e.Code {
 	case nozzle.ENOTFOUND:
 		v.Heading = "Not found"
