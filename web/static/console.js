@@ -41,7 +41,11 @@
     } catch (_) {
       throw new Error('Could not reach the server. Check your connection and try again.');
     }
-    if (!res.ok) throw new Error(await errorMessage(res));
+    if (!res.ok) {
+      const e = new Error(await errorMessage(res));
+      e.status = res.status;
+      throw e;
+    }
     const ct = res.headers.get('Content-Type') || '';
     return ct.includes('json') ? res.json() : null;
   }
@@ -77,6 +81,8 @@
         await run();
         d.close();
       } catch (e) {
+        // Already gone (another tab, another user): show the list as it is.
+        if (e.status === 404) { d.close(); location.reload(); return; }
         err.textContent = e.message;
       } finally {
         busy(fresh, false);
