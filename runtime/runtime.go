@@ -290,6 +290,9 @@ func newRuntime(opts Options, p parts) (*Runtime, error) {
 	r.info.MaxLoRARank = opts.MaxRank
 	r.info.RuntimeID = opts.RuntimeID
 	r.start = r.clock()
+	if r.info.CreatedAt.IsZero() {
+		r.info.CreatedAt = r.start.UTC() // /v1/models' "created": when the model was loaded
+	}
 	r.cap = newCapacity(opts.RuntimeID, opts.RatePerHour, opts.IntervalLength, r.start)
 	r.m = newRuntimeMetrics(opts.Metrics, r.utilisation)
 

@@ -150,6 +150,23 @@ func TestServe_EndToEnd(t *testing.T) {
 		t.Fatalf("greedy decoding is not repeatable: %q vs %q", out.Choices[0].Message.Content, out2.Choices[0].Message.Content)
 	}
 
+	// The base model lists with the time it was loaded.
+	req0, _ := http.NewRequest("GET", base+"/v1/models/base", nil)
+	req0.Header.Set("Authorization", "Bearer "+key)
+	r0, err := http.DefaultClient.Do(req0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var model struct {
+		ID      string
+		Created int64
+	}
+	json.NewDecoder(r0.Body).Decode(&model)
+	r0.Body.Close()
+	if model.ID != "demo-model" || time.Since(time.Unix(model.Created, 0)) > time.Hour || model.Created > time.Now().Unix() {
+		t.Errorf("base model %+v", model)
+	}
+
 	// A stream ends with usage and [DONE].
 	resp, b := post(t, base+"/v1/completions", key, `{"model":"base","prompt":"Once upon","max_tokens":5,"stream":true,"stream_options":{"include_usage":true}}`)
 	if resp.StatusCode != 200 || !strings.HasSuffix(strings.TrimSpace(string(b)), "data: [DONE]") || !strings.Contains(string(b), `"completion_tokens":5`) {

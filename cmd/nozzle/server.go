@@ -439,6 +439,9 @@ func (m *Main) Serve(ctx context.Context) error {
 			return nil, fmt.Errorf("load model %s: %w", modelDir, nozzle.AsError(err).Err)
 		}
 		m.Runtime = rt
+		// The gateway's first health check ran before the model was
+		// loaded: check now, so that /v1/models names the model at once.
+		m.Gateway.CheckUpstreams(ctx)
 		stopCollect = m.collectCapacity(map[string]nozzle.CapacitySource{m.Config.RuntimeID: rt})
 		return served, m.bootstrap(ctx, store, demoAdapters)
 	})
