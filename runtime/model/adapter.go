@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -54,9 +55,19 @@ type AdapterConfig struct {
 	RankPattern   []Pattern
 	AlphaPattern  []Pattern
 	TargetModules []string // a list, or one regex / "all-linear" as a single entry
-	BaseModel     string
-	TaskType      string
-	FanInFanOut   bool
+	// TargetRegex: target_modules was one string (a regex PEFT matches
+	// against whole module names, or "all-linear"), not a list.
+	TargetRegex bool
+	// ExcludeModules, ExcludeRegex: exclude_modules, a list or one regex.
+	ExcludeModules []string
+	ExcludeRegex   bool
+	// LayersToTransform (nil: every layer) and LayersPattern select layers
+	// as PEFT does.
+	LayersToTransform []int
+	LayersPattern     []string
+	BaseModel         string
+	TaskType          string
+	FanInFanOut       bool
 }
 
 // Adapter is an opened PEFT LoRA adapter, validated against a base model.
@@ -253,7 +264,12 @@ var refusedOptions = []string{
 	"loftq_config_inference", "lora_ga_config", "use_mora", "trainable_tokens",
 }
 
-var acceptedInit = map[string]bool{"gaussian": true, "olora": true, "loftq": true, "eva": true, "corda": true, "orthogonal": true}
+// acceptedInit are init_lora_weights values that leave the base model as it
+// is. PiSSA, OLoRA, CorDA and LoftQ change the base weights when they
+// initialise (PEFT's saved adapter says "true" once converted to plain
+// LoRA): an adapter still marked with one expects a base Nozzle does not
+// serve.
+var acceptedInit = map[string]bool{"gaussian": true, "eva": true, "orthogonal": true}
 
 // ParseAdapterConfig parses adapter_config.json, refusing what the engine
 // cannot compute exactly. It returns warnings for what it accepts but the
@@ -334,7 +350,11 @@ func ParseAdapterConfig(b []byte) (*AdapterConfig, []string, error) {
 	if v, ok := raw["init_lora_weights"]; ok && isSet(v) {
 		var s string
 		if json.Unmarshal(v, &s) == nil {
-			if !acceptedInit[s] && !strings.HasPrefix(s, "pissa") {
+			switch {
+			case strings.HasPrefix(s, "pissa") || s == "olora" || s == "corda" || s == "loftq":
+				return nil, nil, bad("init_lora_weights is %q: the adapter was trained against base weights its initialisation changed; "+
+					"convert it to plain LoRA with PEFT (save_pretrained with path_initial_model_for_weight_conversion) and upload that", s)
+			case !acceptedInit[s]:
 				return nil, nil, bad("init_lora_weights %q marks a LoRA variant that is not supported", s)
 			}
 		} else if !bytes.Equal(bytes.TrimSpace(v), []byte("true")) && !bytes.Equal(bytes.TrimSpace(v), []byte("false")) {
@@ -374,15 +394,53 @@ func ParseAdapterConfig(b []byte) (*AdapterConfig, []string, error) {
 			return nil, nil, bad("alpha_pattern %q is %v, want a positive finite number", p.Key, p.Value)
 		}
 	}
-	if v, ok := raw["target_modules"]; ok && isSet(v) {
+	for _, m := range []struct {
+		key   string
+		list  *[]string
+		regex *bool
+	}{{"target_modules", &c.TargetModules, &c.TargetRegex}, {"exclude_modules", &c.ExcludeModules, &c.ExcludeRegex}} {
+		v, ok := raw[m.key]
+		if !ok || !isSet(v) {
+			continue
+		}
 		var list []string
 		var one string
 		if json.Unmarshal(v, &list) == nil {
-			c.TargetModules = list
+			*m.list = list
 		} else if json.Unmarshal(v, &one) == nil {
-			c.TargetModules = []string{one}
+			*m.list, *m.regex = []string{one}, true
+			if one != "all-linear" {
+				if _, err := regexp.Compile(`^(?:` + one + `)$`); err != nil {
+					return nil, nil, bad("%s %q is not a regular expression this server can read: %v", m.key, one, err)
+				}
+			}
 		} else {
-			return nil, nil, bad("target_modules is neither a list nor a string")
+			return nil, nil, bad("%s is neither a list nor a string", m.key)
+		}
+	}
+	if v, ok := raw["layers_to_transform"]; ok && isSet(v) {
+		var list []int
+		var one int
+		if json.Unmarshal(v, &list) == nil {
+			c.LayersToTransform = list
+		} else if json.Unmarshal(v, &one) == nil {
+			c.LayersToTransform = []int{one}
+		} else {
+			return nil, nil, bad("layers_to_transform is neither a whole number nor a list of them")
+		}
+		if c.LayersToTransform == nil {
+			c.LayersToTransform = []int{}
+		}
+	}
+	if v, ok := raw["layers_pattern"]; ok && isSet(v) {
+		var list []string
+		var one string
+		if json.Unmarshal(v, &list) == nil {
+			c.LayersPattern = list
+		} else if json.Unmarshal(v, &one) == nil {
+			c.LayersPattern = []string{one}
+		} else {
+			return nil, nil, bad("layers_pattern is neither a string nor a list")
 		}
 	}
 	if c.BaseModel, err = str("base_model_name_or_path"); err != nil {
@@ -401,6 +459,54 @@ func ParseAdapterConfig(b []byte) (*AdapterConfig, []string, error) {
 		warnings = append(warnings, "fan_in_fan_out is true, which PEFT ignores for linear layers; the weights are read as [out, in].")
 	}
 	return c, warnings, nil
+}
+
+// selects reports whether PEFT would attach LoRA to the module at path
+// (model.layers.N.self_attn.q_proj and the like) under this config: not
+// excluded by exclude_modules, named by target_modules (a list entry equal
+// to the path or to its last parts; a regex matching the whole path;
+// "all-linear"), and in layers_to_transform (the layer number after
+// layers_pattern, or after any part when there is no pattern). A config
+// that names no target modules selects what the tensors hold.
+func (c *AdapterConfig) selects(path string) bool {
+	named := func(list []string, regex bool) bool {
+		if regex {
+			if list[0] == "all-linear" {
+				return true
+			}
+			return regexp.MustCompile(`^(?:` + list[0] + `)$`).MatchString(path)
+		}
+		for _, t := range list {
+			if path == t || strings.HasSuffix(path, "."+t) {
+				return true
+			}
+		}
+		return false
+	}
+	if len(c.ExcludeModules) > 0 && named(c.ExcludeModules, c.ExcludeRegex) {
+		return false
+	}
+	if len(c.TargetModules) > 0 && !named(c.TargetModules, c.TargetRegex) {
+		return false
+	}
+	if c.LayersToTransform == nil {
+		return true
+	}
+	patterns := c.LayersPattern
+	if len(patterns) == 0 {
+		patterns = []string{`[^.]*`}
+	}
+	for _, p := range patterns {
+		re, err := regexp.Compile(`.*\.` + p + `\.(\d+)\.`)
+		if err != nil {
+			continue
+		}
+		if m := re.FindStringSubmatch(path + "."); m != nil {
+			n, _ := strconv.Atoi(m[1])
+			return slices.Contains(c.LayersToTransform, n)
+		}
+	}
+	return false
 }
 
 // parsePatterns reads a JSON object keeping its key order.
@@ -579,7 +685,13 @@ func (a *Adapter) collect(f *safetensors.File, info nozzle.ModelInfo, maxRank in
 	}
 	var mismatched []rankPair
 	mismatch := map[rankPair][]string{}
+	var unselected []string
 	for _, path := range mods {
+		if !a.Config.selects(path) {
+			// PEFT attaches no LoRA there, so leaves these tensors unused.
+			unselected = append(unselected, path)
+			continue
+		}
 		p := pairs[path]
 		sub := loraKeyRE.FindStringSubmatch(path)
 		if !p.hasA {
@@ -658,6 +770,14 @@ func (a *Adapter) collect(f *safetensors.File, info nozzle.ModelInfo, maxRank in
 			return nil, fmt.Errorf("adapter scale of %s is %v, want a positive finite number", path, scale)
 		}
 		a.LoRAs = append(a.LoRAs, LoRA{Layer: layer, Module: module, Rank: int(r), Alpha: alpha, Scale: scale, A: p.a, B: p.b})
+	}
+	if len(unselected) == len(mods) {
+		return nil, fmt.Errorf("%s selects none of the modules %s holds LoRA weights for (%s, …): check target_modules, exclude_modules and layers_to_transform",
+			nozzle.AdapterConfigFile, nozzle.AdapterWeightsFile, unselected[0])
+	}
+	if n := len(unselected); n > 0 {
+		warnings = append(warnings, fmt.Sprintf("%d module(s) with LoRA weights in %s (%s%s) are not selected by %s's target_modules, exclude_modules or layers_to_transform; as PEFT does, they are left out.",
+			n, nozzle.AdapterWeightsFile, unselected[0], map[bool]string{true: " and more", false: ""}[n > 1], nozzle.AdapterConfigFile))
 	}
 	for _, k := range mismatched {
 		paths := mismatch[k]

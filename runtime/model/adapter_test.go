@@ -170,6 +170,58 @@ func TestLoadAdapter_Warnings(t *testing.T) {
 	}
 }
 
+// TestLoadAdapter_Selection: tensors for modules the config does not
+// select are left out, as PEFT leaves them out, with a warning.
+func TestLoadAdapter_Selection(t *testing.T) {
+	info := tinyInfo()
+	for _, tc := range []struct {
+		name  string
+		extra map[string]any
+		want  func(layer int, module string) bool
+	}{
+		{"List", map[string]any{"target_modules": []string{"q_proj", "v_proj"}}, func(l int, m string) bool { return m == "q_proj" || m == "v_proj" }},
+		{"FullPath", map[string]any{"target_modules": []string{"model.layers.0.mlp.down_proj"}}, func(l int, m string) bool { return l == 0 && m == "down_proj" }},
+		{"Regex", map[string]any{"target_modules": `.*\.(q|o)_proj`}, func(l int, m string) bool { return m == "q_proj" || m == "o_proj" }},
+		{"AllLinear", map[string]any{"target_modules": "all-linear"}, func(l int, m string) bool { return true }},
+		{"Exclude", map[string]any{"exclude_modules": []string{"k_proj"}}, func(l int, m string) bool { return m != "k_proj" }},
+		{"ExcludeRegex", map[string]any{"exclude_modules": `.*mlp.*`}, func(l int, m string) bool {
+			return !strings.HasSuffix(m, "_proj") || m[0] == 'q' || m[0] == 'k' || m[0] == 'v' || m[0] == 'o'
+		}},
+		{"Layers", map[string]any{"layers_to_transform": []int{1}}, func(l int, m string) bool { return l == 1 }},
+		{"LayerOne", map[string]any{"layers_to_transform": 0, "layers_pattern": "layers"}, func(l int, m string) bool { return l == 0 }},
+		{"LayersOtherPattern", map[string]any{"layers_to_transform": 0, "layers_pattern": []string{"h", "layers"}}, func(l int, m string) bool { return l == 0 }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a, err := model.LoadAdapter(writeAdapter(t, model.AdapterSpec{Rank: 4, Seed: 2, Extra: tc.extra}), info, 16)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer a.Close()
+			got, want := 0, 0
+			for l := range info.NumLayers {
+				for m := range int(model.NumModules) {
+					if tc.want(l, model.Module(m).String()) {
+						want++
+					}
+				}
+			}
+			for _, lo := range a.LoRAs {
+				if !tc.want(lo.Layer, lo.Module.String()) {
+					t.Errorf("layer %d %s applied", lo.Layer, lo.Module)
+				}
+				got++
+			}
+			if got != want {
+				t.Errorf("%d modules applied, want %d", got, want)
+			}
+			left := strings.Contains(strings.Join(a.Manifest.Warnings, "|"), "are not selected")
+			if left != (want < info.NumLayers*int(model.NumModules)) {
+				t.Errorf("warnings %q", a.Manifest.Warnings)
+			}
+		})
+	}
+}
+
 func TestLoadAdapter_Refusals(t *testing.T) {
 	info := tinyInfo()
 	cfgRefusals := []struct {
@@ -186,6 +238,10 @@ func TestLoadAdapter_Refusals(t *testing.T) {
 		{"TargetParameters", map[string]any{"target_parameters": []string{"x"}}, "target_parameters is set"},
 		{"QALoRA", map[string]any{"use_qalora": true}, "use_qalora is set"},
 		{"InitVariant", map[string]any{"init_lora_weights": "mica"}, `init_lora_weights "mica"`},
+		{"InitPiSSA", map[string]any{"init_lora_weights": "pissa_niter_4"}, "trained against base weights its initialisation changed"},
+		{"InitLoftQ", map[string]any{"init_lora_weights": "loftq"}, "trained against base weights its initialisation changed"},
+		{"TargetRegexBad", map[string]any{"target_modules": ".*(?!x)"}, "target_modules"},
+		{"NothingSelected", map[string]any{"target_modules": []string{"c_attn"}}, "selects none of the modules"},
 		{"AlphaNaN", map[string]any{"lora_alpha": "NaN"}, "lora_alpha is not a number"},
 		{"AlphaZero", map[string]any{"lora_alpha": 0}, "lora_alpha is 0"},
 		{"AlphaNegative", map[string]any{"lora_alpha": -4}, "lora_alpha is -4"},
