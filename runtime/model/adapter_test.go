@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 
@@ -184,9 +185,7 @@ func TestLoadAdapter_Selection(t *testing.T) {
 		{"Regex", map[string]any{"target_modules": `.*\.(q|o)_proj`}, func(l int, m string) bool { return m == "q_proj" || m == "o_proj" }},
 		{"AllLinear", map[string]any{"target_modules": "all-linear"}, func(l int, m string) bool { return true }},
 		{"Exclude", map[string]any{"exclude_modules": []string{"k_proj"}}, func(l int, m string) bool { return m != "k_proj" }},
-		{"ExcludeRegex", map[string]any{"exclude_modules": `.*mlp.*`}, func(l int, m string) bool {
-			return !strings.HasSuffix(m, "_proj") || m[0] == 'q' || m[0] == 'k' || m[0] == 'v' || m[0] == 'o'
-		}},
+		{"ExcludeRegex", map[string]any{"exclude_modules": `.*mlp.*`}, func(l int, m string) bool { return !slices.Contains([]string{"gate_proj", "up_proj", "down_proj"}, m) }},
 		{"Layers", map[string]any{"layers_to_transform": []int{1}}, func(l int, m string) bool { return l == 1 }},
 		{"LayerOne", map[string]any{"layers_to_transform": 0, "layers_pattern": "layers"}, func(l int, m string) bool { return l == 0 }},
 		{"LayersOtherPattern", map[string]any{"layers_to_transform": 0, "layers_pattern": []string{"h", "layers"}}, func(l int, m string) bool { return l == 0 }},
