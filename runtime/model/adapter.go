@@ -403,43 +403,22 @@ func ParseAdapterConfig(b []byte) (*AdapterConfig, []string, error) {
 		if !ok || !isSet(v) {
 			continue
 		}
-		var list []string
-		var one string
-		if json.Unmarshal(v, &list) == nil {
-			*m.list = list
-		} else if json.Unmarshal(v, &one) == nil {
-			*m.list, *m.regex = []string{one}, true
-			if one != "all-linear" {
-				if _, err := regexp.Compile(`^(?:` + one + `)$`); err != nil {
-					return nil, nil, bad("%s %q is not a regular expression this server can read: %v", m.key, one, err)
-				}
-			}
-		} else {
+		if *m.list, *m.regex, ok = oneOrList[string](v); !ok {
 			return nil, nil, bad("%s is neither a list nor a string", m.key)
+		}
+		if *m.regex && (*m.list)[0] != "all-linear" {
+			if _, err := regexp.Compile(`^(?:` + (*m.list)[0] + `)$`); err != nil {
+				return nil, nil, bad("%s %q is not a regular expression this server can read: %v", m.key, (*m.list)[0], err)
+			}
 		}
 	}
 	if v, ok := raw["layers_to_transform"]; ok && isSet(v) {
-		var list []int
-		var one int
-		if json.Unmarshal(v, &list) == nil {
-			c.LayersToTransform = list
-		} else if json.Unmarshal(v, &one) == nil {
-			c.LayersToTransform = []int{one}
-		} else {
+		if c.LayersToTransform, _, ok = oneOrList[int](v); !ok {
 			return nil, nil, bad("layers_to_transform is neither a whole number nor a list of them")
-		}
-		if c.LayersToTransform == nil {
-			c.LayersToTransform = []int{}
 		}
 	}
 	if v, ok := raw["layers_pattern"]; ok && isSet(v) {
-		var list []string
-		var one string
-		if json.Unmarshal(v, &list) == nil {
-			c.LayersPattern = list
-		} else if json.Unmarshal(v, &one) == nil {
-			c.LayersPattern = []string{one}
-		} else {
+		if c.LayersPattern, _, ok = oneOrList[string](v); !ok {
 			return nil, nil, bad("layers_pattern is neither a string nor a list")
 		}
 	}
@@ -459,6 +438,23 @@ func ParseAdapterConfig(b []byte) (*AdapterConfig, []string, error) {
 		warnings = append(warnings, "fan_in_fan_out is true, which PEFT ignores for linear layers; the weights are read as [out, in].")
 	}
 	return c, warnings, nil
+}
+
+// oneOrList decodes a config field PEFT takes as one value or a list of
+// them: the values (never nil), whether it was one value, and whether it
+// was either.
+func oneOrList[T any](v json.RawMessage) (list []T, one bool, ok bool) {
+	if json.Unmarshal(v, &list) == nil {
+		if list == nil {
+			list = []T{}
+		}
+		return list, false, true
+	}
+	var x T
+	if json.Unmarshal(v, &x) == nil {
+		return []T{x}, true, true
+	}
+	return nil, false, false
 }
 
 // selects reports whether PEFT would attach LoRA to the module at path

@@ -184,6 +184,7 @@ func TestLoadAdapter_Selection(t *testing.T) {
 		{"FullPath", map[string]any{"target_modules": []string{"model.layers.0.mlp.down_proj"}}, func(l int, m string) bool { return l == 0 && m == "down_proj" }},
 		{"Regex", map[string]any{"target_modules": `.*\.(q|o)_proj`}, func(l int, m string) bool { return m == "q_proj" || m == "o_proj" }},
 		{"AllLinear", map[string]any{"target_modules": "all-linear"}, func(l int, m string) bool { return true }},
+		{"EmptyList", map[string]any{"target_modules": []string{}}, func(l int, m string) bool { return true }}, // names none: the tensors'
 		{"Exclude", map[string]any{"exclude_modules": []string{"k_proj"}}, func(l int, m string) bool { return m != "k_proj" }},
 		{"ExcludeRegex", map[string]any{"exclude_modules": `.*mlp.*`}, func(l int, m string) bool { return !slices.Contains([]string{"gate_proj", "up_proj", "down_proj"}, m) }},
 		{"Layers", map[string]any{"layers_to_transform": []int{1}}, func(l int, m string) bool { return l == 1 }},
@@ -393,6 +394,8 @@ func FuzzParseAdapterConfig(f *testing.F) {
 	f.Add([]byte(`{"peft_type":"LORA","lora_alpha":NaN}`))
 	f.Add([]byte(`{"peft_type":"LORA","r":1e300,"use_rslora":true}`))
 	f.Add([]byte(`{"peft_type":"LORA","modules_to_save":[],"layer_replication":null,"init_lora_weights":"pissa_niter_4"}`))
+	f.Add([]byte(`{"peft_type":"LORA","target_modules":".*\\.q_proj","exclude_modules":["k_proj"],"layers_to_transform":[0,2],"layers_pattern":"layers"}`))
+	f.Add([]byte(`{"peft_type":"LORA","target_modules":[],"layers_to_transform":1}`))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		c, _, err := model.ParseAdapterConfig(b)
 		if err != nil {
@@ -422,6 +425,7 @@ func FuzzLoadAdapter(f *testing.F) {
 	f.Add(cfg, w)
 	f.Add(cfg, w[:len(w)/2])
 	f.Add([]byte(`{"peft_type":"LORA","lora_alpha":1e308,"r":1}`), w)
+	f.Add([]byte(`{"peft_type":"LORA","r":2,"target_modules":"model\\.layers\\.1\\..*","layers_to_transform":[1],"exclude_modules":"x"}`), w)
 	var hdr map[string]json.RawMessage
 	n := binary.LittleEndian.Uint64(w)
 	json.Unmarshal(w[8:8+n], &hdr)
