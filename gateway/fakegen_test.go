@@ -44,6 +44,15 @@ func newFakeGen(w *world) *fakeGen {
 
 func (g *fakeGen) setDelay(d time.Duration) { g.delay.Store(int64(d)) }
 
+// holdAll makes every generation wait before its first token until the
+// returned channel is closed, and tells started each one that begins.
+func (g *fakeGen) holdAll() chan struct{} {
+	hold := make(chan struct{})
+	g.hold.Store(&hold)
+	g.started = make(chan string, 4)
+	return hold
+}
+
 func promptText(req *nozzle.GenerateRequest) string {
 	var sb strings.Builder
 	sb.WriteString(req.Prompt)

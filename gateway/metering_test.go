@@ -118,9 +118,7 @@ func TestIdempotency(t *testing.T) {
 
 func TestIdempotency_ConcurrentDuplicate(t *testing.T) {
 	f := newFixture(t)
-	hold := make(chan struct{})
-	f.gen.hold.Store(&hold)
-	f.gen.started = make(chan string, 4)
+	hold := f.gen.holdAll()
 	var wg sync.WaitGroup
 	var first *http.Response
 	wg.Add(1)

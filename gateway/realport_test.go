@@ -146,6 +146,27 @@ func TestRealPort_MeteredBeforeFinalChunk(t *testing.T) {
 	}
 }
 
+// rawPost sends a POST over a connection of its own, which it returns for
+// the test to close as a client that gives up would.
+func rawPost(t *testing.T, url, key, body string, headers ...string) net.Conn {
+	t.Helper()
+	hostPath := strings.TrimPrefix(url, "http://")
+	host, path, _ := strings.Cut(hostPath, "/")
+	conn, err := net.Dial("tcp", host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req := "POST /" + path + " HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + key + "\r\nContent-Type: application/json\r\n" +
+		"Content-Length: " + strconv.Itoa(len(body)) + "\r\n"
+	for _, h := range headers {
+		req += h + "\r\n"
+	}
+	if _, err := conn.Write([]byte(req + "\r\n" + body)); err != nil {
+		t.Fatal(err)
+	}
+	return conn
+}
+
 // soleEvent waits for the fixture's first usage event and returns it; it
 // must be the only one.
 func (f *fixture) soleEvent(t *testing.T) *nozzle.UsageEvent {
@@ -183,19 +204,9 @@ func TestRealPort_NonStreamedPastReadTimeout(t *testing.T) {
 // queue, say) ends there: not run, not charged, its Idempotency-Key free.
 func TestRealPort_StreamClientGoneBeforeFirstToken(t *testing.T) {
 	f := newFixture(t)
-	hold := make(chan struct{})
-	f.gen.hold.Store(&hold)
-	f.gen.started = make(chan string, 4)
+	hold := f.gen.holdAll()
 	url := f.serve(t)
-	conn, err := net.Dial("tcp", strings.TrimPrefix(url, "http://"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	req := "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + f.keyA + "\r\nIdempotency-Key: k-early\r\n" +
-		"Content-Type: application/json\r\nContent-Length: " + strconv.Itoa(len(streamBody)) + "\r\n\r\n" + streamBody
-	if _, err := conn.Write([]byte(req)); err != nil {
-		t.Fatal(err)
-	}
+	conn := rawPost(t, url+"/v1/chat/completions", f.keyA, streamBody, "Idempotency-Key: k-early")
 	<-f.gen.started
 	conn.Close()
 	// Canceled within a look or two at the connection.
@@ -249,15 +260,7 @@ func TestRealPort_NonStreamedClientGoneStopsGeneration(t *testing.T) {
 	url := f.serve(t)
 
 	body := `{"model":"base","messages":[{"role":"user","content":"hi"}]}`
-	conn, err := net.Dial("tcp", strings.TrimPrefix(url, "http://"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	req := "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + f.keyA +
-		"\r\nContent-Type: application/json\r\nContent-Length: " + strconv.Itoa(len(body)) + "\r\n\r\n" + body
-	if _, err := conn.Write([]byte(req)); err != nil {
-		t.Fatal(err)
-	}
+	conn := rawPost(t, url+"/v1/chat/completions", f.keyA, body)
 	time.Sleep(300 * time.Millisecond) // about 60 of the 500 tokens
 	conn.Close()
 	if ev := f.soleEvent(t); ev.Status != nozzle.UsageCanceled || ev.CompletionTokens == 0 || ev.CompletionTokens > 200 || ev.ChargeUSD <= 0 {
@@ -296,9 +299,7 @@ func TestRealPort_NonStreamedClientGoneStopsGeneration(t *testing.T) {
 
 func TestRealPort_ConcurrentIdempotencyKey(t *testing.T) {
 	f := newFixture(t)
-	hold := make(chan struct{})
-	f.gen.hold.Store(&hold)
-	f.gen.started = make(chan string, 4)
+	hold := f.gen.holdAll()
 	url := f.serve(t)
 	var wg sync.WaitGroup
 	var first *http.Response
