@@ -168,7 +168,7 @@ func (s *Server) complete(c *fiber.Ctx, kind genKind) error {
 		cp.unclaim()
 		return err
 	}
-	if cp.releaseBudget, err = s.reserveBudget(ctx, p, promptEst, completionEst); err != nil {
+	if cp.releaseBudget, err = s.reserveBudget(ctx, p, j.promptBound(), completionEst); err != nil {
 		s.reconcileTokens(p, cp.tokensTaken, 0)
 		cp.unclaim()
 		return err

@@ -70,6 +70,40 @@ func (j *job) choices() int {
 	return j.n * len(j.prompts)
 }
 
+// templateAllowance bounds the tokens a chat template adds around the
+// messages once (a default system prompt, a date line, the generation
+// prompt), and messageAllowance those it adds to each message (role
+// headers, separators, special tokens).
+const (
+	templateAllowance = 128
+	messageAllowance  = 16
+)
+
+// promptBound is at least the prompt tokens the request can be charged
+// for (each prompt once, as usage counts it): a token of a BPE vocabulary
+// covers at least one byte of the text, so a text's bytes bound its
+// tokens; the template's tokens are allowed for; token ids are exact.
+// The budget reserves on this bound, so that requests admitted together
+// cannot spend more than the budget holds.
+func (j *job) promptBound() int {
+	if j.kind == kindChat {
+		n := templateAllowance
+		for _, m := range j.messages {
+			n += len(m.Content) + len(m.Name) + messageAllowance
+		}
+		return n
+	}
+	n := 0
+	for _, p := range j.prompts {
+		if p.isText {
+			n += len(p.text) + 2 // BOS, and EOS where a tokenizer adds it
+		} else {
+			n += len(p.tokens)
+		}
+	}
+	return n
+}
+
 // promptEstimate guesses the prompt tokens of the whole request (all
 // choices) before tokenizing: about 4 bytes a token, exact for token ids.
 func (j *job) promptEstimate() int {

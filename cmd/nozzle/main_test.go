@@ -17,6 +17,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -434,3 +435,50 @@ func TestServe_SIGKILLLosesNoAcknowledgedUsage(t *testing.T) {
 }
 
 func quietLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+// TestServe_BudgetNotOverspent: requests admitted together under a small
+// budget cannot spend more than it holds, even with prompts whose tokens
+// the gateway cannot guess from their length (punctuation: about a token
+// a byte).
+func TestServe_BudgetNotOverspent(t *testing.T) {
+	m := MustRunMain(t)
+	base := "http://" + m.Addr
+	key := m.demoKey(t)
+	ctx := context.Background()
+	ten, err := nozzle.FindTenant(ctx, m.Ledger, demoTenant)
+	if err != nil {
+		t.Fatal(err)
+	}
+	budget := 0.0005
+	if _, err := m.Ledger.UpdateTenant(ctx, ten.ID, nozzle.TenantUpdate{MonthlyBudgetUSD: &budget}); err != nil {
+		t.Fatal(err)
+	}
+	prompt := strings.Repeat("!?.,;:", 70)
+	body := fmt.Sprintf(`{"model":"demo-chat","messages":[{"role":"user","content":%q}],"max_tokens":1}`, prompt)
+	var wg sync.WaitGroup
+	var ok, refused atomic.Int64
+	for range 30 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			resp, b := post(t, base+"/v1/chat/completions", key, body)
+			switch resp.StatusCode {
+			case 200:
+				ok.Add(1)
+			case 429:
+				refused.Add(1)
+			default:
+				t.Errorf("%d %s", resp.StatusCode, b)
+			}
+		}()
+	}
+	wg.Wait()
+	spent, err := m.Ledger.MonthToDate(ctx, ten.ID, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%d admitted, %d refused, $%.7f spent of $%.4f", ok.Load(), refused.Load(), spent, budget)
+	if spent > budget*(1+1e-9) || ok.Load() == 0 || refused.Load() == 0 {
+		t.Fatalf("spent $%.7f of a $%.4f budget (%d admitted, %d refused)", spent, budget, ok.Load(), refused.Load())
+	}
+}
