@@ -2,6 +2,7 @@ package nozzle
 
 import (
 	"context"
+	"slices"
 	"time"
 )
 
@@ -73,6 +74,20 @@ type ReportRow struct {
 	// CostUSD with it.
 	DedicatedUSD  float64 `json:"dedicated_usd"`
 	SavingPercent float64 `json:"saving_percent"`
+}
+
+// LabelBaseRows names the base model's rows of a report grouped by
+// adapter as requests name it (BaseModelAlias, never an adapter's name),
+// so that every row carries its group's field.
+func (r *Report) LabelBaseRows() {
+	if !slices.Contains(r.GroupBy, GroupAdapter) {
+		return
+	}
+	for i := range r.Rows {
+		if r.Rows[i].AdapterID == "" && r.Rows[i].AdapterName == "" {
+			r.Rows[i].AdapterName = BaseModelAlias
+		}
+	}
 }
 
 // Report is a usage and cost report over a period.

@@ -104,12 +104,11 @@ func (s *Server) applyTenantUpdate(c *fiber.Ctx, upd nozzle.TenantUpdate) error 
 			return err
 		}
 	}
-	id := strings.Clone(c.Params("id"))
-	t, err := s.deps.Tenants.UpdateTenant(c.UserContext(), id, upd)
+	t, err := s.tenantParam(c)
 	if err != nil {
-		if nozzle.ErrorCode(err) == nozzle.ENOTFOUND {
-			return nozzle.Errorf(nozzle.ENOTFOUND, "No tenant with id %q.", id).WithReason("tenant_not_found")
-		}
+		return err
+	}
+	if t, err = s.deps.Tenants.UpdateTenant(c.UserContext(), t.ID, upd); err != nil {
 		return err
 	}
 	return c.JSON(tenantJSON{Object: "tenant", Tenant: t})

@@ -60,7 +60,10 @@ func TestAdmin(t *testing.T) {
 			t.Fatalf("%d %s", r.StatusCode, readAll(t, r))
 		}
 		wantError(t, f.do(http.MethodGet, "/v1/models", "", f.authA()), 403, "permission_error", "tenant_suspended", "")
-		f.do(http.MethodPatch, "/admin/tenants/"+f.tenantA.ID, `{"suspended":false}`, admin)
+		// By name as well as by id.
+		if r := f.do(http.MethodPatch, "/admin/tenants/"+f.tenantA.Name, `{"suspended":false}`, admin); r.StatusCode != 200 {
+			t.Fatalf("by name: %d %s", r.StatusCode, readAll(t, r))
+		}
 		if r := f.do(http.MethodGet, "/v1/models", "", f.authA()); r.StatusCode != 200 {
 			t.Errorf("resumed: %d", r.StatusCode)
 		}

@@ -2,7 +2,6 @@ package gateway
 
 import (
 	"bytes"
-	"slices"
 	"strings"
 	"time"
 
@@ -90,20 +89,6 @@ func toUsageRow(r nozzle.ReportRow) usageRow {
 	return u
 }
 
-// labelBaseRows names the base model's rows of a report grouped by adapter
-// as requests name it ("base", never an adapter's name), so that every row
-// carries its group's field.
-func labelBaseRows(r *nozzle.Report) {
-	if !slices.Contains(r.GroupBy, nozzle.GroupAdapter) {
-		return
-	}
-	for i := range r.Rows {
-		if r.Rows[i].AdapterID == "" && r.Rows[i].AdapterName == "" {
-			r.Rows[i].AdapterName = nozzle.BaseModelAlias
-		}
-	}
-}
-
 func (s *Server) reporter() (nozzle.Reporter, error) {
 	if s.deps.Reporter == nil {
 		return nil, nozzle.Errorf(nozzle.EUNAVAILABLE, "Reports are not available on this server.")
@@ -133,7 +118,7 @@ func (s *Server) usage(c *fiber.Ctx) error {
 		r.Rows[i].MarginUSD = 0
 	}
 	r.Total.MarginUSD = 0
-	labelBaseRows(r)
+	r.LabelBaseRows()
 	if c.Query("format") == "csv" {
 		return writeCSV(c, r, "usage.csv", true)
 	}
@@ -200,7 +185,7 @@ func (s *Server) adminReport(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
-	labelBaseRows(r)
+	r.LabelBaseRows()
 	if c.Query("format") == "csv" {
 		return writeCSV(c, r, "report.csv", false)
 	}

@@ -144,6 +144,7 @@ func runReport(ctx context.Context, args []string, stdout, stderr io.Writer) err
 			return fmt.Errorf("read report: %w", err)
 		}
 	}
+	rep.LabelBaseRows() // as the server's report does
 	switch *format {
 	case "csv":
 		return rep.WriteCSV(stdout)
