@@ -27,6 +27,9 @@ func watchClient(conn net.Conn, interval time.Duration, gone func()) (stop func(
 	var mu sync.Mutex
 	stopped := false
 	var t *time.Timer
+	// t is set under mu, which the first look takes before it reads t.
+	mu.Lock()
+	defer mu.Unlock()
 	t = time.AfterFunc(interval, func() {
 		mu.Lock()
 		defer mu.Unlock()
