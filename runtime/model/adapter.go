@@ -66,8 +66,14 @@ type AdapterConfig struct {
 	LayersToTransform []int
 	LayersPattern     []string
 	BaseModel         string
-	TaskType          string
-	FanInFanOut       bool
+	// The selection's regular expressions, compiled once by
+	// ParseAdapterConfig: target_modules and exclude_modules when given as
+	// one regex (nil for a list and for "all-linear"), and the layer-number
+	// patterns of layers_to_transform.
+	targetRE, excludeRE *regexp.Regexp
+	layerREs            []*regexp.Regexp
+	TaskType            string
+	FanInFanOut         bool
 }
 
 // Adapter is an opened PEFT LoRA adapter, validated against a base model.
@@ -398,7 +404,8 @@ func ParseAdapterConfig(b []byte) (*AdapterConfig, []string, error) {
 		key   string
 		list  *[]string
 		regex *bool
-	}{{"target_modules", &c.TargetModules, &c.TargetRegex}, {"exclude_modules", &c.ExcludeModules, &c.ExcludeRegex}} {
+		re    **regexp.Regexp
+	}{{"target_modules", &c.TargetModules, &c.TargetRegex, &c.targetRE}, {"exclude_modules", &c.ExcludeModules, &c.ExcludeRegex, &c.excludeRE}} {
 		v, ok := raw[m.key]
 		if !ok || !isSet(v) {
 			continue
@@ -407,7 +414,7 @@ func ParseAdapterConfig(b []byte) (*AdapterConfig, []string, error) {
 			return nil, nil, bad("%s is neither a list nor a string", m.key)
 		}
 		if *m.regex && (*m.list)[0] != "all-linear" {
-			if _, err := regexp.Compile(`^(?:` + (*m.list)[0] + `)$`); err != nil {
+			if *m.re, err = regexp.Compile(`^(?:` + (*m.list)[0] + `)$`); err != nil {
 				return nil, nil, bad("%s %q is not a regular expression this server can read: %v", m.key, (*m.list)[0], err)
 			}
 		}
@@ -420,6 +427,15 @@ func ParseAdapterConfig(b []byte) (*AdapterConfig, []string, error) {
 	if v, ok := raw["layers_pattern"]; ok && isSet(v) {
 		if c.LayersPattern, _, ok = oneOrList[string](v); !ok {
 			return nil, nil, bad("layers_pattern is neither a string nor a list")
+		}
+	}
+	patterns := c.LayersPattern
+	if len(patterns) == 0 {
+		patterns = []string{`[^.]*`} // the layer number after any part
+	}
+	for _, p := range patterns {
+		if re, err := regexp.Compile(`.*\.` + p + `\.(\d+)\.`); err == nil { // one that does not compile matches nothing
+			c.layerREs = append(c.layerREs, re)
 		}
 	}
 	if c.BaseModel, err = str("base_model_name_or_path"); err != nil {
@@ -465,12 +481,9 @@ func oneOrList[T any](v json.RawMessage) (list []T, one bool, ok bool) {
 // layers_pattern, or after any part when there is no pattern). A config
 // that names no target modules selects what the tensors hold.
 func (c *AdapterConfig) selects(path string) bool {
-	named := func(list []string, regex bool) bool {
+	named := func(list []string, regex bool, re *regexp.Regexp) bool {
 		if regex {
-			if list[0] == "all-linear" {
-				return true
-			}
-			return regexp.MustCompile(`^(?:` + list[0] + `)$`).MatchString(path)
+			return re == nil || re.MatchString(path) // nil: "all-linear"
 		}
 		for _, t := range list {
 			if path == t || strings.HasSuffix(path, "."+t) {
@@ -479,24 +492,16 @@ func (c *AdapterConfig) selects(path string) bool {
 		}
 		return false
 	}
-	if len(c.ExcludeModules) > 0 && named(c.ExcludeModules, c.ExcludeRegex) {
+	if len(c.ExcludeModules) > 0 && named(c.ExcludeModules, c.ExcludeRegex, c.excludeRE) {
 		return false
 	}
-	if len(c.TargetModules) > 0 && !named(c.TargetModules, c.TargetRegex) {
+	if len(c.TargetModules) > 0 && !named(c.TargetModules, c.TargetRegex, c.targetRE) {
 		return false
 	}
 	if c.LayersToTransform == nil {
 		return true
 	}
-	patterns := c.LayersPattern
-	if len(patterns) == 0 {
-		patterns = []string{`[^.]*`}
-	}
-	for _, p := range patterns {
-		re, err := regexp.Compile(`.*\.` + p + `\.(\d+)\.`)
-		if err != nil {
-			continue
-		}
+	for _, re := range c.layerREs {
 		if m := re.FindStringSubmatch(path + "."); m != nil {
 			n, _ := strconv.Atoi(m[1])
 			return slices.Contains(c.LayersToTransform, n)
