@@ -21,7 +21,8 @@ const clientCheckEvery = 100 * time.Millisecond
 // for a look in progress, so the connection is the server's alone once it
 // returns.
 func watchClient(conn net.Conn, interval time.Duration, gone func()) (stop func()) {
-	if conn == nil || !canPeek(conn) {
+	closed := closedCheck(conn)
+	if closed == nil {
 		return func() {}
 	}
 	var mu sync.Mutex
@@ -36,7 +37,7 @@ func watchClient(conn net.Conn, interval time.Duration, gone func()) (stop func(
 		if stopped {
 			return
 		}
-		if peerClosed(conn) {
+		if closed() {
 			stopped = true
 			gone()
 			return

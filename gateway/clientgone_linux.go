@@ -22,19 +22,22 @@ func rawConn(conn net.Conn) syscall.RawConn {
 	return rc
 }
 
-func canPeek(conn net.Conn) bool { return rawConn(conn) != nil }
-
-// peerClosed reports whether the peer of conn closed it or the connection
-// broke: a peek without waiting that finds the end of the stream or an
-// error other than "nothing to read yet". Bytes waiting (a pipelined
-// request) mean the client is there. The peek goes through Control, not
-// Read: the server's read deadline, which has passed when a request runs
-// longer than the read timeout, says nothing about the client.
-func peerClosed(conn net.Conn) bool {
+// closedCheck returns a function that reports whether the peer of conn
+// closed it or the connection broke (nil when conn has no socket to look
+// at): a peek without waiting that finds the end of the stream or an error
+// other than "nothing to read yet". Bytes waiting (a pipelined request)
+// mean the client is there. The peek goes through Control, not Read: the
+// server's read deadline, which has passed when a request runs longer than
+// the read timeout, says nothing about the client.
+func closedCheck(conn net.Conn) func() bool {
 	rc := rawConn(conn)
 	if rc == nil {
-		return false
+		return nil
 	}
+	return func() bool { return peerClosed(rc) }
+}
+
+func peerClosed(rc syscall.RawConn) bool {
 	var buf [1]byte
 	closed := false
 	rc.Control(func(fd uintptr) { // an error: the server closed it; not the client's doing

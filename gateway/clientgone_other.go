@@ -6,6 +6,4 @@ import "net"
 
 // Without a peek that does not wait, a non-streamed request is not watched:
 // it runs to its end however long its client has been gone.
-func canPeek(net.Conn) bool { return false }
-
-func peerClosed(net.Conn) bool { return false }
+func closedCheck(net.Conn) func() bool { return nil }
