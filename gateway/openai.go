@@ -283,15 +283,20 @@ func (u *unimplemented) check() error {
 	return nil
 }
 
+// noToolsMode reports whether a tool_choice (or the legacy function_call)
+// asks for nothing a server without tools cannot give: left out, null,
+// "none" or "auto".
+func noToolsMode(raw json.RawMessage) bool {
+	var mode string
+	return isNull(raw) || json.Unmarshal(raw, &mode) == nil && (mode == "none" || mode == "auto")
+}
+
 // checkChatFormat accepts tool_choice "none" or "auto" (there are no tools)
 // and response_format {"type": "text"}: Nozzle has no tool calls and no
 // constrained decoding, so anything else is refused.
 func checkChatFormat(toolChoice, responseFormat json.RawMessage) error {
-	if !isNull(toolChoice) {
-		var mode string
-		if json.Unmarshal(toolChoice, &mode) != nil || (mode != "none" && mode != "auto") {
-			return invalid("tool_choice", "'tool_choice' other than \"none\" or \"auto\" is not supported by this server: it has no tools.")
-		}
+	if !noToolsMode(toolChoice) {
+		return invalid("tool_choice", "'tool_choice' other than \"none\" or \"auto\" is not supported by this server: it has no tools.")
 	}
 	if !isNull(responseFormat) {
 		var f struct {
@@ -312,11 +317,8 @@ func checkChatFormat(toolChoice, responseFormat json.RawMessage) error {
 // modalities, web search, and reasoning effort (the models served do not
 // reason in a separate channel).
 func checkChatOutputs(b *chatBody) error {
-	if !isNull(b.FunctionCall) {
-		var mode string
-		if json.Unmarshal(b.FunctionCall, &mode) != nil || (mode != "none" && mode != "auto") {
-			return invalid("function_call", "'function_call' other than \"none\" or \"auto\" is not supported by this server: it has no tools.")
-		}
+	if !noToolsMode(b.FunctionCall) {
+		return invalid("function_call", "'function_call' other than \"none\" or \"auto\" is not supported by this server: it has no tools.")
 	}
 	for _, m := range b.Modalities {
 		if m != "text" {

@@ -23,6 +23,7 @@ import (
 //	GET    /v1/adapters/{name}              adapters scope
 //	DELETE /v1/adapters/{name}              adapters scope
 //	GET    /v1/usage                        usage scope
+//	GET    /v1/usage/requests/{id}          usage scope
 //	POST   /v1/keys                         usage scope
 //	GET    /v1/keys                         usage scope
 //	DELETE /v1/keys/{id}                    usage scope
