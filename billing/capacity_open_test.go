@@ -314,9 +314,8 @@ func TestOpenCapacity_Migrate(t *testing.T) {
 	}
 	defer db.Close()
 	db.View(func(tx *bolt.Tx) error {
-		// 3: version 4 is stamped only with a file's first standard-price mark.
-		if v := binary.BigEndian.Uint32(tx.Bucket([]byte("meta")).Get([]byte("version"))); v != 3 {
-			t.Errorf("version %d after migration, want 3", v)
+		if v := binary.BigEndian.Uint32(tx.Bucket([]byte("meta")).Get([]byte("version"))); v != billing.SchemaVersion {
+			t.Errorf("version %d after migration, want %d", v, billing.SchemaVersion)
 		}
 		return nil
 	})

@@ -212,6 +212,7 @@ func compareRollups(res *CheckResult, what string, b *bolt.Bucket, want map[stri
 		}
 		if got.Requests != w.Requests || got.Failed != w.Failed || got.PromptTokens != w.PromptTokens ||
 			got.CachedPromptTokens != w.CachedPromptTokens ||
+			got.FailedPromptTokens != w.FailedPromptTokens || got.FailedCompletionTokens != w.FailedCompletionTokens ||
 			got.CompletionTokens != w.CompletionTokens || !near(got.DeviceSeconds, w.DeviceSeconds) ||
 			!near(got.ActiveCostUSD, w.ActiveCostUSD) || !near(got.ChargedUSD, w.ChargedUSD) {
 			res.problem("%s %x is %+v, its events sum to %+v", what, k, got, *w)

@@ -44,7 +44,7 @@ var v1Rollup = rollup{Requests: 3, Failed: 1, PromptTokens: 2000, CompletionToke
 const v1RollupHex = "010602a01f8c013ff80000000000003fd00000000000003fe00000000000000373716c"
 
 // TestFormat1Values: events and rollups that older builds wrote decode, with
-// no cached prompt tokens, and are written again in format 2.
+// no cached prompt tokens, and are written again in the current formats.
 func TestFormat1Values(t *testing.T) {
 	b, _ := hex.DecodeString(v1EventHex)
 	if got := encodeEventV1(v1Event); !bytes.Equal(got, b) {
@@ -74,15 +74,15 @@ func TestFormat1Values(t *testing.T) {
 	if err != nil || r != v1Rollup {
 		t.Fatalf("format 1 rollup decodes to %+v, %v", r, err)
 	}
-	if again := encodeRollup(&r); again[0] != valueV2 {
+	if again := encodeRollup(&r); again[0] != valueV3 {
 		t.Fatalf("rollups are written in format %d", again[0])
 	} else if r2, err := decodeRollup(again); err != nil || r2 != r {
 		t.Fatalf("re-encoded rollup decodes to %+v, %v", r2, err)
 	}
 }
 
-// TestDecodeCachedOutOfRange: cached prompt tokens outside 0..prompt tokens
-// are refused as corrupt.
+// TestDecodeCachedOutOfRange: cached prompt tokens outside 0..prompt tokens,
+// or failed requests' tokens outside 0..all, are refused as corrupt.
 func TestDecodeCachedOutOfRange(t *testing.T) {
 	for _, c := range []struct{ prompt, cached int64 }{{10, 11}, {10, -1}, {0, 1}} {
 		ev := &nozzle.UsageEvent{RequestID: "r", TenantID: "t", Status: nozzle.UsageOK, Time: time.Unix(1, 0),
@@ -93,6 +93,15 @@ func TestDecodeCachedOutOfRange(t *testing.T) {
 		r := &rollup{Requests: 1, PromptTokens: c.prompt, CachedPromptTokens: c.cached}
 		if _, err := decodeRollup(encodeRollup(r)); !errors.Is(err, errCorrupt) {
 			t.Errorf("rollup with %d of %d prompt tokens cached: %v", c.cached, c.prompt, err)
+		}
+	}
+	for _, r := range []rollup{
+		{Requests: 1, Failed: 1, PromptTokens: 10, FailedPromptTokens: 11},
+		{Requests: 1, Failed: 1, CompletionTokens: 10, FailedCompletionTokens: 11},
+		{Requests: 1, Failed: 1, PromptTokens: 10, FailedPromptTokens: -1},
+	} {
+		if _, err := decodeRollup(encodeRollup(&r)); !errors.Is(err, errCorrupt) {
+			t.Errorf("rollup %+v: %v", r, err)
 		}
 	}
 	ev := &nozzle.UsageEvent{RequestID: "r", TenantID: "t", Status: nozzle.UsageOK, Time: time.Unix(1, 0), PromptTokens: 10, CachedPromptTokens: 10}
@@ -211,15 +220,15 @@ func TestLedger_Format1File(t *testing.T) {
 	}
 
 	// The file is at the current version; old events kept their format,
-	// the rollups they share with the new one moved to format 2.
+	// the rollups they share with the new one moved to format 3.
 	db, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer db.Close()
 	db.View(func(tx *bolt.Tx) error {
-		if v, _ := schemaVersion(tx); v != 3 || SchemaVersion != 4 {
-			t.Errorf("version %d after open, want 3 (4 only once a standard-price mark is written)", v)
+		if v, _ := schemaVersion(tx); v != SchemaVersion {
+			t.Errorf("version %d after open, want %d", v, SchemaVersion)
 		}
 		formats := map[string][]byte{}
 		for _, name := range [][]byte{bEvents, bRollups, bHours, bMonths} {
@@ -232,7 +241,7 @@ func TestLedger_Format1File(t *testing.T) {
 			t.Errorf("event formats %v", got)
 		}
 		for _, name := range []string{"rollups", "hours", "months"} {
-			if got := formats[name]; !bytes.Equal(got, []byte{valueV2}) {
+			if got := formats[name]; !bytes.Equal(got, []byte{valueV3}) {
 				t.Errorf("%s formats %v", name, got)
 			}
 		}
@@ -318,5 +327,65 @@ func TestJournal_Format1Replay(t *testing.T) {
 	ev, err := l.Usage(ctx, "old-2")
 	if err != nil || ev.PromptTokens != 1000 || ev.CachedPromptTokens != 0 {
 		t.Fatalf("replayed event %+v, %v", ev, err)
+	}
+}
+
+// TestLedger_BackfillFailedTokens: a version 4 file, whose rollups do not
+// tell the failed requests' tokens apart, opens at the current version with
+// those tokens added from the events; the check holds and the outbox meters
+// only the tokens of the requests that did not fail.
+func TestLedger_BackfillFailedTokens(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "ledger.db")
+	l := openCompat(t, path)
+	ten := heldTenant(t, l)
+	at := time.Date(2026, 3, 4, 10, 5, 0, 0, time.UTC)
+	for i, st := range []string{nozzle.UsageOK, nozzle.UsageFailed, nozzle.UsageFailed, nozzle.UsageCanceled} {
+		ev := &nozzle.UsageEvent{RequestID: fmt.Sprint("r", i), TenantID: ten.ID, AdapterID: "ad", Status: st, Time: at,
+			PromptTokens: int64(100 * (i + 1)), CompletionTokens: int64(10 * (i + 1))}
+		if _, err := l.RecordUsage(ctx, ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	rewriteUsage(t, path, func(bucket string, v []byte) []byte {
+		if bucket == string(bEvents) {
+			return v
+		}
+		r, err := decodeRollup(v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return encodeRollupAs(&r, valueV2)
+	}, 4)
+
+	l = openCompat(t, path)
+	if res, err := l.Check(ctx); err != nil || res.Events != 4 {
+		t.Fatalf("check after the migration: %+v, %v", res, err)
+	}
+	// Failed: r1 and r2, 200+300 prompt and 20+30 completion tokens.
+	err := l.view(func(tx *bolt.Tx) error {
+		r, err := decodeRollup(tx.Bucket(bMonths).Get(monthKey(ten.ID, monthOf(at))))
+		if err != nil || r.FailedPromptTokens != 500 || r.FailedCompletionTokens != 50 || r.Failed != 2 {
+			t.Errorf("month after the migration: %+v, %v", r, err)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, err := l.SweepOutbox(ctx, at.Add(2*time.Hour), OutboxOptions{}); err != nil || n != 2 {
+		t.Fatalf("SweepOutbox = %d, %v", n, err)
+	}
+	rows, err := l.OutboxRows(ctx, "")
+	if err != nil || len(rows) != 2 {
+		t.Fatalf("outbox rows %+v, %v", rows, err)
+	}
+	for _, r := range rows {
+		if want := map[string]int64{MeterPrompt: 500, MeterCompletion: 50}[r.Meter]; r.Value != want {
+			t.Errorf("%s meter event of %d tokens, want %d", r.Meter, r.Value, want)
+		}
 	}
 }

@@ -45,6 +45,8 @@ func FuzzDecodeRollup(f *testing.F) {
 	f.Add(encodeRollup(&rollup{Requests: 1, PromptTokens: 2, DeviceSeconds: 1.5, AdapterName: "a"}))
 	f.Add(encodeRollup(&rollup{Requests: 2, PromptTokens: 700, CachedPromptTokens: 512, CompletionTokens: 9, AdapterName: "a"}))
 	f.Add(encodeRollupV1(&v1Rollup))
+	f.Add(encodeRollupAs(&rollup{Requests: 2, PromptTokens: 700, CachedPromptTokens: 512, CompletionTokens: 9, AdapterName: "a"}, valueV2))
+	f.Add(encodeRollup(&rollup{Requests: 3, Failed: 1, PromptTokens: 700, CompletionTokens: 9, FailedPromptTokens: 300, FailedCompletionTokens: 9, AdapterName: "a"}))
 	f.Add([]byte{1, 0})
 	f.Add([]byte{2, 0})
 	f.Fuzz(func(t *testing.T, b []byte) {

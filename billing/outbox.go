@@ -187,7 +187,11 @@ func (w *wtx) enqueueHour(hour int64, tenantID string, now time.Time, opts *Outb
 			return 0, err
 		}
 	}
-	dp, dc := sum.PromptTokens-b.PromptTokens, sum.CompletionTokens-b.CompletionTokens
+	// Failed requests are not billed. A file from before schema version 5
+	// billed their tokens too, so what was taken may exceed what is
+	// billable: the excess is taken off the hour's later tokens.
+	bp, bc := sum.billable()
+	dp, dc := bp-b.PromptTokens, bc-b.CompletionTokens
 	if dp <= 0 && dc <= 0 {
 		return 0, nil
 	}
@@ -220,7 +224,7 @@ func (w *wtx) enqueueHour(hour int64, tenantID string, now time.Time, opts *Outb
 		}
 		n++
 	}
-	b.PromptTokens, b.CompletionTokens, b.Parts = sum.PromptTokens, sum.CompletionTokens, part+1
+	b.PromptTokens, b.CompletionTokens, b.Parts = max(b.PromptTokens, bp), max(b.CompletionTokens, bc), part+1
 	return n, bb.Put(prefix, encodeBilled(&b))
 }
 

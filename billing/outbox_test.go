@@ -155,6 +155,40 @@ func TestOutbox_SendsClosedHoursOnce(t *testing.T) {
 	mustCheck(t, l)
 }
 
+// TestOutbox_FailedRequestsAreNotMetered: the tokens of requests the
+// runtime failed, which the ledger charges nothing, are not sent to
+// Stripe either; those of requests whose client went away are.
+func TestOutbox_FailedRequestsAreNotMetered(t *testing.T) {
+	ctx := context.Background()
+	clk := newClock(date("2026-03-04T10:30:00Z"))
+	l := mustOpen(t, billing.Options{Now: clk.Now})
+	a, b := mustTenant(t, l, "a"), mustTenant(t, l, "b")
+	at := date("2026-03-04T09:10:00Z")
+	mustRecord(t, l, nozzle.UsageEvent{RequestID: "ok", TenantID: a.ID, AdapterID: "x", Time: at, PromptTokens: 100, CompletionTokens: 10})
+	mustRecord(t, l, nozzle.UsageEvent{RequestID: "failed", TenantID: a.ID, AdapterID: "x", Status: nozzle.UsageFailed, Time: at, PromptTokens: 40, CompletionTokens: 4})
+	mustRecord(t, l, nozzle.UsageEvent{RequestID: "gone", TenantID: a.ID, AdapterID: "y", Status: nozzle.UsageCanceled, Time: at, PromptTokens: 20, CompletionTokens: 2})
+	// b's only request failed: b has nothing to meter.
+	mustRecord(t, l, nozzle.UsageEvent{RequestID: "b-failed", TenantID: b.ID, Status: nozzle.UsageFailed, Time: at, PromptTokens: 500, CompletionTokens: 50})
+
+	f := &fakeStripe{}
+	runOutbox(t, l, f, fastOutbox, func(st nozzle.OutboxState) bool { return st.Sent == 2 && st.Pending == 0 })
+	_, taken := f.snapshot()
+	if len(taken) != 2 || taken["nz-"+a.ID+"-prompt-2026030409"].Value != 120 || taken["nz-"+a.ID+"-completion-2026030409"].Value != 12 {
+		t.Fatalf("meter events %+v; want a's 120 prompt and 12 completion tokens only", taken)
+	}
+	// A late failed request in the sent hour adds nothing to send.
+	mustRecord(t, l, nozzle.UsageEvent{RequestID: "late-failed", TenantID: a.ID, Status: nozzle.UsageFailed, Time: at, PromptTokens: 9, CompletionTokens: 1})
+	if n, err := l.SweepOutbox(ctx, clk.Now(), billing.OutboxOptions{}); err != nil || n != 0 {
+		t.Fatalf("SweepOutbox after a late failed request = %d, %v", n, err)
+	}
+	// The usage report still counts every token the device processed.
+	rep, err := l.Report(ctx, nozzle.ReportQuery{TenantID: a.ID, Start: date("2026-03-04T09:00:00Z"), End: date("2026-03-04T10:00:00Z")})
+	if err != nil || rep.Total.PromptTokens != 169 || rep.Total.Requests != 4 {
+		t.Fatalf("report %+v, %v", rep.Total, err)
+	}
+	mustCheck(t, l)
+}
+
 // TestOutbox_CrashAfterStripeCall kills the worker between the Stripe call
 // and the outbox update, reopens the ledger and checks that the same
 // identifier and idempotency key are sent again, and nothing new.

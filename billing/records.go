@@ -17,6 +17,12 @@ const valueV1 = 1
 // Format 1 values still decode, with no cached prompt tokens.
 const valueV2 = 2
 
+// valueV3 is the format of rollups since schema version 5: format 2 with
+// the prompt and completion tokens of the failed requests after the
+// completion tokens. Older rollups decode with none, which the version 5
+// migration makes true.
+const valueV3 = 3
+
 // Status codes of stored usage events.
 var statusCodes = map[string]byte{nozzle.UsageOK: 1, nozzle.UsageCanceled: 2, nozzle.UsageFailed: 3}
 var statusNames = map[byte]string{1: nozzle.UsageOK, 2: nozzle.UsageCanceled, 3: nozzle.UsageFailed}
@@ -98,17 +104,28 @@ type rollup struct {
 	PromptTokens       int64
 	CachedPromptTokens int64 // of PromptTokens, those the prefix cache held
 	CompletionTokens   int64
-	DeviceSeconds      float64
-	ActiveCostUSD      float64
-	ChargedUSD         float64
-	AdapterName        string
+	// Of PromptTokens and CompletionTokens, those of failed requests: the
+	// tokens nobody is billed for.
+	FailedPromptTokens     int64
+	FailedCompletionTokens int64
+	DeviceSeconds          float64
+	ActiveCostUSD          float64
+	ChargedUSD             float64
+	AdapterName            string
 }
 
-// cachedWithin reports whether cached prompt tokens can be part of the
-// prompt tokens: between 0 and them. None cached always can: the decoders,
-// like format 1's, leave the sign of the prompt tokens to validateEvent, and
-// every value they accept must re-encode to one they accept.
-func cachedWithin(cached, prompt int64) bool { return cached == 0 || (cached > 0 && cached <= prompt) }
+// partOf reports whether a count can be part of a whole (cached prompt
+// tokens of the prompt tokens, failed requests' tokens of all): between 0
+// and it. Zero always can: the decoders, like format 1's, leave the sign of
+// the whole to validateEvent, and every value they accept must re-encode to
+// one they accept.
+func partOf(part, whole int64) bool { return part == 0 || (part > 0 && part <= whole) }
+
+// billable returns the prompt and completion tokens of the requests that
+// did not fail.
+func (r *rollup) billable() (prompt, completion int64) {
+	return r.PromptTokens - r.FailedPromptTokens, r.CompletionTokens - r.FailedCompletionTokens
+}
 
 // cached reads the cached prompt tokens of a format 2 value (format 1 has
 // none) and checks them against its prompt tokens.
@@ -117,7 +134,7 @@ func (d *dec) cached(format byte, prompt int64) int64 {
 		return 0
 	}
 	c := d.varint()
-	if !cachedWithin(c, prompt) {
+	if !partOf(c, prompt) {
 		d.fail()
 	}
 	return c
@@ -129,6 +146,8 @@ func (r *rollup) add(o *rollup) {
 	r.PromptTokens += o.PromptTokens
 	r.CachedPromptTokens += o.CachedPromptTokens
 	r.CompletionTokens += o.CompletionTokens
+	r.FailedPromptTokens += o.FailedPromptTokens
+	r.FailedCompletionTokens += o.FailedCompletionTokens
 	r.DeviceSeconds += o.DeviceSeconds
 	r.ActiveCostUSD += o.ActiveCostUSD
 	r.ChargedUSD += o.ChargedUSD
@@ -142,6 +161,8 @@ func (r *rollup) addEvent(ev *nozzle.UsageEvent) {
 	r.Requests++
 	if ev.Status == nozzle.UsageFailed {
 		r.Failed++
+		r.FailedPromptTokens += ev.PromptTokens
+		r.FailedCompletionTokens += ev.CompletionTokens
 	}
 	r.PromptTokens += ev.PromptTokens
 	r.CachedPromptTokens += ev.CachedPromptTokens
@@ -157,9 +178,10 @@ func (r *rollup) addEvent(ev *nozzle.UsageEvent) {
 // activeCost is the GPU cost of a request's device time.
 func activeCost(ev *nozzle.UsageEvent) float64 { return ev.DeviceSeconds * ev.RatePerHour / 3600 }
 
-func encodeRollup(r *rollup) []byte { return encodeRollupAs(r, valueV2) }
+func encodeRollup(r *rollup) []byte { return encodeRollupAs(r, valueV3) }
 
-// encodeRollupAs writes r in value format 1 or 2 (as encodeEventAs).
+// encodeRollupAs writes r in value format 1, 2 (as encodeEventAs; neither
+// has the failed requests' tokens) or 3.
 func encodeRollupAs(r *rollup, format byte) []byte {
 	e := enc{b: make([]byte, 0, 64+len(r.AdapterName))}
 	e.u8(format)
@@ -170,6 +192,10 @@ func encodeRollupAs(r *rollup, format byte) []byte {
 		e.varint(r.CachedPromptTokens)
 	}
 	e.varint(r.CompletionTokens)
+	if format >= valueV3 {
+		e.varint(r.FailedPromptTokens)
+		e.varint(r.FailedCompletionTokens)
+	}
 	e.f64(r.DeviceSeconds)
 	e.f64(r.ActiveCostUSD)
 	e.f64(r.ChargedUSD)
@@ -180,7 +206,7 @@ func encodeRollupAs(r *rollup, format byte) []byte {
 func decodeRollup(b []byte) (rollup, error) {
 	d := dec{b: b}
 	format := d.u8()
-	if format != valueV1 && format != valueV2 {
+	if format < valueV1 || format > valueV3 {
 		d.fail()
 	}
 	var r rollup
@@ -189,6 +215,13 @@ func decodeRollup(b []byte) (rollup, error) {
 	r.PromptTokens = d.varint()
 	r.CachedPromptTokens = d.cached(format, r.PromptTokens)
 	r.CompletionTokens = d.varint()
+	if format >= valueV3 {
+		r.FailedPromptTokens = d.varint()
+		r.FailedCompletionTokens = d.varint()
+		if !partOf(r.FailedPromptTokens, r.PromptTokens) || !partOf(r.FailedCompletionTokens, r.CompletionTokens) {
+			d.fail()
+		}
+	}
 	r.DeviceSeconds = d.f64()
 	r.ActiveCostUSD = d.f64()
 	r.ChargedUSD = d.f64()

@@ -4,19 +4,15 @@ import (
 	"encoding/binary"
 	"fmt"
 
+	"github.com/nozzle-ai/nozzle"
 	bolt "go.etcd.io/bbolt"
 )
 
 // SchemaVersion is the newest ledger layout this package reads and writes.
-// docs/LEDGER.md describes it; migrations below bring older files up to
-// version 3 on open, and a file moves to version 4 only when it first
-// holds a standard-price mark (stampVersion), so that a file that never
-// needed version 4 stays readable by the builds before it.
-const SchemaVersion = 4
-
-// versionStandardPrice is the version whose files may hold a tenant's
-// standard-price mark.
-const versionStandardPrice = 4
+// docs/LEDGER.md describes it; migrations below bring older files up to it
+// on open. Version 4 has no migration of its own: the builds that knew it
+// but not 5 stamped it on a file when it first held a standard-price mark.
+const SchemaVersion = 5
 
 // Bucket names. docs/LEDGER.md gives each bucket's keys and values.
 var (
@@ -91,17 +87,34 @@ var migrations = []migration{
 	// to format 2 when it is next written. The version keeps a build that
 	// cannot read format 2 from opening the file.
 	{To: 3, Fn: func(tx *bolt.Tx) error { return nil }},
+	// Version 5: rollups are written in value format 3, which adds the
+	// tokens of failed requests (kept out of Stripe's meters). The
+	// migration adds the failed events' tokens to the rollups that hold
+	// them; rollups without any keep their format until next written.
+	{To: 5, Fn: backfillFailedTokens},
 }
 
-// stampVersion raises the file's version to v (never lowers it), in tx.
-func stampVersion(tx *bolt.Tx, v int) error {
-	have, err := schemaVersion(tx)
-	if err != nil || have >= v {
+// backfillFailedTokens adds the tokens of every stored failed event to its
+// rollup, hourly and monthly total, whose older formats have none.
+func backfillFailedTokens(tx *bolt.Tx) error {
+	w := &wtx{tx: tx, rollups: map[string]*rollup{}, hours: map[int64]*rollup{}, months: map[string]*rollup{}, dirty: map[string]struct{}{}}
+	err := tx.Bucket(bEvents).ForEach(func(_, v []byte) error {
+		ev, err := decodeEvent(v)
+		if err != nil {
+			return nil // the file is damaged there; Check reports it
+		}
+		if ev.Status == nozzle.UsageFailed && (ev.PromptTokens > 0 || ev.CompletionTokens > 0) {
+			w.addToRollups(ev, &rollup{FailedPromptTokens: ev.PromptTokens, FailedCompletionTokens: ev.CompletionTokens})
+		}
+		return nil
+	})
+	if err != nil {
 		return err
 	}
-	var b [4]byte
-	binary.BigEndian.PutUint32(b[:], uint32(v))
-	return tx.Bucket(bMeta).Put(metaVersion, b[:])
+	// The hours the outbox swept already need no second look: the tokens
+	// it took of them stay taken.
+	clear(w.dirty)
+	return w.flush()
 }
 
 // schemaVersion returns the version stamped in the file (0 for a new file).

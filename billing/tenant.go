@@ -194,10 +194,6 @@ func (l *Ledger) UseStandardPrice(ctx context.Context, tenantID string, from tim
 		if _, err := getTenant(w.tx, tenantID); err != nil {
 			return err
 		}
-		// Builds that cannot read the mark must not open the file now.
-		if err := stampVersion(w.tx, versionStandardPrice); err != nil {
-			return err
-		}
 		w.cacheChanged = true
 		if w.prices != nil {
 			delete(w.prices, tenantID)

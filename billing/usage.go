@@ -131,7 +131,7 @@ func validateEvent(ev *nozzle.UsageEvent) error {
 		return bad("Usage event needs a time.").WithParam("time")
 	case ev.PromptTokens < 0 || ev.CompletionTokens < 0:
 		return bad("Token counts must not be negative.")
-	case !cachedWithin(ev.CachedPromptTokens, ev.PromptTokens):
+	case !partOf(ev.CachedPromptTokens, ev.PromptTokens):
 		return bad("Cached prompt tokens must be between 0 and the prompt tokens (%d), not %d.", ev.PromptTokens, ev.CachedPromptTokens).WithParam("cached_prompt_tokens")
 	case !nonNegative(ev.DeviceSeconds, ev.QueueSeconds, ev.TTFTSeconds, ev.AdapterLoadSeconds, ev.RatePerHour):
 		return bad("Usage event durations and rate must be non-negative numbers.")
@@ -249,33 +249,37 @@ func (w *wtx) recordEvent(ev *nozzle.UsageEvent, priced bool) (*nozzle.UsageEven
 	if err := w.reqids.Put([]byte(ev.RequestID), sk); err != nil {
 		return nil, false, err
 	}
-	w.addToRollups(&out)
+	var inc rollup
+	inc.addEvent(&out)
+	w.addToRollups(&out, &inc)
 	return &out, false, nil
 }
 
-func (w *wtx) addToRollups(ev *nozzle.UsageEvent) {
+// addToRollups adds inc, the rollup of ev or part of it, to the increments
+// of ev's rollup, hourly and monthly total.
+func (w *wtx) addToRollups(ev *nozzle.UsageEvent, inc *rollup) {
 	h := hourOf(ev.Time)
 	rk := string(rollupKey(ev.TenantID, h, ev.AdapterID))
-	inc := w.rollups[rk]
-	if inc == nil {
-		inc = &rollup{}
-		w.rollups[rk] = inc
+	ri := w.rollups[rk]
+	if ri == nil {
+		ri = &rollup{}
+		w.rollups[rk] = ri
 		w.dirty[string(dirtyKey(h, ev.TenantID))] = struct{}{}
 	}
-	inc.addEvent(ev)
+	ri.add(inc)
 	hi := w.hours[h]
 	if hi == nil {
 		hi = &rollup{}
 		w.hours[h] = hi
 	}
-	hi.addEvent(ev)
+	hi.add(inc)
 	mk := string(monthKey(ev.TenantID, monthOf(ev.Time)))
 	mi := w.months[mk]
 	if mi == nil {
 		mi = &rollup{}
 		w.months[mk] = mi
 	}
-	mi.addEvent(ev)
+	mi.add(inc)
 }
 
 // Usage returns the event stored for a request. Returns ENOTFOUND if there
