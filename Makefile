@@ -114,7 +114,7 @@ test-go: build/libnozzle_cpu.so
 
 C_TESTS := $(patsubst csrc/tests/%.c,build/tests/%,$(wildcard csrc/tests/test_*.c))
 SAN_FLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -g -O1
-build/tests/%: csrc/tests/%.c $(ENGINE_SRC) $(ENGINE_HDR)
+build/tests/%: csrc/tests/%.c csrc/tests/testutil.h $(ENGINE_SRC) $(ENGINE_HDR)
 	@mkdir -p build/tests
 	$(CC) $(filter-out -O3 -fvisibility=hidden,$(ENGINE_CFLAGS)) $(SAN_FLAGS) -o $@ $< $(ENGINE_SRC) -lm
 test-c: $(C_TESTS)

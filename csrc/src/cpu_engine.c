@@ -7,10 +7,12 @@
  *    biases in f32 (rounded through weight_dtype first, so an engine holds
  *    the values a weight_dtype checkpoint would);
  *  - adapter slots per (layer, module): A = [max_slots][max_rank][in] and
- *    Bt = [max_slots][max_rank][out] (lora_B transposed, scale folded in f32,
- *    then rounded once), both in weight_dtype; rows at and past the real
- *    rank are zero and skipped (each slot/module remembers its rank, 0 =
- *    absent);
+ *    Bt = [max_slots][max_rank][out] (lora_B transposed, scale folded in),
+ *    both in f32 whatever the weight dtype: PEFT computes the LoRA branch in
+ *    the adapter's dtype, f32 for bf16 and f16 adapters too (it upcasts
+ *    them), so an f32 adapter on a bf16 model loses nothing to rounding;
+ *    rows at and past the real rank are zero and skipped (each slot/module
+ *    remembers its rank, 0 = absent);
  *  - KV cache in f32: [layer][K|V][block][kv_head][block_size][head_dim].
  *
  * Activations and accumulation are f32. Every parallel region splits work
@@ -60,6 +62,8 @@ typedef struct cpu_engine {
 	int nthreads;
 	int32_t wdt;
 	size_t wsz;
+	int32_t ldt; /* adapter slots' dtype (f32) */
+	size_t lsz;
 	int64_t H, I, V, L, nh, nkv, hd, qd, kvd, nrep, bs, nb, R, S;
 	int64_t mod_in[NZ_M_COUNT], mod_out[NZ_M_COUNT];
 
@@ -166,6 +170,8 @@ static int32_t cpu_create(nz_config *c, void **out)
 	e->k = k;
 	e->wdt = (int32_t)c->weight_dtype;
 	e->wsz = nz_dtype_size(e->wdt);
+	e->ldt = NZ_F32;
+	e->lsz = nz_dtype_size(e->ldt);
 	e->H = c->hidden_size, e->I = c->intermediate_size, e->V = c->vocab_size, e->L = c->num_layers;
 	e->nh = c->num_heads, e->nkv = c->num_kv_heads, e->hd = c->head_dim;
 	e->qd = e->nh * e->hd, e->kvd = e->nkv * e->hd, e->nrep = e->nh / e->nkv;
@@ -194,7 +200,7 @@ static int32_t cpu_create(nz_config *c, void **out)
 	double kv_total = (double)c->kv_num_blocks * (double)block_bytes, slot_total = 0;
 	for (int m = 0; m < NZ_M_COUNT; m++)
 		slot_total += (double)e->L * (double)c->max_slots * (double)e->R * (double)(e->mod_in[m] + e->mod_out[m]) *
-		              (double)e->wsz;
+		              (double)e->lsz;
 	if (kv_total > 0x1p50 || slot_total > 0x1p50) {
 		nz_free(e);
 		return nz_error(NZ_ERR_OOM, "nz_engine_create: the KV pool (%.0f bytes) or the adapter slots (%.0f bytes) are too large",
@@ -204,7 +210,7 @@ static int32_t cpu_create(nz_config *c, void **out)
 	e->kv_layer_elems = 2 * e->nb * e->kv_block_elems;
 	e->kv_bytes = e->nb * block_bytes;
 	for (int m = 0; m < NZ_M_COUNT; m++)
-		e->slot_bytes += e->L * c->max_slots * e->R * (e->mod_in[m] + e->mod_out[m]) * (int64_t)e->wsz;
+		e->slot_bytes += e->L * c->max_slots * e->R * (e->mod_in[m] + e->mod_out[m]) * (int64_t)e->lsz;
 
 	if (c->num_threads == 0)
 		c->num_threads = cpu_online_cores();
@@ -324,8 +330,8 @@ static int32_t cpu_finalize(void *impl)
 	for (int64_t l = 0; l < L; l++)
 		for (int m = 0; m < NZ_M_COUNT; m++) {
 			cpu_lora *lo = &e->lora[l * NZ_M_COUNT + m];
-			ALLOC(lo->a, (size_t)(slots * e->R * e->mod_in[m]) * e->wsz);
-			ALLOC(lo->bt, (size_t)(slots * e->R * e->mod_out[m]) * e->wsz);
+			ALLOC(lo->a, (size_t)(slots * e->R * e->mod_in[m]) * e->lsz);
+			ALLOC(lo->bt, (size_t)(slots * e->R * e->mod_out[m]) * e->lsz);
 		}
 	ALLOC(e->kv, (size_t)e->kv_bytes);
 	ALLOC(e->h, sizeof(float) * (size_t)(T * e->H));
@@ -402,14 +408,14 @@ static void load_task(void *ctx, int64_t j, int tid)
 	int m = en->module;
 	int64_t in = e->mod_in[m], out = e->mod_out[m], r = en->rank, R = e->R;
 	cpu_lora *lo = &e->lora[en->layer * NZ_M_COUNT + m];
-	size_t wsz = e->wsz;
-	char *a = (char *)lo->a + (size_t)(c->slot * R * in) * wsz;
-	char *bt = (char *)lo->bt + (size_t)(c->slot * R * out) * wsz;
-	e->k->convert(a, e->wdt, en->a, en->a_dtype, r * in);
-	memset(a + (size_t)(r * in) * wsz, 0, (size_t)((R - r) * in) * wsz);
-	/* Bt[j][o] = scale · B[o][j], folded in f32 then rounded once */
-	e->k->transpose_scale(bt, e->wdt, out, en->b, en->b_dtype, out, r, en->scale);
-	memset(bt + (size_t)(r * out) * wsz, 0, (size_t)((R - r) * out) * wsz);
+	size_t lsz = e->lsz;
+	char *a = (char *)lo->a + (size_t)(c->slot * R * in) * lsz;
+	char *bt = (char *)lo->bt + (size_t)(c->slot * R * out) * lsz;
+	e->k->convert(a, e->ldt, en->a, en->a_dtype, r * in);
+	memset(a + (size_t)(r * in) * lsz, 0, (size_t)((R - r) * in) * lsz);
+	/* Bt[j][o] = scale · B[o][j], folded in f32 */
+	e->k->transpose_scale(bt, e->ldt, out, en->b, en->b_dtype, out, r, en->scale);
+	memset(bt + (size_t)(r * out) * lsz, 0, (size_t)((R - r) * out) * lsz);
 }
 
 static int32_t cpu_adapter_clear(void *impl, int32_t slot)
@@ -602,10 +608,10 @@ static void group_task(void *ctx, int64_t i, int tid)
 	 * expand d = v·Bt [rows, out] */
 	int64_t slot = c->p->seg_slot[tk->seg], R = e->R, r0 = tk->r0, nr = tk->r1 - tk->r0;
 	const cpu_lora *lo = &e->lora[c->layer * NZ_M_COUNT + c->mods[mi]];
-	const char *a = (const char *)lo->a + (size_t)(slot * R * in) * e->wsz;
-	const char *bt = (const char *)lo->bt + (size_t)(slot * R * out) * e->wsz;
-	e->k->gemm_gather[e->wdt](a, in, tk->rank, in, c->gx, in, e->lrow_tok + r0, nr, e->lv[mi] + r0 * R, R);
-	e->k->expand[e->wdt](bt, out, tk->rank, out, e->lv[mi] + r0 * R, R, nr, e->dl[mi] + r0 * out, out);
+	const char *a = (const char *)lo->a + (size_t)(slot * R * in) * e->lsz;
+	const char *bt = (const char *)lo->bt + (size_t)(slot * R * out) * e->lsz;
+	e->k->gemm_gather[e->ldt](a, in, tk->rank, in, c->gx, in, e->lrow_tok + r0, nr, e->lv[mi] + r0 * R, R);
+	e->k->expand[e->ldt](bt, out, tk->rank, out, e->lv[mi] + r0 * R, R, nr, e->dl[mi] + r0 * out, out);
 }
 
 /* Runs y_m = x·W_mᵀ (+b_m) for the group's modules and, when use_lora,

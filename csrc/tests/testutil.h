@@ -338,7 +338,7 @@ static inline void ref_forward(const tmodel *m, const tadapter *ad, const int32_
 			double rr = 1.0 / sqrt(ss / (double)H + eps);
 			for (int64_t i = 0; i < H; i++)
 				x[i] = W(l, NZ_T_ATTN_NORM)[i] * (hp[i] * rr);
-			/* out = W·in (+ b) (+ scale·B·(A·in)) with A and B rounded as the engine stores them */
+			/* out = W·in (+ b) (+ scale·B·(A·in)) with A and scale·B in f32, as the engine stores them */
 #define PROJ(mod, in_vec, in_n, out_vec, out_n)                                                         \
 	do {                                                                                                \
 		const float *w_ = W(l, NZ_T_Q + (mod));                                                         \
@@ -354,16 +354,13 @@ static inline void ref_forward(const tmodel *m, const tadapter *ad, const int32_
 			for (int j_ = 0; j_ < rk_; j_++) {                                                          \
 				double s_ = 0;                                                                          \
 				for (int64_t i_ = 0; i_ < (in_n); i_++)                                                 \
-					s_ += (double)round_to(ad->a[l][mod][j_ * (in_n) + i_], (int32_t)c->weight_dtype) * \
-					      (in_vec)[i_];                                                                 \
+					s_ += (double)ad->a[l][mod][j_ * (in_n) + i_] * (in_vec)[i_];                       \
 				tmp[j_] = s_;                                                                           \
 			}                                                                                           \
 			for (int64_t o_ = 0; o_ < (out_n); o_++) {                                                  \
 				double s_ = 0;                                                                          \
 				for (int j_ = 0; j_ < rk_; j_++)                                                        \
-					s_ += (double)round_to(ad->b[l][mod][o_ * rk_ + j_] * ad->scale[l][mod],            \
-					                       (int32_t)c->weight_dtype) *                                  \
-					      tmp[j_];                                                                      \
+					s_ += (double)(float)(ad->b[l][mod][o_ * rk_ + j_] * ad->scale[l][mod]) * tmp[j_];  \
 				(out_vec)[o_] += s_;                                                                    \
 			}                                                                                           \
 		}                                                                                               \
