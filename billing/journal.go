@@ -116,6 +116,13 @@ type jop struct {
 
 func (o *jop) doneCh() chan error { return o.done }
 
+// Files returns the files of the ledger at ledgerPath: the bbolt file and
+// its usage journal.
+func Files(ledgerPath string) []string {
+	j := journalPaths(ledgerPath)
+	return []string{ledgerPath, j[0], j[1]}
+}
+
 func journalPaths(ledgerPath string) [2]string {
 	return [2]string{ledgerPath + ".journal.0", ledgerPath + ".journal.1"}
 }

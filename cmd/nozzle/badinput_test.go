@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"github.com/nozzle-ai/nozzle/billing"
 	"net"
 	"os"
 	"path/filepath"
@@ -31,6 +32,13 @@ func TestRun_BadInput(t *testing.T) {
 	}
 	defer busy.Close()
 	lib := engineLib(t)
+	ledDir := filepath.Join(dir, "led")
+	os.Mkdir(ledDir, 0o755)
+	led, err := billing.Open(billing.Options{Path: filepath.Join(ledDir, "ledger.db")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	led.Close()
 
 	for _, tt := range []struct {
 		name string
@@ -48,6 +56,9 @@ func TestRun_BadInput(t *testing.T) {
 		{"PortInUse", []string{"serve", "--data", filepath.Join(dir, "d4"), "--addr", busy.Addr().String(), "--engine-lib", lib}, "already in use"},
 		{"GatewayWithoutUpstreams", []string{"gateway", "--data", filepath.Join(dir, "d5")}, "--upstreams names no runtime"},
 		{"BackupWithoutFile", []string{"backup", "--data", dir}, "name the file to write"},
+		{"BackupOntoTheLedger", []string{"backup", "--data", ledDir, filepath.Join(ledDir, "ledger.db")}, "is the ledger's own file"},
+		{"BackupOntoTheJournal", []string{"backup", "--data", ledDir, filepath.Join(ledDir, "ledger.db.journal.1")}, "is the ledger's own file"},
+		{"BackupIntoAFolder", []string{"backup", "--data", ledDir, dir}, "is a folder"},
 		{"ReportNoLedger", []string{"report", "--data", filepath.Join(dir, "none")}, "no ledger at"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {

@@ -232,6 +232,9 @@ func runBackup(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return errors.New("backup: name the file to write: nozzle backup FILE")
 	}
 	dst := files[0]
+	if err := checkBackupTarget(filepath.Join(t.data, "ledger.db"), dst); err != nil {
+		return err
+	}
 	l, err := t.openLedger()
 	if err != nil {
 		return err
@@ -256,6 +259,28 @@ func runBackup(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return err
 	}
 	fmt.Fprintf(stdout, "backup written to %s (%d bytes)\n", dst, fi.Size())
+	return nil
+}
+
+// checkBackupTarget refuses a backup that would replace a folder, or the
+// ledger or its usage journal: a server holding them would go on writing to
+// the file the backup replaced, and lose what it wrote.
+func checkBackupTarget(ledgerPath, dst string) error {
+	fi, err := os.Stat(dst)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("backup: %w", unwrapPath(err))
+	}
+	if fi.IsDir() {
+		return fmt.Errorf("backup: %s is a folder; name the file to write, e.g. %s", dst, filepath.Join(dst, "ledger-backup.db"))
+	}
+	for _, p := range billing.Files(ledgerPath) {
+		if li, err := os.Stat(p); err == nil && os.SameFile(fi, li) {
+			return fmt.Errorf("backup: %s is the ledger's own file %s; write the backup somewhere else", dst, p)
+		}
+	}
 	return nil
 }
 
