@@ -49,7 +49,10 @@ var adapterNameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
 // 1 to 64 characters of letters, digits, '.', '_' and '-', starting with a
 // letter or digit. Names never contain path separators or "..".
 func ValidateAdapterName(name string) error {
-	if !adapterNameRE.MatchString(name) || name == BaseModelAlias || containsDotDot(name) {
+	if name == BaseModelAlias {
+		return Errorf(EINVALID, "Adapter name %q is reserved: requests name the base model with it.", name).WithParam("name")
+	}
+	if !adapterNameRE.MatchString(name) || containsDotDot(name) {
 		return Errorf(EINVALID, "Adapter name %q is not allowed: use 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit.", name).WithParam("name")
 	}
 	return nil

@@ -242,6 +242,9 @@ func (s *Server) readUpload(ctx context.Context, p *principal, mr *multipart.Rea
 			if err := nozzle.ValidateAdapterName(up.name); err != nil {
 				return nil, err
 			}
+			if info, ok := s.router.modelInfo(); ok && up.name == info.ID {
+				return nil, nozzle.Errorf(nozzle.EINVALID, "Adapter name %q is reserved: it is the base model's id, which requests use to name the base model.", up.name).WithParam("name")
+			}
 			// Refuse a taken name before receiving the files.
 			if _, err := s.deps.Adapters.Adapter(ctx, p.tenant.ID, up.name); err == nil {
 				return nil, adapterExists(up.name)

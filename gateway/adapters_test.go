@@ -231,6 +231,7 @@ func TestAdapters_BadUpload(t *testing.T) {
 		{"BadName", files("../evil"), 400, "", "name"},
 		{"BadNameSlash", files("a/b"), 400, "", "name"},
 		{"NameBase", files("base"), 400, "", "name"},
+		{"NameOfTheBaseModel", files("tiny-llama"), 400, "", "name"},
 		{"Taken", files("taken"), 409, "adapter_exists", "name"},
 		{"MissingWeights", files("x")[:2], 400, "", nozzle.AdapterWeightsFile},
 		{"EmptyWeights", []part{{"name", "", []byte("x")}, {nozzle.AdapterConfigFile, "c", goodConfig}, {nozzle.AdapterWeightsFile, "w", nil}}, 400, "", nozzle.AdapterWeightsFile},

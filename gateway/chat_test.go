@@ -289,6 +289,8 @@ func TestChat_BadInput(t *testing.T) {
 		{"ContentNull", `{"model":"base","messages":[{"role":"system","content":null},{"role":"user","content":"x"}]}`, 400, "invalid_request_error", "", "messages[0].content"},
 		{"UnknownModel", `{"model":"nope",` + msgs + `}`, 404, "invalid_request_error", "model_not_found", "model"},
 		{"PathTrickModel", `{"model":"../../etc/passwd",` + msgs + `}`, 404, "invalid_request_error", "model_not_found", "model"},
+		{"MaxTokensPastContext", `{"model":"base","max_tokens":9223372036854775807,` + msgs + `}`, 400, "invalid_request_error", "context_length_exceeded", "max_tokens"},
+		{"MaxCompletionTokensPastContext", `{"model":"base","max_completion_tokens":2049,` + msgs + `}`, 400, "invalid_request_error", "context_length_exceeded", "max_completion_tokens"},
 		{"ContextLength", `{"model":"base","messages":[{"role":"user","content":"TOO_LONG"}]}`, 400, "invalid_request_error", "context_length_exceeded", ""},
 		{"ContextLengthStream", `{"model":"base","stream":true,"messages":[{"role":"user","content":"TOO_LONG"}]}`, 400, "invalid_request_error", "context_length_exceeded", ""},
 		{"TooLarge", `{"model":"base","messages":[{"role":"user","content":"` + strings.Repeat("x", 5000) + `"}]}`, 413, "invalid_request_error", "", ""},

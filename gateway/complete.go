@@ -155,12 +155,19 @@ func (s *Server) complete(c *fiber.Ctx, kind genKind) error {
 		maxTokens = s.cfg.DefaultMaxTokens
 	}
 	promptEst := j.promptEstimate()
-	perChoice := maxTokens
-	if perChoice == 0 {
-		ctxLen := 4096
-		if info, ok := s.router.modelInfo(); ok && info.ContextLength > 0 {
-			ctxLen = info.ContextLength
+	ctxLen := 4096
+	if info, ok := s.router.modelInfo(); ok && info.ContextLength > 0 {
+		ctxLen = info.ContextLength
+		if j.maxTokens > ctxLen {
+			cp.unclaim()
+			return nozzle.Errorf(nozzle.ECONTEXTLENGTH, "Invalid '%s': %d is more tokens than this model's maximum context length of %d tokens.",
+				j.maxTokensParam, j.maxTokens, ctxLen).WithParam(j.maxTokensParam).WithReason("context_length_exceeded")
 		}
+	}
+	// No completion outgrows the context: the estimates stay in range
+	// whatever max_tokens says.
+	perChoice := min(maxTokens, ctxLen)
+	if perChoice == 0 {
 		perChoice = max(16, ctxLen-promptEst/max(1, j.choices()))
 	}
 	completionEst := perChoice * j.choices()
@@ -263,7 +270,9 @@ func (s *Server) reserveBudget(ctx context.Context, p *principal, promptEst, com
 }
 
 // run generates every choice, calling emit for each chunk (under a lock
-// when choices run concurrently).
+// when choices run concurrently). A choice that fails fails the request, so
+// it stops the others: a prompt refused before any work (one of several
+// legacy prompts too long, say) leaves the others little or no work done.
 func (cp *completion) run(emit func(i int, ch nozzle.Chunk) error) {
 	if len(cp.reqs) == 1 {
 		r := &cp.results[0]
@@ -282,6 +291,9 @@ func (cp *completion) run(emit func(i int, ch nozzle.Chunk) error) {
 				defer mu.Unlock()
 				return emit(i, ch)
 			})
+			if r.err != nil {
+				cp.cancel()
+			}
 		}(i)
 	}
 	wg.Wait()

@@ -290,6 +290,24 @@ func TestFailures(t *testing.T) {
 			t.Errorf("%d events for a request with no work", n)
 		}
 	})
+	t.Run("OnePromptRefused", func(t *testing.T) {
+		// One of a legacy request's prompts is refused before any work: the
+		// request fails, and the other prompt stops rather than running to
+		// its end.
+		f := newFixture(t)
+		f.gen.delay.Store(int64(20 * time.Millisecond))
+		start := time.Now()
+		wantError(t, f.do(http.MethodPost, "/v1/completions", `{"model":"base","prompt":["fine","TOO_LONG"],"max_tokens":50}`, f.authA()),
+			400, "invalid_request_error", "context_length_exceeded", "")
+		if d := time.Since(start); d > time.Second {
+			t.Errorf("the refused request took %v: the other prompt ran on", d)
+		}
+		for _, ev := range f.events() {
+			if ev.Status != nozzle.UsageFailed || ev.ChargeUSD != 0 || ev.CompletionTokens > 1 {
+				t.Errorf("event %+v", ev)
+			}
+		}
+	})
 	t.Run("Failover", func(t *testing.T) {
 		f := newFixture(t, withUpstreams(3))
 		f.srv.CheckUpstreams(t.Context())

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"reflect"
 	"strconv"
 	"strings"
@@ -35,11 +36,12 @@ type job struct {
 	prompts  []promptSpec         // completions
 	echo     bool
 
-	maxTokens   int // 0: not given
-	temperature float64
-	topP        float64
-	topK        int // 0: no top-k filter
-	seed        *uint64
+	maxTokens      int    // 0: not given
+	maxTokensParam string // the field that gave it
+	temperature    float64
+	topP           float64
+	topK           int // 0: no top-k filter
+	seed           *uint64
 
 	// Sampling parameters the request left out take the model's
 	// recommended values (see applySampling), else the API's defaults.
@@ -274,11 +276,14 @@ func (u *unimplemented) check() error {
 			return invalid(p.name, "'%s' is not supported by this server; leave it out or set it to 0.", p.name)
 		}
 	}
-	if t := bytes.TrimSpace(u.LogitBias); !isNull(t) && string(t) != "{}" {
-		if t[0] != '{' {
+	if !isNull(u.LogitBias) {
+		var bias map[string]json.RawMessage
+		if err := json.Unmarshal(u.LogitBias, &bias); err != nil {
 			return invalid("logit_bias", "Invalid type for 'logit_bias': expected an object.")
 		}
-		return invalid("logit_bias", "'logit_bias' is not supported by this server; leave it out or send an empty object.")
+		if len(bias) > 0 {
+			return invalid("logit_bias", "'logit_bias' is not supported by this server; leave it out or send an empty object.")
+		}
 	}
 	return nil
 }
@@ -450,6 +455,7 @@ func (j *job) applyCommon(c common, maxChoicesPerPrompt int, maxTokensParam stri
 		}
 		j.maxTokens = *c.maxTokens
 	}
+	j.maxTokensParam = maxTokensParam
 	j.temperature = 1
 	j.temperatureSet = c.temperature != nil
 	if c.temperature != nil {
@@ -465,6 +471,11 @@ func (j *job) applyCommon(c common, maxChoicesPerPrompt int, maxTokensParam stri
 			return invalid("top_p", "Invalid 'top_p': expected a number from 0 to 1, but got %s.", strconv.FormatFloat(*c.topP, 'g', -1, 64))
 		}
 		j.topP = *c.topP
+		if j.topP == 0 {
+			// OpenAI's top_p 0 keeps only the likeliest token; to the
+			// runtime 0 means no filter, so the smallest mass stands in.
+			j.topP = math.SmallestNonzeroFloat64
+		}
 	}
 	if c.topK != nil {
 		// An extension (as other OpenAI-compatible servers have it):
@@ -690,9 +701,14 @@ func parsePrompt(raw json.RawMessage) ([]promptSpec, error) {
 	if len(items) == 0 {
 		return nil, invalid("prompt", "Invalid 'prompt': empty array.")
 	}
+	for i, it := range items {
+		if isNull(it) {
+			return nil, invalid("prompt", "Invalid 'prompt': item %d is null.", i)
+		}
+	}
 	first := bytes.TrimSpace(items[0])
 	switch {
-	case len(first) > 0 && first[0] == '"':
+	case first[0] == '"':
 		var list []string
 		if err := json.Unmarshal(raw, &list); err != nil {
 			return nil, invalid("prompt", "Invalid 'prompt': an array of prompts must hold only strings.")
@@ -702,29 +718,43 @@ func parsePrompt(raw json.RawMessage) ([]promptSpec, error) {
 			out[i] = promptSpec{text: t, isText: true}
 		}
 		return out, nil
-	case len(first) > 0 && first[0] == '[':
-		var lists [][]int
+	case first[0] == '[':
+		var lists [][]*int
 		if err := json.Unmarshal(raw, &lists); err != nil {
 			return nil, invalid("prompt", "Invalid 'prompt': an array of token-id arrays must hold only arrays of integers.")
 		}
 		out := make([]promptSpec, len(lists))
 		for i, l := range lists {
-			if err := checkTokens(l); err != nil {
+			ids, err := tokenIDs(l)
+			if err != nil {
 				return nil, err
 			}
-			out[i] = promptSpec{tokens: l}
+			out[i] = promptSpec{tokens: ids}
 		}
 		return out, nil
 	default:
-		var ids []int
-		if err := json.Unmarshal(raw, &ids); err != nil {
+		var list []*int
+		if err := json.Unmarshal(raw, &list); err != nil {
 			return nil, invalid("prompt", "Invalid 'prompt': an array of token ids must hold only integers.")
 		}
-		if err := checkTokens(ids); err != nil {
+		ids, err := tokenIDs(list)
+		if err != nil {
 			return nil, err
 		}
 		return []promptSpec{{tokens: ids}}, nil
 	}
+}
+
+// tokenIDs checks a prompt's token ids (null is not one) and returns them.
+func tokenIDs(list []*int) ([]int, error) {
+	ids := make([]int, len(list))
+	for i, id := range list {
+		if id == nil {
+			return nil, invalid("prompt", "Invalid 'prompt': token %d is null; token ids are integers.", i)
+		}
+		ids[i] = *id
+	}
+	return ids, checkTokens(ids)
 }
 
 func checkTokens(ids []int) error {

@@ -1,6 +1,7 @@
 package gateway_test
 
 import (
+	"math"
 	"net/http"
 	"strings"
 	"testing"
@@ -33,6 +34,11 @@ func TestSamplingDefaults(t *testing.T) {
 		{"GivenWin", f, `{"model":"base","prompt":"hi","max_tokens":1,"temperature":1.2,"top_p":0.5,"top_k":5}`, 1.2, 0.5, 5, ""},
 		{"TopKOff", f, `{"model":"base","prompt":"hi","max_tokens":1,"top_k":-1}`, 0.6, 0.9, 0, ""},
 		{"NoModelDefaults", plain, `{"model":"base","prompt":"hi","max_tokens":1}`, 1, 1, 0, ""},
+		// OpenAI's top_p 0 keeps the likeliest token only; to the runtime
+		// 0 would mean no filter.
+		{"TopPZero", f, `{"model":"base","prompt":"hi","max_tokens":1,"top_p":0}`, 0.6, math.SmallestNonzeroFloat64, 40, ""},
+		{"HugeTopK", plain, `{"model":"base","prompt":"hi","max_tokens":1,"top_k":4294967297}`, 1, 1, 4294967297, ""},
+		{"EmptyLogitBias", plain, `{"model":"base","prompt":"hi","max_tokens":1,"logit_bias":{ }}`, 1, 1, 0, ""},
 		{"BadTopK", f, `{"model":"base","prompt":"hi","max_tokens":1,"top_k":-2}`, 0, 0, 0, "top_k"},
 		{"TopKWrongType", f, `{"model":"base","prompt":"hi","max_tokens":1,"top_k":"many"}`, 0, 0, 0, "top_k"},
 	} {

@@ -277,6 +277,12 @@ func TestCompletions(t *testing.T) {
 			{"FrequencyPenalty", `{"model":"base","prompt":"x","frequency_penalty":-1}`, "frequency_penalty"},
 			{"LogitBias", `{"model":"base","prompt":"x","logit_bias":{"1":5}}`, "logit_bias"},
 			{"TooManyChoices", `{"model":"base","prompt":["a","b","c","d","e"],"n":4}`, "n"},
+			{"NullToken", `{"model":"base","prompt":[1,null]}`, "prompt"},
+			{"NullPrompt", `{"model":"base","prompt":[null]}`, "prompt"},
+			{"NullTokenList", `{"model":"base","prompt":[[1],null]}`, "prompt"},
+			{"NullInTokenList", `{"model":"base","prompt":[[1],[2,null]]}`, "prompt"},
+			{"NullString", `{"model":"base","prompt":["a",null]}`, "prompt"},
+			{"MaxTokensPastContext", `{"model":"base","prompt":"x","max_tokens":9223372036854775807,"n":2}`, "max_tokens"},
 		} {
 			t.Run(tc.name, func(t *testing.T) {
 				wantError(t, f.do(http.MethodPost, "/v1/completions", tc.body, f.authA()), 400, "invalid_request_error", "", tc.param)

@@ -17,19 +17,22 @@ func reportQuery(c *fiber.Ctx, allowed map[string]bool) (nozzle.ReportQuery, err
 	now := time.Now().UTC()
 	q.Start = time.Date(now.Year(), now.Month(), 1, 0, 0, 0, 0, time.UTC)
 	q.End = q.Start.AddDate(0, 1, 0)
-	if v := c.Query("start"); v != "" {
+	for _, f := range []struct {
+		name, example string
+		t             *time.Time
+	}{{"start", "2025-01-31T00:00:00Z", &q.Start}, {"end", "2025-02-01T00:00:00Z", &q.End}} {
+		v := c.Query(f.name)
+		if v == "" {
+			continue
+		}
 		t, err := time.Parse(time.RFC3339, v)
 		if err != nil {
-			return q, invalid("start", "Invalid 'start': expected an RFC 3339 time such as 2025-01-31T00:00:00Z.")
+			return q, invalid(f.name, "Invalid '%s': expected an RFC 3339 time such as %s.", f.name, f.example)
 		}
-		q.Start = t.UTC()
-	}
-	if v := c.Query("end"); v != "" {
-		t, err := time.Parse(time.RFC3339, v)
-		if err != nil {
-			return q, invalid("end", "Invalid 'end': expected an RFC 3339 time such as 2025-02-01T00:00:00Z.")
+		if t.Year() < 1970 || t.Year() > 9000 {
+			return q, invalid(f.name, "Invalid '%s': %s is out of range; use a time from 1970 on.", f.name, v)
 		}
-		q.End = t.UTC()
+		*f.t = t.UTC()
 	}
 	if !q.End.After(q.Start) {
 		return q, invalid("end", "'end' must be after 'start'.")

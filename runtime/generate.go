@@ -2,6 +2,7 @@ package runtime
 
 import (
 	"context"
+	"math"
 	"strings"
 
 	nozzle "github.com/nozzle-ai/nozzle"
@@ -79,12 +80,15 @@ func (r *Runtime) prepare(req *nozzle.GenerateRequest) (*sequence, error) {
 		nPrompt:     len(prompt),
 		slot:        -1,
 		temperature: float32(req.Temperature),
-		topP:        float32(req.TopP),
-		topK:        int32(req.TopK),
-		out:         newMailbox(),
+		topP:        1,
+		// A top_k past the vocabulary filters nothing.
+		topK: int32(min(req.TopK, r.info.VocabSize)),
+		out:  newMailbox(),
 	}
-	if q.topP <= 0 || q.topP > 1 {
-		q.topP = 1
+	if req.TopP > 0 && req.TopP < 1 {
+		// A mass too small for float32 still keeps the likeliest token
+		// (the smallest normal float32: no denormal reaches the engine).
+		q.topP = max(float32(req.TopP), 0x1p-126)
 	}
 	if req.Seed != nil {
 		q.seed = *req.Seed
@@ -103,7 +107,7 @@ func (r *Runtime) prepare(req *nozzle.GenerateRequest) (*sequence, error) {
 	if param == "prompt" {
 		what = "in your prompt"
 	}
-	if req.MaxTokens > 0 && len(prompt)+req.MaxTokens > n {
+	if req.MaxTokens > 0 && req.MaxTokens > n-len(prompt) {
 		return q, contextError(n, len(prompt), req.MaxTokens, what, param)
 	}
 	if len(prompt) >= n {
@@ -129,9 +133,13 @@ func (r *Runtime) prepare(req *nozzle.GenerateRequest) (*sequence, error) {
 }
 
 func contextError(n, prompt, completion int, what, param string) error {
+	total := prompt + completion
+	if total < completion { // overflowed: the completion is absurd anyway
+		total = math.MaxInt
+	}
 	return nozzle.Errorf(nozzle.ECONTEXTLENGTH,
 		"This model's maximum context length is %d tokens. However, you requested %d tokens (%d %s, %d in the completion). Please reduce the length of the %s or completion.",
-		n, prompt+completion, prompt, what, completion, paramNoun(param)).
+		n, total, prompt, what, completion, paramNoun(param)).
 		WithParam(param).WithReason("context_length_exceeded")
 }
 

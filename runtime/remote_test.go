@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"math"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -233,4 +234,35 @@ func FuzzServer_Generate(f *testing.F) {
 			t.Fatalf("stream does not end with the account: %q", w.Body.String())
 		}
 	})
+}
+
+// TestGenerate_SamplingExtremes: sampling parameters at the edges of their
+// ranges, on the real engine, never reach it out of range (one bad value
+// would fail the whole batch's step): a top_k past the vocabulary filters
+// nothing (2^40+1 is 1 as an int32), a top_p too small for float32 keeps the likeliest token, and a
+// max_tokens that would overflow is a context-length error.
+func TestGenerate_SamplingExtremes(t *testing.T) {
+	rt, _ := openDemo(t, runtime.Options{})
+	ctx := context.Background()
+	gen := func(req nozzle.GenerateRequest) string {
+		t.Helper()
+		req.Prompt, req.MaxTokens = "The quick brown fox", 12
+		var sb strings.Builder
+		if _, err := rt.Generate(ctx, &req, func(ch nozzle.Chunk) error { sb.WriteString(ch.Text); return nil }); err != nil {
+			t.Fatalf("%+v: %v", req, err)
+		}
+		return sb.String()
+	}
+	seed := uint64(5)
+	greedy := gen(nozzle.GenerateRequest{})
+	if got := gen(nozzle.GenerateRequest{Temperature: 1, TopP: 1e-50, Seed: &seed}); got != greedy {
+		t.Errorf("top_p 1e-50 sampled %q, want the greedy %q", got, greedy)
+	}
+	if got, want := gen(nozzle.GenerateRequest{Temperature: 1, TopK: 1<<40 + 1, Seed: &seed}), gen(nozzle.GenerateRequest{Temperature: 1, Seed: &seed}); got != want {
+		t.Errorf("top_k 2^40+1 sampled %q, want %q as with no filter", got, want)
+	}
+	_, err := rt.Generate(ctx, &nozzle.GenerateRequest{Prompt: "x", MaxTokens: math.MaxInt}, func(nozzle.Chunk) error { return nil })
+	if e := nozzle.AsError(err); e == nil || e.Code != nozzle.ECONTEXTLENGTH || !strings.Contains(e.Message, "9223372036854775807 in the completion") {
+		t.Fatalf("max_tokens MaxInt: %v", err)
+	}
 }
