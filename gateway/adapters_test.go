@@ -146,6 +146,9 @@ func TestAdapters_Upload(t *testing.T) {
 		{"FilesNameLast", []part{{nozzle.AdapterConfigFile, "x.json", goodConfig}, {nozzle.AdapterWeightsFile, "y", goodWeights}, {"name", "", []byte("name-last")}}},
 		{"FilesField", []part{{"name", "", []byte("files-field")}, {"files", "adapter_config.json", goodConfig}, {"files", "adapter_model.safetensors", goodWeights}}},
 		{"TarGz", []part{{"name", "", []byte("targz")}, {"archive", "a.tar.gz", tarGz(t, c, w)}}},
+		// tar czf a.tgz -C folder . names the folder itself "./".
+		{"TarGzDotSlash", []part{{"name", "", []byte("targz.dot")}, {"archive", "a.tgz", tarGz(t, entry{name: "./", typ: tar.TypeDir},
+			entry{name: "./" + nozzle.AdapterConfigFile, data: goodConfig}, entry{name: "./" + nozzle.AdapterWeightsFile, data: goodWeights})}}},
 		{"TarGzNested", []part{{"name", "", []byte("targz.nested")}, {"archive", "a.tgz", tarGz(t, entry{name: "my-adapter/", typ: tar.TypeDir}, nc, nw, entry{name: "my-adapter/README.md", data: []byte("hi")})}}},
 		{"Zip", []part{{"name", "", []byte("zip_1")}, {"archive", "a.zip", zipOf(t, c, w)}}},
 		{"ZipNested", []part{{"name", "", []byte("zip-nested")}, {"archive", "adapter.zip", zipOf(t, nc, nw, entry{name: "__MACOSX/my-adapter/._adapter_config.json", data: []byte("junk")})}}},
@@ -170,7 +173,7 @@ func TestAdapters_Upload(t *testing.T) {
 			Data   []adapterOut
 		}
 		decode(t, f.do(http.MethodGet, "/v1/adapters", "", f.authA()), &list)
-		if list.Object != "list" || len(list.Data) != 7 {
+		if list.Object != "list" || len(list.Data) != 8 {
 			t.Fatalf("list %+v", list)
 		}
 		var one adapterOut
@@ -184,7 +187,7 @@ func TestAdapters_Upload(t *testing.T) {
 		}
 		var models struct{ Data []struct{ ID, Parent string } }
 		decode(t, f.do(http.MethodGet, "/v1/models", "", f.authA()), &models)
-		if len(models.Data) != 8 || models.Data[0].ID != "tiny-llama" {
+		if len(models.Data) != 9 || models.Data[0].ID != "tiny-llama" {
 			t.Errorf("models %+v", models)
 		}
 		decode(t, f.do(http.MethodGet, "/v1/models", "", bearer(f.keyB)), &models)
@@ -194,7 +197,7 @@ func TestAdapters_Upload(t *testing.T) {
 	})
 	t.Run("Delete", func(t *testing.T) {
 		sha := sha256hex(append(append([]byte{}, goodConfig...), goodWeights...))
-		names := []string{"files", "name-last", "files-field", "targz", "targz.nested", "zip_1"}
+		names := []string{"files", "name-last", "files-field", "targz", "targz.dot", "targz.nested", "zip_1"}
 		for _, n := range names {
 			if r := f.do(http.MethodDelete, "/v1/adapters/"+n, "", f.authA()); r.StatusCode != 200 {
 				t.Fatalf("delete %s: %d %s", n, r.StatusCode, readAll(t, r))

@@ -67,7 +67,8 @@ func formatByContent(head []byte) archiveFormat {
 }
 
 // entryPath splits an archive entry's name into clean components, refusing
-// absolute paths, drive letters, ".." and NUL.
+// absolute paths, drive letters, ".." and NUL. The archive's own folder
+// ("./", as tar -C dir . writes it) has none.
 func entryPath(name string) ([]string, error) {
 	n := strings.ReplaceAll(name, `\`, "/")
 	if n == "" || strings.HasPrefix(n, "/") || strings.ContainsRune(n, 0) || (len(n) >= 2 && n[1] == ':') {
@@ -82,9 +83,6 @@ func entryPath(name string) ([]string, error) {
 			return nil, archiveError("The archive entry %q leaves the archive's folder.", name)
 		}
 		out = append(out, p)
-	}
-	if len(out) == 0 {
-		return nil, archiveError("The archive entry %q has an empty path.", name)
 	}
 	return out, nil
 }
@@ -107,6 +105,9 @@ func (x *extractor) entry(name string, isDir, isReg bool, size int64, open func(
 	}
 	if isDir {
 		return nil
+	}
+	if len(parts) == 0 {
+		return archiveError("The archive entry %q has an empty path.", name)
 	}
 	if !isReg {
 		return archiveError("The archive entry %q is a link or a special file; only regular files are allowed.", name)
