@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"io"
 	"log/slog"
 	"runtime/debug"
 	"strings"
@@ -125,9 +126,12 @@ func (s *Server) front(c *fiber.Ctx) (err error) {
 		if st.streaming {
 			return // the stream owns st now, and logs when it ends
 		}
-		// A body the handler did not read is still on the wire: close the
-		// connection rather than parse it as the next request.
-		if !st.bodyConsumed && c.Context().RequestBodyStream() != nil && c.Request().Header.ContentLength() != 0 {
+		// A body the handler did not read (an upload refused early) is
+		// still on the wire. Read what is left of a small one: a client
+		// still sending when the connection closed under it would see the
+		// reset instead of the answer. Close the connection rather than
+		// parse the rest of a large one as the next request.
+		if !st.bodyConsumed && c.Context().RequestBodyStream() != nil && c.Request().Header.ContentLength() != 0 && !drainBody(c) {
 			c.Response().Header.SetConnectionClose()
 		}
 		st.route = s.met.route(c.Route().Path, c.Path())
@@ -143,6 +147,22 @@ func (s *Server) front(c *fiber.Ctx) (err error) {
 		return s.errorHandler(c, err)
 	}
 	return nil
+}
+
+// Bounds on reading the rest of a body the handler left unread.
+const (
+	drainMaxBytes = 64 << 20
+	drainMaxTime  = 5 * time.Second
+)
+
+// drainBody reads and discards what is left of the request body, up to
+// drainMaxBytes and drainMaxTime, and reports whether it reached the end.
+func drainBody(c *fiber.Ctx) bool {
+	if conn := c.Context().Conn(); conn != nil {
+		_ = conn.SetReadDeadline(time.Now().Add(drainMaxTime))
+	}
+	n, err := io.Copy(io.Discard, io.LimitReader(c.Context().RequestBodyStream(), drainMaxBytes+1))
+	return err == nil && n <= drainMaxBytes
 }
 
 // finish writes the access log line and the request metrics.

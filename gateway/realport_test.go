@@ -449,3 +449,25 @@ func TestRealPort_UploadIsStreamedToDisk(t *testing.T) {
 	}
 	f.assertClean(t)
 }
+
+// TestRealPort_EarlyRefusalReachesClient: an upload refused at its first
+// field (a bad name) while the client is still sending a few megabytes
+// gets its 400, every time, rather than a connection reset.
+func TestRealPort_EarlyRefusalReachesClient(t *testing.T) {
+	f := newFixture(t)
+	url := f.serve(t)
+	ct, body := multipartBody(t, part{"name", "", []byte(".")}, part{nozzle.AdapterWeightsFile, "w", bytes.Repeat([]byte("S"), 4<<20)})
+	for i := range 10 {
+		req, err := http.NewRequest(http.MethodPost, url+"/v1/adapters", bytes.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Content-Type", ct)
+		req.Header.Set("Authorization", "Bearer "+f.keyA)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatalf("upload %d: %v", i, err)
+		}
+		wantError(t, resp, 400, "invalid_request_error", "", "name")
+	}
+}
