@@ -2,7 +2,10 @@ package nozzle
 
 import (
 	"context"
+	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 )
 
 // Tenant is a customer of the pool: a company with API keys, adapters and a
@@ -22,7 +25,31 @@ type Tenant struct {
 	StripeCustomerID string `json:"stripe_customer_id,omitempty"`
 }
 
-// Validate reports whether the tenant's fields are acceptable.
+// TenantIDPrefix begins every tenant id.
+const TenantIDPrefix = "ten_"
+
+// ValidateTenantName reports whether name can name a new tenant (or a
+// tenant's new name): paths and reports name a tenant by id or name, so a
+// name must not look like an id, nor hold characters a URL path cannot
+// carry as they are.
+func ValidateTenantName(name string) error {
+	switch {
+	case strings.TrimSpace(name) == "":
+		return Errorf(EINVALID, "Tenant name is required.").WithParam("name")
+	case len(name) > 100:
+		return Errorf(EINVALID, "Tenant name must be at most 100 characters.").WithParam("name")
+	case name != strings.TrimSpace(name):
+		return Errorf(EINVALID, "Tenant name %q must not begin or end with spaces.", name).WithParam("name")
+	case strings.HasPrefix(name, TenantIDPrefix):
+		return Errorf(EINVALID, "Tenant name %q must not begin with %q, which begins tenant ids.", name, TenantIDPrefix).WithParam("name")
+	case strings.ContainsAny(name, "/\\?#%") || strings.ContainsFunc(name, unicode.IsControl) || !utf8.ValidString(name):
+		return Errorf(EINVALID, "Tenant name %q must not hold / \\ ? # %% or control characters.", name).WithParam("name")
+	}
+	return nil
+}
+
+// Validate reports whether the tenant's fields are acceptable. A name
+// stored before ValidateTenantName's rules passes as long as it is there.
 func (t *Tenant) Validate() error {
 	if t.Name == "" {
 		return Errorf(EINVALID, "Tenant name is required.").WithParam("name")

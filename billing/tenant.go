@@ -14,11 +14,14 @@ import (
 // CreateTenant stores a new tenant, filling ID and CreatedAt. Returns
 // ECONFLICT if the name is taken, EINVALID if it fails Validate.
 func (l *Ledger) CreateTenant(ctx context.Context, t *nozzle.Tenant) error {
+	if err := nozzle.ValidateTenantName(t.Name); err != nil {
+		return err
+	}
 	if err := t.Validate(); err != nil {
 		return err
 	}
 	rec := *t
-	rec.ID = newID("ten_")
+	rec.ID = newID(nozzle.TenantIDPrefix)
 	rec.CreatedAt = l.now().UTC()
 	err := l.write(ctx, func(w *wtx) error {
 		names := w.tx.Bucket(bTenantNames)
@@ -114,6 +117,11 @@ func (l *Ledger) UpdateTenant(ctx context.Context, id string, upd nozzle.TenantU
 			return err
 		}
 		names := w.tx.Bucket(bTenantNames)
+		if t.Name != old {
+			if err := nozzle.ValidateTenantName(t.Name); err != nil {
+				return err
+			}
+		}
 		if lower(old) != lower(t.Name) {
 			if names.Get([]byte(lower(t.Name))) != nil {
 				return nozzle.Errorf(nozzle.ECONFLICT, "A tenant named %q exists already.", t.Name).WithParam("name")

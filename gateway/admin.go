@@ -35,6 +35,9 @@ func (s *Server) createTenant(c *fiber.Ctx) error {
 	if r.Limits != nil {
 		t.Limits = *r.Limits
 	}
+	if err := nozzle.ValidateTenantName(t.Name); err != nil {
+		return err
+	}
 	if err := t.Validate(); err != nil {
 		return err
 	}
@@ -93,8 +96,10 @@ func (s *Server) updateTenant(c *fiber.Ctx) error {
 }
 
 func (s *Server) applyTenantUpdate(c *fiber.Ctx, upd nozzle.TenantUpdate) error {
-	if upd.Name != nil && (strings.TrimSpace(*upd.Name) == "" || len(*upd.Name) > 100) {
-		return invalid("name", "Tenant name must be 1 to 100 characters.")
+	if upd.Name != nil {
+		if err := nozzle.ValidateTenantName(*upd.Name); err != nil {
+			return err
+		}
 	}
 	if upd.MonthlyBudgetUSD != nil && *upd.MonthlyBudgetUSD < 0 {
 		return invalid("monthly_budget_usd", "Monthly budget must not be negative.")

@@ -32,6 +32,11 @@ func TestAdmin(t *testing.T) {
 		}
 		wantError(t, f.do(http.MethodPost, "/admin/tenants", `{"name":"initech"}`, admin), 409, "conflict_error", "", "")
 		wantError(t, f.do(http.MethodPost, "/admin/tenants", `{"name":""}`, admin), 400, "invalid_request_error", "", "name")
+		// A name must not pass for an id, nor break the paths that name it.
+		for _, name := range []string{"ten_abc", "a/b", "50%", `tab\u0009name`} {
+			wantError(t, f.do(http.MethodPost, "/admin/tenants", `{"name":"`+name+`"}`, admin), 400, "invalid_request_error", "", "name")
+		}
+		wantError(t, f.do(http.MethodPatch, "/admin/tenants/"+f.tenantA.ID, `{"name":"ten_`+f.tenantB.ID+`"}`, admin), 400, "invalid_request_error", "", "name")
 		wantError(t, f.do(http.MethodPost, "/admin/tenants", `{"name":"x","monthly_budget_usd":-1}`, admin), 400, "invalid_request_error", "", "monthly_budget_usd")
 	})
 	t.Run("ListGet", func(t *testing.T) {
