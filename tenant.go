@@ -2,6 +2,7 @@ package nozzle
 
 import (
 	"context"
+	"encoding/json"
 	"strings"
 	"time"
 	"unicode"
@@ -97,6 +98,19 @@ type PriceVersion struct {
 	// Standard marks the end of a tenant's override: from EffectiveFrom
 	// the tenant pays the standard prices, as they change (Price is zero).
 	Standard bool `json:"standard,omitempty"`
+}
+
+// MarshalJSON writes a return to the standard prices with "price": null:
+// it has no price of its own (the standard ones apply, as they change).
+func (v PriceVersion) MarshalJSON() ([]byte, error) {
+	type plain PriceVersion
+	if !v.Standard {
+		return json.Marshal(plain(v))
+	}
+	return json.Marshal(struct {
+		plain
+		Price *Price `json:"price"`
+	}{plain: plain(v)})
 }
 
 // OverrideInForce reports whether a tenant's price history (as Prices
