@@ -173,6 +173,10 @@ func (s *Server) adminReport(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
+	if !c.Context().QueryArgs().Has("group_by") {
+		// As `nozzle report` groups by default; group_by= asks for totals.
+		q.GroupBy = []string{nozzle.GroupTenant, nozzle.GroupAdapter}
+	}
 	if v := c.Query("tenant_id"); v != "" {
 		// An id or a name, as `nozzle report --tenant` takes.
 		t, err := nozzle.FindTenant(c.UserContext(), s.deps.Tenants, v)

@@ -3,6 +3,7 @@ package gateway_test
 import (
 	"context"
 	"net/http"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -74,6 +75,14 @@ func TestUsage(t *testing.T) {
 		r = f.do(http.MethodGet, "/admin/report?group_by=tenant&gpu_step=day", "", bearer(adminToken))
 		if r.Body.Close(); r.StatusCode != 200 || got.GPUStep != nozzle.GroupDay {
 			t.Errorf("gpu_step: %d, query %+v", r.StatusCode, got)
+		}
+		r = f.do(http.MethodGet, "/admin/report", "", bearer(adminToken))
+		if r.Body.Close(); r.StatusCode != 200 || !slices.Equal(got.GroupBy, []string{nozzle.GroupTenant, nozzle.GroupAdapter}) {
+			t.Errorf("default grouping: %d, query %+v", r.StatusCode, got)
+		}
+		r = f.do(http.MethodGet, "/admin/report?group_by=", "", bearer(adminToken))
+		if r.Body.Close(); r.StatusCode != 200 || len(got.GroupBy) != 0 {
+			t.Errorf("totals only: %d, query %+v", r.StatusCode, got)
 		}
 		r = f.do(http.MethodGet, "/admin/report?format=csv", "", bearer(adminToken))
 		if !strings.HasPrefix(r.Header.Get("Content-Type"), "text/csv") {
