@@ -70,6 +70,21 @@ func TestAuth(t *testing.T) {
 		wantError(t, f.do(http.MethodPost, "/v1/keys", `{"scopes":[]}`, f.authA()), 400, "invalid_request_error", "", "scopes")
 		// A key cannot mint a key with more scopes than it has.
 		wantError(t, f.do(http.MethodPost, "/v1/keys", `{"scopes":["inference"]}`, bearer(k.Key)), 403, "permission_error", "missing_scope", "scopes")
+		// Nor revoke one: a usage key cannot take the full key away; the
+		// full key revokes it, and a key revokes itself.
+		var full, self struct{ ID, Key string }
+		decode(t, f.do(http.MethodPost, "/v1/keys", `{"name":"full"}`, f.authA()), &full)
+		decode(t, f.do(http.MethodPost, "/v1/keys", `{"name":"usage 2","scopes":["usage"]}`, f.authA()), &self)
+		wantError(t, f.do(http.MethodDelete, "/v1/keys/"+full.ID, "", bearer(k.Key)), 403, "permission_error", "missing_scope", "scopes")
+		if r := f.do(http.MethodPost, "/v1/chat/completions", chatBody("base", "hi"), bearer(full.Key)); r.StatusCode != 200 {
+			t.Errorf("the full key after a refused revocation: %d", r.StatusCode)
+		}
+		if r := f.do(http.MethodDelete, "/v1/keys/"+self.ID, "", bearer(k.Key)); r.StatusCode != 200 {
+			t.Errorf("a usage key revoking a usage key: %d %s", r.StatusCode, readAll(t, r))
+		}
+		if r := f.do(http.MethodDelete, "/v1/keys/"+self.ID, "", bearer(self.Key)); r.StatusCode != 401 {
+			t.Errorf("a revoked key: %d", r.StatusCode)
+		}
 	})
 	t.Run("LimitsNotWidened", func(t *testing.T) {
 		resp := f.do(http.MethodPost, "/v1/keys", `{"name":"limited","limits":{"requests_per_minute":2,"tokens_per_minute":1000}}`, f.authA())

@@ -119,16 +119,11 @@ func (s *Server) createKey(c *fiber.Ctx) error {
 	if len(r.Scopes) == 0 {
 		r.Scopes = append([]nozzle.Scope(nil), p.key.Scopes...)
 	}
-	for _, sc := range r.Scopes {
-		if !p.key.Has(sc) {
-			return nozzle.Errorf(nozzle.EFORBIDDEN, "A key cannot grant the %q scope it does not have.", sc).WithParam("scopes").WithReason("missing_scope")
-		}
-	}
 	if r.Limits == nil {
 		lim := p.key.Limits
 		r.Limits = &lim
 	}
-	if err := withinLimits(*r.Limits, p.key.Limits); err != nil {
+	if err := within(p.key, r.Scopes, *r.Limits, "grant"); err != nil {
 		return err
 	}
 	k, secret, err := s.issueKey(c.UserContext(), p.tenant.ID, r)
@@ -140,15 +135,21 @@ func (s *Server) createKey(c *fiber.Ctx) error {
 	return c.Status(fiber.StatusCreated).JSON(out)
 }
 
-// withinLimits refuses limits looser than those of the key granting them
-// (0 is no limit).
-func withinLimits(want, have nozzle.Limits) error {
+// within refuses scopes a key does not have and limits looser than its own
+// (0 is no limit): a key grants (creates) and revokes only keys it could
+// stand in for.
+func within(have *nozzle.APIKey, scopes []nozzle.Scope, limits nozzle.Limits, verb string) error {
+	for _, sc := range scopes {
+		if !have.Has(sc) {
+			return nozzle.Errorf(nozzle.EFORBIDDEN, "A key cannot %s a key with the %q scope it does not have.", verb, sc).WithParam("scopes").WithReason("missing_scope")
+		}
+	}
 	for _, l := range []struct {
 		name       string
 		want, have int
-	}{{"requests_per_minute", want.RequestsPerMinute, have.RequestsPerMinute}, {"tokens_per_minute", want.TokensPerMinute, have.TokensPerMinute}} {
+	}{{"requests_per_minute", limits.RequestsPerMinute, have.Limits.RequestsPerMinute}, {"tokens_per_minute", limits.TokensPerMinute, have.Limits.TokensPerMinute}} {
 		if l.have > 0 && (l.want == 0 || l.want > l.have) {
-			return nozzle.Errorf(nozzle.EFORBIDDEN, "A key limited to %d %s cannot grant a key more (0 is no limit).", l.have, strings.ReplaceAll(l.name, "_", " ")).
+			return nozzle.Errorf(nozzle.EFORBIDDEN, "A key limited to %d %s cannot %s a key allowed more (0 is no limit).", l.have, strings.ReplaceAll(l.name, "_", " "), verb).
 				WithParam("limits." + l.name).WithReason("limit_exceeds_own")
 		}
 	}
@@ -181,8 +182,26 @@ func (s *Server) revokeTenantKey(c *fiber.Ctx, tenantID, id string) error {
 	return c.JSON(fiber.Map{"id": id, "object": "api_key", "deleted": true})
 }
 
+// revokeKey handles DELETE /v1/keys/{id}: a key revokes itself, or a key
+// with at most its own scopes and limits.
 func (s *Server) revokeKey(c *fiber.Ctx) error {
-	return s.revokeTenantKey(c, principalFrom(c).tenant.ID, strings.Clone(c.Params("id")))
+	p := principalFrom(c)
+	id := strings.Clone(c.Params("id"))
+	if id != p.key.ID {
+		keys, err := s.deps.Keys.Keys(c.UserContext(), p.tenant.ID)
+		if err != nil {
+			return err
+		}
+		for _, k := range keys {
+			if k.ID == id {
+				if err := within(p.key, k.Scopes, k.Limits, "revoke"); err != nil {
+					return err
+				}
+				break
+			}
+		}
+	}
+	return s.revokeTenantKey(c, p.tenant.ID, id)
 }
 
 // peek returns a key's state if there is one, without creating it.
