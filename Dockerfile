@@ -22,7 +22,7 @@ COPY csrc ./csrc
 RUN make build/libnozzle_cuda.so CUDA_ARCHS="-gencode arch=compute_80,code=sm_80 -gencode arch=compute_89,code=sm_89 -gencode arch=compute_90,code=sm_90"
 
 FROM nvidia/cuda:12.4.1-runtime-ubuntu22.04
-RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates && rm -rf /var/lib/apt/lists/* \
+RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates curl && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 --home /data nozzle && mkdir -p /data /models && chown nozzle /data /models
 COPY --from=go /src/bin/nozzle /app/nozzle
 COPY --from=go /src/build/libnozzle_cpu.so /app/libnozzle_cpu.so

@@ -486,6 +486,28 @@ func (m *Main) modelDir() (string, map[string]string, error) {
 	return dir, adapters, nil
 }
 
+// waitForModel waits, when wait_for_model asks for it, until the model
+// folder holds a config.json; it returns ctx's error if ctx ends first.
+func (m *Main) waitForModel(ctx context.Context, every time.Duration) error {
+	if !m.Config.WaitForModel || m.Config.Model == "" {
+		return nil
+	}
+	cfg := filepath.Join(m.Config.Model, "config.json")
+	for logged := false; ; logged = true {
+		if _, err := os.Stat(cfg); err == nil {
+			return nil
+		}
+		if !logged {
+			m.Log.Warn("waiting for the model: put a complete Hugging Face model folder at --model (download elsewhere, then move it into place)", "model", m.Config.Model)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(every):
+		}
+	}
+}
+
 // gatewayConfig is the gateway's configuration.
 func (m *Main) gatewayConfig(adminToken, internalToken string) gateway.Config {
 	return gateway.Config{
@@ -533,6 +555,9 @@ func (m *Main) RunGateway(ctx context.Context) error {
 // RunRuntime runs a runtime alone, serving gateways over the internal API.
 func (m *Main) RunRuntime(ctx context.Context) error {
 	return m.serve(ctx, func(ctx context.Context, ln net.Listener) (<-chan error, error) {
+		if err := m.waitForModel(ctx, 5*time.Second); err != nil {
+			return nil, nil // ctx ended
+		}
 		modelDir, _, err := m.modelDir()
 		if err != nil {
 			return nil, err

@@ -170,3 +170,43 @@ func freeAddr(t *testing.T) string {
 	defer ln.Close()
 	return ln.Addr().String()
 }
+
+// TestWaitForModel: with wait_for_model, a runtime whose model folder is
+// not there yet waits for its config.json rather than exiting, and stops
+// waiting when asked to stop.
+func TestWaitForModel(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "base")
+	m := NewMain(Config{Model: dir, WaitForModel: true}, quietLogger(), io.Discard)
+	done := make(chan error, 1)
+	go func() { done <- m.waitForModel(context.Background(), 5*time.Millisecond) }()
+	select {
+	case err := <-done:
+		t.Fatalf("returned %v with no model folder", err)
+	case <-time.After(50 * time.Millisecond):
+	}
+	// A complete folder moved into place.
+	tmp := dir + ".tmp"
+	if err := os.MkdirAll(tmp, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(tmp, "config.json"), []byte("{}"), 0o644)
+	if err := os.Rename(tmp, dir); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("still waiting with the model in place")
+	}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	m.Config.Model = filepath.Join(t.TempDir(), "never")
+	go func() { done <- m.waitForModel(ctx, time.Hour) }()
+	cancel()
+	if err := <-done; err == nil {
+		t.Fatal("no error when stopped while waiting")
+	}
+}
