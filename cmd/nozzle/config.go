@@ -21,14 +21,14 @@ import (
 // built-in defaults, the config file (--config or NOZZLE_CONFIG), the
 // environment, flags.
 type Config struct {
-	Addr      string `key:"addr" help:"address to listen on (serve, gateway: HTTP API; runtime: internal API)"`
-	Data      string `key:"data" help:"data folder: ledger, adapter store, demo model"`
-	Model     string `key:"model" help:"Hugging Face model folder to serve (default: the built-in demo model, generated into the data folder)"`
+	Addr  string `key:"addr" help:"address to listen on (serve, gateway: HTTP API; runtime: internal API)"`
+	Data  string `key:"data" help:"data folder: ledger, adapter store, demo model"`
+	Model string `key:"model" help:"Hugging Face model folder to serve (default: the built-in demo model, generated into the data folder)"`
 	// WaitForModel lets a deployment start its runtime before the model is
 	// on its volume.
-	WaitForModel bool `key:"wait_for_model" help:"runtime: while the --model folder has no config.json, wait for it (checking every 5 s) instead of exiting; move a complete folder into place"`
-	Device    string `key:"device" help:"engine device: auto, cpu or cuda"`
-	EngineLib string `key:"engine_lib" help:"path of the engine library (default: next to the binary, then ./build)"`
+	WaitForModel bool   `key:"wait_for_model" help:"runtime: while the --model folder has no config.json, wait for it (checking every 5 s) instead of exiting; move a complete folder into place"`
+	Device       string `key:"device" help:"engine device: auto, cpu or cuda"`
+	EngineLib    string `key:"engine_lib" help:"path of the engine library (default: next to the binary, then ./build)"`
 
 	AdminToken             Secret `key:"admin_token" help:"operator token for /admin (default: generated into DATA/admin-token)"`
 	InternalToken          Secret `key:"internal_token" help:"shared token between gateway and runtimes (default: generated into DATA/internal-token)"`
