@@ -17,9 +17,11 @@ type upstream struct {
 	gen     nozzle.Generator
 	idHash  uint64
 	healthy atomic.Bool
-	info    atomic.Pointer[nozzle.ModelInfo]
-	gauge   metrics.Gauge
-	fails   metrics.Counter
+	// reported is the health last logged: 0 none yet, 1 healthy, 2 not.
+	reported atomic.Int32
+	info     atomic.Pointer[nozzle.ModelInfo]
+	gauge    metrics.Gauge
+	fails    metrics.Counter
 }
 
 // upstreamRouter picks upstreams by adapter affinity: rendezvous (highest
@@ -158,15 +160,21 @@ func (r *upstreamRouter) checkAll(ctx context.Context) {
 			defer cancel()
 			info, err := u.gen.Info(cctx)
 			if err != nil {
-				if u.healthy.Load() {
-					r.log.LogAttrs(ctx, slog.LevelWarn, "upstream unhealthy", slog.String("upstream", u.id), slog.String("error", err.Error()))
+				// Logged from the first check on: an upstream that never
+				// answers (a wrong internal token, say) says why.
+				if was := u.reported.Swap(2); was != 2 {
+					level, msg := slog.LevelWarn, "upstream unhealthy"
+					if was == 0 && nozzle.ErrorCode(err) == nozzle.EUNAVAILABLE {
+						level, msg = slog.LevelInfo, "upstream not ready yet" // a model still loading
+					}
+					r.log.LogAttrs(ctx, level, msg, slog.String("upstream", u.id), slog.String("error", err.Error()))
 				}
 				r.setHealthy(u, false)
 				return
 			}
 			u.info.Store(&info)
 			r.model.Store(&info)
-			if !u.healthy.Load() {
+			if u.reported.Swap(1) != 1 {
 				r.log.LogAttrs(ctx, slog.LevelInfo, "upstream healthy", slog.String("upstream", u.id), slog.String("model", info.ID))
 			}
 			r.setHealthy(u, true)
