@@ -6,7 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"math"
+	"slices"
+	"sync"
 	"time"
 
 	"github.com/nozzle-ai/nozzle"
@@ -242,13 +245,17 @@ var _ OpenCapacityLedger = (*Ledger)(nil)
 
 // CollectCapacity pulls closed capacity intervals from each runtime (keyed
 // by runtime id, or by a label such as its address when the source is a
-// nozzle.IdentifiedCapacitySource, which names its runtime) every interval, recording those after the last one stored,
-// until ctx ends; then it pulls once more so that a shutdown loses nothing.
-// Where the source is a nozzle.OpenCapacitySource and the ledger an
-// OpenCapacityLedger, each pull then also records the runtime's open
-// interval so far as its provisional capacity, so that reports show the
-// GPU's uptime and cost before the interval closes. A failing source is
-// logged (to log, or slog's default when nil) and retried at the next tick.
+// nozzle.IdentifiedCapacitySource, which names its runtime) every interval,
+// recording those after the last one stored, until ctx ends; then it pulls
+// once more so that a shutdown loses nothing. Where the source is a
+// nozzle.OpenCapacitySource and the ledger an OpenCapacityLedger, each pull
+// then also records the runtime's open interval so far as its provisional
+// capacity, so that reports show the GPU's uptime and cost before the
+// interval closes. Runtimes are asked at once, each with a time limit, so a
+// runtime that hangs holds up no other. Two runtimes naming the same
+// runtime id cannot both be filed under it: the second (by label) is left
+// out and logged. A failing source is logged (to log, or slog's default
+// when nil) and retried at the next tick.
 func CollectCapacity(ctx context.Context, ledger nozzle.CapacityLedger, sources map[string]nozzle.CapacitySource, every time.Duration, log *slog.Logger) error {
 	if log == nil {
 		log = slog.Default()
@@ -256,25 +263,62 @@ func CollectCapacity(ctx context.Context, ledger nozzle.CapacityLedger, sources 
 	if every <= 0 {
 		every = 10 * time.Second
 	}
+	limit := max(every, time.Second)
+	labels := slices.Sorted(maps.Keys(sources))
+	dupLogged := map[string]bool{}
 	pull := func(ctx context.Context) {
-		for label, src := range sources {
-			id := label
-			if is, ok := src.(nozzle.IdentifiedCapacitySource); ok {
-				rid, err := is.CapacityRuntimeID(ctx)
+		ids := make([]string, len(labels))
+		var wg sync.WaitGroup
+		for i, label := range labels {
+			ids[i] = label
+			is, ok := sources[label].(nozzle.IdentifiedCapacitySource)
+			if !ok {
+				continue
+			}
+			wg.Go(func() {
+				cctx, cancel := context.WithTimeout(ctx, limit)
+				defer cancel()
+				rid, err := is.CapacityRuntimeID(cctx)
 				if err != nil {
 					if ctx.Err() == nil {
 						log.Warn("collect capacity", "runtime", label, "err", err)
 					}
-					continue
+					ids[i] = ""
+				} else if rid != "" {
+					ids[i] = rid
 				}
-				if rid != "" {
-					id = rid
-				}
-			}
-			if err := pullCapacity(ctx, ledger, id, src); err != nil && ctx.Err() == nil {
-				log.Warn("collect capacity", "runtime", label, "err", err)
-			}
+			})
 		}
+		wg.Wait()
+		first := map[string]string{}
+		for i, id := range ids {
+			if id == "" {
+				continue
+			}
+			if other, dup := first[id]; dup {
+				if key := other + "\x00" + labels[i]; !dupLogged[key] {
+					dupLogged[key] = true
+					log.Error("collect capacity: two runtimes report the same runtime id; give each its own --runtime-id (the second's capacity is not filed)",
+						"runtime_id", id, "first", other, "second", labels[i])
+				}
+				ids[i] = ""
+				continue
+			}
+			first[id] = labels[i]
+		}
+		for i, label := range labels {
+			if ids[i] == "" {
+				continue
+			}
+			wg.Go(func() {
+				cctx, cancel := context.WithTimeout(ctx, limit)
+				defer cancel()
+				if err := pullCapacity(cctx, ledger, ids[i], sources[label]); err != nil && ctx.Err() == nil {
+					log.Warn("collect capacity", "runtime", label, "err", err)
+				}
+			})
+		}
+		wg.Wait()
 	}
 	t := time.NewTicker(every)
 	defer t.Stop()

@@ -1,8 +1,11 @@
 package billing_test
 
 import (
+	"bytes"
 	"context"
+	"log/slog"
 	"math"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -133,5 +136,75 @@ func TestCollectCapacity(t *testing.T) {
 	}
 	if res := mustCheck(t, l); res.Intervals != 5 {
 		t.Fatalf("Check = %+v", res)
+	}
+}
+
+// hung is a runtime that stopped answering: it holds every call until the
+// call's context ends.
+type hung struct{}
+
+func (hung) CapacityIntervals(ctx context.Context, after uint64) ([]nozzle.CapacityInterval, error) {
+	<-ctx.Done()
+	return nil, ctx.Err()
+}
+
+// TestCollectCapacity_HungRuntime: a runtime that hangs holds up no other
+// runtime's capacity, and its calls end at the time limit.
+func TestCollectCapacity_HungRuntime(t *testing.T) {
+	l := mustOpen(t, billing.Options{})
+	src := &source{}
+	src.add(1)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- billing.CollectCapacity(ctx, l, map[string]nozzle.CapacitySource{"a-hung": hung{}, "b": src}, 10*time.Millisecond, slog.New(slog.DiscardHandler))
+	}()
+	deadline := time.Now().Add(500 * time.Millisecond) // well under the hung call's limit
+	for {
+		if seq, _ := l.LastCapacitySeq(context.Background(), "b"); seq == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("a hung runtime held up another's capacity")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("collection did not stop: the hung runtime's calls have no time limit")
+	}
+}
+
+// TestCollectCapacity_SameRuntimeID: two runtimes that report the same id
+// (both left at the default, say) cannot both be filed under it: the first
+// is, the other is logged, once.
+func TestCollectCapacity_SameRuntimeID(t *testing.T) {
+	l := mustOpen(t, billing.Options{})
+	a, b := &source{}, &source{}
+	a.add(1)
+	b.add(1)
+	b.add(2)
+	var logs bytes.Buffer
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- billing.CollectCapacity(ctx, l, map[string]nozzle.CapacitySource{"http://a": addressed{a, "local"}, "http://b": addressed{b, "local"}},
+			10*time.Millisecond, slog.New(slog.NewTextHandler(&logs, nil)))
+	}()
+	time.Sleep(100 * time.Millisecond)
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if seq, _ := l.LastCapacitySeq(context.Background(), "local"); seq != 1 {
+		t.Fatalf("last seq of local = %d, want 1 (the first runtime's only)", seq)
+	}
+	if n := strings.Count(logs.String(), "two runtimes report the same runtime id"); n != 1 {
+		t.Fatalf("logged %d times: %s", n, logs.String())
 	}
 }

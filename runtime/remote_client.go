@@ -84,7 +84,17 @@ func (c *Client) getJSON(ctx context.Context, path string, v any) error {
 	return nil
 }
 
+// errWrongToken is the runtime's 401: the gateway's internal token is not
+// the runtime's, a deployment fault its clients must not read as theirs.
+func errWrongToken() error {
+	return nozzle.Errorf(nozzle.EUNAVAILABLE, "The runtime refused the internal token: give gateway and runtime the same --internal-token.").
+		WithReason("internal_token_mismatch")
+}
+
 func readError(resp *http.Response) error {
+	if resp.StatusCode == http.StatusUnauthorized {
+		return errWrongToken()
+	}
 	var body struct {
 		Error *wireError `json:"error"`
 	}
@@ -102,6 +112,9 @@ func readError(resp *http.Response) error {
 // readGenerateError reads an error answered before any work, with the
 // account the runtime sent along.
 func readGenerateError(resp *http.Response, res *nozzle.GenerateResult) (*nozzle.GenerateResult, error) {
+	if resp.StatusCode == http.StatusUnauthorized {
+		return res, errWrongToken()
+	}
 	var body struct {
 		Error  *wireError  `json:"error"`
 		Result *wireResult `json:"result"`
