@@ -30,6 +30,15 @@ type ModelInfo struct {
 	Sampling SamplingDefaults `json:"sampling,omitzero"`
 }
 
+// SameModel reports whether two runtimes serve the same base model: same
+// id and the shapes requests and adapters depend on. Devices and the
+// LoRA rank limit may differ.
+func (m ModelInfo) SameModel(o ModelInfo) bool {
+	return m.ID == o.ID && m.Architecture == o.Architecture && m.ContextLength == o.ContextLength &&
+		m.VocabSize == o.VocabSize && m.HiddenSize == o.HiddenSize && m.IntermediateSize == o.IntermediateSize &&
+		m.NumLayers == o.NumLayers && m.NumHeads == o.NumHeads && m.NumKVHeads == o.NumKVHeads && m.HeadDim == o.HeadDim
+}
+
 // SamplingDefaults are a model's recommended sampling settings; a nil or
 // zero field is not recommended (the API's own default applies).
 type SamplingDefaults struct {

@@ -36,6 +36,7 @@ type fakeGen struct {
 	started   chan string                   // receives the request id when Generate starts (if set)
 	lastReq   atomic.Pointer[nozzle.GenerateRequest]
 	sampling  nozzle.SamplingDefaults // the model's recommended sampling, reported by Info
+	model     atomic.Pointer[string]  // the model id Info reports, when not tiny-llama
 }
 
 func newFakeGen(w *world) *fakeGen {
@@ -71,7 +72,11 @@ func (g *fakeGen) mock() *mock.Generator {
 			if g.down.Load() {
 				return nozzle.ModelInfo{}, nozzle.Errorf(nozzle.EUNAVAILABLE, "Down.")
 			}
-			return nozzle.ModelInfo{ID: "tiny-llama", Architecture: "llama", ContextLength: 2048, VocabSize: 32000,
+			id := "tiny-llama"
+			if m := g.model.Load(); m != nil {
+				id = *m
+			}
+			return nozzle.ModelInfo{ID: id, Architecture: "llama", ContextLength: 2048, VocabSize: 32000,
 				Device: "cpu", CreatedAt: time.Unix(1700000000, 0).UTC(), Sampling: g.sampling}, nil
 		},
 		GenerateFn:    g.generate,

@@ -3,6 +3,7 @@ package gateway_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"strconv"
 	"strings"
@@ -306,6 +307,35 @@ func TestFailures(t *testing.T) {
 			if ev.Status != nozzle.UsageFailed || ev.ChargeUSD != 0 || ev.CompletionTokens > 1 {
 				t.Errorf("event %+v", ev)
 			}
+		}
+	})
+	t.Run("UpstreamWithAnotherModel", func(t *testing.T) {
+		// An upstream that serves another base model takes no requests:
+		// they and their adapters are checked against the first one's.
+		f := newFixture(t, withUpstreams(3))
+		other := "other-model"
+		f.gens[1].model.Store(&other)
+		f.srv.CheckUpstreams(t.Context())
+		for i := 0; i < 12; i++ {
+			f.addAdapter(f.tenantA.ID, fmt.Sprint("m", i), strings.Repeat(fmt.Sprint(i%10), 64))
+			if r := f.do(http.MethodPost, "/v1/chat/completions", chatBody(fmt.Sprint("m", i), "hi"), f.authA()); r.StatusCode != 200 {
+				t.Fatalf("status %d", r.StatusCode)
+			}
+		}
+		if n := f.gens[1].calls.Load(); n != 0 {
+			t.Errorf("the upstream with another model ran %d requests", n)
+		}
+		var ups struct{ Data []gateway.UpstreamStatus }
+		decode(t, f.do(http.MethodGet, "/admin/upstreams", "", bearer(adminToken)), &ups)
+		if len(ups.Data) != 3 || !ups.Data[0].Healthy || ups.Data[1].Healthy || ups.Data[1].Model != other || !ups.Data[2].Healthy {
+			t.Errorf("upstreams %+v", ups.Data)
+		}
+		// Once it serves the same model, it takes requests again.
+		f.gens[1].model.Store(nil)
+		f.srv.CheckUpstreams(t.Context())
+		decode(t, f.do(http.MethodGet, "/admin/upstreams", "", bearer(adminToken)), &ups)
+		if !ups.Data[1].Healthy {
+			t.Errorf("upstreams after the fix %+v", ups.Data)
 		}
 	})
 	t.Run("Failover", func(t *testing.T) {

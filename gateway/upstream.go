@@ -13,12 +13,11 @@ import (
 
 // upstream is one runtime and what the health checks learned about it.
 type upstream struct {
-	id      string
-	gen     nozzle.Generator
-	idHash  uint64
-	healthy atomic.Bool
-	// reported is the health last logged: 0 none yet, 1 healthy, 2 not.
-	reported atomic.Int32
+	id       string
+	gen      nozzle.Generator
+	idHash   uint64
+	healthy  atomic.Bool
+	reported atomic.Int32 // the health last logged (reportedNone, …)
 	info     atomic.Pointer[nozzle.ModelInfo]
 	gauge    metrics.Gauge
 	fails    metrics.Counter
@@ -115,6 +114,9 @@ func (r *upstreamRouter) generate(ctx context.Context, req *nozzle.GenerateReque
 		res, err := u.gen.Generate(ctx, req, wrapped)
 		if err != nil && nozzle.ErrorCode(err) == nozzle.EUNAVAILABLE && !emitted && ctx.Err() == nil {
 			u.fails.Inc()
+			if u.reported.Swap(reportedDown) != reportedDown {
+				r.log.LogAttrs(ctx, slog.LevelWarn, "upstream unhealthy; failing over", slog.String("upstream", u.id), slog.String("error", err.Error()))
+			}
 			r.setHealthy(u, false)
 			lastErr = err
 			continue
@@ -149,38 +151,71 @@ func (r *upstreamRouter) setHealthy(u *upstream, ok bool) {
 	r.ready.Store(any)
 }
 
-// checkAll asks every upstream for its model info, concurrently.
+// Health last logged for an upstream (upstream.reported).
+const (
+	reportedNone int32 = iota
+	reportedHealthy
+	reportedDown
+	reportedOtherModel
+)
+
+// checkAll asks every upstream for its model info, concurrently, then
+// settles their health in the configured order: an upstream that answers
+// is healthy if it serves the model of the first one that answers (its
+// adapters and requests are checked against that model); one that serves
+// another model is not, and says so in the log.
 func (r *upstreamRouter) checkAll(ctx context.Context) {
+	type answer struct {
+		info nozzle.ModelInfo
+		err  error
+	}
+	answers := make([]answer, len(r.ups))
 	var wg sync.WaitGroup
-	for _, u := range r.ups {
-		wg.Add(1)
-		go func(u *upstream) {
-			defer wg.Done()
+	for i, u := range r.ups {
+		wg.Go(func() {
 			cctx, cancel := context.WithTimeout(ctx, r.timeout)
 			defer cancel()
-			info, err := u.gen.Info(cctx)
-			if err != nil {
-				// Logged from the first check on: an upstream that never
-				// answers (a wrong internal token, say) says why.
-				if was := u.reported.Swap(2); was != 2 {
-					level, msg := slog.LevelWarn, "upstream unhealthy"
-					if was == 0 && nozzle.ErrorCode(err) == nozzle.EUNAVAILABLE {
-						level, msg = slog.LevelInfo, "upstream not ready yet" // a model still loading
-					}
-					r.log.LogAttrs(ctx, level, msg, slog.String("upstream", u.id), slog.String("error", err.Error()))
-				}
-				r.setHealthy(u, false)
-				return
-			}
-			u.info.Store(&info)
-			r.model.Store(&info)
-			if u.reported.Swap(1) != 1 {
-				r.log.LogAttrs(ctx, slog.LevelInfo, "upstream healthy", slog.String("upstream", u.id), slog.String("model", info.ID))
-			}
-			r.setHealthy(u, true)
-		}(u)
+			answers[i].info, answers[i].err = u.gen.Info(cctx)
+		})
 	}
 	wg.Wait()
+	var ref *nozzle.ModelInfo
+	var refID string
+	for i, u := range r.ups {
+		a := &answers[i]
+		switch {
+		case a.err != nil:
+			// Logged from the first check on: an upstream that never
+			// answers (a wrong internal token, say) says why.
+			if was := u.reported.Swap(reportedDown); was != reportedDown {
+				level, msg := slog.LevelWarn, "upstream unhealthy"
+				if was == reportedNone && nozzle.ErrorCode(a.err) == nozzle.EUNAVAILABLE {
+					level, msg = slog.LevelInfo, "upstream not ready yet" // a model still loading
+				}
+				r.log.LogAttrs(ctx, level, msg, slog.String("upstream", u.id), slog.String("error", a.err.Error()))
+			}
+			r.setHealthy(u, false)
+		case ref != nil && !ref.SameModel(a.info):
+			u.info.Store(&a.info)
+			if u.reported.Swap(reportedOtherModel) != reportedOtherModel {
+				r.log.LogAttrs(ctx, slog.LevelError, "upstream serves another model than the first upstream; it takes no requests until they match",
+					slog.String("upstream", u.id), slog.String("model", a.info.ID), slog.String("first", refID), slog.String("first_model", ref.ID))
+			}
+			r.setHealthy(u, false)
+		default:
+			if ref == nil {
+				ref, refID = &a.info, u.id
+			}
+			u.info.Store(&a.info)
+			if u.reported.Swap(reportedHealthy) != reportedHealthy {
+				r.log.LogAttrs(ctx, slog.LevelInfo, "upstream healthy", slog.String("upstream", u.id), slog.String("model", a.info.ID))
+			}
+			r.setHealthy(u, true)
+		}
+	}
+	if ref != nil {
+		r.model.Store(ref)
+	}
 }
 
 func (r *upstreamRouter) loop(ctx context.Context, every time.Duration) {
