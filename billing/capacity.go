@@ -255,8 +255,9 @@ var _ OpenCapacityLedger = (*Ledger)(nil)
 // runtime that hangs holds up no other. Two runtimes naming the same
 // runtime id cannot both be filed under it: the second (by label) is left
 // out and logged. A failing source is logged (to log, or slog's default
-// when nil) and retried at the next tick.
-func CollectCapacity(ctx context.Context, ledger nozzle.CapacityLedger, sources map[string]nozzle.CapacitySource, every time.Duration, log *slog.Logger) error {
+// when nil) and retried at the next tick. A receive on pullNow (nil: none)
+// pulls at once.
+func CollectCapacity(ctx context.Context, ledger nozzle.CapacityLedger, sources map[string]nozzle.CapacitySource, every time.Duration, log *slog.Logger, pullNow <-chan struct{}) error {
 	if log == nil {
 		log = slog.Default()
 	}
@@ -331,6 +332,7 @@ func CollectCapacity(ctx context.Context, ledger nozzle.CapacityLedger, sources 
 			cancel()
 			return nil
 		case <-t.C:
+		case <-pullNow:
 		}
 	}
 }

@@ -227,7 +227,7 @@ func TestCollectCapacity_Open(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
-		done <- billing.CollectCapacity(ctx, l, map[string]nozzle.CapacitySource{"rt": src}, 5*time.Millisecond, nil)
+		done <- billing.CollectCapacity(ctx, l, map[string]nozzle.CapacitySource{"rt": src}, 5*time.Millisecond, nil, nil)
 	}()
 	waitFor := func(what string, ok func(g *nozzle.GPUSummary) bool) {
 		t.Helper()

@@ -95,7 +95,7 @@ func TestCollectCapacity_ByReportedID(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel() // one pull: the final one
 	srcs := map[string]nozzle.CapacitySource{"http://10.0.0.7:8081": addressed{src, "gpu-1"}}
-	if err := billing.CollectCapacity(ctx, l, srcs, time.Hour, nil); err != nil {
+	if err := billing.CollectCapacity(ctx, l, srcs, time.Hour, nil, nil); err != nil {
 		t.Fatal(err)
 	}
 	if seq, _ := l.LastCapacitySeq(context.Background(), "gpu-1"); seq != 1 {
@@ -112,7 +112,7 @@ func TestCollectCapacity(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
-		done <- billing.CollectCapacity(ctx, l, map[string]nozzle.CapacitySource{"rt": src}, 10*time.Millisecond, nil)
+		done <- billing.CollectCapacity(ctx, l, map[string]nozzle.CapacitySource{"rt": src}, 10*time.Millisecond, nil, nil)
 	}()
 	deadline := time.Now().Add(5 * time.Second)
 	for {
@@ -157,7 +157,7 @@ func TestCollectCapacity_HungRuntime(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
-		done <- billing.CollectCapacity(ctx, l, map[string]nozzle.CapacitySource{"a-hung": hung{}, "b": src}, 10*time.Millisecond, slog.New(slog.DiscardHandler))
+		done <- billing.CollectCapacity(ctx, l, map[string]nozzle.CapacitySource{"a-hung": hung{}, "b": src}, 10*time.Millisecond, slog.New(slog.DiscardHandler), nil)
 	}()
 	deadline := time.Now().Add(500 * time.Millisecond) // well under the hung call's limit
 	for {
@@ -194,7 +194,7 @@ func TestCollectCapacity_SameRuntimeID(t *testing.T) {
 	done := make(chan error, 1)
 	go func() {
 		done <- billing.CollectCapacity(ctx, l, map[string]nozzle.CapacitySource{"http://a": addressed{a, "local"}, "http://b": addressed{b, "local"}},
-			10*time.Millisecond, slog.New(slog.NewTextHandler(&logs, nil)))
+			10*time.Millisecond, slog.New(slog.NewTextHandler(&logs, nil)), nil)
 	}()
 	time.Sleep(100 * time.Millisecond)
 	cancel()

@@ -209,6 +209,11 @@ type Deps struct {
 	Users nozzle.UserService
 
 	Upstreams []Upstream
+	// PullCapacity, when set, asks the capacity collector to pull the
+	// runtimes now: a runtime that is stopping calls it through
+	// POST /internal/capacity/pull so that its last interval is collected
+	// before it goes.
+	PullCapacity func()
 	// Extensions mount more routes (the web console) on the Server.
 	Extensions []Extension
 }

@@ -42,6 +42,7 @@ import (
 //	GET    /admin/report                    admin token
 //	GET    /admin/upstreams                 admin token
 //	GET    /internal/adapters/{sha256}/{file}  internal token
+//	POST   /internal/capacity/pull              internal token
 func (s *Server) routes() {
 	app := s.app
 	app.Use(s.front)
@@ -87,6 +88,7 @@ func (s *Server) routes() {
 	admin.Get("/upstreams", s.listUpstreams)
 
 	app.Get("/internal/adapters/:sha256/:file", s.requireInternal, s.adapterFile)
+	app.Post("/internal/capacity/pull", s.requireInternal, s.pullCapacity)
 }
 
 func (s *Server) healthz(c *fiber.Ctx) error {
@@ -121,6 +123,16 @@ func validSHA256(s string) bool {
 		}
 	}
 	return true
+}
+
+// pullCapacity handles POST /internal/capacity/pull: a runtime that is
+// stopping asks for its last capacity interval to be collected now.
+func (s *Server) pullCapacity(c *fiber.Ctx) error {
+	if s.deps.PullCapacity == nil {
+		return nozzle.Errorf(nozzle.ENOTFOUND, "This gateway collects no capacity.")
+	}
+	s.deps.PullCapacity()
+	return c.SendStatus(fiber.StatusAccepted)
 }
 
 // adapterFile handles GET /internal/adapters/{sha256}/{file}: a remote

@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	nozzle "github.com/nozzle-ai/nozzle"
@@ -27,6 +28,7 @@ type Client struct {
 	base  string
 	token string
 	hc    *http.Client
+	rid   atomic.Pointer[string] // the runtime id Info last reported
 	// CancelGrace is how long Generate keeps reading after it asked the
 	// runtime to cancel, for the partial account (default 30 s).
 	CancelGrace time.Duration
@@ -162,7 +164,16 @@ func (c *Client) CapacityIntervals(ctx context.Context, after uint64) ([]nozzle.
 // under, from its info.
 func (c *Client) CapacityRuntimeID(ctx context.Context) (string, error) {
 	info, err := c.Info(ctx)
-	return info.RuntimeID, err
+	if err == nil {
+		c.rid.Store(&info.RuntimeID)
+		return info.RuntimeID, nil
+	}
+	// A runtime that closed answers no Info, but its last intervals are
+	// still to be collected, under the id it had.
+	if id := c.rid.Load(); id != nil && nozzle.ErrorCode(err) == nozzle.EUNAVAILABLE {
+		return *id, nil
+	}
+	return "", err
 }
 
 // OpenCapacity returns the runtime's open capacity interval so far; ok is

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	nozzle "github.com/nozzle-ai/nozzle"
@@ -190,12 +191,50 @@ type server struct {
 
 	mu      sync.Mutex
 	running map[string]context.CancelFunc
+
+	// Capacity pulls seen: whether any came, and the highest "after"
+	// asked for — what the gateway has stored.
+	pulledAny atomic.Bool
+	pulled    atomic.Uint64
+}
+
+// Server is the runtime's side of the remote protocol.
+type Server struct {
+	http.Handler
+	s *server
 }
 
 // NewServer returns the HTTP handler of the remote protocol for rt,
 // accepting internalToken as bearer token.
-func NewServer(rt *Runtime, internalToken string) http.Handler {
-	return newServer(rt, internalToken)
+func NewServer(rt *Runtime, internalToken string) *Server {
+	h, s := newServer(rt, internalToken)
+	return &Server{Handler: h, s: s}
+}
+
+// WaitCollected waits, once the runtime has closed, until the gateway that
+// collects its capacity has stored every interval, the last one (closed by
+// Close, the drain included) too: it asks for the intervals after the last
+// one it stored. It returns at once when no gateway ever asked, and ctx's
+// error when ctx ends first.
+func (s *Server) WaitCollected(ctx context.Context) error {
+	if !s.s.pulledAny.Load() {
+		return nil
+	}
+	ivs, err := s.s.rt.CapacityIntervals(ctx, s.s.pulled.Load())
+	if err != nil || len(ivs) == 0 {
+		return err
+	}
+	last := ivs[len(ivs)-1].Seq
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	for s.s.pulled.Load() < last {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
+	return nil
 }
 
 // NewGeneratorServer serves any nozzle.Generator over the remote protocol:
@@ -203,7 +242,8 @@ func NewServer(rt *Runtime, internalToken string) http.Handler {
 // capacity, is always ready, and announces the prompt's token count as 0
 // until the final account (a Generator tells it only there).
 func NewGeneratorServer(g nozzle.Generator, internalToken string) http.Handler {
-	return newServer(generatorServed{g}, internalToken)
+	h, _ := newServer(generatorServed{g}, internalToken)
+	return h
 }
 
 type generatorServed struct{ nozzle.Generator }
@@ -233,7 +273,7 @@ func (g generatorServed) generate(ctx context.Context, req *nozzle.GenerateReque
 	return res, err
 }
 
-func newServer(rt served, internalToken string) http.Handler {
+func newServer(rt served, internalToken string) (http.Handler, *server) {
 	s := &server{rt: rt, token: []byte(internalToken), running: map[string]context.CancelFunc{}}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
@@ -254,7 +294,7 @@ func newServer(rt served, internalToken string) http.Handler {
 	mux.HandleFunc("GET /internal/v1/adapters/{sha}/tier", s.auth(s.tier))
 	mux.HandleFunc("POST /internal/v1/cancel/{id}", s.auth(s.cancel))
 	mux.HandleFunc("POST /internal/v1/generate", s.auth(s.generate))
-	return mux
+	return mux, s
 }
 
 func (s *server) auth(h http.HandlerFunc) http.HandlerFunc {
@@ -300,6 +340,12 @@ func (s *server) capacity(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		after = n
+	}
+	s.pulledAny.Store(true)
+	for {
+		if p := s.pulled.Load(); after <= p || s.pulled.CompareAndSwap(p, after) {
+			break
+		}
 	}
 	ivs, err := s.rt.CapacityIntervals(r.Context(), after)
 	if err != nil {

@@ -269,3 +269,49 @@ func TestGenerate_SamplingExtremes(t *testing.T) {
 		t.Fatalf("max_tokens MaxInt: %v", err)
 	}
 }
+
+// TestRemote_LastIntervalCollected: a runtime that closes keeps answering
+// capacity pulls, under the id it had, until the gateway has stored the
+// interval Close ended (WaitCollected), so a stop loses no GPU time.
+func TestRemote_LastIntervalCollected(t *testing.T) {
+	rt := startFake(t, runtime.Options{RuntimeID: "gpu-7"}, 64)
+	srv := runtime.NewServer(rt.Runtime, internalToken)
+	ts := httptest.NewServer(srv)
+	defer ts.Close()
+	cl := runtime.NewClient(ts.URL, internalToken, nil)
+	ctx := context.Background()
+	if id, err := cl.CapacityRuntimeID(ctx); err != nil || id != "gpu-7" {
+		t.Fatalf("CapacityRuntimeID = %q, %v", id, err)
+	}
+	if _, err := cl.CapacityIntervals(ctx, 0); err != nil { // a gateway collects
+		t.Fatal(err)
+	}
+	closeRT(t, rt)
+
+	done := make(chan error, 1)
+	go func() {
+		wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		done <- srv.WaitCollected(wctx)
+	}()
+	select {
+	case err := <-done:
+		t.Fatalf("WaitCollected returned %v before the last interval was collected", err)
+	case <-time.After(100 * time.Millisecond):
+	}
+	// The gateway's next pull: the id it had, and the last interval.
+	if id, err := cl.CapacityRuntimeID(ctx); err != nil || id != "gpu-7" {
+		t.Fatalf("CapacityRuntimeID of the closed runtime = %q, %v", id, err)
+	}
+	ivs, err := cl.CapacityIntervals(ctx, 0)
+	if err != nil || len(ivs) == 0 {
+		t.Fatalf("intervals of the closed runtime: %v, %v", ivs, err)
+	}
+	// Stored: the pull after asks for what follows it.
+	if _, err := cl.CapacityIntervals(ctx, ivs[len(ivs)-1].Seq); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("WaitCollected: %v", err)
+	}
+}

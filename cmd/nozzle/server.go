@@ -51,11 +51,15 @@ type Main struct {
 	operator, operatorPasswordFile string
 
 	closers []func(context.Context) error
+
+	// pullNow asks the capacity collector to pull at once (a runtime that
+	// is stopping, through the gateway's internal API).
+	pullNow chan struct{}
 }
 
 // NewMain returns a Main for cfg.
 func NewMain(cfg Config, log *slog.Logger, stdout io.Writer) *Main {
-	return &Main{Config: cfg, Log: log, Metrics: metrics.NewRegistry(), Stdout: stdout, Ready: make(chan struct{})}
+	return &Main{Config: cfg, Log: log, Metrics: metrics.NewRegistry(), Stdout: stdout, Ready: make(chan struct{}), pullNow: make(chan struct{}, 1)}
 }
 
 func runServer(ctx context.Context, cmd string, args []string, stdout, stderr io.Writer) error {
@@ -385,6 +389,12 @@ func (m *Main) startGateway(ctx context.Context, ln net.Listener, internalToken 
 		Tenants: m.Ledger, Keys: m.Ledger, Adapters: m.Ledger, Store: store,
 		Ledger: m.Ledger, Budget: m.Ledger, Reporter: m.Ledger, Users: m.Ledger,
 		Upstreams: ups, Extensions: exts,
+		PullCapacity: func() {
+			select {
+			case m.pullNow <- struct{}{}:
+			default: // a pull is asked for already
+			}
+		},
 	})
 	if err != nil {
 		return nil, err
@@ -454,7 +464,7 @@ func (m *Main) collectCapacity(sources map[string]nozzle.CapacitySource) (stop f
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		if err := billing.CollectCapacity(ctx, m.Ledger, sources, 10*time.Second, m.Log.With("component", "billing")); err != nil && !errors.Is(err, context.Canceled) {
+		if err := billing.CollectCapacity(ctx, m.Ledger, sources, 10*time.Second, m.Log.With("component", "billing"), m.pullNow); err != nil && !errors.Is(err, context.Canceled) {
 			m.Log.Error("capacity collection stopped", "err", err)
 		}
 	}()
@@ -484,6 +494,25 @@ func (m *Main) modelDir() (string, map[string]string, error) {
 		return "", nil, fmt.Errorf("demo model: %w", err)
 	}
 	return dir, adapters, nil
+}
+
+// askPull asks the gateway to collect capacity now, so that the interval
+// the runtime just closed is stored before it stops; failing that, the
+// gateway's next regular pull does.
+func (m *Main) askPull(ctx context.Context, internalToken string) {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, strings.TrimRight(m.Config.GatewayURL, "/")+"/internal/capacity/pull", nil)
+	if err != nil {
+		return
+	}
+	req.Header.Set("Authorization", "Bearer "+internalToken)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		m.Log.Debug("ask the gateway to collect capacity", "err", err)
+		return
+	}
+	resp.Body.Close()
 }
 
 // waitForModel waits, when wait_for_model asks for it, until the model
@@ -582,7 +611,8 @@ func (m *Main) RunRuntime(ctx context.Context) error {
 		}
 		m.Runtime = rt
 		mux := http.NewServeMux()
-		mux.Handle("/", runtime.NewServer(rt, internalToken))
+		rsrv := runtime.NewServer(rt, internalToken)
+		mux.Handle("/", rsrv)
 		mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
 			m.Metrics.WriteTo(w)
@@ -591,8 +621,24 @@ func (m *Main) RunRuntime(ctx context.Context) error {
 		// for 30 s (runtime.Transport), so this only reaps those of
 		// gateways that went away.
 		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}
-		// The server drains first, then the runtime stops.
-		m.onClose(func(ctx context.Context) error { return errors.Join(srv.Shutdown(ctx), rt.Close(ctx)) })
+		// The runtime drains first while the server still answers: new
+		// requests are refused (the gateway moves them to another
+		// runtime), those in flight finish, and the gateway can still pull
+		// capacity — the last interval, drain included, closes with the
+		// runtime and is collected before the server stops (the gateway
+		// pulls every 10 s).
+		m.onClose(func(ctx context.Context) error {
+			err := rt.Close(ctx)
+			if m.Config.GatewayURL != "" {
+				m.askPull(ctx, internalToken)
+			}
+			wctx, cancel := context.WithTimeout(ctx, 12*time.Second)
+			if werr := rsrv.WaitCollected(wctx); werr != nil {
+				m.Log.Warn("the last capacity interval was not collected before the runtime stopped", "err", werr)
+			}
+			cancel()
+			return errors.Join(err, srv.Shutdown(ctx))
+		})
 		served := make(chan error, 1)
 		go func() { served <- srv.Serve(ln) }()
 		m.Log.Info("runtime listening", "addr", m.Addr, "model", modelDir)

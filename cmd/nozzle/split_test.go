@@ -11,13 +11,15 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
 
 // startMain runs one server command of Main in process and returns it once
-// it serves.
-func startMain(t *testing.T, cmd string, args ...string) *Main {
+// it serves, with a function that stops it (as SIGTERM does) and waits;
+// the test's cleanup stops it too.
+func startMain(t *testing.T, cmd string, args ...string) (*Main, func()) {
 	t.Helper()
 	cfg, _, err := Load(cmd, args, func(string) (string, bool) { return "", false }, io.Discard)
 	if err != nil {
@@ -43,13 +45,17 @@ func startMain(t *testing.T, cmd string, args ...string) *Main {
 		cancel()
 		t.Fatalf("%s did not start", cmd)
 	}
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("%s: %v", cmd, err)
-		}
-	})
-	return m
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("%s: %v", cmd, err)
+			}
+		})
+	}
+	t.Cleanup(stop)
+	return m, stop
 }
 
 // TestSplit_GatewayAndRuntime runs the deployment of fly.toml on loopback:
@@ -65,9 +71,9 @@ func TestSplit_GatewayAndRuntime(t *testing.T) {
 	// The runtime learns the gateway's address after the gateway starts,
 	// so the gateway's port is chosen first.
 	gwAddr := freeAddr(t)
-	rt := startMain(t, "runtime", "--addr", "127.0.0.1:0", "--data", rtData, "--internal-token", token,
+	rt, stopRT := startMain(t, "runtime", "--addr", "127.0.0.1:0", "--data", rtData, "--internal-token", token,
 		"--gateway-url", "http://"+gwAddr, "--engine-lib", engineLib(t), "--kv-memory-mb", "64", "--runtime-id", "rt-a")
-	gw := startMain(t, "gateway", "--addr", gwAddr, "--data", t.TempDir(), "--internal-token", token,
+	gw, _ := startMain(t, "gateway", "--addr", gwAddr, "--data", t.TempDir(), "--internal-token", token,
 		"--upstreams", "http://"+rt.Addr)
 	base := "http://" + gw.Addr
 	admin, _ := os.ReadFile(filepath.Join(gw.Config.Data, "admin-token"))
@@ -157,6 +163,22 @@ func TestSplit_GatewayAndRuntime(t *testing.T) {
 			t.Fatalf("no GPU capacity in the operator report: %+v", rep.GPU)
 		}
 		time.Sleep(100 * time.Millisecond)
+	}
+
+	// The runtime stops (SIGTERM): the interval it closes on the way out
+	// reaches the gateway's ledger before it goes — at once, as it asks
+	// the gateway to pull, rather than at the gateway's next pull.
+	start := time.Now()
+	stopRT()
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("the runtime took %v to stop", d)
+	}
+	ivs, err := rt.Runtime.CapacityIntervals(context.Background(), 0)
+	if err != nil || len(ivs) == 0 {
+		t.Fatalf("the runtime's intervals: %v, %v", ivs, err)
+	}
+	if seq, err := gw.Ledger.LastCapacitySeq(context.Background(), "rt-a"); err != nil || seq != ivs[len(ivs)-1].Seq {
+		t.Fatalf("the gateway stored up to interval %d (%v); the runtime's last is %d", seq, err, ivs[len(ivs)-1].Seq)
 	}
 }
 
