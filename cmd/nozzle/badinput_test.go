@@ -59,6 +59,8 @@ func TestRun_BadInput(t *testing.T) {
 		{"BackupOntoTheLedger", []string{"backup", "--data", ledDir, filepath.Join(ledDir, "ledger.db")}, "is the ledger's own file"},
 		{"BackupOntoTheJournal", []string{"backup", "--data", ledDir, filepath.Join(ledDir, "ledger.db.journal.1")}, "is the ledger's own file"},
 		{"BackupIntoAFolder", []string{"backup", "--data", ledDir, dir}, "is a folder"},
+		{"ReportExtraArgument", []string{"report", "--data", ledDir, "acme"}, `unexpected argument "acme"`},
+		{"BoolValueApart", []string{"serve", "--prefix-cache", "false"}, "--prefix-cache=false"},
 		{"ReportNoLedger", []string{"report", "--data", filepath.Join(dir, "none")}, "no ledger at"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {

@@ -71,7 +71,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	case "bench":
 		err = runBench(ctx, args, stdout, stderr)
 	case "version", "--version", "-version":
-		fmt.Fprintf(stdout, "nozzle %s %s\n", nozzle.Version, nozzle.Commit)
+		if nozzle.Commit == "" || strings.HasPrefix(nozzle.Version, nozzle.Commit) {
+			fmt.Fprintf(stdout, "nozzle %s\n", nozzle.Version) // untagged: the version is the commit
+		} else {
+			fmt.Fprintf(stdout, "nozzle %s (commit %s)\n", nozzle.Version, nozzle.Commit)
+		}
 	case "help", "--help", "-h", "-help":
 		fmt.Fprint(stdout, usage)
 	default:

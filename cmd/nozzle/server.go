@@ -68,6 +68,11 @@ func runServer(ctx context.Context, cmd string, args []string, stdout, stderr io
 		return err
 	}
 	if len(rest) > 0 {
+		if b := rest[0]; (b == "true" || b == "false") && len(args) > len(rest) {
+			if prev := args[len(args)-len(rest)-1]; strings.HasPrefix(prev, "-") && !strings.Contains(prev, "=") {
+				return fmt.Errorf("%s: unexpected argument %q: a true/false setting takes its value joined to it, as %s=%s", cmd, b, prev, b)
+			}
+		}
 		return fmt.Errorf("%s: unexpected argument %q", cmd, rest[0])
 	}
 	tuneGC(uint64(cfg.HeapFloorMB) << 20)

@@ -103,6 +103,9 @@ func runReport(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("report: unexpected argument %q (a flag's value goes after it: --tenant NAME)", fs.Arg(0))
+	}
 	q, err := reportQuery(*start, *end, *groupBy)
 	if err != nil {
 		return err
@@ -309,7 +312,7 @@ func saveStream(path string, r io.Reader) error {
 
 func runLedger(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 || args[0] != "check" {
-		fmt.Fprintln(stderr, "Usage: nozzle ledger check [--data DIR]")
+		fmt.Fprintln(stderr, "Usage: nozzle ledger check [--data DIR] [--addr HOST:PORT] [--admin-token TOKEN]\n(--addr and --admin-token reach the server that holds the ledger while one runs)")
 		return errUsage
 	}
 	fs := flag.NewFlagSet("nozzle ledger check", flag.ContinueOnError)
