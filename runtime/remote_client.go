@@ -32,6 +32,24 @@ type Client struct {
 	// CancelGrace is how long Generate keeps reading after it asked the
 	// runtime to cancel, for the partial account (default 30 s).
 	CancelGrace time.Duration
+
+	// silent counts the Info calls in a row the runtime did not answer in
+	// the time they had; at silentInfos the exchanges in flight are cut.
+	silent   atomic.Int32
+	mu       sync.Mutex
+	inflight map[*remoteCancel]struct{}
+}
+
+// silentInfos unanswered Info calls in a row (the gateway's health checks,
+// every 5 s) make a runtime lost: it hangs rather than fails (a frozen
+// process or device), and its requests in flight would otherwise wait for
+// the request timeout.
+const silentInfos = 2
+
+// errLost ends the exchanges with a runtime that stopped answering. Those
+// that emitted nothing move to another runtime (EUNAVAILABLE).
+func errLost() error {
+	return nozzle.Errorf(nozzle.EUNAVAILABLE, "The runtime stopped answering.").WithReason("upstream_lost")
 }
 
 var (
@@ -47,7 +65,8 @@ func NewClient(baseURL, internalToken string, hc *http.Client) *Client {
 	if hc == nil {
 		hc = &http.Client{Transport: NewTransport()}
 	}
-	return &Client{base: strings.TrimRight(baseURL, "/"), token: internalToken, hc: hc, CancelGrace: 30 * time.Second}
+	return &Client{base: strings.TrimRight(baseURL, "/"), token: internalToken, hc: hc, CancelGrace: 30 * time.Second,
+		inflight: map[*remoteCancel]struct{}{}}
 }
 
 func (c *Client) newRequest(ctx context.Context, method, path string, body io.Reader) (*http.Request, error) {
@@ -131,11 +150,34 @@ func readGenerateError(resp *http.Response, res *nozzle.GenerateResult) (*nozzle
 	return res, body.Error.err()
 }
 
-// Info describes the base model.
+// Info describes the base model. A runtime that leaves silentInfos calls
+// in a row unanswered until their deadline is lost: the exchanges in flight
+// with it end at once with EUNAVAILABLE.
 func (c *Client) Info(ctx context.Context) (nozzle.ModelInfo, error) {
 	var info nozzle.ModelInfo
 	err := c.getJSON(ctx, "/internal/v1/info", &info)
+	switch {
+	case err == nil:
+		c.silent.Store(0)
+	case ctx.Err() == context.DeadlineExceeded:
+		if c.silent.Add(1) >= silentInfos {
+			c.abandon()
+		}
+	}
 	return info, err
+}
+
+// abandon cuts every exchange in flight: the runtime stopped answering.
+func (c *Client) abandon() {
+	c.mu.Lock()
+	lost := make([]*remoteCancel, 0, len(c.inflight))
+	for r := range c.inflight {
+		lost = append(lost, r)
+	}
+	c.mu.Unlock()
+	for _, r := range lost {
+		r.lose()
+	}
 }
 
 // AdapterTier says where an adapter's weights are on the runtime; disk when
@@ -233,6 +275,14 @@ func (c *Client) Generate(ctx context.Context, req *nozzle.GenerateRequest, emit
 	defer stop()
 	cn := &remoteCancel{c: c, id: wr.RequestID, stop: stop}
 	defer cn.close()
+	c.mu.Lock()
+	c.inflight[cn] = struct{}{}
+	c.mu.Unlock()
+	defer func() {
+		c.mu.Lock()
+		delete(c.inflight, cn)
+		c.mu.Unlock()
+	}()
 	defer context.AfterFunc(ctx, func() {
 		cn.cancel(nozzle.Errorf(nozzle.ECANCELED, "The request was canceled.").Wrap(ctx.Err()))
 	})()
@@ -333,6 +383,17 @@ func (r *remoteCancel) cancel(why error) {
 		r.grace = time.AfterFunc(r.c.CancelGrace, r.stop)
 	}
 	r.mu.Unlock()
+}
+
+// lose ends the exchange now, without asking the runtime (it does not
+// answer) or waiting for its account.
+func (r *remoteCancel) lose() {
+	r.mu.Lock()
+	if r.why == nil {
+		r.why = errLost()
+	}
+	r.mu.Unlock()
+	r.stop()
 }
 
 func (r *remoteCancel) reason() error {

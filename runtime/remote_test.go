@@ -315,3 +315,49 @@ func TestRemote_LastIntervalCollected(t *testing.T) {
 		t.Fatalf("WaitCollected: %v", err)
 	}
 }
+
+// TestRemote_FrozenRuntime: a runtime that stops answering (a frozen
+// process: connections accepted, nothing answered) does not hold its
+// requests until their timeout. After two health checks it leaves
+// unanswered, every exchange in flight ends with EUNAVAILABLE, so that one
+// that emitted nothing moves to another runtime; a check it answers again
+// starts the count over.
+func TestRemote_FrozenRuntime(t *testing.T) {
+	frozen := make(chan struct{})
+	ts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-frozen:
+		case <-r.Context().Done():
+		}
+	}))
+	defer ts.Close()
+	defer close(frozen)
+	cl := runtime.NewClient(ts.URL, internalToken, nil)
+	done := make(chan error, 1)
+	go func() {
+		_, err := cl.Generate(context.Background(), &nozzle.GenerateRequest{Prompt: "x", MaxTokens: 4}, func(nozzle.Chunk) error { return nil })
+		done <- err
+	}()
+	check := func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+		defer cancel()
+		if _, err := cl.Info(ctx); err == nil {
+			t.Fatal("a frozen runtime answered")
+		}
+	}
+	check()
+	select {
+	case err := <-done:
+		t.Fatalf("one unanswered check ended the exchange: %v", err)
+	case <-time.After(50 * time.Millisecond):
+	}
+	check()
+	select {
+	case err := <-done:
+		if e := nozzle.AsError(err); e == nil || e.Code != nozzle.EUNAVAILABLE || !strings.Contains(e.Message, "stopped answering") {
+			t.Fatalf("exchange with a lost runtime ended with %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the exchange with a frozen runtime still waits")
+	}
+}
