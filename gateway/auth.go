@@ -60,7 +60,8 @@ func errBadKey() error {
 
 // RequireKey authenticates the request with a tenant API key carrying
 // scope. A malformed key is refused before any lookup; a revoked key is
-// refused on the very next request (keys are not cached); a suspended
+// refused on the very next request (the revocation's commit clears the
+// ledger's key cache); a suspended
 // tenant gets 403, and so does a key without the scope.
 func (s *Server) RequireKey(scope nozzle.Scope) fiber.Handler {
 	return func(c *fiber.Ctx) error {
