@@ -405,6 +405,9 @@ func (r *Runtime) Close(ctx context.Context) error {
 	}
 	r.closing = true
 	r.mu.Unlock()
+	// Not ready from now on: health checks move new requests elsewhere
+	// while those in flight drain.
+	r.ready.Store(false)
 
 	drained := make(chan struct{})
 	go func() { r.inflight.Wait(); close(drained) }()
@@ -414,7 +417,6 @@ func (r *Runtime) Close(ctx context.Context) error {
 		r.sched.cancelAll()
 		<-drained
 	}
-	r.ready.Store(false)
 	close(r.sched.quit)
 	<-r.sched.done
 	r.cancel()
