@@ -100,6 +100,8 @@ type AdapterStore interface {
 	Open(ctx context.Context, sha256, name string) (io.ReadCloser, int64, error)
 	// Remove deletes stored files. Removing unknown files is not an error.
 	Remove(ctx context.Context, sha256 string) error
+	// Stored lists the content addresses of the stored adapters.
+	Stored(ctx context.Context) ([]string, error)
 }
 
 // Tier says where an adapter's weights are right now.

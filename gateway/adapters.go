@@ -55,15 +55,20 @@ func toAdapterJSON(a *nozzle.Adapter) adapterJSON {
 type uploadGuard struct {
 	mu      sync.Mutex
 	pending int
+	// sweep: files were left for later while imports were in flight;
+	// the last import to finish sweeps the store.
+	sweep bool
 }
 
 // removeIfUnused removes an adapter's stored files when no adapter uses
 // them any more and no other import is in flight (self counts the caller's
-// own pending import).
+// own pending import); otherwise the last import in flight to finish
+// sweeps the store (endImport).
 func (s *Server) removeIfUnused(ctx context.Context, sha string, self int) {
 	s.uploads.mu.Lock()
 	defer s.uploads.mu.Unlock()
 	if s.uploads.pending > self {
+		s.uploads.sweep = true
 		return
 	}
 	refs, err := s.deps.Adapters.AdapterRefs(ctx, sha)
@@ -182,11 +187,7 @@ func (s *Server) createAdapter(c *fiber.Ctx) error {
 	s.uploads.mu.Lock()
 	s.uploads.pending++
 	s.uploads.mu.Unlock()
-	defer func() {
-		s.uploads.mu.Lock()
-		s.uploads.pending--
-		s.uploads.mu.Unlock()
-	}()
+	defer s.endImport(context.WithoutCancel(ctx))
 	// The store consumes dir whatever happens; the deferred RemoveAll covers
 	// a store that does not.
 	m, err := s.deps.Store.Import(ctx, dir)
@@ -204,6 +205,57 @@ func (s *Server) createAdapter(c *fiber.Ctx) error {
 	s.log.LogAttrs(ctx, slog.LevelInfo, "adapter created", slog.String("tenant_id", p.tenant.ID),
 		slog.String("adapter", a.Name), slog.String("sha256", a.SHA256), slog.Int64("size_bytes", a.SizeBytes))
 	return c.Status(fiber.StatusCreated).JSON(toAdapterJSON(a))
+}
+
+// endImport ends an import in flight; the last one sweeps the store if a
+// removal was left for later meanwhile.
+func (s *Server) endImport(ctx context.Context) {
+	s.uploads.mu.Lock()
+	defer s.uploads.mu.Unlock()
+	s.uploads.pending--
+	if s.uploads.pending == 0 && s.uploads.sweep {
+		s.uploads.sweep = false
+		s.sweepStoreLocked(ctx)
+	}
+}
+
+// SweepStore removes the stored adapter files no adapter uses: those of
+// an upload whose record a crash kept from being written, or of an
+// adapter whose deletion a crash cut short. It runs when the gateway
+// starts, and after removals left for later while uploads were importing.
+func (s *Server) SweepStore(ctx context.Context) {
+	s.uploads.mu.Lock()
+	defer s.uploads.mu.Unlock()
+	if s.uploads.pending > 0 {
+		s.uploads.sweep = true
+		return
+	}
+	s.sweepStoreLocked(ctx)
+}
+
+// sweepStoreLocked sweeps the store; s.uploads.mu is held and no import
+// is in flight, so every stored adapter in use has its record.
+func (s *Server) sweepStoreLocked(ctx context.Context) {
+	shas, err := s.deps.Store.Stored(ctx)
+	if err != nil {
+		s.log.LogAttrs(ctx, slog.LevelWarn, "list stored adapters", slog.String("error", err.Error()))
+		return
+	}
+	for _, sha := range shas {
+		refs, err := s.deps.Adapters.AdapterRefs(ctx, sha)
+		if err != nil {
+			s.log.LogAttrs(ctx, slog.LevelWarn, "count adapter references", slog.String("sha256", sha), slog.String("error", err.Error()))
+			return
+		}
+		if refs > 0 {
+			continue
+		}
+		if err := s.deps.Store.Remove(ctx, sha); err != nil {
+			s.log.LogAttrs(ctx, slog.LevelWarn, "remove adapter files", slog.String("sha256", sha), slog.String("error", err.Error()))
+			continue
+		}
+		s.log.LogAttrs(ctx, slog.LevelInfo, "removed adapter files no adapter uses", slog.String("sha256", sha))
+	}
 }
 
 func adapterExists(name string) error {

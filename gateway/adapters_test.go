@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -322,4 +323,69 @@ func TestInternalAdapterFiles(t *testing.T) {
 	wantError(t, f.do(http.MethodGet, "/internal/adapters/"+a.SHA256+"/passwd", "", bearer(internalToken)), 404, "invalid_request_error", "", "")
 	wantError(t, f.do(http.MethodGet, "/internal/adapters/..%2F..%2Fetc/"+nozzle.AdapterConfigFile, "", bearer(internalToken)), 404, "invalid_request_error", "", "")
 	wantError(t, f.do(http.MethodGet, "/internal/adapters/"+strings.Repeat("e", 64)+"/"+nozzle.AdapterConfigFile, "", bearer(internalToken)), 404, "invalid_request_error", "", "")
+}
+
+// TestAdapters_CrashLeftovers: what a crash leaves of adapter uploads and
+// deletions does not stay. Staging folders are emptied when the gateway
+// starts; stored files no adapter uses (an upload whose record was never
+// written, a deletion cut short) are swept then, and after deletions
+// that had to leave files alone while another upload was importing.
+func TestAdapters_CrashLeftovers(t *testing.T) {
+	staged := filepath.Join(t.TempDir(), "uploads")
+	os.MkdirAll(filepath.Join(staged, "upload-123"), 0o700)
+	os.WriteFile(filepath.Join(staged, "upload-123", nozzle.AdapterWeightsFile), []byte("half"), 0o600)
+	orphan, used := strings.Repeat("e", 64), strings.Repeat("d", 64)
+	f := newFixture(t, func(c *gateway.Config, d *gateway.Deps, f *fixture) {
+		c.UploadDir = staged
+		f.w.stored[orphan] = map[string][]byte{nozzle.AdapterConfigFile: []byte("{}")}
+		f.w.stored[used] = map[string][]byte{nozzle.AdapterConfigFile: []byte("{}")}
+		f.addAdapter("ten_x", "kept", used)
+	})
+	if _, err := os.Stat(filepath.Join(staged, "upload-123")); !os.IsNotExist(err) {
+		t.Errorf("a staging folder outlived the start: %v", err)
+	}
+	f.w.mu.Lock()
+	_, orphanLeft := f.w.stored[orphan]
+	_, usedLeft := f.w.stored[used]
+	f.w.mu.Unlock()
+	if orphanLeft || !usedLeft {
+		t.Errorf("after the start's sweep: orphan stored %v, used stored %v", orphanLeft, usedLeft)
+	}
+	// An adapter deleted while another upload imports keeps its files
+	// until that import ends (its record may not be written yet), then
+	// they go.
+	f.addAdapter(f.tenantA.ID, "old", orphan)
+	f.w.mu.Lock()
+	f.w.stored[orphan] = map[string][]byte{nozzle.AdapterConfigFile: []byte("{}")}
+	f.w.mu.Unlock()
+	hold := &importHold{started: make(chan struct{}, 1), release: make(chan struct{})}
+	f.w.importHold.Store(hold)
+	done := make(chan int, 1)
+	go func() {
+		fresh := []part{{"name", "", []byte("fresh")}, {nozzle.AdapterConfigFile, "c", goodConfig}, {nozzle.AdapterWeightsFile, "w", goodWeights}}
+		r := f.upload(f.keyA, fresh...)
+		readAll(t, r)
+		done <- r.StatusCode
+	}()
+	<-hold.started
+	if r := f.do(http.MethodDelete, "/v1/adapters/old", "", f.authA()); r.StatusCode != 200 {
+		t.Fatalf("delete: %d", r.StatusCode)
+	}
+	stored := func() bool {
+		f.w.mu.Lock()
+		defer f.w.mu.Unlock()
+		_, ok := f.w.stored[orphan]
+		return ok
+	}
+	if !stored() {
+		t.Fatal("files removed while an import was in flight")
+	}
+	f.w.importHold.Store(nil)
+	close(hold.release)
+	if code := <-done; code != 201 {
+		t.Fatalf("upload: %d", code)
+	}
+	if stored() {
+		t.Error("the deleted adapter's files outlived the import that held them")
+	}
 }

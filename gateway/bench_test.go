@@ -47,7 +47,7 @@ func benchServer(tb testing.TB) (*gateway.Server, string) {
 			a := *adapter
 			return &a, nil
 		}},
-		Store: &mock.AdapterStore{},
+		Store: &mock.AdapterStore{StoredFn: func(context.Context) ([]string, error) { return nil, nil }},
 		Ledger: &mock.Ledger{
 			RecordUsageFn: func(ctx context.Context, ev *nozzle.UsageEvent) (bool, error) { return false, nil },
 			UsageFn: func(ctx context.Context, id string) (*nozzle.UsageEvent, error) {

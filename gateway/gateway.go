@@ -50,10 +50,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/valyala/fasthttp"
 	"log/slog"
 	"math"
 	"net"
 	"os"
+	"path/filepath"
 	"sync"
 	"time"
 
@@ -259,6 +261,7 @@ type Server struct {
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup // background loops
 	genWG   sync.WaitGroup // generations, until their usage is recorded
+	conns   connSet
 
 	mu       sync.Mutex
 	serving  bool
@@ -297,6 +300,12 @@ func New(cfg Config, deps Deps) (*Server, error) {
 	if err := os.MkdirAll(cfg.UploadDir, 0o700); err != nil {
 		return nil, fmt.Errorf("gateway: create upload dir: %w", err)
 	}
+	// Uploads a crash cut short left their staging folders.
+	if stale, err := filepath.Glob(filepath.Join(cfg.UploadDir, "upload-*")); err == nil {
+		for _, d := range stale {
+			os.RemoveAll(d)
+		}
+	}
 
 	s := &Server{cfg: cfg, deps: deps, log: cfg.Logger}
 	s.baseCtx, s.cancel = context.WithCancel(context.Background())
@@ -328,6 +337,8 @@ func New(cfg Config, deps Deps) (*Server, error) {
 		ProxyHeader:                  proxyHeader(cfg.TrustedProxies),
 		DisableDefaultContentType:    false,
 	})
+	s.conns.m = map[net.Conn]int{}
+	s.app.Server().ConnState = s.conns.state
 	s.routes()
 	for _, ext := range deps.Extensions {
 		if err := ext(s); err != nil {
@@ -336,6 +347,7 @@ func New(cfg Config, deps Deps) (*Server, error) {
 		}
 	}
 
+	s.SweepStore(s.baseCtx)
 	// Background loops: health checks and key last-use writes.
 	s.router.checkAll(s.baseCtx)
 	s.wg.Add(2)
@@ -398,7 +410,23 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Unlock()
 	var err error
 	if serving {
-		err = s.app.ShutdownWithContext(ctx)
+		// The server waits for its connections to go idle, but misses
+		// those a client opened and sent nothing on yet: they would hold
+		// the shutdown until ctx ends. Every connection no request is
+		// using is closed instead, as soon as it is so.
+		shut := make(chan error, 1)
+		go func() { shut <- s.app.ShutdownWithContext(ctx) }()
+		t := time.NewTicker(50 * time.Millisecond)
+	wait:
+		for {
+			s.conns.closeIdle()
+			select {
+			case err = <-shut:
+				break wait
+			case <-t.C:
+			}
+		}
+		t.Stop()
 	}
 	// Generations that outlive their connection (a client gone mid-stream)
 	// are still recording their usage: wait for them.
@@ -418,4 +446,47 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.wg.Wait()
 	s.flushTouches(context.WithoutCancel(ctx))
 	return err
+}
+
+// connSet tracks the server's connections and how many requests each is
+// serving (a stream counts until it ends).
+type connSet struct {
+	mu sync.Mutex
+	m  map[net.Conn]int
+}
+
+// state is the server's connection-state hook.
+func (cs *connSet) state(c net.Conn, st fasthttp.ConnState) {
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	switch st {
+	case fasthttp.StateNew:
+		cs.m[c] = 0
+	case fasthttp.StateClosed, fasthttp.StateHijacked:
+		delete(cs.m, c)
+	}
+}
+
+// busy adds d to the requests c serves.
+func (cs *connSet) busy(c net.Conn, d int) {
+	if c == nil {
+		return
+	}
+	cs.mu.Lock()
+	if n, ok := cs.m[c]; ok {
+		cs.m[c] = n + d
+	}
+	cs.mu.Unlock()
+}
+
+// closeIdle closes the connections no request is using.
+func (cs *connSet) closeIdle() {
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	for c, n := range cs.m {
+		if n <= 0 {
+			c.Close()
+			delete(cs.m, c)
+		}
+	}
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"runtime/debug"
 	"strings"
 	"time"
@@ -36,6 +37,7 @@ type reqState struct {
 	// writes the access log and metrics when it ends.
 	streaming    bool
 	bodyConsumed bool
+	conn         net.Conn // the connection, busy until finish
 	status       int
 	errCode      string
 	route        *routeMetrics
@@ -107,6 +109,8 @@ func (s *Server) front(c *fiber.Ctx) (err error) {
 		st.id = newRequestID()
 	}
 	c.Locals(localsState, st)
+	st.conn = c.Context().Conn()
+	s.conns.busy(st.conn, 1)
 	h := &c.Response().Header
 	h.Set(HeaderRequestID, st.id)
 	h.Set("X-Content-Type-Options", "nosniff")
@@ -167,6 +171,7 @@ func drainBody(c *fiber.Ctx) bool {
 
 // finish writes the access log line and the request metrics.
 func (s *Server) finish(st *reqState) {
+	s.conns.busy(st.conn, -1)
 	lat := time.Since(st.start)
 	st.route.observe(st.status, lat)
 	if !s.log.Enabled(context.Background(), slog.LevelInfo) {

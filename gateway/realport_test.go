@@ -471,3 +471,46 @@ func TestRealPort_EarlyRefusalReachesClient(t *testing.T) {
 		wantError(t, resp, 400, "invalid_request_error", "", "name")
 	}
 }
+
+// TestRealPort_ShutdownWithSilentConnection: a connection a client opened
+// and sent nothing on (an HTTP client's spare dial) does not hold the
+// shutdown; a request in flight still finishes.
+func TestRealPort_ShutdownWithSilentConnection(t *testing.T) {
+	f := newFixture(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- f.srv.Serve(ln) }()
+	silent, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Close()
+	// A request in flight across the shutdown.
+	f.gen.setDelay(20 * time.Millisecond)
+	got := make(chan int, 1)
+	go func() {
+		r := post(t, "http://"+ln.Addr().String()+"/v1/chat/completions", f.keyA, chatBody("base", "hi"))
+		readAll(t, r)
+		got <- r.StatusCode
+	}()
+	time.Sleep(30 * time.Millisecond)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	start := time.Now()
+	if err := f.srv.Shutdown(ctx); err != nil {
+		t.Fatalf("Shutdown: %v", err)
+	}
+	if d := time.Since(start); d > 3*time.Second {
+		t.Errorf("shutdown took %v", d)
+	}
+	if code := <-got; code != 200 {
+		t.Errorf("the request in flight got %d", code)
+	}
+	if err := <-served; err != nil {
+		t.Errorf("Serve: %v", err)
+	}
+}

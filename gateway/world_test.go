@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -39,6 +40,7 @@ type world struct {
 	touched     map[string]time.Time       // key id → last use written
 	adapters    map[string]*nozzle.Adapter // by tenant id "/" name
 	stored      map[string]map[string][]byte
+	importHold  atomic.Pointer[importHold]
 	removed     []string             // what the store removed, in order
 	events      []*nozzle.UsageEvent // in record order
 	byID        map[string]*nozzle.UsageEvent
@@ -337,6 +339,10 @@ func (w *world) mocks() *mocks {
 				w.removed = append(w.removed, sha)
 				return nil
 			},
+			StoredFn: func(ctx context.Context) ([]string, error) {
+				defer w.lock()()
+				return slices.Sorted(maps.Keys(w.stored)), nil
+			},
 		},
 		ledger: &mock.Ledger{
 			RecordUsageFn: func(ctx context.Context, ev *nozzle.UsageEvent) (bool, error) {
@@ -470,8 +476,16 @@ func (w *world) userService() *mock.UserService {
 // short: a LoRA config with a rank and target modules, and a weights file
 // that is a safetensors file whose header parses (or, for the API tests'
 // small uploads, starts with "SAFE"). The digest is over both files.
+// importHold stops imports until release is closed, telling started of
+// each.
+type importHold struct{ started, release chan struct{} }
+
 func (w *world) importAdapter(ctx context.Context, dir string) (*nozzle.AdapterManifest, error) {
 	defer os.RemoveAll(dir)
+	if h := w.importHold.Load(); h != nil { // a test holds imports here
+		h.started <- struct{}{}
+		<-h.release
+	}
 	cfgB, err := os.ReadFile(filepath.Join(dir, nozzle.AdapterConfigFile))
 	if err != nil {
 		return nil, nozzle.Errorf(nozzle.EINVALID, "adapter_config.json is missing.")

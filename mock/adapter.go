@@ -46,6 +46,7 @@ type AdapterStore struct {
 	ImportFn func(ctx context.Context, dir string) (*nozzle.AdapterManifest, error)
 	OpenFn   func(ctx context.Context, sha256, name string) (io.ReadCloser, int64, error)
 	RemoveFn func(ctx context.Context, sha256 string) error
+	StoredFn func(ctx context.Context) ([]string, error)
 }
 
 func (s *AdapterStore) Import(ctx context.Context, dir string) (*nozzle.AdapterManifest, error) {
@@ -58,4 +59,8 @@ func (s *AdapterStore) Open(ctx context.Context, sha256, name string) (io.ReadCl
 
 func (s *AdapterStore) Remove(ctx context.Context, sha256 string) error {
 	return s.RemoveFn(ctx, sha256)
+}
+
+func (s *AdapterStore) Stored(ctx context.Context) ([]string, error) {
+	return s.StoredFn(ctx)
 }

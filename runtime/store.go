@@ -183,6 +183,24 @@ func (s *Store) Remove(ctx context.Context, sha string) error {
 	return syncDir(s.dir)
 }
 
+// Stored lists the content addresses of the stored adapters.
+func (s *Store) Stored(ctx context.Context) ([]string, error) {
+	ents, err := os.ReadDir(s.dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("list adapters: %w", err)
+	}
+	var out []string
+	for _, e := range ents {
+		if e.IsDir() && isSHA256(e.Name()) {
+			out = append(out, e.Name())
+		}
+	}
+	return out, nil
+}
+
 // AdapterDir returns the folder of a stored adapter.
 func (s *Store) AdapterDir(ctx context.Context, sha string) (string, error) {
 	if !isSHA256(sha) || !s.has(sha) {

@@ -56,6 +56,12 @@ func TestStore_Import(t *testing.T) {
 	if len(ents) != 1 {
 		t.Errorf("store holds %d entries, want 1", len(ents))
 	}
+	// Stored lists the addresses, not the store's own temporary folders.
+	os.Mkdir(filepath.Join(s.Dir(), ".import-123"), 0o700)
+	if got, err := s.Stored(ctx); err != nil || len(got) != 1 || got[0] != m.SHA256 {
+		t.Errorf("Stored = %v, %v", got, err)
+	}
+	os.Remove(filepath.Join(s.Dir(), ".import-123"))
 	rc, n, err := s.Open(ctx, m.SHA256, nozzle.AdapterWeightsFile)
 	if err != nil {
 		t.Fatal(err)

@@ -21,23 +21,53 @@ const (
 )
 
 // bootstrap creates what a first start needs: the demo tenant with an API
-// key and the demo adapters (demo model only, and only into an empty
-// ledger), and prints how to use them.
+// key, its console user and the demo adapters (demo model only, and only
+// into an empty ledger), and prints how to use them. Each step is skipped
+// when done already, and DATA/demo-ready marks them all done: a first
+// start cut short (a crash, a kill) is completed by the next one.
 func (m *Main) bootstrap(ctx context.Context, store nozzle.AdapterStore, demoAdapters map[string]string) error {
 	if demoAdapters == nil {
 		m.banner(m.Stdout, "", nil)
 		return nil
 	}
+	keyPath := filepath.Join(m.Config.Data, "demo-api-key")
+	readyPath := filepath.Join(m.Config.Data, "demo-ready")
+	if _, err := os.Stat(readyPath); err != nil {
+		if err := m.setUpDemo(ctx, store, demoAdapters, keyPath); err != nil {
+			return err
+		}
+		if err := writeFileAtomic(readyPath, []byte("the demo tenant, key, user and adapters are set up\n"), 0o600); err != nil {
+			return fmt.Errorf("demo: %w", err)
+		}
+	}
+	key, _ := os.ReadFile(keyPath)
+	m.banner(m.Stdout, strings.TrimSpace(string(key)), demoAdapters)
+	return nil
+}
+
+// setUpDemo creates what of the demo is missing: into an empty ledger,
+// or completing the demo tenant an interrupted first start left.
+func (m *Main) setUpDemo(ctx context.Context, store nozzle.AdapterStore, demoAdapters map[string]string, keyPath string) error {
 	tenants, err := m.Ledger.Tenants(ctx)
 	if err != nil {
 		return err
 	}
-	keyPath := filepath.Join(m.Config.Data, "demo-api-key")
-	if len(tenants) == 0 {
-		t := &nozzle.Tenant{Name: demoTenant}
+	var t *nozzle.Tenant
+	for _, x := range tenants {
+		if x.Name == demoTenant {
+			t = x
+		}
+	}
+	switch {
+	case t == nil && len(tenants) > 0:
+		return nil // the operator's own ledger: no demo in it
+	case t == nil:
+		t = &nozzle.Tenant{Name: demoTenant}
 		if err := m.Ledger.CreateTenant(ctx, t); err != nil {
 			return fmt.Errorf("demo tenant: %w", err)
 		}
+	}
+	if !m.demoKeyWorks(ctx, keyPath) {
 		secret, err := nozzle.NewKeySecret()
 		if err != nil {
 			return err
@@ -50,27 +80,43 @@ func (m *Main) bootstrap(ctx context.Context, store nozzle.AdapterStore, demoAda
 		if err := writeFileAtomic(keyPath, []byte(secret+"\n"), 0o600); err != nil {
 			return fmt.Errorf("save demo key: %w", err)
 		}
-		password, err := m.secret("", "demo-password")
-		if err != nil {
-			return err
+	}
+	password, err := m.secret("", "demo-password")
+	if err != nil {
+		return err
+	}
+	if err := gateway.CreateTenantUser(ctx, m.Ledger, t.ID, demoUserEmail, password); err != nil && nozzle.ErrorCode(err) != nozzle.ECONFLICT {
+		return fmt.Errorf("demo user: %w", err)
+	}
+	names := make([]string, 0, len(demoAdapters))
+	for name := range demoAdapters {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		if _, err := m.Ledger.Adapter(ctx, t.ID, name); err == nil {
+			continue
 		}
-		if err := gateway.CreateTenantUser(ctx, m.Ledger, t.ID, demoUserEmail, password); err != nil {
-			return fmt.Errorf("demo user: %w", err)
-		}
-		names := make([]string, 0, len(demoAdapters))
-		for name := range demoAdapters {
-			names = append(names, name)
-		}
-		sort.Strings(names)
-		for _, name := range names {
-			if err := m.importAdapter(ctx, store, t.ID, name, demoAdapters[name]); err != nil {
-				return fmt.Errorf("demo adapter %s: %w", name, err)
-			}
+		if err := m.importAdapter(ctx, store, t.ID, name, demoAdapters[name]); err != nil {
+			return fmt.Errorf("demo adapter %s: %w", name, err)
 		}
 	}
-	key, _ := os.ReadFile(keyPath)
-	m.banner(m.Stdout, strings.TrimSpace(string(key)), demoAdapters)
 	return nil
+}
+
+// demoKeyWorks reports whether DATA/demo-api-key holds a key the ledger
+// knows.
+func (m *Main) demoKeyWorks(ctx context.Context, keyPath string) bool {
+	b, err := os.ReadFile(keyPath)
+	if err != nil {
+		return false
+	}
+	secret := strings.TrimSpace(string(b))
+	if !nozzle.ValidKeyFormat(secret) {
+		return false
+	}
+	_, err = m.Ledger.KeyByDigest(ctx, nozzle.KeyDigest(secret))
+	return err == nil
 }
 
 // importAdapter copies an adapter folder into the store and names it for

@@ -482,3 +482,50 @@ func TestServe_BudgetNotOverspent(t *testing.T) {
 		t.Fatalf("spent $%.7f of a $%.4f budget (%d admitted, %d refused)", spent, budget, ok.Load(), refused.Load())
 	}
 }
+
+// TestServe_DemoSetUpResumes: a first start killed after it created the
+// demo tenant (and nothing more) is completed by the next start: key,
+// console user and adapters. Once complete, the demo is left alone: an
+// adapter the tenant deleted stays deleted.
+func TestServe_DemoSetUpResumes(t *testing.T) {
+	data := t.TempDir()
+	l, err := billing.Open(billing.Options{Path: filepath.Join(data, "ledger.db")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l.CreateTenant(context.Background(), &nozzle.Tenant{Name: demoTenant}); err != nil {
+		t.Fatal(err)
+	}
+	l.Close()
+
+	list := func(m *Main) []string {
+		req, _ := http.NewRequest("GET", "http://"+m.Addr+"/v1/adapters", nil)
+		req.Header.Set("Authorization", "Bearer "+m.demoKey(t))
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var out struct{ Data []struct{ Name string } }
+		json.NewDecoder(resp.Body).Decode(&out)
+		var names []string
+		for _, a := range out.Data {
+			names = append(names, a.Name)
+		}
+		return names
+	}
+	m, stop := startServe(t, "--data", data)
+	if got := list(m); len(got) != 4 {
+		t.Fatalf("adapters after the resumed set-up: %v", got)
+	}
+	req, _ := http.NewRequest("DELETE", "http://"+m.Addr+"/v1/adapters/demo-poet", nil)
+	req.Header.Set("Authorization", "Bearer "+m.demoKey(t))
+	if resp, err := http.DefaultClient.Do(req); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("delete: %v %v", resp, err)
+	}
+	stop()
+	m, _ = startServe(t, "--data", data)
+	if got := list(m); len(got) != 3 {
+		t.Fatalf("adapters after a restart: %v (a deleted demo adapter came back?)", got)
+	}
+}
