@@ -264,7 +264,10 @@ func CollectCapacity(ctx context.Context, ledger nozzle.CapacityLedger, sources 
 	if every <= 0 {
 		every = 10 * time.Second
 	}
-	limit := max(every, time.Second)
+	// Each phase of a pull (runtime ids, then intervals) waits at most half
+	// the interval on a runtime that hangs, so a pull asked for now (a
+	// runtime stopping) is served within an interval.
+	limit := max(every/2, time.Second)
 	labels := slices.Sorted(maps.Keys(sources))
 	dupLogged := map[string]bool{}
 	pull := func(ctx context.Context) {

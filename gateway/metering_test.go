@@ -330,6 +330,20 @@ func TestFailures(t *testing.T) {
 		if len(ups.Data) != 3 || !ups.Data[0].Healthy || ups.Data[1].Healthy || ups.Data[1].Model != other || !ups.Data[2].Healthy {
 			t.Errorf("upstreams %+v", ups.Data)
 		}
+		// The first upstream going down does not make the other model the
+		// reference: the third still serves the model served so far.
+		f.gens[0].down.Store(true)
+		f.srv.CheckUpstreams(t.Context())
+		decode(t, f.do(http.MethodGet, "/admin/upstreams", "", bearer(adminToken)), &ups)
+		if ups.Data[0].Healthy || ups.Data[1].Healthy || !ups.Data[2].Healthy {
+			t.Errorf("upstreams with the first one down %+v", ups.Data)
+		}
+		var models struct{ Data []struct{ ID string } }
+		decode(t, f.do(http.MethodGet, "/v1/models", "", f.authA()), &models)
+		if len(models.Data) == 0 || models.Data[0].ID != "tiny-llama" {
+			t.Errorf("models with the first upstream down: %+v", models.Data)
+		}
+		f.gens[0].down.Store(false)
 		// Once it serves the same model, it takes requests again.
 		f.gens[1].model.Store(nil)
 		f.srv.CheckUpstreams(t.Context())

@@ -160,10 +160,11 @@ const (
 )
 
 // checkAll asks every upstream for its model info, concurrently, then
-// settles their health in the configured order: an upstream that answers
-// is healthy if it serves the model of the first one that answers (its
-// adapters and requests are checked against that model); one that serves
-// another model is not, and says so in the log.
+// settles their health: an upstream that answers is healthy if it serves
+// the reference model — the one served so far, or, at first (or once no
+// upstream serves it any more), the model of the first upstream in the
+// configured order that answers; one that serves another model is not,
+// and says so in the log.
 func (r *upstreamRouter) checkAll(ctx context.Context) {
 	type answer struct {
 		info nozzle.ModelInfo
@@ -179,8 +180,19 @@ func (r *upstreamRouter) checkAll(ctx context.Context) {
 		})
 	}
 	wg.Wait()
+	// The reference model is the one served so far while any upstream
+	// still serves it (the first upstream being down must not make
+	// another model the reference); else the first that answers sets it.
 	var ref *nozzle.ModelInfo
 	var refID string
+	if prev := r.model.Load(); prev != nil {
+		for i, u := range r.ups {
+			if answers[i].err == nil && prev.SameModel(answers[i].info) {
+				ref, refID = prev, u.id
+				break
+			}
+		}
+	}
 	for i, u := range r.ups {
 		a := &answers[i]
 		switch {
@@ -189,7 +201,7 @@ func (r *upstreamRouter) checkAll(ctx context.Context) {
 			// answers (a wrong internal token, say) says why.
 			if was := u.reported.Swap(reportedDown); was != reportedDown {
 				level, msg := slog.LevelWarn, "upstream unhealthy"
-				if was == reportedNone && nozzle.ErrorCode(a.err) == nozzle.EUNAVAILABLE {
+				if e := nozzle.AsError(a.err); was == reportedNone && e != nil && e.Code == nozzle.EUNAVAILABLE && e.Reason == "" {
 					level, msg = slog.LevelInfo, "upstream not ready yet" // a model still loading
 				}
 				r.log.LogAttrs(ctx, level, msg, slog.String("upstream", u.id), slog.String("error", a.err.Error()))

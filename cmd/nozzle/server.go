@@ -327,11 +327,32 @@ func (l *lazyRuntime) OpenCapacity(ctx context.Context) (nozzle.CapacityInterval
 // describes, once it is known.
 func storeValidator(info func(context.Context) (nozzle.ModelInfo, error), maxRank int) func(dir string) (*nozzle.AdapterManifest, error) {
 	return func(dir string) (*nozzle.AdapterManifest, error) {
-		mi, err := info(context.Background())
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		mi, err := info(ctx)
 		if err != nil {
 			return nil, err
 		}
 		return model.ValidateAdapter(dir, mi, maxRank)
+	}
+}
+
+// anyInfo asks the upstreams in turn for the base model, each for a few
+// seconds: the first that answers describes it (the gateway's health
+// checks keep upstreams of another model out of service).
+func anyInfo(ups []gateway.Upstream) func(context.Context) (nozzle.ModelInfo, error) {
+	return func(ctx context.Context) (nozzle.ModelInfo, error) {
+		var err error
+		for _, u := range ups {
+			cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+			var info nozzle.ModelInfo
+			info, err = u.Generator.Info(cctx)
+			cancel()
+			if err == nil {
+				return info, nil
+			}
+		}
+		return nozzle.ModelInfo{}, err
 	}
 }
 
@@ -340,19 +361,24 @@ func storeValidator(info func(context.Context) (nozzle.ModelInfo, error), maxRan
 // wire and start the command's parts, and serves until ctx ends or the
 // server fails. Close then drains and releases everything, last first.
 func (m *Main) serve(ctx context.Context, start func(ctx context.Context, ln net.Listener) (served <-chan error, err error)) (err error) {
+	var ln net.Listener
 	defer func() {
+		// Close drains first: a split runtime keeps taking connections
+		// (for capacity pulls) while it drains; the socket closes after.
 		if cerr := m.Close(); err == nil {
 			err = cerr
+		}
+		if ln != nil {
+			ln.Close()
 		}
 	}()
 	if err := m.prepareData(); err != nil {
 		return err
 	}
-	ln, err := m.listen()
+	ln, err = m.listen()
 	if err != nil {
 		return err
 	}
-	defer ln.Close()
 	served, err := start(ctx, ln)
 	if err != nil || served == nil {
 		return err
@@ -574,7 +600,7 @@ func (m *Main) RunGateway(ctx context.Context) error {
 			sources[u] = c
 		}
 		// Adapters are validated against the first runtime's base model.
-		store := runtime.NewStore(filepath.Join(m.Config.Data, "adapters"), storeValidator(ups[0].Generator.Info, m.Config.MaxRank))
+		store := runtime.NewStore(filepath.Join(m.Config.Data, "adapters"), storeValidator(anyInfo(ups), m.Config.MaxRank))
 		stopCollect := func() {}
 		served, err := m.startGateway(ctx, ln, internalToken, store, ups, func(context.Context) error { stopCollect(); return nil })
 		if err != nil {
