@@ -50,7 +50,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/valyala/fasthttp"
 	"log/slog"
 	"math"
 	"net"
@@ -60,6 +59,7 @@ import (
 	"time"
 
 	"github.com/gofiber/fiber/v2"
+	"github.com/valyala/fasthttp"
 
 	"github.com/nozzle-ai/nozzle"
 	"github.com/nozzle-ai/nozzle/internal/metrics"

@@ -166,6 +166,26 @@ func (s *RemoteSource) fetch(ctx context.Context, sha string) (string, error) {
 	return filepath.Join(s.cache.dir, sha), nil
 }
 
+// AskPull asks the gateway to collect capacity now (POST
+// /internal/capacity/pull), best effort: a runtime that is stopping wants
+// its last interval stored before it goes; failing that, the gateway's
+// next regular pull stores it.
+func (s *RemoteSource) AskPull(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, s.base+"/internal/capacity/pull", nil)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Authorization", "Bearer "+s.token)
+	resp, err := s.hc.Do(req)
+	if err != nil {
+		return err
+	}
+	resp.Body.Close()
+	return nil
+}
+
 // get stores one file of an adapter at dst and returns its size.
 func (s *RemoteSource) get(ctx context.Context, sha, name, dst string) (int64, error) {
 	u := s.base + "/internal/adapters/" + url.PathEscape(sha) + "/" + url.PathEscape(name)

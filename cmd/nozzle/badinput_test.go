@@ -3,12 +3,13 @@ package main
 import (
 	"bytes"
 	"context"
-	"github.com/nozzle-ai/nozzle/billing"
 	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/nozzle-ai/nozzle/billing"
 )
 
 // TestRun_BadInput: each problem a newcomer can cause is one clear line on

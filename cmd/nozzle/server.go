@@ -527,25 +527,6 @@ func (m *Main) modelDir() (string, map[string]string, error) {
 	return dir, adapters, nil
 }
 
-// askPull asks the gateway to collect capacity now, so that the interval
-// the runtime just closed is stored before it stops; failing that, the
-// gateway's next regular pull does.
-func (m *Main) askPull(ctx context.Context, internalToken string) {
-	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, strings.TrimRight(m.Config.GatewayURL, "/")+"/internal/capacity/pull", nil)
-	if err != nil {
-		return
-	}
-	req.Header.Set("Authorization", "Bearer "+internalToken)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		m.Log.Debug("ask the gateway to collect capacity", "err", err)
-		return
-	}
-	resp.Body.Close()
-}
-
 // waitForModel waits, when wait_for_model asks for it, until the model
 // folder holds a config.json; it returns ctx's error if ctx ends first.
 func (m *Main) waitForModel(ctx context.Context, every time.Duration) error {
@@ -627,14 +608,16 @@ func (m *Main) RunRuntime(ctx context.Context) error {
 			return nil, err
 		}
 		var source runtime.AdapterSource
+		var gw *runtime.RemoteSource
 		if m.Config.GatewayURL != "" {
-			source = runtime.NewRemoteSource(m.Config.GatewayURL, internalToken, runtime.RemoteSourceOptions{
+			gw = runtime.NewRemoteSource(m.Config.GatewayURL, internalToken, runtime.RemoteSourceOptions{
 				CacheDir:   filepath.Join(m.Config.Data, "adapter-cache"),
 				CacheBytes: int64(m.Config.AdapterCacheMB) << 20,
 				HTTPClient: &http.Client{Timeout: 10 * time.Minute},
 				Logger:     m.Log.With("component", "runtime"),
 				Metrics:    m.Metrics,
 			})
+			source = gw
 		}
 		rt, err := runtime.Open(ctx, m.runtimeOptions(modelDir, source))
 		if err != nil {
@@ -660,8 +643,10 @@ func (m *Main) RunRuntime(ctx context.Context) error {
 		// pulls every 10 s).
 		m.onClose(func(ctx context.Context) error {
 			err := rt.Close(ctx)
-			if m.Config.GatewayURL != "" {
-				m.askPull(ctx, internalToken)
+			if gw != nil {
+				if perr := gw.AskPull(ctx); perr != nil {
+					m.Log.Debug("ask the gateway to collect capacity", "err", perr)
+				}
 			}
 			wctx, cancel := context.WithTimeout(ctx, 12*time.Second)
 			if werr := rsrv.WaitCollected(wctx); werr != nil {
