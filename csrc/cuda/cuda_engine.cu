@@ -20,11 +20,12 @@
  *    intermediates (f32), logits of max_batch_seqs rows (f32).
  *
  * Streams: steps run on the engine's stream. In a step with adapters, the
- * LoRA branch of each projection group (shrink, then expand into a
- * buffer of its own) runs on a second stream beside the base GEMM, forked
- * after the group's input is written and joined before the kernel that
- * adds the deltas, so the small, latency-bound LoRA kernels overlap the
- * bandwidth-bound GEMM. Adapter uploads run on a third stream from pinned
+ * LoRA shrink of each projection group (into a buffer of its own) runs on
+ * a second stream beside the base GEMM, forked after the group's input is
+ * written and joined before the kernel that consumes the GEMM's output,
+ * which does the expand as it reads it (lora_out.cuh), so the small,
+ * latency-bound shrink overlaps the bandwidth-bound GEMM and the expand
+ * needs no kernel of its own. Adapter uploads run on a third stream from pinned
  * staging buffers (the caller's data is converted into
  * them during nz_adapter_load), and the next step waits on the upload's
  * event, so an upload overlaps whatever the host does before that step.
@@ -226,7 +227,7 @@ struct cuda_engine {
 	int64_t kv_bytes, kv_pool_elems; /* one K (or V) pool of one layer */
 
 	/* scratch */
-	float *h, *y, *yl, *q, *cs, *lv, *logits, *attn_o, *attn_ml;
+	float *h, *y, *q, *cs, *lv, *logits, *attn_o, *attn_ml;
 	int *attn_count;
 	void *xin, *xs;
 	int64_t ymax, xmax;
@@ -260,7 +261,7 @@ int32_t select_device(cuda_engine *e, const char *what)
 int64_t scratch_bytes(const cuda_engine *e)
 {
 	int64_t T = e->T, S = e->S;
-	return 4 * T * (e->H + 2 * e->ymax + e->qd + e->hd) + 4 * 3 * e->lv_rows * e->R + (int64_t)e->wsz * (T * e->xmax + S * e->H) +
+	return 4 * T * (e->H + e->ymax + e->qd + e->hd) + 4 * 3 * e->lv_rows * e->R + (int64_t)e->wsz * (T * e->xmax + S * e->H) +
 	       4 * S * e->V + 2 * S * (int64_t)sizeof(nz_sample_out) + (int64_t)kBlasWorkspace +
 	       4 * kAttnParts * e->rows_max * (e->hd + 2) + 8 * NZ_GEMV_MAX_T * nz_gemv_fused_parts(e->H) +
 	       (int64_t)sizeof(nz_sample_part) * S * nz_sample_parts(e->V);
@@ -323,8 +324,9 @@ void cuda_destroy(void *impl)
 	cudaFree(e->slot_mem);
 	cudaFree(e->rank_dev);
 	cudaFree(e->kv);
-	void *scratch[] = {e->h,  e->y,  e->yl,    e->q,      e->cs,      e->lv,     e->logits, e->xin,
-	                   e->xs, e->d_out, e->d_meta, e->blas_ws, e->attn_o, e->attn_ml, e->attn_count, e->part, e->spart};
+	void *scratch[] = {e->h,       e->y,       e->q,       e->cs,      e->lv,         e->logits,
+	                   e->xin,     e->xs,      e->d_out,   e->d_meta,  e->blas_ws,    e->attn_o,
+	                   e->attn_ml, e->attn_count, e->part, e->spart};
 	for (void *p : scratch)
 		cudaFree(p);
 	cudaFreeHost(e->stage[0]);
@@ -415,6 +417,9 @@ int32_t cuda_create(nz_config *c, void **out)
 	e->nh = c->num_heads, e->nkv = c->num_kv_heads, e->hd = c->head_dim;
 	e->qd = e->nh * e->hd, e->kvd = e->nkv * e->hd, e->qkvd = e->qd + 2 * e->kvd;
 	e->bs = c->kv_block_size, e->R = c->max_rank, e->slots = c->max_slots;
+	if (e->R > NZ_LORA_OUT_MAX_R)
+		FAIL(nz_error(NZ_ERR_UNSUPPORTED, "nz_engine_create: max_rank %lld: the CUDA backend serves ranks up to %d",
+		              (long long)e->R, NZ_LORA_OUT_MAX_R));
 	e->T = c->max_batch_tokens, e->S = c->max_batch_seqs;
 	e->lv_rows = std::max<int64_t>(e->T, kLoraSplitRows);
 	e->eps = (float)c->rms_norm_eps;
@@ -664,7 +669,6 @@ int32_t cuda_finalize(void *impl)
 	ALLOC(e->kv, e->kv_bytes);
 	ALLOC(e->h, 4 * T * e->H);
 	ALLOC(e->y, 4 * T * e->ymax);
-	ALLOC(e->yl, 4 * T * e->ymax);
 	ALLOC(e->q, 4 * T * e->qd);
 	ALLOC(e->cs, 4 * T * e->hd);
 	ALLOC(e->lv, 4 * 3 * e->lv_rows * e->R);
@@ -868,19 +872,19 @@ int32_t gemm(cuda_engine *e, const void *X, int64_t rows, int64_t in, const void
 			return cuda_fail(nz_kerr_, what);                                                                          \
 	} while (0)
 
-/* Starts the LoRA deltas of the modules mods[0..nmod) (sharing the input
- * x [T][in] that the engine's stream has just written) on the LoRA stream:
- * into yl [T][y_stride] at the modules' columns. lora_join makes the
- * engine's stream wait for them. */
+/* Starts the LoRA shrink of the modules mods[0..nmod) (sharing the input
+ * x [T][in] that the engine's stream has just written) on the LoRA stream,
+ * and fills *lo for the kernel that consumes the group's output (columns
+ * cols of y) and does the expand. lora_join makes the engine's stream
+ * wait for the shrink. */
 int32_t lora_fork(cuda_engine *e, const meta_ptrs &m, int64_t T, int64_t items_grid, int64_t l, int nmod,
-                  const int *mods, const int *cols, const void *x, int64_t in, int64_t y_stride)
+                  const int *mods, const int *cols, const void *x, int64_t in, nz_lora_out *lo)
 {
 	CUDA_TRY(cudaEventRecord(e->ev_fork, e->stream), "nz_step: LoRA fork");
 	CUDA_TRY(cudaStreamWaitEvent(e->lstream, e->ev_fork, 0), "nz_step: LoRA fork");
-	nz_lora_group g;
-	memset(&g, 0, sizeof g);
+	memset(lo, 0, sizeof *lo);
+	nz_lora_group &g = lo->grp;
 	g.nmod = nmod;
-	int max_out = 0;
 	for (int i = 0; i < nmod; i++) {
 		size_t k = (size_t)(l * NZ_M_COUNT + mods[i]);
 		g.module[i] = mods[i];
@@ -888,7 +892,6 @@ int32_t lora_fork(cuda_engine *e, const meta_ptrs &m, int64_t T, int64_t items_g
 		g.b_off[i] = e->b_off[k];
 		g.out[i] = (int32_t)e->mod_out[mods[i]];
 		g.col[i] = cols[i];
-		max_out = std::max(max_out, g.out[i]);
 	}
 	/* Split the shrink's input so that the step's work items (at fewest
 	 * T / NZ_LORA_TM: a graph is replayed for any mix of adapters) fill the
@@ -900,10 +903,9 @@ int32_t lora_fork(cuda_engine *e, const meta_ptrs &m, int64_t T, int64_t items_g
 	KTRY(nz_k_lora_shrink(e->wdt, e->lstream, items_grid, m.scalars, m.lora_items, m.lora_tok, x, in, splits,
 	                      e->slot_mem, e->slot_stride, g, e->rank_dev, (int)l, (int)e->L, (int)e->R, e->lv, vms, vss),
 	     "nz_step: LoRA shrink");
-	KTRY(nz_k_lora_expand(e->wdt, e->lstream, items_grid, m.scalars, m.lora_items, m.lora_tok, e->lv, vms, vss,
-	                      splits, e->slot_mem, e->slot_stride, g, e->rank_dev, (int)l, (int)e->L, (int)e->R, e->yl,
-	                      y_stride, max_out),
-	     "nz_step: LoRA expand");
+	lo->v = e->lv, lo->v_mod_stride = vms, lo->v_split_stride = vss, lo->splits = splits;
+	lo->slots = e->slot_mem, lo->slot_stride = e->slot_stride, lo->rank_tab = e->rank_dev;
+	lo->layer = (int32_t)l, lo->L = (int32_t)e->L, lo->R = (int32_t)e->R;
 	return NZ_OK;
 }
 
@@ -932,7 +934,7 @@ int32_t forward(cuda_engine *e, const meta_ptrs &m, int64_t T, int64_t n_attn, i
 	const bool fused = e->fuse && !lora_grid && T <= NZ_GEMV_MAX_T && (size_t)(T * H) * e->wsz <= e->gemv_smem;
 	const int32_t n_part = (int32_t)nz_gemv_fused_parts(H);
 
-	float *yl = lora_grid ? e->yl : NULL; /* the LoRA deltas, when the step has adapters */
+	nz_lora_out lo_buf, *lo = lora_grid ? &lo_buf : NULL; /* a group's expand, when the step has adapters */
 	/* split the keys of few (item, KV head) blocks over more blocks */
 	int splits = 1;
 	const int64_t blocks = n_attn * e->nkv, want = 2 * (int64_t)e->prop.multiProcessorCount;
@@ -963,13 +965,13 @@ int32_t forward(cuda_engine *e, const meta_ptrs &m, int64_t T, int64_t n_attn, i
 			KTRY(nz_k_gemv_fused(dt, s, T, H, ly.wqkv, e->qkvd, &io), "nz_step: q/k/v projection");
 		}
 		if (lora_grid)
-			NZ_TRY(lora_fork(e, m, T, lora_grid, l, 3, qkv_m, qkv_c, e->xin, H, e->qkvd));
+			NZ_TRY(lora_fork(e, m, T, lora_grid, l, 3, qkv_m, qkv_c, e->xin, H, lo));
 		if (!fused)
 			NZ_TRY(gemm(e, e->xin, T, H, ly.wqkv, e->qkvd, e->y, "nz_step: q/k/v projection"));
 		if (lora_grid)
 			NZ_TRY(lora_join(e));
 		if (!fused)
-			KTRY(nz_k_rope_kv(dt, s, T, e->y, yl, m.tok_lora, ly.bqkv, e->cs, m.tok_pos, m.tok_seq, m.bt, m.scalars,
+			KTRY(nz_k_rope_kv(dt, s, T, e->y, lo, m.tok_lora, ly.bqkv, e->cs, m.tok_pos, m.tok_seq, m.bt, m.scalars,
 			                  (int)e->nh, (int)e->nkv, (int)e->hd, (int)e->bs, e->q, kc, vc),
 			     "nz_step: RoPE");
 		KTRY(nz_k_attention(dt, s, n_attn, m.attn_items, e->rows_max, e->q, kc, vc, m.tok_pos, m.tok_seq, m.bt,
@@ -993,25 +995,25 @@ int32_t forward(cuda_engine *e, const meta_ptrs &m, int64_t T, int64_t n_attn, i
 			continue;
 		}
 		if (lora_grid)
-			NZ_TRY(lora_fork(e, m, T, lora_grid, l, 1, o_m, zero_c, e->xin, e->qd, H));
+			NZ_TRY(lora_fork(e, m, T, lora_grid, l, 1, o_m, zero_c, e->xin, e->qd, lo));
 		NZ_TRY(gemm(e, e->xin, T, e->qd, ly.wo, H, e->y, "nz_step: o projection"));
 		if (lora_grid)
 			NZ_TRY(lora_join(e));
-		KTRY(nz_k_add_norm(dt, s, T, H, e->h, e->y, yl, m.tok_lora, ly.bo, ly.ffn_norm, e->eps, e->xin),
+		KTRY(nz_k_add_norm(dt, s, T, H, e->h, e->y, lo, m.tok_lora, ly.bo, ly.ffn_norm, e->eps, e->xin),
 		     "nz_step: norm");
 		if (lora_grid)
-			NZ_TRY(lora_fork(e, m, T, lora_grid, l, 2, gu_m, gu_c, e->xin, H, 2 * I));
+			NZ_TRY(lora_fork(e, m, T, lora_grid, l, 2, gu_m, gu_c, e->xin, H, lo));
 		NZ_TRY(gemm(e, e->xin, T, H, ly.wgu, 2 * I, e->y, "nz_step: gate/up projection"));
 		if (lora_grid)
 			NZ_TRY(lora_join(e));
-		KTRY(nz_k_silu(dt, s, T, I, e->y, yl, m.tok_lora, ly.bgu, e->xin), "nz_step: SiLU");
+		KTRY(nz_k_silu(dt, s, T, I, e->y, lo, m.tok_lora, ly.bgu, e->xin), "nz_step: SiLU");
 		if (lora_grid)
-			NZ_TRY(lora_fork(e, m, T, lora_grid, l, 1, down_m, zero_c, e->xin, I, H));
+			NZ_TRY(lora_fork(e, m, T, lora_grid, l, 1, down_m, zero_c, e->xin, I, lo));
 		NZ_TRY(gemm(e, e->xin, T, I, ly.wdown, H, e->y, "nz_step: down projection"));
 		if (lora_grid)
 			NZ_TRY(lora_join(e));
 		const float *next_norm = l + 1 < e->L ? e->layers[(size_t)(l + 1)].attn_norm : NULL;
-		KTRY(nz_k_add_norm(dt, s, T, H, e->h, e->y, yl, m.tok_lora, ly.bdown, next_norm, e->eps, e->xin),
+		KTRY(nz_k_add_norm(dt, s, T, H, e->h, e->y, lo, m.tok_lora, ly.bdown, next_norm, e->eps, e->xin),
 		     "nz_step: norm");
 	}
 	if (ns == 0)
@@ -1091,7 +1093,7 @@ int32_t cuda_step(void *impl, const nz_batch *b, const nz_step_plan *p)
 	memcpy(hp.tok_pos, p->tok_pos, 4 * (size_t)T);
 	memcpy(hp.tok_seq, p->tok_seq, 4 * (size_t)T);
 	for (int64_t t = 0; t < T; t++)
-		hp.tok_lora[t] = b->seq_slot[p->tok_seq[t]] >= 0;
+		hp.tok_lora[t] = b->seq_slot[p->tok_seq[t]] >= 0 ? b->seq_slot[p->tok_seq[t]] + 1 : 0; /* slot + 1 */
 	int64_t n_attn = 0;
 	for (int64_t i = 0; i < S; i++) {
 		int32_t off = p->seq_off[i], len = p->seq_off[i + 1] - off;

@@ -60,26 +60,50 @@ typedef struct nz_lora_group {
 /* LoRA work item: up to NZ_LORA_TM tokens of one adapter segment. */
 #define NZ_LORA_TM 8
 
+/* A projection group's LoRA expand, done by the kernel that consumes the
+ * group's output (nz_k_rope_kv, nz_k_add_norm, nz_k_silu) rather than by a
+ * kernel of its own: for a token t with an adapter (tok_lora[t] = its slot
+ * + 1; 0: none) it adds to output column col_m + o of module m
+ *   (Σ_split v[m][split][t][0:r]) · B_m[o][0:r]
+ * (r from the rank table; nothing where the slot lacks module m), the
+ * splits summed in order and the products in order of k, so the result
+ * does not depend on scheduling. v is the shrink's output
+ * ([nmod][splits][T][R] f32, nz_k_lora_shrink). The consumer stages a
+ * token's v rows in dynamic shared memory: nz_lora_out_smem bytes. */
+#define NZ_LORA_OUT_MAX_R 2048
+typedef struct nz_lora_out {
+	nz_lora_group grp;
+	const float *v;
+	int64_t v_mod_stride, v_split_stride;
+	int32_t splits;
+	const void *slots;
+	int64_t slot_stride;
+	const int32_t *rank_tab;
+	int32_t layer, L, R;
+} nz_lora_out;
+size_t nz_lora_out_smem(int R);
+
 /* h[t] = embed[tokens[t]] (f32); x[t] = act(rmsnorm(h[t], norm_w));
  * cs[t] = cos|sin of tok_pos[t]·inv_freq (hd/2 each). */
 cudaError_t nz_k_embed_norm(int dtype, cudaStream_t s, int64_t T, const void *embed, const int32_t *tokens,
                             const int32_t *tok_pos, const float *inv_freq, int64_t H, int64_t hd,
                             const float *norm_w, float eps, float *h, void *x, float *cs);
 
-/* h[t] += y[t] (+ bias) (+ yl[t] when yl is set and tok_lora[t]); then,
- * when norm_w is set, x[t] = act(rmsnorm(h[t])). */
-cudaError_t nz_k_add_norm(int dtype, cudaStream_t s, int64_t T, int64_t H, float *h, const float *y, const float *yl,
-                          const int32_t *tok_lora, const float *bias, const float *norm_w, float eps, void *x);
+/* h[t] += y[t] (+ bias) (+ the LoRA deltas of lo, when set, for tokens
+ * with an adapter); then, when norm_w is set, x[t] = act(rmsnorm(h[t])). */
+cudaError_t nz_k_add_norm(int dtype, cudaStream_t s, int64_t T, int64_t H, float *h, const float *y,
+                          const nz_lora_out *lo, const int32_t *tok_lora, const float *bias, const float *norm_w,
+                          float eps, void *x);
 
 /* x[i] = act(rmsnorm(h[sample_tok[i]], norm_w)) for i < n. */
 cudaError_t nz_k_gather_norm(int dtype, cudaStream_t s, int64_t n, const nz_sample_in *samples, const float *h,
                              int64_t H, const float *norm_w, float eps, void *x);
 
-/* y is [T][qd + 2·kvd] (q | k | v, f32, + bias when set, + yl's LoRA
+/* y is [T][qd + 2·kvd] (q | k | v, f32, + bias when set, + lo's LoRA
  * deltas as in nz_k_add_norm): RoPE on q and k; q to q_out (f32 [T][qd]);
  * k and v into the layer's cache at each token's position (blocks from
  * the block table). */
-cudaError_t nz_k_rope_kv(int dtype, cudaStream_t s, int64_t T, const float *y, const float *yl, const int32_t *tok_lora,
+cudaError_t nz_k_rope_kv(int dtype, cudaStream_t s, int64_t T, const float *y, const nz_lora_out *lo, const int32_t *tok_lora,
                          const float *bias, const float *cs, const int32_t *tok_pos, const int32_t *tok_seq,
                          const int32_t *bt, const int32_t *scalars, int nh, int nkv, int hd, int bs, float *q_out,
                          void *kc, void *vc);
@@ -157,9 +181,9 @@ int64_t nz_gemv_fused_parts(int64_t out);
 /* Allows the normalising variants smem bytes of dynamic shared memory. */
 cudaError_t nz_gemv_fused_setup(int dtype, size_t smem);
 
-/* x[t] = act(silu(g) · u) with g|u = y[t] (+ bias [2I]) (+ yl[t] as in
- * nz_k_add_norm). */
-cudaError_t nz_k_silu(int dtype, cudaStream_t s, int64_t T, int64_t I, const float *y, const float *yl,
+/* x[t] = act(silu(g) · u) with g|u = y[t] (+ bias [2I]) (+ lo's LoRA
+ * deltas as in nz_k_add_norm). */
+cudaError_t nz_k_silu(int dtype, cudaStream_t s, int64_t T, int64_t I, const float *y, const nz_lora_out *lo,
                       const int32_t *tok_lora, const float *bias, void *x);
 
 /* LoRA shrink: v[mi][split][tok][0:r] = the split's chunk of x[tok]·A_mᵀ
@@ -177,14 +201,6 @@ cudaError_t nz_k_lora_shrink(int dtype, cudaStream_t s, int64_t max_items, const
  * work items of nmod modules at max rank R: enough for about want_blocks
  * blocks, at most max_splits, none empty. */
 int nz_lora_splits(int64_t in, int64_t items, int nmod, int R, int64_t want_blocks, int64_t max_splits);
-
-/* LoRA expand: y[tok][col_m + o] = (Σ_split v[mi][split][tok][0:r])·B_m[o][0:r]
- * (0 where the slot lacks module m). */
-cudaError_t nz_k_lora_expand(int dtype, cudaStream_t s, int64_t max_items, const int32_t *scalars,
-                             const int32_t *items, const int32_t *lora_tok, const float *v, int64_t v_mod_stride,
-                             int64_t v_split_stride, int splits, const void *slots, int64_t slot_stride,
-                             nz_lora_group grp, const int32_t *rank_tab, int layer, int L, int R, float *y,
-                             int64_t y_stride, int max_out);
 
 /* Samples each of n logits rows [V] (nz_sample in common.h, same
  * semantics): greedy, temperature, top-k, top-p, logprob, top logprobs.

@@ -2,15 +2,24 @@
  * kernels_elementwise.cu — per-token kernels of the forward pass:
  * embedding + first RMSNorm (+ RoPE angles), residual add + RMSNorm,
  * final-norm gather, RoPE + KV-cache write, SiLU-gated MLP activation.
+ * The last three add a step's LoRA deltas as they read a projection's
+ * output (the expand, lora_out.cuh).
  *
  * RMSNorm follows the CPU backend exactly: the sum of squares in double,
  * r = 1 / sqrtf(mean + eps) in f32, out = w · (x · r).
  */
+#include <algorithm>
+
 #include "cuda_kernels.h"
+#include "lora_out.cuh"
 
 namespace {
 
 const int kNormThreads = 256;
+/* With adapters, the per-token kernels run wider blocks: every output
+ * feature then also reads its row of B, and more warps keep more of those
+ * loads in flight (a block per token leaves most SMs free). */
+const int kLoraNormThreads = 1024, kRopeThreads = 128, kLoraRopeThreads = 512;
 
 template <class T>
 __global__ void __launch_bounds__(256)
@@ -47,22 +56,24 @@ __global__ void __launch_bounds__(256)
 }
 
 template <class T>
-__global__ void __launch_bounds__(256)
-    add_norm_kernel(int64_t H, float *__restrict__ h, const float *__restrict__ y, const float *__restrict__ yl,
+__global__ void __launch_bounds__(kLoraNormThreads)
+    add_norm_kernel(int64_t H, float *__restrict__ h, const float *__restrict__ y, nz_lora_out lo,
                     const int32_t *__restrict__ tok_lora, const float *__restrict__ bias, const float *__restrict__ w,
                     float eps, T *__restrict__ x)
 {
 	nz_pdl_begin();
 	__shared__ double red[32];
+	NZ_DYN_SMEM(float, vs);
 	const int64_t t = blockIdx.x;
 	float *hr = h + t * H;
 	const float *yr = y + t * H;
-	const float *lr = yl && tok_lora[t] ? yl + t * H : NULL;
+	const int slot = nz_lora_stage(lo, tok_lora, t, vs);
+	const int r = slot >= 0 ? nz_lora_rank(lo, slot, 0) : 0;
 	double ss = 0;
 	for (int64_t i = threadIdx.x; i < H; i += blockDim.x) {
 		float d = bias ? yr[i] + bias[i] : yr[i];
-		if (lr)
-			d += lr[i];
+		if (r)
+			d += nz_lora_delta<T>(lo, slot, vs, 0, r, i);
 		float v = hr[i] + d;
 		hr[i] = v;
 		ss += (double)v * (double)v;
@@ -70,10 +81,10 @@ __global__ void __launch_bounds__(256)
 	if (!w) /* the last layer: the final norm runs on the sampled tokens only */
 		return;
 	ss = nz_block_sum(ss, red);
-	const float r = 1.0f / sqrtf((float)(ss / (double)H) + eps);
+	const float rn = 1.0f / sqrtf((float)(ss / (double)H) + eps);
 	T *xr = x + t * H;
 	for (int64_t i = threadIdx.x; i < H; i += blockDim.x)
-		xr[i] = nz_cvt<T>(w[i] * (hr[i] * r));
+		xr[i] = nz_cvt<T>(w[i] * (hr[i] * rn));
 }
 
 template <class T>
@@ -96,41 +107,45 @@ __global__ void __launch_bounds__(256)
 }
 
 template <class T>
-__global__ void __launch_bounds__(128)
-    rope_kv_kernel(const float *__restrict__ y, const float *__restrict__ yl, const int32_t *__restrict__ tok_lora,
+__global__ void __launch_bounds__(kLoraRopeThreads)
+    rope_kv_kernel(const float *__restrict__ y, nz_lora_out lo, const int32_t *__restrict__ tok_lora,
                    const float *__restrict__ bias, const float *__restrict__ cs,
                    const int32_t *__restrict__ tok_pos, const int32_t *__restrict__ tok_seq,
                    const int32_t *__restrict__ bt, const int32_t *__restrict__ scalars, int nh, int nkv, int hd, int bs,
                    float *__restrict__ q_out, T *__restrict__ kc, T *__restrict__ vc)
 {
 	nz_pdl_begin();
+	NZ_DYN_SMEM(float, vs);
 	const int64_t t = blockIdx.x;
 	const int half = hd / 2, qd = nh * hd, kvd = nkv * hd;
 	const int64_t ys = (int64_t)qd + 2 * kvd;
 	const float *yr = y + t * ys;
-	const float *lr = yl && tok_lora[t] ? yl + t * ys : NULL;
 	const float *c = cs + t * hd, *sn = c + half;
 	const int pos = tok_pos[t];
 	const int64_t width = scalars[NZ_SC_BT_WIDTH];
 	const int64_t blk = bt[(int64_t)tok_seq[t] * width + pos / bs];
 	const int64_t row = pos % bs;
+	/* the LoRA deltas of q, k and v (modules 0, 1, 2 of the group) */
+	const int slot = nz_lora_stage(lo, tok_lora, t, vs);
+	const int rq = slot >= 0 ? nz_lora_rank(lo, slot, 0) : 0, rk = slot >= 0 ? nz_lora_rank(lo, slot, 1) : 0,
+	          rv = slot >= 0 ? nz_lora_rank(lo, slot, 2) : 0;
 	float *qr = q_out + t * qd;
 	for (int i = threadIdx.x; i < nh * half; i += blockDim.x) {
 		int hh = i / half, j = i % half, o = hh * hd + j;
 		float x1 = yr[o], x2 = yr[o + half];
 		if (bias)
 			x1 += bias[o], x2 += bias[o + half];
-		if (lr)
-			x1 += lr[o], x2 += lr[o + half];
+		if (rq)
+			x1 += nz_lora_delta<T>(lo, slot, vs, 0, rq, o), x2 += nz_lora_delta<T>(lo, slot, vs, 0, rq, o + half);
 		nz_rope(x1, x2, c[j], sn[j], qr[o], qr[o + half]);
 	}
 	for (int i = threadIdx.x; i < nkv * half; i += blockDim.x) {
-		int g = i / half, j = i % half, o = qd + g * hd + j;
+		int g = i / half, j = i % half, ok = g * hd + j, o = qd + ok;
 		float x1 = yr[o], x2 = yr[o + half];
 		if (bias)
 			x1 += bias[o], x2 += bias[o + half];
-		if (lr)
-			x1 += lr[o], x2 += lr[o + half];
+		if (rk)
+			x1 += nz_lora_delta<T>(lo, slot, vs, 1, rk, ok), x2 += nz_lora_delta<T>(lo, slot, vs, 1, rk, ok + half);
 		T *dst = kc + ((blk * nkv + g) * bs + row) * hd;
 		float a, b;
 		nz_rope(x1, x2, c[j], sn[j], a, b);
@@ -140,26 +155,38 @@ __global__ void __launch_bounds__(128)
 	for (int i = threadIdx.x; i < kvd; i += blockDim.x) {
 		int g = i / hd, d = i % hd, o = qd + kvd + i;
 		float v = bias ? yr[o] + bias[o] : yr[o];
-		if (lr)
-			v += lr[o];
+		if (rv)
+			v += nz_lora_delta<T>(lo, slot, vs, 2, rv, i);
 		vc[((blk * nkv + g) * bs + row) * hd + d] = nz_cvt<T>(v);
 	}
 }
 
+/* grid (blocks per token, tokens): blocks of a row walk its I features,
+ * rows further than gridDim.y apart share blocks. */
 template <class T>
 __global__ void __launch_bounds__(256)
-    silu_kernel(int64_t n, int64_t I, const float *__restrict__ y, const float *__restrict__ yl,
+    silu_kernel(int64_t T_, int64_t I, const float *__restrict__ y, nz_lora_out lo,
                 const int32_t *__restrict__ tok_lora, const float *__restrict__ bias, T *__restrict__ x)
 {
 	nz_pdl_begin();
-	for (int64_t k = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; k < n; k += (int64_t)gridDim.x * blockDim.x) {
-		int64_t t = k / I, i = k % I;
-		float g = y[t * 2 * I + i], u = y[t * 2 * I + I + i];
-		if (bias)
-			g += bias[i], u += bias[I + i];
-		if (yl && tok_lora[t])
-			g += yl[t * 2 * I + i], u += yl[t * 2 * I + I + i];
-		x[k] = nz_cvt<T>(g / (1.0f + expf(-g)) * u);
+	NZ_DYN_SMEM(float, vs);
+	for (int64_t t = blockIdx.y; t < T_; t += gridDim.y) {
+		/* gate and up are modules 0 and 1 of the group */
+		const int slot = nz_lora_stage(lo, tok_lora, t, vs);
+		const int rg = slot >= 0 ? nz_lora_rank(lo, slot, 0) : 0, ru = slot >= 0 ? nz_lora_rank(lo, slot, 1) : 0;
+		const float *yr = y + t * 2 * I;
+		for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < I; i += (int64_t)gridDim.x * blockDim.x) {
+			float g = yr[i], u = yr[I + i];
+			if (bias)
+				g += bias[i], u += bias[I + i];
+			if (rg)
+				g += nz_lora_delta<T>(lo, slot, vs, 0, rg, i);
+			if (ru)
+				u += nz_lora_delta<T>(lo, slot, vs, 1, ru, i);
+			x[t * I + i] = nz_cvt<T>(g / (1.0f + expf(-g)) * u);
+		}
+		if (slot >= 0)
+			__syncthreads(); /* vs is restaged for the next row */
 	}
 }
 
@@ -204,12 +231,30 @@ cudaError_t nz_k_embed_norm(int dtype, cudaStream_t s, int64_t T_, const void *e
 	return cudaGetLastError();
 }
 
-cudaError_t nz_k_add_norm(int dtype, cudaStream_t s, int64_t T_, int64_t H, float *h, const float *y,
-                          const float *yl, const int32_t *tok_lora, const float *bias, const float *norm_w, float eps,
-                          void *x)
+/* The kernels' LoRA argument: *lo, or none (v NULL); and the dynamic
+ * shared memory its staging needs. */
+static nz_lora_out lora_arg(const nz_lora_out *lo, size_t *smem)
 {
-	NZ_DISPATCH(dtype, NZ_LAUNCH_PDL((add_norm_kernel<T>), dim3((unsigned)T_), dim3(kNormThreads), 0, s, H, h, y, yl,
-	                             tok_lora, bias, norm_w, eps, (T *)x));
+	nz_lora_out a;
+	memset(&a, 0, sizeof a);
+	*smem = 0;
+	if (lo) {
+		a = *lo;
+		*smem = nz_lora_out_smem(lo->R);
+	}
+	return a;
+}
+
+size_t nz_lora_out_smem(int R) { return sizeof(float) * 3 * (size_t)R; }
+
+cudaError_t nz_k_add_norm(int dtype, cudaStream_t s, int64_t T_, int64_t H, float *h, const float *y,
+                          const nz_lora_out *lo, const int32_t *tok_lora, const float *bias, const float *norm_w,
+                          float eps, void *x)
+{
+	size_t smem;
+	const nz_lora_out la = lora_arg(lo, &smem);
+	NZ_DISPATCH(dtype, NZ_LAUNCH_PDL((add_norm_kernel<T>), dim3((unsigned)T_), dim3(lo ? kLoraNormThreads : kNormThreads), smem, s, H, h, y,
+	                                 la, tok_lora, bias, norm_w, eps, (T *)x));
 	return cudaGetLastError();
 }
 
@@ -221,25 +266,26 @@ cudaError_t nz_k_gather_norm(int dtype, cudaStream_t s, int64_t n, const nz_samp
 	return cudaGetLastError();
 }
 
-cudaError_t nz_k_rope_kv(int dtype, cudaStream_t s, int64_t T_, const float *y, const float *yl, const int32_t *tok_lora,
-                         const float *bias, const float *cs, const int32_t *tok_pos, const int32_t *tok_seq,
-                         const int32_t *bt, const int32_t *scalars, int nh, int nkv, int hd, int bs, float *q_out,
-                         void *kc, void *vc)
+cudaError_t nz_k_rope_kv(int dtype, cudaStream_t s, int64_t T_, const float *y, const nz_lora_out *lo,
+                         const int32_t *tok_lora, const float *bias, const float *cs, const int32_t *tok_pos,
+                         const int32_t *tok_seq, const int32_t *bt, const int32_t *scalars, int nh, int nkv, int hd,
+                         int bs, float *q_out, void *kc, void *vc)
 {
-	NZ_DISPATCH(dtype, NZ_LAUNCH_PDL((rope_kv_kernel<T>), dim3((unsigned)T_), dim3(128), 0, s, y, yl, tok_lora, bias, cs,
-	                             tok_pos, tok_seq, bt, scalars, nh, nkv, hd, bs, q_out, (T *)kc, (T *)vc));
+	size_t smem;
+	const nz_lora_out la = lora_arg(lo, &smem);
+	NZ_DISPATCH(dtype, NZ_LAUNCH_PDL((rope_kv_kernel<T>), dim3((unsigned)T_), dim3(lo ? kLoraRopeThreads : kRopeThreads), smem, s, y, la, tok_lora, bias,
+	                                 cs, tok_pos, tok_seq, bt, scalars, nh, nkv, hd, bs, q_out, (T *)kc, (T *)vc));
 	return cudaGetLastError();
 }
 
-cudaError_t nz_k_silu(int dtype, cudaStream_t s, int64_t T_, int64_t I, const float *y, const float *yl,
+cudaError_t nz_k_silu(int dtype, cudaStream_t s, int64_t T_, int64_t I, const float *y, const nz_lora_out *lo,
                       const int32_t *tok_lora, const float *bias, void *x)
 {
-	int64_t n = T_ * I;
-	int64_t blocks = (n + 255) / 256;
-	if (blocks > 65536)
-		blocks = 65536;
-	NZ_DISPATCH(dtype,
-	            NZ_LAUNCH_PDL((silu_kernel<T>), dim3((unsigned)blocks), dim3(256), 0, s, n, I, y, yl, tok_lora, bias, (T *)x));
+	size_t smem;
+	const nz_lora_out la = lora_arg(lo, &smem);
+	const int64_t per_row = std::min<int64_t>((I + 255) / 256, 65535), rows = std::min<int64_t>(T_, 65535);
+	NZ_DISPATCH(dtype, NZ_LAUNCH_PDL((silu_kernel<T>), dim3((unsigned)per_row, (unsigned)rows), dim3(256), smem, s, T_, I,
+	                                 y, la, tok_lora, bias, (T *)x));
 	return cudaGetLastError();
 }
 

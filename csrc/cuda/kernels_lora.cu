@@ -3,15 +3,16 @@
  * base GEMM of a projection group, for every adapter segment
  *   shrink: v[tok][0:r] = x[tok] · Aᵀ       (in -> r, f32 accumulation)
  *   expand: y[tok][col + o] += v[tok] · B[o] (r -> out, scale folded in B)
- * The expand writes the deltas into their own buffer (y_lora), zero for
- * a module the slot lacks, so the LoRA branch does not depend on the base
- * GEMM and runs beside it on another stream; the kernel consuming the
- * projection adds y_lora for the tokens that have an adapter.
+ * The shrink (here) writes v into a buffer of its own: it does not depend
+ * on the base GEMM and runs beside it on another stream. The expand is
+ * done by the kernel that consumes the projection's output (RoPE + KV
+ * write, residual add + norm, SiLU gate: lora_out.cuh), as it reads y,
+ * for the tokens that have an adapter.
  * Tokens are grouped by adapter slot into work items of up to NZ_LORA_TM
  * tokens (one segment's prefill tokens, or the decode tokens of the
- * sequences sharing a slot): each block reads its slot's A or B tile once
- * for all the item's tokens. That is SGMV (segmented gather) for prefill
- * and BGMV (a gathered matrix per token) for decode, in one kernel pair.
+ * sequences sharing a slot): each block reads its slot's A tile once for
+ * all the item's tokens. That is SGMV (segmented gather) for prefill and
+ * BGMV (a gathered matrix per token) for decode, in one kernel.
  *
  * A decode step has few work items, and a shrink that gave each item one
  * block would read a whole A (r rows of up to I elements) through one SM:
@@ -26,15 +27,12 @@
  * are read, so a padded slot costs what its real rank costs.
  */
 #include "cuda_kernels.h"
+#include "lora_out.cuh"
 
 namespace {
 
-/* v[i] for i < 3 without indexing the parameter struct at run time (which
- * would copy it to local memory). */
-template <class V> __device__ __forceinline__ V pick(const V (&v)[3], int i) { return i == 0 ? v[0] : i == 1 ? v[1] : v[2]; }
-const int kExpandThreads = 256, kExpandOuts = 2; /* outputs per expand thread */
 const int kShrinkWarps = 4;
-const int64_t kShrinkChunk = 2048; /* eight 16-byte loads per lane of bf16 */
+const int64_t kShrinkChunk = 512; /* two 16-byte loads per lane of bf16 */
 
 /* grid (items, modules, row groups × splits): warp w of a block takes rank
  * row (group · kShrinkWarps + w) over the block's chunk of the input. */
@@ -52,11 +50,11 @@ __global__ void __launch_bounds__(32 * kShrinkWarps)
 	if (it >= scalars[NZ_SC_LORA_ITEMS])
 		return;
 	const int start = items[3 * it], ntok = items[3 * it + 1], slot = items[3 * it + 2];
-	const int r = rank_tab[((int64_t)slot * L + layer) * NZ_M_COUNT + pick(grp.module, mi)];
+	const int r = rank_tab[((int64_t)slot * L + layer) * NZ_M_COUNT + nz_pick3(grp.module, mi)];
 	if (k >= r) /* a whole warp: no block-wide barrier follows */
 		return;
 	const int64_t i0 = (int64_t)sp * chunk, i1 = i0 + chunk < in ? i0 + chunk : in;
-	const T *A = slots + (int64_t)slot * slot_stride + pick(grp.a_off, mi);
+	const T *A = slots + (int64_t)slot * slot_stride + nz_pick3(grp.a_off, mi);
 	float *vo = v + mi * v_mod_stride + sp * v_split_stride;
 	int tok[NZ_LORA_TM];
 #pragma unroll
@@ -127,92 +125,6 @@ __global__ void __launch_bounds__(32 * kShrinkWarps)
 	}
 }
 
-/* grid (items × output chunks, modules); a thread per kExpandOuts output
- * features (blockDim.x apart). The item's v (its splits summed) is gathered
- * into shared memory first. */
-template <class T>
-__global__ void __launch_bounds__(256)
-    lora_expand_kernel(const int32_t *__restrict__ scalars, const int32_t *__restrict__ items,
-                       const int32_t *__restrict__ lora_tok, const float *__restrict__ v, int64_t v_mod_stride,
-                       int64_t v_split_stride, int splits, const T *__restrict__ slots, int64_t slot_stride,
-                       nz_lora_group grp, const int32_t *__restrict__ rank_tab, int layer, int L, int R,
-                       float *__restrict__ y, int64_t y_stride, int n_oc)
-{
-	nz_pdl_begin();
-	NZ_DYN_SMEM(float, vs); /* [NZ_LORA_TM][R] */
-	const int it = blockIdx.x / n_oc, oc = blockIdx.x % n_oc, mi = blockIdx.y;
-	if (it >= scalars[NZ_SC_LORA_ITEMS])
-		return;
-	const int start = items[3 * it], ntok = items[3 * it + 1], slot = items[3 * it + 2];
-	const int r = rank_tab[((int64_t)slot * L + layer) * NZ_M_COUNT + pick(grp.module, mi)];
-	const int out = pick(grp.out, mi);
-	if (oc * kExpandOuts * (int)blockDim.x >= out)
-		return; /* the whole block: no thread of it has an output */
-	const float *vm = v + mi * v_mod_stride;
-	for (int q = threadIdx.x; q < ntok * r; q += blockDim.x) {
-		const int j = q / r, k = q - j * r;
-		const float *src = vm + (int64_t)lora_tok[start + j] * R + k;
-		/* four loads in flight, added in split order */
-		float s = 0.0f;
-		int sp = 0;
-		for (; sp + 4 <= splits; sp += 4) {
-			const float a = src[sp * v_split_stride], b = src[(sp + 1) * v_split_stride],
-			            c = src[(sp + 2) * v_split_stride], d = src[(sp + 3) * v_split_stride];
-			s += a;
-			s += b;
-			s += c;
-			s += d;
-		}
-		for (; sp < splits; sp++)
-			s += src[sp * v_split_stride];
-		vs[j * R + k] = s;
-	}
-	__syncthreads();
-	const int o0 = oc * kExpandOuts * blockDim.x + threadIdx.x;
-	if (o0 >= out)
-		return;
-	const T *b0 = slots + (int64_t)slot * slot_stride + pick(grp.b_off, mi);
-	const int col = pick(grp.col, mi);
-#pragma unroll
-	for (int u = 0; u < kExpandOuts; u++) {
-		const int o = o0 + u * blockDim.x;
-		if (o >= out)
-			break;
-		const T *b = b0 + (int64_t)o * R;
-		float acc[NZ_LORA_TM];
-#pragma unroll
-		for (int j = 0; j < NZ_LORA_TM; j++)
-			acc[j] = 0.0f;
-		if ((R & 7) == 0) {
-			for (int k0 = 0; k0 < r; k0 += 8) {
-				float bv[8];
-				nz_load8(b + k0, bv);
-				const int ke = r - k0 < 8 ? r - k0 : 8;
-#pragma unroll
-				for (int j = 0; j < NZ_LORA_TM; j++) {
-					if (j < ntok) {
-						const float *vr = vs + j * R + k0;
-						for (int e = 0; e < ke; e++)
-							acc[j] += vr[e] * bv[e];
-					}
-				}
-			}
-		} else {
-			for (int k = 0; k < r; k++) {
-				float bk = nz_f32(b[k]);
-#pragma unroll
-				for (int j = 0; j < NZ_LORA_TM; j++)
-					if (j < ntok)
-						acc[j] += vs[j * R + k] * bk;
-			}
-		}
-#pragma unroll
-		for (int j = 0; j < NZ_LORA_TM; j++)
-			if (j < ntok)
-				y[(int64_t)lora_tok[start + j] * y_stride + col + o] = acc[j];
-	}
-}
-
 } // namespace
 
 cudaError_t nz_k_lora_shrink(int dtype, cudaStream_t s, int64_t max_items, const int32_t *scalars,
@@ -263,33 +175,4 @@ int nz_lora_splits(int64_t in, int64_t items, int nmod, int R, int64_t want_bloc
 	/* the chunk size rounds up to whole strides: drop splits left empty */
 	int64_t chunk = ((in + s - 1) / s + 255) / 256 * 256;
 	return (int)((in + chunk - 1) / chunk);
-}
-
-cudaError_t nz_k_lora_expand(int dtype, cudaStream_t s, int64_t max_items, const int32_t *scalars,
-                             const int32_t *items, const int32_t *lora_tok, const float *v, int64_t v_mod_stride,
-                             int64_t v_split_stride, int splits, const void *slots, int64_t slot_stride,
-                             nz_lora_group grp, const int32_t *rank_tab, int layer, int L, int R, float *y,
-                             int64_t y_stride, int max_out)
-{
-	int n_oc = (max_out + kExpandOuts * kExpandThreads - 1) / (kExpandOuts * kExpandThreads);
-	dim3 grid((unsigned)(max_items * n_oc), (unsigned)grp.nmod);
-	const size_t smem = sizeof(float) * NZ_LORA_TM * (size_t)R;
-	switch (dtype) {
-	case NZ_BF16:
-		NZ_LAUNCH_PDL(lora_expand_kernel<__nv_bfloat16>, grid, dim3(kExpandThreads), smem, s, scalars, items, lora_tok, v,
-		          v_mod_stride, v_split_stride, splits, (const __nv_bfloat16 *)slots, slot_stride, grp, rank_tab,
-		          layer, L, R, y, y_stride, n_oc);
-		break;
-	case NZ_F16:
-		NZ_LAUNCH_PDL(lora_expand_kernel<__half>, grid, dim3(kExpandThreads), smem, s, scalars, items, lora_tok, v,
-		          v_mod_stride, v_split_stride, splits, (const __half *)slots, slot_stride, grp, rank_tab, layer, L,
-		          R, y, y_stride, n_oc);
-		break;
-	default:
-		NZ_LAUNCH_PDL(lora_expand_kernel<float>, grid, dim3(kExpandThreads), smem, s, scalars, items, lora_tok, v,
-		          v_mod_stride, v_split_stride, splits, (const float *)slots, slot_stride, grp, rank_tab, layer, L,
-		          R, y, y_stride, n_oc);
-		break;
-	}
-	return cudaGetLastError();
 }
