@@ -171,7 +171,7 @@ struct meta_layout {
 
 struct graph_entry {
 	int64_t seqs, samples;
-	int lora;
+	int lora; /* 0: no adapters; 1: fewer LoRA work items than half the tokens; 2: more (lora_few) */
 	cudaGraphExec_t exec; /* NULL: capture failed, run eagerly */
 	uint64_t used;
 };
@@ -227,7 +227,7 @@ struct cuda_engine {
 	int64_t kv_bytes, kv_pool_elems; /* one K (or V) pool of one layer */
 
 	/* scratch */
-	float *h, *y, *q, *cs, *lv, *logits, *attn_o, *attn_ml;
+	float *h, *y, *yl, *q, *cs, *lv, *logits, *attn_o, *attn_ml;
 	int *attn_count;
 	void *xin, *xs;
 	int64_t ymax, xmax;
@@ -245,6 +245,10 @@ struct cuda_engine {
 
 	/* decode steps without adapters: the fused GEMVs (nz_k_gemv_fused) */
 	int fuse;          /* NOZZLE_CUDA_FUSE=0 turns them off */
+	/* projection groups (bits: 1 q/k/v, 2 o, 4 gate/up, 8 down) whose LoRA
+	 * expand the consuming kernel does (lora_out.cuh); the others run the
+	 * expand kernel into yl. NOZZLE_CUDA_LORA_FOLD sets it (default all). */
+	int lora_fold;
 	size_t gemv_smem;  /* dynamic shared memory they may use */
 	double *part;      /* sums of squares [NZ_GEMV_MAX_T][nz_gemv_fused_parts(H)] */
 	nz_sample_part *spart; /* the sampler's chunks [S][nz_sample_parts(V)] */
@@ -261,7 +265,7 @@ int32_t select_device(cuda_engine *e, const char *what)
 int64_t scratch_bytes(const cuda_engine *e)
 {
 	int64_t T = e->T, S = e->S;
-	return 4 * T * (e->H + e->ymax + e->qd + e->hd) + 4 * 3 * e->lv_rows * e->R + (int64_t)e->wsz * (T * e->xmax + S * e->H) +
+	return 4 * T * (e->H + 2 * e->ymax + e->qd + e->hd) + 4 * 3 * e->lv_rows * e->R + (int64_t)e->wsz * (T * e->xmax + S * e->H) +
 	       4 * S * e->V + 2 * S * (int64_t)sizeof(nz_sample_out) + (int64_t)kBlasWorkspace +
 	       4 * kAttnParts * e->rows_max * (e->hd + 2) + 8 * NZ_GEMV_MAX_T * nz_gemv_fused_parts(e->H) +
 	       (int64_t)sizeof(nz_sample_part) * S * nz_sample_parts(e->V);
@@ -324,7 +328,7 @@ void cuda_destroy(void *impl)
 	cudaFree(e->slot_mem);
 	cudaFree(e->rank_dev);
 	cudaFree(e->kv);
-	void *scratch[] = {e->h,       e->y,       e->q,       e->cs,      e->lv,         e->logits,
+	void *scratch[] = {e->h,       e->y,       e->yl,      e->q,       e->cs,      e->lv,         e->logits,
 	                   e->xin,     e->xs,      e->d_out,   e->d_meta,  e->blas_ws,    e->attn_o,
 	                   e->attn_ml, e->attn_count, e->part, e->spart};
 	for (void *p : scratch)
@@ -469,6 +473,8 @@ int32_t cuda_create(nz_config *c, void **out)
 		e->gemv_smem = std::min<size_t>(optin, (size_t)(NZ_GEMV_MAX_T * e->H) * e->wsz);
 		if (e->fuse)
 			FAIL_CUDA(nz_gemv_fused_setup(e->wdt, e->gemv_smem), "nz_engine_create: GEMV setup");
+		const char *fold = getenv("NOZZLE_CUDA_LORA_FOLD");
+		e->lora_fold = fold && *fold ? (int)strtol(fold, NULL, 0) & 15 : 15;
 	}
 
 	/* KV pool */
@@ -669,6 +675,7 @@ int32_t cuda_finalize(void *impl)
 	ALLOC(e->kv, e->kv_bytes);
 	ALLOC(e->h, 4 * T * e->H);
 	ALLOC(e->y, 4 * T * e->ymax);
+	ALLOC(e->yl, 4 * T * e->ymax);
 	ALLOC(e->q, 4 * T * e->qd);
 	ALLOC(e->cs, 4 * T * e->hd);
 	ALLOC(e->lv, 4 * 3 * e->lv_rows * e->R);
@@ -873,12 +880,14 @@ int32_t gemm(cuda_engine *e, const void *X, int64_t rows, int64_t in, const void
 	} while (0)
 
 /* Starts the LoRA shrink of the modules mods[0..nmod) (sharing the input
- * x [T][in] that the engine's stream has just written) on the LoRA stream,
- * and fills *lo for the kernel that consumes the group's output (columns
- * cols of y) and does the expand. lora_join makes the engine's stream
- * wait for the shrink. */
-int32_t lora_fork(cuda_engine *e, const meta_ptrs &m, int64_t T, int64_t items_grid, int64_t l, int nmod,
-                  const int *mods, const int *cols, const void *x, int64_t in, nz_lora_out *lo)
+ * x [T][in] that the engine's stream has just written) on the LoRA stream.
+ * With fold, fills *lo for the kernel that consumes the group's output
+ * (columns cols of y), which does the expand; else runs the expand kernel
+ * after the shrink, into e->yl [T][y_stride]. lora_join makes the
+ * engine's stream wait for them. */
+int32_t lora_fork(cuda_engine *e, const meta_ptrs &m, int64_t T, int64_t items_grid, int64_t few, int64_t l, int nmod,
+                  const int *mods, const int *cols, const void *x, int64_t in, bool fold, int64_t y_stride,
+                  nz_lora_out *lo)
 {
 	CUDA_TRY(cudaEventRecord(e->ev_fork, e->stream), "nz_step: LoRA fork");
 	CUDA_TRY(cudaStreamWaitEvent(e->lstream, e->ev_fork, 0), "nz_step: LoRA fork");
@@ -894,15 +903,24 @@ int32_t lora_fork(cuda_engine *e, const meta_ptrs &m, int64_t T, int64_t items_g
 		g.col[i] = cols[i];
 	}
 	/* Split the shrink's input so that the step's work items (at fewest
-	 * T / NZ_LORA_TM: a graph is replayed for any mix of adapters) fill the
+	 * `few`: a graph is replayed for a range of adapter mixes) fill the
 	 * GPU twice over, as far as the partial sums fit in lv. */
-	const int64_t few = std::min<int64_t>(items_grid, nz_ceil_div(T, NZ_LORA_TM));
 	const int splits = nz_lora_splits(in, few, nmod, (int)e->R, 2 * (int64_t)e->prop.multiProcessorCount,
 	                                  std::max<int64_t>(1, std::min<int64_t>(kLoraMaxSplits, e->lv_rows / T)));
 	const int64_t vss = T * e->R, vms = splits * vss;
 	KTRY(nz_k_lora_shrink(e->wdt, e->lstream, items_grid, m.scalars, m.lora_items, m.lora_tok, x, in, splits,
 	                      e->slot_mem, e->slot_stride, g, e->rank_dev, (int)l, (int)e->L, (int)e->R, e->lv, vms, vss),
 	     "nz_step: LoRA shrink");
+	if (!fold) {
+		int max_out = 0;
+		for (int i = 0; i < nmod; i++)
+			max_out = std::max(max_out, g.out[i]);
+		KTRY(nz_k_lora_expand(e->wdt, e->lstream, items_grid, m.scalars, m.lora_items, m.lora_tok, e->lv, vms, vss,
+		                      splits, e->slot_mem, e->slot_stride, g, e->rank_dev, (int)l, (int)e->L, (int)e->R, e->yl,
+		                      y_stride, max_out),
+		     "nz_step: LoRA expand");
+		return NZ_OK;
+	}
 	lo->v = e->lv, lo->v_mod_stride = vms, lo->v_split_stride = vss, lo->splits = splits;
 	lo->slots = e->slot_mem, lo->slot_stride = e->slot_stride, lo->rank_tab = e->rank_dev;
 	lo->layer = (int32_t)l, lo->L = (int32_t)e->L, lo->R = (int32_t)e->R;
@@ -917,10 +935,12 @@ int32_t lora_join(cuda_engine *e)
 }
 
 /* Every launch of a step's forward pass and sampling, on e->stream (the
- * LoRA branches forked to e->lstream and joined back). Grids depend only on
- * (T, n_attn, lora_grid, ns): graph replays read the rest from the
- * metadata. */
-int32_t forward(cuda_engine *e, const meta_ptrs &m, int64_t T, int64_t n_attn, int64_t lora_grid, int64_t ns)
+ * LoRA shrinks forked to e->lstream and joined back). Grids depend only on
+ * (T, n_attn, lora_grid, lora_few, ns): graph replays read the rest from
+ * the metadata. lora_grid is the grid's LoRA work items, lora_few the
+ * fewest items a run of these launches has. */
+int32_t forward(cuda_engine *e, const meta_ptrs &m, int64_t T, int64_t n_attn, int64_t lora_grid, int64_t lora_few,
+                int64_t ns)
 {
 	cudaStream_t s = e->stream;
 	const int dt = e->wdt;
@@ -934,7 +954,18 @@ int32_t forward(cuda_engine *e, const meta_ptrs &m, int64_t T, int64_t n_attn, i
 	const bool fused = e->fuse && !lora_grid && T <= NZ_GEMV_MAX_T && (size_t)(T * H) * e->wsz <= e->gemv_smem;
 	const int32_t n_part = (int32_t)nz_gemv_fused_parts(H);
 
-	nz_lora_out lo_buf, *lo = lora_grid ? &lo_buf : NULL; /* a group's expand, when the step has adapters */
+	/* a group's LoRA expand, when the step has adapters: folded into its
+	 * consumer (lo) or run into yl */
+	nz_lora_out lo_buf;
+	const int fold = lora_grid ? e->lora_fold : 0;
+	const nz_lora_out *lo[4] = {};
+	const float *yl[4] = {};
+	for (int gi = 0; gi < 4; gi++) {
+		if (lora_grid && (fold >> gi & 1))
+			lo[gi] = &lo_buf;
+		else if (lora_grid)
+			yl[gi] = e->yl;
+	}
 	/* split the keys of few (item, KV head) blocks over more blocks */
 	int splits = 1;
 	const int64_t blocks = n_attn * e->nkv, want = 2 * (int64_t)e->prop.multiProcessorCount;
@@ -965,13 +996,13 @@ int32_t forward(cuda_engine *e, const meta_ptrs &m, int64_t T, int64_t n_attn, i
 			KTRY(nz_k_gemv_fused(dt, s, T, H, ly.wqkv, e->qkvd, &io), "nz_step: q/k/v projection");
 		}
 		if (lora_grid)
-			NZ_TRY(lora_fork(e, m, T, lora_grid, l, 3, qkv_m, qkv_c, e->xin, H, lo));
+			NZ_TRY(lora_fork(e, m, T, lora_grid, lora_few, l, 3, qkv_m, qkv_c, e->xin, H, lo[0], e->qkvd, &lo_buf));
 		if (!fused)
 			NZ_TRY(gemm(e, e->xin, T, H, ly.wqkv, e->qkvd, e->y, "nz_step: q/k/v projection"));
 		if (lora_grid)
 			NZ_TRY(lora_join(e));
 		if (!fused)
-			KTRY(nz_k_rope_kv(dt, s, T, e->y, lo, m.tok_lora, ly.bqkv, e->cs, m.tok_pos, m.tok_seq, m.bt, m.scalars,
+			KTRY(nz_k_rope_kv(dt, s, T, e->y, yl[0], lo[0], m.tok_lora, ly.bqkv, e->cs, m.tok_pos, m.tok_seq, m.bt, m.scalars,
 			                  (int)e->nh, (int)e->nkv, (int)e->hd, (int)e->bs, e->q, kc, vc),
 			     "nz_step: RoPE");
 		KTRY(nz_k_attention(dt, s, n_attn, m.attn_items, e->rows_max, e->q, kc, vc, m.tok_pos, m.tok_seq, m.bt,
@@ -995,25 +1026,25 @@ int32_t forward(cuda_engine *e, const meta_ptrs &m, int64_t T, int64_t n_attn, i
 			continue;
 		}
 		if (lora_grid)
-			NZ_TRY(lora_fork(e, m, T, lora_grid, l, 1, o_m, zero_c, e->xin, e->qd, lo));
+			NZ_TRY(lora_fork(e, m, T, lora_grid, lora_few, l, 1, o_m, zero_c, e->xin, e->qd, lo[1], H, &lo_buf));
 		NZ_TRY(gemm(e, e->xin, T, e->qd, ly.wo, H, e->y, "nz_step: o projection"));
 		if (lora_grid)
 			NZ_TRY(lora_join(e));
-		KTRY(nz_k_add_norm(dt, s, T, H, e->h, e->y, lo, m.tok_lora, ly.bo, ly.ffn_norm, e->eps, e->xin),
+		KTRY(nz_k_add_norm(dt, s, T, H, e->h, e->y, yl[1], lo[1], m.tok_lora, ly.bo, ly.ffn_norm, e->eps, e->xin),
 		     "nz_step: norm");
 		if (lora_grid)
-			NZ_TRY(lora_fork(e, m, T, lora_grid, l, 2, gu_m, gu_c, e->xin, H, lo));
+			NZ_TRY(lora_fork(e, m, T, lora_grid, lora_few, l, 2, gu_m, gu_c, e->xin, H, lo[2], 2 * I, &lo_buf));
 		NZ_TRY(gemm(e, e->xin, T, H, ly.wgu, 2 * I, e->y, "nz_step: gate/up projection"));
 		if (lora_grid)
 			NZ_TRY(lora_join(e));
-		KTRY(nz_k_silu(dt, s, T, I, e->y, lo, m.tok_lora, ly.bgu, e->xin), "nz_step: SiLU");
+		KTRY(nz_k_silu(dt, s, T, I, e->y, yl[2], lo[2], m.tok_lora, ly.bgu, e->xin), "nz_step: SiLU");
 		if (lora_grid)
-			NZ_TRY(lora_fork(e, m, T, lora_grid, l, 1, down_m, zero_c, e->xin, I, lo));
+			NZ_TRY(lora_fork(e, m, T, lora_grid, lora_few, l, 1, down_m, zero_c, e->xin, I, lo[3], H, &lo_buf));
 		NZ_TRY(gemm(e, e->xin, T, I, ly.wdown, H, e->y, "nz_step: down projection"));
 		if (lora_grid)
 			NZ_TRY(lora_join(e));
 		const float *next_norm = l + 1 < e->L ? e->layers[(size_t)(l + 1)].attn_norm : NULL;
-		KTRY(nz_k_add_norm(dt, s, T, H, e->h, e->y, lo, m.tok_lora, ly.bdown, next_norm, e->eps, e->xin),
+		KTRY(nz_k_add_norm(dt, s, T, H, e->h, e->y, yl[3], lo[3], m.tok_lora, ly.bdown, next_norm, e->eps, e->xin),
 		     "nz_step: norm");
 	}
 	if (ns == 0)
@@ -1025,8 +1056,19 @@ int32_t forward(cuda_engine *e, const meta_ptrs &m, int64_t T, int64_t n_attn, i
 	return NZ_OK;
 }
 
+/* LoRA work items at fewest in a decode step of T tokens with graph key
+ * lora (graph_entry): every token in an item of at most NZ_LORA_TM, or
+ * (key 2) at least half as many items as tokens. The shrink sizes its
+ * grid for them, so steps with many adapters and steps with few get
+ * graphs of their own. */
+int64_t graph_lora_few(int64_t T, int lora)
+{
+	const int64_t few = nz_ceil_div(T, NZ_LORA_TM);
+	return lora == 2 ? std::max(few, nz_ceil_div(T, 2)) : few;
+}
+
 /* Runs a decode-only step's forward pass through a graph captured for its
- * key; returns 0 when it ran, 1 when the caller must run it eagerly. */
+ * key; sets *ran when it ran, else the caller must run it eagerly. */
 int32_t run_graph(cuda_engine *e, const meta_ptrs &m, int64_t T, int64_t ns, int lora, int *ran)
 {
 	*ran = 0;
@@ -1045,7 +1087,7 @@ int32_t run_graph(cuda_engine *e, const meta_ptrs &m, int64_t T, int64_t ns, int
 		graph_entry ne;
 		ne.seqs = T, ne.samples = ns, ne.lora = lora, ne.exec = NULL, ne.used = 0;
 		CUDA_TRY(cudaStreamBeginCapture(e->stream, cudaStreamCaptureModeThreadLocal), "nz_step: graph capture");
-		int32_t st = forward(e, m, T, T, lora ? T : 0, ns);
+		int32_t st = forward(e, m, T, T, lora ? T : 0, graph_lora_few(T, lora), ns);
 		cudaGraph_t graph = NULL;
 		cudaError_t end = cudaStreamEndCapture(e->stream, &graph);
 		if (st == NZ_OK && end == cudaSuccess && graph) {
@@ -1146,9 +1188,9 @@ int32_t cuda_step(void *impl, const nz_batch *b, const nz_step_plan *p)
 
 	int ran = 0;
 	if (decode_only && e->use_graphs)
-		NZ_TRY(run_graph(e, dp, T, ns, n_li > 0, &ran));
+		NZ_TRY(run_graph(e, dp, T, ns, n_li == 0 ? 0 : 2 * n_li >= T ? 2 : 1, &ran));
 	if (!ran)
-		NZ_TRY(forward(e, dp, T, n_attn, n_li, ns));
+		NZ_TRY(forward(e, dp, T, n_attn, n_li, n_li, ns));
 
 	if (ns > 0) {
 		CUDA_TRY(cudaMemcpyAsync(e->h_out, e->d_out, sizeof(nz_sample_out) * (size_t)ns, cudaMemcpyDeviceToHost,

@@ -89,21 +89,22 @@ cudaError_t nz_k_embed_norm(int dtype, cudaStream_t s, int64_t T, const void *em
                             const int32_t *tok_pos, const float *inv_freq, int64_t H, int64_t hd,
                             const float *norm_w, float eps, float *h, void *x, float *cs);
 
-/* h[t] += y[t] (+ bias) (+ the LoRA deltas of lo, when set, for tokens
- * with an adapter); then, when norm_w is set, x[t] = act(rmsnorm(h[t])). */
+/* h[t] += y[t] (+ bias) (+ the LoRA deltas for tokens with an adapter:
+ * yl[t] when yl is set (nz_k_lora_expand's output), lo's expand when lo
+ * is); then, when norm_w is set, x[t] = act(rmsnorm(h[t])). */
 cudaError_t nz_k_add_norm(int dtype, cudaStream_t s, int64_t T, int64_t H, float *h, const float *y,
-                          const nz_lora_out *lo, const int32_t *tok_lora, const float *bias, const float *norm_w,
+                          const float *yl, const nz_lora_out *lo, const int32_t *tok_lora, const float *bias, const float *norm_w,
                           float eps, void *x);
 
 /* x[i] = act(rmsnorm(h[sample_tok[i]], norm_w)) for i < n. */
 cudaError_t nz_k_gather_norm(int dtype, cudaStream_t s, int64_t n, const nz_sample_in *samples, const float *h,
                              int64_t H, const float *norm_w, float eps, void *x);
 
-/* y is [T][qd + 2·kvd] (q | k | v, f32, + bias when set, + lo's LoRA
- * deltas as in nz_k_add_norm): RoPE on q and k; q to q_out (f32 [T][qd]);
+/* y is [T][qd + 2·kvd] (q | k | v, f32, + bias when set, + the LoRA
+ * deltas of yl or lo as in nz_k_add_norm): RoPE on q and k; q to q_out (f32 [T][qd]);
  * k and v into the layer's cache at each token's position (blocks from
  * the block table). */
-cudaError_t nz_k_rope_kv(int dtype, cudaStream_t s, int64_t T, const float *y, const nz_lora_out *lo, const int32_t *tok_lora,
+cudaError_t nz_k_rope_kv(int dtype, cudaStream_t s, int64_t T, const float *y, const float *yl, const nz_lora_out *lo, const int32_t *tok_lora,
                          const float *bias, const float *cs, const int32_t *tok_pos, const int32_t *tok_seq,
                          const int32_t *bt, const int32_t *scalars, int nh, int nkv, int hd, int bs, float *q_out,
                          void *kc, void *vc);
@@ -181,9 +182,10 @@ int64_t nz_gemv_fused_parts(int64_t out);
 /* Allows the normalising variants smem bytes of dynamic shared memory. */
 cudaError_t nz_gemv_fused_setup(int dtype, size_t smem);
 
-/* x[t] = act(silu(g) · u) with g|u = y[t] (+ bias [2I]) (+ lo's LoRA
- * deltas as in nz_k_add_norm). */
-cudaError_t nz_k_silu(int dtype, cudaStream_t s, int64_t T, int64_t I, const float *y, const nz_lora_out *lo,
+/* x[t] = act(silu(g) · u) with g|u = y[t] (+ bias [2I]) (+ the LoRA
+ * deltas of yl or lo as in nz_k_add_norm). */
+cudaError_t nz_k_silu(int dtype, cudaStream_t s, int64_t T, int64_t I, const float *y, const float *yl,
+                      const nz_lora_out *lo,
                       const int32_t *tok_lora, const float *bias, void *x);
 
 /* LoRA shrink: v[mi][split][tok][0:r] = the split's chunk of x[tok]·A_mᵀ
@@ -201,6 +203,15 @@ cudaError_t nz_k_lora_shrink(int dtype, cudaStream_t s, int64_t max_items, const
  * work items of nmod modules at max rank R: enough for about want_blocks
  * blocks, at most max_splits, none empty. */
 int nz_lora_splits(int64_t in, int64_t items, int nmod, int R, int64_t want_blocks, int64_t max_splits);
+
+/* LoRA expand into a buffer: y[tok][col_m + o] = (Σ_split v[mi][split]
+ * [tok][0:r])·B_m[o][0:r] (0 where the slot lacks module m), for the
+ * groups whose consumer does not do it (nz_lora_out). */
+cudaError_t nz_k_lora_expand(int dtype, cudaStream_t s, int64_t max_items, const int32_t *scalars,
+                             const int32_t *items, const int32_t *lora_tok, const float *v, int64_t v_mod_stride,
+                             int64_t v_split_stride, int splits, const void *slots, int64_t slot_stride,
+                             nz_lora_group grp, const int32_t *rank_tab, int layer, int L, int R, float *y,
+                             int64_t y_stride, int max_out);
 
 /* Samples each of n logits rows [V] (nz_sample in common.h, same
  * semantics): greedy, temperature, top-k, top-p, logprob, top logprobs.

@@ -55,9 +55,9 @@ __global__ void __launch_bounds__(256)
 	}
 }
 
-template <class T>
-__global__ void __launch_bounds__(kLoraNormThreads)
-    add_norm_kernel(int64_t H, float *__restrict__ h, const float *__restrict__ y, nz_lora_out lo,
+template <class T, bool LORA>
+__global__ void __launch_bounds__(LORA ? kLoraNormThreads : kNormThreads)
+    add_norm_kernel(int64_t H, float *__restrict__ h, const float *__restrict__ y, const float *__restrict__ yl, nz_lora_out lo,
                     const int32_t *__restrict__ tok_lora, const float *__restrict__ bias, const float *__restrict__ w,
                     float eps, T *__restrict__ x)
 {
@@ -67,11 +67,14 @@ __global__ void __launch_bounds__(kLoraNormThreads)
 	const int64_t t = blockIdx.x;
 	float *hr = h + t * H;
 	const float *yr = y + t * H;
-	const int slot = nz_lora_stage(lo, tok_lora, t, vs);
+	const float *lr = yl && tok_lora[t] ? yl + t * H : NULL;
+	const int slot = LORA ? nz_lora_stage(lo, tok_lora, t, vs) : -1;
 	const int r = slot >= 0 ? nz_lora_rank(lo, slot, 0) : 0;
 	double ss = 0;
 	for (int64_t i = threadIdx.x; i < H; i += blockDim.x) {
 		float d = bias ? yr[i] + bias[i] : yr[i];
+		if (lr)
+			d += lr[i];
 		if (r)
 			d += nz_lora_delta<T>(lo, slot, vs, 0, r, i);
 		float v = hr[i] + d;
@@ -106,9 +109,9 @@ __global__ void __launch_bounds__(256)
 		xr[j] = nz_cvt<T>(w[j] * (hr[j] * r));
 }
 
-template <class T>
-__global__ void __launch_bounds__(kLoraRopeThreads)
-    rope_kv_kernel(const float *__restrict__ y, nz_lora_out lo, const int32_t *__restrict__ tok_lora,
+template <class T, bool LORA>
+__global__ void __launch_bounds__(LORA ? kLoraRopeThreads : kRopeThreads)
+    rope_kv_kernel(const float *__restrict__ y, const float *__restrict__ yl, nz_lora_out lo, const int32_t *__restrict__ tok_lora,
                    const float *__restrict__ bias, const float *__restrict__ cs,
                    const int32_t *__restrict__ tok_pos, const int32_t *__restrict__ tok_seq,
                    const int32_t *__restrict__ bt, const int32_t *__restrict__ scalars, int nh, int nkv, int hd, int bs,
@@ -120,13 +123,14 @@ __global__ void __launch_bounds__(kLoraRopeThreads)
 	const int half = hd / 2, qd = nh * hd, kvd = nkv * hd;
 	const int64_t ys = (int64_t)qd + 2 * kvd;
 	const float *yr = y + t * ys;
+	const float *lr = yl && tok_lora[t] ? yl + t * ys : NULL;
 	const float *c = cs + t * hd, *sn = c + half;
 	const int pos = tok_pos[t];
 	const int64_t width = scalars[NZ_SC_BT_WIDTH];
 	const int64_t blk = bt[(int64_t)tok_seq[t] * width + pos / bs];
 	const int64_t row = pos % bs;
 	/* the LoRA deltas of q, k and v (modules 0, 1, 2 of the group) */
-	const int slot = nz_lora_stage(lo, tok_lora, t, vs);
+	const int slot = LORA ? nz_lora_stage(lo, tok_lora, t, vs) : -1;
 	const int rq = slot >= 0 ? nz_lora_rank(lo, slot, 0) : 0, rk = slot >= 0 ? nz_lora_rank(lo, slot, 1) : 0,
 	          rv = slot >= 0 ? nz_lora_rank(lo, slot, 2) : 0;
 	float *qr = q_out + t * qd;
@@ -135,6 +139,8 @@ __global__ void __launch_bounds__(kLoraRopeThreads)
 		float x1 = yr[o], x2 = yr[o + half];
 		if (bias)
 			x1 += bias[o], x2 += bias[o + half];
+		if (lr)
+			x1 += lr[o], x2 += lr[o + half];
 		if (rq)
 			x1 += nz_lora_delta<T>(lo, slot, vs, 0, rq, o), x2 += nz_lora_delta<T>(lo, slot, vs, 0, rq, o + half);
 		nz_rope(x1, x2, c[j], sn[j], qr[o], qr[o + half]);
@@ -144,6 +150,8 @@ __global__ void __launch_bounds__(kLoraRopeThreads)
 		float x1 = yr[o], x2 = yr[o + half];
 		if (bias)
 			x1 += bias[o], x2 += bias[o + half];
+		if (lr)
+			x1 += lr[o], x2 += lr[o + half];
 		if (rk)
 			x1 += nz_lora_delta<T>(lo, slot, vs, 1, rk, ok), x2 += nz_lora_delta<T>(lo, slot, vs, 1, rk, ok + half);
 		T *dst = kc + ((blk * nkv + g) * bs + row) * hd;
@@ -155,20 +163,36 @@ __global__ void __launch_bounds__(kLoraRopeThreads)
 	for (int i = threadIdx.x; i < kvd; i += blockDim.x) {
 		int g = i / hd, d = i % hd, o = qd + kvd + i;
 		float v = bias ? yr[o] + bias[o] : yr[o];
+		if (lr)
+			v += lr[o];
 		if (rv)
 			v += nz_lora_delta<T>(lo, slot, vs, 2, rv, i);
 		vc[((blk * nkv + g) * bs + row) * hd + d] = nz_cvt<T>(v);
 	}
 }
 
-/* grid (blocks per token, tokens): blocks of a row walk its I features,
- * rows further than gridDim.y apart share blocks. */
-template <class T>
+/* Without LoRA a thread per element of x, grid-stride; with, grid
+ * (blocks per token, tokens): the blocks of a row walk its I features
+ * (rows further than gridDim.y apart share blocks). */
+template <class T, bool LORA>
 __global__ void __launch_bounds__(256)
-    silu_kernel(int64_t T_, int64_t I, const float *__restrict__ y, nz_lora_out lo,
+    silu_kernel(int64_t T_, int64_t I, const float *__restrict__ y, const float *__restrict__ yl, nz_lora_out lo,
                 const int32_t *__restrict__ tok_lora, const float *__restrict__ bias, T *__restrict__ x)
 {
 	nz_pdl_begin();
+	if (!LORA) {
+		const int64_t n = T_ * I;
+		for (int64_t k = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; k < n; k += (int64_t)gridDim.x * blockDim.x) {
+			int64_t t = k / I, i = k % I;
+			float g = y[t * 2 * I + i], u = y[t * 2 * I + I + i];
+			if (bias)
+				g += bias[i], u += bias[I + i];
+			if (yl && tok_lora[t])
+				g += yl[t * 2 * I + i], u += yl[t * 2 * I + I + i];
+			x[k] = nz_cvt<T>(g / (1.0f + expf(-g)) * u);
+		}
+		return;
+	}
 	NZ_DYN_SMEM(float, vs);
 	for (int64_t t = blockIdx.y; t < T_; t += gridDim.y) {
 		/* gate and up are modules 0 and 1 of the group */
@@ -248,13 +272,17 @@ static nz_lora_out lora_arg(const nz_lora_out *lo, size_t *smem)
 size_t nz_lora_out_smem(int R) { return sizeof(float) * 3 * (size_t)R; }
 
 cudaError_t nz_k_add_norm(int dtype, cudaStream_t s, int64_t T_, int64_t H, float *h, const float *y,
-                          const nz_lora_out *lo, const int32_t *tok_lora, const float *bias, const float *norm_w,
+                          const float *yl, const nz_lora_out *lo, const int32_t *tok_lora, const float *bias, const float *norm_w,
                           float eps, void *x)
 {
 	size_t smem;
 	const nz_lora_out la = lora_arg(lo, &smem);
-	NZ_DISPATCH(dtype, NZ_LAUNCH_PDL((add_norm_kernel<T>), dim3((unsigned)T_), dim3(lo ? kLoraNormThreads : kNormThreads), smem, s, H, h, y,
-	                                 la, tok_lora, bias, norm_w, eps, (T *)x));
+	if (lo)
+		NZ_DISPATCH(dtype, NZ_LAUNCH_PDL((add_norm_kernel<T, true>), dim3((unsigned)T_), dim3(kLoraNormThreads), smem,
+		                                 s, H, h, y, (const float *)NULL, la, tok_lora, bias, norm_w, eps, (T *)x))
+	else
+		NZ_DISPATCH(dtype, NZ_LAUNCH_PDL((add_norm_kernel<T, false>), dim3((unsigned)T_), dim3(kNormThreads), 0, s, H,
+		                                 h, y, yl, la, tok_lora, bias, norm_w, eps, (T *)x))
 	return cudaGetLastError();
 }
 
@@ -266,26 +294,39 @@ cudaError_t nz_k_gather_norm(int dtype, cudaStream_t s, int64_t n, const nz_samp
 	return cudaGetLastError();
 }
 
-cudaError_t nz_k_rope_kv(int dtype, cudaStream_t s, int64_t T_, const float *y, const nz_lora_out *lo,
+cudaError_t nz_k_rope_kv(int dtype, cudaStream_t s, int64_t T_, const float *y, const float *yl, const nz_lora_out *lo,
                          const int32_t *tok_lora, const float *bias, const float *cs, const int32_t *tok_pos,
                          const int32_t *tok_seq, const int32_t *bt, const int32_t *scalars, int nh, int nkv, int hd,
                          int bs, float *q_out, void *kc, void *vc)
 {
 	size_t smem;
 	const nz_lora_out la = lora_arg(lo, &smem);
-	NZ_DISPATCH(dtype, NZ_LAUNCH_PDL((rope_kv_kernel<T>), dim3((unsigned)T_), dim3(lo ? kLoraRopeThreads : kRopeThreads), smem, s, y, la, tok_lora, bias,
-	                                 cs, tok_pos, tok_seq, bt, scalars, nh, nkv, hd, bs, q_out, (T *)kc, (T *)vc));
+	if (lo)
+		NZ_DISPATCH(dtype, NZ_LAUNCH_PDL((rope_kv_kernel<T, true>), dim3((unsigned)T_), dim3(kLoraRopeThreads), smem, s,
+		                                 y, (const float *)NULL, la, tok_lora, bias, cs, tok_pos, tok_seq, bt, scalars, nh, nkv, hd, bs, q_out,
+		                                 (T *)kc, (T *)vc))
+	else
+		NZ_DISPATCH(dtype, NZ_LAUNCH_PDL((rope_kv_kernel<T, false>), dim3((unsigned)T_), dim3(kRopeThreads), 0, s, y, yl, la,
+		                                 tok_lora, bias, cs, tok_pos, tok_seq, bt, scalars, nh, nkv, hd, bs, q_out,
+		                                 (T *)kc, (T *)vc))
 	return cudaGetLastError();
 }
 
-cudaError_t nz_k_silu(int dtype, cudaStream_t s, int64_t T_, int64_t I, const float *y, const nz_lora_out *lo,
+cudaError_t nz_k_silu(int dtype, cudaStream_t s, int64_t T_, int64_t I, const float *y, const float *yl,
+                      const nz_lora_out *lo,
                       const int32_t *tok_lora, const float *bias, void *x)
 {
 	size_t smem;
 	const nz_lora_out la = lora_arg(lo, &smem);
-	const int64_t per_row = std::min<int64_t>((I + 255) / 256, 65535), rows = std::min<int64_t>(T_, 65535);
-	NZ_DISPATCH(dtype, NZ_LAUNCH_PDL((silu_kernel<T>), dim3((unsigned)per_row, (unsigned)rows), dim3(256), smem, s, T_, I,
-	                                 y, la, tok_lora, bias, (T *)x));
+	if (lo) {
+		const int64_t per_row = std::min<int64_t>((I + 255) / 256, 65535), rows = std::min<int64_t>(T_, 65535);
+		NZ_DISPATCH(dtype, NZ_LAUNCH_PDL((silu_kernel<T, true>), dim3((unsigned)per_row, (unsigned)rows), dim3(256), smem,
+		                                 s, T_, I, y, (const float *)NULL, la, tok_lora, bias, (T *)x))
+	} else {
+		const int64_t blocks = std::min<int64_t>((T_ * I + 255) / 256, 65536);
+		NZ_DISPATCH(dtype, NZ_LAUNCH_PDL((silu_kernel<T, false>), dim3((unsigned)blocks), dim3(256), 0, s, T_, I, y, yl, la,
+		                                 tok_lora, bias, (T *)x))
+	}
 	return cudaGetLastError();
 }
 

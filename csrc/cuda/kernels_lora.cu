@@ -18,9 +18,9 @@
  * block would read a whole A (r rows of up to I elements) through one SM:
  * so a shrink block takes kShrinkWarps rank rows of one item and module,
  * and where that still leaves the GPU idle the input features are split
- * into chunks (of at least kShrinkChunk elements, one block each) whose
- * partial sums the expand adds up, in a fixed order: the result does not
- * depend on scheduling.
+ * into chunks (of at least kShrinkChunkFew or kShrinkChunkMany elements,
+ * one block each) whose partial sums the expand adds up, in a fixed
+ * order: the result does not depend on scheduling.
  *
  * Slots are padded to max_rank R; each (slot, layer, module) has a rank
  * in the rank table (0 = module absent) and only rows/columns below it
@@ -32,7 +32,12 @@
 namespace {
 
 const int kShrinkWarps = 4;
-const int64_t kShrinkChunk = 512; /* two 16-byte loads per lane of bf16 */
+/* Chunks of the input are at least this long: two 16-byte loads per lane
+ * of bf16 where a step has few work items (an adapter shared by many
+ * sequences, or few sequences), eight where it has many (splitting those
+ * further only makes more, smaller blocks). */
+const int64_t kShrinkChunkFew = 512, kShrinkChunkMany = 2048, kManyItems = 8;
+const int kExpandThreads = 256, kExpandOuts = 2; /* outputs per expand thread */
 
 /* grid (items, modules, row groups × splits): warp w of a block takes rank
  * row (group · kShrinkWarps + w) over the block's chunk of the input. */
@@ -125,6 +130,92 @@ __global__ void __launch_bounds__(32 * kShrinkWarps)
 	}
 }
 
+/* grid (items × output chunks, modules); a thread per kExpandOuts output
+ * features (blockDim.x apart). The item's v (its splits summed) is gathered
+ * into shared memory first. */
+template <class T>
+__global__ void __launch_bounds__(256)
+    lora_expand_kernel(const int32_t *__restrict__ scalars, const int32_t *__restrict__ items,
+                       const int32_t *__restrict__ lora_tok, const float *__restrict__ v, int64_t v_mod_stride,
+                       int64_t v_split_stride, int splits, const T *__restrict__ slots, int64_t slot_stride,
+                       nz_lora_group grp, const int32_t *__restrict__ rank_tab, int layer, int L, int R,
+                       float *__restrict__ y, int64_t y_stride, int n_oc)
+{
+	nz_pdl_begin();
+	NZ_DYN_SMEM(float, vs); /* [NZ_LORA_TM][R] */
+	const int it = blockIdx.x / n_oc, oc = blockIdx.x % n_oc, mi = blockIdx.y;
+	if (it >= scalars[NZ_SC_LORA_ITEMS])
+		return;
+	const int start = items[3 * it], ntok = items[3 * it + 1], slot = items[3 * it + 2];
+	const int r = rank_tab[((int64_t)slot * L + layer) * NZ_M_COUNT + nz_pick3(grp.module, mi)];
+	const int out = nz_pick3(grp.out, mi);
+	if (oc * kExpandOuts * (int)blockDim.x >= out)
+		return; /* the whole block: no thread of it has an output */
+	const float *vm = v + mi * v_mod_stride;
+	for (int q = threadIdx.x; q < ntok * r; q += blockDim.x) {
+		const int j = q / r, k = q - j * r;
+		const float *src = vm + (int64_t)lora_tok[start + j] * R + k;
+		/* four loads in flight, added in split order */
+		float s = 0.0f;
+		int sp = 0;
+		for (; sp + 4 <= splits; sp += 4) {
+			const float a = src[sp * v_split_stride], b = src[(sp + 1) * v_split_stride],
+			            c = src[(sp + 2) * v_split_stride], d = src[(sp + 3) * v_split_stride];
+			s += a;
+			s += b;
+			s += c;
+			s += d;
+		}
+		for (; sp < splits; sp++)
+			s += src[sp * v_split_stride];
+		vs[j * R + k] = s;
+	}
+	__syncthreads();
+	const int o0 = oc * kExpandOuts * blockDim.x + threadIdx.x;
+	if (o0 >= out)
+		return;
+	const T *b0 = slots + (int64_t)slot * slot_stride + nz_pick3(grp.b_off, mi);
+	const int col = nz_pick3(grp.col, mi);
+#pragma unroll
+	for (int u = 0; u < kExpandOuts; u++) {
+		const int o = o0 + u * blockDim.x;
+		if (o >= out)
+			break;
+		const T *b = b0 + (int64_t)o * R;
+		float acc[NZ_LORA_TM];
+#pragma unroll
+		for (int j = 0; j < NZ_LORA_TM; j++)
+			acc[j] = 0.0f;
+		if ((R & 7) == 0) {
+			for (int k0 = 0; k0 < r; k0 += 8) {
+				float bv[8];
+				nz_load8(b + k0, bv);
+				const int ke = r - k0 < 8 ? r - k0 : 8;
+#pragma unroll
+				for (int j = 0; j < NZ_LORA_TM; j++) {
+					if (j < ntok) {
+						const float *vr = vs + j * R + k0;
+						for (int e = 0; e < ke; e++)
+							acc[j] += vr[e] * bv[e];
+					}
+				}
+			}
+		} else {
+			for (int k = 0; k < r; k++) {
+				float bk = nz_f32(b[k]);
+#pragma unroll
+				for (int j = 0; j < NZ_LORA_TM; j++)
+					if (j < ntok)
+						acc[j] += vs[j * R + k] * bk;
+			}
+		}
+#pragma unroll
+		for (int j = 0; j < NZ_LORA_TM; j++)
+			if (j < ntok)
+				y[(int64_t)lora_tok[start + j] * y_stride + col + o] = acc[j];
+	}
+}
+
 } // namespace
 
 cudaError_t nz_k_lora_shrink(int dtype, cudaStream_t s, int64_t max_items, const int32_t *scalars,
@@ -165,7 +256,8 @@ int nz_lora_splits(int64_t in, int64_t items, int nmod, int R, int64_t want_bloc
 	if (base < 1)
 		base = 1;
 	int64_t s = (want_blocks + base - 1) / base;
-	int64_t most = (in + kShrinkChunk - 1) / kShrinkChunk;
+	const int64_t least = items >= kManyItems ? kShrinkChunkMany : kShrinkChunkFew;
+	int64_t most = (in + least - 1) / least;
 	if (s > most)
 		s = most;
 	if (s > max_splits)
@@ -175,4 +267,33 @@ int nz_lora_splits(int64_t in, int64_t items, int nmod, int R, int64_t want_bloc
 	/* the chunk size rounds up to whole strides: drop splits left empty */
 	int64_t chunk = ((in + s - 1) / s + 255) / 256 * 256;
 	return (int)((in + chunk - 1) / chunk);
+}
+
+cudaError_t nz_k_lora_expand(int dtype, cudaStream_t s, int64_t max_items, const int32_t *scalars,
+                             const int32_t *items, const int32_t *lora_tok, const float *v, int64_t v_mod_stride,
+                             int64_t v_split_stride, int splits, const void *slots, int64_t slot_stride,
+                             nz_lora_group grp, const int32_t *rank_tab, int layer, int L, int R, float *y,
+                             int64_t y_stride, int max_out)
+{
+	int n_oc = (max_out + kExpandOuts * kExpandThreads - 1) / (kExpandOuts * kExpandThreads);
+	dim3 grid((unsigned)(max_items * n_oc), (unsigned)grp.nmod);
+	const size_t smem = sizeof(float) * NZ_LORA_TM * (size_t)R;
+	switch (dtype) {
+	case NZ_BF16:
+		NZ_LAUNCH_PDL(lora_expand_kernel<__nv_bfloat16>, grid, dim3(kExpandThreads), smem, s, scalars, items, lora_tok, v,
+		          v_mod_stride, v_split_stride, splits, (const __nv_bfloat16 *)slots, slot_stride, grp, rank_tab,
+		          layer, L, R, y, y_stride, n_oc);
+		break;
+	case NZ_F16:
+		NZ_LAUNCH_PDL(lora_expand_kernel<__half>, grid, dim3(kExpandThreads), smem, s, scalars, items, lora_tok, v,
+		          v_mod_stride, v_split_stride, splits, (const __half *)slots, slot_stride, grp, rank_tab, layer, L,
+		          R, y, y_stride, n_oc);
+		break;
+	default:
+		NZ_LAUNCH_PDL(lora_expand_kernel<float>, grid, dim3(kExpandThreads), smem, s, scalars, items, lora_tok, v,
+		          v_mod_stride, v_split_stride, splits, (const float *)slots, slot_stride, grp, rank_tab, layer, L,
+		          R, y, y_stride, n_oc);
+		break;
+	}
+	return cudaGetLastError();
 }
