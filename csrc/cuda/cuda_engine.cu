@@ -184,6 +184,7 @@ const size_t kBlasWorkspace = 32u << 20;
  * f32, lv_rows = max(max_batch_tokens, kLoraSplitRows) (tokens × splits). */
 const int64_t kLoraSplitRows = 2048;
 const int64_t kLoraMaxSplits = 16;
+const int kLoraFoldDefault = 1 | 2 | 8; /* cuda_engine.lora_fold */
 
 struct cuda_engine {
 	nz_config cfg;
@@ -247,7 +248,10 @@ struct cuda_engine {
 	int fuse;          /* NOZZLE_CUDA_FUSE=0 turns them off */
 	/* projection groups (bits: 1 q/k/v, 2 o, 4 gate/up, 8 down) whose LoRA
 	 * expand the consuming kernel does (lora_out.cuh); the others run the
-	 * expand kernel into yl. NOZZLE_CUDA_LORA_FOLD sets it (default all). */
+	 * expand kernel into yl. NOZZLE_CUDA_LORA_FOLD sets it; the default,
+	 * all but gate/up, was the fastest on an H200: the SiLU kernel reading
+	 * B for 2·I features per token took longer than the expand kernel
+	 * beside the gate/up GEMM (DEVELOPERS.md). */
 	int lora_fold;
 	size_t gemv_smem;  /* dynamic shared memory they may use */
 	double *part;      /* sums of squares [NZ_GEMV_MAX_T][nz_gemv_fused_parts(H)] */
@@ -474,7 +478,7 @@ int32_t cuda_create(nz_config *c, void **out)
 		if (e->fuse)
 			FAIL_CUDA(nz_gemv_fused_setup(e->wdt, e->gemv_smem), "nz_engine_create: GEMV setup");
 		const char *fold = getenv("NOZZLE_CUDA_LORA_FOLD");
-		e->lora_fold = fold && *fold ? (int)strtol(fold, NULL, 0) & 15 : 15;
+		e->lora_fold = fold && *fold ? (int)strtol(fold, NULL, 0) & 15 : kLoraFoldDefault;
 	}
 
 	/* KV pool */
