@@ -185,10 +185,6 @@ const size_t kBlasWorkspace = 32u << 20;
 const int64_t kLoraSplitRows = 2048;
 const int64_t kLoraMaxSplits = 16;
 const int kLoraFoldDefault = 1 | 2 | 8; /* cuda_engine.lora_fold */
-/* The residual add + norm kernel does the next group's shrink (reading A
- * once per token, where the shrink kernel reads it once per work item of
- * up to NZ_LORA_TM tokens) in steps of at most this many tokens. */
-const int64_t kNormShrinkMaxT = 128;
 
 struct cuda_engine {
 	nz_config cfg;
@@ -232,7 +228,7 @@ struct cuda_engine {
 	int64_t kv_bytes, kv_pool_elems; /* one K (or V) pool of one layer */
 
 	/* scratch */
-	float *h, *y, *yl, *q, *cs, *lv, *lvn, *logits, *attn_o, *attn_ml;
+	float *h, *y, *yl, *q, *cs, *lv, *logits, *attn_o, *attn_ml;
 	int *attn_count;
 	void *xin, *xs;
 	int64_t ymax, xmax;
@@ -257,11 +253,6 @@ struct cuda_engine {
 	 * B for 2·I features per token took longer than the expand kernel
 	 * beside the gate/up GEMM (DEVELOPERS.md). */
 	int lora_fold;
-	/* in steps of at most kNormShrinkMaxT tokens, the shrinks of q/k/v
-	 * (but the first layer's) and gate/up run in the residual add + norm
-	 * kernel that writes their input, into lvn;
-	 * NOZZLE_CUDA_LORA_NORM_SHRINK=0 runs them beside the GEMM instead */
-	int lora_norm_shrink;
 	size_t gemv_smem;  /* dynamic shared memory they may use */
 	double *part;      /* sums of squares [NZ_GEMV_MAX_T][nz_gemv_fused_parts(H)] */
 	nz_sample_part *spart; /* the sampler's chunks [S][nz_sample_parts(V)] */
@@ -278,7 +269,7 @@ int32_t select_device(cuda_engine *e, const char *what)
 int64_t scratch_bytes(const cuda_engine *e)
 {
 	int64_t T = e->T, S = e->S;
-	return 4 * T * (e->H + 2 * e->ymax + e->qd + e->hd) + 4 * 3 * (e->lv_rows + T) * e->R + (int64_t)e->wsz * (T * e->xmax + S * e->H) +
+	return 4 * T * (e->H + 2 * e->ymax + e->qd + e->hd) + 4 * 3 * e->lv_rows * e->R + (int64_t)e->wsz * (T * e->xmax + S * e->H) +
 	       4 * S * e->V + 2 * S * (int64_t)sizeof(nz_sample_out) + (int64_t)kBlasWorkspace +
 	       4 * kAttnParts * e->rows_max * (e->hd + 2) + 8 * NZ_GEMV_MAX_T * nz_gemv_fused_parts(e->H) +
 	       (int64_t)sizeof(nz_sample_part) * S * nz_sample_parts(e->V);
@@ -341,7 +332,7 @@ void cuda_destroy(void *impl)
 	cudaFree(e->slot_mem);
 	cudaFree(e->rank_dev);
 	cudaFree(e->kv);
-	void *scratch[] = {e->h,       e->y,       e->yl,      e->q,       e->cs,      e->lv,  e->lvn,       e->logits,
+	void *scratch[] = {e->h,       e->y,       e->yl,      e->q,       e->cs,      e->lv,         e->logits,
 	                   e->xin,     e->xs,      e->d_out,   e->d_meta,  e->blas_ws,    e->attn_o,
 	                   e->attn_ml, e->attn_count, e->part, e->spart};
 	for (void *p : scratch)
@@ -488,8 +479,6 @@ int32_t cuda_create(nz_config *c, void **out)
 			FAIL_CUDA(nz_gemv_fused_setup(e->wdt, e->gemv_smem), "nz_engine_create: GEMV setup");
 		const char *fold = getenv("NOZZLE_CUDA_LORA_FOLD");
 		e->lora_fold = fold && *fold ? (int)strtol(fold, NULL, 0) & 15 : kLoraFoldDefault;
-		const char *ns = getenv("NOZZLE_CUDA_LORA_NORM_SHRINK");
-		e->lora_norm_shrink = !(ns && strcmp(ns, "0") == 0);
 	}
 
 	/* KV pool */
@@ -694,7 +683,6 @@ int32_t cuda_finalize(void *impl)
 	ALLOC(e->q, 4 * T * e->qd);
 	ALLOC(e->cs, 4 * T * e->hd);
 	ALLOC(e->lv, 4 * 3 * e->lv_rows * e->R);
-	ALLOC(e->lvn, 4 * 3 * T * e->R);
 	ALLOC(e->xin, (int64_t)e->wsz * T * e->xmax);
 	ALLOC(e->xs, (int64_t)e->wsz * S * e->H);
 	ALLOC(e->logits, 4 * S * e->V);
@@ -895,12 +883,20 @@ int32_t gemm(cuda_engine *e, const void *X, int64_t rows, int64_t in, const void
 			return cuda_fail(nz_kerr_, what);                                                                          \
 	} while (0)
 
-/* The projection group of modules mods[0..nmod) of layer l, whose
- * outputs are the columns cols of y. */
-nz_lora_group lora_group(const cuda_engine *e, int64_t l, int nmod, const int *mods, const int *cols)
+/* Starts the LoRA shrink of the modules mods[0..nmod) (sharing the input
+ * x [T][in] that the engine's stream has just written) on the LoRA stream.
+ * With fold, fills *lo for the kernel that consumes the group's output
+ * (columns cols of y), which does the expand; else runs the expand kernel
+ * after the shrink, into e->yl [T][y_stride]. lora_join makes the
+ * engine's stream wait for them. */
+int32_t lora_fork(cuda_engine *e, const meta_ptrs &m, int64_t T, int64_t items_grid, int64_t few, int64_t l, int nmod,
+                  const int *mods, const int *cols, const void *x, int64_t in, bool fold, int64_t y_stride,
+                  nz_lora_out *lo)
 {
-	nz_lora_group g;
-	memset(&g, 0, sizeof g);
+	CUDA_TRY(cudaEventRecord(e->ev_fork, e->stream), "nz_step: LoRA fork");
+	CUDA_TRY(cudaStreamWaitEvent(e->lstream, e->ev_fork, 0), "nz_step: LoRA fork");
+	memset(lo, 0, sizeof *lo);
+	nz_lora_group &g = lo->grp;
 	g.nmod = nmod;
 	for (int i = 0; i < nmod; i++) {
 		size_t k = (size_t)(l * NZ_M_COUNT + mods[i]);
@@ -910,68 +906,29 @@ nz_lora_group lora_group(const cuda_engine *e, int64_t l, int nmod, const int *m
 		g.out[i] = (int32_t)e->mod_out[mods[i]];
 		g.col[i] = cols[i];
 	}
-	return g;
-}
-
-/* The LoRA branch of a projection group g of layer l, whose input x
- * [T][in] the engine's stream has just written. Its shrink runs on the
- * LoRA stream, unless have_v: then the kernel that wrote x has done it,
- * into lvn (nz_lora_in). With fold, fills *lo for the kernel that
- * consumes the group's output, which does the expand; else the expand
- * kernel runs on the LoRA stream after the shrink, into e->yl
- * [T][y_stride]. *forked says whether the LoRA stream got work:
- * lora_join then makes the engine's stream wait for it. */
-int32_t lora_fork(cuda_engine *e, const meta_ptrs &m, int64_t T, int64_t items_grid, int64_t few, int64_t l,
-                  const nz_lora_group &g, const void *x, int64_t in, bool have_v, bool fold, int64_t y_stride,
-                  nz_lora_out *lo, bool *forked)
-{
-	*forked = !have_v || !fold;
-	if (*forked) {
-		CUDA_TRY(cudaEventRecord(e->ev_fork, e->stream), "nz_step: LoRA fork");
-		CUDA_TRY(cudaStreamWaitEvent(e->lstream, e->ev_fork, 0), "nz_step: LoRA fork");
-	}
-	float *v = e->lvn;
-	int splits = 1;
-	int64_t vss = T * e->R, vms = vss;
-	if (!have_v) {
-		/* Split the shrink's input so that the step's work items (at
-		 * fewest `few`: a graph is replayed for a range of adapter mixes)
-		 * fill the GPU twice over, as far as the partial sums fit in lv. */
-		splits = nz_lora_splits(in, few, g.nmod, (int)e->R, 2 * (int64_t)e->prop.multiProcessorCount,
-		                        std::max<int64_t>(1, std::min<int64_t>(kLoraMaxSplits, e->lv_rows / T)));
-		v = e->lv, vms = splits * vss;
-		KTRY(nz_k_lora_shrink(e->wdt, e->lstream, items_grid, m.scalars, m.lora_items, m.lora_tok, x, in, splits,
-		                      e->slot_mem, e->slot_stride, g, e->rank_dev, (int)l, (int)e->L, (int)e->R, v, vms, vss),
-		     "nz_step: LoRA shrink");
-	}
+	/* Split the shrink's input so that the step's work items (at fewest
+	 * `few`: a graph is replayed for a range of adapter mixes) fill the
+	 * GPU twice over, as far as the partial sums fit in lv. */
+	const int splits = nz_lora_splits(in, few, nmod, (int)e->R, 2 * (int64_t)e->prop.multiProcessorCount,
+	                                  std::max<int64_t>(1, std::min<int64_t>(kLoraMaxSplits, e->lv_rows / T)));
+	const int64_t vss = T * e->R, vms = splits * vss;
+	KTRY(nz_k_lora_shrink(e->wdt, e->lstream, items_grid, m.scalars, m.lora_items, m.lora_tok, x, in, splits,
+	                      e->slot_mem, e->slot_stride, g, e->rank_dev, (int)l, (int)e->L, (int)e->R, e->lv, vms, vss),
+	     "nz_step: LoRA shrink");
 	if (!fold) {
 		int max_out = 0;
-		for (int i = 0; i < g.nmod; i++)
+		for (int i = 0; i < nmod; i++)
 			max_out = std::max(max_out, g.out[i]);
-		KTRY(nz_k_lora_expand(e->wdt, e->lstream, items_grid, m.scalars, m.lora_items, m.lora_tok, v, vms, vss, splits,
-		                      e->slot_mem, e->slot_stride, g, e->rank_dev, (int)l, (int)e->L, (int)e->R, e->yl,
+		KTRY(nz_k_lora_expand(e->wdt, e->lstream, items_grid, m.scalars, m.lora_items, m.lora_tok, e->lv, vms, vss,
+		                      splits, e->slot_mem, e->slot_stride, g, e->rank_dev, (int)l, (int)e->L, (int)e->R, e->yl,
 		                      y_stride, max_out),
 		     "nz_step: LoRA expand");
 		return NZ_OK;
 	}
-	memset(lo, 0, sizeof *lo);
-	lo->grp = g;
-	lo->v = v, lo->v_mod_stride = vms, lo->v_split_stride = vss, lo->splits = splits;
+	lo->v = e->lv, lo->v_mod_stride = vms, lo->v_split_stride = vss, lo->splits = splits;
 	lo->slots = e->slot_mem, lo->slot_stride = e->slot_stride, lo->rank_tab = e->rank_dev;
 	lo->layer = (int32_t)l, lo->L = (int32_t)e->L, lo->R = (int32_t)e->R;
 	return NZ_OK;
-}
-
-/* The shrink of group g of layer l for nz_k_add_norm (into lvn). */
-nz_lora_in lora_in(const cuda_engine *e, int64_t T, int64_t l, const nz_lora_group &g)
-{
-	nz_lora_in li;
-	memset(&li, 0, sizeof li);
-	li.grp = g;
-	li.v = e->lvn, li.v_mod_stride = T * e->R;
-	li.slots = e->slot_mem, li.slot_stride = e->slot_stride, li.rank_tab = e->rank_dev;
-	li.layer = (int32_t)l, li.L = (int32_t)e->L, li.R = (int32_t)e->R;
-	return li;
 }
 
 int32_t lora_join(cuda_engine *e)
@@ -1002,11 +959,8 @@ int32_t forward(cuda_engine *e, const meta_ptrs &m, int64_t T, int64_t n_attn, i
 	const int32_t n_part = (int32_t)nz_gemv_fused_parts(H);
 
 	/* a group's LoRA expand, when the step has adapters: folded into its
-	 * consumer (lo) or run into yl; and whether the residual add + norm
-	 * kernels do the shrinks of q/k/v and gate/up (nz_lora_in) */
+	 * consumer (lo) or run into yl */
 	nz_lora_out lo_buf;
-	bool forked = false;
-	const bool norm_shrink = lora_grid && e->lora_norm_shrink && T <= kNormShrinkMaxT;
 	const int fold = lora_grid ? e->lora_fold : 0;
 	const nz_lora_out *lo[4] = {};
 	const float *yl[4] = {};
@@ -1046,11 +1000,10 @@ int32_t forward(cuda_engine *e, const meta_ptrs &m, int64_t T, int64_t n_attn, i
 			KTRY(nz_k_gemv_fused(dt, s, T, H, ly.wqkv, e->qkvd, &io), "nz_step: q/k/v projection");
 		}
 		if (lora_grid)
-			NZ_TRY(lora_fork(e, m, T, lora_grid, lora_few, l, lora_group(e, l, 3, qkv_m, qkv_c), e->xin, H,
-			                 norm_shrink && l > 0, lo[0], e->qkvd, &lo_buf, &forked));
+			NZ_TRY(lora_fork(e, m, T, lora_grid, lora_few, l, 3, qkv_m, qkv_c, e->xin, H, lo[0], e->qkvd, &lo_buf));
 		if (!fused)
 			NZ_TRY(gemm(e, e->xin, T, H, ly.wqkv, e->qkvd, e->y, "nz_step: q/k/v projection"));
-		if (forked)
+		if (lora_grid)
 			NZ_TRY(lora_join(e));
 		if (!fused)
 			KTRY(nz_k_rope_kv(dt, s, T, e->y, yl[0], lo[0], m.tok_lora, ly.bqkv, e->cs, m.tok_pos, m.tok_seq, m.bt, m.scalars,
@@ -1077,35 +1030,25 @@ int32_t forward(cuda_engine *e, const meta_ptrs &m, int64_t T, int64_t n_attn, i
 			continue;
 		}
 		if (lora_grid)
-			NZ_TRY(lora_fork(e, m, T, lora_grid, lora_few, l, lora_group(e, l, 1, o_m, zero_c), e->xin, e->qd, false,
-			                 lo[1], H, &lo_buf, &forked));
+			NZ_TRY(lora_fork(e, m, T, lora_grid, lora_few, l, 1, o_m, zero_c, e->xin, e->qd, lo[1], H, &lo_buf));
 		NZ_TRY(gemm(e, e->xin, T, e->qd, ly.wo, H, e->y, "nz_step: o projection"));
-		if (forked)
+		if (lora_grid)
 			NZ_TRY(lora_join(e));
-		const nz_lora_group gu_g = lora_group(e, l, 2, gu_m, gu_c);
-		const nz_lora_in gu_in = lora_in(e, T, l, gu_g);
-		KTRY(nz_k_add_norm(dt, s, T, H, e->h, e->y, yl[1], lo[1], norm_shrink ? &gu_in : NULL, m.tok_lora, ly.bo,
-		                   ly.ffn_norm, e->eps, e->xin),
+		KTRY(nz_k_add_norm(dt, s, T, H, e->h, e->y, yl[1], lo[1], m.tok_lora, ly.bo, ly.ffn_norm, e->eps, e->xin),
 		     "nz_step: norm");
 		if (lora_grid)
-			NZ_TRY(lora_fork(e, m, T, lora_grid, lora_few, l, gu_g, e->xin, H, norm_shrink, lo[2], 2 * I, &lo_buf,
-			                 &forked));
+			NZ_TRY(lora_fork(e, m, T, lora_grid, lora_few, l, 2, gu_m, gu_c, e->xin, H, lo[2], 2 * I, &lo_buf));
 		NZ_TRY(gemm(e, e->xin, T, H, ly.wgu, 2 * I, e->y, "nz_step: gate/up projection"));
-		if (forked)
+		if (lora_grid)
 			NZ_TRY(lora_join(e));
 		KTRY(nz_k_silu(dt, s, T, I, e->y, yl[2], lo[2], m.tok_lora, ly.bgu, e->xin), "nz_step: SiLU");
 		if (lora_grid)
-			NZ_TRY(lora_fork(e, m, T, lora_grid, lora_few, l, lora_group(e, l, 1, down_m, zero_c), e->xin, I, false,
-			                 lo[3], H, &lo_buf, &forked));
+			NZ_TRY(lora_fork(e, m, T, lora_grid, lora_few, l, 1, down_m, zero_c, e->xin, I, lo[3], H, &lo_buf));
 		NZ_TRY(gemm(e, e->xin, T, I, ly.wdown, H, e->y, "nz_step: down projection"));
-		if (forked)
+		if (lora_grid)
 			NZ_TRY(lora_join(e));
-		const bool last = l + 1 == e->L;
-		const float *next_norm = last ? NULL : e->layers[(size_t)(l + 1)].attn_norm;
-		/* the next layer's q/k/v shrink */
-		const nz_lora_in qkv_in = lora_in(e, T, l + 1, last ? nz_lora_group{} : lora_group(e, l + 1, 3, qkv_m, qkv_c));
-		KTRY(nz_k_add_norm(dt, s, T, H, e->h, e->y, yl[3], lo[3], norm_shrink && !last ? &qkv_in : NULL, m.tok_lora,
-		                   ly.bdown, next_norm, e->eps, e->xin),
+		const float *next_norm = l + 1 < e->L ? e->layers[(size_t)(l + 1)].attn_norm : NULL;
+		KTRY(nz_k_add_norm(dt, s, T, H, e->h, e->y, yl[3], lo[3], m.tok_lora, ly.bdown, next_norm, e->eps, e->xin),
 		     "nz_step: norm");
 	}
 	if (ns == 0)

@@ -83,21 +83,6 @@ typedef struct nz_lora_out {
 } nz_lora_out;
 size_t nz_lora_out_smem(int R);
 
-/* The LoRA shrink of the projection group that reads a residual add +
- * norm's output x (the next layer's q/k/v, or gate/up), done by that
- * kernel (nz_k_add_norm) for each token with an adapter as it writes x:
- * v[m][t][0:r] = x[t]·A_mᵀ, the layout of nz_k_lora_shrink's output with
- * one split (v_mod_stride = T·R). */
-typedef struct nz_lora_in {
-	nz_lora_group grp;
-	float *v;
-	int64_t v_mod_stride;
-	const void *slots;
-	int64_t slot_stride;
-	const int32_t *rank_tab;
-	int32_t layer, L, R;
-} nz_lora_in;
-
 /* h[t] = embed[tokens[t]] (f32); x[t] = act(rmsnorm(h[t], norm_w));
  * cs[t] = cos|sin of tok_pos[t]·inv_freq (hd/2 each). */
 cudaError_t nz_k_embed_norm(int dtype, cudaStream_t s, int64_t T, const void *embed, const int32_t *tokens,
@@ -106,10 +91,9 @@ cudaError_t nz_k_embed_norm(int dtype, cudaStream_t s, int64_t T, const void *em
 
 /* h[t] += y[t] (+ bias) (+ the LoRA deltas for tokens with an adapter:
  * yl[t] when yl is set (nz_k_lora_expand's output), lo's expand when lo
- * is); then, when norm_w is set, x[t] = act(rmsnorm(h[t])), and with li
- * set the shrink of the group that reads x (nz_lora_in). */
+ * is); then, when norm_w is set, x[t] = act(rmsnorm(h[t])). */
 cudaError_t nz_k_add_norm(int dtype, cudaStream_t s, int64_t T, int64_t H, float *h, const float *y,
-                          const float *yl, const nz_lora_out *lo, const nz_lora_in *li, const int32_t *tok_lora, const float *bias, const float *norm_w,
+                          const float *yl, const nz_lora_out *lo, const int32_t *tok_lora, const float *bias, const float *norm_w,
                           float eps, void *x);
 
 /* x[i] = act(rmsnorm(h[sample_tok[i]], norm_w)) for i < n. */

@@ -58,7 +58,6 @@ __global__ void __launch_bounds__(256)
 template <class T, bool LORA>
 __global__ void __launch_bounds__(LORA ? kLoraNormThreads : kNormThreads)
     add_norm_kernel(int64_t H, float *__restrict__ h, const float *__restrict__ y, const float *__restrict__ yl, nz_lora_out lo,
-                    nz_lora_in li,
                     const int32_t *__restrict__ tok_lora, const float *__restrict__ bias, const float *__restrict__ w,
                     float eps, T *__restrict__ x)
 {
@@ -89,10 +88,6 @@ __global__ void __launch_bounds__(LORA ? kLoraNormThreads : kNormThreads)
 	T *xr = x + t * H;
 	for (int64_t i = threadIdx.x; i < H; i += blockDim.x)
 		xr[i] = nz_cvt<T>(w[i] * (hr[i] * rn));
-	if (LORA && li.v && tok_lora[t] > 0) {
-		__syncthreads(); /* the block's writes of xr are visible to it */
-		nz_lora_shrink_row<T>(li, tok_lora[t] - 1, xr, H, t);
-	}
 }
 
 template <class T>
@@ -277,21 +272,17 @@ static nz_lora_out lora_arg(const nz_lora_out *lo, size_t *smem)
 size_t nz_lora_out_smem(int R) { return sizeof(float) * 3 * (size_t)R; }
 
 cudaError_t nz_k_add_norm(int dtype, cudaStream_t s, int64_t T_, int64_t H, float *h, const float *y,
-                          const float *yl, const nz_lora_out *lo, const nz_lora_in *li, const int32_t *tok_lora,
-                          const float *bias, const float *norm_w, float eps, void *x)
+                          const float *yl, const nz_lora_out *lo, const int32_t *tok_lora, const float *bias, const float *norm_w,
+                          float eps, void *x)
 {
 	size_t smem;
 	const nz_lora_out la = lora_arg(lo, &smem);
-	nz_lora_in lin;
-	memset(&lin, 0, sizeof lin);
-	if (li && norm_w)
-		lin = *li;
-	if (lo || lin.v)
+	if (lo)
 		NZ_DISPATCH(dtype, NZ_LAUNCH_PDL((add_norm_kernel<T, true>), dim3((unsigned)T_), dim3(kLoraNormThreads), smem,
-		                                 s, H, h, y, yl, la, lin, tok_lora, bias, norm_w, eps, (T *)x))
+		                                 s, H, h, y, (const float *)NULL, la, tok_lora, bias, norm_w, eps, (T *)x))
 	else
 		NZ_DISPATCH(dtype, NZ_LAUNCH_PDL((add_norm_kernel<T, false>), dim3((unsigned)T_), dim3(kNormThreads), 0, s, H,
-		                                 h, y, yl, la, lin, tok_lora, bias, norm_w, eps, (T *)x))
+		                                 h, y, yl, la, tok_lora, bias, norm_w, eps, (T *)x))
 	return cudaGetLastError();
 }
 

@@ -92,39 +92,4 @@ __device__ __forceinline__ float nz_lora_delta(const nz_lora_out &lo, int slot, 
 	return acc;
 }
 
-/* The shrink of nz_lora_in for token t in slot, from the row x [in] the
- * block has just written (and passed a barrier after): a warp per rank
- * row of the group's modules. */
-template <class T>
-__device__ __forceinline__ void nz_lora_shrink_row(const nz_lora_in &li, int slot, const T *x, int64_t in, int64_t t)
-{
-	const int lane = threadIdx.x & 31, nw = blockDim.x >> 5;
-	const int32_t *rt = li.rank_tab + ((int64_t)slot * li.L + li.layer) * NZ_M_COUNT;
-	const int r0 = rt[li.grp.module[0]], r1 = li.grp.nmod > 1 ? rt[nz_pick3(li.grp.module, 1)] : 0,
-	          r2 = li.grp.nmod > 2 ? rt[nz_pick3(li.grp.module, 2)] : 0;
-	const T *base = (const T *)li.slots + (int64_t)slot * li.slot_stride;
-	for (int q = threadIdx.x >> 5; q < r0 + r1 + r2; q += nw) {
-		const int mi = q < r0 ? 0 : q < r0 + r1 ? 1 : 2, k = q - (mi == 0 ? 0 : mi == 1 ? r0 : r0 + r1);
-		const T *a = base + nz_pick3(li.grp.a_off, mi) + (int64_t)k * in;
-		float acc = 0.0f;
-		if ((in & 7) == 0) {
-#pragma unroll 4
-			for (int64_t i = (int64_t)lane * 8; i < in; i += 256) {
-				float av[8], xv[8];
-				nz_load8(a + i, av);
-				nz_load8(x + i, xv);
-#pragma unroll
-				for (int e = 0; e < 8; e++)
-					acc += av[e] * xv[e];
-			}
-		} else {
-			for (int64_t i = lane; i < in; i += 32)
-				acc += nz_f32(a[i]) * nz_f32(x[i]);
-		}
-		acc = nz_warp_sum(acc);
-		if (lane == 0)
-			li.v[mi * li.v_mod_stride + t * li.R + k] = acc;
-	}
-}
-
 #endif /* NZ_LORA_OUT_CUH */
