@@ -746,6 +746,14 @@ func TestCUDA_Errors(t *testing.T) {
 		t.Errorf("a 512 GiB KV pool: %v, want out of memory", err)
 	}
 	opts = cudaOptions()
+	opts.MaxRank = 4096 // over the ranks the consumers' LoRA expand stages in shared memory
+	if e, err := lib.NewEngine(m, opts); !errors.Is(err, engine.ErrUnsupported) || !strings.Contains(err.Error(), "max_rank 4096") {
+		if e != nil {
+			e.Close()
+		}
+		t.Errorf("max_rank 4096: %v, want unsupported naming max_rank", err)
+	}
+	opts = cudaOptions()
 	opts.DeviceIndex = 4000
 	if e, err := lib.NewEngine(m, opts); !errors.Is(err, engine.ErrInvalid) {
 		if e != nil {
