@@ -384,25 +384,54 @@ func TestCUDA_Parity(t *testing.T) {
 			if tc.spec != nil {
 				tc.spec(&spec)
 			}
-			m := openModel(t, spec)
-			opts := cudaOptions()
-			if tc.rank > 0 {
-				opts.MaxRank = tc.rank
-			}
-			p := newCUDAPair(t, m, opts)
-			p.nTop = 5
-			r8, r16 := min(8, opts.MaxRank), opts.MaxRank
-			// Adapters of realistic strength (B scaled by 0.3: the outputs
-			// change clearly, the model does not turn chaotic).
-			p.load(0, openAdapter(t, m, model.AdapterSpec{Rank: r8, Seed: 21, BScale: 0.3}))
-			p.load(1, openAdapter(t, m, model.AdapterSpec{Rank: r16, Seed: 22, DType: safetensors.BF16, BScale: 0.3}))
-			p.load(2, openAdapter(t, m, model.AdapterSpec{Rank: 3, Seed: 23, DType: safetensors.F16, BScale: 0.3,
-				Modules: []model.Module{model.ModuleQ, model.ModuleV, model.ModuleDown}}))
-			checked, skipped := cudaScenario(t, p, spec.VocabSize, tc.tol, uint64(ci), []int{0, -1, 1, 2, 0, -1})
-			t.Logf("%d greedy tokens identical, %d near ties not compared", checked, skipped)
-			if checked < 150 {
-				t.Errorf("only %d of 198 greedy tokens were compared", checked)
-			}
+			cudaLoRAParity(t, spec, tc.rank, tc.tol, uint64(ci))
+		})
+	}
+}
+
+// cudaLoRAParity is one case of TestCUDA_Parity: three adapters (ranks 8,
+// max and 3 on three modules; f32, bf16 and f16) loaded on both backends,
+// then cudaScenario. rank is the engines' max rank (0: the default).
+func cudaLoRAParity(t *testing.T, spec model.Spec, rank int, tol float64, seed uint64) {
+	t.Helper()
+	m := openModel(t, spec)
+	opts := cudaOptions()
+	if rank > 0 {
+		opts.MaxRank = rank
+	}
+	p := newCUDAPair(t, m, opts)
+	p.nTop = 5
+	r8, r16 := min(8, opts.MaxRank), opts.MaxRank
+	// Adapters of realistic strength (B scaled by 0.3: the outputs
+	// change clearly, the model does not turn chaotic).
+	p.load(0, openAdapter(t, m, model.AdapterSpec{Rank: r8, Seed: 21, BScale: 0.3}))
+	p.load(1, openAdapter(t, m, model.AdapterSpec{Rank: r16, Seed: 22, DType: safetensors.BF16, BScale: 0.3}))
+	p.load(2, openAdapter(t, m, model.AdapterSpec{Rank: 3, Seed: 23, DType: safetensors.F16, BScale: 0.3,
+		Modules: []model.Module{model.ModuleQ, model.ModuleV, model.ModuleDown}}))
+	checked, skipped := cudaScenario(t, p, spec.VocabSize, tol, seed, []int{0, -1, 1, 2, 0, -1})
+	t.Logf("%d greedy tokens identical, %d near ties not compared", checked, skipped)
+	if checked < 150 {
+		t.Errorf("only %d of 198 greedy tokens were compared", checked)
+	}
+}
+
+// TestCUDA_ParityLoRAFold runs TestCUDA_Parity's scenario under the LoRA
+// fold masks the default does not take (NOZZLE_CUDA_LORA_FOLD): the
+// expand folded into every consumer, the SiLU kernel's too, and into
+// none (the expand kernel for every group); on a model whose MLP splits
+// the shrink's input, and one with a rank that is no multiple of 8.
+func TestCUDA_ParityLoRAFold(t *testing.T) {
+	openCUDA(t)
+	for _, mask := range []string{"15", "0"} {
+		t.Run("mask"+mask, func(t *testing.T) {
+			t.Setenv("NOZZLE_CUDA_LORA_FOLD", mask)
+			wide := cudaTiny(311)
+			wide.DType, wide.VocabSize, wide.HiddenSize, wide.IntermediateSize, wide.NumHeads, wide.NumKVHeads =
+				safetensors.BF16, 128, 64, 2304, 4, 2
+			cudaLoRAParity(t, wide, 0, 2e-2, 11)
+			odd := cudaTiny(307)
+			odd.VocabSize, odd.HiddenSize, odd.IntermediateSize, odd.NumHeads, odd.NumKVHeads = 101, 36, 60, 6, 3
+			cudaLoRAParity(t, odd, 12, 1e-4, 7)
 		})
 	}
 }
