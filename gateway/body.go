@@ -3,8 +3,8 @@ package gateway
 import (
 	"bytes"
 	"encoding/json"
-	"errors"
 	"io"
+	"strings"
 
 	"github.com/gofiber/fiber/v2"
 
@@ -63,16 +63,20 @@ func (s *Server) readJSON(c *fiber.Ctx, v any, allowEmpty bool) error {
 	if allowEmpty && len(bytes.TrimSpace(b)) == 0 {
 		return nil
 	}
+	return decodeStrict(b, v)
+}
+
+// decodeStrict decodes the JSON object b into v as decodeJSON does, and
+// refuses a field v does not define, as OpenAI's API refuses an argument
+// it does not know (nested objects whose types decode themselves, such as
+// chat messages, are lenient), and data after the object.
+func decodeStrict(b []byte, v any) error {
 	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
-		var te *json.UnmarshalTypeError
-		if errors.As(err, &te) {
-			return decodeJSON(b, v)
-		}
-		if msg := err.Error(); len(msg) > 20 && msg[:20] == "json: unknown field " {
-			field := msg[21 : len(msg)-1]
-			return invalid(field, "Unknown parameter: '%s'.", field)
+		if msg := err.Error(); strings.HasPrefix(msg, `json: unknown field "`) {
+			field := msg[len(`json: unknown field "`) : len(msg)-1]
+			return invalid(field, "Unrecognized request argument supplied: %s", field)
 		}
 		return decodeJSON(b, v)
 	}

@@ -51,8 +51,8 @@ type chatResponse struct {
 }
 
 // TestChat_CachedTokens: prompt tokens the runtime's prefix cache held are
-// reported as OpenAI reports them, in usage.prompt_tokens_details, and
-// only when there are some. The usage event carries the same count (once
+// reported as OpenAI reports them, in usage.prompt_tokens_details (always
+// there, zero when there are none). The usage event carries the same count (once
 // per prompt, however many choices), and so do the tenant's and the
 // operator's usage reports, as JSON and as CSV.
 func TestChat_CachedTokens(t *testing.T) {
@@ -60,8 +60,8 @@ func TestChat_CachedTokens(t *testing.T) {
 	var first, second, multi chatResponse
 	decode(t, f.do(http.MethodPost, "/v1/chat/completions", chatBody("tiny-llama", "A long system prompt"), f.authA()), &first)
 	decode(t, f.do(http.MethodPost, "/v1/chat/completions", chatBody("tiny-llama", "A long system prompt CACHED"), f.authA()), &second)
-	if first.Usage.PromptTokensDetails != nil {
-		t.Errorf("first answer: details %+v", first.Usage.PromptTokensDetails)
+	if d := first.Usage.PromptTokensDetails; d == nil || d.CachedTokens != 0 {
+		t.Errorf("first answer: details %+v", d)
 	}
 	d := second.Usage.PromptTokensDetails
 	if d == nil || d.CachedTokens != second.Usage.PromptTokens-1 || d.CachedTokens == 0 {
@@ -175,16 +175,20 @@ func TestChat(t *testing.T) {
 		}
 	})
 	t.Run("BaseAlias", func(t *testing.T) {
-		resp := f.do(http.MethodPost, "/v1/chat/completions", chatBody("base", "hi"), f.authA())
+		raw := readAll(t, f.do(http.MethodPost, "/v1/chat/completions", chatBody("base", "hi"), f.authA()))
 		var r chatResponse
-		decode(t, resp, &r)
-		if r.Model != "tiny-llama" {
-			t.Errorf("model %q", r.Model)
+		if err := json.Unmarshal([]byte(raw), &r); err != nil || r.Model != "tiny-llama" {
+			t.Errorf("model %q (%v)", r.Model, err)
+		}
+		// usage's details objects are always there, as OpenAI sends them
+		if !strings.Contains(raw, `"prompt_tokens_details":{"cached_tokens":0,"audio_tokens":0},"completion_tokens_details":`+
+			`{"reasoning_tokens":0,"audio_tokens":0,"accepted_prediction_tokens":0,"rejected_prediction_tokens":0}`) {
+			t.Errorf("usage details: %s", raw)
 		}
 	})
 	t.Run("Adapter", func(t *testing.T) {
 		body := `{"model":"support-bot","messages":[{"role":"developer","content":"Be nice."},{"role":"user","content":[{"type":"text","text":"Hi "},{"type":"text","text":"there"}]}],
-			"max_completion_tokens":3,"temperature":0,"top_p":0.5,"seed":42,"stop":["\n\n","END"],"user":"u-1","some_future_field":{"x":1}}`
+			"max_completion_tokens":3,"temperature":0,"top_p":0.5,"seed":42,"stop":["\n\n","END"],"user":"u-1"}`
 		resp := f.do(http.MethodPost, "/v1/chat/completions", body, f.authA())
 		var r chatResponse
 		decode(t, resp, &r)
@@ -283,6 +287,12 @@ func TestChat_BadInput(t *testing.T) {
 		{"Audio", `{"model":"base","audio":{"voice":"alloy","format":"wav"},` + msgs + `}`, 400, "invalid_request_error", "", "audio"},
 		{"WebSearch", `{"model":"base","web_search_options":{},` + msgs + `}`, 400, "invalid_request_error", "", "web_search_options"},
 		{"ReasoningEffort", `{"model":"base","reasoning_effort":"low",` + msgs + `}`, 400, "invalid_request_error", "", "reasoning_effort"},
+		{"Verbosity", `{"model":"base","verbosity":"low",` + msgs + `}`, 400, "invalid_request_error", "", "verbosity"},
+		// arguments OpenAI's API does not define, such as other servers'
+		// extensions that would change the output, are refused as OpenAI
+		// refuses them
+		{"UnknownArgument", `{"model":"base","guided_json":{"type":"object"},` + msgs + `}`, 400, "invalid_request_error", "", "guided_json"},
+		{"UnknownArgumentLast", `{"model":"base",` + msgs + `,"min_tokens":10}`, 400, "invalid_request_error", "", "min_tokens"},
 		{"AssistantToolCalls", `{"model":"base","messages":[{"role":"user","content":"x"},{"role":"assistant","content":null,"tool_calls":[{"id":"c1","type":"function","function":{"name":"f","arguments":"{}"}}]},{"role":"user","content":"y"}]}`, 400, "invalid_request_error", "", "messages[1].tool_calls"},
 		{"AssistantFunctionCall", `{"model":"base","messages":[{"role":"assistant","function_call":{"name":"f","arguments":"{}"}},{"role":"user","content":"y"}]}`, 400, "invalid_request_error", "", "messages[0].function_call"},
 		{"ContentMissing", `{"model":"base","messages":[{"role":"user"}]}`, 400, "invalid_request_error", "", "messages[0].content"},
@@ -323,9 +333,19 @@ func TestChat_BadInput(t *testing.T) {
 			t.Errorf("status %d: %s", r.StatusCode, readAll(t, r))
 		}
 		body = `{"model":"base","messages":[{"role":"user","content":"x"},{"role":"assistant","content":null,"tool_calls":[]},{"role":"user","content":"y"}],` +
-			`"function_call":"none","modalities":["text"],"audio":null,"web_search_options":null,"reasoning_effort":null,"prediction":{"type":"content","content":"x"},"service_tier":"auto"}`
+			`"function_call":"none","modalities":["text"],"audio":null,"web_search_options":null,"reasoning_effort":null,"verbosity":null,"prediction":{"type":"content","content":"x"},"service_tier":"auto"}`
 		if r := f.do(http.MethodPost, "/v1/chat/completions", body, f.authA()); r.StatusCode != 200 {
 			t.Errorf("status %d: %s", r.StatusCode, readAll(t, r))
+		}
+		// OpenAI's bookkeeping and hints; fields of messages and stream
+		// options that change nothing here
+		body = `{"model":"base","messages":[{"role":"user","content":"x"},{"role":"assistant","content":"a","refusal":null,"annotations":[]},{"role":"user","content":"y","x_client":1}],` +
+			`"metadata":{"k":"v"},"store":false,"parallel_tool_calls":true,"prompt_cache_key":"c","safety_identifier":"s",` +
+			`"stream":true,"stream_options":{"include_usage":true,"include_obfuscation":false}}`
+		if r := f.do(http.MethodPost, "/v1/chat/completions", body, f.authA()); r.StatusCode != 200 {
+			t.Errorf("status %d: %s", r.StatusCode, readAll(t, r))
+		} else {
+			readAll(t, r)
 		}
 	})
 	t.Run("OtherTenantsAdapter", func(t *testing.T) {

@@ -191,6 +191,13 @@ type streamOptions struct {
 	IncludeUsage *bool `json:"include_usage"`
 }
 
+// UnmarshalJSON decodes stream_options leniently (its other fields, such as
+// include_obfuscation, change nothing here) inside a strict request body.
+func (o *streamOptions) UnmarshalJSON(b []byte) error {
+	type plain streamOptions
+	return json.Unmarshal(b, (*plain)(o))
+}
+
 type chatBody struct {
 	Model               *string         `json:"model"`
 	Messages            []chatMessageIn `json:"messages"`
@@ -216,6 +223,15 @@ type chatBody struct {
 	Audio               json.RawMessage `json:"audio"`
 	WebSearchOptions    json.RawMessage `json:"web_search_options"`
 	ReasoningEffort     json.RawMessage `json:"reasoning_effort"`
+	Verbosity           json.RawMessage `json:"verbosity"`
+	// hints and bookkeeping that do not change the output: accepted, unused
+	Metadata          json.RawMessage `json:"metadata"`
+	Store             json.RawMessage `json:"store"`
+	ServiceTier       json.RawMessage `json:"service_tier"`
+	Prediction        json.RawMessage `json:"prediction"`
+	ParallelToolCalls json.RawMessage `json:"parallel_tool_calls"`
+	PromptCacheKey    json.RawMessage `json:"prompt_cache_key"`
+	SafetyIdentifier  json.RawMessage `json:"safety_identifier"`
 	unimplemented
 }
 
@@ -225,6 +241,14 @@ type chatMessageIn struct {
 	Name         *string         `json:"name"`
 	ToolCalls    json.RawMessage `json:"tool_calls"`
 	FunctionCall json.RawMessage `json:"function_call"`
+}
+
+// UnmarshalJSON decodes a message leniently inside a strict request body:
+// fields a message may carry that change nothing here (refusal,
+// annotations, an id) are let through, as OpenAI lets them.
+func (m *chatMessageIn) UnmarshalJSON(b []byte) error {
+	type plain chatMessageIn
+	return json.Unmarshal(b, (*plain)(m))
 }
 
 type contentPart struct {
@@ -319,8 +343,8 @@ func checkChatFormat(toolChoice, responseFormat json.RawMessage) error {
 
 // checkChatOutputs refuses the chat parameters that ask for output Nozzle
 // cannot give: a forced legacy function call, audio or other non-text
-// modalities, web search, and reasoning effort (the models served do not
-// reason in a separate channel).
+// modalities, web search, and reasoning effort and verbosity (the models
+// served do not reason in a separate channel).
 func checkChatOutputs(b *chatBody) error {
 	if !noToolsMode(b.FunctionCall) {
 		return invalid("function_call", "'function_call' other than \"none\" or \"auto\" is not supported by this server: it has no tools.")
@@ -338,6 +362,9 @@ func checkChatOutputs(b *chatBody) error {
 	}
 	if !isNull(b.ReasoningEffort) {
 		return invalid("reasoning_effort", "'reasoning_effort' is not supported with this model.")
+	}
+	if !isNull(b.Verbosity) {
+		return invalid("verbosity", "'verbosity' is not supported with this model.")
 	}
 	return nil
 }
@@ -517,7 +544,7 @@ func (j *job) applyCommon(c common, maxChoicesPerPrompt int, maxTokensParam stri
 // parseChat parses a /v1/chat/completions body.
 func parseChat(body []byte, maxChoices int) (*job, error) {
 	var b chatBody
-	if err := decodeJSON(body, &b); err != nil {
+	if err := decodeStrict(body, &b); err != nil {
 		return nil, err
 	}
 	j := &job{kind: kindChat}
@@ -635,7 +662,7 @@ const completionsDefaultMaxTokens = 16
 // parseCompletion parses a /v1/completions body.
 func parseCompletion(body []byte, maxChoices int) (*job, error) {
 	var b completionBody
-	if err := decodeJSON(body, &b); err != nil {
+	if err := decodeStrict(body, &b); err != nil {
 		return nil, err
 	}
 	j := &job{kind: kindText}

@@ -283,9 +283,13 @@ func TestCompletions(t *testing.T) {
 			{"NullInTokenList", `{"model":"base","prompt":[[1],[2,null]]}`, "prompt"},
 			{"NullString", `{"model":"base","prompt":["a",null]}`, "prompt"},
 			{"MaxTokensPastContext", `{"model":"base","prompt":"x","max_tokens":9223372036854775807,"n":2}`, "max_tokens"},
+			{"UnknownArgument", `{"model":"base","prompt":"x","repetition_penalty":1.2}`, "repetition_penalty"},
 		} {
 			t.Run(tc.name, func(t *testing.T) {
-				wantError(t, f.do(http.MethodPost, "/v1/completions", tc.body, f.authA()), 400, "invalid_request_error", "", tc.param)
+				e := wantError(t, f.do(http.MethodPost, "/v1/completions", tc.body, f.authA()), 400, "invalid_request_error", "", tc.param)
+				if tc.name == "UnknownArgument" && e.Error.Message != "Unrecognized request argument supplied: repetition_penalty" {
+					t.Errorf("message %q", e.Error.Message)
+				}
 			})
 		}
 	})
