@@ -210,12 +210,12 @@ func appendUsage(dst []byte, u usage) []byte {
 	dst = appendInt(dst, u.completion)
 	dst = append(dst, `,"total_tokens":`...)
 	dst = appendInt(dst, u.prompt+u.completion)
-	if u.cached > 0 {
-		dst = append(dst, `,"prompt_tokens_details":{"cached_tokens":`...)
-		dst = appendInt(dst, u.cached)
-		dst = append(dst, '}')
-	}
-	return append(dst, '}')
+	// The details objects always, as OpenAI sends them (clients read
+	// usage.prompt_tokens_details.cached_tokens without a nil check).
+	dst = append(dst, `,"prompt_tokens_details":{"cached_tokens":`...)
+	dst = appendInt(dst, u.cached)
+	return append(dst, `,"audio_tokens":0},"completion_tokens_details":{"reasoning_tokens":0,"audio_tokens":0,`+
+		`"accepted_prediction_tokens":0,"rejected_prediction_tokens":0}}`...)
 }
 
 // appendHead appends the fields every completion object starts with.

@@ -72,6 +72,11 @@ func toAppError(err error) *nozzle.Error {
 	return &nozzle.Error{Code: nozzle.EINTERNAL, Message: "Internal error.", Err: err}
 }
 
+// noRetry holds the error codes of answers with a status that clients
+// retry by default (409, 429) where a retry of the same request cannot
+// succeed: a reused idempotency key, an exhausted budget.
+var noRetry = map[string]bool{"idempotency_key_reused": true, "insufficient_quota": true}
+
 // errorHandler renders err OpenAI-shaped: {"error": {"message", "type",
 // "param", "code"}} with the status of its code. Internal errors are logged
 // here, with the request id, and shown only as "Internal error.".
@@ -96,6 +101,10 @@ func (s *Server) errorHandler(c *fiber.Ctx, err error) error {
 	}
 	if e.RetryAfter > 0 {
 		c.Set(fiber.HeaderRetryAfter, strconv.FormatInt(int64(math.Ceil(e.RetryAfter.Seconds())), 10))
+	}
+	if noRetry[reason] {
+		// The OpenAI SDKs retry a 409 or 429 by default, unless told not to.
+		c.Set("X-Should-Retry", "false")
 	}
 	if kind.status == http.StatusUnauthorized {
 		c.Set(fiber.HeaderWWWAuthenticate, `Bearer realm="nozzle"`)

@@ -95,8 +95,12 @@ func TestIdempotency(t *testing.T) {
 		}
 	})
 	t.Run("OtherEndpoint", func(t *testing.T) {
-		wantError(t, f.do(http.MethodPost, "/v1/completions", `{"model":"base","prompt":"x"}`, f.authA(), hdr("Idempotency-Key", "order-1")),
-			409, "conflict_error", "idempotency_key_reused", "")
+		r := f.do(http.MethodPost, "/v1/completions", `{"model":"base","prompt":"x"}`, f.authA(), hdr("Idempotency-Key", "order-1"))
+		// the SDKs retry a 409 unless told that a retry cannot help
+		if r.Header.Get("X-Should-Retry") != "false" {
+			t.Errorf("X-Should-Retry %q", r.Header.Get("X-Should-Retry"))
+		}
+		wantError(t, r, 409, "conflict_error", "idempotency_key_reused", "")
 	})
 	t.Run("BadKey", func(t *testing.T) {
 		wantError(t, f.do(http.MethodPost, "/v1/chat/completions", body, f.authA(), hdr("Idempotency-Key", strings.Repeat("k", 300))),
@@ -177,8 +181,8 @@ func TestRateLimit(t *testing.T) {
 			t.Errorf("429: x-ratelimit-reset-requests %q", r.Header.Get("X-Ratelimit-Reset-Requests"))
 		}
 		ra, _ := strconv.Atoi(r.Header.Get("Retry-After"))
-		if ra < 1 || ra > 31 {
-			t.Errorf("Retry-After %q", r.Header.Get("Retry-After"))
+		if ra < 1 || ra > 31 || r.Header.Get("X-Should-Retry") != "" {
+			t.Errorf("Retry-After %q, X-Should-Retry %q (a retry after the wait succeeds)", r.Header.Get("Retry-After"), r.Header.Get("X-Should-Retry"))
 		}
 		wantError(t, r, 429, "rate_limit_error", "rate_limit_exceeded", "")
 		// Another key of the same tenant has its own bucket; another
@@ -219,8 +223,8 @@ func TestBudget(t *testing.T) {
 	f := newFixture(t)
 	f.updateTenant(f.tenantA.ID, func(tn *nozzle.Tenant) { tn.MonthlyBudgetUSD = 0.00001 })
 	r := f.do(http.MethodPost, "/v1/chat/completions", `{"model":"base","max_tokens":1000,"messages":[{"role":"user","content":"hi"}]}`, f.authA())
-	if r.Header.Get("Retry-After") != "5400" {
-		t.Errorf("Retry-After %q", r.Header.Get("Retry-After"))
+	if r.Header.Get("Retry-After") != "5400" || r.Header.Get("X-Should-Retry") != "false" {
+		t.Errorf("Retry-After %q, X-Should-Retry %q", r.Header.Get("Retry-After"), r.Header.Get("X-Should-Retry"))
 	}
 	wantError(t, r, 429, "insufficient_quota", "insufficient_quota", "")
 	if n := len(f.events()); n != 0 {
