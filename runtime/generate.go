@@ -395,6 +395,18 @@ func (t *textStream) cut(final bool) (nozzle.Chunk, bool) {
 	safe := len(t.held)
 	if !final {
 		safe -= stopPrefixTail(t.held, t.stops)
+		if t.logprobs {
+			// Cut at the end of a token, so that each chunk carries the
+			// logprobs of exactly the tokens whose text it holds.
+			b := t.base
+			for _, h := range t.lps {
+				if h.end > t.base+safe {
+					break
+				}
+				b = h.end
+			}
+			safe = b - t.base
+		}
 	}
 	end := t.base + safe
 	var lps []nozzle.TokenLogprob

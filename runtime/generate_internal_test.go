@@ -90,6 +90,17 @@ func FuzzTextStream(f *testing.F) {
 				matched = true
 				break
 			}
+			// a chunk carries the logprobs of exactly the tokens (here
+			// bytes) whose text it holds: what went out so far is the text
+			// of the tokens whose logprobs went out
+			var d byteStream
+			upTo := ""
+			for _, b := range text[:lps] {
+				upTo += d.Add(int(b))
+			}
+			if got.String() != upTo {
+				t.Fatalf("after chunk %q: text %q, the text of the %d tokens with logprobs %q", c.Text, got.String(), lps, upTo)
+			}
 		}
 		if !matched {
 			c, m := ts.flush(byteCodec{})
