@@ -408,14 +408,23 @@ func (s *Server) deleteAdapter(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
-	ctx := c.UserContext()
-	a, err := s.deps.Adapters.DeleteAdapter(ctx, p.tenant.ID, name)
+	a, err := s.removeAdapter(c.UserContext(), p.tenant.ID, name)
 	if err != nil {
 		if nozzle.ErrorCode(err) == nozzle.ENOTFOUND {
 			return adapterNotFound(name)
 		}
 		return err
 	}
-	s.removeIfUnused(ctx, a.SHA256, 0)
 	return c.JSON(fiber.Map{"id": a.ID, "object": "adapter", "name": a.Name, "deleted": true})
+}
+
+// removeAdapter deletes the tenant's adapter name and, when no adapter
+// uses them any more, its files.
+func (s *Server) removeAdapter(ctx context.Context, tenantID, name string) (*nozzle.Adapter, error) {
+	a, err := s.deps.Adapters.DeleteAdapter(ctx, tenantID, name)
+	if err != nil {
+		return nil, err
+	}
+	s.removeIfUnused(ctx, a.SHA256, 0)
+	return a, nil
 }

@@ -198,7 +198,7 @@ func TestAdapters_Upload(t *testing.T) {
 	})
 	t.Run("Delete", func(t *testing.T) {
 		sha := sha256hex(append(append([]byte{}, goodConfig...), goodWeights...))
-		names := []string{"files", "name-last", "files-field", "targz", "targz.dot", "targz.nested", "zip_1"}
+		names := []string{"files", "name-last", "files-field", "targz", "targz.dot", "targz.nested"}
 		for _, n := range names {
 			if r := f.do(http.MethodDelete, "/v1/adapters/"+n, "", f.authA()); r.StatusCode != 200 {
 				t.Fatalf("delete %s: %d %s", n, r.StatusCode, readAll(t, r))
@@ -207,6 +207,19 @@ func TestAdapters_Upload(t *testing.T) {
 				t.Fatalf("files removed while still referenced")
 			}
 		}
+		// as OpenAI's SDKs delete a fine-tuned model: models.delete(id)
+		wantError(t, f.do(http.MethodDelete, "/v1/models/tiny-llama", "", f.authA()), 403, "permission_error", "", "model")
+		wantError(t, f.do(http.MethodDelete, "/v1/models/base", "", f.authA()), 403, "permission_error", "", "model")
+		wantError(t, f.do(http.MethodDelete, "/v1/models/zip_1", "", bearer(f.keyB)), 404, "invalid_request_error", "model_not_found", "")
+		var del struct {
+			ID, Object string
+			Deleted    bool
+		}
+		decode(t, f.do(http.MethodDelete, "/v1/models/zip_1", "", f.authA()), &del)
+		if del.ID != "zip_1" || del.Object != "model" || !del.Deleted || len(f.w.removed) != 0 {
+			t.Fatalf("delete zip_1 as a model: %+v, removed %v", del, f.w.removed)
+		}
+		wantError(t, f.do(http.MethodDelete, "/v1/models/zip_1", "", f.authA()), 404, "invalid_request_error", "model_not_found", "")
 		wantError(t, f.do(http.MethodDelete, "/v1/adapters/files", "", f.authA()), 404, "invalid_request_error", "adapter_not_found", "")
 		f.do(http.MethodDelete, "/v1/adapters/zip-nested", "", f.authA())
 		if len(f.w.removed) != 1 || f.w.removed[0] != sha {

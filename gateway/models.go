@@ -56,14 +56,20 @@ func (s *Server) listModels(c *fiber.Ctx) error {
 	return writeList(c, out)
 }
 
-// getModel handles GET /v1/models/{model}.
-func (s *Server) getModel(c *fiber.Ctx) error {
-	p := principalFrom(c)
-	// SDKs escape a "/" in a model id (org/name) as %2F.
+// modelParam returns the {model} of the route: SDKs escape a "/" in a
+// model id (org/name) as %2F.
+func modelParam(c *fiber.Ctx) string {
 	id, err := url.PathUnescape(c.Params("*"))
 	if err != nil {
 		id = strings.Clone(c.Params("*"))
 	}
+	return id
+}
+
+// getModel handles GET /v1/models/{model}.
+func (s *Server) getModel(c *fiber.Ctx) error {
+	p := principalFrom(c)
+	id := modelParam(c)
 	base := s.baseModel()
 	if id == base.ID || id == nozzle.BaseModelAlias {
 		return c.JSON(base)
@@ -79,4 +85,26 @@ func (s *Server) getModel(c *fiber.Ctx) error {
 		return err
 	}
 	return c.JSON(s.adapterModel(base, a))
+}
+
+// deleteModel handles DELETE /v1/models/{model}, as OpenAI's API deletes a
+// fine-tuned model: the tenant's adapter of that name goes, as with DELETE
+// /v1/adapters/{name}. The base model cannot be deleted.
+func (s *Server) deleteModel(c *fiber.Ctx) error {
+	p := principalFrom(c)
+	id := modelParam(c)
+	if base := s.baseModel(); id == base.ID || id == nozzle.BaseModelAlias {
+		return nozzle.Errorf(nozzle.EFORBIDDEN, "The base model %q cannot be deleted; only your adapters can.", base.ID).WithParam("model")
+	}
+	if nozzle.ValidateAdapterName(id) != nil {
+		return modelNotFound(id)
+	}
+	a, err := s.removeAdapter(c.UserContext(), p.tenant.ID, id)
+	if err != nil {
+		if nozzle.ErrorCode(err) == nozzle.ENOTFOUND {
+			return modelNotFound(id)
+		}
+		return err
+	}
+	return c.JSON(fiber.Map{"id": a.Name, "object": "model", "deleted": true})
 }

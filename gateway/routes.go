@@ -16,6 +16,7 @@ import (
 //	GET    /metrics                         Prometheus text format
 //	GET    /v1/models                       inference scope
 //	GET    /v1/models/{model}               inference scope
+//	DELETE /v1/models/{model}               adapters scope (the adapter)
 //	POST   /v1/completions                  inference scope
 //	POST   /v1/chat/completions             inference scope
 //	POST   /v1/adapters                     adapters scope (multipart upload)
@@ -59,6 +60,7 @@ func (s *Server) routes() {
 	v1.Post("/chat/completions", inference, s.chatCompletions)
 
 	adapters := s.RequireKey(nozzle.ScopeAdapters)
+	v1.Delete("/models/*", adapters, s.deleteModel)
 	v1.Post("/adapters", adapters, s.createAdapter)
 	v1.Get("/adapters", adapters, s.listAdapters)
 	v1.Get("/adapters/:name", adapters, s.getAdapter)
