@@ -35,6 +35,7 @@ func TestOpenAISDK(t *testing.T) {
 	}
 	f := newFixture(t)
 	f.addAdapter(f.tenantA.ID, "support-bot", strings.Repeat("5", 64))
+	f.addAdapter(f.tenantA.ID, "old-bot", strings.Repeat("6", 64))
 	url := f.serve(t)
 
 	var limited struct{ Key string }

@@ -86,7 +86,7 @@ await check('completions-stream', async () => {
 await check('models', async () => {
   const ids = [];
   for await (const m of client.models.list()) ids.push(m.id);
-  assert.deepEqual(ids, ['tiny-llama', 'support-bot']);
+  assert.deepEqual(ids, ['tiny-llama', 'old-bot', 'support-bot']);
   const m = await client.models.retrieve('support-bot');
   assert.equal(m.id, 'support-bot');
   assert.equal(m.object, 'model');
@@ -103,6 +103,25 @@ await check('idempotency', async () => {
   const a = await client.chat.completions.create({ model: 'base', messages: [{ role: 'user', content: 'hi' }] }, opts);
   const b = await client.chat.completions.create({ model: 'base', messages: [{ role: 'user', content: 'hi' }] }, opts);
   assert.equal(a.id, b.id);
+  // the key reused for another request: a conflict the SDK is told not to retry
+  await assert.rejects(client.chat.completions.create({ model: 'base', messages: [{ role: 'user', content: 'other' }] }, opts), (e) => {
+    assert.ok(e instanceof OpenAI.ConflictError, String(e));
+    assert.equal(e.code, 'idempotency_key_reused');
+    assert.equal(e.headers.get('x-should-retry'), 'false');
+    return true;
+  });
+});
+
+await check('usage-details', async () => {
+  const r = await client.chat.completions.create({ model: 'base', messages: [{ role: 'user', content: 'hi' }] });
+  assert.equal(r.usage.prompt_tokens_details.cached_tokens, 0);
+  assert.equal(r.usage.completion_tokens_details.reasoning_tokens, 0);
+});
+
+await check('models-delete', async () => {
+  const d = await client.models.delete('old-bot');
+  assert.deepEqual(d, { id: 'old-bot', object: 'model', deleted: true });
+  await assert.rejects(client.models.retrieve('old-bot'), (e) => e instanceof OpenAI.NotFoundError);
 });
 
 await check('error-auth', async () => {
@@ -128,6 +147,15 @@ await check('error-bad-request', async () => {
   await assert.rejects(client.chat.completions.create({ model: 'base', messages: [{ role: 'user', content: 'TOO_LONG' }] }), (e) => {
     assert.ok(e instanceof OpenAI.BadRequestError, String(e));
     assert.equal(e.code, 'context_length_exceeded');
+    return true;
+  });
+});
+
+await check('error-unknown-argument', async () => {
+  // another server's extension, sent through the SDK's pass-through: refused, not ignored
+  await assert.rejects(client.chat.completions.create({ model: 'base', messages: [{ role: 'user', content: 'hi' }], guided_json: { type: 'object' } }), (e) => {
+    assert.ok(e instanceof OpenAI.BadRequestError, String(e));
+    assert.equal(e.param, 'guided_json');
     return true;
   });
 });
