@@ -389,9 +389,42 @@ func decodeJSON(body []byte, v any) error {
 			return nozzle.Errorf(nozzle.EINVALID, "The request body must be a JSON object.")
 		}
 		got, _, _ := strings.Cut(te.Value, " ")
-		return invalid(te.Field, "Invalid type for '%s': expected %s, but got %s.", te.Field, describeType(te.Type), article(got))
+		field := indexedField(body, v, te.Field)
+		return invalid(field, "Invalid type for '%s': expected %s, but got %s.", field, describeType(te.Type), article(got))
 	}
 	return nozzle.Errorf(nozzle.EINVALID, "We could not parse the JSON body of your request. The API expects a JSON object; check it is valid JSON.").Wrap(err)
+}
+
+// indexedField turns the path of a type error inside an array of the body's
+// top-level object ("messages.role", as encoding/json names it) into the
+// path OpenAI names, with the element's index ("messages[1].role"), by
+// decoding the elements one by one. Other paths come back as they are.
+func indexedField(body []byte, v any, path string) string {
+	top, rest, ok := strings.Cut(path, ".")
+	t := reflect.TypeOf(v)
+	for ok && t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	if !ok || t.Kind() != reflect.Struct {
+		return path
+	}
+	var elem reflect.Type
+	for _, f := range reflect.VisibleFields(t) {
+		if name, _, _ := strings.Cut(f.Tag.Get("json"), ","); name == top && f.Type.Kind() == reflect.Slice {
+			elem = f.Type.Elem()
+		}
+	}
+	var obj map[string]json.RawMessage
+	var items []json.RawMessage
+	if elem == nil || json.Unmarshal(body, &obj) != nil || json.Unmarshal(obj[top], &items) != nil {
+		return path
+	}
+	for i, it := range items {
+		if json.Unmarshal(it, reflect.New(elem).Interface()) != nil {
+			return fmt.Sprintf("%s[%d].%s", top, i, rest)
+		}
+	}
+	return path
 }
 
 func describeType(t reflect.Type) string {
