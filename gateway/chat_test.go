@@ -263,6 +263,8 @@ func TestChat_BadInput(t *testing.T) {
 		{"RoleUnknown", `{"model":"base","messages":[{"role":"wizard","content":"x"}]}`, 400, "invalid_request_error", "", "messages[0].role"},
 		{"ContentType", `{"model":"base","messages":[{"role":"user","content":5}]}`, 400, "invalid_request_error", "", "messages[0].content"},
 		{"ContentImage", `{"model":"base","messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"x"}}]}]}`, 400, "invalid_request_error", "", "messages[0].content[0].type"},
+		{"ContentEmptyParts", `{"model":"base","messages":[{"role":"user","content":[]}]}`, 400, "invalid_request_error", "", "messages[0].content"},
+		{"RefusalFromUser", `{"model":"base","messages":[{"role":"user","content":[{"type":"refusal","refusal":"no"}]}]}`, 400, "invalid_request_error", "", "messages[0].content[0].type"},
 		{"TemperatureType", `{"model":"base","temperature":"hot",` + msgs + `}`, 400, "invalid_request_error", "", "temperature"},
 		{"TemperatureRange", `{"model":"base","temperature":3,` + msgs + `}`, 400, "invalid_request_error", "", "temperature"},
 		{"MaxTokensZero", `{"model":"base","max_tokens":0,` + msgs + `}`, 400, "invalid_request_error", "", "max_tokens"},
@@ -340,13 +342,18 @@ func TestChat_BadInput(t *testing.T) {
 		}
 		// OpenAI's bookkeeping and hints; fields of messages and stream
 		// options that change nothing here
-		body = `{"model":"base","messages":[{"role":"user","content":"x"},{"role":"assistant","content":"a","refusal":null,"annotations":[]},{"role":"user","content":"y","x_client":1}],` +
+		body = `{"model":"base","messages":[{"role":"user","content":"x"},{"role":"assistant","content":"a","refusal":null,"annotations":[]},{"role":"user","content":"y","x_client":1},` +
+			`{"role":"assistant","content":[{"type":"refusal","refusal":"I cannot."}]},{"role":"user","content":"z"}],` +
 			`"metadata":{"k":"v"},"store":false,"parallel_tool_calls":true,"prompt_cache_key":"c","safety_identifier":"s",` +
 			`"stream":true,"stream_options":{"include_usage":true,"include_obfuscation":false}}`
 		if r := f.do(http.MethodPost, "/v1/chat/completions", body, f.authA()); r.StatusCode != 200 {
 			t.Errorf("status %d: %s", r.StatusCode, readAll(t, r))
 		} else {
 			readAll(t, r)
+			// an assistant's refusal part is what it said
+			if ms := f.gen.lastReq.Load().Messages; len(ms) != 5 || ms[3].Role != "assistant" || ms[3].Content != "I cannot." {
+				t.Errorf("messages %+v", ms)
+			}
 		}
 	})
 	t.Run("OtherTenantsAdapter", func(t *testing.T) {

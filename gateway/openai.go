@@ -252,8 +252,9 @@ func (m *chatMessageIn) UnmarshalJSON(b []byte) error {
 }
 
 type contentPart struct {
-	Type *string `json:"type"`
-	Text *string `json:"text"`
+	Type    *string `json:"type"`
+	Text    *string `json:"text"`
+	Refusal *string `json:"refusal"`
 }
 
 type completionBody struct {
@@ -629,7 +630,7 @@ func parseChat(body []byte, maxChoices int) (*job, error) {
 		if isNull(m.Content) && role != "assistant" {
 			return nil, invalid(fmt.Sprintf("messages[%d].content", i), "Missing required parameter: 'messages[%d].content'.", i)
 		}
-		text, err := parseContent(m.Content, i)
+		text, err := parseContent(m.Content, i, role == "assistant")
 		if err != nil {
 			return nil, err
 		}
@@ -652,7 +653,7 @@ func parseChat(body []byte, maxChoices int) (*job, error) {
 }
 
 // parseContent accepts a string, null, or an array of text parts.
-func parseContent(raw json.RawMessage, i int) (string, error) {
+func parseContent(raw json.RawMessage, i int, assistant bool) (string, error) {
 	if isNull(raw) {
 		return "", nil
 	}
@@ -670,8 +671,17 @@ func parseContent(raw json.RawMessage, i int) (string, error) {
 	if err := json.Unmarshal(raw, &parts); err != nil {
 		return "", invalid(param, "Invalid type for '%s': expected a string or an array of content parts.", param)
 	}
+	if len(parts) == 0 {
+		return "", invalid(param, "Invalid '%s': empty array. Expected an array with minimum length 1, but got an empty array instead.", param)
+	}
 	var sb strings.Builder
 	for k, p := range parts {
+		if assistant && p.Type != nil && *p.Type == "refusal" && p.Refusal != nil {
+			// an assistant's earlier refusal, as the SDKs hand it back:
+			// what it said
+			sb.WriteString(*p.Refusal)
+			continue
+		}
 		if p.Type == nil || *p.Type != "text" {
 			t := ""
 			if p.Type != nil {
