@@ -2,7 +2,8 @@
 #
 #   make        bin/nozzle and build/libnozzle_cpu.so (+ build/libnozzle_cuda.so where nvcc exists)
 #   make run    the demo: gateway + runtime on 127.0.0.1:8080 with the built-in demo model
-#   make test   every test: Go (race detector on), C engine tests (with ASan/UBSan), browser tests
+#   make test   every test: Go (race detector on), C engine tests (with ASan/UBSan), the CUDA
+#               backend's parity tests on its CPU emulation, browser tests
 #
 # The Go binary never needs cgo (CGO_ENABLED=0); it loads the engine library
 # at run time with purego.

@@ -572,8 +572,10 @@ operator report's rows.
 - Prompt lengths are log-normal around %d tokens (σ = 0.8, at most 8,000),
   completions log-normal around %d tokens (σ = 0.7, at most 2,000).
 - "Dedicated" is what the product is compared with: the same GPU at the same
-  hourly rate, always on, one per adapter the tenant used, over the same
-  period (no cold starts, no sharing).
+  hourly rate, always on, one per adapter the tenant used, from that
+  adapter's first request in the period to the period's end (to the hour of
+  its last request for an adapter deleted since; no cold starts, no
+  sharing), as the usage reports count it.
 - Charged prices: $%.2f per million prompt tokens, $%.2f per million
   completion tokens.
 
