@@ -20,17 +20,25 @@ import (
 // the same key (and the same tenant) is answered from the ledger.
 const HeaderIdempotencyKey = "Idempotency-Key"
 
-const idemPrefix = "idem_"
+const idemPrefix, clientIDPrefix = "idem_", "cid_"
 
 // idempotencyID is the ledger request id of an idempotent request: a
 // digest of the tenant and the key, so tenants cannot collide.
-func idempotencyID(tenantID, key string) string {
+func idempotencyID(tenantID, key string) string { return tenantDigest(idemPrefix, tenantID, key) }
+
+// clientRequestID is the ledger (and runtime) id of a request whose client
+// chose its X-Request-Id: a digest of the tenant and that id, so that one
+// tenant's ids never meet another's — neither taken, nor probed, nor
+// refused as already running. The client keeps seeing its own id.
+func clientRequestID(tenantID, id string) string { return tenantDigest(clientIDPrefix, tenantID, id) }
+
+func tenantDigest(prefix, tenantID, name string) string {
 	h := sha256.New()
 	h.Write([]byte(tenantID))
 	h.Write([]byte{0})
-	h.Write([]byte(key))
+	h.Write([]byte(name))
 	var sum [sha256.Size]byte
-	return idemPrefix + hex.EncodeToString(h.Sum(sum[:0])[:20])
+	return prefix + hex.EncodeToString(h.Sum(sum[:0])[:20])
 }
 
 func validIdempotencyKey(k string) bool {
@@ -66,7 +74,8 @@ type completion struct {
 	attemptID string            // ledger id if it fails or is abandoned
 	idem      bool              // an Idempotency-Key names this request
 	fp        [sha256.Size]byte // the idempotent request's fingerprint
-	claimed   string            // id held in the in-flight set
+	claimed   string            // id held in the in-flight set (an idempotent request's)
+	claimedID string            // a client-chosen request id held in it
 
 	tokensTaken   int
 	releaseBudget func()
@@ -123,24 +132,30 @@ func (s *Server) complete(c *fiber.Ctx, kind genKind) error {
 			s.inflight.remove(cp.meterID)
 			return err
 		}
-	} else if st.supplied {
-		// A client-chosen request id becomes a ledger id only while unused:
-		// reusing one must not make a request free.
-		if !s.inflight.add(st.id) {
-			s.renewRequestID(c, st)
-		} else if _, err := s.deps.Ledger.Usage(ctx, st.id); err == nil {
-			s.inflight.remove(st.id)
-			s.renewRequestID(c, st)
+	}
+	// A client-chosen request id is the tenant's own (clientRequestID) and
+	// becomes a ledger id only while unused, whether or not an
+	// Idempotency-Key names the request (its failed or abandoned attempts
+	// are recorded under it): reusing one must not make a request free.
+	rid := st.id
+	if st.supplied {
+		rid = clientRequestID(p.tenant.ID, st.id)
+		if !s.inflight.add(rid) {
+			rid = s.renewRequestID(c, st)
+		} else if _, err := s.deps.Ledger.Usage(ctx, rid); err == nil {
+			s.inflight.remove(rid)
+			rid = s.renewRequestID(c, st)
 		} else if nozzle.ErrorCode(err) != nozzle.ENOTFOUND {
-			s.inflight.remove(st.id)
+			s.inflight.remove(rid)
+			cp.unclaim()
 			return err
 		} else {
-			cp.claimed = st.id
+			cp.claimedID = rid
 		}
 	}
-	cp.attemptID = st.id
+	cp.attemptID = rid
 	if !cp.idem {
-		cp.meterID = st.id
+		cp.meterID = rid
 	}
 	if j.kind == kindChat {
 		j.id = "chatcmpl-" + st.id
@@ -180,7 +195,7 @@ func (s *Server) complete(c *fiber.Ctx, kind genKind) error {
 		cp.unclaim()
 		return err
 	}
-	cp.reqs = j.requests(st.id, p.tenant.ID, maxTokens)
+	cp.reqs = j.requests(rid, p.tenant.ID, maxTokens)
 	cp.results = make([]choiceResult, len(cp.reqs))
 	cp.ctx, cp.cancel = context.WithTimeout(context.Background(), s.cfg.RequestTimeout)
 	s.genWG.Add(1)
@@ -191,16 +206,23 @@ func (s *Server) complete(c *fiber.Ctx, kind genKind) error {
 	return cp.respond(c)
 }
 
-func (s *Server) renewRequestID(c *fiber.Ctx, st *reqState) {
+// renewRequestID gives the request a fresh id of the gateway's (echoed
+// back) in place of a client-chosen one already used, and returns it.
+func (s *Server) renewRequestID(c *fiber.Ctx, st *reqState) string {
 	st.id = newRequestID()
 	st.supplied = false
 	c.Set(HeaderRequestID, st.id)
+	return st.id
 }
 
 func (cp *completion) unclaim() {
 	if cp.claimed != "" {
 		cp.s.inflight.remove(cp.claimed)
 		cp.claimed = ""
+	}
+	if cp.claimedID != "" {
+		cp.s.inflight.remove(cp.claimedID)
+		cp.claimedID = ""
 	}
 }
 

@@ -24,9 +24,12 @@
 //     time. Refused before any work (context length, bad parameters, no
 //     runtime, EINTERNAL before a token): not recorded, not charged.
 //
-// A client-chosen X-Request-Id becomes the ledger id only while no event
-// has it; a reused one is replaced by a fresh id (echoed back), so reusing
-// an id never makes a request free.
+// A client-chosen X-Request-Id is its tenant's own: the request is
+// recorded (and run) under a digest of the tenant and the id, so tenants'
+// ids never meet, and the client sees and looks it up by its own id. It
+// is used only while no event of the tenant has it; a reused one is
+// replaced by a fresh id (echoed back), so reusing an id never makes a
+// request free, with or without an Idempotency-Key.
 //
 // # Idempotency-Key
 //

@@ -155,7 +155,43 @@ func TestRequestID_ReuseIsNotFree(t *testing.T) {
 		t.Errorf("reused id kept: %q", id)
 	}
 	evs := f.events()
-	if len(evs) != 2 || evs[0].RequestID != "client-id-1" || evs[1].RequestID == "client-id-1" {
+	// the client's id is recorded within its tenant's namespace
+	if len(evs) != 2 || !strings.HasPrefix(evs[0].RequestID, "cid_") || evs[1].RequestID != r2.Header.Get("X-Request-Id") {
+		t.Errorf("events %+v", evs)
+	}
+	// With an Idempotency-Key too: the attempt's own id must be fresh, or
+	// a failed or abandoned attempt recorded under it would be dropped as a
+	// duplicate, and free.
+	r3 := f.do(http.MethodPost, "/v1/chat/completions", chatBody("base", "hi"), f.authA(), hdr("X-Request-Id", "client-id-1"), hdr("Idempotency-Key", "k-1"))
+	if id := r3.Header.Get("X-Request-Id"); id == "client-id-1" || !strings.HasPrefix(id, "req_") {
+		t.Errorf("reused id kept with an Idempotency-Key: %q", id)
+	}
+}
+
+// TestRequestID_PerTenant: a client-chosen request id is its tenant's own:
+// another tenant using the same id neither takes it, nor learns that it
+// was used, nor is refused.
+func TestRequestID_PerTenant(t *testing.T) {
+	f := newFixture(t)
+	ra := f.do(http.MethodPost, "/v1/chat/completions", chatBody("base", "hi"), f.authA(), hdr("X-Request-Id", "invoice-7781"))
+	rb := f.do(http.MethodPost, "/v1/chat/completions", chatBody("base", "hello there"), bearer(f.keyB), hdr("X-Request-Id", "invoice-7781"))
+	readAll(t, ra)
+	readAll(t, rb)
+	if ra.Header.Get("X-Request-Id") != "invoice-7781" || rb.Header.Get("X-Request-Id") != "invoice-7781" {
+		t.Errorf("ids %q and %q: each tenant keeps its own", ra.Header.Get("X-Request-Id"), rb.Header.Get("X-Request-Id"))
+	}
+	// each tenant finds its own request under the id it chose
+	for _, k := range []string{f.keyA, f.keyB} {
+		var got struct {
+			ID           string
+			PromptTokens int64 `json:"prompt_tokens"`
+		}
+		decode(t, f.do(http.MethodGet, "/v1/usage/requests/invoice-7781", "", bearer(k)), &got)
+		if got.ID != "invoice-7781" || got.PromptTokens == 0 {
+			t.Errorf("lookup: %+v", got)
+		}
+	}
+	if evs := f.events(); len(evs) != 2 || evs[0].RequestID == evs[1].RequestID || evs[0].PromptTokens == evs[1].PromptTokens {
 		t.Errorf("events %+v", evs)
 	}
 }

@@ -143,7 +143,14 @@ func (s *Server) requestUsage(c *fiber.Ctx) error {
 	id := strings.Clone(c.Params("id"))
 	tenantID := principalFrom(c).tenant.ID
 	notFound := nozzle.Errorf(nozzle.ENOTFOUND, "No usage recorded for request %q.", id).WithReason("request_not_found")
-	ev, err := s.deps.Ledger.Usage(c.UserContext(), id)
+	// The id the client chose (X-Request-Id), one the gateway gave, or an
+	// Idempotency-Key, in that order.
+	ev, err := s.deps.Ledger.Usage(c.UserContext(), clientRequestID(tenantID, id))
+	shown := id
+	if nozzle.ErrorCode(err) == nozzle.ENOTFOUND {
+		ev, err = s.deps.Ledger.Usage(c.UserContext(), id)
+		shown = ""
+	}
 	if nozzle.ErrorCode(err) == nozzle.ENOTFOUND && validIdempotencyKey(id) {
 		ev, err = s.deps.Ledger.Usage(c.UserContext(), idempotencyID(tenantID, id))
 	}
@@ -156,8 +163,11 @@ func (s *Server) requestUsage(c *fiber.Ctx) error {
 	if ev.TenantID != tenantID { // another tenant's: as if none
 		return notFound
 	}
+	if shown == "" {
+		shown = ev.RequestID
+	}
 	return c.JSON(fiber.Map{
-		"object": "request.usage", "id": ev.RequestID, "model": ev.Model, "adapter": ev.AdapterName, "status": ev.Status,
+		"object": "request.usage", "id": shown, "model": ev.Model, "adapter": ev.AdapterName, "status": ev.Status,
 		"created": ev.Time.Unix(), "prompt_tokens": ev.PromptTokens, "cached_prompt_tokens": ev.CachedPromptTokens,
 		"completion_tokens": ev.CompletionTokens, "device_seconds": ev.DeviceSeconds, "charged_usd": ev.ChargeUSD,
 	})
