@@ -257,12 +257,16 @@ func (c *Client) Ready(ctx context.Context) bool {
 // another one (to ask the runtime to stop).
 func (c *Client) Generate(ctx context.Context, req *nozzle.GenerateRequest, emit func(nozzle.Chunk) error) (*nozzle.GenerateResult, error) {
 	res := &nozzle.GenerateResult{}
+	// The exchange's id on the runtime (what a cancel names) is its own:
+	// the choices of one request share its RequestID, and the runtime
+	// refuses an id it is already running.
 	wr := toWire(req)
+	var b [8]byte
+	rand.Read(b[:])
 	if wr.RequestID == "" {
-		var b [12]byte
-		rand.Read(b[:])
-		wr.RequestID = "rq-" + hex.EncodeToString(b[:])
+		wr.RequestID = "rq"
 	}
+	wr.RequestID += "~" + hex.EncodeToString(b[:])
 	body, err := json.Marshal(wr)
 	if err != nil {
 		return res, nozzle.Errorf(nozzle.EINVALID, "The request cannot be encoded.").Wrap(err)

@@ -131,6 +131,13 @@ func TestSplit_GatewayAndRuntime(t *testing.T) {
 	if err != nil {
 		t.Fatalf("usage not in the gateway's ledger: %v", err)
 	}
+	// Several choices of one request run on the runtime at once, each its
+	// own exchange.
+	resp, b = post(t, base+"/v1/chat/completions", tenant.APIKey,
+		`{"model":"sql","n":3,"max_tokens":4,"temperature":1,"seed":7,"messages":[{"role":"user","content":"hi"}]}`)
+	if resp.StatusCode != 200 || strings.Count(string(b), `"finish_reason"`) != 3 {
+		t.Fatalf("n=3: %d %s", resp.StatusCode, b)
+	}
 	if ev.RuntimeID != "rt-a" || ev.AdapterName != "sql" || ev.DeviceSeconds <= 0 {
 		t.Fatalf("usage event %+v", ev)
 	}
