@@ -76,6 +76,7 @@ type completion struct {
 	fp        [sha256.Size]byte // the idempotent request's fingerprint
 	claimed   string            // id held in the in-flight set (an idempotent request's)
 	claimedID string            // a client-chosen request id held in it
+	sent      bool              // a stream has sent generated text
 
 	tokensTaken   int
 	releaseBudget func()
@@ -376,11 +377,14 @@ func (cp *completion) failure() error {
 //
 // Which requests are recorded:
 //   - completed: status ok, charged, under meterID;
-//   - abandoned by the client (ECANCELED): status canceled, charged for the
-//     tokens produced, under attemptID — if any work was done;
-//   - failed in the runtime (EINTERNAL and the like, after work): status
-//     failed, not charged, under attemptID, so the cost model still sees
-//     the device time;
+//   - abandoned by the client (ECANCELED), or a stream that has sent text
+//     and then ran out of time or had a choice refused: status canceled,
+//     charged for the tokens produced, under attemptID — if any work was
+//     done;
+//   - failed in the runtime (EINTERNAL, EUNAVAILABLE, after work), or
+//     failed with nothing sent (a non-streamed answer that timed out or
+//     had a choice refused): status failed, not charged, under attemptID,
+//     so the cost model still sees the device time;
 //   - refused before any work (context length, invalid parameters, no
 //     runtime available): not recorded, not charged.
 func (cp *completion) settle(body []byte) (stored []byte, err error) {
@@ -414,6 +418,8 @@ func (cp *completion) settle(body []byte) (stored []byte, err error) {
 	}
 	ev.PromptTokens, ev.CachedPromptTokens = cp.promptUsage()
 	fail := cp.failure()
+	code := nozzle.ErrorCode(fail)
+	timedOut := code == nozzle.ECANCELED && cp.ctx.Err() == context.DeadlineExceeded
 	switch {
 	case fail == nil:
 		ev.Status = nozzle.UsageOK
@@ -421,16 +427,22 @@ func (cp *completion) settle(body []byte) (stored []byte, err error) {
 		if cp.idem {
 			ev.Response = storedResponse(cp.fp, body)
 		}
-	case nozzle.ErrorCode(fail) == nozzle.ECANCELED && cp.ctx.Err() == context.DeadlineExceeded:
-		ev.Status = nozzle.UsageFailed
-		ev.RequestID = cp.attemptID
-		fail = nozzle.Errorf(nozzle.EUNAVAILABLE, "The request timed out.").WithReason("timeout").Wrap(fail)
-	case nozzle.ErrorCode(fail) == nozzle.ECANCELED:
+	case code == nozzle.ECANCELED && (!timedOut || cp.sent),
+		cp.sent && code != nozzle.EINTERNAL && code != nozzle.EUNAVAILABLE:
+		// The client went away, or a stream that has sent text ended
+		// otherwise than by the server's fault: out of time (a slow reader
+		// holds a stream up until it is), or a choice refused (its prompt
+		// too long, say) after the others' text went out. Charged for the
+		// tokens produced.
 		ev.Status = nozzle.UsageCanceled
 		ev.RequestID = cp.attemptID
 	default:
+		// The runtime's fault, or an answer of which nothing went out.
 		ev.Status = nozzle.UsageFailed
 		ev.RequestID = cp.attemptID
+	}
+	if timedOut {
+		fail = nozzle.Errorf(nozzle.EUNAVAILABLE, "The request timed out.").WithReason("timeout").Wrap(fail)
 	}
 	// Tokens count against the key's rate limit when charged.
 	charged := 0
@@ -673,8 +685,12 @@ func (cp *completion) writeStream(w *bufio.Writer, conn net.Conn, events chan st
 		r := &cp.results[ev.index]
 		if ev.done {
 			r.res, r.err = ev.res, ev.err
+			if ev.err != nil {
+				cp.cancel() // a failed choice fails the request: stop the others
+			}
 			return true
 		}
+		cp.sent = true
 		if firstToken {
 			firstToken = false
 			s.met.ttft.Observe(time.Since(st.start).Seconds())

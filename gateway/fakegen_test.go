@@ -23,7 +23,8 @@ var defaultWords = []string{"Hello", " from", " the", " fake", " runtime", "."}
 
 // fakeGen is a deterministic runtime behind a mock.Generator. The prompt
 // steers it: "TOO_LONG" → ECONTEXTLENGTH, "FAIL_BEFORE" → EINTERNAL before
-// any token, "FAIL_AFTER" → EINTERNAL after two tokens.
+// any token, "FAIL_AFTER" → EINTERNAL after two tokens, "REFUSE_AFTER" →
+// ECONTEXTLENGTH after two tokens.
 type fakeGen struct {
 	w         *world
 	runtimeID string
@@ -131,6 +132,9 @@ func (g *fakeGen) generate(ctx context.Context, req *nozzle.GenerateRequest, emi
 		}
 		if i == 2 && strings.Contains(prompt, "FAIL_AFTER") {
 			return res, nozzle.Errorf(nozzle.EINTERNAL, "engine exploded mid-way")
+		}
+		if i == 2 && strings.Contains(prompt, "REFUSE_AFTER") { // a refusal that takes time to find
+			return res, nozzle.Errorf(nozzle.ECONTEXTLENGTH, "This model's maximum context length is 2048 tokens.")
 		}
 		ch := nozzle.Chunk{Text: g.words[i]}
 		if req.Logprobs {

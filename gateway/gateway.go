@@ -17,12 +17,15 @@
 // is not delivered (500, or an error event closing the stream).
 //
 //   - Completed: status ok, charged, under the request id (X-Request-Id).
-//   - Client gone mid-stream: status canceled, charged for the tokens the
+//   - Client gone mid-stream, or a stream that has sent text and then ran
+//     out of time (a slow reader can hold one up until it does) or had one
+//     of its choices refused: status canceled, charged for the tokens the
 //     runtime produced before it stopped.
-//   - Runtime failure after work (EINTERNAL and the like): status failed,
-//     never charged, recorded so the cost model still counts its device
-//     time. Refused before any work (context length, bad parameters, no
-//     runtime, EINTERNAL before a token): not recorded, not charged.
+//   - Runtime failure after work (EINTERNAL, EUNAVAILABLE), or a failure
+//     with nothing sent: status failed, never charged, recorded so the
+//     cost model still counts its device time. Refused before any work
+//     (context length, bad parameters, no runtime, EINTERNAL before a
+//     token): not recorded, not charged.
 //
 // A client-chosen X-Request-Id is its tenant's own: the request is
 // recorded (and run) under a digest of the tenant and the id, so tenants'

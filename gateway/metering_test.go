@@ -349,6 +349,38 @@ func TestFailures(t *testing.T) {
 			}
 		}
 	})
+	t.Run("StreamedThenOnePromptRefused", func(t *testing.T) {
+		// A refusal found late, after the other prompt's text went out in
+		// the stream: that text is charged (status canceled), and the other
+		// prompt stops.
+		f := newFixture(t)
+		f.gen.delay.Store(int64(20 * time.Millisecond))
+		body := readAll(t, f.do(http.MethodPost, "/v1/completions", `{"model":"base","prompt":["fine","x REFUSE_AFTER"],"max_tokens":50,"stream":true}`, f.authA()))
+		if !strings.Contains(body, "Hello") || !strings.Contains(body, "context_length_exceeded") {
+			t.Fatalf("stream %s", body)
+		}
+		evs := f.events()
+		if len(evs) != 1 || evs[0].Status != nozzle.UsageCanceled || evs[0].ChargeUSD <= 0 || evs[0].CompletionTokens > 5 {
+			t.Errorf("events %+v", evs)
+		}
+	})
+	t.Run("StreamOutOfTime", func(t *testing.T) {
+		// A stream that has sent text and runs out of time (a slow reader
+		// can hold one up until it does) is charged for what was produced;
+		// a non-streamed answer that times out sends nothing and is not.
+		f := newFixture(t, withConfig(func(c *gateway.Config) { c.RequestTimeout = 150 * time.Millisecond }))
+		f.gen.delay.Store(int64(50 * time.Millisecond))
+		body := readAll(t, f.do(http.MethodPost, "/v1/chat/completions", `{"model":"base","stream":true,"messages":[{"role":"user","content":"hi"}]}`, f.authA()))
+		if !strings.Contains(body, "Hello") || !strings.Contains(body, "timeout") {
+			t.Fatalf("stream %s", body)
+		}
+		wantError(t, f.do(http.MethodPost, "/v1/chat/completions", chatBody("base", "hi"), f.authA()), 503, "server_error", "timeout", "")
+		evs := f.events()
+		if len(evs) != 2 || evs[0].Status != nozzle.UsageCanceled || evs[0].ChargeUSD <= 0 ||
+			evs[1].Status != nozzle.UsageFailed || evs[1].ChargeUSD != 0 || evs[1].CompletionTokens == 0 {
+			t.Errorf("events %+v", evs)
+		}
+	})
 	t.Run("UpstreamWithAnotherModel", func(t *testing.T) {
 		// An upstream that serves another base model takes no requests:
 		// they and their adapters are checked against the first one's.
