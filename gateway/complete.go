@@ -187,7 +187,7 @@ func (s *Server) complete(c *fiber.Ctx, kind genKind) error {
 		perChoice = max(16, ctxLen-promptEst/max(1, j.choices()))
 	}
 	completionEst := perChoice * j.choices()
-	if cp.tokensTaken, err = s.admitRate(p, promptEst+completionEst, func(k, v string) { c.Set(k, v) }); err != nil {
+	if cp.tokensTaken, err = s.admitRate(p, promptEst+completionEst, maxTokens > 0, func(k, v string) { c.Set(k, v) }); err != nil {
 		cp.unclaim()
 		return err
 	}

@@ -74,8 +74,9 @@ func toAppError(err error) *nozzle.Error {
 
 // noRetry holds the error codes of answers with a status that clients
 // retry by default (409, 429) where a retry of the same request cannot
-// succeed: a reused idempotency key, an exhausted budget.
-var noRetry = map[string]bool{"idempotency_key_reused": true, "insufficient_quota": true}
+// succeed: a reused idempotency key, an exhausted budget, a request larger
+// than the whole per-minute token limit.
+var noRetry = map[string]bool{"idempotency_key_reused": true, "insufficient_quota": true, "request_too_large": true}
 
 // errorHandler renders err OpenAI-shaped: {"error": {"message", "type",
 // "param", "code"}} with the status of its code. Internal errors are logged

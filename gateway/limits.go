@@ -73,10 +73,12 @@ func rateHeaders(set func(k, v string), rpm, tpm int, st *keyState) {
 }
 
 // admitRate takes one request and estTokens tokens from the key's buckets,
-// or refuses with ERATELIMIT and the time after which it would succeed. It
-// returns the tokens taken, to be reconciled with the real count. Either
-// way it sets the x-ratelimit-* headers through set.
-func (s *Server) admitRate(p *principal, estTokens int, set func(k, v string)) (int, error) {
+// or refuses with ERATELIMIT and the time after which it would succeed. A
+// request whose estimate is bounded (it names its max_tokens) and larger
+// than the whole per-minute token limit is refused outright, as no wait
+// would let it in. It returns the tokens taken, to be reconciled with the
+// real count. Either way it sets the x-ratelimit-* headers through set.
+func (s *Server) admitRate(p *principal, estTokens int, bounded bool, set func(k, v string)) (int, error) {
 	if p.state == nil {
 		return 0, nil
 	}
@@ -105,7 +107,13 @@ func (s *Server) admitRate(p *principal, estTokens int, set func(k, v string)) (
 	}
 	take := 0
 	if tpm > 0 {
-		// A request bigger than the whole bucket waits for a full bucket.
+		if bounded && estTokens > tpm {
+			s.met.rejected.With("tokens").Inc()
+			return 0, nozzle.Errorf(nozzle.ERATELIMIT, "Request too large for tokens per minute: limit %d, requested about %d (the prompt and max_tokens for each choice). Reduce max_tokens, n or the prompt.", tpm, estTokens).
+				WithReason("request_too_large")
+		}
+		// A request of unbounded length bigger than the whole bucket waits
+		// for a full bucket; what it really used is owed afterwards.
 		take = min(estTokens, tpm)
 		if w := st.tokens.wait(float64(take)); w > 0 {
 			s.met.rejected.With("tokens").Inc()
@@ -121,6 +129,9 @@ func (s *Server) admitRate(p *principal, estTokens int, set func(k, v string)) (
 }
 
 // reconcileTokens replaces a request's token estimate by its real count.
+// Tokens used beyond the estimate are owed in full (the bucket goes as far
+// below zero as they take it), so the limit holds on average whatever one
+// request used.
 func (s *Server) reconcileTokens(p *principal, taken, actual int) {
 	if p.state == nil || taken == 0 && actual == 0 {
 		return
@@ -128,7 +139,7 @@ func (s *Server) reconcileTokens(p *principal, taken, actual int) {
 	st := p.state
 	st.mu.Lock()
 	if st.tokens.capacity > 0 {
-		st.tokens.tokens = math.Max(-st.tokens.capacity, math.Min(st.tokens.capacity, st.tokens.tokens+float64(taken-actual)))
+		st.tokens.tokens = math.Min(st.tokens.capacity, st.tokens.tokens+float64(taken-actual))
 	}
 	st.mu.Unlock()
 }

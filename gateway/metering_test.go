@@ -246,10 +246,35 @@ func TestRateLimit(t *testing.T) {
 		if r := f.do(http.MethodPost, "/v1/chat/completions", body, bearer(f.keyB)); r.StatusCode != 200 {
 			t.Fatalf("second: %d %s", r.StatusCode, readAll(t, r))
 		}
-		big := `{"model":"base","max_tokens":95,"messages":[{"role":"user","content":"hi"}]}`
+		big := `{"model":"base","max_tokens":85,"messages":[{"role":"user","content":"hi"}]}`
 		r = f.do(http.MethodPost, "/v1/chat/completions", big, bearer(f.keyB))
 		if r.Header.Get("Retry-After") == "" {
 			t.Errorf("no Retry-After")
+		}
+		wantError(t, r, 429, "rate_limit_error", "rate_limit_exceeded", "")
+		// A request larger than the whole limit would never fit: refused
+		// outright, not let through when the bucket is full (n = 16 choices
+		// of 60 tokens ask for about 960).
+		huge := `{"model":"base","max_tokens":60,"n":16,"messages":[{"role":"user","content":"hi"}]}`
+		r = f.do(http.MethodPost, "/v1/chat/completions", huge, bearer(f.keyB))
+		if r.Header.Get("Retry-After") != "" || r.Header.Get("X-Should-Retry") != "false" {
+			t.Errorf("Retry-After %q, X-Should-Retry %q", r.Header.Get("Retry-After"), r.Header.Get("X-Should-Retry"))
+		}
+		wantError(t, r, 429, "rate_limit_error", "request_too_large", "")
+	})
+	t.Run("TokensOwed", func(t *testing.T) {
+		// A request of unbounded length (no max_tokens) takes at most the
+		// whole bucket at admission, and owes whatever it used beyond it.
+		f.updateTenant(f.tenantA.ID, func(tn *nozzle.Tenant) { tn.Limits = nozzle.Limits{TokensPerMinute: 20} })
+		long := `{"model":"base","messages":[{"role":"user","content":"` + strings.Repeat("word ", 40) + `"}]}`
+		if r := f.do(http.MethodPost, "/v1/chat/completions", long, f.authA()); r.StatusCode != 200 {
+			t.Fatalf("first: %d %s", r.StatusCode, readAll(t, r))
+		}
+		// it used about 60 tokens (its prompt and six words): at 20 a
+		// minute the key now waits for more than a full bucket's minute
+		r := f.do(http.MethodPost, "/v1/chat/completions", `{"model":"base","max_tokens":1,"messages":[{"role":"user","content":"x"}]}`, f.authA())
+		if ra, _ := strconv.Atoi(r.Header.Get("Retry-After")); ra < 90 {
+			t.Errorf("Retry-After %q after a request that used far more than the limit", r.Header.Get("Retry-After"))
 		}
 		wantError(t, r, 429, "rate_limit_error", "rate_limit_exceeded", "")
 	})
