@@ -77,6 +77,7 @@ type completion struct {
 	claimed   string            // id held in the in-flight set (an idempotent request's)
 	claimedID string            // a client-chosen request id held in it
 	sent      bool              // a stream has sent generated text
+	seqs      int               // sequences taken from the tenant's cap
 
 	tokensTaken   int
 	releaseBudget func()
@@ -187,6 +188,11 @@ func (s *Server) complete(c *fiber.Ctx, kind genKind) error {
 		perChoice = max(16, ctxLen-promptEst/max(1, j.choices()))
 	}
 	completionEst := perChoice * j.choices()
+	if err := s.seqs.take(p.tenant.ID, j.choices(), s.cfg.TenantSequences); err != nil {
+		cp.unclaim()
+		return err
+	}
+	cp.seqs = j.choices()
 	if cp.tokensTaken, err = s.admitRate(p, promptEst+completionEst, maxTokens > 0, func(k, v string) { c.Set(k, v) }); err != nil {
 		cp.unclaim()
 		return err
@@ -217,6 +223,8 @@ func (s *Server) renewRequestID(c *fiber.Ctx, st *reqState) string {
 }
 
 func (cp *completion) unclaim() {
+	cp.s.seqs.release(cp.p.tenant.ID, cp.seqs)
+	cp.seqs = 0
 	if cp.claimed != "" {
 		cp.s.inflight.remove(cp.claimed)
 		cp.claimed = ""

@@ -84,6 +84,7 @@ const (
 	DefaultHealthTimeout    = 3 * time.Second
 	DefaultKeyTouchInterval = 10 * time.Second
 	DefaultMaxChoices       = 16
+	DefaultTenantSequences  = 64
 )
 
 // Config is the gateway's configuration. Zero fields take the defaults
@@ -122,6 +123,11 @@ type Config struct {
 	DefaultMaxTokens int
 	// MaxChoices caps prompts × n of one request (default 16).
 	MaxChoices int
+	// TenantSequences caps the sequences (prompts × n of each request) one
+	// tenant has running or queued at once, across its requests and keys,
+	// so that one tenant's flood cannot fill every batch; a request that
+	// would pass it is refused with a 429 (default 64; negative: no cap).
+	TenantSequences int
 
 	// HealthInterval is the period of upstream health checks (default 5 s);
 	// HealthTimeout bounds one check (default 3 s).
@@ -170,6 +176,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.MaxChoices <= 0 {
 		c.MaxChoices = DefaultMaxChoices
+	}
+	if c.TenantSequences == 0 {
+		c.TenantSequences = DefaultTenantSequences
 	}
 	if c.HealthInterval <= 0 {
 		c.HealthInterval = DefaultHealthInterval
@@ -260,6 +269,7 @@ type Server struct {
 	router    *upstreamRouter
 	keyStates *keyStateMap
 	inflight  *inflightSet
+	seqs      tenantSeqs
 	met       *gatewayMetrics
 	uploads   uploadGuard
 

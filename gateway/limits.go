@@ -183,3 +183,41 @@ func (s *inflightSet) remove(id string) {
 	delete(sh.m, id)
 	sh.mu.Unlock()
 }
+
+// tenantSeqs counts each tenant's sequences running or queued
+// (Config.TenantSequences).
+type tenantSeqs struct {
+	mu sync.Mutex
+	n  map[string]int
+}
+
+// take claims n sequences for tenantID under limit (negative: none), or
+// refuses with ERATELIMIT.
+func (t *tenantSeqs) take(tenantID string, n, limit int) error {
+	if limit < 0 {
+		return nil
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.n == nil {
+		t.n = map[string]int{}
+	}
+	if cur := t.n[tenantID]; cur+n > limit {
+		return nozzle.Errorf(nozzle.ERATELIMIT, "Too many requests in progress: this organization has %d sequences running or queued (prompts × n of each request) and may have at most %d. Try again when some have finished.", cur, limit).
+			WithReason("too_many_requests_in_flight").WithRetryAfter(time.Second)
+	}
+	t.n[tenantID] += n
+	return nil
+}
+
+// release gives back n sequences of tenantID.
+func (t *tenantSeqs) release(tenantID string, n int) {
+	if n == 0 {
+		return
+	}
+	t.mu.Lock()
+	if t.n[tenantID] -= n; t.n[tenantID] <= 0 {
+		delete(t.n, tenantID)
+	}
+	t.mu.Unlock()
+}

@@ -543,3 +543,47 @@ func TestRendezvousSpread(t *testing.T) {
 }
 
 var _ = gateway.Upstream{}
+
+// TestTenantSequences: one tenant's sequences running or queued at once
+// are capped (Config.TenantSequences), so that its flood cannot fill
+// every batch; another tenant is not affected, and what finishes frees
+// its place.
+func TestTenantSequences(t *testing.T) {
+	f := newFixture(t, withConfig(func(c *gateway.Config) { c.TenantSequences = 4 }))
+	hold := f.gen.holdAll()
+	var wg sync.WaitGroup
+	codes := make(chan int, 2)
+	run := func(body string, auth header) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r := f.do(http.MethodPost, "/v1/chat/completions", body, auth)
+			readAll(t, r)
+			codes <- r.StatusCode
+		}()
+	}
+	three := `{"model":"base","n":3,"messages":[{"role":"user","content":"hi"}]}`
+	two := `{"model":"base","n":2,"messages":[{"role":"user","content":"hi"}]}`
+	run(three, f.authA())
+	for i := 0; i < 3; i++ {
+		<-f.gen.started
+	}
+	r := f.do(http.MethodPost, "/v1/chat/completions", two, f.authA())
+	if r.Header.Get("Retry-After") != "1" {
+		t.Errorf("Retry-After %q", r.Header.Get("Retry-After"))
+	}
+	wantError(t, r, 429, "rate_limit_error", "too_many_requests_in_flight", "")
+	run(chatBody("base", "hi"), bearer(f.keyB))
+	<-f.gen.started
+	close(hold)
+	wg.Wait()
+	close(codes)
+	for c := range codes {
+		if c != 200 {
+			t.Errorf("status %d", c)
+		}
+	}
+	if r := f.do(http.MethodPost, "/v1/chat/completions", two, f.authA()); r.StatusCode != 200 {
+		t.Errorf("after the first finished: %d %s", r.StatusCode, readAll(t, r))
+	}
+}

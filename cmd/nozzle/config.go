@@ -59,6 +59,7 @@ type Config struct {
 	Upstreams      []string      `key:"upstreams" help:"gateway: comma-separated URLs of remote runtimes"`
 	UploadLimitMB  int           `key:"upload_limit_mb" help:"largest adapter upload in MiB"`
 	RequestTimeout time.Duration `key:"request_timeout" help:"longest a completion may run"`
+	TenantSeqs     int           `key:"tenant_sequences" help:"gateway: most sequences (prompts × n of each request) one tenant may have running or queued at once; beyond, 429 (0: no cap)"`
 
 	// Billing.
 	IdlePolicy           string  `key:"idle_policy" help:"who carries idle GPU time: prorata or operator"`
@@ -92,6 +93,7 @@ func DefaultConfig() Config {
 		DecodeWeight:      2,
 		UploadLimitMB:     2048,
 		RequestTimeout:    10 * time.Minute,
+		TenantSeqs:        64,
 		IdlePolicy:        "prorata",
 		PricePrompt:       0.10,
 		PriceCompletion:   0.30,
@@ -164,6 +166,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Threads < 0 {
 		return fmt.Errorf("threads %d: must not be negative", c.Threads)
+	}
+	if c.TenantSeqs < 0 {
+		return fmt.Errorf("tenant_sequences %d: must be 0 (no cap) or more", c.TenantSeqs)
 	}
 	if c.RequestTimeout <= 0 {
 		return fmt.Errorf("request_timeout %v: must be positive", c.RequestTimeout)

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -557,8 +558,10 @@ func (m *Main) gatewayConfig(adminToken, internalToken string) gateway.Config {
 		UploadLimit:    int64(m.Config.UploadLimitMB) << 20,
 		UploadDir:      filepath.Join(m.Config.Data, "uploads"),
 		RequestTimeout: m.Config.RequestTimeout,
-		Logger:         m.Log.With("component", "gateway"),
-		Metrics:        m.Metrics,
+		// 0 in the configuration is no cap; in gateway.Config, the default
+		TenantSequences: cmp.Or(m.Config.TenantSeqs, -1),
+		Logger:          m.Log.With("component", "gateway"),
+		Metrics:         m.Metrics,
 	}
 }
 
