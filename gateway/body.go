@@ -74,8 +74,8 @@ func decodeStrict(b []byte, v any) error {
 	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
-		if msg := err.Error(); strings.HasPrefix(msg, `json: unknown field "`) {
-			field := msg[len(`json: unknown field "`) : len(msg)-1]
+		if f, ok := strings.CutPrefix(err.Error(), `json: unknown field "`); ok {
+			field := strings.TrimSuffix(f, `"`)
 			return invalid(field, "Unrecognized request argument supplied: %s", field)
 		}
 		return decodeJSON(b, v)

@@ -34,6 +34,9 @@ func (s *Server) baseModel() modelJSON {
 		Root: info.ID, ContextLength: info.ContextLength}
 }
 
+// named reports whether id names the base model m: its id, or "base".
+func (m modelJSON) named(id string) bool { return id == m.ID || id == nozzle.BaseModelAlias }
+
 func (s *Server) adapterModel(base modelJSON, a *nozzle.Adapter) modelJSON {
 	return modelJSON{ID: a.Name, Object: "model", Created: a.CreatedAt.Unix(), OwnedBy: a.TenantID,
 		Root: base.ID, Parent: base.ID, ContextLength: base.ContextLength}
@@ -71,7 +74,7 @@ func (s *Server) getModel(c *fiber.Ctx) error {
 	p := principalFrom(c)
 	id := modelParam(c)
 	base := s.baseModel()
-	if id == base.ID || id == nozzle.BaseModelAlias {
+	if base.named(id) {
 		return c.JSON(base)
 	}
 	if nozzle.ValidateAdapterName(id) != nil {
@@ -93,7 +96,7 @@ func (s *Server) getModel(c *fiber.Ctx) error {
 func (s *Server) deleteModel(c *fiber.Ctx) error {
 	p := principalFrom(c)
 	id := modelParam(c)
-	if base := s.baseModel(); id == base.ID || id == nozzle.BaseModelAlias {
+	if base := s.baseModel(); base.named(id) {
 		return nozzle.Errorf(nozzle.EFORBIDDEN, "The base model %q cannot be deleted; only your adapters can.", base.ID).WithParam("model")
 	}
 	if nozzle.ValidateAdapterName(id) != nil {

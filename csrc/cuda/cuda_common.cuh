@@ -101,6 +101,11 @@ __device__ __forceinline__ void nz_rope(float x1, float x2, float c, float sn, f
 	b = __fadd_rn(__fmul_rn(x2, c), __fmul_rn(x1, sn));
 }
 
+/* The SiLU-gated MLP activation silu(g) · u, as every kernel that applies
+ * it computes it (the fused GEMV and the separate SiLU kernel must agree
+ * bit for bit). */
+__device__ __forceinline__ float nz_silu_mul(float g, float u) { return g / (1.0f + expf(-g)) * u; }
+
 /* ---- 8-element vector loads --------------------------------------------------
  * nz_load8(p, v) reads p[0..8) as f32; p must be 16-byte aligned (32 for
  * float is not needed: two 16-byte loads). */

@@ -189,7 +189,7 @@ __global__ void __launch_bounds__(256)
 				g += bias[i], u += bias[I + i];
 			if (yl && tok_lora[t])
 				g += yl[t * 2 * I + i], u += yl[t * 2 * I + I + i];
-			x[k] = nz_cvt<T>(g / (1.0f + expf(-g)) * u);
+			x[k] = nz_cvt<T>(nz_silu_mul(g, u));
 		}
 		return;
 	}
@@ -207,7 +207,7 @@ __global__ void __launch_bounds__(256)
 				g += nz_lora_delta<T>(lo, slot, vs, 0, rg, i);
 			if (ru)
 				u += nz_lora_delta<T>(lo, slot, vs, 1, ru, i);
-			x[t * I + i] = nz_cvt<T>(g / (1.0f + expf(-g)) * u);
+			x[t * I + i] = nz_cvt<T>(nz_silu_mul(g, u));
 		}
 		if (slot >= 0)
 			__syncthreads(); /* vs is restaged for the next row */

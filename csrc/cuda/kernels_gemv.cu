@@ -227,7 +227,7 @@ __global__ void __launch_bounds__(256) gemv_fused_kernel(const T *__restrict__ W
 				float g = v[0], u = v[NR - 1];
 				if (io.bias)
 					g += io.bias[o], u += io.bias[out + o];
-				((T *)io.x_out)[(int64_t)j * out + o] = nz_cvt<T>(g / (1.0f + expf(-g)) * u);
+				((T *)io.x_out)[(int64_t)j * out + o] = nz_cvt<T>(nz_silu_mul(g, u));
 			}
 		}
 	}

@@ -329,6 +329,49 @@ func cudaTiny(seed uint64) model.Spec {
 	return model.Spec{VocabSize: 96, HiddenSize: 32, IntermediateSize: 64, NumLayers: 2, NumHeads: 4, NumKVHeads: 2, Seed: seed, DType: safetensors.F32}
 }
 
+// cudaParityCases are TestCUDA_Parity's models: case i is built from
+// cudaTiny(300 + i) and drives cudaScenario with seed i.
+var cudaParityCases = []struct {
+	name string
+	spec func(*model.Spec)
+	rank int
+	tol  float64
+}{
+	{name: "LlamaGQA", tol: 1e-4},
+	{name: "Qwen2Window", spec: func(s *model.Spec) {
+		s.Arch, s.Tied, s.SlidingWindow, s.MaxWindowLayers, s.RopeTheta = "qwen2", true, 5, 1, 1e6
+	}, tol: 1e-4},
+	{name: "MistralWindowMQA", spec: func(s *model.Spec) { s.Arch, s.SlidingWindow, s.NumKVHeads = "mistral", 6, 1 }, tol: 1e-4},
+	{name: "Llama3RopeHeadDim16", spec: func(s *model.Spec) {
+		s.HeadDim = 16
+		s.Rope = &model.RopeScaling{Type: model.RopeLlama3, Factor: 8, LowFreqFactor: 1, HighFreqFactor: 4, OriginalMaxPosition: 256}
+	}, tol: 1e-4},
+	{name: "LinearRopeTiedBiases", spec: func(s *model.Spec) {
+		s.Tied, s.AttentionBias, s.MLPBias = true, true, true
+		s.Rope = &model.RopeScaling{Type: model.RopeLinear, Factor: 4}
+	}, tol: 1e-4},
+	{name: "Wide", spec: func(s *model.Spec) {
+		s.VocabSize, s.HiddenSize, s.IntermediateSize, s.NumHeads, s.NumKVHeads = 512, 256, 1056, 4, 2
+	}, tol: 1e-4},
+	// head dim 32, four query heads on one KV head, a sliding window
+	{name: "HeadDim32MQAWindow", spec: func(s *model.Spec) {
+		s.Arch, s.SlidingWindow, s.HiddenSize, s.NumHeads, s.NumKVHeads = "mistral", 7, 128, 4, 1
+	}, tol: 1e-4},
+	{name: "OddSizes", spec: func(s *model.Spec) {
+		s.VocabSize, s.HiddenSize, s.IntermediateSize, s.NumHeads, s.NumKVHeads = 101, 36, 60, 6, 3
+	}, rank: 12, tol: 1e-4},
+	{name: "BF16", spec: func(s *model.Spec) { s.DType = safetensors.BF16 }, tol: 2e-2},
+	{name: "BF16Wide", spec: func(s *model.Spec) {
+		s.DType, s.VocabSize, s.HiddenSize, s.IntermediateSize, s.NumHeads, s.NumKVHeads = safetensors.BF16, 512, 256, 1056, 4, 2
+	}, tol: 2e-2},
+	{name: "F16", spec: func(s *model.Spec) { s.DType = safetensors.F16 }, tol: 4e-3},
+	// an MLP wide enough that the LoRA shrink splits the down
+	// projection's input into chunks whose partial sums the expand adds
+	{name: "BF16WideMLP", spec: func(s *model.Spec) {
+		s.DType, s.VocabSize, s.HiddenSize, s.IntermediateSize, s.NumHeads, s.NumKVHeads = safetensors.BF16, 128, 64, 2304, 4, 2
+	}, tol: 2e-2},
+}
+
 // TestCUDA_Parity runs the same mixed batches on both backends: six
 // sequences on three adapters (different ranks, dtypes and module sets)
 // and none, joining one step apart, their prompts prefilled in chunks
@@ -338,55 +381,20 @@ func cudaTiny(seed uint64) model.Spec {
 // identical wherever the CPU's two best logits are not a near tie.
 func TestCUDA_Parity(t *testing.T) {
 	openCUDA(t)
-	cases := []struct {
-		name string
-		spec func(*model.Spec)
-		rank int
-		tol  float64
-	}{
-		{name: "LlamaGQA", tol: 1e-4},
-		{name: "Qwen2Window", spec: func(s *model.Spec) {
-			s.Arch, s.Tied, s.SlidingWindow, s.MaxWindowLayers, s.RopeTheta = "qwen2", true, 5, 1, 1e6
-		}, tol: 1e-4},
-		{name: "MistralWindowMQA", spec: func(s *model.Spec) { s.Arch, s.SlidingWindow, s.NumKVHeads = "mistral", 6, 1 }, tol: 1e-4},
-		{name: "Llama3RopeHeadDim16", spec: func(s *model.Spec) {
-			s.HeadDim = 16
-			s.Rope = &model.RopeScaling{Type: model.RopeLlama3, Factor: 8, LowFreqFactor: 1, HighFreqFactor: 4, OriginalMaxPosition: 256}
-		}, tol: 1e-4},
-		{name: "LinearRopeTiedBiases", spec: func(s *model.Spec) {
-			s.Tied, s.AttentionBias, s.MLPBias = true, true, true
-			s.Rope = &model.RopeScaling{Type: model.RopeLinear, Factor: 4}
-		}, tol: 1e-4},
-		{name: "Wide", spec: func(s *model.Spec) {
-			s.VocabSize, s.HiddenSize, s.IntermediateSize, s.NumHeads, s.NumKVHeads = 512, 256, 1056, 4, 2
-		}, tol: 1e-4},
-		// head dim 32, four query heads on one KV head, a sliding window
-		{name: "HeadDim32MQAWindow", spec: func(s *model.Spec) {
-			s.Arch, s.SlidingWindow, s.HiddenSize, s.NumHeads, s.NumKVHeads = "mistral", 7, 128, 4, 1
-		}, tol: 1e-4},
-		{name: "OddSizes", spec: func(s *model.Spec) {
-			s.VocabSize, s.HiddenSize, s.IntermediateSize, s.NumHeads, s.NumKVHeads = 101, 36, 60, 6, 3
-		}, rank: 12, tol: 1e-4},
-		{name: "BF16", spec: func(s *model.Spec) { s.DType = safetensors.BF16 }, tol: 2e-2},
-		{name: "BF16Wide", spec: func(s *model.Spec) {
-			s.DType, s.VocabSize, s.HiddenSize, s.IntermediateSize, s.NumHeads, s.NumKVHeads = safetensors.BF16, 512, 256, 1056, 4, 2
-		}, tol: 2e-2},
-		{name: "F16", spec: func(s *model.Spec) { s.DType = safetensors.F16 }, tol: 4e-3},
-		// an MLP wide enough that the LoRA shrink splits the down
-		// projection's input into chunks whose partial sums the expand adds
-		{name: "BF16WideMLP", spec: func(s *model.Spec) {
-			s.DType, s.VocabSize, s.HiddenSize, s.IntermediateSize, s.NumHeads, s.NumKVHeads = safetensors.BF16, 128, 64, 2304, 4, 2
-		}, tol: 2e-2},
+	for ci, tc := range cudaParityCases {
+		t.Run(tc.name, func(t *testing.T) { cudaParityCase(t, ci) })
 	}
-	for ci, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
-			spec := cudaTiny(uint64(300 + ci))
-			if tc.spec != nil {
-				tc.spec(&spec)
-			}
-			cudaLoRAParity(t, spec, tc.rank, tc.tol, uint64(ci))
-		})
+}
+
+// cudaParityCase runs case ci of cudaParityCases (cudaLoRAParity).
+func cudaParityCase(t *testing.T, ci int) {
+	t.Helper()
+	tc := cudaParityCases[ci]
+	spec := cudaTiny(uint64(300 + ci))
+	if tc.spec != nil {
+		tc.spec(&spec)
 	}
+	cudaLoRAParity(t, spec, tc.rank, tc.tol, uint64(ci))
 }
 
 // cudaLoRAParity is one case of TestCUDA_Parity: three adapters (ranks 8,
@@ -425,13 +433,11 @@ func TestCUDA_ParityLoRAFold(t *testing.T) {
 	for _, mask := range []string{"15", "0"} {
 		t.Run("mask"+mask, func(t *testing.T) {
 			t.Setenv("NOZZLE_CUDA_LORA_FOLD", mask)
-			wide := cudaTiny(311)
-			wide.DType, wide.VocabSize, wide.HiddenSize, wide.IntermediateSize, wide.NumHeads, wide.NumKVHeads =
-				safetensors.BF16, 128, 64, 2304, 4, 2
-			cudaLoRAParity(t, wide, 0, 2e-2, 11)
-			odd := cudaTiny(307)
-			odd.VocabSize, odd.HiddenSize, odd.IntermediateSize, odd.NumHeads, odd.NumKVHeads = 101, 36, 60, 6, 3
-			cudaLoRAParity(t, odd, 12, 1e-4, 7)
+			for ci, tc := range cudaParityCases {
+				if tc.name == "BF16WideMLP" || tc.name == "OddSizes" {
+					cudaParityCase(t, ci)
+				}
+			}
 		})
 	}
 }
