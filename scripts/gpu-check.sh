@@ -293,7 +293,11 @@ if [[ -n $ncu && -n $points ]]; then
 			break
 		fi
 		csv=$work/profile-${pt/:/-}.csv
-		timeout -k 5 45 "$ncu" --metrics gpu__time_duration.sum --csv --print-units base --log-file "$csv" \
+		# the GPU's own clocks and warm caches, as in the benchmark (ncu's
+		# defaults lock the base clock and flush the caches before every
+		# kernel, which inflates short kernels several times over)
+		timeout -k 5 45 "$ncu" --clock-control none --cache-control none --metrics gpu__time_duration.sum --csv \
+			--print-units base --log-file "$csv" \
 			"$root/.gpu/engine.test" -test.run '^TestCUDAProfile$' -test.count=1 -cuda.lib="$cudalib" \
 			-cuda.profile="$pt" -cuda.bench-model="$bench_model" -cuda.bench-cache="${TMPDIR:-/tmp}/nozzle-cuda-bench" \
 			>"$work/profile-run.txt" 2>&1 || tail -5 "$work/profile-run.txt"

@@ -251,8 +251,17 @@ struct cuda_engine {
 	 * expand kernel into yl. NOZZLE_CUDA_LORA_FOLD sets it; the default,
 	 * all but gate/up, was the fastest on an H200: the SiLU kernel reading
 	 * B for 2·I features per token took longer than the expand kernel
-	 * beside the gate/up GEMM (DEVELOPERS.md). */
-	int lora_fold;
+	 * beside the gate/up GEMM (DEVELOPERS.md). lora_fold_small is the mask
+	 * of steps of at most NZ_GEMV_MAX_T tokens, where a kernel with a block
+	 * per token has few blocks (NOZZLE_CUDA_LORA_FOLD_SMALL; by default the
+	 * same). */
+	int lora_fold, lora_fold_small;
+	/* where the LoRA shrinks (and expand kernels) run: 1 (default) on
+	 * lstream beside the base GEMM, 2 the same with lstream at the
+	 * device's highest priority (its blocks go first where both wait for
+	 * SMs), 0 on the engine's stream after the GEMM's input
+	 * (NOZZLE_CUDA_LORA_FORK; 0 and 2 are for measuring the overlap). */
+	int lora_fork_mode;
 	size_t gemv_smem;  /* dynamic shared memory they may use */
 	double *part;      /* sums of squares [NZ_GEMV_MAX_T][nz_gemv_fused_parts(H)] */
 	nz_sample_part *spart; /* the sampler's chunks [S][nz_sample_parts(V)] */
@@ -399,7 +408,15 @@ int32_t cuda_create(nz_config *c, void **out)
 	}
 	FAIL_CUDA(cudaStreamCreateWithFlags(&e->stream, cudaStreamNonBlocking), "nz_engine_create: stream");
 	FAIL_CUDA(cudaStreamCreateWithFlags(&e->side, cudaStreamNonBlocking), "nz_engine_create: stream");
-	FAIL_CUDA(cudaStreamCreateWithFlags(&e->lstream, cudaStreamNonBlocking), "nz_engine_create: stream");
+	{
+		const char *fork = getenv("NOZZLE_CUDA_LORA_FORK");
+		e->lora_fork_mode = fork && *fork ? (int)strtol(fork, NULL, 0) : 1;
+		int least = 0, greatest = 0;
+		if (e->lora_fork_mode == 2)
+			FAIL_CUDA(cudaDeviceGetStreamPriorityRange(&least, &greatest), "nz_engine_create: stream priorities");
+		FAIL_CUDA(cudaStreamCreateWithPriority(&e->lstream, cudaStreamNonBlocking, e->lora_fork_mode == 2 ? greatest : 0),
+		          "nz_engine_create: stream");
+	}
 	FAIL_CUDA(cudaEventCreateWithFlags(&e->ev_fork, cudaEventDisableTiming), "nz_engine_create: event");
 	FAIL_CUDA(cudaEventCreateWithFlags(&e->ev_join, cudaEventDisableTiming), "nz_engine_create: event");
 	for (int i = 0; i < 2; i++) {
@@ -479,6 +496,8 @@ int32_t cuda_create(nz_config *c, void **out)
 			FAIL_CUDA(nz_gemv_fused_setup(e->wdt, e->gemv_smem), "nz_engine_create: GEMV setup");
 		const char *fold = getenv("NOZZLE_CUDA_LORA_FOLD");
 		e->lora_fold = fold && *fold ? (int)strtol(fold, NULL, 0) & 15 : kLoraFoldDefault;
+		const char *fold_small = getenv("NOZZLE_CUDA_LORA_FOLD_SMALL");
+		e->lora_fold_small = fold_small && *fold_small ? (int)strtol(fold_small, NULL, 0) & 15 : e->lora_fold;
 	}
 
 	/* KV pool */
@@ -893,8 +912,11 @@ int32_t lora_fork(cuda_engine *e, const meta_ptrs &m, int64_t T, int64_t items_g
                   const int *mods, const int *cols, const void *x, int64_t in, bool fold, int64_t y_stride,
                   nz_lora_out *lo)
 {
-	CUDA_TRY(cudaEventRecord(e->ev_fork, e->stream), "nz_step: LoRA fork");
-	CUDA_TRY(cudaStreamWaitEvent(e->lstream, e->ev_fork, 0), "nz_step: LoRA fork");
+	cudaStream_t ls = e->lora_fork_mode ? e->lstream : e->stream;
+	if (e->lora_fork_mode) {
+		CUDA_TRY(cudaEventRecord(e->ev_fork, e->stream), "nz_step: LoRA fork");
+		CUDA_TRY(cudaStreamWaitEvent(e->lstream, e->ev_fork, 0), "nz_step: LoRA fork");
+	}
 	memset(lo, 0, sizeof *lo);
 	nz_lora_group &g = lo->grp;
 	g.nmod = nmod;
@@ -912,14 +934,14 @@ int32_t lora_fork(cuda_engine *e, const meta_ptrs &m, int64_t T, int64_t items_g
 	const int splits = nz_lora_splits(in, few, nmod, (int)e->R, 2 * (int64_t)e->prop.multiProcessorCount,
 	                                  std::max<int64_t>(1, std::min<int64_t>(kLoraMaxSplits, e->lv_rows / T)));
 	const int64_t vss = T * e->R, vms = splits * vss;
-	KTRY(nz_k_lora_shrink(e->wdt, e->lstream, items_grid, m.scalars, m.lora_items, m.lora_tok, x, in, splits,
+	KTRY(nz_k_lora_shrink(e->wdt, ls, items_grid, m.scalars, m.lora_items, m.lora_tok, x, in, splits,
 	                      e->slot_mem, e->slot_stride, g, e->rank_dev, (int)l, (int)e->L, (int)e->R, e->lv, vms, vss),
 	     "nz_step: LoRA shrink");
 	if (!fold) {
 		int max_out = 0;
 		for (int i = 0; i < nmod; i++)
 			max_out = std::max(max_out, g.out[i]);
-		KTRY(nz_k_lora_expand(e->wdt, e->lstream, items_grid, m.scalars, m.lora_items, m.lora_tok, e->lv, vms, vss,
+		KTRY(nz_k_lora_expand(e->wdt, ls, items_grid, m.scalars, m.lora_items, m.lora_tok, e->lv, vms, vss,
 		                      splits, e->slot_mem, e->slot_stride, g, e->rank_dev, (int)l, (int)e->L, (int)e->R, e->yl,
 		                      y_stride, max_out),
 		     "nz_step: LoRA expand");
@@ -933,6 +955,8 @@ int32_t lora_fork(cuda_engine *e, const meta_ptrs &m, int64_t T, int64_t items_g
 
 int32_t lora_join(cuda_engine *e)
 {
+	if (!e->lora_fork_mode)
+		return NZ_OK;
 	CUDA_TRY(cudaEventRecord(e->ev_join, e->lstream), "nz_step: LoRA join");
 	CUDA_TRY(cudaStreamWaitEvent(e->stream, e->ev_join, 0), "nz_step: LoRA join");
 	return NZ_OK;
@@ -961,7 +985,7 @@ int32_t forward(cuda_engine *e, const meta_ptrs &m, int64_t T, int64_t n_attn, i
 	/* a group's LoRA expand, when the step has adapters: folded into its
 	 * consumer (lo) or run into yl */
 	nz_lora_out lo_buf;
-	const int fold = lora_grid ? e->lora_fold : 0;
+	const int fold = !lora_grid ? 0 : T <= NZ_GEMV_MAX_T ? e->lora_fold_small : e->lora_fold;
 	const nz_lora_out *lo[4] = {};
 	const float *yl[4] = {};
 	for (int gi = 0; gi < 4; gi++) {

@@ -12,10 +12,15 @@
  * sliding window w, j > p - w.
  *
  * When the step has few (item, KV head) blocks for the device (decode of a
- * small batch), the key range is split among `splits` blocks (split-K,
- * "flash decoding"): each writes its unnormalised accumulator and its
- * running max and sum, and the last of them to finish (a counter per
+ * small batch), the key range is split among up to `splits` blocks
+ * (split-K, "flash decoding"; blocks left without a tile by a short
+ * sequence return at once): each writes its unnormalised accumulator and
+ * its running max and sum, and the last of them to finish (a counter per
  * (item, KV head), reset by that block) merges them.
+ *
+ * The K and V rows of the next tile are loaded into registers while the
+ * current one is worked on (for head sizes up to kPipeChunks · 32), so a
+ * block with several tiles waits for memory once, not once per tile.
  *
  * Cache layout per layer: K and V pools of [block][kv_head][block_size][hd].
  */
@@ -25,6 +30,9 @@ namespace {
 
 const int kThreads = 128;
 const int kTile = 32;
+/* 8-element chunks of K (and of V) per thread that a tile in flight may
+ * take: kTile · hd / 8 <= kPipeChunks · kThreads, i.e. hd <= 128 */
+const int kPipeChunks = 4;
 
 template <class T>
 __global__ void __launch_bounds__(128)
@@ -47,6 +55,10 @@ __global__ void __launch_bounds__(128)
 	/* this block's share of the key tiles */
 	const int split = blockIdx.z, n_tiles = (pos_last - lo) / kTile + 1;
 	const int per = (n_tiles + splits - 1) / splits;
+	/* the splits with tiles: the same in every block of (it, g) */
+	const int n_act = (n_tiles + per - 1) / per;
+	if (split >= n_act)
+		return; /* the whole block, before any barrier */
 	const int j_begin = lo + split * per * kTile;
 	const int j_end = pos_last < lo + (split + 1) * per * kTile - 1 ? pos_last : lo + (split + 1) * per * kTile - 1;
 
@@ -58,6 +70,27 @@ __global__ void __launch_bounds__(128)
 	float *m_run = ps + rows_max * kTile; /* [rows_max] */
 	float *l_run = m_run + rows_max;     /* [rows_max] */
 	float *alpha = l_run + rows_max;     /* [rows_max] */
+
+	const bool vec = (hd & 7) == 0;
+	const int per8 = hd >> 3; /* 8-element chunks in a key's row */
+	const bool pipe = vec && kTile * per8 <= kPipeChunks * (int)blockDim.x;
+	nz_raw8 k_in[kPipeChunks], v_in[kPipeChunks];
+	/* starts the loads of the tile at key j0 into k_in, v_in: chunk
+	 * threadIdx.x + u·blockDim.x of the tile's rows */
+	auto fetch = [&](int j0) {
+		const int nk = j_end - j0 + 1 < kTile ? j_end - j0 + 1 : kTile;
+#pragma unroll
+		for (int u = 0; u < kPipeChunks; u++) {
+			const int c = threadIdx.x + u * blockDim.x, jj = c / per8, j = j0 + jj;
+			if (jj < nk) {
+				const int64_t off = (((int64_t)btab[j / bs] * nkv + g) * bs + j % bs) * hd + (c % per8) * 8;
+				nz_raw_load(kc + off, k_in[u]);
+				nz_raw_load(vc + off, v_in[u]);
+			}
+		}
+	};
+	if (pipe && j_begin <= j_end)
+		fetch(j_begin);
 
 	/* row r: token t0 + r / nrep, query head g·nrep + r % nrep */
 	for (int i = threadIdx.x; i < rows * hd; i += blockDim.x) {
@@ -72,10 +105,26 @@ __global__ void __launch_bounds__(128)
 	__syncthreads();
 
 	const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
-	const bool vec = (hd & 7) == 0;
 	for (int j0 = j_begin; j0 <= j_end; j0 += kTile) {
 		const int nk = j_end - j0 + 1 < kTile ? j_end - j0 + 1 : kTile;
-		if (vec) {
+		if (pipe) {
+			/* this tile from the registers, then the next one's loads */
+#pragma unroll
+			for (int u = 0; u < kPipeChunks; u++) {
+				const int c = threadIdx.x + u * blockDim.x, jj = c / per8, d0 = (c % per8) * 8;
+				if (jj < nk) {
+					float kv8[8];
+					nz_raw_unpack<T>(k_in[u], kv8);
+					for (int e = 0; e < 8; e++)
+						ks[jj * ldk + d0 + e] = kv8[e];
+					nz_raw_unpack<T>(v_in[u], kv8);
+					for (int e = 0; e < 8; e++)
+						vs[jj * hd + d0 + e] = kv8[e];
+				}
+			}
+			if (j0 + kTile <= j_end)
+				fetch(j0 + kTile);
+		} else if (vec) {
 			const int per = hd >> 3;
 			for (int i = threadIdx.x; i < nk * per; i += blockDim.x) {
 				int jj = i / per, d0 = (i % per) * 8, j = j0 + jj;
@@ -139,7 +188,7 @@ __global__ void __launch_bounds__(128)
 		}
 		__syncthreads();
 	}
-	if (splits == 1) {
+	if (n_act == 1) {
 		for (int i = threadIdx.x; i < rows * hd; i += blockDim.x) {
 			int r = i / hd, d = i % hd;
 			float l = l_run[r];
@@ -159,7 +208,7 @@ __global__ void __launch_bounds__(128)
 	__threadfence();
 	__syncthreads();
 	if (threadIdx.x == 0) {
-		last = atomicAdd(&part_count[ig], 1) == splits - 1;
+		last = atomicAdd(&part_count[ig], 1) == n_act - 1;
 		if (last)
 			part_count[ig] = 0; /* ready for the next launch */
 	}
@@ -167,23 +216,33 @@ __global__ void __launch_bounds__(128)
 	if (!last)
 		return;
 	__threadfence();
+	/* per row, each split's weight e^(m_s - M) (0 for a split that saw no
+	 * key) into ps [row][split] and Σ w_s l_s into l_run; then every
+	 * output adds up the splits' accumulators with those weights */
 	const int64_t base = ig * splits;
+	for (int r = threadIdx.x; r < rows; r += blockDim.x) {
+		float M = -INFINITY;
+		for (int sp = 0; sp < n_act; sp++)
+			M = fmaxf(M, part_ml[((base + sp) * rows_max + r) * 2]);
+		float L = 0.0f;
+		for (int sp = 0; sp < n_act; sp++) {
+			const float m = part_ml[((base + sp) * rows_max + r) * 2];
+			const float w = m == -INFINITY ? 0.0f : expf(m - M);
+			ps[r * kTile + sp] = w;
+			if (w != 0.0f)
+				L += w * part_ml[((base + sp) * rows_max + r) * 2 + 1];
+		}
+		l_run[r] = L;
+	}
+	__syncthreads();
 	for (int i = threadIdx.x; i < rows * hd; i += blockDim.x) {
 		int r = i / hd, d = i % hd;
-		float M = -INFINITY;
-		for (int sp = 0; sp < splits; sp++)
-			M = fmaxf(M, part_ml[((base + sp) * rows_max + r) * 2]);
-		float acc = 0.0f, L = 0.0f;
-		if (M != -INFINITY) {
-			for (int sp = 0; sp < splits; sp++) {
-				float m = part_ml[((base + sp) * rows_max + r) * 2];
-				if (m == -INFINITY)
-					continue;
-				float w = expf(m - M);
-				acc += w * part_o[(base + sp) * rows_max * hd + i];
-				L += w * part_ml[((base + sp) * rows_max + r) * 2 + 1];
-			}
-		}
+		const float *w = ps + r * kTile;
+		float acc = 0.0f;
+		for (int sp = 0; sp < n_act; sp++)
+			if (w[sp] != 0.0f)
+				acc += w[sp] * part_o[(base + sp) * rows_max * hd + i];
+		const float L = l_run[r];
 		out[(int64_t)(t0 + r / nrep) * qd + (g * nrep + r % nrep) * hd + d] = nz_cvt<T>(L > 0.0f ? acc / L : 0.0f);
 	}
 }
@@ -221,6 +280,8 @@ cudaError_t launch_attention(cudaStream_t s, int64_t n_items, const int32_t *ite
                              const int32_t *bt, const int32_t *scalars, int nh, int nkv, int hd, int bs, int window,
                              void *out, int splits, float *part_o, float *part_ml, int *part_count)
 {
+	if (splits < 1 || splits > kTile)
+		return cudaErrorInvalidValue; /* the merge keeps a row's split weights in a tile's scores */
 	size_t smem = nz_attention_smem(rows_max, hd);
 	float scale = 1.0f / sqrtf((float)hd);
 	dim3 grid((unsigned)n_items, (unsigned)nkv, (unsigned)splits);

@@ -16,10 +16,12 @@
 namespace {
 
 const int kNormThreads = 256;
-/* With adapters, the per-token kernels run wider blocks: every output
+/* With adapters, the residual add + norm runs wider blocks: every output
  * feature then also reads its row of B, and more warps keep more of those
- * loads in flight (a block per token leaves most SMs free). */
-const int kLoraNormThreads = 1024, kRopeThreads = 128, kLoraRopeThreads = 512;
+ * loads in flight (a block per token leaves most SMs free). RoPE + KV
+ * write, which needs no row-wide sum, spreads a token over several blocks
+ * instead (grid (tokens, blocks per token)). */
+const int kLoraNormThreads = 1024, kRopeThreads = 128;
 
 template <class T>
 __global__ void __launch_bounds__(256)
@@ -110,7 +112,7 @@ __global__ void __launch_bounds__(256)
 }
 
 template <class T, bool LORA>
-__global__ void __launch_bounds__(LORA ? kLoraRopeThreads : kRopeThreads)
+__global__ void __launch_bounds__(kRopeThreads)
     rope_kv_kernel(const float *__restrict__ y, const float *__restrict__ yl, nz_lora_out lo, const int32_t *__restrict__ tok_lora,
                    const float *__restrict__ bias, const float *__restrict__ cs,
                    const int32_t *__restrict__ tok_pos, const int32_t *__restrict__ tok_seq,
@@ -134,7 +136,10 @@ __global__ void __launch_bounds__(LORA ? kLoraRopeThreads : kRopeThreads)
 	const int rq = slot >= 0 ? nz_lora_rank(lo, slot, 0) : 0, rk = slot >= 0 ? nz_lora_rank(lo, slot, 1) : 0,
 	          rv = slot >= 0 ? nz_lora_rank(lo, slot, 2) : 0;
 	float *qr = q_out + t * qd;
-	for (int i = threadIdx.x; i < nh * half; i += blockDim.x) {
+	/* block blockIdx.y of the token's gridDim.y takes every gridDim.y-th
+	 * run of blockDim.x features of each loop */
+	const int first = blockIdx.y * blockDim.x + threadIdx.x, stride = gridDim.y * blockDim.x;
+	for (int i = first; i < nh * half; i += stride) {
 		int hh = i / half, j = i % half, o = hh * hd + j;
 		float x1 = yr[o], x2 = yr[o + half];
 		if (bias)
@@ -145,7 +150,7 @@ __global__ void __launch_bounds__(LORA ? kLoraRopeThreads : kRopeThreads)
 			x1 += nz_lora_delta<T>(lo, slot, vs, 0, rq, o), x2 += nz_lora_delta<T>(lo, slot, vs, 0, rq, o + half);
 		nz_rope(x1, x2, c[j], sn[j], qr[o], qr[o + half]);
 	}
-	for (int i = threadIdx.x; i < nkv * half; i += blockDim.x) {
+	for (int i = first; i < nkv * half; i += stride) {
 		int g = i / half, j = i % half, ok = g * hd + j, o = qd + ok;
 		float x1 = yr[o], x2 = yr[o + half];
 		if (bias)
@@ -160,7 +165,7 @@ __global__ void __launch_bounds__(LORA ? kLoraRopeThreads : kRopeThreads)
 		dst[j] = nz_cvt<T>(a);
 		dst[j + half] = nz_cvt<T>(b);
 	}
-	for (int i = threadIdx.x; i < kvd; i += blockDim.x) {
+	for (int i = first; i < kvd; i += stride) {
 		int g = i / hd, d = i % hd, o = qd + kvd + i;
 		float v = bias ? yr[o] + bias[o] : yr[o];
 		if (lr)
@@ -301,8 +306,10 @@ cudaError_t nz_k_rope_kv(int dtype, cudaStream_t s, int64_t T_, const float *y, 
 {
 	size_t smem;
 	const nz_lora_out la = lora_arg(lo, &smem);
+	/* with adapters, as many blocks per token as the q features take */
+	const unsigned per_tok = (unsigned)((nh * (hd / 2) + kRopeThreads - 1) / kRopeThreads);
 	if (lo)
-		NZ_DISPATCH(dtype, NZ_LAUNCH_PDL((rope_kv_kernel<T, true>), dim3((unsigned)T_), dim3(kLoraRopeThreads), smem, s,
+		NZ_DISPATCH(dtype, NZ_LAUNCH_PDL((rope_kv_kernel<T, true>), dim3((unsigned)T_, per_tok), dim3(kRopeThreads), smem, s,
 		                                 y, (const float *)NULL, la, tok_lora, bias, cs, tok_pos, tok_seq, bt, scalars, nh, nkv, hd, bs, q_out,
 		                                 (T *)kc, (T *)vc))
 	else

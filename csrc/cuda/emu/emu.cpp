@@ -872,6 +872,18 @@ cudaError_t cudaStreamCreateWithFlags(cudaStream_t *s, unsigned flags)
 	return sticky();
 }
 
+cudaError_t cudaStreamCreateWithPriority(cudaStream_t *s, unsigned flags, int priority)
+{
+	(void)priority;
+	return cudaStreamCreateWithFlags(s, flags);
+}
+
+cudaError_t cudaDeviceGetStreamPriorityRange(int *least, int *greatest)
+{
+	*least = 0, *greatest = 0;
+	return sticky();
+}
+
 cudaError_t cudaStreamDestroy(cudaStream_t s)
 {
 	if (!s)
