@@ -18,10 +18,6 @@
  * its running max and sum, and the last of them to finish (a counter per
  * (item, KV head), reset by that block) merges them.
  *
- * The K and V rows of the next tile are loaded into registers while the
- * current one is worked on (for head sizes up to kPipeChunks · 32), so a
- * block with several tiles waits for memory once, not once per tile.
- *
  * Cache layout per layer: K and V pools of [block][kv_head][block_size][hd].
  */
 #include "cuda_kernels.h"
@@ -30,9 +26,6 @@ namespace {
 
 const int kThreads = 128;
 const int kTile = 32;
-/* 8-element chunks of K (and of V) per thread that a tile in flight may
- * take: kTile · hd / 8 <= kPipeChunks · kThreads, i.e. hd <= 128 */
-const int kPipeChunks = 4;
 
 template <class T>
 __global__ void __launch_bounds__(128)
@@ -71,27 +64,6 @@ __global__ void __launch_bounds__(128)
 	float *l_run = m_run + rows_max;     /* [rows_max] */
 	float *alpha = l_run + rows_max;     /* [rows_max] */
 
-	const bool vec = (hd & 7) == 0;
-	const int per8 = hd >> 3; /* 8-element chunks in a key's row */
-	const bool pipe = vec && kTile * per8 <= kPipeChunks * (int)blockDim.x;
-	nz_raw8 k_in[kPipeChunks], v_in[kPipeChunks];
-	/* starts the loads of the tile at key j0 into k_in, v_in: chunk
-	 * threadIdx.x + u·blockDim.x of the tile's rows */
-	auto fetch = [&](int j0) {
-		const int nk = j_end - j0 + 1 < kTile ? j_end - j0 + 1 : kTile;
-#pragma unroll
-		for (int u = 0; u < kPipeChunks; u++) {
-			const int c = threadIdx.x + u * blockDim.x, jj = c / per8, j = j0 + jj;
-			if (jj < nk) {
-				const int64_t off = (((int64_t)btab[j / bs] * nkv + g) * bs + j % bs) * hd + (c % per8) * 8;
-				nz_raw_load(kc + off, k_in[u]);
-				nz_raw_load(vc + off, v_in[u]);
-			}
-		}
-	};
-	if (pipe && j_begin <= j_end)
-		fetch(j_begin);
-
 	/* row r: token t0 + r / nrep, query head g·nrep + r % nrep */
 	for (int i = threadIdx.x; i < rows * hd; i += blockDim.x) {
 		int r = i / hd, d = i % hd;
@@ -105,26 +77,10 @@ __global__ void __launch_bounds__(128)
 	__syncthreads();
 
 	const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+	const bool vec = (hd & 7) == 0;
 	for (int j0 = j_begin; j0 <= j_end; j0 += kTile) {
 		const int nk = j_end - j0 + 1 < kTile ? j_end - j0 + 1 : kTile;
-		if (pipe) {
-			/* this tile from the registers, then the next one's loads */
-#pragma unroll
-			for (int u = 0; u < kPipeChunks; u++) {
-				const int c = threadIdx.x + u * blockDim.x, jj = c / per8, d0 = (c % per8) * 8;
-				if (jj < nk) {
-					float kv8[8];
-					nz_raw_unpack<T>(k_in[u], kv8);
-					for (int e = 0; e < 8; e++)
-						ks[jj * ldk + d0 + e] = kv8[e];
-					nz_raw_unpack<T>(v_in[u], kv8);
-					for (int e = 0; e < 8; e++)
-						vs[jj * hd + d0 + e] = kv8[e];
-				}
-			}
-			if (j0 + kTile <= j_end)
-				fetch(j0 + kTile);
-		} else if (vec) {
+		if (vec) {
 			const int per = hd >> 3;
 			for (int i = threadIdx.x; i < nk * per; i += blockDim.x) {
 				int jj = i / per, d0 = (i % per) * 8, j = j0 + jj;
