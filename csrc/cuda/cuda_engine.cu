@@ -230,12 +230,6 @@ struct cuda_engine {
 	/* scratch */
 	float *h, *y, *yl, *q, *cs, *lv, *logits, *attn_o, *attn_ml;
 	int *attn_count;
-	/* the residual add + norm with adapters (nz_k_add_norm): its blocks'
-	 * sums of squares [T][nz_add_norm_blocks(H)] and counts [T]; norm_part
-	 * stays NULL with NOZZLE_CUDA_LORA_NORM_SPLIT=0 (a block per token) */
-	double *norm_part;
-	int *norm_count;
-	int norm_split;
 	void *xin, *xs;
 	int64_t ymax, xmax;
 	nz_sample_out *d_out, *h_out;
@@ -285,7 +279,6 @@ int64_t scratch_bytes(const cuda_engine *e)
 	return 4 * T * (e->H + 2 * e->ymax + e->qd + e->hd) + 4 * 3 * e->lv_rows * e->R + (int64_t)e->wsz * (T * e->xmax + S * e->H) +
 	       4 * S * e->V + 2 * S * (int64_t)sizeof(nz_sample_out) + (int64_t)kBlasWorkspace +
 	       4 * kAttnParts * e->rows_max * (e->hd + 2) + 8 * NZ_GEMV_MAX_T * nz_gemv_fused_parts(e->H) +
-	       (8 * (int64_t)nz_add_norm_blocks(e->H) + 4) * T +
 	       (int64_t)sizeof(nz_sample_part) * S * nz_sample_parts(e->V);
 }
 
@@ -348,7 +341,7 @@ void cuda_destroy(void *impl)
 	cudaFree(e->kv);
 	void *scratch[] = {e->h,       e->y,       e->yl,      e->q,       e->cs,      e->lv,         e->logits,
 	                   e->xin,     e->xs,      e->d_out,   e->d_meta,  e->blas_ws,    e->attn_o,
-	                   e->attn_ml, e->attn_count, e->part, e->spart, e->norm_part, e->norm_count};
+	                   e->attn_ml, e->attn_count, e->part, e->spart};
 	for (void *p : scratch)
 		cudaFree(p);
 	cudaFreeHost(e->stage[0]);
@@ -499,8 +492,6 @@ int32_t cuda_create(nz_config *c, void **out)
 		e->gemv_smem = std::min<size_t>(optin, (size_t)(NZ_GEMV_MAX_T * e->H) * e->wsz);
 		if (e->fuse)
 			FAIL_CUDA(nz_gemv_fused_setup(e->wdt, e->gemv_smem), "nz_engine_create: GEMV setup");
-		const char *split = getenv("NOZZLE_CUDA_LORA_NORM_SPLIT");
-		e->norm_split = !(split && strcmp(split, "0") == 0);
 		const char *fold = getenv("NOZZLE_CUDA_LORA_FOLD");
 		e->lora_fold = fold && *fold ? (int)strtol(fold, NULL, 0) & 15 : kLoraFoldDefault;
 	}
@@ -718,13 +709,6 @@ int32_t cuda_finalize(void *impl)
 	if (!e->attn_count) {
 		NZ_TRY(dev_alloc((void **)&e->attn_count, 4 * kAttnParts, what));
 		CUDA_TRY(cudaMemsetAsync(e->attn_count, 0, 4 * kAttnParts, e->stream), what);
-	}
-	if (e->norm_split) {
-		ALLOC(e->norm_part, 8 * T * nz_add_norm_blocks(e->H));
-		if (!e->norm_count) {
-			NZ_TRY(dev_alloc((void **)&e->norm_count, 4 * T, what));
-			CUDA_TRY(cudaMemsetAsync(e->norm_count, 0, 4 * T, e->stream), what);
-		}
 	}
 #undef ALLOC
 	if (!e->h_out)
@@ -1070,8 +1054,7 @@ int32_t forward(cuda_engine *e, const meta_ptrs &m, int64_t T, int64_t n_attn, i
 		NZ_TRY(gemm(e, e->xin, T, e->qd, ly.wo, H, e->y, "nz_step: o projection"));
 		if (lora_grid)
 			NZ_TRY(lora_join(e));
-		KTRY(nz_k_add_norm(dt, s, T, H, e->h, e->y, yl[1], lo[1], m.tok_lora, ly.bo, ly.ffn_norm, e->eps, e->xin,
-		                   e->norm_part, e->norm_count),
+		KTRY(nz_k_add_norm(dt, s, T, H, e->h, e->y, yl[1], lo[1], m.tok_lora, ly.bo, ly.ffn_norm, e->eps, e->xin),
 		     "nz_step: norm");
 		if (lora_grid)
 			NZ_TRY(lora_fork(e, m, T, lora_grid, lora_few, l, 2, gu_m, gu_c, e->xin, H, lo[2], 2 * I, &lo_buf));
@@ -1085,8 +1068,7 @@ int32_t forward(cuda_engine *e, const meta_ptrs &m, int64_t T, int64_t n_attn, i
 		if (lora_grid)
 			NZ_TRY(lora_join(e));
 		const float *next_norm = l + 1 < e->L ? e->layers[(size_t)(l + 1)].attn_norm : NULL;
-		KTRY(nz_k_add_norm(dt, s, T, H, e->h, e->y, yl[3], lo[3], m.tok_lora, ly.bdown, next_norm, e->eps, e->xin,
-		                   e->norm_part, e->norm_count),
+		KTRY(nz_k_add_norm(dt, s, T, H, e->h, e->y, yl[3], lo[3], m.tok_lora, ly.bdown, next_norm, e->eps, e->xin),
 		     "nz_step: norm");
 	}
 	if (ns == 0)

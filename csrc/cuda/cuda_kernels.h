@@ -91,14 +91,10 @@ cudaError_t nz_k_embed_norm(int dtype, cudaStream_t s, int64_t T, const void *em
 
 /* h[t] += y[t] (+ bias) (+ the LoRA deltas for tokens with an adapter:
  * yl[t] when yl is set (nz_k_lora_expand's output), lo's expand when lo
- * is); then, when norm_w is set, x[t] = act(rmsnorm(h[t])). With lo and
- * part, a token's features are spread over nz_add_norm_blocks(H) blocks,
- * which leave their sums of squares in part (double [T][blocks]) and
- * count in count (int [T], zero before the launch and after it). */
+ * is); then, when norm_w is set, x[t] = act(rmsnorm(h[t])). */
 cudaError_t nz_k_add_norm(int dtype, cudaStream_t s, int64_t T, int64_t H, float *h, const float *y,
                           const float *yl, const nz_lora_out *lo, const int32_t *tok_lora, const float *bias, const float *norm_w,
-                          float eps, void *x, double *part, int *count);
-int nz_add_norm_blocks(int64_t H);
+                          float eps, void *x);
 
 /* x[i] = act(rmsnorm(h[sample_tok[i]], norm_w)) for i < n. */
 cudaError_t nz_k_gather_norm(int dtype, cudaStream_t s, int64_t n, const nz_sample_in *samples, const float *h,

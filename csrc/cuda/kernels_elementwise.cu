@@ -18,11 +18,11 @@ namespace {
 const int kNormThreads = 256;
 /* With adapters, the residual add + norm runs wider blocks: every output
  * feature then also reads its row of B, and more warps keep more of those
- * loads in flight (a block per token leaves most SMs free). RoPE + KV
- * write, which needs no row-wide sum, spreads a token over several blocks
- * instead (grid (tokens, blocks per token)). */
+ * loads in flight (a block per token leaves most SMs free; spreading a
+ * token over blocks, the last of which writes the norm, was no faster on
+ * an H200). RoPE + KV write, which needs no row-wide sum, spreads a token
+ * over several blocks instead (grid (tokens, blocks per token)). */
 const int kLoraNormThreads = 1024, kRopeThreads = 128;
-const int64_t kNormMaxBlocks = 32; /* blocks per token of add_norm_lora_kernel */
 
 template <class T>
 __global__ void __launch_bounds__(256)
@@ -91,64 +91,6 @@ __global__ void __launch_bounds__(LORA ? kLoraNormThreads : kNormThreads)
 	T *xr = x + t * H;
 	for (int64_t i = threadIdx.x; i < H; i += blockDim.x)
 		xr[i] = nz_cvt<T>(w[i] * (hr[i] * rn));
-}
-
-/* add_norm_kernel with adapters, a token spread over blocks: grid (tokens,
- * nb); block b of token t takes features b·blockDim.x + k·nb·blockDim.x,
- * adds their deltas and writes its sum of squares to part[t][b]; the last
- * of t's blocks to finish (count[t], reset by that block) adds the
- * partials up in order and writes x[t]. A block per token read B through
- * one SM. */
-template <class T>
-__global__ void __launch_bounds__(kNormThreads)
-    add_norm_lora_kernel(int64_t H, float *__restrict__ h, const float *__restrict__ y, nz_lora_out lo,
-                         const int32_t *__restrict__ tok_lora, const float *__restrict__ bias,
-                         const float *__restrict__ w, float eps, T *__restrict__ x, double *__restrict__ part,
-                         int *__restrict__ count)
-{
-	nz_pdl_begin();
-	__shared__ double red[32];
-	__shared__ int last;
-	NZ_DYN_SMEM(float, vs);
-	const int64_t t = blockIdx.x;
-	const int nb = gridDim.y, b = blockIdx.y;
-	float *hr = h + t * H;
-	const float *yr = y + t * H;
-	const int slot = nz_lora_stage(lo, tok_lora, t, vs);
-	const int r = slot >= 0 ? nz_lora_rank(lo, slot, 0) : 0;
-	double ss = 0;
-	for (int64_t i = (int64_t)b * blockDim.x + threadIdx.x; i < H; i += (int64_t)nb * blockDim.x) {
-		float d = bias ? yr[i] + bias[i] : yr[i];
-		if (r)
-			d += nz_lora_delta<T>(lo, slot, vs, 0, r, i);
-		float v = hr[i] + d;
-		hr[i] = v;
-		ss += (double)v * (double)v;
-	}
-	if (!w) /* the last layer: the final norm runs on the sampled tokens only */
-		return;
-	ss = nz_block_sum(ss, red);
-	if (threadIdx.x == 0)
-		part[t * nb + b] = ss;
-	__threadfence(); /* this thread's h and part before the count */
-	__syncthreads();
-	if (threadIdx.x == 0) {
-		last = atomicAdd(&count[t], 1) == nb - 1;
-		if (last)
-			count[t] = 0; /* ready for the next launch */
-	}
-	__syncthreads();
-	if (!last)
-		return;
-	__threadfence();
-	/* the other blocks' h and partials, past this SM's L1 */
-	double tot = 0;
-	for (int k = 0; k < nb; k++)
-		tot += __ldcg(part + t * nb + k);
-	const float rn = 1.0f / sqrtf((float)(tot / (double)H) + eps);
-	T *xr = x + t * H;
-	for (int64_t i = threadIdx.x; i < H; i += blockDim.x)
-		xr[i] = nz_cvt<T>(w[i] * (__ldcg(hr + i) * rn));
 }
 
 template <class T>
@@ -243,14 +185,14 @@ __global__ void __launch_bounds__(kRopeThreads)
 			else
 				v_one(i - nq - nk);
 		}
-		return;
+	} else {
+		for (int i = threadIdx.x; i < nq; i += blockDim.x)
+			q_pair(i);
+		for (int i = threadIdx.x; i < nk; i += blockDim.x)
+			k_pair(i);
+		for (int i = threadIdx.x; i < kvd; i += blockDim.x)
+			v_one(i);
 	}
-	for (int i = threadIdx.x; i < nq; i += blockDim.x)
-		q_pair(i);
-	for (int i = threadIdx.x; i < nk; i += blockDim.x)
-		k_pair(i);
-	for (int i = threadIdx.x; i < kvd; i += blockDim.x)
-		v_one(i);
 }
 
 /* Without LoRA a thread per element of x, grid-stride; with, grid
@@ -353,19 +295,13 @@ static nz_lora_out lora_arg(const nz_lora_out *lo, size_t *smem)
 
 size_t nz_lora_out_smem(int R) { return sizeof(float) * 3 * (size_t)R; }
 
-int nz_add_norm_blocks(int64_t H) { return (int)std::min<int64_t>((H + kNormThreads - 1) / kNormThreads, kNormMaxBlocks); }
-
 cudaError_t nz_k_add_norm(int dtype, cudaStream_t s, int64_t T_, int64_t H, float *h, const float *y,
                           const float *yl, const nz_lora_out *lo, const int32_t *tok_lora, const float *bias, const float *norm_w,
-                          float eps, void *x, double *part, int *count)
+                          float eps, void *x)
 {
 	size_t smem;
 	const nz_lora_out la = lora_arg(lo, &smem);
-	if (lo && part)
-		NZ_DISPATCH(dtype, NZ_LAUNCH_PDL((add_norm_lora_kernel<T>), dim3((unsigned)T_, (unsigned)nz_add_norm_blocks(H)),
-		                                 dim3(kNormThreads), smem, s, H, h, y, la, tok_lora, bias, norm_w, eps, (T *)x,
-		                                 part, count))
-	else if (lo)
+	if (lo)
 		NZ_DISPATCH(dtype, NZ_LAUNCH_PDL((add_norm_kernel<T, true>), dim3((unsigned)T_), dim3(kLoraNormThreads), smem,
 		                                 s, H, h, y, (const float *)NULL, la, tok_lora, bias, norm_w, eps, (T *)x))
 	else

@@ -37,9 +37,7 @@ const int kShrinkWarps = 4;
  * sequences, or few sequences), eight where it has many (splitting those
  * further only makes more, smaller blocks). */
 const int64_t kShrinkChunkFew = 512, kShrinkChunkMany = 2048, kManyItems = 8;
-const int kShrinkLoads = 8; /* kShrinkChunkMany / 256 */
 const int kExpandThreads = 256, kExpandOuts = 2; /* outputs per expand thread */
-const int kExpandPre = 2; /* 8-element loads of a row of B issued before v is staged (rank 16 in one go) */
 
 /* grid (items, modules, row groups × splits): warp w of a block takes rank
  * row (group · kShrinkWarps + w) over the block's chunk of the input. */
@@ -74,30 +72,40 @@ __global__ void __launch_bounds__(32 * kShrinkWarps)
 		acc[j] = 0.0f;
 	const T *a = A + (int64_t)k * in;
 	if (vec) {
-		/* up to kShrinkLoads 16-byte loads of A in flight per lane (a
-		 * whole chunk of kShrinkChunkMany in one round), then the tokens */
+		/* four 16-byte loads of A in flight per lane, then the tokens */
 		const int64_t step = 32 * 8;
-		for (int64_t i = i0 + (int64_t)lane * 8; i < i1; i += kShrinkLoads * step) {
-			nz_raw8 ar[kShrinkLoads]; /* as loaded: half the registers of f32 */
+		int64_t i = i0 + (int64_t)lane * 8;
+		for (; i + 3 * step < i1; i += 4 * step) {
+			float av[4][8];
 #pragma unroll
-			for (int c = 0; c < kShrinkLoads; c++)
-				if (i + c * step < i1)
-					nz_raw_load(a + i + c * step, ar[c]);
+			for (int c = 0; c < 4; c++)
+				nz_load8(a + i + c * step, av[c]);
 #pragma unroll
-			for (int c = 0; c < kShrinkLoads; c++) {
-				if (i + c * step < i1) {
-					float av[8];
-					nz_raw_unpack<T>(ar[c], av);
+			for (int j = 0; j < NZ_LORA_TM; j++) {
+				if (j < ntok) {
+					const T *xr = x + (int64_t)tok[j] * in + i;
 #pragma unroll
-					for (int j = 0; j < NZ_LORA_TM; j++) {
-						if (j < ntok) {
-							float xv[8];
-							nz_load8(x + (int64_t)tok[j] * in + i + c * step, xv);
+					for (int c = 0; c < 4; c++) {
+						float xv[8];
+						nz_load8(xr + c * step, xv);
 #pragma unroll
-							for (int e = 0; e < 8; e++)
-								acc[j] += av[e] * xv[e];
-						}
+						for (int e = 0; e < 8; e++)
+							acc[j] += av[c][e] * xv[e];
 					}
+				}
+			}
+		}
+		for (; i < i1; i += step) {
+			float av[8];
+			nz_load8(a + i, av);
+#pragma unroll
+			for (int j = 0; j < NZ_LORA_TM; j++) {
+				if (j < ntok) {
+					float xv[8];
+					nz_load8(x + (int64_t)tok[j] * in + i, xv);
+#pragma unroll
+					for (int e = 0; e < 8; e++)
+						acc[j] += av[e] * xv[e];
 				}
 			}
 		}
@@ -126,7 +134,7 @@ __global__ void __launch_bounds__(32 * kShrinkWarps)
  * features (blockDim.x apart). The item's v (its splits summed) is gathered
  * into shared memory first. */
 template <class T>
-__global__ void __launch_bounds__(256, 4) /* four blocks an SM: at most 64 registers */
+__global__ void __launch_bounds__(256)
     lora_expand_kernel(const int32_t *__restrict__ scalars, const int32_t *__restrict__ items,
                        const int32_t *__restrict__ lora_tok, const float *__restrict__ v, int64_t v_mod_stride,
                        int64_t v_split_stride, int splits, const T *__restrict__ slots, int64_t slot_stride,
@@ -143,20 +151,6 @@ __global__ void __launch_bounds__(256, 4) /* four blocks an SM: at most 64 regis
 	const int out = nz_pick3(grp.out, mi);
 	if (oc * kExpandOuts * (int)blockDim.x >= out)
 		return; /* the whole block: no thread of it has an output */
-	const int o0 = oc * kExpandOuts * blockDim.x + threadIdx.x;
-	const T *b0 = slots + (int64_t)slot * slot_stride + nz_pick3(grp.b_off, mi);
-	const bool vec = (R & 7) == 0;
-	/* the first kExpandPre·8 elements of this thread's rows of B start
-	 * loading before v is staged (they do not depend on it) */
-	nz_raw8 pre[kExpandOuts][kExpandPre];
-	if (vec) {
-#pragma unroll
-		for (int u = 0; u < kExpandOuts; u++)
-#pragma unroll
-			for (int p = 0; p < kExpandPre; p++)
-				if (o0 + u * (int)blockDim.x < out && p * 8 < r)
-					nz_raw_load(b0 + (int64_t)(o0 + u * blockDim.x) * R + p * 8, pre[u][p]);
-	}
 	const float *vm = v + mi * v_mod_stride;
 	for (int q = threadIdx.x; q < ntok * r; q += blockDim.x) {
 		const int j = q / r, k = q - j * r;
@@ -177,8 +171,10 @@ __global__ void __launch_bounds__(256, 4) /* four blocks an SM: at most 64 regis
 		vs[j * R + k] = s;
 	}
 	__syncthreads();
+	const int o0 = oc * kExpandOuts * blockDim.x + threadIdx.x;
 	if (o0 >= out)
 		return;
+	const T *b0 = slots + (int64_t)slot * slot_stride + nz_pick3(grp.b_off, mi);
 	const int col = nz_pick3(grp.col, mi);
 #pragma unroll
 	for (int u = 0; u < kExpandOuts; u++) {
@@ -190,17 +186,10 @@ __global__ void __launch_bounds__(256, 4) /* four blocks an SM: at most 64 regis
 #pragma unroll
 		for (int j = 0; j < NZ_LORA_TM; j++)
 			acc[j] = 0.0f;
-		if (vec) {
+		if ((R & 7) == 0) {
 			for (int k0 = 0; k0 < r; k0 += 8) {
 				float bv[8];
-				if (k0 < kExpandPre * 8) {
-#pragma unroll
-					for (int p = 0; p < kExpandPre; p++)
-						if (p * 8 == k0)
-							nz_raw_unpack<T>(pre[u][p], bv);
-				} else {
-					nz_load8(b + k0, bv);
-				}
+				nz_load8(b + k0, bv);
 				const int ke = r - k0 < 8 ? r - k0 : 8;
 #pragma unroll
 				for (int j = 0; j < NZ_LORA_TM; j++) {

@@ -123,7 +123,6 @@ inline float __fsub_rn(float a, float b) { return a - b; }
 inline float __logf(float x) { return logf(x); }
 inline float __fdividef(float a, float b) { return a / b; }
 template <class T> inline T __ldg(const T *p) { return *p; }
-template <class T> inline T __ldcg(const T *p) { return *p; }
 
 /* ---- synchronisation and warp exchange ------------------------------------ */
 namespace emu {
