@@ -95,6 +95,10 @@ type TokenLogprob struct {
 	Logprob float64      `json:"logprob"`
 	Bytes   []int        `json:"bytes"`
 	Top     []TopLogprob `json:"top_logprobs"`
+	// Offset is the byte offset in the completion's text where the
+	// token's text begins. A token whose bytes only begin a character has
+	// no text of its own and shares the offset of the token that ends it.
+	Offset int `json:"offset"`
 }
 
 // TopLogprob is one alternative at a token position.

@@ -10,6 +10,7 @@ import (
 	"net"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/gofiber/fiber/v2"
 
@@ -558,7 +559,7 @@ func (cp *completion) body(dst []byte) []byte {
 			dst = appendInt(dst, int64(i))
 			dst = append(dst, `,"logprobs":`...)
 			if j.logprobs {
-				dst = appendTextLogprobs(dst, r.logprobs, len(echo))
+				dst = appendTextLogprobs(dst, r.logprobs, r.text, &textOffsets{base: utf8.RuneCountInString(echo)})
 			} else {
 				dst = append(dst, "null"...)
 			}
@@ -688,7 +689,10 @@ func (cp *completion) writeStream(w *bufio.Writer, conn net.Conn, events chan st
 		}
 	}
 	firstToken := true
-	offsets := make([]int, n)
+	offs := make([]textOffsets, n)
+	for i := range offs {
+		offs[i].base = utf8.RuneCountInString(j.echoText(i))
+	}
 	handle := func(ev streamEvent) bool {
 		r := &cp.results[ev.index]
 		if ev.done {
@@ -707,8 +711,7 @@ func (cp *completion) writeStream(w *bufio.Writer, conn net.Conn, events chan st
 		if j.logprobs {
 			r.logprobs = append(r.logprobs, ev.chunk.Logprobs...)
 		}
-		buf = cp.chunkWithOffset(buf[:0], ev.index, ev.chunk, offsets[ev.index]+len(j.echoText(ev.index)))
-		offsets[ev.index] += len(ev.chunk.Text)
+		buf = cp.chunkWithOffsets(buf[:0], ev.index, ev.chunk, r.text, &offs[ev.index])
 		send(buf)
 		return false
 	}
@@ -772,14 +775,18 @@ func (cp *completion) writeStream(w *bufio.Writer, conn net.Conn, events chan st
 
 // chunk appends one SSE event with one choice's delta.
 func (cp *completion) chunk(dst []byte, i int, text string, lps []nozzle.TokenLogprob, role bool, finish string) []byte {
-	return cp.appendChunk(dst, i, text, lps, role, finish, 0)
+	return cp.appendChunk(dst, i, text, lps, role, finish, nil, nil)
 }
 
-func (cp *completion) chunkWithOffset(dst []byte, i int, ch nozzle.Chunk, offset int) []byte {
-	return cp.appendChunk(dst, i, ch.Text, ch.Logprobs, false, "", offset)
+// chunkWithOffsets is chunk for a piece of text with its logprobs: sofar
+// is the choice's completion text up to the piece's end, offs its text
+// offsets.
+func (cp *completion) chunkWithOffsets(dst []byte, i int, ch nozzle.Chunk, sofar []byte, offs *textOffsets) []byte {
+	return cp.appendChunk(dst, i, ch.Text, ch.Logprobs, false, "", sofar, offs)
 }
 
-func (cp *completion) appendChunk(dst []byte, i int, text string, lps []nozzle.TokenLogprob, role bool, finish string, offset int) []byte {
+func (cp *completion) appendChunk(dst []byte, i int, text string, lps []nozzle.TokenLogprob, role bool, finish string,
+	sofar []byte, offs *textOffsets) []byte {
 	j := cp.j
 	dst = append(dst, "data: "...)
 	if j.kind == kindChat {
@@ -810,7 +817,7 @@ func (cp *completion) appendChunk(dst []byte, i int, text string, lps []nozzle.T
 		dst = appendInt(dst, int64(i))
 		dst = append(dst, `,"logprobs":`...)
 		if j.logprobs && len(lps) > 0 {
-			dst = appendTextLogprobs(dst, lps, offset)
+			dst = appendTextLogprobs(dst, lps, sofar, offs)
 		} else {
 			dst = append(dst, "null"...)
 		}

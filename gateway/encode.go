@@ -141,9 +141,29 @@ func appendChatLogprobs(dst []byte, lps []nozzle.TokenLogprob) []byte {
 	return append(dst, `],"refusal":null}`...)
 }
 
+// textOffsets turns tokens' byte offsets in a completion's text
+// (TokenLogprob.Offset) into a legacy completion's text_offset: characters
+// from the start of the choice's text, the echoed prompt (base characters)
+// included. It counts on from the last offset asked for.
+type textOffsets struct {
+	base         int
+	bytes, runes int
+}
+
+func (o *textOffsets) at(text []byte, off int) int {
+	off = min(max(off, 0), len(text))
+	if off < o.bytes {
+		o.bytes, o.runes = 0, 0
+	}
+	o.runes += utf8.RuneCount(text[o.bytes:off])
+	o.bytes = off
+	return o.base + o.runes
+}
+
 // appendTextLogprobs appends a legacy completion choice's "logprobs"
-// object; offset is the text offset of the first token.
-func appendTextLogprobs(dst []byte, lps []nozzle.TokenLogprob, offset int) []byte {
+// object; text is the choice's completion text so far (it holds every
+// token of lps), offs its offsets.
+func appendTextLogprobs(dst []byte, lps []nozzle.TokenLogprob, text []byte, offs *textOffsets) []byte {
 	dst = append(dst, `{"tokens":[`...)
 	for i, t := range lps {
 		if i > 0 {
@@ -191,8 +211,7 @@ func appendTextLogprobs(dst []byte, lps []nozzle.TokenLogprob, offset int) []byt
 		if i > 0 {
 			dst = append(dst, ',')
 		}
-		dst = strconv.AppendInt(dst, int64(offset), 10)
-		offset += len(t.Token)
+		dst = strconv.AppendInt(dst, int64(offs.at(text, t.Offset)), 10)
 	}
 	return append(dst, "]}"...)
 }

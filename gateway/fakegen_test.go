@@ -120,6 +120,7 @@ func (g *fakeGen) generate(ctx context.Context, req *nozzle.GenerateRequest, emi
 		n = req.MaxTokens
 	}
 	res.DeviceSeconds = 0.001
+	off := 0 // the byte offset of word i in the completion
 	for i := 0; i < n; i++ {
 		if d := time.Duration(g.delay.Load()); d > 0 {
 			select {
@@ -138,12 +139,13 @@ func (g *fakeGen) generate(ctx context.Context, req *nozzle.GenerateRequest, emi
 		}
 		ch := nozzle.Chunk{Text: g.words[i]}
 		if req.Logprobs {
-			lp := nozzle.TokenLogprob{Token: g.words[i], Logprob: -0.25}
+			lp := nozzle.TokenLogprob{Token: g.words[i], Logprob: -0.25, Offset: off}
 			for k := 0; k < req.TopLogprobs; k++ {
 				lp.Top = append(lp.Top, nozzle.TopLogprob{Token: "alt" + strconv.Itoa(k), Logprob: -1 - float64(k)})
 			}
 			ch.Logprobs = []nozzle.TokenLogprob{lp}
 		}
+		off += len(g.words[i])
 		res.CompletionTokens++
 		res.DeviceSeconds += 0.001
 		if err := emit(ch); err != nil {

@@ -3,6 +3,7 @@ package gateway_test
 import (
 	"encoding/json"
 	"net/http"
+	"slices"
 	"strings"
 	"testing"
 
@@ -160,6 +161,48 @@ func TestStream_Completions(t *testing.T) {
 	chunks = parseChunks(t, sseEvents(t, readAll(t, resp)))
 	if lp := chunks[0].Choices[0].Logprobs; !json.Valid(lp) || !strings.Contains(string(lp), `"token_logprobs":[-0.25]`) {
 		t.Errorf("logprobs %s", lp)
+	}
+}
+
+// TestCompletions_TextOffset checks a legacy completion's text_offset:
+// characters (not bytes) from the start of the choice's text, the same
+// streamed as not.
+func TestCompletions_TextOffset(t *testing.T) {
+	f := newFixture(t)
+	f.gen.words = []string{"héllo", " wörld", "!", " ☃"}
+	want := []int{0, 5, 11, 12}
+	type lps struct {
+		TextOffset []int `json:"text_offset"`
+	}
+	var out struct {
+		Choices []struct {
+			Logprobs lps
+		}
+	}
+	decode(t, f.do(http.MethodPost, "/v1/completions", `{"model":"base","prompt":"Hi","logprobs":1,"max_tokens":4}`, f.authA()), &out)
+	if got := out.Choices[0].Logprobs.TextOffset; !slices.Equal(got, want) {
+		t.Errorf("text_offset %v, want %v", got, want)
+	}
+	resp := f.do(http.MethodPost, "/v1/completions", `{"model":"base","stream":true,"prompt":"Hi","logprobs":1,"max_tokens":4}`, f.authA())
+	var got []int
+	for _, e := range sseEvents(t, readAll(t, resp)) {
+		if e == "[DONE]" {
+			continue
+		}
+		var c struct {
+			Choices []struct {
+				Logprobs *lps
+			}
+		}
+		if err := json.Unmarshal([]byte(e), &c); err != nil {
+			t.Fatal(err)
+		}
+		if len(c.Choices) > 0 && c.Choices[0].Logprobs != nil {
+			got = append(got, c.Choices[0].Logprobs.TextOffset...)
+		}
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("streamed text_offset %v, want %v", got, want)
 	}
 }
 

@@ -363,7 +363,9 @@ func (t *textStream) add(c codec, ev *seqEvent) (nozzle.Chunk, bool) {
 	start := t.base + len(t.held)
 	t.held += text
 	if t.logprobs {
-		t.lps = append(t.lps, heldLogprob{lp: tokenLogprob(c, ev), start: start, end: start + len(text)})
+		lp := tokenLogprob(c, ev)
+		lp.Offset = start
+		t.lps = append(t.lps, heldLogprob{lp: lp, start: start, end: start + len(text)})
 	}
 	return t.cut(false)
 }

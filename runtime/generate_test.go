@@ -94,6 +94,10 @@ func TestGenerate_StopSequences(t *testing.T) {
 	var toks []string
 	for _, c := range full.chunks {
 		for _, lp := range c.Logprobs {
+			// each token's offset is where its text begins in the completion
+			if at := len(strings.Join(toks, "")); lp.Offset != at {
+				t.Errorf("token %d %q: offset %d, want %d", len(toks), lp.Token, lp.Offset, at)
+			}
 			toks = append(toks, lp.Token)
 		}
 	}
