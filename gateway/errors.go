@@ -6,6 +6,7 @@ import (
 	"math"
 	"net/http"
 	"strconv"
+	"time"
 
 	"github.com/gofiber/fiber/v2"
 
@@ -73,10 +74,13 @@ func toAppError(err error) *nozzle.Error {
 }
 
 // noRetry holds the error codes of answers with a status that clients
-// retry by default (409, 429) where a retry of the same request cannot
-// succeed: a reused idempotency key, an exhausted budget, a request larger
-// than the whole per-minute token limit.
-var noRetry = map[string]bool{"idempotency_key_reused": true, "insufficient_quota": true, "request_too_large": true}
+// retry by default (409, 429, 5xx) where a retry of the same request
+// cannot succeed or would only cost: a reused idempotency key, an
+// exhausted budget, a request larger than the whole per-minute token
+// limit, a generation that ran past the request timeout (a retry runs it
+// all again, unbilled, for as long).
+var noRetry = map[string]bool{"idempotency_key_reused": true, "insufficient_quota": true, "request_too_large": true,
+	"timeout": true}
 
 // errorHandler renders err OpenAI-shaped: {"error": {"message", "type",
 // "param", "code"}} with the status of its code. Internal errors are logged
@@ -101,7 +105,10 @@ func (s *Server) errorHandler(c *fiber.Ctx, err error) error {
 		reason = defaultReasons[e.Code]
 	}
 	if e.RetryAfter > 0 {
+		// Whole seconds in Retry-After; the OpenAI SDKs read the exact
+		// wait from Retry-After-Ms first.
 		c.Set(fiber.HeaderRetryAfter, strconv.FormatInt(int64(math.Ceil(e.RetryAfter.Seconds())), 10))
+		c.Set("Retry-After-Ms", strconv.FormatInt((e.RetryAfter+time.Millisecond-1).Milliseconds(), 10))
 	}
 	if noRetry[reason] {
 		// The OpenAI SDKs retry a 409 or 429 by default, unless told not to.

@@ -220,6 +220,10 @@ func TestRateLimit(t *testing.T) {
 		if ra < 1 || ra > 31 || r.Header.Get("X-Should-Retry") != "" {
 			t.Errorf("Retry-After %q, X-Should-Retry %q (a retry after the wait succeeds)", r.Header.Get("Retry-After"), r.Header.Get("X-Should-Retry"))
 		}
+		// the exact wait for the OpenAI SDKs, within the whole second above
+		if ms, err := strconv.Atoi(r.Header.Get("Retry-After-Ms")); err != nil || ms < 1 || ms > ra*1000 || ms <= (ra-1)*1000 {
+			t.Errorf("Retry-After-Ms %q with Retry-After %d", r.Header.Get("Retry-After-Ms"), ra)
+		}
 		wantError(t, r, 429, "rate_limit_error", "rate_limit_exceeded", "")
 		// Another key of the same tenant has its own bucket; another
 		// tenant is not affected.
@@ -399,7 +403,11 @@ func TestFailures(t *testing.T) {
 		if !strings.Contains(body, "Hello") || !strings.Contains(body, "timeout") {
 			t.Fatalf("stream %s", body)
 		}
-		wantError(t, f.do(http.MethodPost, "/v1/chat/completions", chatBody("base", "hi"), f.authA()), 503, "server_error", "timeout", "")
+		r := f.do(http.MethodPost, "/v1/chat/completions", chatBody("base", "hi"), f.authA())
+		if r.Header.Get("X-Should-Retry") != "false" { // a retry would run it all again
+			t.Errorf("X-Should-Retry %q", r.Header.Get("X-Should-Retry"))
+		}
+		wantError(t, r, 503, "server_error", "timeout", "")
 		evs := f.events()
 		if len(evs) != 2 || evs[0].Status != nozzle.UsageCanceled || evs[0].ChargeUSD <= 0 ||
 			evs[1].Status != nozzle.UsageFailed || evs[1].ChargeUSD != 0 || evs[1].CompletionTokens == 0 {
