@@ -5,7 +5,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -161,6 +163,12 @@ func (c *hostCache) loadFromSource(sha string) (hostAdapter, error) {
 	}
 	a, err := c.load(dir)
 	if err != nil {
+		// The files may have gone between AdapterDir and the load (the
+		// adapter was deleted meanwhile): that is the source's not-found,
+		// not an internal error.
+		if _, serr := os.Stat(dir); errors.Is(serr, fs.ErrNotExist) {
+			return nil, nozzle.Errorf(nozzle.ENOTFOUND, "Adapter %s is not stored.", shortSHA(sha)).WithReason("model_not_found")
+		}
 		if nozzle.AsError(err) != nil {
 			return nil, err
 		}
