@@ -296,18 +296,18 @@ func (u *unimplemented) check() error {
 		switch {
 		case p.v == nil || *p.v == 0:
 		case *p.v < -2 || *p.v > 2:
-			return invalid(p.name, "Invalid '%s': expected a number from -2 to 2, but got %s.", p.name, strconv.FormatFloat(*p.v, 'g', -1, 64))
+			return invalidAs("invalid_value", p.name, "Invalid '%s': expected a number from -2 to 2, but got %s.", p.name, strconv.FormatFloat(*p.v, 'g', -1, 64))
 		default:
-			return invalid(p.name, "'%s' is not supported by this server; leave it out or set it to 0.", p.name)
+			return invalidAs("unsupported_value", p.name, "'%s' is not supported by this server; leave it out or set it to 0.", p.name)
 		}
 	}
 	if !isNull(u.LogitBias) {
 		var bias map[string]json.RawMessage
 		if err := json.Unmarshal(u.LogitBias, &bias); err != nil {
-			return invalid("logit_bias", "Invalid type for 'logit_bias': expected an object.")
+			return invalidAs("invalid_type", "logit_bias", "Invalid type for 'logit_bias': expected an object.")
 		}
 		if len(bias) > 0 {
-			return invalid("logit_bias", "'logit_bias' is not supported by this server; leave it out or send an empty object.")
+			return invalidAs("unsupported_value", "logit_bias", "'logit_bias' is not supported by this server; leave it out or send an empty object.")
 		}
 	}
 	return nil
@@ -326,17 +326,17 @@ func noToolsMode(raw json.RawMessage) bool {
 // constrained decoding, so anything else is refused.
 func checkChatFormat(toolChoice, responseFormat json.RawMessage) error {
 	if !noToolsMode(toolChoice) {
-		return invalid("tool_choice", "'tool_choice' other than \"none\" or \"auto\" is not supported by this server: it has no tools.")
+		return invalidAs("unsupported_value", "tool_choice", "'tool_choice' other than \"none\" or \"auto\" is not supported by this server: it has no tools.")
 	}
 	if !isNull(responseFormat) {
 		var f struct {
 			Type *string `json:"type"`
 		}
 		if json.Unmarshal(responseFormat, &f) != nil || f.Type == nil {
-			return invalid("response_format", "Invalid 'response_format': expected an object with a 'type'.")
+			return invalidAs("invalid_value", "response_format", "Invalid 'response_format': expected an object with a 'type'.")
 		}
 		if *f.Type != "text" {
-			return invalid("response_format", "'response_format' of type %q is not supported by this server (it has no constrained decoding); leave it out or use \"text\".", *f.Type)
+			return invalidAs("unsupported_value", "response_format", "'response_format' of type %q is not supported by this server (it has no constrained decoding); leave it out or use \"text\".", *f.Type)
 		}
 	}
 	return nil
@@ -348,30 +348,40 @@ func checkChatFormat(toolChoice, responseFormat json.RawMessage) error {
 // served do not reason in a separate channel).
 func checkChatOutputs(b *chatBody) error {
 	if !noToolsMode(b.FunctionCall) {
-		return invalid("function_call", "'function_call' other than \"none\" or \"auto\" is not supported by this server: it has no tools.")
+		return invalidAs("unsupported_value", "function_call", "'function_call' other than \"none\" or \"auto\" is not supported by this server: it has no tools.")
 	}
 	for _, m := range b.Modalities {
 		if m != "text" {
-			return invalid("modalities", "Invalid 'modalities': %q output is not supported by this server; only \"text\" is.", m)
+			return invalidAs("unsupported_value", "modalities", "Invalid 'modalities': %q output is not supported by this server; only \"text\" is.", m)
 		}
 	}
 	if !isNull(b.Audio) {
-		return invalid("audio", "Audio output is not supported by this server.")
+		return invalidAs("unsupported_parameter", "audio", "Audio output is not supported by this server.")
 	}
 	if !isNull(b.WebSearchOptions) {
-		return invalid("web_search_options", "Web search is not supported by this server.")
+		return invalidAs("unsupported_parameter", "web_search_options", "Web search is not supported by this server.")
 	}
 	if !isNull(b.ReasoningEffort) {
-		return invalid("reasoning_effort", "'reasoning_effort' is not supported with this model.")
+		return invalidAs("unsupported_parameter", "reasoning_effort", "'reasoning_effort' is not supported with this model.")
 	}
 	if !isNull(b.Verbosity) {
-		return invalid("verbosity", "'verbosity' is not supported with this model.")
+		return invalidAs("unsupported_parameter", "verbosity", "'verbosity' is not supported with this model.")
 	}
 	return nil
 }
 
 func invalid(param, format string, args ...any) error {
 	return nozzle.Errorf(nozzle.EINVALID, format, args...).WithParam(param)
+}
+
+// invalidAs is invalid with the error's code, as OpenAI's API gives one
+// for a bad parameter (clients branch on it: one that sees
+// unsupported_parameter may drop the parameter and try again):
+// invalid_type, invalid_value, empty_array, missing_required_parameter,
+// unsupported_parameter (the parameter itself) or unsupported_value (the
+// parameter is known, the value asked for is not served).
+func invalidAs(code, param, format string, args ...any) error {
+	return nozzle.Errorf(nozzle.EINVALID, format, args...).WithParam(param).WithReason(code)
 }
 
 // decodeJSON decodes a request body into v, turning decoder errors into
@@ -391,7 +401,7 @@ func decodeJSON(body []byte, v any) error {
 		}
 		got, _, _ := strings.Cut(te.Value, " ")
 		field := indexedField(body, v, te.Field)
-		return invalid(field, "Invalid type for '%s': expected %s, but got %s.", field, describeType(te.Type), article(got))
+		return invalidAs("invalid_type", field, "Invalid type for '%s': expected %s, but got %s.", field, describeType(te.Type), article(got))
 	}
 	return nozzle.Errorf(nozzle.EINVALID, "We could not parse the JSON body of your request. The API expects a JSON object; check it is valid JSON.").Wrap(err)
 }
@@ -476,10 +486,10 @@ func parseStop(raw json.RawMessage) ([]string, error) {
 	}
 	var list []string
 	if err := json.Unmarshal(raw, &list); err != nil {
-		return nil, invalid("stop", "Invalid type for 'stop': expected a string or an array of strings.")
+		return nil, invalidAs("invalid_type", "stop", "Invalid type for 'stop': expected a string or an array of strings.")
 	}
 	if len(list) > 4 {
-		return nil, invalid("stop", "Invalid 'stop': at most 4 stop sequences are allowed, got %d.", len(list))
+		return nil, invalidAs("invalid_value", "stop", "Invalid 'stop': at most 4 stop sequences are allowed, got %d.", len(list))
 	}
 	out := list[:0]
 	for _, s := range list {
@@ -507,12 +517,12 @@ type common struct {
 
 func (j *job) applyCommon(c common, maxChoicesPerPrompt int, maxTokensParam string) error {
 	if c.model == nil || *c.model == "" {
-		return invalid("model", "You must provide a model parameter.")
+		return invalidAs("missing_required_parameter", "model", "You must provide a model parameter.")
 	}
 	j.model = *c.model
 	if c.maxTokens != nil {
 		if *c.maxTokens < 1 {
-			return invalid(maxTokensParam, "Invalid '%s': integer below minimum value. Expected a value >= 1, but got %d instead.", maxTokensParam, *c.maxTokens)
+			return invalidAs("invalid_value", maxTokensParam, "Invalid '%s': integer below minimum value. Expected a value >= 1, but got %d instead.", maxTokensParam, *c.maxTokens)
 		}
 		j.maxTokens = *c.maxTokens
 	}
@@ -521,7 +531,7 @@ func (j *job) applyCommon(c common, maxChoicesPerPrompt int, maxTokensParam stri
 	j.temperatureSet = c.temperature != nil
 	if c.temperature != nil {
 		if *c.temperature < 0 || *c.temperature > 2 {
-			return invalid("temperature", "Invalid 'temperature': expected a number from 0 to 2, but got %s.", strconv.FormatFloat(*c.temperature, 'g', -1, 64))
+			return invalidAs("invalid_value", "temperature", "Invalid 'temperature': expected a number from 0 to 2, but got %s.", strconv.FormatFloat(*c.temperature, 'g', -1, 64))
 		}
 		j.temperature = *c.temperature
 	}
@@ -529,7 +539,7 @@ func (j *job) applyCommon(c common, maxChoicesPerPrompt int, maxTokensParam stri
 	j.topPSet = c.topP != nil
 	if c.topP != nil {
 		if *c.topP < 0 || *c.topP > 1 {
-			return invalid("top_p", "Invalid 'top_p': expected a number from 0 to 1, but got %s.", strconv.FormatFloat(*c.topP, 'g', -1, 64))
+			return invalidAs("invalid_value", "top_p", "Invalid 'top_p': expected a number from 0 to 1, but got %s.", strconv.FormatFloat(*c.topP, 'g', -1, 64))
 		}
 		j.topP = *c.topP
 		if j.topP == 0 {
@@ -542,7 +552,7 @@ func (j *job) applyCommon(c common, maxChoicesPerPrompt int, maxTokensParam stri
 		// An extension (as other OpenAI-compatible servers have it):
 		// -1 or 0 turns the filter off.
 		if *c.topK < -1 {
-			return invalid("top_k", "Invalid 'top_k': expected -1, 0 (no filter) or a positive integer, but got %d.", *c.topK)
+			return invalidAs("invalid_value", "top_k", "Invalid 'top_k': expected -1, 0 (no filter) or a positive integer, but got %d.", *c.topK)
 		}
 		j.topK, j.topKSet = max(*c.topK, 0), true
 	}
@@ -553,7 +563,7 @@ func (j *job) applyCommon(c common, maxChoicesPerPrompt int, maxTokensParam stri
 	j.n = 1
 	if c.n != nil {
 		if *c.n < 1 || *c.n > maxChoicesPerPrompt {
-			return invalid("n", "Invalid 'n': expected an integer from 1 to %d, but got %d.", maxChoicesPerPrompt, *c.n)
+			return invalidAs("invalid_value", "n", "Invalid 'n': expected an integer from 1 to %d, but got %d.", maxChoicesPerPrompt, *c.n)
 		}
 		j.n = *c.n
 	}
@@ -565,7 +575,7 @@ func (j *job) applyCommon(c common, maxChoicesPerPrompt int, maxTokensParam stri
 	j.stream = c.stream != nil && *c.stream
 	if c.streamOpts != nil {
 		if !j.stream {
-			return invalid("stream_options", "The 'stream_options' parameter is only allowed when 'stream' is enabled.")
+			return invalidAs("invalid_value", "stream_options", "The 'stream_options' parameter is only allowed when 'stream' is enabled.")
 		}
 		j.includeUsage = c.streamOpts.IncludeUsage != nil && *c.streamOpts.IncludeUsage
 	}
@@ -597,21 +607,21 @@ func parseChat(body []byte, maxChoices int) (*job, error) {
 		return nil, err
 	}
 	if !isNull(b.Tools) && string(bytes.TrimSpace(b.Tools)) != "[]" {
-		return nil, invalid("tools", "Tools are not supported by this server.")
+		return nil, invalidAs("unsupported_parameter", "tools", "Tools are not supported by this server.")
 	}
 	if !isNull(b.Functions) && string(bytes.TrimSpace(b.Functions)) != "[]" {
-		return nil, invalid("functions", "Functions are not supported by this server.")
+		return nil, invalidAs("unsupported_parameter", "functions", "Functions are not supported by this server.")
 	}
 	if err := checkChatOutputs(&b); err != nil {
 		return nil, err
 	}
 	if len(b.Messages) == 0 {
-		return nil, invalid("messages", "Invalid 'messages': empty array. Expected an array with minimum length 1.")
+		return nil, invalidAs("empty_array", "messages", "Invalid 'messages': empty array. Expected an array with minimum length 1.")
 	}
 	j.messages = make([]nozzle.ChatMessage, len(b.Messages))
 	for i, m := range b.Messages {
 		if m.Role == nil {
-			return nil, invalid(fmt.Sprintf("messages[%d].role", i), "Missing required parameter: 'messages[%d].role'.", i)
+			return nil, invalidAs("missing_required_parameter", fmt.Sprintf("messages[%d].role", i), "Missing required parameter: 'messages[%d].role'.", i)
 		}
 		role := *m.Role
 		switch role {
@@ -619,16 +629,16 @@ func parseChat(body []byte, maxChoices int) (*job, error) {
 		case "developer":
 			role = "system"
 		default:
-			return nil, invalid(fmt.Sprintf("messages[%d].role", i), "Invalid value for 'messages[%d].role': %q is not supported; use 'system', 'developer', 'user' or 'assistant'.", i, role)
+			return nil, invalidAs("invalid_value", fmt.Sprintf("messages[%d].role", i), "Invalid value for 'messages[%d].role': %q is not supported; use 'system', 'developer', 'user' or 'assistant'.", i, role)
 		}
 		if !isNull(m.ToolCalls) && string(bytes.TrimSpace(m.ToolCalls)) != "[]" {
-			return nil, invalid(fmt.Sprintf("messages[%d].tool_calls", i), "Tool calls are not supported by this server: it has no tools.")
+			return nil, invalidAs("unsupported_parameter", fmt.Sprintf("messages[%d].tool_calls", i), "Tool calls are not supported by this server: it has no tools.")
 		}
 		if !isNull(m.FunctionCall) {
-			return nil, invalid(fmt.Sprintf("messages[%d].function_call", i), "Function calls are not supported by this server: it has no tools.")
+			return nil, invalidAs("unsupported_parameter", fmt.Sprintf("messages[%d].function_call", i), "Function calls are not supported by this server: it has no tools.")
 		}
 		if isNull(m.Content) && role != "assistant" {
-			return nil, invalid(fmt.Sprintf("messages[%d].content", i), "Missing required parameter: 'messages[%d].content'.", i)
+			return nil, invalidAs("missing_required_parameter", fmt.Sprintf("messages[%d].content", i), "Missing required parameter: 'messages[%d].content'.", i)
 		}
 		text, err := parseContent(m.Content, i, role == "assistant")
 		if err != nil {
@@ -642,10 +652,10 @@ func parseChat(body []byte, maxChoices int) (*job, error) {
 	j.logprobs = b.Logprobs != nil && *b.Logprobs
 	if b.TopLogprobs != nil {
 		if *b.TopLogprobs < 0 || *b.TopLogprobs > 20 {
-			return nil, invalid("top_logprobs", "Invalid 'top_logprobs': expected an integer from 0 to 20, but got %d.", *b.TopLogprobs)
+			return nil, invalidAs("invalid_value", "top_logprobs", "Invalid 'top_logprobs': expected an integer from 0 to 20, but got %d.", *b.TopLogprobs)
 		}
 		if *b.TopLogprobs > 0 && !j.logprobs {
-			return nil, invalid("top_logprobs", "Using 'top_logprobs' requires 'logprobs' to be true.")
+			return nil, invalidAs("invalid_value", "top_logprobs", "Using 'top_logprobs' requires 'logprobs' to be true.")
 		}
 		j.topLogprobs = *b.TopLogprobs
 	}
@@ -669,10 +679,10 @@ func parseContent(raw json.RawMessage, i int, assistant bool) (string, error) {
 	param := fmt.Sprintf("messages[%d].content", i)
 	var parts []contentPart
 	if err := json.Unmarshal(raw, &parts); err != nil {
-		return "", invalid(param, "Invalid type for '%s': expected a string or an array of content parts.", param)
+		return "", invalidAs("invalid_type", param, "Invalid type for '%s': expected a string or an array of content parts.", param)
 	}
 	if len(parts) == 0 {
-		return "", invalid(param, "Invalid '%s': empty array. Expected an array with minimum length 1, but got an empty array instead.", param)
+		return "", invalidAs("empty_array", param, "Invalid '%s': empty array. Expected an array with minimum length 1, but got an empty array instead.", param)
 	}
 	var sb strings.Builder
 	for k, p := range parts {
@@ -687,10 +697,10 @@ func parseContent(raw json.RawMessage, i int, assistant bool) (string, error) {
 			if p.Type != nil {
 				t = *p.Type
 			}
-			return "", invalid(fmt.Sprintf("%s[%d].type", param, k), "Invalid content part type %q: only 'text' parts are supported.", t)
+			return "", invalidAs("unsupported_value", fmt.Sprintf("%s[%d].type", param, k), "Invalid content part type %q: only 'text' parts are supported.", t)
 		}
 		if p.Text == nil {
-			return "", invalid(fmt.Sprintf("%s[%d].text", param, k), "Missing required parameter: '%s[%d].text'.", param, k)
+			return "", invalidAs("missing_required_parameter", fmt.Sprintf("%s[%d].text", param, k), "Missing required parameter: '%s[%d].text'.", param, k)
 		}
 		sb.WriteString(*p.Text)
 	}
@@ -724,32 +734,32 @@ func parseCompletion(body []byte, maxChoices int) (*job, error) {
 	}
 	j.prompts = prompts
 	if j.choices() > maxChoices {
-		return nil, invalid("n", "Too many choices: %d prompts × n=%d exceeds %d.", len(prompts), j.n, maxChoices)
+		return nil, invalidAs("invalid_value", "n", "Too many choices: %d prompts × n=%d exceeds %d.", len(prompts), j.n, maxChoices)
 	}
 	if b.Logprobs != nil {
 		if *b.Logprobs < 0 || *b.Logprobs > 5 {
-			return nil, invalid("logprobs", "Invalid 'logprobs': expected an integer from 0 to 5, but got %d.", *b.Logprobs)
+			return nil, invalidAs("invalid_value", "logprobs", "Invalid 'logprobs': expected an integer from 0 to 5, but got %d.", *b.Logprobs)
 		}
 		j.logprobs, j.topLogprobs = true, *b.Logprobs
 	}
 	if b.Echo != nil && *b.Echo {
 		for _, p := range prompts {
 			if !p.isText {
-				return nil, invalid("echo", "'echo' is supported only with text prompts.")
+				return nil, invalidAs("unsupported_value", "echo", "'echo' is supported only with text prompts.")
 			}
 		}
 		if j.logprobs {
 			// OpenAI's answer would score the prompt's tokens too; this
 			// server computes logprobs of generated tokens only.
-			return nil, invalid("logprobs", "'logprobs' with 'echo' (the prompt's logprobs) is not supported by this server; leave out one of them.")
+			return nil, invalidAs("unsupported_parameter", "logprobs", "'logprobs' with 'echo' (the prompt's logprobs) is not supported by this server; leave out one of them.")
 		}
 		j.echo = true
 	}
 	if b.Suffix != nil && *b.Suffix != "" {
-		return nil, invalid("suffix", "'suffix' is not supported by this server.")
+		return nil, invalidAs("unsupported_parameter", "suffix", "'suffix' is not supported by this server.")
 	}
 	if b.BestOf != nil && *b.BestOf != 1 && *b.BestOf != j.n {
-		return nil, invalid("best_of", "'best_of' other than n is not supported by this server.")
+		return nil, invalidAs("unsupported_value", "best_of", "'best_of' other than n is not supported by this server.")
 	}
 	return j, nil
 }
@@ -758,7 +768,7 @@ func parseCompletion(body []byte, maxChoices int) (*job, error) {
 // a list of token-id lists.
 func parsePrompt(raw json.RawMessage) ([]promptSpec, error) {
 	if isNull(raw) {
-		return nil, invalid("prompt", "You must provide a prompt.")
+		return nil, invalidAs("missing_required_parameter", "prompt", "You must provide a prompt.")
 	}
 	var s string
 	if json.Unmarshal(raw, &s) == nil {
@@ -766,14 +776,14 @@ func parsePrompt(raw json.RawMessage) ([]promptSpec, error) {
 	}
 	var items []json.RawMessage
 	if err := json.Unmarshal(raw, &items); err != nil {
-		return nil, invalid("prompt", "Invalid type for 'prompt': expected a string, an array of strings, an array of token ids or an array of token-id arrays.")
+		return nil, invalidAs("invalid_type", "prompt", "Invalid type for 'prompt': expected a string, an array of strings, an array of token ids or an array of token-id arrays.")
 	}
 	if len(items) == 0 {
-		return nil, invalid("prompt", "Invalid 'prompt': empty array.")
+		return nil, invalidAs("empty_array", "prompt", "Invalid 'prompt': empty array.")
 	}
 	for i, it := range items {
 		if isNull(it) {
-			return nil, invalid("prompt", "Invalid 'prompt': item %d is null.", i)
+			return nil, invalidAs("invalid_value", "prompt", "Invalid 'prompt': item %d is null.", i)
 		}
 	}
 	first := bytes.TrimSpace(items[0])
@@ -781,7 +791,7 @@ func parsePrompt(raw json.RawMessage) ([]promptSpec, error) {
 	case first[0] == '"':
 		var list []string
 		if err := json.Unmarshal(raw, &list); err != nil {
-			return nil, invalid("prompt", "Invalid 'prompt': an array of prompts must hold only strings.")
+			return nil, invalidAs("invalid_value", "prompt", "Invalid 'prompt': an array of prompts must hold only strings.")
 		}
 		out := make([]promptSpec, len(list))
 		for i, t := range list {
@@ -791,7 +801,7 @@ func parsePrompt(raw json.RawMessage) ([]promptSpec, error) {
 	case first[0] == '[':
 		var lists [][]*int
 		if err := json.Unmarshal(raw, &lists); err != nil {
-			return nil, invalid("prompt", "Invalid 'prompt': an array of token-id arrays must hold only arrays of integers.")
+			return nil, invalidAs("invalid_value", "prompt", "Invalid 'prompt': an array of token-id arrays must hold only arrays of integers.")
 		}
 		out := make([]promptSpec, len(lists))
 		for i, l := range lists {
@@ -805,7 +815,7 @@ func parsePrompt(raw json.RawMessage) ([]promptSpec, error) {
 	default:
 		var list []*int
 		if err := json.Unmarshal(raw, &list); err != nil {
-			return nil, invalid("prompt", "Invalid 'prompt': an array of token ids must hold only integers.")
+			return nil, invalidAs("invalid_value", "prompt", "Invalid 'prompt': an array of token ids must hold only integers.")
 		}
 		ids, err := tokenIDs(list)
 		if err != nil {
@@ -820,7 +830,7 @@ func tokenIDs(list []*int) ([]int, error) {
 	ids := make([]int, len(list))
 	for i, id := range list {
 		if id == nil {
-			return nil, invalid("prompt", "Invalid 'prompt': token %d is null; token ids are integers.", i)
+			return nil, invalidAs("invalid_value", "prompt", "Invalid 'prompt': token %d is null; token ids are integers.", i)
 		}
 		ids[i] = *id
 	}
@@ -829,11 +839,11 @@ func tokenIDs(list []*int) ([]int, error) {
 
 func checkTokens(ids []int) error {
 	if len(ids) == 0 {
-		return invalid("prompt", "Invalid 'prompt': empty token list.")
+		return invalidAs("empty_array", "prompt", "Invalid 'prompt': empty token list.")
 	}
 	for _, id := range ids {
 		if id < 0 || id > 1<<31-1 {
-			return invalid("prompt", "Invalid 'prompt': token id %d is out of range.", id)
+			return invalidAs("invalid_value", "prompt", "Invalid 'prompt': token id %d is out of range.", id)
 		}
 	}
 	return nil
