@@ -101,3 +101,37 @@ func TestExtension(t *testing.T) {
 		t.Errorf("after panic: %d", r.StatusCode)
 	}
 }
+
+// TestCORS checks that pages of any origin may call the API with a key,
+// never with credentials, and that the console's routes stay same-origin.
+func TestCORS(t *testing.T) {
+	f := newFixture(t)
+	origin := header{"Origin", "https://app.example"}
+	r := f.do(http.MethodOptions, "/v1/chat/completions", "", origin,
+		header{"Access-Control-Request-Method", "POST"},
+		header{"Access-Control-Request-Headers", "authorization, content-type, x-stainless-os"})
+	h := r.Header
+	if r.StatusCode != http.StatusNoContent || h.Get("Access-Control-Allow-Origin") != "*" ||
+		h.Get("Access-Control-Allow-Headers") != "authorization, content-type, x-stainless-os" ||
+		!strings.Contains(h.Get("Access-Control-Allow-Methods"), "POST") || h.Get("Access-Control-Allow-Credentials") != "" {
+		t.Errorf("preflight: %d %v", r.StatusCode, h)
+	}
+	r = f.do(http.MethodPost, "/v1/chat/completions", chatBody("base", "hi"), f.authA(), origin)
+	h = r.Header
+	if r.StatusCode != 200 || h.Get("Access-Control-Allow-Origin") != "*" || h.Get("Access-Control-Allow-Credentials") != "" ||
+		!strings.Contains(h.Get("Access-Control-Expose-Headers"), "X-Request-Id") {
+		t.Errorf("call: %d %v", r.StatusCode, h)
+	}
+	// an error answer is readable by the page too (the SDK shows its message)
+	r = f.do(http.MethodPost, "/v1/chat/completions", chatBody("base", "hi"), origin)
+	if r.StatusCode != 401 || r.Header.Get("Access-Control-Allow-Origin") != "*" {
+		t.Errorf("401: %d %v", r.StatusCode, r.Header)
+	}
+	// no Origin, no CORS headers; the console is not the API
+	if r := f.do(http.MethodPost, "/v1/chat/completions", chatBody("base", "hi"), f.authA()); r.Header.Get("Access-Control-Allow-Origin") != "" {
+		t.Errorf("without Origin: %v", r.Header)
+	}
+	if r := f.do(http.MethodGet, "/console/login", "", origin); r.Header.Get("Access-Control-Allow-Origin") != "" {
+		t.Errorf("console: %v", r.Header)
+	}
+}

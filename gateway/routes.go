@@ -14,6 +14,7 @@ import (
 //	GET    /healthz                         alive
 //	GET    /readyz                          200 once an upstream is healthy
 //	GET    /metrics                         Prometheus text format
+//	OPTIONS /v1/*                           CORS preflight (any origin, no credentials)
 //	GET    /v1/models                       inference scope
 //	GET    /v1/models/{model}               inference scope
 //	DELETE /v1/models/{model}               adapters scope (the adapter)
@@ -52,7 +53,8 @@ func (s *Server) routes() {
 	app.Get("/readyz", s.readyz)
 	app.Get("/metrics", s.metricsText)
 
-	v1 := app.Group("/v1")
+	v1 := app.Group("/v1", cors)
+	v1.Options("/*", preflight)
 	inference := s.RequireKey(nozzle.ScopeInference)
 	v1.Get("/models", inference, s.listModels)
 	v1.Get("/models/*", inference, s.getModel)
@@ -91,6 +93,42 @@ func (s *Server) routes() {
 
 	app.Get("/internal/adapters/:sha256/:file", s.requireInternal, s.adapterFile)
 	app.Post("/internal/capacity/pull", s.requireInternal, s.pullCapacity)
+}
+
+// The API answers pages of any origin, as OpenAI's does (the SDKs'
+// dangerouslyAllowBrowser): keys travel in the Authorization header, never
+// in a cookie, and no answer allows credentials, so a page can do no more
+// than the key it already holds allows. The console's cookie routes are
+// not under /v1 and stay same-origin.
+const (
+	corsExpose  = "X-Request-Id, Retry-After, Retry-After-Ms, X-Should-Retry, X-Ratelimit-Limit-Requests, X-Ratelimit-Remaining-Requests, X-Ratelimit-Reset-Requests, X-Ratelimit-Limit-Tokens, X-Ratelimit-Remaining-Tokens, X-Ratelimit-Reset-Tokens"
+	corsMethods = "GET, POST, DELETE"
+	corsHeaders = "Authorization, Content-Type, Idempotency-Key, X-Request-Id, OpenAI-Organization, OpenAI-Project"
+)
+
+func cors(c *fiber.Ctx) error {
+	if c.Get(fiber.HeaderOrigin) != "" {
+		h := &c.Response().Header
+		h.Set(fiber.HeaderAccessControlAllowOrigin, "*")
+		h.Set(fiber.HeaderAccessControlExposeHeaders, corsExpose)
+		h.Set(fiber.HeaderVary, fiber.HeaderOrigin)
+	}
+	return c.Next()
+}
+
+// preflight answers a browser's CORS preflight of an API call: the
+// headers it asks to send (the SDKs add their own X-Stainless-* ones) and
+// the API's methods.
+func preflight(c *fiber.Ctx) error {
+	h := &c.Response().Header
+	h.Set(fiber.HeaderAccessControlAllowMethods, corsMethods)
+	if req := c.Get(fiber.HeaderAccessControlRequestHeaders); req != "" && len(req) <= 2048 {
+		h.Set(fiber.HeaderAccessControlAllowHeaders, req)
+	} else {
+		h.Set(fiber.HeaderAccessControlAllowHeaders, corsHeaders)
+	}
+	h.Set(fiber.HeaderAccessControlMaxAge, "600")
+	return c.SendStatus(fiber.StatusNoContent)
 }
 
 func (s *Server) healthz(c *fiber.Ctx) error {
