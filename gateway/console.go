@@ -226,6 +226,17 @@ func (cs *console) mount() {
 	oapi.Post("/users/:id/invite", cs.once(cs.reinvite))
 	oapi.Post("/prices", s.setDefaultPrice)
 	oapi.Get("/report", s.adminReport)
+
+	// A typed or bookmarked address: signing out is a form's POST, and
+	// any other page that does not exist is a page saying so, not JSON
+	// (/console/api's callers read JSON, and get the API's 404).
+	g.Get("/logout", func(c *fiber.Ctx) error { return c.Redirect("/console/login", fiber.StatusSeeOther) })
+	g.Use(func(c *fiber.Ctx) error {
+		if strings.HasPrefix(c.Path(), "/console/api/") {
+			return c.Next()
+		}
+		return cs.renderError(c, nozzle.Errorf(nozzle.ENOTFOUND, "There is no such page in the console."))
+	})
 }
 
 // playgroundLimits applies the tenant's rate limits to playground

@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/url"
 	"strconv"
 	"strings"
 	"sync"
@@ -282,7 +283,8 @@ func (cs *console) requireSession(role string, api bool) fiber.Handler {
 				return err
 			}
 			cs.clearCookie(c)
-			return c.Redirect("/console/login?next="+safeNext(c.OriginalURL()), fiber.StatusSeeOther)
+			// escaped: the page's own query (filters) must come back whole
+			return c.Redirect("/console/login?next="+url.QueryEscape(safeNext(c.OriginalURL())), fiber.StatusSeeOther)
 		}
 		if sess.user.Role != role {
 			if api {

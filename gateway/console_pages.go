@@ -164,9 +164,22 @@ func formatUSD(v float64) string {
 	switch {
 	case v == 0:
 		s = "0.00"
-	case v < 0.01:
-		s = strconv.FormatFloat(v, 'f', 6, 64)
-		s = strings.TrimRight(s, "0")
+	case v < 1e-9:
+		s = "0.000000001"
+		if neg {
+			return "−<$" + s
+		}
+		return "<$" + s
+	case v < 1:
+		// three significant figures, at least the cents: $0.19, $0.0149,
+		// $0.00468, $0.0000005 (never a bare "0." nor an exponent)
+		dec := max(2, 2-int(math.Floor(math.Log10(v))))
+		s = strconv.FormatFloat(v, 'f', dec, 64)
+		if t := strings.TrimRight(s, "0"); len(t) >= len("0.00") {
+			s = t
+		} else {
+			s = s[:len("0.00")]
+		}
 	case v < 100:
 		s = strconv.FormatFloat(v, 'f', 2, 64)
 	default:

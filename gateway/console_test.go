@@ -732,9 +732,15 @@ func TestConsole_Pages(t *testing.T) {
 		}
 	})
 	t.Run("SignedOut", func(t *testing.T) {
-		resp := f.browser().do(http.MethodGet, "/console/usage?period=7d", nil)
-		if resp.StatusCode != http.StatusSeeOther || resp.Header.Get("Location") != "/console/login?next=/console/usage?period=7d" {
-			t.Fatalf("%d %q", resp.StatusCode, resp.Header.Get("Location"))
+		page := "/console/usage?period=custom&start=2026-11-20&end=2026-11-27"
+		resp := f.browser().do(http.MethodGet, page, nil)
+		loc := resp.Header.Get("Location")
+		if resp.StatusCode != http.StatusSeeOther || !strings.HasPrefix(loc, "/console/login?") {
+			t.Fatalf("%d %q", resp.StatusCode, loc)
+		}
+		// the whole page, filters and all, comes back after signing in
+		if u, err := url.Parse(loc); err != nil || u.Query().Get("next") != page || len(u.Query()) != 1 {
+			t.Fatalf("next lost its query: %q", loc)
 		}
 	})
 	t.Run("CSV", func(t *testing.T) {
@@ -889,5 +895,27 @@ func TestCreateTenantUser(t *testing.T) {
 		if err := gateway.CreateTenantUser(ctx, users, tn.ID, tc[0], tc[1]); nozzle.ErrorCode(err) != nozzle.EINVALID {
 			t.Errorf("%v: %v", tc, err)
 		}
+	}
+}
+
+// TestConsole_UnknownPage checks that a mistyped console address answers
+// an HTML page, not the API's JSON, and that a typed /console/logout
+// leads to the sign-in page.
+func TestConsole_UnknownPage(t *testing.T) {
+	f := newConsoleFixture(t)
+	resp := f.browser().do(http.MethodGet, "/console/nope", nil)
+	body := readAll(t, resp)
+	if resp.StatusCode != http.StatusNotFound || !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/html") ||
+		!strings.Contains(body, "Not found") || strings.Contains(body, `"error"`) {
+		t.Errorf("/console/nope: %d %q\n%s", resp.StatusCode, resp.Header.Get("Content-Type"), body)
+	}
+	resp = f.browser().do(http.MethodGet, "/console/logout", nil)
+	if resp.StatusCode != http.StatusSeeOther || resp.Header.Get("Location") != "/console/login" {
+		t.Errorf("GET /console/logout: %d %q", resp.StatusCode, resp.Header.Get("Location"))
+	}
+	// the console's API keeps answering JSON
+	resp = f.browser().do(http.MethodGet, "/console/api/nope", nil)
+	if body := readAll(t, resp); resp.StatusCode != http.StatusNotFound || !strings.Contains(body, `"error"`) {
+		t.Errorf("/console/api/nope: %d %s", resp.StatusCode, body)
 	}
 }

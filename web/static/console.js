@@ -234,7 +234,15 @@
   const palette = ['#3540b8', '#16a394', '#e07a1f', '#b3261e'];
   const fmt = {
     tokens: (v) => v >= 1e6 ? (v / 1e6).toFixed(1) + 'M' : v >= 1e3 ? (v / 1e3).toFixed(1) + 'k' : String(Math.round(v)),
-    usd: (v) => v === 0 ? '$0' : v < 0.01 ? '$' + Number(v.toPrecision(2)) : '$' + v.toFixed(2),
+    // two significant figures below a cent, in plain decimals (an axis
+    // must not read "$5e-7")
+    usd: (v) => {
+      if (v === 0) return '$0';
+      const a = Math.abs(v), sign = v < 0 ? '−' : '';
+      if (a >= 0.01) return sign + '$' + a.toFixed(2);
+      const d = Math.min(12, 1 - Math.floor(Math.log10(a)));
+      return sign + '$' + a.toFixed(d).replace(/0+$/, '');
+    },
     percent: (v) => v.toFixed(0) + '%',
     seconds: (v) => v >= 3600 ? (v / 3600).toFixed(1) + 'h' : v >= 60 ? (v / 60).toFixed(0) + 'm' : v.toFixed(0) + 's',
     count: (v) => String(Math.round(v)),

@@ -157,6 +157,7 @@ async function checkPage(page, name) {
       h1: document.querySelectorAll('h1').length,
       unlabelled,
       overflow: document.documentElement.scrollWidth - window.innerWidth,
+      inner: window.innerWidth,
       lang: document.documentElement.lang,
     };
   });
@@ -164,6 +165,10 @@ async function checkPage(page, name) {
   assert(r.h1 === 1, `${name}: ${r.h1} h1 headings`);
   assert(r.unlabelled.length === 0, `${name}: controls without a label: ${r.unlabelled.join(', ')}`);
   assert(r.overflow <= 1, `${name}: the page is ${r.overflow}px wider than the viewport`);
+  // with mobile emulation the layout viewport grows with a page that is
+  // too wide, and innerWidth with it: compare with the device's width
+  const vp = page.viewportSize();
+  assert(!vp || r.inner <= vp.width + 1, `${name}: laid out ${r.inner}px wide on a ${vp && vp.width}px screen`);
   assert(r.lang === 'en', `${name}: no lang attribute`);
 }
 
