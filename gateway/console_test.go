@@ -719,6 +719,22 @@ func TestConsole_Pages(t *testing.T) {
 			}
 		})
 	}
+	t.Run("BudgetSpent", func(t *testing.T) {
+		// the month's charges have reached the budget: the overview says
+		// why requests are refused
+		f.w.mu.Lock()
+		for _, tn := range f.w.tenants {
+			if tn.Name == "acme" {
+				tn.MonthlyBudgetUSD = 1e-9
+			}
+		}
+		f.w.mu.Unlock()
+		resp, body := b.page("/console/overview")
+		wantConsoleStatus(t, resp, 200, body)
+		if !strings.Contains(body, "monthly budget is used up") {
+			t.Errorf("no budget alert:\n%s", body)
+		}
+	})
 	t.Run("WrongRole", func(t *testing.T) {
 		resp := b.do(http.MethodGet, "/console/operator", nil)
 		if resp.StatusCode != http.StatusSeeOther || resp.Header.Get("Location") != "/console/overview" {

@@ -370,6 +370,9 @@
       choose(dt.files);
     }
 
+    // a drop that misses the zone must not make the browser open the
+    // file (and leave the console)
+    for (const type of ['dragover', 'drop']) document.addEventListener(type, (ev) => { if (!drop.contains(ev.target)) ev.preventDefault(); });
     drop.addEventListener('dragover', (ev) => { ev.preventDefault(); drop.classList.add('over'); });
     drop.addEventListener('dragleave', () => drop.classList.remove('over'));
     drop.addEventListener('drop', (ev) => { ev.preventDefault(); drop.classList.remove('over'); dropped(ev.dataTransfer); });
@@ -472,7 +475,17 @@
       return div;
     }
 
-    function money(v) { return '$' + (v === 0 ? '0' : v < 0.01 ? v.toPrecision(2) : v.toFixed(4)); }
+    // an answer's cost: four decimals, or two significant figures below a
+    // cent (never an exponent)
+    function money(v) { return v >= 0.01 ? '$' + v.toFixed(4) : fmt.usd(v); }
+    // what the ledger charged for the request with id (null: not known)
+    async function charged(id) {
+      try {
+        const u = await fetch('/console/api/usage/requests/' + encodeURIComponent(id || ''));
+        if (u.ok) return await u.json();
+      } catch (_) { /* not known */ }
+      return null;
+    }
 
     $('#chat-clear').addEventListener('click', () => {
       history = [];
@@ -512,6 +525,7 @@
       let answer = '';
       let usage = null;
       let finish = '';
+      let reqId = '';
       try {
         const res = await fetch('/console/api/chat/completions', {
           method: 'POST',
@@ -519,6 +533,7 @@
           body: JSON.stringify(body),
           signal: controller.signal,
         });
+        reqId = res.headers.get('X-Request-Id') || '';
         if (!res.ok) throw new Error(await errorMessage(res));
         const reader = res.body.getReader();
         const dec = new TextDecoder();
@@ -551,10 +566,8 @@
           // The charge the ledger recorded (prices may have changed since
           // the page loaded); the page's prices only if it cannot be read.
           let cost = (usage.prompt_tokens * pp + usage.completion_tokens * cp) / 1e6;
-          try {
-            const u = await fetch('/console/api/usage/requests/' + encodeURIComponent(res.headers.get('X-Request-Id') || ''));
-            if (u.ok) cost = (await u.json()).charged_usd;
-          } catch (_) { /* keep the estimate */ }
+          const rec = await charged(reqId);
+          if (rec) cost = rec.charged_usd;
           const meta = document.createElement('p');
           meta.className = 'msg-meta';
           meta.setAttribute('data-testid', 'answer-usage');
@@ -563,11 +576,27 @@
           reply.appendChild(meta);
         }
       } catch (e) {
-        reply.classList.add('msg-error');
         if (e.name === 'AbortError') {
-          out.textContent = answer + ' [stopped]';
+          // stopped by the user: not an error; the tokens produced until
+          // then are charged, and the ledger has them once the server has
+          // seen the stream go
+          out.textContent = answer;
           if (answer) history.push({ role: 'assistant', content: answer });
+          const meta = document.createElement('p');
+          meta.className = 'msg-meta';
+          meta.setAttribute('data-testid', 'answer-usage');
+          meta.textContent = 'Stopped';
+          reply.appendChild(meta);
+          for (let i = 0; i < 5 && reqId; i++) {
+            await new Promise((r) => setTimeout(r, 200 * (i + 1)));
+            const rec = await charged(reqId);
+            if (rec) {
+              meta.textContent = 'Stopped · ' + rec.prompt_tokens + ' prompt + ' + rec.completion_tokens + ' completion tokens · ' + money(rec.charged_usd);
+              break;
+            }
+          }
         } else {
+          reply.classList.add('msg-error');
           if (!answer) { reply.remove(); history.pop(); input.value = text; }
           err.textContent = e.message;
         }

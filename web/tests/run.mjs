@@ -446,6 +446,28 @@ async function main() {
     await shot(page, 'playground-desktop');
   });
 
+  await step('a stopped answer is not an error and shows what it was charged', async () => {
+    await page.fill('#chat-max', '1500');
+    await page.fill('#chat-input', 'Tell me a very long story.');
+    await page.click('#chat-send');
+    await page.waitForFunction(() => {
+      const r = Array.from(document.querySelectorAll('.msg-assistant')).pop();
+      return r && r.getAttribute('aria-busy') === 'true' && r.querySelector('.msg-text').textContent.length > 0;
+    }, null, { timeout: 30000 });
+    const stopBox = await page.locator('#chat-stop').boundingBox();
+    await page.click('#chat-stop');
+    const usage = page.locator('.msg-assistant').last().locator('[data-testid=answer-usage]');
+    await usage.waitFor({ timeout: 10000 });
+    await page.waitForFunction(() => /Stopped · \d+ prompt \+ \d+ completion tokens · \$/.test(
+      (Array.from(document.querySelectorAll('.msg-assistant')).pop().querySelector('[data-testid=answer-usage]') || {}).textContent || ''), null, { timeout: 10000 });
+    const cls = await page.locator('.msg-assistant').last().getAttribute('class');
+    assert(!/msg-error/.test(cls), `a stopped answer is shown as an error: ${cls}`);
+    // the Stop button stayed where it was while the answer streamed
+    const sendBox = await page.locator('#chat-send').boundingBox();
+    assert(stopBox && sendBox && Math.abs(stopBox.y - sendBox.y) < 2, `buttons moved: stop at ${stopBox && stopBox.y}, send at ${sendBox && sendBox.y}`);
+    log(`     ${await usage.textContent()}`);
+  });
+
   await step('operator returns the tenant to the standard prices', async () => {
     await Promise.all([opPage.waitForEvent('framenavigated'), opPage.click('button:has-text("Use the standard prices from now")')]);
     await opPage.waitForLoadState('load');
@@ -457,7 +479,7 @@ async function main() {
   await step('usage chart and table change, and the CSV downloads', async () => {
     await page.goto(U('/console/usage'));
     const n = Number((await page.textContent('[data-testid=requests]')).replace(/\D/g, ''));
-    assert(n === 2, `requests ${n}, want 2`);
+    assert(n === 3, `requests ${n}, want 3 (the API call and two playground answers, one stopped)`);
     await page.waitForSelector('.chart-box canvas');
     assert((await page.locator('#usage-table tbody tr').count()) >= 1, 'no table rows');
     const heads = await page.locator('#usage-table thead th').allTextContents();
@@ -467,11 +489,11 @@ async function main() {
     const file = await dl.path();
     const csv = readFileSync(file, 'utf8');
     assert(/requests/.test(csv.split('\n')[0]) && /^total,/m.test(csv), `CSV:\n${csv}`);
-    // The adapter filter narrows the report to the playground's request.
+    // The adapter filter narrows the report to the playground's requests.
     await page.selectOption('#adapter', adapterName);
     await Promise.all([page.waitForURL(/adapter=/), page.click('.filters button[type=submit]')]);
     const m = Number((await page.textContent('[data-testid=requests]')).replace(/\D/g, ''));
-    assert(m === 1, `requests for ${adapterName}: ${m}`);
+    assert(m === 2, `requests for ${adapterName}: ${m}`);
   });
 
   await step('overview and settings show this month', async () => {
