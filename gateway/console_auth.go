@@ -282,9 +282,15 @@ func (cs *console) requireSession(role string, api bool) fiber.Handler {
 				}
 				return err
 			}
+			// A session cookie that no longer admits (expired, signed out
+			// elsewhere) says so on the sign-in page. The next page is
+			// escaped: its own query (filters) must come back whole.
+			to := "/console/login?next=" + url.QueryEscape(safeNext(c.OriginalURL()))
+			if c.Cookies(cs.cfg.CookieName) != "" {
+				to += "&expired=1"
+			}
 			cs.clearCookie(c)
-			// escaped: the page's own query (filters) must come back whole
-			return c.Redirect("/console/login?next="+url.QueryEscape(safeNext(c.OriginalURL())), fiber.StatusSeeOther)
+			return c.Redirect(to, fiber.StatusSeeOther)
 		}
 		if sess.user.Role != role {
 			if api {
@@ -408,6 +414,8 @@ func (cs *console) loginPage(c *fiber.Ctx) error {
 	v := loginView{Next: safeNext(c.Query("next"))}
 	if c.Query("signed_out") != "" {
 		v.Notice = "You have signed out."
+	} else if c.Query("expired") != "" {
+		v.Notice = "Your session has ended. Please sign in again."
 	}
 	if cs.cookiesDropped(c) {
 		v.Error = errCookiesDropped

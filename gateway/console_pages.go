@@ -596,6 +596,7 @@ type usageView struct {
 	Cost        chart
 	CSVURL      string
 	Error       string
+	Notice      string // how the page shows what was asked for otherwise
 	PeriodNames [][2]string
 }
 
@@ -616,13 +617,19 @@ func (cs *console) usagePage(c *fiber.Ctx, sess *consoleSession) error {
 		v.Group = nozzle.GroupDay
 	}
 	p, err := parsePeriod(c.Query("period", "month"), c.Query("start"), c.Query("end"), now)
-	if err != nil {
-		v.Error = nozzle.ErrorMessage(err)
-		p, _ = parsePeriod("month", "", "", now)
-	}
 	v.Period = p
+	if err != nil {
+		// this month's figures, and the form as the user left it to correct
+		v.Error = nozzle.ErrorMessage(err) + " Showing this month meanwhile."
+		p, _ = parsePeriod("month", "", "", now)
+		v.Period = p
+		if c.Query("period") == "custom" {
+			v.Period.Name, v.Period.StartDate, v.Period.EndDate = "custom", c.Query("start"), c.Query("end")
+		}
+	}
 	if v.Group == nozzle.GroupHour && p.End.Sub(p.Start) > 31*24*time.Hour {
 		v.Group = nozzle.GroupDay
+		v.Notice = "By day: hourly figures are offered for periods of up to 31 days."
 	}
 	q := nozzle.ReportQuery{TenantID: sess.tenant.ID, AdapterName: v.Adapter, Start: p.Start, End: p.End, GroupBy: []string{v.Group}}
 	rep, err := cs.report(c, q)

@@ -357,8 +357,13 @@ func TestConsole_SessionCookie(t *testing.T) {
 			c := f.browser()
 			c.cookies["nozzle_session"] = tc.token
 			resp := c.do(http.MethodGet, "/console/operator", nil)
-			if resp.StatusCode != http.StatusSeeOther || !strings.HasPrefix(resp.Header.Get("Location"), "/console/login") {
-				t.Fatalf("page: status %d Location %q", resp.StatusCode, resp.Header.Get("Location"))
+			loc := resp.Header.Get("Location")
+			if resp.StatusCode != http.StatusSeeOther || !strings.HasPrefix(loc, "/console/login") {
+				t.Fatalf("page: status %d Location %q", resp.StatusCode, loc)
+			}
+			// the sign-in page says why it is shown
+			if _, body := c.page(loc); !strings.Contains(body, "Your session has ended") {
+				t.Errorf("sign-in page after %s without the notice", loc)
 			}
 			c.cookies["nozzle_session"] = tc.token
 			resp = c.do(http.MethodGet, "/console/api/operator/tenants", nil)
@@ -700,7 +705,9 @@ func TestConsole_Pages(t *testing.T) {
 		{b, "/console/usage", []string{"Download CSV", "format=csv", `id="usage-table"`, `>Cached<span class="visually-hidden"> prompt tokens</span></th>`}},
 		{b, "/console/usage?period=custom&start=2020-01-01&end=2020-01-31", []string{"No usage in this period"}},
 		{b, "/console/usage?adapter=gone-since", []string{`<option value="gone-since" selected>gone-since</option>`}}, // the filter shows what was asked
-		{b, "/console/usage?period=custom&start=2020-02-01&end=2020-01-01", []string{"The end date must not be before the start date."}},
+		{b, "/console/usage?period=custom&start=2020-02-01&end=2020-01-01", []string{"The end date must not be before the start date.",
+			`value="2020-02-01"`, `value="2020-01-01"`, `<option value="custom" selected>`}}, // the dates stay to be corrected
+		{b, "/console/usage?period=custom&start=2026-01-01&end=2026-03-01&group=hour", []string{"hourly figures are offered for periods of up to 31 days"}},
 		{b, "/console/settings", []string{"Prices in force", "$0.10 per million", "Not connected to Stripe"}},
 		{op, "/console/operator", []string{"acme", "Add a tenant", "Standard prices"}},
 		{op, "/console/operator/gpu", []string{"GPU utilisation", "Cost split by tenant", "Stripe outbox", `data-tenant="acme"`}},

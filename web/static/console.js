@@ -63,7 +63,17 @@
     $('#secret-text').textContent = text;
     $('#secret-value').textContent = value;
     $('#secret-status').textContent = '';
-    d.addEventListener('close', () => location.reload(), { once: true });
+    // Escape before the secret was copied asks once more: it is never
+    // shown again
+    let warned = false;
+    const onCancel = (ev) => {
+      if (warned || /Copied/.test($('#secret-status').textContent)) return;
+      ev.preventDefault();
+      warned = true;
+      $('#secret-status').textContent = 'Not copied yet: it is not shown again. Press Escape again or Done to close.';
+    };
+    d.addEventListener('cancel', onCancel);
+    d.addEventListener('close', () => { d.removeEventListener('cancel', onCancel); location.reload(); }, { once: true });
     d.showModal();
   }
 
