@@ -121,6 +121,11 @@ type GPUFigures struct {
 // GPUSummary is runtimes' capacity over a report's period.
 type GPUSummary struct {
 	GPUFigures
+	// MarginUSD is the period's charges less the whole GPU's cost: the
+	// operator's margin. Under the operator policy it is below the Total
+	// row's margin by OperatorIdleUSD (the rows are the tenants' shares,
+	// which leave that idle time out).
+	MarginUSD float64 `json:"margin_usd"`
 	// Step is the series' step (GroupHour or GroupDay); empty when the
 	// report carries no series.
 	Step string `json:"step,omitempty"`

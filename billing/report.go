@@ -592,6 +592,9 @@ func (l *Ledger) buildReport(s *reportSpec, cells cellSource, tot periodTotals, 
 		}
 		rep.GPU = g
 	}
+	if rep.GPU != nil {
+		rep.GPU.MarginUSD = rep.Total.ChargedUSD - rep.GPU.CostUSD
+	}
 	return rep, nil
 }
 

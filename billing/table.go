@@ -72,8 +72,9 @@ func WriteTable(w io.Writer, r *nozzle.Report) error {
 		return err
 	}
 	if g := r.GPU; g != nil {
-		fmt.Fprintf(w, "\nGPU: up %s, active %s (utilisation %.1f%%), cost $%.4f, idle cost $%.4f, left with the operator $%.4f\n",
-			secs(g.UptimeSeconds), secs(g.ActiveSeconds), g.Utilization*100, g.CostUSD, g.IdleCostUSD, g.OperatorIdleUSD)
+		fmt.Fprintf(w, "\nGPU: up %s, active %s (utilisation %.1f%%), cost $%.4f, idle cost $%.4f, left with the operator $%.4f; charged $%.4f, margin $%.4f\n",
+			secs(g.UptimeSeconds), secs(g.ActiveSeconds), g.Utilization*100, g.CostUSD, g.IdleCostUSD, g.OperatorIdleUSD,
+			r.Total.ChargedUSD, g.MarginUSD)
 	}
 	if o := r.Outbox; o != nil {
 		state := "off"

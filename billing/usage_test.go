@@ -431,6 +431,12 @@ func TestReport_OperatorIdlePolicy(t *testing.T) {
 	if g := rep.GPU; math.Abs(g.CostUSD-2) > 1e-12 || math.Abs(g.OperatorIdleUSD-1.8) > 1e-12 || math.Abs(g.Utilization-0.1) > 1e-12 {
 		t.Fatalf("GPU = %+v", g)
 	}
+	// The operator's margin is after the whole GPU's cost, idle time kept
+	// included; the tenants' total margin leaves that idle out.
+	if g := rep.GPU; math.Abs(g.MarginUSD-(rep.Total.ChargedUSD-2)) > 1e-12 ||
+		math.Abs(rep.Total.MarginUSD-g.MarginUSD-g.OperatorIdleUSD) > 1e-12 {
+		t.Fatalf("GPU margin %v, tenants' margin %v, operator idle %v", g.MarginUSD, rep.Total.MarginUSD, g.OperatorIdleUSD)
+	}
 	// A dedicated GPU for the base model over the hour costs the same 2 $.
 	if math.Abs(rep.Total.DedicatedUSD-2) > 1e-12 || math.Abs(rep.Total.SavingPercent-90) > 1e-9 {
 		t.Fatalf("dedicated = %v saving %v", rep.Total.DedicatedUSD, rep.Total.SavingPercent)

@@ -144,7 +144,7 @@ func (cs *console) gpuPage(c *fiber.Ctx, sess *consoleSession) error {
 	}
 	v.Outbox, v.Tenants, v.Total, v.IdlePolicy = rep.Outbox, rep.Rows, rep.Total, rep.IdlePolicy
 	v.Revenue = rep.Total.ChargedUSD
-	v.Margin = v.Revenue - v.GPU.CostUSD
+	v.Margin = v.GPU.MarginUSD
 	sort.SliceStable(v.Tenants, func(i, j int) bool { return v.Tenants[i].CostUSD > v.Tenants[j].CostUSD })
 
 	// The charts run up to the current hour; buckets the series lacks

@@ -138,6 +138,7 @@ func (cs *console) funcs() template.FuncMap {
 			return strings.Join(out, ", ")
 		},
 		"add":   func(a, b int64) int64 { return a + b },
+		"neg":   func(v float64) float64 { return -v },
 		"int64": func(v int) int64 { return int64(v) },
 		"deref": func(p *int64) int64 { return *p },
 		"dict": func(kv ...any) (map[string]any, error) {

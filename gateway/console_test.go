@@ -726,6 +726,22 @@ func TestConsole_Pages(t *testing.T) {
 			}
 		})
 	}
+	t.Run("OperatorKeepsIdle", func(t *testing.T) {
+		// under the operator policy the tenants' total leaves the idle
+		// time out; the GPU line's margin is after all of the GPU's cost,
+		// as the headline's
+		f.w.mu.Lock()
+		f.w.operatorIdle = true
+		f.w.mu.Unlock()
+		defer func() { f.w.mu.Lock(); f.w.operatorIdle = false; f.w.mu.Unlock() }()
+		resp, body := op.page("/console/operator/gpu")
+		wantConsoleStatus(t, resp, 200, body)
+		for _, w := range []string{`data-testid="operator-idle"`, "Idle kept by the operator", `<th scope="row">Tenants</th>`, `<th scope="row">GPU</th>`} {
+			if !strings.Contains(body, w) {
+				t.Errorf("no %q", w)
+			}
+		}
+	})
 	t.Run("BudgetSpent", func(t *testing.T) {
 		// the month's charges have reached the budget: the overview says
 		// why requests are refused

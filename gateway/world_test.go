@@ -52,7 +52,9 @@ type world struct {
 	words       []string
 	delay       time.Duration
 	rate        float64
-	reports     int // reports asked for
+	// operatorIdle reports as under the operator idle policy
+	operatorIdle bool
+	reports      int // reports asked for
 
 	digestLookups atomic.Int64
 	generations   atomic.Int64
@@ -622,6 +624,10 @@ func (w *world) report(ctx context.Context, q nozzle.ReportQuery) (*nozzle.Repor
 	gpu, activeCost := w.gpu(q.Start, q.End)
 	idle, idleCost := gpu.IdleSeconds, gpu.IdleCostUSD
 	rep := &nozzle.Report{Start: q.Start, End: q.End, GroupBy: q.GroupBy, IdlePolicy: nozzle.IdleProrata}
+	if w.operatorIdle { // the operator keeps the idle time: tenants carry none of it
+		rep.IdlePolicy = nozzle.IdleOperator
+		gpu.OperatorIdleUSD, idle, idleCost = idleCost, 0, 0
+	}
 	rows := map[string]*nozzle.ReportRow{}
 	var keys []string
 	add := func(r *nozzle.ReportRow, e *nozzle.UsageEvent) {
@@ -684,6 +690,7 @@ func (w *world) report(ctx context.Context, q nozzle.ReportQuery) (*nozzle.Repor
 	finish(&rep.Total)
 	if q.TenantID == "" {
 		rep.GPU = &gpu
+		rep.GPU.MarginUSD = rep.Total.ChargedUSD - gpu.CostUSD
 		// The GPU series: each hour or day (UTC) up to the current hour as
 		// a report over it alone.
 		step := q.GPUStep
