@@ -26,7 +26,8 @@ type ReportQuery struct {
 	// TenantID limits the report to one tenant; empty means every tenant
 	// (the operator's report).
 	TenantID string
-	// AdapterName limits the report to one adapter of the tenant.
+	// AdapterName limits the report to one adapter of the tenant, or with
+	// BaseModelAlias to the base model's usage.
 	AdapterName string
 	// Start is inclusive, End exclusive; both are truncated to the hour.
 	Start, End time.Time

@@ -96,6 +96,8 @@ func TestCachedPromptTokens(t *testing.T) {
 				{adapter: "sql", prompt: 2000, cached: 1768},
 			}, 2900, 2280)
 			check(t, nozzle.ReportQuery{TenantID: acme.ID, AdapterName: "sql"}, []want{{prompt: 2000, cached: 1768}}, 2000, 1768)
+			// the base model, named as requests name it
+			check(t, nozzle.ReportQuery{TenantID: acme.ID, AdapterName: nozzle.BaseModelAlias}, []want{{prompt: 900, cached: 512}}, 900, 512)
 		})
 		t.Run("OperatorByTenant", func(t *testing.T) {
 			check(t, nozzle.ReportQuery{GroupBy: []string{nozzle.GroupTenant}}, []want{

@@ -13,6 +13,19 @@ import (
 )
 
 // reportSpec is a validated ReportQuery.
+// adapterIn reports whether the usage of adapter id (named name then; ""
+// for the base model) is in the report: all of it without an adapter
+// filter; the base model's under BaseModelAlias, as requests name it.
+func (s *reportSpec) adapterIn(id, name string) bool {
+	switch s.q.AdapterName {
+	case "":
+		return true
+	case nozzle.BaseModelAlias:
+		return id == ""
+	}
+	return id != "" && name == s.q.AdapterName
+}
+
 type reportSpec struct {
 	q                     nozzle.ReportQuery
 	startH, endH          int64 // hours, end exclusive
@@ -277,7 +290,7 @@ func eachRollupCell(tx *bolt.Tx, s *reportSpec, tenants []*nozzle.Tenant, fn fun
 			if err != nil {
 				return err
 			}
-			if s.q.AdapterName != "" && r.AdapterName != s.q.AdapterName {
+			if !s.adapterIn(string(rest[8:]), r.AdapterName) {
 				continue
 			}
 			cell = usageCell{tenantID: id, hour: h, adapterID: string(rest[8:]), r: r}
@@ -325,7 +338,7 @@ func scanCells(ctx context.Context, tx *bolt.Tx, s *reportSpec) ([]usageCell, pe
 	}
 	cells := make([]usageCell, 0, len(agg))
 	for _, cell := range agg {
-		if s.q.AdapterName != "" && cell.r.AdapterName != s.q.AdapterName {
+		if !s.adapterIn(cell.adapterID, cell.r.AdapterName) {
 			continue
 		}
 		cells = append(cells, *cell)
