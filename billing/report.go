@@ -28,6 +28,7 @@ func (s *reportSpec) adapterIn(id, name string) bool {
 
 type reportSpec struct {
 	q                     nozzle.ReportQuery
+	nowHours              float64 // now, in hours since the epoch (a dedicated GPU is not charged ahead)
 	startH, endH          int64 // hours, end exclusive
 	byHour, byDay, byAd   bool
 	byTenant, operatorRep bool
@@ -58,6 +59,7 @@ func (l *Ledger) spec(q nozzle.ReportQuery) (*reportSpec, error) {
 	// running into the future (this month, say) is measured up to the end
 	// of the current hour, so the dedicated GPU it is compared with is
 	// charged for the hours that passed, not for the whole month ahead.
+	s.nowHours = float64(now.UnixNano()) / float64(time.Hour)
 	if nowH := hourOf(now) + 1; s.startH < nowH && s.endH > nowH {
 		s.endH = nowH
 	}
@@ -550,7 +552,9 @@ func (l *Ledger) buildReport(s *reportSpec, cells cellSource, tot periodTotals, 
 			if !exists(k.adapter) {
 				end = min(end, u.lastH+1)
 			}
-			hours := float64(end - max(a.start, u.firstH))
+			// up to now in the hour still running (its usage so far is
+			// compared with a GPU kept so far, not to the hour's end)
+			hours := max(0, min(float64(end), s.nowHours)-float64(max(a.start, u.firstH)))
 			rate := l.dedicated
 			if rate == 0 {
 				if u.deviceSeconds > 0 {

@@ -11,9 +11,9 @@ import (
 )
 
 // TestReport_PeriodIntoTheFuture: this month's report, asked for on the
-// 10th at 05:30, compares with a dedicated GPU over the 9 days and 6 hours
-// that began since the first request (on the 1st), not over the whole
-// month ahead.
+// 10th at 05:30, compares with a dedicated GPU over the 9 days and 5.5
+// hours since the hour of the first request (on the 1st), not over the
+// whole month ahead nor the rest of the current hour.
 func TestReport_PeriodIntoTheFuture(t *testing.T) {
 	now := time.Date(2026, 11, 10, 5, 30, 0, 0, time.UTC)
 	clk := newClock(now)
@@ -28,9 +28,9 @@ func TestReport_PeriodIntoTheFuture(t *testing.T) {
 	if got, want := rep.End, time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC); !got.Equal(want) {
 		t.Errorf("End = %v, want the month's end %v", got, want)
 	}
-	hours := 9*24 + 6.0
+	hours := 9*24 + 5.5
 	if got, want := rep.Total.DedicatedUSD, hours*2; math.Abs(got-want) > 1e-9 {
-		t.Errorf("DedicatedUSD = %v, want %v (%v hours begun × $2)", got, want, hours)
+		t.Errorf("DedicatedUSD = %v, want %v (%v hours × $2)", got, want, hours)
 	}
 
 	// A period wholly in the past is measured in full.

@@ -65,7 +65,7 @@ type Config struct {
 	IdlePolicy           string  `key:"idle_policy" help:"who carries idle GPU time: prorata or operator"`
 	PricePrompt          float64 `key:"price_prompt" help:"default price in USD per million prompt tokens"`
 	PriceCompletion      float64 `key:"price_completion" help:"default price in USD per million completion tokens"`
-	DedicatedRatePerHour float64 `key:"dedicated_rate_per_hour" help:"hourly price of a dedicated GPU, for the saving shown to tenants (default: rate_per_hour)"`
+	DedicatedRatePerHour float64 `key:"dedicated_rate_per_hour" help:"hourly price of a dedicated GPU, for the saving shown to tenants (0: the rate of the runtimes that served each adapter)"`
 	StripeKey            Secret  `key:"stripe_key" help:"Stripe secret key; enables metered billing"`
 	StripeAPIURL         string  `key:"stripe_api_url" help:"Stripe API URL (for stripe-mock)"`
 	StripeMeterPrompt    string  `key:"stripe_meter_prompt" help:"Stripe meter event name for prompt tokens"`
@@ -433,9 +433,6 @@ func Load(name string, args []string, lookup func(string) (string, bool), stderr
 		if err := byKey[s.key].set(s.value); err != nil {
 			return c, nil, err
 		}
-	}
-	if c.DedicatedRatePerHour == 0 {
-		c.DedicatedRatePerHour = c.RatePerHour
 	}
 	if err := c.Validate(); err != nil {
 		return c, nil, err
