@@ -97,7 +97,7 @@ func runReport(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	t.register(fs)
 	tenant := fs.String("tenant", "", "tenant id or name (default: every tenant, the operator's report)")
 	start := fs.String("start", "", "start of the period, RFC 3339 or YYYY-MM-DD (default: start of this month, UTC)")
-	end := fs.String("end", "", "end of the period, exclusive (default: start of next month)")
+	end := fs.String("end", "", "end of the period, exclusive (default: the end of the current month, as the API's)")
 	groupBy := fs.String("group-by", "tenant,adapter", "comma-separated: hour, day, adapter, tenant")
 	format := fs.String("format", "table", "table, csv or json")
 	if err := fs.Parse(args); err != nil {
@@ -175,8 +175,6 @@ func reportQuery(start, end, groupBy string) (nozzle.ReportQuery, error) {
 		if q.End, err = parseTime(end); err != nil {
 			return q, fmt.Errorf("--end: %w", err)
 		}
-	} else if start != "" {
-		q.End = q.Start.AddDate(0, 1, 0)
 	}
 	if !q.End.After(q.Start) {
 		return q, errors.New("--end must be after --start")
