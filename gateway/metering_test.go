@@ -448,6 +448,18 @@ func TestFailures(t *testing.T) {
 		if len(models.Data) == 0 || models.Data[0].ID != "tiny-llama" {
 			t.Errorf("models with the first upstream down: %+v", models.Data)
 		}
+		// Nor do all of its upstreams going down: the other model's
+		// upstream stays out, and the model's requests wait for theirs.
+		f.gens[2].down.Store(true)
+		f.srv.CheckUpstreams(t.Context())
+		decode(t, f.do(http.MethodGet, "/admin/upstreams", "", bearer(adminToken)), &ups)
+		if ups.Data[1].Healthy {
+			t.Errorf("the other model's upstream took over: %+v", ups.Data)
+		}
+		if r := f.do(http.MethodPost, "/v1/chat/completions", chatBody("base", "hi"), f.authA()); r.StatusCode != http.StatusServiceUnavailable {
+			t.Errorf("with the model's upstreams down: status %d, want 503", r.StatusCode)
+		}
+		f.gens[2].down.Store(false)
 		f.gens[0].down.Store(false)
 		// Once it serves the same model, it takes requests again.
 		f.gens[1].model.Store(nil)

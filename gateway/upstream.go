@@ -68,7 +68,8 @@ func mix64(x uint64) uint64 {
 
 // order returns the upstreams to try for an adapter: healthy ones by
 // descending rendezvous score; when none is healthy (before the first
-// check, say), all of them in that order.
+// check, say), all of them in that order but those known to serve another
+// model.
 func (r *upstreamRouter) order(sha string, buf []*upstream) []*upstream {
 	key := hashString(sha)
 	out := buf[:0]
@@ -78,7 +79,11 @@ func (r *upstreamRouter) order(sha string, buf []*upstream) []*upstream {
 		}
 	}
 	if len(out) == 0 {
-		out = append(out, r.ups...)
+		for _, u := range r.ups {
+			if u.reported.Load() != reportedOtherModel {
+				out = append(out, u)
+			}
+		}
 	}
 	// Insertion sort by descending score: a handful of upstreams, no
 	// allocation.
@@ -161,10 +166,12 @@ const (
 
 // checkAll asks every upstream for its model info, concurrently, then
 // settles their health: an upstream that answers is healthy if it serves
-// the reference model — the one served so far, or, at first (or once no
-// upstream serves it any more), the model of the first upstream in the
-// configured order that answers; one that serves another model is not,
-// and says so in the log.
+// the reference model — the one served so far, or, at first, the model of
+// the first upstream in the configured order that answers; one that
+// serves another model is not, and says so in the log. The reference
+// never changes while the gateway runs: the base model's upstreams all
+// being down for a while must not hand the model's requests and adapters
+// to an upstream serving another one (a misconfigured runtime).
 func (r *upstreamRouter) checkAll(ctx context.Context) {
 	type answer struct {
 		info nozzle.ModelInfo
@@ -186,9 +193,10 @@ func (r *upstreamRouter) checkAll(ctx context.Context) {
 	var ref *nozzle.ModelInfo
 	var refID string
 	if prev := r.model.Load(); prev != nil {
+		ref, refID = prev, "the model served so far"
 		for i, u := range r.ups {
 			if answers[i].err == nil && prev.SameModel(answers[i].info) {
-				ref, refID = prev, u.id
+				refID = u.id
 				break
 			}
 		}
