@@ -155,7 +155,10 @@ func (c *hostCache) fill(e *hostEntry) {
 
 func (c *hostCache) loadFromSource(sha string) (hostAdapter, error) {
 	if c.src == nil {
-		return nil, nozzle.Errorf(nozzle.ENOTFOUND, "Adapter %s is not available on this runtime.", shortSHA(sha)).WithReason("model_not_found")
+		// A runtime set up without a source (no gateway_url): another
+		// runtime may have one, so the gateway may try it.
+		return nil, nozzle.Errorf(nozzle.EUNAVAILABLE, "This runtime has no adapter source to load adapters from.").
+			WithReason("no_adapter_source")
 	}
 	dir, err := c.src.AdapterDir(c.ctx, sha)
 	if err != nil {

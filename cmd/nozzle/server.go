@@ -621,6 +621,8 @@ func (m *Main) RunRuntime(ctx context.Context) error {
 				Metrics:    m.Metrics,
 			})
 			source = gw
+		} else {
+			m.Log.Warn("no gateway_url: this runtime can serve the base model only; adapter requests are sent to other runtimes")
 		}
 		rt, err := runtime.Open(ctx, m.runtimeOptions(modelDir, source))
 		if err != nil {
