@@ -40,7 +40,7 @@ type Config struct {
 	HeapFloorMB            int    `key:"heap_floor_mb" help:"Go heap size below which the garbage collector does not run (fewer collections, a shorter latency tail; 0: Go's own pacing at GOGC=400; GOGC in the environment turns this off)"`
 
 	// Runtime.
-	RuntimeID      string  `key:"runtime_id" help:"name of this runtime in usage and cost reports"`
+	RuntimeID      string  `key:"runtime_id" help:"name of this runtime in usage and cost reports, unique among the gateway's runtimes (default on Fly.io: fly-<machine id>)"`
 	RatePerHour    float64 `key:"rate_per_hour" help:"cost of this runtime's machine in USD per hour (the GPU price)"`
 	Slots          int     `key:"slots" help:"adapter slots on the device"`
 	MaxRank        int     `key:"max_rank" help:"largest LoRA rank accepted (slots are padded to it; at most 256)"`
@@ -433,6 +433,12 @@ func Load(name string, args []string, lookup func(string) (string, bool), stderr
 		if err := byKey[s.key].set(s.value); err != nil {
 			return c, nil, err
 		}
+	}
+	// On Fly.io every machine of a process group runs the same command:
+	// left unset, a runtime's id is its machine's, so that machines added
+	// to the group are told apart in the capacity records.
+	if m, ok := lookup("FLY_MACHINE_ID"); ok && m != "" && c.RuntimeID == DefaultConfig().RuntimeID {
+		c.RuntimeID = "fly-" + m
 	}
 	if err := c.Validate(); err != nil {
 		return c, nil, err

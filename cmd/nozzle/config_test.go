@@ -112,3 +112,20 @@ func TestLoad_Errors(t *testing.T) {
 		})
 	}
 }
+
+// TestLoad_RuntimeIDOnFly: on Fly.io a runtime left without an id takes
+// its machine's, so the machines of one process group are told apart; one
+// that is set stays.
+func TestLoad_RuntimeIDOnFly(t *testing.T) {
+	c, _, err := Load("runtime", nil, env(map[string]string{"FLY_MACHINE_ID": "e784079b449483"}), os.Stderr)
+	if err != nil || c.RuntimeID != "fly-e784079b449483" {
+		t.Errorf("RuntimeID %q (%v)", c.RuntimeID, err)
+	}
+	c, _, err = Load("runtime", []string{"--runtime-id", "gpu-a"}, env(map[string]string{"FLY_MACHINE_ID": "e784079b449483"}), os.Stderr)
+	if err != nil || c.RuntimeID != "gpu-a" {
+		t.Errorf("set RuntimeID %q (%v)", c.RuntimeID, err)
+	}
+	if c, _, _ := Load("runtime", nil, env(nil), os.Stderr); c.RuntimeID != "local" {
+		t.Errorf("off Fly: RuntimeID %q", c.RuntimeID)
+	}
+}
