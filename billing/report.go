@@ -29,7 +29,7 @@ func (s *reportSpec) adapterIn(id, name string) bool {
 type reportSpec struct {
 	q                     nozzle.ReportQuery
 	nowHours              float64 // now, in hours since the epoch (a dedicated GPU is not charged ahead)
-	startH, endH          int64 // hours, end exclusive
+	startH, endH          int64   // hours, end exclusive
 	byHour, byDay, byAd   bool
 	byTenant, operatorRep bool
 	gpuStep               string // GroupHour, GroupDay or empty: the GPU series
