@@ -46,7 +46,17 @@ func (t *toolFlags) openLedger() (*billing.Ledger, error) {
 	if _, err := os.Stat(path); err != nil {
 		return nil, fmt.Errorf("no ledger at %s (use --data): %w", path, unwrapPath(err))
 	}
-	l, err := billing.Open(billing.Options{Path: path, LockTimeout: 200 * time.Millisecond})
+	// The billing settings the server runs with (its config file named by
+	// NOZZLE_CONFIG, and NOZZLE_* variables): a report read from the file
+	// splits and compares as the server's would.
+	cfg, _, err := Load("report", nil, os.LookupEnv, io.Discard)
+	if err != nil {
+		return nil, fmt.Errorf("the server's settings: %w", err)
+	}
+	l, err := billing.Open(billing.Options{Path: path, LockTimeout: 200 * time.Millisecond,
+		IdlePolicy:           cfg.IdlePolicy,
+		DefaultPrice:         nozzle.Price{PromptPerMillionUSD: cfg.PricePrompt, CompletionPerMillionUSD: cfg.PriceCompletion},
+		DedicatedRatePerHour: cfg.DedicatedRatePerHour})
 	if errors.Is(err, billing.ErrLocked) {
 		return nil, nil
 	}

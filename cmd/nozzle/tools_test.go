@@ -1,8 +1,12 @@
 package main
 
 import (
+	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/nozzle-ai/nozzle"
+	"github.com/nozzle-ai/nozzle/billing"
 )
 
 // TestReportQuery_StartOnly checks that `nozzle report --start X` covers
@@ -16,5 +20,31 @@ func TestReportQuery_StartOnly(t *testing.T) {
 	monthEnd := time.Date(now.Year(), now.Month(), 1, 0, 0, 0, 0, time.UTC).AddDate(0, 1, 0)
 	if !q.Start.Equal(time.Date(2026, 1, 5, 0, 0, 0, 0, time.UTC)) || !q.End.Equal(monthEnd) {
 		t.Errorf("period %v – %v, want 2026-01-05 – %v", q.Start, q.End, monthEnd)
+	}
+}
+
+// TestReportOffline_ServerSettings: a report read from the ledger file
+// splits idle time by the server's policy and compares with its dedicated
+// rate (NOZZLE_* variables, as the server reads them).
+func TestReportOffline_ServerSettings(t *testing.T) {
+	dir := t.TempDir()
+	l, err := billing.Open(billing.Options{Path: filepath.Join(dir, "ledger.db")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("NOZZLE_IDLE_POLICY", nozzle.IdleOperator)
+	t.Setenv("NOZZLE_DEDICATED_RATE_PER_HOUR", "3")
+	l, err = (&toolFlags{data: dir}).openLedger()
+	if err != nil || l == nil {
+		t.Fatalf("open: %v", err)
+	}
+	defer l.Close()
+	now := time.Now().UTC()
+	rep, err := l.Report(t.Context(), nozzle.ReportQuery{Start: now.Add(-time.Hour), End: now})
+	if err != nil || rep.IdlePolicy != nozzle.IdleOperator {
+		t.Errorf("idle policy %q (%v), want the server's %q", rep.IdlePolicy, err, nozzle.IdleOperator)
 	}
 }
