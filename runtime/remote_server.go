@@ -273,6 +273,22 @@ func (g generatorServed) generate(ctx context.Context, req *nozzle.GenerateReque
 	return res, err
 }
 
+// LoadingHandler answers for a runtime still waiting for or loading its
+// model: /healthz (the process runs) and, for everything else, 503 "not
+// ready", so that a gateway's health check learns it at once rather than
+// timing out.
+func LoadingHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, nozzle.Errorf(nozzle.EUNAVAILABLE, "The runtime is loading its model."))
+	})
+	return mux
+}
+
 func newServer(rt served, internalToken string) (http.Handler, *server) {
 	s := &server{rt: rt, token: []byte(internalToken), running: map[string]context.CancelFunc{}}
 	mux := http.NewServeMux()

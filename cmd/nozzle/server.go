@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -599,6 +600,18 @@ func (m *Main) RunGateway(ctx context.Context) error {
 // RunRuntime runs a runtime alone, serving gateways over the internal API.
 func (m *Main) RunRuntime(ctx context.Context) error {
 	return m.serve(ctx, func(ctx context.Context, ln net.Listener) (<-chan error, error) {
+		// The server answers from the start, while the model is awaited
+		// and loaded (/healthz: up; the rest: not ready), and serves the
+		// runtime once it is loaded. Idle connections close after two
+		// minutes: gateways keep theirs for 30 s (runtime.Transport), so
+		// this only reaps those of gateways that went away.
+		var handler atomic.Pointer[http.Handler]
+		loading := runtime.LoadingHandler()
+		handler.Store(&loading)
+		srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { (*handler.Load()).ServeHTTP(w, r) }),
+			ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}
+		served := make(chan error, 1)
+		go func() { served <- srv.Serve(ln) }()
 		if err := m.waitForModel(ctx, 5*time.Second); err != nil {
 			return nil, nil // ctx ended
 		}
@@ -636,10 +649,6 @@ func (m *Main) RunRuntime(ctx context.Context) error {
 			w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
 			m.Metrics.WriteTo(w)
 		})
-		// Idle connections close after two minutes: gateways keep theirs
-		// for 30 s (runtime.Transport), so this only reaps those of
-		// gateways that went away.
-		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}
 		// The runtime drains first while the server still answers: new
 		// requests are refused (the gateway moves them to another
 		// runtime), those in flight finish, and the gateway can still pull
@@ -660,8 +669,8 @@ func (m *Main) RunRuntime(ctx context.Context) error {
 			cancel()
 			return errors.Join(err, srv.Shutdown(ctx))
 		})
-		served := make(chan error, 1)
-		go func() { served <- srv.Serve(ln) }()
+		var loaded http.Handler = mux
+		handler.Store(&loaded)
 		m.Log.Info("runtime listening", "addr", m.Addr, "model", modelDir)
 		return served, nil
 	})

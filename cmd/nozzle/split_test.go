@@ -239,3 +239,56 @@ func TestWaitForModel(t *testing.T) {
 		t.Fatal("no error when stopped while waiting")
 	}
 }
+
+// TestRuntime_AnswersWhileWaitingForModel: a runtime waiting for its
+// model answers /healthz at once and says "not ready" to the rest (a
+// gateway's health check learns it instead of timing out), and stops when
+// asked to.
+func TestRuntime_AnswersWhileWaitingForModel(t *testing.T) {
+	probe, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := probe.Addr().String()
+	probe.Close()
+	m := NewMain(Config{Model: filepath.Join(t.TempDir(), "base"), WaitForModel: true, Addr: addr, Data: t.TempDir(),
+		InternalToken: "a-shared-internal-token-of-some-length"}, quietLogger(), io.Discard)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- m.RunRuntime(ctx) }()
+	get := func(path string) (int, string) {
+		req, _ := http.NewRequest(http.MethodGet, "http://"+addr+path, nil)
+		req.Header.Set("Authorization", "Bearer a-shared-internal-token-of-some-length")
+		resp, err := (&http.Client{Timeout: 2 * time.Second}).Do(req)
+		if err != nil {
+			return 0, err.Error()
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if code, _ := get("/healthz"); code == http.StatusOK {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no /healthz while waiting for the model")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	for _, p := range []string{"/readyz", "/internal/v1/info"} {
+		if code, body := get(p); code != http.StatusServiceUnavailable || !strings.Contains(body, "loading its model") {
+			t.Errorf("%s while waiting: %d %s", p, code, body)
+		}
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("stopped while waiting: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("did not stop while waiting for the model")
+	}
+}
