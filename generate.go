@@ -21,6 +21,9 @@ type ModelInfo struct {
 	MaxLoRARank      int `json:"max_lora_rank"`
 	// Device is "cpu" or "cuda".
 	Device string `json:"device"`
+	// Fingerprint identifies the model's weights (not its folder's name);
+	// empty from a runtime that does not report one.
+	Fingerprint string `json:"fingerprint,omitempty"`
 	// RuntimeID names the runtime in usage and capacity records.
 	RuntimeID string    `json:"runtime_id,omitempty"`
 	CreatedAt time.Time `json:"created_at"`
@@ -30,13 +33,21 @@ type ModelInfo struct {
 	Sampling SamplingDefaults `json:"sampling,omitzero"`
 }
 
-// SameModel reports whether two runtimes serve the same base model: same
-// id and the shapes requests and adapters depend on. Devices and the
+// SameModel reports whether two runtimes serve the same base model: the
+// same weights (Fingerprint; where either runtime reports none, the same
+// id) and the shapes requests and adapters depend on. Devices and the
 // LoRA rank limit may differ.
 func (m ModelInfo) SameModel(o ModelInfo) bool {
-	return m.ID == o.ID && m.Architecture == o.Architecture && m.ContextLength == o.ContextLength &&
+	shape := m.Architecture == o.Architecture && m.ContextLength == o.ContextLength &&
 		m.VocabSize == o.VocabSize && m.HiddenSize == o.HiddenSize && m.IntermediateSize == o.IntermediateSize &&
 		m.NumLayers == o.NumLayers && m.NumHeads == o.NumHeads && m.NumKVHeads == o.NumKVHeads && m.HeadDim == o.HeadDim
+	if m.Fingerprint != "" && o.Fingerprint != "" {
+		// the weights decide, not the folders' names: two fine-tunes of
+		// one shape in /models/base differ, one model under two names
+		// does not
+		return shape && m.Fingerprint == o.Fingerprint
+	}
+	return shape && m.ID == o.ID
 }
 
 // SamplingDefaults are a model's recommended sampling settings; a nil or

@@ -1,6 +1,8 @@
 package model
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -129,6 +131,10 @@ type Model struct {
 	Tied bool
 	// DType is the storage dtype of the checkpoint's linear weights.
 	DType safetensors.DType
+	// Fingerprint identifies the checkpoint's content (config.json and a
+	// sample of every weights file), whatever the folder's name: two
+	// fine-tunes of one architecture differ in it.
+	Fingerprint string
 
 	files   []*safetensors.File
 	weights []Weight
@@ -171,6 +177,7 @@ func (m *Model) Info() nozzle.ModelInfo {
 		NumHeads:         c.NumHeads,
 		NumKVHeads:       c.NumKVHeads,
 		HeadDim:          c.HeadDim,
+		Fingerprint:      m.Fingerprint,
 		Sampling:         m.samplingDefaults(),
 	}
 }
@@ -247,6 +254,17 @@ func Open(dir string) (*Model, error) {
 		_ = m.Close()
 		return nil, err
 	}
+	raw, err := readSmallFile(filepath.Join(dir, "config.json"), 4<<20)
+	if err != nil {
+		_ = m.Close()
+		return nil, fmt.Errorf("open model: %w", err)
+	}
+	h := sha256.New()
+	h.Write(raw)
+	for _, f := range m.files {
+		f.Sample(h)
+	}
+	m.Fingerprint = hex.EncodeToString(h.Sum(nil)[:16])
 	return m, nil
 }
 

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"github.com/nozzle-ai/nozzle"
 	"os"
 	"path/filepath"
 	"strings"
@@ -325,4 +326,34 @@ func ExampleWriteRandomModel() {
 	defer m.Close()
 	fmt.Println(m.Config.Architecture, len(m.Weights()), m.Tied, m.DType)
 	// Output: Qwen2ForCausalLM 26 true BF16
+}
+
+// TestOpen_Fingerprint: the fingerprint follows the weights, not the
+// folder's name: other weights of the same shape differ, a copy under
+// another name does not.
+func TestOpen_Fingerprint(t *testing.T) {
+	open := func(dir string) nozzle.ModelInfo {
+		t.Helper()
+		m, err := model.Open(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer m.Close()
+		return m.Info()
+	}
+	a := open(writeModel(t, tinySpec()))
+	other := tinySpec()
+	other.Seed = 2
+	b := open(writeModel(t, other))
+	copyDir := filepath.Join(t.TempDir(), "base")
+	if err := model.WriteRandomModel(copyDir, tinySpec()); err != nil {
+		t.Fatal(err)
+	}
+	c := open(copyDir)
+	if a.Fingerprint == "" || a.Fingerprint == b.Fingerprint || a.SameModel(b) {
+		t.Errorf("other weights of the same shape: %q vs %q, same model %v", a.Fingerprint, b.Fingerprint, a.SameModel(b))
+	}
+	if a.ID == c.ID || a.Fingerprint != c.Fingerprint || !a.SameModel(c) {
+		t.Errorf("the same weights as %q and %q: %q vs %q, same model %v", a.ID, c.ID, a.Fingerprint, c.Fingerprint, a.SameModel(c))
+	}
 }

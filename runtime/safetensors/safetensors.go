@@ -11,6 +11,7 @@ package safetensors
 
 import (
 	"bytes"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -147,6 +148,22 @@ func Open(path string) (*File, error) {
 // tensors' data are views into data.
 func Parse(data []byte) (*File, error) {
 	return parse(data)
+}
+
+// Sample writes to w what identifies the file's content cheaply: its size
+// and sixteen windows of up to 64 KiB spread over it (the first holding
+// the header), whatever the file's size.
+func (f *File) Sample(w io.Writer) {
+	var size [8]byte
+	binary.LittleEndian.PutUint64(size[:], uint64(len(f.data)))
+	w.Write(size[:])
+	const windows, win = 16, 64 << 10
+	n := int64(len(f.data))
+	for i := int64(0); i < windows; i++ {
+		at := (n - win) * i / (windows - 1)
+		at = max(0, at)
+		w.Write(f.data[at:min(n, at+win)])
+	}
 }
 
 // Path returns the path the file was opened from ("" for Parse).
