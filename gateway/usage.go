@@ -166,8 +166,12 @@ func (s *Server) requestUsage(c *fiber.Ctx) error {
 	if shown == "" {
 		shown = ev.RequestID
 	}
+	adapter := ev.AdapterName
+	if ev.AdapterID == "" {
+		adapter = nozzle.BaseModelAlias // as the usage report's rows name the base model
+	}
 	return c.JSON(fiber.Map{
-		"object": "request.usage", "id": shown, "model": ev.Model, "adapter": ev.AdapterName, "status": ev.Status,
+		"object": "request.usage", "id": shown, "model": ev.Model, "adapter": adapter, "status": ev.Status,
 		"created": ev.Time.Unix(), "prompt_tokens": ev.PromptTokens, "cached_prompt_tokens": ev.CachedPromptTokens,
 		"completion_tokens": ev.CompletionTokens, "device_seconds": ev.DeviceSeconds, "charged_usd": ev.ChargeUSD,
 	})

@@ -106,6 +106,7 @@ func TestRequestUsage(t *testing.T) {
 			Object           string
 			ID               string
 			Status           string
+			Adapter          string
 			PromptTokens     int64   `json:"prompt_tokens"`
 			CompletionTokens int64   `json:"completion_tokens"`
 			ChargedUSD       float64 `json:"charged_usd"`
@@ -115,7 +116,7 @@ func TestRequestUsage(t *testing.T) {
 		if name == "order-9" {
 			ev = evs[1]
 		}
-		if got.Object != "request.usage" || got.ID != ev.RequestID || got.Status != "ok" || got.PromptTokens != ev.PromptTokens ||
+		if got.Object != "request.usage" || got.ID != ev.RequestID || got.Status != "ok" || got.Adapter != "base" || got.PromptTokens != ev.PromptTokens ||
 			got.CompletionTokens != ev.CompletionTokens || got.ChargedUSD != ev.ChargeUSD || got.ChargedUSD <= 0 {
 			t.Errorf("%s: %+v, event %+v", name, got, ev)
 		}
