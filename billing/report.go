@@ -86,6 +86,12 @@ func (l *Ledger) spec(q nozzle.ReportQuery) (*reportSpec, error) {
 	if s.byHour && s.byDay {
 		return nil, nozzle.Errorf(nozzle.EINVALID, "Group by hour or by day, not both.").WithParam("group_by")
 	}
+	if s.byAd && !s.byTenant && q.TenantID == "" {
+		// an adapter is a tenant's: over all tenants its rows say whose
+		// (each tenant's base-model row would otherwise read alike)
+		s.byTenant = true
+		groups = append(groups, nozzle.GroupTenant)
+	}
 	q.GroupBy = groups
 	switch step := strings.ToLower(strings.TrimSpace(q.GPUStep)); step {
 	case nozzle.GroupHour, nozzle.GroupDay:
