@@ -57,6 +57,13 @@ type ReportRow struct {
 	// runtime's prefix cache.
 	CachedPromptTokens int64 `json:"cached_prompt_tokens"`
 	CompletionTokens   int64 `json:"completion_tokens"`
+	// FailedRequests are those the runtime failed, and FailedPromptTokens
+	// and FailedCompletionTokens their part of the tokens above: charged
+	// nothing and left out of Stripe's counts (the tokens billed are the
+	// others).
+	FailedRequests         int64 `json:"failed_requests"`
+	FailedPromptTokens     int64 `json:"failed_prompt_tokens"`
+	FailedCompletionTokens int64 `json:"failed_completion_tokens"`
 	// DeviceSeconds is active device time; IdleSeconds the share of idle
 	// time allocated to the group.
 	DeviceSeconds float64 `json:"device_seconds"`

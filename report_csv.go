@@ -40,7 +40,7 @@ func (r *Report) writeCSV(w io.Writer, margin bool) error {
 	if margin {
 		header = append(header, "margin_usd")
 	}
-	header = append(header, "dedicated_usd", "saving_percent")
+	header = append(header, "dedicated_usd", "saving_percent", "failed_requests", "failed_prompt_tokens", "failed_completion_tokens")
 	if err := cw.Write(header); err != nil {
 		return err
 	}
@@ -78,7 +78,8 @@ func (r *Report) writeCSV(w io.Writer, margin bool) error {
 		if margin {
 			rec = append(rec, f(row.MarginUSD))
 		}
-		return append(rec, f(row.DedicatedUSD), f(row.SavingPercent))
+		return append(rec, f(row.DedicatedUSD), f(row.SavingPercent), i(row.FailedRequests), i(row.FailedPromptTokens),
+			i(row.FailedCompletionTokens))
 	}
 	for i := range r.Rows {
 		if err := cw.Write(line(&r.Rows[i], false)); err != nil {

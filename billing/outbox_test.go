@@ -186,6 +186,11 @@ func TestOutbox_FailedRequestsAreNotMetered(t *testing.T) {
 	if err != nil || rep.Total.PromptTokens != 169 || rep.Total.Requests != 4 {
 		t.Fatalf("report %+v, %v", rep.Total, err)
 	}
+	// and says which were failed requests', so that its tokens less those
+	// are Stripe's counts
+	if tt := rep.Total; tt.FailedRequests != 2 || tt.PromptTokens-tt.FailedPromptTokens != 120 || tt.CompletionTokens-tt.FailedCompletionTokens != 12 {
+		t.Fatalf("failed in the report: %+v", tt)
+	}
 	mustCheck(t, l)
 }
 

@@ -429,6 +429,9 @@ func (a *rowAcc) add(c *usageCell, idleCost, idleSecs float64) {
 	r.PromptTokens += c.r.PromptTokens
 	r.CachedPromptTokens += c.r.CachedPromptTokens
 	r.CompletionTokens += c.r.CompletionTokens
+	r.FailedRequests += c.r.Failed
+	r.FailedPromptTokens += c.r.FailedPromptTokens
+	r.FailedCompletionTokens += c.r.FailedCompletionTokens
 	r.DeviceSeconds += c.r.DeviceSeconds
 	r.ActiveCostUSD += c.r.ActiveCostUSD
 	r.ChargedUSD += c.r.ChargedUSD
