@@ -137,6 +137,11 @@ func httpUpload(t testing.TB, url, key, name string, cfg, weights []byte, chunke
 		return upResult{err: err}
 	}
 	req.Header.Set("Content-Type", ct)
+	return send(req, key)
+}
+
+// send sends req with the bearer key and reads its answer.
+func send(req *http.Request, key string) upResult {
 	req.Header.Set("Authorization", "Bearer "+key)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
@@ -156,14 +161,7 @@ func httpDo(url, method, path, key, body string) upResult {
 	if body != "" {
 		req.Header.Set("Content-Type", "application/json")
 	}
-	req.Header.Set("Authorization", "Bearer "+key)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return upResult{err: err}
-	}
-	b, err := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	return upResult{status: resp.StatusCode, body: string(b), err: err}
+	return send(req, key)
 }
 
 // checkOpenAIError checks an error answer: status, OpenAI shape, type and

@@ -91,33 +91,15 @@ func thrashAdapterDirs(t testing.TB) []string {
 // adapters.
 func openThrash(t testing.TB, opts runtime.Options) (*runtime.Runtime, *runtime.Store, []*nozzle.Adapter) {
 	t.Helper()
-	lib := engineLib(t)
 	modelDir, _ := demo(t)
 	dirs := thrashAdapterDirs(t)
-	validate, err := runtime.ValidateAdapter(modelDir, 64)
-	if err != nil {
-		t.Fatal(err)
-	}
-	store := runtime.NewStore(filepath.Join(t.TempDir(), "store"), validate)
+	store := demoStore(t, modelDir)
 	var ads []*nozzle.Adapter
 	for i, dir := range dirs {
 		m := importCopy(t, store, dir)
 		ads = append(ads, &nozzle.Adapter{ID: fmt.Sprint(i), Name: fmt.Sprintf("a%02d", i), AdapterManifest: *m})
 	}
-	opts.ModelDir, opts.EngineLib, opts.Device, opts.AdapterSource = modelDir, lib, "cpu", store
-	if opts.Threads == 0 {
-		opts.Threads = 2
-	}
-	rt, err := runtime.Open(context.Background(), opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		rt.Close(ctx)
-	})
-	return rt, store, ads
+	return openOnStore(t, opts, modelDir, store), store, ads
 }
 
 func importCopy(t testing.TB, store *runtime.Store, dir string) *nozzle.AdapterManifest {
@@ -445,24 +427,14 @@ func (g goneAfterLookup) AdapterDir(ctx context.Context, sha string) (string, er
 // while the runtime loads it gets the same not-found error as one that
 // comes after the deletion, not an internal error (a 500 at the gateway).
 func TestAdapterDeletedDuringLoad(t *testing.T) {
-	lib := engineLib(t)
 	modelDir, _ := demo(t)
 	dirs := thrashAdapterDirs(t)
-	validate, err := runtime.ValidateAdapter(modelDir, 64)
-	if err != nil {
-		t.Fatal(err)
-	}
-	store := runtime.NewStore(filepath.Join(t.TempDir(), "store"), validate)
+	store := demoStore(t, modelDir)
 	m := importCopy(t, store, dirs[0])
-	rt, err := runtime.Open(context.Background(), runtime.Options{ModelDir: modelDir, EngineLib: lib, Device: "cpu", Threads: 2,
-		AdapterSource: goneAfterLookup{store}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rt.Close(context.Background())
+	rt := openOnStore(t, runtime.Options{}, modelDir, goneAfterLookup{store})
 	ad := &nozzle.Adapter{ID: "a", Name: "a", AdapterManifest: *m}
 	req := &nozzle.GenerateRequest{TenantID: "t", PromptTokens: []int{40, 41, 42}, MaxTokens: 4, Adapter: ad}
-	_, err = greedy(context.Background(), rt, req)
+	_, err := greedy(context.Background(), rt, req)
 	if code := nozzle.ErrorCode(err); code != nozzle.ENOTFOUND {
 		t.Errorf("adapter deleted during its load: %v (code %s), want %s", err, code, nozzle.ENOTFOUND)
 	}

@@ -65,13 +65,8 @@ func TestMain(m *testing.M) {
 // tokenizer, its adapters imported into a Store.
 func openDemo(t testing.TB, opts runtime.Options) (*runtime.Runtime, map[string]*nozzle.Adapter) {
 	t.Helper()
-	lib := engineLib(t)
 	modelDir, adapterDirs := demo(t)
-	validate, err := runtime.ValidateAdapter(modelDir, 64)
-	if err != nil {
-		t.Fatal(err)
-	}
-	store := runtime.NewStore(filepath.Join(t.TempDir(), "store"), validate)
+	store := demoStore(t, modelDir)
 	adapters := map[string]*nozzle.Adapter{}
 	for name, dir := range adapterDirs {
 		tmp := filepath.Join(t.TempDir(), name)
@@ -84,7 +79,24 @@ func openDemo(t testing.TB, opts runtime.Options) (*runtime.Runtime, map[string]
 		}
 		adapters[name] = &nozzle.Adapter{ID: name, Name: name, AdapterManifest: *m}
 	}
-	opts.ModelDir, opts.EngineLib, opts.Device, opts.AdapterSource = modelDir, lib, "cpu", store
+	return openOnStore(t, opts, modelDir, store), adapters
+}
+
+// demoStore is an empty adapter Store for the demo model in modelDir.
+func demoStore(t testing.TB, modelDir string) *runtime.Store {
+	t.Helper()
+	validate, err := runtime.ValidateAdapter(modelDir, 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return runtime.NewStore(filepath.Join(t.TempDir(), "store"), validate)
+}
+
+// openOnStore opens a runtime on the model in modelDir with the real CPU
+// engine, its adapters from src, closed when the test ends.
+func openOnStore(t testing.TB, opts runtime.Options, modelDir string, src runtime.AdapterSource) *runtime.Runtime {
+	t.Helper()
+	opts.ModelDir, opts.EngineLib, opts.Device, opts.AdapterSource = modelDir, engineLib(t), "cpu", src
 	if opts.Threads == 0 {
 		opts.Threads = 2
 	}
@@ -97,7 +109,7 @@ func openDemo(t testing.TB, opts runtime.Options) (*runtime.Runtime, map[string]
 		defer cancel()
 		rt.Close(ctx)
 	})
-	return rt, adapters
+	return rt
 }
 
 func TestDemo_EndToEnd(t *testing.T) {
