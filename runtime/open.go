@@ -56,7 +56,7 @@ func Open(ctx context.Context, opts Options) (*Runtime, error) {
 	opts.MaxBatchSeqs, opts.MaxBatchTokens = sized.MaxBatchSeqs, sized.MaxBatchTokens
 	info.Device = device
 	ei := eng.Info()
-	opts.Logger.Info("engine up", "backend", ei.Backend, "model", info.ID, "layers", info.NumLayers,
+	opts.Logger.Info("engine up", "backend", ei.Backend, "threads", opts.Threads, "model", info.ID, "layers", info.NumLayers,
 		"hidden", info.HiddenSize, "kv_blocks", ei.KVNumBlocks, "kv_block_size", ei.KVBlockSize,
 		"slots", ei.MaxSlots, "max_rank", ei.MaxRank, "weight_bytes", ei.WeightBytes)
 

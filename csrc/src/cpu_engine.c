@@ -107,7 +107,7 @@ typedef struct cpu_engine {
 static void cpu_describe(char *buf, size_t n)
 {
 	const cpu_kernels *k = cpu_kernels_select();
-	snprintf(buf, n, "cpu %s %d threads", k ? k->name : "unsupported", cpu_online_cores());
+	snprintf(buf, n, "cpu %s, %d cores", k ? k->name : "unsupported", cpu_online_cores());
 }
 
 static void cpu_destroy(void *impl)

@@ -207,7 +207,8 @@ func Open(path string) (*Library, error) {
 // Path returns the file the library was loaded from.
 func (l *Library) Path() string { return l.path }
 
-// Backend describes the backend, e.g. "cpu avx512-bf16 2 threads".
+// Backend describes the backend, e.g. "cpu avx512-bf16, 2 cores" (the
+// machine's cores; the engine runs Options.Threads of them).
 func (l *Library) Backend() string { return l.backend }
 
 // check runs a call on a locked OS thread so nz_last_error (thread-local)
