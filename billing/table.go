@@ -60,9 +60,14 @@ func WriteTable(w io.Writer, r *nozzle.Report) error {
 				cells = "\t"
 			}
 		}
+		// a saving short of 100% never shows as 100.0
+		saving := row.SavingPercent
+		if saving < 100 && saving >= 99.95 {
+			saving = 99.9
+		}
 		fmt.Fprintf(tw, "%s%d\t%d\t%d\t%d\t%.1f\t%.1f\t%.4f\t%.4f\t%.4f\t%.2f\t%.1f\t\n", cells,
 			row.Requests, row.PromptTokens, row.CachedPromptTokens, row.CompletionTokens, row.DeviceSeconds, row.IdleSeconds,
-			row.CostUSD, row.ChargedUSD, row.MarginUSD, row.DedicatedUSD, row.SavingPercent)
+			row.CostUSD, row.ChargedUSD, row.MarginUSD, row.DedicatedUSD, saving)
 	}
 	for i := range r.Rows {
 		line(&r.Rows[i], "")
