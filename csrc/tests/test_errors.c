@@ -24,7 +24,7 @@ static void test_abi(void)
 	CHECK(nz_struct_size(7) == -1, "unknown struct");
 	char buf[64];
 	CHECK_OK(nz_backend_name(buf, sizeof buf));
-	CHECK(strncmp(buf, "cpu ", 4) == 0 && strstr(buf, "threads"), "backend name \"%s\"", buf);
+	CHECK(strncmp(buf, "cpu ", 4) == 0 && strstr(buf, " cores"), "backend name \"%s\"", buf);
 	char tiny[5];
 	CHECK_OK(nz_backend_name(tiny, sizeof tiny));
 	CHECK(strlen(tiny) == 4, "truncated name \"%s\"", tiny);
