@@ -13,6 +13,15 @@ import (
 )
 
 // reportSpec is a validated ReportQuery.
+type reportSpec struct {
+	q                     nozzle.ReportQuery
+	nowHours              float64 // now, in hours since the epoch (a dedicated GPU is not charged ahead)
+	startH, endH          int64   // hours, end exclusive
+	byHour, byDay, byAd   bool
+	byTenant, operatorRep bool
+	gpuStep               string // GroupHour, GroupDay or empty: the GPU series
+}
+
 // adapterIn reports whether the usage of adapter id (named name then; ""
 // for the base model) is in the report: all of it without an adapter
 // filter; the base model's under BaseModelAlias, as requests name it.
@@ -24,15 +33,6 @@ func (s *reportSpec) adapterIn(id, name string) bool {
 		return id == ""
 	}
 	return id != "" && name == s.q.AdapterName
-}
-
-type reportSpec struct {
-	q                     nozzle.ReportQuery
-	nowHours              float64 // now, in hours since the epoch (a dedicated GPU is not charged ahead)
-	startH, endH          int64   // hours, end exclusive
-	byHour, byDay, byAd   bool
-	byTenant, operatorRep bool
-	gpuStep               string // GroupHour, GroupDay or empty: the GPU series
 }
 
 func (l *Ledger) spec(q nozzle.ReportQuery) (*reportSpec, error) {
@@ -616,10 +616,8 @@ func (l *Ledger) buildReport(s *reportSpec, cells cellSource, tot periodTotals, 
 				g.Series[i] = l.gpuBucket(tot.bucketTime(i), &tot.series[i])
 			}
 		}
+		g.MarginUSD = rep.Total.ChargedUSD - g.CostUSD
 		rep.GPU = g
-	}
-	if rep.GPU != nil {
-		rep.GPU.MarginUSD = rep.Total.ChargedUSD - rep.GPU.CostUSD
 	}
 	return rep, nil
 }

@@ -618,15 +618,14 @@ func (cs *console) usagePage(c *fiber.Ctx, sess *consoleSession) error {
 		v.Group = nozzle.GroupDay
 	}
 	p, err := parsePeriod(c.Query("period", "month"), c.Query("start"), c.Query("end"), now)
-	v.Period = p
 	if err != nil {
-		// this month's figures, and the form as the user left it to correct
 		v.Error = nozzle.ErrorMessage(err) + " Showing this month meanwhile."
 		p, _ = parsePeriod("month", "", "", now)
-		v.Period = p
-		if c.Query("period") == "custom" {
-			v.Period.Name, v.Period.StartDate, v.Period.EndDate = "custom", c.Query("start"), c.Query("end")
-		}
+	}
+	v.Period = p
+	if err != nil && c.Query("period") == "custom" {
+		// this month's figures, and the form as the user left it to correct
+		v.Period.Name, v.Period.StartDate, v.Period.EndDate = "custom", c.Query("start"), c.Query("end")
 	}
 	if v.Group == nozzle.GroupHour && p.End.Sub(p.Start) > 31*24*time.Hour {
 		v.Group = nozzle.GroupDay

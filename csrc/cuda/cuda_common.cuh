@@ -119,55 +119,31 @@ __device__ __forceinline__ void nz_unpack_f16x2(unsigned w, float &lo, float &hi
 	lo = __half2float(__ushort_as_half((unsigned short)(w & 0xffffu)));
 	hi = __half2float(__ushort_as_half((unsigned short)(w >> 16)));
 }
-/* nz_raw_load(p, r) starts the load of p[0..8) into registers as they are
- * (one 16-byte load for 16-bit types, two for f32); nz_raw_unpack<T>
- * converts them to f32 when they are needed, so that loads can be issued
- * ahead of the work that uses them. */
-struct nz_raw8 {
-	uint4 a, b;
-};
-__device__ __forceinline__ void nz_raw_load(const __nv_bfloat16 *p, nz_raw8 &r)
+__device__ __forceinline__ void nz_load8(const __nv_bfloat16 *p, float v[8])
 {
 	NZ_CHECK_ALIGN(p, 16);
-	r.a = *reinterpret_cast<const uint4 *>(p);
+	uint4 u = *reinterpret_cast<const uint4 *>(p);
+	nz_unpack_bf16x2(u.x, v[0], v[1]);
+	nz_unpack_bf16x2(u.y, v[2], v[3]);
+	nz_unpack_bf16x2(u.z, v[4], v[5]);
+	nz_unpack_bf16x2(u.w, v[6], v[7]);
 }
-__device__ __forceinline__ void nz_raw_load(const __half *p, nz_raw8 &r)
+__device__ __forceinline__ void nz_load8(const __half *p, float v[8])
 {
 	NZ_CHECK_ALIGN(p, 16);
-	r.a = *reinterpret_cast<const uint4 *>(p);
+	uint4 u = *reinterpret_cast<const uint4 *>(p);
+	nz_unpack_f16x2(u.x, v[0], v[1]);
+	nz_unpack_f16x2(u.y, v[2], v[3]);
+	nz_unpack_f16x2(u.z, v[4], v[5]);
+	nz_unpack_f16x2(u.w, v[6], v[7]);
 }
-__device__ __forceinline__ void nz_raw_load(const float *p, nz_raw8 &r)
+__device__ __forceinline__ void nz_load8(const float *p, float v[8])
 {
 	NZ_CHECK_ALIGN(p, 16);
-	r.a = *reinterpret_cast<const uint4 *>(p);
-	r.b = *reinterpret_cast<const uint4 *>(p + 4);
-}
-template <class T> __device__ __forceinline__ void nz_raw_unpack(const nz_raw8 &r, float v[8]);
-template <> __device__ __forceinline__ void nz_raw_unpack<__nv_bfloat16>(const nz_raw8 &r, float v[8])
-{
-	nz_unpack_bf16x2(r.a.x, v[0], v[1]);
-	nz_unpack_bf16x2(r.a.y, v[2], v[3]);
-	nz_unpack_bf16x2(r.a.z, v[4], v[5]);
-	nz_unpack_bf16x2(r.a.w, v[6], v[7]);
-}
-template <> __device__ __forceinline__ void nz_raw_unpack<__half>(const nz_raw8 &r, float v[8])
-{
-	nz_unpack_f16x2(r.a.x, v[0], v[1]);
-	nz_unpack_f16x2(r.a.y, v[2], v[3]);
-	nz_unpack_f16x2(r.a.z, v[4], v[5]);
-	nz_unpack_f16x2(r.a.w, v[6], v[7]);
-}
-template <> __device__ __forceinline__ void nz_raw_unpack<float>(const nz_raw8 &r, float v[8])
-{
-	v[0] = __uint_as_float(r.a.x), v[1] = __uint_as_float(r.a.y), v[2] = __uint_as_float(r.a.z);
-	v[3] = __uint_as_float(r.a.w), v[4] = __uint_as_float(r.b.x), v[5] = __uint_as_float(r.b.y);
-	v[6] = __uint_as_float(r.b.z), v[7] = __uint_as_float(r.b.w);
-}
-template <class T> __device__ __forceinline__ void nz_load8(const T *p, float v[8])
-{
-	nz_raw8 r;
-	nz_raw_load(p, r);
-	nz_raw_unpack<T>(r, v);
+	float4 a = *reinterpret_cast<const float4 *>(p);
+	float4 b = *reinterpret_cast<const float4 *>(p + 4);
+	v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w;
+	v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
 }
 
 /* ---- reductions ---------------------------------------------------------------
