@@ -830,7 +830,7 @@ meta_layout layout_for(const cuda_engine *e, int64_t T, int64_t S, int64_t W)
 	m.attn_items = sec(&at, 8 * (size_t)T);
 	m.lora_items = sec(&at, 12 * (size_t)(T + e->slots + 1));
 	m.lora_tok = sec(&at, 4 * (size_t)T);
-	m.samples = sec(&at, sizeof(nz_sample_in) * (size_t)S);
+	m.samples = sec(&at, sizeof(nz_sample_in) * (size_t)(S + T)); /* rows: sampled sequences + scored tokens */
 	m.bt = sec(&at, 4 * (size_t)(S * W));
 	m.end = at;
 	return m;
@@ -1143,7 +1143,7 @@ int32_t cuda_step(void *impl, const nz_batch *b, const nz_step_plan *p)
 	cuda_engine *e = (cuda_engine *)impl;
 	const char *what = "nz_step";
 	NZ_TRY(select_device(e, what));
-	const int64_t T = p->n_tokens, S = p->n_seqs, ns = p->n_sample, bs = e->bs;
+	const int64_t T = p->n_tokens, S = p->n_seqs, ns = p->n_rows, bs = e->bs;
 	int64_t W = 1;
 	int decode_only = 1;
 	for (int64_t i = 0; i < S; i++) {
@@ -1187,11 +1187,20 @@ int32_t cuda_step(void *impl, const nz_batch *b, const nz_step_plan *p)
 	for (int64_t i = 0; i < ns; i++) {
 		int32_t s = p->sample_seq[i];
 		nz_sample_in &si = hp.samples[i];
-		si.temperature = b->temperature[s];
-		si.top_p = b->top_p[s];
-		si.top_k = b->top_k[s];
 		si.token = p->sample_tok[i];
-		si.u = si.temperature > 0 ? nz_rng_uniform(b->seed[s], (int64_t)b->seq_pos[s] + b->seq_len[s]) : 0.0;
+		if (i < p->n_sample) {
+			si.temperature = b->temperature[s];
+			si.top_p = b->top_p[s];
+			si.top_k = b->top_k[s];
+			si.target = -1;
+			si.u = si.temperature > 0 ? nz_rng_uniform(b->seed[s], (int64_t)b->seq_pos[s] + b->seq_len[s]) : 0.0;
+		} else { /* a scored token */
+			si.temperature = 0;
+			si.top_p = 1;
+			si.top_k = 0;
+			si.target = p->row_force[i];
+			si.u = 0;
+		}
 	}
 	for (int64_t i = 0; i < S; i++) {
 		int64_t need = nz_ceil_div((int64_t)b->seq_pos[i] + b->seq_len[i], bs);
@@ -1221,9 +1230,9 @@ int32_t cuda_step(void *impl, const nz_batch *b, const nz_step_plan *p)
 		                         e->stream),
 		         "nz_step: result copy");
 		if (b->out_logits) {
-			for (int64_t i = 0; i < ns; i++) {
+			for (int64_t i = 0; i < p->n_sample; i++) {
 				int64_t j = i; /* a run of consecutive sequences goes in one copy */
-				while (j + 1 < ns && p->sample_seq[j + 1] == p->sample_seq[j] + 1)
+				while (j + 1 < p->n_sample && p->sample_seq[j + 1] == p->sample_seq[j] + 1)
 					j++;
 				CUDA_TRY(cudaMemcpyAsync(b->out_logits + (size_t)p->sample_seq[i] * (size_t)e->V,
 				                         e->logits + (size_t)i * (size_t)e->V, 4 * (size_t)(e->V * (j - i + 1)),
@@ -1235,13 +1244,15 @@ int32_t cuda_step(void *impl, const nz_batch *b, const nz_step_plan *p)
 	}
 	CUDA_TRY(cudaStreamSynchronize(e->stream), what);
 	for (int64_t i = 0; i < ns; i++) {
-		int32_t s = p->sample_seq[i];
 		const nz_sample_out &o = e->h_out[i];
-		b->out_token[s] = o.token;
-		b->out_logprob[s] = o.logprob;
+		int32_t scratch, *tok, *top_tok;
+		float *lp, *top_lp;
+		nz_row_dst(b, p, i, &scratch, &tok, &lp, &top_tok, &top_lp);
+		*tok = o.token;
+		*lp = o.logprob;
 		if (b->n_top > 0) {
-			memcpy(b->out_top_token + (size_t)s * (size_t)b->n_top, o.top_token, 4 * (size_t)b->n_top);
-			memcpy(b->out_top_logprob + (size_t)s * (size_t)b->n_top, o.top_logprob, 4 * (size_t)b->n_top);
+			memcpy(top_tok, o.top_token, 4 * (size_t)b->n_top);
+			memcpy(top_lp, o.top_logprob, 4 * (size_t)b->n_top);
 		}
 	}
 	return NZ_OK;

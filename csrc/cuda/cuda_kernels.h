@@ -35,13 +35,15 @@ typedef struct nz_sample_out {
 	float top_logprob[NZ_CUDA_MAX_TOP];
 } nz_sample_out;
 
-/* Sampling parameters of one sampled sequence (step metadata). */
+/* Sampling parameters of one row of logits: a sampled sequence or a
+ * scored token (step metadata). */
 typedef struct nz_sample_in {
 	double u;          /* the uniform draw, nz_rng_uniform(seed, position) */
 	float temperature; /* 0 = greedy */
 	float top_p;       /* 1 = off */
 	int32_t top_k;     /* 0 = off */
 	int32_t token;     /* the token row in the logits */
+	int32_t target;    /* -1: draw; else the token scored (nothing drawn) */
 } nz_sample_in;
 
 /* Up to three LoRA target modules that share their input (q,k,v;

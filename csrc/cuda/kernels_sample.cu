@@ -239,8 +239,8 @@ __global__ void __launch_bounds__(512) sample_kernel(const float *__restrict__ l
 	sum = nz_block_sum(sum, sm.red_f64);
 	const double lse = (double)m + log(sum);
 
-	int tok = best_id;
-	if (p.temperature > 0.0f && isfinite(m)) {
+	int tok = p.target >= 0 ? p.target : best_id;
+	if (p.target < 0 && p.temperature > 0.0f && isfinite(m)) {
 		const float invt = 1.0f / p.temperature;
 		const int k = p.top_k > 0 && p.top_k < V ? p.top_k : V;
 		u64 floor = 0;

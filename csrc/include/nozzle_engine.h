@@ -32,7 +32,7 @@
 extern "C" {
 #endif
 
-#define NZ_ABI_VERSION 1
+#define NZ_ABI_VERSION 2
 
 /* ---- status codes ------------------------------------------------------ */
 #define NZ_OK 0
@@ -161,6 +161,15 @@ typedef struct nz_config {
  *                      log-probabilities, most likely first (n_top <= 20)
  *   out_logits [i*vocab_size ..)  the raw logits (f32), when not NULL —
  *                      for tests and tooling, not for serving.
+ *
+ * Scoring (a prompt's logprobs): when score_target is not NULL, each new
+ * token t with score_target[t] >= 0 is scored: the log-probability of the
+ * token score_target[t] (the one that follows t) under log_softmax of t's
+ * logits, at temperature 1, goes to out_score_logprob[t], and t's n_top
+ * most likely tokens to out_score_top_token/out_score_top_logprob
+ * [t*n_top ..), as for a sampled token. Tokens with -1 are left untouched.
+ * Every sampled sequence and every scored token needs a row of logits: a
+ * step holds at most max_batch_seqs of them.
  */
 typedef struct nz_batch {
 	int64_t n_seqs;
@@ -182,6 +191,10 @@ typedef struct nz_batch {
 	int32_t *out_top_token;        /* [n_seqs * n_top] or NULL when n_top is 0 */
 	float *out_top_logprob;        /* [n_seqs * n_top] or NULL when n_top is 0 */
 	float *out_logits;             /* [n_seqs * vocab_size] or NULL */
+	const int32_t *score_target;   /* [n_tokens] or NULL: the token to score after each token, or -1 */
+	float *out_score_logprob;      /* [n_tokens]; needed with score_target */
+	int32_t *out_score_top_token;  /* [n_tokens * n_top] or NULL when n_top is 0 */
+	float *out_score_top_logprob;  /* [n_tokens * n_top] or NULL when n_top is 0 */
 } nz_batch;
 
 /* nz_engine_info indices */

@@ -23,7 +23,7 @@ struct nz_engine {
 	/* step plan storage (nz_step_plan) */
 	int32_t *seq_off, *tok_seq, *tok_pos;
 	int32_t *seg_slot, *seg_start, *seg_seqs, *slot_count;
-	int32_t *sample_seq, *sample_tok;
+	int32_t *sample_seq, *sample_tok, *row_force;
 	/* block-table checks: blocks written in this step are stamped */
 	uint64_t *blk_stamp;
 	int64_t *blk_owner; /* seq·max_blocks + table index of the writer */
@@ -164,6 +164,7 @@ static void engine_free(nz_engine *e)
 	nz_free(e->slot_count);
 	nz_free(e->sample_seq);
 	nz_free(e->sample_tok);
+	nz_free(e->row_force);
 	nz_free(e->blk_stamp);
 	nz_free(e->blk_owner);
 	nz_free(e);
@@ -201,12 +202,13 @@ int32_t NZ_API nz_engine_create(const nz_config *cfg, nz_engine **out)
 	e->slot_count = nz_alloc((size_t)(c.max_slots + 1) * 4);
 	e->sample_seq = nz_alloc((size_t)S * 4);
 	e->sample_tok = nz_alloc((size_t)S * 4);
+	e->row_force = nz_alloc((size_t)S * 4);
 	e->blk_stamp = nz_calloc((size_t)NB * 8);
 	e->blk_owner = nz_alloc((size_t)NB * 8);
 	if (!e->have || !e->seq_off || !e->tok_seq || !e->tok_pos || !e->seg_slot || !e->seg_start ||
-	    !e->seg_seqs || !e->slot_count || !e->sample_seq || !e->sample_tok || !e->blk_stamp || !e->blk_owner) {
+	    !e->seg_seqs || !e->slot_count || !e->sample_seq || !e->sample_tok || !e->row_force || !e->blk_stamp || !e->blk_owner) {
 		engine_free(e);
-		return nz_oom(FN_CREATE " (step plan)", (size_t)T * 8 + (size_t)S * 16 + (size_t)NB * 16);
+		return nz_oom(FN_CREATE " (step plan)", (size_t)T * 8 + (size_t)S * 20 + (size_t)NB * 16);
 	}
 	*out = e;
 	return NZ_OK;
@@ -472,6 +474,29 @@ static int32_t check_batch(nz_engine *e, const nz_batch *b)
 		if (b->tokens[t] < 0 || b->tokens[t] >= c->vocab_size)
 			return nz_error(NZ_ERR_INVALID, FN_STEP ": tokens[%lld] is %d, want 0..%lld", (long long)t, b->tokens[t],
 			                (long long)c->vocab_size - 1);
+	int64_t n_score = 0;
+	if (b->score_target) {
+		if (!b->out_score_logprob)
+			return nz_error(NZ_ERR_INVALID, FN_STEP ": score_target is set but out_score_logprob is NULL");
+		if (b->n_top > 0 && (!b->out_score_top_token || !b->out_score_top_logprob))
+			return nz_error(NZ_ERR_INVALID,
+			                FN_STEP ": score_target is set and n_top is %lld but out_score_top_token or "
+			                        "out_score_top_logprob is NULL",
+			                (long long)b->n_top);
+		for (int64_t t = 0; t < b->n_tokens; t++) {
+			int32_t g = b->score_target[t];
+			if (g < -1 || g >= c->vocab_size)
+				return nz_error(NZ_ERR_INVALID, FN_STEP ": score_target[%lld] is %d, want -1..%lld", (long long)t, g,
+				                (long long)c->vocab_size - 1);
+			n_score += g >= 0;
+		}
+	}
+	if (n_sample + n_score > c->max_batch_seqs)
+		return nz_error(NZ_ERR_INVALID,
+		                FN_STEP ": %lld sampled sequences and %lld scored tokens need %lld rows of logits, "
+		                        "max_batch_seqs is %lld",
+		                (long long)n_sample, (long long)n_score, (long long)(n_sample + n_score),
+		                (long long)c->max_batch_seqs);
 	if (n_sample > 0) {
 		if (!b->temperature || !b->top_p || !b->top_k || !b->seed || !b->out_token || !b->out_logprob)
 			return nz_error(NZ_ERR_INVALID, FN_STEP ": a sequence samples but temperature, top_p, top_k, seed, "
@@ -544,10 +569,20 @@ static void build_plan(nz_engine *e, const nz_batch *b, nz_step_plan *p)
 		if (b->seq_sample[i]) {
 			e->sample_seq[n_sample] = (int32_t)i;
 			e->sample_tok[n_sample] = off - 1;
+			e->row_force[n_sample] = -1;
 			n_sample++;
 		}
 	}
 	e->seq_off[S] = off;
+	int32_t n_rows = n_sample;
+	if (b->score_target)
+		for (int32_t t = 0; t < off; t++)
+			if (b->score_target[t] >= 0) {
+				e->sample_seq[n_rows] = e->tok_seq[t];
+				e->sample_tok[n_rows] = t;
+				e->row_force[n_rows] = b->score_target[t];
+				n_rows++;
+			}
 	/* counting sort of the sequences with a slot, by slot */
 	memset(e->slot_count, 0, (size_t)slots * sizeof *e->slot_count);
 	for (int64_t i = 0; i < S; i++)
@@ -579,8 +614,10 @@ static void build_plan(nz_engine *e, const nz_batch *b, nz_step_plan *p)
 	    .seg_start = e->seg_start,
 	    .seg_seqs = e->seg_seqs,
 	    .n_sample = n_sample,
+	    .n_rows = n_rows,
 	    .sample_seq = e->sample_seq,
 	    .sample_tok = e->sample_tok,
+	    .row_force = e->row_force,
 	};
 }
 

@@ -48,12 +48,40 @@ typedef struct nz_step_plan {
 	const int32_t *seg_slot;  /* [n_segs] */
 	const int32_t *seg_start; /* [n_segs+1] */
 	const int32_t *seg_seqs;  /* [seg_start[n_segs]] */
-	/* The sequences to sample (seq_sample = 1), in batch order, and the
-	 * token whose logits they sample from (their last). */
+	/* The rows of logits the step computes: first the n_sample sequences
+	 * to sample (seq_sample = 1), in batch order, then the tokens to score
+	 * (score_target >= 0), in token order; n_rows <= max_batch_seqs. Row i
+	 * takes the logits of token sample_tok[i] of sequence sample_seq[i];
+	 * a sampled row draws its token (row_force[i] is -1), a scored row
+	 * takes row_force[i] as its token. Results go where nz_row_dst says. */
 	int32_t n_sample;
-	const int32_t *sample_seq; /* [n_sample] */
-	const int32_t *sample_tok; /* [n_sample] */
+	int32_t n_rows;
+	const int32_t *sample_seq; /* [n_rows] */
+	const int32_t *sample_tok; /* [n_rows] */
+	const int32_t *row_force;  /* [n_rows] */
 } nz_step_plan;
+
+/* Where row i's results go: a sampled row's to its sequence's out_token,
+ * out_logprob and top entries; a scored row's to its token's score
+ * outputs (the token itself to a scratch place, *tok_scratch). */
+static inline void nz_row_dst(const nz_batch *b, const nz_step_plan *p, int64_t i, int32_t *tok_scratch,
+                              int32_t **tok, float **lp, int32_t **top_tok, float **top_lp)
+{
+	int64_t n_top = b->n_top;
+	if (i < p->n_sample) {
+		int64_t s = p->sample_seq[i];
+		*tok = b->out_token + s;
+		*lp = b->out_logprob + s;
+		*top_tok = n_top ? b->out_top_token + s * n_top : NULL;
+		*top_lp = n_top ? b->out_top_logprob + s * n_top : NULL;
+	} else {
+		int64_t t = p->sample_tok[i];
+		*tok = tok_scratch;
+		*lp = b->out_score_logprob + t;
+		*top_tok = n_top ? b->out_score_top_token + t * n_top : NULL;
+		*top_lp = n_top ? b->out_score_top_logprob + t * n_top : NULL;
+	}
+}
 
 typedef struct nz_backend_ops {
 	/* Short description for nz_backend_name ("cpu avx512 2 threads"). */

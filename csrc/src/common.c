@@ -527,7 +527,9 @@ void nz_sample(const float *logits, int64_t V, const nz_sample_params *p, void *
 	double lse = (double)m + log(sum_fixed(q, V));
 
 	int32_t tok = best;
-	if (p->temperature > 0 && isfinite(m)) {
+	if (p->scored) {
+		tok = p->target;
+	} else if (p->temperature > 0 && isfinite(m)) {
 		/* q = exp((logits - max)/temperature): the softmax up to its sum */
 		float invt = 1.0f / p->temperature;
 		for (int64_t i = 0; i < V; i++)

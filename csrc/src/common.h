@@ -97,6 +97,8 @@ typedef struct nz_sample_params {
 	uint64_t seed;
 	int64_t position;  /* position of the token being sampled */
 	int32_t n_top;     /* 0..NZ_MAX_TOP */
+	int32_t scored;    /* 1: nothing is drawn, the token is target (scoring) */
+	int32_t target;
 } nz_sample_params;
 
 /* Scratch the sampler needs for a vocabulary of V tokens. */
@@ -109,6 +111,7 @@ size_t nz_sample_scratch_bytes(int64_t vocab);
  *    prefix whose mass reaches top_p; draw u = nz_rng_uniform(seed,
  *    position) and walk the kept tokens in ascending id, returning the
  *    first whose cumulative probability exceeds u·(kept mass).
+ * When p->scored is set, nothing is drawn: the token is p->target.
  * out_logprob is the token's log_softmax at temperature 1; top_tok/top_lp
  * (n_top entries, may be NULL when n_top is 0) the most likely tokens, most
  * likely first (ties: lower id). scratch holds nz_sample_scratch_bytes(V). */

@@ -682,19 +682,25 @@ static void sample_task(void *ctx, int64_t i, int tid)
 	step_ctx *c = ctx;
 	cpu_engine *e = c->e;
 	const nz_batch *b = c->b;
-	int64_t s = c->p->sample_seq[i];
+	const nz_step_plan *p = c->p;
+	int64_t s = p->sample_seq[i];
 	const float *lg = e->logits + i * e->V;
-	nz_sample_params sp = {
-	    .temperature = b->temperature[s],
-	    .top_p = b->top_p[s],
-	    .top_k = b->top_k[s],
-	    .seed = b->seed[s],
-	    .position = (int64_t)b->seq_pos[s] + b->seq_len[s],
-	    .n_top = (int32_t)b->n_top,
-	};
-	nz_sample(lg, e->V, &sp, e->samp_buf[tid], &b->out_token[s], &b->out_logprob[s],
-	          b->n_top ? b->out_top_token + s * b->n_top : NULL, b->n_top ? b->out_top_logprob + s * b->n_top : NULL);
-	if (b->out_logits)
+	nz_sample_params sp = {.n_top = (int32_t)b->n_top};
+	if (i < p->n_sample) {
+		sp.temperature = b->temperature[s];
+		sp.top_p = b->top_p[s];
+		sp.top_k = b->top_k[s];
+		sp.seed = b->seed[s];
+		sp.position = (int64_t)b->seq_pos[s] + b->seq_len[s];
+	} else {
+		sp.scored = 1;
+		sp.target = p->row_force[i];
+	}
+	int32_t scratch, *tok, *top_tok;
+	float *lp, *top_lp;
+	nz_row_dst(b, p, i, &scratch, &tok, &lp, &top_tok, &top_lp);
+	nz_sample(lg, e->V, &sp, e->samp_buf[tid], tok, lp, top_tok, top_lp);
+	if (b->out_logits && i < p->n_sample)
 		memcpy(b->out_logits + s * e->V, lg, sizeof(float) * (size_t)e->V);
 }
 
@@ -763,21 +769,21 @@ static int32_t cpu_step(void *impl, const nz_batch *b, const nz_step_plan *p)
 		c.norm_w = l + 1 < e->L ? e->layers[l + 1].attn_norm : NULL;
 		cpu_pool_run(e->pool, ttasks, resnorm_task, &c);
 	}
-	if (p->n_sample == 0)
+	if (p->n_rows == 0)
 		return NZ_OK;
-	cpu_pool_run(e->pool, p->n_sample, final_norm_task, &c);
-	/* LM head over the sampled tokens only */
+	cpu_pool_run(e->pool, p->n_rows, final_norm_task, &c);
+	/* LM head over the rows only (sampled sequences, scored tokens) */
 	c.nmod = 1;
 	c.gx = e->xs;
 	c.gin = e->H;
-	c.gtok = p->n_sample;
+	c.gtok = p->n_rows;
 	c.gy[0] = e->logits;
 	c.gw[0] = e->cfg.tie_word_embeddings ? e->embed : e->lm_head;
 	c.gb[0] = NULL;
 	c.gout[0] = e->V;
 	c.mods[0] = 0;
 	run_group(&c, 0);
-	cpu_pool_run(e->pool, p->n_sample, sample_task, &c);
+	cpu_pool_run(e->pool, p->n_rows, sample_task, &c);
 	return NZ_OK;
 }
 

@@ -6,7 +6,7 @@ import "unsafe"
 // and checks every constant and struct field against these.
 
 // ABIVersion is the NZ_ABI_VERSION this package is written against.
-const ABIVersion = 1
+const ABIVersion = 2
 
 // Status codes (NZ_OK, NZ_ERR_*).
 const (
@@ -113,6 +113,11 @@ type nzBatch struct {
 	OutTopToken   unsafe.Pointer
 	OutTopLogprob unsafe.Pointer
 	OutLogits     unsafe.Pointer
+	// scoring (prompt logprobs)
+	ScoreTarget        unsafe.Pointer
+	OutScoreLogprob    unsafe.Pointer
+	OutScoreTopToken   unsafe.Pointer
+	OutScoreTopLogprob unsafe.Pointer
 }
 
 // MaxTop is the largest n_top a step may ask for.

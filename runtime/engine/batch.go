@@ -30,6 +30,12 @@ type Batch struct {
 	// Logits asks for each sampled sequence's raw logits in OutLogits
 	// (tests and tooling; serving leaves it false).
 	Logits bool
+	// ScoreTarget, empty or one entry per token, asks for the
+	// log-probability of ScoreTarget[t] (the token that follows token t)
+	// under token t's logits, and t's NTop most likely tokens; -1 scores
+	// nothing. Every sampled sequence and every scored token takes a row
+	// of logits: a step holds at most the engine's MaxBatchSeqs.
+	ScoreTarget []int32
 
 	// Outputs, sized by Step; entries of sequences not sampled are left as
 	// they were.
@@ -38,6 +44,10 @@ type Batch struct {
 	OutTopToken   []int32   // [i*NTop:(i+1)*NTop]
 	OutTopLogprob []float32 // [i*NTop:(i+1)*NTop]
 	OutLogits     []float32 // [i*VocabSize:(i+1)*VocabSize]
+	// Per token, for the tokens scored (others left as they were).
+	OutScoreLogprob    []float32
+	OutScoreTopToken   []int32   // [t*NTop:(t+1)*NTop]
+	OutScoreTopLogprob []float32 // [t*NTop:(t+1)*NTop]
 }
 
 // Seq is one sequence's part of a step, for Batch.Add.
@@ -57,6 +67,9 @@ type Seq struct {
 	TopP        float32
 	TopK        int
 	Seed        uint64
+	// Score, nil or one entry per token, is the token to score after each
+	// of Tokens, -1 for none (see Batch.ScoreTarget).
+	Score []int32
 }
 
 // Reset empties the batch for a new step.
@@ -71,6 +84,7 @@ func (b *Batch) Reset(maxBlocks, nTop int) {
 	b.TopP = b.TopP[:0]
 	b.TopK = b.TopK[:0]
 	b.Seed = b.Seed[:0]
+	b.ScoreTarget = b.ScoreTarget[:0]
 	b.MaxBlocks = maxBlocks
 	b.NTop = nTop
 }
@@ -78,6 +92,18 @@ func (b *Batch) Reset(maxBlocks, nTop int) {
 // Add appends a sequence; its block table row is padded with zeros to
 // MaxBlocks entries.
 func (b *Batch) Add(s Seq) {
+	if s.Score != nil || len(b.ScoreTarget) > 0 {
+		for len(b.ScoreTarget) < len(b.Tokens) {
+			b.ScoreTarget = append(b.ScoreTarget, -1)
+		}
+		if s.Score != nil {
+			b.ScoreTarget = append(b.ScoreTarget, s.Score[:len(s.Tokens)]...)
+		} else {
+			for range s.Tokens {
+				b.ScoreTarget = append(b.ScoreTarget, -1)
+			}
+		}
+	}
 	b.Tokens = append(b.Tokens, s.Tokens...)
 	b.SeqLen = append(b.SeqLen, int32(len(s.Tokens)))
 	b.SeqPos = append(b.SeqPos, int32(s.Pos))
@@ -117,6 +143,12 @@ func (b *Batch) SizeOutputs(vocab int) {
 	if b.Logits {
 		b.OutLogits = resize(b.OutLogits, n*vocab)
 	}
+	if len(b.ScoreTarget) > 0 {
+		t := len(b.Tokens)
+		b.OutScoreLogprob = resize(b.OutScoreLogprob, t)
+		b.OutScoreTopToken = resize(b.OutScoreTopToken, t*b.NTop)
+		b.OutScoreTopLogprob = resize(b.OutScoreTopLogprob, t*b.NTop)
+	}
 }
 
 // check verifies what the C side cannot: that every array is as long as
@@ -146,6 +178,9 @@ func (b *Batch) check() error {
 	}
 	if b.MaxBlocks < 0 || int64(b.MaxBlocks)*int64(n) > math.MaxInt32 || len(b.BlockTable) != n*b.MaxBlocks {
 		return fmt.Errorf("block table has %d entries, want %d sequences × %d", len(b.BlockTable), n, b.MaxBlocks)
+	}
+	if len(b.ScoreTarget) != 0 && len(b.ScoreTarget) != len(b.Tokens) {
+		return fmt.Errorf("batch has %d tokens but %d ScoreTarget entries", len(b.Tokens), len(b.ScoreTarget))
 	}
 	if b.NTop < 0 || b.NTop > MaxTop {
 		return fmt.Errorf("n_top %d is not in 0..%d", b.NTop, MaxTop)

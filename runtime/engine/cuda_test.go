@@ -21,6 +21,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -1148,3 +1149,91 @@ func TestCUDAProfile(t *testing.T) {
 
 // cudaProfileSteps is how many steps TestCUDAProfile runs.
 const cudaProfileSteps = 3
+
+// TestCUDA_Scoring scores prompts (prompt logprobs) in chunks on both
+// backends — two adapters and the base model, beside sampled sequences —
+// and compares each scored token's logprob and most likely tokens.
+func TestCUDA_Scoring(t *testing.T) {
+	const tol = 1e-4
+	m := openModel(t, cudaTiny(77))
+	p := newCUDAPair(t, m, cudaOptions())
+	p.load(0, openAdapter(t, m, model.AdapterSpec{Rank: 8, Seed: 31, BScale: 0.3}))
+	p.load(1, openAdapter(t, m, model.AdapterSpec{Rank: 4, Seed: 32, DType: safetensors.BF16, BScale: 0.3}))
+	r := rand.New(rand.NewPCG(77, 1))
+	V := p.vocab
+	const nTop = 4
+	scored := []*cudaSeq{
+		{tokens: cudaTokens(r, 21, V), slot: 0},
+		{tokens: cudaTokens(r, 9, V), slot: -1},
+		{tokens: cudaTokens(r, 14, V), slot: 1},
+	}
+	sampled := &cudaSeq{tokens: cudaTokens(r, 30, V), slot: 1}
+	compared := 0
+	for round := 0; round < 4; round++ {
+		p.b.Reset(p.maxBlocks, nTop)
+		type span struct {
+			s      *cudaSeq
+			off, n int
+		}
+		var spans []span
+		add := func(s *cudaSeq, n int, sample bool, score bool) {
+			for len(s.blocks)*p.bs < s.done+n {
+				s.blocks = append(s.blocks, p.free[len(p.free)-1])
+				p.free = p.free[:len(p.free)-1]
+			}
+			seq := engine.Seq{Tokens: s.tokens[s.done : s.done+n], Pos: s.done, Slot: s.slot, Blocks: s.blocks, Sample: sample}
+			if score {
+				seq.Score = make([]int32, n)
+				for i := range n {
+					seq.Score[i] = -1
+					if q := s.done + i + 1; q < len(s.tokens) {
+						seq.Score[i] = s.tokens[q]
+					}
+				}
+				spans = append(spans, span{s, len(p.b.Tokens), n})
+			}
+			p.b.Add(seq)
+		}
+		add(sampled, 2, true, false)
+		for _, s := range scored {
+			if n := min(5, len(s.tokens)-s.done); n > 0 {
+				add(s, n, s.done+n == len(s.tokens), true)
+			}
+		}
+		var lp, topLP [2][]float32
+		var top [2][]int32
+		for i, e := range []*engine.Engine{p.cpu, p.gpu} {
+			if err := e.Step(&p.b); err != nil {
+				t.Fatalf("round %d, %s: %v", round, []string{"CPU", "CUDA"}[i], err)
+			}
+			lp[i] = slices.Clone(p.b.OutScoreLogprob)
+			top[i] = slices.Clone(p.b.OutScoreTopToken)
+			topLP[i] = slices.Clone(p.b.OutScoreTopLogprob)
+		}
+		for _, sp := range spans {
+			for i := range sp.n {
+				tok := sp.off + i
+				if p.b.ScoreTarget[tok] < 0 {
+					continue
+				}
+				compared++
+				if d := math.Abs(float64(lp[0][tok] - lp[1][tok])); !(d <= 4*tol*math.Max(1, math.Abs(float64(lp[0][tok])))) {
+					t.Errorf("round %d, token %d: scored logprob CUDA %v, CPU %v", round, tok, lp[1][tok], lp[0][tok])
+				}
+				for j := tok * nTop; j < (tok+1)*nTop; j++ {
+					if d := math.Abs(float64(topLP[0][j] - topLP[1][j])); !(d <= 4*tol*math.Max(1, math.Abs(float64(topLP[0][j])))) {
+						t.Errorf("round %d, token %d: top logprob %d CUDA %v, CPU %v", round, tok, j-tok*nTop, topLP[1][j], topLP[0][j])
+					}
+				}
+				if top[0][tok*nTop] != top[1][tok*nTop] {
+					t.Logf("round %d, token %d: most likely token CUDA %d, CPU %d (near tie?)", round, tok, top[1][tok*nTop], top[0][tok*nTop])
+				}
+			}
+			sp.s.done += sp.n
+		}
+		sampled.done += 2
+	}
+	if want := 20 + 8 + 13; compared != want {
+		t.Errorf("compared %d scored tokens, want %d", compared, want)
+	}
+}

@@ -332,6 +332,12 @@ func (e *Engine) Step(b *Batch) error {
 	if b.Logits {
 		c.OutLogits = e.pinned(unsafe.Pointer(unsafe.SliceData(b.OutLogits)), n*e.vocab)
 	}
+	if nt := len(b.ScoreTarget); nt > 0 {
+		c.ScoreTarget = e.pinned(unsafe.Pointer(unsafe.SliceData(b.ScoreTarget)), nt)
+		c.OutScoreLogprob = e.pinned(unsafe.Pointer(unsafe.SliceData(b.OutScoreLogprob)), nt)
+		c.OutScoreTopToken = e.pinned(unsafe.Pointer(unsafe.SliceData(b.OutScoreTopToken)), nt*b.NTop)
+		c.OutScoreTopLogprob = e.pinned(unsafe.Pointer(unsafe.SliceData(b.OutScoreTopLogprob)), nt*b.NTop)
+	}
 	// The C struct itself lives in the Engine (heap) and is pinned too, so
 	// its address may sit in the argument array.
 	e.pinned(unsafe.Pointer(c), 1)

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"slices"
+	"sort"
 	"strings"
 	"testing"
 
@@ -556,5 +558,110 @@ func TestEngine_MergeEquivalence(t *testing.T) {
 	mergedLogits, _ := h.mustStep(part{s, len(prompt)})
 	if e, at := logitsErr(mergedLogits[0], toF64(withSlot[0])); e > 1e-4 {
 		t.Errorf("merged vs slot: relative error %.3g at %d", e, at)
+	}
+}
+
+// logSoftmax64 is log_softmax of logits in float64.
+func logSoftmax64(logits []float32) []float64 {
+	m := math.Inf(-1)
+	for _, v := range logits {
+		m = math.Max(m, float64(v))
+	}
+	var sum float64
+	for _, v := range logits {
+		sum += math.Exp(float64(v) - m)
+	}
+	out := make([]float64, len(logits))
+	for i, v := range logits {
+		out[i] = float64(v) - m - math.Log(sum)
+	}
+	return out
+}
+
+// TestEngine_Scoring scores a prompt's tokens (prompt logprobs) in chunks,
+// in a batch with a sampled sequence on another adapter, and checks each
+// against the logits of the same prefix sampled on its own.
+func TestEngine_Scoring(t *testing.T) {
+	m := openModel(t, tinySpec(11))
+	e := newEngine(t, m, testOptions())
+	for slot, seed := range []uint64{4, 5} {
+		if err := e.LoadAdapter(slot, openAdapter(t, m, model.AdapterSpec{Rank: 8, Seed: seed})); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h := newHarness(t, e, 3)
+	r := rand.New(rand.NewPCG(9, 9))
+	prompt := randomTokens(r, 19, 96)
+	other := &seq{tokens: randomTokens(r, 12, 96), slot: 1}
+	const nTop = 3
+
+	// The reference: the logits after each prefix prompt[:k+1].
+	want := make([][]float64, len(prompt)-1)
+	for k := range want {
+		s := &seq{tokens: prompt[:k+1], slot: 0}
+		l, _ := h.mustStep(part{s, k + 1})
+		want[k] = logSoftmax64(l[0])
+		h.release(s)
+	}
+
+	s := &seq{tokens: prompt, slot: 0}
+	got := make([]float32, len(prompt)-1)
+	gotTop := make([][]int32, len(prompt)-1)
+	for _, n := range []int{7, 5, 7} {
+		var b engine.Batch
+		b.Reset(h.maxBlocks, nTop)
+		for len(s.blocks)*h.bs < s.done+n {
+			s.blocks = append(s.blocks, h.free[len(h.free)-1])
+			h.free = h.free[:len(h.free)-1]
+		}
+		score := make([]int32, n)
+		for i := range score {
+			score[i] = -1
+			if p := s.done + i + 1; p < len(prompt) {
+				score[i] = prompt[p]
+			}
+		}
+		b.Add(engine.Seq{Tokens: other.tokens[other.done : other.done+1], Pos: other.done, Slot: other.slot, Blocks: append(other.blocks, h.free[0]), Sample: true})
+		b.Add(engine.Seq{Tokens: prompt[s.done : s.done+n], Pos: s.done, Slot: s.slot, Blocks: s.blocks, Score: score})
+		if err := e.Step(&b); err != nil {
+			t.Fatal(err)
+		}
+		off := 1 // the other sequence's token comes first
+		for i := range n {
+			if p := s.done + i; p+1 < len(prompt) {
+				got[p] = b.OutScoreLogprob[off+i]
+				gotTop[p] = slices.Clone(b.OutScoreTopToken[(off+i)*nTop : (off+i+1)*nTop])
+			}
+		}
+		s.done += n
+	}
+	for k, w := range want {
+		target := prompt[k+1]
+		if d := math.Abs(float64(got[k]) - w[target]); d > 1e-5 {
+			t.Errorf("token %d (%d): scored logprob %v, want %v", k+1, target, got[k], w[target])
+		}
+		order := make([]int, len(w))
+		for i := range order {
+			order[i] = i
+		}
+		sort.SliceStable(order, func(i, j int) bool { return w[order[i]] > w[order[j]] })
+		for j := range nTop {
+			if int(gotTop[k][j]) != order[j] {
+				t.Errorf("token %d: top %d is %d, want %d", k+1, j, gotTop[k][j], order[j])
+			}
+		}
+	}
+
+	// Rows of logits are bounded by MaxBatchSeqs (16): 17 scored tokens are refused.
+	var b engine.Batch
+	b.Reset(h.maxBlocks, 0)
+	score := make([]int32, 18)
+	for i := range score {
+		score[i] = 1
+	}
+	score[17] = -1
+	b.Add(engine.Seq{Tokens: prompt[:18], Pos: 0, Slot: -1, Blocks: s.blocks, Score: score})
+	if err := e.Step(&b); !errors.Is(err, engine.ErrInvalid) || !strings.Contains(err.Error(), "rows of logits") {
+		t.Errorf("17 scored tokens with max_batch_seqs 16: %v", err)
 	}
 }
