@@ -92,6 +92,12 @@ type GenerateRequest struct {
 	// many alternatives per token (at most 20).
 	Logprobs    bool
 	TopLogprobs int
+	// Echo asks for the prompt before the completion: a first Chunk with
+	// Prompt set, whose Text is the prompt decoded from its tokens and,
+	// with Logprobs, whose Logprobs score every prompt token given the
+	// ones before it (with TopLogprobs alternatives). The first prompt
+	// token has nothing before it: its entry carries its text only.
+	Echo bool
 
 	// Stream says the caller passes chunks on as they come. Without it a
 	// generator may deliver them all at the end, even as one chunk (a
@@ -124,6 +130,9 @@ type TopLogprob struct {
 type Chunk struct {
 	Text     string
 	Logprobs []TokenLogprob
+	// Prompt marks the echoed prompt (GenerateRequest.Echo); its Offsets
+	// are in the prompt's text.
+	Prompt bool
 }
 
 // Finish reasons.

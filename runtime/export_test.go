@@ -44,3 +44,13 @@ func (r *Runtime) Resources() Resources {
 		Waiting: s.waiting, Running: len(s.running), Tenants: len(s.tenants), Steps: s.steps,
 	}
 }
+
+// TokenID finds the id of the token whose text is text.
+func (r *Runtime) TokenID(text string) (int, bool) {
+	for id := range r.info.VocabSize {
+		if r.codec.TokenText(id) == text {
+			return id, true
+		}
+	}
+	return 0, false
+}

@@ -47,8 +47,10 @@ func (r *Runtime) generate(ctx context.Context, req *nozzle.GenerateRequest, sta
 		started(q.nPrompt)
 	}
 	q.arrived = r.clock()
+	// The prompt, read here while the engine goroutine appends to tokens.
+	prompt := q.tokens[:q.nPrompt:q.nPrompt]
 	r.sched.submit(q)
-	return r.stream(ctx, q, req, res, emit)
+	return r.stream(ctx, q, req, prompt, res, emit)
 }
 
 func (r *Runtime) countLookup(sha string) {
@@ -97,6 +99,7 @@ func (r *Runtime) prepare(req *nozzle.GenerateRequest) (*sequence, error) {
 	}
 	if req.Logprobs || req.TopLogprobs > 0 {
 		q.nTop = req.TopLogprobs
+		q.score, q.scored = req.Echo, 1
 	}
 	if req.Adapter != nil {
 		q.sha = req.Adapter.SHA256
@@ -257,7 +260,7 @@ func isSHA256(s string) bool {
 // stream follows q's events: it turns tokens into text, holds back text
 // that could still start a stop sequence, emits complete UTF-8 chunks, and
 // returns q's account once the engine goroutine has freed everything.
-func (r *Runtime) stream(ctx context.Context, q *sequence, req *nozzle.GenerateRequest, res *nozzle.GenerateResult, emit func(nozzle.Chunk, int) error) (*nozzle.GenerateResult, error) {
+func (r *Runtime) stream(ctx context.Context, q *sequence, req *nozzle.GenerateRequest, prompt []int32, res *nozzle.GenerateResult, emit func(nozzle.Chunk, int) error) (*nozzle.GenerateResult, error) {
 	ts := &textStream{dec: r.codec.NewStreamDecoder(), stops: req.Stop, logprobs: req.Logprobs || req.TopLogprobs > 0}
 	var (
 		stopped   bool  // no more text goes out
@@ -265,7 +268,21 @@ func (r *Runtime) stream(ctx context.Context, q *sequence, req *nozzle.GenerateR
 		cancelErr error // why the request ended early
 		consumed  int
 		evs       []seqEvent
+		echoed    = !req.Echo
+		scores    []nozzle.TokenLogprob // the prompt's, as they come
 	)
+	// echo emits the prompt first, once its scores are in when asked for.
+	echo := func() error {
+		echoed = true
+		return emit(r.promptChunk(prompt, scores, q.score), 0)
+	}
+	if !echoed && !q.score {
+		if err := echo(); err != nil {
+			stopped = true
+			cancelErr = nozzle.Errorf(nozzle.ECANCELED, "The request was canceled.").Wrap(err)
+			r.sched.cancel(q, cancelClient)
+		}
+	}
 	done := ctx.Done()
 	for {
 		select {
@@ -281,6 +298,17 @@ func (r *Runtime) stream(ctx context.Context, q *sequence, req *nozzle.GenerateR
 		evs = q.out.take(evs)
 		for i := range evs {
 			ev := &evs[i]
+			if ev.prompt {
+				scores = append(scores, tokenLogprob(r.codec, ev))
+				continue
+			}
+			if !echoed && !stopped && (!ev.final || ev.err == nil) {
+				if err := echo(); err != nil {
+					stopped = true
+					cancelErr = nozzle.Errorf(nozzle.ECANCELED, "The request was canceled.").Wrap(err)
+					r.sched.cancel(q, cancelClient)
+				}
+			}
 			if ev.final {
 				return r.settle(ts, ev, res, stopAt, cancelErr, consumed, emit)
 			}
@@ -452,6 +480,33 @@ func stopPrefixTail(s string, stops []string) int {
 		}
 	}
 	return best
+}
+
+// promptChunk is the echoed prompt: its text decoded from its tokens and,
+// when scored, each token's logprob (scores: the tokens after the first)
+// with its byte offset in that text.
+func (r *Runtime) promptChunk(prompt []int32, scores []nozzle.TokenLogprob, scored bool) nozzle.Chunk {
+	dec := r.codec.NewStreamDecoder()
+	var text strings.Builder
+	var lps []nozzle.TokenLogprob
+	if scored {
+		lps = make([]nozzle.TokenLogprob, 0, len(prompt))
+	}
+	for i, id := range prompt {
+		start := text.Len()
+		text.WriteString(dec.Add(int(id)))
+		if !scored {
+			continue
+		}
+		lp := nozzle.TokenLogprob{Token: r.codec.TokenText(int(id)), Bytes: bytesInts(r.codec.TokenBytes(int(id)))}
+		if i > 0 && i-1 < len(scores) {
+			lp = scores[i-1]
+		}
+		lp.Offset = start
+		lps = append(lps, lp)
+	}
+	text.WriteString(dec.Flush())
+	return nozzle.Chunk{Text: text.String(), Logprobs: lps, Prompt: true}
 }
 
 func tokenLogprob(c codec, ev *seqEvent) nozzle.TokenLogprob {

@@ -336,11 +336,13 @@ func (c *Client) Generate(ctx context.Context, req *nozzle.GenerateRequest, emit
 		case l.PromptTokens != nil:
 			res.PromptTokens = *l.PromptTokens
 		case l.Chunk != nil:
-			res.CompletionTokens = l.Chunk.Tokens
+			if !l.Chunk.Prompt {
+				res.CompletionTokens = l.Chunk.Tokens
+			}
 			if cn.reason() != nil {
 				continue
 			}
-			if err := emit(nozzle.Chunk{Text: l.Chunk.Text, Logprobs: l.Chunk.Logprobs}); err != nil {
+			if err := emit(nozzle.Chunk{Text: l.Chunk.Text, Logprobs: l.Chunk.Logprobs, Prompt: l.Chunk.Prompt}); err != nil {
 				cn.cancel(nozzle.Errorf(nozzle.ECANCELED, "The request was canceled.").Wrap(err))
 			}
 		}

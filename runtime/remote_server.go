@@ -61,6 +61,7 @@ type wireRequest struct {
 	Stop         []string             `json:"stop,omitempty"`
 	Logprobs     bool                 `json:"logprobs"`
 	TopLogprobs  int                  `json:"top_logprobs"`
+	Echo         bool                 `json:"echo,omitempty"`
 	Stream       bool                 `json:"stream,omitempty"`
 }
 
@@ -69,7 +70,7 @@ func toWire(r *nozzle.GenerateRequest) wireRequest {
 		RequestID: r.RequestID, TenantID: r.TenantID, Adapter: r.Adapter,
 		Messages: r.Messages, Prompt: r.Prompt, PromptTokens: r.PromptTokens,
 		MaxTokens: r.MaxTokens, Temperature: r.Temperature, TopP: r.TopP, TopK: r.TopK,
-		Seed: r.Seed, Stop: r.Stop, Logprobs: r.Logprobs, TopLogprobs: r.TopLogprobs, Stream: r.Stream,
+		Seed: r.Seed, Stop: r.Stop, Logprobs: r.Logprobs, TopLogprobs: r.TopLogprobs, Echo: r.Echo, Stream: r.Stream,
 	}
 }
 
@@ -78,7 +79,7 @@ func (w wireRequest) request() *nozzle.GenerateRequest {
 		RequestID: w.RequestID, TenantID: w.TenantID, Adapter: w.Adapter,
 		Messages: w.Messages, Prompt: w.Prompt, PromptTokens: w.PromptTokens,
 		MaxTokens: w.MaxTokens, Temperature: w.Temperature, TopP: w.TopP, TopK: w.TopK,
-		Seed: w.Seed, Stop: w.Stop, Logprobs: w.Logprobs, TopLogprobs: w.TopLogprobs, Stream: w.Stream,
+		Seed: w.Seed, Stop: w.Stop, Logprobs: w.Logprobs, TopLogprobs: w.TopLogprobs, Echo: w.Echo, Stream: w.Stream,
 	}
 }
 
@@ -86,6 +87,7 @@ type wireChunk struct {
 	Text     string                `json:"text"`
 	Logprobs []nozzle.TokenLogprob `json:"logprobs,omitempty"`
 	Tokens   int                   `json:"tokens"`
+	Prompt   bool                  `json:"prompt,omitempty"`
 }
 
 type wireResult struct {
@@ -460,6 +462,9 @@ func (s *server) generate(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(http.StatusOK)
 		send(wireLine{PromptTokens: &promptTokens}, false)
 	}, func(c nozzle.Chunk, n int) error {
+		if c.Prompt {
+			return send(wireLine{Chunk: &wireChunk{Text: c.Text, Logprobs: c.Logprobs, Prompt: true}}, false)
+		}
 		if !wr.Stream {
 			// Held and sent as one chunk before the result: one line to
 			// encode and decode instead of one per token.

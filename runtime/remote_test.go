@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"reflect"
 	"strings"
 	"sync"
 	"testing"
@@ -62,6 +63,7 @@ func TestRemote_Parity(t *testing.T) {
 			"Chat":    {Messages: []nozzle.ChatMessage{{Role: "user", Content: "Hello there"}}, MaxTokens: 12, Logprobs: true, TopLogprobs: 3, Adapter: adapters["demo-chat"]},
 			"Seeded":  {Prompt: "Once upon a time", MaxTokens: 16, Temperature: 0.9, TopP: 0.95, TopK: 40, Seed: &seed, Adapter: adapters["demo-sql"]},
 			"Stop":    {Prompt: "The quick brown fox", MaxTokens: 16, Stop: []string{"xx"}},
+			"Echo":    {Prompt: "Once upon a time", MaxTokens: 6, Logprobs: true, TopLogprobs: 2, Echo: true, Adapter: adapters["demo-sql"]},
 			"TooLong": {PromptTokens: make([]int, 3000)},
 			"Missing": {Prompt: "x", MaxTokens: 4, Adapter: &nozzle.Adapter{Name: "gone", AdapterManifest: nozzle.AdapterManifest{SHA256: fakeSHA(77), Rank: 8}}},
 		}, adapters["demo-chat"].SHA256)
@@ -117,6 +119,14 @@ func checkParity(t *testing.T, local, remote outcome, stream bool) {
 	l, r := *local.res, *remote.res
 	if l.PromptTokens != r.PromptTokens || l.CompletionTokens != r.CompletionTokens || l.FinishReason != r.FinishReason || l.RuntimeID != r.RuntimeID {
 		t.Errorf("result: local %+v, remote %+v", l, r)
+	}
+	// The echoed prompt comes first, alone, streamed or not.
+	if len(local.chunks) > 0 && local.chunks[0].Prompt {
+		if len(remote.chunks) == 0 || !remote.chunks[0].Prompt || remote.chunks[0].Text != local.chunks[0].Text ||
+			!reflect.DeepEqual(remote.chunks[0].Logprobs, local.chunks[0].Logprobs) {
+			t.Fatalf("prompt: local %+v, remote %+v", local.chunks[0], remote.chunks)
+		}
+		local.chunks, remote.chunks = local.chunks[1:], remote.chunks[1:]
 	}
 	if !stream {
 		var lps int

@@ -30,6 +30,7 @@ const (
 // seqEvent is what the engine goroutine tells a request: one sampled token,
 // or the final account.
 type seqEvent struct {
+	prompt  bool // the score of a prompt token (Echo with logprobs), not a sampled one
 	token   int32
 	logprob float32
 	topTok  []int32
@@ -93,6 +94,10 @@ type sequence struct {
 	topK        int32
 	seed        uint64
 	nTop        int
+	// score asks for the prompt tokens' logprobs; prompt positions
+	// 1..scored-1 have theirs posted.
+	score  bool
+	scored int
 
 	state      seqState
 	admitOrder uint64
@@ -134,6 +139,8 @@ type stepEntry struct {
 	n      int
 	sample bool
 	decode bool
+	off    int // the entry's first token in the batch
+	score  bool
 }
 
 // scheduler owns the engine: one goroutine, locked to its OS thread, runs
@@ -175,6 +182,7 @@ type scheduler struct {
 	drainFor map[string]int // adapter waiting for a slot → slot draining for it
 	batch    engine.Batch
 	entries  []stepEntry
+	targets  []int32
 	scratch  []*sequence
 	msgs     []inMsg
 	order    []*tenant
@@ -581,7 +589,12 @@ func (s *scheduler) start(q *sequence, now time.Time) {
 	// The whole blocks of q's tokens that the prefix cache holds are
 	// computed already; at least the last token is left to compute, for
 	// its logits.
-	matched, keys := s.pool.match(q.sha, q.tokens, len(q.tokens)-1)
+	// A scored prompt is computed whole: its logits are what is asked for.
+	var matched []int32
+	var keys []uint64
+	if !q.score {
+		matched, keys = s.pool.match(q.sha, q.tokens, len(q.tokens)-1)
+	}
 	q.blocks = append(q.blocks[:0], matched...)
 	q.keys = append(q.keys[:0], keys...)
 	q.computed = len(matched) * s.pool.size
@@ -744,6 +757,9 @@ func (s *scheduler) step() {
 		s.entries = append(s.entries, stepEntry{q: q, n: 1, sample: true, decode: q.generated > 0})
 		budget--
 	}
+	// Each sampled sequence and each scored prompt token takes a row of
+	// logits; a step has maxBatchSeqs of them.
+	rows := len(s.entries)
 	for _, q := range s.running {
 		if budget == 0 {
 			break
@@ -753,8 +769,34 @@ func (s *scheduler) step() {
 			continue
 		}
 		n := min(p, s.prefillChunk, budget)
-		s.entries = append(s.entries, stepEntry{q: q, n: n, sample: q.computed+n == len(q.tokens)})
-		budget -= n
+		score := false
+		if first := max(q.computed, q.scored-1); q.score && first < q.nPrompt-1 {
+			// positions first.. are scored (each against the next token),
+			// the prompt's last excepted; a row stays free for a sample
+			free := s.maxBatchSeqs - rows - 1
+			if free <= 0 && first == q.computed {
+				continue
+			}
+			n = min(n, first-q.computed+max(free, 0))
+			score = true
+			rows += max(0, min(q.computed+n, q.nPrompt-1)-first)
+		}
+		e := stepEntry{q: q, n: n, sample: q.computed+n == len(q.tokens), score: score}
+		if e.sample {
+			if rows >= s.maxBatchSeqs {
+				// no row left to sample from: the last token waits (it
+				// is never a scored one)
+				if e.n == 1 {
+					continue
+				}
+				e.n--
+				e.sample = false
+			} else {
+				rows++
+			}
+		}
+		s.entries = append(s.entries, e)
+		budget -= e.n
 	}
 	if len(s.entries) == 0 {
 		return
@@ -766,10 +808,24 @@ func (s *scheduler) step() {
 		nTop = max(nTop, e.q.nTop)
 	}
 	b.Reset(maxBlocks, nTop)
-	for _, e := range s.entries {
+	for i := range s.entries {
+		e := &s.entries[i]
 		q := e.q
+		e.off = len(b.Tokens)
+		var score []int32
+		if e.score {
+			s.targets = s.targets[:0]
+			for p := q.computed; p < q.computed+e.n; p++ {
+				t := int32(-1)
+				if p+1 >= q.scored && p+1 < q.nPrompt {
+					t = q.tokens[p+1]
+				}
+				s.targets = append(s.targets, t)
+			}
+			score = s.targets
+		}
 		b.Add(engine.Seq{Tokens: q.tokens[q.computed : q.computed+e.n], Pos: q.computed, Slot: q.slot, Blocks: q.blocks,
-			Sample: e.sample, Temperature: q.temperature, TopP: q.topP, TopK: int(q.topK), Seed: q.seed})
+			Sample: e.sample, Temperature: q.temperature, TopP: q.topP, TopK: int(q.topK), Seed: q.seed, Score: score})
 	}
 	err := s.be.Step(b)
 	t1 := s.clock()
@@ -798,6 +854,19 @@ func (s *scheduler) step() {
 	}
 	for i, e := range s.entries {
 		q := e.q
+		if e.score {
+			for p := q.computed; p < q.computed+e.n; p++ {
+				if t := e.off + p - q.computed; b.ScoreTarget[t] >= 0 {
+					ev := seqEvent{prompt: true, token: b.ScoreTarget[t], logprob: b.OutScoreLogprob[t]}
+					if q.nTop > 0 {
+						ev.topTok = slices.Clone(b.OutScoreTopToken[t*nTop : t*nTop+q.nTop])
+						ev.topLP = slices.Clone(b.OutScoreTopLogprob[t*nTop : t*nTop+q.nTop])
+					}
+					q.out.post(ev)
+					q.scored = p + 2
+				}
+			}
+		}
 		q.computed += e.n
 		s.rememberBlocks(q)
 		if !e.sample {

@@ -4,6 +4,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -22,13 +23,13 @@ func fakeLib(t *testing.T, defines string) string {
 #include <stddef.h>
 ` + defines + `
 #ifndef ABI
-#define ABI 1
+#define ABI ` + strconv.Itoa(engine.ABIVersion) + `
 #endif
 #ifndef CONFIG_SIZE
 #define CONFIG_SIZE 288
 #endif
 int32_t nz_abi_version(void) { return ABI; }
-int64_t nz_struct_size(int32_t w) { return w == 0 ? CONFIG_SIZE : w == 1 ? 152 : -1; }
+int64_t nz_struct_size(int32_t w) { return w == 0 ? CONFIG_SIZE : w == 1 ? 184 : -1; }
 const char *nz_last_error(void) { return "fake"; }
 int32_t nz_backend_name(char *buf, int64_t n) { if (n > 4) { buf[0]='f'; buf[1]='a'; buf[2]='k'; buf[3]='e'; buf[4]=0; } return 0; }
 int32_t nz_engine_create(const void *cfg, void **out) { return -3; }
@@ -60,7 +61,7 @@ func TestOpen_LoadChecks(t *testing.T) {
 		name, defines, want string
 	}{
 		{"OK", "", ""},
-		{"WrongABI", "#define ABI 99", "has ABI version 99, but this build of Nozzle needs version 1"},
+		{"WrongABI", "#define ABI 99", "has ABI version 99, but this build of Nozzle needs version " + strconv.Itoa(engine.ABIVersion)},
 		{"MissingSymbol", "#define NO_STEP 1", "lacks the symbol nz_step"},
 		{"StructSize", "#define CONFIG_SIZE 280", "struct nz_config is 280 bytes, Go expects 288"},
 	}

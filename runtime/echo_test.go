@@ -1,0 +1,113 @@
+package runtime_test
+
+import (
+	"context"
+	"math"
+	"sync"
+	"testing"
+
+	nozzle "github.com/nozzle-ai/nozzle"
+	"github.com/nozzle-ai/nozzle/runtime"
+)
+
+// collect runs req and returns its chunks.
+func collect(t *testing.T, rt *runtime.Runtime, req *nozzle.GenerateRequest) ([]nozzle.Chunk, *nozzle.GenerateResult) {
+	t.Helper()
+	var chunks []nozzle.Chunk
+	res, err := rt.Generate(context.Background(), req, func(c nozzle.Chunk) error {
+		chunks = append(chunks, c)
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return chunks, res
+}
+
+// TestDemo_EchoScoresPrompt generates greedily, then echoes the prompt
+// plus that completion with logprobs: every scored token is the model's
+// own greedy choice, so its score is the logprob it was generated with
+// and the most likely alternative. Scored alone, beside other requests,
+// in small prefill chunks and with an adapter, the numbers agree.
+func TestDemo_EchoScoresPrompt(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		opts runtime.Options
+	}{
+		{"default", runtime.Options{}},
+		// 8 rows of logits and 5-token chunks: a prompt is scored over
+		// several steps, a few rows at a time
+		{"chunked", runtime.Options{MaxBatchSeqs: 8, MaxBatchTokens: 16, PrefillChunk: 5}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rt, adapters := openDemo(t, tc.opts)
+			for _, ad := range []*nozzle.Adapter{nil, adapters["demo-sql"]} {
+				head := []int{1, 450, 1996}
+				gen, res := collect(t, rt, &nozzle.GenerateRequest{PromptTokens: head, MaxTokens: 20, Logprobs: true, TopLogprobs: 2, Adapter: ad})
+				var genLPs []nozzle.TokenLogprob
+				for _, c := range gen {
+					genLPs = append(genLPs, c.Logprobs...)
+				}
+				if res.CompletionTokens != len(genLPs) || len(genLPs) < 5 {
+					t.Fatalf("generated %d tokens, %d logprobs", res.CompletionTokens, len(genLPs))
+				}
+				prompt := append(append([]int(nil), head...), tokenIDs(t, rt, genLPs)...)
+
+				var wg sync.WaitGroup
+				for range 3 { // beside other requests
+					wg.Add(1)
+					go func() {
+						defer wg.Done()
+						rt.Generate(context.Background(), &nozzle.GenerateRequest{Prompt: "SELECT name FROM users WHERE", MaxTokens: 12}, func(nozzle.Chunk) error { return nil })
+					}()
+				}
+				chunks, res2 := collect(t, rt, &nozzle.GenerateRequest{PromptTokens: prompt, MaxTokens: 1, Logprobs: true, TopLogprobs: 2, Echo: true, Adapter: ad})
+				wg.Wait()
+				if len(chunks) < 2 || !chunks[0].Prompt || chunks[1].Prompt {
+					t.Fatalf("chunks %+v: want the prompt first", chunks)
+				}
+				p := chunks[0]
+				if len(p.Logprobs) != len(prompt) || res2.PromptTokens != len(prompt) || res2.CompletionTokens != 1 {
+					t.Fatalf("%d prompt logprobs for %d tokens; result %+v", len(p.Logprobs), len(prompt), res2)
+				}
+				if p.Logprobs[0].Top != nil || p.Logprobs[0].Logprob != 0 {
+					t.Errorf("the first prompt token has a score: %+v", p.Logprobs[0])
+				}
+				for i, g := range genLPs {
+					s := p.Logprobs[len(head)+i]
+					if s.Token != g.Token || math.Abs(s.Logprob-g.Logprob) > 1e-4 || len(s.Top) != 2 || s.Top[0].Token != g.Token ||
+						math.Abs(s.Top[0].Logprob-s.Logprob) > 1e-6 || s.Top[1].Token != g.Top[1].Token {
+						t.Errorf("adapter %v, token %d: scored %+v, generated %+v", ad != nil, i, s, g)
+					}
+				}
+				if p.Text != decodeIDs(t, rt, prompt) {
+					t.Errorf("prompt text %q", p.Text)
+				}
+				if s := p.Logprobs[len(head)]; s.Offset != len(decodeIDs(t, rt, head)) {
+					t.Errorf("offset of the first completion token in the prompt: %d", s.Offset)
+				}
+			}
+		})
+	}
+}
+
+// tokenIDs maps logprob entries back to token ids through the runtime's
+// tokenizer (each entry's token text is unique in the demo vocabulary).
+func tokenIDs(t *testing.T, rt *runtime.Runtime, lps []nozzle.TokenLogprob) []int {
+	t.Helper()
+	ids := make([]int, len(lps))
+	for i, lp := range lps {
+		id, ok := rt.TokenID(lp.Token)
+		if !ok {
+			t.Fatalf("no token %q", lp.Token)
+		}
+		ids[i] = id
+	}
+	return ids
+}
+
+func decodeIDs(t *testing.T, rt *runtime.Runtime, ids []int) string {
+	t.Helper()
+	chunks, _ := collect(t, rt, &nozzle.GenerateRequest{PromptTokens: ids, MaxTokens: 1, Echo: true})
+	return chunks[0].Text
+}
