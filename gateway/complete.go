@@ -58,6 +58,7 @@ func validIdempotencyKey(k string) bool {
 type choiceResult struct {
 	text     []byte
 	logprobs []nozzle.TokenLogprob
+	prompt   *nozzle.Chunk // the runtime's echo of the prompt
 	res      *nozzle.GenerateResult
 	err      error
 }
@@ -338,6 +339,10 @@ func (cp *completion) respond(c *fiber.Ctx) error {
 	stop := watchClient(c.Context().Conn(), clientCheckEvery, cp.cancel)
 	cp.run(func(i int, ch nozzle.Chunk) error {
 		r := &cp.results[i]
+		if ch.Prompt {
+			r.prompt = &ch
+			return nil
+		}
 		r.text = append(r.text, ch.Text...)
 		if cp.j.logprobs {
 			r.logprobs = append(r.logprobs, ch.Logprobs...)
@@ -552,14 +557,19 @@ func (cp *completion) body(dst []byte) []byte {
 			if i > 0 {
 				dst = append(dst, ',')
 			}
-			echo := j.echoText(i)
+			echo := j.echoText(i, r.prompt)
 			dst = append(dst, `{"text":`...)
 			dst = appendString(dst, echo+string(r.text))
 			dst = append(dst, `,"index":`...)
 			dst = appendInt(dst, int64(i))
 			dst = append(dst, `,"logprobs":`...)
 			if j.logprobs {
-				dst = appendTextLogprobs(dst, r.logprobs, r.text, &textOffsets{base: utf8.RuneCountInString(echo)})
+				completion := lpPart{lps: r.logprobs, text: r.text, offs: &textOffsets{base: utf8.RuneCountInString(echo)}}
+				if r.prompt != nil {
+					dst = appendTextLogprobs(dst, promptPart(r.prompt), completion)
+				} else {
+					dst = appendTextLogprobs(dst, completion)
+				}
 			} else {
 				dst = append(dst, "null"...)
 			}
@@ -678,12 +688,13 @@ func (cp *completion) writeStream(w *bufio.Writer, conn net.Conn, events chan st
 	}
 
 	n := len(cp.reqs)
-	// First chunk of each choice: the role (chat) or the echoed prompt.
+	// First chunk of each choice: the role (chat) or the echoed prompt
+	// (the runtime's, when it scores or decodes the prompt).
 	for i := 0; i < n; i++ {
 		if j.kind == kindChat {
 			buf = cp.chunk(buf[:0], i, "", nil, true, "")
 			send(buf)
-		} else if echo := j.echoText(i); echo != "" {
+		} else if echo := j.echoText(i, nil); echo != "" && !j.runtimeEcho(i) {
 			buf = cp.chunk(buf[:0], i, echo, nil, false, "")
 			send(buf)
 		}
@@ -691,7 +702,7 @@ func (cp *completion) writeStream(w *bufio.Writer, conn net.Conn, events chan st
 	firstToken := true
 	offs := make([]textOffsets, n)
 	for i := range offs {
-		offs[i].base = utf8.RuneCountInString(j.echoText(i))
+		offs[i].base = utf8.RuneCountInString(j.echoText(i, nil))
 	}
 	handle := func(ev streamEvent) bool {
 		r := &cp.results[ev.index]
@@ -701,6 +712,14 @@ func (cp *completion) writeStream(w *bufio.Writer, conn net.Conn, events chan st
 				cp.cancel() // a failed choice fails the request: stop the others
 			}
 			return true
+		}
+		if ev.chunk.Prompt {
+			r.prompt = &ev.chunk
+			echo := j.echoText(ev.index, r.prompt)
+			offs[ev.index].base = utf8.RuneCountInString(echo)
+			buf = cp.appendChunk(buf[:0], ev.index, echo, nil, false, "", promptPart(r.prompt))
+			send(buf)
+			return false
 		}
 		cp.sent = true
 		if firstToken {
@@ -775,18 +794,21 @@ func (cp *completion) writeStream(w *bufio.Writer, conn net.Conn, events chan st
 
 // chunk appends one SSE event with one choice's delta.
 func (cp *completion) chunk(dst []byte, i int, text string, lps []nozzle.TokenLogprob, role bool, finish string) []byte {
-	return cp.appendChunk(dst, i, text, lps, role, finish, nil, nil)
+	return cp.appendChunk(dst, i, text, lps, role, finish, lpPart{lps: lps})
 }
 
 // chunkWithOffsets is chunk for a piece of text with its logprobs: sofar
 // is the choice's completion text up to the piece's end, offs its text
 // offsets.
 func (cp *completion) chunkWithOffsets(dst []byte, i int, ch nozzle.Chunk, sofar []byte, offs *textOffsets) []byte {
-	return cp.appendChunk(dst, i, ch.Text, ch.Logprobs, false, "", sofar, offs)
+	return cp.appendChunk(dst, i, ch.Text, ch.Logprobs, false, "", lpPart{lps: ch.Logprobs, text: sofar, offs: offs})
 }
 
+// appendChunk appends one SSE event: a chat choice's delta (text, or the
+// role, or the finish) with the logprobs lps, or a legacy choice's text
+// with the logprobs of part.
 func (cp *completion) appendChunk(dst []byte, i int, text string, lps []nozzle.TokenLogprob, role bool, finish string,
-	sofar []byte, offs *textOffsets) []byte {
+	part lpPart) []byte {
 	j := cp.j
 	dst = append(dst, "data: "...)
 	if j.kind == kindChat {
@@ -816,8 +838,8 @@ func (cp *completion) appendChunk(dst []byte, i int, text string, lps []nozzle.T
 		dst = append(dst, `,"index":`...)
 		dst = appendInt(dst, int64(i))
 		dst = append(dst, `,"logprobs":`...)
-		if j.logprobs && len(lps) > 0 {
-			dst = appendTextLogprobs(dst, lps, sofar, offs)
+		if j.logprobs && len(part.lps) > 0 {
+			dst = appendTextLogprobs(dst, part)
 		} else {
 			dst = append(dst, "null"...)
 		}

@@ -160,33 +160,57 @@ func (o *textOffsets) at(text []byte, off int) int {
 	return o.base + o.runes
 }
 
+// lpPart is a run of tokens of a legacy completion choice's logprobs:
+// their text (holding every token of lps) and its offsets. A prompt's
+// first token (first) has no logprob: null, as OpenAI answers.
+type lpPart struct {
+	lps   []nozzle.TokenLogprob
+	text  []byte
+	offs  *textOffsets
+	first bool
+}
+
+// promptPart is the part of an echoed prompt's tokens.
+func promptPart(p *nozzle.Chunk) lpPart {
+	return lpPart{lps: p.Logprobs, text: []byte(p.Text), offs: &textOffsets{}, first: true}
+}
+
 // appendTextLogprobs appends a legacy completion choice's "logprobs"
-// object; text is the choice's completion text so far (it holds every
-// token of lps), offs its offsets.
-func appendTextLogprobs(dst []byte, lps []nozzle.TokenLogprob, text []byte, offs *textOffsets) []byte {
+// object over its parts (the echoed prompt's, then the completion's).
+func appendTextLogprobs(dst []byte, parts ...lpPart) []byte {
+	each := func(f func(t nozzle.TokenLogprob, null bool, p *lpPart)) {
+		n := 0
+		for pi := range parts {
+			p := &parts[pi]
+			for i, t := range p.lps {
+				if n > 0 {
+					dst = append(dst, ',')
+				}
+				n++
+				f(t, p.first && i == 0, p)
+			}
+		}
+	}
 	dst = append(dst, `{"tokens":[`...)
-	for i, t := range lps {
-		if i > 0 {
-			dst = append(dst, ',')
-		}
-		dst = appendString(dst, t.Token)
-	}
+	each(func(t nozzle.TokenLogprob, _ bool, _ *lpPart) { dst = appendString(dst, t.Token) })
 	dst = append(dst, `],"token_logprobs":[`...)
-	for i, t := range lps {
-		if i > 0 {
-			dst = append(dst, ',')
+	each(func(t nozzle.TokenLogprob, null bool, _ *lpPart) {
+		if null {
+			dst = append(dst, "null"...)
+		} else {
+			dst = appendFloat(dst, t.Logprob)
 		}
-		dst = appendFloat(dst, t.Logprob)
-	}
+	})
 	dst = append(dst, `],"top_logprobs":[`...)
-	for i, t := range lps {
-		if i > 0 {
-			dst = append(dst, ',')
+	each(func(t nozzle.TokenLogprob, null bool, _ *lpPart) {
+		if null {
+			dst = append(dst, "null"...)
+			return
 		}
-		// The sampled token is always among them (as OpenAI's legacy
+		// The chosen token is always among them (as OpenAI's legacy
 		// completions do: up to logprobs + 1 entries).
 		dst = append(dst, '{')
-		sampled := false
+		chosen := false
 		for j, a := range t.Top {
 			if j > 0 {
 				dst = append(dst, ',')
@@ -194,9 +218,9 @@ func appendTextLogprobs(dst []byte, lps []nozzle.TokenLogprob, text []byte, offs
 			dst = appendString(dst, a.Token)
 			dst = append(dst, ':')
 			dst = appendFloat(dst, a.Logprob)
-			sampled = sampled || a.Token == t.Token
+			chosen = chosen || a.Token == t.Token
 		}
-		if !sampled {
+		if !chosen {
 			if len(t.Top) > 0 {
 				dst = append(dst, ',')
 			}
@@ -205,14 +229,11 @@ func appendTextLogprobs(dst []byte, lps []nozzle.TokenLogprob, text []byte, offs
 			dst = appendFloat(dst, t.Logprob)
 		}
 		dst = append(dst, '}')
-	}
+	})
 	dst = append(dst, `],"text_offset":[`...)
-	for i, t := range lps {
-		if i > 0 {
-			dst = append(dst, ',')
-		}
-		dst = strconv.AppendInt(dst, int64(offs.at(text, t.Offset)), 10)
-	}
+	each(func(t nozzle.TokenLogprob, _ bool, p *lpPart) {
+		dst = strconv.AppendInt(dst, int64(p.offs.at(p.text, t.Offset)), 10)
+	})
 	return append(dst, "]}"...)
 }
 

@@ -115,6 +115,34 @@ func (g *fakeGen) generate(ctx context.Context, req *nozzle.GenerateRequest, emi
 			return res, nozzle.Errorf(nozzle.ECANCELED, "Canceled.")
 		}
 	}
+	if req.Echo {
+		// The prompt's tokens: a text prompt's characters, token k as "tk ".
+		var pieces []string
+		for _, r := range req.Prompt {
+			pieces = append(pieces, string(r))
+		}
+		for _, t := range req.PromptTokens {
+			pieces = append(pieces, "t"+strconv.Itoa(t)+" ")
+		}
+		echo := nozzle.Chunk{Text: strings.Join(pieces, ""), Prompt: true}
+		if req.Logprobs {
+			off := 0
+			for i, p := range pieces {
+				lp := nozzle.TokenLogprob{Token: p, Offset: off}
+				if i > 0 {
+					lp.Logprob = -0.5 * float64(i)
+					for k := 0; k < req.TopLogprobs; k++ {
+						lp.Top = append(lp.Top, nozzle.TopLogprob{Token: "alt" + strconv.Itoa(k), Logprob: -1 - float64(k)})
+					}
+				}
+				echo.Logprobs = append(echo.Logprobs, lp)
+				off += len(p)
+			}
+		}
+		if err := emit(echo); err != nil {
+			return res, nozzle.Errorf(nozzle.ECANCELED, "Canceled.").Wrap(err)
+		}
+	}
 	n := len(g.words)
 	if req.MaxTokens > 0 && req.MaxTokens < n {
 		n = req.MaxTokens

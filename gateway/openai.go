@@ -170,6 +170,7 @@ func (j *job) requests(requestID, tenantID string, maxTokens int) []*nozzle.Gene
 			} else {
 				r.PromptTokens = p.tokens
 			}
+			r.Echo = j.runtimeEcho(len(out))
 			out = append(out, r)
 		}
 	}
@@ -177,12 +178,25 @@ func (j *job) requests(requestID, tenantID string, maxTokens int) []*nozzle.Gene
 }
 
 // echoText is the text a legacy completion choice starts with when echo
-// is on.
-func (j *job) echoText(choice int) string {
+// is on: a text prompt as given; a prompt of token ids as the runtime
+// decoded it (decoded, "" until its echo came).
+func (j *job) echoText(choice int, decoded *nozzle.Chunk) string {
 	if j.kind != kindText || !j.echo {
 		return ""
 	}
-	return j.prompts[choice/j.n].text
+	if p := j.prompts[choice/j.n]; p.isText {
+		return p.text
+	}
+	if decoded == nil {
+		return ""
+	}
+	return decoded.Text
+}
+
+// runtimeEcho says whether a legacy completion choice's echo comes from
+// the runtime: to score the prompt (logprobs) or to decode its token ids.
+func (j *job) runtimeEcho(choice int) bool {
+	return j.kind == kindText && j.echo && (j.logprobs || !j.prompts[choice/j.n].isText)
 }
 
 // Wire shapes of the requests. Polymorphic fields stay raw and are decoded
@@ -743,16 +757,6 @@ func parseCompletion(body []byte, maxChoices int) (*job, error) {
 		j.logprobs, j.topLogprobs = true, *b.Logprobs
 	}
 	if b.Echo != nil && *b.Echo {
-		for _, p := range prompts {
-			if !p.isText {
-				return nil, invalidAs("unsupported_value", "echo", "'echo' is supported only with text prompts.")
-			}
-		}
-		if j.logprobs {
-			// OpenAI's answer would score the prompt's tokens too; this
-			// server computes logprobs of generated tokens only.
-			return nil, invalidAs("unsupported_parameter", "logprobs", "'logprobs' with 'echo' (the prompt's logprobs) is not supported by this server; leave out one of them.")
-		}
 		j.echo = true
 	}
 	if b.Suffix != nil && *b.Suffix != "" {

@@ -2,6 +2,7 @@ package gateway_test
 
 import (
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"slices"
 	"strings"
@@ -289,6 +290,53 @@ func TestCompletions(t *testing.T) {
 			t.Errorf("choice %+v", c)
 		}
 	})
+	t.Run("EchoTokens", func(t *testing.T) {
+		var out resp
+		decode(t, f.do(http.MethodPost, "/v1/completions", `{"model":"base","prompt":[[7,8],[9]],"echo":true,"max_tokens":1}`, f.authA()), &out)
+		if len(out.Choices) != 2 || out.Choices[0].Text != "t7 t8 Hello" || out.Choices[1].Text != "t9 Hello" {
+			t.Errorf("choices %+v", out.Choices)
+		}
+	})
+	t.Run("EchoLogprobs", func(t *testing.T) {
+		// The prompt's tokens first, the first with null logprobs, as
+		// OpenAI answers; offsets in characters across both.
+		const want = `{"tokens":["H","é","!","Hello"," from"],"token_logprobs":[null,-0.5,-1,-0.25,-0.25],` +
+			`"top_logprobs":[null,{"alt0":-1,"é":-0.5},{"alt0":-1,"!":-1},{"alt0":-1,"Hello":-0.25},{"alt0":-1," from":-0.25}],` +
+			`"text_offset":[0,1,2,3,8]}`
+		body := `{"model":"base","prompt":"Hé!","echo":true,"logprobs":1,"max_tokens":2}`
+		var out struct {
+			Choices []struct {
+				Text     string
+				Logprobs json.RawMessage
+			}
+		}
+		decode(t, f.do(http.MethodPost, "/v1/completions", body, f.authA()), &out)
+		if c := out.Choices[0]; c.Text != "Hé!Hello from" || string(c.Logprobs) != want {
+			t.Errorf("text %q, logprobs\n%s\nwant\n%s", c.Text, c.Logprobs, want)
+		}
+		// Streamed: the prompt's chunk, then the completion's, the same numbers.
+		var text string
+		var got []map[string]any
+		for _, e := range sseEvents(t, readAll(t, f.do(http.MethodPost, "/v1/completions", strings.Replace(body, `"echo"`, `"stream":true,"echo"`, 1), f.authA()))) {
+			var c struct {
+				Choices []struct {
+					Text     string
+					Logprobs map[string]any
+				}
+			}
+			if e == "[DONE]" || json.Unmarshal([]byte(e), &c) != nil || len(c.Choices) == 0 {
+				continue
+			}
+			text += c.Choices[0].Text
+			if c.Choices[0].Logprobs != nil {
+				got = append(got, c.Choices[0].Logprobs)
+			}
+		}
+		if text != "Hé!Hello from" || len(got) != 3 || fmt.Sprint(got[0]["text_offset"]) != "[0 1 2]" ||
+			fmt.Sprint(got[0]["token_logprobs"]) != "[<nil> -0.5 -1]" || fmt.Sprint(got[2]["text_offset"]) != "[8]" {
+			t.Errorf("streamed %q %v", text, got)
+		}
+	})
 	t.Run("Logprobs", func(t *testing.T) {
 		// The sampled token is always among the top logprobs: logprobs + 1
 		// entries where it is not among the most likely.
@@ -314,8 +362,6 @@ func TestCompletions(t *testing.T) {
 			{"NegativeToken", `{"model":"base","prompt":[1,-2]}`, "prompt"},
 			{"PromptObject", `{"model":"base","prompt":{"a":1}}`, "prompt"},
 			{"LogprobsRange", `{"model":"base","prompt":"x","logprobs":6}`, "logprobs"},
-			{"EchoTokens", `{"model":"base","prompt":[1],"echo":true}`, "echo"},
-			{"EchoLogprobs", `{"model":"base","prompt":"x","echo":true,"logprobs":1}`, "logprobs"},
 			{"Suffix", `{"model":"base","prompt":"x","suffix":"y"}`, "suffix"},
 			{"FrequencyPenalty", `{"model":"base","prompt":"x","frequency_penalty":-1}`, "frequency_penalty"},
 			{"LogitBias", `{"model":"base","prompt":"x","logit_bias":{"1":5}}`, "logit_bias"},
