@@ -253,6 +253,7 @@ func (s *Server) resolveModel(ctx context.Context, p *principal, j *job) error {
 	info, known := s.router.modelInfo()
 	if known {
 		j.applySampling(info.Sampling)
+		j.fingerprint = systemFingerprint(info)
 	}
 	if j.model == nozzle.BaseModelAlias || (known && j.model == info.ID) {
 		j.shownModel = j.model
@@ -530,7 +531,7 @@ func (cp *completion) body(dst []byte) []byte {
 		}
 	}
 	if j.kind == kindChat {
-		dst = appendHead(dst, j.id, "chat.completion", j.created, j.shownModel)
+		dst = appendHead(dst, j.id, "chat.completion", j.created, j.shownModel, j.fingerprint)
 		dst = append(dst, `,"choices":[`...)
 		for i, r := range cp.results {
 			if i > 0 {
@@ -551,7 +552,7 @@ func (cp *completion) body(dst []byte) []byte {
 			dst = append(dst, '}')
 		}
 	} else {
-		dst = appendHead(dst, j.id, "text_completion", j.created, j.shownModel)
+		dst = appendHead(dst, j.id, "text_completion", j.created, j.shownModel, j.fingerprint)
 		dst = append(dst, `,"choices":[`...)
 		for i, r := range cp.results {
 			if i > 0 {
@@ -812,7 +813,7 @@ func (cp *completion) appendChunk(dst []byte, i int, text string, lps []nozzle.T
 	j := cp.j
 	dst = append(dst, "data: "...)
 	if j.kind == kindChat {
-		dst = appendHead(dst, j.id, "chat.completion.chunk", j.created, j.shownModel)
+		dst = appendHead(dst, j.id, "chat.completion.chunk", j.created, j.shownModel, j.fingerprint)
 		dst = append(dst, `,"choices":[{"index":`...)
 		dst = appendInt(dst, int64(i))
 		switch {
@@ -832,7 +833,7 @@ func (cp *completion) appendChunk(dst []byte, i int, text string, lps []nozzle.T
 			dst = append(dst, "null"...)
 		}
 	} else {
-		dst = appendHead(dst, j.id, "text_completion", j.created, j.shownModel)
+		dst = appendHead(dst, j.id, "text_completion", j.created, j.shownModel, j.fingerprint)
 		dst = append(dst, `,"choices":[{"text":`...)
 		dst = appendString(dst, text)
 		dst = append(dst, `,"index":`...)
@@ -862,7 +863,7 @@ func (cp *completion) usageChunk(dst []byte, u usage) []byte {
 	if j.kind == kindText {
 		obj = "text_completion"
 	}
-	dst = appendHead(dst, j.id, obj, j.created, j.shownModel)
+	dst = appendHead(dst, j.id, obj, j.created, j.shownModel, j.fingerprint)
 	dst = append(dst, `,"choices":[],"usage":`...)
 	dst = appendUsage(dst, u)
 	return append(dst, "}\n\n"...)

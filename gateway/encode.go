@@ -259,7 +259,9 @@ func appendUsage(dst []byte, u usage) []byte {
 }
 
 // appendHead appends the fields every completion object starts with.
-func appendHead(dst []byte, id, object string, created int64, model string) []byte {
+// fingerprint is the system_fingerprint: the base model's weights, "" when
+// unknown (null).
+func appendHead(dst []byte, id, object string, created int64, model, fingerprint string) []byte {
 	dst = append(dst, `{"id":`...)
 	dst = appendString(dst, id)
 	dst = append(dst, `,"object":"`...)
@@ -268,5 +270,16 @@ func appendHead(dst []byte, id, object string, created int64, model string) []by
 	dst = appendInt(dst, created)
 	dst = append(dst, `,"model":`...)
 	dst = appendString(dst, model)
-	return dst
+	dst = append(dst, `,"system_fingerprint":`...)
+	return appendNullableString(dst, fingerprint)
+}
+
+// systemFingerprint names a model's weights as OpenAI's system_fingerprint
+// names a backend configuration: answers with the same one (and seed) are
+// reproducible. "" for a runtime that reports no fingerprint.
+func systemFingerprint(info nozzle.ModelInfo) string {
+	if len(info.Fingerprint) < 12 {
+		return ""
+	}
+	return "fp_" + info.Fingerprint[:12]
 }

@@ -18,6 +18,9 @@ func sha256hex(b []byte) string {
 	return hex.EncodeToString(s[:])
 }
 
+// fakeFingerprint is the weights' fingerprint the fake runtimes report.
+const fakeFingerprint = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+
 // defaultWords is what the fake runtime says, one token a word.
 var defaultWords = []string{"Hello", " from", " the", " fake", " runtime", "."}
 
@@ -78,7 +81,7 @@ func (g *fakeGen) mock() *mock.Generator {
 				id = *m
 			}
 			return nozzle.ModelInfo{ID: id, Architecture: "llama", ContextLength: 2048, VocabSize: 32000,
-				Device: "cpu", CreatedAt: time.Unix(1700000000, 0).UTC(), Sampling: g.sampling}, nil
+				Device: "cpu", CreatedAt: time.Unix(1700000000, 0).UTC(), Sampling: g.sampling, Fingerprint: fakeFingerprint}, nil
 		},
 		GenerateFn:    g.generate,
 		AdapterTierFn: func(ctx context.Context, sha string) nozzle.Tier { return nozzle.TierDisk },

@@ -51,10 +51,11 @@ type job struct {
 	user                             string
 
 	// Filled when the request is admitted.
-	shownModel string          // model named in the answer
-	adapter    *nozzle.Adapter // nil for the base model
-	id         string          // "chatcmpl-…" or "cmpl-…"
-	created    int64
+	shownModel  string          // model named in the answer
+	fingerprint string          // system_fingerprint ("" null)
+	adapter     *nozzle.Adapter // nil for the base model
+	id          string          // "chatcmpl-…" or "cmpl-…"
+	created     int64
 }
 
 // promptSpec is one prompt of a legacy completion request.

@@ -16,7 +16,9 @@ type storedAnswer struct {
 	Object  string `json:"object"`
 	Created int64  `json:"created"`
 	Model   string `json:"model"`
-	Choices []struct {
+	// SystemFingerprint is null in answers stored before it was given.
+	SystemFingerprint string `json:"system_fingerprint"`
+	Choices           []struct {
 		Index   int `json:"index"`
 		Message *struct {
 			Content string `json:"content"`
@@ -109,7 +111,7 @@ func (s *Server) replay(c *fiber.Ctx, j *job, ev *nozzle.UsageEvent, fp [sha256.
 	}
 	head := func(dst []byte) []byte {
 		dst = append(dst, "data: "...)
-		return appendHead(dst, a.ID, chunkObj, a.Created, a.Model)
+		return appendHead(dst, a.ID, chunkObj, a.Created, a.Model, a.SystemFingerprint)
 	}
 	tail := func(dst []byte) []byte {
 		if j.includeUsage {

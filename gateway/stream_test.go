@@ -385,3 +385,32 @@ func TestCompletions(t *testing.T) {
 }
 
 func itoa(n int) string { b, _ := json.Marshal(n); return string(b) }
+
+// TestSystemFingerprint: every answer and chunk names the base model's
+// weights, as OpenAI's system_fingerprint names its backend.
+func TestSystemFingerprint(t *testing.T) {
+	f := newFixture(t)
+	const want = `"system_fingerprint":"fp_0123456789ab"`
+	for _, body := range []string{
+		`{"model":"base","messages":[{"role":"user","content":"hi"}],"max_tokens":2}`,
+		`{"model":"base","messages":[{"role":"user","content":"hi"}],"max_tokens":2,"stream":true}`,
+		`{"model":"base","prompt":"hi","max_tokens":2,"stream":true}`,
+	} {
+		path := "/v1/chat/completions"
+		if strings.Contains(body, "prompt") {
+			path = "/v1/completions"
+		}
+		got := readAll(t, f.do(http.MethodPost, path, body, f.authA()))
+		if !strings.Contains(body, "stream") {
+			if !strings.Contains(got, want) {
+				t.Errorf("%s: %s", body, got)
+			}
+			continue
+		}
+		for _, e := range sseEvents(t, got) {
+			if e != "[DONE]" && !strings.Contains(e, want) {
+				t.Errorf("%s: event %s", body, e)
+			}
+		}
+	}
+}
