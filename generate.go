@@ -2,6 +2,7 @@ package nozzle
 
 import (
 	"context"
+	"encoding/json"
 	"time"
 )
 
@@ -27,6 +28,10 @@ type ModelInfo struct {
 	// RuntimeID names the runtime in usage and capacity records.
 	RuntimeID string    `json:"runtime_id,omitempty"`
 	CreatedAt time.Time `json:"created_at"`
+	// ToolFormat is how the model writes tool calls, as its chat template
+	// teaches it: ToolFormatHermes, ToolFormatLlama3JSON, or "" (the
+	// template renders no tools).
+	ToolFormat string `json:"tool_format,omitempty"`
 	// Sampling holds the model's recommended sampling settings
 	// (generation_config.json): they apply to the parameters a request
 	// leaves out.
@@ -58,11 +63,38 @@ type SamplingDefaults struct {
 	TopK        int      `json:"top_k,omitempty"`
 }
 
+// Tool call formats (ModelInfo.ToolFormat).
+const (
+	// ToolFormatHermes: each call a JSON object {"name", "arguments"}
+	// between <tool_call> and </tool_call> (Qwen2.5, Qwen3, Hermes).
+	ToolFormatHermes = "hermes"
+	// ToolFormatLlama3JSON: the whole answer a JSON object {"name",
+	// "parameters"} (Llama 3.1 to 3.3; calls separated by ";").
+	ToolFormatLlama3JSON = "llama3_json"
+)
+
 // ChatMessage is one message of a chat.
 type ChatMessage struct {
 	Role    string `json:"role"`
 	Content string `json:"content"`
 	Name    string `json:"name,omitempty"`
+	// ToolCalls are the calls an assistant message made; ToolCallID the
+	// call a "tool" message answers.
+	ToolCalls  []ToolCall `json:"tool_calls,omitempty"`
+	ToolCallID string     `json:"tool_call_id,omitempty"`
+}
+
+// ToolCall is one function call of an assistant's message.
+type ToolCall struct {
+	ID       string       `json:"id"`
+	Type     string       `json:"type"` // "function"
+	Function FunctionCall `json:"function"`
+}
+
+// FunctionCall names the function and its arguments (a JSON object's text).
+type FunctionCall struct {
+	Name      string `json:"name"`
+	Arguments string `json:"arguments"`
 }
 
 // GenerateRequest asks a runtime for one completion.
@@ -77,6 +109,9 @@ type GenerateRequest struct {
 	Messages     []ChatMessage
 	Prompt       string
 	PromptTokens []int
+	// Tools, with Messages, is the OpenAI tools array the chat template
+	// renders (its tools variable); nil renders none.
+	Tools json.RawMessage
 
 	// MaxTokens caps completion tokens; 0 means up to the context length.
 	MaxTokens int

@@ -2,6 +2,7 @@ package runtime
 
 import (
 	"context"
+	"encoding/json"
 
 	nozzle "github.com/nozzle-ai/nozzle"
 	"github.com/nozzle-ai/nozzle/runtime/engine"
@@ -45,8 +46,9 @@ type codec interface {
 	// the text are parsed as such.
 	Encode(text string, addSpecial bool) ([]int, error)
 	// ChatPrompt renders messages with the chat template, with the
-	// generation prompt added.
-	ChatPrompt(msgs []nozzle.ChatMessage) (string, error)
+	// generation prompt added, and tools (an OpenAI tools array) when not
+	// nil.
+	ChatPrompt(msgs []nozzle.ChatMessage, tools json.RawMessage) (string, error)
 	// NewStreamDecoder returns a decoder that turns ids into complete
 	// UTF-8 text, skipping special tokens.
 	NewStreamDecoder() streamDecoder

@@ -2,6 +2,7 @@ package runtime_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"hash/fnv"
@@ -335,7 +336,7 @@ func (fakeCodec) Encode(text string, addSpecial bool) ([]int, error) {
 	return ids, nil
 }
 
-func (fakeCodec) ChatPrompt(msgs []nozzle.ChatMessage) (string, error) {
+func (fakeCodec) ChatPrompt(msgs []nozzle.ChatMessage, tools json.RawMessage) (string, error) {
 	var b strings.Builder
 	b.WriteString("<s>")
 	for _, m := range msgs {

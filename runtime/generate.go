@@ -207,7 +207,7 @@ func (r *Runtime) promptTokens(req *nozzle.GenerateRequest) ([]int, string, erro
 		if len(req.Messages) == 0 {
 			return nil, "messages", nozzle.Errorf(nozzle.EINVALID, "messages must not be empty.").WithParam("messages")
 		}
-		text, err := r.codec.ChatPrompt(req.Messages)
+		text, err := r.codec.ChatPrompt(req.Messages, req.Tools)
 		if err != nil {
 			if e := nozzle.AsError(err); e != nil {
 				return nil, "messages", err

@@ -1,6 +1,7 @@
 package runtime
 
 import (
+	"encoding/json"
 	"strings"
 	"testing"
 	"unicode/utf8"
@@ -34,12 +35,12 @@ func (s *byteStream) Flush() string {
 	return out
 }
 
-func (byteCodec) Encode(string, bool) ([]int, error)              { return nil, nil }
-func (byteCodec) ChatPrompt([]nozzle.ChatMessage) (string, error) { return "", nil }
-func (byteCodec) NewStreamDecoder() streamDecoder                 { return &byteStream{} }
-func (byteCodec) TokenText(id int) string                         { return string(rune(id)) }
-func (byteCodec) TokenBytes(id int) []byte                        { return []byte{byte(id)} }
-func (byteCodec) EOS() int                                        { return -1 }
+func (byteCodec) Encode(string, bool) ([]int, error)                               { return nil, nil }
+func (byteCodec) ChatPrompt([]nozzle.ChatMessage, json.RawMessage) (string, error) { return "", nil }
+func (byteCodec) NewStreamDecoder() streamDecoder                                  { return &byteStream{} }
+func (byteCodec) TokenText(id int) string                                          { return string(rune(id)) }
+func (byteCodec) TokenBytes(id int) []byte                                         { return []byte{byte(id)} }
+func (byteCodec) EOS() int                                                         { return -1 }
 
 // FuzzTextStream checks the stop-sequence logic against a direct reading
 // of the text as it grows token by token: what goes out is the text up to

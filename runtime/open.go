@@ -2,6 +2,7 @@ package runtime
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -55,6 +56,7 @@ func Open(ctx context.Context, opts Options) (*Runtime, error) {
 	sized.sizeFor(device, m.WeightBytes())
 	opts.MaxBatchSeqs, opts.MaxBatchTokens = sized.MaxBatchSeqs, sized.MaxBatchTokens
 	info.Device = device
+	info.ToolFormat = tk.ToolFormat()
 	ei := eng.Info()
 	opts.Logger.Info("engine up", "backend", ei.Backend, "threads", opts.Threads, "model", info.ID, "layers", info.NumLayers,
 		"hidden", info.HiddenSize, "kv_blocks", ei.KVNumBlocks, "kv_block_size", ei.KVBlockSize,
@@ -205,8 +207,12 @@ func (c *tokenizerCodec) Encode(text string, addSpecial bool) ([]int, error) {
 	return c.tk.Encode(text, tokenizer.EncodeOptions{AddSpecialTokens: addSpecial, ParseSpecial: true}), nil
 }
 
-func (c *tokenizerCodec) ChatPrompt(msgs []nozzle.ChatMessage) (string, error) {
-	s, err := c.tk.ApplyChatTemplate(msgs, true)
+func (c *tokenizerCodec) ChatPrompt(msgs []nozzle.ChatMessage, tools json.RawMessage) (string, error) {
+	var vars map[string]any
+	if len(tools) > 0 {
+		vars = map[string]any{"tools": tools}
+	}
+	s, err := c.tk.ApplyChatTemplateVars(msgs, true, vars)
 	if errors.Is(err, tokenizer.ErrNoChatTemplate) {
 		return "", nozzle.Errorf(nozzle.EINVALID, "This model has no chat template: use the completions endpoint.").WithParam("messages")
 	}

@@ -51,6 +51,7 @@ type wireRequest struct {
 	TenantID     string               `json:"tenant_id"`
 	Adapter      *nozzle.Adapter      `json:"adapter,omitempty"`
 	Messages     []nozzle.ChatMessage `json:"messages"`
+	Tools        json.RawMessage      `json:"tools,omitempty"`
 	Prompt       string               `json:"prompt"`
 	PromptTokens []int                `json:"prompt_tokens"`
 	MaxTokens    int                  `json:"max_tokens"`
@@ -68,7 +69,7 @@ type wireRequest struct {
 func toWire(r *nozzle.GenerateRequest) wireRequest {
 	return wireRequest{
 		RequestID: r.RequestID, TenantID: r.TenantID, Adapter: r.Adapter,
-		Messages: r.Messages, Prompt: r.Prompt, PromptTokens: r.PromptTokens,
+		Messages: r.Messages, Tools: r.Tools, Prompt: r.Prompt, PromptTokens: r.PromptTokens,
 		MaxTokens: r.MaxTokens, Temperature: r.Temperature, TopP: r.TopP, TopK: r.TopK,
 		Seed: r.Seed, Stop: r.Stop, Logprobs: r.Logprobs, TopLogprobs: r.TopLogprobs, Echo: r.Echo, Stream: r.Stream,
 	}
@@ -77,7 +78,7 @@ func toWire(r *nozzle.GenerateRequest) wireRequest {
 func (w wireRequest) request() *nozzle.GenerateRequest {
 	return &nozzle.GenerateRequest{
 		RequestID: w.RequestID, TenantID: w.TenantID, Adapter: w.Adapter,
-		Messages: w.Messages, Prompt: w.Prompt, PromptTokens: w.PromptTokens,
+		Messages: w.Messages, Tools: w.Tools, Prompt: w.Prompt, PromptTokens: w.PromptTokens,
 		MaxTokens: w.MaxTokens, Temperature: w.Temperature, TopP: w.TopP, TopK: w.TopK,
 		Seed: w.Seed, Stop: w.Stop, Logprobs: w.Logprobs, TopLogprobs: w.TopLogprobs, Echo: w.Echo, Stream: w.Stream,
 	}

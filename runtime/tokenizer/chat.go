@@ -57,6 +57,16 @@ func (t *Tokenizer) ApplyChatTemplateVars(messages []nozzle.ChatMessage, addGene
 		if m.Name != "" {
 			d.AsDict().Set("name", jinja.NewString(m.Name))
 		}
+		if len(m.ToolCalls) > 0 {
+			calls := make([]jinja.Value, len(m.ToolCalls))
+			for k, c := range m.ToolCalls {
+				calls[k] = toolCallValue(c)
+			}
+			d.AsDict().Set("tool_calls", jinja.NewList(calls))
+		}
+		if m.ToolCallID != "" {
+			d.AsDict().Set("tool_call_id", jinja.NewString(m.ToolCallID))
+		}
 		msgs[i] = d
 	}
 	var refused *TemplateError
@@ -107,6 +117,42 @@ func (t *Tokenizer) ApplyChatTemplateVars(messages []nozzle.ChatMessage, addGene
 		return "", fmt.Errorf("render chat template: %w", err)
 	}
 	return out, nil
+}
+
+// toolCallValue is a tool call as transformers hands it to a template:
+// {"id", "type", "function": {"name", "arguments"}} with the arguments a
+// dict (key order kept) when they are a JSON object, else their text.
+func toolCallValue(c nozzle.ToolCall) jinja.Value {
+	args := jinja.NewString(c.Function.Arguments)
+	if raw := strings.TrimSpace(c.Function.Arguments); strings.HasPrefix(raw, "{") {
+		if v, err := jsonValue(json.RawMessage(raw)); err == nil {
+			args = v
+		}
+	}
+	fn := jinja.NewDict()
+	fn.AsDict().Set("name", jinja.NewString(c.Function.Name))
+	fn.AsDict().Set("arguments", args)
+	d := jinja.NewDict()
+	d.AsDict().Set("id", jinja.NewString(c.ID))
+	d.AsDict().Set("type", jinja.NewString("function"))
+	d.AsDict().Set("function", fn)
+	return d
+}
+
+// ToolFormat says how the chat template teaches the model to call tools
+// (nozzle.ToolFormatHermes or ToolFormatLlama3JSON), or "" when it renders
+// no tools or in a way Nozzle does not parse.
+func (t *Tokenizer) ToolFormat() string {
+	tpl := t.chatTemplate
+	switch {
+	case !strings.Contains(tpl, "tools"):
+		return ""
+	case strings.Contains(tpl, "<tool_call>"):
+		return nozzle.ToolFormatHermes
+	case strings.Contains(tpl, "ipython") && strings.Contains(tpl, `"parameters"`):
+		return nozzle.ToolFormatLlama3JSON
+	}
+	return ""
 }
 
 // valueText is a value as {{ value }} prints it.

@@ -189,3 +189,18 @@ func chatTokenizer(tb testing.TB, src string) *tokenizer.Tokenizer {
 	must(tb, err)
 	return tok
 }
+
+// TestToolFormat: the way each real template teaches its model to call
+// tools.
+func TestToolFormat(t *testing.T) {
+	for _, tc := range []struct{ model, file, want string }{
+		{"qwen3", "", nozzle.ToolFormatHermes},
+		{"llama3", "llama3.2-instruct.jinja", nozzle.ToolFormatLlama3JSON},
+		{"llama3", "", ""}, // Llama 3.0: no tools
+		{"llama2", "llama2-chat.jinja", ""},
+	} {
+		if got := loadWithTemplate(t, tc.model, tc.file).ToolFormat(); got != tc.want {
+			t.Errorf("%s %s: %q, want %q", tc.model, tc.file, got, tc.want)
+		}
+	}
+}

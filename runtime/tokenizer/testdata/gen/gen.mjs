@@ -85,6 +85,14 @@ const templates = [
   { name: "qwen3-no-thinking", model: "qwen3", source: cfgOf("qwen3").chat_template, vars: { enable_thinking: false } },
 ];
 const cases = readJSON(path.join(td, "chat_cases.json"));
+// A tool call's arguments reach the template as a dict, as transformers
+// and the OpenAI-compatible servers hand them over (the API sends text).
+function withArgumentObjects(messages) {
+  return messages.map((m) => !m.tool_calls ? m : {
+    ...m,
+    tool_calls: m.tool_calls.map((c) => ({ ...c, function: { ...c.function, arguments: JSON.parse(c.function.arguments) } })),
+  });
+}
 const chat = [];
 const chatTokenizers = {};
 for (const t of templates) {
@@ -95,7 +103,7 @@ for (const t of templates) {
   for (const c of cases) {
     for (const agp of [false, true]) {
       const vars = {
-        messages: c.messages,
+        messages: withArgumentObjects(c.messages),
         add_generation_prompt: agp,
         tools: null,
         documents: null,
