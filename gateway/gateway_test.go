@@ -63,6 +63,10 @@ func TestHealth(t *testing.T) {
 	})
 	t.Run("UnknownRoute", func(t *testing.T) {
 		wantError(t, f.do(http.MethodGet, "/v2/nothing", ""), 404, "invalid_request_error", "unknown_url", "")
+		// under /v1 too: an endpoint Nozzle does not serve is not there,
+		// whatever the method (OpenAI's SDKs call it with POST)
+		wantError(t, f.do(http.MethodPost, "/v1/embeddings", `{}`, f.authA()), 404, "invalid_request_error", "unknown_url", "")
+		wantError(t, f.do(http.MethodGet, "/v1/nothing", "", f.authA()), 404, "invalid_request_error", "unknown_url", "")
 	})
 	t.Run("WrongMethod", func(t *testing.T) {
 		wantError(t, f.do(http.MethodGet, "/v1/chat/completions", "", f.authA()), 405, "invalid_request_error", "method_not_allowed", "")

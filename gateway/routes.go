@@ -53,8 +53,11 @@ func (s *Server) routes() {
 	app.Get("/readyz", s.readyz)
 	app.Get("/metrics", s.metricsText)
 
+	// The preflight is answered by the group's middleware rather than by
+	// an OPTIONS route on every path: such a route would make fiber answer
+	// an unknown /v1 URL (an endpoint Nozzle lacks, such as /v1/embeddings)
+	// with 405 instead of 404.
 	v1 := app.Group("/v1", cors)
-	v1.Options("/*", preflight)
 	inference := s.RequireKey(nozzle.ScopeInference)
 	v1.Get("/models", inference, s.listModels)
 	v1.Get("/models/*", inference, s.getModel)
@@ -112,6 +115,9 @@ func cors(c *fiber.Ctx) error {
 		h.Set(fiber.HeaderAccessControlAllowOrigin, "*")
 		h.Set(fiber.HeaderAccessControlExposeHeaders, corsExpose)
 		h.Set(fiber.HeaderVary, fiber.HeaderOrigin)
+	}
+	if c.Method() == fiber.MethodOptions {
+		return preflight(c)
 	}
 	return c.Next()
 }
