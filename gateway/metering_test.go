@@ -87,6 +87,19 @@ func TestIdempotency(t *testing.T) {
 			t.Errorf("the refused request ran or was charged")
 		}
 	})
+	t.Run("SeedsPast2To53", func(t *testing.T) {
+		// Two seeds that are one double apart are two requests.
+		seeded := func(seed string) string {
+			return `{"model":"base","seed":` + seed + `,"messages":[{"role":"user","content":"hi"}]}`
+		}
+		r := f.do(http.MethodPost, "/v1/chat/completions", seeded("9007199254740993"), f.authA(), hdr("Idempotency-Key", "order-5"))
+		readAll(t, r)
+		if r.StatusCode != 200 {
+			t.Fatalf("status %d", r.StatusCode)
+		}
+		wantError(t, f.do(http.MethodPost, "/v1/chat/completions", seeded("9007199254740992"), f.authA(), hdr("Idempotency-Key", "order-5")),
+			409, "conflict_error", "idempotency_key_reused", "")
+	})
 	t.Run("PerTenant", func(t *testing.T) {
 		before := len(f.events())
 		r := f.do(http.MethodPost, "/v1/chat/completions", body, bearer(f.keyB), hdr("Idempotency-Key", "order-1"))

@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/json"
 
@@ -44,8 +45,12 @@ const storedVersion = 1
 // parameters, whatever their order and spacing, except whether the answer
 // is streamed (a streamed retry may replay a non-streamed answer).
 func requestFingerprint(body []byte) [sha256.Size]byte {
+	// Numbers keep their digits: as float64s, two seeds past 2^53 (or any
+	// two integers that round to the same double) would be one request.
+	d := json.NewDecoder(bytes.NewReader(body))
+	d.UseNumber()
 	var m map[string]any
-	if json.Unmarshal(body, &m) != nil {
+	if d.Decode(&m) != nil {
 		return sha256.Sum256(body)
 	}
 	delete(m, "stream")
