@@ -174,6 +174,13 @@ func TestKeys_BadInput(t *testing.T) {
 	wantError(t, f.do(http.MethodPost, "/v1/keys", `{"scopes":["root"]}`, f.authA()), 400, "invalid_request_error", "", "scopes")
 	wantError(t, f.do(http.MethodPost, "/v1/keys", `{"nmae":"typo"}`, f.authA()), 400, "invalid_request_error", "", "nmae")
 	wantError(t, f.do(http.MethodPost, "/v1/keys", `{"name":5}`, f.authA()), 400, "invalid_request_error", "", "name")
+	wantError(t, f.do(http.MethodPost, "/v1/keys", `{"name":"ci\u0000\nkey"}`, f.authA()), 400, "invalid_request_error", "", "name")
+	// A scope named twice is held once.
+	var dup struct{ Scopes []string }
+	decode(t, f.do(http.MethodPost, "/v1/keys", `{"scopes":["inference","inference","usage"]}`, f.authA()), &dup)
+	if len(dup.Scopes) != 2 || dup.Scopes[0] != "inference" || dup.Scopes[1] != "usage" {
+		t.Errorf("scopes %v", dup.Scopes)
+	}
 	wantError(t, f.do(http.MethodDelete, "/v1/keys/key_999", "", f.authA()), 404, "invalid_request_error", "key_not_found", "")
 	// Another tenant's key id is not found either.
 	var list struct{ Data []struct{ ID string } }

@@ -2,8 +2,11 @@ package gateway
 
 import (
 	"context"
+	"slices"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/gofiber/fiber/v2"
 
@@ -60,17 +63,27 @@ func (r *keyRequest) validate() error {
 	if len(r.Name) > 100 {
 		return invalid("name", "Key name must be at most 100 characters.")
 	}
+	if strings.IndexFunc(r.Name, unicode.IsControl) >= 0 || !utf8.ValidString(r.Name) {
+		return invalid("name", "Key name must not hold control characters.")
+	}
 	if r.Scopes != nil && len(r.Scopes) == 0 {
 		// Left out is the default; an empty list is a key that could do
 		// nothing, most likely every box unticked by mistake.
 		return invalid("scopes", "A key needs at least one scope: inference, adapters or usage.")
 	}
+	var scopes []nozzle.Scope
 	for _, sc := range r.Scopes {
 		switch sc {
 		case nozzle.ScopeInference, nozzle.ScopeAdapters, nozzle.ScopeUsage:
 		default:
 			return invalid("scopes", "Unknown scope %q: use inference, adapters or usage.", sc)
 		}
+		if !slices.Contains(scopes, sc) { // a scope named twice is held once
+			scopes = append(scopes, sc)
+		}
+	}
+	if r.Scopes != nil {
+		r.Scopes = scopes
 	}
 	if r.Limits != nil {
 		return r.Limits.Validate()
