@@ -104,6 +104,10 @@ func (r *Runtime) prepare(req *nozzle.GenerateRequest) (*sequence, error) {
 	if req.Adapter != nil {
 		q.sha = req.Adapter.SHA256
 	}
+	// The prefix cache is the tenant's own: shared between tenants, how
+	// many prompt tokens it held (cached_tokens, or the time to the first
+	// token) would tell one tenant what another's prompts begin with.
+	q.space = req.TenantID + "\x00" + q.sha
 
 	n := r.info.ContextLength
 	what := "in the messages"

@@ -12,9 +12,11 @@ import (
 //
 // With the prefix cache on, a block that holds a whole block of some
 // sequence's tokens is remembered by a key chained over everything before
-// it (the adapter, then every earlier block's tokens): a later sequence
-// whose tokens begin the same way, under the same adapter, takes those
-// blocks instead of computing their keys and values again. Blocks are
+// it (its namespace — the tenant and the adapter —, then every earlier
+// block's tokens): a later sequence of the same tenant whose tokens begin
+// the same way, under the same adapter, takes those blocks instead of
+// computing their keys and values again. The parameters named adapter
+// below are that namespace. Blocks are
 // reference counted; a remembered block that no sequence uses stays
 // cached until the pool needs it, oldest first. The keys only index: a
 // match is checked against the block's adapter, its tokens and its

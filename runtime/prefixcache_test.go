@@ -15,7 +15,8 @@ import (
 // earlier request computed, under the same adapter, reuses them: the
 // result says how many prompt tokens came from the cache, the output is
 // the same as without the cache, and the device time is lower. Another
-// adapter or another beginning reuses nothing.
+// adapter, another beginning or another tenant reuses nothing: a cache
+// shared between tenants would tell one what another's prompts begin with.
 func TestPrefixCache_Reuse(t *testing.T) {
 	on := startFake(t, runtime.Options{}, 256)
 	defer closeRT(t, on)
@@ -25,9 +26,10 @@ func TestPrefixCache_Reuse(t *testing.T) {
 	system := randomPrompt(rng, 100) // 6 whole blocks of 16, then 4 tokens
 	other := append(slices.Clone(system[:50]), randomPrompt(rng, 30)...)
 	ctx := context.Background()
-	req := func(prompt []int, ad *nozzle.Adapter) *nozzle.GenerateRequest {
-		return &nozzle.GenerateRequest{TenantID: "t", PromptTokens: prompt, MaxTokens: 12, Adapter: ad}
+	reqAs := func(tenant string, prompt []int, ad *nozzle.Adapter) *nozzle.GenerateRequest {
+		return &nozzle.GenerateRequest{TenantID: tenant, PromptTokens: prompt, MaxTokens: 12, Adapter: ad}
 	}
+	req := func(prompt []int, ad *nozzle.Adapter) *nozzle.GenerateRequest { return reqAs("t", prompt, ad) }
 	for _, tc := range []struct {
 		name   string
 		req    *nozzle.GenerateRequest
@@ -38,6 +40,9 @@ func TestPrefixCache_Reuse(t *testing.T) {
 		{"SharedBeginning", req(other, nil), 48},        // 3 whole blocks in common
 		{"OtherAdapter", req(system, adapterFor(1)), 0}, // keys and values differ under an adapter
 		{"SameAdapterAgain", req(system, adapterFor(1)), 96},
+		{"OtherTenant", reqAs("u", system, nil), 0},
+		{"OtherTenantAdapter", reqAs("u", system, adapterFor(1)), 0},
+		{"OtherTenantAgain", reqAs("u", system, nil), 96},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			a, b := run(ctx, on, tc.req), run(ctx, off, tc.req)

@@ -77,6 +77,7 @@ type sequence struct {
 	id       uint64
 	tenantID string
 	sha      string     // adapter content address, "" for the base model
+	space    string     // prefix-cache namespace: the tenant, then sha
 	host     *hostEntry // the adapter's host-cache entry
 
 	tokens    []int32 // prompt, then generated tokens
@@ -440,11 +441,11 @@ func (s *scheduler) pick(now time.Time) *sequence {
 	return nil
 }
 
-// followsLeader reports whether q should wait for a running sequence that
-// is still computing the same first block under the same adapter (the n
-// choices of one request, requests that share a system prompt): once it
-// has, q takes every block they share from the prefix cache instead of
-// computing them beside it.
+// followsLeader reports whether q should wait for a running sequence of
+// its tenant that is still computing the same first block under the same
+// adapter (the n choices of one request, requests that share a system
+// prompt): once it has, q takes every block they share from the prefix
+// cache instead of computing them beside it.
 func (s *scheduler) followsLeader(q *sequence) bool {
 	size := s.pool.size
 	if !s.pool.cache || len(q.tokens) <= size {
@@ -452,7 +453,7 @@ func (s *scheduler) followsLeader(q *sequence) bool {
 	}
 	first := q.tokens[:size]
 	for _, r := range s.running {
-		if r.sha == q.sha && r.pending() > 1 && len(r.tokens) > size && slices.Equal(r.tokens[:size], first) {
+		if r.space == q.space && r.pending() > 1 && len(r.tokens) > size && slices.Equal(r.tokens[:size], first) {
 			return true
 		}
 	}
@@ -593,7 +594,7 @@ func (s *scheduler) start(q *sequence, now time.Time) {
 	var matched []int32
 	var keys []uint64
 	if !q.score {
-		matched, keys = s.pool.match(q.sha, q.tokens, len(q.tokens)-1)
+		matched, keys = s.pool.match(q.space, q.tokens, len(q.tokens)-1)
 	}
 	q.blocks = append(q.blocks[:0], matched...)
 	q.keys = append(q.keys[:0], keys...)
@@ -909,7 +910,7 @@ func (s *scheduler) rememberBlocks(q *sequence) {
 		if i > 0 {
 			parent = q.keys[i-1]
 		}
-		q.keys = append(q.keys, s.pool.remember(q.blocks[i], parent, q.sha, q.tokens[i*size:(i+1)*size]))
+		q.keys = append(q.keys, s.pool.remember(q.blocks[i], parent, q.space, q.tokens[i*size:(i+1)*size]))
 	}
 }
 

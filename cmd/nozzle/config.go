@@ -49,7 +49,7 @@ type Config struct {
 	MaxBatchSeqs   int     `key:"max_batch_seqs" help:"most sequences in one engine step (0: 64 on a GPU, on a CPU 8, or 3 for a model that fits in its cache)"`
 	Threads        int     `key:"threads" help:"CPU engine threads (0: every core)"`
 	HostCacheMB    int     `key:"host_cache_mb" help:"host memory for adapters kept ready in MiB"`
-	PrefixCache    bool    `key:"prefix_cache" help:"keep the KV blocks of prompts' whole leading blocks for later requests that begin the same way under the same adapter (shared system prompts, n choices, conversations): they skip that prefill"`
+	PrefixCache    bool    `key:"prefix_cache" help:"keep the KV blocks of prompts' whole leading blocks for later requests of the same tenant that begin the same way under the same adapter (shared system prompts, n choices, conversations): they skip that prefill"`
 	PrefillWeight  float64 `key:"prefill_weight" help:"work weight of a prompt token when splitting a step's time"`
 	DecodeWeight   float64 `key:"decode_weight" help:"work weight of a generated token when splitting a step's time"`
 	GatewayURL     string  `key:"gateway_url" help:"runtime: the gateway's URL, where adapter files are fetched from"`
