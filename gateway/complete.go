@@ -254,6 +254,12 @@ func (s *Server) resolveModel(ctx context.Context, p *principal, j *job) error {
 	if known {
 		j.applySampling(info.Sampling)
 		j.fingerprint = systemFingerprint(info)
+		if len(j.tools) > 0 {
+			if info.ToolFormat == "" {
+				return invalidAs("unsupported_value", "tools", "This model's chat template does not teach it to call tools, so 'tools' cannot be offered to it; leave them out (or set 'tool_choice' to \"none\").")
+			}
+			j.toolFormat = info.ToolFormat
+		}
 	}
 	if j.model == nozzle.BaseModelAlias || (known && j.model == info.ID) {
 		j.shownModel = j.model
@@ -539,16 +545,29 @@ func (cp *completion) body(dst []byte) []byte {
 			}
 			dst = append(dst, `{"index":`...)
 			dst = appendInt(dst, int64(i))
+			content, calls := string(r.text), []nozzle.ToolCall(nil)
+			if j.toolFormat != "" {
+				content, calls = splitToolCalls(j.toolFormat, content, j.id, i)
+			}
 			dst = append(dst, `,"message":{"role":"assistant","content":`...)
-			dst = appendString(dst, string(r.text))
-			dst = append(dst, `,"refusal":null},"logprobs":`...)
+			if content == "" && len(calls) > 0 {
+				dst = append(dst, "null"...)
+			} else {
+				dst = appendString(dst, content)
+			}
+			dst = append(dst, `,"refusal":null`...)
+			if len(calls) > 0 {
+				dst = append(dst, `,"tool_calls":`...)
+				dst = appendToolCalls(dst, calls, false)
+			}
+			dst = append(dst, `},"logprobs":`...)
 			if j.logprobs {
 				dst = appendChatLogprobs(dst, r.logprobs)
 			} else {
 				dst = append(dst, "null"...)
 			}
 			dst = append(dst, `,"finish_reason":`...)
-			dst = appendString(dst, finishReason(r.res))
+			dst = appendString(dst, callsFinish(finishReason(r.res), len(calls)))
 			dst = append(dst, '}')
 		}
 	} else {
@@ -582,6 +601,15 @@ func (cp *completion) body(dst []byte) []byte {
 	dst = append(dst, `],"usage":`...)
 	dst = appendUsage(dst, u)
 	return append(dst, '}')
+}
+
+// callsFinish is the finish reason of a chat choice that made calls:
+// "tool_calls" where it stopped of its own accord.
+func callsFinish(reason string, calls int) string {
+	if calls > 0 && reason == nozzle.FinishStop {
+		return "tool_calls"
+	}
+	return reason
 }
 
 func finishReason(r *nozzle.GenerateResult) string {
@@ -701,6 +729,13 @@ func (cp *completion) writeStream(w *bufio.Writer, conn net.Conn, events chan st
 		}
 	}
 	firstToken := true
+	var tools []toolStream // per choice, when the model may call tools
+	if j.toolFormat != "" {
+		tools = make([]toolStream, n)
+		for i := range tools {
+			tools[i].format = j.toolFormat
+		}
+	}
 	offs := make([]textOffsets, n)
 	for i := range offs {
 		offs[i].base = utf8.RuneCountInString(j.echoText(i, nil))
@@ -731,7 +766,13 @@ func (cp *completion) writeStream(w *bufio.Writer, conn net.Conn, events chan st
 		if j.logprobs {
 			r.logprobs = append(r.logprobs, ev.chunk.Logprobs...)
 		}
-		buf = cp.chunkWithOffsets(buf[:0], ev.index, ev.chunk, r.text, &offs[ev.index])
+		ch := ev.chunk
+		if tools != nil {
+			if ch.Text = tools[ev.index].add(ch.Text); ch.Text == "" && (!j.logprobs || len(ch.Logprobs) == 0) {
+				return false // held: it may be a tool call
+			}
+		}
+		buf = cp.chunkWithOffsets(buf[:0], ev.index, ch, r.text, &offs[ev.index])
 		send(buf)
 		return false
 	}
@@ -784,7 +825,18 @@ func (cp *completion) writeStream(w *bufio.Writer, conn net.Conn, events chan st
 		if r.res != nil {
 			u.completion += int64(r.res.CompletionTokens)
 		}
-		buf = cp.chunk(buf, i, "", nil, false, finishReason(r.res))
+		calls := 0
+		if tools != nil {
+			// What was held: the calls, or text after all.
+			held, tc := splitToolCalls(j.toolFormat, tools[i].rest(), j.id, i)
+			if held != "" {
+				buf = cp.chunk(buf, i, held, nil, false, "")
+			}
+			if calls = len(tc); calls > 0 {
+				buf = cp.toolCallsChunk(buf, i, tc)
+			}
+		}
+		buf = cp.chunk(buf, i, "", nil, false, callsFinish(finishReason(r.res), calls))
 	}
 	if j.includeUsage {
 		buf = cp.usageChunk(buf, u)
@@ -848,6 +900,22 @@ func (cp *completion) appendChunk(dst []byte, i int, text string, lps []nozzle.T
 	dst = append(dst, `,"finish_reason":`...)
 	dst = appendNullableString(dst, finish)
 	dst = append(dst, "}]"...)
+	if j.includeUsage {
+		dst = append(dst, `,"usage":null`...)
+	}
+	return append(dst, "}\n\n"...)
+}
+
+// toolCallsChunk appends the event of a chat choice's tool calls.
+func (cp *completion) toolCallsChunk(dst []byte, i int, calls []nozzle.ToolCall) []byte {
+	j := cp.j
+	dst = append(dst, "data: "...)
+	dst = appendHead(dst, j.id, "chat.completion.chunk", j.created, j.shownModel, j.fingerprint)
+	dst = append(dst, `,"choices":[{"index":`...)
+	dst = appendInt(dst, int64(i))
+	dst = append(dst, `,"delta":{"tool_calls":`...)
+	dst = appendToolCalls(dst, calls, true)
+	dst = append(dst, `},"logprobs":null,"finish_reason":null}]`...)
 	if j.includeUsage {
 		dst = append(dst, `,"usage":null`...)
 	}

@@ -29,18 +29,19 @@ var defaultWords = []string{"Hello", " from", " the", " fake", " runtime", "."}
 // any token, "FAIL_AFTER" → EINTERNAL after two tokens, "REFUSE_AFTER" →
 // ECONTEXTLENGTH after two tokens.
 type fakeGen struct {
-	w         *world
-	runtimeID string
-	words     []string
-	delay     atomic.Int64 // per token, nanoseconds
-	down      atomic.Bool  // Info and Generate answer EUNAVAILABLE
-	calls     atomic.Int64
-	hold      atomic.Pointer[chan struct{}] // Generate waits for it to close before the first token
-	abandoned atomic.Int64                  // generations canceled while held
-	started   chan string                   // receives the request id when Generate starts (if set)
-	lastReq   atomic.Pointer[nozzle.GenerateRequest]
-	sampling  nozzle.SamplingDefaults // the model's recommended sampling, reported by Info
-	model     atomic.Pointer[string]  // the model id Info reports, when not tiny-llama
+	w          *world
+	runtimeID  string
+	words      []string
+	delay      atomic.Int64 // per token, nanoseconds
+	down       atomic.Bool  // Info and Generate answer EUNAVAILABLE
+	calls      atomic.Int64
+	hold       atomic.Pointer[chan struct{}] // Generate waits for it to close before the first token
+	abandoned  atomic.Int64                  // generations canceled while held
+	started    chan string                   // receives the request id when Generate starts (if set)
+	lastReq    atomic.Pointer[nozzle.GenerateRequest]
+	sampling   nozzle.SamplingDefaults // the model's recommended sampling, reported by Info
+	toolFormat string                  // how the model calls tools, reported by Info
+	model      atomic.Pointer[string]  // the model id Info reports, when not tiny-llama
 }
 
 func newFakeGen(w *world) *fakeGen {
@@ -80,8 +81,12 @@ func (g *fakeGen) mock() *mock.Generator {
 			if m := g.model.Load(); m != nil {
 				id = *m
 			}
+			fp := fakeFingerprint
+			if id != "tiny-llama" {
+				fp = sha256hex([]byte(id))
+			}
 			return nozzle.ModelInfo{ID: id, Architecture: "llama", ContextLength: 2048, VocabSize: 32000,
-				Device: "cpu", CreatedAt: time.Unix(1700000000, 0).UTC(), Sampling: g.sampling, Fingerprint: fakeFingerprint}, nil
+				Device: "cpu", CreatedAt: time.Unix(1700000000, 0).UTC(), Sampling: g.sampling, Fingerprint: fp, ToolFormat: g.toolFormat}, nil
 		},
 		GenerateFn:    g.generate,
 		AdapterTierFn: func(ctx context.Context, sha string) nozzle.Tier { return nozzle.TierDisk },

@@ -53,6 +53,8 @@ type job struct {
 	// Filled when the request is admitted.
 	shownModel  string          // model named in the answer
 	fingerprint string          // system_fingerprint ("" null)
+	tools       json.RawMessage // offered to the model (chat, tool_choice "auto")
+	toolFormat  string          // how the model writes calls, when tools are offered
 	adapter     *nozzle.Adapter // nil for the base model
 	id          string          // "chatcmpl-…" or "cmpl-…"
 	created     int64
@@ -159,6 +161,7 @@ func (j *job) requests(requestID, tenantID string, maxTokens int) []*nozzle.Gene
 		for i := 0; i < j.n; i++ {
 			r := mk(i)
 			r.Messages = j.messages
+			r.Tools = j.tools
 			out = append(out, r)
 		}
 		return out
@@ -255,6 +258,7 @@ type chatMessageIn struct {
 	Content      json.RawMessage `json:"content"`
 	Name         *string         `json:"name"`
 	ToolCalls    json.RawMessage `json:"tool_calls"`
+	ToolCallID   *string         `json:"tool_call_id"`
 	FunctionCall json.RawMessage `json:"function_call"`
 }
 
@@ -336,13 +340,9 @@ func noToolsMode(raw json.RawMessage) bool {
 	return isNull(raw) || json.Unmarshal(raw, &mode) == nil && (mode == "none" || mode == "auto")
 }
 
-// checkChatFormat accepts tool_choice "none" or "auto" (there are no tools)
-// and response_format {"type": "text"}: Nozzle has no tool calls and no
+// checkChatFormat accepts response_format {"type": "text"}: Nozzle has no
 // constrained decoding, so anything else is refused.
-func checkChatFormat(toolChoice, responseFormat json.RawMessage) error {
-	if !noToolsMode(toolChoice) {
-		return invalidAs("unsupported_value", "tool_choice", "'tool_choice' other than \"none\" or \"auto\" is not supported by this server: it has no tools.")
-	}
+func checkChatFormat(responseFormat json.RawMessage) error {
 	if !isNull(responseFormat) {
 		var f struct {
 			Type *string `json:"type"`
@@ -618,14 +618,16 @@ func parseChat(body []byte, maxChoices int) (*job, error) {
 	if err := b.check(); err != nil {
 		return nil, err
 	}
-	if err := checkChatFormat(b.ToolChoice, b.ResponseFormat); err != nil {
+	if err := checkChatFormat(b.ResponseFormat); err != nil {
 		return nil, err
 	}
-	if !isNull(b.Tools) && string(bytes.TrimSpace(b.Tools)) != "[]" {
-		return nil, invalidAs("unsupported_parameter", "tools", "Tools are not supported by this server.")
+	tools, err := parseTools(b.Tools, b.ToolChoice)
+	if err != nil {
+		return nil, err
 	}
+	j.tools = tools
 	if !isNull(b.Functions) && string(bytes.TrimSpace(b.Functions)) != "[]" {
-		return nil, invalidAs("unsupported_parameter", "functions", "Functions are not supported by this server.")
+		return nil, invalidAs("unsupported_parameter", "functions", "The legacy 'functions' are not supported by this server; give them as 'tools'.")
 	}
 	if err := checkChatOutputs(&b); err != nil {
 		return nil, err
@@ -640,17 +642,30 @@ func parseChat(body []byte, maxChoices int) (*job, error) {
 		}
 		role := *m.Role
 		switch role {
-		case "system", "user", "assistant":
+		case "system", "user", "assistant", "tool":
 		case "developer":
 			role = "system"
 		default:
-			return nil, invalidAs("invalid_value", fmt.Sprintf("messages[%d].role", i), "Invalid value for 'messages[%d].role': %q is not supported; use 'system', 'developer', 'user' or 'assistant'.", i, role)
+			return nil, invalidAs("invalid_value", fmt.Sprintf("messages[%d].role", i), "Invalid value for 'messages[%d].role': %q is not supported; use 'system', 'developer', 'user', 'assistant' or 'tool'.", i, role)
 		}
+		var calls []nozzle.ToolCall
 		if !isNull(m.ToolCalls) && string(bytes.TrimSpace(m.ToolCalls)) != "[]" {
-			return nil, invalidAs("unsupported_parameter", fmt.Sprintf("messages[%d].tool_calls", i), "Tool calls are not supported by this server: it has no tools.")
+			if role != "assistant" {
+				return nil, invalidAs("invalid_value", fmt.Sprintf("messages[%d].tool_calls", i), "Invalid 'messages[%d]': only assistant messages carry 'tool_calls'.", i)
+			}
+			if calls, err = parseToolCallsIn(m.ToolCalls, i); err != nil {
+				return nil, err
+			}
+		}
+		var callID string
+		if role == "tool" {
+			if m.ToolCallID == nil {
+				return nil, invalidAs("missing_required_parameter", fmt.Sprintf("messages[%d].tool_call_id", i), "Missing required parameter: 'messages[%d].tool_call_id'.", i)
+			}
+			callID = *m.ToolCallID
 		}
 		if !isNull(m.FunctionCall) {
-			return nil, invalidAs("unsupported_parameter", fmt.Sprintf("messages[%d].function_call", i), "Function calls are not supported by this server: it has no tools.")
+			return nil, invalidAs("unsupported_parameter", fmt.Sprintf("messages[%d].function_call", i), "The legacy 'function_call' of a message is not supported by this server; give it as 'tool_calls'.")
 		}
 		if isNull(m.Content) && role != "assistant" {
 			return nil, invalidAs("missing_required_parameter", fmt.Sprintf("messages[%d].content", i), "Missing required parameter: 'messages[%d].content'.", i)
@@ -659,7 +674,7 @@ func parseChat(body []byte, maxChoices int) (*job, error) {
 		if err != nil {
 			return nil, err
 		}
-		j.messages[i] = nozzle.ChatMessage{Role: role, Content: text}
+		j.messages[i] = nozzle.ChatMessage{Role: role, Content: text, ToolCalls: calls, ToolCallID: callID}
 		if m.Name != nil {
 			j.messages[i].Name = *m.Name
 		}

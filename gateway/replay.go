@@ -22,7 +22,8 @@ type storedAnswer struct {
 	Choices           []struct {
 		Index   int `json:"index"`
 		Message *struct {
-			Content string `json:"content"`
+			Content   string            `json:"content"`
+			ToolCalls []nozzle.ToolCall `json:"tool_calls"`
 		} `json:"message"`
 		Text         *string         `json:"text"`
 		Logprobs     json.RawMessage `json:"logprobs"`
@@ -151,6 +152,15 @@ func (s *Server) replay(c *fiber.Ctx, j *job, ev *nozzle.UsageEvent, fp [sha256.
 			buf = logprobs(buf, ch.Logprobs)
 			buf = append(buf, `,"finish_reason":null}]`...)
 			buf = tail(buf)
+			if ch.Message != nil && len(ch.Message.ToolCalls) > 0 {
+				buf = head(buf)
+				buf = append(buf, `,"choices":[{"index":`...)
+				buf = appendInt(buf, int64(ch.Index))
+				buf = append(buf, `,"delta":{"tool_calls":`...)
+				buf = appendToolCalls(buf, ch.Message.ToolCalls, true)
+				buf = append(buf, `},"logprobs":null,"finish_reason":null}]`...)
+				buf = tail(buf)
+			}
 		} else {
 			text := ""
 			if ch.Text != nil {

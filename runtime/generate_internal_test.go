@@ -2,6 +2,7 @@ package runtime
 
 import (
 	"encoding/json"
+	"reflect"
 	"strings"
 	"testing"
 	"unicode/utf8"
@@ -149,5 +150,31 @@ func TestBatchLimits(t *testing.T) {
 		if got := parseCacheSize(s); got != want {
 			t.Errorf("parseCacheSize(%q) = %d, want %d", s, got, want)
 		}
+	}
+}
+
+// TestWireRequest_RoundTrip: every field of a request survives the remote
+// protocol, tools and tool calls included.
+func TestWireRequest_RoundTrip(t *testing.T) {
+	seed := uint64(7)
+	in := &nozzle.GenerateRequest{
+		RequestID: "r", TenantID: "t", Adapter: &nozzle.Adapter{Name: "a"},
+		Messages: []nozzle.ChatMessage{{Role: "user", Content: "x"},
+			{Role: "assistant", ToolCalls: []nozzle.ToolCall{{ID: "c1", Type: "function", Function: nozzle.FunctionCall{Name: "f", Arguments: `{"k":1}`}}}},
+			{Role: "tool", Content: "42", ToolCallID: "c1"}},
+		Tools:     json.RawMessage(`[{"type":"function","function":{"name":"f"}}]`),
+		MaxTokens: 5, Temperature: 0.5, TopP: 0.9, TopK: 3, Seed: &seed, Stop: []string{"s"},
+		Logprobs: true, TopLogprobs: 2, Echo: true, Stream: true,
+	}
+	b, err := json.Marshal(toWire(in))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var w wireRequest
+	if err := json.Unmarshal(b, &w); err != nil {
+		t.Fatal(err)
+	}
+	if out := w.request(); !reflect.DeepEqual(out, in) {
+		t.Errorf("round trip:\n%+v\nwant\n%+v", out, in)
 	}
 }

@@ -1,0 +1,4 @@
+package gateway
+
+// SplitToolCalls is splitToolCalls, for the external tests.
+var SplitToolCalls = splitToolCalls

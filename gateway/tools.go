@@ -1,0 +1,365 @@
+package gateway
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/nozzle-ai/nozzle"
+)
+
+// Tool calling. The chat template renders the request's tools (and the
+// conversation's earlier calls and results) the way the model was taught;
+// the model answers with calls in the template's format
+// (nozzle.ToolFormatHermes: JSON objects between <tool_call> tags,
+// ToolFormatLlama3JSON: the whole answer a JSON object), which the gateway
+// turns into OpenAI's tool_calls. There is no constrained decoding: the
+// model may call or not ("auto"); "required" and a named function, which
+// would have to force a call, are refused.
+
+const (
+	hermesOpen  = "<tool_call>"
+	hermesClose = "</tool_call>"
+)
+
+// toolDef is one entry of a request's tools.
+type toolDef struct {
+	Type     *string `json:"type"`
+	Function *struct {
+		Name        *string         `json:"name"`
+		Description json.RawMessage `json:"description"`
+		Parameters  json.RawMessage `json:"parameters"`
+		Strict      json.RawMessage `json:"strict"`
+	} `json:"function"`
+}
+
+// parseTools checks a request's tools and tool_choice and returns the
+// tools to render (nil when none are to be offered to the model).
+func parseTools(raw, choice json.RawMessage) (json.RawMessage, error) {
+	mode := "auto"
+	if !isNull(choice) {
+		var s string
+		if json.Unmarshal(choice, &s) != nil {
+			return nil, invalidAs("unsupported_value", "tool_choice", "'tool_choice' naming a function is not supported by this server: it cannot force a call (no constrained decoding); use \"auto\" or \"none\".")
+		}
+		switch s {
+		case "none", "auto":
+			mode = s
+		case "required":
+			return nil, invalidAs("unsupported_value", "tool_choice", "'tool_choice' \"required\" is not supported by this server: it cannot force a call (no constrained decoding); use \"auto\" or \"none\".")
+		default:
+			return nil, invalidAs("invalid_value", "tool_choice", "Invalid value for 'tool_choice': %q; use \"none\", \"auto\" or \"required\".", s)
+		}
+	}
+	if isNull(raw) {
+		return nil, nil
+	}
+	var tools []toolDef
+	if err := json.Unmarshal(raw, &tools); err != nil {
+		return nil, invalidAs("invalid_type", "tools", "Invalid type for 'tools': expected an array of objects.")
+	}
+	if len(tools) == 0 {
+		return nil, nil
+	}
+	if len(tools) > 128 {
+		return nil, invalidAs("invalid_value", "tools", "Invalid 'tools': array too long. Expected an array with maximum length 128, but got an array with length %d instead.", len(tools))
+	}
+	seen := map[string]bool{}
+	for i, t := range tools {
+		at := fmt.Sprintf("tools[%d]", i)
+		if t.Type == nil || *t.Type != "function" {
+			return nil, invalidAs("invalid_value", at+".type", "Invalid value for '%s.type': only \"function\" tools are supported.", at)
+		}
+		if t.Function == nil || t.Function.Name == nil {
+			return nil, invalidAs("missing_required_parameter", at+".function.name", "Missing required parameter: '%s.function.name'.", at)
+		}
+		if name := *t.Function.Name; !validFunctionName(name) {
+			return nil, invalidAs("invalid_value", at+".function.name", "Invalid '%s.function.name': string does not match pattern. Expected a string that matches the pattern '^[a-zA-Z0-9_-]{1,64}$'.", at)
+		} else if seen[name] {
+			return nil, invalidAs("invalid_value", at+".function.name", "Invalid 'tools': function name %q is given twice.", name)
+		} else {
+			seen[name] = true
+		}
+		if p := t.Function.Parameters; !isNull(p) && bytes.TrimSpace(p)[0] != '{' {
+			return nil, invalidAs("invalid_type", at+".function.parameters", "Invalid type for '%s.function.parameters': expected an object (a JSON Schema).", at)
+		}
+		if d := t.Function.Description; !isNull(d) && bytes.TrimSpace(d)[0] != '"' {
+			return nil, invalidAs("invalid_type", at+".function.description", "Invalid type for '%s.function.description': expected a string.", at)
+		}
+	}
+	if mode == "none" {
+		return nil, nil // the model answers without them
+	}
+	var compact bytes.Buffer
+	if err := json.Compact(&compact, raw); err != nil {
+		return nil, invalidAs("invalid_type", "tools", "Invalid type for 'tools': expected an array of objects.")
+	}
+	return compact.Bytes(), nil
+}
+
+func validFunctionName(s string) bool {
+	if len(s) < 1 || len(s) > 64 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '_' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+// toolCallIn is a tool call of an assistant message in the request.
+type toolCallIn struct {
+	ID       *string `json:"id"`
+	Type     *string `json:"type"`
+	Function *struct {
+		Name      *string         `json:"name"`
+		Arguments json.RawMessage `json:"arguments"`
+	} `json:"function"`
+}
+
+// parseToolCallsIn reads messages[i].tool_calls.
+func parseToolCallsIn(raw json.RawMessage, i int) ([]nozzle.ToolCall, error) {
+	at := fmt.Sprintf("messages[%d].tool_calls", i)
+	var in []toolCallIn
+	if err := json.Unmarshal(raw, &in); err != nil {
+		return nil, invalidAs("invalid_type", at, "Invalid type for '%s': expected an array of tool calls.", at)
+	}
+	out := make([]nozzle.ToolCall, len(in))
+	for k, c := range in {
+		p := fmt.Sprintf("%s[%d]", at, k)
+		switch {
+		case c.ID == nil:
+			return nil, invalidAs("missing_required_parameter", p+".id", "Missing required parameter: '%s.id'.", p)
+		case c.Type == nil || *c.Type != "function":
+			return nil, invalidAs("invalid_value", p+".type", "Invalid value for '%s.type': only \"function\" calls are supported.", p)
+		case c.Function == nil || c.Function.Name == nil:
+			return nil, invalidAs("missing_required_parameter", p+".function.name", "Missing required parameter: '%s.function.name'.", p)
+		case isNull(c.Function.Arguments):
+			return nil, invalidAs("missing_required_parameter", p+".function.arguments", "Missing required parameter: '%s.function.arguments'.", p)
+		}
+		var args string
+		if json.Unmarshal(c.Function.Arguments, &args) != nil {
+			return nil, invalidAs("invalid_type", p+".function.arguments", "Invalid type for '%s.function.arguments': expected a string (the arguments as JSON).", p)
+		}
+		out[k] = nozzle.ToolCall{ID: *c.ID, Type: "function", Function: nozzle.FunctionCall{Name: *c.Function.Name, Arguments: args}}
+	}
+	return out, nil
+}
+
+// toolCallID names call k of a choice. Derived from the answer's id, so a
+// stored answer and the stream that sent it agree.
+func toolCallID(answerID string, choice, k int) string {
+	h := sha256.Sum256([]byte(answerID + "/" + strconv.Itoa(choice) + "/" + strconv.Itoa(k)))
+	return "call_" + hex.EncodeToString(h[:12])
+}
+
+// splitToolCalls finds the tool calls in a model's answer written in
+// format: the text around them (trimmed) and the calls, with ids from
+// answerID and choice. An answer without a well-formed call is all text.
+func splitToolCalls(format, text, answerID string, choice int) (string, []nozzle.ToolCall) {
+	var calls []nozzle.ToolCall
+	add := func(name string, args json.RawMessage) {
+		if isNull(args) {
+			args = json.RawMessage("{}")
+		}
+		var compact bytes.Buffer
+		if json.Compact(&compact, args) != nil {
+			compact.Reset()
+			compact.Write(args)
+		}
+		calls = append(calls, nozzle.ToolCall{ID: toolCallID(answerID, choice, len(calls)), Type: "function",
+			Function: nozzle.FunctionCall{Name: name, Arguments: compact.String()}})
+	}
+	switch format {
+	case nozzle.ToolFormatHermes:
+		i := strings.Index(text, hermesOpen)
+		if i < 0 {
+			return text, nil
+		}
+		rest := text[i:]
+		for strings.HasPrefix(rest, hermesOpen) {
+			body := rest[len(hermesOpen):]
+			end := strings.Index(body, hermesClose)
+			if end < 0 {
+				end = len(body) // the last call may lack its closing tag
+			}
+			name, args, ok := callObject(body[:end], "arguments")
+			if !ok {
+				return text, nil
+			}
+			add(name, args)
+			rest = strings.TrimLeft(body[min(end+len(hermesClose), len(body)):], " \t\r\n")
+		}
+		if strings.TrimSpace(rest) != "" {
+			return text, nil // text after the calls: not a well-formed answer
+		}
+		pre := text[:i]
+		if strings.TrimSpace(pre) == "" {
+			pre = ""
+		}
+		return pre, calls
+	case nozzle.ToolFormatLlama3JSON:
+		body := strings.TrimSpace(text)
+		if !strings.HasPrefix(body, "{") {
+			return text, nil
+		}
+		parts, ok := splitCalls(body)
+		if !ok {
+			return text, nil
+		}
+		for _, part := range parts {
+			name, args, ok := callObject(part, "parameters", "arguments")
+			if !ok {
+				return text, nil
+			}
+			add(name, args)
+		}
+		return "", calls
+	}
+	return text, nil
+}
+
+// splitCalls splits "{...}; {...}" into its objects (Llama 3 separates
+// parallel calls with semicolons); false when s is not such a list.
+func splitCalls(s string) ([]string, bool) {
+	var parts []string
+	for {
+		s = strings.TrimLeft(s, " \t\r\n")
+		dec := json.NewDecoder(strings.NewReader(s))
+		var raw json.RawMessage
+		if dec.Decode(&raw) != nil {
+			return nil, false
+		}
+		parts = append(parts, string(raw))
+		s = strings.TrimLeft(s[dec.InputOffset():], " \t\r\n")
+		if s == "" {
+			return parts, true
+		}
+		if s[0] != ';' {
+			return nil, false
+		}
+		s = s[1:]
+	}
+}
+
+// callObject reads {"name": ..., <argument key>: {...}}.
+func callObject(s string, argKeys ...string) (string, json.RawMessage, bool) {
+	var obj map[string]json.RawMessage
+	if json.Unmarshal([]byte(strings.TrimSpace(s)), &obj) != nil {
+		return "", nil, false
+	}
+	var name string
+	if json.Unmarshal(obj["name"], &name) != nil || name == "" {
+		return "", nil, false
+	}
+	for _, k := range argKeys {
+		if a, ok := obj[k]; ok {
+			if t := bytes.TrimSpace(a); len(t) > 0 && t[0] == '"' {
+				// arguments given as JSON text
+				var inner string
+				if json.Unmarshal(t, &inner) == nil && json.Valid([]byte(inner)) {
+					return name, json.RawMessage(inner), true
+				}
+				return "", nil, false
+			}
+			if t := bytes.TrimSpace(a); len(t) == 0 || t[0] != '{' {
+				return "", nil, false
+			}
+			return name, a, true
+		}
+	}
+	return name, nil, true
+}
+
+// toolStream holds back, while a choice streams, the text that may be a
+// tool call, so that a call goes out as tool_calls rather than as text.
+type toolStream struct {
+	format  string
+	held    strings.Builder // text not yet sent
+	calling bool            // a call has begun: everything from here is held
+	started bool            // some non-space text has been seen (Llama 3 JSON)
+}
+
+// add takes the next piece of text and returns what may be sent now.
+func (t *toolStream) add(text string) string {
+	if t.calling {
+		t.held.WriteString(text)
+		return ""
+	}
+	t.held.WriteString(text)
+	h := t.held.String()
+	switch t.format {
+	case nozzle.ToolFormatHermes:
+		if i := strings.Index(h, hermesOpen); i >= 0 {
+			t.calling = true
+			t.held.Reset()
+			t.held.WriteString(h[i:])
+			return h[:i]
+		}
+		keep := 0 // a tail that may grow into the opening tag
+		for n := min(len(hermesOpen)-1, len(h)); n > 0; n-- {
+			if strings.HasSuffix(h, hermesOpen[:n]) {
+				keep = n
+				break
+			}
+		}
+		t.held.Reset()
+		t.held.WriteString(h[len(h)-keep:])
+		return h[:len(h)-keep]
+	case nozzle.ToolFormatLlama3JSON:
+		trimmed := strings.TrimLeft(h, " \t\r\n")
+		if trimmed == "" {
+			return "" // undecided: leading space is held
+		}
+		if !t.started {
+			t.started = true
+			if trimmed[0] == '{' {
+				t.calling = true
+				return ""
+			}
+		}
+		t.held.Reset()
+		return h
+	}
+	t.held.Reset()
+	return h
+}
+
+// rest returns the text held at the end of the answer.
+func (t *toolStream) rest() string {
+	s := t.held.String()
+	t.held.Reset()
+	return s
+}
+
+// appendToolCalls appends a message's "tool_calls" array; with index, as
+// a stream's delta (each call whole in one delta).
+func appendToolCalls(dst []byte, calls []nozzle.ToolCall, index bool) []byte {
+	dst = append(dst, '[')
+	for k, c := range calls {
+		if k > 0 {
+			dst = append(dst, ',')
+		}
+		dst = append(dst, '{')
+		if index {
+			dst = append(dst, `"index":`...)
+			dst = appendInt(dst, int64(k))
+			dst = append(dst, ',')
+		}
+		dst = append(dst, `"id":`...)
+		dst = appendString(dst, c.ID)
+		dst = append(dst, `,"type":"function","function":{"name":`...)
+		dst = appendString(dst, c.Function.Name)
+		dst = append(dst, `,"arguments":`...)
+		dst = appendString(dst, c.Function.Arguments)
+		dst = append(dst, "}}"...)
+	}
+	return append(dst, ']')
+}

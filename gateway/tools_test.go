@@ -1,0 +1,205 @@
+package gateway_test
+
+import (
+	"encoding/json"
+	"net/http"
+	"strings"
+	"testing"
+
+	"github.com/nozzle-ai/nozzle"
+	"github.com/nozzle-ai/nozzle/gateway"
+)
+
+const weatherTools = `"tools":[{"type":"function","function":{"name":"get_weather","description":"Weather of a city.",` +
+	`"parameters":{"type":"object","properties":{"city":{"type":"string"}},"required":["city"]}}}]`
+
+func withToolFormat(format string, words ...string) option {
+	return func(c *gateway.Config, d *gateway.Deps, f *fixture) {
+		f.gen.toolFormat = format
+		f.gen.words = words
+	}
+}
+
+type toolAnswer struct {
+	Choices []struct {
+		Message struct {
+			Content   *string
+			ToolCalls []nozzle.ToolCall `json:"tool_calls"`
+		}
+		FinishReason string `json:"finish_reason"`
+	}
+}
+
+// streamedTools reads a streamed chat answer: its content, its tool
+// calls (each delta's) and its finish reason.
+func streamedTools(t *testing.T, body string) (string, []json.RawMessage, string) {
+	t.Helper()
+	var content, finish string
+	var calls []json.RawMessage
+	for _, e := range sseEvents(t, body) {
+		if e == "[DONE]" {
+			continue
+		}
+		var c struct {
+			Choices []struct {
+				Delta struct {
+					Content   *string
+					ToolCalls []json.RawMessage `json:"tool_calls"`
+				}
+				FinishReason *string `json:"finish_reason"`
+			}
+		}
+		if err := json.Unmarshal([]byte(e), &c); err != nil {
+			t.Fatalf("%v: %s", err, e)
+		}
+		for _, ch := range c.Choices {
+			if ch.Delta.Content != nil {
+				content += *ch.Delta.Content
+			}
+			calls = append(calls, ch.Delta.ToolCalls...)
+			if ch.FinishReason != nil {
+				finish = *ch.FinishReason
+			}
+		}
+	}
+	return content, calls, finish
+}
+
+// TestTools_Hermes: a model taught the <tool_call> format calls a tool;
+// the call comes back as OpenAI's tool_calls, whole or streamed, with the
+// same id in a replay; the request's tools, earlier calls and results
+// reach the runtime.
+func TestTools_Hermes(t *testing.T) {
+	f := newFixture(t, withToolFormat(nozzle.ToolFormatHermes,
+		"Let me check.", "\n<tool", "_call>\n{\"name\": \"get_weather\", ", "\"arguments\": {\"city\": \"Zürich\"}}\n</tool_call>"))
+	conversation := `"messages":[{"role":"user","content":"Weather in Bern?"},` +
+		`{"role":"assistant","content":null,"tool_calls":[{"id":"call_a","type":"function","function":{"name":"get_weather","arguments":"{\"city\":\"Bern\"}"}}]},` +
+		`{"role":"tool","tool_call_id":"call_a","content":"{\"temp\":19}"},{"role":"user","content":"And Zürich?"}]`
+	body := `{"model":"base",` + weatherTools + `,` + conversation + `}`
+
+	var out toolAnswer
+	decode(t, f.do(http.MethodPost, "/v1/chat/completions", body, f.authA(), hdr("Idempotency-Key", "tools-1")), &out)
+	c := out.Choices[0]
+	if c.Message.Content == nil || *c.Message.Content != "Let me check.\n" || c.FinishReason != "tool_calls" || len(c.Message.ToolCalls) != 1 {
+		t.Fatalf("answer %+v", out)
+	}
+	call := c.Message.ToolCalls[0]
+	if !strings.HasPrefix(call.ID, "call_") || call.Type != "function" || call.Function.Name != "get_weather" || call.Function.Arguments != `{"city":"Zürich"}` {
+		t.Errorf("call %+v", call)
+	}
+	req := f.gen.lastReq.Load()
+	if string(req.Tools) == "" || !strings.Contains(string(req.Tools), `"get_weather"`) {
+		t.Errorf("tools sent to the runtime: %s", req.Tools)
+	}
+	if m := req.Messages; len(m) != 4 || len(m[1].ToolCalls) != 1 || m[1].ToolCalls[0].Function.Arguments != `{"city":"Bern"}` || m[2].Role != "tool" || m[2].ToolCallID != "call_a" {
+		t.Errorf("messages sent to the runtime: %+v", m)
+	}
+
+	// Streamed: the text before the call as content, the call as one delta.
+	resp := f.do(http.MethodPost, "/v1/chat/completions", strings.Replace(body, `{"model"`, `{"stream":true,"model"`, 1), f.authA(), hdr("Idempotency-Key", "tools-2"))
+	content, calls, finish := streamedTools(t, readAll(t, resp))
+	var sc struct {
+		Index int
+		nozzle.ToolCall
+	}
+	if len(calls) != 1 || json.Unmarshal(calls[0], &sc) != nil {
+		t.Fatalf("streamed calls %s", calls)
+	}
+	if content != "Let me check.\n" || finish != "tool_calls" || sc.Index != 0 || sc.Function.Name != "get_weather" || sc.Function.Arguments != `{"city":"Zürich"}` {
+		t.Errorf("streamed %q %s %q", content, calls, finish)
+	}
+	// The stored answer replays the call under the id the stream gave.
+	var again toolAnswer
+	decode(t, f.do(http.MethodPost, "/v1/chat/completions", body, f.authA(), hdr("Idempotency-Key", "tools-2")), &again)
+	if len(again.Choices) != 1 || len(again.Choices[0].Message.ToolCalls) != 1 || again.Choices[0].Message.ToolCalls[0].ID != sc.ID {
+		t.Errorf("replay %+v, streamed id %s", again, sc.ID)
+	}
+	_, replayed, _ := streamedTools(t, readAll(t, f.do(http.MethodPost, "/v1/chat/completions", strings.Replace(body, `{"model"`, `{"stream":true,"model"`, 1), f.authA(), hdr("Idempotency-Key", "tools-2"))))
+	if len(replayed) != 1 || !strings.Contains(string(replayed[0]), sc.ID) {
+		t.Errorf("streamed replay %s", replayed)
+	}
+
+	// tool_choice "none": the model is not offered the tools.
+	out = toolAnswer{}
+	decode(t, f.do(http.MethodPost, "/v1/chat/completions", `{"model":"base","tool_choice":"none",`+weatherTools+`,`+conversation+`}`, f.authA()), &out)
+	if r := f.gen.lastReq.Load(); r.Tools != nil || out.Choices[0].FinishReason != "stop" || len(out.Choices[0].Message.ToolCalls) != 0 {
+		t.Errorf("tool_choice none: tools %s, answer %+v", r.Tools, out)
+	}
+}
+
+// TestTools_TextStaysText: an answer that only looks like the start of a
+// call, or whose call is malformed, is content, streamed or not.
+func TestTools_TextStaysText(t *testing.T) {
+	for _, tc := range []struct {
+		name, format string
+		words        []string
+	}{
+		{"HermesPrefix", nozzle.ToolFormatHermes, []string{"a <tool", "box> here"}},
+		{"HermesBadJSON", nozzle.ToolFormatHermes, []string{"<tool_call>\n{\"name\": ", "oops}\n</tool_call>"}},
+		{"HermesTextAfter", nozzle.ToolFormatHermes, []string{"<tool_call>{\"name\":\"f\",\"arguments\":{}}</tool_call>", " and more"}},
+		{"Llama3Text", nozzle.ToolFormatLlama3JSON, []string{"  The weather", " is fine."}},
+		{"Llama3BadJSON", nozzle.ToolFormatLlama3JSON, []string{"{\"city\": ", "\"Bern\"}"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFixture(t, withToolFormat(tc.format, tc.words...))
+			want := strings.Join(tc.words, "")
+			body := `{"model":"base",` + weatherTools + `,"messages":[{"role":"user","content":"hi"}]}`
+			var out toolAnswer
+			decode(t, f.do(http.MethodPost, "/v1/chat/completions", body, f.authA()), &out)
+			if c := out.Choices[0]; c.Message.Content == nil || *c.Message.Content != want || len(c.Message.ToolCalls) != 0 || c.FinishReason != "stop" {
+				t.Errorf("answer %+v", out)
+			}
+			content, calls, finish := streamedTools(t, readAll(t, f.do(http.MethodPost, "/v1/chat/completions", strings.Replace(body, `{"model"`, `{"stream":true,"model"`, 1), f.authA())))
+			if content != want || len(calls) != 0 || finish != "stop" {
+				t.Errorf("streamed %q %s %q", content, calls, finish)
+			}
+		})
+	}
+}
+
+// TestTools_Llama3JSON: a Llama 3.1-style answer, one JSON object per call
+// (parameters, calls separated by ";"), is calls and no content.
+func TestTools_Llama3JSON(t *testing.T) {
+	f := newFixture(t, withToolFormat(nozzle.ToolFormatLlama3JSON,
+		"{\"name\": \"get_weather\", \"parameters\": {\"city\": \"Bern\"}}", "; {\"name\": \"get_weather\", \"parameters\": {\"city\": \"Basel\"}}"))
+	body := `{"model":"base",` + weatherTools + `,"messages":[{"role":"user","content":"Bern and Basel?"}]}`
+	var out toolAnswer
+	decode(t, f.do(http.MethodPost, "/v1/chat/completions", body, f.authA()), &out)
+	c := out.Choices[0]
+	if c.Message.Content != nil || c.FinishReason != "tool_calls" || len(c.Message.ToolCalls) != 2 ||
+		c.Message.ToolCalls[1].Function.Arguments != `{"city":"Basel"}` || c.Message.ToolCalls[0].ID == c.Message.ToolCalls[1].ID {
+		t.Fatalf("answer %+v", out)
+	}
+	content, calls, finish := streamedTools(t, readAll(t, f.do(http.MethodPost, "/v1/chat/completions", strings.Replace(body, `{"model"`, `{"stream":true,"model"`, 1), f.authA())))
+	if content != "" || len(calls) != 2 || finish != "tool_calls" || !strings.Contains(string(calls[1]), `"index":1`) {
+		t.Errorf("streamed %q %s %q", content, calls, finish)
+	}
+}
+
+func TestSplitToolCalls(t *testing.T) {
+	for _, tc := range []struct {
+		name, format, text, content string
+		calls                       []string // name + " " + arguments
+	}{
+		{"HermesTwo", nozzle.ToolFormatHermes, "<tool_call>\n{\"name\": \"a\", \"arguments\": {\"x\": 1}}\n</tool_call>\n<tool_call>\n{\"name\": \"b\", \"arguments\": {}}\n</tool_call>", "", []string{`a {"x":1}`, `b {}`}},
+		{"HermesUnclosed", nozzle.ToolFormatHermes, "ok <tool_call>{\"name\": \"a\", \"arguments\": {\"y\": [1, 2]}}", "ok ", []string{`a {"y":[1,2]}`}},
+		{"HermesArgumentsText", nozzle.ToolFormatHermes, "<tool_call>{\"name\": \"a\", \"arguments\": \"{\\\"z\\\": true}\"}</tool_call>", "", []string{`a {"z":true}`}},
+		{"HermesNoArguments", nozzle.ToolFormatHermes, "<tool_call>{\"name\": \"a\"}</tool_call>", "", []string{`a {}`}},
+		{"HermesArgumentsNotObject", nozzle.ToolFormatHermes, "<tool_call>{\"name\": \"a\", \"arguments\": 5}</tool_call>", "<tool_call>{\"name\": \"a\", \"arguments\": 5}</tool_call>", nil},
+		{"HermesNoName", nozzle.ToolFormatHermes, "<tool_call>{\"arguments\": {}}</tool_call>", "<tool_call>{\"arguments\": {}}</tool_call>", nil},
+		{"Llama3Arguments", nozzle.ToolFormatLlama3JSON, " {\"name\": \"a\", \"arguments\": {\"k\": \"v\"}} ", "", []string{`a {"k":"v"}`}},
+		{"Llama3Trailing", nozzle.ToolFormatLlama3JSON, "{\"name\": \"a\", \"parameters\": {}} done", "{\"name\": \"a\", \"parameters\": {}} done", nil},
+		{"NoFormat", "", "<tool_call>{\"name\": \"a\"}</tool_call>", "<tool_call>{\"name\": \"a\"}</tool_call>", nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			content, calls := gateway.SplitToolCalls(tc.format, tc.text, "chatcmpl-1", 0)
+			var got []string
+			for _, c := range calls {
+				got = append(got, c.Function.Name+" "+c.Function.Arguments)
+			}
+			if content != tc.content || strings.Join(got, "|") != strings.Join(tc.calls, "|") {
+				t.Errorf("got %q %q, want %q %q", content, got, tc.content, tc.calls)
+			}
+		})
+	}
+}
