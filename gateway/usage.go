@@ -70,19 +70,25 @@ type usageRow struct {
 	PromptTokens       int64      `json:"prompt_tokens"`
 	CachedPromptTokens int64      `json:"cached_prompt_tokens"`
 	CompletionTokens   int64      `json:"completion_tokens"`
-	DeviceSeconds      float64    `json:"device_seconds"`
-	IdleSeconds        float64    `json:"idle_seconds"`
-	ActiveCostUSD      float64    `json:"active_cost_usd"`
-	IdleCostUSD        float64    `json:"idle_cost_usd"`
-	CostUSD            float64    `json:"cost_usd"`
-	ChargedUSD         float64    `json:"charged_usd"`
-	DedicatedUSD       float64    `json:"dedicated_usd"`
-	SavingPercent      float64    `json:"saving_percent"`
+	// The requests the runtime failed and their part of the tokens above:
+	// charged nothing and not sent to Stripe.
+	FailedRequests         int64   `json:"failed_requests"`
+	FailedPromptTokens     int64   `json:"failed_prompt_tokens"`
+	FailedCompletionTokens int64   `json:"failed_completion_tokens"`
+	DeviceSeconds          float64 `json:"device_seconds"`
+	IdleSeconds            float64 `json:"idle_seconds"`
+	ActiveCostUSD          float64 `json:"active_cost_usd"`
+	IdleCostUSD            float64 `json:"idle_cost_usd"`
+	CostUSD                float64 `json:"cost_usd"`
+	ChargedUSD             float64 `json:"charged_usd"`
+	DedicatedUSD           float64 `json:"dedicated_usd"`
+	SavingPercent          float64 `json:"saving_percent"`
 }
 
 func toUsageRow(r nozzle.ReportRow) usageRow {
 	u := usageRow{AdapterID: r.AdapterID, AdapterName: r.AdapterName, Requests: r.Requests,
 		PromptTokens: r.PromptTokens, CachedPromptTokens: r.CachedPromptTokens, CompletionTokens: r.CompletionTokens,
+		FailedRequests: r.FailedRequests, FailedPromptTokens: r.FailedPromptTokens, FailedCompletionTokens: r.FailedCompletionTokens,
 		DeviceSeconds: r.DeviceSeconds, IdleSeconds: r.IdleSeconds, ActiveCostUSD: r.ActiveCostUSD, IdleCostUSD: r.IdleCostUSD,
 		CostUSD: r.CostUSD, ChargedUSD: r.ChargedUSD, DedicatedUSD: r.DedicatedUSD, SavingPercent: r.SavingPercent}
 	if !r.Time.IsZero() {
