@@ -84,6 +84,12 @@ type Price struct {
 	CompletionPerMillionUSD float64 `json:"completion_per_million_usd"`
 }
 
+// MaxPricePerMillionUSD is the highest price a price list takes, per
+// million tokens of either kind (a dollar a token): far above any real
+// price, and low enough that no charge, nor any sum of charges, can
+// overflow to infinity, which the ledger could not store.
+const MaxPricePerMillionUSD = 1e6
+
 // Charge returns the price of the given token counts.
 func (p Price) Charge(promptTokens, completionTokens int64) float64 {
 	return (float64(promptTokens)*p.PromptPerMillionUSD + float64(completionTokens)*p.CompletionPerMillionUSD) / 1e6

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -102,6 +103,44 @@ func TestLedger_Prices(t *testing.T) {
 	}
 	wantCode(t, l.SetPrice(ctx, "", nozzle.Price{PromptPerMillionUSD: -1}, t0), nozzle.EINVALID)
 	wantCode(t, l.SetPrice(ctx, "ten_nope", p1, t0), nozzle.ENOTFOUND)
+}
+
+// TestLedger_HugePrice: a price so high that a request's charge overflows
+// to infinity is refused when it is set. Taken, it made the next request's
+// event, rollups and month total unreadable ("corrupt ledger value"): every
+// report and the ledger check failed from then on.
+func TestLedger_HugePrice(t *testing.T) {
+	ctx := context.Background()
+	l := mustOpen(t, billing.Options{})
+	ten := mustTenant(t, l, "acme")
+	t0 := time.Now().UTC().Add(-time.Hour)
+	for _, p := range []nozzle.Price{
+		{PromptPerMillionUSD: 1e308, CompletionPerMillionUSD: 1},
+		{PromptPerMillionUSD: 1, CompletionPerMillionUSD: math.Inf(1)},
+		{PromptPerMillionUSD: math.NaN(), CompletionPerMillionUSD: 1},
+		{PromptPerMillionUSD: 1, CompletionPerMillionUSD: nozzle.MaxPricePerMillionUSD * 2},
+	} {
+		wantCode(t, l.SetPrice(ctx, ten.ID, p, t0), nozzle.EINVALID)
+		wantCode(t, l.SetPrice(ctx, "", p, t0), nozzle.EINVALID)
+	}
+	if _, err := billing.Open(billing.Options{Path: filepath.Join(t.TempDir(), "l.db"), DefaultPrice: nozzle.Price{PromptPerMillionUSD: 1e300}}); err == nil {
+		t.Fatal("Open took a default price of 1e300 per million tokens")
+	}
+	top := nozzle.Price{PromptPerMillionUSD: nozzle.MaxPricePerMillionUSD, CompletionPerMillionUSD: nozzle.MaxPricePerMillionUSD}
+	if err := l.SetPrice(ctx, ten.ID, top, t0); err != nil {
+		t.Fatalf("SetPrice at the highest price: %v", err)
+	}
+	ev := nozzle.UsageEvent{RequestID: "req_1", TenantID: ten.ID, Status: nozzle.UsageOK, Time: time.Now().UTC(),
+		PromptTokens: 1 << 40, CompletionTokens: 1 << 40}
+	if _, err := l.RecordUsage(ctx, &ev); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.Report(ctx, nozzle.ReportQuery{TenantID: ten.ID}); err != nil {
+		t.Fatalf("Report after a charge at the highest price: %v", err)
+	}
+	if res, err := l.Check(ctx); err != nil || res.Events != 1 {
+		t.Fatalf("Check = %+v, %v", res, err)
+	}
 }
 
 // TestLedger_StandardPrice: a tenant's override ends; from then it pays

@@ -155,8 +155,9 @@ func priceKey(tenantID string, from time.Time) []byte {
 }
 
 func validPrice(p nozzle.Price) error {
-	if !nonNegative(p.PromptPerMillionUSD, p.CompletionPerMillionUSD) {
-		return nozzle.Errorf(nozzle.EINVALID, "Prices must be non-negative numbers.").WithParam("price")
+	if !nonNegative(p.PromptPerMillionUSD, p.CompletionPerMillionUSD) ||
+		p.PromptPerMillionUSD > nozzle.MaxPricePerMillionUSD || p.CompletionPerMillionUSD > nozzle.MaxPricePerMillionUSD {
+		return nozzle.Errorf(nozzle.EINVALID, "Prices must be numbers from 0 to %.0f USD per million tokens.", float64(nozzle.MaxPricePerMillionUSD)).WithParam("price")
 	}
 	return nil
 }
