@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"reflect"
 	"sort"
@@ -140,12 +141,14 @@ func (c *Config) Validate() error {
 		key string
 		v   float64
 	}{{"rate_per_hour", c.RatePerHour}, {"price_prompt", c.PricePrompt}, {"price_completion", c.PriceCompletion}, {"dedicated_rate_per_hour", c.DedicatedRatePerHour}} {
-		if f.v < 0 {
-			return fmt.Errorf("%s %g: must not be negative", f.key, f.v)
+		// NaN and infinities pass a plain "< 0" test; as a rate they
+		// left every capacity interval and usage event unrecordable.
+		if !(f.v >= 0) || math.IsInf(f.v, 0) {
+			return fmt.Errorf("%s %g: must be a finite number, not negative", f.key, f.v)
 		}
 	}
-	if c.PrefillWeight <= 0 || c.DecodeWeight <= 0 {
-		return errors.New("prefill_weight and decode_weight must be positive")
+	if !(c.PrefillWeight > 0) || !(c.DecodeWeight > 0) || math.IsInf(c.PrefillWeight, 0) || math.IsInf(c.DecodeWeight, 0) {
+		return errors.New("prefill_weight and decode_weight must be positive finite numbers")
 	}
 	for _, f := range []struct {
 		key string
