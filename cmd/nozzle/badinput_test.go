@@ -61,6 +61,8 @@ func TestRun_BadInput(t *testing.T) {
 		{"BackupOntoTheJournal", []string{"backup", "--data", ledDir, filepath.Join(ledDir, "ledger.db.journal.1")}, "is the ledger's own file"},
 		{"BackupIntoAFolder", []string{"backup", "--data", ledDir, dir}, "is a folder"},
 		{"ReportExtraArgument", []string{"report", "--data", ledDir, "acme"}, `unexpected argument "acme"`},
+		{"LedgerCheckExtraArgument", []string{"ledger", "check", "now", "--data", ledDir}, `unexpected argument "now"`},
+		{"BackupTwoFiles", []string{"backup", "--data", ledDir, filepath.Join(dir, "a.db"), filepath.Join(dir, "b.db")}, "one file to write, not 2"},
 		{"BoolValueApart", []string{"serve", "--prefix-cache", "false"}, "--prefix-cache=false"},
 		{"ReportNoLedger", []string{"report", "--data", filepath.Join(dir, "none")}, "no ledger at"},
 	} {

@@ -239,8 +239,11 @@ func runBackup(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err != nil {
 		return err
 	}
-	if len(files) != 1 {
+	if len(files) == 0 {
 		return errors.New("backup: name the file to write: nozzle backup FILE")
+	}
+	if len(files) > 1 {
+		return fmt.Errorf("backup: one file to write, not %d (%s): nozzle backup FILE", len(files), strings.Join(files, " "))
 	}
 	dst := files[0]
 	if err := checkBackupTarget(filepath.Join(t.data, "ledger.db"), dst); err != nil {
@@ -329,6 +332,11 @@ func runLedger(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	t.register(fs)
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
+	}
+	if fs.NArg() > 0 {
+		// flag stops at the first argument: the flags after it would go
+		// unread, and another ledger than the one meant be checked
+		return fmt.Errorf("ledger check: unexpected argument %q (a flag's value goes after it: --data DIR)", fs.Arg(0))
 	}
 	l, err := t.openLedger()
 	if err != nil {
