@@ -187,6 +187,11 @@ func reportQuery(start, end, groupBy string) (nozzle.ReportQuery, error) {
 		}
 	}
 	if !q.End.After(q.Start) {
+		if start == "" {
+			// the user named no start: say which one the period took
+			return q, fmt.Errorf("--end %s is not after the start of this month (%s), where the period starts without --start: give --start too",
+				end, q.Start.Format("2006-01-02"))
+		}
 		return q, errors.New("--end must be after --start")
 	}
 	for _, g := range strings.Split(groupBy, ",") {

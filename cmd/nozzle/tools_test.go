@@ -2,6 +2,7 @@ package main
 
 import (
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -20,6 +21,21 @@ func TestReportQuery_StartOnly(t *testing.T) {
 	monthEnd := time.Date(now.Year(), now.Month(), 1, 0, 0, 0, 0, time.UTC).AddDate(0, 1, 0)
 	if !q.Start.Equal(time.Date(2026, 1, 5, 0, 0, 0, 0, time.UTC)) || !q.End.Equal(monthEnd) {
 		t.Errorf("period %v – %v, want 2026-01-05 – %v", q.Start, q.End, monthEnd)
+	}
+}
+
+// TestReportQuery_EndOnly: an --end before this month, given alone, is
+// refused with the start the period took, not with "--end must be after
+// --start", which names a flag the user did not give.
+func TestReportQuery_EndOnly(t *testing.T) {
+	monthStart := time.Date(time.Now().UTC().Year(), time.Now().UTC().Month(), 1, 0, 0, 0, 0, time.UTC)
+	_, err := reportQuery("", "2020-01-01", "")
+	if err == nil || !strings.Contains(err.Error(), "start of this month ("+monthStart.Format("2006-01-02")+")") ||
+		!strings.Contains(err.Error(), "give --start too") {
+		t.Errorf("err = %v", err)
+	}
+	if _, err := reportQuery("2020-02-01", "2020-01-01", ""); err == nil || err.Error() != "--end must be after --start" {
+		t.Errorf("both given: err = %v", err)
 	}
 }
 
