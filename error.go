@@ -3,6 +3,7 @@ package nozzle
 import (
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 )
 
@@ -52,7 +53,8 @@ func (e *Error) Error() string {
 		msg = e.Code
 	}
 	if e.Err != nil {
-		return msg + ": " + e.Err.Error()
+		// "The runtime cannot be reached: dial tcp …", not "reached.: dial"
+		return strings.TrimSuffix(msg, ".") + ": " + e.Err.Error()
 	}
 	return msg
 }

@@ -435,7 +435,7 @@ func (l *Ledger) sendRow(ctx context.Context, s Sender, opts *OutboxOptions, k [
 			if errors.Is(err, ErrClosed) {
 				return false, err
 			}
-			l.noteFailure(ctx, k, now, opts, fmt.Sprintf("create customer: %v", err), false)
+			l.noteFailure(ctx, k, now, opts, err.Error(), false)
 			return false, nil
 		}
 	}
