@@ -151,7 +151,12 @@ func (g *fakeGen) generate(ctx context.Context, req *nozzle.GenerateRequest, emi
 			return res, nozzle.Errorf(nozzle.ECANCELED, "Canceled.").Wrap(err)
 		}
 	}
-	n := len(g.words)
+	words := g.words
+	if strings.Contains(prompt, "CALL_TOOL") && len(req.Tools) > 0 {
+		// a call as a Qwen-style template teaches it
+		words = []string{"<tool_call>\n", `{"name": "get_weather", `, `"arguments": {"city": "Bern"}}`, "\n</tool_call>"}
+	}
+	n := len(words)
 	if req.MaxTokens > 0 && req.MaxTokens < n {
 		n = req.MaxTokens
 	}
@@ -173,15 +178,15 @@ func (g *fakeGen) generate(ctx context.Context, req *nozzle.GenerateRequest, emi
 		if i == 2 && strings.Contains(prompt, "REFUSE_AFTER") { // a refusal that takes time to find
 			return res, nozzle.Errorf(nozzle.ECONTEXTLENGTH, "This model's maximum context length is 2048 tokens.")
 		}
-		ch := nozzle.Chunk{Text: g.words[i]}
+		ch := nozzle.Chunk{Text: words[i]}
 		if req.Logprobs {
-			lp := nozzle.TokenLogprob{Token: g.words[i], Logprob: -0.25, Offset: off}
+			lp := nozzle.TokenLogprob{Token: words[i], Logprob: -0.25, Offset: off}
 			for k := 0; k < req.TopLogprobs; k++ {
 				lp.Top = append(lp.Top, nozzle.TopLogprob{Token: "alt" + strconv.Itoa(k), Logprob: -1 - float64(k)})
 			}
 			ch.Logprobs = []nozzle.TokenLogprob{lp}
 		}
-		off += len(g.words[i])
+		off += len(words[i])
 		res.CompletionTokens++
 		res.DeviceSeconds += 0.001
 		if err := emit(ch); err != nil {
@@ -190,7 +195,7 @@ func (g *fakeGen) generate(ctx context.Context, req *nozzle.GenerateRequest, emi
 	}
 	res.TTFTSeconds = 0.002
 	res.FinishReason = nozzle.FinishStop
-	if n < len(g.words) {
+	if n < len(words) {
 		res.FinishReason = nozzle.FinishLength
 	}
 	return res, nil

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/nozzle-ai/nozzle"
 )
 
 // TestOpenAISDK runs the official openai npm SDK (pinned in
@@ -33,7 +35,7 @@ func TestOpenAISDK(t *testing.T) {
 			t.Fatalf("npm ci: %v\n%s", err, out)
 		}
 	}
-	f := newFixture(t)
+	f := newFixture(t, withToolFormat(nozzle.ToolFormatHermes, defaultWords...))
 	f.addAdapter(f.tenantA.ID, "support-bot", strings.Repeat("5", 64))
 	f.addAdapter(f.tenantA.ID, "old-bot", strings.Repeat("6", 64))
 	url := f.serve(t)

@@ -151,6 +151,46 @@ await check('error-bad-request', async () => {
   });
 });
 
+const tools = [{ type: 'function', function: { name: 'get_weather', description: 'Weather of a city.',
+  parameters: { type: 'object', properties: { city: { type: 'string' } }, required: ['city'] } } }];
+
+await check('tools', async () => {
+  // the fake model calls get_weather for a prompt with CALL_TOOL, as a
+  // Qwen-style template teaches (<tool_call> JSON)
+  const r = await client.chat.completions.create({ model: 'base', tools, messages: [{ role: 'user', content: 'CALL_TOOL weather in Bern?' }] });
+  const c = r.choices[0];
+  assert.equal(c.finish_reason, 'tool_calls');
+  assert.equal(c.message.content, null);
+  assert.equal(c.message.tool_calls.length, 1);
+  const call = c.message.tool_calls[0];
+  assert.equal(call.type, 'function');
+  assert.equal(call.function.name, 'get_weather');
+  assert.deepEqual(JSON.parse(call.function.arguments), { city: 'Bern' });
+  // the answer to the call goes back in the next turn
+  const next = await client.chat.completions.create({ model: 'base', tools, messages: [
+    { role: 'user', content: 'weather in Bern?' }, c.message,
+    { role: 'tool', tool_call_id: call.id, content: '{"temp": 19}' }] });
+  assert.equal(next.choices[0].message.content, want);
+});
+
+await check('tools-stream-helper', async () => {
+  const runner = client.chat.completions.stream({ model: 'base', tools, messages: [{ role: 'user', content: 'CALL_TOOL weather?' }] });
+  const done = await runner.finalChatCompletion();
+  assert.equal(done.choices[0].finish_reason, 'tool_calls');
+  assert.equal(done.choices[0].message.tool_calls[0].function.name, 'get_weather');
+  assert.deepEqual(JSON.parse(done.choices[0].message.tool_calls[0].function.arguments), { city: 'Bern' });
+});
+
+await check('completions-echo-logprobs', async () => {
+  const r = await client.completions.create({ model: 'base', prompt: 'Hi!', echo: true, logprobs: 1, max_tokens: 1 });
+  const lp = r.choices[0].logprobs;
+  assert.equal(r.choices[0].text, 'Hi!Hello');
+  assert.deepEqual(lp.tokens, ['H', 'i', '!', 'Hello']);
+  assert.equal(lp.token_logprobs[0], null);
+  assert.equal(lp.top_logprobs[0], null);
+  assert.deepEqual(lp.text_offset, [0, 1, 2, 3]);
+});
+
 await check('error-unknown-argument', async () => {
   // another server's extension, sent through the SDK's pass-through: refused, not ignored
   await assert.rejects(client.chat.completions.create({ model: 'base', messages: [{ role: 'user', content: 'hi' }], guided_json: { type: 'object' } }), (e) => {
