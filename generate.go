@@ -133,6 +133,9 @@ type GenerateRequest struct {
 	// ones before it (with TopLogprobs alternatives). The first prompt
 	// token has nothing before it: its entry carries its text only.
 	Echo bool
+	// PromptOnly, with Echo, generates nothing (OpenAI's max_tokens 0 with
+	// echo): the prompt chunk is the whole answer, finished by "length".
+	PromptOnly bool
 
 	// Stream says the caller passes chunks on as they come. Without it a
 	// generator may deliver them all at the end, even as one chunk (a

@@ -170,7 +170,7 @@ func (s *Server) complete(c *fiber.Ctx, kind genKind) error {
 
 	// Admission: rate limits, then the budget, on estimates.
 	maxTokens := j.maxTokens
-	if maxTokens == 0 {
+	if maxTokens == 0 && !j.promptOnly {
 		maxTokens = s.cfg.DefaultMaxTokens
 	}
 	promptEst := j.promptEstimate()
@@ -186,7 +186,7 @@ func (s *Server) complete(c *fiber.Ctx, kind genKind) error {
 	// No completion outgrows the context: the estimates stay in range
 	// whatever max_tokens says.
 	perChoice := min(maxTokens, ctxLen)
-	if perChoice == 0 {
+	if perChoice == 0 && !j.promptOnly {
 		perChoice = max(16, ctxLen-promptEst/max(1, j.choices()))
 	}
 	completionEst := perChoice * j.choices()
@@ -195,7 +195,7 @@ func (s *Server) complete(c *fiber.Ctx, kind genKind) error {
 		return err
 	}
 	cp.seqs = j.choices()
-	if cp.tokensTaken, err = s.admitRate(p, promptEst+completionEst, maxTokens > 0, func(k, v string) { c.Set(k, v) }); err != nil {
+	if cp.tokensTaken, err = s.admitRate(p, promptEst+completionEst, maxTokens > 0 || j.promptOnly, func(k, v string) { c.Set(k, v) }); err != nil {
 		cp.unclaim()
 		return err
 	}

@@ -151,6 +151,10 @@ func (g *fakeGen) generate(ctx context.Context, req *nozzle.GenerateRequest, emi
 			return res, nozzle.Errorf(nozzle.ECANCELED, "Canceled.").Wrap(err)
 		}
 	}
+	if req.PromptOnly {
+		res.FinishReason = nozzle.FinishLength
+		return res, nil
+	}
 	words := g.words
 	if strings.Contains(prompt, "CALL_TOOL") && len(req.Tools) > 0 {
 		// a call as a Qwen-style template teaches it

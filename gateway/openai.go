@@ -53,6 +53,7 @@ type job struct {
 	// Filled when the request is admitted.
 	shownModel  string          // model named in the answer
 	fingerprint string          // system_fingerprint ("" null)
+	promptOnly  bool            // legacy echo with max_tokens 0: nothing generated
 	tools       json.RawMessage // offered to the model (chat, tool_choice "auto")
 	toolFormat  string          // how the model writes calls, when tools are offered
 	adapter     *nozzle.Adapter // nil for the base model
@@ -155,6 +156,7 @@ func (j *job) requests(requestID, tenantID string, maxTokens int) []*nozzle.Gene
 			RequestID: requestID, TenantID: tenantID, Adapter: j.adapter,
 			MaxTokens: maxTokens, Temperature: j.temperature, TopP: j.topP, TopK: j.topK, Seed: choiceSeed(j.seed, i),
 			Stop: j.stop, Logprobs: j.logprobs, TopLogprobs: j.topLogprobs, Stream: j.stream,
+			PromptOnly: j.promptOnly,
 		}
 	}
 	if j.kind == kindChat {
@@ -749,7 +751,13 @@ func parseCompletion(body []byte, maxChoices int) (*job, error) {
 		return nil, err
 	}
 	j := &job{kind: kindText}
-	if err := j.applyCommon(common{b.Model, b.MaxTokens, b.Temperature, b.TopP, b.TopK, b.Seed, b.N, b.Stop, b.Stream, b.StreamOptions, b.User}, maxChoices, "max_tokens"); err != nil {
+	// max_tokens 0 with echo: the prompt (and its logprobs) only, as
+	// OpenAI's legacy completions answer it.
+	maxTok := b.MaxTokens
+	if maxTok != nil && *maxTok == 0 && b.Echo != nil && *b.Echo {
+		maxTok, j.promptOnly = nil, true
+	}
+	if err := j.applyCommon(common{b.Model, maxTok, b.Temperature, b.TopP, b.TopK, b.Seed, b.N, b.Stop, b.Stream, b.StreamOptions, b.User}, maxChoices, "max_tokens"); err != nil {
 		return nil, err
 	}
 	if b.MaxTokens == nil {

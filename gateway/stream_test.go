@@ -297,6 +297,21 @@ func TestCompletions(t *testing.T) {
 			t.Errorf("choices %+v", out.Choices)
 		}
 	})
+	t.Run("EchoOnly", func(t *testing.T) {
+		// max_tokens 0 with echo: the prompt and its logprobs, nothing generated.
+		var out resp
+		decode(t, f.do(http.MethodPost, "/v1/completions", `{"model":"base","prompt":"Hé!","echo":true,"logprobs":0,"max_tokens":0}`, f.authA()), &out)
+		if c := out.Choices[0]; c.Text != "Hé!" || c.Logprobs == nil || len(c.Logprobs.Tokens) != 3 || c.FinishReason != "length" {
+			t.Errorf("choice %+v", c)
+		}
+		if req := f.gen.lastReq.Load(); !req.PromptOnly || !req.Echo || req.MaxTokens != 0 {
+			t.Errorf("request %+v", req)
+		}
+		r := f.do(http.MethodPost, "/v1/completions", `{"model":"base","prompt":"x","max_tokens":0}`, f.authA())
+		if r.StatusCode != 400 || !strings.Contains(readAll(t, r), `"param":"max_tokens"`) {
+			t.Errorf("max_tokens 0 without echo: %d", r.StatusCode)
+		}
+	})
 	t.Run("EchoLogprobs", func(t *testing.T) {
 		// The prompt's tokens first, the first with null logprobs, as
 		// OpenAI answers; offsets in characters across both.

@@ -3,6 +3,7 @@ package runtime_test
 import (
 	"context"
 	"math"
+	"reflect"
 	"sync"
 	"testing"
 
@@ -86,6 +87,12 @@ func TestDemo_EchoScoresPrompt(t *testing.T) {
 				if s := p.Logprobs[len(head)]; s.Offset != len(decodeIDs(t, rt, head)) {
 					t.Errorf("offset of the first completion token in the prompt: %d", s.Offset)
 				}
+				// Nothing generated (max_tokens 0): the same scores, the
+				// prompt alone.
+				only, res3 := collect(t, rt, &nozzle.GenerateRequest{PromptTokens: prompt, Logprobs: true, TopLogprobs: 2, Echo: true, PromptOnly: true, Adapter: ad})
+				if len(only) != 1 || !only[0].Prompt || !reflect.DeepEqual(only[0], p) || res3.CompletionTokens != 0 || res3.FinishReason != nozzle.FinishLength || res3.DeviceSeconds <= 0 {
+					t.Errorf("prompt only: %d chunks, result %+v", len(only), res3)
+				}
 			}
 		})
 	}
@@ -110,4 +117,25 @@ func decodeIDs(t *testing.T, rt *runtime.Runtime, ids []int) string {
 	t.Helper()
 	chunks, _ := collect(t, rt, &nozzle.GenerateRequest{PromptTokens: ids, MaxTokens: 1, Echo: true})
 	return chunks[0].Text
+}
+
+// TestDemo_EchoNothingToCompute: a prompt echoed without logprobs, or of
+// one token, with nothing generated, is answered without the engine.
+func TestDemo_EchoNothingToCompute(t *testing.T) {
+	rt, _ := openDemo(t, runtime.Options{})
+	for _, req := range []*nozzle.GenerateRequest{
+		{Prompt: "The quick brown fox", Echo: true, PromptOnly: true},
+		{PromptTokens: []int{450}, Echo: true, PromptOnly: true, Logprobs: true, TopLogprobs: 3},
+	} {
+		chunks, res := collect(t, rt, req)
+		if len(chunks) != 1 || !chunks[0].Prompt || res.CompletionTokens != 0 || res.FinishReason != nozzle.FinishLength || res.DeviceSeconds != 0 {
+			t.Errorf("%+v: chunks %+v, result %+v", req, chunks, res)
+		}
+		if req.Logprobs && (len(chunks[0].Logprobs) != 1 || chunks[0].Logprobs[0].Top != nil) {
+			t.Errorf("one token's logprobs: %+v", chunks[0].Logprobs)
+		}
+	}
+	if _, err := rt.Generate(context.Background(), &nozzle.GenerateRequest{Prompt: "x", PromptOnly: true}, func(nozzle.Chunk) error { return nil }); nozzle.ErrorCode(err) != nozzle.EINVALID {
+		t.Errorf("prompt only without echo: %v", err)
+	}
 }

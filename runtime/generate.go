@@ -37,6 +37,19 @@ func (r *Runtime) generate(ctx context.Context, req *nozzle.GenerateRequest, sta
 	if err := ctx.Err(); err != nil {
 		return res, nozzle.Errorf(nozzle.ECANCELED, "The request was canceled.").Wrap(err)
 	}
+	if req.PromptOnly && (!q.score || q.nPrompt < 2) {
+		// Nothing to compute: the prompt's text, its first token (no
+		// logprob) at most.
+		if started != nil {
+			started(q.nPrompt)
+		}
+		res.FinishReason = nozzle.FinishLength
+		if err := emit(r.promptChunk(q.tokens, nil, q.score), 0); err != nil {
+			res.FinishReason = ""
+			return res, nozzle.Errorf(nozzle.ECANCELED, "The request was canceled.").Wrap(err)
+		}
+		return res, nil
+	}
 	if q.sha != "" {
 		r.countLookup(q.sha)
 		q.host = r.cache.prefetch(q.sha)
@@ -101,6 +114,7 @@ func (r *Runtime) prepare(req *nozzle.GenerateRequest) (*sequence, error) {
 		q.nTop = req.TopLogprobs
 		q.score, q.scored = req.Echo, 1
 	}
+	q.promptOnly = req.PromptOnly
 	if req.Adapter != nil {
 		q.sha = req.Adapter.SHA256
 	}
@@ -180,6 +194,8 @@ func (r *Runtime) validate(req *nozzle.GenerateRequest) error {
 		return nozzle.Errorf(nozzle.EINVALID, "top_k must not be negative.").WithParam("top_k")
 	case req.MaxTokens < 0:
 		return nozzle.Errorf(nozzle.EINVALID, "max_tokens must not be negative.").WithParam("max_tokens")
+	case req.PromptOnly && (!req.Echo || req.MaxTokens != 0):
+		return nozzle.Errorf(nozzle.EINVALID, "Generating nothing (max_tokens 0) needs echo.").WithParam("max_tokens")
 	case req.TopLogprobs < 0 || req.TopLogprobs > 20:
 		return nozzle.Errorf(nozzle.EINVALID, "top_logprobs must be between 0 and 20.").WithParam("top_logprobs")
 	case len(req.Stop) > 16:

@@ -63,6 +63,7 @@ type wireRequest struct {
 	Logprobs     bool                 `json:"logprobs"`
 	TopLogprobs  int                  `json:"top_logprobs"`
 	Echo         bool                 `json:"echo,omitempty"`
+	PromptOnly   bool                 `json:"prompt_only,omitempty"`
 	Stream       bool                 `json:"stream,omitempty"`
 }
 
@@ -71,7 +72,7 @@ func toWire(r *nozzle.GenerateRequest) wireRequest {
 		RequestID: r.RequestID, TenantID: r.TenantID, Adapter: r.Adapter,
 		Messages: r.Messages, Tools: r.Tools, Prompt: r.Prompt, PromptTokens: r.PromptTokens,
 		MaxTokens: r.MaxTokens, Temperature: r.Temperature, TopP: r.TopP, TopK: r.TopK,
-		Seed: r.Seed, Stop: r.Stop, Logprobs: r.Logprobs, TopLogprobs: r.TopLogprobs, Echo: r.Echo, Stream: r.Stream,
+		Seed: r.Seed, Stop: r.Stop, Logprobs: r.Logprobs, TopLogprobs: r.TopLogprobs, Echo: r.Echo, PromptOnly: r.PromptOnly, Stream: r.Stream,
 	}
 }
 
@@ -80,7 +81,7 @@ func (w wireRequest) request() *nozzle.GenerateRequest {
 		RequestID: w.RequestID, TenantID: w.TenantID, Adapter: w.Adapter,
 		Messages: w.Messages, Tools: w.Tools, Prompt: w.Prompt, PromptTokens: w.PromptTokens,
 		MaxTokens: w.MaxTokens, Temperature: w.Temperature, TopP: w.TopP, TopK: w.TopK,
-		Seed: w.Seed, Stop: w.Stop, Logprobs: w.Logprobs, TopLogprobs: w.TopLogprobs, Echo: w.Echo, Stream: w.Stream,
+		Seed: w.Seed, Stop: w.Stop, Logprobs: w.Logprobs, TopLogprobs: w.TopLogprobs, Echo: w.Echo, PromptOnly: w.PromptOnly, Stream: w.Stream,
 	}
 }
 

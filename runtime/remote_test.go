@@ -59,13 +59,14 @@ func TestRemote_Parity(t *testing.T) {
 		rt, adapters := openDemo(t, runtime.Options{})
 		seed := uint64(11)
 		testParity(t, rt, map[string]*nozzle.GenerateRequest{
-			"Greedy":  {Prompt: "The quick brown fox", MaxTokens: 16},
-			"Chat":    {Messages: []nozzle.ChatMessage{{Role: "user", Content: "Hello there"}}, MaxTokens: 12, Logprobs: true, TopLogprobs: 3, Adapter: adapters["demo-chat"]},
-			"Seeded":  {Prompt: "Once upon a time", MaxTokens: 16, Temperature: 0.9, TopP: 0.95, TopK: 40, Seed: &seed, Adapter: adapters["demo-sql"]},
-			"Stop":    {Prompt: "The quick brown fox", MaxTokens: 16, Stop: []string{"xx"}},
-			"Echo":    {Prompt: "Once upon a time", MaxTokens: 6, Logprobs: true, TopLogprobs: 2, Echo: true, Adapter: adapters["demo-sql"]},
-			"TooLong": {PromptTokens: make([]int, 3000)},
-			"Missing": {Prompt: "x", MaxTokens: 4, Adapter: &nozzle.Adapter{Name: "gone", AdapterManifest: nozzle.AdapterManifest{SHA256: fakeSHA(77), Rank: 8}}},
+			"Greedy":   {Prompt: "The quick brown fox", MaxTokens: 16},
+			"Chat":     {Messages: []nozzle.ChatMessage{{Role: "user", Content: "Hello there"}}, MaxTokens: 12, Logprobs: true, TopLogprobs: 3, Adapter: adapters["demo-chat"]},
+			"Seeded":   {Prompt: "Once upon a time", MaxTokens: 16, Temperature: 0.9, TopP: 0.95, TopK: 40, Seed: &seed, Adapter: adapters["demo-sql"]},
+			"Stop":     {Prompt: "The quick brown fox", MaxTokens: 16, Stop: []string{"xx"}},
+			"Echo":     {Prompt: "Once upon a time", MaxTokens: 6, Logprobs: true, TopLogprobs: 2, Echo: true, Adapter: adapters["demo-sql"]},
+			"EchoOnly": {Prompt: "Once upon a time", Logprobs: true, TopLogprobs: 1, Echo: true, PromptOnly: true},
+			"TooLong":  {PromptTokens: make([]int, 3000)},
+			"Missing":  {Prompt: "x", MaxTokens: 4, Adapter: &nozzle.Adapter{Name: "gone", AdapterManifest: nozzle.AdapterManifest{SHA256: fakeSHA(77), Rank: 8}}},
 		}, adapters["demo-chat"].SHA256)
 	})
 }

@@ -99,6 +99,10 @@ type sequence struct {
 	// 1..scored-1 have theirs posted.
 	score  bool
 	scored int
+	// promptOnly (a scored prompt, nothing generated) is done once its
+	// tokens up to the last one are computed: the last one's logits would
+	// score a token that does not come.
+	promptOnly bool
 
 	state      seqState
 	admitOrder uint64
@@ -117,7 +121,12 @@ type sequence struct {
 	out *mailbox
 }
 
-func (q *sequence) pending() int { return len(q.tokens) - q.computed }
+func (q *sequence) pending() int {
+	if q.promptOnly {
+		return q.nPrompt - 1 - q.computed
+	}
+	return len(q.tokens) - q.computed
+}
 
 // tenant is one tenant's share of the scheduler: a FIFO of waiting
 // sequences and S-LoRA's virtual token counter.
@@ -741,7 +750,7 @@ func (s *scheduler) step() {
 		if budget == 0 {
 			break
 		}
-		if q.state != stRunning || q.pending() != 1 {
+		if q.state != stRunning || q.pending() != 1 || q.promptOnly {
 			continue
 		}
 		for q.state == stRunning {
@@ -766,7 +775,7 @@ func (s *scheduler) step() {
 			break
 		}
 		p := q.pending()
-		if p <= 1 {
+		if p <= 1 && (p < 1 || !q.promptOnly) {
 			continue
 		}
 		n := min(p, s.prefillChunk, budget)
@@ -782,7 +791,7 @@ func (s *scheduler) step() {
 			score = true
 			rows += max(0, min(q.computed+n, q.nPrompt-1)-first)
 		}
-		e := stepEntry{q: q, n: n, sample: q.computed+n == len(q.tokens), score: score}
+		e := stepEntry{q: q, n: n, sample: !q.promptOnly && q.computed+n == len(q.tokens), score: score}
 		if e.sample {
 			if rows >= s.maxBatchSeqs {
 				// no row left to sample from: the last token waits (it
@@ -870,6 +879,10 @@ func (s *scheduler) step() {
 		}
 		q.computed += e.n
 		s.rememberBlocks(q)
+		if q.promptOnly && q.pending() == 0 {
+			s.finish(q, nozzle.FinishLength, nil)
+			continue
+		}
 		if !e.sample {
 			continue
 		}
