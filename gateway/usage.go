@@ -60,43 +60,18 @@ func reportQuery(c *fiber.Ctx, allowed map[string]bool) (nozzle.ReportQuery, err
 var tenantGroups = map[string]bool{nozzle.GroupAdapter: true, nozzle.GroupDay: true, nozzle.GroupHour: true}
 var operatorGroups = map[string]bool{nozzle.GroupAdapter: true, nozzle.GroupDay: true, nozzle.GroupHour: true, nozzle.GroupTenant: true}
 
-// usageRow is a report row as a tenant sees it: the operator's margin is
-// left out.
+// usageRow is a report row as a tenant sees it: every field of the
+// operator's row but the tenant's own name and id and the operator's
+// margin, which the empty fields here hide (a shallower field wins in
+// encoding/json, and a nil one is left out).
 type usageRow struct {
-	Time               *time.Time `json:"time,omitempty"`
-	AdapterID          string     `json:"adapter_id,omitempty"`
-	AdapterName        string     `json:"adapter,omitempty"`
-	Requests           int64      `json:"requests"`
-	PromptTokens       int64      `json:"prompt_tokens"`
-	CachedPromptTokens int64      `json:"cached_prompt_tokens"`
-	CompletionTokens   int64      `json:"completion_tokens"`
-	// The requests the runtime failed and their part of the tokens above:
-	// charged nothing and not sent to Stripe.
-	FailedRequests         int64   `json:"failed_requests"`
-	FailedPromptTokens     int64   `json:"failed_prompt_tokens"`
-	FailedCompletionTokens int64   `json:"failed_completion_tokens"`
-	DeviceSeconds          float64 `json:"device_seconds"`
-	IdleSeconds            float64 `json:"idle_seconds"`
-	ActiveCostUSD          float64 `json:"active_cost_usd"`
-	IdleCostUSD            float64 `json:"idle_cost_usd"`
-	CostUSD                float64 `json:"cost_usd"`
-	ChargedUSD             float64 `json:"charged_usd"`
-	DedicatedUSD           float64 `json:"dedicated_usd"`
-	SavingPercent          float64 `json:"saving_percent"`
+	nozzle.ReportRow
+	TenantID   *struct{} `json:"tenant_id,omitempty"`
+	TenantName *struct{} `json:"tenant,omitempty"`
+	MarginUSD  *struct{} `json:"margin_usd,omitempty"`
 }
 
-func toUsageRow(r nozzle.ReportRow) usageRow {
-	u := usageRow{AdapterID: r.AdapterID, AdapterName: r.AdapterName, Requests: r.Requests,
-		PromptTokens: r.PromptTokens, CachedPromptTokens: r.CachedPromptTokens, CompletionTokens: r.CompletionTokens,
-		FailedRequests: r.FailedRequests, FailedPromptTokens: r.FailedPromptTokens, FailedCompletionTokens: r.FailedCompletionTokens,
-		DeviceSeconds: r.DeviceSeconds, IdleSeconds: r.IdleSeconds, ActiveCostUSD: r.ActiveCostUSD, IdleCostUSD: r.IdleCostUSD,
-		CostUSD: r.CostUSD, ChargedUSD: r.ChargedUSD, DedicatedUSD: r.DedicatedUSD, SavingPercent: r.SavingPercent}
-	if !r.Time.IsZero() {
-		t := r.Time
-		u.Time = &t
-	}
-	return u
-}
+func toUsageRow(r nozzle.ReportRow) usageRow { return usageRow{ReportRow: r} }
 
 func (s *Server) reporter() (nozzle.Reporter, error) {
 	if s.deps.Reporter == nil {

@@ -74,7 +74,8 @@ func TestUsage(t *testing.T) {
 		defer func() { f.reporter.ReportFn = wrapped }()
 		f.reporter.ReportFn = func(ctx context.Context, q nozzle.ReportQuery) (*nozzle.Report, error) {
 			row := nozzle.ReportRow{Requests: 3, PromptTokens: 30, CompletionTokens: 12,
-				FailedRequests: 1, FailedPromptTokens: 10, FailedCompletionTokens: 4}
+				FailedRequests: 1, FailedPromptTokens: 10, FailedCompletionTokens: 4,
+				TenantID: "t_1", TenantName: "acme", MarginUSD: 0.5}
 			return &nozzle.Report{Start: q.Start, End: q.End, Rows: []nozzle.ReportRow{row}, Total: row}, nil
 		}
 		r := f.do(http.MethodGet, "/v1/usage", "", f.authA())
@@ -82,6 +83,12 @@ func TestUsage(t *testing.T) {
 		for _, want := range []string{`"failed_requests":1`, `"failed_prompt_tokens":10`, `"failed_completion_tokens":4`} {
 			if strings.Count(body, want) != 2 { // the row and the total
 				t.Errorf("body lacks %s in the row and the total: %s", want, body)
+			}
+		}
+		// nor the operator's fields
+		for _, hidden := range []string{`"tenant_id"`, `"tenant"`, `"margin_usd"`} {
+			if strings.Contains(body, hidden) {
+				t.Errorf("the tenant sees %s: %s", hidden, body)
 			}
 		}
 	})
