@@ -2,7 +2,10 @@ package runtime_test
 
 import (
 	"context"
+	"encoding/json"
 	"math"
+	"os"
+	"path/filepath"
 	"reflect"
 	"sync"
 	"testing"
@@ -137,5 +140,59 @@ func TestDemo_EchoNothingToCompute(t *testing.T) {
 	}
 	if _, err := rt.Generate(context.Background(), &nozzle.GenerateRequest{Prompt: "x", PromptOnly: true}, func(nozzle.Chunk) error { return nil }); nozzle.ErrorCode(err) != nozzle.EINVALID {
 		t.Errorf("prompt only without echo: %v", err)
+	}
+}
+
+// hermesTemplate renders tools, tool calls and results the way Qwen's
+// templates do, in brief.
+const hermesTemplate = `{%- if tools %}<tools>{% for t in tools %}{{ t | tojson }}{% endfor %}</tools>
+{% endif %}{%- for m in messages %}<|{{ m.role }}|>{{ m.content }}` +
+	`{%- if m.tool_calls %}{% for c in m.tool_calls %}<tool_call>{"name": "{{ c.function.name }}", "arguments": {{ c.function.arguments | tojson }}}</tool_call>{% endfor %}{% endif %}` +
+	`{%- if m.tool_call_id %} [{{ m.tool_call_id }}]{% endif %}
+{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}`
+
+// TestDemo_ChatTools: a model whose template teaches <tool_call> reports
+// the hermes format, and the prompt it is given (echoed) holds the tools,
+// the earlier call with its arguments as an object, and the result.
+func TestDemo_ChatTools(t *testing.T) {
+	modelDir, _ := demo(t)
+	dir := filepath.Join(t.TempDir(), "model")
+	if err := os.CopyFS(dir, os.DirFS(modelDir)); err != nil {
+		t.Fatal(err)
+	}
+	cfgPath := filepath.Join(dir, "tokenizer_config.json")
+	b, err := os.ReadFile(cfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cfg map[string]any
+	if err := json.Unmarshal(b, &cfg); err != nil {
+		t.Fatal(err)
+	}
+	cfg["chat_template"] = hermesTemplate
+	if b, err = json.Marshal(cfg); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(cfgPath, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	rt := openOnStore(t, runtime.Options{}, dir, demoStore(t, dir))
+	info, err := rt.Info(context.Background())
+	if err != nil || info.ToolFormat != nozzle.ToolFormatHermes {
+		t.Fatalf("tool format %q (%v)", info.ToolFormat, err)
+	}
+	chunks, _ := collect(t, rt, &nozzle.GenerateRequest{
+		Messages: []nozzle.ChatMessage{{Role: "user", Content: "Weather?"},
+			{Role: "assistant", ToolCalls: []nozzle.ToolCall{{ID: "call_1", Type: "function", Function: nozzle.FunctionCall{Name: "get_weather", Arguments: `{"city": "Bern", "days": 2}`}}}},
+			{Role: "tool", Content: "19 degrees", ToolCallID: "call_1"}},
+		Tools: json.RawMessage(`[{"type":"function","function":{"name":"get_weather","parameters":{"type":"object"}}}]`),
+		Echo:  true, PromptOnly: true,
+	})
+	// (trim_blocks takes the newline after each block tag, as transformers does)
+	want := `<tools>{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}</tools>` +
+		`<|user|>Weather?<|assistant|><tool_call>{"name": "get_weather", "arguments": {"city": "Bern", "days": 2}}</tool_call>` +
+		`<|tool|>19 degrees [call_1]<|assistant|>`
+	if len(chunks) != 1 || chunks[0].Text != want {
+		t.Errorf("prompt:\n%s\nwant\n%s", chunks[0].Text, want)
 	}
 }
