@@ -457,7 +457,7 @@ func (s *scheduler) pick(now time.Time) *sequence {
 // cache instead of computing them beside it.
 func (s *scheduler) followsLeader(q *sequence) bool {
 	size := s.pool.size
-	if !s.pool.cache || len(q.tokens) <= size {
+	if !s.pool.cache || len(q.tokens) <= size || q.score { // a scored prompt takes no blocks
 		return false
 	}
 	first := q.tokens[:size]
