@@ -90,6 +90,29 @@ func BenchmarkStep(b *testing.B) {
 		}
 		b.ReportMetric(float64(128*b.N)/b.Elapsed().Seconds(), "tokens/s")
 	})
+
+	// Scoring a prompt (echo with logprobs): every token's logits through
+	// the LM head and log-softmax, beside the same prefill unscored.
+	prompt := randomTokens(rand.New(rand.NewPCG(2, 2)), 64, 4096)
+	for _, scored := range []bool{false, true} {
+		name := "prefill/64"
+		var score []int32
+		if scored {
+			name += "/scored"
+			score = append(append([]int32(nil), prompt[1:]...), -1)
+		}
+		b.Run(name, func(b *testing.B) {
+			var batch engine.Batch
+			batch.Reset(4, 5)
+			batch.Add(engine.Seq{Tokens: prompt, Slot: 0, Blocks: []int32{0, 1, 2, 3}, Sample: true, Score: score})
+			for b.Loop() {
+				if err := e.Step(&batch); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(64*b.N)/b.Elapsed().Seconds(), "tokens/s")
+		})
+	}
 }
 
 func BenchmarkLoadAdapter(b *testing.B) {
