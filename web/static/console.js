@@ -271,6 +271,7 @@
     }
     const span = spec.x.length > 1 ? spec.x[spec.x.length - 1] - spec.x[0] : 0;
     const bars = spec.kind === 'bars' && uPlot.paths && uPlot.paths.bars;
+    const pad = spec.kind === 'bars' ? (spec.step === 'hour' ? 3600 : 86400) / 2 : 0;
     const series = [{ label: spec.step === 'hour' ? 'Hour' : 'Day', value: (u, v) => v == null ? '' : new Date(v * 1000).toISOString().slice(0, spec.step === 'hour' ? 16 : 10).replace('T', ' ') }];
     spec.series.forEach((s, i) => {
       const color = palette[i % palette.length];
@@ -291,12 +292,17 @@
       width: Math.max(240, box.clientWidth),
       height: 240,
       series,
-      scales: { x: { time: true }, y: { range: (u, min, max) => [0, spec.unit === 'percent' ? 100 : (max > 0 ? max * 1.1 : 1)] } },
+      // Bars are centred on their day or hour: half a step more at each
+      // end, or the first and the last (today's) bars are cut in half. (A
+      // lone bar: uPlot's own range of a single time spans years.)
+      scales: { x: { time: true, range: pad ? (u, min, max) => spec.x.length === 1 ? [spec.x[0] - pad, spec.x[0] + pad] : [min - pad, max + pad] : undefined }, y: { range: (u, min, max) => [0, spec.unit === 'percent' ? 100 : (max > 0 ? max * 1.1 : 1)] } },
       axes: [
         { stroke: '#575c68', grid: { show: false }, values: (u, vals) => vals.map((v) => {
           const iso = new Date(v * 1000).toISOString();
-          // Hours over more than two days: dates at midnight, else times.
-          if (spec.step !== 'hour' || (span > 2 * 86400 && iso.slice(11, 16) === '00:00')) return iso.slice(5, 10);
+          // Days: dates, at midnight only (a short period has ticks between
+          // them). Hours over more than two days: dates at midnight, else times.
+          if (spec.step !== 'hour') return iso.slice(11, 16) === '00:00' ? iso.slice(5, 10) : '';
+          if (span > 2 * 86400 && iso.slice(11, 16) === '00:00') return iso.slice(5, 10);
           return iso.slice(11, 16);
         }) },
         { stroke: '#575c68', grid: { stroke: '#e6e8ec' }, values: (u, vals) => vals.map(f),

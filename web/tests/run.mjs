@@ -179,6 +179,30 @@ async function closeSecret(page) {
   await page.waitForLoadState('load');
 }
 
+// lastBarInside asserts that the first chart's rightmost bar (today's)
+// ends inside the plot: a bar centred on the last day, with the plot
+// ending there, shows only its left half.
+async function lastBarInside(page, name) {
+  const r = await page.evaluate(() => {
+    const box = document.querySelector('.chart-box');
+    const canvas = box.querySelector('canvas');
+    const over = box.querySelector('.u-over').getBoundingClientRect();
+    const c = canvas.getBoundingClientRect();
+    const k = canvas.width / c.width;
+    const y = Math.round((over.bottom - c.top - 3) * k);
+    const px = canvas.getContext('2d').getImageData(0, y, canvas.width, 1).data;
+    let last = -1;
+    for (let x = 0; x < canvas.width; x++) {
+      const [r, g, b] = [px[4 * x], px[4 * x + 1], px[4 * x + 2]];
+      if (Math.abs(r - g) + Math.abs(g - b) > 60) last = x;
+    }
+    return { last: last / k + c.left, left: over.left, right: over.right };
+  });
+  assert(r.last > 0, `${name}: no bar drawn`);
+  assert(r.last < r.right - 2, `${name}: the last bar runs to the plot's edge (${r.last.toFixed(1)} of ${r.right.toFixed(1)}): cut in half`);
+  return r;
+}
+
 async function apiFetch(page, method, url, body, headers = {}) {
   return page.evaluate(async ({ method, url, body, headers }) => {
     const r = await fetch(url, { method, headers: { 'Content-Type': 'application/json', ...headers }, body });
@@ -481,6 +505,7 @@ async function main() {
     const n = Number((await page.textContent('[data-testid=requests]')).replace(/\D/g, ''));
     assert(n === 3, `requests ${n}, want 3 (the API call and two playground answers, one stopped)`);
     await page.waitForSelector('.chart-box canvas');
+    await lastBarInside(page, 'usage');
     assert((await page.locator('#usage-table tbody tr').count()) >= 1, 'no table rows');
     const heads = await page.locator('#usage-table thead th').allTextContents();
     assert(heads.some((h) => h.startsWith('Cached')), `usage table columns: ${heads.join(', ')}`);
@@ -499,6 +524,14 @@ async function main() {
   await step('overview and settings show this month', async () => {
     await page.goto(U('/console/overview'));
     await page.waitForSelector('.chart-box canvas');
+    await lastBarInside(page, 'overview');
+    // one day: one bar in the middle, not at the left of a span of years
+    await page.goto(U('/console/usage?period=today'));
+    await page.waitForSelector('.chart-box canvas');
+    const one = await lastBarInside(page, 'usage today');
+    const mid = (one.last - one.left) / (one.right - one.left);
+    assert(mid > 0.5 && mid < 0.75, `usage today: the one bar ends at ${(mid * 100).toFixed(0)}% of the plot, not about its middle`);
+    await page.goto(U('/console/overview'));
     assert(/%/.test(await page.textContent('[data-testid=saving]')), 'no saving headline');
     await shot(page, 'overview-desktop');
     await page.goto(U('/console/settings'));
