@@ -336,6 +336,7 @@
     const okMsg = $('#upload-ok');
     const limit = Number(upload.dataset.uploadLimit || 0);
     let chosen = null; // {config, weights} or {archive}
+    let refused = ''; // why the files last chosen cannot be uploaded
 
     const isArchive = (f) => /\.(tar\.gz|tgz|zip)$/i.test(f.name);
     const sizeText = (n) => n >= 1 << 20 ? (n / (1 << 20)).toFixed(1) + ' MiB' : n >= 1024 ? (n / 1024).toFixed(1) + ' KiB' : n + ' B';
@@ -346,6 +347,7 @@
       okMsg.textContent = '';
       list.textContent = '';
       chosen = null;
+      refused = '';
       files = Array.from(files);
       const archive = files.find(isArchive);
       const config = files.find((f) => f.name === 'adapter_config.json');
@@ -358,7 +360,7 @@
         if (!nameInput.value && folderName) nameInput.value = suggestName(folderName);
       } else {
         const names = files.map((f) => f.name).slice(0, 5).join(', ');
-        err.textContent = 'These files are not a PEFT adapter' + (names ? ' (' + names + ')' : '') +
+        refused = err.textContent = 'These files are not a PEFT adapter' + (names ? ' (' + names + ')' : '') +
           ': choose the adapter folder, its two files adapter_config.json and adapter_model.safetensors, or one .tar.gz or .zip of the folder.';
         return;
       }
@@ -369,7 +371,7 @@
         list.appendChild(li);
       }
       if (limit && total > limit) {
-        err.textContent = 'These files are ' + sizeText(total) + ', more than the upload limit of ' + sizeText(limit) + '.';
+        refused = err.textContent = 'These files are ' + sizeText(total) + ', more than the upload limit of ' + sizeText(limit) + '.';
         chosen = null;
       }
     }
@@ -407,7 +409,8 @@
       okMsg.textContent = '';
       const btn = $('#upload-button');
       if (btn.disabled) return;
-      if (!chosen) { err.textContent = err.textContent || 'Choose the adapter files first: drag the folder into the box, or use the buttons.'; return; }
+      // Files refused when chosen: say why again, not that none were chosen.
+      if (!chosen) { err.textContent = refused || 'Choose the adapter files first: drag the folder into the box, or use the buttons.'; return; }
       if (!nameInput.reportValidity()) return;
       const fd = new FormData();
       fd.append('name', nameInput.value.trim());

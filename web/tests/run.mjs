@@ -402,6 +402,11 @@ async function main() {
     writeFileSync(join(bad, 'notes.txt'), 'not an adapter');
     await page.setInputFiles('#pick-files', [join(bad, 'notes.txt')]);
     assert(/not a PEFT adapter/.test(await page.textContent('#upload-error')), 'no message for wrong files');
+    // Upload pressed anyway: the reason stays, not "choose the files first"
+    await page.fill('#adapter-name', 'notes');
+    await page.click('#upload-button');
+    assert(/not a PEFT adapter/.test(await page.textContent('#upload-error')), `after Upload: ${await page.textContent('#upload-error')}`);
+    await page.fill('#adapter-name', '');
     // Right names, wrong content: the server's validation speaks.
     writeFileSync(join(bad, 'adapter_config.json'), '{"peft_type": "PREFIX_TUNING", "r": 8}');
     writeFileSync(join(bad, 'adapter_model.safetensors'), 'garbage');
