@@ -477,6 +477,7 @@
     const stop = $('#chat-stop');
     let history = [];
     let controller = null;
+    let conversation = 0; // New chat starts another: a late answer of the last one stays out of it
 
     function bubble(role, text) {
       $('#chat-empty') && $('#chat-empty').remove();
@@ -506,9 +507,17 @@
       return null;
     }
 
-    $('#chat-clear').addEventListener('click', () => {
-      history = [];
+    function showEmpty() {
       transcript.innerHTML = '<p class="empty-chat muted" id="chat-empty">Your conversation appears here.</p>';
+    }
+
+    $('#chat-clear').addEventListener('click', () => {
+      // an answer still streaming is stopped: it belongs to the chat
+      // being cleared, and would go on being generated and charged
+      conversation++;
+      if (controller) controller.abort();
+      history = [];
+      showEmpty();
       err.textContent = '';
       input.focus();
     });
@@ -523,8 +532,10 @@
       const text = input.value.trim();
       if (!text || send.disabled) return;
       const system = $('#chat-system').value.trim();
+      const conv = conversation;
+      const current = () => conv === conversation;
       history.push({ role: 'user', content: text });
-      bubble('user', text);
+      const asked = bubble('user', text);
       input.value = '';
       const reply = bubble('assistant', '');
       reply.setAttribute('aria-busy', 'true');
@@ -580,7 +591,7 @@
             }
           }
         }
-        history.push({ role: 'assistant', content: answer });
+        if (current()) history.push({ role: 'assistant', content: answer });
         if (usage) {
           // The charge the ledger recorded (prices may have changed since
           // the page loaded); the page's prices only if it cannot be read.
@@ -600,13 +611,13 @@
           // then are charged, and the ledger has them once the server has
           // seen the stream go
           out.textContent = answer;
-          if (answer) history.push({ role: 'assistant', content: answer });
+          if (answer && current()) history.push({ role: 'assistant', content: answer });
           const meta = document.createElement('p');
           meta.className = 'msg-meta';
           meta.setAttribute('data-testid', 'answer-usage');
           meta.textContent = 'Stopped';
           reply.appendChild(meta);
-          for (let i = 0; i < 5 && reqId; i++) {
+          for (let i = 0; i < 5 && reqId && current(); i++) {
             await new Promise((r) => setTimeout(r, 200 * (i + 1)));
             const rec = await charged(reqId);
             if (rec) {
@@ -616,8 +627,20 @@
           }
         } else {
           reply.classList.add('msg-error');
-          if (!answer) { reply.remove(); history.pop(); input.value = text; }
-          err.textContent = e.message;
+          if (!current()) {
+            // the chat was cleared meanwhile: nothing to show
+          } else if (!answer) {
+            // nothing was answered: the message goes back to the box, to
+            // be sent again, and leaves the conversation
+            reply.remove();
+            asked.remove();
+            history.pop();
+            input.value = text;
+            if (!$('.msg', transcript)) showEmpty();
+          } else {
+            history.push({ role: 'assistant', content: answer });
+          }
+          if (current()) err.textContent = e.message;
         }
       } finally {
         reply.removeAttribute('aria-busy');

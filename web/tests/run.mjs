@@ -497,6 +497,39 @@ async function main() {
     log(`     ${await usage.textContent()}`);
   });
 
+  await step('a failed answer leaves the message to send again, shown once', async () => {
+    await page.click('#chat-clear');
+    await page.evaluate(() => { const o = document.createElement('option'); o.value = o.textContent = 'no-such-model'; document.querySelector('#chat-model').append(o); });
+    await page.selectOption('#chat-model', 'no-such-model');
+    await page.fill('#chat-max', '4');
+    for (let i = 0; i < 2; i++) {
+      await page.fill('#chat-input', 'Hello?');
+      await page.click('#chat-send');
+      await page.waitForFunction(() => document.querySelector('#chat-error').textContent.length > 0 && !document.querySelector('#chat-send').disabled);
+      assert((await page.inputValue('#chat-input')) === 'Hello?', 'the message did not go back to the box');
+      const n = await page.locator('#transcript .msg').count();
+      assert(n === 0, `${n} messages in the transcript after ${i + 1} failed sends`);
+    }
+    await page.selectOption('#chat-model', adapterName);
+    await page.fill('#chat-input', '');
+  });
+
+  await step('New chat stops the answer streaming and starts afresh', async () => {
+    await page.fill('#chat-max', '1500');
+    await page.fill('#chat-input', 'Tell me a very long story.');
+    await page.click('#chat-send');
+    await page.waitForFunction(() => ((document.querySelector('.msg-assistant .msg-text') || {}).textContent || '').length > 0, null, { timeout: 30000 });
+    await page.click('#chat-clear');
+    await page.waitForFunction(() => !document.querySelector('#chat-send').disabled, null, { timeout: 5000 });
+    assert(await page.isHidden('#chat-stop'), 'Stop still shown after New chat');
+    await page.fill('#chat-max', '4');
+    await page.fill('#chat-input', 'A fresh question.');
+    const [req] = await Promise.all([page.waitForRequest((r) => r.url().endsWith('/console/api/chat/completions')), page.click('#chat-send')]);
+    const roles = req.postDataJSON().messages.map((m) => m.role);
+    assert(roles.join() === 'user', `the new chat sent ${roles.join(', ')}`);
+    await page.waitForSelector('[data-testid=answer-usage]', { timeout: 30000 });
+  });
+
   await step('operator returns the tenant to the standard prices', async () => {
     await Promise.all([opPage.waitForEvent('framenavigated'), opPage.click('button:has-text("Use the standard prices from now")')]);
     await opPage.waitForLoadState('load');
@@ -508,7 +541,7 @@ async function main() {
   await step('usage chart and table change, and the CSV downloads', async () => {
     await page.goto(U('/console/usage'));
     const n = Number((await page.textContent('[data-testid=requests]')).replace(/\D/g, ''));
-    assert(n === 3, `requests ${n}, want 3 (the API call and two playground answers, one stopped)`);
+    assert(n === 5, `requests ${n}, want 5 (the API call and four playground answers, one stopped, one cut by New chat)`);
     await page.waitForSelector('.chart-box canvas');
     await lastBarInside(page, 'usage');
     assert((await page.locator('#usage-table tbody tr').count()) >= 1, 'no table rows');
@@ -523,7 +556,7 @@ async function main() {
     await page.selectOption('#adapter', adapterName);
     await Promise.all([page.waitForURL(/adapter=/), page.click('.filters button[type=submit]')]);
     const m = Number((await page.textContent('[data-testid=requests]')).replace(/\D/g, ''));
-    assert(m === 2, `requests for ${adapterName}: ${m}`);
+    assert(m === 4, `requests for ${adapterName}: ${m}`);
   });
 
   await step('overview and settings show this month', async () => {
