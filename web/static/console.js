@@ -394,8 +394,10 @@
     drop.addEventListener('dragover', (ev) => { ev.preventDefault(); drop.classList.add('over'); });
     drop.addEventListener('dragleave', () => drop.classList.remove('over'));
     drop.addEventListener('drop', (ev) => { ev.preventDefault(); drop.classList.remove('over'); dropped(ev.dataTransfer); });
+    // A click anywhere in the box chooses files; keyboards and screen
+    // readers use its two buttons (the box itself is no button: it holds
+    // them).
     drop.addEventListener('click', (ev) => { if (!ev.target.closest('label, input')) $('#pick-files').click(); });
-    drop.addEventListener('keydown', (ev) => { if (ev.key === 'Enter' || ev.key === ' ') { ev.preventDefault(); $('#pick-files').click(); } });
     $('#pick-files').addEventListener('change', (ev) => choose(ev.target.files));
     $('#pick-folder').addEventListener('change', (ev) => {
       const files = Array.from(ev.target.files).filter((f) => (f.webkitRelativePath || f.name).split('/').length <= 2);

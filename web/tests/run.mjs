@@ -152,7 +152,13 @@ async function checkPage(page, name) {
       .filter((el) => el.type !== 'hidden' && !el.hidden && !(el.closest('dialog') && !el.closest('dialog').open));
     const unlabelled = controls.filter((el) => !(el.labels && el.labels.length) && !el.getAttribute('aria-label') && !el.getAttribute('aria-labelledby'))
       .map((el) => el.id || el.name);
+    // a control inside a control: a screen reader reads out one button
+    // named after everything in it, and the inner ones may not be reached
+    const interactive = 'a[href], button, input:not([type=hidden]), select, textarea, [tabindex]:not([tabindex="-1"]), [role=button], [role=link]';
+    const nested = Array.from(document.querySelectorAll('a[href], button, [role=button], [role=link]'))
+      .filter((el) => el.querySelector(interactive)).map((el) => el.id || el.className || el.tagName);
     return {
+      nested,
       mains: document.querySelectorAll('main').length,
       h1: document.querySelectorAll('h1').length,
       unlabelled,
@@ -164,6 +170,7 @@ async function checkPage(page, name) {
   assert(r.mains === 1, `${name}: ${r.mains} main landmarks`);
   assert(r.h1 === 1, `${name}: ${r.h1} h1 headings`);
   assert(r.unlabelled.length === 0, `${name}: controls without a label: ${r.unlabelled.join(', ')}`);
+  assert(r.nested.length === 0, `${name}: controls inside other controls: ${r.nested.join(', ')}`);
   assert(r.overflow <= 1, `${name}: the page is ${r.overflow}px wider than the viewport`);
   // with mobile emulation the layout viewport grows with a page that is
   // too wide, and innerWidth with it: compare with the device's width
