@@ -136,18 +136,24 @@ type rawConfig struct {
 
 // LoadConfig reads dir/config.json.
 func LoadConfig(dir string) (*Config, error) {
+	c, _, err := loadConfig(dir)
+	return c, err
+}
+
+// loadConfig reads dir/config.json and returns it parsed and as read.
+func loadConfig(dir string) (*Config, []byte, error) {
 	b, err := readSmallFile(filepath.Join(dir, "config.json"), 4<<20)
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
-			return nil, fmt.Errorf("model folder %s has no config.json", dir)
+			return nil, nil, fmt.Errorf("model folder %s has no config.json", dir)
 		}
-		return nil, fmt.Errorf("read config.json: %w", err)
+		return nil, nil, fmt.Errorf("read config.json: %w", err)
 	}
 	c, err := ParseConfig(b)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", filepath.Join(dir, "config.json"), err)
+		return nil, nil, fmt.Errorf("%s: %w", filepath.Join(dir, "config.json"), err)
 	}
-	return c, nil
+	return c, b, nil
 }
 
 // ParseConfig parses the bytes of a config.json.

@@ -237,7 +237,8 @@ func Open(dir string) (*Model, error) {
 	if !st.IsDir() {
 		return nil, fmt.Errorf("model path %s is not a folder", dir)
 	}
-	cfg, err := LoadConfig(dir)
+	// Read once: the fingerprint covers the very bytes parsed.
+	cfg, raw, err := loadConfig(dir)
 	if err != nil {
 		return nil, err
 	}
@@ -253,11 +254,6 @@ func Open(dir string) (*Model, error) {
 	if err := m.openWeights(); err != nil {
 		_ = m.Close()
 		return nil, err
-	}
-	raw, err := readSmallFile(filepath.Join(dir, "config.json"), 4<<20)
-	if err != nil {
-		_ = m.Close()
-		return nil, fmt.Errorf("open model: %w", err)
 	}
 	h := sha256.New()
 	h.Write(raw)
