@@ -216,3 +216,17 @@ type Generator interface {
 	// AdapterTier says where an adapter's weights are right now.
 	AdapterTier(ctx context.Context, sha256 string) Tier
 }
+
+// AdapterDropper is a Generator that can let go of a deleted adapter's
+// weights at once rather than when its caches need the room. The gateway
+// calls it on every runtime when a tenant deletes an adapter and no
+// adapter left (of any tenant) has the same content.
+type AdapterDropper interface {
+	// DropAdapter drops the adapter with the given content address from
+	// the runtime's caches (host memory, device slots, the prefix cache,
+	// files fetched to local disk) as soon as no sequence running or
+	// queued uses it; those finish normally. It returns once the runtime
+	// has taken note, not once the weights are gone. Returns EUNAVAILABLE
+	// when the runtime cannot be reached.
+	DropAdapter(ctx context.Context, sha256 string) error
+}

@@ -419,12 +419,29 @@ func (s *Server) deleteAdapter(c *fiber.Ctx) error {
 }
 
 // removeAdapter deletes the tenant's adapter name and, when no adapter
-// uses them any more, its files.
+// (of any tenant: content is stored once for all) has its content any
+// more, its files, and has every runtime drop its weights once the
+// sequences using them are done.
 func (s *Server) removeAdapter(ctx context.Context, tenantID, name string) (*nozzle.Adapter, error) {
 	a, err := s.deps.Adapters.DeleteAdapter(ctx, tenantID, name)
 	if err != nil {
 		return nil, err
 	}
 	s.removeIfUnused(ctx, a.SHA256, 0)
+	if s.contentUnused(ctx, a.SHA256) {
+		s.router.dropAdapter(ctx, a.SHA256)
+	}
 	return a, nil
+}
+
+// contentUnused reports whether no adapter of any tenant has the content
+// sha: the runtimes may then drop it. When that cannot be known, it says
+// no: the adapter then leaves the runtimes' caches by their budgets.
+func (s *Server) contentUnused(ctx context.Context, sha string) bool {
+	refs, err := s.deps.Adapters.AdapterRefs(ctx, sha)
+	if err != nil {
+		s.log.LogAttrs(ctx, slog.LevelWarn, "count adapter references", slog.String("sha256", sha), slog.String("error", err.Error()))
+		return false
+	}
+	return refs == 0
 }

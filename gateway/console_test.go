@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -652,8 +653,20 @@ func TestConsole_AdapterUpload(t *testing.T) {
 		}
 	})
 	t.Run("Delete", func(t *testing.T) {
+		f.w.mu.Lock()
+		var sha string
+		for _, a := range f.w.adapters {
+			sha = a.SHA256
+		}
+		f.w.mu.Unlock()
 		resp, body := b.api(http.MethodDelete, "/console/api/adapters/support-bot", "")
 		wantConsoleStatus(t, resp, 200, body)
+		f.w.mu.Lock()
+		dropped := slices.Clone(f.w.dropped)
+		f.w.mu.Unlock()
+		if len(dropped) != 1 || dropped[0] != sha {
+			t.Errorf("the runtime was told to drop %q, want the deleted adapter's %.12s", dropped, sha)
+		}
 		_, page := b.page("/console/adapters")
 		if !strings.Contains(page, "No adapters yet") {
 			t.Fatal("no empty state after delete")

@@ -327,6 +327,7 @@ func New(cfg Config, deps Deps) (*Server, error) {
 	s.baseCtx, s.cancel = context.WithCancel(context.Background())
 	s.met = newGatewayMetrics(cfg.Metrics)
 	s.router = newUpstreamRouter(deps.Upstreams, cfg.HealthTimeout, s.met, s.log)
+	s.router.dropWanted = s.contentUnused
 	s.keyStates = newKeyStateMap()
 	s.inflight = newInflightSet()
 

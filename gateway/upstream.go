@@ -3,6 +3,8 @@ package gateway
 import (
 	"context"
 	"log/slog"
+	"maps"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -21,7 +23,15 @@ type upstream struct {
 	info     atomic.Pointer[nozzle.ModelInfo]
 	gauge    metrics.Gauge
 	fails    metrics.Counter
+
+	dropMu sync.Mutex
+	drops  map[string]bool // deleted adapters' addresses it could not be told of
 }
+
+// maxPendingDrops bounds the deleted adapters kept for one upstream that
+// could not be told of them; past it, they leave that runtime's caches by
+// their budgets, as any adapter unused.
+const maxPendingDrops = 4096
 
 // upstreamRouter picks upstreams by adapter affinity: rendezvous (highest
 // random weight) hashing of the adapter's SHA-256 (the base model hashes
@@ -34,13 +44,16 @@ type upstreamRouter struct {
 	log     *slog.Logger
 	ready   atomic.Bool
 	model   atomic.Pointer[nozzle.ModelInfo] // from the last healthy check
+	// dropWanted reports whether the runtimes may still drop a deleted
+	// adapter's content: no adapter has it again. Nil: always.
+	dropWanted func(ctx context.Context, sha string) bool
 }
 
 func newUpstreamRouter(ups []Upstream, timeout time.Duration, m *gatewayMetrics, log *slog.Logger) *upstreamRouter {
 	r := &upstreamRouter{timeout: timeout, log: log}
 	for _, u := range ups {
 		x := &upstream{id: u.ID, gen: u.Generator, idHash: hashString(u.ID),
-			gauge: m.healthy.With(u.ID), fails: m.failovers.With(u.ID)}
+			gauge: m.healthy.With(u.ID), fails: m.failovers.With(u.ID), drops: map[string]bool{}}
 		r.ups = append(r.ups, x)
 	}
 	return r
@@ -171,7 +184,9 @@ const (
 // serves another model is not, and says so in the log. The reference
 // never changes while the gateway runs: the base model's upstreams all
 // being down for a while must not hand the model's requests and adapters
-// to an upstream serving another one (a misconfigured runtime).
+// to an upstream serving another one (a misconfigured runtime). Then the
+// upstreams found healthy are told of the adapters deleted while they
+// could not be reached.
 func (r *upstreamRouter) checkAll(ctx context.Context) {
 	type answer struct {
 		info nozzle.ModelInfo
@@ -236,6 +251,80 @@ func (r *upstreamRouter) checkAll(ctx context.Context) {
 	if ref != nil {
 		r.model.Store(ref)
 	}
+	// Tell upstreams healthy again of the adapters deleted while they
+	// could not be reached.
+	for _, u := range r.ups {
+		u.dropMu.Lock()
+		pending := len(u.drops) > 0
+		u.dropMu.Unlock()
+		if pending && u.healthy.Load() {
+			wg.Go(func() { r.retryDrops(ctx, u) })
+		}
+	}
+	wg.Wait()
+}
+
+// dropAdapter tells every upstream that drops adapters
+// (nozzle.AdapterDropper) that the adapter with content sha was deleted,
+// all at once, each within the health checks' timeout. One that cannot be
+// reached is told again once a health check finds it healthy; none makes
+// the deletion fail, which is committed already.
+func (r *upstreamRouter) dropAdapter(ctx context.Context, sha string) {
+	ctx = context.WithoutCancel(ctx)
+	var wg sync.WaitGroup
+	for _, u := range r.ups {
+		if _, ok := u.gen.(nozzle.AdapterDropper); ok {
+			wg.Go(func() { r.tellDrop(ctx, u, sha) })
+		}
+	}
+	wg.Wait()
+}
+
+// tellDrop tells u of one deleted adapter. It reports false when u cannot
+// be reached, and keeps the adapter pending for u then.
+func (r *upstreamRouter) tellDrop(ctx context.Context, u *upstream, sha string) bool {
+	cctx, cancel := context.WithTimeout(ctx, r.timeout)
+	defer cancel()
+	err := u.gen.(nozzle.AdapterDropper).DropAdapter(cctx, sha)
+	u.dropMu.Lock()
+	unreachable := err != nil && nozzle.ErrorCode(err) == nozzle.EUNAVAILABLE
+	kept := false
+	if unreachable && (u.drops[sha] || len(u.drops) < maxPendingDrops) {
+		u.drops[sha], kept = true, true
+	} else {
+		delete(u.drops, sha)
+	}
+	u.dropMu.Unlock()
+	switch {
+	case kept:
+		r.log.LogAttrs(ctx, slog.LevelWarn, "runtime not told of a deleted adapter; told when it is back",
+			slog.String("upstream", u.id), slog.String("sha256", sha), slog.String("error", err.Error()))
+	case err != nil:
+		// An older runtime (no drops), or too many pending: the adapter
+		// leaves its caches by their budgets.
+		r.log.LogAttrs(ctx, slog.LevelWarn, "runtime not told of a deleted adapter; it leaves the runtime's caches by their budgets",
+			slog.String("upstream", u.id), slog.String("sha256", sha), slog.String("error", err.Error()))
+	}
+	return !unreachable
+}
+
+// retryDrops tells u of the deleted adapters it missed, but those whose
+// content an adapter has again; it stops at the first it cannot reach.
+func (r *upstreamRouter) retryDrops(ctx context.Context, u *upstream) {
+	u.dropMu.Lock()
+	shas := slices.Sorted(maps.Keys(u.drops))
+	u.dropMu.Unlock()
+	for _, sha := range shas {
+		if r.dropWanted != nil && !r.dropWanted(ctx, sha) {
+			u.dropMu.Lock()
+			delete(u.drops, sha)
+			u.dropMu.Unlock()
+			continue
+		}
+		if !r.tellDrop(ctx, u, sha) {
+			return
+		}
+	}
 }
 
 func (r *upstreamRouter) loop(ctx context.Context, every time.Duration) {
@@ -265,6 +354,9 @@ type UpstreamStatus struct {
 	Healthy bool   `json:"healthy"`
 	Model   string `json:"model,omitempty"`
 	Device  string `json:"device,omitempty"`
+	// PendingDrops counts the deleted adapters the runtime could not be
+	// told of yet (it is told once a health check finds it healthy).
+	PendingDrops int `json:"pending_drops,omitempty"`
 }
 
 func (r *upstreamRouter) status() []UpstreamStatus {
@@ -274,6 +366,9 @@ func (r *upstreamRouter) status() []UpstreamStatus {
 		if info := u.info.Load(); info != nil {
 			st.Model, st.Device = info.ID, info.Device
 		}
+		u.dropMu.Lock()
+		st.PendingDrops = len(u.drops)
+		u.dropMu.Unlock()
 		out = append(out, st)
 	}
 	return out

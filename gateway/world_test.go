@@ -49,6 +49,7 @@ type world struct {
 	users       map[string]*nozzle.User
 	sessions    map[string]*nozzle.Session
 	tiers       map[string]nozzle.Tier
+	dropped     []string // what the runtime was told to drop, in order
 	words       []string
 	delay       time.Duration
 	rate        float64
@@ -153,7 +154,10 @@ func (m *mocks) deps() gateway.Deps {
 // the one upstream.
 func (w *world) deps() gateway.Deps {
 	d := w.mocks().deps()
-	d.Upstreams = []gateway.Upstream{{ID: "local", Generator: &mock.Generator{
+	d.Upstreams = []gateway.Upstream{{ID: "local", Generator: struct {
+		*mock.Generator
+		*mock.AdapterDropper
+	}{&mock.Generator{
 		InfoFn: func(ctx context.Context) (nozzle.ModelInfo, error) {
 			return nozzle.ModelInfo{ID: "nozzle-demo", Architecture: "llama", ContextLength: 2048, MaxLoRARank: 64, Device: "cpu",
 				CreatedAt: time.Unix(1700000000, 0).UTC()}, nil
@@ -166,7 +170,14 @@ func (w *world) deps() gateway.Deps {
 			}
 			return nozzle.TierDisk
 		},
-	}}}
+	}, &mock.AdapterDropper{
+		DropAdapterFn: func(ctx context.Context, sha string) error {
+			defer w.lock()()
+			delete(w.tiers, sha)
+			w.dropped = append(w.dropped, sha)
+			return nil
+		},
+	}}}}
 	return d
 }
 

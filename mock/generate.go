@@ -26,3 +26,15 @@ func (g *Generator) Generate(ctx context.Context, req *nozzle.GenerateRequest, e
 func (g *Generator) AdapterTier(ctx context.Context, sha256 string) nozzle.Tier {
 	return g.AdapterTierFn(ctx, sha256)
 }
+
+var _ nozzle.AdapterDropper = (*AdapterDropper)(nil)
+
+// AdapterDropper is a mock of nozzle.AdapterDropper. Embed it beside a
+// Generator for a runtime that drops deleted adapters.
+type AdapterDropper struct {
+	DropAdapterFn func(ctx context.Context, sha256 string) error
+}
+
+func (d *AdapterDropper) DropAdapter(ctx context.Context, sha256 string) error {
+	return d.DropAdapterFn(ctx, sha256)
+}

@@ -27,6 +27,7 @@ type hostEntry struct {
 	waiters int // queued sequences that want it; an entry with waiters is not evicted
 	elem    *list.Element
 	evicted bool // out of the LRU; closed once refs reach zero
+	dropped bool // dropped while loading: closed, not cached, when the load ends
 }
 
 func (e *hostEntry) loaded() bool {
@@ -197,6 +198,13 @@ func (c *hostCache) finish(e *hostEntry, a hostAdapter, d time.Duration, err err
 		return
 	}
 	e.a, e.size, e.loadDur = a, a.SizeBytes(), d
+	if e.dropped {
+		// The adapter was deleted while it loaded, and nobody waits for it.
+		close(e.ready)
+		c.mu.Unlock()
+		a.Close()
+		return
+	}
 	e.elem = c.lru.PushFront(e)
 	c.used += e.size
 	close(e.ready)
@@ -266,6 +274,48 @@ func (c *hostCache) release(e *hostEntry) {
 	if closeIt {
 		e.a.Close()
 	}
+}
+
+// drop takes a deleted adapter out of host memory and, once no runtime
+// holds it, has the source delete its local files. It reports false, doing
+// nothing, while a request waits for the entry (one about to be queued: the
+// scheduler knows of no sequence using it) or the engine copies it; the
+// caller tries again later. The scheduler calls it once the adapter is out
+// of every slot.
+func (c *hostCache) drop(sha string) bool {
+	c.mu.Lock()
+	e := c.entries[sha]
+	if e != nil && (e.waiters > 0 || e.refs > 0) {
+		c.mu.Unlock()
+		return false
+	}
+	var closeIt hostAdapter
+	if e != nil {
+		delete(c.entries, sha)
+		if e.elem != nil {
+			c.lru.Remove(e.elem)
+			e.elem = nil
+			e.evicted = true
+			c.used -= e.size
+			closeIt = e.a
+		} else {
+			e.dropped = true // still loading (a failed load leaves entries)
+		}
+		c.m.adapterDrops.With(string(nozzle.TierHost)).Inc()
+	}
+	c.mu.Unlock()
+	if closeIt != nil {
+		closeIt.Close()
+	}
+	if c.tracker != nil {
+		// Off the engine goroutine: deleting files takes disk time.
+		c.wg.Add(1)
+		go func() {
+			defer c.wg.Done()
+			c.tracker.drop(sha)
+		}()
+	}
+	return true
 }
 
 // residentBytes returns the host memory in use.

@@ -432,6 +432,7 @@ type loadCounter struct {
 	n       int
 	opened  []*fakeAdapter
 	missing map[string]bool
+	gate    func(sha string) // when set, called before each load
 }
 
 func startFake(t testing.TB, opts runtime.Options, numBlocks int) *testRT {
@@ -456,6 +457,12 @@ func startFakeAt(t testing.TB, opts runtime.Options, numBlocks int, start time.T
 	rt, err := runtime.OpenParts(opts, runtime.TestParts{
 		Info: fakeModel, Backend: eng, Codec: fakeCodec{}, EOS: []int{fakeEOS},
 		Load: func(dir string) (runtime.HostAdapter, error) {
+			lc.mu.Lock()
+			gate := lc.gate
+			lc.mu.Unlock()
+			if gate != nil {
+				gate(dir)
+			}
 			lc.mu.Lock()
 			defer lc.mu.Unlock()
 			lc.n++

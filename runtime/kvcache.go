@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"hash/maphash"
 	"slices"
+	"strings"
 )
 
 // blockPool hands out the engine's KV cache blocks. The engine owns the
@@ -182,6 +183,29 @@ func (p *blockPool) remember(b int32, parent uint64, adapter string, tokens []in
 	p.meta[b] = blockMeta{cached: true, key: k, parent: parent, adapter: adapter, tokens: slices.Clone(tokens)}
 	p.byKey[k] = b
 	return k
+}
+
+// forgetAdapter drops every block cached under adapter sha, in every
+// tenant's namespace (a deleted adapter's: the keys and values of its
+// tenants' prompts): those no sequence uses become free.
+func (p *blockPool) forgetAdapter(sha string) {
+	if !p.cache || sha == "" {
+		return
+	}
+	suffix := "\x00" + sha // a namespace is the tenant, "\x00", then the sha
+	for i := range p.meta {
+		b := int32(i)
+		if m := &p.meta[b]; !m.cached || !strings.HasSuffix(m.adapter, suffix) {
+			continue
+		}
+		if p.ref[b] > 0 {
+			p.forget(b) // freed by release, uncached
+			continue
+		}
+		p.unlink(b)
+		p.forget(b)
+		p.free = append(p.free, b)
+	}
 }
 
 // forget drops b from the prefix cache.

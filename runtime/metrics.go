@@ -24,9 +24,17 @@ type runtimeMetrics struct {
 	adapterMisses      metrics.CounterVec
 	adapterLoads       metrics.CounterVec
 	adapterEvictions   metrics.CounterVec
+	adapterDrops       metrics.CounterVec
 	adapterLoadSeconds metrics.HistogramVec
 	hostCacheBytes     metrics.Gauge
 }
+
+// The metric of adapters dropped because they were deleted, which the
+// runtime (host, device) and a RemoteSource (disk) both count.
+const (
+	adapterDropsName = "nozzle_runtime_adapter_drops_total"
+	adapterDropsHelp = "Deleted adapters dropped from a tier."
+)
 
 var sizeBuckets = []float64{1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192}
 
@@ -52,6 +60,7 @@ func newRuntimeMetrics(r *metrics.Registry, utilisation func() float64) *runtime
 		adapterMisses:      r.CounterVec("nozzle_runtime_adapter_cache_misses_total", "Adapter lookups not found in a tier.", "tier"),
 		adapterLoads:       r.CounterVec("nozzle_runtime_adapter_loads_total", "Adapters brought into a tier.", "tier"),
 		adapterEvictions:   r.CounterVec("nozzle_runtime_adapter_evictions_total", "Adapters evicted from a tier.", "tier"),
+		adapterDrops:       r.CounterVec(adapterDropsName, adapterDropsHelp, "tier"),
 		adapterLoadSeconds: r.HistogramVec("nozzle_runtime_adapter_load_seconds", "Time to bring an adapter into a tier.", metrics.LatencyBuckets, "tier"),
 		hostCacheBytes:     r.Gauge("nozzle_runtime_adapter_host_cache_bytes", "Host memory held by cached adapters."),
 	}

@@ -31,6 +31,9 @@ type useTracker interface {
 	track(inUse func(sha string) bool) (untrack func())
 	// used says that a request asked for the adapter.
 	used(sha string)
+	// drop says that the adapter was deleted and that the runtime let go
+	// of it: its files go now unless another tracked runtime holds them.
+	drop(sha string)
 }
 
 // diskCache is the bookkeeping of RemoteSource's cache folder: the size
@@ -48,6 +51,7 @@ type diskCache struct {
 
 	bytes     metrics.Gauge
 	evictions metrics.Counter
+	drops     metrics.Counter
 
 	mu          sync.Mutex
 	total       int64
@@ -74,6 +78,7 @@ func newDiskCache(dir string, budget int64, log *slog.Logger, m *metrics.Registr
 		dir: dir, budget: max(0, budget), log: log, now: time.Now,
 		bytes:     m.Gauge("nozzle_runtime_adapter_disk_cache_bytes", "Disk space held by adapters fetched from the gateway."),
 		evictions: m.CounterVec("nozzle_runtime_adapter_evictions_total", "Adapters evicted from a tier.", "tier").With(string(nozzle.TierDisk)),
+		drops:     m.CounterVec(adapterDropsName, adapterDropsHelp, "tier").With(string(nozzle.TierDisk)),
 		entries:   map[string]*diskEntry{},
 		lru:       list.New(),
 		trackers:  map[uint64]func(string) bool{},
@@ -161,6 +166,33 @@ func (c *diskCache) track(inUse func(string) bool) func() {
 		c.mu.Lock()
 		delete(c.trackers, id)
 		c.mu.Unlock()
+	}
+}
+
+// drop implements useTracker: it deletes a deleted adapter's folder now,
+// unless a tracked runtime holds the adapter (it then leaves by the budget,
+// as any other).
+func (c *diskCache) drop(sha string) {
+	c.mu.Lock()
+	e := c.entries[sha]
+	if e == nil || c.inUseLocked(sha) {
+		c.mu.Unlock()
+		return
+	}
+	tmp := filepath.Join(c.dir, fmt.Sprintf(".remove-%s-%d", shortSHA(sha), c.removals.Add(1)))
+	err := os.Rename(filepath.Join(c.dir, sha), tmp)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		c.mu.Unlock()
+		c.log.Error("adapter cache: removing a deleted adapter failed", "sha256", sha, "err", err)
+		return
+	}
+	c.dropLocked(e)
+	used := c.total
+	c.mu.Unlock()
+	c.drops.Inc()
+	c.bytes.Set(float64(used))
+	if err == nil {
+		c.removeAll([]string{tmp})
 	}
 }
 

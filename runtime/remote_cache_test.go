@@ -38,6 +38,16 @@ type adapterGateway struct {
 
 func newAdapterGateway(t testing.TB) *adapterGateway {
 	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return newAdapterGatewayOn(t, ln)
+}
+
+// newAdapterGatewayOn is newAdapterGateway serving on ln.
+func newAdapterGatewayOn(t testing.TB, ln net.Listener) *adapterGateway {
+	t.Helper()
 	g := &adapterGateway{
 		store: runtime.NewStore(t.TempDir(), func(string) (*nozzle.AdapterManifest, error) { return &nozzle.AdapterManifest{}, nil }),
 		src:   t.TempDir(),
@@ -64,10 +74,6 @@ func newAdapterGateway(t testing.TB) *adapterGateway {
 		w.Header().Set("Content-Length", fmt.Sprint(size))
 		io.Copy(w, f)
 	})
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
 	srv := &http.Server{Handler: mux}
 	go srv.Serve(ln)
 	t.Cleanup(func() { srv.Close() })

@@ -56,6 +56,7 @@ var (
 	_ nozzle.Generator                = (*Client)(nil)
 	_ nozzle.OpenCapacitySource       = (*Client)(nil)
 	_ nozzle.IdentifiedCapacitySource = (*Client)(nil)
+	_ nozzle.AdapterDropper           = (*Client)(nil)
 )
 
 // NewClient returns a client of the runtime at baseURL. hc nil means a
@@ -190,6 +191,25 @@ func (c *Client) AdapterTier(ctx context.Context, sha256 string) nozzle.Tier {
 		return nozzle.TierDisk
 	}
 	return body.Tier
+}
+
+// DropAdapter asks the runtime to drop a deleted adapter from its caches
+// once no sequence uses it. EUNAVAILABLE: the runtime cannot be reached
+// (or is not ready); ENOTFOUND: it is of a version without drops.
+func (c *Client) DropAdapter(ctx context.Context, sha256 string) error {
+	req, err := c.newRequest(ctx, http.MethodPost, "/internal/v1/adapters/"+url.PathEscape(sha256)+"/drop", nil)
+	if err != nil {
+		return nozzle.Errorf(nozzle.EINTERNAL, "Internal error.").Wrap(fmt.Errorf("drop adapter: %w", err))
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return unavailable(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusNoContent {
+		return readError(resp)
+	}
+	return nil
 }
 
 // CapacityIntervals returns the runtime's closed capacity intervals with

@@ -29,6 +29,7 @@ import (
 //	GET  /internal/v1/capacity?after=N     200 {"data": [nozzle.CapacityInterval...]}
 //	GET  /internal/v1/capacity/open        200 {"data": nozzle.CapacityInterval or null}: the open interval so far
 //	GET  /internal/v1/adapters/{sha}/tier  200 {"tier": "device"|"host"|"disk"}
+//	POST /internal/v1/adapters/{sha}/drop  204: the adapter was deleted; drop it once unused (nozzle.AdapterDropper)
 //	POST /internal/v1/cancel/{request_id}  204; 404 when no such request runs
 //	POST /internal/v1/generate             the request (wireRequest) as JSON
 //
@@ -184,6 +185,7 @@ type served interface {
 	CapacityIntervals(ctx context.Context, after uint64) ([]nozzle.CapacityInterval, error)
 	OpenCapacity(ctx context.Context) (nozzle.CapacityInterval, bool, error)
 	AdapterTier(ctx context.Context, sha256 string) nozzle.Tier
+	DropAdapter(ctx context.Context, sha256 string) error
 	Ready() bool
 	generate(ctx context.Context, req *nozzle.GenerateRequest, started func(promptTokens int), emit func(nozzle.Chunk, int) error) (*nozzle.GenerateResult, error)
 }
@@ -254,6 +256,15 @@ type generatorServed struct{ nozzle.Generator }
 
 func (generatorServed) Ready() bool { return true }
 
+// DropAdapter passes the drop on to a Generator that drops adapters; for
+// any other there is nothing to drop.
+func (g generatorServed) DropAdapter(ctx context.Context, sha256 string) error {
+	if d, ok := g.Generator.(nozzle.AdapterDropper); ok {
+		return d.DropAdapter(ctx, sha256)
+	}
+	return nil
+}
+
 func (generatorServed) CapacityIntervals(context.Context, uint64) ([]nozzle.CapacityInterval, error) {
 	return nil, nil
 }
@@ -312,6 +323,7 @@ func newServer(rt served, internalToken string) (http.Handler, *server) {
 	mux.HandleFunc("GET /internal/v1/capacity", s.auth(s.capacity))
 	mux.HandleFunc("GET /internal/v1/capacity/open", s.auth(s.openCapacity))
 	mux.HandleFunc("GET /internal/v1/adapters/{sha}/tier", s.auth(s.tier))
+	mux.HandleFunc("POST /internal/v1/adapters/{sha}/drop", s.auth(s.drop))
 	mux.HandleFunc("POST /internal/v1/cancel/{id}", s.auth(s.cancel))
 	mux.HandleFunc("POST /internal/v1/generate", s.auth(s.generate))
 	return mux, s
@@ -393,6 +405,14 @@ func (s *server) openCapacity(w http.ResponseWriter, r *http.Request) {
 
 func (s *server) tier(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]any{"tier": s.rt.AdapterTier(r.Context(), r.PathValue("sha"))})
+}
+
+func (s *server) drop(w http.ResponseWriter, r *http.Request) {
+	if err := s.rt.DropAdapter(r.Context(), r.PathValue("sha")); err != nil {
+		writeError(w, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
 }
 
 func (s *server) cancel(w http.ResponseWriter, r *http.Request) {

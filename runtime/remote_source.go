@@ -95,6 +95,7 @@ func (s *RemoteSource) CacheBytes() int64 { return s.disk.usedBytes() }
 
 func (s *RemoteSource) track(inUse func(string) bool) func() { return s.disk.track(inUse) }
 func (s *RemoteSource) used(sha string)                      { s.disk.used(sha) }
+func (s *RemoteSource) drop(sha string)                      { s.disk.drop(sha) }
 
 // AdapterDir returns the local folder of an adapter, fetching it first.
 func (s *RemoteSource) AdapterDir(ctx context.Context, sha string) (string, error) {

@@ -274,6 +274,7 @@ type Runtime struct {
 var (
 	_ nozzle.Generator          = (*Runtime)(nil)
 	_ nozzle.OpenCapacitySource = (*Runtime)(nil)
+	_ nozzle.AdapterDropper     = (*Runtime)(nil)
 )
 
 // newRuntime starts a runtime on parts that are up.
@@ -314,6 +315,7 @@ func newRuntime(opts Options, p parts) (*Runtime, error) {
 		done:           make(chan struct{}),
 		tenants:        map[string]*tenant{},
 		drainFor:       map[string]int{},
+		drops:          map[string]bool{},
 	}
 	for _, id := range p.eos {
 		s.eos[int32(id)] = true
@@ -340,6 +342,18 @@ func (r *Runtime) Info(ctx context.Context) (nozzle.ModelInfo, error) {
 // AdapterTier says where an adapter's weights are right now.
 func (r *Runtime) AdapterTier(ctx context.Context, sha256 string) nozzle.Tier {
 	return r.cache.tier(sha256)
+}
+
+// DropAdapter drops a deleted adapter from the runtime's caches (engine
+// slot, prefix cache, host memory, and the files a RemoteSource fetched)
+// as soon as no sequence running or queued uses it; those finish normally.
+// It returns at once. See nozzle.AdapterDropper.
+func (r *Runtime) DropAdapter(ctx context.Context, sha256 string) error {
+	if !isSHA256(sha256) {
+		return nozzle.Errorf(nozzle.EINVALID, "%q is not a content address.", sha256).WithParam("sha256")
+	}
+	r.sched.drop(sha256)
+	return nil
 }
 
 // CapacityIntervals returns the closed capacity intervals with Seq > after,

@@ -141,7 +141,8 @@ type inMsg struct {
 	submit *sequence
 	cancel *sequence
 	kind   int
-	all    bool // cancel everything (shutdown)
+	all    bool   // cancel everything (shutdown)
+	drop   string // a deleted adapter to drop once no sequence uses it
 }
 
 type stepEntry struct {
@@ -189,7 +190,8 @@ type scheduler struct {
 	running  []*sequence // in admission order
 	admitted uint64
 	tick     uint64
-	drainFor map[string]int // adapter waiting for a slot → slot draining for it
+	drainFor map[string]int  // adapter waiting for a slot → slot draining for it
+	drops    map[string]bool // deleted adapters to drop once no sequence uses them
 	batch    engine.Batch
 	entries  []stepEntry
 	targets  []int32
@@ -223,6 +225,15 @@ func (s *scheduler) cancel(q *sequence, kind int) {
 	s.notify()
 }
 
+// drop asks for a deleted adapter to leave the slots, the prefix cache and
+// host memory once no sequence running or queued uses it.
+func (s *scheduler) drop(sha string) {
+	s.mu.Lock()
+	s.inbox = append(s.inbox, inMsg{drop: sha})
+	s.mu.Unlock()
+	s.notify()
+}
+
 func (s *scheduler) cancelAll() {
 	s.mu.Lock()
 	s.inbox = append(s.inbox, inMsg{all: true, kind: cancelShutdown})
@@ -238,6 +249,9 @@ func (s *scheduler) run() {
 	for {
 		s.drainInbox()
 		s.admit()
+		if len(s.drops) > 0 {
+			s.settleDrops()
+		}
 		s.updateGauges()
 		if len(s.running) == 0 {
 			select {
@@ -264,6 +278,8 @@ func (s *scheduler) drainInbox() {
 	now := s.clock()
 	for _, msg := range s.msgs {
 		switch {
+		case msg.drop != "":
+			s.drops[msg.drop] = true
 		case msg.submit != nil:
 			s.enqueue(msg.submit, now)
 		case msg.all:
@@ -734,6 +750,62 @@ func (s *scheduler) finish(q *sequence, reason string, err error) {
 	}
 	s.m.requests.With(outcome).Inc()
 	q.out.post(seqEvent{final: true, reason: res.FinishReason, res: res, err: err})
+}
+
+// settleDrops drops the deleted adapters that no sequence uses any more:
+// out of their slot, out of the prefix cache, out of host memory. One that
+// a request about to be queued holds in host memory stays marked, for a
+// later pass.
+func (s *scheduler) settleDrops() {
+	for sha := range s.drops {
+		if s.wanted(sha) {
+			continue
+		}
+		if i, ok := s.slots.lookup(sha); ok {
+			s.clearSlot(i)
+		}
+		delete(s.drainFor, sha)
+		s.pool.forgetAdapter(sha)
+		if s.cache.drop(sha) {
+			delete(s.drops, sha)
+		}
+	}
+}
+
+// wanted reports whether a sequence running or queued uses adapter sha.
+func (s *scheduler) wanted(sha string) bool {
+	for _, q := range s.running {
+		if q.sha == sha {
+			return true
+		}
+	}
+	for _, t := range s.tenants {
+		for _, q := range t.queue {
+			if q.sha == sha {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// clearSlot empties slot i, which no running sequence pins.
+func (s *scheduler) clearSlot(i int) {
+	sl := &s.slots.slots[i]
+	if err := s.be.ClearAdapter(i); err != nil {
+		// The slot is free for the next load whatever the engine says: a
+		// load overwrites it.
+		s.log.Error("adapter slot clear failed", "slot", i, "sha256", sl.sha, "err", err)
+	}
+	delete(s.slots.where, sl.sha)
+	s.cache.setOnDevice(sl.sha, false)
+	for sha, j := range s.drainFor {
+		if j == i {
+			delete(s.drainFor, sha)
+		}
+	}
+	*sl = slot{}
+	s.m.adapterDrops.With(string(nozzle.TierDevice)).Inc()
 }
 
 // step runs one engine step: one token for every decoding sequence first,

@@ -266,6 +266,9 @@ type lazyRuntime struct {
 
 func newLazyRuntime() *lazyRuntime { return &lazyRuntime{ready: make(chan struct{})} }
 
+// The gateway tells the in-process runtime of deleted adapters through it.
+var _ nozzle.AdapterDropper = (*lazyRuntime)(nil)
+
 func (l *lazyRuntime) set(rt *runtime.Runtime, err error) {
 	l.mu.Lock()
 	l.rt, l.err = rt, err
@@ -307,6 +310,16 @@ func (l *lazyRuntime) AdapterTier(ctx context.Context, sha string) nozzle.Tier {
 		return nozzle.TierDisk
 	}
 	return rt.AdapterTier(ctx, sha)
+}
+
+// DropAdapter drops a deleted adapter from the runtime's caches; a
+// runtime still loading holds none.
+func (l *lazyRuntime) DropAdapter(ctx context.Context, sha string) error {
+	rt, err := l.get()
+	if err != nil {
+		return nil
+	}
+	return rt.DropAdapter(ctx, sha)
 }
 
 func (l *lazyRuntime) CapacityIntervals(ctx context.Context, after uint64) ([]nozzle.CapacityInterval, error) {

@@ -14,6 +14,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/nozzle-ai/nozzle"
 )
 
 // startMain runs one server command of Main in process and returns it once
@@ -120,6 +122,10 @@ func TestSplit_GatewayAndRuntime(t *testing.T) {
 	if resp.StatusCode != 201 {
 		t.Fatalf("upload: %d %s", resp.StatusCode, b)
 	}
+	var uploaded struct {
+		SHA256 string `json:"sha256"`
+	}
+	json.Unmarshal(b, &uploaded)
 
 	// A completion with it: the runtime fetches the adapter's files from
 	// the gateway, runs it, and the gateway meters it.
@@ -170,6 +176,37 @@ func TestSplit_GatewayAndRuntime(t *testing.T) {
 			t.Fatalf("no GPU capacity in the operator report: %+v", rep.GPU)
 		}
 		time.Sleep(100 * time.Millisecond)
+	}
+
+	// The tenant deletes the adapter: the runtime lets go of it at once,
+	// out of its slot, its host memory and the files it fetched.
+	ctx := context.Background()
+	if tier := rt.Runtime.AdapterTier(ctx, uploaded.SHA256); tier != nozzle.TierDevice {
+		t.Fatalf("adapter %.12q in %s before its deletion", uploaded.SHA256, tier)
+	}
+	if _, err := os.Stat(filepath.Join(rtData, "adapter-cache", uploaded.SHA256)); err != nil {
+		t.Fatalf("the runtime's fetched files: %v", err)
+	}
+	req, _ = http.NewRequest("DELETE", base+"/v1/adapters/sql", nil)
+	req.Header.Set("Authorization", "Bearer "+tenant.APIKey)
+	resp, err = http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("delete: %d", resp.StatusCode)
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		_, err := os.Stat(filepath.Join(rtData, "adapter-cache", uploaded.SHA256))
+		tier := rt.Runtime.AdapterTier(ctx, uploaded.SHA256)
+		if tier == nozzle.TierDisk && os.IsNotExist(err) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the deleted adapter is still in %s on the runtime (its fetched files: %v)", tier, err)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 
 	// The runtime stops (SIGTERM): the interval it closes on the way out
