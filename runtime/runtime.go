@@ -321,6 +321,10 @@ func newRuntime(opts Options, p parts) (*Runtime, error) {
 		s.eos[int32(id)] = true
 	}
 	r.sched = s
+	if opts.AdapterSource == nil {
+		r.log.Warn("no adapter source (a split runtime without gateway_url): this runtime serves the base model only; " +
+			"requests naming an adapter fail as unavailable, so that a gateway sends them to another runtime")
+	}
 	r.cache = newHostCache(ctx, opts.AdapterSource, p.load, opts.HostCacheBytes, opts.AdapterLoaders, s.notify, r.log, r.m)
 	s.cache = r.cache
 	go s.run()

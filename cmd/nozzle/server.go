@@ -647,9 +647,7 @@ func (m *Main) RunRuntime(ctx context.Context) error {
 				Metrics:    m.Metrics,
 			})
 			source = gw
-		} else {
-			m.Log.Warn("no gateway_url: this runtime can serve the base model only; adapter requests are sent to other runtimes")
-		}
+		} // else the runtime warns that it serves the base model only
 		rt, err := runtime.Open(ctx, m.runtimeOptions(modelDir, source))
 		if err != nil {
 			return nil, fmt.Errorf("load model %s: %w", modelDir, err)
