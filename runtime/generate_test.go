@@ -354,3 +354,55 @@ func TestScheduler_Fairness(t *testing.T) {
 	}
 	t.Logf("light queue %v s; heavy max queue %.3f s; service bound %.3f s", lightQueue, heavyQueue, service)
 }
+
+// TestScheduler_FairShare: a tenant whose long requests fill every place
+// in the batch does not hold another tenant off until one of them ends:
+// the flooding tenant gives back a place (its newest sequence, recomputed
+// later) and the other starts within a few steps. The flood's answers are
+// the same as alone.
+func TestScheduler_FairShare(t *testing.T) {
+	rt := startFake(t, runtime.Options{MaxBatchSeqs: 4}, 512)
+	defer closeRT(t, rt)
+	rt.eng.eosBias = -100
+	heavy := make([]*nozzle.GenerateRequest, 6)
+	alone := make([]outcome, len(heavy))
+	for i := range heavy {
+		heavy[i] = &nozzle.GenerateRequest{TenantID: "heavy", PromptTokens: randomPrompt(newRNG(uint64(40+i)), 30), MaxTokens: 200}
+		alone[i] = run(context.Background(), rt, heavy[i])
+	}
+	steps := rt.eng.steps
+
+	light := make(chan outcome, 1)
+	var once sync.Once
+	rt.eng.onStep = func(n int) {
+		if n >= steps+30 { // the flood fills the batch by now
+			once.Do(func() {
+				go func() {
+					light <- run(context.Background(), rt, &nozzle.GenerateRequest{TenantID: "light", PromptTokens: randomPrompt(newRNG(9), 30), MaxTokens: 5})
+				}()
+			})
+		}
+	}
+	flood := make([]outcome, len(heavy))
+	var wg sync.WaitGroup
+	for i, req := range heavy {
+		wg.Add(1)
+		go func() { defer wg.Done(); flood[i] = run(context.Background(), rt, req) }()
+	}
+	wg.Wait()
+	l := <-light
+	if l.err != nil {
+		t.Fatal(l.err)
+	}
+	for i, o := range flood {
+		if o.err != nil || o.text != alone[i].text || o.res.CompletionTokens != 200 {
+			t.Errorf("heavy %d: %q (%v), alone %q", i, o.text, o.err, alone[i].text)
+		}
+	}
+	// One heavy request's service alone: its prefill and 200 decode steps.
+	service := alone[0].res.DeviceSeconds
+	if l.res.QueueSeconds > service/10 {
+		t.Errorf("the light tenant waited %.3fs, a heavy request's service is %.3fs", l.res.QueueSeconds, service)
+	}
+	t.Logf("light queue %.4fs, heavy service %.3fs", l.res.QueueSeconds, service)
+}

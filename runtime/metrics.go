@@ -18,6 +18,7 @@ type runtimeMetrics struct {
 	tokensGenerated metrics.Counter
 	promptTokens    metrics.Counter
 	preemptions     metrics.Counter
+	fairPreemptions metrics.Counter
 	requests        metrics.CounterVec // by outcome
 
 	adapterHits        metrics.CounterVec // by tier
@@ -53,7 +54,8 @@ func newRuntimeMetrics(r *metrics.Registry, utilisation func() float64) *runtime
 		slotsPinned:     r.Gauge("nozzle_runtime_adapter_slots_pinned", "Engine adapter slots used by running sequences."),
 		tokensGenerated: r.Counter("nozzle_runtime_tokens_generated_total", "Completion tokens generated."),
 		promptTokens:    r.Counter("nozzle_runtime_prompt_tokens_total", "Prompt tokens admitted."),
-		preemptions:     r.Counter("nozzle_runtime_preemptions_total", "Sequences preempted for recompute when KV blocks ran out."),
+		preemptions:     r.Counter("nozzle_runtime_preemptions_total", "Sequences preempted for recompute (KV blocks ran out, or a tenant over its share of the batch made room for another)."),
+		fairPreemptions: r.Counter("nozzle_runtime_fair_preemptions_total", "Sequences of a tenant over its share of the batch preempted to admit another tenant's."),
 		requests:        r.CounterVec("nozzle_runtime_requests_total", "Requests finished, by outcome.", "outcome"),
 
 		adapterHits:        r.CounterVec("nozzle_runtime_adapter_cache_hits_total", "Adapter lookups found in a tier.", "tier"),

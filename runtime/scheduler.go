@@ -381,6 +381,7 @@ func (s *scheduler) admit() {
 		return
 	}
 	now := s.clock()
+	preempted := 0
 	for {
 		for len(s.running) < s.maxBatchSeqs && s.waiting > 0 {
 			q := s.pick(now)
@@ -404,11 +405,67 @@ func (s *scheduler) admit() {
 				}
 			}
 		}
-		if !undrained || s.waiting == 0 || len(s.running) >= s.maxBatchSeqs {
-			break
+		if undrained && s.waiting > 0 && len(s.running) < s.maxBatchSeqs {
+			continue
 		}
+		if s.waiting > 0 && preempted < s.maxBatchSeqs && s.fairPreempt(now) {
+			preempted++
+			continue
+		}
+		break
 	}
 	s.warmSlots(now)
+}
+
+// fairPreempt makes room for the tenant next in line (the lowest virtual
+// counter) when it is kept waiting while another tenant, served more,
+// holds more than its share of the batch (the batch's sequences over the
+// tenants with work): that tenant gives back its newest sequence, which
+// waits again first in its queue and is recomputed when readmitted (its
+// whole blocks stay in the prefix cache). Without it a tenant that fills
+// every place holds the others off until one of its sequences ends.
+// Reports whether it preempted.
+func (s *scheduler) fairPreempt(now time.Time) bool {
+	order := s.sortedTenants()
+	if len(order) == 0 {
+		return false
+	}
+	want := order[0]
+	active := 0
+	for _, t := range s.tenants {
+		if t.running > 0 || len(t.queue) > 0 {
+			active++
+		}
+	}
+	share := max(1, s.maxBatchSeqs/max(active, 1))
+	if want.running >= share {
+		return false
+	}
+	var over *tenant
+	for _, t := range s.tenants {
+		if t == want || t.running <= share || t.counter < want.counter {
+			continue
+		}
+		if over == nil || t.running > over.running || t.running == over.running && t.id < over.id {
+			over = t
+		}
+	}
+	if over == nil {
+		return false
+	}
+	// Only for a head that could start at once: not one whose adapter is
+	// still to load, or that waits for a leader's blocks.
+	if head := want.queue[0]; !s.resident(head) || s.followsLeader(head) {
+		return false
+	}
+	for i := len(s.running) - 1; i >= 0; i-- {
+		if q := s.running[i]; q.tenantID == over.id {
+			s.preempt(q, now)
+			s.m.fairPreemptions.Inc()
+			return true
+		}
+	}
+	return false
 }
 
 // pick returns the next sequence to admit, removed from its tenant's
