@@ -100,6 +100,7 @@ func DefaultConfig() Config {
 		PriceCompletion:   0.30,
 		StripeMeterPrompt: "nozzle_prompt_tokens",
 		StripeMeterComp:   "nozzle_completion_tokens",
+		OperatorEmail:     defaultOperatorEmail,
 	}
 }
 

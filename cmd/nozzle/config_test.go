@@ -69,7 +69,8 @@ func TestLoad_FlagForms(t *testing.T) {
 	if _, _, err := Load("serve", []string{"-h"}, env(nil), &help); err == nil {
 		t.Fatal("-h: no error")
 	}
-	for _, want := range []string{"-addr value", "(default 127.0.0.1:8080)", "(default ./data)", "-prefix-cache\n", "(default 10m0s)"} {
+	for _, want := range []string{"-addr value", "(default 127.0.0.1:8080)", "(default ./data)", "-prefix-cache\n", "(default 10m0s)",
+		"(default operator@nozzle.local)"} {
 		if !strings.Contains(help.String(), want) {
 			t.Errorf("help lacks %q:\n%s", want, help.String())
 		}

@@ -11,8 +11,8 @@ import (
 	"github.com/nozzle-ai/nozzle/web"
 )
 
-// defaultOperatorEmail signs the operator in to the console when no
-// operator_email is configured.
+// defaultOperatorEmail is operator_email's default (DefaultConfig), and
+// signs the operator in to the console when it is set empty.
 const defaultOperatorEmail = "operator@nozzle.local"
 
 // consoleExtensions mounts the web console and the ledger maintenance
