@@ -27,8 +27,10 @@ RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates
 COPY --from=go /src/bin/nozzle /app/nozzle
 COPY --from=go /src/build/libnozzle_cpu.so /app/libnozzle_cpu.so
 COPY --from=cuda /src/build/libnozzle_cuda.so /app/libnozzle_cuda.so
-USER nozzle
+COPY scripts/container-entrypoint.sh /app/entrypoint
 ENV NOZZLE_LOG_FORMAT=json
 EXPOSE 8080 8081
-ENTRYPOINT []
+# Starts as root only to hand the volumes mounted over /data and /models
+# (root's) to the nozzle user, then runs the command as that user.
+ENTRYPOINT ["/app/entrypoint"]
 CMD ["/app/nozzle", "serve", "--addr", "0.0.0.0:8080", "--data", "/data"]
