@@ -57,7 +57,8 @@ func must(tb testing.TB, err error) {
 }
 
 // TestChatTemplate renders the real chat templates of Llama 2, Llama 3,
-// Llama 3.2 and Qwen3 and compares with @huggingface/jinja.
+// Llama 3.2 and Qwen3, and one in Mistral's v3 tool-calling format, and
+// compares with @huggingface/jinja.
 func TestChatTemplate(t *testing.T) {
 	var golden []chatGolden
 	b, err := os.ReadFile(filepath.Join("testdata", "golden", "chat.json"))
@@ -71,7 +72,7 @@ func TestChatTemplate(t *testing.T) {
 	for _, c := range cases {
 		byName[c.Name] = c
 	}
-	files := map[string]string{"llama2-chat": "llama2-chat.jinja", "llama3.2-instruct": "llama3.2-instruct.jinja"}
+	files := map[string]string{"llama2-chat": "llama2-chat.jinja", "llama3.2-instruct": "llama3.2-instruct.jinja", "mistral-v3-tools": "mistral-v3-tools.jinja"}
 	toks := map[string]*tokenizer.Tokenizer{}
 	for _, g := range golden {
 		tok := toks[g.Template]

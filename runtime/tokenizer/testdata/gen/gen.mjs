@@ -81,6 +81,7 @@ const templates = [
   { name: "llama2-chat", model: "llama2", source: fs.readFileSync(path.join(td, "templates", "llama2-chat.jinja"), "utf8") },
   { name: "llama3", model: "llama3", source: cfgOf("llama3").chat_template },
   { name: "llama3.2-instruct", model: "llama3", source: fs.readFileSync(path.join(td, "templates", "llama3.2-instruct.jinja"), "utf8"), vars: { date_string: "26 Jul 2024" } },
+  { name: "mistral-v3-tools", model: "llama2", source: fs.readFileSync(path.join(td, "templates", "mistral-v3-tools.jinja"), "utf8") },
   { name: "qwen3", model: "qwen3", source: cfgOf("qwen3").chat_template },
   { name: "qwen3-no-thinking", model: "qwen3", source: cfgOf("qwen3").chat_template, vars: { enable_thinking: false } },
 ];
