@@ -29,8 +29,8 @@ type ModelInfo struct {
 	RuntimeID string    `json:"runtime_id,omitempty"`
 	CreatedAt time.Time `json:"created_at"`
 	// ToolFormat is how the model writes tool calls, as its chat template
-	// teaches it: ToolFormatHermes, ToolFormatLlama3JSON, or "" (the
-	// template renders no tools).
+	// teaches it: ToolFormatHermes, ToolFormatLlama3JSON,
+	// ToolFormatMistral, or "" (the template renders no tools).
 	ToolFormat string `json:"tool_format,omitempty"`
 	// Sampling holds the model's recommended sampling settings
 	// (generation_config.json): they apply to the parameters a request
@@ -71,6 +71,11 @@ const (
 	// ToolFormatLlama3JSON: the whole answer a JSON object {"name",
 	// "parameters"} (Llama 3.1 to 3.3; calls separated by ";").
 	ToolFormatLlama3JSON = "llama3_json"
+	// ToolFormatMistral: [TOOL_CALLS] (a control token, so usually not in
+	// the decoded text) and a JSON array of {"name", "arguments"} objects
+	// (Mistral-7B-Instruct-v0.3, Mixtral-8x22B-Instruct, Mistral-Nemo). Its
+	// templates refuse tool call ids that are not 9 characters long.
+	ToolFormatMistral = "mistral"
 )
 
 // ChatMessage is one message of a chat.

@@ -140,8 +140,8 @@ func toolCallValue(c nozzle.ToolCall) jinja.Value {
 }
 
 // ToolFormat says how the chat template teaches the model to call tools
-// (nozzle.ToolFormatHermes or ToolFormatLlama3JSON), or "" when it renders
-// no tools or in a way Nozzle does not parse.
+// (nozzle.ToolFormatHermes, ToolFormatLlama3JSON or ToolFormatMistral), or
+// "" when it renders no tools or in a way Nozzle does not parse.
 func (t *Tokenizer) ToolFormat() string {
 	tpl := t.chatTemplate
 	switch {
@@ -151,6 +151,10 @@ func (t *Tokenizer) ToolFormat() string {
 		return nozzle.ToolFormatHermes
 	case strings.Contains(tpl, "ipython") && strings.Contains(tpl, `"parameters"`):
 		return nozzle.ToolFormatLlama3JSON
+	case strings.Contains(tpl, "[TOOL_CALLS]") && strings.Contains(tpl, "[AVAILABLE_TOOLS]") && !strings.Contains(tpl, "[ARGS]"):
+		// Mistral's v3 format (a JSON array after [TOOL_CALLS]); the later
+		// name[ARGS]{...} one of Mistral Small 3.2 and Magistral is not it
+		return nozzle.ToolFormatMistral
 	}
 	return ""
 }

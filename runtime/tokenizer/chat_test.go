@@ -194,9 +194,18 @@ func chatTokenizer(tb testing.TB, src string) *tokenizer.Tokenizer {
 // TestToolFormat: the way each real template teaches its model to call
 // tools.
 func TestToolFormat(t *testing.T) {
+	t.Run("MistralArgs", func(t *testing.T) {
+		// Mistral Small 3.2's [TOOL_CALLS]name[ARGS]{...}: not the v3 format
+		tok := chatTokenizer(t, `{% for t in tools %}[AVAILABLE_TOOLS]{{ t|tojson }}[/AVAILABLE_TOOLS]{% endfor %}`+
+			`{% for m in messages %}{% for c in m.tool_calls %}[TOOL_CALLS]{{ c.function.name }}[ARGS]{{ c.function.arguments|tojson }}{% endfor %}{% endfor %}`)
+		if got := tok.ToolFormat(); got != "" {
+			t.Errorf("got %q, want none", got)
+		}
+	})
 	for _, tc := range []struct{ model, file, want string }{
 		{"qwen3", "", nozzle.ToolFormatHermes},
 		{"llama3", "llama3.2-instruct.jinja", nozzle.ToolFormatLlama3JSON},
+		{"llama2", "mistral-v3-tools.jinja", nozzle.ToolFormatMistral},
 		{"llama3", "", ""}, // Llama 3.0: no tools
 		{"llama2", "llama2-chat.jinja", ""},
 	} {
