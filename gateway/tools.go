@@ -3,6 +3,7 @@ package gateway
 import (
 	"bytes"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
@@ -16,14 +17,19 @@ import (
 // conversation's earlier calls and results) the way the model was taught;
 // the model answers with calls in the template's format
 // (nozzle.ToolFormatHermes: JSON objects between <tool_call> tags,
-// ToolFormatLlama3JSON: the whole answer a JSON object), which the gateway
-// turns into OpenAI's tool_calls. There is no constrained decoding: the
-// model may call or not ("auto"); "required" and a named function, which
-// would have to force a call, are refused.
+// ToolFormatLlama3JSON: the whole answer a JSON object, ToolFormatMistral:
+// the whole answer a JSON array, after a [TOOL_CALLS] the decoder usually
+// leaves out), which the gateway turns into OpenAI's tool_calls, with ids
+// of the form the format's templates accept back. There is no constrained
+// decoding: the model may call or not ("auto"); "required" and a named
+// function, which would have to force a call, are refused.
 
 const (
 	hermesOpen  = "<tool_call>"
 	hermesClose = "</tool_call>"
+	// mistralCalls is Mistral's control token before its calls. Nozzle's
+	// stream decoder skips special tokens, so the text seldom holds it.
+	mistralCalls = "[TOOL_CALLS]"
 )
 
 // toolDef is one entry of a request's tools.
@@ -153,10 +159,23 @@ func parseToolCallsIn(raw json.RawMessage, i int) ([]nozzle.ToolCall, error) {
 	return out, nil
 }
 
-// toolCallID names call k of a choice. Derived from the answer's id, so a
-// stored answer and the stream that sent it agree.
-func toolCallID(answerID string, choice, k int) string {
+// toolCallID names call k of a choice in the id form of the model's tool
+// call format. Derived from the answer's id, so a stored answer and the
+// stream that sent it agree. Mistral's templates refuse, when the client
+// sends the calls back, any id that is not 9 alphanumeric characters;
+// the others take OpenAI's "call_" form.
+func toolCallID(format, answerID string, choice, k int) string {
 	h := sha256.Sum256([]byte(answerID + "/" + strconv.Itoa(choice) + "/" + strconv.Itoa(k)))
+	if format == nozzle.ToolFormatMistral {
+		const digits = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+		n := binary.BigEndian.Uint64(h[:8]) // 62^9 < 2^64: 9 digits in base 62
+		id := make([]byte, 9)
+		for i := range id {
+			id[i] = digits[n%62]
+			n /= 62
+		}
+		return string(id)
+	}
 	return "call_" + hex.EncodeToString(h[:12])
 }
 
@@ -174,7 +193,7 @@ func splitToolCalls(format, text, answerID string, choice int) (string, []nozzle
 			compact.Reset()
 			compact.Write(args)
 		}
-		calls = append(calls, nozzle.ToolCall{ID: toolCallID(answerID, choice, len(calls)), Type: "function",
+		calls = append(calls, nozzle.ToolCall{ID: toolCallID(format, answerID, choice, len(calls)), Type: "function",
 			Function: nozzle.FunctionCall{Name: name, Arguments: compact.String()}})
 	}
 	switch format {
@@ -222,6 +241,44 @@ func splitToolCalls(format, text, answerID string, choice int) (string, []nozzle
 			add(name, args)
 		}
 		return "", calls
+	case nozzle.ToolFormatMistral:
+		// [TOOL_CALLS] [{"name": ..., "arguments": {...}}, ...], the
+		// marker mostly left out by the decoder; with it, text may come
+		// before the calls.
+		pre, body, marked := "", text, false
+		if i := strings.Index(text, mistralCalls); i >= 0 {
+			pre, body, marked = text[:i], text[i+len(mistralCalls):], true
+		}
+		body = strings.TrimSpace(body)
+		var parts []json.RawMessage
+		switch {
+		case strings.HasPrefix(body, "["):
+			dec := json.NewDecoder(strings.NewReader(body))
+			if dec.Decode(&parts) != nil || strings.TrimSpace(body[dec.InputOffset():]) != "" {
+				return text, nil
+			}
+		case marked && strings.HasPrefix(body, "{"):
+			// one call without its array, after the marker
+			var one json.RawMessage
+			if json.Unmarshal([]byte(body), &one) != nil {
+				return text, nil
+			}
+			parts = []json.RawMessage{one}
+		}
+		if len(parts) == 0 {
+			return text, nil
+		}
+		for _, part := range parts {
+			name, args, ok := callObject(string(part), "arguments", "parameters")
+			if !ok {
+				return text, nil
+			}
+			add(name, args)
+		}
+		if strings.TrimSpace(pre) == "" {
+			pre = ""
+		}
+		return pre, calls
 	}
 	return text, nil
 }
@@ -284,7 +341,7 @@ type toolStream struct {
 	format  string
 	held    strings.Builder // text not yet sent
 	calling bool            // a call has begun: everything from here is held
-	started bool            // some non-space text has been seen (Llama 3 JSON)
+	started bool            // some non-space text has been seen (Llama 3 JSON, Mistral)
 }
 
 // add takes the next piece of text and returns what may be sent now.
@@ -297,22 +354,20 @@ func (t *toolStream) add(text string) string {
 	h := t.held.String()
 	switch t.format {
 	case nozzle.ToolFormatHermes:
-		if i := strings.Index(h, hermesOpen); i >= 0 {
-			t.calling = true
-			t.held.Reset()
-			t.held.WriteString(h[i:])
-			return h[:i]
-		}
-		keep := 0 // a tail that may grow into the opening tag
-		for n := min(len(hermesOpen)-1, len(h)); n > 0; n-- {
-			if strings.HasSuffix(h, hermesOpen[:n]) {
-				keep = n
-				break
+		return t.holdFrom(h, hermesOpen)
+	case nozzle.ToolFormatMistral:
+		if !t.started {
+			trimmed := strings.TrimLeft(h, " \t\r\n")
+			if trimmed == "" {
+				return "" // undecided: leading space is held
+			}
+			t.started = true
+			if trimmed[0] == '[' { // the calls' array, or [TOOL_CALLS] itself
+				t.calling = true
+				return ""
 			}
 		}
-		t.held.Reset()
-		t.held.WriteString(h[len(h)-keep:])
-		return h[:len(h)-keep]
+		return t.holdFrom(h, mistralCalls) // the marker, where the decoder kept it
 	case nozzle.ToolFormatLlama3JSON:
 		trimmed := strings.TrimLeft(h, " \t\r\n")
 		if trimmed == "" {
@@ -330,6 +385,28 @@ func (t *toolStream) add(text string) string {
 	}
 	t.held.Reset()
 	return h
+}
+
+// holdFrom returns what of h (all the text not yet sent) may be sent now
+// when a call begins with open: the text before open, which starts the
+// holding of everything after; else all but a tail that may grow into it.
+func (t *toolStream) holdFrom(h, open string) string {
+	if i := strings.Index(h, open); i >= 0 {
+		t.calling = true
+		t.held.Reset()
+		t.held.WriteString(h[i:])
+		return h[:i]
+	}
+	keep := 0 // a tail that may grow into the opening tag
+	for n := min(len(open)-1, len(h)); n > 0; n-- {
+		if strings.HasSuffix(h, open[:n]) {
+			keep = n
+			break
+		}
+	}
+	t.held.Reset()
+	t.held.WriteString(h[len(h)-keep:])
+	return h[:len(h)-keep]
 }
 
 // rest returns the text held at the end of the answer.

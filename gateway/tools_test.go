@@ -3,6 +3,7 @@ package gateway_test
 import (
 	"encoding/json"
 	"net/http"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -139,6 +140,12 @@ func TestTools_TextStaysText(t *testing.T) {
 		{"HermesTextAfter", nozzle.ToolFormatHermes, []string{"<tool_call>{\"name\":\"f\",\"arguments\":{}}</tool_call>", " and more"}},
 		{"Llama3Text", nozzle.ToolFormatLlama3JSON, []string{"  The weather", " is fine."}},
 		{"Llama3BadJSON", nozzle.ToolFormatLlama3JSON, []string{"{\"city\": ", "\"Bern\"}"}},
+		{"MistralText", nozzle.ToolFormatMistral, []string{" [1] The weather", " is fine."}},
+		{"MistralPrefix", nozzle.ToolFormatMistral, []string{"a [TOOL", "S] here ["}},
+		{"MistralBadJSON", nozzle.ToolFormatMistral, []string{"[{\"name\": ", "oops}]"}},
+		{"MistralTextAfter", nozzle.ToolFormatMistral, []string{"[{\"name\":\"f\",\"arguments\":{}}]", " and more"}},
+		{"MistralNotCalls", nozzle.ToolFormatMistral, []string{"[\"Bern\", ", "\"Basel\"]"}},
+		{"MistralMarkerBadJSON", nozzle.ToolFormatMistral, []string{"Sure. [TOOL_CALLS]", " {oops"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			f := newFixture(t, withToolFormat(tc.format, tc.words...))
@@ -176,6 +183,114 @@ func TestTools_Llama3JSON(t *testing.T) {
 	}
 }
 
+// TestTools_Mistral: a Mistral v3-style answer, a JSON array of calls
+// after [TOOL_CALLS] (a control token the decoder mostly leaves out), is
+// calls with ids of 9 alphanumerics, which Mistral's templates demand
+// when the client sends the calls back; streamed, stored and replayed
+// alike; the next turn, carrying them, is accepted.
+func TestTools_Mistral(t *testing.T) {
+	validID := regexp.MustCompile(`^[A-Za-z0-9]{9}$`)
+	bern := `{"name": "get_weather", "arguments": {"city": "Bern"}}`
+	basel := `{"name": "get_weather", "arguments": {"city": "Basel"}}`
+	for _, tc := range []struct {
+		name    string
+		words   []string
+		content string // before the calls
+	}{
+		{"NoMarker", []string{"[", bern, ", " + basel + "]"}, ""},
+		{"Marker", []string{" [TOOL_", "CALLS] [" + bern, ", " + basel + "]"}, ""},
+		{"TextBeforeMarker", []string{"Checking both. [TOOL_CALLS]", "[" + bern + ", " + basel + "]"}, "Checking both. "},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFixture(t, withToolFormat(nozzle.ToolFormatMistral, tc.words...))
+			body := `{"model":"base",` + weatherTools + `,"messages":[{"role":"user","content":"Bern and Basel?"}]}`
+			var out toolAnswer
+			decode(t, f.do(http.MethodPost, "/v1/chat/completions", body, f.authA()), &out)
+			c := out.Choices[0]
+			if (tc.content == "") != (c.Message.Content == nil) || (c.Message.Content != nil && *c.Message.Content != tc.content) ||
+				c.FinishReason != "tool_calls" || len(c.Message.ToolCalls) != 2 ||
+				c.Message.ToolCalls[0].Function.Arguments != `{"city":"Bern"}` || c.Message.ToolCalls[1].Function.Arguments != `{"city":"Basel"}` {
+				t.Fatalf("answer %+v", out)
+			}
+			ids := []string{c.Message.ToolCalls[0].ID, c.Message.ToolCalls[1].ID}
+			if !validID.MatchString(ids[0]) || !validID.MatchString(ids[1]) || ids[0] == ids[1] {
+				t.Errorf("ids %q: want two different ones of 9 alphanumerics", ids)
+			}
+
+			// Streamed: the calls as deltas, with ids of the same form, and
+			// the stored answer replays them under those ids.
+			stream := strings.Replace(body, `{"model"`, `{"stream":true,"model"`, 1)
+			content, calls, finish := streamedTools(t, readAll(t, f.do(http.MethodPost, "/v1/chat/completions", stream, f.authA(), hdr("Idempotency-Key", "mistral-"+tc.name))))
+			if content != tc.content || len(calls) != 2 || finish != "tool_calls" {
+				t.Fatalf("streamed %q %s %q", content, calls, finish)
+			}
+			var streamed [2]nozzle.ToolCall
+			for k, raw := range calls {
+				if err := json.Unmarshal(raw, &streamed[k]); err != nil {
+					t.Fatal(err)
+				}
+				if !validID.MatchString(streamed[k].ID) || streamed[k].Function.Name != "get_weather" {
+					t.Errorf("streamed call %s", raw)
+				}
+			}
+			var again toolAnswer
+			decode(t, f.do(http.MethodPost, "/v1/chat/completions", body, f.authA(), hdr("Idempotency-Key", "mistral-"+tc.name)), &again)
+			if r := again.Choices[0].Message.ToolCalls; len(r) != 2 || r[0].ID != streamed[0].ID || r[1].ID != streamed[1].ID {
+				t.Errorf("replay %+v, streamed %+v", again, streamed)
+			}
+
+			// The next turn sends the calls and their results back.
+			assistant, err := json.Marshal(map[string]any{"role": "assistant", "content": nil, "tool_calls": c.Message.ToolCalls})
+			if err != nil {
+				t.Fatal(err)
+			}
+			next := `{"model":"base",` + weatherTools + `,"messages":[{"role":"user","content":"Bern and Basel?"},` + string(assistant) +
+				`,{"role":"tool","tool_call_id":"` + ids[0] + `","content":"{\"temp\":19}"}` +
+				`,{"role":"tool","tool_call_id":"` + ids[1] + `","content":"{\"temp\":21}"}]}`
+			resp := f.do(http.MethodPost, "/v1/chat/completions", next, f.authA())
+			if resp.StatusCode != http.StatusOK {
+				t.Fatalf("next turn: %d %s", resp.StatusCode, readAll(t, resp))
+			}
+			m := f.gen.lastReq.Load().Messages
+			if len(m) != 4 || len(m[1].ToolCalls) != 2 || m[1].ToolCalls[0].ID != ids[0] || m[1].ToolCalls[1].Function.Arguments != `{"city":"Basel"}` ||
+				m[2].ToolCallID != ids[0] || m[3].ToolCallID != ids[1] {
+				t.Errorf("messages sent to the runtime: %+v", m)
+			}
+		})
+	}
+}
+
+// TestToolCallIDs: an id is the format's (9 alphanumerics for Mistral,
+// OpenAI's call_ form otherwise), the same for the same answer, choice
+// and call, and different for another.
+func TestToolCallIDs(t *testing.T) {
+	for _, tc := range []struct {
+		format, text string
+		valid        *regexp.Regexp
+	}{
+		{nozzle.ToolFormatMistral, `[{"name": "a"}, {"name": "b"}]`, regexp.MustCompile(`^[A-Za-z0-9]{9}$`)},
+		{nozzle.ToolFormatHermes, `<tool_call>{"name": "a"}</tool_call><tool_call>{"name": "b"}</tool_call>`, regexp.MustCompile(`^call_[0-9a-f]{24}$`)},
+		{nozzle.ToolFormatLlama3JSON, `{"name": "a"}; {"name": "b"}`, regexp.MustCompile(`^call_[0-9a-f]{24}$`)},
+	} {
+		seen := map[string]bool{}
+		for _, answer := range []string{"chatcmpl-1", "chatcmpl-2"} {
+			for choice := 0; choice < 2; choice++ {
+				_, calls := gateway.SplitToolCalls(tc.format, tc.text, answer, choice)
+				_, again := gateway.SplitToolCalls(tc.format, tc.text, answer, choice)
+				if len(calls) != 2 {
+					t.Fatalf("%s: calls %+v", tc.format, calls)
+				}
+				for k, c := range calls {
+					if !tc.valid.MatchString(c.ID) || c.ID != again[k].ID || seen[c.ID] {
+						t.Errorf("%s %s/%d/%d: id %q (again %q)", tc.format, answer, choice, k, c.ID, again[k].ID)
+					}
+					seen[c.ID] = true
+				}
+			}
+		}
+	}
+}
+
 func TestSplitToolCalls(t *testing.T) {
 	for _, tc := range []struct {
 		name, format, text, content string
@@ -189,6 +304,16 @@ func TestSplitToolCalls(t *testing.T) {
 		{"HermesNoName", nozzle.ToolFormatHermes, "<tool_call>{\"arguments\": {}}</tool_call>", "<tool_call>{\"arguments\": {}}</tool_call>", nil},
 		{"Llama3Arguments", nozzle.ToolFormatLlama3JSON, " {\"name\": \"a\", \"arguments\": {\"k\": \"v\"}} ", "", []string{`a {"k":"v"}`}},
 		{"Llama3Trailing", nozzle.ToolFormatLlama3JSON, "{\"name\": \"a\", \"parameters\": {}} done", "{\"name\": \"a\", \"parameters\": {}} done", nil},
+		{"MistralArray", nozzle.ToolFormatMistral, " [{\"name\": \"a\", \"arguments\": {\"x\": 1}}, {\"name\": \"b\", \"arguments\": {}}]\n", "", []string{`a {"x":1}`, `b {}`}},
+		{"MistralMarker", nozzle.ToolFormatMistral, "[TOOL_CALLS] [{\"name\": \"a\", \"arguments\": {\"y\": [1, 2]}}]", "", []string{`a {"y":[1,2]}`}},
+		{"MistralTextBeforeMarker", nozzle.ToolFormatMistral, "Let me see.[TOOL_CALLS][{\"name\": \"a\"}]", "Let me see.", []string{`a {}`}},
+		{"MistralMarkerOneObject", nozzle.ToolFormatMistral, "[TOOL_CALLS] {\"name\": \"a\", \"arguments\": \"{\\\"z\\\": true}\"}", "", []string{`a {"z":true}`}},
+		{"MistralObjectWithoutMarker", nozzle.ToolFormatMistral, "{\"name\": \"a\", \"arguments\": {}}", "{\"name\": \"a\", \"arguments\": {}}", nil},
+		{"MistralTextBeforeArray", nozzle.ToolFormatMistral, "ok [{\"name\": \"a\"}]", "ok [{\"name\": \"a\"}]", nil},
+		{"MistralEmptyArray", nozzle.ToolFormatMistral, "[]", "[]", nil},
+		{"MistralParameters", nozzle.ToolFormatMistral, "[{\"name\": \"a\", \"parameters\": {\"k\": 1}}]", "", []string{`a {"k":1}`}},
+		{"MistralTrailing", nozzle.ToolFormatMistral, "[{\"name\": \"a\"}] done", "[{\"name\": \"a\"}] done", nil},
+		{"MistralNoName", nozzle.ToolFormatMistral, "[{\"arguments\": {}}]", "[{\"arguments\": {}}]", nil},
 		{"NoFormat", "", "<tool_call>{\"name\": \"a\"}</tool_call>", "<tool_call>{\"name\": \"a\"}</tool_call>", nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
