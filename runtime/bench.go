@@ -99,7 +99,9 @@ type benchRow struct {
 //     all-modules adapter on disk (page-cached) against one already in a
 //     slot (target ≤ 5 ms);
 //   - fairness: a tenant sending 10× the load of another; the light
-//     tenant's p50 latency against its latency alone (target ≤ 2×).
+//     tenant's p50 latency against its latency alone (target ≤ 2×); and
+//     against a flood of long answers filling every place in the batch,
+//     the light tenant's time to first token against alone (target ≤ 2×).
 func BenchServe(ctx context.Context, opts BenchOptions, w io.Writer) error {
 	opts.defaults()
 	if opts.DataDir == "" {
@@ -178,6 +180,13 @@ func BenchServe(ctx context.Context, opts BenchOptions, w io.Writer) error {
 	rows = append(rows, benchRow{Bench: "serve", Case: "fairness_light_tenant", Values: map[string]float64{
 		"alone_p50_ms": alone.p50 * 1000, "with_heavy_p50_ms": mixed.p50 * 1000, "heavy_p50_ms": heavy.p50 * 1000, "p50_ratio": mixed.p50 / alone.p50,
 		"alone_ttft_p50_ms": alone.ttft50 * 1000, "with_heavy_ttft_p50_ms": mixed.ttft50 * 1000, "heavy_ttft_p50_ms": heavy.ttft50 * 1000,
+	}, Target: "<= 2", Baseline: "light tenant alone"})
+
+	// Fairness against a flood of long answers that fills every place.
+	flooded := b.longFlood(ctx, many[1])
+	rows = append(rows, benchRow{Bench: "serve", Case: "fairness_long_flood", Values: map[string]float64{
+		"alone_ttft_p50_ms": alone.ttft50 * 1000, "flooded_ttft_p50_ms": flooded.ttft50 * 1000, "ttft_ratio": flooded.ttft50 / alone.ttft50,
+		"flooded_p50_ms": flooded.p50 * 1000,
 	}, Target: "<= 2", Baseline: "light tenant alone"})
 
 	// Prefix cache: one request at a time, each a long system prompt shared
@@ -475,6 +484,32 @@ func (o BenchOptions) dirOf(ctx context.Context, rt *Runtime, a *nozzle.Adapter)
 		return "", fmt.Errorf("no adapter source")
 	}
 	return rt.opts.AdapterSource.AdapterDir(ctx, a.SHA256)
+}
+
+// longFlood returns the light tenant's latencies, one request at a time,
+// while another tenant keeps twice the batch's places busy with long
+// answers (512 tokens, each followed by another): without fair shares of
+// the batch, each light request would wait for one of those to end.
+func (b *bencher) longFlood(ctx context.Context, a *nozzle.Adapter) runStats {
+	fctx, stop := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	for range 2 * b.rt.opts.MaxBatchSeqs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for fctx.Err() == nil {
+				b.one(fctx, "flood", a, 512)
+			}
+		}()
+	}
+	time.Sleep(200 * time.Millisecond) // the flood fills the batch
+	var rs []benchResult
+	for range 12 {
+		rs = append(rs, b.one(ctx, "light", a, b.opts.MaxTokens))
+	}
+	stop()
+	wg.Wait()
+	return summarize(rs, 1)
 }
 
 // fairness returns the light tenant's latencies alone and next to a
