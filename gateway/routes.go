@@ -14,7 +14,7 @@ import (
 //	GET    /healthz                         alive
 //	GET    /readyz                          200 once an upstream is healthy
 //	GET    /metrics                         Prometheus text format
-//	OPTIONS /v1/*                           CORS preflight (any origin, no credentials)
+//	OPTIONS /v1/*                           CORS preflight (any origin, no credentials; the group's middleware)
 //	GET    /v1/models                       inference scope
 //	GET    /v1/models/{model}               inference scope
 //	DELETE /v1/models/{model}               adapters scope (the adapter)
@@ -45,6 +45,10 @@ import (
 //	GET    /admin/upstreams                 admin token
 //	GET    /internal/adapters/{sha256}/{file}  internal token
 //	POST   /internal/capacity/pull              internal token
+//
+// Registered elsewhere: GET /admin/backup and POST /admin/ledger/check
+// (maintenance.go, where the ledger offers them); the console under
+// /console (console.go); adapter drops on runtimes go out, not in.
 func (s *Server) routes() {
 	app := s.app
 	app.Use(s.front)
