@@ -42,6 +42,10 @@ func TestDemo_EchoScoresPrompt(t *testing.T) {
 		// 8 rows of logits and 5-token chunks: a prompt is scored over
 		// several steps, a few rows at a time
 		{"chunked", runtime.Options{MaxBatchSeqs: 8, MaxBatchTokens: 16, PrefillChunk: 5}},
+		// one row of logits: a token scored a step, the sample after
+		{"one row", runtime.Options{MaxBatchSeqs: 1}},
+		// two rows, one of them a decode's
+		{"two rows", runtime.Options{MaxBatchSeqs: 2}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			rt, adapters := openDemo(t, tc.opts)

@@ -912,7 +912,13 @@ func (s *scheduler) step() {
 		if first := max(q.computed, q.scored-1); q.score && first < q.nPrompt-1 {
 			// positions first.. are scored (each against the next token),
 			// the prompt's last excepted; a row stays free for a sample
-			free := s.maxBatchSeqs - rows - 1
+			// where that leaves one to score with (with a single free
+			// row, as under max_batch_seqs 1 or beside decodes filling
+			// all but one, the prompt would never be scored)
+			free := s.maxBatchSeqs - rows
+			if free > 1 {
+				free--
+			}
 			if free <= 0 && first == q.computed {
 				continue
 			}
