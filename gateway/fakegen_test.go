@@ -110,6 +110,8 @@ func (g *fakeGen) generate(ctx context.Context, req *nozzle.GenerateRequest, emi
 		res.CachedPromptTokens = res.PromptTokens - 1
 	}
 	switch {
+	case req.PromptOnly && (!req.Echo || req.MaxTokens != 0): // as the runtime refuses it
+		return res, nozzle.Errorf(nozzle.EINVALID, "Generating nothing (max_tokens 0) needs echo.").WithParam("max_tokens")
 	case strings.Contains(prompt, "TOO_LONG"):
 		return res, nozzle.Errorf(nozzle.ECONTEXTLENGTH, "This model's maximum context length is 2048 tokens. However, your messages resulted in 5000 tokens.").WithParam("messages")
 	case strings.Contains(prompt, "FAIL_BEFORE"):

@@ -200,9 +200,11 @@ func (j *job) echoText(choice int, decoded *nozzle.Chunk) string {
 }
 
 // runtimeEcho says whether a legacy completion choice's echo comes from
-// the runtime: to score the prompt (logprobs) or to decode its token ids.
+// the runtime: to score the prompt (logprobs), to decode its token ids, or
+// because nothing is generated (max_tokens 0), which the runtime answers
+// only with an echo.
 func (j *job) runtimeEcho(choice int) bool {
-	return j.kind == kindText && j.echo && (j.logprobs || !j.prompts[choice/j.n].isText)
+	return j.kind == kindText && j.echo && (j.logprobs || j.promptOnly || !j.prompts[choice/j.n].isText)
 }
 
 // Wire shapes of the requests. Polymorphic fields stay raw and are decoded

@@ -307,6 +307,20 @@ func TestCompletions(t *testing.T) {
 		if req := f.gen.lastReq.Load(); !req.PromptOnly || !req.Echo || req.MaxTokens != 0 {
 			t.Errorf("request %+v", req)
 		}
+		// Without logprobs: the prompt alone, asked of the runtime too
+		// (it counts the prompt's tokens), streamed or not.
+		var plain resp
+		decode(t, f.do(http.MethodPost, "/v1/completions", `{"model":"base","prompt":"Hé!","echo":true,"max_tokens":0}`, f.authA()), &plain)
+		if c := plain.Choices[0]; len(plain.Choices) != 1 || c.Text != "Hé!" || c.Logprobs != nil || c.FinishReason != "length" {
+			t.Errorf("choices %+v", plain.Choices)
+		}
+		if req := f.gen.lastReq.Load(); !req.PromptOnly || !req.Echo || req.MaxTokens != 0 {
+			t.Errorf("request %+v", req)
+		}
+		events := readAll(t, f.do(http.MethodPost, "/v1/completions", `{"model":"base","prompt":"Hé!","echo":true,"max_tokens":0,"stream":true}`, f.authA()))
+		if strings.Count(events, `"text":"Hé!"`) != 1 || !strings.Contains(events, `"finish_reason":"length"`) || !strings.HasSuffix(events, "data: [DONE]\n\n") {
+			t.Errorf("stream:\n%s", events)
+		}
 		r := f.do(http.MethodPost, "/v1/completions", `{"model":"base","prompt":"x","max_tokens":0}`, f.authA())
 		if r.StatusCode != 400 || !strings.Contains(readAll(t, r), `"param":"max_tokens"`) {
 			t.Errorf("max_tokens 0 without echo: %d", r.StatusCode)
