@@ -320,6 +320,29 @@ func TestBudget(t *testing.T) {
 	}
 }
 
+// TestBudget_Tools: the tools a chat offers are prompt tokens too: a
+// budget with room for the completion and the messages, not for the
+// tools' definitions, refuses the request.
+func TestBudget_Tools(t *testing.T) {
+	f := newFixture(t, withToolFormat(nozzle.ToolFormatHermes, "ok"))
+	// 1000 completion tokens at $2/M = $0.002; the tools' 2,000 bytes of
+	// JSON at $1/M about as much again.
+	f.updateTenant(f.tenantA.ID, func(tn *nozzle.Tenant) { tn.MonthlyBudgetUSD = 0.003 })
+	desc := strings.Repeat("x", 2000)
+	tools := `"tools":[{"type":"function","function":{"name":"f","description":"` + desc + `","parameters":{"type":"object"}}}]`
+	r := f.do(http.MethodPost, "/v1/chat/completions", `{"model":"base","max_tokens":1000,`+tools+`,"messages":[{"role":"user","content":"hi"}]}`, f.authA())
+	wantError(t, r, 429, "insufficient_quota", "insufficient_quota", "")
+	// So are an earlier call's arguments.
+	args := strings.ReplaceAll(`{"a":"`+desc+`"}`, `"`, `\"`)
+	msgs := `"messages":[{"role":"user","content":"hi"},{"role":"assistant","content":null,"tool_calls":[{"id":"c1","type":"function","function":{"name":"f","arguments":"` + args + `"}}]},{"role":"tool","tool_call_id":"c1","content":"ok"}]`
+	r = f.do(http.MethodPost, "/v1/chat/completions", `{"model":"base","max_tokens":1000,`+msgs+`}`, f.authA())
+	wantError(t, r, 429, "insufficient_quota", "insufficient_quota", "")
+	// Without them it fits.
+	if r := f.do(http.MethodPost, "/v1/chat/completions", `{"model":"base","max_tokens":1000,"messages":[{"role":"user","content":"hi"}]}`, f.authA()); r.StatusCode != 200 {
+		t.Errorf("status %d", r.StatusCode)
+	}
+}
+
 func TestBudget_Concurrent(t *testing.T) {
 	f := newFixture(t)
 	// Room for about one request's estimate: 1000 completion tokens at

@@ -90,12 +90,18 @@ const (
 // covers at least one byte of the text, so a text's bytes bound its
 // tokens; the template's tokens are allowed for; token ids are exact.
 // The budget reserves on this bound, so that requests admitted together
-// cannot spend more than the budget holds.
+// cannot spend more than the budget holds. The tools and earlier calls'
+// arguments are JSON the template renders again (tojson, indented by some
+// templates): up to three tokens a byte of their compact JSON (the
+// character, a newline, the indentation after it).
 func (j *job) promptBound() int {
 	if j.kind == kindChat {
-		n := templateAllowance
+		n := templateAllowance + 3*len(j.tools)
 		for _, m := range j.messages {
-			n += len(m.Content) + len(m.Name) + messageAllowance
+			n += len(m.Content) + len(m.Name) + len(m.ToolCallID) + messageAllowance
+			for _, c := range m.ToolCalls {
+				n += len(c.ID) + len(c.Function.Name) + 3*len(c.Function.Arguments) + messageAllowance
+			}
 		}
 		return n
 	}
@@ -115,8 +121,12 @@ func (j *job) promptBound() int {
 func (j *job) promptEstimate() int {
 	per := 0
 	if j.kind == kindChat {
+		per += len(j.tools) / 4
 		for _, m := range j.messages {
 			per += len(m.Content)/4 + 4
+			for _, c := range m.ToolCalls {
+				per += len(c.Function.Arguments)/4 + 8
+			}
 		}
 		return (per + 3) * j.n
 	}
