@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"strings"
 	"sync"
 	"testing"
 
@@ -198,5 +199,39 @@ func TestDemo_ChatTools(t *testing.T) {
 		`<|tool|>19 degrees [call_1]<|assistant|>`
 	if len(chunks) != 1 || chunks[0].Text != want {
 		t.Errorf("prompt:\n%s\nwant\n%s", chunks[0].Text, want)
+	}
+}
+
+// TestDemo_EchoSpecialTokenText: a text prompt that writes a special
+// token is echoed as given, and its tokens' offsets are into that text
+// (decoding skips the special token's text).
+func TestDemo_EchoSpecialTokenText(t *testing.T) {
+	rt, _ := openDemo(t, runtime.Options{})
+	const prompt = "ab<|im_start|>cd ef"
+	for _, only := range []bool{true, false} {
+		maxTokens := 0
+		if !only {
+			maxTokens = 1
+		}
+		chunks, _ := collect(t, rt, &nozzle.GenerateRequest{Prompt: prompt, Echo: true, Logprobs: true, PromptOnly: only, MaxTokens: maxTokens})
+		p := chunks[0]
+		if !p.Prompt || p.Text != prompt || len(p.Logprobs) < 4 {
+			t.Fatalf("prompt only %v: echo %+v", only, p)
+		}
+		// each token at its offset spells the text (BOS: nothing, at 0)
+		at := 0
+		for i, lp := range p.Logprobs {
+			tok := lp.Token
+			if i == 0 {
+				tok = ""
+			}
+			if lp.Offset != at || !strings.HasPrefix(prompt[at:], tok) {
+				t.Fatalf("prompt only %v: token %d %q at %d, want %d in %q", only, i, lp.Token, lp.Offset, at, prompt)
+			}
+			at += len(tok)
+		}
+		if at != len(prompt) {
+			t.Errorf("prompt only %v: the tokens spell %d of %d bytes", only, at, len(prompt))
+		}
 	}
 }

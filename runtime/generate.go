@@ -44,7 +44,7 @@ func (r *Runtime) generate(ctx context.Context, req *nozzle.GenerateRequest, sta
 			started(q.nPrompt)
 		}
 		res.FinishReason = nozzle.FinishLength
-		if err := emit(r.promptChunk(q.tokens, nil, q.score), 0); err != nil {
+		if err := emit(r.promptChunk(q.tokens, nil, q.score, req.Prompt), 0); err != nil {
 			res.FinishReason = ""
 			return res, nozzle.Errorf(nozzle.ECANCELED, "The request was canceled.").Wrap(err)
 		}
@@ -294,7 +294,7 @@ func (r *Runtime) stream(ctx context.Context, q *sequence, req *nozzle.GenerateR
 	// echo emits the prompt first, once its scores are in when asked for.
 	echo := func() error {
 		echoed = true
-		return emit(r.promptChunk(prompt, scores, q.score), 0)
+		return emit(r.promptChunk(prompt, scores, q.score, req.Prompt), 0)
 	}
 	if !echoed && !q.score {
 		if err := echo(); err != nil {
@@ -504,8 +504,41 @@ func stopPrefixTail(s string, stops []string) int {
 
 // promptChunk is the echoed prompt: its text decoded from its tokens and,
 // when scored, each token's logprob (scores: the tokens after the first)
-// with its byte offset in that text.
-func (r *Runtime) promptChunk(prompt []int32, scores []nozzle.TokenLogprob, scored bool) nozzle.Chunk {
+// with its byte offset in that text. A text prompt (text, "" for token
+// ids) is echoed as given, so its offsets are into that text where its
+// tokens spell it (see alignPrompt); decoding skips special tokens, which
+// a text may hold ("<|im_start|>" is one token).
+func (r *Runtime) promptChunk(prompt []int32, scores []nozzle.TokenLogprob, scored bool, text string) nozzle.Chunk {
+	c := r.decodedPromptChunk(prompt, scores, scored)
+	if scored && text != "" && c.Text != text && r.alignPrompt(prompt, c.Logprobs, text) {
+		c.Text = text
+	}
+	return c
+}
+
+// alignPrompt sets the offsets of a text prompt's tokens into the text:
+// each token spells the text's next bytes or, added to it (BOS), none. It
+// reports false, changing nothing, when the tokens do not spell the text
+// (a tokenizer that normalizes it).
+func (r *Runtime) alignPrompt(prompt []int32, lps []nozzle.TokenLogprob, text string) bool {
+	offs := make([]int, len(prompt))
+	pos := 0
+	for i, id := range prompt {
+		offs[i] = pos
+		if b := r.codec.TokenBytes(int(id)); len(b) > 0 && strings.HasPrefix(text[pos:], string(b)) {
+			pos += len(b)
+		}
+	}
+	if pos != len(text) {
+		return false
+	}
+	for i := range lps {
+		lps[i].Offset = offs[i]
+	}
+	return true
+}
+
+func (r *Runtime) decodedPromptChunk(prompt []int32, scores []nozzle.TokenLogprob, scored bool) nozzle.Chunk {
 	dec := r.codec.NewStreamDecoder()
 	var text strings.Builder
 	var lps []nozzle.TokenLogprob
