@@ -209,7 +209,7 @@ func splitToolCalls(format, text, answerID string, choice int) (string, []nozzle
 			if end < 0 {
 				end = len(body) // the last call may lack its closing tag
 			}
-			name, args, ok := callObject(body[:end], "arguments")
+			name, args, ok := callObject(body[:end], false, "arguments")
 			if !ok {
 				return text, nil
 			}
@@ -234,7 +234,9 @@ func splitToolCalls(format, text, answerID string, choice int) (string, []nozzle
 			return text, nil
 		}
 		for _, part := range parts {
-			name, args, ok := callObject(part, "parameters", "arguments")
+			// The arguments are required: without them a JSON answer
+			// with a "name" (a person's, say) is no call.
+			name, args, ok := callObject(part, true, "parameters", "arguments")
 			if !ok {
 				return text, nil
 			}
@@ -306,8 +308,9 @@ func splitCalls(s string) ([]string, bool) {
 	}
 }
 
-// callObject reads {"name": ..., <argument key>: {...}}.
-func callObject(s string, argKeys ...string) (string, json.RawMessage, bool) {
+// callObject reads {"name": ..., <argument key>: {...}}; the arguments
+// may be left out unless required.
+func callObject(s string, required bool, argKeys ...string) (string, json.RawMessage, bool) {
 	var obj map[string]json.RawMessage
 	if json.Unmarshal([]byte(strings.TrimSpace(s)), &obj) != nil {
 		return "", nil, false
@@ -332,7 +335,7 @@ func callObject(s string, argKeys ...string) (string, json.RawMessage, bool) {
 			return name, a, true
 		}
 	}
-	return name, nil, true
+	return name, nil, !required
 }
 
 // toolStream holds back, while a choice streams, the text that may be a

@@ -303,6 +303,7 @@ func TestSplitToolCalls(t *testing.T) {
 		{"HermesArgumentsNotObject", nozzle.ToolFormatHermes, "<tool_call>{\"name\": \"a\", \"arguments\": 5}</tool_call>", "<tool_call>{\"name\": \"a\", \"arguments\": 5}</tool_call>", nil},
 		{"HermesNoName", nozzle.ToolFormatHermes, "<tool_call>{\"arguments\": {}}</tool_call>", "<tool_call>{\"arguments\": {}}</tool_call>", nil},
 		{"Llama3Arguments", nozzle.ToolFormatLlama3JSON, " {\"name\": \"a\", \"arguments\": {\"k\": \"v\"}} ", "", []string{`a {"k":"v"}`}},
+		{"Llama3NoArguments", nozzle.ToolFormatLlama3JSON, "{\"name\": \"Alice\", \"age\": 30}", "{\"name\": \"Alice\", \"age\": 30}", nil},
 		{"Llama3Trailing", nozzle.ToolFormatLlama3JSON, "{\"name\": \"a\", \"parameters\": {}} done", "{\"name\": \"a\", \"parameters\": {}} done", nil},
 		{"MistralArray", nozzle.ToolFormatMistral, " [{\"name\": \"a\", \"arguments\": {\"x\": 1}}, {\"name\": \"b\", \"arguments\": {}}]\n", "", []string{`a {"x":1}`, `b {}`}},
 		{"MistralMarker", nozzle.ToolFormatMistral, "[TOOL_CALLS] [{\"name\": \"a\", \"arguments\": {\"y\": [1, 2]}}]", "", []string{`a {"y":[1,2]}`}},
