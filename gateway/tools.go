@@ -271,7 +271,7 @@ func splitToolCalls(format, text, answerID string, choice int) (string, []nozzle
 			return text, nil
 		}
 		for _, part := range parts {
-			name, args, ok := callObject(string(part), "arguments", "parameters")
+			name, args, ok := callObject(string(part), !marked, "arguments", "parameters")
 			if !ok {
 				return text, nil
 			}
@@ -394,8 +394,13 @@ func (t *toolStream) add(text string) string {
 // when a call begins with open: the text before open, which starts the
 // holding of everything after; else all but a tail that may grow into it.
 func (t *toolStream) holdFrom(h, open string) string {
+	// Space alone before the calls is no content (as splitToolCalls has
+	// it): held until text or a call follows.
 	if i := strings.Index(h, open); i >= 0 {
 		t.calling = true
+		if !t.started && strings.TrimSpace(h[:i]) == "" {
+			return "" // all held, the space with the calls
+		}
 		t.held.Reset()
 		t.held.WriteString(h[i:])
 		return h[:i]
@@ -407,9 +412,16 @@ func (t *toolStream) holdFrom(h, open string) string {
 			break
 		}
 	}
+	out := h[:len(h)-keep]
+	if !t.started {
+		if strings.TrimSpace(out) == "" {
+			return ""
+		}
+		t.started = true
+	}
 	t.held.Reset()
 	t.held.WriteString(h[len(h)-keep:])
-	return h[:len(h)-keep]
+	return out
 }
 
 // rest returns the text held at the end of the answer.

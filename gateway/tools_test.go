@@ -164,6 +164,39 @@ func TestTools_TextStaysText(t *testing.T) {
 	}
 }
 
+// TestTools_SpaceBeforeCall: space alone before a call is no content,
+// streamed or not; streamed in small pieces it is held until the call
+// shows, and sent as content where text follows it.
+func TestTools_SpaceBeforeCall(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		words   []string
+		content string // "" and a call, or the content and no call
+	}{
+		{"Call", []string{"\n", "\n<", "tool", "_call>{\"name\":\"get_weather\",", "\"arguments\":{}}</tool_call>"}, ""},
+		{"Text", []string{"\n", " ", "Hi."}, "\n Hi."},
+		{"SpaceOnly", []string{"\n", " "}, "\n "},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFixture(t, withToolFormat(nozzle.ToolFormatHermes, tc.words...))
+			body := `{"model":"base",` + weatherTools + `,"messages":[{"role":"user","content":"hi"}]}`
+			calls := 0
+			if tc.content == "" {
+				calls = 1
+			}
+			var out toolAnswer
+			decode(t, f.do(http.MethodPost, "/v1/chat/completions", body, f.authA()), &out)
+			if c := out.Choices[0]; len(c.Message.ToolCalls) != calls || (calls == 1) != (c.Message.Content == nil) || calls == 0 && *c.Message.Content != tc.content {
+				t.Errorf("answer %+v", out)
+			}
+			content, streamed, _ := streamedTools(t, readAll(t, f.do(http.MethodPost, "/v1/chat/completions", strings.Replace(body, `{"model"`, `{"stream":true,"model"`, 1), f.authA())))
+			if content != tc.content || len(streamed) != calls {
+				t.Errorf("streamed %q %s", content, streamed)
+			}
+		})
+	}
+}
+
 // TestTools_Llama3JSON: a Llama 3.1-style answer, one JSON object per call
 // (parameters, calls separated by ";"), is calls and no content.
 func TestTools_Llama3JSON(t *testing.T) {
@@ -268,9 +301,9 @@ func TestToolCallIDs(t *testing.T) {
 		format, text string
 		valid        *regexp.Regexp
 	}{
-		{nozzle.ToolFormatMistral, `[{"name": "a"}, {"name": "b"}]`, regexp.MustCompile(`^[A-Za-z0-9]{9}$`)},
+		{nozzle.ToolFormatMistral, `[{"name": "a", "arguments": {}}, {"name": "b", "arguments": {}}]`, regexp.MustCompile(`^[A-Za-z0-9]{9}$`)},
 		{nozzle.ToolFormatHermes, `<tool_call>{"name": "a"}</tool_call><tool_call>{"name": "b"}</tool_call>`, regexp.MustCompile(`^call_[0-9a-f]{24}$`)},
-		{nozzle.ToolFormatLlama3JSON, `{"name": "a"}; {"name": "b"}`, regexp.MustCompile(`^call_[0-9a-f]{24}$`)},
+		{nozzle.ToolFormatLlama3JSON, `{"name": "a", "parameters": {}}; {"name": "b", "parameters": {}}`, regexp.MustCompile(`^call_[0-9a-f]{24}$`)},
 	} {
 		seen := map[string]bool{}
 		for _, answer := range []string{"chatcmpl-1", "chatcmpl-2"} {
