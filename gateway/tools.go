@@ -27,6 +27,10 @@ import (
 const (
 	hermesOpen  = "<tool_call>"
 	hermesClose = "</tool_call>"
+	// A reasoning model's answer may open with its thoughts (Qwen3): a
+	// <tool_call> written there is thought, not a call.
+	thinkOpen  = "<think>"
+	thinkClose = "</think>"
 	// mistralCalls is Mistral's control token before its calls. Nozzle's
 	// stream decoder skips special tokens, so the text seldom holds it.
 	mistralCalls = "[TOOL_CALLS]"
@@ -198,10 +202,15 @@ func splitToolCalls(format, text, answerID string, choice int) (string, []nozzle
 	}
 	switch format {
 	case nozzle.ToolFormatHermes:
-		i := strings.Index(text, hermesOpen)
+		from := thoughtEnd(text)
+		if from < 0 {
+			return text, nil // still thinking
+		}
+		i := strings.Index(text[from:], hermesOpen)
 		if i < 0 {
 			return text, nil
 		}
+		i += from
 		rest := text[i:]
 		for strings.HasPrefix(rest, hermesOpen) {
 			body := rest[len(hermesOpen):]
@@ -285,6 +294,20 @@ func splitToolCalls(format, text, answerID string, choice int) (string, []nozzle
 	return text, nil
 }
 
+// thoughtEnd returns where the answer's opening thoughts (<think> …
+// </think>) end, 0 where it has none, -1 where they never close.
+func thoughtEnd(text string) int {
+	t := strings.TrimLeft(text, " \t\r\n")
+	if !strings.HasPrefix(t, thinkOpen) {
+		return 0
+	}
+	j := strings.Index(text, thinkClose)
+	if j < 0 {
+		return -1
+	}
+	return j + len(thinkClose)
+}
+
 // splitCalls splits "{...}; {...}" into its objects (Llama 3 separates
 // parallel calls with semicolons); false when s is not such a list.
 func splitCalls(s string) ([]string, bool) {
@@ -345,6 +368,7 @@ type toolStream struct {
 	held    strings.Builder // text not yet sent
 	calling bool            // a call has begun: everything from here is held
 	started bool            // some non-space text has been seen (Llama 3 JSON, Mistral)
+	think   int             // Hermes: 0 not known yet, 1 in the opening thoughts, 2 past them or none
 }
 
 // add takes the next piece of text and returns what may be sent now.
@@ -357,6 +381,32 @@ func (t *toolStream) add(text string) string {
 	h := t.held.String()
 	switch t.format {
 	case nozzle.ToolFormatHermes:
+		if t.think == 0 {
+			trimmed := strings.TrimLeft(h, " \t\r\n")
+			if len(trimmed) < len(thinkOpen) && strings.HasPrefix(thinkOpen, trimmed) {
+				return "" // undecided: it may open thoughts
+			}
+			t.think = 2
+			if strings.HasPrefix(trimmed, thinkOpen) {
+				t.think, t.started = 1, true
+			}
+		}
+		if t.think == 1 {
+			// Thoughts go out as they come; a tail that may grow into
+			// their end is held.
+			if j := strings.Index(h, thinkClose); j >= 0 {
+				t.think = 2
+				out := h[:j+len(thinkClose)]
+				rest := h[j+len(thinkClose):]
+				t.held.Reset()
+				t.held.WriteString(rest)
+				return out + t.holdFrom(rest, hermesOpen)
+			}
+			keep := suffixPrefix(h, thinkClose)
+			t.held.Reset()
+			t.held.WriteString(h[len(h)-keep:])
+			return h[:len(h)-keep]
+		}
 		return t.holdFrom(h, hermesOpen)
 	case nozzle.ToolFormatMistral:
 		if !t.started {
@@ -405,13 +455,7 @@ func (t *toolStream) holdFrom(h, open string) string {
 		t.held.WriteString(h[i:])
 		return h[:i]
 	}
-	keep := 0 // a tail that may grow into the opening tag
-	for n := min(len(open)-1, len(h)); n > 0; n-- {
-		if strings.HasSuffix(h, open[:n]) {
-			keep = n
-			break
-		}
-	}
+	keep := suffixPrefix(h, open) // a tail that may grow into the opening tag
 	out := h[:len(h)-keep]
 	if !t.started {
 		if strings.TrimSpace(out) == "" {
@@ -422,6 +466,17 @@ func (t *toolStream) holdFrom(h, open string) string {
 	t.held.Reset()
 	t.held.WriteString(h[len(h)-keep:])
 	return out
+}
+
+// suffixPrefix returns the length of the longest end of h that begins
+// tag (shorter than tag).
+func suffixPrefix(h, tag string) int {
+	for n := min(len(tag)-1, len(h)); n > 0; n-- {
+		if strings.HasSuffix(h, tag[:n]) {
+			return n
+		}
+	}
+	return 0
 }
 
 // rest returns the text held at the end of the answer.

@@ -329,6 +329,8 @@ func TestSplitToolCalls(t *testing.T) {
 		name, format, text, content string
 		calls                       []string // name + " " + arguments
 	}{
+		{"HermesAfterThoughts", nozzle.ToolFormatHermes, "<think>\nI could write <tool_call>{\"name\": \"x\", \"arguments\": {}}</tool_call> here.\n</think>\n\n<tool_call>\n{\"name\": \"a\", \"arguments\": {}}\n</tool_call>", "<think>\nI could write <tool_call>{\"name\": \"x\", \"arguments\": {}}</tool_call> here.\n</think>\n\n", []string{`a {}`}},
+		{"HermesThoughtsUnclosed", nozzle.ToolFormatHermes, "<think>maybe <tool_call>{\"name\": \"a\", \"arguments\": {}}</tool_call>", "<think>maybe <tool_call>{\"name\": \"a\", \"arguments\": {}}</tool_call>", nil},
 		{"HermesTwo", nozzle.ToolFormatHermes, "<tool_call>\n{\"name\": \"a\", \"arguments\": {\"x\": 1}}\n</tool_call>\n<tool_call>\n{\"name\": \"b\", \"arguments\": {}}\n</tool_call>", "", []string{`a {"x":1}`, `b {}`}},
 		{"HermesUnclosed", nozzle.ToolFormatHermes, "ok <tool_call>{\"name\": \"a\", \"arguments\": {\"y\": [1, 2]}}", "ok ", []string{`a {"y":[1,2]}`}},
 		{"HermesArgumentsText", nozzle.ToolFormatHermes, "<tool_call>{\"name\": \"a\", \"arguments\": \"{\\\"z\\\": true}\"}</tool_call>", "", []string{`a {"z":true}`}},
@@ -360,5 +362,24 @@ func TestSplitToolCalls(t *testing.T) {
 				t.Errorf("got %q %q, want %q %q", content, got, tc.content, tc.calls)
 			}
 		})
+	}
+}
+
+// TestTools_AfterThoughts: a reasoning model (Qwen3) thinks first; a
+// <tool_call> inside its thoughts is thought, streamed as text, and the
+// call after them is the call, streamed or not.
+func TestTools_AfterThoughts(t *testing.T) {
+	f := newFixture(t, withToolFormat(nozzle.ToolFormatHermes,
+		"<thi", "nk>plan: <tool_", "call> maybe</th", "ink>\n", "<tool_call>{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Bern\"}}</tool_call>"))
+	body := `{"model":"base",` + weatherTools + `,"messages":[{"role":"user","content":"Bern?"}]}`
+	const thoughts = "<think>plan: <tool_call> maybe</think>\n"
+	var out toolAnswer
+	decode(t, f.do(http.MethodPost, "/v1/chat/completions", body, f.authA()), &out)
+	if c := out.Choices[0]; c.Message.Content == nil || *c.Message.Content != thoughts || len(c.Message.ToolCalls) != 1 || c.FinishReason != "tool_calls" {
+		t.Fatalf("answer %+v", out)
+	}
+	content, calls, finish := streamedTools(t, readAll(t, f.do(http.MethodPost, "/v1/chat/completions", strings.Replace(body, `{"model"`, `{"stream":true,"model"`, 1), f.authA())))
+	if content != thoughts || len(calls) != 1 || finish != "tool_calls" {
+		t.Errorf("streamed %q %s %q", content, calls, finish)
 	}
 }
