@@ -143,16 +143,21 @@ func (s *Server) replay(c *fiber.Ctx, j *job, ev *nozzle.UsageEvent, fp [sha256.
 			if ch.Message != nil {
 				content = ch.Message.Content
 			}
-			buf = head(buf)
-			buf = append(buf, `,"choices":[{"index":`...)
-			buf = appendInt(buf, int64(ch.Index))
-			buf = append(buf, `,"delta":{"content":`...)
-			buf = appendString(buf, content)
-			buf = append(buf, `},"logprobs":`...)
-			buf = logprobs(buf, ch.Logprobs)
-			buf = append(buf, `,"finish_reason":null}]`...)
-			buf = tail(buf)
-			if ch.Message != nil && len(ch.Message.ToolCalls) > 0 {
+			calls := ch.Message != nil && len(ch.Message.ToolCalls) > 0
+			// A call without content has no empty content delta, as a live
+			// stream sends none.
+			if !calls || content != "" || !isNull(ch.Logprobs) {
+				buf = head(buf)
+				buf = append(buf, `,"choices":[{"index":`...)
+				buf = appendInt(buf, int64(ch.Index))
+				buf = append(buf, `,"delta":{"content":`...)
+				buf = appendString(buf, content)
+				buf = append(buf, `},"logprobs":`...)
+				buf = logprobs(buf, ch.Logprobs)
+				buf = append(buf, `,"finish_reason":null}]`...)
+				buf = tail(buf)
+			}
+			if calls {
 				buf = head(buf)
 				buf = append(buf, `,"choices":[{"index":`...)
 				buf = appendInt(buf, int64(ch.Index))
