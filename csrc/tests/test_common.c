@@ -242,7 +242,7 @@ static int32_t sample(const float *lg, int64_t V, float temp, float top_p, int32
                       float *lp)
 {
 	void *scr = malloc(nz_sample_scratch_bytes(V));
-	nz_sample_params p = {temp, top_p, top_k, seed, pos, 0};
+	nz_sample_params p = {.temperature = temp, .top_p = top_p, .top_k = top_k, .seed = seed, .position = pos};
 	int32_t tok;
 	float l;
 	nz_sample(lg, V, &p, scr, &tok, &l, NULL, NULL);
@@ -265,7 +265,7 @@ static void test_sampling(void)
 		lse += exp(lg[i]);
 	lse = log(lse);
 	void *scr = malloc(nz_sample_scratch_bytes(6));
-	nz_sample_params p = {0, 1, 0, 5, 3, 4};
+	nz_sample_params p = {.temperature = 0, .top_p = 1, .top_k = 0, .seed = 5, .position = 3, .n_top = 4};
 	int32_t tok, tt[4];
 	float lp, tl[4];
 	nz_sample(lg, 6, &p, scr, &tok, &lp, tt, tl);
@@ -282,6 +282,17 @@ static void test_sampling(void)
 	float tl8[8];
 	nz_sample(lg, 6, &p, scr, &tok, &lp, tt8, tl8);
 	CHECK(tt8[5] == 3 && tt8[6] == -1 && tt8[7] == -1, "n_top > V pads with -1");
+	/* scored: nothing drawn, the target's logprob, the same tops
+	 * (even at a temperature, which scoring ignores) */
+	p.n_top = 4;
+	p.scored = 1;
+	p.target = 3;
+	p.temperature = 0.7f;
+	nz_sample(lg, 6, &p, scr, &tok, &lp, tt, tl);
+	CHECK(tok == 3, "scored token %d, want the target 3", tok);
+	CHECK(fabs(lp - (-2.0 - lse)) < 1e-6, "scored logprob %g want %g", (double)lp, -2.0 - lse);
+	for (int i = 0; i < 4; i++)
+		CHECK(tt[i] == want_top[i], "scored top[%d] = %d, want %d", i, tt[i], want_top[i]);
 	free(scr);
 
 	/* seeded draws are deterministic and follow the distribution */

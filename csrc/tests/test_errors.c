@@ -273,6 +273,19 @@ static void test_engine_errors(void)
 	CHECK_ERR(nz_step(e, &b), NZ_ERR_INVALID, "out_top_token");
 	b.out_top_token = ttok, b.out_top_logprob = tlp;
 	CHECK_OK(nz_step(e, &b));
+	/* scoring: targets need their outputs, in the vocabulary */
+	int32_t target[5] = {2, 3, -1, 5, -1};
+	float slp[5] = {1, 1, 1, 1, 1};
+	b = good;
+	b.score_target = target;
+	CHECK_ERR(nz_step(e, &b), NZ_ERR_INVALID, "out_score_logprob");
+	b.out_score_logprob = slp;
+	target[1] = 1 << 30;
+	CHECK_ERR(nz_step(e, &b), NZ_ERR_INVALID, "score_target[1]");
+	target[1] = 3;
+	CHECK_OK(nz_step(e, &b));
+	CHECK(slp[0] < 0 && slp[1] < 0 && slp[2] == 1 && slp[3] < 0 && slp[4] == 1, "scored logprobs %g %g %g %g %g",
+	      (double)slp[0], (double)slp[1], (double)slp[2], (double)slp[3], (double)slp[4]);
 	b = good;
 	b.out_token = NULL;
 	CHECK_ERR(nz_step(e, &b), NZ_ERR_INVALID, "out_token");
