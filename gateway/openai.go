@@ -513,6 +513,11 @@ func parseStop(raw json.RawMessage) ([]string, error) {
 		}
 		return []string{one}, nil
 	}
+	// Counted before decoding: a list of a million stop sequences is
+	// refused without building it.
+	if n, _, _, ok := scanArray(raw); ok && n > 4 {
+		return nil, invalidAs("invalid_value", "stop", "Invalid 'stop': at most 4 stop sequences are allowed, got %d.", n)
+	}
 	var list []string
 	if err := json.Unmarshal(raw, &list); err != nil {
 		return nil, invalidAs("invalid_type", "stop", "Invalid type for 'stop': expected a string or an array of strings.")
@@ -778,13 +783,13 @@ func parseCompletion(body []byte, maxChoices int) (*job, error) {
 	if err := b.check(); err != nil {
 		return nil, err
 	}
-	prompts, err := parsePrompt(b.Prompt)
+	prompts, err := parsePrompt(b.Prompt, j.n, maxChoices)
 	if err != nil {
 		return nil, err
 	}
 	j.prompts = prompts
 	if j.choices() > maxChoices {
-		return nil, invalidAs("invalid_value", "n", "Too many choices: %d prompts × n=%d exceeds %d.", len(prompts), j.n, maxChoices)
+		return nil, tooManyChoices(len(prompts), j.n, maxChoices)
 	}
 	if b.Logprobs != nil {
 		if *b.Logprobs < 0 || *b.Logprobs > 5 {
@@ -805,8 +810,11 @@ func parseCompletion(body []byte, maxChoices int) (*job, error) {
 }
 
 // parsePrompt accepts a string, a list of strings, a list of token ids or
-// a list of token-id lists.
-func parsePrompt(raw json.RawMessage) ([]promptSpec, error) {
+// a list of token-id lists. A list of more than maxPrompts prompts is
+// refused before any of them is decoded, and token ids decode straight
+// into integers: a 4 MiB body of ids must not cost the gateway hundreds of
+// megabytes of garbage (a json.RawMessage and a *int per id did).
+func parsePrompt(raw json.RawMessage, n, maxChoices int) ([]promptSpec, error) {
 	if isNull(raw) {
 		return nil, invalidAs("missing_required_parameter", "prompt", "You must provide a prompt.")
 	}
@@ -814,22 +822,22 @@ func parsePrompt(raw json.RawMessage) ([]promptSpec, error) {
 	if json.Unmarshal(raw, &s) == nil {
 		return []promptSpec{{text: s, isText: true}}, nil
 	}
-	var items []json.RawMessage
-	if err := json.Unmarshal(raw, &items); err != nil {
+	count, first, nullAt, ok := scanArray(raw)
+	if !ok {
 		return nil, invalidAs("invalid_type", "prompt", "Invalid type for 'prompt': expected a string, an array of strings, an array of token ids or an array of token-id arrays.")
 	}
-	if len(items) == 0 {
+	if count == 0 {
 		return nil, invalidAs("empty_array", "prompt", "Invalid 'prompt': empty array.")
 	}
-	for i, it := range items {
-		if isNull(it) {
-			return nil, invalidAs("invalid_value", "prompt", "Invalid 'prompt': item %d is null.", i)
-		}
+	if nullAt >= 0 {
+		return nil, invalidAs("invalid_value", "prompt", "Invalid 'prompt': item %d is null.", nullAt)
 	}
-	first := bytes.TrimSpace(items[0])
-	switch {
-	case first[0] == '"':
-		var list []string
+	if (first == '"' || first == '[') && count*max(n, 1) > maxChoices {
+		return nil, tooManyChoices(count, n, maxChoices)
+	}
+	switch first {
+	case '"':
+		list := make([]string, 0, count)
 		if err := json.Unmarshal(raw, &list); err != nil {
 			return nil, invalidAs("invalid_value", "prompt", "Invalid 'prompt': an array of prompts must hold only strings.")
 		}
@@ -838,8 +846,8 @@ func parsePrompt(raw json.RawMessage) ([]promptSpec, error) {
 			out[i] = promptSpec{text: t, isText: true}
 		}
 		return out, nil
-	case first[0] == '[':
-		var lists [][]*int
+	case '[':
+		lists := make([][]tokenID, 0, count)
 		if err := json.Unmarshal(raw, &lists); err != nil {
 			return nil, invalidAs("invalid_value", "prompt", "Invalid 'prompt': an array of token-id arrays must hold only arrays of integers.")
 		}
@@ -853,7 +861,7 @@ func parsePrompt(raw json.RawMessage) ([]promptSpec, error) {
 		}
 		return out, nil
 	default:
-		var list []*int
+		list := make([]tokenID, 0, count)
 		if err := json.Unmarshal(raw, &list); err != nil {
 			return nil, invalidAs("invalid_value", "prompt", "Invalid 'prompt': an array of token ids must hold only integers.")
 		}
@@ -865,14 +873,104 @@ func parsePrompt(raw json.RawMessage) ([]promptSpec, error) {
 	}
 }
 
+func tooManyChoices(prompts, n, maxChoices int) error {
+	return invalidAs("invalid_value", "n", "Too many choices: %d prompts × n=%d exceeds %d.", prompts, n, maxChoices)
+}
+
+// scanArray looks at raw, valid JSON, without decoding it: whether it is
+// an array, how many items it holds, the first byte of its first item and
+// the index of its first null item (-1: none).
+func scanArray(raw []byte) (count int, first byte, nullAt int, ok bool) {
+	raw = bytes.TrimSpace(raw)
+	if len(raw) < 2 || raw[0] != '[' {
+		return 0, 0, -1, false
+	}
+	nullAt = -1
+	depth, inString, start := 0, false, true
+	for i := 1; i < len(raw)-1; i++ {
+		c := raw[i]
+		if inString {
+			switch c {
+			case '\\':
+				i++
+			case '"':
+				inString = false
+			}
+			continue
+		}
+		switch c {
+		case ' ', '\t', '\n', '\r':
+			continue
+		case ',':
+			if depth == 0 {
+				start = true
+			}
+			continue
+		}
+		if start && depth == 0 {
+			if count == 0 {
+				first = c
+			}
+			if c == 'n' && nullAt < 0 {
+				nullAt = count
+			}
+			count++
+			start = false
+		}
+		switch c {
+		case '"':
+			inString = true
+		case '[', '{':
+			depth++
+		case ']', '}':
+			depth--
+		}
+	}
+	return count, first, nullAt, true
+}
+
+// tokenID is a prompt's token id as the request gives it: an integer, or
+// null (nullToken), decoded without allocating.
+type tokenID int
+
+const nullToken = tokenID(math.MinInt)
+
+func (t *tokenID) UnmarshalJSON(b []byte) error {
+	if string(b) == "null" {
+		*t = nullToken
+		return nil
+	}
+	neg := len(b) > 0 && b[0] == '-'
+	if neg {
+		b = b[1:]
+	}
+	if len(b) == 0 || len(b) > 18 {
+		return errNotTokenID
+	}
+	v := 0
+	for _, c := range b {
+		if c < '0' || c > '9' {
+			return errNotTokenID
+		}
+		v = v*10 + int(c-'0')
+	}
+	if neg {
+		v = -v
+	}
+	*t = tokenID(v)
+	return nil
+}
+
+var errNotTokenID = errors.New("not a token id")
+
 // tokenIDs checks a prompt's token ids (null is not one) and returns them.
-func tokenIDs(list []*int) ([]int, error) {
+func tokenIDs(list []tokenID) ([]int, error) {
 	ids := make([]int, len(list))
 	for i, id := range list {
-		if id == nil {
+		if id == nullToken {
 			return nil, invalidAs("invalid_value", "prompt", "Invalid 'prompt': token %d is null; token ids are integers.", i)
 		}
-		ids[i] = *id
+		ids[i] = int(id)
 	}
 	return ids, checkTokens(ids)
 }
