@@ -269,6 +269,7 @@ func TestAdapters_BadUpload(t *testing.T) {
 		{"TarDotDotOther", arch("a.tar.gz", tarGz(t, c, w, entry{name: "x/../../README", data: []byte("x")})), 400, "", "archive"},
 		{"TarTwoFolders", arch("a.tar.gz", tarGz(t, entry{name: "a/" + nozzle.AdapterConfigFile, data: goodConfig}, entry{name: "b/" + nozzle.AdapterWeightsFile, data: goodWeights})), 400, "", "archive"},
 		{"TarTooDeep", arch("a.tar.gz", tarGz(t, entry{name: "a/b/" + nozzle.AdapterConfigFile, data: goodConfig}, w)), 400, "", "archive"},
+		{"TarBombSkipped", arch("a.tar.gz", tarGz(t, entry{name: "junk.bin", data: make([]byte, 200<<10)}, c, w)), 400, "", "archive"},
 		{"TarMissingFile", arch("a.tar.gz", tarGz(t, c)), 400, "", "archive"},
 		{"TarDuplicate", arch("a.tar.gz", tarGz(t, c, w, c)), 400, "", "archive"},
 		{"ZipBackslashDotDot", arch("a.zip", zipOf(t, entry{name: `..\` + nozzle.AdapterConfigFile, data: goodConfig}, w)), 400, "", "archive"},

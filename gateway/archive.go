@@ -210,6 +210,11 @@ func extractTarGz(r io.Reader, x *extractor) error {
 	}
 	defer zr.Close()
 	tr := tar.NewReader(zr)
+	// Every entry is decompressed, those skipped too: without a bound on
+	// their sizes a few megabytes of gzip (a ratio of 1000 to 1) keep a
+	// core busy for minutes. An archive may unpack to at most the upload
+	// limit in all.
+	var unpacked int64
 	for count := 0; ; count++ {
 		if count > maxArchiveEntries {
 			return archiveError("The archive has too many entries.")
@@ -224,6 +229,9 @@ func extractTarGz(r io.Reader, x *extractor) error {
 		switch h.Typeflag {
 		case tar.TypeXGlobalHeader, tar.TypeXHeader, tar.TypeGNULongName, tar.TypeGNULongLink:
 			continue
+		}
+		if unpacked += max(h.Size, 0); unpacked > x.limit {
+			return archiveError("The archive unpacks to more than %d bytes, the upload limit.", x.limit)
 		}
 		isReg := h.Typeflag == tar.TypeReg || h.Typeflag == tar.TypeRegA //nolint:staticcheck // old tars
 		err = x.entry(h.Name, h.Typeflag == tar.TypeDir, isReg, h.Size, func() (io.ReadCloser, error) {
