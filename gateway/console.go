@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"html/template"
 	"io/fs"
+	"runtime"
 	"strings"
 	"time"
 
@@ -107,6 +108,8 @@ type console struct {
 	login   *loginLimiter
 	forms   *formCache
 	limits  *keyStateMap // rate-limit state of playground requests, per tenant
+
+	hashSlots chan struct{} // password hashes computed at once (hashSlot)
 }
 
 // Console returns the Extension that mounts the web console at /console:
@@ -125,7 +128,8 @@ func Console(cfg ConsoleConfig) Extension {
 			return errors.New("console: the static files and templates are required")
 		}
 		cfg = cfg.withDefaults()
-		cs := &console{s: s, cfg: cfg, users: s.deps.Users, limits: newKeyStateMap()}
+		cs := &console{s: s, cfg: cfg, users: s.deps.Users, limits: newKeyStateMap(),
+			hashSlots: make(chan struct{}, max(2, runtime.GOMAXPROCS(0)))}
 		mac := hmac.New(sha256.New, cfg.SigningKey)
 		mac.Write([]byte("nozzle console csrf"))
 		cs.csrfKey = mac.Sum(nil)

@@ -468,7 +468,16 @@ func (cs *console) loginSubmit(c *fiber.Ctx) error {
 		return fail(fiber.StatusBadRequest, "Incorrect email or password.")
 	}
 	addr := c.IP()
-	if wait := cs.login.blocked(email, addr); wait > 0 {
+	// One argon2 check at a time per slot: each takes 19 MiB, and sign-ins
+	// are open to anyone.
+	if !cs.hashSlot() {
+		c.Set(fiber.HeaderRetryAfter, "1")
+		return fail(fiber.StatusTooManyRequests, "Too many sign-in attempts right now. Please try again in a moment.")
+	}
+	defer cs.releaseHashSlot()
+	// The attempt counts as a failure until the password is checked, so
+	// that attempts sent at once cannot all pass the limiter's check.
+	if wait := cs.login.attempt(email, addr); wait > 0 {
 		c.Set(fiber.HeaderRetryAfter, strconv.Itoa(int(wait.Seconds()+0.999)))
 		return fail(fiber.StatusTooManyRequests, fmt.Sprintf("Too many sign-in attempts. For your security, try again in %s.", humanWait(wait)))
 	}
@@ -484,10 +493,9 @@ func (cs *console) loginSubmit(c *fiber.Ctx) error {
 		checkPassword(dummyHash(), password)
 	}
 	if !ok || u.Disabled {
-		cs.login.fail(email, addr)
 		return fail(fiber.StatusUnauthorized, "Incorrect email or password.")
 	}
-	cs.login.succeed(email)
+	cs.login.succeed(email, addr)
 	if err := cs.startSession(c, u); err != nil {
 		return err
 	}
@@ -584,7 +592,12 @@ func (cs *console) inviteSubmit(c *fiber.Ctx) error {
 	if pw != c.FormValue("confirm") {
 		return fail(fiber.StatusBadRequest, "The two passwords differ.")
 	}
+	if !cs.hashSlot() {
+		c.Set(fiber.HeaderRetryAfter, "1")
+		return fail(fiber.StatusTooManyRequests, "The server is busy. Please try again in a moment.")
+	}
 	h, err := hashPassword(pw)
+	cs.releaseHashSlot()
 	if err != nil {
 		return err
 	}
@@ -625,6 +638,10 @@ func addrKey(addr string) string   { return "a:" + addr }
 func (l *loginLimiter) blocked(email, addr string) time.Duration {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	return l.blockedLocked(email, addr)
+}
+
+func (l *loginLimiter) blockedLocked(email, addr string) time.Duration {
 	now := l.now()
 	var wait time.Duration
 	check := func(key string, limit int) {
@@ -640,6 +657,10 @@ func (l *loginLimiter) blocked(email, addr string) time.Duration {
 func (l *loginLimiter) fail(email, addr string) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	l.failLocked(email, addr)
+}
+
+func (l *loginLimiter) failLocked(email, addr string) {
 	now := l.now()
 	if len(l.counts) > 100000 {
 		for k, c := range l.counts {
@@ -658,12 +679,52 @@ func (l *loginLimiter) fail(email, addr string) {
 	}
 }
 
-// succeed forgets an email's failures (not the address's).
-func (l *loginLimiter) succeed(email string) {
+// attempt starts a sign-in for email from addr: it returns how long the
+// sign-in must wait, like blocked, or else counts it as a failure at once
+// (succeed takes it back), so that attempts in flight count.
+func (l *loginLimiter) attempt(email, addr string) time.Duration {
 	l.mu.Lock()
-	delete(l.counts, emailKey(email))
-	l.mu.Unlock()
+	defer l.mu.Unlock()
+	wait := l.blockedLocked(email, addr)
+	if wait == 0 {
+		l.failLocked(email, addr)
+	}
+	return wait
 }
+
+// succeed forgets an email's failures and takes back the address's count
+// of this attempt.
+func (l *loginLimiter) succeed(email, addr string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	delete(l.counts, emailKey(email))
+	if c := l.counts[addrKey(addr)]; c != nil && c.n > 0 {
+		c.n--
+	}
+}
+
+// hashSlot waits, up to hashSlotWait, for one of the slots that bound
+// the password hashes computed at once (each takes argonMemory), and
+// reports whether it got one; releaseHashSlot gives it back.
+func (cs *console) hashSlot() bool {
+	select {
+	case cs.hashSlots <- struct{}{}:
+		return true
+	default:
+	}
+	t := time.NewTimer(hashSlotWait)
+	defer t.Stop()
+	select {
+	case cs.hashSlots <- struct{}{}:
+		return true
+	case <-t.C:
+		return false
+	}
+}
+
+func (cs *console) releaseHashSlot() { <-cs.hashSlots }
+
+const hashSlotWait = 5 * time.Second
 
 // formCache makes the console's creation requests idempotent per form
 // token (X-Form-Token): a double-clicked submit, or a retry, gets the

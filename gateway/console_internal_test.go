@@ -83,6 +83,30 @@ func TestLoginLimiter(t *testing.T) {
 	}
 }
 
+func TestLoginLimiterCountsAttemptsInFlight(t *testing.T) {
+	now := time.Unix(1000, 0)
+	l := newLoginLimiter(2, 3, time.Minute, func() time.Time { return now })
+	for i := range 2 {
+		if w := l.attempt("a@x.test", "1.1.1.1"); w != 0 {
+			t.Fatalf("attempt %d blocked: %v", i, w)
+		}
+	}
+	if l.attempt("a@x.test", "1.1.1.1") == 0 {
+		t.Fatal("a third attempt in flight was let through")
+	}
+	// A success forgets the email's count and takes back the address's.
+	l.succeed("a@x.test", "1.1.1.1")
+	l.succeed("b@x.test", "1.1.1.1")
+	for _, e := range []string{"c@x.test", "d@x.test", "e@x.test"} {
+		if l.attempt(e, "1.1.1.1") != 0 {
+			t.Fatal("successful attempts still count against the address")
+		}
+	}
+	if l.attempt("f@x.test", "1.1.1.1") == 0 {
+		t.Fatal("address not blocked after 3 attempts")
+	}
+}
+
 func TestPercent(t *testing.T) {
 	for _, tt := range []struct {
 		in   float64

@@ -251,6 +251,32 @@ func TestConsole_SignIn(t *testing.T) {
 		resp, body = g.browser().login(opEmail, opPassword)
 		wantConsoleStatus(t, resp, http.StatusSeeOther, body)
 	})
+	t.Run("RateLimitedWhileInFlight", func(t *testing.T) {
+		// Attempts sent at once each count before their password is
+		// checked: the limiter holds however many are in flight.
+		g := newConsoleFixture(t, func(c *gateway.ConsoleConfig) { c.LoginPerEmail = 3 })
+		codes := make(chan int, 20)
+		var wg sync.WaitGroup
+		for range 20 {
+			b := g.browser()
+			b.page("/console/login")
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				resp, _ := b.form("/console/login", url.Values{"_csrf": {b.csrf}, "email": {opEmail}, "password": {"wrong-password-123"}})
+				codes <- resp.StatusCode
+			}()
+		}
+		wg.Wait()
+		close(codes)
+		n := map[int]int{}
+		for c := range codes {
+			n[c]++
+		}
+		if n[http.StatusUnauthorized] != 3 || n[http.StatusTooManyRequests] != 17 {
+			t.Errorf("answers %v, want 3 × 401 and 17 × 429", n)
+		}
+	})
 	t.Run("RateLimitedPerAddress", func(t *testing.T) {
 		g := newConsoleFixture(t, func(c *gateway.ConsoleConfig) { c.LoginPerAddress = 4 })
 		for i := 0; i < 4; i++ {
