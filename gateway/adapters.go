@@ -124,7 +124,7 @@ func uploadError(param, format string, args ...any) error {
 // createAdapter handles POST /v1/adapters: a multipart upload streamed to
 // a staging folder, validated and imported by the AdapterStore, then
 // recorded. Nothing is left behind on failure.
-func (s *Server) createAdapter(c *fiber.Ctx) error {
+func (s *Server) createAdapter(c *fiber.Ctx) (retErr error) {
 	p := principalFrom(c)
 	mt, params, err := mime.ParseMediaType(c.Get(fiber.HeaderContentType))
 	if err != nil || mt != "multipart/form-data" || params["boundary"] == "" {
@@ -133,6 +133,39 @@ func (s *Server) createAdapter(c *fiber.Ctx) error {
 	limit := s.cfg.UploadLimit
 	if cl := c.Request().Header.ContentLength(); int64(cl) > limit {
 		return errTooLarge(limit)
+	}
+	// One tenant's uploads neither fill the disk nor keep it busy: a few
+	// at a time, within its storage quota.
+	if !s.uploading.takeOne(p.tenant.ID, s.cfg.TenantUploads) {
+		return nozzle.Errorf(nozzle.ERATELIMIT, "Too many uploads in progress: this organization may upload %d adapters at once. Try again when one has finished.", s.cfg.TenantUploads).
+			WithReason("too_many_uploads_in_flight").WithRetryAfter(5 * time.Second)
+	}
+	defer s.uploading.release(p.tenant.ID, 1)
+	// A tenant's adapters stay within its storage quota: an upload that
+	// cannot fit is refused before it is received, and one that turns out
+	// not to fit is not kept.
+	quota, used := s.cfg.TenantAdapterBytes, int64(0)
+	if quota > 0 {
+		list, err := s.deps.Adapters.Adapters(c.UserContext(), p.tenant.ID)
+		if err != nil {
+			return err
+		}
+		for _, a := range list {
+			used += a.SizeBytes
+		}
+		// the multipart body is the files and a little framing
+		room := quota - used + multipartSlack
+		if cl := c.Request().Header.ContentLength(); used >= quota || int64(cl) > room {
+			return storageFull(used, quota)
+		}
+		if room < limit {
+			limit = room
+			defer func() { // an upload cut at the quota says so
+				if nozzle.ErrorCode(retErr) == nozzle.ETOOLARGE {
+					retErr = storageFull(used, quota)
+				}
+			}()
+		}
 	}
 	if conn := c.Context().Conn(); conn != nil {
 		_ = conn.SetReadDeadline(time.Now().Add(s.cfg.UploadTimeout))
@@ -194,6 +227,10 @@ func (s *Server) createAdapter(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
+	if quota > 0 && used+m.SizeBytes > quota {
+		s.removeIfUnused(context.WithoutCancel(ctx), m.SHA256, 1)
+		return storageFull(used, quota)
+	}
 	a := &nozzle.Adapter{TenantID: p.tenant.ID, Name: up.name, AdapterManifest: *m}
 	if err := s.deps.Adapters.CreateAdapter(ctx, a); err != nil {
 		s.removeIfUnused(context.WithoutCancel(ctx), m.SHA256, 1)
@@ -205,6 +242,16 @@ func (s *Server) createAdapter(c *fiber.Ctx) error {
 	s.log.LogAttrs(ctx, slog.LevelInfo, "adapter created", slog.String("tenant_id", p.tenant.ID),
 		slog.String("adapter", a.Name), slog.String("sha256", a.SHA256), slog.Int64("size_bytes", a.SizeBytes))
 	return c.Status(fiber.StatusCreated).JSON(toAdapterJSON(a))
+}
+
+// multipartSlack is what an upload's multipart framing may add to its
+// files, at most.
+const multipartSlack = 64 << 10
+
+// storageFull refuses an upload past the tenant's adapter storage quota.
+func storageFull(used, quota int64) error {
+	return nozzle.Errorf(nozzle.ETOOLARGE, "This upload would take this organization's adapters past their storage quota of %s (%s used). Delete adapters it no longer needs, or ask the operator for more.",
+		formatBytes(quota), formatBytes(used)).WithParam("adapter_model.safetensors").WithReason("adapter_storage_full")
 }
 
 // endImport ends an import in flight; the last one sweeps the store if a

@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/nozzle-ai/nozzle"
 	"github.com/nozzle-ai/nozzle/gateway"
@@ -401,5 +402,93 @@ func TestAdapters_CrashLeftovers(t *testing.T) {
 	}
 	if stored() {
 		t.Error("the deleted adapter's files outlived the import that held them")
+	}
+}
+
+// TestAdapters_StorageQuota: a tenant's adapters stay within its storage
+// quota; an upload past it is refused up front with what is used, and
+// fits again once an adapter is deleted. Another tenant is not affected.
+func TestAdapters_StorageQuota(t *testing.T) {
+	size := int64(len(goodConfig) + len(goodWeights))
+	f := newFixture(t, func(c *gateway.Config, d *gateway.Deps, f *fixture) { c.TenantAdapterBytes = 2*size + size/2 })
+	files := func(name string, fill byte) []part {
+		w := append([]byte("SAFE"), bytes.Repeat([]byte{fill}, len(goodWeights)-4)...)
+		return []part{{"name", "", []byte(name)}, {nozzle.AdapterConfigFile, "adapter_config.json", goodConfig}, {nozzle.AdapterWeightsFile, "adapter_model.safetensors", w}}
+	}
+	for i, name := range []string{"one", "two"} {
+		if r := f.upload(f.keyA, files(name, byte(i+1))...); r.StatusCode != http.StatusCreated {
+			t.Fatalf("%s: %d %s", name, r.StatusCode, readAll(t, r))
+		}
+	}
+	r := f.upload(f.keyA, files("three", 3)...)
+	body := readAll(t, r)
+	if r.StatusCode != http.StatusRequestEntityTooLarge || !strings.Contains(body, "storage quota") || !strings.Contains(body, "adapter_storage_full") {
+		t.Fatalf("past the quota: %d %s", r.StatusCode, body)
+	}
+	if r := f.upload(f.keyB, files("three", 3)...); r.StatusCode != http.StatusCreated {
+		t.Errorf("another tenant: %d %s", r.StatusCode, readAll(t, r))
+	}
+	if r := f.do(http.MethodDelete, "/v1/adapters/one", "", f.authA()); r.StatusCode != http.StatusOK {
+		t.Fatalf("delete: %d %s", r.StatusCode, readAll(t, r))
+	}
+	if r := f.upload(f.keyA, files("three", 3)...); r.StatusCode != http.StatusCreated {
+		t.Errorf("after a delete: %d %s", r.StatusCode, readAll(t, r))
+	}
+}
+
+// TestAdapters_UploadsInFlight: a tenant has at most TenantUploads uploads
+// in flight; another waits its turn (429), another tenant does not.
+func TestAdapters_UploadsInFlight(t *testing.T) {
+	f := newFixture(t, func(c *gateway.Config, d *gateway.Deps, f *fixture) { c.TenantUploads = 1 })
+	url := f.serve(t)
+	// large enough that the server hands the body over as it comes
+	big := append([]byte("SAFE"), bytes.Repeat([]byte{9}, 256<<10)...)
+	ct, body := multipartBody(t, part{"name", "", []byte("slow")}, part{nozzle.AdapterConfigFile, "adapter_config.json", goodConfig},
+		part{nozzle.AdapterWeightsFile, "adapter_model.safetensors", big})
+	pr, pw := io.Pipe()
+	req, _ := http.NewRequest(http.MethodPost, url+"/v1/adapters", pr)
+	req.Header.Set("Content-Type", ct)
+	req.Header.Set("Authorization", "Bearer "+f.keyA)
+	req.ContentLength = int64(len(body))
+	slow := make(chan *http.Response, 1)
+	go func() {
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Error(err)
+			close(slow)
+			return
+		}
+		slow <- resp
+	}()
+	pw.Write(body[:len(body)-8]) // the upload has begun
+	second := func(key string) *http.Response {
+		ct, b := multipartBody(t, part{"name", "", []byte("second")}, part{nozzle.AdapterConfigFile, "adapter_config.json", goodConfig},
+			part{nozzle.AdapterWeightsFile, "adapter_model.safetensors", goodWeights})
+		r, _ := http.NewRequest(http.MethodPost, url+"/v1/adapters", bytes.NewReader(b))
+		r.Header.Set("Content-Type", ct)
+		r.Header.Set("Authorization", "Bearer "+key)
+		resp, err := http.DefaultClient.Do(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp
+	}
+	var r *http.Response
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		if r = second(f.keyA); r.StatusCode == http.StatusTooManyRequests {
+			break
+		}
+		readAll(t, r) // the slow one had not been admitted yet
+	}
+	if body := readAll(t, r); r.StatusCode != http.StatusTooManyRequests || !strings.Contains(body, "too_many_uploads_in_flight") || r.Header.Get("Retry-After") == "" {
+		t.Fatalf("a second upload of the tenant: %d %s", r.StatusCode, body)
+	}
+	if r := second(f.keyB); r.StatusCode != http.StatusCreated {
+		t.Errorf("another tenant's upload: %d %s", r.StatusCode, readAll(t, r))
+	}
+	pw.Write(body[len(body)-8:])
+	pw.Close()
+	if resp := <-slow; resp == nil || resp.StatusCode != http.StatusCreated {
+		t.Fatalf("the slow upload: %v", resp)
 	}
 }

@@ -73,18 +73,20 @@ import (
 
 // Defaults for zero Config fields.
 const (
-	DefaultBodyLimit        = 4 << 20 // JSON request bodies
-	DefaultUploadLimit      = 2 << 30 // adapter uploads
-	DefaultRequestTimeout   = 10 * time.Minute
-	DefaultReadTimeout      = 60 * time.Second
-	DefaultWriteTimeout     = 60 * time.Second
-	DefaultIdleTimeout      = 120 * time.Second
-	DefaultUploadTimeout    = 30 * time.Minute
-	DefaultHealthInterval   = 5 * time.Second
-	DefaultHealthTimeout    = 3 * time.Second
-	DefaultKeyTouchInterval = 10 * time.Second
-	DefaultMaxChoices       = 16
-	DefaultTenantSequences  = 64
+	DefaultBodyLimit          = 4 << 20 // JSON request bodies
+	DefaultUploadLimit        = 2 << 30 // adapter uploads
+	DefaultRequestTimeout     = 10 * time.Minute
+	DefaultReadTimeout        = 60 * time.Second
+	DefaultWriteTimeout       = 60 * time.Second
+	DefaultIdleTimeout        = 120 * time.Second
+	DefaultUploadTimeout      = 30 * time.Minute
+	DefaultHealthInterval     = 5 * time.Second
+	DefaultHealthTimeout      = 3 * time.Second
+	DefaultKeyTouchInterval   = 10 * time.Second
+	DefaultMaxChoices         = 16
+	DefaultTenantSequences    = 64
+	DefaultTenantAdapterBytes = 20 << 30
+	DefaultTenantUploads      = 2
 )
 
 // Config is the gateway's configuration. Zero fields take the defaults
@@ -108,6 +110,12 @@ type Config struct {
 	UploadDir string
 	// UploadTimeout bounds the time to receive one upload (default 30 min).
 	UploadTimeout time.Duration
+	// TenantAdapterBytes caps the adapter files one tenant keeps (the sum
+	// of its adapters' sizes): an upload that could pass it is refused
+	// before it is received (default 20 GiB; negative: no cap). A tenant
+	// has at most TenantUploads uploads in flight at once (default 2).
+	TenantAdapterBytes int64
+	TenantUploads      int
 
 	// RequestTimeout bounds one completion request, generation included
 	// (default 10 min).
@@ -179,6 +187,12 @@ func (c Config) withDefaults() Config {
 	}
 	if c.TenantSequences == 0 {
 		c.TenantSequences = DefaultTenantSequences
+	}
+	if c.TenantAdapterBytes == 0 {
+		c.TenantAdapterBytes = DefaultTenantAdapterBytes
+	}
+	if c.TenantUploads <= 0 {
+		c.TenantUploads = DefaultTenantUploads
 	}
 	if c.HealthInterval <= 0 {
 		c.HealthInterval = DefaultHealthInterval
@@ -270,6 +284,7 @@ type Server struct {
 	keyStates *keyStateMap
 	inflight  *inflightSet
 	seqs      tenantSeqs
+	uploading tenantSeqs // uploads in flight per tenant
 	met       *gatewayMetrics
 	uploads   uploadGuard
 

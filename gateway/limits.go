@@ -210,6 +210,20 @@ func (t *tenantSeqs) take(tenantID string, n, limit int) error {
 	return nil
 }
 
+// takeOne claims one for tenantID under limit; false when it has limit.
+func (t *tenantSeqs) takeOne(tenantID string, limit int) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.n == nil {
+		t.n = map[string]int{}
+	}
+	if t.n[tenantID] >= limit {
+		return false
+	}
+	t.n[tenantID]++
+	return true
+}
+
 // release gives back n sequences of tenantID.
 func (t *tenantSeqs) release(tenantID string, n int) {
 	if n == 0 {

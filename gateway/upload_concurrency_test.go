@@ -110,7 +110,8 @@ func withRealStore(st *racyStore) option {
 
 func newUploadFixture(t *testing.T, limit int64) (*fixture, *racyStore, string) {
 	st := &racyStore{}
-	opts := []option{withRealStore(st)}
+	// many uploads of one tenant at once: the races under test
+	opts := []option{withRealStore(st), withConfig(func(c *gateway.Config) { c.TenantUploads = 64 })}
 	if limit > 0 {
 		opts = append(opts, withConfig(func(c *gateway.Config) { c.UploadLimit = limit }))
 	}

@@ -59,6 +59,7 @@ type Config struct {
 	// Gateway.
 	Upstreams      []string      `key:"upstreams" help:"gateway: comma-separated URLs of remote runtimes"`
 	UploadLimitMB  int           `key:"upload_limit_mb" help:"largest adapter upload in MiB"`
+	TenantStoreMB  int           `key:"tenant_adapter_storage_mb" help:"gateway: most adapter storage in MiB one tenant may use (the sum of its adapters' sizes); an upload past it is refused (0: no cap)"`
 	RequestTimeout time.Duration `key:"request_timeout" help:"longest a completion may run"`
 	TenantSeqs     int           `key:"tenant_sequences" help:"gateway: most sequences (prompts × n of each request) one tenant may have running or queued at once; beyond, 429 (0: no cap)"`
 
@@ -93,6 +94,7 @@ func DefaultConfig() Config {
 		PrefillWeight:     1,
 		DecodeWeight:      2,
 		UploadLimitMB:     2048,
+		TenantStoreMB:     20480,
 		RequestTimeout:    10 * time.Minute,
 		TenantSeqs:        64,
 		IdlePolicy:        "prorata",
@@ -170,6 +172,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Threads < 0 {
 		return fmt.Errorf("threads %d: must not be negative", c.Threads)
+	}
+	if c.TenantStoreMB < 0 {
+		return fmt.Errorf("tenant_adapter_storage_mb %d: must be 0 (no cap) or more", c.TenantStoreMB)
 	}
 	if c.TenantSeqs < 0 {
 		return fmt.Errorf("tenant_sequences %d: must be 0 (no cap) or more", c.TenantSeqs)

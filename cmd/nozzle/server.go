@@ -567,11 +567,13 @@ func (m *Main) waitForModel(ctx context.Context, every time.Duration) error {
 // gatewayConfig is the gateway's configuration.
 func (m *Main) gatewayConfig(adminToken, internalToken string) gateway.Config {
 	return gateway.Config{
-		AdminToken:     adminToken,
-		InternalToken:  internalToken,
-		UploadLimit:    int64(m.Config.UploadLimitMB) << 20,
-		UploadDir:      filepath.Join(m.Config.Data, "uploads"),
-		RequestTimeout: m.Config.RequestTimeout,
+		AdminToken:    adminToken,
+		InternalToken: internalToken,
+		UploadLimit:   int64(m.Config.UploadLimitMB) << 20,
+		// 0 in the configuration is no cap; in gateway.Config, the default
+		TenantAdapterBytes: cmp.Or(int64(m.Config.TenantStoreMB)<<20, -1),
+		UploadDir:          filepath.Join(m.Config.Data, "uploads"),
+		RequestTimeout:     m.Config.RequestTimeout,
 		// 0 in the configuration is no cap; in gateway.Config, the default
 		TenantSequences: cmp.Or(m.Config.TenantSeqs, -1),
 		Logger:          m.Log.With("component", "gateway"),
