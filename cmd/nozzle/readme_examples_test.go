@@ -178,6 +178,14 @@ func TestREADME_Examples(t *testing.T) {
 		}
 	}
 
+	// The JS example finds the SDK the SDK test installs, where NODE_PATH
+	// names no other.
+	if sdk, _ := filepath.Abs(filepath.Join("..", "..", "gateway", "testdata", "sdk", "node_modules")); os.Getenv("NODE_PATH") == "" {
+		if _, err := os.Stat(filepath.Join(sdk, "openai")); err == nil {
+			env = append(env, "NODE_PATH="+sdk)
+		}
+	}
+
 	demo := startDemo(t, exe, work, addr, lib, env)
 
 	firstChat := true
