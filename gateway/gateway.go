@@ -62,6 +62,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gofiber/fiber/v2"
@@ -110,6 +111,10 @@ type Config struct {
 	UploadDir string
 	// UploadTimeout bounds the time to receive one upload (default 30 min).
 	UploadTimeout time.Duration
+	// HoldReady keeps /readyz at 503 until ReleaseReady, whatever the
+	// upstreams say: for a start-up that has more to do once a runtime is
+	// up (the demo's tenant and adapters).
+	HoldReady bool
 	// TenantAdapterBytes caps the adapter files one tenant keeps (the sum
 	// of its adapters' sizes): an upload that could pass it is refused
 	// before it is received (default 20 GiB; negative: no cap). A tenant
@@ -284,7 +289,8 @@ type Server struct {
 	keyStates *keyStateMap
 	inflight  *inflightSet
 	seqs      tenantSeqs
-	uploading tenantSeqs // uploads in flight per tenant
+	uploading tenantSeqs  // uploads in flight per tenant
+	held      atomic.Bool // /readyz held at 503 (Config.HoldReady)
 	met       *gatewayMetrics
 	uploads   uploadGuard
 
@@ -339,6 +345,7 @@ func New(cfg Config, deps Deps) (*Server, error) {
 	}
 
 	s := &Server{cfg: cfg, deps: deps, log: cfg.Logger}
+	s.held.Store(cfg.HoldReady)
 	s.baseCtx, s.cancel = context.WithCancel(context.Background())
 	s.met = newGatewayMetrics(cfg.Metrics)
 	s.router = newUpstreamRouter(deps.Upstreams, cfg.HealthTimeout, s.met, s.log)

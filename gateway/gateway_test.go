@@ -25,6 +25,17 @@ func TestHealth(t *testing.T) {
 			t.Errorf("X-Content-Type-Options %q", got)
 		}
 	})
+	t.Run("ReadyzHeld", func(t *testing.T) {
+		// HoldReady: not ready, the upstream healthy or not, until released.
+		held := newFixture(t, withConfig(func(c *gateway.Config) { c.HoldReady = true }))
+		if resp := held.do(http.MethodGet, "/readyz", ""); resp.StatusCode != http.StatusServiceUnavailable {
+			t.Fatalf("held: status %d", resp.StatusCode)
+		}
+		held.srv.ReleaseReady()
+		if resp := held.do(http.MethodGet, "/readyz", ""); resp.StatusCode != 200 {
+			t.Fatalf("released: status %d", resp.StatusCode)
+		}
+	})
 	t.Run("Readyz", func(t *testing.T) {
 		if resp := f.do(http.MethodGet, "/readyz", ""); resp.StatusCode != 200 {
 			t.Fatalf("status %d: %s", resp.StatusCode, readAll(t, resp))

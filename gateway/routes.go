@@ -145,9 +145,16 @@ func (s *Server) healthz(c *fiber.Ctx) error {
 	return c.JSON(fiber.Map{"status": "ok"})
 }
 
+// ReleaseReady lets /readyz answer by the upstreams again
+// (Config.HoldReady).
+func (s *Server) ReleaseReady() { s.held.Store(false) }
+
 // readyz answers 200 while at least one upstream's last health check
 // succeeded.
 func (s *Server) readyz(c *fiber.Ctx) error {
+	if s.held.Load() {
+		return nozzle.Errorf(nozzle.EUNAVAILABLE, "The server is still starting.").WithReason("not_ready")
+	}
 	if !s.router.ready.Load() {
 		return nozzle.Errorf(nozzle.EUNAVAILABLE, "No runtime is ready yet.").WithReason("not_ready")
 	}

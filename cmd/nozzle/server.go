@@ -34,6 +34,10 @@ const shutdownGrace = 30 * time.Second
 // Main is one run of a server command. Its fields are the parts it wired;
 // Close releases them in reverse order.
 type Main struct {
+	// holdReady: the gateway's /readyz waits for ReleaseReady (serve: the
+	// demo's set-up).
+	holdReady bool
+
 	Config  Config
 	Log     *slog.Logger
 	Metrics *metrics.Registry
@@ -455,6 +459,7 @@ func (m *Main) startGateway(ctx context.Context, ln net.Listener, internalToken 
 // Serve runs gateway and runtime in one process until ctx ends, then
 // drains in-flight requests and flushes the ledger.
 func (m *Main) Serve(ctx context.Context) error {
+	m.holdReady = true
 	return m.serve(ctx, func(ctx context.Context, ln net.Listener) (<-chan error, error) {
 		// Resolve the model folder before anything slow, so a bad --model
 		// is one clear line.
@@ -499,7 +504,11 @@ func (m *Main) Serve(ctx context.Context) error {
 		// loaded: check now, so that /v1/models names the model at once.
 		m.Gateway.CheckUpstreams(ctx)
 		stopCollect = m.collectCapacity(map[string]nozzle.CapacitySource{m.Config.RuntimeID: rt})
-		return served, m.bootstrap(ctx, store, demoAdapters)
+		// Ready once the demo's tenant, key and adapters exist too: a
+		// script that waits for /readyz may use them at once.
+		err = m.bootstrap(ctx, store, demoAdapters)
+		m.Gateway.ReleaseReady()
+		return served, err
 	})
 }
 
@@ -570,6 +579,7 @@ func (m *Main) gatewayConfig(adminToken, internalToken string) gateway.Config {
 		AdminToken:    adminToken,
 		InternalToken: internalToken,
 		UploadLimit:   int64(m.Config.UploadLimitMB) << 20,
+		HoldReady:     m.holdReady,
 		// 0 in the configuration is no cap; in gateway.Config, the default
 		TenantAdapterBytes: cmp.Or(int64(m.Config.TenantStoreMB)<<20, -1),
 		UploadDir:          filepath.Join(m.Config.Data, "uploads"),
