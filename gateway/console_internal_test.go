@@ -129,3 +129,33 @@ func TestFormatUSD(t *testing.T) {
 		}
 	}
 }
+
+func TestAdapterStorage(t *testing.T) {
+	for _, tc := range []struct {
+		st      adapterStorage
+		capped  bool
+		full    bool
+		free    int64
+		percent float64
+	}{
+		{adapterStorage{Used: 0, Quota: 100}, true, false, 100, 0},
+		{adapterStorage{Used: 25, Quota: 100}, true, false, 75, 25},
+		{adapterStorage{Used: 100, Quota: 100}, true, true, 0, 100},
+		{adapterStorage{Used: 300, Quota: 100}, true, true, 0, 100}, // past a quota lowered since
+		{adapterStorage{Used: 300, Quota: 0}, false, false, 0, 0},
+		{adapterStorage{Used: 300, Quota: -1}, false, false, 0, 0}, // no cap
+	} {
+		if got := tc.st.Capped(); got != tc.capped {
+			t.Errorf("%+v: Capped %v", tc.st, got)
+		}
+		if got := tc.st.Full(); got != tc.full {
+			t.Errorf("%+v: Full %v", tc.st, got)
+		}
+		if got := tc.st.Free(); got != tc.free {
+			t.Errorf("%+v: Free %d, want %d", tc.st, got, tc.free)
+		}
+		if got := tc.st.Percent(); got != tc.percent {
+			t.Errorf("%+v: Percent %v, want %v", tc.st, got, tc.percent)
+		}
+	}
+}

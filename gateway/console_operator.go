@@ -11,9 +11,10 @@ import (
 )
 
 type tenantRow struct {
-	Tenant *nozzle.Tenant
-	Users  int
-	Month  nozzle.ReportRow
+	Tenant  *nozzle.Tenant
+	Users   int
+	Month   nozzle.ReportRow
+	Storage adapterStorage
 }
 
 type tenantsView struct {
@@ -48,7 +49,11 @@ func (cs *console) tenantsPage(c *fiber.Ctx, sess *consoleSession) error {
 	}
 	v := tenantsView{Total: rep.Total, Month: monthStart(now).Format("January 2006")}
 	for _, t := range list {
-		v.Tenants = append(v.Tenants, tenantRow{Tenant: t, Users: count[t.ID], Month: byTenant[t.ID]})
+		st, err := cs.s.adapterStorage(ctx, t.ID)
+		if err != nil {
+			return err
+		}
+		v.Tenants = append(v.Tenants, tenantRow{Tenant: t, Users: count[t.ID], Month: byTenant[t.ID], Storage: st})
 	}
 	sort.SliceStable(v.Tenants, func(i, j int) bool { return v.Tenants[i].Tenant.CreatedAt.Before(v.Tenants[j].Tenant.CreatedAt) })
 	if v.Price, err = cs.s.deps.Tenants.PriceAt(ctx, "", now); err != nil {
@@ -65,6 +70,7 @@ type tenantView struct {
 	Price    nozzle.Price
 	Override bool
 	Month    nozzle.ReportRow
+	Storage  adapterStorage
 	Now      time.Time
 }
 
@@ -90,6 +96,9 @@ func (cs *console) tenantPage(c *fiber.Ctx, sess *consoleSession) error {
 		return err
 	}
 	v.Override = nozzle.OverrideInForce(v.Prices, t.ID, now)
+	if v.Storage, err = cs.s.adapterStorage(ctx, t.ID); err != nil {
+		return err
+	}
 	if v.Price, err = cs.s.deps.Tenants.PriceAt(ctx, t.ID, now); err != nil {
 		return err
 	}

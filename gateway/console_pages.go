@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"html/template"
 	"log/slog"
@@ -462,11 +463,62 @@ func (cs *console) listAdapters(c *fiber.Ctx) error {
 	return writeList(c, out)
 }
 
+// adapterStorage is what a tenant's adapters take of its storage quota.
+type adapterStorage struct {
+	Used  int64 // the sum of the adapters' sizes
+	Quota int64 // 0 or less: no cap
+}
+
+// Capped says whether the tenant's adapter storage has a quota.
+func (a adapterStorage) Capped() bool { return a.Quota > 0 }
+
+// Full says whether no upload fits any more.
+func (a adapterStorage) Full() bool { return a.Capped() && a.Used >= a.Quota }
+
+// Free is what is left of the quota (0 when uncapped or full).
+func (a adapterStorage) Free() int64 {
+	if !a.Capped() {
+		return 0
+	}
+	return max(0, a.Quota-a.Used)
+}
+
+// Percent is the share of the quota used, 0 to 100.
+func (a adapterStorage) Percent() float64 {
+	if !a.Capped() {
+		return 0
+	}
+	return min(100, float64(a.Used)/float64(a.Quota)*100)
+}
+
+func (s *Server) storageOf(sizes ...int64) adapterStorage {
+	st := adapterStorage{Quota: s.cfg.TenantAdapterBytes}
+	for _, n := range sizes {
+		st.Used += n
+	}
+	return st
+}
+
+// adapterStorage returns a tenant's adapter storage: what its adapters
+// take, the way uploads count it, and the quota.
+func (s *Server) adapterStorage(ctx context.Context, tenantID string) (adapterStorage, error) {
+	list, err := s.deps.Adapters.Adapters(ctx, tenantID)
+	if err != nil {
+		return adapterStorage{}, err
+	}
+	sizes := make([]int64, len(list))
+	for i, a := range list {
+		sizes[i] = a.SizeBytes
+	}
+	return s.storageOf(sizes...), nil
+}
+
 type adaptersView struct {
 	Adapters    []adapterView
 	UploadLimit int64
 	BaseModel   string
 	MaxRank     int
+	Storage     adapterStorage
 }
 
 func (cs *console) adaptersPage(c *fiber.Ctx, sess *consoleSession) error {
@@ -475,6 +527,11 @@ func (cs *console) adaptersPage(c *fiber.Ctx, sess *consoleSession) error {
 		return err
 	}
 	v := adaptersView{Adapters: ads, UploadLimit: cs.s.cfg.UploadLimit, BaseModel: cs.s.baseModel().ID}
+	sizes := make([]int64, len(ads))
+	for i, a := range ads {
+		sizes[i] = a.SizeBytes
+	}
+	v.Storage = cs.s.storageOf(sizes...)
 	if info, ok := cs.s.router.modelInfo(); ok {
 		v.MaxRank = info.MaxLoRARank
 	}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"compress/gzip"
 	"encoding/json"
+	"fmt"
 	"io"
 	"mime/multipart"
 	"net/http"
@@ -46,6 +47,13 @@ type consoleFixture struct {
 
 func newConsoleFixture(t *testing.T, cfg ...func(*gateway.ConsoleConfig)) *consoleFixture {
 	t.Helper()
+	return newConsoleFixtureGateway(t, nil, cfg...)
+}
+
+// newConsoleFixtureGateway is newConsoleFixture with gw changing the
+// gateway's configuration.
+func newConsoleFixtureGateway(t *testing.T, gw func(*gateway.Config), cfg ...func(*gateway.ConsoleConfig)) *consoleFixture {
+	t.Helper()
 	f := &consoleFixture{t: t, w: newWorld(consolePrice)}
 	cc := gateway.ConsoleConfig{Static: web.Static, Templates: web.Templates, Layouts: web.Layouts, SigningKey: consoleKey, Clock: func() time.Time { return time.Now().Add(time.Duration(f.skew.Load())) }}
 	for _, fn := range cfg {
@@ -54,7 +62,11 @@ func newConsoleFixture(t *testing.T, cfg ...func(*gateway.ConsoleConfig)) *conso
 	f.w.now = cc.Clock
 	f.deps = f.w.deps()
 	f.deps.Extensions = []gateway.Extension{gateway.Console(cc)}
-	srv, err := gateway.New(gateway.Config{AdminToken: "admin", UploadLimit: 1 << 20, UploadDir: t.TempDir(), Logger: quietLogger()}, f.deps)
+	gc := gateway.Config{AdminToken: "admin", UploadLimit: 1 << 20, UploadDir: t.TempDir(), Logger: quietLogger()}
+	if gw != nil {
+		gw(&gc)
+	}
+	srv, err := gateway.New(gc, f.deps)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -698,6 +710,95 @@ func TestConsole_AdapterUpload(t *testing.T) {
 			t.Fatal("no empty state after delete")
 		}
 	})
+}
+
+// TestConsole_AdapterStorage: the adapters page shows what the tenant's
+// adapters take of its storage quota, with a meter, and hands the upload
+// form the figures to refuse files that would not fit; the operator's
+// tenants and tenant pages show each tenant's. Without a quota the pages
+// say "no limit" and the form refuses nothing for storage.
+func TestConsole_AdapterStorage(t *testing.T) {
+	dir := t.TempDir()
+	if err := writeTestAdapter(dir, 8); err != nil {
+		t.Fatal(err)
+	}
+	cfg, _ := os.ReadFile(filepath.Join(dir, nozzle.AdapterConfigFile))
+	weights, _ := os.ReadFile(filepath.Join(dir, nozzle.AdapterWeightsFile))
+	size := int64(len(cfg) + len(weights))
+	if size >= 1<<10 {
+		t.Fatalf("the test adapter is %d bytes: the wanted texts below assume under 1 KiB", size)
+	}
+	used := fmt.Sprintf("%d B", size)
+	for _, tc := range []struct {
+		name   string
+		quota  int64
+		before []string // the adapters page with no adapter
+		after  []string // with one
+		op     []string // the operator's tenants page, with one
+		tenant string   // the operator's tenant page, with one
+		absent []string // on the adapters page, with one
+	}{
+		{
+			name:  "Capped",
+			quota: 1 << 20,
+			before: []string{`<strong>0 B</strong> of 1.0 MiB adapter storage used · 1.0 MiB free`, `data-storage-used="0" data-storage-quota="1048576"`,
+				`<meter id="storage-meter" min="0" max="100" low="80" high="95" optimum="0" value="0" aria-label="Adapter storage used" aria-describedby="storage-text">`},
+			after:  []string{`<strong>` + used + `</strong> of 1.0 MiB adapter storage used · `, fmt.Sprintf(`data-storage-used="%d" data-storage-quota="1048576"`, size)},
+			op:     []string{used + ` <span class="muted">of 1.0 MiB</span></td>`},
+			tenant: `<span id="tenant-storage">` + used + ` of 1.0 MiB</span>`,
+			absent: []string{`<strong>full</strong>`, `id="storage-full"`, `class="badge badge-warn">Full`},
+		},
+		{
+			name:   "Full",
+			quota:  size,
+			before: []string{`<strong>0 B</strong> of ` + used + ` adapter storage used · ` + used + ` free`},
+			after: []string{`<strong>` + used + `</strong> of ` + used + ` adapter storage used — <strong>full</strong>`, `value="100"`,
+				`id="storage-full"`, "delete one you no longer need to upload another"},
+			op:     []string{used + ` <span class="muted">of ` + used + `</span> <span class="badge badge-warn">Full</span>`},
+			tenant: `<span id="tenant-storage">` + used + ` of ` + used + ` (full)</span>`,
+		},
+		{
+			name:   "NoLimit",
+			quota:  -1,
+			before: []string{`<strong>0 B</strong> adapter storage used · no limit`},
+			after:  []string{`<strong>` + used + `</strong> adapter storage used · no limit`},
+			op:     []string{used + ` <span class="muted">· no limit</span></td>`},
+			tenant: `<span id="tenant-storage">` + used + ` (no limit)</span>`,
+			absent: []string{"<meter", "data-storage-quota", "data-storage-used", `<strong>full</strong>`},
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newConsoleFixtureGateway(t, func(c *gateway.Config) { c.TenantAdapterBytes = tc.quota })
+			b, _ := f.tenantUser("acme")
+			check := func(b *consoleBrowser, path string, wants, absent []string) {
+				t.Helper()
+				resp, page := b.page(path)
+				wantConsoleStatus(t, resp, 200, page)
+				for _, w := range wants {
+					if !strings.Contains(page, w) {
+						t.Errorf("%s lacks %q", path, w)
+					}
+				}
+				for _, a := range absent {
+					if strings.Contains(page, a) {
+						t.Errorf("%s has %q", path, a)
+					}
+				}
+			}
+			check(b, "/console/adapters", tc.before, nil)
+			body, ct := consoleMultipart(t, map[string]string{"name": "support-bot"}, map[string][]byte{nozzle.AdapterConfigFile: cfg, nozzle.AdapterWeightsFile: weights})
+			resp := b.do(http.MethodPost, "/console/api/adapters", body, "Content-Type", ct, gateway.HeaderCSRFToken, b.csrf)
+			wantConsoleStatus(t, resp, http.StatusCreated, readAll(t, resp))
+			check(b, "/console/adapters", tc.after, tc.absent)
+			op := f.operator()
+			check(op, "/console/operator", append([]string{"<th scope=\"col\">Adapter storage</th>"}, tc.op...), nil)
+			u, err := f.deps.Users.UserByEmail(t.Context(), "dev@acme.test")
+			if err != nil {
+				t.Fatal(err)
+			}
+			check(op, "/console/operator/tenants/"+u.TenantID, []string{tc.tenant}, nil)
+		})
+	}
 }
 
 func TestConsole_Playground(t *testing.T) {
