@@ -335,11 +335,15 @@
     const err = $('#upload-error');
     const okMsg = $('#upload-ok');
     const limit = Number(upload.dataset.uploadLimit || 0);
+    // the tenant's adapter storage: used and quota (no quota: no data)
+    const quota = Number(upload.dataset.storageQuota || 0);
+    const used = Number(upload.dataset.storageUsed || 0);
     let chosen = null; // {config, weights} or {archive}
     let refused = ''; // why the files last chosen cannot be uploaded
 
     const isArchive = (f) => /\.(tar\.gz|tgz|zip)$/i.test(f.name);
-    const sizeText = (n) => n >= 1 << 20 ? (n / (1 << 20)).toFixed(1) + ' MiB' : n >= 1024 ? (n / 1024).toFixed(1) + ' KiB' : n + ' B';
+    const sizeText = (n) => n >= 1 << 30 ? (n / (1 << 30)).toFixed(1) + ' GiB' : n >= 1 << 20 ? (n / (1 << 20)).toFixed(1) + ' MiB' :
+      n >= 1024 ? (n / 1024).toFixed(1) + ' KiB' : n + ' B';
     const suggestName = (s) => s.replace(/\.(tar\.gz|tgz|zip)$/i, '').replace(/[^A-Za-z0-9._-]+/g, '-').replace(/^[^A-Za-z0-9]+/, '').slice(0, 64);
 
     function choose(files, folderName) {
@@ -372,6 +376,18 @@
       }
       if (limit && total > limit) {
         refused = err.textContent = 'These files are ' + sizeText(total) + ', more than the upload limit of ' + sizeText(limit) + '.';
+        chosen = null;
+        return;
+      }
+      // An adapter takes the size of its two files; the server refuses an
+      // archive larger than what is free (with a little room for the
+      // upload's framing) before receiving it.
+      const free = Math.max(0, quota - used);
+      if (quota && total > free + (chosen.archive ? 64 << 10 : 0)) {
+        refused = err.textContent = (free === 0 ?
+          'Your adapters already fill this organization\'s ' + sizeText(quota) + ' of adapter storage.' :
+          'These files are ' + sizeText(total) + ', more than the ' + sizeText(free) + ' left of this organization\'s ' + sizeText(quota) + ' adapter storage.') +
+          ' Delete adapters you no longer need, or ask your operator for more.';
         chosen = null;
       }
     }
