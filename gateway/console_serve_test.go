@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nozzle-ai/nozzle"
 	"github.com/nozzle-ai/nozzle/gateway"
 	"github.com/nozzle-ai/nozzle/web"
 )
@@ -32,17 +33,27 @@ func TestConsoleServe(t *testing.T) {
 	deps := w.deps()
 	deps.Extensions = []gateway.Extension{gateway.Console(gateway.ConsoleConfig{Static: web.Static, Templates: web.Templates, Layouts: web.Layouts, SigningKey: []byte("browser-test signing key, 32 bytes or more")})}
 	dir := t.TempDir()
+	adapter := filepath.Join(dir, "demo-adapters", "support-bot")
+	if err := writeTestAdapter(adapter, 8); err != nil {
+		t.Fatal(err)
+	}
+	// A tenant's adapter storage holds the test adapter once, not twice.
+	var size int64
+	for _, name := range []string{nozzle.AdapterConfigFile, nozzle.AdapterWeightsFile} {
+		fi, err := os.Stat(filepath.Join(adapter, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		size += fi.Size()
+	}
+	quota := size * 3 / 2
 	srv, err := gateway.New(gateway.Config{AdminToken: "admin-token-for-browser-tests", UploadLimit: 4 << 20, UploadDir: filepath.Join(dir, "uploads"),
-		Logger: quietLogger()}, deps)
+		TenantAdapterBytes: quota, Logger: quietLogger()}, deps)
 	if err != nil {
 		t.Fatal(err)
 	}
 	const email, password = "operator@example.com", "operator-password-1"
 	if err := gateway.EnsureOperator(t.Context(), deps.Users, email, password); err != nil {
-		t.Fatal(err)
-	}
-	adapter := filepath.Join(dir, "demo-adapters", "support-bot")
-	if err := writeTestAdapter(adapter, 8); err != nil {
 		t.Fatal(err)
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -52,7 +63,7 @@ func TestConsoleServe(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(ln) }()
 	info, _ := json.Marshal(map[string]any{"url": "http://" + ln.Addr().String(), "operator_email": email, "operator_password": password,
-		"adapter_dir": adapter, "upload_limit": 4 << 20})
+		"adapter_dir": adapter, "upload_limit": 4 << 20, "storage_quota": quota})
 	if err := os.WriteFile(*consoleServe, info, 0o644); err != nil {
 		t.Fatal(err)
 	}

@@ -10,7 +10,8 @@
 // ../../bin/nozzle), HEADFUL=1 to watch.
 import { chromium } from 'playwright-core';
 import { spawn } from 'node:child_process';
-import { mkdtempSync, mkdirSync, readFileSync, rmSync, writeFileSync, existsSync, readdirSync } from 'node:fs';
+import { mkdtempSync, mkdirSync, readFileSync, rmSync, writeFileSync, existsSync, readdirSync, statSync } from 'node:fs';
+import { request } from 'node:http';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
@@ -24,6 +25,9 @@ const serverKind = arg('server', 'binary');
 const t0 = Date.now();
 const log = (...a) => console.log(`[${((Date.now() - t0) / 1000).toFixed(1).padStart(5)}s]`, ...a);
 const FIRST_PAGE_BUDGET = 100 * 1024;
+// the binary's adapter storage quota per tenant: its demo adapter fits
+// once, not twice
+const STORAGE_MB = 2;
 
 let passed = 0;
 let failed = 0;
@@ -88,7 +92,8 @@ async function startBinary() {
   const email = 'operator@example.com';
   const password = 'operator-password-1';
   const url = `http://127.0.0.1:${port}`;
-  const proc = startProcess(bin, ['serve', '--addr', `127.0.0.1:${port}`, '--data', data, '--upload-limit-mb', '4', '--log-level', 'warn'], {
+  const proc = startProcess(bin, ['serve', '--addr', `127.0.0.1:${port}`, '--data', data, '--upload-limit-mb', '4',
+    '--tenant-adapter-storage-mb', String(STORAGE_MB), '--log-level', 'warn'], {
     cwd: root,
     env: {
       ...process.env, NOZZLE_OPERATOR_EMAIL: email, NOZZLE_OPERATOR_PASSWORD: password,
@@ -119,7 +124,8 @@ async function startBinary() {
   const demo = join(data, 'demo-adapters');
   const names = existsSync(demo) ? readdirSync(demo) : [];
   assert(names.length > 0, `the data folder has no demo adapter in ${demo}`);
-  return { url, email, password, adapterDir: join(demo, names[0]), uploadLimit: 4 << 20, kind: 'binary' };
+  return { url, email, password, adapterDir: join(demo, names[0]), uploadLimit: 4 << 20,
+    storageQuota: STORAGE_MB << 20, kind: 'binary' };
 }
 
 // startMock runs the gateway over an in-memory pool from a Go test.
@@ -136,7 +142,8 @@ async function startMock() {
   }
   await sleep(100);
   const j = JSON.parse(readFileSync(info, 'utf8'));
-  return { url: j.url, email: j.operator_email, password: j.operator_password, adapterDir: j.adapter_dir, uploadLimit: j.upload_limit, kind: 'mock' };
+  return { url: j.url, email: j.operator_email, password: j.operator_password, adapterDir: j.adapter_dir, uploadLimit: j.upload_limit,
+    storageQuota: j.storage_quota, kind: 'mock' };
 }
 
 async function shot(page, name) {
@@ -208,6 +215,30 @@ async function lastBarInside(page, name) {
   assert(r.last > 0, `${name}: no bar drawn`);
   assert(r.last < r.right - 2, `${name}: the last bar runs to the plot's edge (${r.last.toFixed(1)} of ${r.right.toFixed(1)}): cut in half`);
   return r;
+}
+
+// sizeText writes a size as the console does.
+function sizeText(n) {
+  for (const [unit, k] of [['GiB', 30], ['MiB', 20], ['KiB', 10]]) if (n >= 2 ** k) return (n / 2 ** k).toFixed(1) + ' ' + unit;
+  return n + ' B';
+}
+
+// holdUpload starts an adapter upload through the API and stops it
+// halfway, past the server's prefetch, so that it stays in flight; it
+// returns a function that drops it.
+function holdUpload(url, key) {
+  const boundary = 'held-upload-boundary';
+  const head = `--${boundary}\r\nContent-Disposition: form-data; name="name"\r\n\r\nheld\r\n` +
+    `--${boundary}\r\nContent-Disposition: form-data; name="adapter_model.safetensors"; filename="adapter_model.safetensors"\r\n` +
+    'Content-Type: application/octet-stream\r\n\r\n';
+  const req = request(url + '/v1/adapters', {
+    method: 'POST',
+    headers: { Authorization: `Bearer ${key}`, 'Content-Type': `multipart/form-data; boundary=${boundary}`, 'Content-Length': 32 << 10 },
+  });
+  req.on('error', () => { /* dropped */ });
+  req.on('response', (res) => res.resume());
+  req.write(head);
+  return new Promise((res) => req.write(Buffer.alloc(16 << 10), () => res(() => req.destroy())));
 }
 
 async function apiFetch(page, method, url, body, headers = {}) {
@@ -399,6 +430,23 @@ async function main() {
     await page.waitForSelector('.chart-box canvas');
   });
 
+  const adapterFiles = [join(srv.adapterDir, 'adapter_config.json'), join(srv.adapterDir, 'adapter_model.safetensors')];
+  const adapterSize = adapterFiles.reduce((n, f) => n + statSync(f).size, 0);
+  let stale = null; // an adapters page loaded before the first upload, in another window
+  await step('the adapters page shows the storage used and the quota', async () => {
+    await page.goto(U('/console/adapters'));
+    const meter = page.getByRole('meter', { name: 'Adapter storage used' });
+    assert((await meter.count()) === 1, 'no storage meter named for screen readers');
+    assert(Number(await meter.getAttribute('value')) === 0, `meter at ${await meter.getAttribute('value')} with no adapters`);
+    const described = await meter.evaluate((m) => (document.getElementById(m.getAttribute('aria-describedby')) || {}).textContent || '');
+    const want = `0 B of ${sizeText(srv.storageQuota)} adapter storage used`;
+    assert(described.replace(/\s+/g, ' ').includes(want), `meter described as "${described}", want "${want}"`);
+    const other = await browser.newContext(desktop);
+    await other.addCookies(await user.cookies());
+    stale = await other.newPage();
+    await stale.goto(U('/console/adapters'));
+  });
+
   await step('wrong upload files get a plain message', async () => {
     await page.goto(U('/console/adapters'));
     await checkPage(page, 'adapters');
@@ -443,13 +491,70 @@ async function main() {
   const adapterName = 'support-bot';
   await step('user uploads a PEFT adapter and sees it listed with its tier', async () => {
     await page.goto(U('/console/adapters'));
-    await page.setInputFiles('#pick-files', [join(srv.adapterDir, 'adapter_config.json'), join(srv.adapterDir, 'adapter_model.safetensors')]);
+    await page.setInputFiles('#pick-files', adapterFiles);
     await page.fill('#adapter-name', adapterName);
     await page.click('#upload-button');
     await page.waitForSelector(`tr[data-adapter="${adapterName}"]`, { timeout: 30000 });
     const tier = await page.textContent(`tr[data-adapter="${adapterName}"] .badge`);
     assert(/On the GPU|In memory|On disk/.test(tier), `tier ${tier}`);
     await shot(page, 'adapters-desktop');
+  });
+
+  await step('files that would not fit the storage quota are refused before uploading', async () => {
+    assert(adapterSize <= srv.storageQuota && 2 * adapterSize > srv.storageQuota,
+      `the test adapter (${adapterSize} bytes) must fit the quota (${srv.storageQuota}) once, not twice`);
+    const text = (await page.textContent('#storage-text')).replace(/\s+/g, ' ');
+    assert(text.includes(`${sizeText(adapterSize)} of ${sizeText(srv.storageQuota)} adapter storage used`), `storage: ${text}`);
+    const pct = Number(await page.getAttribute('#storage-meter', 'value'));
+    assert(Math.abs(pct - (adapterSize / srv.storageQuota) * 100) < 0.5, `meter at ${pct}%`);
+    let posted = 0;
+    const count = (r) => { if (r.method() === 'POST' && r.url().endsWith('/console/api/adapters')) posted++; };
+    page.on('request', count);
+    await page.setInputFiles('#pick-files', adapterFiles);
+    const msg = await page.textContent('#upload-error');
+    assert(/left of this organization's .* adapter storage\. Delete adapters/.test(msg), `when chosen: ${msg}`);
+    await page.fill('#adapter-name', 'support-bot-2');
+    await page.click('#upload-button');
+    assert((await page.textContent('#upload-error')) === msg, `after Upload: ${await page.textContent('#upload-error')}`);
+    page.off('request', count);
+    assert(posted === 0, `${posted} uploads sent that could not fit`);
+    log(`     ${msg}`);
+    await checkPage(page, 'adapters with storage used');
+    await shot(page, 'adapters-storage-desktop');
+  });
+
+  await step('the server\'s refusals read plainly: uploads in flight (429), the storage quota (413)', async () => {
+    // The page loaded before the upload believes the files fit: the
+    // server has the last word, and the page shows it.
+    await stale.setInputFiles('#pick-files', adapterFiles);
+    await stale.fill('#adapter-name', 'support-bot-2');
+    const attempt = async () => {
+      await stale.evaluate(() => { document.querySelector('#upload-error').textContent = ''; });
+      await stale.click('#upload-button');
+      await stale.waitForFunction(() => document.querySelector('#upload-error').textContent.length > 0, null, { timeout: 30000 });
+      return stale.textContent('#upload-error');
+    };
+    const held = [await holdUpload(srv.url, key), await holdUpload(srv.url, key)];
+    let msg = '';
+    for (let i = 0; i < 20 && !/Too many uploads/.test(msg); i++) {
+      if (i > 0) await sleep(100); // the held uploads not admitted yet
+      msg = await attempt();
+    }
+    assert(/Too many uploads in progress: .* Try again when one has finished\./.test(msg), `with two uploads in flight: ${msg}`);
+    log(`     ${msg}`);
+    await shot(stale, 'adapters-uploads-in-flight-desktop');
+    for (const drop of held) drop();
+    for (let i = 0; i < 50 && (!msg || /Too many uploads/.test(msg)); i++) {
+      await sleep(100); // the dropped uploads not ended yet
+      msg = await attempt();
+    }
+    assert(/storage quota of .* used\)\. Delete adapters/.test(msg), `past the quota: ${msg}`);
+    assert(await stale.isHidden('#upload-progress'), 'the progress bar stays after a refusal');
+    log(`     ${msg}`);
+    await shot(stale, 'adapters-storage-full-desktop');
+    await stale.context().close();
+    await page.goto(U('/console/adapters'));
+    assert((await page.locator('#adapters-table tbody tr').count()) === 1, 'a refused upload was listed');
   });
 
   await step('playground streams an answer with its tokens and cost', async () => {
@@ -631,6 +736,8 @@ async function main() {
     await opPage.goto(U('/console/operator'));
     const charged = await opPage.textContent('tr[data-tenant="acme"] td:last-child');
     assert(/\$/.test(charged), `charged ${charged}`);
+    const storage = (await opPage.textContent('tr[data-tenant="acme"] .storage-cell')).replace(/\s+/g, ' ').trim();
+    assert(storage === `${sizeText(adapterSize)} of ${sizeText(srv.storageQuota)}`, `acme's adapter storage: ${storage}`);
     await shot(opPage, 'operator-tenants-desktop');
     const ph = await browser.newContext(phone);
     await ph.addCookies(await op.cookies());
