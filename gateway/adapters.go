@@ -146,12 +146,8 @@ func (s *Server) createAdapter(c *fiber.Ctx) (retErr error) {
 	// not to fit is not kept.
 	quota, used := s.cfg.TenantAdapterBytes, int64(0)
 	if quota > 0 {
-		list, err := s.deps.Adapters.Adapters(c.UserContext(), p.tenant.ID)
-		if err != nil {
+		if used, err = s.adapterBytes(c.UserContext(), p.tenant.ID); err != nil {
 			return err
-		}
-		for _, a := range list {
-			used += a.SizeBytes
 		}
 		// the multipart body is the files and a little framing
 		room := quota - used + multipartSlack
@@ -161,7 +157,7 @@ func (s *Server) createAdapter(c *fiber.Ctx) (retErr error) {
 		if room < limit {
 			limit = room
 			defer func() { // an upload cut at the quota says so
-				if nozzle.ErrorCode(retErr) == nozzle.ETOOLARGE {
+				if e := nozzle.AsError(retErr); e != nil && e.Code == nozzle.ETOOLARGE && e.Reason != storageFullReason {
 					retErr = storageFull(used, quota)
 				}
 			}()
@@ -227,12 +223,8 @@ func (s *Server) createAdapter(c *fiber.Ctx) (retErr error) {
 	if err != nil {
 		return err
 	}
-	if quota > 0 && used+m.SizeBytes > quota {
-		s.removeIfUnused(context.WithoutCancel(ctx), m.SHA256, 1)
-		return storageFull(used, quota)
-	}
 	a := &nozzle.Adapter{TenantID: p.tenant.ID, Name: up.name, AdapterManifest: *m}
-	if err := s.deps.Adapters.CreateAdapter(ctx, a); err != nil {
+	if err := s.createWithinQuota(ctx, a, quota); err != nil {
 		s.removeIfUnused(context.WithoutCancel(ctx), m.SHA256, 1)
 		if nozzle.ErrorCode(err) == nozzle.ECONFLICT {
 			return adapterExists(up.name)
@@ -244,6 +236,40 @@ func (s *Server) createAdapter(c *fiber.Ctx) (retErr error) {
 	return c.Status(fiber.StatusCreated).JSON(toAdapterJSON(a))
 }
 
+// createWithinQuota records a, unless the tenant's adapters would then
+// pass quota (0: no cap). The check counts the adapters recorded now, not
+// when the upload began, and is made with the record under one lock, so
+// that uploads in flight together cannot each fit on their own and pass
+// the quota together.
+func (s *Server) createWithinQuota(ctx context.Context, a *nozzle.Adapter, quota int64) error {
+	if quota <= 0 {
+		return s.deps.Adapters.CreateAdapter(ctx, a)
+	}
+	s.quotaMu.Lock()
+	defer s.quotaMu.Unlock()
+	used, err := s.adapterBytes(ctx, a.TenantID)
+	if err != nil {
+		return err
+	}
+	if used+a.SizeBytes > quota {
+		return storageFull(used, quota)
+	}
+	return s.deps.Adapters.CreateAdapter(ctx, a)
+}
+
+// adapterBytes is the sum of the sizes of a tenant's adapters.
+func (s *Server) adapterBytes(ctx context.Context, tenantID string) (int64, error) {
+	list, err := s.deps.Adapters.Adapters(ctx, tenantID)
+	if err != nil {
+		return 0, err
+	}
+	var used int64
+	for _, a := range list {
+		used += a.SizeBytes
+	}
+	return used, nil
+}
+
 // multipartSlack is what an upload's multipart framing may add to its
 // files, at most.
 const multipartSlack = 64 << 10
@@ -251,8 +277,10 @@ const multipartSlack = 64 << 10
 // storageFull refuses an upload past the tenant's adapter storage quota.
 func storageFull(used, quota int64) error {
 	return nozzle.Errorf(nozzle.ETOOLARGE, "This upload would take this organization's adapters past their storage quota of %s (%s used). Delete adapters it no longer needs, or ask the operator for more.",
-		formatBytes(quota), formatBytes(used)).WithParam("adapter_model.safetensors").WithReason("adapter_storage_full")
+		formatBytes(quota), formatBytes(used)).WithParam("adapter_model.safetensors").WithReason(storageFullReason)
 }
+
+const storageFullReason = "adapter_storage_full"
 
 // endImport ends an import in flight; the last one sweeps the store if a
 // removal was left for later meanwhile.

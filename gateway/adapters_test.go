@@ -12,6 +12,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -490,5 +491,34 @@ func TestAdapters_UploadsInFlight(t *testing.T) {
 	pw.Close()
 	if resp := <-slow; resp == nil || resp.StatusCode != http.StatusCreated {
 		t.Fatalf("the slow upload: %v", resp)
+	}
+}
+
+// TestAdapters_StorageQuotaConcurrent: two uploads of a tenant in flight
+// at once, each of which fits alone but not both, do not both pass the
+// quota: the one recorded second is refused and not kept.
+func TestAdapters_StorageQuotaConcurrent(t *testing.T) {
+	size := int64(len(goodConfig) + len(goodWeights))
+	f := newFixture(t, func(c *gateway.Config, d *gateway.Deps, f *fixture) { c.TenantAdapterBytes = size + size/2 })
+	hold := &importHold{started: make(chan struct{}, 2), release: make(chan struct{})}
+	f.w.importHold.Store(hold)
+	codes := make(chan int, 2)
+	for i, name := range []string{"one", "two"} {
+		go func() {
+			w := append([]byte("SAFE"), bytes.Repeat([]byte{byte(i + 1)}, len(goodWeights)-4)...)
+			r := f.upload(f.keyA, part{"name", "", []byte(name)}, part{nozzle.AdapterConfigFile, "adapter_config.json", goodConfig},
+				part{nozzle.AdapterWeightsFile, "adapter_model.safetensors", w})
+			readAll(t, r)
+			codes <- r.StatusCode
+		}()
+	}
+	<-hold.started // both passed the check made before receiving
+	<-hold.started
+	f.w.importHold.Store(nil)
+	close(hold.release)
+	got := []int{<-codes, <-codes}
+	slices.Sort(got)
+	if got[0] != http.StatusCreated || got[1] != http.StatusRequestEntityTooLarge {
+		t.Errorf("two uploads that fit only one at a time: %v, want one 201 and one 413", got)
 	}
 }

@@ -293,6 +293,7 @@ type Server struct {
 	held      atomic.Bool // /readyz held at 503 (Config.HoldReady)
 	met       *gatewayMetrics
 	uploads   uploadGuard
+	quotaMu   sync.Mutex // an upload's quota check and its record, one at a time
 
 	baseCtx context.Context
 	cancel  context.CancelFunc
