@@ -66,6 +66,7 @@ type fakeEngine struct {
 	failSteps int
 	closed    bool
 	onStep    func(n int) // called after each step with the step count
+	rowLimit  int         // rows of logits a step may have (max_batch_seqs); 0: any
 }
 
 type kvCell struct {
@@ -147,6 +148,20 @@ func (e *fakeEngine) Step(b *engine.Batch) error {
 			writer[blk] = i
 		}
 	}
+	// Every sampled sequence and every scored token takes a row of
+	// logits, as in the engine: at most rowLimit of them.
+	rows := 0
+	for i := 0; i < n; i++ {
+		rows += int(b.SeqSample[i])
+	}
+	for _, g := range b.ScoreTarget {
+		if g >= 0 {
+			rows++
+		}
+	}
+	if e.rowLimit > 0 && rows > e.rowLimit {
+		return fmt.Errorf("%d rows of logits, the engine has %d", rows, e.rowLimit)
+	}
 	off := 0
 	for i := 0; i < n; i++ {
 		pos, ln := int(b.SeqPos[i]), int(b.SeqLen[i])
@@ -181,6 +196,9 @@ func (e *fakeEngine) Step(b *engine.Batch) error {
 			}
 			h = mix(mix(h, uint64(tok)), ad)
 			*cell(pos + j) = kvCell{h: h, pos: int32(pos + j), ok: true}
+			if len(b.ScoreTarget) > 0 && b.ScoreTarget[off+j] >= 0 {
+				e.score(b, off+j, h)
+			}
 		}
 		off += ln
 		if b.SeqSample[i] == 1 {
@@ -195,6 +213,33 @@ func (e *fakeEngine) Step(b *engine.Batch) error {
 		e.onStep(e.steps)
 	}
 	return nil
+}
+
+// score scores token t of the batch (prompt logprobs): the log-probability
+// of b.ScoreTarget[t] under the logits after t, and the NTop most likely.
+func (e *fakeEngine) score(b *engine.Batch, t int, h uint64) {
+	l := e.logits(h)
+	maxL := math.Inf(-1)
+	for _, x := range l {
+		maxL = math.Max(maxL, x)
+	}
+	var sum float64
+	for _, x := range l {
+		sum += math.Exp(x - maxL)
+	}
+	lse := maxL + math.Log(sum)
+	b.OutScoreLogprob[t] = float32(l[b.ScoreTarget[t]] - lse)
+	if b.NTop > 0 {
+		idx := make([]int, len(l))
+		for v := range idx {
+			idx[v] = v
+		}
+		sort.SliceStable(idx, func(a, c int) bool { return l[idx[a]] > l[idx[c]] })
+		for k := 0; k < b.NTop; k++ {
+			b.OutScoreTopToken[t*b.NTop+k] = int32(idx[k])
+			b.OutScoreTopLogprob[t*b.NTop+k] = float32(l[idx[k]] - lse)
+		}
+	}
 }
 
 func (e *fakeEngine) logits(h uint64) []float64 {
@@ -447,6 +492,7 @@ func startFakeAt(t testing.TB, opts runtime.Options, numBlocks int, start time.T
 		opts.Slots = 4
 	}
 	eng := newFakeEngine(clock, numBlocks, opts.Slots)
+	eng.rowLimit = opts.MaxBatchSeqs
 	lc := &loadCounter{missing: map[string]bool{}}
 	if opts.Clock == nil {
 		opts.Clock = clock.Now

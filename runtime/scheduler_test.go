@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"reflect"
 	"strconv"
 	"strings"
 	"sync"
@@ -446,4 +447,69 @@ func TestAdapters_NoSlotStarvation(t *testing.T) {
 		t.Errorf("adapter waited %.3fs for a slot, bound %.3fs", o.res.QueueSeconds, bound)
 	}
 	t.Logf("waited %.3fs (bound %.3fs)", o.res.QueueSeconds, bound)
+}
+
+// TestScheduler_ScoredPromptPreempted: a prompt scored a few rows of
+// logits a step (echo with logprobs) and preempted part way, when its
+// blocks are needed by the sequences decoding beside it, is recomputed
+// without scoring again what it had scored: its echo holds one score per
+// token after the first, the same as scored alone, and the completion
+// after it is the same too.
+func TestScheduler_ScoredPromptPreempted(t *testing.T) {
+	reg := metrics.NewRegistry()
+	// 14 blocks of 16 tokens: the scored prompt (4 blocks) is admitted
+	// beside three 20-token prompts (2 blocks each), and preempted when
+	// their answers grow past 48 tokens.
+	rt := startFake(t, runtime.Options{Metrics: reg, MaxBatchSeqs: 4}, 14)
+	rt.eng.eosBias = -100
+	rng := rand.New(rand.NewPCG(8, 8))
+	scored := &nozzle.GenerateRequest{TenantID: "t", PromptTokens: randomPrompt(rng, 60), MaxTokens: 5,
+		Echo: true, Logprobs: true, TopLogprobs: 2}
+	alone := run(context.Background(), rt, scored)
+	if alone.err != nil {
+		t.Fatal(alone.err)
+	}
+	if len(alone.chunks) == 0 || !alone.chunks[0].Prompt || len(alone.chunks[0].Logprobs) != 60 {
+		t.Fatalf("alone: no echo of 60 scored tokens: %+v", alone.chunks)
+	}
+	before := metricValue(promText(reg), "nozzle_runtime_preemptions_total")
+
+	// Three long answers decode; the scored prompt comes in after them,
+	// the newest sequence, and is scored a row or so a step beside them
+	// until their growth takes its blocks.
+	var wg sync.WaitGroup
+	busy := make(chan struct{})
+	var once sync.Once
+	start := rt.eng.steps
+	rt.eng.onStep = func(n int) {
+		time.Sleep(200 * time.Microsecond) // the decoders run at a pace a request can join
+		if n >= start+5 {
+			once.Do(func() { close(busy) })
+		}
+	}
+	for i := range 3 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			o := run(context.Background(), rt, &nozzle.GenerateRequest{TenantID: "t", PromptTokens: randomPrompt(rand.New(rand.NewPCG(9, uint64(i))), 20), MaxTokens: 100})
+			if o.err != nil {
+				t.Error(o.err)
+			}
+		}()
+	}
+	<-busy
+	got := run(context.Background(), rt, scored)
+	wg.Wait()
+	if got.err != nil {
+		t.Fatal(got.err)
+	}
+	if n := metricValue(promText(reg), "nozzle_runtime_preemptions_total") - before; n <= 0 {
+		t.Fatalf("no preemption happened")
+	}
+	if !reflect.DeepEqual(got.chunks[0], alone.chunks[0]) {
+		t.Errorf("echo after preemption differs from alone:\n got %+v\nwant %+v", got.chunks[0], alone.chunks[0])
+	}
+	if got.text != alone.text || got.res.CompletionTokens != alone.res.CompletionTokens {
+		t.Errorf("completion %q (%d tokens), alone %q", got.text, got.res.CompletionTokens, alone.text)
+	}
 }
