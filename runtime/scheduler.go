@@ -418,7 +418,8 @@ func (s *scheduler) admit() {
 }
 
 // fairPreempt makes room for the tenant next in line (the lowest virtual
-// counter) when it is kept waiting while another tenant, served more,
+// counter) when it is kept waiting — for a place in the batch, or for KV
+// memory the preemption frees — while another tenant, served more,
 // holds more than its share of the batch (the batch's sequences over the
 // tenants with work): that tenant gives back its newest sequence, which
 // waits again first in its queue and is recomputed when readmitted (its
@@ -455,11 +456,17 @@ func (s *scheduler) fairPreempt(now time.Time) bool {
 	}
 	// Only for a head that could start at once: not one whose adapter is
 	// still to load, or that waits for a leader's blocks.
-	if head := want.queue[0]; !s.resident(head) || s.followsLeader(head) {
+	head := want.queue[0]
+	if !s.resident(head) || s.followsLeader(head) {
 		return false
 	}
 	for i := len(s.running) - 1; i >= 0; i-- {
 		if q := s.running[i]; q.tenantID == over.id {
+			// Where places are left and memory is short, only a
+			// preemption that frees enough of it for the head.
+			if len(s.running) < s.maxBatchSeqs && s.pool.available()+len(q.blocks) < s.pool.blocksFor(len(head.tokens))+len(s.running)-1 {
+				return false
+			}
 			s.preempt(q, now)
 			s.m.fairPreemptions.Inc()
 			return true
