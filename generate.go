@@ -28,6 +28,10 @@ type ModelInfo struct {
 	// RuntimeID names the runtime in usage and capacity records.
 	RuntimeID string    `json:"runtime_id,omitempty"`
 	CreatedAt time.Time `json:"created_at"`
+	// Echo says the runtime echoes and scores prompts
+	// (GenerateRequest.Echo, PromptOnly); a runtime of an earlier version
+	// ignores them.
+	Echo bool `json:"echo,omitempty"`
 	// ToolFormat is how the model writes tool calls, as its chat template
 	// teaches it: ToolFormatHermes, ToolFormatLlama3JSON,
 	// ToolFormatMistral, or "" (the template renders no tools).

@@ -260,6 +260,13 @@ func (s *Server) resolveModel(ctx context.Context, p *principal, j *job) error {
 			}
 			j.toolFormat = info.ToolFormat
 		}
+		if !info.Echo {
+			for i := range j.choices() {
+				if j.runtimeEcho(i) {
+					return invalidAs("unsupported_value", "echo", "The runtime serving this model is of an earlier version that cannot echo this prompt (a prompt of token ids, or with 'logprobs'); try again once it is upgraded, or leave 'echo' out.")
+				}
+			}
+		}
 	}
 	if j.model == nozzle.BaseModelAlias || (known && j.model == info.ID) {
 		j.shownModel = j.model

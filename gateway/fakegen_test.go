@@ -41,6 +41,7 @@ type fakeGen struct {
 	lastReq    atomic.Pointer[nozzle.GenerateRequest]
 	sampling   nozzle.SamplingDefaults // the model's recommended sampling, reported by Info
 	toolFormat string                  // how the model calls tools, reported by Info
+	noEcho     bool                    // Info reports a runtime that cannot echo
 	model      atomic.Pointer[string]  // the model id Info reports, when not tiny-llama
 }
 
@@ -86,7 +87,7 @@ func (g *fakeGen) mock() *mock.Generator {
 				fp = sha256hex([]byte(id))
 			}
 			return nozzle.ModelInfo{ID: id, Architecture: "llama", ContextLength: 2048, VocabSize: 32000,
-				Device: "cpu", CreatedAt: time.Unix(1700000000, 0).UTC(), Sampling: g.sampling, Fingerprint: fp, ToolFormat: g.toolFormat}, nil
+				Device: "cpu", CreatedAt: time.Unix(1700000000, 0).UTC(), Sampling: g.sampling, Fingerprint: fp, ToolFormat: g.toolFormat, Echo: !g.noEcho}, nil
 		},
 		GenerateFn:    g.generate,
 		AdapterTierFn: func(ctx context.Context, sha string) nozzle.Tier { return nozzle.TierDisk },

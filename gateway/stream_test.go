@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/nozzle-ai/nozzle"
+	"github.com/nozzle-ai/nozzle/gateway"
 )
 
 // sseEvents splits a server-sent-events body into its data payloads.
@@ -324,6 +325,21 @@ func TestCompletions(t *testing.T) {
 		r := f.do(http.MethodPost, "/v1/completions", `{"model":"base","prompt":"x","max_tokens":0}`, f.authA())
 		if r.StatusCode != 400 || !strings.Contains(readAll(t, r), `"param":"max_tokens"`) {
 			t.Errorf("max_tokens 0 without echo: %d", r.StatusCode)
+		}
+	})
+	t.Run("EchoOldRuntime", func(t *testing.T) {
+		// A runtime of an earlier version would ignore echo: refused, not
+		// answered without the prompt.
+		old := newFixture(t, func(c *gateway.Config, d *gateway.Deps, f *fixture) { f.gen.noEcho = true })
+		r := old.do(http.MethodPost, "/v1/completions", `{"model":"base","prompt":"x","echo":true,"logprobs":1,"max_tokens":1}`, old.authA())
+		if body := readAll(t, r); r.StatusCode != 400 || !strings.Contains(body, `"param":"echo"`) {
+			t.Errorf("echo with logprobs to an old runtime: %d %s", r.StatusCode, body)
+		}
+		// echoing a text prompt needs nothing of the runtime
+		var out resp
+		decode(t, old.do(http.MethodPost, "/v1/completions", `{"model":"base","prompt":"Hi","echo":true,"max_tokens":1}`, old.authA()), &out)
+		if out.Choices[0].Text != "HiHello" {
+			t.Errorf("text echo: %+v", out.Choices)
 		}
 	})
 	t.Run("EchoLogprobs", func(t *testing.T) {

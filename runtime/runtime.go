@@ -290,6 +290,7 @@ func newRuntime(opts Options, p parts) (*Runtime, error) {
 	r.info.Device = p.be.Device()
 	r.info.MaxLoRARank = opts.MaxRank
 	r.info.RuntimeID = opts.RuntimeID
+	r.info.Echo = true
 	r.start = r.clock()
 	if r.info.CreatedAt.IsZero() {
 		r.info.CreatedAt = r.start.UTC() // /v1/models' "created": when the model was loaded
