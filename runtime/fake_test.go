@@ -219,15 +219,7 @@ func (e *fakeEngine) Step(b *engine.Batch) error {
 // of b.ScoreTarget[t] under the logits after t, and the NTop most likely.
 func (e *fakeEngine) score(b *engine.Batch, t int, h uint64) {
 	l := e.logits(h)
-	maxL := math.Inf(-1)
-	for _, x := range l {
-		maxL = math.Max(maxL, x)
-	}
-	var sum float64
-	for _, x := range l {
-		sum += math.Exp(x - maxL)
-	}
-	lse := maxL + math.Log(sum)
+	lse := logSumExp(l)
 	b.OutScoreLogprob[t] = float32(l[b.ScoreTarget[t]] - lse)
 	if b.NTop > 0 {
 		idx := make([]int, len(l))
@@ -240,6 +232,19 @@ func (e *fakeEngine) score(b *engine.Batch, t int, h uint64) {
 			b.OutScoreTopLogprob[t*b.NTop+k] = float32(l[idx[k]] - lse)
 		}
 	}
+}
+
+// logSumExp is log Σ exp(l).
+func logSumExp(l []float64) float64 {
+	maxL := math.Inf(-1)
+	for _, x := range l {
+		maxL = math.Max(maxL, x)
+	}
+	var sum float64
+	for _, x := range l {
+		sum += math.Exp(x - maxL)
+	}
+	return maxL + math.Log(sum)
 }
 
 func (e *fakeEngine) logits(h uint64) []float64 {
@@ -258,15 +263,7 @@ func (e *fakeEngine) logits(h uint64) []float64 {
 
 func (e *fakeEngine) sample(b *engine.Batch, i int, h uint64, pos uint64) {
 	l := e.logits(h)
-	maxL := math.Inf(-1)
-	for _, x := range l {
-		maxL = math.Max(maxL, x)
-	}
-	var sum float64
-	for _, x := range l {
-		sum += math.Exp(x - maxL)
-	}
-	lse := maxL + math.Log(sum)
+	lse := logSumExp(l)
 	tok := 0
 	if t := float64(b.Temperature[i]); t == 0 {
 		for v := range l {
@@ -276,6 +273,10 @@ func (e *fakeEngine) sample(b *engine.Batch, i int, h uint64, pos uint64) {
 		}
 	} else {
 		r := float64(mix(b.Seed[i], pos)>>11) / float64(1<<53)
+		maxL := math.Inf(-1)
+		for _, x := range l {
+			maxL = math.Max(maxL, x)
+		}
 		var z float64
 		p := make([]float64, len(l))
 		for v, x := range l {
