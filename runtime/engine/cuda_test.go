@@ -1169,7 +1169,21 @@ func TestCUDA_Scoring(t *testing.T) {
 	}
 	sampled := &cudaSeq{tokens: cudaTokens(r, 30, V), slot: 1}
 	compared := 0
-	for round := 0; round < 4; round++ {
+	// Two rounds of prefill chunks, then one token a step: decode-only
+	// steps (the CUDA backend's graph path) with scored rows among them.
+	left := func() bool {
+		for _, s := range scored {
+			if s.done < len(s.tokens) {
+				return true
+			}
+		}
+		return false
+	}
+	for round := 0; left(); round++ {
+		chunk := 5
+		if round >= 2 {
+			chunk = 1
+		}
 		p.b.Reset(p.maxBlocks, nTop)
 		type span struct {
 			s      *cudaSeq
@@ -1194,9 +1208,9 @@ func TestCUDA_Scoring(t *testing.T) {
 			}
 			p.b.Add(seq)
 		}
-		add(sampled, 2, true, false)
+		add(sampled, min(chunk, 2), true, false)
 		for _, s := range scored {
-			if n := min(5, len(s.tokens)-s.done); n > 0 {
+			if n := min(chunk, len(s.tokens)-s.done); n > 0 {
 				add(s, n, s.done+n == len(s.tokens), true)
 			}
 		}
@@ -1231,7 +1245,7 @@ func TestCUDA_Scoring(t *testing.T) {
 			}
 			sp.s.done += sp.n
 		}
-		sampled.done += 2
+		sampled.done += min(chunk, 2)
 	}
 	if want := 20 + 8 + 13; compared != want {
 		t.Errorf("compared %d scored tokens, want %d", compared, want)
