@@ -83,6 +83,13 @@ func EnsureDemo(dataDir string) (modelDir string, adapterDirs map[string]string,
 	if err := os.MkdirAll(dataDir, 0o755); err != nil {
 		return "", nil, fmt.Errorf("demo model: %w", err)
 	}
+	// A generation a crash cut short left its folder: the demo is made
+	// anew, so nothing in it is needed.
+	if stale, err := filepath.Glob(filepath.Join(dataDir, ".demo-*")); err == nil {
+		for _, d := range stale {
+			os.RemoveAll(d)
+		}
+	}
 	tmp, err := os.MkdirTemp(dataDir, ".demo-")
 	if err != nil {
 		return "", nil, fmt.Errorf("demo model: %w", err)

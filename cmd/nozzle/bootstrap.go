@@ -33,6 +33,12 @@ func (m *Main) bootstrap(ctx context.Context, store nozzle.AdapterStore, demoAda
 	keyPath := filepath.Join(m.Config.Data, "demo-api-key")
 	readyPath := filepath.Join(m.Config.Data, "demo-ready")
 	if _, err := os.Stat(readyPath); err != nil {
+		// The copies of demo adapters whose import a crash cut short.
+		if stale, err := filepath.Glob(filepath.Join(m.Config.Data, ".import-*")); err == nil {
+			for _, d := range stale {
+				os.RemoveAll(d)
+			}
+		}
 		if err := m.setUpDemo(ctx, store, demoAdapters, keyPath); err != nil {
 			return err
 		}

@@ -529,3 +529,25 @@ func TestServe_DemoSetUpResumes(t *testing.T) {
 		t.Fatalf("adapters after a restart: %v (a deleted demo adapter came back?)", got)
 	}
 }
+
+// TestServe_FirstStartRemovesCrashLeftovers: a first start killed while it
+// generated the demo model (DATA/.demo-*) or copied a demo adapter for its
+// import (DATA/.import-*) left those folders; the next start, which makes
+// the demo anew, removes them rather than keeping them forever.
+func TestServe_FirstStartRemovesCrashLeftovers(t *testing.T) {
+	data := t.TempDir()
+	for _, d := range []string{".demo-1234", ".import-5678"} {
+		if err := os.MkdirAll(filepath.Join(data, d), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(data, d, nozzle.AdapterWeightsFile), make([]byte, 4096), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	startServe(t, "--data", data)
+	for _, d := range []string{".demo-1234", ".import-5678"} {
+		if _, err := os.Stat(filepath.Join(data, d)); err == nil {
+			t.Errorf("%s is still in the data folder after a start", d)
+		}
+	}
+}
