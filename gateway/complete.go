@@ -108,14 +108,13 @@ func (s *Server) complete(c *fiber.Ctx, kind genKind) error {
 		return err
 	}
 	ctx := c.UserContext()
-	if err := s.resolveModel(ctx, p, j); err != nil {
-		return err
-	}
-
 	cp := &completion{s: s, st: st, p: p, j: j, releaseBudget: func() {}}
 	// The ledger ids. An idempotent request is recorded under the digest of
 	// its key once it completes; a failed or abandoned attempt under its own
-	// request id, which leaves the key free for a retry.
+	// request id, which leaves the key free for a retry. A completed one is
+	// replayed before its model is looked up: the answer it paid for stays
+	// its answer after its adapter is deleted (a retry after a lost answer
+	// may well come after that).
 	if key := c.Get(HeaderIdempotencyKey); key != "" {
 		if !validIdempotencyKey(key) {
 			return invalid(HeaderIdempotencyKey, "Invalid Idempotency-Key header: use 1 to 255 printable ASCII characters.")
@@ -136,6 +135,10 @@ func (s *Server) complete(c *fiber.Ctx, kind genKind) error {
 			s.inflight.remove(cp.meterID)
 			return err
 		}
+	}
+	if err := s.resolveModel(ctx, p, j); err != nil {
+		cp.unclaim()
+		return err
 	}
 	// A client-chosen request id is the tenant's own (clientRequestID) and
 	// becomes a ledger id only while unused, whether or not an

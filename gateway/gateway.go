@@ -40,7 +40,8 @@
 // completed request is recorded under "idem_" + a digest of (tenant, key),
 // with its complete non-streamed answer stored in the event. A retry with
 // the same key is neither run nor charged: it gets the stored answer back
-// with Idempotent-Replayed: true — as JSON, or, when the retry asks for a
+// with Idempotent-Replayed: true, even once the adapter it named is
+// deleted — as JSON, or, when the retry asks for a
 // stream, as a short SSE stream (one content chunk per choice, then the
 // finish chunks, the usage chunk if asked, [DONE]). A duplicate arriving
 // while the first is in flight gets 409 idempotency_key_in_use; a key used

@@ -134,6 +134,40 @@ func TestIdempotency(t *testing.T) {
 	})
 }
 
+// TestIdempotency_ReplayAfterAdapterDeleted: a completed request is
+// replayed by its Idempotency-Key after its adapter was deleted (a client
+// whose answer was lost, to a crash say, retries when it can): the answer
+// it was charged for, not a 404, and no second charge.
+func TestIdempotency_ReplayAfterAdapterDeleted(t *testing.T) {
+	f := newFixture(t)
+	f.addAdapter(f.tenantA.ID, "short-lived", strings.Repeat("e", 64))
+	body := chatBody("short-lived", "hi")
+	r1 := f.do(http.MethodPost, "/v1/chat/completions", body, f.authA(), hdr("Idempotency-Key", "order-9"))
+	b1 := readAll(t, r1)
+	if r1.StatusCode != 200 {
+		t.Fatalf("first attempt: %d %s", r1.StatusCode, b1)
+	}
+	f.deleteAdapter(t, "/v1/adapters/short-lived", f.authA())
+	calls, events := f.gen.calls.Load(), len(f.events())
+	r2 := f.do(http.MethodPost, "/v1/chat/completions", body, f.authA(), hdr("Idempotency-Key", "order-9"))
+	b2 := readAll(t, r2)
+	if r2.StatusCode != 200 || b2 != b1 || r2.Header.Get("Idempotent-Replayed") != "true" {
+		t.Fatalf("retry after the delete: status %d, replayed %q\n%s\n%s", r2.StatusCode, r2.Header.Get("Idempotent-Replayed"), b1, b2)
+	}
+	if f.gen.calls.Load() != calls || len(f.events()) != events {
+		t.Errorf("the retry ran or was charged again")
+	}
+	// A new request to the deleted adapter is still refused, with a key
+	// or without.
+	wantError(t, f.do(http.MethodPost, "/v1/chat/completions", body, f.authA(), hdr("Idempotency-Key", "order-10")),
+		404, "invalid_request_error", "model_not_found", "model")
+	// and the refused key stays free: nothing holds it in flight
+	f.addAdapter(f.tenantA.ID, "short-lived", strings.Repeat("f", 64))
+	if r := f.do(http.MethodPost, "/v1/chat/completions", body, f.authA(), hdr("Idempotency-Key", "order-10")); r.StatusCode != 200 {
+		t.Errorf("the key of a refused request: %d %s", r.StatusCode, readAll(t, r))
+	}
+}
+
 func TestIdempotency_ConcurrentDuplicate(t *testing.T) {
 	f := newFixture(t)
 	hold := f.gen.holdAll()
