@@ -14,8 +14,8 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
-	"time"
 
 	"github.com/nozzle-ai/nozzle"
 	"github.com/nozzle-ai/nozzle/gateway"
@@ -437,60 +437,54 @@ func TestAdapters_StorageQuota(t *testing.T) {
 	}
 }
 
+// heldStore holds the first Import until release is closed: an upload
+// in flight for as long as a test needs.
+type heldStore struct {
+	nozzle.AdapterStore
+	once    sync.Once
+	started chan struct{}
+	release chan struct{}
+}
+
+func (h *heldStore) Import(ctx context.Context, dir string) (*nozzle.AdapterManifest, error) {
+	first := false
+	h.once.Do(func() { first = true })
+	if first {
+		close(h.started)
+		<-h.release
+	}
+	return h.AdapterStore.Import(ctx, dir)
+}
+
 // TestAdapters_UploadsInFlight: a tenant has at most TenantUploads uploads
 // in flight; another waits its turn (429), another tenant does not.
 func TestAdapters_UploadsInFlight(t *testing.T) {
-	f := newFixture(t, func(c *gateway.Config, d *gateway.Deps, f *fixture) { c.TenantUploads = 1 })
-	url := f.serve(t)
-	// large enough that the server hands the body over as it comes
-	big := append([]byte("SAFE"), bytes.Repeat([]byte{9}, 256<<10)...)
-	ct, body := multipartBody(t, part{"name", "", []byte("slow")}, part{nozzle.AdapterConfigFile, "adapter_config.json", goodConfig},
-		part{nozzle.AdapterWeightsFile, "adapter_model.safetensors", big})
-	pr, pw := io.Pipe()
-	req, _ := http.NewRequest(http.MethodPost, url+"/v1/adapters", pr)
-	req.Header.Set("Content-Type", ct)
-	req.Header.Set("Authorization", "Bearer "+f.keyA)
-	req.ContentLength = int64(len(body))
-	slow := make(chan *http.Response, 1)
-	go func() {
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Error(err)
-			close(slow)
-			return
-		}
-		slow <- resp
-	}()
-	pw.Write(body[:len(body)-8]) // the upload has begun
-	second := func(key string) *http.Response {
-		ct, b := multipartBody(t, part{"name", "", []byte("second")}, part{nozzle.AdapterConfigFile, "adapter_config.json", goodConfig},
-			part{nozzle.AdapterWeightsFile, "adapter_model.safetensors", goodWeights})
-		r, _ := http.NewRequest(http.MethodPost, url+"/v1/adapters", bytes.NewReader(b))
-		r.Header.Set("Content-Type", ct)
-		r.Header.Set("Authorization", "Bearer "+key)
-		resp, err := http.DefaultClient.Do(r)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return resp
+	held := &heldStore{started: make(chan struct{}), release: make(chan struct{})}
+	f := newFixture(t, func(c *gateway.Config, d *gateway.Deps, f *fixture) {
+		c.TenantUploads = 1
+		held.AdapterStore = d.Store
+		d.Store = held
+	})
+	files := func(name string) []part {
+		return []part{{"name", "", []byte(name)}, {nozzle.AdapterConfigFile, "adapter_config.json", goodConfig},
+			{nozzle.AdapterWeightsFile, "adapter_model.safetensors", goodWeights}}
 	}
-	var r *http.Response
-	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
-		if r = second(f.keyA); r.StatusCode == http.StatusTooManyRequests {
-			break
-		}
-		readAll(t, r) // the slow one had not been admitted yet
-	}
+	first := make(chan *http.Response, 1)
+	go func() { first <- f.upload(f.keyA, files("first")...) }()
+	<-held.started // the first upload is in flight
+	r := f.upload(f.keyA, files("second")...)
 	if body := readAll(t, r); r.StatusCode != http.StatusTooManyRequests || !strings.Contains(body, "too_many_uploads_in_flight") || r.Header.Get("Retry-After") == "" {
 		t.Fatalf("a second upload of the tenant: %d %s", r.StatusCode, body)
 	}
-	if r := second(f.keyB); r.StatusCode != http.StatusCreated {
+	if r := f.upload(f.keyB, files("second")...); r.StatusCode != http.StatusCreated {
 		t.Errorf("another tenant's upload: %d %s", r.StatusCode, readAll(t, r))
 	}
-	pw.Write(body[len(body)-8:])
-	pw.Close()
-	if resp := <-slow; resp == nil || resp.StatusCode != http.StatusCreated {
-		t.Fatalf("the slow upload: %v", resp)
+	close(held.release)
+	if r := <-first; r.StatusCode != http.StatusCreated {
+		t.Fatalf("the first upload: %d %s", r.StatusCode, readAll(t, r))
+	}
+	if r := f.upload(f.keyA, files("second")...); r.StatusCode != http.StatusCreated {
+		t.Errorf("after the first ended: %d %s", r.StatusCode, readAll(t, r))
 	}
 }
 
