@@ -8,6 +8,7 @@ import (
 	"hash/fnv"
 	"math"
 	"math/rand/v2"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -67,6 +68,15 @@ type fakeEngine struct {
 	closed    bool
 	onStep    func(n int) // called after each step with the step count
 	rowLimit  int         // rows of logits a step may have (max_batch_seqs); 0: any
+	// tokenLimit is the tokens a step may have (max_batch_tokens), and
+	// seqLimit the sequences in it (max_batch_seqs); 0: any.
+	tokenLimit int
+	seqLimit   int
+	// invalid holds every error Step returned for a batch it refused (an
+	// injected failure excepted): the scheduler finishes the batch's
+	// requests with EINTERNAL, which a test may not tell from an
+	// injected failure.
+	invalid []error
 }
 
 type kvCell struct {
@@ -115,14 +125,35 @@ func mix(h, v uint64) uint64 {
 func (e *fakeEngine) Step(b *engine.Batch) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if e.closed {
-		return errors.New("engine closed")
-	}
-	if e.failSteps > 0 {
+	if e.failSteps > 0 && !e.closed {
 		e.failSteps--
 		return errors.New("injected step failure")
 	}
+	err := e.step(b)
+	if err != nil {
+		e.invalid = append(e.invalid, err)
+	}
+	return err
+}
+
+// invalidSteps returns the errors of the batches Step refused.
+func (e *fakeEngine) invalidSteps() []error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return slices.Clone(e.invalid)
+}
+
+func (e *fakeEngine) step(b *engine.Batch) error {
+	if e.closed {
+		return errors.New("engine closed")
+	}
 	n := len(b.SeqLen)
+	if e.seqLimit > 0 && n > e.seqLimit {
+		return fmt.Errorf("%d sequences in a step, the limit is %d", n, e.seqLimit)
+	}
+	if e.tokenLimit > 0 && len(b.Tokens) > e.tokenLimit {
+		return fmt.Errorf("%d tokens in a step, the limit is %d", len(b.Tokens), e.tokenLimit)
+	}
 	b.SizeOutputs(e.vocab)
 	e.steps++
 	e.maxSeqs = max(e.maxSeqs, n)
