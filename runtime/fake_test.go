@@ -252,16 +252,23 @@ func (e *fakeEngine) score(b *engine.Batch, t int, h uint64) {
 	l := e.logits(h)
 	lse := logSumExp(l)
 	b.OutScoreLogprob[t] = float32(l[b.ScoreTarget[t]] - lse)
-	if b.NTop > 0 {
-		idx := make([]int, len(l))
-		for v := range idx {
-			idx[v] = v
-		}
-		sort.SliceStable(idx, func(a, c int) bool { return l[idx[a]] > l[idx[c]] })
-		for k := 0; k < b.NTop; k++ {
-			b.OutScoreTopToken[t*b.NTop+k] = int32(idx[k])
-			b.OutScoreTopLogprob[t*b.NTop+k] = float32(l[idx[k]] - lse)
-		}
+	topN(l, lse, b.OutScoreTopToken[t*b.NTop:(t+1)*b.NTop], b.OutScoreTopLogprob[t*b.NTop:(t+1)*b.NTop])
+}
+
+// topN fills toks and lps (one entry each per place) with the most likely
+// tokens of l and their logprobs, most likely first, ties by id.
+func topN(l []float64, lse float64, toks []int32, lps []float32) {
+	if len(toks) == 0 {
+		return
+	}
+	idx := make([]int, len(l))
+	for v := range idx {
+		idx[v] = v
+	}
+	sort.SliceStable(idx, func(a, c int) bool { return l[idx[a]] > l[idx[c]] })
+	for k := range toks {
+		toks[k] = int32(idx[k])
+		lps[k] = float32(l[idx[k]] - lse)
 	}
 }
 
@@ -326,17 +333,7 @@ func (e *fakeEngine) sample(b *engine.Batch, i int, h uint64, pos uint64) {
 	}
 	b.OutToken[i] = int32(tok)
 	b.OutLogprob[i] = float32(l[tok] - lse)
-	if b.NTop > 0 {
-		idx := make([]int, len(l))
-		for v := range idx {
-			idx[v] = v
-		}
-		sort.SliceStable(idx, func(a, c int) bool { return l[idx[a]] > l[idx[c]] })
-		for k := 0; k < b.NTop; k++ {
-			b.OutTopToken[i*b.NTop+k] = int32(idx[k])
-			b.OutTopLogprob[i*b.NTop+k] = float32(l[idx[k]] - lse)
-		}
-	}
+	topN(l, lse, b.OutTopToken[i*b.NTop:(i+1)*b.NTop], b.OutTopLogprob[i*b.NTop:(i+1)*b.NTop])
 }
 
 func (e *fakeEngine) LoadAdapter(slot int, a runtime.HostAdapter) error {
