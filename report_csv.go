@@ -8,9 +8,28 @@ import (
 	"time"
 )
 
+// CSVText makes a free-text CSV cell safe to open in a spreadsheet: a
+// cell that begins with '=', '+', '-', '@', a tab or a carriage return is
+// taken for a formula by Excel, LibreOffice and Google Sheets (CSV
+// injection), so such a cell gets a leading single quote, which those
+// applications show as text (OWASP's advice). Every CSV the product
+// writes passes its tenant-controlled text (names, ids) through it;
+// numbers, which may be negative, are written as they are.
+func CSVText(s string) string {
+	if s == "" {
+		return s
+	}
+	switch s[0] {
+	case '=', '+', '-', '@', '\t', '\r':
+		return "'" + s
+	}
+	return s
+}
+
 // WriteCSV writes the report as CSV: a header, one line per row, and a
 // last line for the total (its first column says "total"). Group columns
-// appear only for the report's group keys.
+// appear only for the report's group keys; their text goes through
+// CSVText.
 func (r *Report) WriteCSV(w io.Writer) error { return r.writeCSV(w, true) }
 
 // WriteTenantCSV writes the report as a tenant sees it: as WriteCSV, but
@@ -57,10 +76,10 @@ func (r *Report) writeCSV(w io.Writer, margin bool) error {
 				rec = append(rec, row.Time.UTC().Format(time.RFC3339))
 			}
 			if has(GroupTenant) {
-				rec = append(rec, row.TenantID, row.TenantName)
+				rec = append(rec, CSVText(row.TenantID), CSVText(row.TenantName))
 			}
 			if has(GroupAdapter) {
-				rec = append(rec, row.AdapterID, row.AdapterName)
+				rec = append(rec, CSVText(row.AdapterID), CSVText(row.AdapterName))
 			}
 			if len(rec) == 0 {
 				rec = append(rec, r.Start.UTC().Format(time.RFC3339)+"/"+r.End.UTC().Format(time.RFC3339))

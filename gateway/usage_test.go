@@ -66,6 +66,34 @@ func TestUsage(t *testing.T) {
 			t.Errorf("csv %q %s", r.Header.Get("Content-Type"), body)
 		}
 	})
+	t.Run("CSVFormulas", func(t *testing.T) {
+		// Names a spreadsheet would run as formulas are text in every CSV
+		// download; negative amounts stay numbers.
+		wrapped := f.reporter.ReportFn
+		defer func() { f.reporter.ReportFn = wrapped }()
+		f.reporter.ReportFn = func(ctx context.Context, q nozzle.ReportQuery) (*nozzle.Report, error) {
+			row := nozzle.ReportRow{TenantID: "t_1", TenantName: `=HYPERLINK("x","y")`, AdapterID: "ad_1", AdapterName: "-2+3",
+				Requests: 1, MarginUSD: -0.5}
+			return &nozzle.Report{Start: q.Start, End: q.End, GroupBy: q.GroupBy, Rows: []nozzle.ReportRow{row}, Total: row}, nil
+		}
+		for _, c := range []struct {
+			path     string
+			auth     header
+			want     string
+			operator bool
+		}{
+			{"/v1/usage?format=csv&group_by=adapter", f.authA(), "\nad_1,'-2+3,1,", false},
+			{"/admin/report?format=csv", bearer(adminToken), "\nt_1,\"'=HYPERLINK(\"\"x\"\",\"\"y\"\")\",ad_1,'-2+3,1,", true},
+		} {
+			body := readAll(t, f.do(http.MethodGet, c.path, "", c.auth))
+			if !strings.Contains(body, c.want) {
+				t.Errorf("%s: CSV lacks %q:\n%s", c.path, c.want, body)
+			}
+			if c.operator && !strings.Contains(body, ",-0.5,") {
+				t.Errorf("%s: negative margin not a plain number:\n%s", c.path, body)
+			}
+		}
+	})
 	t.Run("FailedRequests", func(t *testing.T) {
 		// The tenant's JSON says, as its CSV does, how much of the tokens
 		// came from requests the runtime failed (charged nothing, not sent
