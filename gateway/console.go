@@ -104,10 +104,11 @@ type console struct {
 	pages  map[string]*template.Template
 	assets *assetSet
 
-	csrfKey []byte // derived from SigningKey: CSRF tokens
-	login   *loginLimiter
-	forms   *formCache
-	limits  *keyStateMap // rate-limit state of playground requests, per tenant
+	csrfKey   []byte // derived from SigningKey: CSRF tokens
+	deviceKey []byte // derived from SigningKey: device cookies
+	login     *loginLimiter
+	forms     *formCache
+	limits    *keyStateMap // rate-limit state of playground requests, per tenant
 
 	hashSlots chan struct{} // password hashes computed at once (hashSlot)
 }
@@ -133,6 +134,9 @@ func Console(cfg ConsoleConfig) Extension {
 		mac := hmac.New(sha256.New, cfg.SigningKey)
 		mac.Write([]byte("nozzle console csrf"))
 		cs.csrfKey = mac.Sum(nil)
+		mac = hmac.New(sha256.New, cfg.SigningKey)
+		mac.Write([]byte("nozzle console device"))
+		cs.deviceKey = mac.Sum(nil)
 		cs.login = newLoginLimiter(cfg.LoginPerEmail, cfg.LoginPerAddress, cfg.LoginWindow, cfg.Clock)
 		cs.forms = newFormCache(10*time.Minute, cfg.Clock)
 		var err error
@@ -169,7 +173,7 @@ func (cs *console) parsePages(fsys fs.FS) (map[string]*template.Template, error)
 //
 //	GET    /console                          → the user's home page
 //	GET    /console/static/{hashed name}     static files, cached for a year
-//	GET    /console/login, POST              sign-in (per-email and per-address limits)
+//	GET    /console/login, POST              sign-in (per-email and per-address limits, per-device with a device cookie)
 //	POST   /console/logout                   sign-out (revokes the session)
 //	GET    /console/invite/{token}, POST     accept an invite: choose a password
 //	GET    /console/{overview,adapters,playground,keys,usage,settings}   tenant pages

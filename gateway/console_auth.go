@@ -446,7 +446,8 @@ func (cs *console) cookiesDropped(c *fiber.Ctx) bool {
 
 // loginSubmit checks an email and password. A wrong email and a wrong
 // password get the same answer, in the same time; failures count against
-// the email and the client address.
+// the email and the client address, or, from a browser with a device
+// cookie for the email, against that cookie alone.
 func (cs *console) loginSubmit(c *fiber.Ctx) error {
 	email := normalizeEmail(c.FormValue("email"))
 	password := c.FormValue("password")
@@ -475,9 +476,19 @@ func (cs *console) loginSubmit(c *fiber.Ctx) error {
 		return fail(fiber.StatusTooManyRequests, "Too many sign-in attempts right now. Please try again in a moment.")
 	}
 	defer cs.releaseHashSlot()
-	// The attempt counts as a failure until the password is checked, so
-	// that attempts sent at once cannot all pass the limiter's check.
-	if wait := cs.login.attempt(email, addr); wait > 0 {
+	// A browser that signed in as this email before (a valid device
+	// cookie) is limited by its own count of failures, not by the email's
+	// or the address's, which anyone can run up. The attempt counts as a
+	// failure until the password is checked, so that attempts sent at
+	// once cannot all pass the limiter's check.
+	device := cs.deviceOf(c, email)
+	var wait time.Duration
+	if device != "" {
+		wait = cs.login.attemptDevice(device)
+	} else {
+		wait = cs.login.attempt(email, addr)
+	}
+	if wait > 0 {
 		c.Set(fiber.HeaderRetryAfter, strconv.Itoa(int(wait.Seconds()+0.999)))
 		return fail(fiber.StatusTooManyRequests, fmt.Sprintf("Too many sign-in attempts. For your security, try again in %s.", humanWait(wait)))
 	}
@@ -495,10 +506,15 @@ func (cs *console) loginSubmit(c *fiber.Ctx) error {
 	if !ok || u.Disabled {
 		return fail(fiber.StatusUnauthorized, "Incorrect email or password.")
 	}
-	cs.login.succeed(email, addr)
+	if device != "" {
+		cs.login.succeedDevice(device)
+	} else {
+		cs.login.succeed(email, addr)
+	}
 	if err := cs.startSession(c, u); err != nil {
 		return err
 	}
+	cs.setDeviceCookie(c, u.Email)
 	next := v.Next
 	if next == "" || (u.Role == nozzle.RoleOperator) != strings.HasPrefix(next, "/console/operator") {
 		next = homeOf(u)
@@ -608,6 +624,7 @@ func (cs *console) inviteSubmit(c *fiber.Ctx) error {
 	if err := cs.startSession(c, u); err != nil {
 		return err
 	}
+	cs.setDeviceCookie(c, u.Email)
 	return c.Redirect(homeOf(u), fiber.StatusSeeOther)
 }
 
@@ -630,8 +647,9 @@ func newLoginLimiter(perEmail, perAddr int, window time.Duration, now func() tim
 	return &loginLimiter{perEmail: perEmail, perAddr: perAddr, window: window, now: now, counts: map[string]*loginCount{}}
 }
 
-func emailKey(email string) string { return "e:" + strings.ToLower(email) }
-func addrKey(addr string) string   { return "a:" + addr }
+func emailKey(email string) string     { return "e:" + strings.ToLower(email) }
+func addrKey(addr string) string       { return "a:" + addr }
+func deviceIDKey(device string) string { return "d:" + device }
 
 // blocked returns how long sign-ins for email from addr must wait (0: not
 // blocked).
@@ -661,6 +679,10 @@ func (l *loginLimiter) fail(email, addr string) {
 }
 
 func (l *loginLimiter) failLocked(email, addr string) {
+	l.countLocked(emailKey(email), addrKey(addr))
+}
+
+func (l *loginLimiter) countLocked(keys ...string) {
 	now := l.now()
 	if len(l.counts) > 100000 {
 		for k, c := range l.counts {
@@ -669,7 +691,7 @@ func (l *loginLimiter) failLocked(email, addr string) {
 			}
 		}
 	}
-	for _, key := range []string{emailKey(email), addrKey(addr)} {
+	for _, key := range keys {
 		c := l.counts[key]
 		if c == nil || !now.Before(c.reset) {
 			c = &loginCount{reset: now.Add(l.window)}
@@ -701,6 +723,99 @@ func (l *loginLimiter) succeed(email, addr string) {
 	if c := l.counts[addrKey(addr)]; c != nil && c.n > 0 {
 		c.n--
 	}
+}
+
+// attemptDevice starts a sign-in from a browser holding a valid device
+// cookie (device is its id): as attempt, but counted against the device
+// alone, with the per-email limit, so that failures elsewhere (another
+// address running up the email's count) do not block it and a stolen
+// cookie buys no more guesses than an email does.
+func (l *loginLimiter) attemptDevice(device string) time.Duration {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	key, now := deviceIDKey(device), l.now()
+	if c := l.counts[key]; c != nil && now.Before(c.reset) && c.n >= l.perEmail {
+		return c.reset.Sub(now)
+	}
+	l.countLocked(key)
+	return 0
+}
+
+// succeedDevice forgets a device's failures. The email's count, which
+// counts sign-ins from browsers without its device cookie, stays: a
+// sign-in on the user's own browser gives those no fresh guesses.
+func (l *loginLimiter) succeedDevice(device string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	delete(l.counts, deviceIDKey(device))
+}
+
+// Device cookies (OWASP's defence against lockout by anyone): a browser
+// that signed in gets a long-lived cookie binding the email (lower case)
+// to a random device id, signed with a key derived from SigningKey. A
+// sign-in for that email presenting it is limited per device instead of
+// per email and address (loginLimiter.attemptDevice).
+const (
+	deviceCookie         = "nozzle_device"
+	deviceCookieLifetime = 90 * 24 * time.Hour
+)
+
+// deviceToken returns a device cookie's value for email: the device id,
+// its expiry (Unix seconds), the email and an HMAC of the three, joined
+// by dots (id, email and HMAC base64url).
+func (cs *console) deviceToken(device, email string, expires time.Time) string {
+	payload := device + "." + strconv.FormatInt(expires.Unix(), 10) + "." +
+		base64.RawURLEncoding.EncodeToString([]byte(strings.ToLower(email)))
+	mac := hmac.New(sha256.New, cs.deviceKey)
+	mac.Write([]byte(payload))
+	return payload + "." + base64.RawURLEncoding.EncodeToString(mac.Sum(nil))
+}
+
+// deviceOf returns the device id of the request's device cookie if it is
+// valid for email, else "".
+func (cs *console) deviceOf(c *fiber.Ctx, email string) string {
+	return cs.parseDevice(c.Cookies(deviceCookie), email)
+}
+
+// parseDevice returns the device id of a device cookie's value if it is
+// valid for email (signed by this console, unexpired, for that email),
+// else "".
+func (cs *console) parseDevice(v, email string) string {
+	if v == "" || len(v) > 512 {
+		return ""
+	}
+	parts := strings.Split(v, ".")
+	if len(parts) != 4 || len(parts[0]) < 16 {
+		return ""
+	}
+	sum, err := base64.RawURLEncoding.DecodeString(parts[3])
+	if err != nil {
+		return ""
+	}
+	mac := hmac.New(sha256.New, cs.deviceKey)
+	mac.Write([]byte(v[:len(v)-len(parts[3])-1]))
+	if !hmac.Equal(sum, mac.Sum(nil)) {
+		return ""
+	}
+	exp, err := strconv.ParseInt(parts[1], 10, 64)
+	if err != nil || !cs.cfg.Clock().Before(time.Unix(exp, 0)) {
+		return ""
+	}
+	bound, err := base64.RawURLEncoding.DecodeString(parts[2])
+	if err != nil || string(bound) != strings.ToLower(email) {
+		return ""
+	}
+	return strings.Clone(parts[0])
+}
+
+// setDeviceCookie gives the browser a fresh device cookie for email
+// after it signed in: HttpOnly, Secure (as the console's other cookies),
+// SameSite=Lax, sent only with sign-ins.
+func (cs *console) setDeviceCookie(c *fiber.Ctx, email string) {
+	expires := cs.cfg.Clock().Add(deviceCookieLifetime)
+	ck := cs.cookie(deviceCookie, cs.deviceToken(randomToken(18), normalizeEmail(email), expires), expires)
+	ck.Path, ck.SameSite = "/console/login", fiber.CookieSameSiteLaxMode
+	c.Cookie(ck)
 }
 
 // hashSlot waits, up to hashSlotWait, for one of the slots that bound

@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -104,6 +105,85 @@ func TestLoginLimiterCountsAttemptsInFlight(t *testing.T) {
 	}
 	if l.attempt("f@x.test", "1.1.1.1") == 0 {
 		t.Fatal("address not blocked after 3 attempts")
+	}
+}
+
+// A device's sign-ins count against the device alone, in flight
+// included, with the per-email limit: the email's and the address's
+// counts neither block them nor grow with them.
+// A device cookie is valid only as this console signed it: for its
+// email (in any case), until its expiry.
+func FuzzParseDevice(f *testing.F) {
+	now := time.Unix(1_800_000_000, 0)
+	cs := &console{cfg: ConsoleConfig{SigningKey: []byte("fuzz signing key of at least 32 bytes"), Clock: func() time.Time { return now }}.withDefaults(),
+		deviceKey: []byte("fuzz device key")}
+	valid := cs.deviceToken("abcdefghijklmnopqrstuvwx", "User@Example.com", now.Add(time.Hour))
+	if got := cs.parseDevice(valid, "user@example.COM"); got != "abcdefghijklmnopqrstuvwx" {
+		f.Fatalf("valid cookie: %q", got)
+	}
+	for _, bad := range []struct{ v, email string }{
+		{valid, "other@example.com"},
+		{cs.deviceToken("abcdefghijklmnopqrstuvwx", "user@example.com", now), "user@example.com"},
+		{strings.Replace(valid, ".", "..", 1), "user@example.com"},
+		{valid + "x", "user@example.com"},
+	} {
+		if got := cs.parseDevice(bad.v, bad.email); got != "" {
+			f.Errorf("parseDevice(%q, %q) = %q, want none", bad.v, bad.email, got)
+		}
+	}
+	f.Add(valid, "user@example.com")
+	f.Add("a.b.c.d", "")
+	f.Add("....", "x")
+	f.Fuzz(func(t *testing.T, v, email string) {
+		id := cs.parseDevice(v, email)
+		if id == "" {
+			return
+		}
+		// What parses is what the console signed: same id, email and
+		// HMAC, an expiry still ahead.
+		parts := strings.Split(v, ".")
+		exp, err := strconv.ParseInt(parts[1], 10, 64)
+		if err != nil || !now.Before(time.Unix(exp, 0)) || id != parts[0] ||
+			cs.deviceToken(id, email, time.Unix(exp, 0)) != v {
+			t.Fatalf("parseDevice(%q, %q) = %q", v, email, id)
+		}
+	})
+}
+
+func TestLoginLimiterDevice(t *testing.T) {
+	now := time.Unix(1000, 0)
+	l := newLoginLimiter(2, 3, time.Minute, func() time.Time { return now })
+	for range 3 {
+		l.fail("a@x.test", "1.1.1.1")
+	}
+	if l.blocked("a@x.test", "2.2.2.2") == 0 || l.blocked("b@x.test", "1.1.1.1") == 0 {
+		t.Fatal("email and address not blocked")
+	}
+	for i := range 2 {
+		if w := l.attemptDevice("dev1"); w != 0 {
+			t.Fatalf("device attempt %d blocked: %v", i, w)
+		}
+	}
+	if w := l.attemptDevice("dev1"); w != time.Minute {
+		t.Fatalf("a third device attempt in flight: wait %v", w)
+	}
+	if l.attemptDevice("dev2") != 0 {
+		t.Fatal("another device blocked by the first's count")
+	}
+	l.succeedDevice("dev1")
+	if l.attemptDevice("dev1") != 0 {
+		t.Fatal("a device still blocked after signing in")
+	}
+	if c := l.counts[emailKey("a@x.test")]; c == nil || c.n != 3 {
+		t.Fatalf("the email's count changed with the device's: %+v", c)
+	}
+	if c := l.counts[addrKey("1.1.1.1")]; c == nil || c.n != 3 {
+		t.Fatalf("the address's count changed with the device's: %+v", c)
+	}
+	now = now.Add(61 * time.Second)
+	l.attemptDevice("dev2")
+	if l.attemptDevice("dev2") != 0 {
+		t.Fatal("device still counted after the window")
 	}
 }
 

@@ -83,6 +83,7 @@ type consoleBrowser struct {
 	f       *consoleFixture
 	cookies map[string]string
 	csrf    string
+	addr    string // the client address, sent as X-Forwarded-For (a fixture trusting the proxy reads it)
 }
 
 func (f *consoleFixture) browser() *consoleBrowser {
@@ -99,6 +100,9 @@ func (b *consoleBrowser) do(method, path string, body io.Reader, hdr ...string) 
 	}
 	req := httptest.NewRequest(method, path, body)
 	req.Host = host
+	if b.addr != "" {
+		req.Header.Set("X-Forwarded-For", b.addr)
+	}
 	for i := 0; i+1 < len(hdr); i += 2 {
 		req.Header.Set(hdr[i], hdr[i+1])
 	}
@@ -296,6 +300,122 @@ func TestConsole_SignIn(t *testing.T) {
 		}
 		resp, body := g.browser().login(opEmail, opPassword)
 		wantConsoleStatus(t, resp, http.StatusTooManyRequests, body)
+	})
+}
+
+// TestConsole_SignInDeviceCookie: failures from elsewhere cannot lock a
+// user out of the browser they signed in on. A sign-in with a valid
+// device cookie for its email is limited by that cookie's own count; one
+// without (or with a forged, expired or another email's cookie) by the
+// email's and the address's.
+func TestConsole_SignInDeviceCookie(t *testing.T) {
+	const attacker, home, elsewhere = "198.51.100.7", "203.0.113.20", "192.0.2.33"
+	trustProxy := func(c *gateway.Config) { c.TrustedProxies = []string{"0.0.0.0/0"} }
+	f := newConsoleFixtureGateway(t, trustProxy, func(c *gateway.ConsoleConfig) { c.LoginPerEmail, c.LoginPerAddress = 3, 100 })
+	from := func(addr string, device string) *consoleBrowser {
+		b := f.browser()
+		b.addr = addr
+		if device != "" {
+			b.cookies["nozzle_device"] = device
+		}
+		return b
+	}
+	signIn := func(t *testing.T, b *consoleBrowser, password string, want int) string {
+		t.Helper()
+		resp, body := b.login(opEmail, password)
+		wantConsoleStatus(t, resp, want, body)
+		if want == http.StatusTooManyRequests && (!strings.Contains(body, "Too many sign-in attempts") || resp.Header.Get("Retry-After") == "") {
+			t.Errorf("no message or Retry-After: %s", body)
+		}
+		return b.cookies["nozzle_device"]
+	}
+	lockOut := func(t *testing.T) {
+		t.Helper()
+		for range 3 {
+			signIn(t, from(attacker, ""), "wrong-password-123", http.StatusUnauthorized)
+		}
+		signIn(t, from(attacker, ""), opPassword, http.StatusTooManyRequests)
+	}
+
+	// Another user's device cookie, and the operator's, from earlier sign-ins.
+	other, _ := f.tenantUser("acme")
+	otherDevice := other.cookies["nozzle_device"]
+	user := from(home, "")
+	resp, body := user.login(opEmail, opPassword)
+	wantConsoleStatus(t, resp, http.StatusSeeOther, body)
+	var ck *http.Cookie
+	for _, c := range resp.Cookies() {
+		if c.Name == "nozzle_device" {
+			ck = c
+		}
+	}
+	if ck == nil || !ck.HttpOnly || !ck.Secure || ck.SameSite != http.SameSiteLaxMode || ck.Path != "/console/login" ||
+		ck.Expires.Before(time.Now().Add(30*24*time.Hour)) {
+		t.Fatalf("device cookie %+v", ck)
+	}
+	device := ck.Value
+	if otherDevice == "" || otherDevice == device {
+		t.Fatalf("device cookies %q and %q", otherDevice, device)
+	}
+
+	lockOut(t)
+	t.Run("WithoutCookieBlocked", func(t *testing.T) {
+		signIn(t, from(home, ""), opPassword, http.StatusTooManyRequests)
+	})
+	var device2 string
+	t.Run("WithCookieSignsIn", func(t *testing.T) {
+		device2 = signIn(t, from(home, device), opPassword, http.StatusSeeOther)
+		if device2 == "" || device2 == device {
+			t.Errorf("no fresh device cookie after signing in: %q", device2)
+		}
+		// and from another address, the same browser on the move
+		signIn(t, from(elsewhere, device), opPassword, http.StatusSeeOther)
+		// The user's sign-ins gave the attacker no fresh guesses.
+		signIn(t, from(attacker, ""), opPassword, http.StatusTooManyRequests)
+	})
+	t.Run("ForgedCookie", func(t *testing.T) {
+		parts := strings.Split(device, ".")
+		if len(parts) != 4 {
+			t.Fatalf("device cookie %q", device)
+		}
+		mac := []byte(parts[3])
+		mac[0] ^= 1
+		tampered := strings.Join([]string{parts[0], parts[1], parts[2], string(mac)}, ".")
+		later := strings.Join([]string{parts[0], "99999999999", parts[2], parts[3]}, ".")
+		otherParts := strings.Split(otherDevice, ".")
+		swapped := strings.Join([]string{otherParts[0], otherParts[1], parts[2], otherParts[3]}, ".")
+		g := newConsoleFixture(t, func(c *gateway.ConsoleConfig) {
+			c.SigningKey = []byte("another console's signing key, 32 bytes or more")
+		})
+		gb := g.browser()
+		signIn(t, gb, opPassword, http.StatusSeeOther)
+		foreign := gb.cookies["nozzle_device"]
+		for name, v := range map[string]string{"tampered": tampered, "expiry moved": later, "email swapped": swapped,
+			"another console's": foreign, "garbage": "x.y.z.w"} {
+			t.Run(name, func(t *testing.T) {
+				if v == "" {
+					t.Fatal("no cookie")
+				}
+				signIn(t, from(home, v), opPassword, http.StatusTooManyRequests)
+			})
+		}
+	})
+	t.Run("OtherEmailsCookie", func(t *testing.T) {
+		signIn(t, from(home, otherDevice), opPassword, http.StatusTooManyRequests)
+	})
+	t.Run("DeviceLimit", func(t *testing.T) {
+		// A stolen cookie buys as many guesses as an email: then it is
+		// blocked, while the user's other browser still signs in.
+		for range 3 {
+			signIn(t, from(attacker, device), "wrong-password-123", http.StatusUnauthorized)
+		}
+		signIn(t, from(elsewhere, device), opPassword, http.StatusTooManyRequests)
+		signIn(t, from(home, device2), opPassword, http.StatusSeeOther)
+	})
+	t.Run("ExpiredCookie", func(t *testing.T) {
+		f.skew.Store(int64(91 * 24 * time.Hour))
+		lockOut(t)
+		signIn(t, from(home, device2), opPassword, http.StatusTooManyRequests)
 	})
 }
 
