@@ -3,6 +3,7 @@ package gateway
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"io"
 	"strings"
 
@@ -74,6 +75,11 @@ func decodeStrict(b []byte, v any) error {
 	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
+		// A field's own refusal (too many messages), already OpenAI-shaped.
+		var ne *nozzle.Error
+		if errors.As(err, &ne) {
+			return err
+		}
 		if f, ok := strings.CutPrefix(err.Error(), `json: unknown field "`); ok {
 			field := strings.TrimSuffix(f, `"`)
 			return invalid(field, "Unrecognized request argument supplied: %s", field)

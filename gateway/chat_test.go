@@ -241,6 +241,30 @@ func TestChat(t *testing.T) {
 	})
 }
 
+// TestChat_TooManyMessages: a chat request of more than 4096 messages is
+// refused as OpenAI refuses an array too long, whatever the case of its
+// key, before the runtime sees it; 4096 are served.
+func TestChat_TooManyMessages(t *testing.T) {
+	f := newFixture(t)
+	messages := func(key string, n int) string {
+		return `{"model":"base","max_tokens":1,"` + key + `":[` + strings.Repeat(`{"role":"user","content":""},`, n-1) + `{"role":"user","content":"hi"}]}`
+	}
+	for _, key := range []string{"messages", "Messages"} {
+		e := wantError(t, f.do(http.MethodPost, "/v1/chat/completions", messages(key, 62000), f.authA()), 400, "invalid_request_error", "array_above_max_length", "messages")
+		if want := "Invalid 'messages': array too long. Expected an array with maximum length 4096, but got an array with length 62000 instead."; e.Error.Message != want {
+			t.Errorf("message %q, want %q", e.Error.Message, want)
+		}
+	}
+	wantError(t, f.do(http.MethodPost, "/v1/chat/completions", messages("messages", 4097), f.authA()), 400, "invalid_request_error", "array_above_max_length", "messages")
+	if n := f.w.generations.Load(); n != 0 {
+		t.Errorf("the runtime was called %d times", n)
+	}
+	r := f.do(http.MethodPost, "/v1/chat/completions", messages("messages", 4096), f.authA())
+	if body := readAll(t, r); r.StatusCode != http.StatusOK {
+		t.Fatalf("4096 messages: %d %s", r.StatusCode, body)
+	}
+}
+
 func TestChat_BadInput(t *testing.T) {
 	f := newFixture(t, withConfig(func(c *gateway.Config) { c.BodyLimit = 4096 }))
 	f.addAdapter(f.tenantB.ID, "globex-secret", strings.Repeat("b", 64))
@@ -278,6 +302,8 @@ func TestChat_BadInput(t *testing.T) {
 		{"ToolWithoutName", `{"model":"base","tools":[{"type":"function"}],` + msgs + `}`, 400, "invalid_request_error", "missing_required_parameter", "tools[0].function.name"},
 		{"ToolBadName", `{"model":"base","tools":[{"type":"function","function":{"name":"get weather"}}],` + msgs + `}`, 400, "invalid_request_error", "invalid_value", "tools[0].function.name"},
 		{"ToolNotFunction", `{"model":"base","tools":[{"type":"code_interpreter"}],` + msgs + `}`, 400, "invalid_request_error", "invalid_value", "tools[0].type"},
+		{"ToolsTooMany", `{"model":"base","tools":[` + strings.Repeat(`{},`, 128) + `{}],` + msgs + `}`, 400, "invalid_request_error", "array_above_max_length", "tools"},
+		{"ToolCallsTooMany", `{"model":"base","messages":[{"role":"user","content":"x"},{"role":"assistant","content":null,"tool_calls":[` + strings.Repeat(`{},`, 128) + `{}]}]}`, 400, "invalid_request_error", "array_above_max_length", "messages[1].tool_calls"},
 		{"ToolsNotArray", `{"model":"base","tools":{"type":"function"},` + msgs + `}`, 400, "invalid_request_error", "invalid_type", "tools"},
 		{"ToolsModelCannot", `{"model":"base","tools":[{"type":"function","function":{"name":"f"}}],` + msgs + `}`, 400, "invalid_request_error", "unsupported_value", "tools"},
 		{"ToolMessageWithoutID", `{"model":"base","messages":[{"role":"user","content":"x"},{"role":"tool","content":"42"}]}`, 400, "invalid_request_error", "missing_required_parameter", "messages[1].tool_call_id"},

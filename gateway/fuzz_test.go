@@ -17,9 +17,12 @@ func FuzzParseChat(f *testing.F) {
 		`{"model":"m","messages":[{"role":"developer","content":[{"type":"text","text":"a"}]}],"stop":["x"],"n":2,"logprobs":true,"top_logprobs":3,"stream":true,"stream_options":{"include_usage":true}}`,
 		`{"model":"m","messages":[{"role":"assistant","content":null}],"max_completion_tokens":5,"seed":-1,"temperature":0}`,
 		`{"model":1}`, `[]`, `{"messages":{}}`, `{`,
+		`{"model":"m","messages":[{"role":"user","content":"a"}],"tools":[` + strings.Repeat(`{},`, maxToolCalls) + `{}]}`,
+		`{"model":"m","messages":[{"role":"assistant","content":null,"tool_calls":[` + strings.Repeat(`{},`, maxToolCalls) + `{}]}]}`,
 	} {
 		f.Add([]byte(s))
 	}
+	f.Add(manyMessages(maxChatMessages + 1))
 	f.Fuzz(func(t *testing.T, body []byte) {
 		j, err := parseChat(body, 16)
 		if err != nil {
@@ -28,7 +31,7 @@ func FuzzParseChat(f *testing.F) {
 			}
 			return
 		}
-		if j.model == "" || len(j.messages) == 0 || j.n < 1 || j.n > 16 || len(j.stop) > 4 || j.topLogprobs > 20 || j.temperature < 0 || j.temperature > 2 {
+		if j.model == "" || len(j.messages) == 0 || len(j.messages) > maxChatMessages || j.n < 1 || j.n > 16 || len(j.stop) > 4 || j.topLogprobs > 20 || j.temperature < 0 || j.temperature > 2 {
 			t.Fatalf("accepted a bad request: %+v", j)
 		}
 		for _, m := range j.messages {

@@ -232,7 +232,7 @@ func (o *streamOptions) UnmarshalJSON(b []byte) error {
 
 type chatBody struct {
 	Model               *string         `json:"model"`
-	Messages            []chatMessageIn `json:"messages"`
+	Messages            chatMessages    `json:"messages"`
 	MaxTokens           *int            `json:"max_tokens"`
 	MaxCompletionTokens *int            `json:"max_completion_tokens"`
 	Temperature         *float64        `json:"temperature"`
@@ -265,6 +265,33 @@ type chatBody struct {
 	PromptCacheKey    json.RawMessage `json:"prompt_cache_key"`
 	SafetyIdentifier  json.RawMessage `json:"safety_identifier"`
 	unimplemented
+}
+
+// maxChatMessages caps a chat request's messages. Every message costs the
+// chat template a few tokens at least (a role header, an end marker), so
+// real conversations that fit a model's context stay well below it; a
+// body of tens of thousands of empty messages, which fits in the body
+// limit, is refused before any is decoded (decoded, 62,000 of them took
+// 57 MB, refused 4 MB: the decoder's copy of the body).
+const maxChatMessages = 4096
+
+// maxToolCalls caps the tools of a request and the tool calls of one of
+// its messages, as OpenAI's API does.
+const maxToolCalls = 128
+
+// arrayTooLong is OpenAI's refusal of an array longer than its maximum.
+func arrayTooLong(param string, limit, n int) error {
+	return invalidAs("array_above_max_length", param, "Invalid '%s': array too long. Expected an array with maximum length %d, but got an array with length %d instead.", param, limit, n)
+}
+
+// chatMessages are a request's messages, counted before they are decoded.
+type chatMessages []chatMessageIn
+
+func (m *chatMessages) UnmarshalJSON(b []byte) error {
+	if n, _, _, ok := scanArray(b); ok && n > maxChatMessages {
+		return arrayTooLong("messages", maxChatMessages, n)
+	}
+	return json.Unmarshal(b, (*[]chatMessageIn)(m))
 }
 
 type chatMessageIn struct {

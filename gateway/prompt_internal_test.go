@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"runtime"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -49,6 +50,64 @@ func TestParsePromptMemoryBound(t *testing.T) {
 			}
 			if limit := uint64(16 * len(tc.body)); got > limit {
 				t.Errorf("parsing %d bytes allocated %d bytes, more than %d", len(tc.body), got, limit)
+			}
+		})
+	}
+}
+
+// manyMessages is a chat body of n empty messages.
+func manyMessages(n int) []byte {
+	return []byte(`{"model":"base","messages":[` + strings.Repeat(`{"role":"user","content":""},`, n-1) + `{"role":"user","content":""}]}`)
+}
+
+// A chat body of tens of thousands of tiny messages, tools or tool calls
+// is refused after counting them, not after decoding them: 62,000 empty
+// messages (1.8 MB) cost 57 MB decoded, 32 bytes per body byte.
+func TestParseChatMemoryBound(t *testing.T) {
+	user := `{"role":"user","content":"a"}`
+	for _, tc := range []struct {
+		name, body, param string
+	}{
+		{"messages", string(manyMessages(62000)), "messages"},
+		{"tools", `{"model":"base","messages":[` + user + `],"tools":[` + strings.Repeat(`{"type":"function"},`, 99999) + `{"type":"function"}]}`, "tools"},
+		{"tool calls", `{"model":"base","messages":[` + user + `,{"role":"assistant","content":null,"tool_calls":[` +
+			strings.Repeat(`{"id":"a","type":"function","function":{"name":"f","arguments":"{}"}},`, 29999) + `{}]}]}`, "messages[1].tool_calls"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var err error
+			got := allocated(func() { _, err = parseChat([]byte(tc.body), 16) })
+			if e := nozzle.AsError(err); e == nil || e.Param != tc.param || e.Reason != "array_above_max_length" {
+				t.Fatalf("error %#v, want array_above_max_length for %s", e, tc.param)
+			}
+			if limit := uint64(8 * len(tc.body)); got > limit {
+				t.Errorf("refusing %d bytes allocated %d bytes, more than %d", len(tc.body), got, limit)
+			}
+		})
+	}
+	t.Run("limit", func(t *testing.T) {
+		if j, err := parseChat(manyMessages(maxChatMessages), 16); err != nil || len(j.messages) != maxChatMessages {
+			t.Fatalf("%d messages: %v", maxChatMessages, err)
+		}
+		if _, err := parseChat(manyMessages(maxChatMessages+1), 16); nozzle.AsError(err) == nil || nozzle.AsError(err).Param != "messages" {
+			t.Fatalf("%d messages: %v", maxChatMessages+1, err)
+		}
+	})
+}
+
+// BenchmarkParseChatMessages: a body of 62,000 empty messages is refused
+// for about what reading it costs; 4096, the most a request may carry,
+// are decoded.
+func BenchmarkParseChatMessages(b *testing.B) {
+	for _, n := range []int{62000, maxChatMessages, 16} {
+		body := manyMessages(n)
+		b.Run(strconv.Itoa(n), func(b *testing.B) {
+			b.ReportAllocs()
+			b.SetBytes(int64(len(body)))
+			for b.Loop() {
+				_, err := parseChat(body, 16)
+				if (err != nil) != (n > maxChatMessages) {
+					b.Fatal(err)
+				}
 			}
 		})
 	}

@@ -68,15 +68,16 @@ func parseTools(raw, choice json.RawMessage) (json.RawMessage, error) {
 	if isNull(raw) {
 		return nil, nil
 	}
+	// Counted before decoding, as messages are.
+	if n, _, _, ok := scanArray(raw); ok && n > maxToolCalls {
+		return nil, arrayTooLong("tools", maxToolCalls, n)
+	}
 	var tools []toolDef
 	if err := json.Unmarshal(raw, &tools); err != nil {
 		return nil, invalidAs("invalid_type", "tools", "Invalid type for 'tools': expected an array of objects.")
 	}
 	if len(tools) == 0 {
 		return nil, nil
-	}
-	if len(tools) > 128 {
-		return nil, invalidAs("invalid_value", "tools", "Invalid 'tools': array too long. Expected an array with maximum length 128, but got an array with length %d instead.", len(tools))
 	}
 	seen := map[string]bool{}
 	for i, t := range tools {
@@ -137,6 +138,9 @@ type toolCallIn struct {
 // parseToolCallsIn reads messages[i].tool_calls.
 func parseToolCallsIn(raw json.RawMessage, i int) ([]nozzle.ToolCall, error) {
 	at := fmt.Sprintf("messages[%d].tool_calls", i)
+	if n, _, _, ok := scanArray(raw); ok && n > maxToolCalls {
+		return nil, arrayTooLong(at, maxToolCalls, n)
+	}
 	var in []toolCallIn
 	if err := json.Unmarshal(raw, &in); err != nil {
 		return nil, invalidAs("invalid_type", at, "Invalid type for '%s': expected an array of tool calls.", at)
