@@ -36,6 +36,17 @@ type ModelInfo struct {
 	// teaches it: ToolFormatHermes, ToolFormatLlama3JSON,
 	// ToolFormatMistral, or "" (the template renders no tools).
 	ToolFormat string `json:"tool_format,omitempty"`
+	// Reasoning says the model may think before it answers, between
+	// <think> and </think> (Qwen3, QwQ, DeepSeek-R1 and its distills): its
+	// tokenizer has those tokens or its chat template writes them. The
+	// runtime then marks a chat completion whose prompt opened the
+	// thoughts (Chunk.ThoughtsOpen) and counts the thoughts' tokens
+	// (GenerateResult.ReasoningTokens).
+	Reasoning bool `json:"reasoning,omitempty"`
+	// ChatTemplateKwargs says the runtime renders
+	// GenerateRequest.ChatTemplateKwargs; a runtime of an earlier version
+	// ignores them.
+	ChatTemplateKwargs bool `json:"chat_template_kwargs,omitempty"`
 	// Sampling holds the model's recommended sampling settings
 	// (generation_config.json): they apply to the parameters a request
 	// leaves out.
@@ -80,6 +91,13 @@ const (
 	// (Mistral-7B-Instruct-v0.3, Mixtral-8x22B-Instruct, Mistral-Nemo). Its
 	// templates refuse tool call ids that are not 9 characters long.
 	ToolFormatMistral = "mistral"
+	// ToolFormatMistralV11: each call [TOOL_CALLS], the function's name,
+	// [ARGS] and its arguments as a JSON object (Mistral's tokenizers of
+	// version 11 and later, which have an [ARGS] control token: Mistral
+	// Small 3.1 and 3.2, Magistral, Devstral). The runtime keeps these
+	// control tokens in the text of a request that offers tools. Ids as
+	// ToolFormatMistral's.
+	ToolFormatMistralV11 = "mistral_v11"
 )
 
 // ChatMessage is one message of a chat.
@@ -91,6 +109,10 @@ type ChatMessage struct {
 	// call a "tool" message answers.
 	ToolCalls  []ToolCall `json:"tool_calls,omitempty"`
 	ToolCallID string     `json:"tool_call_id,omitempty"`
+	// ReasoningContent is an assistant message's thoughts, as a reasoning
+	// model's answer gave them (its reasoning_content), for templates that
+	// render them (Qwen3's); "" is none.
+	ReasoningContent string `json:"reasoning_content,omitempty"`
 }
 
 // ToolCall is one function call of an assistant's message.
@@ -121,6 +143,12 @@ type GenerateRequest struct {
 	// Tools, with Messages, is the OpenAI tools array the chat template
 	// renders (its tools variable); nil renders none.
 	Tools json.RawMessage
+	// ChatTemplateKwargs, with Messages, is a JSON object whose members
+	// are more variables of the chat template (enable_thinking for
+	// Qwen3's, say); nil gives none. They cannot replace the variables the
+	// renderer sets (messages, tools, add_generation_prompt, the special
+	// tokens, ...): the runtime refuses such a name.
+	ChatTemplateKwargs json.RawMessage
 
 	// MaxTokens caps completion tokens; 0 means up to the context length.
 	MaxTokens int
@@ -180,6 +208,12 @@ type Chunk struct {
 	// Prompt marks the echoed prompt (GenerateRequest.Echo); its Offsets
 	// are in the prompt's text.
 	Prompt bool
+	// ThoughtsOpen, on the first chunk of a chat completion by a reasoning
+	// model (ModelInfo.Reasoning), says that the chat template's
+	// generation prompt opened the model's thoughts (it ends with
+	// <think>): the completion begins inside them, and its thoughts end at
+	// its first </think>.
+	ThoughtsOpen bool
 }
 
 // Finish reasons.

@@ -67,6 +67,11 @@ func (t *Tokenizer) ApplyChatTemplateVars(messages []nozzle.ChatMessage, addGene
 		if m.ToolCallID != "" {
 			d.AsDict().Set("tool_call_id", jinja.NewString(m.ToolCallID))
 		}
+		if m.ReasoningContent != "" {
+			// an earlier answer's thoughts, for templates that render
+			// them (Qwen3's: message.reasoning_content)
+			d.AsDict().Set("reasoning_content", jinja.NewString(m.ReasoningContent))
+		}
 		msgs[i] = d
 	}
 	var refused *TemplateError
@@ -119,6 +124,20 @@ func (t *Tokenizer) ApplyChatTemplateVars(messages []nozzle.ChatMessage, addGene
 	return out, nil
 }
 
+// ReservedVar reports whether name is a variable the renderer sets itself
+// (the messages, the generation prompt's switch, tools, documents, the
+// special tokens, the functions it provides): variables a request passes
+// to the template (chat_template_kwargs) must not replace them.
+func ReservedVar(name string) bool {
+	switch name {
+	case "messages", "add_generation_prompt", "tools", "documents",
+		"bos_token", "eos_token", "unk_token", "pad_token",
+		"raise_exception", "strftime_now", tojsonFilter:
+		return true
+	}
+	return false
+}
+
 // toolCallValue is a tool call as transformers hands it to a template:
 // {"id", "type", "function": {"name", "arguments"}} with the arguments a
 // dict (key order kept) when they are a JSON object, else their text.
@@ -151,12 +170,78 @@ func (t *Tokenizer) ToolFormat() string {
 		return nozzle.ToolFormatHermes
 	case strings.Contains(tpl, "ipython") && strings.Contains(tpl, `"parameters"`):
 		return nozzle.ToolFormatLlama3JSON
-	case strings.Contains(tpl, "[TOOL_CALLS]") && strings.Contains(tpl, "[AVAILABLE_TOOLS]") && !strings.Contains(tpl, "[ARGS]"):
-		// Mistral's v3 format (a JSON array after [TOOL_CALLS]); the later
-		// name[ARGS]{...} one of Mistral Small 3.2 and Magistral is not it
+	case strings.Contains(tpl, "[TOOL_CALLS]") && strings.Contains(tpl, "[AVAILABLE_TOOLS]"):
+		// Mistral's: the tokenizers of version 11 and later (Mistral Small
+		// 3.1 and 3.2, Magistral, Devstral) have an [ARGS] control token
+		// and write each call as [TOOL_CALLS]name[ARGS]{...}; the earlier
+		// ones a JSON array after [TOOL_CALLS]
+		if _, ok := t.TokenID(mistralArgs); ok || strings.Contains(tpl, mistralArgs) {
+			return nozzle.ToolFormatMistralV11
+		}
 		return nozzle.ToolFormatMistral
 	}
 	return ""
+}
+
+// Control tokens of Mistral's tool calls of tokenizer version 11 and
+// later: [TOOL_CALLS] name [CALL_ID] id [ARGS] {...} (the id is
+// optional).
+const (
+	mistralCalls  = "[TOOL_CALLS]"
+	mistralArgs   = "[ARGS]"
+	mistralCallID = "[CALL_ID]"
+)
+
+// ToolCallTokens returns the ids of the special tokens that the model's
+// tool calls are made of and that decoding would leave out (Mistral's
+// [TOOL_CALLS], [ARGS] and [CALL_ID] where the format is
+// ToolFormatMistralV11): a request that offers tools decodes them as text
+// so that its calls can be read.
+func (t *Tokenizer) ToolCallTokens() []int {
+	if t.ToolFormat() != nozzle.ToolFormatMistralV11 {
+		return nil
+	}
+	return t.specialIDs(mistralCalls, mistralArgs, mistralCallID)
+}
+
+// Tags of a reasoning model's thoughts.
+const (
+	thinkOpen  = "<think>"
+	thinkClose = "</think>"
+)
+
+// Reasoning reports whether the model thinks before it answers, between
+// <think> and </think> (Qwen3, QwQ, DeepSeek-R1 and its distills): its
+// vocabulary has both tags as tokens, or its chat template writes both.
+func (t *Tokenizer) Reasoning() bool {
+	_, hasOpen := t.TokenID(thinkOpen)
+	_, hasClose := t.TokenID(thinkClose)
+	if hasOpen && hasClose {
+		return true
+	}
+	return strings.Contains(t.chatTemplate, thinkOpen) && strings.Contains(t.chatTemplate, thinkClose)
+}
+
+// ThoughtTokens returns the ids of <think> and </think> where they are
+// special tokens (which decoding would leave out) of a reasoning model:
+// a chat completion decodes them as text, so that its thoughts can be
+// told from its answer.
+func (t *Tokenizer) ThoughtTokens() []int {
+	if !t.Reasoning() {
+		return nil
+	}
+	return t.specialIDs(thinkOpen, thinkClose)
+}
+
+// specialIDs returns the ids of those of the tokens that are special.
+func (t *Tokenizer) specialIDs(tokens ...string) []int {
+	var ids []int
+	for _, s := range tokens {
+		if id, ok := t.TokenID(s); ok && t.IsSpecial(id) {
+			ids = append(ids, id)
+		}
+	}
+	return ids
 }
 
 // valueText is a value as {{ value }} prints it.

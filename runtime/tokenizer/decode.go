@@ -3,6 +3,7 @@ package tokenizer
 import (
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strings"
 	"unicode/utf8"
 )
@@ -231,12 +232,18 @@ func parseDecoder(b json.RawMessage, dst []decoder) ([]decoder, error) {
 // (without clean_up_tokenization_spaces, which would alter the text).
 // Unknown ids are skipped; skipSpecial skips special added tokens.
 func (t *Tokenizer) Decode(ids []int, skipSpecial bool) string {
+	return t.decode(ids, skipSpecial, nil)
+}
+
+// decode is Decode keeping the special tokens in keep when it skips the
+// others.
+func (t *Tokenizer) decode(ids []int, skipSpecial bool, keep []int) string {
 	tokens := make([]string, 0, len(ids))
 	for _, id := range ids {
 		if id < 0 || id >= len(t.idToTok) || t.idToTok[id] == "" {
 			continue
 		}
-		if skipSpecial && t.special[id] {
+		if skipSpecial && t.special[id] && !slices.Contains(keep, id) {
 			continue
 		}
 		tokens = append(tokens, t.idToTok[id])

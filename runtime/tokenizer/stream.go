@@ -1,6 +1,9 @@
 package tokenizer
 
-import "strings"
+import (
+	"slices"
+	"strings"
+)
 
 // StreamDecoder turns ids into text one at a time, for streaming. Each Add
 // returns only text that is final: complete UTF-8, with the spacing it has
@@ -16,6 +19,7 @@ import "strings"
 type StreamDecoder struct {
 	t           *Tokenizer
 	skipSpecial bool
+	keep        []int // special tokens decoded all the same
 	byteFB      bool
 	byteLevel   bool // the decoder is ByteLevel alone
 	ids         []int
@@ -25,7 +29,14 @@ type StreamDecoder struct {
 
 // NewStreamDecoder returns a decoder for one sequence of ids.
 func (t *Tokenizer) NewStreamDecoder(skipSpecial bool) *StreamDecoder {
-	d := &StreamDecoder{t: t, skipSpecial: skipSpecial}
+	return t.NewStreamDecoderKeeping(skipSpecial, nil)
+}
+
+// NewStreamDecoderKeeping is NewStreamDecoder whose skipping of special
+// tokens keeps those in keep (the control tokens of a tool call that are
+// to be read, say).
+func (t *Tokenizer) NewStreamDecoderKeeping(skipSpecial bool, keep []int) *StreamDecoder {
+	d := &StreamDecoder{t: t, skipSpecial: skipSpecial, keep: keep}
 	for _, x := range t.decoder {
 		if _, ok := x.(byteFallbackDec); ok {
 			d.byteFB = true
@@ -45,7 +56,7 @@ func (d *StreamDecoder) Add(id int) string {
 			return ""
 		}
 	}
-	s := d.t.Decode(d.ids, d.skipSpecial)
+	s := d.t.decode(d.ids, d.skipSpecial, d.keep)
 	if len(s) <= len(d.prefix) || !strings.HasPrefix(s, d.prefix) {
 		return ""
 	}
@@ -55,7 +66,7 @@ func (d *StreamDecoder) Add(id int) string {
 	out := s[len(d.prefix):]
 	n := copy(d.ids, d.ids[d.prefixIndex:])
 	d.ids = d.ids[:n]
-	d.prefix = d.t.Decode(d.ids, d.skipSpecial)
+	d.prefix = d.t.decode(d.ids, d.skipSpecial, d.keep)
 	d.prefixIndex = n
 	return out
 }
@@ -71,7 +82,7 @@ func (d *StreamDecoder) finalReplacement() bool {
 	var tail []byte
 	for i := len(d.ids) - 1; i >= 0 && len(tail) < 4; i-- {
 		id := d.ids[i]
-		if d.skipSpecial && d.t.IsSpecial(id) {
+		if d.skipSpecial && d.t.IsSpecial(id) && !slices.Contains(d.keep, id) {
 			continue
 		}
 		tail = append(append([]byte(nil), d.t.TokenBytes(id)...), tail...)
@@ -81,7 +92,7 @@ func (d *StreamDecoder) finalReplacement() bool {
 
 // Flush returns the text held back and resets the decoder.
 func (d *StreamDecoder) Flush() string {
-	s := d.t.Decode(d.ids, d.skipSpecial)
+	s := d.t.decode(d.ids, d.skipSpecial, d.keep)
 	out := strings.TrimPrefix(s, d.prefix)
 	d.ids, d.prefix, d.prefixIndex = d.ids[:0], "", 0
 	return out
