@@ -230,6 +230,12 @@ type GenerateResult struct {
 	// CachedPromptTokens is how many of the prompt tokens the runtime's
 	// prefix cache held: their keys and values were reused, not computed.
 	CachedPromptTokens int
+	// ReasoningTokens is how many of the completion tokens were the
+	// thoughts of a reasoning model's chat completion (ModelInfo.Reasoning):
+	// those up to and including the one that completes the first </think>
+	// after the thoughts open (all of them when they never close), 0 when
+	// the completion does not begin with thoughts.
+	ReasoningTokens int
 	// DeviceSeconds is the request's share of the wall time of every engine
 	// step it took part in.
 	DeviceSeconds      float64

@@ -46,12 +46,13 @@ type codec interface {
 	// the text are parsed as such.
 	Encode(text string, addSpecial bool) ([]int, error)
 	// ChatPrompt renders messages with the chat template, with the
-	// generation prompt added, and tools (an OpenAI tools array) when not
-	// nil.
-	ChatPrompt(msgs []nozzle.ChatMessage, tools json.RawMessage) (string, error)
+	// generation prompt added, tools (an OpenAI tools array) when not
+	// nil, and the members of kwargs (a JSON object whose names are no
+	// variables the renderer sets) as more variables when not nil.
+	ChatPrompt(msgs []nozzle.ChatMessage, tools, kwargs json.RawMessage) (string, error)
 	// NewStreamDecoder returns a decoder that turns ids into complete
-	// UTF-8 text, skipping special tokens.
-	NewStreamDecoder() streamDecoder
+	// UTF-8 text, skipping special tokens but those in keep.
+	NewStreamDecoder(keep []int) streamDecoder
 	TokenText(id int) string
 	TokenBytes(id int) []byte
 	// EOS returns the tokenizer's end-of-sequence id, or -1.

@@ -410,7 +410,7 @@ func (fakeCodec) Encode(text string, addSpecial bool) ([]int, error) {
 	return ids, nil
 }
 
-func (fakeCodec) ChatPrompt(msgs []nozzle.ChatMessage, tools json.RawMessage) (string, error) {
+func (fakeCodec) ChatPrompt(msgs []nozzle.ChatMessage, tools, kwargs json.RawMessage) (string, error) {
 	var b strings.Builder
 	b.WriteString("<s>")
 	for _, m := range msgs {
@@ -420,6 +420,17 @@ func (fakeCodec) ChatPrompt(msgs []nozzle.ChatMessage, tools json.RawMessage) (s
 		fmt.Fprintf(&b, "[%s] %s\n", m.Role, m.Content)
 	}
 	b.WriteString("[assistant] ")
+	// A variable think (chat_template_kwargs) opens the model's thoughts
+	// in the generation prompt, as DeepSeek-R1's template does.
+	var vars struct{ Think bool }
+	if len(kwargs) > 0 {
+		if err := json.Unmarshal(kwargs, &vars); err != nil {
+			return "", err
+		}
+	}
+	if vars.Think {
+		b.WriteString("<think>\n")
+	}
 	return b.String(), nil
 }
 
@@ -440,7 +451,7 @@ func (fakeCodec) TokenBytes(id int) []byte {
 func (c fakeCodec) TokenText(id int) string { return string(c.TokenBytes(id)) }
 func (fakeCodec) EOS() int                  { return fakeEOS }
 
-func (fakeCodec) NewStreamDecoder() runtime.StreamDecoder { return &fakeStream{} }
+func (fakeCodec) NewStreamDecoder([]int) runtime.StreamDecoder { return &fakeStream{} }
 
 // fakeStream emits the longest complete UTF-8 prefix of what it got,
 // skipping special tokens.
@@ -516,6 +527,12 @@ func startFake(t testing.TB, opts runtime.Options, numBlocks int) *testRT {
 
 func startFakeAt(t testing.TB, opts runtime.Options, numBlocks int, start time.Time) *testRT {
 	t.Helper()
+	return startFakeModel(t, opts, numBlocks, start, fakeModel)
+}
+
+// startFakeModel is startFakeAt serving info's model.
+func startFakeModel(t testing.TB, opts runtime.Options, numBlocks int, start time.Time, info nozzle.ModelInfo) *testRT {
+	t.Helper()
 	clock := newFakeClock(start)
 	if opts.Slots == 0 {
 		opts.Slots = 4
@@ -530,7 +547,7 @@ func startFakeAt(t testing.TB, opts runtime.Options, numBlocks int, start time.T
 		opts.AdapterSource = dirSource{lc}
 	}
 	rt, err := runtime.OpenParts(opts, runtime.TestParts{
-		Info: fakeModel, Backend: eng, Codec: fakeCodec{}, EOS: []int{fakeEOS},
+		Info: info, Backend: eng, Codec: fakeCodec{}, EOS: []int{fakeEOS},
 		Load: func(dir string) (runtime.HostAdapter, error) {
 			lc.mu.Lock()
 			gate := lc.gate

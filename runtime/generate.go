@@ -1,11 +1,14 @@
 package runtime
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"math"
 	"strings"
 
 	nozzle "github.com/nozzle-ai/nozzle"
+	"github.com/nozzle-ai/nozzle/runtime/tokenizer"
 )
 
 // Generate runs one completion: it tokenizes the request (the chat
@@ -85,7 +88,7 @@ func (r *Runtime) prepare(req *nozzle.GenerateRequest) (*sequence, error) {
 	if err := r.validate(req); err != nil {
 		return nil, err
 	}
-	prompt, param, err := r.promptTokens(req)
+	prompt, param, open, err := r.promptTokens(req)
 	if err != nil {
 		return nil, err
 	}
@@ -115,6 +118,7 @@ func (r *Runtime) prepare(req *nozzle.GenerateRequest) (*sequence, error) {
 		q.score, q.scored = req.Echo, 1
 	}
 	q.promptOnly = req.PromptOnly
+	q.reasoning, q.thoughtsOpen = r.info.Reasoning && req.Messages != nil, open
 	if req.Adapter != nil {
 		q.sha = req.Adapter.SHA256
 	}
@@ -206,6 +210,9 @@ func (r *Runtime) validate(req *nozzle.GenerateRequest) error {
 			return nozzle.Errorf(nozzle.EINVALID, "Stop sequences must not be empty.").WithParam("stop")
 		}
 	}
+	if err := checkTemplateKwargs(req); err != nil {
+		return err
+	}
 	if a := req.Adapter; a != nil {
 		if !isSHA256(a.SHA256) {
 			return nozzle.Errorf(nozzle.EINVALID, "The adapter has no valid content address.").WithParam("model")
@@ -217,50 +224,77 @@ func (r *Runtime) validate(req *nozzle.GenerateRequest) error {
 	return nil
 }
 
+// checkTemplateKwargs checks a request's chat template variables: a JSON
+// object, with messages, whose names are none the renderer sets itself.
+func checkTemplateKwargs(req *nozzle.GenerateRequest) error {
+	kw := bytes.TrimSpace(req.ChatTemplateKwargs)
+	if len(kw) == 0 || string(kw) == "null" {
+		return nil
+	}
+	if req.Messages == nil {
+		return nozzle.Errorf(nozzle.EINVALID, "chat_template_kwargs are variables of the chat template: they go with messages.").WithParam("chat_template_kwargs")
+	}
+	var members map[string]json.RawMessage
+	if kw[0] != '{' || json.Unmarshal(kw, &members) != nil {
+		return nozzle.Errorf(nozzle.EINVALID, "chat_template_kwargs must be a JSON object.").WithParam("chat_template_kwargs")
+	}
+	for k := range members {
+		if tokenizer.ReservedVar(k) {
+			return nozzle.Errorf(nozzle.EINVALID, "chat_template_kwargs must not set %q: the server sets it.", k).WithParam("chat_template_kwargs")
+		}
+	}
+	return nil
+}
+
 // promptTokens tokenizes the request as Hugging Face does: a chat is
 // rendered with the chat template (generation prompt added) and encoded
 // without adding special tokens again; a text prompt is encoded with them
-// (BOS); token ids are used as given.
-func (r *Runtime) promptTokens(req *nozzle.GenerateRequest) ([]int, string, error) {
+// (BOS); token ids are used as given. open says a reasoning model's chat
+// prompt opened its thoughts.
+func (r *Runtime) promptTokens(req *nozzle.GenerateRequest) (ids []int, param string, open bool, err error) {
 	switch {
 	case req.Messages != nil:
 		if len(req.Messages) == 0 {
-			return nil, "messages", nozzle.Errorf(nozzle.EINVALID, "messages must not be empty.").WithParam("messages")
+			return nil, "messages", false, nozzle.Errorf(nozzle.EINVALID, "messages must not be empty.").WithParam("messages")
 		}
-		text, err := r.codec.ChatPrompt(req.Messages, req.Tools)
+		var kwargs json.RawMessage
+		if kw := bytes.TrimSpace(req.ChatTemplateKwargs); len(kw) > 0 && string(kw) != "null" {
+			kwargs = kw
+		}
+		text, err := r.codec.ChatPrompt(req.Messages, req.Tools, kwargs)
 		if err != nil {
 			if e := nozzle.AsError(err); e != nil {
-				return nil, "messages", err
+				return nil, "messages", false, err
 			}
-			return nil, "messages", nozzle.Errorf(nozzle.EINVALID, "The messages cannot be rendered with the model's chat template: %s.", strings.TrimSuffix(err.Error(), ".")).WithParam("messages").Wrap(err)
+			return nil, "messages", false, nozzle.Errorf(nozzle.EINVALID, "The messages cannot be rendered with the model's chat template: %s.", strings.TrimSuffix(err.Error(), ".")).WithParam("messages").Wrap(err)
 		}
 		ids, err := r.codec.Encode(text, false)
 		if err != nil {
-			return nil, "messages", nozzle.Errorf(nozzle.EINVALID, "The messages cannot be tokenized.").WithParam("messages").Wrap(err)
+			return nil, "messages", false, nozzle.Errorf(nozzle.EINVALID, "The messages cannot be tokenized.").WithParam("messages").Wrap(err)
 		}
 		if len(ids) == 0 {
-			return nil, "messages", nozzle.Errorf(nozzle.EINVALID, "The messages are empty.").WithParam("messages")
+			return nil, "messages", false, nozzle.Errorf(nozzle.EINVALID, "The messages are empty.").WithParam("messages")
 		}
-		return ids, "messages", nil
+		return ids, "messages", r.info.Reasoning && opensThoughts(text), nil
 	case req.PromptTokens != nil:
 		if len(req.PromptTokens) == 0 {
-			return nil, "prompt", nozzle.Errorf(nozzle.EINVALID, "The prompt is empty.").WithParam("prompt")
+			return nil, "prompt", false, nozzle.Errorf(nozzle.EINVALID, "The prompt is empty.").WithParam("prompt")
 		}
 		for _, id := range req.PromptTokens {
 			if id < 0 || id >= r.info.VocabSize {
-				return nil, "prompt", nozzle.Errorf(nozzle.EINVALID, "Token id %d is out of range: the vocabulary has %d tokens.", id, r.info.VocabSize).WithParam("prompt")
+				return nil, "prompt", false, nozzle.Errorf(nozzle.EINVALID, "Token id %d is out of range: the vocabulary has %d tokens.", id, r.info.VocabSize).WithParam("prompt")
 			}
 		}
-		return req.PromptTokens, "prompt", nil
+		return req.PromptTokens, "prompt", false, nil
 	default:
 		ids, err := r.codec.Encode(req.Prompt, true)
 		if err != nil {
-			return nil, "prompt", nozzle.Errorf(nozzle.EINVALID, "The prompt cannot be tokenized.").WithParam("prompt").Wrap(err)
+			return nil, "prompt", false, nozzle.Errorf(nozzle.EINVALID, "The prompt cannot be tokenized.").WithParam("prompt").Wrap(err)
 		}
 		if len(ids) == 0 {
-			return nil, "prompt", nozzle.Errorf(nozzle.EINVALID, "The prompt is empty.").WithParam("prompt")
+			return nil, "prompt", false, nozzle.Errorf(nozzle.EINVALID, "The prompt is empty.").WithParam("prompt")
 		}
-		return ids, "prompt", nil
+		return ids, "prompt", false, nil
 	}
 }
 
@@ -281,7 +315,17 @@ func isSHA256(s string) bool {
 // that could still start a stop sequence, emits complete UTF-8 chunks, and
 // returns q's account once the engine goroutine has freed everything.
 func (r *Runtime) stream(ctx context.Context, q *sequence, req *nozzle.GenerateRequest, prompt []int32, res *nozzle.GenerateResult, emit func(nozzle.Chunk, int) error) (*nozzle.GenerateResult, error) {
-	ts := &textStream{dec: r.codec.NewStreamDecoder(), stops: req.Stop, logprobs: req.Logprobs || req.TopLogprobs > 0}
+	var keep []int
+	if q.reasoning {
+		keep = append(keep, r.keepThoughts...)
+	}
+	if len(req.Tools) > 0 {
+		keep = append(keep, r.keepTools...)
+	}
+	ts := &textStream{dec: r.codec.NewStreamDecoder(keep), stops: req.Stop, logprobs: req.Logprobs || req.TopLogprobs > 0}
+	if q.reasoning {
+		ts.thoughts, ts.open = newThoughtCounter(q.thoughtsOpen), q.thoughtsOpen
+	}
 	var (
 		stopped   bool  // no more text goes out
 		stopAt    = -1  // completion tokens when a stop sequence matched
@@ -341,6 +385,7 @@ func (r *Runtime) stream(ctx context.Context, q *sequence, req *nozzle.GenerateR
 			}
 			chunk, matched := ts.add(r.codec, ev)
 			if chunk.Text != "" || len(chunk.Logprobs) > 0 {
+				ts.mark(&chunk)
 				err := emit(chunk, consumed)
 				if err == nil && ctx.Err() != nil {
 					err = ctx.Err()
@@ -363,6 +408,14 @@ func (r *Runtime) stream(ctx context.Context, q *sequence, req *nozzle.GenerateR
 
 // settle turns the final event into the request's result.
 func (r *Runtime) settle(ts *textStream, ev *seqEvent, res *nozzle.GenerateResult, stopAt int, cancelErr error, consumed int, emit func(nozzle.Chunk, int) error) (*nozzle.GenerateResult, error) {
+	acct, err := r.settleText(ts, ev, res, stopAt, cancelErr, consumed, emit)
+	if ts.thoughts != nil {
+		acct.ReasoningTokens = min(ts.thoughts.tokens(), acct.CompletionTokens)
+	}
+	return acct, err
+}
+
+func (r *Runtime) settleText(ts *textStream, ev *seqEvent, res *nozzle.GenerateResult, stopAt int, cancelErr error, consumed int, emit func(nozzle.Chunk, int) error) (*nozzle.GenerateResult, error) {
 	acct := ev.res
 	acct.RuntimeID, acct.RatePerHour = res.RuntimeID, res.RatePerHour
 	switch {
@@ -381,6 +434,7 @@ func (r *Runtime) settle(ts *textStream, ev *seqEvent, res *nozzle.GenerateResul
 		acct.FinishReason = nozzle.FinishStop
 	}
 	if chunk.Text != "" || len(chunk.Logprobs) > 0 {
+		ts.mark(&chunk)
 		if err := emit(chunk, consumed); err != nil {
 			acct.FinishReason = ""
 			return &acct, nozzle.Errorf(nozzle.ECANCELED, "The request was canceled.").Wrap(err)
@@ -399,6 +453,18 @@ type textStream struct {
 	base     int    // offset of held in the whole completion text
 	lps      []heldLogprob
 	done     bool
+	// A reasoning model's chat completion: its thoughts' tokens, and
+	// whether its prompt opened them (told with the first chunk, marked).
+	thoughts     *thoughtCounter
+	open, marked bool
+}
+
+// mark sets ThoughtsOpen on the first chunk of a completion whose prompt
+// opened the thoughts.
+func (t *textStream) mark(c *nozzle.Chunk) {
+	if t.open && !t.marked {
+		c.ThoughtsOpen, t.marked = true, true
+	}
 }
 
 type heldLogprob struct {
@@ -408,6 +474,9 @@ type heldLogprob struct {
 
 func (t *textStream) add(c codec, ev *seqEvent) (nozzle.Chunk, bool) {
 	text := t.dec.Add(int(ev.token))
+	if t.thoughts != nil {
+		t.thoughts.add(text)
+	}
 	start := t.base + len(t.held)
 	t.held += text
 	if t.logprobs {
@@ -539,7 +608,7 @@ func (r *Runtime) alignPrompt(prompt []int32, lps []nozzle.TokenLogprob, text st
 }
 
 func (r *Runtime) decodedPromptChunk(prompt []int32, scores []nozzle.TokenLogprob, scored bool) nozzle.Chunk {
-	dec := r.codec.NewStreamDecoder()
+	dec := r.codec.NewStreamDecoder(nil)
 	var text strings.Builder
 	var lps []nozzle.TokenLogprob
 	if scored {

@@ -36,12 +36,14 @@ func (s *byteStream) Flush() string {
 	return out
 }
 
-func (byteCodec) Encode(string, bool) ([]int, error)                               { return nil, nil }
-func (byteCodec) ChatPrompt([]nozzle.ChatMessage, json.RawMessage) (string, error) { return "", nil }
-func (byteCodec) NewStreamDecoder() streamDecoder                                  { return &byteStream{} }
-func (byteCodec) TokenText(id int) string                                          { return string(rune(id)) }
-func (byteCodec) TokenBytes(id int) []byte                                         { return []byte{byte(id)} }
-func (byteCodec) EOS() int                                                         { return -1 }
+func (byteCodec) Encode(string, bool) ([]int, error) { return nil, nil }
+func (byteCodec) ChatPrompt([]nozzle.ChatMessage, json.RawMessage, json.RawMessage) (string, error) {
+	return "", nil
+}
+func (byteCodec) NewStreamDecoder([]int) streamDecoder { return &byteStream{} }
+func (byteCodec) TokenText(id int) string              { return string(rune(id)) }
+func (byteCodec) TokenBytes(id int) []byte             { return []byte{byte(id)} }
+func (byteCodec) EOS() int                             { return -1 }
 
 // FuzzTextStream checks the stop-sequence logic against a direct reading
 // of the text as it grows token by token: what goes out is the text up to
@@ -77,7 +79,7 @@ func FuzzTextStream(f *testing.F) {
 			want = full
 		}
 
-		ts := &textStream{dec: byteCodec{}.NewStreamDecoder(), stops: stops, logprobs: true}
+		ts := &textStream{dec: byteCodec{}.NewStreamDecoder(nil), stops: stops, logprobs: true}
 		var got strings.Builder
 		lps := 0
 		matched := false

@@ -57,6 +57,7 @@ func Open(ctx context.Context, opts Options) (*Runtime, error) {
 	opts.MaxBatchSeqs, opts.MaxBatchTokens = sized.MaxBatchSeqs, sized.MaxBatchTokens
 	info.Device = device
 	info.ToolFormat = tk.ToolFormat()
+	info.Reasoning = tk.Reasoning()
 	ei := eng.Info()
 	opts.Logger.Info("engine up", "backend", ei.Backend, "threads", opts.Threads, "model", info.ID, "layers", info.NumLayers,
 		"hidden", info.HiddenSize, "kv_blocks", ei.KVNumBlocks, "kv_block_size", ei.KVBlockSize,
@@ -85,7 +86,9 @@ func Open(ctx context.Context, opts Options) (*Runtime, error) {
 			}
 			return modelAdapter{a}, nil
 		},
-		eos: eosIDs,
+		eos:          eosIDs,
+		keepTools:    tk.ToolCallTokens(),
+		keepThoughts: tk.ThoughtTokens(),
 	}
 	return newRuntime(opts, p)
 }
@@ -207,10 +210,23 @@ func (c *tokenizerCodec) Encode(text string, addSpecial bool) ([]int, error) {
 	return c.tk.Encode(text, tokenizer.EncodeOptions{AddSpecialTokens: addSpecial, ParseSpecial: true}), nil
 }
 
-func (c *tokenizerCodec) ChatPrompt(msgs []nozzle.ChatMessage, tools json.RawMessage) (string, error) {
+func (c *tokenizerCodec) ChatPrompt(msgs []nozzle.ChatMessage, tools, kwargs json.RawMessage) (string, error) {
 	var vars map[string]any
+	if len(kwargs) > 0 {
+		var members map[string]json.RawMessage
+		if err := json.Unmarshal(kwargs, &members); err != nil {
+			return "", nozzle.Errorf(nozzle.EINVALID, "chat_template_kwargs must be a JSON object.").WithParam("chat_template_kwargs")
+		}
+		vars = make(map[string]any, len(members)+1)
+		for k, v := range members {
+			vars[k] = v // json.RawMessage: an object's keys keep their order
+		}
+	}
 	if len(tools) > 0 {
-		vars = map[string]any{"tools": tools}
+		if vars == nil {
+			vars = map[string]any{}
+		}
+		vars["tools"] = tools
 	}
 	s, err := c.tk.ApplyChatTemplateVars(msgs, true, vars)
 	if errors.Is(err, tokenizer.ErrNoChatTemplate) {
@@ -223,8 +239,10 @@ func (c *tokenizerCodec) ChatPrompt(msgs []nozzle.ChatMessage, tools json.RawMes
 	return s, err
 }
 
-func (c *tokenizerCodec) NewStreamDecoder() streamDecoder { return c.tk.NewStreamDecoder(true) }
-func (c *tokenizerCodec) TokenBytes(id int) []byte        { return c.tk.TokenBytes(id) }
+func (c *tokenizerCodec) NewStreamDecoder(keep []int) streamDecoder {
+	return c.tk.NewStreamDecoderKeeping(true, keep)
+}
+func (c *tokenizerCodec) TokenBytes(id int) []byte { return c.tk.TokenBytes(id) }
 
 // TokenText is a token's text as OpenAI's logprobs show it: its bytes when
 // they are UTF-8, else "bytes:" and the bytes escaped.

@@ -362,7 +362,7 @@ func (c *Client) Generate(ctx context.Context, req *nozzle.GenerateRequest, emit
 			if cn.reason() != nil {
 				continue
 			}
-			if err := emit(nozzle.Chunk{Text: l.Chunk.Text, Logprobs: l.Chunk.Logprobs, Prompt: l.Chunk.Prompt}); err != nil {
+			if err := emit(nozzle.Chunk{Text: l.Chunk.Text, Logprobs: l.Chunk.Logprobs, Prompt: l.Chunk.Prompt, ThoughtsOpen: l.Chunk.ThoughtsOpen}); err != nil {
 				cn.cancel(nozzle.Errorf(nozzle.ECANCELED, "The request was canceled.").Wrap(err))
 			}
 		}

@@ -41,6 +41,7 @@ import (
 //
 //	{"prompt_tokens": P}                             first
 //	{"chunk": {"text", "logprobs", "tokens": N}}     per chunk; N = completion tokens so far
+//	                                                 ("thoughts_open": true on the first, where ThoughtsOpen)
 //	{"result": {...}, "error": {...}}                last; "error" only when the request failed
 //
 // To cancel, the client sends POST /internal/v1/cancel/{request_id} and
@@ -66,12 +67,16 @@ type wireRequest struct {
 	Echo         bool                 `json:"echo,omitempty"`
 	PromptOnly   bool                 `json:"prompt_only,omitempty"`
 	Stream       bool                 `json:"stream,omitempty"`
+
+	// ChatTemplateKwargs: an earlier runtime ignores them, and says so
+	// (ModelInfo.ChatTemplateKwargs false).
+	ChatTemplateKwargs json.RawMessage `json:"chat_template_kwargs,omitempty"`
 }
 
 func toWire(r *nozzle.GenerateRequest) wireRequest {
 	return wireRequest{
 		RequestID: r.RequestID, TenantID: r.TenantID, Adapter: r.Adapter,
-		Messages: r.Messages, Tools: r.Tools, Prompt: r.Prompt, PromptTokens: r.PromptTokens,
+		Messages: r.Messages, Tools: r.Tools, ChatTemplateKwargs: r.ChatTemplateKwargs, Prompt: r.Prompt, PromptTokens: r.PromptTokens,
 		MaxTokens: r.MaxTokens, Temperature: r.Temperature, TopP: r.TopP, TopK: r.TopK,
 		Seed: r.Seed, Stop: r.Stop, Logprobs: r.Logprobs, TopLogprobs: r.TopLogprobs, Echo: r.Echo, PromptOnly: r.PromptOnly, Stream: r.Stream,
 	}
@@ -80,7 +85,7 @@ func toWire(r *nozzle.GenerateRequest) wireRequest {
 func (w wireRequest) request() *nozzle.GenerateRequest {
 	return &nozzle.GenerateRequest{
 		RequestID: w.RequestID, TenantID: w.TenantID, Adapter: w.Adapter,
-		Messages: w.Messages, Tools: w.Tools, Prompt: w.Prompt, PromptTokens: w.PromptTokens,
+		Messages: w.Messages, Tools: w.Tools, ChatTemplateKwargs: w.ChatTemplateKwargs, Prompt: w.Prompt, PromptTokens: w.PromptTokens,
 		MaxTokens: w.MaxTokens, Temperature: w.Temperature, TopP: w.TopP, TopK: w.TopK,
 		Seed: w.Seed, Stop: w.Stop, Logprobs: w.Logprobs, TopLogprobs: w.TopLogprobs, Echo: w.Echo, PromptOnly: w.PromptOnly, Stream: w.Stream,
 	}
@@ -91,6 +96,9 @@ type wireChunk struct {
 	Logprobs []nozzle.TokenLogprob `json:"logprobs,omitempty"`
 	Tokens   int                   `json:"tokens"`
 	Prompt   bool                  `json:"prompt,omitempty"`
+	// ThoughtsOpen: an earlier runtime never reports a reasoning model
+	// (ModelInfo.Reasoning), so no gateway waits for it in vain.
+	ThoughtsOpen bool `json:"thoughts_open,omitempty"`
 }
 
 type wireResult struct {
@@ -98,6 +106,7 @@ type wireResult struct {
 	PromptTokens       int     `json:"prompt_tokens"`
 	CompletionTokens   int     `json:"completion_tokens"`
 	CachedPromptTokens int     `json:"cached_prompt_tokens,omitempty"`
+	ReasoningTokens    int     `json:"reasoning_tokens,omitempty"`
 	DeviceSeconds      float64 `json:"device_seconds"`
 	QueueSeconds       float64 `json:"queue_seconds"`
 	TTFTSeconds        float64 `json:"ttft_seconds"`
@@ -476,6 +485,7 @@ func (s *server) generate(w http.ResponseWriter, r *http.Request) {
 		logprobs []nozzle.TokenLogprob
 		tokens   int
 		any      bool
+		open     bool
 	}
 	res, err := s.rt.generate(ctx, wr.request(), func(promptTokens int) {
 		started = true
@@ -493,9 +503,10 @@ func (s *server) generate(w http.ResponseWriter, r *http.Request) {
 			whole.text.WriteString(c.Text)
 			whole.logprobs = append(whole.logprobs, c.Logprobs...)
 			whole.tokens, whole.any = n, true
+			whole.open = whole.open || c.ThoughtsOpen
 			return nil
 		}
-		return send(wireLine{Chunk: &wireChunk{Text: c.Text, Logprobs: c.Logprobs, Tokens: n}}, false)
+		return send(wireLine{Chunk: &wireChunk{Text: c.Text, Logprobs: c.Logprobs, Tokens: n, ThoughtsOpen: c.ThoughtsOpen}}, false)
 	})
 	if !started {
 		if err == nil {
@@ -506,7 +517,7 @@ func (s *server) generate(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if whole.any {
-		send(wireLine{Chunk: &wireChunk{Text: whole.text.String(), Logprobs: whole.logprobs, Tokens: whole.tokens}}, false)
+		send(wireLine{Chunk: &wireChunk{Text: whole.text.String(), Logprobs: whole.logprobs, Tokens: whole.tokens, ThoughtsOpen: whole.open}}, false)
 	}
 	send(wireLine{Result: resultToWire(res), Error: errorToWire(err)}, true)
 }

@@ -118,8 +118,22 @@ func checkParity(t *testing.T, local, remote outcome, stream bool) {
 		t.Errorf("error: local %#v, remote %#v", le, re)
 	}
 	l, r := *local.res, *remote.res
-	if l.PromptTokens != r.PromptTokens || l.CompletionTokens != r.CompletionTokens || l.FinishReason != r.FinishReason || l.RuntimeID != r.RuntimeID {
+	if l.PromptTokens != r.PromptTokens || l.CompletionTokens != r.CompletionTokens || l.FinishReason != r.FinishReason || l.RuntimeID != r.RuntimeID ||
+		l.ReasoningTokens != r.ReasoningTokens {
 		t.Errorf("result: local %+v, remote %+v", l, r)
+	}
+	// A prompt that opened a reasoning model's thoughts marks the first
+	// chunk of the completion, and only it.
+	opened := func(chunks []nozzle.Chunk) (open []int) {
+		for i, c := range chunks {
+			if c.ThoughtsOpen {
+				open = append(open, i)
+			}
+		}
+		return open
+	}
+	if lo, ro := opened(local.chunks), opened(remote.chunks); !reflect.DeepEqual(lo, ro) {
+		t.Errorf("chunks with ThoughtsOpen: local %v, remote %v", lo, ro)
 	}
 	// The echoed prompt comes first, alone, streamed or not.
 	if len(local.chunks) > 0 && local.chunks[0].Prompt {

@@ -241,6 +241,11 @@ type parts struct {
 	load    adapterLoader
 	eos     []int
 	closers []func() error // run after the engine is closed
+	// Special tokens decoded as text all the same: those of the
+	// model's tool calls in a request that offers tools, and its
+	// thoughts' tags in a chat completion (tokenizer.ToolCallTokens,
+	// ThoughtTokens).
+	keepTools, keepThoughts []int
 }
 
 // Runtime is one warm base model serving requests for many adapters. It
@@ -259,6 +264,8 @@ type Runtime struct {
 	cap     *capacity
 	be      backend
 	closers []func() error
+	// special tokens decoded as text all the same (see parts)
+	keepTools, keepThoughts []int
 
 	ctx    context.Context // ended at Close: stops adapter loads
 	cancel context.CancelFunc
@@ -286,11 +293,13 @@ func newRuntime(opts Options, p parts) (*Runtime, error) {
 	r := &Runtime{
 		opts: opts, info: p.info, codec: p.codec, log: opts.Logger, clock: opts.Clock,
 		be: p.be, closers: p.closers, ctx: ctx, cancel: cancel, closed: make(chan struct{}),
+		keepTools: p.keepTools, keepThoughts: p.keepThoughts,
 	}
 	r.info.Device = p.be.Device()
 	r.info.MaxLoRARank = opts.MaxRank
 	r.info.RuntimeID = opts.RuntimeID
 	r.info.Echo = true
+	r.info.ChatTemplateKwargs = true
 	r.start = r.clock()
 	if r.info.CreatedAt.IsZero() {
 		r.info.CreatedAt = r.start.UTC() // /v1/models' "created": when the model was loaded

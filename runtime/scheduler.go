@@ -103,6 +103,9 @@ type sequence struct {
 	// tokens up to the last one are computed: the last one's logits would
 	// score a token that does not come.
 	promptOnly bool
+	// reasoning: a reasoning model's chat completion, whose thoughts are
+	// counted; thoughtsOpen: its prompt opened them.
+	reasoning, thoughtsOpen bool
 
 	state      seqState
 	admitOrder uint64

@@ -234,7 +234,7 @@ func propText(rng *rand.Rand, words int) string {
 func promptIDs(req *nozzle.GenerateRequest) []int {
 	switch {
 	case req.Messages != nil:
-		text, err := fakeCodec{}.ChatPrompt(req.Messages, nil)
+		text, err := fakeCodec{}.ChatPrompt(req.Messages, nil, nil)
 		if err != nil {
 			panic(err)
 		}
