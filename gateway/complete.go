@@ -263,6 +263,9 @@ func (s *Server) resolveModel(ctx context.Context, p *principal, j *job) error {
 			}
 			j.toolFormat = info.ToolFormat
 		}
+		if len(j.templateKwargs) > 0 && !info.ChatTemplateKwargs {
+			return invalidAs("unsupported_value", "chat_template_kwargs", "The runtime serving this model is of an earlier version that cannot pass 'chat_template_kwargs' to the chat template; try again once it is upgraded, or leave them out.")
+		}
 		if !info.Echo {
 			for i := range j.choices() {
 				if j.runtimeEcho(i) {

@@ -41,7 +41,10 @@ type fakeGen struct {
 	lastReq    atomic.Pointer[nozzle.GenerateRequest]
 	sampling   nozzle.SamplingDefaults // the model's recommended sampling, reported by Info
 	toolFormat string                  // how the model calls tools, reported by Info
+	reasoning  bool                    // Info reports a reasoning model
+	open       bool                    // a reasoning model's chat prompt opens its thoughts
 	noEcho     bool                    // Info reports a runtime that cannot echo
+	noKwargs   bool                    // Info reports a runtime that cannot render chat_template_kwargs
 	model      atomic.Pointer[string]  // the model id Info reports, when not tiny-llama
 }
 
@@ -87,7 +90,8 @@ func (g *fakeGen) mock() *mock.Generator {
 				fp = sha256hex([]byte(id))
 			}
 			return nozzle.ModelInfo{ID: id, Architecture: "llama", ContextLength: 2048, VocabSize: 32000,
-				Device: "cpu", CreatedAt: time.Unix(1700000000, 0).UTC(), Sampling: g.sampling, Fingerprint: fp, ToolFormat: g.toolFormat, Echo: !g.noEcho}, nil
+				Device: "cpu", CreatedAt: time.Unix(1700000000, 0).UTC(), Sampling: g.sampling, Fingerprint: fp, ToolFormat: g.toolFormat, Echo: !g.noEcho,
+				Reasoning: g.reasoning, ChatTemplateKwargs: !g.noKwargs}, nil
 		},
 		GenerateFn:    g.generate,
 		AdapterTierFn: func(ctx context.Context, sha string) nozzle.Tier { return nozzle.TierDisk },
@@ -185,7 +189,7 @@ func (g *fakeGen) generate(ctx context.Context, req *nozzle.GenerateRequest, emi
 		if i == 2 && strings.Contains(prompt, "REFUSE_AFTER") { // a refusal that takes time to find
 			return res, nozzle.Errorf(nozzle.ECONTEXTLENGTH, "This model's maximum context length is 2048 tokens.")
 		}
-		ch := nozzle.Chunk{Text: words[i]}
+		ch := nozzle.Chunk{Text: words[i], ThoughtsOpen: i == 0 && g.open && g.reasoning && req.Messages != nil}
 		if req.Logprobs {
 			lp := nozzle.TokenLogprob{Token: words[i], Logprob: -0.25, Offset: off}
 			for k := 0; k < req.TopLogprobs; k++ {
@@ -200,10 +204,42 @@ func (g *fakeGen) generate(ctx context.Context, req *nozzle.GenerateRequest, emi
 			return res, nozzle.Errorf(nozzle.ECANCELED, "Canceled.").Wrap(err)
 		}
 	}
+	if g.reasoning && req.Messages != nil {
+		res.ReasoningTokens = thoughtTokens(words[:n], g.open)
+	}
 	res.TTFTSeconds = 0.002
 	res.FinishReason = nozzle.FinishStop
 	if n < len(words) {
 		res.FinishReason = nozzle.FinishLength
 	}
 	return res, nil
+}
+
+// thoughtTokens counts a reasoning model's thought tokens as the runtime
+// does (one token a word): up to and including the one that completes
+// the first </think> after the thoughts open (open: at the prompt; else
+// where the words begin, after any space, with <think>), all where they
+// never close, none where the words do not open with them.
+func thoughtTokens(words []string, open bool) int {
+	text := ""
+	for i, w := range words {
+		text += w
+		if !open {
+			t := strings.TrimLeft(text, " \t\r\n")
+			if len(t) < len("<think>") && strings.HasPrefix("<think>", t) {
+				continue
+			}
+			if !strings.HasPrefix(t, "<think>") {
+				return 0
+			}
+			open, text = true, t[len("<think>"):]
+		}
+		if strings.Contains(text, "</think>") {
+			return i + 1
+		}
+	}
+	if !open {
+		return 0
+	}
+	return len(words)
 }

@@ -56,9 +56,12 @@ type job struct {
 	promptOnly  bool            // legacy echo with max_tokens 0: nothing generated
 	tools       json.RawMessage // offered to the model (chat, tool_choice "auto")
 	toolFormat  string          // how the model writes calls, when tools are offered
-	adapter     *nozzle.Adapter // nil for the base model
-	id          string          // "chatcmpl-…" or "cmpl-…"
-	created     int64
+	// templateKwargs are the chat template's variables of the request
+	// (chat_template_kwargs, compact JSON), nil when none.
+	templateKwargs json.RawMessage
+	adapter        *nozzle.Adapter // nil for the base model
+	id             string          // "chatcmpl-…" or "cmpl-…"
+	created        int64
 }
 
 // promptSpec is one prompt of a legacy completion request.
@@ -96,9 +99,10 @@ const (
 // character, a newline, the indentation after it).
 func (j *job) promptBound() int {
 	if j.kind == kindChat {
-		n := templateAllowance + 3*len(j.tools)
+		// Template variables may be printed too (tojson, indented).
+		n := templateAllowance + 3*len(j.tools) + 3*len(j.templateKwargs)
 		for _, m := range j.messages {
-			n += len(m.Content) + len(m.Name) + len(m.ToolCallID) + messageAllowance
+			n += len(m.Content) + len(m.ReasoningContent) + len(m.Name) + len(m.ToolCallID) + messageAllowance
 			for _, c := range m.ToolCalls {
 				n += len(c.ID) + len(c.Function.Name) + 3*len(c.Function.Arguments) + messageAllowance
 			}
@@ -121,9 +125,9 @@ func (j *job) promptBound() int {
 func (j *job) promptEstimate() int {
 	per := 0
 	if j.kind == kindChat {
-		per += len(j.tools) / 4
+		per += len(j.tools)/4 + len(j.templateKwargs)/4
 		for _, m := range j.messages {
-			per += len(m.Content)/4 + 4
+			per += (len(m.Content)+len(m.ReasoningContent))/4 + 4
 			for _, c := range m.ToolCalls {
 				per += len(c.Function.Arguments)/4 + 8
 			}
@@ -174,6 +178,7 @@ func (j *job) requests(requestID, tenantID string, maxTokens int) []*nozzle.Gene
 			r := mk(i)
 			r.Messages = j.messages
 			r.Tools = j.tools
+			r.ChatTemplateKwargs = j.templateKwargs
 			out = append(out, r)
 		}
 		return out
@@ -264,6 +269,8 @@ type chatBody struct {
 	ParallelToolCalls json.RawMessage `json:"parallel_tool_calls"`
 	PromptCacheKey    json.RawMessage `json:"prompt_cache_key"`
 	SafetyIdentifier  json.RawMessage `json:"safety_identifier"`
+	// an extension (vLLM's): variables of the chat template
+	ChatTemplateKwargs json.RawMessage `json:"chat_template_kwargs"`
 	unimplemented
 }
 
@@ -301,6 +308,9 @@ type chatMessageIn struct {
 	ToolCalls    json.RawMessage `json:"tool_calls"`
 	ToolCallID   *string         `json:"tool_call_id"`
 	FunctionCall json.RawMessage `json:"function_call"`
+	// an assistant's earlier thoughts, as a reasoning model's answer
+	// gave them
+	ReasoningContent json.RawMessage `json:"reasoning_content"`
 }
 
 // UnmarshalJSON decodes a message leniently inside a strict request body:
@@ -678,6 +688,9 @@ func parseChat(body []byte, maxChoices int) (*job, error) {
 	if err := checkChatOutputs(&b); err != nil {
 		return nil, err
 	}
+	if j.templateKwargs, err = parseTemplateKwargs(b.ChatTemplateKwargs); err != nil {
+		return nil, err
+	}
 	if len(b.Messages) == 0 {
 		return nil, invalidAs("empty_array", "messages", "Invalid 'messages': empty array. Expected an array with minimum length 1.")
 	}
@@ -723,6 +736,14 @@ func parseChat(body []byte, maxChoices int) (*job, error) {
 		j.messages[i] = nozzle.ChatMessage{Role: role, Content: text, ToolCalls: calls, ToolCallID: callID}
 		if m.Name != nil {
 			j.messages[i].Name = *m.Name
+		}
+		if role == "assistant" && !isNull(m.ReasoningContent) {
+			// The template renders it where it renders thoughts (Qwen3's,
+			// in the turn after the last question); others leave it out.
+			if err := json.Unmarshal(m.ReasoningContent, &j.messages[i].ReasoningContent); err != nil {
+				p := fmt.Sprintf("messages[%d].reasoning_content", i)
+				return nil, invalidAs("invalid_type", p, "Invalid type for '%s': expected a string.", p)
+			}
 		}
 	}
 	j.logprobs = b.Logprobs != nil && *b.Logprobs
@@ -1028,4 +1049,104 @@ func (j *job) applySampling(d nozzle.SamplingDefaults) {
 	if !j.topKSet && d.TopK > 0 {
 		j.topK = d.TopK
 	}
+}
+
+// Bounds of a request's chat template variables.
+const (
+	maxTemplateKwargs      = 64       // variables
+	maxTemplateKwargsBytes = 16 << 10 // of compact JSON
+	maxTemplateKwargsDepth = 16       // nesting of arrays and objects
+)
+
+// reservedTemplateVars are the chat template's variables the server sets
+// itself (the runtime refuses them too).
+var reservedTemplateVars = map[string]bool{
+	"messages": true, "tools": true, "add_generation_prompt": true, "documents": true,
+	"bos_token": true, "eos_token": true, "unk_token": true, "pad_token": true,
+	"raise_exception": true, "strftime_now": true,
+}
+
+// parseTemplateKwargs checks chat_template_kwargs, vLLM's extension: an
+// object whose members are more variables of the chat template
+// ({"enable_thinking": false} for Qwen3's), each named as a template
+// variable is, of any JSON value, within bounds; none may replace a
+// variable the server sets. Returns the compact object, nil for none.
+func parseTemplateKwargs(raw json.RawMessage) (json.RawMessage, error) {
+	const param = "chat_template_kwargs"
+	if isNull(raw) {
+		return nil, nil
+	}
+	if bytes.TrimSpace(raw)[0] != '{' {
+		return nil, invalidAs("invalid_type", param, "Invalid type for 'chat_template_kwargs': expected an object.")
+	}
+	var compact bytes.Buffer
+	if err := json.Compact(&compact, raw); err != nil {
+		return nil, invalidAs("invalid_type", param, "Invalid type for 'chat_template_kwargs': expected an object.")
+	}
+	if compact.Len() > maxTemplateKwargsBytes {
+		return nil, invalidAs("invalid_value", param, "Invalid 'chat_template_kwargs': %d bytes of JSON, at most %d are allowed.", compact.Len(), maxTemplateKwargsBytes)
+	}
+	if d := jsonDepth(compact.Bytes()); d > maxTemplateKwargsDepth {
+		return nil, invalidAs("invalid_value", param, "Invalid 'chat_template_kwargs': nested %d deep, at most %d levels are allowed.", d, maxTemplateKwargsDepth)
+	}
+	var members map[string]json.RawMessage
+	if err := json.Unmarshal(compact.Bytes(), &members); err != nil {
+		return nil, invalidAs("invalid_type", param, "Invalid type for 'chat_template_kwargs': expected an object.")
+	}
+	if len(members) > maxTemplateKwargs {
+		return nil, invalidAs("invalid_value", param, "Invalid 'chat_template_kwargs': %d variables, at most %d are allowed.", len(members), maxTemplateKwargs)
+	}
+	if len(members) == 0 {
+		return nil, nil
+	}
+	for name := range members {
+		if reservedTemplateVars[name] {
+			return nil, invalidAs("invalid_value", param, "Invalid 'chat_template_kwargs': %q is set by the server (from the request's messages and tools, and the model's tokenizer) and cannot be given.", name)
+		}
+		if !templateVarName(name) {
+			return nil, invalidAs("invalid_value", param, "Invalid 'chat_template_kwargs': %q is not a template variable's name. Expected a string that matches the pattern '^[A-Za-z_][A-Za-z0-9_]{0,63}$'.", name)
+		}
+	}
+	return compact.Bytes(), nil
+}
+
+// templateVarName reports whether s is a name a Jinja template can use.
+func templateVarName(s string) bool {
+	if len(s) < 1 || len(s) > 64 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || c == '_' || i > 0 && '0' <= c && c <= '9') {
+			return false
+		}
+	}
+	return true
+}
+
+// jsonDepth returns how deeply arrays and objects nest in valid JSON.
+func jsonDepth(b []byte) int {
+	depth, most, inString := 0, 0, false
+	for i := 0; i < len(b); i++ {
+		c := b[i]
+		if inString {
+			switch c {
+			case '\\':
+				i++
+			case '"':
+				inString = false
+			}
+			continue
+		}
+		switch c {
+		case '"':
+			inString = true
+		case '[', '{':
+			depth++
+			most = max(most, depth)
+		case ']', '}':
+			depth--
+		}
+	}
+	return most
 }
