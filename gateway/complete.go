@@ -59,6 +59,7 @@ type choiceResult struct {
 	text     []byte
 	logprobs []nozzle.TokenLogprob
 	prompt   *nozzle.Chunk // the runtime's echo of the prompt
+	open     bool          // the prompt opened a reasoning model's thoughts
 	res      *nozzle.GenerateResult
 	err      error
 }
@@ -263,6 +264,7 @@ func (s *Server) resolveModel(ctx context.Context, p *principal, j *job) error {
 			}
 			j.toolFormat = info.ToolFormat
 		}
+		j.reasoning = j.kind == kindChat && info.Reasoning
 		if len(j.templateKwargs) > 0 && !info.ChatTemplateKwargs {
 			return invalidAs("unsupported_value", "chat_template_kwargs", "The runtime serving this model is of an earlier version that cannot pass 'chat_template_kwargs' to the chat template; try again once it is upgraded, or leave them out.")
 		}
@@ -363,6 +365,7 @@ func (cp *completion) respond(c *fiber.Ctx) error {
 			r.prompt = &ch
 			return nil
 		}
+		r.open = r.open || len(r.text) == 0 && ch.ThoughtsOpen
 		r.text = append(r.text, ch.Text...)
 		if cp.j.logprobs {
 			r.logprobs = append(r.logprobs, ch.Logprobs...)
@@ -542,13 +545,7 @@ func (cp *completion) promptUsage() (prompt, cached int64) {
 // body builds the complete non-streamed answer.
 func (cp *completion) body(dst []byte) []byte {
 	j := cp.j
-	var u usage
-	u.prompt, u.cached = cp.promptUsage()
-	for _, r := range cp.results {
-		if r.res != nil {
-			u.completion += int64(r.res.CompletionTokens)
-		}
-	}
+	u := cp.usage()
 	if j.kind == kindChat {
 		dst = appendHead(dst, j.id, "chat.completion", j.created, j.shownModel, j.fingerprint)
 		dst = append(dst, `,"choices":[`...)
@@ -558,15 +555,22 @@ func (cp *completion) body(dst []byte) []byte {
 			}
 			dst = append(dst, `{"index":`...)
 			dst = appendInt(dst, int64(i))
-			content, calls := string(r.text), []nozzle.ToolCall(nil)
+			content, calls, thought := string(r.text), []nozzle.ToolCall(nil), ""
+			if j.reasoning {
+				thought, content = splitThoughts(content, r.open)
+			}
 			if j.toolFormat != "" {
 				content, calls = splitToolCalls(j.toolFormat, content, j.id, i)
 			}
 			dst = append(dst, `,"message":{"role":"assistant","content":`...)
-			if content == "" && len(calls) > 0 {
+			if content == "" && (len(calls) > 0 || thought != "") {
 				dst = append(dst, "null"...)
 			} else {
 				dst = appendString(dst, content)
+			}
+			if j.reasoning {
+				dst = append(dst, `,"reasoning_content":`...)
+				dst = appendNullableString(dst, thought)
 			}
 			dst = append(dst, `,"refusal":null`...)
 			if len(calls) > 0 {
@@ -614,6 +618,21 @@ func (cp *completion) body(dst []byte) []byte {
 	dst = append(dst, `],"usage":`...)
 	dst = appendUsage(dst, u)
 	return append(dst, '}')
+}
+
+// usage is the answer's token account.
+func (cp *completion) usage() usage {
+	var u usage
+	u.prompt, u.cached = cp.promptUsage()
+	for _, r := range cp.results {
+		if r.res != nil {
+			u.completion += int64(r.res.CompletionTokens)
+			if cp.j.reasoning {
+				u.reasoning += int64(min(r.res.ReasoningTokens, r.res.CompletionTokens))
+			}
+		}
+	}
+	return u
 }
 
 // callsFinish is the finish reason of a chat choice that made calls:
@@ -742,6 +761,10 @@ func (cp *completion) writeStream(w *bufio.Writer, conn net.Conn, events chan st
 		}
 	}
 	firstToken := true
+	var thoughts []thoughtSplit // per choice, for a reasoning model
+	if j.reasoning {
+		thoughts = make([]thoughtSplit, n)
+	}
 	var tools []toolStream // per choice, when the model may call tools
 	if j.toolFormat != "" {
 		tools = make([]toolStream, n)
@@ -766,7 +789,7 @@ func (cp *completion) writeStream(w *bufio.Writer, conn net.Conn, events chan st
 			r.prompt = &ev.chunk
 			echo := j.echoText(ev.index, r.prompt)
 			offs[ev.index].base = utf8.RuneCountInString(echo)
-			buf = cp.appendChunk(buf[:0], ev.index, echo, nil, false, "", promptPart(r.prompt))
+			buf = cp.appendChunk(buf[:0], ev.index, "", echo, nil, false, "", promptPart(r.prompt))
 			send(buf)
 			return false
 		}
@@ -775,17 +798,26 @@ func (cp *completion) writeStream(w *bufio.Writer, conn net.Conn, events chan st
 			firstToken = false
 			s.met.ttft.Observe(time.Since(st.start).Seconds())
 		}
+		ch := ev.chunk
+		thought := ""
+		if thoughts != nil {
+			if len(r.text) == 0 && ch.ThoughtsOpen {
+				r.open = true
+				thoughts[ev.index] = newThoughtSplit(true)
+			}
+			thought, ch.Text = thoughts[ev.index].add(ch.Text)
+		}
 		r.text = append(r.text, ev.chunk.Text...)
 		if j.logprobs {
 			r.logprobs = append(r.logprobs, ev.chunk.Logprobs...)
 		}
-		ch := ev.chunk
 		if tools != nil {
-			if ch.Text = tools[ev.index].add(ch.Text); ch.Text == "" && (!j.logprobs || len(ch.Logprobs) == 0) {
-				return false // held: it may be a tool call
-			}
+			ch.Text = tools[ev.index].add(ch.Text)
 		}
-		buf = cp.chunkWithOffsets(buf[:0], ev.index, ch, r.text, &offs[ev.index])
+		if (tools != nil || thoughts != nil) && ch.Text == "" && thought == "" && (!j.logprobs || len(ch.Logprobs) == 0) {
+			return false // held: it may be a tool call, or a tag
+		}
+		buf = cp.appendChunk(buf[:0], ev.index, thought, ch.Text, ch.Logprobs, false, "", lpPart{lps: ch.Logprobs, text: r.text, offs: &offs[ev.index]})
 		send(buf)
 		return false
 	}
@@ -832,14 +864,25 @@ func (cp *completion) writeStream(w *bufio.Writer, conn net.Conn, events chan st
 		s.met.replays.Inc()
 	}
 	buf = buf[:0]
-	var u usage
-	u.prompt, u.cached = cp.promptUsage()
+	u := cp.usage()
 	for i, r := range cp.results {
-		if r.res != nil {
-			u.completion += int64(r.res.CompletionTokens)
+		answer := ""
+		if thoughts != nil {
+			// What was held: the end of thoughts that never closed, or
+			// the beginning of an answer.
+			var thought string
+			if thought, answer = thoughts[i].end(); thought != "" {
+				buf = cp.appendChunk(buf, i, thought, "", nil, false, "", lpPart{})
+			}
 		}
 		calls := 0
 		if tools != nil {
+			if answer != "" {
+				answer = tools[i].add(answer)
+			}
+			if answer != "" {
+				buf = cp.chunk(buf, i, answer, nil, false, "")
+			}
 			// What was held: the calls, or text after all.
 			held, tc := splitToolCalls(j.toolFormat, tools[i].rest(), j.id, i)
 			if held != "" {
@@ -848,6 +891,8 @@ func (cp *completion) writeStream(w *bufio.Writer, conn net.Conn, events chan st
 			if calls = len(tc); calls > 0 {
 				buf = cp.toolCallsChunk(buf, i, tc)
 			}
+		} else if answer != "" {
+			buf = cp.chunk(buf, i, answer, nil, false, "")
 		}
 		buf = cp.chunk(buf, i, "", nil, false, callsFinish(finishReason(r.res), calls))
 	}
@@ -860,20 +905,14 @@ func (cp *completion) writeStream(w *bufio.Writer, conn net.Conn, events chan st
 
 // chunk appends one SSE event with one choice's delta.
 func (cp *completion) chunk(dst []byte, i int, text string, lps []nozzle.TokenLogprob, role bool, finish string) []byte {
-	return cp.appendChunk(dst, i, text, lps, role, finish, lpPart{lps: lps})
+	return cp.appendChunk(dst, i, "", text, lps, role, finish, lpPart{lps: lps})
 }
 
-// chunkWithOffsets is chunk for a piece of text with its logprobs: sofar
-// is the choice's completion text up to the piece's end, offs its text
-// offsets.
-func (cp *completion) chunkWithOffsets(dst []byte, i int, ch nozzle.Chunk, sofar []byte, offs *textOffsets) []byte {
-	return cp.appendChunk(dst, i, ch.Text, ch.Logprobs, false, "", lpPart{lps: ch.Logprobs, text: sofar, offs: offs})
-}
-
-// appendChunk appends one SSE event: a chat choice's delta (text, or the
-// role, or the finish) with the logprobs lps, or a legacy choice's text
-// with the logprobs of part.
-func (cp *completion) appendChunk(dst []byte, i int, text string, lps []nozzle.TokenLogprob, role bool, finish string,
+// appendChunk appends one SSE event: a chat choice's delta (thoughts
+// and text, or the role, or the finish) with the logprobs lps, or a
+// legacy choice's text with the logprobs of part (its text: the choice's
+// completion text up to the piece's end, offs its text offsets).
+func (cp *completion) appendChunk(dst []byte, i int, thought, text string, lps []nozzle.TokenLogprob, role bool, finish string,
 	part lpPart) []byte {
 	j := cp.j
 	dst = append(dst, "data: "...)
@@ -886,6 +925,14 @@ func (cp *completion) appendChunk(dst []byte, i int, text string, lps []nozzle.T
 			dst = append(dst, `,"delta":{"role":"assistant","content":"","refusal":null}`...)
 		case finish != "":
 			dst = append(dst, `,"delta":{}`...)
+		case thought != "":
+			dst = append(dst, `,"delta":{"reasoning_content":`...)
+			dst = appendString(dst, thought)
+			if text != "" {
+				dst = append(dst, `,"content":`...)
+				dst = appendString(dst, text)
+			}
+			dst = append(dst, '}')
 		default:
 			dst = append(dst, `,"delta":{"content":`...)
 			dst = appendString(dst, text)

@@ -238,9 +238,10 @@ func appendTextLogprobs(dst []byte, parts ...lpPart) []byte {
 }
 
 // usage is the token account of an answer; cached counts the prompt tokens
-// the runtime's prefix cache held.
+// the runtime's prefix cache held, reasoning the completion tokens that
+// were a reasoning model's thoughts.
 type usage struct {
-	prompt, completion, cached int64
+	prompt, completion, cached, reasoning int64
 }
 
 func appendUsage(dst []byte, u usage) []byte {
@@ -254,8 +255,9 @@ func appendUsage(dst []byte, u usage) []byte {
 	// usage.prompt_tokens_details.cached_tokens without a nil check).
 	dst = append(dst, `,"prompt_tokens_details":{"cached_tokens":`...)
 	dst = appendInt(dst, u.cached)
-	return append(dst, `,"audio_tokens":0},"completion_tokens_details":{"reasoning_tokens":0,"audio_tokens":0,`+
-		`"accepted_prediction_tokens":0,"rejected_prediction_tokens":0}}`...)
+	dst = append(dst, `,"audio_tokens":0},"completion_tokens_details":{"reasoning_tokens":`...)
+	dst = appendInt(dst, u.reasoning)
+	return append(dst, `,"audio_tokens":0,"accepted_prediction_tokens":0,"rejected_prediction_tokens":0}}`...)
 }
 
 // appendHead appends the fields every completion object starts with.

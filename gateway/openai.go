@@ -56,6 +56,7 @@ type job struct {
 	promptOnly  bool            // legacy echo with max_tokens 0: nothing generated
 	tools       json.RawMessage // offered to the model (chat, tool_choice "auto")
 	toolFormat  string          // how the model writes calls, when tools are offered
+	reasoning   bool            // a reasoning model's chat: thoughts apart from the answer
 	// templateKwargs are the chat template's variables of the request
 	// (chat_template_kwargs, compact JSON), nil when none.
 	templateKwargs json.RawMessage

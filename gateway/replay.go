@@ -22,8 +22,9 @@ type storedAnswer struct {
 	Choices           []struct {
 		Index   int `json:"index"`
 		Message *struct {
-			Content   string            `json:"content"`
-			ToolCalls []nozzle.ToolCall `json:"tool_calls"`
+			Content          string            `json:"content"`
+			ReasoningContent string            `json:"reasoning_content"`
+			ToolCalls        []nozzle.ToolCall `json:"tool_calls"`
 		} `json:"message"`
 		Text         *string         `json:"text"`
 		Logprobs     json.RawMessage `json:"logprobs"`
@@ -35,6 +36,9 @@ type storedAnswer struct {
 		PromptTokensDetails struct {
 			CachedTokens int64 `json:"cached_tokens"`
 		} `json:"prompt_tokens_details"`
+		CompletionTokensDetails struct {
+			ReasoningTokens int64 `json:"reasoning_tokens"`
+		} `json:"completion_tokens_details"`
 	} `json:"usage"`
 }
 
@@ -139,21 +143,35 @@ func (s *Server) replay(c *fiber.Ctx, j *job, ev *nozzle.UsageEvent, fp [sha256.
 			buf = appendInt(buf, int64(ch.Index))
 			buf = append(buf, `,"delta":{"role":"assistant","content":"","refusal":null},"logprobs":null,"finish_reason":null}]`...)
 			buf = tail(buf)
-			content := ""
+			content, thought := "", ""
 			if ch.Message != nil {
-				content = ch.Message.Content
+				content, thought = ch.Message.Content, ch.Message.ReasoningContent
 			}
 			calls := ch.Message != nil && len(ch.Message.ToolCalls) > 0
-			// A call without content has no empty content delta, as a live
-			// stream sends none.
-			if !calls || content != "" || !isNull(ch.Logprobs) {
+			lps := ch.Logprobs
+			if thought != "" {
+				// A reasoning model's thoughts first, with the logprobs.
+				buf = head(buf)
+				buf = append(buf, `,"choices":[{"index":`...)
+				buf = appendInt(buf, int64(ch.Index))
+				buf = append(buf, `,"delta":{"reasoning_content":`...)
+				buf = appendString(buf, thought)
+				buf = append(buf, `},"logprobs":`...)
+				buf = logprobs(buf, lps)
+				buf = append(buf, `,"finish_reason":null}]`...)
+				buf = tail(buf)
+				lps = nil
+			}
+			// A call, or thoughts, without content have no empty content
+			// delta, as a live stream sends none.
+			if !calls && thought == "" || content != "" || !isNull(lps) {
 				buf = head(buf)
 				buf = append(buf, `,"choices":[{"index":`...)
 				buf = appendInt(buf, int64(ch.Index))
 				buf = append(buf, `,"delta":{"content":`...)
 				buf = appendString(buf, content)
 				buf = append(buf, `},"logprobs":`...)
-				buf = logprobs(buf, ch.Logprobs)
+				buf = logprobs(buf, lps)
 				buf = append(buf, `,"finish_reason":null}]`...)
 				buf = tail(buf)
 			}
@@ -200,7 +218,8 @@ func (s *Server) replay(c *fiber.Ctx, j *job, ev *nozzle.UsageEvent, fp [sha256.
 	if j.includeUsage {
 		buf = head(buf)
 		buf = append(buf, `,"choices":[],"usage":`...)
-		buf = appendUsage(buf, usage{a.Usage.PromptTokens, a.Usage.CompletionTokens, a.Usage.PromptTokensDetails.CachedTokens})
+		buf = appendUsage(buf, usage{a.Usage.PromptTokens, a.Usage.CompletionTokens, a.Usage.PromptTokensDetails.CachedTokens,
+			a.Usage.CompletionTokensDetails.ReasoningTokens})
 		buf = append(buf, "}\n\n"...)
 	}
 	buf = append(buf, "data: [DONE]\n\n"...)
