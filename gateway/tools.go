@@ -19,8 +19,10 @@ import (
 // (nozzle.ToolFormatHermes: JSON objects between <tool_call> tags,
 // ToolFormatLlama3JSON: the whole answer a JSON object, ToolFormatMistral:
 // the whole answer a JSON array, after a [TOOL_CALLS] the decoder usually
-// leaves out), which the gateway turns into OpenAI's tool_calls, with ids
-// of the form the format's templates accept back. There is no constrained
+// leaves out, ToolFormatMistralV11: [TOOL_CALLS]name[ARGS]{...} per call,
+// control tokens the runtime keeps in the text of a request with tools),
+// which the gateway turns into OpenAI's tool_calls, with ids of the form
+// the format's templates accept back. There is no constrained
 // decoding: the model may call or not ("auto"); "required" and a named
 // function, which would have to force a call, are refused.
 
@@ -32,8 +34,13 @@ const (
 	thinkOpen  = "<think>"
 	thinkClose = "</think>"
 	// mistralCalls is Mistral's control token before its calls. Nozzle's
-	// stream decoder skips special tokens, so the text seldom holds it.
-	mistralCalls = "[TOOL_CALLS]"
+	// stream decoder skips special tokens, so the text seldom holds it,
+	// except in the v11 format, where the runtime keeps it and the
+	// control tokens after the function's name: [ARGS] before the
+	// arguments, [CALL_ID] before an id the model may write.
+	mistralCalls  = "[TOOL_CALLS]"
+	mistralArgs   = "[ARGS]"
+	mistralCallID = "[CALL_ID]"
 )
 
 // toolDef is one entry of a request's tools.
@@ -117,12 +124,16 @@ func validFunctionName(s string) bool {
 		return false
 	}
 	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '_' || c == '-') {
+		if !nameByte(s[i]) {
 			return false
 		}
 	}
 	return true
+}
+
+// nameByte reports whether c may be in a function's name.
+func nameByte(c byte) bool {
+	return 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '_' || c == '-'
 }
 
 // toolCallIn is a tool call of an assistant message in the request.
@@ -174,7 +185,7 @@ func parseToolCallsIn(raw json.RawMessage, i int) ([]nozzle.ToolCall, error) {
 // the others take OpenAI's "call_" form.
 func toolCallID(format, answerID string, choice, k int) string {
 	h := sha256.Sum256([]byte(answerID + "/" + strconv.Itoa(choice) + "/" + strconv.Itoa(k)))
-	if format == nozzle.ToolFormatMistral {
+	if format == nozzle.ToolFormatMistral || format == nozzle.ToolFormatMistralV11 {
 		const digits = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 		n := binary.BigEndian.Uint64(h[:8]) // 62^9 < 2^64: 9 digits in base 62
 		id := make([]byte, 9)
@@ -290,6 +301,57 @@ func splitToolCalls(format, text, answerID string, choice int) (string, []nozzle
 			}
 			add(name, args)
 		}
+		if strings.TrimSpace(pre) == "" {
+			pre = ""
+		}
+		return pre, calls
+	case nozzle.ToolFormatMistralV11:
+		// [TOOL_CALLS]name[ARGS]{...} per call, text maybe before them;
+		// [CALL_ID]id may come before [ARGS] (the model's id, which the
+		// answer's replace), a later call may leave out [TOOL_CALLS], and
+		// [ARGS] (where a decoder dropped it) the arguments follow the
+		// name at once.
+		i := strings.Index(text, mistralCalls)
+		if i < 0 {
+			return text, nil
+		}
+		rest := text[i:]
+		for {
+			rest = strings.TrimLeft(rest, " \t\r\n")
+			if rest == "" {
+				break
+			}
+			rest = strings.TrimLeft(strings.TrimPrefix(rest, mistralCalls), " \t\r\n")
+			n := 0
+			for n < len(rest) && nameByte(rest[n]) {
+				n++
+			}
+			name := rest[:n]
+			if !validFunctionName(name) {
+				return text, nil
+			}
+			rest = rest[n:]
+			if strings.HasPrefix(rest, mistralCallID) {
+				rest = rest[len(mistralCallID):]
+				k := 0
+				for k < len(rest) && nameByte(rest[k]) {
+					k++
+				}
+				rest = rest[k:]
+			}
+			rest = strings.TrimLeft(strings.TrimPrefix(rest, mistralArgs), " \t\r\n")
+			if !strings.HasPrefix(rest, "{") {
+				return text, nil
+			}
+			dec := json.NewDecoder(strings.NewReader(rest))
+			var args json.RawMessage
+			if dec.Decode(&args) != nil {
+				return text, nil
+			}
+			add(name, args)
+			rest = rest[dec.InputOffset():]
+		}
+		pre := text[:i]
 		if strings.TrimSpace(pre) == "" {
 			pre = ""
 		}
@@ -425,6 +487,8 @@ func (t *toolStream) add(text string) string {
 			}
 		}
 		return t.holdFrom(h, mistralCalls) // the marker, where the decoder kept it
+	case nozzle.ToolFormatMistralV11:
+		return t.holdFrom(h, mistralCalls) // the runtime keeps the marker
 	case nozzle.ToolFormatLlama3JSON:
 		trimmed := strings.TrimLeft(h, " \t\r\n")
 		if trimmed == "" {

@@ -146,6 +146,15 @@ func TestTools_TextStaysText(t *testing.T) {
 		{"MistralTextAfter", nozzle.ToolFormatMistral, []string{"[{\"name\":\"f\",\"arguments\":{}}]", " and more"}},
 		{"MistralNotCalls", nozzle.ToolFormatMistral, []string{"[\"Bern\", ", "\"Basel\"]"}},
 		{"MistralMarkerBadJSON", nozzle.ToolFormatMistral, []string{"Sure. [TOOL_CALLS]", " {oops"}},
+		{"MistralV11Text", nozzle.ToolFormatMistralV11, []string{"[1] The weather", " is fine."}},
+		{"MistralV11Prefix", nozzle.ToolFormatMistralV11, []string{"a [TOOL", "S] here [", "TOOL_CALL"}},
+		{"MistralV11NoMarker", nozzle.ToolFormatMistralV11, []string{"get_weather[ARGS]", "{\"city\": \"Bern\"}"}},
+		{"MistralV11BadJSON", nozzle.ToolFormatMistralV11, []string{"[TOOL_CALLS]get_weather[ARGS]", "{\"city\": oops}"}},
+		{"MistralV11Unfinished", nozzle.ToolFormatMistralV11, []string{"[TOOL_CALLS]get_weather[ARGS]", "{\"city\": \"Be"}},
+		{"MistralV11TextAfter", nozzle.ToolFormatMistralV11, []string{"[TOOL_CALLS]f[ARGS]{}", " and more"}},
+		{"MistralV11NoName", nozzle.ToolFormatMistralV11, []string{"[TOOL_CALLS][ARGS]", "{}"}},
+		{"MistralV11NotObject", nozzle.ToolFormatMistralV11, []string{"[TOOL_CALLS]f[ARGS]", "[1, 2]"}},
+		{"MistralV11NoArguments", nozzle.ToolFormatMistralV11, []string{"Sure. [TOOL_CALLS]f"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			f := newFixture(t, withToolFormat(tc.format, tc.words...))
@@ -302,6 +311,7 @@ func TestToolCallIDs(t *testing.T) {
 		valid        *regexp.Regexp
 	}{
 		{nozzle.ToolFormatMistral, `[{"name": "a", "arguments": {}}, {"name": "b", "arguments": {}}]`, regexp.MustCompile(`^[A-Za-z0-9]{9}$`)},
+		{nozzle.ToolFormatMistralV11, `[TOOL_CALLS]a[ARGS]{}[TOOL_CALLS]b[ARGS]{}`, regexp.MustCompile(`^[A-Za-z0-9]{9}$`)},
 		{nozzle.ToolFormatHermes, `<tool_call>{"name": "a"}</tool_call><tool_call>{"name": "b"}</tool_call>`, regexp.MustCompile(`^call_[0-9a-f]{24}$`)},
 		{nozzle.ToolFormatLlama3JSON, `{"name": "a", "parameters": {}}; {"name": "b", "parameters": {}}`, regexp.MustCompile(`^call_[0-9a-f]{24}$`)},
 	} {
@@ -350,6 +360,17 @@ func TestSplitToolCalls(t *testing.T) {
 		{"MistralParameters", nozzle.ToolFormatMistral, "[{\"name\": \"a\", \"parameters\": {\"k\": 1}}]", "", []string{`a {"k":1}`}},
 		{"MistralTrailing", nozzle.ToolFormatMistral, "[{\"name\": \"a\"}] done", "[{\"name\": \"a\"}] done", nil},
 		{"MistralNoName", nozzle.ToolFormatMistral, "[{\"arguments\": {}}]", "[{\"arguments\": {}}]", nil},
+		{"MistralV11Two", nozzle.ToolFormatMistralV11, "[TOOL_CALLS]a[ARGS]{\"x\": 1}[TOOL_CALLS]b-2[ARGS]{}", "", []string{`a {"x":1}`, `b-2 {}`}},
+		{"MistralV11Spaced", nozzle.ToolFormatMistralV11, " \n[TOOL_CALLS]a[ARGS] {\"x\": [1, 2]}\n[TOOL_CALLS]b[ARGS]{}\n", "", []string{`a {"x":[1,2]}`, `b {}`}},
+		{"MistralV11TextBefore", nozzle.ToolFormatMistralV11, "Let me see.[TOOL_CALLS]a[ARGS]{}", "Let me see.", []string{`a {}`}},
+		{"MistralV11LaterWithoutMarker", nozzle.ToolFormatMistralV11, "[TOOL_CALLS]a[ARGS]{}b[ARGS]{\"k\": \"[ARGS]\"}", "", []string{`a {}`, `b {"k":"[ARGS]"}`}},
+		{"MistralV11CallID", nozzle.ToolFormatMistralV11, "[TOOL_CALLS]a[CALL_ID]x1Y2z3W4v[ARGS]{\"q\": true}", "", []string{`a {"q":true}`}},
+		{"MistralV11ArgsDropped", nozzle.ToolFormatMistralV11, "[TOOL_CALLS]a{\"q\": 1}", "", []string{`a {"q":1}`}},
+		{"MistralV11NoMarker", nozzle.ToolFormatMistralV11, "a[ARGS]{}", "a[ARGS]{}", nil},
+		{"MistralV11TextAfter", nozzle.ToolFormatMistralV11, "[TOOL_CALLS]a[ARGS]{} ok", "[TOOL_CALLS]a[ARGS]{} ok", nil},
+		{"MistralV11ArgumentsNotObject", nozzle.ToolFormatMistralV11, "[TOOL_CALLS]a[ARGS]\"{}\"", "[TOOL_CALLS]a[ARGS]\"{}\"", nil},
+		{"MistralV11NameTooLong", nozzle.ToolFormatMistralV11, "[TOOL_CALLS]" + strings.Repeat("a", 65) + "[ARGS]{}", "[TOOL_CALLS]" + strings.Repeat("a", 65) + "[ARGS]{}", nil},
+		{"MistralV11JSONArray", nozzle.ToolFormatMistralV11, "[TOOL_CALLS][{\"name\": \"a\", \"arguments\": {}}]", "[TOOL_CALLS][{\"name\": \"a\", \"arguments\": {}}]", nil},
 		{"NoFormat", "", "<tool_call>{\"name\": \"a\"}</tool_call>", "<tool_call>{\"name\": \"a\"}</tool_call>", nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -381,5 +402,77 @@ func TestTools_AfterThoughts(t *testing.T) {
 	content, calls, finish := streamedTools(t, readAll(t, f.do(http.MethodPost, "/v1/chat/completions", strings.Replace(body, `{"model"`, `{"stream":true,"model"`, 1), f.authA())))
 	if content != thoughts || len(calls) != 1 || finish != "tool_calls" {
 		t.Errorf("streamed %q %s %q", content, calls, finish)
+	}
+}
+
+// TestTools_MistralV11: an answer in the format of Mistral's tokenizers
+// of version 11 and later, [TOOL_CALLS]name[ARGS]{...} per call (control
+// tokens the runtime keeps in the text of a request with tools, split
+// across chunks here), is calls with ids of 9 alphanumerics; text before
+// them is content; streamed, stored and replayed alike; the next turn,
+// carrying them, is accepted.
+func TestTools_MistralV11(t *testing.T) {
+	validID := regexp.MustCompile(`^[A-Za-z0-9]{9}$`)
+	for _, tc := range []struct {
+		name    string
+		words   []string
+		content string // before the calls
+	}{
+		{"OneMarkerEach", []string{"[TOOL_CALLS]get_weather[ARGS]", `{"city": "Bern"}`, `[TOOL_CALLS]get_weather[ARGS]{"city": "Basel"}`}, ""},
+		{"MarkersSplit", []string{"[TOOL_", "CALLS]get_", "weather[AR", `GS]{"city": `, `"Bern"}[TOOL`, `_CALLS]get_weather[ARGS]{"city": "Basel"}`}, ""},
+		{"TextBefore", []string{"Checking both. [TOOL", `_CALLS]get_weather[ARGS]{"city": "Bern"}`, `get_weather[ARGS]{"city": "Basel"}`}, "Checking both. "},
+		{"CallIDs", []string{`[TOOL_CALLS]get_weather[CALL_ID]a1b2c3d4e[ARGS]{"city": "Bern"}`, `[TOOL_CALLS]get_weather[CALL_ID]f5g6h7i8j[ARGS]{"city": "Basel"}`}, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFixture(t, withToolFormat(nozzle.ToolFormatMistralV11, tc.words...))
+			body := `{"model":"base",` + weatherTools + `,"messages":[{"role":"user","content":"Bern and Basel?"}]}`
+			var out toolAnswer
+			decode(t, f.do(http.MethodPost, "/v1/chat/completions", body, f.authA()), &out)
+			c := out.Choices[0]
+			if (tc.content == "") != (c.Message.Content == nil) || (c.Message.Content != nil && *c.Message.Content != tc.content) ||
+				c.FinishReason != "tool_calls" || len(c.Message.ToolCalls) != 2 || c.Message.ToolCalls[0].Function.Name != "get_weather" ||
+				c.Message.ToolCalls[0].Function.Arguments != `{"city":"Bern"}` || c.Message.ToolCalls[1].Function.Arguments != `{"city":"Basel"}` {
+				t.Fatalf("answer %+v", out)
+			}
+			ids := []string{c.Message.ToolCalls[0].ID, c.Message.ToolCalls[1].ID}
+			if !validID.MatchString(ids[0]) || !validID.MatchString(ids[1]) || ids[0] == ids[1] {
+				t.Errorf("ids %q: want two different ones of 9 alphanumerics", ids)
+			}
+
+			stream := strings.Replace(body, `{"model"`, `{"stream":true,"model"`, 1)
+			content, calls, finish := streamedTools(t, readAll(t, f.do(http.MethodPost, "/v1/chat/completions", stream, f.authA(), hdr("Idempotency-Key", "v11-"+tc.name))))
+			if content != tc.content || len(calls) != 2 || finish != "tool_calls" {
+				t.Fatalf("streamed %q %s %q", content, calls, finish)
+			}
+			var streamed [2]nozzle.ToolCall
+			for k, raw := range calls {
+				if err := json.Unmarshal(raw, &streamed[k]); err != nil {
+					t.Fatal(err)
+				}
+				if !validID.MatchString(streamed[k].ID) || streamed[k].Function.Name != "get_weather" {
+					t.Errorf("streamed call %s", raw)
+				}
+			}
+			var again toolAnswer
+			decode(t, f.do(http.MethodPost, "/v1/chat/completions", body, f.authA(), hdr("Idempotency-Key", "v11-"+tc.name)), &again)
+			if r := again.Choices[0].Message.ToolCalls; len(r) != 2 || r[0].ID != streamed[0].ID || r[1].ID != streamed[1].ID {
+				t.Errorf("replay %+v, streamed %+v", again, streamed)
+			}
+
+			assistant, err := json.Marshal(map[string]any{"role": "assistant", "content": nil, "tool_calls": c.Message.ToolCalls})
+			if err != nil {
+				t.Fatal(err)
+			}
+			next := `{"model":"base",` + weatherTools + `,"messages":[{"role":"user","content":"Bern and Basel?"},` + string(assistant) +
+				`,{"role":"tool","tool_call_id":"` + ids[0] + `","content":"{\"temp\":19}"}` +
+				`,{"role":"tool","tool_call_id":"` + ids[1] + `","content":"{\"temp\":21}"}]}`
+			resp := f.do(http.MethodPost, "/v1/chat/completions", next, f.authA())
+			if resp.StatusCode != http.StatusOK {
+				t.Fatalf("next turn: %d %s", resp.StatusCode, readAll(t, resp))
+			}
+			if m := f.gen.lastReq.Load().Messages; len(m) != 4 || len(m[1].ToolCalls) != 2 || m[1].ToolCalls[0].ID != ids[0] || m[3].ToolCallID != ids[1] {
+				t.Errorf("messages sent to the runtime: %+v", m)
+			}
+		})
 	}
 }
