@@ -46,11 +46,15 @@ func TestOpenAISDK(t *testing.T) {
 		t.Fatalf("limited key's first request: %d", r.StatusCode)
 	}
 
+	thinker := newFixture(t, withReasoning(false, "<think>", "\nThe user", " greets me.\n", "</think>", "\n\n", "Hello!"))
+	thinkerURL := thinker.serve(t)
+
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, node, "run.mjs")
 	cmd.Dir = dir
-	cmd.Env = append(os.Environ(), "NOZZLE_URL="+url, "NOZZLE_KEY="+f.keyA, "NOZZLE_LIMITED_KEY="+limited.Key)
+	cmd.Env = append(os.Environ(), "NOZZLE_URL="+url, "NOZZLE_KEY="+f.keyA, "NOZZLE_LIMITED_KEY="+limited.Key,
+		"NOZZLE_REASONING_URL="+thinkerURL, "NOZZLE_REASONING_KEY="+thinker.keyA)
 	out, err := cmd.CombinedOutput()
 	t.Logf("node run.mjs:\n%s", out)
 	if err != nil {
@@ -58,5 +62,9 @@ func TestOpenAISDK(t *testing.T) {
 	}
 	if !strings.Contains(string(out), "all ok") {
 		t.Fatalf("SDK script did not finish")
+	}
+	// The answer the SDK sent back carried its thoughts to the template.
+	if m := thinker.gen.lastReq.Load().Messages; len(m) != 3 || m[1].Role != "assistant" || m[1].ReasoningContent != "The user greets me." || m[1].Content != "Hello!" {
+		t.Errorf("the multi-turn messages the runtime got: %+v", m)
 	}
 }

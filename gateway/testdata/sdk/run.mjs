@@ -1,8 +1,9 @@
 // Drives the gateway with the official openai SDK. gateway/sdk_test.go
 // starts a gateway on a loopback port and runs this script with
 // NOZZLE_URL, NOZZLE_KEY (full scopes) and NOZZLE_LIMITED_KEY (one request
-// a minute, already used). Each check prints "ok <name>"; the first failed
-// assertion exits non-zero.
+// a minute, already used), and a second gateway over a reasoning model
+// with NOZZLE_REASONING_URL and NOZZLE_REASONING_KEY. Each check prints
+// "ok <name>"; the first failed assertion exits non-zero.
 import assert from 'node:assert/strict';
 import OpenAI from 'openai';
 
@@ -209,6 +210,51 @@ await check('error-rate-limit', async () => {
     assert.ok(Number(e.headers.get('retry-after')) >= 1, 'retry-after ' + e.headers.get('retry-after'));
     return true;
   });
+});
+
+// A reasoning model: its thoughts in reasoning_content (a field the SDK
+// passes through), chat_template_kwargs (sent as an extra body field), and
+// the answer sent back as the SDK returned it.
+const thinker = new OpenAI({ apiKey: process.env.NOZZLE_REASONING_KEY, baseURL: process.env.NOZZLE_REASONING_URL + '/v1', maxRetries: 0 });
+const question = { role: 'user', content: 'Say hello' };
+let thought;
+
+await check('reasoning', async () => {
+  const r = await thinker.chat.completions.create({ model: 'base', messages: [question], chat_template_kwargs: { enable_thinking: true } });
+  thought = r.choices[0].message;
+  assert.equal(thought.reasoning_content, 'The user greets me.');
+  assert.equal(thought.content, 'Hello!');
+  assert.equal(r.choices[0].finish_reason, 'stop');
+  assert.equal(r.usage.completion_tokens_details.reasoning_tokens, 4);
+});
+
+await check('reasoning-stream', async () => {
+  const stream = await thinker.chat.completions.create({ model: 'base', messages: [question], stream: true, stream_options: { include_usage: true } });
+  let reasoning = '', text = '', usage = null;
+  for await (const chunk of stream) {
+    if (chunk.usage) usage = chunk.usage;
+    for (const c of chunk.choices) {
+      if (c.delta.reasoning_content) reasoning += c.delta.reasoning_content;
+      if (c.delta.content) text += c.delta.content;
+    }
+  }
+  assert.equal(reasoning, 'The user greets me.');
+  assert.equal(text, 'Hello!');
+  assert.equal(usage.completion_tokens_details.reasoning_tokens, 4);
+});
+
+await check('reasoning-max-tokens', async () => {
+  const r = await thinker.chat.completions.create({ model: 'base', messages: [question], max_tokens: 2 });
+  assert.equal(r.choices[0].message.reasoning_content, 'The user');
+  assert.equal(r.choices[0].message.content, null);
+  assert.equal(r.choices[0].finish_reason, 'length');
+});
+
+await check('reasoning-multi-turn', async () => {
+  // the message as the SDK gave it, reasoning_content and all (the Go
+  // side checks that the runtime got it)
+  const r = await thinker.chat.completions.create({ model: 'base', messages: [question, thought, { role: 'user', content: 'Again' }] });
+  assert.equal(r.choices[0].message.content, 'Hello!');
 });
 
 console.log('all ok');
