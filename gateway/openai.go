@@ -411,8 +411,9 @@ func checkChatFormat(responseFormat json.RawMessage) error {
 
 // checkChatOutputs refuses the chat parameters that ask for output Nozzle
 // cannot give: a forced legacy function call, audio or other non-text
-// modalities, web search, and reasoning effort and verbosity (the models
-// served do not reason in a separate channel).
+// modalities, web search, and reasoning effort and verbosity (no model
+// served takes them; a reasoning model's thinking is switched, where its
+// template offers it, with chat_template_kwargs).
 func checkChatOutputs(b *chatBody) error {
 	if !noToolsMode(b.FunctionCall) {
 		return invalidAs("unsupported_value", "function_call", "'function_call' other than \"none\" or \"auto\" is not supported by this server: it has no tools.")
@@ -429,7 +430,7 @@ func checkChatOutputs(b *chatBody) error {
 		return invalidAs("unsupported_parameter", "web_search_options", "Web search is not supported by this server.")
 	}
 	if !isNull(b.ReasoningEffort) {
-		return invalidAs("unsupported_parameter", "reasoning_effort", "'reasoning_effort' is not supported with this model.")
+		return invalidAs("unsupported_parameter", "reasoning_effort", "'reasoning_effort' is not supported with this model; where a reasoning model's chat template offers it, 'chat_template_kwargs' switches its thinking (Qwen3's: {\"enable_thinking\": false}).")
 	}
 	if !isNull(b.Verbosity) {
 		return invalidAs("unsupported_parameter", "verbosity", "'verbosity' is not supported with this model.")
