@@ -309,11 +309,16 @@ func splitToolCalls(format, text, answerID string, choice int) (string, []nozzle
 		// [TOOL_CALLS]name[ARGS]{...} per call, text maybe before them;
 		// [CALL_ID]id may come before [ARGS] (the model's id, which the
 		// answer's replace), a later call may leave out [TOOL_CALLS], and
-		// [ARGS] (where a decoder dropped it) the arguments follow the
-		// name at once.
+		// without [ARGS] (where a decoder dropped it) the arguments follow
+		// the name at once.
 		i := strings.Index(text, mistralCalls)
 		if i < 0 {
 			return text, nil
+		}
+		if after := strings.TrimLeft(text[i+len(mistralCalls):], " \t\r\n"); strings.HasPrefix(after, "[") {
+			// the earlier format's JSON array, which such a model may
+			// still write
+			return splitToolCalls(nozzle.ToolFormatMistral, text, answerID, choice)
 		}
 		rest := text[i:]
 		for {

@@ -370,7 +370,8 @@ func TestSplitToolCalls(t *testing.T) {
 		{"MistralV11TextAfter", nozzle.ToolFormatMistralV11, "[TOOL_CALLS]a[ARGS]{} ok", "[TOOL_CALLS]a[ARGS]{} ok", nil},
 		{"MistralV11ArgumentsNotObject", nozzle.ToolFormatMistralV11, "[TOOL_CALLS]a[ARGS]\"{}\"", "[TOOL_CALLS]a[ARGS]\"{}\"", nil},
 		{"MistralV11NameTooLong", nozzle.ToolFormatMistralV11, "[TOOL_CALLS]" + strings.Repeat("a", 65) + "[ARGS]{}", "[TOOL_CALLS]" + strings.Repeat("a", 65) + "[ARGS]{}", nil},
-		{"MistralV11JSONArray", nozzle.ToolFormatMistralV11, "[TOOL_CALLS][{\"name\": \"a\", \"arguments\": {}}]", "[TOOL_CALLS][{\"name\": \"a\", \"arguments\": {}}]", nil},
+		{"MistralV11JSONArray", nozzle.ToolFormatMistralV11, "ok [TOOL_CALLS] [{\"name\": \"a\", \"arguments\": {\"b\": 1}}]", "ok ", []string{`a {"b":1}`}},
+		{"MistralV11BadJSONArray", nozzle.ToolFormatMistralV11, "[TOOL_CALLS][{\"name\": \"a\", oops}]", "[TOOL_CALLS][{\"name\": \"a\", oops}]", nil},
 		{"NoFormat", "", "<tool_call>{\"name\": \"a\"}</tool_call>", "<tool_call>{\"name\": \"a\"}</tool_call>", nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
