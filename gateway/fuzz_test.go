@@ -16,6 +16,8 @@ func FuzzParseChat(f *testing.F) {
 		`{"model":"base","messages":[{"role":"user","content":"hi"}]}`,
 		`{"model":"m","messages":[{"role":"developer","content":[{"type":"text","text":"a"}]}],"stop":["x"],"n":2,"logprobs":true,"top_logprobs":3,"stream":true,"stream_options":{"include_usage":true}}`,
 		`{"model":"m","messages":[{"role":"assistant","content":null}],"max_completion_tokens":5,"seed":-1,"temperature":0}`,
+		`{"model":"m","messages":[{"role":"assistant","content":"a","reasoning_content":"b"}],"chat_template_kwargs":{"enable_thinking":false,"x":[{"y":"\u00e9"}]}}`,
+		`{"model":"m","messages":[{"role":"user","content":"a"}],"chat_template_kwargs":{"tools":1}}`,
 		`{"model":1}`, `[]`, `{"messages":{}}`, `{`,
 		`{"model":"m","messages":[{"role":"user","content":"a"}],"tools":[` + strings.Repeat(`{},`, maxToolCalls) + `{}]}`,
 		`{"model":"m","messages":[{"role":"assistant","content":null,"tool_calls":[` + strings.Repeat(`{},`, maxToolCalls) + `{}]}]}`,
@@ -37,6 +39,17 @@ func FuzzParseChat(f *testing.F) {
 		for _, m := range j.messages {
 			if m.Role != "system" && m.Role != "user" && m.Role != "assistant" {
 				t.Fatalf("role %q", m.Role)
+			}
+		}
+		if kw := j.templateKwargs; kw != nil {
+			var vars map[string]json.RawMessage
+			if json.Unmarshal(kw, &vars) != nil || len(vars) == 0 || len(vars) > maxTemplateKwargs || len(kw) > maxTemplateKwargsBytes {
+				t.Fatalf("accepted chat_template_kwargs %s", kw)
+			}
+			for name := range vars {
+				if reservedTemplateVars[name] || !templateVarName(name) {
+					t.Fatalf("accepted chat_template_kwargs %s", kw)
+				}
 			}
 		}
 	})
