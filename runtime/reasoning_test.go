@@ -99,6 +99,9 @@ func TestReasoning_TemplateKwargsRefused(t *testing.T) {
 func TestRemote_Reasoning(t *testing.T) {
 	rt := startReasoning(t)
 	defer closeRT(t, rt)
+	if info, err := serve(t, rt.Runtime).Info(context.Background()); err != nil || !info.Reasoning || !info.ChatTemplateKwargs {
+		t.Errorf("remote info %+v %v", info, err)
+	}
 	adapted := chatReq(`{"think": true}`)
 	adapted.Adapter = adapterFor(2)
 	testParity(t, rt.Runtime, map[string]*nozzle.GenerateRequest{
