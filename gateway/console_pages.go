@@ -363,10 +363,19 @@ func (cs *console) report(c *fiber.Ctx, q nozzle.ReportQuery) (*nozzle.Report, e
 // ----- tenant pages -----
 
 type overviewView struct {
-	Month        string
-	Total        nozzle.ReportRow
-	Tokens       int64
-	SavingUSD    float64
+	Month     string
+	Total     nozzle.ReportRow
+	Tokens    int64
+	SavingUSD float64 // what a dedicated GPU would have cost more (0 when it would not)
+	// Compared: a dedicated GPU's cost is known (a GPU price is set), so
+	// the shared GPU's can be set against it. ExtraUSD is what the shared
+	// GPU cost more, when it did: the share of idle time spans the whole
+	// month (idle hours with no request at all go to the month's tenants),
+	// a dedicated GPU counts from each adapter's first request, so a
+	// tenant who started late in a quiet month can pay more; the headline
+	// then says so instead of a negative saving and "$0.00 less".
+	Compared     bool
+	ExtraUSD     float64
 	Chart        chart
 	HasUsage     bool
 	Keys         int
@@ -389,6 +398,8 @@ func (cs *console) overviewPage(c *fiber.Ctx, sess *consoleSession) error {
 	v.Tokens = rep.Total.PromptTokens + rep.Total.CompletionTokens
 	v.HasUsage = rep.Total.Requests > 0
 	v.SavingUSD = max(0, rep.Total.DedicatedUSD-rep.Total.CostUSD)
+	v.Compared = rep.Total.DedicatedUSD > 0
+	v.ExtraUSD = max(0, rep.Total.CostUSD-rep.Total.DedicatedUSD)
 	xs := buckets(from, dayStart(now).AddDate(0, 0, 1), nozzle.GroupDay)
 	s := seriesByTime(rep.Rows, xs,
 		func(r *nozzle.ReportRow) float64 { return float64(r.PromptTokens) },

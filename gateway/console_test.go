@@ -1218,3 +1218,62 @@ func TestConsole_UnknownPage(t *testing.T) {
 		t.Errorf("/console/api/nope: %d %s", resp.StatusCode, body)
 	}
 }
+
+// TestConsole_OverviewSaving: the overview's headline tells the saving
+// against a dedicated GPU when there is one, and when the tenant's share
+// of the shared GPU came to more (its share of a month's idle time, where
+// a dedicated GPU counts from the first request) it says so, never a
+// negative saving with "$0.00 less".
+func TestConsole_OverviewSaving(t *testing.T) {
+	f := newConsoleFixture(t)
+	b, _ := f.tenantUser("acme")
+	u, err := f.deps.Users.UserByEmail(t.Context(), "dev@acme.test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	record := func(id string, deviceSeconds float64) {
+		f.w.mu.Lock()
+		defer f.w.mu.Unlock()
+		f.w.events = append(f.w.events, &nozzle.UsageEvent{RequestID: id, TenantID: u.TenantID, Time: time.Now(), Status: nozzle.UsageOK,
+			PromptTokens: 100, CompletionTokens: 20, DeviceSeconds: deviceSeconds, RatePerHour: f.w.rate, ChargeUSD: 0.01})
+	}
+	headline := regexp.MustCompile(`(?s)<section class="headline".*?</section>`)
+	show := func() string {
+		t.Helper()
+		resp, body := b.page("/console/overview")
+		wantConsoleStatus(t, resp, 200, body)
+		return headline.FindString(body)
+	}
+
+	record("light", 2)
+	h := show()
+	for _, w := range []string{"Saving against a dedicated GPU this month", "less."} {
+		if !strings.Contains(h, w) {
+			t.Errorf("light use: no %q in\n%s", w, h)
+		}
+	}
+
+	// More device time than the month has hours: the shared GPU's cost
+	// passes a dedicated one's.
+	record("heavy", 40*24*3600)
+	now := time.Now().UTC()
+	month := time.Date(now.Year(), now.Month(), 1, 0, 0, 0, 0, time.UTC)
+	rep, err := f.deps.Reporter.Report(t.Context(), nozzle.ReportQuery{TenantID: u.TenantID, Start: month, End: month.AddDate(0, 1, 0)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Total.CostUSD <= rep.Total.DedicatedUSD {
+		t.Fatalf("the fixture's cost %v is not above the dedicated %v", rep.Total.CostUSD, rep.Total.DedicatedUSD)
+	}
+	h = show()
+	for _, w := range []string{"Against a dedicated GPU this month", `data-testid="saving">No saving yet<`, "more: it carries a share of the GPU's idle time"} {
+		if !strings.Contains(h, w) {
+			t.Errorf("heavy use: no %q in\n%s", w, h)
+		}
+	}
+	for _, w := range []string{"$0.00</strong> less", ">-", ">−"} {
+		if strings.Contains(h, w) {
+			t.Errorf("heavy use: %q in\n%s", w, h)
+		}
+	}
+}
