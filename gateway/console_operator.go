@@ -136,10 +136,15 @@ func (cs *console) gpuPage(c *fiber.Ctx, sess *consoleSession) error {
 	v := gpuView{PeriodNames: periodNames}
 	p, err := parsePeriod(c.Query("period", "7d"), c.Query("start"), c.Query("end"), now)
 	if err != nil {
-		v.Error = nozzle.ErrorMessage(err)
+		v.Error = nozzle.ErrorMessage(err) + " Showing the last 7 days meanwhile."
 		p, _ = parsePeriod("7d", "", "", now)
 	}
 	v.Period = p
+	if err != nil && c.Query("period") == "custom" {
+		// the last 7 days' figures, and the form as the operator left it
+		// to correct (as the usage page does)
+		v.Period.Name, v.Period.StartDate, v.Period.EndDate = "custom", strings.Clone(c.Query("start")), strings.Clone(c.Query("end"))
+	}
 	v.Step = nozzle.GroupHour
 	if p.End.Sub(p.Start) > 7*24*time.Hour {
 		v.Step = nozzle.GroupDay

@@ -972,6 +972,8 @@ func TestConsole_Pages(t *testing.T) {
 		{op, "/console/operator", []string{"acme", "Add a tenant", "Standard prices"}},
 		{op, "/console/operator/gpu", []string{"GPU utilisation", "Cost split by tenant", "Stripe outbox", `data-tenant="acme"`}},
 		{op, "/console/operator/gpu?period=30d", []string{`"step":"day"`}},
+		{op, "/console/operator/gpu?period=custom&start=2020-02-01&end=2020-01-01", []string{"The end date must not be before the start date. Showing the last 7 days meanwhile.",
+			`value="2020-02-01"`, `value="2020-01-01"`, `<option value="custom" selected>`, "Last 7 days ·"}}, // the dates stay to be corrected
 	} {
 		t.Run(strings.TrimPrefix(tc.path, "/console/"), func(t *testing.T) {
 			resp, body := tc.b.page(tc.path)
