@@ -127,3 +127,52 @@ func TestConsole_GPUCharts(t *testing.T) {
 		})
 	}
 }
+
+// TestConsole_TenantsTotal: the operator's list of tenants ends with the
+// month's total over all of them, the figures of the operator's report:
+// what the rows add up to.
+func TestConsole_TenantsTotal(t *testing.T) {
+	f := newConsoleFixture(t)
+	f.tenantUser("acme")
+	f.tenantUser("bolt")
+	f.tenantUser("idle") // no usage: a row of zeros
+	f.w.mu.Lock()
+	i := 0
+	for id, tn := range f.w.tenants {
+		if tn.Name == "idle" {
+			continue
+		}
+		for range 2 + i {
+			i++
+			f.w.events = append(f.w.events, &nozzle.UsageEvent{RequestID: fmt.Sprint("total-", i), TenantID: id, Time: time.Now(), Status: nozzle.UsageOK,
+				PromptTokens: 100, CompletionTokens: 20, DeviceSeconds: 3, RatePerHour: 2, ChargeUSD: 0.25 * float64(i)})
+		}
+	}
+	f.w.mu.Unlock()
+	now := time.Now().UTC()
+	month := time.Date(now.Year(), now.Month(), 1, 0, 0, 0, 0, time.UTC)
+	rep, err := f.deps.Reporter.Report(t.Context(), nozzle.ReportQuery{Start: month, End: month.AddDate(0, 1, 0), GroupBy: []string{nozzle.GroupTenant}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	op := f.operator()
+	resp, body := op.page("/console/operator")
+	wantConsoleStatus(t, resp, 200, body)
+	row := regexp.MustCompile(`(?s)<tr data-testid="tenants-total">(.*?)</tr>`).FindStringSubmatch(body)
+	if row == nil {
+		t.Fatalf("no total row:\n%s", body)
+	}
+	cells := regexp.MustCompile(`<td class="n">([^<]*)</td>`).FindAllStringSubmatch(row[1], -1)
+	if len(cells) != 3 {
+		t.Fatalf("total row %q", row[1])
+	}
+	want := []string{fmt.Sprint(rep.Total.Requests), gateway.FormatUSD(rep.Total.CostUSD), gateway.FormatUSD(rep.Total.ChargedUSD)}
+	if rep.Total.Requests != int64(i) || rep.Total.ChargedUSD == 0 {
+		t.Fatalf("report total %+v", rep.Total)
+	}
+	for k, c := range cells {
+		if c[1] != want[k] {
+			t.Errorf("total cell %d: %q, want %q", k, c[1], want[k])
+		}
+	}
+}

@@ -19,3 +19,7 @@ func StreamThoughts(pieces []string, open bool) (thought, answer string, out [][
 	out = append(out, [2]string{t, a})
 	return thought + t, answer + a, out
 }
+
+// FormatUSD is formatUSD (how the console shows amounts), for the
+// external tests.
+var FormatUSD = formatUSD

@@ -736,6 +736,9 @@ async function main() {
     await opPage.goto(U('/console/operator'));
     const charged = await opPage.textContent('tr[data-tenant="acme"] td:last-child');
     assert(/\$/.test(charged), `charged ${charged}`);
+    // the month's total over all tenants: acme's, the only one
+    const total = await opPage.textContent('[data-testid=tenants-total] td:last-child');
+    assert(total.trim() === charged.trim(), `all tenants charged ${total}, acme ${charged}`);
     const storage = (await opPage.textContent('tr[data-tenant="acme"] .storage-cell')).replace(/\s+/g, ' ').trim();
     assert(storage === `${sizeText(adapterSize)} of ${sizeText(srv.storageQuota)}`, `acme's adapter storage: ${storage}`);
     await shot(opPage, 'operator-tenants-desktop');
