@@ -360,6 +360,27 @@ async function main() {
     await shot(opPage, 'operator-tenant-desktop');
   });
 
+  await step('operator saves a budget and prices as precise as the API takes them', async () => {
+    // Amounts the API accepts (a budget in tenths of a cent, a price per
+    // million below a hundredth of a cent) are no "invalid value" for the
+    // page's forms, which must save them as they stand.
+    const save = async (form) => {
+      await Promise.all([opPage.waitForEvent('framenavigated'), opPage.click(`${form} button[type=submit]`)]);
+      await opPage.waitForLoadState('load');
+    };
+    await opPage.fill('#budget', '12.345');
+    await save('form[data-method=PATCH]');
+    assert((await opPage.inputValue('#budget')) === '12.345', `budget now ${await opPage.inputValue('#budget')}`);
+    await save('form[data-method=PATCH]'); // unchanged, saved again
+    await opPage.fill('#budget', '50');
+    await save('form[data-method=PATCH]');
+    await opPage.fill('#tp-prompt', '0.00005');
+    await save('form[data-api$="/prices"]');
+    assert(Number(await opPage.inputValue('#tp-prompt')) === 0.00005, `prompt price now ${await opPage.inputValue('#tp-prompt')}`);
+    await Promise.all([opPage.waitForEvent('framenavigated'), opPage.click('button:has-text("Use the standard prices from now")')]);
+    await opPage.waitForLoadState('load');
+  });
+
   // ----- tenant user -----
   const user = await browser.newContext({ ...desktop, acceptDownloads: true });
   const page = await user.newPage();
