@@ -377,6 +377,15 @@ async function main() {
     await opPage.fill('#tp-prompt', '0.00005');
     await save('form[data-api$="/prices"]');
     assert(Number(await opPage.inputValue('#tp-prompt')) === 0.00005, `prompt price now ${await opPage.inputValue('#tp-prompt')}`);
+    // With its own prices the tenant's page has its longest button: it
+    // still fits a phone.
+    const ph = await browser.newContext(phone);
+    await ph.addCookies(await op.cookies());
+    const p = await ph.newPage();
+    await p.goto(opPage.url());
+    await checkPage(p, 'tenant with its own prices (phone)');
+    await shot(p, 'operator-tenant-phone');
+    await ph.close();
     await Promise.all([opPage.waitForEvent('framenavigated'), opPage.click('button:has-text("Use the standard prices from now")')]);
     await opPage.waitForLoadState('load');
   });
