@@ -576,7 +576,12 @@ func (cs *console) playgroundPage(c *fiber.Ctx, sess *consoleSession) error {
 }
 
 type keysView struct {
-	Keys         []keyJSON
+	// Active keys, newest first; Revoked ones, the last revoked first,
+	// apart: they stay listed for good (what was revoked and when), and
+	// a tenant that rotates keys would otherwise look for its working
+	// keys among many dead ones.
+	Active       []keyJSON
+	Revoked      []keyJSON
 	ExampleModel string
 }
 
@@ -587,16 +592,14 @@ func (cs *console) keysPage(c *fiber.Ctx, sess *consoleSession) error {
 	}
 	v := keysView{ExampleModel: cs.s.baseModel().ID}
 	for _, k := range keys {
-		v.Keys = append(v.Keys, cs.s.toKeyJSON(k))
-	}
-	// Active keys first, newest first.
-	sort.SliceStable(v.Keys, func(i, j int) bool {
-		a, b := v.Keys[i], v.Keys[j]
-		if (a.RevokedAt == nil) != (b.RevokedAt == nil) {
-			return a.RevokedAt == nil
+		if j := cs.s.toKeyJSON(k); j.RevokedAt == nil {
+			v.Active = append(v.Active, j)
+		} else {
+			v.Revoked = append(v.Revoked, j)
 		}
-		return a.CreatedAt > b.CreatedAt
-	})
+	}
+	sort.SliceStable(v.Active, func(i, j int) bool { return v.Active[i].CreatedAt > v.Active[j].CreatedAt })
+	sort.SliceStable(v.Revoked, func(i, j int) bool { return *v.Revoked[i].RevokedAt > *v.Revoked[j].RevokedAt })
 	return cs.page(c, "keys", v)
 }
 

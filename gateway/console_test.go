@@ -640,6 +640,66 @@ func TestConsole_KeysIdempotentPerFormToken(t *testing.T) {
 	})
 }
 
+// TestConsole_KeysPage: the keys page lists the active keys, and the
+// revoked ones apart, folded, with when each was revoked: a tenant that
+// rotates keys finds its working keys at once.
+func TestConsole_KeysPage(t *testing.T) {
+	f := newConsoleFixture(t)
+	b, _ := f.tenantUser("acme")
+	ids := map[string]string{}
+	for _, name := range []string{"ci", "batch", "old"} {
+		resp, body := b.api(http.MethodPost, "/console/api/keys", `{"name": "`+name+`"}`)
+		wantConsoleStatus(t, resp, http.StatusCreated, body)
+		var k struct{ ID string }
+		json.Unmarshal([]byte(body), &k)
+		ids[name] = k.ID
+	}
+	for _, name := range []string{"old", "batch"} {
+		resp, body := b.api(http.MethodDelete, "/console/api/keys/"+ids[name], "")
+		wantConsoleStatus(t, resp, 200, body)
+		f.skew.Add(int64(2 * time.Second)) // revoked seconds apart
+	}
+	section := func(body, id string) string {
+		return regexp.MustCompile(`(?s)<table class="data" id="` + id + `">.*?</table>`).FindString(body)
+	}
+	rows := func(table string) []string {
+		var out []string
+		for _, m := range regexp.MustCompile(`<tr data-key="([^"]+)"`).FindAllStringSubmatch(table, -1) {
+			out = append(out, m[1])
+		}
+		return out
+	}
+	resp, body := b.page("/console/keys")
+	wantConsoleStatus(t, resp, 200, body)
+	active, revoked := section(body, "keys-table"), section(body, "revoked-table")
+	if got := rows(active); len(got) != 2 || got[0] != ids["ci"] { // ci, then the tenant's first key
+		t.Errorf("active rows %v, want ci's %s first of 2", got, ids["ci"])
+	}
+	if got := rows(revoked); len(got) != 2 || got[0] != ids["batch"] || got[1] != ids["old"] { // the last revoked first
+		t.Errorf("revoked rows %v, want batch's %s then old's %s", got, ids["batch"], ids["old"])
+	}
+	if strings.Contains(active, "Revoked") || strings.Count(revoked, " UTC</td>") != 4 { // created and revoked, twice
+		t.Errorf("active:\n%s\nrevoked:\n%s", active, revoked)
+	}
+	for _, w := range []string{`<details class="revoked-keys" id="revoked-keys">`, "<summary>Revoked keys (2)</summary>",
+		`data-confirm="Revoke the key “ci” (`} {
+		if !strings.Contains(body, w) {
+			t.Errorf("no %q", w)
+		}
+	}
+	// Every key revoked: no active key, the revoked ones still listed.
+	var all []struct{ ID string }
+	_, list := b.api(http.MethodGet, "/console/api/keys", "")
+	json.Unmarshal([]byte(list), &struct{ Data any }{&all})
+	for _, k := range all {
+		b.api(http.MethodDelete, "/console/api/keys/"+k.ID, "")
+	}
+	_, body = b.page("/console/keys")
+	if !strings.Contains(body, "No active keys</strong>") || !strings.Contains(body, "Revoked keys (4)") || strings.Contains(body, `id="keys-table"`) {
+		t.Errorf("every key revoked:\n%s", body)
+	}
+}
+
 var inviteLink = regexp.MustCompile(`/console/invite/[A-Za-z0-9_-]+`)
 
 func TestConsole_Invite(t *testing.T) {

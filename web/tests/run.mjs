@@ -747,10 +747,19 @@ async function main() {
 
   await step('a revoked key is refused (401)', async () => {
     await page.goto(U('/console/keys'));
-    await page.click(`button[data-url$="/keys/${await page.getAttribute('tr[data-key]:not(.revoked)', 'data-key')}"]`);
+    const id = await page.getAttribute('tr[data-key]:not(.revoked)', 'data-key');
+    await page.click(`button[data-url$="/keys/${id}"]`);
     await page.waitForSelector('#confirm-dialog[open]');
     await Promise.all([page.waitForEvent('framenavigated'), page.click('#confirm-ok')]);
-    await page.waitForSelector('tr.revoked');
+    await page.waitForLoadState('load');
+    // the revoked key leaves the active ones for the folded list of
+    // revoked keys, with when it was revoked
+    assert(await page.locator(`#keys-table tr[data-key="${id}"]`).count() === 0, 'the revoked key is still among the active ones');
+    assert(await page.isHidden('#revoked-table'), 'the revoked keys are not folded');
+    await page.click('#revoked-keys summary');
+    const row = (await page.textContent(`#revoked-table tr[data-key="${id}"]`)).replace(/\s+/g, ' ');
+    assert(/UTC.*UTC$/.test(row.trim()), `revoked row: ${row}`);
+    await checkPage(page, 'keys with a revoked one');
     await shot(page, 'keys-desktop');
     const r = await fetch(U('/v1/models'), { headers: { Authorization: `Bearer ${key}` } });
     assert(r.status === 401, `revoked key → ${r.status}`);
