@@ -382,7 +382,8 @@ type overviewView struct {
 	Adapters     int
 	ExampleModel string
 	Budget       float64
-	BudgetUsed   float64 // percent
+	BudgetUsed   float64   // percent
+	NextMonth    time.Time // when the month (UTC) ends: the budget starts afresh
 }
 
 func (cs *console) overviewPage(c *fiber.Ctx, sess *consoleSession) error {
@@ -394,7 +395,7 @@ func (cs *console) overviewPage(c *fiber.Ctx, sess *consoleSession) error {
 	if err != nil {
 		return err
 	}
-	v := overviewView{Month: from.Format("January 2006"), Total: rep.Total}
+	v := overviewView{Month: from.Format("January 2006"), Total: rep.Total, NextMonth: to}
 	v.Tokens = rep.Total.PromptTokens + rep.Total.CompletionTokens
 	v.HasUsage = rep.Total.Requests > 0
 	v.SavingUSD = max(0, rep.Total.DedicatedUSD-rep.Total.CostUSD)
@@ -750,13 +751,14 @@ type settingsView struct {
 	Charged    float64
 	BudgetUsed float64 // percent of the budget spent this month
 	Users      []*nozzle.User
-	Billing    string // the Stripe sync status in words
+	Billing    string    // the Stripe sync status in words
+	NextMonth  time.Time // when the month (UTC) ends: the budget starts afresh
 }
 
 func (cs *console) settingsPage(c *fiber.Ctx, sess *consoleSession) error {
 	ctx := c.UserContext()
 	now := cs.cfg.Clock().UTC()
-	v := settingsView{}
+	v := settingsView{NextMonth: monthStart(now).AddDate(0, 1, 0)}
 	var err error
 	if v.Price, err = cs.s.deps.Tenants.PriceAt(ctx, sess.tenant.ID, now); err != nil {
 		return err

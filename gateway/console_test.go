@@ -1018,7 +1018,7 @@ func TestConsole_Pages(t *testing.T) {
 		path  string
 		wants []string
 	}{
-		{b, "/console/overview", []string{"Saving against a dedicated GPU", "Tokens by day", "/v1/chat/completions", `"unit":"tokens"`}},
+		{b, "/console/overview", []string{"Saving against a dedicated GPU", "Tokens by day", "/v1/chat/completions", `"unit":"tokens"`, " · times in UTC</p>"}},
 		{b, "/console/adapters", []string{"No adapters yet", "drag a PEFT folder"}},
 		{b, "/console/playground", []string{"nozzle-demo (base model)", `data-prompt-price="0.1"`}},
 		{b, "/console/keys", []string{"Create a key", "default", "OpenAI SDK"}},
@@ -1029,7 +1029,7 @@ func TestConsole_Pages(t *testing.T) {
 			`value="2020-02-01"`, `value="2020-01-01"`, `<option value="custom" selected>`}}, // the dates stay to be corrected
 		{b, "/console/usage?period=custom&start=2026-01-01&end=2026-03-01&group=hour", []string{"hourly figures are offered for periods of up to 31 days"}},
 		{b, "/console/settings", []string{"Prices in force", "$0.10 per million", "Not connected to Stripe"}},
-		{op, "/console/operator", []string{"acme", "Add a tenant", "Standard prices"}},
+		{op, "/console/operator", []string{"acme", "Add a tenant", "Standard prices", " · times in UTC · "}},
 		{op, "/console/operator/gpu", []string{"GPU utilisation", "Cost split by tenant", "Stripe outbox", `data-tenant="acme"`}},
 		{op, "/console/operator/gpu?period=30d", []string{`"step":"day"`}},
 		{op, "/console/operator/gpu?period=custom&start=2020-02-01&end=2020-01-01", []string{"The end date must not be before the start date. Showing the last 7 days meanwhile.",
@@ -1076,8 +1076,16 @@ func TestConsole_Pages(t *testing.T) {
 		f.w.mu.Unlock()
 		resp, body := b.page("/console/overview")
 		wantConsoleStatus(t, resp, 200, body)
-		if !strings.Contains(body, "monthly budget is used up") {
-			t.Errorf("no budget alert:\n%s", body)
+		// and until when: the month is UTC's, whatever the reader's
+		now := time.Now().UTC()
+		next := time.Date(now.Year(), now.Month()+1, 1, 0, 0, 0, 0, time.UTC).Format("2 Jan 2006 15:04 UTC")
+		if !strings.Contains(body, "monthly budget is used up: requests are refused until the month ends, "+next+",") {
+			t.Errorf("no budget alert until %s:\n%s", next, body)
+		}
+		resp, body = b.page("/console/settings")
+		wantConsoleStatus(t, resp, 200, body)
+		if !strings.Contains(body, "The month runs in UTC: the next starts "+next+".") {
+			t.Errorf("settings do not say when the budget starts afresh (%s):\n%s", next, body)
 		}
 	})
 	t.Run("WrongRole", func(t *testing.T) {
