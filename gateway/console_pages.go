@@ -6,11 +6,13 @@ import (
 	"fmt"
 	"html/template"
 	"log/slog"
+	"maps"
 	"math"
 	"slices"
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/gofiber/fiber/v2"
@@ -437,20 +439,81 @@ type adapterView struct {
 	Modified time.Time   `json:"-"`
 }
 
-// adapterTier says where an adapter's weights are: the best tier over the
-// upstreams (the one affinity routing picks is where it stays warm).
-func (s *Server) adapterTier(c *fiber.Ctx, sha string) nozzle.Tier {
-	best := nozzle.TierDisk
+// tierWait bounds how long a page waits for the runtimes to say where
+// adapters are: a runtime that hangs, until its health checks find it
+// out, must not hold the adapters page.
+const tierWait = 2 * time.Second
+
+// tierQuestions is how many tier questions are in flight at once.
+const tierQuestions = 16
+
+// adapterTiers says where the weights of each adapter (by content
+// address) are: the best tier over the healthy upstreams (the one
+// affinity routing picks is where it stays warm). The upstreams are asked
+// all at once, tierQuestions questions at a time, for at most tierWait
+// (for a remote runtime each is a round trip: one after the other, a
+// tenant with many adapters waited for all of them); an adapter no
+// upstream placed by then is on disk.
+func (s *Server) adapterTiers(ctx context.Context, shas []string) map[string]nozzle.Tier {
 	rank := map[nozzle.Tier]int{nozzle.TierDevice: 3, nozzle.TierHost: 2, nozzle.TierDisk: 1}
-	for _, u := range s.router.ups {
-		if !u.healthy.Load() {
+	out := make(map[string]nozzle.Tier, len(shas))
+	type question struct {
+		u   *upstream
+		sha string
+	}
+	var qs []question
+	for _, sha := range shas {
+		if _, dup := out[sha]; dup {
 			continue
 		}
-		if t := u.gen.AdapterTier(c.UserContext(), sha); rank[t] > rank[best] {
-			best = t
+		out[sha] = nozzle.TierDisk
+		for _, u := range s.router.ups {
+			if u.healthy.Load() {
+				qs = append(qs, question{u, sha})
+			}
 		}
 	}
-	return best
+	if len(qs) == 0 {
+		return out
+	}
+	ctx, cancel := context.WithTimeout(ctx, tierWait)
+	defer cancel()
+	var mu sync.Mutex
+	next := make(chan question)
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	for range min(tierQuestions, len(qs)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for q := range next {
+				t := q.u.gen.AdapterTier(ctx, q.sha)
+				mu.Lock()
+				if ctx.Err() == nil && rank[t] > rank[out[q.sha]] {
+					out[q.sha] = t
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	go func() {
+		defer close(next)
+		for _, q := range qs {
+			select {
+			case next <- q:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	return maps.Clone(out)
 }
 
 func (cs *console) adapterViews(c *fiber.Ctx, tenantID string) ([]adapterView, error) {
@@ -458,9 +521,14 @@ func (cs *console) adapterViews(c *fiber.Ctx, tenantID string) ([]adapterView, e
 	if err != nil {
 		return nil, err
 	}
+	shas := make([]string, len(list))
+	for i, a := range list {
+		shas[i] = a.SHA256
+	}
+	tiers := cs.s.adapterTiers(c.UserContext(), shas)
 	out := make([]adapterView, 0, len(list))
 	for _, a := range list {
-		out = append(out, adapterView{adapterJSON: toAdapterJSON(a), Tier: cs.s.adapterTier(c, a.SHA256), Modified: a.CreatedAt})
+		out = append(out, adapterView{adapterJSON: toAdapterJSON(a), Tier: tiers[a.SHA256], Modified: a.CreatedAt})
 	}
 	return out, nil
 }

@@ -700,6 +700,57 @@ func TestConsole_KeysPage(t *testing.T) {
 	}
 }
 
+// TestConsole_AdapterTiers: the adapters page asks the runtimes where
+// the adapters are all at once, not one round trip after the other, and a
+// runtime that does not answer holds it for a bounded time.
+func TestConsole_AdapterTiers(t *testing.T) {
+	f := newConsoleFixture(t)
+	b, _ := f.tenantUser("acme")
+	u, err := f.deps.Users.UserByEmail(t.Context(), "dev@acme.test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 12
+	f.w.mu.Lock()
+	for i := range n {
+		name := fmt.Sprintf("ad-%02d", i)
+		sha := fmt.Sprintf("%064x", i+1)
+		f.w.adapters[u.TenantID+"/"+name] = &nozzle.Adapter{ID: fmt.Sprint("ad_", i), TenantID: u.TenantID, Name: name, CreatedAt: time.Now(),
+			AdapterManifest: nozzle.AdapterManifest{SHA256: sha, Rank: 8, TargetModules: []string{"q_proj"}, SizeBytes: 1000}}
+		if i%3 == 0 {
+			f.w.tiers[sha] = nozzle.TierDevice
+		}
+	}
+	f.w.tierDelay = 150 * time.Millisecond
+	f.w.mu.Unlock()
+	start := time.Now()
+	resp, body := b.page("/console/adapters")
+	took := time.Since(start)
+	wantConsoleStatus(t, resp, 200, body)
+	if took > n*150*time.Millisecond/2 {
+		t.Errorf("the page took %v for %d adapters at 150 ms a question: asked one after the other", took, n)
+	}
+	if got := strings.Count(body, ">On the GPU</span>"); got != n/3 {
+		t.Errorf("%d adapters on the GPU, want %d", got, n/3)
+	}
+
+	// A runtime that hangs: the page comes within its bound, every adapter
+	// on disk as far as it knows.
+	f.w.mu.Lock()
+	f.w.tierDelay = time.Hour
+	f.w.mu.Unlock()
+	start = time.Now()
+	resp, body = b.api(http.MethodGet, "/console/api/adapters", "")
+	took = time.Since(start)
+	wantConsoleStatus(t, resp, 200, body)
+	if took > 5*time.Second {
+		t.Errorf("the list took %v with a runtime that hangs", took)
+	}
+	if got := strings.Count(body, `"tier":"disk"`); got != n {
+		t.Errorf("%d adapters on disk, want %d: %s", got, n, body)
+	}
+}
+
 var inviteLink = regexp.MustCompile(`/console/invite/[A-Za-z0-9_-]+`)
 
 func TestConsole_Invite(t *testing.T) {

@@ -52,6 +52,7 @@ type world struct {
 	dropped     []string // what the runtime was told to drop, in order
 	words       []string
 	delay       time.Duration
+	tierDelay   time.Duration // how long the runtime takes to say where an adapter is
 	rate        float64
 	// operatorIdle reports as under the operator idle policy
 	operatorIdle bool
@@ -164,6 +165,16 @@ func (w *world) deps() gateway.Deps {
 		},
 		GenerateFn: w.generate,
 		AdapterTierFn: func(ctx context.Context, sha string) nozzle.Tier {
+			w.mu.Lock()
+			d := w.tierDelay
+			w.mu.Unlock()
+			if d > 0 { // a remote runtime's round trip, or one that hangs
+				select {
+				case <-time.After(d):
+				case <-ctx.Done():
+					return nozzle.TierDisk
+				}
+			}
 			defer w.lock()()
 			if t, ok := w.tiers[sha]; ok {
 				return t
