@@ -123,8 +123,16 @@ type gpuView struct {
 	IdlePolicy  string
 	Utilization chart
 	Seconds     chart
-	Split       chart
 	Step        string
+	// Buckets are the charts' figures, for the table beside them.
+	Buckets []gpuBucket
+}
+
+// gpuBucket is an hour or a day of the GPU page's charts.
+type gpuBucket struct {
+	Time                 time.Time
+	Utilization          float64 // 0 to 1
+	Active, Idle, Uptime float64 // seconds
 }
 
 // gpuPage shows the pool's side: utilisation over time (hour by hour, or
@@ -171,12 +179,17 @@ func (cs *console) gpuPage(c *fiber.Ctx, sess *consoleSession) error {
 	util := make([]float64, len(xs))
 	active := make([]float64, len(xs))
 	idle := make([]float64, len(xs))
+	v.Buckets = make([]gpuBucket, len(xs))
+	for i, x := range xs {
+		v.Buckets[i].Time = x
+	}
 	if rep.GPU != nil {
 		for _, b := range rep.GPU.Series {
 			if i, ok := idx[b.Time.Unix()]; ok {
 				util[i] = b.Utilization * 100
 				active[i] = b.ActiveSeconds
 				idle[i] = b.IdleSeconds
+				v.Buckets[i] = gpuBucket{Time: xs[i], Utilization: b.Utilization, Active: b.ActiveSeconds, Idle: b.IdleSeconds, Uptime: b.UptimeSeconds}
 			}
 		}
 	}

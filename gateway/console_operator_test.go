@@ -15,6 +15,9 @@ import (
 
 var chartJSON = regexp.MustCompile(`(?s)<script type="application/json">(.*?)</script>`)
 
+// gpuRow is a row of the GPU page's table of the charts' figures.
+var gpuRow = regexp.MustCompile(`<tr data-bucket="(\d+)"><th scope="row">[^<]*</th><td>([^<]*)</td><td>([^<]*)</td><td>([^<]*)</td><td>([^<]*)</td></tr>`)
+
 type pageChart struct {
 	Title  string  `json:"title"`
 	Step   string  `json:"step"`
@@ -85,6 +88,12 @@ func TestConsole_GPUCharts(t *testing.T) {
 				charts[c.Title] = c
 			}
 			util, secs := charts["GPU utilisation"], charts["Active and idle time"]
+			// The same figures in a table, for those who do not see the
+			// charts.
+			rows := gpuRow.FindAllStringSubmatch(body, -1)
+			if len(rows) != tc.n {
+				t.Fatalf("%d rows in the table of the charts' figures, want %d", len(rows), tc.n)
+			}
 			if len(util.X) != tc.n || len(secs.X) != tc.n || util.Step != tc.step || secs.Step != tc.step ||
 				len(util.Series) != 1 || len(secs.Series) != 2 || secs.Series[0].Label != "Active" || secs.Series[1].Label != "Idle" {
 				t.Fatalf("charts: %+v", charts)
@@ -104,6 +113,10 @@ func TestConsole_GPUCharts(t *testing.T) {
 				r, err := f.deps.Reporter.Report(t.Context(), nozzle.ReportQuery{Start: start, End: end})
 				if err != nil {
 					t.Fatal(err)
+				}
+				if row := rows[i]; row[1] != fmt.Sprint(x) || row[2] != fmt.Sprintf("%.1f%%", r.GPU.Utilization*100) ||
+					row[3] != gateway.FormatSeconds(r.GPU.ActiveSeconds) || row[4] != gateway.FormatSeconds(r.GPU.IdleSeconds) || row[5] != gateway.FormatSeconds(r.GPU.UptimeSeconds) {
+					t.Errorf("table row %q, a report over %v gives %+v", row[1:], start, r.GPU.GPUFigures)
 				}
 				for _, v := range []struct {
 					name      string

@@ -284,6 +284,9 @@ type chart struct {
 	Step    string        `json:"step"` // day or hour: the x axis
 	X       []int64       `json:"x"`    // unix seconds
 	Series  []chartSeries `json:"series"`
+	// Table says where a screen reader finds the same figures in a table
+	// (the chart is a picture to it): "the table below" when empty.
+	Table string `json:"-"`
 }
 
 type chartSeries struct {
@@ -408,6 +411,7 @@ func (cs *console) overviewPage(c *fiber.Ctx, sess *consoleSession) error {
 		func(r *nozzle.ReportRow) float64 { return float64(r.PromptTokens) },
 		func(r *nozzle.ReportRow) float64 { return float64(r.CompletionTokens) })
 	v.Chart = chart{Title: "Tokens by day", Unit: "tokens", Kind: "bars", Stacked: true, Step: nozzle.GroupDay, X: unixes(xs),
+		Table:  "the Usage page has the same figures in a table, day by day",
 		Series: []chartSeries{{Label: "Prompt tokens", Values: s[0]}, {Label: "Completion tokens", Values: s[1]}}}
 	keys, err := cs.s.deps.Keys.Keys(ctx, sess.tenant.ID)
 	if err != nil {

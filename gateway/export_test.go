@@ -23,3 +23,6 @@ func StreamThoughts(pieces []string, open bool) (thought, answer string, out [][
 // FormatUSD is formatUSD (how the console shows amounts), for the
 // external tests.
 var FormatUSD = formatUSD
+
+// FormatSeconds is formatSeconds, for the external tests.
+var FormatSeconds = formatSeconds
