@@ -243,6 +243,13 @@ func (cs *console) mount() {
 		if strings.HasPrefix(c.Path(), "/console/api/") {
 			return c.Next()
 		}
+		if c.Method() == fiber.MethodPost {
+			// A page's form sent by the browser itself: its script, which
+			// sends it, has not run (not loaded yet, or blocked). The
+			// forms post, so that what they hold (a first password) never
+			// lands in an address.
+			return cs.renderError(c, nozzle.Errorf(nozzle.EINVALID, "This form is sent by the page's script, which has not run: reload the page and try again."))
+		}
 		return cs.renderError(c, nozzle.Errorf(nozzle.ENOTFOUND, "There is no such page in the console."))
 	})
 }

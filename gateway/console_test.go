@@ -1399,3 +1399,47 @@ func TestConsole_OverviewSaving(t *testing.T) {
 		}
 	}
 }
+
+// TestConsole_FormsPost: every form of the console posts, or is a filter
+// (GET); a form the page's script sends, sent by the browser itself (the
+// script not run yet), gets a page saying so: never what it holds (an
+// invited person's first password) in the address.
+func TestConsole_FormsPost(t *testing.T) {
+	f := newConsoleFixture(t)
+	b, _ := f.tenantUser("acme")
+	op := f.operator()
+	u, err := f.deps.Users.UserByEmail(t.Context(), "dev@acme.test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, body := op.api(http.MethodPost, "/console/api/operator/tenants/"+u.TenantID+"/prices", `{"prompt_per_million_usd": 1, "completion_per_million_usd": 2}`)
+	wantConsoleStatus(t, resp, http.StatusCreated, body)
+	formTag := regexp.MustCompile(`<form\b[^>]*>`)
+	forms := 0
+	for _, tc := range []struct {
+		b    *consoleBrowser
+		path string
+	}{
+		{op, "/console/operator"}, {op, "/console/operator/tenants/" + u.TenantID}, {op, "/console/operator/gpu"},
+		{b, "/console/overview"}, {b, "/console/adapters"}, {b, "/console/playground"}, {b, "/console/keys"}, {b, "/console/usage"}, {b, "/console/settings"},
+	} {
+		resp, body := tc.b.page(tc.path)
+		wantConsoleStatus(t, resp, 200, body)
+		for _, tag := range formTag.FindAllString(body, -1) {
+			forms++
+			if !strings.Contains(tag, ` method="post"`) && !strings.Contains(tag, ` method="dialog"`) &&
+				!(strings.Contains(tag, ` method="get"`) && strings.Contains(tag, `class="card filters"`)) {
+				t.Errorf("%s: %s", tc.path, tag)
+			}
+		}
+	}
+	if forms < 12 {
+		t.Errorf("%d forms seen", forms)
+	}
+	resp = op.do(http.MethodPost, "/console/operator/tenants/"+u.TenantID, strings.NewReader("email=x%40acme.test&password=first-password-1"),
+		"Content-Type", "application/x-www-form-urlencoded")
+	body = readAll(t, resp)
+	if resp.StatusCode != http.StatusBadRequest || !strings.Contains(body, "the page&#39;s script, which has not run: reload the page") {
+		t.Errorf("a form sent without its script: %d\n%s", resp.StatusCode, body)
+	}
+}

@@ -390,6 +390,19 @@ async function main() {
     await opPage.waitForLoadState('load');
   });
 
+  await step('a form sent before its script runs never puts a password in the address', async () => {
+    const nojs = await browser.newContext({ ...desktop, javaScriptEnabled: false });
+    await nojs.addCookies(await op.cookies());
+    const p = await nojs.newPage();
+    await p.goto(opPage.url());
+    await p.fill('#invite-email', 'early@acme.test');
+    await p.fill('#invite-password', 'first-password-1');
+    await Promise.all([p.waitForEvent('framenavigated'), p.click('form[data-api$="/users"] button[type=submit]')]);
+    assert(!p.url().includes('password'), `the form went to ${p.url()}`);
+    assert(/script, which has not run: reload the page/.test(await p.textContent('main')), `page: ${await p.textContent('main')}`);
+    await nojs.close();
+  });
+
   // ----- tenant user -----
   const user = await browser.newContext({ ...desktop, acceptDownloads: true });
   const page = await user.newPage();
