@@ -555,6 +555,8 @@ func inviteDigest(token string) string {
 type inviteView struct {
 	Email, Token, Error string
 	Expired             bool
+	// Reset: the user has a password already and chooses a new one.
+	Reset bool
 }
 
 // inviteUser finds the user of a pending, unexpired invite.
@@ -582,7 +584,7 @@ func (cs *console) invitePage(c *fiber.Ctx) error {
 	if err != nil {
 		return cs.renderError(c, err)
 	}
-	return cs.render(c, fiber.StatusOK, "invite", nil, inviteView{Email: u.Email, Token: token})
+	return cs.render(c, fiber.StatusOK, "invite", nil, inviteView{Email: u.Email, Token: token, Reset: len(u.PasswordHash) > 0})
 }
 
 // inviteSubmit sets the invited user's password, ends the invite and
@@ -593,7 +595,7 @@ func (cs *console) inviteSubmit(c *fiber.Ctx) error {
 	if err != nil {
 		return cs.renderError(c, err)
 	}
-	v := inviteView{Email: u.Email, Token: token}
+	v := inviteView{Email: u.Email, Token: token, Reset: len(u.PasswordHash) > 0}
 	fail := func(status int, msg string) error {
 		v.Error = msg
 		return cs.render(c, status, "invite", nil, v)

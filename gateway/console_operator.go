@@ -257,8 +257,9 @@ func (cs *console) createUser(c *fiber.Ctx) error {
 }
 
 // reinvite handles POST /console/api/operator/users/{id}/invite: a new
-// invite link for a user who has not set a password yet (the old link
-// stops working).
+// invite link for a user who has not set a password yet, or for one who
+// has, a link to choose a new one (a forgotten password: the one in force
+// works until the link is used). A link sent before stops working.
 func (cs *console) reinvite(c *fiber.Ctx) error {
 	id := strings.Clone(c.Params("id"))
 	u, err := cs.users.User(c.UserContext(), id)
@@ -270,9 +271,6 @@ func (cs *console) reinvite(c *fiber.Ctx) error {
 	}
 	if u.Role != nozzle.RoleTenant {
 		return nozzle.Errorf(nozzle.EINVALID, "Operators are not invited.")
-	}
-	if len(u.PasswordHash) > 0 {
-		return nozzle.Errorf(nozzle.ECONFLICT, "%s has set a password already.", u.Email)
 	}
 	link := cs.invite(c, u)
 	if err := cs.users.UpdateUser(c.UserContext(), u); err != nil {

@@ -832,6 +832,38 @@ func TestConsole_Invite(t *testing.T) {
 			t.Errorf("body %s", body)
 		}
 	})
+	t.Run("PasswordReset", func(t *testing.T) {
+		// dev@acme.test has a password, and forgot it: the operator sends a
+		// link to choose a new one; the old one works until it is used.
+		u, _ := f.deps.Users.UserByEmail(t.Context(), "dev@acme.test")
+		_, page := op.page("/console/operator/tenants/" + tn.ID)
+		if !regexp.MustCompile(`(?s)<li data-user="dev@acme.test">.*?data-url="/console/api/operator/users/` + u.ID + `/invite".*?>Password link</button>`).MatchString(page) {
+			t.Errorf("no password link for a user with a password:\n%s", page)
+		}
+		resp, body := op.api(http.MethodPost, "/console/api/operator/users/"+u.ID+"/invite", "")
+		wantConsoleStatus(t, resp, 200, body)
+		link := inviteLink.FindString(body)
+		if resp, body := f.browser().login("dev@acme.test", "a-long-password-1"); resp.StatusCode != http.StatusSeeOther {
+			t.Errorf("the password in force no longer works: %d %s", resp.StatusCode, body)
+		}
+		b := f.browser()
+		resp, body = b.page(link)
+		wantConsoleStatus(t, resp, 200, body)
+		if !strings.Contains(body, "<h1>Choose a new password</h1>") || strings.Contains(body, "Welcome") {
+			t.Errorf("the link's page:\n%s", body)
+		}
+		resp, body = b.form(link, url.Values{"_csrf": {b.csrf}, "password": {"a-new-password-2"}, "confirm": {"a-new-password-2"}})
+		wantConsoleStatus(t, resp, http.StatusSeeOther, body)
+		if resp, _ := f.browser().login("dev@acme.test", "a-long-password-1"); resp.StatusCode != http.StatusUnauthorized {
+			t.Errorf("the old password still works: %d", resp.StatusCode)
+		}
+		if resp, body := f.browser().login("dev@acme.test", "a-new-password-2"); resp.StatusCode != http.StatusSeeOther {
+			t.Errorf("the new password does not work: %d %s", resp.StatusCode, body)
+		}
+		if resp, _ := f.browser().page(link); resp.StatusCode != http.StatusNotFound {
+			t.Errorf("the link works twice: %d", resp.StatusCode)
+		}
+	})
 	t.Run("NewLinkReplacesOld", func(t *testing.T) {
 		old := invite("new@acme.test")
 		u, _ := f.deps.Users.UserByEmail(t.Context(), "new@acme.test")

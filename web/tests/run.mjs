@@ -806,6 +806,27 @@ async function main() {
     await ph.close();
   });
 
+  await step('a user who forgot the password gets a link from the operator to choose a new one', async () => {
+    await opPage.goto(U('/console/operator'));
+    await Promise.all([opPage.waitForURL(/\/console\/operator\/tenants\//), opPage.click('tr[data-tenant="acme"] a')]);
+    await opPage.click('li[data-user="dev@acme.test"] button:has-text("Password link")');
+    await opPage.waitForSelector('#secret-dialog[open]');
+    const link = (await opPage.textContent('#secret-value')).trim();
+    assert(link.startsWith(srv.url + '/console/invite/'), `password link ${link}`);
+    await closeSecret(opPage);
+    assert(/password link pending/.test(await opPage.textContent('li[data-user="dev@acme.test"]')), 'no pending link shown');
+    const other = await browser.newContext(desktop);
+    const p = await other.newPage();
+    await p.goto(link);
+    await checkPage(p, 'new password');
+    assert((await p.textContent('h1')) === 'Choose a new password', `heading ${await p.textContent('h1')}`);
+    await shot(p, 'password-link-desktop');
+    await p.fill('#password', 'a-new-password-2');
+    await p.fill('#confirm', 'a-new-password-2');
+    await Promise.all([p.waitForURL(/\/console\/overview$/), p.click('button[type=submit]')]);
+    await other.close();
+  });
+
   await step('sign-out ends the session on the server', async () => {
     const cookies = await user.cookies();
     await page.goto(U('/console/settings'));
