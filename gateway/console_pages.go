@@ -73,6 +73,9 @@ type errorView struct {
 	// Stuck: every page would answer the same (a suspended tenant), so
 	// the page offers to sign out, not to go back to the console.
 	Stuck bool
+	// RequestID names the request of a server error, for the user to
+	// quote: the log has what went wrong under it.
+	RequestID string
 }
 
 // renderError shows an error as a page: the same message the API would
@@ -88,6 +91,9 @@ func (cs *console) renderError(c *fiber.Ctx, err error) error {
 			slog.String("request_id", requestID(c)), slog.String("path", c.Path()), slog.String("error", err.Error()))
 	}
 	v := errorView{Status: kind.status, Message: nozzle.ErrorMessage(e), SignIn: e.Code == nozzle.EUNAUTHORIZED, Stuck: e.Reason == "tenant_suspended"}
+	if kind.status >= 500 {
+		v.RequestID = requestID(c)
+	}
 	switch e.Code {
 	case nozzle.ENOTFOUND:
 		v.Heading = "Not found"

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"compress/gzip"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"mime/multipart"
@@ -1354,6 +1355,35 @@ func TestCreateTenantUser(t *testing.T) {
 // TestConsole_UnknownPage checks that a mistyped console address answers
 // an HTML page, not the API's JSON, and that a typed /console/logout
 // leads to the sign-in page.
+// TestConsole_ServerErrorRequestID: a page that fails on the server says
+// so without its details, and names the request for the user to quote;
+// the log has what went wrong under that id.
+func TestConsole_ServerErrorRequestID(t *testing.T) {
+	f := newConsoleFixture(t)
+	b, _ := f.tenantUser("acme")
+	f.w.mu.Lock()
+	f.w.reportErr = errors.New("ledger: disk on fire")
+	f.w.mu.Unlock()
+	resp, body := b.page("/console/usage")
+	wantConsoleStatus(t, resp, http.StatusInternalServerError, body)
+	id := resp.Header.Get("X-Request-Id")
+	if id == "" || !strings.Contains(body, "this request id: <code>"+id+"</code>") || !strings.Contains(body, "your operator") {
+		t.Errorf("request id %q not on the page:\n%s", id, body)
+	}
+	if strings.Contains(body, "disk on fire") {
+		t.Errorf("the page shows the internal error:\n%s", body)
+	}
+	// a client's error names no request id: there is nothing to look up
+	f.w.mu.Lock()
+	f.w.reportErr = nil
+	f.w.mu.Unlock()
+	resp, body = b.page("/console/nope")
+	wantConsoleStatus(t, resp, http.StatusNotFound, body)
+	if strings.Contains(body, "request id") {
+		t.Errorf("a 404 page names its request:\n%s", body)
+	}
+}
+
 func TestConsole_UnknownPage(t *testing.T) {
 	f := newConsoleFixture(t)
 	resp := f.browser().do(http.MethodGet, "/console/nope", nil)

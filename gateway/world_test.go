@@ -56,7 +56,8 @@ type world struct {
 	rate        float64
 	// operatorIdle reports as under the operator idle policy
 	operatorIdle bool
-	reports      int // reports asked for
+	reports      int   // reports asked for
+	reportErr    error // what reports fail with, when set
 
 	digestLookups atomic.Int64
 	generations   atomic.Int64
@@ -634,6 +635,9 @@ func (w *world) gpu(start, end time.Time) (nozzle.GPUSummary, float64) {
 func (w *world) report(ctx context.Context, q nozzle.ReportQuery) (*nozzle.Report, error) {
 	defer w.lock()()
 	w.reports++
+	if w.reportErr != nil {
+		return nil, w.reportErr
+	}
 	for _, g := range q.GroupBy {
 		if !slices.Contains([]string{nozzle.GroupHour, nozzle.GroupDay, nozzle.GroupAdapter, nozzle.GroupTenant}, g) {
 			return nil, nozzle.Errorf(nozzle.EINVALID, "Unknown group %q.", g)

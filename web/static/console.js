@@ -26,9 +26,11 @@
       const j = await res.json();
       msg = j && j.error && j.error.message;
     } catch (_) { /* not JSON */ }
-    if (msg) return msg;
+    // a server error: its request id, for the operator's log
+    const id = res.status >= 500 ? res.headers.get('X-Request-Id') : '';
+    if (msg) return msg + (id ? ' (request id ' + id + ')' : '');
     if (res.status === 413) return 'The upload is too large.';
-    return 'The request failed (HTTP ' + res.status + '). Please try again.';
+    return 'The request failed (HTTP ' + res.status + ')' + (id ? ', request id ' + id : '') + '. Please try again.';
   }
 
   async function api(method, url, body, formToken) {
@@ -469,9 +471,10 @@
         }
         busy(btn, false);
         $('#upload-progress').hidden = true;
+        const id = xhr.status >= 500 ? xhr.getResponseHeader('X-Request-Id') : '';
         err.textContent = xhr.status === 401 ? 'Your session has ended. Reload the page and sign in again.' :
-          (body && body.error && body.error.message) ||
-          (xhr.status === 413 ? 'The upload is too large.' : 'The upload failed (HTTP ' + xhr.status + ').');
+          ((body && body.error && body.error.message) ||
+          (xhr.status === 413 ? 'The upload is too large.' : 'The upload failed (HTTP ' + xhr.status + ').')) + (id ? ' (request id ' + id + ')' : '');
       });
       xhr.addEventListener('error', () => {
         busy(btn, false);

@@ -447,6 +447,19 @@ async function main() {
     await checkPage(page, 'keys with a long name');
   });
 
+  await step('a server error names its request id, for the operator\'s log', async () => {
+    await page.route('**/console/api/keys', (r) => r.fulfill({ status: 500, contentType: 'application/json',
+      headers: { 'X-Request-Id': 'req_test_500' }, body: '{"error": {"message": "Internal error.", "type": "server_error"}}' }));
+    await page.fill('#key-name', 'doomed');
+    await page.click('form[data-api] button[type=submit]');
+    await page.waitForFunction(() => document.querySelector('form[data-api] .form-error').textContent.length > 0);
+    const msg = await page.textContent('form[data-api] .form-error');
+    assert(msg === 'Internal error. (request id req_test_500)', `message: ${msg}`);
+    assert((await page.inputValue('#key-name')) === 'doomed', 'the form lost its input');
+    await page.unroute('**/console/api/keys');
+    await page.fill('#key-name', '');
+  });
+
   const models = await (async () => {
     let list = [];
     await step('the key works against /v1 (models, chat completion)', async () => {
