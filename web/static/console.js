@@ -516,9 +516,20 @@
       return div;
     }
 
-    // an answer's cost: four decimals, or two significant figures below a
-    // cent (never an exponent)
-    function money(v) { return v >= 0.01 ? '$' + v.toFixed(4) : fmt.usd(v); }
+    // an answer's cost, written as the pages write amounts (formatUSD):
+    // three significant figures below a dollar, at least the cents, then
+    // cents, never an exponent; so it reads as the usage page's rows do
+    function money(v) {
+      if (!(v > 0)) return '$0.00';
+      if (v < 1e-9) return '<$0.000000001';
+      if (v < 1) {
+        const s = v.toFixed(Math.max(2, 2 - Math.floor(Math.log10(v))));
+        const t = s.replace(/0+$/, '');
+        return '$' + (t.length >= 4 ? t : s.slice(0, 4));
+      }
+      const s = v.toFixed(2);
+      return '$' + (v < 100 ? s : s.replace(/\B(?=(\d{3})+(?!\d))/g, ','));
+    }
     // what the ledger charged for the request with id (null: not known)
     async function charged(id) {
       try {

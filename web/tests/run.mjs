@@ -641,7 +641,9 @@ async function main() {
     const m = /(\d+) prompt \+ (\d+) completion tokens · \$([\d.e-]+)/.exec(usage);
     assert(m, `usage line: ${usage}`);
     const want = (Number(m[1]) * 1000 + Number(m[2]) * 2000) / 1e6;
-    assert(Math.abs(Number(m[3]) - want) < 1e-4, `usage line ${usage}: cost is not the charge at the prices in force ($${want})`);
+    // written as the usage page writes amounts: three significant figures
+    assert(Math.abs(Number(m[3]) - want) <= want * 0.005, `usage line ${usage}: cost is not the charge at the prices in force ($${want})`);
+    assert(!/0$/.test(m[3]) || /^\d+\.\d\d$/.test(m[3]), `usage line ${usage}: not written as the console writes amounts`);
     const partial = seen.filter((s) => s.length > 0 && s.length < answer.length);
     log(`     answer "${answer.slice(0, 60)}", seen ${partial.length} partial states`);
     await shot(page, 'playground-desktop');
