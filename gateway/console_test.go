@@ -683,7 +683,7 @@ func TestConsole_KeysPage(t *testing.T) {
 		t.Errorf("active:\n%s\nrevoked:\n%s", active, revoked)
 	}
 	for _, w := range []string{`<details class="revoked-keys" id="revoked-keys">`, "<summary>Revoked keys (2)</summary>",
-		`data-confirm="Revoke the key “ci” (`} {
+		`data-confirm="Revoke the key “ci” (`, `data-confirm-label="Revoke key"`} {
 		if !strings.Contains(body, w) {
 			t.Errorf("no %q", w)
 		}

@@ -79,13 +79,16 @@
     d.showModal();
   }
 
-  function confirmAction(text, run) {
+  // confirmAction asks before run; the button that runs it says what it
+  // does ("Revoke key"), not only "Confirm"
+  function confirmAction(text, run, label) {
     const d = $('#confirm-dialog');
     const ok = $('#confirm-ok');
     const err = $('#confirm-error');
     $('#confirm-text').textContent = text;
     err.textContent = '';
     const fresh = ok.cloneNode(true);
+    fresh.textContent = label || 'Confirm';
     ok.replaceWith(fresh);
     fresh.addEventListener('click', async () => {
       busy(fresh, true);
@@ -206,7 +209,7 @@
       succeed(btn, res);
     };
     if (btn.dataset.confirm) {
-      confirmAction(btn.dataset.confirm, run);
+      confirmAction(btn.dataset.confirm, run, btn.dataset.confirmLabel);
       return;
     }
     busy(btn, true);

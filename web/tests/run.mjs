@@ -783,6 +783,8 @@ async function main() {
     const id = await page.getAttribute('tr[data-key]:not(.revoked)', 'data-key');
     await page.click(`button[data-url$="/keys/${id}"]`);
     await page.waitForSelector('#confirm-dialog[open]');
+    // the dialog's button says what it does
+    assert((await page.textContent('#confirm-ok')) === 'Revoke key', `confirm button: ${await page.textContent('#confirm-ok')}`);
     await Promise.all([page.waitForEvent('framenavigated'), page.click('#confirm-ok')]);
     await page.waitForLoadState('load');
     // the revoked key leaves the active ones for the folded list of
