@@ -25,6 +25,10 @@ type User struct {
 	// InviteExpires its expiry; empty once the user has set a password.
 	InviteDigest  string    `json:"-"`
 	InviteExpires time.Time `json:"-"`
+	// SessionsFrom ends the user's sessions started before it: set when
+	// the user is disabled, so that enabling the user again brings back
+	// no session from before.
+	SessionsFrom time.Time `json:"-"`
 }
 
 // Session is a console sign-in; revoking it signs the user out.
@@ -48,7 +52,8 @@ type UserService interface {
 	UserByInvite(ctx context.Context, digest string) (*User, error)
 	// Users returns a tenant's users (every user when tenantID is empty).
 	Users(ctx context.Context, tenantID string) ([]*User, error)
-	// UpdateUser stores changed fields of u (password hash, invite, disabled).
+	// UpdateUser stores changed fields of u (password hash, invite,
+	// disabled, sessions from).
 	UpdateUser(ctx context.Context, u *User) error
 
 	// CreateSession stores a session, filling CreatedAt.

@@ -489,6 +489,7 @@ type userRecord struct {
 	PasswordHash  []byte    `json:"password_hash,omitempty"`
 	InviteDigest  string    `json:"invite_digest,omitempty"`
 	InviteExpires time.Time `json:"invite_expires,omitzero"`
+	SessionsFrom  time.Time `json:"sessions_from,omitzero"`
 }
 
 type sessionRecord struct {
@@ -536,7 +537,7 @@ func decodeUser(b []byte) (*nozzle.User, error) {
 		return nil, fmt.Errorf("decode user: %w", errCorrupt)
 	}
 	u := r.User
-	u.PasswordHash, u.InviteDigest, u.InviteExpires = r.PasswordHash, r.InviteDigest, r.InviteExpires
+	u.PasswordHash, u.InviteDigest, u.InviteExpires, u.SessionsFrom = r.PasswordHash, r.InviteDigest, r.InviteExpires, r.SessionsFrom
 	return &u, nil
 }
 
@@ -551,5 +552,6 @@ func decodeSession(b []byte) (*nozzle.Session, error) {
 func encodeKey(k *nozzle.APIKey) []byte { return encodeJSON(keyRecord{APIKey: *k, Digest: k.Digest}) }
 
 func encodeUser(u *nozzle.User) []byte {
-	return encodeJSON(userRecord{User: *u, PasswordHash: u.PasswordHash, InviteDigest: u.InviteDigest, InviteExpires: u.InviteExpires})
+	return encodeJSON(userRecord{User: *u, PasswordHash: u.PasswordHash, InviteDigest: u.InviteDigest, InviteExpires: u.InviteExpires,
+		SessionsFrom: u.SessionsFrom})
 }

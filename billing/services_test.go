@@ -336,6 +336,19 @@ func TestLedger_Users(t *testing.T) {
 	if string(got.PasswordHash) != "hash" {
 		t.Fatalf("PasswordHash = %q", got.PasswordHash)
 	}
+	// Disabled: the time before which its sessions are ended is kept,
+	// and stays when the user is enabled again.
+	got.Disabled, got.SessionsFrom = true, clk.Now().Add(time.Minute)
+	if err := l.UpdateUser(ctx, got); err != nil {
+		t.Fatal(err)
+	}
+	got.Disabled = false
+	if err := l.UpdateUser(ctx, got); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ = l.User(ctx, u.ID); got.Disabled || !got.SessionsFrom.Equal(clk.Now().Add(time.Minute)) || string(got.PasswordHash) != "hash" {
+		t.Fatalf("after disable and enable: %+v", got)
+	}
 	if us, _ := l.Users(ctx, ten.ID); len(us) != 1 {
 		t.Fatalf("Users(tenant) = %v", us)
 	}

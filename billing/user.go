@@ -133,8 +133,8 @@ func (l *Ledger) Users(ctx context.Context, tenantID string) ([]*nozzle.User, er
 	return out, err
 }
 
-// UpdateUser stores the changed fields of u: email, password hash, invite
-// and disabled. Returns ENOTFOUND if there is no such user, ECONFLICT if
+// UpdateUser stores the changed fields of u: email, password hash, invite,
+// disabled and sessions from. Returns ENOTFOUND if there is no such user, ECONFLICT if
 // the new email is taken.
 func (l *Ledger) UpdateUser(ctx context.Context, u *nozzle.User) error {
 	if err := validateUser(u); err != nil {
@@ -161,6 +161,7 @@ func (l *Ledger) UpdateUser(ctx context.Context, u *nozzle.User) error {
 		rec.InviteDigest = u.InviteDigest
 		rec.InviteExpires = u.InviteExpires
 		rec.Disabled = u.Disabled
+		rec.SessionsFrom = u.SessionsFrom
 		if lower(rec.Email) != lower(old.Email) {
 			if err := emails.Delete([]byte(lower(old.Email))); err != nil {
 				return err

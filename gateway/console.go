@@ -232,6 +232,7 @@ func (cs *console) mount() {
 	oapi.Post("/tenants/:id/prices", s.setTenantPrice)
 	oapi.Post("/tenants/:id/users", cs.once(cs.createUser))
 	oapi.Post("/users/:id/invite", cs.once(cs.reinvite))
+	oapi.Patch("/users/:id", cs.updateUser)
 	oapi.Post("/prices", s.setDefaultPrice)
 	oapi.Get("/report", s.adminReport)
 

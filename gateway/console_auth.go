@@ -256,6 +256,9 @@ func (cs *console) authenticate(c *fiber.Ctx) (*consoleSession, error) {
 	if u.Disabled {
 		return nil, nozzle.Errorf(nozzle.EFORBIDDEN, "This account is disabled. Contact the operator.").WithReason("user_disabled")
 	}
+	if sess.CreatedAt.Before(u.SessionsFrom) { // signed in before the user was disabled
+		return nil, nozzle.Errorf(nozzle.EUNAUTHORIZED, "Your session has ended. Please sign in again.").WithReason("session_ended")
+	}
 	out := &consoleSession{sess: sess, user: u, csrf: cs.csrfToken(sess.ID)}
 	if u.Role == nozzle.RoleTenant {
 		t, err := cs.s.deps.Tenants.Tenant(ctx, u.TenantID)
@@ -571,6 +574,9 @@ func (cs *console) inviteUser(c *fiber.Ctx, token string) (*nozzle.User, error) 
 			return nil, bad
 		}
 		return nil, err
+	}
+	if u.Disabled {
+		return nil, bad
 	}
 	if u.InviteDigest == "" || !cs.cfg.Clock().Before(u.InviteExpires) {
 		return nil, nozzle.Errorf(nozzle.ENOTFOUND, "This invite link has expired. Ask your operator for a new one.").WithReason("invite_expired")

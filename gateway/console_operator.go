@@ -256,21 +256,64 @@ func (cs *console) createUser(c *fiber.Ctx) error {
 	return c.Status(fiber.StatusCreated).JSON(userJSON{Object: "user", User: u, InviteURL: link})
 }
 
+// tenantUserParam returns the tenant user named by the id path parameter.
+func (cs *console) tenantUserParam(c *fiber.Ctx) (*nozzle.User, error) {
+	id := strings.Clone(c.Params("id"))
+	u, err := cs.users.User(c.UserContext(), id)
+	if err != nil {
+		if nozzle.ErrorCode(err) == nozzle.ENOTFOUND {
+			return nil, nozzle.Errorf(nozzle.ENOTFOUND, "No user with id %q.", id)
+		}
+		return nil, err
+	}
+	if u.Role != nozzle.RoleTenant {
+		return nil, nozzle.Errorf(nozzle.EINVALID, "The operator's account is set by the server's configuration, not here.")
+	}
+	return u, nil
+}
+
+type userUpdate struct {
+	Disabled *bool `json:"disabled"`
+}
+
+// updateUser handles PATCH /console/api/operator/users/{id}
+// {"disabled": true|false}: a person who leaves a tenant is disabled,
+// signed out at once (every session of theirs ends, for good: enabling
+// them again brings none back) and cannot sign in or use an invite or
+// password link until enabled again.
+func (cs *console) updateUser(c *fiber.Ctx) error {
+	u, err := cs.tenantUserParam(c)
+	if err != nil {
+		return err
+	}
+	var r userUpdate
+	if err := cs.s.readJSON(c, &r, false); err != nil {
+		return err
+	}
+	if r.Disabled == nil {
+		return invalid("disabled", "Say whether the user is disabled: {\"disabled\": true} or false.")
+	}
+	if *r.Disabled && !u.Disabled {
+		u.SessionsFrom = cs.cfg.Clock().UTC()
+	}
+	u.Disabled = *r.Disabled
+	if err := cs.users.UpdateUser(c.UserContext(), u); err != nil {
+		return err
+	}
+	return c.JSON(userJSON{Object: "user", User: u})
+}
+
 // reinvite handles POST /console/api/operator/users/{id}/invite: a new
 // invite link for a user who has not set a password yet, or for one who
 // has, a link to choose a new one (a forgotten password: the one in force
 // works until the link is used). A link sent before stops working.
 func (cs *console) reinvite(c *fiber.Ctx) error {
-	id := strings.Clone(c.Params("id"))
-	u, err := cs.users.User(c.UserContext(), id)
+	u, err := cs.tenantUserParam(c)
 	if err != nil {
-		if nozzle.ErrorCode(err) == nozzle.ENOTFOUND {
-			return nozzle.Errorf(nozzle.ENOTFOUND, "No user with id %q.", id)
-		}
 		return err
 	}
-	if u.Role != nozzle.RoleTenant {
-		return nozzle.Errorf(nozzle.EINVALID, "Operators are not invited.")
+	if u.Disabled {
+		return nozzle.Errorf(nozzle.ECONFLICT, "%s is disabled: enable them first.", u.Email)
 	}
 	link := cs.invite(c, u)
 	if err := cs.users.UpdateUser(c.UserContext(), u); err != nil {

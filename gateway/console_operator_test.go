@@ -3,9 +3,12 @@ package gateway_test
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
 	"math"
 	"math/rand/v2"
+	"net/http"
 	"regexp"
+	"strings"
 	"testing"
 	"time"
 
@@ -188,4 +191,80 @@ func TestConsole_TenantsTotal(t *testing.T) {
 			t.Errorf("total cell %d: %q, want %q", k, c[1], want[k])
 		}
 	}
+}
+
+// TestConsole_DisableUser: the operator disables a person who left a
+// tenant: signed out at once, refused at sign-in and on links sent to
+// them; enabled again, they sign in anew, and no session from before
+// comes back.
+func TestConsole_DisableUser(t *testing.T) {
+	f := newConsoleFixture(t)
+	b, _ := f.tenantUser("acme")
+	op := f.operator()
+	u, err := f.deps.Users.UserByEmail(t.Context(), "dev@acme.test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	stale := *b // the same session, kept for after the user is enabled again
+	stale.cookies = maps.Clone(b.cookies)
+	path := "/console/api/operator/users/" + u.ID
+	_, page := op.page("/console/operator/tenants/" + u.TenantID)
+	if !regexp.MustCompile(`(?s)<li data-user="dev@acme.test">.*?data-confirm="Disable dev@acme.test\? .*?data-url="` + path + `" data-body='\{"disabled":true\}'`).MatchString(page) {
+		t.Errorf("no Disable button with a confirmation:\n%s", page)
+	}
+
+	resp, body := op.api(http.MethodPatch, path, `{"disabled": true}`)
+	wantConsoleStatus(t, resp, 200, body)
+	resp, body = b.page("/console/overview")
+	wantConsoleStatus(t, resp, http.StatusForbidden, body)
+	if !strings.Contains(body, "This account is disabled") {
+		t.Errorf("a disabled user's page:\n%s", body)
+	}
+	resp, body = b.api(http.MethodGet, "/console/api/keys", "")
+	wantConsoleStatus(t, resp, http.StatusForbidden, body)
+	resp, body = f.browser().login("dev@acme.test", "tenant-password-1")
+	wantConsoleStatus(t, resp, http.StatusUnauthorized, body)
+	resp, body = op.api(http.MethodPost, path+"/invite", "")
+	wantConsoleStatus(t, resp, http.StatusConflict, body)
+	_, page = op.page("/console/operator/tenants/" + u.TenantID)
+	if !strings.Contains(page, `<span class="badge badge-warn">disabled</span>`) || !strings.Contains(page, `data-body='{"disabled":false}'>Enable</button>`) {
+		t.Errorf("the tenant's page does not show the user disabled:\n%s", page)
+	}
+
+	resp, body = op.api(http.MethodPatch, path, `{"disabled": false}`)
+	wantConsoleStatus(t, resp, 200, body)
+	resp = stale.do(http.MethodGet, "/console/overview", nil)
+	if loc := resp.Header.Get("Location"); resp.StatusCode != http.StatusSeeOther || !strings.HasPrefix(loc, "/console/login?") {
+		t.Errorf("a session from before the user was disabled: %d %q", resp.StatusCode, loc)
+	}
+	again := f.browser()
+	resp, body = again.login("dev@acme.test", "tenant-password-1")
+	wantConsoleStatus(t, resp, http.StatusSeeOther, body)
+	if resp, body := again.page("/console/overview"); resp.StatusCode != 200 {
+		t.Errorf("signed in again: %d %s", resp.StatusCode, body)
+	}
+
+	t.Run("PendingInvite", func(t *testing.T) {
+		// a link sent before the person was disabled no longer works
+		resp, body := op.api(http.MethodPost, "/console/api/operator/tenants/"+u.TenantID+"/users", `{"email": "new@acme.test"}`)
+		wantConsoleStatus(t, resp, http.StatusCreated, body)
+		link := regexp.MustCompile(`/console/invite/[A-Za-z0-9_-]+`).FindString(body)
+		nu, _ := f.deps.Users.UserByEmail(t.Context(), "new@acme.test")
+		resp, body = op.api(http.MethodPatch, "/console/api/operator/users/"+nu.ID, `{"disabled": true}`)
+		wantConsoleStatus(t, resp, 200, body)
+		if resp, body := f.browser().page(link); resp.StatusCode != http.StatusNotFound {
+			t.Errorf("a disabled user's invite: %d %s", resp.StatusCode, body)
+		}
+	})
+	t.Run("Refused", func(t *testing.T) {
+		opUser, _ := f.deps.Users.UserByEmail(t.Context(), opEmail)
+		resp, body := op.api(http.MethodPatch, "/console/api/operator/users/"+opUser.ID, `{"disabled": true}`)
+		wantConsoleStatus(t, resp, http.StatusBadRequest, body)
+		resp, body = op.api(http.MethodPatch, path, `{}`)
+		wantConsoleStatus(t, resp, http.StatusBadRequest, body)
+		resp, body = op.api(http.MethodPatch, "/console/api/operator/users/nope", `{"disabled": true}`)
+		wantConsoleStatus(t, resp, http.StatusNotFound, body)
+		resp, body = again.api(http.MethodPatch, path, `{"disabled": true}`) // a tenant's user is no operator
+		wantConsoleStatus(t, resp, http.StatusForbidden, body)
+	})
 }

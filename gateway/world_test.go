@@ -467,7 +467,7 @@ func (w *world) userService() *mock.UserService {
 			if old == nil {
 				return nozzle.Errorf(nozzle.ENOTFOUND, "No user.")
 			}
-			old.PasswordHash, old.InviteDigest, old.InviteExpires, old.Disabled = u.PasswordHash, u.InviteDigest, u.InviteExpires, u.Disabled
+			old.PasswordHash, old.InviteDigest, old.InviteExpires, old.Disabled, old.SessionsFrom = u.PasswordHash, u.InviteDigest, u.InviteExpires, u.Disabled, u.SessionsFrom
 			return nil
 		},
 		CreateSessionFn: func(ctx context.Context, s *nozzle.Session) error {

@@ -862,6 +862,33 @@ async function main() {
     assert(/\/console\/login/.test(p.url()), `replayed cookie reached ${p.url()}`);
     await replay.close();
   });
+
+  await step('operator disables a person who left, who is signed out at once, and enables them again', async () => {
+    const them = await browser.newContext(desktop);
+    const p = await them.newPage();
+    await p.goto(U('/console/login'));
+    await p.fill('#email', 'dev@acme.test');
+    await p.fill('#password', 'a-new-password-2');
+    await Promise.all([p.waitForURL(/\/console\/overview$/), p.click('button[type=submit]')]);
+    await opPage.goto(U('/console/operator'));
+    await Promise.all([opPage.waitForURL(/\/console\/operator\/tenants\//), opPage.click('tr[data-tenant="acme"] a')]);
+    await opPage.click('li[data-user="dev@acme.test"] button:has-text("Disable")');
+    await opPage.waitForSelector('#confirm-dialog[open]');
+    assert((await opPage.textContent('#confirm-ok')) === 'Disable', `confirm button: ${await opPage.textContent('#confirm-ok')}`);
+    await Promise.all([opPage.waitForEvent('framenavigated'), opPage.click('#confirm-ok')]);
+    await opPage.waitForLoadState('load');
+    assert(/disabled/.test(await opPage.textContent('li[data-user="dev@acme.test"]')), 'not shown disabled');
+    await checkPage(opPage, 'tenant with a disabled person');
+    await shot(opPage, 'operator-tenant-disabled-desktop');
+    await p.goto(U('/console/keys'));
+    assert(/This account is disabled/.test(await p.textContent('main')), `their next page: ${await p.textContent('main')}`);
+    await Promise.all([opPage.waitForEvent('framenavigated'), opPage.click('li[data-user="dev@acme.test"] button:has-text("Enable")')]);
+    await opPage.waitForLoadState('load');
+    // enabled again: they sign in anew, the session from before stays ended
+    await p.goto(U('/console/keys'));
+    assert(/\/console\/login/.test(p.url()), `their old session reached ${p.url()}`);
+    await them.close();
+  });
 }
 
 let code = 0;
