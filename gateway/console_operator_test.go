@@ -212,6 +212,9 @@ func TestConsole_DisableUser(t *testing.T) {
 	if !regexp.MustCompile(`(?s)<li data-user="dev@acme.test">.*?data-confirm="Disable dev@acme.test\? .*?data-url="` + path + `" data-body='\{"disabled":true\}'`).MatchString(page) {
 		t.Errorf("no Disable button with a confirmation:\n%s", page)
 	}
+	if !strings.Contains(page, `<tr><th scope="row">default</th>`) { // the tenant's keys, each row named by its key
+		t.Errorf("the tenant's keys have no row headers:\n%s", page)
+	}
 
 	resp, body := op.api(http.MethodPatch, path, `{"disabled": true}`)
 	wantConsoleStatus(t, resp, 200, body)
