@@ -70,8 +70,14 @@ func (s *Server) readJSON(c *fiber.Ctx, v any, allowEmpty bool) error {
 // decodeStrict decodes the JSON object b into v as decodeJSON does, and
 // refuses a field v does not define, as OpenAI's API refuses an argument
 // it does not know (nested objects whose types decode themselves, such as
-// chat messages, are lenient), and data after the object.
+// chat messages, are lenient), a member of another spelling or given
+// twice (checkKeys), and data after the object.
 func decodeStrict(b []byte, v any) error {
+	// Members are known by their exact names, and named once (checkKeys).
+	b, err := checkKeys(b, shapeFor(v))
+	if err != nil {
+		return err
+	}
 	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {

@@ -329,6 +329,10 @@ func TestChat_BadInput(t *testing.T) {
 		// refuses them
 		{"UnknownArgument", `{"model":"base","guided_json":{"type":"object"},` + msgs + `}`, 400, "invalid_request_error", "", "guided_json"},
 		{"UnknownArgumentLast", `{"model":"base",` + msgs + `,"min_tokens":10}`, 400, "invalid_request_error", "", "min_tokens"},
+		// parameters are known by their exact names, and given once
+		{"ArgumentCased", `{"Model":"base",` + msgs + `}`, 400, "invalid_request_error", "", "Model"},
+		{"ArgumentTwice", `{"model":"base",` + msgs + `,"max_tokens":5,"max_tokens":500}`, 400, "invalid_request_error", "", "max_tokens"},
+		{"MessageMemberTwice", `{"model":"base","messages":[{"role":"user","content":"a","content":"b"}]}`, 400, "invalid_request_error", "", "messages[0].content"},
 		{"AssistantFunctionCall", `{"model":"base","messages":[{"role":"assistant","function_call":{"name":"f","arguments":"{}"}},{"role":"user","content":"y"}]}`, 400, "invalid_request_error", "unsupported_parameter", "messages[0].function_call"},
 		{"ContentMissing", `{"model":"base","messages":[{"role":"user"}]}`, 400, "invalid_request_error", "missing_required_parameter", "messages[0].content"},
 		{"ContentNull", `{"model":"base","messages":[{"role":"system","content":null},{"role":"user","content":"x"}]}`, 400, "invalid_request_error", "missing_required_parameter", "messages[0].content"},

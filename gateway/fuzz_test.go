@@ -21,6 +21,12 @@ func FuzzParseChat(f *testing.F) {
 		`{"model":1}`, `[]`, `{"messages":{}}`, `{`,
 		`{"model":"m","messages":[{"role":"user","content":"a"}],"tools":[` + strings.Repeat(`{},`, maxToolCalls) + `{}]}`,
 		`{"model":"m","messages":[{"role":"assistant","content":null,"tool_calls":[` + strings.Repeat(`{},`, maxToolCalls) + `{}]}]}`,
+		// members of another spelling, and given twice
+		`{"MODEL":"base","Messages":[{"role":"user","content":"hi"}]}`,
+		`{"model":"base","messages":[{"role":"user","content":"hi"}],"max_tokens":5,"max_tokens":500}`,
+		`{"model":"base","messages":[{"Role":"user","content":"hi","role":"system","CONTENT":"x"}],"ſtream":true}`,
+		`{"model":"base","messages":[{"role":"user","content":[{"type":"text","text":"a","Text":"b"}]}],"stream_options":{"include_usage":true,"include_usage":false}}`,
+		`{"m\u006fdel":"base","messages":[{"role":"user","content":"\"}\\"}],"tools":[{"type":"function","function":{"Name":"f","name":"g"}}]}`,
 	} {
 		f.Add([]byte(s))
 	}
@@ -33,6 +39,7 @@ func FuzzParseChat(f *testing.F) {
 			}
 			return
 		}
+		checkExactTopKeys(t, body, &chatBody{})
 		if j.model == "" || len(j.messages) == 0 || len(j.messages) > maxChatMessages || j.n < 1 || j.n > 16 || len(j.stop) > 4 || j.topLogprobs > 20 || j.temperature < 0 || j.temperature > 2 {
 			t.Fatalf("accepted a bad request: %+v", j)
 		}
@@ -60,6 +67,10 @@ func FuzzParseCompletion(f *testing.F) {
 		`{"model":"base","prompt":"hi"}`, `{"model":"base","prompt":["a","b"],"n":2}`,
 		`{"model":"base","prompt":[1,2,3],"logprobs":2}`, `{"model":"base","prompt":[[1],[2,3]],"echo":false}`,
 		`{"model":"base","prompt":[]}`, `{"model":"base","prompt":[[]]}`, `{"model":"base","prompt":[1,"a"]}`,
+		// members of another spelling, and given twice
+		`{"model":"base","prompt":"x","max_TOKENS":5}`, `{"model":"base","prompt":"x","max_tokens":5,"max_tokens":500}`,
+		`{"model":"base","prompt":"x","top_K":3}`, `{"model":"base","prompt":"x","max_tok\u0065ns":1,"max_tokens":2}`,
+		`{"model":"base","prompt":"x","stream":true,"stream_options":{"Include_usage":true}}`,
 	} {
 		f.Add([]byte(s))
 	}
@@ -71,6 +82,7 @@ func FuzzParseCompletion(f *testing.F) {
 			}
 			return
 		}
+		checkExactTopKeys(t, body, &completionBody{})
 		if len(j.prompts) == 0 || j.choices() > 16 {
 			t.Fatalf("accepted a bad request: %+v", j)
 		}
@@ -81,6 +93,63 @@ func FuzzParseCompletion(f *testing.F) {
 		}
 		if n := len(j.requests("r", "t", 0)); n != j.choices() {
 			t.Fatalf("%d requests for %d choices", n, j.choices())
+		}
+	})
+}
+
+// checkExactTopKeys fails t unless every member of the accepted body's
+// object is one of v's, by its exact name, and given once.
+func checkExactTopKeys(t *testing.T, body []byte, v any) {
+	t.Helper()
+	var m map[string]json.RawMessage
+	if err := json.Unmarshal(body, &m); err != nil {
+		t.Fatalf("accepted %q: %v", body, err)
+	}
+	dec := json.NewDecoder(strings.NewReader(string(body)))
+	if _, err := dec.Token(); err != nil {
+		t.Fatal(err)
+	}
+	s := shapeFor(v)
+	seen := map[string]bool{}
+	for dec.More() {
+		k, err := dec.Token()
+		if err != nil {
+			t.Fatal(err)
+		}
+		key := k.(string)
+		if _, ok := s.index[key]; !ok || seen[key] {
+			t.Fatalf("accepted %q with member %q", body, key)
+		}
+		seen[key] = true
+		var skip json.RawMessage
+		if err := dec.Decode(&skip); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// FuzzCheckKeys: the key check never breaks a body: what it hands on is
+// as long as what it got, and JSON exactly when that was.
+func FuzzCheckKeys(f *testing.F) {
+	for _, s := range []string{
+		`{"model":"base","messages":[{"role":"user","content":"hi","Role":"x"}]}`,
+		`{"model":"base","messages":[{"rOle":"user","content":[{"TYPE":"text","text":"\"}]"}]}]}`,
+		`{"model":"base","model":"x"}`, `{"a":[{"b":"}"}]}`, `{"messages":[[{"Role":1}]]}`, `{"\u00":1}`, `"x"`, `{`, ``,
+		`{"messages":[[{"Role":A}]]}`, `{"messages":[{"id":1,"Role":"x","ROLE":"y"},{"rOLE":"z"}]}`,
+	} {
+		f.Add([]byte(s))
+	}
+	s := shapeFor(&chatBody{})
+	f.Fuzz(func(t *testing.T, body []byte) {
+		out, err := checkKeys(body, s)
+		if err != nil {
+			if nozzle.ErrorCode(err) != nozzle.EINVALID || !json.Valid(body) {
+				t.Fatalf("error %v for %q", err, body)
+			}
+			return
+		}
+		if len(out) != len(body) || json.Valid(out) != json.Valid(body) {
+			t.Fatalf("%q became %q", body, out)
 		}
 	})
 }

@@ -392,14 +392,17 @@ func noToolsMode(raw json.RawMessage) bool {
 	return isNull(raw) || json.Unmarshal(raw, &mode) == nil && (mode == "none" || mode == "auto")
 }
 
+// responseFormat is a chat request's response_format.
+type responseFormat struct {
+	Type *string `json:"type"`
+}
+
 // checkChatFormat accepts response_format {"type": "text"}: Nozzle has no
 // constrained decoding, so anything else is refused.
-func checkChatFormat(responseFormat json.RawMessage) error {
-	if !isNull(responseFormat) {
-		var f struct {
-			Type *string `json:"type"`
-		}
-		if json.Unmarshal(responseFormat, &f) != nil || f.Type == nil {
+func checkChatFormat(raw json.RawMessage) error {
+	if !isNull(raw) {
+		var f responseFormat
+		if json.Unmarshal(raw, &f) != nil || f.Type == nil {
 			return invalidAs("invalid_value", "response_format", "Invalid 'response_format': expected an object with a 'type'.")
 		}
 		if *f.Type != "text" {
