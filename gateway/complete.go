@@ -131,7 +131,7 @@ func (s *Server) complete(c *fiber.Ctx, kind genKind) error {
 		switch {
 		case err == nil:
 			s.inflight.remove(cp.meterID)
-			return s.replay(c, j, ev, cp.fp)
+			return s.replay(c, j, ev, cp.fp, body)
 		case nozzle.ErrorCode(err) != nozzle.ENOTFOUND:
 			s.inflight.remove(cp.meterID)
 			return err
@@ -513,7 +513,7 @@ func (cp *completion) settle(body []byte) (stored []byte, err error) {
 	}
 	if dup {
 		if cp.idem && len(ev.Response) > 0 {
-			_, answer := splitStored(ev.Response)
+			_, _, answer := splitStored(ev.Response)
 			return answer, nil
 		}
 		s.log.LogAttrs(rctx, slog.LevelError, "usage event already recorded for a new request",

@@ -26,3 +26,6 @@ var FormatUSD = formatUSD
 
 // FormatSeconds is formatSeconds, for the external tests.
 var FormatSeconds = formatSeconds
+
+// OldFingerprint is the request fingerprint of earlier releases.
+var OldFingerprint = oldFingerprint

@@ -134,6 +134,52 @@ func TestIdempotency(t *testing.T) {
 	})
 }
 
+// TestIdempotency_StoredByEarlierRelease: an answer stored by an earlier
+// release, under its fingerprint of the request, is replayed for a retry
+// of the same request after an upgrade; a retry of another one is still
+// refused. And the fingerprint now counts numbers by value.
+func TestIdempotency_StoredByEarlierRelease(t *testing.T) {
+	f := newFixture(t)
+	body := `{"model":"base","temperature":1.0,"seed":12,"messages":[{"role":"user","content":"hi"}]}`
+	for _, digits := range []bool{true, false} {
+		key := "order-old-" + strconv.FormatBool(digits)
+		r := f.do(http.MethodPost, "/v1/chat/completions", body, f.authA(), hdr("Idempotency-Key", key))
+		first := readAll(t, r)
+		if r.StatusCode != 200 {
+			t.Fatalf("status %d: %s", r.StatusCode, first)
+		}
+		// as the earlier release stored it: version 1, its fingerprint
+		func() {
+			defer f.w.lock()()
+			ev := f.w.events[len(f.w.events)-1]
+			fp := gateway.OldFingerprint([]byte(body), digits)
+			ev.Response = append(append([]byte{1}, fp[:]...), ev.Response[1+len(fp):]...)
+		}()
+		calls, events := f.gen.calls.Load(), len(f.events())
+		for _, retry := range []string{body, "{\n  \"messages\": [{\"content\": \"hi\", \"role\": \"user\"}],\n  \"model\": \"base\", \"seed\": 12, \"temperature\": 1.0, \"stream\": false\n}"} {
+			r := f.do(http.MethodPost, "/v1/chat/completions", retry, f.authA(), hdr("Idempotency-Key", key))
+			if got := readAll(t, r); r.StatusCode != 200 || got != first || r.Header.Get("Idempotent-Replayed") != "true" {
+				t.Errorf("digits %v: retry %s: status %d, replayed %q: %s", digits, retry, r.StatusCode, r.Header.Get("Idempotent-Replayed"), got)
+			}
+		}
+		other := strings.Replace(body, `"hi"`, `"ho"`, 1)
+		wantError(t, f.do(http.MethodPost, "/v1/chat/completions", other, f.authA(), hdr("Idempotency-Key", key)),
+			409, "conflict_error", "idempotency_key_reused", "")
+		if f.gen.calls.Load() != calls || len(f.events()) != events {
+			t.Errorf("a retry ran or was charged")
+		}
+	}
+	// Stored now: numbers count by value.
+	r := f.do(http.MethodPost, "/v1/chat/completions", body, f.authA(), hdr("Idempotency-Key", "order-new"))
+	first := readAll(t, r)
+	for _, retry := range []string{strings.Replace(body, "1.0", "1", 1), strings.Replace(body, "1.0", "10e-1", 1)} {
+		r = f.do(http.MethodPost, "/v1/chat/completions", retry, f.authA(), hdr("Idempotency-Key", "order-new"))
+		if got := readAll(t, r); r.StatusCode != 200 || got != first {
+			t.Errorf("retry %s: status %d: %s", retry, r.StatusCode, got)
+		}
+	}
+}
+
 // TestIdempotency_ReplayAfterAdapterDeleted: a completed request is
 // replayed by its Idempotency-Key after its adapter was deleted (a client
 // whose answer was lost, to a crash say, retries when it can): the answer

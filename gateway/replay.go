@@ -4,6 +4,11 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/json"
+	"fmt"
+	"maps"
+	"slices"
+	"strconv"
+	"strings"
 
 	"github.com/gofiber/fiber/v2"
 
@@ -42,29 +47,152 @@ type storedAnswer struct {
 	} `json:"usage"`
 }
 
-// storedVersion marks a stored answer that begins with the fingerprint of
-// its request; an answer stored without one begins with '{'.
-const storedVersion = 1
+// Stored answers begin with a version byte and their request's
+// fingerprint (an answer stored before fingerprints begins with '{'):
+// storedVersion, the canonical fingerprint (requestFingerprint); or
+// storedLegacy, a fingerprint of one of the two schemes of earlier
+// releases (legacyFingerprints).
+const (
+	storedLegacy  = 1
+	storedVersion = 2
+)
 
-// requestFingerprint identifies what an idempotent request asks for: its
-// parameters, whatever their order and spacing, except whether the answer
-// is streamed (a streamed retry may replay a non-streamed answer).
+// fingerprintDomain is hashed ahead of the canonical form: a new form gets
+// a new domain (and a new storedVersion).
+const fingerprintDomain = "nozzle request fingerprint v2\n"
+
+// requestFingerprint identifies what an idempotent request asks for: the
+// SHA-256 of a canonical form of its parameters, in which neither the
+// order of members nor spacing count, strings count by their value
+// (escapes decoded), numbers by their exact decimal value (1, 1.0, 1e0
+// and 10e-1 are one number; two integers past 2^53 that round to one
+// double are two), and a top-level member set to null counts as left
+// out (it is, for every parameter). Whether the answer is streamed
+// (stream, stream_options) does not count: a streamed retry may replay a
+// non-streamed answer. The form is Nozzle's own (canonicalJSON), so it
+// does not change with encoding/json's output; a golden test pins it.
 func requestFingerprint(body []byte) [sha256.Size]byte {
-	// Numbers keep their digits: as float64s, two seeds past 2^53 (or any
-	// two integers that round to the same double) would be one request.
 	d := json.NewDecoder(bytes.NewReader(body))
 	d.UseNumber()
 	var m map[string]any
 	if d.Decode(&m) != nil {
-		return sha256.Sum256(body)
+		return sha256.Sum256(append([]byte(fingerprintDomain+"raw\n"), body...))
 	}
-	delete(m, "stream")
-	delete(m, "stream_options")
-	canon, err := json.Marshal(m) // object keys sorted
-	if err != nil {
-		return sha256.Sum256(body)
+	for k, v := range m {
+		if v == nil || k == "stream" || k == "stream_options" {
+			delete(m, k)
+		}
 	}
-	return sha256.Sum256(canon)
+	return sha256.Sum256(canonicalJSON([]byte(fingerprintDomain), m))
+}
+
+// canonicalJSON appends a canonical, prefix-free form of a value decoded
+// with UseNumber: null "n", true "t", false "f", a number "d" and its
+// canonical decimal then ";", a string "s", its length in bytes, ":" and
+// its bytes, an array "[" items "]", an object "{" its members sorted by
+// name (each a string, then its value) "}".
+func canonicalJSON(dst []byte, v any) []byte {
+	switch v := v.(type) {
+	case nil:
+		return append(dst, 'n')
+	case bool:
+		if v {
+			return append(dst, 't')
+		}
+		return append(dst, 'f')
+	case json.Number:
+		dst = append(dst, 'd')
+		return append(canonicalNumber(dst, string(v)), ';')
+	case string:
+		return canonicalString(dst, v)
+	case []any:
+		dst = append(dst, '[')
+		for _, x := range v {
+			dst = canonicalJSON(dst, x)
+		}
+		return append(dst, ']')
+	case map[string]any:
+		dst = append(dst, '{')
+		for _, k := range slices.Sorted(maps.Keys(v)) {
+			dst = canonicalString(dst, k)
+			dst = canonicalJSON(dst, v[k])
+		}
+		return append(dst, '}')
+	}
+	panic(fmt.Sprintf("canonicalJSON: %T", v))
+}
+
+func canonicalString(dst []byte, s string) []byte {
+	dst = append(dst, 's')
+	dst = strconv.AppendInt(dst, int64(len(s)), 10)
+	dst = append(dst, ':')
+	return append(dst, s...)
+}
+
+// canonicalNumber appends the exact value of the JSON number n as its
+// significant digits (no leading or trailing zeros) and a power of ten:
+// "-15e-1" for -1.50, "0" for 0, -0 and 0.0e7. A number whose exponent is
+// past ±2^62 stays as written, after "x".
+func canonicalNumber(dst []byte, n string) []byte {
+	neg := strings.HasPrefix(n, "-")
+	mant, exp, hasExp := strings.Cut(strings.ToLower(strings.TrimPrefix(n, "-")), "e")
+	whole, frac, _ := strings.Cut(mant, ".")
+	digits := strings.TrimLeft(whole+frac, "0")
+	if digits == "" {
+		return append(dst, '0')
+	}
+	var e int64
+	if hasExp {
+		var err error
+		if e, err = strconv.ParseInt(exp, 10, 64); err != nil || e > 1<<62 || e < -1<<62 {
+			return append(append(dst, 'x'), n...)
+		}
+	}
+	trimmed := strings.TrimRight(digits, "0")
+	// The power of ten: the exponent, less the fraction's digits, plus the
+	// trailing zeros taken off.
+	e += int64(len(digits) - len(trimmed) - len(frac))
+	if neg {
+		dst = append(dst, '-')
+	}
+	dst = append(dst, trimmed...)
+	if e != 0 {
+		dst = append(dst, 'e')
+		dst = strconv.AppendInt(dst, e, 10)
+	}
+	return dst
+}
+
+// legacyFingerprints are the fingerprints earlier releases stored (as
+// storedLegacy) for body: the compact JSON of the body's object as
+// encoding/json re-encodes it, stream and stream_options left out, with
+// numbers kept as written (digits) or, before that, read as float64s
+// (float). A retry of a request answered by such a release is replayed
+// when either matches: it is the request that release would have
+// replayed.
+func legacyFingerprints(body []byte) (digits, float [sha256.Size]byte) {
+	d := json.NewDecoder(bytes.NewReader(body))
+	d.UseNumber()
+	var m map[string]any
+	if d.Decode(&m) != nil {
+		raw := sha256.Sum256(body)
+		return raw, raw
+	}
+	legacy := func(m map[string]any) [sha256.Size]byte {
+		delete(m, "stream")
+		delete(m, "stream_options")
+		canon, err := json.Marshal(m) // object keys sorted
+		if err != nil {
+			return sha256.Sum256(body)
+		}
+		return sha256.Sum256(canon)
+	}
+	digits = legacy(m)
+	var f map[string]any
+	if json.Unmarshal(body, &f) != nil {
+		return digits, sha256.Sum256(body)
+	}
+	return digits, legacy(f)
 }
 
 // storedResponse is what the ledger keeps of an idempotent answer: its
@@ -76,26 +204,41 @@ func storedResponse(fp [sha256.Size]byte, answer []byte) []byte {
 	return append(out, answer...)
 }
 
-// splitStored returns a stored answer's request fingerprint (nil for an
-// answer stored before fingerprints) and the answer.
-func splitStored(b []byte) (*[sha256.Size]byte, []byte) {
-	if len(b) > sha256.Size && b[0] == storedVersion {
-		fp := [sha256.Size]byte(b[1 : 1+sha256.Size])
-		return &fp, b[1+sha256.Size:]
+// splitStored returns a stored answer's version (0 for an answer stored
+// before fingerprints), its request's fingerprint (nil for version 0) and
+// the answer.
+func splitStored(b []byte) (version byte, fp *[sha256.Size]byte, answer []byte) {
+	if len(b) > sha256.Size && (b[0] == storedVersion || b[0] == storedLegacy) {
+		f := [sha256.Size]byte(b[1 : 1+sha256.Size])
+		return b[0], &f, b[1+sha256.Size:]
 	}
-	return nil, b
+	return 0, nil, b
+}
+
+// sameRequest reports whether a stored answer was for the request of
+// fingerprint fp and body: the answers stored before fingerprints are
+// taken on trust, those of earlier releases by their fingerprints.
+func sameRequest(version byte, stored *[sha256.Size]byte, fp [sha256.Size]byte, body []byte) bool {
+	switch version {
+	case 0:
+		return true
+	case storedLegacy:
+		digits, float := legacyFingerprints(body)
+		return *stored == digits || *stored == float
+	}
+	return *stored == fp
 }
 
 // replay answers a request whose Idempotency-Key the ledger already holds,
 // without running or charging it again. The stored answer is the complete
 // non-streamed body; a streamed retry gets it back as a short stream (one
 // content chunk per choice), so streaming clients can retry too.
-func (s *Server) replay(c *fiber.Ctx, j *job, ev *nozzle.UsageEvent, fp [sha256.Size]byte) error {
+func (s *Server) replay(c *fiber.Ctx, j *job, ev *nozzle.UsageEvent, fp [sha256.Size]byte, body []byte) error {
 	if len(ev.Response) == 0 {
 		return nozzle.Errorf(nozzle.ECONFLICT, "This Idempotency-Key was already used and its answer is not stored; use a new key.").WithReason("idempotency_key_reused")
 	}
-	was, answer := splitStored(ev.Response)
-	if was != nil && *was != fp {
+	version, was, answer := splitStored(ev.Response)
+	if !sameRequest(version, was, fp, body) {
 		return nozzle.Errorf(nozzle.ECONFLICT, "This Idempotency-Key was already used with other parameters; a retry must send the same request, a new request a new key.").WithReason("idempotency_key_reused")
 	}
 	var a storedAnswer
