@@ -661,8 +661,11 @@ type streamEvent struct {
 }
 
 // stream answers a streamed request. Generation starts now; the status
-// line waits for the first chunk, so that an error before any output
-// (context length, no runtime) is still a proper HTTP error.
+// line waits until the runtime has accepted every prompt (awaitAccepted),
+// so that an error before any output (context length, an adapter the
+// runtime cannot load, no runtime) is still a proper HTTP error, never an
+// event after part of the answer (an echoed prompt, another prompt's
+// text) went out with a 200.
 func (cp *completion) stream(c *fiber.Ctx) error {
 	n := len(cp.reqs)
 	events := make(chan streamEvent, 64)
@@ -679,28 +682,32 @@ func (cp *completion) stream(c *fiber.Ctx) error {
 			events <- streamEvent{index: i, done: true, res: res, err: err}
 		}(i)
 	}
-	// Until the first chunk nothing is written, so a client that leaves
-	// while the request waits in the queue is seen only by looking.
+	// Until then nothing is written, so a client that leaves while the
+	// request waits in the queue is seen only by looking.
 	stop := watchClient(c.Context().Conn(), clientCheckEvery, cp.cancel)
-	first := <-events
+	held, failed := cp.awaitAccepted(events)
 	stop()
-	if first.done && first.err != nil {
+	if failed != nil {
 		// Failed before any output: stop the other choices, record any
 		// work, answer with the error.
 		cp.cancel()
-		cp.results[first.index].res, cp.results[first.index].err = first.res, first.err
-		for left := n - 1; left > 0; left-- {
-			ev := <-events
+		done := 0
+		record := func(ev streamEvent) {
 			if ev.done {
 				cp.results[ev.index].res, cp.results[ev.index].err = ev.res, ev.err
-			} else {
-				left++
+				done++
 			}
+		}
+		for _, ev := range held {
+			record(ev)
+		}
+		for done < n {
+			record(<-events)
 		}
 		defer cp.done()
 		_, err := cp.settle(nil)
 		if err == nil {
-			err = first.err
+			err = failed
 		}
 		return err
 	}
@@ -711,15 +718,41 @@ func (cp *completion) stream(c *fiber.Ctx) error {
 	c.Set("X-Accel-Buffering", "no")
 	conn := c.Context().Conn()
 	c.Context().SetBodyStreamWriter(func(w *bufio.Writer) {
-		cp.writeStream(w, conn, events, first)
+		cp.writeStream(w, conn, events, held)
 	})
 	return nil
+}
+
+// awaitAccepted reads the choices' events until the runtime has accepted
+// every prompt of the request: one of its choices produced text, scored
+// the prompt (an echo with logprobs comes once the prompt is computed) or
+// ended well. An echo without logprobs proves nothing: a runtime may send
+// it before it loads the adapter. The n choices of a prompt share its
+// checks, so one of them stands for all. It returns the events read, to
+// be sent once the stream starts, or the error of a choice that failed
+// before then.
+func (cp *completion) awaitAccepted(events <-chan streamEvent) (held []streamEvent, failed error) {
+	per := max(cp.j.n, 1)
+	accepted := make([]bool, (len(cp.reqs)+per-1)/per)
+	left := len(accepted)
+	for left > 0 {
+		ev := <-events
+		held = append(held, ev)
+		if ev.done && ev.err != nil {
+			return held, ev.err
+		}
+		if g := ev.index / per; !accepted[g] && (ev.done || !ev.chunk.Prompt || len(ev.chunk.Logprobs) > 0) {
+			accepted[g] = true
+			left--
+		}
+	}
+	return held, nil
 }
 
 // writeStream writes the server-sent events of a stream. It runs after the
 // handler has returned, on fasthttp's stream goroutine, and touches no
 // fiber context.
-func (cp *completion) writeStream(w *bufio.Writer, conn net.Conn, events chan streamEvent, first streamEvent) {
+func (cp *completion) writeStream(w *bufio.Writer, conn net.Conn, events chan streamEvent, held []streamEvent) {
 	s, j, st := cp.s, cp.j, cp.st
 	defer func() {
 		if r := recover(); r != nil {
@@ -822,8 +855,10 @@ func (cp *completion) writeStream(w *bufio.Writer, conn net.Conn, events chan st
 		return false
 	}
 	left := n
-	if handle(first) {
-		left--
+	for _, ev := range held {
+		if handle(ev) {
+			left--
+		}
 	}
 	for left > 0 {
 		if handle(<-events) {

@@ -19,6 +19,10 @@ func sha256hex(b []byte) string {
 }
 
 // fakeFingerprint is the weights' fingerprint the fake runtimes report.
+// notStoredSHA is the content address of an adapter the fake runtime
+// cannot load.
+var notStoredSHA = strings.Repeat("dead", 16)
+
 const fakeFingerprint = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
 
 // defaultWords is what the fake runtime says, one token a word.
@@ -27,7 +31,10 @@ var defaultWords = []string{"Hello", " from", " the", " fake", " runtime", "."}
 // fakeGen is a deterministic runtime behind a mock.Generator. The prompt
 // steers it: "TOO_LONG" → ECONTEXTLENGTH, "FAIL_BEFORE" → EINTERNAL before
 // any token, "FAIL_AFTER" → EINTERNAL after two tokens, "REFUSE_AFTER" →
-// ECONTEXTLENGTH after two tokens.
+// ECONTEXTLENGTH after two tokens, "REFUSE_LATE" → ECONTEXTLENGTH before
+// any output, found after 50 ms. An adapter of content address
+// notStoredSHA fails as one whose files are gone: ENOTFOUND once the
+// echo (sent at once, as the runtime sends it) went out.
 type fakeGen struct {
 	w          *world
 	runtimeID  string
@@ -121,6 +128,12 @@ func (g *fakeGen) generate(ctx context.Context, req *nozzle.GenerateRequest, emi
 		return res, nozzle.Errorf(nozzle.ECONTEXTLENGTH, "This model's maximum context length is 2048 tokens. However, your messages resulted in 5000 tokens.").WithParam("messages")
 	case strings.Contains(prompt, "FAIL_BEFORE"):
 		return res, nozzle.Errorf(nozzle.EINTERNAL, "engine exploded")
+	case strings.Contains(prompt, "REFUSE_LATE"):
+		select {
+		case <-time.After(50 * time.Millisecond):
+		case <-ctx.Done():
+		}
+		return res, nozzle.Errorf(nozzle.ECONTEXTLENGTH, "This model's maximum context length is 2048 tokens.").WithParam("prompt").WithReason("context_length_exceeded")
 	}
 	if h := g.hold.Load(); h != nil {
 		select {
@@ -157,6 +170,9 @@ func (g *fakeGen) generate(ctx context.Context, req *nozzle.GenerateRequest, emi
 		if err := emit(echo); err != nil {
 			return res, nozzle.Errorf(nozzle.ECANCELED, "Canceled.").Wrap(err)
 		}
+	}
+	if req.Adapter != nil && req.Adapter.SHA256 == notStoredSHA {
+		return res, nozzle.Errorf(nozzle.ENOTFOUND, "Adapter %s is not stored.", notStoredSHA[:12]).WithReason("model_not_found")
 	}
 	if req.PromptOnly {
 		res.FinishReason = nozzle.FinishLength

@@ -227,6 +227,82 @@ func TestStream_FailureMidway(t *testing.T) {
 	}
 }
 
+// TestStream_RefusedBeforeOutput: a refusal the runtime finds before a
+// prompt produced anything (an adapter it cannot load, found after it
+// echoed the prompt; one of several prompts refused while another one's
+// text comes) is an HTTP error, streamed or not: no byte of a 200 stream,
+// no echoed prompt, goes out before it.
+func TestStream_RefusedBeforeOutput(t *testing.T) {
+	f := newFixture(t)
+	f.addAdapter(f.tenantA.ID, "files-gone", notStoredSHA)
+	for _, tc := range []struct {
+		name, body   string
+		status       int
+		code, param  string
+		generations  int64
+		workRecorded bool
+	}{
+		// the runtime echoes a prompt of token ids at once, then fails to
+		// load the adapter
+		{"AdapterNotStoredTokens", `{"model":"files-gone","prompt":[1,2,3],"echo":true,"max_tokens":3}`, 404, "model_not_found", "", 1, false},
+		{"AdapterNotStoredText", `{"model":"files-gone","prompt":"hello","echo":true,"max_tokens":3}`, 404, "model_not_found", "", 1, false},
+		{"AdapterNotStoredChoices", `{"model":"files-gone","prompt":[[1,2],[3]],"echo":true,"n":2,"max_tokens":3}`, 404, "model_not_found", "", 4, false},
+		{"AdapterNotStoredPromptOnly", `{"model":"files-gone","prompt":[1,2,3],"echo":true,"max_tokens":0}`, 404, "model_not_found", "", 1, false},
+		// the first prompt's text comes at once, the second is refused
+		// 50 ms later
+		{"OnePromptRefusedLate", `{"model":"base","prompt":["hello","REFUSE_LATE"],"echo":true,"max_tokens":3}`, 400, "context_length_exceeded", "prompt", 2, true},
+		{"FirstPromptRefusedLate", `{"model":"base","prompt":["REFUSE_LATE","hello"],"echo":true,"max_tokens":3}`, 400, "context_length_exceeded", "prompt", 2, true},
+	} {
+		for _, stream := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/stream=%v", tc.name, stream), func(t *testing.T) {
+				body := tc.body
+				if stream {
+					body = strings.Replace(body, `"echo":true`, `"echo":true,"stream":true,"stream_options":{"include_usage":true}`, 1)
+				}
+				before, events := f.w.generations.Load(), len(f.events())
+				r := f.do(http.MethodPost, "/v1/completions", body, f.authA())
+				if ct := r.Header.Get("Content-Type"); strings.HasPrefix(ct, "text/event-stream") {
+					t.Fatalf("a stream began (%s): %s", ct, readAll(t, r))
+				}
+				wantError(t, r, tc.status, "invalid_request_error", tc.code, tc.param)
+				if n := f.w.generations.Load() - before; n != tc.generations {
+					t.Errorf("%d generations, want %d", n, tc.generations)
+				}
+				// work done for another prompt is recorded, uncharged
+				evs := f.events()[events:]
+				if tc.workRecorded {
+					if len(evs) != 1 || evs[0].Status != nozzle.UsageFailed {
+						t.Errorf("events %+v", evs)
+					}
+				} else if len(evs) != 0 {
+					t.Errorf("events %+v", evs)
+				}
+			})
+		}
+	}
+	t.Run("Accepted", func(t *testing.T) {
+		// Both prompts accepted: the stream holds the echoes and the text
+		// in order, each choice's echo first.
+		for body, want := range map[string][2]string{
+			`{"model":"base","prompt":["hi","yo"],"echo":true,"max_tokens":2,"stream":true}`: {"hiHello from", "yoHello from"},
+			`{"model":"base","prompt":[[7,8],[9]],"echo":true,"max_tokens":2,"stream":true}`: {"t7 t8 Hello from", "t9 Hello from"},
+		} {
+			r := f.do(http.MethodPost, "/v1/completions", body, f.authA())
+			texts := [2]string{}
+			for _, c := range parseChunks(t, sseEvents(t, readAll(t, r))) {
+				for _, ch := range c.Choices {
+					if ch.Text != nil {
+						texts[ch.Index] += *ch.Text
+					}
+				}
+			}
+			if texts != want {
+				t.Errorf("%s: texts %q", body, texts)
+			}
+		}
+	})
+}
+
 func TestCompletions(t *testing.T) {
 	f := newFixture(t)
 	type resp struct {
