@@ -194,6 +194,11 @@ func (s *Server) complete(c *fiber.Ctx, kind genKind) error {
 		perChoice = max(16, ctxLen-promptEst/max(1, j.choices()))
 	}
 	completionEst := perChoice * j.choices()
+	if lim := s.cfg.TenantSequences; lim >= 0 && j.choices() > lim {
+		// more than the tenant may ever have at once: a retry cannot help
+		cp.unclaim()
+		return invalidAs("integer_above_max_value", "n", "Too many choices: this request asks for %d (prompts × n) and this organization may have at most %d sequences running or queued at once.", j.choices(), lim)
+	}
 	if err := s.seqs.take(p.tenant.ID, j.choices(), s.cfg.TenantSequences); err != nil {
 		cp.unclaim()
 		return err

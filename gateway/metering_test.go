@@ -723,3 +723,61 @@ func TestTenantSequences(t *testing.T) {
 		t.Errorf("after the first finished: %d %s", r.StatusCode, readAll(t, r))
 	}
 }
+
+// TestChoicesLimit: a request generates at most 16 choices (n, times the
+// prompts of a legacy completion), where OpenAI's n goes up to 128; past
+// that, OpenAI's refusal of a value above its bound, naming n. A request
+// of more choices than its tenant may ever have at once is refused the
+// same way, not with a 429 that no retry can get past.
+func TestChoicesLimit(t *testing.T) {
+	f := newFixture(t)
+	chat := func(n int) string {
+		return `{"model":"base","n":` + strconv.Itoa(n) + `,"max_tokens":1,"messages":[{"role":"user","content":"hi"}]}`
+	}
+	for _, n := range []int{1, 16} {
+		var out chatResponse
+		r := f.do(http.MethodPost, "/v1/chat/completions", chat(n), f.authA())
+		if r.StatusCode != 200 {
+			t.Fatalf("n=%d: status %d: %s", n, r.StatusCode, readAll(t, r))
+		}
+		if decode(t, r, &out); len(out.Choices) != n {
+			t.Errorf("n=%d: %d choices", n, len(out.Choices))
+		}
+	}
+	for _, n := range []int{17, 128, 129} {
+		e := wantError(t, f.do(http.MethodPost, "/v1/chat/completions", chat(n), f.authA()), 400, "invalid_request_error", "integer_above_max_value", "n")
+		if want := "Invalid 'n': integer above maximum value. Expected a value <= 16, but got " + strconv.Itoa(n) + " instead."; !strings.HasPrefix(e.Error.Message, want) {
+			t.Errorf("message %q", e.Error.Message)
+		}
+	}
+	for _, n := range []int{0, -1} {
+		wantError(t, f.do(http.MethodPost, "/v1/chat/completions", chat(n), f.authA()), 400, "invalid_request_error", "integer_below_min_value", "n")
+	}
+	prompts := func(k int) string { return `["` + strings.Repeat(`a","`, k-1) + `a"]` }
+	for _, tc := range []struct {
+		prompts, n int
+		param      string
+	}{{4, 4, ""}, {16, 1, ""}, {4, 5, "n"}, {17, 1, "prompt"}, {2, 9, "n"}} {
+		r := f.do(http.MethodPost, "/v1/completions", `{"model":"base","max_tokens":1,"n":`+strconv.Itoa(tc.n)+`,"prompt":`+prompts(tc.prompts)+`}`, f.authA())
+		if tc.param == "" {
+			if r.StatusCode != 200 {
+				t.Errorf("%d prompts × n=%d: status %d: %s", tc.prompts, tc.n, r.StatusCode, readAll(t, r))
+			}
+			readAll(t, r)
+			continue
+		}
+		wantError(t, r, 400, "invalid_request_error", "integer_above_max_value", tc.param)
+	}
+
+	small := newFixture(t, withConfig(func(c *gateway.Config) { c.TenantSequences = 8 }))
+	if r := small.do(http.MethodPost, "/v1/chat/completions", chat(8), small.authA()); r.StatusCode != 200 {
+		t.Errorf("n=8 of 8: status %d: %s", r.StatusCode, readAll(t, r))
+	}
+	e := wantError(t, small.do(http.MethodPost, "/v1/chat/completions", chat(9), small.authA()), 400, "invalid_request_error", "integer_above_max_value", "n")
+	if !strings.Contains(e.Error.Message, "at most 8 sequences") {
+		t.Errorf("message %q", e.Error.Message)
+	}
+	if len(small.events()) != 1 {
+		t.Errorf("events %+v", small.events())
+	}
+}

@@ -638,8 +638,14 @@ func (j *job) applyCommon(c common, maxChoicesPerPrompt int, maxTokensParam stri
 	}
 	j.n = 1
 	if c.n != nil {
-		if *c.n < 1 || *c.n > maxChoicesPerPrompt {
-			return invalidAs("invalid_value", "n", "Invalid 'n': expected an integer from 1 to %d, but got %d.", maxChoicesPerPrompt, *c.n)
+		// OpenAI takes n up to 128; each choice is a sequence of the
+		// runtime's batch, and this server takes up to maxChoices (see
+		// docs/API.md), refused as OpenAI refuses a value past its bound.
+		if *c.n < 1 {
+			return invalidAs("integer_below_min_value", "n", "Invalid 'n': integer below minimum value. Expected a value >= 1, but got %d instead.", *c.n)
+		}
+		if *c.n > maxChoicesPerPrompt {
+			return invalidAs("integer_above_max_value", "n", "Invalid 'n': integer above maximum value. Expected a value <= %d, but got %d instead. This server generates at most %d choices per request.", maxChoicesPerPrompt, *c.n, maxChoicesPerPrompt)
 		}
 		j.n = *c.n
 	}
@@ -926,8 +932,15 @@ func parsePrompt(raw json.RawMessage, n, maxChoices int) ([]promptSpec, error) {
 	}
 }
 
+// tooManyChoices refuses a legacy completion whose prompts × n choices
+// pass maxChoices: named by n when n asks for more than one choice a
+// prompt, else by the prompt list.
 func tooManyChoices(prompts, n, maxChoices int) error {
-	return invalidAs("invalid_value", "n", "Too many choices: %d prompts × n=%d exceeds %d.", prompts, n, maxChoices)
+	param := "n"
+	if n <= 1 {
+		param = "prompt"
+	}
+	return invalidAs("integer_above_max_value", param, "Too many choices: %d prompts × n=%d exceeds %d. This server generates at most %d choices (prompts × n) per request.", prompts, max(n, 1), maxChoices, maxChoices)
 }
 
 // scanArray looks at raw, valid JSON, without decoding it: whether it is

@@ -61,7 +61,7 @@ type Config struct {
 	UploadLimitMB  int           `key:"upload_limit_mb" help:"largest adapter upload in MiB"`
 	TenantStoreMB  int           `key:"tenant_adapter_storage_mb" help:"gateway: most adapter storage in MiB one tenant may use (the sum of its adapters' sizes); an upload past it is refused (0: no cap)"`
 	RequestTimeout time.Duration `key:"request_timeout" help:"longest a completion may run"`
-	TenantSeqs     int           `key:"tenant_sequences" help:"gateway: most sequences (prompts × n of each request) one tenant may have running or queued at once; beyond, 429 (0: no cap)"`
+	TenantSeqs     int           `key:"tenant_sequences" help:"gateway: most sequences (prompts × n of each request) one tenant may have running or queued at once; beyond, 429 (a request of more choices than that alone: 400) (0: no cap)"`
 
 	// Billing.
 	IdlePolicy           string  `key:"idle_policy" help:"who carries idle GPU time: prorata or operator"`
