@@ -293,6 +293,10 @@ func TestChat_BadInput(t *testing.T) {
 		{"TemperatureRange", `{"model":"base","temperature":3,` + msgs + `}`, 400, "invalid_request_error", "invalid_value", "temperature"},
 		{"MaxTokensZero", `{"model":"base","max_tokens":0,` + msgs + `}`, 400, "invalid_request_error", "invalid_value", "max_tokens"},
 		{"MaxTokensFloat", `{"model":"base","max_tokens":1.5,` + msgs + `}`, 400, "invalid_request_error", "invalid_type", "max_tokens"},
+		// max_tokens is deprecated in favour of max_completion_tokens, and
+		// OpenAI refuses the two together, even when they agree
+		{"MaxTokensAndMaxCompletionTokens", `{"model":"base","max_tokens":5,"max_completion_tokens":50,` + msgs + `}`, 400, "invalid_request_error", "invalid_parameter_combination", "max_tokens"},
+		{"MaxTokensAndMaxCompletionTokensEqual", `{"model":"base","max_tokens":5,"max_completion_tokens":5,` + msgs + `}`, 400, "invalid_request_error", "invalid_parameter_combination", "max_tokens"},
 		{"NTooMany", `{"model":"base","n":1000,` + msgs + `}`, 400, "invalid_request_error", "integer_above_max_value", "n"},
 		{"NZero", `{"model":"base","n":0,` + msgs + `}`, 400, "invalid_request_error", "integer_below_min_value", "n"},
 		{"StopTooMany", `{"model":"base","stop":["a","b","c","d","e"],` + msgs + `}`, 400, "invalid_request_error", "invalid_value", "stop"},
@@ -391,6 +395,16 @@ func TestChat_BadInput(t *testing.T) {
 			if ms := f.gen.lastReq.Load().Messages; len(ms) != 5 || ms[3].Role != "assistant" || ms[3].Content != "I cannot." {
 				t.Errorf("messages %+v", ms)
 			}
+		}
+	})
+	t.Run("MaxTokensNullBesideMaxCompletionTokens", func(t *testing.T) {
+		// null is a parameter left out: max_completion_tokens alone
+		body := `{"model":"base",` + msgs + `,"max_tokens":null,"max_completion_tokens":2}`
+		if r := f.do(http.MethodPost, "/v1/chat/completions", body, f.authA()); r.StatusCode != 200 {
+			t.Fatalf("status %d: %s", r.StatusCode, readAll(t, r))
+		}
+		if got := f.gen.lastReq.Load().MaxTokens; got != 2 {
+			t.Errorf("max tokens %d", got)
 		}
 	})
 	t.Run("OtherTenantsAdapter", func(t *testing.T) {

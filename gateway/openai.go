@@ -677,6 +677,11 @@ func parseChat(body []byte, maxChoices int) (*job, error) {
 	maxTok := b.MaxTokens
 	param := "max_tokens"
 	if b.MaxCompletionTokens != nil {
+		// max_tokens is deprecated in favour of max_completion_tokens;
+		// OpenAI refuses both at once, whatever their values.
+		if b.MaxTokens != nil {
+			return nil, invalidAs("invalid_parameter_combination", "max_tokens", "Setting 'max_tokens' and 'max_completion_tokens' at the same time is not supported.")
+		}
 		maxTok, param = b.MaxCompletionTokens, "max_completion_tokens"
 	}
 	if err := j.applyCommon(common{b.Model, maxTok, b.Temperature, b.TopP, b.TopK, b.Seed, b.N, b.Stop, b.Stream, b.StreamOptions, b.User}, maxChoices, param); err != nil {
