@@ -366,8 +366,10 @@ func (u *unimplemented) check() error {
 	}{{"presence_penalty", u.PresencePenalty}, {"frequency_penalty", u.FrequencyPenalty}} {
 		switch {
 		case p.v == nil || *p.v == 0:
-		case *p.v < -2 || *p.v > 2:
-			return invalidAs("invalid_value", p.name, "Invalid '%s': expected a number from -2 to 2, but got %s.", p.name, strconv.FormatFloat(*p.v, 'g', -1, 64))
+		case *p.v < -2:
+			return outOfRange(p.name, *p.v, false, -2)
+		case *p.v > 2:
+			return outOfRange(p.name, *p.v, false, 2)
 		default:
 			return invalidAs("unsupported_value", p.name, "'%s' is not supported by this server; leave it out or set it to 0.", p.name)
 		}
@@ -453,6 +455,25 @@ func invalid(param, format string, args ...any) error {
 // parameter is known, the value asked for is not served).
 func invalidAs(code, param, format string, args ...any) error {
 	return nozzle.Errorf(nozzle.EINVALID, format, args...).WithParam(param).WithReason(code)
+}
+
+// outOfRange is OpenAI's refusal of a number past a bound of its
+// parameter (a minimum where got is below it, else a maximum): "Invalid
+// 'temperature': decimal above maximum value. Expected a value <= 2, but
+// got 3 instead.", code decimal_above_max_value (integer_… for an integer
+// parameter, …_below_min_value for a minimum).
+func outOfRange(param string, got float64, integer bool, bound float64) *nozzle.Error {
+	kind := "decimal"
+	if integer {
+		kind = "integer"
+	}
+	side, cmp, code := "below minimum", ">=", "_below_min_value"
+	if got > bound {
+		side, cmp, code = "above maximum", "<=", "_above_max_value"
+	}
+	num := func(f float64) string { return strconv.FormatFloat(f, 'g', -1, 64) }
+	return nozzle.Errorf(nozzle.EINVALID, "Invalid '%s': %s %s value. Expected a value %s %s, but got %s instead.", param, kind, side, cmp, num(bound), num(got)).
+		WithParam(param).WithReason(kind + code)
 }
 
 // decodeJSON decodes a request body into v, turning decoder errors into
@@ -598,7 +619,7 @@ func (j *job) applyCommon(c common, maxChoicesPerPrompt int, maxTokensParam stri
 	j.model = *c.model
 	if c.maxTokens != nil {
 		if *c.maxTokens < 1 {
-			return invalidAs("invalid_value", maxTokensParam, "Invalid '%s': integer below minimum value. Expected a value >= 1, but got %d instead.", maxTokensParam, *c.maxTokens)
+			return outOfRange(maxTokensParam, float64(*c.maxTokens), true, 1)
 		}
 		j.maxTokens = *c.maxTokens
 	}
@@ -606,16 +627,22 @@ func (j *job) applyCommon(c common, maxChoicesPerPrompt int, maxTokensParam stri
 	j.temperature = 1
 	j.temperatureSet = c.temperature != nil
 	if c.temperature != nil {
-		if *c.temperature < 0 || *c.temperature > 2 {
-			return invalidAs("invalid_value", "temperature", "Invalid 'temperature': expected a number from 0 to 2, but got %s.", strconv.FormatFloat(*c.temperature, 'g', -1, 64))
+		if *c.temperature < 0 {
+			return outOfRange("temperature", *c.temperature, false, 0)
+		}
+		if *c.temperature > 2 {
+			return outOfRange("temperature", *c.temperature, false, 2)
 		}
 		j.temperature = *c.temperature
 	}
 	j.topP = 1
 	j.topPSet = c.topP != nil
 	if c.topP != nil {
-		if *c.topP < 0 || *c.topP > 1 {
-			return invalidAs("invalid_value", "top_p", "Invalid 'top_p': expected a number from 0 to 1, but got %s.", strconv.FormatFloat(*c.topP, 'g', -1, 64))
+		if *c.topP < 0 {
+			return outOfRange("top_p", *c.topP, false, 0)
+		}
+		if *c.topP > 1 {
+			return outOfRange("top_p", *c.topP, false, 1)
 		}
 		j.topP = *c.topP
 		if j.topP == 0 {
@@ -642,10 +669,12 @@ func (j *job) applyCommon(c common, maxChoicesPerPrompt int, maxTokensParam stri
 		// runtime's batch, and this server takes up to maxChoices (see
 		// docs/API.md), refused as OpenAI refuses a value past its bound.
 		if *c.n < 1 {
-			return invalidAs("integer_below_min_value", "n", "Invalid 'n': integer below minimum value. Expected a value >= 1, but got %d instead.", *c.n)
+			return outOfRange("n", float64(*c.n), true, 1)
 		}
 		if *c.n > maxChoicesPerPrompt {
-			return invalidAs("integer_above_max_value", "n", "Invalid 'n': integer above maximum value. Expected a value <= %d, but got %d instead. This server generates at most %d choices per request.", maxChoicesPerPrompt, *c.n, maxChoicesPerPrompt)
+			e := outOfRange("n", float64(*c.n), true, float64(maxChoicesPerPrompt))
+			e.Message += fmt.Sprintf(" This server generates at most %d choices per request.", maxChoicesPerPrompt)
+			return e
 		}
 		j.n = *c.n
 	}
@@ -764,8 +793,11 @@ func parseChat(body []byte, maxChoices int) (*job, error) {
 	}
 	j.logprobs = b.Logprobs != nil && *b.Logprobs
 	if b.TopLogprobs != nil {
-		if *b.TopLogprobs < 0 || *b.TopLogprobs > 20 {
-			return nil, invalidAs("invalid_value", "top_logprobs", "Invalid 'top_logprobs': expected an integer from 0 to 20, but got %d.", *b.TopLogprobs)
+		if *b.TopLogprobs < 0 {
+			return nil, outOfRange("top_logprobs", float64(*b.TopLogprobs), true, 0)
+		}
+		if *b.TopLogprobs > 20 {
+			return nil, outOfRange("top_logprobs", float64(*b.TopLogprobs), true, 20)
 		}
 		if *b.TopLogprobs > 0 && !j.logprobs {
 			return nil, invalidAs("invalid_value", "top_logprobs", "Using 'top_logprobs' requires 'logprobs' to be true.")
@@ -856,8 +888,11 @@ func parseCompletion(body []byte, maxChoices int) (*job, error) {
 		return nil, tooManyChoices(len(prompts), j.n, maxChoices)
 	}
 	if b.Logprobs != nil {
-		if *b.Logprobs < 0 || *b.Logprobs > 5 {
-			return nil, invalidAs("invalid_value", "logprobs", "Invalid 'logprobs': expected an integer from 0 to 5, but got %d.", *b.Logprobs)
+		if *b.Logprobs < 0 {
+			return nil, outOfRange("logprobs", float64(*b.Logprobs), true, 0)
+		}
+		if *b.Logprobs > 5 {
+			return nil, outOfRange("logprobs", float64(*b.Logprobs), true, 5)
 		}
 		j.logprobs, j.topLogprobs = true, *b.Logprobs
 	}

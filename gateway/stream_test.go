@@ -483,6 +483,7 @@ func TestCompletions(t *testing.T) {
 			{"NegativeToken", `{"model":"base","prompt":[1,-2]}`, "prompt"},
 			{"PromptObject", `{"model":"base","prompt":{"a":1}}`, "prompt"},
 			{"LogprobsRange", `{"model":"base","prompt":"x","logprobs":6}`, "logprobs"},
+			{"LogprobsNegative", `{"model":"base","prompt":"x","logprobs":-1}`, "logprobs"},
 			{"Suffix", `{"model":"base","prompt":"x","suffix":"y"}`, "suffix"},
 			{"FrequencyPenalty", `{"model":"base","prompt":"x","frequency_penalty":-1}`, "frequency_penalty"},
 			{"LogitBias", `{"model":"base","prompt":"x","logit_bias":{"1":5}}`, "logit_bias"},
