@@ -137,3 +137,24 @@ func TestStoredByEarlierReleases(t *testing.T) {
 		t.Errorf("a canonical fingerprint matched a legacy one")
 	}
 }
+
+// BenchmarkRequestFingerprint measures the fingerprint of an idempotent
+// request (the OpenAI SDKs send an Idempotency-Key with every request),
+// beside the legacy one it replaced.
+func BenchmarkRequestFingerprint(b *testing.B) {
+	for _, bb := range parseBenchBodies {
+		body := []byte(bb.body)
+		b.Run(bb.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				requestFingerprint(body)
+			}
+		})
+		b.Run(bb.name+"/legacy", func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				oldFingerprint(body, true)
+			}
+		})
+	}
+}

@@ -83,7 +83,9 @@ func requestFingerprint(body []byte) [sha256.Size]byte {
 			delete(m, k)
 		}
 	}
-	return sha256.Sum256(canonicalJSON([]byte(fingerprintDomain), m))
+	// The canonical form is about as long as the body: one allocation.
+	buf := append(make([]byte, 0, len(fingerprintDomain)+len(body)+len(body)/2), fingerprintDomain...)
+	return sha256.Sum256(canonicalJSON(buf, m))
 }
 
 // canonicalJSON appends a canonical, prefix-free form of a value decoded
