@@ -293,6 +293,9 @@ func TestChat_BadInput(t *testing.T) {
 		{"TemperatureRange", `{"model":"base","temperature":3,` + msgs + `}`, 400, "invalid_request_error", "decimal_above_max_value", "temperature"},
 		{"MaxTokensZero", `{"model":"base","max_tokens":0,` + msgs + `}`, 400, "invalid_request_error", "integer_below_min_value", "max_tokens"},
 		{"MaxTokensFloat", `{"model":"base","max_tokens":1.5,` + msgs + `}`, 400, "invalid_request_error", "invalid_type", "max_tokens"},
+		{"MaxTokensWholeFloat", `{"model":"base","max_tokens":2.0,` + msgs + `}`, 400, "invalid_request_error", "invalid_type", "max_tokens"},
+		{"SeedPastInt64", `{"model":"base","seed":18446744073709551615,` + msgs + `}`, 400, "invalid_request_error", "integer_above_max_value", "seed"},
+		{"SeedBelowInt64", `{"model":"base","seed":-9223372036854775809,` + msgs + `}`, 400, "invalid_request_error", "integer_below_min_value", "seed"},
 		// max_tokens is deprecated in favour of max_completion_tokens, and
 		// OpenAI refuses the two together, even when they agree
 		{"MaxTokensAndMaxCompletionTokens", `{"model":"base","max_tokens":5,"max_completion_tokens":50,` + msgs + `}`, 400, "invalid_request_error", "invalid_parameter_combination", "max_tokens"},

@@ -491,9 +491,24 @@ func decodeJSON(body []byte, v any) error {
 		if te.Field == "" {
 			return nozzle.Errorf(nozzle.EINVALID, "The request body must be a JSON object.")
 		}
-		got, _, _ := strings.Cut(te.Value, " ")
+		got, literal, _ := strings.Cut(te.Value, " ")
 		field := indexedField(body, v, te.Field)
-		return invalidAs("invalid_type", field, "Invalid type for '%s': expected %s, but got %s.", field, describeType(te.Type), article(got))
+		want := describeType(te.Type)
+		if want == "an integer" && got == "number" {
+			// An integer too large for 64 bits (a seed drawn as an
+			// unsigned 64-bit number), or a number with a fraction or an
+			// exponent (2.0, as Python writes a float): said as OpenAI
+			// says them.
+			if strings.ContainsAny(literal, ".eE") {
+				return invalidAs("invalid_type", field, "Invalid type for '%s': expected an integer, but got a decimal number instead.", field)
+			}
+			lo, hi := intBounds(te.Type)
+			if strings.HasPrefix(literal, "-") {
+				return invalidAs("integer_below_min_value", field, "Invalid '%s': integer below minimum value. Expected a value >= %s, but got %s instead.", field, lo, literal)
+			}
+			return invalidAs("integer_above_max_value", field, "Invalid '%s': integer above maximum value. Expected a value <= %s, but got %s instead.", field, hi, literal)
+		}
+		return invalidAs("invalid_type", field, "Invalid type for '%s': expected %s, but got %s.", field, want, article(got))
 	}
 	return nozzle.Errorf(nozzle.EINVALID, "We could not parse the JSON body of your request. The API expects a JSON object; check it is valid JSON.").Wrap(err)
 }
@@ -528,6 +543,19 @@ func indexedField(body []byte, v any, path string) string {
 		}
 	}
 	return path
+}
+
+// intBounds is the range of the integer type t (through pointers).
+func intBounds(t reflect.Type) (lo, hi string) {
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	bits := t.Bits()
+	switch t.Kind() {
+	case reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64, reflect.Uintptr:
+		return "0", strconv.FormatUint(math.MaxUint64>>(64-bits), 10)
+	}
+	return strconv.FormatInt(math.MinInt64>>(64-bits), 10), strconv.FormatInt(math.MaxInt64>>(64-bits), 10)
 }
 
 func describeType(t reflect.Type) string {
