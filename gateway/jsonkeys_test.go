@@ -150,3 +150,24 @@ func TestShapeNames(t *testing.T) {
 		t.Errorf("strictness")
 	}
 }
+
+// BenchmarkCheckKeys measures the member-name check alone, on the bodies
+// of BenchmarkParse (of which it is a part).
+func BenchmarkCheckKeys(b *testing.B) {
+	for _, bb := range parseBenchBodies {
+		body := []byte(bb.body)
+		var v any = &completionBody{}
+		if bb.chat {
+			v = &chatBody{}
+		}
+		b.Run(bb.name, func(b *testing.B) {
+			b.ReportAllocs()
+			b.SetBytes(int64(len(body)))
+			for b.Loop() {
+				if _, err := checkKeys(body, shapeFor(v)); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
