@@ -201,6 +201,39 @@ await check('error-unknown-argument', async () => {
   });
 });
 
+await check('error-cased-argument', async () => {
+  // a parameter spelt in another case is another argument, as OpenAI has it
+  await assert.rejects(client.chat.completions.create({ model: 'base', messages: [{ role: 'user', content: 'hi' }], MAX_TOKENS: 5 }), (e) => {
+    assert.ok(e instanceof OpenAI.BadRequestError, String(e));
+    assert.equal(e.param, 'MAX_TOKENS');
+    return true;
+  });
+});
+
+await check('error-parameter-bounds', async () => {
+  await assert.rejects(client.chat.completions.create({ model: 'base', messages: [{ role: 'user', content: 'hi' }], n: 17 }), (e) => {
+    assert.ok(e instanceof OpenAI.BadRequestError, String(e));
+    assert.equal(e.code, 'integer_above_max_value');
+    assert.equal(e.param, 'n');
+    return true;
+  });
+  await assert.rejects(client.chat.completions.create({ model: 'base', messages: [{ role: 'user', content: 'hi' }], max_tokens: 5, max_completion_tokens: 5 }), (e) => {
+    assert.ok(e instanceof OpenAI.BadRequestError, String(e));
+    assert.equal(e.code, 'invalid_parameter_combination');
+    return true;
+  });
+});
+
+await check('error-streamed-refusal', async () => {
+  // one of two prompts refused after the other's text came: the stream
+  // never starts, the SDK gets the error from create
+  await assert.rejects(client.completions.create({ model: 'base', prompt: ['Hi!', 'REFUSE_LATE'], echo: true, max_tokens: 2, stream: true }), (e) => {
+    assert.ok(e instanceof OpenAI.BadRequestError, String(e));
+    assert.equal(e.code, 'context_length_exceeded');
+    return true;
+  });
+});
+
 await check('error-rate-limit', async () => {
   const limited = new OpenAI({ apiKey: process.env.NOZZLE_LIMITED_KEY, baseURL, maxRetries: 0 });
   await assert.rejects(limited.chat.completions.create({ model: 'base', messages: [{ role: 'user', content: 'hi' }] }), (e) => {
