@@ -242,18 +242,22 @@ func TestChat(t *testing.T) {
 }
 
 // TestChat_TooManyMessages: a chat request of more than 4096 messages is
-// refused as OpenAI refuses an array too long, whatever the case of its
-// key, before the runtime sees it; 4096 are served.
+// refused as OpenAI refuses an array too long, before the runtime sees
+// it; 4096 are served.
 func TestChat_TooManyMessages(t *testing.T) {
 	f := newFixture(t)
 	messages := func(key string, n int) string {
 		return `{"model":"base","max_tokens":1,"` + key + `":[` + strings.Repeat(`{"role":"user","content":""},`, n-1) + `{"role":"user","content":"hi"}]}`
 	}
-	for _, key := range []string{"messages", "Messages"} {
-		e := wantError(t, f.do(http.MethodPost, "/v1/chat/completions", messages(key, 62000), f.authA()), 400, "invalid_request_error", "array_above_max_length", "messages")
-		if want := "Invalid 'messages': array too long. Expected an array with maximum length 4096, but got an array with length 62000 instead."; e.Error.Message != want {
-			t.Errorf("message %q, want %q", e.Error.Message, want)
-		}
+	e := wantError(t, f.do(http.MethodPost, "/v1/chat/completions", messages("messages", 62000), f.authA()), 400, "invalid_request_error", "array_above_max_length", "messages")
+	if want := "Invalid 'messages': array too long. Expected an array with maximum length 4096, but got an array with length 62000 instead."; e.Error.Message != want {
+		t.Errorf("message %q, want %q", e.Error.Message, want)
+	}
+	// A key of another case is another argument, refused before its
+	// array is decoded.
+	e = wantError(t, f.do(http.MethodPost, "/v1/chat/completions", messages("Messages", 62000), f.authA()), 400, "invalid_request_error", "", "Messages")
+	if !strings.Contains(e.Error.Message, "Unrecognized request argument supplied: Messages") {
+		t.Errorf("message %q", e.Error.Message)
 	}
 	wantError(t, f.do(http.MethodPost, "/v1/chat/completions", messages("messages", 4097), f.authA()), 400, "invalid_request_error", "array_above_max_length", "messages")
 	if n := f.w.generations.Load(); n != 0 {
