@@ -115,7 +115,8 @@ type console struct {
 
 // Console returns the Extension that mounts the web console at /console:
 // sign-in, the tenant pages (overview, adapters, playground, API keys,
-// usage, settings) and the operator pages (tenants, GPU and revenue). It
+// usage, settings), the operator pages (tenants, GPU and revenue) and
+// each user's account page (a tenant's user changes the password). It
 // needs Deps.Users, and Deps.Reporter for the usage pages.
 func Console(cfg ConsoleConfig) Extension {
 	return func(s *Server) error {
@@ -177,6 +178,7 @@ func (cs *console) parsePages(fsys fs.FS) (map[string]*template.Template, error)
 //	POST   /console/logout                   sign-out (revokes the session)
 //	GET    /console/invite/{token}, POST     accept an invite: choose a password
 //	GET    /console/{overview,adapters,playground,keys,usage,settings}   tenant pages
+//	GET    /console/account                  the signed-in user's account (any role): a tenant's user changes the password
 //	GET    /console/operator, /console/operator/tenants/{id}, /console/operator/gpu
 //	/console/api/...                         JSON for the pages' scripts (session + CSRF)
 //
@@ -206,6 +208,8 @@ func (cs *console) mount() {
 	g.Get("/usage", tenant, cs.pageHandler(cs.usagePage))
 	g.Get("/settings", tenant, cs.pageHandler(cs.settingsPage))
 
+	g.Get("/account", cs.requireSession("", false), cs.pageHandler(cs.accountPage))
+
 	operator := cs.requireSession(nozzle.RoleOperator, false)
 	g.Get("/operator", operator, cs.pageHandler(cs.tenantsPage))
 	g.Get("/operator/tenants/:id", operator, cs.pageHandler(cs.tenantPage))
@@ -224,6 +228,8 @@ func (cs *console) mount() {
 	api.Get("/usage/requests/:id", tapi, s.requestUsage)
 	api.Get("/models", tapi, s.listModels)
 	api.Post("/chat/completions", tapi, cs.playgroundLimits, s.chatCompletions)
+
+	api.Post("/account/password", cs.requireSession("", true), cs.changePassword)
 
 	oapi := api.Group("/operator", cs.requireSession(nozzle.RoleOperator, true))
 	oapi.Get("/tenants", s.listTenants)

@@ -270,11 +270,12 @@ func (cs *console) authenticate(c *fiber.Ctx) (*consoleSession, error) {
 	return out, nil
 }
 
-// requireSession admits a signed-in user of the given role. Pages send
-// anyone else to the sign-in page (or their own home page); JSON routes
-// answer 401/403. Every request that changes state must carry the
-// session's CSRF token (header or _csrf form field). For tenant users it
-// sets the principal, so the gateway's tenant handlers serve the console.
+// requireSession admits a signed-in user of the given role (of any role
+// when role is empty). Pages send anyone else to the sign-in page (or
+// their own home page); JSON routes answer 401/403. Every request that
+// changes state must carry the session's CSRF token (header or _csrf
+// form field). For tenant users it sets the principal, so the gateway's
+// tenant handlers serve the console.
 func (cs *console) requireSession(role string, api bool) fiber.Handler {
 	return func(c *fiber.Ctx) error {
 		sess, err := cs.authenticate(c)
@@ -295,7 +296,7 @@ func (cs *console) requireSession(role string, api bool) fiber.Handler {
 			cs.clearCookie(c)
 			return c.Redirect(to, fiber.StatusSeeOther)
 		}
-		if sess.user.Role != role {
+		if role != "" && sess.user.Role != role {
 			if api {
 				return nozzle.Errorf(nozzle.EFORBIDDEN, "This page is not available to your account.").WithReason("wrong_role")
 			}
@@ -360,17 +361,32 @@ func (cs *console) clearCookie(c *fiber.Ctx) {
 
 // startSession stores a new session for u and sets its cookie.
 func (cs *console) startSession(c *fiber.Ctx, u *nozzle.User) error {
-	now := cs.cfg.Clock()
-	sess := &nozzle.Session{ID: "ses_" + randomToken(18), UserID: u.ID, ExpiresAt: now.Add(cs.cfg.SessionLifetime).UTC()}
-	if err := cs.users.CreateSession(c.UserContext(), sess); err != nil {
-		return err
-	}
-	tok, err := cs.signSession(sess)
+	sess, tok, err := cs.newSession(c, u)
 	if err != nil {
 		return err
 	}
-	c.Cookie(cs.cookie(cs.cfg.CookieName, tok, sess.ExpiresAt))
+	cs.setSessionCookie(c, sess, tok)
 	return nil
+}
+
+// newSession stores a new session for u and returns it as stored (the
+// store fills CreatedAt) with its token, for setSessionCookie.
+func (cs *console) newSession(c *fiber.Ctx, u *nozzle.User) (*nozzle.Session, string, error) {
+	now := cs.cfg.Clock()
+	sess := &nozzle.Session{ID: "ses_" + randomToken(18), UserID: u.ID, ExpiresAt: now.Add(cs.cfg.SessionLifetime).UTC()}
+	if err := cs.users.CreateSession(c.UserContext(), sess); err != nil {
+		return nil, "", err
+	}
+	tok, err := cs.signSession(sess)
+	if err != nil {
+		_ = cs.users.RevokeSession(c.UserContext(), sess.ID)
+		return nil, "", err
+	}
+	return sess, tok, nil
+}
+
+func (cs *console) setSessionCookie(c *fiber.Ctx, sess *nozzle.Session, tok string) {
+	c.Cookie(cs.cookie(cs.cfg.CookieName, tok, sess.ExpiresAt))
 }
 
 // randomToken returns n random bytes, base64url-encoded.

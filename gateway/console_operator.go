@@ -294,7 +294,7 @@ func (cs *console) updateUser(c *fiber.Ctx) error {
 		return invalid("disabled", "Say whether the user is disabled: {\"disabled\": true} or false.")
 	}
 	if *r.Disabled && !u.Disabled {
-		u.SessionsFrom = cs.cfg.Clock().UTC()
+		endSessionsBefore(u, cs.cfg.Clock())
 	}
 	u.Disabled = *r.Disabled
 	if err := cs.users.UpdateUser(c.UserContext(), u); err != nil {

@@ -148,7 +148,9 @@
         if (el.checked) body[el.name].push(el.value);
         continue;
       }
-      const v = el.value.trim();
+      // a password is taken as typed: trimmed, it would not be the one
+      // the sign-in form (which sends it whole) is given later
+      const v = el.type === 'password' ? el.value : el.value.trim();
       if (v === '') continue;
       body[el.name] = el.dataset.type === 'number' ? Number(v) : el.dataset.type === 'boolean' ? v === 'true' : v;
     }
@@ -197,6 +199,11 @@
       setTimeout(() => busy(btn, true), 0);
     });
   }
+
+  // A one-time confirmation (a password changed): focused, so that it
+  // is read out and the next Tab goes on from it.
+  const flash = $('[data-flash]');
+  if (flash) flash.focus();
 
   // ----- action buttons (data-method + data-url, optional data-confirm) -----
   document.addEventListener('click', (ev) => {

@@ -889,6 +889,68 @@ async function main() {
     assert(/\/console\/login/.test(p.url()), `their old session reached ${p.url()}`);
     await them.close();
   });
+
+  await step('a user changes their password: every other session ends, this one goes on', async () => {
+    const signIn = async (ctx, password) => {
+      const p = await ctx.newPage();
+      p.setDefaultTimeout(15000);
+      await p.goto(U('/console/login'));
+      await p.fill('#email', 'dev@acme.test');
+      await p.fill('#password', password);
+      await Promise.all([p.waitForURL(/\/console\/overview$/), p.click('button[type=submit]')]);
+      return p;
+    };
+    const here = await browser.newContext(desktop);
+    const there = await browser.newContext(desktop);
+    const p = await signIn(here, 'a-new-password-2');
+    const q = await signIn(there, 'a-new-password-2');
+    await Promise.all([p.waitForURL(/\/console\/account$/), p.click('nav a:has-text("Account")')]);
+    await checkPage(p, 'account');
+    // a wrong current password is refused, and nothing changes
+    await p.fill('#current-password', 'not-my-password');
+    await p.fill('#new-password', 'a-third-password-3');
+    await p.fill('#confirm-password', 'a-third-password-3');
+    await p.press('#confirm-password', 'Enter');
+    await p.waitForFunction(() => document.querySelector('#password-form .form-error').textContent.length > 0);
+    const msg = await p.textContent('#password-form .form-error');
+    assert(msg === 'Your current password is not correct.', `message: ${msg}`);
+    await shot(p, 'account-error-desktop');
+    await q.goto(U('/console/keys'));
+    assert(/\/console\/keys$/.test(q.url()), `a refused change ended the other session: ${q.url()}`);
+    // the right one, from the keyboard: Enter in the last field
+    await p.fill('#current-password', 'a-new-password-2');
+    await Promise.all([p.waitForEvent('framenavigated'), p.press('#confirm-password', 'Enter')]);
+    await p.waitForLoadState('load');
+    await p.waitForSelector('#password-changed');
+    assert(await p.evaluate(() => document.activeElement && document.activeElement.id) === 'password-changed', 'the confirmation is not focused');
+    assert(/Every other session of yours has been signed out/.test(await p.textContent('#password-changed')), 'no confirmation');
+    await checkPage(p, 'account, password changed');
+    await shot(p, 'account-changed-desktop');
+    // this browser stays signed in; the other one is signed out
+    await p.goto(U('/console/keys'));
+    assert(/\/console\/keys$/.test(p.url()), `this browser was signed out: ${p.url()}`);
+    await q.goto(U('/console/keys'));
+    assert(/\/console\/login/.test(q.url()), `the other session reached ${q.url()}`);
+    await there.close();
+    const ph = await browser.newContext(phone);
+    await ph.addCookies(await here.cookies());
+    const r = await ph.newPage();
+    await r.goto(U('/console/account'));
+    await checkPage(r, 'account (phone)');
+    await shot(r, 'account-phone');
+    await ph.close();
+    await here.close();
+    const again = await browser.newContext(desktop);
+    await signIn(again, 'a-third-password-3');
+    await again.close();
+  });
+
+  await step('the operator\'s account page says where the operator\'s password is set', async () => {
+    await opPage.goto(U('/console/account'));
+    await checkPage(opPage, 'operator account');
+    assert(/operator_password/.test(await opPage.textContent('#password-configured')), 'no word on the configured password');
+    assert(await opPage.locator('#password-form').count() === 0, 'the operator has a password form');
+  });
 }
 
 let code = 0;
