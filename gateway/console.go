@@ -179,7 +179,7 @@ func (cs *console) parsePages(fsys fs.FS) (map[string]*template.Template, error)
 //	GET    /console/invite/{token}, POST     accept an invite: choose a password
 //	GET    /console/{overview,adapters,playground,keys,usage,settings}   tenant pages
 //	GET    /console/account                  the signed-in user's account (any role): a tenant's user changes the password
-//	GET    /console/operator, /console/operator/tenants/{id}, /console/operator/gpu
+//	GET    /console/operator, /console/operator/tenants/{id}, /console/operator/tenants/{id}/usage, /console/operator/gpu
 //	/console/api/...                         JSON for the pages' scripts (session + CSRF)
 //
 // The JSON routes reuse the gateway's tenant and admin handlers behind a
@@ -213,6 +213,7 @@ func (cs *console) mount() {
 	operator := cs.requireSession(nozzle.RoleOperator, false)
 	g.Get("/operator", operator, cs.pageHandler(cs.tenantsPage))
 	g.Get("/operator/tenants/:id", operator, cs.pageHandler(cs.tenantPage))
+	g.Get("/operator/tenants/:id/usage", operator, cs.pageHandler(cs.tenantUsagePage))
 	g.Get("/operator/gpu", operator, cs.pageHandler(cs.gpuPage))
 
 	api := g.Group("/api")

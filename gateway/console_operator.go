@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"net/url"
 	"sort"
 	"strings"
 	"time"
@@ -108,6 +109,58 @@ func (cs *console) tenantPage(c *fiber.Ctx, sess *consoleSession) error {
 	}
 	v.Month = rep.Total
 	return cs.page(c, "tenant", v)
+}
+
+type tenantUsageView struct {
+	Tenant      *nozzle.Tenant
+	Period      period
+	PeriodNames [][2]string
+	Error       string
+	// ByAdapter and ByDay are the operator's report over the period,
+	// grouped by adapter and by day: the figures GET /admin/report gives
+	// for the tenant with group_by=adapter and group_by=day.
+	ByAdapter *nozzle.Report
+	ByDay     *nozzle.Report
+	// CSVURL is the same report by adapter and day, as CSV (the
+	// console's route to the /admin/report handler).
+	CSVURL string
+}
+
+// tenantUsagePage shows a tenant's usage over a period, by adapter and
+// by day, with the operator's figures (GPU cost, margin), from the report
+// /admin/report gives (operatorReport).
+func (cs *console) tenantUsagePage(c *fiber.Ctx, sess *consoleSession) error {
+	ctx := c.UserContext()
+	now := cs.cfg.Clock().UTC()
+	t, err := cs.s.tenantParam(c)
+	if err != nil {
+		return err
+	}
+	v := tenantUsageView{Tenant: t, PeriodNames: periodNames}
+	p, err := parsePeriod(c.Query("period", "month"), c.Query("start"), c.Query("end"), now)
+	if err != nil {
+		v.Error = nozzle.ErrorMessage(err) + " Showing this month meanwhile."
+		p, _ = parsePeriod("month", "", "", now)
+	}
+	v.Period = p
+	if err != nil && c.Query("period") == "custom" {
+		// this month's figures, and the form as the operator left it to
+		// correct (as the usage page does)
+		v.Period.Name, v.Period.StartDate, v.Period.EndDate = "custom", strings.Clone(c.Query("start")), strings.Clone(c.Query("end"))
+	}
+	q := nozzle.ReportQuery{Start: p.Start, End: p.End, GroupBy: []string{nozzle.GroupAdapter}}
+	if v.ByAdapter, err = cs.s.operatorReport(ctx, q, t.ID); err != nil {
+		return err
+	}
+	q.GroupBy = []string{nozzle.GroupDay}
+	if v.ByDay, err = cs.s.operatorReport(ctx, q, t.ID); err != nil {
+		return err
+	}
+	v.CSVURL = "/console/api/operator/report?" + url.Values{
+		"tenant_id": {t.ID}, "start": {p.Start.Format(time.RFC3339)}, "end": {p.End.Format(time.RFC3339)},
+		"group_by": {nozzle.GroupAdapter + "," + nozzle.GroupDay}, "format": {"csv"},
+	}.Encode()
+	return cs.page(c, "tenant_usage", v)
 }
 
 type gpuView struct {

@@ -29,3 +29,7 @@ var FormatSeconds = formatSeconds
 
 // OldFingerprint is the request fingerprint of earlier releases.
 var OldFingerprint = oldFingerprint
+
+// FormatInt is formatInt (how the console shows counts), for the
+// external tests.
+var FormatInt = formatInt

@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"bytes"
+	"context"
 	"strings"
 	"time"
 
@@ -160,8 +161,7 @@ func (s *Server) requestUsage(c *fiber.Ctx) error {
 
 // adminReport handles GET /admin/report: every tenant (or tenant_id's).
 func (s *Server) adminReport(c *fiber.Ctx) error {
-	rep, err := s.reporter()
-	if err != nil {
+	if _, err := s.reporter(); err != nil {
 		return err
 	}
 	q, err := reportQuery(c, operatorGroups)
@@ -172,22 +172,10 @@ func (s *Server) adminReport(c *fiber.Ctx) error {
 		// As `nozzle report` groups by default; group_by= asks for totals.
 		q.GroupBy = []string{nozzle.GroupTenant, nozzle.GroupAdapter}
 	}
-	if v := c.Query("tenant_id"); v != "" {
-		// An id or a name, as `nozzle report --tenant` takes.
-		t, err := nozzle.FindTenant(c.UserContext(), s.deps.Tenants, v)
-		if err != nil {
-			if nozzle.ErrorCode(err) == nozzle.ENOTFOUND {
-				return invalid("tenant_id", "No tenant %q.", v)
-			}
-			return err
-		}
-		q.TenantID = t.ID
-	}
-	r, err := rep.Report(c.UserContext(), q)
+	r, err := s.operatorReport(c.UserContext(), q, c.Query("tenant_id"))
 	if err != nil {
 		return err
 	}
-	r.LabelBaseRows()
 	if c.Query("format") == "csv" {
 		return writeCSV(c, r, "report.csv", false)
 	}
@@ -197,6 +185,33 @@ func (s *Server) adminReport(c *fiber.Ctx) error {
 		"object": "list", "data": r.Rows, "total": r.Total, "start": r.Start, "end": r.End,
 		"group_by": r.GroupBy, "idle_policy": r.IdlePolicy, "gpu": r.GPU, "outbox": r.Outbox,
 	})
+}
+
+// operatorReport is the operator's report, as GET /admin/report gives
+// it and the console's operator pages show it: q over every tenant, or
+// over tenant's alone (an id or a name, as `nozzle report --tenant`
+// takes), with the base model's rows named.
+func (s *Server) operatorReport(ctx context.Context, q nozzle.ReportQuery, tenant string) (*nozzle.Report, error) {
+	rep, err := s.reporter()
+	if err != nil {
+		return nil, err
+	}
+	if tenant != "" {
+		t, err := nozzle.FindTenant(ctx, s.deps.Tenants, tenant)
+		if err != nil {
+			if nozzle.ErrorCode(err) == nozzle.ENOTFOUND {
+				return nil, invalid("tenant_id", "No tenant %q.", tenant)
+			}
+			return nil, err
+		}
+		q.TenantID = t.ID
+	}
+	r, err := rep.Report(ctx, q)
+	if err != nil {
+		return nil, err
+	}
+	r.LabelBaseRows()
+	return r, nil
 }
 
 func nonNil[T any](s []T) []T {

@@ -828,6 +828,57 @@ async function main() {
     await ph.close();
   });
 
+  await step('operator reads a tenant\'s usage by adapter and by day: the report API\'s totals, its CSV, an empty period', async () => {
+    await opPage.goto(U('/console/operator'));
+    await Promise.all([opPage.waitForURL(/\/console\/operator\/tenants\/[^/]+$/), opPage.click('tr[data-tenant="acme"] a')]);
+    const tenantID = opPage.url().split('/').pop();
+    await Promise.all([opPage.waitForURL(/\/usage$/), opPage.click('#tenant-usage-link')]);
+    await checkPage(opPage, 'tenant usage');
+    const num = (s) => Number(s.replace(/[^0-9.]/g, ''));
+    // the report API (the console's route to the /admin/report handler)
+    const api = async (group) => {
+      const r = await apiFetch(opPage, 'GET', `/console/api/operator/report?tenant_id=${tenantID}&group_by=${group}`);
+      assert(r.status === 200, `report → ${r.status} ${r.body}`);
+      return JSON.parse(r.body);
+    };
+    const byAdapter = await api('adapter');
+    const byDay = await api('day');
+    assert(byAdapter.total.requests === 1 + answered, `the report API: ${byAdapter.total.requests} requests, want ${1 + answered}`);
+    for (const [table, total, rep, n] of [['#tenant-adapter-table', 'tenant-adapter-total', byAdapter, byAdapter.data.length], ['#tenant-day-table', 'tenant-day-total', byDay, byDay.data.length]]) {
+      const cells = await opPage.locator(`[data-testid=${total}] td`).allTextContents();
+      assert(num(cells[0]) === rep.total.requests, `${table}: total ${cells[0]} requests, the report API ${rep.total.requests}`);
+      assert(num(cells[1]) === rep.total.prompt_tokens && num(cells[2]) === rep.total.completion_tokens, `${table}: total tokens ${cells[1]}, ${cells[2]}`);
+      const rows = await opPage.locator(`${table} tbody tr`).count();
+      assert(rows === n, `${table}: ${rows} rows, the report API ${n}`);
+      const sum = (await opPage.locator(`${table} tbody tr td:first-of-type`).allTextContents()).reduce((a, c) => a + num(c), 0);
+      assert(sum === rep.total.requests, `${table}: the rows add up to ${sum} requests`);
+    }
+    assert(num(await opPage.textContent('[data-testid=tenant-requests]')) === byAdapter.total.requests, 'the headline requests differ');
+    assert(await opPage.locator(`#tenant-adapter-table tr[data-adapter="${adapterName}"]`).count() === 1, `no row for ${adapterName}`);
+    await shot(opPage, 'operator-tenant-usage-desktop');
+    const [dl] = await Promise.all([opPage.waitForEvent('download'), opPage.click('#tenant-csv-link')]);
+    const csv = readFileSync(await dl.path(), 'utf8').trim().split('\n');
+    const head = csv[0].split(',');
+    const total = csv[csv.length - 1].split(',');
+    assert(head[0] === 'time' && head.includes('adapter') && total[0] === 'total', `CSV:\n${csv.join('\n')}`);
+    assert(Number(total[head.indexOf('requests')]) === byAdapter.total.requests, `the CSV's total: ${total[head.indexOf('requests')]} requests`);
+    // a period without usage says so
+    await opPage.selectOption('#period', 'custom');
+    await opPage.fill('#start', '2020-01-01');
+    await opPage.fill('#end', '2020-01-31');
+    await Promise.all([opPage.waitForURL(/period=custom/), opPage.press('#end', 'Enter')]);
+    assert(/No usage by acme in this period/.test(await opPage.textContent('#tenant-usage-empty')), 'no empty state');
+    assert(await opPage.locator('#tenant-adapter-table, #tenant-day-table').count() === 0, 'tables in an empty period');
+    await checkPage(opPage, 'tenant usage, empty');
+    const ph = await browser.newContext(phone);
+    await ph.addCookies(await op.cookies());
+    const p = await ph.newPage();
+    await p.goto(U(`/console/operator/tenants/${tenantID}/usage`));
+    await checkPage(p, 'tenant usage (phone)');
+    await shot(p, 'operator-tenant-usage-phone');
+    await ph.close();
+  });
+
   await step('a user who forgot the password gets a link from the operator to choose a new one', async () => {
     await opPage.goto(U('/console/operator'));
     await Promise.all([opPage.waitForURL(/\/console\/operator\/tenants\//), opPage.click('tr[data-tenant="acme"] a')]);
