@@ -238,6 +238,7 @@ func (cs *console) mount() {
 	oapi.Patch("/tenants/:id", s.updateTenant)
 	oapi.Post("/tenants/:id/prices", s.setTenantPrice)
 	oapi.Post("/tenants/:id/users", cs.once(cs.createUser))
+	oapi.Delete("/tenants/:id/keys/:key", cs.revokeTenantKey)
 	oapi.Post("/users/:id/invite", cs.once(cs.reinvite))
 	oapi.Patch("/users/:id", cs.updateUser)
 	oapi.Post("/prices", s.setDefaultPrice)

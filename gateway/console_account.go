@@ -136,10 +136,10 @@ func (cs *console) changePassword(c *fiber.Ctx) error {
 	}
 	cs.setSessionCookie(c, next, tok)
 	if err := cs.users.RevokeSession(ctx, sess.sess.ID); err != nil { // ended already by SessionsFrom
-		cs.s.log.LogAttrs(ctx, slog.LevelWarn, "console: revoking the session a password change replaced",
+		cs.s.log.LogAttrs(ctx, slog.LevelWarn, "revoke the console session a password change replaced",
 			slog.String("request_id", requestID(c)), slog.String("error", err.Error()))
 	}
-	cs.s.log.LogAttrs(ctx, slog.LevelInfo, "console: password changed; the user's other sessions ended",
+	cs.s.log.LogAttrs(ctx, slog.LevelInfo, "console password changed, the user's other sessions ended",
 		slog.String("request_id", requestID(c)), slog.String("user_id", u.ID), slog.String("email", u.Email), slog.String("tenant_id", u.TenantID))
 	ck := cs.cookie(flashCookie, flashPasswordChanged, cs.cfg.Clock().Add(2*time.Minute))
 	ck.Path = "/console/account"

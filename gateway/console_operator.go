@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"log/slog"
 	"net/url"
 	"sort"
 	"strings"
@@ -373,4 +374,40 @@ func (cs *console) reinvite(c *fiber.Ctx) error {
 		return err
 	}
 	return c.JSON(userJSON{Object: "user", User: u, InviteURL: link})
+}
+
+// revokeTenantKey handles DELETE /console/api/operator/tenants/{id}/keys/{key}:
+// the operator revokes one of a tenant's API keys. It is the admin API's
+// handler (DELETE /admin/tenants/{id}/keys/{key}), which makes the same
+// service call as a tenant's own revoke: requests with the key are
+// refused from the next one on. The log records which operator revoked
+// which key.
+func (cs *console) revokeTenantKey(c *fiber.Ctx) error {
+	ctx := c.UserContext()
+	t, err := cs.s.tenantParam(c)
+	if err != nil {
+		return err
+	}
+	id := strings.Clone(c.Params("key"))
+	var key *nozzle.APIKey // as it was, for the log
+	keys, err := cs.s.deps.Keys.Keys(ctx, t.ID)
+	if err != nil {
+		return err
+	}
+	for _, k := range keys {
+		if k.ID == id {
+			key = k
+		}
+	}
+	if err := cs.s.adminRevokeKey(c); err != nil {
+		return err
+	}
+	op := sessionFrom(c).user
+	attrs := []slog.Attr{slog.String("request_id", requestID(c)), slog.String("operator_id", op.ID), slog.String("operator", op.Email),
+		slog.String("tenant_id", t.ID), slog.String("tenant", t.Name), slog.String("key_id", id)}
+	if key != nil {
+		attrs = append(attrs, slog.String("key_name", key.Name), slog.String("key_prefix", key.Prefix), slog.Bool("already_revoked", key.Revoked()))
+	}
+	cs.s.log.LogAttrs(ctx, slog.LevelInfo, "API key revoked by an operator", attrs...)
+	return nil
 }

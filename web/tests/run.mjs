@@ -879,6 +879,38 @@ async function main() {
     await ph.close();
   });
 
+  await step('operator revokes one of a tenant\'s keys, named in the confirmation, and the API refuses it (401)', async () => {
+    // the tenant makes a key with the API, as a deployment would
+    const made = await fetch(U('/v1/keys'), {
+      method: 'POST',
+      headers: { Authorization: `Bearer ${tenantKey}`, 'Content-Type': 'application/json' },
+      body: JSON.stringify({ name: 'deploy-bot' }),
+    });
+    const k = await made.json();
+    assert(made.status === 201 && /^nz-/.test(k.key), `POST /v1/keys → ${made.status} ${JSON.stringify(k)}`);
+    const use = async (key) => (await fetch(U('/v1/models'), { headers: { Authorization: `Bearer ${key}` } })).status;
+    assert(await use(k.key) === 200, 'the new key does not work');
+    await opPage.goto(U('/console/operator'));
+    await Promise.all([opPage.waitForURL(/\/console\/operator\/tenants\/[^/]+$/), opPage.click('tr[data-tenant="acme"] a')]);
+    const row = `#tenant-keys-table tr[data-key="${k.id}"]`;
+    // from the keyboard: the row's Revoke button, then the dialog
+    await opPage.focus(`${row} button`);
+    await opPage.keyboard.press('Enter');
+    await opPage.waitForSelector('#confirm-dialog[open]');
+    const text = await opPage.textContent('#confirm-text');
+    assert(text.includes('“deploy-bot”') && text.includes(k.prefix) && text.includes('acme'), `the confirmation does not name the key: ${text}`);
+    assert((await opPage.textContent('#confirm-ok')) === 'Revoke key', `confirm button: ${await opPage.textContent('#confirm-ok')}`);
+    assert(await opPage.evaluate(() => document.activeElement && document.activeElement.value) === 'cancel', 'the dialog does not start on Cancel');
+    await shot(opPage, 'operator-revoke-key-desktop');
+    await Promise.all([opPage.waitForEvent('framenavigated'), opPage.click('#confirm-ok')]);
+    await opPage.waitForLoadState('load');
+    assert(/Revoked/.test(await opPage.textContent(row)), `the key's row: ${await opPage.textContent(row)}`);
+    assert(await opPage.locator(`${row} button`).count() === 0, 'a revoked key still has a Revoke button');
+    await checkPage(opPage, 'tenant with a key revoked');
+    assert(await use(k.key) === 401, 'the revoked key still works');
+    assert(await use(tenantKey) === 200, 'the tenant\'s other key stopped working');
+  });
+
   await step('a user who forgot the password gets a link from the operator to choose a new one', async () => {
     await opPage.goto(U('/console/operator'));
     await Promise.all([opPage.waitForURL(/\/console\/operator\/tenants\//), opPage.click('tr[data-tenant="acme"] a')]);
