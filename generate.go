@@ -214,6 +214,25 @@ type Chunk struct {
 	// <think>): the completion begins inside them, and its thoughts end at
 	// its first </think>.
 	ThoughtsOpen bool
+	// Progress is the request's account as the chunk leaves the runtime
+	// (zero where a generator does not tell): what a gateway checkpoints
+	// while a stream runs.
+	Progress Progress
+}
+
+// Progress is a request's account so far, as a runtime tells it with each
+// chunk of its completion.
+type Progress struct {
+	PromptTokens       int
+	CachedPromptTokens int
+	// CompletionTokens are the tokens produced up to and including the
+	// chunk's, with the few whose text is held back while it could still
+	// begin a stop sequence.
+	CompletionTokens int
+	// DeviceSeconds is the request's share of the engine steps so far.
+	DeviceSeconds float64
+	RuntimeID     string
+	RatePerHour   float64
 }
 
 // Finish reasons.

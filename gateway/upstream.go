@@ -123,12 +123,17 @@ func (r *upstreamRouter) generate(ctx context.Context, req *nozzle.GenerateReque
 	var buf [8]*upstream
 	ups := r.order(sha, buf[:0])
 	emitted := false
+	var cur *upstream
 	wrapped := func(c nozzle.Chunk) error {
 		emitted = true
+		if c.Progress.RuntimeID == "" {
+			c.Progress.RuntimeID = cur.id // as for the result, below
+		}
 		return emit(c)
 	}
 	var lastErr error
 	for _, u := range ups {
+		cur = u
 		res, err := u.gen.Generate(ctx, req, wrapped)
 		if err != nil && nozzle.ErrorCode(err) == nozzle.EUNAVAILABLE && !emitted && ctx.Err() == nil {
 			u.fails.Inc()

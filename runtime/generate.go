@@ -334,6 +334,8 @@ func (r *Runtime) stream(ctx context.Context, q *sequence, req *nozzle.GenerateR
 		evs       []seqEvent
 		echoed    = !req.Echo
 		scores    []nozzle.TokenLogprob // the prompt's, as they come
+		// The account so far, told with each chunk.
+		prog = nozzle.Progress{PromptTokens: q.nPrompt, RuntimeID: res.RuntimeID, RatePerHour: res.RatePerHour}
 	)
 	// echo emits the prompt first, once its scores are in when asked for.
 	echo := func() error {
@@ -374,18 +376,20 @@ func (r *Runtime) stream(ctx context.Context, q *sequence, req *nozzle.GenerateR
 				}
 			}
 			if ev.final {
-				return r.settle(ts, ev, res, stopAt, cancelErr, consumed, emit)
+				return r.settle(ts, ev, res, stopAt, cancelErr, prog, emit)
 			}
 			if stopped {
 				continue
 			}
 			consumed++
+			prog.CompletionTokens, prog.DeviceSeconds, prog.CachedPromptTokens = consumed, ev.dev, ev.cached
 			if ev.eos {
 				continue
 			}
 			chunk, matched := ts.add(r.codec, ev)
 			if chunk.Text != "" || len(chunk.Logprobs) > 0 {
 				ts.mark(&chunk)
+				chunk.Progress = prog
 				err := emit(chunk, consumed)
 				if err == nil && ctx.Err() != nil {
 					err = ctx.Err()
@@ -407,15 +411,15 @@ func (r *Runtime) stream(ctx context.Context, q *sequence, req *nozzle.GenerateR
 }
 
 // settle turns the final event into the request's result.
-func (r *Runtime) settle(ts *textStream, ev *seqEvent, res *nozzle.GenerateResult, stopAt int, cancelErr error, consumed int, emit func(nozzle.Chunk, int) error) (*nozzle.GenerateResult, error) {
-	acct, err := r.settleText(ts, ev, res, stopAt, cancelErr, consumed, emit)
+func (r *Runtime) settle(ts *textStream, ev *seqEvent, res *nozzle.GenerateResult, stopAt int, cancelErr error, prog nozzle.Progress, emit func(nozzle.Chunk, int) error) (*nozzle.GenerateResult, error) {
+	acct, err := r.settleText(ts, ev, res, stopAt, cancelErr, prog, emit)
 	if ts.thoughts != nil {
 		acct.ReasoningTokens = min(ts.thoughts.tokens(), acct.CompletionTokens)
 	}
 	return acct, err
 }
 
-func (r *Runtime) settleText(ts *textStream, ev *seqEvent, res *nozzle.GenerateResult, stopAt int, cancelErr error, consumed int, emit func(nozzle.Chunk, int) error) (*nozzle.GenerateResult, error) {
+func (r *Runtime) settleText(ts *textStream, ev *seqEvent, res *nozzle.GenerateResult, stopAt int, cancelErr error, prog nozzle.Progress, emit func(nozzle.Chunk, int) error) (*nozzle.GenerateResult, error) {
 	acct := ev.res
 	acct.RuntimeID, acct.RatePerHour = res.RuntimeID, res.RatePerHour
 	switch {
@@ -435,7 +439,8 @@ func (r *Runtime) settleText(ts *textStream, ev *seqEvent, res *nozzle.GenerateR
 	}
 	if chunk.Text != "" || len(chunk.Logprobs) > 0 {
 		ts.mark(&chunk)
-		if err := emit(chunk, consumed); err != nil {
+		chunk.Progress = prog
+		if err := emit(chunk, prog.CompletionTokens); err != nil {
 			acct.FinishReason = ""
 			return &acct, nozzle.Errorf(nozzle.ECANCELED, "The request was canceled.").Wrap(err)
 		}

@@ -406,3 +406,35 @@ func TestScheduler_FairShare(t *testing.T) {
 	}
 	t.Logf("light queue %.4fs, heavy service %.3fs", l.res.QueueSeconds, service)
 }
+
+// TestGenerate_Progress: each chunk of a completion tells the request's
+// account so far — in process and through the remote protocol, streamed:
+// its prompt tokens, the completion tokens up to it (with logprobs, one a
+// logprob; the first chunk carries at least its own), device seconds that
+// only grow up to the result's, the runtime's id and rate.
+func TestGenerate_Progress(t *testing.T) {
+	rt := startFake(t, runtime.Options{RuntimeID: "rt-p", RatePerHour: 3}, 64)
+	defer closeRT(t, rt)
+	for name, g := range map[string]nozzle.Generator{"local": rt, "remote": serve(t, rt.Runtime)} {
+		t.Run(name, func(t *testing.T) {
+			o := run(context.Background(), g, &nozzle.GenerateRequest{Prompt: "hello", MaxTokens: 12, Logprobs: true, Stream: true})
+			if o.err != nil || len(o.chunks) == 0 {
+				t.Fatalf("%d chunks, %v", len(o.chunks), o.err)
+			}
+			var tokens int
+			var last nozzle.Progress
+			for i, c := range o.chunks {
+				tokens += len(c.Logprobs)
+				p := c.Progress
+				if p.PromptTokens != o.res.PromptTokens || p.CompletionTokens != tokens || p.RuntimeID != "rt-p" || p.RatePerHour != 3 ||
+					p.DeviceSeconds < last.DeviceSeconds || p.DeviceSeconds > o.res.DeviceSeconds {
+					t.Errorf("chunk %d (%d tokens so far): progress %+v; result %+v", i, tokens, p, o.res)
+				}
+				last = p
+			}
+			if last.CompletionTokens > o.res.CompletionTokens {
+				t.Errorf("progress %d tokens, result %d", last.CompletionTokens, o.res.CompletionTokens)
+			}
+		})
+	}
+}

@@ -328,6 +328,7 @@ func (c *Client) Generate(ctx context.Context, req *nozzle.GenerateRequest, emit
 		return readGenerateError(resp, res)
 	}
 
+	var prog nozzle.Progress // the account so far, told with each chunk
 	sc := bufio.NewScanner(resp.Body)
 	buf := lineBufs.Get().(*[]byte)
 	defer lineBufs.Put(buf)
@@ -355,14 +356,21 @@ func (c *Client) Generate(ctx context.Context, req *nozzle.GenerateRequest, emit
 			return final, l.Error.err()
 		case l.PromptTokens != nil:
 			res.PromptTokens = *l.PromptTokens
+			prog.PromptTokens = *l.PromptTokens
 		case l.Chunk != nil:
+			ch := nozzle.Chunk{Text: l.Chunk.Text, Logprobs: l.Chunk.Logprobs, Prompt: l.Chunk.Prompt, ThoughtsOpen: l.Chunk.ThoughtsOpen}
 			if !l.Chunk.Prompt {
 				res.CompletionTokens = l.Chunk.Tokens
+				if l.Chunk.RuntimeID != "" {
+					prog.RuntimeID, prog.RatePerHour = l.Chunk.RuntimeID, l.Chunk.RatePerHour
+				}
+				prog.CompletionTokens, prog.DeviceSeconds, prog.CachedPromptTokens = l.Chunk.Tokens, l.Chunk.DeviceSeconds, l.Chunk.CachedPromptTokens
+				ch.Progress = prog
 			}
 			if cn.reason() != nil {
 				continue
 			}
-			if err := emit(nozzle.Chunk{Text: l.Chunk.Text, Logprobs: l.Chunk.Logprobs, Prompt: l.Chunk.Prompt, ThoughtsOpen: l.Chunk.ThoughtsOpen}); err != nil {
+			if err := emit(ch); err != nil {
 				cn.cancel(nozzle.Errorf(nozzle.ECANCELED, "The request was canceled.").Wrap(err))
 			}
 		}

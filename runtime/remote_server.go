@@ -99,6 +99,13 @@ type wireChunk struct {
 	// ThoughtsOpen: an earlier runtime never reports a reasoning model
 	// (ModelInfo.Reasoning), so no gateway waits for it in vain.
 	ThoughtsOpen bool `json:"thoughts_open,omitempty"`
+	// The request's account so far (nozzle.Progress) beside Tokens, the
+	// runtime's id and rate in the first chunk only; a runtime from
+	// before them sends none.
+	DeviceSeconds      float64 `json:"device_seconds,omitempty"`
+	CachedPromptTokens int     `json:"cached_prompt_tokens,omitempty"`
+	RuntimeID          string  `json:"runtime_id,omitempty"`
+	RatePerHour        float64 `json:"rate_per_hour,omitempty"`
 }
 
 type wireResult struct {
@@ -479,7 +486,7 @@ func (s *server) generate(w http.ResponseWriter, r *http.Request) {
 		}
 		return writeErr
 	}
-	started := false
+	started, toldRuntime := false, false
 	var whole struct {
 		text     strings.Builder
 		logprobs []nozzle.TokenLogprob
@@ -506,7 +513,13 @@ func (s *server) generate(w http.ResponseWriter, r *http.Request) {
 			whole.open = whole.open || c.ThoughtsOpen
 			return nil
 		}
-		return send(wireLine{Chunk: &wireChunk{Text: c.Text, Logprobs: c.Logprobs, Tokens: n, ThoughtsOpen: c.ThoughtsOpen}}, false)
+		wc := &wireChunk{Text: c.Text, Logprobs: c.Logprobs, Tokens: n, ThoughtsOpen: c.ThoughtsOpen,
+			DeviceSeconds: c.Progress.DeviceSeconds, CachedPromptTokens: c.Progress.CachedPromptTokens}
+		if !toldRuntime {
+			toldRuntime = true
+			wc.RuntimeID, wc.RatePerHour = c.Progress.RuntimeID, c.Progress.RatePerHour
+		}
+		return send(wireLine{Chunk: wc}, false)
 	})
 	if !started {
 		if err == nil {

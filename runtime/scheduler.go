@@ -36,6 +36,10 @@ type seqEvent struct {
 	topTok  []int32
 	topLP   []float32
 	eos     bool
+	// dev and cached are the sequence's device seconds so far and its
+	// prompt tokens the prefix cache held, with each sampled token.
+	dev    float64
+	cached int
 
 	final  bool
 	reason string
@@ -1040,7 +1044,7 @@ func (s *scheduler) step() {
 		if t := s.tenants[q.tenantID]; t != nil {
 			t.counter += s.decodeWeight
 		}
-		ev := seqEvent{token: tok, logprob: b.OutLogprob[i], eos: s.eos[tok]}
+		ev := seqEvent{token: tok, logprob: b.OutLogprob[i], eos: s.eos[tok], dev: q.deviceSec, cached: q.cached}
 		if q.nTop > 0 {
 			ev.topTok = slices.Clone(b.OutTopToken[i*nTop : i*nTop+q.nTop])
 			ev.topLP = slices.Clone(b.OutTopLogprob[i*nTop : i*nTop+q.nTop])
