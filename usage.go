@@ -11,6 +11,11 @@ const (
 	UsageOK       = "ok"       // finished normally
 	UsageCanceled = "canceled" // the client went away; tokens produced are charged
 	UsageFailed   = "failed"   // the runtime failed; nothing is charged
+	// UsageInterrupted marks the event the ledger makes from a running
+	// request's last checkpoint (UsageCheckpointer) when the process that
+	// ran it died before recording its usage: charged for the usage that
+	// checkpoint recorded.
+	UsageInterrupted = "interrupted"
 )
 
 // UsageEvent is the ledger's record of one request. Exactly one event exists
@@ -51,6 +56,13 @@ type UsageEvent struct {
 	// Response, when set, is stored with the event so that a retried
 	// request with the same idempotency key is answered from the ledger.
 	Response []byte `json:"-"`
+
+	// CheckpointID, when set, is the request id the request's usage was
+	// checkpointed under while it ran (UsageCheckpointer.CheckpointUsage);
+	// recording the event ends that checkpoint in the same durable write,
+	// also when it differs from RequestID (an idempotent request's attempt)
+	// and when the event is a duplicate. Not stored.
+	CheckpointID string `json:"-"`
 }
 
 // Ledger is the durable usage ledger.
@@ -63,6 +75,23 @@ type Ledger interface {
 	// Usage returns the event stored for a request. Returns ENOTFOUND if
 	// there is none.
 	Usage(ctx context.Context, requestID string) (*UsageEvent, error)
+}
+
+// UsageCheckpointer is a Ledger that keeps the usage so far of a request
+// still running (a streamed completion), so that the tokens it delivered
+// are charged even if the process running it dies before it ends.
+type UsageCheckpointer interface {
+	// CheckpointUsage durably records ev as the usage so far of the running
+	// request ev.RequestID (fsynced when it returns), in place of the
+	// request's earlier checkpoint; ev.Status and ev.ChargeUSD are ignored.
+	// The request's final event — RecordUsage of an event with that
+	// RequestID, or whose CheckpointID names it — ends the checkpoint in
+	// the same durable write, so the two are never both charged. A
+	// checkpoint no final event ended when the ledger is next opened (the
+	// process died) becomes the request's usage event, status
+	// UsageInterrupted, priced at ev.Time. A checkpoint of a request whose
+	// event is recorded already is dropped.
+	CheckpointUsage(ctx context.Context, ev *UsageEvent) error
 }
 
 // BudgetService reserves budget at admission so that concurrent requests
@@ -129,11 +158,14 @@ type CapacityLedger interface {
 
 // LedgerCheck is what a consistency check of the ledger looked at and found.
 type LedgerCheck struct {
-	Events     int      `json:"events"`
-	Rollups    int      `json:"rollups"`
-	Intervals  int      `json:"capacity_intervals"`
-	OutboxRows int      `json:"outbox_rows"`
-	Problems   []string `json:"problems,omitempty"`
+	Events     int `json:"events"`
+	Rollups    int `json:"rollups"`
+	Intervals  int `json:"capacity_intervals"`
+	OutboxRows int `json:"outbox_rows"`
+	// Checkpoints are running requests' usage checkpoints (see
+	// UsageCheckpointer), not part of the sums.
+	Checkpoints int      `json:"checkpoints"`
+	Problems    []string `json:"problems,omitempty"`
 }
 
 // LedgerMaintainer backs up and checks the ledger while it serves.

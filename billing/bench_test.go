@@ -73,6 +73,42 @@ func BenchmarkRecordUsage(b *testing.B) {
 	})
 }
 
+// BenchmarkCheckpointUsage: durable checkpoints of running streams, each
+// stream checkpointing again and again under its own request id, from one
+// writer and from 128 (they share syncs with each other, as they do with
+// usage events), and filed in the background.
+func BenchmarkCheckpointUsage(b *testing.B) {
+	checkpoint := func(b *testing.B, l *billing.Ledger, tenantID string, stream, n int64) {
+		ev := nozzle.UsageEvent{RequestID: fmt.Sprintf("req-%d", stream), TenantID: tenantID, AdapterID: "ad", Time: time.Now(),
+			PromptTokens: 100, CompletionTokens: n, DeviceSeconds: 0.05, RatePerHour: 2}
+		if err := l.CheckpointUsage(context.Background(), &ev); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.Run("writers=1", func(b *testing.B) {
+		l := mustOpen(b, billing.Options{DefaultPrice: nozzle.Price{PromptPerMillionUSD: 1}})
+		ten := mustTenant(b, l, "acme")
+		var i int64
+		for b.Loop() {
+			i++
+			checkpoint(b, l, ten.ID, i%64, i)
+		}
+	})
+	b.Run("writers=128", func(b *testing.B) {
+		l := mustOpen(b, billing.Options{DefaultPrice: nozzle.Price{PromptPerMillionUSD: 1}})
+		ten := mustTenant(b, l, "acme")
+		var n, streams atomic.Int64
+		b.SetParallelism(64) // × GOMAXPROCS (2)
+		b.ResetTimer()
+		b.RunParallel(func(pb *testing.PB) {
+			stream := streams.Add(1)
+			for pb.Next() {
+				checkpoint(b, l, ten.ID, stream, n.Add(1))
+			}
+		})
+	})
+}
+
 func BenchmarkKeyByDigest(b *testing.B) {
 	ctx := context.Background()
 	l := mustOpen(b, billing.Options{})

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math"
 
+	"github.com/nozzle-ai/nozzle"
 	bolt "go.etcd.io/bbolt"
 )
 
@@ -16,11 +17,13 @@ var ErrInconsistent = errors.New("ledger is inconsistent")
 
 // CheckResult says what Check looked at and what it found.
 type CheckResult struct {
-	Events     int      `json:"events"`
-	Rollups    int      `json:"rollups"`
-	Intervals  int      `json:"capacity_intervals"`
-	OutboxRows int      `json:"outbox_rows"`
-	Problems   []string `json:"problems,omitempty"`
+	Events     int `json:"events"`
+	Rollups    int `json:"rollups"`
+	Intervals  int `json:"capacity_intervals"`
+	OutboxRows int `json:"outbox_rows"`
+	// Checkpoints are running requests' usage checkpoints filed so far.
+	Checkpoints int      `json:"checkpoints"`
+	Problems    []string `json:"problems,omitempty"`
 }
 
 const maxProblems = 50
@@ -40,7 +43,10 @@ func (r *CheckResult) problem(format string, args ...any) {
 // holds. Provisional
 // capacity (each runtime's open interval) is not part of these sums: Check
 // only verifies that each such record decodes and is filed under its
-// runtime. The error wraps ErrInconsistent when something does not match.
+// runtime. Nor are running requests' usage checkpoints: each must decode,
+// be filed under its request id, and have no event stored under that id
+// (an event ends its request's checkpoint; both would be charged). The
+// error wraps ErrInconsistent when something does not match.
 func (l *Ledger) Check(ctx context.Context) (*CheckResult, error) {
 	res := &CheckResult{}
 	err := l.viewUsage(func(tx *bolt.Tx) error {
@@ -146,6 +152,24 @@ func (l *Ledger) Check(ctx context.Context) (*CheckResult, error) {
 				res.problem("provisional capacity %x: %v", k, err)
 			} else if iv.RuntimeID != string(k) {
 				res.problem("provisional capacity %x holds runtime %q", k, iv.RuntimeID)
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+
+		// Running requests' checkpoints: none beside its request's event.
+		err = tx.Bucket(bCheckpoints).ForEach(func(k, v []byte) error {
+			res.Checkpoints++
+			ev, err := decodeEvent(v)
+			switch {
+			case err != nil:
+				res.problem("usage checkpoint %q: %v", k, err)
+			case ev.RequestID != string(k) || ev.Status != nozzle.UsageInterrupted:
+				res.problem("usage checkpoint %q holds request %q, status %s", k, ev.RequestID, ev.Status)
+			case reqids.Get(k) != nil:
+				res.problem("usage checkpoint %q is left beside its request's event", k)
 			}
 			return nil
 		})

@@ -389,3 +389,123 @@ func TestLedger_BackfillFailedTokens(t *testing.T) {
 		}
 	}
 }
+
+// The journal records schema version 6 added, byte for byte, generation 5:
+// a running request's checkpoint (status interrupted, code 4), the event of
+// an idempotent request that ends its attempt's checkpoint, and a
+// checkpoint's end alone (a duplicate's).
+const (
+	ckptRecordHex = "6500000073a407ae050000008102057265715f310574656e5f31056b65795f310461645f310373716c0373716c037274300480e0b7fb9bd4cd9931d00f8008643fe00000000000000000000000000000000000000000000000000000000000004000000000000000000000000000000000"
+	endRecordHex  = "6c0000005068994b0500000082057265715f3102066964656d5f310574656e5f31056b65795f310461645f310373716c0373716c037274300180e0b7fb9bd4cd9931d00f8008643fe000000000000000000000000000000000000000000000000000000000000040000000000000003f50624dd2f1a9fc00"
+	endOnlyHex    = "070000008759be1f0500000082057265715f32"
+)
+
+// TestJournal_CheckpointRecords pins the bytes of the checkpoint records
+// and decodes them.
+func TestJournal_CheckpointRecords(t *testing.T) {
+	ck := &nozzle.UsageEvent{RequestID: "req_1", TenantID: "ten_1", KeyID: "key_1", AdapterID: "ad_1", AdapterName: "sql",
+		Model: "sql", RuntimeID: "rt0", Status: nozzle.UsageInterrupted, Time: time.Date(2026, 3, 4, 10, 5, 0, 0, time.UTC),
+		PromptTokens: 1000, CachedPromptTokens: 512, CompletionTokens: 50, DeviceSeconds: 0.5, RatePerHour: 2}
+	final := *ck
+	final.RequestID, final.Status, final.ChargeUSD = "idem_1", nozzle.UsageOK, 0.001
+	for _, c := range []struct {
+		hex string
+		r   jrec
+	}{{ckptRecordHex, jrec{ev: ck, ckpt: true}}, {endRecordHex, jrec{ev: &final, ends: "req_1"}}, {endOnlyHex, jrec{ends: "req_2"}}} {
+		want, _ := hex.DecodeString(c.hex)
+		if got, _ := appendJournalRecord(nil, nil, 5, c.r); !bytes.Equal(got, want) {
+			t.Errorf("record %+v encodes to %x, want %s", c.r, got, c.hex)
+		}
+		recs, good, gen := decodeJournal(want)
+		if len(recs) != 1 || good != len(want) || gen != 5 {
+			t.Fatalf("%s decodes to %d records, %d bytes, generation %d", c.hex, len(recs), good, gen)
+		}
+		r := recs[0]
+		if r.ckpt != c.r.ckpt || r.ends != c.r.ends || (r.ev == nil) != (c.r.ev == nil) ||
+			r.ev != nil && (r.ev.RequestID != c.r.ev.RequestID || r.ev.Status != c.r.ev.Status || r.ev.CompletionTokens != 50 || r.ev.CachedPromptTokens != 512) {
+			t.Errorf("%s decodes to %+v (event %+v)", c.hex, r, r.ev)
+		}
+	}
+	// An event record may not say interrupted, nor a checkpoint anything else.
+	ok := *ck
+	ok.Status = nozzle.UsageOK
+	for _, r := range []jrec{{ev: ck}, {ev: &ok, ckpt: true}, {ev: ck, ends: "req_9"}} {
+		b, _ := appendJournalRecord(nil, nil, 5, r)
+		if recs, _, _ := decodeJournal(b); len(recs) != 0 {
+			t.Errorf("record %+v (status %s) decodes", r, r.ev.Status)
+		}
+	}
+}
+
+// TestLedger_Version5File: a version 5 file opens at version 6 with a
+// checkpoints bucket, and the requests left running when it next crashes
+// are charged from their checkpoints; a file of a newer version is refused.
+func TestLedger_Version5File(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "ledger.db")
+	l := openCompat(t, path)
+	ten := heldTenant(t, l)
+	at := time.Date(2026, 3, 4, 10, 5, 0, 0, time.UTC)
+	if _, err := l.RecordUsage(ctx, &nozzle.UsageEvent{RequestID: "old", TenantID: ten.ID, Time: at, PromptTokens: 10}); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	db, err := bolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		if err := tx.DeleteBucket(bCheckpoints); err != nil {
+			return err
+		}
+		return tx.Bucket(bMeta).Put(metaVersion, []byte{0, 0, 0, 5})
+	})
+	if cerr := db.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	l = openHeld(t, Options{Path: path})
+	err = l.view(func(tx *bolt.Tx) error {
+		if v, _ := schemaVersion(tx); v != 6 || tx.Bucket(bCheckpoints) == nil {
+			t.Errorf("version %d, checkpoints bucket %v", v, tx.Bucket(bCheckpoints) != nil)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l.CheckpointUsage(ctx, &nozzle.UsageEvent{RequestID: "running", TenantID: ten.ID, Time: at, PromptTokens: 10, CompletionTokens: 3}); err != nil {
+		t.Fatal(err)
+	}
+	l.fileJournal()
+	crash(l)
+	l = openCompat(t, path)
+	if ev, err := l.Usage(ctx, "running"); err != nil || ev.Status != nozzle.UsageInterrupted || ev.CompletionTokens != 3 {
+		t.Fatalf("interrupted event %+v, %v", ev, err)
+	}
+	if res, err := l.Check(ctx); err != nil || res.Events != 2 {
+		t.Fatalf("check: %+v, %v", res, err)
+	}
+	l.Close()
+
+	db, err = bolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bMeta).Put(metaVersion, []byte{0, 0, 0, 7}) })
+	db.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l, err := Open(Options{Path: path}); err == nil || !strings.Contains(err.Error(), "newer than this build supports") {
+		if l != nil {
+			l.Close()
+		}
+		t.Fatalf("open of a version 7 file: %v", err)
+	}
+}

@@ -181,8 +181,10 @@ func TestEncodeZeroTime(t *testing.T) {
 	}
 }
 
-// FuzzDecodeJournal: a journal decodes to the events of its good prefix,
-// which re-encode to exactly that prefix; nothing panics.
+// FuzzDecodeJournal: a journal decodes to the records of its good prefix,
+// which re-encode to records that decode the same; nothing panics. Seeded
+// with events, a running request's checkpoints and their ends (schema
+// version 6), and format 1.
 func FuzzDecodeJournal(f *testing.F) {
 	ev := &nozzle.UsageEvent{RequestID: "r", TenantID: "t", Status: nozzle.UsageOK, Time: time.Unix(1, 2), PromptTokens: 3, CachedPromptTokens: 2, ChargeUSD: 0.5}
 	one, _ := appendRecord(nil, nil, 3, ev)
@@ -191,18 +193,33 @@ func FuzzDecodeJournal(f *testing.F) {
 	f.Add(two)
 	f.Add(two[:len(two)-1])
 	f.Add(appendRecordV1(nil, 3, v1Event)) // left by a build before schema version 3
+	ck := &nozzle.UsageEvent{RequestID: "a", TenantID: "t", Status: nozzle.UsageInterrupted, Time: time.Unix(1, 0), PromptTokens: 3, CompletionTokens: 9, DeviceSeconds: 0.25}
+	cks, _ := appendJournalRecord(nil, nil, 4, jrec{ev: ck, ckpt: true})
+	cks, _ = appendJournalRecord(cks, nil, 4, jrec{ev: ev, ends: "a"})
+	cks, _ = appendJournalRecord(cks, nil, 4, jrec{ends: "b"})
+	f.Add(cks)
 	f.Add([]byte{})
 	f.Fuzz(func(t *testing.T, b []byte) {
-		evs, good, gen := decodeJournal(b)
+		recs, good, gen := decodeJournal(b)
 		if good < 0 || good > len(b) {
 			t.Fatalf("good prefix %d of %d bytes", good, len(b))
 		}
 		var again, scratch []byte
-		for _, ev := range evs {
-			again, scratch = appendRecord(again, scratch, gen, ev)
+		for _, r := range recs {
+			if r.ev == nil && r.ends == "" || r.ckpt && (r.ends != "" || r.ev.Status != nozzle.UsageInterrupted) {
+				t.Fatalf("decoded record %+v", r)
+			}
+			again, scratch = appendJournalRecord(again, scratch, gen, r)
 		}
-		if evs2, good2, _ := decodeJournal(again); good2 != len(again) || len(evs2) != len(evs) {
-			t.Fatalf("re-encoded journal decodes to %d of %d events (%d of %d bytes)", len(evs2), len(evs), good2, len(again))
+		recs2, good2, _ := decodeJournal(again)
+		if good2 != len(again) || len(recs2) != len(recs) {
+			t.Fatalf("re-encoded journal decodes to %d of %d records (%d of %d bytes)", len(recs2), len(recs), good2, len(again))
+		}
+		for i, r := range recs2 {
+			if r.ckpt != recs[i].ckpt || r.ends != recs[i].ends || (r.ev == nil) != (recs[i].ev == nil) ||
+				r.ev != nil && r.ev.RequestID != recs[i].ev.RequestID {
+				t.Fatalf("record %d re-decodes as %+v, was %+v", i, r, recs[i])
+			}
 		}
 	})
 }

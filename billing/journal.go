@@ -1,12 +1,14 @@
 package billing
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"hash/crc32"
 	"io"
+	"maps"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -43,6 +45,21 @@ import (
 // other current, files every journaled event and then empties the file it
 // left, which by then holds only filed events.
 //
+// Checkpoints: CheckpointUsage journals a running request's usage so far
+// the same way (a record of its own kind, acknowledged after the same
+// fdatasync), and filing keeps the latest of each request in bucket
+// checkpoints. The request's final event ends its checkpoint: an event
+// ends the one under its own request id, and one under another id (an
+// idempotent request's attempt: UsageEvent.CheckpointID) in its record,
+// or in an end record of its own when the event is a duplicate; filing
+// then deletes the filed checkpoint. Open files the journal and then
+// turns every checkpoint left in the bucket into an interrupted usage
+// event, in one transaction. A file that held checkpoint records is
+// emptied with an fdatasync (not left to the page cache, as other
+// resets are): a checkpoint record that came back after a crash, its
+// end's file emptied for good, would be charged beside the event that
+// ended it.
+//
 // The files are written in place, never truncated: each is created at
 // journalPrealloc bytes of zeros, and emptying one starts it over at
 // offset 0 under a new generation. An fdatasync then flushes data blocks
@@ -70,6 +87,26 @@ const (
 
 var crc32c = crc32.MakeTable(crc32.Castagnoli)
 
+// Journal record payloads. A usage event's is its value encoding, whose
+// first byte is its format (1 or 2); the other kinds begin with a byte no
+// value format uses.
+const (
+	// recCheckpoint: a running request's usage so far (CheckpointUsage),
+	// then its value encoding (status interrupted, not priced).
+	recCheckpoint = 0x81
+	// recEnd: the end of the checkpoint of another request id than the
+	// event's: that id, then the event's value encoding, or nothing when
+	// the event was recorded already.
+	recEnd = 0x82
+)
+
+// jrec is one journal record.
+type jrec struct {
+	ev   *nozzle.UsageEvent // the event, or the checkpoint; nil for an end alone
+	ckpt bool               // ev is a checkpoint
+	ends string             // a checkpoint this record ends besides ev's own request id's
+}
+
 type journal struct {
 	files [2]*os.File
 	size  [2]int64  // bytes appended this generation; changed under wmu and mu
@@ -91,6 +128,18 @@ type journal struct {
 	buf     []byte // the append leader's
 	scratch []byte
 
+	// Checkpoints, under mu: those journaled since filing last took them
+	// (the latest of each request), the request ids checkpointed in this
+	// run and not ended, and the ended ones whose filed checkpoint filing
+	// is to delete. nc is len(cps) + len(ends).
+	cps  map[string]*nozzle.UsageEvent
+	live map[string]struct{}
+	ends []string
+	nc   atomic.Int64
+	// ckptIn says file i holds checkpoint records of its generation, so
+	// that emptying it is synced.
+	ckptIn [2]atomic.Bool
+
 	failing atomic.Bool // the last filing failed
 
 	sync func(*os.File) error // fdatasync, or fdatasyncHoldingP
@@ -105,9 +154,11 @@ type pendingCharges struct {
 	events int
 }
 
-// jop is one RecordUsage in the journal's group commit.
+// jop is one RecordUsage or CheckpointUsage in the journal's group commit.
 type jop struct {
 	ev   *nozzle.UsageEvent // the event; the stored one when dup
+	ckpt bool               // ev is a checkpoint; dup: dropped, the request's event is recorded
+	ends string             // the caller's ev.CheckpointID (ev may become the stored event)
 	dup  bool
 	twin *jop // an earlier op of the same batch with the same request id
 	err  error
@@ -128,19 +179,21 @@ func journalPaths(ledgerPath string) [2]string {
 }
 
 // openJournal opens (creating) the journal files of the ledger at
-// ledgerPath and returns the events they hold, oldest file first. A torn
+// ledgerPath and returns the records they hold, oldest file first. A torn
 // or damaged record ends a file: it and what follows it were never
 // acknowledged.
-func openJournal(ledgerPath string, maxBatch int) (*journal, []*nozzle.UsageEvent, error) {
+func openJournal(ledgerPath string, maxBatch int) (*journal, []jrec, error) {
 	j := &journal{
 		sync:    fdatasync,
 		byID:    map[string]*nozzle.UsageEvent{},
 		month:   map[string]*pendingCharges{},
+		cps:     map[string]*nozzle.UsageEvent{},
+		live:    map[string]struct{}{},
 		appends: group[*jop]{max: maxBatch},
 		kick:    make(chan struct{}, 1),
 		full:    make(chan struct{}, 1),
 	}
-	var found [2][]*nozzle.UsageEvent
+	var found [2][]jrec
 	for i, p := range journalPaths(ledgerPath) {
 		f, err := os.OpenFile(p, os.O_RDWR|os.O_CREATE, 0o600)
 		if err != nil {
@@ -154,6 +207,7 @@ func openJournal(ledgerPath string, maxBatch int) (*journal, []*nozzle.UsageEven
 			return nil, nil, fmt.Errorf("read usage journal %s: %w", p, err)
 		}
 		found[i], _, _ = decodeJournal(b)
+		j.ckptIn[i].Store(slices.ContainsFunc(found[i], func(r jrec) bool { return r.ckpt }))
 		// A random first generation: records an earlier run left behind
 		// the current ones are never of the current generation.
 		j.gen[i] = rand.Uint32()
@@ -173,33 +227,60 @@ func openJournal(ledgerPath string, maxBatch int) (*journal, []*nozzle.UsageEven
 		return nil, nil, err
 	}
 	// The file whose events are older was filled first.
-	if len(found[0]) > 0 && len(found[1]) > 0 && found[1][0].Time.Before(found[0][0].Time) {
+	if t0, t1 := firstTime(found[0]), firstTime(found[1]); !t0.IsZero() && !t1.IsZero() && t1.Before(t0) {
 		found[0], found[1] = found[1], found[0]
 	}
 	return j, append(found[0], found[1]...), nil
 }
 
-// reset starts file i over, empty, under a new generation. Not synced:
-// should the reset be lost, the file's events are filed again, and
-// skipped as stored.
+// firstTime is the time of the first record of recs with an event.
+func firstTime(recs []jrec) time.Time {
+	for _, r := range recs {
+		if r.ev != nil {
+			return r.ev.Time
+		}
+	}
+	return time.Time{}
+}
+
+// reset starts file i over, empty, under a new generation. Not synced
+// unless the file held checkpoint records: should the reset be lost, the
+// file's events are filed again, and skipped as stored, but a checkpoint
+// whose end is gone with another file would be charged again.
 func (j *journal) reset(i int) error {
 	j.gen[i]++
 	if _, err := j.files[i].WriteAt(make([]byte, journalHeader), 0); err != nil {
 		return fmt.Errorf("empty usage journal: %w", err)
 	}
-	return nil
-}
-
-// empty starts both files over once their events are filed.
-func (j *journal) empty() error {
-	for i := range j.files {
-		if err := j.reset(i); err != nil {
-			return err
+	if j.ckptIn[i].Load() {
+		if err := j.sync(j.files[i]); err != nil {
+			return fmt.Errorf("empty usage journal: %w", err)
 		}
-		j.size[i] = 0
+		j.ckptIn[i].Store(false)
 	}
 	return nil
 }
+
+// empty starts both files over once their records are filed, first (and
+// synced) those that held checkpoints.
+func (j *journal) empty() error {
+	for _, ckpt := range []bool{true, false} {
+		for i := range j.files {
+			if j.ckptIn[i].Load() != ckpt {
+				continue
+			}
+			if err := j.reset(i); err != nil {
+				return err
+			}
+			j.size[i] = 0
+		}
+	}
+	return nil
+}
+
+// pendingWork is how many journaled events, checkpoints and checkpoint
+// ends filing has still to take.
+func (j *journal) pendingWork() int64 { return j.n.Load() + j.nc.Load() }
 
 func (j *journal) close() {
 	for _, f := range j.files {
@@ -212,19 +293,74 @@ func (j *journal) close() {
 // appendRecord appends ev's journal record of generation gen to b,
 // encoding it in scratch, and returns both.
 func appendRecord(b, scratch []byte, gen uint32, ev *nozzle.UsageEvent) ([]byte, []byte) {
+	return appendJournalRecord(b, scratch, gen, jrec{ev: ev})
+}
+
+// appendJournalRecord appends r of generation gen to b, encoding its
+// payload in scratch, and returns both.
+func appendJournalRecord(b, scratch []byte, gen uint32, r jrec) ([]byte, []byte) {
 	var g [4]byte
 	binary.LittleEndian.PutUint32(g[:], gen)
-	scratch = encodeEvent(scratch, ev)
+	switch {
+	case r.ckpt:
+		scratch = appendEventAs(append(scratch[:0], recCheckpoint), r.ev, valueV2)
+	case r.ends != "":
+		e := enc{b: append(scratch[:0], recEnd)}
+		e.str(r.ends)
+		scratch = e.b
+		if r.ev != nil {
+			scratch = appendEventAs(scratch, r.ev, valueV2)
+		}
+	default:
+		scratch = encodeEvent(scratch, r.ev)
+	}
 	b = binary.LittleEndian.AppendUint32(b, uint32(len(scratch)))
 	b = binary.LittleEndian.AppendUint32(b, crc32.Update(crc32.Checksum(g[:], crc32c), crc32c, scratch))
 	b = append(b, g[:]...)
 	return append(b, scratch...), scratch
 }
 
+// decodeRecord decodes a journal record's payload.
+func decodeRecord(p []byte) (jrec, error) {
+	var r jrec
+	if len(p) == 0 {
+		return r, fmt.Errorf("decode journal record: %w", errCorrupt)
+	}
+	switch p[0] {
+	case recCheckpoint:
+		r.ckpt = true
+		p = p[1:]
+		if len(p) == 0 {
+			return r, fmt.Errorf("decode checkpoint: %w", errCorrupt)
+		}
+	case recEnd:
+		d := dec{b: p[1:]}
+		r.ends = d.str()
+		if d.err != nil || r.ends == "" || len(r.ends) > maxIDLen {
+			return r, fmt.Errorf("decode checkpoint end: %w", errCorrupt)
+		}
+		if p = d.b; len(p) == 0 {
+			return r, nil
+		}
+	}
+	ev, err := decodeEvent(p)
+	if err != nil {
+		return r, err
+	}
+	if err := validateEvent(ev); err != nil {
+		return r, fmt.Errorf("decode journal record: %w: %w", errCorrupt, err)
+	}
+	if r.ckpt != (ev.Status == nozzle.UsageInterrupted) {
+		return r, fmt.Errorf("decode journal record: status %s: %w", ev.Status, errCorrupt)
+	}
+	r.ev = ev
+	return r, nil
+}
+
 // decodeJournal decodes the records of b up to the first empty, torn or
 // damaged one or one of another generation than the first, and returns
-// the events, the length of the records read and their generation.
-func decodeJournal(b []byte) (evs []*nozzle.UsageEvent, good int, gen uint32) {
+// the records, the length of those read and their generation.
+func decodeJournal(b []byte) (recs []jrec, good int, gen uint32) {
 	for len(b)-good >= journalHeader {
 		n := int(binary.LittleEndian.Uint32(b[good:]))
 		sum := binary.LittleEndian.Uint32(b[good+4:])
@@ -236,15 +372,15 @@ func decodeJournal(b []byte) (evs []*nozzle.UsageEvent, good int, gen uint32) {
 		if crc32.Update(crc32.Checksum(b[good+8:good+12], crc32c), crc32c, payload) != sum {
 			break
 		}
-		ev, err := decodeEvent(payload)
-		if err != nil || validateEvent(ev) != nil {
+		r, err := decodeRecord(payload)
+		if err != nil {
 			break
 		}
-		evs = append(evs, ev)
+		recs = append(recs, r)
 		gen = g
 		good += journalHeader + n
 	}
-	return evs, good, gen
+	return recs, good, gen
 }
 
 // pendingEvent returns the journaled event of a request, if any.
@@ -274,18 +410,28 @@ func (j *journal) monthCharges(key []byte) float64 {
 	return 0
 }
 
-// appendUsage journals a batch of RecordUsage calls: it answers those
-// whose request id is journaled or filed already from the stored event,
-// prices the others, appends them in one write, syncs, and only then
-// makes them visible and answers.
+// appendUsage journals a batch of RecordUsage and CheckpointUsage calls:
+// it answers those whose request id is journaled or filed already from the
+// stored event, prices the others, drops checkpoints of requests whose
+// event is recorded (or in the batch), appends the rest in one write,
+// syncs, and only then makes them visible and answers.
 func (l *Ledger) appendUsage(batch []*jop) {
 	j := l.j
 	t0 := time.Now()
 	fresh := make([]*jop, 0, len(batch))
 	first := make(map[string]*jop, len(batch))
+	var ckpts []*jop
 	j.mu.Lock()
 	for _, o := range batch {
 		id := o.ev.RequestID
+		if o.ckpt {
+			if j.byID[id] != nil {
+				o.dup = true
+			} else {
+				ckpts = append(ckpts, o)
+			}
+			continue
+		}
 		if ev := j.byID[id]; ev != nil {
 			c := *ev
 			o.ev, o.dup = &c, true
@@ -330,15 +476,25 @@ func (l *Ledger) appendUsage(batch []*jop) {
 				ev.ChargeUSD = priceAt(hist, l.defPrice, ev.Time).Charge(ev.PromptTokens, ev.CompletionTokens)
 			}
 		}
+		for _, o := range ckpts {
+			id := o.ev.RequestID
+			if first[id] != nil || tx.Bucket(bRequestIDs).Get([]byte(id)) != nil {
+				o.dup = true // the request's event ends it
+				continue
+			}
+			if !l.auth.knowsTenant(o.ev.TenantID) && tx.Bucket(bTenants).Get([]byte(o.ev.TenantID)) == nil {
+				o.err = nozzle.Errorf(nozzle.EINVALID, "Usage checkpoint names unknown tenant %q.", o.ev.TenantID).WithParam("tenant_id")
+			}
+		}
 		return nil
 	})
 	if err == nil {
-		err = l.journalWrite(fresh)
+		err = l.journalWrite(batch)
 	}
 	if err != nil {
 		err = fmt.Errorf("record usage: %w", err)
-		for _, o := range fresh {
-			if !o.dup && o.err == nil {
+		for _, o := range batch {
+			if !o.dup && o.err == nil && o.twin == nil {
 				o.err = err
 			}
 		}
@@ -356,23 +512,54 @@ func (l *Ledger) appendUsage(batch []*jop) {
 	l.met.journalBatch.Observe(float64(len(batch)))
 }
 
-// journalWrite appends the new events of ops, syncs, and makes them
-// pending.
+// journalWrite appends the new events and checkpoints of ops and the ends
+// of the checkpoints they end, syncs, and makes them pending.
 func (l *Ledger) journalWrite(ops []*jop) error {
 	j := l.j
 	// Under wmu: the records carry the generation of the file they go to.
 	j.wmu.Lock()
 	defer j.wmu.Unlock()
 	j.buf = j.buf[:0]
-	var add []*nozzle.UsageEvent
-	for _, o := range ops {
-		if o.dup || o.err != nil {
-			continue
+	gen := j.gen[j.cur]
+	var add, cps []*nozzle.UsageEvent
+	var ended []string
+	j.mu.Lock()
+	// ends reports whether id names a live checkpoint not ended yet, and
+	// if so counts it ended.
+	ends := func(id string) bool {
+		if _, ok := j.live[id]; !ok || id == "" || slices.Contains(ended, id) {
+			return false
 		}
-		j.buf, j.scratch = appendRecord(j.buf, j.scratch, j.gen[j.cur], o.ev)
-		add = append(add, o.ev)
+		ended = append(ended, id)
+		return true
 	}
-	if len(add) == 0 {
+	for _, o := range ops {
+		switch {
+		case o.err != nil:
+		case o.ckpt:
+			if !o.dup {
+				j.buf, j.scratch = appendJournalRecord(j.buf, j.scratch, gen, jrec{ev: o.ev, ckpt: true})
+				cps = append(cps, o.ev)
+			}
+		case o.dup || o.twin != nil:
+			// Not journaled again; the checkpoints it names end all the same.
+			for _, id := range []string{o.ev.RequestID, o.ends} {
+				if ends(id) {
+					j.buf, j.scratch = appendJournalRecord(j.buf, j.scratch, gen, jrec{ends: id})
+				}
+			}
+		default:
+			r := jrec{ev: o.ev}
+			ends(o.ev.RequestID) // the record ends it: its own request id
+			if c := o.ends; c != o.ev.RequestID && ends(c) {
+				r.ends = c
+			}
+			j.buf, j.scratch = appendJournalRecord(j.buf, j.scratch, gen, r)
+			add = append(add, o.ev)
+		}
+	}
+	j.mu.Unlock()
+	if len(j.buf) == 0 {
 		return nil
 	}
 	f, at := j.files[j.cur], j.size[j.cur]
@@ -388,9 +575,23 @@ func (l *Ledger) journalWrite(ops []*jop) error {
 		}
 		return fmt.Errorf("usage journal: %w", err)
 	}
+	if len(cps) > 0 {
+		j.ckptIn[j.cur].Store(true)
+	}
 	j.mu.Lock()
 	j.size[j.cur] += int64(len(j.buf))
 	was := len(j.pending)
+	wasWork := was + len(j.cps) + len(j.ends)
+	for _, ev := range cps {
+		j.cps[ev.RequestID] = ev
+		j.live[ev.RequestID] = struct{}{}
+	}
+	for _, id := range ended {
+		delete(j.live, id)
+		delete(j.cps, id)
+		j.ends = append(j.ends, id)
+	}
+	j.nc.Store(int64(len(j.cps) + len(j.ends)))
 	for _, ev := range add {
 		j.pending = append(j.pending, ev)
 		j.byID[ev.RequestID] = ev
@@ -407,8 +608,9 @@ func (l *Ledger) journalWrite(ops []*jop) error {
 	}
 	now := len(j.pending)
 	j.n.Store(int64(now))
+	nowWork := now + len(j.cps) + len(j.ends)
 	j.mu.Unlock()
-	if was == 0 {
+	if wasWork == 0 && nowWork > 0 {
 		notify(j.kick)
 	}
 	if was < journalFileBatch && now >= journalFileBatch {
@@ -432,18 +634,29 @@ func (l *Ledger) fileJournal() {
 	j.wmu.Lock()
 	j.mu.Lock()
 	snap := j.pending[:len(j.pending):len(j.pending)]
+	cps := make([]*nozzle.UsageEvent, 0, len(j.cps))
+	for _, ev := range j.cps {
+		cps = append(cps, ev)
+	}
+	ends := j.ends[:len(j.ends):len(j.ends)]
 	if j.size[j.cur^1] == 0 {
-		j.cur ^= 1 // the file left holds only events of snap
+		j.cur ^= 1 // the file left holds only records of this snapshot
 	}
 	left := j.cur ^ 1
 	j.mu.Unlock()
 	j.wmu.Unlock()
-	if len(snap) == 0 {
+	if len(snap) == 0 && len(cps) == 0 && len(ends) == 0 {
 		return
 	}
-	if err := l.db.Update(func(tx *bolt.Tx) error { return l.fileEvents(tx, snap) }); err != nil {
+	err := l.db.Update(func(tx *bolt.Tx) error {
+		if err := l.fileEvents(tx, snap); err != nil {
+			return err
+		}
+		return fileCheckpoints(tx, cps, ends)
+	})
+	if err != nil {
 		if !j.failing.Swap(true) {
-			l.log.Error("usage journal: filing failed; the events stay journaled, and filing is retried every second", "events", len(snap), "err", err)
+			l.log.Error("usage journal: filing failed; the events stay journaled, and filing is retried every second", "events", len(snap), "checkpoints", len(cps), "err", err)
 		}
 		return
 	}
@@ -451,6 +664,13 @@ func (l *Ledger) fileJournal() {
 		l.log.Info("usage journal: filing works again", "events", len(snap))
 	}
 	j.mu.Lock()
+	for _, ev := range cps {
+		if j.cps[ev.RequestID] == ev {
+			delete(j.cps, ev.RequestID)
+		}
+	}
+	j.ends = j.ends[:copy(j.ends, j.ends[len(ends):])]
+	j.nc.Store(int64(len(j.cps) + len(j.ends)))
 	for _, ev := range snap {
 		delete(j.byID, ev.RequestID)
 		if ev.ChargeUSD != 0 {
@@ -497,6 +717,91 @@ func (l *Ledger) fileEvents(tx *bolt.Tx, evs []*nozzle.UsageEvent) error {
 	return w.flush()
 }
 
+// fileCheckpoints files journaled checkpoints in tx, each in place of an
+// older one of its request unless its request's event is stored (filed
+// in tx or before: it ended the checkpoint), then deletes the filed
+// checkpoints of the requests in ends.
+func fileCheckpoints(tx *bolt.Tx, cps []*nozzle.UsageEvent, ends []string) error {
+	if len(cps) == 0 && len(ends) == 0 {
+		return nil
+	}
+	b, reqids := tx.Bucket(bCheckpoints), tx.Bucket(bRequestIDs)
+	for _, ev := range cps {
+		id := []byte(ev.RequestID)
+		if reqids.Get(id) != nil {
+			continue
+		}
+		if v := b.Get(id); v != nil {
+			if old, err := decodeEvent(v); err == nil && !checkpointAfter(ev, old) {
+				continue
+			}
+		}
+		if err := b.Put(id, encodeEvent(nil, ev)); err != nil {
+			return fmt.Errorf("file checkpoint: %w", err)
+		}
+	}
+	for _, id := range ends {
+		if err := b.Delete([]byte(id)); err != nil {
+			return fmt.Errorf("file checkpoint end: %w", err)
+		}
+	}
+	return nil
+}
+
+// checkpointAfter reports whether checkpoint a is later than b of the same
+// request: it counts more tokens, or as many at a later time. (Counts only
+// grow; a record that came back from a file whose emptying was lost in a
+// crash is older than the one filed.)
+func checkpointAfter(a, b *nozzle.UsageEvent) bool {
+	ta, tb := a.PromptTokens+a.CompletionTokens, b.PromptTokens+b.CompletionTokens
+	return ta > tb || ta == tb && !a.Time.Before(b.Time)
+}
+
+// recoverCheckpoints turns every checkpoint filed in tx into its request's
+// usage event, status interrupted, priced at its time — unless the
+// request's event is stored (it ended the checkpoint) — and deletes it.
+// It returns how many became events.
+func (l *Ledger) recoverCheckpoints(tx *bolt.Tx) (int, error) {
+	b, reqids := tx.Bucket(bCheckpoints), tx.Bucket(bRequestIDs)
+	type kv struct{ k, v []byte }
+	var all []kv
+	err := b.ForEach(func(k, v []byte) error {
+		all = append(all, kv{bytes.Clone(k), bytes.Clone(v)})
+		return nil
+	})
+	if err != nil || len(all) == 0 {
+		return 0, err
+	}
+	w := newWtx(l, tx)
+	n := 0
+	for _, c := range all {
+		if reqids.Get(c.k) == nil {
+			ev, err := decodeEvent(c.v)
+			if err == nil {
+				err = validateEvent(ev)
+			}
+			if err != nil {
+				// Check reports it; the rest recover.
+				l.log.Error("usage checkpoint cannot be read; it is kept, uncharged", "request_id", string(c.k), "err", err)
+				continue
+			}
+			ev.Status, ev.ChargeUSD, ev.Response = nozzle.UsageInterrupted, 0, nil
+			if _, _, err := w.recordEvent(ev, false); err != nil {
+				if nozzle.AsError(err) == nil {
+					return 0, err
+				}
+				l.log.Error("usage checkpoint cannot be charged", "request_id", ev.RequestID, "err", err)
+			} else {
+				n++
+			}
+		}
+		if err := b.Delete(c.k); err != nil {
+			return 0, err
+		}
+	}
+	return n, w.flush()
+}
+
 // fileLoop files the journal in the background: journalFileEvery after an
 // event is journaled, or at once when journalFileBatch are pending.
 func (l *Ledger) fileLoop() {
@@ -505,7 +810,7 @@ func (l *Ledger) fileLoop() {
 	t := time.NewTimer(time.Hour)
 	t.Stop()
 	for {
-		if j.n.Load() == 0 {
+		if j.pendingWork() == 0 {
 			select {
 			case <-l.wctx.Done():
 				return
@@ -545,15 +850,60 @@ func (l *Ledger) fileJournalNow() error {
 	return err
 }
 
-// replayJournal files the events a journal held when the ledger was opened
-// and empties it.
-func (l *Ledger) replayJournal(evs []*nozzle.UsageEvent) error {
-	if len(evs) > 0 {
+// replayJournal files the records a journal held when the ledger was
+// opened, turns the checkpoints left without an end (the requests that
+// ran when the last run stopped) into interrupted usage events, all in one
+// transaction, and empties the journal.
+func (l *Ledger) replayJournal(recs []jrec) error {
+	var evs, cps []*nozzle.UsageEvent
+	ended := map[string]bool{}
+	for _, r := range recs {
+		switch {
+		case r.ckpt:
+			cps = append(cps, r.ev)
+		case r.ev != nil:
+			evs = append(evs, r.ev)
+			ended[r.ev.RequestID] = true
+		}
+		if r.ends != "" {
+			ended[r.ends] = true
+		}
+	}
+	// A checkpoint some record ends is not filed: its end may come before
+	// it (a record that came back from a file whose emptying was lost).
+	cps = slices.DeleteFunc(cps, func(ev *nozzle.UsageEvent) bool { return ended[ev.RequestID] })
+	ends := slices.Collect(maps.Keys(ended))
+	left := false
+	if err := l.db.View(func(tx *bolt.Tx) error {
+		k, _ := tx.Bucket(bCheckpoints).Cursor().First()
+		left = k != nil
+		return nil
+	}); err != nil {
+		return fmt.Errorf("file usage journal: %w", err)
+	}
+	if len(evs) > 0 || len(cps) > 0 || left {
 		slices.SortStableFunc(evs, func(a, b *nozzle.UsageEvent) int { return a.Time.Compare(b.Time) })
-		if err := l.db.Update(func(tx *bolt.Tx) error { return l.fileEvents(tx, evs) }); err != nil {
+		interrupted := 0
+		err := l.db.Update(func(tx *bolt.Tx) error {
+			if err := l.fileEvents(tx, evs); err != nil {
+				return err
+			}
+			if err := fileCheckpoints(tx, cps, ends); err != nil {
+				return err
+			}
+			var err error
+			interrupted, err = l.recoverCheckpoints(tx)
+			return err
+		})
+		if err != nil {
 			return fmt.Errorf("file usage journal: %w", err)
 		}
-		l.log.Info("filed the usage journal left by the last run", "events", len(evs))
+		if len(evs) > 0 {
+			l.log.Info("filed the usage journal left by the last run", "events", len(evs))
+		}
+		if interrupted > 0 {
+			l.log.Warn("charged the requests the last run left running from their last usage checkpoints (status interrupted)", "requests", interrupted)
+		}
 	}
 	return l.j.empty()
 }

@@ -344,7 +344,7 @@ func TestJournal_StaleRecordsAreNotReplayed(t *testing.T) {
 	// records after it start on a record boundary.
 	copy(b, fresh)
 	evs, good, gen := decodeJournal(b)
-	if len(evs) != 1 || evs[0].RequestID != "new-0" || good != len(fresh) || gen != 8 {
+	if len(evs) != 1 || evs[0].ev.RequestID != "new-0" || good != len(fresh) || gen != 8 {
 		t.Fatalf("decoded %d events (%v), %d bytes, generation %d; want the new one alone", len(evs), evs, good, gen)
 	}
 }

@@ -121,6 +121,7 @@ type ledgerMetrics struct {
 
 	journalSeconds metrics.Histogram
 	journalBatch   metrics.Histogram
+	checkpoints    metrics.Counter
 }
 
 func newLedgerMetrics(r *metrics.Registry) ledgerMetrics {
@@ -137,18 +138,20 @@ func newLedgerMetrics(r *metrics.Registry) ledgerMetrics {
 
 		journalSeconds: r.Histogram("nozzle_ledger_journal_append_seconds", "Time to append and fdatasync one group of usage events to the usage journal.", metrics.LatencyBuckets),
 		journalBatch:   r.Histogram("nozzle_ledger_journal_batch_events", "Usage events appended together to the usage journal.", []float64{1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096}),
+		checkpoints:    r.Counter("nozzle_ledger_usage_checkpoints_total", "Usage checkpoints of running requests recorded."),
 	}
 }
 
 var (
-	_ nozzle.TenantService  = (*Ledger)(nil)
-	_ nozzle.KeyService     = (*Ledger)(nil)
-	_ nozzle.AdapterService = (*Ledger)(nil)
-	_ nozzle.UserService    = (*Ledger)(nil)
-	_ nozzle.Ledger         = (*Ledger)(nil)
-	_ nozzle.BudgetService  = (*Ledger)(nil)
-	_ nozzle.CapacityLedger = (*Ledger)(nil)
-	_ nozzle.Reporter       = (*Ledger)(nil)
+	_ nozzle.TenantService     = (*Ledger)(nil)
+	_ nozzle.KeyService        = (*Ledger)(nil)
+	_ nozzle.AdapterService    = (*Ledger)(nil)
+	_ nozzle.UserService       = (*Ledger)(nil)
+	_ nozzle.Ledger            = (*Ledger)(nil)
+	_ nozzle.UsageCheckpointer = (*Ledger)(nil)
+	_ nozzle.BudgetService     = (*Ledger)(nil)
+	_ nozzle.CapacityLedger    = (*Ledger)(nil)
+	_ nozzle.Reporter          = (*Ledger)(nil)
 )
 
 // Open opens (creating if needed) the ledger at opts.Path, migrating an
@@ -255,7 +258,7 @@ func (l *Ledger) Close() error {
 	l.closed = true // every write has returned: nothing is queued
 	l.mu.Unlock()
 	l.fileJournal() // the only writer left
-	if l.j.n.Load() == 0 {
+	if l.j.pendingWork() == 0 {
 		if err := l.j.empty(); err != nil {
 			l.log.Error("usage journal", "err", err)
 		}
@@ -303,7 +306,7 @@ func (l *Ledger) write(ctx context.Context, fn func(w *wtx) error) error {
 // op is retried in a transaction of its own so that one bad write cannot
 // fail the others.
 func (l *Ledger) commit(batch []*op) {
-	if l.j.n.Load() > 0 {
+	if l.j.pendingWork() > 0 {
 		l.fileJournal()
 	}
 	if !slices.ContainsFunc(batch, func(o *op) bool { return o.fn != nil }) {

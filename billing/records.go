@@ -23,16 +23,22 @@ const valueV2 = 2
 // migration makes true.
 const valueV3 = 3
 
-// Status codes of stored usage events.
-var statusCodes = map[string]byte{nozzle.UsageOK: 1, nozzle.UsageCanceled: 2, nozzle.UsageFailed: 3}
-var statusNames = map[byte]string{1: nozzle.UsageOK, 2: nozzle.UsageCanceled, 3: nozzle.UsageFailed}
+// Status codes of stored usage events. Interrupted (4) is new in schema
+// version 6.
+var statusCodes = map[string]byte{nozzle.UsageOK: 1, nozzle.UsageCanceled: 2, nozzle.UsageFailed: 3, nozzle.UsageInterrupted: 4}
+var statusNames = map[byte]string{1: nozzle.UsageOK, 2: nozzle.UsageCanceled, 3: nozzle.UsageFailed, 4: nozzle.UsageInterrupted}
 
 func encodeEvent(buf []byte, ev *nozzle.UsageEvent) []byte { return encodeEventAs(buf, ev, valueV2) }
 
 // encodeEventAs writes ev in value format 1 (no cached prompt tokens: what
 // builds before schema version 3 wrote) or 2.
 func encodeEventAs(buf []byte, ev *nozzle.UsageEvent, format byte) []byte {
-	e := enc{b: buf[:0]}
+	return appendEventAs(buf[:0], ev, format)
+}
+
+// appendEventAs appends ev's encoding in value format 1 or 2 to b.
+func appendEventAs(b []byte, ev *nozzle.UsageEvent, format byte) []byte {
+	e := enc{b: b}
 	e.u8(format)
 	e.str(ev.RequestID)
 	e.str(ev.TenantID)

@@ -12,7 +12,7 @@ import (
 // docs/LEDGER.md describes it; migrations below bring older files up to it
 // on open. Version 4 has no migration of its own: the builds that knew it
 // but not 5 stamped it on a file when it first held a standard-price mark.
-const SchemaVersion = 5
+const SchemaVersion = 6
 
 // Bucket names. docs/LEDGER.md gives each bucket's keys and values.
 var (
@@ -43,6 +43,7 @@ var (
 	bOutbox        = []byte("outbox")
 	bOutboxPending = []byte("outbox_pending")
 	bOutboxParked  = []byte("outbox_parked")
+	bCheckpoints   = []byte("checkpoints")
 )
 
 var allBuckets = [][]byte{
@@ -50,6 +51,7 @@ var allBuckets = [][]byte{
 	bAdapters, bAdapterNames, bAdapterSHA, bUsers, bUserEmails, bUserInvites,
 	bSessions, bEvents, bRequestIDs, bRollups, bHours, bMonths, bCapacity,
 	bCapHours, bCapOpen, bDirty, bBilled, bOutbox, bOutboxPending, bOutboxParked,
+	bCheckpoints,
 }
 
 var (
@@ -92,6 +94,15 @@ var migrations = []migration{
 	// migration adds the failed events' tokens to the rollups that hold
 	// them; rollups without any keep their format until next written.
 	{To: 5, Fn: backfillFailedTokens},
+	// Version 6: running requests' usage checkpoints (bucket checkpoints)
+	// and the usage event status interrupted (4) that a checkpoint left by
+	// a crash becomes, which older builds cannot read.
+	{To: 6, Fn: func(tx *bolt.Tx) error {
+		if _, err := tx.CreateBucketIfNotExists(bCheckpoints); err != nil {
+			return fmt.Errorf("create bucket %s: %w", bCheckpoints, err)
+		}
+		return nil
+	}},
 }
 
 // backfillFailedTokens adds the tokens of every stored failed event to its

@@ -168,6 +168,12 @@ func (l *Ledger) RecordUsage(ctx context.Context, ev *nozzle.UsageEvent) (bool, 
 	if ev.Status == "" {
 		ev.Status = nozzle.UsageOK
 	}
+	if ev.Status == nozzle.UsageInterrupted {
+		return false, nozzle.Errorf(nozzle.EINVALID, "Usage event status %q is the ledger's own, for a checkpoint left by a crash.", ev.Status).WithParam("status")
+	}
+	if len(ev.CheckpointID) > maxIDLen {
+		return false, nozzle.Errorf(nozzle.EINVALID, "Usage event has an id longer than %d bytes.", maxIDLen).WithParam("checkpoint_id")
+	}
 	if err := validateEvent(ev); err != nil {
 		return false, err
 	}
@@ -181,7 +187,8 @@ func (l *Ledger) RecordUsage(ctx context.Context, ev *nozzle.UsageEvent) (bool, 
 	if l.closed {
 		return false, ErrClosed
 	}
-	o := &jop{ev: &in, done: make(chan error, 1)}
+	in.CheckpointID = "" // the journal's alone: never stored with the event
+	o := &jop{ev: &in, ends: ev.CheckpointID, done: make(chan error, 1)}
 	if err := l.j.appends.do(o, l.appendUsage); err != nil {
 		return false, err
 	}
@@ -193,6 +200,35 @@ func (l *Ledger) RecordUsage(ctx context.Context, ev *nozzle.UsageEvent) (bool, 
 	}
 	*ev = *out
 	return dup, nil
+}
+
+// CheckpointUsage durably records ev as the usage so far of the running
+// request ev.RequestID, in place of its earlier checkpoint: it is
+// journaled and fsynced like an event, in the same group commit, and filed
+// into bucket checkpoints. The request's final event ends it (see
+// nozzle.UsageCheckpointer); Open turns a checkpoint left without one into
+// the request's event, status interrupted, priced at ev.Time. Nothing is
+// written when the request's event is recorded already.
+func (l *Ledger) CheckpointUsage(ctx context.Context, ev *nozzle.UsageEvent) error {
+	in := *ev
+	in.Status, in.ChargeUSD, in.Response, in.CheckpointID = nozzle.UsageInterrupted, 0, nil, ""
+	in.Time = in.Time.UTC()
+	if err := validateEvent(&in); err != nil {
+		return err
+	}
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	if l.closed {
+		return ErrClosed
+	}
+	o := &jop{ev: &in, ckpt: true, done: make(chan error, 1)}
+	if err := l.j.appends.do(o, l.appendUsage); err != nil {
+		return err
+	}
+	if !o.dup {
+		l.met.checkpoints.Inc()
+	}
+	return nil
 }
 
 // recordEvent writes one validated event unless its request id is stored

@@ -365,7 +365,8 @@ func runLedger(ctx context.Context, args []string, stdout, stderr io.Writer) err
 			return fmt.Errorf("read check result: %w", err)
 		}
 	}
-	fmt.Fprintf(stdout, "events %d, rollups %d, capacity intervals %d, outbox rows %d\n", res.Events, res.Rollups, res.Intervals, res.OutboxRows)
+	fmt.Fprintf(stdout, "events %d, rollups %d, capacity intervals %d, outbox rows %d, checkpoints of running streams %d\n",
+		res.Events, res.Rollups, res.Intervals, res.OutboxRows, res.Checkpoints)
 	if len(res.Problems) > 0 {
 		for _, p := range res.Problems {
 			fmt.Fprintln(stdout, "problem:", p)
@@ -403,5 +404,6 @@ func (m ledgerMaintainer) Check(ctx context.Context) (*nozzle.LedgerCheck, error
 	if err != nil && !errors.Is(err, billing.ErrInconsistent) {
 		return nil, err
 	}
-	return &nozzle.LedgerCheck{Events: r.Events, Rollups: r.Rollups, Intervals: r.Intervals, OutboxRows: r.OutboxRows, Problems: r.Problems}, nil
+	return &nozzle.LedgerCheck{Events: r.Events, Rollups: r.Rollups, Intervals: r.Intervals, OutboxRows: r.OutboxRows,
+		Checkpoints: r.Checkpoints, Problems: r.Problems}, nil
 }
