@@ -73,14 +73,16 @@ type completion struct {
 	j  *job
 
 	reqs      []*nozzle.GenerateRequest
-	meterID   string            // ledger id if the request completes
-	attemptID string            // ledger id if it fails or is abandoned
-	idem      bool              // an Idempotency-Key names this request
-	fp        [sha256.Size]byte // the idempotent request's fingerprint
-	claimed   string            // id held in the in-flight set (an idempotent request's)
-	claimedID string            // a client-chosen request id held in it
-	sent      bool              // a stream has sent generated text
-	seqs      int               // sequences taken from the tenant's cap
+	meterID   string             // ledger id if the request completes
+	attemptID string             // ledger id if it fails or is abandoned
+	idem      bool               // an Idempotency-Key names this request
+	fp        [sha256.Size]byte  // the idempotent request's fingerprint
+	claimed   string             // id held in the in-flight set (an idempotent request's)
+	claimedID string             // a client-chosen request id held in it
+	sent      bool               // a stream has sent generated text
+	seqs      int                // sequences taken from the tenant's cap
+	ckpt      *streamCheckpoints // a stream's usage checkpoints (nil: none)
+	ckptTaken bool               // a checkpoint was taken: the event ends it
 
 	tokensTaken   int
 	releaseBudget func()
@@ -429,6 +431,11 @@ func (cp *completion) failure() error {
 //     so the cost model still sees the device time;
 //   - refused before any work (context length, invalid parameters, no
 //     runtime available): not recorded, not charged.
+//
+// A stream that took usage checkpoints (streamCheckpoints) is recorded in
+// any case: its event ends its last checkpoint (CheckpointID), which would
+// otherwise be charged, status interrupted, when the ledger next opens —
+// as it is when the gateway dies before this.
 func (cp *completion) settle(body []byte) (stored []byte, err error) {
 	s, p, j := cp.s, cp.p, cp.j
 	ev := &nozzle.UsageEvent{
@@ -457,6 +464,10 @@ func (cp *completion) settle(body []byte) (stored []byte, err error) {
 		if x.DeviceSeconds > 0 || x.CompletionTokens > 0 {
 			work = true
 		}
+	}
+	if cp.ckptTaken {
+		// The event ends the stream's checkpoint, whatever it says.
+		ev.CheckpointID, work = cp.attemptID, true
 	}
 	ev.PromptTokens, ev.CachedPromptTokens = cp.promptUsage()
 	fail := cp.failure()
@@ -718,6 +729,7 @@ func (cp *completion) stream(c *fiber.Ctx) error {
 	}
 
 	cp.s.detach(c, cp.st)
+	cp.ckpt = cp.s.newStreamCheckpoints(cp)
 	c.Set(fiber.HeaderContentType, "text/event-stream; charset=utf-8")
 	c.Set(fiber.HeaderCacheControl, "no-cache")
 	c.Set("X-Accel-Buffering", "no")
@@ -763,6 +775,9 @@ func (cp *completion) writeStream(w *bufio.Writer, conn net.Conn, events chan st
 		if r := recover(); r != nil {
 			s.log.LogAttrs(context.Background(), slog.LevelError, "panic in stream", slog.String("request_id", st.id), slog.Any("panic", r))
 		}
+		// (A checkpoint this stream's event did not end is charged when the
+		// ledger is next opened.)
+		cp.ckpt.stop()
 		cp.done()
 		st.status = 200
 		s.finish(st)
@@ -857,6 +872,9 @@ func (cp *completion) writeStream(w *bufio.Writer, conn net.Conn, events chan st
 		}
 		buf = cp.appendChunk(buf[:0], ev.index, thought, ch.Text, ch.Logprobs, false, "", lpPart{lps: ch.Logprobs, text: r.text, offs: &offs[ev.index]})
 		send(buf)
+		if !gone && cp.ckpt != nil {
+			cp.ckpt.advance(ev.index, ch.Progress)
+		}
 		return false
 	}
 	left := n
@@ -875,6 +893,7 @@ func (cp *completion) writeStream(w *bufio.Writer, conn net.Conn, events chan st
 	if cp.idem && cp.failure() == nil {
 		body = cp.body(make([]byte, 0, 512))
 	}
+	cp.ckptTaken = cp.ckpt.stop()
 	stored, err := cp.settle(body)
 	if gone {
 		return

@@ -216,6 +216,8 @@ func (g *fakeGen) generate(ctx context.Context, req *nozzle.GenerateRequest, emi
 		off += len(words[i])
 		res.CompletionTokens++
 		res.DeviceSeconds += 0.001
+		ch.Progress = nozzle.Progress{PromptTokens: res.PromptTokens, CachedPromptTokens: res.CachedPromptTokens, CompletionTokens: res.CompletionTokens,
+			DeviceSeconds: res.DeviceSeconds, RuntimeID: g.runtimeID, RatePerHour: res.RatePerHour}
 		if err := emit(ch); err != nil {
 			return res, nozzle.Errorf(nozzle.ECANCELED, "Canceled.").Wrap(err)
 		}

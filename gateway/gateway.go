@@ -89,6 +89,12 @@ const (
 	DefaultTenantSequences    = 64
 	DefaultTenantAdapterBytes = 20 << 30
 	DefaultTenantUploads      = 2
+	// DefaultStreamCheckpointEvery bounds what a crash of the gateway
+	// leaves uncharged of a running stream to a second of its tokens
+	// (tens of tokens at a GPU's decode speed per sequence) for one
+	// journal record per stream a second, which shares the journal's
+	// fdatasync with the usage events (group commit).
+	DefaultStreamCheckpointEvery = time.Second
 )
 
 // Config is the gateway's configuration. Zero fields take the defaults
@@ -131,6 +137,15 @@ type Config struct {
 	// stream; IdleTimeout bounds a keep-alive connection's wait for its
 	// next request.
 	ReadTimeout, WriteTimeout, IdleTimeout time.Duration
+
+	// StreamCheckpointEvery is how often a running stream's usage so far
+	// is checkpointed in the ledger, when the ledger is a
+	// nozzle.UsageCheckpointer: first as soon as its first token has gone
+	// out, then at most this often while it sends more. A crash of the
+	// gateway mid-stream then leaves at most this long of the stream's
+	// tokens uncharged (default 1 s; negative: no checkpoints, and a crash
+	// leaves the whole stream uncharged).
+	StreamCheckpointEvery time.Duration
 
 	// DefaultMaxTokens is the completion cap of a request that names none;
 	// 0 means up to the model's context length (OpenAI's behaviour).
@@ -190,6 +205,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.MaxChoices <= 0 {
 		c.MaxChoices = DefaultMaxChoices
+	}
+	if c.StreamCheckpointEvery == 0 {
+		c.StreamCheckpointEvery = DefaultStreamCheckpointEvery
 	}
 	if c.TenantSequences == 0 {
 		c.TenantSequences = DefaultTenantSequences

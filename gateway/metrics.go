@@ -23,6 +23,8 @@ const (
 	metricUsageErrors  = "nozzle_gateway_usage_record_errors_total"
 	metricUsageRecords = "nozzle_gateway_usage_events_total"
 	metricReplays      = "nozzle_gateway_idempotent_replays_total"
+	metricCheckpoints  = "nozzle_gateway_stream_checkpoints_total"
+	metricCheckpointEr = "nozzle_gateway_stream_checkpoint_errors_total"
 )
 
 type gatewayMetrics struct {
@@ -38,6 +40,8 @@ type gatewayMetrics struct {
 	usageErrs metrics.Counter
 	usageRecs metrics.CounterVec
 	replays   metrics.Counter
+
+	checkpoints, checkpointErrs metrics.Counter
 
 	// Token counters by kind, resolved once.
 	promptBase, completionBase, promptAdapter, completionAdapter metrics.Counter
@@ -60,6 +64,9 @@ func newGatewayMetrics(reg *metrics.Registry) *gatewayMetrics {
 		usageErrs: reg.Counter(metricUsageErrors, "Usage events the ledger failed to record."),
 		usageRecs: reg.CounterVec(metricUsageRecords, "Usage events recorded, by status.", "status"),
 		replays:   reg.Counter(metricReplays, "Requests answered from the ledger for a repeated Idempotency-Key."),
+
+		checkpoints:    reg.Counter(metricCheckpoints, "Usage checkpoints of running streams written to the ledger."),
+		checkpointErrs: reg.Counter(metricCheckpointEr, "Usage checkpoints of running streams the ledger failed to write."),
 	}
 	m.promptBase = m.tokens.With("prompt", "base")
 	m.completionBase = m.tokens.With("completion", "base")

@@ -44,7 +44,10 @@ type world struct {
 	removed     []string             // what the store removed, in order
 	events      []*nozzle.UsageEvent // in record order
 	byID        map[string]*nozzle.UsageEvent
-	reserved    float64 // budget reserved and not released
+	checkpoints map[string]*nozzle.UsageEvent // running streams' latest, by request id
+	ckptLog     []*nozzle.UsageEvent          // every checkpoint taken, in order
+	ckptEnds    []string                      // events[i]'s CheckpointID
+	reserved    float64                       // budget reserved and not released
 	released    int
 	users       map[string]*nozzle.User
 	sessions    map[string]*nozzle.Session
@@ -68,7 +71,8 @@ type world struct {
 func newWorld(base nozzle.Price) *world {
 	w := &world{now: time.Now, tenants: map[string]*nozzle.Tenant{}, keys: map[string]*nozzle.APIKey{}, touched: map[string]time.Time{},
 		adapters: map[string]*nozzle.Adapter{}, stored: map[string]map[string][]byte{}, byID: map[string]*nozzle.UsageEvent{},
-		users: map[string]*nozzle.User{}, sessions: map[string]*nozzle.Session{}, tiers: map[string]nozzle.Tier{},
+		checkpoints: map[string]*nozzle.UsageEvent{},
+		users:       map[string]*nozzle.User{}, sessions: map[string]*nozzle.Session{}, tiers: map[string]nozzle.Tier{},
 		words: []string{"Hello", " from", " the", " pooled", " GPU", "."}, rate: 2}
 	w.started = w.now().Add(-2 * time.Hour)
 	w.prices = []nozzle.PriceVersion{{Price: base, EffectiveFrom: time.Unix(0, 0).UTC()}}
@@ -372,6 +376,11 @@ func (w *world) mocks() *mocks {
 		ledger: &mock.Ledger{
 			RecordUsageFn: func(ctx context.Context, ev *nozzle.UsageEvent) (bool, error) {
 				defer w.lock()()
+				// The event ends its request's checkpoint, duplicate or not.
+				delete(w.checkpoints, ev.RequestID)
+				if ev.CheckpointID != "" {
+					delete(w.checkpoints, ev.CheckpointID)
+				}
 				if old := w.byID[ev.RequestID]; old != nil {
 					*ev = *clone(old)
 					return true, nil
@@ -381,6 +390,8 @@ func (w *world) mocks() *mocks {
 				}
 				e := clone(ev)
 				e.Response = append([]byte(nil), ev.Response...)
+				e.CheckpointID = "" // not stored; ckptEnds keeps it
+				w.ckptEnds = append(w.ckptEnds, ev.CheckpointID)
 				w.events = append(w.events, e)
 				w.byID[e.RequestID] = e
 				return false, nil

@@ -8,11 +8,12 @@ import (
 )
 
 var (
-	_ nozzle.Ledger         = (*Ledger)(nil)
-	_ nozzle.BudgetService  = (*BudgetService)(nil)
-	_ nozzle.CapacitySource = (*CapacitySource)(nil)
-	_ nozzle.CapacityLedger = (*CapacityLedger)(nil)
-	_ nozzle.Reporter       = (*Reporter)(nil)
+	_ nozzle.Ledger            = (*Ledger)(nil)
+	_ nozzle.UsageCheckpointer = (*UsageCheckpointer)(nil)
+	_ nozzle.BudgetService     = (*BudgetService)(nil)
+	_ nozzle.CapacitySource    = (*CapacitySource)(nil)
+	_ nozzle.CapacityLedger    = (*CapacityLedger)(nil)
+	_ nozzle.Reporter          = (*Reporter)(nil)
 )
 
 // Ledger is a mock of nozzle.Ledger.
@@ -27,6 +28,17 @@ func (l *Ledger) RecordUsage(ctx context.Context, ev *nozzle.UsageEvent) (bool, 
 
 func (l *Ledger) Usage(ctx context.Context, requestID string) (*nozzle.UsageEvent, error) {
 	return l.UsageFn(ctx, requestID)
+}
+
+// UsageCheckpointer is a mock of nozzle.UsageCheckpointer; with a Ledger
+// (struct{ *Ledger; *UsageCheckpointer }) it makes a ledger that keeps
+// running streams' checkpoints.
+type UsageCheckpointer struct {
+	CheckpointUsageFn func(ctx context.Context, ev *nozzle.UsageEvent) error
+}
+
+func (l *UsageCheckpointer) CheckpointUsage(ctx context.Context, ev *nozzle.UsageEvent) error {
+	return l.CheckpointUsageFn(ctx, ev)
 }
 
 // BudgetService is a mock of nozzle.BudgetService.

@@ -62,6 +62,7 @@ type Config struct {
 	TenantStoreMB  int           `key:"tenant_adapter_storage_mb" help:"gateway: most adapter storage in MiB one tenant may use (the sum of its adapters' sizes); an upload past it is refused (0: no cap)"`
 	RequestTimeout time.Duration `key:"request_timeout" help:"longest a completion may run"`
 	TenantSeqs     int           `key:"tenant_sequences" help:"gateway: most sequences (prompts × n of each request) one tenant may have running or queued at once; beyond, 429 (a request of more choices than that alone: 400) (0: no cap)"`
+	StreamCkpt     time.Duration `key:"stream_checkpoint" help:"gateway: how often a running stream's usage so far is written to the ledger, so that a crash of the gateway leaves at most that long of a stream's tokens uncharged (0: never; the whole stream is then uncharged)"`
 
 	// Billing.
 	IdlePolicy           string  `key:"idle_policy" help:"who carries idle GPU time: prorata or operator"`
@@ -97,6 +98,7 @@ func DefaultConfig() Config {
 		TenantStoreMB:     20480,
 		RequestTimeout:    10 * time.Minute,
 		TenantSeqs:        64,
+		StreamCkpt:        time.Second,
 		IdlePolicy:        "prorata",
 		PricePrompt:       0.10,
 		PriceCompletion:   0.30,
@@ -181,6 +183,9 @@ func (c *Config) Validate() error {
 	}
 	if c.RequestTimeout <= 0 {
 		return fmt.Errorf("request_timeout %v: must be positive", c.RequestTimeout)
+	}
+	if c.StreamCkpt < 0 {
+		return fmt.Errorf("stream_checkpoint %v: must not be negative (0: never)", c.StreamCkpt)
 	}
 	return nil
 }

@@ -586,8 +586,10 @@ func (m *Main) gatewayConfig(adminToken, internalToken string) gateway.Config {
 		RequestTimeout:     m.Config.RequestTimeout,
 		// 0 in the configuration is no cap; in gateway.Config, the default
 		TenantSequences: cmp.Or(m.Config.TenantSeqs, -1),
-		Logger:          m.Log.With("component", "gateway"),
-		Metrics:         m.Metrics,
+		// 0 in the configuration is never; in gateway.Config, the default
+		StreamCheckpointEvery: cmp.Or(m.Config.StreamCkpt, -1),
+		Logger:                m.Log.With("component", "gateway"),
+		Metrics:               m.Metrics,
 	}
 }
 
