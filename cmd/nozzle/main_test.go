@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -432,6 +433,196 @@ func TestServe_SIGKILLLosesNoAcknowledgedUsage(t *testing.T) {
 		t.Errorf("ledger check after the kill: %v", err)
 	}
 	t.Logf("%d acknowledged requests, all in the ledger after SIGKILL", len(completed))
+}
+
+// startProcess starts `nozzle serve` as a process of its own (this test
+// binary, run as the nozzle binary) on data with the demo model, and returns
+// it and its base URL once it serves; the test's cleanup kills it.
+func startProcess(t *testing.T, data string, args ...string) (*exec.Cmd, string) {
+	t.Helper()
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(exe, append([]string{"serve", "--addr", "127.0.0.1:0", "--data", data, "--engine-lib", engineLib(t),
+		"--log-format", "json", "--log-level", "warn", "--kv-memory-mb", "64"}, args...)...)
+	cmd.Env = append(os.Environ(), "NOZZLE_TEST_MAIN=1")
+	stdout, _ := cmd.StdoutPipe()
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	// The banner names the address once the server is ready.
+	addr := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			if _, rest, ok := strings.Cut(sc.Text(), "demo model at http://"); ok {
+				addr <- rest
+			}
+		}
+	}()
+	select {
+	case a := <-addr:
+		return cmd, "http://" + a
+	case <-time.After(2 * time.Minute):
+		t.Fatalf("server did not start: %s", stderr.String())
+		return nil, ""
+	}
+}
+
+// TestServe_SIGKILLMidStreamChargesItsCheckpoint kills the server with
+// SIGKILL while it streams a long completion to a client that has read part
+// of it, then starts it again on the same data folder: the stream is
+// charged (status interrupted) for at least every token the client had
+// read one checkpoint interval (and a margin for the disk) before the kill,
+// and for at most the tokens the server sent it.
+func TestServe_SIGKILLMidStreamChargesItsCheckpoint(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a server process")
+	}
+	const every = 200 * time.Millisecond
+	data := t.TempDir()
+	// One engine thread: the stream takes seconds to generate (two choices
+	// of 2000 tokens; the demo model ends neither earlier), longer than
+	// this test runs it, and its 7 MB do not fit the sockets' buffers.
+	cmd, base := startProcess(t, data, "--stream-checkpoint", every.String(), "--threads", "1")
+	keyB, _ := os.ReadFile(filepath.Join(data, "demo-api-key"))
+	key := strings.TrimSpace(string(keyB))
+
+	// A small receive buffer: the server, soon blocked on its writes, can
+	// run only a little ahead of what the client reads, so the stream is
+	// still running when the server is killed.
+	dialer := &net.Dialer{Control: func(_, _ string, c syscall.RawConn) error {
+		return c.Control(func(fd uintptr) { syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096) })
+	}}
+	client := &http.Client{Transport: &http.Transport{DialContext: dialer.DialContext}}
+	body := `{"model":"demo-chat","stream":true,"n":2,"max_tokens":2000,"temperature":0,"logprobs":true,"top_logprobs":20,` +
+		`"messages":[{"role":"user","content":"tell me a long story"}]}`
+	req, _ := http.NewRequest("POST", base+"/v1/chat/completions", strings.NewReader(body))
+	req.Header.Set("Authorization", "Bearer "+key)
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != 200 {
+		b, _ := io.ReadAll(resp.Body)
+		t.Fatalf("status %d: %s", resp.StatusCode, b)
+	}
+	rid := resp.Header.Get("X-Request-Id")
+	// tokens counts the tokens read: one logprob each.
+	rd := bufio.NewReader(resp.Body)
+	tokens, done := 0, false
+	read := func() error {
+		line, err := rd.ReadString('\n')
+		if err != nil {
+			return err
+		}
+		payload, ok := strings.CutPrefix(strings.TrimSpace(line), "data: ")
+		if !ok {
+			return nil
+		}
+		if payload == "[DONE]" {
+			done = true
+			return nil
+		}
+		var c struct {
+			Choices []struct {
+				Logprobs *struct {
+					Content []json.RawMessage `json:"content"`
+				} `json:"logprobs"`
+			} `json:"choices"`
+		}
+		if err := json.Unmarshal([]byte(payload), &c); err != nil {
+			return fmt.Errorf("chunk %q: %w", payload, err)
+		}
+		for _, ch := range c.Choices {
+			if ch.Logprobs != nil {
+				tokens += len(ch.Logprobs.Content)
+			}
+		}
+		return nil
+	}
+	for tokens < 300 {
+		if err := read(); err != nil {
+			t.Fatalf("after %d tokens: %v", tokens, err)
+		}
+	}
+	// The client stops reading; the tokens it has must be checkpointed
+	// within the interval (the disk's sync given a second on a busy
+	// machine).
+	before := tokens
+	time.Sleep(every + time.Second)
+	if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	cmd.Wait()
+	// What the server had written before it died still arrives.
+	var rerr error
+	for rerr == nil && !done {
+		rerr = read()
+	}
+	if done {
+		t.Fatalf("the stream ended (%d tokens) before the server was killed", tokens)
+	}
+	t.Logf("client read %d tokens before the pause, %d in all; the stream broke off with %v", before, tokens, rerr)
+
+	// Started again on the same data folder: the ledger charges the stream
+	// from its last checkpoint, reports show it, and the check holds.
+	_, base = startProcess(t, data)
+	var ev struct {
+		Status           string  `json:"status"`
+		PromptTokens     int     `json:"prompt_tokens"`
+		CompletionTokens int     `json:"completion_tokens"`
+		ChargedUSD       float64 `json:"charged_usd"`
+	}
+	r, b := get(t, base+"/v1/usage/requests/"+rid, key)
+	if r.StatusCode != 200 || json.Unmarshal(b, &ev) != nil {
+		t.Fatalf("usage of the stream: %d %s", r.StatusCode, b)
+	}
+	if ev.Status != nozzle.UsageInterrupted || ev.PromptTokens <= 0 || ev.ChargedUSD <= 0 ||
+		ev.CompletionTokens < before || ev.CompletionTokens > tokens {
+		t.Fatalf("the stream is charged %+v; the client read %d tokens before the pause, %d in all", ev, before, tokens)
+	}
+	t.Logf("charged after the restart: %+v", ev)
+	var rep struct {
+		Total struct {
+			Requests         int `json:"requests"`
+			CompletionTokens int `json:"completion_tokens"`
+		} `json:"total"`
+	}
+	if r, b := get(t, base+"/v1/usage", key); r.StatusCode != 200 || json.Unmarshal(b, &rep) != nil ||
+		rep.Total.Requests != 1 || rep.Total.CompletionTokens != ev.CompletionTokens {
+		t.Fatalf("usage report: %d %s", r.StatusCode, b)
+	}
+	admin, _ := os.ReadFile(filepath.Join(data, "admin-token"))
+	req, _ = http.NewRequest("POST", base+"/admin/ledger/check", nil)
+	req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(admin)))
+	cr, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cr.Body.Close()
+	var res nozzle.LedgerCheck
+	if err := json.NewDecoder(cr.Body).Decode(&res); err != nil || cr.StatusCode != 200 || res.Events != 1 || res.Checkpoints != 0 || len(res.Problems) > 0 {
+		t.Fatalf("ledger check: %d %+v %v", cr.StatusCode, res, err)
+	}
+}
+
+func get(t testing.TB, url, key string) (*http.Response, []byte) {
+	t.Helper()
+	req, _ := http.NewRequest("GET", url, nil)
+	req.Header.Set("Authorization", "Bearer "+key)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp, b
 }
 
 func quietLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
