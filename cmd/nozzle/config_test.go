@@ -1,6 +1,7 @@
 package main
 
 import (
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -132,5 +133,28 @@ func TestLoad_RuntimeIDOnFly(t *testing.T) {
 	}
 	if c, _, _ := Load("runtime", nil, env(nil), os.Stderr); c.RuntimeID != "local" {
 		t.Errorf("off Fly: RuntimeID %q", c.RuntimeID)
+	}
+}
+
+// stream_checkpoint: 1 s by default, 0 turns the checkpoints off (the
+// gateway's negative), a negative value is refused.
+func TestLoad_StreamCheckpoint(t *testing.T) {
+	for args, want := range map[string]time.Duration{"": time.Second, "250ms": 250 * time.Millisecond, "0": -1} {
+		var flags []string
+		if args != "" {
+			flags = []string{"--stream-checkpoint", args}
+		}
+		c, _, err := Load("serve", flags, env(nil), os.Stderr)
+		if err != nil {
+			t.Fatalf("%q: %v", args, err)
+		}
+		m := NewMain(c, quietLogger(), io.Discard)
+		if got := m.gatewayConfig("", "").StreamCheckpointEvery; got != want {
+			t.Errorf("stream_checkpoint %q: the gateway checkpoints every %v, want %v", args, got, want)
+		}
+	}
+	if _, _, err := Load("serve", []string{"--stream-checkpoint", "-1s"}, env(nil), os.Stderr); err == nil ||
+		!strings.Contains(err.Error(), "stream_checkpoint -1s: must not be negative") {
+		t.Errorf("negative interval: %v", err)
 	}
 }
