@@ -810,6 +810,11 @@ func (l *Ledger) fileLoop() {
 	t := time.NewTimer(time.Hour)
 	t.Stop()
 	for {
+		// Once the ledger is closing, Close files what is left: write
+		// would refuse at once, so going on could only spin.
+		if l.wctx.Err() != nil {
+			return
+		}
 		if j.pendingWork() == 0 {
 			select {
 			case <-l.wctx.Done():

@@ -444,3 +444,33 @@ func TestJournal_Concurrent(t *testing.T) {
 		t.Fatalf("month to date %v (%v), acknowledged charges %v", mtd, err, charged)
 	}
 }
+
+// TestJournal_CloseWithABatchPending: a ledger closed while a whole batch
+// of journaled events waits to be filed closes (the background filer
+// stops, and Close files the batch) instead of the filer spinning on a
+// write that its ended context refuses.
+func TestJournal_CloseWithABatchPending(t *testing.T) {
+	l, path, ten := heldLedger(t) // its filer has stopped, its context ended
+	at := time.Now().UTC()
+	for i := range journalFileBatch + 10 {
+		if _, err := l.RecordUsage(context.Background(), journalEvent(ten.ID, fmt.Sprintf("req-%d", i), at)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	l.wwg.Add(1)
+	stopped := make(chan struct{})
+	go func() { l.fileLoop(); close(stopped) }()
+	select {
+	case <-stopped:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the filer did not stop after the ledger's context ended, with a batch pending")
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	l = openHeld(t, Options{Path: path})
+	defer l.Close()
+	if res, err := l.Check(context.Background()); err != nil || res.Events != journalFileBatch+10 || len(res.Problems) > 0 {
+		t.Errorf("Check after reopening = %+v, %v; want %d events", res, err, journalFileBatch+10)
+	}
+}
