@@ -70,6 +70,27 @@ type KeyService interface {
 	TouchKeys(ctx context.Context, lastUsed map[string]time.Time) error
 }
 
+// KeyFilter picks the keys a page lists.
+type KeyFilter int
+
+// Key filters.
+const (
+	AllKeys     KeyFilter = iota // revoked ones included
+	ActiveKeys                   // keys not revoked
+	RevokedKeys                  // revoked keys only, ordered by the time they were revoked
+)
+
+// Keep reports whether the filter lists k.
+func (f KeyFilter) Keep(k *APIKey) bool {
+	switch f {
+	case ActiveKeys:
+		return !k.Revoked()
+	case RevokedKeys:
+		return k.Revoked()
+	}
+	return true
+}
+
 // API key format: "nz-" + 43 base62 characters of 32 random bytes + 6 base62
 // characters of the CRC32 of everything before them. The checksum lets a
 // scanner tell a real key from a random string without a lookup.
