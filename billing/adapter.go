@@ -3,7 +3,7 @@ package billing
 import (
 	"bytes"
 	"context"
-	"sort"
+	"time"
 
 	"github.com/nozzle-ai/nozzle"
 	bolt "go.etcd.io/bbolt"
@@ -85,14 +85,115 @@ func (l *Ledger) Adapters(ctx context.Context, tenantID string) ([]*nozzle.Adapt
 		}
 		return nil
 	})
-	sort.SliceStable(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out, err
 }
 
+// deletedAdapterKeep is how long a deleted adapter keeps its place in its
+// tenant's list: a page may start after (or end before) it for that long,
+// time enough for whoever deletes the adapters of a page to ask for the
+// next one.
+const deletedAdapterKeep = 7 * 24 * time.Hour
+
+// AdapterPage returns one page of a tenant's adapters ordered by name,
+// read from adapter_names. The cursor may name an adapter deleted within
+// deletedAdapterKeep: the page starts where it was.
+func (l *Ledger) AdapterPage(ctx context.Context, tenantID string, q nozzle.PageQuery) (*nozzle.Page[*nozzle.Adapter], error) {
+	p, param, id, err := pageSpec(q, nozzle.Ascending)
+	if err != nil {
+		return nil, err
+	}
+	p.prefix = lp(tenantID)
+	out := &nozzle.Page[*nozzle.Adapter]{}
+	now := l.now()
+	err = l.view(func(tx *bolt.Tx) error {
+		adapters := tx.Bucket(bAdapters)
+		if id != "" {
+			name, ok, err := adapterPlace(tx, tenantID, id, now)
+			if err != nil {
+				return err
+			}
+			if !ok {
+				return nozzle.UnknownCursor(param, id)
+			}
+			p.from = join(p.prefix, []byte(name))
+		}
+		var err error
+		out.Data, out.HasMore, err = readIndexPage(tx.Bucket(bAdapterNames).Cursor(), p, func(_, id []byte) (*nozzle.Adapter, bool, error) {
+			v := adapters.Get(id)
+			if v == nil {
+				return nil, false, nil
+			}
+			a, err := decodeAdapter(v)
+			return a, err == nil, err
+		})
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// adapterPlace returns the name under which the adapter with the given id
+// is, or was until it was deleted within deletedAdapterKeep, in the
+// tenant's list. ok is false when the tenant has no such adapter, now or
+// lately (another tenant's is no different).
+func adapterPlace(tx *bolt.Tx, tenantID, id string, now time.Time) (name string, ok bool, err error) {
+	if v := tx.Bucket(bAdapters).Get([]byte(id)); v != nil {
+		a, err := decodeAdapter(v)
+		if err != nil {
+			return "", false, err
+		}
+		return a.Name, a.TenantID == tenantID, nil
+	}
+	v := tx.Bucket(bAdapterGone).Get([]byte(id))
+	if v == nil {
+		return "", false, nil
+	}
+	g, err := decodeDeletedAdapter(v)
+	if err != nil {
+		return "", false, err
+	}
+	return g.Name, g.TenantID == tenantID && now.Sub(g.DeletedAt) < deletedAdapterKeep, nil
+}
+
+// deletedAdapter is what adapters_deleted keeps of a deleted adapter: its
+// place in its tenant's list.
+type deletedAdapter struct {
+	TenantID  string
+	Name      string
+	DeletedAt time.Time
+}
+
+func encodeDeletedAdapter(g *deletedAdapter) []byte {
+	e := enc{}
+	e.u8(valueV1)
+	e.str(g.TenantID)
+	e.str(g.Name)
+	e.time(g.DeletedAt)
+	return e.b
+}
+
+func decodeDeletedAdapter(b []byte) (*deletedAdapter, error) {
+	d := dec{b: b}
+	if d.u8() != valueV1 {
+		d.fail()
+	}
+	g := &deletedAdapter{TenantID: d.str(), Name: d.str(), DeletedAt: d.time()}
+	if err := d.done("deleted adapter"); err != nil {
+		return nil, err
+	}
+	return g, nil
+}
+
 // DeleteAdapter removes a tenant's adapter by name and returns it. Returns
-// ENOTFOUND if there is none. Its usage stays in the ledger.
+// ENOTFOUND if there is none. Its usage stays in the ledger. The adapter
+// keeps its place in the tenant's list for deletedAdapterKeep (for pages
+// that start after it); places kept longer are forgotten here, a few at a
+// time.
 func (l *Ledger) DeleteAdapter(ctx context.Context, tenantID, name string) (*nozzle.Adapter, error) {
 	var out *nozzle.Adapter
+	now := l.now().UTC()
 	err := l.write(ctx, func(w *wtx) error {
 		a, err := getAdapter(w.tx, tenantID, name)
 		if err != nil {
@@ -104,10 +205,43 @@ func (l *Ledger) DeleteAdapter(ctx context.Context, tenantID, name string) (*noz
 		if err := w.tx.Bucket(bAdapterSHA).Delete(join(lp(a.SHA256), []byte(a.ID))); err != nil {
 			return err
 		}
+		if err := forgetDeletedAdapters(w.tx, now.Add(-deletedAdapterKeep), 64); err != nil {
+			return err
+		}
+		g := &deletedAdapter{TenantID: tenantID, Name: name, DeletedAt: now}
+		if err := w.tx.Bucket(bAdapterGone).Put([]byte(a.ID), encodeDeletedAdapter(g)); err != nil {
+			return err
+		}
+		if err := w.tx.Bucket(bAdapterGoneAt).Put(join(timeKey(now), []byte(a.ID)), []byte{}); err != nil {
+			return err
+		}
 		out = a
 		return w.tx.Bucket(bAdapters).Delete([]byte(a.ID))
 	})
 	return out, err
+}
+
+// forgetDeletedAdapters drops up to n of the places of adapters deleted
+// at or before a time, oldest first.
+func forgetDeletedAdapters(tx *bolt.Tx, until time.Time, n int) error {
+	at, gone := tx.Bucket(bAdapterGoneAt), tx.Bucket(bAdapterGone)
+	end := timeKey(until)
+	var drop [][]byte
+	c := at.Cursor()
+	for k, _ := c.First(); k != nil && len(drop) < n && len(k) >= 8 && bytes.Compare(k[:8], end) <= 0; k, _ = c.Next() {
+		drop = append(drop, bytes.Clone(k))
+	}
+	for _, k := range drop {
+		if err := at.Delete(k); err != nil {
+			return err
+		}
+		if len(k) > 8 {
+			if err := gone.Delete(k[8:]); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 // AdapterRefs returns how many adapters (of any tenant) use the files with

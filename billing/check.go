@@ -39,8 +39,9 @@ func (r *CheckResult) problem(format string, args ...any) {
 // all-tenant hourly totals and the monthly totals equal the sums of the
 // events (requests, prompt, cached prompt and completion tokens, device
 // time, cost and charges); the hourly capacity equals the sum of the
-// capacity intervals; and the outbox never took more of an hour than it
-// holds. Provisional
+// capacity intervals; the outbox never took more of an hour than it
+// holds; and the indexes the tenants', keys' and adapters' lists are read
+// from hold exactly their records. Provisional
 // capacity (each runtime's open interval) is not part of these sums: Check
 // only verifies that each such record decodes and is filed under its
 // runtime. Nor are running requests' usage checkpoints: each must decode,
@@ -177,6 +178,10 @@ func (l *Ledger) Check(ctx context.Context) (*CheckResult, error) {
 			return err
 		}
 
+		if err := checkListIndexes(tx, res); err != nil {
+			return err
+		}
+
 		// The outbox never took more of an hour than the hour holds.
 		err = tx.Bucket(bBilled).ForEach(func(k, v []byte) error {
 			b, err := decodeBilled(v)
@@ -214,6 +219,92 @@ func (l *Ledger) Check(ctx context.Context) (*CheckResult, error) {
 		return res, fmt.Errorf("check ledger: %w: %d problems, first: %s", ErrInconsistent, len(res.Problems), res.Problems[0])
 	}
 	return res, nil
+}
+
+// checkListIndexes verifies the indexes the metadata lists are paged from
+// against the records: tenant_order against the tenants, tenant_keys and
+// tenant_keys_revoked against the keys, adapter_names against the
+// adapters, adapters_deleted against adapters_deleted_at.
+func checkListIndexes(tx *bolt.Tx, res *CheckResult) error {
+	type index struct {
+		what, bucket []byte
+		want         map[string]string // key → value
+	}
+	order := index{[]byte("tenant"), bTenantOrder, map[string]string{}}
+	keys := index{[]byte("key"), bTenantKeys, map[string]string{}}
+	revoked := index{[]byte("revoked key"), bRevokedKeys, map[string]string{}}
+	names := index{[]byte("adapter"), bAdapterNames, map[string]string{}}
+	gone := index{[]byte("deleted adapter"), bAdapterGoneAt, map[string]string{}}
+	err := tx.Bucket(bTenants).ForEach(func(k, v []byte) error {
+		if t, err := decodeTenant(v); err != nil {
+			res.problem("tenant %q: %v", k, err)
+		} else {
+			order.want[string(tenantOrderKey(t))] = ""
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	err = tx.Bucket(bKeys).ForEach(func(k, v []byte) error {
+		key, err := decodeKey(v)
+		if err != nil {
+			res.problem("key %q: %v", k, err)
+			return nil
+		}
+		keys.want[string(tenantKeyKey(key))] = string(tenantKeyValue(key))
+		if key.Revoked() {
+			revoked.want[string(revokedKeyKey(key))] = ""
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	err = tx.Bucket(bAdapters).ForEach(func(k, v []byte) error {
+		if a, err := decodeAdapter(v); err != nil {
+			res.problem("adapter %q: %v", k, err)
+		} else {
+			names.want[string(join(lp(a.TenantID), []byte(a.Name)))] = a.ID
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	err = tx.Bucket(bAdapterGone).ForEach(func(k, v []byte) error {
+		if g, err := decodeDeletedAdapter(v); err != nil {
+			res.problem("deleted adapter %q: %v", k, err)
+		} else {
+			gone.want[string(join(timeKey(g.DeletedAt), k))] = ""
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for _, x := range []index{order, keys, revoked, names, gone} {
+		seen := 0
+		err := tx.Bucket(x.bucket).ForEach(func(k, v []byte) error {
+			w, ok := x.want[string(k)]
+			switch {
+			case !ok:
+				res.problem("%s index %s holds %q, which names no %s", x.what, x.bucket, k, x.what)
+			case w != string(v):
+				res.problem("%s index %s holds %q → %q, want %q", x.what, x.bucket, k, v, w)
+			default:
+				seen++
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		if seen != len(x.want) {
+			res.problem("%s index %s misses %d of %d %ss", x.what, x.bucket, len(x.want)-seen, len(x.want), x.what)
+		}
+	}
+	return nil
 }
 
 // compareRollups compares a bucket of rollups with the sums computed from

@@ -437,9 +437,10 @@ func TestJournal_CheckpointRecords(t *testing.T) {
 	}
 }
 
-// TestLedger_Version5File: a version 5 file opens at version 6 with a
-// checkpoints bucket, and the requests left running when it next crashes
-// are charged from their checkpoints; a file of a newer version is refused.
+// TestLedger_Version5File: a version 5 file opens at the current version
+// with a checkpoints bucket, and the requests left running when it next
+// crashes are charged from their checkpoints; a file of a newer version is
+// refused.
 func TestLedger_Version5File(t *testing.T) {
 	ctx := context.Background()
 	path := filepath.Join(t.TempDir(), "ledger.db")
@@ -471,7 +472,7 @@ func TestLedger_Version5File(t *testing.T) {
 
 	l = openHeld(t, Options{Path: path})
 	err = l.view(func(tx *bolt.Tx) error {
-		if v, _ := schemaVersion(tx); v != 6 || tx.Bucket(bCheckpoints) == nil {
+		if v, _ := schemaVersion(tx); v != SchemaVersion || tx.Bucket(bCheckpoints) == nil {
 			t.Errorf("version %d, checkpoints bucket %v", v, tx.Bucket(bCheckpoints) != nil)
 		}
 		return nil
@@ -497,7 +498,7 @@ func TestLedger_Version5File(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	err = db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bMeta).Put(metaVersion, []byte{0, 0, 0, 7}) })
+	err = db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bMeta).Put(metaVersion, []byte{0, 0, 0, SchemaVersion + 1}) })
 	db.Close()
 	if err != nil {
 		t.Fatal(err)
@@ -506,6 +507,6 @@ func TestLedger_Version5File(t *testing.T) {
 		if l != nil {
 			l.Close()
 		}
-		t.Fatalf("open of a version 7 file: %v", err)
+		t.Fatalf("open of a version %d file: %v", SchemaVersion+1, err)
 	}
 }

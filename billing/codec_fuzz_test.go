@@ -148,6 +148,22 @@ func FuzzDecodeOutboxStats(f *testing.F) {
 	})
 }
 
+// A deleted adapter's place in its tenant's list (adapters_deleted).
+func FuzzDecodeDeletedAdapter(f *testing.F) {
+	f.Add(encodeDeletedAdapter(&deletedAdapter{TenantID: "ten_1", Name: "sql", DeletedAt: time.Unix(1, 2).UTC()}))
+	f.Add(encodeDeletedAdapter(&deletedAdapter{}))
+	f.Add([]byte{1})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		g, err := decodeDeletedAdapter(b)
+		if err != nil {
+			return
+		}
+		if g2, err := decodeDeletedAdapter(encodeDeletedAdapter(g)); err != nil || *g2 != *g {
+			t.Fatalf("deleted adapter does not round-trip: %+v vs %+v (%v)", g, g2, err)
+		}
+	})
+}
+
 // FuzzDecodeRecords covers the JSON metadata decoders.
 func FuzzDecodeRecords(f *testing.F) {
 	f.Add(encodeJSON(tenantRecord{nozzle.Tenant{ID: "t", Name: "n"}}))

@@ -2,6 +2,7 @@ package billing
 
 import (
 	"encoding/binary"
+	"testing"
 
 	bolt "go.etcd.io/bbolt"
 )
@@ -31,4 +32,19 @@ var USDText = usdText
 func FileVersion(l *Ledger) (v int, err error) {
 	err = l.db.View(func(tx *bolt.Tx) error { v, err = schemaVersion(tx); return err })
 	return v, err
+}
+
+// DeletedAdapterPlaces is how many deleted adapters keep their place in
+// their tenant's list (adapters_deleted), checked against its time index.
+func DeletedAdapterPlaces(tb testing.TB, l *Ledger) int {
+	tb.Helper()
+	var n, m int
+	err := l.db.View(func(tx *bolt.Tx) error {
+		n, m = tx.Bucket(bAdapterGone).Stats().KeyN, tx.Bucket(bAdapterGoneAt).Stats().KeyN
+		return nil
+	})
+	if err != nil || n != m {
+		tb.Fatalf("adapters_deleted holds %d, adapters_deleted_at %d: %v", n, m, err)
+	}
+	return n
 }

@@ -3,7 +3,6 @@ package billing
 import (
 	"bytes"
 	"context"
-	"sort"
 	"time"
 
 	"github.com/nozzle-ai/nozzle"
@@ -44,7 +43,7 @@ func (l *Ledger) CreateKey(ctx context.Context, k *nozzle.APIKey) error {
 		if err := digests.Put([]byte(rec.Digest), []byte(rec.ID)); err != nil {
 			return err
 		}
-		if err := w.tx.Bucket(bTenantKeys).Put(join(lp(rec.TenantID), []byte(rec.ID)), nil); err != nil {
+		if err := w.tx.Bucket(bTenantKeys).Put(tenantKeyKey(&rec), tenantKeyValue(&rec)); err != nil {
 			return err
 		}
 		w.cacheChanged = true
@@ -94,26 +93,80 @@ func (l *Ledger) Keys(ctx context.Context, tenantID string) ([]*nozzle.APIKey, e
 		prefix := lp(tenantID)
 		keys := tx.Bucket(bKeys)
 		c := tx.Bucket(bTenantKeys).Cursor()
-		for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
-			v := keys.Get(k[len(prefix):])
-			if v == nil {
-				continue
-			}
-			key, err := decodeKey(v)
+		for k, _ := seekLast(c, prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Prev() {
+			key, ok, err := keyOfEntry(keys, prefix, k)
 			if err != nil {
 				return err
 			}
-			out = append(out, key)
+			if ok {
+				out = append(out, key)
+			}
 		}
 		return nil
 	})
-	sort.SliceStable(out, func(i, j int) bool {
-		if !out[i].CreatedAt.Equal(out[j].CreatedAt) {
-			return out[i].CreatedAt.After(out[j].CreatedAt)
-		}
-		return out[i].ID > out[j].ID
-	})
 	return out, err
+}
+
+// keyOfEntry reads the key a tenant_keys entry (lp(tenant), creation
+// time, id) names; ok is false when it is gone.
+func keyOfEntry(keys *bolt.Bucket, prefix, k []byte) (*nozzle.APIKey, bool, error) {
+	if len(k) <= len(prefix)+8 {
+		return nil, false, nil
+	}
+	v := keys.Get(k[len(prefix)+8:])
+	if v == nil {
+		return nil, false, nil
+	}
+	key, err := decodeKey(v)
+	return key, err == nil, err
+}
+
+// KeyPage returns one page of a tenant's keys that pass the filter, by
+// creation (newest first unless q asks for ascending), read from
+// tenant_keys; the filter reads the entries' revoked mark, not the keys.
+// Revoked keys alone are by revocation (the last revoked first), read
+// from tenant_keys_revoked.
+func (l *Ledger) KeyPage(ctx context.Context, tenantID string, q nozzle.PageQuery, f nozzle.KeyFilter) (*nozzle.Page[*nozzle.APIKey], error) {
+	p, param, id, err := pageSpec(q, nozzle.Descending)
+	if err != nil {
+		return nil, err
+	}
+	p.prefix = lp(tenantID)
+	index, place := bTenantKeys, tenantKeyKey
+	if f == nozzle.RevokedKeys {
+		index, place = bRevokedKeys, revokedKeyKey
+	}
+	out := &nozzle.Page[*nozzle.APIKey]{}
+	err = l.view(func(tx *bolt.Tx) error {
+		keys := tx.Bucket(bKeys)
+		if id != "" {
+			var k *nozzle.APIKey
+			if v := keys.Get([]byte(id)); v != nil {
+				var err error
+				if k, err = decodeKey(v); err != nil {
+					return err
+				}
+			}
+			if k == nil || k.TenantID != tenantID {
+				return nozzle.UnknownCursor(param, id)
+			}
+			// Among the revoked keys, one that is not revoked has the
+			// place of the zero time: before every revoked one.
+			p.from = place(k)
+		}
+		var err error
+		out.Data, out.HasMore, err = readIndexPage(tx.Bucket(index).Cursor(), p, func(k, v []byte) (*nozzle.APIKey, bool, error) {
+			if f == nozzle.ActiveKeys && len(v) > 0 {
+				return nil, false, nil // revoked
+			}
+			return keyOfEntry(keys, p.prefix, k)
+		})
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
 }
 
 // RevokeKey revokes a tenant's key. Returns ENOTFOUND if the tenant has no
@@ -138,6 +191,12 @@ func (l *Ledger) RevokeKey(ctx context.Context, tenantID, id string) error {
 		}
 		k.RevokedAt = now
 		w.cacheChanged = true
+		if err := w.tx.Bucket(bTenantKeys).Put(tenantKeyKey(k), tenantKeyValue(k)); err != nil {
+			return err
+		}
+		if err := w.tx.Bucket(bRevokedKeys).Put(revokedKeyKey(k), []byte{}); err != nil {
+			return err
+		}
 		return keys.Put([]byte(id), encodeKey(k))
 	})
 }

@@ -12,20 +12,24 @@ import (
 // docs/LEDGER.md describes it; migrations below bring older files up to it
 // on open. Version 4 has no migration of its own: the builds that knew it
 // but not 5 stamped it on a file when it first held a standard-price mark.
-const SchemaVersion = 6
+const SchemaVersion = 7
 
 // Bucket names. docs/LEDGER.md gives each bucket's keys and values.
 var (
 	bMeta          = []byte("meta")
 	bTenants       = []byte("tenants")
 	bTenantNames   = []byte("tenant_names")
+	bTenantOrder   = []byte("tenant_order")
 	bPrices        = []byte("prices")
 	bKeys          = []byte("keys")
 	bKeyDigests    = []byte("key_digests")
 	bTenantKeys    = []byte("tenant_keys")
+	bRevokedKeys   = []byte("tenant_keys_revoked")
 	bAdapters      = []byte("adapters")
 	bAdapterNames  = []byte("adapter_names")
 	bAdapterSHA    = []byte("adapter_sha256")
+	bAdapterGone   = []byte("adapters_deleted")
+	bAdapterGoneAt = []byte("adapters_deleted_at")
 	bUsers         = []byte("users")
 	bUserEmails    = []byte("user_emails")
 	bUserInvites   = []byte("user_invites")
@@ -47,8 +51,8 @@ var (
 )
 
 var allBuckets = [][]byte{
-	bMeta, bTenants, bTenantNames, bPrices, bKeys, bKeyDigests, bTenantKeys,
-	bAdapters, bAdapterNames, bAdapterSHA, bUsers, bUserEmails, bUserInvites,
+	bMeta, bTenants, bTenantNames, bTenantOrder, bPrices, bKeys, bKeyDigests, bTenantKeys,
+	bRevokedKeys, bAdapters, bAdapterNames, bAdapterSHA, bAdapterGone, bAdapterGoneAt, bUsers, bUserEmails, bUserInvites,
 	bSessions, bEvents, bRequestIDs, bRollups, bHours, bMonths, bCapacity,
 	bCapHours, bCapOpen, bDirty, bBilled, bOutbox, bOutboxPending, bOutboxParked,
 	bCheckpoints,
@@ -103,6 +107,58 @@ var migrations = []migration{
 		}
 		return nil
 	}},
+	// Version 7: the metadata lists are read a page at a time. Tenants
+	// get an index in creation order (tenant_order); a tenant's keys are
+	// indexed by creation time (tenant_keys, whose keys were the tenant
+	// and the key's id) with their revoked mark, and its revoked keys by
+	// the time they were revoked (tenant_keys_revoked); a deleted adapter leaves
+	// its place in its tenant's list for a while (adapters_deleted and
+	// adapters_deleted_at), so that a page may start after it.
+	{To: 7, Fn: indexListOrder},
+}
+
+// indexListOrder builds version 7's indexes from the tenants and keys. A
+// record that does not decode is left out (the file is damaged there, and
+// the lists fail on it as before).
+func indexListOrder(tx *bolt.Tx) error {
+	for _, name := range [][]byte{bTenantOrder, bRevokedKeys, bAdapterGone, bAdapterGoneAt} {
+		if _, err := tx.CreateBucketIfNotExists(name); err != nil {
+			return fmt.Errorf("create bucket %s: %w", name, err)
+		}
+	}
+	order := tx.Bucket(bTenantOrder)
+	err := tx.Bucket(bTenants).ForEach(func(_, v []byte) error {
+		t, err := decodeTenant(v)
+		if err != nil {
+			return nil
+		}
+		return order.Put(tenantOrderKey(t), []byte{})
+	})
+	if err != nil {
+		return err
+	}
+	if tx.Bucket(bTenantKeys) != nil {
+		if err := tx.DeleteBucket(bTenantKeys); err != nil {
+			return err
+		}
+	}
+	tk, err := tx.CreateBucket(bTenantKeys)
+	if err != nil {
+		return err
+	}
+	revoked := tx.Bucket(bRevokedKeys)
+	return tx.Bucket(bKeys).ForEach(func(_, v []byte) error {
+		k, err := decodeKey(v)
+		if err != nil {
+			return nil
+		}
+		if k.Revoked() {
+			if err := revoked.Put(revokedKeyKey(k), []byte{}); err != nil {
+				return err
+			}
+		}
+		return tk.Put(tenantKeyKey(k), tenantKeyValue(k))
+	})
 }
 
 // backfillFailedTokens adds the tokens of every stored failed event to its

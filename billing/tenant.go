@@ -31,6 +31,9 @@ func (l *Ledger) CreateTenant(ctx context.Context, t *nozzle.Tenant) error {
 		if err := names.Put([]byte(lower(rec.Name)), []byte(rec.ID)); err != nil {
 			return err
 		}
+		if err := w.tx.Bucket(bTenantOrder).Put(tenantOrderKey(&rec), []byte{}); err != nil {
+			return err
+		}
 		w.cacheChanged = true
 		return w.tx.Bucket(bTenants).Put([]byte(rec.ID), encodeJSON(tenantRecord{rec}))
 	})
@@ -87,6 +90,47 @@ func allTenants(tx *bolt.Tx) ([]*nozzle.Tenant, error) {
 		return out[i].ID < out[j].ID
 	})
 	return out, err
+}
+
+// TenantPage returns one page of the tenants ordered by creation (oldest
+// first unless q asks for descending), read from tenant_order.
+func (l *Ledger) TenantPage(ctx context.Context, q nozzle.PageQuery) (*nozzle.Page[*nozzle.Tenant], error) {
+	p, param, id, err := pageSpec(q, nozzle.Ascending)
+	if err != nil {
+		return nil, err
+	}
+	out := &nozzle.Page[*nozzle.Tenant]{}
+	err = l.view(func(tx *bolt.Tx) error {
+		tenants := tx.Bucket(bTenants)
+		if id != "" {
+			v := tenants.Get([]byte(id))
+			if v == nil {
+				return nozzle.UnknownCursor(param, id)
+			}
+			t, err := decodeTenant(v)
+			if err != nil {
+				return err
+			}
+			p.from = tenantOrderKey(t)
+		}
+		var err error
+		out.Data, out.HasMore, err = readIndexPage(tx.Bucket(bTenantOrder).Cursor(), p, func(k, _ []byte) (*nozzle.Tenant, bool, error) {
+			if len(k) <= 8 {
+				return nil, false, nil
+			}
+			v := tenants.Get(k[8:])
+			if v == nil {
+				return nil, false, nil
+			}
+			t, err := decodeTenant(v)
+			return t, err == nil, err
+		})
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
 }
 
 // UpdateTenant applies upd. Returns ENOTFOUND if there is no such tenant.
