@@ -77,6 +77,12 @@ type AdapterService interface {
 	Adapter(ctx context.Context, tenantID, name string) (*Adapter, error)
 	// Adapters returns a tenant's adapters ordered by name.
 	Adapters(ctx context.Context, tenantID string) ([]*Adapter, error)
+	// AdapterPage returns one page of a tenant's adapters ordered by
+	// name (Ascending unless q says otherwise). q.After or q.Before may
+	// name an adapter deleted a short while ago (a page's last one,
+	// deleted before the next page was asked for); one that names no
+	// adapter of the tenant, now or lately, is EINVALID (UnknownCursor).
+	AdapterPage(ctx context.Context, tenantID string, q PageQuery) (*Page[*Adapter], error)
 	// DeleteAdapter removes a tenant's adapter by name and returns it.
 	// Returns ENOTFOUND if there is none.
 	DeleteAdapter(ctx context.Context, tenantID, name string) (*Adapter, error)

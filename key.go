@@ -63,6 +63,14 @@ type KeyService interface {
 	KeyByDigest(ctx context.Context, digest string) (*APIKey, error)
 	// Keys returns a tenant's keys, revoked ones included, newest first.
 	Keys(ctx context.Context, tenantID string) ([]*APIKey, error)
+	// KeyPage returns one page of a tenant's keys that pass the filter,
+	// ordered by creation (Descending, newest first, unless q says
+	// otherwise), or for RevokedKeys by the time they were revoked (the
+	// last revoked first). q.After or q.Before naming no key of the
+	// tenant is EINVALID (UnknownCursor); a key the filter leaves out is
+	// a place in the list all the same (one not revoked, among the
+	// revoked ones: before them all).
+	KeyPage(ctx context.Context, tenantID string, q PageQuery, f KeyFilter) (*Page[*APIKey], error)
 	// RevokeKey revokes a tenant's key. Returns ENOTFOUND if the tenant has
 	// no such key.
 	RevokeKey(ctx context.Context, tenantID, id string) error

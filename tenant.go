@@ -175,6 +175,10 @@ type TenantService interface {
 	Tenant(ctx context.Context, id string) (*Tenant, error)
 	// Tenants returns every tenant, ordered by creation.
 	Tenants(ctx context.Context) ([]*Tenant, error)
+	// TenantPage returns one page of the tenants ordered by creation
+	// (Ascending, oldest first, unless q says otherwise). q.After or
+	// q.Before naming no tenant is EINVALID (UnknownCursor).
+	TenantPage(ctx context.Context, q PageQuery) (*Page[*Tenant], error)
 	// UpdateTenant applies upd. Returns ENOTFOUND if there is no such tenant.
 	UpdateTenant(ctx context.Context, id string, upd TenantUpdate) (*Tenant, error)
 

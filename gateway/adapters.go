@@ -434,17 +434,23 @@ func saveFile(path string, r io.Reader, max int64, param string) error {
 	return nil
 }
 
+// listAdapters handles GET /v1/adapters: a page of the tenant's adapters,
+// by name.
 func (s *Server) listAdapters(c *fiber.Ctx) error {
 	p := principalFrom(c)
-	list, err := s.deps.Adapters.Adapters(c.UserContext(), p.tenant.ID)
+	q, err := pageQuery(c)
 	if err != nil {
 		return err
 	}
-	out := make([]adapterJSON, 0, len(list))
-	for _, a := range list {
+	page, err := s.deps.Adapters.AdapterPage(c.UserContext(), p.tenant.ID, q)
+	if err != nil {
+		return err
+	}
+	out := make([]adapterJSON, 0, len(page.Data))
+	for _, a := range page.Data {
 		out = append(out, toAdapterJSON(a))
 	}
-	return writeList(c, out)
+	return writePage(c, out, func(a adapterJSON) string { return a.ID }, page.HasMore)
 }
 
 func adapterNotFound(name string) error {

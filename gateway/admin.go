@@ -52,16 +52,22 @@ func (s *Server) createTenant(c *fiber.Ctx) error {
 	return c.Status(fiber.StatusCreated).JSON(tenantJSON{Object: "tenant", Tenant: t, APIKey: secret})
 }
 
+// listTenants handles GET /admin/tenants: a page of the tenants, oldest
+// first.
 func (s *Server) listTenants(c *fiber.Ctx) error {
-	list, err := s.deps.Tenants.Tenants(c.UserContext())
+	q, err := pageQuery(c)
 	if err != nil {
 		return err
 	}
-	out := make([]tenantJSON, 0, len(list))
-	for _, t := range list {
+	page, err := s.deps.Tenants.TenantPage(c.UserContext(), q)
+	if err != nil {
+		return err
+	}
+	out := make([]tenantJSON, 0, len(page.Data))
+	for _, t := range page.Data {
 		out = append(out, tenantJSON{Object: "tenant", Tenant: t})
 	}
-	return writeList(c, out)
+	return writePage(c, out, func(t tenantJSON) string { return t.ID }, page.HasMore)
 }
 
 // tenantParam is the tenant the path's :id names, by id or by name.

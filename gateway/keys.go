@@ -169,18 +169,25 @@ func within(have *nozzle.APIKey, scopes []nozzle.Scope, limits nozzle.Limits, ve
 	return nil
 }
 
+// listTenantKeys answers a page of a tenant's keys, revoked ones included,
+// newest first.
 func (s *Server) listTenantKeys(c *fiber.Ctx, tenantID string) error {
-	keys, err := s.deps.Keys.Keys(c.UserContext(), tenantID)
+	q, err := pageQuery(c)
 	if err != nil {
 		return err
 	}
-	out := make([]keyJSON, 0, len(keys))
-	for _, k := range keys {
+	page, err := s.deps.Keys.KeyPage(c.UserContext(), tenantID, q, nozzle.AllKeys)
+	if err != nil {
+		return err
+	}
+	out := make([]keyJSON, 0, len(page.Data))
+	for _, k := range page.Data {
 		out = append(out, s.toKeyJSON(k))
 	}
-	return writeList(c, out)
+	return writePage(c, out, func(k keyJSON) string { return k.ID }, page.HasMore)
 }
 
+// listKeys handles GET /v1/keys: a page of the caller's tenant's keys.
 func (s *Server) listKeys(c *fiber.Ctx) error {
 	return s.listTenantKeys(c, principalFrom(c).tenant.ID)
 }

@@ -92,6 +92,13 @@ func (w *world) nextID(prefix string) string {
 
 func clone[T any](v *T) *T { c := *v; return &c }
 
+// seqOf is the number at the end of one of the world's ids: ids count up
+// in the order the world made them.
+func seqOf(id string) int {
+	n, _ := strconv.Atoi(id[strings.LastIndexByte(id, '_')+1:])
+	return n
+}
+
 // setIf sets *dst to *v when v is not nil.
 func setIf[T any](dst, v *T) {
 	if v != nil {
@@ -227,6 +234,14 @@ func (w *world) mocks() *mocks {
 				}
 				return out, nil
 			},
+			TenantPageFn: func(ctx context.Context, q nozzle.PageQuery) (*nozzle.Page[*nozzle.Tenant], error) {
+				defer w.lock()()
+				var all []*nozzle.Tenant
+				for _, id := range w.tenantOrder {
+					all = append(all, clone(w.tenants[id]))
+				}
+				return mock.Paginate(all, func(t *nozzle.Tenant) string { return t.ID }, nil, nozzle.Ascending, q)
+			},
 			UpdateTenantFn: func(ctx context.Context, id string, upd nozzle.TenantUpdate) (*nozzle.Tenant, error) {
 				defer w.lock()()
 				t := w.tenants[id]
@@ -285,6 +300,19 @@ func (w *world) mocks() *mocks {
 				return collect(w.keys, func(k *nozzle.APIKey) bool { return k.TenantID == tenantID },
 					func(a, b *nozzle.APIKey) bool { return a.ID > b.ID }), nil
 			},
+			KeyPageFn: func(ctx context.Context, tenantID string, q nozzle.PageQuery, f nozzle.KeyFilter) (*nozzle.Page[*nozzle.APIKey], error) {
+				defer w.lock()()
+				// by creation (the world's ids count up); revoked keys
+				// alone by the time they were revoked
+				all := collect(w.keys, func(k *nozzle.APIKey) bool { return k.TenantID == tenantID },
+					func(a, b *nozzle.APIKey) bool {
+						if f == nozzle.RevokedKeys && !a.RevokedAt.Equal(b.RevokedAt) {
+							return a.RevokedAt.Before(b.RevokedAt)
+						}
+						return seqOf(a.ID) < seqOf(b.ID)
+					})
+				return mock.Paginate(all, func(k *nozzle.APIKey) string { return k.ID }, f.Keep, nozzle.Descending, q)
+			},
 			RevokeKeyFn: func(ctx context.Context, tenantID, id string) error {
 				defer w.lock()()
 				for _, k := range w.keys {
@@ -331,6 +359,12 @@ func (w *world) mocks() *mocks {
 				defer w.lock()()
 				return collect(w.adapters, func(a *nozzle.Adapter) bool { return a.TenantID == tenantID },
 					func(a, b *nozzle.Adapter) bool { return a.Name < b.Name }), nil
+			},
+			AdapterPageFn: func(ctx context.Context, tenantID string, q nozzle.PageQuery) (*nozzle.Page[*nozzle.Adapter], error) {
+				defer w.lock()()
+				all := collect(w.adapters, func(a *nozzle.Adapter) bool { return a.TenantID == tenantID },
+					func(a, b *nozzle.Adapter) bool { return a.Name < b.Name })
+				return mock.Paginate(all, func(a *nozzle.Adapter) string { return a.ID }, nil, nozzle.Ascending, q)
 			},
 			DeleteAdapterFn: func(ctx context.Context, tenantID, name string) (*nozzle.Adapter, error) {
 				defer w.lock()()

@@ -17,6 +17,7 @@ type AdapterService struct {
 	CreateAdapterFn func(ctx context.Context, a *nozzle.Adapter) error
 	AdapterFn       func(ctx context.Context, tenantID, name string) (*nozzle.Adapter, error)
 	AdaptersFn      func(ctx context.Context, tenantID string) ([]*nozzle.Adapter, error)
+	AdapterPageFn   func(ctx context.Context, tenantID string, q nozzle.PageQuery) (*nozzle.Page[*nozzle.Adapter], error)
 	DeleteAdapterFn func(ctx context.Context, tenantID, name string) (*nozzle.Adapter, error)
 	AdapterRefsFn   func(ctx context.Context, sha256 string) (int, error)
 }
@@ -31,6 +32,10 @@ func (s *AdapterService) Adapter(ctx context.Context, tenantID, name string) (*n
 
 func (s *AdapterService) Adapters(ctx context.Context, tenantID string) ([]*nozzle.Adapter, error) {
 	return s.AdaptersFn(ctx, tenantID)
+}
+
+func (s *AdapterService) AdapterPage(ctx context.Context, tenantID string, q nozzle.PageQuery) (*nozzle.Page[*nozzle.Adapter], error) {
+	return s.AdapterPageFn(ctx, tenantID, q)
 }
 
 func (s *AdapterService) DeleteAdapter(ctx context.Context, tenantID, name string) (*nozzle.Adapter, error) {

@@ -14,6 +14,7 @@ type KeyService struct {
 	CreateKeyFn   func(ctx context.Context, k *nozzle.APIKey) error
 	KeyByDigestFn func(ctx context.Context, digest string) (*nozzle.APIKey, error)
 	KeysFn        func(ctx context.Context, tenantID string) ([]*nozzle.APIKey, error)
+	KeyPageFn     func(ctx context.Context, tenantID string, q nozzle.PageQuery, f nozzle.KeyFilter) (*nozzle.Page[*nozzle.APIKey], error)
 	RevokeKeyFn   func(ctx context.Context, tenantID, id string) error
 	TouchKeysFn   func(ctx context.Context, lastUsed map[string]time.Time) error
 }
@@ -28,6 +29,10 @@ func (s *KeyService) KeyByDigest(ctx context.Context, digest string) (*nozzle.AP
 
 func (s *KeyService) Keys(ctx context.Context, tenantID string) ([]*nozzle.APIKey, error) {
 	return s.KeysFn(ctx, tenantID)
+}
+
+func (s *KeyService) KeyPage(ctx context.Context, tenantID string, q nozzle.PageQuery, f nozzle.KeyFilter) (*nozzle.Page[*nozzle.APIKey], error) {
+	return s.KeyPageFn(ctx, tenantID, q, f)
 }
 
 func (s *KeyService) RevokeKey(ctx context.Context, tenantID, id string) error {

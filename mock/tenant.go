@@ -14,6 +14,7 @@ type TenantService struct {
 	CreateTenantFn     func(ctx context.Context, t *nozzle.Tenant) error
 	TenantFn           func(ctx context.Context, id string) (*nozzle.Tenant, error)
 	TenantsFn          func(ctx context.Context) ([]*nozzle.Tenant, error)
+	TenantPageFn       func(ctx context.Context, q nozzle.PageQuery) (*nozzle.Page[*nozzle.Tenant], error)
 	UpdateTenantFn     func(ctx context.Context, id string, upd nozzle.TenantUpdate) (*nozzle.Tenant, error)
 	SetPriceFn         func(ctx context.Context, tenantID string, p nozzle.Price, from time.Time) error
 	UseStandardPriceFn func(ctx context.Context, tenantID string, from time.Time) error
@@ -31,6 +32,10 @@ func (s *TenantService) Tenant(ctx context.Context, id string) (*nozzle.Tenant, 
 
 func (s *TenantService) Tenants(ctx context.Context) ([]*nozzle.Tenant, error) {
 	return s.TenantsFn(ctx)
+}
+
+func (s *TenantService) TenantPage(ctx context.Context, q nozzle.PageQuery) (*nozzle.Page[*nozzle.Tenant], error) {
+	return s.TenantPageFn(ctx, q)
 }
 
 func (s *TenantService) UpdateTenant(ctx context.Context, id string, upd nozzle.TenantUpdate) (*nozzle.Tenant, error) {

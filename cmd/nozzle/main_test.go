@@ -196,6 +196,37 @@ func TestServe_EndToEnd(t *testing.T) {
 	if len(byName) != 2 || byName["demo-chat"] != 2 || byName["base"] != 1 {
 		t.Fatalf("rows by adapter %v", byName)
 	}
+
+	// The demo's four adapters, two at a time, by name, from the ledger.
+	var names []string
+	for after := ""; ; {
+		req, _ := http.NewRequest("GET", base+"/v1/adapters?limit=2&after="+after, nil)
+		req.Header.Set("Authorization", "Bearer "+key)
+		r, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var page struct {
+			Data    []struct{ Name string }
+			LastID  string `json:"last_id"`
+			HasMore bool   `json:"has_more"`
+		}
+		json.NewDecoder(r.Body).Decode(&page)
+		r.Body.Close()
+		if r.StatusCode != 200 || len(page.Data) != 2 {
+			t.Fatalf("page after %q: %d %+v", after, r.StatusCode, page)
+		}
+		for _, a := range page.Data {
+			names = append(names, a.Name)
+		}
+		if !page.HasMore {
+			break
+		}
+		after = page.LastID
+	}
+	if len(names) != 4 || !slices.IsSorted(names) {
+		t.Fatalf("adapters paged: %v", names)
+	}
 }
 
 // TestServe_SeedWithN: the n choices of a seeded request are n different
