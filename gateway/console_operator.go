@@ -20,7 +20,8 @@ type tenantRow struct {
 }
 
 type tenantsView struct {
-	Tenants []tenantRow
+	Tenants []tenantRow // a page of them, oldest first
+	Pager   pager
 	Total   nozzle.ReportRow
 	Price   nozzle.Price
 	Month   string
@@ -29,7 +30,7 @@ type tenantsView struct {
 func (cs *console) tenantsPage(c *fiber.Ctx, sess *consoleSession) error {
 	ctx := c.UserContext()
 	now := cs.cfg.Clock().UTC()
-	list, err := cs.s.deps.Tenants.Tenants(ctx)
+	page, q, err := readConsolePage(ctx, c, "", cs.s.deps.Tenants.TenantPage)
 	if err != nil {
 		return err
 	}
@@ -50,14 +51,16 @@ func (cs *console) tenantsPage(c *fiber.Ctx, sess *consoleSession) error {
 		count[u.TenantID]++
 	}
 	v := tenantsView{Total: rep.Total, Month: monthStart(now).Format("January 2006")}
-	for _, t := range list {
+	for _, t := range page.Data {
 		st, err := cs.s.adapterStorage(ctx, t.ID)
 		if err != nil {
 			return err
 		}
 		v.Tenants = append(v.Tenants, tenantRow{Tenant: t, Users: count[t.ID], Month: byTenant[t.ID], Storage: st})
 	}
-	sort.SliceStable(v.Tenants, func(i, j int) bool { return v.Tenants[i].Tenant.CreatedAt.Before(v.Tenants[j].Tenant.CreatedAt) })
+	if n := len(page.Data); n > 0 {
+		v.Pager = pageLinks(c, "Pages of tenants", "", q, n, page.Data[0].ID, page.Data[n-1].ID, page.HasMore)
+	}
 	if v.Price, err = cs.s.deps.Tenants.PriceAt(ctx, "", now); err != nil {
 		return err
 	}

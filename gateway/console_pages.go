@@ -9,7 +9,6 @@ import (
 	"maps"
 	"math"
 	"slices"
-	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -526,31 +525,32 @@ func (s *Server) adapterTiers(ctx context.Context, shas []string) map[string]noz
 	return maps.Clone(out)
 }
 
-func (cs *console) adapterViews(c *fiber.Ctx, tenantID string) ([]adapterView, error) {
-	list, err := cs.s.deps.Adapters.Adapters(c.UserContext(), tenantID)
-	if err != nil {
-		return nil, err
-	}
+// adapterViews are adapters with where each is right now.
+func (cs *console) adapterViews(ctx context.Context, list []*nozzle.Adapter) []adapterView {
 	shas := make([]string, len(list))
 	for i, a := range list {
 		shas[i] = a.SHA256
 	}
-	tiers := cs.s.adapterTiers(c.UserContext(), shas)
+	tiers := cs.s.adapterTiers(ctx, shas)
 	out := make([]adapterView, 0, len(list))
 	for _, a := range list {
 		out = append(out, adapterView{adapterJSON: toAdapterJSON(a), Tier: tiers[a.SHA256], Modified: a.CreatedAt})
 	}
-	return out, nil
+	return out
 }
 
-// listAdapters handles GET /console/api/adapters: the tenant's adapters
-// with where each is right now.
+// listAdapters handles GET /console/api/adapters: a page of the tenant's
+// adapters (as GET /v1/adapters pages them) with where each is right now.
 func (cs *console) listAdapters(c *fiber.Ctx) error {
-	out, err := cs.adapterViews(c, principalFrom(c).tenant.ID)
+	q, err := pageQuery(c)
 	if err != nil {
 		return err
 	}
-	return writeList(c, out)
+	page, err := cs.s.deps.Adapters.AdapterPage(c.UserContext(), principalFrom(c).tenant.ID, q)
+	if err != nil {
+		return err
+	}
+	return writePage(c, cs.adapterViews(c.UserContext(), page.Data), func(a adapterView) string { return a.ID }, page.HasMore)
 }
 
 // adapterStorage is what a tenant's adapters take of its storage quota.
@@ -604,7 +604,8 @@ func (s *Server) adapterStorage(ctx context.Context, tenantID string) (adapterSt
 }
 
 type adaptersView struct {
-	Adapters    []adapterView
+	Adapters    []adapterView // a page of them, by name
+	Pager       pager
 	UploadLimit int64
 	BaseModel   string
 	MaxRank     int
@@ -612,16 +613,20 @@ type adaptersView struct {
 }
 
 func (cs *console) adaptersPage(c *fiber.Ctx, sess *consoleSession) error {
-	ads, err := cs.adapterViews(c, sess.tenant.ID)
+	ctx := c.UserContext()
+	page, q, err := readConsolePage(ctx, c, "", func(ctx context.Context, q nozzle.PageQuery) (*nozzle.Page[*nozzle.Adapter], error) {
+		return cs.s.deps.Adapters.AdapterPage(ctx, sess.tenant.ID, q)
+	})
 	if err != nil {
 		return err
 	}
-	v := adaptersView{Adapters: ads, UploadLimit: cs.s.cfg.UploadLimit, BaseModel: cs.s.baseModel().ID}
-	sizes := make([]int64, len(ads))
-	for i, a := range ads {
-		sizes[i] = a.SizeBytes
+	v := adaptersView{Adapters: cs.adapterViews(ctx, page.Data), UploadLimit: cs.s.cfg.UploadLimit, BaseModel: cs.s.baseModel().ID}
+	if n := len(v.Adapters); n > 0 {
+		v.Pager = pageLinks(c, "Pages of adapters", "", q, n, v.Adapters[0].ID, v.Adapters[n-1].ID, page.HasMore)
 	}
-	v.Storage = cs.s.storageOf(sizes...)
+	if v.Storage, err = cs.s.adapterStorage(ctx, sess.tenant.ID); err != nil {
+		return err
+	}
 	if info, ok := cs.s.router.modelInfo(); ok {
 		v.MaxRank = info.MaxLoRARank
 	}
@@ -658,27 +663,43 @@ type keysView struct {
 	// Active keys, newest first; Revoked ones, the last revoked first,
 	// apart: they stay listed for good (what was revoked and when), and
 	// a tenant that rotates keys would otherwise look for its working
-	// keys among many dead ones.
+	// keys among many dead ones. Each is a page of its list, with its own
+	// links.
 	Active       []keyJSON
+	ActivePager  pager
 	Revoked      []keyJSON
+	RevokedPager pager
+	// RevokedOpen unfolds the revoked keys: the address pages through them.
+	RevokedOpen  bool
 	ExampleModel string
 }
 
 func (cs *console) keysPage(c *fiber.Ctx, sess *consoleSession) error {
-	keys, err := cs.s.deps.Keys.Keys(c.UserContext(), sess.tenant.ID)
-	if err != nil {
-		return err
-	}
+	ctx := c.UserContext()
 	v := keysView{ExampleModel: cs.s.baseModel().ID}
-	for _, k := range keys {
-		if j := cs.s.toKeyJSON(k); j.RevokedAt == nil {
-			v.Active = append(v.Active, j)
-		} else {
-			v.Revoked = append(v.Revoked, j)
+	for _, l := range []struct {
+		prefix, label string
+		filter        nozzle.KeyFilter
+		rows          *[]keyJSON
+		pager         *pager
+	}{
+		{"", "Pages of active keys", nozzle.ActiveKeys, &v.Active, &v.ActivePager},
+		{"revoked_", "Pages of revoked keys", nozzle.RevokedKeys, &v.Revoked, &v.RevokedPager},
+	} {
+		page, q, err := readConsolePage(ctx, c, l.prefix, func(ctx context.Context, q nozzle.PageQuery) (*nozzle.Page[*nozzle.APIKey], error) {
+			return cs.s.deps.Keys.KeyPage(ctx, sess.tenant.ID, q, l.filter)
+		})
+		if err != nil {
+			return err
+		}
+		for _, k := range page.Data {
+			*l.rows = append(*l.rows, cs.s.toKeyJSON(k))
+		}
+		if n := len(*l.rows); n > 0 {
+			*l.pager = pageLinks(c, l.label, l.prefix, q, n, (*l.rows)[0].ID, (*l.rows)[n-1].ID, page.HasMore)
 		}
 	}
-	sort.SliceStable(v.Active, func(i, j int) bool { return v.Active[i].CreatedAt > v.Active[j].CreatedAt })
-	sort.SliceStable(v.Revoked, func(i, j int) bool { return *v.Revoked[i].RevokedAt > *v.Revoked[j].RevokedAt })
+	v.RevokedOpen = c.Query("revoked_after") != "" || c.Query("revoked_before") != ""
 	return cs.page(c, "keys", v)
 }
 

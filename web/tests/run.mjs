@@ -911,6 +911,44 @@ async function main() {
     assert(await use(tenantKey) === 200, 'the tenant\'s other key stopped working');
   });
 
+  await step('the keys page shows 50 active keys at a time, with Next and Previous links', async () => {
+    // a tenant that rotates keys by script: 55 more, made with the API
+    for (let i = 0; i < 55; i += 11) {
+      await Promise.all(Array.from({ length: 11 }, (_, j) => fetch(U('/v1/keys'), {
+        method: 'POST',
+        headers: { Authorization: `Bearer ${tenantKey}`, 'Content-Type': 'application/json' },
+        body: JSON.stringify({ name: `rotated-${i + j}` }),
+      }).then((r) => assert(r.status === 201, `POST /v1/keys → ${r.status}`))));
+    }
+    // the API's own pages, newest first: the whole list at limit=1000
+    const all = await (await fetch(U('/v1/keys?limit=1000'), { headers: { Authorization: `Bearer ${tenantKey}` } })).json();
+    assert(all.object === 'list' && all.has_more === false && all.first_id === all.data[0].id, `GET /v1/keys: ${JSON.stringify(all).slice(0, 200)}`);
+    const active = all.data.filter((k) => k.revoked_at === null).map((k) => k.id);
+    assert(active.length > 50 && active.length <= 100, `${active.length} active keys`);
+    const rows = () => page.$$eval('#keys-table tbody tr', (trs) => trs.map((tr) => tr.dataset.key));
+    await page.goto(U('/console/keys'));
+    let got = await rows();
+    assert(got.join() === active.slice(0, 50).join(), `first page: ${got.length} keys, not the newest 50`);
+    assert(await page.locator('nav.pager a[rel=prev]').count() === 0, 'the first page has a Previous link');
+    await checkPage(page, 'keys, first page');
+    await shot(page, 'keys-pages-desktop');
+    await Promise.all([page.waitForURL(/\/console\/keys\?after=/), page.click('nav.pager a[rel=next]')]);
+    got = await rows();
+    assert(got.join() === active.slice(50).join(), `second page: ${got.join()}`);
+    assert(await page.locator('nav.pager a[rel=next]').count() === 0, 'the last page has a Next link');
+    await Promise.all([page.waitForURL(/\/console\/keys\?before=/), page.click('nav.pager a[rel=prev]')]);
+    got = await rows();
+    assert(got.join() === active.slice(0, 50).join(), `back to the first page: ${got.length} keys`);
+    // the links fit a phone
+    const ph = await browser.newContext(phone);
+    await ph.addCookies(await user.cookies());
+    const p = await ph.newPage();
+    await p.goto(U('/console/keys'));
+    await checkPage(p, 'keys with pages (phone)');
+    await shot(p, 'keys-pages-phone');
+    await ph.close();
+  });
+
   await step('a user who forgot the password gets a link from the operator to choose a new one', async () => {
     await opPage.goto(U('/console/operator'));
     await Promise.all([opPage.waitForURL(/\/console\/operator\/tenants\//), opPage.click('tr[data-tenant="acme"] a')]);
