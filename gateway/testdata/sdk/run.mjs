@@ -6,6 +6,7 @@
 // "ok <name>"; the first failed assertion exits non-zero.
 import assert from 'node:assert/strict';
 import OpenAI from 'openai';
+import { CursorPage } from 'openai/pagination';
 
 const baseURL = process.env.NOZZLE_URL + '/v1';
 const client = new OpenAI({ apiKey: process.env.NOZZLE_KEY, baseURL, maxRetries: 0 });
@@ -91,6 +92,36 @@ await check('models', async () => {
   const m = await client.models.retrieve('support-bot');
   assert.equal(m.id, 'support-bot');
   assert.equal(m.object, 'model');
+});
+
+await check('list-pages', async () => {
+  // the SDK's own cursor pages: after = the page's last id, while has_more
+  const names = [];
+  for await (const a of client.getAPIList('/adapters', CursorPage, { query: { limit: 1 } })) names.push(a.name);
+  assert.deepEqual(names, ['old-bot', 'support-bot']);
+  const first = await client.getAPIList('/adapters', CursorPage, { query: { limit: 1 } });
+  assert.equal(first.data.length, 1);
+  assert.equal(first.has_more, true);
+  assert.ok(first.hasNextPage());
+  const second = await first.getNextPage();
+  assert.deepEqual(second.data.map((a) => a.name), ['support-bot']);
+  assert.equal(second.has_more, false);
+  assert.ok(!second.hasNextPage());
+  // keys made with the client's generic post come back newest first,
+  // two to a page
+  const made = [];
+  for (let i = 0; i < 5; i++) made.push((await client.post('/keys', { body: { name: `sdk-${i}` } })).id);
+  const ids = [];
+  for await (const k of client.getAPIList('/keys', CursorPage, { query: { limit: 2 } })) ids.push(k.id);
+  assert.deepEqual(ids.slice(0, 5), made.reverse());
+  assert.equal(new Set(ids).size, ids.length);
+  // a limit past the bound is the SDK's BadRequestError
+  await assert.rejects(client.getAPIList('/keys', CursorPage, { query: { limit: 1001 } }), (e) => {
+    assert.ok(e instanceof OpenAI.BadRequestError, String(e));
+    assert.equal(e.param, 'limit');
+    assert.equal(e.code, 'integer_above_max_value');
+    return true;
+  });
 });
 
 await check('adapter', async () => {
