@@ -9,8 +9,9 @@ import (
 	bolt "go.etcd.io/bbolt"
 )
 
-// CreateAdapter stores a new adapter, filling ID and CreatedAt. Returns
-// ECONFLICT if the tenant already has an adapter of that name.
+// CreateAdapter stores a new adapter, filling ID and CreatedAt, and adds
+// its size to its tenant's adapter storage in the same transaction.
+// Returns ECONFLICT if the tenant already has an adapter of that name.
 func (l *Ledger) CreateAdapter(ctx context.Context, a *nozzle.Adapter) error {
 	if err := nozzle.ValidateAdapterName(a.Name); err != nil {
 		return err
@@ -34,6 +35,9 @@ func (l *Ledger) CreateAdapter(ctx context.Context, a *nozzle.Adapter) error {
 			return err
 		}
 		if err := w.tx.Bucket(bAdapterSHA).Put(join(lp(rec.SHA256), []byte(rec.ID)), nil); err != nil {
+			return err
+		}
+		if err := addAdapterStorage(w.tx, &rec, 1); err != nil {
 			return err
 		}
 		return w.tx.Bucket(bAdapters).Put([]byte(rec.ID), encodeJSON(adapterRecord{rec}))
@@ -187,7 +191,8 @@ func decodeDeletedAdapter(b []byte) (*deletedAdapter, error) {
 }
 
 // DeleteAdapter removes a tenant's adapter by name and returns it. Returns
-// ENOTFOUND if there is none. Its usage stays in the ledger. The adapter
+// ENOTFOUND if there is none. Its size leaves its tenant's adapter
+// storage in the same transaction; its usage stays in the ledger. The adapter
 // keeps its place in the tenant's list for deletedAdapterKeep (for pages
 // that start after it); places kept longer are forgotten here, a few at a
 // time.
@@ -203,6 +208,9 @@ func (l *Ledger) DeleteAdapter(ctx context.Context, tenantID, name string) (*noz
 			return err
 		}
 		if err := w.tx.Bucket(bAdapterSHA).Delete(join(lp(a.SHA256), []byte(a.ID))); err != nil {
+			return err
+		}
+		if err := addAdapterStorage(w.tx, a, -1); err != nil {
 			return err
 		}
 		if err := forgetDeletedAdapters(w.tx, now.Add(-deletedAdapterKeep), 64); err != nil {
@@ -257,4 +265,101 @@ func (l *Ledger) AdapterRefs(ctx context.Context, sha256 string) (int, error) {
 		return nil
 	})
 	return n, err
+}
+
+// AdapterStorageUsed returns the sum of the sizes of a tenant's adapters,
+// the storage its quota counts, from the running total the ledger keeps
+// with the adapters (adapter_storage): one read, however many adapters the
+// tenant has. A tenant with no adapters (or none known) uses 0.
+func (l *Ledger) AdapterStorageUsed(ctx context.Context, tenantID string) (int64, error) {
+	var st adapterStorage
+	err := l.view(func(tx *bolt.Tx) (err error) {
+		st, err = getAdapterStorage(tx.Bucket(bAdapterBytes), tenantID)
+		return err
+	})
+	return st.Bytes, err
+}
+
+// adapterStorage is what adapter_storage keeps of a tenant: the sum of its
+// adapters' sizes and their number. A tenant without adapters has no
+// entry.
+type adapterStorage struct {
+	Bytes    int64
+	Adapters uint64
+}
+
+func encodeAdapterStorage(st adapterStorage) []byte {
+	e := enc{}
+	e.u8(valueV1)
+	e.varint(st.Bytes)
+	e.uvarint(st.Adapters)
+	return e.b
+}
+
+func decodeAdapterStorage(b []byte) (adapterStorage, error) {
+	d := dec{b: b}
+	if d.u8() != valueV1 {
+		d.fail()
+	}
+	st := adapterStorage{Bytes: d.varint(), Adapters: d.uvarint()}
+	if err := d.done("adapter storage"); err != nil {
+		return adapterStorage{}, err
+	}
+	return st, nil
+}
+
+func getAdapterStorage(b *bolt.Bucket, tenantID string) (adapterStorage, error) {
+	v := b.Get([]byte(tenantID))
+	if v == nil {
+		return adapterStorage{}, nil
+	}
+	return decodeAdapterStorage(v)
+}
+
+// putAdapterStorage stores a tenant's total, or drops it when the tenant
+// has no adapters left.
+func putAdapterStorage(b *bolt.Bucket, tenantID string, st adapterStorage) error {
+	if st.Adapters == 0 {
+		return b.Delete([]byte(tenantID))
+	}
+	return b.Put([]byte(tenantID), encodeAdapterStorage(st))
+}
+
+// addAdapterStorage counts an adapter stored (sign 1) or deleted (sign -1)
+// in its tenant's total, in the transaction that stores or deletes it.
+func addAdapterStorage(tx *bolt.Tx, a *nozzle.Adapter, sign int) error {
+	b := tx.Bucket(bAdapterBytes)
+	st, err := getAdapterStorage(b, a.TenantID)
+	if err != nil {
+		return err
+	}
+	if sign > 0 {
+		st.Bytes += a.SizeBytes
+		st.Adapters++
+	} else if st.Adapters > 0 {
+		st.Bytes -= a.SizeBytes
+		st.Adapters--
+	} // else the total is damaged (Check reports it): a delete still goes on
+	return putAdapterStorage(b, a.TenantID, st)
+}
+
+// adapterStorageSums adds up the adapters' sizes by tenant. A record that
+// does not decode is passed to bad (when not nil) and left out.
+func adapterStorageSums(tx *bolt.Tx, bad func(k []byte, err error)) (map[string]adapterStorage, error) {
+	sums := map[string]adapterStorage{}
+	err := tx.Bucket(bAdapters).ForEach(func(k, v []byte) error {
+		a, err := decodeAdapter(v)
+		if err != nil {
+			if bad != nil {
+				bad(k, err)
+			}
+			return nil
+		}
+		st := sums[a.TenantID]
+		st.Bytes += a.SizeBytes
+		st.Adapters++
+		sums[a.TenantID] = st
+		return nil
+	})
+	return sums, err
 }

@@ -40,8 +40,9 @@ func (r *CheckResult) problem(format string, args ...any) {
 // events (requests, prompt, cached prompt and completion tokens, device
 // time, cost and charges); the hourly capacity equals the sum of the
 // capacity intervals; the outbox never took more of an hour than it
-// holds; and the indexes the tenants', keys' and adapters' lists are read
-// from hold exactly their records. Provisional
+// holds; the indexes the tenants', keys' and adapters' lists are read
+// from hold exactly their records; and each tenant's adapter storage
+// equals the number and sizes of its adapters. Provisional
 // capacity (each runtime's open interval) is not part of these sums: Check
 // only verifies that each such record decodes and is filed under its
 // runtime. Nor are running requests' usage checkpoints: each must decode,
@@ -181,6 +182,9 @@ func (l *Ledger) Check(ctx context.Context) (*CheckResult, error) {
 		if err := checkListIndexes(tx, res); err != nil {
 			return err
 		}
+		if err := checkAdapterStorage(tx, res); err != nil {
+			return err
+		}
 
 		// The outbox never took more of an hour than the hour holds.
 		err = tx.Bucket(bBilled).ForEach(func(k, v []byte) error {
@@ -302,6 +306,38 @@ func checkListIndexes(tx *bolt.Tx, res *CheckResult) error {
 		}
 		if seen != len(x.want) {
 			res.problem("%s index %s misses %d of %d %ss", x.what, x.bucket, len(x.want)-seen, len(x.want), x.what)
+		}
+	}
+	return nil
+}
+
+// checkAdapterStorage verifies each tenant's adapter storage
+// (adapter_storage) against its adapters: their number and the sum of
+// their sizes.
+func checkAdapterStorage(tx *bolt.Tx, res *CheckResult) error {
+	want, err := adapterStorageSums(tx, nil) // checkListIndexes reports records that do not decode
+	if err != nil {
+		return err
+	}
+	seen := map[string]bool{}
+	err = tx.Bucket(bAdapterBytes).ForEach(func(k, v []byte) error {
+		seen[string(k)] = true
+		got, err := decodeAdapterStorage(v)
+		if err != nil {
+			res.problem("adapter storage of tenant %q: %v", k, err)
+			return nil
+		}
+		if w := want[string(k)]; got != w {
+			res.problem("adapter storage of tenant %q is %d bytes in %d adapters, its adapters hold %d bytes in %d", k, got.Bytes, got.Adapters, w.Bytes, w.Adapters)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for tenantID, w := range want {
+		if !seen[tenantID] {
+			res.problem("adapter storage of tenant %q is missing, its adapters hold %d bytes in %d", tenantID, w.Bytes, w.Adapters)
 		}
 	}
 	return nil

@@ -12,7 +12,7 @@ import (
 // docs/LEDGER.md describes it; migrations below bring older files up to it
 // on open. Version 4 has no migration of its own: the builds that knew it
 // but not 5 stamped it on a file when it first held a standard-price mark.
-const SchemaVersion = 7
+const SchemaVersion = 8
 
 // Bucket names. docs/LEDGER.md gives each bucket's keys and values.
 var (
@@ -30,6 +30,7 @@ var (
 	bAdapterSHA    = []byte("adapter_sha256")
 	bAdapterGone   = []byte("adapters_deleted")
 	bAdapterGoneAt = []byte("adapters_deleted_at")
+	bAdapterBytes  = []byte("adapter_storage")
 	bUsers         = []byte("users")
 	bUserEmails    = []byte("user_emails")
 	bUserInvites   = []byte("user_invites")
@@ -55,7 +56,7 @@ var allBuckets = [][]byte{
 	bRevokedKeys, bAdapters, bAdapterNames, bAdapterSHA, bAdapterGone, bAdapterGoneAt, bUsers, bUserEmails, bUserInvites,
 	bSessions, bEvents, bRequestIDs, bRollups, bHours, bMonths, bCapacity,
 	bCapHours, bCapOpen, bDirty, bBilled, bOutbox, bOutboxPending, bOutboxParked,
-	bCheckpoints,
+	bCheckpoints, bAdapterBytes,
 }
 
 var (
@@ -115,6 +116,35 @@ var migrations = []migration{
 	// its place in its tenant's list for a while (adapters_deleted and
 	// adapters_deleted_at), so that a page may start after it.
 	{To: 7, Fn: indexListOrder},
+	// Version 8: each tenant's adapter storage in use (the sum of its
+	// adapters' sizes) is kept in adapter_storage, written with the
+	// adapters, so that the upload's quota check and the console read it
+	// instead of every adapter. The migration adds up the adapters.
+	{To: 8, Fn: sumAdapterStorage},
+}
+
+// sumAdapterStorage builds version 8's adapter_storage from the adapters.
+// A record that does not decode is left out (Check reports it).
+func sumAdapterStorage(tx *bolt.Tx) error {
+	if tx.Bucket(bAdapterBytes) != nil {
+		if err := tx.DeleteBucket(bAdapterBytes); err != nil {
+			return err
+		}
+	}
+	b, err := tx.CreateBucket(bAdapterBytes)
+	if err != nil {
+		return fmt.Errorf("create bucket %s: %w", bAdapterBytes, err)
+	}
+	sums, err := adapterStorageSums(tx, nil)
+	if err != nil {
+		return err
+	}
+	for tenantID, n := range sums {
+		if err := putAdapterStorage(b, tenantID, n); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // indexListOrder builds version 7's indexes from the tenants and keys. A
