@@ -89,6 +89,11 @@ type AdapterService interface {
 	// AdapterRefs returns how many adapters (of any tenant) use the files
 	// with the given content address.
 	AdapterRefs(ctx context.Context, sha256 string) (int, error)
+	// AdapterStorageUsed returns the sum of the SizeBytes of a tenant's
+	// adapters (what its storage quota counts), 0 for a tenant without
+	// any. It is kept as the adapters are created and deleted, and costs
+	// the same however many adapters the tenant has.
+	AdapterStorageUsed(ctx context.Context, tenantID string) (int64, error)
 }
 
 // AdapterStore keeps adapter files content-addressed on disk and validates

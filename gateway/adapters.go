@@ -257,17 +257,11 @@ func (s *Server) createWithinQuota(ctx context.Context, a *nozzle.Adapter, quota
 	return s.deps.Adapters.CreateAdapter(ctx, a)
 }
 
-// adapterBytes is the sum of the sizes of a tenant's adapters.
+// adapterBytes is the sum of the sizes of a tenant's adapters, read from
+// the running total the adapter service keeps (one read, however many
+// adapters the tenant has).
 func (s *Server) adapterBytes(ctx context.Context, tenantID string) (int64, error) {
-	list, err := s.deps.Adapters.Adapters(ctx, tenantID)
-	if err != nil {
-		return 0, err
-	}
-	var used int64
-	for _, a := range list {
-		used += a.SizeBytes
-	}
-	return used, nil
+	return s.deps.Adapters.AdapterStorageUsed(ctx, tenantID)
 }
 
 // multipartSlack is what an upload's multipart framing may add to its

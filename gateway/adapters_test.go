@@ -437,6 +437,68 @@ func TestAdapters_StorageQuota(t *testing.T) {
 	}
 }
 
+// noListing is an adapter service whose whole lists must not be read: the
+// quota is checked against the tenant's running total.
+type noListing struct {
+	nozzle.AdapterService
+	t testing.TB
+}
+
+func (n noListing) Adapters(ctx context.Context, tenantID string) ([]*nozzle.Adapter, error) {
+	n.t.Error("the quota check read every adapter of the tenant")
+	return n.AdapterService.Adapters(ctx, tenantID)
+}
+
+// TestAdapters_StorageQuotaBoundary: an upload that brings the tenant's
+// adapters exactly to the quota is kept, one byte more is refused when it
+// is recorded (its body fits the check made before receiving), and a
+// tenant at its quota is refused up front. The check reads the tenant's
+// running total, never its list of adapters.
+func TestAdapters_StorageQuotaBoundary(t *testing.T) {
+	size := int64(len(goodConfig) + len(goodWeights))
+	files := func(name string, fill byte) []part {
+		w := append([]byte("SAFE"), bytes.Repeat([]byte{fill}, len(goodWeights)-4)...)
+		return []part{{"name", "", []byte(name)}, {nozzle.AdapterConfigFile, "adapter_config.json", goodConfig}, {nozzle.AdapterWeightsFile, "adapter_model.safetensors", w}}
+	}
+	for _, c := range []struct {
+		name  string
+		quota int64
+		two   int // the second upload's status
+	}{
+		{"AtQuota", 2 * size, http.StatusCreated},
+		{"OneByteOver", 2*size - 1, http.StatusRequestEntityTooLarge},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			f := newFixture(t, func(cfg *gateway.Config, d *gateway.Deps, f *fixture) {
+				cfg.TenantAdapterBytes = c.quota
+				d.Adapters = noListing{d.Adapters, t}
+			})
+			if r := f.upload(f.keyA, files("one", 1)...); r.StatusCode != http.StatusCreated {
+				t.Fatalf("one: %d %s", r.StatusCode, readAll(t, r))
+			}
+			r := f.upload(f.keyA, files("two", 2)...)
+			body := readAll(t, r)
+			if r.StatusCode != c.two {
+				t.Fatalf("two: %d %s, want %d", r.StatusCode, body, c.two)
+			}
+			if c.two != http.StatusCreated {
+				if !strings.Contains(body, "adapter_storage_full") {
+					t.Fatalf("two: %s", body)
+				}
+				if r := f.do(http.MethodGet, "/v1/adapters/two", "", f.authA()); r.StatusCode != http.StatusNotFound {
+					t.Fatalf("the refused adapter was kept: %d %s", r.StatusCode, readAll(t, r))
+				}
+				return
+			}
+			// At the quota: refused before the body is received.
+			r = f.upload(f.keyA, files("three", 3)...)
+			if body := readAll(t, r); r.StatusCode != http.StatusRequestEntityTooLarge || !strings.Contains(body, "adapter_storage_full") {
+				t.Fatalf("three: %d %s", r.StatusCode, body)
+			}
+		})
+	}
+}
+
 // heldStore holds the first Import until release is closed: an upload
 // in flight for as long as a test needs.
 type heldStore struct {

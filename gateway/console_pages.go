@@ -581,26 +581,14 @@ func (a adapterStorage) Percent() float64 {
 	return min(100, float64(a.Used)/float64(a.Quota)*100)
 }
 
-func (s *Server) storageOf(sizes ...int64) adapterStorage {
-	st := adapterStorage{Quota: s.cfg.TenantAdapterBytes}
-	for _, n := range sizes {
-		st.Used += n
-	}
-	return st
-}
-
 // adapterStorage returns a tenant's adapter storage: what its adapters
 // take, the way uploads count it, and the quota.
 func (s *Server) adapterStorage(ctx context.Context, tenantID string) (adapterStorage, error) {
-	list, err := s.deps.Adapters.Adapters(ctx, tenantID)
+	used, err := s.adapterBytes(ctx, tenantID)
 	if err != nil {
 		return adapterStorage{}, err
 	}
-	sizes := make([]int64, len(list))
-	for i, a := range list {
-		sizes[i] = a.SizeBytes
-	}
-	return s.storageOf(sizes...), nil
+	return adapterStorage{Used: used, Quota: s.cfg.TenantAdapterBytes}, nil
 }
 
 type adaptersView struct {

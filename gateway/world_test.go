@@ -375,6 +375,16 @@ func (w *world) mocks() *mocks {
 				delete(w.adapters, tenantID+"/"+name)
 				return a, nil
 			},
+			AdapterStorageUsedFn: func(ctx context.Context, tenantID string) (int64, error) {
+				defer w.lock()()
+				var n int64
+				for _, a := range w.adapters {
+					if a.TenantID == tenantID {
+						n += a.SizeBytes
+					}
+				}
+				return n, nil
+			},
 			AdapterRefsFn: func(ctx context.Context, sha string) (int, error) {
 				defer w.lock()()
 				n := 0

@@ -14,12 +14,13 @@ var (
 
 // AdapterService is a mock of nozzle.AdapterService.
 type AdapterService struct {
-	CreateAdapterFn func(ctx context.Context, a *nozzle.Adapter) error
-	AdapterFn       func(ctx context.Context, tenantID, name string) (*nozzle.Adapter, error)
-	AdaptersFn      func(ctx context.Context, tenantID string) ([]*nozzle.Adapter, error)
-	AdapterPageFn   func(ctx context.Context, tenantID string, q nozzle.PageQuery) (*nozzle.Page[*nozzle.Adapter], error)
-	DeleteAdapterFn func(ctx context.Context, tenantID, name string) (*nozzle.Adapter, error)
-	AdapterRefsFn   func(ctx context.Context, sha256 string) (int, error)
+	CreateAdapterFn      func(ctx context.Context, a *nozzle.Adapter) error
+	AdapterFn            func(ctx context.Context, tenantID, name string) (*nozzle.Adapter, error)
+	AdaptersFn           func(ctx context.Context, tenantID string) ([]*nozzle.Adapter, error)
+	AdapterPageFn        func(ctx context.Context, tenantID string, q nozzle.PageQuery) (*nozzle.Page[*nozzle.Adapter], error)
+	DeleteAdapterFn      func(ctx context.Context, tenantID, name string) (*nozzle.Adapter, error)
+	AdapterRefsFn        func(ctx context.Context, sha256 string) (int, error)
+	AdapterStorageUsedFn func(ctx context.Context, tenantID string) (int64, error)
 }
 
 func (s *AdapterService) CreateAdapter(ctx context.Context, a *nozzle.Adapter) error {
@@ -44,6 +45,10 @@ func (s *AdapterService) DeleteAdapter(ctx context.Context, tenantID, name strin
 
 func (s *AdapterService) AdapterRefs(ctx context.Context, sha256 string) (int, error) {
 	return s.AdapterRefsFn(ctx, sha256)
+}
+
+func (s *AdapterService) AdapterStorageUsed(ctx context.Context, tenantID string) (int64, error) {
+	return s.AdapterStorageUsedFn(ctx, tenantID)
 }
 
 // AdapterStore is a mock of nozzle.AdapterStore.
