@@ -163,26 +163,7 @@ func BenchmarkAdapterPage(b *testing.B) {
 	l := mustOpen(b, billing.Options{})
 	acme, globex := mustTenant(b, l, "acme"), mustTenant(b, l, "globex")
 	const n = 10_000
-	var wg sync.WaitGroup
-	var failed atomic.Value
-	for w := range 64 { // concurrent creations share the group commit's syncs
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := w; i < 2*n; i += 64 {
-				a := &nozzle.Adapter{TenantID: []string{acme.ID, globex.ID}[i%2], Name: fmt.Sprintf("adapter-%05d", i/2),
-					AdapterManifest: nozzle.AdapterManifest{SHA256: strings.Repeat("ab", 32), Rank: 16, TargetModules: []string{"q_proj", "k_proj", "v_proj", "o_proj"}, SizeBytes: 1 << 20}}
-				if err := l.CreateAdapter(ctx, a); err != nil {
-					failed.Store(err)
-					return
-				}
-			}
-		}()
-	}
-	wg.Wait()
-	if err, _ := failed.Load().(error); err != nil {
-		b.Fatal(err)
-	}
+	mustAdapters(b, l, n, acme.ID, globex.ID)
 	mid, err := l.Adapter(ctx, acme.ID, fmt.Sprintf("adapter-%05d", n/2))
 	if err != nil {
 		b.Fatal(err)
@@ -205,5 +186,69 @@ func BenchmarkAdapterPage(b *testing.B) {
 				b.Fatalf("%d, %v", len(list), err)
 			}
 		}
+	})
+}
+
+// mustAdapters creates n adapters of 1 MiB named adapter-00000 on for
+// each of the tenants, interleaved.
+func mustAdapters(b *testing.B, l *billing.Ledger, n int, tenants ...string) {
+	b.Helper()
+	ctx := context.Background()
+	var wg sync.WaitGroup
+	var failed atomic.Value
+	for w := range 64 { // concurrent creations share the group commit's syncs
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := w; i < len(tenants)*n; i += 64 {
+				a := &nozzle.Adapter{TenantID: tenants[i%len(tenants)], Name: fmt.Sprintf("adapter-%05d", i/len(tenants)),
+					AdapterManifest: nozzle.AdapterManifest{SHA256: strings.Repeat("ab", 32), Rank: 16, TargetModules: []string{"q_proj", "k_proj", "v_proj", "o_proj"}, SizeBytes: 1 << 20}}
+				if err := l.CreateAdapter(ctx, a); err != nil {
+					failed.Store(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if err, _ := failed.Load().(error); err != nil {
+		b.Fatal(err)
+	}
+}
+
+// BenchmarkAdapterQuotaCheck: the upload's storage quota check for a
+// tenant with 10,000 adapters (another tenant's 10,000 beside them): the
+// running total (AdapterStorageUsed, one read) against adding up every
+// adapter record as the check did before, in the same run.
+func BenchmarkAdapterQuotaCheck(b *testing.B) {
+	ctx := context.Background()
+	l := mustOpen(b, billing.Options{})
+	acme, globex := mustTenant(b, l, "acme"), mustTenant(b, l, "globex")
+	const n = 10_000
+	mustAdapters(b, l, n, acme.ID, globex.ID)
+	const quota, want = 20 << 30, n << 20
+	check := func(b *testing.B, used func() (int64, error)) {
+		for b.Loop() {
+			u, err := used()
+			if err != nil || u != want {
+				b.Fatalf("%d, %v", u, err)
+			}
+			if u+(1<<20) > quota {
+				b.Fatal("refused")
+			}
+		}
+	}
+	b.Run("total", func(b *testing.B) {
+		check(b, func() (int64, error) { return l.AdapterStorageUsed(ctx, acme.ID) })
+	})
+	b.Run("scan", func(b *testing.B) {
+		check(b, func() (int64, error) {
+			list, err := l.Adapters(ctx, acme.ID)
+			var sum int64
+			for _, a := range list {
+				sum += a.SizeBytes
+			}
+			return sum, err
+		})
 	})
 }
