@@ -179,6 +179,19 @@ type GenerateRequest struct {
 	// remote runtime then sends its answer in one piece and one line:
 	// fewer writes, wake-ups and lines to encode and decode).
 	Stream bool
+
+	// OnAccepted, when not nil, is called at most once, on the goroutine
+	// that calls emit and never concurrently with it, once the runtime has
+	// accepted the request: past every check that can refuse it (its
+	// parameters, the context length, its adapter found and loaded into
+	// host memory) and queued. Any error after it is the runtime's
+	// (EINTERNAL, EUNAVAILABLE, ECANCELED), never a refusal of the
+	// request. It may come after an echoed prompt without logprobs (sent
+	// when the request is queued) and comes before any completion text.
+	// A generator that does not tell (a remote runtime of an earlier
+	// version) never calls it: a caller then learns the request was taken
+	// from its first output.
+	OnAccepted func() `json:"-"`
 }
 
 // TokenLogprob is the log-probability of one generated token.

@@ -46,6 +46,9 @@ func (r *Runtime) generate(ctx context.Context, req *nozzle.GenerateRequest, sta
 		if started != nil {
 			started(q.nPrompt)
 		}
+		if req.OnAccepted != nil {
+			req.OnAccepted()
+		}
 		res.FinishReason = nozzle.FinishLength
 		if err := emit(r.promptChunk(q.tokens, nil, q.score, req.Prompt), 0); err != nil {
 			res.FinishReason = ""
@@ -63,10 +66,13 @@ func (r *Runtime) generate(ctx context.Context, req *nozzle.GenerateRequest, sta
 		started(q.nPrompt)
 	}
 	q.arrived = r.clock()
-	// The prompt, read here while the engine goroutine appends to tokens.
+	// The prompt, read here while the engine goroutine appends to tokens;
+	// the adapter's host entry, read here while the engine goroutine may
+	// replace it.
 	prompt := q.tokens[:q.nPrompt:q.nPrompt]
+	host := q.host
 	r.sched.submit(q)
-	return r.stream(ctx, q, req, prompt, res, emit)
+	return r.stream(ctx, q, req, prompt, host, res, emit)
 }
 
 func (r *Runtime) countLookup(sha string) {
@@ -314,7 +320,13 @@ func isSHA256(s string) bool {
 // stream follows q's events: it turns tokens into text, holds back text
 // that could still start a stop sequence, emits complete UTF-8 chunks, and
 // returns q's account once the engine goroutine has freed everything.
-func (r *Runtime) stream(ctx context.Context, q *sequence, req *nozzle.GenerateRequest, prompt []int32, res *nozzle.GenerateResult, emit func(nozzle.Chunk, int) error) (*nozzle.GenerateResult, error) {
+//
+// It tells req.OnAccepted once q can no longer be refused: at once for the
+// base model or an adapter in host memory, else once its adapter loaded
+// into host memory (a load that fails finishes q with the refusal, and
+// nothing is told). The engine waits for that load before q's first
+// token, so the call comes before any completion text.
+func (r *Runtime) stream(ctx context.Context, q *sequence, req *nozzle.GenerateRequest, prompt []int32, host *hostEntry, res *nozzle.GenerateResult, emit func(nozzle.Chunk, int) error) (*nozzle.GenerateResult, error) {
 	var keep []int
 	if q.reasoning {
 		keep = append(keep, r.keepThoughts...)
@@ -337,6 +349,22 @@ func (r *Runtime) stream(ctx context.Context, q *sequence, req *nozzle.GenerateR
 		// The account so far, told with each chunk.
 		prog = nozzle.Progress{PromptTokens: q.nPrompt, RuntimeID: res.RuntimeID, RatePerHour: res.RatePerHour}
 	)
+	// hostReady, while not nil, is the adapter load that q's acceptance
+	// waits for.
+	var hostReady <-chan struct{}
+	loaded := func() {
+		hostReady = nil
+		if host.err == nil && !stopped {
+			req.OnAccepted()
+		}
+	}
+	if req.OnAccepted != nil {
+		if host == nil || host.loaded() {
+			req.OnAccepted()
+		} else {
+			hostReady = host.ready
+		}
+	}
 	// echo emits the prompt first, once its scores are in when asked for.
 	echo := func() error {
 		echoed = true
@@ -353,6 +381,8 @@ func (r *Runtime) stream(ctx context.Context, q *sequence, req *nozzle.GenerateR
 	for {
 		select {
 		case <-q.out.signal:
+		case <-hostReady:
+			loaded()
 		case <-done:
 			done = nil
 			if !stopped {
@@ -362,6 +392,14 @@ func (r *Runtime) stream(ctx context.Context, q *sequence, req *nozzle.GenerateR
 			}
 		}
 		evs = q.out.take(evs)
+		if hostReady != nil && len(evs) > 0 {
+			// The engine posts a token only after the load ended.
+			select {
+			case <-hostReady:
+				loaded()
+			default:
+			}
+		}
 		for i := range evs {
 			ev := &evs[i]
 			if ev.prompt {

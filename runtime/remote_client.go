@@ -357,6 +357,10 @@ func (c *Client) Generate(ctx context.Context, req *nozzle.GenerateRequest, emit
 		case l.PromptTokens != nil:
 			res.PromptTokens = *l.PromptTokens
 			prog.PromptTokens = *l.PromptTokens
+		case l.Accepted:
+			if req.OnAccepted != nil && cn.reason() == nil {
+				req.OnAccepted()
+			}
 		case l.Chunk != nil:
 			ch := nozzle.Chunk{Text: l.Chunk.Text, Logprobs: l.Chunk.Logprobs, Prompt: l.Chunk.Prompt, ThoughtsOpen: l.Chunk.ThoughtsOpen}
 			if !l.Chunk.Prompt {

@@ -131,10 +131,15 @@ type wireError struct {
 }
 
 type wireLine struct {
-	PromptTokens *int        `json:"prompt_tokens,omitempty"`
-	Chunk        *wireChunk  `json:"chunk,omitempty"`
-	Result       *wireResult `json:"result,omitempty"`
-	Error        *wireError  `json:"error,omitempty"`
+	PromptTokens *int `json:"prompt_tokens,omitempty"`
+	// Accepted says the runtime accepted the request
+	// (GenerateRequest.OnAccepted); a streamed answer only, once, after
+	// the prompt_tokens line. A runtime of an earlier version never sends
+	// it, and a client of an earlier version skips it.
+	Accepted bool        `json:"accepted,omitempty"`
+	Chunk    *wireChunk  `json:"chunk,omitempty"`
+	Result   *wireResult `json:"result,omitempty"`
+	Error    *wireError  `json:"error,omitempty"`
 }
 
 func resultToWire(r *nozzle.GenerateResult) *wireResult {
@@ -291,6 +296,17 @@ func (generatorServed) OpenCapacity(context.Context) (nozzle.CapacityInterval, b
 
 func (g generatorServed) generate(ctx context.Context, req *nozzle.GenerateRequest, started func(int), emit func(nozzle.Chunk, int) error) (*nozzle.GenerateResult, error) {
 	begun := false
+	if accepted := req.OnAccepted; accepted != nil {
+		r := *req
+		r.OnAccepted = func() {
+			if !begun {
+				begun = true
+				started(0)
+			}
+			accepted()
+		}
+		req = &r
+	}
 	res, err := g.Generate(ctx, req, func(c nozzle.Chunk) error {
 		if !begun {
 			begun = true
@@ -494,7 +510,15 @@ func (s *server) generate(w http.ResponseWriter, r *http.Request) {
 		any      bool
 		open     bool
 	}
-	res, err := s.rt.generate(ctx, wr.request(), func(promptTokens int) {
+	req := wr.request()
+	if wr.Stream {
+		req.OnAccepted = func() {
+			if started {
+				send(wireLine{Accepted: true}, false)
+			}
+		}
+	}
+	res, err := s.rt.generate(ctx, req, func(promptTokens int) {
 		started = true
 		w.Header().Set("Content-Type", "application/x-ndjson")
 		w.Header().Set("Cache-Control", "no-store")
