@@ -667,13 +667,15 @@ func finishReason(r *nozzle.GenerateResult) string {
 	return r.FinishReason
 }
 
-// streamEvent is a chunk of choice index, or (done) its end.
+// streamEvent is a chunk of choice index, (accepted) the runtime's word
+// that it accepted the choice, or (done) its end.
 type streamEvent struct {
-	index int
-	chunk nozzle.Chunk
-	done  bool
-	res   *nozzle.GenerateResult
-	err   error
+	index    int
+	chunk    nozzle.Chunk
+	accepted bool
+	done     bool
+	res      *nozzle.GenerateResult
+	err      error
 }
 
 // stream answers a streamed request. Generation starts now; the status
@@ -686,6 +688,12 @@ func (cp *completion) stream(c *fiber.Ctx) error {
 	n := len(cp.reqs)
 	events := make(chan streamEvent, 64)
 	for i := range cp.reqs {
+		cp.reqs[i].OnAccepted = func() {
+			select {
+			case events <- streamEvent{index: i, accepted: true}:
+			case <-cp.ctx.Done():
+			}
+		}
 		go func(i int) {
 			res, err := cp.s.router.generate(cp.ctx, cp.reqs[i], func(ch nozzle.Chunk) error {
 				select {
@@ -733,6 +741,9 @@ func (cp *completion) stream(c *fiber.Ctx) error {
 	c.Set(fiber.HeaderContentType, "text/event-stream; charset=utf-8")
 	c.Set(fiber.HeaderCacheControl, "no-cache")
 	c.Set("X-Accel-Buffering", "no")
+	// The status line goes out now, not with the first event: the runtime
+	// may have accepted every prompt before any of them produced text.
+	c.Context().Response.ImmediateHeaderFlush = true
 	conn := c.Context().Conn()
 	c.Context().SetBodyStreamWriter(func(w *bufio.Writer) {
 		cp.writeStream(w, conn, events, held)
@@ -741,11 +752,13 @@ func (cp *completion) stream(c *fiber.Ctx) error {
 }
 
 // awaitAccepted reads the choices' events until the runtime has accepted
-// every prompt of the request: one of its choices produced text, scored
-// the prompt (an echo with logprobs comes once the prompt is computed) or
-// ended well. An echo without logprobs proves nothing: a runtime may send
-// it before it loads the adapter. The n choices of a prompt share its
-// checks, so one of them stands for all. It returns the events read, to
+// every prompt of the request: it said so (GenerateRequest.OnAccepted:
+// the prompt passed its checks and its adapter loaded), or, from a runtime
+// that does not say (an earlier version), one of its choices produced
+// text, scored the prompt (an echo with logprobs comes once the prompt is
+// computed) or ended well. An echo without logprobs proves nothing: a
+// runtime may send it before it loads the adapter. The n choices of a
+// prompt share its checks, so one of them stands for all. It returns the events read, to
 // be sent once the stream starts, or the error of a choice that failed
 // before then.
 func (cp *completion) awaitAccepted(events <-chan streamEvent) (held []streamEvent, failed error) {
@@ -758,7 +771,7 @@ func (cp *completion) awaitAccepted(events <-chan streamEvent) (held []streamEve
 		if ev.done && ev.err != nil {
 			return held, ev.err
 		}
-		if g := ev.index / per; !accepted[g] && (ev.done || !ev.chunk.Prompt || len(ev.chunk.Logprobs) > 0) {
+		if g := ev.index / per; !accepted[g] && (ev.accepted || ev.done || !ev.chunk.Prompt || len(ev.chunk.Logprobs) > 0) {
 			accepted[g] = true
 			left--
 		}
@@ -830,6 +843,9 @@ func (cp *completion) writeStream(w *bufio.Writer, conn net.Conn, events chan st
 		offs[i].base = utf8.RuneCountInString(j.echoText(i, nil))
 	}
 	handle := func(ev streamEvent) bool {
+		if ev.accepted {
+			return false
+		}
 		r := &cp.results[ev.index]
 		if ev.done {
 			r.res, r.err = ev.res, ev.err

@@ -32,9 +32,12 @@ var defaultWords = []string{"Hello", " from", " the", " fake", " runtime", "."}
 // steers it: "TOO_LONG" → ECONTEXTLENGTH, "FAIL_BEFORE" → EINTERNAL before
 // any token, "FAIL_AFTER" → EINTERNAL after two tokens, "REFUSE_AFTER" →
 // ECONTEXTLENGTH after two tokens, "REFUSE_LATE" → ECONTEXTLENGTH before
-// any output, found after 50 ms. An adapter of content address
-// notStoredSHA fails as one whose files are gone: ENOTFOUND once the
-// echo (sent at once, as the runtime sends it) went out.
+// any output, found after 50 ms, "SLOW_START" → its first token 300 ms
+// after it was accepted. It tells req.OnAccepted once it passed those
+// checks and its adapter's (unless noAccept: a runtime of an earlier
+// version). An adapter of content address notStoredSHA fails as one whose
+// files are gone: ENOTFOUND once the echo (sent at once, as the runtime
+// sends it) went out.
 type fakeGen struct {
 	w          *world
 	runtimeID  string
@@ -52,6 +55,7 @@ type fakeGen struct {
 	open       bool                    // a reasoning model's chat prompt opens its thoughts
 	noEcho     bool                    // Info reports a runtime that cannot echo
 	noKwargs   bool                    // Info reports a runtime that cannot render chat_template_kwargs
+	noAccept   atomic.Bool             // never tells GenerateRequest.OnAccepted
 	model      atomic.Pointer[string]  // the model id Info reports, when not tiny-llama
 }
 
@@ -174,9 +178,18 @@ func (g *fakeGen) generate(ctx context.Context, req *nozzle.GenerateRequest, emi
 	if req.Adapter != nil && req.Adapter.SHA256 == notStoredSHA {
 		return res, nozzle.Errorf(nozzle.ENOTFOUND, "Adapter %s is not stored.", notStoredSHA[:12]).WithReason("model_not_found")
 	}
+	if req.OnAccepted != nil && !g.noAccept.Load() {
+		req.OnAccepted()
+	}
 	if req.PromptOnly {
 		res.FinishReason = nozzle.FinishLength
 		return res, nil
+	}
+	if strings.Contains(prompt, "SLOW_START") {
+		select {
+		case <-time.After(300 * time.Millisecond):
+		case <-ctx.Done():
+		}
 	}
 	words := g.words
 	if strings.Contains(prompt, "CALL_TOOL") && len(req.Tools) > 0 {

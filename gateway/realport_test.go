@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -512,5 +513,55 @@ func TestRealPort_ShutdownWithSilentConnection(t *testing.T) {
 	}
 	if err := <-served; err != nil {
 		t.Errorf("Serve: %v", err)
+	}
+}
+
+// TestRealPort_StreamStartsOnAcceptance: a streamed completion of several
+// prompts starts (status line and headers) once the runtime accepted every
+// prompt, not at the first token of the last one; from a runtime that
+// does not say (older), at that first token, as before.
+func TestRealPort_StreamStartsOnAcceptance(t *testing.T) {
+	f := newFixture(t)
+	url := f.serve(t)
+	body := `{"model":"base","prompt":["SLOW_START a","SLOW_START b"],"max_tokens":2,"stream":true}`
+	for _, older := range []bool{false, true} {
+		t.Run(fmt.Sprintf("older=%v", older), func(t *testing.T) {
+			f.gen.noAccept.Store(older)
+			defer f.gen.noAccept.Store(false)
+			start := time.Now()
+			resp := post(t, url+"/v1/completions", f.keyA, body)
+			defer resp.Body.Close()
+			headers := time.Since(start)
+			if resp.StatusCode != 200 {
+				t.Fatalf("status %d", resp.StatusCode)
+			}
+			if older && headers < 300*time.Millisecond {
+				t.Errorf("headers after %v, before any prompt's first token", headers)
+			}
+			if !older && headers > 200*time.Millisecond {
+				t.Errorf("headers after %v: not at acceptance", headers)
+			}
+			texts := [2]string{}
+			for l := range lines(resp) {
+				if l == "[DONE]" {
+					continue
+				}
+				var c struct {
+					Choices []struct {
+						Index int
+						Text  string
+					}
+				}
+				if err := json.Unmarshal([]byte(l), &c); err != nil {
+					t.Fatal(err)
+				}
+				for _, ch := range c.Choices {
+					texts[ch.Index] += ch.Text
+				}
+			}
+			if texts != [2]string{"Hello from", "Hello from"} {
+				t.Errorf("texts %q", texts)
+			}
+		})
 	}
 }

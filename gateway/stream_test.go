@@ -231,7 +231,8 @@ func TestStream_FailureMidway(t *testing.T) {
 // prompt produced anything (an adapter it cannot load, found after it
 // echoed the prompt; one of several prompts refused while another one's
 // text comes) is an HTTP error, streamed or not: no byte of a 200 stream,
-// no echoed prompt, goes out before it.
+// no echoed prompt, goes out before it; from a runtime that says when it
+// accepted a prompt and from one that does not (older).
 func TestStream_RefusedBeforeOutput(t *testing.T) {
 	f := newFixture(t)
 	f.addAdapter(f.tenantA.ID, "files-gone", notStoredSHA)
@@ -253,8 +254,11 @@ func TestStream_RefusedBeforeOutput(t *testing.T) {
 		{"OnePromptRefusedLate", `{"model":"base","prompt":["hello","REFUSE_LATE"],"echo":true,"max_tokens":3}`, 400, "context_length_exceeded", "prompt", 2, true},
 		{"FirstPromptRefusedLate", `{"model":"base","prompt":["REFUSE_LATE","hello"],"echo":true,"max_tokens":3}`, 400, "context_length_exceeded", "prompt", 2, true},
 	} {
-		for _, stream := range []bool{false, true} {
-			t.Run(fmt.Sprintf("%s/stream=%v", tc.name, stream), func(t *testing.T) {
+		for _, run := range []struct{ stream, older bool }{{false, false}, {true, false}, {true, true}} {
+			stream := run.stream
+			t.Run(fmt.Sprintf("%s/stream=%v/older=%v", tc.name, stream, run.older), func(t *testing.T) {
+				f.gen.noAccept.Store(run.older)
+				defer f.gen.noAccept.Store(false)
 				body := tc.body
 				if stream {
 					body = strings.Replace(body, `"echo":true`, `"echo":true,"stream":true,"stream_options":{"include_usage":true}`, 1)
