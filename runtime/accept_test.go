@@ -179,3 +179,67 @@ func (g silentGen) Generate(ctx context.Context, req *nozzle.GenerateRequest, em
 	r.OnAccepted = nil
 	return g.Runtime.Generate(ctx, &r, emit)
 }
+
+// BenchmarkDemo_Accepted16Prompts runs 16 prompts of 32 tokens at once on
+// the demo model, each streamed, as a legacy completion of 16 prompts
+// asks, and reports when all of them were accepted (ms/all-accepted: when
+// a gateway that hears OnAccepted starts the stream) and when all of
+// them had produced their first text (ms/all-first-text: when one that
+// does not, a runtime of an earlier version, starts it).
+func BenchmarkDemo_Accepted16Prompts(b *testing.B) {
+	rt, _ := openDemo(b, runtime.Options{})
+	defer rt.Close(context.Background())
+	const n = 16
+	run := func() (accepted, firstText time.Duration) {
+		type mark struct {
+			accepted bool
+			at       time.Duration
+		}
+		marks := make(chan mark, 2*n)
+		start := time.Now()
+		done := make(chan error, n)
+		for i := 0; i < n; i++ {
+			prompt := make([]int, 32)
+			for k := range prompt {
+				prompt[k] = 10 + (i*32+k)%200
+			}
+			req := &nozzle.GenerateRequest{PromptTokens: prompt, MaxTokens: 8, Stream: true,
+				OnAccepted: func() { marks <- mark{true, time.Since(start)} }}
+			go func() {
+				first := true
+				_, err := rt.Generate(context.Background(), req, func(c nozzle.Chunk) error {
+					if first && !c.Prompt {
+						first = false
+						marks <- mark{false, time.Since(start)}
+					}
+					return nil
+				})
+				done <- err
+			}()
+		}
+		for i := 0; i < n; i++ {
+			if err := <-done; err != nil {
+				b.Fatal(err)
+			}
+		}
+		close(marks)
+		for m := range marks {
+			if m.accepted {
+				accepted = max(accepted, m.at)
+			} else {
+				firstText = max(firstText, m.at)
+			}
+		}
+		return accepted, firstText
+	}
+	run()
+	b.ResetTimer()
+	var acc, first time.Duration
+	for i := 0; i < b.N; i++ {
+		a, f := run()
+		acc += a
+		first += f
+	}
+	b.ReportMetric(float64(acc.Microseconds())/1e3/float64(b.N), "ms/all-accepted")
+	b.ReportMetric(float64(first.Microseconds())/1e3/float64(b.N), "ms/all-first-text")
+}
