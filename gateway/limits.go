@@ -192,17 +192,15 @@ type tenantSeqs struct {
 }
 
 // take claims n sequences for tenantID under limit (negative: none), or
-// refuses with ERATELIMIT.
+// refuses with ERATELIMIT. Without a limit the sequences are counted all
+// the same, so that release gives back what take took either way.
 func (t *tenantSeqs) take(tenantID string, n, limit int) error {
-	if limit < 0 {
-		return nil
-	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.n == nil {
 		t.n = map[string]int{}
 	}
-	if cur := t.n[tenantID]; cur+n > limit {
+	if cur := t.n[tenantID]; limit >= 0 && cur+n > limit {
 		return nozzle.Errorf(nozzle.ERATELIMIT, "Too many requests in progress: this organization has %d sequences running or queued (prompts × n of each request) and may have at most %d. Try again when some have finished.", cur, limit).
 			WithReason("too_many_requests_in_flight").WithRetryAfter(time.Second)
 	}
@@ -230,8 +228,10 @@ func (t *tenantSeqs) release(tenantID string, n int) {
 		return
 	}
 	t.mu.Lock()
-	if t.n[tenantID] -= n; t.n[tenantID] <= 0 {
-		delete(t.n, tenantID)
+	defer t.mu.Unlock()
+	if t.n[tenantID] <= n {
+		delete(t.n, tenantID) // (a no-op on a nil map)
+		return
 	}
-	t.mu.Unlock()
+	t.n[tenantID] -= n
 }

@@ -724,6 +724,29 @@ func TestTenantSequences(t *testing.T) {
 	}
 }
 
+// TestTenantSequences_NoCap: without a cap (tenant_sequences 0 in the
+// configuration) a tenant's sequences are not limited, and request after
+// request is served: giving back what a request held never trips on a
+// count that was not kept.
+func TestTenantSequences_NoCap(t *testing.T) {
+	f := newFixture(t, withConfig(func(c *gateway.Config) { c.TenantSequences = -1 }))
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := range 3 {
+			r := f.do(http.MethodPost, "/v1/chat/completions", `{"model":"base","n":16,"max_tokens":1,"messages":[{"role":"user","content":"hi"}]}`, f.authA())
+			if body := readAll(t, r); r.StatusCode != 200 {
+				t.Errorf("request %d: status %d: %s", i, r.StatusCode, body)
+			}
+		}
+	}()
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("requests without a cap on sequences hang")
+	}
+}
+
 // TestChoicesLimit: a request generates at most 16 choices (n, times the
 // prompts of a legacy completion), where OpenAI's n goes up to 128; past
 // that, OpenAI's refusal of a value above its bound, naming n. A request
