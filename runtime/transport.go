@@ -64,6 +64,13 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		addr = net.JoinHostPort(req.URL.Hostname(), "80")
 	}
 	for attempt := 0; ; attempt++ {
+		// A request canceled already never starts: on a kept-alive
+		// connection the exchange could otherwise finish before the
+		// cancellation's deadline lands.
+		if err := req.Context().Err(); err != nil {
+			closeBody(req)
+			return nil, err
+		}
 		c, reused, err := t.get(req.Context(), addr)
 		if err != nil {
 			closeBody(req)
