@@ -30,6 +30,9 @@ func TestConsoleServe(t *testing.T) {
 	}
 	w := newWorld(consolePrice)
 	w.delay = 40 * time.Millisecond
+	// a reasoning model, so the playground's Thoughts can be seen: it
+	// thinks when asked to (thinkPrompt), else answers as before
+	w.reasoning = true
 	deps := w.deps()
 	deps.Extensions = []gateway.Extension{gateway.Console(gateway.ConsoleConfig{Static: web.Static, Templates: web.Templates, Layouts: web.Layouts, SigningKey: []byte("browser-test signing key, 32 bytes or more")})}
 	dir := t.TempDir()

@@ -54,9 +54,13 @@ type world struct {
 	tiers       map[string]nozzle.Tier
 	dropped     []string // what the runtime was told to drop, in order
 	words       []string
-	delay       time.Duration
-	tierDelay   time.Duration // how long the runtime takes to say where an adapter is
-	rate        float64
+	// reasoning makes the runtime a reasoning model's: a chat whose last
+	// message asks it to think (thinkPrompt) opens its answer with the
+	// thoughts, between <think> and </think>
+	reasoning bool
+	delay     time.Duration
+	tierDelay time.Duration // how long the runtime takes to say where an adapter is
+	rate      float64
 	// operatorIdle reports as under the operator idle policy
 	operatorIdle bool
 	reports      int   // reports asked for
@@ -173,7 +177,7 @@ func (w *world) deps() gateway.Deps {
 	}{&mock.Generator{
 		InfoFn: func(ctx context.Context) (nozzle.ModelInfo, error) {
 			return nozzle.ModelInfo{ID: "nozzle-demo", Architecture: "llama", ContextLength: 2048, MaxLoRARank: 64, Device: "cpu",
-				CreatedAt: time.Unix(1700000000, 0).UTC()}, nil
+				CreatedAt: time.Unix(1700000000, 0).UTC(), Reasoning: w.reasoning}, nil
 		},
 		GenerateFn: w.generate,
 		AdapterTierFn: func(ctx context.Context, sha string) nozzle.Tier {
@@ -623,6 +627,12 @@ func writeTestAdapter(dir string, rank int) error {
 	return os.WriteFile(filepath.Join(dir, nozzle.AdapterWeightsFile), b.Bytes(), 0o644)
 }
 
+// thinkPrompt, in a chat's last message, has a reasoning world's runtime
+// (world.reasoning) think before it answers, in thoughtWords.
+const thinkPrompt = "Think first."
+
+var thoughtWords = []string{"<think>", "\n", "The", " user", " asks", " about", " <pools>", " &", " GPUs", ".", "\n", "</think>", "\n\n"}
+
 func (w *world) generate(ctx context.Context, req *nozzle.GenerateRequest, emit func(nozzle.Chunk) error) (*nozzle.GenerateResult, error) {
 	prompt := 0
 	for _, m := range req.Messages {
@@ -631,9 +641,15 @@ func (w *world) generate(ctx context.Context, req *nozzle.GenerateRequest, emit 
 	prompt += len(strings.Fields(req.Prompt))
 	res := &nozzle.GenerateResult{PromptTokens: prompt, RuntimeID: "local", RatePerHour: w.rate, FinishReason: nozzle.FinishStop}
 	words := w.words
+	if n := len(req.Messages); w.reasoning && n > 0 && strings.Contains(req.Messages[n-1].Content, thinkPrompt) {
+		words = append(append([]string{}, thoughtWords...), words...)
+	}
 	if req.MaxTokens > 0 && req.MaxTokens < len(words) {
 		words = words[:req.MaxTokens]
 		res.FinishReason = nozzle.FinishLength
+	}
+	if len(words) > 0 && words[0] == thoughtWords[0] {
+		res.ReasoningTokens = min(len(words), len(thoughtWords))
 	}
 	for _, word := range words {
 		if w.delay > 0 {

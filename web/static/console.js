@@ -526,6 +526,26 @@
       return div;
     }
 
+    // thoughtsOf returns the reply's Thoughts block: a reasoning model's
+    // delta.reasoning_content, streamed before the answer, as text in a
+    // <details> open while the model thinks. It is made at the first
+    // thought, so an answer without thoughts has none; inside the
+    // transcript (role=log) it is announced as the answer is.
+    function thoughtsOf(reply) {
+      let d = $('.msg-thoughts', reply);
+      if (d) return d;
+      d = document.createElement('details');
+      d.className = 'msg-thoughts';
+      d.open = true;
+      const s = document.createElement('summary');
+      s.textContent = 'Thoughts';
+      const t = document.createElement('p');
+      t.className = 'msg-thoughts-text';
+      d.append(s, t);
+      reply.insertBefore(d, $('.msg-text', reply));
+      return d;
+    }
+
     // an answer's cost, written as the pages write amounts (formatUSD):
     // three significant figures below a dollar, at least the cents, then
     // cents, never an exponent; so it reads as the usage page's rows do
@@ -595,6 +615,7 @@
       stop.hidden = false;
       controller = new AbortController();
       let answer = '';
+      let thought = '';
       let usage = null;
       let finish = '';
       let reqId = '';
@@ -626,7 +647,16 @@
               if (j.error) throw new Error(j.error.message);
               if (j.usage) usage = j.usage;
               for (const ch of j.choices || []) {
-                if (ch.delta && ch.delta.content) { answer += ch.delta.content; out.textContent = answer; }
+                if (ch.delta && ch.delta.reasoning_content) {
+                  thought += ch.delta.reasoning_content;
+                  $('.msg-thoughts-text', thoughtsOf(reply)).textContent = thought;
+                }
+                if (ch.delta && ch.delta.content) {
+                  // the answer starts: its thoughts fold away (still there to open)
+                  if (!answer && thought) thoughtsOf(reply).open = false;
+                  answer += ch.delta.content;
+                  out.textContent = answer;
+                }
                 if (ch.finish_reason) finish = ch.finish_reason;
               }
               transcript.scrollTop = transcript.scrollHeight;

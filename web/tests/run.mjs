@@ -646,6 +646,8 @@ async function main() {
     assert(!/0$/.test(m[3]) || /^\d+\.\d\d$/.test(m[3]), `usage line ${usage}: not written as the console writes amounts`);
     const partial = seen.filter((s) => s.length > 0 && s.length < answer.length);
     log(`     answer "${answer.slice(0, 60)}", seen ${partial.length} partial states`);
+    // an answer without thoughts has no Thoughts block
+    assert((await page.locator('.msg-assistant .msg-thoughts').count()) === 0, 'a Thoughts block on an answer without thoughts');
     await shot(page, 'playground-desktop');
   });
 
@@ -715,6 +717,53 @@ async function main() {
     assert(roles.join() === 'user', `the new chat sent ${roles.join(', ')}`);
     await page.waitForSelector('[data-testid=answer-usage]', { timeout: 30000 });
   });
+
+  // The in-memory server's model reasons when asked to think (thinkPrompt
+  // in gateway/world_test.go); the binary's demo model does not.
+  if (srv.kind === 'mock') {
+    await step('playground shows a reasoning model\'s thoughts, folded once the answer starts', async () => {
+      await page.click('#chat-clear');
+      await page.fill('#chat-max', '64');
+      await page.fill('#chat-input', 'Think first. Then say hello.');
+      const states = [];
+      const watcher = setInterval(async () => {
+        try {
+          states.push(await page.evaluate(() => {
+            const r = Array.from(document.querySelectorAll('.msg-assistant')).pop();
+            const d = r && r.querySelector('details.msg-thoughts');
+            return d ? { open: d.open, thought: d.querySelector('.msg-thoughts-text').textContent, answer: r.querySelector('.msg-text').textContent } : null;
+          }));
+        } catch (_) { /* navigating */ }
+      }, 20);
+      await page.click('#chat-send');
+      await page.waitForSelector('[data-testid=answer-usage]', { timeout: 30000 });
+      clearInterval(watcher);
+      const d = page.locator('.msg-assistant details.msg-thoughts');
+      assert((await d.count()) === 1, `${await d.count()} Thoughts blocks`);
+      assert((await d.locator('summary').textContent()).trim() === 'Thoughts', 'the summary is not labelled Thoughts');
+      // text only: the model's markup is shown as written, never parsed
+      assert((await d.locator('.msg-thoughts-text').textContent()) === 'The user asks about <pools> & GPUs.', `thoughts: ${await d.locator('.msg-thoughts-text').textContent()}`);
+      assert((await d.locator('.msg-thoughts-text *').count()) === 0, 'the thoughts were parsed as HTML');
+      assert(!(await d.evaluate((e) => e.open)), 'the Thoughts stay open after the answer');
+      assert((await page.textContent('.msg-assistant .msg-text')) === 'Hello from the pooled GPU.', 'the answer holds more than the answer');
+      assert(await page.evaluate(() => document.querySelector('details.msg-thoughts').closest('[role=log]') !== null), 'the Thoughts are outside the transcript log');
+      const thinking = states.filter((x) => x && x.open && x.thought && !x.answer);
+      assert(thinking.length > 0, 'the Thoughts were never seen open while the model thought');
+      assert(thinking.some((x) => x.thought.length < 'The user asks about <pools> & GPUs.'.length), 'the thoughts did not stream');
+      // the user opens them again
+      await d.locator('summary').click();
+      assert(await d.evaluate((e) => e.open), 'the Thoughts do not open');
+      await shot(page, 'playground-thoughts-desktop');
+      // the conversation goes on without the thoughts
+      await page.fill('#chat-max', '4');
+      await page.fill('#chat-input', 'And again?');
+      const [req] = await Promise.all([page.waitForRequest((r) => r.url().endsWith('/console/api/chat/completions')), page.click('#chat-send')]);
+      const sent = req.postDataJSON().messages;
+      assert(sent.length === 3 && sent[1].content === 'Hello from the pooled GPU.', `sent ${JSON.stringify(sent)}`);
+      await page.waitForFunction(() => document.querySelectorAll('[data-testid=answer-usage]').length === 2, null, { timeout: 30000 });
+      assert((await page.locator('.msg-assistant').last().locator('.msg-thoughts').count()) === 0, 'a Thoughts block on the answer without thoughts');
+    });
+  }
 
   await step('operator returns the tenant to the standard prices', async () => {
     await Promise.all([opPage.waitForEvent('framenavigated'), opPage.click('button:has-text("Use the standard prices from now")')]);
