@@ -68,9 +68,11 @@ func (cs *console) tenantsPage(c *fiber.Ctx, sess *consoleSession) error {
 }
 
 type tenantView struct {
-	Tenant   *nozzle.Tenant
-	Users    []*nozzle.User
-	Keys     []keyJSON
+	Tenant *nozzle.Tenant
+	Users  []*nozzle.User
+	// Keys are the tenant's keys, paged as the tenant's keys page pages
+	// them, active and revoked apart.
+	Keys     keyLists
 	Prices   []nozzle.PriceVersion
 	Price    nozzle.Price
 	Override bool
@@ -90,12 +92,8 @@ func (cs *console) tenantPage(c *fiber.Ctx, sess *consoleSession) error {
 	if v.Users, err = cs.users.Users(ctx, t.ID); err != nil {
 		return err
 	}
-	keys, err := cs.s.deps.Keys.Keys(ctx, t.ID)
-	if err != nil {
+	if v.Keys, err = cs.readKeyLists(c, t.ID); err != nil {
 		return err
-	}
-	for _, k := range keys {
-		v.Keys = append(v.Keys, cs.s.toKeyJSON(k))
 	}
 	if v.Prices, err = cs.s.deps.Tenants.Prices(ctx, t.ID); err != nil {
 		return err

@@ -234,3 +234,118 @@ func TestConsole_OperatorTenantsPages(t *testing.T) {
 		t.Fatal("the last page's links")
 	}
 }
+
+// TestConsole_OperatorTenantKeysPages: the operator's page of a tenant
+// shows its keys 50 at a time, active and revoked apart, as the tenant's
+// keys page does, with Next and Previous links.
+func TestConsole_OperatorTenantKeysPages(t *testing.T) {
+	f := newConsoleFixture(t)
+	f.tenantUser("acme")
+	f.tenantUser("bolt")
+	u, err := f.deps.Users.UserByEmail(t.Context(), "dev@acme.test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// 120 more keys, the first 10 revoked (the older ones first).
+	var active, revoked []string
+	start := time.Now().Add(-time.Hour)
+	f.w.mu.Lock()
+	for _, k := range f.w.keys {
+		if k.TenantID == u.TenantID {
+			active = append(active, k.ID)
+		}
+	}
+	for i := range 120 {
+		k := &nozzle.APIKey{ID: f.w.nextID("key_"), TenantID: u.TenantID, Name: fmt.Sprint("k", i), Prefix: "nz-x…y", Digest: fmt.Sprintf("%064x", i+1),
+			Scopes: nozzle.AllScopes, CreatedAt: start.Add(time.Duration(i) * time.Second)}
+		if i < 10 {
+			k.RevokedAt = start.Add(time.Duration(i) * time.Minute)
+			revoked = append(revoked, k.ID)
+		} else {
+			active = append(active, k.ID)
+		}
+		f.w.keys[k.Digest] = k
+	}
+	f.w.mu.Unlock()
+	slices.Reverse(active)  // newest first
+	slices.Reverse(revoked) // the last revoked first
+	if len(active) != 111 {
+		t.Fatalf("%d active keys", len(active))
+	}
+
+	op := f.operator()
+	path := "/console/operator/tenants/" + u.TenantID
+	_, body := op.page(path)
+	if got := rowsOf(body, "tenant-keys-table", "data-key"); !slices.Equal(got, active[:50]) {
+		t.Fatalf("active keys, first page: %v, want %v", got, active[:50])
+	}
+	if got := rowsOf(body, "tenant-revoked-table", "data-key"); !slices.Equal(got, revoked) {
+		t.Fatalf("revoked keys: %v, want %v", got, revoked)
+	}
+	if !strings.Contains(body, `<details class="revoked-keys" id="tenant-revoked-keys">`) || !strings.Contains(body, "<summary>Revoked keys (10)</summary>") ||
+		pagerLink(t, body, "Pages of revoked keys", "next") != "" || pagerLink(t, body, "Pages of active keys", "prev") != "" {
+		t.Fatalf("one page of revoked keys, folded, and no previous page of active ones:\n%s", body)
+	}
+	// the revoked keys have no Revoke button; the active ones do
+	revokedTable := regexp.MustCompile(`(?s)<table class="data" id="tenant-revoked-table">.*?</table>`).FindString(body)
+	if strings.Contains(revokedTable, "<button") || strings.Count(body, `data-confirm-label="Revoke key"`) != 50 {
+		t.Errorf("Revoke buttons: %d, want one per active key shown", strings.Count(body, `data-confirm-label="Revoke key"`))
+	}
+
+	// Next, Next: the rest, 50 and 11.
+	next := pagerLink(t, body, "Pages of active keys", "next")
+	if next != path+"?after="+active[49] {
+		t.Fatalf("active keys' next link %q", next)
+	}
+	_, body = op.page(next)
+	if got := rowsOf(body, "tenant-keys-table", "data-key"); !slices.Equal(got, active[50:100]) {
+		t.Fatalf("active keys, second page: %v", got)
+	}
+	if got := rowsOf(body, "tenant-revoked-table", "data-key"); !slices.Equal(got, revoked) {
+		t.Fatalf("revoked keys while paging active ones: %v", got)
+	}
+	second := next
+	next = pagerLink(t, body, "Pages of active keys", "next")
+	_, body = op.page(next)
+	if got := rowsOf(body, "tenant-keys-table", "data-key"); !slices.Equal(got, active[100:]) {
+		t.Fatalf("active keys, third page: %v", got)
+	}
+	if pagerLink(t, body, "Pages of active keys", "next") != "" {
+		t.Error("a next link on the last page")
+	}
+
+	// Previous, Previous: back to the first page.
+	prev := pagerLink(t, body, "Pages of active keys", "prev")
+	if prev != path+"?before="+active[100] {
+		t.Fatalf("active keys' previous link %q", prev)
+	}
+	_, body = op.page(prev)
+	if got := rowsOf(body, "tenant-keys-table", "data-key"); !slices.Equal(got, active[50:100]) {
+		t.Fatalf("active keys, back on the second page: %v", got)
+	}
+	if n := pagerLink(t, body, "Pages of active keys", "next"); n == "" {
+		t.Error("no next link back on the second page")
+	}
+	_, body = op.page(pagerLink(t, body, "Pages of active keys", "prev"))
+	if got := rowsOf(body, "tenant-keys-table", "data-key"); !slices.Equal(got, active[:50]) {
+		t.Fatalf("active keys, back on the first page: %v", got)
+	}
+	if pagerLink(t, body, "Pages of active keys", "prev") != "" || pagerLink(t, body, "Pages of active keys", "next") == "" {
+		t.Error("back on the first page: want a next link only")
+	}
+
+	// another tenant's keys are not listed
+	b, _ := f.deps.Users.UserByEmail(t.Context(), "dev@bolt.test")
+	bolt, _ := f.deps.Keys.Keys(t.Context(), b.TenantID)
+	_, body = op.page(second)
+	for _, k := range bolt {
+		if strings.Contains(body, `data-key="`+k.ID+`"`) {
+			t.Errorf("bolt's key %s on acme's page", k.ID)
+		}
+	}
+	// a stale cursor shows the first page
+	_, body = op.page(path + "?after=key_nope")
+	if got := rowsOf(body, "tenant-keys-table", "data-key"); !slices.Equal(got, active[:50]) {
+		t.Errorf("a stale cursor: %v", got)
+	}
+}

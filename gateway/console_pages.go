@@ -647,24 +647,27 @@ func (cs *console) playgroundPage(c *fiber.Ctx, sess *consoleSession) error {
 	return cs.page(c, "playground", v)
 }
 
-type keysView struct {
-	// Active keys, newest first; Revoked ones, the last revoked first,
-	// apart: they stay listed for good (what was revoked and when), and
-	// a tenant that rotates keys would otherwise look for its working
-	// keys among many dead ones. Each is a page of its list, with its own
-	// links.
+// keyLists are a tenant's keys as the console lists them: Active keys,
+// newest first; Revoked ones, the last revoked first, apart: they stay
+// listed for good (what was revoked and when), and a tenant that rotates
+// keys would otherwise look for its working keys among many dead ones.
+// Each is a page of its list, with its own links (the revoked keys'
+// cursor under "revoked_"). The tenant's keys page and the operator's
+// page of the tenant show them alike.
+type keyLists struct {
 	Active       []keyJSON
 	ActivePager  pager
 	Revoked      []keyJSON
 	RevokedPager pager
 	// RevokedOpen unfolds the revoked keys: the address pages through them.
-	RevokedOpen  bool
-	ExampleModel string
+	RevokedOpen bool
 }
 
-func (cs *console) keysPage(c *fiber.Ctx, sess *consoleSession) error {
+// readKeyLists reads the pages of the tenant's active and revoked keys
+// that the address asks for.
+func (cs *console) readKeyLists(c *fiber.Ctx, tenantID string) (keyLists, error) {
 	ctx := c.UserContext()
-	v := keysView{ExampleModel: cs.s.baseModel().ID}
+	var v keyLists
 	for _, l := range []struct {
 		prefix, label string
 		filter        nozzle.KeyFilter
@@ -675,10 +678,10 @@ func (cs *console) keysPage(c *fiber.Ctx, sess *consoleSession) error {
 		{"revoked_", "Pages of revoked keys", nozzle.RevokedKeys, &v.Revoked, &v.RevokedPager},
 	} {
 		page, q, err := readConsolePage(ctx, c, l.prefix, func(ctx context.Context, q nozzle.PageQuery) (*nozzle.Page[*nozzle.APIKey], error) {
-			return cs.s.deps.Keys.KeyPage(ctx, sess.tenant.ID, q, l.filter)
+			return cs.s.deps.Keys.KeyPage(ctx, tenantID, q, l.filter)
 		})
 		if err != nil {
-			return err
+			return v, err
 		}
 		for _, k := range page.Data {
 			*l.rows = append(*l.rows, cs.s.toKeyJSON(k))
@@ -688,7 +691,20 @@ func (cs *console) keysPage(c *fiber.Ctx, sess *consoleSession) error {
 		}
 	}
 	v.RevokedOpen = c.Query("revoked_after") != "" || c.Query("revoked_before") != ""
-	return cs.page(c, "keys", v)
+	return v, nil
+}
+
+type keysView struct {
+	keyLists
+	ExampleModel string
+}
+
+func (cs *console) keysPage(c *fiber.Ctx, sess *consoleSession) error {
+	lists, err := cs.readKeyLists(c, sess.tenant.ID)
+	if err != nil {
+		return err
+	}
+	return cs.page(c, "keys", keysView{keyLists: lists, ExampleModel: cs.s.baseModel().ID})
 }
 
 // period is a report period chosen on a page.

@@ -953,8 +953,13 @@ async function main() {
     await shot(opPage, 'operator-revoke-key-desktop');
     await Promise.all([opPage.waitForEvent('framenavigated'), opPage.click('#confirm-ok')]);
     await opPage.waitForLoadState('load');
-    assert(/Revoked/.test(await opPage.textContent(row)), `the key's row: ${await opPage.textContent(row)}`);
-    assert(await opPage.locator(`${row} button`).count() === 0, 'a revoked key still has a Revoke button');
+    // the key leaves the active keys for the folded list of revoked ones
+    assert(await opPage.locator(row).count() === 0, 'the revoked key is still among the active ones');
+    const gone = `#tenant-revoked-table tr[data-key="${k.id}"]`;
+    assert(await opPage.isHidden('#tenant-revoked-table'), 'the revoked keys are not folded');
+    await opPage.click('#tenant-revoked-keys summary');
+    assert(/Revoked/.test(await opPage.textContent(gone)), `the key's row: ${await opPage.textContent(gone)}`);
+    assert(await opPage.locator(`${gone} button`).count() === 0, 'a revoked key still has a Revoke button');
     await checkPage(opPage, 'tenant with a key revoked');
     assert(await use(k.key) === 401, 'the revoked key still works');
     assert(await use(tenantKey) === 200, 'the tenant\'s other key stopped working');
