@@ -3,6 +3,7 @@ package runtime_test
 import (
 	"context"
 	"net/http/httptest"
+	"slices"
 	"testing"
 	"time"
 
@@ -46,18 +47,6 @@ func acceptSteps(steps <-chan string) []string {
 	return out
 }
 
-func equalSteps(a, b []string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
-}
-
 // TestGenerate_OnAccepted: a runtime tells a request's acceptance once,
 // after every check that can refuse it (the adapter's load into host
 // memory included) and before its first token, in process and through
@@ -95,7 +84,7 @@ func TestGenerate_OnAccepted(t *testing.T) {
 					if nozzle.ErrorCode(err) != tc.code && !(tc.code == "" && err == nil) {
 						t.Fatalf("error %v, want %q", err, tc.code)
 					}
-					if !equalSteps(got, tc.want) {
+					if !slices.Equal(got, tc.want) {
 						t.Errorf("steps %q, want %q", got, tc.want)
 					}
 				})
@@ -132,7 +121,7 @@ func TestGenerate_OnAcceptedWaitsForAdapterLoad(t *testing.T) {
 			case <-time.After(100 * time.Millisecond):
 			}
 			close(release)
-			if got, want := acceptSteps(steps), []string{"accepted", "text", "end"}; !equalSteps(got, want) {
+			if got, want := acceptSteps(steps), []string{"accepted", "text", "end"}; !slices.Equal(got, want) {
 				t.Errorf("steps after the load %q, want %q", got, want)
 			}
 			if err := <-errc; err != nil {
@@ -161,7 +150,7 @@ func TestRemote_OnAcceptedGeneratorServer(t *testing.T) {
 			defer srv.Close()
 			cl := runtime.NewClient(srv.URL, internalToken, nil)
 			steps, errc := acceptTrace(cl, &nozzle.GenerateRequest{Prompt: "hello", MaxTokens: 5, Stream: true})
-			if got := acceptSteps(steps); !equalSteps(got, tc.want) {
+			if got := acceptSteps(steps); !slices.Equal(got, tc.want) {
 				t.Errorf("steps %q, want %q", got, tc.want)
 			}
 			if err := <-errc; err != nil {

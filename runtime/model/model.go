@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/nozzle-ai/nozzle"
@@ -359,7 +360,7 @@ func (m *Model) collect(find lookup) error {
 		if !t.DType.IsFloat() {
 			return fmt.Errorf("tensor %s has dtype %s; only F32, F16 and BF16 weights are supported", name, t.DType)
 		}
-		if !equalShape(t.Shape, shape) {
+		if !slices.Equal(t.Shape, shape) {
 			return fmt.Errorf("tensor %s has shape %v, want %v for this config.json", name, t.Shape, shape)
 		}
 		m.index[[2]int{int(kind), layer}] = len(m.weights)
@@ -436,18 +437,6 @@ func (m *Model) collect(find lookup) error {
 		m.DType = w.DType
 	}
 	return nil
-}
-
-func equalShape(a, b []int64) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 func fileExists(p string) bool {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -110,7 +111,7 @@ func TestChatTemplate(t *testing.T) {
 			if got != *g.Prompt {
 				t.Fatalf("render:\n got %q\nwant %q", got, *g.Prompt)
 			}
-			if ids := tok.Encode(got, tokenizer.EncodeOptions{ParseSpecial: true}); !equalInts(ids, g.IDs) {
+			if ids := tok.Encode(got, tokenizer.EncodeOptions{ParseSpecial: true}); !slices.Equal(ids, g.IDs) {
 				t.Fatalf("ids:\n got %v\nwant %v", ids, g.IDs)
 			}
 		})

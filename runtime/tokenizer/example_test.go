@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"log"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -66,7 +67,7 @@ func TestConcurrentEncode(t *testing.T) {
 			defer wg.Done()
 			for i := range corpus {
 				k := (i + g*17) % len(corpus)
-				if got := tok.Encode(corpus[k], tokenizer.EncodeOptions{}); !equalInts(got, want[k]) {
+				if got := tok.Encode(corpus[k], tokenizer.EncodeOptions{}); !slices.Equal(got, want[k]) {
 					t.Errorf("line %d: concurrent encode differs", k)
 					return
 				}

@@ -1,6 +1,7 @@
 package tokenizer_test
 
 import (
+	"slices"
 	"testing"
 
 	"github.com/nozzle-ai/nozzle/runtime/tokenizer"
@@ -19,7 +20,7 @@ func TestGolden(t *testing.T) {
 			bad := 0
 			for i, l := range lines {
 				check := func(what string, got, want []int) {
-					if !equalInts(got, want) {
+					if !slices.Equal(got, want) {
 						bad++
 						if bad <= 15 {
 							t.Errorf("line %d %q %s:\n got %v\nwant %v", i, trunc(l.Text), what, got, want)

@@ -113,15 +113,3 @@ func readCorpus(tb testing.TB) []string {
 	}
 	return c
 }
-
-func equalInts(a, b []int) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
-}

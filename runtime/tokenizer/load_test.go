@@ -3,6 +3,7 @@ package tokenizer_test
 import (
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -66,17 +67,17 @@ func TestLoad_Config(t *testing.T) {
 		if got != "<s>hi</s>" {
 			t.Fatalf("got %q", got)
 		}
-		if ids := tok.Encode("hi", tokenizer.EncodeOptions{AddSpecialTokens: true}); !equalInts(ids, []int{0, 4, 1}) {
+		if ids := tok.Encode("hi", tokenizer.EncodeOptions{AddSpecialTokens: true}); !slices.Equal(ids, []int{0, 4, 1}) {
 			t.Fatalf("ids %v, want [0 4 1]", ids)
 		}
-		if ids := tok.Encode(got, tokenizer.EncodeOptions{ParseSpecial: true}); !equalInts(ids, []int{0, 4, 1}) {
+		if ids := tok.Encode(got, tokenizer.EncodeOptions{ParseSpecial: true}); !slices.Equal(ids, []int{0, 4, 1}) {
 			t.Fatalf("ids %v, want [0 4 1]", ids)
 		}
 	})
 	t.Run("AddBOSAddEOS", func(t *testing.T) {
 		tok, err := tokenizer.FromJSON([]byte(tj), []byte(`{"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "add_bos_token": false, "add_eos_token": true}`))
 		must(t, err)
-		if ids := tok.Encode("hi", tokenizer.EncodeOptions{AddSpecialTokens: true}); !equalInts(ids, []int{4, 1}) {
+		if ids := tok.Encode("hi", tokenizer.EncodeOptions{AddSpecialTokens: true}); !slices.Equal(ids, []int{4, 1}) {
 			t.Fatalf("ids %v, want [4 1]", ids)
 		}
 	})
@@ -138,7 +139,7 @@ func TestEncode_Pipeline(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			tok, err := tokenizer.FromJSON([]byte(tt.tj), nil)
 			must(t, err)
-			if got := tok.Encode(tt.text, tokenizer.EncodeOptions{ParseSpecial: true}); !equalInts(got, tt.want) {
+			if got := tok.Encode(tt.text, tokenizer.EncodeOptions{ParseSpecial: true}); !slices.Equal(got, tt.want) {
 				t.Fatalf("Encode(%q) = %v, want %v", tt.text, got, tt.want)
 			}
 		})
@@ -157,7 +158,7 @@ func TestLoad_AddPrefixSpace(t *testing.T) {
 	} {
 		tok, err := tokenizer.FromJSON([]byte(tj), []byte(tt.cfg))
 		must(t, err)
-		if got := tok.Encode("a", tokenizer.EncodeOptions{}); !equalInts(got, tt.want) {
+		if got := tok.Encode("a", tokenizer.EncodeOptions{}); !slices.Equal(got, tt.want) {
 			t.Errorf("%s: got %v, want %v", tt.cfg, got, tt.want)
 		}
 	}
