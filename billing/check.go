@@ -15,16 +15,9 @@ import (
 // data does not match its events.
 var ErrInconsistent = errors.New("ledger is inconsistent")
 
-// CheckResult says what Check looked at and what it found.
-type CheckResult struct {
-	Events     int `json:"events"`
-	Rollups    int `json:"rollups"`
-	Intervals  int `json:"capacity_intervals"`
-	OutboxRows int `json:"outbox_rows"`
-	// Checkpoints are running requests' usage checkpoints filed so far.
-	Checkpoints int      `json:"checkpoints"`
-	Problems    []string `json:"problems,omitempty"`
-}
+// CheckResult says what Check looked at and what it found: the root
+// package's account of a check, which the checks add their problems to.
+type CheckResult struct{ nozzle.LedgerCheck }
 
 const maxProblems = 50
 

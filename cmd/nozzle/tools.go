@@ -404,6 +404,5 @@ func (m ledgerMaintainer) Check(ctx context.Context) (*nozzle.LedgerCheck, error
 	if err != nil && !errors.Is(err, billing.ErrInconsistent) {
 		return nil, err
 	}
-	return &nozzle.LedgerCheck{Events: r.Events, Rollups: r.Rollups, Intervals: r.Intervals, OutboxRows: r.OutboxRows,
-		Checkpoints: r.Checkpoints, Problems: r.Problems}, nil
+	return &r.LedgerCheck, nil
 }
