@@ -139,17 +139,8 @@ func (cs *console) tenantUsagePage(c *fiber.Ctx, sess *consoleSession) error {
 		return err
 	}
 	v := tenantUsageView{Tenant: t, PeriodNames: periodNames}
-	p, err := parsePeriod(c.Query("period", "month"), c.Query("start"), c.Query("end"), now)
-	if err != nil {
-		v.Error = nozzle.ErrorMessage(err) + " Showing this month meanwhile."
-		p, _ = parsePeriod("month", "", "", now)
-	}
-	v.Period = p
-	if err != nil && c.Query("period") == "custom" {
-		// this month's figures, and the form as the operator left it to
-		// correct (as the usage page does)
-		v.Period.Name, v.Period.StartDate, v.Period.EndDate = "custom", strings.Clone(c.Query("start")), strings.Clone(c.Query("end"))
-	}
+	p, msg := periodOf(c, "month", "this month", now)
+	v.Period, v.Error = p, msg
 	q := nozzle.ReportQuery{Start: p.Start, End: p.End, GroupBy: []string{nozzle.GroupAdapter}}
 	if v.ByAdapter, err = cs.s.operatorReport(ctx, q, t.ID); err != nil {
 		return err
@@ -197,17 +188,8 @@ type gpuBucket struct {
 func (cs *console) gpuPage(c *fiber.Ctx, sess *consoleSession) error {
 	now := cs.cfg.Clock().UTC()
 	v := gpuView{PeriodNames: periodNames}
-	p, err := parsePeriod(c.Query("period", "7d"), c.Query("start"), c.Query("end"), now)
-	if err != nil {
-		v.Error = nozzle.ErrorMessage(err) + " Showing the last 7 days meanwhile."
-		p, _ = parsePeriod("7d", "", "", now)
-	}
-	v.Period = p
-	if err != nil && c.Query("period") == "custom" {
-		// the last 7 days' figures, and the form as the operator left it
-		// to correct (as the usage page does)
-		v.Period.Name, v.Period.StartDate, v.Period.EndDate = "custom", strings.Clone(c.Query("start")), strings.Clone(c.Query("end"))
-	}
+	p, msg := periodOf(c, "7d", "the last 7 days", now)
+	v.Period, v.Error = p, msg
 	v.Step = nozzle.GroupHour
 	if p.End.Sub(p.Start) > 7*24*time.Hour {
 		v.Step = nozzle.GroupDay

@@ -716,6 +716,22 @@ type period struct {
 	Label      string
 }
 
+// periodOf reads a report page's period from its query (def when none is
+// named). A period it cannot show gives def's figures instead, with a
+// message saying so (shown names def in words), and custom dates stay in
+// the form for the user to correct.
+func periodOf(c *fiber.Ctx, def, shown string, now time.Time) (period, string) {
+	p, err := parsePeriod(c.Query("period", def), c.Query("start"), c.Query("end"), now)
+	if err == nil {
+		return p, ""
+	}
+	p, _ = parsePeriod(def, "", "", now)
+	if c.Query("period") == "custom" {
+		p.Name, p.StartDate, p.EndDate = "custom", strings.Clone(c.Query("start")), strings.Clone(c.Query("end"))
+	}
+	return p, nozzle.ErrorMessage(err) + " Showing " + shown + " meanwhile."
+}
+
 // parsePeriod reads a page's period: a name, and for "custom" a start and
 // an end date (YYYY-MM-DD, the end inclusive).
 func parsePeriod(name, start, end string, now time.Time) (period, error) {
@@ -792,16 +808,8 @@ func (cs *console) usagePage(c *fiber.Ctx, sess *consoleSession) error {
 	if v.Group != nozzle.GroupHour {
 		v.Group = nozzle.GroupDay
 	}
-	p, err := parsePeriod(c.Query("period", "month"), c.Query("start"), c.Query("end"), now)
-	if err != nil {
-		v.Error = nozzle.ErrorMessage(err) + " Showing this month meanwhile."
-		p, _ = parsePeriod("month", "", "", now)
-	}
-	v.Period = p
-	if err != nil && c.Query("period") == "custom" {
-		// this month's figures, and the form as the user left it to correct
-		v.Period.Name, v.Period.StartDate, v.Period.EndDate = "custom", c.Query("start"), c.Query("end")
-	}
+	p, msg := periodOf(c, "month", "this month", now)
+	v.Period, v.Error = p, msg
 	if v.Group == nozzle.GroupHour && p.End.Sub(p.Start) > 31*24*time.Hour {
 		v.Group = nozzle.GroupDay
 		v.Notice = "By day: hourly figures are offered for periods of up to 31 days."
