@@ -236,22 +236,27 @@ func (o *streamOptions) UnmarshalJSON(b []byte) error {
 	return json.Unmarshal(b, (*plain)(o))
 }
 
+// commonBody holds the parameters both endpoints take alike (applyCommon).
+type commonBody struct {
+	Model         *string         `json:"model"`
+	MaxTokens     *int            `json:"max_tokens"`
+	Temperature   *float64        `json:"temperature"`
+	TopP          *float64        `json:"top_p"`
+	TopK          *int            `json:"top_k"`
+	Seed          *int64          `json:"seed"`
+	N             *int            `json:"n"`
+	Stop          json.RawMessage `json:"stop"`
+	Stream        *bool           `json:"stream"`
+	StreamOptions *streamOptions  `json:"stream_options"`
+	User          *string         `json:"user"`
+}
+
 type chatBody struct {
-	Model               *string         `json:"model"`
+	commonBody
 	Messages            chatMessages    `json:"messages"`
-	MaxTokens           *int            `json:"max_tokens"`
 	MaxCompletionTokens *int            `json:"max_completion_tokens"`
-	Temperature         *float64        `json:"temperature"`
-	TopP                *float64        `json:"top_p"`
-	TopK                *int            `json:"top_k"`
-	Seed                *int64          `json:"seed"`
-	N                   *int            `json:"n"`
-	Stop                json.RawMessage `json:"stop"`
-	Stream              *bool           `json:"stream"`
-	StreamOptions       *streamOptions  `json:"stream_options"`
 	Logprobs            *bool           `json:"logprobs"`
 	TopLogprobs         *int            `json:"top_logprobs"`
-	User                *string         `json:"user"`
 	Tools               json.RawMessage `json:"tools"`
 	Functions           json.RawMessage `json:"functions"`
 	ToolChoice          json.RawMessage `json:"tool_choice"`
@@ -329,22 +334,12 @@ type contentPart struct {
 }
 
 type completionBody struct {
-	Model         *string         `json:"model"`
-	Prompt        json.RawMessage `json:"prompt"`
-	MaxTokens     *int            `json:"max_tokens"`
-	Temperature   *float64        `json:"temperature"`
-	TopP          *float64        `json:"top_p"`
-	TopK          *int            `json:"top_k"`
-	Seed          *int64          `json:"seed"`
-	N             *int            `json:"n"`
-	Stop          json.RawMessage `json:"stop"`
-	Stream        *bool           `json:"stream"`
-	StreamOptions *streamOptions  `json:"stream_options"`
-	Logprobs      *int            `json:"logprobs"`
-	Echo          *bool           `json:"echo"`
-	Suffix        *string         `json:"suffix"`
-	BestOf        *int            `json:"best_of"`
-	User          *string         `json:"user"`
+	commonBody
+	Prompt   json.RawMessage `json:"prompt"`
+	Logprobs *int            `json:"logprobs"`
+	Echo     *bool           `json:"echo"`
+	Suffix   *string         `json:"suffix"`
+	BestOf   *int            `json:"best_of"`
 	unimplemented
 }
 
@@ -492,7 +487,7 @@ func decodeJSON(body []byte, v any) error {
 			return nozzle.Errorf(nozzle.EINVALID, "The request body must be a JSON object.")
 		}
 		got, literal, _ := strings.Cut(te.Value, " ")
-		field := indexedField(body, v, te.Field)
+		field := indexedField(body, v, unembedded(v, te.Field))
 		want := describeType(te.Type)
 		if want == "an integer" && got == "number" {
 			// An integer too large for 64 bits (a seed drawn as an
@@ -541,6 +536,24 @@ func indexedField(body []byte, v any, path string) string {
 		if json.Unmarshal(it, reflect.New(elem).Interface()) != nil {
 			return fmt.Sprintf("%s[%d].%s", top, i, rest)
 		}
+	}
+	return path
+}
+
+// unembedded drops from a decoding error's field path the names of the
+// structs v embeds (commonBody), which are no members of the body.
+func unembedded(v any, path string) string {
+	t := reflect.TypeOf(v)
+	for t != nil && t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	for t != nil && t.Kind() == reflect.Struct {
+		head, rest, ok := strings.Cut(path, ".")
+		f, found := t.FieldByName(head)
+		if !ok || !found || !f.Anonymous {
+			break
+		}
+		path, t = rest, f.Type
 	}
 	return path
 }
@@ -625,101 +638,89 @@ func parseStop(raw json.RawMessage) ([]string, error) {
 	return out, nil
 }
 
-// common holds the sampling fields both endpoints share.
-type common struct {
-	model       *string
-	maxTokens   *int
-	temperature *float64
-	topP        *float64
-	topK        *int
-	seed        *int64
-	n           *int
-	stop        json.RawMessage
-	stream      *bool
-	streamOpts  *streamOptions
-	user        *string
-}
-
-func (j *job) applyCommon(c common, maxChoicesPerPrompt int, maxTokensParam string) error {
-	if c.model == nil || *c.model == "" {
+// applyCommon applies the parameters both endpoints take alike, with
+// maxTokens standing for c.MaxTokens (the endpoint's own limit: chat's
+// max_completion_tokens, named maxTokensParam).
+func (j *job) applyCommon(c *commonBody, maxTokens *int, maxChoicesPerPrompt int, maxTokensParam string) error {
+	if c.Model == nil || *c.Model == "" {
 		return invalidAs("missing_required_parameter", "model", "You must provide a model parameter.")
 	}
-	j.model = *c.model
-	if c.maxTokens != nil {
-		if *c.maxTokens < 1 {
-			return outOfRange(maxTokensParam, float64(*c.maxTokens), true, 1)
+	j.model = *c.Model
+	if maxTokens != nil {
+		if *maxTokens < 1 {
+			return outOfRange(maxTokensParam, float64(*maxTokens), true, 1)
 		}
-		j.maxTokens = *c.maxTokens
+		j.maxTokens = *maxTokens
 	}
 	j.maxTokensParam = maxTokensParam
 	j.temperature = 1
-	j.temperatureSet = c.temperature != nil
-	if c.temperature != nil {
-		if *c.temperature < 0 {
-			return outOfRange("temperature", *c.temperature, false, 0)
+	j.temperatureSet = c.Temperature != nil
+	if c.Temperature != nil {
+		if *c.Temperature < 0 {
+			return outOfRange("temperature", *c.Temperature, false, 0)
 		}
-		if *c.temperature > 2 {
-			return outOfRange("temperature", *c.temperature, false, 2)
+		if *c.Temperature > 2 {
+			return outOfRange("temperature", *c.Temperature, false, 2)
 		}
-		j.temperature = *c.temperature
+		j.temperature = *c.Temperature
 	}
 	j.topP = 1
-	j.topPSet = c.topP != nil
-	if c.topP != nil {
-		if *c.topP < 0 {
-			return outOfRange("top_p", *c.topP, false, 0)
+	j.topPSet = c.TopP != nil
+	if c.TopP != nil {
+		if *c.TopP < 0 {
+			return outOfRange("top_p", *c.TopP, false, 0)
 		}
-		if *c.topP > 1 {
-			return outOfRange("top_p", *c.topP, false, 1)
+		if *c.TopP > 1 {
+			return outOfRange("top_p", *c.TopP, false, 1)
 		}
-		j.topP = *c.topP
+		j.topP = *c.TopP
 		if j.topP == 0 {
 			// OpenAI's top_p 0 keeps only the likeliest token; to the
 			// runtime 0 means no filter, so the smallest mass stands in.
 			j.topP = math.SmallestNonzeroFloat64
 		}
 	}
-	if c.topK != nil {
+	if c.TopK != nil {
 		// An extension (as other OpenAI-compatible servers have it):
 		// -1 or 0 turns the filter off.
-		if *c.topK < -1 {
-			return invalidAs("invalid_value", "top_k", "Invalid 'top_k': expected -1, 0 (no filter) or a positive integer, but got %d.", *c.topK)
+		if *c.TopK < -1 {
+			return invalidAs("invalid_value", "top_k", "Invalid 'top_k': expected -1, 0 (no filter) or a positive integer, but got %d.", *c.TopK)
 		}
-		j.topK, j.topKSet = max(*c.topK, 0), true
+		j.topK, j.topKSet = max(*c.TopK, 0), true
 	}
-	if c.seed != nil {
-		u := uint64(*c.seed)
+	if c.Seed != nil {
+		u := uint64(*c.Seed)
 		j.seed = &u
 	}
 	j.n = 1
-	if c.n != nil {
+	if c.N != nil {
 		// OpenAI takes n up to 128; each choice is a sequence of the
 		// runtime's batch, and this server takes up to maxChoices (see
 		// docs/API.md), refused as OpenAI refuses a value past its bound.
-		if *c.n < 1 {
-			return outOfRange("n", float64(*c.n), true, 1)
+		if *c.N < 1 {
+			return outOfRange("n", float64(*c.N), true, 1)
 		}
-		if *c.n > maxChoicesPerPrompt {
-			e := outOfRange("n", float64(*c.n), true, float64(maxChoicesPerPrompt))
+		if *c.N > maxChoicesPerPrompt {
+			e := outOfRange("n", float64(*c.N), true, float64(maxChoicesPerPrompt))
 			e.Message += fmt.Sprintf(" This server generates at most %d choices per request.", maxChoicesPerPrompt)
 			return e
 		}
-		j.n = *c.n
+		j.n = *c.N
 	}
-	stop, err := parseStop(c.stop)
+	stop, err := parseStop(c.Stop)
 	if err != nil {
 		return err
 	}
 	j.stop = stop
-	j.stream = c.stream != nil && *c.stream
-	if c.streamOpts != nil {
+	j.stream = c.Stream != nil && *c.Stream
+	if c.StreamOptions != nil {
 		if !j.stream {
 			return invalidAs("invalid_value", "stream_options", "The 'stream_options' parameter is only allowed when 'stream' is enabled.")
 		}
-		j.includeUsage = c.streamOpts.IncludeUsage != nil && *c.streamOpts.IncludeUsage
+		j.includeUsage = c.StreamOptions.IncludeUsage != nil && *c.StreamOptions.IncludeUsage
 	}
-	if c.user != nil {
-		j.user = *c.user
+	if c.User != nil {
+		j.user = *c.User
 	}
 	return nil
 }
@@ -741,7 +742,7 @@ func parseChat(body []byte, maxChoices int) (*job, error) {
 		}
 		maxTok, param = b.MaxCompletionTokens, "max_completion_tokens"
 	}
-	if err := j.applyCommon(common{b.Model, maxTok, b.Temperature, b.TopP, b.TopK, b.Seed, b.N, b.Stop, b.Stream, b.StreamOptions, b.User}, maxChoices, param); err != nil {
+	if err := j.applyCommon(&b.commonBody, maxTok, maxChoices, param); err != nil {
 		return nil, err
 	}
 	if err := b.check(); err != nil {
@@ -898,7 +899,7 @@ func parseCompletion(body []byte, maxChoices int) (*job, error) {
 	if maxTok != nil && *maxTok == 0 && b.Echo != nil && *b.Echo {
 		maxTok, j.promptOnly = nil, true
 	}
-	if err := j.applyCommon(common{b.Model, maxTok, b.Temperature, b.TopP, b.TopK, b.Seed, b.N, b.Stop, b.Stream, b.StreamOptions, b.User}, maxChoices, "max_tokens"); err != nil {
+	if err := j.applyCommon(&b.commonBody, maxTok, maxChoices, "max_tokens"); err != nil {
 		return nil, err
 	}
 	if b.MaxTokens == nil {
