@@ -225,32 +225,41 @@ func TestTools_Llama3JSON(t *testing.T) {
 	}
 }
 
-// TestTools_Mistral: a Mistral v3-style answer, a JSON array of calls
-// after [TOOL_CALLS] (a control token the decoder mostly leaves out), is
-// calls with ids of 9 alphanumerics, which Mistral's templates demand
-// when the client sends the calls back; streamed, stored and replayed
-// alike; the next turn, carrying them, is accepted.
+// TestTools_Mistral: Mistral's answers with tool calls are calls with ids
+// of 9 alphanumerics, which Mistral's templates demand when the client
+// sends the calls back; text before them is content; streamed, stored and
+// replayed alike; the next turn, carrying them, is accepted. In the
+// v3-style format the calls are a JSON array after [TOOL_CALLS] (a
+// control token the decoder mostly leaves out); in that of tokenizers of
+// version 11 and later, [TOOL_CALLS]name[ARGS]{...} per call (control
+// tokens the runtime keeps in the text of a request with tools), split
+// across chunks here.
 func TestTools_Mistral(t *testing.T) {
 	validID := regexp.MustCompile(`^[A-Za-z0-9]{9}$`)
 	bern := `{"name": "get_weather", "arguments": {"city": "Bern"}}`
 	basel := `{"name": "get_weather", "arguments": {"city": "Basel"}}`
 	for _, tc := range []struct {
+		format  string
 		name    string
 		words   []string
 		content string // before the calls
 	}{
-		{"NoMarker", []string{"[", bern, ", " + basel + "]"}, ""},
-		{"Marker", []string{" [TOOL_", "CALLS] [" + bern, ", " + basel + "]"}, ""},
-		{"TextBeforeMarker", []string{"Checking both. [TOOL_CALLS]", "[" + bern + ", " + basel + "]"}, "Checking both. "},
+		{nozzle.ToolFormatMistral, "NoMarker", []string{"[", bern, ", " + basel + "]"}, ""},
+		{nozzle.ToolFormatMistral, "Marker", []string{" [TOOL_", "CALLS] [" + bern, ", " + basel + "]"}, ""},
+		{nozzle.ToolFormatMistral, "TextBeforeMarker", []string{"Checking both. [TOOL_CALLS]", "[" + bern + ", " + basel + "]"}, "Checking both. "},
+		{nozzle.ToolFormatMistralV11, "OneMarkerEach", []string{"[TOOL_CALLS]get_weather[ARGS]", `{"city": "Bern"}`, `[TOOL_CALLS]get_weather[ARGS]{"city": "Basel"}`}, ""},
+		{nozzle.ToolFormatMistralV11, "MarkersSplit", []string{"[TOOL_", "CALLS]get_", "weather[AR", `GS]{"city": `, `"Bern"}[TOOL`, `_CALLS]get_weather[ARGS]{"city": "Basel"}`}, ""},
+		{nozzle.ToolFormatMistralV11, "TextBefore", []string{"Checking both. [TOOL", `_CALLS]get_weather[ARGS]{"city": "Bern"}`, `get_weather[ARGS]{"city": "Basel"}`}, "Checking both. "},
+		{nozzle.ToolFormatMistralV11, "CallIDs", []string{`[TOOL_CALLS]get_weather[CALL_ID]a1b2c3d4e[ARGS]{"city": "Bern"}`, `[TOOL_CALLS]get_weather[CALL_ID]f5g6h7i8j[ARGS]{"city": "Basel"}`}, ""},
 	} {
-		t.Run(tc.name, func(t *testing.T) {
-			f := newFixture(t, withToolFormat(nozzle.ToolFormatMistral, tc.words...))
+		t.Run(tc.format+"/"+tc.name, func(t *testing.T) {
+			f := newFixture(t, withToolFormat(tc.format, tc.words...))
 			body := `{"model":"base",` + weatherTools + `,"messages":[{"role":"user","content":"Bern and Basel?"}]}`
 			var out toolAnswer
 			decode(t, f.do(http.MethodPost, "/v1/chat/completions", body, f.authA()), &out)
 			c := out.Choices[0]
 			if (tc.content == "") != (c.Message.Content == nil) || (c.Message.Content != nil && *c.Message.Content != tc.content) ||
-				c.FinishReason != "tool_calls" || len(c.Message.ToolCalls) != 2 ||
+				c.FinishReason != "tool_calls" || len(c.Message.ToolCalls) != 2 || c.Message.ToolCalls[0].Function.Name != "get_weather" ||
 				c.Message.ToolCalls[0].Function.Arguments != `{"city":"Bern"}` || c.Message.ToolCalls[1].Function.Arguments != `{"city":"Basel"}` {
 				t.Fatalf("answer %+v", out)
 			}
@@ -261,8 +270,9 @@ func TestTools_Mistral(t *testing.T) {
 
 			// Streamed: the calls as deltas, with ids of the same form, and
 			// the stored answer replays them under those ids.
+			idem := hdr("Idempotency-Key", tc.format+"-"+tc.name)
 			stream := strings.Replace(body, `{"model"`, `{"stream":true,"model"`, 1)
-			content, calls, finish := streamedTools(t, readAll(t, f.do(http.MethodPost, "/v1/chat/completions", stream, f.authA(), hdr("Idempotency-Key", "mistral-"+tc.name))))
+			content, calls, finish := streamedTools(t, readAll(t, f.do(http.MethodPost, "/v1/chat/completions", stream, f.authA(), idem)))
 			if content != tc.content || len(calls) != 2 || finish != "tool_calls" {
 				t.Fatalf("streamed %q %s %q", content, calls, finish)
 			}
@@ -276,7 +286,7 @@ func TestTools_Mistral(t *testing.T) {
 				}
 			}
 			var again toolAnswer
-			decode(t, f.do(http.MethodPost, "/v1/chat/completions", body, f.authA(), hdr("Idempotency-Key", "mistral-"+tc.name)), &again)
+			decode(t, f.do(http.MethodPost, "/v1/chat/completions", body, f.authA(), idem), &again)
 			if r := again.Choices[0].Message.ToolCalls; len(r) != 2 || r[0].ID != streamed[0].ID || r[1].ID != streamed[1].ID {
 				t.Errorf("replay %+v, streamed %+v", again, streamed)
 			}
@@ -403,77 +413,5 @@ func TestTools_AfterThoughts(t *testing.T) {
 	content, calls, finish := streamedTools(t, readAll(t, f.do(http.MethodPost, "/v1/chat/completions", strings.Replace(body, `{"model"`, `{"stream":true,"model"`, 1), f.authA())))
 	if content != thoughts || len(calls) != 1 || finish != "tool_calls" {
 		t.Errorf("streamed %q %s %q", content, calls, finish)
-	}
-}
-
-// TestTools_MistralV11: an answer in the format of Mistral's tokenizers
-// of version 11 and later, [TOOL_CALLS]name[ARGS]{...} per call (control
-// tokens the runtime keeps in the text of a request with tools, split
-// across chunks here), is calls with ids of 9 alphanumerics; text before
-// them is content; streamed, stored and replayed alike; the next turn,
-// carrying them, is accepted.
-func TestTools_MistralV11(t *testing.T) {
-	validID := regexp.MustCompile(`^[A-Za-z0-9]{9}$`)
-	for _, tc := range []struct {
-		name    string
-		words   []string
-		content string // before the calls
-	}{
-		{"OneMarkerEach", []string{"[TOOL_CALLS]get_weather[ARGS]", `{"city": "Bern"}`, `[TOOL_CALLS]get_weather[ARGS]{"city": "Basel"}`}, ""},
-		{"MarkersSplit", []string{"[TOOL_", "CALLS]get_", "weather[AR", `GS]{"city": `, `"Bern"}[TOOL`, `_CALLS]get_weather[ARGS]{"city": "Basel"}`}, ""},
-		{"TextBefore", []string{"Checking both. [TOOL", `_CALLS]get_weather[ARGS]{"city": "Bern"}`, `get_weather[ARGS]{"city": "Basel"}`}, "Checking both. "},
-		{"CallIDs", []string{`[TOOL_CALLS]get_weather[CALL_ID]a1b2c3d4e[ARGS]{"city": "Bern"}`, `[TOOL_CALLS]get_weather[CALL_ID]f5g6h7i8j[ARGS]{"city": "Basel"}`}, ""},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			f := newFixture(t, withToolFormat(nozzle.ToolFormatMistralV11, tc.words...))
-			body := `{"model":"base",` + weatherTools + `,"messages":[{"role":"user","content":"Bern and Basel?"}]}`
-			var out toolAnswer
-			decode(t, f.do(http.MethodPost, "/v1/chat/completions", body, f.authA()), &out)
-			c := out.Choices[0]
-			if (tc.content == "") != (c.Message.Content == nil) || (c.Message.Content != nil && *c.Message.Content != tc.content) ||
-				c.FinishReason != "tool_calls" || len(c.Message.ToolCalls) != 2 || c.Message.ToolCalls[0].Function.Name != "get_weather" ||
-				c.Message.ToolCalls[0].Function.Arguments != `{"city":"Bern"}` || c.Message.ToolCalls[1].Function.Arguments != `{"city":"Basel"}` {
-				t.Fatalf("answer %+v", out)
-			}
-			ids := []string{c.Message.ToolCalls[0].ID, c.Message.ToolCalls[1].ID}
-			if !validID.MatchString(ids[0]) || !validID.MatchString(ids[1]) || ids[0] == ids[1] {
-				t.Errorf("ids %q: want two different ones of 9 alphanumerics", ids)
-			}
-
-			stream := strings.Replace(body, `{"model"`, `{"stream":true,"model"`, 1)
-			content, calls, finish := streamedTools(t, readAll(t, f.do(http.MethodPost, "/v1/chat/completions", stream, f.authA(), hdr("Idempotency-Key", "v11-"+tc.name))))
-			if content != tc.content || len(calls) != 2 || finish != "tool_calls" {
-				t.Fatalf("streamed %q %s %q", content, calls, finish)
-			}
-			var streamed [2]nozzle.ToolCall
-			for k, raw := range calls {
-				if err := json.Unmarshal(raw, &streamed[k]); err != nil {
-					t.Fatal(err)
-				}
-				if !validID.MatchString(streamed[k].ID) || streamed[k].Function.Name != "get_weather" {
-					t.Errorf("streamed call %s", raw)
-				}
-			}
-			var again toolAnswer
-			decode(t, f.do(http.MethodPost, "/v1/chat/completions", body, f.authA(), hdr("Idempotency-Key", "v11-"+tc.name)), &again)
-			if r := again.Choices[0].Message.ToolCalls; len(r) != 2 || r[0].ID != streamed[0].ID || r[1].ID != streamed[1].ID {
-				t.Errorf("replay %+v, streamed %+v", again, streamed)
-			}
-
-			assistant, err := json.Marshal(map[string]any{"role": "assistant", "content": nil, "tool_calls": c.Message.ToolCalls})
-			if err != nil {
-				t.Fatal(err)
-			}
-			next := `{"model":"base",` + weatherTools + `,"messages":[{"role":"user","content":"Bern and Basel?"},` + string(assistant) +
-				`,{"role":"tool","tool_call_id":"` + ids[0] + `","content":"{\"temp\":19}"}` +
-				`,{"role":"tool","tool_call_id":"` + ids[1] + `","content":"{\"temp\":21}"}]}`
-			resp := f.do(http.MethodPost, "/v1/chat/completions", next, f.authA())
-			if resp.StatusCode != http.StatusOK {
-				t.Fatalf("next turn: %d %s", resp.StatusCode, readAll(t, resp))
-			}
-			if m := f.gen.lastReq.Load().Messages; len(m) != 4 || len(m[1].ToolCalls) != 2 || m[1].ToolCalls[0].ID != ids[0] || m[3].ToolCallID != ids[1] {
-				t.Errorf("messages sent to the runtime: %+v", m)
-			}
-		})
 	}
 }
