@@ -120,6 +120,33 @@ func (f *consoleFixture) adapterID(tenantID, name string) string {
 	return f.w.adapters[tenantID+"/"+name].ID
 }
 
+// addKeys gives tenantID n more keys, a second apart, of which the first
+// (oldest) revoked are revoked, a minute apart. It returns the tenant's
+// active keys, newest first, and its revoked ones, the last revoked first.
+func (f *consoleFixture) addKeys(tenantID string, n, revokedN int) (active, revoked []string) {
+	start := time.Now().Add(-time.Hour)
+	defer f.w.lock()()
+	for _, k := range f.w.keys {
+		if k.TenantID == tenantID && k.RevokedAt.IsZero() {
+			active = append(active, k.ID)
+		}
+	}
+	for i := range n {
+		k := &nozzle.APIKey{ID: f.w.nextID("key_"), TenantID: tenantID, Name: fmt.Sprint("k", i), Prefix: "nz-x…y", Digest: fmt.Sprintf("%064x", i+1),
+			Scopes: nozzle.AllScopes, CreatedAt: start.Add(time.Duration(i) * time.Second)}
+		if i < revokedN {
+			k.RevokedAt = start.Add(time.Duration(i) * time.Minute)
+			revoked = append(revoked, k.ID)
+		} else {
+			active = append(active, k.ID)
+		}
+		f.w.keys[k.Digest] = k
+	}
+	slices.Reverse(active)
+	slices.Reverse(revoked)
+	return active, revoked
+}
+
 // TestConsole_KeysPages: active keys and revoked ones page apart, each
 // with its own links; paging one keeps the other's place, and paging the
 // revoked keys keeps their fold open.
@@ -130,29 +157,8 @@ func TestConsole_KeysPages(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// 70 more keys, the first 60 revoked (the older ones first).
-	var active, revoked []string
-	start := time.Now().Add(-time.Hour)
-	f.w.mu.Lock()
-	for _, k := range f.w.keys {
-		if k.TenantID == u.TenantID {
-			active = append(active, k.ID)
-		}
-	}
-	for i := range 70 {
-		k := &nozzle.APIKey{ID: f.w.nextID("key_"), TenantID: u.TenantID, Name: fmt.Sprint("k", i), Prefix: "nz-x…y", Digest: fmt.Sprintf("%064x", i+1),
-			Scopes: nozzle.AllScopes, CreatedAt: start.Add(time.Duration(i) * time.Second)}
-		if i < 60 {
-			k.RevokedAt = start.Add(time.Duration(i) * time.Minute)
-			revoked = append(revoked, k.ID)
-		} else {
-			active = append(active, k.ID)
-		}
-		f.w.keys[k.Digest] = k
-	}
-	f.w.mu.Unlock()
-	slices.Reverse(active)  // newest first
-	slices.Reverse(revoked) // the last revoked first
+	// 70 more keys, the first 60 revoked.
+	active, revoked := f.addKeys(u.TenantID, 70, 60)
 	if len(active) != 11 {
 		t.Fatalf("%d active keys", len(active))
 	}
@@ -246,29 +252,8 @@ func TestConsole_OperatorTenantKeysPages(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// 120 more keys, the first 10 revoked (the older ones first).
-	var active, revoked []string
-	start := time.Now().Add(-time.Hour)
-	f.w.mu.Lock()
-	for _, k := range f.w.keys {
-		if k.TenantID == u.TenantID {
-			active = append(active, k.ID)
-		}
-	}
-	for i := range 120 {
-		k := &nozzle.APIKey{ID: f.w.nextID("key_"), TenantID: u.TenantID, Name: fmt.Sprint("k", i), Prefix: "nz-x…y", Digest: fmt.Sprintf("%064x", i+1),
-			Scopes: nozzle.AllScopes, CreatedAt: start.Add(time.Duration(i) * time.Second)}
-		if i < 10 {
-			k.RevokedAt = start.Add(time.Duration(i) * time.Minute)
-			revoked = append(revoked, k.ID)
-		} else {
-			active = append(active, k.ID)
-		}
-		f.w.keys[k.Digest] = k
-	}
-	f.w.mu.Unlock()
-	slices.Reverse(active)  // newest first
-	slices.Reverse(revoked) // the last revoked first
+	// 120 more keys, the first 10 revoked.
+	active, revoked := f.addKeys(u.TenantID, 120, 10)
 	if len(active) != 111 {
 		t.Fatalf("%d active keys", len(active))
 	}
