@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"iter"
 	"math"
 	"reflect"
 	"strconv"
@@ -1021,18 +1022,8 @@ func scanArray(raw []byte) (count int, first byte, nullAt int, ok bool) {
 		return 0, 0, -1, false
 	}
 	nullAt = -1
-	depth, inString, start := 0, false, true
-	for i := 1; i < len(raw)-1; i++ {
-		c := raw[i]
-		if inString {
-			switch c {
-			case '\\':
-				i++
-			case '"':
-				inString = false
-			}
-			continue
-		}
+	depth, start := 0, true
+	for c := range jsonStructure(raw[1 : len(raw)-1]) {
 		switch c {
 		case ' ', '\t', '\n', '\r':
 			continue
@@ -1053,8 +1044,6 @@ func scanArray(raw []byte) (count int, first byte, nullAt int, ok bool) {
 			start = false
 		}
 		switch c {
-		case '"':
-			inString = true
 		case '[', '{':
 			depth++
 		case ']', '}':
@@ -1062,6 +1051,30 @@ func scanArray(raw []byte) (count int, first byte, nullAt int, ok bool) {
 		}
 	}
 	return count, first, nullAt, true
+}
+
+// jsonStructure yields the bytes of valid JSON b that lie outside its
+// strings, and the opening quote of each string.
+func jsonStructure(b []byte) iter.Seq[byte] {
+	return func(yield func(byte) bool) {
+		inString := false
+		for i := 0; i < len(b); i++ {
+			c := b[i]
+			if inString {
+				switch c {
+				case '\\':
+					i++
+				case '"':
+					inString = false
+				}
+				continue
+			}
+			inString = c == '"'
+			if !yield(c) {
+				return
+			}
+		}
+	}
 }
 
 // tokenID is a prompt's token id as the request gives it: an integer, or
@@ -1213,21 +1226,9 @@ func templateVarName(s string) bool {
 
 // jsonDepth returns how deeply arrays and objects nest in valid JSON.
 func jsonDepth(b []byte) int {
-	depth, most, inString := 0, 0, false
-	for i := 0; i < len(b); i++ {
-		c := b[i]
-		if inString {
-			switch c {
-			case '\\':
-				i++
-			case '"':
-				inString = false
-			}
-			continue
-		}
+	depth, most := 0, 0
+	for c := range jsonStructure(b) {
 		switch c {
-		case '"':
-			inString = true
 		case '[', '{':
 			depth++
 			most = max(most, depth)
