@@ -92,7 +92,8 @@ func decodeStrict(b []byte, v any) error {
 		}
 		return decodeJSON(b, v)
 	}
-	if dec.More() {
+	// (Decoder.More does not see a stray ] or } after the object.)
+	if len(bytes.TrimLeft(b[dec.InputOffset():], " \t\r\n")) > 0 {
 		return nozzle.Errorf(nozzle.EINVALID, "We could not parse the JSON body of your request: data after the JSON object.")
 	}
 	return nil

@@ -123,7 +123,9 @@ func TestExactKeys(t *testing.T) {
 	t.Run("NotJSON", func(t *testing.T) {
 		// a body that is not JSON gets the decoder's answer, whatever the
 		// key check saw before the break
-		for _, body := range []string{`{"model":"a","model":`, `{"MODEL":"a",}`, `{"model":"base","prompt":"x"} {"model":"y","model":"z"}`} {
+		for _, body := range []string{`{"model":"a","model":`, `{"MODEL":"a",}`, `{"model":"base","prompt":"x"} {"model":"y","model":"z"}`,
+			// a stray closing bracket after the object, known members or not
+			`{"model":"base","prompt":"x"}}`, `{"model":"base","prompt":"x"} ]`, `{"model":"base","Prompt":"x"}}`, `{"model":"base","prompt":"x"}x`} {
 			_, err := parseCompletion([]byte(body), 16)
 			if e := nozzle.AsError(err); e == nil || !strings.Contains(e.Message, "parse the JSON body") {
 				t.Errorf("%s: %v", body, err)
