@@ -59,7 +59,8 @@ func (r *Report) writeCSV(w io.Writer, margin bool) error {
 	if margin {
 		header = append(header, "margin_usd")
 	}
-	header = append(header, "dedicated_usd", "saving_percent", "failed_requests", "failed_prompt_tokens", "failed_completion_tokens")
+	header = append(header, "dedicated_usd", "saving_percent", "failed_requests", "failed_prompt_tokens", "failed_completion_tokens",
+		"canceled_requests", "interrupted_requests")
 	if err := cw.Write(header); err != nil {
 		return err
 	}
@@ -98,7 +99,7 @@ func (r *Report) writeCSV(w io.Writer, margin bool) error {
 			rec = append(rec, f(row.MarginUSD))
 		}
 		return append(rec, f(row.DedicatedUSD), f(row.SavingPercent), i(row.FailedRequests), i(row.FailedPromptTokens),
-			i(row.FailedCompletionTokens))
+			i(row.FailedCompletionTokens), i(row.CanceledRequests), i(row.InterruptedRequests))
 	}
 	for i := range r.Rows {
 		if err := cw.Write(line(&r.Rows[i], false)); err != nil {

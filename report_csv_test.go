@@ -81,6 +81,35 @@ func TestReport_WriteCSV(t *testing.T) {
 	})
 }
 
+// The requests that failed, were canceled or were interrupted come last,
+// in that order, in the operator's CSV and the tenant's alike.
+func TestWriteCSV_RequestOutcomes(t *testing.T) {
+	rep := &nozzle.Report{
+		GroupBy: []string{nozzle.GroupAdapter},
+		Rows:    []nozzle.ReportRow{{AdapterID: "ad_1", AdapterName: "sql", Requests: 9, FailedRequests: 1, CanceledRequests: 3, InterruptedRequests: 2}},
+		Total:   nozzle.ReportRow{Requests: 9, FailedRequests: 1, CanceledRequests: 3, InterruptedRequests: 2},
+	}
+	for _, write := range []func(io.Writer) error{rep.WriteCSV, rep.WriteTenantCSV} {
+		var buf bytes.Buffer
+		if err := write(&buf); err != nil {
+			t.Fatal(err)
+		}
+		recs, err := csv.NewReader(&buf).ReadAll()
+		if err != nil {
+			t.Fatal(err)
+		}
+		tail := func(r []string) []string { return r[len(r)-5:] }
+		if got, want := tail(recs[0]), []string{"failed_requests", "failed_prompt_tokens", "failed_completion_tokens", "canceled_requests", "interrupted_requests"}; !slices.Equal(got, want) {
+			t.Fatalf("header ends %v, want %v", got, want)
+		}
+		for _, r := range recs[1:] {
+			if got, want := tail(r), []string{"1", "0", "0", "3", "2"}; !slices.Equal(got, want) {
+				t.Errorf("record %v ends %v, want %v", r, got, want)
+			}
+		}
+	}
+}
+
 // Money sums are written without float noise in their last digits.
 func TestWriteCSV_NoFloatNoise(t *testing.T) {
 	var sum float64

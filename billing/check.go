@@ -354,7 +354,8 @@ func compareRollups(res *CheckResult, what string, b *bolt.Bucket, want map[stri
 			res.problem("%s %x has no events", what, k)
 			return nil
 		}
-		if got.Requests != w.Requests || got.Failed != w.Failed || got.PromptTokens != w.PromptTokens ||
+		if got.Requests != w.Requests || got.Failed != w.Failed || got.Canceled != w.Canceled || got.Interrupted != w.Interrupted ||
+			got.PromptTokens != w.PromptTokens ||
 			got.CachedPromptTokens != w.CachedPromptTokens ||
 			got.FailedPromptTokens != w.FailedPromptTokens || got.FailedCompletionTokens != w.FailedCompletionTokens ||
 			got.CompletionTokens != w.CompletionTokens || !near(got.DeviceSeconds, w.DeviceSeconds) ||

@@ -74,15 +74,49 @@ func TestFormat1Values(t *testing.T) {
 	if err != nil || r != v1Rollup {
 		t.Fatalf("format 1 rollup decodes to %+v, %v", r, err)
 	}
-	if again := encodeRollup(&r); again[0] != valueV3 {
+	if again := encodeRollup(&r); again[0] != valueV4 {
 		t.Fatalf("rollups are written in format %d", again[0])
 	} else if r2, err := decodeRollup(again); err != nil || r2 != r {
 		t.Fatalf("re-encoded rollup decodes to %+v, %v", r2, err)
 	}
 }
 
+// v4Rollup is a rollup with requests of every outcome; v4RollupHex is how
+// schema version 9 stores it (format 4) and v3RollupHex how versions 5 to 8
+// stored it (format 3, without the canceled and interrupted requests).
+var v4Rollup = rollup{Requests: 6, Failed: 1, Canceled: 2, Interrupted: 1, PromptTokens: 2000, CachedPromptTokens: 512,
+	CompletionTokens: 70, FailedPromptTokens: 300, FailedCompletionTokens: 9, DeviceSeconds: 1.5, ActiveCostUSD: 0.25,
+	ChargedUSD: 0.5, AdapterName: "sql"}
+
+const (
+	v4RollupHex = "040c020402a01f80088c01d804123ff80000000000003fd00000000000003fe00000000000000373716c"
+	v3RollupHex = "030c02a01f80088c01d804123ff80000000000003fd00000000000003fe00000000000000373716c"
+)
+
+// TestFormat4Rollup pins the bytes of formats 3 and 4; a format 3 rollup
+// decodes with no canceled or interrupted requests and the rest as stored.
+func TestFormat4Rollup(t *testing.T) {
+	if got := hex.EncodeToString(encodeRollup(&v4Rollup)); got != v4RollupHex {
+		t.Fatalf("format 4 rollup encodes to %s, want %s", got, v4RollupHex)
+	}
+	if got := hex.EncodeToString(encodeRollupAs(&v4Rollup, valueV3)); got != v3RollupHex {
+		t.Fatalf("format 3 rollup encodes to %s, want %s", got, v3RollupHex)
+	}
+	b, _ := hex.DecodeString(v4RollupHex)
+	if r, err := decodeRollup(b); err != nil || r != v4Rollup {
+		t.Fatalf("format 4 rollup decodes to %+v, %v", r, err)
+	}
+	want := v4Rollup
+	want.Canceled, want.Interrupted = 0, 0
+	b, _ = hex.DecodeString(v3RollupHex)
+	if r, err := decodeRollup(b); err != nil || r != want {
+		t.Fatalf("format 3 rollup decodes to %+v, %v", r, err)
+	}
+}
+
 // TestDecodeCachedOutOfRange: cached prompt tokens outside 0..prompt tokens,
-// or failed requests' tokens outside 0..all, are refused as corrupt.
+// failed requests' tokens outside 0..all, or canceled or interrupted
+// requests outside 0..requests, are refused as corrupt.
 func TestDecodeCachedOutOfRange(t *testing.T) {
 	for _, c := range []struct{ prompt, cached int64 }{{10, 11}, {10, -1}, {0, 1}} {
 		ev := &nozzle.UsageEvent{RequestID: "r", TenantID: "t", Status: nozzle.UsageOK, Time: time.Unix(1, 0),
@@ -99,6 +133,8 @@ func TestDecodeCachedOutOfRange(t *testing.T) {
 		{Requests: 1, Failed: 1, PromptTokens: 10, FailedPromptTokens: 11},
 		{Requests: 1, Failed: 1, CompletionTokens: 10, FailedCompletionTokens: 11},
 		{Requests: 1, Failed: 1, PromptTokens: 10, FailedPromptTokens: -1},
+		{Requests: 1, Canceled: 2},
+		{Requests: 1, Interrupted: -1},
 	} {
 		if _, err := decodeRollup(encodeRollup(&r)); !errors.Is(err, errCorrupt) {
 			t.Errorf("rollup %+v: %v", r, err)
@@ -220,7 +256,7 @@ func TestLedger_Format1File(t *testing.T) {
 	}
 
 	// The file is at the current version; old events kept their format,
-	// the rollups they share with the new one moved to format 3.
+	// the rollups they share with the new one moved to format 4.
 	db, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true})
 	if err != nil {
 		t.Fatal(err)
@@ -241,7 +277,7 @@ func TestLedger_Format1File(t *testing.T) {
 			t.Errorf("event formats %v", got)
 		}
 		for _, name := range []string{"rollups", "hours", "months"} {
-			if got := formats[name]; !bytes.Equal(got, []byte{valueV3}) {
+			if got := formats[name]; !bytes.Equal(got, []byte{valueV4}) {
 				t.Errorf("%s formats %v", name, got)
 			}
 		}

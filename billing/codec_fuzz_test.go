@@ -46,7 +46,8 @@ func FuzzDecodeRollup(f *testing.F) {
 	f.Add(encodeRollup(&rollup{Requests: 2, PromptTokens: 700, CachedPromptTokens: 512, CompletionTokens: 9, AdapterName: "a"}))
 	f.Add(encodeRollupV1(&v1Rollup))
 	f.Add(encodeRollupAs(&rollup{Requests: 2, PromptTokens: 700, CachedPromptTokens: 512, CompletionTokens: 9, AdapterName: "a"}, valueV2))
-	f.Add(encodeRollup(&rollup{Requests: 3, Failed: 1, PromptTokens: 700, CompletionTokens: 9, FailedPromptTokens: 300, FailedCompletionTokens: 9, AdapterName: "a"}))
+	f.Add(encodeRollupAs(&rollup{Requests: 3, Failed: 1, PromptTokens: 700, CompletionTokens: 9, FailedPromptTokens: 300, FailedCompletionTokens: 9, AdapterName: "a"}, valueV3))
+	f.Add(encodeRollup(&rollup{Requests: 6, Failed: 1, Canceled: 2, Interrupted: 1, PromptTokens: 700, CompletionTokens: 9, FailedPromptTokens: 300, FailedCompletionTokens: 9, AdapterName: "a"}))
 	f.Add([]byte{1, 0})
 	f.Add([]byte{2, 0})
 	f.Fuzz(func(t *testing.T, b []byte) {
@@ -56,6 +57,9 @@ func FuzzDecodeRollup(f *testing.F) {
 		}
 		if r.CachedPromptTokens < 0 || r.CachedPromptTokens > max(r.PromptTokens, 0) || (b[0] == valueV1 && r.CachedPromptTokens != 0) {
 			t.Fatalf("rollup of format %d has %d of %d prompt tokens cached", b[0], r.CachedPromptTokens, r.PromptTokens)
+		}
+		if !partOf(r.Canceled, r.Requests) || !partOf(r.Interrupted, r.Requests) || (b[0] < valueV4 && r.Canceled+r.Interrupted != 0) {
+			t.Fatalf("rollup of format %d has %d canceled and %d interrupted of %d requests", b[0], r.Canceled, r.Interrupted, r.Requests)
 		}
 		if r2, err := decodeRollup(encodeRollup(&r)); err != nil || r2 != r {
 			t.Fatalf("rollup does not round-trip: %+v vs %+v (%v)", r, r2, err)

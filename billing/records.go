@@ -23,6 +23,11 @@ const valueV2 = 2
 // migration makes true.
 const valueV3 = 3
 
+// valueV4 is the format of rollups since schema version 9: format 3 with
+// the canceled and the interrupted requests after the failed ones. Older
+// rollups decode with none, which the version 9 migration makes true.
+const valueV4 = 4
+
 // Status codes of stored usage events. Interrupted (4) is new in schema
 // version 6.
 var statusCodes = map[string]byte{nozzle.UsageOK: 1, nozzle.UsageCanceled: 2, nozzle.UsageFailed: 3, nozzle.UsageInterrupted: 4}
@@ -107,6 +112,8 @@ func decodeEvent(b []byte) (*nozzle.UsageEvent, error) {
 type rollup struct {
 	Requests           int64
 	Failed             int64
+	Canceled           int64 // of Requests, those whose client went away
+	Interrupted        int64 // of Requests, those a crash cut short
 	PromptTokens       int64
 	CachedPromptTokens int64 // of PromptTokens, those the prefix cache held
 	CompletionTokens   int64
@@ -149,6 +156,8 @@ func (d *dec) cached(format byte, prompt int64) int64 {
 func (r *rollup) add(o *rollup) {
 	r.Requests += o.Requests
 	r.Failed += o.Failed
+	r.Canceled += o.Canceled
+	r.Interrupted += o.Interrupted
 	r.PromptTokens += o.PromptTokens
 	r.CachedPromptTokens += o.CachedPromptTokens
 	r.CompletionTokens += o.CompletionTokens
@@ -165,10 +174,15 @@ func (r *rollup) add(o *rollup) {
 // addEvent adds one event to the rollup.
 func (r *rollup) addEvent(ev *nozzle.UsageEvent) {
 	r.Requests++
-	if ev.Status == nozzle.UsageFailed {
+	switch ev.Status {
+	case nozzle.UsageFailed:
 		r.Failed++
 		r.FailedPromptTokens += ev.PromptTokens
 		r.FailedCompletionTokens += ev.CompletionTokens
+	case nozzle.UsageCanceled:
+		r.Canceled++
+	case nozzle.UsageInterrupted:
+		r.Interrupted++
 	}
 	r.PromptTokens += ev.PromptTokens
 	r.CachedPromptTokens += ev.CachedPromptTokens
@@ -184,15 +198,20 @@ func (r *rollup) addEvent(ev *nozzle.UsageEvent) {
 // activeCost is the GPU cost of a request's device time.
 func activeCost(ev *nozzle.UsageEvent) float64 { return ev.DeviceSeconds * ev.RatePerHour / 3600 }
 
-func encodeRollup(r *rollup) []byte { return encodeRollupAs(r, valueV3) }
+func encodeRollup(r *rollup) []byte { return encodeRollupAs(r, valueV4) }
 
 // encodeRollupAs writes r in value format 1, 2 (as encodeEventAs; neither
-// has the failed requests' tokens) or 3.
+// has the failed requests' tokens), 3 (no canceled and interrupted
+// requests) or 4.
 func encodeRollupAs(r *rollup, format byte) []byte {
 	e := enc{b: make([]byte, 0, 64+len(r.AdapterName))}
 	e.u8(format)
 	e.varint(r.Requests)
 	e.varint(r.Failed)
+	if format >= valueV4 {
+		e.varint(r.Canceled)
+		e.varint(r.Interrupted)
+	}
 	e.varint(r.PromptTokens)
 	if format >= valueV2 {
 		e.varint(r.CachedPromptTokens)
@@ -212,12 +231,19 @@ func encodeRollupAs(r *rollup, format byte) []byte {
 func decodeRollup(b []byte) (rollup, error) {
 	d := dec{b: b}
 	format := d.u8()
-	if format < valueV1 || format > valueV3 {
+	if format < valueV1 || format > valueV4 {
 		d.fail()
 	}
 	var r rollup
 	r.Requests = d.varint()
 	r.Failed = d.varint()
+	if format >= valueV4 {
+		r.Canceled = d.varint()
+		r.Interrupted = d.varint()
+		if !partOf(r.Canceled, r.Requests) || !partOf(r.Interrupted, r.Requests) {
+			d.fail()
+		}
+	}
 	r.PromptTokens = d.varint()
 	r.CachedPromptTokens = d.cached(format, r.PromptTokens)
 	r.CompletionTokens = d.varint()

@@ -432,6 +432,8 @@ func (a *rowAcc) add(c *usageCell, idleCost, idleSecs float64) {
 	r.FailedRequests += c.r.Failed
 	r.FailedPromptTokens += c.r.FailedPromptTokens
 	r.FailedCompletionTokens += c.r.FailedCompletionTokens
+	r.CanceledRequests += c.r.Canceled
+	r.InterruptedRequests += c.r.Interrupted
 	r.DeviceSeconds += c.r.DeviceSeconds
 	r.ActiveCostUSD += c.r.ActiveCostUSD
 	r.ChargedUSD += c.r.ChargedUSD

@@ -12,7 +12,7 @@ import (
 // docs/LEDGER.md describes it; migrations below bring older files up to it
 // on open. Version 4 has no migration of its own: the builds that knew it
 // but not 5 stamped it on a file when it first held a standard-price mark.
-const SchemaVersion = 8
+const SchemaVersion = 9
 
 // Bucket names. docs/LEDGER.md gives each bucket's keys and values.
 var (
@@ -121,6 +121,11 @@ var migrations = []migration{
 	// adapters, so that the upload's quota check and the console read it
 	// instead of every adapter. The migration adds up the adapters.
 	{To: 8, Fn: sumAdapterStorage},
+	// Version 9: rollups are written in value format 4, which adds the
+	// canceled and the interrupted requests. The migration counts them
+	// from the events into the rollups that hold any; the others keep
+	// their format until next written.
+	{To: 9, Fn: backfillRequestOutcomes},
 }
 
 // sumAdapterStorage builds version 8's adapter_storage from the adapters.
@@ -194,14 +199,42 @@ func indexListOrder(tx *bolt.Tx) error {
 // backfillFailedTokens adds the tokens of every stored failed event to its
 // rollup, hourly and monthly total, whose older formats have none.
 func backfillFailedTokens(tx *bolt.Tx) error {
+	return backfillRollups(tx, func(ev *nozzle.UsageEvent) *rollup {
+		if ev.Status == nozzle.UsageFailed && (ev.PromptTokens > 0 || ev.CompletionTokens > 0) {
+			return &rollup{FailedPromptTokens: ev.PromptTokens, FailedCompletionTokens: ev.CompletionTokens}
+		}
+		return nil
+	})
+}
+
+// backfillRequestOutcomes counts every stored canceled and interrupted
+// event in its rollup, hourly and monthly total, whose older formats have
+// no such counts.
+func backfillRequestOutcomes(tx *bolt.Tx) error {
+	return backfillRollups(tx, func(ev *nozzle.UsageEvent) *rollup {
+		switch ev.Status {
+		case nozzle.UsageCanceled:
+			return &rollup{Canceled: 1}
+		case nozzle.UsageInterrupted:
+			return &rollup{Interrupted: 1}
+		}
+		return nil
+	})
+}
+
+// backfillRollups adds part(ev) of every stored event, where it is not
+// nil, to the event's rollup, hourly and monthly total: how a migration
+// fills in what an older rollup format lacked. It rewrites only the
+// rollups that part adds to.
+func backfillRollups(tx *bolt.Tx, part func(ev *nozzle.UsageEvent) *rollup) error {
 	w := &wtx{tx: tx, rollups: map[string]*rollup{}, hours: map[int64]*rollup{}, months: map[string]*rollup{}, dirty: map[string]struct{}{}}
 	err := tx.Bucket(bEvents).ForEach(func(_, v []byte) error {
 		ev, err := decodeEvent(v)
 		if err != nil {
 			return nil // the file is damaged there; Check reports it
 		}
-		if ev.Status == nozzle.UsageFailed && (ev.PromptTokens > 0 || ev.CompletionTokens > 0) {
-			w.addToRollups(ev, &rollup{FailedPromptTokens: ev.PromptTokens, FailedCompletionTokens: ev.CompletionTokens})
+		if inc := part(ev); inc != nil {
+			w.addToRollups(ev, inc)
 		}
 		return nil
 	})
@@ -209,7 +242,7 @@ func backfillFailedTokens(tx *bolt.Tx) error {
 		return err
 	}
 	// The hours the outbox swept already need no second look: the tokens
-	// it took of them stay taken.
+	// it took of them stay taken (and it meters no request counts).
 	clear(w.dirty)
 	return w.flush()
 }

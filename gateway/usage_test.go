@@ -97,18 +97,21 @@ func TestUsage(t *testing.T) {
 	t.Run("FailedRequests", func(t *testing.T) {
 		// The tenant's JSON says, as its CSV does, how much of the tokens
 		// came from requests the runtime failed (charged nothing, not sent
-		// to Stripe), so that its usage reconciles with its Stripe bill.
+		// to Stripe), so that its usage reconciles with its Stripe bill,
+		// and how many requests its clients canceled or a crash cut short.
 		wrapped := f.reporter.ReportFn
 		defer func() { f.reporter.ReportFn = wrapped }()
 		f.reporter.ReportFn = func(ctx context.Context, q nozzle.ReportQuery) (*nozzle.Report, error) {
 			row := nozzle.ReportRow{Requests: 3, PromptTokens: 30, CompletionTokens: 12,
 				FailedRequests: 1, FailedPromptTokens: 10, FailedCompletionTokens: 4,
+				CanceledRequests: 1, InterruptedRequests: 1,
 				TenantID: "t_1", TenantName: "acme", MarginUSD: 0.5}
 			return &nozzle.Report{Start: q.Start, End: q.End, Rows: []nozzle.ReportRow{row}, Total: row}, nil
 		}
 		r := f.do(http.MethodGet, "/v1/usage", "", f.authA())
 		body := readAll(t, r)
-		for _, want := range []string{`"failed_requests":1`, `"failed_prompt_tokens":10`, `"failed_completion_tokens":4`} {
+		for _, want := range []string{`"failed_requests":1`, `"failed_prompt_tokens":10`, `"failed_completion_tokens":4`,
+			`"canceled_requests":1`, `"interrupted_requests":1`} {
 			if strings.Count(body, want) != 2 { // the row and the total
 				t.Errorf("body lacks %s in the row and the total: %s", want, body)
 			}
