@@ -136,6 +136,7 @@ func (cs *console) funcs() template.FuncMap {
 		"unixtime":  func(u int64) string { return time.Unix(u, 0).UTC().Format("2 Jan 2006 15:04 UTC") },
 		"ago":       func(t time.Time) string { return ago(t, cs.cfg.Clock()) },
 		"seconds":   formatSeconds,
+		"outcomes":  requestOutcomes,
 		"tierLabel": tierLabel,
 		"join":      strings.Join,
 		"scopes": func(s []nozzle.Scope) string {
@@ -164,6 +165,28 @@ func (cs *console) funcs() template.FuncMap {
 			return m, nil
 		},
 	}
+}
+
+// requestOutcomes says how many of a report row's requests ended without
+// their full answer, for the line under a page's count of requests: "2
+// failed, not charged · 5 canceled by the client · 1 interrupted by a
+// restart", leaving out the kinds there are none of ("" when every
+// request ended normally).
+func requestOutcomes(r nozzle.ReportRow) string {
+	var parts []string
+	for _, o := range []struct {
+		n    int64
+		what string
+	}{
+		{r.FailedRequests, "failed, not charged"},
+		{r.CanceledRequests, "canceled by the client"},
+		{r.InterruptedRequests, "interrupted by a restart"},
+	} {
+		if o.n > 0 {
+			parts = append(parts, formatInt(o.n)+" "+o.what)
+		}
+	}
+	return strings.Join(parts, " · ")
 }
 
 func formatUSD(v float64) string {

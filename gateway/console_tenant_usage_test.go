@@ -37,8 +37,9 @@ func reportRowCells(r nozzle.ReportRow) []string {
 }
 
 var (
-	tableCells = regexp.MustCompile(`<td>([^<]*)</td>`)
-	csvHref    = regexp.MustCompile(`href="([^"]*)" download="[^"]*" id="tenant-csv-link"`)
+	tableCells   = regexp.MustCompile(`<td>([^<]*)</td>`)
+	outcomesLine = regexp.MustCompile(`<p class="stat-sub" data-testid="request-outcomes">([^<]*)</p>`)
+	csvHref      = regexp.MustCompile(`href="([^"]*)" download="[^"]*" id="tenant-csv-link"`)
 )
 
 // pageRows returns a table's body rows of a page, keyed by attr's value
@@ -74,7 +75,7 @@ func pageRows(t *testing.T, body, table, attr, total string) (map[string][]strin
 func TestConsole_TenantUsage(t *testing.T) {
 	now := time.Now().UTC()
 	f := newConsoleFixture(t, func(c *gateway.ConsoleConfig) { c.Clock = func() time.Time { return now } })
-	f.tenantUser("acme")
+	tenant, _ := f.tenantUser("acme")
 	f.tenantUser("bolt")
 	month := time.Date(now.Year(), now.Month(), 1, 0, 0, 0, 0, time.UTC)
 	ids := map[string]string{}
@@ -100,6 +101,11 @@ func TestConsole_TenantUsage(t *testing.T) {
 		event("acme", "ad_chat", "chat", month.AddDate(0, -1, 3).Add(time.Duration(i)*time.Hour)) // last month
 		event("bolt", "ad_bolt", "bolt-chat", month.Add(time.Duration(2+i)*time.Hour))            // another tenant
 	}
+	// Some requests did not end with their answer: the page counts them
+	// under the requests (bolt's canceled one is not acme's).
+	f.w.events[0].Status, f.w.events[1].Status = nozzle.UsageFailed, nozzle.UsageCanceled
+	f.w.events[3].Status, f.w.events[4].Status = nozzle.UsageInterrupted, nozzle.UsageCanceled
+	f.w.events[10].Status = nozzle.UsageCanceled
 	f.w.mu.Unlock()
 	acme := ids["acme"]
 	op := f.operator()
@@ -115,10 +121,12 @@ func TestConsole_TenantUsage(t *testing.T) {
 		start, end  time.Time
 		requests    int64
 		days        int
+		outcomes    string
 	}{
-		{"ThisMonth", "", month, month.AddDate(0, 1, 0), 9, 3},
-		{"LastMonth", "?period=last_month", month.AddDate(0, -1, 0), month, 4, 1},
-		{"Custom", "?period=custom&start=" + month.Format("2006-01-02") + "&end=" + month.Format("2006-01-02"), month, month.AddDate(0, 0, 1), 3, 1},
+		{"ThisMonth", "", month, month.AddDate(0, 1, 0), 9, 3, "1 failed, not charged · 2 canceled by the client · 1 interrupted by a restart"},
+		{"LastMonth", "?period=last_month", month.AddDate(0, -1, 0), month, 4, 1, ""},
+		{"Custom", "?period=custom&start=" + month.Format("2006-01-02") + "&end=" + month.Format("2006-01-02"), month, month.AddDate(0, 0, 1), 3, 1,
+			"1 failed, not charged · 1 canceled by the client"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			resp, body := op.page(page + tc.query)
@@ -160,6 +168,15 @@ func TestConsole_TenantUsage(t *testing.T) {
 						t.Errorf("per %s, %s: %q, the report API's %q", g.group, key, got, want)
 					}
 				}
+			}
+			if got := outcomesLine.FindStringSubmatch(body); tc.outcomes == "" && got != nil || tc.outcomes != "" && (got == nil || got[1] != tc.outcomes) {
+				t.Errorf("the line under the requests: %q, want %q", got, tc.outcomes)
+			}
+			// The tenant's own usage page says the same.
+			resp, own := tenant.page("/console/usage" + tc.query)
+			wantConsoleStatus(t, resp, http.StatusOK, own)
+			if got, want := outcomesLine.FindString(own), outcomesLine.FindString(body); got != want {
+				t.Errorf("the tenant's line under its requests: %q, the operator's %q", got, want)
 			}
 			if strings.Contains(body, "bolt-chat") {
 				t.Error("another tenant's usage is on the page")

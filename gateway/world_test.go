@@ -729,6 +729,16 @@ func (w *world) report(ctx context.Context, q nozzle.ReportQuery) (*nozzle.Repor
 	var keys []string
 	add := func(r *nozzle.ReportRow, e *nozzle.UsageEvent) {
 		r.Requests++
+		switch e.Status {
+		case nozzle.UsageFailed:
+			r.FailedRequests++
+			r.FailedPromptTokens += e.PromptTokens
+			r.FailedCompletionTokens += e.CompletionTokens
+		case nozzle.UsageCanceled:
+			r.CanceledRequests++
+		case nozzle.UsageInterrupted:
+			r.InterruptedRequests++
+		}
 		r.PromptTokens += e.PromptTokens
 		r.CachedPromptTokens += e.CachedPromptTokens
 		r.CompletionTokens += e.CompletionTokens
