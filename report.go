@@ -64,9 +64,10 @@ type ReportRow struct {
 	FailedRequests         int64 `json:"failed_requests"`
 	FailedPromptTokens     int64 `json:"failed_prompt_tokens"`
 	FailedCompletionTokens int64 `json:"failed_completion_tokens"`
-	// CanceledRequests are those whose client went away (or that timed
-	// out) before the answer ended, charged for the tokens produced until
-	// then; InterruptedRequests are streams the gateway's crash cut short,
+	// CanceledRequests are those cut short after all but not by the
+	// runtime's fault (the client went away, or a stream that had sent
+	// text ran out of time), charged for the tokens produced;
+	// InterruptedRequests are streams the gateway's crash cut short,
 	// charged from their last checkpoint. Both are counted in Requests.
 	CanceledRequests    int64 `json:"canceled_requests"`
 	InterruptedRequests int64 `json:"interrupted_requests"`
