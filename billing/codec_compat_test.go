@@ -197,6 +197,23 @@ func rewriteUsage(t *testing.T, path string, fn func(bucket string, v []byte) []
 	}
 }
 
+// rollupsAs rewrites every rollup, hourly and monthly total of a closed
+// ledger in the given value format and stamps the file with version, as
+// an older build would have left it.
+func rollupsAs(t *testing.T, path string, format byte, version int) {
+	t.Helper()
+	rewriteUsage(t, path, func(bucket string, v []byte) []byte {
+		if bucket == string(bEvents) {
+			return v
+		}
+		r, err := decodeRollup(v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return encodeRollupAs(&r, format)
+	}, version)
+}
+
 // TestLedger_Format1File: a version 2 file, whose events and rollups are
 // all format 1, opens at the current version; its usage reads as having no
 // cached prompt tokens, new events add theirs to the old rollups, and the
@@ -304,17 +321,7 @@ func TestCheck_CachedPromptTokens(t *testing.T) {
 			if err := l.Close(); err != nil {
 				t.Fatal(err)
 			}
-			rewriteUsage(t, path, func(name string, v []byte) []byte {
-				if name != bucket {
-					return v
-				}
-				r, err := decodeRollup(v)
-				if err != nil {
-					t.Fatal(err)
-				}
-				r.CachedPromptTokens--
-				return encodeRollup(&r)
-			}, 0)
+			changeRollups(t, path, bucket, func(r *rollup) { r.CachedPromptTokens-- })
 			l = openCompat(t, path)
 			res, err := l.Check(ctx)
 			if !errors.Is(err, ErrInconsistent) || len(res.Problems) != 1 || !strings.Contains(res.Problems[0], "CachedPromptTokens:63") {
@@ -322,6 +329,23 @@ func TestCheck_CachedPromptTokens(t *testing.T) {
 			}
 		})
 	}
+}
+
+// changeRollups rewrites every value of a closed ledger's bucket of rollups
+// (rollups, hours or months) as fn changes it.
+func changeRollups(t *testing.T, path, bucket string, fn func(r *rollup)) {
+	t.Helper()
+	rewriteUsage(t, path, func(name string, v []byte) []byte {
+		if name != bucket {
+			return v
+		}
+		r, err := decodeRollup(v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fn(&r)
+		return encodeRollup(&r)
+	}, 0)
 }
 
 // appendRecordV1 appends ev's journal record in format 1, as the builds
@@ -386,16 +410,7 @@ func TestLedger_BackfillFailedTokens(t *testing.T) {
 	if err := l.Close(); err != nil {
 		t.Fatal(err)
 	}
-	rewriteUsage(t, path, func(bucket string, v []byte) []byte {
-		if bucket == string(bEvents) {
-			return v
-		}
-		r, err := decodeRollup(v)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return encodeRollupAs(&r, valueV2)
-	}, 4)
+	rollupsAs(t, path, valueV2, 4)
 
 	l = openCompat(t, path)
 	if res, err := l.Check(ctx); err != nil || res.Events != 4 {

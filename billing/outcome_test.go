@@ -122,16 +122,7 @@ func TestReport_CanceledAndInterrupted(t *testing.T) {
 // that hold such requests alone.
 func TestLedger_BackfillRequestOutcomes(t *testing.T) {
 	path, acme, globex := outcomeLedger(t)
-	rewriteUsage(t, path, func(bucket string, v []byte) []byte {
-		if bucket == string(bEvents) {
-			return v
-		}
-		r, err := decodeRollup(v)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return encodeRollupAs(&r, valueV3)
-	}, 8)
+	rollupsAs(t, path, valueV3, 8)
 	l := openCompat(t, path)
 	if v, err := FileVersion(l); err != nil || v != SchemaVersion {
 		t.Fatalf("version %d, %v after open", v, err)
@@ -175,26 +166,19 @@ func TestCheck_RequestOutcomes(t *testing.T) {
 			t.Run(bucket+"/"+field, func(t *testing.T) {
 				path, acme, _ := outcomeLedger(t)
 				var want string
-				rewriteUsage(t, path, func(name string, v []byte) []byte {
-					if name != bucket {
-						return v
-					}
-					r, err := decodeRollup(v)
-					if err != nil {
-						t.Fatal(err)
-					}
+				changeRollups(t, path, bucket, func(r *rollup) {
 					// Acme's 10:00 under sql, the 10:00 total, acme's month.
-					if r.Requests == 5 || r.Requests == 6 || r.Requests == 7 {
-						if field == "Canceled" {
-							r.Canceled--
-							want = fmt.Sprintf("Canceled:%d ", r.Canceled)
-						} else {
-							r.Interrupted++
-							want = fmt.Sprintf("Interrupted:%d ", r.Interrupted)
-						}
+					if r.Requests != 5 && r.Requests != 6 && r.Requests != 7 {
+						return
 					}
-					return encodeRollup(&r)
-				}, 0)
+					if field == "Canceled" {
+						r.Canceled--
+						want = fmt.Sprintf("Canceled:%d ", r.Canceled)
+					} else {
+						r.Interrupted++
+						want = fmt.Sprintf("Interrupted:%d ", r.Interrupted)
+					}
+				})
 				l := openCompat(t, path)
 				res, err := l.Check(context.Background())
 				if !errors.Is(err, ErrInconsistent) || len(res.Problems) != 1 || !strings.Contains(res.Problems[0], want) {
