@@ -188,6 +188,9 @@ func FuzzEntryPath(f *testing.F) {
 			}
 		}
 		joined := filepath.Join(append([]string{"/base"}, parts...)...)
+		if len(parts) == 0 && joined == "/base" {
+			return // the archive's own folder (".", "./")
+		}
 		if !strings.HasPrefix(joined, "/base/") {
 			t.Fatalf("%q escapes: %q", name, joined)
 		}
