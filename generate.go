@@ -37,12 +37,18 @@ type ModelInfo struct {
 	// ToolFormatMistral, or "" (the template renders no tools).
 	ToolFormat string `json:"tool_format,omitempty"`
 	// Reasoning says the model may think before it answers, between
-	// <think> and </think> (Qwen3, QwQ, DeepSeek-R1 and its distills): its
-	// tokenizer has those tokens or its chat template writes them. The
-	// runtime then marks a chat completion whose prompt opened the
-	// thoughts (Chunk.ThoughtsOpen) and counts the thoughts' tokens
-	// (GenerateResult.ReasoningTokens).
+	// ReasoningTags: <think> and </think> (Qwen3, QwQ, DeepSeek-R1 and its
+	// distills: its tokenizer has those tokens or its chat template
+	// writes them) or [THINK] and [/THINK] (Magistral: its tokenizer has
+	// them and its chat template writes them). The runtime then marks a
+	// chat completion whose prompt opened the thoughts
+	// (Chunk.ThoughtsOpen) and counts the thoughts' tokens
+	// (GenerateResult.ReasoningTokens); the gateway parts them from the
+	// answer. See reasoning.go.
 	Reasoning bool `json:"reasoning,omitempty"`
+	// ReasoningTags are the tags of a reasoning model's thoughts; none
+	// (a runtime of an earlier version) stand for DefaultThinkTags.
+	ReasoningTags ThinkTags `json:"reasoning_tags,omitzero"`
 	// ChatTemplateKwargs says the runtime renders
 	// GenerateRequest.ChatTemplateKwargs; a runtime of an earlier version
 	// ignores them.
@@ -223,9 +229,9 @@ type Chunk struct {
 	Prompt bool
 	// ThoughtsOpen, on the first chunk of a chat completion by a reasoning
 	// model (ModelInfo.Reasoning), says that the chat template's
-	// generation prompt opened the model's thoughts (it ends with
-	// <think>): the completion begins inside them, and its thoughts end at
-	// its first </think>.
+	// generation prompt opened the model's thoughts (it ends with the
+	// opening tag, ThinkTags.OpenedBy): the completion begins inside them,
+	// and its thoughts end at its first closing tag.
 	ThoughtsOpen bool
 	// Progress is the request's account as the chunk leaves the runtime
 	// (zero where a generator does not tell): what a gateway checkpoints
@@ -264,9 +270,9 @@ type GenerateResult struct {
 	CachedPromptTokens int
 	// ReasoningTokens is how many of the completion tokens were the
 	// thoughts of a reasoning model's chat completion (ModelInfo.Reasoning):
-	// those up to and including the one that completes the first </think>
-	// after the thoughts open (all of them when they never close), 0 when
-	// the completion does not begin with thoughts.
+	// those up to and including the one that completes the first closing
+	// tag after the thoughts open (all of them when they never close), 0
+	// when the completion does not begin with thoughts (ThoughtCounter).
 	ReasoningTokens int
 	// DeviceSeconds is the request's share of the wall time of every engine
 	// step it took part in.
