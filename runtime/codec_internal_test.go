@@ -58,7 +58,7 @@ func TestTokenizerCodec_TemplateKwargs(t *testing.T) {
 		if w := want(tc.template, "user_only"); got != w {
 			t.Errorf("kwargs %s: got %q, want %q", tc.kwargs, got, w)
 		}
-		if opensThoughts(got) {
+		if nozzle.DefaultThinkTags.OpenedBy(got) {
 			t.Errorf("kwargs %s: %q opens the thoughts", tc.kwargs, got)
 		}
 	}

@@ -421,8 +421,12 @@ func (fakeCodec) ChatPrompt(msgs []nozzle.ChatMessage, tools, kwargs json.RawMes
 	}
 	b.WriteString("[assistant] ")
 	// A variable think (chat_template_kwargs) opens the model's thoughts
-	// in the generation prompt, as DeepSeek-R1's template does.
-	var vars struct{ Think bool }
+	// in the generation prompt, as DeepSeek-R1's template does; open
+	// writes another opening tag there.
+	var vars struct {
+		Think bool
+		Open  string
+	}
 	if len(kwargs) > 0 {
 		if err := json.Unmarshal(kwargs, &vars); err != nil {
 			return "", err
@@ -431,6 +435,7 @@ func (fakeCodec) ChatPrompt(msgs []nozzle.ChatMessage, tools, kwargs json.RawMes
 	if vars.Think {
 		b.WriteString("<think>\n")
 	}
+	b.WriteString(vars.Open)
 	return b.String(), nil
 }
 

@@ -281,7 +281,7 @@ func (r *Runtime) promptTokens(req *nozzle.GenerateRequest) (ids []int, param st
 		if len(ids) == 0 {
 			return nil, "messages", false, nozzle.Errorf(nozzle.EINVALID, "The messages are empty.").WithParam("messages")
 		}
-		return ids, "messages", r.info.Reasoning && opensThoughts(text), nil
+		return ids, "messages", r.info.Reasoning && r.info.ReasoningTags.OpenedBy(text), nil
 	case req.PromptTokens != nil:
 		if len(req.PromptTokens) == 0 {
 			return nil, "prompt", false, nozzle.Errorf(nozzle.EINVALID, "The prompt is empty.").WithParam("prompt")
@@ -336,7 +336,7 @@ func (r *Runtime) stream(ctx context.Context, q *sequence, req *nozzle.GenerateR
 	}
 	ts := &textStream{dec: r.codec.NewStreamDecoder(keep), stops: req.Stop, logprobs: req.Logprobs || req.TopLogprobs > 0}
 	if q.reasoning {
-		ts.thoughts, ts.open = newThoughtCounter(q.thoughtsOpen), q.thoughtsOpen
+		ts.thoughts, ts.open = nozzle.NewThoughtCounter(q.thoughtsOpen, r.info.ReasoningTags), q.thoughtsOpen
 	}
 	var (
 		stopped   bool  // no more text goes out
@@ -452,7 +452,7 @@ func (r *Runtime) stream(ctx context.Context, q *sequence, req *nozzle.GenerateR
 func (r *Runtime) settle(ts *textStream, ev *seqEvent, res *nozzle.GenerateResult, stopAt int, cancelErr error, prog nozzle.Progress, emit func(nozzle.Chunk, int) error) (*nozzle.GenerateResult, error) {
 	acct, err := r.settleText(ts, ev, res, stopAt, cancelErr, prog, emit)
 	if ts.thoughts != nil {
-		acct.ReasoningTokens = min(ts.thoughts.tokens(), acct.CompletionTokens)
+		acct.ReasoningTokens = min(ts.thoughts.Tokens(), acct.CompletionTokens)
 	}
 	return acct, err
 }
@@ -498,7 +498,7 @@ type textStream struct {
 	done     bool
 	// A reasoning model's chat completion: its thoughts' tokens, and
 	// whether its prompt opened them (told with the first chunk, marked).
-	thoughts     *thoughtCounter
+	thoughts     *nozzle.ThoughtCounter
 	open, marked bool
 }
 
@@ -518,7 +518,7 @@ type heldLogprob struct {
 func (t *textStream) add(c codec, ev *seqEvent) (nozzle.Chunk, bool) {
 	text := t.dec.Add(int(ev.token))
 	if t.thoughts != nil {
-		t.thoughts.add(text)
+		t.thoughts.Add(text)
 	}
 	start := t.base + len(t.held)
 	t.held += text

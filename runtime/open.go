@@ -57,7 +57,7 @@ func Open(ctx context.Context, opts Options) (*Runtime, error) {
 	opts.MaxBatchSeqs, opts.MaxBatchTokens = sized.MaxBatchSeqs, sized.MaxBatchTokens
 	info.Device = device
 	info.ToolFormat = tk.ToolFormat()
-	info.Reasoning = tk.Reasoning()
+	info.ReasoningTags, info.Reasoning = tk.ThinkTags()
 	ei := eng.Info()
 	opts.Logger.Info("engine up", "backend", ei.Backend, "threads", opts.Threads, "model", info.ID, "layers", info.NumLayers,
 		"hidden", info.HiddenSize, "kv_blocks", ei.KVNumBlocks, "kv_block_size", ei.KVBlockSize,

@@ -69,6 +69,32 @@ func TestReasoning_Thoughts(t *testing.T) {
 	}
 }
 
+// TestReasoning_MagistralTags: a model that thinks between [THINK] and
+// [/THINK] says so in its info, in process and remote; a prompt that
+// ends with [THINK] opens its thoughts, one that ends with <think> does
+// not.
+func TestReasoning_MagistralTags(t *testing.T) {
+	ctx := context.Background()
+	info := fakeModel
+	info.Reasoning, info.ReasoningTags = true, nozzle.MistralThinkTags
+	rt := startFakeModel(t, runtime.Options{}, 64, time.Date(2025, 3, 1, 10, 0, 0, 0, time.UTC), info)
+	defer closeRT(t, rt)
+	if got, err := rt.Info(ctx); err != nil || got.ReasoningTags != nozzle.MistralThinkTags {
+		t.Errorf("info %+v %v", got, err)
+	}
+	if got, err := serve(t, rt.Runtime).Info(ctx); err != nil || !got.Reasoning || got.ReasoningTags != nozzle.MistralThinkTags {
+		t.Errorf("remote info %+v %v", got, err)
+	}
+	o := run(ctx, rt, chatReq(`{"open": "[THINK]"}`))
+	if o.err != nil || len(o.chunks) == 0 || !o.chunks[0].ThoughtsOpen || o.res.ReasoningTokens == 0 {
+		t.Errorf("[THINK]: %v, %+v, chunks %+v", o.err, o.res, o.chunks)
+	}
+	o = run(ctx, rt, chatReq(`{"think": true}`))
+	if o.err != nil || len(o.chunks) == 0 || o.chunks[0].ThoughtsOpen || o.res.ReasoningTokens != 0 {
+		t.Errorf("<think>: %v, %+v, chunks %+v", o.err, o.res, o.chunks)
+	}
+}
+
 // TestReasoning_TemplateKwargsRefused: chat template variables are a JSON
 // object that goes with messages and sets none of the renderer's own.
 func TestReasoning_TemplateKwargsRefused(t *testing.T) {

@@ -204,33 +204,43 @@ func (t *Tokenizer) ToolCallTokens() []int {
 	return t.specialIDs(mistralCalls, mistralArgs, mistralCallID)
 }
 
-// Tags of a reasoning model's thoughts.
-const (
-	thinkOpen  = "<think>"
-	thinkClose = "</think>"
-)
-
-// Reasoning reports whether the model thinks before it answers, between
-// <think> and </think> (Qwen3, QwQ, DeepSeek-R1 and its distills): its
-// vocabulary has both tags as tokens, or its chat template writes both.
-func (t *Tokenizer) Reasoning() bool {
-	_, hasOpen := t.TokenID(thinkOpen)
-	_, hasClose := t.TokenID(thinkClose)
-	if hasOpen && hasClose {
-		return true
+// ThinkTags returns the tags between which the model thinks before it
+// answers, and whether it does: [THINK] and [/THINK] (Magistral) where
+// its vocabulary has both as tokens and its chat template writes both;
+// else <think> and </think> (Qwen3, QwQ, DeepSeek-R1 and its distills)
+// where its vocabulary has both as tokens or its chat template writes
+// both.
+func (t *Tokenizer) ThinkTags() (nozzle.ThinkTags, bool) {
+	has := func(tags nozzle.ThinkTags) (vocab, template bool) {
+		_, hasOpen := t.TokenID(tags.Open)
+		_, hasClose := t.TokenID(tags.Close)
+		return hasOpen && hasClose, strings.Contains(t.chatTemplate, tags.Open) && strings.Contains(t.chatTemplate, tags.Close)
 	}
-	return strings.Contains(t.chatTemplate, thinkOpen) && strings.Contains(t.chatTemplate, thinkClose)
+	if vocab, template := has(nozzle.MistralThinkTags); vocab && template {
+		return nozzle.MistralThinkTags, true
+	}
+	if vocab, template := has(nozzle.DefaultThinkTags); vocab || template {
+		return nozzle.DefaultThinkTags, true
+	}
+	return nozzle.ThinkTags{}, false
 }
 
-// ThoughtTokens returns the ids of <think> and </think> where they are
+// Reasoning reports whether the model thinks before it answers (ThinkTags).
+func (t *Tokenizer) Reasoning() bool {
+	_, ok := t.ThinkTags()
+	return ok
+}
+
+// ThoughtTokens returns the ids of the thoughts' tags where they are
 // special tokens (which decoding would leave out) of a reasoning model:
 // a chat completion decodes them as text, so that its thoughts can be
 // told from its answer.
 func (t *Tokenizer) ThoughtTokens() []int {
-	if !t.Reasoning() {
+	tags, ok := t.ThinkTags()
+	if !ok {
 		return nil
 	}
-	return t.specialIDs(thinkOpen, thinkClose)
+	return t.specialIDs(tags.Open, tags.Close)
 }
 
 // specialIDs returns the ids of those of the tokens that are special.

@@ -143,6 +143,56 @@ func TestReasoning(t *testing.T) {
 	}
 }
 
+// magistralTemplate is a chat template of Magistral's kind: an
+// assistant's earlier thoughts between [THINK] and [/THINK].
+const magistralTemplate = `{{ bos_token }}{% for m in messages %}{% if m.role == 'user' %}[INST]{{ m.content }}[/INST]` +
+	`{% elif m.role == 'assistant' %}{% if m.reasoning_content %}[THINK]{{ m.reasoning_content }}[/THINK]{% endif %}` +
+	`{{ m.content }}{{ eos_token }}{% endif %}{% endfor %}`
+
+// TestReasoning_Magistral: a model whose vocabulary has [THINK] and
+// [/THINK] as tokens and whose template writes them thinks between them
+// (Magistral), even where it has <think> and </think> too (Qwen3's
+// vocabulary here); they are kept in decoding. Either alone does not make
+// it think between them.
+func TestReasoning_Magistral(t *testing.T) {
+	tok := withTokens(t, "qwen3", []string{"[THINK]", "[/THINK]"}, nil, magistralTemplate)
+	if tags, ok := tok.ThinkTags(); !ok || tags != nozzle.MistralThinkTags || !tok.Reasoning() {
+		t.Fatalf("tags %+v %v", tags, ok)
+	}
+	keep := tok.ThoughtTokens()
+	openID, _ := tok.TokenID("[THINK]")
+	closeID, _ := tok.TokenID("[/THINK]")
+	if !slices.Equal(keep, []int{openID, closeID}) {
+		t.Fatalf("thought tokens %v, want [%d %d]", keep, openID, closeID)
+	}
+	const text = "[THINK]hm, Bern.[/THINK]Bern."
+	ids := tok.Encode(text, tokenizer.EncodeOptions{ParseSpecial: true})
+	d := tok.NewStreamDecoderKeeping(true, keep)
+	var got string
+	for _, id := range ids {
+		got += d.Add(id)
+	}
+	if got += d.Flush(); got != text {
+		t.Errorf("kept: %q", got)
+	}
+	if th, a := nozzle.SplitThoughts(got, false, nozzle.MistralThinkTags); th != "hm, Bern." || a != "Bern." {
+		t.Errorf("split %q %q", th, a)
+	}
+
+	for name, tok := range map[string]*tokenizer.Tokenizer{
+		"TemplateOnly": chatTokenizer(t, magistralTemplate),
+		"VocabOnly":    withTokens(t, "llama2", []string{"[THINK]", "[/THINK]"}, nil, "{% for m in messages %}{{ m.content }}{% endfor %}"),
+	} {
+		if tags, ok := tok.ThinkTags(); ok || tok.ThoughtTokens() != nil {
+			t.Errorf("%s: tags %+v %v", name, tags, ok)
+		}
+	}
+	// Qwen3's tags are <think> and </think>.
+	if tags, ok := mustModel(t, "qwen3").ThinkTags(); !ok || tags != nozzle.DefaultThinkTags {
+		t.Errorf("qwen3: tags %+v %v", tags, ok)
+	}
+}
+
 // TestReservedVar: the variables a request's chat_template_kwargs cannot
 // set.
 func TestReservedVar(t *testing.T) {
