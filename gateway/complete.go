@@ -271,7 +271,7 @@ func (s *Server) resolveModel(ctx context.Context, p *principal, j *job) error {
 			}
 			j.toolFormat = info.ToolFormat
 		}
-		j.reasoning = j.kind == kindChat && info.Reasoning
+		j.reasoning, j.thinkTags = j.kind == kindChat && info.Reasoning, info.ReasoningTags
 		if len(j.templateKwargs) > 0 && !info.ChatTemplateKwargs {
 			return invalidAs("unsupported_value", "chat_template_kwargs", "The runtime serving this model is of an earlier version that cannot pass 'chat_template_kwargs' to the chat template; try again once it is upgraded, or leave them out.")
 		}
@@ -573,7 +573,7 @@ func (cp *completion) body(dst []byte) []byte {
 			dst = appendInt(dst, int64(i))
 			content, calls, thought := string(r.text), []nozzle.ToolCall(nil), ""
 			if j.reasoning {
-				thought, content = splitThoughts(content, r.open)
+				thought, content = nozzle.SplitThoughts(content, r.open, j.thinkTags)
 			}
 			if j.toolFormat != "" {
 				content, calls = splitToolCalls(j.toolFormat, content, j.id, i)
@@ -827,9 +827,12 @@ func (cp *completion) writeStream(w *bufio.Writer, conn net.Conn, events chan st
 		}
 	}
 	firstToken := true
-	var thoughts []thoughtSplit // per choice, for a reasoning model
+	var thoughts []nozzle.ThoughtSplit // per choice, for a reasoning model
 	if j.reasoning {
-		thoughts = make([]thoughtSplit, n)
+		thoughts = make([]nozzle.ThoughtSplit, n)
+		for i := range thoughts {
+			thoughts[i] = nozzle.NewThoughtSplit(false, j.thinkTags)
+		}
 	}
 	var tools []toolStream // per choice, when the model may call tools
 	if j.toolFormat != "" {
@@ -872,9 +875,9 @@ func (cp *completion) writeStream(w *bufio.Writer, conn net.Conn, events chan st
 		if thoughts != nil {
 			if len(r.text) == 0 && ch.ThoughtsOpen {
 				r.open = true
-				thoughts[ev.index] = newThoughtSplit(true)
+				thoughts[ev.index] = nozzle.NewThoughtSplit(true, j.thinkTags)
 			}
-			thought, ch.Text = thoughts[ev.index].add(ch.Text)
+			thought, ch.Text = thoughts[ev.index].Add(ch.Text)
 		}
 		r.text = append(r.text, ev.chunk.Text...)
 		if j.logprobs {
@@ -946,7 +949,7 @@ func (cp *completion) writeStream(w *bufio.Writer, conn net.Conn, events chan st
 			// What was held: the end of thoughts that never closed, or
 			// the beginning of an answer.
 			var thought string
-			if thought, answer = thoughts[i].end(); thought != "" {
+			if thought, answer = thoughts[i].End(); thought != "" {
 				buf = cp.appendChunk(buf, i, thought, "", nil, false, "", lpPart{})
 			}
 		}

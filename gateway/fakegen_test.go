@@ -53,6 +53,7 @@ type fakeGen struct {
 	toolFormat string                  // how the model calls tools, reported by Info
 	reasoning  bool                    // Info reports a reasoning model
 	open       bool                    // a reasoning model's chat prompt opens its thoughts
+	thinkTags  nozzle.ThinkTags        // a reasoning model's tags, reported by Info (none: <think>)
 	noEcho     bool                    // Info reports a runtime that cannot echo
 	noKwargs   bool                    // Info reports a runtime that cannot render chat_template_kwargs
 	noAccept   atomic.Bool             // never tells GenerateRequest.OnAccepted
@@ -102,7 +103,7 @@ func (g *fakeGen) mock() *mock.Generator {
 			}
 			return nozzle.ModelInfo{ID: id, Architecture: "llama", ContextLength: 2048, VocabSize: 32000,
 				Device: "cpu", CreatedAt: time.Unix(1700000000, 0).UTC(), Sampling: g.sampling, Fingerprint: fp, ToolFormat: g.toolFormat, Echo: !g.noEcho,
-				Reasoning: g.reasoning, ChatTemplateKwargs: !g.noKwargs}, nil
+				Reasoning: g.reasoning, ReasoningTags: g.thinkTags, ChatTemplateKwargs: !g.noKwargs}, nil
 		},
 		GenerateFn:    g.generate,
 		AdapterTierFn: func(ctx context.Context, sha string) nozzle.Tier { return nozzle.TierDisk },
@@ -236,7 +237,12 @@ func (g *fakeGen) generate(ctx context.Context, req *nozzle.GenerateRequest, emi
 		}
 	}
 	if g.reasoning && req.Messages != nil {
-		res.ReasoningTokens = thoughtTokens(words[:n], g.open)
+		// One token a word, counted as the runtime counts them.
+		c := nozzle.NewThoughtCounter(g.open, g.thinkTags)
+		for _, w := range words[:n] {
+			c.Add(w)
+		}
+		res.ReasoningTokens = c.Tokens()
 	}
 	res.TTFTSeconds = 0.002
 	res.FinishReason = nozzle.FinishStop
@@ -244,33 +250,4 @@ func (g *fakeGen) generate(ctx context.Context, req *nozzle.GenerateRequest, emi
 		res.FinishReason = nozzle.FinishLength
 	}
 	return res, nil
-}
-
-// thoughtTokens counts a reasoning model's thought tokens as the runtime
-// does (one token a word): up to and including the one that completes
-// the first </think> after the thoughts open (open: at the prompt; else
-// where the words begin, after any space, with <think>), all where they
-// never close, none where the words do not open with them.
-func thoughtTokens(words []string, open bool) int {
-	text := ""
-	for i, w := range words {
-		text += w
-		if !open {
-			t := strings.TrimLeft(text, " \t\r\n")
-			if len(t) < len("<think>") && strings.HasPrefix("<think>", t) {
-				continue
-			}
-			if !strings.HasPrefix(t, "<think>") {
-				return 0
-			}
-			open, text = true, t[len("<think>"):]
-		}
-		if strings.Contains(text, "</think>") {
-			return i + 1
-		}
-	}
-	if !open {
-		return 0
-	}
-	return len(words)
 }

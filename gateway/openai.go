@@ -57,7 +57,14 @@ type job struct {
 	promptOnly  bool            // legacy echo with max_tokens 0: nothing generated
 	tools       json.RawMessage // offered to the model (chat, tool_choice "auto")
 	toolFormat  string          // how the model writes calls, when tools are offered
-	reasoning   bool            // a reasoning model's chat: thoughts apart from the answer
+	// reasoning: a reasoning model's chat (nozzle.ModelInfo.Reasoning),
+	// whose thoughts, between thinkTags, are given apart from the answer
+	// (nozzle.ThoughtSplit), as vLLM's reasoning parsers and DeepSeek's
+	// API do: in message.reasoning_content (streamed:
+	// delta.reasoning_content), the answer alone in content, and tool
+	// calls read from the answer only.
+	reasoning bool
+	thinkTags nozzle.ThinkTags
 	// templateKwargs are the chat template's variables of the request
 	// (chat_template_kwargs, compact JSON), nil when none.
 	templateKwargs json.RawMessage

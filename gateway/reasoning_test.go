@@ -260,47 +260,45 @@ func TestReasoning_NotAReasoningModel(t *testing.T) {
 	}
 }
 
-// FuzzThoughtSplit: a completion parted as it streams, in any pieces,
-// gives what it gives parted whole; no piece given out holds a part of a
-// tag that the whole's parts do not hold; the thoughts and answer come
-// from the text in order, the tags and the space around the thoughts
-// aside.
-func FuzzThoughtSplit(f *testing.F) {
-	f.Add("<think>\nplan\n</think>\n\nHi", false, uint64(3))
-	f.Add(" <think>a </think> b", false, uint64(0x1234))
-	f.Add("x</think>y", true, uint64(7))
-	f.Add("<thi", false, uint64(1))
-	f.Add("a\n</th", true, uint64(99))
-	f.Fuzz(func(t *testing.T, text string, open bool, cuts uint64) {
-		var pieces []string
-		rest := text
-		for rest != "" {
-			n := 1 + int(cuts%5)
-			cuts = cuts/5 + cuts%7
-			n = min(n, len(rest))
-			pieces = append(pieces, rest[:n])
-			rest = rest[n:]
-		}
-		wantT, wantA := gateway.SplitThoughts(text, open)
-		gotT, gotA, out := gateway.StreamThoughts(pieces, open)
-		if gotT != wantT || gotA != wantA {
-			t.Fatalf("%q in %q: streamed %q %q, whole %q %q", text, pieces, gotT, gotA, wantT, wantA)
-		}
-		for _, o := range out {
-			for _, part := range o {
-				if strings.Contains(part, "<think>") && !strings.Contains(wantT+wantA, "<think>") ||
-					strings.Contains(part, "</think>") && !strings.Contains(wantT+wantA, "</think>") {
-					t.Fatalf("%q in %q: a piece %q holds a tag", text, pieces, part)
+// TestReasoning_MagistralTags: a model that thinks between [THINK] and
+// [/THINK] (Magistral, nozzle.ModelInfo.ReasoningTags) has those parted
+// from its answer, streamed or not, tags split across chunks included;
+// for it, <think> is text of the answer.
+func TestReasoning_MagistralTags(t *testing.T) {
+	for _, tc := range []struct {
+		name               string
+		open               bool
+		words              []string
+		reasoning, content string
+		tokens             int
+	}{
+		{"Tagged", false, []string{"[THINK]", "Bern is", " the capital.", "[/THINK]", "Bern", "."}, "Bern is the capital.", "Bern.", 4},
+		{"TagsSplit", false, []string{" [TH", "INK]\nhm\n[/TH", "INK]\n", "Bern"}, "hm", "Bern", 3},
+		{"OpenedByPrompt", true, []string{"hm", "[/THINK]", "Bern"}, "hm", "Bern", 2},
+		{"OtherTags", false, []string{"<think>", "x", "</think>", "y"}, "<null>", "<think>x</think>y", 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFixture(t, withReasoning(tc.open, tc.words...), func(c *gateway.Config, d *gateway.Deps, f *fixture) {
+				f.gen.thinkTags = nozzle.MistralThinkTags
+			})
+			body := `{"model":"base","messages":[{"role":"user","content":"Capital?"}]}`
+			var out reasoningAnswer
+			decode(t, f.do(http.MethodPost, "/v1/chat/completions", body, f.authA()), &out)
+			c := out.Choices[0]
+			if str(c.Message.ReasoningContent) != tc.reasoning || str(c.Message.Content) != tc.content || out.Usage.CompletionTokensDetails.ReasoningTokens != tc.tokens {
+				t.Errorf("answer %q %q %d, want %q %q %d", str(c.Message.ReasoningContent), str(c.Message.Content),
+					out.Usage.CompletionTokensDetails.ReasoningTokens, tc.reasoning, tc.content, tc.tokens)
+			}
+			stream := strings.Replace(body, `{"model"`, `{"stream":true,"stream_options":{"include_usage":true},"model"`, 1)
+			s := readStreamed(t, readAll(t, f.do(http.MethodPost, "/v1/chat/completions", stream, f.authA())))
+			if wantR := strings.ReplaceAll(tc.reasoning, "<null>", ""); s.reasoning != wantR || s.content != tc.content || s.reasoningTokens != tc.tokens {
+				t.Errorf("streamed %q %q %d, want %q %q %d", s.reasoning, s.content, s.reasoningTokens, wantR, tc.content, tc.tokens)
+			}
+			for _, d := range s.deltas {
+				if strings.Contains(d, "THINK") {
+					t.Errorf("delta %s holds a tag", d)
 				}
 			}
-		}
-		// The parts are the text's, in order, tags and space aside.
-		strip := func(s string) string {
-			s = strings.NewReplacer("<think>", "", "</think>", "").Replace(s)
-			return strings.Join(strings.Fields(s), "")
-		}
-		if strip(wantT)+strip(wantA) != strip(text) && !strings.Contains(wantA, "</think>") && !strings.Contains(wantT, "<think>") {
-			t.Fatalf("%q: parts %q %q", text, wantT, wantA)
-		}
-	})
+		})
+	}
 }

@@ -29,10 +29,6 @@ import (
 const (
 	hermesOpen  = "<tool_call>"
 	hermesClose = "</tool_call>"
-	// A reasoning model's answer may open with its thoughts (Qwen3): a
-	// <tool_call> written there is thought, not a call.
-	thinkOpen  = "<think>"
-	thinkClose = "</think>"
 	// mistralCalls is Mistral's control token before its calls. Nozzle's
 	// stream decoder skips special tokens, so the text seldom holds it,
 	// except in the v11 format, where the runtime keeps it and the
@@ -365,18 +361,24 @@ func splitToolCalls(format, text, answerID string, choice int) (string, []nozzle
 	return text, nil
 }
 
+// hermesThoughts are the tags of the thoughts a Hermes answer may open
+// with (Qwen3's, where the gateway does not part them from the answer:
+// a model not reported as reasoning): a <tool_call> written there is
+// thought, not a call.
+var hermesThoughts = nozzle.DefaultThinkTags
+
 // thoughtEnd returns where the answer's opening thoughts (<think> …
 // </think>) end, 0 where it has none, -1 where they never close.
 func thoughtEnd(text string) int {
-	t := strings.TrimLeft(text, " \t\r\n")
-	if !strings.HasPrefix(t, thinkOpen) {
+	from := hermesThoughts.OpenEnd(text)
+	if from <= 0 {
 		return 0
 	}
-	j := strings.Index(text, thinkClose)
+	j := strings.Index(text[from:], hermesThoughts.Close)
 	if j < 0 {
 		return -1
 	}
-	return j + len(thinkClose)
+	return from + j + len(hermesThoughts.Close)
 }
 
 // splitCalls splits "{...}; {...}" into its objects (Llama 3 separates
@@ -453,27 +455,27 @@ func (t *toolStream) add(text string) string {
 	switch t.format {
 	case nozzle.ToolFormatHermes:
 		if t.think == 0 {
-			trimmed := strings.TrimLeft(h, " \t\r\n")
-			if len(trimmed) < len(thinkOpen) && strings.HasPrefix(thinkOpen, trimmed) {
+			switch hermesThoughts.OpenEnd(h) {
+			case -1:
 				return "" // undecided: it may open thoughts
-			}
-			t.think = 2
-			if strings.HasPrefix(trimmed, thinkOpen) {
+			case 0:
+				t.think = 2
+			default:
 				t.think, t.started = 1, true
 			}
 		}
 		if t.think == 1 {
 			// Thoughts go out as they come; a tail that may grow into
 			// their end is held.
-			if j := strings.Index(h, thinkClose); j >= 0 {
+			if j := strings.Index(h, hermesThoughts.Close); j >= 0 {
 				t.think = 2
-				out := h[:j+len(thinkClose)]
-				rest := h[j+len(thinkClose):]
+				out := h[:j+len(hermesThoughts.Close)]
+				rest := h[j+len(hermesThoughts.Close):]
 				t.held.Reset()
 				t.held.WriteString(rest)
 				return out + t.holdFrom(rest, hermesOpen)
 			}
-			keep := suffixPrefix(h, thinkClose)
+			keep := nozzle.PartialTag(h, hermesThoughts.Close)
 			t.held.Reset()
 			t.held.WriteString(h[len(h)-keep:])
 			return h[:len(h)-keep]
@@ -528,7 +530,7 @@ func (t *toolStream) holdFrom(h, open string) string {
 		t.held.WriteString(h[i:])
 		return h[:i]
 	}
-	keep := suffixPrefix(h, open) // a tail that may grow into the opening tag
+	keep := nozzle.PartialTag(h, open) // a tail that may grow into the opening tag
 	out := h[:len(h)-keep]
 	if !t.started {
 		if strings.TrimSpace(out) == "" {
@@ -539,17 +541,6 @@ func (t *toolStream) holdFrom(h, open string) string {
 	t.held.Reset()
 	t.held.WriteString(h[len(h)-keep:])
 	return out
-}
-
-// suffixPrefix returns the length of the longest end of h that begins
-// tag (shorter than tag).
-func suffixPrefix(h, tag string) int {
-	for n := min(len(tag)-1, len(h)); n > 0; n-- {
-		if strings.HasSuffix(h, tag[:n]) {
-			return n
-		}
-	}
-	return 0
 }
 
 // rest returns the text held at the end of the answer.
