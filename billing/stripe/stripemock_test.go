@@ -60,11 +60,15 @@ func goBin() string {
 	if err != nil {
 		return filepath.Join(os.Getenv("HOME"), "go", "bin")
 	}
-	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
-	if len(lines) > 0 && strings.TrimSpace(lines[0]) != "" {
-		return strings.TrimSpace(lines[0])
+	// Two lines, GOBIN's empty when unset: not trimmed away before the split.
+	lines := strings.Split(string(out), "\n")
+	if gobin := strings.TrimSpace(lines[0]); gobin != "" {
+		return gobin
 	}
-	gopath := strings.TrimSpace(lines[len(lines)-1])
+	if len(lines) < 2 {
+		return filepath.Join(os.Getenv("HOME"), "go", "bin")
+	}
+	gopath := strings.TrimSpace(lines[1])
 	return filepath.Join(strings.Split(gopath, string(os.PathListSeparator))[0], "bin")
 }
 
