@@ -285,6 +285,8 @@ func TestChat_BadInput(t *testing.T) {
 		{"ModelMissing", `{` + msgs + `}`, 400, "invalid_request_error", "missing_required_parameter", "model"},
 		{"ModelType", `{"model":7,` + msgs + `}`, 400, "invalid_request_error", "invalid_type", "model"},
 		{"MessagesType", `{"model":"base","messages":"hi"}`, 400, "invalid_request_error", "invalid_type", "messages"},
+		{"MessagesMissing", `{"model":"base"}`, 400, "invalid_request_error", "missing_required_parameter", "messages"},
+		{"MessagesNull", `{"model":"base","messages":null}`, 400, "invalid_request_error", "missing_required_parameter", "messages"},
 		{"MessagesEmpty", `{"model":"base","messages":[]}`, 400, "invalid_request_error", "empty_array", "messages"},
 		{"RoleType", `{"model":"base","messages":[{"role":1,"content":"x"}]}`, 400, "invalid_request_error", "invalid_type", "messages[0].role"},
 		{"NameType", `{"model":"base","messages":[{"role":"system","content":"x"},{"role":"user","name":5,"content":"x"}]}`, 400, "invalid_request_error", "invalid_type", "messages[1].name"},

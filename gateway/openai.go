@@ -773,6 +773,10 @@ func parseChat(body []byte, maxChoices int) (*job, error) {
 	if j.templateKwargs, err = parseTemplateKwargs(b.ChatTemplateKwargs); err != nil {
 		return nil, err
 	}
+	if b.Messages == nil {
+		// left out or null; an empty array is the next refusal
+		return nil, invalidAs("missing_required_parameter", "messages", "Missing required parameter: 'messages'.")
+	}
 	if len(b.Messages) == 0 {
 		return nil, invalidAs("empty_array", "messages", "Invalid 'messages': empty array. Expected an array with minimum length 1.")
 	}
