@@ -130,6 +130,9 @@ func (s *Server) createAdapter(c *fiber.Ctx) (retErr error) {
 	if err != nil || mt != "multipart/form-data" || params["boundary"] == "" {
 		return nozzle.Errorf(nozzle.EINVALID, "Expected a multipart/form-data body with the fields name and adapter_config.json + adapter_model.safetensors, or archive.")
 	}
+	if err := refuseEncoded(&c.Request().Header); err != nil {
+		return err
+	}
 	limit := s.cfg.UploadLimit
 	if cl := c.Request().Header.ContentLength(); int64(cl) > limit {
 		return errTooLarge(limit)

@@ -298,6 +298,24 @@ func TestAdapters_BadUpload(t *testing.T) {
 	t.Run("NotMultipart", func(t *testing.T) {
 		wantError(t, f.do(http.MethodPost, "/v1/adapters", `{"name":"x"}`, f.authA()), 400, "invalid_request_error", "", "")
 	})
+	t.Run("Compressed", func(t *testing.T) {
+		// a gzipped body is refused as such, not misread as a multipart
+		// body without its fields
+		ct, body := multipartBody(t, files("gz")...)
+		var zbuf bytes.Buffer
+		zw := gzip.NewWriter(&zbuf)
+		zw.Write(body)
+		zw.Close()
+		req := httptest.NewRequest(http.MethodPost, "/v1/adapters", &zbuf)
+		req.Header.Set("Content-Type", ct)
+		req.Header.Set("Content-Encoding", "gzip")
+		req.Header.Set("Authorization", "Bearer "+f.keyA)
+		e := wantError(t, f.doReq(req), 400, "invalid_request_error", "", "")
+		if !strings.Contains(e.Error.Message, "Compressed") {
+			t.Errorf("message %q", e.Error.Message)
+		}
+		f.assertClean(t)
+	})
 	t.Run("Truncated", func(t *testing.T) {
 		ct, body := multipartBody(t, files("trunc")...)
 		req := httptest.NewRequest(http.MethodPost, "/v1/adapters", bytes.NewReader(body[:len(body)-100]))

@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/gofiber/fiber/v2"
+	"github.com/valyala/fasthttp"
 
 	"github.com/nozzle-ai/nozzle"
 )
@@ -21,8 +22,8 @@ func errTooLarge(limit int64) error {
 // own limit here rather than relying on one global BodyLimit.
 func (s *Server) readBody(c *fiber.Ctx, limit int64) ([]byte, error) {
 	h := &c.Request().Header
-	if enc := h.Peek(fiber.HeaderContentEncoding); len(enc) > 0 && !bytes.EqualFold(enc, []byte("identity")) {
-		return nil, nozzle.Errorf(nozzle.EINVALID, "Compressed request bodies are not supported.")
+	if err := refuseEncoded(h); err != nil {
+		return nil, err
 	}
 	cl := h.ContentLength()
 	if int64(cl) > limit {
@@ -52,6 +53,15 @@ func (s *Server) readBody(c *fiber.Ctx, limit int64) ([]byte, error) {
 		st.bodyConsumed = true
 	}
 	return b, nil
+}
+
+// refuseEncoded refuses a request body in a content coding (gzip, br):
+// bodies are read as sent, so one compressed would be misread.
+func refuseEncoded(h *fasthttp.RequestHeader) error {
+	if enc := h.Peek(fiber.HeaderContentEncoding); len(enc) > 0 && !bytes.EqualFold(enc, []byte("identity")) {
+		return nozzle.Errorf(nozzle.EINVALID, "Compressed request bodies are not supported.")
+	}
+	return nil
 }
 
 // readJSON reads a JSON body within Config.BodyLimit into v. An empty body

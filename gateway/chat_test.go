@@ -378,6 +378,17 @@ func TestChat_BadInput(t *testing.T) {
 			f.w.mu.Unlock()
 		})
 	}
+	t.Run("Compressed", func(t *testing.T) {
+		before := f.w.generations.Load()
+		body := `{"model":"base",` + msgs + `}`
+		wantError(t, f.do(http.MethodPost, "/v1/chat/completions", body, f.authA(), hdr("Content-Encoding", "gzip")), 400, "invalid_request_error", "", "")
+		if f.w.generations.Load() != before {
+			t.Errorf("the runtime was called")
+		}
+		if r := f.do(http.MethodPost, "/v1/chat/completions", body, f.authA(), hdr("Content-Encoding", "identity")); r.StatusCode != 200 {
+			t.Errorf("identity: status %d: %s", r.StatusCode, readAll(t, r))
+		}
+	})
 	t.Run("NoOpValues", func(t *testing.T) {
 		// What clients that send every field send: accepted, no effect.
 		body := `{"model":"base",` + msgs + `,"presence_penalty":0,"frequency_penalty":0,"logit_bias":{},` +
