@@ -288,7 +288,8 @@ func (r *Runtime) promptTokens(req *nozzle.GenerateRequest) (ids []int, param st
 		}
 		for _, id := range req.PromptTokens {
 			if id < 0 || id >= r.info.VocabSize {
-				return nil, "prompt", false, nozzle.Errorf(nozzle.EINVALID, "Token id %d is out of range: the vocabulary has %d tokens.", id, r.info.VocabSize).WithParam("prompt")
+				return nil, "prompt", false, nozzle.Errorf(nozzle.EINVALID, "Invalid 'prompt': token id %d is out of range: the vocabulary has %d tokens.", id, r.info.VocabSize).
+					WithParam("prompt").WithReason("invalid_value")
 			}
 		}
 		return req.PromptTokens, "prompt", false, nil

@@ -57,6 +57,10 @@ func TestGenerate_Errors(t *testing.T) {
 			if called || res == nil || res.CompletionTokens != 0 || res.DeviceSeconds != 0 {
 				t.Errorf("work was done: %+v", res)
 			}
+			// the gateway's own check of token ids answers the same code
+			if tt.name == "TokenOutOfRange" && e.Reason != "invalid_value" {
+				t.Errorf("reason %q, want invalid_value", e.Reason)
+			}
 		})
 	}
 	if r := startFake(t, runtime.Options{}, 8); true {
