@@ -43,8 +43,13 @@ func reportQuery(c *fiber.Ctx, allowed map[string]bool) (nozzle.ReportQuery, err
 	default:
 		return q, invalid("format", "Invalid 'format' %q: use json or csv.", c.Query("format"))
 	}
-	if v := c.Query("group_by"); v != "" {
-		for _, g := range strings.Split(v, ",") {
+	// A list, given comma-separated or repeated (group_by=adapter&group_by=day,
+	// as HTTP clients send an array).
+	for _, v := range c.Context().QueryArgs().PeekMulti("group_by") {
+		if len(v) == 0 {
+			continue
+		}
+		for _, g := range strings.Split(string(v), ",") {
 			g = strings.TrimSpace(g)
 			if !allowed[g] {
 				return q, invalid("group_by", "Invalid 'group_by' %q.", g)

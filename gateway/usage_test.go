@@ -51,6 +51,12 @@ func TestUsage(t *testing.T) {
 			strings.Join(got.GroupBy, ",") != "adapter,day" || got.AdapterName != "x" {
 			t.Errorf("query %+v", got)
 		}
+		// a list as HTTP clients send an array: the parameter repeated
+		r = f.do(http.MethodGet, "/v1/usage?group_by=adapter&group_by=day", "", f.authA())
+		if r.Body.Close(); r.StatusCode != 200 || strings.Join(got.GroupBy, ",") != "adapter,day" {
+			t.Errorf("repeated group_by: %d, query %+v", r.StatusCode, got)
+		}
+		wantError(t, f.do(http.MethodGet, "/v1/usage?group_by=adapter&group_by=tenant", "", f.authA()), 400, "invalid_request_error", "", "group_by")
 	})
 	t.Run("BadParams", func(t *testing.T) {
 		wantError(t, f.do(http.MethodGet, "/v1/usage?start=yesterday", "", f.authA()), 400, "invalid_request_error", "", "start")
