@@ -66,7 +66,8 @@ type ReportRow struct {
 	FailedCompletionTokens int64 `json:"failed_completion_tokens"`
 	// CanceledRequests are those cut short after all but not by the
 	// runtime's fault (the client went away, or a stream that had sent
-	// text ran out of time), charged for the tokens produced;
+	// text ran out of time or had a choice refused), charged for the
+	// tokens produced;
 	// InterruptedRequests are streams the gateway's crash cut short,
 	// charged from their last checkpoint. Both are counted in Requests.
 	CanceledRequests    int64 `json:"canceled_requests"`
