@@ -157,6 +157,7 @@ struct layer_w {
 	void *wqkv, *wo, *wgu, *wdown; /* weight dtype */
 	float *bqkv, *bo, *bgu, *bdown; /* f32, NULL when the model has none */
 	float *attn_norm, *ffn_norm;
+	float *q_norm, *k_norm; /* f32 [hd], NULL when the model has none (Qwen3 has them) */
 };
 
 /* Device pointers into the step metadata (see meta_layout). */
@@ -332,7 +333,7 @@ void cuda_destroy(void *impl)
 	cudaFree(e->final_norm);
 	cudaFree(e->inv_freq);
 	for (auto &ly : e->layers) {
-		void *ps[] = {ly.wqkv, ly.wo, ly.wgu, ly.wdown, ly.bqkv, ly.bo, ly.bgu, ly.bdown, ly.attn_norm, ly.ffn_norm};
+		void *ps[] = {ly.wqkv, ly.wo, ly.wgu, ly.wdown, ly.bqkv, ly.bo, ly.bgu, ly.bdown, ly.attn_norm, ly.ffn_norm, ly.q_norm, ly.k_norm};
 		for (void *p : ps)
 			cudaFree(p);
 	}
@@ -620,6 +621,12 @@ int32_t cuda_set_tensor(void *impl, int32_t kind, int32_t layer, int32_t dtype, 
 		break;
 	case NZ_T_FFN_NORM:
 		dst = (void **)&ly->ffn_norm, total = (size_t)n * 4, as_f32 = 1;
+		break;
+	case NZ_T_Q_NORM:
+		dst = (void **)&ly->q_norm, total = (size_t)n * 4, as_f32 = 1;
+		break;
+	case NZ_T_K_NORM:
+		dst = (void **)&ly->k_norm, total = (size_t)n * 4, as_f32 = 1;
 		break;
 	case NZ_T_Q:
 	case NZ_T_K:
@@ -975,7 +982,8 @@ int32_t forward(cuda_engine *e, const meta_ptrs &m, int64_t T, int64_t n_attn, i
 	const int qkv_c[3] = {0, (int)e->qd, (int)(e->qd + e->kvd)}, zero_c[1] = {0}, gu_c[2] = {0, (int)I};
 	/* small steps without adapters: residual adds, norms and the SiLU gate
 	 * ride in the GEMVs (nz_k_gemv_fused) */
-	const bool fused = e->fuse && !lora_grid && T <= NZ_GEMV_MAX_T && (size_t)(T * H) * e->wsz <= e->gemv_smem;
+	/* (the fused q/k/v epilogue has no q and k norms) */
+	const bool fused = e->fuse && !e->layers[0].q_norm && !lora_grid && T <= NZ_GEMV_MAX_T && (size_t)(T * H) * e->wsz <= e->gemv_smem;
 	const int32_t n_part = (int32_t)nz_gemv_fused_parts(H);
 
 	/* a group's LoRA expand, when the step has adapters: folded into its
@@ -1027,8 +1035,12 @@ int32_t forward(cuda_engine *e, const meta_ptrs &m, int64_t T, int64_t n_attn, i
 			NZ_TRY(lora_join(e));
 		if (!fused)
 			KTRY(nz_k_rope_kv(dt, s, T, e->y, yl[0], lo[0], m.tok_lora, ly.bqkv, e->cs, m.tok_pos, m.tok_seq, m.bt, m.scalars,
-			                  (int)e->nh, (int)e->nkv, (int)e->hd, (int)e->bs, e->q, kc, vc),
+			                  (int)e->nh, (int)e->nkv, (int)e->hd, (int)e->bs, ly.q_norm != NULL, e->q, kc, vc),
 			     "nz_step: RoPE");
+		if (!fused && ly.q_norm)
+			KTRY(nz_k_qk_norm_rope(dt, s, T, e->y, ly.q_norm, ly.k_norm, e->eps, e->cs, m.tok_pos, m.tok_seq, m.bt,
+			                       m.scalars, (int)e->nh, (int)e->nkv, (int)e->hd, (int)e->bs, e->q, kc),
+			     "nz_step: q and k norms");
 		KTRY(nz_k_attention(dt, s, n_attn, m.attn_items, e->rows_max, e->q, kc, vc, m.tok_pos, m.tok_seq, m.bt,
 		                    m.scalars, (int)e->nh, (int)e->nkv, (int)e->hd, (int)e->bs, window, e->xin, splits,
 		                    e->attn_o, e->attn_ml, e->attn_count),

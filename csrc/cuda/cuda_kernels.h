@@ -105,11 +105,20 @@ cudaError_t nz_k_gather_norm(int dtype, cudaStream_t s, int64_t n, const nz_samp
 /* y is [T][qd + 2·kvd] (q | k | v, f32, + bias when set, + the LoRA
  * deltas of yl or lo as in nz_k_add_norm): RoPE on q and k; q to q_out (f32 [T][qd]);
  * k and v into the layer's cache at each token's position (blocks from
- * the block table). */
-cudaError_t nz_k_rope_kv(int dtype, cudaStream_t s, int64_t T, const float *y, const float *yl, const nz_lora_out *lo, const int32_t *tok_lora,
+ * the block table). raw (a model with q and k norms): no RoPE, q to q_out
+ * and k back into y as they are, for nz_k_qk_norm_rope; v into the cache. */
+cudaError_t nz_k_rope_kv(int dtype, cudaStream_t s, int64_t T, float *y, const float *yl, const nz_lora_out *lo, const int32_t *tok_lora,
                          const float *bias, const float *cs, const int32_t *tok_pos, const int32_t *tok_seq,
-                         const int32_t *bt, const int32_t *scalars, int nh, int nkv, int hd, int bs, float *q_out,
+                         const int32_t *bt, const int32_t *scalars, int nh, int nkv, int hd, int bs, bool raw, float *q_out,
                          void *kc, void *vc);
+
+/* After nz_k_rope_kv with raw: each head of q (q_out) and of k (y) RMS
+ * normed with q_norm or k_norm ([hd]), then RoPE; q back to q_out, k into
+ * the layer's cache (Qwen3). */
+cudaError_t nz_k_qk_norm_rope(int dtype, cudaStream_t s, int64_t T, const float *y, const float *q_norm,
+                              const float *k_norm, float eps, const float *cs, const int32_t *tok_pos,
+                              const int32_t *tok_seq, const int32_t *bt, const int32_t *scalars, int nh, int nkv,
+                              int hd, int bs, float *q_out, void *kc);
 
 /* Causal (optionally windowed) attention of items (first token, count:
  * consecutive tokens of one sequence) over the paged cache; out is

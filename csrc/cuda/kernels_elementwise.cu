@@ -22,7 +22,7 @@ const int kNormThreads = 256;
  * token over blocks, the last of which writes the norm, was no faster on
  * an H200). RoPE + KV write, which needs no row-wide sum, spreads a token
  * over several blocks instead (grid (tokens, blocks per token)). */
-const int kLoraNormThreads = 1024, kRopeThreads = 128;
+const int kLoraNormThreads = 1024, kRopeThreads = 128, kQKNormThreads = 64;
 
 template <class T>
 __global__ void __launch_bounds__(256)
@@ -114,18 +114,18 @@ __global__ void __launch_bounds__(256)
 
 template <class T, bool LORA>
 __global__ void __launch_bounds__(kRopeThreads)
-    rope_kv_kernel(const float *__restrict__ y, const float *__restrict__ yl, nz_lora_out lo, const int32_t *__restrict__ tok_lora,
+    rope_kv_kernel(float *__restrict__ y, const float *__restrict__ yl, nz_lora_out lo, const int32_t *__restrict__ tok_lora,
                    const float *__restrict__ bias, const float *__restrict__ cs,
                    const int32_t *__restrict__ tok_pos, const int32_t *__restrict__ tok_seq,
                    const int32_t *__restrict__ bt, const int32_t *__restrict__ scalars, int nh, int nkv, int hd, int bs,
-                   float *__restrict__ q_out, T *__restrict__ kc, T *__restrict__ vc)
+                   bool raw, float *__restrict__ q_out, T *__restrict__ kc, T *__restrict__ vc)
 {
 	nz_pdl_begin();
 	NZ_DYN_SMEM(float, vs);
 	const int64_t t = blockIdx.x;
 	const int half = hd / 2, qd = nh * hd, kvd = nkv * hd;
 	const int64_t ys = (int64_t)qd + 2 * kvd;
-	const float *yr = y + t * ys;
+	float *yr = y + t * ys;
 	const float *lr = yl && tok_lora[t] ? yl + t * ys : NULL;
 	const float *c = cs + t * hd, *sn = c + half;
 	const int pos = tok_pos[t];
@@ -147,7 +147,10 @@ __global__ void __launch_bounds__(kRopeThreads)
 			x1 += lr[o], x2 += lr[o + half];
 		if (rq)
 			x1 += nz_lora_delta<T>(lo, slot, vs, 0, rq, o), x2 += nz_lora_delta<T>(lo, slot, vs, 0, rq, o + half);
-		nz_rope(x1, x2, c[j], sn[j], qr[o], qr[o + half]);
+		if (raw)
+			qr[o] = x1, qr[o + half] = x2;
+		else
+			nz_rope(x1, x2, c[j], sn[j], qr[o], qr[o + half]);
 	};
 	auto k_pair = [&](int i) {
 		int g = i / half, j = i % half, ok = g * hd + j, o = qd + ok;
@@ -158,6 +161,10 @@ __global__ void __launch_bounds__(kRopeThreads)
 			x1 += lr[o], x2 += lr[o + half];
 		if (rk)
 			x1 += nz_lora_delta<T>(lo, slot, vs, 1, rk, ok), x2 += nz_lora_delta<T>(lo, slot, vs, 1, rk, ok + half);
+		if (raw) { /* (this thread's own pair of y) */
+			yr[o] = x1, yr[o + half] = x2;
+			return;
+		}
 		T *dst = kc + ((blk * nkv + g) * bs + row) * hd;
 		float a, b;
 		nz_rope(x1, x2, c[j], sn[j], a, b);
@@ -192,6 +199,50 @@ __global__ void __launch_bounds__(kRopeThreads)
 			k_pair(i);
 		for (int i = threadIdx.x; i < kvd; i += blockDim.x)
 			v_one(i);
+	}
+}
+
+/* Block (token, head): the RMS norm of a q head (in q_out) or k head (in
+ * y, as nz_k_rope_kv left them raw) with its weights, then RoPE; q back
+ * to q_out, k into the cache. */
+template <class T>
+__global__ void __launch_bounds__(kQKNormThreads)
+    qk_norm_rope_kernel(const float *__restrict__ y, const float *__restrict__ q_norm, const float *__restrict__ k_norm,
+                        float eps, const float *__restrict__ cs, const int32_t *__restrict__ tok_pos,
+                        const int32_t *__restrict__ tok_seq, const int32_t *__restrict__ bt,
+                        const int32_t *__restrict__ scalars, int nh, int nkv, int hd, int bs, float *__restrict__ q_out,
+                        T *__restrict__ kc)
+{
+	nz_pdl_begin();
+	__shared__ double red[32];
+	const int64_t t = blockIdx.x;
+	const int hh = blockIdx.y, half = hd / 2, qd = nh * hd, kvd = nkv * hd;
+	const bool isq = hh < nh;
+	float *qr = q_out + t * qd + (int64_t)hh * hd;
+	const float *src = isq ? qr : y + t * ((int64_t)qd + 2 * kvd) + qd + (int64_t)(hh - nh) * hd;
+	const float *w = isq ? q_norm : k_norm;
+	double ss = 0;
+	for (int j = threadIdx.x; j < hd; j += blockDim.x)
+		ss += (double)src[j] * (double)src[j];
+	ss = nz_block_sum(ss, red);
+	const float r = 1.0f / sqrtf((float)(ss / (double)hd) + eps);
+	const float *c = cs + t * hd, *sn = c + half;
+	T *dst = NULL;
+	if (!isq) {
+		const int pos = tok_pos[t];
+		const int64_t blk = bt[(int64_t)tok_seq[t] * scalars[NZ_SC_BT_WIDTH] + pos / bs];
+		dst = kc + ((blk * nkv + (hh - nh)) * bs + pos % bs) * hd;
+	}
+	/* (a thread writes only the pairs it read) */
+	for (int j = threadIdx.x; j < half; j += blockDim.x) {
+		float a, b;
+		nz_rope(w[j] * (src[j] * r), w[j + half] * (src[j + half] * r), c[j], sn[j], a, b);
+		if (isq) {
+			qr[j] = a, qr[j + half] = b;
+		} else {
+			dst[j] = nz_cvt<T>(a);
+			dst[j + half] = nz_cvt<T>(b);
+		}
 	}
 }
 
@@ -318,10 +369,10 @@ cudaError_t nz_k_gather_norm(int dtype, cudaStream_t s, int64_t n, const nz_samp
 	return cudaGetLastError();
 }
 
-cudaError_t nz_k_rope_kv(int dtype, cudaStream_t s, int64_t T_, const float *y, const float *yl, const nz_lora_out *lo,
+cudaError_t nz_k_rope_kv(int dtype, cudaStream_t s, int64_t T_, float *y, const float *yl, const nz_lora_out *lo,
                          const int32_t *tok_lora, const float *bias, const float *cs, const int32_t *tok_pos,
                          const int32_t *tok_seq, const int32_t *bt, const int32_t *scalars, int nh, int nkv, int hd,
-                         int bs, float *q_out, void *kc, void *vc)
+                         int bs, bool raw, float *q_out, void *kc, void *vc)
 {
 	size_t smem;
 	const nz_lora_out la = lora_arg(lo, &smem);
@@ -329,12 +380,23 @@ cudaError_t nz_k_rope_kv(int dtype, cudaStream_t s, int64_t T_, const float *y, 
 	const unsigned per_tok = (unsigned)(((nh + nkv) * (hd / 2) + nkv * hd + kRopeThreads - 1) / kRopeThreads);
 	if (lo)
 		NZ_DISPATCH(dtype, NZ_LAUNCH_PDL((rope_kv_kernel<T, true>), dim3((unsigned)T_, per_tok), dim3(kRopeThreads), smem, s,
-		                                 y, (const float *)NULL, la, tok_lora, bias, cs, tok_pos, tok_seq, bt, scalars, nh, nkv, hd, bs, q_out,
-		                                 (T *)kc, (T *)vc))
+		                                 y, (const float *)NULL, la, tok_lora, bias, cs, tok_pos, tok_seq, bt, scalars, nh, nkv, hd, bs, raw,
+		                                 q_out, (T *)kc, (T *)vc))
 	else
 		NZ_DISPATCH(dtype, NZ_LAUNCH_PDL((rope_kv_kernel<T, false>), dim3((unsigned)T_), dim3(kRopeThreads), 0, s, y, yl, la,
-		                                 tok_lora, bias, cs, tok_pos, tok_seq, bt, scalars, nh, nkv, hd, bs, q_out,
+		                                 tok_lora, bias, cs, tok_pos, tok_seq, bt, scalars, nh, nkv, hd, bs, raw, q_out,
 		                                 (T *)kc, (T *)vc))
+	return cudaGetLastError();
+}
+
+cudaError_t nz_k_qk_norm_rope(int dtype, cudaStream_t s, int64_t T_, const float *y, const float *q_norm,
+                              const float *k_norm, float eps, const float *cs, const int32_t *tok_pos,
+                              const int32_t *tok_seq, const int32_t *bt, const int32_t *scalars, int nh, int nkv,
+                              int hd, int bs, float *q_out, void *kc)
+{
+	NZ_DISPATCH(dtype, NZ_LAUNCH_PDL((qk_norm_rope_kernel<T>), dim3((unsigned)T_, (unsigned)(nh + nkv)), dim3(kQKNormThreads), 0,
+	                                 s, y, q_norm, k_norm, eps, cs, tok_pos, tok_seq, bt, scalars, nh, nkv, hd, bs, q_out,
+	                                 (T *)kc))
 	return cudaGetLastError();
 }
 

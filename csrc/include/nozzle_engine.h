@@ -32,7 +32,7 @@
 extern "C" {
 #endif
 
-#define NZ_ABI_VERSION 2
+#define NZ_ABI_VERSION 3
 
 /* ---- status codes ------------------------------------------------------ */
 #define NZ_OK 0
@@ -54,6 +54,8 @@ extern "C" {
  *   Q [nh*hd,H]  K,V [nkv*hd,H]  O [H,nh*hd]
  *   GATE,UP [I,H]  DOWN [H,I]
  *   *_BIAS [out] (optional; Qwen2 has Q/K/V biases)
+ *   Q_NORM, K_NORM [hd] (optional, in every layer or none: Qwen3's RMSNorm
+ *   of each head of q and k, after the projection and before RoPE)
  * Per-layer kinds take layer in [0, num_layers); the others take layer -1. */
 enum {
 	NZ_T_EMBED = 0,
@@ -75,7 +77,9 @@ enum {
 	NZ_T_GATE_BIAS = 16,
 	NZ_T_UP_BIAS = 17,
 	NZ_T_DOWN_BIAS = 18,
-	NZ_T_COUNT = 19
+	NZ_T_Q_NORM = 19,
+	NZ_T_K_NORM = 20,
+	NZ_T_COUNT = 21
 };
 
 /* ---- LoRA target modules (nz_adapter_load) -------------------------------- */

@@ -302,6 +302,17 @@ int32_t NZ_API nz_engine_finalize(nz_engine *e)
 			if (!e->have[(size_t)(l + 1) * NZ_T_COUNT + (size_t)k])
 				return nz_error(NZ_ERR_INVALID, "nz_engine_finalize: missing tensor %s of layer %lld",
 				                nz_kind_name(k), (long long)l);
+	/* q and k head norms: in every layer or in none, both or neither */
+	int64_t with[2] = {0, 0};
+	for (int32_t k = NZ_T_Q_NORM; k <= NZ_T_K_NORM; k++) {
+		for (int64_t l = 0; l < e->cfg.num_layers; l++)
+			with[k - NZ_T_Q_NORM] += e->have[(size_t)(l + 1) * NZ_T_COUNT + (size_t)k];
+		if (with[k - NZ_T_Q_NORM] != 0 && with[k - NZ_T_Q_NORM] != e->cfg.num_layers)
+			return nz_error(NZ_ERR_INVALID, "nz_engine_finalize: %s is set in %lld of %lld layers, want all or none",
+			                nz_kind_name(k), (long long)with[k - NZ_T_Q_NORM], (long long)e->cfg.num_layers);
+	}
+	if (with[0] != with[1])
+		return nz_error(NZ_ERR_INVALID, "nz_engine_finalize: Q_NORM and K_NORM come together");
 	int32_t st = e->ops->finalize(e->impl);
 	if (st == NZ_OK)
 		e->finalized = 1;

@@ -248,7 +248,7 @@ void nz_convert_f32_via(float *dst, const void *src, int32_t src_dtype, int32_t 
 static const char *const kind_names[NZ_T_COUNT] = {
     "EMBED", "LM_HEAD", "FINAL_NORM", "ATTN_NORM", "FFN_NORM", "Q",         "K",
     "V",     "O",       "GATE",       "UP",        "DOWN",     "Q_BIAS",    "K_BIAS",
-    "V_BIAS", "O_BIAS", "GATE_BIAS",  "UP_BIAS",   "DOWN_BIAS",
+    "V_BIAS", "O_BIAS", "GATE_BIAS",  "UP_BIAS",   "DOWN_BIAS", "Q_NORM",    "K_NORM",
 };
 
 static const char *const module_names[NZ_M_COUNT] = {"q", "k", "v", "o", "gate", "up", "down"};
@@ -310,6 +310,10 @@ int nz_tensor_shape(const nz_config *c, int32_t kind, int64_t shape[2])
 	case NZ_T_ATTN_NORM:
 	case NZ_T_FFN_NORM:
 		shape[0] = c->hidden_size;
+		return 1;
+	case NZ_T_Q_NORM:
+	case NZ_T_K_NORM:
+		shape[0] = c->head_dim;
 		return 1;
 	default:
 		break;

@@ -31,6 +31,7 @@ typedef struct cpu_layer {
 	void *w[NZ_M_COUNT];  /* [out, in] in weight dtype */
 	float *b[NZ_M_COUNT]; /* [out] or NULL */
 	float *attn_norm, *ffn_norm;
+	float *q_norm, *k_norm; /* [hd] or NULL (Qwen3's norms of each q and k head) */
 } cpu_layer;
 
 typedef struct cpu_lora {
@@ -128,6 +129,8 @@ static void cpu_destroy(void *impl)
 			}
 			nz_free(ly->attn_norm);
 			nz_free(ly->ffn_norm);
+			nz_free(ly->q_norm);
+			nz_free(ly->k_norm);
 		}
 	}
 	nz_free(e->layers);
@@ -289,6 +292,12 @@ static int32_t cpu_set_tensor(void *impl, int32_t kind, int32_t layer, int32_t d
 		break;
 	case NZ_T_FFN_NORM:
 		dst = (void **)&ly->ffn_norm, as_f32 = 1;
+		break;
+	case NZ_T_Q_NORM:
+		dst = (void **)&ly->q_norm, as_f32 = 1;
+		break;
+	case NZ_T_K_NORM:
+		dst = (void **)&ly->k_norm, as_f32 = 1;
 		break;
 	default:
 		if (kind >= NZ_T_Q && kind <= NZ_T_DOWN) {
@@ -520,18 +529,27 @@ static void silu_task(void *ctx, int64_t i, int tid)
 	}
 }
 
-/* RoPE on q and k, then k and v into the cache. */
+/* The norms of each q and k head where the model has them, RoPE on q and
+ * k, then k and v into the cache. */
 static void rope_task(void *ctx, int64_t i, int tid)
 {
 	step_ctx *c = ctx;
 	cpu_engine *e = c->e;
 	const nz_step_plan *p = c->p;
+	const cpu_layer *ly = &e->layers[c->layer];
+	const float eps = (float)e->cfg.rms_norm_eps;
 	int64_t t0 = i * c->tchunk, t1 = nz_min64(p->n_tokens, t0 + c->tchunk), half = e->hd / 2;
 	float *kvl = e->kv + c->layer * e->kv_layer_elems;
 	for (int64_t t = t0; t < t1; t++) {
 		add_row(e->q + t * e->qd, group_delta(c, 0, t), e->qd);
 		add_row(e->kk + t * e->kvd, group_delta(c, 1, t), e->kvd);
 		add_row(e->vv + t * e->kvd, group_delta(c, 2, t), e->kvd);
+		if (ly->q_norm) {
+			for (int64_t h = 0; h < e->nh; h++)
+				rmsnorm(e->q + t * e->qd + h * e->hd, e->q + t * e->qd + h * e->hd, ly->q_norm, e->hd, eps);
+			for (int64_t g = 0; g < e->nkv; g++)
+				rmsnorm(e->kk + t * e->kvd + g * e->hd, e->kk + t * e->kvd + g * e->hd, ly->k_norm, e->hd, eps);
+		}
 		const float *cs = e->cs + t * e->hd;
 		for (int64_t h = 0; h < e->nh; h++)
 			nz_rope_apply(e->q + t * e->qd + h * e->hd, half, cs, cs + half);

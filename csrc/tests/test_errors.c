@@ -303,10 +303,45 @@ static void test_engine_errors(void)
 	tm_free(&m);
 }
 
+/* Q_NORM and K_NORM (Qwen3) are in every layer or in none. */
+static void test_head_norm_errors(void)
+{
+	nz_config c = tiny_config();
+	tmodel m;
+	tm_init(&m, &c, 610, 0);
+	nz_engine *e = NULL;
+	CHECK_OK(nz_engine_create(&c, &e));
+	if (!e) {
+		tm_free(&m);
+		return;
+	}
+	size_t rows = (size_t)(c.num_layers + 1) * NZ_T_COUNT;
+	for (size_t i = 0; i < rows; i++)
+		if (m.src[i])
+			CHECK_OK(tm_set(e, &m, (int)(i / NZ_T_COUNT) - 1, (int32_t)(i % NZ_T_COUNT), NZ_F32, m.src[i]));
+	float *ones = malloc(sizeof(float) * (size_t)c.head_dim);
+	for (int64_t i = 0; i < c.head_dim; i++)
+		ones[i] = 1;
+	int64_t shape[1] = {c.head_dim}, wrong[1] = {c.hidden_size};
+	CHECK_ERR(nz_engine_set_tensor(e, NZ_T_Q_NORM, 0, NZ_F32, ones, wrong, 1), NZ_ERR_INVALID, "Q_NORM of layer 0 has shape");
+	CHECK_OK(nz_engine_set_tensor(e, NZ_T_Q_NORM, 0, NZ_F32, ones, shape, 1));
+	CHECK_ERR(nz_engine_finalize(e), NZ_ERR_INVALID, "Q_NORM is set in 1 of");
+	for (int l = 1; l < c.num_layers; l++)
+		CHECK_OK(nz_engine_set_tensor(e, NZ_T_Q_NORM, l, NZ_F32, ones, shape, 1));
+	CHECK_ERR(nz_engine_finalize(e), NZ_ERR_INVALID, "Q_NORM and K_NORM come together");
+	for (int l = 0; l < c.num_layers; l++)
+		CHECK_OK(nz_engine_set_tensor(e, NZ_T_K_NORM, l, NZ_F32, ones, shape, 1));
+	CHECK_OK(nz_engine_finalize(e));
+	free(ones);
+	nz_engine_destroy(e);
+	tm_free(&m);
+}
+
 int main(void)
 {
 	test_abi();
 	test_create_errors();
 	test_engine_errors();
+	test_head_norm_errors();
 	return t_done("test_errors");
 }

@@ -6,7 +6,7 @@ import "unsafe"
 // and checks every constant and struct field against these.
 
 // ABIVersion is the NZ_ABI_VERSION this package is written against.
-const ABIVersion = 2
+const ABIVersion = 3
 
 // Status codes (NZ_OK, NZ_ERR_*).
 const (
@@ -54,7 +54,7 @@ const (
 // nzTensorCount and nzModuleCount are NZ_T_COUNT and NZ_M_COUNT; the
 // values themselves live in runtime/model (TensorKind, Module).
 const (
-	nzTensorCount = 19
+	nzTensorCount = 21
 	nzModuleCount = 7
 )
 

@@ -78,6 +78,8 @@ func refCases() []refCase {
 		}, tol: tight},
 		{name: "LoRASomeModules", adapter: &model.AdapterSpec{Rank: 4, Seed: 13, DType: safetensors.F16, Modules: []model.Module{model.ModuleK, model.ModuleO, model.ModuleUp}, Layers: []int{1}}, tol: tight},
 		{name: "LoRAQwen2", spec: func(s *model.Spec) { s.Arch = "qwen2"; s.Tied = true }, adapter: &model.AdapterSpec{Rank: 16, Alpha: 8, Seed: 14}, tol: tight},
+		{name: "LoRAQwen3HeadNorms", spec: func(s *model.Spec) { s.Arch = "qwen3"; s.HeadDim = 16 }, adapter: &model.AdapterSpec{Rank: 8, Alpha: 16, Seed: 15}, tol: tight},
+		{name: "Qwen3AttentionBias", spec: func(s *model.Spec) { s.Arch = "qwen3"; s.AttentionBias = true; s.Tied = true }, tol: tight},
 	}...)
 }
 

@@ -53,6 +53,16 @@ func fixtures() []fixture {
 			},
 		},
 		{
+			// Qwen3: RMS norms of each q and k head before RoPE, no biases,
+			// head_dim apart from hidden_size / heads.
+			name: "qwen3-bf16",
+			spec: model.Spec{Arch: "qwen3", VocabSize: 64, HiddenSize: 32, IntermediateSize: 48, NumLayers: 2, NumHeads: 4, NumKVHeads: 2,
+				HeadDim: 16, RopeTheta: 1e6, RMSNormEps: 1e-6, DType: safetensors.BF16, Seed: 5001},
+			adapters: map[string]model.AdapterSpec{
+				"adapter-e": {Rank: 8, Alpha: 16, Seed: 5002, DType: safetensors.BF16},
+			},
+		},
+		{
 			name: "llama3-sharded",
 			spec: model.Spec{VocabSize: 64, HiddenSize: 32, IntermediateSize: 48, NumLayers: 2, NumHeads: 2, NumKVHeads: 1, HeadDim: 16,
 				AttentionBias: true, MLPBias: true, RopeTheta: 500000, Shards: 2, DType: safetensors.F16, Seed: 3001,

@@ -35,6 +35,7 @@ func (l *refLinear) apply(x []float64) []float64 {
 
 type refLayer struct {
 	attnNorm, ffnNorm []float64
+	qNorm, kNorm      []float64                   // [hd] or nil (Qwen3)
 	proj              [model.NumModules]refLinear // q k v o gate up down
 }
 
@@ -103,6 +104,8 @@ func newRefModel(t testing.TB, m *model.Model) *refModel {
 		L.proj[model.ModuleGate].b = get(model.KindGateBias, l)
 		L.proj[model.ModuleUp].b = get(model.KindUpBias, l)
 		L.proj[model.ModuleDown].b = get(model.KindDownBias, l)
+		L.qNorm = get(model.KindQNorm, l)
+		L.kNorm = get(model.KindKNorm, l)
 		r.layers = append(r.layers, L)
 	}
 	r.invFreq = refInvFreq(c)
@@ -151,6 +154,14 @@ func rmsNorm(x, w []float64, eps float64) []float64 {
 		y[i] = w[i] * v * r
 	}
 	return y
+}
+
+// headNorm RMS-normalises each head of x (heads × len(w)) in place with
+// w (Qwen3's q_norm and k_norm).
+func headNorm(x, w []float64, eps float64) {
+	for h := 0; h < len(x); h += len(w) {
+		copy(x[h:h+len(w)], rmsNorm(x[h:h+len(w)], w, eps))
+	}
 }
 
 // rope rotates each head of x (heads × hd) in place, rotate-half style.
@@ -210,6 +221,10 @@ func (r *refModel) forward(tokens []int32, ad refAdapter) [][]float64 {
 			q[t] = r.proj(l, model.ModuleQ, x, ad)
 			k[t] = r.proj(l, model.ModuleK, x, ad)
 			v[t] = r.proj(l, model.ModuleV, x, ad)
+			if L.qNorm != nil {
+				headNorm(q[t], L.qNorm, c.RMSNormEps)
+				headNorm(k[t], L.kNorm, c.RMSNormEps)
+			}
 			r.rope(q[t], nh, t)
 			r.rope(k[t], nkv, t)
 		}

@@ -22,9 +22,14 @@ const (
 	ArchLlama   = "LlamaForCausalLM"
 	ArchMistral = "MistralForCausalLM"
 	ArchQwen2   = "Qwen2ForCausalLM"
+	ArchQwen3   = "Qwen3ForCausalLM"
 )
 
-var archByModelType = map[string]string{"llama": ArchLlama, "mistral": ArchMistral, "qwen2": ArchQwen2}
+var archByModelType = map[string]string{"llama": ArchLlama, "mistral": ArchMistral, "qwen2": ArchQwen2, "qwen3": ArchQwen3}
+
+// isQwen reports whether the architecture is Qwen2's or Qwen3's, which
+// share their defaults and their sliding window's spelling.
+func isQwen(arch string) bool { return arch == ArchQwen2 || arch == ArchQwen3 }
 
 // RoPE scaling types the engine implements.
 const (
@@ -48,7 +53,7 @@ type RopeScaling struct {
 // Config is a model's config.json with every default and alternative
 // spelling resolved.
 type Config struct {
-	// Architecture is one of ArchLlama, ArchMistral, ArchQwen2.
+	// Architecture is one of ArchLlama, ArchMistral, ArchQwen2, ArchQwen3.
 	Architecture string
 	// ModelType is config.json's model_type (may be empty).
 	ModelType string
@@ -79,6 +84,9 @@ type Config struct {
 	OBias   bool
 	// MLPBias: gate, up and down projections have biases (Llama mlp_bias).
 	MLPBias bool
+	// QKNorm: each head of q and of k is RMS-normalised (own weights of
+	// head_dim, rms_norm_eps) after the projection and before RoPE (Qwen3).
+	QKNorm bool
 	// DType is torch_dtype/dtype as a safetensors dtype ("" when absent).
 	DType safetensors.DType
 
@@ -166,14 +174,14 @@ func ParseConfig(b []byte) (*Config, error) {
 	switch {
 	case len(r.Architectures) > 0:
 		a := r.Architectures[0]
-		if a != ArchLlama && a != ArchMistral && a != ArchQwen2 {
-			return nil, fmt.Errorf("architecture %q is not supported (want %s, %s or %s)", a, ArchLlama, ArchMistral, ArchQwen2)
+		if a != ArchLlama && a != ArchMistral && a != ArchQwen2 && a != ArchQwen3 {
+			return nil, fmt.Errorf("architecture %q is not supported (want %s, %s, %s or %s)", a, ArchLlama, ArchMistral, ArchQwen2, ArchQwen3)
 		}
 		c.Architecture = a
 	case r.ModelType != "":
 		a, ok := archByModelType[r.ModelType]
 		if !ok {
-			return nil, fmt.Errorf("model_type %q is not supported (want llama, mistral or qwen2)", r.ModelType)
+			return nil, fmt.Errorf("model_type %q is not supported (want llama, mistral, qwen2 or qwen3)", r.ModelType)
 		}
 		c.Architecture = a
 	default:
@@ -203,7 +211,7 @@ func ParseConfig(b []byte) (*Config, error) {
 		return nil, err
 	}
 	c.VocabSize = 32000
-	if c.Architecture == ArchQwen2 {
+	if isQwen(c.Architecture) {
 		c.VocabSize = 151936
 	}
 	if r.VocabSize != nil {
@@ -224,6 +232,9 @@ func ParseConfig(b []byte) (*Config, error) {
 		return nil, fmt.Errorf("num_attention_heads %d is not a multiple of num_key_value_heads %d", c.NumHeads, c.NumKVHeads)
 	}
 	c.HeadDim = c.HiddenSize / c.NumHeads
+	if c.Architecture == ArchQwen3 {
+		c.HeadDim = 128 // Qwen3Config's default, whatever hidden_size is
+	}
 	if r.HeadDim != nil {
 		if c.HeadDim, err = need("head_dim", r.HeadDim); err != nil {
 			return nil, err
@@ -235,7 +246,7 @@ func ParseConfig(b []byte) (*Config, error) {
 	switch c.Architecture {
 	case ArchMistral:
 		c.MaxPositionEmbeddings = 4096 * 32
-	case ArchQwen2:
+	case ArchQwen2, ArchQwen3:
 		c.MaxPositionEmbeddings = 32768
 	default:
 		c.MaxPositionEmbeddings = 2048
@@ -287,6 +298,11 @@ func ParseConfig(b []byte) (*Config, error) {
 	switch c.Architecture {
 	case ArchQwen2:
 		c.QKVBias = true
+	case ArchQwen3:
+		c.QKNorm = true
+		if r.AttentionBias != nil && *r.AttentionBias {
+			c.QKVBias, c.OBias = true, true
+		}
 	case ArchLlama:
 		if r.AttentionBias != nil && *r.AttentionBias {
 			c.QKVBias, c.OBias = true, true
@@ -427,7 +443,7 @@ func (c *Config) parseSlidingWindow(r *rawConfig) error {
 			window = 4096 // MistralConfig's default when the key is absent
 		}
 		c.SlidingWindow = window
-	case ArchQwen2:
+	case ArchQwen2, ArchQwen3:
 		if r.UseSlidingWindow == nil || !*r.UseSlidingWindow {
 			window = 0
 		} else if r.SlidingWindow == nil {

@@ -30,6 +30,25 @@ func TestParseConfig(t *testing.T) {
 				t.Errorf("%+v", c)
 			}
 		}},
+		// Qwen3-0.6B's config.json as published.
+		{"Qwen3", `{"architectures":["Qwen3ForCausalLM"],"attention_bias":false,"attention_dropout":0.0,"bos_token_id":151643,"eos_token_id":151645,
+			"head_dim":128,"hidden_act":"silu","hidden_size":1024,"initializer_range":0.02,"intermediate_size":3072,"max_position_embeddings":40960,
+			"max_window_layers":28,"model_type":"qwen3","num_attention_heads":16,"num_hidden_layers":28,"num_key_value_heads":8,"rms_norm_eps":1e-06,
+			"rope_scaling":null,"rope_theta":1000000,"sliding_window":null,"tie_word_embeddings":true,"torch_dtype":"bfloat16",
+			"transformers_version":"4.51.0","use_cache":true,"use_sliding_window":false,"vocab_size":151936}`, func(t *testing.T, c *model.Config) {
+			if c.Architecture != model.ArchQwen3 || !c.QKNorm || c.QKVBias || c.OBias || c.MLPBias || c.HeadDim != 128 || c.NumKVHeads != 8 ||
+				c.SlidingWindow != 0 || !c.TieWordEmbeddings || c.MaxPositionEmbeddings != 40960 || c.RopeTheta != 1e6 || c.DType != safetensors.BF16 {
+				t.Errorf("%+v", c)
+			}
+		}},
+		// Qwen3Config's defaults: head_dim 128 whatever hidden_size / heads
+		// is, attention_bias adds q/k/v and o biases.
+		{"Qwen3Defaults", `{"model_type":"qwen3","attention_bias":true,` + base + `}`, func(t *testing.T, c *model.Config) {
+			if c.Architecture != model.ArchQwen3 || c.HeadDim != 128 || c.VocabSize != 151936 || c.MaxPositionEmbeddings != 32768 ||
+				!c.QKNorm || !c.QKVBias || !c.OBias {
+				t.Errorf("%+v", c)
+			}
+		}},
 		{"MistralDefaults", `{"architectures":["MistralForCausalLM"],` + base + `}`, func(t *testing.T, c *model.Config) {
 			if c.NumKVHeads != 8 || c.SlidingWindow != 4096 || c.SlidingWindowFromLayer != 0 || c.MaxPositionEmbeddings != 131072 {
 				t.Errorf("%+v", c)

@@ -21,7 +21,7 @@ import (
 // Spec describes a random model for WriteRandomModel. Zero fields take the
 // defaults noted.
 type Spec struct {
-	// Arch is "llama" (default), "mistral" or "qwen2".
+	// Arch is "llama" (default), "mistral", "qwen2" or "qwen3".
 	Arch             string
 	VocabSize        int
 	HiddenSize       int
@@ -43,12 +43,13 @@ type Spec struct {
 	Rope           *RopeScaling
 	RopeParameters bool
 	// SlidingWindow > 0 writes a window: Mistral's sliding_window, or
-	// Qwen2's use_sliding_window with max_window_layers = MaxWindowLayers.
+	// Qwen2's and Qwen3's use_sliding_window with max_window_layers =
+	// MaxWindowLayers.
 	SlidingWindow   int
 	MaxWindowLayers int
 	Tied            bool
-	// AttentionBias and MLPBias set Llama's attention_bias and mlp_bias
-	// (Qwen2 always has q/k/v biases).
+	// AttentionBias sets Llama's and Qwen3's attention_bias, MLPBias
+	// Llama's mlp_bias (Qwen2 always has q/k/v biases).
 	AttentionBias bool
 	MLPBias       bool
 	// DType of the weights: BF16 (default), F16 or F32.
@@ -74,7 +75,7 @@ func (s *Spec) defaults() error {
 		s.Arch = "llama"
 	}
 	if _, ok := archByModelType[s.Arch]; !ok {
-		return fmt.Errorf("generate model: arch %q is not llama, mistral or qwen2", s.Arch)
+		return fmt.Errorf("generate model: arch %q is not llama, mistral, qwen2 or qwen3", s.Arch)
 	}
 	if s.VocabSize <= 0 || s.HiddenSize <= 0 || s.IntermediateSize <= 0 || s.NumLayers <= 0 || s.NumHeads <= 0 {
 		return errors.New("generate model: vocab, hidden, intermediate, layers and heads must be positive")
@@ -150,15 +151,23 @@ func (s *Spec) tensors() []genTensor {
 			genTensor{p + "self_attn.v_proj.weight", []int64{kv, H}, initLinear},
 			genTensor{p + "self_attn.o_proj.weight", []int64{H, q}, initLinear},
 		)
-		if s.Arch == "qwen2" || (s.Arch == "llama" && s.AttentionBias) {
+		attnBias := (s.Arch == "llama" || s.Arch == "qwen3") && s.AttentionBias
+		if s.Arch == "qwen2" || attnBias {
 			ts = append(ts,
 				genTensor{p + "self_attn.q_proj.bias", []int64{q}, initBias},
 				genTensor{p + "self_attn.k_proj.bias", []int64{kv}, initBias},
 				genTensor{p + "self_attn.v_proj.bias", []int64{kv}, initBias},
 			)
 		}
-		if s.Arch == "llama" && s.AttentionBias {
+		if attnBias {
 			ts = append(ts, genTensor{p + "self_attn.o_proj.bias", []int64{H}, initBias})
+		}
+		if s.Arch == "qwen3" {
+			hd := int64(s.headDim())
+			ts = append(ts,
+				genTensor{p + "self_attn.q_norm.weight", []int64{hd}, initNorm},
+				genTensor{p + "self_attn.k_norm.weight", []int64{hd}, initNorm},
+			)
 		}
 		ts = append(ts,
 			genTensor{p + "post_attention_layernorm.weight", []int64{H}, initNorm},
@@ -303,7 +312,11 @@ func (s *Spec) config() map[string]any {
 		} else {
 			c["sliding_window"] = nil
 		}
-	case "qwen2":
+	case "qwen2", "qwen3":
+		if s.Arch == "qwen3" {
+			c["attention_bias"] = s.AttentionBias
+			c["head_dim"] = s.headDim() // Qwen3Config's default is 128, not hidden/heads
+		}
 		c["use_sliding_window"] = s.SlidingWindow > 0
 		c["sliding_window"] = 4096
 		if s.SlidingWindow > 0 {

@@ -40,7 +40,9 @@ const (
 	KindGateBias  TensorKind = 16
 	KindUpBias    TensorKind = 17
 	KindDownBias  TensorKind = 18
-	NumKinds                 = 19
+	KindQNorm     TensorKind = 19
+	KindKNorm     TensorKind = 20
+	NumKinds                 = 21
 )
 
 // PerLayer reports whether the kind exists once per decoder layer.
@@ -418,6 +420,15 @@ func (m *Model) collect(find lookup) error {
 		}
 		if c.OBias {
 			if err := add(KindOBias, l, p+"self_attn.o_proj.bias", true, H); err != nil {
+				return err
+			}
+		}
+		if c.QKNorm {
+			hd := int64(c.HeadDim)
+			if err := add(KindQNorm, l, p+"self_attn.q_norm.weight", true, hd); err != nil {
+				return err
+			}
+			if err := add(KindKNorm, l, p+"self_attn.k_norm.weight", true, hd); err != nil {
 				return err
 			}
 		}

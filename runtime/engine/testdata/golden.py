@@ -1,10 +1,11 @@
 #!/usr/bin/python3
 """Golden logits for the engine tests, computed with PyTorch.
 
-An independent implementation of the Hugging Face Llama / Mistral / Qwen2
-forward pass (LlamaRMSNorm, rotate-half RoPE with default / linear / llama3
-scaling, GQA via repeat_kv, causal + sliding-window mask, SiLU-gated MLP,
-tied embeddings, q/k/v(/o) and MLP biases) and of PEFT's LoRA math
+An independent implementation of the Hugging Face Llama / Mistral / Qwen2 /
+Qwen3 forward pass (LlamaRMSNorm, rotate-half RoPE with default / linear /
+llama3 scaling, GQA via repeat_kv, causal + sliding-window mask, SiLU-gated
+MLP, tied embeddings, q/k/v(/o) and MLP biases, Qwen3's RMSNorm of each q
+and k head before RoPE) and of PEFT's LoRA math
 (per-module scaling alpha/r or alpha/sqrt(r), rank_pattern / alpha_pattern
 resolved with get_pattern_key's regex), written from those projects'
 conventions and reading the fixture files directly (its own safetensors
@@ -93,15 +94,19 @@ class Config:
         self.rope = dict(rope)
         self.rope_type = rope.get("rope_type", rope.get("type", "default"))
         self.tie = c.get("tie_word_embeddings", False)
-        self.qkv_bias = self.arch == "Qwen2ForCausalLM" or (self.arch == "LlamaForCausalLM" and c.get("attention_bias", False))
-        self.o_bias = self.arch == "LlamaForCausalLM" and c.get("attention_bias", False)
+        attn_bias = self.arch in ("LlamaForCausalLM", "Qwen3ForCausalLM") and c.get("attention_bias", False)
+        self.qkv_bias = self.arch == "Qwen2ForCausalLM" or attn_bias
+        self.o_bias = attn_bias
+        # Qwen3Attention: q_norm / k_norm (Qwen3RMSNorm over head_dim) on
+        # the projections' heads, before RoPE.
+        self.qk_norm = self.arch == "Qwen3ForCausalLM"
         self.mlp_bias = self.arch == "LlamaForCausalLM" and c.get("mlp_bias", False)
         # Sliding window per layer (None = full attention).
         self.window = [None] * self.L
         if self.arch == "MistralForCausalLM":
             w = c.get("sliding_window", 4096)
             self.window = [w] * self.L
-        elif self.arch == "Qwen2ForCausalLM" and c.get("use_sliding_window", False):
+        elif self.arch in ("Qwen2ForCausalLM", "Qwen3ForCausalLM") and c.get("use_sliding_window", False):
             w = c.get("sliding_window", 4096)
             mwl = c.get("max_window_layers", 28)
             self.window = [w if i >= mwl else None for i in range(self.L)]
@@ -203,8 +208,13 @@ def forward(cfg, W, ids, lora=None, inv=None):
     for layer in range(cfg.L):
         p = f"model.layers.{layer}."
         x = rms_norm(h, W[p + "input_layernorm.weight"], cfg.eps)
-        q = linear(x, W, p, lora, "self_attn.q_proj").view(T, cfg.nh, cfg.hd).transpose(0, 1)
-        k = linear(x, W, p, lora, "self_attn.k_proj").view(T, cfg.nkv, cfg.hd).transpose(0, 1)
+        q = linear(x, W, p, lora, "self_attn.q_proj").view(T, cfg.nh, cfg.hd)
+        k = linear(x, W, p, lora, "self_attn.k_proj").view(T, cfg.nkv, cfg.hd)
+        if cfg.qk_norm:
+            q = rms_norm(q, W[p + "self_attn.q_norm.weight"], cfg.eps)
+            k = rms_norm(k, W[p + "self_attn.k_norm.weight"], cfg.eps)
+        q = q.transpose(0, 1)
+        k = k.transpose(0, 1)
         v = linear(x, W, p, lora, "self_attn.v_proj").view(T, cfg.nkv, cfg.hd).transpose(0, 1)
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
