@@ -3,7 +3,10 @@ package billing
 import (
 	"fmt"
 	"io"
+	"math"
 	"slices"
+	"strconv"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -65,9 +68,9 @@ func WriteTable(w io.Writer, r *nozzle.Report) error {
 		if saving < 100 && saving >= 99.95 {
 			saving = 99.9
 		}
-		fmt.Fprintf(tw, "%s%d\t%d\t%d\t%d\t%.1f\t%.1f\t%.4f\t%.4f\t%.4f\t%.2f\t%.1f\t\n", cells,
+		fmt.Fprintf(tw, "%s%d\t%d\t%d\t%d\t%.1f\t%.1f\t%s\t%s\t%s\t%.2f\t%.1f\t\n", cells,
 			row.Requests, row.PromptTokens, row.CachedPromptTokens, row.CompletionTokens, row.DeviceSeconds, row.IdleSeconds,
-			row.CostUSD, row.ChargedUSD, row.MarginUSD, row.DedicatedUSD, saving)
+			dollars(row.CostUSD), dollars(row.ChargedUSD), dollars(row.MarginUSD), row.DedicatedUSD, saving)
 	}
 	for i := range r.Rows {
 		line(&r.Rows[i], "")
@@ -76,10 +79,13 @@ func WriteTable(w io.Writer, r *nozzle.Report) error {
 	if err := tw.Flush(); err != nil {
 		return err
 	}
+	if o := requestOutcomes(&r.Total); o != "" {
+		fmt.Fprintf(w, "\nOf the %d requests: %s.\n", r.Total.Requests, o)
+	}
 	if g := r.GPU; g != nil {
-		fmt.Fprintf(w, "\nGPU: up %s, active %s (utilisation %.1f%%), cost $%.4f, idle cost $%.4f, left with the operator $%.4f; charged $%.4f, margin $%.4f\n",
-			secs(g.UptimeSeconds), secs(g.ActiveSeconds), g.Utilization*100, g.CostUSD, g.IdleCostUSD, g.OperatorIdleUSD,
-			r.Total.ChargedUSD, g.MarginUSD)
+		fmt.Fprintf(w, "\nGPU: up %s, active %s (utilisation %.1f%%), cost %s, idle cost %s, left with the operator %s; charged %s, margin %s\n",
+			secs(g.UptimeSeconds), secs(g.ActiveSeconds), g.Utilization*100, usd(g.CostUSD), usd(g.IdleCostUSD), usd(g.OperatorIdleUSD),
+			usd(r.Total.ChargedUSD), usd(g.MarginUSD))
 	}
 	if o := r.Outbox; o != nil {
 		state := "off"
@@ -96,6 +102,50 @@ func WriteTable(w io.Writer, r *nozzle.Report) error {
 		fmt.Fprintln(w)
 	}
 	return nil
+}
+
+// requestOutcomes says how many of a row's requests ended without their
+// full answer ("2 failed, not charged, 5 canceled, 1 interrupted"), the
+// kinds there are none of left out; "" when every request ended normally.
+func requestOutcomes(r *nozzle.ReportRow) string {
+	var parts []string
+	for _, o := range []struct {
+		n    int64
+		what string
+	}{
+		{r.FailedRequests, "failed, not charged"},
+		{r.CanceledRequests, "canceled (the client went away or a stream timed out), charged for what they produced"},
+		{r.InterruptedRequests, "interrupted by a crash of the gateway, charged up to the last checkpoint"},
+	} {
+		if o.n > 0 {
+			parts = append(parts, fmt.Sprintf("%d %s", o.n, o.what))
+		}
+	}
+	return strings.Join(parts, "; ")
+}
+
+// dollars shows an amount of a table's dollar column: four decimals, or,
+// below a cent, three significant digits (at least four decimals), as the
+// console shows amounts: a few tokens' charge never reads as 0.0000, nor
+// a small loss as -0.0000.
+func dollars(v float64) string {
+	a := math.Abs(v)
+	if a == 0 || a >= 0.01 {
+		return strconv.FormatFloat(v, 'f', 4, 64)
+	}
+	s := strconv.FormatFloat(v, 'f', max(4, 2-int(math.Floor(math.Log10(a)))), 64)
+	for s[len(s)-1] == '0' && len(s)-strings.IndexByte(s, '.') > 5 {
+		s = s[:len(s)-1]
+	}
+	return s
+}
+
+// usd is dollars with its sign and a dollar sign: $0.0311, -$0.0027.
+func usd(v float64) string {
+	if v < 0 {
+		return "-$" + dollars(-v)
+	}
+	return "$" + dollars(v)
 }
 
 func countTabs(s string) int {

@@ -50,3 +50,42 @@ func TestWriteTable(t *testing.T) {
 		t.Fatalf("table differs from %s (run with -update):\n%s", golden, buf.String())
 	}
 }
+
+// TestWriteTable_SmallAmountsAndOutcomes: a charge of a few tokens, too
+// small for four decimals, shows its digits rather than 0.0000 (nor a
+// small loss as -0.0000), and the table says how many requests failed,
+// were canceled or were interrupted, as the CSV's and JSON's columns do.
+func TestWriteTable_SmallAmountsAndOutcomes(t *testing.T) {
+	ctx := context.Background()
+	l := mustOpen(t, billing.Options{DefaultPrice: nozzle.Price{PromptPerMillionUSD: 0.2, CompletionPerMillionUSD: 0.6}})
+	a := mustTenant(t, l, "acme")
+	start := date("2026-03-04T10:00:00Z")
+	if err := l.RecordCapacity(ctx, []nozzle.CapacityInterval{{RuntimeID: "rt", Seq: 1, Start: start, End: start.Add(time.Hour), ActiveSeconds: 1, IdleSeconds: 3599, RatePerHour: 2}}); err != nil {
+		t.Fatal(err)
+	}
+	ev := func(id, status string) {
+		mustRecord(t, l, nozzle.UsageEvent{RequestID: id, TenantID: a.ID, Time: start.Add(time.Minute), Status: status,
+			PromptTokens: 20, CompletionTokens: 32, DeviceSeconds: 0.02, RatePerHour: 2})
+	}
+	ev("ok", nozzle.UsageOK)
+	ev("failed", nozzle.UsageFailed)
+	ev("canceled1", nozzle.UsageCanceled)
+	ev("canceled2", nozzle.UsageCanceled)
+	rep := mustReport(t, l, nozzle.ReportQuery{Start: start, End: start.Add(time.Hour), GroupBy: []string{"adapter"}})
+	var buf bytes.Buffer
+	if err := billing.WriteTable(&buf, rep); err != nil {
+		t.Fatal(err)
+	}
+	out := buf.String()
+	// three charged requests of 20 + 32 tokens: 3 × 0.0000232
+	for _, want := range []string{"  0.0000696  ", "Of the 4 requests: 1 failed, not charged; 2 canceled (", "charged $0.0000696,"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("no %q in\n%s", want, out)
+		}
+	}
+	for _, bad := range []string{" 0.0000 ", "-0.0000 ", "interrupted"} {
+		if strings.Contains(out, bad) {
+			t.Errorf("%q in\n%s", bad, out)
+		}
+	}
+}
