@@ -407,8 +407,12 @@ type overviewView struct {
 	// a dedicated GPU counts from each adapter's first request, so a
 	// tenant who started late in a quiet month can pay more; the headline
 	// then says so instead of a negative saving and "$0.00 less".
-	Compared     bool
-	ExtraUSD     float64
+	Compared bool
+	ExtraUSD float64
+	// IdleShared: the tenants carry the GPU's idle time (the prorata
+	// policy), so the shared GPU's cost includes a share of it; under the
+	// operator policy it is the tenant's active time alone.
+	IdleShared   bool
 	Chart        chart
 	HasUsage     bool
 	Keys         int
@@ -434,6 +438,7 @@ func (cs *console) overviewPage(c *fiber.Ctx, sess *consoleSession) error {
 	v.SavingUSD = max(0, rep.Total.DedicatedUSD-rep.Total.CostUSD)
 	v.Compared = rep.Total.DedicatedUSD > 0
 	v.ExtraUSD = max(0, rep.Total.CostUSD-rep.Total.DedicatedUSD)
+	v.IdleShared = rep.IdlePolicy != nozzle.IdleOperator
 	xs := buckets(from, dayStart(now).AddDate(0, 0, 1), nozzle.GroupDay)
 	s := seriesByTime(rep.Rows, xs,
 		func(r *nozzle.ReportRow) float64 { return float64(r.PromptTokens) },

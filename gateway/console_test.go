@@ -1462,6 +1462,34 @@ func TestConsole_OverviewSaving(t *testing.T) {
 	}
 }
 
+// TestConsole_OverviewSavingOperatorIdle: under the operator idle policy
+// the tenant's share of the shared GPU is its active time alone, and the
+// overview's headline says so rather than "its idle time included".
+func TestConsole_OverviewSavingOperatorIdle(t *testing.T) {
+	f := newConsoleFixture(t)
+	b, _ := f.tenantUser("acme")
+	u, err := f.deps.Users.UserByEmail(t.Context(), "dev@acme.test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.w.mu.Lock()
+	f.w.operatorIdle = true
+	f.w.events = append(f.w.events, &nozzle.UsageEvent{RequestID: "light", TenantID: u.TenantID, Time: time.Now(), Status: nozzle.UsageOK,
+		PromptTokens: 100, CompletionTokens: 20, DeviceSeconds: 2, RatePerHour: f.w.rate, ChargeUSD: 0.01})
+	f.w.mu.Unlock()
+	resp, body := b.page("/console/overview")
+	wantConsoleStatus(t, resp, 200, body)
+	h := regexp.MustCompile(`(?s)<section class="headline".*?</section>`).FindString(body)
+	for _, w := range []string{"Saving against a dedicated GPU this month", "less. That is the GPU time your requests took: the operator carries the GPU's idle time;"} {
+		if !strings.Contains(h, w) {
+			t.Errorf("no %q in\n%s", w, h)
+		}
+	}
+	if strings.Contains(h, "idle time included") {
+		t.Errorf("the operator's idle time counted as the tenant's in\n%s", h)
+	}
+}
+
 // TestConsole_FormsPost: every form of the console posts, or is a filter
 // (GET); a form the page's script sends, sent by the browser itself (the
 // script not run yet), gets a page saying so: never what it holds (an
