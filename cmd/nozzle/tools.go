@@ -23,6 +23,25 @@ import (
 // how to reach a running server that holds it.
 type toolFlags struct {
 	data, addr, adminToken string
+	// settings are billing settings given as flags (--idle-policy,
+	// --dedicated-rate-per-hour): a report read from the ledger file
+	// takes them over the server's config file and environment.
+	settings []string
+}
+
+// registerBilling adds the flags of the billing settings a report read
+// from the ledger file splits and compares with, for a server started
+// with them as flags (which the tools cannot read back).
+func (t *toolFlags) registerBilling(fs *flag.FlagSet) {
+	for _, f := range []struct{ name, help string }{
+		{"idle-policy", "who carries idle GPU time in a report read from the ledger file: prorata or operator (default: NOZZLE_IDLE_POLICY or the config file's, as the server)"},
+		{"dedicated-rate-per-hour", "hourly price of a dedicated GPU in a report read from the ledger file (default: NOZZLE_DEDICATED_RATE_PER_HOUR or the config file's, as the server)"},
+	} {
+		fs.Func(f.name, f.help, func(v string) error {
+			t.settings = append(t.settings, "--"+f.name, v)
+			return nil
+		})
+	}
 }
 
 func (t *toolFlags) register(fs *flag.FlagSet) {
@@ -49,7 +68,7 @@ func (t *toolFlags) openLedger() (*billing.Ledger, error) {
 	// The billing settings the server runs with (its config file named by
 	// NOZZLE_CONFIG, and NOZZLE_* variables): a report read from the file
 	// splits and compares as the server's would.
-	cfg, _, err := Load("report", nil, os.LookupEnv, io.Discard)
+	cfg, _, err := Load("report", t.settings, os.LookupEnv, io.Discard)
 	if err != nil {
 		return nil, fmt.Errorf("the server's settings: %w", err)
 	}
@@ -105,6 +124,7 @@ func runReport(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	fs.SetOutput(stderr)
 	var t toolFlags
 	t.register(fs)
+	t.registerBilling(fs)
 	tenant := fs.String("tenant", "", "tenant id or name (default: every tenant, the operator's report)")
 	start := fs.String("start", "", "start of the period, RFC 3339 or YYYY-MM-DD (default: start of this month, UTC)")
 	end := fs.String("end", "", "end of the period, exclusive (default: the end of the current month, as the API's)")
@@ -143,6 +163,10 @@ func runReport(ctx context.Context, args []string, stdout, stderr io.Writer) err
 			return err
 		}
 	} else {
+		if len(t.settings) > 0 {
+			return fmt.Errorf("--idle-policy and --dedicated-rate-per-hour are for a report read from the ledger file, and the nozzle at %s holds it: "+
+				"its reports follow its own settings (leave them out, or stop it first)", t.addr)
+		}
 		v := url.Values{"start": {q.Start.Format(time.RFC3339)}, "end": {q.End.Format(time.RFC3339)}, "group_by": {strings.Join(q.GroupBy, ",")}}
 		if *tenant != "" {
 			v.Set("tenant_id", *tenant)

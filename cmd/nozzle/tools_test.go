@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -43,17 +44,10 @@ func TestReportQuery_EndOnly(t *testing.T) {
 // splits idle time by the server's policy and compares with its dedicated
 // rate (NOZZLE_* variables, as the server reads them).
 func TestReportOffline_ServerSettings(t *testing.T) {
-	dir := t.TempDir()
-	l, err := billing.Open(billing.Options{Path: filepath.Join(dir, "ledger.db")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := l.Close(); err != nil {
-		t.Fatal(err)
-	}
+	dir := emptyLedger(t)
 	t.Setenv("NOZZLE_IDLE_POLICY", nozzle.IdleOperator)
 	t.Setenv("NOZZLE_DEDICATED_RATE_PER_HOUR", "3")
-	l, err = (&toolFlags{data: dir}).openLedger()
+	l, err := (&toolFlags{data: dir}).openLedger()
 	if err != nil || l == nil {
 		t.Fatalf("open: %v", err)
 	}
@@ -63,4 +57,57 @@ func TestReportOffline_ServerSettings(t *testing.T) {
 	if err != nil || rep.IdlePolicy != nozzle.IdleOperator {
 		t.Errorf("idle policy %q (%v), want the server's %q", rep.IdlePolicy, err, nozzle.IdleOperator)
 	}
+}
+
+// TestReportOffline_SettingsFlags: a server started with --idle-policy or
+// --dedicated-rate-per-hour as flags leaves no trace of them the tools can
+// read, so `nozzle report` takes them as flags too, over the environment,
+// for a report read from the ledger file; while a server holds the ledger
+// they are refused rather than ignored (its report has its own settings).
+func TestReportOffline_SettingsFlags(t *testing.T) {
+	dir := emptyLedger(t)
+	t.Setenv("NOZZLE_IDLE_POLICY", nozzle.IdleProrata)
+	report := func(args ...string) (*nozzle.Report, error) {
+		var out, errb strings.Builder
+		err := runReport(t.Context(), append([]string{"--data", dir, "--addr", "127.0.0.1:1", "--format", "json"}, args...), &out, &errb)
+		if err != nil {
+			return nil, err
+		}
+		var rep nozzle.Report
+		if err := json.Unmarshal([]byte(out.String()), &rep); err != nil {
+			t.Fatalf("%v: %s", err, out.String())
+		}
+		return &rep, nil
+	}
+	if rep, err := report(); err != nil || rep.IdlePolicy != nozzle.IdleProrata {
+		t.Fatalf("without the flag: %v, %v", rep, err)
+	}
+	if rep, err := report("--idle-policy", "operator", "--dedicated-rate-per-hour", "3"); err != nil || rep.IdlePolicy != nozzle.IdleOperator {
+		t.Fatalf("--idle-policy operator: %v, %v", rep, err)
+	}
+	if _, err := report("--idle-policy", "nobody"); err == nil || !strings.Contains(err.Error(), "want prorata or operator") {
+		t.Errorf("--idle-policy nobody: %v", err)
+	}
+	// A server holds the ledger: the flags cannot change its report.
+	held, err := billing.Open(billing.Options{Path: filepath.Join(dir, "ledger.db")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	if _, err := report("--idle-policy", "operator"); err == nil || !strings.Contains(err.Error(), "are for a report read from the ledger file, and the nozzle at 127.0.0.1:1 holds it") {
+		t.Errorf("held by a server: %v", err)
+	}
+}
+
+// emptyLedger returns a data folder holding a new, closed ledger.
+func emptyLedger(t *testing.T) string {
+	dir := t.TempDir()
+	l, err := billing.Open(billing.Options{Path: filepath.Join(dir, "ledger.db")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return dir
 }
