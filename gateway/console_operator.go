@@ -206,9 +206,9 @@ func (cs *console) gpuPage(c *fiber.Ctx, sess *consoleSession) error {
 	v.Margin = v.GPU.MarginUSD
 	sort.SliceStable(v.Tenants, func(i, j int) bool { return v.Tenants[i].CostUSD > v.Tenants[j].CostUSD })
 
-	// The charts run up to the current hour; buckets the series lacks
+	// The charts run up to the current hour or day; buckets the series lacks
 	// stay at zero.
-	xs := buckets(p.Start, minTime(p.End, now.Truncate(time.Hour).Add(time.Hour)), v.Step)
+	xs := buckets(p.Start, chartEnd(p.End, now, v.Step), v.Step)
 	idx := make(map[int64]int, len(xs))
 	for i, x := range xs {
 		idx[x.Unix()] = i

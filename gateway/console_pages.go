@@ -369,6 +369,17 @@ func unixes(xs []time.Time) []int64 {
 	return out
 }
 
+// chartEnd returns where a chart of a period ending at end stops: at the
+// end of the hour or day (step) holding now when the period runs past
+// it, as reports measure a period still running, so that hours or days to
+// come are not drawn as zeros.
+func chartEnd(end, now time.Time, step string) time.Time {
+	if step == nozzle.GroupHour {
+		return minTime(end, now.UTC().Truncate(time.Hour).Add(time.Hour))
+	}
+	return minTime(end, dayStart(now).AddDate(0, 0, 1))
+}
+
 func minTime(a, b time.Time) time.Time {
 	if b.Before(a) {
 		return b
@@ -868,7 +879,7 @@ func (cs *console) usagePage(c *fiber.Ctx, sess *consoleSession) error {
 	if v.Adapter != "" && !slices.Contains(v.Adapters, v.Adapter) {
 		v.Adapters = append(v.Adapters, v.Adapter)
 	}
-	xs := buckets(p.Start, minTime(p.End, dayStart(now).AddDate(0, 0, 1)), v.Group)
+	xs := buckets(p.Start, chartEnd(p.End, now, v.Group), v.Group)
 	s := seriesByTime(rep.Rows, xs,
 		func(r *nozzle.ReportRow) float64 { return float64(r.PromptTokens) },
 		func(r *nozzle.ReportRow) float64 { return float64(r.CompletionTokens) },

@@ -1533,3 +1533,44 @@ func TestConsole_FormsPost(t *testing.T) {
 		t.Errorf("a form sent without its script: %d\n%s", resp.StatusCode, body)
 	}
 }
+
+// TestConsole_UsageHourChartStopsNow: the usage page's hourly charts run
+// up to the current hour, as the GPU page's do and as reports measure a
+// period still running, rather than drawing the rest of the day as zeros.
+func TestConsole_UsageHourChartStopsNow(t *testing.T) {
+	now := time.Now().UTC().Truncate(24 * time.Hour).Add(5*time.Hour + 40*time.Minute)
+	f := newConsoleFixture(t, func(c *gateway.ConsoleConfig) { c.Clock = func() time.Time { return now } })
+	b, _ := f.tenantUser("acme")
+	u, err := f.deps.Users.UserByEmail(t.Context(), "dev@acme.test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.w.mu.Lock()
+	f.w.events = append(f.w.events, &nozzle.UsageEvent{RequestID: "r1", TenantID: u.TenantID, Time: now.Add(-time.Hour), Status: nozzle.UsageOK,
+		PromptTokens: 100, CompletionTokens: 20, DeviceSeconds: 2, RatePerHour: 2, ChargeUSD: 0.01})
+	f.w.mu.Unlock()
+	for _, tc := range []struct {
+		path string
+		n    int
+	}{
+		{"/console/usage?period=today&group=hour", 6},
+		{"/console/usage?period=7d&group=hour", 6*24 + 6},
+		{"/console/usage?period=7d", 7},
+	} {
+		resp, body := b.page(tc.path)
+		wantConsoleStatus(t, resp, 200, body)
+		charts := chartJSON.FindAllStringSubmatch(body, -1)
+		if len(charts) != 2 {
+			t.Fatalf("%s: %d charts, want the tokens and the charges", tc.path, len(charts))
+		}
+		for _, m := range charts {
+			var c pageChart
+			if err := json.Unmarshal([]byte(m[1]), &c); err != nil {
+				t.Fatalf("chart %s: %v", m[1], err)
+			}
+			if len(c.X) != tc.n || c.X[len(c.X)-1] > now.Unix() {
+				t.Errorf("%s: chart %q has %d buckets up to %v, want %d up to the current one", tc.path, c.Title, len(c.X), time.Unix(c.X[len(c.X)-1], 0).UTC(), tc.n)
+			}
+		}
+	}
+}
