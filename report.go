@@ -3,6 +3,7 @@ package nozzle
 import (
 	"context"
 	"slices"
+	"strings"
 	"time"
 )
 
@@ -90,6 +91,30 @@ type ReportRow struct {
 	// CostUSD with it.
 	DedicatedUSD  float64 `json:"dedicated_usd"`
 	SavingPercent float64 `json:"saving_percent"`
+}
+
+// Outcomes says how many of the row's requests ended without their full
+// answer, as the console and `nozzle report`'s table word it: "2 failed,
+// not charged · 5 canceled by the client or a timeout · 1 interrupted by
+// a restart" (a stream that timed out after sending text is canceled too;
+// a stream is interrupted by a crash of the gateway, charged when it
+// starts again), leaving out the kinds there are none of ("" when every
+// request ended normally), each count written by count.
+func (r *ReportRow) Outcomes(count func(int64) string) string {
+	var parts []string
+	for _, o := range []struct {
+		n    int64
+		what string
+	}{
+		{r.FailedRequests, "failed, not charged"},
+		{r.CanceledRequests, "canceled by the client or a timeout"},
+		{r.InterruptedRequests, "interrupted by a restart"},
+	} {
+		if o.n > 0 {
+			parts = append(parts, count(o.n)+" "+o.what)
+		}
+	}
+	return strings.Join(parts, " · ")
 }
 
 // LabelBaseRows names the base model's rows of a report grouped by

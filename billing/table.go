@@ -79,7 +79,7 @@ func WriteTable(w io.Writer, r *nozzle.Report) error {
 	if err := tw.Flush(); err != nil {
 		return err
 	}
-	if o := requestOutcomes(&r.Total); o != "" {
+	if o := r.Total.Outcomes(func(n int64) string { return strconv.FormatInt(n, 10) }); o != "" {
 		fmt.Fprintf(w, "\nOf the %d requests: %s.\n", r.Total.Requests, o)
 	}
 	if g := r.GPU; g != nil {
@@ -102,26 +102,6 @@ func WriteTable(w io.Writer, r *nozzle.Report) error {
 		fmt.Fprintln(w)
 	}
 	return nil
-}
-
-// requestOutcomes says how many of a row's requests ended without their
-// full answer ("2 failed, not charged, 5 canceled, 1 interrupted"), the
-// kinds there are none of left out; "" when every request ended normally.
-func requestOutcomes(r *nozzle.ReportRow) string {
-	var parts []string
-	for _, o := range []struct {
-		n    int64
-		what string
-	}{
-		{r.FailedRequests, "failed, not charged"},
-		{r.CanceledRequests, "canceled (the client went away or a stream timed out), charged for what they produced"},
-		{r.InterruptedRequests, "interrupted by a crash of the gateway, charged up to the last checkpoint"},
-	} {
-		if o.n > 0 {
-			parts = append(parts, fmt.Sprintf("%d %s", o.n, o.what))
-		}
-	}
-	return strings.Join(parts, "; ")
 }
 
 // dollars shows an amount of a table's dollar column: four decimals, or,

@@ -168,27 +168,9 @@ func (cs *console) funcs() template.FuncMap {
 }
 
 // requestOutcomes says how many of a report row's requests ended without
-// their full answer, for the line under a page's count of requests: "2
-// failed, not charged · 5 canceled by the client or a timeout · 1
-// interrupted by a restart" (a stream that timed out after sending text
-// is canceled too), leaving out the kinds there are none of ("" when
-// every request ended normally).
-func requestOutcomes(r nozzle.ReportRow) string {
-	var parts []string
-	for _, o := range []struct {
-		n    int64
-		what string
-	}{
-		{r.FailedRequests, "failed, not charged"},
-		{r.CanceledRequests, "canceled by the client or a timeout"},
-		{r.InterruptedRequests, "interrupted by a restart"},
-	} {
-		if o.n > 0 {
-			parts = append(parts, formatInt(o.n)+" "+o.what)
-		}
-	}
-	return strings.Join(parts, " · ")
-}
+// their full answer, for the line under a page's count of requests
+// (ReportRow.Outcomes).
+func requestOutcomes(r nozzle.ReportRow) string { return r.Outcomes(formatInt) }
 
 func formatUSD(v float64) string {
 	neg := v < 0
