@@ -95,11 +95,12 @@ type ReportRow struct {
 
 // Outcomes says how many of the row's requests ended without their full
 // answer, as the console and `nozzle report`'s table word it: "2 failed,
-// not charged · 5 canceled by the client or a timeout · 1 interrupted by
-// a restart" (a stream that timed out after sending text is canceled too;
-// a stream is interrupted by a crash of the gateway, charged when it
-// starts again), leaving out the kinds there are none of ("" when every
-// request ended normally), each count written by count.
+// not charged · 5 canceled, charged for what they produced · 1
+// interrupted by a restart" (canceled whatever cut it short: the client,
+// a timeout or a refused choice after text was sent, see
+// CanceledRequests; interrupted by a crash of the gateway, charged when
+// it starts again), leaving out the kinds there are none of ("" when
+// every request ended normally), each count written by count.
 func (r *ReportRow) Outcomes(count func(int64) string) string {
 	var parts []string
 	for _, o := range []struct {
@@ -107,7 +108,7 @@ func (r *ReportRow) Outcomes(count func(int64) string) string {
 		what string
 	}{
 		{r.FailedRequests, "failed, not charged"},
-		{r.CanceledRequests, "canceled by the client or a timeout"},
+		{r.CanceledRequests, "canceled, charged for what they produced"},
 		{r.InterruptedRequests, "interrupted by a restart"},
 	} {
 		if o.n > 0 {

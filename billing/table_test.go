@@ -78,7 +78,7 @@ func TestWriteTable_SmallAmountsAndOutcomes(t *testing.T) {
 	}
 	out := buf.String()
 	// three charged requests of 20 + 32 tokens: 3 × 0.0000232
-	for _, want := range []string{"  0.0000696  ", "Of the 4 requests: 1 failed, not charged · 2 canceled by the client or a timeout.", "charged $0.0000696,"} {
+	for _, want := range []string{"  0.0000696  ", "Of the 4 requests: 1 failed, not charged · 2 canceled, charged for what they produced.", "charged $0.0000696,"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("no %q in\n%s", want, out)
 		}

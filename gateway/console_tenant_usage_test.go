@@ -123,10 +123,10 @@ func TestConsole_TenantUsage(t *testing.T) {
 		days        int
 		outcomes    string
 	}{
-		{"ThisMonth", "", month, month.AddDate(0, 1, 0), 9, 3, "1 failed, not charged · 2 canceled by the client or a timeout · 1 interrupted by a restart"},
+		{"ThisMonth", "", month, month.AddDate(0, 1, 0), 9, 3, "1 failed, not charged · 2 canceled, charged for what they produced · 1 interrupted by a restart"},
 		{"LastMonth", "?period=last_month", month.AddDate(0, -1, 0), month, 4, 1, ""},
 		{"Custom", "?period=custom&start=" + month.Format("2006-01-02") + "&end=" + month.Format("2006-01-02"), month, month.AddDate(0, 0, 1), 3, 1,
-			"1 failed, not charged · 1 canceled by the client or a timeout"},
+			"1 failed, not charged · 1 canceled, charged for what they produced"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			resp, body := op.page(page + tc.query)
