@@ -108,7 +108,7 @@ test: all
 # The CUDA backend's parity tests on the CPU emulation of CUDA (no GPU
 # needed); on a GPU machine scripts/gpu-check.sh runs them on the device.
 test-cuda-emu: build/libnozzle_cpu.so build/libnozzle_cudaemu.so
-	$(GO) test -count=1 ./runtime/engine -run CUDA -args -cuda.lib=$(CURDIR)/build/libnozzle_cudaemu.so
+	$(GO) test -count=1 -timeout 30m ./runtime/engine -run CUDA -args -cuda.lib=$(CURDIR)/build/libnozzle_cudaemu.so
 
 test-go: build/libnozzle_cpu.so
 	NOZZLE_ENGINE_LIB=$(CURDIR)/build/libnozzle_cpu.so $(GO) test -race -count=1 ./...
