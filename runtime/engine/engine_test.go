@@ -80,6 +80,7 @@ func refCases() []refCase {
 		{name: "LoRAQwen2", spec: func(s *model.Spec) { s.Arch = "qwen2"; s.Tied = true }, adapter: &model.AdapterSpec{Rank: 16, Alpha: 8, Seed: 14}, tol: tight},
 		{name: "LoRAQwen3HeadNorms", spec: func(s *model.Spec) { s.Arch = "qwen3"; s.HeadDim = 16 }, adapter: &model.AdapterSpec{Rank: 8, Alpha: 16, Seed: 15}, tol: tight},
 		{name: "Qwen3AttentionBias", spec: func(s *model.Spec) { s.Arch = "qwen3"; s.AttentionBias = true; s.Tied = true }, tol: tight},
+		{name: "LoRAPhi3Fused", spec: func(s *model.Spec) { s.Arch = "phi3"; s.SlidingWindow = 5 }, adapter: &model.AdapterSpec{Rank: 8, Seed: 16}, tol: tight},
 	}...)
 }
 

@@ -63,6 +63,17 @@ func fixtures() []fixture {
 			},
 		},
 		{
+			// Phi-3: q/k/v and gate/up fused in the checkpoint and in the
+			// adapter (qkv_proj, gate_up_proj), a sliding window.
+			name: "phi3-f16",
+			spec: model.Spec{Arch: "phi3", VocabSize: 64, HiddenSize: 32, IntermediateSize: 48, NumLayers: 2, NumHeads: 4, NumKVHeads: 2,
+				SlidingWindow: 6, DType: safetensors.F16, Seed: 6001},
+			adapters: map[string]model.AdapterSpec{
+				"adapter-f": {Rank: 8, Alpha: 16, Seed: 6002, DType: safetensors.F32},
+				"adapter-g": {Rank: 4, Alpha: 8, Seed: 6003, DType: safetensors.BF16, Modules: []model.Module{model.ModuleV, model.ModuleUp}},
+			},
+		},
+		{
 			name: "llama3-sharded",
 			spec: model.Spec{VocabSize: 64, HiddenSize: 32, IntermediateSize: 48, NumLayers: 2, NumHeads: 2, NumKVHeads: 1, HeadDim: 16,
 				AttentionBias: true, MLPBias: true, RopeTheta: 500000, Shards: 2, DType: safetensors.F16, Seed: 3001,

@@ -587,7 +587,46 @@ func MatchPattern(patterns []Pattern, module string) (float64, bool, error) {
 	return 0, false, nil
 }
 
-var loraKeyRE = regexp.MustCompile(`^model\.layers\.([0-9]+)\.(self_attn\.(?:q|k|v|o)_proj|mlp\.(?:gate|up|down)_proj)$`)
+var loraKeyRE = regexp.MustCompile(`^model\.layers\.([0-9]+)\.(self_attn\.(?:q|k|v|o|qkv)_proj|mlp\.(?:gate|up|down|gate_up)_proj)$`)
+
+// moduleParts resolves an adapter's module path (self_attn.q_proj, or a
+// fused one such as self_attn.qkv_proj) to the modules it adapts in the
+// base model, with the features it takes and gives: a fused module's
+// output rows are its parts', in order (fusedModules).
+func moduleParts(path string, info nozzle.ModelInfo) (parts []Module, in, out int, err error) {
+	fused := Fused(info.Architecture)
+	for _, f := range fusedModules {
+		if f.path == path {
+			if !fused {
+				return nil, 0, 0, fmt.Errorf("%s is a fused projection, which the base model (%s) does not have: it has %s", path, info.Architecture, partNames(f.parts))
+			}
+			in, _ = f.parts[0].Features(info)
+			for _, p := range f.parts {
+				_, o := p.Features(info)
+				out += o
+			}
+			return f.parts, in, out, nil
+		}
+		if fused && slices.ContainsFunc(f.parts, func(m Module) bool { return m.Path() == path }) {
+			return nil, 0, 0, fmt.Errorf("the base model (%s) has no %s: it keeps %s in %s", info.Architecture, path, partNames(f.parts), f.path)
+		}
+	}
+	for i, mp := range modulePaths {
+		if mp == path {
+			in, out = Module(i).Features(info)
+			return []Module{Module(i)}, in, out, nil
+		}
+	}
+	return nil, 0, 0, fmt.Errorf("%s is not a projection the engine knows", path)
+}
+
+func partNames(parts []Module) string {
+	names := make([]string, len(parts))
+	for i, p := range parts {
+		names[i] = p.String()
+	}
+	return strings.Join(names, ", ")
+}
 
 type loraPair struct {
 	a, b       safetensors.Tensor
@@ -668,6 +707,11 @@ func (a *Adapter) collect(f *safetensors.File, info nozzle.ModelInfo, maxRank in
 				return l, i
 			}
 		}
+		for _, f := range fusedModules {
+			if f.path == sub[2] {
+				return l, int(f.parts[0])
+			}
+		}
 		return l, 0
 	}
 	sort.Slice(mods, func(i, j int) bool {
@@ -708,12 +752,11 @@ func (a *Adapter) collect(f *safetensors.File, info nozzle.ModelInfo, maxRank in
 		if layer >= info.NumLayers {
 			return nil, fmt.Errorf("adapter tensor %q: layer %d is out of range; the base model has %d layers", p.aKey, layer, info.NumLayers)
 		}
-		var module Module
-		for i, mp := range modulePaths {
-			if mp == sub[2] {
-				module = Module(i)
-			}
+		parts, in, out, err := moduleParts(sub[2], info)
+		if err != nil {
+			return nil, fmt.Errorf("adapter tensor %q: %w", p.aKey, err)
 		}
+		module := strings.TrimPrefix(strings.TrimPrefix(sub[2], "self_attn."), "mlp.")
 		for _, t := range []safetensors.Tensor{p.a, p.b} {
 			if !t.DType.IsFloat() {
 				return nil, fmt.Errorf("adapter tensor %q has dtype %s; only F32, F16 and BF16 are supported", t.Name, t.DType)
@@ -722,7 +765,6 @@ func (a *Adapter) collect(f *safetensors.File, info nozzle.ModelInfo, maxRank in
 				return nil, fmt.Errorf("adapter tensor %q has shape %v, want a matrix", t.Name, t.Shape)
 			}
 		}
-		in, out := module.Features(info)
 		r := p.a.Shape[0]
 		if r < 1 {
 			return nil, fmt.Errorf("adapter tensor %q has rank 0", p.aKey)
@@ -770,7 +812,13 @@ func (a *Adapter) collect(f *safetensors.File, info nozzle.ModelInfo, maxRank in
 		if !(scale > 0) || math.IsInf(scale, 0) || scale > math.MaxFloat32 {
 			return nil, fmt.Errorf("adapter scale of %s is %v, want a positive finite number", path, scale)
 		}
-		a.LoRAs = append(a.LoRAs, LoRA{Layer: layer, Module: module, Rank: int(r), Alpha: alpha, Scale: scale, A: p.a, B: p.b})
+		var r0 int64
+		for _, part := range parts {
+			_, o := part.Features(info)
+			// A fused module's parts share its A and take their rows of B.
+			a.LoRAs = append(a.LoRAs, LoRA{Layer: layer, Module: part, Rank: int(r), Alpha: alpha, Scale: scale, A: p.a, B: rowSlice(p.b, r0, r0+int64(o))})
+			r0 += int64(o)
+		}
 	}
 	if len(unselected) == len(mods) {
 		return nil, fmt.Errorf("%s selects none of the modules %s holds LoRA weights for (%s, …): check target_modules, exclude_modules and layers_to_transform",

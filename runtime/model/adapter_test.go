@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"unsafe"
 
 	"github.com/nozzle-ai/nozzle"
 	"github.com/nozzle-ai/nozzle/runtime/model"
@@ -80,6 +81,49 @@ func TestLoadAdapter(t *testing.T) {
 	sum, size, err := model.ContentAddress(dir)
 	if err != nil || sum != m.SHA256 || size != m.SizeBytes {
 		t.Errorf("ContentAddress = %s %d %v", sum, size, err)
+	}
+}
+
+// TestLoadAdapter_Fused: a Phi-3 adapter's qkv_proj and gate_up_proj
+// adapt q, k and v, gate and up: each part shares the module's lora_A and
+// takes its rows of lora_B, in order.
+func TestLoadAdapter_Fused(t *testing.T) {
+	info := tinyInfo()
+	info.Architecture = model.ArchPhi3
+	dir := writeAdapter(t, model.AdapterSpec{Base: info, Rank: 4, Seed: 3})
+	a, err := model.LoadAdapter(dir, info, 16)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	if len(a.LoRAs) != info.NumLayers*int(model.NumModules) ||
+		!reflect.DeepEqual(a.Manifest.TargetModules, []string{"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}) {
+		t.Fatalf("%d LoRAs, targets %v", len(a.LoRAs), a.Manifest.TargetModules)
+	}
+	byMod := map[model.Module]model.LoRA{}
+	for _, l := range a.LoRAs {
+		if l.Layer == 1 {
+			byMod[l.Module] = l
+		}
+	}
+	for _, f := range []struct{ parts []model.Module }{
+		{[]model.Module{model.ModuleQ, model.ModuleK, model.ModuleV}}, {[]model.Module{model.ModuleGate, model.ModuleUp}},
+	} {
+		first := byMod[f.parts[0]]
+		var off int
+		for _, m := range f.parts {
+			l := byMod[m]
+			_, out := m.Features(info)
+			if &l.A.Data[0] != &first.A.Data[0] || l.B.Shape[0] != int64(out) || l.B.Shape[1] != 4 || l.Scale != first.Scale {
+				t.Errorf("%s: A shared %v, B %v", m, &l.A.Data[0] == &first.A.Data[0], l.B.Shape)
+			}
+			// B's rows follow on from the previous part's in the fused tensor.
+			rowBytes := 4 * int(l.B.DType.Size())
+			if want := unsafe.Add(unsafe.Pointer(&first.B.Data[0]), off*rowBytes); unsafe.Pointer(&l.B.Data[0]) != want {
+				t.Errorf("%s: B does not start at row %d of the fused lora_B", m, off)
+			}
+			off += out
+		}
 	}
 }
 
@@ -343,6 +387,20 @@ func TestLoadAdapter_Refusals(t *testing.T) {
 		os.Remove(filepath.Join(dir, nozzle.AdapterConfigFile))
 		_, err := model.LoadAdapter(dir, info, 16)
 		if err == nil || !strings.Contains(err.Error(), "adapter has no adapter_config.json") {
+			t.Fatalf("error = %v", err)
+		}
+	})
+	// Fused and separate projections do not mix: a Phi-3 adapter (qkv_proj,
+	// gate_up_proj) on a Llama, a Llama adapter on a Phi-3.
+	t.Run("FusedOnSeparate", func(t *testing.T) {
+		phi3 := info
+		phi3.Architecture = model.ArchPhi3
+		_, err := model.LoadAdapter(writeAdapter(t, model.AdapterSpec{Base: phi3, Rank: 4, Seed: 1}), info, 16)
+		if err == nil || !strings.Contains(err.Error(), "self_attn.qkv_proj is a fused projection, which the base model (LlamaForCausalLM) does not have: it has q_proj, k_proj, v_proj") {
+			t.Fatalf("error = %v", err)
+		}
+		_, err = model.LoadAdapter(writeAdapter(t, model.AdapterSpec{Rank: 4, Seed: 1}), phi3, 16)
+		if err == nil || !strings.Contains(err.Error(), "the base model (Phi3ForCausalLM) has no self_attn.q_proj: it keeps q_proj, k_proj, v_proj in self_attn.qkv_proj") {
 			t.Fatalf("error = %v", err)
 		}
 	})

@@ -23,9 +23,24 @@ const (
 	ArchMistral = "MistralForCausalLM"
 	ArchQwen2   = "Qwen2ForCausalLM"
 	ArchQwen3   = "Qwen3ForCausalLM"
+	ArchPhi3    = "Phi3ForCausalLM"
 )
 
-var archByModelType = map[string]string{"llama": ArchLlama, "mistral": ArchMistral, "qwen2": ArchQwen2, "qwen3": ArchQwen3}
+var archByModelType = map[string]string{"llama": ArchLlama, "mistral": ArchMistral, "qwen2": ArchQwen2, "qwen3": ArchQwen3, "phi3": ArchPhi3}
+
+// Fused reports whether the architecture's checkpoints (and PEFT adapters)
+// keep q, k and v in one qkv_proj and gate and up in one gate_up_proj
+// (Phi-3, Phi-4): see fusedModules.
+func Fused(arch string) bool { return arch == ArchPhi3 }
+
+// modelTypeOf is archByModelType inverted.
+var modelTypeOf = func() map[string]string {
+	m := map[string]string{}
+	for t, a := range archByModelType {
+		m[a] = t
+	}
+	return m
+}()
 
 // isQwen reports whether the architecture is Qwen2's or Qwen3's, which
 // share their defaults and their sliding window's spelling.
@@ -53,7 +68,8 @@ type RopeScaling struct {
 // Config is a model's config.json with every default and alternative
 // spelling resolved.
 type Config struct {
-	// Architecture is one of ArchLlama, ArchMistral, ArchQwen2, ArchQwen3.
+	// Architecture is one of ArchLlama, ArchMistral, ArchQwen2, ArchQwen3,
+	// ArchPhi3.
 	Architecture string
 	// ModelType is config.json's model_type (may be empty).
 	ModelType string
@@ -174,14 +190,14 @@ func ParseConfig(b []byte) (*Config, error) {
 	switch {
 	case len(r.Architectures) > 0:
 		a := r.Architectures[0]
-		if a != ArchLlama && a != ArchMistral && a != ArchQwen2 && a != ArchQwen3 {
-			return nil, fmt.Errorf("architecture %q is not supported (want %s, %s, %s or %s)", a, ArchLlama, ArchMistral, ArchQwen2, ArchQwen3)
+		if _, ok := modelTypeOf[a]; !ok {
+			return nil, fmt.Errorf("architecture %q is not supported (want %s, %s, %s, %s or %s)", a, ArchLlama, ArchMistral, ArchQwen2, ArchQwen3, ArchPhi3)
 		}
 		c.Architecture = a
 	case r.ModelType != "":
 		a, ok := archByModelType[r.ModelType]
 		if !ok {
-			return nil, fmt.Errorf("model_type %q is not supported (want llama, mistral, qwen2 or qwen3)", r.ModelType)
+			return nil, fmt.Errorf("model_type %q is not supported (want llama, mistral, qwen2, qwen3 or phi3)", r.ModelType)
 		}
 		c.Architecture = a
 	default:
@@ -213,6 +229,8 @@ func ParseConfig(b []byte) (*Config, error) {
 	c.VocabSize = 32000
 	if isQwen(c.Architecture) {
 		c.VocabSize = 151936
+	} else if c.Architecture == ArchPhi3 {
+		c.VocabSize = 32064
 	}
 	if r.VocabSize != nil {
 		if c.VocabSize, err = need("vocab_size", r.VocabSize); err != nil {
@@ -248,6 +266,8 @@ func ParseConfig(b []byte) (*Config, error) {
 		c.MaxPositionEmbeddings = 4096 * 32
 	case ArchQwen2, ArchQwen3:
 		c.MaxPositionEmbeddings = 32768
+	case ArchPhi3:
+		c.MaxPositionEmbeddings = 4096
 	default:
 		c.MaxPositionEmbeddings = 2048
 	}
@@ -257,6 +277,9 @@ func ParseConfig(b []byte) (*Config, error) {
 		}
 	}
 	c.RMSNormEps = 1e-6
+	if c.Architecture == ArchPhi3 {
+		c.RMSNormEps = 1e-5
+	}
 	if r.RMSNormEps != nil {
 		c.RMSNormEps = *r.RMSNormEps
 	}
@@ -443,6 +466,8 @@ func (c *Config) parseSlidingWindow(r *rawConfig) error {
 			window = 4096 // MistralConfig's default when the key is absent
 		}
 		c.SlidingWindow = window
+	case ArchPhi3:
+		c.SlidingWindow = window // every layer's, when set
 	case ArchQwen2, ArchQwen3:
 		if r.UseSlidingWindow == nil || !*r.UseSlidingWindow {
 			window = 0

@@ -41,6 +41,23 @@ func TestParseConfig(t *testing.T) {
 				t.Errorf("%+v", c)
 			}
 		}},
+		// Phi-3-mini-4k-instruct's config.json as published (auto_map aside).
+		{"Phi3Mini", `{"_name_or_path":"Phi-3-mini-4k-instruct","architectures":["Phi3ForCausalLM"],"attention_dropout":0.0,"bos_token_id":1,
+			"embd_pdrop":0.0,"eos_token_id":32000,"hidden_act":"silu","hidden_size":3072,"initializer_range":0.02,"intermediate_size":8192,
+			"max_position_embeddings":4096,"model_type":"phi3","num_attention_heads":32,"num_hidden_layers":32,"num_key_value_heads":32,
+			"original_max_position_embeddings":4096,"pad_token_id":32000,"resid_pdrop":0.0,"rms_norm_eps":1e-05,"rope_scaling":null,
+			"rope_theta":10000.0,"sliding_window":2047,"tie_word_embeddings":false,"torch_dtype":"bfloat16","transformers_version":"4.40.2",
+			"use_cache":true,"vocab_size":32064}`, func(t *testing.T, c *model.Config) {
+			if c.Architecture != model.ArchPhi3 || !model.Fused(c.Architecture) || c.QKVBias || c.QKNorm || c.HeadDim != 96 || c.SlidingWindow != 2047 ||
+				c.SlidingWindowFromLayer != 0 || c.RMSNormEps != 1e-5 || c.VocabSize != 32064 || c.TieWordEmbeddings || c.MaxPositionEmbeddings != 4096 {
+				t.Errorf("%+v", c)
+			}
+		}},
+		{"Phi3Defaults", `{"model_type":"phi3",` + base + `}`, func(t *testing.T, c *model.Config) {
+			if c.Architecture != model.ArchPhi3 || c.VocabSize != 32064 || c.SlidingWindow != 0 || c.RMSNormEps != 1e-5 || c.MaxPositionEmbeddings != 4096 {
+				t.Errorf("%+v", c)
+			}
+		}},
 		// Qwen3Config's defaults: head_dim 128 whatever hidden_size / heads
 		// is, attention_bias adds q/k/v and o biases.
 		{"Qwen3Defaults", `{"model_type":"qwen3","attention_bias":true,` + base + `}`, func(t *testing.T, c *model.Config) {

@@ -12,6 +12,8 @@ import (
 	"os"
 	"path/filepath"
 	goruntime "runtime"
+	"slices"
+	"strings"
 	"sync"
 
 	"github.com/nozzle-ai/nozzle"
@@ -21,7 +23,8 @@ import (
 // Spec describes a random model for WriteRandomModel. Zero fields take the
 // defaults noted.
 type Spec struct {
-	// Arch is "llama" (default), "mistral", "qwen2" or "qwen3".
+	// Arch is "llama" (default), "mistral", "qwen2", "qwen3" or "phi3"
+	// (q/k/v and gate/up fused in the checkpoint).
 	Arch             string
 	VocabSize        int
 	HiddenSize       int
@@ -75,7 +78,7 @@ func (s *Spec) defaults() error {
 		s.Arch = "llama"
 	}
 	if _, ok := archByModelType[s.Arch]; !ok {
-		return fmt.Errorf("generate model: arch %q is not llama, mistral, qwen2 or qwen3", s.Arch)
+		return fmt.Errorf("generate model: arch %q is not llama, mistral, qwen2, qwen3 or phi3", s.Arch)
 	}
 	if s.VocabSize <= 0 || s.HiddenSize <= 0 || s.IntermediateSize <= 0 || s.NumLayers <= 0 || s.NumHeads <= 0 {
 		return errors.New("generate model: vocab, hidden, intermediate, layers and heads must be positive")
@@ -144,13 +147,17 @@ func (s *Spec) tensors() []genTensor {
 	ts := []genTensor{{"model.embed_tokens.weight", []int64{V, H}, initEmbed}}
 	for l := 0; l < s.NumLayers; l++ {
 		p := fmt.Sprintf("model.layers.%d.", l)
-		ts = append(ts,
-			genTensor{p + "input_layernorm.weight", []int64{H}, initNorm},
-			genTensor{p + "self_attn.q_proj.weight", []int64{q, H}, initLinear},
-			genTensor{p + "self_attn.k_proj.weight", []int64{kv, H}, initLinear},
-			genTensor{p + "self_attn.v_proj.weight", []int64{kv, H}, initLinear},
-			genTensor{p + "self_attn.o_proj.weight", []int64{H, q}, initLinear},
-		)
+		ts = append(ts, genTensor{p + "input_layernorm.weight", []int64{H}, initNorm})
+		if s.Arch == "phi3" {
+			ts = append(ts, genTensor{p + "self_attn.qkv_proj.weight", []int64{q + 2*kv, H}, initLinear})
+		} else {
+			ts = append(ts,
+				genTensor{p + "self_attn.q_proj.weight", []int64{q, H}, initLinear},
+				genTensor{p + "self_attn.k_proj.weight", []int64{kv, H}, initLinear},
+				genTensor{p + "self_attn.v_proj.weight", []int64{kv, H}, initLinear},
+			)
+		}
+		ts = append(ts, genTensor{p + "self_attn.o_proj.weight", []int64{H, q}, initLinear})
 		attnBias := (s.Arch == "llama" || s.Arch == "qwen3") && s.AttentionBias
 		if s.Arch == "qwen2" || attnBias {
 			ts = append(ts,
@@ -169,12 +176,16 @@ func (s *Spec) tensors() []genTensor {
 				genTensor{p + "self_attn.k_norm.weight", []int64{hd}, initNorm},
 			)
 		}
-		ts = append(ts,
-			genTensor{p + "post_attention_layernorm.weight", []int64{H}, initNorm},
-			genTensor{p + "mlp.gate_proj.weight", []int64{I, H}, initLinear},
-			genTensor{p + "mlp.up_proj.weight", []int64{I, H}, initLinear},
-			genTensor{p + "mlp.down_proj.weight", []int64{H, I}, initLinear},
-		)
+		ts = append(ts, genTensor{p + "post_attention_layernorm.weight", []int64{H}, initNorm})
+		if s.Arch == "phi3" {
+			ts = append(ts, genTensor{p + "mlp.gate_up_proj.weight", []int64{2 * I, H}, initLinear})
+		} else {
+			ts = append(ts,
+				genTensor{p + "mlp.gate_proj.weight", []int64{I, H}, initLinear},
+				genTensor{p + "mlp.up_proj.weight", []int64{I, H}, initLinear},
+			)
+		}
+		ts = append(ts, genTensor{p + "mlp.down_proj.weight", []int64{H, I}, initLinear})
 		if s.Arch == "llama" && s.MLPBias {
 			ts = append(ts,
 				genTensor{p + "mlp.gate_proj.bias", []int64{I}, initBias},
@@ -306,7 +317,7 @@ func (s *Spec) config() map[string]any {
 		c["attention_bias"] = s.AttentionBias
 		c["mlp_bias"] = s.MLPBias
 		c["pretraining_tp"] = 1
-	case "mistral":
+	case "mistral", "phi3":
 		if s.SlidingWindow > 0 {
 			c["sliding_window"] = s.SlidingWindow
 		} else {
@@ -528,9 +539,9 @@ func WriteRandomAdapter(dir string, spec AdapterSpec) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
-	targets := make([]string, len(spec.Modules))
-	for i, m := range spec.Modules {
-		targets[i] = m.String()
+	var targets []string
+	for _, m := range adapterModules(spec.Modules, spec.Base) {
+		targets = append(targets, m.path[strings.LastIndexByte(m.path, '.')+1:])
 	}
 	// Patterns keep their order: PEFT takes the first matching key.
 	patterns := func(ps []Pattern) json.RawMessage {
@@ -565,15 +576,19 @@ func WriteRandomAdapter(dir string, spec AdapterSpec) error {
 	var ts []safetensors.Tensor
 	r := rng{s: spec.Seed ^ 0x5eed}
 	for _, l := range spec.Layers {
-		for _, m := range spec.Modules {
-			path := fmt.Sprintf("model.layers.%d.%s", l, m.Path())
+		for _, mod := range adapterModules(spec.Modules, spec.Base) {
+			path := fmt.Sprintf("model.layers.%d.%s", l, mod.path)
 			rank := spec.Rank
 			if v, ok, err := MatchPattern(spec.RankPattern, path); err != nil {
 				return err
 			} else if ok {
 				rank = int(v)
 			}
-			in, out := m.Features(spec.Base)
+			in, out := mod.parts[0].Features(spec.Base)
+			for _, part := range mod.parts[1:] {
+				_, o := part.Features(spec.Base)
+				out += o
+			}
 			a := randomTensor(&r, []int64{int64(rank), int64(in)}, float32(math.Sqrt(3/float64(in))), spec.DType)
 			a.Name = "base_model.model." + path + ".lora_A.weight"
 			bt := randomTensor(&r, []int64{int64(out), int64(rank)}, float32(spec.BScale*math.Sqrt(3/float64(rank))), spec.DType)
@@ -595,6 +610,34 @@ func WriteRandomAdapter(dir string, spec AdapterSpec) error {
 		return err
 	}
 	return f.Close()
+}
+
+type adapterModule struct {
+	path  string
+	parts []Module // the modules it adapts: its output rows are theirs, in order
+}
+
+// adapterModules are the PEFT modules adapting mods in a base model: a
+// Fused architecture's q/k/v and gate/up are one module each, adapted
+// where any of their parts is asked for.
+func adapterModules(mods []Module, base nozzle.ModelInfo) []adapterModule {
+	var out []adapterModule
+	done := map[string]bool{}
+	for _, m := range mods {
+		am := adapterModule{m.Path(), []Module{m}}
+		if Fused(base.Architecture) {
+			for _, f := range fusedModules {
+				if slices.Contains(f.parts, m) {
+					am = adapterModule{f.path, f.parts}
+				}
+			}
+		}
+		if !done[am.path] {
+			done[am.path] = true
+			out = append(out, am)
+		}
+	}
+	return out
 }
 
 func randomTensor(r *rng, shape []int64, halfWidth float32, dt safetensors.DType) safetensors.Tensor {

@@ -67,6 +67,23 @@ const (
 var moduleNames = [NumModules]string{"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
 var modulePaths = [NumModules]string{"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"}
 
+// fusedModules are the projections checkpoints of a Fused architecture
+// (Phi-3) keep as one: one weight, and one PEFT module, whose output rows
+// are its parts', in order.
+var fusedModules = [...]struct {
+	path  string
+	parts []Module
+}{
+	{"self_attn.qkv_proj", []Module{ModuleQ, ModuleK, ModuleV}},
+	{"mlp.gate_up_proj", []Module{ModuleGate, ModuleUp}},
+}
+
+// rowSlice is rows [r0, r1) of the matrix t: a view of its data.
+func rowSlice(t safetensors.Tensor, r0, r1 int64) safetensors.Tensor {
+	row := t.Shape[1] * t.DType.Size()
+	return safetensors.Tensor{Name: t.Name, DType: t.DType, Shape: []int64{r1 - r0, t.Shape[1]}, Data: t.Data[r0*row : r1*row]}
+}
+
 // String returns the PEFT module name ("q_proj", ..., "down_proj").
 func (m Module) String() string {
 	if m < 0 || m >= NumModules {
@@ -348,27 +365,38 @@ func (m *Model) collect(find lookup) error {
 	H, I, V := int64(c.HiddenSize), int64(c.IntermediateSize), int64(c.VocabSize)
 	q, kv := int64(c.NumHeads*c.HeadDim), int64(c.NumKVHeads*c.HeadDim)
 	m.index = map[[2]int]int{}
-	add := func(kind TensorKind, layer int, name string, required bool, shape ...int64) error {
+	get := func(name string, required bool, shape ...int64) (safetensors.Tensor, bool, error) {
 		t, ok, err := find(name)
 		if err != nil {
-			return err
+			return t, false, err
 		}
 		if !ok {
 			if required {
-				return fmt.Errorf("model checkpoint has no tensor %s", name)
+				return t, false, fmt.Errorf("model checkpoint has no tensor %s", name)
 			}
-			return nil
+			return t, false, nil
 		}
 		if !t.DType.IsFloat() {
-			return fmt.Errorf("tensor %s has dtype %s; only F32, F16 and BF16 weights are supported", name, t.DType)
+			return t, false, fmt.Errorf("tensor %s has dtype %s; only F32, F16 and BF16 weights are supported", name, t.DType)
 		}
 		if !slices.Equal(t.Shape, shape) {
-			return fmt.Errorf("tensor %s has shape %v, want %v for this config.json", name, t.Shape, shape)
+			return t, false, fmt.Errorf("tensor %s has shape %v, want %v for this config.json", name, t.Shape, shape)
 		}
+		return t, true, nil
+	}
+	put := func(kind TensorKind, layer int, t safetensors.Tensor) {
 		m.index[[2]int{int(kind), layer}] = len(m.weights)
 		m.weights = append(m.weights, Weight{Kind: kind, Layer: layer, Tensor: t})
-		return nil
 	}
+	add := func(kind TensorKind, layer int, name string, required bool, shape ...int64) error {
+		t, ok, err := get(name, required, shape...)
+		if ok {
+			put(kind, layer, t)
+		}
+		return err
+	}
+	info := m.Info()
+	fused := Fused(c.Architecture)
 	if err := add(KindEmbed, -1, "model.embed_tokens.weight", true, V, H); err != nil {
 		return err
 	}
@@ -403,8 +431,30 @@ func (m *Model) collect(find lookup) error {
 			{KindDown, "mlp.down_proj.weight", true, []int64{H, I}},
 		}
 		for _, e := range list {
+			if fused && e.kind != KindO && e.kind != KindDown && e.kind >= KindQ && e.kind <= KindDown {
+				continue // in a fused weight (below)
+			}
 			if err := add(e.kind, l, p+e.name, e.required, e.shape...); err != nil {
 				return err
+			}
+		}
+		if fused {
+			for _, f := range fusedModules {
+				var out int64
+				for _, part := range f.parts {
+					_, o := part.Features(info)
+					out += int64(o)
+				}
+				t, _, err := get(p+f.path+".weight", true, out, H)
+				if err != nil {
+					return err
+				}
+				var r0 int64
+				for _, part := range f.parts {
+					_, o := part.Features(info)
+					put(part.Kind(), l, rowSlice(t, r0, r0+int64(o)))
+					r0 += int64(o)
+				}
 			}
 		}
 		if c.QKVBias {

@@ -2,10 +2,11 @@
 """Golden logits for the engine tests, computed with PyTorch.
 
 An independent implementation of the Hugging Face Llama / Mistral / Qwen2 /
-Qwen3 forward pass (LlamaRMSNorm, rotate-half RoPE with default / linear /
+Qwen3 / Phi3 forward pass (LlamaRMSNorm, rotate-half RoPE with default / linear /
 llama3 scaling, GQA via repeat_kv, causal + sliding-window mask, SiLU-gated
 MLP, tied embeddings, q/k/v(/o) and MLP biases, Qwen3's RMSNorm of each q
-and k head before RoPE) and of PEFT's LoRA math
+and k head before RoPE, Phi3's fused qkv_proj and gate_up_proj, with LoRA
+on the fused modules) and of PEFT's LoRA math
 (per-module scaling alpha/r or alpha/sqrt(r), rank_pattern / alpha_pattern
 resolved with get_pattern_key's regex), written from those projects'
 conventions and reading the fixture files directly (its own safetensors
@@ -100,12 +101,17 @@ class Config:
         # Qwen3Attention: q_norm / k_norm (Qwen3RMSNorm over head_dim) on
         # the projections' heads, before RoPE.
         self.qk_norm = self.arch == "Qwen3ForCausalLM"
+        # Phi3: one qkv_proj (q | k | v rows) and one gate_up_proj (gate |
+        # up rows), LoRA adapters on those.
+        self.fused = self.arch == "Phi3ForCausalLM"
         self.mlp_bias = self.arch == "LlamaForCausalLM" and c.get("mlp_bias", False)
         # Sliding window per layer (None = full attention).
         self.window = [None] * self.L
         if self.arch == "MistralForCausalLM":
             w = c.get("sliding_window", 4096)
             self.window = [w] * self.L
+        elif self.arch == "Phi3ForCausalLM" and c.get("sliding_window"):
+            self.window = [c["sliding_window"]] * self.L
         elif self.arch in ("Qwen2ForCausalLM", "Qwen3ForCausalLM") and c.get("use_sliding_window", False):
             w = c.get("sliding_window", 4096)
             mwl = c.get("max_window_layers", 28)
@@ -208,14 +214,23 @@ def forward(cfg, W, ids, lora=None, inv=None):
     for layer in range(cfg.L):
         p = f"model.layers.{layer}."
         x = rms_norm(h, W[p + "input_layernorm.weight"], cfg.eps)
-        q = linear(x, W, p, lora, "self_attn.q_proj").view(T, cfg.nh, cfg.hd)
-        k = linear(x, W, p, lora, "self_attn.k_proj").view(T, cfg.nkv, cfg.hd)
+        if cfg.fused:
+            # modeling_phi3: qkv = self.qkv_proj(x), then sliced
+            qkv = linear(x, W, p, lora, "self_attn.qkv_proj")
+            qd, kvd = cfg.nh * cfg.hd, cfg.nkv * cfg.hd
+            q, k, v = qkv[:, :qd], qkv[:, qd:qd + kvd], qkv[:, qd + kvd:]
+        else:
+            q = linear(x, W, p, lora, "self_attn.q_proj")
+            k = linear(x, W, p, lora, "self_attn.k_proj")
+            v = linear(x, W, p, lora, "self_attn.v_proj")
+        q = q.reshape(T, cfg.nh, cfg.hd)
+        k = k.reshape(T, cfg.nkv, cfg.hd)
         if cfg.qk_norm:
             q = rms_norm(q, W[p + "self_attn.q_norm.weight"], cfg.eps)
             k = rms_norm(k, W[p + "self_attn.k_norm.weight"], cfg.eps)
         q = q.transpose(0, 1)
         k = k.transpose(0, 1)
-        v = linear(x, W, p, lora, "self_attn.v_proj").view(T, cfg.nkv, cfg.hd).transpose(0, 1)
+        v = v.reshape(T, cfg.nkv, cfg.hd).transpose(0, 1)
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
         rep = cfg.nh // cfg.nkv
@@ -232,8 +247,12 @@ def forward(cfg, W, ids, lora=None, inv=None):
         a = (probs @ v).transpose(0, 1).reshape(T, cfg.nh * cfg.hd)
         h = h + linear(a, W, p, lora, "self_attn.o_proj")
         x = rms_norm(h, W[p + "post_attention_layernorm.weight"], cfg.eps)
-        g = linear(x, W, p, lora, "mlp.gate_proj")
-        u = linear(x, W, p, lora, "mlp.up_proj")
+        if cfg.fused:
+            # modeling_phi3: gate, up = gate_up_proj(x).chunk(2, dim=-1)
+            g, u = linear(x, W, p, lora, "mlp.gate_up_proj").chunk(2, dim=-1)
+        else:
+            g = linear(x, W, p, lora, "mlp.gate_proj")
+            u = linear(x, W, p, lora, "mlp.up_proj")
         h = h + linear(torch.nn.functional.silu(g) * u, W, p, lora, "mlp.down_proj")
     h = rms_norm(h, W["model.norm.weight"], cfg.eps)
     head = W["model.embed_tokens.weight"] if cfg.tie or "lm_head.weight" not in W else W["lm_head.weight"]
