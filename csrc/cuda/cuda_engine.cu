@@ -982,8 +982,7 @@ int32_t forward(cuda_engine *e, const meta_ptrs &m, int64_t T, int64_t n_attn, i
 	const int qkv_c[3] = {0, (int)e->qd, (int)(e->qd + e->kvd)}, zero_c[1] = {0}, gu_c[2] = {0, (int)I};
 	/* small steps without adapters: residual adds, norms and the SiLU gate
 	 * ride in the GEMVs (nz_k_gemv_fused) */
-	/* (the fused q/k/v epilogue has no q and k norms) */
-	const bool fused = e->fuse && !e->layers[0].q_norm && !lora_grid && T <= NZ_GEMV_MAX_T && (size_t)(T * H) * e->wsz <= e->gemv_smem;
+	const bool fused = e->fuse && !lora_grid && T <= NZ_GEMV_MAX_T && (size_t)(T * H) * e->wsz <= e->gemv_smem;
 	const int32_t n_part = (int32_t)nz_gemv_fused_parts(H);
 
 	/* a group's LoRA expand, when the step has adapters: folded into its
@@ -1025,6 +1024,7 @@ int32_t forward(cuda_engine *e, const meta_ptrs &m, int64_t T, int64_t n_attn, i
 			io.epi = NZ_GEMV_ROPE, io.bias = ly.bqkv, io.cs = e->cs, io.tok_pos = m.tok_pos, io.tok_seq = m.tok_seq;
 			io.bt = m.bt, io.scalars = m.scalars, io.nh = (int32_t)e->nh, io.nkv = (int32_t)e->nkv;
 			io.hd = (int32_t)e->hd, io.bs = (int32_t)e->bs, io.q_out = e->q, io.kc = kc, io.vc = vc;
+			io.k_raw = ly.q_norm ? e->y : NULL; /* the head norms below */
 			KTRY(nz_k_gemv_fused(dt, s, T, H, ly.wqkv, e->qkvd, &io), "nz_step: q/k/v projection");
 		}
 		if (lora_grid)
@@ -1037,7 +1037,7 @@ int32_t forward(cuda_engine *e, const meta_ptrs &m, int64_t T, int64_t n_attn, i
 			KTRY(nz_k_rope_kv(dt, s, T, e->y, yl[0], lo[0], m.tok_lora, ly.bqkv, e->cs, m.tok_pos, m.tok_seq, m.bt, m.scalars,
 			                  (int)e->nh, (int)e->nkv, (int)e->hd, (int)e->bs, ly.q_norm != NULL, e->q, kc, vc),
 			     "nz_step: RoPE");
-		if (!fused && ly.q_norm)
+		if (ly.q_norm)
 			KTRY(nz_k_qk_norm_rope(dt, s, T, e->y, ly.q_norm, ly.k_norm, e->eps, e->cs, m.tok_pos, m.tok_seq, m.bt,
 			                       m.scalars, (int)e->nh, (int)e->nkv, (int)e->hd, (int)e->bs, e->q, kc),
 			     "nz_step: q and k norms");

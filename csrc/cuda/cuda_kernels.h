@@ -161,7 +161,9 @@ cudaError_t nz_k_gemv(int dtype, cudaStream_t s, int64_t T, const void *x, int64
  *                  rows (+ bias) go through RoPE into q_out and the KV
  *                  cache as nz_k_rope_kv does (rope_* fields: its
  *                  arguments); each warp takes the rows j and j + hd/2 of
- *                  one head.
+ *                  one head. With k_raw (a model with q and k norms), q
+ *                  and k are left as they are: q to q_out, k to k_raw
+ *                  ([T][out], at its rows), for nz_k_qk_norm_rope.
  * The arithmetic is the unfused kernels', operation for operation. in must
  * be a multiple of 8; with norm_w, T·in·sizeof(act) bytes of shared memory
  * (at most what nz_gemv_fused_setup allowed). The combinations the forward
@@ -185,6 +187,7 @@ typedef struct nz_gemv_io {
 	int32_t nh, nkv, hd, bs;
 	float *q_out;
 	void *kc, *vc;
+	float *k_raw;
 } nz_gemv_io;
 cudaError_t nz_k_gemv_fused(int dtype, cudaStream_t s, int64_t T, int64_t in, const void *W, int64_t out,
                             const nz_gemv_io *io);

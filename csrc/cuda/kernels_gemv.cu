@@ -207,6 +207,10 @@ __global__ void __launch_bounds__(256) gemv_fused_kernel(const T *__restrict__ W
 					T *dst = (T *)io.vc + rope_row(io, j, g);
 					dst[jj] = nz_cvt<T>(x1);
 					dst[jj + half] = nz_cvt<T>(x2);
+				} else if (io.k_raw) { /* the heads' norms and RoPE come next */
+					float *dst = r0 < qd ? io.q_out + (int64_t)j * qd + r0 : io.k_raw + (int64_t)j * out + r0;
+					dst[0] = x1;
+					dst[half] = x2;
 				} else {
 					const float *c = io.cs + (int64_t)j * io.hd, *sn = c + half;
 					float a, b;
