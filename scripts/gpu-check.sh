@@ -340,4 +340,12 @@ if [[ $emulate != 1 && -x $root/.gpu/nozzle ]] && (($(left) > 100)); then
 		--rounds 1 --cache "${TMPDIR:-/tmp}/nozzle-cuda-bench" 2>&1 | tail -30
 	record nozzle-bench "exit ${PIPESTATUS[0]} (informational; its figures are in log.txt)"
 fi
+# ---- the same shapes with Qwen3's q and k head norms (informational, if time is left) -------
+if [[ $emulate != 1 && -x $root/.gpu/nozzle ]] && (($(left) > 80)); then
+	t=$(phase_timeout 70 10)
+	echo "== nozzle bench engine --device cuda --arch qwen3 (informational, timeout ${t}s)"
+	timeout -k 5 "$t" "$root/.gpu/nozzle" bench engine --device cuda --engine-lib "$cudalib" --arch qwen3 --batches 1,32 \
+		--rounds 1 --cache "${TMPDIR:-/tmp}/nozzle-cuda-bench" 2>&1 | grep -E 'model:|^ +(1|32) |efficiency'
+	record nozzle-bench-qwen3 "exit ${PIPESTATUS[0]} (informational: the head norms' cost against the Llama shapes above)"
+fi
 finish

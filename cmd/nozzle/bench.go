@@ -69,6 +69,7 @@ func benchEngine(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	lib := fs.String("engine-lib", "", "engine library (default: found by device)")
 	cache := fs.String("cache", benchCacheDir(), "folder keeping the generated model and adapters")
 	quick := fs.Bool("quick", false, "a small model: a fast check, not the figures")
+	arch := fs.String("arch", "llama", "the generated model's architecture, same shapes: llama, qwen3 (q and k head norms) or phi3 (q/k/v and gate/up fused in the checkpoint and the adapters)")
 	batches := fs.String("batches", "", "decode batch sizes (default 1,8,32)")
 	adapters := fs.Int("adapters", 0, "adapters (default 32)")
 	rank := fs.Int("rank", 0, "adapter rank (default 16)")
@@ -78,8 +79,15 @@ func benchEngine(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		return err
 	}
 	opts := engine.BenchOptions{CacheDir: *cache, Adapters: *adapters, Rank: *rank, Threads: *threads, Rounds: *rounds}
+	opts.Model = engine.DefaultBenchModel()
 	if *quick {
 		opts.Model = engine.QuickBenchModel()
+	}
+	switch *arch {
+	case "llama", "qwen3", "phi3":
+		opts.Model.Arch = *arch
+	default:
+		return fmt.Errorf("--arch %q: want llama, qwen3 or phi3", *arch)
 	}
 	if *batches != "" {
 		b, err := intList(*batches)
