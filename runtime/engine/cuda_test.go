@@ -372,6 +372,8 @@ var cudaParityCases = []struct {
 		s.DType, s.VocabSize, s.HiddenSize, s.IntermediateSize, s.NumHeads, s.NumKVHeads = safetensors.BF16, 128, 64, 2304, 4, 2
 	}, tol: 2e-2},
 	{name: "Qwen3HeadNorms", spec: func(s *model.Spec) { s.Arch, s.HeadDim, s.RopeTheta = "qwen3", 16, 1e6 }, tol: 1e-4},
+	// q/k/v and gate/up fused in the checkpoint and the adapters
+	{name: "Phi3Fused", spec: func(s *model.Spec) { s.Arch, s.SlidingWindow = "phi3", 7 }, tol: 1e-4},
 }
 
 // TestCUDA_Parity runs the same mixed batches on both backends: six
