@@ -335,20 +335,8 @@ func TestServe_CachedPromptTokens(t *testing.T) {
 		t.Fatalf("usage CSV %v", recs)
 	}
 
-	admin, err := os.ReadFile(filepath.Join(m.Config.Data, "admin-token"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	req, _ := http.NewRequest("POST", base+"/admin/ledger/check", nil)
-	req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(admin)))
-	r, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Body.Close()
-	var res nozzle.LedgerCheck
-	if err := json.NewDecoder(r.Body).Decode(&res); err != nil || r.StatusCode != 200 || res.Events != 3 || len(res.Problems) > 0 {
-		t.Fatalf("ledger check: %d %+v %v", r.StatusCode, res, err)
+	if res := ledgerCheck(t, base, m.Config.Data); res.Events != 3 || len(res.Problems) > 0 {
+		t.Fatalf("ledger check: %+v", res)
 	}
 }
 
@@ -629,18 +617,31 @@ func TestServe_SIGKILLMidStreamChargesItsCheckpoint(t *testing.T) {
 		rep.Total.Requests != 1 || rep.Total.CompletionTokens != ev.CompletionTokens {
 		t.Fatalf("usage report: %d %s", r.StatusCode, b)
 	}
-	admin, _ := os.ReadFile(filepath.Join(data, "admin-token"))
-	req, _ = http.NewRequest("POST", base+"/admin/ledger/check", nil)
-	req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(admin)))
-	cr, err := http.DefaultClient.Do(req)
+	if res := ledgerCheck(t, base, data); res.Events != 1 || res.Checkpoints != 0 || len(res.Problems) > 0 {
+		t.Fatalf("ledger check: %+v", res)
+	}
+}
+
+// ledgerCheck runs the server's ledger check (POST /admin/ledger/check
+// with the admin token in data) and returns its answer, which must be a 200.
+func ledgerCheck(t testing.TB, base, data string) nozzle.LedgerCheck {
+	t.Helper()
+	admin, err := os.ReadFile(filepath.Join(data, "admin-token"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer cr.Body.Close()
-	var res nozzle.LedgerCheck
-	if err := json.NewDecoder(cr.Body).Decode(&res); err != nil || cr.StatusCode != 200 || res.Events != 1 || res.Checkpoints != 0 || len(res.Problems) > 0 {
-		t.Fatalf("ledger check: %d %+v %v", cr.StatusCode, res, err)
+	req, _ := http.NewRequest("POST", base+"/admin/ledger/check", nil)
+	req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(admin)))
+	r, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
 	}
+	defer r.Body.Close()
+	var res nozzle.LedgerCheck
+	if err := json.NewDecoder(r.Body).Decode(&res); err != nil || r.StatusCode != 200 {
+		t.Fatalf("ledger check: %d %+v %v", r.StatusCode, res, err)
+	}
+	return res
 }
 
 func get(t testing.TB, url, key string) (*http.Response, []byte) {
