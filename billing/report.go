@@ -3,6 +3,7 @@ package billing
 import (
 	"bytes"
 	"context"
+	"math"
 	"slices"
 	"sort"
 	"strings"
@@ -576,10 +577,7 @@ func (l *Ledger) buildReport(s *reportSpec, cells cellSource, tot periodTotals, 
 			}
 			r.DedicatedUSD += hours * rate
 		}
-		if r.DedicatedUSD > 0 {
-			r.SavingPercent = (1 - r.CostUSD/r.DedicatedUSD) * 100
-		}
-		return r
+		return roundRow(r)
 	}
 
 	rep := &nozzle.Report{
@@ -609,6 +607,26 @@ func (l *Ledger) buildReport(s *reportSpec, cells cellSource, tot periodTotals, 
 		return a.AdapterID < b.AdapterID
 	})
 	rep.Total = finish(all)
+	if len(rep.Rows) > 0 {
+		// The total's figures are the sums of the rows' as they read,
+		// not sums rounded apart (which could differ in the last step);
+		// a dedicated GPU over each hour or day is not summed (see
+		// ReportRow).
+		var active, idle, charged, dedicated usdSum
+		for i := range rep.Rows {
+			r := &rep.Rows[i]
+			active.add(r.ActiveCostUSD)
+			idle.add(r.IdleCostUSD)
+			charged.add(r.ChargedUSD)
+			dedicated.add(r.DedicatedUSD)
+		}
+		t := &rep.Total
+		t.ActiveCostUSD, t.IdleCostUSD, t.ChargedUSD = active.value(), idle.value(), charged.value()
+		if !s.byHour && !s.byDay {
+			t.DedicatedUSD = dedicated.value()
+		}
+		rep.Total = roundRow(*t)
+	}
 	if s.operatorRep {
 		g := &nozzle.GPUSummary{GPUFigures: gpuFigures(&tot.capacity, pool, !prorata)}
 		if tot.series != nil {
@@ -618,7 +636,7 @@ func (l *Ledger) buildReport(s *reportSpec, cells cellSource, tot periodTotals, 
 				g.Series[i] = l.gpuBucket(tot.bucketTime(i), &tot.series[i])
 			}
 		}
-		g.MarginUSD = rep.Total.ChargedUSD - g.CostUSD
+		g.MarginUSD = nozzle.RoundUSD(rep.Total.ChargedUSD - g.CostUSD)
 		rep.GPU = g
 	}
 	return rep, nil
@@ -635,8 +653,9 @@ func (l *Ledger) gpuBucket(t time.Time, a *gpuAcc) nozzle.GPUBucket {
 // gpuFigures are the figures of capacity c whose idle time costs idleCost,
 // all of it left with the operator when operatorKeepsIdle.
 func gpuFigures(c *capHour, idleCost float64, operatorKeepsIdle bool) nozzle.GPUFigures {
+	idleCost = nozzle.RoundUSD(idleCost)
 	f := nozzle.GPUFigures{UptimeSeconds: c.UptimeSeconds, ActiveSeconds: c.ActiveSeconds,
-		IdleSeconds: c.IdleSeconds, CostUSD: c.CostUSD, IdleCostUSD: idleCost}
+		IdleSeconds: c.IdleSeconds, CostUSD: nozzle.RoundUSD(c.CostUSD), IdleCostUSD: idleCost}
 	if f.UptimeSeconds > 0 {
 		f.Utilization = f.ActiveSeconds / f.UptimeSeconds
 	}
@@ -644,6 +663,54 @@ func gpuFigures(c *capHour, idleCost float64, operatorKeepsIdle bool) nozzle.GPU
 		f.OperatorIdleUSD = idleCost
 	}
 	return f
+}
+
+// roundRow rounds a finished row's USD figures with nozzle.RoundUSD, once
+// each: the active and idle cost, the charge and the dedicated GPU as
+// summed, then the cost and the margin from the rounded figures, so that
+// cost = active + idle and margin = charged − cost hold as the row reads.
+// The saving is computed from the rounded cost and dedicated GPU.
+func roundRow(r nozzle.ReportRow) nozzle.ReportRow {
+	r.ActiveCostUSD = nozzle.RoundUSD(r.ActiveCostUSD)
+	r.IdleCostUSD = nozzle.RoundUSD(r.IdleCostUSD)
+	r.CostUSD = nozzle.RoundUSD(r.ActiveCostUSD + r.IdleCostUSD)
+	r.ChargedUSD = nozzle.RoundUSD(r.ChargedUSD)
+	r.MarginUSD = nozzle.RoundUSD(r.ChargedUSD - r.CostUSD)
+	r.DedicatedUSD = nozzle.RoundUSD(r.DedicatedUSD)
+	r.SavingPercent = 0
+	if r.DedicatedUSD > 0 {
+		r.SavingPercent = (1 - r.CostUSD/r.DedicatedUSD) * 100
+	}
+	return r
+}
+
+// usdSum adds USD figures rounded with nozzle.RoundUSD exactly: as whole
+// steps of nozzle.USDPrecision, so that the sum of many rows is not off
+// their grid by the float additions' errors. Figures too large for whole
+// steps (see RoundUSD) fall back to a float sum, rounded.
+type usdSum struct {
+	steps int64
+	float float64
+	large bool
+}
+
+const usdSteps = 1 / nozzle.USDPrecision // steps in a dollar
+
+func (u *usdSum) add(x float64) {
+	u.float += x
+	s := math.Round(x * usdSteps)
+	if u.large || !(math.Abs(s) < 1<<53) || u.steps > 1<<62 || u.steps < -1<<62 {
+		u.large = true
+		return
+	}
+	u.steps += int64(s)
+}
+
+func (u *usdSum) value() float64 {
+	if u.large || u.steps >= 1<<53 || u.steps <= -1<<53 {
+		return nozzle.RoundUSD(u.float)
+	}
+	return nozzle.RoundUSD(float64(u.steps) / usdSteps)
 }
 
 // dayOf returns the first hour of the UTC day holding hour h.

@@ -1,0 +1,61 @@
+package nozzle_test
+
+import (
+	"encoding/json"
+	"math"
+	"testing"
+
+	"github.com/nozzle-ai/nozzle"
+)
+
+func TestRoundUSD(t *testing.T) {
+	var noisy float64
+	for range 15 {
+		noisy += 1e-7 // 1.4999999999999996e-06
+	}
+	for _, tc := range []struct{ in, want float64 }{
+		{noisy, 1.5e-6},
+		{0.1 + 0.2, 0.3},
+		{0.0000015000000000000002, 0.0000015},
+		{-0.3599985000000001, -0.3599985},
+		{1234.56789012345678, 1234.5678901235},
+		{4e-11, 0},
+		{-4e-11, 0},
+		{6e-11, 1e-10},
+		{0, 0},
+		{123456.1, 123456.1},
+		// Beyond 2^53 steps a float64 has no 1e-10 digit: as it is.
+		{1e6 + 1.0/3, 1e6 + 1.0/3},
+		{1e300, 1e300},
+	} {
+		got := nozzle.RoundUSD(tc.in)
+		if got != tc.want || math.Signbit(got) != math.Signbit(tc.want) {
+			t.Errorf("RoundUSD(%v) = %v, want %v", tc.in, got, tc.want)
+		}
+	}
+	for _, x := range []float64{math.Inf(1), math.Inf(-1)} {
+		if got := nozzle.RoundUSD(x); got != x {
+			t.Errorf("RoundUSD(%v) = %v", x, got)
+		}
+	}
+	if got := nozzle.RoundUSD(math.NaN()); !math.IsNaN(got) {
+		t.Errorf("RoundUSD(NaN) = %v", got)
+	}
+	b, err := json.Marshal(map[string]float64{"cost_usd": nozzle.RoundUSD(noisy)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := string(b), `{"cost_usd":0.0000015}`; got != want {
+		t.Errorf("JSON %s, want %s", got, want)
+	}
+}
+
+// A rounded figure rounds to itself.
+func TestRoundUSD_Idempotent(t *testing.T) {
+	for _, x := range []float64{1e-10, 0.123456789, 98765.4321012345, 0.30000000000000004, 899999.9999999999} {
+		r := nozzle.RoundUSD(x)
+		if nozzle.RoundUSD(r) != r {
+			t.Errorf("RoundUSD(RoundUSD(%v)) = %v, not %v", x, nozzle.RoundUSD(r), r)
+		}
+	}
+}
