@@ -180,10 +180,30 @@ func TestRequestUsage(t *testing.T) {
 			ev = evs[1]
 		}
 		if got.Object != "request.usage" || got.ID != ev.RequestID || got.Status != "ok" || got.Adapter != "base" || got.PromptTokens != ev.PromptTokens ||
-			got.CompletionTokens != ev.CompletionTokens || got.ChargedUSD != ev.ChargeUSD || got.ChargedUSD <= 0 {
+			got.CompletionTokens != ev.CompletionTokens || got.ChargedUSD != nozzle.RoundUSD(ev.ChargeUSD) || got.ChargedUSD <= 0 {
 			t.Errorf("%s: %+v, event %+v", name, got, ev)
 		}
 	}
 	wantError(t, f.do(http.MethodGet, "/v1/usage/requests/"+id, "", bearer(f.keyB)), 404, "invalid_request_error", "request_not_found", "")
 	wantError(t, f.do(http.MethodGet, "/v1/usage/requests/nope", "", f.authA()), 404, "invalid_request_error", "request_not_found", "")
+}
+
+// TestRequestUsage_ChargeWithoutFloatNoise: a request's charge of 1.5e-6
+// USD that the ledger holds with float noise reads 0.0000015.
+func TestRequestUsage_ChargeWithoutFloatNoise(t *testing.T) {
+	f := newFixture(t)
+	r := f.do(http.MethodPost, "/v1/chat/completions", chatBody("base", "hi"), f.authA())
+	readAll(t, r)
+	var noisy float64
+	for range 15 {
+		noisy += 1e-7 // 1.4999999999999996e-06
+	}
+	func() {
+		defer f.w.lock()()
+		f.w.events[0].ChargeUSD = noisy
+	}()
+	body := readAll(t, f.do(http.MethodGet, "/v1/usage/requests/"+r.Header.Get("X-Request-Id"), "", f.authA()))
+	if !strings.Contains(body, `"charged_usd":0.0000015`) || strings.Contains(body, "0.0000014999") {
+		t.Errorf("request usage %s, want charged_usd 0.0000015", body)
+	}
 }
