@@ -204,7 +204,9 @@ type OutboxState struct {
 	LastSentAt  time.Time `json:"last_sent_at,omitzero"`
 }
 
-// Reporter produces usage and cost reports.
+// Reporter produces usage and cost reports. Every USD figure of a report
+// is rounded with RoundUSD, and the total's are the sums of the rows' (a
+// dedicated GPU by hour or day aside, see ReportRow.DedicatedUSD).
 type Reporter interface {
 	// Report returns the report for q. Returns EINVALID for a bad period or
 	// an unknown group key.
