@@ -193,6 +193,113 @@ func TestConsole_TenantsTotal(t *testing.T) {
 	}
 }
 
+// outcomesCell is a table row's cell of its requests that did not end
+// with their answer.
+var outcomesCell = regexp.MustCompile(`<td class="outcomes">(.*?)</td>`)
+
+// rowOutcomes returns the outcomes cell of each row of a table keyed by
+// data-tenant, and of its total row (the first row of the table's foot).
+func rowOutcomes(t *testing.T, body, table string) (map[string]string, string) {
+	t.Helper()
+	m := regexp.MustCompile(`(?s)<table class="[^"]*" id="` + table + `">(.*?)</table>`).FindStringSubmatch(body)
+	if m == nil {
+		t.Fatalf("no table %s:\n%s", table, body)
+	}
+	rows := map[string]string{}
+	for _, r := range regexp.MustCompile(`(?s)<tr data-tenant="([^"]*)">(.*?)</tr>`).FindAllStringSubmatch(m[1], -1) {
+		c := outcomesCell.FindStringSubmatch(r[2])
+		if c == nil {
+			t.Fatalf("%s: no outcomes cell in %s's row %q", table, r[1], r[2])
+		}
+		rows[r[1]] = c[1]
+	}
+	foot := regexp.MustCompile(`(?s)<tfoot><tr[^>]*>(.*?)</tr>`).FindStringSubmatch(m[1])
+	if foot == nil {
+		t.Fatalf("%s: no total row", table)
+	}
+	c := outcomesCell.FindStringSubmatch(foot[1])
+	if c == nil {
+		t.Fatalf("%s: no outcomes cell in the total row %q", table, foot[1])
+	}
+	return rows, c[1]
+}
+
+// TestConsole_OperatorOutcomes: the operator's tenants table and the GPU
+// page's cost split say, per tenant and in total, how many requests
+// failed, were canceled or were interrupted by a restart, in the words of
+// the tenant's usage page (ReportRow.Outcomes); a tenant whose requests
+// all ended with their answer shows none.
+func TestConsole_OperatorOutcomes(t *testing.T) {
+	now := time.Now().UTC()
+	f := newConsoleFixture(t, func(c *gateway.ConsoleConfig) { c.Clock = func() time.Time { return now } })
+	f.tenantUser("acme")
+	f.tenantUser("bolt")
+	f.tenantUser("calm") // every request answered in full
+	f.w.mu.Lock()
+	ids := map[string]string{}
+	for id, tn := range f.w.tenants {
+		ids[tn.Name] = id
+	}
+	statuses := map[string][]string{
+		"acme": {nozzle.UsageOK, nozzle.UsageFailed, nozzle.UsageCanceled, nozzle.UsageCanceled, nozzle.UsageInterrupted},
+		"bolt": {nozzle.UsageOK, nozzle.UsageCanceled},
+		"calm": {nozzle.UsageOK, nozzle.UsageOK},
+	}
+	for name, ss := range statuses {
+		for i, st := range ss {
+			f.w.events = append(f.w.events, &nozzle.UsageEvent{RequestID: fmt.Sprint(name, "-", i), TenantID: ids[name], Time: now.Add(-time.Minute),
+				Status: st, PromptTokens: 100, CompletionTokens: 20, DeviceSeconds: 3, RatePerHour: 2, ChargeUSD: 0.01})
+		}
+	}
+	f.w.mu.Unlock()
+	want := map[string]string{
+		"acme": "1 failed, not charged · 2 canceled, charged for what they produced · 1 interrupted by a restart",
+		"bolt": "1 canceled, charged for what they produced",
+		"calm": `<span class="muted">none</span>`,
+	}
+	const wantTotal = "1 failed, not charged · 3 canceled, charged for what they produced · 1 interrupted by a restart"
+	op := f.operator()
+	for _, tc := range []struct{ path, table string }{
+		{"/console/operator", "tenants-table"},
+		{"/console/operator/gpu?period=today", "split-table"},
+	} {
+		t.Run(tc.table, func(t *testing.T) {
+			resp, body := op.page(tc.path)
+			wantConsoleStatus(t, resp, http.StatusOK, body)
+			rows, total := rowOutcomes(t, body, tc.table)
+			for name, w := range want {
+				if got, ok := rows[name]; !ok || got != w {
+					t.Errorf("%s's outcomes: %q, want %q", name, got, w)
+				}
+			}
+			if total != wantTotal {
+				t.Errorf("the total's outcomes: %q, want %q", total, wantTotal)
+			}
+		})
+	}
+	// The same figures as the operator's report API gives them.
+	resp, body := f.adminGet("/admin/report?group_by=tenant")
+	wantConsoleStatus(t, resp, http.StatusOK, body)
+	var rep struct {
+		Data []struct {
+			Tenant      string `json:"tenant"`
+			Failed      int64  `json:"failed_requests"`
+			Canceled    int64  `json:"canceled_requests"`
+			Interrupted int64  `json:"interrupted_requests"`
+		} `json:"data"`
+	}
+	if err := json.Unmarshal([]byte(body), &rep); err != nil {
+		t.Fatal(err)
+	}
+	got := map[string][3]int64{}
+	for _, r := range rep.Data {
+		got[r.Tenant] = [3]int64{r.Failed, r.Canceled, r.Interrupted}
+	}
+	if got["acme"] != [3]int64{1, 2, 1} || got["bolt"] != [3]int64{0, 1, 0} || got["calm"] != [3]int64{} {
+		t.Errorf("the report API's counts: %v", got)
+	}
+}
+
 // TestConsole_DisableUser: the operator disables a person who left a
 // tenant: signed out at once, refused at sign-in and on links sent to
 // them; enabled again, they sign in anew, and no session from before
