@@ -877,6 +877,27 @@ async function main() {
     await ph.close();
   });
 
+  await step('operator sees which of a tenant\'s requests failed, were canceled or interrupted', async () => {
+    // The playground's stopped answer (and the one New chat cut short) are
+    // acme's canceled requests: the client went away mid-stream.
+    const r = await apiFetch(opPage, 'GET', '/console/api/operator/report?group_by=tenant');
+    assert(r.status === 200, `report → ${r.status} ${r.body}`);
+    const row = JSON.parse(r.body).data.find((d) => d.tenant === 'acme');
+    assert(row && row.canceled_requests >= 1, `the report API: acme's outcomes ${JSON.stringify(row)}`);
+    // in the words of the tenant's usage page
+    const words = [[row.failed_requests, 'failed, not charged'], [row.canceled_requests, 'canceled, charged for what they produced'],
+      [row.interrupted_requests, 'interrupted by a restart']].filter(([n]) => n > 0).map(([n, w]) => `${n} ${w}`).join(' · ');
+    await opPage.goto(U('/console/operator'));
+    const cell = (await opPage.textContent('#tenants-table tr[data-tenant="acme"] td.outcomes')).trim();
+    assert(cell === words, `acme's row in the tenants table: "${cell}", want "${words}"`);
+    const heads = await opPage.locator('#tenants-table thead th').allTextContents();
+    assert(heads.includes('Not completed'), `tenants table columns: ${heads.join(', ')}`);
+    await opPage.goto(U('/console/operator/gpu?period=today'));
+    const split = (await opPage.textContent('#split-table tr[data-tenant="acme"] td.outcomes')).trim();
+    assert(split === words, `acme's row in the cost split: "${split}", want "${words}"`);
+    await checkPage(opPage, 'gpu with outcomes');
+  });
+
   await step('operator reads a tenant\'s usage by adapter and by day: the report API\'s totals, its CSV, an empty period', async () => {
     await opPage.goto(U('/console/operator'));
     await Promise.all([opPage.waitForURL(/\/console\/operator\/tenants\/[^/]+$/), opPage.click('tr[data-tenant="acme"] a')]);
