@@ -261,10 +261,6 @@ struct cuda_engine {
 	 * SMs), 0 on the engine's stream after the GEMM's input
 	 * (NOZZLE_CUDA_LORA_FORK; 0 and 2 are for measuring the overlap). */
 	int lora_fork_mode;
-	/* decode steps of at most NZ_GEMV_MAX_T tokens with adapters: the
-	 * LoRA shrink in the projection's GEMV (nz_gemv_lora) rather than in
-	 * kernels of its own beside it (NOZZLE_CUDA_GEMV_LORA=0) */
-	int gemv_lora;
 	size_t gemv_smem;  /* dynamic shared memory they may use */
 	double *part;      /* sums of squares [NZ_GEMV_MAX_T][nz_gemv_fused_parts(H)] */
 	nz_sample_part *spart; /* the sampler's chunks [S][nz_sample_parts(V)] */
@@ -499,8 +495,6 @@ int32_t cuda_create(nz_config *c, void **out)
 			FAIL_CUDA(nz_gemv_fused_setup(e->wdt, e->gemv_smem), "nz_engine_create: GEMV setup");
 		const char *fold = getenv("NOZZLE_CUDA_LORA_FOLD");
 		e->lora_fold = fold && *fold ? (int)strtol(fold, NULL, 0) & 15 : kLoraFoldDefault;
-		const char *gl = getenv("NOZZLE_CUDA_GEMV_LORA");
-		e->gemv_lora = !(gl && strcmp(gl, "0") == 0);
 	}
 
 	/* KV pool */
@@ -889,10 +883,10 @@ int32_t ensure_meta(cuda_engine *e, size_t bytes)
 /* Y [rows][out] (f32) = X [rows][in] · Wᵀ: a GEMV pass for a few rows,
  * cuBLAS (tensor cores for bf16/f16, plain f32 for f32) otherwise. */
 int32_t gemm(cuda_engine *e, const void *X, int64_t rows, int64_t in, const void *W, int64_t out, float *Y,
-             const char *what, const nz_gemv_lora *lo = NULL)
+             const char *what)
 {
 	if (rows <= NZ_GEMV_MAX_T) {
-		cudaError_t err = nz_k_gemv(e->wdt, e->stream, rows, X, in, W, out, Y, lo);
+		cudaError_t err = nz_k_gemv(e->wdt, e->stream, rows, X, in, W, out, Y);
 		return err == cudaSuccess ? NZ_OK : cuda_fail(err, what);
 	}
 	const float one = 1.0f, zero = 0.0f;
@@ -911,30 +905,6 @@ int32_t gemm(cuda_engine *e, const void *X, int64_t rows, int64_t in, const void
 			return cuda_fail(nz_kerr_, what);                                                                          \
 	} while (0)
 
-/* The LoRA kernels' description of projection group mods[0..nmod) of
- * layer l, its outputs at columns cols of y. */
-void lora_group(const cuda_engine *e, int64_t l, int nmod, const int *mods, const int *cols, nz_lora_group *g)
-{
-	g->nmod = nmod;
-	for (int i = 0; i < nmod; i++) {
-		size_t k = (size_t)(l * NZ_M_COUNT + mods[i]);
-		g->module[i] = mods[i];
-		g->a_off[i] = e->a_off[k];
-		g->b_off[i] = e->b_off[k];
-		g->out[i] = (int32_t)e->mod_out[mods[i]];
-		g->col[i] = cols[i];
-	}
-}
-
-/* The rest of *lo (its grp set) for a consumer that folds the expand in:
- * the shrink's output in e->lv with these strides and splits. */
-void lora_out_fill(const cuda_engine *e, int64_t l, int64_t vms, int64_t vss, int splits, nz_lora_out *lo)
-{
-	lo->v = e->lv, lo->v_mod_stride = vms, lo->v_split_stride = vss, lo->splits = splits;
-	lo->slots = e->slot_mem, lo->slot_stride = e->slot_stride, lo->rank_tab = e->rank_dev;
-	lo->layer = (int32_t)l, lo->L = (int32_t)e->L, lo->R = (int32_t)e->R;
-}
-
 /* Starts the LoRA shrink of the modules mods[0..nmod) (sharing the input
  * x [T][in] that the engine's stream has just written) on the LoRA stream.
  * With fold, fills *lo for the kernel that consumes the group's output
@@ -951,8 +921,16 @@ int32_t lora_fork(cuda_engine *e, const meta_ptrs &m, int64_t T, int64_t items_g
 		CUDA_TRY(cudaStreamWaitEvent(e->lstream, e->ev_fork, 0), "nz_step: LoRA fork");
 	}
 	memset(lo, 0, sizeof *lo);
-	lora_group(e, l, nmod, mods, cols, &lo->grp);
-	const nz_lora_group &g = lo->grp;
+	nz_lora_group &g = lo->grp;
+	g.nmod = nmod;
+	for (int i = 0; i < nmod; i++) {
+		size_t k = (size_t)(l * NZ_M_COUNT + mods[i]);
+		g.module[i] = mods[i];
+		g.a_off[i] = e->a_off[k];
+		g.b_off[i] = e->b_off[k];
+		g.out[i] = (int32_t)e->mod_out[mods[i]];
+		g.col[i] = cols[i];
+	}
 	/* Split the shrink's input so that the step's work items (at fewest
 	 * `few`: a graph is replayed for a range of adapter mixes) fill the
 	 * GPU twice over, as far as the partial sums fit in lv. */
@@ -972,39 +950,9 @@ int32_t lora_fork(cuda_engine *e, const meta_ptrs &m, int64_t T, int64_t items_g
 		     "nz_step: LoRA expand");
 		return NZ_OK;
 	}
-	lora_out_fill(e, l, vms, vss, splits, lo);
-	return NZ_OK;
-}
-
-/* The projection x [T][in] · Wᵀ into e->y for a step with adapters of at
- * most NZ_GEMV_MAX_T tokens: the GEMV does the group's shrink too (into
- * e->lv, no splits); then, as in lora_fork, *lo is filled for the consumer
- * (fold) or the expand kernel runs into e->yl. */
-int32_t lora_gemv(cuda_engine *e, const meta_ptrs &m, int64_t T, int64_t items_grid, int64_t l, int nmod,
-                  const int *mods, const int *cols, const void *x, int64_t in, const void *W, int64_t out, bool fold,
-                  int64_t y_stride, nz_lora_out *lo, const char *what)
-{
-	memset(lo, 0, sizeof *lo);
-	lora_group(e, l, nmod, mods, cols, &lo->grp);
-	const int64_t vss = T * e->R;
-	nz_gemv_lora gl;
-	memset(&gl, 0, sizeof gl);
-	gl.grp = lo->grp, gl.scalars = m.scalars, gl.items = m.lora_items, gl.lora_tok = m.lora_tok;
-	gl.rank_tab = e->rank_dev, gl.slots = e->slot_mem, gl.slot_stride = e->slot_stride;
-	gl.layer = (int32_t)l, gl.L = (int32_t)e->L, gl.R = (int32_t)e->R;
-	gl.v = e->lv, gl.v_mod_stride = vss, gl.rows = items_grid * nmod * e->R;
-	NZ_TRY(gemm(e, x, T, in, W, out, e->y, what, &gl));
-	if (fold) {
-		lora_out_fill(e, l, vss, vss, 1, lo);
-		return NZ_OK;
-	}
-	int max_out = 0;
-	for (int i = 0; i < nmod; i++)
-		max_out = std::max(max_out, lo->grp.out[i]);
-	KTRY(nz_k_lora_expand(e->wdt, e->stream, items_grid, m.scalars, m.lora_items, m.lora_tok, e->lv, vss, vss, 1,
-	                      e->slot_mem, e->slot_stride, lo->grp, e->rank_dev, (int)l, (int)e->L, (int)e->R, e->yl,
-	                      y_stride, max_out),
-	     "nz_step: LoRA expand");
+	lo->v = e->lv, lo->v_mod_stride = vms, lo->v_split_stride = vss, lo->splits = splits;
+	lo->slots = e->slot_mem, lo->slot_stride = e->slot_stride, lo->rank_tab = e->rank_dev;
+	lo->layer = (int32_t)l, lo->L = (int32_t)e->L, lo->R = (int32_t)e->R;
 	return NZ_OK;
 }
 
@@ -1015,23 +963,6 @@ int32_t lora_join(cuda_engine *e)
 	CUDA_TRY(cudaEventRecord(e->ev_join, e->lstream), "nz_step: LoRA join");
 	CUDA_TRY(cudaStreamWaitEvent(e->stream, e->ev_join, 0), "nz_step: LoRA join");
 	return NZ_OK;
-}
-
-/* One projection group of an unfused step: x [T][in] · Wᵀ into e->y, and
- * with adapters (lora_grid work items) the group's LoRA: in the GEMV for
- * small steps (lora_gemv), else forked beside the GEMM (lora_fork, join).
- * fold, y_stride and lo are lora_fork's. */
-int32_t project(cuda_engine *e, const meta_ptrs &m, int64_t T, int64_t lora_grid, int64_t lora_few, int64_t l,
-                int nmod, const int *mods, const int *cols, const void *x, int64_t in, const void *W, int64_t out,
-                bool fold, nz_lora_out *lo, const char *what)
-{
-	if (!lora_grid)
-		return gemm(e, x, T, in, W, out, e->y, what);
-	if (e->gemv_lora && T <= NZ_GEMV_MAX_T)
-		return lora_gemv(e, m, T, lora_grid, l, nmod, mods, cols, x, in, W, out, fold, out, lo, what);
-	NZ_TRY(lora_fork(e, m, T, lora_grid, lora_few, l, nmod, mods, cols, x, in, fold, out, lo));
-	NZ_TRY(gemm(e, x, T, in, W, out, e->y, what));
-	return lora_join(e);
 }
 
 /* Every launch of a step's forward pass and sampling, on e->stream (the
@@ -1096,9 +1027,12 @@ int32_t forward(cuda_engine *e, const meta_ptrs &m, int64_t T, int64_t n_attn, i
 			io.k_raw = ly.q_norm ? e->y : NULL; /* the head norms below */
 			KTRY(nz_k_gemv_fused(dt, s, T, H, ly.wqkv, e->qkvd, &io), "nz_step: q/k/v projection");
 		}
+		if (lora_grid)
+			NZ_TRY(lora_fork(e, m, T, lora_grid, lora_few, l, 3, qkv_m, qkv_c, e->xin, H, lo[0], e->qkvd, &lo_buf));
 		if (!fused)
-			NZ_TRY(project(e, m, T, lora_grid, lora_few, l, 3, qkv_m, qkv_c, e->xin, H, ly.wqkv, e->qkvd, lo[0], &lo_buf,
-			               "nz_step: q/k/v projection"));
+			NZ_TRY(gemm(e, e->xin, T, H, ly.wqkv, e->qkvd, e->y, "nz_step: q/k/v projection"));
+		if (lora_grid)
+			NZ_TRY(lora_join(e));
 		if (!fused)
 			KTRY(nz_k_rope_kv(dt, s, T, e->y, yl[0], lo[0], m.tok_lora, ly.bqkv, e->cs, m.tok_pos, m.tok_seq, m.bt, m.scalars,
 			                  (int)e->nh, (int)e->nkv, (int)e->hd, (int)e->bs, ly.q_norm != NULL, e->q, kc, vc),
@@ -1127,15 +1061,24 @@ int32_t forward(cuda_engine *e, const meta_ptrs &m, int64_t T, int64_t n_attn, i
 			KTRY(nz_k_gemv_fused(dt, s, T, I, ly.wdown, H, &io), "nz_step: down projection");
 			continue;
 		}
-		NZ_TRY(project(e, m, T, lora_grid, lora_few, l, 1, o_m, zero_c, e->xin, e->qd, ly.wo, H, lo[1], &lo_buf,
-		               "nz_step: o projection"));
+		if (lora_grid)
+			NZ_TRY(lora_fork(e, m, T, lora_grid, lora_few, l, 1, o_m, zero_c, e->xin, e->qd, lo[1], H, &lo_buf));
+		NZ_TRY(gemm(e, e->xin, T, e->qd, ly.wo, H, e->y, "nz_step: o projection"));
+		if (lora_grid)
+			NZ_TRY(lora_join(e));
 		KTRY(nz_k_add_norm(dt, s, T, H, e->h, e->y, yl[1], lo[1], m.tok_lora, ly.bo, ly.ffn_norm, e->eps, e->xin),
 		     "nz_step: norm");
-		NZ_TRY(project(e, m, T, lora_grid, lora_few, l, 2, gu_m, gu_c, e->xin, H, ly.wgu, 2 * I, lo[2], &lo_buf,
-		               "nz_step: gate/up projection"));
+		if (lora_grid)
+			NZ_TRY(lora_fork(e, m, T, lora_grid, lora_few, l, 2, gu_m, gu_c, e->xin, H, lo[2], 2 * I, &lo_buf));
+		NZ_TRY(gemm(e, e->xin, T, H, ly.wgu, 2 * I, e->y, "nz_step: gate/up projection"));
+		if (lora_grid)
+			NZ_TRY(lora_join(e));
 		KTRY(nz_k_silu(dt, s, T, I, e->y, yl[2], lo[2], m.tok_lora, ly.bgu, e->xin), "nz_step: SiLU");
-		NZ_TRY(project(e, m, T, lora_grid, lora_few, l, 1, down_m, zero_c, e->xin, I, ly.wdown, H, lo[3], &lo_buf,
-		               "nz_step: down projection"));
+		if (lora_grid)
+			NZ_TRY(lora_fork(e, m, T, lora_grid, lora_few, l, 1, down_m, zero_c, e->xin, I, lo[3], H, &lo_buf));
+		NZ_TRY(gemm(e, e->xin, T, I, ly.wdown, H, e->y, "nz_step: down projection"));
+		if (lora_grid)
+			NZ_TRY(lora_join(e));
 		const float *next_norm = l + 1 < e->L ? e->layers[(size_t)(l + 1)].attn_norm : NULL;
 		KTRY(nz_k_add_norm(dt, s, T, H, e->h, e->y, yl[3], lo[3], m.tok_lora, ly.bdown, next_norm, e->eps, e->xin),
 		     "nz_step: norm");

@@ -137,26 +137,10 @@ cudaError_t nz_k_attention(int dtype, cudaStream_t s, int64_t n_items, const int
 size_t nz_attention_smem(int rows_max, int hd);
 cudaError_t nz_attention_setup(int dtype, size_t smem);
 
-/* y [T][out] (f32) = x [T][in] · Wᵀ for T <= NZ_GEMV_MAX_T: one pass over W.
- * With lo (else NULL), the same launch also does the LoRA shrink of the
- * projection group lo->grp (x being its input): lo->rows = max_items ·
- * nmod · R more warps, one per (work item, module, rank row), each over
- * the whole input, into v[mi][tok][0:r] (v_mod_stride apart; no splits).
- * For decode steps with adapters: no kernel, stream fork or join of its
- * own for the shrink. */
+/* y [T][out] (f32) = x [T][in] · Wᵀ for T <= NZ_GEMV_MAX_T: one pass over W. */
 #define NZ_GEMV_MAX_T 8
-typedef struct nz_gemv_lora {
-	nz_lora_group grp;
-	const int32_t *scalars, *items, *lora_tok, *rank_tab;
-	const void *slots;
-	int64_t slot_stride;
-	int32_t layer, L, R;
-	float *v;
-	int64_t v_mod_stride;
-	int64_t rows;
-} nz_gemv_lora;
 cudaError_t nz_k_gemv(int dtype, cudaStream_t s, int64_t T, const void *x, int64_t in, const void *W, int64_t out,
-                      float *y, const nz_gemv_lora *lo);
+                      float *y);
 
 /* The decode GEMV with its neighbours fused in, for steps of at most
  * NZ_GEMV_MAX_T tokens without adapters: the residual add and RMSNorm

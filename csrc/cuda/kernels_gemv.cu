@@ -15,7 +15,6 @@
  * with the KV-cache write.
  */
 #include "cuda_kernels.h"
-#include "lora_out.cuh"
 
 namespace {
 
@@ -73,53 +72,14 @@ __device__ __forceinline__ void gemv_rows(const T *const (&w)[NR], const T *__re
 	}
 }
 
-/* Warp o - out of a GEMV with LoRA shrink rows: rank row k of module mi
- * of LoRA work item it (o - out = (it · nmod + mi) · R + k), over the
- * whole input for each of the item's tokens (their rows of x, a few KB,
- * stay in L1), into v[mi][tok][k]. */
 template <class T>
-__device__ __forceinline__ void gemv_shrink_row(const nz_gemv_lora &lo, const T *__restrict__ x, int64_t in,
-                                                int64_t q, int lane)
-{
-	const int per = lo.grp.nmod * lo.R;
-	const int it = (int)(q / per), mi = (int)(q % per) / lo.R, k = (int)(q % per) % lo.R;
-	if (it >= lo.scalars[NZ_SC_LORA_ITEMS])
-		return;
-	const int start = lo.items[3 * it], ntok = lo.items[3 * it + 1], slot = lo.items[3 * it + 2];
-	const int r = lo.rank_tab[((int64_t)slot * lo.L + lo.layer) * NZ_M_COUNT + nz_pick3(lo.grp.module, mi)];
-	if (k >= r)
-		return;
-	const T *w[1] = {(const T *)lo.slots + (int64_t)slot * lo.slot_stride + nz_pick3(lo.grp.a_off, mi) + (int64_t)k * in};
-	for (int j = 0; j < ntok; j++) {
-		const int64_t tok = lo.lora_tok[start + j];
-		float acc[1][NZ_GEMV_MAX_T];
-		acc[0][0] = 0.0f;
-		if ((in & 7) == 0) {
-			gemv_rows<T, 1, 4>(w, x + tok * in, in, 1, lane, acc);
-		} else {
-			for (int64_t i = lane; i < in; i += 32)
-				acc[0][0] += nz_f32(w[0][i]) * nz_f32(x[tok * in + i]);
-		}
-		const float v = nz_warp_sum(acc[0][0]);
-		if (lane == 0)
-			lo.v[mi * lo.v_mod_stride + tok * lo.R + k] = v;
-	}
-}
-
-/* LORA: warps past the out rows do the shrink of lo (gemv_shrink_row). */
-template <class T, bool LORA>
 __global__ void __launch_bounds__(256)
     gemv_kernel(const T *__restrict__ W, const T *__restrict__ x, int64_t in, int64_t out, int ntok,
-                float *__restrict__ y, nz_gemv_lora lo)
+                float *__restrict__ y)
 {
 	nz_pdl_begin();
 	const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
 	const int64_t o = (int64_t)blockIdx.x * kWarps + warp;
-	if (LORA && o >= out) {
-		if (o - out < lo.rows)
-			gemv_shrink_row<T>(lo, x, in, o - out, lane);
-		return;
-	}
 	if (o >= out) /* the whole warp leaves together */
 		return;
 	const T *w[1] = {W + o * in};
@@ -321,33 +281,25 @@ template <class T> cudaError_t gemv_fused_setup(size_t smem)
 
 } // namespace
 
-template <class T>
-cudaError_t launch_gemv(cudaStream_t s, int64_t T_, const void *x, int64_t in, const void *W, int64_t out, float *y,
-                        const nz_gemv_lora *lo)
-{
-	/* the launch takes a copy: lo's storage is the caller's */
-	const nz_gemv_lora l = lo ? *lo : nz_gemv_lora{};
-	dim3 grid((unsigned)((out + l.rows + kWarps - 1) / kWarps));
-	if (lo)
-		NZ_LAUNCH_PDL((gemv_kernel<T, true>), grid, dim3(32 * kWarps), 0, s, (const T *)W, (const T *)x, in, out,
-		              (int)T_, y, l);
-	else
-		NZ_LAUNCH_PDL((gemv_kernel<T, false>), grid, dim3(32 * kWarps), 0, s, (const T *)W, (const T *)x, in, out,
-		              (int)T_, y, l);
-	return cudaGetLastError();
-}
-
 cudaError_t nz_k_gemv(int dtype, cudaStream_t s, int64_t T_, const void *x, int64_t in, const void *W, int64_t out,
-                      float *y, const nz_gemv_lora *lo)
+                      float *y)
 {
+	dim3 grid((unsigned)((out + kWarps - 1) / kWarps));
 	switch (dtype) {
 	case NZ_BF16:
-		return launch_gemv<__nv_bfloat16>(s, T_, x, in, W, out, y, lo);
+		NZ_LAUNCH_PDL(gemv_kernel<__nv_bfloat16>, grid, dim3(32 * kWarps), 0, s, (const __nv_bfloat16 *)W,
+		          (const __nv_bfloat16 *)x, in, out, (int)T_, y);
+		break;
 	case NZ_F16:
-		return launch_gemv<__half>(s, T_, x, in, W, out, y, lo);
+		NZ_LAUNCH_PDL(gemv_kernel<__half>, grid, dim3(32 * kWarps), 0, s, (const __half *)W, (const __half *)x, in, out,
+		          (int)T_, y);
+		break;
 	default:
-		return launch_gemv<float>(s, T_, x, in, W, out, y, lo);
+		NZ_LAUNCH_PDL(gemv_kernel<float>, grid, dim3(32 * kWarps), 0, s, (const float *)W, (const float *)x, in, out,
+		          (int)T_, y);
+		break;
 	}
+	return cudaGetLastError();
 }
 
 int64_t nz_gemv_fused_parts(int64_t out) { return (out + kWarps - 1) / kWarps; }
