@@ -247,6 +247,10 @@ struct cuda_engine {
 
 	/* decode steps without adapters: the fused GEMVs (nz_k_gemv_fused) */
 	int fuse;          /* NOZZLE_CUDA_FUSE=0 turns them off */
+	/* and with adapters: the fused GEMVs do the LoRA too (nz_gemv_lora;
+	 * NOZZLE_CUDA_FUSE_LORA=0: such steps take the unfused kernels) */
+	int fuse_lora;
+	int32_t *lora_sync; /* their shrink blocks' counters [L][4], zeroed by each step */
 	/* projection groups (bits: 1 q/k/v, 2 o, 4 gate/up, 8 down) whose LoRA
 	 * expand the consuming kernel does (lora_out.cuh); the others run the
 	 * expand kernel into yl. NOZZLE_CUDA_LORA_FOLD sets it; the default,
@@ -279,7 +283,7 @@ int64_t scratch_bytes(const cuda_engine *e)
 	int64_t T = e->T, S = e->S;
 	return 4 * T * (e->H + 2 * e->ymax + e->qd + e->hd) + 4 * 3 * e->lv_rows * e->R + (int64_t)e->wsz * (T * e->xmax + S * e->H) +
 	       4 * S * e->V + 2 * S * (int64_t)sizeof(nz_sample_out) + (int64_t)kBlasWorkspace +
-	       4 * kAttnParts * e->rows_max * (e->hd + 2) + 8 * NZ_GEMV_MAX_T * nz_gemv_fused_parts(e->H) +
+	       4 * kAttnParts * e->rows_max * (e->hd + 2) + 8 * NZ_GEMV_MAX_T * nz_gemv_fused_parts(e->H) + 4 * 4 * e->L +
 	       (int64_t)sizeof(nz_sample_part) * S * nz_sample_parts(e->V);
 }
 
@@ -342,7 +346,7 @@ void cuda_destroy(void *impl)
 	cudaFree(e->kv);
 	void *scratch[] = {e->h,       e->y,       e->yl,      e->q,       e->cs,      e->lv,         e->logits,
 	                   e->xin,     e->xs,      e->d_out,   e->d_meta,  e->blas_ws,    e->attn_o,
-	                   e->attn_ml, e->attn_count, e->part, e->spart};
+	                   e->attn_ml, e->attn_count, e->part, e->spart, e->lora_sync};
 	for (void *p : scratch)
 		cudaFree(p);
 	cudaFreeHost(e->stage[0]);
@@ -490,7 +494,11 @@ int32_t cuda_create(nz_config *c, void **out)
 	{
 		const char *fuse = getenv("NOZZLE_CUDA_FUSE");
 		e->fuse = !(fuse && strcmp(fuse, "0") == 0) && e->H % 8 == 0 && e->qd % 8 == 0 && e->I % 8 == 0;
-		e->gemv_smem = std::min<size_t>(optin, (size_t)(NZ_GEMV_MAX_T * e->H) * e->wsz);
+		/* the normalised input of NZ_GEMV_MAX_T tokens, and with adapters
+		 * their v rows of up to three modules */
+		e->gemv_smem = std::min<size_t>(optin, nz_gemv_fused_smem(e->wdt, NZ_GEMV_MAX_T, e->H, true, 3, (int)e->R));
+		const char *fl = getenv("NOZZLE_CUDA_FUSE_LORA");
+		e->fuse_lora = !(fl && strcmp(fl, "0") == 0);
 		if (e->fuse)
 			FAIL_CUDA(nz_gemv_fused_setup(e->wdt, e->gemv_smem), "nz_engine_create: GEMV setup");
 		const char *fold = getenv("NOZZLE_CUDA_LORA_FOLD");
@@ -712,6 +720,7 @@ int32_t cuda_finalize(void *impl)
 	ALLOC(e->attn_o, 4 * kAttnParts * e->rows_max * e->hd);
 	ALLOC(e->attn_ml, 4 * kAttnParts * e->rows_max * 2);
 	ALLOC(e->part, 8 * NZ_GEMV_MAX_T * nz_gemv_fused_parts(e->H));
+	ALLOC(e->lora_sync, 4 * 4 * e->L);
 	ALLOC(e->spart, (int64_t)sizeof(nz_sample_part) * S * nz_sample_parts(e->V));
 	if (!e->attn_count) {
 		NZ_TRY(dev_alloc((void **)&e->attn_count, 4 * kAttnParts, what));
@@ -905,6 +914,37 @@ int32_t gemm(cuda_engine *e, const void *X, int64_t rows, int64_t in, const void
 			return cuda_fail(nz_kerr_, what);                                                                          \
 	} while (0)
 
+/* The LoRA kernels' description of projection group mods[0..nmod) of
+ * layer l, its outputs at columns cols of y. */
+void lora_group(const cuda_engine *e, int64_t l, int nmod, const int *mods, const int *cols, nz_lora_group *g)
+{
+	g->nmod = nmod;
+	for (int i = 0; i < nmod; i++) {
+		size_t k = (size_t)(l * NZ_M_COUNT + mods[i]);
+		g->module[i] = mods[i];
+		g->a_off[i] = e->a_off[k];
+		g->b_off[i] = e->b_off[k];
+		g->out[i] = (int32_t)e->mod_out[mods[i]];
+		g->col[i] = cols[i];
+	}
+}
+
+/* *gl for group gi (0 q/k/v, 1 o, 2 gate/up, 3 down) of layer l's fused
+ * GEMV in a step of T tokens with adapters (items work items at most):
+ * its shrink into e->lv, counted in its own lora_sync counter. */
+void gemv_lora(const cuda_engine *e, const meta_ptrs &m, int64_t T, int64_t items, int64_t l, int gi, int nmod,
+               const int *mods, const int *cols, nz_gemv_lora *gl)
+{
+	memset(gl, 0, sizeof *gl);
+	lora_group(e, l, nmod, mods, cols, &gl->grp);
+	gl->scalars = m.scalars, gl->items = m.lora_items, gl->lora_tok = m.lora_tok, gl->tok_lora = m.tok_lora;
+	gl->rank_tab = e->rank_dev, gl->slots = e->slot_mem, gl->slot_stride = e->slot_stride;
+	gl->layer = (int32_t)l, gl->L = (int32_t)e->L, gl->R = (int32_t)e->R;
+	gl->v = e->lv, gl->sync = e->lora_sync + 4 * l + gi;
+	gl->items_max = (int32_t)std::min<int64_t>(items, T);
+	gl->blocks = nz_gemv_lora_blocks(gl->items_max, nmod, (int)e->R);
+}
+
 /* Starts the LoRA shrink of the modules mods[0..nmod) (sharing the input
  * x [T][in] that the engine's stream has just written) on the LoRA stream.
  * With fold, fills *lo for the kernel that consumes the group's output
@@ -921,16 +961,8 @@ int32_t lora_fork(cuda_engine *e, const meta_ptrs &m, int64_t T, int64_t items_g
 		CUDA_TRY(cudaStreamWaitEvent(e->lstream, e->ev_fork, 0), "nz_step: LoRA fork");
 	}
 	memset(lo, 0, sizeof *lo);
-	nz_lora_group &g = lo->grp;
-	g.nmod = nmod;
-	for (int i = 0; i < nmod; i++) {
-		size_t k = (size_t)(l * NZ_M_COUNT + mods[i]);
-		g.module[i] = mods[i];
-		g.a_off[i] = e->a_off[k];
-		g.b_off[i] = e->b_off[k];
-		g.out[i] = (int32_t)e->mod_out[mods[i]];
-		g.col[i] = cols[i];
-	}
+	lora_group(e, l, nmod, mods, cols, &lo->grp);
+	const nz_lora_group &g = lo->grp;
 	/* Split the shrink's input so that the step's work items (at fewest
 	 * `few`: a graph is replayed for a range of adapter mixes) fill the
 	 * GPU twice over, as far as the partial sums fit in lv. */
@@ -982,7 +1014,8 @@ int32_t forward(cuda_engine *e, const meta_ptrs &m, int64_t T, int64_t n_attn, i
 	const int qkv_c[3] = {0, (int)e->qd, (int)(e->qd + e->kvd)}, zero_c[1] = {0}, gu_c[2] = {0, (int)I};
 	/* small steps without adapters: residual adds, norms and the SiLU gate
 	 * ride in the GEMVs (nz_k_gemv_fused) */
-	const bool fused = e->fuse && !lora_grid && T <= NZ_GEMV_MAX_T && (size_t)(T * H) * e->wsz <= e->gemv_smem;
+	const bool fused = e->fuse && T <= NZ_GEMV_MAX_T && (!lora_grid || e->fuse_lora) &&
+	                   nz_gemv_fused_smem(e->wdt, T, H, true, lora_grid ? 3 : 0, (int)e->R) <= e->gemv_smem;
 	const int32_t n_part = (int32_t)nz_gemv_fused_parts(H);
 
 	/* a group's LoRA expand, when the step has adapters: folded into its
@@ -1004,6 +1037,8 @@ int32_t forward(cuda_engine *e, const meta_ptrs &m, int64_t T, int64_t n_attn, i
 		splits = (int)std::min<int64_t>(16, (want + blocks - 1) / blocks);
 	while (splits > 1 && blocks * splits > kAttnParts)
 		splits--;
+	if (fused && lora_grid)
+		CUDA_TRY(cudaMemsetAsync(e->lora_sync, 0, 4 * 4 * e->L, s), "nz_step: LoRA counters");
 	KTRY(nz_k_embed_norm(dt, s, T, e->embed, m.tokens, m.tok_pos, e->inv_freq, H, e->hd, e->layers[0].attn_norm,
 	                     e->eps, e->h, e->xin, e->cs),
 	     "nz_step: embedding");
@@ -1025,13 +1060,15 @@ int32_t forward(cuda_engine *e, const meta_ptrs &m, int64_t T, int64_t n_attn, i
 			io.bt = m.bt, io.scalars = m.scalars, io.nh = (int32_t)e->nh, io.nkv = (int32_t)e->nkv;
 			io.hd = (int32_t)e->hd, io.bs = (int32_t)e->bs, io.q_out = e->q, io.kc = kc, io.vc = vc;
 			io.k_raw = ly.q_norm ? e->y : NULL; /* the head norms below */
+			if (lora_grid)
+				gemv_lora(e, m, T, lora_grid, l, 0, 3, qkv_m, qkv_c, &io.lora);
 			KTRY(nz_k_gemv_fused(dt, s, T, H, ly.wqkv, e->qkvd, &io), "nz_step: q/k/v projection");
 		}
-		if (lora_grid)
+		if (lora_grid && !fused)
 			NZ_TRY(lora_fork(e, m, T, lora_grid, lora_few, l, 3, qkv_m, qkv_c, e->xin, H, lo[0], e->qkvd, &lo_buf));
 		if (!fused)
 			NZ_TRY(gemm(e, e->xin, T, H, ly.wqkv, e->qkvd, e->y, "nz_step: q/k/v projection"));
-		if (lora_grid)
+		if (lora_grid && !fused)
 			NZ_TRY(lora_join(e));
 		if (!fused)
 			KTRY(nz_k_rope_kv(dt, s, T, e->y, yl[0], lo[0], m.tok_lora, ly.bqkv, e->cs, m.tok_pos, m.tok_seq, m.bt, m.scalars,
@@ -1051,13 +1088,19 @@ int32_t forward(cuda_engine *e, const meta_ptrs &m, int64_t T, int64_t n_attn, i
 			 * the next layer's q/k/v projection normalises with) */
 			memset(&io, 0, sizeof io);
 			io.x = e->xin, io.epi = NZ_GEMV_RESID, io.h = e->h, io.part_out = e->part, io.bias = ly.bo;
+			if (lora_grid)
+				gemv_lora(e, m, T, lora_grid, l, 1, 1, o_m, zero_c, &io.lora);
 			KTRY(nz_k_gemv_fused(dt, s, T, e->qd, ly.wo, H, &io), "nz_step: o projection");
 			memset(&io, 0, sizeof io);
 			io.h_in = e->h, io.norm_w = ly.ffn_norm, io.eps = e->eps, io.part_in = e->part, io.n_part_in = n_part;
 			io.epi = NZ_GEMV_SILU, io.x_out = e->xin, io.bias = ly.bgu;
+			if (lora_grid)
+				gemv_lora(e, m, T, lora_grid, l, 2, 2, gu_m, gu_c, &io.lora);
 			KTRY(nz_k_gemv_fused(dt, s, T, H, ly.wgu, I, &io), "nz_step: gate/up projection");
 			memset(&io, 0, sizeof io);
 			io.x = e->xin, io.epi = NZ_GEMV_RESID, io.h = e->h, io.part_out = e->part, io.bias = ly.bdown;
+			if (lora_grid)
+				gemv_lora(e, m, T, lora_grid, l, 3, 1, down_m, zero_c, &io.lora);
 			KTRY(nz_k_gemv_fused(dt, s, T, I, ly.wdown, H, &io), "nz_step: down projection");
 			continue;
 		}

@@ -170,6 +170,27 @@ cudaError_t nz_k_gemv(int dtype, cudaStream_t s, int64_t T, const void *x, int64
  * pass uses are built: RESID from x, SILU from h, ROPE from either; others
  * return cudaErrorInvalidValue. */
 enum { NZ_GEMV_RESID = 1, NZ_GEMV_SILU = 2, NZ_GEMV_ROPE = 3 };
+/* The LoRA of a fused GEMV's projection group (nz_gemv_io.lora) in a
+ * decode step with adapters: the launch's first `blocks` blocks do the
+ * group's shrink (a warp per (work item, module, rank row) of the
+ * items_max · nmod · R, over the whole, normalised, input) into v
+ * [nmod][T][R] and count themselves done in *sync (0 before the launch);
+ * the GEMV blocks, their rows read, wait for that count, stage their
+ * tokens' v in shared memory and add each row's delta
+ * (Σ_k v[k] · B[row][k], the lanes over k) before the epilogue. The shrink
+ * blocks come first in the grid, so they are running or done before any
+ * GEMV block waits. */
+typedef struct nz_gemv_lora {
+	nz_lora_group grp;
+	const int32_t *scalars, *items, *lora_tok, *tok_lora, *rank_tab;
+	const void *slots;
+	int64_t slot_stride;
+	int32_t layer, L, R;
+	float *v;
+	int32_t *sync;
+	int32_t items_max, blocks;
+} nz_gemv_lora;
+
 typedef struct nz_gemv_io {
 	const void *x;
 	const float *h_in, *norm_w;
@@ -188,12 +209,20 @@ typedef struct nz_gemv_io {
 	float *q_out;
 	void *kc, *vc;
 	float *k_raw;
+	nz_gemv_lora lora; /* lora.v NULL: no adapters */
 } nz_gemv_io;
 cudaError_t nz_k_gemv_fused(int dtype, cudaStream_t s, int64_t T, int64_t in, const void *W, int64_t out,
                             const nz_gemv_io *io);
 /* Blocks (partials per token) of a NZ_GEMV_RESID launch with out rows. */
 int64_t nz_gemv_fused_parts(int64_t out);
-/* Allows the normalising variants smem bytes of dynamic shared memory. */
+/* The shrink blocks of a fused GEMV with LoRA: items work items of nmod
+ * modules at max rank R. */
+int32_t nz_gemv_lora_blocks(int64_t items, int nmod, int R);
+/* Dynamic shared memory of a fused GEMV launch of T tokens over in input
+ * features (normalised in shared memory when norm), with nmod LoRA
+ * modules' v rows at max rank R staged (nmod 0: no adapters). */
+size_t nz_gemv_fused_smem(int dtype, int64_t T, int64_t in, bool norm, int nmod, int R);
+/* Allows the fused variants smem bytes of dynamic shared memory. */
 cudaError_t nz_gemv_fused_setup(int dtype, size_t smem);
 
 /* x[t] = act(silu(g) · u) with g|u = y[t] (+ bias [2I]) (+ the LoRA

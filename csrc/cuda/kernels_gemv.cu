@@ -15,6 +15,7 @@
  * with the KV-cache write.
  */
 #include "cuda_kernels.h"
+#include "lora_out.cuh"
 
 namespace {
 
@@ -118,10 +119,59 @@ __device__ __forceinline__ int64_t rope_row(const nz_gemv_io &io, int t, int64_t
 	return ((blk * io.nkv + g) * io.bs + pos % io.bs) * io.hd;
 }
 
+/* The rank of module mi of the group in slot's adapter (0: absent). */
+__device__ __forceinline__ int gemv_lora_rank(const nz_gemv_lora &lo, int slot, int mi)
+{
+	return lo.rank_tab[((int64_t)slot * lo.L + lo.layer) * NZ_M_COUNT + nz_pick3(lo.grp.module, mi)];
+}
+
+/* A shrink warp of a fused GEMV with LoRA: rank row k of module mi of work
+ * item it, q = (it · nmod + mi) · R + k, over x [T][in] (normalised, or
+ * the input) for each of the item's tokens, into v[mi][tok][k]. */
+template <class T>
+__device__ __forceinline__ void gemv_lora_shrink(const nz_gemv_lora &lo, const T *x, int64_t in, int ntok, int64_t q,
+                                                 int lane)
+{
+	const int per = lo.grp.nmod * lo.R;
+	const int it = (int)(q / per), mi = (int)(q % per) / lo.R, k = (int)(q % per) % lo.R;
+	if (it >= lo.items_max || it >= lo.scalars[NZ_SC_LORA_ITEMS])
+		return;
+	const int start = lo.items[3 * it], n = lo.items[3 * it + 1], slot = lo.items[3 * it + 2];
+	if (k >= gemv_lora_rank(lo, slot, mi))
+		return;
+	const T *w[1] = {(const T *)lo.slots + (int64_t)slot * lo.slot_stride + nz_pick3(lo.grp.a_off, mi) + (int64_t)k * in};
+	for (int j = 0; j < n; j++) {
+		const int64_t tok = lo.lora_tok[start + j];
+		float acc[1][NZ_GEMV_MAX_T];
+		acc[0][0] = 0.0f;
+		gemv_rows<T, 1, 4>(w, x + tok * in, in, 1, lane, acc); /* in is a multiple of 8 (cuda_engine.fuse) */
+		const float v = nz_warp_sum(acc[0][0]);
+		if (lane == 0) {
+			lo.v[(mi * (int64_t)ntok + tok) * lo.R + k] = v;
+			__threadfence(); /* before the block counts itself done */
+		}
+	}
+}
+
+/* The delta of row o of module mi for a token of slot's adapter whose v
+ * rows are vs [nmod][R]: the lanes over k, a warp reduction (every lane
+ * gets it). */
+template <class T>
+__device__ __forceinline__ float gemv_lora_delta(const nz_gemv_lora &lo, const float *vs, int slot, int mi, int64_t o,
+                                                 int lane)
+{
+	const int r = gemv_lora_rank(lo, slot, mi);
+	const T *b = (const T *)lo.slots + (int64_t)slot * lo.slot_stride + nz_pick3(lo.grp.b_off, mi) + o * lo.R;
+	float acc = 0.0f;
+	for (int k = lane; k < r; k += 32)
+		acc += vs[mi * lo.R + k] * nz_f32(b[k]);
+	return nz_warp_sum(acc);
+}
+
 /* The fused variants (nz_k_gemv_fused): NR weight rows per warp (2 for
  * SiLU: gate row o and up row out + o), the input normalised into shared
  * memory first when NORM, the epilogue EPI. */
-template <class T, int NR, bool NORM, int EPI>
+template <class T, int NR, bool NORM, int EPI, bool LORA>
 __global__ void __launch_bounds__(256) gemv_fused_kernel(const T *__restrict__ W, nz_gemv_io io, int64_t in,
                                                          int64_t out, int ntok)
 {
@@ -130,7 +180,11 @@ __global__ void __launch_bounds__(256) gemv_fused_kernel(const T *__restrict__ W
 	__shared__ float rs[NZ_GEMV_MAX_T];
 	__shared__ double red[NZ_GEMV_MAX_T][kWarps];
 	const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-	const int64_t o = (int64_t)blockIdx.x * kWarps + warp;
+	/* with LORA the first io.lora.blocks blocks do the shrink; the GEMV's
+	 * are numbered from 0 after them */
+	const int n_sb = LORA ? io.lora.blocks : 0;
+	const int gb = (int)blockIdx.x - n_sb, n_gb = (int)gridDim.x - n_sb;
+	const int64_t o = (int64_t)gb * kWarps + warp;
 	/* ROPE: warp o takes rows r0 and r0 + hd/2 of head o / (hd/2) */
 	const int half = io.hd / 2;
 	const int64_t rows = EPI == NZ_GEMV_ROPE ? out / 2 : out;
@@ -162,6 +216,13 @@ __global__ void __launch_bounds__(256) gemv_fused_kernel(const T *__restrict__ W
 		__syncthreads();
 		x = xs;
 	}
+	if (LORA && gb < 0) {
+		gemv_lora_shrink<T>(io.lora, x, in, ntok, (int64_t)blockIdx.x * kWarps + warp, lane);
+		__syncthreads();
+		if (threadIdx.x == 0)
+			atomicAdd(io.lora.sync, 1);
+		return; /* the whole block */
+	}
 	float acc[NR][NZ_GEMV_MAX_T];
 #pragma unroll
 	for (int r = 0; r < NR; r++)
@@ -175,6 +236,41 @@ __global__ void __launch_bounds__(256) gemv_fused_kernel(const T *__restrict__ W
 			w[NR - 1] = W + r1 * in;
 		gemv_rows<T, NR, 4 / NR>(w, x, in, ntok, lane, acc); /* four 16-byte loads in flight per lane */
 	}
+	/* LORA: the shrink's v rows of the tokens with adapters, [T][nmod][R]
+	 * after the normalised input */
+	float *vs = (float *)((unsigned char *)xs + (NORM ? (size_t)ntok * in * sizeof(T) : 0));
+	int mi[NR];
+	int64_t ol[NR];
+	if (LORA) {
+		if (threadIdx.x == 0) {
+			const volatile int32_t *done = io.lora.sync;
+			while (*done < n_sb) {
+			}
+			__threadfence();
+		}
+		__syncthreads();
+		const int per = io.lora.grp.nmod * io.lora.R;
+		const volatile float *vg = io.lora.v;
+		for (int i = threadIdx.x; i < ntok * per; i += blockDim.x) {
+			const int j = i / per, m = (i % per) / io.lora.R, k = (i % per) % io.lora.R;
+			const int slot = io.lora.tok_lora[j] - 1;
+			vs[i] = slot >= 0 && k < gemv_lora_rank(io.lora, slot, m) ? vg[(m * (int64_t)ntok + j) * io.lora.R + k]
+			                                                          : 0.0f;
+		}
+		__syncthreads();
+		/* each weight row's module and row in it */
+		if (EPI == NZ_GEMV_ROPE) {
+			const int64_t qd = (int64_t)io.nh * io.hd, kvd = (int64_t)io.nkv * io.hd;
+			const int m = r0 < qd ? 0 : r0 < qd + kvd ? 1 : 2;
+			mi[0] = m;
+			mi[NR - 1] = m;
+			ol[0] = r0 - nz_pick3(io.lora.grp.col, m);
+			ol[NR - 1] = ol[0] + half;
+		} else {
+			mi[0] = 0, ol[0] = o;
+			mi[NR - 1] = NR - 1, ol[NR - 1] = o; /* SILU: gate row o, up row o */
+		}
+	}
 #pragma unroll
 	for (int j = 0; j < NZ_GEMV_MAX_T; j++) {
 		if (j >= ntok) /* ntok is the same in every lane */
@@ -183,6 +279,15 @@ __global__ void __launch_bounds__(256) gemv_fused_kernel(const T *__restrict__ W
 #pragma unroll
 		for (int r = 0; r < NR; r++)
 			v[r] = nz_warp_sum(acc[r][j]);
+		if (LORA && active) {
+			const int slot = io.lora.tok_lora[j] - 1; /* the same in every lane */
+			if (slot >= 0) {
+				const int per = io.lora.grp.nmod * io.lora.R;
+#pragma unroll
+				for (int r = 0; r < NR; r++)
+					v[r] += gemv_lora_delta<T>(io.lora, vs + j * per, slot, mi[r], ol[r], lane);
+			}
+		}
 		if (lane != 0)
 			continue;
 		if (EPI == NZ_GEMV_RESID) {
@@ -241,30 +346,40 @@ __global__ void __launch_bounds__(256) gemv_fused_kernel(const T *__restrict__ W
 			double ss = 0;
 			for (int k = 0; k < kWarps; k++)
 				ss += red[threadIdx.x][k];
-			io.part_out[(int64_t)threadIdx.x * gridDim.x + blockIdx.x] = ss;
+			io.part_out[(int64_t)threadIdx.x * n_gb + gb] = ss;
 		}
 	}
+}
+
+template <class T, bool LORA>
+cudaError_t gemv_fused_launch(cudaStream_t s, int64_t T_, int64_t in, const T *W, int64_t out, const nz_gemv_io &io)
+{
+	const int64_t parts = nz_gemv_fused_parts(io.epi == NZ_GEMV_ROPE ? out / 2 : out);
+	dim3 grid((unsigned)(parts + (LORA ? io.lora.blocks : 0))), block(32 * kWarps);
+	const bool norm = io.norm_w != NULL;
+	const size_t smem = (norm ? (size_t)(T_ * in) * sizeof(T) : 0) +
+	                    (LORA ? (size_t)T_ * io.lora.grp.nmod * io.lora.R * sizeof(float) : 0);
+	const int ntok = (int)T_;
+	/* the combinations the forward pass uses */
+	if (io.epi == NZ_GEMV_SILU && norm)
+		NZ_LAUNCH_PDL((gemv_fused_kernel<T, 2, true, NZ_GEMV_SILU, LORA>), grid, block, smem, s, W, io, in, out, ntok);
+	else if (io.epi == NZ_GEMV_RESID && !norm)
+		NZ_LAUNCH_PDL((gemv_fused_kernel<T, 1, false, NZ_GEMV_RESID, LORA>), grid, block, smem, s, W, io, in, out, ntok);
+	else if (io.epi == NZ_GEMV_ROPE && norm)
+		NZ_LAUNCH_PDL((gemv_fused_kernel<T, 2, true, NZ_GEMV_ROPE, LORA>), grid, block, smem, s, W, io, in, out, ntok);
+	else if (io.epi == NZ_GEMV_ROPE)
+		NZ_LAUNCH_PDL((gemv_fused_kernel<T, 2, false, NZ_GEMV_ROPE, LORA>), grid, block, smem, s, W, io, in, out, ntok);
+	else
+		return cudaErrorInvalidValue;
+	return cudaGetLastError();
 }
 
 template <class T> cudaError_t gemv_fused(cudaStream_t s, int64_t T_, int64_t in, const T *W, int64_t out,
                                           const nz_gemv_io &io)
 {
-	dim3 grid((unsigned)nz_gemv_fused_parts(io.epi == NZ_GEMV_ROPE ? out / 2 : out)), block(32 * kWarps);
-	const bool norm = io.norm_w != NULL;
-	const size_t smem = norm ? (size_t)(T_ * in) * sizeof(T) : 0;
-	const int ntok = (int)T_;
-	/* the combinations the forward pass uses */
-	if (io.epi == NZ_GEMV_SILU && norm)
-		NZ_LAUNCH_PDL((gemv_fused_kernel<T, 2, true, NZ_GEMV_SILU>), grid, block, smem, s, W, io, in, out, ntok);
-	else if (io.epi == NZ_GEMV_RESID && !norm)
-		NZ_LAUNCH_PDL((gemv_fused_kernel<T, 1, false, NZ_GEMV_RESID>), grid, block, smem, s, W, io, in, out, ntok);
-	else if (io.epi == NZ_GEMV_ROPE && norm)
-		NZ_LAUNCH_PDL((gemv_fused_kernel<T, 2, true, NZ_GEMV_ROPE>), grid, block, smem, s, W, io, in, out, ntok);
-	else if (io.epi == NZ_GEMV_ROPE)
-		NZ_LAUNCH_PDL((gemv_fused_kernel<T, 2, false, NZ_GEMV_ROPE>), grid, block, smem, s, W, io, in, out, ntok);
-	else
-		return cudaErrorInvalidValue;
-	return cudaGetLastError();
+	if (io.lora.v)
+		return gemv_fused_launch<T, true>(s, T_, in, W, out, io);
+	return gemv_fused_launch<T, false>(s, T_, in, W, out, io);
 }
 
 template <class T> cudaError_t gemv_fused_setup(size_t smem)
@@ -274,8 +389,12 @@ template <class T> cudaError_t gemv_fused_setup(size_t smem)
 		if (err == cudaSuccess)
 			err = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
 	};
-	set(gemv_fused_kernel<T, 2, true, NZ_GEMV_SILU>);
-	set(gemv_fused_kernel<T, 2, true, NZ_GEMV_ROPE>);
+	set(gemv_fused_kernel<T, 2, true, NZ_GEMV_SILU, false>);
+	set(gemv_fused_kernel<T, 2, true, NZ_GEMV_ROPE, false>);
+	set(gemv_fused_kernel<T, 2, true, NZ_GEMV_SILU, true>);
+	set(gemv_fused_kernel<T, 2, true, NZ_GEMV_ROPE, true>);
+	set(gemv_fused_kernel<T, 1, false, NZ_GEMV_RESID, true>);
+	set(gemv_fused_kernel<T, 2, false, NZ_GEMV_ROPE, true>);
 	return err;
 }
 
@@ -303,6 +422,14 @@ cudaError_t nz_k_gemv(int dtype, cudaStream_t s, int64_t T_, const void *x, int6
 }
 
 int64_t nz_gemv_fused_parts(int64_t out) { return (out + kWarps - 1) / kWarps; }
+
+int32_t nz_gemv_lora_blocks(int64_t items, int nmod, int R) { return (int32_t)((items * nmod * R + kWarps - 1) / kWarps); }
+
+size_t nz_gemv_fused_smem(int dtype, int64_t T_, int64_t in, bool norm, int nmod, int R)
+{
+	const size_t wsz = dtype == NZ_F32 ? 4 : 2;
+	return (norm ? (size_t)(T_ * in) * wsz : 0) + (size_t)T_ * nmod * R * sizeof(float);
+}
 
 cudaError_t nz_k_gemv_fused(int dtype, cudaStream_t s, int64_t T_, int64_t in, const void *W, int64_t out,
                             const nz_gemv_io *io)
