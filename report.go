@@ -151,7 +151,7 @@ type GPUFigures struct {
 	UptimeSeconds float64 `json:"uptime_seconds"`
 	ActiveSeconds float64 `json:"active_seconds"`
 	IdleSeconds   float64 `json:"idle_seconds"`
-	Utilization   float64 `json:"utilization"` // ActiveSeconds / UptimeSeconds
+	Utilization   float64 `json:"utilization"` // ActiveSeconds / UptimeSeconds, rounded with RoundRatio
 	CostUSD       float64 `json:"cost_usd"`
 	// IdleCostUSD is the cost of idle time (beyond the requests' active
 	// cost); OperatorIdleUSD the part of it not allocated to tenants (all
@@ -205,8 +205,10 @@ type OutboxState struct {
 }
 
 // Reporter produces usage and cost reports. Every USD figure of a report
-// is rounded with RoundUSD, and the total's are the sums of the rows' (a
-// dedicated GPU by hour or day aside, see ReportRow.DedicatedUSD).
+// is rounded with RoundUSD, every seconds figure with RoundSeconds and the
+// utilization and saving percent with RoundRatio, and the total's USD and
+// seconds figures are the sums of the rows' (a dedicated GPU by hour or day
+// aside, see ReportRow.DedicatedUSD).
 type Reporter interface {
 	// Report returns the report for q. Returns EINVALID for a bad period or
 	// an unknown group key.

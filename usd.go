@@ -20,8 +20,40 @@ const USDPrecision = 1e-10
 // same 1e-10 grid. Amounts of 900,000 USD and more, whose float64 has no
 // digit at 1e-10 to round, and NaN and infinities are returned as they
 // are; zero is never negative.
-func RoundUSD(x float64) float64 {
-	const scale = 1 / USDPrecision
+func RoundUSD(x float64) float64 { return roundTo(x, 1/USDPrecision) }
+
+// SecondsPrecision is the step every seconds figure of a report, and a
+// request's device seconds, is rounded to: 1e-9 s, a nanosecond. The
+// runtimes measure time in whole nanoseconds (time.Duration), both the
+// engine steps a request's device seconds are its share of and their
+// capacity intervals; digits below a nanosecond come only from splitting
+// those (a step among its requests, an interval across hours, idle time
+// among tenants) and from the float additions' noise
+// (0.010000000000000002 for ten requests of 0.001 s).
+const SecondsPrecision = 1e-9
+
+// RoundSeconds rounds a duration in seconds to SecondsPrecision, so that
+// it reads as the decimal it stands for (0.01, not 0.010000000000000002),
+// as RoundUSD does a USD amount: once, where a figure is finished.
+// Durations of 9,007,199 s (104 days) and more, whose float64 has no digit
+// at 1e-9 to round, and NaN and infinities are returned as they are.
+func RoundSeconds(x float64) float64 { return roundTo(x, 1/SecondsPrecision) }
+
+// RatioPrecision is the step a report's ratios and percentages (a GPU's
+// utilization, a row's saving percent) are rounded to: 1e-6, a
+// ten-thousandth of a percent of utilization and a millionth of a point of
+// a saving percent, far finer than any decision they inform.
+const RatioPrecision = 1e-6
+
+// RoundRatio rounds a ratio or a percentage to RatioPrecision, so that it
+// reads as a decimal (0.01, not 0.010000000000000004).
+func RoundRatio(x float64) float64 { return roundTo(x, 1/RatioPrecision) }
+
+// roundTo rounds x to the nearest multiple of 1/scale, as the float64
+// nearest that decimal. Values with 2^53 steps or more, whose float64 has
+// no digit at the step to round, and NaN and infinities are returned as
+// they are; zero is never negative.
+func roundTo(x, scale float64) float64 {
 	if !(math.Abs(x) < (1<<53)/scale) {
 		return x
 	}

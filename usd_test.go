@@ -59,3 +59,43 @@ func TestRoundUSD_Idempotent(t *testing.T) {
 		}
 	}
 }
+
+// Seconds round to the nanosecond and ratios to a millionth, as USD to
+// 1e-10: the noise of float sums goes, the decimals stay.
+func TestRoundSecondsAndRatio(t *testing.T) {
+	var noisy float64
+	for range 10 {
+		noisy += 0.001 // 0.010000000000000002
+	}
+	for _, tc := range []struct {
+		name     string
+		round    func(float64) float64
+		in, want float64
+	}{
+		{"seconds", nozzle.RoundSeconds, noisy, 0.01},
+		{"seconds", nozzle.RoundSeconds, 0.9999999999999999, 1},
+		{"seconds", nozzle.RoundSeconds, 0.04711904761904762, 0.047119048},
+		{"seconds", nozzle.RoundSeconds, 4e-10, 0},
+		{"seconds", nozzle.RoundSeconds, -4e-10, 0},
+		{"seconds", nozzle.RoundSeconds, 2678400.0000000002, 2678400},
+		{"seconds", nozzle.RoundSeconds, 1e7 + 1.0/3, 1e7 + 1.0/3}, // no 1e-9 digit: as it is
+		{"ratio", nozzle.RoundRatio, 0.010000000000000004, 0.01},
+		{"ratio", nozzle.RoundRatio, 99.98611111111111, 99.986111},
+		{"ratio", nozzle.RoundRatio, 1.0 / 3, 0.333333},
+	} {
+		got := tc.round(tc.in)
+		if got != tc.want || math.Signbit(got) {
+			t.Errorf("%s: round(%v) = %v, want %v", tc.name, tc.in, got, tc.want)
+		}
+		if tc.round(got) != got {
+			t.Errorf("%s: round(round(%v)) = %v, not %v", tc.name, tc.in, tc.round(got), got)
+		}
+	}
+	b, err := json.Marshal(map[string]float64{"device_seconds": nozzle.RoundSeconds(noisy), "utilization": nozzle.RoundRatio(noisy)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := string(b), `{"device_seconds":0.01,"utilization":0.01}`; got != want {
+		t.Errorf("JSON %s, want %s", got, want)
+	}
+}

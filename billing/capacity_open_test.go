@@ -34,8 +34,8 @@ func wantGPU(tb testing.TB, g *nozzle.GPUSummary, uptime, active float64) {
 		math.Abs(g.CostUSD-uptime*0.001) > 1e-9 || math.Abs(g.IdleSeconds-(uptime-active)) > 1e-9 {
 		tb.Fatalf("GPU = %+v, want %v s up, %v s active, $%v", g, uptime, active, uptime*0.001)
 	}
-	if uptime > 0 && math.Abs(g.Utilization-active/uptime) > 1e-12 {
-		tb.Fatalf("utilisation %v, want %v", g.Utilization, active/uptime)
+	if uptime > 0 && (g.Utilization != nozzle.RoundRatio(g.ActiveSeconds/g.UptimeSeconds) || math.Abs(g.Utilization-active/uptime) > nozzle.RatioPrecision/2+1e-12) {
+		tb.Fatalf("utilisation %v, want %v rounded to %v", g.Utilization, active/uptime, nozzle.RatioPrecision)
 	}
 }
 

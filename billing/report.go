@@ -613,14 +613,18 @@ func (l *Ledger) buildReport(s *reportSpec, cells cellSource, tot periodTotals, 
 		// a dedicated GPU over each hour or day is not summed (see
 		// ReportRow).
 		var active, idle, charged, dedicated usdSum
+		var device, idleSecs secondsSum
 		for i := range rep.Rows {
 			r := &rep.Rows[i]
+			device.add(r.DeviceSeconds)
+			idleSecs.add(r.IdleSeconds)
 			active.add(r.ActiveCostUSD)
 			idle.add(r.IdleCostUSD)
 			charged.add(r.ChargedUSD)
 			dedicated.add(r.DedicatedUSD)
 		}
 		t := &rep.Total
+		t.DeviceSeconds, t.IdleSeconds = device.value(), idleSecs.value()
 		t.ActiveCostUSD, t.IdleCostUSD, t.ChargedUSD = active.value(), idle.value(), charged.value()
 		if !s.byHour && !s.byDay {
 			t.DedicatedUSD = dedicated.value()
@@ -651,13 +655,16 @@ func (l *Ledger) gpuBucket(t time.Time, a *gpuAcc) nozzle.GPUBucket {
 }
 
 // gpuFigures are the figures of capacity c whose idle time costs idleCost,
-// all of it left with the operator when operatorKeepsIdle.
+// all of it left with the operator when operatorKeepsIdle: rounded once
+// each (seconds with nozzle.RoundSeconds, USD with nozzle.RoundUSD), the
+// utilization computed from the rounded seconds and rounded with
+// nozzle.RoundRatio.
 func gpuFigures(c *capHour, idleCost float64, operatorKeepsIdle bool) nozzle.GPUFigures {
 	idleCost = nozzle.RoundUSD(idleCost)
-	f := nozzle.GPUFigures{UptimeSeconds: c.UptimeSeconds, ActiveSeconds: c.ActiveSeconds,
-		IdleSeconds: c.IdleSeconds, CostUSD: nozzle.RoundUSD(c.CostUSD), IdleCostUSD: idleCost}
+	f := nozzle.GPUFigures{UptimeSeconds: nozzle.RoundSeconds(c.UptimeSeconds), ActiveSeconds: nozzle.RoundSeconds(c.ActiveSeconds),
+		IdleSeconds: nozzle.RoundSeconds(c.IdleSeconds), CostUSD: nozzle.RoundUSD(c.CostUSD), IdleCostUSD: idleCost}
 	if f.UptimeSeconds > 0 {
-		f.Utilization = f.ActiveSeconds / f.UptimeSeconds
+		f.Utilization = nozzle.RoundRatio(f.ActiveSeconds / f.UptimeSeconds)
 	}
 	if operatorKeepsIdle {
 		f.OperatorIdleUSD = idleCost
@@ -669,8 +676,12 @@ func gpuFigures(c *capHour, idleCost float64, operatorKeepsIdle bool) nozzle.GPU
 // each: the active and idle cost, the charge and the dedicated GPU as
 // summed, then the cost and the margin from the rounded figures, so that
 // cost = active + idle and margin = charged − cost hold as the row reads.
-// The saving is computed from the rounded cost and dedicated GPU.
+// Its device and idle seconds are rounded with nozzle.RoundSeconds, and the
+// saving is computed from the rounded cost and dedicated GPU and rounded
+// with nozzle.RoundRatio.
 func roundRow(r nozzle.ReportRow) nozzle.ReportRow {
+	r.DeviceSeconds = nozzle.RoundSeconds(r.DeviceSeconds)
+	r.IdleSeconds = nozzle.RoundSeconds(r.IdleSeconds)
 	r.ActiveCostUSD = nozzle.RoundUSD(r.ActiveCostUSD)
 	r.IdleCostUSD = nozzle.RoundUSD(r.IdleCostUSD)
 	r.CostUSD = nozzle.RoundUSD(r.ActiveCostUSD + r.IdleCostUSD)
@@ -679,26 +690,49 @@ func roundRow(r nozzle.ReportRow) nozzle.ReportRow {
 	r.DedicatedUSD = nozzle.RoundUSD(r.DedicatedUSD)
 	r.SavingPercent = 0
 	if r.DedicatedUSD > 0 {
-		r.SavingPercent = (1 - r.CostUSD/r.DedicatedUSD) * 100
+		r.SavingPercent = nozzle.RoundRatio((1 - r.CostUSD/r.DedicatedUSD) * 100)
 	}
 	return r
 }
 
-// usdSum adds USD figures rounded with nozzle.RoundUSD exactly: as whole
-// steps of nozzle.USDPrecision, so that the sum of many rows is not off
-// their grid by the float additions' errors. Figures too large for whole
-// steps (see RoundUSD) fall back to a float sum, rounded.
-type usdSum struct {
+// gridSum adds figures rounded to a grid (G's: nozzle.RoundUSD's 1e-10
+// USD, nozzle.RoundSeconds' nanosecond) exactly: as whole steps of the
+// grid, so that the sum of many rows is not off their grid by the float
+// additions' errors. Figures too large for whole steps (see RoundUSD) fall
+// back to a float sum, rounded.
+type gridSum[G grid] struct {
 	steps int64
 	float float64
 	large bool
 }
 
-const usdSteps = 1 / nozzle.USDPrecision // steps in a dollar
+// grid is a rounding of report figures: its steps in a unit, and the
+// rounding itself.
+type grid interface {
+	scale() float64
+	round(float64) float64
+}
 
-func (u *usdSum) add(x float64) {
+type usdGrid struct{}
+
+func (usdGrid) scale() float64          { return 1 / nozzle.USDPrecision }
+func (usdGrid) round(x float64) float64 { return nozzle.RoundUSD(x) }
+
+type secondsGrid struct{}
+
+func (secondsGrid) scale() float64          { return 1 / nozzle.SecondsPrecision }
+func (secondsGrid) round(x float64) float64 { return nozzle.RoundSeconds(x) }
+
+// usdSum sums USD figures, secondsSum durations in seconds.
+type (
+	usdSum     = gridSum[usdGrid]
+	secondsSum = gridSum[secondsGrid]
+)
+
+func (u *gridSum[G]) add(x float64) {
+	var g G
 	u.float += x
-	s := math.Round(x * usdSteps)
+	s := math.Round(x * g.scale())
 	if u.large || !(math.Abs(s) < 1<<53) || u.steps > 1<<62 || u.steps < -1<<62 {
 		u.large = true
 		return
@@ -706,11 +740,12 @@ func (u *usdSum) add(x float64) {
 	u.steps += int64(s)
 }
 
-func (u *usdSum) value() float64 {
+func (u *gridSum[G]) value() float64 {
+	var g G
 	if u.large || u.steps >= 1<<53 || u.steps <= -1<<53 {
-		return nozzle.RoundUSD(u.float)
+		return g.round(u.float)
 	}
-	return nozzle.RoundUSD(float64(u.steps) / usdSteps)
+	return g.round(float64(u.steps) / g.scale())
 }
 
 // dayOf returns the first hour of the UTC day holding hour h.

@@ -66,16 +66,18 @@ func TestReport_USDWithoutFloatNoise(t *testing.T) {
 				if policy == nozzle.IdleOperator && !strings.Contains(s, `"active_cost_usd":0.0000015,`) {
 					t.Errorf("group by %v: the total's active cost is not 0.0000015: %s", q.GroupBy, s)
 				}
-				checkCleanUSD(t, s)
+				checkCleanFigures(t, s)
 				checkTotalIsSum(t, rep)
 			}
 		})
 	}
 }
 
-// checkCleanUSD fails unless every "…_usd" number of the JSON js is a
-// whole number of 1e-10 USD, written with at most 10 decimals.
-func checkCleanUSD(t *testing.T, js string) {
+// checkCleanFigures fails unless every figure of the JSON js reads as the
+// decimal it stands for: each "…_usd" number a whole number of 1e-10 USD,
+// each "…_seconds" number of nanoseconds, the utilization and the saving
+// percent of millionths, written with at most 10, 9 and 6 decimals.
+func checkCleanFigures(t *testing.T, js string) {
 	t.Helper()
 	var v any
 	if err := json.Unmarshal([]byte(js), &v); err != nil {
@@ -93,24 +95,34 @@ func checkCleanUSD(t *testing.T, js string) {
 				walk(key, x)
 			}
 		case float64:
-			if !strings.HasSuffix(key, "_usd") {
+			decimals := 0
+			switch {
+			case strings.HasSuffix(key, "_usd"):
+				decimals = 10
+			case strings.HasSuffix(key, "_seconds"):
+				decimals = 9
+			case key == "utilization" || key == "saving_percent":
+				decimals = 6
+			default:
 				return
 			}
 			text := strconv.FormatFloat(v, 'f', -1, 64)
-			if i := strings.IndexByte(text, '.'); i >= 0 && len(text)-i-1 > 10 {
-				t.Errorf("%s = %s: float noise in a USD figure", key, text)
+			if i := strings.IndexByte(text, '.'); i >= 0 && len(text)-i-1 > decimals {
+				t.Errorf("%s = %s: float noise in the figure", key, text)
 			}
 		}
 	}
 	walk("", v)
 }
 
-// checkTotalIsSum fails unless each USD figure of the report's total is
-// the sum of the rows' (a dedicated GPU by hour or day aside).
+// checkTotalIsSum fails unless each USD and seconds figure of the report's
+// total is the sum of the rows' (a dedicated GPU by hour or day aside).
 func checkTotalIsSum(t *testing.T, rep *nozzle.Report) {
 	t.Helper()
 	var sum nozzle.ReportRow
 	for _, r := range rep.Rows {
+		sum.DeviceSeconds += r.DeviceSeconds
+		sum.IdleSeconds += r.IdleSeconds
 		sum.ActiveCostUSD += r.ActiveCostUSD
 		sum.IdleCostUSD += r.IdleCostUSD
 		sum.CostUSD += r.CostUSD
@@ -123,6 +135,8 @@ func checkTotalIsSum(t *testing.T, rep *nozzle.Report) {
 		rows, tot  float64
 		timeGroups bool
 	}{
+		{"device_seconds", sum.DeviceSeconds, rep.Total.DeviceSeconds, false},
+		{"idle_seconds", sum.IdleSeconds, rep.Total.IdleSeconds, false},
 		{"active_cost_usd", sum.ActiveCostUSD, rep.Total.ActiveCostUSD, false},
 		{"idle_cost_usd", sum.IdleCostUSD, rep.Total.IdleCostUSD, false},
 		{"cost_usd", sum.CostUSD, rep.Total.CostUSD, false},
@@ -133,7 +147,11 @@ func checkTotalIsSum(t *testing.T, rep *nozzle.Report) {
 		if f.timeGroups && len(rep.Rows) > 0 && !rep.Rows[0].Time.IsZero() {
 			continue
 		}
-		if nozzle.RoundUSD(f.rows) != f.tot {
+		round := nozzle.RoundUSD
+		if strings.HasSuffix(f.name, "_seconds") {
+			round = nozzle.RoundSeconds
+		}
+		if round(f.rows) != f.tot {
 			t.Errorf("group by %v: total %s = %v, the rows add up to %v", rep.GroupBy, f.name, f.tot, f.rows)
 		}
 	}
