@@ -207,3 +207,23 @@ func TestRequestUsage_ChargeWithoutFloatNoise(t *testing.T) {
 		t.Errorf("request usage %s, want charged_usd 0.0000015", body)
 	}
 }
+
+// TestRequestUsage_DeviceSecondsWithoutFloatNoise: a request's device
+// seconds of 0.01 that the ledger holds with float noise read 0.01.
+func TestRequestUsage_DeviceSecondsWithoutFloatNoise(t *testing.T) {
+	f := newFixture(t)
+	r := f.do(http.MethodPost, "/v1/chat/completions", chatBody("base", "hi"), f.authA())
+	readAll(t, r)
+	var noisy float64
+	for range 10 {
+		noisy += 0.001 // 0.010000000000000002
+	}
+	func() {
+		defer f.w.lock()()
+		f.w.events[0].DeviceSeconds = noisy
+	}()
+	body := readAll(t, f.do(http.MethodGet, "/v1/usage/requests/"+r.Header.Get("X-Request-Id"), "", f.authA()))
+	if !strings.Contains(body, `"device_seconds":0.01,`) || strings.Contains(body, "0.010000000000000002") {
+		t.Errorf("request usage %s, want device_seconds 0.01", body)
+	}
+}
