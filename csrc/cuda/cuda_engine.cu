@@ -494,9 +494,7 @@ int32_t cuda_create(nz_config *c, void **out)
 	{
 		const char *fuse = getenv("NOZZLE_CUDA_FUSE");
 		e->fuse = !(fuse && strcmp(fuse, "0") == 0) && e->H % 8 == 0 && e->qd % 8 == 0 && e->I % 8 == 0;
-		/* the normalised input of NZ_GEMV_MAX_T tokens, and with adapters
-		 * their v rows of up to three modules */
-		e->gemv_smem = std::min<size_t>(optin, nz_gemv_fused_smem(e->wdt, NZ_GEMV_MAX_T, e->H, true, 3, (int)e->R));
+		e->gemv_smem = std::min<size_t>(optin, (size_t)(NZ_GEMV_MAX_T * e->H) * e->wsz);
 		const char *fl = getenv("NOZZLE_CUDA_FUSE_LORA");
 		e->fuse_lora = !(fl && strcmp(fl, "0") == 0);
 		if (e->fuse)
@@ -1015,7 +1013,7 @@ int32_t forward(cuda_engine *e, const meta_ptrs &m, int64_t T, int64_t n_attn, i
 	/* small steps without adapters: residual adds, norms and the SiLU gate
 	 * ride in the GEMVs (nz_k_gemv_fused) */
 	const bool fused = e->fuse && T <= NZ_GEMV_MAX_T && (!lora_grid || e->fuse_lora) &&
-	                   nz_gemv_fused_smem(e->wdt, T, H, true, lora_grid ? 3 : 0, (int)e->R) <= e->gemv_smem;
+	                   (size_t)(T * H) * e->wsz <= e->gemv_smem;
 	const int32_t n_part = (int32_t)nz_gemv_fused_parts(H);
 
 	/* a group's LoRA expand, when the step has adapters: folded into its

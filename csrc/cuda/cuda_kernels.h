@@ -175,9 +175,9 @@ enum { NZ_GEMV_RESID = 1, NZ_GEMV_SILU = 2, NZ_GEMV_ROPE = 3 };
  * group's shrink (a warp per (work item, module, rank row) of the
  * items_max · nmod · R, over the whole, normalised, input) into v
  * [nmod][T][R] and count themselves done in *sync (0 before the launch);
- * the GEMV blocks, their rows read, wait for that count, stage their
- * tokens' v in shared memory and add each row's delta
- * (Σ_k v[k] · B[row][k], the lanes over k) before the epilogue. The shrink
+ * the GEMV blocks, their rows read, wait for that count and add each
+ * row's delta (Σ_k v[k] · B[row][k], lane k's product in the warp's
+ * reduction of the row) before the epilogue. The shrink
  * blocks come first in the grid, so they are running or done before any
  * GEMV block waits. */
 typedef struct nz_gemv_lora {
@@ -218,10 +218,6 @@ int64_t nz_gemv_fused_parts(int64_t out);
 /* The shrink blocks of a fused GEMV with LoRA: items work items of nmod
  * modules at max rank R. */
 int32_t nz_gemv_lora_blocks(int64_t items, int nmod, int R);
-/* Dynamic shared memory of a fused GEMV launch of T tokens over in input
- * features (normalised in shared memory when norm), with nmod LoRA
- * modules' v rows at max rank R staged (nmod 0: no adapters). */
-size_t nz_gemv_fused_smem(int dtype, int64_t T, int64_t in, bool norm, int nmod, int R);
 /* Allows the fused variants smem bytes of dynamic shared memory. */
 cudaError_t nz_gemv_fused_setup(int dtype, size_t smem);
 

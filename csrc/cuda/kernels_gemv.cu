@@ -153,21 +153,6 @@ __device__ __forceinline__ void gemv_lora_shrink(const nz_gemv_lora &lo, const T
 	}
 }
 
-/* The delta of row o of module mi for a token of slot's adapter whose v
- * rows are vs [nmod][R]: the lanes over k, a warp reduction (every lane
- * gets it). */
-template <class T>
-__device__ __forceinline__ float gemv_lora_delta(const nz_gemv_lora &lo, const float *vs, int slot, int mi, int64_t o,
-                                                 int lane)
-{
-	const int r = gemv_lora_rank(lo, slot, mi);
-	const T *b = (const T *)lo.slots + (int64_t)slot * lo.slot_stride + nz_pick3(lo.grp.b_off, mi) + o * lo.R;
-	float acc = 0.0f;
-	for (int k = lane; k < r; k += 32)
-		acc += vs[mi * lo.R + k] * nz_f32(b[k]);
-	return nz_warp_sum(acc);
-}
-
 /* The fused variants (nz_k_gemv_fused): NR weight rows per warp (2 for
  * SiLU: gate row o and up row out + o), the input normalised into shared
  * memory first when NORM, the epilogue EPI. */
@@ -223,6 +208,11 @@ __global__ void __launch_bounds__(256) gemv_fused_kernel(const T *__restrict__ W
 			atomicAdd(io.lora.sync, 1);
 		return; /* the whole block */
 	}
+	/* LORA: the tokens' slots (-1: none), loaded before the rows are */
+	int sl[NZ_GEMV_MAX_T];
+#pragma unroll
+	for (int j = 0; j < NZ_GEMV_MAX_T; j++)
+		sl[j] = LORA && j < ntok ? io.lora.tok_lora[j] - 1 : -1;
 	float acc[NR][NZ_GEMV_MAX_T];
 #pragma unroll
 	for (int r = 0; r < NR; r++)
@@ -236,39 +226,60 @@ __global__ void __launch_bounds__(256) gemv_fused_kernel(const T *__restrict__ W
 			w[NR - 1] = W + r1 * in;
 		gemv_rows<T, NR, 4 / NR>(w, x, in, ntok, lane, acc); /* four 16-byte loads in flight per lane */
 	}
-	/* LORA: the shrink's v rows of the tokens with adapters, [T][nmod][R]
-	 * after the normalised input */
-	float *vs = (float *)((unsigned char *)xs + (NORM ? (size_t)ntok * in * sizeof(T) : 0));
-	int mi[NR];
-	int64_t ol[NR];
-	if (LORA) {
-		if (threadIdx.x == 0) {
-			const volatile int32_t *done = io.lora.sync;
-			while (*done < n_sb) {
-			}
-			__threadfence();
-		}
-		__syncthreads();
-		const int per = io.lora.grp.nmod * io.lora.R;
-		const volatile float *vg = io.lora.v;
-		for (int i = threadIdx.x; i < ntok * per; i += blockDim.x) {
-			const int j = i / per, m = (i % per) / io.lora.R, k = (i % per) % io.lora.R;
-			const int slot = io.lora.tok_lora[j] - 1;
-			vs[i] = slot >= 0 && k < gemv_lora_rank(io.lora, slot, m) ? vg[(m * (int64_t)ntok + j) * io.lora.R + k]
-			                                                          : 0.0f;
-		}
-		__syncthreads();
-		/* each weight row's module and row in it */
+	/* LORA, in two rounds of loads after the rows: the B values of each
+	 * row and token (lane k: B[row][k], the slots' ranks, the shrink
+	 * blocks' count), then, the count complete, v (lane k: v[k]); each
+	 * delta a warp reduction. Ranks past 32 add their k >= 32 in a loop. */
+	float lv[NR][NZ_GEMV_MAX_T];
+	if (LORA && active) {
+		const nz_gemv_lora &lo = io.lora;
+		int mi[NR];
+		int64_t ol[NR];
 		if (EPI == NZ_GEMV_ROPE) {
 			const int64_t qd = (int64_t)io.nh * io.hd, kvd = (int64_t)io.nkv * io.hd;
 			const int m = r0 < qd ? 0 : r0 < qd + kvd ? 1 : 2;
 			mi[0] = m;
 			mi[NR - 1] = m;
-			ol[0] = r0 - nz_pick3(io.lora.grp.col, m);
+			ol[0] = r0 - nz_pick3(lo.grp.col, m);
 			ol[NR - 1] = ol[0] + half;
 		} else {
 			mi[0] = 0, ol[0] = o;
 			mi[NR - 1] = NR - 1, ol[NR - 1] = o; /* SILU: gate row o, up row o */
+		}
+		float bq[NR][NZ_GEMV_MAX_T];
+		int rk[NR][NZ_GEMV_MAX_T];
+#pragma unroll
+		for (int j = 0; j < NZ_GEMV_MAX_T; j++) {
+			const int slot = j < ntok ? sl[j] : -1;
+#pragma unroll
+			for (int r = 0; r < NR; r++) {
+				rk[r][j] = 0, bq[r][j] = 0.0f;
+				if (slot >= 0) {
+					rk[r][j] = gemv_lora_rank(lo, slot, mi[r]);
+					if (lane < lo.R)
+						bq[r][j] = nz_f32(((const T *)lo.slots)[(int64_t)slot * lo.slot_stride +
+						                                        nz_pick3(lo.grp.b_off, mi[r]) + ol[r] * lo.R + lane]);
+				}
+			}
+		}
+		const volatile int32_t *done = lo.sync;
+		while (*done < n_sb) {
+		}
+		__threadfence();
+		const volatile float *vg = lo.v;
+#pragma unroll
+		for (int j = 0; j < NZ_GEMV_MAX_T; j++) {
+#pragma unroll
+			for (int r = 0; r < NR; r++) {
+				float d = 0.0f;
+				if (j < ntok && lane < rk[r][j])
+					d = vg[(mi[r] * (int64_t)ntok + j) * lo.R + lane] * bq[r][j];
+				for (int k = lane + 32; j < ntok && k < rk[r][j]; k += 32)
+					d += vg[(mi[r] * (int64_t)ntok + j) * lo.R + k] *
+					     nz_f32(((const T *)lo.slots)[(int64_t)sl[j] * lo.slot_stride + nz_pick3(lo.grp.b_off, mi[r]) +
+					                                  ol[r] * lo.R + k]);
+				lv[r][j] = d;
+			}
 		}
 	}
 #pragma unroll
@@ -278,16 +289,7 @@ __global__ void __launch_bounds__(256) gemv_fused_kernel(const T *__restrict__ W
 		float v[NR];
 #pragma unroll
 		for (int r = 0; r < NR; r++)
-			v[r] = nz_warp_sum(acc[r][j]);
-		if (LORA && active) {
-			const int slot = io.lora.tok_lora[j] - 1; /* the same in every lane */
-			if (slot >= 0) {
-				const int per = io.lora.grp.nmod * io.lora.R;
-#pragma unroll
-				for (int r = 0; r < NR; r++)
-					v[r] += gemv_lora_delta<T>(io.lora, vs + j * per, slot, mi[r], ol[r], lane);
-			}
-		}
+			v[r] = nz_warp_sum(LORA && active ? acc[r][j] + lv[r][j] : acc[r][j]);
 		if (lane != 0)
 			continue;
 		if (EPI == NZ_GEMV_RESID) {
@@ -357,8 +359,7 @@ cudaError_t gemv_fused_launch(cudaStream_t s, int64_t T_, int64_t in, const T *W
 	const int64_t parts = nz_gemv_fused_parts(io.epi == NZ_GEMV_ROPE ? out / 2 : out);
 	dim3 grid((unsigned)(parts + (LORA ? io.lora.blocks : 0))), block(32 * kWarps);
 	const bool norm = io.norm_w != NULL;
-	const size_t smem = (norm ? (size_t)(T_ * in) * sizeof(T) : 0) +
-	                    (LORA ? (size_t)T_ * io.lora.grp.nmod * io.lora.R * sizeof(float) : 0);
+	const size_t smem = norm ? (size_t)(T_ * in) * sizeof(T) : 0;
 	const int ntok = (int)T_;
 	/* the combinations the forward pass uses */
 	if (io.epi == NZ_GEMV_SILU && norm)
@@ -393,8 +394,6 @@ template <class T> cudaError_t gemv_fused_setup(size_t smem)
 	set(gemv_fused_kernel<T, 2, true, NZ_GEMV_ROPE, false>);
 	set(gemv_fused_kernel<T, 2, true, NZ_GEMV_SILU, true>);
 	set(gemv_fused_kernel<T, 2, true, NZ_GEMV_ROPE, true>);
-	set(gemv_fused_kernel<T, 1, false, NZ_GEMV_RESID, true>);
-	set(gemv_fused_kernel<T, 2, false, NZ_GEMV_ROPE, true>);
 	return err;
 }
 
@@ -425,11 +424,6 @@ int64_t nz_gemv_fused_parts(int64_t out) { return (out + kWarps - 1) / kWarps; }
 
 int32_t nz_gemv_lora_blocks(int64_t items, int nmod, int R) { return (int32_t)((items * nmod * R + kWarps - 1) / kWarps); }
 
-size_t nz_gemv_fused_smem(int dtype, int64_t T_, int64_t in, bool norm, int nmod, int R)
-{
-	const size_t wsz = dtype == NZ_F32 ? 4 : 2;
-	return (norm ? (size_t)(T_ * in) * wsz : 0) + (size_t)T_ * nmod * R * sizeof(float);
-}
 
 cudaError_t nz_k_gemv_fused(int dtype, cudaStream_t s, int64_t T_, int64_t in, const void *W, int64_t out,
                             const nz_gemv_io *io)

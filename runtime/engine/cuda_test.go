@@ -332,12 +332,14 @@ func cudaTiny(seed uint64) model.Spec {
 
 // cudaParityCases are TestCUDA_Parity's models: case i is built from
 // cudaTiny(300 + i) and drives cudaScenario with seed i.
-var cudaParityCases = []struct {
+type cudaCase struct {
 	name string
 	spec func(*model.Spec)
 	rank int
 	tol  float64
-}{
+}
+
+var cudaParityCases = []cudaCase{
 	{name: "LlamaGQA", tol: 1e-4},
 	{name: "Qwen2Window", spec: func(s *model.Spec) {
 		s.Arch, s.Tied, s.SlidingWindow, s.MaxWindowLayers, s.RopeTheta = "qwen2", true, 5, 1, 1e6
@@ -455,14 +457,22 @@ func TestCUDA_ParityLoRAFold(t *testing.T) {
 // bf16 ones to a rounding of an activation to bf16 here and there.
 func TestCUDA_ParityLoRAFused(t *testing.T) {
 	openCUDA(t)
-	tols := map[string]float64{"LlamaGQA": 1e-5, "Llama3RopeHeadDim16": 1e-5, "Qwen3HeadNorms": 1e-5,
-		"Phi3Fused": 1e-5, "BF16": 2e-2, "F16": 4e-3}
-	for ci, tc := range cudaParityCases {
-		tol, ok := tols[tc.name]
-		if !ok {
-			continue
+	// rank: the engines' max rank, when not the case's (past 32, a lane
+	// adds more than one product to a row's delta)
+	runs := []struct {
+		name string
+		tol  float64
+		rank int
+	}{{"LlamaGQA", 1e-5, 0}, {"Llama3RopeHeadDim16", 1e-5, 0}, {"Qwen3HeadNorms", 1e-5, 0}, {"Phi3Fused", 1e-5, 0},
+		{"BF16", 2e-2, 0}, {"F16", 4e-3, 0}, {"Wide", 1e-5, 40}}
+	for _, run := range runs {
+		ci := slices.IndexFunc(cudaParityCases, func(c cudaCase) bool { return c.name == run.name })
+		tc, tol := cudaParityCases[ci], run.tol
+		name := tc.name
+		if run.rank > 0 {
+			name = fmt.Sprintf("%sRank%d", name, run.rank)
 		}
-		t.Run(tc.name, func(t *testing.T) {
+		t.Run(name, func(t *testing.T) {
 			spec := cudaTiny(uint64(300 + ci))
 			if tc.spec != nil {
 				tc.spec(&spec)
@@ -471,6 +481,9 @@ func TestCUDA_ParityLoRAFused(t *testing.T) {
 			opts := cudaOptions()
 			if tc.rank > 0 {
 				opts.MaxRank = tc.rank
+			}
+			if run.rank > 0 {
+				opts.MaxRank = run.rank
 			}
 			t.Setenv("NOZZLE_CUDA_FUSE_LORA", "0")
 			ref := newCUDAEngine(t, openCUDA(t), m, opts)
