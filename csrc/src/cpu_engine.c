@@ -7,12 +7,15 @@
  *    biases in f32 (rounded through weight_dtype first, so an engine holds
  *    the values a weight_dtype checkpoint would);
  *  - adapter slots per (layer, module): A = [max_slots][max_rank][in] and
- *    Bt = [max_slots][max_rank][out] (lora_B transposed, scale folded in),
- *    both in f32 whatever the weight dtype: PEFT computes the LoRA branch in
- *    the adapter's dtype, f32 for bf16 and f16 adapters too (it upcasts
- *    them), so an f32 adapter on a bf16 model loses nothing to rounding;
- *    rows at and past the real rank are zero and skipped (each slot/module
- *    remembers its rank, 0 = absent);
+ *    Bt = [max_slots][max_rank][out] (lora_B transposed), each holding the
+ *    adapter's own values exactly: in bf16 or f16 where the adapter's
+ *    tensor is, else in f32 (room for f32 whatever the weight dtype). PEFT
+ *    computes the LoRA branch in f32 (it upcasts bf16 and f16 adapters),
+ *    so an f32 adapter on a bf16 model loses nothing to rounding, and a
+ *    bf16 adapter is read at half the bytes. The scale multiplies the
+ *    shrink's f32 output before the expand. Rows at and past the real rank
+ *    are zero and skipped (each slot/module remembers its rank, 0 = absent,
+ *    its two dtypes and its scale);
  *  - KV cache in f32: [layer][K|V][block][kv_head][block_size][head_dim].
  *
  * Activations and accumulation are f32. Every parallel region splits work
@@ -35,9 +38,15 @@ typedef struct cpu_layer {
 } cpu_layer;
 
 typedef struct cpu_lora {
-	void *a;  /* [max_slots][max_rank][in] */
-	void *bt; /* [max_slots][max_rank][out] */
+	void *a;  /* [max_slots][max_rank][in], room for f32 */
+	void *bt; /* [max_slots][max_rank][out], room for f32 */
 } cpu_lora;
+
+/* What a slot holds for a (layer, module) besides its rank. */
+typedef struct cpu_slot_mod {
+	int32_t adt, bdt; /* dtypes of its A and Bt rows */
+	float scale;      /* applied to the shrink's output */
+} cpu_slot_mod;
 
 /* One task of a projection group (modules sharing their input x): rows
  * [r0, r1) of module mi's base GEMM (seg -1), or the LoRA shrink + expand
@@ -63,8 +72,7 @@ typedef struct cpu_engine {
 	int nthreads;
 	int32_t wdt;
 	size_t wsz;
-	int32_t ldt; /* adapter slots' dtype (f32) */
-	size_t lsz;
+	size_t lsz; /* bytes of a slot's element, at most (f32) */
 	int64_t H, I, V, L, nh, nkv, hd, qd, kvd, nrep, bs, nb, R, S;
 	int64_t mod_in[NZ_M_COUNT], mod_out[NZ_M_COUNT];
 
@@ -76,6 +84,7 @@ typedef struct cpu_engine {
 
 	cpu_lora *lora; /* [L][NZ_M_COUNT] */
 	int32_t *rank;  /* [max_slots][L][NZ_M_COUNT] */
+	cpu_slot_mod *slot_mod; /* the same shape */
 
 	float *kv; /* [L][2][nb][nkv][bs][hd] */
 	int64_t kv_block_elems, kv_layer_elems;
@@ -142,6 +151,7 @@ static void cpu_destroy(void *impl)
 		}
 	nz_free(e->lora);
 	nz_free(e->rank);
+	nz_free(e->slot_mod);
 	nz_free(e->kv);
 	float **bufs[] = {&e->h,     &e->x,     &e->q,     &e->att,   &e->kk,    &e->vv, &e->y,  &e->g,     &e->u,
 	                  &e->lv[0], &e->lv[1], &e->lv[2], &e->dl[0], &e->dl[1], &e->dl[2], &e->cs, &e->xs, &e->logits};
@@ -173,8 +183,7 @@ static int32_t cpu_create(nz_config *c, void **out)
 	e->k = k;
 	e->wdt = (int32_t)c->weight_dtype;
 	e->wsz = nz_dtype_size(e->wdt);
-	e->ldt = NZ_F32;
-	e->lsz = nz_dtype_size(e->ldt);
+	e->lsz = nz_dtype_size(NZ_F32);
 	e->H = c->hidden_size, e->I = c->intermediate_size, e->V = c->vocab_size, e->L = c->num_layers;
 	e->nh = c->num_heads, e->nkv = c->num_kv_heads, e->hd = c->head_dim;
 	e->qd = e->nh * e->hd, e->kvd = e->nkv * e->hd, e->nrep = e->nh / e->nkv;
@@ -334,7 +343,9 @@ static int32_t cpu_finalize(void *impl)
 		e->lora = nz_calloc(sizeof(cpu_lora) * (size_t)(L * NZ_M_COUNT));
 	if (!e->rank)
 		e->rank = nz_calloc(sizeof(int32_t) * (size_t)(slots * L * NZ_M_COUNT));
-	if (!e->lora || !e->rank)
+	if (!e->slot_mod)
+		e->slot_mod = nz_calloc(sizeof(cpu_slot_mod) * (size_t)(slots * L * NZ_M_COUNT));
+	if (!e->lora || !e->rank || !e->slot_mod)
 		return nz_oom("nz_engine_finalize", sizeof(cpu_lora) * (size_t)(L * NZ_M_COUNT));
 	for (int64_t l = 0; l < L; l++)
 		for (int m = 0; m < NZ_M_COUNT; m++) {
@@ -409,6 +420,10 @@ typedef struct load_ctx {
 	const nz_lora_entry *ent;
 } load_ctx;
 
+/* The dtype a slot keeps an adapter tensor of dtype dt in: its own where
+ * it is 16-bit, else f32 (exact either way). */
+static int32_t slot_dtype(int32_t dt) { return dt == NZ_BF16 || dt == NZ_F16 ? dt : NZ_F32; }
+
 static void load_task(void *ctx, int64_t j, int tid)
 {
 	load_ctx *c = ctx;
@@ -417,14 +432,16 @@ static void load_task(void *ctx, int64_t j, int tid)
 	int m = en->module;
 	int64_t in = e->mod_in[m], out = e->mod_out[m], r = en->rank, R = e->R;
 	cpu_lora *lo = &e->lora[en->layer * NZ_M_COUNT + m];
-	size_t lsz = e->lsz;
-	char *a = (char *)lo->a + (size_t)(c->slot * R * in) * lsz;
-	char *bt = (char *)lo->bt + (size_t)(c->slot * R * out) * lsz;
-	e->k->convert(a, e->ldt, en->a, en->a_dtype, r * in);
-	memset(a + (size_t)(r * in) * lsz, 0, (size_t)((R - r) * in) * lsz);
-	/* Bt[j][o] = scale · B[o][j], folded in f32 */
-	e->k->transpose_scale(bt, e->ldt, out, en->b, en->b_dtype, out, r, en->scale);
-	memset(bt + (size_t)(r * out) * lsz, 0, (size_t)((R - r) * out) * lsz);
+	cpu_slot_mod *sm = &e->slot_mod[(c->slot * e->L + en->layer) * NZ_M_COUNT + m];
+	sm->adt = slot_dtype(en->a_dtype), sm->bdt = slot_dtype(en->b_dtype), sm->scale = en->scale;
+	size_t as = nz_dtype_size(sm->adt), bs = nz_dtype_size(sm->bdt);
+	char *a = (char *)lo->a + (size_t)(c->slot * R * in) * e->lsz;
+	char *bt = (char *)lo->bt + (size_t)(c->slot * R * out) * e->lsz;
+	e->k->convert(a, sm->adt, en->a, en->a_dtype, r * in);
+	memset(a + (size_t)(r * in) * as, 0, (size_t)((R - r) * in) * as);
+	/* Bt[j][o] = B[o][j] */
+	e->k->transpose_scale(bt, sm->bdt, out, en->b, en->b_dtype, out, r, 1.0f);
+	memset(bt + (size_t)(r * out) * bs, 0, (size_t)((R - r) * out) * bs);
 }
 
 static int32_t cpu_adapter_clear(void *impl, int32_t slot)
@@ -622,14 +639,19 @@ static void group_task(void *ctx, int64_t i, int tid)
 		                   in, c->gtok, c->gy[mi] + tk->r0, out, c->gb[mi] ? c->gb[mi] + tk->r0 : NULL);
 		return;
 	}
-	/* LoRA: shrink v = x·Aᵀ [rows, rank] (token rows gathered), then
-	 * expand d = v·Bt [rows, out] */
+	/* LoRA: shrink v = x·Aᵀ [rows, rank] (token rows gathered), scaled,
+	 * then expand d = v·Bt [rows, out] */
 	int64_t slot = c->p->seg_slot[tk->seg], R = e->R, r0 = tk->r0, nr = tk->r1 - tk->r0;
 	const cpu_lora *lo = &e->lora[c->layer * NZ_M_COUNT + c->mods[mi]];
+	const cpu_slot_mod *sm = &e->slot_mod[(slot * e->L + c->layer) * NZ_M_COUNT + c->mods[mi]];
 	const char *a = (const char *)lo->a + (size_t)(slot * R * in) * e->lsz;
 	const char *bt = (const char *)lo->bt + (size_t)(slot * R * out) * e->lsz;
-	e->k->gemm_gather[e->ldt](a, in, tk->rank, in, c->gx, in, e->lrow_tok + r0, nr, e->lv[mi] + r0 * R, R);
-	e->k->expand[e->ldt](bt, out, tk->rank, out, e->lv[mi] + r0 * R, R, nr, e->dl[mi] + r0 * out, out);
+	float *v = e->lv[mi] + r0 * R;
+	e->k->gemm_gather[sm->adt](a, in, tk->rank, in, c->gx, in, e->lrow_tok + r0, nr, v, R);
+	for (int64_t i = 0; i < nr; i++)
+		for (int32_t j = 0; j < tk->rank; j++)
+			v[i * R + j] *= sm->scale;
+	e->k->expand[sm->bdt](bt, out, tk->rank, out, v, R, nr, e->dl[mi] + r0 * out, out);
 }
 
 /* Runs y_m = x·W_mᵀ (+b_m) for the group's modules and, when use_lora,
