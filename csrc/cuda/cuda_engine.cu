@@ -265,6 +265,10 @@ struct cuda_engine {
 	 * SMs), 0 on the engine's stream after the GEMM's input
 	 * (NOZZLE_CUDA_LORA_FORK; 0 and 2 are for measuring the overlap). */
 	int lora_fork_mode;
+	/* SMs the cuBLAS GEMMs of a step with adapters leave to the LoRA
+	 * kernels forked beside them (NOZZLE_CUDA_LORA_SMS; 0, the default:
+	 * none), and the SM count target set on the handle now (0: all) */
+	int lora_sms, blas_sms;
 	size_t gemv_smem;  /* dynamic shared memory they may use */
 	double *part;      /* sums of squares [NZ_GEMV_MAX_T][nz_gemv_fused_parts(H)] */
 	nz_sample_part *spart; /* the sampler's chunks [S][nz_sample_parts(V)] */
@@ -414,6 +418,8 @@ int32_t cuda_create(nz_config *c, void **out)
 	{
 		const char *fork = getenv("NOZZLE_CUDA_LORA_FORK");
 		e->lora_fork_mode = fork && *fork ? (int)strtol(fork, NULL, 0) : 1;
+		const char *sms = getenv("NOZZLE_CUDA_LORA_SMS");
+		e->lora_sms = sms && *sms ? std::max(0, (int)strtol(sms, NULL, 0)) : 0;
 		int least = 0, greatest = 0;
 		if (e->lora_fork_mode == 2)
 			FAIL_CUDA(cudaDeviceGetStreamPriorityRange(&least, &greatest), "nz_engine_create: stream priorities");
@@ -890,14 +896,18 @@ int32_t ensure_meta(cuda_engine *e, size_t bytes)
 /* Y [rows][out] (f32) = X [rows][in] · Wᵀ: a GEMV pass for a few rows,
  * cuBLAS (tensor cores for bf16/f16, plain f32 for f32) otherwise. */
 int32_t gemm(cuda_engine *e, const void *X, int64_t rows, int64_t in, const void *W, int64_t out, float *Y,
-             const char *what)
+             const char *what, int sms = 0)
 {
 	if (rows <= NZ_GEMV_MAX_T) {
 		cudaError_t err = nz_k_gemv(e->wdt, e->stream, rows, X, in, W, out, Y);
 		return err == cudaSuccess ? NZ_OK : cuda_fail(err, what);
 	}
 	const float one = 1.0f, zero = 0.0f;
-	cublasStatus_t st = cublasGemmEx(e->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)out, (int)rows, (int)in, &one, W, e->wtype,
+	cublasStatus_t st = CUBLAS_STATUS_SUCCESS;
+	if (e->blas_sms != sms && (st = cublasSetSmCountTarget(e->blas, sms)) != CUBLAS_STATUS_SUCCESS)
+		return blas_fail(st, what);
+	e->blas_sms = sms;
+	st = cublasGemmEx(e->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)out, (int)rows, (int)in, &one, W, e->wtype,
 	                                 (int)in, X, e->wtype, (int)in, &zero, Y, CUDA_R_32F, (int)out, CUBLAS_COMPUTE_32F,
 	                                 CUBLAS_GEMM_DEFAULT);
 	if (st != CUBLAS_STATUS_SUCCESS)
@@ -1015,6 +1025,8 @@ int32_t forward(cuda_engine *e, const meta_ptrs &m, int64_t T, int64_t n_attn, i
 	const bool fused = e->fuse && T <= NZ_GEMV_MAX_T && (!lora_grid || e->fuse_lora) &&
 	                   (size_t)(T * H) * e->wsz <= e->gemv_smem;
 	const int32_t n_part = (int32_t)nz_gemv_fused_parts(H);
+	/* the GEMMs' SMs in a step with adapters (NOZZLE_CUDA_LORA_SMS) */
+	const int blas_sms = lora_grid && e->lora_sms > 0 ? std::max(1, e->prop.multiProcessorCount - e->lora_sms) : 0;
 
 	/* a group's LoRA expand, when the step has adapters: folded into its
 	 * consumer (lo) or run into yl */
@@ -1065,7 +1077,7 @@ int32_t forward(cuda_engine *e, const meta_ptrs &m, int64_t T, int64_t n_attn, i
 		if (lora_grid && !fused)
 			NZ_TRY(lora_fork(e, m, T, lora_grid, lora_few, l, 3, qkv_m, qkv_c, e->xin, H, lo[0], e->qkvd, &lo_buf));
 		if (!fused)
-			NZ_TRY(gemm(e, e->xin, T, H, ly.wqkv, e->qkvd, e->y, "nz_step: q/k/v projection"));
+			NZ_TRY(gemm(e, e->xin, T, H, ly.wqkv, e->qkvd, e->y, "nz_step: q/k/v projection", blas_sms));
 		if (lora_grid && !fused)
 			NZ_TRY(lora_join(e));
 		if (!fused)
@@ -1104,20 +1116,20 @@ int32_t forward(cuda_engine *e, const meta_ptrs &m, int64_t T, int64_t n_attn, i
 		}
 		if (lora_grid)
 			NZ_TRY(lora_fork(e, m, T, lora_grid, lora_few, l, 1, o_m, zero_c, e->xin, e->qd, lo[1], H, &lo_buf));
-		NZ_TRY(gemm(e, e->xin, T, e->qd, ly.wo, H, e->y, "nz_step: o projection"));
+		NZ_TRY(gemm(e, e->xin, T, e->qd, ly.wo, H, e->y, "nz_step: o projection", blas_sms));
 		if (lora_grid)
 			NZ_TRY(lora_join(e));
 		KTRY(nz_k_add_norm(dt, s, T, H, e->h, e->y, yl[1], lo[1], m.tok_lora, ly.bo, ly.ffn_norm, e->eps, e->xin),
 		     "nz_step: norm");
 		if (lora_grid)
 			NZ_TRY(lora_fork(e, m, T, lora_grid, lora_few, l, 2, gu_m, gu_c, e->xin, H, lo[2], 2 * I, &lo_buf));
-		NZ_TRY(gemm(e, e->xin, T, H, ly.wgu, 2 * I, e->y, "nz_step: gate/up projection"));
+		NZ_TRY(gemm(e, e->xin, T, H, ly.wgu, 2 * I, e->y, "nz_step: gate/up projection", blas_sms));
 		if (lora_grid)
 			NZ_TRY(lora_join(e));
 		KTRY(nz_k_silu(dt, s, T, I, e->y, yl[2], lo[2], m.tok_lora, ly.bgu, e->xin), "nz_step: SiLU");
 		if (lora_grid)
 			NZ_TRY(lora_fork(e, m, T, lora_grid, lora_few, l, 1, down_m, zero_c, e->xin, I, lo[3], H, &lo_buf));
-		NZ_TRY(gemm(e, e->xin, T, I, ly.wdown, H, e->y, "nz_step: down projection"));
+		NZ_TRY(gemm(e, e->xin, T, I, ly.wdown, H, e->y, "nz_step: down projection", blas_sms));
 		if (lora_grid)
 			NZ_TRY(lora_join(e));
 		const float *next_norm = l + 1 < e->L ? e->layers[(size_t)(l + 1)].attn_norm : NULL;

@@ -1101,6 +1101,12 @@ cublasStatus_t cublasSetMathMode(cublasHandle_t h, cublasMath_t mode)
 	return CUBLAS_STATUS_SUCCESS;
 }
 
+cublasStatus_t cublasSetSmCountTarget(cublasHandle_t h, int sms)
+{
+	(void)h;
+	return sms < 0 ? CUBLAS_STATUS_INVALID_VALUE : CUBLAS_STATUS_SUCCESS;
+}
+
 const char *cublasGetStatusString(cublasStatus_t s)
 {
 	switch (s) {
