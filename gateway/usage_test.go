@@ -188,41 +188,28 @@ func TestRequestUsage(t *testing.T) {
 	wantError(t, f.do(http.MethodGet, "/v1/usage/requests/nope", "", f.authA()), 404, "invalid_request_error", "request_not_found", "")
 }
 
-// TestRequestUsage_ChargeWithoutFloatNoise: a request's charge of 1.5e-6
-// USD that the ledger holds with float noise reads 0.0000015.
-func TestRequestUsage_ChargeWithoutFloatNoise(t *testing.T) {
+// TestRequestUsage_WithoutFloatNoise: a request's charge of 1.5e-6 USD
+// and device seconds of 0.01 that the ledger holds with float noise read
+// 0.0000015 and 0.01.
+func TestRequestUsage_WithoutFloatNoise(t *testing.T) {
 	f := newFixture(t)
 	r := f.do(http.MethodPost, "/v1/chat/completions", chatBody("base", "hi"), f.authA())
 	readAll(t, r)
-	var noisy float64
+	var charge, secs float64
 	for range 15 {
-		noisy += 1e-7 // 1.4999999999999996e-06
+		charge += 1e-7 // 1.4999999999999996e-06
+	}
+	for range 10 {
+		secs += 0.001 // 0.010000000000000002
 	}
 	func() {
 		defer f.w.lock()()
-		f.w.events[0].ChargeUSD = noisy
+		f.w.events[0].ChargeUSD, f.w.events[0].DeviceSeconds = charge, secs
 	}()
 	body := readAll(t, f.do(http.MethodGet, "/v1/usage/requests/"+r.Header.Get("X-Request-Id"), "", f.authA()))
 	if !strings.Contains(body, `"charged_usd":0.0000015`) || strings.Contains(body, "0.0000014999") {
 		t.Errorf("request usage %s, want charged_usd 0.0000015", body)
 	}
-}
-
-// TestRequestUsage_DeviceSecondsWithoutFloatNoise: a request's device
-// seconds of 0.01 that the ledger holds with float noise read 0.01.
-func TestRequestUsage_DeviceSecondsWithoutFloatNoise(t *testing.T) {
-	f := newFixture(t)
-	r := f.do(http.MethodPost, "/v1/chat/completions", chatBody("base", "hi"), f.authA())
-	readAll(t, r)
-	var noisy float64
-	for range 10 {
-		noisy += 0.001 // 0.010000000000000002
-	}
-	func() {
-		defer f.w.lock()()
-		f.w.events[0].DeviceSeconds = noisy
-	}()
-	body := readAll(t, f.do(http.MethodGet, "/v1/usage/requests/"+r.Header.Get("X-Request-Id"), "", f.authA()))
 	if !strings.Contains(body, `"device_seconds":0.01,`) || strings.Contains(body, "0.010000000000000002") {
 		t.Errorf("request usage %s, want device_seconds 0.01", body)
 	}
