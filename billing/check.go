@@ -34,7 +34,7 @@ func (r *CheckResult) problem(format string, args ...any) {
 // time, cost and charges); the hourly capacity equals the sum of the
 // capacity intervals; the outbox never took more of an hour than it
 // holds; the indexes the tenants', keys' and adapters' lists are read
-// from hold exactly their records; and each tenant's adapter storage
+// from, and the index of each tenant's users, hold exactly their records; and each tenant's adapter storage
 // equals the number and sizes of its adapters. Provisional
 // capacity (each runtime's open interval) is not part of these sums: Check
 // only verifies that each such record decodes and is filed under its
@@ -221,7 +221,8 @@ func (l *Ledger) Check(ctx context.Context) (*CheckResult, error) {
 // checkListIndexes verifies the indexes the metadata lists are paged from
 // against the records: tenant_order against the tenants, tenant_keys and
 // tenant_keys_revoked against the keys, adapter_names against the
-// adapters, adapters_deleted against adapters_deleted_at.
+// adapters, adapters_deleted against adapters_deleted_at, tenant_users
+// against the users.
 func checkListIndexes(tx *bolt.Tx, res *CheckResult) error {
 	type index struct {
 		what, bucket []byte
@@ -232,6 +233,7 @@ func checkListIndexes(tx *bolt.Tx, res *CheckResult) error {
 	revoked := index{[]byte("revoked key"), bRevokedKeys, map[string]string{}}
 	names := index{[]byte("adapter"), bAdapterNames, map[string]string{}}
 	gone := index{[]byte("deleted adapter"), bAdapterGoneAt, map[string]string{}}
+	users := index{[]byte("user"), bTenantUsers, map[string]string{}}
 	err := tx.Bucket(bTenants).ForEach(func(k, v []byte) error {
 		if t, err := decodeTenant(v); err != nil {
 			res.problem("tenant %q: %v", k, err)
@@ -280,7 +282,20 @@ func checkListIndexes(tx *bolt.Tx, res *CheckResult) error {
 	if err != nil {
 		return err
 	}
-	for _, x := range []index{order, keys, revoked, names, gone} {
+	err = tx.Bucket(bUsers).ForEach(func(k, v []byte) error {
+		if u, err := decodeUser(v); err != nil {
+			res.problem("user %q: %v", k, err)
+		} else if u.ID != string(k) {
+			res.problem("user %q holds user %q", k, u.ID)
+		} else {
+			users.want[string(tenantUserKey(u))] = ""
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for _, x := range []index{order, keys, revoked, names, gone, users} {
 		seen := 0
 		err := tx.Bucket(x.bucket).ForEach(func(k, v []byte) error {
 			w, ok := x.want[string(k)]

@@ -12,7 +12,7 @@ import (
 // docs/LEDGER.md describes it; migrations below bring older files up to it
 // on open. Version 4 has no migration of its own: the builds that knew it
 // but not 5 stamped it on a file when it first held a standard-price mark.
-const SchemaVersion = 9
+const SchemaVersion = 10
 
 // Bucket names. docs/LEDGER.md gives each bucket's keys and values.
 var (
@@ -34,6 +34,7 @@ var (
 	bUsers         = []byte("users")
 	bUserEmails    = []byte("user_emails")
 	bUserInvites   = []byte("user_invites")
+	bTenantUsers   = []byte("tenant_users")
 	bSessions      = []byte("sessions")
 	bEvents        = []byte("events")
 	bRequestIDs    = []byte("request_ids")
@@ -56,7 +57,7 @@ var allBuckets = [][]byte{
 	bRevokedKeys, bAdapters, bAdapterNames, bAdapterSHA, bAdapterGone, bAdapterGoneAt, bUsers, bUserEmails, bUserInvites,
 	bSessions, bEvents, bRequestIDs, bRollups, bHours, bMonths, bCapacity,
 	bCapHours, bCapOpen, bDirty, bBilled, bOutbox, bOutboxPending, bOutboxParked,
-	bCheckpoints, bAdapterBytes,
+	bCheckpoints, bAdapterBytes, bTenantUsers,
 }
 
 var (
@@ -126,6 +127,32 @@ var migrations = []migration{
 	// from the events into the rollups that hold any; the others keep
 	// their format until next written.
 	{To: 9, Fn: backfillRequestOutcomes},
+	// Version 10: each tenant's users are indexed in creation order
+	// (tenant_users), written with the users, so that a tenant's users
+	// are read without every other tenant's. The migration indexes the
+	// stored users.
+	{To: 10, Fn: indexTenantUsers},
+}
+
+// indexTenantUsers builds version 10's tenant_users from the users. A
+// record that does not decode is left out (Check reports it).
+func indexTenantUsers(tx *bolt.Tx) error {
+	if tx.Bucket(bTenantUsers) != nil {
+		if err := tx.DeleteBucket(bTenantUsers); err != nil {
+			return err
+		}
+	}
+	b, err := tx.CreateBucket(bTenantUsers)
+	if err != nil {
+		return fmt.Errorf("create bucket %s: %w", bTenantUsers, err)
+	}
+	return tx.Bucket(bUsers).ForEach(func(_, v []byte) error {
+		u, err := decodeUser(v)
+		if err != nil {
+			return nil
+		}
+		return b.Put(tenantUserKey(u), []byte{})
+	})
 }
 
 // sumAdapterStorage builds version 8's adapter_storage from the adapters.

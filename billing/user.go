@@ -1,7 +1,9 @@
 package billing
 
 import (
+	"bytes"
 	"context"
+	"fmt"
 	"sort"
 	"strings"
 
@@ -61,6 +63,9 @@ func (l *Ledger) CreateUser(ctx context.Context, u *nozzle.User) error {
 				return err
 			}
 		}
+		if err := w.tx.Bucket(bTenantUsers).Put(tenantUserKey(&rec), []byte{}); err != nil {
+			return err
+		}
 		return w.tx.Bucket(bUsers).Put([]byte(rec.ID), encodeUser(&rec))
 	})
 	if err != nil {
@@ -113,9 +118,21 @@ func (l *Ledger) UserByInvite(ctx context.Context, digest string) (*nozzle.User,
 	return l.userByIndex(bUserInvites, digest)
 }
 
+// tenantUserKey is a user's entry in tenant_users: its tenant (empty for
+// an operator), its creation time, then its id. Neither changes in a
+// user's life, so UpdateUser leaves the entry as it is.
+func tenantUserKey(u *nozzle.User) []byte {
+	return join(lp(u.TenantID), timeKey(u.CreatedAt), []byte(u.ID))
+}
+
 // Users returns a tenant's users (every user when tenantID is empty),
-// ordered by creation.
+// ordered by creation (users created in the same instant by id). A
+// tenant's users are read from tenant_users, in that order already;
+// every user takes the whole users bucket.
 func (l *Ledger) Users(ctx context.Context, tenantID string) ([]*nozzle.User, error) {
+	if tenantID != "" {
+		return l.tenantUsers(tenantID)
+	}
 	var out []*nozzle.User
 	err := l.view(func(tx *bolt.Tx) error {
 		return tx.Bucket(bUsers).ForEach(func(_, v []byte) error {
@@ -123,13 +140,40 @@ func (l *Ledger) Users(ctx context.Context, tenantID string) ([]*nozzle.User, er
 			if err != nil {
 				return err
 			}
-			if tenantID == "" || u.TenantID == tenantID {
-				out = append(out, u)
-			}
+			out = append(out, u)
 			return nil
 		})
 	})
 	sort.SliceStable(out, func(i, j int) bool { return out[i].CreatedAt.Before(out[j].CreatedAt) })
+	return out, err
+}
+
+// tenantUsers returns a tenant's users from its prefix of tenant_users.
+func (l *Ledger) tenantUsers(tenantID string) ([]*nozzle.User, error) {
+	if len(tenantID) > maxIDLen {
+		return nil, nil // no such tenant, so no users
+	}
+	var out []*nozzle.User
+	err := l.view(func(tx *bolt.Tx) error {
+		prefix := lp(tenantID)
+		c := tx.Bucket(bTenantUsers).Cursor()
+		for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
+			id := k[len(prefix):]
+			if len(id) < 8 {
+				return fmt.Errorf("tenant_users entry %q: %w", k, errCorrupt)
+			}
+			v := tx.Bucket(bUsers).Get(id[8:])
+			if v == nil {
+				return fmt.Errorf("tenant_users entry %q names no user: %w", k, errCorrupt)
+			}
+			u, err := decodeUser(v)
+			if err != nil {
+				return err
+			}
+			out = append(out, u)
+		}
+		return nil
+	})
 	return out, err
 }
 
