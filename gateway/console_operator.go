@@ -42,21 +42,19 @@ func (cs *console) tenantsPage(c *fiber.Ctx, sess *consoleSession) error {
 	for _, r := range rep.Rows {
 		byTenant[r.TenantID] = r
 	}
-	users, err := cs.users.Users(ctx, "")
-	if err != nil {
-		return err
-	}
-	count := map[string]int{}
-	for _, u := range users {
-		count[u.TenantID]++
-	}
 	v := tenantsView{Total: rep.Total, Month: monthStart(now).Format("January 2006")}
 	for _, t := range page.Data {
 		st, err := cs.s.adapterStorage(ctx, t.ID)
 		if err != nil {
 			return err
 		}
-		v.Tenants = append(v.Tenants, tenantRow{Tenant: t, Users: count[t.ID], Month: byTenant[t.ID], Storage: st})
+		// The page's tenants' users only, each tenant's read from its
+		// own index in the ledger: not every user of every tenant.
+		users, err := cs.users.Users(ctx, t.ID)
+		if err != nil {
+			return err
+		}
+		v.Tenants = append(v.Tenants, tenantRow{Tenant: t, Users: len(users), Month: byTenant[t.ID], Storage: st})
 	}
 	if n := len(page.Data); n > 0 {
 		v.Pager = pageLinks(c, "Pages of tenants", "", q, n, page.Data[0].ID, page.Data[n-1].ID, page.HasMore)

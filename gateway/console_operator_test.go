@@ -1,6 +1,7 @@
 package gateway_test
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"maps"
@@ -8,12 +9,14 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/nozzle-ai/nozzle"
 	"github.com/nozzle-ai/nozzle/gateway"
+	"github.com/nozzle-ai/nozzle/mock"
 )
 
 var chartJSON = regexp.MustCompile(`(?s)<script type="application/json">(.*?)</script>`)
@@ -377,4 +380,45 @@ func TestConsole_DisableUser(t *testing.T) {
 		resp, body = again.api(http.MethodPatch, path, `{"disabled": true}`) // a tenant's user is no operator
 		wantConsoleStatus(t, resp, http.StatusForbidden, body)
 	})
+}
+
+// TestConsole_TenantsUserCounts: the tenants page shows each tenant's
+// number of people, reading the page's tenants' users only (never every
+// user of every tenant).
+func TestConsole_TenantsUserCounts(t *testing.T) {
+	f := newConsoleFixture(t)
+	want := map[string]int{"acme": 3, "bolt": 1, "idle": 0}
+	op := f.operator()
+	for _, name := range []string{"acme", "bolt"} {
+		f.tenantUser(name)
+	}
+	resp, body := op.api(http.MethodPost, "/console/api/operator/tenants", `{"name": "idle"}`)
+	wantConsoleStatus(t, resp, http.StatusCreated, body)
+	acme, err := f.deps.Users.UserByEmail(t.Context(), "dev@acme.test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 2 {
+		resp, body := op.api(http.MethodPost, "/console/api/operator/tenants/"+acme.TenantID+"/users", fmt.Sprintf(`{"email": "more%d@acme.test", "password": "tenant-password-1"}`, i))
+		wantConsoleStatus(t, resp, http.StatusCreated, body)
+	}
+	users := f.deps.Users.(*mock.UserService)
+	all := users.UsersFn
+	var asked []string
+	users.UsersFn = func(ctx context.Context, tenantID string) ([]*nozzle.User, error) {
+		asked = append(asked, tenantID)
+		return all(ctx, tenantID)
+	}
+	defer func() { users.UsersFn = all }()
+	resp, body = op.page("/console/operator")
+	wantConsoleStatus(t, resp, 200, body)
+	for name, n := range want {
+		row := regexp.MustCompile(`(?s)<tr data-tenant="` + name + `">.*?<td>(\d+)</td>`).FindStringSubmatch(body)
+		if row == nil || row[1] != fmt.Sprint(n) {
+			t.Errorf("tenant %s: people %v, want %d", name, row, n)
+		}
+	}
+	if len(asked) != len(want) || slices.Contains(asked, "") {
+		t.Errorf("the page asked for the users of %q, want its %d tenants' only", asked, len(want))
+	}
 }
