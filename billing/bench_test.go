@@ -194,16 +194,24 @@ func BenchmarkAdapterPage(b *testing.B) {
 func mustAdapters(b *testing.B, l *billing.Ledger, n int, tenants ...string) {
 	b.Helper()
 	ctx := context.Background()
+	creates(b, len(tenants)*n, func(i int) error {
+		return l.CreateAdapter(ctx, &nozzle.Adapter{TenantID: tenants[i%len(tenants)], Name: fmt.Sprintf("adapter-%05d", i/len(tenants)),
+			AdapterManifest: nozzle.AdapterManifest{SHA256: strings.Repeat("ab", 32), Rank: 16, TargetModules: []string{"q_proj", "k_proj", "v_proj", "o_proj"}, SizeBytes: 1 << 20}})
+	})
+}
+
+// creates runs create(i) for i < n from 64 goroutines (concurrent
+// creations share the group commit's syncs), failing b on the first error.
+func creates(b *testing.B, n int, create func(i int) error) {
+	b.Helper()
 	var wg sync.WaitGroup
 	var failed atomic.Value
-	for w := range 64 { // concurrent creations share the group commit's syncs
+	for w := range 64 {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for i := w; i < len(tenants)*n; i += 64 {
-				a := &nozzle.Adapter{TenantID: tenants[i%len(tenants)], Name: fmt.Sprintf("adapter-%05d", i/len(tenants)),
-					AdapterManifest: nozzle.AdapterManifest{SHA256: strings.Repeat("ab", 32), Rank: 16, TargetModules: []string{"q_proj", "k_proj", "v_proj", "o_proj"}, SizeBytes: 1 << 20}}
-				if err := l.CreateAdapter(ctx, a); err != nil {
+			for i := w; i < n; i += 64 {
+				if err := create(i); err != nil {
 					failed.Store(err)
 					return
 				}
@@ -262,25 +270,9 @@ func BenchmarkUsers(b *testing.B) {
 	l := mustOpen(b, billing.Options{})
 	const tenants, users = 1_000, 10_000
 	ids := mustTenants(b, l, "t", tenants)
-	var wg sync.WaitGroup
-	var failed atomic.Value
-	for w := range 64 { // concurrent creations share the group commit's syncs
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := w; i < users; i += 64 {
-				u := &nozzle.User{TenantID: ids[i%tenants], Email: fmt.Sprintf("u%05d@example.com", i), Role: nozzle.RoleTenant}
-				if err := l.CreateUser(ctx, u); err != nil {
-					failed.Store(err)
-					return
-				}
-			}
-		}()
-	}
-	wg.Wait()
-	if err, _ := failed.Load().(error); err != nil {
-		b.Fatal(err)
-	}
+	creates(b, users, func(i int) error {
+		return l.CreateUser(ctx, &nozzle.User{TenantID: ids[i%tenants], Email: fmt.Sprintf("u%05d@example.com", i), Role: nozzle.RoleTenant})
+	})
 	tenant := ids[tenants/2]
 	const per = users / tenants
 	b.Run("tenant=index", func(b *testing.B) {
