@@ -24,7 +24,8 @@
 # GPU_CHECK_HF=0 skips the Hugging Face reference, GPU_CHECK_VARIANTS
 # (environment settings: the parity tests and the benchmark run once more
 # under each, the figures in log.txt; default "NOZZLE_CUDA_FUSE_LORA=0
-# NOZZLE_CUDA_LORA_SMS=16 NOZZLE_CUDA_LORA_SMS=32", the experiments
+# NOZZLE_CUDA_LORA_SMS=16 NOZZLE_CUDA_LORA_SMS=32
+# NOZZLE_CUDA_ATTN_MIN_TILES=4", the experiments
 # DEVELOPERS.md leaves open; empty: none), GPU_CHECK_PROFILE (the
 # batch:adapters points to profile, default "1:none 1:distinct 32:none
 # 32:distinct"; empty: none).
@@ -267,7 +268,7 @@ if [[ -f $OUT/nozzle.json && -f $baselib ]]; then
 fi
 
 # ---- this tree's benchmark under other settings (informational) -----------------------------
-for v in ${GPU_CHECK_VARIANTS-NOZZLE_CUDA_FUSE_LORA=0 NOZZLE_CUDA_LORA_SMS=16 NOZZLE_CUDA_LORA_SMS=32}; do
+for v in ${GPU_CHECK_VARIANTS-NOZZLE_CUDA_FUSE_LORA=0 NOZZLE_CUDA_LORA_SMS=16 NOZZLE_CUDA_LORA_SMS=32 NOZZLE_CUDA_ATTN_MIN_TILES=4}; do
 	[[ -f $OUT/nozzle.json ]] || break
 	t=$(phase_timeout 90 150)
 	echo "== the CUDA parity tests with $v (timeout 45s)"

@@ -269,6 +269,9 @@ struct cuda_engine {
 	 * kernels forked beside them (NOZZLE_CUDA_LORA_SMS; 0, the default:
 	 * none), and the SM count target set on the handle now (0: all) */
 	int lora_sms, blas_sms;
+	/* key tiles a split of decode attention takes at least
+	 * (NOZZLE_CUDA_ATTN_MIN_TILES, default 1) */
+	int attn_min_tiles;
 	size_t gemv_smem;  /* dynamic shared memory they may use */
 	double *part;      /* sums of squares [NZ_GEMV_MAX_T][nz_gemv_fused_parts(H)] */
 	nz_sample_part *spart; /* the sampler's chunks [S][nz_sample_parts(V)] */
@@ -420,6 +423,8 @@ int32_t cuda_create(nz_config *c, void **out)
 		e->lora_fork_mode = fork && *fork ? (int)strtol(fork, NULL, 0) : 1;
 		const char *sms = getenv("NOZZLE_CUDA_LORA_SMS");
 		e->lora_sms = sms && *sms ? std::max(0, (int)strtol(sms, NULL, 0)) : 0;
+		const char *mt = getenv("NOZZLE_CUDA_ATTN_MIN_TILES");
+		e->attn_min_tiles = mt && *mt ? std::max(1, (int)strtol(mt, NULL, 0)) : 1;
 		int least = 0, greatest = 0;
 		if (e->lora_fork_mode == 2)
 			FAIL_CUDA(cudaDeviceGetStreamPriorityRange(&least, &greatest), "nz_engine_create: stream priorities");
@@ -1090,7 +1095,7 @@ int32_t forward(cuda_engine *e, const meta_ptrs &m, int64_t T, int64_t n_attn, i
 			     "nz_step: q and k norms");
 		KTRY(nz_k_attention(dt, s, n_attn, m.attn_items, e->rows_max, e->q, kc, vc, m.tok_pos, m.tok_seq, m.bt,
 		                    m.scalars, (int)e->nh, (int)e->nkv, (int)e->hd, (int)e->bs, window, e->xin, splits,
-		                    e->attn_o, e->attn_ml, e->attn_count),
+		                    e->attn_min_tiles, e->attn_o, e->attn_ml, e->attn_count),
 		     "nz_step: attention");
 		if (fused) {
 			/* o projection + residual; then gate/up from the normed residual

@@ -126,12 +126,13 @@ cudaError_t nz_k_qk_norm_rope(int dtype, cudaStream_t s, int64_t T, const float 
  * over `splits` blocks whose partial results (part_o: [items][nkv][splits]
  * [rows_max][hd], part_ml: [...][rows_max][2]) the last of them merges;
  * part_count ([items][nkv], zero before the first launch) counts them and
- * is left zero. */
+ * is left zero. A split takes at least min_tiles key tiles (of 32): fewer
+ * blocks, and fewer partial results to merge, for short sequences. */
 cudaError_t nz_k_attention(int dtype, cudaStream_t s, int64_t n_items, const int32_t *items, int rows_max,
                            const float *q, const void *kc, const void *vc, const int32_t *tok_pos,
                            const int32_t *tok_seq, const int32_t *bt, const int32_t *scalars, int nh, int nkv,
-                           int hd, int bs, int window, void *out, int splits, float *part_o, float *part_ml,
-                           int *part_count);
+                           int hd, int bs, int window, void *out, int splits, int min_tiles, float *part_o,
+                           float *part_ml, int *part_count);
 /* Dynamic shared memory of nz_k_attention, and the one-time setup that
  * allows it (cudaFuncSetAttribute) on the current device. */
 size_t nz_attention_smem(int rows_max, int hd);

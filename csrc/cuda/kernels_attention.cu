@@ -33,8 +33,8 @@ __global__ void __launch_bounds__(128)
                      const T *__restrict__ kc, const T *__restrict__ vc, const int32_t *__restrict__ tok_pos,
                      const int32_t *__restrict__ tok_seq, const int32_t *__restrict__ bt,
                      const int32_t *__restrict__ scalars, int nh, int nkv, int hd, int bs, int window, float scale,
-                     T *__restrict__ out, int splits, float *__restrict__ part_o, float *__restrict__ part_ml,
-                     int *__restrict__ part_count)
+                     T *__restrict__ out, int splits, int min_tiles, float *__restrict__ part_o,
+                     float *__restrict__ part_ml, int *__restrict__ part_count)
 {
 	nz_pdl_begin();
 	NZ_DYN_SMEM(float, sm);
@@ -47,7 +47,7 @@ __global__ void __launch_bounds__(128)
 	const int lo = window > 0 && pos0 - window + 1 > 0 ? pos0 - window + 1 : 0;
 	/* this block's share of the key tiles */
 	const int split = blockIdx.z, n_tiles = (pos_last - lo) / kTile + 1;
-	const int per = (n_tiles + splits - 1) / splits;
+	const int even = (n_tiles + splits - 1) / splits, per = even > min_tiles ? even : min_tiles;
 	/* the splits with tiles: the same in every block of (it, g) */
 	const int n_act = (n_tiles + per - 1) / per;
 	if (split >= n_act)
@@ -234,34 +234,36 @@ template <class T>
 cudaError_t launch_attention(cudaStream_t s, int64_t n_items, const int32_t *items, int rows_max, const float *q,
                              const void *kc, const void *vc, const int32_t *tok_pos, const int32_t *tok_seq,
                              const int32_t *bt, const int32_t *scalars, int nh, int nkv, int hd, int bs, int window,
-                             void *out, int splits, float *part_o, float *part_ml, int *part_count)
+                             void *out, int splits, int min_tiles, float *part_o, float *part_ml, int *part_count)
 {
+	if (min_tiles < 1)
+		return cudaErrorInvalidValue;
 	if (splits < 1 || splits > kTile)
 		return cudaErrorInvalidValue; /* the merge keeps a row's split weights in a tile's scores */
 	size_t smem = nz_attention_smem(rows_max, hd);
 	float scale = 1.0f / sqrtf((float)hd);
 	dim3 grid((unsigned)n_items, (unsigned)nkv, (unsigned)splits);
 	NZ_LAUNCH_PDL(attention_kernel<T>, grid, dim3(kThreads), smem, s, items, rows_max, q, (const T *)kc, (const T *)vc,
-	          tok_pos, tok_seq, bt, scalars, nh, nkv, hd, bs, window, scale, (T *)out, splits, part_o, part_ml,
-	          part_count);
+	          tok_pos, tok_seq, bt, scalars, nh, nkv, hd, bs, window, scale, (T *)out, splits, min_tiles, part_o,
+	          part_ml, part_count);
 	return cudaGetLastError();
 }
 
 cudaError_t nz_k_attention(int dtype, cudaStream_t s, int64_t n_items, const int32_t *items, int rows_max,
                            const float *q, const void *kc, const void *vc, const int32_t *tok_pos,
                            const int32_t *tok_seq, const int32_t *bt, const int32_t *scalars, int nh, int nkv,
-                           int hd, int bs, int window, void *out, int splits, float *part_o, float *part_ml,
-                           int *part_count)
+                           int hd, int bs, int window, void *out, int splits, int min_tiles, float *part_o,
+                           float *part_ml, int *part_count)
 {
 	switch (dtype) {
 	case NZ_BF16:
 		return launch_attention<__nv_bfloat16>(s, n_items, items, rows_max, q, kc, vc, tok_pos, tok_seq, bt, scalars,
-		                                       nh, nkv, hd, bs, window, out, splits, part_o, part_ml, part_count);
+		                                       nh, nkv, hd, bs, window, out, splits, min_tiles, part_o, part_ml, part_count);
 	case NZ_F16:
 		return launch_attention<__half>(s, n_items, items, rows_max, q, kc, vc, tok_pos, tok_seq, bt, scalars, nh, nkv,
-		                                hd, bs, window, out, splits, part_o, part_ml, part_count);
+		                                hd, bs, window, out, splits, min_tiles, part_o, part_ml, part_count);
 	default:
 		return launch_attention<float>(s, n_items, items, rows_max, q, kc, vc, tok_pos, tok_seq, bt, scalars, nh, nkv,
-		                               hd, bs, window, out, splits, part_o, part_ml, part_count);
+		                               hd, bs, window, out, splits, min_tiles, part_o, part_ml, part_count);
 	}
 }

@@ -615,32 +615,40 @@ func cudaScenario(t *testing.T, p *cudaPair, vocab int, tol float64, seed uint64
 	return checked, skipped
 }
 
-// TestCUDA_LongContext: sequences spanning many scattered KV blocks of 2
-// positions, prefilled in chunks of 7 and 3 while interleaved.
+// TestCUDA_LongContext: sequences spanning many scattered KV blocks of 4
+// positions (six key tiles of 32), prefilled in chunks of 7 and 3 while
+// interleaved; with the attention's splits as they come, and with each
+// split taking at least three tiles (NOZZLE_CUDA_ATTN_MIN_TILES), which
+// leaves two splits of three tiles to merge.
 func TestCUDA_LongContext(t *testing.T) {
 	openCUDA(t)
-	spec := cudaTiny(401)
-	m := openModel(t, spec)
-	opts := cudaOptions()
-	opts.KVBlockSize = 2
-	p := newCUDAPair(t, m, opts)
-	r := rand.New(rand.NewPCG(401, 1))
-	a := &cudaSeq{tokens: cudaTokens(r, 61, 96), slot: -1}
-	b := &cudaSeq{tokens: cudaTokens(r, 47, 96), slot: -1}
-	for a.done < len(a.tokens) || b.done < len(b.tokens) {
-		var parts []cudaPart
-		if a.done < len(a.tokens) {
-			parts = append(parts, cudaPart{s: a, n: min(7, len(a.tokens)-a.done), sample: true})
-		}
-		if b.done < len(b.tokens) {
-			parts = append(parts, cudaPart{s: b, n: min(3, len(b.tokens)-b.done), sample: true})
-		}
-		for k, o := range p.step(parts...) {
-			o.check(t, fmt.Sprintf("sequence %d at %d", k, parts[k].s.done), 1e-4, true)
-		}
-	}
-	if len(a.blocks) != 31 {
-		t.Errorf("sequence a used %d blocks", len(a.blocks))
+	for _, minTiles := range []string{"", "3"} {
+		t.Run("min"+minTiles, func(t *testing.T) {
+			t.Setenv("NOZZLE_CUDA_ATTN_MIN_TILES", minTiles)
+			spec := cudaTiny(401)
+			m := openModel(t, spec)
+			opts := cudaOptions()
+			opts.KVBlockSize = 4
+			p := newCUDAPair(t, m, opts)
+			r := rand.New(rand.NewPCG(401, 1))
+			a := &cudaSeq{tokens: cudaTokens(r, 181, 96), slot: -1}
+			b := &cudaSeq{tokens: cudaTokens(r, 97, 96), slot: -1}
+			for a.done < len(a.tokens) || b.done < len(b.tokens) {
+				var parts []cudaPart
+				if a.done < len(a.tokens) {
+					parts = append(parts, cudaPart{s: a, n: min(7, len(a.tokens)-a.done), sample: true})
+				}
+				if b.done < len(b.tokens) {
+					parts = append(parts, cudaPart{s: b, n: min(3, len(b.tokens)-b.done), sample: true})
+				}
+				for k, o := range p.step(parts...) {
+					o.check(t, fmt.Sprintf("sequence %d at %d", k, parts[k].s.done), 1e-4, true)
+				}
+			}
+			if len(a.blocks) != 46 {
+				t.Errorf("sequence a used %d blocks", len(a.blocks))
+			}
+		})
 	}
 }
 
