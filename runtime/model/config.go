@@ -13,6 +13,8 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 
 	"github.com/nozzle-ai/nozzle/runtime/safetensors"
 )
@@ -26,21 +28,36 @@ const (
 	ArchPhi3    = "Phi3ForCausalLM"
 )
 
-var archByModelType = map[string]string{"llama": ArchLlama, "mistral": ArchMistral, "qwen2": ArchQwen2, "qwen3": ArchQwen3, "phi3": ArchPhi3}
+type archName struct{ modelType, arch string }
+
+// supported are the architectures served, each with its config.json
+// model_type, in the order errors list them.
+var supported = []archName{
+	{"llama", ArchLlama}, {"mistral", ArchMistral}, {"qwen2", ArchQwen2}, {"qwen3", ArchQwen3}, {"phi3", ArchPhi3},
+}
+
+var archByModelType = func() map[string]string {
+	m := map[string]string{}
+	for _, s := range supported {
+		m[s.modelType] = s.arch
+	}
+	return m
+}()
+
+// supportedList lists one field of every supported architecture as "a, b
+// or c".
+func supportedList(field func(modelType, arch string) string) string {
+	names := make([]string, len(supported))
+	for i, s := range supported {
+		names[i] = field(s.modelType, s.arch)
+	}
+	return strings.Join(names[:len(names)-1], ", ") + " or " + names[len(names)-1]
+}
 
 // Fused reports whether the architecture's checkpoints (and PEFT adapters)
 // keep q, k and v in one qkv_proj and gate and up in one gate_up_proj
 // (Phi-3, Phi-4): see fusedModules.
 func Fused(arch string) bool { return arch == ArchPhi3 }
-
-// modelTypeOf is archByModelType inverted.
-var modelTypeOf = func() map[string]string {
-	m := map[string]string{}
-	for t, a := range archByModelType {
-		m[a] = t
-	}
-	return m
-}()
 
 // isQwen reports whether the architecture is Qwen2's or Qwen3's, which
 // share their defaults and their sliding window's spelling.
@@ -190,14 +207,16 @@ func ParseConfig(b []byte) (*Config, error) {
 	switch {
 	case len(r.Architectures) > 0:
 		a := r.Architectures[0]
-		if _, ok := modelTypeOf[a]; !ok {
-			return nil, fmt.Errorf("architecture %q is not supported (want %s, %s, %s, %s or %s)", a, ArchLlama, ArchMistral, ArchQwen2, ArchQwen3, ArchPhi3)
+		if !slices.ContainsFunc(supported, func(s archName) bool { return s.arch == a }) {
+			return nil, fmt.Errorf("architecture %q is not supported (want %s)", a,
+				supportedList(func(_, arch string) string { return arch }))
 		}
 		c.Architecture = a
 	case r.ModelType != "":
 		a, ok := archByModelType[r.ModelType]
 		if !ok {
-			return nil, fmt.Errorf("model_type %q is not supported (want llama, mistral, qwen2, qwen3 or phi3)", r.ModelType)
+			return nil, fmt.Errorf("model_type %q is not supported (want %s)", r.ModelType,
+				supportedList(func(modelType, _ string) string { return modelType }))
 		}
 		c.Architecture = a
 	default:
