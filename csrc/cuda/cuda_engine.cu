@@ -278,6 +278,21 @@ struct cuda_engine {
 	cpu_pool *pool;        /* host threads for weight and adapter conversions */
 };
 
+/* The integer in environment variable name (strtol, any base), or def
+ * when it is unset or empty: the NOZZLE_CUDA_* settings. */
+long env_long(const char *name, long def)
+{
+	const char *v = getenv(name);
+	return v && *v ? strtol(v, NULL, 0) : def;
+}
+
+/* Whether environment variable name is set to exactly value. */
+bool env_is(const char *name, const char *value)
+{
+	const char *v = getenv(name);
+	return v && strcmp(v, value) == 0;
+}
+
 int32_t select_device(cuda_engine *e, const char *what)
 {
 	CUDA_TRY(cudaSetDevice(e->dev), what);
@@ -411,20 +426,13 @@ int32_t cuda_create(nz_config *c, void **out)
 	if (e->prop.major < 8)
 		FAIL(nz_error(NZ_ERR_UNSUPPORTED, "nz_engine_create: %s is sm_%d%d; the CUDA backend needs sm_80 or newer",
 		              e->prop.name, e->prop.major, e->prop.minor));
-	{
-		/* opt-in: see NZ_LAUNCH_PDL */
-		const char *pdl = getenv("NOZZLE_CUDA_PDL");
-		nz_cuda_pdl = e->prop.major >= 9 && pdl && strcmp(pdl, "1") == 0;
-	}
+	nz_cuda_pdl = e->prop.major >= 9 && env_is("NOZZLE_CUDA_PDL", "1"); /* opt-in: see NZ_LAUNCH_PDL */
 	FAIL_CUDA(cudaStreamCreateWithFlags(&e->stream, cudaStreamNonBlocking), "nz_engine_create: stream");
 	FAIL_CUDA(cudaStreamCreateWithFlags(&e->side, cudaStreamNonBlocking), "nz_engine_create: stream");
 	{
-		const char *fork = getenv("NOZZLE_CUDA_LORA_FORK");
-		e->lora_fork_mode = fork && *fork ? (int)strtol(fork, NULL, 0) : 1;
-		const char *sms = getenv("NOZZLE_CUDA_LORA_SMS");
-		e->lora_sms = sms && *sms ? std::max(0, (int)strtol(sms, NULL, 0)) : 0;
-		const char *mt = getenv("NOZZLE_CUDA_ATTN_MIN_TILES");
-		e->attn_min_tiles = mt && *mt ? std::max(1, (int)strtol(mt, NULL, 0)) : 1;
+		e->lora_fork_mode = (int)env_long("NOZZLE_CUDA_LORA_FORK", 1);
+		e->lora_sms = std::max(0, (int)env_long("NOZZLE_CUDA_LORA_SMS", 0));
+		e->attn_min_tiles = std::max(1, (int)env_long("NOZZLE_CUDA_ATTN_MIN_TILES", 1));
 		int least = 0, greatest = 0;
 		if (e->lora_fork_mode == 2)
 			FAIL_CUDA(cudaDeviceGetStreamPriorityRange(&least, &greatest), "nz_engine_create: stream priorities");
@@ -503,15 +511,12 @@ int32_t cuda_create(nz_config *c, void **out)
 		              (long long)e->hd, (long long)nrep, smem, e->prop.name, optin));
 	FAIL_CUDA(nz_attention_setup(e->wdt, smem), "nz_engine_create: attention setup");
 	{
-		const char *fuse = getenv("NOZZLE_CUDA_FUSE");
-		e->fuse = !(fuse && strcmp(fuse, "0") == 0) && e->H % 8 == 0 && e->qd % 8 == 0 && e->I % 8 == 0;
+		e->fuse = !env_is("NOZZLE_CUDA_FUSE", "0") && e->H % 8 == 0 && e->qd % 8 == 0 && e->I % 8 == 0;
 		e->gemv_smem = std::min<size_t>(optin, (size_t)(NZ_GEMV_MAX_T * e->H) * e->wsz);
-		const char *fl = getenv("NOZZLE_CUDA_FUSE_LORA");
-		e->fuse_lora = !(fl && strcmp(fl, "0") == 0);
+		e->fuse_lora = !env_is("NOZZLE_CUDA_FUSE_LORA", "0");
 		if (e->fuse)
 			FAIL_CUDA(nz_gemv_fused_setup(e->wdt, e->gemv_smem), "nz_engine_create: GEMV setup");
-		const char *fold = getenv("NOZZLE_CUDA_LORA_FOLD");
-		e->lora_fold = fold && *fold ? (int)strtol(fold, NULL, 0) & 15 : kLoraFoldDefault;
+		e->lora_fold = (int)env_long("NOZZLE_CUDA_LORA_FOLD", kLoraFoldDefault) & 15;
 	}
 
 	/* KV pool */
@@ -1078,17 +1083,16 @@ int32_t forward(cuda_engine *e, const meta_ptrs &m, int64_t T, int64_t n_attn, i
 			if (lora_grid)
 				gemv_lora(e, m, T, lora_grid, l, 0, 3, qkv_m, qkv_c, &io.lora);
 			KTRY(nz_k_gemv_fused(dt, s, T, H, ly.wqkv, e->qkvd, &io), "nz_step: q/k/v projection");
-		}
-		if (lora_grid && !fused)
-			NZ_TRY(lora_fork(e, m, T, lora_grid, lora_few, l, 3, qkv_m, qkv_c, e->xin, H, lo[0], e->qkvd, &lo_buf));
-		if (!fused)
+		} else {
+			if (lora_grid)
+				NZ_TRY(lora_fork(e, m, T, lora_grid, lora_few, l, 3, qkv_m, qkv_c, e->xin, H, lo[0], e->qkvd, &lo_buf));
 			NZ_TRY(gemm(e, e->xin, T, H, ly.wqkv, e->qkvd, e->y, "nz_step: q/k/v projection", blas_sms));
-		if (lora_grid && !fused)
-			NZ_TRY(lora_join(e));
-		if (!fused)
+			if (lora_grid)
+				NZ_TRY(lora_join(e));
 			KTRY(nz_k_rope_kv(dt, s, T, e->y, yl[0], lo[0], m.tok_lora, ly.bqkv, e->cs, m.tok_pos, m.tok_seq, m.bt, m.scalars,
 			                  (int)e->nh, (int)e->nkv, (int)e->hd, (int)e->bs, ly.q_norm != NULL, e->q, kc, vc),
 			     "nz_step: RoPE");
+		}
 		if (ly.q_norm)
 			KTRY(nz_k_qk_norm_rope(dt, s, T, e->y, ly.q_norm, ly.k_norm, e->eps, e->cs, m.tok_pos, m.tok_seq, m.bt,
 			                       m.scalars, (int)e->nh, (int)e->nkv, (int)e->hd, (int)e->bs, e->q, kc),

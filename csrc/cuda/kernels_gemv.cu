@@ -119,12 +119,6 @@ __device__ __forceinline__ int64_t rope_row(const nz_gemv_io &io, int t, int64_t
 	return ((blk * io.nkv + g) * io.bs + pos % io.bs) * io.hd;
 }
 
-/* The rank of module mi of the group in slot's adapter (0: absent). */
-__device__ __forceinline__ int gemv_lora_rank(const nz_gemv_lora &lo, int slot, int mi)
-{
-	return lo.rank_tab[((int64_t)slot * lo.L + lo.layer) * NZ_M_COUNT + nz_pick3(lo.grp.module, mi)];
-}
-
 /* A shrink warp of a fused GEMV with LoRA: rank row k of module mi of work
  * item it, q = (it · nmod + mi) · R + k, over x [T][in] (normalised, or
  * the input) for each of the item's tokens, into v[mi][tok][k]. */
@@ -137,7 +131,7 @@ __device__ __forceinline__ void gemv_lora_shrink(const nz_gemv_lora &lo, const T
 	if (it >= lo.items_max || it >= lo.scalars[NZ_SC_LORA_ITEMS])
 		return;
 	const int start = lo.items[3 * it], n = lo.items[3 * it + 1], slot = lo.items[3 * it + 2];
-	if (k >= gemv_lora_rank(lo, slot, mi))
+	if (k >= nz_lora_rank(lo, slot, mi))
 		return;
 	const T *w[1] = {(const T *)lo.slots + (int64_t)slot * lo.slot_stride + nz_pick3(lo.grp.a_off, mi) + (int64_t)k * in};
 	for (int j = 0; j < n; j++) {
@@ -255,10 +249,9 @@ __global__ void __launch_bounds__(256) gemv_fused_kernel(const T *__restrict__ W
 			for (int r = 0; r < NR; r++) {
 				rk[r][j] = 0, bq[r][j] = 0.0f;
 				if (slot >= 0) {
-					rk[r][j] = gemv_lora_rank(lo, slot, mi[r]);
+					rk[r][j] = nz_lora_rank(lo, slot, mi[r]);
 					if (lane < lo.R)
-						bq[r][j] = nz_f32(((const T *)lo.slots)[(int64_t)slot * lo.slot_stride +
-						                                        nz_pick3(lo.grp.b_off, mi[r]) + ol[r] * lo.R + lane]);
+						bq[r][j] = nz_f32(nz_lora_b<T>(lo, slot, mi[r], ol[r])[lane]);
 				}
 			}
 		}
@@ -275,9 +268,7 @@ __global__ void __launch_bounds__(256) gemv_fused_kernel(const T *__restrict__ W
 				if (j < ntok && lane < rk[r][j])
 					d = vg[(mi[r] * (int64_t)ntok + j) * lo.R + lane] * bq[r][j];
 				for (int k = lane + 32; j < ntok && k < rk[r][j]; k += 32)
-					d += vg[(mi[r] * (int64_t)ntok + j) * lo.R + k] *
-					     nz_f32(((const T *)lo.slots)[(int64_t)sl[j] * lo.slot_stride + nz_pick3(lo.grp.b_off, mi[r]) +
-					                                  ol[r] * lo.R + k]);
+					d += vg[(mi[r] * (int64_t)ntok + j) * lo.R + k] * nz_f32(nz_lora_b<T>(lo, sl[j], mi[r], ol[r])[k]);
 				lv[r][j] = d;
 			}
 		}
@@ -423,7 +414,6 @@ cudaError_t nz_k_gemv(int dtype, cudaStream_t s, int64_t T_, const void *x, int6
 int64_t nz_gemv_fused_parts(int64_t out) { return (out + kWarps - 1) / kWarps; }
 
 int32_t nz_gemv_lora_blocks(int64_t items, int nmod, int R) { return (int32_t)((items * nmod * R + kWarps - 1) / kWarps); }
-
 
 cudaError_t nz_k_gemv_fused(int dtype, cudaStream_t s, int64_t T_, int64_t in, const void *W, int64_t out,
                             const nz_gemv_io *io)

@@ -18,10 +18,18 @@ template <class V> __device__ __forceinline__ V nz_pick3(const V (&v)[3], int i)
 	return i == 0 ? v[0] : i == 1 ? v[1] : v[2];
 }
 
-/* The rank of module mi of the group in slot's adapter (0: absent). */
-__device__ __forceinline__ int nz_lora_rank(const nz_lora_out &lo, int slot, int mi)
+/* The rank of module mi of the group in slot's adapter (0: absent). Lo
+ * is nz_lora_out or nz_gemv_lora: the LoRA of a group's consumer or of a
+ * fused GEMV. */
+template <class Lo> __device__ __forceinline__ int nz_lora_rank(const Lo &lo, int slot, int mi)
 {
 	return lo.rank_tab[((int64_t)slot * lo.L + lo.layer) * NZ_M_COUNT + nz_pick3(lo.grp.module, mi)];
+}
+
+/* Row o of module mi's B [out][R] in slot (T: the slots' dtype). */
+template <class T, class Lo> __device__ __forceinline__ const T *nz_lora_b(const Lo &lo, int slot, int mi, int64_t o)
+{
+	return (const T *)lo.slots + (int64_t)slot * lo.slot_stride + nz_pick3(lo.grp.b_off, mi) + o * lo.R;
 }
 
 /* Called by every thread of a block that works for token t alone: returns
@@ -55,7 +63,7 @@ __device__ __forceinline__ int nz_lora_stage(const nz_lora_out &lo, const int32_
 template <class T>
 __device__ __forceinline__ float nz_lora_delta(const nz_lora_out &lo, int slot, const float *vs, int mi, int r, int64_t o)
 {
-	const T *b = (const T *)lo.slots + (int64_t)slot * lo.slot_stride + nz_pick3(lo.grp.b_off, mi) + o * lo.R;
+	const T *b = nz_lora_b<T>(lo, slot, mi, o);
 	const float *vr = vs + mi * lo.R;
 	float acc = 0.0f;
 	if ((lo.R & 7) == 0) {

@@ -42,8 +42,9 @@ typedef struct cpu_lora {
 	void *bt; /* [max_slots][max_rank][out], room for f32 */
 } cpu_lora;
 
-/* What a slot holds for a (layer, module) besides its rank. */
+/* What a slot holds for a (layer, module). */
 typedef struct cpu_slot_mod {
+	int32_t rank;     /* 0: the adapter lacks the module */
 	int32_t adt, bdt; /* dtypes of its A and Bt rows */
 	float scale;      /* applied to the shrink's output */
 } cpu_slot_mod;
@@ -83,8 +84,7 @@ typedef struct cpu_engine {
 	int64_t weight_bytes, slot_bytes, kv_bytes;
 
 	cpu_lora *lora; /* [L][NZ_M_COUNT] */
-	int32_t *rank;  /* [max_slots][L][NZ_M_COUNT] */
-	cpu_slot_mod *slot_mod; /* the same shape */
+	cpu_slot_mod *slot_mod; /* [max_slots][L][NZ_M_COUNT] */
 
 	float *kv; /* [L][2][nb][nkv][bs][hd] */
 	int64_t kv_block_elems, kv_layer_elems;
@@ -150,7 +150,6 @@ static void cpu_destroy(void *impl)
 			nz_free(e->lora[i].bt);
 		}
 	nz_free(e->lora);
-	nz_free(e->rank);
 	nz_free(e->slot_mod);
 	nz_free(e->kv);
 	float **bufs[] = {&e->h,     &e->x,     &e->q,     &e->att,   &e->kk,    &e->vv, &e->y,  &e->g,     &e->u,
@@ -341,11 +340,9 @@ static int32_t cpu_finalize(void *impl)
 	/* (every allocation is kept when a later one fails, so a retry resumes) */
 	if (!e->lora)
 		e->lora = nz_calloc(sizeof(cpu_lora) * (size_t)(L * NZ_M_COUNT));
-	if (!e->rank)
-		e->rank = nz_calloc(sizeof(int32_t) * (size_t)(slots * L * NZ_M_COUNT));
 	if (!e->slot_mod)
 		e->slot_mod = nz_calloc(sizeof(cpu_slot_mod) * (size_t)(slots * L * NZ_M_COUNT));
-	if (!e->lora || !e->rank || !e->slot_mod)
+	if (!e->lora || !e->slot_mod)
 		return nz_oom("nz_engine_finalize", sizeof(cpu_lora) * (size_t)(L * NZ_M_COUNT));
 	for (int64_t l = 0; l < L; l++)
 		for (int m = 0; m < NZ_M_COUNT; m++) {
@@ -409,9 +406,9 @@ static void cpu_info(void *impl, int64_t *out)
  * Adapters
  * ------------------------------------------------------------------------- */
 
-static int32_t *rank_of(cpu_engine *e, int64_t slot, int64_t layer, int m)
+static cpu_slot_mod *slot_mod(const cpu_engine *e, int64_t slot, int64_t layer, int m)
 {
-	return &e->rank[(slot * e->L + layer) * NZ_M_COUNT + m];
+	return &e->slot_mod[(slot * e->L + layer) * NZ_M_COUNT + m];
 }
 
 typedef struct load_ctx {
@@ -432,8 +429,8 @@ static void load_task(void *ctx, int64_t j, int tid)
 	int m = en->module;
 	int64_t in = e->mod_in[m], out = e->mod_out[m], r = en->rank, R = e->R;
 	cpu_lora *lo = &e->lora[en->layer * NZ_M_COUNT + m];
-	cpu_slot_mod *sm = &e->slot_mod[(c->slot * e->L + en->layer) * NZ_M_COUNT + m];
-	sm->adt = slot_dtype(en->a_dtype), sm->bdt = slot_dtype(en->b_dtype), sm->scale = en->scale;
+	cpu_slot_mod *sm = slot_mod(e, c->slot, en->layer, m);
+	sm->rank = (int32_t)r, sm->adt = slot_dtype(en->a_dtype), sm->bdt = slot_dtype(en->b_dtype), sm->scale = en->scale;
 	size_t as = nz_dtype_size(sm->adt), bs = nz_dtype_size(sm->bdt);
 	char *a = (char *)lo->a + (size_t)(c->slot * R * in) * e->lsz;
 	char *bt = (char *)lo->bt + (size_t)(c->slot * R * out) * e->lsz;
@@ -447,7 +444,7 @@ static void load_task(void *ctx, int64_t j, int tid)
 static int32_t cpu_adapter_clear(void *impl, int32_t slot)
 {
 	cpu_engine *e = impl;
-	memset(rank_of(e, slot, 0, 0), 0, sizeof(int32_t) * (size_t)(e->L * NZ_M_COUNT));
+	memset(slot_mod(e, slot, 0, 0), 0, sizeof(cpu_slot_mod) * (size_t)(e->L * NZ_M_COUNT));
 	return NZ_OK;
 }
 
@@ -457,8 +454,6 @@ static int32_t cpu_adapter_load(void *impl, int32_t slot, int32_t n, const nz_lo
 	cpu_adapter_clear(e, slot);
 	load_ctx c = {e, slot, ent};
 	cpu_pool_run(e->pool, n, load_task, &c);
-	for (int32_t j = 0; j < n; j++)
-		*rank_of(e, slot, ent[j].layer, ent[j].module) = ent[j].rank;
 	return NZ_OK;
 }
 
@@ -643,7 +638,7 @@ static void group_task(void *ctx, int64_t i, int tid)
 	 * then expand d = v·Bt [rows, out] */
 	int64_t slot = c->p->seg_slot[tk->seg], R = e->R, r0 = tk->r0, nr = tk->r1 - tk->r0;
 	const cpu_lora *lo = &e->lora[c->layer * NZ_M_COUNT + c->mods[mi]];
-	const cpu_slot_mod *sm = &e->slot_mod[(slot * e->L + c->layer) * NZ_M_COUNT + c->mods[mi]];
+	const cpu_slot_mod *sm = slot_mod(e, slot, c->layer, c->mods[mi]);
 	const char *a = (const char *)lo->a + (size_t)(slot * R * in) * e->lsz;
 	const char *bt = (const char *)lo->bt + (size_t)(slot * R * out) * e->lsz;
 	float *v = e->lv[mi] + r0 * R;
@@ -671,7 +666,7 @@ static void run_group(step_ctx *c, int use_lora)
 	if (use_lora)
 		for (int32_t g = 0; g < p->n_segs; g++)
 			for (int mi = 0; mi < c->nmod; mi++) {
-				int32_t r = *rank_of(e, p->seg_slot[g], c->layer, c->mods[mi]);
+				int32_t r = slot_mod(e, p->seg_slot[g], c->layer, c->mods[mi])->rank;
 				for (int64_t r0 = e->seg_row[g]; r && r0 < e->seg_row[g + 1]; r0 += LORA_ROWS)
 					e->tasks[n++] = (gtask){mi, g, r, r0, nz_min64(e->seg_row[g + 1], r0 + LORA_ROWS)};
 			}
@@ -688,7 +683,7 @@ static inline const float *group_delta(const step_ctx *c, int mi, int64_t t)
 {
 	const cpu_engine *e = c->e;
 	int32_t row = c->p->n_segs ? e->lrow[t] : -1;
-	if (row < 0 || !e->rank[(c->b->seq_slot[c->p->tok_seq[t]] * e->L + c->layer) * NZ_M_COUNT + c->mods[mi]])
+	if (row < 0 || !slot_mod(e, c->b->seq_slot[c->p->tok_seq[t]], c->layer, c->mods[mi])->rank)
 		return NULL;
 	return e->dl[mi] + (int64_t)row * c->gout[mi];
 }
