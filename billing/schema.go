@@ -134,17 +134,27 @@ var migrations = []migration{
 	{To: 10, Fn: indexTenantUsers},
 }
 
+// rebuildBucket replaces bucket name, if there is one, with an empty one:
+// a migration's index built anew from the records it indexes.
+func rebuildBucket(tx *bolt.Tx, name []byte) (*bolt.Bucket, error) {
+	if tx.Bucket(name) != nil {
+		if err := tx.DeleteBucket(name); err != nil {
+			return nil, fmt.Errorf("delete bucket %s: %w", name, err)
+		}
+	}
+	b, err := tx.CreateBucket(name)
+	if err != nil {
+		return nil, fmt.Errorf("create bucket %s: %w", name, err)
+	}
+	return b, nil
+}
+
 // indexTenantUsers builds version 10's tenant_users from the users. A
 // record that does not decode is left out (Check reports it).
 func indexTenantUsers(tx *bolt.Tx) error {
-	if tx.Bucket(bTenantUsers) != nil {
-		if err := tx.DeleteBucket(bTenantUsers); err != nil {
-			return err
-		}
-	}
-	b, err := tx.CreateBucket(bTenantUsers)
+	b, err := rebuildBucket(tx, bTenantUsers)
 	if err != nil {
-		return fmt.Errorf("create bucket %s: %w", bTenantUsers, err)
+		return err
 	}
 	return tx.Bucket(bUsers).ForEach(func(_, v []byte) error {
 		u, err := decodeUser(v)
@@ -158,14 +168,9 @@ func indexTenantUsers(tx *bolt.Tx) error {
 // sumAdapterStorage builds version 8's adapter_storage from the adapters.
 // A record that does not decode is left out (Check reports it).
 func sumAdapterStorage(tx *bolt.Tx) error {
-	if tx.Bucket(bAdapterBytes) != nil {
-		if err := tx.DeleteBucket(bAdapterBytes); err != nil {
-			return err
-		}
-	}
-	b, err := tx.CreateBucket(bAdapterBytes)
+	b, err := rebuildBucket(tx, bAdapterBytes)
 	if err != nil {
-		return fmt.Errorf("create bucket %s: %w", bAdapterBytes, err)
+		return err
 	}
 	sums, err := adapterStorageSums(tx, nil)
 	if err != nil {
@@ -199,12 +204,7 @@ func indexListOrder(tx *bolt.Tx) error {
 	if err != nil {
 		return err
 	}
-	if tx.Bucket(bTenantKeys) != nil {
-		if err := tx.DeleteBucket(bTenantKeys); err != nil {
-			return err
-		}
-	}
-	tk, err := tx.CreateBucket(bTenantKeys)
+	tk, err := rebuildBucket(tx, bTenantKeys)
 	if err != nil {
 		return err
 	}
