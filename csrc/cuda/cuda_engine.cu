@@ -167,18 +167,20 @@ struct meta_ptrs {
 };
 
 struct meta_layout {
-	size_t scalars, tokens, tok_pos, tok_seq, tok_lora, attn_items, lora_items, lora_tok, samples, bt, end;
+	size_t scalars, tokens, tok_pos, tok_seq, tok_lora, attn_items, lora_items, lora_tok, samples, bt, bias, end;
 };
 
 struct graph_entry {
 	int64_t seqs, samples;
 	int lora; /* 0: no adapters; 1: fewer LoRA work items than half the tokens; 2: more (lora_few) */
+	int bias; /* logit adjustments */
 	cudaGraphExec_t exec; /* NULL: capture failed, run eagerly */
 	uint64_t used;
 };
 
 const int kMaxGraphs = 48;
-const int64_t kAttnParts = 4096; /* (item, KV head, split) partials of split-K attention */
+const int64_t kAttnParts = 4096;
+const int kBiasGrid = 32; /* blocks of the logit adjustments in a graph (they walk them grid-stride) */ /* (item, KV head, split) partials of split-K attention */
 const size_t kTensorStage = 32u << 20; /* bytes per half of the weight staging buffer */
 const size_t kBlasWorkspace = 32u << 20;
 /* The LoRA shrink's partial sums: lv holds 3 modules × lv_rows × max_rank
@@ -846,9 +848,10 @@ size_t sec(size_t *at, size_t bytes)
 	return o;
 }
 
-/* The metadata layout of a step with T tokens and S sequences; only the
- * block table (last) depends on its width W. */
-meta_layout layout_for(const cuda_engine *e, int64_t T, int64_t S, int64_t W)
+/* The metadata layout of a step with T tokens, S sequences and NB logit
+ * adjustments; only the block table and the adjustments (last) depend on
+ * the table's width W (the adjustments are found through the scalars). */
+meta_layout layout_for(const cuda_engine *e, int64_t T, int64_t S, int64_t W, int64_t NB)
 {
 	meta_layout m;
 	size_t at = 0;
@@ -862,6 +865,7 @@ meta_layout layout_for(const cuda_engine *e, int64_t T, int64_t S, int64_t W)
 	m.lora_tok = sec(&at, 4 * (size_t)T);
 	m.samples = sec(&at, sizeof(nz_sample_in) * (size_t)(S + T)); /* rows: sampled sequences + scored tokens */
 	m.bt = sec(&at, 4 * (size_t)(S * W));
+	m.bias = sec(&at, sizeof(nz_bias_entry) * (size_t)NB);
 	m.end = at;
 	return m;
 }
@@ -1021,7 +1025,7 @@ int32_t lora_join(cuda_engine *e)
  * the metadata. lora_grid is the grid's LoRA work items, lora_few the
  * fewest items a run of these launches has. */
 int32_t forward(cuda_engine *e, const meta_ptrs &m, int64_t T, int64_t n_attn, int64_t lora_grid, int64_t lora_few,
-                int64_t ns)
+                int64_t ns, int bias_grid)
 {
 	cudaStream_t s = e->stream;
 	const int dt = e->wdt;
@@ -1150,6 +1154,8 @@ int32_t forward(cuda_engine *e, const meta_ptrs &m, int64_t T, int64_t n_attn, i
 	KTRY(nz_k_gather_norm(dt, s, ns, m.samples, e->h, H, e->final_norm, e->eps, e->xs), "nz_step: final norm");
 	const void *lm = e->cfg.tie_word_embeddings ? e->embed : e->lm_head;
 	NZ_TRY(gemm(e, e->xs, ns, H, lm, e->V, e->logits, "nz_step: LM head"));
+	if (bias_grid)
+		KTRY(nz_k_logit_bias(s, bias_grid, m.scalars, e->logits, e->V), "nz_step: logit adjustments");
 	KTRY(nz_k_sample(s, ns, e->logits, e->V, m.samples, m.scalars, e->d_out, e->spart), "nz_step: sampling");
 	return NZ_OK;
 }
@@ -1167,12 +1173,12 @@ int64_t graph_lora_few(int64_t T, int lora)
 
 /* Runs a decode-only step's forward pass through a graph captured for its
  * key; sets *ran when it ran, else the caller must run it eagerly. */
-int32_t run_graph(cuda_engine *e, const meta_ptrs &m, int64_t T, int64_t ns, int lora, int *ran)
+int32_t run_graph(cuda_engine *e, const meta_ptrs &m, int64_t T, int64_t ns, int lora, int bias, int *ran)
 {
 	*ran = 0;
 	graph_entry *g = NULL;
 	for (auto &x : e->graphs)
-		if (x.seqs == T && x.samples == ns && x.lora == lora)
+		if (x.seqs == T && x.samples == ns && x.lora == lora && x.bias == bias)
 			g = &x;
 	if (!g) {
 		if ((int)e->graphs.size() >= kMaxGraphs) {
@@ -1183,9 +1189,9 @@ int32_t run_graph(cuda_engine *e, const meta_ptrs &m, int64_t T, int64_t ns, int
 			e->graphs.erase(lru);
 		}
 		graph_entry ne;
-		ne.seqs = T, ne.samples = ns, ne.lora = lora, ne.exec = NULL, ne.used = 0;
+		ne.seqs = T, ne.samples = ns, ne.lora = lora, ne.bias = bias, ne.exec = NULL, ne.used = 0;
 		CUDA_TRY(cudaStreamBeginCapture(e->stream, cudaStreamCaptureModeThreadLocal), "nz_step: graph capture");
-		int32_t st = forward(e, m, T, T, lora ? T : 0, graph_lora_few(T, lora), ns);
+		int32_t st = forward(e, m, T, T, lora ? T : 0, graph_lora_few(T, lora), ns, bias ? kBiasGrid : 0);
 		cudaGraph_t graph = NULL;
 		cudaError_t end = cudaStreamEndCapture(e->stream, &graph);
 		if (st == NZ_OK && end == cudaSuccess && graph) {
@@ -1224,7 +1230,11 @@ int32_t cuda_step(void *impl, const nz_batch *b, const nz_step_plan *p)
 		W = std::max<int64_t>(W, nz_ceil_div((int64_t)b->seq_pos[i] + b->seq_len[i], bs));
 		decode_only &= b->seq_len[i] == 1;
 	}
-	const meta_layout lay = layout_for(e, T, S, W);
+	int64_t n_bias = 0;
+	if (b->bias_off)
+		for (int64_t i = 0; i < p->n_sample; i++)
+			n_bias += b->bias_off[p->sample_seq[i] + 1] - b->bias_off[p->sample_seq[i]];
+	const meta_layout lay = layout_for(e, T, S, W, n_bias);
 	NZ_TRY(ensure_meta(e, lay.end));
 	unsigned char *hm = e->h_meta;
 	const meta_ptrs hp = ptrs_for(hm, lay), dp = ptrs_for(e->d_meta, lay);
@@ -1285,7 +1295,19 @@ int32_t cuda_step(void *impl, const nz_batch *b, const nz_step_plan *p)
 	hp.scalars[NZ_SC_BT_WIDTH] = (int32_t)W;
 	hp.scalars[NZ_SC_LORA_ITEMS] = (int32_t)n_li;
 	hp.scalars[NZ_SC_N_TOP] = (int32_t)b->n_top;
-	hp.scalars[3] = 0;
+	hp.scalars[NZ_SC_N_BIAS] = (int32_t)n_bias;
+	hp.scalars[NZ_SC_BIAS_AT] = (int32_t)(lay.bias - lay.scalars);
+	if (n_bias > 0) {
+		nz_bias_entry *be = (nz_bias_entry *)(hm + lay.bias);
+		for (int64_t i = 0, k = 0; i < p->n_sample; i++) {
+			int32_t s = p->sample_seq[i];
+			for (int32_t j = b->bias_off[s]; j < b->bias_off[s + 1]; j++, k++) {
+				be[k].row = (int32_t)i;
+				be[k].token = b->bias_token[j];
+				be[k].value = b->bias_value[j];
+			}
+		}
+	}
 
 	if (e->upload_pending) {
 		CUDA_TRY(cudaStreamWaitEvent(e->stream, e->upload_ev, 0), what);
@@ -1295,9 +1317,10 @@ int32_t cuda_step(void *impl, const nz_batch *b, const nz_step_plan *p)
 
 	int ran = 0;
 	if (decode_only && e->use_graphs)
-		NZ_TRY(run_graph(e, dp, T, ns, n_li == 0 ? 0 : 2 * n_li >= T ? 2 : 1, &ran));
+		NZ_TRY(run_graph(e, dp, T, ns, n_li == 0 ? 0 : 2 * n_li >= T ? 2 : 1, n_bias > 0, &ran));
 	if (!ran)
-		NZ_TRY(forward(e, dp, T, n_attn, n_li, n_li, ns));
+		NZ_TRY(forward(e, dp, T, n_attn, n_li, n_li, ns,
+		               n_bias > 0 ? (int)std::min<int64_t>(kBiasGrid, nz_ceil_div(n_bias, 256)) : 0));
 
 	if (ns > 0) {
 		CUDA_TRY(cudaMemcpyAsync(e->h_out, e->d_out, sizeof(nz_sample_out) * (size_t)ns, cudaMemcpyDeviceToHost,

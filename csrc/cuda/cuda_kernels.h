@@ -23,8 +23,18 @@ enum {
 	NZ_SC_BT_WIDTH = 0,    /* entries per block-table row */
 	NZ_SC_LORA_ITEMS = 1,  /* LoRA work items of this step */
 	NZ_SC_N_TOP = 2,       /* top logprobs per sampled sequence */
-	NZ_SC_COUNT = 4
+	NZ_SC_N_BIAS = 3,      /* logit adjustments of this step (nz_bias_entry) */
+	NZ_SC_BIAS_AT = 4,     /* their byte offset from the scalars */
+	NZ_SC_COUNT = 6
 };
+
+/* One logit adjustment: value added to logits row `row`, token `token`
+ * (nz_batch.bias_off; a row's tokens are distinct). */
+typedef struct nz_bias_entry {
+	int32_t row;
+	int32_t token;
+	float value;
+} nz_bias_entry;
 
 /* The sampler's result for one sampled sequence (one D2H copy for all). */
 #define NZ_CUDA_MAX_TOP 20
@@ -266,6 +276,12 @@ typedef struct nz_sample_part {
 int64_t nz_sample_parts(int64_t V);
 cudaError_t nz_k_sample(cudaStream_t s, int64_t n, const float *logits, int64_t V, const nz_sample_in *in,
                         const int32_t *scalars, nz_sample_out *out, nz_sample_part *parts);
+
+/* Adds the step's logit adjustments to the logits [rows][V]: the
+ * scalars[NZ_SC_N_BIAS] entries at scalars[NZ_SC_BIAS_AT] bytes past the
+ * scalars, so a graph replay finds each step's own. grid blocks walk them
+ * grid-stride. */
+cudaError_t nz_k_logit_bias(cudaStream_t s, int grid, const int32_t *scalars, float *logits, int64_t V);
 
 /* Reads bytes (a multiple of 16) of buf with 16-byte loads; folds into sink. */
 cudaError_t nz_k_read(cudaStream_t s, const void *buf, int64_t bytes, unsigned *sink, int blocks);

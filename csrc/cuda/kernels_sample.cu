@@ -338,7 +338,25 @@ __global__ void __launch_bounds__(512) sample_kernel(const float *__restrict__ l
 	}
 }
 
+__global__ void __launch_bounds__(256) logit_bias_kernel(const int32_t *__restrict__ scalars, float *logits, int V)
+{
+	nz_pdl_begin();
+	const int n = scalars[NZ_SC_N_BIAS];
+	const nz_bias_entry *b =
+	    reinterpret_cast<const nz_bias_entry *>(reinterpret_cast<const unsigned char *>(scalars) + scalars[NZ_SC_BIAS_AT]);
+	for (int j = blockIdx.x * blockDim.x + threadIdx.x; j < n; j += gridDim.x * blockDim.x) {
+		const nz_bias_entry x = b[j];
+		logits[(int64_t)x.row * V + x.token] += x.value;
+	}
+}
+
 } // namespace
+
+cudaError_t nz_k_logit_bias(cudaStream_t s, int grid, const int32_t *scalars, float *logits, int64_t V)
+{
+	NZ_LAUNCH_PDL(logit_bias_kernel, dim3((unsigned)grid), dim3(256), 0, s, scalars, logits, (int)V);
+	return cudaGetLastError();
+}
 
 int64_t nz_sample_parts(int64_t V) { return (V + kChunk - 1) / kChunk; }
 

@@ -32,7 +32,7 @@
 extern "C" {
 #endif
 
-#define NZ_ABI_VERSION 3
+#define NZ_ABI_VERSION 4
 
 /* ---- status codes ------------------------------------------------------ */
 #define NZ_OK 0
@@ -174,6 +174,17 @@ typedef struct nz_config {
  * [t*n_top ..), as for a sampled token. Tokens with -1 are left untouched.
  * Every sampled sequence and every scored token needs a row of logits: a
  * step holds at most max_batch_seqs of them.
+ *
+ * Logit adjustments (an API's logit_bias, presence and frequency
+ * penalties, which the caller folds into one value per token): when
+ * bias_off is not NULL, a sampled sequence i has bias_value[j] added to
+ * the logit of token bias_token[j], for j in bias_off[i] .. bias_off[i+1),
+ * before anything reads its logits — the draw, greedy's argmax,
+ * out_logprob, the top logprobs and out_logits all see the adjusted
+ * logits. bias_off[0] is 0 and the offsets never decrease; a sequence
+ * names each token at most once; values are finite (-inf is not: a ban is
+ * a large negative value). Entries of sequences that do not sample are
+ * ignored; scored tokens are never adjusted.
  */
 typedef struct nz_batch {
 	int64_t n_seqs;
@@ -199,6 +210,9 @@ typedef struct nz_batch {
 	float *out_score_logprob;      /* [n_tokens]; needed with score_target */
 	int32_t *out_score_top_token;  /* [n_tokens * n_top] or NULL when n_top is 0 */
 	float *out_score_top_logprob;  /* [n_tokens * n_top] or NULL when n_top is 0 */
+	const int32_t *bias_off;       /* [n_seqs + 1] or NULL: no adjustments */
+	const int32_t *bias_token;     /* [bias_off[n_seqs]] */
+	const float *bias_value;       /* [bias_off[n_seqs]] */
 } nz_batch;
 
 /* nz_engine_info indices */

@@ -28,6 +28,9 @@ struct nz_engine {
 	uint64_t *blk_stamp;
 	int64_t *blk_owner; /* seq·max_blocks + table index of the writer */
 	uint64_t stamp;
+	/* logit-adjustment checks: a sequence's tokens are stamped */
+	uint64_t *tok_stamp;
+	uint64_t tstamp;
 };
 
 /* Upper bounds that keep every size product far from overflow. */
@@ -167,6 +170,7 @@ static void engine_free(nz_engine *e)
 	nz_free(e->row_force);
 	nz_free(e->blk_stamp);
 	nz_free(e->blk_owner);
+	nz_free(e->tok_stamp);
 	nz_free(e);
 }
 
@@ -205,10 +209,13 @@ int32_t NZ_API nz_engine_create(const nz_config *cfg, nz_engine **out)
 	e->row_force = nz_alloc((size_t)S * 4);
 	e->blk_stamp = nz_calloc((size_t)NB * 8);
 	e->blk_owner = nz_alloc((size_t)NB * 8);
+	e->tok_stamp = nz_calloc((size_t)c.vocab_size * 8);
 	if (!e->have || !e->seq_off || !e->tok_seq || !e->tok_pos || !e->seg_slot || !e->seg_start ||
-	    !e->seg_seqs || !e->slot_count || !e->sample_seq || !e->sample_tok || !e->row_force || !e->blk_stamp || !e->blk_owner) {
+	    !e->seg_seqs || !e->slot_count || !e->sample_seq || !e->sample_tok || !e->row_force || !e->blk_stamp ||
+	    !e->blk_owner || !e->tok_stamp) {
 		engine_free(e);
-		return nz_oom(FN_CREATE " (step plan)", (size_t)T * 8 + (size_t)S * 20 + (size_t)NB * 16);
+		return nz_oom(FN_CREATE " (step plan)",
+		              (size_t)T * 8 + (size_t)S * 20 + (size_t)NB * 16 + (size_t)c.vocab_size * 8);
 	}
 	*out = e;
 	return NZ_OK;
@@ -430,6 +437,41 @@ int32_t NZ_API nz_adapter_clear(nz_engine *e, int32_t slot)
 
 #define FN_STEP "nz_step"
 
+/* The logit adjustments (nz_batch.bias_off): offsets that start at 0 and
+ * never decrease, and per sampled sequence distinct tokens in range with
+ * finite values. */
+static int32_t check_bias(nz_engine *e, const nz_batch *b)
+{
+	const int64_t V = e->cfg.vocab_size;
+	if (b->bias_off[0] != 0)
+		return nz_error(NZ_ERR_INVALID, FN_STEP ": bias_off[0] is %d, want 0", b->bias_off[0]);
+	for (int64_t i = 0; i < b->n_seqs; i++)
+		if (b->bias_off[i + 1] < b->bias_off[i])
+			return nz_error(NZ_ERR_INVALID, FN_STEP ": bias_off[%lld] is %d, less than bias_off[%lld] %d",
+			                (long long)i + 1, b->bias_off[i + 1], (long long)i, b->bias_off[i]);
+	if (b->bias_off[b->n_seqs] > 0 && (!b->bias_token || !b->bias_value))
+		return nz_error(NZ_ERR_INVALID, FN_STEP ": bias_off gives %d adjustments but bias_token or bias_value is NULL",
+		                b->bias_off[b->n_seqs]);
+	for (int64_t i = 0; i < b->n_seqs; i++) {
+		if (!b->seq_sample[i])
+			continue;
+		uint64_t stamp = ++e->tstamp;
+		for (int32_t j = b->bias_off[i]; j < b->bias_off[i + 1]; j++) {
+			int32_t t = b->bias_token[j];
+			if (t < 0 || t >= V)
+				return nz_error(NZ_ERR_INVALID, FN_STEP ": bias_token[%d] is %d, want 0..%lld", j, t,
+				                (long long)V - 1);
+			if (!isfinite(b->bias_value[j]))
+				return nz_error(NZ_ERR_INVALID, FN_STEP ": bias_value[%d] is %g, want a finite value", j,
+				                (double)b->bias_value[j]);
+			if (e->tok_stamp[t] == stamp)
+				return nz_error(NZ_ERR_INVALID, FN_STEP ": sequence %lld adjusts token %d twice", (long long)i, t);
+			e->tok_stamp[t] = stamp;
+		}
+	}
+	return NZ_OK;
+}
+
 static int32_t check_batch(nz_engine *e, const nz_batch *b)
 {
 	const nz_config *c = &e->cfg;
@@ -527,6 +569,11 @@ static int32_t check_batch(nz_engine *e, const nz_batch *b)
 			if (b->top_k[i] < 0)
 				return nz_error(NZ_ERR_INVALID, FN_STEP ": top_k[%lld] is %d, want >= 0", (long long)i, b->top_k[i]);
 		}
+	}
+	if (b->bias_off) {
+		int32_t st = check_bias(e, b);
+		if (st != NZ_OK)
+			return st;
 	}
 
 	/* A block written in this step (it receives new positions) must belong

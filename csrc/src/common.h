@@ -118,6 +118,16 @@ size_t nz_sample_scratch_bytes(int64_t vocab);
 void nz_sample(const float *logits, int64_t vocab, const nz_sample_params *p, void *scratch,
                int32_t *out_token, float *out_logprob, int32_t *top_tok, float *top_lp);
 
+/* Adds sequence s's logit adjustments (nz_batch.bias_off) to its row of
+ * logits [V]; nothing when the batch has none. */
+static inline void nz_apply_bias(float *logits, const nz_batch *b, int64_t s)
+{
+	if (!b->bias_off)
+		return;
+	for (int32_t j = b->bias_off[s]; j < b->bias_off[s + 1]; j++)
+		logits[b->bias_token[j]] += b->bias_value[j];
+}
+
 /* ---- math ------------------------------------------------------------------- */
 /* c ? a : b through bit masks: unlike a conditional on a float compare, GCC
  * vectorizes it under the default -ftrapping-math. */

@@ -719,9 +719,10 @@ static void sample_task(void *ctx, int64_t i, int tid)
 	const nz_batch *b = c->b;
 	const nz_step_plan *p = c->p;
 	int64_t s = p->sample_seq[i];
-	const float *lg = e->logits + i * e->V;
+	float *lg = e->logits + i * e->V;
 	nz_sample_params sp = {.n_top = (int32_t)b->n_top};
 	if (i < p->n_sample) {
+		nz_apply_bias(lg, b, s);
 		sp.temperature = b->temperature[s];
 		sp.top_p = b->top_p[s];
 		sp.top_k = b->top_k[s];

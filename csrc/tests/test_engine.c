@@ -432,6 +432,42 @@ static void test_sampling_step(void)
 		}
 	}
 	CHECK(memcmp(gen[0], gen[1], sizeof gen[0]) == 0, "seeded sampling depends on the batch");
+
+	/* logit adjustments: the same prefill as the greedy step above, with
+	 * the least likely token raised past the argmax and the argmax
+	 * lowered; every output sees the adjusted logits, a neighbour without
+	 * adjustments does not */
+	{
+		float *adj = malloc(sizeof(float) * (size_t)V), *raw = malloc(sizeof(float) * (size_t)V);
+		int32_t worst = 0;
+		for (int64_t i = 0; i < V; i++)
+			if (lg[i] < lg[worst])
+				worst = (int32_t)i;
+		int32_t btok[2] = {worst, best};
+		float bval[2] = {lg[best] - lg[worst] + 5, -3};
+		tseq pair[2] = {
+		    {.tokens = tok[0], .len = 6, .pos = 0, .slot = -1, .sample = 1, .blocks = bt, .logits = adj,
+		     .n_bias = 2, .bias_token = btok, .bias_value = bval},
+		    {.tokens = tok[0], .len = 6, .pos = 0, .slot = -1, .sample = 1, .blocks = bt + MAXB, .logits = raw},
+		};
+		CHECK_OK(run_step(f, &v.cfg, pair, 2, MAXB, 5));
+		double alse = 0, err = 0;
+		for (int64_t i = 0; i < V; i++) {
+			float want = lg[i] + (i == worst ? bval[0] : i == best ? bval[1] : 0);
+			err = fmax(err, fabs((double)adj[i] - want) + fabs((double)raw[i] - lg[i]));
+			alse += exp(want);
+		}
+		alse = log(alse);
+		CHECK(err < 1e-4, "adjusted logits off by %g", err);
+		CHECK(pair[0].token == worst, "adjusted greedy token %d, want %d", pair[0].token, worst);
+		CHECK(fabs(pair[0].logprob - (adj[worst] - alse)) < 1e-4, "adjusted logprob %g want %g",
+		      (double)pair[0].logprob, adj[worst] - alse);
+		CHECK(pair[0].top_tok[0] == worst && pair[1].top_tok[0] == best, "adjusted tops %d %d", pair[0].top_tok[0],
+		      pair[1].top_tok[0]);
+		CHECK(pair[1].token == best, "a neighbour's greedy token %d, want %d", pair[1].token, best);
+		free(adj);
+		free(raw);
+	}
 out:
 	free(lg);
 	nz_engine_destroy(e);

@@ -273,6 +273,30 @@ static void test_engine_errors(void)
 	CHECK_ERR(nz_step(e, &b), NZ_ERR_INVALID, "out_top_token");
 	b.out_top_token = ttok, b.out_top_logprob = tlp;
 	CHECK_OK(nz_step(e, &b));
+	/* logit adjustments: offsets from 0, never decreasing, distinct tokens
+	 * in the vocabulary, finite values, arrays given */
+	{
+		int32_t boff[3] = {0, 2, 3}, btok[3] = {4, 5, 4};
+		float bval[3] = {1, -2, 3};
+		b = good;
+		b.bias_off = boff;
+		CHECK_ERR(nz_step(e, &b), NZ_ERR_INVALID, "bias_token or bias_value is NULL");
+		b.bias_token = btok, b.bias_value = bval;
+		CHECK_OK(nz_step(e, &b));
+		boff[0] = 1;
+		CHECK_ERR(nz_step(e, &b), NZ_ERR_INVALID, "bias_off[0] is 1");
+		boff[0] = 0, boff[2] = 1;
+		CHECK_ERR(nz_step(e, &b), NZ_ERR_INVALID, "bias_off[2] is 1, less than");
+		boff[2] = 3, btok[1] = 4;
+		CHECK_ERR(nz_step(e, &b), NZ_ERR_INVALID, "sequence 0 adjusts token 4 twice");
+		btok[1] = 97;
+		CHECK_ERR(nz_step(e, &b), NZ_ERR_INVALID, "bias_token[1] is 97, want 0..96");
+		btok[1] = 5, bval[2] = -INFINITY;
+		CHECK_ERR(nz_step(e, &b), NZ_ERR_INVALID, "bias_value[2] is -inf");
+		bval[2] = NAN, smp[1] = 0;
+		CHECK_OK(nz_step(e, &b)); /* a sequence that does not sample: its entries are ignored */
+		smp[1] = 1;
+	}
 	/* scoring: targets need their outputs, in the vocabulary */
 	int32_t target[5] = {2, 3, -1, 5, -1};
 	float slp[5] = {1, 1, 1, 1, 1};

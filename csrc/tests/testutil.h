@@ -450,6 +450,10 @@ typedef struct tseq {
 	float temperature, top_p;
 	int32_t top_k;
 	uint64_t seed;
+	/* logit adjustments: n_bias tokens and values (nz_batch.bias_off) */
+	int32_t n_bias;
+	const int32_t *bias_token;
+	const float *bias_value;
 	/* outputs */
 	int32_t token;
 	float logprob;
@@ -476,6 +480,19 @@ static inline int32_t run_step(nz_engine *e, const nz_config *c, tseq *seqs, int
 	int32_t *ttok = malloc(sizeof(int32_t) * (size_t)(n * (n_top ? n_top : 1)));
 	float *tlp = malloc(sizeof(float) * (size_t)(n * (n_top ? n_top : 1)));
 	float *lg = malloc(sizeof(float) * (size_t)(n * V));
+	int32_t nb = 0, *boff = malloc(sizeof(int32_t) * (size_t)(n + 1));
+	for (int i = 0; i < n; i++)
+		nb += seqs[i].n_bias;
+	int32_t *btok = malloc(sizeof(int32_t) * (size_t)(nb ? nb : 1));
+	float *bval = malloc(sizeof(float) * (size_t)(nb ? nb : 1));
+	boff[0] = 0;
+	for (int i = 0; i < n; i++) {
+		if (seqs[i].n_bias) {
+			memcpy(btok + boff[i], seqs[i].bias_token, sizeof(int32_t) * (size_t)seqs[i].n_bias);
+			memcpy(bval + boff[i], seqs[i].bias_value, sizeof(float) * (size_t)seqs[i].n_bias);
+		}
+		boff[i + 1] = boff[i] + seqs[i].n_bias;
+	}
 	int64_t off = 0;
 	for (int i = 0; i < n; i++) {
 		memcpy(tokens + off, seqs[i].tokens, sizeof(int32_t) * (size_t)seqs[i].len);
@@ -492,6 +509,7 @@ static inline int32_t run_step(nz_engine *e, const nz_config *c, tseq *seqs, int
 	    .seq_sample = smp, .block_table = bt, .max_blocks = max_blocks, .temperature = temp, .top_p = top_p,
 	    .top_k = top_k, .seed = seed, .n_top = n_top, .out_token = otok, .out_logprob = olp,
 	    .out_top_token = n_top ? ttok : NULL, .out_top_logprob = n_top ? tlp : NULL, .out_logits = lg,
+	    .bias_off = nb ? boff : NULL, .bias_token = btok, .bias_value = bval,
 	};
 	int32_t st = nz_step(e, &b);
 	if (st == NZ_OK)
@@ -508,7 +526,7 @@ static inline int32_t run_step(nz_engine *e, const nz_config *c, tseq *seqs, int
 				memcpy(seqs[i].logits, lg + i * V, sizeof(float) * (size_t)V);
 		}
 	free(tokens), free(len), free(pos), free(slot), free(smp), free(bt), free(temp), free(top_p), free(top_k);
-	free(seed), free(otok), free(olp), free(ttok), free(tlp), free(lg);
+	free(seed), free(otok), free(olp), free(ttok), free(tlp), free(lg), free(boff), free(btok), free(bval);
 	return st;
 }
 

@@ -6,7 +6,7 @@ import "unsafe"
 // and checks every constant and struct field against these.
 
 // ABIVersion is the NZ_ABI_VERSION this package is written against.
-const ABIVersion = 3
+const ABIVersion = 4
 
 // Status codes (NZ_OK, NZ_ERR_*).
 const (
@@ -118,6 +118,10 @@ type nzBatch struct {
 	OutScoreLogprob    unsafe.Pointer
 	OutScoreTopToken   unsafe.Pointer
 	OutScoreTopLogprob unsafe.Pointer
+	// logit adjustments
+	BiasOff   unsafe.Pointer
+	BiasToken unsafe.Pointer
+	BiasValue unsafe.Pointer
 }
 
 // MaxTop is the largest n_top a step may ask for.

@@ -36,6 +36,14 @@ type Batch struct {
 	// nothing. Every sampled sequence and every scored token takes a row
 	// of logits: a step holds at most the engine's MaxBatchSeqs.
 	ScoreTarget []int32
+	// BiasOff, BiasToken and BiasValue are the logit adjustments:
+	// sampled sequence i has BiasValue[j] added to the logit of token
+	// BiasToken[j] for j in BiasOff[i]:BiasOff[i+1] before anything reads
+	// its logits (the draw, logprobs, OutLogits). Add keeps them; with no
+	// adjustment in the batch the engine is given none.
+	BiasOff   []int32
+	BiasToken []int32
+	BiasValue []float32
 
 	// Outputs, sized by Step; entries of sequences not sampled are left as
 	// they were.
@@ -70,6 +78,11 @@ type Seq struct {
 	// Score, nil or one entry per token, is the token to score after each
 	// of Tokens, -1 for none (see Batch.ScoreTarget).
 	Score []int32
+	// BiasTokens and BiasValues, of one length, adjust the logits a
+	// sampled token is drawn from (Batch.BiasOff): distinct tokens,
+	// finite values.
+	BiasTokens []int32
+	BiasValues []float32
 }
 
 // Reset empties the batch for a new step.
@@ -85,6 +98,9 @@ func (b *Batch) Reset(maxBlocks, nTop int) {
 	b.TopK = b.TopK[:0]
 	b.Seed = b.Seed[:0]
 	b.ScoreTarget = b.ScoreTarget[:0]
+	b.BiasOff = append(b.BiasOff[:0], 0)
+	b.BiasToken = b.BiasToken[:0]
+	b.BiasValue = b.BiasValue[:0]
 	b.MaxBlocks = maxBlocks
 	b.NTop = nTop
 }
@@ -126,6 +142,12 @@ func (b *Batch) Add(s Seq) {
 	b.TopP = append(b.TopP, topP)
 	b.TopK = append(b.TopK, int32(s.TopK))
 	b.Seed = append(b.Seed, s.Seed)
+	if len(b.BiasOff) == 0 { // a batch never Reset
+		b.BiasOff = append(b.BiasOff, 0)
+	}
+	b.BiasToken = append(b.BiasToken, s.BiasTokens...)
+	b.BiasValue = append(b.BiasValue, s.BiasValues...)
+	b.BiasOff = append(b.BiasOff, int32(len(b.BiasToken)))
 }
 
 // Len returns the number of sequences.
@@ -167,6 +189,12 @@ func (b *Batch) check() error {
 	for _, l := range lens {
 		if l.n != n {
 			return fmt.Errorf("batch has %d sequences but %d %s entries", n, l.n, l.name)
+		}
+	}
+	if nb := len(b.BiasToken); nb > 0 {
+		if len(b.BiasOff) != n+1 || len(b.BiasValue) != nb || b.BiasOff[n] != int32(nb) {
+			return fmt.Errorf("batch has %d sequences and %d logit adjustments (%d values) but %d BiasOff entries ending at %d",
+				n, nb, len(b.BiasValue), len(b.BiasOff), b.BiasOff[len(b.BiasOff)-1])
 		}
 	}
 	var total int64

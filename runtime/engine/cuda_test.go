@@ -176,6 +176,9 @@ type cudaSeq struct {
 	topK   int
 	topP   float32
 	seed   uint64
+	// logit adjustments of its sampled tokens (engine.Seq.BiasTokens)
+	biasTok []int32
+	biasVal []float32
 }
 
 type cudaPart struct {
@@ -210,7 +213,7 @@ func (p *cudaPair) step(parts ...cudaPart) []*cudaOut {
 			p.free = p.free[:len(p.free)-1]
 		}
 		p.b.Add(engine.Seq{Tokens: s.tokens[s.done:end], Pos: s.done, Slot: s.slot, Blocks: s.blocks, Sample: pt.sample,
-			Temperature: s.temp, TopK: s.topK, TopP: s.topP, Seed: s.seed})
+			Temperature: s.temp, TopK: s.topK, TopP: s.topP, Seed: s.seed, BiasTokens: s.biasTok, BiasValues: s.biasVal})
 	}
 	outs := make([]*cudaOut, len(parts))
 	V, k := p.vocab, p.nTop
@@ -833,6 +836,95 @@ func TestCUDA_Sampling(t *testing.T) {
 	t.Logf("%d of %d draws compared, %d distinct tokens", compared, seeds*len(cases), len(drawn))
 	if compared < seeds*len(cases)*3/4 || len(drawn) < 5 {
 		t.Errorf("too few draws compared (%d) or distinct tokens (%d)", compared, len(drawn))
+	}
+}
+
+// TestCUDA_LogitBias: logit adjustments on both backends, in prefill
+// steps and in decode steps (graphs), with steps that have none between
+// steps that have some, and counts that change from step to step: greedy
+// tokens, logits and logprobs agree, and the adjustments steer the draws
+// (a banned token never comes, a penalised one less often).
+func TestCUDA_LogitBias(t *testing.T) {
+	openCUDA(t)
+	m := openModel(t, cudaTiny(417))
+	opts := cudaOptions()
+	opts.KVBlocks = 512
+	p := newCUDAPair(t, m, opts)
+	p.nTop = 3
+	r := rand.New(rand.NewPCG(417, 1))
+	const nSeq, steps = 6, 24
+	seqs := make([]*cudaSeq, nSeq)
+	counts := make([]map[int32]int, nSeq)
+	for i := range seqs {
+		seqs[i] = &cudaSeq{tokens: cudaTokens(r, 9+i, 96), slot: -1}
+		counts[i] = map[int32]int{}
+	}
+	// sequence 0 bans token 0 and raises 7; 1 and 4 penalise what they
+	// generated (a frequency penalty); 2 and 5 take none; 3 raises 11 in
+	// odd steps only, so steps alternate between having adjustments and not
+	// for every sequence but 1 and 4 (absent in step 0: nothing generated).
+	adjust := func(step int) {
+		for i, s := range seqs {
+			s.biasTok, s.biasVal = nil, nil
+			switch i {
+			case 0:
+				s.biasTok, s.biasVal = []int32{0, 7}, []float32{-100, 4}
+			case 1, 4:
+				for tok, n := range counts[i] {
+					s.biasTok = append(s.biasTok, tok)
+					s.biasVal = append(s.biasVal, -1.5*float32(n))
+				}
+			case 3:
+				if step%2 == 1 {
+					s.biasTok, s.biasVal = []int32{11}, []float32{2.5}
+				}
+			}
+		}
+	}
+	checked, skipped, got7, repeats := 0, 0, 0, 0
+	for step := 0; step <= steps; step++ {
+		adjust(step)
+		var parts []cudaPart
+		for _, s := range seqs {
+			n := 1
+			if step == 0 {
+				n = len(s.tokens)
+			}
+			parts = append(parts, cudaPart{s: s, n: n, sample: true})
+		}
+		if step%5 == 2 { // a step where only the unadjusted sequences run
+			parts = []cudaPart{parts[2], parts[5]}
+		}
+		outs := p.step(parts...)
+		for k, pt := range parts {
+			o := outs[k]
+			i := slices.Index(seqs, pt.s)
+			if o.check(t, fmt.Sprintf("step %d sequence %d", step, i), 1e-4, true) {
+				checked++
+			} else {
+				skipped++
+			}
+			tok := o.cpuTok
+			pt.s.tokens = append(pt.s.tokens, tok)
+			switch i {
+			case 0:
+				if tok == 0 {
+					t.Errorf("step %d: sequence 0 drew its banned token", step)
+				}
+				if tok == 7 {
+					got7++
+				}
+			case 1, 4:
+				if counts[i][tok] > 0 {
+					repeats++
+				}
+				counts[i][tok]++
+			}
+		}
+	}
+	t.Logf("%d greedy tokens compared, %d near ties; token 7 raised %d times, %d penalised repeats", checked, skipped, got7, repeats)
+	if checked < (nSeq*steps)/2 {
+		t.Errorf("only %d greedy tokens compared", checked)
 	}
 }
 

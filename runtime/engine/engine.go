@@ -67,7 +67,7 @@ type Engine struct {
 
 	// Reused per call so steady-state steps allocate nothing.
 	cbatch nzBatch
-	// A Pinner keeps 5 pointers without allocating; a step pins up to 16,
+	// A Pinner keeps 5 pointers without allocating; a step pins up to 20,
 	// so it spreads them over several.
 	pins  [4]goruntime.Pinner
 	npins int
@@ -337,6 +337,11 @@ func (e *Engine) Step(b *Batch) error {
 		c.OutScoreLogprob = e.pinned(unsafe.Pointer(unsafe.SliceData(b.OutScoreLogprob)), nt)
 		c.OutScoreTopToken = e.pinned(unsafe.Pointer(unsafe.SliceData(b.OutScoreTopToken)), nt*b.NTop)
 		c.OutScoreTopLogprob = e.pinned(unsafe.Pointer(unsafe.SliceData(b.OutScoreTopLogprob)), nt*b.NTop)
+	}
+	if len(b.BiasToken) > 0 {
+		c.BiasOff = e.pinned(unsafe.Pointer(unsafe.SliceData(b.BiasOff)), len(b.BiasOff))
+		c.BiasToken = e.pinned(unsafe.Pointer(unsafe.SliceData(b.BiasToken)), len(b.BiasToken))
+		c.BiasValue = e.pinned(unsafe.Pointer(unsafe.SliceData(b.BiasValue)), len(b.BiasValue))
 	}
 	// The C struct itself lives in the Engine (heap) and is pinned too, so
 	// its address may sit in the argument array.

@@ -413,6 +413,48 @@ func TestEngine_Sampling(t *testing.T) {
 			t.Errorf("top_p 1e-6 seed %d drew %d", seed, got)
 		}
 	}
+	// Logit adjustments: the argmax banned and a token raised; the draw,
+	// the logprobs and the logits all see them, the neighbour without
+	// adjustments does not.
+	low := slices.Index(want, slices.Min(want))
+	adj := map[int]float64{argmax64(want): -100, low: want[argmax64(want)] - want[low] + 2}
+	var toks []int32
+	var vals []float32
+	for tok, v := range adj {
+		toks, vals = append(toks, int32(tok)), append(vals, float32(v))
+	}
+	biased := run(engine.Seq{Tokens: prompt, Slot: -1, Sample: true, BiasTokens: toks, BiasValues: vals},
+		engine.Seq{Tokens: prompt, Slot: -1, Sample: true})
+	if got := int(biased.OutToken[0]); got != low {
+		t.Errorf("adjusted greedy token %d, want the raised %d", got, low)
+	}
+	if got := int(biased.OutToken[1]); got != argmax64(want) {
+		t.Errorf("the neighbour's greedy token %d, want %d", got, argmax64(want))
+	}
+	adjusted := slices.Clone(want)
+	for tok, v := range adj {
+		adjusted[tok] += v
+	}
+	var asum float64
+	for _, v := range adjusted {
+		asum += math.Exp(v - adjusted[low])
+	}
+	if w := -math.Log(asum); math.Abs(float64(biased.OutLogprob[0])-w) > 1e-4 {
+		t.Errorf("adjusted logprob %v, want %v", biased.OutLogprob[0], w)
+	}
+	V := len(want)
+	for tok, v := range adj {
+		if d := float64(biased.OutLogits[tok]) - float64(biased.OutLogits[V+tok]); math.Abs(d-v) > 1e-3 {
+			t.Errorf("token %d: adjusted logit differs from the neighbour's by %v, want %v", tok, d, v)
+		}
+	}
+	// A batch whose adjustments do not add up is refused before the engine.
+	b.Reset(8, 0)
+	b.Add(engine.Seq{Tokens: prompt, Slot: -1, Sample: true, Blocks: []int32{0, 1, 2}, BiasTokens: toks[:1], BiasValues: vals[:1]})
+	b.BiasValue = b.BiasValue[:0]
+	if err := e.Step(&b); !errors.Is(err, engine.ErrInvalid) {
+		t.Errorf("mismatched adjustments: %v, want ErrInvalid", err)
+	}
 	// A sequence that only fills its cache leaves its outputs untouched.
 	b.Reset(8, 0)
 	b.Add(engine.Seq{Tokens: prompt, Slot: -1, Blocks: []int32{0, 1, 2}})
