@@ -53,6 +53,10 @@ type ModelInfo struct {
 	// GenerateRequest.ChatTemplateKwargs; a runtime of an earlier version
 	// ignores them.
 	ChatTemplateKwargs bool `json:"chat_template_kwargs,omitempty"`
+	// LogitBias says the runtime applies GenerateRequest.LogitBias,
+	// PresencePenalty and FrequencyPenalty; a runtime of an earlier
+	// version ignores them.
+	LogitBias bool `json:"logit_bias,omitempty"`
 	// Sampling holds the model's recommended sampling settings
 	// (generation_config.json): they apply to the parameters a request
 	// leaves out.
@@ -164,6 +168,16 @@ type GenerateRequest struct {
 	TopP        float64
 	TopK        int
 	Seed        *uint64
+	// LogitBias adds its value to the logit of each token id (keys) before
+	// a token is drawn: OpenAI's logit_bias, -100 to 100 (-100 in effect
+	// bans a token, 100 all but forces it). PresencePenalty is subtracted
+	// from the logit of every token the completion has produced so far
+	// and FrequencyPenalty once for every time it has (OpenAI's
+	// definitions, -2 to 2; the prompt's tokens do not count). The
+	// logprobs reported are those of the adjusted logits.
+	LogitBias        map[int]float64
+	PresencePenalty  float64
+	FrequencyPenalty float64
 	// Stop sequences end the completion; they are not included in it.
 	Stop []string
 	// Logprobs asks for each token's log-probability, TopLogprobs for that

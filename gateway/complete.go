@@ -272,6 +272,16 @@ func (s *Server) resolveModel(ctx context.Context, p *principal, j *job) error {
 			j.toolFormat = info.ToolFormat
 		}
 		j.reasoning, j.thinkTags = j.kind == kindChat && info.Reasoning, info.ReasoningTags
+		if j.adjusts() {
+			if !info.LogitBias {
+				return invalidAs("unsupported_value", adjustParam(j), "The runtime serving this model is of an earlier version that cannot apply 'logit_bias', 'presence_penalty' or 'frequency_penalty'; try again once it is upgraded, or leave them out.")
+			}
+			for id := range j.logitBias {
+				if info.VocabSize > 0 && id >= info.VocabSize {
+					return invalidAs("invalid_value", "logit_bias", "Invalid key in 'logit_bias': %d is not a token id of this model (0 to %d).", id, info.VocabSize-1)
+				}
+			}
+		}
 		if len(j.templateKwargs) > 0 && !info.ChatTemplateKwargs {
 			return invalidAs("unsupported_value", "chat_template_kwargs", "The runtime serving this model is of an earlier version that cannot pass 'chat_template_kwargs' to the chat template; try again once it is upgraded, or leave them out.")
 		}

@@ -141,7 +141,7 @@ func TestShapeNames(t *testing.T) {
 			t.Errorf("chat body shape lacks %q: %v", n, s.names)
 		}
 	}
-	if _, ok := s.index["unimplemented"]; ok {
+	if _, ok := s.index["adjustBody"]; ok {
 		t.Errorf("embedded struct named: %v", s.names)
 	}
 	m := s.sub[s.index["messages"]]

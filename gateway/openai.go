@@ -43,6 +43,9 @@ type job struct {
 	topP           float64
 	topK           int // 0: no top-k filter
 	seed           *uint64
+	// logit_bias (token id → value) and the penalties; nil and 0: none
+	logitBias           map[int]float64
+	presence, frequency float64
 
 	// Sampling parameters the request left out take the model's
 	// recommended values (see applySampling), else the API's defaults.
@@ -178,6 +181,7 @@ func (j *job) requests(requestID, tenantID string, maxTokens int) []*nozzle.Gene
 		return &nozzle.GenerateRequest{
 			RequestID: requestID, TenantID: tenantID, Adapter: j.adapter,
 			MaxTokens: maxTokens, Temperature: j.temperature, TopP: j.topP, TopK: j.topK, Seed: choiceSeed(j.seed, i),
+			LogitBias: j.logitBias, PresencePenalty: j.presence, FrequencyPenalty: j.frequency,
 			Stop: j.stop, Logprobs: j.logprobs, TopLogprobs: j.topLogprobs, Stream: j.stream,
 			PromptOnly: j.promptOnly,
 		}
@@ -285,7 +289,7 @@ type chatBody struct {
 	SafetyIdentifier  json.RawMessage `json:"safety_identifier"`
 	// an extension (vLLM's): variables of the chat template
 	ChatTemplateKwargs json.RawMessage `json:"chat_template_kwargs"`
-	unimplemented
+	adjustBody
 }
 
 // maxChatMessages caps a chat request's messages. Every message costs the
@@ -348,45 +352,87 @@ type completionBody struct {
 	Echo     *bool           `json:"echo"`
 	Suffix   *string         `json:"suffix"`
 	BestOf   *int            `json:"best_of"`
-	unimplemented
+	adjustBody
 }
 
-// unimplemented holds the parameters of both endpoints that shape the
-// output and that Nozzle does not implement: they are accepted at their
-// no-op values (as clients that send every field do) and refused
-// otherwise, so that no request silently gets other output than it asked
-// for.
-type unimplemented struct {
+// adjustBody holds the parameters of both endpoints that adjust the
+// logits a token is drawn from (nozzle.GenerateRequest.LogitBias).
+type adjustBody struct {
 	PresencePenalty  *float64        `json:"presence_penalty"`
 	FrequencyPenalty *float64        `json:"frequency_penalty"`
 	LogitBias        json.RawMessage `json:"logit_bias"`
 }
 
-func (u *unimplemented) check() error {
+// maxLogitBias caps the tokens one request's logit_bias names, as OpenAI's
+// API does: every step of the request hands them to the engine.
+const maxLogitBias = 300
+
+// apply checks the adjustments and sets them on j.
+func (u *adjustBody) apply(j *job) error {
 	for _, p := range []struct {
 		name string
 		v    *float64
-	}{{"presence_penalty", u.PresencePenalty}, {"frequency_penalty", u.FrequencyPenalty}} {
+		dst  *float64
+	}{{"presence_penalty", u.PresencePenalty, &j.presence}, {"frequency_penalty", u.FrequencyPenalty, &j.frequency}} {
 		switch {
-		case p.v == nil || *p.v == 0:
+		case p.v == nil:
 		case *p.v < -2:
 			return outOfRange(p.name, *p.v, false, -2)
 		case *p.v > 2:
 			return outOfRange(p.name, *p.v, false, 2)
 		default:
-			return invalidAs("unsupported_value", p.name, "'%s' is not supported by this server; leave it out or set it to 0.", p.name)
+			*p.dst = *p.v
 		}
 	}
-	if !isNull(u.LogitBias) {
-		var bias map[string]json.RawMessage
-		if err := json.Unmarshal(u.LogitBias, &bias); err != nil {
-			return invalidAs("invalid_type", "logit_bias", "Invalid type for 'logit_bias': expected an object.")
+	if isNull(u.LogitBias) {
+		return nil
+	}
+	var raw map[string]json.RawMessage
+	if err := json.Unmarshal(u.LogitBias, &raw); err != nil {
+		return invalidAs("invalid_type", "logit_bias", "Invalid type for 'logit_bias': expected an object.")
+	}
+	if len(raw) > maxLogitBias {
+		return invalidAs("invalid_value", "logit_bias", "Invalid 'logit_bias': too many tokens. Expected at most %d, but got %d instead.", maxLogitBias, len(raw))
+	}
+	for k, v := range raw {
+		id, err := strconv.Atoi(k)
+		if err != nil || id < 0 {
+			return invalidAs("invalid_value", "logit_bias", "Invalid key in 'logit_bias': %q is not a token id (a non-negative integer).", k)
 		}
-		if len(bias) > 0 {
-			return invalidAs("unsupported_value", "logit_bias", "'logit_bias' is not supported by this server; leave it out or send an empty object.")
+		var f float64
+		if err := json.Unmarshal(v, &f); err != nil || isNull(v) {
+			got := "null"
+			if te := (*json.UnmarshalTypeError)(nil); errors.As(err, &te) {
+				got = article(te.Value)
+			}
+			return invalidAs("invalid_type", "logit_bias", "Invalid type for 'logit_bias.%s': expected a number, but got %s instead.", k, got)
 		}
+		if f < -100 || f > 100 {
+			return invalidAs("invalid_value", "logit_bias", "Invalid value for 'logit_bias.%s': %s is out of range. Expected a value between -100 and 100.", k, strconv.FormatFloat(f, 'g', -1, 64))
+		}
+		if _, dup := j.logitBias[id]; dup { // "7" and "07"
+			return invalidAs("invalid_value", "logit_bias", "Invalid 'logit_bias': token %d is named twice.", id)
+		}
+		if j.logitBias == nil {
+			j.logitBias = make(map[int]float64, len(raw))
+		}
+		j.logitBias[id] = f
 	}
 	return nil
+}
+
+// adjusts reports whether j asks for logit adjustments.
+func (j *job) adjusts() bool { return len(j.logitBias) > 0 || j.presence != 0 || j.frequency != 0 }
+
+// adjustParam names the first parameter of j that adjusts the logits.
+func adjustParam(j *job) string {
+	switch {
+	case len(j.logitBias) > 0:
+		return "logit_bias"
+	case j.presence != 0:
+		return "presence_penalty"
+	}
+	return "frequency_penalty"
 }
 
 // noToolsMode reports whether a tool_choice (or the legacy function_call)
@@ -753,7 +799,7 @@ func parseChat(body []byte, maxChoices int) (*job, error) {
 	if err := j.applyCommon(&b.commonBody, maxTok, maxChoices, param); err != nil {
 		return nil, err
 	}
-	if err := b.check(); err != nil {
+	if err := b.apply(j); err != nil {
 		return nil, err
 	}
 	if err := checkChatFormat(b.ResponseFormat); err != nil {
@@ -917,7 +963,7 @@ func parseCompletion(body []byte, maxChoices int) (*job, error) {
 	if b.MaxTokens == nil {
 		j.maxTokens = completionsDefaultMaxTokens
 	}
-	if err := b.check(); err != nil {
+	if err := b.apply(j); err != nil {
 		return nil, err
 	}
 	prompts, err := parsePrompt(b.Prompt, j.n, maxChoices)

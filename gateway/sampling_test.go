@@ -3,6 +3,7 @@ package gateway_test
 import (
 	"math"
 	"net/http"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -65,5 +66,66 @@ func TestSamplingDefaults(t *testing.T) {
 				t.Fatalf("runtime got temperature %v top_p %v top_k %d, want %v %v %d", req.Temperature, req.TopP, req.TopK, tc.t, tc.p, tc.k)
 			}
 		})
+	}
+}
+
+// manyBias is the members of a logit_bias naming n tokens.
+func manyBias(n int) string {
+	parts := make([]string, n)
+	for i := range parts {
+		parts[i] = `"` + itoa(i) + `":-1`
+	}
+	return strings.Join(parts, ",")
+}
+
+// TestLogitAdjustments: logit_bias, presence_penalty and frequency_penalty
+// reach the runtime as given on both endpoints and for every choice; the
+// no-op values ask for nothing; a runtime that cannot apply them makes
+// the gateway refuse them (naming the parameter) rather than ignore them.
+func TestLogitAdjustments(t *testing.T) {
+	f := newFixture(t)
+	msgs := `"messages":[{"role":"user","content":"hi"}]`
+	for _, tc := range []struct {
+		name, path, body string
+		bias             map[int]float64
+		presence, freq   float64
+	}{
+		{"Chat", "/v1/chat/completions", `{"model":"base",` + msgs + `,"logit_bias":{"7":-100,"31999":2.5},"presence_penalty":0.5,"frequency_penalty":-1.25,"n":2}`,
+			map[int]float64{7: -100, 31999: 2.5}, 0.5, -1.25},
+		{"Completions", "/v1/completions", `{"model":"base","prompt":["a","b"],"logit_bias":{"0":100},"frequency_penalty":2}`,
+			map[int]float64{0: 100}, 0, 2},
+		{"MostTokens", "/v1/completions", `{"model":"base","prompt":"a","logit_bias":{` + manyBias(300) + `}}`, nil, 0, 0},
+		{"NoOp", "/v1/chat/completions", `{"model":"base",` + msgs + `,"logit_bias":{},"presence_penalty":0,"frequency_penalty":null}`, nil, 0, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f.gen.lastReq.Store(nil)
+			resp := f.do(http.MethodPost, tc.path, tc.body, f.authA())
+			if resp.StatusCode != http.StatusOK {
+				t.Fatalf("status %d: %s", resp.StatusCode, readAll(t, resp))
+			}
+			resp.Body.Close()
+			req := f.gen.lastReq.Load()
+			if tc.name == "MostTokens" {
+				if len(req.LogitBias) != 300 || req.LogitBias[299] != -1 {
+					t.Errorf("logit_bias of 300 tokens reached the runtime as %d", len(req.LogitBias))
+				}
+				return
+			}
+			if !reflect.DeepEqual(req.LogitBias, tc.bias) || req.PresencePenalty != tc.presence || req.FrequencyPenalty != tc.freq {
+				t.Errorf("runtime got logit_bias %v presence %v frequency %v, want %v %v %v", req.LogitBias, req.PresencePenalty, req.FrequencyPenalty, tc.bias, tc.presence, tc.freq)
+			}
+		})
+	}
+
+	old := newFixture(t, func(c *gateway.Config, d *gateway.Deps, f *fixture) { f.gen.noBias = true })
+	for param, body := range map[string]string{
+		"logit_bias":        `{"model":"base","prompt":"a","logit_bias":{"5":1},"presence_penalty":1}`,
+		"presence_penalty":  `{"model":"base","prompt":"a","presence_penalty":1}`,
+		"frequency_penalty": `{"model":"base","prompt":"a","frequency_penalty":-0.5}`,
+	} {
+		wantError(t, old.do(http.MethodPost, "/v1/completions", body, old.authA()), http.StatusBadRequest, "invalid_request_error", "unsupported_value", param)
+	}
+	if resp := old.do(http.MethodPost, "/v1/completions", `{"model":"base","prompt":"a","logit_bias":{},"presence_penalty":0}`, old.authA()); resp.StatusCode != http.StatusOK {
+		t.Errorf("no-op values on an earlier runtime: %d %s", resp.StatusCode, readAll(t, resp))
 	}
 }

@@ -108,6 +108,7 @@ func (r *Runtime) prepare(req *nozzle.GenerateRequest) (*sequence, error) {
 		// A top_k past the vocabulary filters nothing.
 		topK: int32(min(req.TopK, r.info.VocabSize)),
 		out:  newMailbox(),
+		bias: newSeqBias(req),
 	}
 	if req.TopP > 0 && req.TopP < 1 {
 		// A mass too small for float32 still keeps the likeliest token
@@ -217,6 +218,9 @@ func (r *Runtime) validate(req *nozzle.GenerateRequest) error {
 		}
 	}
 	if err := checkTemplateKwargs(req); err != nil {
+		return err
+	}
+	if err := checkBias(req, r.info.VocabSize); err != nil {
 		return err
 	}
 	if a := req.Adapter; a != nil {

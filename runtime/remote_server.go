@@ -62,11 +62,16 @@ type wireRequest struct {
 	TopK         int                  `json:"top_k"`
 	Seed         *uint64              `json:"seed,omitempty"`
 	Stop         []string             `json:"stop,omitempty"`
-	Logprobs     bool                 `json:"logprobs"`
-	TopLogprobs  int                  `json:"top_logprobs"`
-	Echo         bool                 `json:"echo,omitempty"`
-	PromptOnly   bool                 `json:"prompt_only,omitempty"`
-	Stream       bool                 `json:"stream,omitempty"`
+	// LogitBias and the penalties: an earlier runtime ignores them, and
+	// says so (ModelInfo.LogitBias false).
+	LogitBias        map[int]float64 `json:"logit_bias,omitempty"`
+	PresencePenalty  float64         `json:"presence_penalty,omitempty"`
+	FrequencyPenalty float64         `json:"frequency_penalty,omitempty"`
+	Logprobs         bool            `json:"logprobs"`
+	TopLogprobs      int             `json:"top_logprobs"`
+	Echo             bool            `json:"echo,omitempty"`
+	PromptOnly       bool            `json:"prompt_only,omitempty"`
+	Stream           bool            `json:"stream,omitempty"`
 
 	// ChatTemplateKwargs: an earlier runtime ignores them, and says so
 	// (ModelInfo.ChatTemplateKwargs false).
@@ -79,6 +84,7 @@ func toWire(r *nozzle.GenerateRequest) wireRequest {
 		Messages: r.Messages, Tools: r.Tools, ChatTemplateKwargs: r.ChatTemplateKwargs, Prompt: r.Prompt, PromptTokens: r.PromptTokens,
 		MaxTokens: r.MaxTokens, Temperature: r.Temperature, TopP: r.TopP, TopK: r.TopK,
 		Seed: r.Seed, Stop: r.Stop, Logprobs: r.Logprobs, TopLogprobs: r.TopLogprobs, Echo: r.Echo, PromptOnly: r.PromptOnly, Stream: r.Stream,
+		LogitBias: r.LogitBias, PresencePenalty: r.PresencePenalty, FrequencyPenalty: r.FrequencyPenalty,
 	}
 }
 
@@ -88,6 +94,7 @@ func (w wireRequest) request() *nozzle.GenerateRequest {
 		Messages: w.Messages, Tools: w.Tools, ChatTemplateKwargs: w.ChatTemplateKwargs, Prompt: w.Prompt, PromptTokens: w.PromptTokens,
 		MaxTokens: w.MaxTokens, Temperature: w.Temperature, TopP: w.TopP, TopK: w.TopK,
 		Seed: w.Seed, Stop: w.Stop, Logprobs: w.Logprobs, TopLogprobs: w.TopLogprobs, Echo: w.Echo, PromptOnly: w.PromptOnly, Stream: w.Stream,
+		LogitBias: w.LogitBias, PresencePenalty: w.PresencePenalty, FrequencyPenalty: w.FrequencyPenalty,
 	}
 }
 

@@ -300,6 +300,7 @@ func newRuntime(opts Options, p parts) (*Runtime, error) {
 	r.info.RuntimeID = opts.RuntimeID
 	r.info.Echo = true
 	r.info.ChatTemplateKwargs = true
+	r.info.LogitBias = true
 	r.start = r.clock()
 	if r.info.CreatedAt.IsZero() {
 		r.info.CreatedAt = r.start.UTC() // /v1/models' "created": when the model was loaded

@@ -98,6 +98,7 @@ type sequence struct {
 	topP        float32
 	topK        int32
 	seed        uint64
+	bias        *seqBias // logit_bias and penalties; nil for none
 	nTop        int
 	// score asks for the prompt tokens' logprobs; prompt positions
 	// 1..scored-1 have theirs posted.
@@ -984,7 +985,8 @@ func (s *scheduler) step() {
 			score = s.targets
 		}
 		b.Add(engine.Seq{Tokens: q.tokens[q.computed : q.computed+e.n], Pos: q.computed, Slot: q.slot, Blocks: q.blocks,
-			Sample: e.sample, Temperature: q.temperature, TopP: q.topP, TopK: int(q.topK), Seed: q.seed, Score: score})
+			Sample: e.sample, Temperature: q.temperature, TopP: q.topP, TopK: int(q.topK), Seed: q.seed, Score: score,
+			BiasTokens: q.bias.tokens(), BiasValues: q.bias.values()})
 	}
 	err := s.be.Step(b)
 	t1 := s.clock()
@@ -1037,6 +1039,7 @@ func (s *scheduler) step() {
 		}
 		tok := b.OutToken[i]
 		q.tokens = append(q.tokens, tok)
+		q.bias.generated(tok)
 		q.generated++
 		if q.firstToken.IsZero() {
 			q.firstToken = t1

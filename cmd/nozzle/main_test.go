@@ -269,6 +269,47 @@ func TestServe_SeedWithN(t *testing.T) {
 	}
 }
 
+// TestServe_LogitBias: logit_bias through the whole server and the real
+// engine: a token raised by 100 is every token of a greedy completion, at
+// a logprob of about 0.
+func TestServe_LogitBias(t *testing.T) {
+	m := MustRunMain(t)
+	base := "http://" + m.Addr
+	key := m.demoKey(t)
+	complete := func(extra string) (tokens []string, lps []float64) {
+		t.Helper()
+		resp, b := post(t, base+"/v1/completions", key, `{"model":"demo-model","prompt":"Hello","max_tokens":8,"temperature":0,"logprobs":1`+extra+`}`)
+		if resp.StatusCode != 200 {
+			t.Fatalf("%d %s", resp.StatusCode, b)
+		}
+		var out struct {
+			Choices []struct {
+				Logprobs struct {
+					Tokens        []string  `json:"tokens"`
+					TokenLogprobs []float64 `json:"token_logprobs"`
+				}
+			}
+		}
+		if err := json.Unmarshal(b, &out); err != nil || len(out.Choices) != 1 {
+			t.Fatalf("%v: %s", err, b)
+		}
+		return out.Choices[0].Logprobs.Tokens, out.Choices[0].Logprobs.TokenLogprobs
+	}
+	greedy, _ := complete("")
+	forced, lps := complete(`,"logit_bias":{"450":100}`)
+	if len(forced) != 8 {
+		t.Fatalf("forced completion has %d tokens: %q", len(forced), forced)
+	}
+	for i, tok := range forced {
+		if tok != forced[0] || lps[i] < -1e-3 {
+			t.Fatalf("token 450 raised by 100: tokens %q logprobs %v", forced, lps)
+		}
+	}
+	if slices.Equal(forced, greedy) {
+		t.Fatalf("logit_bias changed nothing: %q", greedy)
+	}
+}
+
 // TestServe_CachedPromptTokens: a prompt that begins like an earlier one
 // takes its leading blocks from the prefix cache. The ledger keeps the
 // count each answer reported: /v1/usage adds it up, as JSON and CSV, and

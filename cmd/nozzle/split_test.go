@@ -144,6 +144,22 @@ func TestSplit_GatewayAndRuntime(t *testing.T) {
 	if resp.StatusCode != 200 || strings.Count(string(b), `"finish_reason"`) != 3 {
 		t.Fatalf("n=3: %d %s", resp.StatusCode, b)
 	}
+	// logit_bias crosses to the runtime: a token raised by 100 is every
+	// token of the greedy completion.
+	resp, b = post(t, base+"/v1/completions", tenant.APIKey, `{"model":"sql","prompt":"SELECT","max_tokens":4,"temperature":0,"logprobs":1,"logit_bias":{"450":100}}`)
+	var forced struct {
+		Choices []struct {
+			Logprobs struct{ Tokens []string }
+		}
+	}
+	if json.Unmarshal(b, &forced); resp.StatusCode != 200 || len(forced.Choices) != 1 || len(forced.Choices[0].Logprobs.Tokens) != 4 {
+		t.Fatalf("logit_bias through the runtime: %d %s", resp.StatusCode, b)
+	}
+	for _, tok := range forced.Choices[0].Logprobs.Tokens {
+		if tok != forced.Choices[0].Logprobs.Tokens[0] {
+			t.Fatalf("logit_bias through the runtime: tokens %q", forced.Choices[0].Logprobs.Tokens)
+		}
+	}
 	if ev.RuntimeID != "rt-a" || ev.AdapterName != "sql" || ev.DeviceSeconds <= 0 {
 		t.Fatalf("usage event %+v", ev)
 	}
