@@ -255,6 +255,23 @@ await check('error-parameter-bounds', async () => {
   });
 });
 
+await check('logit-adjustments', async () => {
+  const r = await client.chat.completions.create({
+    model: 'base',
+    messages: [{ role: 'user', content: 'Say hello' }],
+    logit_bias: { '31999': -100, '13': 5 },
+    presence_penalty: 0.6,
+    frequency_penalty: 0.4,
+  });
+  assert.equal(r.choices[0].message.content, want);
+  await assert.rejects(client.completions.create({ model: 'base', prompt: 'hi', logit_bias: { '13': 150 } }), (e) => {
+    assert.ok(e instanceof OpenAI.BadRequestError, String(e));
+    assert.equal(e.code, 'invalid_value');
+    assert.equal(e.param, 'logit_bias');
+    return true;
+  });
+});
+
 await check('error-streamed-refusal', async () => {
   // one of two prompts refused after the other's text came: the stream
   // never starts, the SDK gets the error from create
