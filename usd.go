@@ -1,6 +1,10 @@
 package nozzle
 
-import "math"
+import (
+	"math"
+	"strconv"
+	"strings"
+)
 
 // USDPrecision is the step every USD figure of a report is rounded to:
 // 1e-10 USD, a ten-thousandth of a micro-dollar. A single token at the
@@ -62,4 +66,59 @@ func roundTo(x, scale float64) float64 {
 		return 0 // not -0
 	}
 	return r
+}
+
+// FormatUSD shows a USD amount as a person reads it: the one way the
+// console, `nozzle report`'s table and the API's messages (a budget's
+// refusal) write money. From a dollar up, whole cents with the thousands
+// grouped ($12.35, $1,234.50); below a dollar, three significant digits
+// and at least the cents ($0.19, $0.0149, $0.00468, $0.0000005), so a few
+// tokens' charge never reads as $0.00 nor a small loss as -$0.00, and
+// never with an exponent; below a billionth of a dollar (under
+// USDPrecision's rounding, only float noise) "<$0.000000001"; zero is
+// $0.00. A negative amount has a leading '-' (-$0.25); the console sets it
+// as a typographic minus.
+func FormatUSD(v float64) string {
+	sign := ""
+	if v < 0 {
+		sign = "-"
+	}
+	v = math.Abs(v)
+	var s string
+	switch {
+	case v == 0:
+		return "$0.00"
+	case v < 1e-9:
+		return sign + "<$0.000000001"
+	case v < 1:
+		dec := max(2, 2-int(math.Floor(math.Log10(v))))
+		s = strconv.FormatFloat(v, 'f', dec, 64)
+		// trailing zeros go, down to the cents (0.0280 → 0.028, 0.500 → 0.50)
+		if t := strings.TrimRight(s, "0"); len(t) >= len("0.00") {
+			s = t
+		} else {
+			s = s[:len("0.00")]
+		}
+	default:
+		s = strconv.FormatFloat(v, 'f', 2, 64)
+	}
+	return sign + "$" + GroupDigits(s)
+}
+
+// GroupDigits puts a comma between each three digits of a decimal
+// number's whole part, as a bill shows it: 1234567.5 as 1,234,567.5. s is
+// digits with an optional fraction after a '.', without a sign.
+func GroupDigits(s string) string {
+	whole, frac, hasFrac := strings.Cut(s, ".")
+	var b strings.Builder
+	for i, r := range whole {
+		if i > 0 && (len(whole)-i)%3 == 0 {
+			b.WriteByte(',')
+		}
+		b.WriteRune(r)
+	}
+	if hasFrac {
+		b.WriteString("." + frac)
+	}
+	return b.String()
 }

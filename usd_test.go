@@ -99,3 +99,55 @@ func TestRoundSecondsAndRatio(t *testing.T) {
 		t.Errorf("JSON %s, want %s", got, want)
 	}
 }
+
+// TestFormatUSD: the one way amounts are written for people (the console,
+// `nozzle report`'s table, a budget's refusal): cents from a dollar up,
+// three significant digits below, never an exponent, never 0.00 for a
+// non-zero amount.
+func TestFormatUSD(t *testing.T) {
+	for _, tc := range []struct {
+		in   float64
+		want string
+	}{
+		{0, "$0.00"},
+		{5e-7, "$0.0000005"},
+		{1.234e-5, "$0.0000123"},
+		{0.000068, "$0.000068"},
+		{0.0000696, "$0.0000696"},
+		{0.00105, "$0.00105"},
+		{0.0012, "$0.0012"},
+		{0.004684, "$0.00468"},
+		{0.0099, "$0.0099"},
+		{0.00999999, "$0.01"},
+		{0.0149, "$0.0149"},
+		{0.028, "$0.028"},
+		{0.1 + 0.2, "$0.30"},
+		{0.19, "$0.19"},
+		{0.5, "$0.50"},
+		{0.123, "$0.123"},
+		{0.9996, "$1.00"},
+		{1, "$1.00"},
+		{12.345, "$12.35"},
+		{999.999, "$1,000.00"},
+		{1234.5, "$1,234.50"},
+		{1264, "$1,264.00"},
+		{1234567.891, "$1,234,567.89"},
+		{-0.25, "-$0.25"},
+		{-3.9989, "-$4.00"},
+		{-0.0000042, "-$0.0000042"},
+		{1e-12, "<$0.000000001"},
+		{-1e-12, "-<$0.000000001"},
+	} {
+		if got := nozzle.FormatUSD(tc.in); got != tc.want {
+			t.Errorf("FormatUSD(%g) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+}
+
+func TestGroupDigits(t *testing.T) {
+	for in, want := range map[string]string{"0": "0", "999": "999", "1000": "1,000", "123456.78": "123,456.78", "1234567": "1,234,567", "12.": "12."} {
+		if got := nozzle.GroupDigits(in); got != want {
+			t.Errorf("GroupDigits(%q) = %q, want %q", in, got, want)
+		}
+	}
+}

@@ -3,8 +3,6 @@ package billing
 import (
 	"context"
 	"fmt"
-	"math"
-	"strconv"
 	"sync"
 	"time"
 
@@ -20,16 +18,6 @@ type budgets struct {
 }
 
 func (b *budgets) init() { b.open = map[string]float64{} }
-
-// usdText shows an amount of dollars with cents, or with two significant
-// digits when less than a cent.
-func usdText(v float64) string {
-	if v >= 0.0095 || v == 0 {
-		return fmt.Sprintf("$%.2f", v)
-	}
-	digits := max(2, int(-math.Floor(math.Log10(v)))+1)
-	return "$" + strconv.FormatFloat(v, 'f', digits, 64)
-}
 
 // ReserveBudget reserves usd against the tenant's budget for the current
 // calendar month (UTC): month-to-date charges plus open reservations plus
@@ -81,17 +69,17 @@ func (l *Ledger) ReserveBudget(ctx context.Context, tenantID string, usd float64
 		renews := next.Format("2006-01-02")
 		if mtd >= t.MonthlyBudgetUSD {
 			return nil, nozzle.Errorf(nozzle.EQUOTA, "You have used your monthly budget of %s; it renews on %s.",
-				usdText(t.MonthlyBudgetUSD), renews).WithReason("insufficient_quota").WithRetryAfter(next.Sub(now))
+				nozzle.FormatUSD(t.MonthlyBudgetUSD), renews).WithReason("insufficient_quota").WithRetryAfter(next.Sub(now))
 		}
 		// What is left does not cover this request at its most (every
 		// token it may generate): a smaller one may still fit.
 		left := max(0, t.MonthlyBudgetUSD-mtd-b.open[tenantID])
 		inFlight := ""
 		if b.open[tenantID] > 0 {
-			inFlight = fmt.Sprintf(" (%s more is held by requests still running)", usdText(b.open[tenantID]))
+			inFlight = fmt.Sprintf(" (%s more is held by requests still running)", nozzle.FormatUSD(b.open[tenantID]))
 		}
 		return nil, nozzle.Errorf(nozzle.EQUOTA, "This request could cost up to %s, more than the %s left of your monthly budget of %s%s; lower max_tokens, or raise the budget. It renews on %s.",
-			usdText(usd), usdText(left), usdText(t.MonthlyBudgetUSD), inFlight, renews).WithReason("insufficient_quota").WithRetryAfter(next.Sub(now))
+			nozzle.FormatUSD(usd), nozzle.FormatUSD(left), nozzle.FormatUSD(t.MonthlyBudgetUSD), inFlight, renews).WithReason("insufficient_quota").WithRetryAfter(next.Sub(now))
 	}
 	b.open[tenantID] += usd
 	var once sync.Once

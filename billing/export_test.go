@@ -25,9 +25,6 @@ func SetSchemaVersionForTest(path string, v int) error {
 	})
 }
 
-// USDText is usdText.
-var USDText = usdText
-
 // FileVersion is the schema version stamped in l's file.
 func FileVersion(l *Ledger) (v int, err error) {
 	err = l.db.View(func(tx *bolt.Tx) error { v, err = schemaVersion(tx); return err })

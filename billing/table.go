@@ -3,10 +3,8 @@ package billing
 import (
 	"fmt"
 	"io"
-	"math"
 	"slices"
 	"strconv"
-	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -37,7 +35,7 @@ func WriteTable(w io.Writer, r *nozzle.Report) error {
 	if head == "" {
 		head = "\t"
 	}
-	fmt.Fprintln(tw, head+"requests\tprompt tok\tcached tok\tcompl tok\tdevice s\tidle s\tcost $\tcharged $\tmargin $\tdedicated $\tsaving %\t")
+	fmt.Fprintln(tw, head+"requests\tprompt tok\tcached tok\tcompl tok\tdevice s\tidle s\tcost\tcharged\tmargin\tdedicated\tsaving %\t")
 	line := func(row *nozzle.ReportRow, label string) {
 		var cells string
 		if label != "" {
@@ -68,9 +66,9 @@ func WriteTable(w io.Writer, r *nozzle.Report) error {
 		if saving < 100 && saving >= 99.95 {
 			saving = 99.9
 		}
-		fmt.Fprintf(tw, "%s%d\t%d\t%d\t%d\t%.1f\t%.1f\t%s\t%s\t%s\t%.2f\t%.1f\t\n", cells,
+		fmt.Fprintf(tw, "%s%d\t%d\t%d\t%d\t%.1f\t%.1f\t%s\t%s\t%s\t%s\t%.1f\t\n", cells,
 			row.Requests, row.PromptTokens, row.CachedPromptTokens, row.CompletionTokens, row.DeviceSeconds, row.IdleSeconds,
-			dollars(row.CostUSD), dollars(row.ChargedUSD), dollars(row.MarginUSD), row.DedicatedUSD, saving)
+			nozzle.FormatUSD(row.CostUSD), nozzle.FormatUSD(row.ChargedUSD), nozzle.FormatUSD(row.MarginUSD), nozzle.FormatUSD(row.DedicatedUSD), saving)
 	}
 	for i := range r.Rows {
 		line(&r.Rows[i], "")
@@ -84,8 +82,8 @@ func WriteTable(w io.Writer, r *nozzle.Report) error {
 	}
 	if g := r.GPU; g != nil {
 		fmt.Fprintf(w, "\nGPU: up %s, active %s (utilisation %.1f%%), cost %s, idle cost %s, left with the operator %s; charged %s, margin %s\n",
-			secs(g.UptimeSeconds), secs(g.ActiveSeconds), g.Utilization*100, usd(g.CostUSD), usd(g.IdleCostUSD), usd(g.OperatorIdleUSD),
-			usd(r.Total.ChargedUSD), usd(g.MarginUSD))
+			secs(g.UptimeSeconds), secs(g.ActiveSeconds), g.Utilization*100, nozzle.FormatUSD(g.CostUSD), nozzle.FormatUSD(g.IdleCostUSD), nozzle.FormatUSD(g.OperatorIdleUSD),
+			nozzle.FormatUSD(r.Total.ChargedUSD), nozzle.FormatUSD(g.MarginUSD))
 	}
 	if o := r.Outbox; o != nil {
 		state := "off"
@@ -102,30 +100,6 @@ func WriteTable(w io.Writer, r *nozzle.Report) error {
 		fmt.Fprintln(w)
 	}
 	return nil
-}
-
-// dollars shows an amount of a table's dollar column: four decimals, or,
-// below a cent, three significant digits (at least four decimals), as the
-// console shows amounts: a few tokens' charge never reads as 0.0000, nor
-// a small loss as -0.0000.
-func dollars(v float64) string {
-	a := math.Abs(v)
-	if a == 0 || a >= 0.01 {
-		return strconv.FormatFloat(v, 'f', 4, 64)
-	}
-	s := strconv.FormatFloat(v, 'f', max(4, 2-int(math.Floor(math.Log10(a)))), 64)
-	for s[len(s)-1] == '0' && len(s)-strings.IndexByte(s, '.') > 5 {
-		s = s[:len(s)-1]
-	}
-	return s
-}
-
-// usd is dollars with its sign and a dollar sign: $0.0311, -$0.0027.
-func usd(v float64) string {
-	if v < 0 {
-		return "-$" + dollars(-v)
-	}
-	return "$" + dollars(v)
 }
 
 func countTabs(s string) int {

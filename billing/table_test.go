@@ -52,8 +52,8 @@ func TestWriteTable(t *testing.T) {
 }
 
 // TestWriteTable_SmallAmountsAndOutcomes: a charge of a few tokens, too
-// small for four decimals, shows its digits rather than 0.0000 (nor a
-// small loss as -0.0000), and the table says how many requests failed,
+// small for cents, shows its digits rather than $0.00 (nor a small loss
+// as -$0.00), as the console shows it (nozzle.FormatUSD), and the table says how many requests failed,
 // were canceled or were interrupted, as the CSV's and JSON's columns do.
 func TestWriteTable_SmallAmountsAndOutcomes(t *testing.T) {
 	ctx := context.Background()
@@ -78,12 +78,12 @@ func TestWriteTable_SmallAmountsAndOutcomes(t *testing.T) {
 	}
 	out := buf.String()
 	// three charged requests of 20 + 32 tokens: 3 × 0.0000232
-	for _, want := range []string{"  0.0000696  ", "Of the 4 requests: 1 failed, not charged · 2 canceled, charged for what they produced.", "charged $0.0000696,"} {
+	for _, want := range []string{"  $0.0000696  ", "Of the 4 requests: 1 failed, not charged · 2 canceled, charged for what they produced.", "charged $0.0000696,"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("no %q in\n%s", want, out)
 		}
 	}
-	for _, bad := range []string{" 0.0000 ", "-0.0000 ", "interrupted"} {
+	for _, bad := range []string{" $0.00 ", "-$0.00 ", "interrupted"} {
 		if strings.Contains(out, bad) {
 			t.Errorf("%q in\n%s", bad, out)
 		}

@@ -198,11 +198,11 @@ func TestPercent(t *testing.T) {
 	}
 }
 
+// TestFormatUSD: the console shows amounts as nozzle.FormatUSD does,
+// with a typographic minus.
 func TestFormatUSD(t *testing.T) {
 	for v, want := range map[float64]string{
-		0: "$0.00", 5e-7: "$0.0000005", 1.234e-5: "$0.0000123", 0.004684: "$0.00468", 0.0099: "$0.0099",
-		0.0149: "$0.0149", 0.19: "$0.19", 0.5: "$0.50", 0.123: "$0.123", 1: "$1.00", 12.345: "$12.35",
-		1234.5: "$1,234.50", -0.25: "−$0.25", 1e-12: "<$0.000000001",
+		0: "$0.00", 0.004684: "$0.00468", 0.19: "$0.19", 1234.5: "$1,234.50", -0.25: "−$0.25", -1e-12: "−<$0.000000001",
 	} {
 		if got := formatUSD(v); got != want {
 			t.Errorf("formatUSD(%g) = %q, want %q", v, got, want)

@@ -172,60 +172,21 @@ func (cs *console) funcs() template.FuncMap {
 // (ReportRow.Outcomes).
 func requestOutcomes(r nozzle.ReportRow) string { return r.Outcomes(formatInt) }
 
+// formatUSD is how the console shows an amount: nozzle.FormatUSD's, with
+// a typographic minus (−$0.25).
 func formatUSD(v float64) string {
-	neg := v < 0
-	v = math.Abs(v)
-	var s string
-	switch {
-	case v == 0:
-		s = "0.00"
-	case v < 1e-9:
-		s = "0.000000001"
-		if neg {
-			return "−<$" + s
-		}
-		return "<$" + s
-	case v < 1:
-		// three significant figures, at least the cents: $0.19, $0.0149,
-		// $0.00468, $0.0000005 (never a bare "0." nor an exponent)
-		dec := max(2, 2-int(math.Floor(math.Log10(v))))
-		s = strconv.FormatFloat(v, 'f', dec, 64)
-		if t := strings.TrimRight(s, "0"); len(t) >= len("0.00") {
-			s = t
-		} else {
-			s = s[:len("0.00")]
-		}
-	case v < 100:
-		s = strconv.FormatFloat(v, 'f', 2, 64)
-	default:
-		s = groupDigits(strconv.FormatFloat(v, 'f', 2, 64))
+	s := nozzle.FormatUSD(v)
+	if rest, ok := strings.CutPrefix(s, "-"); ok {
+		return "−" + rest
 	}
-	if neg {
-		return "−$" + s
-	}
-	return "$" + s
-}
-
-func groupDigits(s string) string {
-	intPart, frac, _ := strings.Cut(s, ".")
-	var b strings.Builder
-	for i, r := range intPart {
-		if i > 0 && (len(intPart)-i)%3 == 0 {
-			b.WriteByte(',')
-		}
-		b.WriteRune(r)
-	}
-	if frac != "" {
-		b.WriteString("." + frac)
-	}
-	return b.String()
+	return s
 }
 
 func formatInt(v int64) string {
 	if v < 0 {
-		return "−" + groupDigits(strconv.FormatInt(-v, 10))
+		return "−" + nozzle.GroupDigits(strconv.FormatInt(-v, 10))
 	}
-	return groupDigits(strconv.FormatInt(v, 10))
+	return nozzle.GroupDigits(strconv.FormatInt(v, 10))
 }
 
 func formatBytes(n int64) string {
