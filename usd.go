@@ -122,3 +122,19 @@ func GroupDigits(s string) string {
 	}
 	return b.String()
 }
+
+// FormatSeconds shows a duration in seconds as a person reads it, the
+// one way the console and `nozzle report`'s table write a GPU's or a
+// request's time: hours or minutes with one decimal from a minute up
+// (2.0 h, 12.5 min), seconds with two decimals below (0.22 s), so that a
+// fraction of a second of work never reads as 0 beside a utilisation
+// above zero.
+func FormatSeconds(s float64) string {
+	switch {
+	case s >= 3600:
+		return strconv.FormatFloat(s/3600, 'f', 1, 64) + " h"
+	case s >= 60:
+		return strconv.FormatFloat(s/60, 'f', 1, 64) + " min"
+	}
+	return strconv.FormatFloat(s, 'f', 2, 64) + " s"
+}

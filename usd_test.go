@@ -151,3 +151,11 @@ func TestGroupDigits(t *testing.T) {
 		}
 	}
 }
+
+func TestFormatSeconds(t *testing.T) {
+	for in, want := range map[float64]string{0: "0.00 s", 0.222886388: "0.22 s", 0.004: "0.00 s", 59.994: "59.99 s", 60: "1.0 min", 720: "12.0 min", 7200: "2.0 h"} {
+		if got := nozzle.FormatSeconds(in); got != want {
+			t.Errorf("FormatSeconds(%v) = %q, want %q", in, got, want)
+		}
+	}
+}

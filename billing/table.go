@@ -82,7 +82,7 @@ func WriteTable(w io.Writer, r *nozzle.Report) error {
 	}
 	if g := r.GPU; g != nil {
 		fmt.Fprintf(w, "\nGPU: up %s, active %s (utilisation %.1f%%), cost %s, idle cost %s, left with the operator %s; charged %s, margin %s\n",
-			secs(g.UptimeSeconds), secs(g.ActiveSeconds), g.Utilization*100, nozzle.FormatUSD(g.CostUSD), nozzle.FormatUSD(g.IdleCostUSD), nozzle.FormatUSD(g.OperatorIdleUSD),
+			nozzle.FormatSeconds(g.UptimeSeconds), nozzle.FormatSeconds(g.ActiveSeconds), g.Utilization*100, nozzle.FormatUSD(g.CostUSD), nozzle.FormatUSD(g.IdleCostUSD), nozzle.FormatUSD(g.OperatorIdleUSD),
 			nozzle.FormatUSD(r.Total.ChargedUSD), nozzle.FormatUSD(g.MarginUSD))
 	}
 	if o := r.Outbox; o != nil {
@@ -120,8 +120,4 @@ func orDash(a, b string) string {
 		return b
 	}
 	return "-"
-}
-
-func secs(s float64) string {
-	return (time.Duration(s * float64(time.Second))).Round(time.Second).String()
 }

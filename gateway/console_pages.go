@@ -135,7 +135,7 @@ func (cs *console) funcs() template.FuncMap {
 		"datetime":  func(t time.Time) string { return t.UTC().Format("2 Jan 2006 15:04 UTC") },
 		"unixtime":  func(u int64) string { return time.Unix(u, 0).UTC().Format("2 Jan 2006 15:04 UTC") },
 		"ago":       func(t time.Time) string { return ago(t, cs.cfg.Clock()) },
-		"seconds":   formatSeconds,
+		"seconds":   nozzle.FormatSeconds,
 		"outcomes":  requestOutcomes,
 		"tierLabel": tierLabel,
 		"join":      strings.Join,
@@ -199,16 +199,6 @@ func formatBytes(n int64) string {
 		return strconv.FormatFloat(float64(n)/(1<<10), 'f', 1, 64) + " KiB"
 	}
 	return strconv.FormatInt(n, 10) + " B"
-}
-
-func formatSeconds(s float64) string {
-	switch {
-	case s >= 3600:
-		return strconv.FormatFloat(s/3600, 'f', 1, 64) + " h"
-	case s >= 60:
-		return strconv.FormatFloat(s/60, 'f', 1, 64) + " min"
-	}
-	return strconv.FormatFloat(s, 'f', 2, 64) + " s"
 }
 
 func ago(t, now time.Time) string {

@@ -1,5 +1,7 @@
 package gateway
 
+import "github.com/nozzle-ai/nozzle"
+
 // SplitToolCalls is splitToolCalls, for the external tests.
 var SplitToolCalls = splitToolCalls
 
@@ -7,8 +9,8 @@ var SplitToolCalls = splitToolCalls
 // external tests.
 var FormatUSD = formatUSD
 
-// FormatSeconds is formatSeconds, for the external tests.
-var FormatSeconds = formatSeconds
+// FormatSeconds is how the console shows seconds, for the external tests.
+var FormatSeconds = nozzle.FormatSeconds
 
 // OldFingerprint is the request fingerprint of earlier releases.
 var OldFingerprint = oldFingerprint
