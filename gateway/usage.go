@@ -36,6 +36,17 @@ func reportQuery(c *fiber.Ctx, allowed map[string]bool) (nozzle.ReportQuery, err
 		*f.t = t.UTC()
 	}
 	if !q.End.After(q.Start) {
+		// Say which bound the period took by default, when the caller
+		// named only one: "'end' must be after 'start'" would blame an
+		// 'end' they never gave.
+		switch {
+		case c.Query("end") == "":
+			return q, invalid("end", "'start' %s is not before the end of the current month (%s), where the period ends without 'end': give 'end' too.",
+				q.Start.Format(time.RFC3339), q.End.Format(time.RFC3339))
+		case c.Query("start") == "":
+			return q, invalid("start", "'end' %s is not after the start of the current month (%s), where the period starts without 'start': give 'start' too.",
+				q.End.Format(time.RFC3339), q.Start.Format(time.RFC3339))
+		}
 		return q, invalid("end", "'end' must be after 'start'.")
 	}
 	switch c.Query("format") {
@@ -52,7 +63,7 @@ func reportQuery(c *fiber.Ctx, allowed map[string]bool) (nozzle.ReportQuery, err
 		for _, g := range strings.Split(string(v), ",") {
 			g = strings.TrimSpace(g)
 			if !allowed[g] {
-				return q, invalid("group_by", "Invalid 'group_by' %q.", g)
+				return q, invalid("group_by", "Invalid 'group_by' %q: use %s, or a list of them (adapter,day).", g, groupNames(allowed))
 			}
 			q.GroupBy = append(q.GroupBy, g)
 		}
@@ -61,6 +72,18 @@ func reportQuery(c *fiber.Ctx, allowed map[string]bool) (nozzle.ReportQuery, err
 	// The GPU's series (operator reports): the billing side checks it.
 	q.GPUStep = strings.Clone(c.Query("gpu_step"))
 	return q, nil
+}
+
+// groupNames lists the groupings allowed, for a refusal: "adapter, day
+// or hour".
+func groupNames(allowed map[string]bool) string {
+	var names []string
+	for _, g := range []string{nozzle.GroupTenant, nozzle.GroupAdapter, nozzle.GroupDay, nozzle.GroupHour} {
+		if allowed[g] {
+			names = append(names, g)
+		}
+	}
+	return strings.Join(names[:len(names)-1], ", ") + " or " + names[len(names)-1]
 }
 
 var tenantGroups = map[string]bool{nozzle.GroupAdapter: true, nozzle.GroupDay: true, nozzle.GroupHour: true}

@@ -64,6 +64,23 @@ func TestUsage(t *testing.T) {
 		wantError(t, f.do(http.MethodGet, "/v1/usage?start=2025-02-01T00:00:00Z&end=2025-01-01T00:00:00Z", "", f.authA()), 400, "invalid_request_error", "", "end")
 		wantError(t, f.do(http.MethodGet, "/v1/usage?group_by=tenant", "", f.authA()), 400, "invalid_request_error", "", "group_by")
 		wantError(t, f.do(http.MethodGet, "/v1/usage?format=xml", "", f.authA()), 400, "invalid_request_error", "", "format")
+		// The refusal names what is allowed, and a bound the caller left
+		// out is named with the value the period took for it.
+		if e := wantError(t, f.do(http.MethodGet, "/v1/usage?group_by=week", "", f.authA()), 400, "invalid_request_error", "", "group_by"); e.Error.Message != `Invalid 'group_by' "week": use adapter, day or hour, or a list of them (adapter,day).` {
+			t.Errorf("group_by=week: %q", e.Error.Message)
+		}
+		if e := wantError(t, f.do(http.MethodGet, "/admin/report?group_by=week", "", bearer(adminToken)), 400, "invalid_request_error", "", "group_by"); !strings.Contains(e.Error.Message, "use tenant, adapter, day or hour") {
+			t.Errorf("admin group_by=week: %q", e.Error.Message)
+		}
+		now := time.Now().UTC()
+		month := time.Date(now.Year(), now.Month(), 1, 0, 0, 0, 0, time.UTC)
+		later := month.AddDate(0, 2, 0).Format(time.RFC3339)
+		if e := wantError(t, f.do(http.MethodGet, "/v1/usage?start="+later, "", f.authA()), 400, "invalid_request_error", "", "end"); !strings.Contains(e.Error.Message, "("+month.AddDate(0, 1, 0).Format(time.RFC3339)+"), where the period ends without 'end': give 'end' too") {
+			t.Errorf("start alone after this month: %q", e.Error.Message)
+		}
+		if e := wantError(t, f.do(http.MethodGet, "/v1/usage?end=2020-01-01T00:00:00Z", "", f.authA()), 400, "invalid_request_error", "", "start"); !strings.Contains(e.Error.Message, "("+month.Format(time.RFC3339)+"), where the period starts without 'start': give 'start' too") {
+			t.Errorf("end alone before this month: %q", e.Error.Message)
+		}
 	})
 	t.Run("CSV", func(t *testing.T) {
 		r := f.do(http.MethodGet, "/v1/usage?format=csv", "", f.authA())

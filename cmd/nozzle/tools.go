@@ -216,6 +216,10 @@ func reportQuery(start, end, groupBy string) (nozzle.ReportQuery, error) {
 			return q, fmt.Errorf("--end %s is not after the start of this month (%s), where the period starts without --start: give --start too",
 				end, q.Start.Format("2006-01-02"))
 		}
+		if end == "" {
+			return q, fmt.Errorf("--start %s is not before the end of this month (%s), where the period ends without --end: give --end too",
+				start, q.End.Format("2006-01-02"))
+		}
 		return q, errors.New("--end must be after --start")
 	}
 	for _, g := range strings.Split(groupBy, ",") {

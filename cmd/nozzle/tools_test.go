@@ -40,6 +40,18 @@ func TestReportQuery_EndOnly(t *testing.T) {
 	}
 }
 
+// TestReportQuery_StartOnlyAfterThisMonth: a --start after this month, given alone, is
+// refused with the end the period took, not with "--end must be after
+// --start", which names a flag the user did not give.
+func TestReportQuery_StartOnlyAfterThisMonth(t *testing.T) {
+	next := time.Date(time.Now().UTC().Year(), time.Now().UTC().Month()+1, 1, 0, 0, 0, 0, time.UTC)
+	_, err := reportQuery(next.AddDate(0, 1, 0).Format("2006-01-02"), "", "")
+	if err == nil || !strings.Contains(err.Error(), "end of this month ("+next.Format("2006-01-02")+")") ||
+		!strings.Contains(err.Error(), "give --end too") {
+		t.Errorf("err = %v", err)
+	}
+}
+
 // TestReportOffline_ServerSettings: a report read from the ledger file
 // splits idle time by the server's policy and compares with its dedicated
 // rate (NOZZLE_* variables, as the server reads them).
