@@ -29,11 +29,12 @@ func (f *consoleFixture) adminGet(path string) (*http.Response, string) {
 }
 
 // reportRowCells is how the tenant's usage page writes a report row:
-// requests, prompt and completion tokens, GPU time, GPU cost, charged,
-// margin.
+// requests, prompt and completion tokens, GPU time, the share of the
+// GPU's idle time (which, with the GPU time's, makes the GPU cost), GPU
+// cost, charged, margin.
 func reportRowCells(r nozzle.ReportRow) []string {
 	return []string{gateway.FormatInt(r.Requests), gateway.FormatInt(r.PromptTokens), gateway.FormatInt(r.CompletionTokens),
-		gateway.FormatSeconds(r.DeviceSeconds), gateway.FormatUSD(r.CostUSD), gateway.FormatUSD(r.ChargedUSD), gateway.FormatUSD(r.MarginUSD)}
+		gateway.FormatSeconds(r.DeviceSeconds), gateway.FormatUSD(r.IdleCostUSD), gateway.FormatUSD(r.CostUSD), gateway.FormatUSD(r.ChargedUSD), gateway.FormatUSD(r.MarginUSD)}
 }
 
 var (

@@ -924,6 +924,11 @@ async function main() {
       assert(sum === rep.total.requests, `${table}: the rows add up to ${sum} requests`);
     }
     assert(num(await opPage.textContent('[data-testid=tenant-requests]')) === byAdapter.total.requests, 'the headline requests differ');
+    // the GPU cost is explained: the GPU time's cost and the share of the idle time
+    for (const table of ['#tenant-adapter-table', '#tenant-day-table']) {
+      const heads = (await opPage.locator(`${table} thead th`).allTextContents()).map((h) => h.trim());
+      assert(heads.indexOf('Idle share') === heads.indexOf('GPU time') + 1 && heads.indexOf('GPU cost') === heads.indexOf('Idle share') + 1, `${table}: columns ${heads}`);
+    }
     assert(await opPage.locator(`#tenant-adapter-table tr[data-adapter="${adapterName}"]`).count() === 1, `no row for ${adapterName}`);
     await shot(opPage, 'operator-tenant-usage-desktop');
     const [dl] = await Promise.all([opPage.waitForEvent('download'), opPage.click('#tenant-csv-link')]);
