@@ -138,3 +138,19 @@ func FormatSeconds(s float64) string {
 	}
 	return strconv.FormatFloat(s, 'f', 2, 64) + " s"
 }
+
+// FormatPercent shows a percentage (a saving, a share of a budget) as a
+// person reads it, the one way the console and `nozzle report`'s table
+// write one: one decimal, or as many as it takes (up to four) not to
+// round a figure short of 100 up to "100.0%": a saving of 99.996% reads
+// 99.996%, not a whole GPU for free, and 99.99996% reads 99.9999%.
+func FormatPercent(v float64) string {
+	prec := 1
+	for prec < 4 && v < 100 && math.Round(v*math.Pow10(prec)) >= 100*math.Pow10(prec) {
+		prec++
+	}
+	if v < 100 && math.Round(v*math.Pow10(prec)) >= 100*math.Pow10(prec) {
+		v = math.Floor(v*math.Pow10(prec)) / math.Pow10(prec) // never "100%" short of it
+	}
+	return strconv.FormatFloat(v, 'f', prec, 64) + "%"
+}

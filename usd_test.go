@@ -159,3 +159,14 @@ func TestFormatSeconds(t *testing.T) {
 		}
 	}
 }
+
+func TestFormatPercent(t *testing.T) {
+	for _, tt := range []struct {
+		in   float64
+		want string
+	}{{12.34, "12.3%"}, {99.94, "99.9%"}, {99.96, "99.96%"}, {99.9996, "99.9996%"}, {99.99996, "99.9999%"}, {100, "100.0%"}, {0, "0.0%"}, {-5, "-5.0%"}, {-3.9, "-3.9%"}} {
+		if got := nozzle.FormatPercent(tt.in); got != tt.want {
+			t.Errorf("FormatPercent(%v) = %q, want %q", tt.in, got, tt.want)
+		}
+	}
+}

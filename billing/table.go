@@ -35,7 +35,7 @@ func WriteTable(w io.Writer, r *nozzle.Report) error {
 	if head == "" {
 		head = "\t"
 	}
-	fmt.Fprintln(tw, head+"requests\tprompt tok\tcached tok\tcompl tok\tdevice s\tidle s\tcost\tcharged\tmargin\tdedicated\tsaving %\t")
+	fmt.Fprintln(tw, head+"requests\tprompt tok\tcached tok\tcompl tok\tdevice s\tidle s\tcost\tcharged\tmargin\tdedicated\tsaving\t")
 	line := func(row *nozzle.ReportRow, label string) {
 		var cells string
 		if label != "" {
@@ -61,14 +61,9 @@ func WriteTable(w io.Writer, r *nozzle.Report) error {
 				cells = "\t"
 			}
 		}
-		// a saving short of 100% never shows as 100.0
-		saving := row.SavingPercent
-		if saving < 100 && saving >= 99.95 {
-			saving = 99.9
-		}
-		fmt.Fprintf(tw, "%s%d\t%d\t%d\t%d\t%.1f\t%.1f\t%s\t%s\t%s\t%s\t%.1f\t\n", cells,
+		fmt.Fprintf(tw, "%s%d\t%d\t%d\t%d\t%.1f\t%.1f\t%s\t%s\t%s\t%s\t%s\t\n", cells,
 			row.Requests, row.PromptTokens, row.CachedPromptTokens, row.CompletionTokens, row.DeviceSeconds, row.IdleSeconds,
-			nozzle.FormatUSD(row.CostUSD), nozzle.FormatUSD(row.ChargedUSD), nozzle.FormatUSD(row.MarginUSD), nozzle.FormatUSD(row.DedicatedUSD), saving)
+			nozzle.FormatUSD(row.CostUSD), nozzle.FormatUSD(row.ChargedUSD), nozzle.FormatUSD(row.MarginUSD), nozzle.FormatUSD(row.DedicatedUSD), nozzle.FormatPercent(row.SavingPercent))
 	}
 	for i := range r.Rows {
 		line(&r.Rows[i], "")

@@ -92,15 +92,19 @@ func TestWriteTable_SmallAmountsAndOutcomes(t *testing.T) {
 
 // TestWriteTable_SubSecondGPU: a GPU busy for a fraction of a second
 // shows that fraction, in the console's units, beside its utilisation,
-// never "active 0s (utilisation 0.4%)".
+// never "active 0s (utilisation 0.4%)"; a saving short of 100% shows the
+// digits the console shows (99.96%, not 99.9).
 func TestWriteTable_SubSecondGPU(t *testing.T) {
 	rep := &nozzle.Report{Start: date("2026-03-04T10:00:00Z"), End: date("2026-03-04T11:00:00Z"), IdlePolicy: nozzle.IdleProrata,
-		GPU: &nozzle.GPUSummary{GPUFigures: nozzle.GPUFigures{UptimeSeconds: 50, ActiveSeconds: 0.222886388, IdleSeconds: 49.777113612, Utilization: 0.004458, CostUSD: 0.0277}}}
+		Total: nozzle.ReportRow{Requests: 1, CostUSD: 0.0008, DedicatedUSD: 2, SavingPercent: 99.96},
+		GPU:   &nozzle.GPUSummary{GPUFigures: nozzle.GPUFigures{UptimeSeconds: 50, ActiveSeconds: 0.222886388, IdleSeconds: 49.777113612, Utilization: 0.004458, CostUSD: 0.0277}}}
 	var buf bytes.Buffer
 	if err := billing.WriteTable(&buf, rep); err != nil {
 		t.Fatal(err)
 	}
-	if want := "GPU: up 50.00 s, active 0.22 s (utilisation 0.4%), cost $0.0277,"; !strings.Contains(buf.String(), want) {
-		t.Errorf("no %q in\n%s", want, buf.String())
+	for _, want := range []string{"GPU: up 50.00 s, active 0.22 s (utilisation 0.4%), cost $0.0277,", "  $0.0008  ", "  $2.00  99.96%\n"} {
+		if !strings.Contains(buf.String(), want) {
+			t.Errorf("no %q in\n%s", want, buf.String())
+		}
 	}
 }

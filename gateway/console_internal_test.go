@@ -187,17 +187,6 @@ func TestLoginLimiterDevice(t *testing.T) {
 	}
 }
 
-func TestPercent(t *testing.T) {
-	for _, tt := range []struct {
-		in   float64
-		want string
-	}{{12.34, "12.3%"}, {99.94, "99.9%"}, {99.96, "99.96%"}, {99.9996, "99.9996%"}, {99.99996, "99.9999%"}, {100, "100.0%"}, {0, "0.0%"}, {-5, "-5.0%"}} {
-		if got := percent(tt.in); got != tt.want {
-			t.Errorf("percent(%v) = %q, want %q", tt.in, got, tt.want)
-		}
-	}
-}
-
 // TestFormatUSD: the console shows amounts as nozzle.FormatUSD does,
 // with a typographic minus.
 func TestFormatUSD(t *testing.T) {

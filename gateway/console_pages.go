@@ -7,7 +7,6 @@ import (
 	"html/template"
 	"log/slog"
 	"maps"
-	"math"
 	"slices"
 	"strconv"
 	"strings"
@@ -128,7 +127,7 @@ func (cs *console) funcs() template.FuncMap {
 		"asset":     func(name string) string { return cs.assets.url(name) },
 		"usd":       formatUSD,
 		"num":       formatInt,
-		"pct":       percent,
+		"pct":       nozzle.FormatPercent,
 		"ratio":     func(v float64) string { return strconv.FormatFloat(v*100, 'f', 1, 64) + "%" },
 		"bytes":     formatBytes,
 		"date":      func(t time.Time) string { return t.UTC().Format("2 Jan 2006") },
@@ -881,18 +880,4 @@ func (cs *console) settingsPage(c *fiber.Ctx, sess *consoleSession) error {
 		}
 	}
 	return cs.page(c, "settings", v)
-}
-
-// percent shows a percentage with one decimal, or with as many as it
-// takes not to round a figure short of 100 up to "100.0%" (a saving of
-// 99.996% reads 99.996%, not a whole GPU for free).
-func percent(v float64) string {
-	prec := 1
-	for prec < 4 && v < 100 && math.Round(v*math.Pow10(prec)) >= 100*math.Pow10(prec) {
-		prec++
-	}
-	if v < 100 && math.Round(v*math.Pow10(prec)) >= 100*math.Pow10(prec) {
-		v = math.Floor(v*math.Pow10(prec)) / math.Pow10(prec) // never "100%" short of it
-	}
-	return strconv.FormatFloat(v, 'f', prec, 64) + "%"
 }
