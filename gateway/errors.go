@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"strconv"
 	"time"
+	"unicode/utf8"
 
 	"github.com/gofiber/fiber/v2"
 
@@ -92,6 +93,12 @@ func (s *Server) errorHandler(c *fiber.Ctx, err error) error {
 		kind = errorKinds[nozzle.EINTERNAL]
 	}
 	msg := e.Message
+	switch e.Reason {
+	case "unknown_url", "method_not_allowed":
+		// Name what was asked for, as OpenAI's "Unknown request URL: POST
+		// /v1/embeddings." does: a typo or a wrong base URL shows at once.
+		msg = routeErrorMessage(e.Reason, c.Method(), c.Path())
+	}
 	if e.Code == nozzle.EINTERNAL {
 		msg = "Internal error."
 		s.log.LogAttrs(c.UserContext(), slog.LevelError, "internal error",
@@ -124,6 +131,23 @@ func (s *Server) errorHandler(c *fiber.Ctx, err error) error {
 	buf = appendErrorBody(buf, msg, kind.typ, e.Param, reason)
 	c.Set(fiber.HeaderContentType, fiber.MIMEApplicationJSON)
 	return c.Status(kind.status).Send(buf)
+}
+
+// routeErrorMessage is the message of a request no route takes: an unknown
+// URL, or a known one asked with another method. The path is cut to 200
+// bytes (on a character boundary).
+func routeErrorMessage(reason, method, path string) string {
+	if len(path) > 200 {
+		cut := 200
+		for cut > 0 && !utf8.RuneStart(path[cut]) {
+			cut--
+		}
+		path = path[:cut] + "…"
+	}
+	if reason == "method_not_allowed" {
+		return "Method not allowed: " + method + " " + path + ". Please check the method."
+	}
+	return "Unknown request URL: " + method + " " + path + ". Please check the URL for typos (the OpenAI-compatible endpoints are under /v1)."
 }
 
 // appendErrorBody appends an OpenAI error object.

@@ -4,6 +4,7 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"unicode/utf8"
 
 	"github.com/gofiber/fiber/v2"
 
@@ -76,11 +77,28 @@ func TestHealth(t *testing.T) {
 		wantError(t, f.do(http.MethodGet, "/v2/nothing", ""), 404, "invalid_request_error", "unknown_url", "")
 		// under /v1 too: an endpoint Nozzle does not serve is not there,
 		// whatever the method (OpenAI's SDKs call it with POST)
-		wantError(t, f.do(http.MethodPost, "/v1/embeddings", `{}`, f.authA()), 404, "invalid_request_error", "unknown_url", "")
+		e := wantError(t, f.do(http.MethodPost, "/v1/embeddings", `{}`, f.authA()), 404, "invalid_request_error", "unknown_url", "")
+		// the message names what was asked for, as OpenAI's does
+		if !strings.HasPrefix(e.Error.Message, "Unknown request URL: POST /v1/embeddings.") {
+			t.Errorf("message %q", e.Error.Message)
+		}
 		wantError(t, f.do(http.MethodGet, "/v1/nothing", "", f.authA()), 404, "invalid_request_error", "unknown_url", "")
+		// a base URL without /v1
+		e = wantError(t, f.do(http.MethodPost, "/chat/completions", `{}`, f.authA()), 404, "invalid_request_error", "unknown_url", "")
+		if !strings.Contains(e.Error.Message, "POST /chat/completions") || !strings.Contains(e.Error.Message, "/v1") {
+			t.Errorf("message %q", e.Error.Message)
+		}
+		// a long path is cut short
+		e = wantError(t, f.do(http.MethodGet, "/v1/"+strings.Repeat("é", 300), "", f.authA()), 404, "invalid_request_error", "unknown_url", "")
+		if len(e.Error.Message) > 400 || !utf8.ValidString(e.Error.Message) || !strings.Contains(e.Error.Message, "…") {
+			t.Errorf("message %q", e.Error.Message)
+		}
 	})
 	t.Run("WrongMethod", func(t *testing.T) {
-		wantError(t, f.do(http.MethodGet, "/v1/chat/completions", "", f.authA()), 405, "invalid_request_error", "method_not_allowed", "")
+		e := wantError(t, f.do(http.MethodGet, "/v1/chat/completions", "", f.authA()), 405, "invalid_request_error", "method_not_allowed", "")
+		if !strings.HasPrefix(e.Error.Message, "Method not allowed: GET /v1/chat/completions.") {
+			t.Errorf("message %q", e.Error.Message)
+		}
 	})
 }
 
