@@ -146,9 +146,10 @@ func (s *Server) usage(c *fiber.Ctx) error {
 }
 
 // requestUsage handles GET /v1/usage/requests/{id}: what the ledger holds
-// for one of the tenant's requests, named by its X-Request-Id or its
-// Idempotency-Key: its tokens and its charge at the prices in force when
-// it ran.
+// for one of the tenant's requests, named by its X-Request-Id or, for a
+// completed request sent with an Idempotency-Key (which the ledger keeps
+// under the key, not under its X-Request-Id), that key: its tokens and
+// its charge at the prices in force when it ran.
 func (s *Server) requestUsage(c *fiber.Ctx) error {
 	id := strings.Clone(c.Params("id"))
 	tenantID := principalFrom(c).tenant.ID
@@ -162,7 +163,10 @@ func (s *Server) requestUsage(c *fiber.Ctx) error {
 		shown = ""
 	}
 	if nozzle.ErrorCode(err) == nozzle.ENOTFOUND && validIdempotencyKey(id) {
+		// Shown under the key asked for, not the digest the ledger
+		// keeps it under, as a client-chosen X-Request-Id is.
 		ev, err = s.deps.Ledger.Usage(c.UserContext(), idempotencyID(tenantID, id))
+		shown = id
 	}
 	if nozzle.ErrorCode(err) == nozzle.ENOTFOUND {
 		return notFound
