@@ -106,7 +106,9 @@ func (t *toolFlags) admin(ctx context.Context, method, path string, q url.Values
 	req.Header.Set("Authorization", "Bearer "+token)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		return nil, fmt.Errorf("the ledger is held by another process and the nozzle at %s does not answer: %w", t.addr, err)
+		// Most often a server on another address (NOZZLE_ADDR=… make run)
+		// and a tool run without it: say how to name that address.
+		return nil, fmt.Errorf("the ledger is held by another process and no nozzle answers at %s (a server on another address? give it with --addr or NOZZLE_ADDR): %w", t.addr, err)
 	}
 	if resp.StatusCode/100 != 2 {
 		defer resp.Body.Close()

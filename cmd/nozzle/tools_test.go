@@ -111,6 +111,23 @@ func TestReportOffline_SettingsFlags(t *testing.T) {
 	}
 }
 
+// TestTools_HeldLedgerNoServer: while another process holds the ledger
+// and nothing answers at --addr (a server started on another address, the
+// tool run without it), the tools say how to name the server's address.
+func TestTools_HeldLedgerNoServer(t *testing.T) {
+	dir := emptyLedger(t)
+	held, err := billing.Open(billing.Options{Path: filepath.Join(dir, "ledger.db")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	var out, errb strings.Builder
+	err = runReport(t.Context(), []string{"--data", dir, "--addr", "127.0.0.1:1", "--admin-token", "x"}, &out, &errb)
+	if err == nil || !strings.Contains(err.Error(), "no nozzle answers at 127.0.0.1:1") || !strings.Contains(err.Error(), "--addr or NOZZLE_ADDR") {
+		t.Errorf("report: %v", err)
+	}
+}
+
 // emptyLedger returns a data folder holding a new, closed ledger.
 func emptyLedger(t *testing.T) string {
 	dir := t.TempDir()
