@@ -370,7 +370,11 @@ func TestChat_BadInput(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			before := f.w.generations.Load()
-			wantError(t, f.do(http.MethodPost, "/v1/chat/completions", tc.body, f.authA()), tc.status, tc.typ, tc.code, tc.param)
+			e := wantError(t, f.do(http.MethodPost, "/v1/chat/completions", tc.body, f.authA()), tc.status, tc.typ, tc.code, tc.param)
+			// a type error reads as OpenAI's: "…, but got a string instead."
+			if tc.code == "invalid_type" && strings.Contains(e.Error.Message, ", but got ") && !strings.HasSuffix(e.Error.Message, " instead.") {
+				t.Errorf("message %q", e.Error.Message)
+			}
 			if n := len(f.events()); n != 0 {
 				t.Errorf("%d usage events", n)
 			}

@@ -557,7 +557,7 @@ func decodeJSON(body []byte, v any) error {
 			}
 			return invalidAs("integer_above_max_value", field, "Invalid '%s': integer above maximum value. Expected a value <= %s, but got %s instead.", field, hi, literal)
 		}
-		return invalidAs("invalid_type", field, "Invalid type for '%s': expected %s, but got %s.", field, want, article(got))
+		return invalidAs("invalid_type", field, "Invalid type for '%s': expected %s, but got %s instead.", field, want, article(got))
 	}
 	return nozzle.Errorf(nozzle.EINVALID, "We could not parse the JSON body of your request. The API expects a JSON object; check it is valid JSON.").Wrap(err)
 }
