@@ -1013,7 +1013,7 @@ func parsePrompt(raw json.RawMessage, n, maxChoices int) ([]promptSpec, error) {
 		return nil, invalidAs("invalid_type", "prompt", "Invalid type for 'prompt': expected a string, an array of strings, an array of token ids or an array of token-id arrays.")
 	}
 	if count == 0 {
-		return nil, invalidAs("empty_array", "prompt", "Invalid 'prompt': empty array.")
+		return nil, invalidAs("empty_array", "prompt", "Invalid 'prompt': empty array. Expected an array with minimum length 1, but got an empty array instead.")
 	}
 	if nullAt >= 0 {
 		return nil, invalidAs("invalid_value", "prompt", "Invalid 'prompt': item %d is null.", nullAt)

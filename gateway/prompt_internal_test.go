@@ -138,6 +138,7 @@ func TestParsePromptForms(t *testing.T) {
 		{`[[1], 2]`, nil, "only arrays of integers"},
 		{`["a", 1]`, nil, "only strings"},
 		{`[{}]`, nil, "only integers"},
+		{`[]`, nil, "Invalid 'prompt': empty array. Expected an array with minimum length 1, but got an empty array instead."},
 		{`{"a": 1}`, nil, "Invalid type for 'prompt'"},
 		{`17`, nil, "Invalid type for 'prompt'"},
 		{`["a","a","a","a","a","a","a","a","a","a","a","a","a","a","a","a","a"]`, nil, "17 prompts × n=1 exceeds 16"},
