@@ -6,6 +6,7 @@ import (
 	"math"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 	"unicode/utf8"
 
@@ -97,7 +98,14 @@ func (s *Server) errorHandler(c *fiber.Ctx, err error) error {
 	case "unknown_url", "method_not_allowed":
 		// Name what was asked for, as OpenAI's "Unknown request URL: POST
 		// /v1/embeddings." does: a typo or a wrong base URL shows at once.
-		msg = routeErrorMessage(e.Reason, c.Method(), c.Path())
+		var allow []string
+		if e.Reason == "method_not_allowed" {
+			// and, as a 405 must (RFC 9110), the methods the URL takes
+			if allow = allowedMethods(c); len(allow) > 0 {
+				c.Set(fiber.HeaderAllow, strings.Join(allow, ", "))
+			}
+		}
+		msg = routeErrorMessage(e.Reason, c.Method(), c.Path(), allow)
 	}
 	if e.Code == nozzle.EINTERNAL {
 		msg = "Internal error."
@@ -136,7 +144,7 @@ func (s *Server) errorHandler(c *fiber.Ctx, err error) error {
 // routeErrorMessage is the message of a request no route takes: an unknown
 // URL, or a known one asked with another method. The path is cut to 200
 // bytes (on a character boundary).
-func routeErrorMessage(reason, method, path string) string {
+func routeErrorMessage(reason, method, path string, allow []string) string {
 	if len(path) > 200 {
 		cut := 200
 		for cut > 0 && !utf8.RuneStart(path[cut]) {
@@ -145,9 +153,30 @@ func routeErrorMessage(reason, method, path string) string {
 		path = path[:cut] + "…"
 	}
 	if reason == "method_not_allowed" {
+		if len(allow) > 0 {
+			return "Method not allowed: " + method + " " + path + ". This URL takes " + strings.Join(allow, ", ") + "."
+		}
 		return "Method not allowed: " + method + " " + path + ". Please check the method."
 	}
 	return "Unknown request URL: " + method + " " + path + ". Please check the URL for typos (the OpenAI-compatible endpoints are under /v1)."
+}
+
+// allowedMethods lists the methods for which a route of c's app matches
+// c's path (HEAD with GET, as fiber serves it), in fiber's order of methods.
+// Middleware mounted on a prefix does not count: its pattern is the prefix
+// alone, which a path past it does not match.
+func allowedMethods(c *fiber.Ctx) []string {
+	path, cfg := c.Path(), c.App().Config()
+	var out []string
+	for _, routes := range c.App().Stack() {
+		for _, r := range routes {
+			if r.Path != "/" && fiber.RoutePatternMatch(path, r.Path, cfg) {
+				out = append(out, r.Method)
+				break
+			}
+		}
+	}
+	return out
 }
 
 // appendErrorBody appends an OpenAI error object.

@@ -96,8 +96,19 @@ func TestHealth(t *testing.T) {
 	})
 	t.Run("WrongMethod", func(t *testing.T) {
 		e := wantError(t, f.do(http.MethodGet, "/v1/chat/completions", "", f.authA()), 405, "invalid_request_error", "method_not_allowed", "")
-		if !strings.HasPrefix(e.Error.Message, "Method not allowed: GET /v1/chat/completions.") {
-			t.Errorf("message %q", e.Error.Message)
+		if want := "Method not allowed: GET /v1/chat/completions. This URL takes POST."; e.Error.Message != want {
+			t.Errorf("message %q, want %q", e.Error.Message, want)
+		}
+		// the Allow header a 405 must carry, for a route with a parameter too
+		r := f.do(http.MethodGet, "/v1/keys/key_1", "", f.authA())
+		e = wantError(t, r, 405, "invalid_request_error", "method_not_allowed", "")
+		if got := r.Header.Get("Allow"); got != "DELETE" || !strings.HasSuffix(e.Error.Message, "This URL takes DELETE.") {
+			t.Errorf("Allow %q, message %q", got, e.Error.Message)
+		}
+		r = f.do(http.MethodPut, "/v1/models/base", "", f.authA())
+		wantError(t, r, 405, "invalid_request_error", "method_not_allowed", "")
+		if got := r.Header.Get("Allow"); got != "GET, HEAD, DELETE" {
+			t.Errorf("Allow %q", got)
 		}
 	})
 }
