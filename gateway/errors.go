@@ -158,7 +158,12 @@ func routeErrorMessage(reason, method, path string, allow []string) string {
 		}
 		return "Method not allowed: " + method + " " + path + ". Please check the method."
 	}
-	return "Unknown request URL: " + method + " " + path + ". Please check the URL for typos (the OpenAI-compatible endpoints are under /v1)."
+	msg := "Unknown request URL: " + method + " " + path + ". Please check the URL for typos"
+	if !strings.HasPrefix(path, "/v1/") && !strings.HasPrefix(path, "/admin/") && !strings.HasPrefix(path, "/console") {
+		// most likely a base URL without /v1
+		msg += " (the OpenAI-compatible endpoints are under /v1)"
+	}
+	return msg + "."
 }
 
 // allowedMethods lists the methods for which a route of c's app matches

@@ -79,7 +79,7 @@ func TestHealth(t *testing.T) {
 		// whatever the method (OpenAI's SDKs call it with POST)
 		e := wantError(t, f.do(http.MethodPost, "/v1/embeddings", `{}`, f.authA()), 404, "invalid_request_error", "unknown_url", "")
 		// the message names what was asked for, as OpenAI's does
-		if !strings.HasPrefix(e.Error.Message, "Unknown request URL: POST /v1/embeddings.") {
+		if want := "Unknown request URL: POST /v1/embeddings. Please check the URL for typos."; e.Error.Message != want {
 			t.Errorf("message %q", e.Error.Message)
 		}
 		wantError(t, f.do(http.MethodGet, "/v1/nothing", "", f.authA()), 404, "invalid_request_error", "unknown_url", "")
