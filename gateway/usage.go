@@ -63,7 +63,7 @@ func reportQuery(c *fiber.Ctx, allowed map[string]bool) (nozzle.ReportQuery, err
 		for _, g := range strings.Split(string(v), ",") {
 			g = strings.TrimSpace(g)
 			if !allowed[g] {
-				return q, invalid("group_by", "Invalid 'group_by' %q: use %s, or a list of them (adapter,day).", g, groupNames(allowed))
+				return q, invalidAs("invalid_value", "group_by", "Invalid 'group_by' %q: use %s, or a list of them (adapter,day).", g, groupNames(allowed))
 			}
 			q.GroupBy = append(q.GroupBy, g)
 		}

@@ -62,7 +62,7 @@ func TestUsage(t *testing.T) {
 		wantError(t, f.do(http.MethodGet, "/v1/usage?start=yesterday", "", f.authA()), 400, "invalid_request_error", "", "start")
 		wantError(t, f.do(http.MethodGet, "/v1/usage?start=0001-01-01T00:00:00Z&end=9999-12-31T23:59:59Z", "", f.authA()), 400, "invalid_request_error", "", "start")
 		wantError(t, f.do(http.MethodGet, "/v1/usage?start=2025-02-01T00:00:00Z&end=2025-01-01T00:00:00Z", "", f.authA()), 400, "invalid_request_error", "", "end")
-		wantError(t, f.do(http.MethodGet, "/v1/usage?group_by=tenant", "", f.authA()), 400, "invalid_request_error", "", "group_by")
+		wantError(t, f.do(http.MethodGet, "/v1/usage?group_by=tenant", "", f.authA()), 400, "invalid_request_error", "invalid_value", "group_by")
 		wantError(t, f.do(http.MethodGet, "/v1/usage?format=xml", "", f.authA()), 400, "invalid_request_error", "", "format")
 		// The refusal names what is allowed, and a bound the caller left
 		// out is named with the value the period took for it.
