@@ -167,20 +167,22 @@ struct meta_ptrs {
 };
 
 struct meta_layout {
-	size_t scalars, tokens, tok_pos, tok_seq, tok_lora, attn_items, lora_items, lora_tok, samples, bt, bias, end;
+	size_t scalars, tokens, tok_pos, tok_seq, tok_lora, attn_items, lora_items, lora_tok, samples, bt, bias, mask_rows,
+	    mask, end;
 };
 
 struct graph_entry {
 	int64_t seqs, samples;
 	int lora; /* 0: no adapters; 1: fewer LoRA work items than half the tokens; 2: more (lora_few) */
-	int bias; /* logit adjustments */
+	int adjust; /* 1: logit adjustments; 2: token masks */
 	cudaGraphExec_t exec; /* NULL: capture failed, run eagerly */
 	uint64_t used;
 };
 
 const int kMaxGraphs = 48;
 const int64_t kAttnParts = 4096;
-const int kBiasGrid = 32; /* blocks of the logit adjustments in a graph (they walk them grid-stride) */ /* (item, KV head, split) partials of split-K attention */
+const int kBiasGrid = 32;  /* blocks of the logit adjustments in a graph (they walk them grid-stride) */
+const int kMaskGrid = 256; /* blocks of the token masks in a graph (likewise) */ /* (item, KV head, split) partials of split-K attention */
 const size_t kTensorStage = 32u << 20; /* bytes per half of the weight staging buffer */
 const size_t kBlasWorkspace = 32u << 20;
 /* The LoRA shrink's partial sums: lv holds 3 modules × lv_rows × max_rank
@@ -848,10 +850,11 @@ size_t sec(size_t *at, size_t bytes)
 	return o;
 }
 
-/* The metadata layout of a step with T tokens, S sequences and NB logit
- * adjustments; only the block table and the adjustments (last) depend on
- * the table's width W (the adjustments are found through the scalars). */
-meta_layout layout_for(const cuda_engine *e, int64_t T, int64_t S, int64_t W, int64_t NB)
+/* The metadata layout of a step with T tokens, S sequences, NB logit
+ * adjustments and NM masked rows; only the block table, the adjustments
+ * and the masks (last) depend on the table's width W (the adjustments
+ * and masks are found through the scalars). */
+meta_layout layout_for(const cuda_engine *e, int64_t T, int64_t S, int64_t W, int64_t NB, int64_t NM)
 {
 	meta_layout m;
 	size_t at = 0;
@@ -866,6 +869,8 @@ meta_layout layout_for(const cuda_engine *e, int64_t T, int64_t S, int64_t W, in
 	m.samples = sec(&at, sizeof(nz_sample_in) * (size_t)(S + T)); /* rows: sampled sequences + scored tokens */
 	m.bt = sec(&at, 4 * (size_t)(S * W));
 	m.bias = sec(&at, sizeof(nz_bias_entry) * (size_t)NB);
+	m.mask_rows = sec(&at, 4 * (size_t)NM);
+	m.mask = sec(&at, 4 * (size_t)(NM * ((e->V + 31) / 32)));
 	m.end = at;
 	return m;
 }
@@ -1025,7 +1030,7 @@ int32_t lora_join(cuda_engine *e)
  * the metadata. lora_grid is the grid's LoRA work items, lora_few the
  * fewest items a run of these launches has. */
 int32_t forward(cuda_engine *e, const meta_ptrs &m, int64_t T, int64_t n_attn, int64_t lora_grid, int64_t lora_few,
-                int64_t ns, int bias_grid)
+                int64_t ns, int bias_grid, int mask_grid)
 {
 	cudaStream_t s = e->stream;
 	const int dt = e->wdt;
@@ -1156,6 +1161,8 @@ int32_t forward(cuda_engine *e, const meta_ptrs &m, int64_t T, int64_t n_attn, i
 	NZ_TRY(gemm(e, e->xs, ns, H, lm, e->V, e->logits, "nz_step: LM head"));
 	if (bias_grid)
 		KTRY(nz_k_logit_bias(s, bias_grid, m.scalars, e->logits, e->V), "nz_step: logit adjustments");
+	if (mask_grid)
+		KTRY(nz_k_logit_mask(s, mask_grid, m.scalars, e->logits, e->V), "nz_step: token masks");
 	KTRY(nz_k_sample(s, ns, e->logits, e->V, m.samples, m.scalars, e->d_out, e->spart), "nz_step: sampling");
 	return NZ_OK;
 }
@@ -1173,12 +1180,12 @@ int64_t graph_lora_few(int64_t T, int lora)
 
 /* Runs a decode-only step's forward pass through a graph captured for its
  * key; sets *ran when it ran, else the caller must run it eagerly. */
-int32_t run_graph(cuda_engine *e, const meta_ptrs &m, int64_t T, int64_t ns, int lora, int bias, int *ran)
+int32_t run_graph(cuda_engine *e, const meta_ptrs &m, int64_t T, int64_t ns, int lora, int adjust, int *ran)
 {
 	*ran = 0;
 	graph_entry *g = NULL;
 	for (auto &x : e->graphs)
-		if (x.seqs == T && x.samples == ns && x.lora == lora && x.bias == bias)
+		if (x.seqs == T && x.samples == ns && x.lora == lora && x.adjust == adjust)
 			g = &x;
 	if (!g) {
 		if ((int)e->graphs.size() >= kMaxGraphs) {
@@ -1189,9 +1196,10 @@ int32_t run_graph(cuda_engine *e, const meta_ptrs &m, int64_t T, int64_t ns, int
 			e->graphs.erase(lru);
 		}
 		graph_entry ne;
-		ne.seqs = T, ne.samples = ns, ne.lora = lora, ne.bias = bias, ne.exec = NULL, ne.used = 0;
+		ne.seqs = T, ne.samples = ns, ne.lora = lora, ne.adjust = adjust, ne.exec = NULL, ne.used = 0;
 		CUDA_TRY(cudaStreamBeginCapture(e->stream, cudaStreamCaptureModeThreadLocal), "nz_step: graph capture");
-		int32_t st = forward(e, m, T, T, lora ? T : 0, graph_lora_few(T, lora), ns, bias ? kBiasGrid : 0);
+		int32_t st = forward(e, m, T, T, lora ? T : 0, graph_lora_few(T, lora), ns, adjust & 1 ? kBiasGrid : 0,
+		                     adjust & 2 ? kMaskGrid : 0);
 		cudaGraph_t graph = NULL;
 		cudaError_t end = cudaStreamEndCapture(e->stream, &graph);
 		if (st == NZ_OK && end == cudaSuccess && graph) {
@@ -1230,11 +1238,14 @@ int32_t cuda_step(void *impl, const nz_batch *b, const nz_step_plan *p)
 		W = std::max<int64_t>(W, nz_ceil_div((int64_t)b->seq_pos[i] + b->seq_len[i], bs));
 		decode_only &= b->seq_len[i] == 1;
 	}
-	int64_t n_bias = 0;
-	if (b->bias_off)
-		for (int64_t i = 0; i < p->n_sample; i++)
+	int64_t n_bias = 0, n_mask = 0;
+	for (int64_t i = 0; i < p->n_sample; i++) {
+		if (b->bias_off)
 			n_bias += b->bias_off[p->sample_seq[i] + 1] - b->bias_off[p->sample_seq[i]];
-	const meta_layout lay = layout_for(e, T, S, W, n_bias);
+		if (b->seq_allow)
+			n_mask += b->seq_allow[p->sample_seq[i]] >= 0;
+	}
+	const meta_layout lay = layout_for(e, T, S, W, n_bias, n_mask);
 	NZ_TRY(ensure_meta(e, lay.end));
 	unsigned char *hm = e->h_meta;
 	const meta_ptrs hp = ptrs_for(hm, lay), dp = ptrs_for(e->d_meta, lay);
@@ -1297,6 +1308,22 @@ int32_t cuda_step(void *impl, const nz_batch *b, const nz_step_plan *p)
 	hp.scalars[NZ_SC_N_TOP] = (int32_t)b->n_top;
 	hp.scalars[NZ_SC_N_BIAS] = (int32_t)n_bias;
 	hp.scalars[NZ_SC_BIAS_AT] = (int32_t)(lay.bias - lay.scalars);
+	hp.scalars[NZ_SC_N_MASK] = (int32_t)n_mask;
+	hp.scalars[NZ_SC_MASK_ROWS_AT] = (int32_t)(lay.mask_rows - lay.scalars);
+	hp.scalars[NZ_SC_MASK_AT] = (int32_t)(lay.mask - lay.scalars);
+	if (n_mask > 0) {
+		const int64_t MW = (e->V + 31) / 32;
+		int32_t *rows = (int32_t *)(hm + lay.mask_rows);
+		uint32_t *words = (uint32_t *)(hm + lay.mask);
+		for (int64_t i = 0, k = 0; i < p->n_sample; i++) {
+			int32_t r = b->seq_allow[p->sample_seq[i]];
+			if (r < 0)
+				continue;
+			rows[k] = (int32_t)i;
+			memcpy(words + k * MW, b->allow + (int64_t)r * MW, 4 * (size_t)MW);
+			k++;
+		}
+	}
 	if (n_bias > 0) {
 		nz_bias_entry *be = (nz_bias_entry *)(hm + lay.bias);
 		for (int64_t i = 0, k = 0; i < p->n_sample; i++) {
@@ -1317,10 +1344,13 @@ int32_t cuda_step(void *impl, const nz_batch *b, const nz_step_plan *p)
 
 	int ran = 0;
 	if (decode_only && e->use_graphs)
-		NZ_TRY(run_graph(e, dp, T, ns, n_li == 0 ? 0 : 2 * n_li >= T ? 2 : 1, n_bias > 0, &ran));
+		NZ_TRY(run_graph(e, dp, T, ns, n_li == 0 ? 0 : 2 * n_li >= T ? 2 : 1, (n_bias > 0) | (n_mask > 0) << 1,
+		                 &ran));
 	if (!ran)
 		NZ_TRY(forward(e, dp, T, n_attn, n_li, n_li, ns,
-		               n_bias > 0 ? (int)std::min<int64_t>(kBiasGrid, nz_ceil_div(n_bias, 256)) : 0));
+		               n_bias > 0 ? (int)std::min<int64_t>(kBiasGrid, nz_ceil_div(n_bias, 256)) : 0,
+		               n_mask > 0 ? (int)std::min<int64_t>(kMaskGrid, nz_ceil_div(n_mask * ((e->V + 31) / 32), 256))
+		                          : 0));
 
 	if (ns > 0) {
 		CUDA_TRY(cudaMemcpyAsync(e->h_out, e->d_out, sizeof(nz_sample_out) * (size_t)ns, cudaMemcpyDeviceToHost,

@@ -25,7 +25,10 @@ enum {
 	NZ_SC_N_TOP = 2,       /* top logprobs per sampled sequence */
 	NZ_SC_N_BIAS = 3,      /* logit adjustments of this step (nz_bias_entry) */
 	NZ_SC_BIAS_AT = 4,     /* their byte offset from the scalars */
-	NZ_SC_COUNT = 6
+	NZ_SC_N_MASK = 5,      /* masked rows of logits this step */
+	NZ_SC_MASK_ROWS_AT = 6, /* byte offset of their row indices (int32) */
+	NZ_SC_MASK_AT = 7,     /* byte offset of their masks (uint32 words, ceil(V/32) a row) */
+	NZ_SC_COUNT = 8
 };
 
 /* One logit adjustment: value added to logits row `row`, token `token`
@@ -282,6 +285,11 @@ cudaError_t nz_k_sample(cudaStream_t s, int64_t n, const float *logits, int64_t 
  * scalars, so a graph replay finds each step's own. grid blocks walk them
  * grid-stride. */
 cudaError_t nz_k_logit_bias(cudaStream_t s, int grid, const int32_t *scalars, float *logits, int64_t V);
+
+/* Sets to -inf the logits of the tokens the step's masks do not allow:
+ * scalars[NZ_SC_N_MASK] rows, their indices and masks found past the
+ * scalars as the adjustments are (NZ_SC_MASK_ROWS_AT, NZ_SC_MASK_AT). */
+cudaError_t nz_k_logit_mask(cudaStream_t s, int grid, const int32_t *scalars, float *logits, int64_t V);
 
 /* Reads bytes (a multiple of 16) of buf with 16-byte loads; folds into sink. */
 cudaError_t nz_k_read(cudaStream_t s, const void *buf, int64_t bytes, unsigned *sink, int blocks);

@@ -350,7 +350,33 @@ __global__ void __launch_bounds__(256) logit_bias_kernel(const int32_t *__restri
 	}
 }
 
+__global__ void __launch_bounds__(256) logit_mask_kernel(const int32_t *__restrict__ scalars, float *logits, int V)
+{
+	nz_pdl_begin();
+	const int W = (V + 31) / 32, n = scalars[NZ_SC_N_MASK] * W;
+	const unsigned char *base = reinterpret_cast<const unsigned char *>(scalars);
+	const int32_t *rows = reinterpret_cast<const int32_t *>(base + scalars[NZ_SC_MASK_ROWS_AT]);
+	const uint32_t *words = reinterpret_cast<const uint32_t *>(base + scalars[NZ_SC_MASK_AT]);
+	for (int j = blockIdx.x * blockDim.x + threadIdx.x; j < n; j += gridDim.x * blockDim.x) {
+		const uint32_t bits = words[j];
+		if (bits == 0xffffffffu)
+			continue;
+		const int w = j % W;
+		float *lg = logits + (int64_t)rows[j / W] * V + (int64_t)w * 32;
+		const int top = V - w * 32 < 32 ? V - w * 32 : 32;
+		for (int b = 0; b < top; b++)
+			if (!((bits >> b) & 1u))
+				lg[b] = -INFINITY;
+	}
+}
+
 } // namespace
+
+cudaError_t nz_k_logit_mask(cudaStream_t s, int grid, const int32_t *scalars, float *logits, int64_t V)
+{
+	NZ_LAUNCH_PDL(logit_mask_kernel, dim3((unsigned)grid), dim3(256), 0, s, scalars, logits, (int)V);
+	return cudaGetLastError();
+}
 
 cudaError_t nz_k_logit_bias(cudaStream_t s, int grid, const int32_t *scalars, float *logits, int64_t V)
 {

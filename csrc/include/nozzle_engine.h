@@ -185,6 +185,15 @@ typedef struct nz_config {
  * names each token at most once; values are finite (-inf is not: a ban is
  * a large negative value). Entries of sequences that do not sample are
  * ignored; scored tokens are never adjusted.
+ *
+ * Token masks (constrained decoding: a grammar says which tokens may come
+ * next): when seq_allow is not NULL, a sampled sequence i with
+ * seq_allow[i] = r >= 0 may only draw tokens whose bits are set in row r of
+ * allow — bit t%32 of word t/32 of the row's ceil(vocab_size/32) words —
+ * every other token's logit becomes -inf after the adjustments, so the
+ * logprobs are those of the allowed tokens alone (top logprobs past the
+ * allowed tokens are -inf). A row allows at least one token; rows may be
+ * shared; -1 masks nothing.
  */
 typedef struct nz_batch {
 	int64_t n_seqs;
@@ -213,6 +222,9 @@ typedef struct nz_batch {
 	const int32_t *bias_off;       /* [n_seqs + 1] or NULL: no adjustments */
 	const int32_t *bias_token;     /* [bias_off[n_seqs]] */
 	const float *bias_value;       /* [bias_off[n_seqs]] */
+	const int32_t *seq_allow;      /* [n_seqs] or NULL: the row of allow masking sequence i, or -1 */
+	const uint32_t *allow;         /* [n_allow * ceil(vocab_size/32)] */
+	int64_t n_allow;               /* rows in allow */
 } nz_batch;
 
 /* nz_engine_info indices */

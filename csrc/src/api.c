@@ -472,6 +472,38 @@ static int32_t check_bias(nz_engine *e, const nz_batch *b)
 	return NZ_OK;
 }
 
+/* The token masks (nz_batch.seq_allow): rows in range, each used row
+ * allowing a token of the vocabulary. */
+static int32_t check_allow(nz_engine *e, const nz_batch *b)
+{
+	const int64_t V = e->cfg.vocab_size, W = (V + 31) / 32;
+	if (b->n_allow < 0 || b->n_allow > b->n_seqs)
+		return nz_error(NZ_ERR_INVALID, FN_STEP ": n_allow is %lld, want 0..%lld (n_seqs)", (long long)b->n_allow,
+		                (long long)b->n_seqs);
+	if (b->n_allow > 0 && !b->allow)
+		return nz_error(NZ_ERR_INVALID, FN_STEP ": n_allow is %lld but allow is NULL", (long long)b->n_allow);
+	for (int64_t i = 0; i < b->n_seqs; i++) {
+		int32_t r = b->seq_allow[i];
+		if (r < -1 || r >= b->n_allow)
+			return nz_error(NZ_ERR_INVALID, FN_STEP ": seq_allow[%lld] is %d, want -1..%lld", (long long)i, r,
+			                (long long)b->n_allow - 1);
+		if (r < 0 || !b->seq_sample[i])
+			continue;
+		const uint32_t *row = b->allow + (int64_t)r * W;
+		int any = 0;
+		for (int64_t w = 0; w < W && !any; w++) {
+			uint32_t bits = row[w];
+			if (w == W - 1 && V % 32)
+				bits &= (1u << (V % 32)) - 1;
+			any = bits != 0;
+		}
+		if (!any)
+			return nz_error(NZ_ERR_INVALID, FN_STEP ": row %d of allow (sequence %lld) allows no token", r,
+			                (long long)i);
+	}
+	return NZ_OK;
+}
+
 static int32_t check_batch(nz_engine *e, const nz_batch *b)
 {
 	const nz_config *c = &e->cfg;
@@ -572,6 +604,11 @@ static int32_t check_batch(nz_engine *e, const nz_batch *b)
 	}
 	if (b->bias_off) {
 		int32_t st = check_bias(e, b);
+		if (st != NZ_OK)
+			return st;
+	}
+	if (b->seq_allow) {
+		int32_t st = check_allow(e, b);
 		if (st != NZ_OK)
 			return st;
 	}

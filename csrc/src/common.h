@@ -128,6 +128,19 @@ static inline void nz_apply_bias(float *logits, const nz_batch *b, int64_t s)
 		logits[b->bias_token[j]] += b->bias_value[j];
 }
 
+/* Sets the logits of the tokens sequence s's mask (nz_batch.seq_allow)
+ * does not allow to -inf; nothing when it has none. */
+static inline void nz_apply_allow(float *logits, int64_t V, const nz_batch *b, int64_t s)
+{
+	if (!b->seq_allow || b->seq_allow[s] < 0)
+		return;
+	int64_t W = (V + 31) / 32;
+	const uint32_t *row = b->allow + (int64_t)b->seq_allow[s] * W;
+	for (int64_t t = 0; t < V; t++)
+		if (!((row[t >> 5] >> (t & 31)) & 1u))
+			logits[t] = -__builtin_inff();
+}
+
 /* ---- math ------------------------------------------------------------------- */
 /* c ? a : b through bit masks: unlike a conditional on a float compare, GCC
  * vectorizes it under the default -ftrapping-math. */

@@ -723,6 +723,7 @@ static void sample_task(void *ctx, int64_t i, int tid)
 	nz_sample_params sp = {.n_top = (int32_t)b->n_top};
 	if (i < p->n_sample) {
 		nz_apply_bias(lg, b, s);
+		nz_apply_allow(lg, e->V, b, s);
 		sp.temperature = b->temperature[s];
 		sp.top_p = b->top_p[s];
 		sp.top_k = b->top_k[s];

@@ -468,6 +468,61 @@ static void test_sampling_step(void)
 		free(adj);
 		free(raw);
 	}
+
+	/* token masks: three tokens allowed, then the same without the
+	 * argmax: the draw, the logprob (over the allowed tokens alone) and
+	 * the logits (-inf elsewhere) follow the mask; a neighbour without one
+	 * is untouched */
+	{
+		int64_t W = (V + 31) / 32;
+		uint32_t *mask = calloc((size_t)W, sizeof(uint32_t));
+		float *got = malloc(sizeof(float) * (size_t)V), *raw = malloc(sizeof(float) * (size_t)V);
+		int32_t worst = 0, mid = best == 1 ? 2 : 1;
+		for (int64_t i = 0; i < V; i++)
+			if (lg[i] < lg[worst])
+				worst = (int32_t)i;
+		int32_t allowed[3] = {worst, mid, best};
+		for (int round = 0; round < 2; round++) {
+			memset(mask, 0, sizeof(uint32_t) * (size_t)W);
+			for (int k = 0; k < 3 - round; k++)
+				mask[allowed[k] / 32] |= 1u << (allowed[k] % 32);
+			tseq pair[2] = {
+			    {.tokens = tok[0], .len = 6, .pos = 0, .slot = -1, .sample = 1, .blocks = bt, .logits = got,
+			     .allow = mask},
+			    {.tokens = tok[0], .len = 6, .pos = 0, .slot = -1, .sample = 1, .blocks = bt + MAXB, .logits = raw},
+			};
+			CHECK_OK(run_step(f, &v.cfg, pair, 2, MAXB, 2));
+			int32_t want = round == 0 ? best : lg[mid] > lg[worst] ? mid : worst;
+			double lse = 0;
+			for (int k = 0; k < 3 - round; k++)
+				lse += exp(lg[allowed[k]]);
+			lse = log(lse);
+			int bad = 0;
+			for (int64_t i = 0; i < V; i++) {
+				int in = (mask[i / 32] >> (i % 32)) & 1;
+				bad += in ? fabsf(got[i] - lg[i]) > 1e-4f : !(isinf(got[i]) && got[i] < 0);
+				bad += fabsf(raw[i] - lg[i]) > 1e-4f;
+			}
+			CHECK(bad == 0, "round %d: %d masked logits wrong", round, bad);
+			CHECK(pair[0].token == want, "round %d: masked greedy token %d, want %d", round, pair[0].token, want);
+			CHECK(fabs(pair[0].logprob - (lg[want] - lse)) < 1e-4, "round %d: masked logprob %g want %g", round,
+			      (double)pair[0].logprob, lg[want] - lse);
+			CHECK(pair[0].top_tok[0] == want && (pair[0].top_tok[1] != best || round == 0), "round %d: tops %d %d",
+			      round, pair[0].top_tok[0], pair[0].top_tok[1]);
+			CHECK(pair[1].token == best, "round %d: the neighbour drew %d, want %d", round, pair[1].token, best);
+		}
+		/* a masked sequence sampled at a temperature only draws allowed tokens */
+		for (uint64_t seed = 0; seed < 16; seed++) {
+			tseq one = {.tokens = tok[0], .len = 6, .pos = 0, .slot = -1, .sample = 1, .blocks = bt,
+			            .temperature = 2.0f, .seed = seed, .allow = mask};
+			CHECK_OK(run_step(f, &v.cfg, &one, 1, MAXB, 0));
+			CHECK(one.token == worst || one.token == mid, "seed %llu drew masked-out token %d",
+			      (unsigned long long)seed, one.token);
+		}
+		free(mask);
+		free(got);
+		free(raw);
+	}
 out:
 	free(lg);
 	nz_engine_destroy(e);

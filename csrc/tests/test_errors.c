@@ -297,6 +297,29 @@ static void test_engine_errors(void)
 		CHECK_OK(nz_step(e, &b)); /* a sequence that does not sample: its entries are ignored */
 		smp[1] = 1;
 	}
+	/* token masks: rows in range, allow given, each used row allowing a
+	 * token of the vocabulary (97 tokens: 4 words, the last one's bits
+	 * past token 96 do not count) */
+	{
+		int32_t sallow[2] = {0, 1};
+		uint32_t allow[8] = {0, 0, 0, 0, 1, 0, 0, 0};
+		b = good;
+		b.seq_allow = sallow;
+		CHECK_ERR(nz_step(e, &b), NZ_ERR_INVALID, "seq_allow[0] is 0, want -1..-1");
+		b.n_allow = 2;
+		CHECK_ERR(nz_step(e, &b), NZ_ERR_INVALID, "allow is NULL");
+		b.allow = allow;
+		CHECK_ERR(nz_step(e, &b), NZ_ERR_INVALID, "row 0 of allow (sequence 0) allows no token");
+		allow[3] = ~1u; /* bits of tokens 97.. only */
+		CHECK_ERR(nz_step(e, &b), NZ_ERR_INVALID, "row 0 of allow");
+		allow[3] = 1; /* token 96 */
+		CHECK_OK(nz_step(e, &b));
+		CHECK(otok[0] == 96 && otok[1] == 0, "masked draws %d %d, want 96 and 0", otok[0], otok[1]);
+		sallow[1] = 2;
+		CHECK_ERR(nz_step(e, &b), NZ_ERR_INVALID, "seq_allow[1] is 2, want -1..1");
+		sallow[1] = -1;
+		CHECK_OK(nz_step(e, &b));
+	}
 	/* scoring: targets need their outputs, in the vocabulary */
 	int32_t target[5] = {2, 3, -1, 5, -1};
 	float slp[5] = {1, 1, 1, 1, 1};

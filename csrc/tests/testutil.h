@@ -454,6 +454,8 @@ typedef struct tseq {
 	int32_t n_bias;
 	const int32_t *bias_token;
 	const float *bias_value;
+	/* a token mask (nz_batch.seq_allow): ceil(V/32) words, or NULL */
+	const uint32_t *allow;
 	/* outputs */
 	int32_t token;
 	float logprob;
@@ -493,6 +495,16 @@ static inline int32_t run_step(nz_engine *e, const nz_config *c, tseq *seqs, int
 		}
 		boff[i + 1] = boff[i] + seqs[i].n_bias;
 	}
+	int64_t AW = (V + 31) / 32, n_allow = 0;
+	int32_t *sallow = malloc(sizeof(int32_t) * (size_t)n);
+	uint32_t *allow = malloc(sizeof(uint32_t) * (size_t)(n * AW));
+	for (int i = 0; i < n; i++) {
+		sallow[i] = -1;
+		if (seqs[i].allow) {
+			memcpy(allow + n_allow * AW, seqs[i].allow, sizeof(uint32_t) * (size_t)AW);
+			sallow[i] = (int32_t)n_allow++;
+		}
+	}
 	int64_t off = 0;
 	for (int i = 0; i < n; i++) {
 		memcpy(tokens + off, seqs[i].tokens, sizeof(int32_t) * (size_t)seqs[i].len);
@@ -510,6 +522,7 @@ static inline int32_t run_step(nz_engine *e, const nz_config *c, tseq *seqs, int
 	    .top_k = top_k, .seed = seed, .n_top = n_top, .out_token = otok, .out_logprob = olp,
 	    .out_top_token = n_top ? ttok : NULL, .out_top_logprob = n_top ? tlp : NULL, .out_logits = lg,
 	    .bias_off = nb ? boff : NULL, .bias_token = btok, .bias_value = bval,
+	    .seq_allow = n_allow ? sallow : NULL, .allow = allow, .n_allow = n_allow,
 	};
 	int32_t st = nz_step(e, &b);
 	if (st == NZ_OK)
@@ -527,6 +540,7 @@ static inline int32_t run_step(nz_engine *e, const nz_config *c, tseq *seqs, int
 		}
 	free(tokens), free(len), free(pos), free(slot), free(smp), free(bt), free(temp), free(top_p), free(top_k);
 	free(seed), free(otok), free(olp), free(ttok), free(tlp), free(lg), free(boff), free(btok), free(bval);
+	free(sallow), free(allow);
 	return st;
 }
 

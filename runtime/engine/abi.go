@@ -122,6 +122,10 @@ type nzBatch struct {
 	BiasOff   unsafe.Pointer
 	BiasToken unsafe.Pointer
 	BiasValue unsafe.Pointer
+	// token masks
+	SeqAllow unsafe.Pointer
+	Allow    unsafe.Pointer
+	NAllow   int64
 }
 
 // MaxTop is the largest n_top a step may ask for.

@@ -3,6 +3,7 @@ package engine
 import (
 	"fmt"
 	"math"
+	"slices"
 )
 
 // Batch is one engine step, field for field the ABI's nz_batch (see
@@ -44,6 +45,14 @@ type Batch struct {
 	BiasOff   []int32
 	BiasToken []int32
 	BiasValue []float32
+	// SeqAllow, empty or one entry per sequence, is the row of Allow that
+	// masks sequence i (-1: none); a sampled sequence with a row draws only
+	// the tokens whose bits are set in it (bit t%32 of word t/32 of the
+	// row's (vocab+31)/32 words), every other token's logit -inf. Add
+	// keeps them, one row per distinct mask.
+	SeqAllow []int32
+	Allow    []uint32
+	allowSrc []*uint32 // the first word of each row's mask as given to Add
 
 	// Outputs, sized by Step; entries of sequences not sampled are left as
 	// they were.
@@ -83,6 +92,10 @@ type Seq struct {
 	// finite values.
 	BiasTokens []int32
 	BiasValues []float32
+	// Allow, when not nil, masks the tokens a sampled token is drawn from
+	// (Batch.SeqAllow): (vocab+31)/32 words, at least one allowed token.
+	// Sequences given the same slice share a row.
+	Allow []uint32
 }
 
 // Reset empties the batch for a new step.
@@ -101,6 +114,10 @@ func (b *Batch) Reset(maxBlocks, nTop int) {
 	b.BiasOff = append(b.BiasOff[:0], 0)
 	b.BiasToken = b.BiasToken[:0]
 	b.BiasValue = b.BiasValue[:0]
+	b.SeqAllow = b.SeqAllow[:0]
+	b.Allow = b.Allow[:0]
+	clear(b.allowSrc)
+	b.allowSrc = b.allowSrc[:0]
 	b.MaxBlocks = maxBlocks
 	b.NTop = nTop
 }
@@ -148,6 +165,21 @@ func (b *Batch) Add(s Seq) {
 	b.BiasToken = append(b.BiasToken, s.BiasTokens...)
 	b.BiasValue = append(b.BiasValue, s.BiasValues...)
 	b.BiasOff = append(b.BiasOff, int32(len(b.BiasToken)))
+	if s.Allow != nil || len(b.SeqAllow) > 0 {
+		for len(b.SeqAllow) < len(b.SeqLen)-1 {
+			b.SeqAllow = append(b.SeqAllow, -1)
+		}
+		row := int32(-1)
+		if len(s.Allow) > 0 {
+			row = int32(slices.Index(b.allowSrc, &s.Allow[0]))
+			if row < 0 {
+				row = int32(len(b.allowSrc))
+				b.allowSrc = append(b.allowSrc, &s.Allow[0])
+				b.Allow = append(b.Allow, s.Allow...)
+			}
+		}
+		b.SeqAllow = append(b.SeqAllow, row)
+	}
 }
 
 // Len returns the number of sequences.
@@ -176,7 +208,7 @@ func (b *Batch) SizeOutputs(vocab int) {
 // check verifies what the C side cannot: that every array is as long as
 // the counts say, so the library never reads or writes past a slice.
 // Semantic checks (token ids, positions, slots, blocks) are the engine's.
-func (b *Batch) check() error {
+func (b *Batch) check(vocab int) error {
 	n := len(b.SeqLen)
 	if n == 0 {
 		return fmt.Errorf("batch has no sequences")
@@ -189,6 +221,14 @@ func (b *Batch) check() error {
 	for _, l := range lens {
 		if l.n != n {
 			return fmt.Errorf("batch has %d sequences but %d %s entries", n, l.n, l.name)
+		}
+	}
+	if len(b.SeqAllow) > 0 {
+		if len(b.SeqAllow) != n {
+			return fmt.Errorf("batch has %d sequences but %d SeqAllow entries", n, len(b.SeqAllow))
+		}
+		if words := (vocab + 31) / 32; len(b.Allow)%words != 0 {
+			return fmt.Errorf("Allow has %d words, not a whole number of %d-word rows", len(b.Allow), words)
 		}
 	}
 	if nb := len(b.BiasToken); nb > 0 {

@@ -179,6 +179,7 @@ type cudaSeq struct {
 	// logit adjustments of its sampled tokens (engine.Seq.BiasTokens)
 	biasTok []int32
 	biasVal []float32
+	allow   []uint32 // a token mask (engine.Seq.Allow)
 }
 
 type cudaPart struct {
@@ -213,7 +214,7 @@ func (p *cudaPair) step(parts ...cudaPart) []*cudaOut {
 			p.free = p.free[:len(p.free)-1]
 		}
 		p.b.Add(engine.Seq{Tokens: s.tokens[s.done:end], Pos: s.done, Slot: s.slot, Blocks: s.blocks, Sample: pt.sample,
-			Temperature: s.temp, TopK: s.topK, TopP: s.topP, Seed: s.seed, BiasTokens: s.biasTok, BiasValues: s.biasVal})
+			Temperature: s.temp, TopK: s.topK, TopP: s.topP, Seed: s.seed, BiasTokens: s.biasTok, BiasValues: s.biasVal, Allow: s.allow})
 	}
 	outs := make([]*cudaOut, len(parts))
 	V, k := p.vocab, p.nTop
@@ -254,7 +255,9 @@ func (p *cudaPair) release(s *cudaSeq) {
 func cudaScale(v []float32) float64 {
 	s := 1.0
 	for _, x := range v {
-		s = math.Max(s, math.Abs(float64(x)))
+		if !math.IsInf(float64(x), 0) { // a masked token's
+			s = math.Max(s, math.Abs(float64(x)))
+		}
 	}
 	return s
 }
@@ -284,6 +287,9 @@ func (o *cudaOut) check(t testing.TB, what string, tol float64, greedy bool) boo
 	scale := cudaScale(o.cpuLogits)
 	worst, at := 0.0, 0
 	for i := range o.cpuLogits {
+		if o.gpuLogits[i] == o.cpuLogits[i] { // masked tokens' -inf too
+			continue
+		}
 		d := math.Abs(float64(o.gpuLogits[i]) - float64(o.cpuLogits[i]))
 		if math.IsNaN(d) {
 			d = math.Inf(1)
@@ -299,6 +305,9 @@ func (o *cudaOut) check(t testing.TB, what string, tol float64, greedy bool) boo
 		t.Errorf("%s: logprob CUDA %v, CPU %v", what, o.gpuLP, o.cpuLP)
 	}
 	for j := range o.cpuTop {
+		if o.gpuTopLP[j] == o.cpuTopLP[j] && o.gpuTop[j] == o.cpuTop[j] {
+			continue
+		}
 		if d := math.Abs(float64(o.gpuTopLP[j] - o.cpuTopLP[j])); !(d <= 4*tol*scale+1e-5) {
 			t.Errorf("%s: top logprob %d: CUDA %v (token %d), CPU %v (token %d)", what, j, o.gpuTopLP[j], o.gpuTop[j], o.cpuTopLP[j], o.cpuTop[j])
 		}
@@ -839,7 +848,7 @@ func TestCUDA_Sampling(t *testing.T) {
 	}
 }
 
-// TestCUDA_LogitBias: logit adjustments on both backends, in prefill
+// TestCUDA_LogitBias: logit adjustments and token masks on both backends, in prefill
 // steps and in decode steps (graphs), with steps that have none between
 // steps that have some, and counts that change from step to step: greedy
 // tokens, logits and logprobs agree, and the adjustments steer the draws
@@ -863,7 +872,29 @@ func TestCUDA_LogitBias(t *testing.T) {
 	// generated (a frequency penalty); 2 and 5 take none; 3 raises 11 in
 	// odd steps only, so steps alternate between having adjustments and not
 	// for every sequence but 1 and 4 (absent in step 0: nothing generated).
+	// Masks: sequences 3 and 4 share one of 40 random tokens in steps
+	// divisible by 3, sequence 0 has one of the even tokens in steps
+	// divisible by 4.
+	words := (96 + 31) / 32
+	shared, even := make([]uint32, words), make([]uint32, words)
+	for tok := 0; tok < 96; tok += 2 {
+		even[tok/32] |= 1 << (tok % 32)
+	}
+	masked := 0
 	adjust := func(step int) {
+		clear(shared)
+		for _, tok := range r.Perm(96)[:40] {
+			shared[tok/32] |= 1 << (tok % 32)
+		}
+		for i, s := range seqs {
+			s.allow = nil
+			switch {
+			case (i == 3 || i == 4) && step%3 == 0:
+				s.allow = shared
+			case i == 0 && step%4 == 0:
+				s.allow = even
+			}
+		}
 		for i, s := range seqs {
 			s.biasTok, s.biasVal = nil, nil
 			switch i {
@@ -905,6 +936,12 @@ func TestCUDA_LogitBias(t *testing.T) {
 				skipped++
 			}
 			tok := o.cpuTok
+			if pt.s.allow != nil {
+				masked++
+				if pt.s.allow[tok/32]&(1<<(tok%32)) == 0 || o.gpuTok != tok {
+					t.Errorf("step %d sequence %d: drew %d (CUDA %d), which its mask does not allow", step, i, tok, o.gpuTok)
+				}
+			}
 			pt.s.tokens = append(pt.s.tokens, tok)
 			switch i {
 			case 0:
@@ -922,7 +959,7 @@ func TestCUDA_LogitBias(t *testing.T) {
 			}
 		}
 	}
-	t.Logf("%d greedy tokens compared, %d near ties; token 7 raised %d times, %d penalised repeats", checked, skipped, got7, repeats)
+	t.Logf("%d greedy tokens compared, %d near ties, %d masked; token 7 raised %d times, %d penalised repeats", checked, skipped, masked, got7, repeats)
 	if checked < (nSeq*steps)/2 {
 		t.Errorf("only %d greedy tokens compared", checked)
 	}

@@ -67,9 +67,9 @@ type Engine struct {
 
 	// Reused per call so steady-state steps allocate nothing.
 	cbatch nzBatch
-	// A Pinner keeps 5 pointers without allocating; a step pins up to 20,
+	// A Pinner keeps 5 pointers without allocating; a step pins up to 22,
 	// so it spreads them over several.
-	pins  [4]goruntime.Pinner
+	pins  [5]goruntime.Pinner
 	npins int
 	args  [2]uintptr
 	pin   goruntime.Pinner // adapter loads
@@ -303,7 +303,7 @@ func (e *Engine) Step(b *Batch) error {
 	if e.handle == 0 {
 		return errClosed
 	}
-	if err := b.check(); err != nil {
+	if err := b.check(e.vocab); err != nil {
 		return fmt.Errorf("nz_step: %w: %v", ErrInvalid, err)
 	}
 	n := len(b.SeqLen)
@@ -342,6 +342,11 @@ func (e *Engine) Step(b *Batch) error {
 		c.BiasOff = e.pinned(unsafe.Pointer(unsafe.SliceData(b.BiasOff)), len(b.BiasOff))
 		c.BiasToken = e.pinned(unsafe.Pointer(unsafe.SliceData(b.BiasToken)), len(b.BiasToken))
 		c.BiasValue = e.pinned(unsafe.Pointer(unsafe.SliceData(b.BiasValue)), len(b.BiasValue))
+	}
+	if len(b.SeqAllow) > 0 {
+		c.SeqAllow = e.pinned(unsafe.Pointer(unsafe.SliceData(b.SeqAllow)), n)
+		c.Allow = e.pinned(unsafe.Pointer(unsafe.SliceData(b.Allow)), len(b.Allow))
+		c.NAllow = int64(len(b.Allow) / ((e.vocab + 31) / 32))
 	}
 	// The C struct itself lives in the Engine (heap) and is pinned too, so
 	// its address may sit in the argument array.

@@ -448,6 +448,33 @@ func TestEngine_Sampling(t *testing.T) {
 			t.Errorf("token %d: adjusted logit differs from the neighbour's by %v, want %v", tok, d, v)
 		}
 	}
+	// Token masks: two sequences given one mask share a row of it; a
+	// third without one is untouched; every masked draw is allowed.
+	mask := make([]uint32, (V+31)/32)
+	for _, tok := range []int{3, low, 40} {
+		if tok != argmax64(want) {
+			mask[tok/32] |= 1 << (tok % 32)
+		}
+	}
+	for seed := uint64(0); seed < 8; seed++ {
+		m := run(engine.Seq{Tokens: prompt, Slot: -1, Sample: true, Temperature: 1.5, Seed: seed, Allow: mask},
+			engine.Seq{Tokens: prompt, Slot: -1, Sample: true},
+			engine.Seq{Tokens: prompt, Slot: -1, Sample: true, Temperature: 1.5, Seed: seed + 100, Allow: mask})
+		if len(m.Allow) != len(mask) || !slices.Equal(m.SeqAllow, []int32{0, -1, 0}) {
+			t.Fatalf("masks given: %d words, rows %v", len(m.Allow), m.SeqAllow)
+		}
+		for _, i := range []int{0, 2} {
+			if tok := m.OutToken[i]; mask[tok/32]&(1<<(tok%32)) == 0 {
+				t.Errorf("seed %d: sequence %d drew %d, not in its mask", seed, i, tok)
+			}
+			if lg := m.OutLogits[i*V+argmax64(want)]; !math.IsInf(float64(lg), -1) {
+				t.Errorf("a masked-out token's logit is %v, want -inf", lg)
+			}
+		}
+		if int(m.OutToken[1]) != argmax64(want) {
+			t.Errorf("the unmasked neighbour drew %d", m.OutToken[1])
+		}
+	}
 	// A batch whose adjustments do not add up is refused before the engine.
 	b.Reset(8, 0)
 	b.Add(engine.Seq{Tokens: prompt, Slot: -1, Sample: true, Blocks: []int32{0, 1, 2}, BiasTokens: toks[:1], BiasValues: vals[:1]})

@@ -29,7 +29,7 @@ func fakeLib(t *testing.T, defines string) string {
 #define CONFIG_SIZE 288
 #endif
 int32_t nz_abi_version(void) { return ABI; }
-int64_t nz_struct_size(int32_t w) { return w == 0 ? CONFIG_SIZE : w == 1 ? 208 : -1; }
+int64_t nz_struct_size(int32_t w) { return w == 0 ? CONFIG_SIZE : w == 1 ? 232 : -1; }
 const char *nz_last_error(void) { return "fake"; }
 int32_t nz_backend_name(char *buf, int64_t n) { if (n > 4) { buf[0]='f'; buf[1]='a'; buf[2]='k'; buf[3]='e'; buf[4]=0; } return 0; }
 int32_t nz_engine_create(const void *cfg, void **out) { return -3; }
