@@ -57,6 +57,10 @@ type ModelInfo struct {
 	// PresencePenalty and FrequencyPenalty; a runtime of an earlier
 	// version ignores them.
 	LogitBias bool `json:"logit_bias,omitempty"`
+	// JSONObject says the runtime constrains a completion to a JSON object
+	// (GenerateRequest.ResponseFormat); a runtime of an earlier version
+	// ignores the request's format.
+	JSONObject bool `json:"json_object,omitempty"`
 	// Sampling holds the model's recommended sampling settings
 	// (generation_config.json): they apply to the parameters a request
 	// leaves out.
@@ -138,6 +142,14 @@ type FunctionCall struct {
 	Arguments string `json:"arguments"`
 }
 
+// ResponseFormatJSONObject constrains a completion to one JSON object
+// (OpenAI's response_format {"type": "json_object"}): at every step the
+// runtime lets the model draw only tokens that keep the text a prefix of a
+// JSON object, and the completion ends, finish reason "stop", when the
+// object closes. A reasoning model whose prompt opened its thoughts
+// thinks freely first; the object begins after the thoughts close.
+const ResponseFormatJSONObject = "json_object"
+
 // GenerateRequest asks a runtime for one completion.
 type GenerateRequest struct {
 	RequestID string
@@ -178,6 +190,9 @@ type GenerateRequest struct {
 	LogitBias        map[int]float64
 	PresencePenalty  float64
 	FrequencyPenalty float64
+	// ResponseFormat constrains the completion: "" (none) or
+	// ResponseFormatJSONObject.
+	ResponseFormat string
 	// Stop sequences end the completion; they are not included in it.
 	Stop []string
 	// Logprobs asks for each token's log-probability, TopLogprobs for that

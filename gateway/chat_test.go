@@ -329,7 +329,6 @@ func TestChat_BadInput(t *testing.T) {
 		{"ToolCallArgumentsObject", `{"model":"base","messages":[{"role":"user","content":"x"},{"role":"assistant","content":null,"tool_calls":[{"id":"c1","type":"function","function":{"name":"f","arguments":{}}}]}]}`, 400, "invalid_request_error", "invalid_type", "messages[1].tool_calls[0].function.arguments"},
 		{"ToolChoiceRequired", `{"model":"base","tool_choice":"required",` + msgs + `}`, 400, "invalid_request_error", "unsupported_value", "tool_choice"},
 		{"ToolChoiceFunction", `{"model":"base","tool_choice":{"type":"function","function":{"name":"f"}},` + msgs + `}`, 400, "invalid_request_error", "unsupported_value", "tool_choice"},
-		{"ResponseFormatJSON", `{"model":"base","response_format":{"type":"json_object"},` + msgs + `}`, 400, "invalid_request_error", "unsupported_value", "response_format"},
 		{"ResponseFormatSchema", `{"model":"base","response_format":{"type":"json_schema","json_schema":{"name":"x"}},` + msgs + `}`, 400, "invalid_request_error", "unsupported_value", "response_format"},
 		{"ResponseFormatType", `{"model":"base","response_format":"json",` + msgs + `}`, 400, "invalid_request_error", "invalid_value", "response_format"},
 		{"FrequencyPenaltyRange", `{"model":"base","frequency_penalty":3,` + msgs + `}`, 400, "invalid_request_error", "decimal_above_max_value", "frequency_penalty"},

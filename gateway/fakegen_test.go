@@ -57,6 +57,7 @@ type fakeGen struct {
 	noEcho     bool                    // Info reports a runtime that cannot echo
 	noKwargs   bool                    // Info reports a runtime that cannot render chat_template_kwargs
 	noBias     bool                    // Info reports a runtime that cannot apply logit_bias and penalties
+	noJSON     bool                    // Info reports a runtime that cannot constrain output to a JSON object
 	noAccept   atomic.Bool             // never tells GenerateRequest.OnAccepted
 	model      atomic.Pointer[string]  // the model id Info reports, when not tiny-llama
 }
@@ -104,7 +105,7 @@ func (g *fakeGen) mock() *mock.Generator {
 			}
 			return nozzle.ModelInfo{ID: id, Architecture: "llama", ContextLength: 2048, VocabSize: 32000,
 				Device: "cpu", CreatedAt: time.Unix(1700000000, 0).UTC(), Sampling: g.sampling, Fingerprint: fp, ToolFormat: g.toolFormat, Echo: !g.noEcho,
-				Reasoning: g.reasoning, ReasoningTags: g.thinkTags, ChatTemplateKwargs: !g.noKwargs, LogitBias: !g.noBias}, nil
+				Reasoning: g.reasoning, ReasoningTags: g.thinkTags, ChatTemplateKwargs: !g.noKwargs, LogitBias: !g.noBias, JSONObject: !g.noJSON}, nil
 		},
 		GenerateFn:    g.generate,
 		AdapterTierFn: func(ctx context.Context, sha string) nozzle.Tier { return nozzle.TierDisk },

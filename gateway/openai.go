@@ -46,6 +46,7 @@ type job struct {
 	// logit_bias (token id → value) and the penalties; nil and 0: none
 	logitBias           map[int]float64
 	presence, frequency float64
+	format              string // response_format: "" or nozzle.ResponseFormatJSONObject
 
 	// Sampling parameters the request left out take the model's
 	// recommended values (see applySampling), else the API's defaults.
@@ -181,7 +182,7 @@ func (j *job) requests(requestID, tenantID string, maxTokens int) []*nozzle.Gene
 		return &nozzle.GenerateRequest{
 			RequestID: requestID, TenantID: tenantID, Adapter: j.adapter,
 			MaxTokens: maxTokens, Temperature: j.temperature, TopP: j.topP, TopK: j.topK, Seed: choiceSeed(j.seed, i),
-			LogitBias: j.logitBias, PresencePenalty: j.presence, FrequencyPenalty: j.frequency,
+			LogitBias: j.logitBias, PresencePenalty: j.presence, FrequencyPenalty: j.frequency, ResponseFormat: j.format,
 			Stop: j.stop, Logprobs: j.logprobs, TopLogprobs: j.topLogprobs, Stream: j.stream,
 			PromptOnly: j.promptOnly,
 		}
@@ -448,19 +449,24 @@ type responseFormat struct {
 	Type *string `json:"type"`
 }
 
-// checkChatFormat accepts response_format {"type": "text"}: Nozzle has no
-// constrained decoding, so anything else is refused.
-func checkChatFormat(raw json.RawMessage) error {
-	if !isNull(raw) {
-		var f responseFormat
-		if json.Unmarshal(raw, &f) != nil || f.Type == nil {
-			return invalidAs("invalid_value", "response_format", "Invalid 'response_format': expected an object with a 'type'.")
-		}
-		if *f.Type != "text" {
-			return invalidAs("unsupported_value", "response_format", "'response_format' of type %q is not supported by this server (it has no constrained decoding); leave it out or use \"text\".", *f.Type)
-		}
+// chatFormat reads response_format: {"type": "text"} (or none) asks for
+// nothing, {"type": "json_object"} for a JSON object
+// (nozzle.ResponseFormatJSONObject); json_schema is refused.
+func chatFormat(raw json.RawMessage) (string, error) {
+	if isNull(raw) {
+		return "", nil
 	}
-	return nil
+	var f responseFormat
+	if json.Unmarshal(raw, &f) != nil || f.Type == nil {
+		return "", invalidAs("invalid_value", "response_format", "Invalid 'response_format': expected an object with a 'type'.")
+	}
+	switch *f.Type {
+	case "text":
+		return "", nil
+	case "json_object":
+		return nozzle.ResponseFormatJSONObject, nil
+	}
+	return "", invalidAs("unsupported_value", "response_format", "'response_format' of type %q is not supported by this server (it constrains output to a JSON object, not to a schema); use \"json_object\" or \"text\", or leave it out.", *f.Type)
 }
 
 // checkChatOutputs refuses the chat parameters that ask for output Nozzle
@@ -802,9 +808,11 @@ func parseChat(body []byte, maxChoices int) (*job, error) {
 	if err := b.apply(j); err != nil {
 		return nil, err
 	}
-	if err := checkChatFormat(b.ResponseFormat); err != nil {
+	format, err := chatFormat(b.ResponseFormat)
+	if err != nil {
 		return nil, err
 	}
+	j.format = format
 	tools, err := parseTools(b.Tools, b.ToolChoice)
 	if err != nil {
 		return nil, err

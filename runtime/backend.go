@@ -55,6 +55,9 @@ type codec interface {
 	NewStreamDecoder(keep []int) streamDecoder
 	TokenText(id int) string
 	TokenBytes(id int) []byte
+	// IsSpecial reports whether id is a special token (a control token,
+	// not text).
+	IsSpecial(id int) bool
 	// EOS returns the tokenizer's end-of-sequence id, or -1.
 	EOS() int
 }

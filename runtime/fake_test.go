@@ -439,6 +439,8 @@ func (fakeCodec) ChatPrompt(msgs []nozzle.ChatMessage, tools, kwargs json.RawMes
 	return b.String(), nil
 }
 
+func (fakeCodec) IsSpecial(id int) bool { return id == fakeBOS || id == fakeEOS }
+
 func (fakeCodec) TokenBytes(id int) []byte {
 	switch {
 	case id < 256:

@@ -44,6 +44,7 @@ func (byteCodec) NewStreamDecoder([]int) streamDecoder { return &byteStream{} }
 func (byteCodec) TokenText(id int) string              { return string(rune(id)) }
 func (byteCodec) TokenBytes(id int) []byte             { return []byte{byte(id)} }
 func (byteCodec) EOS() int                             { return -1 }
+func (byteCodec) IsSpecial(int) bool                   { return false }
 
 // FuzzTextStream checks the stop-sequence logic against a direct reading
 // of the text as it grows token by token: what goes out is the text up to
@@ -168,6 +169,7 @@ func TestWireRequest_RoundTrip(t *testing.T) {
 		MaxTokens: 5, Temperature: 0.5, TopP: 0.9, TopK: 3, Seed: &seed, Stop: []string{"s"},
 		Logprobs: true, TopLogprobs: 2, Echo: true, Stream: true,
 		LogitBias: map[int]float64{5: -100, 17: 2.5}, PresencePenalty: 0.5, FrequencyPenalty: -1,
+		ResponseFormat: nozzle.ResponseFormatJSONObject,
 	}
 	b, err := json.Marshal(toWire(in))
 	if err != nil {

@@ -34,6 +34,7 @@ import (
 
 	nozzle "github.com/nozzle-ai/nozzle"
 	"github.com/nozzle-ai/nozzle/internal/metrics"
+	"github.com/nozzle-ai/nozzle/runtime/grammar"
 )
 
 // Options configure a Runtime. Zero values take the defaults named.
@@ -270,6 +271,10 @@ type Runtime struct {
 	ctx    context.Context // ended at Close: stops adapter loads
 	cancel context.CancelFunc
 
+	// the JSON grammar's token masks, made on the first request for them
+	maskerOnce sync.Once
+	masker     *grammar.Masker
+
 	mu       sync.Mutex
 	closing  bool
 	inflight sync.WaitGroup
@@ -301,6 +306,7 @@ func newRuntime(opts Options, p parts) (*Runtime, error) {
 	r.info.Echo = true
 	r.info.ChatTemplateKwargs = true
 	r.info.LogitBias = true
+	r.info.JSONObject = true
 	r.start = r.clock()
 	if r.info.CreatedAt.IsZero() {
 		r.info.CreatedAt = r.start.UTC() // /v1/models' "created": when the model was loaded

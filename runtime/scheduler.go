@@ -98,7 +98,8 @@ type sequence struct {
 	topP        float32
 	topK        int32
 	seed        uint64
-	bias        *seqBias // logit_bias and penalties; nil for none
+	bias        *seqBias    // logit_bias and penalties; nil for none
+	gram        *seqGrammar // the response format's constraint; nil for none
 	nTop        int
 	// score asks for the prompt tokens' logprobs; prompt positions
 	// 1..scored-1 have theirs posted.
@@ -984,9 +985,13 @@ func (s *scheduler) step() {
 			}
 			score = s.targets
 		}
+		var allow []uint32
+		if e.sample {
+			allow = q.gram.mask()
+		}
 		b.Add(engine.Seq{Tokens: q.tokens[q.computed : q.computed+e.n], Pos: q.computed, Slot: q.slot, Blocks: q.blocks,
 			Sample: e.sample, Temperature: q.temperature, TopP: q.topP, TopK: int(q.topK), Seed: q.seed, Score: score,
-			BiasTokens: q.bias.tokens(), BiasValues: q.bias.values()})
+			BiasTokens: q.bias.tokens(), BiasValues: q.bias.values(), Allow: allow})
 	}
 	err := s.be.Step(b)
 	t1 := s.clock()
@@ -1040,6 +1045,7 @@ func (s *scheduler) step() {
 		tok := b.OutToken[i]
 		q.tokens = append(q.tokens, tok)
 		q.bias.generated(tok)
+		formed := q.gram.feed(tok)
 		q.generated++
 		if q.firstToken.IsZero() {
 			q.firstToken = t1
@@ -1055,7 +1061,7 @@ func (s *scheduler) step() {
 		q.out.post(ev)
 		s.m.tokensGenerated.Inc()
 		switch {
-		case ev.eos:
+		case ev.eos, formed:
 			s.finish(q, nozzle.FinishStop, nil)
 		case q.generated >= q.maxTokens || len(q.tokens) >= s.ctxLen:
 			s.finish(q, nozzle.FinishLength, nil)

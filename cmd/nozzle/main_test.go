@@ -26,6 +26,7 @@ import (
 	"github.com/nozzle-ai/nozzle"
 	"github.com/nozzle-ai/nozzle/billing"
 	"github.com/nozzle-ai/nozzle/runtime/engine"
+	"github.com/nozzle-ai/nozzle/runtime/tokenizer"
 )
 
 // TestMain lets the test binary run as the nozzle binary itself: the crash
@@ -101,6 +102,20 @@ func (m *Main) demoKey(t testing.TB) string {
 		t.Fatal(err)
 	}
 	return strings.TrimSpace(string(b))
+}
+
+// tokenID is the id of a token of the demo model.
+func (m *Main) tokenID(t testing.TB, token string) int {
+	t.Helper()
+	tk, err := tokenizer.Load(filepath.Join(m.Config.Data, "demo-model"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, ok := tk.TokenID(token)
+	if !ok {
+		t.Fatalf("no token %q", token)
+	}
+	return id
 }
 
 func post(t testing.TB, url, key, body string) (*http.Response, []byte) {
@@ -307,6 +322,46 @@ func TestServe_LogitBias(t *testing.T) {
 	}
 	if slices.Equal(forced, greedy) {
 		t.Fatalf("logit_bias changed nothing: %q", greedy)
+	}
+}
+
+// TestServe_JSONObject: response_format json_object through the whole
+// server and the real engine, streamed and not: the demo model (random
+// weights) answers with a JSON object and finish_reason stop.
+func TestServe_JSONObject(t *testing.T) {
+	m := MustRunMain(t)
+	base := "http://" + m.Addr
+	key := m.demoKey(t)
+	body := `{"model":"demo-chat","messages":[{"role":"user","content":"Give me JSON."}],"max_tokens":500,"temperature":0,` +
+		`"response_format":{"type":"json_object"},"logit_bias":{"%d":4}`
+	closer := m.tokenID(t, "}")
+	resp, b := post(t, base+"/v1/chat/completions", key, fmt.Sprintf(body, closer)+`}`)
+	var out struct {
+		Choices []struct {
+			Message      struct{ Content string }
+			FinishReason string `json:"finish_reason"`
+		}
+	}
+	if err := json.Unmarshal(b, &out); err != nil || resp.StatusCode != 200 || len(out.Choices) != 1 {
+		t.Fatalf("%d %s", resp.StatusCode, b)
+	}
+	var obj map[string]any
+	if c := out.Choices[0]; json.Unmarshal([]byte(c.Message.Content), &obj) != nil || c.FinishReason != "stop" {
+		t.Fatalf("not a JSON object (finish %q): %q", c.FinishReason, c.Message.Content)
+	}
+	// streamed: the same object, in deltas
+	resp, b = post(t, base+"/v1/chat/completions", key, fmt.Sprintf(body, closer)+`,"stream":true}`)
+	var streamed strings.Builder
+	for _, line := range strings.Split(string(b), "\n") {
+		var ev struct {
+			Choices []struct{ Delta struct{ Content string } }
+		}
+		if data, ok := strings.CutPrefix(line, "data: "); ok && data != "[DONE]" && json.Unmarshal([]byte(data), &ev) == nil && len(ev.Choices) > 0 {
+			streamed.WriteString(ev.Choices[0].Delta.Content)
+		}
+	}
+	if streamed.String() != out.Choices[0].Message.Content {
+		t.Fatalf("streamed %q, not streamed %q", streamed.String(), out.Choices[0].Message.Content)
 	}
 }
 

@@ -272,6 +272,23 @@ await check('logit-adjustments', async () => {
   });
 });
 
+await check('json-object', async () => {
+  const r = await client.chat.completions.create({
+    model: 'base',
+    messages: [{ role: 'user', content: 'Reply in JSON.' }],
+    response_format: { type: 'json_object' },
+  });
+  assert.equal(r.choices[0].finish_reason, 'stop');
+  await assert.rejects(client.chat.completions.create({
+    model: 'base', messages: [{ role: 'user', content: 'hi' }],
+    response_format: { type: 'json_schema', json_schema: { name: 'x', schema: { type: 'object' } } },
+  }), (e) => {
+    assert.ok(e instanceof OpenAI.BadRequestError, String(e));
+    assert.equal(e.param, 'response_format');
+    return true;
+  });
+});
+
 await check('error-streamed-refusal', async () => {
   // one of two prompts refused after the other's text came: the stream
   // never starts, the SDK gets the error from create

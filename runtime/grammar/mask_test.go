@@ -1,0 +1,213 @@
+package grammar_test
+
+import (
+	"compress/gzip"
+	"io"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/nozzle-ai/nozzle/runtime/grammar"
+	"github.com/nozzle-ai/nozzle/runtime/tokenizer"
+)
+
+// vocabulary returns a real tokenizer's tokens as the Masker takes them
+// (special tokens empty) and its EOS ids, from the tokenizer tests' files.
+func vocabulary(t testing.TB, name string) ([][]byte, []int) {
+	t.Helper()
+	src := filepath.Join("..", "tokenizer", "testdata", "models", name)
+	dir := t.TempDir()
+	for _, f := range []string{"tokenizer.json.gz", "tokenizer_config.json"} {
+		in, err := os.Open(filepath.Join(src, f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var r io.Reader = in
+		out := filepath.Join(dir, f)
+		if filepath.Ext(f) == ".gz" {
+			zr, err := gzip.NewReader(in)
+			if err != nil {
+				t.Fatal(err)
+			}
+			r, out = zr, out[:len(out)-3]
+		}
+		b, err := io.ReadAll(r)
+		in.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(out, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tk, err := tokenizer.Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	toks := make([][]byte, tk.VocabSize())
+	for id := range toks {
+		if !tk.IsSpecial(id) {
+			toks[id] = tk.TokenBytes(id)
+		}
+	}
+	return toks, tk.EOS()
+}
+
+// brute is the mask by definition: every token fed to a copy of s.
+func brute(toks [][]byte, ends []int, s *grammar.JSON) []uint32 {
+	mask := make([]uint32, (len(toks)+31)/32)
+	if s.Done() {
+		for _, id := range ends {
+			mask[id/32] |= 1 << (id % 32)
+		}
+		return mask
+	}
+	for id, b := range toks {
+		if len(b) == 0 {
+			continue
+		}
+		st, ok := *s, true
+		for _, c := range b {
+			if ok = st.Feed(c); !ok {
+				break
+			}
+		}
+		if ok && !isEnd(ends, id) {
+			mask[id/32] |= 1 << (id % 32)
+		}
+	}
+	return mask
+}
+
+func isEnd(ends []int, id int) bool {
+	for _, e := range ends {
+		if e == id {
+			return true
+		}
+	}
+	return false
+}
+
+// walk drives a state through a generation: at each step a random token
+// the mask allows (preferring ones that close things, so the object ends).
+func walk(t *testing.T, m *grammar.Masker, toks [][]byte, ends []int, seed uint64, check func(*grammar.JSON, []uint32)) string {
+	r := rand.New(rand.NewPCG(seed, 1))
+	var s grammar.JSON
+	var out []byte
+	for step := 0; step < 400 && !s.Done(); step++ {
+		mask, ok := m.Mask(&s)
+		if !ok {
+			t.Fatalf("no token allowed after %q", out)
+		}
+		check(&s, mask)
+		var allowed []int
+		for id := range toks {
+			if grammar.Allowed(mask, id) {
+				allowed = append(allowed, id)
+			}
+		}
+		if len(allowed) == 0 {
+			t.Fatalf("no token allowed after %q", out)
+		}
+		id := allowed[r.IntN(len(allowed))]
+		if step > 40 { // steer towards the end
+			for _, a := range allowed {
+				if b := toks[a]; len(b) > 0 && (b[len(b)-1] == '}' || b[len(b)-1] == ']' || b[len(b)-1] == '"') {
+					id = a
+					break
+				}
+			}
+		}
+		for _, c := range toks[id] {
+			if !s.Feed(c) {
+				t.Fatalf("token %d (%q) allowed but refused after %q", id, toks[id], out)
+			}
+		}
+		out = append(out, toks[id]...)
+	}
+	return string(out)
+}
+
+// TestMasker_MatchesDefinition: on real vocabularies, along random
+// constrained generations, the masks are the brute-force ones, the
+// generations are JSON objects, and a done object allows only EOS.
+func TestMasker_MatchesDefinition(t *testing.T) {
+	for _, name := range []string{"llama2", "llama3", "qwen3"} {
+		t.Run(name, func(t *testing.T) {
+			toks, ends := vocabulary(t, name)
+			m := grammar.NewMasker(toks, ends, 0)
+			checked := 0
+			for seed := uint64(0); seed < 3; seed++ {
+				out := walk(t, m, toks, ends, seed, func(s *grammar.JSON, mask []uint32) {
+					if checked%7 == 0 { // brute force is slow on 150k tokens
+						want := brute(toks, ends, s)
+						for w := range want {
+							if want[w] != mask[w] {
+								t.Fatalf("mask word %d: %032b, want %032b", w, mask[w], want[w])
+							}
+						}
+					}
+					checked++
+				})
+				var s grammar.JSON
+				for i := 0; i < len(out); i++ {
+					s.Feed(out[i])
+				}
+				if !s.Done() {
+					t.Logf("seed %d: generation not finished in 400 tokens: %.200q", seed, out)
+					continue
+				}
+				if mask, _ := m.Mask(&s); !onlyEnds(mask, ends) {
+					t.Errorf("a done object allows more than EOS")
+				}
+				t.Logf("seed %d: %d masks checked, %.120q", seed, checked, out)
+			}
+		})
+	}
+}
+
+func onlyEnds(mask []uint32, ends []int) bool {
+	n := 0
+	for w, v := range mask {
+		for b := 0; b < 32; b++ {
+			if v&(1<<b) != 0 {
+				if !isEnd(ends, w*32+b) {
+					return false
+				}
+				n++
+			}
+		}
+	}
+	return n == len(ends)
+}
+
+// BenchmarkMasker: a mask made from the trie (cache cleared) and one
+// found in the cache, in a string (nearly every token allowed) and after
+// a value (few), on Llama 3's 128k vocabulary.
+func BenchmarkMasker(b *testing.B) {
+	toks, ends := vocabulary(b, "llama3")
+	for _, tc := range []struct{ name, prefix string }{
+		{"string", `{"name": "Ada`},
+		{"after", `{"a": [1, 2`},
+	} {
+		var s grammar.JSON
+		for i := 0; i < len(tc.prefix); i++ {
+			s.Feed(tc.prefix[i])
+		}
+		b.Run(tc.name+"/walk", func(b *testing.B) {
+			m := grammar.NewMasker(toks, ends, 0)
+			for b.Loop() {
+				m.ClearCache()
+				m.Mask(&s)
+			}
+		})
+		b.Run(tc.name+"/cached", func(b *testing.B) {
+			m := grammar.NewMasker(toks, ends, 0)
+			m.Mask(&s)
+			for b.Loop() {
+				m.Mask(&s)
+			}
+		})
+	}
+}
