@@ -243,7 +243,7 @@ func (c *tokenizerCodec) NewStreamDecoder(keep []int) streamDecoder {
 	return c.tk.NewStreamDecoderKeeping(true, keep)
 }
 func (c *tokenizerCodec) TokenBytes(id int) []byte { return c.tk.TokenBytes(id) }
-func (c *tokenizerCodec) IsSpecial(id int) bool     { return c.tk.IsSpecial(id) }
+func (c *tokenizerCodec) IsSpecial(id int) bool    { return c.tk.IsSpecial(id) }
 
 // TokenText is a token's text as OpenAI's logprobs show it: its bytes when
 // they are UTF-8, else "bytes:" and the bytes escaped.

@@ -70,11 +70,11 @@ type wireRequest struct {
 	// ResponseFormat: an earlier runtime ignores it, and says so
 	// (ModelInfo.JSONObject false).
 	ResponseFormat string `json:"response_format,omitempty"`
-	Logprobs         bool            `json:"logprobs"`
-	TopLogprobs      int             `json:"top_logprobs"`
-	Echo             bool            `json:"echo,omitempty"`
-	PromptOnly       bool            `json:"prompt_only,omitempty"`
-	Stream           bool            `json:"stream,omitempty"`
+	Logprobs       bool   `json:"logprobs"`
+	TopLogprobs    int    `json:"top_logprobs"`
+	Echo           bool   `json:"echo,omitempty"`
+	PromptOnly     bool   `json:"prompt_only,omitempty"`
+	Stream         bool   `json:"stream,omitempty"`
 
 	// ChatTemplateKwargs: an earlier runtime ignores them, and says so
 	// (ModelInfo.ChatTemplateKwargs false).
