@@ -7,13 +7,11 @@ import (
 	"github.com/nozzle-ai/nozzle/runtime/grammar"
 )
 
-// seqGrammar constrains a sequence's completion to a JSON object
-// (nozzle.ResponseFormatJSONObject): before each draw the scheduler gives
-// the engine the mask of the tokens that may come next, and feeds every
-// token drawn to the state.
+// seqGrammar constrains a sequence's completion to its response format:
+// before each draw the scheduler gives the engine the mask of the tokens
+// that may come next, and feeds every token drawn to the state.
 type seqGrammar struct {
-	m     *grammar.Masker
-	state grammar.JSON
+	c     constraint
 	bytes func(id int) []byte
 	// wait, when not "", is the text that closes a reasoning model's
 	// thoughts: the object begins after it; tail keeps the end of the
@@ -28,7 +26,7 @@ func (r *Runtime) newSeqGrammar(req *nozzle.GenerateRequest, open bool) *seqGram
 	if req.ResponseFormat != nozzle.ResponseFormatJSONObject {
 		return nil
 	}
-	g := &seqGrammar{m: r.jsonMasker(), bytes: r.codec.TokenBytes}
+	g := &seqGrammar{c: &machineConstraint[grammar.JSON, *grammar.JSON]{m: r.jsonMasker()}, bytes: r.codec.TokenBytes}
 	if open {
 		g.wait = r.info.ReasoningTags.Close
 		if g.wait == "" {
@@ -38,11 +36,33 @@ func (r *Runtime) newSeqGrammar(req *nozzle.GenerateRequest, open bool) *seqGram
 	return g
 }
 
-// jsonMasker returns the Masker of the model's vocabulary, made on first
-// use: every token's bytes but the special tokens', which never come in
-// the object, and the end-of-sequence tokens, which come only after it.
-func (r *Runtime) jsonMasker() *grammar.Masker {
-	r.maskerOnce.Do(func() {
+// constraint is a machine and its masks, as a sequence uses them.
+type constraint interface {
+	mask() ([]uint32, bool)
+	feed(b byte) bool
+	done() bool
+}
+
+// machineConstraint is the state of a machine S and the Masker of its
+// language.
+type machineConstraint[S any, P interface {
+	*S
+	grammar.Machine
+}] struct {
+	m     *grammar.Masker[S, P]
+	state S
+}
+
+func (c *machineConstraint[S, P]) mask() ([]uint32, bool) { return c.m.Mask(&c.state) }
+func (c *machineConstraint[S, P]) feed(b byte) bool       { return P(&c.state).Feed(b) }
+func (c *machineConstraint[S, P]) done() bool             { return P(&c.state).Done() }
+
+// grammarVocab returns the model's vocabulary prepared for masks, made on
+// first use: every token's bytes but the special tokens', which never
+// come in the output, and the end-of-sequence tokens, which come only
+// after it.
+func (r *Runtime) grammarVocab() *grammar.Vocab {
+	r.vocabOnce.Do(func() {
 		toks := make([][]byte, r.info.VocabSize)
 		for id := range toks {
 			if !r.codec.IsSpecial(id) {
@@ -53,9 +73,16 @@ func (r *Runtime) jsonMasker() *grammar.Masker {
 		for id := range r.sched.eos {
 			ends = append(ends, int(id))
 		}
-		r.masker = grammar.NewMasker(toks, ends, 0)
+		r.vocab = grammar.NewVocab(toks, ends)
+		r.jsonMask = grammar.NewMasker[grammar.JSON](r.vocab, 0)
 	})
-	return r.masker
+	return r.vocab
+}
+
+// jsonMasker returns the Masker of JSON objects.
+func (r *Runtime) jsonMasker() *grammar.Masker[grammar.JSON, *grammar.JSON] {
+	r.grammarVocab()
+	return r.jsonMask
 }
 
 // mask returns the tokens the next draw may take, nil for any (g nil, or
@@ -64,13 +91,13 @@ func (g *seqGrammar) mask() []uint32 {
 	if g == nil || g.wait != "" {
 		return nil
 	}
-	allow, _ := g.m.Mask(&g.state)
+	allow, _ := g.c.mask()
 	return allow
 }
 
-// startable reports whether the vocabulary can begin the object.
+// startable reports whether the vocabulary can begin the output.
 func (g *seqGrammar) startable() bool {
-	_, ok := g.m.Mask(&g.state)
+	_, ok := g.c.mask()
 	return ok
 }
 
@@ -94,15 +121,15 @@ func (g *seqGrammar) feed(tok int32) bool {
 		return false
 	}
 	for _, c := range b {
-		if !g.state.Feed(c) {
+		if !g.c.feed(c) {
 			// The mask allowed only tokens the state takes: an end
 			// token (which has no bytes here) ends the sequence anyway.
 			return true
 		}
 	}
-	if g.state.Done() {
+	if g.c.done() {
 		return true
 	}
-	_, ok := g.m.Mask(&g.state) // made now, found in the cache for the next draw
+	_, ok := g.c.mask() // made now, found in the cache for the next draw
 	return !ok
 }

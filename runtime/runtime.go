@@ -271,9 +271,11 @@ type Runtime struct {
 	ctx    context.Context // ended at Close: stops adapter loads
 	cancel context.CancelFunc
 
-	// the JSON grammar's token masks, made on the first request for them
-	maskerOnce sync.Once
-	masker     *grammar.Masker
+	// the vocabulary prepared for token masks, and the masks of JSON
+	// objects, made on the first request for them (jsonmode.go)
+	vocabOnce sync.Once
+	vocab     *grammar.Vocab
+	jsonMask  *grammar.Masker[grammar.JSON, *grammar.JSON]
 
 	mu       sync.Mutex
 	closing  bool

@@ -1,7 +1,7 @@
 package grammar
 
 // ClearCache forgets every mask made (benchmarks of the trie walk).
-func (m *Masker) ClearCache() {
+func (m *Masker[S, P]) ClearCache() {
 	m.mu.Lock()
 	clear(m.cache)
 	m.mu.Unlock()

@@ -57,6 +57,10 @@ type JSON struct {
 // Done reports whether the output is a whole JSON object.
 func (s *JSON) Done() bool { return s.lex == jDone }
 
+// Plain reports whether s is inside a string, between characters and
+// escapes, where plain text keeps it as it is (Machine).
+func (s *JSON) Plain() bool { return s.lex == jStr }
+
 // Key appends to dst bytes that identify the state: two states with the
 // same key accept the same continuations.
 func (s *JSON) Key(dst []byte) []byte {

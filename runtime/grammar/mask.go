@@ -6,16 +6,30 @@ import (
 	"unicode/utf8"
 )
 
-// Masker finds the tokens of a vocabulary that may come next in a JSON
-// state: a token may when the machine reads all its bytes. It walks a
-// trie of the tokens' bytes, so a prefix the machine refuses is read once
-// for all the tokens that share it, and keeps the masks it made by state
-// (a JSON object revisits few states: inside a key, inside a value's
-// string, after a value, at one depth or another), up to a byte budget.
-// Inside a string most tokens are plain text that any string takes
-// (plain): those are one precomputed mask, and only the others are
-// walked. Safe for concurrent use.
-type Masker struct {
+// Machine is a byte-level acceptor a Masker drives. The Masker copies a
+// machine's state by assignment at every node of its walk, so a state is
+// a small value: what it points to is read-only.
+type Machine interface {
+	// Feed reads one byte; it reports false (leaving the state unusable)
+	// when the byte cannot come next.
+	Feed(b byte) bool
+	// Done reports whether the output is a whole sentence.
+	Done() bool
+	// Key appends to dst bytes that identify the state: two states with
+	// the same key accept the same continuations.
+	Key(dst []byte) []byte
+	// Plain reports whether the state is inside a string that takes any
+	// plain text (whole UTF-8 characters, none a quote, a backslash or a
+	// control) and stays as it is.
+	Plain() bool
+}
+
+// Vocab is a vocabulary prepared for masks, made once per model: a trie of
+// its tokens' bytes (so a prefix a machine refuses is read once for all
+// the tokens that share it), a second trie of the tokens that are not
+// plain text (inside a free string only those need walking; the plain ones
+// are one precomputed mask), and the end tokens. Read-only once made.
+type Vocab struct {
 	vocab int
 	words int  // uint32 words of a mask
 	all   trie // every token but the ends
@@ -23,34 +37,23 @@ type Masker struct {
 	plain []uint32
 	// tokens that end the output: allowed once it is done, never before
 	ends []int32
-
-	mu       sync.Mutex
-	cache    map[string]cached
-	cacheMax int // masks kept at most
-	keyBuf   []byte
 }
 
-// NewMasker builds a Masker for a vocabulary: tokens[id] is the bytes of
-// token id, nil (or empty) for a token that never comes in JSON (special
-// and control tokens); ends are the tokens that end a generation (EOS).
-// cacheBytes bounds the masks kept (0: 64 MiB).
-func NewMasker(tokens [][]byte, ends []int, cacheBytes int) *Masker {
-	m := &Masker{vocab: len(tokens), words: (len(tokens) + 31) / 32}
-	if cacheBytes <= 0 {
-		cacheBytes = 64 << 20
-	}
-	m.cacheMax = max(16, cacheBytes/(4*max(1, m.words)))
-	m.cache = make(map[string]cached)
+// NewVocab prepares a vocabulary: tokens[id] is the bytes of token id, nil
+// (or empty) for a token that never comes in the output (special and
+// control tokens); ends are the tokens that end a generation (EOS).
+func NewVocab(tokens [][]byte, ends []int) *Vocab {
+	v := &Vocab{vocab: len(tokens), words: (len(tokens) + 31) / 32}
 	for _, id := range ends {
 		if id >= 0 && id < len(tokens) {
-			m.ends = append(m.ends, int32(id))
+			v.ends = append(v.ends, int32(id))
 		}
 	}
 	// Sort the token ids by their bytes: each trie node's tokens and
 	// children are then contiguous, built in one pass.
 	ids := make([]int32, 0, len(tokens))
 	for id, b := range tokens {
-		if len(b) > 0 && !slices.Contains(m.ends, int32(id)) {
+		if len(b) > 0 && !slices.Contains(v.ends, int32(id)) {
 			ids = append(ids, int32(id))
 		}
 	}
@@ -60,22 +63,26 @@ func NewMasker(tokens [][]byte, ends []int, cacheBytes int) *Masker {
 		}
 		return int(a - b)
 	})
-	m.all.build(tokens, ids)
-	m.plain = make([]uint32, m.words)
+	v.all.build(tokens, ids)
+	v.plain = make([]uint32, v.words)
 	var odd []int32
 	for _, id := range ids {
 		if plainText(tokens[id]) {
-			m.plain[id/32] |= 1 << (id % 32)
+			v.plain[id/32] |= 1 << (id % 32)
 		} else {
 			odd = append(odd, id)
 		}
 	}
-	m.odd.build(tokens, odd)
-	return m
+	v.odd.build(tokens, odd)
+	return v
 }
 
-// plainText reports whether a string takes b and stays as it was: whole
-// UTF-8 characters, none of them a quote, a backslash or a control.
+// Size is the vocabulary's size; Words a mask's length in uint32 words.
+func (v *Vocab) Size() int  { return v.vocab }
+func (v *Vocab) Words() int { return v.words }
+
+// plainText reports whether a free string takes b and stays as it was:
+// whole UTF-8 characters, none of them a quote, a backslash or a control.
 func plainText(b []byte) bool {
 	for _, c := range b {
 		if c < 0x20 || c == '"' || c == '\\' {
@@ -131,9 +138,23 @@ func (m *trie) build(tokens [][]byte, ids []int32) {
 	}
 }
 
-// Vocab is the vocabulary's size; Words a mask's length in uint32 words.
-func (m *Masker) Vocab() int { return m.vocab }
-func (m *Masker) Words() int { return m.words }
+// Masker finds the tokens of a Vocab that may come next in a state of
+// machine S: a token may when the machine reads all its bytes. It keeps
+// the masks it made by state (a JSON text revisits few states: inside a
+// key, inside a value's string, after a value, at one depth or another),
+// up to a byte budget. One Masker serves one language (a JSON object, one
+// compiled schema): its states' keys are only comparable within it. Safe
+// for concurrent use.
+type Masker[S any, P interface {
+	*S
+	Machine
+}] struct {
+	v        *Vocab
+	mu       sync.Mutex
+	cache    map[string]cached
+	cacheMax int // masks kept at most
+	keyBuf   []byte
+}
 
 // cached is a mask made and whether it allows any token.
 type cached struct {
@@ -141,14 +162,27 @@ type cached struct {
 	any  bool
 }
 
+// NewMasker returns a Masker of v for machine S; cacheBytes bounds the
+// masks kept (0: 64 MiB).
+func NewMasker[S any, P interface {
+	*S
+	Machine
+}](v *Vocab, cacheBytes int) *Masker[S, P] {
+	if cacheBytes <= 0 {
+		cacheBytes = 64 << 20
+	}
+	return &Masker[S, P]{v: v, cache: make(map[string]cached), cacheMax: max(16, cacheBytes/(4*max(1, v.words)))}
+}
+
 // Mask returns the tokens that may come next in state s, as bits (bit
 // t%32 of word t/32 set: token t may come), and whether there is any (a
 // vocabulary without the bytes the state needs, or a done state of a
 // vocabulary without end tokens, has none). The slice is shared: the
 // caller must not change it.
-func (m *Masker) Mask(s *JSON) ([]uint32, bool) {
+func (m *Masker[S, P]) Mask(s *S) ([]uint32, bool) {
+	p := P(s)
 	m.mu.Lock()
-	m.keyBuf = s.Key(m.keyBuf[:0])
+	m.keyBuf = p.Key(m.keyBuf[:0])
 	if c, ok := m.cache[string(m.keyBuf)]; ok {
 		m.mu.Unlock()
 		return c.bits, c.any
@@ -156,19 +190,19 @@ func (m *Masker) Mask(s *JSON) ([]uint32, bool) {
 	key := string(m.keyBuf)
 	m.mu.Unlock()
 
-	mask := make([]uint32, m.words)
+	v := m.v
+	mask := make([]uint32, v.words)
 	switch {
-	case s.Done():
-		for _, id := range m.ends {
+	case p.Done():
+		for _, id := range v.ends {
 			mask[id/32] |= 1 << (id % 32)
 		}
-	case s.lex == jStr:
-		copy(mask, m.plain)
-		m.odd.walk(s, mask)
+	case p.Plain():
+		copy(mask, v.plain)
+		walk[S, P](&v.odd, s, mask)
 	default:
-		m.all.walk(s, mask)
+		walk[S, P](&v.all, s, mask)
 	}
-
 	any := false
 	for _, w := range mask {
 		any = any || w != 0
@@ -182,23 +216,28 @@ func (m *Masker) Mask(s *JSON) ([]uint32, bool) {
 	return mask, any
 }
 
-// walk sets the bits of the tokens whose bytes s reads, depth first.
-func (m *trie) walk(s *JSON, mask []uint32) {
+// walk sets the bits of the tokens of t whose bytes s reads, depth first.
+func walk[S any, P interface {
+	*S
+	Machine
+}](t *trie, s *S, mask []uint32) {
 	type frame struct {
 		node int32
-		st   JSON
+		st   S
 	}
 	stack := []frame{{0, *s}}
 	for len(stack) > 0 {
 		f := stack[len(stack)-1]
 		stack = stack[:len(stack)-1]
-		for _, id := range m.toks[m.tfirst[f.node]:m.tfirst[f.node+1]] {
+		for _, id := range t.toks[t.tfirst[f.node]:t.tfirst[f.node+1]] {
 			mask[id/32] |= 1 << (id % 32)
 		}
-		for k := m.first[f.node]; k < m.first[f.node+1]; k++ {
-			st := f.st
-			if st.Feed(m.edge[k]) {
-				stack = append(stack, frame{m.kids[k], st})
+		for k := t.first[f.node]; k < t.first[f.node+1]; k++ {
+			// fed in place on the stack: a state whose address went to
+			// Feed from a local would escape, one allocation a node
+			stack = append(stack, frame{t.kids[k], f.st})
+			if !P(&stack[len(stack)-1].st).Feed(t.edge[k]) {
+				stack = stack[:len(stack)-1]
 			}
 		}
 	}

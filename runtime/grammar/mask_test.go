@@ -91,7 +91,7 @@ func isEnd(ends []int, id int) bool {
 
 // walk drives a state through a generation: at each step a random token
 // the mask allows (preferring ones that close things, so the object ends).
-func walk(t *testing.T, m *grammar.Masker, toks [][]byte, ends []int, seed uint64, check func(*grammar.JSON, []uint32)) string {
+func walk(t *testing.T, m *grammar.Masker[grammar.JSON, *grammar.JSON], toks [][]byte, ends []int, seed uint64, check func(*grammar.JSON, []uint32)) string {
 	r := rand.New(rand.NewPCG(seed, 1))
 	var s grammar.JSON
 	var out []byte
@@ -136,7 +136,7 @@ func TestMasker_MatchesDefinition(t *testing.T) {
 	for _, name := range []string{"llama2", "llama3", "qwen3"} {
 		t.Run(name, func(t *testing.T) {
 			toks, ends := vocabulary(t, name)
-			m := grammar.NewMasker(toks, ends, 0)
+			m := grammar.NewMasker[grammar.JSON](grammar.NewVocab(toks, ends), 0)
 			checked := 0
 			for seed := uint64(0); seed < 3; seed++ {
 				out := walk(t, m, toks, ends, seed, func(s *grammar.JSON, mask []uint32) {
@@ -195,15 +195,16 @@ func BenchmarkMasker(b *testing.B) {
 		for i := 0; i < len(tc.prefix); i++ {
 			s.Feed(tc.prefix[i])
 		}
+		v := grammar.NewVocab(toks, ends)
 		b.Run(tc.name+"/walk", func(b *testing.B) {
-			m := grammar.NewMasker(toks, ends, 0)
+			m := grammar.NewMasker[grammar.JSON](v, 0)
 			for b.Loop() {
 				m.ClearCache()
 				m.Mask(&s)
 			}
 		})
 		b.Run(tc.name+"/cached", func(b *testing.B) {
-			m := grammar.NewMasker(toks, ends, 0)
+			m := grammar.NewMasker[grammar.JSON](v, 0)
 			m.Mask(&s)
 			for b.Loop() {
 				m.Mask(&s)
