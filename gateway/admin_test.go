@@ -60,6 +60,20 @@ func TestAdmin(t *testing.T) {
 		}
 		wantError(t, f.do(http.MethodGet, "/admin/tenants/nope", "", admin), 404, "invalid_request_error", "tenant_not_found", "")
 	})
+	t.Run("ReportUnknownTenant", func(t *testing.T) {
+		// An unknown tenant is a 404 as /admin/tenants/{id}'s, not a bad
+		// parameter; a known one, by id or by name, is reported.
+		e := wantError(t, f.do(http.MethodGet, "/admin/report?tenant_id=nosuch", "", admin), 404, "invalid_request_error", "tenant_not_found", "tenant_id")
+		if !strings.Contains(e.Error.Message, `"nosuch"`) {
+			t.Errorf("message %q does not name the tenant", e.Error.Message)
+		}
+		wantError(t, f.do(http.MethodGet, "/admin/report?format=csv&tenant_id=nosuch", "", admin), 404, "invalid_request_error", "tenant_not_found", "tenant_id")
+		for _, id := range []string{f.tenantA.ID, f.tenantA.Name} {
+			if r := f.do(http.MethodGet, "/admin/report?tenant_id="+id, "", admin); r.StatusCode != 200 {
+				t.Errorf("tenant_id=%s: %d %s", id, r.StatusCode, readAll(t, r))
+			}
+		}
+	})
 	t.Run("SuspendAndResume", func(t *testing.T) {
 		if r := f.do(http.MethodPatch, "/admin/tenants/"+f.tenantA.ID, `{"suspended":true}`, admin); r.StatusCode != 200 {
 			t.Fatalf("%d %s", r.StatusCode, readAll(t, r))

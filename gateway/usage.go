@@ -232,7 +232,8 @@ func (s *Server) operatorReport(ctx context.Context, q nozzle.ReportQuery, tenan
 		t, err := nozzle.FindTenant(ctx, s.deps.Tenants, tenant)
 		if err != nil {
 			if nozzle.ErrorCode(err) == nozzle.ENOTFOUND {
-				return nil, invalid("tenant_id", "No tenant %q.", tenant)
+				// as /admin/tenants/{id} answers an unknown tenant
+				return nil, nozzle.Errorf(nozzle.ENOTFOUND, "No tenant with id or name %q.", tenant).WithParam("tenant_id").WithReason("tenant_not_found")
 			}
 			return nil, err
 		}
