@@ -23,6 +23,12 @@ import (
 // how to reach a running server that holds it.
 type toolFlags struct {
 	data, addr, adminToken string
+	// addrGiven: the server's address was named (--addr or NOZZLE_ADDR),
+	// not left at the default.
+	addrGiven bool
+	// noLedger: there is no ledger file in data, and the tools ask the
+	// server instead (rather than because it holds the file).
+	noLedger bool
 	// settings are billing settings given as flags (--idle-policy,
 	// --dedicated-rate-per-hour): a report read from the ledger file
 	// takes them over the server's config file and environment.
@@ -47,8 +53,27 @@ func (t *toolFlags) registerBilling(fs *flag.FlagSet) {
 func (t *toolFlags) register(fs *flag.FlagSet) {
 	def := DefaultConfig()
 	fs.StringVar(&t.data, "data", envOr("NOZZLE_DATA", def.Data), "data folder holding ledger.db (env NOZZLE_DATA)")
-	fs.StringVar(&t.addr, "addr", envOr("NOZZLE_ADDR", def.Addr), "address of a running nozzle, used when it holds the ledger (env NOZZLE_ADDR)")
+	t.addr = def.Addr
+	if v, ok := os.LookupEnv("NOZZLE_ADDR"); ok {
+		t.addr, t.addrGiven = v, true
+	}
+	fs.Var(addrFlag{t}, "addr", "`HOST:PORT` of a running nozzle, asked when it holds the ledger or there is no ledger file in the data folder (env NOZZLE_ADDR)")
 	fs.StringVar(&t.adminToken, "admin-token", os.Getenv("NOZZLE_ADMIN_TOKEN"), "admin token of that nozzle (default: DATA/admin-token; env NOZZLE_ADMIN_TOKEN)")
+}
+
+// addrFlag is --addr, which records that the address was named.
+type addrFlag struct{ t *toolFlags }
+
+func (f addrFlag) String() string {
+	if f.t == nil {
+		return ""
+	}
+	return f.t.addr
+}
+
+func (f addrFlag) Set(v string) error {
+	f.t.addr, f.t.addrGiven = v, true
+	return nil
 }
 
 func envOr(k, def string) string {
@@ -59,11 +84,17 @@ func envOr(k, def string) string {
 }
 
 // openLedger opens the ledger directly. When a running nozzle holds it,
-// it returns (nil, nil): the caller then asks that server instead.
+// or there is no ledger file here and a server's address was named
+// (--addr, NOZZLE_ADDR) or a nozzle answers at the default one, it
+// returns (nil, nil): the caller then asks that server instead.
 func (t *toolFlags) openLedger() (*billing.Ledger, error) {
 	path := filepath.Join(t.data, "ledger.db")
 	if _, err := os.Stat(path); err != nil {
-		return nil, fmt.Errorf("no ledger at %s (use --data): %w", path, unwrapPath(err))
+		if errors.Is(err, os.ErrNotExist) && (t.addrGiven || t.nozzleAnswers()) {
+			t.noLedger = true
+			return nil, nil
+		}
+		return nil, fmt.Errorf("no ledger at %s (use --data, or --addr for the server holding it): %w", path, unwrapPath(err))
 	}
 	// The billing settings the server runs with (its config file named by
 	// NOZZLE_CONFIG, and NOZZLE_* variables): a report read from the file
@@ -85,12 +116,28 @@ func (t *toolFlags) openLedger() (*billing.Ledger, error) {
 	return l, nil
 }
 
+// nozzleAnswers says whether a nozzle answers at the address (its
+// /healthz), asked when there is no ledger file here and no address was
+// named: the server on the default address may hold its ledger elsewhere.
+func (t *toolFlags) nozzleAnswers() bool {
+	c := http.Client{Timeout: time.Second}
+	resp, err := c.Get("http://" + t.addr + "/healthz")
+	if err != nil {
+		return false
+	}
+	resp.Body.Close()
+	return resp.StatusCode == http.StatusOK
+}
+
 // admin calls the admin API of the running nozzle that holds the ledger.
 func (t *toolFlags) admin(ctx context.Context, method, path string, q url.Values) (*http.Response, error) {
 	token := t.adminToken
 	if token == "" {
 		b, err := os.ReadFile(filepath.Join(t.data, "admin-token"))
 		if err != nil {
+			if t.noLedger {
+				return nil, fmt.Errorf("no ledger at %s, and no admin token to ask the nozzle at %s (--admin-token or NOZZLE_ADMIN_TOKEN)", filepath.Join(t.data, "ledger.db"), t.addr)
+			}
 			return nil, fmt.Errorf("the ledger is held by a running nozzle at %s and no admin token was given (--admin-token)", t.addr)
 		}
 		token = strings.TrimSpace(string(b))
@@ -105,6 +152,9 @@ func (t *toolFlags) admin(ctx context.Context, method, path string, q url.Values
 	}
 	req.Header.Set("Authorization", "Bearer "+token)
 	resp, err := http.DefaultClient.Do(req)
+	if err != nil && t.noLedger {
+		return nil, fmt.Errorf("no ledger at %s (use --data) and no nozzle answers at %s (--addr or NOZZLE_ADDR): %w", filepath.Join(t.data, "ledger.db"), t.addr, err)
+	}
 	if err != nil {
 		// Most often a server on another address (NOZZLE_ADDR=… make run)
 		// and a tool run without it: say how to name that address.
@@ -166,6 +216,10 @@ func runReport(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		}
 	} else {
 		if len(t.settings) > 0 {
+			if t.noLedger {
+				return fmt.Errorf("--idle-policy and --dedicated-rate-per-hour are for a report read from the ledger file, and there is none at %s: "+
+					"the nozzle at %s reports with its own settings (leave them out, or give --data)", filepath.Join(t.data, "ledger.db"), t.addr)
+			}
 			return fmt.Errorf("--idle-policy and --dedicated-rate-per-hour are for a report read from the ledger file, and the nozzle at %s holds it: "+
 				"its reports follow its own settings (leave them out, or stop it first)", t.addr)
 		}
@@ -358,7 +412,7 @@ func saveStream(path string, r io.Reader) error {
 
 func runLedger(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 || args[0] != "check" {
-		fmt.Fprintln(stderr, "Usage: nozzle ledger check [--data DIR] [--addr HOST:PORT] [--admin-token TOKEN]\n(--addr and --admin-token reach the server that holds the ledger while one runs)")
+		fmt.Fprintln(stderr, "Usage: nozzle ledger check [--data DIR] [--addr HOST:PORT] [--admin-token TOKEN]\n(--addr and --admin-token reach the server that holds the ledger while one runs, or one holding it elsewhere where DATA has no ledger)")
 		return errUsage
 	}
 	fs := flag.NewFlagSet("nozzle ledger check", flag.ContinueOnError)

@@ -1,7 +1,11 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
+	"errors"
+	"io"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -139,4 +143,79 @@ func emptyLedger(t *testing.T) string {
 		t.Fatal(err)
 	}
 	return dir
+}
+
+// TestTools_NoLocalLedgerAsksServer: on a machine with no ledger file (no
+// data folder at all), the tools ask the server named by --addr or
+// NOZZLE_ADDR, as they do when a server holds the local file, rather than
+// stopping at "no ledger at data/ledger.db".
+func TestTools_NoLocalLedgerAsksServer(t *testing.T) {
+	m := MustRunMain(t)
+	token, err := os.ReadFile(filepath.Join(m.Config.Data, "admin-token"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	none := filepath.Join(t.TempDir(), "none") // no data folder here
+	flags := []string{"--data", none, "--admin-token", strings.TrimSpace(string(token))}
+	run := func(f func(context.Context, []string, io.Writer, io.Writer) error, args ...string) (string, error) {
+		var out, errb strings.Builder
+		err := f(t.Context(), args, &out, &errb)
+		return out.String(), err
+	}
+
+	out, err := run(runReport, append([]string{"--addr", m.Addr, "--format", "json", "--tenant", "demo"}, flags...)...)
+	if err != nil {
+		t.Fatalf("report --addr: %v", err)
+	}
+	var rep nozzle.Report
+	if err := json.Unmarshal([]byte(out), &rep); err != nil || rep.IdlePolicy == "" {
+		t.Fatalf("report: %v %q", err, out)
+	}
+	// NOZZLE_ADDR names the server as --addr does.
+	t.Setenv("NOZZLE_ADDR", m.Addr)
+	if out, err := run(runReport, flags...); err != nil || !strings.Contains(out, "Usage and cost") {
+		t.Fatalf("report with NOZZLE_ADDR: %v %q", err, out)
+	}
+	if _, err := run(runReport, append([]string{"--tenant", "nosuch"}, flags...)...); err == nil || !strings.Contains(err.Error(), "404") {
+		t.Errorf("report --tenant nosuch: %v", err)
+	}
+	if _, err := run(runReport, append([]string{"--idle-policy", "operator"}, flags...)...); err == nil || !strings.Contains(err.Error(), "there is none at") {
+		t.Errorf("report --idle-policy without a ledger file: %v", err)
+	}
+	t.Setenv("NOZZLE_ADDR", "")
+	os.Unsetenv("NOZZLE_ADDR")
+
+	dst := filepath.Join(t.TempDir(), "backup.db")
+	if out, err := run(runBackup, append([]string{dst, "--addr", m.Addr}, flags...)...); err != nil || !strings.Contains(out, "backup written to "+dst) {
+		t.Fatalf("backup --addr: %v %q", err, out)
+	}
+	if l, err := billing.Open(billing.Options{Path: dst}); err != nil {
+		t.Errorf("the backup does not open: %v", err)
+	} else {
+		l.Close()
+	}
+	if out, err := run(runLedger, append([]string{"check", "--addr", m.Addr}, flags...)...); err != nil || !strings.Contains(out, "ok: every rollup") {
+		t.Fatalf("ledger check --addr: %v %q", err, out)
+	}
+	if _, err := os.Stat(none); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the tools made the data folder %s: %v", none, err)
+	}
+
+	// With no address named, the tools ask the default one when a nozzle
+	// answers there, and otherwise say there is no ledger.
+	if !(&toolFlags{addr: m.Addr}).nozzleAnswers() {
+		t.Errorf("no nozzle answers at %s", m.Addr)
+	}
+	tf := &toolFlags{data: none, addr: m.Addr}
+	if l, err := tf.openLedger(); l != nil || err != nil || !tf.noLedger {
+		t.Errorf("no ledger file, a nozzle at the default address: %v, %v", l, err)
+	}
+	if l, err := (&toolFlags{data: none, addr: "127.0.0.1:1"}).openLedger(); l != nil || err == nil || !strings.Contains(err.Error(), "no ledger at") {
+		t.Errorf("no ledger file, no nozzle: %v, %v", l, err)
+	}
+	// A named address that does not answer: both are said.
+	_, err = run(runReport, append([]string{"--addr", "127.0.0.1:1"}, flags...)...)
+	if err == nil || !strings.Contains(err.Error(), "no ledger at "+filepath.Join(none, "ledger.db")) || !strings.Contains(err.Error(), "no nozzle answers at 127.0.0.1:1") {
+		t.Errorf("no ledger, no server: %v", err)
+	}
 }
