@@ -126,15 +126,22 @@ func GroupDigits(s string) string {
 // FormatSeconds shows a duration in seconds as a person reads it, the
 // one way the console and `nozzle report`'s table write a GPU's or a
 // request's time: hours or minutes with one decimal from a minute up
-// (2.0 h, 12.5 min), seconds with two decimals below (0.22 s), so that a
-// fraction of a second of work never reads as 0 beside a utilisation
-// above zero.
+// (2.0 h, 12.5 min), seconds with two decimals below (0.22 s), and below
+// the hundredth as many as its first digit takes (0.004 s, 0.00003 s), so
+// that a fraction of a second of work never reads as 0 beside a
+// utilisation above zero; below a billionth of a second (only float
+// noise) "<0.000000001 s"; zero is 0.00 s.
 func FormatSeconds(s float64) string {
 	switch {
 	case s >= 3600:
 		return strconv.FormatFloat(s/3600, 'f', 1, 64) + " h"
 	case s >= 60:
 		return strconv.FormatFloat(s/60, 'f', 1, 64) + " min"
+	case s > 0 && s < 1e-9:
+		return "<0.000000001 s"
+	case s > 0 && s < 0.005: // "0.00 s" at two decimals
+		dec := min(9, -int(math.Floor(math.Log10(s))))
+		return strings.TrimRight(strconv.FormatFloat(s, 'f', dec, 64), "0") + " s"
 	}
 	return strconv.FormatFloat(s, 'f', 2, 64) + " s"
 }
@@ -143,8 +150,22 @@ func FormatSeconds(s float64) string {
 // person reads it, the one way the console and `nozzle report`'s table
 // write one: one decimal, or as many as it takes (up to four) not to
 // round a figure short of 100 up to "100.0%": a saving of 99.996% reads
-// 99.996%, not a whole GPU for free, and 99.99996% reads 99.9999%.
+// 99.996%, not a whole GPU for free, and 99.99996% reads 99.9999%; nor a
+// figure above zero down to "0.0%": a GPU busy for a second of an hour
+// reads 0.03%, and a figure below 0.0001% "<0.0001%" (a negative one
+// "-<0.0001%", as FormatUSD's); zero is 0.0%.
 func FormatPercent(v float64) string {
+	if a := math.Abs(v); a > 0 && a < 0.05 { // "0.0%" at one decimal
+		sign := ""
+		if v < 0 {
+			sign = "-"
+		}
+		if a < 0.0001 {
+			return sign + "<0.0001%"
+		}
+		dec := -int(math.Floor(math.Log10(a))) // its first digit
+		return sign + strings.TrimRight(strconv.FormatFloat(a, 'f', dec, 64), "0") + "%"
+	}
 	prec := 1
 	for prec < 4 && v < 100 && math.Round(v*math.Pow10(prec)) >= 100*math.Pow10(prec) {
 		prec++

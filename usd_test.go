@@ -153,7 +153,7 @@ func TestGroupDigits(t *testing.T) {
 }
 
 func TestFormatSeconds(t *testing.T) {
-	for in, want := range map[float64]string{0: "0.00 s", 0.222886388: "0.22 s", 0.004: "0.00 s", 59.994: "59.99 s", 60: "1.0 min", 720: "12.0 min", 7200: "2.0 h"} {
+	for in, want := range map[float64]string{0: "0.00 s", 0.222886388: "0.22 s", 0.004: "0.004 s", 0.009: "0.01 s", 0.00499: "0.005 s", 0.0000312: "0.00003 s", 1e-12: "<0.000000001 s", 0.005: "0.01 s", 59.994: "59.99 s", 60: "1.0 min", 720: "12.0 min", 7200: "2.0 h"} {
 		if got := nozzle.FormatSeconds(in); got != want {
 			t.Errorf("FormatSeconds(%v) = %q, want %q", in, got, want)
 		}
@@ -164,7 +164,7 @@ func TestFormatPercent(t *testing.T) {
 	for _, tt := range []struct {
 		in   float64
 		want string
-	}{{12.34, "12.3%"}, {99.94, "99.9%"}, {99.96, "99.96%"}, {99.9996, "99.9996%"}, {99.99996, "99.9999%"}, {100, "100.0%"}, {0, "0.0%"}, {-5, "-5.0%"}, {-3.9, "-3.9%"}} {
+	}{{12.34, "12.3%"}, {99.94, "99.9%"}, {99.96, "99.96%"}, {99.9996, "99.9996%"}, {99.99996, "99.9999%"}, {100, "100.0%"}, {0, "0.0%"}, {0.05, "0.1%"}, {1.0 / 36, "0.03%"}, {0.0049, "0.005%"}, {0.0001, "0.0001%"}, {0.00002, "<0.0001%"}, {-0.02, "-0.02%"}, {-5, "-5.0%"}, {-3.9, "-3.9%"}} {
 		if got := nozzle.FormatPercent(tt.in); got != tt.want {
 			t.Errorf("FormatPercent(%v) = %q, want %q", tt.in, got, tt.want)
 		}

@@ -13,7 +13,9 @@ import (
 
 // WriteTable renders a report as an aligned text table for the command
 // line: one line per row, a total line, and for operator reports the GPU
-// and outbox summaries.
+// and outbox summaries. Times, percentages and money read as the console
+// writes them (nozzle.FormatSeconds, FormatPercent, FormatUSD): a small
+// figure above zero never reads as 0.
 func WriteTable(w io.Writer, r *nozzle.Report) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
 	has := func(g string) bool { return slices.Contains(r.GroupBy, g) }
@@ -35,7 +37,7 @@ func WriteTable(w io.Writer, r *nozzle.Report) error {
 	if head == "" {
 		head = "\t"
 	}
-	fmt.Fprintln(tw, head+"requests\tprompt tok\tcached tok\tcompl tok\tdevice s\tidle s\tcost\tcharged\tmargin\tdedicated\tsaving\t")
+	fmt.Fprintln(tw, head+"requests\tprompt tok\tcached tok\tcompl tok\tdevice\tidle\tcost\tcharged\tmargin\tdedicated\tsaving\t")
 	line := func(row *nozzle.ReportRow, label string) {
 		var cells string
 		if label != "" {
@@ -61,8 +63,8 @@ func WriteTable(w io.Writer, r *nozzle.Report) error {
 				cells = "\t"
 			}
 		}
-		fmt.Fprintf(tw, "%s%d\t%d\t%d\t%d\t%.1f\t%.1f\t%s\t%s\t%s\t%s\t%s\t\n", cells,
-			row.Requests, row.PromptTokens, row.CachedPromptTokens, row.CompletionTokens, row.DeviceSeconds, row.IdleSeconds,
+		fmt.Fprintf(tw, "%s%d\t%d\t%d\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", cells,
+			row.Requests, row.PromptTokens, row.CachedPromptTokens, row.CompletionTokens, nozzle.FormatSeconds(row.DeviceSeconds), nozzle.FormatSeconds(row.IdleSeconds),
 			nozzle.FormatUSD(row.CostUSD), nozzle.FormatUSD(row.ChargedUSD), nozzle.FormatUSD(row.MarginUSD), nozzle.FormatUSD(row.DedicatedUSD), nozzle.FormatPercent(row.SavingPercent))
 	}
 	for i := range r.Rows {
@@ -76,8 +78,8 @@ func WriteTable(w io.Writer, r *nozzle.Report) error {
 		fmt.Fprintf(w, "\nOf the %d requests: %s.\n", r.Total.Requests, o)
 	}
 	if g := r.GPU; g != nil {
-		fmt.Fprintf(w, "\nGPU: up %s, active %s (utilisation %.1f%%), cost %s, idle cost %s, left with the operator %s; charged %s, margin %s\n",
-			nozzle.FormatSeconds(g.UptimeSeconds), nozzle.FormatSeconds(g.ActiveSeconds), g.Utilization*100, nozzle.FormatUSD(g.CostUSD), nozzle.FormatUSD(g.IdleCostUSD), nozzle.FormatUSD(g.OperatorIdleUSD),
+		fmt.Fprintf(w, "\nGPU: up %s, active %s (utilisation %s), cost %s, idle cost %s, left with the operator %s; charged %s, margin %s\n",
+			nozzle.FormatSeconds(g.UptimeSeconds), nozzle.FormatSeconds(g.ActiveSeconds), nozzle.FormatPercent(g.Utilization*100), nozzle.FormatUSD(g.CostUSD), nozzle.FormatUSD(g.IdleCostUSD), nozzle.FormatUSD(g.OperatorIdleUSD),
 			nozzle.FormatUSD(r.Total.ChargedUSD), nozzle.FormatUSD(g.MarginUSD))
 	}
 	if o := r.Outbox; o != nil {

@@ -108,3 +108,28 @@ func TestWriteTable_SubSecondGPU(t *testing.T) {
 		}
 	}
 }
+
+// TestWriteTable_SmallFigures: a request's hundredths of a second on the
+// GPU, and a second's work in an hour's uptime, read as what they are,
+// not as 0.0 and 0.0%.
+func TestWriteTable_SmallFigures(t *testing.T) {
+	rep := &nozzle.Report{Start: date("2026-03-04T10:00:00Z"), End: date("2026-03-04T11:00:00Z"), IdlePolicy: nozzle.IdleProrata,
+		Rows:  []nozzle.ReportRow{{Requests: 1, DeviceSeconds: 0.009, IdleSeconds: 0.004}},
+		Total: nozzle.ReportRow{Requests: 1, DeviceSeconds: 0.009, IdleSeconds: 0.004},
+		GPU:   &nozzle.GPUSummary{GPUFigures: nozzle.GPUFigures{UptimeSeconds: 3600, ActiveSeconds: 1, IdleSeconds: 3599, Utilization: 1.0 / 3600}}}
+	var buf bytes.Buffer
+	if err := billing.WriteTable(&buf, rep); err != nil {
+		t.Fatal(err)
+	}
+	out := buf.String()
+	for _, want := range []string{"  0.01 s  0.004 s  ", "active 1.00 s (utilisation 0.03%)"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("no %q in\n%s", want, out)
+		}
+	}
+	for _, bad := range []string{" 0.0 ", " 0.00 s ", "utilisation 0.0%"} {
+		if strings.Contains(out, bad) {
+			t.Errorf("%q in\n%s", bad, out)
+		}
+	}
+}
