@@ -749,19 +749,22 @@ func parsePeriod(name, start, end string, now time.Time) (period, error) {
 }
 
 type usageView struct {
-	Period      period
-	Group       string
-	Adapter     string
-	Adapters    []string
-	Rows        []nozzle.ReportRow
-	ByAdapter   []nozzle.ReportRow
-	Total       nozzle.ReportRow
-	Tokens      chart
-	Cost        chart
-	CSVURL      string
-	Error       string
-	Notice      string // how the page shows what was asked for otherwise
-	PeriodNames [][2]string
+	Period    period
+	Group     string
+	Adapter   string
+	Adapters  []string
+	Rows      []nozzle.ReportRow
+	ByAdapter []nozzle.ReportRow
+	// ByAdapterTotal is the per-adapter table's total line (the report's
+	// own, as the operator's tables show theirs).
+	ByAdapterTotal nozzle.ReportRow
+	Total          nozzle.ReportRow
+	Tokens         chart
+	Cost           chart
+	CSVURL         string
+	Error          string
+	Notice         string // how the page shows what was asked for otherwise
+	PeriodNames    [][2]string
 }
 
 var periodNames = [][2]string{{"month", "This month"}, {"last_month", "Last month"}, {"today", "Today"}, {"7d", "Last 7 days"}, {"30d", "Last 30 days"}, {"custom", "Custom dates"}}
@@ -800,7 +803,8 @@ func (cs *console) usagePage(c *fiber.Ctx, sess *consoleSession) error {
 	if err != nil {
 		return err
 	}
-	v.ByAdapter = byAd.Rows
+	v.ByAdapter, v.ByAdapterTotal = byAd.Rows, byAd.Total
+	v.ByAdapterTotal.MarginUSD = 0 // the operator's figure, not the tenant's
 	// The filter also offers adapters deleted since they were used, and
 	// the one asked for, so that the selection shows what the page shows.
 	for _, r := range byAd.Rows {

@@ -133,6 +133,8 @@ func TestConsole_TenantUsage(t *testing.T) {
 			resp, body := op.page(page + tc.query)
 			wantConsoleStatus(t, resp, http.StatusOK, body)
 			q := url.Values{"tenant_id": {acme}, "start": {tc.start.Format(time.RFC3339)}, "end": {tc.end.Format(time.RFC3339)}}
+			var byAdapter nozzle.ReportRow // the report's total by adapter
+			var adapters int               // and its rows
 			for _, g := range []struct{ group, table, attr, total string }{
 				{nozzle.GroupAdapter, "tenant-adapter-table", "data-adapter", "tenant-adapter-total"},
 				{nozzle.GroupDay, "tenant-day-table", "data-day", "tenant-day-total"},
@@ -149,6 +151,9 @@ func TestConsole_TenantUsage(t *testing.T) {
 				}
 				if rep.Total.Requests != tc.requests {
 					t.Fatalf("the report API's total: %d requests, want %d", rep.Total.Requests, tc.requests)
+				}
+				if g.group == nozzle.GroupAdapter {
+					byAdapter, adapters = rep.Total, len(rep.Data)
 				}
 				rows, total := pageRows(t, body, g.table, g.attr, g.total)
 				if want := reportRowCells(rep.Total); strings.Join(total, "|") != strings.Join(want, "|") {
@@ -178,6 +183,18 @@ func TestConsole_TenantUsage(t *testing.T) {
 			wantConsoleStatus(t, resp, http.StatusOK, own)
 			if got, want := outcomesLine.FindString(own), outcomesLine.FindString(body); got != want {
 				t.Errorf("the tenant's line under its requests: %q, the operator's %q", got, want)
+			}
+			// Its table per adapter ends with a total line, as the
+			// operator's tables do: requests, tokens, GPU share,
+			// dedicated GPU, saving, charged.
+			ownRows, ownTotal := pageRows(t, own, "usage-adapter-table", "data-adapter", "usage-adapter-total")
+			if want := []string{gateway.FormatInt(byAdapter.Requests), gateway.FormatInt(byAdapter.PromptTokens + byAdapter.CompletionTokens),
+				gateway.FormatUSD(byAdapter.CostUSD), gateway.FormatUSD(byAdapter.DedicatedUSD), gateway.FormatPercent(byAdapter.SavingPercent),
+				gateway.FormatUSD(byAdapter.ChargedUSD)}; strings.Join(ownTotal, "|") != strings.Join(want, "|") {
+				t.Errorf("the tenant's total per adapter %q, the report's %q", ownTotal, want)
+			}
+			if len(ownRows) != adapters {
+				t.Errorf("the tenant's rows per adapter: %q, want %d", ownRows, adapters)
 			}
 			if strings.Contains(body, "bolt-chat") {
 				t.Error("another tenant's usage is on the page")

@@ -12,6 +12,9 @@ var FormatUSD = formatUSD
 // FormatSeconds is how the console shows seconds, for the external tests.
 var FormatSeconds = nozzle.FormatSeconds
 
+// FormatPercent is how the console shows percentages, for the external tests.
+var FormatPercent = nozzle.FormatPercent
+
 // OldFingerprint is the request fingerprint of earlier releases.
 var OldFingerprint = oldFingerprint
 

@@ -783,6 +783,13 @@ async function main() {
     assert((await page.locator('#usage-table tbody tr').count()) >= 1, 'no table rows');
     const heads = await page.locator('#usage-table thead th').allTextContents();
     assert(heads.some((h) => h.startsWith('Cached')), `usage table columns: ${heads.join(', ')}`);
+    // The table per adapter ends with a total line, as the operator's tables do.
+    const adTotal = page.locator('#usage-adapter-table tfoot tr[data-testid=usage-adapter-total]');
+    assert(await adTotal.isVisible(), 'no Total line under Per adapter');
+    assert((await adTotal.locator('th').textContent()).trim() === 'Total', 'the per-adapter total line is not headed Total');
+    const adRequests = (await page.locator('#usage-adapter-table tbody tr td:nth-of-type(1)').allTextContents()).reduce((a, t) => a + Number(t.replace(/\D/g, '')), 0);
+    const adTotalRequests = Number((await adTotal.locator('td').first().textContent()).replace(/\D/g, ''));
+    assert(adTotalRequests === n && adRequests === n, `per adapter: total ${adTotalRequests} requests, rows ${adRequests}, want ${n}`);
     await shot(page, 'usage-desktop');
     const [dl] = await Promise.all([page.waitForEvent('download'), page.click('#csv-link')]);
     const file = await dl.path();
