@@ -57,6 +57,17 @@ type UsageEvent struct {
 	// request with the same idempotency key is answered from the ledger.
 	Response []byte `json:"-"`
 
+	// AttemptID, when set, is a second id the ledger finds the event
+	// under (Ledger.Usage), for a request recorded under another id than
+	// the one its client saw: an idempotent request, recorded under its
+	// key's id once it completed, is found also under the id of the
+	// attempt that completed it (the gateway gives the digest of the
+	// tenant and the X-Request-Id that attempt answered with). It names
+	// the event for lookups only: a request recorded under it is another
+	// request, not a duplicate. Stored with the event; left out when
+	// another event holds it already as its request id or second id.
+	AttemptID string `json:"-"`
+
 	// CheckpointID, when set, is the request id the request's usage was
 	// checkpointed under while it ran (UsageCheckpointer.CheckpointUsage);
 	// recording the event ends that checkpoint in the same durable write,
@@ -72,8 +83,9 @@ type Ledger interface {
 	// not stored again: RecordUsage then returns duplicate=true and fills
 	// ev from the stored event.
 	RecordUsage(ctx context.Context, ev *UsageEvent) (duplicate bool, err error)
-	// Usage returns the event stored for a request. Returns ENOTFOUND if
-	// there is none.
+	// Usage returns the event stored for a request: the one recorded
+	// under requestID or, failing that, the one whose AttemptID it is.
+	// Returns ENOTFOUND if there is none.
 	Usage(ctx context.Context, requestID string) (*UsageEvent, error)
 }
 

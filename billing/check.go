@@ -28,7 +28,8 @@ func (r *CheckResult) problem(format string, args ...any) {
 }
 
 // Check verifies the ledger in one read transaction (writes go on): every
-// event decodes and is indexed by its request id; the hourly rollups, the
+// event decodes and is indexed by its request id (and by its attempt id,
+// if it has one, attempt_ids holding no other); the hourly rollups, the
 // all-tenant hourly totals and the monthly totals equal the sums of the
 // events (requests, prompt, cached prompt and completion tokens, device
 // time, cost and charges); the hourly capacity equals the sum of the
@@ -48,7 +49,8 @@ func (l *Ledger) Check(ctx context.Context) (*CheckResult, error) {
 		rollups := map[string]*rollup{}
 		hours := map[string]*rollup{}
 		months := map[string]*rollup{}
-		reqids := tx.Bucket(bRequestIDs)
+		reqids, attempts := tx.Bucket(bRequestIDs), tx.Bucket(bAttemptIDs)
+		withAttempt := 0 // events with an attempt id
 		c := tx.Bucket(bEvents).Cursor()
 		for k, v := c.First(); k != nil; k, v = c.Next() {
 			if res.Events++; res.Events%65536 == 0 && ctx.Err() != nil {
@@ -61,6 +63,12 @@ func (l *Ledger) Check(ctx context.Context) (*CheckResult, error) {
 			}
 			if got := reqids.Get([]byte(ev.RequestID)); !bytes.Equal(got, k) {
 				res.problem("request id %q is not indexed to its event %x", ev.RequestID, k)
+			}
+			if ev.AttemptID != "" {
+				withAttempt++
+				if got := attempts.Get([]byte(ev.AttemptID)); !bytes.Equal(got, k) {
+					res.problem("attempt id %q is not indexed to its event %x", ev.AttemptID, k)
+				}
 			}
 			h := hourOf(ev.Time)
 			for _, x := range []struct {
@@ -81,6 +89,9 @@ func (l *Ledger) Check(ctx context.Context) (*CheckResult, error) {
 		}
 		if n := reqids.Stats().KeyN; n != res.Events {
 			res.problem("%d request ids index %d events", n, res.Events)
+		}
+		if n := attempts.Stats().KeyN; n != withAttempt {
+			res.problem("%d attempt ids index %d events with one", n, withAttempt)
 		}
 		res.Rollups = compareRollups(res, "rollup", tx.Bucket(bRollups), rollups)
 		compareRollups(res, "hourly total", tx.Bucket(bHours), hours)

@@ -121,8 +121,10 @@ type journal struct {
 	mu      sync.Mutex
 	pending []*nozzle.UsageEvent          // journaled, not yet filed, in order
 	byID    map[string]*nozzle.UsageEvent // pending by request id
-	month   map[string]*pendingCharges    // by monthKey
-	n       atomic.Int64                  // len(pending)
+	// byAttempt holds the pending events by attempt id (AttemptID).
+	byAttempt map[string]*nozzle.UsageEvent
+	month     map[string]*pendingCharges // by monthKey
+	n         atomic.Int64               // len(pending)
 
 	appends group[*jop]
 	buf     []byte // the append leader's
@@ -184,14 +186,15 @@ func journalPaths(ledgerPath string) [2]string {
 // acknowledged.
 func openJournal(ledgerPath string, maxBatch int) (*journal, []jrec, error) {
 	j := &journal{
-		sync:    fdatasync,
-		byID:    map[string]*nozzle.UsageEvent{},
-		month:   map[string]*pendingCharges{},
-		cps:     map[string]*nozzle.UsageEvent{},
-		live:    map[string]struct{}{},
-		appends: group[*jop]{max: maxBatch},
-		kick:    make(chan struct{}, 1),
-		full:    make(chan struct{}, 1),
+		sync:      fdatasync,
+		byID:      map[string]*nozzle.UsageEvent{},
+		byAttempt: map[string]*nozzle.UsageEvent{},
+		month:     map[string]*pendingCharges{},
+		cps:       map[string]*nozzle.UsageEvent{},
+		live:      map[string]struct{}{},
+		appends:   group[*jop]{max: maxBatch},
+		kick:      make(chan struct{}, 1),
+		full:      make(chan struct{}, 1),
 	}
 	var found [2][]jrec
 	for i, p := range journalPaths(ledgerPath) {
@@ -309,7 +312,7 @@ func appendJournalRecord(b, scratch []byte, gen uint32, r jrec) ([]byte, []byte)
 		e.str(r.ends)
 		scratch = e.b
 		if r.ev != nil {
-			scratch = appendEventAs(scratch, r.ev, valueV2)
+			scratch = appendEventAs(scratch, r.ev, eventFormat(r.ev))
 		}
 	default:
 		scratch = encodeEvent(scratch, r.ev)
@@ -397,6 +400,21 @@ func (j *journal) pendingEvent(requestID string) *nozzle.UsageEvent {
 	return nil
 }
 
+// pendingAttempt returns the journaled event whose attempt id is id, if
+// any.
+func (j *journal) pendingAttempt(id string) *nozzle.UsageEvent {
+	if j.n.Load() == 0 {
+		return nil
+	}
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if ev := j.byAttempt[id]; ev != nil {
+		c := *ev
+		return &c
+	}
+	return nil
+}
+
 // monthCharges returns the journaled charges under a month key.
 func (j *journal) monthCharges(key []byte) float64 {
 	if j.n.Load() == 0 {
@@ -420,6 +438,7 @@ func (l *Ledger) appendUsage(batch []*jop) {
 	t0 := time.Now()
 	fresh := make([]*jop, 0, len(batch))
 	first := make(map[string]*jop, len(batch))
+	attempts := map[string]bool{} // the batch's attempt ids
 	var ckpts []*jop
 	j.mu.Lock()
 	for _, o := range batch {
@@ -440,6 +459,13 @@ func (l *Ledger) appendUsage(batch []*jop) {
 		} else {
 			first[id] = o
 			fresh = append(fresh, o)
+			// An attempt id another event holds already is left out.
+			if a := o.ev.AttemptID; a != "" {
+				if j.byID[a] != nil || j.byAttempt[a] != nil || attempts[a] {
+					o.ev.AttemptID = ""
+				}
+				attempts[a] = true
+			}
 		}
 	}
 	j.mu.Unlock()
@@ -458,6 +484,9 @@ func (l *Ledger) appendUsage(batch []*jop) {
 			if stored != nil {
 				o.ev, o.dup = stored, true
 				continue
+			}
+			if a := []byte(ev.AttemptID); len(a) > 0 && (reqids.Get(a) != nil || tx.Bucket(bAttemptIDs).Get(a) != nil) {
+				ev.AttemptID = "" // another event holds it
 			}
 			if !l.auth.knowsTenant(ev.TenantID) && tx.Bucket(bTenants).Get([]byte(ev.TenantID)) == nil {
 				o.err = nozzle.Errorf(nozzle.EINVALID, "Usage event names unknown tenant %q.", ev.TenantID).WithParam("tenant_id")
@@ -595,6 +624,9 @@ func (l *Ledger) journalWrite(ops []*jop) error {
 	for _, ev := range add {
 		j.pending = append(j.pending, ev)
 		j.byID[ev.RequestID] = ev
+		if ev.AttemptID != "" {
+			j.byAttempt[ev.AttemptID] = ev
+		}
 		if ev.ChargeUSD != 0 {
 			k := string(monthKey(ev.TenantID, monthOf(ev.Time)))
 			m := j.month[k]
@@ -673,6 +705,9 @@ func (l *Ledger) fileJournal() {
 	j.nc.Store(int64(len(j.cps) + len(j.ends)))
 	for _, ev := range snap {
 		delete(j.byID, ev.RequestID)
+		if ev.AttemptID != "" && j.byAttempt[ev.AttemptID] == ev {
+			delete(j.byAttempt, ev.AttemptID)
+		}
 		if ev.ChargeUSD != 0 {
 			k := string(monthKey(ev.TenantID, monthOf(ev.Time)))
 			m := j.month[k]

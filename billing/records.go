@@ -28,20 +28,37 @@ const valueV3 = 3
 // rollups decode with none, which the version 9 migration makes true.
 const valueV4 = 4
 
+// valueV5 is the format of a usage event with an attempt id
+// (nozzle.UsageEvent.AttemptID) since schema version 11: format 2 with the
+// attempt id after the stored response. An event without one is still
+// written in format 2.
+const valueV5 = 5
+
 // Status codes of stored usage events. Interrupted (4) is new in schema
 // version 6.
 var statusCodes = map[string]byte{nozzle.UsageOK: 1, nozzle.UsageCanceled: 2, nozzle.UsageFailed: 3, nozzle.UsageInterrupted: 4}
 var statusNames = map[byte]string{1: nozzle.UsageOK, 2: nozzle.UsageCanceled, 3: nozzle.UsageFailed, 4: nozzle.UsageInterrupted}
 
-func encodeEvent(buf []byte, ev *nozzle.UsageEvent) []byte { return encodeEventAs(buf, ev, valueV2) }
+func encodeEvent(buf []byte, ev *nozzle.UsageEvent) []byte {
+	return encodeEventAs(buf, ev, eventFormat(ev))
+}
+
+// eventFormat is the value format ev is written in: 5 with an attempt id,
+// else 2.
+func eventFormat(ev *nozzle.UsageEvent) byte {
+	if ev.AttemptID != "" {
+		return valueV5
+	}
+	return valueV2
+}
 
 // encodeEventAs writes ev in value format 1 (no cached prompt tokens: what
-// builds before schema version 3 wrote) or 2.
+// builds before schema version 3 wrote), 2 or 5 (with its attempt id).
 func encodeEventAs(buf []byte, ev *nozzle.UsageEvent, format byte) []byte {
 	return appendEventAs(buf[:0], ev, format)
 }
 
-// appendEventAs appends ev's encoding in value format 1 or 2 to b.
+// appendEventAs appends ev's encoding in value format 1, 2 or 5 to b.
 func appendEventAs(b []byte, ev *nozzle.UsageEvent, format byte) []byte {
 	e := enc{b: b}
 	e.u8(format)
@@ -66,13 +83,16 @@ func appendEventAs(b []byte, ev *nozzle.UsageEvent, format byte) []byte {
 	e.f64(ev.RatePerHour)
 	e.f64(ev.ChargeUSD)
 	e.bytes(ev.Response)
+	if format >= valueV5 {
+		e.str(ev.AttemptID)
+	}
 	return e.b
 }
 
 func decodeEvent(b []byte) (*nozzle.UsageEvent, error) {
 	d := dec{b: b}
 	format := d.u8()
-	if format != valueV1 && format != valueV2 {
+	if format != valueV1 && format != valueV2 && format != valueV5 {
 		d.fail()
 	}
 	ev := &nozzle.UsageEvent{
@@ -100,6 +120,11 @@ func decodeEvent(b []byte) (*nozzle.UsageEvent, error) {
 	ev.RatePerHour = d.f64()
 	ev.ChargeUSD = d.f64()
 	ev.Response = d.bytesCopy()
+	if format >= valueV5 {
+		if ev.AttemptID = d.str(); ev.AttemptID == "" {
+			d.fail() // format 5 is written for an attempt id only
+		}
+	}
 	if err := d.done("usage event"); err != nil {
 		return nil, err
 	}

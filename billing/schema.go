@@ -12,7 +12,7 @@ import (
 // docs/LEDGER.md describes it; migrations below bring older files up to it
 // on open. Version 4 has no migration of its own: the builds that knew it
 // but not 5 stamped it on a file when it first held a standard-price mark.
-const SchemaVersion = 10
+const SchemaVersion = 11
 
 // Bucket names. docs/LEDGER.md gives each bucket's keys and values.
 var (
@@ -38,6 +38,7 @@ var (
 	bSessions      = []byte("sessions")
 	bEvents        = []byte("events")
 	bRequestIDs    = []byte("request_ids")
+	bAttemptIDs    = []byte("attempt_ids")
 	bRollups       = []byte("rollups")
 	bHours         = []byte("hours")
 	bMonths        = []byte("months")
@@ -57,7 +58,7 @@ var allBuckets = [][]byte{
 	bRevokedKeys, bAdapters, bAdapterNames, bAdapterSHA, bAdapterGone, bAdapterGoneAt, bUsers, bUserEmails, bUserInvites,
 	bSessions, bEvents, bRequestIDs, bRollups, bHours, bMonths, bCapacity,
 	bCapHours, bCapOpen, bDirty, bBilled, bOutbox, bOutboxPending, bOutboxParked,
-	bCheckpoints, bAdapterBytes, bTenantUsers,
+	bCheckpoints, bAdapterBytes, bTenantUsers, bAttemptIDs,
 }
 
 var (
@@ -132,6 +133,12 @@ var migrations = []migration{
 	// are read without every other tenant's. The migration indexes the
 	// stored users.
 	{To: 10, Fn: indexTenantUsers},
+	// Version 11: a usage event may carry an attempt id (value format 5),
+	// a second id it is found under, indexed in attempt_ids: an
+	// idempotent request, recorded under its key's id, is found under the
+	// request id its client saw too. The migration indexes the stored
+	// events' attempt ids (a file older than version 11 has none).
+	{To: 11, Fn: indexAttemptIDs},
 }
 
 // rebuildBucket replaces bucket name, if there is one, with an empty one:
@@ -147,6 +154,22 @@ func rebuildBucket(tx *bolt.Tx, name []byte) (*bolt.Bucket, error) {
 		return nil, fmt.Errorf("create bucket %s: %w", name, err)
 	}
 	return b, nil
+}
+
+// indexAttemptIDs builds version 11's attempt_ids from the events' attempt
+// ids. A record that does not decode is left out (Check reports it).
+func indexAttemptIDs(tx *bolt.Tx) error {
+	b, err := rebuildBucket(tx, bAttemptIDs)
+	if err != nil {
+		return err
+	}
+	return tx.Bucket(bEvents).ForEach(func(k, v []byte) error {
+		ev, err := decodeEvent(v)
+		if err != nil || ev.AttemptID == "" || b.Get([]byte(ev.AttemptID)) != nil {
+			return nil
+		}
+		return b.Put([]byte(ev.AttemptID), k)
+	})
 }
 
 // indexTenantUsers builds version 10's tenant_users from the users. A

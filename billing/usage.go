@@ -21,10 +21,11 @@ const (
 // rollup increments of the usage events written in it, which flush adds
 // to the stored rollups once per key.
 type wtx struct {
-	l      *Ledger
-	tx     *bolt.Tx
-	events *bolt.Bucket
-	reqids *bolt.Bucket
+	l        *Ledger
+	tx       *bolt.Tx
+	events   *bolt.Bucket
+	reqids   *bolt.Bucket
+	attempts *bolt.Bucket
 
 	rollups map[string]*rollup // rollups key → increment
 	hours   map[int64]*rollup
@@ -125,7 +126,7 @@ func validateEvent(ev *nozzle.UsageEvent) error {
 	case ev.TenantID == "" || len(ev.TenantID) > 100:
 		return bad("Usage event needs a tenant id.").WithParam("tenant_id")
 	case len(ev.AdapterID) > maxIDLen || len(ev.AdapterName) > maxIDLen || len(ev.KeyID) > maxIDLen ||
-		len(ev.Model) > maxIDLen || len(ev.RuntimeID) > maxIDLen:
+		len(ev.Model) > maxIDLen || len(ev.RuntimeID) > maxIDLen || len(ev.AttemptID) > maxIDLen:
 		return bad("Usage event has an id longer than %d bytes.", maxIDLen)
 	case ev.Time.IsZero() || ev.Time.Year() < 2000 || ev.Time.Year() > 9999:
 		return bad("Usage event needs a time.").WithParam("time")
@@ -188,6 +189,9 @@ func (l *Ledger) RecordUsage(ctx context.Context, ev *nozzle.UsageEvent) (bool, 
 		return false, ErrClosed
 	}
 	in.CheckpointID = "" // the journal's alone: never stored with the event
+	if in.AttemptID == in.RequestID {
+		in.AttemptID = "" // found under it anyway
+	}
 	o := &jop{ev: &in, ends: ev.CheckpointID, done: make(chan error, 1)}
 	if err := l.j.appends.do(o, l.appendUsage); err != nil {
 		return false, err
@@ -211,7 +215,7 @@ func (l *Ledger) RecordUsage(ctx context.Context, ev *nozzle.UsageEvent) (bool, 
 // written when the request's event is recorded already.
 func (l *Ledger) CheckpointUsage(ctx context.Context, ev *nozzle.UsageEvent) error {
 	in := *ev
-	in.Status, in.ChargeUSD, in.Response, in.CheckpointID = nozzle.UsageInterrupted, 0, nil, ""
+	in.Status, in.ChargeUSD, in.Response, in.CheckpointID, in.AttemptID = nozzle.UsageInterrupted, 0, nil, "", ""
 	in.Time = in.Time.UTC()
 	if err := validateEvent(&in); err != nil {
 		return err
@@ -240,6 +244,7 @@ func (w *wtx) recordEvent(ev *nozzle.UsageEvent, priced bool) (*nozzle.UsageEven
 		w.events = w.tx.Bucket(bEvents)
 		w.events.FillPercent = 1 // keys only ever grow
 		w.reqids = w.tx.Bucket(bRequestIDs)
+		w.attempts = w.tx.Bucket(bAttemptIDs)
 		w.rollups = map[string]*rollup{}
 		w.hours = map[int64]*rollup{}
 		w.months = map[string]*rollup{}
@@ -261,6 +266,9 @@ func (w *wtx) recordEvent(ev *nozzle.UsageEvent, priced bool) (*nozzle.UsageEven
 	out := *ev
 	if !priced {
 		out.ChargeUSD = 0
+	}
+	if a := []byte(out.AttemptID); len(a) > 0 && (out.AttemptID == out.RequestID || w.reqids.Get(a) != nil || w.attempts.Get(a) != nil) {
+		out.AttemptID = "" // another event holds it: left out
 	}
 	if !priced && out.Status != nozzle.UsageFailed {
 		hist, ok := w.prices[ev.TenantID]
@@ -284,6 +292,11 @@ func (w *wtx) recordEvent(ev *nozzle.UsageEvent, priced bool) (*nozzle.UsageEven
 	}
 	if err := w.reqids.Put([]byte(ev.RequestID), sk); err != nil {
 		return nil, false, err
+	}
+	if out.AttemptID != "" {
+		if err := w.attempts.Put([]byte(out.AttemptID), sk); err != nil {
+			return nil, false, err
+		}
 	}
 	var inc rollup
 	inc.addEvent(&out)
@@ -318,15 +331,28 @@ func (w *wtx) addToRollups(ev *nozzle.UsageEvent, inc *rollup) {
 	mi.add(inc)
 }
 
-// Usage returns the event stored for a request. Returns ENOTFOUND if there
-// is none.
+// Usage returns the event stored for a request: the one recorded under
+// requestID or, failing that, the one whose attempt id it is. Returns
+// ENOTFOUND if there is none.
 func (l *Ledger) Usage(ctx context.Context, requestID string) (*nozzle.UsageEvent, error) {
+	// The journal first, then the file: filing commits an event before
+	// the journal lets it go.
 	if ev := l.j.pendingEvent(requestID); ev != nil {
 		return ev, nil
 	}
 	var ev *nozzle.UsageEvent
 	err := l.view(func(tx *bolt.Tx) (err error) {
 		ev, err = storedEvent(tx.Bucket(bRequestIDs), tx.Bucket(bEvents), requestID)
+		return err
+	})
+	if err != nil || ev != nil {
+		return ev, err
+	}
+	if ev := l.j.pendingAttempt(requestID); ev != nil {
+		return ev, nil
+	}
+	err = l.view(func(tx *bolt.Tx) (err error) {
+		ev, err = storedEvent(tx.Bucket(bAttemptIDs), tx.Bucket(bEvents), requestID)
 		if err == nil && ev == nil {
 			err = nozzle.Errorf(nozzle.ENOTFOUND, "No usage is recorded for request %q.", requestID)
 		}
@@ -336,7 +362,7 @@ func (l *Ledger) Usage(ctx context.Context, requestID string) (*nozzle.UsageEven
 }
 
 // storedEvent returns the event stored for a request, or nil if there is
-// none.
+// none: reqids is request_ids, or attempt_ids for the event of an attempt.
 func storedEvent(reqids, events *bolt.Bucket, requestID string) (*nozzle.UsageEvent, error) {
 	seq := reqids.Get([]byte(requestID))
 	if seq == nil {

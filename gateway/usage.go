@@ -148,14 +148,17 @@ func (s *Server) usage(c *fiber.Ctx) error {
 // requestUsage handles GET /v1/usage/requests/{id}: what the ledger holds
 // for one of the tenant's requests, named by its X-Request-Id or, for a
 // completed request sent with an Idempotency-Key (which the ledger keeps
-// under the key, not under its X-Request-Id), that key: its tokens and
-// its charge at the prices in force when it ran.
+// under the key, and finds under the X-Request-Id the client saw as its
+// attempt id, attemptLedger), that key: its tokens and its charge at the
+// prices in force when it ran.
 func (s *Server) requestUsage(c *fiber.Ctx) error {
 	id := strings.Clone(c.Params("id"))
 	tenantID := principalFrom(c).tenant.ID
 	notFound := nozzle.Errorf(nozzle.ENOTFOUND, "No usage recorded for request %q.", id).WithReason("request_not_found")
 	// The id the client chose (X-Request-Id), one the gateway gave, or an
-	// Idempotency-Key, in that order.
+	// Idempotency-Key, in that order. The first also finds a completed
+	// idempotent request by the X-Request-Id it was answered with, chosen
+	// or given (its attempt id).
 	ev, err := s.deps.Ledger.Usage(c.UserContext(), clientRequestID(tenantID, id))
 	shown := id
 	if nozzle.ErrorCode(err) == nozzle.ENOTFOUND {

@@ -209,6 +209,74 @@ func TestRequestUsage(t *testing.T) {
 	wantError(t, f.do(http.MethodGet, "/v1/usage/requests/nope", "", f.authA()), 404, "invalid_request_error", "request_not_found", "")
 }
 
+// TestRequestUsage_IdempotentByRequestID: a completed request sent with an
+// Idempotency-Key, which the ledger keeps under its key, is found by the
+// X-Request-Id its client saw (the gateway's or one it chose, streamed or
+// not) as well as by its key, and only by its own tenant; a later request
+// cannot take that id.
+func TestRequestUsage_IdempotentByRequestID(t *testing.T) {
+	f := newFixture(t)
+	type usage struct {
+		Object     string
+		ID         string
+		Status     string
+		ChargedUSD float64 `json:"charged_usd"`
+	}
+	for _, tc := range []struct {
+		name, key, chosen, body string
+	}{
+		{"GatewayID", "order-10", "", chatBody("base", "hi")},
+		{"ChosenID", "order-11", "invoice-42", chatBody("base", "hello")},
+		{"Stream", "order-12", "", `{"model":"base","stream":true,"messages":[{"role":"user","content":"hi"}]}`},
+		{"Legacy", "order-13", "", `{"model":"base","prompt":"hi"}`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			hs := []header{f.authA(), hdr("Idempotency-Key", tc.key)}
+			if tc.chosen != "" {
+				hs = append(hs, hdr("X-Request-Id", tc.chosen))
+			}
+			path := "/v1/chat/completions"
+			if strings.Contains(tc.body, `"prompt"`) {
+				path = "/v1/completions"
+			}
+			r := f.do(http.MethodPost, path, tc.body, hs...)
+			answer := readAll(t, r)
+			rid := r.Header.Get("X-Request-Id")
+			if r.StatusCode != 200 || rid == "" || (tc.chosen != "" && rid != tc.chosen) || !strings.Contains(answer, "-"+rid+`"`) {
+				t.Fatalf("%d, X-Request-Id %q: %s", r.StatusCode, rid, answer)
+			}
+			var byID, byKey usage
+			decode(t, f.do(http.MethodGet, "/v1/usage/requests/"+rid, "", f.authA()), &byID)
+			decode(t, f.do(http.MethodGet, "/v1/usage/requests/"+tc.key, "", f.authA()), &byKey)
+			if byID.Object != "request.usage" || byID.ID != rid || byID.Status != "ok" || byID.ChargedUSD <= 0 || byKey.ID != tc.key || byKey.ChargedUSD != byID.ChargedUSD {
+				t.Errorf("by X-Request-Id %+v, by key %+v", byID, byKey)
+			}
+			wantError(t, f.do(http.MethodGet, "/v1/usage/requests/"+rid, "", bearer(f.keyB)), 404, "invalid_request_error", "request_not_found", "")
+			// A retry is replayed, and still one request.
+			n := len(f.events())
+			r = f.do(http.MethodPost, path, tc.body, hs...)
+			readAll(t, r)
+			if r.Header.Get("Idempotent-Replayed") != "true" || len(f.events()) != n {
+				t.Errorf("the retry: replayed %q, %d events after %d", r.Header.Get("Idempotent-Replayed"), len(f.events()), n)
+			}
+		})
+	}
+	// A new request under the id an idempotent one was answered with gets
+	// an id of its own, and the id keeps naming the first.
+	r := f.do(http.MethodPost, "/v1/chat/completions", chatBody("base", "other"), f.authA(), hdr("X-Request-Id", "invoice-42"))
+	readAll(t, r)
+	if id := r.Header.Get("X-Request-Id"); id == "invoice-42" || !strings.HasPrefix(id, "req_") {
+		t.Errorf("a reused id kept: %q", id)
+	}
+	var got usage
+	decode(t, f.do(http.MethodGet, "/v1/usage/requests/invoice-42", "", f.authA()), &got)
+	var first usage
+	decode(t, f.do(http.MethodGet, "/v1/usage/requests/order-11", "", f.authA()), &first)
+	if got.ID != "invoice-42" || got.ChargedUSD != first.ChargedUSD {
+		t.Errorf("invoice-42 after its reuse: %+v, the idempotent request's %+v", got, first)
+	}
+}
+
 // TestRequestUsage_WithoutFloatNoise: a request's charge of 1.5e-6 USD
 // and device seconds of 0.01 that the ledger holds with float noise read
 // 0.0000015 and 0.01.

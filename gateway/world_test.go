@@ -44,6 +44,7 @@ type world struct {
 	removed     []string             // what the store removed, in order
 	events      []*nozzle.UsageEvent // in record order
 	byID        map[string]*nozzle.UsageEvent
+	byAttempt   map[string]*nozzle.UsageEvent // by AttemptID, as the ledger finds them
 	checkpoints map[string]*nozzle.UsageEvent // running streams' latest, by request id
 	ckptLog     []*nozzle.UsageEvent          // every checkpoint taken, in order
 	ckptEnds    []string                      // events[i]'s CheckpointID
@@ -74,7 +75,7 @@ type world struct {
 // 1970, is base.
 func newWorld(base nozzle.Price) *world {
 	w := &world{now: time.Now, tenants: map[string]*nozzle.Tenant{}, keys: map[string]*nozzle.APIKey{}, touched: map[string]time.Time{},
-		adapters: map[string]*nozzle.Adapter{}, stored: map[string]map[string][]byte{}, byID: map[string]*nozzle.UsageEvent{},
+		adapters: map[string]*nozzle.Adapter{}, stored: map[string]map[string][]byte{}, byID: map[string]*nozzle.UsageEvent{}, byAttempt: map[string]*nozzle.UsageEvent{},
 		checkpoints: map[string]*nozzle.UsageEvent{},
 		users:       map[string]*nozzle.User{}, sessions: map[string]*nozzle.Session{}, tiers: map[string]nozzle.Tier{},
 		words: []string{"Hello", " from", " the", " pooled", " GPU", "."}, rate: 2}
@@ -440,6 +441,11 @@ func (w *world) mocks() *mocks {
 				e.Response = append([]byte(nil), ev.Response...)
 				e.CheckpointID = "" // not stored; ckptEnds keeps it
 				w.ckptEnds = append(w.ckptEnds, ev.CheckpointID)
+				if a := e.AttemptID; a != "" && w.byID[a] == nil && w.byAttempt[a] == nil {
+					w.byAttempt[a] = e
+				} else {
+					e.AttemptID = "" // another event holds it
+				}
 				w.events = append(w.events, e)
 				w.byID[e.RequestID] = e
 				return false, nil
@@ -447,6 +453,9 @@ func (w *world) mocks() *mocks {
 			UsageFn: func(ctx context.Context, id string) (*nozzle.UsageEvent, error) {
 				defer w.lock()()
 				if e := w.byID[id]; e != nil {
+					return clone(e), nil
+				}
+				if e := w.byAttempt[id]; e != nil {
 					return clone(e), nil
 				}
 				return nil, nozzle.Errorf(nozzle.ENOTFOUND, "No usage.")
