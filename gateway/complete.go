@@ -492,6 +492,10 @@ func (cp *completion) settle(body []byte) (stored []byte, err error) {
 		ev.RequestID = cp.meterID
 		if cp.idem {
 			ev.Response = storedResponse(cp.fp, body)
+			// found by the X-Request-Id its answer went out with too, the
+			// id a client-chosen one is kept under (so no later request
+			// takes it)
+			ev.AttemptID = clientRequestID(ev.TenantID, cp.st.id)
 		}
 	case code == nozzle.ECANCELED && (!timedOut || cp.sent),
 		cp.sent && code != nozzle.EINTERNAL && code != nozzle.EUNAVAILABLE:

@@ -364,8 +364,6 @@ func New(cfg Config, deps Deps) (*Server, error) {
 		}
 	}
 
-	// An idempotent request is found by its X-Request-Id too.
-	deps.Ledger = withAttempts(deps.Ledger)
 	s := &Server{cfg: cfg, deps: deps, log: cfg.Logger}
 	s.held.Store(cfg.HoldReady)
 	s.baseCtx, s.cancel = context.WithCancel(context.Background())

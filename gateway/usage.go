@@ -149,7 +149,7 @@ func (s *Server) usage(c *fiber.Ctx) error {
 // for one of the tenant's requests, named by its X-Request-Id or, for a
 // completed request sent with an Idempotency-Key (which the ledger keeps
 // under the key, and finds under the X-Request-Id the client saw as its
-// attempt id, attemptLedger), that key: its tokens and its charge at the
+// attempt id, set when it is recorded), that key: its tokens and its charge at the
 // prices in force when it ran.
 func (s *Server) requestUsage(c *fiber.Ctx) error {
 	id := strings.Clone(c.Params("id"))
