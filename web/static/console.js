@@ -265,8 +265,10 @@
       const d = Math.min(12, 1 - Math.floor(Math.log10(a)));
       return sign + '$' + a.toFixed(d).replace(/0+$/, '');
     },
-    percent: (v) => v.toFixed(0) + '%',
-    seconds: (v) => v >= 3600 ? (v / 3600).toFixed(1) + 'h' : v >= 60 ? (v / 60).toFixed(0) + 'm' : v.toFixed(0) + 's',
+    // ticks of a small range keep their digits: 0.2%, 0.05s, never a row of 0s
+    percent: (v) => fmt.small(v) + '%',
+    seconds: (v) => v >= 3600 ? (v / 3600).toFixed(1) + 'h' : v >= 60 ? (v / 60).toFixed(0) + 'm' : fmt.small(v) + 's',
+    small: (v) => v === 0 || Math.abs(v) >= 10 ? String(Math.round(v)) : String(+v.toPrecision(2)),
     count: (v) => String(Math.round(v)),
   };
 
