@@ -2,7 +2,6 @@ package billing
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"path/filepath"
@@ -188,30 +187,6 @@ func TestAdapterStorage_Concurrent(t *testing.T) {
 	}
 }
 
-// asVersion7 turns a closed ledger back into schema version 7's layout:
-// no adapter_storage.
-func asVersion7(t *testing.T, path string) {
-	t.Helper()
-	db, err := bolt.Open(path, 0o600, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	err = db.Update(func(tx *bolt.Tx) error {
-		if err := tx.DeleteBucket(bAdapterBytes); err != nil {
-			return fmt.Errorf("%s: %w", bAdapterBytes, err)
-		}
-		var v [4]byte
-		binary.BigEndian.PutUint32(v[:], 7)
-		return tx.Bucket(bMeta).Put(metaVersion, v[:])
-	})
-	if cerr := db.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-}
-
 // TestLedger_AdapterStorageMigration: a version 7 file opens at version 8
 // with each tenant's adapter storage added up from its adapters (deleted
 // ones left out), and the totals go on from there.
@@ -239,7 +214,7 @@ func TestLedger_AdapterStorageMigration(t *testing.T) {
 	if err := l.Close(); err != nil {
 		t.Fatal(err)
 	}
-	asVersion7(t, path)
+	asVersion(t, path, 7, bAdapterBytes)
 
 	l = openCompat(t, path)
 	if v, err := FileVersion(l); err != nil || v != SchemaVersion {

@@ -3,7 +3,6 @@ package billing
 import (
 	"bytes"
 	"context"
-	"encoding/binary"
 	"errors"
 	"path/filepath"
 	"strings"
@@ -150,24 +149,7 @@ func TestLedger_AttemptIDMigration(t *testing.T) {
 	if err := l.Close(); err != nil {
 		t.Fatal(err)
 	}
-	db, err := bolt.Open(path, 0o600, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	err = db.Update(func(tx *bolt.Tx) error {
-		if err := tx.DeleteBucket(bAttemptIDs); err != nil {
-			return err
-		}
-		var v [4]byte
-		binary.BigEndian.PutUint32(v[:], 10)
-		return tx.Bucket(bMeta).Put(metaVersion, v[:])
-	})
-	if cerr := db.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
+	asVersion(t, path, 10, bAttemptIDs)
 
 	l = openCompat(t, path)
 	if v, err := FileVersion(l); err != nil || v != 11 || SchemaVersion != 11 {

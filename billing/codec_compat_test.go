@@ -504,25 +504,10 @@ func TestLedger_Version5File(t *testing.T) {
 	if err := l.Close(); err != nil {
 		t.Fatal(err)
 	}
-	db, err := bolt.Open(path, 0o600, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	err = db.Update(func(tx *bolt.Tx) error {
-		if err := tx.DeleteBucket(bCheckpoints); err != nil {
-			return err
-		}
-		return tx.Bucket(bMeta).Put(metaVersion, []byte{0, 0, 0, 5})
-	})
-	if cerr := db.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
+	asVersion(t, path, 5, bCheckpoints)
 
 	l = openHeld(t, Options{Path: path})
-	err = l.view(func(tx *bolt.Tx) error {
+	err := l.view(func(tx *bolt.Tx) error {
 		if v, _ := schemaVersion(tx); v != SchemaVersion || tx.Bucket(bCheckpoints) == nil {
 			t.Errorf("version %d, checkpoints bucket %v", v, tx.Bucket(bCheckpoints) != nil)
 		}
@@ -545,15 +530,7 @@ func TestLedger_Version5File(t *testing.T) {
 	}
 	l.Close()
 
-	db, err = bolt.Open(path, 0o600, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	err = db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bMeta).Put(metaVersion, []byte{0, 0, 0, SchemaVersion + 1}) })
-	db.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
+	asVersion(t, path, SchemaVersion+1)
 	if l, err := Open(Options{Path: path}); err == nil || !strings.Contains(err.Error(), "newer than this build supports") {
 		if l != nil {
 			l.Close()

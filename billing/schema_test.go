@@ -16,6 +16,33 @@ import (
 
 // asVersion6 turns a closed ledger's metadata back into schema version 6's
 // layout: no tenant_order, tenant_keys_revoked or deleted adapters'
+// asVersion turns a closed ledger back into an earlier schema version's
+// layout: the buckets that version had not (drop) removed, the version
+// written. A migration then has them to build.
+func asVersion(t *testing.T, path string, version uint32, drop ...[]byte) {
+	t.Helper()
+	db, err := bolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		for _, name := range drop {
+			if err := tx.DeleteBucket(name); err != nil {
+				return fmt.Errorf("%s: %w", name, err)
+			}
+		}
+		var v [4]byte
+		binary.BigEndian.PutUint32(v[:], version)
+		return tx.Bucket(bMeta).Put(metaVersion, v[:])
+	})
+	if cerr := db.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
 // places, and tenant_keys keyed by lp(tenant) + key id with empty values.
 func asVersion6(t *testing.T, path string) {
 	t.Helper()

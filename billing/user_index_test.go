@@ -2,7 +2,6 @@ package billing
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -190,30 +189,6 @@ func indexEntries(t *testing.T, l *Ledger) (n int) {
 	return n
 }
 
-// asVersion9 turns a closed ledger back into schema version 9's layout:
-// no tenant_users.
-func asVersion9(t *testing.T, path string) {
-	t.Helper()
-	db, err := bolt.Open(path, 0o600, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	err = db.Update(func(tx *bolt.Tx) error {
-		if err := tx.DeleteBucket(bTenantUsers); err != nil {
-			return fmt.Errorf("%s: %w", bTenantUsers, err)
-		}
-		var v [4]byte
-		binary.BigEndian.PutUint32(v[:], 9)
-		return tx.Bucket(bMeta).Put(metaVersion, v[:])
-	})
-	if cerr := db.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-}
-
 // TestLedger_TenantUsersMigration: a version 9 file opens at version 10
 // with every user indexed under its tenant, lists each tenant's users as
 // the full scan did, and new users join the index.
@@ -230,7 +205,7 @@ func TestLedger_TenantUsersMigration(t *testing.T) {
 	if err := l.Close(); err != nil {
 		t.Fatal(err)
 	}
-	asVersion9(t, path)
+	asVersion(t, path, 9, bTenantUsers)
 
 	l = openUsersLedger(t, path, clk.Now)
 	if v, err := FileVersion(l); err != nil || v != SchemaVersion || SchemaVersion < 10 {
