@@ -772,17 +772,24 @@ func cudaSampleRef(logits []float32, temp, topP float32, topK int, u float64) (i
 	return tok, margin
 }
 
+// cudaSamplingPair is both backends on a tiny model (seed) with room for
+// many sequences and three top logprobs, for the sampling tests.
+func cudaSamplingPair(t *testing.T, seed uint64) *cudaPair {
+	t.Helper()
+	openCUDA(t)
+	opts := cudaOptions()
+	opts.KVBlocks = 512
+	p := newCUDAPair(t, openModel(t, cudaTiny(seed)), opts)
+	p.nTop = 3
+	return p
+}
+
 // TestCUDA_Sampling: temperature, top_k and top_p draws pick the same
 // token on both backends for the same seed (where the draw is not within
 // 1e-4 of a boundary), in a batch of many sequences or alone; each agrees
 // with the sampler's definition.
 func TestCUDA_Sampling(t *testing.T) {
-	openCUDA(t)
-	m := openModel(t, cudaTiny(403))
-	opts := cudaOptions()
-	opts.KVBlocks = 512
-	p := newCUDAPair(t, m, opts)
-	p.nTop = 3
+	p := cudaSamplingPair(t, 403)
 	prompt := cudaTokens(rand.New(rand.NewPCG(403, 3)), 10, 96)
 	type sc struct {
 		temp float32
@@ -854,12 +861,7 @@ func TestCUDA_Sampling(t *testing.T) {
 // tokens, logits and logprobs agree, and the adjustments steer the draws
 // (a banned token never comes, a penalised one less often).
 func TestCUDA_LogitBias(t *testing.T) {
-	openCUDA(t)
-	m := openModel(t, cudaTiny(417))
-	opts := cudaOptions()
-	opts.KVBlocks = 512
-	p := newCUDAPair(t, m, opts)
-	p.nTop = 3
+	p := cudaSamplingPair(t, 417)
 	r := rand.New(rand.NewPCG(417, 1))
 	const nSeq, steps = 6, 24
 	seqs := make([]*cudaSeq, nSeq)
