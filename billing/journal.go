@@ -388,27 +388,28 @@ func decodeJournal(b []byte) (recs []jrec, good int, gen uint32) {
 
 // pendingEvent returns the journaled event of a request, if any.
 func (j *journal) pendingEvent(requestID string) *nozzle.UsageEvent {
-	if j.n.Load() == 0 {
-		return nil
-	}
-	j.mu.Lock()
-	defer j.mu.Unlock()
-	if ev := j.byID[requestID]; ev != nil {
-		c := *ev
-		return &c
-	}
-	return nil
+	return j.lookup(requestID, false)
 }
 
 // pendingAttempt returns the journaled event whose attempt id is id, if
 // any.
 func (j *journal) pendingAttempt(id string) *nozzle.UsageEvent {
+	return j.lookup(id, true)
+}
+
+// lookup returns a copy of the journaled event under id — its request
+// id, or with attempt its attempt id — if any.
+func (j *journal) lookup(id string, attempt bool) *nozzle.UsageEvent {
 	if j.n.Load() == 0 {
 		return nil
 	}
 	j.mu.Lock()
 	defer j.mu.Unlock()
-	if ev := j.byAttempt[id]; ev != nil {
+	index := j.byID
+	if attempt {
+		index = j.byAttempt
+	}
+	if ev := index[id]; ev != nil {
 		c := *ev
 		return &c
 	}
