@@ -1,0 +1,1347 @@
+package grammar
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+)
+
+// The Schema machine is the language of OpenAI's response_format
+// {"type": "json_schema", "json_schema": {"schema": ...}} (structured
+// outputs): the JSON text of one value valid against a JSON Schema of the
+// strict-mode subset. Whitespace and UTF-8 are as for JSON (none before or
+// after the value, runs of at most MaxSpace between tokens, nesting at
+// most MaxSchemaDepth containers deep).
+//
+// Supported keywords: "type" (a name or a list of names), "properties",
+// "required", "additionalProperties" (true, false or absent), "items" (one
+// schema), "minItems" and "maxItems" (at most MaxSchemaItems), "enum" and
+// "const", "anyOf" and "oneOf" (alike) whose alternatives start with
+// different bytes, "$ref" to "#", "#/$defs/NAME" or "#/definitions/NAME"
+// (recursion allowed), and the annotations (title, description, default,
+// examples, $schema, $id, $comment, deprecated, readOnly, writeOnly). Any
+// other keyword ("pattern", "format", "minimum", "allOf", ...) is refused
+// at compile time, so that nothing in a schema goes unenforced.
+//
+// How the output is written:
+//   - An object with "properties" has its keys in the order the schema
+//     lists them, each at most once; a property not in "required" may be
+//     skipped; no other key may come ("additionalProperties" is taken as
+//     false whatever it says, as OpenAI's strict mode requires). An object
+//     without "properties" is any object, unless "additionalProperties" is
+//     false (then only {}).
+//   - Keys, and the values of "enum" and "const", are matched byte for
+//     byte in their compact encoding (json.Marshal's, without HTML
+//     escaping; numbers as the schema writes them, objects' keys in the
+//     schema's order, no whitespace inside).
+//   - "integer" is a JSON number without fraction or exponent.
+//   - A schema without "type" ({} or annotations only) is any JSON value.
+
+// MaxSchemaDepth is the deepest nesting of objects and arrays a Schema
+// state takes (and a schema may describe without recursion).
+const MaxSchemaDepth = 32
+
+// Limits of a schema CompileSchema takes.
+const (
+	MaxSchemaNodes = 256      // compiled subschemas
+	MaxSchemaEnum  = 256      // values of one "enum"
+	MaxSchemaBytes = 64 << 10 // bytes of the schema's JSON text
+	MaxSchemaItems = 256      // the largest minItems or maxItems
+)
+
+// node kinds
+const (
+	kType  uint8 = iota // values of the types in types
+	kAny                // any JSON value
+	kEnum               // one of enum's literals
+	kAnyOf              // one of alts, told apart by the first byte
+	kRef                // the same as node target
+)
+
+// type bits
+const (
+	tObject uint8 = 1 << iota
+	tArray
+	tString
+	tNumber
+	tInteger
+	tBoolean
+	tNull
+)
+
+// classes of a value's first byte
+const (
+	cObj = iota
+	cArr
+	cStr
+	cNum
+	cTrue
+	cFalse
+	cNull
+	nClass
+)
+
+var classNames = [nClass]string{"an object", "an array", "a string", "a number", "true", "false", "null"}
+
+func classOf(b byte) int {
+	switch {
+	case b == '{':
+		return cObj
+	case b == '[':
+		return cArr
+	case b == '"':
+		return cStr
+	case b == '-' || isDigit(b):
+		return cNum
+	case b == 't':
+		return cTrue
+	case b == 'f':
+		return cFalse
+	case b == 'n':
+		return cNull
+	}
+	return -1
+}
+
+// noFit is a need past MaxSchemaDepth: no such value fits.
+const noFit = 255
+
+// anyNode is the index of the node of any JSON value; a frame of an
+// unconstrained container has it.
+const anyNode = 0
+
+// arrFrame marks a frame's node as an array's (a node whose type is both
+// object and array has frames of either kind).
+const arrFrame = 0x8000
+
+type sprop struct {
+	key      []byte // as written: quoted, escaped
+	node     uint16
+	required bool
+}
+
+type snode struct {
+	kind      uint8
+	types     uint8 // kType
+	props     []sprop
+	anyObject bool // an object without "properties": any object
+	items     uint16
+	minItems  int
+	maxItems  int      // -1: no limit
+	enum      [][]byte // kEnum: compact encodings
+	alts      []uint16 // kAnyOf
+	dispatch  [nClass]uint16
+	target    uint16 // kRef
+	classes   uint8  // the classes its values may start with
+	// need[c]: the containers a value starting with class c opens, one
+	// inside another, at least (noFit: none fits in MaxSchemaDepth); fit:
+	// the least of them
+	need [nClass]uint8
+	fit  uint8
+	path string
+}
+
+// compiled is a compiled schema, shared read-only by its states.
+type compiled struct {
+	nodes []snode
+	root  uint16
+}
+
+// Schema is the state of a schema's machine: a value, copied by
+// assignment (it points at the compiled schema, which it never changes).
+// The start state is CompileSchema's result.
+type Schema struct {
+	c      *compiled
+	lex    uint8
+	aux    uint8
+	space  uint8
+	lo, hi uint8 // sStrUTF: the range of the next byte
+	depth  uint8
+	cur    uint16 // the node of the value being read
+	li, lk uint16 // sKey, sEnum: the first candidate literal, bytes matched
+	stack  [MaxSchemaDepth]sframe
+}
+
+// sframe is an open container: its node (arrFrame set for an array) and,
+// for an object with properties, the next property that may come; for an
+// array, the items read (up to maxItems, or minItems without one).
+type sframe struct{ node, pos uint16 }
+
+// lexical states of the Schema machine
+const (
+	sValue    uint8 = iota // a value of node cur
+	sArrFirst              // after '[': an item or ']'
+	sObjFirst              // after '{': a key or '}'
+	sObjKey                // after ',' in an object: a key
+	sKey                   // in a key of an object with properties (li, lk)
+	sColon                 // after a key: ':' (cur: the value's node)
+	sAfter                 // after a value in a container: ',' or its close
+	sDone                  // the value is complete
+	sStr                   // in a free string (aux 1: a key of any object)
+	sStrEsc                // after a backslash
+	sStrHex                // in \uXXXX (aux: hex digits left, +4 for a key)
+	sStrUTF                // in a multi-byte character (aux: bytes left, +4 for a key)
+	sNumMinus              // after '-' (aux 1: an integer)
+	sNumZero               // after a leading 0
+	sNumInt                // in the integer part
+	sNumDot                // after '.'
+	sNumFrac               // in the fraction
+	sNumE                  // after 'e'
+	sNumESign              // after the exponent's sign
+	sNumExp                // in the exponent
+	sLit                   // in true, false or null (aux: literal·8 + bytes read)
+	sEnum                  // in an enum's literal (cur, li, lk)
+)
+
+// Done reports whether the output is a whole value matching the schema.
+// A top-level number is done while more digits could still come.
+func (s *Schema) Done() bool {
+	if s.lex == sDone {
+		return true
+	}
+	if s.depth != 0 {
+		return false
+	}
+	switch s.lex {
+	case sNumZero, sNumInt, sNumFrac, sNumExp:
+		return true
+	case sEnum:
+		return s.enumNumberEnds()
+	}
+	return false
+}
+
+// Plain reports whether s is inside a string whose content is free (not
+// mid-escape, not mid-character): any whole UTF-8 characters without '"',
+// '\\' or controls keep the state as it is.
+func (s *Schema) Plain() bool { return s.lex == sStr }
+
+// Key appends to dst bytes that identify the state: two states of one
+// compiled schema with the same key accept the same continuations.
+func (s *Schema) Key(dst []byte) []byte {
+	dst = append(dst, s.lex, s.aux, s.space, s.lo, s.hi, s.depth,
+		byte(s.cur), byte(s.cur>>8), byte(s.li), byte(s.li>>8), byte(s.lk), byte(s.lk>>8))
+	for _, f := range s.stack[:s.depth] {
+		dst = append(dst, byte(f.node), byte(f.node>>8), byte(f.pos), byte(f.pos>>8))
+	}
+	return dst
+}
+
+// Feed reads one byte; it reports false (leaving s unusable) when the
+// byte cannot come next.
+func (s *Schema) Feed(b byte) bool {
+	switch s.lex {
+	case sStr:
+		switch {
+		case b == '"':
+			if s.aux == 1 {
+				s.lex, s.aux, s.cur = sColon, 0, anyNode
+				return true
+			}
+			s.afterValue()
+		case b == '\\':
+			s.lex = sStrEsc
+		case b < 0x20:
+			return false
+		case b >= 0x80:
+			return s.utf8Start(b)
+		}
+		return true
+	case sStrEsc:
+		switch b {
+		case '"', '\\', '/', 'b', 'f', 'n', 'r', 't':
+			s.lex = sStr
+		case 'u':
+			s.lex, s.aux = sStrHex, 4+4*s.aux
+		default:
+			return false
+		}
+		return true
+	case sStrHex:
+		if !isHex(b) {
+			return false
+		}
+		if (s.aux-1)%4 == 0 { // the last digit
+			s.lex, s.aux = sStr, (s.aux-1)/4
+		} else {
+			s.aux--
+		}
+		return true
+	case sStrUTF:
+		if b < s.lo || b > s.hi {
+			return false
+		}
+		s.lo, s.hi = 0x80, 0xBF
+		if s.aux%4 == 1 {
+			s.lex, s.aux, s.lo, s.hi = sStr, s.aux/4, 0, 0
+		} else {
+			s.aux--
+		}
+		return true
+	case sLit:
+		lit, at := literals[s.aux/8], s.aux%8
+		if b != lit[at] {
+			return false
+		}
+		if int(at)+1 == len(lit) {
+			s.afterValue()
+		} else {
+			s.aux++
+		}
+		return true
+	case sKey:
+		return s.keyByte(b)
+	case sEnum:
+		return s.enumByte(b)
+	case sNumMinus, sNumZero, sNumInt, sNumDot, sNumFrac, sNumE, sNumESign, sNumExp:
+		return s.number(b)
+	}
+	// between tokens
+	if isSpace(b) {
+		if s.lex == sDone || s.depth == 0 && s.lex == sValue || s.space >= MaxSpace {
+			return false
+		}
+		s.space++
+		return true
+	}
+	s.space = 0
+	switch s.lex {
+	case sValue:
+		return s.value(b, s.cur)
+	case sArrFirst:
+		f := &s.stack[s.depth-1]
+		if b == ']' {
+			return s.canClose(f) && s.pop()
+		}
+		return s.canAdd(f) && s.value(b, s.itemNode(f))
+	case sObjFirst:
+		if b == '}' {
+			return s.canClose(&s.stack[s.depth-1]) && s.pop()
+		}
+		fallthrough
+	case sObjKey:
+		if b != '"' {
+			return false
+		}
+		f := &s.stack[s.depth-1]
+		if f.node == anyNode {
+			s.lex, s.aux = sStr, 1
+			return true
+		}
+		if !s.keyAhead(f) {
+			return false
+		}
+		s.lex, s.li, s.lk = sKey, f.pos, 1 // every key starts with '"'
+		return true
+	case sColon:
+		if b != ':' {
+			return false
+		}
+		s.lex = sValue
+		return true
+	case sAfter:
+		f := &s.stack[s.depth-1]
+		arr := f.node&arrFrame != 0
+		switch {
+		case b == ',' && arr:
+			if !s.canAdd(f) {
+				return false
+			}
+			s.lex, s.cur = sValue, s.itemNode(f)
+		case b == ',':
+			if f.node != anyNode && !s.keyAhead(f) {
+				return false
+			}
+			s.lex = sObjKey
+		case b == ']' && arr, b == '}' && !arr:
+			return s.canClose(f) && s.pop()
+		default:
+			return false
+		}
+		return true
+	}
+	return false
+}
+
+// itemNode is the node of an array frame's items.
+func (s *Schema) itemNode(f *sframe) uint16 {
+	if f.node == anyNode|arrFrame {
+		return anyNode
+	}
+	return s.c.nodes[f.node&^arrFrame].items
+}
+
+// canAdd reports whether an array may take another item.
+func (s *Schema) canAdd(f *sframe) bool {
+	if f.node == anyNode|arrFrame {
+		return true
+	}
+	n := &s.c.nodes[f.node&^arrFrame]
+	return (n.maxItems < 0 || int(f.pos) < n.maxItems) && s.fits(n.items)
+}
+
+// fits reports whether a value of node n can begin (and end) at the
+// current depth.
+func (s *Schema) fits(n uint16) bool {
+	return int(s.depth)+int(s.c.nodes[n].fit) <= MaxSchemaDepth
+}
+
+// keyAhead reports whether an object frame of a node with properties may
+// take a key: one from its next property to its first required one whose
+// value fits.
+func (s *Schema) keyAhead(f *sframe) bool {
+	for _, p := range s.c.nodes[f.node].props[f.pos:] {
+		if s.fits(p.node) {
+			return true
+		}
+		if p.required {
+			break
+		}
+	}
+	return false
+}
+
+// canClose reports whether a container may close: an array has its
+// minItems, an object its required properties.
+func (s *Schema) canClose(f *sframe) bool {
+	if f.node&^arrFrame == anyNode {
+		return true
+	}
+	n := &s.c.nodes[f.node&^arrFrame]
+	if f.node&arrFrame != 0 {
+		return int(f.pos) >= n.minItems
+	}
+	for _, p := range n.props[f.pos:] {
+		if p.required {
+			return false
+		}
+	}
+	return true
+}
+
+// value begins a value of node n with byte b.
+func (s *Schema) value(b byte, n uint16) bool {
+	cls := classOf(b)
+	if cls < 0 {
+		return false
+	}
+	nd := &s.c.nodes[n]
+	if nd.kind == kAnyOf {
+		d := nd.dispatch[cls]
+		if d == 0 {
+			return false
+		}
+		n = d - 1
+		nd = &s.c.nodes[n]
+	}
+	if nd.classes&(1<<cls) == 0 || int(s.depth)+int(nd.need[cls]) > MaxSchemaDepth {
+		return false // a value that could not close within the depth limit
+	}
+	s.cur, s.li, s.lk = 0, 0, 0
+	if nd.kind == kEnum {
+		for i, lit := range nd.enum {
+			if lit[0] == b {
+				s.lex, s.cur, s.li, s.lk = sEnum, n, uint16(i), 1
+				s.enumComplete()
+				return true
+			}
+		}
+		return false
+	}
+	switch cls {
+	case cObj:
+		if nd.kind == kAny || nd.anyObject {
+			return s.push(anyNode, sObjFirst)
+		}
+		return s.push(n, sObjFirst)
+	case cArr:
+		return s.push(n|arrFrame, sArrFirst)
+	case cStr:
+		s.lex, s.aux = sStr, 0
+	case cNum:
+		s.aux = 0
+		if nd.kind == kType && nd.types&tNumber == 0 {
+			s.aux = 1 // an integer
+		}
+		switch b {
+		case '-':
+			s.lex = sNumMinus
+		case '0':
+			s.lex = sNumZero
+		default:
+			s.lex = sNumInt
+		}
+	case cTrue:
+		s.lex, s.aux = sLit, 0*8+1
+	case cFalse:
+		s.lex, s.aux = sLit, 1*8+1
+	case cNull:
+		s.lex, s.aux = sLit, 2*8+1
+	}
+	return true
+}
+
+func (s *Schema) push(node uint16, lex uint8) bool {
+	if int(s.depth) == MaxSchemaDepth {
+		return false
+	}
+	s.stack[s.depth] = sframe{node, 0}
+	s.depth++
+	s.lex, s.aux, s.space = lex, 0, 0
+	return true
+}
+
+func (s *Schema) pop() bool {
+	s.depth--
+	s.stack[s.depth] = sframe{}
+	s.afterValue()
+	return true
+}
+
+// afterValue: a value has ended; an array counts it.
+func (s *Schema) afterValue() {
+	s.aux, s.space, s.lo, s.hi, s.cur, s.li, s.lk = 0, 0, 0, 0, 0, 0, 0
+	if s.depth == 0 {
+		s.lex = sDone
+		return
+	}
+	s.lex = sAfter
+	f := &s.stack[s.depth-1]
+	if f.node&arrFrame == 0 || f.node == anyNode|arrFrame {
+		return
+	}
+	n := &s.c.nodes[f.node&^arrFrame]
+	limit := n.maxItems
+	if limit < 0 {
+		limit = n.minItems
+	}
+	if int(f.pos) < limit {
+		f.pos++
+	}
+}
+
+// keyByte reads byte b of a key: the candidates are the properties from
+// the frame's next one up to its first required one, those whose key
+// begins with the bytes read and whose value fits; li is the first of
+// them.
+func (s *Schema) keyByte(b byte) bool {
+	f := &s.stack[s.depth-1]
+	props := s.c.nodes[f.node].props
+	pre := props[s.li].key[:s.lk]
+	for j := int(s.li); j < len(props); j++ {
+		k := props[j].key
+		if len(k) > int(s.lk) && k[s.lk] == b && bytes.Equal(k[:s.lk], pre) && s.fits(props[j].node) {
+			s.li, s.lk = uint16(j), s.lk+1
+			if int(s.lk) == len(k) { // a key's closing quote: it is complete
+				f.pos = uint16(j) + 1
+				s.lex, s.cur, s.li, s.lk = sColon, props[j].node, 0, 0
+			}
+			return true
+		}
+		if props[j].required {
+			break
+		}
+	}
+	return false
+}
+
+// enumByte reads byte b of an enum's literal.
+func (s *Schema) enumByte(b byte) bool {
+	lits := s.c.nodes[s.cur].enum
+	pre := lits[s.li][:s.lk]
+	for j := int(s.li); j < len(lits); j++ {
+		l := lits[j]
+		if len(l) > int(s.lk) && l[s.lk] == b && bytes.Equal(l[:s.lk], pre) {
+			s.li, s.lk = uint16(j), s.lk+1
+			s.enumComplete()
+			return true
+		}
+	}
+	// a number ends at the byte after it, which its container reads
+	if s.enumNumberEnds() {
+		s.afterValue()
+		return s.Feed(b)
+	}
+	return false
+}
+
+// enumComplete ends the value when a candidate that is not a number is
+// complete (such a literal is a prefix of no other JSON value).
+func (s *Schema) enumComplete() {
+	lits := s.c.nodes[s.cur].enum
+	pre := lits[s.li][:s.lk]
+	for _, l := range lits[s.li:] {
+		if len(l) == int(s.lk) && bytes.Equal(l, pre) && classOf(l[0]) != cNum {
+			s.afterValue()
+			return
+		}
+	}
+}
+
+// enumNumberEnds reports whether a candidate number is complete.
+func (s *Schema) enumNumberEnds() bool {
+	lits := s.c.nodes[s.cur].enum
+	pre := lits[s.li][:s.lk]
+	for _, l := range lits[s.li:] {
+		if len(l) == int(s.lk) && bytes.Equal(l, pre) && classOf(l[0]) == cNum {
+			return true
+		}
+	}
+	return false
+}
+
+// number reads byte b in a number (aux 1: an integer's); a byte that ends
+// it is read again after it.
+func (s *Schema) number(b byte) bool {
+	switch s.lex {
+	case sNumMinus:
+		switch {
+		case b == '0':
+			s.lex = sNumZero
+		case isDigit(b):
+			s.lex = sNumInt
+		default:
+			return false
+		}
+		return true
+	case sNumDot, sNumESign:
+		if !isDigit(b) {
+			return false
+		}
+		if s.lex == sNumDot {
+			s.lex = sNumFrac
+		} else {
+			s.lex = sNumExp
+		}
+		return true
+	case sNumE:
+		switch {
+		case b == '+' || b == '-':
+			s.lex = sNumESign
+		case isDigit(b):
+			s.lex = sNumExp
+		default:
+			return false
+		}
+		return true
+	}
+	// sNumZero, sNumInt, sNumFrac, sNumExp: the number could end here
+	switch {
+	case isDigit(b) && s.lex != sNumZero:
+		return true
+	case b == '.' && s.aux == 0 && (s.lex == sNumZero || s.lex == sNumInt):
+		s.lex = sNumDot
+		return true
+	case (b == 'e' || b == 'E') && s.aux == 0 && s.lex != sNumExp:
+		s.lex = sNumE
+		return true
+	}
+	s.afterValue()
+	return s.Feed(b)
+}
+
+// utf8Start begins a multi-byte UTF-8 character in a string (aux: 1 in a
+// key): only well-formed sequences pass.
+func (s *Schema) utf8Start(b byte) bool {
+	var n uint8
+	s.lo, s.hi = 0x80, 0xBF
+	switch {
+	case b >= 0xC2 && b <= 0xDF:
+		n = 1
+	case b == 0xE0:
+		n, s.lo = 2, 0xA0
+	case b >= 0xE1 && b <= 0xEC, b == 0xEE, b == 0xEF:
+		n = 2
+	case b == 0xED:
+		n, s.hi = 2, 0x9F
+	case b == 0xF0:
+		n, s.lo = 3, 0x90
+	case b >= 0xF1 && b <= 0xF3:
+		n = 3
+	case b == 0xF4:
+		n, s.hi = 3, 0x8F
+	default:
+		return false
+	}
+	s.lex, s.aux = sStrUTF, s.aux*4+n
+	return true
+}
+
+// ---- compiling ----
+
+// oval is a JSON value parsed with its objects' keys in order.
+type oval struct {
+	kind byte   // '{', '[', '"', '0' (a number), 't', 'f', 'n'
+	text string // a string's value, a number's text
+	keys []string
+	vals []*oval
+}
+
+func parseOrdered(dec *json.Decoder, depth int) (*oval, error) {
+	if depth > 2*MaxSchemaDepth+16 {
+		return nil, errors.New("schema: nested too deep")
+	}
+	tok, err := dec.Token()
+	if err != nil {
+		return nil, err
+	}
+	switch t := tok.(type) {
+	case json.Delim:
+		v := &oval{kind: byte(t)}
+		seen := map[string]bool{}
+		for dec.More() {
+			if t == '{' {
+				k, err := dec.Token()
+				if err != nil {
+					return nil, err
+				}
+				key := k.(string)
+				if seen[key] {
+					return nil, fmt.Errorf("schema: duplicate key %q", key)
+				}
+				seen[key] = true
+				v.keys = append(v.keys, key)
+			}
+			e, err := parseOrdered(dec, depth+1)
+			if err != nil {
+				return nil, err
+			}
+			v.vals = append(v.vals, e)
+		}
+		if _, err := dec.Token(); err != nil { // the close
+			return nil, err
+		}
+		return v, nil
+	case string:
+		return &oval{kind: '"', text: t}, nil
+	case json.Number:
+		return &oval{kind: '0', text: string(t)}, nil
+	case bool:
+		if t {
+			return &oval{kind: 't'}, nil
+		}
+		return &oval{kind: 'f'}, nil
+	case nil:
+		return &oval{kind: 'n'}, nil
+	}
+	return nil, fmt.Errorf("schema: unexpected token %v", tok)
+}
+
+// get returns the value of key k of object v, or nil.
+func (v *oval) get(k string) *oval {
+	for i, key := range v.keys {
+		if key == k {
+			return v.vals[i]
+		}
+	}
+	return nil
+}
+
+// quote is a string's JSON encoding, as json.Marshal writes it without
+// escaping HTML.
+func quote(s string) []byte {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	enc.Encode(s)
+	return bytes.TrimSuffix(buf.Bytes(), []byte("\n"))
+}
+
+// encode appends v's compact encoding.
+func (v *oval) encode(dst []byte) []byte {
+	switch v.kind {
+	case '"':
+		return append(dst, quote(v.text)...)
+	case '0':
+		return append(dst, v.text...)
+	case 't':
+		return append(dst, "true"...)
+	case 'f':
+		return append(dst, "false"...)
+	case 'n':
+		return append(dst, "null"...)
+	}
+	dst = append(dst, v.kind)
+	for i, e := range v.vals {
+		if i > 0 {
+			dst = append(dst, ',')
+		}
+		if v.kind == '{' {
+			dst = append(dst, quote(v.keys[i])...)
+			dst = append(dst, ':')
+		}
+		dst = e.encode(dst)
+	}
+	if v.kind == '{' {
+		return append(dst, '}')
+	}
+	return append(dst, ']')
+}
+
+var annotations = map[string]bool{
+	"title": true, "description": true, "default": true, "examples": true,
+	"$schema": true, "$id": true, "$comment": true, "deprecated": true,
+	"readOnly": true, "writeOnly": true,
+}
+
+var typeNames = map[string]uint8{
+	"object": tObject, "array": tArray, "string": tString, "number": tNumber,
+	"integer": tInteger, "boolean": tBoolean, "null": tNull,
+}
+
+type compiler struct {
+	nodes []snode
+	root  *oval
+	defs  map[string]uint16 // "$defs/NAME" or "definitions/NAME": node
+}
+
+// SchemaError is a schema CompileSchema refuses: Path is the JSON
+// pointer of the part refused ("" for the whole schema).
+type SchemaError struct {
+	Path string
+	Msg  string
+}
+
+func (e *SchemaError) Error() string {
+	p := e.Path
+	if p == "" {
+		p = "(root)"
+	}
+	return "schema: " + p + ": " + e.Msg
+}
+
+func errAt(path, format string, args ...any) error {
+	return &SchemaError{path, fmt.Sprintf(format, args...)}
+}
+
+func pointerEscape(s string) string {
+	return strings.NewReplacer("~", "~0", "/", "~1").Replace(s)
+}
+
+// CompileSchema compiles a JSON Schema (the bytes of the "schema" object
+// of a json_schema response_format) into its machine's start state.
+func CompileSchema(schema []byte) (Schema, error) {
+	if len(schema) > MaxSchemaBytes {
+		return Schema{}, fmt.Errorf("schema: longer than %d bytes", MaxSchemaBytes)
+	}
+	dec := json.NewDecoder(bytes.NewReader(schema))
+	dec.UseNumber()
+	root, err := parseOrdered(dec, 0)
+	if err != nil {
+		var se *json.SyntaxError
+		if errors.As(err, &se) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+			return Schema{}, fmt.Errorf("schema: not JSON: %v", err)
+		}
+		return Schema{}, err
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return Schema{}, errors.New("schema: text after the schema")
+	}
+	c := &compiler{root: root, defs: map[string]uint16{}}
+	c.nodes = append(c.nodes, snode{kind: kAny, path: "(any)"}) // anyNode
+	r, err := c.compile(root, "", 0, true)
+	if err != nil {
+		return Schema{}, err
+	}
+	cs := &compiled{nodes: c.nodes}
+	if err := c.finish(cs); err != nil {
+		return Schema{}, err
+	}
+	cs.root = cs.resolve(r)
+	if cs.nodes[cs.root].fit == noFit {
+		return Schema{}, fmt.Errorf("schema: no value fits in %d levels of nesting (a required property or item recursing forever?)", MaxSchemaDepth)
+	}
+	return Schema{c: cs, lex: sValue, cur: cs.root}, nil
+}
+
+func (c *compiler) alloc(path string) (uint16, error) {
+	if len(c.nodes) >= MaxSchemaNodes {
+		return 0, errAt(path, "more than %d subschemas", MaxSchemaNodes)
+	}
+	c.nodes = append(c.nodes, snode{path: path})
+	return uint16(len(c.nodes) - 1), nil
+}
+
+// compile compiles v (at path, depth containers deep) into a new node.
+func (c *compiler) compile(v *oval, path string, depth int, root bool) (uint16, error) {
+	if depth > MaxSchemaDepth {
+		return 0, errAt(path, "nested deeper than %d containers", MaxSchemaDepth)
+	}
+	switch v.kind {
+	case 't':
+		return anyNode, nil
+	case 'f':
+		return 0, errAt(path, "the schema false is not supported")
+	case '{':
+	default:
+		return 0, errAt(path, "a schema must be an object")
+	}
+	idx, err := c.alloc(path)
+	if err != nil {
+		return 0, err
+	}
+	n := snode{path: path, maxItems: -1}
+	var typ, props, req, addl, items, minI, maxI, enum, cnst, anyOf, ref *oval
+	anyOfKey := "anyOf"
+	for i, k := range v.keys {
+		e := v.vals[i]
+		switch k {
+		case "type":
+			typ = e
+		case "properties":
+			props = e
+		case "required":
+			req = e
+		case "additionalProperties":
+			addl = e
+		case "items":
+			items = e
+		case "minItems":
+			minI = e
+		case "maxItems":
+			maxI = e
+		case "enum":
+			enum = e
+		case "const":
+			cnst = e
+		case "anyOf", "oneOf":
+			if anyOf != nil {
+				return 0, errAt(path, "both \"anyOf\" and \"oneOf\" are not supported")
+			}
+			anyOf, anyOfKey = e, k
+		case "$ref":
+			ref = e
+		case "$defs", "definitions":
+			if !root {
+				return 0, errAt(path, "%q is supported only at the root", k)
+			}
+			if e.kind != '{' {
+				return 0, errAt(path+"/"+k, "must be an object")
+			}
+		default:
+			if !annotations[k] {
+				return 0, errAt(path, "%q is not supported", k)
+			}
+		}
+	}
+	others := func(except ...*oval) string {
+		for i, o := range []*oval{typ, props, req, addl, items, minI, maxI, enum, cnst, anyOf, ref} {
+			if o != nil && !containsPtr(except, o) {
+				return [...]string{"type", "properties", "required", "additionalProperties", "items", "minItems", "maxItems", "enum", "const", anyOfKey, "$ref"}[i]
+			}
+		}
+		return ""
+	}
+	switch {
+	case ref != nil:
+		if o := others(ref); o != "" {
+			return 0, errAt(path, "%q alongside \"$ref\" is not supported", o)
+		}
+		t, err := c.ref(ref, path+"/$ref")
+		if err != nil {
+			return 0, err
+		}
+		n.kind, n.target = kRef, t
+	case anyOf != nil:
+		if o := others(anyOf); o != "" {
+			return 0, errAt(path, "%q alongside %q is not supported", o, anyOfKey)
+		}
+		if anyOf.kind != '[' || len(anyOf.vals) == 0 {
+			return 0, errAt(path+"/"+anyOfKey, "must be a non-empty array of schemas")
+		}
+		n.kind = kAnyOf
+		for i, a := range anyOf.vals {
+			t, err := c.compile(a, fmt.Sprintf("%s/%s/%d", path, anyOfKey, i), depth, false)
+			if err != nil {
+				return 0, err
+			}
+			n.alts = append(n.alts, t)
+		}
+	case enum != nil || cnst != nil:
+		if enum != nil && cnst != nil {
+			return 0, errAt(path, "both \"enum\" and \"const\" are not supported")
+		}
+		if o := others(typ, enum, cnst); o != "" {
+			return 0, errAt(path, "%q alongside \"enum\" or \"const\" is not supported", o)
+		}
+		var mask uint8 = 0xFF
+		if typ != nil {
+			if mask, err = typeMask(typ, path); err != nil {
+				return 0, err
+			}
+		}
+		vals := []*oval{cnst}
+		kw := "const"
+		if enum != nil {
+			if enum.kind != '[' {
+				return 0, errAt(path+"/enum", "must be an array")
+			}
+			vals, kw = enum.vals, "enum"
+		}
+		if len(vals) > MaxSchemaEnum {
+			return 0, errAt(path+"/"+kw, "more than %d values", MaxSchemaEnum)
+		}
+		n.kind = kEnum
+	vals:
+		for _, e := range vals {
+			if mask&valueType(e) == 0 {
+				continue // not of the type: no output could have it
+			}
+			lit := e.encode(nil)
+			for _, l := range n.enum {
+				if bytes.Equal(l, lit) {
+					continue vals
+				}
+			}
+			n.enum = append(n.enum, lit)
+		}
+		if len(n.enum) == 0 {
+			return 0, errAt(path+"/"+kw, "no value of the schema's type")
+		}
+	case typ == nil:
+		if o := others(); o != "" {
+			return 0, errAt(path, "%q without \"type\" is not supported", o)
+		}
+		n.kind = kAny
+	default:
+		n.kind = kType
+		if n.types, err = typeMask(typ, path); err != nil {
+			return 0, err
+		}
+		if (props != nil || req != nil || addl != nil) && n.types&tObject == 0 {
+			return 0, errAt(path, "object keywords for a type that is not \"object\"")
+		}
+		if (items != nil || minI != nil || maxI != nil) && n.types&tArray == 0 {
+			return 0, errAt(path, "array keywords for a type that is not \"array\"")
+		}
+		if err := c.object(&n, props, req, addl, path, depth); err != nil {
+			return 0, err
+		}
+		if err := c.array(&n, items, minI, maxI, path, depth); err != nil {
+			return 0, err
+		}
+	}
+	c.nodes[idx] = n
+	return idx, nil
+}
+
+func containsPtr(list []*oval, o *oval) bool {
+	for _, e := range list {
+		if e == o {
+			return true
+		}
+	}
+	return false
+}
+
+// valueType is the type bits a JSON value has.
+func valueType(v *oval) uint8 {
+	switch v.kind {
+	case '{':
+		return tObject
+	case '[':
+		return tArray
+	case '"':
+		return tString
+	case '0':
+		if strings.ContainsAny(v.text, ".eE") {
+			return tNumber
+		}
+		return tNumber | tInteger
+	case 't', 'f':
+		return tBoolean
+	}
+	return tNull
+}
+
+func typeMask(typ *oval, path string) (uint8, error) {
+	names := []*oval{typ}
+	if typ.kind == '[' {
+		names = typ.vals
+		if len(names) == 0 {
+			return 0, errAt(path+"/type", "an empty list of types")
+		}
+	}
+	var mask uint8
+	for _, e := range names {
+		t, ok := typeNames[e.text]
+		if e.kind != '"' || !ok {
+			return 0, errAt(path+"/type", "unknown type %s", e.encode(nil))
+		}
+		mask |= t
+	}
+	return mask, nil
+}
+
+func (c *compiler) object(n *snode, props, req, addl *oval, path string, depth int) error {
+	if addl != nil && addl.kind != 't' && addl.kind != 'f' {
+		return errAt(path+"/additionalProperties", "only true or false is supported")
+	}
+	if props == nil {
+		n.anyObject = addl == nil || addl.kind == 't'
+		if req != nil && len(req.vals) > 0 {
+			return errAt(path+"/required", "\"required\" without \"properties\"")
+		}
+		return nil
+	}
+	if props.kind != '{' {
+		return errAt(path+"/properties", "must be an object")
+	}
+	for i, k := range props.keys {
+		t, err := c.compile(props.vals[i], path+"/properties/"+pointerEscape(k), depth+1, false)
+		if err != nil {
+			return err
+		}
+		n.props = append(n.props, sprop{key: quote(k), node: t})
+	}
+	if req != nil {
+		if req.kind != '[' {
+			return errAt(path+"/required", "must be an array of property names")
+		}
+	names:
+		for _, e := range req.vals {
+			if e.kind == '"' {
+				for i, k := range props.keys {
+					if k == e.text {
+						n.props[i].required = true
+						continue names
+					}
+				}
+			}
+			return errAt(path+"/required", "%s is not a property", e.encode(nil))
+		}
+	}
+	return nil
+}
+
+func (c *compiler) array(n *snode, items, minI, maxI *oval, path string, depth int) error {
+	n.items = anyNode
+	if items != nil {
+		if items.kind == '[' {
+			return errAt(path+"/items", "a list of item schemas is not supported")
+		}
+		t, err := c.compile(items, path+"/items", depth+1, false)
+		if err != nil {
+			return err
+		}
+		n.items = t
+	}
+	count := func(o *oval, kw string) (int, error) {
+		var v int
+		if _, err := fmt.Sscan(o.text, &v); o.kind != '0' || err != nil || v < 0 || v > MaxSchemaItems || fmt.Sprint(v) != o.text {
+			return 0, errAt(path+"/"+kw, "must be an integer from 0 to %d", MaxSchemaItems)
+		}
+		return v, nil
+	}
+	var err error
+	if minI != nil {
+		if n.minItems, err = count(minI, "minItems"); err != nil {
+			return err
+		}
+	}
+	if maxI != nil {
+		if n.maxItems, err = count(maxI, "maxItems"); err != nil {
+			return err
+		}
+		if n.maxItems < n.minItems {
+			return errAt(path+"/maxItems", "less than minItems")
+		}
+	}
+	return nil
+}
+
+// ref compiles a "$ref" (once per definition: a recursive one refers to
+// the node being compiled).
+func (c *compiler) ref(r *oval, path string) (uint16, error) {
+	if r.kind != '"' {
+		return 0, errAt(path, "must be a string")
+	}
+	if r.text == "#" {
+		return 1, nil // the root's node
+	}
+	var name, rest string
+	var defs *oval
+	for _, kw := range []string{"$defs", "definitions"} {
+		var ok bool
+		if rest, ok = strings.CutPrefix(r.text, "#/"+kw+"/"); ok && !strings.Contains(rest, "/") {
+			name, defs = kw+"/"+rest, c.root.get(kw)
+			break
+		}
+	}
+	if name == "" {
+		return 0, errAt(path, "only \"#\", \"#/$defs/NAME\" and \"#/definitions/NAME\" are supported, not %q", r.text)
+	}
+	if t, ok := c.defs[name]; ok {
+		return t, nil
+	}
+	var def *oval
+	if defs != nil && defs.kind == '{' {
+		def = defs.get(strings.NewReplacer("~1", "/", "~0", "~").Replace(rest))
+	}
+	if def == nil {
+		return 0, errAt(path, "%q is not defined", r.text)
+	}
+	// The definition's node is allocated before it is compiled, so that
+	// a reference inside it finds it.
+	t, err := c.alloc("/" + name)
+	if err != nil {
+		return 0, err
+	}
+	c.defs[name] = t
+	c.nodes[t] = snode{kind: kRef, path: "/" + name}
+	body, err := c.compile(def, "/"+name, 0, false)
+	if err != nil {
+		return 0, err
+	}
+	c.nodes[t].target = body
+	return t, nil
+}
+
+// resolve follows references to a node that is not one.
+func (cs *compiled) resolve(n uint16) uint16 {
+	for i := 0; cs.nodes[n].kind == kRef && i <= len(cs.nodes); i++ {
+		n = cs.nodes[n].target
+	}
+	return n
+}
+
+// finish resolves references and computes each node's first-byte classes
+// and each anyOf's dispatch by first byte.
+func (c *compiler) finish(cs *compiled) error {
+	for i := range cs.nodes {
+		if cs.nodes[i].kind == kRef && cs.nodes[cs.resolve(uint16(i))].kind == kRef {
+			return errAt(cs.nodes[i].path, "a \"$ref\" cycle with no schema in it")
+		}
+	}
+	for i := range cs.nodes {
+		n := &cs.nodes[i]
+		for j := range n.props {
+			n.props[j].node = cs.resolve(n.props[j].node)
+		}
+		n.items = cs.resolve(n.items)
+		for j := range n.alts {
+			n.alts[j] = cs.resolve(n.alts[j])
+		}
+	}
+	state := make([]uint8, len(cs.nodes)) // 1: in progress, 2: done
+	var classes func(i uint16) error
+	classes = func(i uint16) error {
+		n := &cs.nodes[i]
+		switch state[i] {
+		case 1:
+			return errAt(n.path, "an \"anyOf\" that contains itself")
+		case 2:
+			return nil
+		}
+		state[i] = 1
+		switch n.kind {
+		case kAny:
+			n.classes = 1<<nClass - 1
+		case kEnum:
+			for _, l := range n.enum {
+				n.classes |= 1 << classOf(l[0])
+			}
+		case kType:
+			for cls, t := range [nClass]uint8{tObject, tArray, tString, tNumber | tInteger, tBoolean, tBoolean, tNull} {
+				if n.types&t != 0 {
+					n.classes |= 1 << cls
+				}
+			}
+		case kAnyOf:
+			for j, a := range n.alts {
+				if err := classes(a); err != nil {
+					return err
+				}
+				an := &cs.nodes[a]
+				for cls := range nClass {
+					if an.classes&(1<<cls) == 0 {
+						continue
+					}
+					if d := n.dispatch[cls]; d != 0 {
+						k := 0
+						for k = range n.alts[:j] {
+							if cs.nodes[n.alts[k]].classes&(1<<cls) != 0 {
+								break
+							}
+						}
+						return errAt(n.path, "alternatives %d and %d can both start with %s: they must begin with different bytes", k, j, classNames[cls])
+					}
+					d := a + 1
+					if an.kind == kAnyOf {
+						d = an.dispatch[cls]
+					}
+					n.dispatch[cls] = d
+				}
+				n.classes |= an.classes
+			}
+		}
+		state[i] = 2
+		return nil
+	}
+	for i := range cs.nodes {
+		if cs.nodes[i].kind == kRef {
+			continue
+		}
+		if err := classes(uint16(i)); err != nil {
+			return err
+		}
+	}
+	cs.needs()
+	return nil
+}
+
+// needs computes each node's need and fit: the least fixed point, from
+// noFit everywhere down (a recursion that must go on forever keeps noFit).
+func (cs *compiled) needs() {
+	for i := range cs.nodes {
+		n := &cs.nodes[i]
+		n.fit = noFit
+		for c := range n.need {
+			n.need[c] = noFit
+		}
+	}
+	for changed := true; changed; {
+		changed = false
+		for i := range cs.nodes {
+			n := &cs.nodes[i]
+			if n.kind == kRef {
+				continue
+			}
+			for c := range nClass {
+				if n.classes&(1<<c) == 0 {
+					continue
+				}
+				need := 0
+				switch {
+				case n.kind == kAnyOf:
+					need = int(cs.nodes[n.dispatch[c]-1].need[c])
+				case n.kind == kEnum || c != cObj && c != cArr:
+				case n.kind == kAny || c == cObj && n.anyObject:
+					need = 1
+				case c == cObj:
+					for _, p := range n.props {
+						if p.required {
+							need = max(need, int(cs.nodes[p.node].fit))
+						}
+					}
+					need++
+				case c == cArr:
+					if n.minItems > 0 {
+						need = int(cs.nodes[n.items].fit)
+					}
+					need++
+				}
+				if need > MaxSchemaDepth {
+					need = noFit
+				}
+				if uint8(need) < n.need[c] {
+					n.need[c], changed = uint8(need), true
+					n.fit = min(n.fit, uint8(need))
+				}
+			}
+		}
+	}
+}

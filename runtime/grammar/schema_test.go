@@ -1,0 +1,706 @@
+package grammar
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"reflect"
+	"strings"
+	"testing"
+)
+
+// feedSchema feeds s to a copy of start: whether every byte was taken and
+// whether the value is then done.
+func feedSchema(start Schema, s string) (fed, done bool) {
+	st := start
+	for i := 0; i < len(s); i++ {
+		if !st.Feed(s[i]) {
+			return false, false
+		}
+	}
+	return true, st.Done()
+}
+
+const (
+	personSchema = `{"type":"object","title":"person","properties":{
+		"name":{"type":"string","description":"full name"},
+		"age":{"type":"integer"},
+		"email":{"type":["string","null"]},
+		"tags":{"type":"array","items":{"type":"string"},"maxItems":3},
+		"role":{"enum":["admin","administrator","user",null,1,12,1.5]}},
+		"required":["name","age"],"additionalProperties":false}`
+	treeSchema = `{"$defs":{"node":{"type":"object","properties":{
+		"value":{"type":"integer"},
+		"children":{"type":"array","items":{"$ref":"#/$defs/node"}}},
+		"required":["value"],"additionalProperties":false}},
+		"$ref":"#/$defs/node"}`
+	shapeSchema = `{"type":"object","properties":{"a":{"anyOf":[
+		{"type":"object","properties":{"x":{"type":"number"}},"required":["x"]},
+		{"type":"null"},
+		{"type":"array","items":{"type":"boolean"},"minItems":1}]}},"required":["a"]}`
+	anySchema    = `{"type":"object","properties":{"meta":{},"data":{"description":"anything"}},"required":["meta"]}`
+	prefixSchema = `{"type":"object","properties":{"a":{"type":"integer"},"ab":{"type":"integer"},"abc":{"type":"integer"},
+		"q\"k":{"type":"boolean"},"<b>":{"type":"null"},"é":{"type":"string"}}}`
+	listSchema = `{"type":"object","properties":{"items":{"type":"array","minItems":1,"items":{"type":"object","properties":{
+		"id":{"type":"integer"},"price":{"type":"number"},"ok":{"type":"boolean"}},"required":["id","price","ok"]}}},"required":["items"]}`
+	constSchema = `{"type":"object","properties":{"kind":{"const":"circle"},"r":{"type":"number"},"pair":{"type":"array","items":{"type":"integer"},"minItems":2,"maxItems":2}},"required":["kind","r"]}`
+	enumSchema  = `{"enum":["a","ab",{"k":[1,2]},[1],true,"x<y"]}`
+	defsSchema  = `{"definitions":{"step":{"type":"object","properties":{"explanation":{"type":"string"},"output":{"type":"string"}},"required":["explanation","output"],"additionalProperties":false}},
+		"type":"object","properties":{"steps":{"type":"array","items":{"$ref":"#/definitions/step"}},"final_answer":{"type":"string"}},"required":["steps","final_answer"],"additionalProperties":false}`
+	rootRefSchema = `{"type":"object","properties":{"name":{"type":"string"},"next":{"anyOf":[{"$ref":"#"},{"type":"null"}]}},"required":["name","next"]}`
+)
+
+var schemaCases = []struct {
+	schema         string
+	accept, refuse []string
+}{
+	{personSchema,
+		[]string{`{"name":"a","age":3}`, `{"name":"a","age":-0,"email":null}`,
+			"{ \"name\" : \"a\" ,\n\t\"age\" : 30 , \"tags\" : [ \"x\" , \"y\" ] }",
+			`{"name":"é\u00e9\n","age":3,"role":"administrator"}`, `{"name":"a","age":3,"role":12}`,
+			`{"name":"a","age":3,"role":1}`, `{"name":"a","age":3,"role":1.5}`, `{"name":"a","age":3,"role":null}`,
+			`{"name":"a","age":3,"role":"admin"}`, `{"name":"","age":3,"email":"e","tags":[],"role":"user"}`,
+			`{"name":"a","age":3,"role":12 }`},
+		[]string{`{"age":3,"name":"a"}`, `{"name":"a"}`, `{"name":"a","age":3.5}`, `{"name":"a","age":1e3}`,
+			`{"name":"a","age":3,"x":1}`, `{"name":"a","age":3,"tags":["a","b","c","d"]}`,
+			`{"name":"a","age":3,"role":"adm"}`, `{"name":"a","age":3,"role":13}`, `{"name":"a","age":3,"role":1.50}`,
+			`{"name":"a","age":3,"name":"b"}`, ` {"name":"a","age":3}`, `{"name":"a","age":3} `,
+			`{"name":1,"age":3}`, `{"name":"a","age":3,"email":"x","email":null}`, `{"name":"a","age":03}`,
+			`{"name":"a","age":3,"role":true}`, `{"name":"a","age":3,}`, "{\"name\":\"\x01\",\"age\":3}",
+			"{\"name\":\"\xff\",\"age\":3}", `{"name":"a","age":3,"tags":null}`, `[]`, `{}`}},
+	{treeSchema,
+		[]string{`{"value":1}`, `{"value":1,"children":[{"value":2},{"value":3,"children":[]}]}`,
+			`{"value":1,"children":[{"value":2,"children":[{"value":4}]}]}`},
+		[]string{`{"value":1,"children":[{}]}`, `{"value":1,"children":[{"value":2,"x":1}]}`, `{"children":[]}`,
+			`{"value":1,"children":{}}`}},
+	{shapeSchema,
+		[]string{`{"a":null}`, `{"a":{"x":1.5e3}}`, `{"a":[true,false]}`, `{"a":{"x":-0.25}}`},
+		[]string{`{"a":[]}`, `{"a":"s"}`, `{"a":{"x":1,"y":2}}`, `{"a":{}}`, `{"a":1}`, `{"a":[null]}`}},
+	{anySchema,
+		[]string{`{"meta":{"k":[1,{"z":null}],"q":"s"}}`, `{"meta":1,"data":"x"}`, `{"meta":-1.5e-3}`,
+			`{"meta":[],"data":{}}`, `{"meta":"\ud83d\ude00 😀"}`, `{"meta":true,"data":[false,null,"x",{"\"":1}]}`},
+		[]string{`{"meta":01}`, `{"data":1}`, `{"meta":tru}`, `{"meta":{1:2}}`, `{"meta":[1,]}`, `{"meta":"\x"}`}},
+	{prefixSchema,
+		[]string{`{}`, `{"a":1,"abc":2}`, `{"ab":1}`, `{"abc":1}`, `{"a":1,"ab":2,"abc":3}`, `{"q\"k":true}`,
+			`{"<b>":null}`, `{"a":1,"é":"x"}`, `{"é":""}`},
+		[]string{`{"abc":1,"a":2}`, `{"ab":1,"a":2}`, `{"abcd":1}`, `{"b":1}`, `{"\u003cb\u003e":null}`, `{"\u00e9":""}`,
+			`{"a":1,"a":2}`, `{"a":1,}`}},
+	{listSchema,
+		[]string{`{"items":[{"id":1,"price":2.5,"ok":true}]}`, `{"items":[{"id":1,"price":2,"ok":true},{"id":2,"price":0,"ok":false}]}`},
+		[]string{`{"items":[]}`, `{"items":[{"id":1,"price":2.5}]}`, `{"items":[{"id":1.0,"price":2.5,"ok":true}]}`}},
+	{constSchema,
+		[]string{`{"kind":"circle","r":1}`, `{"kind":"circle","r":1,"pair":[1,2]}`},
+		[]string{`{"kind":"square","r":1}`, `{"kind":"circle","r":1,"pair":[1]}`, `{"kind":"circle","r":1,"pair":[1,2,3]}`,
+			`{"kind":"circle"}`}},
+	{enumSchema,
+		[]string{`"a"`, `"ab"`, `{"k":[1,2]}`, `[1]`, `true`, `"x<y"`},
+		[]string{`{"k": [1,2]}`, `"abc"`, `"x\u003cy"`, `false`, `[1,2]`, `"a" `}},
+	{`{"type":"integer"}`, []string{`12`, `-0`, `0`, `123456789`}, []string{`1.5`, `12 `, ` 12`, `01`, `1e2`, `-`, `"1"`}},
+	{`{"enum":[1,12,-5,"1"]}`, []string{`1`, `12`, `-5`, `"1"`}, []string{`123`, `1 `, `-`, `2`, `"12"`}},
+	{`{"const":{"b":1,"a":[true]}}`, []string{`{"b":1,"a":[true]}`}, []string{`{"a":[true],"b":1}`, `{"b":1}`}},
+	{`{"type":["integer","null"]}`, []string{`5`, `null`}, []string{`5.0`, `"5"`}},
+	{`{"type":"number"}`, []string{`12`, `-0.5e+3`, `1E9`}, []string{`1.`, `.5`, `1e`, `--1`}},
+	{`{"type":["string","null"]}`, []string{`"x"`, `null`}, []string{`nul`, `1`, `"x"x`}},
+	{`{}`, []string{`1`, `"s"`, `{"a":[1,2]}`, `null`, `[{}]`}, []string{`{"a":}`, `[1 2]`, ``}},
+	{`{"type":"object"}`, []string{`{}`, `{"any":[1,"x"]}`}, []string{`[]`, `{"a"}`}},
+	{`{"type":"object","additionalProperties":false}`, []string{`{}`, `{ }`}, []string{`{"a":1}`}},
+	{`{"type":"array","items":{"type":"integer"},"minItems":2,"maxItems":2}`,
+		[]string{`[1,2]`, `[ 1 , 2 ]`}, []string{`[1]`, `[1,2,3]`, `[]`, `[1,2.5]`}},
+	{`{"type":"array"}`, []string{`[]`, `[1,"a",{"b":[]}]`}, []string{`[,]`, `{}`}},
+	{defsSchema,
+		[]string{`{"steps":[{"explanation":"e","output":"o"}],"final_answer":"x"}`, `{"steps":[],"final_answer":""}`},
+		[]string{`{"steps":[{"explanation":"e"}],"final_answer":"x"}`, `{"final_answer":"x"}`}},
+	{rootRefSchema,
+		[]string{`{"name":"a","next":null}`, `{"name":"a","next":{"name":"b","next":null}}`},
+		[]string{`{"name":"a"}`, `{"name":"a","next":{"name":"b"}}`}},
+}
+
+func TestSchema_Language(t *testing.T) {
+	for _, tc := range schemaCases {
+		start, err := CompileSchema([]byte(tc.schema))
+		if err != nil {
+			t.Fatalf("%s: %v", tc.schema, err)
+		}
+		for _, s := range tc.accept {
+			if fed, done := feedSchema(start, s); !fed || !done {
+				t.Errorf("%s\n  %q: fed %v done %v, want accepted", tc.schema, s, fed, done)
+			}
+			if !validJSONFor(t, tc.schema, s) {
+				t.Errorf("%s\n  %q: the test's validator refuses it", tc.schema, s)
+			}
+		}
+		for _, s := range tc.refuse {
+			if fed, done := feedSchema(start, s); fed && done {
+				t.Errorf("%s\n  %q: accepted, want refused", tc.schema, s)
+			}
+		}
+	}
+}
+
+func TestSchema_Depth(t *testing.T) {
+	start, err := CompileSchema([]byte(`{}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ok := strings.Repeat("[", MaxSchemaDepth) + strings.Repeat("]", MaxSchemaDepth)
+	deep := strings.Repeat("[", MaxSchemaDepth+1) + strings.Repeat("]", MaxSchemaDepth+1)
+	if fed, done := feedSchema(start, ok); !fed || !done {
+		t.Errorf("%d deep refused", MaxSchemaDepth)
+	}
+	if fed, _ := feedSchema(start, deep); fed {
+		t.Errorf("%d deep accepted", MaxSchemaDepth+1)
+	}
+	sp := "[" + strings.Repeat(" ", MaxSpace) + "]"
+	if fed, done := feedSchema(start, sp); !fed || !done {
+		t.Errorf("%d spaces refused", MaxSpace)
+	}
+	if fed, _ := feedSchema(start, "["+strings.Repeat(" ", MaxSpace+1)+"]"); fed {
+		t.Errorf("%d spaces accepted", MaxSpace+1)
+	}
+}
+
+func TestCompileSchema_Errors(t *testing.T) {
+	nested := `{"type":"string"}`
+	for range MaxSchemaDepth + 1 {
+		nested = `{"type":"array","items":` + nested + `}`
+	}
+	var many strings.Builder
+	many.WriteString(`{"type":"object","properties":{`)
+	for i := range MaxSchemaNodes {
+		fmt.Fprintf(&many, `"p%d":{"type":"string"},`, i)
+	}
+	many.WriteString(`"z":{}}}`)
+	bigEnum := `{"enum":[0` + strings.Repeat(`,1`, MaxSchemaEnum) + `]}`
+	for _, tc := range []struct{ schema, want string }{
+		{`{"type":"integer","minimum":0}`, `schema: (root): "minimum" is not supported`},
+		{`{"type":"object","properties":{"age":{"type":"integer","minimum":0}}}`, `schema: /properties/age: "minimum" is not supported`},
+		{`{"type":"object","properties":{"a/b":{"type":"string","pattern":"x"}}}`, `schema: /properties/a~1b: "pattern" is not supported`},
+		{`{"type":"string","format":"date"}`, `"format" is not supported`},
+		{`{"type":"string","maxLength":3}`, `"maxLength" is not supported`},
+		{`{"allOf":[{}]}`, `"allOf" is not supported`},
+		{`{"not":{}}`, `"not" is not supported`},
+		{`{"if":{},"then":{}}`, `"if" is not supported`},
+		{`{"type":"array","uniqueItems":true}`, `"uniqueItems" is not supported`},
+		{`{"type":"array","prefixItems":[]}`, `"prefixItems" is not supported`},
+		{`{"type":"object","patternProperties":{}}`, `"patternProperties" is not supported`},
+		{`{"type":"number","multipleOf":2}`, `"multipleOf" is not supported`},
+		{`{"type":"array","items":[{"type":"string"}]}`, `schema: /items: a list of item schemas is not supported`},
+		{`{"anyOf":[{"type":"string"},{"enum":["a"]}]}`, `schema: (root): alternatives 0 and 1 can both start with a string`},
+		{`{"type":"object","properties":{"x":{"oneOf":[{"type":"object"},{"type":"null"},{"type":"object","properties":{}}]}}}`,
+			`schema: /properties/x: alternatives 0 and 2 can both start with an object`},
+		{`{"anyOf":[{"type":"integer"},{"type":"number"}]}`, `can both start with a number`},
+		{`{"$ref":"#/$defs/nope"}`, `schema: /$ref: "#/$defs/nope" is not defined`},
+		{`{"$ref":"http://example.com/s.json"}`, `schema: /$ref: only "#"`},
+		{`{"$defs":{"a":{"$ref":"#/$defs/b"},"b":{"$ref":"#/$defs/a"}},"$ref":"#/$defs/a"}`, `cycle`},
+		{`{"$defs":{"a":{"anyOf":[{"$ref":"#/$defs/a"},{"type":"null"}]}},"$ref":"#/$defs/a"}`, `contains itself`},
+		{`{"$ref":"#/$defs/a","type":"object"}`, `"type" alongside "$ref"`},
+		{`{"type":"object","properties":{"a":{"$defs":{}}}}`, `schema: /properties/a: "$defs" is supported only at the root`},
+		{`{"type":"object","additionalProperties":{"type":"string"}}`, `schema: /additionalProperties: only true or false`},
+		{`{"type":"object","properties":{"a":{}},"required":["b"]}`, `schema: /required: "b" is not a property`},
+		{`{"type":"str"}`, `schema: /type: unknown type "str"`},
+		{`{"type":"string","enum":[1,2]}`, `schema: /enum: no value of the schema's type`},
+		{`{"properties":{}}`, `"properties" without "type"`},
+		{`{"type":"string","items":{}}`, `array keywords`},
+		{`{"type":"array","minItems":3,"maxItems":2}`, `less than minItems`},
+		{`{"type":"array","maxItems":1000}`, `schema: /maxItems: must be an integer from 0`},
+		{`{"type":"array","minItems":1.5}`, `must be an integer`},
+		{`false`, `the schema false`},
+		{`{"type":"string"`, `schema: not JSON`},
+		{`{"type":"string"} {}`, `text after`},
+		{`{"type":"string","type":"null"}`, `duplicate key "type"`},
+		{`{"type":"object","properties":{"a":{"type":"string","nullable":true}}}`, `schema: /properties/a: "nullable" is not supported`},
+		{nested, `nested deeper than 32`},
+		{many.String(), `more than 256 subschemas`},
+		{bigEnum, `schema: /enum: more than 256 values`},
+		{`"` + strings.Repeat("x", MaxSchemaBytes) + `"`, `longer than`},
+		{`{"$defs":{"n":{"type":"object","properties":{"c":{"$ref":"#/$defs/n"}},"required":["c"]}},"$ref":"#/$defs/n"}`, `no value fits`},
+	} {
+		_, err := CompileSchema([]byte(tc.schema))
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			s := tc.schema
+			if len(s) > 120 {
+				s = s[:120] + "..."
+			}
+			t.Errorf("%s: error %v, want %q", s, err, tc.want)
+		}
+	}
+}
+
+// ---- an independent validator of the supported subset ----
+
+func decodeNum(s string) (any, error) {
+	dec := json.NewDecoder(strings.NewReader(s))
+	dec.UseNumber()
+	var v any
+	err := dec.Decode(&v)
+	return v, err
+}
+
+// validJSONFor reports whether text is one JSON value valid against schema.
+func validJSONFor(t testing.TB, schema, text string) bool {
+	if !json.Valid([]byte(text)) {
+		return false
+	}
+	sch, err := decodeNum(schema)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := decodeNum(text)
+	if err != nil {
+		return false
+	}
+	return validate(v, sch, sch)
+}
+
+func validate(v, sch, root any) bool {
+	if b, ok := sch.(bool); ok {
+		return b
+	}
+	sc := sch.(map[string]any)
+	if r, ok := sc["$ref"].(string); ok {
+		if r == "#" {
+			return validate(v, root, root)
+		}
+		parts := strings.Split(strings.TrimPrefix(r, "#/"), "/")
+		return validate(v, root.(map[string]any)[parts[0]].(map[string]any)[parts[1]], root)
+	}
+	if alts, ok := sc["anyOf"].([]any); ok {
+		for _, a := range alts {
+			if validate(v, a, root) {
+				return true
+			}
+		}
+		return false
+	}
+	if alts, ok := sc["oneOf"].([]any); ok {
+		n := 0
+		for _, a := range alts {
+			if validate(v, a, root) {
+				n++
+			}
+		}
+		return n == 1
+	}
+	if c, ok := sc["const"]; ok && !reflect.DeepEqual(v, c) {
+		return false
+	}
+	if e, ok := sc["enum"].([]any); ok {
+		found := false
+		for _, x := range e {
+			found = found || reflect.DeepEqual(v, x)
+		}
+		if !found {
+			return false
+		}
+	}
+	if typ, ok := sc["type"]; ok {
+		types, ok := typ.([]any)
+		if !ok {
+			types = []any{typ}
+		}
+		match := false
+		for _, ty := range types {
+			switch ty {
+			case "object":
+				_, ok = v.(map[string]any)
+			case "array":
+				_, ok = v.([]any)
+			case "string":
+				_, ok = v.(string)
+			case "number":
+				_, ok = v.(json.Number)
+			case "integer":
+				n, isNum := v.(json.Number)
+				ok = isNum && !strings.ContainsAny(string(n), ".eE")
+			case "boolean":
+				_, ok = v.(bool)
+			case "null":
+				ok = v == nil
+			}
+			match = match || ok
+		}
+		if !match {
+			return false
+		}
+	}
+	if obj, ok := v.(map[string]any); ok {
+		props, hasProps := sc["properties"].(map[string]any)
+		if hasProps || sc["additionalProperties"] == false {
+			for k := range obj {
+				if _, ok := props[k]; !ok {
+					return false
+				}
+			}
+		}
+		for k, p := range props {
+			if x, ok := obj[k]; ok && !validate(x, p, root) {
+				return false
+			}
+		}
+		req, _ := sc["required"].([]any)
+		for _, r := range req {
+			if _, ok := obj[r.(string)]; !ok {
+				return false
+			}
+		}
+	}
+	if arr, ok := v.([]any); ok {
+		if it, ok := sc["items"]; ok {
+			for _, x := range arr {
+				if !validate(x, it, root) {
+					return false
+				}
+			}
+		}
+		if n, ok := sc["minItems"].(json.Number); ok {
+			if m, _ := n.Int64(); int64(len(arr)) < m {
+				return false
+			}
+		}
+		if n, ok := sc["maxItems"].(json.Number); ok {
+			if m, _ := n.Int64(); int64(len(arr)) > m {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// ---- a generator of valid documents from a compiled schema ----
+
+type gen struct {
+	r   *rand.Rand
+	cs  *compiled
+	buf bytes.Buffer
+}
+
+func (g *gen) ws() {
+	switch g.r.IntN(8) {
+	case 0:
+		g.buf.WriteString(" ")
+	case 1:
+		g.buf.WriteString("\n  ")
+	case 2:
+		g.buf.WriteString(strings.Repeat("\t", 1+g.r.IntN(MaxSpace)))
+	}
+}
+
+var genStrings = []string{``, `a`, `hello world`, `é中😀`, `\"`, `\\`, `\n\t`, `\u00e9`, `\ud83d\ude00`, `/`, `\/`, `{}[],:`, `<b>&`}
+
+func (g *gen) str() {
+	g.buf.WriteByte('"')
+	for range g.r.IntN(4) {
+		g.buf.WriteString(genStrings[g.r.IntN(len(genStrings))])
+	}
+	g.buf.WriteByte('"')
+}
+
+var genNumbers = []string{`0`, `-0`, `7`, `-12`, `1234567890`, `0.5`, `-3.25`, `1e9`, `2E-3`, `-0.0e+0`, `10.01E10`}
+
+func (g *gen) num(integer bool) {
+	for {
+		n := genNumbers[g.r.IntN(len(genNumbers))]
+		if !integer || !strings.ContainsAny(n, ".eE") {
+			g.buf.WriteString(n)
+			return
+		}
+	}
+}
+
+func (g *gen) anyValue(depth int) {
+	k := g.r.IntN(8)
+	if depth >= 4 {
+		k = 2 + g.r.IntN(6)
+	}
+	switch k {
+	case 0:
+		g.buf.WriteByte('{')
+		for i := range g.r.IntN(3) {
+			if i > 0 {
+				g.buf.WriteByte(',')
+			}
+			g.ws()
+			g.str()
+			g.ws()
+			g.buf.WriteByte(':')
+			g.ws()
+			g.anyValue(depth + 1)
+			g.ws()
+		}
+		g.buf.WriteByte('}')
+	case 1:
+		g.buf.WriteByte('[')
+		for i := range g.r.IntN(3) {
+			if i > 0 {
+				g.buf.WriteByte(',')
+			}
+			g.ws()
+			g.anyValue(depth + 1)
+			g.ws()
+		}
+		g.buf.WriteByte(']')
+	case 2, 3:
+		g.str()
+	case 4, 5:
+		g.num(false)
+	default:
+		g.buf.WriteString([]string{"true", "false", "null"}[g.r.IntN(3)])
+	}
+}
+
+func (g *gen) value(n uint16, depth int) {
+	nd := &g.cs.nodes[n]
+	switch nd.kind {
+	case kAny:
+		g.anyValue(depth)
+		return
+	case kEnum:
+		g.buf.Write(nd.enum[g.r.IntN(len(nd.enum))])
+		return
+	case kAnyOf:
+		g.value(nd.alts[g.r.IntN(len(nd.alts))], depth)
+		return
+	}
+	var types []uint8
+	for t := tObject; t <= tNull; t <<= 1 {
+		if nd.types&t != 0 {
+			types = append(types, t)
+		}
+	}
+	t := types[g.r.IntN(len(types))]
+	switch t {
+	case tObject:
+		if nd.anyObject {
+			g.buf.WriteString(`{"k":`)
+			g.anyValue(depth + 1)
+			g.buf.WriteString(`}`)
+			return
+		}
+		g.buf.WriteByte('{')
+		first := true
+		for _, p := range nd.props {
+			if !p.required && (depth > 3 || g.r.IntN(2) == 0) {
+				continue
+			}
+			if !first {
+				g.buf.WriteByte(',')
+			}
+			first = false
+			g.ws()
+			g.buf.Write(p.key)
+			g.ws()
+			g.buf.WriteByte(':')
+			g.ws()
+			g.value(p.node, depth+1)
+			g.ws()
+		}
+		g.buf.WriteByte('}')
+	case tArray:
+		count := nd.minItems
+		if depth <= 3 {
+			hi := nd.maxItems
+			if hi < 0 {
+				hi = nd.minItems + 3
+			}
+			count += g.r.IntN(hi - nd.minItems + 1)
+		}
+		g.buf.WriteByte('[')
+		for i := range count {
+			if i > 0 {
+				g.buf.WriteByte(',')
+			}
+			g.ws()
+			g.value(nd.items, depth+1)
+			g.ws()
+		}
+		g.buf.WriteByte(']')
+	case tString:
+		g.str()
+	case tNumber:
+		g.num(false)
+	case tInteger:
+		g.num(true)
+	case tBoolean:
+		g.buf.WriteString([]string{"true", "false"}[g.r.IntN(2)])
+	case tNull:
+		g.buf.WriteString("null")
+	}
+}
+
+// TestSchema_Generated: random documents valid against a schema are
+// taken byte by byte, done at their end and not before (but for a number
+// at the top, done wherever it could end); and a state inside a free
+// string keeps its key through plain text.
+func TestSchema_Generated(t *testing.T) {
+	r := rand.New(rand.NewPCG(1, 2))
+	for _, tc := range schemaCases {
+		start, err := CompileSchema([]byte(tc.schema))
+		if err != nil {
+			t.Fatal(err)
+		}
+		g := &gen{r: r, cs: start.c}
+		for range 300 {
+			g.buf.Reset()
+			g.value(start.c.root, 0)
+			doc := g.buf.String()
+			if !validJSONFor(t, tc.schema, doc) {
+				t.Fatalf("%s\n  generated %q: the validator refuses it", tc.schema, doc)
+			}
+			st := start
+			for i := 0; i < len(doc); i++ {
+				if st.Done() && !validJSONFor(t, tc.schema, doc[:i]) {
+					t.Fatalf("%s\n  %q: done after %d bytes", tc.schema, doc, i)
+				}
+				if st.Plain() {
+					p := st
+					for _, c := range []byte("plain é中😀 text") {
+						if !p.Feed(c) {
+							t.Fatalf("%q: plain text refused after %d bytes", doc, i)
+						}
+					}
+					if !bytes.Equal(p.Key(nil), st.Key(nil)) {
+						t.Fatalf("%q: plain text changed the state after %d bytes", doc, i)
+					}
+				}
+				if !st.Feed(doc[i]) {
+					t.Fatalf("%s\n  %q: byte %d refused", tc.schema, doc, i)
+				}
+			}
+			if !st.Done() {
+				t.Fatalf("%s\n  %q: not done at the end", tc.schema, doc)
+			}
+		}
+	}
+}
+
+// fuzzSchemas are the schemas FuzzSchema reads texts against.
+var fuzzSchemas = []string{personSchema, treeSchema, shapeSchema, anySchema, prefixSchema, enumSchema, constSchema, rootRefSchema}
+
+const probes = "{}[],:\"0123.eE-+tfn \\u\xc3\xa9"
+
+func FuzzSchema(f *testing.F) {
+	for _, tc := range schemaCases {
+		for i, fs := range fuzzSchemas {
+			if fs == tc.schema {
+				for _, s := range append(tc.accept, tc.refuse...) {
+					f.Add(uint8(i), s)
+				}
+			}
+		}
+	}
+	starts := make([]Schema, len(fuzzSchemas))
+	for i, s := range fuzzSchemas {
+		var err error
+		if starts[i], err = CompileSchema([]byte(s)); err != nil {
+			f.Fatal(err)
+		}
+	}
+	f.Fuzz(func(t *testing.T, which uint8, s string) {
+		i := int(which) % len(fuzzSchemas)
+		st := starts[i]
+		seen := map[string]uint32{}
+		fed := true
+		for j := 0; j <= len(s); j++ {
+			// states with one key take the same probe bytes
+			var took uint32
+			for k := 0; k < len(probes); k++ {
+				p := st
+				if p.Feed(probes[k]) {
+					took |= 1 << k
+				}
+			}
+			if st.Done() {
+				took |= 1 << 31
+			}
+			key := string(st.Key(nil))
+			if prev, ok := seen[key]; ok && prev != took {
+				t.Fatalf("%q: after %d bytes a state's key was seen with other behaviour", s, j)
+			}
+			seen[key] = took
+			if j == len(s) {
+				break
+			}
+			if !st.Feed(s[j]) {
+				fed = false
+				break
+			}
+		}
+		if fed && st.Done() && !validJSONFor(t, fuzzSchemas[i], s) {
+			t.Fatalf("%s\n  %q: accepted, yet not valid against the schema", fuzzSchemas[i], s)
+		}
+	})
+}
+
+// TestSchema_NoDeadEnds: along random byte walks that dive deep, every
+// state the machine reaches takes some byte or is done (a masked
+// generation never finds itself with no token to take), the nesting
+// limit included.
+func TestSchema_NoDeadEnds(t *testing.T) {
+	schemas := append([]string{
+		`{"$defs":{"n":{"type":"object","properties":{"c":{"type":"array","minItems":1,"items":{"$ref":"#/$defs/n"}},
+			"d":{"$ref":"#/$defs/n"},"e":{"type":"object","properties":{"f":{"type":"object","properties":{"g":{"type":"integer"}},"required":["g"]}},"required":["f"]}},"required":[]}},
+			"$ref":"#/$defs/n"}`,
+		`{"$defs":{"l":{"type":"array","items":{"anyOf":[{"$ref":"#/$defs/l"},{"type":"object","properties":{"x":{"$ref":"#/$defs/l"},"y":{"type":"array","minItems":1,"items":{"type":"array","minItems":1,"items":{}}}}}]}}},"$ref":"#/$defs/l"}`,
+	}, fuzzSchemas...)
+	r := rand.New(rand.NewPCG(3, 4))
+	deepest, done := 0, 0
+	defer func() { t.Logf("states at the depth limit: %d; walks done: %d", deepest, done) }()
+	for _, schema := range schemas {
+		start, err := CompileSchema([]byte(schema))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for range 100 {
+			st, out := start, []byte{}
+			for step := 0; step < 3000 && !st.Done(); step++ {
+				var took []byte
+				weight := 0
+				for b := range 256 {
+					p := st
+					if p.Feed(byte(b)) {
+						took = append(took, byte(b))
+						weight += byteWeight(byte(b), step)
+					}
+				}
+				if st.depth == MaxSchemaDepth {
+					deepest++
+				}
+				if len(took) == 0 {
+					t.Fatalf("%s\n  dead end after %q", schema, out)
+				}
+				w := r.IntN(weight)
+				for _, b := range took {
+					if w -= byteWeight(b, step); w < 0 {
+						st.Feed(b)
+						out = append(out, b)
+						break
+					}
+				}
+			}
+			if st.Done() {
+				done++
+			}
+			if st.Done() && !validJSONFor(t, schema, string(out)) {
+				t.Fatalf("%s\n  %q: done, yet not valid", schema, out)
+			}
+		}
+	}
+}
+
+// byteWeight steers a walk: into containers first, out of them later.
+func byteWeight(b byte, step int) int {
+	switch b {
+	case '{', '[', '"', ':', ',':
+		if step < 1500 {
+			return 200
+		}
+		return 5
+	case '}', ']':
+		if step < 1500 {
+			return 5
+		}
+		return 400
+	}
+	return 1
+}
