@@ -61,6 +61,10 @@ type ModelInfo struct {
 	// (GenerateRequest.ResponseFormat); a runtime of an earlier version
 	// ignores the request's format.
 	JSONObject bool `json:"json_object,omitempty"`
+	// JSONSchema says the runtime constrains a completion to a JSON Schema
+	// (ResponseFormatJSONSchema); a runtime of an earlier version ignores
+	// the request's format.
+	JSONSchema bool `json:"json_schema,omitempty"`
 	// Sampling holds the model's recommended sampling settings
 	// (generation_config.json): they apply to the parameters a request
 	// leaves out.
@@ -150,6 +154,14 @@ type FunctionCall struct {
 // thinks freely first; the object begins after the thoughts close.
 const ResponseFormatJSONObject = "json_object"
 
+// ResponseFormatJSONSchema constrains a completion to a JSON value valid
+// against GenerateRequest.ResponseSchema (OpenAI's response_format
+// {"type": "json_schema"}, structured outputs), the same way: an object's
+// properties in the schema's order, none but those it names. A schema
+// the runtime cannot enforce in full is refused (EINVALID, param
+// response_format), never enforced in part.
+const ResponseFormatJSONSchema = "json_schema"
+
 // GenerateRequest asks a runtime for one completion.
 type GenerateRequest struct {
 	RequestID string
@@ -190,9 +202,11 @@ type GenerateRequest struct {
 	LogitBias        map[int]float64
 	PresencePenalty  float64
 	FrequencyPenalty float64
-	// ResponseFormat constrains the completion: "" (none) or
-	// ResponseFormatJSONObject.
+	// ResponseFormat constrains the completion: "" (none),
+	// ResponseFormatJSONObject or ResponseFormatJSONSchema (with
+	// ResponseSchema, the JSON Schema the answer follows).
 	ResponseFormat string
+	ResponseSchema json.RawMessage
 	// Stop sequences end the completion; they are not included in it.
 	Stop []string
 	// Logprobs asks for each token's log-probability, TopLogprobs for that

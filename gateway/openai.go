@@ -8,6 +8,7 @@ import (
 	"iter"
 	"math"
 	"reflect"
+	"regexp"
 	"strconv"
 	"strings"
 	"unicode/utf8"
@@ -46,7 +47,8 @@ type job struct {
 	// logit_bias (token id → value) and the penalties; nil and 0: none
 	logitBias           map[int]float64
 	presence, frequency float64
-	format              string // response_format: "" or nozzle.ResponseFormatJSONObject
+	format              string          // response_format: "" or nozzle.ResponseFormatJSON*
+	schema              json.RawMessage // with nozzle.ResponseFormatJSONSchema
 
 	// Sampling parameters the request left out take the model's
 	// recommended values (see applySampling), else the API's defaults.
@@ -182,7 +184,7 @@ func (j *job) requests(requestID, tenantID string, maxTokens int) []*nozzle.Gene
 		return &nozzle.GenerateRequest{
 			RequestID: requestID, TenantID: tenantID, Adapter: j.adapter,
 			MaxTokens: maxTokens, Temperature: j.temperature, TopP: j.topP, TopK: j.topK, Seed: choiceSeed(j.seed, i),
-			LogitBias: j.logitBias, PresencePenalty: j.presence, FrequencyPenalty: j.frequency, ResponseFormat: j.format,
+			LogitBias: j.logitBias, PresencePenalty: j.presence, FrequencyPenalty: j.frequency, ResponseFormat: j.format, ResponseSchema: j.schema,
 			Stop: j.stop, Logprobs: j.logprobs, TopLogprobs: j.topLogprobs, Stream: j.stream,
 			PromptOnly: j.promptOnly,
 		}
@@ -446,27 +448,56 @@ func noToolsMode(raw json.RawMessage) bool {
 
 // responseFormat is a chat request's response_format.
 type responseFormat struct {
-	Type *string `json:"type"`
+	Type       *string `json:"type"`
+	JSONSchema *struct {
+		Name        *string         `json:"name"`
+		Description *string         `json:"description"`
+		Schema      json.RawMessage `json:"schema"`
+		Strict      *bool           `json:"strict"` // Nozzle's schemas are always enforced in full
+	} `json:"json_schema"`
 }
+
+// jsonSchemaName is what OpenAI takes as a json_schema's name.
+var jsonSchemaName = regexp.MustCompile(`^[a-zA-Z0-9_-]{1,64}$`)
 
 // chatFormat reads response_format: {"type": "text"} (or none) asks for
 // nothing, {"type": "json_object"} for a JSON object
-// (nozzle.ResponseFormatJSONObject); json_schema is refused.
-func chatFormat(raw json.RawMessage) (string, error) {
+// (nozzle.ResponseFormatJSONObject), {"type": "json_schema",
+// "json_schema": {"name", "schema", "strict", "description"}} for a value
+// of that schema (nozzle.ResponseFormatJSONSchema; the runtime checks the
+// schema itself). It returns the format and the schema.
+func chatFormat(raw json.RawMessage) (string, json.RawMessage, error) {
 	if isNull(raw) {
-		return "", nil
+		return "", nil, nil
 	}
 	var f responseFormat
 	if json.Unmarshal(raw, &f) != nil || f.Type == nil {
-		return "", invalidAs("invalid_value", "response_format", "Invalid 'response_format': expected an object with a 'type'.")
+		return "", nil, invalidAs("invalid_value", "response_format", "Invalid 'response_format': expected an object with a 'type'.")
 	}
 	switch *f.Type {
 	case "text":
-		return "", nil
+		return "", nil, nil
 	case "json_object":
-		return nozzle.ResponseFormatJSONObject, nil
+		return nozzle.ResponseFormatJSONObject, nil, nil
+	case "json_schema":
+		js := f.JSONSchema
+		switch {
+		case js == nil:
+			return "", nil, invalidAs("missing_required_parameter", "response_format.json_schema", "Missing required parameter: 'response_format.json_schema'.")
+		case js.Name == nil:
+			return "", nil, invalidAs("missing_required_parameter", "response_format.json_schema.name", "Missing required parameter: 'response_format.json_schema.name'.")
+		case !jsonSchemaName.MatchString(*js.Name):
+			return "", nil, invalidAs("invalid_value", "response_format.json_schema.name", "Invalid 'response_format.json_schema.name': string does not match pattern. Expected a string that matches the pattern '^[a-zA-Z0-9_-]+$' of at most 64 characters.")
+		case isNull(js.Schema):
+			// OpenAI takes a schema-less json_schema as any JSON object
+			return nozzle.ResponseFormatJSONObject, nil, nil
+		}
+		if bytes.TrimSpace(js.Schema)[0] != '{' {
+			return "", nil, invalidAs("invalid_type", "response_format.json_schema.schema", "Invalid type for 'response_format.json_schema.schema': expected an object.")
+		}
+		return nozzle.ResponseFormatJSONSchema, js.Schema, nil
 	}
-	return "", invalidAs("unsupported_value", "response_format", "'response_format' of type %q is not supported by this server (it constrains output to a JSON object, not to a schema); use \"json_object\" or \"text\", or leave it out.", *f.Type)
+	return "", nil, invalidAs("invalid_value", "response_format.type", "Invalid value: '%s'. Supported values are: 'text', 'json_object' and 'json_schema'.", *f.Type)
 }
 
 // checkChatOutputs refuses the chat parameters that ask for output Nozzle
@@ -808,11 +839,11 @@ func parseChat(body []byte, maxChoices int) (*job, error) {
 	if err := b.apply(j); err != nil {
 		return nil, err
 	}
-	format, err := chatFormat(b.ResponseFormat)
+	format, schema, err := chatFormat(b.ResponseFormat)
 	if err != nil {
 		return nil, err
 	}
-	j.format = format
+	j.format, j.schema = format, schema
 	tools, err := parseTools(b.Tools, b.ToolChoice)
 	if err != nil {
 		return nil, err

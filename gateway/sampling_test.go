@@ -131,31 +131,40 @@ func TestLogitAdjustments(t *testing.T) {
 }
 
 // TestResponseFormat: response_format json_object reaches the runtime as
-// nozzle.ResponseFormatJSONObject, text and null as nothing; json_schema
-// and a runtime that cannot constrain its output are refused naming it.
+// nozzle.ResponseFormatJSONObject, json_schema as
+// nozzle.ResponseFormatJSONSchema with its schema (without one, as a JSON
+// object), text and null as nothing; a runtime that cannot constrain its
+// output is refused naming it.
 func TestResponseFormat(t *testing.T) {
 	f := newFixture(t)
 	msgs := `"messages":[{"role":"user","content":"Reply in JSON."}]`
-	for format, want := range map[string]string{`{"type":"json_object"}`: nozzle.ResponseFormatJSONObject, `{"type":"text"}`: "", `null`: ""} {
+	schema := `{"type":"object","properties":{"a":{"type":"integer"}},"required":["a"]}`
+	for format, want := range map[string]string{`{"type":"json_object"}`: nozzle.ResponseFormatJSONObject, `{"type":"text"}`: "", `null`: "",
+		`{"type":"json_schema","json_schema":{"name":"answer","strict":true,"schema":` + schema + `}}`: nozzle.ResponseFormatJSONSchema,
+		`{"type":"json_schema","json_schema":{"name":"any"}}`:                                          nozzle.ResponseFormatJSONObject} {
 		f.gen.lastReq.Store(nil)
 		resp := f.do(http.MethodPost, "/v1/chat/completions", `{"model":"base",`+msgs+`,"n":2,"response_format":`+format+`}`, f.authA())
 		if resp.StatusCode != http.StatusOK {
 			t.Fatalf("%s: status %d: %s", format, resp.StatusCode, readAll(t, resp))
 		}
 		resp.Body.Close()
-		if got := f.gen.lastReq.Load().ResponseFormat; got != want {
-			t.Errorf("%s: the runtime got format %q, want %q", format, got, want)
+		req := f.gen.lastReq.Load()
+		if req.ResponseFormat != want {
+			t.Errorf("%s: the runtime got format %q, want %q", format, req.ResponseFormat, want)
+		}
+		if want == nozzle.ResponseFormatJSONSchema && string(req.ResponseSchema) != schema {
+			t.Errorf("the runtime got schema %s", req.ResponseSchema)
 		}
 	}
-	wantError(t, f.do(http.MethodPost, "/v1/chat/completions", `{"model":"base",`+msgs+`,"response_format":{"type":"json_schema","json_schema":{"name":"x","schema":{}}}}`, f.authA()),
-		http.StatusBadRequest, "invalid_request_error", "unsupported_value", "response_format")
 	// legacy completions have no response_format
 	wantError(t, f.do(http.MethodPost, "/v1/completions", `{"model":"base","prompt":"x","response_format":{"type":"json_object"}}`, f.authA()),
 		http.StatusBadRequest, "invalid_request_error", "", "response_format")
 
 	old := newFixture(t, func(c *gateway.Config, d *gateway.Deps, f *fixture) { f.gen.noJSON = true })
-	wantError(t, old.do(http.MethodPost, "/v1/chat/completions", `{"model":"base",`+msgs+`,"response_format":{"type":"json_object"}}`, old.authA()),
-		http.StatusBadRequest, "invalid_request_error", "unsupported_value", "response_format")
+	for _, format := range []string{`{"type":"json_object"}`, `{"type":"json_schema","json_schema":{"name":"x","schema":{"type":"object"}}}`} {
+		wantError(t, old.do(http.MethodPost, "/v1/chat/completions", `{"model":"base",`+msgs+`,"response_format":`+format+`}`, old.authA()),
+			http.StatusBadRequest, "invalid_request_error", "unsupported_value", "response_format")
+	}
 	if resp := old.do(http.MethodPost, "/v1/chat/completions", `{"model":"base",`+msgs+`,"response_format":{"type":"text"}}`, old.authA()); resp.StatusCode != http.StatusOK {
 		t.Errorf("text on an earlier runtime: %d", resp.StatusCode)
 	}

@@ -110,9 +110,8 @@ func (r *Runtime) prepare(req *nozzle.GenerateRequest) (*sequence, error) {
 		out:  newMailbox(),
 		bias: newSeqBias(req),
 	}
-	q.gram = r.newSeqGrammar(req, r.info.Reasoning && req.Messages != nil && open)
-	if q.gram != nil && q.gram.wait == "" && !q.gram.startable() {
-		return nil, nozzle.Errorf(nozzle.EINVALID, "This model's vocabulary cannot write a JSON object.").WithParam("response_format")
+	if q.gram, err = r.newSeqGrammar(req, r.info.Reasoning && req.Messages != nil && open); err != nil {
+		return nil, err
 	}
 	if req.TopP > 0 && req.TopP < 1 {
 		// A mass too small for float32 still keeps the likeliest token
@@ -213,8 +212,6 @@ func (r *Runtime) validate(req *nozzle.GenerateRequest) error {
 		return nozzle.Errorf(nozzle.EINVALID, "Generating nothing (max_tokens 0) needs echo.").WithParam("max_tokens")
 	case req.TopLogprobs < 0 || req.TopLogprobs > 20:
 		return nozzle.Errorf(nozzle.EINVALID, "top_logprobs must be between 0 and 20.").WithParam("top_logprobs")
-	case req.ResponseFormat != "" && req.ResponseFormat != nozzle.ResponseFormatJSONObject:
-		return nozzle.Errorf(nozzle.EINVALID, "Unknown response format %q; want %q.", req.ResponseFormat, nozzle.ResponseFormatJSONObject).WithParam("response_format")
 	case len(req.Stop) > 16:
 		return nozzle.Errorf(nozzle.EINVALID, "At most 16 stop sequences are allowed.").WithParam("stop")
 	}

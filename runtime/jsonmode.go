@@ -2,6 +2,8 @@ package runtime
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"sync"
 
 	"github.com/nozzle-ai/nozzle"
 	"github.com/nozzle-ai/nozzle/runtime/grammar"
@@ -21,19 +23,79 @@ type seqGrammar struct {
 }
 
 // newSeqGrammar returns the constraint of req's response format, nil for
-// none. open says a reasoning model's prompt opened its thoughts.
-func (r *Runtime) newSeqGrammar(req *nozzle.GenerateRequest, open bool) *seqGrammar {
-	if req.ResponseFormat != nozzle.ResponseFormatJSONObject {
-		return nil
+// none. open says a reasoning model's prompt opened its thoughts. A
+// schema it cannot enforce is an EINVALID error.
+func (r *Runtime) newSeqGrammar(req *nozzle.GenerateRequest, open bool) (*seqGrammar, error) {
+	g := &seqGrammar{bytes: r.codec.TokenBytes}
+	switch req.ResponseFormat {
+	case "":
+		return nil, nil
+	case nozzle.ResponseFormatJSONObject:
+		g.c = &machineConstraint[grammar.JSON, *grammar.JSON]{m: r.jsonMasker()}
+	case nozzle.ResponseFormatJSONSchema:
+		e, err := r.schemas.get(r.grammarVocab(), req.ResponseSchema)
+		if err != nil {
+			return nil, nozzle.Errorf(nozzle.EINVALID, "Invalid 'response_format.json_schema.schema': %v.", err).WithParam("response_format.json_schema.schema")
+		}
+		g.c = &machineConstraint[grammar.Schema, *grammar.Schema]{m: e.m, state: e.start}
+	default:
+		return nil, nozzle.Errorf(nozzle.EINVALID, "Unknown response format %q.", req.ResponseFormat).WithParam("response_format")
 	}
-	g := &seqGrammar{c: &machineConstraint[grammar.JSON, *grammar.JSON]{m: r.jsonMasker()}, bytes: r.codec.TokenBytes}
 	if open {
 		g.wait = r.info.ReasoningTags.Close
 		if g.wait == "" {
 			g.wait = nozzle.DefaultThinkTags.Close
 		}
 	}
-	return g
+	if g.wait == "" && !g.startable() {
+		return nil, nozzle.Errorf(nozzle.EINVALID, "This model's vocabulary cannot begin an answer in this format.").WithParam("response_format")
+	}
+	return g, nil
+}
+
+// schemaMaskBytes bounds the masks kept for one schema.
+const schemaMaskBytes = 4 << 20
+
+// schemaCache keeps the schemas compiled lately, by their bytes' digest,
+// each with the Masker of its language: an application sends the same
+// schema with request after request, and its masks serve them all.
+type schemaCache struct {
+	mu sync.Mutex
+	m  map[[sha256.Size]byte]*schemaEntry
+}
+
+// maxSchemas is how many compiled schemas a runtime keeps.
+const maxSchemas = 32
+
+type schemaEntry struct {
+	start grammar.Schema
+	m     *grammar.Masker[grammar.Schema, *grammar.Schema]
+}
+
+// get returns schema compiled, from the cache or compiled now.
+func (c *schemaCache) get(v *grammar.Vocab, schema []byte) (*schemaEntry, error) {
+	key := sha256.Sum256(schema)
+	c.mu.Lock()
+	e := c.m[key]
+	c.mu.Unlock()
+	if e != nil {
+		return e, nil
+	}
+	start, err := grammar.CompileSchema(schema)
+	if err != nil {
+		return nil, err
+	}
+	e = &schemaEntry{start: start, m: grammar.NewMasker[grammar.Schema](v, schemaMaskBytes)}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.m == nil || len(c.m) >= maxSchemas {
+		c.m = make(map[[sha256.Size]byte]*schemaEntry) // the ones in use come back
+	}
+	if old := c.m[key]; old != nil { // compiled meanwhile by another request
+		return old, nil
+	}
+	c.m[key] = e
+	return e, nil
 }
 
 // constraint is a machine and its masks, as a sequence uses them.
@@ -41,6 +103,8 @@ type constraint interface {
 	mask() ([]uint32, bool)
 	feed(b byte) bool
 	done() bool
+	// more: a token besides an end token may come
+	more() bool
 }
 
 // machineConstraint is the state of a machine S and the Masker of its
@@ -56,6 +120,7 @@ type machineConstraint[S any, P interface {
 func (c *machineConstraint[S, P]) mask() ([]uint32, bool) { return c.m.Mask(&c.state) }
 func (c *machineConstraint[S, P]) feed(b byte) bool       { return P(&c.state).Feed(b) }
 func (c *machineConstraint[S, P]) done() bool             { return P(&c.state).Done() }
+func (c *machineConstraint[S, P]) more() bool             { return c.m.More(&c.state) }
 
 // grammarVocab returns the model's vocabulary prepared for masks, made on
 // first use: every token's bytes but the special tokens', which never
@@ -127,7 +192,7 @@ func (g *seqGrammar) feed(tok int32) bool {
 			return true
 		}
 	}
-	if g.c.done() {
+	if g.c.done() && !g.c.more() {
 		return true
 	}
 	_, ok := g.c.mask() // made now, found in the cache for the next draw

@@ -3,6 +3,7 @@ package runtime_test
 import (
 	"context"
 	"encoding/json"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -76,5 +77,73 @@ func TestDemo_JSONObject(t *testing.T) {
 	_, err := rt.Generate(context.Background(), &nozzle.GenerateRequest{Prompt: "x", ResponseFormat: "yaml"}, func(nozzle.Chunk) error { return nil })
 	if e := nozzle.AsError(err); e == nil || e.Code != nozzle.EINVALID || e.Param != "response_format" {
 		t.Errorf("an unknown format: %v", err)
+	}
+}
+
+// TestDemo_JSONSchema: with response_format json_schema the demo model
+// writes values of the schema — properties in the schema's order, the
+// required ones present, integers, enums, nested and nullable fields —
+// greedy and sampled, with an adapter; the compiled schema serves the
+// next request from its cache; a schema it cannot enforce is refused
+// naming it.
+func TestDemo_JSONSchema(t *testing.T) {
+	rt, adapters := openDemo(t, runtime.Options{})
+	schema := `{"type":"object","properties":{
+		"name":{"type":"string"},
+		"age":{"type":"integer"},
+		"role":{"enum":["admin","user","guest"]},
+		"tags":{"type":"array","items":{"type":"string"},"maxItems":3},
+		"boss":{"anyOf":[{"type":"null"},{"type":"object","properties":{"name":{"type":"string"}},"required":["name"],"additionalProperties":false}]},
+		"score":{"type":"number"}},
+		"required":["name","age","role","tags","boss"],"additionalProperties":false}`
+	type person struct {
+		Name  *string   `json:"name"`
+		Age   *int      `json:"age"`
+		Role  *string   `json:"role"`
+		Tags  *[]string `json:"tags"`
+		Boss  *struct{ Name *string }
+		Score *float64 `json:"score"`
+	}
+	// raising the quote keeps the random model's strings short
+	quote, ok := rt.TokenID(`"`)
+	if !ok {
+		t.Fatal(`no " token`)
+	}
+	for i, ad := range []*nozzle.Adapter{nil, adapters["demo-sql"], nil} {
+		seed := uint64(i)
+		req := &nozzle.GenerateRequest{Messages: []nozzle.ChatMessage{{Role: "user", Content: "Describe a person."}}, Adapter: ad,
+			MaxTokens: 1500, ResponseFormat: nozzle.ResponseFormatJSONSchema, ResponseSchema: json.RawMessage(schema),
+			LogitBias: map[int]float64{quote: 5}}
+		if i > 0 {
+			req.Temperature, req.Seed = 1, &seed
+		}
+		out, res := text(t, rt, req)
+		t.Logf("request %d: %d tokens: %.200q", i, res.CompletionTokens, out)
+		dec := json.NewDecoder(strings.NewReader(out))
+		dec.DisallowUnknownFields()
+		var p person
+		if err := dec.Decode(&p); err != nil || res.FinishReason != nozzle.FinishStop {
+			t.Fatalf("request %d: %q (finish %q): %v", i, out, res.FinishReason, err)
+		}
+		if p.Name == nil || p.Age == nil || p.Role == nil || p.Tags == nil || len(*p.Tags) > 3 ||
+			!slices.Contains([]string{"admin", "user", "guest"}, *p.Role) || p.Boss != nil && p.Boss.Name == nil {
+			t.Errorf("request %d: %+v does not follow the schema", i, p)
+		}
+		// the properties come in the schema's order
+		at := -1
+		for _, k := range []string{`"name"`, `"age"`, `"role"`, `"tags"`, `"boss"`} {
+			j := strings.Index(out, k)
+			if j < at {
+				t.Errorf("request %d: %s out of order in %q", i, k, out)
+			}
+			at = j
+		}
+	}
+
+	for _, bad := range []string{`{"type":"string","pattern":"^a"}`, `{"type":"object","properties":{"a":{"$ref":"#/$defs/nope"}}}`, `{"type":`} {
+		_, err := rt.Generate(context.Background(), &nozzle.GenerateRequest{Prompt: "x", ResponseFormat: nozzle.ResponseFormatJSONSchema, ResponseSchema: json.RawMessage(bad)}, func(nozzle.Chunk) error { return nil })
+		if e := nozzle.AsError(err); e == nil || e.Code != nozzle.EINVALID || e.Param != "response_format.json_schema.schema" {
+			t.Errorf("schema %s: %v", bad, err)
+		}
 	}
 }

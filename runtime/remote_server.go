@@ -69,12 +69,13 @@ type wireRequest struct {
 	FrequencyPenalty float64         `json:"frequency_penalty,omitempty"`
 	// ResponseFormat: an earlier runtime ignores it, and says so
 	// (ModelInfo.JSONObject false).
-	ResponseFormat string `json:"response_format,omitempty"`
-	Logprobs       bool   `json:"logprobs"`
-	TopLogprobs    int    `json:"top_logprobs"`
-	Echo           bool   `json:"echo,omitempty"`
-	PromptOnly     bool   `json:"prompt_only,omitempty"`
-	Stream         bool   `json:"stream,omitempty"`
+	ResponseFormat string          `json:"response_format,omitempty"`
+	ResponseSchema json.RawMessage `json:"response_schema,omitempty"`
+	Logprobs       bool            `json:"logprobs"`
+	TopLogprobs    int             `json:"top_logprobs"`
+	Echo           bool            `json:"echo,omitempty"`
+	PromptOnly     bool            `json:"prompt_only,omitempty"`
+	Stream         bool            `json:"stream,omitempty"`
 
 	// ChatTemplateKwargs: an earlier runtime ignores them, and says so
 	// (ModelInfo.ChatTemplateKwargs false).
@@ -88,7 +89,7 @@ func toWire(r *nozzle.GenerateRequest) wireRequest {
 		MaxTokens: r.MaxTokens, Temperature: r.Temperature, TopP: r.TopP, TopK: r.TopK,
 		Seed: r.Seed, Stop: r.Stop, Logprobs: r.Logprobs, TopLogprobs: r.TopLogprobs, Echo: r.Echo, PromptOnly: r.PromptOnly, Stream: r.Stream,
 		LogitBias: r.LogitBias, PresencePenalty: r.PresencePenalty, FrequencyPenalty: r.FrequencyPenalty,
-		ResponseFormat: r.ResponseFormat,
+		ResponseFormat: r.ResponseFormat, ResponseSchema: r.ResponseSchema,
 	}
 }
 
@@ -99,7 +100,7 @@ func (w wireRequest) request() *nozzle.GenerateRequest {
 		MaxTokens: w.MaxTokens, Temperature: w.Temperature, TopP: w.TopP, TopK: w.TopK,
 		Seed: w.Seed, Stop: w.Stop, Logprobs: w.Logprobs, TopLogprobs: w.TopLogprobs, Echo: w.Echo, PromptOnly: w.PromptOnly, Stream: w.Stream,
 		LogitBias: w.LogitBias, PresencePenalty: w.PresencePenalty, FrequencyPenalty: w.FrequencyPenalty,
-		ResponseFormat: w.ResponseFormat,
+		ResponseFormat: w.ResponseFormat, ResponseSchema: w.ResponseSchema,
 	}
 }
 

@@ -276,6 +276,7 @@ type Runtime struct {
 	vocabOnce sync.Once
 	vocab     *grammar.Vocab
 	jsonMask  *grammar.Masker[grammar.JSON, *grammar.JSON]
+	schemas   schemaCache
 
 	mu       sync.Mutex
 	closing  bool
@@ -309,6 +310,7 @@ func newRuntime(opts Options, p parts) (*Runtime, error) {
 	r.info.ChatTemplateKwargs = true
 	r.info.LogitBias = true
 	r.info.JSONObject = true
+	r.info.JSONSchema = true
 	r.start = r.clock()
 	if r.info.CreatedAt.IsZero() {
 		r.info.CreatedAt = r.start.UTC() // /v1/models' "created": when the model was loaded

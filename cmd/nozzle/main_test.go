@@ -325,9 +325,10 @@ func TestServe_LogitBias(t *testing.T) {
 	}
 }
 
-// TestServe_JSONObject: response_format json_object through the whole
-// server and the real engine, streamed and not: the demo model (random
-// weights) answers with a JSON object and finish_reason stop.
+// TestServe_JSONObject: response_format json_object and json_schema
+// through the whole server and the real engine, streamed and not: the
+// demo model (random weights) answers with a JSON object (of the schema)
+// and finish_reason stop; a schema it cannot enforce is a 400.
 func TestServe_JSONObject(t *testing.T) {
 	m := MustRunMain(t)
 	base := "http://" + m.Addr
@@ -362,6 +363,31 @@ func TestServe_JSONObject(t *testing.T) {
 	}
 	if streamed.String() != out.Choices[0].Message.Content {
 		t.Fatalf("streamed %q, not streamed %q", streamed.String(), out.Choices[0].Message.Content)
+	}
+	// a schema: the answer decodes into it, nothing missing, nothing more
+	schema := `{"type":"object","properties":{"city":{"type":"string"},"days":{"type":"integer"},"sunny":{"type":"boolean"}},` +
+		`"required":["city","days","sunny"],"additionalProperties":false}`
+	quote := m.tokenID(t, `"`)
+	resp, b = post(t, base+"/v1/chat/completions", key, fmt.Sprintf(`{"model":"demo-chat","messages":[{"role":"user","content":"Weather?"}],`+
+		`"max_tokens":800,"temperature":0,"logit_bias":{"%d":5},"response_format":{"type":"json_schema","json_schema":{"name":"weather","strict":true,"schema":%s}}}`, quote, schema))
+	if err := json.Unmarshal(b, &out); err != nil || resp.StatusCode != 200 || len(out.Choices) != 1 {
+		t.Fatalf("%d %s", resp.StatusCode, b)
+	}
+	var weather struct {
+		City  *string
+		Days  *int
+		Sunny *bool
+	}
+	dec := json.NewDecoder(strings.NewReader(out.Choices[0].Message.Content))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&weather); err != nil || weather.City == nil || weather.Days == nil || weather.Sunny == nil || out.Choices[0].FinishReason != "stop" {
+		t.Fatalf("not the schema's (finish %q): %q: %v", out.Choices[0].FinishReason, out.Choices[0].Message.Content, err)
+	}
+	// a schema the runtime cannot enforce: 400 naming it, before any work
+	resp, b = post(t, base+"/v1/chat/completions", key, `{"model":"demo-chat","messages":[{"role":"user","content":"x"}],`+
+		`"response_format":{"type":"json_schema","json_schema":{"name":"x","schema":{"type":"string","minLength":3}}}}`)
+	if resp.StatusCode != 400 || !strings.Contains(string(b), `"param":"response_format.json_schema.schema"`) || !strings.Contains(string(b), "minLength") {
+		t.Fatalf("unenforceable schema: %d %s", resp.StatusCode, b)
 	}
 }
 

@@ -156,10 +156,11 @@ type Masker[S any, P interface {
 	keyBuf   []byte
 }
 
-// cached is a mask made and whether it allows any token.
+// cached is a mask made, whether it allows any token and whether any
+// but the end tokens.
 type cached struct {
-	bits []uint32
-	any  bool
+	bits      []uint32
+	any, more bool
 }
 
 // NewMasker returns a Masker of v for machine S; cacheBytes bounds the
@@ -180,40 +181,51 @@ func NewMasker[S any, P interface {
 // vocabulary without end tokens, has none). The slice is shared: the
 // caller must not change it.
 func (m *Masker[S, P]) Mask(s *S) ([]uint32, bool) {
+	c := m.lookup(s)
+	return c.bits, c.any
+}
+
+// More reports whether a token other than an end token may come in state
+// s: a done output that may yet go on (a top-level number may take more
+// digits) has such tokens; a closed object has none.
+func (m *Masker[S, P]) More(s *S) bool { return m.lookup(s).more }
+
+func (m *Masker[S, P]) lookup(s *S) cached {
 	p := P(s)
 	m.mu.Lock()
 	m.keyBuf = p.Key(m.keyBuf[:0])
 	if c, ok := m.cache[string(m.keyBuf)]; ok {
 		m.mu.Unlock()
-		return c.bits, c.any
+		return c
 	}
 	key := string(m.keyBuf)
 	m.mu.Unlock()
 
 	v := m.v
 	mask := make([]uint32, v.words)
-	switch {
-	case p.Done():
+	if p.Plain() {
+		copy(mask, v.plain)
+		walk[S, P](&v.odd, s, mask)
+	} else {
+		walk[S, P](&v.all, s, mask)
+	}
+	c := cached{bits: mask}
+	for _, w := range mask {
+		c.more = c.more || w != 0
+	}
+	if p.Done() {
 		for _, id := range v.ends {
 			mask[id/32] |= 1 << (id % 32)
 		}
-	case p.Plain():
-		copy(mask, v.plain)
-		walk[S, P](&v.odd, s, mask)
-	default:
-		walk[S, P](&v.all, s, mask)
 	}
-	any := false
-	for _, w := range mask {
-		any = any || w != 0
-	}
+	c.any = c.more || p.Done() && len(v.ends) > 0
 	m.mu.Lock()
 	if len(m.cache) >= m.cacheMax {
 		clear(m.cache) // states come back soon enough to be made again
 	}
-	m.cache[key] = cached{mask, any}
+	m.cache[key] = c
 	m.mu.Unlock()
-	return mask, any
+	return c
 }
 
 // walk sets the bits of the tokens of t whose bytes s reads, depth first.

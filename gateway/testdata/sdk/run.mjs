@@ -279,12 +279,18 @@ await check('json-object', async () => {
     response_format: { type: 'json_object' },
   });
   assert.equal(r.choices[0].finish_reason, 'stop');
+  const s = await client.chat.completions.create({
+    model: 'base', messages: [{ role: 'user', content: 'hi' }],
+    response_format: { type: 'json_schema', json_schema: { name: 'answer', strict: true,
+      schema: { type: 'object', properties: { a: { type: 'string' } }, required: ['a'], additionalProperties: false } } },
+  });
+  assert.equal(s.choices[0].finish_reason, 'stop');
   await assert.rejects(client.chat.completions.create({
     model: 'base', messages: [{ role: 'user', content: 'hi' }],
-    response_format: { type: 'json_schema', json_schema: { name: 'x', schema: { type: 'object' } } },
+    response_format: { type: 'json_schema', json_schema: { name: 'no spaces allowed', schema: { type: 'object' } } },
   }), (e) => {
     assert.ok(e instanceof OpenAI.BadRequestError, String(e));
-    assert.equal(e.param, 'response_format');
+    assert.equal(e.param, 'response_format.json_schema.name');
     return true;
   });
 });
