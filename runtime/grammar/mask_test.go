@@ -182,6 +182,43 @@ func onlyEnds(mask []uint32, ends []int) bool {
 	return n == len(ends)
 }
 
+// BenchmarkMaskerSchema: BenchmarkMasker's two states for a schema's
+// machine (a name string, an integer age) on Llama 3's vocabulary.
+func BenchmarkMaskerSchema(b *testing.B) {
+	toks, ends := vocabulary(b, "llama3")
+	v := grammar.NewVocab(toks, ends)
+	start, err := grammar.CompileSchema([]byte(`{"type":"object","properties":{"name":{"type":"string"},"age":{"type":"integer"},` +
+		`"tags":{"type":"array","items":{"enum":["a","b"]}}},"required":["name","age","tags"],"additionalProperties":false}`))
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, tc := range []struct{ name, prefix string }{
+		{"string", `{"name": "Ada`},
+		{"after", `{"name": "Ada", "age": 3`},
+	} {
+		s := start
+		for i := 0; i < len(tc.prefix); i++ {
+			if !s.Feed(tc.prefix[i]) {
+				b.Fatalf("%q refused at %d", tc.prefix, i)
+			}
+		}
+		b.Run(tc.name+"/walk", func(b *testing.B) {
+			m := grammar.NewMasker[grammar.Schema](v, 0)
+			for b.Loop() {
+				m.ClearCache()
+				m.Mask(&s)
+			}
+		})
+		b.Run(tc.name+"/cached", func(b *testing.B) {
+			m := grammar.NewMasker[grammar.Schema](v, 0)
+			m.Mask(&s)
+			for b.Loop() {
+				m.Mask(&s)
+			}
+		})
+	}
+}
+
 // BenchmarkMasker: a mask made from the trie (cache cleared) and one
 // found in the cache, in a string (nearly every token allowed) and after
 // a value (few), on Llama 3's 128k vocabulary.
