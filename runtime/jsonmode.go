@@ -3,6 +3,7 @@ package runtime
 import (
 	"bytes"
 	"crypto/sha256"
+	"fmt"
 	"sync"
 
 	"github.com/nozzle-ai/nozzle"
@@ -20,6 +21,25 @@ type seqGrammar struct {
 	// text so far to find it.
 	wait string
 	tail []byte
+	// err: the machine failed (a fault of its own, recovered so the
+	// scheduler and every other sequence go on); the sequence ends with it
+	err error
+}
+
+// recover turns a panic of the machine into g.err; deferred itself (the
+// builtin recover works only there).
+func (g *seqGrammar) recover() {
+	if p := recover(); p != nil {
+		g.err = nozzle.Errorf(nozzle.EINTERNAL, "The response format's constraint failed.").Wrap(fmt.Errorf("grammar: %v", p))
+	}
+}
+
+// failed returns the machine's failure, if any.
+func (g *seqGrammar) failed() error {
+	if g == nil {
+		return nil
+	}
+	return g.err
 }
 
 // newSeqGrammar returns the constraint of req's response format, nil for
@@ -152,27 +172,33 @@ func (r *Runtime) jsonMasker() *grammar.Masker[grammar.JSON, *grammar.JSON] {
 
 // mask returns the tokens the next draw may take, nil for any (g nil, or
 // the thoughts before the object). feed has made sure some token may.
-func (g *seqGrammar) mask() []uint32 {
-	if g == nil || g.wait != "" {
+func (g *seqGrammar) mask() (allow []uint32) {
+	if g == nil || g.wait != "" || g.err != nil {
 		return nil
 	}
-	allow, _ := g.c.mask()
+	defer g.recover()
+	allow, _ = g.c.mask()
 	return allow
 }
 
 // startable reports whether the vocabulary can begin the output.
-func (g *seqGrammar) startable() bool {
-	_, ok := g.c.mask()
-	return ok
+func (g *seqGrammar) startable() (ok bool) {
+	defer g.recover()
+	_, ok = g.c.mask()
+	return ok && g.err == nil
 }
 
 // feed reads a token drawn; it reports whether the completion must end
 // there: the object is complete (or, were the vocabulary to lack the
 // bytes it needs next, it cannot go on).
-func (g *seqGrammar) feed(tok int32) bool {
+func (g *seqGrammar) feed(tok int32) (end bool) {
 	if g == nil {
 		return false
 	}
+	if g.err != nil {
+		return true
+	}
+	defer g.recover() // the scheduler ends a failed sequence, whatever end says
 	b := g.bytes(int(tok))
 	if g.wait != "" {
 		g.tail = append(g.tail, b...)

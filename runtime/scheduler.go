@@ -1061,6 +1061,9 @@ func (s *scheduler) step() {
 		q.out.post(ev)
 		s.m.tokensGenerated.Inc()
 		switch {
+		case q.gram.failed() != nil:
+			s.log.Error("response format constraint failed", "err", q.gram.failed())
+			s.finish(q, "", q.gram.failed())
 		case ev.eos, formed:
 			s.finish(q, nozzle.FinishStop, nil)
 		case q.generated >= q.maxTokens || len(q.tokens) >= s.ctxLen:
