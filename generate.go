@@ -65,6 +65,11 @@ type ModelInfo struct {
 	// (ResponseFormatJSONSchema); a runtime of an earlier version ignores
 	// the request's format.
 	JSONSchema bool `json:"json_schema,omitempty"`
+	// ToolChoice says the runtime forces tool calls
+	// (GenerateRequest.ToolChoice) for this model: its tool format is
+	// Hermes' or Llama 3's JSON. A runtime of an earlier version ignores
+	// the request's choice.
+	ToolChoice bool `json:"tool_choice,omitempty"`
 	// Sampling holds the model's recommended sampling settings
 	// (generation_config.json): they apply to the parameters a request
 	// leaves out.
@@ -162,6 +167,10 @@ const ResponseFormatJSONObject = "json_object"
 // response_format), never enforced in part.
 const ResponseFormatJSONSchema = "json_schema"
 
+// ToolChoiceRequired is GenerateRequest.ToolChoice forcing a call of one
+// of the request's tools, the model's pick.
+const ToolChoiceRequired = "required"
+
 // GenerateRequest asks a runtime for one completion.
 type GenerateRequest struct {
 	RequestID string
@@ -207,6 +216,9 @@ type GenerateRequest struct {
 	// ResponseSchema, the JSON Schema the answer follows).
 	ResponseFormat string
 	ResponseSchema json.RawMessage
+	// ToolChoice, with Tools, forces a call: ToolChoiceRequired (one of
+	// the tools) or the name of the one to call; "" lets the model choose.
+	ToolChoice string
 	// Stop sequences end the completion; they are not included in it.
 	Stop []string
 	// Logprobs asks for each token's log-probability, TopLogprobs for that

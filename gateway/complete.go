@@ -270,6 +270,9 @@ func (s *Server) resolveModel(ctx context.Context, p *principal, j *job) error {
 				return invalidAs("unsupported_value", "tools", "This model's chat template does not teach it to call tools, so 'tools' cannot be offered to it; leave them out (or set 'tool_choice' to \"none\").")
 			}
 			j.toolFormat = info.ToolFormat
+			if j.toolChoice != "" && !info.ToolChoice {
+				return invalidAs("unsupported_value", "tool_choice", "This model's tool calls cannot be forced (its tool format, %s, begins with a control token, or its runtime is of an earlier version); use 'tool_choice' \"auto\".", info.ToolFormat)
+			}
 		}
 		j.reasoning, j.thinkTags = j.kind == kindChat && info.Reasoning, info.ReasoningTags
 		if j.adjusts() {

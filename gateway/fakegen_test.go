@@ -105,7 +105,8 @@ func (g *fakeGen) mock() *mock.Generator {
 			}
 			return nozzle.ModelInfo{ID: id, Architecture: "llama", ContextLength: 2048, VocabSize: 32000,
 				Device: "cpu", CreatedAt: time.Unix(1700000000, 0).UTC(), Sampling: g.sampling, Fingerprint: fp, ToolFormat: g.toolFormat, Echo: !g.noEcho,
-				Reasoning: g.reasoning, ReasoningTags: g.thinkTags, ChatTemplateKwargs: !g.noKwargs, LogitBias: !g.noBias, JSONObject: !g.noJSON, JSONSchema: !g.noJSON}, nil
+				Reasoning: g.reasoning, ReasoningTags: g.thinkTags, ChatTemplateKwargs: !g.noKwargs, LogitBias: !g.noBias, JSONObject: !g.noJSON, JSONSchema: !g.noJSON,
+				ToolChoice: g.toolFormat == nozzle.ToolFormatHermes || g.toolFormat == nozzle.ToolFormatLlama3JSON}, nil
 		},
 		GenerateFn:    g.generate,
 		AdapterTierFn: func(ctx context.Context, sha string) nozzle.Tier { return nozzle.TierDisk },

@@ -47,6 +47,7 @@ type job struct {
 	// logit_bias (token id → value) and the penalties; nil and 0: none
 	logitBias           map[int]float64
 	presence, frequency float64
+	toolChoice          string          // a call to force: "", nozzle.ToolChoiceRequired or a function's name
 	format              string          // response_format: "" or nozzle.ResponseFormatJSON*
 	schema              json.RawMessage // with nozzle.ResponseFormatJSONSchema
 
@@ -193,7 +194,7 @@ func (j *job) requests(requestID, tenantID string, maxTokens int) []*nozzle.Gene
 		for i := 0; i < j.n; i++ {
 			r := mk(i)
 			r.Messages = j.messages
-			r.Tools = j.tools
+			r.Tools, r.ToolChoice = j.tools, j.toolChoice
 			r.ChatTemplateKwargs = j.templateKwargs
 			out = append(out, r)
 		}
@@ -844,11 +845,12 @@ func parseChat(body []byte, maxChoices int) (*job, error) {
 		return nil, err
 	}
 	j.format, j.schema = format, schema
-	tools, err := parseTools(b.Tools, b.ToolChoice)
-	if err != nil {
+	if j.tools, j.toolChoice, err = parseTools(b.Tools, b.ToolChoice); err != nil {
 		return nil, err
 	}
-	j.tools = tools
+	if j.toolChoice != "" && j.format != "" {
+		return nil, invalidAs("invalid_parameter_combination", "tool_choice", "A forced tool call ('tool_choice' %q) cannot also follow 'response_format'.", b.ToolChoice)
+	}
 	if !isNull(b.Functions) && string(bytes.TrimSpace(b.Functions)) != "[]" {
 		return nil, invalidAs("unsupported_parameter", "functions", "The legacy 'functions' are not supported by this server; give them as 'tools'.")
 	}

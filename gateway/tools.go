@@ -22,9 +22,11 @@ import (
 // leaves out, ToolFormatMistralV11: [TOOL_CALLS]name[ARGS]{...} per call,
 // control tokens the runtime keeps in the text of a request with tools),
 // which the gateway turns into OpenAI's tool_calls, with ids of the form
-// the format's templates accept back. There is no constrained
-// decoding: the model may call or not ("auto"); "required" and a named
-// function, which would have to force a call, are refused.
+// the format's templates accept back. With "auto" the model may call or
+// not; "required" and a named function force one call
+// (nozzle.GenerateRequest.ToolChoice): the runtime masks every token that
+// would not continue the call, in the formats whose calls are text
+// (Hermes', Llama 3's JSON).
 
 const (
 	hermesOpen  = "<tool_call>"
@@ -51,68 +53,89 @@ type toolDef struct {
 }
 
 // parseTools checks a request's tools and tool_choice and returns the
-// tools to render (nil when none are to be offered to the model).
-func parseTools(raw, choice json.RawMessage) (json.RawMessage, error) {
-	mode := "auto"
+// tools to render (nil when none are to be offered to the model) and the
+// call to force: "" (none), nozzle.ToolChoiceRequired or a function's
+// name.
+func parseTools(raw, choice json.RawMessage) (json.RawMessage, string, error) {
+	mode, force := "auto", ""
 	if !isNull(choice) {
 		var s string
-		if json.Unmarshal(choice, &s) != nil {
-			return nil, invalidAs("unsupported_value", "tool_choice", "'tool_choice' naming a function is not supported by this server: it cannot force a call (no constrained decoding); use \"auto\" or \"none\".")
+		var named struct {
+			Type     *string `json:"type"`
+			Function *struct {
+				Name *string `json:"name"`
+			} `json:"function"`
 		}
-		switch s {
-		case "none", "auto":
-			mode = s
-		case "required":
-			return nil, invalidAs("unsupported_value", "tool_choice", "'tool_choice' \"required\" is not supported by this server: it cannot force a call (no constrained decoding); use \"auto\" or \"none\".")
+		switch {
+		case json.Unmarshal(choice, &s) == nil:
+			switch s {
+			case "none", "auto":
+				mode = s
+			case nozzle.ToolChoiceRequired:
+				force = s
+			default:
+				return nil, "", invalidAs("invalid_value", "tool_choice", "Invalid value for 'tool_choice': %q; use \"none\", \"auto\" or \"required\".", s)
+			}
+		case json.Unmarshal(choice, &named) == nil && named.Type != nil && *named.Type == "function" && named.Function != nil && named.Function.Name != nil:
+			force = *named.Function.Name
 		default:
-			return nil, invalidAs("invalid_value", "tool_choice", "Invalid value for 'tool_choice': %q; use \"none\", \"auto\" or \"required\".", s)
+			return nil, "", invalidAs("invalid_value", "tool_choice", "Invalid 'tool_choice': expected \"none\", \"auto\", \"required\" or {\"type\": \"function\", \"function\": {\"name\": …}}.")
 		}
 	}
 	if isNull(raw) {
-		return nil, nil
+		if force != "" {
+			return nil, "", invalidAs("invalid_value", "tool_choice", "Invalid value for 'tool_choice': 'tool_choice' is only allowed when 'tools' are specified.")
+		}
+		return nil, "", nil
 	}
 	// Counted before decoding, as messages are.
 	if n, _, _, ok := scanArray(raw); ok && n > maxToolCalls {
-		return nil, arrayTooLong("tools", maxToolCalls, n)
+		return nil, "", arrayTooLong("tools", maxToolCalls, n)
 	}
 	var tools []toolDef
 	if err := json.Unmarshal(raw, &tools); err != nil {
-		return nil, invalidAs("invalid_type", "tools", "Invalid type for 'tools': expected an array of objects.")
+		return nil, "", invalidAs("invalid_type", "tools", "Invalid type for 'tools': expected an array of objects.")
 	}
 	if len(tools) == 0 {
-		return nil, nil
+		if force != "" {
+			return nil, "", invalidAs("invalid_value", "tool_choice", "Invalid value for 'tool_choice': 'tool_choice' is only allowed when 'tools' are specified.")
+		}
+		return nil, "", nil
 	}
 	seen := map[string]bool{}
 	for i, t := range tools {
 		at := fmt.Sprintf("tools[%d]", i)
 		if t.Type == nil || *t.Type != "function" {
-			return nil, invalidAs("invalid_value", at+".type", "Invalid value for '%s.type': only \"function\" tools are supported.", at)
+			return nil, "", invalidAs("invalid_value", at+".type", "Invalid value for '%s.type': only \"function\" tools are supported.", at)
 		}
 		if t.Function == nil || t.Function.Name == nil {
-			return nil, invalidAs("missing_required_parameter", at+".function.name", "Missing required parameter: '%s.function.name'.", at)
+			return nil, "", invalidAs("missing_required_parameter", at+".function.name", "Missing required parameter: '%s.function.name'.", at)
 		}
 		if name := *t.Function.Name; !validFunctionName(name) {
-			return nil, invalidAs("invalid_value", at+".function.name", "Invalid '%s.function.name': string does not match pattern. Expected a string that matches the pattern '^[a-zA-Z0-9_-]{1,64}$'.", at)
+			return nil, "", invalidAs("invalid_value", at+".function.name", "Invalid '%s.function.name': string does not match pattern. Expected a string that matches the pattern '^[a-zA-Z0-9_-]{1,64}$'.", at)
 		} else if seen[name] {
-			return nil, invalidAs("invalid_value", at+".function.name", "Invalid 'tools': function name %q is given twice.", name)
+			return nil, "", invalidAs("invalid_value", at+".function.name", "Invalid 'tools': function name %q is given twice.", name)
 		} else {
 			seen[name] = true
 		}
 		if p := t.Function.Parameters; !isNull(p) && bytes.TrimSpace(p)[0] != '{' {
-			return nil, invalidAs("invalid_type", at+".function.parameters", "Invalid type for '%s.function.parameters': expected an object (a JSON Schema).", at)
+			return nil, "", invalidAs("invalid_type", at+".function.parameters", "Invalid type for '%s.function.parameters': expected an object (a JSON Schema).", at)
 		}
 		if d := t.Function.Description; !isNull(d) && bytes.TrimSpace(d)[0] != '"' {
-			return nil, invalidAs("invalid_type", at+".function.description", "Invalid type for '%s.function.description': expected a string.", at)
+			return nil, "", invalidAs("invalid_type", at+".function.description", "Invalid type for '%s.function.description': expected a string.", at)
 		}
 	}
+	if force != "" && force != nozzle.ToolChoiceRequired && !seen[force] {
+		return nil, "", invalidAs("invalid_value", "tool_choice.function.name", "Invalid 'tool_choice': no function named %q in 'tools'.", force)
+	}
 	if mode == "none" {
-		return nil, nil // the model answers without them
+		return nil, "", nil // the model answers without them
 	}
 	var compact bytes.Buffer
 	if err := json.Compact(&compact, raw); err != nil {
-		return nil, invalidAs("invalid_type", "tools", "Invalid type for 'tools': expected an array of objects.")
+		return nil, "", invalidAs("invalid_type", "tools", "Invalid type for 'tools': expected an array of objects.")
 	}
-	return compact.Bytes(), nil
+	return compact.Bytes(), force, nil
 }
 
 func validFunctionName(s string) bool {

@@ -415,3 +415,26 @@ func TestTools_AfterThoughts(t *testing.T) {
 		t.Errorf("streamed %q %s %q", content, calls, finish)
 	}
 }
+
+// TestTools_Forced: tool_choice "required" and a named function reach the
+// runtime (nozzle.GenerateRequest.ToolChoice) for a model whose calls can
+// be forced, and its call comes back as tool_calls; a model whose format
+// begins with a control token is refused.
+func TestTools_Forced(t *testing.T) {
+	f := newFixture(t, withToolFormat(nozzle.ToolFormatHermes,
+		"<tool_call>\n{\"name\": \"get_weather\", ", "\"arguments\": {\"city\": \"Bern\"}}\n</tool_call>"))
+	msgs := `"messages":[{"role":"user","content":"Weather in Bern?"}]`
+	for choice, want := range map[string]string{`"required"`: nozzle.ToolChoiceRequired, `{"type":"function","function":{"name":"get_weather"}}`: "get_weather", `"auto"`: ""} {
+		var out toolAnswer
+		decode(t, f.do(http.MethodPost, "/v1/chat/completions", `{"model":"base",`+weatherTools+`,"tool_choice":`+choice+`,`+msgs+`}`, f.authA()), &out)
+		if got := f.gen.lastReq.Load().ToolChoice; got != want {
+			t.Errorf("%s: the runtime got tool_choice %q, want %q", choice, got, want)
+		}
+		if c := out.Choices[0]; c.FinishReason != "tool_calls" || len(c.Message.ToolCalls) != 1 || c.Message.ToolCalls[0].Function.Name != "get_weather" {
+			t.Errorf("%s: answer %+v", choice, out)
+		}
+	}
+	m := newFixture(t, withToolFormat(nozzle.ToolFormatMistral, "[{\"name\": \"get_weather\", \"arguments\": {}}]"))
+	wantError(t, m.do(http.MethodPost, "/v1/chat/completions", `{"model":"base",`+weatherTools+`,"tool_choice":"required",`+msgs+`}`, m.authA()),
+		http.StatusBadRequest, "invalid_request_error", "unsupported_value", "tool_choice")
+}

@@ -42,22 +42,30 @@ func (g *seqGrammar) failed() error {
 	return g.err
 }
 
-// newSeqGrammar returns the constraint of req's response format, nil for
-// none. open says a reasoning model's prompt opened its thoughts. A
-// schema it cannot enforce is an EINVALID error.
+// newSeqGrammar returns the constraint of req's response format or
+// forced tool call, nil for none. open says a reasoning model's prompt
+// opened its thoughts. A schema it cannot enforce is an EINVALID error.
 func (r *Runtime) newSeqGrammar(req *nozzle.GenerateRequest, open bool) (*seqGrammar, error) {
 	g := &seqGrammar{bytes: r.codec.TokenBytes}
-	switch req.ResponseFormat {
-	case "":
+	switch {
+	case req.ToolChoice != "":
+		c, err := r.toolCallConstraint(req)
+		if err != nil {
+			return nil, err
+		}
+		g.c = c
+	case req.ResponseFormat == "":
 		return nil, nil
-	case nozzle.ResponseFormatJSONObject:
+	case req.ResponseFormat == nozzle.ResponseFormatJSONObject:
 		g.c = &machineConstraint[grammar.JSON, *grammar.JSON]{m: r.jsonMasker()}
-	case nozzle.ResponseFormatJSONSchema:
-		e, err := r.schemas.get(r.grammarVocab(), req.ResponseSchema)
+	case req.ResponseFormat == nozzle.ResponseFormatJSONSchema:
+		e, err := r.schemas.get(r.grammarVocab(), req.ResponseSchema, func() (grammar.Schema, error) {
+			return grammar.CompileSchema(req.ResponseSchema)
+		})
 		if err != nil {
 			return nil, nozzle.Errorf(nozzle.EINVALID, "Invalid 'response_format.json_schema.schema': %v.", err).WithParam("response_format.json_schema.schema")
 		}
-		g.c = &machineConstraint[grammar.Schema, *grammar.Schema]{m: e.m, state: e.start}
+		g.c = e.constraint()
 	default:
 		return nil, nozzle.Errorf(nozzle.EINVALID, "Unknown response format %q.", req.ResponseFormat).WithParam("response_format")
 	}
@@ -73,43 +81,56 @@ func (r *Runtime) newSeqGrammar(req *nozzle.GenerateRequest, open bool) (*seqGra
 	return g, nil
 }
 
-// schemaMaskBytes bounds the masks kept for one schema.
-const schemaMaskBytes = 4 << 20
+// compiledMaskBytes bounds the masks kept for one compiled language.
+const compiledMaskBytes = 4 << 20
 
-// schemaCache keeps the schemas compiled lately, by their bytes' digest,
-// each with the Masker of its language: an application sends the same
-// schema with request after request, and its masks serve them all.
-type schemaCache struct {
+// compiledCache keeps the languages compiled lately (schemas, forced tool
+// calls), by the digest of what they were compiled from, each with the
+// Masker of its language: an application sends the same schema or tools
+// with request after request, and the masks serve them all.
+type compiledCache[S any, P interface {
+	*S
+	grammar.Machine
+}] struct {
 	mu sync.Mutex
-	m  map[[sha256.Size]byte]*schemaEntry
+	m  map[[sha256.Size]byte]*compiled[S, P]
 }
 
-// maxSchemas is how many compiled schemas a runtime keeps.
-const maxSchemas = 32
+// maxCompiled is how many compiled languages of a kind a runtime keeps.
+const maxCompiled = 32
 
-type schemaEntry struct {
-	start grammar.Schema
-	m     *grammar.Masker[grammar.Schema, *grammar.Schema]
+type compiled[S any, P interface {
+	*S
+	grammar.Machine
+}] struct {
+	start S
+	m     *grammar.Masker[S, P]
 }
 
-// get returns schema compiled, from the cache or compiled now.
-func (c *schemaCache) get(v *grammar.Vocab, schema []byte) (*schemaEntry, error) {
-	key := sha256.Sum256(schema)
+// constraint is a new sequence's state of the language.
+func (c *compiled[S, P]) constraint() constraint {
+	return &machineConstraint[S, P]{m: c.m, state: c.start}
+}
+
+// get returns the language compiled from src, from the cache or by
+// compile now.
+func (c *compiledCache[S, P]) get(v *grammar.Vocab, src []byte, compile func() (S, error)) (*compiled[S, P], error) {
+	key := sha256.Sum256(src)
 	c.mu.Lock()
 	e := c.m[key]
 	c.mu.Unlock()
 	if e != nil {
 		return e, nil
 	}
-	start, err := grammar.CompileSchema(schema)
+	start, err := compile()
 	if err != nil {
 		return nil, err
 	}
-	e = &schemaEntry{start: start, m: grammar.NewMasker[grammar.Schema](v, schemaMaskBytes)}
+	e = &compiled[S, P]{start: start, m: grammar.NewMasker[S, P](v, compiledMaskBytes)}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.m == nil || len(c.m) >= maxSchemas {
-		c.m = make(map[[sha256.Size]byte]*schemaEntry) // the ones in use come back
+	if c.m == nil || len(c.m) >= maxCompiled {
+		c.m = make(map[[sha256.Size]byte]*compiled[S, P]) // the ones in use come back
 	}
 	if old := c.m[key]; old != nil { // compiled meanwhile by another request
 		return old, nil

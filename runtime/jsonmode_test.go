@@ -3,6 +3,7 @@ package runtime_test
 import (
 	"context"
 	"encoding/json"
+	"math"
 	"slices"
 	"strings"
 	"sync"
@@ -98,7 +99,7 @@ func TestDemo_JSONSchema(t *testing.T) {
 		"required":["name","age","role","tags","boss"],"additionalProperties":false}`
 	type person struct {
 		Name  *string   `json:"name"`
-		Age   *int      `json:"age"`
+		Age   *float64  `json:"age"` // an integer of any size
 		Role  *string   `json:"role"`
 		Tags  *[]string `json:"tags"`
 		Boss  *struct{ Name *string }
@@ -125,7 +126,7 @@ func TestDemo_JSONSchema(t *testing.T) {
 		if err := dec.Decode(&p); err != nil || res.FinishReason != nozzle.FinishStop {
 			t.Fatalf("request %d: %q (finish %q): %v", i, out, res.FinishReason, err)
 		}
-		if p.Name == nil || p.Age == nil || p.Role == nil || p.Tags == nil || len(*p.Tags) > 3 ||
+		if p.Name == nil || p.Age == nil || *p.Age != math.Trunc(*p.Age) || p.Role == nil || p.Tags == nil || len(*p.Tags) > 3 ||
 			!slices.Contains([]string{"admin", "user", "guest"}, *p.Role) || p.Boss != nil && p.Boss.Name == nil {
 			t.Errorf("request %d: %+v does not follow the schema", i, p)
 		}

@@ -71,11 +71,14 @@ type wireRequest struct {
 	// (ModelInfo.JSONObject false).
 	ResponseFormat string          `json:"response_format,omitempty"`
 	ResponseSchema json.RawMessage `json:"response_schema,omitempty"`
-	Logprobs       bool            `json:"logprobs"`
-	TopLogprobs    int             `json:"top_logprobs"`
-	Echo           bool            `json:"echo,omitempty"`
-	PromptOnly     bool            `json:"prompt_only,omitempty"`
-	Stream         bool            `json:"stream,omitempty"`
+	// ToolChoice: an earlier runtime ignores it, and says so
+	// (ModelInfo.ToolChoice false).
+	ToolChoice  string `json:"tool_choice,omitempty"`
+	Logprobs    bool   `json:"logprobs"`
+	TopLogprobs int    `json:"top_logprobs"`
+	Echo        bool   `json:"echo,omitempty"`
+	PromptOnly  bool   `json:"prompt_only,omitempty"`
+	Stream      bool   `json:"stream,omitempty"`
 
 	// ChatTemplateKwargs: an earlier runtime ignores them, and says so
 	// (ModelInfo.ChatTemplateKwargs false).
@@ -89,7 +92,7 @@ func toWire(r *nozzle.GenerateRequest) wireRequest {
 		MaxTokens: r.MaxTokens, Temperature: r.Temperature, TopP: r.TopP, TopK: r.TopK,
 		Seed: r.Seed, Stop: r.Stop, Logprobs: r.Logprobs, TopLogprobs: r.TopLogprobs, Echo: r.Echo, PromptOnly: r.PromptOnly, Stream: r.Stream,
 		LogitBias: r.LogitBias, PresencePenalty: r.PresencePenalty, FrequencyPenalty: r.FrequencyPenalty,
-		ResponseFormat: r.ResponseFormat, ResponseSchema: r.ResponseSchema,
+		ResponseFormat: r.ResponseFormat, ResponseSchema: r.ResponseSchema, ToolChoice: r.ToolChoice,
 	}
 }
 
@@ -100,7 +103,7 @@ func (w wireRequest) request() *nozzle.GenerateRequest {
 		MaxTokens: w.MaxTokens, Temperature: w.Temperature, TopP: w.TopP, TopK: w.TopK,
 		Seed: w.Seed, Stop: w.Stop, Logprobs: w.Logprobs, TopLogprobs: w.TopLogprobs, Echo: w.Echo, PromptOnly: w.PromptOnly, Stream: w.Stream,
 		LogitBias: w.LogitBias, PresencePenalty: w.PresencePenalty, FrequencyPenalty: w.FrequencyPenalty,
-		ResponseFormat: w.ResponseFormat, ResponseSchema: w.ResponseSchema,
+		ResponseFormat: w.ResponseFormat, ResponseSchema: w.ResponseSchema, ToolChoice: w.ToolChoice,
 	}
 }
 

@@ -276,7 +276,8 @@ type Runtime struct {
 	vocabOnce sync.Once
 	vocab     *grammar.Vocab
 	jsonMask  *grammar.Masker[grammar.JSON, *grammar.JSON]
-	schemas   schemaCache
+	schemas   compiledCache[grammar.Schema, *grammar.Schema]
+	toolCalls compiledCache[grammar.Framed, *grammar.Framed]
 
 	mu       sync.Mutex
 	closing  bool
@@ -311,6 +312,7 @@ func newRuntime(opts Options, p parts) (*Runtime, error) {
 	r.info.LogitBias = true
 	r.info.JSONObject = true
 	r.info.JSONSchema = true
+	r.info.ToolChoice = r.info.ToolFormat == nozzle.ToolFormatHermes || r.info.ToolFormat == nozzle.ToolFormatLlama3JSON
 	r.start = r.clock()
 	if r.info.CreatedAt.IsZero() {
 		r.info.CreatedAt = r.start.UTC() // /v1/models' "created": when the model was loaded

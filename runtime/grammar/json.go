@@ -6,8 +6,8 @@
 // The language here is JSON as OpenAI's response_format {"type":
 // "json_object"} asks for it: one JSON object (RFC 8259), nothing before
 // or after it. Two limits keep a model from wandering where a parser would
-// not follow: whitespace comes in runs of at most MaxSpace bytes, and
-// containers nest at most MaxDepth deep.
+// not follow: whitespace (spaces and newlines) comes in runs of at most
+// MaxSpace bytes, and containers nest at most MaxDepth deep.
 package grammar
 
 // MaxDepth is the deepest nesting of objects and arrays a JSON state takes.
@@ -68,7 +68,11 @@ func (s *JSON) Key(dst []byte) []byte {
 	return append(dst, s.stack[:s.depth]...)
 }
 
-func isSpace(b byte) bool { return b == ' ' || b == '\n' || b == '\r' || b == '\t' }
+// isSpace reports whether b is whitespace a constrained output may write
+// between tokens: spaces and newlines. JSON's tabs and carriage returns
+// are left out: models indent with spaces, and a model that writes a run
+// of tabs or returns under a mask has lost its way.
+func isSpace(b byte) bool { return b == ' ' || b == '\n' }
 
 func isDigit(b byte) bool { return b >= '0' && b <= '9' }
 

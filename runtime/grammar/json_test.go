@@ -21,8 +21,9 @@ func accepts(s string) (fed, done bool) {
 }
 
 // wantJSON is the language the machine should accept: one JSON object,
-// valid UTF-8, no whitespace before or after it, whitespace runs of at
-// most MaxSpace bytes and nesting at most MaxDepth deep.
+// valid UTF-8, no whitespace before or after it, whitespace of spaces and
+// newlines in runs of at most MaxSpace bytes and nesting at most
+// MaxDepth deep.
 func wantJSON(s string) bool {
 	if !json.Valid([]byte(s)) || !utf8.ValidString(s) {
 		return false
@@ -50,7 +51,10 @@ func wantJSON(s string) bool {
 		case c == '}' || c == ']':
 			depth--
 		}
-		if !inStr && (c == ' ' || c == '\t' || c == '\r' || c == '\n') {
+		if !inStr && (c == '\t' || c == '\r') {
+			return false // whitespace is spaces and newlines
+		}
+		if !inStr && (c == ' ' || c == '\n') {
 			run++
 			if run > MaxSpace {
 				return false

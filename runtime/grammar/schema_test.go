@@ -57,7 +57,7 @@ var schemaCases = []struct {
 }{
 	{personSchema,
 		[]string{`{"name":"a","age":3}`, `{"name":"a","age":-0,"email":null}`,
-			"{ \"name\" : \"a\" ,\n\t\"age\" : 30 , \"tags\" : [ \"x\" , \"y\" ] }",
+			"{ \"name\" : \"a\" ,\n  \"age\" : 30 , \"tags\" : [ \"x\" , \"y\" ] }",
 			`{"name":"é\u00e9\n","age":3,"role":"administrator"}`, `{"name":"a","age":3,"role":12}`,
 			`{"name":"a","age":3,"role":1}`, `{"name":"a","age":3,"role":1.5}`, `{"name":"a","age":3,"role":null}`,
 			`{"name":"a","age":3,"role":"admin"}`, `{"name":"","age":3,"email":"e","tags":[],"role":"user"}`,
@@ -382,7 +382,7 @@ func (g *gen) ws() {
 	case 1:
 		g.buf.WriteString("\n  ")
 	case 2:
-		g.buf.WriteString(strings.Repeat("\t", 1+g.r.IntN(MaxSpace)))
+		g.buf.WriteString(strings.Repeat(" ", 1+g.r.IntN(MaxSpace)))
 	}
 }
 
