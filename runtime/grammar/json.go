@@ -216,53 +216,16 @@ func (s *JSON) value(b byte) bool {
 // number reads byte b in a number; a byte that ends it is read again
 // after it.
 func (s *JSON) number(b byte) bool {
-	switch s.lex {
-	case jNumMinus:
-		switch {
-		case b == '0':
-			s.lex = jNumZero
-		case isDigit(b):
-			s.lex = jNumInt
-		default:
-			return false
-		}
-		return true
-	case jNumDot:
-		if !isDigit(b) {
-			return false
-		}
-		s.lex = jNumFrac
-		return true
-	case jNumE:
-		switch {
-		case b == '+' || b == '-':
-			s.lex = jNumESign
-		case isDigit(b):
-			s.lex = jNumExp
-		default:
-			return false
-		}
-		return true
-	case jNumESign:
-		if !isDigit(b) {
-			return false
-		}
-		s.lex = jNumExp
-		return true
-	}
-	// jNumZero, jNumInt, jNumFrac, jNumExp: a number could end here
+	next, ok, end := numberByte(s.lex-jNumMinus, b, false)
 	switch {
-	case isDigit(b) && (s.lex == jNumInt || s.lex == jNumFrac || s.lex == jNumExp):
-		return true
-	case b == '.' && (s.lex == jNumZero || s.lex == jNumInt):
-		s.lex = jNumDot
-		return true
-	case (b == 'e' || b == 'E') && s.lex != jNumExp:
-		s.lex = jNumE
-		return true
+	case !ok:
+		return false
+	case end:
+		s.afterValue()
+		return s.Feed(b)
 	}
-	s.afterValue()
-	return s.Feed(b)
+	s.lex = jNumMinus + next
+	return true
 }
 
 func (s *JSON) push(b byte) bool {
@@ -322,26 +285,10 @@ func (s *JSON) hexDigit() bool {
 // utf8Start begins a multi-byte UTF-8 character (key: 1 in a key's
 // string): only well-formed sequences pass, so the output is valid UTF-8.
 func (s *JSON) utf8Start(b byte, key uint8) bool {
-	var n uint8
-	s.lo, s.hi = 0x80, 0xBF
-	switch {
-	case b >= 0xC2 && b <= 0xDF:
-		n = 1
-	case b == 0xE0:
-		n, s.lo = 2, 0xA0
-	case b >= 0xE1 && b <= 0xEC, b == 0xEE, b == 0xEF:
-		n = 2
-	case b == 0xED:
-		n, s.hi = 2, 0x9F
-	case b == 0xF0:
-		n, s.lo = 3, 0x90
-	case b >= 0xF1 && b <= 0xF3:
-		n = 3
-	case b == 0xF4:
-		n, s.hi = 3, 0x8F
-	default:
+	n, lo, hi, ok := utf8Lead(b)
+	if !ok {
 		return false
 	}
-	s.lex, s.aux = jStrUTF, key*4+n
+	s.lex, s.aux, s.lo, s.hi = jStrUTF, key*4+n, lo, hi
 	return true
 }

@@ -596,77 +596,26 @@ func (s *Schema) enumNumberEnds() bool {
 // number reads byte b in a number (aux 1: an integer's); a byte that ends
 // it is read again after it.
 func (s *Schema) number(b byte) bool {
-	switch s.lex {
-	case sNumMinus:
-		switch {
-		case b == '0':
-			s.lex = sNumZero
-		case isDigit(b):
-			s.lex = sNumInt
-		default:
-			return false
-		}
-		return true
-	case sNumDot, sNumESign:
-		if !isDigit(b) {
-			return false
-		}
-		if s.lex == sNumDot {
-			s.lex = sNumFrac
-		} else {
-			s.lex = sNumExp
-		}
-		return true
-	case sNumE:
-		switch {
-		case b == '+' || b == '-':
-			s.lex = sNumESign
-		case isDigit(b):
-			s.lex = sNumExp
-		default:
-			return false
-		}
-		return true
-	}
-	// sNumZero, sNumInt, sNumFrac, sNumExp: the number could end here
+	next, ok, end := numberByte(s.lex-sNumMinus, b, s.aux == 1)
 	switch {
-	case isDigit(b) && s.lex != sNumZero:
-		return true
-	case b == '.' && s.aux == 0 && (s.lex == sNumZero || s.lex == sNumInt):
-		s.lex = sNumDot
-		return true
-	case (b == 'e' || b == 'E') && s.aux == 0 && s.lex != sNumExp:
-		s.lex = sNumE
-		return true
+	case !ok:
+		return false
+	case end:
+		s.afterValue()
+		return s.Feed(b)
 	}
-	s.afterValue()
-	return s.Feed(b)
+	s.lex = sNumMinus + next
+	return true
 }
 
 // utf8Start begins a multi-byte UTF-8 character in a string (aux: 1 in a
 // key): only well-formed sequences pass.
 func (s *Schema) utf8Start(b byte) bool {
-	var n uint8
-	s.lo, s.hi = 0x80, 0xBF
-	switch {
-	case b >= 0xC2 && b <= 0xDF:
-		n = 1
-	case b == 0xE0:
-		n, s.lo = 2, 0xA0
-	case b >= 0xE1 && b <= 0xEC, b == 0xEE, b == 0xEF:
-		n = 2
-	case b == 0xED:
-		n, s.hi = 2, 0x9F
-	case b == 0xF0:
-		n, s.lo = 3, 0x90
-	case b >= 0xF1 && b <= 0xF3:
-		n = 3
-	case b == 0xF4:
-		n, s.hi = 3, 0x8F
-	default:
+	n, lo, hi, ok := utf8Lead(b)
+	if !ok {
 		return false
 	}
-	s.lex, s.aux = sStrUTF, s.aux*4+n
+	s.lex, s.aux, s.lo, s.hi = sStrUTF, s.aux*4+n, lo, hi
 	return true
 }
 
