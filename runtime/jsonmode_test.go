@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	nozzle "github.com/nozzle-ai/nozzle"
 	"github.com/nozzle-ai/nozzle/runtime"
@@ -146,5 +147,53 @@ func TestDemo_JSONSchema(t *testing.T) {
 		if e := nozzle.AsError(err); e == nil || e.Code != nozzle.EINVALID || e.Param != "response_format.json_schema.schema" {
 			t.Errorf("schema %s: %v", bad, err)
 		}
+	}
+}
+
+// BenchmarkDemo_Constrained: 8 requests at once on the demo model,
+// unconstrained and under response_format json_object and json_schema,
+// alternated per iteration; reports the time per completion token of
+// each (the masks' cost: a cached mask per draw, the engine's -inf over
+// the vocabulary, the feed of each token).
+func BenchmarkDemo_Constrained(b *testing.B) {
+	rt, _ := openDemo(b, runtime.Options{})
+	defer rt.Close(context.Background())
+	schema := json.RawMessage(`{"type":"object","properties":{"name":{"type":"string"},"n":{"type":"integer"}},"required":["name","n"],"additionalProperties":false}`)
+	kinds := []struct {
+		name   string
+		format string
+	}{{"free", ""}, {"json_object", nozzle.ResponseFormatJSONObject}, {"json_schema", nozzle.ResponseFormatJSONSchema}}
+	var spent [3]time.Duration
+	var tokens [3]int
+	for b.Loop() {
+		for k, kind := range kinds {
+			start := time.Now()
+			var wg sync.WaitGroup
+			var mu sync.Mutex
+			for i := range 8 {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					seed := uint64(i)
+					req := &nozzle.GenerateRequest{Prompt: "Reply in JSON.", MaxTokens: 64, Temperature: 1, Seed: &seed, ResponseFormat: kind.format}
+					if kind.format == nozzle.ResponseFormatJSONSchema {
+						req.ResponseSchema = schema
+					}
+					res, err := rt.Generate(context.Background(), req, func(nozzle.Chunk) error { return nil })
+					if err != nil {
+						b.Error(err)
+						return
+					}
+					mu.Lock()
+					tokens[k] += res.CompletionTokens
+					mu.Unlock()
+				}()
+			}
+			wg.Wait()
+			spent[k] += time.Since(start)
+		}
+	}
+	for k, kind := range kinds {
+		b.ReportMetric(float64(spent[k].Microseconds())/float64(max(1, tokens[k])), "µs/token-"+kind.name)
 	}
 }
