@@ -186,37 +186,12 @@ func onlyEnds(mask []uint32, ends []int) bool {
 // machine (a name string, an integer age) on Llama 3's vocabulary.
 func BenchmarkMaskerSchema(b *testing.B) {
 	toks, ends := vocabulary(b, "llama3")
-	v := grammar.NewVocab(toks, ends)
 	start, err := grammar.CompileSchema([]byte(`{"type":"object","properties":{"name":{"type":"string"},"age":{"type":"integer"},` +
 		`"tags":{"type":"array","items":{"enum":["a","b"]}}},"required":["name","age","tags"],"additionalProperties":false}`))
 	if err != nil {
 		b.Fatal(err)
 	}
-	for _, tc := range []struct{ name, prefix string }{
-		{"string", `{"name": "Ada`},
-		{"after", `{"name": "Ada", "age": 3`},
-	} {
-		s := start
-		for i := 0; i < len(tc.prefix); i++ {
-			if !s.Feed(tc.prefix[i]) {
-				b.Fatalf("%q refused at %d", tc.prefix, i)
-			}
-		}
-		b.Run(tc.name+"/walk", func(b *testing.B) {
-			m := grammar.NewMasker[grammar.Schema](v, 0)
-			for b.Loop() {
-				m.ClearCache()
-				m.Mask(&s)
-			}
-		})
-		b.Run(tc.name+"/cached", func(b *testing.B) {
-			m := grammar.NewMasker[grammar.Schema](v, 0)
-			m.Mask(&s)
-			for b.Loop() {
-				m.Mask(&s)
-			}
-		})
-	}
+	benchMasks(b, grammar.NewVocab(toks, ends), start, `{"name": "Ada`, `{"name": "Ada", "age": 3`)
 }
 
 // BenchmarkMasker: a mask made from the trie (cache cleared) and one
@@ -224,24 +199,32 @@ func BenchmarkMaskerSchema(b *testing.B) {
 // a value (few), on Llama 3's 128k vocabulary.
 func BenchmarkMasker(b *testing.B) {
 	toks, ends := vocabulary(b, "llama3")
-	for _, tc := range []struct{ name, prefix string }{
-		{"string", `{"name": "Ada`},
-		{"after", `{"a": [1, 2`},
-	} {
-		var s grammar.JSON
+	benchMasks(b, grammar.NewVocab(toks, ends), grammar.JSON{}, `{"name": "Ada`, `{"a": [1, 2`)
+}
+
+// benchMasks times the masks of the states start reaches after inString
+// (inside a string) and after (after a value): made by a walk of the
+// trie (the cache cleared) and found in the cache.
+func benchMasks[S any, P interface {
+	*S
+	grammar.Machine
+}](b *testing.B, v *grammar.Vocab, start S, inString, after string) {
+	for _, tc := range []struct{ name, prefix string }{{"string", inString}, {"after", after}} {
+		s := start
 		for i := 0; i < len(tc.prefix); i++ {
-			s.Feed(tc.prefix[i])
+			if !P(&s).Feed(tc.prefix[i]) {
+				b.Fatalf("%q refused at %d", tc.prefix, i)
+			}
 		}
-		v := grammar.NewVocab(toks, ends)
 		b.Run(tc.name+"/walk", func(b *testing.B) {
-			m := grammar.NewMasker[grammar.JSON](v, 0)
+			m := grammar.NewMasker[S, P](v, 0)
 			for b.Loop() {
 				m.ClearCache()
 				m.Mask(&s)
 			}
 		})
 		b.Run(tc.name+"/cached", func(b *testing.B) {
-			m := grammar.NewMasker[grammar.JSON](v, 0)
+			m := grammar.NewMasker[S, P](v, 0)
 			m.Mask(&s)
 			for b.Loop() {
 				m.Mask(&s)
