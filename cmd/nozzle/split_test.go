@@ -160,6 +160,22 @@ func TestSplit_GatewayAndRuntime(t *testing.T) {
 			t.Fatalf("logit_bias through the runtime: tokens %q", forced.Choices[0].Logprobs.Tokens)
 		}
 	}
+	// a JSON schema crosses too: the answer follows it, and one the
+	// runtime cannot enforce comes back as the 400 naming it
+	resp, b = post(t, base+"/v1/chat/completions", tenant.APIKey, `{"model":"sql","messages":[{"role":"user","content":"x"}],"max_tokens":300,`+
+		`"temperature":0,"response_format":{"type":"json_schema","json_schema":{"name":"flag","schema":{"type":"object","properties":{"ok":{"type":"boolean"}},"required":["ok"]}}}}`)
+	var flag struct {
+		Choices []struct{ Message struct{ Content string } }
+	}
+	var v struct{ OK *bool }
+	if json.Unmarshal(b, &flag); resp.StatusCode != 200 || len(flag.Choices) != 1 || json.Unmarshal([]byte(flag.Choices[0].Message.Content), &v) != nil || v.OK == nil {
+		t.Fatalf("json_schema through the runtime: %d %s", resp.StatusCode, b)
+	}
+	resp, b = post(t, base+"/v1/chat/completions", tenant.APIKey, `{"model":"sql","messages":[{"role":"user","content":"x"}],`+
+		`"response_format":{"type":"json_schema","json_schema":{"name":"n","schema":{"type":"number","minimum":0}}}}`)
+	if resp.StatusCode != 400 || !strings.Contains(string(b), `"param":"response_format.json_schema.schema"`) {
+		t.Fatalf("an unenforceable schema through the runtime: %d %s", resp.StatusCode, b)
+	}
 	if ev.RuntimeID != "rt-a" || ev.AdapterName != "sql" || ev.DeviceSeconds <= 0 {
 		t.Fatalf("usage event %+v", ev)
 	}
