@@ -690,6 +690,11 @@ func tokenLogprob(c codec, ev *seqEvent) nozzle.TokenLogprob {
 		Top:     []nozzle.TopLogprob{},
 	}
 	for i, id := range ev.topTok {
+		if id < 0 || math.IsInf(float64(ev.topLP[i]), -1) {
+			// past the vocabulary, or a token the step's mask
+			// excluded: no alternative at all
+			continue
+		}
 		lp.Top = append(lp.Top, nozzle.TopLogprob{
 			Token:   c.TokenText(int(id)),
 			Logprob: float64(ev.topLP[i]),

@@ -65,6 +65,26 @@ func TestDemo_JSONObject(t *testing.T) {
 	}
 	wg.Wait()
 
+	// logprobs under a mask: the alternatives are the tokens the mask
+	// allowed, never one it excluded (-inf, which JSON cannot carry)
+	chunks, _ := collect(t, rt, &nozzle.GenerateRequest{Prompt: "Hello", MaxTokens: 30, Logprobs: true, TopLogprobs: 20,
+		ResponseFormat: nozzle.ResponseFormatJSONObject})
+	fewer := 0
+	for _, c := range chunks {
+		for _, lp := range c.Logprobs {
+			if len(lp.Top) < 20 {
+				fewer++
+			}
+			for _, alt := range lp.Top {
+				if math.IsInf(alt.Logprob, 0) || math.IsNaN(alt.Logprob) {
+					t.Fatalf("alternative %+v of %q", alt, lp.Token)
+				}
+			}
+		}
+	}
+	if fewer == 0 {
+		t.Errorf("no step had fewer than 20 allowed tokens")
+	}
 	// cut off: the beginning of an object
 	out, res := text(t, rt, &nozzle.GenerateRequest{Prompt: "Hello", MaxTokens: 6, ResponseFormat: nozzle.ResponseFormatJSONObject})
 	if res.FinishReason != nozzle.FinishLength || !strings.HasPrefix(out, "{") || json.Valid([]byte(out)) {
