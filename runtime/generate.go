@@ -113,6 +113,13 @@ func (r *Runtime) prepare(req *nozzle.GenerateRequest) (*sequence, error) {
 	if q.gram, err = r.newSeqGrammar(req, r.info.Reasoning && req.Messages != nil && open); err != nil {
 		return nil, err
 	}
+	if q.gram != nil {
+		kind := req.ResponseFormat
+		if req.ToolChoice != "" {
+			kind = "tool_call"
+		}
+		r.m.constrained.With(kind).Inc()
+	}
 	if req.TopP > 0 && req.TopP < 1 {
 		// A mass too small for float32 still keeps the likeliest token
 		// (the smallest normal float32: no denormal reaches the engine).

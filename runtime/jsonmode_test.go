@@ -11,6 +11,7 @@ import (
 	"time"
 
 	nozzle "github.com/nozzle-ai/nozzle"
+	"github.com/nozzle-ai/nozzle/internal/metrics"
 	"github.com/nozzle-ai/nozzle/runtime"
 )
 
@@ -34,7 +35,8 @@ func text(t *testing.T, rt *runtime.Runtime, req *nozzle.GenerateRequest) (strin
 // text is a prefix of one; the same request without the format is not
 // JSON.
 func TestDemo_JSONObject(t *testing.T) {
-	rt, adapters := openDemo(t, runtime.Options{})
+	reg := metrics.NewRegistry()
+	rt, adapters := openDemo(t, runtime.Options{Metrics: reg})
 	// raising the closing brace a little keeps the random model's objects short
 	closer, ok := rt.TokenID("}")
 	if !ok {
@@ -96,6 +98,10 @@ func TestDemo_JSONObject(t *testing.T) {
 		t.Errorf("the random model wrote JSON unconstrained: %q", out)
 	}
 
+	// 4 in a batch, the logprobs' and the cut-off one
+	if n := metricValue(promText(reg), `nozzle_runtime_constrained_requests_total{kind="json_object"}`); n != 6 {
+		t.Errorf("constrained requests counted: %v, want 6", n)
+	}
 	_, err := rt.Generate(context.Background(), &nozzle.GenerateRequest{Prompt: "x", ResponseFormat: "yaml"}, func(nozzle.Chunk) error { return nil })
 	if e := nozzle.AsError(err); e == nil || e.Code != nozzle.EINVALID || e.Param != "response_format" {
 		t.Errorf("an unknown format: %v", err)
