@@ -18,13 +18,16 @@ import (
 //
 // Supported keywords: "type" (a name or a list of names), "properties",
 // "required", "additionalProperties" (true, false or absent), "items" (one
-// schema), "minItems" and "maxItems" (at most MaxSchemaItems), "enum" and
-// "const", "anyOf" and "oneOf" (alike) whose alternatives start with
-// different bytes, "$ref" to "#", "#/$defs/NAME" or "#/definitions/NAME"
-// (recursion allowed), and the annotations (title, description, default,
-// examples, $schema, $id, $comment, deprecated, readOnly, writeOnly). Any
-// other keyword ("pattern", "format", "minimum", "allOf", ...) is refused
-// at compile time, so that nothing in a schema goes unenforced.
+// schema), "minItems" and "maxItems" (at most MaxSchemaItems), "format"
+// (for strings: "date-time", "date", "time" and "uuid"), "minLength" and
+// "maxLength" (at most MaxSchemaLength, for strings without "format"),
+// "enum" and "const", "anyOf" and "oneOf" (alike) whose alternatives start
+// with different bytes, "$ref" to "#", "#/$defs/NAME" or
+// "#/definitions/NAME" (recursion allowed), and the annotations (title,
+// description, default, examples, $schema, $id, $comment, deprecated,
+// readOnly, writeOnly). Any other keyword ("pattern", "minimum", "allOf",
+// ...) or format ("email", "uri", ...) is refused at compile time, so that
+// nothing in a schema goes unenforced.
 //
 // How the output is written:
 //   - An object with "properties" has its keys in the order the schema
@@ -39,6 +42,19 @@ import (
 //     schema's order, no whitespace inside).
 //   - "integer" is a JSON number without fraction or exponent.
 //   - A schema without "type" ({} or annotations only) is any JSON value.
+//   - A string with "format" is written without escapes: "date-time" is
+//     RFC 3339's date-time, YYYY-MM-DDTHH:MM:SS, then an optional fraction
+//     of 1 to 9 digits, then Z or an offset +HH:MM or -HH:MM ('t' and 'z'
+//     may be lower case); month 01-12, day 01 to the month's last (29
+//     February only in leap years), hour 00-23, minute 00-59, second 00-60
+//     (60: a leap second), offset hour 00-23 and minute 00-59. "date" is
+//     its YYYY-MM-DD, "time" its HH:MM:SS, optional fraction and Z or
+//     offset. "uuid" is 8-4-4-4-12 hex digits, either case.
+//   - "minLength" and "maxLength" count a string's characters as JSON
+//     Schema does, Unicode code points of the decoded string: a character
+//     written in UTF-8 or as an escape (\n, \u00e9) is one, and so is a
+//     surrogate pair \ud83d\ude00 (a lone surrogate escape, which decoders
+//     take as U+FFFD, is one too).
 
 // MaxSchemaDepth is the deepest nesting of objects and arrays a Schema
 // state takes (and a schema may describe without recursion).
@@ -46,11 +62,23 @@ const MaxSchemaDepth = 32
 
 // Limits of a schema CompileSchema takes.
 const (
-	MaxSchemaNodes = 256      // compiled subschemas
-	MaxSchemaEnum  = 256      // values of one "enum"
-	MaxSchemaBytes = 64 << 10 // bytes of the schema's JSON text
-	MaxSchemaItems = 256      // the largest minItems or maxItems
+	MaxSchemaNodes  = 256      // compiled subschemas
+	MaxSchemaEnum   = 256      // values of one "enum"
+	MaxSchemaBytes  = 64 << 10 // bytes of the schema's JSON text
+	MaxSchemaItems  = 256      // the largest minItems or maxItems
+	MaxSchemaLength = 4096     // the largest minLength or maxLength
 )
+
+// string formats
+const (
+	fNone uint8 = iota
+	fDateTime
+	fDate
+	fTime
+	fUUID
+)
+
+var formatNames = map[string]uint8{"date-time": fDateTime, "date": fDate, "time": fTime, "uuid": fUUID}
 
 // node kinds
 const (
@@ -131,6 +159,9 @@ type snode struct {
 	items     uint16
 	minItems  int
 	maxItems  int      // -1: no limit
+	format    uint8    // a string's format (fNone: free)
+	minLen    int      // a free string's least length, in code points
+	maxLen    int      // a free string's greatest length; -1: no limit
 	enum      [][]byte // kEnum: compact encodings
 	alts      []uint16 // kAnyOf
 	dispatch  [nClass]uint16
@@ -194,6 +225,7 @@ const (
 	sNumExp                // in the exponent
 	sLit                   // in true, false or null (aux: literal·8 + bytes read)
 	sEnum                  // in an enum's literal (cur, li, lk)
+	sFmt                   // in a formatted string of node cur (li: position, lk: what it needs)
 )
 
 // Done reports whether the output is a whole value matching the schema.
@@ -217,7 +249,8 @@ func (s *Schema) Done() bool {
 // Plain reports whether s is inside a string whose content is free (not
 // mid-escape, not mid-character): any whole UTF-8 characters without '"',
 // '\\' or controls keep the state as it is.
-func (s *Schema) Plain() bool { return s.lex == sStr }
+// A string with a format or a length limit is never plain.
+func (s *Schema) Plain() bool { return s.lex == sStr && s.cur == anyNode }
 
 // Key appends to dst bytes that identify the state: two states of one
 // compiled schema with the same key accept the same continuations.
@@ -233,7 +266,12 @@ func (s *Schema) Key(dst []byte) []byte {
 // Feed reads one byte; it reports false (leaving s unusable) when the
 // byte cannot come next.
 func (s *Schema) Feed(b byte) bool {
+	if s.cur != anyNode && (s.lex == sStr || s.lex == sStrEsc || s.lex == sStrHex) {
+		return s.lenByte(b) // in a string with a length limit
+	}
 	switch s.lex {
+	case sFmt:
+		return s.fmtByte(b)
 	case sStr:
 		switch {
 		case b == '"':
@@ -461,6 +499,14 @@ func (s *Schema) value(b byte, n uint16) bool {
 		return s.push(n|arrFrame, sArrFirst)
 	case cStr:
 		s.lex, s.aux = sStr, 0
+		if nd.kind == kType && nd.format != fNone {
+			s.lex, s.cur = sFmt, n
+			if nd.format == fTime {
+				s.li = fpHour
+			}
+		} else if nd.kind == kType && (nd.minLen > 0 || nd.maxLen >= 0) {
+			s.cur = n
+		}
 	case cNum:
 		s.aux = 0
 		if nd.kind == kType && nd.types&tNumber == 0 {
@@ -616,6 +662,257 @@ func (s *Schema) utf8Start(b byte) bool {
 		return false
 	}
 	s.lex, s.aux, s.lo, s.hi = sStrUTF, s.aux*4+n, lo, hi
+	return true
+}
+
+// flags of a length-limited string's state, in lk
+const (
+	lPendHigh = 1 // the last character was a high surrogate's escape
+	lOpen     = 2 // the escape being read is not counted yet: it may be the low half of a pair
+	lD        = 4 // the \u escape's first digit is d
+	lHigh     = 8 // the \u escape is a high surrogate's
+)
+
+// lenByte reads byte b in a string of node cur, which has a length limit
+// (lex sStr, sStrEsc or sStrHex; li: the characters read, up to maxLen,
+// or minLen without one). A character counts at its first byte; an escape
+// after a high surrogate's counts once it is known not to be the pair's
+// low half.
+func (s *Schema) lenByte(b byte) bool {
+	n := &s.c.nodes[s.cur]
+	switch s.lex {
+	case sStr:
+		switch {
+		case b == '"':
+			if int(s.li) < n.minLen {
+				return false
+			}
+			s.afterValue()
+			return true
+		case b == '\\':
+			s.lex = sStrEsc
+			if s.lk&lPendHigh != 0 {
+				s.lk = lOpen
+				return true
+			}
+			s.lk = 0
+			return s.countChar(n)
+		case b < 0x20:
+			return false
+		}
+		s.lk = 0
+		if !s.countChar(n) {
+			return false
+		}
+		if b >= 0x80 {
+			return s.utf8Start(b)
+		}
+		return true
+	case sStrEsc:
+		switch b {
+		case '"', '\\', '/', 'b', 'f', 'n', 'r', 't':
+			s.lex = sStr
+			if s.lk&lOpen != 0 {
+				s.lk = 0
+				return s.countChar(n)
+			}
+			return true
+		case 'u':
+			s.lex, s.aux = sStrHex, 4
+			return true
+		}
+		return false
+	case sStrHex:
+		if !isHex(b) {
+			return false
+		}
+		switch {
+		case s.aux == 4 && (b == 'd' || b == 'D'):
+			s.lk |= lD
+		case s.aux == 4 && s.lk&lOpen != 0:
+			s.lk &^= lOpen
+			if !s.countChar(n) {
+				return false
+			}
+		case s.aux == 3 && s.lk&lD != 0:
+			s.lk &^= lD
+			low := b >= 'c' && b <= 'f' || b >= 'C' && b <= 'F'
+			if !low && b >= '8' {
+				s.lk |= lHigh
+			}
+			if s.lk&lOpen != 0 {
+				s.lk &^= lOpen
+				if !low && !s.countChar(n) {
+					return false
+				}
+			}
+		}
+		if s.aux > 1 {
+			s.aux--
+			return true
+		}
+		s.lex, s.aux = sStr, 0
+		if s.lk&lHigh != 0 {
+			s.lk = lPendHigh
+		} else {
+			s.lk = 0
+		}
+		return true
+	}
+	return false
+}
+
+// countChar counts a character of a length-limited string of node n.
+func (s *Schema) countChar(n *snode) bool {
+	switch {
+	case n.maxLen >= 0:
+		if int(s.li) >= n.maxLen {
+			return false
+		}
+		s.li++
+	case int(s.li) < n.minLen:
+		s.li++
+	}
+	return true
+}
+
+// positions in a formatted string (li): a date-time's, which a date's
+// and a time's share
+const (
+	fpMonth    = 5  // YYYY-
+	fpDay      = 8  // YYYY-MM-
+	fpT        = 10 // YYYY-MM-DD
+	fpHour     = 11 // ...T
+	fpMin      = 14 // ...THH:
+	fpSec      = 17 // ...THH:MM:
+	fpAfterSec = 19 // ...THH:MM:SS
+	fpDot      = 20 // ...THH:MM:SS.
+	fpFrac     = 21 // in the fraction (lk: its digits)
+	fpEnd      = 22 // the closing quote
+	fpOffset   = 23 // ...+
+	fpUUIDEnd  = 36
+)
+
+// fmtByte reads byte b in a string of node cur, which has a format (li:
+// the position; lk: the year mod 400 in it, then 0x100 for a leap year
+// with the month's digits, a day's first digit or an hour's, minute's or
+// second's first digit, or a fraction's digits).
+func (s *Schema) fmtByte(b byte) bool {
+	f := s.c.nodes[s.cur].format
+	pos, lk := s.li, s.lk
+	if pos == fpEnd && f != fUUID || pos == fpUUIDEnd && f == fUUID {
+		if b != '"' {
+			return false
+		}
+		s.afterValue()
+		return true
+	}
+	if f == fUUID {
+		switch pos {
+		case 8, 13, 18, 23:
+			if b != '-' {
+				return false
+			}
+		default:
+			if !isHex(b) {
+				return false
+			}
+		}
+		s.li++
+		return true
+	}
+	d := uint16(b) - '0'
+	isDigit := isDigit(b)
+	upTo := func(hi uint16) bool { return isDigit && d <= hi }
+	next := pos + 1
+	ok := true
+	switch pos {
+	case 0, 1, 2, 3:
+		ok = isDigit
+		lk = (lk*10 + d) % 400
+		if pos == 3 {
+			if lk%4 == 0 && (lk%100 != 0 || lk == 0) {
+				lk = 0x100
+			} else {
+				lk = 0
+			}
+		}
+	case 4, 7:
+		ok = b == '-'
+	case fpMonth:
+		ok = upTo(1)
+		lk |= d
+	case fpMonth + 1:
+		d1 := lk & 0xFF
+		ok = isDigit && (d1 == 0 && d > 0 || d1 == 1 && d <= 2)
+		lk = lk&0x100 | (d1*10 + d)
+	case fpDay:
+		m := lk & 0xFF
+		ok = upTo(3) && (d < 3 || m != 2)
+		lk = lk&0x100 | m<<2 | d
+	case fpDay + 1:
+		d1, m, leap := lk&3, lk>>2&0x3F, lk&0x100 != 0
+		switch d1 {
+		case 0:
+			ok = isDigit && d > 0
+		case 1:
+			ok = isDigit
+		case 2:
+			ok = isDigit && (m != 2 || leap || d < 9)
+		case 3:
+			long := m == 1 || m == 3 || m == 5 || m == 7 || m == 8 || m == 10 || m == 12
+			ok = d == 0 || d == 1 && long
+		}
+		lk = 0
+		if f == fDate {
+			next = fpEnd
+		}
+	case fpT:
+		ok = b == 'T' || b == 't'
+	case fpHour, fpOffset:
+		ok = upTo(2)
+		lk = d
+	case fpHour + 1, fpOffset + 1:
+		ok = isDigit && (lk < 2 || d <= 3)
+		lk = 0
+	case fpMin - 1, fpSec - 1, fpOffset + 2:
+		ok = b == ':'
+	case fpMin, fpOffset + 3:
+		ok = upTo(5)
+	case fpMin + 1:
+		ok = isDigit
+	case fpOffset + 4:
+		ok = isDigit
+		next = fpEnd
+	case fpSec:
+		ok = upTo(6)
+		lk = d
+	case fpSec + 1:
+		ok = isDigit && (lk < 6 || d == 0)
+		lk = 0
+	case fpDot:
+		ok = isDigit
+		lk, next = 1, fpFrac
+	case fpAfterSec, fpFrac:
+		switch {
+		case b == '.' && pos == fpAfterSec:
+			next = fpDot
+		case isDigit && pos == fpFrac && lk < 9:
+			lk, next = lk+1, fpFrac
+		case b == 'Z' || b == 'z':
+			lk, next = 0, fpEnd
+		case b == '+' || b == '-':
+			lk, next = 0, fpOffset
+		default:
+			ok = false
+		}
+	default:
+		ok = false
+	}
+	if !ok {
+		return false
+	}
+	s.li, s.lk = next, lk
 	return true
 }
 
@@ -832,8 +1129,8 @@ func (c *compiler) compile(v *oval, path string, depth int, root bool) (uint16, 
 	if err != nil {
 		return 0, err
 	}
-	n := snode{path: path, maxItems: -1}
-	var typ, props, req, addl, items, minI, maxI, enum, cnst, anyOf, ref *oval
+	n := snode{path: path, maxItems: -1, maxLen: -1}
+	var typ, props, req, addl, items, minI, maxI, enum, cnst, anyOf, ref, format, minL, maxL *oval
 	anyOfKey := "anyOf"
 	for i, k := range v.keys {
 		e := v.vals[i]
@@ -852,6 +1149,12 @@ func (c *compiler) compile(v *oval, path string, depth int, root bool) (uint16, 
 			minI = e
 		case "maxItems":
 			maxI = e
+		case "format":
+			format = e
+		case "minLength":
+			minL = e
+		case "maxLength":
+			maxL = e
 		case "enum":
 			enum = e
 		case "const":
@@ -877,9 +1180,9 @@ func (c *compiler) compile(v *oval, path string, depth int, root bool) (uint16, 
 		}
 	}
 	others := func(except ...*oval) string {
-		for i, o := range []*oval{typ, props, req, addl, items, minI, maxI, enum, cnst, anyOf, ref} {
+		for i, o := range []*oval{typ, props, req, addl, items, minI, maxI, enum, cnst, anyOf, ref, format, minL, maxL} {
 			if o != nil && !containsPtr(except, o) {
-				return [...]string{"type", "properties", "required", "additionalProperties", "items", "minItems", "maxItems", "enum", "const", anyOfKey, "$ref"}[i]
+				return [...]string{"type", "properties", "required", "additionalProperties", "items", "minItems", "maxItems", "enum", "const", anyOfKey, "$ref", "format", "minLength", "maxLength"}[i]
 			}
 		}
 		return ""
@@ -970,6 +1273,12 @@ func (c *compiler) compile(v *oval, path string, depth int, root bool) (uint16, 
 			return 0, err
 		}
 		if err := c.array(&n, items, minI, maxI, path, depth); err != nil {
+			return 0, err
+		}
+		if (format != nil || minL != nil || maxL != nil) && n.types&tString == 0 {
+			return 0, errAt(path, "string keywords for a type that is not \"string\"")
+		}
+		if err := str(&n, format, minL, maxL, path); err != nil {
 			return 0, err
 		}
 	}
@@ -1097,6 +1406,43 @@ func (c *compiler) array(n *snode, items, minI, maxI *oval, path string, depth i
 		}
 		if n.maxItems < n.minItems {
 			return errAt(path+"/maxItems", "less than minItems")
+		}
+	}
+	return nil
+}
+
+// str compiles a string's "format", "minLength" and "maxLength".
+func str(n *snode, format, minL, maxL *oval, path string) error {
+	if format != nil {
+		f, ok := formatNames[format.text]
+		if format.kind != '"' || !ok {
+			return errAt(path, "\"format\" %s is not supported", format.encode(nil))
+		}
+		if minL != nil || maxL != nil {
+			return errAt(path, "\"minLength\" or \"maxLength\" alongside \"format\" is not supported")
+		}
+		n.format = f
+		return nil
+	}
+	count := func(o *oval, kw string) (int, error) {
+		var v int
+		if _, err := fmt.Sscan(o.text, &v); o.kind != '0' || err != nil || v < 0 || v > MaxSchemaLength || fmt.Sprint(v) != o.text {
+			return 0, errAt(path+"/"+kw, "must be an integer from 0 to %d", MaxSchemaLength)
+		}
+		return v, nil
+	}
+	var err error
+	if minL != nil {
+		if n.minLen, err = count(minL, "minLength"); err != nil {
+			return err
+		}
+	}
+	if maxL != nil {
+		if n.maxLen, err = count(maxL, "maxLength"); err != nil {
+			return err
+		}
+		if n.maxLen < n.minLen {
+			return errAt(path+"/maxLength", "less than minLength")
 		}
 	}
 	return nil

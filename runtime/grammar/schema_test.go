@@ -6,8 +6,12 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"reflect"
+	"regexp"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
+	"unicode/utf8"
 )
 
 // feedSchema feeds s to a copy of start: whether every byte was taken and
@@ -48,7 +52,21 @@ const (
 	enumSchema  = `{"enum":["a","ab",{"k":[1,2]},[1],true,"x<y"]}`
 	defsSchema  = `{"definitions":{"step":{"type":"object","properties":{"explanation":{"type":"string"},"output":{"type":"string"}},"required":["explanation","output"],"additionalProperties":false}},
 		"type":"object","properties":{"steps":{"type":"array","items":{"$ref":"#/definitions/step"}},"final_answer":{"type":"string"}},"required":["steps","final_answer"],"additionalProperties":false}`
-	rootRefSchema = `{"type":"object","properties":{"name":{"type":"string"},"next":{"anyOf":[{"$ref":"#"},{"type":"null"}]}},"required":["name","next"]}`
+	rootRefSchema  = `{"type":"object","properties":{"name":{"type":"string"},"next":{"anyOf":[{"$ref":"#"},{"type":"null"}]}},"required":["name","next"]}`
+	dateTimeSchema = `{"type":"string","format":"date-time"}`
+	lengthSchema   = `{"type":"string","minLength":2,"maxLength":3}`
+	// what Pydantic writes for datetime, date, time and UUID fields, and
+	// for constr(min_length=..., max_length=...)
+	formatSchema = `{"type":"object","properties":{
+		"at":{"type":"string","format":"date-time","title":"At"},
+		"day":{"type":"string","format":"date"},
+		"clock":{"anyOf":[{"type":"string","format":"time"},{"type":"null"}]},
+		"id":{"type":"string","format":"uuid"},
+		"code":{"type":"string","minLength":2,"maxLength":4},
+		"note":{"type":["string","null"],"minLength":1},
+		"short":{"type":"string","maxLength":1},
+		"tags":{"type":"array","items":{"type":"string","maxLength":3},"maxItems":3}},
+		"required":["at","day","id","code"],"additionalProperties":false}`
 )
 
 var schemaCases = []struct {
@@ -114,6 +132,44 @@ var schemaCases = []struct {
 	{rootRefSchema,
 		[]string{`{"name":"a","next":null}`, `{"name":"a","next":{"name":"b","next":null}}`},
 		[]string{`{"name":"a"}`, `{"name":"a","next":{"name":"b"}}`}},
+	{dateTimeSchema,
+		[]string{`"2024-01-31T23:59:59Z"`, `"2024-02-29t00:00:00z"`, `"2000-02-29T12:30:00+05:30"`, `"1999-12-31T23:59:60-23:59"`,
+			`"0000-02-29T00:00:00Z"`, `"2024-06-30T08:09:10.5Z"`, `"2024-06-30T08:09:10.123456789+00:00"`, `"9999-04-30T19:00:00-00:00"`},
+		[]string{`"2024-01-31T23:59:59"`, `"2024-01-31 23:59:59Z"`, `"2024-13-01T00:00:00Z"`, `"2024-00-01T00:00:00Z"`,
+			`"2024-01-00T00:00:00Z"`, `"2024-01-32T00:00:00Z"`, `"2024-04-31T00:00:00Z"`, `"2023-02-29T00:00:00Z"`,
+			`"1900-02-29T00:00:00Z"`, `"2024-02-30T00:00:00Z"`, `"2024-01-01T24:00:00Z"`, `"2024-01-01T23:60:00Z"`,
+			`"2024-01-01T23:59:61Z"`, `"2024-01-01T23:59:59.Z"`, `"2024-01-01T23:59:59.1234567890Z"`,
+			`"2024-01-01T23:59:59+24:00"`, `"2024-01-01T23:59:59+05:60"`, `"2024-01-01T23:59:59+0530"`, `"2024-01-01T23:59:59ZZ"`,
+			`"2024-01-01"`, `"24-01-01T00:00:00Z"`, `"2024-01-01T00:00:00Z" `, `"2024\u002d01-01T00:00:00Z"`, `1`, `null`}},
+	{`{"type":["string","null"],"format":"date"}`,
+		[]string{`"2024-01-01"`, `"2024-12-31"`, `"2024-02-29"`, `null`},
+		[]string{`"2024-1-01"`, `"2024-01-01T00:00:00Z"`, `"2025-02-29"`, `"2024-06-31"`, `""`, `"2024/01/01"`}},
+	{`{"type":"string","format":"time"}`,
+		[]string{`"00:00:00Z"`, `"23:59:60.999+14:00"`, `"12:00:00-08:00"`, `"08:30:00z"`},
+		[]string{`"12:00:00"`, `"12:00Z"`, `"24:00:00Z"`, `"12:00:00.Z"`, `"T12:00:00Z"`}},
+	{`{"type":"string","format":"uuid"}`,
+		[]string{`"123e4567-e89b-12d3-a456-426614174000"`, `"123E4567-E89B-12D3-A456-426614174000"`, `"00000000-0000-0000-0000-000000000000"`},
+		[]string{`"123e4567e89b12d3a456426614174000"`, `"123e4567-e89b-12d3-a456-42661417400"`, `"123e4567-e89b-12d3-a456-4266141740000"`,
+			`"g23e4567-e89b-12d3-a456-426614174000"`, `"{123e4567-e89b-12d3-a456-426614174000}"`, `""`}},
+	{lengthSchema,
+		[]string{`"ab"`, `"abc"`, `"é中"`, `"😀😀😀"`, `"\n\t"`, `"\u00e9\""`, `"\ud83d\ude00\ud83d\ude00"`, `"a\ud83d\ude00b"`,
+			`"\ud83d\ud83d"`, `"\ude00\ud83d\ude00"`, `"\ud83d\ud83d\ude00"`, `"\ud83da"`, `"\ud83d\n\ud83d"`},
+		[]string{`""`, `"a"`, `"abcd"`, `"😀"`, `"\ud83d\ude00"`, `"é中😀a"`, `"\n\t\r\b"`, `"\ud83d\ud83d\ud83d\ud83d"`,
+			`"\ud83d\ude00\ud83d\ude00\ud83d\ude00\ud83d\ude00"`, `"ab`}},
+	{`{"type":"string","maxLength":1}`,
+		[]string{`""`, `"a"`, `"\ud83d\ude00"`, `"\ud83d"`, `"\udE00"`, `"😀"`, `"\\"`},
+		[]string{`"ab"`, `"\ud83d\ud83d"`, `"\ud83d\u0041"`, `"\ud83d\n"`, `"\ud83da"`, `"😀a"`}},
+	{`{"type":"string","minLength":3}`,
+		[]string{`"abc"`, `"abcdefghijklmnopqrstuvwxyz"`, `"\ud83d\ude00ab"`, `"\ud83d\ud83d\ud83d"`},
+		[]string{`"ab"`, `"\ud83d\ude00\ud83d\ude00"`, `"😀😀"`, `""`}},
+	{`{"type":"string","maxLength":0}`, []string{`""`}, []string{`"a"`, `"\u0000"`}},
+	{formatSchema,
+		[]string{`{"at":"2024-05-01T10:00:00Z","day":"2024-05-01","id":"123e4567-e89b-12d3-a456-426614174000","code":"ab"}`,
+			`{"at":"2024-05-01T10:00:00.25+02:00","day":"2024-05-01","clock":"10:00:00Z","id":"123e4567-e89b-12d3-a456-426614174000","code":"abcd","note":null,"short":"","tags":["abc","",""]}`},
+		[]string{`{"at":"2024-05-01T10:00:00Z","day":"2024-05-01","id":"123e4567-e89b-12d3-a456-426614174000","code":"a"}`,
+			`{"at":"2024-05-01","day":"2024-05-01","id":"123e4567-e89b-12d3-a456-426614174000","code":"ab"}`,
+			`{"at":"2024-05-01T10:00:00Z","day":"2024-05-01","id":"123e4567-e89b-12d3-a456-426614174000","code":"ab","note":""}`,
+			`{"at":"2024-05-01T10:00:00Z","day":"2024-05-01","id":"123e4567-e89b-12d3-a456-426614174000","code":"ab","tags":["abcd"]}`}},
 }
 
 func TestSchema_Language(t *testing.T) {
@@ -176,8 +232,20 @@ func TestCompileSchema_Errors(t *testing.T) {
 		{`{"type":"integer","minimum":0}`, `schema: (root): "minimum" is not supported`},
 		{`{"type":"object","properties":{"age":{"type":"integer","minimum":0}}}`, `schema: /properties/age: "minimum" is not supported`},
 		{`{"type":"object","properties":{"a/b":{"type":"string","pattern":"x"}}}`, `schema: /properties/a~1b: "pattern" is not supported`},
-		{`{"type":"string","format":"date"}`, `"format" is not supported`},
-		{`{"type":"string","maxLength":3}`, `"maxLength" is not supported`},
+		{`{"type":"object","properties":{"email":{"type":"string","format":"email"}}}`, `schema: /properties/email: "format" "email" is not supported`},
+		{`{"type":"string","format":"uri"}`, `schema: (root): "format" "uri" is not supported`},
+		{`{"type":"string","format":1}`, `schema: (root): "format" 1 is not supported`},
+		{`{"type":"integer","format":"int32"}`, `string keywords for a type that is not "string"`},
+		{`{"type":"array","maxLength":3}`, `string keywords for a type that is not "string"`},
+		{`{"format":"date"}`, `"format" without "type" is not supported`},
+		{`{"enum":["a"],"maxLength":3}`, `"maxLength" alongside "enum" or "const" is not supported`},
+		{`{"type":"string","format":"date","maxLength":10}`, `"minLength" or "maxLength" alongside "format" is not supported`},
+		{`{"type":"string","maxLength":4097}`, `schema: /maxLength: must be an integer from 0 to 4096`},
+		{`{"type":"string","minLength":5000}`, `schema: /minLength: must be an integer from 0 to 4096`},
+		{`{"type":"string","minLength":-1}`, `must be an integer`},
+		{`{"type":"string","maxLength":2.5}`, `must be an integer`},
+		{`{"type":"string","maxLength":"3"}`, `must be an integer`},
+		{`{"type":"string","minLength":3,"maxLength":2}`, `schema: /maxLength: less than minLength`},
 		{`{"allOf":[{}]}`, `"allOf" is not supported`},
 		{`{"not":{}}`, `"not" is not supported`},
 		{`{"if":{},"then":{}}`, `"if" is not supported`},
@@ -345,6 +413,21 @@ func validate(v, sch, root any) bool {
 			}
 		}
 	}
+	if str, ok := v.(string); ok {
+		if f, ok := sc["format"].(string); ok && !validFormat(f, str) {
+			return false
+		}
+		if n, ok := sc["minLength"].(json.Number); ok {
+			if m, _ := n.Int64(); int64(utf8.RuneCountInString(str)) < m {
+				return false
+			}
+		}
+		if n, ok := sc["maxLength"].(json.Number); ok {
+			if m, _ := n.Int64(); int64(utf8.RuneCountInString(str)) > m {
+				return false
+			}
+		}
+	}
 	if arr, ok := v.([]any); ok {
 		if it, ok := sc["items"]; ok {
 			for _, x := range arr {
@@ -365,6 +448,46 @@ func validate(v, sch, root any) bool {
 		}
 	}
 	return true
+}
+
+var (
+	reDate = regexp.MustCompile(`^(\d{4})-(\d{2})-(\d{2})$`)
+	reTime = regexp.MustCompile(`^(\d{2}):(\d{2}):(\d{2})(\.\d{1,9})?([Zz]|[+-](\d{2}):(\d{2}))$`)
+	reUUID = regexp.MustCompile(`^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$`)
+)
+
+// validFormat reports whether s is of format f (RFC 3339's date-time,
+// full-date and full-time; a leap second 60 whatever the time).
+func validFormat(f, s string) bool {
+	atoi := func(x string) int { n, _ := strconv.Atoi(x); return n }
+	date := func(s string) bool {
+		m := reDate.FindStringSubmatch(s)
+		if m == nil {
+			return false
+		}
+		y, mo, d := atoi(m[1]), atoi(m[2]), atoi(m[3])
+		// day 0 of the next month is the month's last
+		return mo >= 1 && mo <= 12 && d >= 1 && d <= time.Date(y, time.Month(mo+1), 0, 0, 0, 0, 0, time.UTC).Day()
+	}
+	clock := func(s string) bool {
+		m := reTime.FindStringSubmatch(s)
+		if m == nil {
+			return false
+		}
+		return atoi(m[1]) <= 23 && atoi(m[2]) <= 59 && atoi(m[3]) <= 60 &&
+			(m[6] == "" || atoi(m[6]) <= 23 && atoi(m[7]) <= 59)
+	}
+	switch f {
+	case "date":
+		return date(s)
+	case "time":
+		return clock(s)
+	case "date-time":
+		return len(s) > 11 && (s[10] == 'T' || s[10] == 't') && date(s[:10]) && clock(s[11:])
+	case "uuid":
+		return reUUID.MatchString(s)
+	}
+	return false
 }
 
 // ---- a generator of valid documents from a compiled schema ----
@@ -392,6 +515,78 @@ func (g *gen) str() {
 	g.buf.WriteByte('"')
 	for range g.r.IntN(4) {
 		g.buf.WriteString(genStrings[g.r.IntN(len(genStrings))])
+	}
+	g.buf.WriteByte('"')
+}
+
+// genChars are one character each (lone surrogates too, when a low one
+// does not follow a high one).
+var genChars = []string{`a`, ` `, `é`, `中`, `😀`, `\"`, `\\`, `\n`, `\/`, `\u00e9`, `\u00E9`, `\ud83d\ude00`, `\uD83D\uDE00`, `\ud800`, `\udc00`, `\uDBFF`}
+
+// strLen writes a string of n characters.
+func (g *gen) strLen(n int) {
+	g.buf.WriteByte('"')
+	prev := ""
+	for i := 0; i < n; {
+		c := genChars[g.r.IntN(len(genChars))]
+		if (prev == `\ud800` || prev == `\uDBFF`) && strings.HasPrefix(strings.ToLower(c), `\udc`) {
+			continue // the two would be one character
+		}
+		g.buf.WriteString(c)
+		prev = c
+		i++
+	}
+	g.buf.WriteByte('"')
+}
+
+// formatted writes a random string of format f.
+func (g *gen) formatted(f uint8) {
+	r := g.r
+	pick := func(s string) byte { return s[r.IntN(len(s))] }
+	date := func() {
+		y, m := r.IntN(10000), 1+r.IntN(12)
+		if r.IntN(4) == 0 {
+			y, m = []int{0, 1900, 2000, 2023, 2024}[r.IntN(5)], 2
+		}
+		last := time.Date(y, time.Month(m+1), 0, 0, 0, 0, 0, time.UTC).Day()
+		d := 1 + r.IntN(last)
+		if r.IntN(3) == 0 {
+			d = last
+		}
+		fmt.Fprintf(&g.buf, "%04d-%02d-%02d", y, m, d)
+	}
+	clock := func() {
+		fmt.Fprintf(&g.buf, "%02d:%02d:%02d", r.IntN(24), r.IntN(60), r.IntN(61))
+		if r.IntN(2) == 0 {
+			g.buf.WriteByte('.')
+			for range 1 + r.IntN(9) {
+				g.buf.WriteByte(pick("0123456789"))
+			}
+		}
+		if r.IntN(3) == 0 {
+			g.buf.WriteByte(pick("Zz"))
+		} else {
+			fmt.Fprintf(&g.buf, "%c%02d:%02d", pick("+-"), r.IntN(24), r.IntN(60))
+		}
+	}
+	g.buf.WriteByte('"')
+	switch f {
+	case fDateTime:
+		date()
+		g.buf.WriteByte(pick("Tt"))
+		clock()
+	case fDate:
+		date()
+	case fTime:
+		clock()
+	case fUUID:
+		for i := range 36 {
+			if i == 8 || i == 13 || i == 18 || i == 23 {
+				g.buf.WriteByte('-')
+			} else {
+				g.buf.WriteByte(pick("0123456789abcdefABCDEF"))
+			}
+		}
 	}
 	g.buf.WriteByte('"')
 }
@@ -516,7 +711,18 @@ func (g *gen) value(n uint16, depth int) {
 		}
 		g.buf.WriteByte(']')
 	case tString:
-		g.str()
+		switch {
+		case nd.format != fNone:
+			g.formatted(nd.format)
+		case nd.minLen > 0 || nd.maxLen >= 0:
+			hi := nd.maxLen
+			if hi < 0 {
+				hi = nd.minLen + 4
+			}
+			g.strLen(nd.minLen + g.r.IntN(hi-nd.minLen+1))
+		default:
+			g.str()
+		}
 	case tNumber:
 		g.num(false)
 	case tInteger:
@@ -575,9 +781,9 @@ func TestSchema_Generated(t *testing.T) {
 }
 
 // fuzzSchemas are the schemas FuzzSchema reads texts against.
-var fuzzSchemas = []string{personSchema, treeSchema, shapeSchema, anySchema, prefixSchema, enumSchema, constSchema, rootRefSchema}
+var fuzzSchemas = []string{personSchema, treeSchema, shapeSchema, anySchema, prefixSchema, enumSchema, constSchema, rootRefSchema, formatSchema, dateTimeSchema, lengthSchema}
 
-const probes = "{}[],:\"0123.eE-+tfn \\u\xc3\xa9"
+const probes = "{}[],:\"0123.eE-+tfn \\u\xc3\xa9" + "69TZdc"
 
 func FuzzSchema(f *testing.F) {
 	for _, tc := range schemaCases {
