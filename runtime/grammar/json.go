@@ -195,12 +195,9 @@ func (s *JSON) value(b byte) bool {
 		return s.push(b)
 	case b == '"':
 		s.lex, s.aux = jStr, 0
-	case b == '-':
-		s.lex = jNumMinus
-	case b == '0':
-		s.lex = jNumZero
-	case isDigit(b):
-		s.lex = jNumInt
+	case b == '-' || isDigit(b):
+		n, digits := numberStart(b)
+		s.lex, s.aux = jNumMinus+n, uint8(digits)
 	case b == 't':
 		s.lex, s.aux = jLit, 0*8+1
 	case b == 'f':
@@ -216,7 +213,7 @@ func (s *JSON) value(b byte) bool {
 // number reads byte b in a number; a byte that ends it is read again
 // after it.
 func (s *JSON) number(b byte) bool {
-	next, ok, end := numberByte(s.lex-jNumMinus, b, false)
+	next, digits, ok, end := numberByte(s.lex-jNumMinus, uint16(s.aux), b, false)
 	switch {
 	case !ok:
 		return false
@@ -224,7 +221,7 @@ func (s *JSON) number(b byte) bool {
 		s.afterValue()
 		return s.Feed(b)
 	}
-	s.lex = jNumMinus + next
+	s.lex, s.aux = jNumMinus+next, uint8(digits) // aux: the part's digits
 	return true
 }
 

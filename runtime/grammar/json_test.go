@@ -63,7 +63,45 @@ func wantJSON(s string) bool {
 			run = 0
 		}
 	}
-	return maxDepth <= MaxDepth
+	return maxDepth <= MaxDepth && numbersFit(s)
+}
+
+// numbersFit reports whether every number outside the strings of s has
+// at most MaxIntDigits digits before its point, MaxFracDigits after it
+// and MaxExpDigits in its exponent.
+func numbersFit(s string) bool {
+	inStr, esc := false, false
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case inStr && esc:
+			esc = false
+		case inStr && c == '\\':
+			esc = true
+		case inStr && c == '"':
+			inStr = false
+		case inStr:
+		case c == '"':
+			inStr = true
+		case c == '-' || isDigit(c):
+			limit, part := MaxIntDigits, 0
+			for i < len(s) && strings.IndexByte("-+.eE0123456789", s[i]) >= 0 {
+				switch c := s[i]; {
+				case c == '.':
+					limit, part = MaxFracDigits, 0
+				case c == 'e' || c == 'E':
+					limit, part = MaxExpDigits, 0
+				case isDigit(c):
+					if part++; part > limit {
+						return false
+					}
+				}
+				i++
+			}
+			i--
+		}
+	}
+	return true
 }
 
 var jsonCases = []string{
@@ -71,6 +109,8 @@ var jsonCases = []string{
 	`{"n":-0.5e+10}`, `{"n":0}`, `{"n":-0}`, `{"n":10.25E-3}`, `{"n":1e5}`,
 	`{"s":"\u00e9\n\t\"\\\/"}`, `{"s":"é中😀"}`, `{"k\u0041":"v"}`, `{"a":[]}`, `{"a":{}}`,
 	`{"a":[[[[]]]]}`,
+	`{"n":12345678901234567890}`, `{"n":-0.12345678901234567890e-123}`,
+	`{"n":123456789012345678901}`, `{"n":0.123456789012345678901}`, `{"n":1e1234}`,
 	// refused
 	`[]`, `1`, `"s"`, `{} `, `{"a":01}`, `{"a":1.}`, `{"a":.5}`, `{"a":-}`, `{"a":1e}`,
 	`{"a":tru}`, `{"a":True}`, `{a:1}`, `{"a" 1}`, `{"a":1,}`, `{"a":[1,]}`, `{,}`,

@@ -16,47 +16,77 @@ const (
 	nExp                // in the exponent
 )
 
-// numberByte reads byte b in number state n (integer: no fraction or
-// exponent may come). It returns the next state, or ok false when b
-// cannot come, or end true when b ends the number (the machine reads it
-// again after the number).
-func numberByte(n uint8, b byte, integer bool) (next uint8, ok, end bool) {
+// The most digits a number's integer part, fraction and exponent take. A
+// float64 keeps 17 significant digits and an int64 has 19: digits past
+// these limits carry nothing a reader keeps, and a model that writes them
+// is looping (0.3333…, 4444…).
+const (
+	MaxIntDigits  = 20
+	MaxFracDigits = 20
+	MaxExpDigits  = 3
+)
+
+// numberByte reads byte b in number state n, whose current part (integer,
+// fraction or exponent) has digits digits (integer: no fraction or
+// exponent may come). It returns the next state and its part's digits,
+// or ok false when b cannot come, or end true when b ends the number (the
+// machine reads it again after the number).
+func numberByte(n uint8, digits uint16, b byte, integer bool) (next uint8, nd uint16, ok, end bool) {
 	switch n {
 	case nMinus:
 		switch {
 		case b == '0':
-			return nZero, true, false
+			return nZero, 1, true, false
 		case isDigit(b):
-			return nInt, true, false
+			return nInt, 1, true, false
 		}
-		return n, false, false
+		return n, digits, false, false
 	case nDot, nESign:
 		if !isDigit(b) {
-			return n, false, false
+			return n, digits, false, false
 		}
 		if n == nDot {
-			return nFrac, true, false
+			return nFrac, 1, true, false
 		}
-		return nExp, true, false
+		return nExp, 1, true, false
 	case nE:
 		switch {
 		case b == '+' || b == '-':
-			return nESign, true, false
+			return nESign, 0, true, false
 		case isDigit(b):
-			return nExp, true, false
+			return nExp, 1, true, false
 		}
-		return n, false, false
+		return n, digits, false, false
 	}
 	// nZero, nInt, nFrac, nExp: the number could end here
 	switch {
 	case isDigit(b) && n != nZero:
-		return n, true, false
+		limit := uint16(MaxIntDigits)
+		switch n {
+		case nFrac:
+			limit = MaxFracDigits
+		case nExp:
+			limit = MaxExpDigits
+		}
+		return n, digits + 1, digits < limit, false
 	case b == '.' && !integer && (n == nZero || n == nInt):
-		return nDot, true, false
+		return nDot, 0, true, false
 	case (b == 'e' || b == 'E') && !integer && n != nExp:
-		return nE, true, false
+		return nE, 0, true, false
 	}
-	return n, true, true
+	return n, digits, true, true
+}
+
+// numberStart is the number state and digits after a number's first
+// byte (c: '-' or a digit).
+func numberStart(c byte) (n uint8, digits uint16) {
+	switch c {
+	case '-':
+		return nMinus, 0
+	case '0':
+		return nZero, 1
+	}
+	return nInt, 1
 }
 
 // utf8Lead reads the first byte of a multi-byte UTF-8 character: the

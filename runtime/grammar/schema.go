@@ -192,7 +192,7 @@ type Schema struct {
 	lo, hi uint8 // sStrUTF: the range of the next byte
 	depth  uint8
 	cur    uint16 // the node of the value being read
-	li, lk uint16 // sKey, sEnum: the first candidate literal, bytes matched
+	li, lk uint16 // sKey, sEnum: the first candidate literal, bytes matched; in a number lk: its part's digits
 	stack  [MaxSchemaDepth]sframe
 }
 
@@ -512,14 +512,8 @@ func (s *Schema) value(b byte, n uint16) bool {
 		if nd.kind == kType && nd.types&tNumber == 0 {
 			s.aux = 1 // an integer
 		}
-		switch b {
-		case '-':
-			s.lex = sNumMinus
-		case '0':
-			s.lex = sNumZero
-		default:
-			s.lex = sNumInt
-		}
+		n, digits := numberStart(b)
+		s.lex, s.lk = sNumMinus+n, digits
 	case cTrue:
 		s.lex, s.aux = sLit, 0*8+1
 	case cFalse:
@@ -642,7 +636,7 @@ func (s *Schema) enumNumberEnds() bool {
 // number reads byte b in a number (aux 1: an integer's); a byte that ends
 // it is read again after it.
 func (s *Schema) number(b byte) bool {
-	next, ok, end := numberByte(s.lex-sNumMinus, b, s.aux == 1)
+	next, digits, ok, end := numberByte(s.lex-sNumMinus, s.lk, b, s.aux == 1)
 	switch {
 	case !ok:
 		return false
@@ -650,7 +644,7 @@ func (s *Schema) number(b byte) bool {
 		s.afterValue()
 		return s.Feed(b)
 	}
-	s.lex = sNumMinus + next
+	s.lex, s.lk = sNumMinus+next, digits // lk: the part's digits
 	return true
 }
 
