@@ -1,0 +1,146 @@
+package runtime_test
+
+import (
+	"bytes"
+	"compress/gzip"
+	"context"
+	"encoding/json"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	nozzle "github.com/nozzle-ai/nozzle"
+	"github.com/nozzle-ai/nozzle/runtime"
+	"github.com/nozzle-ai/nozzle/runtime/model"
+	"github.com/nozzle-ai/nozzle/runtime/tokenizer"
+)
+
+// TestQwen3_ForcedToolCall: on a Qwen3 model (Hermes tool calls, its real
+// tokenizer and template) tool_choice "required" and a named function
+// force one call in the template's form, its name one of the tools (the
+// named one), its arguments the named function's parameters; the answer
+// ends with the call. The random model calls nothing unforced.
+func TestQwen3_ForcedToolCall(t *testing.T) {
+	dir := qwen3Dir(t)
+	rt := openOnStore(t, runtime.Options{}, dir, nil)
+	tk, err := tokenizer.Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// the random model: no whitespace-only tokens (it would write little
+	// else), the quote raised (its strings end sooner)
+	bias := map[int]float64{1: 8, 11: 6, 92: 6} // ", "," and "}"
+	for id := range tk.VocabSize() {
+		if b := tk.TokenBytes(id); len(b) > 0 && len(bytes.TrimSpace(b)) == 0 {
+			bias[id] = -100
+		}
+	}
+	ctx := context.Background()
+	info, err := rt.Info(ctx)
+	if err != nil || info.ToolFormat != nozzle.ToolFormatHermes || !info.ToolChoice {
+		t.Fatalf("info %+v %v", info, err)
+	}
+	tools := json.RawMessage(`[{"type":"function","function":{"name":"get_weather","parameters":{"type":"object",` +
+		`"properties":{"city":{"type":"string"},"days":{"type":"integer"}},"required":["city","days"],"additionalProperties":false}}},` +
+		`{"type":"function","function":{"name":"get_time","parameters":{"type":"object","properties":{"tz":{"type":"string","pattern":"^[A-Z]"}}}}}]`)
+	for _, choice := range []string{nozzle.ToolChoiceRequired, "get_weather", "get_time"} {
+		req := &nozzle.GenerateRequest{TenantID: "a", Messages: []nozzle.ChatMessage{{Role: "user", Content: "Weather in Bern?"}},
+			Tools: tools, ToolChoice: choice, MaxTokens: 2000, ChatTemplateKwargs: json.RawMessage(`{"enable_thinking": false}`),
+			LogitBias: bias, Temperature: 1, Seed: new(uint64)}
+		o := run(ctx, rt, req)
+		if o.err != nil {
+			t.Fatalf("%s: %v", choice, o.err)
+		}
+		body, ok := strings.CutPrefix(o.text, "<tool_call>\n")
+		body, ok2 := strings.CutSuffix(body, "\n</tool_call>")
+		var call struct {
+			Name      string
+			Arguments map[string]any
+		}
+		dec := json.NewDecoder(strings.NewReader(body))
+		dec.DisallowUnknownFields()
+		if !ok || !ok2 || dec.Decode(&call) != nil || o.res.FinishReason != nozzle.FinishStop {
+			t.Fatalf("%s: not one call (finish %q): %q", choice, o.res.FinishReason, o.text)
+		}
+		switch choice {
+		case nozzle.ToolChoiceRequired:
+			if call.Name != "get_weather" && call.Name != "get_time" {
+				t.Errorf("called %q", call.Name)
+			}
+		case "get_weather":
+			_, city := call.Arguments["city"].(string)
+			days, isNum := call.Arguments["days"].(float64)
+			if call.Name != choice || !city || !isNum || days != float64(int64(days)) || len(call.Arguments) != 2 {
+				t.Errorf("call %+v does not follow get_weather's parameters", call)
+			}
+		default: // parameters the masks cannot enforce (pattern): any object
+			if call.Name != choice || call.Arguments == nil {
+				t.Errorf("call %+v", call)
+			}
+		}
+		t.Logf("%s: %q", choice, o.text)
+	}
+}
+
+// TestLlama3_ForcedToolCall: Llama 3's form of a forced call — the whole
+// answer {"name": …, "parameters": …} — on a Llama-shaped random model
+// with Llama 3's real tokenizer and Llama 3.2's chat template (the
+// tokenizer tests' copies).
+func TestLlama3_ForcedToolCall(t *testing.T) {
+	dir := t.TempDir()
+	spec := model.Spec{VocabSize: 128256, HiddenSize: 32, IntermediateSize: 64, NumLayers: 2, NumHeads: 4, NumKVHeads: 2,
+		MaxPosition: 4096, Seed: 79, EOSTokenIDs: []int{128001, 128009}, BOSTokenID: 128000}
+	if err := model.WriteRandomModel(dir, spec); err != nil {
+		t.Fatal(err)
+	}
+	src := filepath.Join("tokenizer", "testdata")
+	copyFile := func(from, to string, gz bool) {
+		t.Helper()
+		f, err := os.Open(filepath.Join(src, from))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		var r io.Reader = f
+		if gz {
+			if r, err = gzip.NewReader(f); err != nil {
+				t.Fatal(err)
+			}
+		}
+		b, err := io.ReadAll(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, to), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	copyFile("models/llama3/tokenizer.json.gz", "tokenizer.json", true)
+	copyFile("models/llama3/tokenizer_config.json", "tokenizer_config.json", false)
+	copyFile("templates/llama3.2-instruct.jinja", "chat_template.jinja", false)
+	rt := openOnStore(t, runtime.Options{}, dir, nil)
+	info, err := rt.Info(context.Background())
+	if err != nil || info.ToolFormat != nozzle.ToolFormatLlama3JSON || !info.ToolChoice {
+		t.Fatalf("info %+v %v", info, err)
+	}
+	tools := json.RawMessage(`[{"type":"function","function":{"name":"get_weather","parameters":{"type":"object",` +
+		`"properties":{"city":{"type":"string","maxLength":12},"unit":{"enum":["C","F"]}},"required":["city","unit"]}}}]`)
+	o := run(context.Background(), rt, &nozzle.GenerateRequest{TenantID: "a", Messages: []nozzle.ChatMessage{{Role: "user", Content: "Weather in Bern?"}},
+		Tools: tools, ToolChoice: "get_weather", MaxTokens: 200, LogitBias: map[int]float64{1: 8}})
+	var call struct {
+		Name       string
+		Parameters struct {
+			City *string
+			Unit *string
+		}
+	}
+	dec := json.NewDecoder(strings.NewReader(o.text))
+	dec.DisallowUnknownFields()
+	if o.err != nil || dec.Decode(&call) != nil || o.res.FinishReason != nozzle.FinishStop || call.Name != "get_weather" ||
+		call.Parameters.City == nil || len([]rune(*call.Parameters.City)) > 12 || call.Parameters.Unit == nil {
+		t.Fatalf("not the call (finish %q, %v): %q", o.res.FinishReason, o.err, o.text)
+	}
+	t.Logf("%q", o.text)
+}
