@@ -41,8 +41,6 @@ const (
 	jLit                   // in true, false or null (aux: literal·8 + bytes read)
 )
 
-var literals = [3]string{"true", "false", "null"}
-
 // JSON is the state of the JSON machine: a small value, copied freely.
 // Its zero value is the start (before the top-level object).
 type JSON struct {
@@ -106,32 +104,23 @@ func (s *JSON) Feed(b byte) bool {
 			return false
 		}
 		return true
-	case jStrHex:
-		return isHex(b) && s.hexDigit()
-	case jStrUTF:
-		if b < s.lo || b > s.hi {
-			return false
-		}
-		s.lo, s.hi = 0x80, 0xBF
-		left := s.aux % 4
-		if left == 1 {
-			s.lex, s.aux = jStr, s.aux/4
-			s.lo, s.hi = 0, 0
+	case jStrHex, jStrUTF:
+		var ok, whole bool
+		if s.lex == jStrHex {
+			ok, whole = hexNext(b, &s.aux)
 		} else {
-			s.aux--
+			ok, whole = utf8Next(b, &s.aux, &s.lo, &s.hi)
 		}
-		return true
+		if whole {
+			s.lex = jStr
+		}
+		return ok
 	case jLit:
-		lit, at := literals[s.aux/8], s.aux%8
-		if b != lit[at] {
-			return false
-		}
-		if int(at)+1 == len(lit) {
+		ok, whole := literalNext(b, &s.aux)
+		if whole {
 			s.afterValue()
-		} else {
-			s.aux++
 		}
-		return true
+		return ok
 	case jNumMinus, jNumZero, jNumInt, jNumDot, jNumFrac, jNumE, jNumESign, jNumExp:
 		return s.number(b)
 	}
@@ -260,21 +249,6 @@ func (s *JSON) endString(key bool) bool {
 		s.lex, s.aux, s.space = jColon, 0, 0
 	} else {
 		s.afterValue()
-	}
-	return true
-}
-
-// hexDigit counts one digit of \uXXXX: aux holds the digits left (1..4)
-// plus 4 for a key's string.
-func (s *JSON) hexDigit() bool {
-	left, key := (s.aux-1)%4+1, s.aux > 4
-	if left == 1 {
-		s.lex, s.aux = jStr, 0
-		if key {
-			s.aux = 1
-		}
-	} else {
-		s.aux--
 	}
 	return true
 }

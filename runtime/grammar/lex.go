@@ -1,7 +1,56 @@
 package grammar
 
-// What the JSON and Schema machines read alike: numbers and the bytes of
-// multi-byte UTF-8 characters.
+// What the JSON and Schema machines read alike: numbers, the literals
+// true, false and null, and in strings \uXXXX escapes and multi-byte UTF-8
+// characters. The string readers keep in aux what is left (hex digits,
+// continuation bytes) plus 4 for a key's string; done, aux is 1 for a
+// key's string and 0 otherwise.
+
+// hexNext reads byte b of a \uXXXX escape; whole: the escape is.
+func hexNext(b byte, aux *uint8) (ok, whole bool) {
+	if !isHex(b) {
+		return false, false
+	}
+	if (*aux-1)%4 == 0 { // the last digit
+		*aux = (*aux - 1) / 4
+		return true, true
+	}
+	*aux--
+	return true, false
+}
+
+// utf8Next reads a continuation byte of a multi-byte character, which must
+// be in [lo, hi] (utf8Lead's range for the first, 0x80..0xBF after);
+// whole: the character is (lo and hi are then 0).
+func utf8Next(b byte, aux, lo, hi *uint8) (ok, whole bool) {
+	if b < *lo || b > *hi {
+		return false, false
+	}
+	*lo, *hi = 0x80, 0xBF
+	if *aux%4 == 1 {
+		*aux, *lo, *hi = *aux/4, 0, 0
+		return true, true
+	}
+	*aux--
+	return true, false
+}
+
+// literals are the JSON literals a value may be; their readers keep
+// literal·8 + bytes read in aux.
+var literals = [3]string{"true", "false", "null"}
+
+// literalNext reads byte b of a literal; whole: the literal is.
+func literalNext(b byte, aux *uint8) (ok, whole bool) {
+	lit, at := literals[*aux/8], *aux%8
+	if b != lit[at] {
+		return false, false
+	}
+	if int(at)+1 == len(lit) {
+		return true, true
+	}
+	*aux++
+	return true, false
+}
 
 // number states, in the order both machines' lexical states keep them
 // (jNumMinus… and sNumMinus…)

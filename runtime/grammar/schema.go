@@ -298,38 +298,23 @@ func (s *Schema) Feed(b byte) bool {
 			return false
 		}
 		return true
-	case sStrHex:
-		if !isHex(b) {
-			return false
-		}
-		if (s.aux-1)%4 == 0 { // the last digit
-			s.lex, s.aux = sStr, (s.aux-1)/4
+	case sStrHex, sStrUTF:
+		var ok, whole bool
+		if s.lex == sStrHex {
+			ok, whole = hexNext(b, &s.aux)
 		} else {
-			s.aux--
+			ok, whole = utf8Next(b, &s.aux, &s.lo, &s.hi)
 		}
-		return true
-	case sStrUTF:
-		if b < s.lo || b > s.hi {
-			return false
+		if whole {
+			s.lex = sStr
 		}
-		s.lo, s.hi = 0x80, 0xBF
-		if s.aux%4 == 1 {
-			s.lex, s.aux, s.lo, s.hi = sStr, s.aux/4, 0, 0
-		} else {
-			s.aux--
-		}
-		return true
+		return ok
 	case sLit:
-		lit, at := literals[s.aux/8], s.aux%8
-		if b != lit[at] {
-			return false
-		}
-		if int(at)+1 == len(lit) {
+		ok, whole := literalNext(b, &s.aux)
+		if whole {
 			s.afterValue()
-		} else {
-			s.aux++
 		}
-		return true
+		return ok
 	case sKey:
 		return s.keyByte(b)
 	case sEnum:
@@ -1381,28 +1366,7 @@ func (c *compiler) array(n *snode, items, minI, maxI *oval, path string, depth i
 		}
 		n.items = t
 	}
-	count := func(o *oval, kw string) (int, error) {
-		var v int
-		if _, err := fmt.Sscan(o.text, &v); o.kind != '0' || err != nil || v < 0 || v > MaxSchemaItems || fmt.Sprint(v) != o.text {
-			return 0, errAt(path+"/"+kw, "must be an integer from 0 to %d", MaxSchemaItems)
-		}
-		return v, nil
-	}
-	var err error
-	if minI != nil {
-		if n.minItems, err = count(minI, "minItems"); err != nil {
-			return err
-		}
-	}
-	if maxI != nil {
-		if n.maxItems, err = count(maxI, "maxItems"); err != nil {
-			return err
-		}
-		if n.maxItems < n.minItems {
-			return errAt(path+"/maxItems", "less than minItems")
-		}
-	}
-	return nil
+	return bounds(minI, maxI, "minItems", "maxItems", path, MaxSchemaItems, &n.minItems, &n.maxItems)
 }
 
 // str compiles a string's "format", "minLength" and "maxLength".
@@ -1418,25 +1382,32 @@ func str(n *snode, format, minL, maxL *oval, path string) error {
 		n.format = f
 		return nil
 	}
+	return bounds(minL, maxL, "minLength", "maxLength", path, MaxSchemaLength, &n.minLen, &n.maxLen)
+}
+
+// bounds reads a pair of count keywords (minItems and maxItems, minLength
+// and maxLength) into lo and hi, each left as it is when its keyword is
+// absent: integers from 0 to limit, the maximum not below the minimum.
+func bounds(minO, maxO *oval, minKW, maxKW, path string, limit int, lo, hi *int) error {
 	count := func(o *oval, kw string) (int, error) {
 		var v int
-		if _, err := fmt.Sscan(o.text, &v); o.kind != '0' || err != nil || v < 0 || v > MaxSchemaLength || fmt.Sprint(v) != o.text {
-			return 0, errAt(path+"/"+kw, "must be an integer from 0 to %d", MaxSchemaLength)
+		if _, err := fmt.Sscan(o.text, &v); o.kind != '0' || err != nil || v < 0 || v > limit || fmt.Sprint(v) != o.text {
+			return 0, errAt(path+"/"+kw, "must be an integer from 0 to %d", limit)
 		}
 		return v, nil
 	}
 	var err error
-	if minL != nil {
-		if n.minLen, err = count(minL, "minLength"); err != nil {
+	if minO != nil {
+		if *lo, err = count(minO, minKW); err != nil {
 			return err
 		}
 	}
-	if maxL != nil {
-		if n.maxLen, err = count(maxL, "maxLength"); err != nil {
+	if maxO != nil {
+		if *hi, err = count(maxO, maxKW); err != nil {
 			return err
 		}
-		if n.maxLen < n.minLen {
-			return errAt(path+"/maxLength", "less than minLength")
+		if *hi < *lo {
+			return errAt(path+"/"+maxKW, "less than %s", minKW)
 		}
 	}
 	return nil
