@@ -16,6 +16,9 @@ import (
 type seqGrammar struct {
 	c     constraint
 	bytes func(id int) []byte
+	// allow is the mask of the next draw, looked up once the state it
+	// follows is reached (at the start, after each token fed)
+	allow []uint32
 	// wait, when not "", is the text that closes a reasoning model's
 	// thoughts: the object begins after it; tail keeps the end of the
 	// text so far to find it.
@@ -141,11 +144,11 @@ func (c *compiledCache[S, P]) get(v *grammar.Vocab, src []byte, compile func() (
 
 // constraint is a machine and its masks, as a sequence uses them.
 type constraint interface {
-	mask() ([]uint32, bool)
+	// next is the state's mask (grammar.Masker.Lookup): the tokens that
+	// may come, whether any may, and whether any but an end token may
+	next() (allow []uint32, any, more bool)
 	feed(b byte) bool
 	done() bool
-	// more: a token besides an end token may come
-	more() bool
 }
 
 // machineConstraint is the state of a machine S and the Masker of its
@@ -158,10 +161,9 @@ type machineConstraint[S any, P interface {
 	state S
 }
 
-func (c *machineConstraint[S, P]) mask() ([]uint32, bool) { return c.m.Mask(&c.state) }
-func (c *machineConstraint[S, P]) feed(b byte) bool       { return P(&c.state).Feed(b) }
-func (c *machineConstraint[S, P]) done() bool             { return P(&c.state).Done() }
-func (c *machineConstraint[S, P]) more() bool             { return c.m.More(&c.state) }
+func (c *machineConstraint[S, P]) next() ([]uint32, bool, bool) { return c.m.Lookup(&c.state) }
+func (c *machineConstraint[S, P]) feed(b byte) bool             { return P(&c.state).Feed(b) }
+func (c *machineConstraint[S, P]) done() bool                   { return P(&c.state).Done() }
 
 // grammarVocab returns the model's vocabulary prepared for masks, made on
 // first use: every token's bytes but the special tokens', which never
@@ -192,20 +194,20 @@ func (r *Runtime) jsonMasker() *grammar.Masker[grammar.JSON, *grammar.JSON] {
 }
 
 // mask returns the tokens the next draw may take, nil for any (g nil, or
-// the thoughts before the object). feed has made sure some token may.
-func (g *seqGrammar) mask() (allow []uint32) {
+// the thoughts before the output). startable or feed has made sure some
+// token may.
+func (g *seqGrammar) mask() []uint32 {
 	if g == nil || g.wait != "" || g.err != nil {
 		return nil
 	}
-	defer g.recover()
-	allow, _ = g.c.mask()
-	return allow
+	return g.allow
 }
 
-// startable reports whether the vocabulary can begin the output.
+// startable looks up the first draw's mask; it reports whether the
+// vocabulary can begin the output.
 func (g *seqGrammar) startable() (ok bool) {
 	defer g.recover()
-	_, ok = g.c.mask()
+	g.allow, ok, _ = g.c.next()
 	return ok && g.err == nil
 }
 
@@ -227,7 +229,9 @@ func (g *seqGrammar) feed(tok int32) (end bool) {
 		// before the object)
 		if bytes.Contains(g.tail, []byte(g.wait)) {
 			g.wait, g.tail = "", nil
-		} else if n := len(g.tail) - len(g.wait); n > 0 {
+			return !g.startable()
+		}
+		if n := len(g.tail) - len(g.wait); n > 0 {
 			g.tail = g.tail[n:]
 		}
 		return false
@@ -239,9 +243,10 @@ func (g *seqGrammar) feed(tok int32) (end bool) {
 			return true
 		}
 	}
-	if g.c.done() && !g.c.more() {
+	allow, any, more := g.c.next()
+	if g.c.done() && !more {
 		return true
 	}
-	_, ok := g.c.mask() // made now, found in the cache for the next draw
-	return !ok
+	g.allow = allow
+	return !any
 }

@@ -4,15 +4,15 @@ import (
 	"testing"
 
 	"github.com/nozzle-ai/nozzle"
+	"github.com/nozzle-ai/nozzle/runtime/grammar"
 )
 
 // panicky is a constraint whose machine fails.
 type panicky struct{}
 
-func (panicky) mask() ([]uint32, bool) { panic("mask") }
-func (panicky) feed(byte) bool         { panic("feed") }
-func (panicky) done() bool             { return false }
-func (panicky) more() bool             { return true }
+func (panicky) next() ([]uint32, bool, bool) { panic("mask") }
+func (panicky) feed(byte) bool               { panic("feed") }
+func (panicky) done() bool                   { return false }
 
 // TestSeqGrammar_Recovers: a machine that panics fails its sequence (an
 // internal error) instead of the scheduler's goroutine and every other
@@ -23,7 +23,9 @@ func TestSeqGrammar_Recovers(t *testing.T) {
 	if g.startable() || nozzle.ErrorCode(g.failed()) != nozzle.EINTERNAL {
 		t.Fatalf("startable with a failing machine; failed %v", g.failed())
 	}
-	g = &seqGrammar{c: panicky{}, bytes: bytes}
+	// the mask of a failed machine allows anything: the sequence ends
+	// at its next token (the mask itself runs no machine code: startable
+	// and feed look it up)
 	if allow := g.mask(); allow != nil || g.failed() == nil {
 		t.Fatalf("mask %v, failed %v", allow, g.failed())
 	}
@@ -31,5 +33,29 @@ func TestSeqGrammar_Recovers(t *testing.T) {
 	g.feed('{')
 	if nozzle.ErrorCode(g.failed()) != nozzle.EINTERNAL || !g.feed('x') {
 		t.Fatalf("feed: failed %v", g.failed())
+	}
+}
+
+// TestSeqGrammar_AfterThoughts: a reasoning model's thoughts are drawn
+// freely; once their closing tag has been fed, the next draw's mask is
+// the output's first (only "{" here) and the object's close ends it.
+func TestSeqGrammar_AfterThoughts(t *testing.T) {
+	vocab := [][]byte{[]byte("{"), []byte("}"), []byte("</th"), []byte("ink>"), []byte("x")}
+	v := grammar.NewVocab(vocab, nil)
+	g := &seqGrammar{c: &machineConstraint[grammar.JSON, *grammar.JSON]{m: grammar.NewMasker[grammar.JSON](v, 0)},
+		bytes: func(id int) []byte { return vocab[id] }, wait: "</think>"}
+	for _, tok := range []int32{4, 2} {
+		if g.feed(tok) || g.mask() != nil {
+			t.Fatalf("token %d: ended, or masked, in the thoughts", tok)
+		}
+	}
+	if g.feed(3) { // the tag's end, split across tokens
+		t.Fatal("ended at the thoughts' close")
+	}
+	if m := g.mask(); len(m) != 1 || m[0] != 1 {
+		t.Fatalf("first mask after the thoughts %b, want only {", m)
+	}
+	if g.feed(0) || !g.feed(1) {
+		t.Fatal("the object {} did not end the output")
 	}
 }

@@ -181,14 +181,17 @@ func NewMasker[S any, P interface {
 // vocabulary without end tokens, has none). The slice is shared: the
 // caller must not change it.
 func (m *Masker[S, P]) Mask(s *S) ([]uint32, bool) {
-	c := m.lookup(s)
-	return c.bits, c.any
+	bits, any, _ := m.Lookup(s)
+	return bits, any
 }
 
-// More reports whether a token other than an end token may come in state
-// s: a done output that may yet go on (a top-level number may take more
-// digits) has such tokens; a closed object has none.
-func (m *Masker[S, P]) More(s *S) bool { return m.lookup(s).more }
+// Lookup is Mask, and more: whether a token other than an end token may
+// come in state s (a done output that may yet go on, a top-level number
+// that may take more digits, has such tokens; a closed object has none).
+func (m *Masker[S, P]) Lookup(s *S) (bits []uint32, any, more bool) {
+	c := m.lookup(s)
+	return c.bits, c.any, c.more
+}
 
 func (m *Masker[S, P]) lookup(s *S) cached {
 	p := P(s)
