@@ -286,7 +286,7 @@ func (s *Server) resolveModel(ctx context.Context, p *principal, j *job) error {
 			}
 		}
 		if j.format == nozzle.ResponseFormatJSONObject && !info.JSONObject || j.format == nozzle.ResponseFormatJSONSchema && !info.JSONSchema {
-			return invalidAs("unsupported_value", "response_format", "The runtime serving this model is of an earlier version that cannot constrain its output to a JSON %s; try again once it is upgraded, or leave 'response_format' out.", j.format[len("json_"):])
+			return invalidAs("unsupported_value", "response_format", "The runtime serving this model is of an earlier version that cannot constrain its output as 'response_format' %q asks; try again once it is upgraded, or leave 'response_format' out.", j.format)
 		}
 		if len(j.templateKwargs) > 0 && !info.ChatTemplateKwargs {
 			return invalidAs("unsupported_value", "chat_template_kwargs", "The runtime serving this model is of an earlier version that cannot pass 'chat_template_kwargs' to the chat template; try again once it is upgraded, or leave them out.")

@@ -312,7 +312,7 @@ func newRuntime(opts Options, p parts) (*Runtime, error) {
 	r.info.LogitBias = true
 	r.info.JSONObject = true
 	r.info.JSONSchema = true
-	r.info.ToolChoice = r.info.ToolFormat == nozzle.ToolFormatHermes || r.info.ToolFormat == nozzle.ToolFormatLlama3JSON
+	_, _, _, r.info.ToolChoice = toolCallForm(r.info.ToolFormat)
 	r.start = r.clock()
 	if r.info.CreatedAt.IsZero() {
 		r.info.CreatedAt = r.start.UTC() // /v1/models' "created": when the model was loaded

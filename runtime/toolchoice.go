@@ -23,15 +23,23 @@ import (
 // the masks cannot force: their models are not offered it
 // (ModelInfo.ToolChoice false).
 
+// toolCallForm is how a tool format writes one call as text: pre, the
+// call object whose arguments are under argsKey, post. ok false: the
+// format's calls cannot be forced (ModelInfo.ToolChoice).
+func toolCallForm(format string) (pre, post, argsKey string, ok bool) {
+	switch format {
+	case nozzle.ToolFormatHermes:
+		return "<tool_call>\n", "\n</tool_call>", "arguments", true
+	case nozzle.ToolFormatLlama3JSON:
+		return "", "", "parameters", true
+	}
+	return "", "", "", false
+}
+
 // toolCallConstraint returns the constraint of req's forced call.
 func (r *Runtime) toolCallConstraint(req *nozzle.GenerateRequest) (constraint, error) {
-	var pre, post, argsKey string
-	switch r.info.ToolFormat {
-	case nozzle.ToolFormatHermes:
-		pre, post, argsKey = "<tool_call>\n", "\n</tool_call>", "arguments"
-	case nozzle.ToolFormatLlama3JSON:
-		argsKey = "parameters"
-	default:
+	pre, post, argsKey, ok := toolCallForm(r.info.ToolFormat)
+	if !ok {
 		return nil, nozzle.Errorf(nozzle.EINVALID, "This model's tool calls cannot be forced: use 'tool_choice' \"auto\".").WithParam("tool_choice")
 	}
 	schema, fallback, err := toolCallSchema(req.Tools, req.ToolChoice, argsKey)
