@@ -180,9 +180,9 @@ struct graph_entry {
 };
 
 const int kMaxGraphs = 48;
-const int64_t kAttnParts = 4096;
-const int kBiasGrid = 32;  /* blocks of the logit adjustments in a graph (they walk them grid-stride) */
-const int kMaskGrid = 256; /* blocks of the token masks in a graph (likewise) */ /* (item, KV head, split) partials of split-K attention */
+const int64_t kAttnParts = 4096; /* (item, KV head, split) partials of split-K attention */
+const int kBiasGrid = 32;         /* blocks of the logit adjustments in a graph (they walk them grid-stride) */
+const int kMaskGrid = 256;        /* blocks of the token masks in a graph (likewise) */
 const size_t kTensorStage = 32u << 20; /* bytes per half of the weight staging buffer */
 const size_t kBlasWorkspace = 32u << 20;
 /* The LoRA shrink's partial sums: lv holds 3 modules × lv_rows × max_rank
