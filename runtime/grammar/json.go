@@ -80,40 +80,13 @@ func isHex(b byte) bool { return isDigit(b) || b|0x20 >= 'a' && b|0x20 <= 'f' }
 // byte cannot come next.
 func (s *JSON) Feed(b byte) bool {
 	switch s.lex {
-	case jStr:
-		switch {
-		case b == '"':
+	case jStr, jStrEsc, jStrHex, jStrUTF:
+		st := s.lex - jStr
+		ok, closed := stringByte(&st, b, &s.aux, &s.lo, &s.hi)
+		if closed {
 			return s.endString(s.aux == 1)
-		case b == '\\':
-			s.lex = jStrEsc
-		case b < 0x20:
-			return false
-		case b >= 0x80:
-			return s.utf8Start(b, s.aux)
 		}
-		return true
-	case jStrEsc:
-		key := s.aux
-		switch b {
-		case '"', '\\', '/', 'b', 'f', 'n', 'r', 't':
-			s.lex = jStr
-		case 'u':
-			s.lex, s.aux = jStrHex, 4+4*key
-			return true
-		default:
-			return false
-		}
-		return true
-	case jStrHex, jStrUTF:
-		var ok, whole bool
-		if s.lex == jStrHex {
-			ok, whole = hexNext(b, &s.aux)
-		} else {
-			ok, whole = utf8Next(b, &s.aux, &s.lo, &s.hi)
-		}
-		if whole {
-			s.lex = jStr
-		}
+		s.lex = jStr + st
 		return ok
 	case jLit:
 		ok, whole := literalNext(b, &s.aux)
@@ -250,16 +223,5 @@ func (s *JSON) endString(key bool) bool {
 	} else {
 		s.afterValue()
 	}
-	return true
-}
-
-// utf8Start begins a multi-byte UTF-8 character (key: 1 in a key's
-// string): only well-formed sequences pass, so the output is valid UTF-8.
-func (s *JSON) utf8Start(b byte, key uint8) bool {
-	n, lo, hi, ok := utf8Lead(b)
-	if !ok {
-		return false
-	}
-	s.lex, s.aux, s.lo, s.hi = jStrUTF, key*4+n, lo, hi
 	return true
 }

@@ -6,6 +6,59 @@ package grammar
 // continuation bytes) plus 4 for a key's string; done, aux is 1 for a
 // key's string and 0 otherwise.
 
+// string states, in the order both machines' lexical states keep them
+// (jStr… and sStr…)
+const (
+	strIn  uint8 = iota // between characters
+	strEsc              // after a backslash
+	strHex              // in \uXXXX
+	strUTF              // in a multi-byte character
+)
+
+// stringByte reads byte b inside a string in string state st (aux, lo and
+// hi as the readers below keep them; aux 1 between characters of a key's
+// string); closed: b is the closing quote, what follows is the caller's.
+func stringByte(st *uint8, b byte, aux, lo, hi *uint8) (ok, closed bool) {
+	switch *st {
+	case strIn:
+		switch {
+		case b == '"':
+			return true, true
+		case b == '\\':
+			*st = strEsc
+		case b < 0x20:
+			return false, false
+		case b >= 0x80:
+			n, l, h, ok := utf8Lead(b)
+			if !ok {
+				return false, false
+			}
+			*st, *aux, *lo, *hi = strUTF, *aux*4+n, l, h
+		}
+		return true, false
+	case strEsc:
+		switch b {
+		case '"', '\\', '/', 'b', 'f', 'n', 'r', 't':
+			*st = strIn
+		case 'u':
+			*st, *aux = strHex, 4+4**aux
+		default:
+			return false, false
+		}
+		return true, false
+	}
+	var whole bool
+	if *st == strHex {
+		ok, whole = hexNext(b, aux)
+	} else {
+		ok, whole = utf8Next(b, aux, lo, hi)
+	}
+	if whole {
+		*st = strIn
+	}
+	return ok, false
+}
+
 // hexNext reads byte b of a \uXXXX escape; whole: the escape is.
 func hexNext(b byte, aux *uint8) (ok, whole bool) {
 	if !isHex(b) {

@@ -272,41 +272,16 @@ func (s *Schema) Feed(b byte) bool {
 	switch s.lex {
 	case sFmt:
 		return s.fmtByte(b)
-	case sStr:
+	case sStr, sStrEsc, sStrHex, sStrUTF:
+		st := s.lex - sStr
+		ok, closed := stringByte(&st, b, &s.aux, &s.lo, &s.hi)
 		switch {
-		case b == '"':
-			if s.aux == 1 {
-				s.lex, s.aux, s.cur = sColon, 0, anyNode
-				return true
-			}
+		case closed && s.aux == 1: // a key of any object
+			s.lex, s.aux, s.cur = sColon, 0, anyNode
+		case closed:
 			s.afterValue()
-		case b == '\\':
-			s.lex = sStrEsc
-		case b < 0x20:
-			return false
-		case b >= 0x80:
-			return s.utf8Start(b)
-		}
-		return true
-	case sStrEsc:
-		switch b {
-		case '"', '\\', '/', 'b', 'f', 'n', 'r', 't':
-			s.lex = sStr
-		case 'u':
-			s.lex, s.aux = sStrHex, 4+4*s.aux
 		default:
-			return false
-		}
-		return true
-	case sStrHex, sStrUTF:
-		var ok, whole bool
-		if s.lex == sStrHex {
-			ok, whole = hexNext(b, &s.aux)
-		} else {
-			ok, whole = utf8Next(b, &s.aux, &s.lo, &s.hi)
-		}
-		if whole {
-			s.lex = sStr
+			s.lex = sStr + st
 		}
 		return ok
 	case sLit:
