@@ -204,7 +204,8 @@ func BenchmarkMasker(b *testing.B) {
 
 // benchMasks times the masks of the states start reaches after inString
 // (inside a string) and after (after a value): made by a walk of the
-// trie (the cache cleared) and found in the cache.
+// trie (the cache cleared), by a walk of every token (the baseline of the
+// plain-text mask) and found in the cache.
 func benchMasks[S any, P interface {
 	*S
 	grammar.Machine
@@ -221,6 +222,12 @@ func benchMasks[S any, P interface {
 			for b.Loop() {
 				m.ClearCache()
 				m.Mask(&s)
+			}
+		})
+		b.Run(tc.name+"/full-walk", func(b *testing.B) { // every token walked, plain text too
+			m := grammar.NewMasker[S, P](v, 0)
+			for b.Loop() {
+				m.MaskFullWalk(&s)
 			}
 		})
 		b.Run(tc.name+"/cached", func(b *testing.B) {
