@@ -22,8 +22,9 @@ func accepts(s string) (fed, done bool) {
 
 // wantJSON is the language the machine should accept: one JSON object,
 // valid UTF-8, no whitespace before or after it, whitespace of spaces and
-// newlines in runs of at most MaxSpace bytes and nesting at most
-// MaxDepth deep.
+// newlines in runs of at most MaxSpace bytes, nesting at most MaxDepth
+// deep, and numbers of at most MaxIntDigits digits before their point,
+// MaxFracDigits after it and MaxExpDigits in their exponent.
 func wantJSON(s string) bool {
 	if !json.Valid([]byte(s)) || !utf8.ValidString(s) {
 		return false
@@ -50,6 +51,22 @@ func wantJSON(s string) bool {
 			maxDepth = max(maxDepth, depth)
 		case c == '}' || c == ']':
 			depth--
+		case c == '-' || isDigit(c):
+			limit, part := MaxIntDigits, 0
+			for ; i < len(s) && strings.IndexByte("-+.eE0123456789", s[i]) >= 0; i++ {
+				switch c := s[i]; {
+				case c == '.':
+					limit, part = MaxFracDigits, 0
+				case c == 'e' || c == 'E':
+					limit, part = MaxExpDigits, 0
+				case isDigit(c):
+					if part++; part > limit {
+						return false
+					}
+				}
+			}
+			i, run = i-1, 0
+			continue
 		}
 		if !inStr && (c == '\t' || c == '\r') {
 			return false // whitespace is spaces and newlines
@@ -63,45 +80,7 @@ func wantJSON(s string) bool {
 			run = 0
 		}
 	}
-	return maxDepth <= MaxDepth && numbersFit(s)
-}
-
-// numbersFit reports whether every number outside the strings of s has
-// at most MaxIntDigits digits before its point, MaxFracDigits after it
-// and MaxExpDigits in its exponent.
-func numbersFit(s string) bool {
-	inStr, esc := false, false
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		switch {
-		case inStr && esc:
-			esc = false
-		case inStr && c == '\\':
-			esc = true
-		case inStr && c == '"':
-			inStr = false
-		case inStr:
-		case c == '"':
-			inStr = true
-		case c == '-' || isDigit(c):
-			limit, part := MaxIntDigits, 0
-			for i < len(s) && strings.IndexByte("-+.eE0123456789", s[i]) >= 0 {
-				switch c := s[i]; {
-				case c == '.':
-					limit, part = MaxFracDigits, 0
-				case c == 'e' || c == 'E':
-					limit, part = MaxExpDigits, 0
-				case isDigit(c):
-					if part++; part > limit {
-						return false
-					}
-				}
-				i++
-			}
-			i--
-		}
-	}
-	return true
+	return maxDepth <= MaxDepth
 }
 
 var jsonCases = []string{
