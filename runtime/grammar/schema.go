@@ -162,6 +162,7 @@ type snode struct {
 	format    uint8    // a string's format (fNone: free)
 	minLen    int      // a free string's least length, in code points
 	maxLen    int      // a free string's greatest length; -1: no limit
+	pat       *dfa     // a string's pattern (or format) automaton, its length limits folded in
 	enum      [][]byte // kEnum: compact encodings
 	alts      []uint16 // kAnyOf
 	dispatch  [nClass]uint16
@@ -226,6 +227,8 @@ const (
 	sLit                   // in true, false or null (aux: literal·8 + bytes read)
 	sEnum                  // in an enum's literal (cur, li, lk)
 	sFmt                   // in a formatted string of node cur (li: position, lk: what it needs)
+	sPat                   // in a string of node cur read by its automaton (li: its state)
+	sPatEsc                // after a backslash there
 )
 
 // Done reports whether the output is a whole value matching the schema.
@@ -272,6 +275,8 @@ func (s *Schema) Feed(b byte) bool {
 	switch s.lex {
 	case sFmt:
 		return s.fmtByte(b)
+	case sPat, sPatEsc:
+		return s.patByte(b)
 	case sStr, sStrEsc, sStrHex, sStrUTF:
 		st := s.lex - sStr
 		ok, closed := stringByte(&st, b, &s.aux, &s.lo, &s.hi)
@@ -459,7 +464,9 @@ func (s *Schema) value(b byte, n uint16) bool {
 		return s.push(n|arrFrame, sArrFirst)
 	case cStr:
 		s.lex, s.aux = sStr, 0
-		if nd.kind == kType && nd.format != fNone {
+		if nd.kind == kType && nd.pat != nil {
+			s.lex, s.cur, s.li = sPat, n, nd.pat.start
+		} else if nd.kind == kType && nd.format != fNone {
 			s.lex, s.cur = sFmt, n
 			if nd.format == fTime {
 				s.li = fpHour
@@ -714,6 +721,38 @@ func (s *Schema) lenByte(b byte) bool {
 		return true
 	}
 	return false
+}
+
+// patByte reads byte b in a string of node cur, which has an automaton:
+// the decoded text's bytes go through it, escapes as the byte they stand
+// for; the closing quote needs an accepting state.
+func (s *Schema) patByte(b byte) bool {
+	d := s.c.nodes[s.cur].pat
+	if s.lex == sPatEsc {
+		c, ok := escaped(b)
+		if !ok {
+			return false
+		}
+		b = c
+		s.lex = sPat
+	} else {
+		switch {
+		case b == '"':
+			if !d.accept[s.li] {
+				return false
+			}
+			s.afterValue()
+			return true
+		case b == '\\':
+			s.lex = sPatEsc
+			return d.esc[s.li]
+		case b < 0x20:
+			return false
+		}
+	}
+	t := d.step(s.li, b)
+	s.li = uint16(t)
+	return t >= 0
 }
 
 // countChar counts a character of a length-limited string of node n.
@@ -1084,7 +1123,7 @@ func (c *compiler) compile(v *oval, path string, depth int, root bool) (uint16, 
 		return 0, err
 	}
 	n := snode{path: path, maxItems: -1, maxLen: -1}
-	var typ, props, req, addl, items, minI, maxI, enum, cnst, anyOf, ref, format, minL, maxL *oval
+	var typ, props, req, addl, items, minI, maxI, enum, cnst, anyOf, ref, format, minL, maxL, pattern *oval
 	anyOfKey := "anyOf"
 	for i, k := range v.keys {
 		e := v.vals[i]
@@ -1109,6 +1148,8 @@ func (c *compiler) compile(v *oval, path string, depth int, root bool) (uint16, 
 			minL = e
 		case "maxLength":
 			maxL = e
+		case "pattern":
+			pattern = e
 		case "enum":
 			enum = e
 		case "const":
@@ -1134,9 +1175,9 @@ func (c *compiler) compile(v *oval, path string, depth int, root bool) (uint16, 
 		}
 	}
 	others := func(except ...*oval) string {
-		for i, o := range []*oval{typ, props, req, addl, items, minI, maxI, enum, cnst, anyOf, ref, format, minL, maxL} {
+		for i, o := range []*oval{typ, props, req, addl, items, minI, maxI, enum, cnst, anyOf, ref, format, minL, maxL, pattern} {
 			if o != nil && !containsPtr(except, o) {
-				return [...]string{"type", "properties", "required", "additionalProperties", "items", "minItems", "maxItems", "enum", "const", anyOfKey, "$ref", "format", "minLength", "maxLength"}[i]
+				return [...]string{"type", "properties", "required", "additionalProperties", "items", "minItems", "maxItems", "enum", "const", anyOfKey, "$ref", "format", "minLength", "maxLength", "pattern"}[i]
 			}
 		}
 		return ""
@@ -1229,10 +1270,10 @@ func (c *compiler) compile(v *oval, path string, depth int, root bool) (uint16, 
 		if err := c.array(&n, items, minI, maxI, path, depth); err != nil {
 			return 0, err
 		}
-		if (format != nil || minL != nil || maxL != nil) && n.types&tString == 0 {
+		if (format != nil || minL != nil || maxL != nil || pattern != nil) && n.types&tString == 0 {
 			return 0, errAt(path, "string keywords for a type that is not \"string\"")
 		}
-		if err := str(&n, format, minL, maxL, path); err != nil {
+		if err := str(&n, format, minL, maxL, pattern, path); err != nil {
 			return 0, err
 		}
 	}
@@ -1344,20 +1385,51 @@ func (c *compiler) array(n *snode, items, minI, maxI *oval, path string, depth i
 	return bounds(minI, maxI, "minItems", "maxItems", path, MaxSchemaItems, &n.minItems, &n.maxItems)
 }
 
-// str compiles a string's "format", "minLength" and "maxLength".
-func str(n *snode, format, minL, maxL *oval, path string) error {
-	if format != nil {
-		f, ok := formatNames[format.text]
-		if format.kind != '"' || !ok {
-			return errAt(path, "\"format\" %s is not supported", format.encode(nil))
+// str compiles a string's "format", "minLength", "maxLength" and
+// "pattern".
+func str(n *snode, format, minL, maxL, pattern *oval, path string) error {
+	if err := bounds(minL, maxL, "minLength", "maxLength", path, MaxSchemaLength, &n.minLen, &n.maxLen); err != nil {
+		return err
+	}
+	if pattern != nil {
+		if pattern.kind != '"' {
+			return errAt(path+"/pattern", "must be a string")
 		}
-		if minL != nil || maxL != nil {
-			return errAt(path, "\"minLength\" or \"maxLength\" alongside \"format\" is not supported")
+		if len(pattern.text) > MaxPatternBytes {
+			return errAt(path+"/pattern", "longer than %d bytes", MaxPatternBytes)
 		}
-		n.format = f
+		if format != nil {
+			return errAt(path, "\"pattern\" alongside \"format\" is not supported")
+		}
+		d, err := compilePattern(pattern.text, false, n.minLen, n.maxLen, MaxPatternStates)
+		if err != nil {
+			return errAt(path+"/pattern", "%s: %v", pattern.encode(nil), err)
+		}
+		n.pat = d
 		return nil
 	}
-	return bounds(minL, maxL, "minLength", "maxLength", path, MaxSchemaLength, &n.minLen, &n.maxLen)
+	if format == nil {
+		return nil
+	}
+	if format.kind == '"' {
+		if p, ok := formatPatterns[format.text]; ok {
+			d, err := formatDFA(format.text, p, n.minLen, n.maxLen)
+			if err != nil {
+				return errAt(path, "\"format\" %s: %v", format.encode(nil), err)
+			}
+			n.pat = d
+			return nil
+		}
+	}
+	f, ok := formatNames[format.text]
+	if format.kind != '"' || !ok {
+		return errAt(path, "\"format\" %s is not supported", format.encode(nil))
+	}
+	if minL != nil || maxL != nil {
+		return errAt(path, "\"minLength\" or \"maxLength\" alongside \"format\" %s is not supported", format.encode(nil))
+	}
+	n.format = f
+	return nil
 }
 
 // bounds reads a pair of count keywords (minItems and maxItems, minLength

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
+	"net/netip"
 	"reflect"
 	"regexp"
 	"strconv"
@@ -55,6 +56,21 @@ const (
 	rootRefSchema  = `{"type":"object","properties":{"name":{"type":"string"},"next":{"anyOf":[{"$ref":"#"},{"type":"null"}]}},"required":["name","next"]}`
 	dateTimeSchema = `{"type":"string","format":"date-time"}`
 	lengthSchema   = `{"type":"string","minLength":2,"maxLength":3}`
+	// patterns in the syntax Go's regexp and ECMA-262 share, so that the
+	// validator below can run them as they are
+	patternSchema = `{"type":"object","properties":{
+		"phone":{"type":"string","pattern":"^[0-9]{3}-[0-9]{4}$"},
+		"sku":{"type":"string","pattern":"^[A-Z]{2,3}_[0-9]+$","maxLength":8},
+		"word":{"type":"string","pattern":"cat|dog"},
+		"tail":{"type":"string","pattern":"(ab)+$","minLength":3},
+		"uni":{"type":["string","null"],"pattern":"^[\\p{L}]+( [\\p{L}]+)?$"},
+		"esc":{"type":"string","pattern":"^a\\\\b\"c\\nd?$"},
+		"mail":{"type":"string","format":"email"},
+		"host":{"type":"string","format":"hostname"},
+		"v4":{"type":"string","format":"ipv4"},
+		"v6":{"type":"string","format":"ipv6"},
+		"dur":{"type":"string","format":"duration","maxLength":8}},
+		"required":["phone","sku","word"],"additionalProperties":false}`
 	// what Pydantic writes for datetime, date, time and UUID fields, and
 	// for constr(min_length=..., max_length=...)
 	formatSchema = `{"type":"object","properties":{
@@ -163,6 +179,31 @@ var schemaCases = []struct {
 		[]string{`"abc"`, `"abcdefghijklmnopqrstuvwxyz"`, `"\ud83d\ude00ab"`, `"\ud83d\ud83d\ud83d"`},
 		[]string{`"ab"`, `"\ud83d\ude00\ud83d\ude00"`, `"😀😀"`, `""`}},
 	{`{"type":"string","maxLength":0}`, []string{`""`}, []string{`"a"`, `"\u0000"`}},
+	{patternSchema,
+		[]string{`{"phone":"555-1234","sku":"AB_1","word":"a cat"}`, `{"phone":"555-1234","sku":"ABC_1234","word":"dog","tail":"xxab"}`,
+			`{"phone":"000-0000","sku":"XY_0","word":"hotdogs","uni":"Zoë Ångström","esc":"a\\b\"c\n","mail":"first.last+tag@mail.example.com"}`,
+			`{"phone":"555-1234","sku":"AB_1","word":"cat","uni":null,"esc":"a\\b\"c\nd","host":"a-1.example","v4":"192.168.0.255"}`,
+			`{"phone":"555-1234","sku":"AB_1","word":"cat","v6":"::ffff:10.0.0.1","dur":"P1Y2M3D"}`,
+			`{"phone":"555-1234","sku":"AB_1","word":"cat","v6":"2001:db8::1","dur":"PT1H30M"}`,
+			`{"phone":"555-1234","sku":"AB_1","word":"cat","v6":"1:2:3:4:5:6:7:8","dur":"P2W"}`,
+			`{"phone":"555-1234","sku":"AB_1","word":"cat","host":"localhost","v4":"0.0.0.0","v6":"::"}`},
+		[]string{`{"phone":"5551234","sku":"AB_1","word":"cat"}`, `{"phone":"555-1234 ","sku":"AB_1","word":"cat"}`,
+			`{"phone":"555-1234","sku":"AB_123456","word":"cat"}`, `{"phone":"555-1234","sku":"ab_1","word":"cat"}`,
+			`{"phone":"555-1234","sku":"AB_1","word":"bird"}`, `{"phone":"555-1234","sku":"AB_1","word":"cat","tail":"abx"}`,
+			`{"phone":"555-1234","sku":"AB_1","word":"cat","tail":"ab"}`, `{"phone":"555-1234","sku":"AB_1","word":"cat","uni":"a1"}`,
+			`{"phone":"555-1234","sku":"AB_1","word":"cat","esc":"a\\bc\n"}`, `{"phone":"555-1234","sku":"AB_1","word":"cat","esc":"a\u005cb\"c\n"}`,
+			`{"phone":"555-1234","sku":"AB_1","word":"cat","mail":"a@b"}`, `{"phone":"555-1234","sku":"AB_1","word":"cat","mail":".a@b.c"}`,
+			`{"phone":"555-1234","sku":"AB_1","word":"cat","host":"-a.b"}`, `{"phone":"555-1234","sku":"AB_1","word":"cat","host":"a..b"}`,
+			`{"phone":"555-1234","sku":"AB_1","word":"cat","v4":"1.2.3.256"}`, `{"phone":"555-1234","sku":"AB_1","word":"cat","v4":"01.2.3.4"}`,
+			`{"phone":"555-1234","sku":"AB_1","word":"cat","v6":"1::2::3"}`, `{"phone":"555-1234","sku":"AB_1","word":"cat","v6":"12345::"}`,
+			`{"phone":"555-1234","sku":"AB_1","word":"cat","dur":"P"}`, `{"phone":"555-1234","sku":"AB_1","word":"cat","dur":"PT"}`,
+			`{"phone":"555-1234","sku":"AB_1","word":"cat","dur":"P1Y1D"}`, `{"phone":"555-1234","sku":"AB_1","word":"cat","dur":"P1Y2M3DT4H"}`,
+			`{"phone":"555-1234","sku":"AB_1","word":"ca\u0074"}`}},
+	{`{"type":"string","pattern":""}`, []string{`""`, `"anything 😀"`}, []string{`"\u0041"`, `"a`}},
+	{`{"type":"string","pattern":"^$"}`, []string{`""`}, []string{`"a"`, `" "`}},
+	{`{"type":"string","pattern":"^(?:é|😀)+$"}`, []string{`"é"`, `"😀é😀"`}, []string{`""`, `"e"`, `"\u00e9"`, "\"\xc3\"", `"é "`}},
+	{`{"type":"string","pattern":"x","minLength":2,"maxLength":3}`, []string{`"xa"`, `"aax"`, `"😀x"`}, []string{`"x"`, `"aaax"`, `"ab"`}},
+	{`{"type":"string","pattern":"^[^a-z]*$"}`, []string{`""`, `"ABC 123"`, `"\n\t\"\\"`, `"中"`}, []string{`"a"`, `"Ab"`}},
 	{formatSchema,
 		[]string{`{"at":"2024-05-01T10:00:00Z","day":"2024-05-01","id":"123e4567-e89b-12d3-a456-426614174000","code":"ab"}`,
 			`{"at":"2024-05-01T10:00:00.25+02:00","day":"2024-05-01","clock":"10:00:00Z","id":"123e4567-e89b-12d3-a456-426614174000","code":"abcd","note":null,"short":"","tags":["abc","",""]}`},
@@ -231,15 +272,31 @@ func TestCompileSchema_Errors(t *testing.T) {
 	for _, tc := range []struct{ schema, want string }{
 		{`{"type":"integer","minimum":0}`, `schema: (root): "minimum" is not supported`},
 		{`{"type":"object","properties":{"age":{"type":"integer","minimum":0}}}`, `schema: /properties/age: "minimum" is not supported`},
-		{`{"type":"object","properties":{"a/b":{"type":"string","pattern":"x"}}}`, `schema: /properties/a~1b: "pattern" is not supported`},
-		{`{"type":"object","properties":{"email":{"type":"string","format":"email"}}}`, `schema: /properties/email: "format" "email" is not supported`},
+		{`{"type":"object","properties":{"a/b":{"type":"string","pattern":"(?=x)"}}}`, `schema: /properties/a~1b/pattern: "(?=x)": lookahead and lookbehind are not supported`},
+		{`{"type":"string","pattern":"(a)\\1"}`, `backreferences are not supported`},
+		{`{"type":"string","pattern":"\\bword"}`, `word boundaries`},
+		{`{"type":"string","pattern":"(?i)a"}`, `inline flags are not supported`},
+		{`{"type":"string","pattern":"[a-"}`, `schema: /pattern: "[a-": a class without its closing ]`},
+		{`{"type":"string","pattern":"a{2,1}"}`, `invalid repeat count`},
+		{`{"type":"string","pattern":"(ab"}`, `missing closing )`},
+		{`{"type":"string","pattern":"\\q"}`, `the escape \q is not supported`},
+		{`{"type":"string","pattern":"[\\S]"}`, `\S inside a class`},
+		{`{"type":"string","pattern":"\\ud800"}`, `a lone surrogate`},
+		{`{"type":"string","pattern":"^\\u0001$"}`, `no string a JSON string can carry matches it`},
+		{`{"type":"string","pattern":"^abcd$","maxLength":3}`, `within the length limits`},
+		{`{"type":"string","pattern":1}`, `schema: /pattern: must be a string`},
+		{`{"type":"string","pattern":"a","format":"date"}`, `"pattern" alongside "format" is not supported`},
+		{`{"type":"string","pattern":"` + strings.Repeat("a", MaxPatternBytes+1) + `"}`, `longer than 1024 bytes`},
+		{`{"type":"string","pattern":"^[a-z]{1000}$","maxLength":4096}`, `more than 4096 states`},
+		{`{"type":"integer","pattern":"a"}`, `string keywords for a type that is not "string"`},
+		{`{"type":"object","properties":{"email":{"type":"string","format":"idn-email"}}}`, `schema: /properties/email: "format" "idn-email" is not supported`},
 		{`{"type":"string","format":"uri"}`, `schema: (root): "format" "uri" is not supported`},
 		{`{"type":"string","format":1}`, `schema: (root): "format" 1 is not supported`},
 		{`{"type":"integer","format":"int32"}`, `string keywords for a type that is not "string"`},
 		{`{"type":"array","maxLength":3}`, `string keywords for a type that is not "string"`},
 		{`{"format":"date"}`, `"format" without "type" is not supported`},
 		{`{"enum":["a"],"maxLength":3}`, `"maxLength" alongside "enum" or "const" is not supported`},
-		{`{"type":"string","format":"date","maxLength":10}`, `"minLength" or "maxLength" alongside "format" is not supported`},
+		{`{"type":"string","format":"date","maxLength":10}`, `"minLength" or "maxLength" alongside "format" "date" is not supported`},
 		{`{"type":"string","maxLength":4097}`, `schema: /maxLength: must be an integer from 0 to 4096`},
 		{`{"type":"string","minLength":5000}`, `schema: /minLength: must be an integer from 0 to 4096`},
 		{`{"type":"string","minLength":-1}`, `must be an integer`},
@@ -417,6 +474,9 @@ func validate(v, sch, root any) bool {
 		if f, ok := sc["format"].(string); ok && !validFormat(f, str) {
 			return false
 		}
+		if p, ok := sc["pattern"].(string); ok && !regexp.MustCompile(p).MatchString(str) {
+			return false
+		}
 		if n, ok := sc["minLength"].(json.Number); ok {
 			if m, _ := n.Int64(); int64(utf8.RuneCountInString(str)) < m {
 				return false
@@ -486,8 +546,73 @@ func validFormat(f, s string) bool {
 		return len(s) > 11 && (s[10] == 'T' || s[10] == 't') && date(s[:10]) && clock(s[11:])
 	case "uuid":
 		return reUUID.MatchString(s)
+	case "ipv4", "ipv6":
+		a, err := netip.ParseAddr(s)
+		return err == nil && a.Zone() == "" && (f == "ipv4") == a.Is4()
+	case "hostname":
+		return validHostname(s)
+	case "email":
+		at := strings.LastIndexByte(s, '@')
+		return at > 0 && reDotAtom.MatchString(s[:at]) && strings.Contains(s[at+1:], ".") && validHostname(s[at+1:])
+	case "duration":
+		return validDuration(s)
 	}
 	return false
+}
+
+var reDotAtom = regexp.MustCompile("^[a-zA-Z0-9!#$%&'*+/=?^_`{|}~-]+(\\.[a-zA-Z0-9!#$%&'*+/=?^_`{|}~-]+)*$")
+
+// validHostname: RFC 1123 labels of 1 to 63 letters, digits and hyphens,
+// not at either end, 253 characters at most.
+func validHostname(s string) bool {
+	if len(s) == 0 || len(s) > 253 {
+		return false
+	}
+	for _, l := range strings.Split(s, ".") {
+		if len(l) == 0 || len(l) > 63 || l[0] == '-' || l[len(l)-1] == '-' {
+			return false
+		}
+		for _, c := range []byte(l) {
+			if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-') {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// validDuration: RFC 3339 appendix A, read as a sequence of number-unit
+// parts: the date's (Y, M, D) and the time's (H, M, S) each contiguous,
+// in order, at least one part, or weeks alone.
+func validDuration(s string) bool {
+	if !strings.HasPrefix(s, "P") || len(s) < 3 {
+		return false
+	}
+	date, clock, hasT := strings.Cut(s[1:], "T")
+	if hasT && clock == "" {
+		return false
+	}
+	parts := func(s, units string) (string, bool) { // the units present, in order
+		var got []byte
+		for s != "" {
+			i := 0
+			for i < len(s) && s[i] >= '0' && s[i] <= '9' {
+				i++
+			}
+			if i == 0 || i == len(s) {
+				return "", false
+			}
+			got = append(got, s[i])
+			s = s[i+1:]
+		}
+		return string(got), strings.Contains(units, string(got))
+	}
+	if w, ok := parts(date, "W"); ok && w == "W" && !hasT {
+		return true
+	}
+	d, ok1 := parts(date, "YMD")
+	t, ok2 := parts(clock, "HMS")
+	return ok1 && ok2 && d+t != ""
 }
 
 // ---- a generator of valid documents from a compiled schema ----
@@ -537,6 +662,62 @@ func (g *gen) strLen(n int) {
 		i++
 	}
 	g.buf.WriteByte('"')
+}
+
+// patterned writes a random string that automaton d accepts: a walk that
+// heads for an accepting state once it has gone some way.
+func (g *gen) patterned(d *dfa) {
+	dist := patternDistances(d)
+	g.buf.WriteByte('"')
+	st := d.start
+	for step := 0; ; step++ {
+		if d.accept[st] && (step >= 20 || g.r.IntN(4) == 0) {
+			break
+		}
+		var next []byte
+		for b := range 256 {
+			if t := d.step(st, byte(b)); t >= 0 && (step < 20 || dist[t] < dist[st]) {
+				next = append(next, byte(b))
+			}
+		}
+		if len(next) == 0 { // an accepting state with nothing after it
+			break
+		}
+		b := next[g.r.IntN(len(next))]
+		switch {
+		case b == '"' || b == '\\':
+			g.buf.WriteByte('\\')
+			g.buf.WriteByte(b)
+		case b < 0x20:
+			g.buf.WriteString(map[byte]string{'\b': `\b`, '\f': `\f`, '\n': `\n`, '\r': `\r`, '\t': `\t`}[b])
+		default:
+			g.buf.WriteByte(b)
+		}
+		st = uint16(d.step(st, b))
+	}
+	g.buf.WriteByte('"')
+}
+
+// patternDistances are the fewest bytes from each state to an accepting one.
+func patternDistances(d *dfa) []int {
+	dist := make([]int, len(d.accept))
+	for s := range dist {
+		dist[s] = 1 << 30
+		if d.accept[s] {
+			dist[s] = 0
+		}
+	}
+	for changed := true; changed; {
+		changed = false
+		for s := range dist {
+			for b := range 256 {
+				if t := d.step(uint16(s), byte(b)); t >= 0 && dist[t]+1 < dist[s] {
+					dist[s], changed = dist[t]+1, true
+				}
+			}
+		}
+	}
+	return dist
 }
 
 // formatted writes a random string of format f.
@@ -712,6 +893,8 @@ func (g *gen) value(n uint16, depth int) {
 		g.buf.WriteByte(']')
 	case tString:
 		switch {
+		case nd.pat != nil:
+			g.patterned(nd.pat)
 		case nd.format != fNone:
 			g.formatted(nd.format)
 		case nd.minLen > 0 || nd.maxLen >= 0:
@@ -781,7 +964,7 @@ func TestSchema_Generated(t *testing.T) {
 }
 
 // fuzzSchemas are the schemas FuzzSchema reads texts against.
-var fuzzSchemas = []string{personSchema, treeSchema, shapeSchema, anySchema, prefixSchema, enumSchema, constSchema, rootRefSchema, formatSchema, dateTimeSchema, lengthSchema}
+var fuzzSchemas = []string{personSchema, treeSchema, shapeSchema, anySchema, prefixSchema, enumSchema, constSchema, rootRefSchema, formatSchema, dateTimeSchema, lengthSchema, patternSchema}
 
 const probes = "{}[],:\"0123.eE-+tfn \\u\xc3\xa9" + "69TZdc"
 
