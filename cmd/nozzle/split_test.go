@@ -172,7 +172,7 @@ func TestSplit_GatewayAndRuntime(t *testing.T) {
 		t.Fatalf("json_schema through the runtime: %d %s", resp.StatusCode, b)
 	}
 	resp, b = post(t, base+"/v1/chat/completions", tenant.APIKey, `{"model":"sql","messages":[{"role":"user","content":"x"}],`+
-		`"response_format":{"type":"json_schema","json_schema":{"name":"n","schema":{"type":"number","minimum":0}}}}`)
+		`"response_format":{"type":"json_schema","json_schema":{"name":"n","schema":{"type":"number","multipleOf":2}}}}`)
 	if resp.StatusCode != 400 || !strings.Contains(string(b), `"param":"response_format.json_schema.schema"`) {
 		t.Fatalf("an unenforceable schema through the runtime: %d %s", resp.StatusCode, b)
 	}

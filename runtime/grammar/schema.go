@@ -174,6 +174,8 @@ type snode struct {
 	need [nClass]uint8
 	fit  uint8
 	path string
+
+	num *numRange // a number's bounds (schema_num.go); nil: none
 }
 
 // compiled is a compiled schema, shared read-only by its states.
@@ -194,6 +196,9 @@ type Schema struct {
 	depth  uint8
 	cur    uint16 // the node of the value being read
 	li, lk uint16 // sKey, sEnum: the first candidate literal, bytes matched; in a number lk: its part's digits
+	// in a number of a node with bounds (cur; aux 2: negative): the
+	// integer part and the fraction ·10^18 read
+	nI, nF uint64
 	stack  [MaxSchemaDepth]sframe
 }
 
@@ -242,7 +247,7 @@ func (s *Schema) Done() bool {
 	}
 	switch s.lex {
 	case sNumZero, sNumInt, sNumFrac, sNumExp:
-		return true
+		return s.cur == anyNode || s.numIn()
 	case sEnum:
 		return s.enumNumberEnds()
 	}
@@ -263,7 +268,7 @@ func (s *Schema) Key(dst []byte) []byte {
 	for _, f := range s.stack[:s.depth] {
 		dst = append(dst, byte(f.node), byte(f.node>>8), byte(f.pos), byte(f.pos>>8))
 	}
-	return dst
+	return s.numKey(dst)
 }
 
 // Feed reads one byte; it reports false (leaving s unusable) when the
@@ -479,6 +484,9 @@ func (s *Schema) value(b byte, n uint16) bool {
 		if nd.kind == kType && nd.types&tNumber == 0 {
 			s.aux = 1 // an integer
 		}
+		if nd.num != nil {
+			return s.boundStart(n, b)
+		}
 		n, digits := numberStart(b)
 		s.lex, s.lk = sNumMinus+n, digits
 	case cTrue:
@@ -603,6 +611,9 @@ func (s *Schema) enumNumberEnds() bool {
 // number reads byte b in a number (aux 1: an integer's); a byte that ends
 // it is read again after it.
 func (s *Schema) number(b byte) bool {
+	if s.cur != anyNode {
+		return s.boundByte(b)
+	}
 	next, digits, ok, end := numberByte(s.lex-sNumMinus, s.lk, b, s.aux == 1)
 	switch {
 	case !ok:
@@ -1123,8 +1134,9 @@ func (c *compiler) compile(v *oval, path string, depth int, root bool) (uint16, 
 		return 0, err
 	}
 	n := snode{path: path, maxItems: -1, maxLen: -1}
-	var typ, props, req, addl, items, minI, maxI, enum, cnst, anyOf, ref, format, minL, maxL, pattern *oval
-	anyOfKey := "anyOf"
+	var typ, props, req, addl, items, minI, maxI, enum, cnst, anyOf, ref, format, minL, maxL, pattern, num *oval
+	anyOfKey, numKW := "anyOf", ""
+	var nk numKeywords
 	for i, k := range v.keys {
 		e := v.vals[i]
 		switch k {
@@ -1161,6 +1173,11 @@ func (c *compiler) compile(v *oval, path string, depth int, root bool) (uint16, 
 			anyOf, anyOfKey = e, k
 		case "$ref":
 			ref = e
+		case "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum":
+			if num == nil {
+				num, numKW = e, k
+			}
+			nk.set(k, e)
 		case "$defs", "definitions":
 			if !root {
 				return 0, errAt(path, "%q is supported only at the root", k)
@@ -1175,9 +1192,9 @@ func (c *compiler) compile(v *oval, path string, depth int, root bool) (uint16, 
 		}
 	}
 	others := func(except ...*oval) string {
-		for i, o := range []*oval{typ, props, req, addl, items, minI, maxI, enum, cnst, anyOf, ref, format, minL, maxL, pattern} {
+		for i, o := range []*oval{typ, props, req, addl, items, minI, maxI, enum, cnst, anyOf, ref, format, minL, maxL, pattern, num} {
 			if o != nil && !containsPtr(except, o) {
-				return [...]string{"type", "properties", "required", "additionalProperties", "items", "minItems", "maxItems", "enum", "const", anyOfKey, "$ref", "format", "minLength", "maxLength", "pattern"}[i]
+				return [...]string{"type", "properties", "required", "additionalProperties", "items", "minItems", "maxItems", "enum", "const", anyOfKey, "$ref", "format", "minLength", "maxLength", "pattern", numKW}[i]
 			}
 		}
 		return ""
@@ -1274,6 +1291,9 @@ func (c *compiler) compile(v *oval, path string, depth int, root bool) (uint16, 
 			return 0, errAt(path, "string keywords for a type that is not \"string\"")
 		}
 		if err := str(&n, format, minL, maxL, pattern, path); err != nil {
+			return 0, err
+		}
+		if err := numBounds(&n, &nk, path); err != nil {
 			return 0, err
 		}
 	}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"math/big"
 	"math/rand/v2"
 	"net/netip"
 	"reflect"
@@ -83,6 +84,20 @@ const (
 		"short":{"type":"string","maxLength":1},
 		"tags":{"type":"array","items":{"type":"string","maxLength":3},"maxItems":3}},
 		"required":["at","day","id","code"],"additionalProperties":false}`
+	// numbers with bounds (what Pydantic writes for conint/confloat)
+	boundsSchema = `{"type":"object","properties":{
+		"age":{"type":"integer","minimum":0,"maximum":150},
+		"temp":{"type":"number","exclusiveMinimum":-273.15,"maximum":1e3},
+		"ratio":{"type":"number","minimum":0,"exclusiveMaximum":1},
+		"delta":{"type":["integer","null"],"minimum":-5,"exclusiveMaximum":5},
+		"seven":{"type":"integer","minimum":7,"maximum":7},
+		"half":{"type":"number","maximum":0.5},
+		"neg":{"type":"number","minimum":-2.5,"maximum":-0.5},
+		"big":{"type":"integer","minimum":-1e30,"maximum":999999999999999999},
+		"odd":{"type":"number","exclusiveMinimum":0.999999999999999998,"exclusiveMaximum":1.000000000000000001},
+		"list":{"type":"array","items":{"type":"integer","minimum":10,"maximum":12},"maxItems":3}},
+		"required":["age"],"additionalProperties":false}`
+	tightSchema = `{"type":"number","exclusiveMinimum":0.25,"maximum":0.5}`
 )
 
 var schemaCases = []struct {
@@ -204,6 +219,44 @@ var schemaCases = []struct {
 	{`{"type":"string","pattern":"^(?:é|😀)+$"}`, []string{`"é"`, `"😀é😀"`}, []string{`""`, `"e"`, `"\u00e9"`, "\"\xc3\"", `"é "`}},
 	{`{"type":"string","pattern":"x","minLength":2,"maxLength":3}`, []string{`"xa"`, `"aax"`, `"😀x"`}, []string{`"x"`, `"aaax"`, `"ab"`}},
 	{`{"type":"string","pattern":"^[^a-z]*$"}`, []string{`""`, `"ABC 123"`, `"\n\t\"\\"`, `"中"`}, []string{`"a"`, `"Ab"`}},
+	{boundsSchema,
+		[]string{`{"age":0}`, `{"age":150,"temp":-273.14,"ratio":0.999999999999999999,"delta":-5,"seven":7,"half":0.5,"neg":-2.5,"big":-999999999999999999}`,
+			`{"age":-0,"temp":1000,"ratio":0,"delta":null,"half":-1,"neg":-0.5,"big":999999999999999999}`,
+			`{"age":7,"temp":-273.149999999999999999,"ratio":-0,"delta":4,"half":-0.500000000000000001,"neg":-1}`,
+			`{"age":99,"odd":0.999999999999999999,"list":[10,11,12]}`, `{"age":99,"odd":1,"list":[]}`, `{"age":99,"odd":1.000000000000000000}`,
+			`{"age":1 ,"temp":0.0,"ratio":0.5 }`},
+		[]string{`{"age":151}`, `{"age":-1}`, `{"age":1.5}`, `{"age":1e2}`, `{"age":0,"temp":-273.15}`, `{"age":0,"temp":-273.150000000000000001}`, `{"age":0,"half":-1e0}`, `{"age":0,"temp":1000.000000000000000001}`,
+			`{"age":0,"temp":1001}`, `{"age":0,"temp":1e2}`, `{"age":0,"ratio":1}`, `{"age":0,"ratio":-0.1}`, `{"age":0,"ratio":1.0}`,
+			`{"age":0,"delta":5}`, `{"age":0,"delta":-6}`, `{"age":0,"seven":8}`, `{"age":0,"seven":70}`, `{"age":0,"seven":-7}`,
+			`{"age":0,"half":0.500000000000000001}`, `{"age":0,"half":0.6}`, `{"age":0,"neg":-0.4}`, `{"age":0,"neg":0}`, `{"age":0,"neg":-2.51}`,
+			`{"age":0,"big":1000000000000000000}`, `{"age":0,"big":-1000000000000000000}`, `{"age":0,"odd":0.999999999999999998}`,
+			`{"age":0,"odd":1.000000000000000001}`, `{"age":0,"odd":0.9999999999999999985}`, `{"age":0,"list":[9]}`, `{"age":0,"list":[13]}`,
+			`{"age":0,"ratio":0.1234567890123456789}`}},
+	{tightSchema,
+		[]string{`0.5`, `0.250000000000000001`, `0.26`, `0.3`, `0.49999`, `0.5000`},
+		[]string{`0.25`, `0.2`, `0.51`, `0`, `-0`, `1`, `0.`, `5e-1`, `.3`, `-0.3`, `0.500000000000000001`}},
+	{`{"type":"integer","minimum":1,"maximum":10}`, []string{`1`, `5`, `10`}, []string{`0`, `-0`, `11`, `-1`, `100`, `1.0`, `01`, `1e1`}},
+	{`{"type":"number","minimum":-2.5,"maximum":-0.5}`, []string{`-2.5`, `-0.5`, `-1`, `-2.49999`, `-0.50`, `-2.500`},
+		[]string{`-0.4`, `-2.51`, `0`, `-0`, `-3`, `1`, `-1e0`, `-0.499999999999999999`}},
+	{`{"type":"number","exclusiveMinimum":0,"exclusiveMaximum":1}`, []string{`0.5`, `0.000000000000000001`, `0.999999999999999999`},
+		[]string{`0`, `1`, `-0`, `0.0`, `1.0`, `0.9999999999999999999`, `1e-1`, `0.0000000000000000001`}},
+	{`{"type":"number","maximum":0.5}`, []string{`0.5`, `-100`, `0.499`, `-0.5`, `0`, `-999999999999999999.999999999999999999`},
+		[]string{`0.51`, `0.500000000000000001`, `1`, `5e-1`, `-1000000000000000000`}},
+	{`{"type":"integer","minimum":-3,"maximum":3}`, []string{`-3`, `-0`, `0`, `3`, `-1`}, []string{`-4`, `4`, `-30`, `30`, `0.0`}},
+	{`{"type":"integer","minimum":7,"maximum":7}`, []string{`7`}, []string{`8`, `70`, `-7`, `6`, `7.0`}},
+	{`{"type":"number","minimum":7,"maximum":7}`, []string{`7`, `7.0`, `7.000000000000000000`}, []string{`7.01`, `70`, `6.999999999999999999`}},
+	{`{"type":"integer","minimum":-1e30,"maximum":1e30}`, []string{`999999999999999999`, `-999999999999999999`, `0`, `-12`},
+		[]string{`1000000000000000000`, `-1000000000000000000`, `1e3`}},
+	{`{"type":"number","minimum":123456789012345678}`,
+		[]string{`123456789012345678`, `999999999999999999.5`, `123456789012345678.000000000000000001`, `200000000000000000`},
+		[]string{`123456789012345677.999999999999999999`, `-1`, `12345678901234567`, `1000000000000000000`}},
+	{`{"type":"number","minimum":0,"exclusiveMinimum":true,"maximum":10,"exclusiveMaximum":false}`, []string{`0.1`, `10`, `0.000000000000000001`},
+		[]string{`0`, `-0`, `10.0000001`, `0.0`}},
+	{`{"type":"number","minimum":2.5E-2,"maximum":1e3}`, []string{`0.025`, `1000`, `999.999`, `0.0250`}, []string{`0.0249`, `1000.000000000000000001`, `1001`, `0.02`}},
+	{`{"type":"integer","exclusiveMinimum":-1.5,"maximum":2.5}`, []string{`-1`, `2`, `0`}, []string{`-2`, `3`, `2.5`}},
+	{`{"type":"number","minimum":1,"exclusiveMinimum":1}`, []string{`1.5`, `1.000000000000000001`}, []string{`1`, `1.0`, `0.5`}},
+	{`{"type":["integer","string"],"minimum":10}`, []string{`10`, `"abc"`, `123`}, []string{`9`, `10.5`, `-10`}},
+	{`{"type":"number","maximum":0e-99999999999999999999,"exclusiveMinimum":-1e999999999999999999999}`, []string{`0`, `-0`, `-5.5`}, []string{`0.1`, `1`}},
 	{formatSchema,
 		[]string{`{"at":"2024-05-01T10:00:00Z","day":"2024-05-01","id":"123e4567-e89b-12d3-a456-426614174000","code":"ab"}`,
 			`{"at":"2024-05-01T10:00:00.25+02:00","day":"2024-05-01","clock":"10:00:00Z","id":"123e4567-e89b-12d3-a456-426614174000","code":"abcd","note":null,"short":"","tags":["abc","",""]}`},
@@ -270,8 +323,6 @@ func TestCompileSchema_Errors(t *testing.T) {
 	many.WriteString(`"z":{}}}`)
 	bigEnum := `{"enum":[0` + strings.Repeat(`,1`, MaxSchemaEnum) + `]}`
 	for _, tc := range []struct{ schema, want string }{
-		{`{"type":"integer","minimum":0}`, `schema: (root): "minimum" is not supported`},
-		{`{"type":"object","properties":{"age":{"type":"integer","minimum":0}}}`, `schema: /properties/age: "minimum" is not supported`},
 		{`{"type":"object","properties":{"a/b":{"type":"string","pattern":"(?=x)"}}}`, `schema: /properties/a~1b/pattern: "(?=x)": lookahead and lookbehind are not supported`},
 		{`{"type":"string","pattern":"(a)\\1"}`, `backreferences are not supported`},
 		{`{"type":"string","pattern":"\\bword"}`, `word boundaries`},
@@ -290,6 +341,30 @@ func TestCompileSchema_Errors(t *testing.T) {
 		{`{"type":"string","pattern":"^[a-z]{1000}$","maxLength":4096}`, `more than 4096 states`},
 		{`{"type":"integer","pattern":"a"}`, `string keywords for a type that is not "string"`},
 		{`{"type":"object","properties":{"email":{"type":"string","format":"idn-email"}}}`, `schema: /properties/email: "format" "idn-email" is not supported`},
+		{`{"type":"object","properties":{"age":{"type":"integer","minimum":0,"multipleOf":2}}}`, `schema: /properties/age: "multipleOf" is not supported`},
+		{`{"type":"string","minimum":0}`, `schema: (root): number keywords for a type that is not "number" or "integer"`},
+		{`{"type":["string","null"],"exclusiveMaximum":0}`, `number keywords for a type that is not`},
+		{`{"minimum":0}`, `"minimum" without "type" is not supported`},
+		{`{"enum":[1,2],"maximum":3}`, `"maximum" alongside "enum" or "const" is not supported`},
+		{`{"const":1,"type":"integer","exclusiveMinimum":0}`, `"exclusiveMinimum" alongside "enum" or "const" is not supported`},
+		{`{"$ref":"#","minimum":1}`, `"minimum" alongside "$ref"`},
+		{`{"type":"integer","minimum":5,"maximum":4}`, `schema: /maximum: no integer lies within "minimum" and "maximum"`},
+		{`{"type":"integer","minimum":0.2,"maximum":0.8}`, `schema: /maximum: no integer lies within "minimum" and "maximum"`},
+		{`{"type":"integer","exclusiveMinimum":3,"exclusiveMaximum":4}`, `schema: /exclusiveMaximum: no integer lies within "exclusiveMinimum" and "exclusiveMaximum"`},
+		{`{"type":"number","exclusiveMinimum":1,"exclusiveMaximum":1}`, `schema: /exclusiveMaximum: no number lies within "exclusiveMinimum" and "exclusiveMaximum"`},
+		{`{"type":"number","exclusiveMinimum":1,"exclusiveMaximum":1.000000000000000001}`, `no number lies within`},
+		{`{"type":"number","minimum":1,"maximum":1,"exclusiveMaximum":true}`, `schema: /maximum: no number lies within "minimum" and "maximum"`},
+		{`{"type":"number","minimum":2,"maximum":5,"exclusiveMaximum":1}`, `schema: /exclusiveMaximum: no number lies within "minimum" and "exclusiveMaximum"`},
+		{`{"type":"number","minimum":1e18}`, `schema: /minimum: no number of at most 18 integer digits lies in range`},
+		{`{"type":"integer","exclusiveMinimum":999999999999999999}`, `schema: /exclusiveMinimum: no integer of at most 18 integer digits lies in range`},
+		{`{"type":"number","maximum":-1e20}`, `schema: /maximum: no number of at most 18 integer digits lies in range`},
+		{`{"type":"number","minimum":0.1234567890123456789}`, `schema: /minimum: more than 18 digits after the decimal point are not supported`},
+		{`{"type":"number","maximum":1e-19}`, `schema: /maximum: more than 18 digits`},
+		{`{"type":"number","maximum":1e-999999999999999999999}`, `schema: /maximum: more than 18 digits`},
+		{`{"type":"number","minimum":"0"}`, `schema: /minimum: must be a number`},
+		{`{"type":"number","exclusiveMaximum":null}`, `schema: /exclusiveMaximum: must be a number`},
+		{`{"type":"number","exclusiveMinimum":true}`, `schema: /exclusiveMinimum: true or false only alongside "minimum"`},
+		{`{"type":"object","properties":{"a":{"type":"number","exclusiveMaximum":false}}}`, `schema: /properties/a/exclusiveMaximum: true or false only alongside "maximum"`},
 		{`{"type":"string","format":"uri"}`, `schema: (root): "format" "uri" is not supported`},
 		{`{"type":"string","format":1}`, `schema: (root): "format" 1 is not supported`},
 		{`{"type":"integer","format":"int32"}`, `string keywords for a type that is not "string"`},
@@ -449,6 +524,9 @@ func validate(v, sch, root any) bool {
 			return false
 		}
 	}
+	if n, ok := v.(json.Number); ok && !inBounds(string(n), sc) {
+		return false
+	}
 	if obj, ok := v.(map[string]any); ok {
 		props, hasProps := sc["properties"].(map[string]any)
 		if hasProps || sc["additionalProperties"] == false {
@@ -503,6 +581,55 @@ func validate(v, sch, root any) bool {
 		}
 		if n, ok := sc["maxItems"].(json.Number); ok {
 			if m, _ := n.Int64(); int64(len(arr)) > m {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// ratOf is number text n's value; one whose exponent big.Rat refuses
+// (1e999999999999999999999) is taken as ±10^±400, past every number
+// the tests write.
+func ratOf(n string) *big.Rat {
+	if r, ok := new(big.Rat).SetString(n); ok {
+		return r
+	}
+	mant, exp, _ := strings.Cut(strings.ToLower(n), "e")
+	r, _ := new(big.Rat).SetString(mant)
+	if r.Sign() == 0 {
+		return r
+	}
+	p := new(big.Rat).SetInt(new(big.Int).Exp(big.NewInt(10), big.NewInt(400), nil))
+	if strings.HasPrefix(exp, "-") {
+		p.Inv(p)
+	}
+	return p.Mul(p, big.NewRat(int64(r.Sign()), 1))
+}
+
+// inBounds reports whether number text n meets sc's "minimum",
+// "maximum", "exclusiveMinimum" and "exclusiveMaximum" (numbers, or the
+// draft-4 booleans that make "minimum" or "maximum" exclusive), compared
+// exactly as rationals.
+func inBounds(n string, sc map[string]any) bool {
+	v, ok := new(big.Rat).SetString(n)
+	if !ok {
+		return false
+	}
+	for _, b := range []struct {
+		kw, xkw string
+		sign    int // v's comparison with the bound that fails
+	}{{"minimum", "exclusiveMinimum", -1}, {"maximum", "exclusiveMaximum", 1}} {
+		excl := sc[b.xkw] == true
+		if m, ok := sc[b.kw].(json.Number); ok {
+			r := ratOf(string(m))
+			if c := v.Cmp(r); c == b.sign || c == 0 && excl {
+				return false
+			}
+		}
+		if m, ok := sc[b.xkw].(json.Number); ok {
+			r := ratOf(string(m))
+			if c := v.Cmp(r); c == b.sign || c == 0 {
 				return false
 			}
 		}
@@ -784,6 +911,55 @@ func (g *gen) num(integer bool) {
 	}
 }
 
+// bounded writes a number in range r (an integer for an integer's node):
+// one of the range's ends, or one near an end, or any between.
+func (g *gen) bounded(r *numRange, integer bool) {
+	var signs []int
+	for s := range 2 {
+		if !r.none[s] {
+			signs = append(signs, s)
+		}
+	}
+	s := signs[g.r.IntN(len(signs))]
+	lo, hi := r.lo[s], r.hi[s]
+	v := lo
+	switch g.r.IntN(5) {
+	case 0:
+	case 1:
+		v = hi
+	default:
+		span := hi.i - lo.i + 1
+		if g.r.IntN(2) == 0 {
+			span = min(span, 10)
+		}
+		v.i = lo.i + g.r.Uint64N(span)
+		if g.r.IntN(2) == 0 {
+			v.i = hi.i - g.r.Uint64N(span)
+		}
+		if !integer {
+			v.f = g.r.Uint64N(fracOne)
+			v.f -= v.f % pow10[g.r.IntN(MaxBoundDigits+1)]
+		}
+		if v.le(lo) {
+			v = lo
+		}
+		if hi.le(v) {
+			v = hi
+		}
+	}
+	if s == 1 {
+		g.buf.WriteByte('-')
+	}
+	fmt.Fprint(&g.buf, v.i)
+	if !integer && (v.f != 0 || g.r.IntN(4) == 0) {
+		frac := strings.TrimRight(fmt.Sprintf("%018d", v.f), "0")
+		if frac == "" || len(frac) < MaxBoundDigits && g.r.IntN(4) == 0 {
+			frac += "0"
+		}
+		g.buf.WriteString("." + frac)
+	}
+}
+
 func (g *gen) anyValue(depth int) {
 	k := g.r.IntN(8)
 	if depth >= 4 {
@@ -906,10 +1082,12 @@ func (g *gen) value(n uint16, depth int) {
 		default:
 			g.str()
 		}
-	case tNumber:
-		g.num(false)
-	case tInteger:
-		g.num(true)
+	case tNumber, tInteger:
+		if nd.num != nil {
+			g.bounded(nd.num, nd.types&tNumber == 0)
+		} else {
+			g.num(t == tInteger)
+		}
 	case tBoolean:
 		g.buf.WriteString([]string{"true", "false"}[g.r.IntN(2)])
 	case tNull:
@@ -964,7 +1142,7 @@ func TestSchema_Generated(t *testing.T) {
 }
 
 // fuzzSchemas are the schemas FuzzSchema reads texts against.
-var fuzzSchemas = []string{personSchema, treeSchema, shapeSchema, anySchema, prefixSchema, enumSchema, constSchema, rootRefSchema, formatSchema, dateTimeSchema, lengthSchema, patternSchema}
+var fuzzSchemas = []string{personSchema, treeSchema, shapeSchema, anySchema, prefixSchema, enumSchema, constSchema, rootRefSchema, formatSchema, dateTimeSchema, lengthSchema, patternSchema, boundsSchema, tightSchema}
 
 const probes = "{}[],:\"0123.eE-+tfn \\u\xc3\xa9" + "69TZdc"
 
