@@ -239,3 +239,33 @@ func benchMasks[S any, P interface {
 		})
 	}
 }
+
+// BenchmarkMaskerSchemaBounds: a mask made from the trie (cache cleared)
+// for a number's states, without bounds and with (minimum and
+// exclusiveMaximum: every digit checked against the range), on Llama 3's
+// vocabulary: before the number, in its integer part and in its fraction.
+func BenchmarkMaskerSchemaBounds(b *testing.B) {
+	toks, ends := vocabulary(b, "llama3")
+	v := grammar.NewVocab(toks, ends)
+	for _, sc := range []struct{ name, bounds string }{{"unbounded", ""}, {"bounded", `,"minimum":-273.15,"exclusiveMaximum":1000`}} {
+		start, err := grammar.CompileSchema([]byte(`{"type":"object","properties":{"t":{"type":"number"` + sc.bounds + `}},"required":["t"]}`))
+		if err != nil {
+			b.Fatal(err)
+		}
+		for _, tc := range []struct{ name, prefix string }{{"before", `{"t": `}, {"int", `{"t": 12`}, {"frac", `{"t": -12.5`}} {
+			s := start
+			for i := 0; i < len(tc.prefix); i++ {
+				if !s.Feed(tc.prefix[i]) {
+					b.Fatalf("%q refused at %d", tc.prefix, i)
+				}
+			}
+			b.Run(tc.name+"/"+sc.name, func(b *testing.B) {
+				m := grammar.NewMasker[grammar.Schema](v, 0)
+				for b.Loop() {
+					m.ClearCache()
+					m.Mask(&s)
+				}
+			})
+		}
+	}
+}

@@ -21,13 +21,16 @@ import (
 // schema), "minItems" and "maxItems" (at most MaxSchemaItems), "format"
 // (for strings: "date-time", "date", "time" and "uuid"), "minLength" and
 // "maxLength" (at most MaxSchemaLength, for strings without "format"),
-// "enum" and "const", "anyOf" and "oneOf" (alike) whose alternatives start
-// with different bytes, "$ref" to "#", "#/$defs/NAME" or
-// "#/definitions/NAME" (recursion allowed), and the annotations (title,
-// description, default, examples, $schema, $id, $comment, deprecated,
-// readOnly, writeOnly). Any other keyword ("pattern", "minimum", "allOf",
-// ...) or format ("email", "uri", ...) is refused at compile time, so that
-// nothing in a schema goes unenforced.
+// "minimum", "maximum", "exclusiveMinimum" and "exclusiveMaximum" (for
+// numbers and integers: numbers, or draft 4's true or false beside
+// "minimum" or "maximum"), "enum" and "const", "anyOf" and "oneOf" (alike)
+// whose alternatives start with different bytes, "$ref" to "#",
+// "#/$defs/NAME" or "#/definitions/NAME" (recursion allowed), and the
+// annotations (title, description, default, examples, $schema, $id,
+// $comment, deprecated, readOnly, writeOnly). Any other keyword
+// ("pattern", "multipleOf", "allOf", ...) or format ("email", "uri", ...)
+// is refused at compile time, so that nothing in a schema goes
+// unenforced.
 //
 // How the output is written:
 //   - An object with "properties" has its keys in the order the schema
@@ -41,6 +44,12 @@ import (
 //     escaping; numbers as the schema writes them, objects' keys in the
 //     schema's order, no whitespace inside).
 //   - "integer" is a JSON number without fraction or exponent.
+//   - A number of a node with bounds is written in plain decimal: no
+//     exponent, at most MaxBoundDigits (18) integer digits and 18 fraction
+//     digits; the bounds hold exactly (a bound may have an exponent, at
+//     most 18 fraction digits once written out; one of 10^18 or more in
+//     magnitude lies past every such number). Every byte leaves some
+//     number in range to finish; the number ends only in range.
 //   - A schema without "type" ({} or annotations only) is any JSON value.
 //   - A string with "format" is written without escapes: "date-time" is
 //     RFC 3339's date-time, YYYY-MM-DDTHH:MM:SS, then an optional fraction
