@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"math"
+	"net/netip"
+	"regexp"
 	"slices"
 	"strings"
 	"sync"
@@ -110,7 +112,8 @@ func TestDemo_JSONObject(t *testing.T) {
 
 // TestDemo_JSONSchema: with response_format json_schema the demo model
 // writes values of the schema — properties in the schema's order, the
-// required ones present, integers, enums, nested and nullable fields —
+// required ones present, integers in bounds, enums, nested and nullable
+// fields, a pattern and a format —
 // greedy and sampled, with an adapter; the compiled schema serves the
 // next request from its cache; a schema it cannot enforce is refused
 // naming it.
@@ -118,16 +121,20 @@ func TestDemo_JSONSchema(t *testing.T) {
 	rt, adapters := openDemo(t, runtime.Options{})
 	schema := `{"type":"object","properties":{
 		"name":{"type":"string"},
-		"age":{"type":"integer"},
+		"age":{"type":"integer","minimum":0,"maximum":150},
 		"role":{"enum":["admin","user","guest"]},
+		"code":{"type":"string","pattern":"^[A-Z]{2}-[0-9]{2}$"},
+		"ip":{"type":"string","format":"ipv4"},
 		"tags":{"type":"array","items":{"type":"string"},"maxItems":3},
 		"boss":{"anyOf":[{"type":"null"},{"type":"object","properties":{"name":{"type":"string"}},"required":["name"],"additionalProperties":false}]},
 		"score":{"type":"number"}},
-		"required":["name","age","role","tags","boss"],"additionalProperties":false}`
+		"required":["name","age","role","code","ip","tags","boss"],"additionalProperties":false}`
 	type person struct {
 		Name  *string   `json:"name"`
 		Age   *float64  `json:"age"` // an integer of any size
 		Role  *string   `json:"role"`
+		Code  *string   `json:"code"`
+		IP    *string   `json:"ip"`
 		Tags  *[]string `json:"tags"`
 		Boss  *struct{ Name *string }
 		Score *float64 `json:"score"`
@@ -153,13 +160,14 @@ func TestDemo_JSONSchema(t *testing.T) {
 		if err := dec.Decode(&p); err != nil || res.FinishReason != nozzle.FinishStop {
 			t.Fatalf("request %d: %q (finish %q): %v", i, out, res.FinishReason, err)
 		}
-		if p.Name == nil || p.Age == nil || *p.Age != math.Trunc(*p.Age) || p.Role == nil || p.Tags == nil || len(*p.Tags) > 3 ||
+		if p.Name == nil || p.Age == nil || *p.Age != math.Trunc(*p.Age) || *p.Age < 0 || *p.Age > 150 || p.Role == nil || p.Tags == nil || len(*p.Tags) > 3 ||
+			p.Code == nil || !regexp.MustCompile(`^[A-Z]{2}-[0-9]{2}$`).MatchString(*p.Code) || p.IP == nil || !netip.MustParseAddr(*p.IP).Is4() ||
 			!slices.Contains([]string{"admin", "user", "guest"}, *p.Role) || p.Boss != nil && p.Boss.Name == nil {
 			t.Errorf("request %d: %+v does not follow the schema", i, p)
 		}
 		// the properties come in the schema's order
 		at := -1
-		for _, k := range []string{`"name"`, `"age"`, `"role"`, `"tags"`, `"boss"`} {
+		for _, k := range []string{`"name"`, `"age"`, `"role"`, `"code"`, `"ip"`, `"tags"`, `"boss"`} {
 			j := strings.Index(out, k)
 			if j < at {
 				t.Errorf("request %d: %s out of order in %q", i, k, out)
@@ -168,7 +176,7 @@ func TestDemo_JSONSchema(t *testing.T) {
 		}
 	}
 
-	for _, bad := range []string{`{"type":"string","pattern":"^a"}`, `{"type":"object","properties":{"a":{"$ref":"#/$defs/nope"}}}`, `{"type":`} {
+	for _, bad := range []string{`{"type":"string","format":"uri"}`, `{"type":"string","pattern":"(?=a)"}`, `{"type":"object","properties":{"a":{"$ref":"#/$defs/nope"}}}`, `{"type":`} {
 		_, err := rt.Generate(context.Background(), &nozzle.GenerateRequest{Prompt: "x", ResponseFormat: nozzle.ResponseFormatJSONSchema, ResponseSchema: json.RawMessage(bad)}, func(nozzle.Chunk) error { return nil })
 		if e := nozzle.AsError(err); e == nil || e.Code != nozzle.EINVALID || e.Param != "response_format.json_schema.schema" {
 			t.Errorf("schema %s: %v", bad, err)

@@ -44,7 +44,7 @@ func TestQwen3_ForcedToolCall(t *testing.T) {
 	}
 	tools := json.RawMessage(`[{"type":"function","function":{"name":"get_weather","parameters":{"type":"object",` +
 		`"properties":{"city":{"type":"string"},"days":{"type":"integer"}},"required":["city","days"],"additionalProperties":false}}},` +
-		`{"type":"function","function":{"name":"get_time","parameters":{"type":"object","properties":{"tz":{"type":"string","pattern":"^[A-Z]"}}}}}]`)
+		`{"type":"function","function":{"name":"get_time","parameters":{"type":"object","properties":{"tz":{"type":"string","format":"uri"}}}}}]`)
 	for _, choice := range []string{nozzle.ToolChoiceRequired, "get_weather", "get_time"} {
 		req := &nozzle.GenerateRequest{TenantID: "a", Messages: []nozzle.ChatMessage{{Role: "user", Content: "Weather in Bern?"}},
 			Tools: tools, ToolChoice: choice, MaxTokens: 2000, ChatTemplateKwargs: json.RawMessage(`{"enable_thinking": false}`),
@@ -75,7 +75,7 @@ func TestQwen3_ForcedToolCall(t *testing.T) {
 			if call.Name != choice || !city || !isNum || days != float64(int64(days)) || len(call.Arguments) != 2 {
 				t.Errorf("call %+v does not follow get_weather's parameters", call)
 			}
-		default: // parameters the masks cannot enforce (pattern): any object
+		default: // parameters the masks cannot enforce (format uri): any object
 			if call.Name != choice || call.Arguments == nil {
 				t.Errorf("call %+v", call)
 			}

@@ -385,8 +385,8 @@ func TestServe_JSONObject(t *testing.T) {
 	}
 	// a schema the runtime cannot enforce: 400 naming it, before any work
 	resp, b = post(t, base+"/v1/chat/completions", key, `{"model":"demo-chat","messages":[{"role":"user","content":"x"}],`+
-		`"response_format":{"type":"json_schema","json_schema":{"name":"x","schema":{"type":"string","format":"email"}}}}`)
-	if resp.StatusCode != 400 || !strings.Contains(string(b), `"param":"response_format.json_schema.schema"`) || !strings.Contains(string(b), "email") {
+		`"response_format":{"type":"json_schema","json_schema":{"name":"x","schema":{"type":"string","format":"uri"}}}}`)
+	if resp.StatusCode != 400 || !strings.Contains(string(b), `"param":"response_format.json_schema.schema"`) || !strings.Contains(string(b), "uri") {
 		t.Fatalf("unenforceable schema: %d %s", resp.StatusCode, b)
 	}
 }

@@ -19,18 +19,19 @@ import (
 // Supported keywords: "type" (a name or a list of names), "properties",
 // "required", "additionalProperties" (true, false or absent), "items" (one
 // schema), "minItems" and "maxItems" (at most MaxSchemaItems), "format"
-// (for strings: "date-time", "date", "time" and "uuid"), "minLength" and
-// "maxLength" (at most MaxSchemaLength, for strings without "format"),
-// "minimum", "maximum", "exclusiveMinimum" and "exclusiveMaximum" (for
+// (for strings: "date-time", "date", "time", "uuid", "email", "hostname",
+// "ipv4", "ipv6" and "duration"), "pattern" (ECMA-262, as JSON Schema
+// has it: lookaround, backreferences, word boundaries and inline flags
+// refused), "minLength" and "maxLength" (at most MaxSchemaLength, beside
+// "pattern" too, not beside the first four formats), "minimum", "maximum", "exclusiveMinimum" and "exclusiveMaximum" (for
 // numbers and integers: numbers, or draft 4's true or false beside
 // "minimum" or "maximum"), "enum" and "const", "anyOf" and "oneOf" (alike)
 // whose alternatives start with different bytes, "$ref" to "#",
 // "#/$defs/NAME" or "#/definitions/NAME" (recursion allowed), and the
 // annotations (title, description, default, examples, $schema, $id,
 // $comment, deprecated, readOnly, writeOnly). Any other keyword
-// ("pattern", "multipleOf", "allOf", ...) or format ("email", "uri", ...)
-// is refused at compile time, so that nothing in a schema goes
-// unenforced.
+// ("multipleOf", "allOf", ...) or format ("uri", "idn-email", ...) is
+// refused at compile time, so that nothing in a schema goes unenforced.
 //
 // How the output is written:
 //   - An object with "properties" has its keys in the order the schema
@@ -59,6 +60,19 @@ import (
 //     (60: a leap second), offset hour 00-23 and minute 00-59. "date" is
 //     its YYYY-MM-DD, "time" its HH:MM:SS, optional fraction and Z or
 //     offset. "uuid" is 8-4-4-4-12 hex digits, either case.
+//   - A string with "pattern" contains a match of it somewhere (anchor it
+//     with ^ and $ to match the whole), read by an automaton built at
+//     compile time (regex.go; at most MaxPatternStates states with the
+//     length limits folded in, else refused). Its characters are written
+//     as UTF-8 or with the escapes \" \\ \/ \b \f \n \r \t, never \uXXXX,
+//     so a pattern that needs another control character is refused.
+//     ECMA-262's \s, \S and . keep their meaning (Unicode spaces; any
+//     character but line terminators).
+//   - "email", "hostname", "ipv4", "ipv6" and "duration" are patterns of
+//     their own (formats.go), each a subset of what the format allows:
+//     hostnames of one to four labels of 1 to 62 characters, e-mail
+//     domains of two to four such labels, no IPv6 zone, durations in RFC
+//     3339's order without gaps (P1Y2M, not P1Y2D).
 //   - "minLength" and "maxLength" count a string's characters as JSON
 //     Schema does, Unicode code points of the decoded string: a character
 //     written in UTF-8 or as an escape (\n, \u00e9) is one, and so is a
