@@ -269,3 +269,35 @@ func BenchmarkMaskerSchemaBounds(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkMaskerSchemaPattern: masks made (cache cleared) inside a string
+// with a pattern or a format read by an automaton, beside the same string
+// free (the plain-text shortcut) and with only a length limit (a walk of
+// the trie, as the automaton's), on Llama 3's vocabulary; "found" is a
+// search pattern's string after its match (plain text again).
+func BenchmarkMaskerSchemaPattern(b *testing.B) {
+	toks, ends := vocabulary(b, "llama3")
+	v := grammar.NewVocab(toks, ends)
+	for _, sc := range []struct{ name, kw, in string }{
+		{"free", ``, "ab"}, {"maxLength", `,"maxLength":64`, "ab"}, {"pattern", `,"pattern":"^[A-Za-z ]+( [0-9]{1,3})?$"`, "ab"},
+		{"search", `,"pattern":"cat|dog"`, "ab"}, {"found", `,"pattern":"cat|dog"`, "a cat"}, {"email", `,"format":"email"`, "ab"},
+	} {
+		start, err := grammar.CompileSchema([]byte(`{"type":"object","properties":{"s":{"type":"string"` + sc.kw + `}},"required":["s"]}`))
+		if err != nil {
+			b.Fatal(err)
+		}
+		s := start
+		for _, c := range []byte(`{"s": "` + sc.in) {
+			if !s.Feed(c) {
+				b.Fatalf("%s: refused", sc.name)
+			}
+		}
+		b.Run(sc.name, func(b *testing.B) {
+			m := grammar.NewMasker[grammar.Schema](v, 0)
+			for b.Loop() {
+				m.ClearCache()
+				m.Mask(&s)
+			}
+		})
+	}
+}

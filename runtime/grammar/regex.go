@@ -41,6 +41,7 @@ type dfa struct {
 	next   []int16 // state·nclass + class → state or -1
 	accept []bool  // the text read so far is a whole match
 	esc    []bool  // some escape (\" \\ \/ \b \f \n \r \t) may come next
+	free   []bool  // any character keeps the state (a search's match found, no length left to count)
 	start  uint16
 }
 
@@ -537,6 +538,8 @@ func determinize(nodes []nfaNode, start, done int32, minLen, maxLen, maxStates i
 		return false
 	}
 	add := func(set []int32, count int, first bool) (int, error) {
+		found := len(set) == 1 && set[0] == done
+		first = first && !found // the text's start matters no more
 		key = key[:0]
 		if first {
 			key = append(key, 1)
@@ -554,8 +557,8 @@ func determinize(nodes []nfaNode, start, done int32, minLen, maxLen, maxStates i
 		}
 		states = append(states, dstate{set, count})
 		index[string(key)] = len(states) - 1
-		whole := len(set) == 1 && set[0] == done || matchAtEnd(set, first)
-		d.accept = append(d.accept, count >= minLen && whole)
+		d.accept = append(d.accept, count >= minLen && (found || matchAtEnd(set, first)))
+		d.free = append(d.free, found && maxLen < 0 && count == minLen)
 		return len(states) - 1, nil
 	}
 	if _, err := add(closure([]int32{start}, true), 0, true); err != nil {

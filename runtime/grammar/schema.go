@@ -280,8 +280,11 @@ func (s *Schema) Done() bool {
 // Plain reports whether s is inside a string whose content is free (not
 // mid-escape, not mid-character): any whole UTF-8 characters without '"',
 // '\\' or controls keep the state as it is.
-// A string with a format or a length limit is never plain.
-func (s *Schema) Plain() bool { return s.lex == sStr && s.cur == anyNode }
+// A string with a format or a length limit is never plain; one with a
+// pattern is once a match is found and no length is left to count.
+func (s *Schema) Plain() bool {
+	return s.lex == sStr && s.cur == anyNode || s.lex == sPat && s.c.nodes[s.cur].pat.free[s.li]
+}
 
 // Key appends to dst bytes that identify the state: two states of one
 // compiled schema with the same key accept the same continuations.
