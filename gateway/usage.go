@@ -11,29 +11,28 @@ import (
 	"github.com/nozzle-ai/nozzle"
 )
 
-// reportQuery parses start, end, group_by, adapter and gpu_step. Times are RFC 3339; without
-// them the period is the current calendar month in UTC.
+// reportQuery parses start, end, group_by, adapter and gpu_step. Times are
+// RFC 3339, dates or unix seconds (nozzle.ParseReportTime: a date as the end
+// means the end of that day); without them the period is the current
+// calendar month in UTC.
 func reportQuery(c *fiber.Ctx, allowed map[string]bool) (nozzle.ReportQuery, error) {
 	var q nozzle.ReportQuery
 	now := time.Now().UTC()
 	q.Start = time.Date(now.Year(), now.Month(), 1, 0, 0, 0, 0, time.UTC)
 	q.End = q.Start.AddDate(0, 1, 0)
 	for _, f := range []struct {
-		name, example string
-		t             *time.Time
-	}{{"start", "2025-01-31T00:00:00Z", &q.Start}, {"end", "2025-02-01T00:00:00Z", &q.End}} {
+		name string
+		t    *time.Time
+	}{{"start", &q.Start}, {"end", &q.End}} {
 		v := c.Query(f.name)
 		if v == "" {
 			continue
 		}
-		t, err := time.Parse(time.RFC3339, v)
+		t, err := nozzle.ParseReportTime(v, f.name == "end")
 		if err != nil {
-			return q, invalid(f.name, "Invalid '%s': expected an RFC 3339 time such as %s.", f.name, f.example)
+			return q, invalid(f.name, "Invalid '%s': %v.", f.name, err)
 		}
-		if t.Year() < 1970 || t.Year() > 9000 {
-			return q, invalid(f.name, "Invalid '%s': %s is out of range; use a time from 1970 on.", f.name, v)
-		}
-		*f.t = t.UTC()
+		*f.t = t
 	}
 	if !q.End.After(q.Start) {
 		// Say which bound the period took by default, when the caller

@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/http"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -58,8 +59,50 @@ func TestUsage(t *testing.T) {
 		}
 		wantError(t, f.do(http.MethodGet, "/v1/usage?group_by=adapter&group_by=tenant", "", f.authA()), 400, "invalid_request_error", "", "group_by")
 	})
+	t.Run("DatesAndUnixSeconds", func(t *testing.T) {
+		// A date is 00:00 UTC that day, and as the end the end of that
+		// day: November's 30 days. Unix seconds as OpenAI's usage API
+		// takes them.
+		nov, dec := time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC), time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)
+		for _, path := range []string{
+			"/v1/usage?start=2026-11-01&end=2026-11-30",
+			"/v1/usage?start=" + strconv.FormatInt(nov.Unix(), 10) + "&end=" + strconv.FormatInt(dec.Unix(), 10),
+			"/v1/usage?start=2026-11-01&end=" + strconv.FormatInt(dec.Unix(), 10),
+			"/admin/report?start=2026-11-01&end=2026-11-30",
+		} {
+			auth := f.authA()
+			if strings.HasPrefix(path, "/admin/") {
+				auth = bearer(adminToken)
+			}
+			got = nozzle.ReportQuery{}
+			r := f.do(http.MethodGet, path, "", auth)
+			if body := readAll(t, r); r.StatusCode != 200 {
+				t.Fatalf("%s: %d %s", path, r.StatusCode, body)
+			}
+			if !got.Start.Equal(nov) || !got.End.Equal(dec) {
+				t.Errorf("%s: period %v – %v, want %v – %v", path, got.Start, got.End, nov, dec)
+			}
+		}
+		// one day
+		r := f.do(http.MethodGet, "/v1/usage?start=2026-11-05&end=2026-11-05", "", f.authA())
+		if r.Body.Close(); r.StatusCode != 200 || !got.Start.Equal(nov.AddDate(0, 0, 4)) || !got.End.Equal(nov.AddDate(0, 0, 5)) {
+			t.Errorf("one day: %d, query %+v", r.StatusCode, got)
+		}
+	})
 	t.Run("BadParams", func(t *testing.T) {
-		wantError(t, f.do(http.MethodGet, "/v1/usage?start=yesterday", "", f.authA()), 400, "invalid_request_error", "", "start")
+		for _, path := range []string{"/v1/usage?start=yesterday", "/admin/report?end=2026-11-31"} {
+			auth, param := f.authA(), "start"
+			if strings.HasPrefix(path, "/admin/") {
+				auth, param = bearer(adminToken), "end"
+			}
+			e := wantError(t, f.do(http.MethodGet, path, "", auth), 400, "invalid_request_error", "", param)
+			for _, want := range []string{"Invalid '" + param + "'", "RFC 3339", "2026-11-01", "unix seconds"} {
+				if !strings.Contains(e.Error.Message, want) {
+					t.Errorf("%s: %q lacks %q", path, e.Error.Message, want)
+				}
+			}
+		}
+		wantError(t, f.do(http.MethodGet, "/v1/usage?start=1793491200000", "", f.authA()), 400, "invalid_request_error", "", "start") // milliseconds
 		wantError(t, f.do(http.MethodGet, "/v1/usage?start=0001-01-01T00:00:00Z&end=9999-12-31T23:59:59Z", "", f.authA()), 400, "invalid_request_error", "", "start")
 		wantError(t, f.do(http.MethodGet, "/v1/usage?start=2025-02-01T00:00:00Z&end=2025-01-01T00:00:00Z", "", f.authA()), 400, "invalid_request_error", "", "end")
 		wantError(t, f.do(http.MethodGet, "/v1/usage?group_by=tenant", "", f.authA()), 400, "invalid_request_error", "invalid_value", "group_by")

@@ -178,8 +178,8 @@ func runReport(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	t.register(fs)
 	t.registerBilling(fs)
 	tenant := fs.String("tenant", "", "tenant id or name (default: every tenant, the operator's report)")
-	start := fs.String("start", "", "start of the period, RFC 3339 or YYYY-MM-DD (default: start of this month, UTC)")
-	end := fs.String("end", "", "end of the period, exclusive (default: the end of the current month, as the API's)")
+	start := fs.String("start", "", "start of the period: RFC 3339, YYYY-MM-DD (00:00 UTC) or unix seconds (default: start of this month, UTC)")
+	end := fs.String("end", "", "end of the period, exclusive: RFC 3339, YYYY-MM-DD (through the end of that day) or unix seconds (default: the end of the current month, as the API's)")
 	groupBy := fs.String("group-by", "tenant,adapter", "comma-separated: hour, day, adapter, tenant")
 	format := fs.String("format", "table", "table, csv or json")
 	if err := fs.Parse(args); err != nil {
@@ -257,12 +257,12 @@ func reportQuery(start, end, groupBy string) (nozzle.ReportQuery, error) {
 	q.End = q.Start.AddDate(0, 1, 0)
 	var err error
 	if start != "" {
-		if q.Start, err = parseTime(start); err != nil {
+		if q.Start, err = nozzle.ParseReportTime(start, false); err != nil {
 			return q, fmt.Errorf("--start: %w", err)
 		}
 	}
 	if end != "" {
-		if q.End, err = parseTime(end); err != nil {
+		if q.End, err = nozzle.ParseReportTime(end, true); err != nil {
 			return q, fmt.Errorf("--end: %w", err)
 		}
 	}
@@ -290,16 +290,6 @@ func reportQuery(start, end, groupBy string) (nozzle.ReportQuery, error) {
 		}
 	}
 	return q, nil
-}
-
-func parseTime(s string) (time.Time, error) {
-	if t, err := time.Parse(time.RFC3339, s); err == nil {
-		return t.UTC(), nil
-	}
-	if t, err := time.Parse("2006-01-02", s); err == nil {
-		return t, nil
-	}
-	return time.Time{}, fmt.Errorf("%q is neither RFC 3339 (2026-11-01T00:00:00Z) nor a date (2026-11-01)", s)
 }
 
 // parseInterspersed parses args with fs, flags before and after the

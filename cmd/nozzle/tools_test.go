@@ -29,6 +29,29 @@ func TestReportQuery_StartOnly(t *testing.T) {
 	}
 }
 
+// TestReportQuery_DatesAndUnixSeconds: `nozzle report` takes the period as
+// /v1/usage does (one parser): a date as --end means the end of that day,
+// and unix seconds are accepted.
+func TestReportQuery_DatesAndUnixSeconds(t *testing.T) {
+	nov, dec := time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC), time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)
+	for _, c := range [][2]string{
+		{"2026-11-01", "2026-11-30"},
+		{"1793491200", "1796083200"},
+		{"2026-11-01T00:00:00Z", "2026-12-01T00:00:00Z"},
+	} {
+		q, err := reportQuery(c[0], c[1], "")
+		if err != nil || !q.Start.Equal(nov) || !q.End.Equal(dec) {
+			t.Errorf("--start %s --end %s: %v – %v, %v; want %v – %v", c[0], c[1], q.Start, q.End, err, nov, dec)
+		}
+	}
+	if _, err := reportQuery("yesterday", "", ""); err == nil || !strings.HasPrefix(err.Error(), "--start: ") || !strings.Contains(err.Error(), "unix seconds") {
+		t.Errorf("--start yesterday: err = %v", err)
+	}
+	if _, err := reportQuery("", "2026-02-30", ""); err == nil || !strings.HasPrefix(err.Error(), "--end: ") {
+		t.Errorf("--end 2026-02-30: err = %v", err)
+	}
+}
+
 // TestReportQuery_EndOnly: an --end before this month, given alone, is
 // refused with the start the period took, not with "--end must be after
 // --start", which names a flag the user did not give.
