@@ -60,6 +60,7 @@ type fakeGen struct {
 	noJSON     bool                    // Info reports a runtime that cannot constrain output to a JSON object
 	noAccept   atomic.Bool             // never tells GenerateRequest.OnAccepted
 	model      atomic.Pointer[string]  // the model id Info reports, when not tiny-llama
+	created    atomic.Int64            // the created_at Info reports, in unix seconds, when not 1700000000
 }
 
 func newFakeGen(w *world) *fakeGen {
@@ -99,12 +100,16 @@ func (g *fakeGen) mock() *mock.Generator {
 			if m := g.model.Load(); m != nil {
 				id = *m
 			}
+			created := time.Unix(1700000000, 0).UTC()
+			if c := g.created.Load(); c != 0 {
+				created = time.Unix(c, 0).UTC()
+			}
 			fp := fakeFingerprint
 			if id != "tiny-llama" {
 				fp = sha256hex([]byte(id))
 			}
 			return nozzle.ModelInfo{ID: id, Architecture: "llama", ContextLength: 2048, VocabSize: 32000,
-				Device: "cpu", CreatedAt: time.Unix(1700000000, 0).UTC(), Sampling: g.sampling, Fingerprint: fp, ToolFormat: g.toolFormat, Echo: !g.noEcho,
+				Device: "cpu", CreatedAt: created, Sampling: g.sampling, Fingerprint: fp, ToolFormat: g.toolFormat, Echo: !g.noEcho,
 				Reasoning: g.reasoning, ReasoningTags: g.thinkTags, ChatTemplateKwargs: !g.noKwargs, LogitBias: !g.noBias, JSONObject: !g.noJSON, JSONSchema: !g.noJSON,
 				ToolChoice: g.toolFormat == nozzle.ToolFormatHermes || g.toolFormat == nozzle.ToolFormatLlama3JSON}, nil
 		},

@@ -4,6 +4,8 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+
+	"github.com/nozzle-ai/nozzle/gateway"
 )
 
 func TestGetModel(t *testing.T) {
@@ -25,4 +27,29 @@ func TestGetModel(t *testing.T) {
 		t.Errorf("%d %s", r.StatusCode, body)
 	}
 	wantError(t, f.do(http.MethodGet, "/v1/models/globex-secret", "", f.authA()), 404, "invalid_request_error", "model_not_found", "")
+}
+
+// TestModels_Created: the base model's "created" is the runtime's (its
+// model folder's time, the same on every restart), and with several
+// runtimes the earliest of theirs, whichever answers first, kept while
+// one of them is down.
+func TestModels_Created(t *testing.T) {
+	created := func(f *fixture) int64 {
+		t.Helper()
+		var m struct{ Created int64 }
+		decode(t, f.do(http.MethodGet, "/v1/models/base", "", f.authA()), &m)
+		return m.Created
+	}
+	if got := created(newFixture(t)); got != 1700000000 {
+		t.Errorf("created %d, want the runtime's 1700000000", got)
+	}
+	f := newFixture(t, withUpstreams(2), func(c *gateway.Config, d *gateway.Deps, f *fixture) { f.gens[1].created.Store(1690000000) })
+	if got := created(f); got != 1690000000 {
+		t.Errorf("created %d, want the earlier runtime's 1690000000", got)
+	}
+	f.gens[1].down.Store(true)
+	f.srv.CheckUpstreams(t.Context())
+	if got := created(f); got != 1690000000 {
+		t.Errorf("with the earlier runtime down: created %d, want 1690000000 still", got)
+	}
 }

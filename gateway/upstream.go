@@ -254,7 +254,16 @@ func (r *upstreamRouter) checkAll(ctx context.Context) {
 		}
 	}
 	if ref != nil {
-		r.model.Store(ref)
+		// "created" in /v1/models is the earliest of the runtimes serving
+		// the model (each reports its model folder's time, and copies of
+		// one folder may differ): the same whichever answered first.
+		m := *ref
+		for i := range r.ups {
+			if c := answers[i].info.CreatedAt; answers[i].err == nil && !c.IsZero() && c.Before(m.CreatedAt) && m.SameModel(answers[i].info) {
+				m.CreatedAt = c
+			}
+		}
+		r.model.Store(&m)
 	}
 	// Tell upstreams healthy again of the adapters deleted while they
 	// could not be reached.

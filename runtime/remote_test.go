@@ -76,7 +76,9 @@ func testParity(t *testing.T, rt *runtime.Runtime, reqs map[string]*nozzle.Gener
 	ctx := context.Background()
 	info, err := cl.Info(ctx)
 	want, _ := rt.Info(ctx)
-	if err != nil || info.ID != want.ID || info.ContextLength != want.ContextLength || info.Device != want.Device {
+	// created_at travels as it is: the gateway's /v1/models "created" is
+	// the runtime's own
+	if err != nil || info.ID != want.ID || info.ContextLength != want.ContextLength || info.Device != want.Device || !info.CreatedAt.Equal(want.CreatedAt) {
 		t.Fatalf("info %+v %v, want %+v", info, err, want)
 	}
 	for name, req := range reqs {

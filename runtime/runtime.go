@@ -315,7 +315,10 @@ func newRuntime(opts Options, p parts) (*Runtime, error) {
 	_, _, _, r.info.ToolChoice = toolCallForm(r.info.ToolFormat)
 	r.start = r.clock()
 	if r.info.CreatedAt.IsZero() {
-		r.info.CreatedAt = r.start.UTC() // /v1/models' "created": when the model was loaded
+		// /v1/models' "created" is the model folder's config.json's
+		// modification time (model.Model.Modified), the same on every
+		// restart; when that could not be read, when the model was loaded.
+		r.info.CreatedAt = r.start.UTC()
 	}
 	r.cap = newCapacity(opts.RuntimeID, opts.RatePerHour, opts.IntervalLength, r.start)
 	r.m = newRuntimeMetrics(opts.Metrics, r.utilisation)

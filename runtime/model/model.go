@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/nozzle-ai/nozzle"
 	"github.com/nozzle-ai/nozzle/runtime/safetensors"
@@ -155,6 +156,10 @@ type Model struct {
 	// sample of every weights file), whatever the folder's name: two
 	// fine-tunes of one architecture differ in it.
 	Fingerprint string
+	// Modified is config.json's modification time (UTC), the model's
+	// "created" in /v1/models: the same on every load of the folder. Zero
+	// when it cannot be read.
+	Modified time.Time
 
 	files   []*safetensors.File
 	weights []Weight
@@ -199,6 +204,7 @@ func (m *Model) Info() nozzle.ModelInfo {
 		HeadDim:          c.HeadDim,
 		Fingerprint:      m.Fingerprint,
 		Sampling:         m.samplingDefaults(),
+		CreatedAt:        m.Modified,
 	}
 }
 
@@ -271,6 +277,9 @@ func Open(dir string) (*Model, error) {
 		abs = dir
 	}
 	m := &Model{Dir: dir, ID: filepath.Base(abs), Config: *cfg, Generation: gen}
+	if st, err := os.Stat(filepath.Join(dir, "config.json")); err == nil {
+		m.Modified = st.ModTime().UTC().Truncate(time.Second)
+	}
 	if err := m.openWeights(); err != nil {
 		_ = m.Close()
 		return nil, err

@@ -357,3 +357,28 @@ func TestOpen_Fingerprint(t *testing.T) {
 		t.Errorf("the same weights as %q and %q: %q vs %q, same model %v", a.ID, c.ID, a.Fingerprint, c.Fingerprint, a.SameModel(c))
 	}
 }
+
+// TestOpen_CreatedAt: a model's "created" is its config.json's modification
+// time, so two loads of one folder (a restart) report the same one.
+func TestOpen_CreatedAt(t *testing.T) {
+	dir := writeModel(t, tinySpec())
+	when := time.Date(2026, 3, 4, 5, 6, 7, 0, time.UTC)
+	if err := os.Chtimes(filepath.Join(dir, "config.json"), when, when); err != nil {
+		t.Fatal(err)
+	}
+	var got []time.Time
+	for range 2 {
+		m, err := model.Open(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, m.Info().CreatedAt)
+		m.Close()
+		time.Sleep(10 * time.Millisecond)
+	}
+	for _, c := range got {
+		if !c.Equal(when) || c.Location() != time.UTC {
+			t.Errorf("created %v, want config.json's modification time %v", c, when)
+		}
+	}
+}
