@@ -219,6 +219,7 @@ func (s *Server) complete(c *fiber.Ctx, kind genKind) error {
 	cp.results = make([]choiceResult, len(cp.reqs))
 	cp.ctx, cp.cancel = context.WithTimeout(context.Background(), s.cfg.RequestTimeout)
 	s.genWG.Add(1)
+	s.gens.Add(1)
 	if j.stream {
 		return cp.stream(c)
 	}
@@ -253,6 +254,7 @@ func (cp *completion) done() {
 	cp.cancel()
 	cp.releaseBudget()
 	cp.unclaim()
+	cp.s.gens.Add(-1)
 	cp.s.genWG.Done()
 }
 

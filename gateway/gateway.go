@@ -318,6 +318,7 @@ type Server struct {
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup // background loops
 	genWG   sync.WaitGroup // generations, until their usage is recorded
+	gens    atomic.Int64   // genWG's count, for InFlight
 	conns   connSet
 
 	mu       sync.Mutex
@@ -396,7 +397,7 @@ func New(cfg Config, deps Deps) (*Server, error) {
 		ProxyHeader:                  proxyHeader(cfg.TrustedProxies),
 		DisableDefaultContentType:    false,
 	})
-	s.conns.m = map[net.Conn]int{}
+	s.conns.m = map[net.Conn]connUse{}
 	s.app.Server().ConnState = s.conns.state
 	s.routes()
 	for _, ext := range deps.Extensions {
@@ -458,6 +459,11 @@ func (s *Server) Serve(ln net.Listener) error {
 	return err
 }
 
+// InFlight is the number of completions running now, streamed or not,
+// counted until their usage is recorded: those a Shutdown begun now would
+// wait for.
+func (s *Server) InFlight() int { return int(s.gens.Load()) }
+
 // Shutdown stops accepting connections, waits for in-flight requests —
 // streams included, which finish and are metered — then stops the
 // background loops and writes the keys' last-use times. If ctx ends first
@@ -507,11 +513,22 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	return err
 }
 
-// connSet tracks the server's connections and how many requests each is
-// serving (a stream counts until it ends).
+// connSet tracks the server's connections, how many requests each is
+// serving (a stream counts until it ends) and whether the server is still
+// writing a response on it.
 type connSet struct {
 	mu sync.Mutex
-	m  map[net.Conn]int
+	m  map[net.Conn]connUse
+}
+
+type connUse struct {
+	busy int
+	// responding: a request came in on the connection and the server
+	// has not yet marked it idle (fasthttp's StateIdle), which it does
+	// once the whole response is written. A stream's last bytes go out
+	// after its writer returned: fasthttp copies them from the stream's
+	// pipe, then ends the chunked body.
+	responding bool
 }
 
 // state is the server's connection-state hook.
@@ -520,7 +537,12 @@ func (cs *connSet) state(c net.Conn, st fasthttp.ConnState) {
 	defer cs.mu.Unlock()
 	switch st {
 	case fasthttp.StateNew:
-		cs.m[c] = 0
+		cs.m[c] = connUse{}
+	case fasthttp.StateIdle:
+		if u, ok := cs.m[c]; ok {
+			u.responding = false
+			cs.m[c] = u
+		}
 	case fasthttp.StateClosed, fasthttp.StateHijacked:
 		delete(cs.m, c)
 	}
@@ -532,18 +554,23 @@ func (cs *connSet) busy(c net.Conn, d int) {
 		return
 	}
 	cs.mu.Lock()
-	if n, ok := cs.m[c]; ok {
-		cs.m[c] = n + d
+	if u, ok := cs.m[c]; ok {
+		u.busy += d
+		if d > 0 {
+			u.responding = true
+		}
+		cs.m[c] = u
 	}
 	cs.mu.Unlock()
 }
 
-// closeIdle closes the connections no request is using.
+// closeIdle closes the connections no request is using, and none is
+// still being answered on.
 func (cs *connSet) closeIdle() {
 	cs.mu.Lock()
 	defer cs.mu.Unlock()
-	for c, n := range cs.m {
-		if n <= 0 {
+	for c, u := range cs.m {
+		if u.busy <= 0 && !u.responding {
 			c.Close()
 			delete(cs.m, c)
 		}

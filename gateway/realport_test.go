@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -564,4 +565,87 @@ func TestRealPort_StreamStartsOnAcceptance(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestRealPort_ShutdownDrainsStreamTail: a stream whose events are all
+// written, but not yet all on the wire to a client reading slowly when the
+// shutdown begins, still reaches the client whole: the server holds the
+// connection open until it has written the last bytes, instead of closing
+// it as idle once the stream's writer is done.
+func TestRealPort_ShutdownDrainsStreamTail(t *testing.T) {
+	f := newFixture(t)
+	big := make([]string, 100) // events larger than the sockets' buffers
+	for i := range big {
+		big[i] = strings.Repeat("y", 64<<10)
+	}
+	f.gen.words = big
+	tcp, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln := smallSendBuffers{tcp}
+	served := make(chan error, 1)
+	go func() { served <- f.srv.Serve(ln) }()
+	// Small socket buffers: the server, soon blocked on its writes, runs
+	// only a little ahead of what the client reads.
+	dialer := &net.Dialer{Control: func(_, _ string, c syscall.RawConn) error {
+		return c.Control(func(fd uintptr) { syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096) })
+	}}
+	client := &http.Client{Transport: &http.Transport{DialContext: dialer.DialContext}}
+	req, _ := http.NewRequest(http.MethodPost, "http://"+ln.Addr().String()+"/v1/chat/completions", strings.NewReader(streamBody))
+	req.Header.Set("Authorization", "Bearer "+f.keyA)
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+	// Read slowly until the stream's writer is done (its usage recorded):
+	// the server is ahead of the client, its last events still in its
+	// buffers.
+	var got bytes.Buffer
+	buf := make([]byte, 16<<10)
+	deadline := time.Now().Add(30 * time.Second)
+	for f.srv.InFlight() > 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the stream did not end")
+		}
+		n, err := resp.Body.Read(buf)
+		got.Write(buf[:n])
+		if err != nil {
+			t.Fatalf("after %d bytes, before the stream's writer was done: %v", got.Len(), err)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	shut := make(chan error, 1)
+	go func() { shut <- f.srv.Shutdown(ctx) }()
+	time.Sleep(300 * time.Millisecond) // the shutdown closes idle connections meanwhile
+	before := got.Len()
+	rest, err := io.ReadAll(resp.Body)
+	got.Write(rest)
+	t.Logf("read %d bytes before the shutdown, %d after", before, len(rest))
+	if err != nil || !strings.HasSuffix(strings.TrimSpace(got.String()), "data: [DONE]") {
+		t.Errorf("the stream's tail was cut by the shutdown: %v, %d bytes, ends %q", err, got.Len(), got.String()[max(0, got.Len()-80):])
+	}
+	if err := <-shut; err != nil {
+		t.Errorf("Shutdown: %v", err)
+	}
+	if err := <-served; err != nil {
+		t.Errorf("Serve: %v", err)
+	}
+}
+
+// smallSendBuffers accepts connections with a small send buffer.
+type smallSendBuffers struct{ net.Listener }
+
+func (l smallSendBuffers) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if tc, ok := c.(*net.TCPConn); ok {
+		_ = tc.SetWriteBuffer(4096)
+	}
+	return c, err
 }
