@@ -581,6 +581,13 @@ func TestServe_SIGKILLLosesNoAcknowledgedUsage(t *testing.T) {
 // it and its base URL once it serves; the test's cleanup kills it.
 func startProcess(t *testing.T, data string, args ...string) (*exec.Cmd, string) {
 	t.Helper()
+	return startProcessLog(t, new(bytes.Buffer), data, args...)
+}
+
+// startProcessLog is startProcess with the server's log (its standard
+// error, JSON lines) written to stderr, to be read once the process ended.
+func startProcessLog(t *testing.T, stderr *bytes.Buffer, data string, args ...string) (*exec.Cmd, string) {
+	t.Helper()
 	exe, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
@@ -589,8 +596,7 @@ func startProcess(t *testing.T, data string, args ...string) (*exec.Cmd, string)
 		"--log-format", "json", "--log-level", "warn", "--kv-memory-mb", "64"}, args...)...)
 	cmd.Env = append(os.Environ(), "NOZZLE_TEST_MAIN=1")
 	stdout, _ := cmd.StdoutPipe()
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
+	cmd.Stderr = stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"os"
@@ -381,14 +382,26 @@ func anyInfo(ups []gateway.Upstream) func(context.Context) (nozzle.ModelInfo, er
 // server fails. Close then drains and releases everything, last first.
 func (m *Main) serve(ctx context.Context, start func(ctx context.Context, ln net.Listener) (served <-chan error, err error)) (err error) {
 	var ln net.Listener
+	var stopping time.Time // when a stop (SIGINT, SIGTERM) began the drain
+	drained := 0           // the completions in flight then
 	defer func() {
 		// Close drains first: a split runtime keeps taking connections
 		// (for capacity pulls) while it drains; the socket closes after.
-		if cerr := m.Close(); err == nil {
+		cerr := m.Close()
+		if err == nil {
 			err = cerr
 		}
 		if ln != nil {
 			ln.Close()
+		}
+		if !stopping.IsZero() && cerr == nil {
+			// The operator's sign that the stop was clean: requests
+			// drained, their usage recorded, the ledger closed.
+			attrs := []any{"drain_seconds", math.Round(time.Since(stopping).Seconds()*1000) / 1000}
+			if m.Gateway != nil {
+				attrs = append([]any{"drained_requests", drained}, attrs...)
+			}
+			m.Log.Info("stopped", attrs...)
 		}
 	}()
 	if err := m.prepareData(); err != nil {
@@ -405,6 +418,10 @@ func (m *Main) serve(ctx context.Context, start func(ctx context.Context, ln net
 	close(m.Ready)
 	select {
 	case <-ctx.Done():
+		stopping = time.Now()
+		if m.Gateway != nil {
+			drained = m.Gateway.InFlight()
+		}
 		m.Log.Info("shutting down: draining in-flight requests")
 		return nil
 	case err := <-served:
