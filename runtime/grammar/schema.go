@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 )
 
@@ -23,13 +24,18 @@ import (
 // "ipv4", "ipv6" and "duration"), "pattern" (ECMA-262, as JSON Schema
 // has it: lookaround, backreferences, word boundaries and inline flags
 // refused), "minLength" and "maxLength" (at most MaxSchemaLength, beside
-// "pattern" too, not beside the first four formats), "minimum", "maximum", "exclusiveMinimum" and "exclusiveMaximum" (for
-// numbers and integers: numbers, or draft 4's true or false beside
-// "minimum" or "maximum"), "enum" and "const", "anyOf" and "oneOf" (alike)
-// whose alternatives start with different bytes, "$ref" to "#",
-// "#/$defs/NAME" or "#/definitions/NAME" (recursion allowed), and the
-// annotations (title, description, default, examples, $schema, $id,
-// $comment, deprecated, readOnly, writeOnly). Any other keyword
+// "pattern" too, not beside the first four formats), "minimum",
+// "maximum", "exclusiveMinimum" and "exclusiveMaximum" (for numbers and
+// integers: numbers, or draft 4's true or false beside "minimum" or
+// "maximum"), "enum" and "const", "anyOf" and "oneOf" (alike) whose
+// alternatives start with different bytes — but for objects, which may be
+// several when each begins with a required property and their first keys
+// differ or, where they share it, its values are consts or enums that no
+// two share (a discriminated union, told apart once that key or value is
+// read) —, "$ref" to "#", "#/$defs/NAME" or "#/definitions/NAME"
+// (recursion allowed), and the annotations (title, description, default,
+// examples, $schema, $id, $comment, deprecated, readOnly, writeOnly,
+// discriminator). Any other keyword
 // ("multipleOf", "allOf", ...) or format ("uri", "idn-email", ...) is
 // refused at compile time, so that nothing in a schema goes unenforced.
 //
@@ -110,6 +116,7 @@ const (
 	kEnum               // one of enum's literals
 	kAnyOf              // one of alts, told apart by the first byte
 	kRef                // the same as node target
+	kUnion              // an object of one of alts, told apart by its first key (and that key's value)
 )
 
 // type bits
@@ -172,6 +179,7 @@ type sprop struct {
 	key      []byte // as written: quoted, escaped
 	node     uint16
 	required bool
+	alt      uint16 // a kUnion's key: the alternative it tells (0: its value tells)
 }
 
 type snode struct {
@@ -187,7 +195,9 @@ type snode struct {
 	maxLen    int      // a free string's greatest length; -1: no limit
 	pat       *dfa     // a string's pattern (or format) automaton, its length limits folded in
 	enum      [][]byte // kEnum: compact encodings
-	alts      []uint16 // kAnyOf
+	alts      []uint16 // kAnyOf, kUnion
+	union     uint16   // kAnyOf: the kUnion of its object alternatives (0: none)
+	litAlt    []uint16 // a kUnion's key's values (kEnum): each literal's alternative
 	dispatch  [nClass]uint16
 	target    uint16 // kRef
 	classes   uint8  // the classes its values may start with
@@ -448,6 +458,9 @@ func (s *Schema) canClose(f *sframe) bool {
 	if f.node&arrFrame != 0 {
 		return int(f.pos) >= n.minItems
 	}
+	if n.kind == kUnion {
+		return false // each alternative's first property is required
+	}
 	for _, p := range n.props[f.pos:] {
 		if p.required {
 			return false
@@ -544,6 +557,12 @@ func (s *Schema) pop() bool {
 
 // afterValue: a value has ended; an array counts it.
 func (s *Schema) afterValue() {
+	if s.lex == sEnum && s.depth > 0 {
+		if f := &s.stack[s.depth-1]; f.node&arrFrame == 0 && s.c.nodes[f.node].kind == kUnion {
+			// the union's first value tells its alternative
+			f.node, f.pos = s.c.nodes[s.cur].litAlt[s.enumMatch()], 1
+		}
+	}
 	s.aux, s.space, s.lo, s.hi, s.cur, s.li, s.lk = 0, 0, 0, 0, 0, 0, 0
 	if s.depth == 0 {
 		s.lex = sDone
@@ -579,6 +598,9 @@ func (s *Schema) keyByte(b byte) bool {
 			if int(s.lk) == len(k) { // a key's closing quote: it is complete
 				f.pos = uint16(j) + 1
 				s.lex, s.cur, s.li, s.lk = sColon, props[j].node, 0, 0
+				if a := props[j].alt; a != 0 { // a union's key that tells its alternative
+					f.node, f.pos = a, 1
+				}
 			}
 			return true
 		}
@@ -620,6 +642,18 @@ func (s *Schema) enumComplete() {
 			return
 		}
 	}
+}
+
+// enumMatch is the index of the literal read whole.
+func (s *Schema) enumMatch() int {
+	lits := s.c.nodes[s.cur].enum
+	pre := lits[s.li][:s.lk]
+	for j := int(s.li); j < len(lits); j++ {
+		if len(lits[j]) == int(s.lk) && bytes.Equal(lits[j], pre) {
+			return j
+		}
+	}
+	return int(s.li)
 }
 
 // enumNumberEnds reports whether a candidate number is complete.
@@ -1061,6 +1095,7 @@ var annotations = map[string]bool{
 	"title": true, "description": true, "default": true, "examples": true,
 	"$schema": true, "$id": true, "$comment": true, "deprecated": true,
 	"readOnly": true, "writeOnly": true,
+	"discriminator": true, // OpenAPI's, as Pydantic writes it: the alternatives' consts hold what it says
 }
 
 var typeNames = map[string]uint8{
@@ -1579,6 +1614,13 @@ func (c *compiler) finish(cs *compiled) error {
 			n.alts[j] = cs.resolve(n.alts[j])
 		}
 	}
+	for i := range cs.nodes {
+		if cs.nodes[i].kind == kAnyOf {
+			if err := cs.union(uint16(i)); err != nil {
+				return err
+			}
+		}
+	}
 	state := make([]uint8, len(cs.nodes)) // 1: in progress, 2: done
 	var classes func(i uint16) error
 	classes = func(i uint16) error {
@@ -1603,14 +1645,19 @@ func (c *compiler) finish(cs *compiled) error {
 					n.classes |= 1 << cls
 				}
 			}
+		case kUnion:
+			n.classes = 1 << cObj
 		case kAnyOf:
+			if n.union != 0 {
+				n.dispatch[cObj], n.classes = n.union+1, 1<<cObj
+			}
 			for j, a := range n.alts {
 				if err := classes(a); err != nil {
 					return err
 				}
 				an := &cs.nodes[a]
 				for cls := range nClass {
-					if an.classes&(1<<cls) == 0 {
+					if an.classes&(1<<cls) == 0 || cls == cObj && n.union != 0 && slices.Contains(cs.nodes[n.union].alts, a) {
 						continue
 					}
 					if d := n.dispatch[cls]; d != 0 {
@@ -1646,6 +1693,72 @@ func (c *compiler) finish(cs *compiled) error {
 	return nil
 }
 
+// union gives anyOf node i a kUnion when two or more of its alternatives
+// are objects: each must begin with a required property; alternatives
+// whose first keys differ are told apart by the key, those that share it
+// by its value, which must then be an enum or const, no value in two.
+func (cs *compiled) union(i uint16) error {
+	var objs []uint16
+	var index []int // objs' places in alts
+	for j, a := range cs.nodes[i].alts {
+		if n := &cs.nodes[a]; n.kind == kType && n.types&tObject != 0 {
+			objs, index = append(objs, a), append(index, j)
+		}
+	}
+	if len(objs) < 2 {
+		return nil
+	}
+	path := cs.nodes[i].path
+	for k, a := range objs {
+		if n := &cs.nodes[a]; len(n.props) == 0 || !n.props[0].required {
+			return errAt(path, "alternatives %d and %d can both start with an object: objects among alternatives must each begin with a required property, told apart by its name or by its value (\"const\" or \"enum\")",
+				index[0], index[max(k, 1)])
+		}
+	}
+	u := snode{kind: kUnion, types: tObject, alts: objs, path: path}
+	var added []snode
+	for k, a := range objs {
+		key := cs.nodes[a].props[0].key
+		if slices.ContainsFunc(u.props, func(p sprop) bool { return bytes.Equal(p.key, key) }) {
+			continue // its group is made
+		}
+		var group []int // indexes into objs
+		for m := k; m < len(objs); m++ {
+			if bytes.Equal(cs.nodes[objs[m]].props[0].key, key) {
+				group = append(group, m)
+			}
+		}
+		if len(group) == 1 {
+			u.props = append(u.props, sprop{key: key, node: cs.nodes[a].props[0].node, alt: a})
+			continue
+		}
+		merged := snode{kind: kEnum, path: path}
+		for _, m := range group {
+			v := &cs.nodes[cs.nodes[objs[m]].props[0].node]
+			if v.kind != kEnum {
+				return errAt(path, "alternatives %d and %d both begin with %s: its value must be a \"const\" or \"enum\" in each, to tell them apart",
+					index[group[0]], index[group[1]], key)
+			}
+			for _, lit := range v.enum {
+				for l, prev := range merged.enum {
+					if bytes.Equal(prev, lit) {
+						first := slices.Index(objs, merged.litAlt[l])
+						return errAt(path, "alternatives %d and %d can both have %s %s", index[first], index[m], key, lit)
+					}
+				}
+				merged.enum = append(merged.enum, lit)
+				merged.litAlt = append(merged.litAlt, objs[m])
+			}
+		}
+		added = append(added, merged)
+		u.props = append(u.props, sprop{key: key, node: uint16(len(cs.nodes) + len(added) - 1)})
+	}
+	cs.nodes = append(cs.nodes, added...)
+	cs.nodes = append(cs.nodes, u)
+	cs.nodes[i].union = uint16(len(cs.nodes) - 1)
+	return nil
+}
+
 // needs computes each node's need and fit: the least fixed point, from
 // noFit everywhere down (a recursion that must go on forever keeps noFit).
 func (cs *compiled) needs() {
@@ -1671,6 +1784,10 @@ func (cs *compiled) needs() {
 				switch {
 				case n.kind == kAnyOf:
 					need = int(cs.nodes[n.dispatch[c]-1].need[c])
+				case n.kind == kUnion: // every alternative must fit: the output picks one
+					for _, a := range n.alts {
+						need = max(need, int(cs.nodes[a].need[cObj]))
+					}
 				case n.kind == kEnum || c != cObj && c != cArr:
 				case n.kind == kAny || c == cObj && n.anyObject:
 					need = 1

@@ -57,6 +57,19 @@ const (
 	rootRefSchema  = `{"type":"object","properties":{"name":{"type":"string"},"next":{"anyOf":[{"$ref":"#"},{"type":"null"}]}},"required":["name","next"]}`
 	dateTimeSchema = `{"type":"string","format":"date-time"}`
 	lengthSchema   = `{"type":"string","minLength":2,"maxLength":3}`
+	// objects among alternatives: told apart by a const first property (as
+	// Pydantic and Zod write discriminated unions), by the first key, or by
+	// an enum's numbers; recursive through $defs
+	unionSchema = `{"$defs":{
+		"circle":{"type":"object","properties":{"kind":{"const":"circle"},"r":{"type":"number"}},"required":["kind","r"],"additionalProperties":false},
+		"rect":{"type":"object","properties":{"kind":{"const":"rect"},"w":{"type":"integer"},"h":{"type":"integer"}},"required":["kind","w","h"],"additionalProperties":false},
+		"group":{"type":"object","properties":{"kind":{"enum":["group","set"]},"items":{"type":"array","items":{"$ref":"#/$defs/shape"}}},"required":["kind","items"],"additionalProperties":false},
+		"shape":{"oneOf":[{"$ref":"#/$defs/circle"},{"$ref":"#/$defs/rect"},{"$ref":"#/$defs/group"}],"discriminator":{"propertyName":"kind"}}},
+		"type":"object","properties":{
+		"shape":{"$ref":"#/$defs/shape"},
+		"ref":{"anyOf":[{"type":"object","properties":{"id":{"type":"integer"}},"required":["id"]},{"type":"object","properties":{"name":{"type":"string"},"n":{"type":"integer"}},"required":["name"]},{"type":"string"},{"type":"null"}]},
+		"code":{"anyOf":[{"type":"object","properties":{"v":{"enum":[1,12]},"a":{"type":"boolean"}},"required":["v","a"]},{"type":"object","properties":{"v":{"const":123},"b":{"type":"null"}},"required":["v"]}]}},
+		"required":["shape"],"additionalProperties":false}`
 	// patterns in the syntax Go's regexp and ECMA-262 share, so that the
 	// validator below can run them as they are
 	patternSchema = `{"type":"object","properties":{
@@ -194,6 +207,20 @@ var schemaCases = []struct {
 		[]string{`"abc"`, `"abcdefghijklmnopqrstuvwxyz"`, `"\ud83d\ude00ab"`, `"\ud83d\ud83d\ud83d"`},
 		[]string{`"ab"`, `"\ud83d\ude00\ud83d\ude00"`, `"😀😀"`, `""`}},
 	{`{"type":"string","maxLength":0}`, []string{`""`}, []string{`"a"`, `"\u0000"`}},
+	{unionSchema,
+		[]string{`{"shape":{"kind":"circle","r":1.5}}`, `{"shape":{"kind":"rect","w":2,"h":3}}`, `{"shape":{"kind":"group","items":[]}}`,
+			`{"shape":{"kind":"set","items":[{"kind":"circle","r":1},{"kind":"group","items":[{"kind":"rect","w":1,"h":1}]}]}}`,
+			`{"shape": { "kind" : "circle" , "r" : 0 } , "ref" : {"id":7}}`, `{"shape":{"kind":"circle","r":1},"ref":{"name":"x","n":2}}`,
+			`{"shape":{"kind":"circle","r":1},"ref":{"name":"x"}}`, `{"shape":{"kind":"circle","r":1},"ref":"x","code":{"v":12,"a":true}}`,
+			`{"shape":{"kind":"circle","r":1},"ref":null,"code":{"v":1,"a":false}}`, `{"shape":{"kind":"circle","r":1},"code":{"v":123}}`,
+			`{"shape":{"kind":"circle","r":1},"code":{"v":123,"b":null}}`},
+		[]string{`{"shape":{"kind":"circle","w":1,"h":1}}`, `{"shape":{"kind":"rect","r":1}}`, `{"shape":{"kind":"rect","w":1}}`,
+			`{"shape":{"kind":"square","r":1}}`, `{"shape":{}}`, `{"shape":{"r":1,"kind":"circle"}}`, `{"shape":{"kind":"circle","r":1,"w":2}}`,
+			`{"shape":{"kind":"rect","w":1.5,"h":1}}`, `{"shape":{"kind":"group","items":[{"kind":"circle"}]}}`,
+			`{"shape":{"kind":"circle","r":1},"ref":{"id":1,"name":"x"}}`, `{"shape":{"kind":"circle","r":1},"ref":{"name":"x","id":1}}`,
+			`{"shape":{"kind":"circle","r":1},"ref":{}}`, `{"shape":{"kind":"circle","r":1},"code":{"v":12}}`,
+			`{"shape":{"kind":"circle","r":1},"code":{"v":1234,"a":true}}`, `{"shape":{"kind":"circle","r":1},"code":{"v":123,"a":true}}`,
+			`{"shape":{"kind":"circle","r":1},"code":{"v":2,"a":true}}`}},
 	{patternSchema,
 		[]string{`{"phone":"555-1234","sku":"AB_1","word":"a cat"}`, `{"phone":"555-1234","sku":"ABC_1234","word":"dog","tail":"xxab"}`,
 			`{"phone":"000-0000","sku":"XY_0","word":"hotdogs","uni":"Zoë Ångström","esc":"a\\b\"c\n","mail":"first.last+tag@mail.example.com"}`,
@@ -390,6 +417,16 @@ func TestCompileSchema_Errors(t *testing.T) {
 		{`{"type":"object","properties":{"x":{"oneOf":[{"type":"object"},{"type":"null"},{"type":"object","properties":{}}]}}}`,
 			`schema: /properties/x: alternatives 0 and 2 can both start with an object`},
 		{`{"anyOf":[{"type":"integer"},{"type":"number"}]}`, `can both start with a number`},
+		{`{"anyOf":[{"type":"object","properties":{"k":{"const":"a"}},"required":["k"]},{"type":"object","properties":{"k":{"enum":["b","a"]}},"required":["k"]}]}`,
+			`schema: (root): alternatives 0 and 1 can both have "k" "a"`},
+		{`{"anyOf":[{"type":"object","properties":{"k":{"type":"string"}},"required":["k"]},{"type":"object","properties":{"k":{"const":"b"}},"required":["k"]}]}`,
+			`alternatives 0 and 1 both begin with "k": its value must be a "const" or "enum" in each`},
+		{`{"anyOf":[{"type":"object","properties":{"a":{"type":"string"}}},{"type":"object","properties":{"b":{"type":"string"}},"required":["b"]}]}`,
+			`alternatives 0 and 1 can both start with an object: objects among alternatives must each begin with a required property`},
+		{`{"anyOf":[{"type":"object","properties":{"a":{"type":"string"}},"required":["a"]},{"type":"object","properties":{"b":{"type":"string"}},"required":["b"]},{"type":"object"}]}`,
+			`alternatives 0 and 2 can both start with an object`},
+		{`{"anyOf":[{"type":"object","properties":{"a":{"type":"string"}},"required":["a"]},{"type":"object","properties":{"b":{"type":"string"}},"required":["b"]},{"const":{"a":"x"}}]}`,
+			`can both start with an object`},
 		{`{"$ref":"#/$defs/nope"}`, `schema: /$ref: "#/$defs/nope" is not defined`},
 		{`{"$ref":"http://example.com/s.json"}`, `schema: /$ref: only "#"`},
 		{`{"$defs":{"a":{"$ref":"#/$defs/b"},"b":{"$ref":"#/$defs/a"}},"$ref":"#/$defs/a"}`, `cycle`},
@@ -1142,7 +1179,7 @@ func TestSchema_Generated(t *testing.T) {
 }
 
 // fuzzSchemas are the schemas FuzzSchema reads texts against.
-var fuzzSchemas = []string{personSchema, treeSchema, shapeSchema, anySchema, prefixSchema, enumSchema, constSchema, rootRefSchema, formatSchema, dateTimeSchema, lengthSchema, patternSchema, boundsSchema, tightSchema}
+var fuzzSchemas = []string{personSchema, treeSchema, shapeSchema, anySchema, prefixSchema, enumSchema, constSchema, rootRefSchema, formatSchema, dateTimeSchema, lengthSchema, patternSchema, boundsSchema, tightSchema, unionSchema}
 
 const probes = "{}[],:\"0123.eE-+tfn \\u\xc3\xa9" + "69TZdc"
 
