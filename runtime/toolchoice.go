@@ -1,6 +1,7 @@
 package runtime
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 
@@ -17,9 +18,10 @@ import (
 //     "\n</tool_call>", the form Qwen's templates show the model;
 //   - Llama 3 JSON: the whole answer {"name": …, "parameters": …}.
 //
-// The arguments follow the function's parameters where a single function
-// is forced and its schema compiles (grammar.CompileSchema); otherwise
-// they are any JSON object. Mistral's formats begin with a control token
+// The arguments follow the called function's parameters where they
+// compile (grammar.CompileSchema), otherwise they are any JSON object;
+// with several functions ("required") the call is one of them, told apart
+// by its name (a union of the calls), whose arguments follow. Mistral's formats begin with a control token
 // the masks cannot force: their models are not offered it
 // (ModelInfo.ToolChoice false).
 
@@ -64,10 +66,11 @@ func (r *Runtime) toolCallConstraint(req *nozzle.GenerateRequest) (constraint, e
 }
 
 // toolCallSchema is the JSON Schema of one call of tools (an OpenAI tools
-// array): its name one of theirs (or choice's, when choice names one) and
-// its arguments under argsKey — the function's parameters when one
-// function is forced and it has them — and the same with any object for
-// the arguments, for parameters the masks cannot enforce.
+// array): one of theirs (or choice's, when choice names one), its name
+// first, then its arguments under argsKey following the function's
+// parameters where the masks can enforce them — a union of the calls
+// when several may come —; and fallback, the same with any object for
+// every function's arguments, for tools whose union cannot be compiled.
 func toolCallSchema(tools json.RawMessage, choice, argsKey string) (schema, fallback []byte, err error) {
 	var defs []struct {
 		Function struct {
@@ -78,26 +81,34 @@ func toolCallSchema(tools json.RawMessage, choice, argsKey string) (schema, fall
 	if err := json.Unmarshal(tools, &defs); err != nil || len(defs) == 0 {
 		return nil, nil, nozzle.Errorf(nozzle.EINVALID, "A forced tool call needs tools.").WithParam("tools")
 	}
+	anyObject := json.RawMessage(`{"type":"object"}`)
+	k, _ := json.Marshal(argsKey)
+	call := func(name any, args json.RawMessage) []byte {
+		n, _ := json.Marshal(name)
+		return fmt.Appendf(nil, `{"type":"object","properties":{"name":%s,%s:%s},"required":["name",%s],"additionalProperties":false}`, n, k, args, k)
+	}
 	var names []string
-	args := json.RawMessage(`{"type":"object"}`)
+	var calls [][]byte
 	for _, d := range defs {
-		switch {
-		case choice == nozzle.ToolChoiceRequired:
-			names = append(names, d.Function.Name)
-		case d.Function.Name == choice:
-			names = append(names, choice)
-			if p := d.Function.Parameters; len(p) > 0 && string(p) != "null" {
-				args = p
-			}
+		if choice != nozzle.ToolChoiceRequired && d.Function.Name != choice {
+			continue
 		}
+		args := d.Function.Parameters
+		if len(args) == 0 || string(args) == "null" {
+			args = anyObject
+		} else if _, err := grammar.CompileSchema(args); err != nil {
+			args = anyObject // parameters the masks cannot enforce
+		}
+		names = append(names, d.Function.Name)
+		calls = append(calls, call(map[string]string{"const": d.Function.Name}, args))
 	}
 	if len(names) == 0 {
 		return nil, nil, nozzle.Errorf(nozzle.EINVALID, "'tool_choice' names %q, which is none of the tools.", choice).WithParam("tool_choice")
 	}
-	enc := func(args json.RawMessage) []byte {
-		n, _ := json.Marshal(names)
-		k, _ := json.Marshal(argsKey)
-		return fmt.Appendf(nil, `{"type":"object","properties":{"name":{"enum":%s},%s:%s},"required":["name",%s],"additionalProperties":false}`, n, k, args, k)
+	fallback = call(map[string][]string{"enum": names}, anyObject)
+	if len(calls) == 1 {
+		return calls[0], fallback, nil
 	}
-	return enc(args), enc(json.RawMessage(`{"type":"object"}`)), nil
+	schema = append([]byte(`{"anyOf":[`), bytes.Join(calls, []byte(","))...)
+	return append(schema, "]}"...), fallback, nil
 }

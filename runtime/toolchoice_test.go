@@ -64,11 +64,13 @@ func TestQwen3_ForcedToolCall(t *testing.T) {
 		if !ok || !ok2 || dec.Decode(&call) != nil || o.res.FinishReason != nozzle.FinishStop {
 			t.Fatalf("%s: not one call (finish %q): %q", choice, o.res.FinishReason, o.text)
 		}
-		switch choice {
-		case nozzle.ToolChoiceRequired:
+		if choice == nozzle.ToolChoiceRequired { // one of the two, its arguments the called function's
 			if call.Name != "get_weather" && call.Name != "get_time" {
 				t.Errorf("called %q", call.Name)
 			}
+			choice = call.Name
+		}
+		switch choice {
 		case "get_weather":
 			_, city := call.Arguments["city"].(string)
 			days, isNum := call.Arguments["days"].(float64)
