@@ -113,7 +113,7 @@ func TestDemo_JSONObject(t *testing.T) {
 // TestDemo_JSONSchema: with response_format json_schema the demo model
 // writes values of the schema — properties in the schema's order, the
 // required ones present, integers in bounds, enums, nested and nullable
-// fields, a pattern and a format —
+// fields, a pattern, a format and a discriminated union —
 // greedy and sampled, with an adapter; the compiled schema serves the
 // next request from its cache; a schema it cannot enforce is refused
 // naming it.
@@ -125,16 +125,23 @@ func TestDemo_JSONSchema(t *testing.T) {
 		"role":{"enum":["admin","user","guest"]},
 		"code":{"type":"string","pattern":"^[A-Z]{2}-[0-9]{2}$"},
 		"ip":{"type":"string","format":"ipv4"},
+		"pet":{"anyOf":[{"type":"object","properties":{"kind":{"const":"cat"},"lives":{"type":"integer"}},"required":["kind","lives"],"additionalProperties":false},
+			{"type":"object","properties":{"kind":{"const":"dog"},"good":{"type":"boolean"}},"required":["kind","good"],"additionalProperties":false}]},
 		"tags":{"type":"array","items":{"type":"string"},"maxItems":3},
 		"boss":{"anyOf":[{"type":"null"},{"type":"object","properties":{"name":{"type":"string"}},"required":["name"],"additionalProperties":false}]},
 		"score":{"type":"number"}},
-		"required":["name","age","role","code","ip","tags","boss"],"additionalProperties":false}`
+		"required":["name","age","role","code","ip","pet","tags","boss"],"additionalProperties":false}`
 	type person struct {
-		Name  *string   `json:"name"`
-		Age   *float64  `json:"age"` // an integer of any size
-		Role  *string   `json:"role"`
-		Code  *string   `json:"code"`
-		IP    *string   `json:"ip"`
+		Name *string  `json:"name"`
+		Age  *float64 `json:"age"` // an integer of any size
+		Role *string  `json:"role"`
+		Code *string  `json:"code"`
+		IP   *string  `json:"ip"`
+		Pet  *struct {
+			Kind  string
+			Lives *float64
+			Good  *bool
+		} `json:"pet"`
 		Tags  *[]string `json:"tags"`
 		Boss  *struct{ Name *string }
 		Score *float64 `json:"score"`
@@ -161,13 +168,14 @@ func TestDemo_JSONSchema(t *testing.T) {
 			t.Fatalf("request %d: %q (finish %q): %v", i, out, res.FinishReason, err)
 		}
 		if p.Name == nil || p.Age == nil || *p.Age != math.Trunc(*p.Age) || *p.Age < 0 || *p.Age > 150 || p.Role == nil || p.Tags == nil || len(*p.Tags) > 3 ||
+			p.Pet == nil || (p.Pet.Kind == "cat") != (p.Pet.Lives != nil && p.Pet.Good == nil) || (p.Pet.Kind == "dog") != (p.Pet.Good != nil && p.Pet.Lives == nil) ||
 			p.Code == nil || !regexp.MustCompile(`^[A-Z]{2}-[0-9]{2}$`).MatchString(*p.Code) || p.IP == nil || !netip.MustParseAddr(*p.IP).Is4() ||
 			!slices.Contains([]string{"admin", "user", "guest"}, *p.Role) || p.Boss != nil && p.Boss.Name == nil {
 			t.Errorf("request %d: %+v does not follow the schema", i, p)
 		}
 		// the properties come in the schema's order
 		at := -1
-		for _, k := range []string{`"name"`, `"age"`, `"role"`, `"code"`, `"ip"`, `"tags"`, `"boss"`} {
+		for _, k := range []string{`"name"`, `"age"`, `"role"`, `"code"`, `"ip"`, `"pet"`, `"tags"`, `"boss"`} {
 			j := strings.Index(out, k)
 			if j < at {
 				t.Errorf("request %d: %s out of order in %q", i, k, out)
