@@ -132,6 +132,24 @@ func post(t testing.TB, url, key, body string) (*http.Response, []byte) {
 	return resp, b
 }
 
+// openStream posts a streamed completion with client and fails the test
+// unless it is answered 200; the caller reads and closes the body.
+func openStream(t testing.TB, client *http.Client, url, key, body string) *http.Response {
+	t.Helper()
+	req, _ := http.NewRequest("POST", url, strings.NewReader(body))
+	req.Header.Set("Authorization", "Bearer "+key)
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != 200 {
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		t.Fatalf("status %d: %s", resp.StatusCode, b)
+	}
+	return resp
+}
+
 // TestServe_EndToEnd runs the demo as a newcomer would: a chat completion
 // with a demo adapter, greedy and repeatable, a stream, the usage report.
 func TestServe_EndToEnd(t *testing.T) {
@@ -648,17 +666,8 @@ func TestServe_SIGKILLMidStreamChargesItsCheckpoint(t *testing.T) {
 	client := &http.Client{Transport: &http.Transport{DialContext: dialer.DialContext}}
 	body := `{"model":"demo-chat","stream":true,"n":2,"max_tokens":2000,"temperature":0,"logprobs":true,"top_logprobs":20,` +
 		`"messages":[{"role":"user","content":"tell me a long story"}]}`
-	req, _ := http.NewRequest("POST", base+"/v1/chat/completions", strings.NewReader(body))
-	req.Header.Set("Authorization", "Bearer "+key)
-	resp, err := client.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
+	resp := openStream(t, client, base+"/v1/chat/completions", key, body)
 	defer resp.Body.Close()
-	if resp.StatusCode != 200 {
-		b, _ := io.ReadAll(resp.Body)
-		t.Fatalf("status %d: %s", resp.StatusCode, b)
-	}
 	rid := resp.Header.Get("X-Request-Id")
 	// tokens counts the tokens read: one logprob each.
 	rd := bufio.NewReader(resp.Body)

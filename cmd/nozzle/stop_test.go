@@ -32,17 +32,8 @@ func TestServe_SIGTERMLogsStopped(t *testing.T) {
 		t.Fatal(err)
 	}
 	body := `{"model":"demo-chat","stream":true,"max_tokens":600,"temperature":0,"messages":[{"role":"user","content":"tell me a long story"}]}`
-	req, _ := http.NewRequest("POST", base+"/v1/chat/completions", strings.NewReader(body))
-	req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(key)))
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
+	resp := openStream(t, http.DefaultClient, base+"/v1/chat/completions", strings.TrimSpace(string(key)), body)
 	defer resp.Body.Close()
-	if resp.StatusCode != 200 {
-		b, _ := io.ReadAll(resp.Body)
-		t.Fatalf("status %d: %s", resp.StatusCode, b)
-	}
 	rd := bufio.NewReader(resp.Body)
 	if _, err := rd.ReadString('\n'); err != nil { // the stream is under way
 		t.Fatal(err)

@@ -478,12 +478,13 @@ func determinize(nodes []nfaNode, start, done int32, minLen, maxLen, maxStates i
 	var key []byte
 	seen := make([]uint32, len(nodes))
 	epoch := uint32(0)
-	// closure keeps the nodes that read or test something, in order
-	work := 0 // nodes visited by closures, bounded
-	closure := func(from []int32, atStart bool) []int32 {
+	work := 0 // nodes visited, bounded
+	// reach walks the epsilon edges from the nodes of from (the text's
+	// beginning too with atStart, its end with atEnd), calling visit with
+	// each node that reads or tests something; visit true stops the walk.
+	reach := func(from []int32, atStart, atEnd bool, visit func(int32) bool) bool {
 		epoch++
-		var out, stack []int32
-		stack = append(stack, from...)
+		stack := append([]int32(nil), from...)
 		work += len(from)
 		for len(stack) > 0 {
 			i := stack[len(stack)-1]
@@ -493,19 +494,22 @@ func determinize(nodes []nfaNode, start, done int32, minLen, maxLen, maxStates i
 			}
 			seen[i] = epoch
 			n := &nodes[i]
-			switch n.kind {
-			case nEps:
-				for j := len(n.out) - 1; j >= 0; j-- {
-					stack = append(stack, n.out[j])
-				}
-			case nBegin:
-				if atStart {
-					stack = append(stack, n.out[0])
-				}
+			switch {
+			case n.kind == nEps, n.kind == nBegin && atStart, n.kind == nEnd && atEnd:
+				stack = append(stack, n.out...)
+			case n.kind == nBegin:
 			default:
-				out = append(out, i)
+				if visit(i) {
+					return true
+				}
 			}
 		}
+		return false
+	}
+	// closure keeps the nodes that read or test something, in order
+	closure := func(from []int32, atStart bool) []int32 {
+		var out []int32
+		reach(from, atStart, false, func(i int32) bool { out = append(out, i); return false })
 		slices.Sort(out)
 		if done >= 0 && slices.ContainsFunc(out, func(i int32) bool { return nodes[i].kind == nMatch }) {
 			return []int32{done}
@@ -514,28 +518,7 @@ func determinize(nodes []nfaNode, start, done int32, minLen, maxLen, maxStates i
 	}
 	// matchAtEnd: the text may end here
 	matchAtEnd := func(set []int32, atStart bool) bool {
-		epoch++
-		stack := append([]int32(nil), set...)
-		for len(stack) > 0 {
-			i := stack[len(stack)-1]
-			stack = stack[:len(stack)-1]
-			if seen[i] == epoch {
-				continue
-			}
-			seen[i] = epoch
-			n := &nodes[i]
-			switch n.kind {
-			case nMatch:
-				return true
-			case nEps, nEnd:
-				stack = append(stack, n.out...)
-			case nBegin:
-				if atStart {
-					stack = append(stack, n.out...)
-				}
-			}
-		}
-		return false
+		return reach(set, atStart, true, func(i int32) bool { return nodes[i].kind == nMatch })
 	}
 	add := func(set []int32, count int, first bool) (int, error) {
 		found := len(set) == 1 && set[0] == done
