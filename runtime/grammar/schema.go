@@ -27,7 +27,8 @@ import (
 // "pattern" too, not beside the first four formats), "minimum",
 // "maximum", "exclusiveMinimum" and "exclusiveMaximum" (for numbers and
 // integers: numbers, or draft 4's true or false beside "minimum" or
-// "maximum"), "enum" and "const", "anyOf" and "oneOf" (alike) whose
+// "maximum"), "multipleOf" (a positive integer, on "integer" alone),
+// "enum" and "const", "anyOf" and "oneOf" (alike) whose
 // alternatives start with different bytes — but for objects, which may be
 // several when each begins with a required property and their first keys
 // differ or, where they share it, its values are consts or enums that no
@@ -36,7 +37,8 @@ import (
 // (recursion allowed), and the annotations (title, description, default,
 // examples, $schema, $id, $comment, deprecated, readOnly, writeOnly,
 // discriminator). Any other keyword
-// ("multipleOf", "allOf", ...) or format ("uri", "idn-email", ...) is
+// ("allOf", "multipleOf" but on integers, ...) or format ("uri",
+// "idn-email", ...) is
 // refused at compile time, so that nothing in a schema goes unenforced.
 //
 // How the output is written:
@@ -1234,7 +1236,7 @@ func (c *compiler) compile(v *oval, path string, depth int, root bool) (uint16, 
 			anyOf, anyOfKey = e, k
 		case "$ref":
 			ref = e
-		case "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum":
+		case "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf":
 			if num == nil {
 				num, numKW = e, k
 			}

@@ -47,11 +47,12 @@ func (a fx) le(b fx) bool { return a.i < b.i || a.i == b.i && a.f <= b.f }
 type numRange struct {
 	lo, hi [2]fx
 	none   [2]bool
+	mult   uint64 // an integer's "multipleOf" (0: none)
 }
 
 // numKeywords are a schema's bound keywords, as written.
 type numKeywords struct {
-	min, max, xmin, xmax *oval
+	min, max, xmin, xmax, mult *oval
 }
 
 func (nk *numKeywords) set(k string, e *oval) {
@@ -64,6 +65,8 @@ func (nk *numKeywords) set(k string, e *oval) {
 		nk.xmin = e
 	case "exclusiveMaximum":
 		nk.xmax = e
+	case "multipleOf":
+		nk.mult = e
 	}
 }
 
@@ -147,6 +150,17 @@ func (s *Schema) numFits() bool {
 			more = MaxBoundDigits - s.lk
 		}
 		p, q := s.nI+1, s.nI
+		if k := r.mult; k != 0 {
+			// each j's integers [q, p) in range must hold a multiple of k
+			for j := uint16(0); j <= more && q <= hi.i; j++ {
+				a, b := max(q, lo.i), min(p-1, hi.i)
+				if a <= b && (a+k-1)/k*k <= b {
+					return true
+				}
+				p, q = p*10, q*10
+			}
+			return false
+		}
 		for j := uint16(0); p <= lo.i && j < more; j++ {
 			p, q = p*10, q*10
 		}
@@ -164,14 +178,14 @@ func (s *Schema) numIn() bool {
 	r := s.c.nodes[s.cur].num
 	sign := s.aux >> 1 & 1
 	v := fx{s.nI, s.nF}
-	return !r.none[sign] && r.lo[sign].le(v) && v.le(r.hi[sign])
+	return !r.none[sign] && r.lo[sign].le(v) && v.le(r.hi[sign]) && (r.mult == 0 || s.nI%r.mult == 0)
 }
 
 // ---- compiling ----
 
 // numBounds compiles node n's bound keywords.
 func numBounds(n *snode, nk *numKeywords, path string) error {
-	if nk.min == nil && nk.max == nil && nk.xmin == nil && nk.xmax == nil {
+	if nk.min == nil && nk.max == nil && nk.xmin == nil && nk.xmax == nil && nk.mult == nil {
 		return nil
 	}
 	if n.types&(tNumber|tInteger) == 0 {
@@ -251,6 +265,30 @@ func numBounds(n *snode, nk *numKeywords, path string) error {
 			}
 		}
 	}
+	var mult uint64
+	if nk.mult != nil {
+		k, ok := new(big.Int).SetString(nk.mult.text, 10)
+		if nk.mult.kind != '0' || !ok || k.Sign() <= 0 || k.Cmp(w) > 0 {
+			return errAt(path+"/multipleOf", "must be a positive integer below 10^%d", MaxBoundDigits)
+		}
+		if !integer {
+			return errAt(path+"/multipleOf", "is supported on \"integer\" alone")
+		}
+		// the range's ends move in to multiples
+		kf := new(big.Int).Mul(k, one)
+		m := new(big.Int)
+		if m.Mod(lo, kf); m.Sign() != 0 {
+			lo.Add(lo, kf.Sub(kf, m))
+			kf.Mul(k, one)
+		}
+		if m.Mod(hi, kf); m.Sign() != 0 {
+			hi.Sub(hi, m)
+		}
+		if lo.Cmp(hi) > 0 {
+			return errAt(path+"/multipleOf", "no multiple lies in range")
+		}
+		mult = k.Uint64()
+	}
 	if lo.Cmp(hi) > 0 {
 		switch {
 		case loKW != "" && hiKW != "":
@@ -278,6 +316,7 @@ func numBounds(n *snode, nk *numKeywords, path string) error {
 	} else {
 		r.none[1] = true
 	}
+	r.mult = mult
 	n.num = r
 	return nil
 }

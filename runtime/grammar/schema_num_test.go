@@ -21,6 +21,8 @@ var gridSchemas = []string{
 	`{"type":["number","null"],"maximum":-0.01}`,
 	`{"type":"integer","minimum":0,"exclusiveMinimum":true,"maximum":500,"exclusiveMaximum":true}`,
 	`{"type":"number","minimum":-1e2,"maximum":1E+2}`,
+	`{"type":"integer","multipleOf":7,"minimum":-50,"maximum":60}`,
+	`{"type":"integer","multipleOf":25,"exclusiveMinimum":-100}`,
 }
 
 // TestSchemaNum_Grid: every number -130.99 to 130.99 with up to 2
@@ -80,6 +82,9 @@ func TestSchemaNum_NoDeadEnds(t *testing.T) {
 		`{"type":"integer","minimum":999999999999999998}`,
 		`{"type":"number","minimum":100000000000000000.5,"maximum":100000000000000001}`,
 		`{"type":"integer","minimum":-1000,"maximum":-999}`,
+		`{"type":"integer","multipleOf":999999999999999999}`,
+		`{"type":"integer","multipleOf":1000,"minimum":1,"maximum":999999999999999999}`,
+		`{"type":"integer","multipleOf":3,"minimum":100000000000000000}`,
 		`{"type":"number","exclusiveMinimum":-0.000000000000000001,"exclusiveMaximum":0.000000000000000001}`,
 		`{"type":"array","items":{"type":"number","minimum":0.5,"maximum":0.5}}`,
 	}, gridSchemas...)

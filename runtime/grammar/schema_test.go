@@ -207,6 +207,10 @@ var schemaCases = []struct {
 		[]string{`"abc"`, `"abcdefghijklmnopqrstuvwxyz"`, `"\ud83d\ude00ab"`, `"\ud83d\ud83d\ud83d"`},
 		[]string{`"ab"`, `"\ud83d\ude00\ud83d\ude00"`, `"😀😀"`, `""`}},
 	{`{"type":"string","maxLength":0}`, []string{`""`}, []string{`"a"`, `"\u0000"`}},
+	{`{"type":"integer","multipleOf":5}`, []string{`0`, `-0`, `5`, `-15`, `1000`, `999999999999999995`}, []string{`1`, `-7`, `12`, `5.0`, `1e1`}},
+	{`{"type":["integer","null"],"multipleOf":7,"exclusiveMinimum":-10,"maximum":30}`,
+		[]string{`-7`, `0`, `28`, `14`, `null`}, []string{`-14`, `35`, `29`, `3`}},
+	{`{"type":"integer","multipleOf":1000,"minimum":1500,"maximum":4500}`, []string{`2000`, `3000`, `4000`}, []string{`1000`, `1500`, `5000`, `2500`}},
 	{unionSchema,
 		[]string{`{"shape":{"kind":"circle","r":1.5}}`, `{"shape":{"kind":"rect","w":2,"h":3}}`, `{"shape":{"kind":"group","items":[]}}`,
 			`{"shape":{"kind":"set","items":[{"kind":"circle","r":1},{"kind":"group","items":[{"kind":"rect","w":1,"h":1}]}]}}`,
@@ -368,7 +372,11 @@ func TestCompileSchema_Errors(t *testing.T) {
 		{`{"type":"string","pattern":"^[a-z]{1000}$","maxLength":4096}`, `more than 4096 states`},
 		{`{"type":"integer","pattern":"a"}`, `string keywords for a type that is not "string"`},
 		{`{"type":"object","properties":{"email":{"type":"string","format":"idn-email"}}}`, `schema: /properties/email: "format" "idn-email" is not supported`},
-		{`{"type":"object","properties":{"age":{"type":"integer","minimum":0,"multipleOf":2}}}`, `schema: /properties/age: "multipleOf" is not supported`},
+		{`{"type":"object","properties":{"age":{"type":"number","minimum":0,"multipleOf":2}}}`, `schema: /properties/age/multipleOf: is supported on "integer" alone`},
+		{`{"type":"integer","multipleOf":0.5}`, `schema: /multipleOf: must be a positive integer`},
+		{`{"type":"integer","multipleOf":0}`, `must be a positive integer`},
+		{`{"type":"integer","multipleOf":"2"}`, `must be a positive integer`},
+		{`{"type":"integer","minimum":1,"maximum":4,"multipleOf":5}`, `schema: /multipleOf: no multiple lies in range`},
 		{`{"type":"string","minimum":0}`, `schema: (root): number keywords for a type that is not "number" or "integer"`},
 		{`{"type":["string","null"],"exclusiveMaximum":0}`, `number keywords for a type that is not`},
 		{`{"minimum":0}`, `"minimum" without "type" is not supported`},
@@ -411,7 +419,6 @@ func TestCompileSchema_Errors(t *testing.T) {
 		{`{"type":"array","uniqueItems":true}`, `"uniqueItems" is not supported`},
 		{`{"type":"array","prefixItems":[]}`, `"prefixItems" is not supported`},
 		{`{"type":"object","patternProperties":{}}`, `"patternProperties" is not supported`},
-		{`{"type":"number","multipleOf":2}`, `"multipleOf" is not supported`},
 		{`{"type":"array","items":[{"type":"string"}]}`, `schema: /items: a list of item schemas is not supported`},
 		{`{"anyOf":[{"type":"string"},{"enum":["a"]}]}`, `schema: (root): alternatives 0 and 1 can both start with a string`},
 		{`{"type":"object","properties":{"x":{"oneOf":[{"type":"object"},{"type":"null"},{"type":"object","properties":{}}]}}}`,
@@ -669,6 +676,11 @@ func inBounds(n string, sc map[string]any) bool {
 			if c := v.Cmp(r); c == b.sign || c == 0 {
 				return false
 			}
+		}
+	}
+	if k, ok := sc["multipleOf"].(json.Number); ok {
+		if q := new(big.Rat).Quo(v, ratOf(string(k))); !q.IsInt() {
+			return false
 		}
 	}
 	return true
@@ -982,6 +994,9 @@ func (g *gen) bounded(r *numRange, integer bool) {
 		}
 		if hi.le(v) {
 			v = hi
+		}
+		if k := r.mult; k != 0 { // the ends are multiples
+			v.i = max(v.i-v.i%k, lo.i)
 		}
 	}
 	if s == 1 {
