@@ -26,6 +26,10 @@ const MaxPatternStates = 4096
 // MaxPatternBytes is the longest "pattern" a schema may give.
 const MaxPatternBytes = 1024
 
+// MaxRegexBytes is the longest pattern CompileRegex takes (a choice's
+// options are one pattern).
+const MaxRegexBytes = 16 << 10
+
 // maxPatternWork bounds the work of building one automaton (NFA nodes
 // visited), so that a schema's compile stays within milliseconds.
 const maxPatternWork = 8 << 20
@@ -41,12 +45,50 @@ type dfa struct {
 	next   []int16 // state·nclass + class → state or -1
 	accept []bool  // the text read so far is a whole match
 	esc    []bool  // some escape (\" \\ \/ \b \f \n \r \t) may come next
-	free   []bool  // any character keeps the state (a search's match found, no length left to count)
+	free   []bool  // any plain character keeps the state (mask.go's plainText)
 	start  uint16
 }
 
 func (d *dfa) step(st uint16, b byte) int16 {
 	return d.next[int(st)*d.nclass+int(d.class[b])]
+}
+
+// multiByte are the byte-range sequences of every character past ASCII.
+var multiByte = func() (seqs [][][2]byte) {
+	utf8Ranges(utf8.RuneSelf, utf8.MaxRune, func(seq [][2]byte) { seqs = append(seqs, seq) })
+	return seqs
+}()
+
+// loops reports whether every plain character (a whole UTF-8 character,
+// not a quote, a backslash or a control) takes state st back to itself.
+func (d *dfa) loops(st uint16) bool {
+	for b := byte(0x20); b < utf8.RuneSelf; b++ {
+		if b != '"' && b != '\\' && d.step(st, b) != int16(st) {
+			return false
+		}
+	}
+	for _, seq := range multiByte {
+		at := []uint16{st}
+		for _, r := range seq {
+			var next []uint16
+			for _, s := range at {
+				for c := d.class[r[0]]; c <= d.class[r[1]]; c++ {
+					t := d.next[int(s)*d.nclass+int(c)]
+					if t < 0 {
+						return false
+					}
+					if !slices.Contains(next, uint16(t)) {
+						next = append(next, uint16(t))
+					}
+				}
+			}
+			at = next
+		}
+		if len(at) != 1 || at[0] != st {
+			return false
+		}
+	}
+	return true
 }
 
 // escaped maps the letter after a backslash in a JSON string to the byte
@@ -541,7 +583,6 @@ func determinize(nodes []nfaNode, start, done int32, minLen, maxLen, maxStates i
 		states = append(states, dstate{set, count})
 		index[string(key)] = len(states) - 1
 		d.accept = append(d.accept, count >= minLen && (found || matchAtEnd(set, first)))
-		d.free = append(d.free, found && maxLen < 0 && count == minLen)
 		return len(states) - 1, nil
 	}
 	if _, err := add(closure([]int32{start}, true), 0, true); err != nil {
@@ -618,6 +659,10 @@ func determinize(nodes []nfaNode, start, done int32, minLen, maxLen, maxStates i
 			d.next[i] = -1
 		}
 	}
+	d.free = make([]bool, len(states))
+	for s := range states {
+		d.free[s] = d.loops(uint16(s))
+	}
 	d.esc = make([]bool, len(states))
 	for s := range states {
 		for _, e := range []byte{'"', '\\', '/', 'b', 'f', 'n', 'r', 't'} {
@@ -629,3 +674,59 @@ func determinize(nodes []nfaNode, start, done int32, minLen, maxLen, maxStates i
 	}
 	return d, nil
 }
+
+// Regex is the state of a machine for text that a regular expression
+// matches whole (vLLM's guided_regex and guided_choice): the output's
+// bytes read by the pattern's automaton, anchored at both ends, in the
+// ECMA-262 syntax "pattern" takes (ecmaToGo). A value, as Schema is;
+// CompileRegex gives the start state.
+type Regex struct {
+	d  *dfa
+	st uint16
+}
+
+// CompileRegex compiles pattern for text it must match whole.
+func CompileRegex(pattern string) (Regex, error) {
+	if len(pattern) > MaxRegexBytes {
+		return Regex{}, fmt.Errorf("pattern: longer than %d bytes", MaxRegexBytes)
+	}
+	d, err := compilePattern(pattern, true, 0, -1, MaxPatternStates)
+	if err != nil {
+		return Regex{}, fmt.Errorf("pattern: %w", err)
+	}
+	return Regex{d: d, st: d.start}, nil
+}
+
+// ChoicePattern is the pattern of exactly one of options, each matched
+// byte for byte.
+func ChoicePattern(options []string) string {
+	var b strings.Builder
+	for i, o := range options {
+		if i > 0 {
+			b.WriteByte('|')
+		}
+		for _, r := range o {
+			if r < utf8.RuneSelf && strings.ContainsRune(`^$\.*+?()[]{}|/-`, r) {
+				b.WriteByte('\\')
+			}
+			b.WriteRune(r)
+		}
+	}
+	return b.String()
+}
+
+// Feed reads one byte (Machine).
+func (r *Regex) Feed(b byte) bool {
+	t := r.d.step(r.st, b)
+	r.st = uint16(t)
+	return t >= 0
+}
+
+// Done reports whether the text is a whole match (Machine).
+func (r *Regex) Done() bool { return r.d.accept[r.st] }
+
+// Key appends the automaton's state (Machine).
+func (r *Regex) Key(dst []byte) []byte { return append(dst, byte(r.st), byte(r.st>>8)) }
+
+// Plain reports whether any plain character keeps the state (Machine).
+func (r *Regex) Plain() bool { return r.d.free[r.st] }

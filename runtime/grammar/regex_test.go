@@ -1,6 +1,7 @@
 package grammar
 
 import (
+	"bytes"
 	"encoding/json"
 	"math/rand/v2"
 	"regexp"
@@ -156,5 +157,78 @@ func BenchmarkCompilePattern(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// TestRegex_Whole: a Regex takes text its pattern matches whole, nothing
+// else, choices byte for byte; along random walks every state takes a
+// byte or is done (no dead ends); a state that loops on every plain
+// character is Plain and keeps its key through plain text.
+func TestRegex_Whole(t *testing.T) {
+	for _, tc := range []struct {
+		pattern        string
+		accept, refuse []string
+	}{
+		{`[0-9]{3}-[a-z]+`, []string{"123-ab", "000-z"}, []string{"123-", "a123-ab", "123-ab!", "12-ab", ""}},
+		{ChoicePattern([]string{"yes", "no", "a.b", "x|y", "ünï", ""}), []string{"yes", "no", "a.b", "x|y", "ünï", ""}, []string{"ye", "a-b", "x", "yess", "nono", "y"}},
+		{`Answer: (.*)\n?`, []string{"Answer: 42", "Answer: \"quoted\" \\ 😀\n"}, []string{"answer: 1", "Answer: a\nb", "Answer:"}},
+		{`\s*\{"a": (true|false)\}\s*`, []string{`{"a": true}`, "\n {\"a\": false}\u00a0"}, []string{`{"a":true}`, `{"a": null}`}},
+	} {
+		start, err := CompileRegex(tc.pattern)
+		if err != nil {
+			t.Fatalf("%q: %v", tc.pattern, err)
+		}
+		feed := func(s string) bool {
+			r := start
+			for i := 0; i < len(s); i++ {
+				if !r.Feed(s[i]) {
+					return false
+				}
+			}
+			return r.Done()
+		}
+		for _, s := range tc.accept {
+			if !feed(s) {
+				t.Errorf("%q: %q refused", tc.pattern, s)
+			}
+		}
+		for _, s := range tc.refuse {
+			if feed(s) {
+				t.Errorf("%q: %q accepted", tc.pattern, s)
+			}
+		}
+		rnd := rand.New(rand.NewPCG(7, 8))
+		for range 200 {
+			r := start
+			for step := 0; step < 300 && !(r.Done() && rnd.IntN(8) == 0); step++ {
+				var took []byte
+				for b := range 256 {
+					if p := r; p.Feed(byte(b)) {
+						took = append(took, byte(b))
+					}
+				}
+				if len(took) == 0 {
+					if !r.Done() {
+						t.Fatalf("%q: a dead end", tc.pattern)
+					}
+					break
+				}
+				if r.Plain() {
+					p := r
+					for _, c := range []byte("plain é中😀 \"text\"") {
+						if c != '"' && !p.Feed(c) {
+							t.Fatalf("%q: plain text refused", tc.pattern)
+						}
+					}
+					if !bytes.Equal(p.Key(nil), r.Key(nil)) {
+						t.Fatalf("%q: plain text changed the state", tc.pattern)
+					}
+				}
+				r.Feed(took[rnd.IntN(len(took))])
+			}
+		}
+	}
+	if _, err := CompileRegex(`(?=a)`); err == nil || !strings.Contains(err.Error(), "pattern: lookahead") {
+		t.Errorf("lookahead: %v", err)
 	}
 }
