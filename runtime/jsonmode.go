@@ -45,8 +45,8 @@ func (g *seqGrammar) failed() error {
 	return g.err
 }
 
-// newSeqGrammar returns the constraint of req's response format or
-// forced tool call, nil for none. open says a reasoning model's prompt
+// newSeqGrammar returns the constraint of req's response format, forced
+// tool call or strict functions' calls, nil for none. open says a reasoning model's prompt
 // opened its thoughts. A schema it cannot enforce is an EINVALID error.
 func (r *Runtime) newSeqGrammar(req *nozzle.GenerateRequest, open bool) (*seqGrammar, error) {
 	g := &seqGrammar{bytes: r.codec.TokenBytes}
@@ -54,6 +54,13 @@ func (r *Runtime) newSeqGrammar(req *nozzle.GenerateRequest, open bool) (*seqGra
 	case req.ToolChoice != "":
 		c, err := r.toolCallConstraint(req)
 		if err != nil {
+			return nil, err
+		}
+		g.c = c
+	case req.ResponseFormat == "" && len(req.Tools) > 0:
+		// calls the model may make: a strict function's held to its form
+		c, err := r.strictCallsConstraint(req)
+		if c == nil || err != nil {
 			return nil, err
 		}
 		g.c = c

@@ -278,6 +278,8 @@ type Runtime struct {
 	jsonMask  *grammar.Masker[grammar.JSON, *grammar.JSON]
 	schemas   compiledCache[grammar.Schema, *grammar.Schema]
 	toolCalls compiledCache[grammar.Framed, *grammar.Framed]
+	// the calls of tools with strict functions, tool_choice "auto"
+	strictCalls compiledCache[grammar.Triggered, *grammar.Triggered]
 
 	mu       sync.Mutex
 	closing  bool

@@ -1,0 +1,79 @@
+package runtime
+
+import (
+	"encoding/json"
+	"errors"
+	"strings"
+
+	"github.com/nozzle-ai/nozzle"
+	"github.com/nozzle-ai/nozzle/runtime/grammar"
+)
+
+// Strict functions with tool_choice "auto" (OpenAI's "strict": true): the
+// model writes what it likes, but a call it begins is held to its form.
+// On a Hermes model (Qwen2.5, Qwen3), once the answer writes <tool_call>,
+// what follows is "\n" {"name": N, "arguments": A} "\n</tool_call>", N one
+// of the tools' names, A the function's parameters where it is strict
+// (any JSON object where it is not); after a call only whitespace and
+// further calls may come, so that the answer reads as calls
+// (gateway/tools.go takes text after the calls for content, calls and
+// all). Other formats, and tools none of them strict, are unconstrained.
+
+// strictCallsConstraint returns the constraint of the calls req's model
+// may make, nil where none of req's tools is strict or its tool format is
+// not Hermes'. A strict function whose parameters the masks cannot
+// enforce is an EINVALID error naming tools, as OpenAI refuses them.
+func (r *Runtime) strictCallsConstraint(req *nozzle.GenerateRequest) (constraint, error) {
+	if r.info.ToolFormat != nozzle.ToolFormatHermes {
+		return nil, nil
+	}
+	var defs []struct {
+		Function struct {
+			Name       string          `json:"name"`
+			Parameters json.RawMessage `json:"parameters"`
+			Strict     json.RawMessage `json:"strict"`
+		} `json:"function"`
+	}
+	if json.Unmarshal(req.Tools, &defs) != nil {
+		return nil, nil // the template's to refuse
+	}
+	strict := false
+	for _, d := range defs {
+		strict = strict || isTrue(d.Function.Strict)
+	}
+	if !strict {
+		return nil, nil
+	}
+	pre, post, argsKey, _ := toolCallForm(nozzle.ToolFormatHermes)
+	tag := strings.TrimRight(pre, " \n") // "<tool_call>": the "\n" after it is the call's
+	src := append([]byte(pre+"\x00"+post+"\x00"), req.Tools...)
+	e, err := r.strictCalls.get(r.grammarVocab(), src, func() (grammar.Triggered, error) {
+		anyObject, err := grammar.CompileSchema([]byte(`{"type":"object"}`))
+		if err != nil {
+			return grammar.Triggered{}, err
+		}
+		calls := grammar.Calls{Tag: tag, Pre: pre[len(tag):], Post: post, ArgsKey: argsKey, Only: true}
+		for _, d := range defs {
+			f := d.Function
+			args := anyObject
+			if p := f.Parameters; isTrue(f.Strict) && len(p) > 0 && string(p) != "null" {
+				if args, err = grammar.CompileSchema(p); err != nil {
+					return grammar.Triggered{}, nozzle.Errorf(nozzle.EINVALID,
+						"Invalid 'tools': function %q is strict, and its parameters cannot be enforced: %v.", f.Name, err).WithParam("tools")
+				}
+			}
+			calls.Tools = append(calls.Tools, grammar.Tool{Name: f.Name, Args: args})
+		}
+		return grammar.Trigger(calls)
+	})
+	if err != nil {
+		if ne := (*nozzle.Error)(nil); errors.As(err, &ne) {
+			return nil, err
+		}
+		return nil, nozzle.Errorf(nozzle.EINVALID, "Invalid 'tools': %v.", err).WithParam("tools")
+	}
+	return e.constraint(), nil
+}
+
+// isTrue reports whether a JSON value is true.
+func isTrue(v json.RawMessage) bool { return strings.TrimSpace(string(v)) == "true" }

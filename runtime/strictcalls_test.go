@@ -1,0 +1,161 @@
+package runtime_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"strings"
+	"testing"
+
+	nozzle "github.com/nozzle-ai/nozzle"
+	"github.com/nozzle-ai/nozzle/runtime"
+	"github.com/nozzle-ai/nozzle/runtime/tokenizer"
+)
+
+// strictTools: two strict functions whose arguments the random model can
+// finish (bounded strings and numbers, enums) and, unless nonStrict, their
+// strict flags set.
+func strictTools(strict bool) json.RawMessage {
+	s := `,"strict":true`
+	if !strict {
+		s = ``
+	}
+	return json.RawMessage(`[{"type":"function","function":{"name":"get_weather"` + s + `,"parameters":{"type":"object",` +
+		`"properties":{"city":{"type":"string","maxLength":12},"days":{"type":"integer","minimum":1,"maximum":14},"unit":{"enum":["C","F"]}},` +
+		`"required":["city","days","unit"],"additionalProperties":false}}},` +
+		`{"type":"function","function":{"name":"get_time"` + s + `,"parameters":{"type":"object","properties":{"zone":{"enum":["UTC","CET"]}},` +
+		`"required":["zone"],"additionalProperties":false}}}]`)
+}
+
+// strictBias is TestQwen3_ForcedToolCall's bias with <tool_call> raised
+// (the random model calls) and, with end, the end token nearly as much
+// (it stops between calls).
+func strictBias(t *testing.T, tk *tokenizer.Tokenizer, end bool) map[int]float64 {
+	bias := map[int]float64{1: 8, 11: 6, 92: 6} // ", "," and "}"
+	for id := range tk.VocabSize() {
+		if b := tk.TokenBytes(id); len(b) > 0 && len(bytes.TrimSpace(b)) == 0 {
+			bias[id] = -100
+		}
+	}
+	open, ok := tk.TokenID("<tool_call>")
+	if !ok || tk.IsSpecial(open) {
+		t.Fatalf("<tool_call> is no text token of Qwen3's: %d %v", open, ok)
+	}
+	bias[open] = 30
+	if end {
+		bias[151645] = 29 // <|im_end|>
+	}
+	return bias
+}
+
+// TestQwen3_StrictToolCalls: with tool_choice "auto" and strict functions,
+// on the Qwen3-shaped random model pushed to call (<tool_call> raised),
+// every call it makes is a call object of one of the tools, its arguments
+// the function's parameters (required properties, integer in range,
+// enums), one call after another, and the answer reads as calls.
+func TestQwen3_StrictToolCalls(t *testing.T) {
+	dir := qwen3Dir(t)
+	rt := openOnStore(t, runtime.Options{}, dir, nil)
+	tk, err := tokenizer.Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bias := strictBias(t, tk, true)
+	ctx := context.Background()
+	calls := 0
+	for seed := uint64(1); seed <= 5; seed++ {
+		req := &nozzle.GenerateRequest{TenantID: "a", Messages: []nozzle.ChatMessage{{Role: "user", Content: "Weather in Bern?"}},
+			Tools: strictTools(true), MaxTokens: 300, ChatTemplateKwargs: json.RawMessage(`{"enable_thinking": false}`),
+			LogitBias: bias, Temperature: 1, Seed: &seed}
+		o := run(ctx, rt, req)
+		if o.err != nil {
+			t.Fatalf("seed %d: %v", seed, o.err)
+		}
+		// (a raw newline is never inside a string: the tag is a call's)
+		parts := strings.Split(o.text, "<tool_call>\n")
+		if strings.TrimSpace(parts[0]) != "" {
+			t.Logf("seed %d: text before the calls: %.80q", seed, parts[0])
+		}
+		for i, part := range parts[1:] {
+			body, rest, closed := strings.Cut(part, "\n</tool_call>")
+			if !closed {
+				if i != len(parts)-2 || o.res.FinishReason != nozzle.FinishLength {
+					t.Fatalf("seed %d: a call not closed (finish %q): %q", seed, o.res.FinishReason, o.text)
+				}
+				break // cut off by max_tokens
+			}
+			if strings.TrimSpace(rest) != "" {
+				t.Fatalf("seed %d: text after a call: %q", seed, o.text)
+			}
+			var call struct {
+				Name      string
+				Arguments struct {
+					City *string
+					Days *json.Number
+					Unit *string
+					Zone *string
+				}
+			}
+			dec := json.NewDecoder(strings.NewReader(body))
+			dec.DisallowUnknownFields()
+			dec.UseNumber()
+			if dec.Decode(&call) != nil {
+				t.Fatalf("seed %d: not a call object: %q", seed, body)
+			}
+			a := call.Arguments
+			switch call.Name {
+			case "get_weather":
+				days, err := a.Days.Int64()
+				if a.City == nil || len([]rune(*a.City)) > 12 || err != nil || days < 1 || days > 14 ||
+					a.Unit == nil || *a.Unit != "C" && *a.Unit != "F" || a.Zone != nil {
+					t.Errorf("seed %d: %q does not follow get_weather's parameters", seed, body)
+				}
+			case "get_time":
+				if a.Zone == nil || *a.Zone != "UTC" && *a.Zone != "CET" || a.City != nil || a.Days != nil || a.Unit != nil {
+					t.Errorf("seed %d: %q does not follow get_time's parameters", seed, body)
+				}
+			default:
+				t.Errorf("seed %d: called %q", seed, call.Name)
+			}
+			calls++
+		}
+		t.Logf("seed %d (finish %s): %q", seed, o.res.FinishReason, o.text)
+	}
+	if calls < 3 {
+		t.Errorf("%d calls in five answers: the test does not test", calls)
+	}
+}
+
+// TestQwen3_NonStrictToolsUnconstrained: the same tools without strict,
+// the same push: the model writes what it likes after <tool_call> (the
+// random model, more <tool_call>s) — no constraint; and a strict function
+// whose parameters the masks cannot enforce is refused, naming tools.
+func TestQwen3_NonStrictToolsUnconstrained(t *testing.T) {
+	dir := qwen3Dir(t)
+	rt := openOnStore(t, runtime.Options{}, dir, nil)
+	tk, err := tokenizer.Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	req := &nozzle.GenerateRequest{TenantID: "a", Messages: []nozzle.ChatMessage{{Role: "user", Content: "Weather in Bern?"}},
+		Tools: strictTools(false), MaxTokens: 20, ChatTemplateKwargs: json.RawMessage(`{"enable_thinking": false}`),
+		LogitBias: strictBias(t, tk, false), Temperature: 1, Seed: new(uint64)}
+	o := run(ctx, rt, req)
+	if o.err != nil {
+		t.Fatal(o.err)
+	}
+	if !strings.Contains(o.text, "<tool_call><tool_call>") {
+		t.Errorf("non-strict tools constrained the answer? %q", o.text)
+	}
+
+	req.Tools = json.RawMessage(`[{"type":"function","function":{"name":"f","strict":true,"parameters":{"type":"object",` +
+		`"properties":{"u":{"type":"string","format":"uri"}}}}}]`)
+	o = run(ctx, rt, req)
+	var ne *nozzle.Error
+	if !errors.As(o.err, &ne) || ne.Code != nozzle.EINVALID || ne.Param != "tools" || !strings.Contains(ne.Message, `"f"`) {
+		t.Fatalf("an unenforceable strict function: %v", o.err)
+	}
+	t.Logf("%v", ne)
+}
