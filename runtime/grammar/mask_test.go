@@ -301,3 +301,77 @@ func BenchmarkMaskerSchemaPattern(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkMaskerTriggered: masks made (cache cleared) in the states of a
+// strict function's calls on Llama 3's and Qwen3's vocabularies: free text
+// (no plain-text shortcut: '<' and the tag's other bytes move the tag's
+// match, so every token is walked), free text with a tag begun ("<tool"),
+// the call's name, a string of the arguments (plain text: the shortcut)
+// and after an argument's value; beside them JSON's string made both ways
+// (its walk with the shortcut, its full walk without) and the free-text
+// mask found in the cache.
+func BenchmarkMaskerTriggered(b *testing.B) {
+	for _, vocab := range []string{"llama3", "qwen3"} {
+		toks, ends := vocabulary(b, vocab)
+		v := grammar.NewVocab(toks, ends)
+		params, err := grammar.CompileSchema([]byte(`{"type":"object","properties":{"city":{"type":"string"},"days":{"type":"integer"}},` +
+			`"required":["city","days"],"additionalProperties":false}`))
+		if err != nil {
+			b.Fatal(err)
+		}
+		anyObj, err := grammar.CompileSchema([]byte(`{"type":"object"}`))
+		if err != nil {
+			b.Fatal(err)
+		}
+		start, err := grammar.Trigger(grammar.Calls{Tag: "<tool_call>", Pre: "\n", Post: "\n</tool_call>", ArgsKey: "arguments",
+			Tools: []grammar.Tool{{Name: "get_weather", Args: params}, {Name: "get_time", Args: anyObj}}})
+		if err != nil {
+			b.Fatal(err)
+		}
+		call := "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Bern"
+		for _, tc := range []struct{ name, prefix string }{
+			{"free", "Let me check."}, {"tag", "Let me check. <tool"}, {"name", "<tool_call>\n{\"name\": \"get_"},
+			{"string", call}, {"after", call + "\", \"days\": 3"},
+		} {
+			s := start
+			for i := 0; i < len(tc.prefix); i++ {
+				if !s.Feed(tc.prefix[i]) {
+					b.Fatalf("%q refused at %d", tc.prefix, i)
+				}
+			}
+			b.Run(vocab+"/"+tc.name, func(b *testing.B) {
+				m := grammar.NewMasker[grammar.Triggered](v, 0)
+				for b.Loop() {
+					m.ClearCache()
+					m.Mask(&s)
+				}
+			})
+			if tc.name == "free" {
+				b.Run(vocab+"/free-cached", func(b *testing.B) {
+					m := grammar.NewMasker[grammar.Triggered](v, 0)
+					m.Mask(&s)
+					for b.Loop() {
+						m.Mask(&s)
+					}
+				})
+			}
+		}
+		var js grammar.JSON
+		for _, c := range []byte(`{"name": "Ada`) {
+			js.Feed(c)
+		}
+		b.Run(vocab+"/json-string", func(b *testing.B) {
+			m := grammar.NewMasker[grammar.JSON](v, 0)
+			for b.Loop() {
+				m.ClearCache()
+				m.Mask(&js)
+			}
+		})
+		b.Run(vocab+"/json-string-full-walk", func(b *testing.B) {
+			m := grammar.NewMasker[grammar.JSON](v, 0)
+			for b.Loop() {
+				m.MaskFullWalk(&js)
+			}
+		})
+	}
+}
