@@ -24,6 +24,14 @@ type seqGrammar struct {
 	// text so far to find it.
 	wait string
 	tail []byte
+	// think, when set, is a reasoning model's tags where its prompt did
+	// not open its thoughts and the output is free text (strict
+	// functions' calls): the model may open them itself. head is the
+	// output while it may yet be the open tag, not fed to the machine;
+	// once it is, the machine waits for the thoughts to close (calls
+	// are the answer's), once it is not, it reads head.
+	think *nozzle.ThinkTags
+	head  []byte
 	// err: the machine failed (a fault of its own, recovered so the
 	// scheduler and every other sequence go on); the sequence ends with it
 	err error
@@ -64,6 +72,9 @@ func (r *Runtime) newSeqGrammar(req *nozzle.GenerateRequest, open bool) (*seqGra
 			return nil, err
 		}
 		g.c = c
+		if r.info.Reasoning && req.Messages != nil && !open {
+			g.think = &r.info.ReasoningTags
+		}
 	case req.ResponseFormat == "":
 		return nil, nil
 	case req.ResponseFormat == nozzle.ResponseFormatJSONObject:
@@ -230,6 +241,21 @@ func (g *seqGrammar) feed(tok int32) (end bool) {
 	}
 	defer g.recover() // the scheduler ends a failed sequence, whatever end says
 	b := g.bytes(int(tok))
+	if g.think != nil {
+		g.head = append(g.head, b...)
+		n := g.think.OpenEnd(string(g.head))
+		if n < 0 {
+			return false // maybe the open tag: the start state's mask again
+		}
+		if b = g.head; n > 0 {
+			g.wait = g.think.Close
+			if g.wait == "" {
+				g.wait = nozzle.DefaultThinkTags.Close
+			}
+			b = g.head[n:]
+		}
+		g.think, g.head = nil, nil
+	}
 	if g.wait != "" {
 		g.tail = append(g.tail, b...)
 		// (what follows the tag in its token, whitespace as a rule, is

@@ -59,3 +59,53 @@ func TestSeqGrammar_AfterThoughts(t *testing.T) {
 		t.Fatal("the object {} did not end the output")
 	}
 }
+
+// TestSeqGrammar_OwnThoughts: free text with strict functions' calls on a
+// reasoning model whose prompt left its thoughts to it: thoughts it opens
+// are drawn freely, a call in them unconstrained (it may close them after
+// one), and the calls after them are held to their form; an answer that
+// does not open with thoughts is constrained from its first byte.
+func TestSeqGrammar_OwnThoughts(t *testing.T) {
+	vocab := [][]byte{[]byte("\n"), []byte("<th"), []byte("ink>"), []byte("<tool_call>"), []byte("</think>"), []byte("x"),
+		[]byte("\n{\"name\": \"f\", \"arguments\": {}}\n</tool_call>"), nil}
+	v := grammar.NewVocab(vocab, []int{7}) // 7: the end
+	obj, err := grammar.CompileSchema([]byte(`{"type":"object"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	start, err := grammar.Trigger(grammar.Calls{Tag: "<tool_call>", Pre: "\n", Post: "\n</tool_call>", ArgsKey: "arguments", Only: true,
+		Tools: []grammar.Tool{{Name: "f", Args: obj}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := grammar.NewMasker[grammar.Triggered](v, 0)
+	newG := func() *seqGrammar {
+		g := &seqGrammar{c: &machineConstraint[grammar.Triggered, *grammar.Triggered]{m: m, state: start},
+			bytes: func(id int) []byte { return vocab[id] }, think: &nozzle.DefaultThinkTags}
+		if !g.startable() {
+			t.Fatal("not startable")
+		}
+		return g
+	}
+	g := newG()
+	// "\n<think>x<tool_call>x</think>": the thoughts, then a call and the end
+	for _, tok := range []int32{0, 1, 2, 5, 3, 5, 4} {
+		if g.feed(tok) {
+			t.Fatalf("token %d ended the thoughts", tok)
+		}
+	}
+	if mk := g.mask(); mk == nil || !grammar.Allowed(mk, 0) || !grammar.Allowed(mk, 3) {
+		t.Fatalf("after the thoughts: mask %b", mk)
+	}
+	if g.feed(3) || grammar.Allowed(g.mask(), 5) || !grammar.Allowed(g.mask(), 6) || g.feed(6) {
+		t.Fatal("the call after the thoughts is not held to its form")
+	}
+	if mk := g.mask(); grammar.Allowed(mk, 5) || !grammar.Allowed(mk, 3) || !grammar.Allowed(mk, 7) {
+		t.Fatalf("after the call: mask %b", mk)
+	}
+	// no thoughts: "<tool_call>" then only the call
+	g = newG()
+	if g.feed(3) || g.think != nil || grammar.Allowed(g.mask(), 5) || !grammar.Allowed(g.mask(), 6) {
+		t.Fatalf("a call without thoughts: mask %b", g.mask())
+	}
+}

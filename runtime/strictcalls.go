@@ -17,7 +17,9 @@ import (
 // (any JSON object where it is not); after a call only whitespace and
 // further calls may come, so that the answer reads as calls
 // (gateway/tools.go takes text after the calls for content, calls and
-// all). Other formats, and tools none of them strict, are unconstrained.
+// all). A reasoning model's thoughts are free, those its prompt opened and
+// those it opens itself (seqGrammar.think): its calls are the answer's.
+// Other formats, and tools none of them strict, are unconstrained.
 
 // strictCallsConstraint returns the constraint of the calls req's model
 // may make, nil where none of req's tools is strict or its tool format is
