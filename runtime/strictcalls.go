@@ -59,6 +59,12 @@ func (r *Runtime) strictCallsConstraint(req *nozzle.GenerateRequest) (constraint
 			f := d.Function
 			args := anyObject
 			if p := f.Parameters; isTrue(f.Strict) && len(p) > 0 && string(p) != "null" {
+				// arguments are an object (the gateway reads no other)
+				var top struct{ Type json.RawMessage }
+				if json.Unmarshal(p, &top) != nil || string(top.Type) != `"object"` {
+					return grammar.Triggered{}, nozzle.Errorf(nozzle.EINVALID,
+						"Invalid 'tools': function %q is strict, and its parameters are not a schema of type \"object\".", f.Name).WithParam("tools")
+				}
 				if args, err = grammar.CompileSchema(p); err != nil {
 					return grammar.Triggered{}, nozzle.Errorf(nozzle.EINVALID,
 						"Invalid 'tools': function %q is strict, and its parameters cannot be enforced: %v.", f.Name, err).WithParam("tools")

@@ -130,7 +130,8 @@ func TestQwen3_StrictToolCalls(t *testing.T) {
 // TestQwen3_NonStrictToolsUnconstrained: the same tools without strict,
 // the same push: the model writes what it likes after <tool_call> (the
 // random model, more <tool_call>s) — no constraint; and a strict function
-// whose parameters the masks cannot enforce is refused, naming tools.
+// whose parameters the masks cannot enforce, or are not an object's, is
+// refused, naming tools.
 func TestQwen3_NonStrictToolsUnconstrained(t *testing.T) {
 	dir := qwen3Dir(t)
 	rt := openOnStore(t, runtime.Options{}, dir, nil)
@@ -158,4 +159,8 @@ func TestQwen3_NonStrictToolsUnconstrained(t *testing.T) {
 		t.Fatalf("an unenforceable strict function: %v", o.err)
 	}
 	t.Logf("%v", ne)
+	req.Tools = json.RawMessage(`[{"type":"function","function":{"name":"f","strict":true,"parameters":{"type":"string"}}}]`)
+	if o = run(ctx, rt, req); !errors.As(o.err, &ne) || ne.Code != nozzle.EINVALID || ne.Param != "tools" {
+		t.Fatalf("strict parameters not an object: %v", o.err)
+	}
 }
