@@ -3,7 +3,9 @@ package nozzle
 import (
 	"context"
 	"encoding/json"
+	"strings"
 	"time"
+	"unicode/utf8"
 )
 
 // ModelInfo describes the base model a runtime serves.
@@ -65,6 +67,10 @@ type ModelInfo struct {
 	// (ResponseFormatJSONSchema); a runtime of an earlier version ignores
 	// the request's format.
 	JSONSchema bool `json:"json_schema,omitempty"`
+	// Regex says the runtime constrains a completion to text a pattern
+	// matches (ResponseFormatRegex); a runtime of an earlier version
+	// refuses the format.
+	Regex bool `json:"regex,omitempty"`
 	// ToolChoice says the runtime forces tool calls
 	// (GenerateRequest.ToolChoice) for this model: its tool format is
 	// Hermes' or Llama 3's JSON. A runtime of an earlier version ignores
@@ -167,6 +173,32 @@ const ResponseFormatJSONObject = "json_object"
 // response_format), never enforced in part.
 const ResponseFormatJSONSchema = "json_schema"
 
+// ResponseFormatRegex constrains a completion to text that a regular
+// expression (ECMA-262 syntax, as JSON Schema's "pattern") matches whole,
+// from its first byte to its last: vLLM's guided_regex, and its
+// guided_choice as the alternation of the choices. The pattern is
+// GenerateRequest.ResponseSchema, as a JSON string. A pattern the runtime
+// cannot compile is refused (EINVALID, param response_format).
+const ResponseFormatRegex = "regex"
+
+// ChoicePattern is the ResponseFormatRegex pattern of exactly one of
+// options, each matched byte for byte.
+func ChoicePattern(options []string) string {
+	var b strings.Builder
+	for i, o := range options {
+		if i > 0 {
+			b.WriteByte('|')
+		}
+		for _, r := range o {
+			if r < utf8.RuneSelf && strings.ContainsRune(`^$\.*+?()[]{}|/-`, r) {
+				b.WriteByte('\\')
+			}
+			b.WriteRune(r)
+		}
+	}
+	return b.String()
+}
+
 // ToolChoiceRequired is GenerateRequest.ToolChoice forcing a call of one
 // of the request's tools, the model's pick.
 const ToolChoiceRequired = "required"
@@ -212,8 +244,10 @@ type GenerateRequest struct {
 	PresencePenalty  float64
 	FrequencyPenalty float64
 	// ResponseFormat constrains the completion: "" (none),
-	// ResponseFormatJSONObject or ResponseFormatJSONSchema (with
-	// ResponseSchema, the JSON Schema the answer follows).
+	// ResponseFormatJSONObject, ResponseFormatJSONSchema (with
+	// ResponseSchema, the JSON Schema the answer follows) or
+	// ResponseFormatRegex (with ResponseSchema, the pattern as a JSON
+	// string).
 	ResponseFormat string
 	ResponseSchema json.RawMessage
 	// ToolChoice, with Tools, forces a call: ToolChoiceRequired (one of

@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -287,8 +288,11 @@ func (s *Server) resolveModel(ctx context.Context, p *principal, j *job) error {
 				}
 			}
 		}
+		if j.format == nozzle.ResponseFormatRegex && !info.Regex {
+			return invalidAs("unsupported_value", j.formatParam, "The runtime serving this model is of an earlier version that cannot constrain its output as '%s' asks; try again once it is upgraded, or leave it out.", j.formatParam)
+		}
 		if j.format == nozzle.ResponseFormatJSONObject && !info.JSONObject || j.format == nozzle.ResponseFormatJSONSchema && !info.JSONSchema {
-			return invalidAs("unsupported_value", "response_format", "The runtime serving this model is of an earlier version that cannot constrain its output as 'response_format' %q asks; try again once it is upgraded, or leave 'response_format' out.", j.format)
+			return invalidAs("unsupported_value", cmp.Or(j.formatParam, "response_format"), "The runtime serving this model is of an earlier version that cannot constrain its output as 'response_format' %q asks; try again once it is upgraded, or leave 'response_format' out.", j.format)
 		}
 		if len(j.templateKwargs) > 0 && !info.ChatTemplateKwargs {
 			return invalidAs("unsupported_value", "chat_template_kwargs", "The runtime serving this model is of an earlier version that cannot pass 'chat_template_kwargs' to the chat template; try again once it is upgraded, or leave them out.")
@@ -357,6 +361,7 @@ func (cp *completion) run(emit func(i int, ch nozzle.Chunk) error) {
 	if len(cp.reqs) == 1 {
 		r := &cp.results[0]
 		r.res, r.err = cp.s.router.generate(cp.ctx, cp.reqs[0], func(ch nozzle.Chunk) error { return emit(0, ch) })
+		r.err = cp.j.fromRuntime(r.err)
 		return
 	}
 	var wg sync.WaitGroup
@@ -371,6 +376,7 @@ func (cp *completion) run(emit func(i int, ch nozzle.Chunk) error) {
 				defer mu.Unlock()
 				return emit(i, ch)
 			})
+			r.err = cp.j.fromRuntime(r.err)
 			if r.err != nil {
 				cp.cancel()
 			}

@@ -2,13 +2,16 @@ package gateway
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"iter"
+	"maps"
 	"math"
 	"reflect"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"unicode/utf8"
@@ -48,8 +51,9 @@ type job struct {
 	logitBias           map[int]float64
 	presence, frequency float64
 	toolChoice          string          // a call to force: "", nozzle.ToolChoiceRequired or a function's name
-	format              string          // response_format: "" or nozzle.ResponseFormatJSON*
-	schema              json.RawMessage // with nozzle.ResponseFormatJSONSchema
+	format              string          // response_format: "" or nozzle.ResponseFormat*
+	schema              json.RawMessage // with nozzle.ResponseFormatJSONSchema; a regex's pattern as a JSON string
+	formatParam         string          // the parameter that gave the format, when not response_format (guided_regex, ...)
 
 	// Sampling parameters the request left out take the model's
 	// recommended values (see applySampling), else the API's defaults.
@@ -294,6 +298,7 @@ type chatBody struct {
 	// an extension (vLLM's): variables of the chat template
 	ChatTemplateKwargs json.RawMessage `json:"chat_template_kwargs"`
 	adjustBody
+	guidedBody
 }
 
 // maxChatMessages caps a chat request's messages. Every message costs the
@@ -357,6 +362,109 @@ type completionBody struct {
 	Suffix   *string         `json:"suffix"`
 	BestOf   *int            `json:"best_of"`
 	adjustBody
+	guidedBody
+}
+
+// guidedBody holds vLLM's structured-output extensions both endpoints
+// take: guided_regex, guided_choice and guided_json, and their newer
+// form, structured_outputs {"regex" | "choice" | "json"}.
+type guidedBody struct {
+	GuidedRegex       json.RawMessage `json:"guided_regex"`
+	GuidedChoice      json.RawMessage `json:"guided_choice"`
+	GuidedJSON        json.RawMessage `json:"guided_json"`
+	StructuredOutputs json.RawMessage `json:"structured_outputs"`
+}
+
+// Limits of guided_choice.
+const (
+	maxGuidedChoices     = 256
+	maxGuidedChoiceBytes = 4096 // all the choices' bytes
+)
+
+// apply reads the guided output (at most one) into j: a regex or choices
+// as nozzle.ResponseFormatRegex, a schema as
+// nozzle.ResponseFormatJSONSchema; the runtime compiles them.
+func (g *guidedBody) apply(j *job) error {
+	type guided struct {
+		param string
+		raw   json.RawMessage
+		kind  string // regex, choice, json
+	}
+	var set []guided
+	for _, c := range []guided{{"guided_regex", g.GuidedRegex, "regex"}, {"guided_choice", g.GuidedChoice, "choice"}, {"guided_json", g.GuidedJSON, "json"}} {
+		if !isNull(c.raw) {
+			set = append(set, c)
+		}
+	}
+	if !isNull(g.StructuredOutputs) {
+		var so map[string]json.RawMessage
+		if json.Unmarshal(g.StructuredOutputs, &so) != nil {
+			return invalidAs("invalid_type", "structured_outputs", "Invalid type for 'structured_outputs': expected an object.")
+		}
+		for _, k := range slices.Sorted(maps.Keys(so)) {
+			switch k {
+			case "regex", "choice", "json":
+				if !isNull(so[k]) {
+					set = append(set, guided{"structured_outputs." + k, so[k], k})
+				}
+			default:
+				return invalidAs("unsupported_value", "structured_outputs."+k, "'structured_outputs.%s' is not supported: give 'regex', 'choice' or 'json'.", k)
+			}
+		}
+	}
+	switch {
+	case len(set) == 0:
+		return nil
+	case len(set) > 1:
+		return invalidAs("invalid_parameter_combination", set[1].param, "Give one guided output at a time: '%s' and '%s' were both given.", set[0].param, set[1].param)
+	}
+	c := set[0]
+	switch c.kind {
+	case "regex":
+		var p string
+		if json.Unmarshal(c.raw, &p) != nil {
+			return invalidAs("invalid_type", c.param, "Invalid type for '%s': expected a string.", c.param)
+		}
+		j.format, j.schema = nozzle.ResponseFormatRegex, c.raw
+	case "choice":
+		var opts []string
+		if json.Unmarshal(c.raw, &opts) != nil {
+			return invalidAs("invalid_type", c.param, "Invalid type for '%s': expected an array of strings.", c.param)
+		}
+		total := 0
+		for _, o := range opts {
+			total += len(o)
+		}
+		switch {
+		case len(opts) == 0:
+			return invalidAs("empty_array", c.param, "Invalid '%s': empty array. Expected an array with minimum length 1.", c.param)
+		case len(opts) > maxGuidedChoices:
+			return invalidAs("array_above_max_length", c.param, "Invalid '%s': array too long. Expected an array with maximum length %d, but got an array with length %d instead.", c.param, maxGuidedChoices, len(opts))
+		case total > maxGuidedChoiceBytes:
+			return invalidAs("invalid_value", c.param, "Invalid '%s': the choices are %d bytes together, more than %d.", c.param, total, maxGuidedChoiceBytes)
+		}
+		pattern, _ := json.Marshal(nozzle.ChoicePattern(opts))
+		j.format, j.schema = nozzle.ResponseFormatRegex, pattern
+	case "json":
+		if t := bytes.TrimSpace(c.raw); len(t) == 0 || t[0] != '{' {
+			return invalidAs("invalid_type", c.param, "Invalid type for '%s': expected an object (a JSON Schema).", c.param)
+		}
+		j.format, j.schema = nozzle.ResponseFormatJSONSchema, c.raw
+	}
+	j.formatParam = c.param
+	return nil
+}
+
+// fromRuntime names, in the runtime's refusal of a guided output's
+// pattern or schema, the request's parameter that gave it.
+func (j *job) fromRuntime(err error) error {
+	if e := nozzle.AsError(err); e != nil && j.formatParam != "" && e.Code == nozzle.EINVALID && strings.HasPrefix(e.Param, "response_format") {
+		c := *e
+		c.Param = j.formatParam
+		c.Message = strings.ReplaceAll(c.Message, "'response_format.json_schema.schema'", "'"+j.formatParam+"'")
+		return &c
+	}
+	return err
 }
 
 // adjustBody holds the parameters of both endpoints that adjust the
@@ -837,7 +945,7 @@ func parseChat(body []byte, maxChoices int) (*job, error) {
 	if err := j.applyCommon(&b.commonBody, maxTok, maxChoices, param); err != nil {
 		return nil, err
 	}
-	if err := b.apply(j); err != nil {
+	if err := b.adjustBody.apply(j); err != nil {
 		return nil, err
 	}
 	format, schema, err := chatFormat(b.ResponseFormat)
@@ -845,11 +953,17 @@ func parseChat(body []byte, maxChoices int) (*job, error) {
 		return nil, err
 	}
 	j.format, j.schema = format, schema
+	if err := b.guidedBody.apply(j); err != nil {
+		return nil, err
+	}
+	if j.formatParam != "" && format != "" {
+		return nil, invalidAs("invalid_parameter_combination", j.formatParam, "'%s' cannot be given with 'response_format' %q.", j.formatParam, format)
+	}
 	if j.tools, j.toolChoice, err = parseTools(b.Tools, b.ToolChoice); err != nil {
 		return nil, err
 	}
 	if j.toolChoice != "" && j.format != "" {
-		return nil, invalidAs("invalid_parameter_combination", "tool_choice", "A forced tool call ('tool_choice' %q) cannot also follow 'response_format'.", b.ToolChoice)
+		return nil, invalidAs("invalid_parameter_combination", "tool_choice", "A forced tool call ('tool_choice' %q) cannot also follow '%s'.", b.ToolChoice, cmp.Or(j.formatParam, "response_format"))
 	}
 	if !isNull(b.Functions) && string(bytes.TrimSpace(b.Functions)) != "[]" {
 		return nil, invalidAs("unsupported_parameter", "functions", "The legacy 'functions' are not supported by this server; give them as 'tools'.")
@@ -1004,7 +1118,10 @@ func parseCompletion(body []byte, maxChoices int) (*job, error) {
 	if b.MaxTokens == nil {
 		j.maxTokens = completionsDefaultMaxTokens
 	}
-	if err := b.apply(j); err != nil {
+	if err := b.adjustBody.apply(j); err != nil {
+		return nil, err
+	}
+	if err := b.guidedBody.apply(j); err != nil {
 		return nil, err
 	}
 	prompts, err := parsePrompt(b.Prompt, j.n, maxChoices)

@@ -169,3 +169,56 @@ func TestResponseFormat(t *testing.T) {
 		t.Errorf("text on an earlier runtime: %d", resp.StatusCode)
 	}
 }
+
+// TestGuidedOutputs: vLLM's guided_regex, guided_choice and guided_json
+// (and structured_outputs' regex, choice and json) reach the runtime as a
+// regex format with its pattern or a JSON Schema, on both endpoints; two
+// at once, one beside response_format or a forced call, and values of the
+// wrong shape are refused naming the parameter, as is a runtime that
+// cannot constrain its output.
+func TestGuidedOutputs(t *testing.T) {
+	f := newFixture(t)
+	msgs := `"messages":[{"role":"user","content":"Pick."}]`
+	for _, tc := range []struct{ path, body, format, schema string }{
+		{"/v1/chat/completions", `{"model":"base",` + msgs + `,"guided_regex":"[0-9]{3}"}`, nozzle.ResponseFormatRegex, `"[0-9]{3}"`},
+		{"/v1/completions", `{"model":"base","prompt":"x","guided_choice":["yes","no","a.b"]}`, nozzle.ResponseFormatRegex, `"yes|no|a\\.b"`},
+		{"/v1/chat/completions", `{"model":"base",` + msgs + `,"guided_json":{"type":"object"}}`, nozzle.ResponseFormatJSONSchema, `{"type":"object"}`},
+		{"/v1/completions", `{"model":"base","prompt":"x","structured_outputs":{"regex":"a+"}}`, nozzle.ResponseFormatRegex, `"a+"`},
+		{"/v1/chat/completions", `{"model":"base",` + msgs + `,"structured_outputs":{"choice":["x"],"json":null}}`, nozzle.ResponseFormatRegex, `"x"`},
+		{"/v1/chat/completions", `{"model":"base",` + msgs + `,"guided_regex":null,"response_format":{"type":"text"}}`, "", ``},
+	} {
+		f.gen.lastReq.Store(nil)
+		resp := f.do(http.MethodPost, tc.path, tc.body, f.authA())
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("%s: status %d: %s", tc.body, resp.StatusCode, readAll(t, resp))
+		}
+		resp.Body.Close()
+		req := f.gen.lastReq.Load()
+		if req.ResponseFormat != tc.format || string(req.ResponseSchema) != tc.schema {
+			t.Errorf("%s: the runtime got %q %s, want %q %s", tc.body, req.ResponseFormat, req.ResponseSchema, tc.format, tc.schema)
+		}
+	}
+	tools := `"tools":[{"type":"function","function":{"name":"g"}}]`
+	for _, tc := range []struct{ body, code, param string }{
+		{`"guided_regex":"a","guided_choice":["b"]`, "invalid_parameter_combination", "guided_choice"},
+		{`"guided_regex":"a","structured_outputs":{"regex":"b"}`, "invalid_parameter_combination", "structured_outputs.regex"},
+		{`"guided_regex":"a","response_format":{"type":"json_object"}`, "invalid_parameter_combination", "guided_regex"},
+		{tools + `,"tool_choice":"required","guided_choice":["a"]`, "invalid_parameter_combination", "tool_choice"},
+		{`"guided_regex":1`, "invalid_type", "guided_regex"},
+		{`"guided_choice":"yes"`, "invalid_type", "guided_choice"},
+		{`"guided_choice":[]`, "empty_array", "guided_choice"},
+		{`"guided_choice":[` + strings.Repeat(`"a",`, 256) + `"a"]`, "array_above_max_length", "guided_choice"},
+		{`"guided_choice":["` + strings.Repeat("a", 4097) + `"]`, "invalid_value", "guided_choice"},
+		{`"guided_json":"{}"`, "invalid_type", "guided_json"},
+		{`"structured_outputs":"a+"`, "invalid_type", "structured_outputs"},
+		{`"structured_outputs":{"grammar":"root ::= x"}`, "unsupported_value", "structured_outputs.grammar"},
+	} {
+		wantError(t, f.do(http.MethodPost, "/v1/chat/completions", `{"model":"base",`+msgs+`,`+tc.body+`}`, f.authA()),
+			http.StatusBadRequest, "invalid_request_error", tc.code, tc.param)
+	}
+	old := newFixture(t, func(c *gateway.Config, d *gateway.Deps, f *fixture) { f.gen.noJSON = true })
+	wantError(t, old.do(http.MethodPost, "/v1/completions", `{"model":"base","prompt":"x","guided_choice":["a"]}`, old.authA()),
+		http.StatusBadRequest, "invalid_request_error", "unsupported_value", "guided_choice")
+	wantError(t, old.do(http.MethodPost, "/v1/chat/completions", `{"model":"base",`+msgs+`,"guided_json":{}}`, old.authA()),
+		http.StatusBadRequest, "invalid_request_error", "unsupported_value", "guided_json")
+}

@@ -3,6 +3,7 @@ package runtime
 import (
 	"bytes"
 	"crypto/sha256"
+	"encoding/json"
 	"fmt"
 	"sync"
 
@@ -85,6 +86,18 @@ func (r *Runtime) newSeqGrammar(req *nozzle.GenerateRequest, open bool) (*seqGra
 		})
 		if err != nil {
 			return nil, nozzle.Errorf(nozzle.EINVALID, "Invalid 'response_format.json_schema.schema': %v.", err).WithParam("response_format.json_schema.schema")
+		}
+		g.c = e.constraint()
+	case req.ResponseFormat == nozzle.ResponseFormatRegex:
+		var pattern string
+		if err := json.Unmarshal(req.ResponseSchema, &pattern); err != nil {
+			return nil, nozzle.Errorf(nozzle.EINVALID, "A regex response format needs its pattern as a JSON string.").WithParam("response_format")
+		}
+		e, err := r.regexes.get(r.grammarVocab(), req.ResponseSchema, func() (grammar.Regex, error) {
+			return grammar.CompileRegex(pattern)
+		})
+		if err != nil {
+			return nil, nozzle.Errorf(nozzle.EINVALID, "Invalid regular expression: %v.", err).WithParam("response_format")
 		}
 		g.c = e.constraint()
 	default:

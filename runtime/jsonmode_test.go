@@ -239,3 +239,33 @@ func BenchmarkDemo_Constrained(b *testing.B) {
 		b.ReportMetric(float64(spent[k].Microseconds())/float64(max(1, tokens[k])), "µs/token-"+kind.name)
 	}
 }
+
+// TestDemo_Regex: with ResponseFormatRegex the demo model writes text the
+// pattern matches whole — a pattern, a choice among strings — greedy and
+// sampled, ending when the match may end with nothing after it; a pattern
+// that cannot compile is refused naming response_format.
+func TestDemo_Regex(t *testing.T) {
+	rt, _ := openDemo(t, runtime.Options{})
+	for _, tc := range []struct{ pattern, check string }{
+		{`[A-Z]{2}-[0-9]{3}`, `^[A-Z]{2}-[0-9]{3}$`},
+		{nozzle.ChoicePattern([]string{"red", "green", "blue (dark)"}), `^(red|green|blue \(dark\))$`},
+		{`(yes|no), because [a-z ]{1,20}\.`, `^(yes|no), because [a-z ]{1,20}\.$`},
+	} {
+		pattern, _ := json.Marshal(tc.pattern)
+		for i := range 3 {
+			seed := uint64(i)
+			req := &nozzle.GenerateRequest{Prompt: "Answer:", MaxTokens: 200, ResponseFormat: nozzle.ResponseFormatRegex, ResponseSchema: pattern}
+			if i > 0 {
+				req.Temperature, req.Seed = 1, &seed
+			}
+			out, res := text(t, rt, req)
+			if !regexp.MustCompile(tc.check).MatchString(out) || res.FinishReason != nozzle.FinishStop {
+				t.Errorf("%q, request %d: %q (finish %q)", tc.pattern, i, out, res.FinishReason)
+			}
+		}
+	}
+	_, err := rt.Generate(context.Background(), &nozzle.GenerateRequest{Prompt: "x", ResponseFormat: nozzle.ResponseFormatRegex, ResponseSchema: json.RawMessage(`"(?=a)"`)}, func(nozzle.Chunk) error { return nil })
+	if e := nozzle.AsError(err); e == nil || e.Code != nozzle.EINVALID || e.Param != "response_format" || !strings.Contains(e.Message, "lookahead") {
+		t.Errorf("a lookahead: %v", err)
+	}
+}

@@ -277,6 +277,7 @@ type Runtime struct {
 	vocab     *grammar.Vocab
 	jsonMask  *grammar.Masker[grammar.JSON, *grammar.JSON]
 	schemas   compiledCache[grammar.Schema, *grammar.Schema]
+	regexes   compiledCache[grammar.Regex, *grammar.Regex]
 	toolCalls compiledCache[grammar.Framed, *grammar.Framed]
 	// the calls of tools with strict functions, tool_choice "auto"
 	strictCalls compiledCache[grammar.Triggered, *grammar.Triggered]
@@ -314,6 +315,7 @@ func newRuntime(opts Options, p parts) (*Runtime, error) {
 	r.info.LogitBias = true
 	r.info.JSONObject = true
 	r.info.JSONSchema = true
+	r.info.Regex = true
 	_, _, _, r.info.ToolChoice = toolCallForm(r.info.ToolFormat)
 	r.start = r.clock()
 	if r.info.CreatedAt.IsZero() {

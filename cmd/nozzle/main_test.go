@@ -407,6 +407,22 @@ func TestServe_JSONObject(t *testing.T) {
 	if resp.StatusCode != 400 || !strings.Contains(string(b), `"param":"response_format.json_schema.schema"`) || !strings.Contains(string(b), "uri") {
 		t.Fatalf("unenforceable schema: %d %s", resp.StatusCode, b)
 	}
+	// vLLM's guided outputs: a choice on the legacy endpoint, a pattern the
+	// runtime cannot compile refused naming the parameter
+	resp, b = post(t, base+"/v1/completions", key, `{"model":"demo-chat","prompt":"Sky colour:","max_tokens":20,"guided_choice":["blue","grey","orange"]}`)
+	var pick struct {
+		Choices []struct {
+			Text         string
+			FinishReason string `json:"finish_reason"`
+		}
+	}
+	if json.Unmarshal(b, &pick); resp.StatusCode != 200 || len(pick.Choices) != 1 || !slices.Contains([]string{"blue", "grey", "orange"}, pick.Choices[0].Text) || pick.Choices[0].FinishReason != "stop" {
+		t.Fatalf("guided_choice: %d %s", resp.StatusCode, b)
+	}
+	resp, b = post(t, base+"/v1/chat/completions", key, `{"model":"demo-chat","messages":[{"role":"user","content":"x"}],"guided_regex":"(?<=a)b"}`)
+	if resp.StatusCode != 400 || !strings.Contains(string(b), `"param":"guided_regex"`) || !strings.Contains(string(b), "lookbehind") {
+		t.Fatalf("a lookbehind: %d %s", resp.StatusCode, b)
+	}
 }
 
 // TestServe_CachedPromptTokens: a prompt that begins like an earlier one

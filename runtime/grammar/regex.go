@@ -697,24 +697,6 @@ func CompileRegex(pattern string) (Regex, error) {
 	return Regex{d: d, st: d.start}, nil
 }
 
-// ChoicePattern is the pattern of exactly one of options, each matched
-// byte for byte.
-func ChoicePattern(options []string) string {
-	var b strings.Builder
-	for i, o := range options {
-		if i > 0 {
-			b.WriteByte('|')
-		}
-		for _, r := range o {
-			if r < utf8.RuneSelf && strings.ContainsRune(`^$\.*+?()[]{}|/-`, r) {
-				b.WriteByte('\\')
-			}
-			b.WriteRune(r)
-		}
-	}
-	return b.String()
-}
-
 // Feed reads one byte (Machine).
 func (r *Regex) Feed(b byte) bool {
 	t := r.d.step(r.st, b)

@@ -3,6 +3,7 @@ package grammar
 import (
 	"bytes"
 	"encoding/json"
+	nozzle "github.com/nozzle-ai/nozzle"
 	"math/rand/v2"
 	"regexp"
 	"strings"
@@ -170,7 +171,7 @@ func TestRegex_Whole(t *testing.T) {
 		accept, refuse []string
 	}{
 		{`[0-9]{3}-[a-z]+`, []string{"123-ab", "000-z"}, []string{"123-", "a123-ab", "123-ab!", "12-ab", ""}},
-		{ChoicePattern([]string{"yes", "no", "a.b", "x|y", "ünï", ""}), []string{"yes", "no", "a.b", "x|y", "ünï", ""}, []string{"ye", "a-b", "x", "yess", "nono", "y"}},
+		{nozzle.ChoicePattern([]string{"yes", "no", "a.b", "x|y", "ünï", ""}), []string{"yes", "no", "a.b", "x|y", "ünï", ""}, []string{"ye", "a-b", "x", "yess", "nono", "y"}},
 		{`Answer: (.*)\n?`, []string{"Answer: 42", "Answer: \"quoted\" \\ 😀\n"}, []string{"answer: 1", "Answer: a\nb", "Answer:"}},
 		{`\s*\{"a": (true|false)\}\s*`, []string{`{"a": true}`, "\n {\"a\": false}\u00a0"}, []string{`{"a":true}`, `{"a": null}`}},
 	} {
