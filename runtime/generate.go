@@ -115,8 +115,11 @@ func (r *Runtime) prepare(req *nozzle.GenerateRequest) (*sequence, error) {
 	}
 	if q.gram != nil {
 		kind := req.ResponseFormat
-		if req.ToolChoice != "" {
+		switch {
+		case req.ToolChoice != "":
 			kind = "tool_call"
+		case kind == "":
+			kind = "strict_tool_calls" // tool_choice auto, a strict function among the tools
 		}
 		r.m.constrained.With(kind).Inc()
 	}

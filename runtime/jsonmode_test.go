@@ -245,7 +245,8 @@ func BenchmarkDemo_Constrained(b *testing.B) {
 // sampled, ending when the match may end with nothing after it; a pattern
 // that cannot compile is refused naming response_format.
 func TestDemo_Regex(t *testing.T) {
-	rt, _ := openDemo(t, runtime.Options{})
+	reg := metrics.NewRegistry()
+	rt, _ := openDemo(t, runtime.Options{Metrics: reg})
 	for _, tc := range []struct{ pattern, check string }{
 		{`[A-Z]{2}-[0-9]{3}`, `^[A-Z]{2}-[0-9]{3}$`},
 		{nozzle.ChoicePattern([]string{"red", "green", "blue (dark)"}), `^(red|green|blue \(dark\))$`},
@@ -263,6 +264,9 @@ func TestDemo_Regex(t *testing.T) {
 				t.Errorf("%q, request %d: %q (finish %q)", tc.pattern, i, out, res.FinishReason)
 			}
 		}
+	}
+	if n := metricValue(promText(reg), `nozzle_runtime_constrained_requests_total{kind="regex"}`); n != 9 {
+		t.Errorf("regex requests counted %v, want 9", n)
 	}
 	_, err := rt.Generate(context.Background(), &nozzle.GenerateRequest{Prompt: "x", ResponseFormat: nozzle.ResponseFormatRegex, ResponseSchema: json.RawMessage(`"(?=a)"`)}, func(nozzle.Chunk) error { return nil })
 	if e := nozzle.AsError(err); e == nil || e.Code != nozzle.EINVALID || e.Param != "response_format" || !strings.Contains(e.Message, "lookahead") {

@@ -58,7 +58,7 @@ func newRuntimeMetrics(r *metrics.Registry, utilisation func() float64) *runtime
 		preemptions:     r.Counter("nozzle_runtime_preemptions_total", "Sequences preempted for recompute (KV blocks ran out, or a tenant over its share of the batch made room for another)."),
 		fairPreemptions: r.Counter("nozzle_runtime_fair_preemptions_total", "Sequences of a tenant over its share of the batch preempted to admit another tenant's."),
 		requests:        r.CounterVec("nozzle_runtime_requests_total", "Requests finished, by outcome.", "outcome"),
-		constrained:     r.CounterVec("nozzle_runtime_constrained_requests_total", "Requests whose output a response format or a forced tool call constrains, by kind (json_object, json_schema, tool_call).", "kind"),
+		constrained:     r.CounterVec("nozzle_runtime_constrained_requests_total", "Requests whose output a response format, a forced tool call or strict functions constrain, by kind (json_object, json_schema, regex, tool_call, strict_tool_calls).", "kind"),
 
 		adapterHits:        r.CounterVec("nozzle_runtime_adapter_cache_hits_total", "Adapter lookups found in a tier.", "tier"),
 		adapterMisses:      r.CounterVec("nozzle_runtime_adapter_cache_misses_total", "Adapter lookups not found in a tier.", "tier"),
