@@ -1,6 +1,7 @@
 package grammar
 
 import (
+	"bytes"
 	"slices"
 	"sync"
 	"unicode/utf8"
@@ -24,6 +25,14 @@ type Machine interface {
 	Plain() bool
 }
 
+// Looper is a Machine that can tell, of some states, a byte that every
+// token without it leaves the state as it is in (free text watching for
+// a tag's first byte): the masker takes those tokens at once and walks
+// only the ones that have the byte.
+type Looper interface {
+	Loops() (b byte, ok bool)
+}
+
 // Vocab is a vocabulary prepared for masks, made once per model: a trie of
 // its tokens' bytes (so a prefix a machine refuses is read once for all
 // the tokens that share it), a second trie of the tokens that are not
@@ -37,6 +46,42 @@ type Vocab struct {
 	plain []uint32
 	// tokens that end the output: allowed once it is done, never before
 	ends []int32
+	// the tokens split by a byte (Looper), made when first asked for
+	tokens [][]byte
+	ids    []int32 // the tokens in all, sorted by their bytes
+	mu     sync.Mutex
+	splits map[byte]*split
+}
+
+// split is the vocabulary's tokens split by a byte: the mask of those
+// without it, the trie of those with it.
+type split struct {
+	without []uint32
+	with    trie
+}
+
+// splitBy returns the tokens split by byte b, made once.
+func (v *Vocab) splitBy(b byte) *split {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if sp := v.splits[b]; sp != nil {
+		return sp
+	}
+	sp := &split{without: make([]uint32, v.words)}
+	var with []int32
+	for _, id := range v.ids {
+		if bytes.IndexByte(v.tokens[id], b) >= 0 {
+			with = append(with, id)
+		} else {
+			sp.without[id/32] |= 1 << (id % 32)
+		}
+	}
+	sp.with.build(v.tokens, with)
+	if v.splits == nil {
+		v.splits = map[byte]*split{}
+	}
+	v.splits[b] = sp
+	return sp
 }
 
 // NewVocab prepares a vocabulary: tokens[id] is the bytes of token id, nil
@@ -64,6 +109,7 @@ func NewVocab(tokens [][]byte, ends []int) *Vocab {
 		return int(a - b)
 	})
 	v.all.build(tokens, ids)
+	v.tokens, v.ids = tokens, ids
 	v.plain = make([]uint32, v.words)
 	var odd []int32
 	for _, id := range ids {
@@ -209,6 +255,10 @@ func (m *Masker[S, P]) lookup(s *S) cached {
 	if p.Plain() {
 		copy(mask, v.plain)
 		walk[S, P](&v.odd, s, mask)
+	} else if b, ok := looping(p); ok {
+		sp := v.splitBy(b)
+		copy(mask, sp.without)
+		walk[S, P](&sp.with, s, mask)
 	} else {
 		walk[S, P](&v.all, s, mask)
 	}
@@ -229,6 +279,14 @@ func (m *Masker[S, P]) lookup(s *S) cached {
 	m.cache[key] = c
 	m.mu.Unlock()
 	return c
+}
+
+// looping is m's Loops, where m is a Looper.
+func looping(m Machine) (byte, bool) {
+	if l, ok := m.(Looper); ok {
+		return l.Loops()
+	}
+	return 0, false
 }
 
 // walk sets the bits of the tokens of t whose bytes s reads, depth first.

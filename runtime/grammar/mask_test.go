@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 
 	"github.com/nozzle-ai/nozzle/runtime/grammar"
@@ -373,5 +374,45 @@ func BenchmarkMaskerTriggered(b *testing.B) {
 				m.MaskFullWalk(&js)
 			}
 		})
+	}
+}
+
+// TestMasker_LooperMatchesWalk: in free text watching for a call's tag
+// the masker takes the tokens without the tag's first byte at once
+// (Looper); its masks are those of a walk of every token, in free text,
+// after a call and with a tag begun, on Llama 3's and Qwen3's
+// vocabularies.
+func TestMasker_LooperMatchesWalk(t *testing.T) {
+	for _, vocab := range []string{"llama3", "qwen3"} {
+		toks, ends := vocabulary(t, vocab)
+		v := grammar.NewVocab(toks, ends)
+		anyObj, err := grammar.CompileSchema([]byte(`{"type":"object"}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		start, err := grammar.Trigger(grammar.Calls{Tag: "<tool_call>", Pre: "\n", Post: "\n</tool_call>", ArgsKey: "arguments",
+			Tools: []grammar.Tool{{Name: "f", Args: anyObj}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, prefix := range []string{"", "Let me see. ", "<tool_call>\n{\"name\": \"f\", \"arguments\": {}}\n</tool_call>", "a <tool"} {
+			s := start
+			for i := 0; i < len(prefix); i++ {
+				if !s.Feed(prefix[i]) {
+					t.Fatalf("%q refused at %d", prefix, i)
+				}
+			}
+			m := grammar.NewMasker[grammar.Triggered](v, 0)
+			got, _ := m.Mask(&s)
+			want := m.MaskFullWalk(&s)
+			if s.Done() { // the end tokens, which no walk takes
+				for _, id := range ends {
+					want[id/32] |= 1 << (id % 32)
+				}
+			}
+			if !slices.Equal(got, want) {
+				t.Errorf("%s, after %q: the masks differ", vocab, prefix)
+			}
+		}
 	}
 }

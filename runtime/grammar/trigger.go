@@ -296,6 +296,16 @@ func b2u(b bool) byte {
 	return 0
 }
 
+// Loops reports, in free text where no part of the tag is read (and text
+// may come), the tag's first byte: a token without it leaves the state as
+// it is (Looper).
+func (t *Triggered) Loops() (byte, bool) {
+	if t.phase != tFree || t.at != 0 || t.called && t.c.only {
+		return 0, false
+	}
+	return t.c.tag[0], true
+}
+
 // Plain reports whether the arguments are inside a free string (Machine).
 // Free text is not plain: '<' and the tag's other bytes are plain
 // characters, and they move the tag's match.
