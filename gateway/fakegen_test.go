@@ -111,7 +111,7 @@ func (g *fakeGen) mock() *mock.Generator {
 			return nozzle.ModelInfo{ID: id, Architecture: "llama", ContextLength: 2048, VocabSize: 32000,
 				Device: "cpu", CreatedAt: created, Sampling: g.sampling, Fingerprint: fp, ToolFormat: g.toolFormat, Echo: !g.noEcho,
 				Reasoning: g.reasoning, ReasoningTags: g.thinkTags, ChatTemplateKwargs: !g.noKwargs, LogitBias: !g.noBias, JSONObject: !g.noJSON, JSONSchema: !g.noJSON, Regex: !g.noJSON,
-				ToolChoice: g.toolFormat == nozzle.ToolFormatHermes || g.toolFormat == nozzle.ToolFormatLlama3JSON}, nil
+				ToolChoice: g.toolFormat == nozzle.ToolFormatHermes || g.toolFormat == nozzle.ToolFormatLlama3JSON || g.toolFormat == nozzle.ToolFormatMistral}, nil
 		},
 		GenerateFn:    g.generate,
 		AdapterTierFn: func(ctx context.Context, sha string) nozzle.Tier { return nozzle.TierDisk },

@@ -20,6 +20,10 @@ type seqGrammar struct {
 	// allow is the mask of the next draw, looked up once the state it
 	// follows is reached (at the start, after each token fed)
 	allow []uint32
+	// lead are control tokens drawn, one at a time, before the constraint
+	// reads any (a forced call's [TOOL_CALLS]); leadMask allows lead[0]
+	lead     []int32
+	leadMask []uint32
 	// wait, when not "", is the text that closes a reasoning model's
 	// thoughts: the object begins after it; tail keeps the end of the
 	// text so far to find it.
@@ -61,11 +65,14 @@ func (r *Runtime) newSeqGrammar(req *nozzle.GenerateRequest, open bool) (*seqGra
 	g := &seqGrammar{bytes: r.codec.TokenBytes}
 	switch {
 	case req.ToolChoice != "":
-		c, err := r.toolCallConstraint(req)
+		c, lead, err := r.toolCallConstraint(req)
 		if err != nil {
 			return nil, err
 		}
 		g.c = c
+		if lead >= 0 {
+			g.lead = []int32{int32(lead)}
+		}
 	case req.ResponseFormat == "" && len(req.Tools) > 0:
 		// calls the model may make: a strict function's held to its form
 		c, err := r.strictCallsConstraint(req)
@@ -231,6 +238,14 @@ func (g *seqGrammar) mask() []uint32 {
 	if g == nil || g.wait != "" || g.err != nil {
 		return nil
 	}
+	if len(g.lead) > 0 {
+		if g.leadMask == nil {
+			g.leadMask = make([]uint32, len(g.allow))
+		}
+		clear(g.leadMask)
+		g.leadMask[g.lead[0]/32] |= 1 << (g.lead[0] % 32)
+		return g.leadMask
+	}
 	return g.allow
 }
 
@@ -280,6 +295,10 @@ func (g *seqGrammar) feed(tok int32) (end bool) {
 		if n := len(g.tail) - len(g.wait); n > 0 {
 			g.tail = g.tail[n:]
 		}
+		return false
+	}
+	if len(g.lead) > 0 { // the mask allowed the lead token alone
+		g.lead = g.lead[1:]
 		return false
 	}
 	for _, c := range b {

@@ -89,6 +89,12 @@ func Open(ctx context.Context, opts Options) (*Runtime, error) {
 		eos:          eosIDs,
 		keepTools:    tk.ToolCallTokens(),
 		keepThoughts: tk.ThoughtTokens(),
+		callsToken:   -1,
+	}
+	if f, ok := toolCallForm(info.ToolFormat); ok && f.lead != "" {
+		if id, ok := tk.TokenID(f.lead); ok && tk.IsSpecial(id) {
+			p.callsToken = id
+		}
 	}
 	return newRuntime(opts, p)
 }

@@ -247,6 +247,9 @@ type parts struct {
 	// thoughts' tags in a chat completion (tokenizer.ToolCallTokens,
 	// ThoughtTokens).
 	keepTools, keepThoughts []int
+	// callsToken is the control token a forced call begins with
+	// (Mistral's [TOOL_CALLS]), -1 for none
+	callsToken int
 }
 
 // Runtime is one warm base model serving requests for many adapters. It
@@ -267,6 +270,7 @@ type Runtime struct {
 	closers []func() error
 	// special tokens decoded as text all the same (see parts)
 	keepTools, keepThoughts []int
+	callsToken              int // see parts
 
 	ctx    context.Context // ended at Close: stops adapter loads
 	cancel context.CancelFunc
@@ -305,7 +309,7 @@ func newRuntime(opts Options, p parts) (*Runtime, error) {
 	r := &Runtime{
 		opts: opts, info: p.info, codec: p.codec, log: opts.Logger, clock: opts.Clock,
 		be: p.be, closers: p.closers, ctx: ctx, cancel: cancel, closed: make(chan struct{}),
-		keepTools: p.keepTools, keepThoughts: p.keepThoughts,
+		keepTools: p.keepTools, keepThoughts: p.keepThoughts, callsToken: p.callsToken,
 	}
 	r.info.Device = p.be.Device()
 	r.info.MaxLoRARank = opts.MaxRank
@@ -316,7 +320,7 @@ func newRuntime(opts Options, p parts) (*Runtime, error) {
 	r.info.JSONObject = true
 	r.info.JSONSchema = true
 	r.info.Regex = true
-	_, _, _, r.info.ToolChoice = toolCallForm(r.info.ToolFormat)
+	_, r.info.ToolChoice = toolCallForm(r.info.ToolFormat)
 	r.start = r.clock()
 	if r.info.CreatedAt.IsZero() {
 		// /v1/models' "created" is the model folder's config.json's

@@ -46,7 +46,8 @@ func (r *Runtime) strictCallsConstraint(req *nozzle.GenerateRequest) (constraint
 	if !strict {
 		return nil, nil
 	}
-	pre, post, argsKey, _ := toolCallForm(nozzle.ToolFormatHermes)
+	hermes, _ := toolCallForm(nozzle.ToolFormatHermes)
+	pre, post, argsKey := hermes.pre, hermes.post, hermes.argsKey
 	tag := strings.TrimRight(pre, " \n") // "<tool_call>": the "\n" after it is the call's
 	src := append([]byte(pre+"\x00"+post+"\x00"), req.Tools...)
 	e, err := r.strictCalls.get(r.grammarVocab(), src, func() (grammar.Triggered, error) {

@@ -16,37 +16,66 @@ import (
 //
 //   - Hermes (Qwen2.5, Qwen3): "<tool_call>\n" {"name": …, "arguments": …}
 //     "\n</tool_call>", the form Qwen's templates show the model;
-//   - Llama 3 JSON: the whole answer {"name": …, "parameters": …}.
+//   - Llama 3 JSON: the whole answer {"name": …, "parameters": …};
+//   - Mistral's v3 format: the control token [TOOL_CALLS] (forced alone,
+//     where the vocabulary has it), then " [" the calls "]", a JSON array
+//     of {"name": …, "arguments": …}, one for a named function.
 //
 // The arguments follow the called function's parameters where they
 // compile (grammar.CompileSchema), otherwise they are any JSON object;
 // with several functions ("required") the call is one of them, told apart
-// by its name (a union of the calls), whose arguments follow. Mistral's formats begin with a control token
-// the masks cannot force: their models are not offered it
+// by its name (a union of the calls), whose arguments follow. Mistral
+// v11's form ([TOOL_CALLS]name[ARGS]{…}) puts control tokens between a
+// call's parts: its models are not offered forced calls
 // (ModelInfo.ToolChoice false).
 
-// toolCallForm is how a tool format writes one call as text: pre, the
-// call object whose arguments are under argsKey, post. ok false: the
-// format's calls cannot be forced (ModelInfo.ToolChoice).
-func toolCallForm(format string) (pre, post, argsKey string, ok bool) {
-	switch format {
-	case nozzle.ToolFormatHermes:
-		return "<tool_call>\n", "\n</tool_call>", "arguments", true
-	case nozzle.ToolFormatLlama3JSON:
-		return "", "", "parameters", true
-	}
-	return "", "", "", false
+// callForm is how a tool format writes a forced call: the control token
+// lead (its text; "" for none), then pre, the call object whose arguments
+// are under argsKey (in a JSON array with array), then post.
+type callForm struct {
+	lead, pre, post, argsKey string
+	array                    bool
 }
 
-// toolCallConstraint returns the constraint of req's forced call.
-func (r *Runtime) toolCallConstraint(req *nozzle.GenerateRequest) (constraint, error) {
-	pre, post, argsKey, ok := toolCallForm(r.info.ToolFormat)
-	if !ok {
-		return nil, nozzle.Errorf(nozzle.EINVALID, "This model's tool calls cannot be forced: use 'tool_choice' \"auto\".").WithParam("tool_choice")
+// toolCallForm is how format writes a forced call; ok false: the
+// format's calls cannot be forced (ModelInfo.ToolChoice).
+func toolCallForm(format string) (f callForm, ok bool) {
+	switch format {
+	case nozzle.ToolFormatHermes:
+		return callForm{pre: "<tool_call>\n", post: "\n</tool_call>", argsKey: "arguments"}, true
+	case nozzle.ToolFormatLlama3JSON:
+		return callForm{argsKey: "parameters"}, true
+	case nozzle.ToolFormatMistral:
+		return callForm{lead: "[TOOL_CALLS]", pre: " ", argsKey: "arguments", array: true}, true
 	}
-	schema, fallback, err := toolCallSchema(req.Tools, req.ToolChoice, argsKey)
+	return callForm{}, false
+}
+
+// toolCallConstraint returns the constraint of req's forced call, and the
+// control token to force before it (-1 for none).
+func (r *Runtime) toolCallConstraint(req *nozzle.GenerateRequest) (constraint, int, error) {
+	f, ok := toolCallForm(r.info.ToolFormat)
+	if !ok {
+		return nil, -1, nozzle.Errorf(nozzle.EINVALID, "This model's tool calls cannot be forced: use 'tool_choice' \"auto\".").WithParam("tool_choice")
+	}
+	pre, post := f.pre, f.post
+	schema, fallback, err := toolCallSchema(req.Tools, req.ToolChoice, f.argsKey)
 	if err != nil {
-		return nil, err
+		return nil, -1, err
+	}
+	if f.array { // calls in an array: one of a named function
+		most := ""
+		if req.ToolChoice != nozzle.ToolChoiceRequired {
+			most = `,"maxItems":1`
+		}
+		schema = fmt.Appendf(nil, `{"type":"array","minItems":1%s,"items":%s}`, most, schema)
+		fallback = fmt.Appendf(nil, `{"type":"array","minItems":1%s,"items":%s}`, most, fallback)
+	}
+	lead := -1
+	if f.lead != "" {
+		if lead = r.callsToken; lead < 0 {
+			pre = "" // a vocabulary without the token: the calls alone
+		}
 	}
 	src := append([]byte(pre+"\x00"+post+"\x00"), schema...)
 	e, err := r.toolCalls.get(r.grammarVocab(), src, func() (grammar.Framed, error) {
@@ -60,9 +89,9 @@ func (r *Runtime) toolCallConstraint(req *nozzle.GenerateRequest) (constraint, e
 		return grammar.Frame(pre, inner, post), nil
 	})
 	if err != nil {
-		return nil, nozzle.Errorf(nozzle.EINVALID, "The tools cannot be forced: %v.", err).WithParam("tools")
+		return nil, -1, nozzle.Errorf(nozzle.EINVALID, "The tools cannot be forced: %v.", err).WithParam("tools")
 	}
-	return e.constraint(), nil
+	return e.constraint(), lead, nil
 }
 
 // toolCallSchema is the JSON Schema of one call of tools (an OpenAI tools

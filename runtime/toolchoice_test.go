@@ -86,6 +86,96 @@ func TestQwen3_ForcedToolCall(t *testing.T) {
 	}
 }
 
+// TestMistral_ForcedToolCall: Mistral's v3 form of a forced call — the
+// control token [TOOL_CALLS] drawn alone first, then " [" the calls "]"
+// (the decoder leaves the token out of the text) —
+// on a Llama-shaped random model with Llama 2's tokenizer (plus that
+// token, as Mistral's vocabulary has it) and Mistral's v3 tool template;
+// a vocabulary without the token writes the array alone.
+func TestMistral_ForcedToolCall(t *testing.T) {
+	for _, withToken := range []bool{true, false} {
+		dir := t.TempDir()
+		vocab := 32000
+		if withToken {
+			vocab++
+		}
+		spec := model.Spec{VocabSize: vocab, HiddenSize: 32, IntermediateSize: 64, NumLayers: 2, NumHeads: 4, NumKVHeads: 2,
+			MaxPosition: 4096, Seed: 81, EOSTokenIDs: []int{2}, BOSTokenID: 1}
+		if err := model.WriteRandomModel(dir, spec); err != nil {
+			t.Fatal(err)
+		}
+		src := filepath.Join("tokenizer", "testdata")
+		f, err := os.Open(filepath.Join(src, "models/llama2/tokenizer.json.gz"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		zr, err := gzip.NewReader(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var tj map[string]any
+		if err := json.NewDecoder(zr).Decode(&tj); err != nil {
+			t.Fatal(err)
+		}
+		f.Close()
+		if withToken {
+			tj["added_tokens"] = append(tj["added_tokens"].([]any), map[string]any{"id": 32000, "content": "[TOOL_CALLS]",
+				"single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true})
+		}
+		b, _ := json.Marshal(tj)
+		for name, data := range map[string][]byte{"tokenizer.json": b} {
+			if err := os.WriteFile(filepath.Join(dir, name), data, 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for from, to := range map[string]string{"models/llama2/tokenizer_config.json": "tokenizer_config.json", "templates/mistral-v3-tools.jinja": "chat_template.jinja"} {
+			data, err := os.ReadFile(filepath.Join(src, from))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(filepath.Join(dir, to), data, 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+		rt := openOnStore(t, runtime.Options{}, dir, nil)
+		info, err := rt.Info(context.Background())
+		if err != nil || info.ToolFormat != nozzle.ToolFormatMistral || !info.ToolChoice {
+			t.Fatalf("info %+v %v", info, err)
+		}
+		quote, _ := rt.TokenID(`"`)
+		closeArr, _ := rt.TokenID(`]`)
+		tools := json.RawMessage(`[{"type":"function","function":{"name":"get_weather","parameters":{"type":"object",` +
+			`"properties":{"city":{"type":"string"},"unit":{"enum":["C","F"]}},"required":["city","unit"]}}},` +
+			`{"type":"function","function":{"name":"get_time","parameters":{"type":"object","properties":{"zone":{"type":"string"}},"required":["zone"]}}}]`)
+		for _, choice := range []string{"get_weather", nozzle.ToolChoiceRequired} {
+			o := run(context.Background(), rt, &nozzle.GenerateRequest{TenantID: "a", Messages: []nozzle.ChatMessage{{Role: "user", Content: "Weather in Bern?"}},
+				Tools: tools, ToolChoice: choice, MaxTokens: 1500, Logprobs: true, LogitBias: map[int]float64{quote: 6, closeArr: 6}, Temperature: 1, Seed: new(uint64)})
+			var calls []struct {
+				Name      string
+				Arguments map[string]any
+			}
+			dec := json.NewDecoder(strings.NewReader(o.text))
+			dec.DisallowUnknownFields()
+			if o.err != nil || dec.Decode(&calls) != nil || o.res.FinishReason != nozzle.FinishStop || len(calls) == 0 ||
+				choice != nozzle.ToolChoiceRequired && (len(calls) != 1 || calls[0].Name != choice) {
+				t.Fatalf("token %v, %s: not the calls (finish %q, %v): %q", withToken, choice, o.res.FinishReason, o.err, o.text)
+			}
+			for _, c := range calls {
+				_, city := c.Arguments["city"].(string)
+				_, zone := c.Arguments["zone"].(string)
+				if c.Name == "get_weather" && (!city || len(c.Arguments) != 2) || c.Name == "get_time" && (!zone || len(c.Arguments) != 1) {
+					t.Errorf("token %v: call %+v does not follow its parameters", withToken, c)
+				}
+			}
+			first := o.chunks[0].Logprobs
+			if withToken != (len(first) > 0 && first[0].Token == "[TOOL_CALLS]") {
+				t.Errorf("token %v: the answer begins %q, first token %+v", withToken, o.text[:min(len(o.text), 8)], first)
+			}
+			t.Logf("token %v, %s: %q", withToken, choice, o.text)
+		}
+	}
+}
+
 // TestLlama3_ForcedToolCall: Llama 3's form of a forced call — the whole
 // answer {"name": …, "parameters": …} — on a Llama-shaped random model
 // with Llama 3's real tokenizer and Llama 3.2's chat template (the
