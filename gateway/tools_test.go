@@ -434,7 +434,15 @@ func TestTools_Forced(t *testing.T) {
 			t.Errorf("%s: answer %+v", choice, out)
 		}
 	}
-	m := newFixture(t, withToolFormat(nozzle.ToolFormatMistral, "[{\"name\": \"get_weather\", \"arguments\": {}}]"))
-	wantError(t, m.do(http.MethodPost, "/v1/chat/completions", `{"model":"base",`+weatherTools+`,"tool_choice":"required",`+msgs+`}`, m.authA()),
+	// Mistral's v3 calls are forced (the runtime draws [TOOL_CALLS] first,
+	// which the decoder leaves out); its later form is not
+	m := newFixture(t, withToolFormat(nozzle.ToolFormatMistral, " [{\"name\": \"get_weather\", \"arguments\": {}}]"))
+	var out toolAnswer
+	decode(t, m.do(http.MethodPost, "/v1/chat/completions", `{"model":"base",`+weatherTools+`,"tool_choice":"required",`+msgs+`}`, m.authA()), &out)
+	if c := out.Choices[0]; c.FinishReason != "tool_calls" || len(c.Message.ToolCalls) != 1 || c.Message.ToolCalls[0].Function.Name != "get_weather" {
+		t.Errorf("mistral: answer %+v", out)
+	}
+	v11 := newFixture(t, withToolFormat(nozzle.ToolFormatMistralV11, "[TOOL_CALLS]get_weather[ARGS]{}"))
+	wantError(t, v11.do(http.MethodPost, "/v1/chat/completions", `{"model":"base",`+weatherTools+`,"tool_choice":"required",`+msgs+`}`, v11.authA()),
 		http.StatusBadRequest, "invalid_request_error", "unsupported_value", "tool_choice")
 }
