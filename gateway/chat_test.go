@@ -357,7 +357,7 @@ func TestChat_BadInput(t *testing.T) {
 		// arguments OpenAI's API does not define, such as other servers'
 		// extensions that would change the output, are refused as OpenAI
 		// refuses them
-		{"UnknownArgument", `{"model":"base","guided_json":{"type":"object"},` + msgs + `}`, 400, "invalid_request_error", "", "guided_json"},
+		{"UnknownArgument", `{"model":"base","guided_grammar":"root ::= x",` + msgs + `}`, 400, "invalid_request_error", "", "guided_grammar"},
 		{"UnknownArgumentLast", `{"model":"base",` + msgs + `,"min_tokens":10}`, 400, "invalid_request_error", "", "min_tokens"},
 		// parameters are known by their exact names, and given once
 		{"ArgumentCased", `{"Model":"base",` + msgs + `}`, 400, "invalid_request_error", "", "Model"},

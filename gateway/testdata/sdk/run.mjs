@@ -225,9 +225,9 @@ await check('completions-echo-logprobs', async () => {
 
 await check('error-unknown-argument', async () => {
   // another server's extension, sent through the SDK's pass-through: refused, not ignored
-  await assert.rejects(client.chat.completions.create({ model: 'base', messages: [{ role: 'user', content: 'hi' }], guided_json: { type: 'object' } }), (e) => {
+  await assert.rejects(client.chat.completions.create({ model: 'base', messages: [{ role: 'user', content: 'hi' }], guided_grammar: 'root ::= "x"' }), (e) => {
     assert.ok(e instanceof OpenAI.BadRequestError, String(e));
-    assert.equal(e.param, 'guided_json');
+    assert.equal(e.param, 'guided_grammar');
     return true;
   });
 });
