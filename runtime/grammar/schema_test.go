@@ -1217,38 +1217,46 @@ func FuzzSchema(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, which uint8, s string) {
 		i := int(which) % len(fuzzSchemas)
-		st := starts[i]
-		seen := map[string]uint32{}
-		fed := true
-		for j := 0; j <= len(s); j++ {
-			// states with one key take the same probe bytes
-			var took uint32
-			for k := 0; k < len(probes); k++ {
-				p := st
-				if p.Feed(probes[k]) {
-					took |= 1 << k
-				}
-			}
-			if st.Done() {
-				took |= 1 << 31
-			}
-			key := string(st.Key(nil))
-			if prev, ok := seen[key]; ok && prev != took {
-				t.Fatalf("%q: after %d bytes a state's key was seen with other behaviour", s, j)
-			}
-			seen[key] = took
-			if j == len(s) {
-				break
-			}
-			if !st.Feed(s[j]) {
-				fed = false
-				break
-			}
-		}
+		st, fed := feedKeyed[Schema](t, starts[i], s, probes)
 		if fed && st.Done() && !validJSONFor(t, fuzzSchemas[i], s) {
 			t.Fatalf("%s\n  %q: accepted, yet not valid against the schema", fuzzSchemas[i], s)
 		}
 	})
+}
+
+// feedKeyed feeds s to a copy of start, checking at every state on the
+// way that states with one key take the same probe bytes and are done
+// alike; it returns the state reached and whether every byte was taken.
+func feedKeyed[S any, P interface {
+	*S
+	Machine
+}](t *testing.T, start S, s, probes string) (S, bool) {
+	t.Helper()
+	st := start
+	seen := map[string]uint64{}
+	for j := 0; j <= len(s); j++ {
+		var took uint64
+		for k := 0; k < len(probes); k++ {
+			if p := st; P(&p).Feed(probes[k]) {
+				took |= 1 << k
+			}
+		}
+		if P(&st).Done() {
+			took |= 1 << 63
+		}
+		key := string(P(&st).Key(nil))
+		if prev, ok := seen[key]; ok && prev != took {
+			t.Fatalf("%q: after %d bytes a state's key was seen with other behaviour", s, j)
+		}
+		seen[key] = took
+		if j == len(s) {
+			break
+		}
+		if !P(&st).Feed(s[j]) {
+			return st, false
+		}
+	}
+	return st, true
 }
 
 // TestSchema_NoDeadEnds: along random byte walks that dive deep, every

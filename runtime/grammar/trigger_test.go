@@ -200,32 +200,7 @@ func FuzzTriggered(f *testing.F) {
 	starts := map[bool]Triggered{false: hermesCalls(f, false), true: hermesCalls(f, true)}
 	const probes = probes + "<_l>/\n"
 	f.Fuzz(func(t *testing.T, only bool, s string) {
-		st := starts[only]
-		seen := map[string]uint64{}
-		fed := true
-		for j := 0; j <= len(s); j++ {
-			var took uint64
-			for k := 0; k < len(probes); k++ {
-				if p := st; p.Feed(probes[k]) {
-					took |= 1 << k
-				}
-			}
-			if st.Done() {
-				took |= 1 << 63
-			}
-			key := string(st.Key(nil))
-			if prev, ok := seen[key]; ok && prev != took {
-				t.Fatalf("%q: after %d bytes a state's key was seen with other behaviour", s, j)
-			}
-			seen[key] = took
-			if j == len(s) {
-				break
-			}
-			if !st.Feed(s[j]) {
-				fed = false
-				break
-			}
-		}
+		st, fed := feedKeyed[Triggered](t, starts[only], s, probes)
 		if fed && st.Done() {
 			callsIn(t, s)
 		}
