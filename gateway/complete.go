@@ -92,22 +92,23 @@ type completion struct {
 	results       []choiceResult
 }
 
-func (s *Server) chatCompletions(c *fiber.Ctx) error { return s.complete(c, kindChat) }
-func (s *Server) textCompletions(c *fiber.Ctx) error { return s.complete(c, kindText) }
+func (s *Server) chatCompletions(c *fiber.Ctx) error { return s.complete(c, parseChat) }
+func (s *Server) textCompletions(c *fiber.Ctx) error { return s.complete(c, parseCompletion) }
 
-func (s *Server) complete(c *fiber.Ctx, kind genKind) error {
+// responses answers POST /v1/responses (responses.go): a chat job,
+// answered as a Response.
+func (s *Server) responses(c *fiber.Ctx) error { return s.complete(c, parseResponses) }
+
+// complete runs a completion request of any endpoint, parse reading its
+// body into a job.
+func (s *Server) complete(c *fiber.Ctx, parse func(body []byte, maxChoices int) (*job, error)) error {
 	st := stateOf(c)
 	p := principalFrom(c)
 	body, err := s.readBody(c, int64(s.cfg.BodyLimit))
 	if err != nil {
 		return err
 	}
-	var j *job
-	if kind == kindChat {
-		j, err = parseChat(body, s.cfg.MaxChoices)
-	} else {
-		j, err = parseCompletion(body, s.cfg.MaxChoices)
-	}
+	j, err := parse(body, s.cfg.MaxChoices)
 	if err != nil {
 		return err
 	}
@@ -168,9 +169,12 @@ func (s *Server) complete(c *fiber.Ctx, kind genKind) error {
 	if !cp.idem {
 		cp.meterID = rid
 	}
-	if j.kind == kindChat {
+	switch {
+	case j.resp != nil:
+		j.id = "resp_" + st.id
+	case j.kind == kindChat:
 		j.id = "chatcmpl-" + st.id
-	} else {
+	default:
 		j.id = "cmpl-" + st.id
 	}
 	j.created = time.Now().Unix()
@@ -589,6 +593,9 @@ func (cp *completion) promptUsage() (prompt, cached int64) {
 // body builds the complete non-streamed answer.
 func (cp *completion) body(dst []byte) []byte {
 	j := cp.j
+	if j.resp != nil {
+		return cp.responseBody(dst)
+	}
 	u := cp.usage()
 	if j.kind == kindChat {
 		dst = appendHead(dst, j.id, "chat.completion", j.created, j.shownModel, j.fingerprint)
@@ -843,9 +850,15 @@ func (cp *completion) writeStream(w *bufio.Writer, conn net.Conn, events chan st
 	}
 
 	n := len(cp.reqs)
+	var rs *respStream // a Responses stream's events
+	if j.resp != nil {
+		rs = &respStream{j: j}
+		buf = rs.start(buf[:0])
+		send(buf)
+	}
 	// First chunk of each choice: the role (chat) or the echoed prompt
 	// (the runtime's, when it scores or decodes the prompt).
-	for i := 0; i < n; i++ {
+	for i := 0; i < n && rs == nil; i++ {
 		if j.kind == kindChat {
 			buf = cp.chunk(buf[:0], i, "", nil, true, "")
 			send(buf)
@@ -917,6 +930,15 @@ func (cp *completion) writeStream(w *bufio.Writer, conn net.Conn, events chan st
 		if (tools != nil || thoughts != nil) && ch.Text == "" && thought == "" && (!j.logprobs || len(ch.Logprobs) == 0) {
 			return false // held: it may be a tool call, or a tag
 		}
+		if rs != nil {
+			if buf = rs.add(buf[:0], thought, ch.Text); len(buf) > 0 {
+				send(buf)
+			}
+			if !gone && cp.ckpt != nil {
+				cp.ckpt.advance(ev.index, ch.Progress)
+			}
+			return false
+		}
 		buf = cp.appendChunk(buf[:0], ev.index, thought, ch.Text, ch.Logprobs, false, "", lpPart{lps: ch.Logprobs, text: r.text, offs: &offs[ev.index]})
 		send(buf)
 		if !gone && cp.ckpt != nil {
@@ -958,9 +980,13 @@ func (cp *completion) writeStream(w *bufio.Writer, conn net.Conn, events chan st
 		if reason == "" {
 			reason = defaultReasons[e.Code]
 		}
-		buf = append(buf[:0], "data: "...)
-		buf = appendErrorBody(buf, msg, kind.typ, e.Param, reason)
-		buf = append(buf, "\n\n"...)
+		if rs != nil {
+			buf = rs.fail(buf[:0], msg, reason, e.Param)
+		} else {
+			buf = append(buf[:0], "data: "...)
+			buf = appendErrorBody(buf, msg, kind.typ, e.Param, reason)
+			buf = append(buf, "\n\n"...)
+		}
 		send(buf)
 		return
 	}
@@ -971,6 +997,26 @@ func (cp *completion) writeStream(w *bufio.Writer, conn net.Conn, events chan st
 	}
 	buf = buf[:0]
 	u := cp.usage()
+	if rs != nil {
+		// What was held: the end of thoughts, the answer's end, the calls.
+		thought, answer := "", ""
+		if thoughts != nil {
+			thought, answer = thoughts[0].End()
+		}
+		var calls []nozzle.ToolCall
+		if tools != nil {
+			if answer != "" {
+				answer = tools[0].add(answer)
+			}
+			var held string
+			held, calls = splitToolCalls(j.toolFormat, tools[0].rest(), j.id, 0)
+			answer += held
+		}
+		buf = rs.add(buf, thought, answer)
+		buf = rs.finish(buf, calls, finishReason(cp.results[0].res) == nozzle.FinishLength, u)
+		send(buf)
+		return
+	}
 	for i, r := range cp.results {
 		answer := ""
 		if thoughts != nil {

@@ -80,8 +80,11 @@ type job struct {
 	// (chat_template_kwargs, compact JSON), nil when none.
 	templateKwargs json.RawMessage
 	adapter        *nozzle.Adapter // nil for the base model
-	id             string          // "chatcmpl-…" or "cmpl-…"
-	created        int64
+	id             string          // "chatcmpl-…", "cmpl-…" or "resp_…"
+	// resp: a Responses request (/v1/responses), a chat job answered as a
+	// Response; nil for the completion endpoints.
+	resp    *respRequest
+	created int64
 }
 
 // promptSpec is one prompt of a legacy completion request.

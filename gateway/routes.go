@@ -20,6 +20,7 @@ import (
 //	DELETE /v1/models/{model}               adapters scope (the adapter)
 //	POST   /v1/completions                  inference scope
 //	POST   /v1/chat/completions             inference scope
+//	POST   /v1/responses                    inference scope
 //	POST   /v1/adapters                     adapters scope (multipart upload)
 //	GET    /v1/adapters                     adapters scope
 //	GET    /v1/adapters/{name}              adapters scope
@@ -67,6 +68,7 @@ func (s *Server) routes() {
 	v1.Get("/models/*", inference, s.getModel)
 	v1.Post("/completions", inference, s.textCompletions)
 	v1.Post("/chat/completions", inference, s.chatCompletions)
+	v1.Post("/responses", inference, s.responses)
 
 	adapters := s.RequireKey(nozzle.ScopeAdapters)
 	v1.Delete("/models/*", adapters, s.deleteModel)
