@@ -1,5 +1,5 @@
 // Package gateway is Nozzle's HTTP front door: an OpenAI-compatible API
-// (/v1/completions, /v1/chat/completions, /v1/models), the adapter, key and
+// (/v1/completions, /v1/chat/completions, /v1/responses, /v1/models), the adapter, key and
 // usage APIs for tenants, the operator's admin API, health and metrics, on
 // github.com/gofiber/fiber/v2.
 //

@@ -260,6 +260,10 @@ func (j *job) respInput(raw json.RawMessage) error {
 	if err := json.Unmarshal(raw, &items); err != nil {
 		return invalidAs("invalid_type", "input", "Invalid type for 'input': expected a string or an array of input items.")
 	}
+	// A reasoning item's thoughts go with the assistant turn after it, as
+	// a chat message's reasoning_content (the template renders them where
+	// it renders thoughts).
+	thought := ""
 	for i, it := range items {
 		at := fmt.Sprintf("input[%d]", i)
 		typ := "message"
@@ -267,6 +271,17 @@ func (j *job) respInput(raw json.RawMessage) error {
 			typ = *it.Type
 		}
 		switch typ {
+		case "reasoning":
+			var parts []respContentPart
+			if !isNull(it.Content) && json.Unmarshal(it.Content, &parts) != nil {
+				return invalidAs("invalid_type", at+".content", "Invalid type for '%s.content': expected an array of reasoning_text parts.", at)
+			}
+			for _, p := range parts {
+				if p.Text != nil {
+					thought += *p.Text
+				}
+			}
+			continue
 		case "message":
 			if it.Role == nil {
 				return invalidAs("missing_required_parameter", at+".role", "Missing required parameter: '%s.role'.", at)
@@ -287,6 +302,9 @@ func (j *job) respInput(raw json.RawMessage) error {
 				return err
 			}
 			j.messages = append(j.messages, nozzle.ChatMessage{Role: role, Content: text})
+			if role == "assistant" {
+				j.messages[len(j.messages)-1].ReasoningContent = thought
+			}
 		case "function_call":
 			switch {
 			case it.CallID == nil:
@@ -305,7 +323,7 @@ func (j *job) respInput(raw json.RawMessage) error {
 				}
 				j.messages[k].ToolCalls = append(j.messages[k].ToolCalls, call)
 			} else {
-				j.messages = append(j.messages, nozzle.ChatMessage{Role: "assistant", ToolCalls: []nozzle.ToolCall{call}})
+				j.messages = append(j.messages, nozzle.ChatMessage{Role: "assistant", ToolCalls: []nozzle.ToolCall{call}, ReasoningContent: thought})
 			}
 		case "function_call_output":
 			if it.CallID == nil {
@@ -320,8 +338,9 @@ func (j *job) respInput(raw json.RawMessage) error {
 			}
 			j.messages = append(j.messages, nozzle.ChatMessage{Role: "tool", Content: out, ToolCallID: *it.CallID})
 		default:
-			return invalidAs("unsupported_value", at+".type", "Invalid value for '%s.type': %q items are not supported by this server; use 'message', 'function_call' or 'function_call_output'.", at, typ)
+			return invalidAs("unsupported_value", at+".type", "Invalid value for '%s.type': %q items are not supported by this server; use 'message', 'function_call', 'function_call_output' or 'reasoning'.", at, typ)
 		}
+		thought = "" // only for the item right after it
 	}
 	return nil
 }

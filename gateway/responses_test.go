@@ -453,4 +453,10 @@ func TestResponses_Reasoning(t *testing.T) {
 	if l := evs[len(evs)-1].response; len(l.Output) != 2 || l.Output[0].Content[0].Text != "The user greets me." || l.outputText() != "Hello!" {
 		t.Errorf("completed %+v", l)
 	}
+	// The output handed back: the thoughts go with the assistant's turn.
+	out, _ := json.Marshal(r.Output)
+	postResponses(t, f, `{"model":"base","input":[{"role":"user","content":"hi"},`+strings.Trim(string(out), "[]")+`,{"role":"user","content":"Again"}]}`)
+	if m := f.gen.lastReq.Load().Messages; len(m) != 3 || m[1].Role != "assistant" || m[1].ReasoningContent != "The user greets me." || m[1].Content != "Hello!" {
+		t.Errorf("messages %+v", m)
+	}
 }
