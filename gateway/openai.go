@@ -23,7 +23,7 @@ import (
 type genKind uint8
 
 const (
-	kindChat genKind = iota // /v1/chat/completions
+	kindChat genKind = iota // /v1/chat/completions, and /v1/responses (its jobs are chats with resp set)
 	kindText                // /v1/completions
 )
 
