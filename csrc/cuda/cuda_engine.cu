@@ -208,6 +208,7 @@ struct cuda_engine {
 
 	void *embed, *lm_head;
 	float *final_norm, *inv_freq;
+	float rope_scale; /* nz_rope_attention_factor: multiplies cos and sin */
 	std::vector<layer_w> layers;
 	int64_t weight_bytes;
 
@@ -562,6 +563,7 @@ int32_t cuda_create(nz_config *c, void **out)
 	/* RoPE inverse frequencies, computed as the CPU backend does */
 	std::vector<float> inv((size_t)(e->hd / 2));
 	nz_rope_inv_freq(c, inv.data());
+	e->rope_scale = nz_rope_attention_factor(c);
 	FAIL(dev_alloc((void **)&e->inv_freq, inv.size() * sizeof(float), "nz_engine_create: RoPE table"));
 	FAIL_CUDA(cudaMemcpy(e->inv_freq, inv.data(), inv.size() * sizeof(float), cudaMemcpyHostToDevice),
 	          "nz_engine_create: RoPE table");
@@ -1068,8 +1070,8 @@ int32_t forward(cuda_engine *e, const meta_ptrs &m, int64_t T, int64_t n_attn, i
 		splits--;
 	if (fused && lora_grid)
 		CUDA_TRY(cudaMemsetAsync(e->lora_sync, 0, 4 * 4 * e->L, s), "nz_step: LoRA counters");
-	KTRY(nz_k_embed_norm(dt, s, T, e->embed, m.tokens, m.tok_pos, e->inv_freq, H, e->hd, e->layers[0].attn_norm,
-	                     e->eps, e->h, e->xin, e->cs),
+	KTRY(nz_k_embed_norm(dt, s, T, e->embed, m.tokens, m.tok_pos, e->inv_freq, e->rope_scale, H, e->hd,
+	                     e->layers[0].attn_norm, e->eps, e->h, e->xin, e->cs),
 	     "nz_step: embedding");
 	for (int64_t l = 0; l < e->L; l++) {
 		const layer_w &ly = e->layers[(size_t)l];

@@ -99,9 +99,9 @@ typedef struct nz_lora_out {
 size_t nz_lora_out_smem(int R);
 
 /* h[t] = embed[tokens[t]] (f32); x[t] = act(rmsnorm(h[t], norm_w));
- * cs[t] = cos|sin of tok_pos[t]·inv_freq (hd/2 each). */
+ * cs[t] = cos|sin of tok_pos[t]·inv_freq (hd/2 each), times rope_scale. */
 cudaError_t nz_k_embed_norm(int dtype, cudaStream_t s, int64_t T, const void *embed, const int32_t *tokens,
-                            const int32_t *tok_pos, const float *inv_freq, int64_t H, int64_t hd,
+                            const int32_t *tok_pos, const float *inv_freq, float rope_scale, int64_t H, int64_t hd,
                             const float *norm_w, float eps, float *h, void *x, float *cs);
 
 /* h[t] += y[t] (+ bias) (+ the LoRA deltas for tokens with an adapter:

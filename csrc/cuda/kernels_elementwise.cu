@@ -27,8 +27,9 @@ const int kLoraNormThreads = 1024, kRopeThreads = 128, kQKNormThreads = 64;
 template <class T>
 __global__ void __launch_bounds__(256)
     embed_norm_kernel(const T *__restrict__ embed, const int32_t *__restrict__ tokens, const int32_t *__restrict__ tok_pos,
-                      const float *__restrict__ inv_freq, int64_t H, int64_t hd, const float *__restrict__ w, float eps,
-                      float *__restrict__ h, T *__restrict__ x, float *__restrict__ cs)
+                      const float *__restrict__ inv_freq, float rope_scale, int64_t H, int64_t hd,
+                      const float *__restrict__ w, float eps, float *__restrict__ h, T *__restrict__ x,
+                      float *__restrict__ cs)
 {
 	nz_pdl_begin();
 	__shared__ double red[32];
@@ -47,14 +48,16 @@ __global__ void __launch_bounds__(256)
 	for (int64_t i = threadIdx.x; i < H; i += blockDim.x)
 		xr[i] = nz_cvt<T>(w[i] * (hr[i] * r));
 	/* RoPE angles as common.c computes them: the angle in f32, its cosine
-	 * and sine in double, rounded to f32. */
+	 * and sine in double, rounded to f32, times rope_scale in f32 (yarn's
+	 * attention factor, else 1: see nz_rope_attention_factor). Every RoPE
+	 * of q and k (fused GEMV epilogues included) reads this table. */
 	const int64_t half = hd / 2;
 	const float p = (float)tok_pos[t];
 	float *c = cs + t * hd;
 	for (int64_t j = threadIdx.x; j < half; j += blockDim.x) {
 		float a = p * inv_freq[j];
-		c[j] = (float)cos((double)a);
-		c[half + j] = (float)sin((double)a);
+		c[j] = (float)cos((double)a) * rope_scale;
+		c[half + j] = (float)sin((double)a) * rope_scale;
 	}
 }
 
@@ -322,11 +325,12 @@ __global__ void __launch_bounds__(256) read_kernel(const uint4 *__restrict__ p, 
 	}
 
 cudaError_t nz_k_embed_norm(int dtype, cudaStream_t s, int64_t T_, const void *embed, const int32_t *tokens,
-                            const int32_t *tok_pos, const float *inv_freq, int64_t H, int64_t hd,
+                            const int32_t *tok_pos, const float *inv_freq, float rope_scale, int64_t H, int64_t hd,
                             const float *norm_w, float eps, float *h, void *x, float *cs)
 {
 	NZ_DISPATCH(dtype, NZ_LAUNCH((embed_norm_kernel<T>), dim3((unsigned)T_), dim3(kNormThreads), 0, s,
-	                             (const T *)embed, tokens, tok_pos, inv_freq, H, hd, norm_w, eps, h, (T *)x, cs));
+	                             (const T *)embed, tokens, tok_pos, inv_freq, rope_scale, H, hd, norm_w, eps, h,
+	                             (T *)x, cs));
 	return cudaGetLastError();
 }
 

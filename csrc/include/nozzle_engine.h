@@ -32,7 +32,7 @@
 extern "C" {
 #endif
 
-#define NZ_ABI_VERSION 4
+#define NZ_ABI_VERSION 5
 
 /* ---- status codes ------------------------------------------------------ */
 #define NZ_OK 0
@@ -98,6 +98,7 @@ enum {
 #define NZ_ROPE_DEFAULT 0
 #define NZ_ROPE_LINEAR 1
 #define NZ_ROPE_LLAMA3 2
+#define NZ_ROPE_YARN 3
 
 /* ---- engine configuration --------------------------------------------------
  * Model fields come from config.json (Go resolves defaults and spellings);
@@ -116,10 +117,14 @@ typedef struct nz_config {
 	double rms_norm_eps;
 	double rope_theta;
 	int64_t rope_type;             /* NZ_ROPE_* */
-	double rope_factor;            /* linear, llama3 */
+	double rope_factor;            /* linear, llama3, yarn */
 	double rope_low_freq_factor;   /* llama3 */
 	double rope_high_freq_factor;  /* llama3 */
-	int64_t rope_original_max_position; /* llama3 */
+	int64_t rope_original_max_position; /* llama3, yarn */
+	double rope_beta_fast;         /* yarn: rotations that bound extrapolation (HF default 32) */
+	double rope_beta_slow;         /* yarn: rotations that bound interpolation (HF default 1) */
+	double rope_attention_factor;  /* yarn: multiplies cos and sin (Go resolves mscale & co.) */
+	int64_t rope_truncate;         /* yarn: 1 = floor/ceil the correction range (HF default) */
 	int64_t sliding_window;        /* 0 = none; else a query at position p sees keys at p-window+1..p */
 	int64_t sliding_window_from_layer; /* layers >= this use the window (Qwen2 max_window_layers) */
 	int64_t tie_word_embeddings;   /* 1 = logits use EMBED */

@@ -90,7 +90,7 @@ static int32_t check_config(nz_config *c)
 	RANGE(num_kv_heads, 1, SMALL_MAX);
 	RANGE(head_dim, 2, SMALL_MAX);
 	RANGE(max_position, 1, INT32_MAX);
-	RANGE(rope_type, NZ_ROPE_DEFAULT, NZ_ROPE_LLAMA3);
+	RANGE(rope_type, NZ_ROPE_DEFAULT, NZ_ROPE_YARN);
 	RANGE(sliding_window, 0, INT32_MAX);
 	RANGE(sliding_window_from_layer, 0, INT32_MAX);
 	RANGE(tie_word_embeddings, 0, 1);
@@ -130,6 +130,24 @@ static int32_t check_config(nz_config *c)
 		if (c->rope_original_max_position < 1)
 			return nz_error(NZ_ERR_INVALID, FN_CREATE ": llama3 rope needs rope_original_max_position >= 1, got %lld",
 			                (long long)c->rope_original_max_position);
+	}
+	if (c->rope_type == NZ_ROPE_YARN) {
+		if (!(c->rope_beta_fast > 0) || !isfinite(c->rope_beta_fast) || !(c->rope_beta_slow > 0) ||
+		    !isfinite(c->rope_beta_slow))
+			return nz_error(NZ_ERR_INVALID,
+			                FN_CREATE ": yarn rope needs finite rope_beta_fast (%g) and rope_beta_slow (%g) > 0",
+			                c->rope_beta_fast, c->rope_beta_slow);
+		if (!(c->rope_attention_factor > 0) || !isfinite(c->rope_attention_factor))
+			return nz_error(NZ_ERR_INVALID, FN_CREATE ": yarn rope needs a finite rope_attention_factor > 0, got %g",
+			                c->rope_attention_factor);
+		if (c->rope_original_max_position < 1)
+			return nz_error(NZ_ERR_INVALID, FN_CREATE ": yarn rope needs rope_original_max_position >= 1, got %lld",
+			                (long long)c->rope_original_max_position);
+		if (c->rope_truncate != 0 && c->rope_truncate != 1)
+			return nz_error(NZ_ERR_INVALID, FN_CREATE ": rope_truncate %lld must be 0 or 1",
+			                (long long)c->rope_truncate);
+		if (c->rope_theta == 1)
+			return nz_error(NZ_ERR_INVALID, FN_CREATE ": yarn rope needs rope_theta != 1 (ln theta divides)");
 	}
 	for (int i = 0; i < 8; i++)
 		if (c->reserved[i])

@@ -364,16 +364,56 @@ void nz_rope_inv_freq(const nz_config *c, float *inv)
 			}
 			inv[j] = (float)out;
 		}
+	} else if (c->rope_type == NZ_ROPE_YARN) {
+		/* YaRN as transformers' _compute_yarn_parameters: the dimensions
+		 * whose wavelength turns fewer than beta_slow times over the
+		 * original context are interpolated (f/factor), those turning more
+		 * than beta_fast times are kept (extrapolated), and a linear ramp
+		 * over the pair index blends the two in between. The bounds come
+		 * from the inverse of the rotation count:
+		 *   d(r) = dim·ln(orig / (2π·r)) / (2·ln(theta)),
+		 * floored/ceiled when truncate, clamped to [0, dim-1]. */
+		double dim = (double)c->head_dim, orig = (double)c->rope_original_max_position;
+		double lo = dim * log(orig / (c->rope_beta_fast * 2.0 * M_PI)) / (2.0 * log(c->rope_theta));
+		double hi = dim * log(orig / (c->rope_beta_slow * 2.0 * M_PI)) / (2.0 * log(c->rope_theta));
+		if (c->rope_truncate)
+			lo = floor(lo), hi = ceil(hi);
+		if (lo < 0)
+			lo = 0;
+		if (hi > dim - 1)
+			hi = dim - 1;
+		if (lo == hi)
+			hi += 0.001; /* as HF: no division by zero */
+		for (int64_t j = 0; j < half; j++) {
+			double ramp = ((double)j - lo) / (hi - lo);
+			ramp = ramp < 0 ? 0 : ramp > 1 ? 1 : ramp;
+			double extra = 1.0 - ramp; /* HF's inv_freq_extrapolation_factor */
+			double f = inv[j];
+			inv[j] = (float)(f / c->rope_factor * (1.0 - extra) + f * extra);
+		}
 	}
 }
 
-void nz_rope_cos_sin(const float *inv, int64_t half, int64_t pos, float *cos_out, float *sin_out)
+/* RoPE's cos and sin are multiplied by this (transformers' attention_scaling):
+ * YaRN's attention factor, 1 for the other types. Scaling cos and sin where
+ * they are made scales the rotated q and k alike, so the attention logits by
+ * its square, exactly as transformers does, and the cached keys are the ones
+ * transformers caches. Both backends make cos/sin from one formula in one
+ * place each (nz_rope_cos_sin here, embed_norm_kernel on CUDA), so this keeps
+ * them identical, where folding the square into each backend's softmax scale
+ * would change its rounding differently. */
+float nz_rope_attention_factor(const nz_config *c)
+{
+	return c->rope_type == NZ_ROPE_YARN ? (float)c->rope_attention_factor : 1.0f;
+}
+
+void nz_rope_cos_sin(const float *inv, int64_t half, int64_t pos, float scale, float *cos_out, float *sin_out)
 {
 	float p = (float)pos;
 	for (int64_t j = 0; j < half; j++) {
 		float a = p * inv[j];
-		cos_out[j] = (float)cos((double)a);
-		sin_out[j] = (float)sin((double)a);
+		cos_out[j] = (float)cos((double)a) * scale;
+		sin_out[j] = (float)sin((double)a) * scale;
 	}
 }
 

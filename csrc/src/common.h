@@ -76,10 +76,14 @@ const char *nz_module_name(int32_t module);
 
 /* ---- RoPE (engine-spec §1.4.3, §1.5) --------------------------------------- */
 /* inv[0 .. head_dim/2) for cfg's rope_theta, head_dim and rope_type
- * (default, linear, llama3), in f32 as Hugging Face computes them. */
+ * (default, linear, llama3, yarn), in f32 as Hugging Face computes them. */
 void nz_rope_inv_freq(const nz_config *cfg, float *inv);
-/* cos/sin[0 .. half) of pos·inv[j] (angle in f32, as HF). */
-void nz_rope_cos_sin(const float *inv, int64_t half, int64_t pos, float *cos_out, float *sin_out);
+/* The factor cos and sin are multiplied by: yarn's rope_attention_factor,
+ * else 1. */
+float nz_rope_attention_factor(const nz_config *cfg);
+/* cos/sin[0 .. half) of pos·inv[j] (angle in f32, as HF), each times scale
+ * (nz_rope_attention_factor) in f32. */
+void nz_rope_cos_sin(const float *inv, int64_t half, int64_t pos, float scale, float *cos_out, float *sin_out);
 /* Rotate-half RoPE of one head vector x[0 .. 2·half) in place. */
 void nz_rope_apply(float *x, int64_t half, const float *cos_v, const float *sin_v);
 

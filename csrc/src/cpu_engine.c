@@ -81,6 +81,7 @@ typedef struct cpu_engine {
 	float *final_norm;
 	cpu_layer *layers;
 	float *inv_freq; /* [hd/2] */
+	float rope_scale; /* nz_rope_attention_factor */
 	int64_t weight_bytes, slot_bytes, kv_bytes;
 
 	cpu_lora *lora; /* [L][NZ_M_COUNT] */
@@ -235,6 +236,7 @@ static int32_t cpu_create(nz_config *c, void **out)
 		return nz_oom("nz_engine_create", sizeof(cpu_layer) * (size_t)e->L);
 	}
 	nz_rope_inv_freq(c, e->inv_freq);
+	e->rope_scale = nz_rope_attention_factor(c);
 	int32_t st = cpu_pool_create(e->nthreads, &e->pool);
 	if (st != NZ_OK) {
 		cpu_destroy(e);
@@ -500,7 +502,8 @@ static void embed_task(void *ctx, int64_t i, int tid)
 	for (int64_t t = t0; t < t1; t++) {
 		int64_t tok = c->b->tokens[t];
 		nz_convert(e->h + t * e->H, NZ_F32, (const char *)e->embed + (size_t)(tok * e->H) * e->wsz, e->wdt, e->H);
-		nz_rope_cos_sin(e->inv_freq, e->hd / 2, c->p->tok_pos[t], e->cs + t * e->hd, e->cs + t * e->hd + e->hd / 2);
+		nz_rope_cos_sin(e->inv_freq, e->hd / 2, c->p->tok_pos[t], e->rope_scale, e->cs + t * e->hd,
+		                e->cs + t * e->hd + e->hd / 2);
 	}
 }
 

@@ -187,6 +187,54 @@ static void test_rope(void)
 	CHECK(same == 29 && scaled == 29 && smooth == 6, "llama3 bands: %d unchanged, %d scaled, %d smoothed", same,
 	      scaled, smooth);
 
+	/* yarn, Qwen2.5's long-context settings (factor 4 over 32768, theta 1e6,
+	 * beta 32/1): the correction range is [23, 40] (floored/ceiled), so
+	 * pairs up to 23 keep their frequency, pairs from 40 on are divided by
+	 * 4 and the ones between are blended. Expected values from a plain-math
+	 * transcription of transformers' _compute_yarn_parameters. */
+	nz_config y = tiny_config();
+	y.head_dim = 128;
+	y.rope_theta = 1e6;
+	y.rope_type = NZ_ROPE_YARN;
+	y.rope_factor = 4;
+	y.rope_original_max_position = 32768;
+	y.rope_beta_fast = 32;
+	y.rope_beta_slow = 1;
+	y.rope_attention_factor = 1.1386294361119891;
+	y.rope_truncate = 1;
+	float yr[64];
+	nz_rope_inv_freq(&y, yr);
+	const int yj[7] = {0, 10, 20, 30, 40, 50, 63};
+	const double ywant[7] = {1, 0.1154781984689458, 0.013335214321633241, 0.0010643609812470017,
+	                         4.4456985250973067e-05, 5.1338125661428656e-06, 3.1023444018792988e-07};
+	for (int i = 0; i < 7; i++)
+		check_rel(yr[yj[i]], ywant[i], 2e-6, "yarn inv");
+	CHECK(nz_rope_attention_factor(&y) == (float)1.1386294361119891, "yarn attention factor %g",
+	      (double)nz_rope_attention_factor(&y));
+	CHECK(nz_rope_attention_factor(&c) == 1.0f, "llama3 attention factor %g", (double)nz_rope_attention_factor(&c));
+	y.rope_truncate = 0; /* range [23.596, 39.651]: only the blended pairs move */
+	nz_rope_inv_freq(&y, yr);
+	for (int i = 0; i < 7; i++)
+		check_rel(yr[yj[i]], yj[i] == 30 ? 0.0010792377416765538 : ywant[i], 2e-6, "yarn inv (no truncate)");
+	/* hd 16, theta 1e4, factor 8 over 64, beta 8/2: range [0, 2] */
+	y.head_dim = 16;
+	y.rope_theta = 10000;
+	y.rope_factor = 8;
+	y.rope_original_max_position = 64;
+	y.rope_beta_fast = 8;
+	y.rope_beta_slow = 2;
+	y.rope_truncate = 1;
+	const double ysmall[8] = {1,       0.17787811838447135, 0.012500000000000001, 0.0039528470752104739,
+	                          0.00125, 0.00039528470752104737, 0.000125, 3.9528470752104742e-05};
+	nz_rope_inv_freq(&y, yr);
+	for (int i = 0; i < 8; i++)
+		check_rel(yr[i], ysmall[i], 2e-6, "yarn hd16 inv");
+	float ycs[8], ysn[8];
+	nz_rope_cos_sin(yr, 8, 3, 1.5f, ycs, ysn);
+	for (int i = 0; i < 8; i++)
+		CHECK(ycs[i] == (float)cos((double)(3.0f * yr[i])) * 1.5f && ysn[i] == (float)sin((double)(3.0f * yr[i])) * 1.5f,
+		      "scaled cos/sin[%d]", i);
+
 	/* §9.3 hand example: hd 4, p 1, theta 10000: f = [1, 0.01] */
 	nz_config h = tiny_config();
 	h.head_dim = 4;
@@ -195,7 +243,7 @@ static void test_rope(void)
 	nz_rope_inv_freq(&h, f);
 	check_rel(f[0], 1.0, 1e-7, "hand f0");
 	check_rel(f[1], 0.01, 1e-6, "hand f1");
-	nz_rope_cos_sin(f, 2, 1, cs, sn);
+	nz_rope_cos_sin(f, 2, 1, 1.0f, cs, sn);
 	float x[4] = {1, 2, 3, 4};
 	nz_rope_apply(x, 2, cs, sn);
 	double want[4] = {cos(1.0) - 3 * sin(1.0), 2 * cos(0.01) - 4 * sin(0.01), 3 * cos(1.0) + sin(1.0),

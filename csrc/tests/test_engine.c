@@ -2,7 +2,8 @@
  * test_engine.c — tiny models through the public API against the float64
  * reference (engine-spec §1): plain Llama, Qwen2-style biases with tied
  * embeddings and an explicit head_dim, llama3 rope with a sliding window
- * and bf16 weights, f16 weights with linear rope; prefill chunks and decode
+ * and bf16 weights, yarn rope (attention factor 1.25) with head_dim 16,
+ * f16 weights with linear rope; prefill chunks and decode
  * against one prefill; multi-adapter LoRA against the reference (mixed
  * slots incl. -1, unsorted, ranks 1/8/13/max, missing modules); merged
  * weights; slot reuse; batch invariance (bit-exact, every thread count);
@@ -54,6 +55,17 @@ static variant make_variant(int i)
 		v.cfg.sliding_window_from_layer = 1;
 		v.bias_mask = 0x7f;
 		v.src_dtype = NZ_BF16;
+		break;
+	case 3:
+		v.name = "yarn-headdim16";
+		v.cfg.head_dim = 16;
+		v.cfg.rope_type = NZ_ROPE_YARN;
+		v.cfg.rope_factor = 4;
+		v.cfg.rope_original_max_position = 16;
+		v.cfg.rope_beta_fast = 2; /* correction range [0, 3] of 8 pairs */
+		v.cfg.rope_beta_slow = 0.25;
+		v.cfg.rope_attention_factor = 1.25;
+		v.cfg.rope_truncate = 1;
 		break;
 	default:
 		v.name = "mha-f16-linear";
@@ -536,7 +548,7 @@ int main(void)
 	for (int i = 0; i < 2; i++) {
 		if (!cpu_isa_supported(isas[i]))
 			continue;
-		for (int vi = 0; vi < 4; vi++) {
+		for (int vi = 0; vi < 5; vi++) {
 			test_forward(vi, isas[i]);
 			test_lora(vi, isas[i]);
 		}

@@ -324,6 +324,7 @@ static inline void ref_forward(const tmodel *m, const tadapter *ad, const int32_
 	double *tmp = calloc(64, 8);
 	float *inv = calloc((size_t)half, 4);
 	nz_rope_inv_freq(c, inv);
+	double af = c->rope_type == NZ_ROPE_YARN ? c->rope_attention_factor : 1.0; /* yarn scales cos and sin */
 	float **R = m->ref;
 #define W(l, k) R[((l) + 1) * NZ_T_COUNT + (k)]
 	for (int p = 0; p < n; p++) {
@@ -374,7 +375,7 @@ static inline void ref_forward(const tmodel *m, const tadapter *ad, const int32_
 				double *v = hh < nh ? q + hh * hd : kp + (hh - nh) * hd;
 				for (int64_t i = 0; i < half; i++) {
 					float ang = (float)p * inv[i];
-					double cs = cos((double)ang), sn = sin((double)ang);
+					double cs = cos((double)ang) * af, sn = sin((double)ang) * af;
 					double x1 = v[i], x2 = v[i + half];
 					v[i] = x1 * cs - x2 * sn;
 					v[i + half] = x2 * cs + x1 * sn;

@@ -6,7 +6,7 @@ import "unsafe"
 // and checks every constant and struct field against these.
 
 // ABIVersion is the NZ_ABI_VERSION this package is written against.
-const ABIVersion = 4
+const ABIVersion = 5
 
 // Status codes (NZ_OK, NZ_ERR_*).
 const (
@@ -30,6 +30,7 @@ const (
 	nzRopeDefault = 0
 	nzRopeLinear  = 1
 	nzRopeLlama3  = 2
+	nzRopeYarn    = 3
 )
 
 // nz_engine_info indices (NZ_INFO_*).
@@ -75,6 +76,10 @@ type nzConfig struct {
 	RopeLowFreqFactor       float64
 	RopeHighFreqFactor      float64
 	RopeOriginalMaxPosition int64
+	RopeBetaFast            float64
+	RopeBetaSlow            float64
+	RopeAttentionFactor     float64
+	RopeTruncate            int64
 	SlidingWindow           int64
 	SlidingWindowFromLayer  int64
 	TieWordEmbeddings       int64
