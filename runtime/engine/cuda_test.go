@@ -388,6 +388,19 @@ var cudaParityCases = []cudaCase{
 	{name: "Qwen3HeadNorms", spec: func(s *model.Spec) { s.Arch, s.HeadDim, s.RopeTheta = "qwen3", 16, 1e6 }, tol: 1e-4},
 	// q/k/v and gate/up fused in the checkpoint and the adapters
 	{name: "Phi3Fused", spec: func(s *model.Spec) { s.Arch, s.SlidingWindow = "phi3", 7 }, tol: 1e-4},
+	// yarn rope (cos and sin times the attention factor, made in
+	// embed_norm_kernel) past an original context of 32, and with
+	// Qwen3's head norms (their own RoPE kernel), untruncated
+	{name: "YarnQwen2HeadDim16", spec: func(s *model.Spec) {
+		s.Arch, s.HeadDim, s.RopeTheta = "qwen2", 16, 10000
+		s.Rope = &model.RopeScaling{Type: model.RopeYarn, Factor: 4, OriginalMaxPosition: 32, BetaFast: 32, BetaSlow: 1,
+			AttentionFactor: model.YarnMscale(4, 1), Truncate: true}
+	}, tol: 1e-4},
+	{name: "YarnQwen3NoTruncate", spec: func(s *model.Spec) {
+		s.Arch, s.HeadDim, s.RopeTheta = "qwen3", 16, 100
+		s.Rope = &model.RopeScaling{Type: model.RopeYarn, Factor: 8, OriginalMaxPosition: 16, BetaFast: 4, BetaSlow: 0.5,
+			AttentionFactor: 1.2, Truncate: false}
+	}, tol: 1e-4},
 }
 
 // TestCUDA_Parity runs the same mixed batches on both backends: six
@@ -476,6 +489,7 @@ func TestCUDA_ParityLoRAFused(t *testing.T) {
 		tol  float64
 		rank int
 	}{{"LlamaGQA", 1e-5, 0}, {"Llama3RopeHeadDim16", 1e-5, 0}, {"Qwen3HeadNorms", 1e-5, 0}, {"Phi3Fused", 1e-5, 0},
+		{"YarnQwen2HeadDim16", 1e-5, 0},
 		{"BF16", 2e-2, 0}, {"F16", 4e-3, 0}, {"Wide", 1e-5, 40}}
 	for _, run := range runs {
 		ci := slices.IndexFunc(cudaParityCases, func(c cudaCase) bool { return c.name == run.name })
@@ -545,6 +559,12 @@ func TestCUDA_ParityBase(t *testing.T) {
 		{name: "BF16WideMLP", spec: func(s *model.Spec) {
 			s.DType, s.VocabSize, s.HiddenSize, s.IntermediateSize, s.NumHeads, s.NumKVHeads = safetensors.BF16, 128, 64, 1200, 4, 2
 		}, tol: 2e-2},
+		// yarn through the fused GEMVs' RoPE epilogue
+		{name: "HeadDim16Yarn", spec: func(s *model.Spec) {
+			s.HeadDim = 16
+			s.Rope = &model.RopeScaling{Type: model.RopeYarn, Factor: 4, OriginalMaxPosition: 32, BetaFast: 32, BetaSlow: 1,
+				AttentionFactor: model.YarnMscale(4, 1), Truncate: true}
+		}, tol: 1e-4},
 	}
 	none := []int{-1, -1, -1, -1, -1, -1}
 	for ci, tc := range cases {

@@ -111,6 +111,11 @@ func (l *Library) NewEngine(m *model.Model, opts Options) (*Engine, error) {
 		rope = nzRopeLinear
 	case model.RopeLlama3:
 		rope = nzRopeLlama3
+	case model.RopeYarn:
+		rope = nzRopeYarn
+	case model.RopeDefault, "":
+	default:
+		return nil, fmt.Errorf("engine: rope_type %q is not supported", c.RopeScaling.Type)
 	}
 	maxPos := c.MaxPositionEmbeddings
 	if opts.MaxPosition > 0 {
@@ -132,6 +137,9 @@ func (l *Library) NewEngine(m *model.Model, opts Options) (*Engine, error) {
 		RopeLowFreqFactor:       c.RopeScaling.LowFreqFactor,
 		RopeHighFreqFactor:      c.RopeScaling.HighFreqFactor,
 		RopeOriginalMaxPosition: int64(c.RopeScaling.OriginalMaxPosition),
+		RopeBetaFast:            c.RopeScaling.BetaFast,
+		RopeBetaSlow:            c.RopeScaling.BetaSlow,
+		RopeAttentionFactor:     c.RopeScaling.AttentionFactor,
 		SlidingWindow:           int64(c.SlidingWindow),
 		SlidingWindowFromLayer:  int64(c.SlidingWindowFromLayer),
 		WeightDtype:             int64(wcode),
@@ -147,6 +155,9 @@ func (l *Library) NewEngine(m *model.Model, opts Options) (*Engine, error) {
 	}
 	if m.Tied {
 		cfg.TieWordEmbeddings = 1
+	}
+	if c.RopeScaling.Truncate {
+		cfg.RopeTruncate = 1
 	}
 	e := &Engine{lib: l, vocab: c.VocabSize, model: m.Info()}
 	if err := l.check("nz_engine_create", func() int32 { return l.engineCreate(&cfg, &e.handle) }); err != nil {

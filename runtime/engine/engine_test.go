@@ -66,6 +66,19 @@ func refCases() []refCase {
 			s.RopeTheta = 500000
 			s.Rope = &model.RopeScaling{Type: model.RopeLinear, Factor: 4}
 		}, tol: tight},
+		// yarn: 14 positions past an original context of 8, theta 100 so
+		// that the correction range ([0, 2] truncated, [0, 1.62] not)
+		// blends a pair between kept and scaled ones.
+		{name: "YarnQwen2", spec: func(s *model.Spec) {
+			s.Arch, s.HeadDim, s.RopeTheta = "qwen2", 16, 100
+			s.Rope = &model.RopeScaling{Type: model.RopeYarn, Factor: 4, OriginalMaxPosition: 8, BetaFast: 4, BetaSlow: 0.5,
+				AttentionFactor: model.YarnMscale(4, 1), Truncate: true}
+		}, tol: tight},
+		{name: "YarnQwen3V5NoTruncate", spec: func(s *model.Spec) {
+			s.Arch, s.HeadDim, s.RopeTheta, s.RopeParameters = "qwen3", 16, 100, true
+			s.Rope = &model.RopeScaling{Type: model.RopeYarn, Factor: 3, OriginalMaxPosition: 8, BetaFast: 4, BetaSlow: 0.5,
+				AttentionFactor: 1.3, Truncate: false}
+		}, tol: tight},
 		{name: "ShardedF16", spec: func(s *model.Spec) { s.Shards = 3; s.DType = safetensors.F16 }, opts: func(o *engine.Options) { o.WeightDType = safetensors.F32 }, tol: tight},
 		{name: "BF16ToF32", spec: func(s *model.Spec) { s.DType = safetensors.BF16 }, opts: func(o *engine.Options) { o.WeightDType = safetensors.F32 }, tol: tight},
 		{name: "BF16Weights", spec: func(s *model.Spec) { s.DType = safetensors.BF16 }, tol: 5e-3},
@@ -133,6 +146,50 @@ func TestEngine_MatchesReference(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestEngine_YarnChangesLogits: the same weights with yarn rope scaling and
+// without it give the same logits at position 0 (RoPE is the identity there
+// up to yarn's attention factor, which one key's softmax cancels) and
+// different logits at every later position, through and beyond the
+// original context; so the yarn cases of TestEngine_MatchesReference check
+// a forward pass that yarn changes.
+func TestEngine_YarnChangesLogits(t *testing.T) {
+	openLib(t)
+	spec := tinySpec(77)
+	spec.Arch, spec.HeadDim, spec.RopeTheta = "qwen2", 16, 10000
+	plain := openModel(t, spec)
+	spec.Rope = &model.RopeScaling{Type: model.RopeYarn, Factor: 4, OriginalMaxPosition: 16, BetaFast: 32, BetaSlow: 1,
+		AttentionFactor: model.YarnMscale(4, 1), Truncate: true}
+	yarn := openModel(t, spec)
+	if yarn.Config.RopeScaling.Type != model.RopeYarn || plain.Config.RopeScaling.Type != model.RopeDefault {
+		t.Fatalf("rope types %q, %q", yarn.Config.RopeScaling.Type, plain.Config.RopeScaling.Type)
+	}
+	tokens := randomTokens(rand.New(rand.NewPCG(77, 1)), 40, spec.VocabSize)
+	run := func(m *model.Model) [][]float32 {
+		h := newHarness(t, newEngine(t, m, testOptions()), 1)
+		s := &seq{tokens: tokens, slot: -1}
+		var out [][]float32
+		for s.done < len(s.tokens) {
+			logits, _ := h.mustStep(part{s, 1})
+			out = append(out, logits[0])
+		}
+		return out
+	}
+	a, b := run(yarn), run(plain)
+	for pos := range a {
+		want := make([]float64, len(b[pos]))
+		for i, v := range b[pos] {
+			want[i] = float64(v)
+		}
+		d, _ := logitsErr(a[pos], want)
+		switch {
+		case pos == 0 && d != 0:
+			t.Errorf("position 0: yarn changes logits by %.3g", d)
+		case pos > 0 && d < 1e-3:
+			t.Errorf("position %d: yarn changes logits by only %.3g", pos, d)
+		}
 	}
 }
 

@@ -46,6 +46,7 @@ type refModel struct {
 	finalNorm []float64
 	layers    []refLayer
 	invFreq   []float64
+	ropeScale float64 // refRopeScale
 }
 
 type refLoRA struct {
@@ -109,6 +110,7 @@ func newRefModel(t testing.TB, m *model.Model) *refModel {
 		r.layers = append(r.layers, L)
 	}
 	r.invFreq = refInvFreq(c)
+	r.ropeScale = refRopeScale(c)
 	return r
 }
 
@@ -139,8 +141,39 @@ func refInvFreq(c model.Config) []float64 {
 				inv[j] = (1-s)*f/rs.Factor + s*f
 			}
 		}
+	case model.RopeYarn:
+		// transformers' _compute_yarn_parameters: the dimension at which
+		// a frequency turns r times over the original context is
+		// dim·ln(orig/(2πr))/(2·ln θ); between those of beta_fast and
+		// beta_slow turns, a linear ramp over the pair index moves from
+		// the unscaled frequency (extrapolation) to f/factor.
+		dim, orig := float64(hd), float64(rs.OriginalMaxPosition)
+		corr := func(rot float64) float64 {
+			return dim * math.Log(orig/(rot*2*math.Pi)) / (2 * math.Log(c.RopeTheta))
+		}
+		low, high := corr(rs.BetaFast), corr(rs.BetaSlow)
+		if rs.Truncate {
+			low, high = math.Floor(low), math.Ceil(high)
+		}
+		low, high = math.Max(low, 0), math.Min(high, dim-1)
+		if low == high {
+			high += 0.001
+		}
+		for j, f := range inv {
+			ramp := math.Min(math.Max((float64(j)-low)/(high-low), 0), 1)
+			inv[j] = f*(1-ramp) + f/rs.Factor*ramp
+		}
 	}
 	return inv
+}
+
+// refRopeScale is the factor transformers multiplies RoPE's cos and sin by
+// (attention_scaling): yarn's attention factor, else 1.
+func refRopeScale(c model.Config) float64 {
+	if c.RopeScaling.Type == model.RopeYarn {
+		return c.RopeScaling.AttentionFactor
+	}
+	return 1
 }
 
 func rmsNorm(x, w []float64, eps float64) []float64 {
@@ -172,7 +205,7 @@ func (r *refModel) rope(x []float64, heads, pos int) {
 		v := x[h*hd : (h+1)*hd]
 		for i := 0; i < half; i++ {
 			a := float64(pos) * r.invFreq[i]
-			c, s := math.Cos(a), math.Sin(a)
+			c, s := math.Cos(a)*r.ropeScale, math.Sin(a)*r.ropeScale
 			x1, x2 := v[i], v[i+half]
 			v[i] = x1*c - x2*s
 			v[i+half] = x2*c + x1*s
@@ -330,7 +363,29 @@ func TestReference_RoPEVectors(t *testing.T) {
 			t.Errorf("llama3 inv[%d] = %v, want %v", j, inv[j], want)
 		}
 	}
-	r := &refModel{cfg: model.Config{HeadDim: 4}, invFreq: refInvFreq(model.Config{HeadDim: 4, RopeTheta: 10000})}
+	// yarn, Qwen2.5's long-context settings; the vectors are from a plain
+	// transcription of transformers' _compute_yarn_parameters (Python
+	// floats), with and without truncation of the correction range.
+	yarn := model.RopeScaling{Type: model.RopeYarn, Factor: 4, OriginalMaxPosition: 32768, BetaFast: 32, BetaSlow: 1, AttentionFactor: 1.1386294361119891, Truncate: true}
+	c = model.Config{HeadDim: 128, RopeTheta: 1e6, RopeScaling: yarn}
+	yarnWant := map[int]float64{0: 1, 10: 0.1154781984689458, 20: 0.013335214321633241, 30: 0.0010643609812470017,
+		40: 4.4456985250973067e-05, 50: 5.1338125661428656e-06, 63: 3.1023444018792988e-07}
+	for _, truncate := range []bool{true, false} {
+		c.RopeScaling.Truncate = truncate
+		inv = refInvFreq(c)
+		for j, want := range yarnWant {
+			if j == 30 && !truncate {
+				want = 0.0010792377416765538
+			}
+			if math.Abs(inv[j]-want) > 1e-12*want {
+				t.Errorf("yarn (truncate %v) inv[%d] = %.17g, want %.17g", truncate, j, inv[j], want)
+			}
+		}
+	}
+	if s := refRopeScale(c); s != 1.1386294361119891 {
+		t.Errorf("yarn rope scale %v", s)
+	}
+	r := &refModel{cfg: model.Config{HeadDim: 4}, invFreq: refInvFreq(model.Config{HeadDim: 4, RopeTheta: 10000}), ropeScale: 1}
 	x := []float64{1, 2, 3, 4}
 	r.rope(x, 1, 1)
 	want := []float64{math.Cos(1) - 3*math.Sin(1), 2*math.Cos(0.01) - 4*math.Sin(0.01), 3*math.Cos(1) + math.Sin(1), 4*math.Cos(0.01) + 2*math.Sin(0.01)}

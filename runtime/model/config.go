@@ -68,18 +68,40 @@ const (
 	RopeDefault = "default"
 	RopeLinear  = "linear"
 	RopeLlama3  = "llama3"
+	RopeYarn    = "yarn"
 )
 
 // RopeScaling is config.json's rope_scaling (or rope_parameters) resolved.
 type RopeScaling struct {
-	// Type is RopeDefault, RopeLinear or RopeLlama3.
+	// Type is RopeDefault, RopeLinear, RopeLlama3 or RopeYarn.
 	Type string
-	// Factor divides frequencies (linear, llama3).
+	// Factor divides frequencies (linear, llama3, yarn).
 	Factor float64
-	// LowFreqFactor, HighFreqFactor and OriginalMaxPosition are llama3's.
+	// LowFreqFactor and HighFreqFactor are llama3's; OriginalMaxPosition
+	// is llama3's and yarn's.
 	LowFreqFactor       float64
 	HighFreqFactor      float64
 	OriginalMaxPosition int
+	// BetaFast, BetaSlow, AttentionFactor and Truncate are yarn's, with
+	// transformers' defaults resolved: beta_fast 32, beta_slow 1, truncate
+	// true, and the attention factor (which multiplies RoPE's cos and sin)
+	// from attention_factor, else from factor, mscale and mscale_all_dim
+	// (YarnMscale).
+	BetaFast        float64
+	BetaSlow        float64
+	AttentionFactor float64
+	Truncate        bool
+}
+
+// YarnMscale is transformers' get_mscale for YaRN: 0.1·mscale·ln(scale) + 1,
+// or 1 when scale <= 1. A yarn config without attention_factor gets
+// YarnMscale(factor, mscale)/YarnMscale(factor, mscale_all_dim) when both
+// mscale and mscale_all_dim are set and non-zero, else YarnMscale(factor, 1).
+func YarnMscale(scale, mscale float64) float64 {
+	if scale <= 1 {
+		return 1
+	}
+	return 0.1*mscale*math.Log(scale) + 1
 }
 
 // Config is a model's config.json with every default and alternative
@@ -173,6 +195,9 @@ type rawConfig struct {
 	EOSTokenID            json.RawMessage `json:"eos_token_id"`
 	PadTokenID            json.RawMessage `json:"pad_token_id"`
 	PartialRotaryFactor   *float64        `json:"partial_rotary_factor"`
+	// OriginalMaxPositionEmbeddings outside rope_scaling (Phi-3 puts it
+	// there); yarn falls back to it.
+	OriginalMaxPositionEmbeddings *float64 `json:"original_max_position_embeddings"`
 }
 
 // LoadConfig reads dir/config.json.
@@ -320,7 +345,7 @@ func ParseConfig(b []byte) (*Config, error) {
 	}
 	c.RopeScaling = RopeScaling{Type: RopeDefault, Factor: 1}
 	if isSet(r.RopeParameters) {
-		theta, err := c.parseRope(r.RopeParameters, "rope_parameters")
+		theta, err := c.parseRope(r.RopeParameters, "rope_parameters", r.OriginalMaxPositionEmbeddings)
 		if err != nil {
 			return nil, err
 		}
@@ -328,7 +353,7 @@ func ParseConfig(b []byte) (*Config, error) {
 			c.RopeTheta = *theta
 		}
 	} else if isSet(r.RopeScaling) {
-		if _, err := c.parseRope(r.RopeScaling, "rope_scaling"); err != nil {
+		if _, err := c.parseRope(r.RopeScaling, "rope_scaling", r.OriginalMaxPositionEmbeddings); err != nil {
 			return nil, err
 		}
 	}
@@ -385,7 +410,10 @@ func ParseConfig(b []byte) (*Config, error) {
 	return c, nil
 }
 
-func (c *Config) parseRope(raw json.RawMessage, field string) (*float64, error) {
+// parseRope resolves rope_scaling or rope_parameters (field) into
+// c.RopeScaling and returns its rope_theta, if any. topOrig is config.json's
+// top-level original_max_position_embeddings (yarn's fallback).
+func (c *Config) parseRope(raw json.RawMessage, field string, topOrig *float64) (*float64, error) {
 	var m map[string]json.RawMessage
 	if err := json.Unmarshal(raw, &m); err != nil {
 		return nil, fmt.Errorf("%s is not an object: %w", field, err)
@@ -465,11 +493,150 @@ func (c *Config) parseRope(raw json.RawMessage, field string) (*float64, error) 
 		if rs.HighFreqFactor <= rs.LowFreqFactor {
 			return nil, fmt.Errorf("%s: high_freq_factor %v must exceed low_freq_factor %v", field, rs.HighFreqFactor, rs.LowFreqFactor)
 		}
+	case RopeYarn:
+		if err := c.parseYarn(&rs, field, num, m, topOrig); err != nil {
+			return nil, err
+		}
 	default:
-		return nil, fmt.Errorf("%s rope_type %q is not supported (default, linear and llama3 are)", field, typ)
+		return nil, fmt.Errorf("%s rope_type %q is not supported (default, linear, llama3 and yarn are)", field, typ)
 	}
 	c.RopeScaling = rs
 	return theta, nil
+}
+
+// parseYarn fills rs for rope_type yarn as transformers' (v5.0 dev,
+// rope_parameters; and 4.5x, rope_scaling) _compute_yarn_parameters reads
+// its config:
+//   - original_max_position_embeddings from the rope dict, else the
+//     top-level field (v5's standardize_rope_params moves it in; 4.5x
+//     ignores it: when both are set and differ the config is refused as
+//     ambiguous), else max_position_embeddings;
+//   - factor, which transformers' validation requires; null or absent, the
+//     fallback of its compute function (for a null factor),
+//     max_position_embeddings/original, is taken when an original length
+//     was given;
+//   - beta_fast and beta_slow, absent, null or 0 meaning 32 and 1 (HF's
+//     `get(...) or 32`);
+//   - attention_factor, else mscale/mscale_all_dim (YarnMscale);
+//   - truncate, default true.
+func (c *Config) parseYarn(rs *RopeScaling, field string, num func(string) (*float64, error), m map[string]json.RawMessage, topOrig *float64) error {
+	positive := func(key string, f *float64) error {
+		if f != nil && !(*f > 0) {
+			return fmt.Errorf("%s.%s is %v, want a positive number", field, key, *f)
+		}
+		return nil
+	}
+	integer := func(key string, f float64) error {
+		if f != math.Trunc(f) || f > math.MaxInt32 {
+			return fmt.Errorf("%s %v is not an integer position", key, f)
+		}
+		return nil
+	}
+	orig, err := num("original_max_position_embeddings")
+	if err != nil {
+		return err
+	}
+	if err := positive("original_max_position_embeddings", orig); err != nil {
+		return err
+	}
+	if orig != nil {
+		if err := integer(field+".original_max_position_embeddings", *orig); err != nil {
+			return err
+		}
+	}
+	if topOrig != nil {
+		if !(*topOrig > 0) {
+			return fmt.Errorf("original_max_position_embeddings is %v, want a positive number", *topOrig)
+		}
+		if err := integer("original_max_position_embeddings", *topOrig); err != nil {
+			return err
+		}
+		if orig != nil && *orig != *topOrig {
+			return fmt.Errorf("%s.original_max_position_embeddings %v and the top-level original_max_position_embeddings %v differ (transformers versions disagree on which counts)", field, *orig, *topOrig)
+		}
+		if orig == nil {
+			orig = topOrig
+		}
+	}
+	rs.OriginalMaxPosition = c.MaxPositionEmbeddings
+	if orig != nil {
+		rs.OriginalMaxPosition = int(*orig)
+	}
+
+	factor, err := num("factor")
+	if err != nil {
+		return err
+	}
+	if err := positive("factor", factor); err != nil {
+		return err
+	}
+	switch {
+	case factor != nil:
+		rs.Factor = *factor
+	case orig != nil && c.MaxPositionEmbeddings > rs.OriginalMaxPosition:
+		rs.Factor = float64(c.MaxPositionEmbeddings) / float64(rs.OriginalMaxPosition)
+	default:
+		return fmt.Errorf("%s (rope_type yarn) needs factor (or an original_max_position_embeddings below max_position_embeddings %d to derive it from)", field, c.MaxPositionEmbeddings)
+	}
+
+	beta := func(key string, def float64) (float64, error) {
+		f, err := num(key)
+		if err != nil {
+			return 0, err
+		}
+		if f == nil || *f == 0 {
+			return def, nil
+		}
+		if err := positive(key, f); err != nil {
+			return 0, err
+		}
+		return *f, nil
+	}
+	if rs.BetaFast, err = beta("beta_fast", 32); err != nil {
+		return err
+	}
+	if rs.BetaSlow, err = beta("beta_slow", 1); err != nil {
+		return err
+	}
+	if rs.BetaFast < rs.BetaSlow {
+		return fmt.Errorf("%s: beta_fast %v must be at least beta_slow %v", field, rs.BetaFast, rs.BetaSlow)
+	}
+
+	af, err := num("attention_factor")
+	if err != nil {
+		return err
+	}
+	if af != nil {
+		if err := positive("attention_factor", af); err != nil {
+			return err
+		}
+		rs.AttentionFactor = *af
+	} else {
+		mscale, err := num("mscale")
+		if err != nil {
+			return err
+		}
+		mscaleAll, err := num("mscale_all_dim")
+		if err != nil {
+			return err
+		}
+		if mscale != nil && *mscale != 0 && mscaleAll != nil && *mscaleAll != 0 {
+			rs.AttentionFactor = YarnMscale(rs.Factor, *mscale) / YarnMscale(rs.Factor, *mscaleAll)
+		} else {
+			rs.AttentionFactor = YarnMscale(rs.Factor, 1)
+		}
+		if !(rs.AttentionFactor > 0) || math.IsInf(rs.AttentionFactor, 0) {
+			return fmt.Errorf("%s: the attention factor from factor %v, mscale and mscale_all_dim is %v, want a positive number", field, rs.Factor, rs.AttentionFactor)
+		}
+	}
+
+	rs.Truncate = true
+	if v, ok := m["truncate"]; ok && isSet(v) {
+		if err := json.Unmarshal(v, &rs.Truncate); err != nil {
+			return fmt.Errorf("%s.truncate is not a boolean", field)
+		}
+	}
+	return nil
 }
 
 func (c *Config) parseSlidingWindow(r *rawConfig) error {

@@ -158,7 +158,6 @@ func TestParseConfig_Errors(t *testing.T) {
 		{"ModelType", `{"model_type":"gemma",` + base + `}`, `"gemma" is not supported`},
 		{"NoArch", `{` + base + `}`, "neither architectures nor model_type"},
 		{"Dynamic", `{"model_type":"llama","rope_scaling":{"type":"dynamic","factor":2},` + base + `}`, `rope_type "dynamic" is not supported`},
-		{"Yarn", `{"model_type":"qwen2","rope_scaling":{"rope_type":"yarn","factor":4},` + base + `}`, `rope_type "yarn" is not supported`},
 		{"Longrope", `{"model_type":"llama","rope_parameters":{"rope_type":"longrope"},` + base + `}`, `rope_type "longrope" is not supported`},
 		{"Llama3Missing", `{"model_type":"llama","rope_scaling":{"rope_type":"llama3","factor":8,"low_freq_factor":1,"high_freq_factor":4},` + base + `}`, "needs original_max_position_embeddings"},
 		{"MissingHidden", `{"model_type":"llama","intermediate_size":1,"num_hidden_layers":1,"num_attention_heads":1}`, "hidden_size is missing"},

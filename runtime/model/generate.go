@@ -297,6 +297,17 @@ func (s *Spec) config() map[string]any {
 			rope["high_freq_factor"] = s.Rope.HighFreqFactor
 			rope["original_max_position_embeddings"] = s.Rope.OriginalMaxPosition
 		}
+		if s.Rope.Type == RopeYarn {
+			// As resolved by ParseConfig; an attention factor equal to
+			// the default one is left for the parser to derive.
+			rope["original_max_position_embeddings"] = s.Rope.OriginalMaxPosition
+			rope["beta_fast"] = s.Rope.BetaFast
+			rope["beta_slow"] = s.Rope.BetaSlow
+			rope["truncate"] = s.Rope.Truncate
+			if s.Rope.AttentionFactor != YarnMscale(s.Rope.Factor, 1) {
+				rope["attention_factor"] = s.Rope.AttentionFactor
+			}
+		}
 	}
 	if s.RopeParameters {
 		if rope == nil {

@@ -52,6 +52,17 @@ func TestOpen_Generated(t *testing.T) {
 			s.RopeTheta = 500000
 			s.Rope = &model.RopeScaling{Type: "linear", Factor: 2}
 		}, 3 + 2*9},
+		{"Yarn", func(s *model.Spec) {
+			s.Arch = "qwen2"
+			s.Rope = &model.RopeScaling{Type: "yarn", Factor: 4, OriginalMaxPosition: 64, BetaFast: 32, BetaSlow: 1,
+				AttentionFactor: model.YarnMscale(4, 1), Truncate: true}
+		}, 3 + 2*12},
+		{"YarnParameters", func(s *model.Spec) {
+			s.RopeParameters = true
+			s.RopeTheta = 1e6
+			s.Rope = &model.RopeScaling{Type: "yarn", Factor: 2, OriginalMaxPosition: 32, BetaFast: 8, BetaSlow: 0.5,
+				AttentionFactor: 1.25, Truncate: false}
+		}, 3 + 2*9},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
