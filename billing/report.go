@@ -577,7 +577,7 @@ func (l *Ledger) buildReport(s *reportSpec, cells cellSource, tot periodTotals, 
 			}
 			r.DedicatedUSD += hours * rate
 		}
-		return roundRow(r)
+		return r
 	}
 
 	rep := &nozzle.Report{
@@ -606,6 +606,31 @@ func (l *Ledger) buildReport(s *reportSpec, cells cellSource, tot periodTotals, 
 		}
 		return a.AdapterID < b.AdapterID
 	})
+	// The GPU's cost as it reads, and whether the rows carry all of it:
+	// an operator report of every adapter, whose tenants' active costs
+	// are the requests' and, under the prorata policy, whose idle costs
+	// are the whole idle pool.
+	gpuCost := nozzle.RoundUSD(tot.capacity.CostUSD)
+	wholeGPU := s.operatorRep && s.q.AdapterName == ""
+	// The rows' active and idle costs and charges are rounded together
+	// (see apportionRows) so that they add up to the total's figures
+	// rounded once, and the tenants' costs of a report of the whole GPU
+	// under the prorata policy to the GPU's cost as it reads.
+	activeUSD := apportionRows(rep.Rows, all.row.ActiveCostUSD,
+		func(r *nozzle.ReportRow) *float64 { return &r.ActiveCostUSD })
+	idleUSD := all.idleCost
+	if wholeGPU && prorata && pool > 0 && activeUSD <= gpuCost {
+		// the rows' idle costs add up to the whole pool: to the GPU's
+		// cost less their active costs, as they read
+		idleUSD = gpuCost - activeUSD
+	}
+	apportionRows(rep.Rows, idleUSD,
+		func(r *nozzle.ReportRow) *float64 { return &r.IdleCostUSD })
+	apportionRows(rep.Rows, all.row.ChargedUSD,
+		func(r *nozzle.ReportRow) *float64 { return &r.ChargedUSD })
+	for i := range rep.Rows {
+		rep.Rows[i] = roundRow(rep.Rows[i])
+	}
 	rep.Total = finish(all)
 	if len(rep.Rows) > 0 {
 		// The total's figures are the sums of the rows' as they read,
@@ -629,10 +654,15 @@ func (l *Ledger) buildReport(s *reportSpec, cells cellSource, tot periodTotals, 
 		if !s.byHour && !s.byDay {
 			t.DedicatedUSD = dedicated.value()
 		}
-		rep.Total = roundRow(*t)
 	}
+	rep.Total = roundRow(rep.Total)
 	if s.operatorRep {
-		g := &nozzle.GPUSummary{GPUFigures: gpuFigures(&tot.capacity, pool, !prorata)}
+		idle := pool
+		if wholeGPU {
+			// the GPU's cost less the tenants' active cost, as they read
+			idle = max(0, nozzle.RoundUSD(gpuCost-rep.Total.ActiveCostUSD))
+		}
+		g := &nozzle.GPUSummary{GPUFigures: gpuFigures(&tot.capacity, idle, !prorata)}
 		if tot.series != nil {
 			g.Step = s.gpuStep
 			g.Series = make([]nozzle.GPUBucket, len(tot.series))
@@ -693,6 +723,104 @@ func roundRow(r nozzle.ReportRow) nozzle.ReportRow {
 		r.SavingPercent = nozzle.RoundRatio((1 - r.CostUSD/r.DedicatedUSD) * 100)
 	}
 	return r
+}
+
+// apportionRows rounds one USD figure of rows (the one field returns)
+// with nozzle.RoundUSD's step so that the rows add up to total rounded
+// once (see apportion), and returns that sum; figures too large for whole
+// steps are rounded apart.
+func apportionRows(rows []nozzle.ReportRow, total float64, field func(*nozzle.ReportRow) *float64) float64 {
+	xs := make([]float64, len(rows))
+	for i := range rows {
+		xs[i] = *field(&rows[i])
+	}
+	ys, sum := apportion[usdGrid](xs, total)
+	for i := range rows {
+		*field(&rows[i]) = ys[i]
+	}
+	return sum
+}
+
+// apportion rounds figures xs, parts of total, to grid G so that they add
+// up exactly to total rounded to G: by the largest remainder method, each
+// is rounded down to the grid and the steps still missing go one each to
+// the figures with the largest remainders (the first of equal ones). Each
+// figure then reads within one step of its exact value (total being their
+// exact sum, or within a step of it) and the figures read as their sum, so
+// a column of rows adds up to its total as both read, the total being
+// the period's figure rounded once. It returns the figures and their sum.
+// Where a figure or the total is too large for whole steps (see RoundUSD),
+// each figure is rounded apart and their sum is a gridSum's.
+func apportion[G grid](xs []float64, total float64) ([]float64, float64) {
+	var g G
+	ys := make([]float64, len(xs))
+	steps := make([]int64, len(xs))
+	rem := make([]float64, len(xs))
+	target := math.Round(total * g.scale())
+	fits := math.Abs(target) < 1<<53 && len(xs) < 1<<20
+	var sum int64
+	for i, x := range xs {
+		s := x * g.scale()
+		if !(math.Abs(s) < 1<<53) {
+			fits = false
+			break
+		}
+		f := math.Floor(s)
+		steps[i], rem[i] = int64(f), s-f
+		sum += int64(f)
+	}
+	if !fits {
+		var u gridSum[G]
+		for i, x := range xs {
+			ys[i] = g.round(x)
+			u.add(ys[i])
+		}
+		return ys, u.value()
+	}
+	// The steps go to figures other than zero (a row with no idle cost
+	// gets none), unless all are.
+	order := make([]int, 0, len(xs))
+	for i, x := range xs {
+		if x != 0 {
+			order = append(order, i)
+		}
+	}
+	if len(order) == 0 {
+		for i := range xs {
+			order = append(order, i)
+		}
+	}
+	missing := int64(target) - sum
+	if missing >= 0 {
+		// largest remainders first
+		sort.SliceStable(order, func(a, b int) bool { return rem[order[a]] > rem[order[b]] })
+	} else {
+		// a total a step below the figures' floors (one given, not their
+		// sum): smallest remainders first, figures a step or more above
+		// zero first
+		sort.SliceStable(order, func(a, b int) bool {
+			i, j := order[a], order[b]
+			if (steps[i] > 0) != (steps[j] > 0) {
+				return steps[i] > 0
+			}
+			return rem[i] < rem[j]
+		})
+	}
+	for n := int64(0); len(order) > 0 && n < max(missing, -missing); n++ {
+		i := order[n%int64(len(order))]
+		if missing > 0 {
+			steps[i]++
+		} else {
+			steps[i]--
+		}
+	}
+	if len(order) == 0 {
+		return ys, 0
+	}
+	for i := range ys {
+		ys[i] = g.round(float64(steps[i]) / g.scale())
+	}
+	return ys, g.round(target / g.scale())
 }
 
 // gridSum adds figures rounded to a grid (G's: nozzle.RoundUSD's 1e-10

@@ -312,6 +312,60 @@ func minT(a, b time.Time) time.Time {
 	return b
 }
 
+// A report's USD columns add up exactly, as they read, to its total, and
+// the total to the GPU's cost as it reads: under the prorata policy the
+// tenants' costs are the GPU's cost, under the operator policy their
+// costs and the idle kept by the operator are; each row stays within one
+// 1e-10 step of its exact value (the rows are rounded together, see
+// apportion), on random traces grouped coarsely and finely.
+func TestReport_CostsAddUpAsRead(t *testing.T) {
+	steps := func(x float64) int64 { return int64(math.Round(x / nozzle.USDPrecision)) }
+	for seed := range uint64(30) {
+		for _, policy := range []string{nozzle.IdleProrata, nozzle.IdleOperator} {
+			t.Run(fmt.Sprint(seed, policy), func(t *testing.T) {
+				r := rand.New(rand.NewPCG(seed, 11))
+				l := mustOpen(t, billing.Options{IdlePolicy: policy})
+				tenants := mustTenants(t, l, "t", 1+r.IntN(5))
+				tr := randomTrace(r, tenants)
+				recordWithOpen(t, l, r, tr.intervals)
+				recordAll(t, l, tr.events)
+				if len(tr.events) == 0 {
+					return
+				}
+				for _, group := range [][]string{{"tenant"}, {"hour", "tenant", "adapter"}} {
+					rep := mustReport(t, l, nozzle.ReportQuery{Start: tr.start, End: tr.end, GroupBy: group})
+					var active, idle, cost, charged, margin int64
+					for _, row := range rep.Rows {
+						active += steps(row.ActiveCostUSD)
+						idle += steps(row.IdleCostUSD)
+						cost += steps(row.CostUSD)
+						charged += steps(row.ChargedUSD)
+						margin += steps(row.MarginUSD)
+					}
+					tot := rep.Total
+					if active != steps(tot.ActiveCostUSD) || idle != steps(tot.IdleCostUSD) || cost != steps(tot.CostUSD) ||
+						charged != steps(tot.ChargedUSD) || margin != steps(tot.MarginUSD) {
+						t.Fatalf("%v: rows sum to active %d idle %d cost %d charged %d margin %d steps; total %+v", group, active, idle, cost, charged, margin, tot)
+					}
+					g := rep.GPU
+					if g.CostUSD < tot.ActiveCostUSD {
+						continue // the requests ran ahead of the capacity pulled: no idle to split
+					}
+					if steps(g.IdleCostUSD) != steps(g.CostUSD)-steps(tot.ActiveCostUSD) {
+						t.Fatalf("%v: GPU idle %v, cost %v, tenants' active %v", group, g.IdleCostUSD, g.CostUSD, tot.ActiveCostUSD)
+					}
+					if steps(tot.CostUSD)+steps(g.OperatorIdleUSD) != steps(g.CostUSD) {
+						t.Fatalf("%v: tenants' cost %v and operator's idle %v, GPU cost %v", group, tot.CostUSD, g.OperatorIdleUSD, g.CostUSD)
+					}
+					if steps(g.MarginUSD) != steps(tot.MarginUSD)-steps(g.OperatorIdleUSD) {
+						t.Fatalf("%v: GPU margin %v, tenants' margin %v, operator idle %v", group, g.MarginUSD, tot.MarginUSD, g.OperatorIdleUSD)
+					}
+				}
+			})
+		}
+	}
+}
+
 func relErr(got, want float64) float64 {
 	if want == 0 {
 		return math.Abs(got)
