@@ -4,6 +4,7 @@ import (
 	"math"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // USDPrecision is the step every USD figure of a report is rounded to:
@@ -144,6 +145,25 @@ func FormatSeconds(s float64) string {
 		return strings.TrimRight(strconv.FormatFloat(s, 'f', dec, 64), "0") + " s"
 	}
 	return strconv.FormatFloat(s, 'f', 2, 64) + " s"
+}
+
+// FormatLatency shows a measured wait (a request's latency, a commit's
+// fsync, a benchmark's median) as a person reads it: whole microseconds
+// below a millisecond (850 µs), milliseconds with two decimals below a
+// second (12.35 ms), and from a second up as FormatSeconds writes a
+// duration (1.25 s, 2.0 min); zero and less is 0 µs.
+func FormatLatency(d time.Duration) string {
+	if d <= 0 {
+		return "0 µs"
+	}
+	// the unit as the figure reads rounded (999.6 µs is 1.00 ms)
+	if us := math.Round(float64(d) / 1e3); us < 1000 {
+		return strconv.FormatFloat(us, 'f', 0, 64) + " µs"
+	}
+	if ms := math.Round(float64(d)/1e4) / 100; ms < 1000 {
+		return strconv.FormatFloat(ms, 'f', 2, 64) + " ms"
+	}
+	return FormatSeconds(d.Seconds())
 }
 
 // FormatPercent shows a percentage (a saving, a share of a budget) as a

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"math"
 	"testing"
+	"time"
 
 	"github.com/nozzle-ai/nozzle"
 )
@@ -156,6 +157,15 @@ func TestFormatSeconds(t *testing.T) {
 	for in, want := range map[float64]string{0: "0.00 s", 0.222886388: "0.22 s", 0.004: "0.004 s", 0.009: "0.01 s", 0.00499: "0.005 s", 0.0000312: "0.00003 s", 1e-12: "<0.000000001 s", 0.005: "0.01 s", 59.994: "59.99 s", 60: "1.0 min", 720: "12.0 min", 7200: "2.0 h"} {
 		if got := nozzle.FormatSeconds(in); got != want {
 			t.Errorf("FormatSeconds(%v) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+func TestFormatLatency(t *testing.T) {
+	for in, want := range map[time.Duration]string{0: "0 µs", -time.Second: "0 µs", 850 * time.Microsecond: "850 µs", 1400: "1 µs",
+		999_600: "1.00 ms", 999_996_000: "1.00 s", 12_345_678: "12.35 ms", time.Millisecond: "1.00 ms", 1250 * time.Millisecond: "1.25 s", 2 * time.Minute: "2.0 min"} {
+		if got := nozzle.FormatLatency(in); got != want {
+			t.Errorf("FormatLatency(%v) = %q, want %q", in, got, want)
 		}
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -165,8 +166,8 @@ func benchReport(ctx context.Context, opts BenchOptions, path string, w io.Write
 		return err
 	}
 	fi, _ := os.Stat(path)
-	fmt.Fprintf(w, "setup: %d events written in %.1fs through the bulk path; ledger file %.0f MiB\n",
-		n, time.Since(t0).Seconds(), float64(fi.Size())/(1<<20))
+	fmt.Fprintf(w, "setup: %d events written in %s through the bulk path; ledger file %.0f MiB\n",
+		n, nozzle.FormatSeconds(time.Since(t0).Seconds()), float64(fi.Size())/(1<<20))
 
 	queries := []struct {
 		name string
@@ -199,27 +200,26 @@ func benchReport(ctx context.Context, opts BenchOptions, path string, w io.Write
 			!near(scan.Total.CostUSD, rep.Total.CostUSD) {
 			return fmt.Errorf("rollup report %+v differs from the event scan %+v", rep.Total, scan.Total)
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%.0fx\n", qq.name, len(rep.Rows), fmtDur(med), fmtDur(scanT), float64(scanT)/float64(med))
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%.0fx\n", qq.name, len(rep.Rows), nozzle.FormatLatency(med), nozzle.FormatLatency(scanT), float64(scanT)/float64(med))
 	}
 	tw.Flush()
 	fmt.Fprintln(w)
 	return nil
 }
 
+// count shows a whole number of things (requests, tokens), rounded, with
+// its thousands grouped as nozzle.FormatUSD groups an amount's.
+func count(v float64) string {
+	if v < 0 {
+		return "-" + count(-v)
+	}
+	return nozzle.GroupDigits(strconv.FormatFloat(math.Round(v), 'f', 0, 64))
+}
+
 func median(d []time.Duration) time.Duration {
 	s := append([]time.Duration(nil), d...)
 	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
 	return s[len(s)/2]
-}
-
-func fmtDur(d time.Duration) string {
-	switch {
-	case d < time.Millisecond:
-		return fmt.Sprintf("%.0f µs", float64(d)/1e3)
-	case d < time.Second:
-		return fmt.Sprintf("%.2f ms", float64(d)/1e6)
-	}
-	return fmt.Sprintf("%.2f s", d.Seconds())
 }
 
 func randomRequestID() string {
@@ -319,8 +319,8 @@ func benchAppend(ctx context.Context, opts BenchOptions, path string, w io.Write
 		if rs.writers == 1 {
 			mode, baseRate = "one event per transaction (baseline)", rate
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%.0f\t%s\t%s\t%.0fx\n", mode, rs.ids, len(all), rate,
-			fmtDur(all[len(all)/2]), fmtDur(all[len(all)*99/100]), rate/baseRate)
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%.0fx\n", mode, rs.ids, len(all), count(rate),
+			nozzle.FormatLatency(all[len(all)/2]), nozzle.FormatLatency(all[len(all)*99/100]), rate/baseRate)
 		res, err := l.Check(ctx)
 		l.Close()
 		os.Remove(path)
@@ -511,28 +511,29 @@ func benchSim(ctx context.Context, opts BenchOptions, path string, w io.Writer) 
 	}
 	g := rep.GPU
 	var buf strings.Builder
-	fmt.Fprintf(&buf, "Simulated %d tenants for %d h on one GPU at $%.2f/h: %d requests, %.1f M tokens, GPU utilisation %.1f%%, GPU cost $%.2f, charged $%.2f (margin $%.2f).\n\n",
-		len(tenants), opts.SimHours, simRatePerHour, rep.Total.Requests, float64(rep.Total.PromptTokens+rep.Total.CompletionTokens)/1e6,
-		g.Utilization*100, g.CostUSD, rep.Total.ChargedUSD, rep.Total.MarginUSD)
+	fmt.Fprintf(&buf, "Simulated %d tenants for %d h on one GPU at %s/h: %s requests, %.1f M tokens, GPU utilisation %s, GPU cost %s, charged %s (margin %s).\n\n",
+		len(tenants), opts.SimHours, nozzle.FormatUSD(simRatePerHour), count(float64(rep.Total.Requests)), float64(rep.Total.PromptTokens+rep.Total.CompletionTokens)/1e6,
+		nozzle.FormatPercent(g.Utilization*100), nozzle.FormatUSD(g.CostUSD), nozzle.FormatUSD(rep.Total.ChargedUSD), nozzle.FormatUSD(rep.Total.MarginUSD))
 	buf.WriteString("| per tenant | p10 | median | p90 |\n| --- | ---: | ---: | ---: |\n")
 	rows := []struct {
 		name string
 		f    func(res) float64
-		fmt  string
+		fmt  func(float64) string
 	}{
-		{"requests per day", func(x res) float64 { return float64(x.requests) * 24 / float64(opts.SimHours) }, "%.0f"},
-		{"tokens per day (thousands)", func(x res) float64 { return float64(x.tokens) * 24 / float64(opts.SimHours) / 1e3 }, "%.0f"},
-		{"adapters used", func(x res) float64 { return float64(x.adapters) }, "%.0f"},
-		{"shared GPU: cost per million tokens", func(x res) float64 { return x.shared }, "$%.3f"},
-		{"dedicated GPU per adapter: cost per million tokens", func(x res) float64 { return x.dedicated }, "$%.2f"},
-		{"saving", func(x res) float64 { return x.saving }, "%.2f%%"},
+		{"requests per day", func(x res) float64 { return float64(x.requests) * 24 / float64(opts.SimHours) }, count},
+		{"tokens per day (thousands)", func(x res) float64 { return float64(x.tokens) * 24 / float64(opts.SimHours) / 1e3 }, count},
+		{"adapters used", func(x res) float64 { return float64(x.adapters) }, count},
+		{"shared GPU: cost per million tokens", func(x res) float64 { return x.shared }, nozzle.FormatUSD},
+		{"dedicated GPU per adapter: cost per million tokens", func(x res) float64 { return x.dedicated }, nozzle.FormatUSD},
+		{"saving", func(x res) float64 { return x.saving }, nozzle.FormatPercent},
 	}
 	for _, row := range rows {
-		fmt.Fprintf(&buf, "| %s | "+row.fmt+" | "+row.fmt+" | "+row.fmt+" |\n", row.name, q(0.1, row.f), q(0.5, row.f), q(0.9, row.f))
+		fmt.Fprintf(&buf, "| %s | %s | %s | %s |\n", row.name, row.fmt(q(0.1, row.f)), row.fmt(q(0.5, row.f)), row.fmt(q(0.9, row.f)))
 	}
-	fmt.Fprintf(&buf, "\nMedian tenant saving: %.2f%% (target: at least 90%%). Lowest saving of any tenant: %.2f%%.\n", q(0.5, func(x res) float64 { return x.saving }), out[0].saving)
+	fmt.Fprintf(&buf, "\nMedian tenant saving: %s (target: at least 90%%). Lowest saving of any tenant: %s.\n",
+		nozzle.FormatPercent(q(0.5, func(x res) float64 { return x.saving })), nozzle.FormatPercent(out[0].saving))
 
-	fmt.Fprintf(w, "== Economics simulation (%d events and %d capacity intervals recorded in %.1fs through the ledger's cost code)\n", len(evs), len(ivs), setup.Seconds())
+	fmt.Fprintf(w, "== Economics simulation (%d events and %d capacity intervals recorded in %s through the ledger's cost code)\n", len(evs), len(ivs), nozzle.FormatSeconds(setup.Seconds()))
 	fmt.Fprintln(w, buf.String())
 	if opts.WriteDoc != "" {
 		if err := writeEconomics(opts, buf.String()); err != nil {
@@ -555,7 +556,7 @@ operator report's rows.
 
 ## Assumptions
 
-- One GPU at **$%.2f per hour**, always on, serving one base model with every
+- One GPU at **%s per hour**, always on, serving one base model with every
   tenant's LoRA adapters (the product's setup). The idle policy is prorata:
   idle time is paid by the tenants, by their share of the active time.
 - Per-request device time is derived from token counts and a stated
@@ -576,7 +577,7 @@ operator report's rows.
   adapter's first request in the period to the period's end (to the hour of
   its last request for an adapter deleted since; no cold starts, no
   sharing), as the usage reports count it.
-- Charged prices: $%.2f per million prompt tokens, $%.2f per million
+- Charged prices: %s per million prompt tokens, %s per million
   completion tokens.
 
 ## Results (seed %d)
@@ -591,8 +592,8 @@ adapters switch per request inside a batch, and the idle remainder is split
 across everyone: each tenant pays roughly the GPU's price of its own work.
 The saving shrinks as a tenant's own traffic grows towards keeping a GPU
 busy by itself, or as the pool's utilisation falls.
-`, simRatePerHour, simPrefillTokS, simDecodeTokS, opts.SimTenants, opts.SimHours, simMinRPM, simMaxRPM,
+`, nozzle.FormatUSD(simRatePerHour), simPrefillTokS, simDecodeTokS, opts.SimTenants, opts.SimHours, simMinRPM, simMaxRPM,
 		simBurstOnMin, simBurstOffMin, simMaxAdapters, simZipfS, simPromptMedian, simComplMedian,
-		simPricePrompt, simPriceComplete, opts.Seed, results)
+		nozzle.FormatUSD(simPricePrompt), nozzle.FormatUSD(simPriceComplete), opts.Seed, results)
 	return os.WriteFile(opts.WriteDoc, []byte(doc), 0o644)
 }
