@@ -231,7 +231,7 @@ func TestCollectCapacity_Open(t *testing.T) {
 	}()
 	waitFor := func(what string, ok func(g *nozzle.GPUSummary) bool) {
 		t.Helper()
-		deadline := time.Now().Add(5 * time.Second)
+		deadline := time.Now().Add(20 * time.Second) // only a bound on a broken collector
 		for {
 			g := gpu(t, l, from, to)
 			if ok(g) {

@@ -7,6 +7,7 @@ import (
 	"math"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -114,7 +115,7 @@ func TestCollectCapacity(t *testing.T) {
 	go func() {
 		done <- billing.CollectCapacity(ctx, l, map[string]nozzle.CapacitySource{"rt": src}, 10*time.Millisecond, nil, nil)
 	}()
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(20 * time.Second) // only a bound on a broken collector
 	for {
 		if seq, _ := l.LastCapacitySeq(context.Background(), "rt"); seq == 3 {
 			break
@@ -140,34 +141,68 @@ func TestCollectCapacity(t *testing.T) {
 }
 
 // hung is a runtime that stopped answering: it holds every call until the
-// call's context ends.
-type hung struct{}
+// call's context ends, and counts the calls that ended.
+type hung struct{ ended atomic.Int64 }
 
-func (hung) CapacityIntervals(ctx context.Context, after uint64) ([]nozzle.CapacityInterval, error) {
+func (h *hung) CapacityIntervals(ctx context.Context, after uint64) ([]nozzle.CapacityInterval, error) {
 	<-ctx.Done()
+	h.ended.Add(1)
 	return nil, ctx.Err()
 }
 
+// filing is a capacity ledger that notes, as each runtime's intervals are
+// filed, whether the hung runtime's first call had ended by then.
+type filing struct {
+	*billing.Ledger
+	hung     *hung
+	mu       sync.Mutex
+	hungDone map[string]bool // runtime id: the hung call had ended when its intervals were filed
+}
+
+func (f *filing) RecordCapacity(ctx context.Context, ivs []nozzle.CapacityInterval) error {
+	ended := f.hung.ended.Load() > 0
+	f.mu.Lock()
+	for _, iv := range ivs {
+		if _, ok := f.hungDone[iv.RuntimeID]; !ok {
+			f.hungDone[iv.RuntimeID] = ended
+		}
+	}
+	f.mu.Unlock()
+	return f.Ledger.RecordCapacity(ctx, ivs)
+}
+
 // TestCollectCapacity_HungRuntime: a runtime that hangs holds up no other
-// runtime's capacity, and its calls end at the time limit.
+// runtime's capacity, and its calls end at the time limit. "Held up" is
+// told by order, not by the wall clock: the other runtime's intervals are
+// filed while the hung runtime's first call is still waiting (it waits out
+// the collector's limit, a second), where a collector that pulled the
+// runtimes one after the other would file them only after that call ended.
 func TestCollectCapacity_HungRuntime(t *testing.T) {
 	l := mustOpen(t, billing.Options{})
 	src := &source{}
 	src.add(1)
+	h := &hung{}
+	fl := &filing{Ledger: l, hung: h, hungDone: map[string]bool{}}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
-		done <- billing.CollectCapacity(ctx, l, map[string]nozzle.CapacitySource{"a-hung": hung{}, "b": src}, 10*time.Millisecond, slog.New(slog.DiscardHandler), nil)
+		done <- billing.CollectCapacity(ctx, fl, map[string]nozzle.CapacitySource{"a-hung": h, "b": src}, 10*time.Millisecond, slog.New(slog.DiscardHandler), nil)
 	}()
-	deadline := time.Now().Add(500 * time.Millisecond) // well under the hung call's limit
+	deadline := time.Now().Add(20 * time.Second) // only a bound on a broken collector
 	for {
 		if seq, _ := l.LastCapacitySeq(context.Background(), "b"); seq == 1 {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatal("a hung runtime held up another's capacity")
+			t.Fatal("runtime b's capacity was never collected")
 		}
 		time.Sleep(time.Millisecond)
+	}
+	fl.mu.Lock()
+	heldUp := fl.hungDone["b"]
+	fl.mu.Unlock()
+	if heldUp {
+		t.Fatal("a hung runtime held up another's capacity: b's intervals were filed only after the hung call ended")
 	}
 	cancel()
 	select {

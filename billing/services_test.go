@@ -435,6 +435,10 @@ func TestLedger_HotBackup(t *testing.T) {
 	ten := mustTenant(t, l, "acme")
 	stop := make(chan struct{})
 	done := make(chan int)
+	// The backup is taken once the writer has recorded a few events, while
+	// it goes on writing: not after a fixed sleep, in which a loaded
+	// machine may not have run the writer at all (a backup of no events).
+	started := make(chan struct{})
 	go func() {
 		n := 0
 		for {
@@ -449,9 +453,12 @@ func TestLedger_HotBackup(t *testing.T) {
 				t.Error(err)
 			}
 			n++
+			if n == 10 {
+				close(started)
+			}
 		}
 	}()
-	time.Sleep(20 * time.Millisecond)
+	<-started
 	backup := filepath.Join(dir, "b.db")
 	if err := l.BackupToFile(backup); err != nil {
 		t.Fatal(err)
