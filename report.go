@@ -208,7 +208,10 @@ type OutboxState struct {
 // is rounded with RoundUSD, every seconds figure with RoundSeconds and the
 // utilization and saving percent with RoundRatio, and the total's USD and
 // seconds figures are the sums of the rows' (a dedicated GPU by hour or day
-// aside, see ReportRow.DedicatedUSD).
+// aside, see ReportRow.DedicatedUSD). The rows' active and idle costs and
+// charges are rounded together (largest remainder), so that they add up
+// to the period's figures rounded once, and in an operator report the
+// tenants' costs (with OperatorIdleUSD) to the GPU's CostUSD as it reads.
 type Reporter interface {
 	// Report returns the report for q. Returns EINVALID for a bad period or
 	// an unknown group key.
