@@ -661,7 +661,10 @@ func notify(c chan struct{}) {
 
 // fileJournal files every journaled event into the bbolt file in one
 // transaction. It runs inside a write's commit, so it is the only bbolt
-// writer. On failure the events stay journaled, for the next try.
+// writer, or from Close once the writes are over: never beside another
+// fileJournal, whose snapshot of the pending events shares their slice
+// (a test of a ledger whose filer runs files with fileJournalNow). On
+// failure the events stay journaled, for the next try.
 func (l *Ledger) fileJournal() {
 	j := l.j
 	j.wmu.Lock()
