@@ -116,3 +116,16 @@ func sumOf(xs []float64) float64 {
 	}
 	return s
 }
+
+// Figures too large for whole steps are rounded apart, their sum a
+// gridSum's, as before.
+func TestApportion_Large(t *testing.T) {
+	ys, sum := apportion[usdGrid]([]float64{1e300, 0.5}, 1e300)
+	if ys[0] != 1e300 || ys[1] != 0.5 || sum != 1e300+0.5 {
+		t.Fatalf("apportioned %v, sum %v", ys, sum)
+	}
+	ys, sum = apportion[usdGrid]([]float64{math.NaN()}, math.NaN())
+	if !math.IsNaN(ys[0]) || !math.IsNaN(sum) {
+		t.Fatalf("NaN apportioned to %v, sum %v", ys, sum)
+	}
+}

@@ -757,11 +757,11 @@ func apportion[G grid](xs []float64, total float64) ([]float64, float64) {
 	steps := make([]int64, len(xs))
 	rem := make([]float64, len(xs))
 	target := math.Round(total * g.scale())
-	fits := math.Abs(target) < 1<<53 && len(xs) < 1<<20
+	fits := math.Abs(target) < 1<<53
 	var sum int64
 	for i, x := range xs {
 		s := x * g.scale()
-		if !(math.Abs(s) < 1<<53) {
+		if !(math.Abs(s) < 1<<53) || sum > 1<<62 || sum < -1<<62 {
 			fits = false
 			break
 		}
