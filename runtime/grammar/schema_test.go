@@ -1281,29 +1281,14 @@ func TestSchema_NoDeadEnds(t *testing.T) {
 		for range 100 {
 			st, out := start, []byte{}
 			for step := 0; step < 3000 && !st.Done(); step++ {
-				var took []byte
-				weight := 0
-				for b := range 256 {
-					p := st
-					if p.Feed(byte(b)) {
-						took = append(took, byte(b))
-						weight += byteWeight(byte(b), step)
-					}
-				}
 				if st.depth == MaxSchemaDepth {
 					deepest++
 				}
-				if len(took) == 0 {
+				b, ok := pickByte[Schema](r, &st, func(b byte) int { return byteWeight(b, step) })
+				if !ok {
 					t.Fatalf("%s\n  dead end after %q", schema, out)
 				}
-				w := r.IntN(weight)
-				for _, b := range took {
-					if w -= byteWeight(b, step); w < 0 {
-						st.Feed(b)
-						out = append(out, b)
-						break
-					}
-				}
+				out = append(out, b)
 			}
 			if st.Done() {
 				done++
@@ -1313,6 +1298,33 @@ func TestSchema_NoDeadEnds(t *testing.T) {
 			}
 		}
 	}
+}
+
+// pickByte draws one of the bytes state st takes, each as likely as its
+// weight, and feeds it; ok false: st takes none.
+func pickByte[S any, P interface {
+	*S
+	Machine
+}](r *rand.Rand, st *S, weight func(byte) int) (b byte, ok bool) {
+	var took []byte
+	total := 0
+	for b := range 256 {
+		if p := *st; P(&p).Feed(byte(b)) {
+			took = append(took, byte(b))
+			total += weight(byte(b))
+		}
+	}
+	if len(took) == 0 {
+		return 0, false
+	}
+	w := r.IntN(total)
+	for _, b := range took {
+		if w -= weight(b); w < 0 {
+			P(st).Feed(b)
+			return b, true
+		}
+	}
+	panic("unreachable")
 }
 
 // byteWeight steers a walk: into containers first, out of them later.

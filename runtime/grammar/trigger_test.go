@@ -149,29 +149,14 @@ func TestTriggered_NoDeadEnds(t *testing.T) {
 					}
 					continue
 				}
-				var took []byte
-				weight := 0
-				for b := range 256 {
-					p := st
-					if p.Feed(byte(b)) {
-						took = append(took, byte(b))
-						weight += triggerWeight(byte(b), step)
-					}
-				}
-				if len(took) == 0 {
+				b, ok := pickByte[Triggered](r, &st, func(b byte) int { return triggerWeight(b, step) })
+				if !ok {
 					if st.Done() {
 						break
 					}
 					t.Fatalf("dead end after %q", out)
 				}
-				w := r.IntN(weight)
-				for _, b := range took {
-					if w -= triggerWeight(b, step); w < 0 {
-						st.Feed(b)
-						out = append(out, b)
-						break
-					}
-				}
+				out = append(out, b)
 			}
 			if st.Done() {
 				calls += callsIn(t, string(out))
