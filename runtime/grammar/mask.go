@@ -33,6 +33,14 @@ type Looper interface {
 	Loops() (b byte, ok bool)
 }
 
+// PlainCounter is a Machine that can tell, of some states, that any plain
+// text (see Plain) of at most n characters may come next, though it
+// changes the state (a string with a length limit): the masker takes
+// those tokens at once and walks only the others.
+type PlainCounter interface {
+	PlainUpTo() (n int, ok bool)
+}
+
 // Vocab is a vocabulary prepared for masks, made once per model: a trie of
 // its tokens' bytes (so a prefix a machine refuses is read once for all
 // the tokens that share it), a second trie of the tokens that are not
@@ -51,6 +59,34 @@ type Vocab struct {
 	ids    []int32 // the tokens in all, sorted by their bytes
 	mu     sync.Mutex
 	splits map[byte]*split
+	// the plain-text tokens of at most n characters, by n, made when
+	// first asked for; plainChars: the most characters a plain token has
+	upTo       map[int][]uint32
+	plainChars int
+}
+
+// plainUpTo returns the mask of the plain-text tokens of at most n
+// characters.
+func (v *Vocab) plainUpTo(n int) []uint32 {
+	if n >= v.plainChars {
+		return v.plain
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if m := v.upTo[n]; m != nil {
+		return m
+	}
+	m := make([]uint32, v.words)
+	for _, id := range v.ids {
+		if v.plain[id/32]&(1<<(id%32)) != 0 && utf8.RuneCount(v.tokens[id]) <= n {
+			m[id/32] |= 1 << (id % 32)
+		}
+	}
+	if v.upTo == nil {
+		v.upTo = map[int][]uint32{}
+	}
+	v.upTo[n] = m
+	return m
 }
 
 // split is the vocabulary's tokens split by a byte: the mask of those
@@ -115,6 +151,7 @@ func NewVocab(tokens [][]byte, ends []int) *Vocab {
 	for _, id := range ids {
 		if plainText(tokens[id]) {
 			v.plain[id/32] |= 1 << (id % 32)
+			v.plainChars = max(v.plainChars, utf8.RuneCount(tokens[id]))
 		} else {
 			odd = append(odd, id)
 		}
@@ -255,6 +292,9 @@ func (m *Masker[S, P]) lookup(s *S) cached {
 	if p.Plain() {
 		copy(mask, v.plain)
 		walk[S, P](&v.odd, s, mask)
+	} else if n, ok := plainCount(p); ok {
+		copy(mask, v.plainUpTo(n))
+		walk[S, P](&v.odd, s, mask)
 	} else if b, ok := looping(p); ok {
 		sp := v.splitBy(b)
 		copy(mask, sp.without)
@@ -279,6 +319,14 @@ func (m *Masker[S, P]) lookup(s *S) cached {
 	m.cache[key] = c
 	m.mu.Unlock()
 	return c
+}
+
+// plainCount is m's PlainUpTo, where m is a PlainCounter.
+func plainCount(m Machine) (int, bool) {
+	if c, ok := m.(PlainCounter); ok {
+		return c.PlainUpTo()
+	}
+	return 0, false
 }
 
 // looping is m's Loops, where m is a Looper.

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/nozzle-ai/nozzle/runtime/grammar"
@@ -272,10 +273,11 @@ func BenchmarkMaskerSchemaBounds(b *testing.B) {
 }
 
 // BenchmarkMaskerSchemaPattern: masks made (cache cleared) inside a string
-// with a pattern or a format read by an automaton, beside the same string
-// free (the plain-text shortcut) and with only a length limit (a walk of
-// the trie, as the automaton's), on Llama 3's vocabulary; "found" is a
-// search pattern's string after its match (plain text again).
+// with a pattern or a format read by an automaton (a walk of the tokens it
+// lets through), beside the same string free (the plain-text shortcut)
+// and with only a length limit (the plain tokens short enough at once),
+// on Llama 3's vocabulary; "found" is a search pattern's string after its
+// match (plain text again).
 func BenchmarkMaskerSchemaPattern(b *testing.B) {
 	toks, ends := vocabulary(b, "llama3")
 	v := grammar.NewVocab(toks, ends)
@@ -411,6 +413,39 @@ func TestMasker_LooperMatchesWalk(t *testing.T) {
 				}
 			}
 			if !slices.Equal(got, want) {
+				t.Errorf("%s, after %q: the masks differ", vocab, prefix)
+			}
+		}
+	}
+}
+
+// TestMasker_PlainCounterMatchesWalk: in a string with a length limit the
+// masker takes the plain-text tokens of at most the characters left at
+// once (PlainCounter); its masks are those of a walk of every token, on
+// Llama 3's and Qwen3's vocabularies.
+func TestMasker_PlainCounterMatchesWalk(t *testing.T) {
+	start, err := grammar.CompileSchema([]byte(`{"type":"object","properties":{"s":{"type":"string","maxLength":6},` +
+		`"t":{"type":"string","minLength":3},"u":{"type":"string","minLength":2,"maxLength":40}}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, vocab := range []string{"llama3", "qwen3"} {
+		toks, ends := vocabulary(t, vocab)
+		v := grammar.NewVocab(toks, ends)
+		for _, prefix := range []string{`{"s": "`, `{"s": "ab`, `{"s": "abcde`, `{"s": "abcdef`, `{"s": "é😀\n`, `{"s": "\ud83d`,
+			`{"t": "`, `{"t": "abcdef`, `{"u": "x`, `{"u": "` + strings.Repeat("y", 33)} {
+			s := start
+			for i := 0; i < len(prefix); i++ {
+				if !s.Feed(prefix[i]) {
+					t.Fatalf("%q refused at %d", prefix, i)
+				}
+			}
+			if _, ok := s.PlainUpTo(); !ok {
+				t.Fatalf("%q: not a counted string", prefix)
+			}
+			m := grammar.NewMasker[grammar.Schema](v, 0)
+			got, _ := m.Mask(&s)
+			if want := m.MaskFullWalk(&s); !slices.Equal(got, want) {
 				t.Errorf("%s, after %q: the masks differ", vocab, prefix)
 			}
 		}

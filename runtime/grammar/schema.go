@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"slices"
 	"strings"
 )
@@ -293,9 +294,25 @@ func (s *Schema) Done() bool {
 // mid-escape, not mid-character): any whole UTF-8 characters without '"',
 // '\\' or controls keep the state as it is.
 // A string with a format or a length limit is never plain; one with a
-// pattern is once a match is found and no length is left to count.
+// pattern is where every plain character loops back to its automaton's
+// state (a search's match found, say).
 func (s *Schema) Plain() bool {
 	return s.lex == sStr && s.cur == anyNode || s.lex == sPat && s.c.nodes[s.cur].pat.free[s.li]
+}
+
+// PlainUpTo reports, between characters of a string with a length limit,
+// how many characters of plain text may come next: what maxLength leaves
+// (every character counts one), or any number without a maxLength
+// (PlainCounter).
+func (s *Schema) PlainUpTo() (int, bool) {
+	if s.lex != sStr || s.cur == anyNode {
+		return 0, false
+	}
+	n := &s.c.nodes[s.cur]
+	if n.maxLen < 0 {
+		return math.MaxInt, true
+	}
+	return n.maxLen - int(s.li), true
 }
 
 // Key appends to dst bytes that identify the state: two states of one
