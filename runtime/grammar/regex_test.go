@@ -5,7 +5,9 @@ import (
 	"encoding/json"
 	nozzle "github.com/nozzle-ai/nozzle"
 	"math/rand/v2"
+	"os"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -231,5 +233,41 @@ func TestRegex_Whole(t *testing.T) {
 	}
 	if _, err := CompileRegex(`(?=a)`); err == nil || !strings.Contains(err.Error(), "pattern: lookahead") {
 		t.Errorf("lookahead: %v", err)
+	}
+}
+
+// TestPattern_ECMA: a pattern's automaton finds the pattern in exactly the
+// texts ECMA-262's RegExp with the u flag does (JSON Schema's "pattern"
+// as validators run it): testdata/ecma/ecma.json, written by gen.mjs with
+// Node's RegExp, an oracle apart from Go's regexp and from ecmaToGo.
+func TestPattern_ECMA(t *testing.T) {
+	b, err := os.ReadFile("testdata/ecma/ecma.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ref struct {
+		Texts    []string
+		Patterns []struct {
+			Pattern string
+			Matches []string
+		}
+	}
+	if err := json.Unmarshal(b, &ref); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range ref.Patterns {
+		d, err := compilePattern(p.Pattern, false, 0, -1, MaxPatternStates)
+		if err != nil {
+			// a pattern nothing matches is refused
+			if len(p.Matches) > 0 || !strings.Contains(err.Error(), "no string") {
+				t.Errorf("%q: %v", p.Pattern, err)
+			}
+			continue
+		}
+		for _, s := range ref.Texts {
+			if got, want := dfaAccepts(d, s), slices.Contains(p.Matches, s); got != want {
+				t.Errorf("%q on %q: automaton %v, ECMA-262 %v", p.Pattern, s, got, want)
+			}
+		}
 	}
 }
