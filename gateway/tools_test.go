@@ -435,7 +435,8 @@ func TestTools_Forced(t *testing.T) {
 		}
 	}
 	// Mistral's v3 calls are forced (the runtime draws [TOOL_CALLS] first,
-	// which the decoder leaves out); its later form is not
+	// which the decoder leaves out); a runtime that says it cannot force
+	// calls (a v11 vocabulary without the control tokens) is refused
 	m := newFixture(t, withToolFormat(nozzle.ToolFormatMistral, " [{\"name\": \"get_weather\", \"arguments\": {}}]"))
 	var out toolAnswer
 	decode(t, m.do(http.MethodPost, "/v1/chat/completions", `{"model":"base",`+weatherTools+`,"tool_choice":"required",`+msgs+`}`, m.authA()), &out)

@@ -24,6 +24,12 @@ type seqGrammar struct {
 	// reads any (a forced call's [TOOL_CALLS]); leadMask allows lead[0]
 	lead     []int32
 	leadMask []uint32
+	// next, when set, makes the constraint that follows the current one
+	// once it is done, from the text it read (a call's arguments from its
+	// name), after the control token mid
+	next func(text []byte) (constraint, error)
+	mid  int32
+	text []byte
 	// wait, when not "", is the text that closes a reasoning model's
 	// thoughts: the object begins after it; tail keeps the end of the
 	// text so far to find it.
@@ -64,6 +70,16 @@ func (g *seqGrammar) failed() error {
 func (r *Runtime) newSeqGrammar(req *nozzle.GenerateRequest, open bool) (*seqGrammar, error) {
 	g := &seqGrammar{bytes: r.codec.TokenBytes}
 	switch {
+	case req.ToolChoice != "" && r.info.ToolFormat == nozzle.ToolFormatMistralV11:
+		if !r.info.ToolChoice {
+			return nil, nozzle.Errorf(nozzle.EINVALID, "This model's tool calls cannot be forced: use 'tool_choice' \"auto\".").WithParam("tool_choice")
+		}
+		name, args, err := r.mistralV11Call(req)
+		if err != nil {
+			return nil, err
+		}
+		g.c, g.next, g.mid = name, args, int32(r.argsToken)
+		g.lead = []int32{int32(r.callsToken)}
 	case req.ToolChoice != "":
 		c, lead, err := r.toolCallConstraint(req)
 		if err != nil {
@@ -308,9 +324,22 @@ func (g *seqGrammar) feed(tok int32) (end bool) {
 			return true
 		}
 	}
+	if g.next != nil {
+		g.text = append(g.text, b...)
+	}
 	allow, any, more := g.c.next()
 	if g.c.done() && !more {
-		return true
+		if g.next == nil {
+			return true
+		}
+		c, err := g.next(g.text)
+		if err != nil {
+			g.err = nozzle.Errorf(nozzle.EINTERNAL, "The forced call's arguments cannot be constrained.").Wrap(err)
+			return true
+		}
+		g.c, g.next, g.text = c, nil, nil
+		g.lead = []int32{g.mid}
+		return !g.startable()
 	}
 	g.allow = allow
 	return !any

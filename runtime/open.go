@@ -90,10 +90,16 @@ func Open(ctx context.Context, opts Options) (*Runtime, error) {
 		keepTools:    tk.ToolCallTokens(),
 		keepThoughts: tk.ThoughtTokens(),
 		callsToken:   -1,
+		argsToken:    -1,
 	}
-	if f, ok := toolCallForm(info.ToolFormat); ok && f.lead != "" {
-		if id, ok := tk.TokenID(f.lead); ok && tk.IsSpecial(id) {
-			p.callsToken = id
+	if f, ok := toolCallForm(info.ToolFormat); ok {
+		for _, c := range []struct {
+			text string
+			id   *int
+		}{{f.lead, &p.callsToken}, {f.mid, &p.argsToken}} {
+			if id, ok := tk.TokenID(c.text); c.text != "" && ok && tk.IsSpecial(id) {
+				*c.id = id
+			}
 		}
 	}
 	return newRuntime(opts, p)

@@ -248,8 +248,9 @@ type parts struct {
 	// ThoughtTokens).
 	keepTools, keepThoughts []int
 	// callsToken is the control token a forced call begins with
-	// (Mistral's [TOOL_CALLS]), -1 for none
-	callsToken int
+	// (Mistral's [TOOL_CALLS]), argsToken the one between its name and
+	// its arguments (Mistral v11's [ARGS]); -1 for none
+	callsToken, argsToken int
 }
 
 // Runtime is one warm base model serving requests for many adapters. It
@@ -270,7 +271,7 @@ type Runtime struct {
 	closers []func() error
 	// special tokens decoded as text all the same (see parts)
 	keepTools, keepThoughts []int
-	callsToken              int // see parts
+	callsToken, argsToken   int // see parts
 
 	ctx    context.Context // ended at Close: stops adapter loads
 	cancel context.CancelFunc
@@ -309,7 +310,7 @@ func newRuntime(opts Options, p parts) (*Runtime, error) {
 	r := &Runtime{
 		opts: opts, info: p.info, codec: p.codec, log: opts.Logger, clock: opts.Clock,
 		be: p.be, closers: p.closers, ctx: ctx, cancel: cancel, closed: make(chan struct{}),
-		keepTools: p.keepTools, keepThoughts: p.keepThoughts, callsToken: p.callsToken,
+		keepTools: p.keepTools, keepThoughts: p.keepThoughts, callsToken: p.callsToken, argsToken: p.argsToken,
 	}
 	r.info.Device = p.be.Device()
 	r.info.MaxLoRARank = opts.MaxRank
@@ -320,7 +321,8 @@ func newRuntime(opts Options, p parts) (*Runtime, error) {
 	r.info.JSONObject = true
 	r.info.JSONSchema = true
 	r.info.Regex = true
-	_, r.info.ToolChoice = toolCallForm(r.info.ToolFormat)
+	f, ok := toolCallForm(r.info.ToolFormat)
+	r.info.ToolChoice = ok && (f.mid == "" || r.callsToken >= 0 && r.argsToken >= 0)
 	r.start = r.clock()
 	if r.info.CreatedAt.IsZero() {
 		// /v1/models' "created" is the model folder's config.json's

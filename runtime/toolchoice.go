@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"strings"
 
 	"github.com/nozzle-ai/nozzle"
 	"github.com/nozzle-ai/nozzle/runtime/grammar"
@@ -24,10 +25,11 @@ import (
 // The arguments follow the called function's parameters where they
 // compile (grammar.CompileSchema), otherwise they are any JSON object;
 // with several functions ("required") the call is one of them, told apart
-// by its name (a union of the calls), whose arguments follow. Mistral
-// v11's form ([TOOL_CALLS]name[ARGS]{…}) puts control tokens between a
-// call's parts: its models are not offered forced calls
-// (ModelInfo.ToolChoice false).
+// by its name (a union of the calls), whose arguments follow.
+//   - Mistral v11 (Mistral Small 3.1 and on, Magistral, Devstral):
+//     [TOOL_CALLS] name [ARGS] {arguments}, the two control tokens drawn
+//     alone, the name one of the functions', the arguments that
+//     function's; offered where the vocabulary has both tokens.
 
 // callForm is how a tool format writes a forced call: the control token
 // lead (its text; "" for none), then pre, the call object whose arguments
@@ -35,6 +37,9 @@ import (
 type callForm struct {
 	lead, pre, post, argsKey string
 	array                    bool
+	// mid, with lead, is the control token between a call's name and its
+	// arguments (Mistral v11: [TOOL_CALLS]name[ARGS]{…}; mistralV11Call)
+	mid string
 }
 
 // toolCallForm is how format writes a forced call; ok false: the
@@ -47,6 +52,8 @@ func toolCallForm(format string) (f callForm, ok bool) {
 		return callForm{argsKey: "parameters"}, true
 	case nozzle.ToolFormatMistral:
 		return callForm{lead: "[TOOL_CALLS]", pre: " ", argsKey: "arguments", array: true}, true
+	case nozzle.ToolFormatMistralV11:
+		return callForm{lead: "[TOOL_CALLS]", mid: "[ARGS]"}, true
 	}
 	return callForm{}, false
 }
@@ -94,13 +101,20 @@ func (r *Runtime) toolCallConstraint(req *nozzle.GenerateRequest) (constraint, i
 	return e.constraint(), lead, nil
 }
 
-// toolCallSchema is the JSON Schema of one call of tools (an OpenAI tools
-// array): one of theirs (or choice's, when choice names one), its name
-// first, then its arguments under argsKey following the function's
-// parameters where the masks can enforce them — a union of the calls
-// when several may come —; and fallback, the same with any object for
-// every function's arguments, for tools whose union cannot be compiled.
-func toolCallSchema(tools json.RawMessage, choice, argsKey string) (schema, fallback []byte, err error) {
+// forcedTool is a function a forced call may call: its name and its
+// parameters' schema, any object where the masks cannot enforce them.
+type forcedTool struct {
+	name string
+	args json.RawMessage
+}
+
+// anyObject is the schema of arguments left free.
+var anyObject = json.RawMessage(`{"type":"object"}`)
+
+// forcedTools returns the functions of tools (an OpenAI tools array) a
+// call forced by choice may call: all of them (ToolChoiceRequired) or the
+// one it names.
+func forcedTools(tools json.RawMessage, choice string) ([]forcedTool, error) {
 	var defs []struct {
 		Function struct {
 			Name       string          `json:"name"`
@@ -108,16 +122,9 @@ func toolCallSchema(tools json.RawMessage, choice, argsKey string) (schema, fall
 		} `json:"function"`
 	}
 	if err := json.Unmarshal(tools, &defs); err != nil || len(defs) == 0 {
-		return nil, nil, nozzle.Errorf(nozzle.EINVALID, "A forced tool call needs tools.").WithParam("tools")
+		return nil, nozzle.Errorf(nozzle.EINVALID, "A forced tool call needs tools.").WithParam("tools")
 	}
-	anyObject := json.RawMessage(`{"type":"object"}`)
-	k, _ := json.Marshal(argsKey)
-	call := func(name any, args json.RawMessage) []byte {
-		n, _ := json.Marshal(name)
-		return fmt.Appendf(nil, `{"type":"object","properties":{"name":%s,%s:%s},"required":["name",%s],"additionalProperties":false}`, n, k, args, k)
-	}
-	var names []string
-	var calls [][]byte
+	var out []forcedTool
 	for _, d := range defs {
 		if choice != nozzle.ToolChoiceRequired && d.Function.Name != choice {
 			continue
@@ -128,11 +135,35 @@ func toolCallSchema(tools json.RawMessage, choice, argsKey string) (schema, fall
 		} else if _, err := grammar.CompileSchema(args); err != nil {
 			args = anyObject // parameters the masks cannot enforce
 		}
-		names = append(names, d.Function.Name)
-		calls = append(calls, call(map[string]string{"const": d.Function.Name}, args))
+		out = append(out, forcedTool{d.Function.Name, args})
 	}
-	if len(names) == 0 {
-		return nil, nil, nozzle.Errorf(nozzle.EINVALID, "'tool_choice' names %q, which is none of the tools.", choice).WithParam("tool_choice")
+	if len(out) == 0 {
+		return nil, nozzle.Errorf(nozzle.EINVALID, "'tool_choice' names %q, which is none of the tools.", choice).WithParam("tool_choice")
+	}
+	return out, nil
+}
+
+// toolCallSchema is the JSON Schema of one call of tools (an OpenAI tools
+// array): one of theirs (or choice's, when choice names one), its name
+// first, then its arguments under argsKey following the function's
+// parameters where the masks can enforce them — a union of the calls
+// when several may come —; and fallback, the same with any object for
+// every function's arguments, for tools whose union cannot be compiled.
+func toolCallSchema(tools json.RawMessage, choice, argsKey string) (schema, fallback []byte, err error) {
+	fns, err := forcedTools(tools, choice)
+	if err != nil {
+		return nil, nil, err
+	}
+	k, _ := json.Marshal(argsKey)
+	call := func(name any, args json.RawMessage) []byte {
+		n, _ := json.Marshal(name)
+		return fmt.Appendf(nil, `{"type":"object","properties":{"name":%s,%s:%s},"required":["name",%s],"additionalProperties":false}`, n, k, args, k)
+	}
+	var names []string
+	var calls [][]byte
+	for _, f := range fns {
+		names = append(names, f.name)
+		calls = append(calls, call(map[string]string{"const": f.name}, f.args))
 	}
 	fallback = call(map[string][]string{"enum": names}, anyObject)
 	if len(calls) == 1 {
@@ -140,4 +171,44 @@ func toolCallSchema(tools json.RawMessage, choice, argsKey string) (schema, fall
 	}
 	schema = append([]byte(`{"anyOf":[`), bytes.Join(calls, []byte(","))...)
 	return append(schema, "]}"...), fallback, nil
+}
+
+// mistralV11Call returns the parts of a forced call in Mistral v11's form,
+// [TOOL_CALLS] name [ARGS] {arguments}: the constraint of the name (one
+// of the functions'), and the constraint of the arguments the name read
+// chooses. The control tokens come from the seqGrammar's lead and mid.
+func (r *Runtime) mistralV11Call(req *nozzle.GenerateRequest) (name constraint, args func(name []byte) (constraint, error), err error) {
+	fns, err := forcedTools(req.Tools, req.ToolChoice)
+	if err != nil {
+		return nil, nil, err
+	}
+	var names []string
+	for _, f := range fns {
+		for _, n := range names {
+			if strings.HasPrefix(f.name, n) || strings.HasPrefix(n, f.name) {
+				return nil, nil, nozzle.Errorf(nozzle.EINVALID, "This model's calls cannot be forced among functions whose names begin alike (%q, %q).", n, f.name).WithParam("tools")
+			}
+		}
+		names = append(names, f.name)
+	}
+	pattern, _ := json.Marshal(nozzle.ChoicePattern(names))
+	e, err := r.regexes.get(r.grammarVocab(), pattern, func() (grammar.Regex, error) {
+		return grammar.CompileRegex(nozzle.ChoicePattern(names))
+	})
+	if err != nil {
+		return nil, nil, nozzle.Errorf(nozzle.EINVALID, "The tools cannot be forced: %v.", err).WithParam("tools")
+	}
+	args = func(name []byte) (constraint, error) {
+		for _, f := range fns {
+			if f.name == string(name) {
+				e, err := r.schemas.get(r.grammarVocab(), f.args, func() (grammar.Schema, error) { return grammar.CompileSchema(f.args) })
+				if err != nil {
+					return nil, err
+				}
+				return e.constraint(), nil
+			}
+		}
+		return nil, fmt.Errorf("no function %q", name)
+	}
+	return e.constraint(), args, nil
 }

@@ -94,49 +94,7 @@ func TestQwen3_ForcedToolCall(t *testing.T) {
 // a vocabulary without the token writes the array alone.
 func TestMistral_ForcedToolCall(t *testing.T) {
 	for _, withToken := range []bool{true, false} {
-		dir := t.TempDir()
-		vocab := 32000
-		if withToken {
-			vocab++
-		}
-		spec := model.Spec{VocabSize: vocab, HiddenSize: 32, IntermediateSize: 64, NumLayers: 2, NumHeads: 4, NumKVHeads: 2,
-			MaxPosition: 4096, Seed: 81, EOSTokenIDs: []int{2}, BOSTokenID: 1}
-		if err := model.WriteRandomModel(dir, spec); err != nil {
-			t.Fatal(err)
-		}
-		src := filepath.Join("tokenizer", "testdata")
-		f, err := os.Open(filepath.Join(src, "models/llama2/tokenizer.json.gz"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		zr, err := gzip.NewReader(f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var tj map[string]any
-		if err := json.NewDecoder(zr).Decode(&tj); err != nil {
-			t.Fatal(err)
-		}
-		f.Close()
-		if withToken {
-			tj["added_tokens"] = append(tj["added_tokens"].([]any), map[string]any{"id": 32000, "content": "[TOOL_CALLS]",
-				"single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true})
-		}
-		b, _ := json.Marshal(tj)
-		for name, data := range map[string][]byte{"tokenizer.json": b} {
-			if err := os.WriteFile(filepath.Join(dir, name), data, 0o644); err != nil {
-				t.Fatal(err)
-			}
-		}
-		for from, to := range map[string]string{"models/llama2/tokenizer_config.json": "tokenizer_config.json", "templates/mistral-v3-tools.jinja": "chat_template.jinja"} {
-			data, err := os.ReadFile(filepath.Join(src, from))
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := os.WriteFile(filepath.Join(dir, to), data, 0o644); err != nil {
-				t.Fatal(err)
-			}
-		}
+		dir := mistralDir(t, withToken, false)
 		rt := openOnStore(t, runtime.Options{}, dir, nil)
 		info, err := rt.Info(context.Background())
 		if err != nil || info.ToolFormat != nozzle.ToolFormatMistral || !info.ToolChoice {
@@ -144,12 +102,9 @@ func TestMistral_ForcedToolCall(t *testing.T) {
 		}
 		quote, _ := rt.TokenID(`"`)
 		closeArr, _ := rt.TokenID(`]`)
-		tools := json.RawMessage(`[{"type":"function","function":{"name":"get_weather","parameters":{"type":"object",` +
-			`"properties":{"city":{"type":"string"},"unit":{"enum":["C","F"]}},"required":["city","unit"]}}},` +
-			`{"type":"function","function":{"name":"get_time","parameters":{"type":"object","properties":{"zone":{"type":"string"}},"required":["zone"]}}}]`)
 		for _, choice := range []string{"get_weather", nozzle.ToolChoiceRequired} {
 			o := run(context.Background(), rt, &nozzle.GenerateRequest{TenantID: "a", Messages: []nozzle.ChatMessage{{Role: "user", Content: "Weather in Bern?"}},
-				Tools: tools, ToolChoice: choice, MaxTokens: 1500, Logprobs: true, LogitBias: map[int]float64{quote: 6, closeArr: 6}, Temperature: 1, Seed: new(uint64)})
+				Tools: mistralTools, ToolChoice: choice, MaxTokens: 1500, Logprobs: true, LogitBias: map[int]float64{quote: 6, closeArr: 6}, Temperature: 1, Seed: new(uint64)})
 			var calls []struct {
 				Name      string
 				Arguments map[string]any
@@ -173,6 +128,102 @@ func TestMistral_ForcedToolCall(t *testing.T) {
 			}
 			t.Logf("token %v, %s: %q", withToken, choice, o.text)
 		}
+	}
+}
+
+// mistralTools are two functions for the Mistral-shaped models' calls.
+var mistralTools = json.RawMessage(`[{"type":"function","function":{"name":"get_weather","parameters":{"type":"object",` +
+	`"properties":{"city":{"type":"string"},"unit":{"enum":["C","F"]}},"required":["city","unit"]}}},` +
+	`{"type":"function","function":{"name":"get_time","parameters":{"type":"object","properties":{"zone":{"type":"string"}},"required":["zone"]}}}]`)
+
+// mistralDir writes a Llama-shaped random model with Llama 2's tokenizer
+// and Mistral's v3 tool template, plus the control tokens [TOOL_CALLS]
+// (withCalls) and [ARGS] (withArgs: then the template's calls read as
+// v11's, [TOOL_CALLS]name[ARGS]{…}), as Mistral's vocabularies have them.
+func mistralDir(t *testing.T, withCalls, withArgs bool) string {
+	t.Helper()
+	dir := t.TempDir()
+	vocab := 32000
+	src := filepath.Join("tokenizer", "testdata")
+	f, err := os.Open(filepath.Join(src, "models/llama2/tokenizer.json.gz"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	zr, err := gzip.NewReader(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var tj map[string]any
+	if err := json.NewDecoder(zr).Decode(&tj); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		text string
+		on   bool
+	}{{"[TOOL_CALLS]", withCalls}, {"[ARGS]", withArgs}} {
+		if c.on {
+			tj["added_tokens"] = append(tj["added_tokens"].([]any), map[string]any{"id": vocab, "content": c.text,
+				"single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true})
+			vocab++
+		}
+	}
+	spec := model.Spec{VocabSize: vocab, HiddenSize: 32, IntermediateSize: 64, NumLayers: 2, NumHeads: 4, NumKVHeads: 2,
+		MaxPosition: 4096, Seed: 81, EOSTokenIDs: []int{2}, BOSTokenID: 1}
+	if err := model.WriteRandomModel(dir, spec); err != nil {
+		t.Fatal(err)
+	}
+	b, _ := json.Marshal(tj)
+	if err := os.WriteFile(filepath.Join(dir, "tokenizer.json"), b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for from, to := range map[string]string{"models/llama2/tokenizer_config.json": "tokenizer_config.json", "templates/mistral-v3-tools.jinja": "chat_template.jinja"} {
+		data, err := os.ReadFile(filepath.Join(src, from))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, to), data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
+}
+
+// TestMistralV11_ForcedToolCall: Mistral v11's form of a forced call —
+// [TOOL_CALLS] name [ARGS] {arguments}, the control tokens drawn alone,
+// the arguments those of the function the name chose — on the model of
+// mistralDir with both tokens; without [TOOL_CALLS] such a model is not
+// offered forced calls.
+func TestMistralV11_ForcedToolCall(t *testing.T) {
+	rt := openOnStore(t, runtime.Options{}, mistralDir(t, true, true), nil)
+	info, err := rt.Info(context.Background())
+	if err != nil || info.ToolFormat != nozzle.ToolFormatMistralV11 || !info.ToolChoice {
+		t.Fatalf("info %+v %v", info, err)
+	}
+	quote, _ := rt.TokenID(`"`)
+	for i, choice := range []string{"get_weather", "get_time", nozzle.ToolChoiceRequired, nozzle.ToolChoiceRequired} {
+		seed := uint64(i)
+		o := run(context.Background(), rt, &nozzle.GenerateRequest{TenantID: "a", Messages: []nozzle.ChatMessage{{Role: "user", Content: "Weather in Bern?"}},
+			Tools: mistralTools, ToolChoice: choice, MaxTokens: 1500, LogitBias: map[int]float64{quote: 6}, Temperature: 1, Seed: &seed})
+		rest, ok := strings.CutPrefix(o.text, "[TOOL_CALLS]")
+		name, args, ok2 := strings.Cut(rest, "[ARGS]")
+		var a map[string]any
+		dec := json.NewDecoder(strings.NewReader(args))
+		dec.DisallowUnknownFields()
+		if o.err != nil || !ok || !ok2 || dec.Decode(&a) != nil || o.res.FinishReason != nozzle.FinishStop ||
+			choice != nozzle.ToolChoiceRequired && name != choice {
+			t.Fatalf("%s: not the call (finish %q, %v): %q", choice, o.res.FinishReason, o.err, o.text)
+		}
+		_, city := a["city"].(string)
+		_, zone := a["zone"].(string)
+		if name == "get_weather" && (!city || len(a) != 2) || name == "get_time" && (!zone || len(a) != 1) || name != "get_weather" && name != "get_time" {
+			t.Errorf("%s: call %s%v does not follow its parameters", choice, name, a)
+		}
+		t.Logf("%s: %q", choice, o.text)
+	}
+	noCalls := openOnStore(t, runtime.Options{}, mistralDir(t, false, true), nil)
+	if info, err := noCalls.Info(context.Background()); err != nil || info.ToolFormat != nozzle.ToolFormatMistralV11 || info.ToolChoice {
+		t.Errorf("without [TOOL_CALLS]: info %+v %v", info, err)
 	}
 }
 
