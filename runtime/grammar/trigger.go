@@ -2,7 +2,6 @@ package grammar
 
 import (
 	"bytes"
-	"encoding/json"
 	"errors"
 	"slices"
 )
@@ -101,10 +100,7 @@ func Trigger(c Calls) (Triggered, error) {
 		}
 		cs.fail[i] = uint16(k)
 	}
-	key, err := quoteJSON(c.ArgsKey)
-	if err != nil {
-		return Triggered{}, err
-	}
+	key := quote(c.ArgsKey)
 	cs.parts = [oClose + 1][]byte{oOpen: []byte("{"), oNameK: []byte(`"name"`), oColon1: []byte(":"),
 		oComma: []byte(","), oArgsK: key, oColon2: []byte(":"), oClose: []byte("}")}
 	type named struct {
@@ -113,10 +109,7 @@ func Trigger(c Calls) (Triggered, error) {
 	}
 	var tools []named
 	for _, t := range c.Tools {
-		q, err := quoteJSON(t.Name)
-		if err != nil {
-			return Triggered{}, err
-		}
+		q := quote(t.Name)
 		if t.Name == "" || t.Args.c == nil {
 			return Triggered{}, errors.New("a tool needs a name and its arguments' schema")
 		}
@@ -133,18 +126,6 @@ func Trigger(c Calls) (Triggered, error) {
 		cs.args = append(cs.args, t.args)
 	}
 	return Triggered{c: cs}, nil
-}
-
-// quoteJSON is s as a JSON string, as encoding/json writes it (without
-// HTML escapes).
-func quoteJSON(s string) ([]byte, error) {
-	var b bytes.Buffer
-	enc := json.NewEncoder(&b)
-	enc.SetEscapeHTML(false)
-	if err := enc.Encode(s); err != nil {
-		return nil, err
-	}
-	return bytes.TrimSuffix(b.Bytes(), []byte("\n")), nil
 }
 
 // Feed reads one byte (Machine).
