@@ -66,7 +66,7 @@ func (r *Runtime) toolCallConstraint(req *nozzle.GenerateRequest) (constraint, i
 		return nil, -1, nozzle.Errorf(nozzle.EINVALID, "This model's tool calls cannot be forced: use 'tool_choice' \"auto\".").WithParam("tool_choice")
 	}
 	pre, post := f.pre, f.post
-	schema, fallback, err := toolCallSchema(req.Tools, req.ToolChoice, f.argsKey)
+	schema, fallback, err := toolCallSchema(req.Tools, req.ToolChoice, f.argsKey, r.enforceable)
 	if err != nil {
 		return nil, -1, err
 	}
@@ -111,10 +111,19 @@ type forcedTool struct {
 // anyObject is the schema of arguments left free.
 var anyObject = json.RawMessage(`{"type":"object"}`)
 
+// enforceable reports whether the masks can hold arguments to schema p:
+// it compiles, into the runtime's cache of schemas (an application sends
+// the same tools request after request; each compiles once).
+func (r *Runtime) enforceable(p json.RawMessage) bool {
+	_, err := r.schemas.get(r.grammarVocab(), p, func() (grammar.Schema, error) { return grammar.CompileSchema(p) })
+	return err == nil
+}
+
 // forcedTools returns the functions of tools (an OpenAI tools array) a
 // call forced by choice may call: all of them (ToolChoiceRequired) or the
-// one it names.
-func forcedTools(tools json.RawMessage, choice string) ([]forcedTool, error) {
+// one it names, their parameters where enforceable says the masks hold
+// them.
+func forcedTools(tools json.RawMessage, choice string, enforceable func(json.RawMessage) bool) ([]forcedTool, error) {
 	var defs []struct {
 		Function struct {
 			Name       string          `json:"name"`
@@ -132,7 +141,7 @@ func forcedTools(tools json.RawMessage, choice string) ([]forcedTool, error) {
 		args := d.Function.Parameters
 		if len(args) == 0 || string(args) == "null" {
 			args = anyObject
-		} else if _, err := grammar.CompileSchema(args); err != nil {
+		} else if !enforceable(args) {
 			args = anyObject // parameters the masks cannot enforce
 		}
 		out = append(out, forcedTool{d.Function.Name, args})
@@ -149,8 +158,8 @@ func forcedTools(tools json.RawMessage, choice string) ([]forcedTool, error) {
 // parameters where the masks can enforce them — a union of the calls
 // when several may come —; and fallback, the same with any object for
 // every function's arguments, for tools whose union cannot be compiled.
-func toolCallSchema(tools json.RawMessage, choice, argsKey string) (schema, fallback []byte, err error) {
-	fns, err := forcedTools(tools, choice)
+func toolCallSchema(tools json.RawMessage, choice, argsKey string, enforceable func(json.RawMessage) bool) (schema, fallback []byte, err error) {
+	fns, err := forcedTools(tools, choice, enforceable)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -178,7 +187,7 @@ func toolCallSchema(tools json.RawMessage, choice, argsKey string) (schema, fall
 // of the functions'), and the constraint of the arguments the name read
 // chooses. The control tokens come from the seqGrammar's lead and mid.
 func (r *Runtime) mistralV11Call(req *nozzle.GenerateRequest) (name constraint, args func(name []byte) (constraint, error), err error) {
-	fns, err := forcedTools(req.Tools, req.ToolChoice)
+	fns, err := forcedTools(req.Tools, req.ToolChoice, r.enforceable)
 	if err != nil {
 		return nil, nil, err
 	}
