@@ -1,12 +1,14 @@
 package runtime_test
 
 import (
+	"bytes"
 	"compress/gzip"
 	"context"
 	"encoding/json"
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	nozzle "github.com/nozzle-ai/nozzle"
@@ -25,30 +27,39 @@ func qwen3Dir(t *testing.T) string {
 	if err := model.WriteRandomModel(dir, spec); err != nil {
 		t.Fatal(err)
 	}
-	src := filepath.Join("tokenizer", "testdata", "models", "qwen3")
-	gz, err := os.Open(filepath.Join(src, "tokenizer.json.gz"))
+	writeFiles(t, dir, map[string][]byte{"tokenizer.json": tokenizerTestdata(t, "models/qwen3/tokenizer.json.gz"),
+		"tokenizer_config.json": tokenizerTestdata(t, "models/qwen3/tokenizer_config.json")})
+	return dir
+}
+
+// tokenizerTestdata is a file of the tokenizer tests' testdata (real
+// tokenizers and chat templates), unzipped where it ends in .gz.
+func tokenizerTestdata(t testing.TB, rel string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("tokenizer", "testdata", rel))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer gz.Close()
-	zr, err := gzip.NewReader(gz)
-	if err != nil {
-		t.Fatal(err)
+	if strings.HasSuffix(rel, ".gz") {
+		zr, err := gzip.NewReader(bytes.NewReader(b))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if b, err = io.ReadAll(zr); err != nil {
+			t.Fatal(err)
+		}
 	}
-	tj, err := io.ReadAll(zr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tc, err := os.ReadFile(filepath.Join(src, "tokenizer_config.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for name, b := range map[string][]byte{"tokenizer.json": tj, "tokenizer_config.json": tc} {
+	return b
+}
+
+// writeFiles writes files (name → contents) into dir.
+func writeFiles(t testing.TB, dir string, files map[string][]byte) {
+	t.Helper()
+	for name, b := range files {
 		if err := os.WriteFile(filepath.Join(dir, name), b, 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}
-	return dir
 }
 
 // TestQwen3_EndToEnd: a Qwen3 model folder (head norms, Qwen3's tokenizer

@@ -2,12 +2,8 @@ package runtime_test
 
 import (
 	"bytes"
-	"compress/gzip"
 	"context"
 	"encoding/json"
-	"io"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 
@@ -144,18 +140,8 @@ func mistralDir(t *testing.T, withCalls, withArgs bool) string {
 	t.Helper()
 	dir := t.TempDir()
 	vocab := 32000
-	src := filepath.Join("tokenizer", "testdata")
-	f, err := os.Open(filepath.Join(src, "models/llama2/tokenizer.json.gz"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	zr, err := gzip.NewReader(f)
-	if err != nil {
-		t.Fatal(err)
-	}
 	var tj map[string]any
-	if err := json.NewDecoder(zr).Decode(&tj); err != nil {
+	if err := json.Unmarshal(tokenizerTestdata(t, "models/llama2/tokenizer.json.gz"), &tj); err != nil {
 		t.Fatal(err)
 	}
 	for _, c := range []struct {
@@ -174,18 +160,9 @@ func mistralDir(t *testing.T, withCalls, withArgs bool) string {
 		t.Fatal(err)
 	}
 	b, _ := json.Marshal(tj)
-	if err := os.WriteFile(filepath.Join(dir, "tokenizer.json"), b, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	for from, to := range map[string]string{"models/llama2/tokenizer_config.json": "tokenizer_config.json", "templates/mistral-v3-tools.jinja": "chat_template.jinja"} {
-		data, err := os.ReadFile(filepath.Join(src, from))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(dir, to), data, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
+	writeFiles(t, dir, map[string][]byte{"tokenizer.json": b,
+		"tokenizer_config.json": tokenizerTestdata(t, "models/llama2/tokenizer_config.json"),
+		"chat_template.jinja":   tokenizerTestdata(t, "templates/mistral-v3-tools.jinja")})
 	return dir
 }
 
@@ -238,31 +215,9 @@ func TestLlama3_ForcedToolCall(t *testing.T) {
 	if err := model.WriteRandomModel(dir, spec); err != nil {
 		t.Fatal(err)
 	}
-	src := filepath.Join("tokenizer", "testdata")
-	copyFile := func(from, to string, gz bool) {
-		t.Helper()
-		f, err := os.Open(filepath.Join(src, from))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer f.Close()
-		var r io.Reader = f
-		if gz {
-			if r, err = gzip.NewReader(f); err != nil {
-				t.Fatal(err)
-			}
-		}
-		b, err := io.ReadAll(r)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(dir, to), b, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	copyFile("models/llama3/tokenizer.json.gz", "tokenizer.json", true)
-	copyFile("models/llama3/tokenizer_config.json", "tokenizer_config.json", false)
-	copyFile("templates/llama3.2-instruct.jinja", "chat_template.jinja", false)
+	writeFiles(t, dir, map[string][]byte{"tokenizer.json": tokenizerTestdata(t, "models/llama3/tokenizer.json.gz"),
+		"tokenizer_config.json": tokenizerTestdata(t, "models/llama3/tokenizer_config.json"),
+		"chat_template.jinja":   tokenizerTestdata(t, "templates/llama3.2-instruct.jinja")})
 	rt := openOnStore(t, runtime.Options{}, dir, nil)
 	info, err := rt.Info(context.Background())
 	if err != nil || info.ToolFormat != nozzle.ToolFormatLlama3JSON || !info.ToolChoice {
