@@ -302,6 +302,14 @@ func BenchmarkMaskerSchemaPattern(b *testing.B) {
 				m.Mask(&s)
 			}
 		})
+		if sc.name == "maxLength" { // the baseline: a walk of every token
+			b.Run(sc.name+"-full-walk", func(b *testing.B) {
+				m := grammar.NewMasker[grammar.Schema](v, 0)
+				for b.Loop() {
+					m.MaskFullWalk(&s)
+				}
+			})
+		}
 	}
 }
 
@@ -350,6 +358,12 @@ func BenchmarkMaskerTriggered(b *testing.B) {
 				}
 			})
 			if tc.name == "free" {
+				b.Run(vocab+"/free-full-walk", func(b *testing.B) { // the baseline: a walk of every token
+					m := grammar.NewMasker[grammar.Triggered](v, 0)
+					for b.Loop() {
+						m.MaskFullWalk(&s)
+					}
+				})
 				b.Run(vocab+"/free-cached", func(b *testing.B) {
 					m := grammar.NewMasker[grammar.Triggered](v, 0)
 					m.Mask(&s)
