@@ -1076,7 +1076,7 @@ int32_t forward(cuda_engine *e, const meta_ptrs &m, int64_t T, int64_t n_attn, i
 	for (int64_t l = 0; l < e->L; l++) {
 		const layer_w &ly = e->layers[(size_t)l];
 		unsigned char *kc = (unsigned char *)e->kv + (size_t)(2 * l) * pool_bytes, *vc = kc + pool_bytes;
-		int window = e->cfg.sliding_window > 0 && l >= e->cfg.sliding_window_from_layer ? (int)e->cfg.sliding_window : 0;
+		int window = nz_layer_sliding(&e->cfg, l) ? (int)e->cfg.sliding_window : 0;
 		nz_gemv_io io;
 		if (fused) {
 			memset(&io, 0, sizeof io);

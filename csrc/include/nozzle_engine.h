@@ -32,7 +32,7 @@
 extern "C" {
 #endif
 
-#define NZ_ABI_VERSION 5
+#define NZ_ABI_VERSION 6
 
 /* ---- status codes ------------------------------------------------------ */
 #define NZ_OK 0
@@ -54,8 +54,13 @@ extern "C" {
  *   Q [nh*hd,H]  K,V [nkv*hd,H]  O [H,nh*hd]
  *   GATE,UP [I,H]  DOWN [H,I]
  *   *_BIAS [out] (optional; Qwen2 has Q/K/V biases)
- *   Q_NORM, K_NORM [hd] (optional, in every layer or none: Qwen3's RMSNorm
- *   of each head of q and k, after the projection and before RoPE)
+ *   Q_NORM, K_NORM [hd] (optional, in every layer or none: Qwen3's and
+ *   Gemma 3's RMSNorm of each head of q and k, after the projection and
+ *   before RoPE)
+ *   POST_ATTN_NORM, POST_FFN_NORM [H] (optional, in every layer or none,
+ *   both or neither: Gemma 2/3's "sandwich" norms of the attention output
+ *   and of the MLP output, applied before each is added to the residual;
+ *   FFN_NORM is then Gemma's pre_feedforward_layernorm)
  * Per-layer kinds take layer in [0, num_layers); the others take layer -1. */
 enum {
 	NZ_T_EMBED = 0,
@@ -79,7 +84,9 @@ enum {
 	NZ_T_DOWN_BIAS = 18,
 	NZ_T_Q_NORM = 19,
 	NZ_T_K_NORM = 20,
-	NZ_T_COUNT = 21
+	NZ_T_POST_ATTN_NORM = 21,
+	NZ_T_POST_FFN_NORM = 22,
+	NZ_T_COUNT = 23
 };
 
 /* ---- LoRA target modules (nz_adapter_load) -------------------------------- */
@@ -99,6 +106,10 @@ enum {
 #define NZ_ROPE_LINEAR 1
 #define NZ_ROPE_LLAMA3 2
 #define NZ_ROPE_YARN 3
+
+/* ---- activations of the gated MLP: down(act(gate(x)) * up(x)) ------------ */
+#define NZ_ACT_SILU 0      /* x·sigmoid(x) (Llama, Mistral, Qwen, Phi-3) */
+#define NZ_ACT_GELU_TANH 1 /* 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))) (Gemma's gelu_pytorch_tanh) */
 
 /* ---- engine configuration --------------------------------------------------
  * Model fields come from config.json (Go resolves defaults and spellings);
@@ -129,6 +140,26 @@ typedef struct nz_config {
 	int64_t sliding_window_from_layer; /* layers >= this use the window (Qwen2 max_window_layers) */
 	int64_t tie_word_embeddings;   /* 1 = logits use EMBED */
 	int64_t weight_dtype;          /* NZ_F32/F16/BF16: the dtype the engine keeps weights in */
+	/* Gemma 2/3 (0 everywhere gives the Llama computation) */
+	double norm_weight_offset;     /* every RMSNorm (q/k head norms and the final one included)
+	                                  multiplies by (offset + w) in f32: Gemma's 1 */
+	double embed_scale;            /* embeddings are multiplied by this; 0 = 1. Gemma: √hidden_size
+	                                  rounded to the checkpoint's dtype (Go resolves it) */
+	int64_t hidden_act;            /* NZ_ACT_* */
+	double attn_scale;             /* scores = q·k × attn_scale; 0 = 1/√head_dim
+	                                  (Gemma: query_pre_attn_scalar^-½) */
+	double attn_softcap;           /* 0 = none; else scores = cap·tanh(scores/cap) after the
+	                                  scaling, before the causal/window mask (Gemma 2: 50) */
+	double final_softcap;          /* 0 = none; else logits = cap·tanh(logits/cap) before
+	                                  anything reads them: adjustments, masks, sampling,
+	                                  logprobs and out_logits (Gemma 2: 30) */
+	double rope_local_theta;       /* 0 = none; else the sliding-window layers use default
+	                                  RoPE (no scaling, no attention factor) with this base
+	                                  and the others rope_theta with rope_type
+	                                  (Gemma 3's rope_local_base_freq) */
+	const int32_t *layer_sliding;  /* [num_layers] or NULL: 1 where a layer uses sliding_window;
+	                                  when set it replaces sliding_window_from_layer (Gemma's
+	                                  alternating layers). Copied by nz_engine_create. */
 	/* sizing */
 	int64_t max_slots;             /* adapter slots */
 	int64_t max_rank;              /* every slot is padded to this rank */

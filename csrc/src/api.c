@@ -31,6 +31,7 @@ struct nz_engine {
 	/* logit-adjustment checks: a sequence's tokens are stamped */
 	uint64_t *tok_stamp;
 	uint64_t tstamp;
+	int32_t *layer_sliding; /* [num_layers]: cfg.layer_sliding of the backends */
 };
 
 /* Upper bounds that keep every size product far from overflow. */
@@ -149,6 +150,25 @@ static int32_t check_config(nz_config *c)
 		if (c->rope_theta == 1)
 			return nz_error(NZ_ERR_INVALID, FN_CREATE ": yarn rope needs rope_theta != 1 (ln theta divides)");
 	}
+	if ((st = check_range(FN_CREATE, "hidden_act", c->hidden_act, NZ_ACT_SILU, NZ_ACT_GELU_TANH)) != NZ_OK)
+		return st;
+	{
+		const struct {
+			const char *name;
+			double v;
+		} nn[] = {{"norm_weight_offset", c->norm_weight_offset}, {"embed_scale", c->embed_scale},
+		          {"attn_scale", c->attn_scale},                 {"attn_softcap", c->attn_softcap},
+		          {"final_softcap", c->final_softcap},           {"rope_local_theta", c->rope_local_theta}};
+		for (size_t i = 0; i < sizeof nn / sizeof nn[0]; i++)
+			if (!isfinite(nn[i].v) || (i > 0 && nn[i].v < 0))
+				return nz_error(NZ_ERR_INVALID, FN_CREATE ": %s %g must be finite%s", nn[i].name, nn[i].v,
+				                i > 0 ? " and >= 0" : "");
+	}
+	if (c->layer_sliding)
+		for (int64_t l = 0; l < c->num_layers; l++)
+			if (c->layer_sliding[l] != 0 && c->layer_sliding[l] != 1)
+				return nz_error(NZ_ERR_INVALID, FN_CREATE ": layer_sliding[%lld] is %d, want 0 or 1",
+				                (long long)l, c->layer_sliding[l]);
 	for (int i = 0; i < 8; i++)
 		if (c->reserved[i])
 			return nz_error(NZ_ERR_INVALID, FN_CREATE ": reserved[%d] is %lld, want 0", i,
@@ -189,6 +209,7 @@ static void engine_free(nz_engine *e)
 	nz_free(e->blk_stamp);
 	nz_free(e->blk_owner);
 	nz_free(e->tok_stamp);
+	nz_free(e->layer_sliding);
 	nz_free(e);
 }
 
@@ -204,6 +225,18 @@ int32_t NZ_API nz_engine_create(const nz_config *cfg, nz_engine **out)
 	nz_engine *e = nz_calloc(sizeof *e);
 	if (!e)
 		return nz_oom(FN_CREATE, sizeof *e);
+	/* The engine's own copy of the layers' sliding flags, resolved from
+	 * sliding_window_from_layer when the caller gives none: the backends
+	 * read it for as long as the engine lives. */
+	e->layer_sliding = nz_alloc((size_t)c.num_layers * sizeof(int32_t));
+	if (!e->layer_sliding) {
+		engine_free(e);
+		return nz_oom(FN_CREATE, (size_t)c.num_layers * sizeof(int32_t));
+	}
+	for (int64_t l = 0; l < c.num_layers; l++)
+		e->layer_sliding[l] = c.sliding_window > 0 &&
+		                      (c.layer_sliding ? c.layer_sliding[l] : l >= c.sliding_window_from_layer);
+	c.layer_sliding = e->layer_sliding;
 	e->ops = nz_default_backend();
 	st = e->ops->create(&c, &e->impl);
 	if (st != NZ_OK) {
@@ -338,6 +371,18 @@ int32_t NZ_API nz_engine_finalize(nz_engine *e)
 	}
 	if (with[0] != with[1])
 		return nz_error(NZ_ERR_INVALID, "nz_engine_finalize: Q_NORM and K_NORM come together");
+	/* Gemma's post norms: likewise */
+	int64_t post[2] = {0, 0};
+	for (int32_t k = NZ_T_POST_ATTN_NORM; k <= NZ_T_POST_FFN_NORM; k++) {
+		for (int64_t l = 0; l < e->cfg.num_layers; l++)
+			post[k - NZ_T_POST_ATTN_NORM] += e->have[(size_t)(l + 1) * NZ_T_COUNT + (size_t)k];
+		if (post[k - NZ_T_POST_ATTN_NORM] != 0 && post[k - NZ_T_POST_ATTN_NORM] != e->cfg.num_layers)
+			return nz_error(NZ_ERR_INVALID, "nz_engine_finalize: %s is set in %lld of %lld layers, want all or none",
+			                nz_kind_name(k), (long long)post[k - NZ_T_POST_ATTN_NORM],
+			                (long long)e->cfg.num_layers);
+	}
+	if (post[0] != post[1])
+		return nz_error(NZ_ERR_INVALID, "nz_engine_finalize: POST_ATTN_NORM and POST_FFN_NORM come together");
 	int32_t st = e->ops->finalize(e->impl);
 	if (st == NZ_OK)
 		e->finalized = 1;

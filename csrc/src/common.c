@@ -249,6 +249,7 @@ static const char *const kind_names[NZ_T_COUNT] = {
     "EMBED", "LM_HEAD", "FINAL_NORM", "ATTN_NORM", "FFN_NORM", "Q",         "K",
     "V",     "O",       "GATE",       "UP",        "DOWN",     "Q_BIAS",    "K_BIAS",
     "V_BIAS", "O_BIAS", "GATE_BIAS",  "UP_BIAS",   "DOWN_BIAS", "Q_NORM",    "K_NORM",
+    "POST_ATTN_NORM", "POST_FFN_NORM",
 };
 
 static const char *const module_names[NZ_M_COUNT] = {"q", "k", "v", "o", "gate", "up", "down"};
@@ -309,6 +310,8 @@ int nz_tensor_shape(const nz_config *c, int32_t kind, int64_t shape[2])
 	case NZ_T_FINAL_NORM:
 	case NZ_T_ATTN_NORM:
 	case NZ_T_FFN_NORM:
+	case NZ_T_POST_ATTN_NORM:
+	case NZ_T_POST_FFN_NORM:
 		shape[0] = c->hidden_size;
 		return 1;
 	case NZ_T_Q_NORM:
@@ -392,6 +395,14 @@ void nz_rope_inv_freq(const nz_config *c, float *inv)
 			inv[j] = (float)(f / c->rope_factor * (1.0 - extra) + f * extra);
 		}
 	}
+}
+
+void nz_rope_local_inv_freq(const nz_config *c, float *inv)
+{
+	nz_config l = *c;
+	l.rope_theta = c->rope_local_theta;
+	l.rope_type = NZ_ROPE_DEFAULT;
+	nz_rope_inv_freq(&l, inv);
 }
 
 /* RoPE's cos and sin are multiplied by this (transformers' attention_scaling):

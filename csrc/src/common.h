@@ -7,6 +7,7 @@
 #ifndef NZ_COMMON_H
 #define NZ_COMMON_H
 
+#include <math.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
@@ -78,6 +79,26 @@ const char *nz_module_name(int32_t module);
 /* inv[0 .. head_dim/2) for cfg's rope_theta, head_dim and rope_type
  * (default, linear, llama3, yarn), in f32 as Hugging Face computes them. */
 void nz_rope_inv_freq(const nz_config *cfg, float *inv);
+/* inv for the sliding layers when rope_local_theta > 0: default RoPE with
+ * base rope_local_theta (Gemma 3's local layers). */
+void nz_rope_local_inv_freq(const nz_config *cfg, float *inv);
+/* 1 when layer uses the sliding window. nz_engine_create resolves
+ * cfg->layer_sliding for the backends: never NULL there, all 0 without a
+ * window. */
+static inline int nz_layer_sliding(const nz_config *c, int64_t layer)
+{
+	return c->sliding_window > 0 && c->layer_sliding[layer];
+}
+/* Gemma's soft-capping: cap·tanh(x/cap); cap 0 leaves x. */
+static inline float nz_softcap(float x, float cap) { return cap > 0 ? cap * tanhf(x / cap) : x; }
+/* The gated MLP's activation (NZ_ACT_*), in f32 as PyTorch's silu and
+ * gelu(approximate="tanh"). */
+static inline float nz_act(int64_t act, float x)
+{
+	if (act == NZ_ACT_GELU_TANH)
+		return 0.5f * x * (1.0f + tanhf(0.7978845608028654f * (x + 0.044715f * x * x * x)));
+	return x / (1.0f + expf(-x));
+}
 /* The factor cos and sin are multiplied by: yarn's rope_attention_factor,
  * else 1. */
 float nz_rope_attention_factor(const nz_config *cfg);

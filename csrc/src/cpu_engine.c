@@ -590,7 +590,7 @@ static void attn_task(void *ctx, int64_t i, int tid)
 	const cpu_kernels *k = e->k;
 	int64_t t = i / e->nkv, g = i % e->nkv, hd = e->hd, bs = e->bs, nrep = e->nrep;
 	int64_t pos = p->tok_pos[t], lo = 0;
-	if (e->cfg.sliding_window > 0 && c->layer >= e->cfg.sliding_window_from_layer)
+	if (nz_layer_sliding(&e->cfg, c->layer))
 		lo = nz_max64(0, pos - e->cfg.sliding_window + 1);
 	int64_t n = pos - lo + 1;
 	const int32_t *bt = c->b->block_table + p->tok_seq[t] * c->b->max_blocks;

@@ -6,7 +6,7 @@ import "unsafe"
 // and checks every constant and struct field against these.
 
 // ABIVersion is the NZ_ABI_VERSION this package is written against.
-const ABIVersion = 5
+const ABIVersion = 6
 
 // Status codes (NZ_OK, NZ_ERR_*).
 const (
@@ -33,6 +33,12 @@ const (
 	nzRopeYarn    = 3
 )
 
+// Activations of the gated MLP (NZ_ACT_*).
+const (
+	nzActSilu     = 0
+	nzActGeluTanh = 1
+)
+
 // nz_engine_info indices (NZ_INFO_*).
 const (
 	nzInfoKVBlockSize = 0
@@ -55,7 +61,7 @@ const (
 // nzTensorCount and nzModuleCount are NZ_T_COUNT and NZ_M_COUNT; the
 // values themselves live in runtime/model (TensorKind, Module).
 const (
-	nzTensorCount = 21
+	nzTensorCount = 23
 	nzModuleCount = 7
 )
 
@@ -84,6 +90,14 @@ type nzConfig struct {
 	SlidingWindowFromLayer  int64
 	TieWordEmbeddings       int64
 	WeightDtype             int64
+	NormWeightOffset        float64
+	EmbedScale              float64
+	HiddenAct               int64
+	AttnScale               float64
+	AttnSoftcap             float64
+	FinalSoftcap            float64
+	RopeLocalTheta          float64
+	LayerSliding            unsafe.Pointer
 	MaxSlots                int64
 	MaxRank                 int64
 	KvBlockSize             int64

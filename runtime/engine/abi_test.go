@@ -46,6 +46,8 @@ func TestABI_Constants(t *testing.T) {
 		"NZ_T_Q_BIAS": int64(model.KindQBias), "NZ_T_K_BIAS": int64(model.KindKBias), "NZ_T_V_BIAS": int64(model.KindVBias),
 		"NZ_T_O_BIAS": int64(model.KindOBias), "NZ_T_GATE_BIAS": int64(model.KindGateBias), "NZ_T_UP_BIAS": int64(model.KindUpBias),
 		"NZ_T_DOWN_BIAS": int64(model.KindDownBias), "NZ_T_Q_NORM": int64(model.KindQNorm), "NZ_T_K_NORM": int64(model.KindKNorm),
+		"NZ_T_POST_ATTN_NORM": int64(model.KindPostAttnNorm), "NZ_T_POST_FFN_NORM": int64(model.KindPostFFNNorm),
+		"NZ_ACT_SILU": nzActSilu, "NZ_ACT_GELU_TANH": nzActGeluTanh,
 		"NZ_T_COUNT": model.NumKinds,
 		"NZ_M_Q":     int64(model.ModuleQ), "NZ_M_K": int64(model.ModuleK), "NZ_M_V": int64(model.ModuleV), "NZ_M_O": int64(model.ModuleO),
 		"NZ_M_GATE": int64(model.ModuleGate), "NZ_M_UP": int64(model.ModuleUp), "NZ_M_DOWN": int64(model.ModuleDown),

@@ -43,7 +43,11 @@ const (
 	KindDownBias  TensorKind = 18
 	KindQNorm     TensorKind = 19
 	KindKNorm     TensorKind = 20
-	NumKinds                 = 21
+	// KindPostAttnNorm and KindPostFFNNorm are Gemma 2/3's norms of the
+	// attention and MLP outputs before the residual add.
+	KindPostAttnNorm TensorKind = 21
+	KindPostFFNNorm  TensorKind = 22
+	NumKinds                    = 23
 )
 
 // PerLayer reports whether the kind exists once per decoder layer.
