@@ -95,7 +95,7 @@ func TestABI_Structs(t *testing.T) {
 			if m == nil {
 				t.Fatalf("struct %s not found in the header", s.name)
 			}
-			body := regexp.MustCompile(`/\*.*?\*/`).ReplaceAllString(m[1], "")
+			body := regexp.MustCompile(`(?s)/\*.*?\*/`).ReplaceAllString(m[1], "")
 			fieldRE := regexp.MustCompile(`^\s*(const\s+)?([a-z0-9_]+)\s*(\*?)\s*([a-z0-9_]+)(\[(\d+)\])?\s*;`)
 			var fields []string
 			for _, line := range strings.Split(body, "\n") {
