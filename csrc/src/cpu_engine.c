@@ -35,6 +35,7 @@ typedef struct cpu_layer {
 	float *b[NZ_M_COUNT]; /* [out] or NULL */
 	float *attn_norm, *ffn_norm;
 	float *q_norm, *k_norm; /* [hd] or NULL (Qwen3's norms of each q and k head) */
+	float *post_attn_norm, *post_ffn_norm; /* [H] or NULL (Gemma's norms of the attention and MLP outputs) */
 } cpu_layer;
 
 typedef struct cpu_lora {
@@ -81,6 +82,7 @@ typedef struct cpu_engine {
 	float *final_norm;
 	cpu_layer *layers;
 	float *inv_freq; /* [hd/2] */
+	float *inv_freq_local; /* [hd/2] for the sliding layers, or NULL (rope_local_theta) */
 	float rope_scale; /* nz_rope_attention_factor */
 	int64_t weight_bytes, slot_bytes, kv_bytes;
 
@@ -103,6 +105,7 @@ typedef struct cpu_engine {
 	float *lv[3];      /* [T, R] LoRA shrink outputs of a group's modules, by LoRA row */
 	float *dl[3];      /* [T, out] LoRA deltas of a group's modules by LoRA row (added by the next pass) */
 	float *cs;         /* [T, hd] cos | sin of each token's position */
+	float *cs_local;   /* [T, hd] the same for the sliding layers' RoPE, or NULL */
 	float *xs;         /* [S, H] final-normed hidden of the sampled tokens */
 	float *logits;     /* [S, V] */
 	float **att_buf;   /* [threads][nrep · max_position] */
@@ -141,10 +144,14 @@ static void cpu_destroy(void *impl)
 			nz_free(ly->ffn_norm);
 			nz_free(ly->q_norm);
 			nz_free(ly->k_norm);
+			nz_free(ly->post_attn_norm);
+			nz_free(ly->post_ffn_norm);
 		}
 	}
 	nz_free(e->layers);
 	nz_free(e->inv_freq);
+	nz_free(e->inv_freq_local);
+	nz_free(e->cs_local);
 	if (e->lora)
 		for (int64_t i = 0; i < e->L * NZ_M_COUNT; i++) {
 			nz_free(e->lora[i].a);
@@ -236,6 +243,14 @@ static int32_t cpu_create(nz_config *c, void **out)
 		return nz_oom("nz_engine_create", sizeof(cpu_layer) * (size_t)e->L);
 	}
 	nz_rope_inv_freq(c, e->inv_freq);
+	if (c->rope_local_theta > 0) {
+		e->inv_freq_local = nz_alloc(sizeof(float) * (size_t)(e->hd / 2));
+		if (!e->inv_freq_local) {
+			cpu_destroy(e);
+			return nz_oom("nz_engine_create", sizeof(float) * (size_t)(e->hd / 2));
+		}
+		nz_rope_local_inv_freq(c, e->inv_freq_local);
+	}
 	e->rope_scale = nz_rope_attention_factor(c);
 	int32_t st = cpu_pool_create(e->nthreads, &e->pool);
 	if (st != NZ_OK) {
@@ -309,6 +324,12 @@ static int32_t cpu_set_tensor(void *impl, int32_t kind, int32_t layer, int32_t d
 	case NZ_T_K_NORM:
 		dst = (void **)&ly->k_norm, as_f32 = 1;
 		break;
+	case NZ_T_POST_ATTN_NORM:
+		dst = (void **)&ly->post_attn_norm, as_f32 = 1;
+		break;
+	case NZ_T_POST_FFN_NORM:
+		dst = (void **)&ly->post_ffn_norm, as_f32 = 1;
+		break;
 	default:
 		if (kind >= NZ_T_Q && kind <= NZ_T_DOWN) {
 			dst = &ly->w[kind - NZ_T_Q];
@@ -321,9 +342,12 @@ static int32_t cpu_set_tensor(void *impl, int32_t kind, int32_t layer, int32_t d
 	size_t bytes = (size_t)n * (as_f32 ? sizeof(float) : e->wsz);
 	if (!ensure(dst, bytes, &e->weight_bytes))
 		return nz_oom("nz_engine_set_tensor", bytes);
-	if (as_f32)
+	if (as_f32) {
 		nz_convert_f32_via(*dst, data, dtype, e->wdt, n);
-	else
+		if (!nz_kind_is_bias(kind) && e->cfg.norm_weight_offset != 0) /* a norm: (offset + w) in f32 */
+			for (int64_t i = 0; i < n; i++)
+				((float *)*dst)[i] += (float)e->cfg.norm_weight_offset;
+	} else
 		convert_par(e, *dst, e->wdt, data, dtype, n);
 	return NZ_OK;
 }
@@ -373,6 +397,8 @@ static int32_t cpu_finalize(void *impl)
 	ALLOC(e->lrow_tok, sizeof(int32_t) * (size_t)T);
 	ALLOC(e->seg_row, sizeof(int32_t) * (size_t)(slots + 1));
 	ALLOC(e->cs, sizeof(float) * (size_t)(T * e->hd));
+	if (e->inv_freq_local)
+		ALLOC(e->cs_local, sizeof(float) * (size_t)(T * e->hd));
 	ALLOC(e->xs, sizeof(float) * (size_t)(S * e->H));
 	ALLOC(e->logits, sizeof(float) * (size_t)(S * e->V));
 	e->att_buf = nz_calloc(sizeof(float *) * (size_t)e->nthreads);
@@ -468,10 +494,12 @@ typedef struct step_ctx {
 	const nz_batch *b;
 	const nz_step_plan *p;
 	int64_t layer;
+	int local_rope; /* the layer's RoPE is cs_local's */
 	int64_t tchunk; /* tokens per task of the per-token regions */
 	/* per-token regions */
 	const float *norm_w;
-	float *add; /* residual add source or NULL */
+	float *add;          /* residual add source or NULL */
+	const float *post_w; /* norm of add before the residual add (Gemma), or NULL */
 	/* projection group */
 	int nmod;
 	int mods[3];
@@ -501,17 +529,26 @@ static void embed_task(void *ctx, int64_t i, int tid)
 	int64_t t0 = i * c->tchunk, t1 = nz_min64(c->p->n_tokens, t0 + c->tchunk);
 	for (int64_t t = t0; t < t1; t++) {
 		int64_t tok = c->b->tokens[t];
-		nz_convert(e->h + t * e->H, NZ_F32, (const char *)e->embed + (size_t)(tok * e->H) * e->wsz, e->wdt, e->H);
+		float *h = e->h + t * e->H;
+		nz_convert(h, NZ_F32, (const char *)e->embed + (size_t)(tok * e->H) * e->wsz, e->wdt, e->H);
+		if (e->cfg.embed_scale > 0) {
+			float sc = (float)e->cfg.embed_scale;
+			for (int64_t j = 0; j < e->H; j++)
+				h[j] *= sc;
+		}
 		nz_rope_cos_sin(e->inv_freq, e->hd / 2, c->p->tok_pos[t], e->rope_scale, e->cs + t * e->hd,
 		                e->cs + t * e->hd + e->hd / 2);
+		if (e->cs_local)
+			nz_rope_cos_sin(e->inv_freq_local, e->hd / 2, c->p->tok_pos[t], 1.0f, e->cs_local + t * e->hd,
+			                e->cs_local + t * e->hd + e->hd / 2);
 	}
 }
 
 static inline const float *group_delta(const step_ctx *c, int mi, int64_t t);
 static inline void add_row(float *y, const float *d, int64_t n);
 
-/* h += add (+ the group's LoRA delta) when add is set; x = rmsnorm(h,
- * norm_w) when norm_w is set */
+/* h += add (+ the group's LoRA delta, normed by post_w when set) when add
+ * is set; x = rmsnorm(h, norm_w) when norm_w is set */
 static void resnorm_task(void *ctx, int64_t i, int tid)
 {
 	step_ctx *c = ctx;
@@ -522,6 +559,8 @@ static void resnorm_task(void *ctx, int64_t i, int tid)
 		if (c->add) {
 			float *a = c->add + t * e->H;
 			add_row(a, group_delta(c, 0, t), e->H);
+			if (c->post_w)
+				rmsnorm(a, a, c->post_w, e->H, (float)e->cfg.rms_norm_eps);
 			for (int64_t j = 0; j < e->H; j++)
 				h[j] += a[j];
 		}
@@ -539,8 +578,12 @@ static void silu_task(void *ctx, int64_t i, int tid)
 		float *g = e->g + t * e->I, *u = e->u + t * e->I;
 		add_row(g, group_delta(c, 0, t), e->I);
 		add_row(u, group_delta(c, 1, t), e->I);
-		for (int64_t j = 0; j < e->I; j++)
-			g[j] = g[j] / (1.0f + nz_expf(-g[j])) * u[j];
+		if (e->cfg.hidden_act == NZ_ACT_GELU_TANH)
+			for (int64_t j = 0; j < e->I; j++)
+				g[j] = nz_act(NZ_ACT_GELU_TANH, g[j]) * u[j];
+		else
+			for (int64_t j = 0; j < e->I; j++)
+				g[j] = g[j] / (1.0f + nz_expf(-g[j])) * u[j];
 	}
 }
 
@@ -565,7 +608,7 @@ static void rope_task(void *ctx, int64_t i, int tid)
 			for (int64_t g = 0; g < e->nkv; g++)
 				rmsnorm(e->kk + t * e->kvd + g * e->hd, e->kk + t * e->kvd + g * e->hd, ly->k_norm, e->hd, eps);
 		}
-		const float *cs = e->cs + t * e->hd;
+		const float *cs = (c->local_rope ? e->cs_local : e->cs) + t * e->hd;
 		for (int64_t h = 0; h < e->nh; h++)
 			nz_rope_apply(e->q + t * e->qd + h * e->hd, half, cs, cs + half);
 		int64_t s = p->tok_seq[t], pos = p->tok_pos[t];
@@ -599,12 +642,15 @@ static void attn_task(void *ctx, int64_t i, int tid)
 	float *sc = e->att_buf[tid];
 	const float *q = e->q + t * e->qd + g * nrep * hd;
 	float *o = e->att + t * e->qd + g * nrep * hd;
-	float scale = 1.0f / sqrtf((float)hd);
+	float scale = e->cfg.attn_scale > 0 ? (float)e->cfg.attn_scale : 1.0f / sqrtf((float)hd);
 	for (int64_t j = lo; j <= pos; j++) {
 		const float *kr = kl + ((int64_t)bt[j / bs] * e->nkv + g) * bs * hd + (j % bs) * hd;
 		for (int64_t r = 0; r < nrep; r++)
 			sc[r * n + (j - lo)] = k->dot(q + r * hd, kr, hd) * scale;
 	}
+	if (e->cfg.attn_softcap > 0)
+		for (int64_t j = 0; j < nrep * n; j++)
+			sc[j] = nz_softcap(sc[j], (float)e->cfg.attn_softcap);
 	for (int64_t r = 0; r < nrep; r++) {
 		float *s = sc + r * n, m = -INFINITY;
 		for (int64_t j = 0; j < n; j++)
@@ -723,6 +769,9 @@ static void sample_task(void *ctx, int64_t i, int tid)
 	const nz_step_plan *p = c->p;
 	int64_t s = p->sample_seq[i];
 	float *lg = e->logits + i * e->V;
+	if (e->cfg.final_softcap > 0)
+		for (int64_t j = 0; j < e->V; j++)
+			lg[j] = nz_softcap(lg[j], (float)e->cfg.final_softcap);
 	nz_sample_params sp = {.n_top = (int32_t)b->n_top};
 	if (i < p->n_sample) {
 		nz_apply_bias(lg, b, s);
@@ -781,9 +830,11 @@ static int32_t cpu_step(void *impl, const nz_batch *b, const nz_step_plan *p)
 	for (int64_t l = 0; l < e->L; l++) {
 		const cpu_layer *ly = &e->layers[l];
 		c.layer = l;
+		c.local_rope = e->cs_local && nz_layer_sliding(&e->cfg, l);
 		/* x = norm(h) (for layer 0; later layers get it fused with the residual) */
 		if (l == 0) {
 			c.add = NULL;
+			c.post_w = NULL;
 			c.norm_w = ly->attn_norm;
 			cpu_pool_run(e->pool, ttasks, resnorm_task, &c);
 		}
@@ -796,6 +847,7 @@ static int32_t cpu_step(void *impl, const nz_batch *b, const nz_step_plan *p)
 		setup_group(&c, 1, o_m, e->att, yo);
 		run_group(&c, use_lora);
 		c.add = e->y;
+		c.post_w = ly->post_attn_norm;
 		c.norm_w = ly->ffn_norm;
 		cpu_pool_run(e->pool, ttasks, resnorm_task, &c);
 		float *ygu[2] = {e->g, e->u};
@@ -806,6 +858,7 @@ static int32_t cpu_step(void *impl, const nz_batch *b, const nz_step_plan *p)
 		setup_group(&c, 1, down, e->g, yd);
 		run_group(&c, use_lora);
 		c.add = e->y;
+		c.post_w = ly->post_ffn_norm;
 		c.norm_w = l + 1 < e->L ? e->layers[l + 1].attn_norm : NULL;
 		cpu_pool_run(e->pool, ttasks, resnorm_task, &c);
 	}

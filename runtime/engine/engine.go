@@ -3,6 +3,7 @@ package engine
 import (
 	"errors"
 	"fmt"
+	"math"
 	goruntime "runtime"
 	"unsafe"
 
@@ -155,6 +156,30 @@ func (l *Library) NewEngine(m *model.Model, opts Options) (*Engine, error) {
 	}
 	if m.Tied {
 		cfg.TieWordEmbeddings = 1
+	}
+	if c.HiddenAct == model.ActGeluTanh {
+		cfg.HiddenAct = nzActGeluTanh
+	}
+	cfg.NormWeightOffset = c.NormWeightOffset
+	if c.EmbedScaled {
+		cfg.EmbedScale = c.EmbedScale(m.DType) // as the checkpoint runs in transformers
+	}
+	if c.QueryPreAttnScalar > 0 {
+		cfg.AttnScale = 1 / math.Sqrt(c.QueryPreAttnScalar)
+	}
+	cfg.AttnSoftcap, cfg.FinalSoftcap = c.AttnSoftcap, c.FinalSoftcap
+	cfg.RopeLocalTheta = c.RopeLocalTheta
+	var pin goruntime.Pinner
+	defer pin.Unpin()
+	if c.SlidingLayers != nil {
+		sliding := make([]int32, c.NumLayers)
+		for l := range sliding {
+			if c.SlidingLayer(l) {
+				sliding[l] = 1
+			}
+		}
+		pin.Pin(&sliding[0])
+		cfg.LayerSliding = unsafe.Pointer(&sliding[0])
 	}
 	if c.RopeScaling.Truncate {
 		cfg.RopeTruncate = 1

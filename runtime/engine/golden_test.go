@@ -74,6 +74,32 @@ func fixtures() []fixture {
 			},
 		},
 		{
+			// Gemma 2: norms of (1 + w) before and after attention and MLP,
+			// scaled embeddings, GELU(tanh), query_pre_attn_scalar apart
+			// from head_dim, soft-capped scores and logits (caps small
+			// enough to bend these), even layers sliding.
+			name: "gemma2-bf16",
+			spec: model.Spec{Arch: "gemma2", VocabSize: 64, HiddenSize: 32, IntermediateSize: 48, NumLayers: 2, NumHeads: 4, NumKVHeads: 2,
+				HeadDim: 16, Tied: true, SlidingWindow: 4, QueryPreAttnScalar: 24, AttnSoftcap: 2, FinalSoftcap: 3,
+				RMSNormEps: 1e-6, DType: safetensors.BF16, Seed: 7001},
+			adapters: map[string]model.AdapterSpec{
+				"adapter-h": {Rank: 8, Alpha: 16, Seed: 7002, DType: safetensors.BF16},
+			},
+		},
+		{
+			// Gemma 3: Gemma 2's layer plus q/k head norms, two sliding
+			// layers then a full one, local RoPE base on the sliding layers
+			// and linear scaling on the full one, no soft-caps.
+			name: "gemma3-bf16",
+			spec: model.Spec{Arch: "gemma3_text", VocabSize: 64, HiddenSize: 32, IntermediateSize: 48, NumLayers: 3, NumHeads: 4, NumKVHeads: 1,
+				HeadDim: 16, Tied: true, SlidingWindow: 5, SlidingWindowPattern: 3, RopeTheta: 1e6, RopeLocalTheta: 1e4,
+				Rope: &model.RopeScaling{Type: model.RopeLinear, Factor: 2}, RMSNormEps: 1e-6, DType: safetensors.BF16, Seed: 8001},
+			adapters: map[string]model.AdapterSpec{
+				"adapter-i": {Rank: 4, Alpha: 8, RSLoRA: true, Seed: 8002, DType: safetensors.F32,
+					Modules: []model.Module{model.ModuleQ, model.ModuleV, model.ModuleGate, model.ModuleDown}},
+			},
+		},
+		{
 			name: "llama3-sharded",
 			spec: model.Spec{VocabSize: 64, HiddenSize: 32, IntermediateSize: 48, NumLayers: 2, NumHeads: 2, NumKVHeads: 1, HeadDim: 16,
 				AttentionBias: true, MLPBias: true, RopeTheta: 500000, Shards: 2, DType: safetensors.F16, Seed: 3001,

@@ -1,14 +1,16 @@
 package engine_test
 
-// A plain float64 forward pass of the Llama family, written from the
-// Hugging Face conventions (engine spec §1) and PEFT's LoRA math (§3.5). It
-// is slow and simple on purpose: the engine's logits are checked against it.
+// A plain float64 forward pass of the Llama family (Gemma 2 and 3 included),
+// written from the Hugging Face conventions (engine spec §1) and PEFT's
+// LoRA math (§3.5). It is slow and simple on purpose: the engine's logits
+// are checked against it.
 
 import (
 	"math"
 	"testing"
 
 	"github.com/nozzle-ai/nozzle/runtime/model"
+	"github.com/nozzle-ai/nozzle/runtime/safetensors"
 )
 
 type refLinear struct {
@@ -35,7 +37,8 @@ func (l *refLinear) apply(x []float64) []float64 {
 
 type refLayer struct {
 	attnNorm, ffnNorm []float64
-	qNorm, kNorm      []float64                   // [hd] or nil (Qwen3)
+	qNorm, kNorm      []float64                   // [hd] or nil (Qwen3, Gemma 3)
+	postAttn, postFFN []float64                   // [H] or nil (Gemma)
 	proj              [model.NumModules]refLinear // q k v o gate up down
 }
 
@@ -46,7 +49,9 @@ type refModel struct {
 	finalNorm []float64
 	layers    []refLayer
 	invFreq   []float64
-	ropeScale float64 // refRopeScale
+	ropeScale float64   // refRopeScale
+	localInv  []float64 // Gemma 3's sliding layers' inv_freq, or nil
+	dtype     safetensors.DType
 }
 
 type refLoRA struct {
@@ -75,7 +80,7 @@ func f64s(t testing.TB, w model.Weight) []float64 {
 func newRefModel(t testing.TB, m *model.Model) *refModel {
 	t.Helper()
 	c := m.Config
-	r := &refModel{cfg: c}
+	r := &refModel{cfg: c, dtype: m.DType}
 	get := func(kind model.TensorKind, layer int) []float64 {
 		w, ok := m.Weight(kind, layer)
 		if !ok {
@@ -83,17 +88,27 @@ func newRefModel(t testing.TB, m *model.Model) *refModel {
 		}
 		return f64s(t, w)
 	}
+	// Gemma's norms multiply by (1 + w).
+	norm := func(kind model.TensorKind, layer int) []float64 {
+		w := get(kind, layer)
+		for i := range w {
+			w[i] += c.NormWeightOffset
+		}
+		return w
+	}
 	r.embed = refLinear{w: get(model.KindEmbed, -1), in: c.HiddenSize, out: c.VocabSize}
 	r.lmHead = r.embed
 	if !m.Tied {
 		r.lmHead = refLinear{w: get(model.KindLMHead, -1), in: c.HiddenSize, out: c.VocabSize}
 	}
-	r.finalNorm = get(model.KindFinalNorm, -1)
+	r.finalNorm = norm(model.KindFinalNorm, -1)
 	info := m.Info()
 	for l := 0; l < c.NumLayers; l++ {
 		var L refLayer
-		L.attnNorm = get(model.KindAttnNorm, l)
-		L.ffnNorm = get(model.KindFFNNorm, l)
+		L.attnNorm = norm(model.KindAttnNorm, l)
+		L.ffnNorm = norm(model.KindFFNNorm, l)
+		L.postAttn = norm(model.KindPostAttnNorm, l)
+		L.postFFN = norm(model.KindPostFFNNorm, l)
 		for mod := model.Module(0); mod < model.NumModules; mod++ {
 			in, out := mod.Features(info)
 			L.proj[mod] = refLinear{w: get(mod.Kind(), l), in: in, out: out}
@@ -105,12 +120,17 @@ func newRefModel(t testing.TB, m *model.Model) *refModel {
 		L.proj[model.ModuleGate].b = get(model.KindGateBias, l)
 		L.proj[model.ModuleUp].b = get(model.KindUpBias, l)
 		L.proj[model.ModuleDown].b = get(model.KindDownBias, l)
-		L.qNorm = get(model.KindQNorm, l)
-		L.kNorm = get(model.KindKNorm, l)
+		L.qNorm = norm(model.KindQNorm, l)
+		L.kNorm = norm(model.KindKNorm, l)
 		r.layers = append(r.layers, L)
 	}
 	r.invFreq = refInvFreq(c)
 	r.ropeScale = refRopeScale(c)
+	if c.RopeLocalTheta > 0 {
+		lc := c
+		lc.RopeTheta, lc.RopeScaling = c.RopeLocalTheta, model.RopeScaling{Type: model.RopeDefault, Factor: 1}
+		r.localInv = refInvFreq(lc)
+	}
 	return r
 }
 
@@ -197,15 +217,20 @@ func headNorm(x, w []float64, eps float64) {
 	}
 }
 
-// rope rotates each head of x (heads × hd) in place, rotate-half style.
-func (r *refModel) rope(x []float64, heads, pos int) {
+// rope rotates each head of x (heads × hd) in place, rotate-half style,
+// with layer l's frequencies.
+func (r *refModel) rope(x []float64, heads, pos, l int) {
 	hd := r.cfg.HeadDim
 	half := hd / 2
+	inv, scale := r.invFreq, r.ropeScale
+	if r.localInv != nil && r.cfg.SlidingLayer(l) {
+		inv, scale = r.localInv, 1
+	}
 	for h := 0; h < heads; h++ {
 		v := x[h*hd : (h+1)*hd]
 		for i := 0; i < half; i++ {
-			a := float64(pos) * r.invFreq[i]
-			c, s := math.Cos(a)*r.ropeScale, math.Sin(a)*r.ropeScale
+			a := float64(pos) * inv[i]
+			c, s := math.Cos(a)*scale, math.Sin(a)*scale
 			x1, x2 := v[i], v[i+half]
 			v[i] = x1*c - x2*s
 			v[i+half] = x2*c + x1*s
@@ -245,6 +270,24 @@ func (r *refModel) forward(tokens []int32, ad refAdapter) [][]float64 {
 	h := make([][]float64, T)
 	for t, id := range tokens {
 		h[t] = append([]float64(nil), r.embed.w[int(id)*H:(int(id)+1)*H]...)
+		for i := range h[t] {
+			h[t][i] *= c.EmbedScale(r.dtype)
+		}
+	}
+	softcap := func(x, c float64) float64 {
+		if c == 0 {
+			return x
+		}
+		return c * math.Tanh(x/c)
+	}
+	// residual adds a module's output to h, through Gemma's post norm.
+	residual := func(h, a, post []float64) {
+		if post != nil {
+			a = rmsNorm(a, post, c.RMSNormEps)
+		}
+		for i := range a {
+			h[i] += a[i]
+		}
 	}
 	for l := range r.layers {
 		L := &r.layers[l]
@@ -258,14 +301,17 @@ func (r *refModel) forward(tokens []int32, ad refAdapter) [][]float64 {
 				headNorm(q[t], L.qNorm, c.RMSNormEps)
 				headNorm(k[t], L.kNorm, c.RMSNormEps)
 			}
-			r.rope(q[t], nh, t)
-			r.rope(k[t], nkv, t)
+			r.rope(q[t], nh, t, l)
+			r.rope(k[t], nkv, t, l)
 		}
 		window := 0
 		if c.SlidingLayer(l) {
 			window = c.SlidingWindow
 		}
 		scale := 1 / math.Sqrt(float64(hd))
+		if c.QueryPreAttnScalar > 0 {
+			scale = 1 / math.Sqrt(c.QueryPreAttnScalar)
+		}
 		for t := 0; t < T; t++ {
 			o := make([]float64, nh*hd)
 			for head := 0; head < nh; head++ {
@@ -282,7 +328,7 @@ func (r *refModel) forward(tokens []int32, ad refAdapter) [][]float64 {
 					for d := 0; d < hd; d++ {
 						s += qv[d] * k[j][kh*hd+d]
 					}
-					scores[j-lo] = s * scale
+					scores[j-lo] = softcap(s*scale, c.AttnSoftcap)
 					mx = math.Max(mx, scores[j-lo])
 				}
 				var sum float64
@@ -297,27 +343,29 @@ func (r *refModel) forward(tokens []int32, ad refAdapter) [][]float64 {
 					}
 				}
 			}
-			a := r.proj(l, model.ModuleO, o, ad)
-			for i := range a {
-				h[t][i] += a[i]
-			}
+			residual(h[t], r.proj(l, model.ModuleO, o, ad), L.postAttn)
 		}
 		for t := 0; t < T; t++ {
 			x := rmsNorm(h[t], L.ffnNorm, c.RMSNormEps)
 			g := r.proj(l, model.ModuleGate, x, ad)
 			u := r.proj(l, model.ModuleUp, x, ad)
 			for i := range g {
-				g[i] = g[i] / (1 + math.Exp(-g[i])) * u[i]
+				if c.HiddenAct == model.ActGeluTanh {
+					x := g[i]
+					g[i] = 0.5 * x * (1 + math.Tanh(math.Sqrt(2/math.Pi)*(x+0.044715*x*x*x))) * u[i]
+				} else {
+					g[i] = g[i] / (1 + math.Exp(-g[i])) * u[i]
+				}
 			}
-			d := r.proj(l, model.ModuleDown, g, ad)
-			for i := range d {
-				h[t][i] += d[i]
-			}
+			residual(h[t], r.proj(l, model.ModuleDown, g, ad), L.postFFN)
 		}
 	}
 	logits := make([][]float64, T)
 	for t := 0; t < T; t++ {
 		logits[t] = r.lmHead.apply(rmsNorm(h[t], r.finalNorm, c.RMSNormEps))
+		for i := range logits[t] {
+			logits[t][i] = softcap(logits[t][i], c.FinalSoftcap)
+		}
 	}
 	return logits
 }
@@ -387,7 +435,7 @@ func TestReference_RoPEVectors(t *testing.T) {
 	}
 	r := &refModel{cfg: model.Config{HeadDim: 4}, invFreq: refInvFreq(model.Config{HeadDim: 4, RopeTheta: 10000}), ropeScale: 1}
 	x := []float64{1, 2, 3, 4}
-	r.rope(x, 1, 1)
+	r.rope(x, 1, 1, 0)
 	want := []float64{math.Cos(1) - 3*math.Sin(1), 2*math.Cos(0.01) - 4*math.Sin(0.01), 3*math.Cos(1) + math.Sin(1), 4*math.Cos(0.01) + 2*math.Sin(0.01)}
 	for i := range x {
 		if math.Abs(x[i]-want[i]) > 1e-12 {

@@ -26,6 +26,8 @@ const (
 	ArchQwen2   = "Qwen2ForCausalLM"
 	ArchQwen3   = "Qwen3ForCausalLM"
 	ArchPhi3    = "Phi3ForCausalLM"
+	ArchGemma2  = "Gemma2ForCausalLM"
+	ArchGemma3  = "Gemma3ForCausalLM"
 )
 
 type archName struct{ modelType, arch string }
@@ -34,6 +36,7 @@ type archName struct{ modelType, arch string }
 // model_type, in the order errors list them.
 var supported = []archName{
 	{"llama", ArchLlama}, {"mistral", ArchMistral}, {"qwen2", ArchQwen2}, {"qwen3", ArchQwen3}, {"phi3", ArchPhi3},
+	{"gemma2", ArchGemma2}, {"gemma3_text", ArchGemma3},
 }
 
 var archByModelType = func() map[string]string {
@@ -62,6 +65,17 @@ func Fused(arch string) bool { return arch == ArchPhi3 }
 // isQwen reports whether the architecture is Qwen2's or Qwen3's, which
 // share their defaults and their sliding window's spelling.
 func isQwen(arch string) bool { return arch == ArchQwen2 || arch == ArchQwen3 }
+
+// IsGemma reports whether the architecture is Gemma 2's or Gemma 3's: norms
+// of (1 + w), scaled embeddings, GELU, post-attention and post-MLP norms,
+// alternating sliding-window layers.
+func IsGemma(arch string) bool { return arch == ArchGemma2 || arch == ArchGemma3 }
+
+// Activations of the gated MLP.
+const (
+	ActSilu     = "silu"
+	ActGeluTanh = "gelu_pytorch_tanh"
+)
 
 // RoPE scaling types the engine implements.
 const (
@@ -140,8 +154,38 @@ type Config struct {
 	// MLPBias: gate, up and down projections have biases (Llama mlp_bias).
 	MLPBias bool
 	// QKNorm: each head of q and of k is RMS-normalised (own weights of
-	// head_dim, rms_norm_eps) after the projection and before RoPE (Qwen3).
+	// head_dim, rms_norm_eps) after the projection and before RoPE (Qwen3,
+	// Gemma 3).
 	QKNorm bool
+
+	// Gemma 2 and 3; the zero values give the Llama computation.
+	//
+	// NormWeightOffset: every RMSNorm multiplies by (offset + w) (Gemma: 1).
+	NormWeightOffset float64
+	// HiddenAct is the gated MLP's activation, ActSilu or ActGeluTanh.
+	HiddenAct string
+	// EmbedScaled: embeddings are multiplied by √hidden_size rounded to
+	// the weights' dtype (EmbedScale).
+	EmbedScaled bool
+	// QueryPreAttnScalar, when set, scales attention scores by its inverse
+	// square root instead of head_dim's.
+	QueryPreAttnScalar float64
+	// AttnSoftcap and FinalSoftcap, when set, soft-cap attention scores and
+	// the logits: cap·tanh(x/cap).
+	AttnSoftcap  float64
+	FinalSoftcap float64
+	// RopeLocalTheta, when set, is the RoPE base of the sliding-window
+	// layers (default RoPE); the others use RopeTheta and RopeScaling
+	// (Gemma 3's rope_local_base_freq).
+	RopeLocalTheta float64
+	// PostNorms: the attention's and the MLP's outputs are RMS-normalised
+	// before the residual add (Gemma's post_attention_layernorm and
+	// post_feedforward_layernorm; the MLP's input norm is then
+	// pre_feedforward_layernorm).
+	PostNorms bool
+	// SlidingLayers, when not nil, says which layers use the window; it
+	// replaces SlidingWindowFromLayer (Gemma's alternating layers).
+	SlidingLayers []bool
 	// DType is torch_dtype/dtype as a safetensors dtype ("" when absent).
 	DType safetensors.DType
 
@@ -185,16 +229,23 @@ type rawConfig struct {
 	AttentionBias         *bool           `json:"attention_bias"`
 	MLPBias               *bool           `json:"mlp_bias"`
 	HiddenAct             *string         `json:"hidden_act"`
-	SlidingWindow         json.RawMessage `json:"sliding_window"`
-	UseSlidingWindow      *bool           `json:"use_sliding_window"`
-	MaxWindowLayers       *int            `json:"max_window_layers"`
-	LayerTypes            []string        `json:"layer_types"`
-	TorchDType            *string         `json:"torch_dtype"`
-	DType                 *string         `json:"dtype"`
-	BOSTokenID            json.RawMessage `json:"bos_token_id"`
-	EOSTokenID            json.RawMessage `json:"eos_token_id"`
-	PadTokenID            json.RawMessage `json:"pad_token_id"`
-	PartialRotaryFactor   *float64        `json:"partial_rotary_factor"`
+	HiddenActivation      *string         `json:"hidden_activation"`
+	// Gemma 2 and 3
+	QueryPreAttnScalar   *float64        `json:"query_pre_attn_scalar"`
+	AttnLogitSoftcapping *float64        `json:"attn_logit_softcapping"`
+	FinalLogitSoftcap    *float64        `json:"final_logit_softcapping"`
+	RopeLocalBaseFreq    *float64        `json:"rope_local_base_freq"`
+	SlidingWindowPattern *int            `json:"sliding_window_pattern"`
+	SlidingWindow        json.RawMessage `json:"sliding_window"`
+	UseSlidingWindow     *bool           `json:"use_sliding_window"`
+	MaxWindowLayers      *int            `json:"max_window_layers"`
+	LayerTypes           []string        `json:"layer_types"`
+	TorchDType           *string         `json:"torch_dtype"`
+	DType                *string         `json:"dtype"`
+	BOSTokenID           json.RawMessage `json:"bos_token_id"`
+	EOSTokenID           json.RawMessage `json:"eos_token_id"`
+	PadTokenID           json.RawMessage `json:"pad_token_id"`
+	PartialRotaryFactor  *float64        `json:"partial_rotary_factor"`
 	// OriginalMaxPositionEmbeddings outside rope_scaling (Phi-3 puts it
 	// there); yarn falls back to it.
 	OriginalMaxPositionEmbeddings *float64 `json:"original_max_position_embeddings"`
@@ -275,6 +326,10 @@ func ParseConfig(b []byte) (*Config, error) {
 		c.VocabSize = 151936
 	} else if c.Architecture == ArchPhi3 {
 		c.VocabSize = 32064
+	} else if c.Architecture == ArchGemma2 {
+		c.VocabSize = 256000
+	} else if c.Architecture == ArchGemma3 {
+		c.VocabSize = 262208
 	}
 	if r.VocabSize != nil {
 		if c.VocabSize, err = need("vocab_size", r.VocabSize); err != nil {
@@ -284,6 +339,8 @@ func ParseConfig(b []byte) (*Config, error) {
 	c.NumKVHeads = c.NumHeads
 	if c.Architecture == ArchMistral {
 		c.NumKVHeads = 8
+	} else if IsGemma(c.Architecture) {
+		c.NumKVHeads = 4
 	}
 	if r.NumKeyValueHeads != nil {
 		if c.NumKVHeads, err = need("num_key_value_heads", r.NumKeyValueHeads); err != nil {
@@ -296,6 +353,8 @@ func ParseConfig(b []byte) (*Config, error) {
 	c.HeadDim = c.HiddenSize / c.NumHeads
 	if c.Architecture == ArchQwen3 {
 		c.HeadDim = 128 // Qwen3Config's default, whatever hidden_size is
+	} else if IsGemma(c.Architecture) {
+		c.HeadDim = 256 // Gemma2Config's and Gemma3TextConfig's
 	}
 	if r.HeadDim != nil {
 		if c.HeadDim, err = need("head_dim", r.HeadDim); err != nil {
@@ -312,6 +371,10 @@ func ParseConfig(b []byte) (*Config, error) {
 		c.MaxPositionEmbeddings = 32768
 	case ArchPhi3:
 		c.MaxPositionEmbeddings = 4096
+	case ArchGemma2:
+		c.MaxPositionEmbeddings = 8192
+	case ArchGemma3:
+		c.MaxPositionEmbeddings = 131072
 	default:
 		c.MaxPositionEmbeddings = 2048
 	}
@@ -330,7 +393,17 @@ func ParseConfig(b []byte) (*Config, error) {
 	if !(c.RMSNormEps > 0) || math.IsInf(c.RMSNormEps, 0) {
 		return nil, fmt.Errorf("rms_norm_eps %v must be a positive number", c.RMSNormEps)
 	}
-	if r.HiddenAct != nil && *r.HiddenAct != "silu" {
+	c.HiddenAct = ActSilu
+	if IsGemma(c.Architecture) {
+		// Gemma2Config and Gemma3TextConfig read hidden_activation (their
+		// hidden_act is a leftover the models ignore).
+		c.HiddenAct = ActGeluTanh
+		if r.HiddenActivation != nil {
+			if *r.HiddenActivation != ActGeluTanh {
+				return nil, fmt.Errorf("hidden_activation %q is not supported (want %s)", *r.HiddenActivation, ActGeluTanh)
+			}
+		}
+	} else if r.HiddenAct != nil && *r.HiddenAct != ActSilu {
 		return nil, fmt.Errorf("hidden_act %q is not supported (want silu)", *r.HiddenAct)
 	}
 	if r.PartialRotaryFactor != nil && *r.PartialRotaryFactor != 1 {
@@ -340,11 +413,25 @@ func ParseConfig(b []byte) (*Config, error) {
 	// RoPE: top-level rope_theta/rope_scaling, or transformers v5
 	// rope_parameters carrying both.
 	c.RopeTheta = 10000
+	if c.Architecture == ArchGemma3 {
+		c.RopeTheta = 1e6
+	}
 	if r.RopeTheta != nil {
 		c.RopeTheta = *r.RopeTheta
 	}
 	c.RopeScaling = RopeScaling{Type: RopeDefault, Factor: 1}
-	if isSet(r.RopeParameters) {
+	if c.Architecture == ArchGemma3 {
+		c.RopeLocalTheta = 10000
+		if r.RopeLocalBaseFreq != nil {
+			c.RopeLocalTheta = *r.RopeLocalBaseFreq
+		}
+	}
+	if c.Architecture == ArchGemma3 && isSet(r.RopeParameters) && bytes.Contains(r.RopeParameters, []byte(`"sliding_attention"`)) {
+		// transformers v5 nests Gemma 3's two RoPEs by layer type.
+		if err := c.parseGemma3Rope(r.RopeParameters, r.OriginalMaxPositionEmbeddings); err != nil {
+			return nil, err
+		}
+	} else if isSet(r.RopeParameters) {
 		theta, err := c.parseRope(r.RopeParameters, "rope_parameters", r.OriginalMaxPositionEmbeddings)
 		if err != nil {
 			return nil, err
@@ -361,7 +448,8 @@ func ParseConfig(b []byte) (*Config, error) {
 		return nil, fmt.Errorf("rope_theta %v must be a positive number", c.RopeTheta)
 	}
 
-	c.TieWordEmbeddings = r.TieWordEmbeddings != nil && *r.TieWordEmbeddings
+	// Gemma2Config and Gemma3TextConfig tie by default.
+	c.TieWordEmbeddings = IsGemma(c.Architecture) && r.TieWordEmbeddings == nil || r.TieWordEmbeddings != nil && *r.TieWordEmbeddings
 	switch c.Architecture {
 	case ArchQwen2:
 		c.QKVBias = true
@@ -375,6 +463,10 @@ func ParseConfig(b []byte) (*Config, error) {
 			c.QKVBias, c.OBias = true, true
 		}
 		c.MLPBias = r.MLPBias != nil && *r.MLPBias
+	case ArchGemma2, ArchGemma3:
+		if err := c.parseGemma(&r); err != nil {
+			return nil, err
+		}
 	}
 
 	if err := c.parseSlidingWindow(&r); err != nil {
@@ -665,42 +757,166 @@ func (c *Config) parseSlidingWindow(r *rawConfig) error {
 		if r.MaxWindowLayers != nil {
 			c.SlidingWindowFromLayer = *r.MaxWindowLayers
 		}
+	case ArchGemma2, ArchGemma3:
+		if r.SlidingWindow == nil {
+			window = 4096 // both configs' default
+		}
+		c.SlidingWindow = window
+		// Without layer_types: Gemma 2 alternates sliding and full layers,
+		// Gemma 3 has sliding_window_pattern-1 sliding layers, then a full
+		// one ((i+1) % pattern != 0 slides).
+		pattern := 2
+		if c.Architecture == ArchGemma3 {
+			pattern = 6
+			if r.SlidingWindowPattern != nil {
+				pattern = *r.SlidingWindowPattern
+			}
+		}
+		if pattern < 1 {
+			return fmt.Errorf("sliding_window_pattern %d must be positive", pattern)
+		}
+		c.SlidingLayers = make([]bool, c.NumLayers)
+		for i := range c.SlidingLayers {
+			c.SlidingLayers[i] = (i+1)%pattern != 0
+		}
 	}
 	if len(r.LayerTypes) > 0 && c.SlidingWindow > 0 {
-		// Explicit layer types must be full layers followed by sliding
-		// ones, which is all the engine can express.
+		// Explicit layer types, in any order.
 		if len(r.LayerTypes) != c.NumLayers {
 			return fmt.Errorf("layer_types has %d entries for %d layers", len(r.LayerTypes), c.NumLayers)
 		}
-		from := len(r.LayerTypes)
+		c.SlidingLayers = make([]bool, c.NumLayers)
 		for i, t := range r.LayerTypes {
 			switch t {
 			case "sliding_attention":
-				if from > i {
-					from = i
-				}
+				c.SlidingLayers[i] = true
 			case "full_attention":
-				if from < i {
-					return fmt.Errorf("layer_types: full attention in layer %d after sliding layers is not supported", i)
-				}
 			default:
 				return fmt.Errorf("layer_types: %q is not supported", t)
 			}
 		}
-		c.SlidingWindowFromLayer = from
 	}
 	if c.SlidingWindowFromLayer < 0 {
 		return fmt.Errorf("max_window_layers %d is negative", c.SlidingWindowFromLayer)
 	}
-	if c.SlidingWindow == 0 || c.SlidingWindowFromLayer >= c.NumLayers {
-		c.SlidingWindow, c.SlidingWindowFromLayer = 0, 0
+	if c.SlidingLayers != nil {
+		// Full layers followed by sliding ones need no list.
+		from := slices.Index(c.SlidingLayers, true)
+		if from < 0 {
+			from = c.NumLayers
+		}
+		if !slices.Contains(c.SlidingLayers[from:], false) {
+			c.SlidingLayers, c.SlidingWindowFromLayer = nil, from
+		}
+	}
+	if c.SlidingWindow == 0 || c.SlidingLayers == nil && c.SlidingWindowFromLayer >= c.NumLayers {
+		c.SlidingWindow, c.SlidingWindowFromLayer, c.SlidingLayers = 0, 0, nil
 	}
 	return nil
 }
 
 // SlidingLayer reports whether layer uses the sliding window.
 func (c *Config) SlidingLayer(layer int) bool {
-	return c.SlidingWindow > 0 && layer >= c.SlidingWindowFromLayer
+	if c.SlidingWindow == 0 {
+		return false
+	}
+	if c.SlidingLayers != nil {
+		return c.SlidingLayers[layer]
+	}
+	return layer >= c.SlidingWindowFromLayer
+}
+
+// EmbedScale is the factor embeddings are multiplied by when the weights
+// are held in dt: 1 for most models; with EmbedScaled (Gemma), √hidden_size
+// rounded to dt, as transformers makes it (a tensor of the weights' dtype).
+func (c *Config) EmbedScale(dt safetensors.DType) float64 {
+	if !c.EmbedScaled {
+		return 1
+	}
+	f := float32(math.Sqrt(float64(c.HiddenSize)))
+	switch dt {
+	case safetensors.BF16:
+		f = safetensors.BF16ToF32(safetensors.F32ToBF16(f))
+	case safetensors.F16:
+		f = safetensors.F16ToF32(safetensors.F32ToF16(f))
+	}
+	return float64(f)
+}
+
+// parseGemma resolves Gemma 2's and Gemma 3's own fields.
+func (c *Config) parseGemma(r *rawConfig) error {
+	c.NormWeightOffset = 1
+	c.EmbedScaled = true
+	c.PostNorms = true
+	c.QKNorm = c.Architecture == ArchGemma3
+	if r.AttentionBias != nil && *r.AttentionBias {
+		c.QKVBias, c.OBias = true, true
+	}
+	c.QueryPreAttnScalar = 256 // both configs' default
+	if r.QueryPreAttnScalar != nil {
+		c.QueryPreAttnScalar = *r.QueryPreAttnScalar
+	}
+	if !(c.QueryPreAttnScalar > 0) || math.IsInf(c.QueryPreAttnScalar, 0) {
+		return fmt.Errorf("query_pre_attn_scalar %v must be a positive number", c.QueryPreAttnScalar)
+	}
+	// Gemma 2 caps by default (50 and 30); Gemma 3 does not. null is off.
+	capOf := func(v *float64, def float64, name string) (float64, error) {
+		if v == nil {
+			return def, nil
+		}
+		if *v < 0 || math.IsInf(*v, 0) {
+			return 0, fmt.Errorf("%s %v must be a non-negative number", name, *v)
+		}
+		return *v, nil
+	}
+	var defAttn, defFinal float64
+	if c.Architecture == ArchGemma2 {
+		defAttn, defFinal = 50, 30
+	}
+	var err error
+	if c.AttnSoftcap, err = capOf(r.AttnLogitSoftcapping, defAttn, "attn_logit_softcapping"); err != nil {
+		return err
+	}
+	if c.FinalSoftcap, err = capOf(r.FinalLogitSoftcap, defFinal, "final_logit_softcapping"); err != nil {
+		return err
+	}
+	if c.Architecture == ArchGemma3 && !(c.RopeLocalTheta > 0) {
+		return fmt.Errorf("rope_local_base_freq %v must be a positive number", c.RopeLocalTheta)
+	}
+	return nil
+}
+
+// parseGemma3Rope reads transformers v5's rope_parameters for Gemma 3:
+// {"full_attention": {...}, "sliding_attention": {...}}. The sliding layers'
+// RoPE must be the default type (the engine gives them no scaling).
+func (c *Config) parseGemma3Rope(raw json.RawMessage, topOrig *float64) error {
+	var m map[string]json.RawMessage
+	if err := json.Unmarshal(raw, &m); err != nil {
+		return fmt.Errorf("rope_parameters is not an object: %w", err)
+	}
+	if full, ok := m["full_attention"]; ok && isSet(full) {
+		theta, err := c.parseRope(full, "rope_parameters.full_attention", topOrig)
+		if err != nil {
+			return err
+		}
+		if theta != nil {
+			c.RopeTheta = *theta
+		}
+	}
+	global := c.RopeScaling
+	local := Config{}
+	theta, err := local.parseRope(m["sliding_attention"], "rope_parameters.sliding_attention", topOrig)
+	if err != nil {
+		return err
+	}
+	if local.RopeScaling.Type != RopeDefault {
+		return fmt.Errorf("rope_parameters.sliding_attention: rope_type %q is not supported for sliding layers (want default)", local.RopeScaling.Type)
+	}
+	if theta != nil {
+		c.RopeLocalTheta = *theta
+	}
+	c.RopeScaling = global
+	return nil
 }
 
 // LoadGenerationConfig reads dir/generation_config.json; it returns nil and

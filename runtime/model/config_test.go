@@ -20,7 +20,7 @@ func TestParseConfig(t *testing.T) {
 	}{
 		{"LlamaDefaults", `{"architectures":["LlamaForCausalLM"],` + base + `}`, func(t *testing.T, c *model.Config) {
 			want := model.Config{Architecture: model.ArchLlama, VocabSize: 32000, HiddenSize: 64, IntermediateSize: 128, NumLayers: 4, NumHeads: 8, NumKVHeads: 8, HeadDim: 8,
-				MaxPositionEmbeddings: 2048, RMSNormEps: 1e-6, RopeTheta: 10000, RopeScaling: model.RopeScaling{Type: "default", Factor: 1}, BOSTokenID: -1, PadTokenID: -1}
+				MaxPositionEmbeddings: 2048, RMSNormEps: 1e-6, RopeTheta: 10000, RopeScaling: model.RopeScaling{Type: "default", Factor: 1}, HiddenAct: model.ActSilu, BOSTokenID: -1, PadTokenID: -1}
 			if !reflect.DeepEqual(*c, want) {
 				t.Errorf("got  %+v\nwant %+v", *c, want)
 			}
@@ -166,7 +166,6 @@ func TestParseConfig_Errors(t *testing.T) {
 		{"DType", `{"model_type":"llama","torch_dtype":"int8",` + base + `}`, `dtype "int8"`},
 		{"EOS", `{"model_type":"llama","eos_token_id":"x",` + base + `}`, "eos_token_id"},
 		{"JSON", `{"model_type":`, "not valid JSON"},
-		{"LayerTypesOrder", `{"model_type":"qwen2","use_sliding_window":true,"sliding_window":16,"layer_types":["sliding_attention","full_attention","sliding_attention","sliding_attention"],` + base + `}`, "full attention in layer 1"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -23,8 +23,9 @@ import (
 // Spec describes a random model for WriteRandomModel. Zero fields take the
 // defaults noted.
 type Spec struct {
-	// Arch is "llama" (default), "mistral", "qwen2", "qwen3" or "phi3"
-	// (q/k/v and gate/up fused in the checkpoint).
+	// Arch is "llama" (default), "mistral", "qwen2", "qwen3", "phi3"
+	// (q/k/v and gate/up fused in the checkpoint), "gemma2" or
+	// "gemma3_text": the config.json model_type.
 	Arch             string
 	VocabSize        int
 	HiddenSize       int
@@ -71,14 +72,24 @@ type Spec struct {
 	// root of HiddenSize; a scale near 3/sqrt(HiddenSize) keeps a random
 	// model's next-token distribution from collapsing onto one token.
 	FinalNormScale float64
+	// Gemma: QueryPreAttnScalar (default head_dim), the soft-caps (0
+	// writes null: off), RopeLocalTheta (Gemma 3's rope_local_base_freq,
+	// default 10000) and SlidingWindowPattern (Gemma 3's, default 6).
+	QueryPreAttnScalar   float64
+	AttnSoftcap          float64
+	FinalSoftcap         float64
+	RopeLocalTheta       float64
+	SlidingWindowPattern int
 }
+
+func (s *Spec) gemma() bool { return s.Arch == "gemma2" || s.Arch == "gemma3_text" }
 
 func (s *Spec) defaults() error {
 	if s.Arch == "" {
 		s.Arch = "llama"
 	}
 	if _, ok := archByModelType[s.Arch]; !ok {
-		return fmt.Errorf("generate model: arch %q is not llama, mistral, qwen2, qwen3 or phi3", s.Arch)
+		return fmt.Errorf("generate model: arch %q is not llama, mistral, qwen2, qwen3, phi3, gemma2 or gemma3_text", s.Arch)
 	}
 	if s.VocabSize <= 0 || s.HiddenSize <= 0 || s.IntermediateSize <= 0 || s.NumLayers <= 0 || s.NumHeads <= 0 {
 		return errors.New("generate model: vocab, hidden, intermediate, layers and heads must be positive")
@@ -107,6 +118,19 @@ func (s *Spec) defaults() error {
 	if s.BOSTokenID == 0 {
 		s.BOSTokenID = 1
 	}
+	if s.gemma() {
+		if s.QueryPreAttnScalar == 0 {
+			s.QueryPreAttnScalar = float64(s.headDim())
+		}
+		if s.Arch == "gemma3_text" {
+			if s.RopeLocalTheta == 0 {
+				s.RopeLocalTheta = 10000
+			}
+			if s.SlidingWindowPattern == 0 {
+				s.SlidingWindowPattern = 6
+			}
+		}
+	}
 	return nil
 }
 
@@ -129,10 +153,11 @@ func (s Spec) Info() nozzle.ModelInfo {
 
 // init kinds of generated tensors.
 const (
-	initLinear = iota // uniform with std 1/sqrt(in)
-	initEmbed         // uniform with std 1
-	initNorm          // 1 ± 0.1
-	initBias          // uniform with std 0.1
+	initLinear     = iota // uniform with std 1/sqrt(in)
+	initEmbed             // uniform with std 1
+	initNorm              // 1 ± 0.1
+	initBias              // uniform with std 0.1
+	initNormOffset        // 0 ± 0.1: Gemma's norms multiply by 1 + w
 )
 
 type genTensor struct {
@@ -145,9 +170,13 @@ func (s *Spec) tensors() []genTensor {
 	H, I, V := int64(s.HiddenSize), int64(s.IntermediateSize), int64(s.VocabSize)
 	q, kv := int64(s.NumHeads*s.headDim()), int64(s.NumKVHeads*s.headDim())
 	ts := []genTensor{{"model.embed_tokens.weight", []int64{V, H}, initEmbed}}
+	norm := initNorm
+	if s.gemma() {
+		norm = initNormOffset
+	}
 	for l := 0; l < s.NumLayers; l++ {
 		p := fmt.Sprintf("model.layers.%d.", l)
-		ts = append(ts, genTensor{p + "input_layernorm.weight", []int64{H}, initNorm})
+		ts = append(ts, genTensor{p + "input_layernorm.weight", []int64{H}, norm})
 		if s.Arch == "phi3" {
 			ts = append(ts, genTensor{p + "self_attn.qkv_proj.weight", []int64{q + 2*kv, H}, initLinear})
 		} else {
@@ -158,7 +187,7 @@ func (s *Spec) tensors() []genTensor {
 			)
 		}
 		ts = append(ts, genTensor{p + "self_attn.o_proj.weight", []int64{H, q}, initLinear})
-		attnBias := (s.Arch == "llama" || s.Arch == "qwen3") && s.AttentionBias
+		attnBias := (s.Arch == "llama" || s.Arch == "qwen3" || s.gemma()) && s.AttentionBias
 		if s.Arch == "qwen2" || attnBias {
 			ts = append(ts,
 				genTensor{p + "self_attn.q_proj.bias", []int64{q}, initBias},
@@ -169,14 +198,17 @@ func (s *Spec) tensors() []genTensor {
 		if attnBias {
 			ts = append(ts, genTensor{p + "self_attn.o_proj.bias", []int64{H}, initBias})
 		}
-		if s.Arch == "qwen3" {
+		if s.Arch == "qwen3" || s.Arch == "gemma3_text" {
 			hd := int64(s.headDim())
 			ts = append(ts,
-				genTensor{p + "self_attn.q_norm.weight", []int64{hd}, initNorm},
-				genTensor{p + "self_attn.k_norm.weight", []int64{hd}, initNorm},
+				genTensor{p + "self_attn.q_norm.weight", []int64{hd}, norm},
+				genTensor{p + "self_attn.k_norm.weight", []int64{hd}, norm},
 			)
 		}
-		ts = append(ts, genTensor{p + "post_attention_layernorm.weight", []int64{H}, initNorm})
+		ts = append(ts, genTensor{p + "post_attention_layernorm.weight", []int64{H}, norm})
+		if s.gemma() {
+			ts = append(ts, genTensor{p + "pre_feedforward_layernorm.weight", []int64{H}, norm})
+		}
 		if s.Arch == "phi3" {
 			ts = append(ts, genTensor{p + "mlp.gate_up_proj.weight", []int64{2 * I, H}, initLinear})
 		} else {
@@ -186,6 +218,9 @@ func (s *Spec) tensors() []genTensor {
 			)
 		}
 		ts = append(ts, genTensor{p + "mlp.down_proj.weight", []int64{H, I}, initLinear})
+		if s.gemma() {
+			ts = append(ts, genTensor{p + "post_feedforward_layernorm.weight", []int64{H}, norm})
+		}
 		if s.Arch == "llama" && s.MLPBias {
 			ts = append(ts,
 				genTensor{p + "mlp.gate_proj.bias", []int64{I}, initBias},
@@ -194,7 +229,7 @@ func (s *Spec) tensors() []genTensor {
 			)
 		}
 	}
-	ts = append(ts, genTensor{"model.norm.weight", []int64{H}, initNorm})
+	ts = append(ts, genTensor{"model.norm.weight", []int64{H}, norm})
 	if !s.Tied {
 		ts = append(ts, genTensor{"lm_head.weight", []int64{V, H}, initLinear})
 	}
@@ -345,6 +380,28 @@ func (s *Spec) config() map[string]any {
 			c["sliding_window"] = s.SlidingWindow
 		}
 		c["max_window_layers"] = s.MaxWindowLayers
+	case "gemma2", "gemma3_text":
+		c["hidden_activation"] = ActGeluTanh
+		c["hidden_act"] = ActGeluTanh
+		c["attention_bias"] = s.AttentionBias
+		c["head_dim"] = s.headDim()
+		c["query_pre_attn_scalar"] = s.QueryPreAttnScalar
+		orNull := func(v float64) any {
+			if v == 0 {
+				return nil
+			}
+			return v
+		}
+		c["attn_logit_softcapping"] = orNull(s.AttnSoftcap)
+		c["final_logit_softcapping"] = orNull(s.FinalSoftcap)
+		c["sliding_window"] = 4096
+		if s.SlidingWindow > 0 {
+			c["sliding_window"] = s.SlidingWindow
+		}
+		if s.Arch == "gemma3_text" {
+			c["rope_local_base_freq"] = s.RopeLocalTheta
+			c["sliding_window_pattern"] = s.SlidingWindowPattern
+		}
 	}
 	return c
 }
@@ -444,9 +501,15 @@ func (g *filler) fill(t genTensor, dt safetensors.DType) []byte {
 		center, halfWidth = 1, 0.1
 	case initBias:
 		halfWidth = float32(0.1 * math.Sqrt(3))
+	case initNormOffset:
+		halfWidth = 0.1
 	}
 	if t.name == "model.norm.weight" && g.finalNormScale != 0 {
-		center, halfWidth = center*float32(g.finalNormScale), halfWidth*float32(g.finalNormScale)
+		if t.init == initNormOffset { // scale 1 + w
+			center, halfWidth = float32(g.finalNormScale)-1, halfWidth*float32(g.finalNormScale)
+		} else {
+			center, halfWidth = center*float32(g.finalNormScale), halfWidth*float32(g.finalNormScale)
+		}
 	}
 	chunks := (n + fillChunk - 1) / fillChunk
 	workers := min(int64(goruntime.GOMAXPROCS(0)), chunks)

@@ -425,6 +425,15 @@ func (m *Model) collect(find lookup) error {
 	if err := add(KindFinalNorm, -1, "model.norm.weight", true, H); err != nil {
 		return err
 	}
+	// Gemma's post_attention_layernorm normalises the attention's output;
+	// its MLP input norm is pre_feedforward_layernorm.
+	ffnNorm := struct {
+		kind TensorKind
+		name string
+	}{KindFFNNorm, "post_attention_layernorm.weight"}
+	if c.PostNorms {
+		ffnNorm.name = "pre_feedforward_layernorm.weight"
+	}
 	for l := 0; l < c.NumLayers; l++ {
 		p := fmt.Sprintf("model.layers.%d.", l)
 		list := []struct {
@@ -434,7 +443,7 @@ func (m *Model) collect(find lookup) error {
 			shape    []int64
 		}{
 			{KindAttnNorm, "input_layernorm.weight", true, []int64{H}},
-			{KindFFNNorm, "post_attention_layernorm.weight", true, []int64{H}},
+			{ffnNorm.kind, ffnNorm.name, true, []int64{H}},
 			{KindQ, "self_attn.q_proj.weight", true, []int64{q, H}},
 			{KindK, "self_attn.k_proj.weight", true, []int64{kv, H}},
 			{KindV, "self_attn.v_proj.weight", true, []int64{kv, H}},
@@ -492,6 +501,14 @@ func (m *Model) collect(find lookup) error {
 				return err
 			}
 			if err := add(KindKNorm, l, p+"self_attn.k_norm.weight", true, hd); err != nil {
+				return err
+			}
+		}
+		if c.PostNorms {
+			if err := add(KindPostAttnNorm, l, p+"post_attention_layernorm.weight", true, H); err != nil {
+				return err
+			}
+			if err := add(KindPostFFNNorm, l, p+"post_feedforward_layernorm.weight", true, H); err != nil {
 				return err
 			}
 		}

@@ -2,11 +2,15 @@
 """Golden logits for the engine tests, computed with PyTorch.
 
 An independent implementation of the Hugging Face Llama / Mistral / Qwen2 /
-Qwen3 / Phi3 forward pass (LlamaRMSNorm, rotate-half RoPE with default / linear /
-llama3 scaling, GQA via repeat_kv, causal + sliding-window mask, SiLU-gated
-MLP, tied embeddings, q/k/v(/o) and MLP biases, Qwen3's RMSNorm of each q
-and k head before RoPE, Phi3's fused qkv_proj and gate_up_proj, with LoRA
-on the fused modules) and of PEFT's LoRA math
+Qwen3 / Phi3 / Gemma2 / Gemma3 forward pass (LlamaRMSNorm, rotate-half RoPE
+with default / linear / llama3 scaling, GQA via repeat_kv, causal +
+sliding-window mask, SiLU-gated MLP, tied embeddings, q/k/v(/o) and MLP
+biases, Qwen3's RMSNorm of each q and k head before RoPE, Phi3's fused
+qkv_proj and gate_up_proj, with LoRA on the fused modules; Gemma's
+RMSNorm of (1 + w), embeddings times sqrt(hidden) in the weights' dtype,
+GELU(tanh)-gated MLP, post-attention and post-MLP norms, query_pre_attn_scalar,
+attention and final soft-capping, alternating sliding layers and Gemma 3's
+local RoPE base) and of PEFT's LoRA math
 (per-module scaling alpha/r or alpha/sqrt(r), rank_pattern / alpha_pattern
 resolved with get_pattern_key's regex), written from those projects'
 conventions and reading the fixture files directly (its own safetensors
@@ -116,14 +120,45 @@ class Config:
             w = c.get("sliding_window", 4096)
             mwl = c.get("max_window_layers", 28)
             self.window = [w if i >= mwl else None for i in range(self.L)]
+        # Gemma2 / Gemma3 (modeling_gemma2, modeling_gemma3)
+        self.gemma = self.arch in ("Gemma2ForCausalLM", "Gemma3ForCausalLM")
+        self.norm_offset = 0.0
+        self.scaling = self.hd ** -0.5
+        self.attn_cap = self.final_cap = None
+        self.local_theta = None
+        self.embed_scale = 1.0
+        if self.gemma:
+            g3 = self.arch == "Gemma3ForCausalLM"
+            self.norm_offset = 1.0
+            self.qk_norm = g3
+            self.qkv_bias = self.o_bias = c.get("attention_bias", False)
+            self.tie = c.get("tie_word_embeddings", True)
+            self.scaling = c.get("query_pre_attn_scalar", 256) ** -0.5
+            self.attn_cap = c.get("attn_logit_softcapping", None if g3 else 50.0)
+            self.final_cap = c.get("final_logit_softcapping", None if g3 else 30.0)
+            w = c.get("sliding_window", 4096)
+            if c.get("layer_types"):
+                sliding = [t == "sliding_attention" for t in c["layer_types"]]
+            elif g3:
+                pattern = c.get("sliding_window_pattern", 6)
+                sliding = [bool((i + 1) % pattern) for i in range(self.L)]
+            else:
+                sliding = [bool((i + 1) % 2) for i in range(self.L)]
+            self.window = [w if sl else None for sl in sliding]
+            if g3:
+                self.local_theta = c.get("rope_local_base_freq", 10000.0)
+            # The embedding scale is a tensor of the weights' dtype.
+            wdt = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(c.get("torch_dtype"), torch.float32)
+            self.embed_scale = float(torch.tensor(self.H ** 0.5).to(wdt))
 
 
-def inv_freq(cfg):
-    # modeling_rope_utils: default, linear, llama3
-    base = cfg.theta
+def inv_freq(cfg, local=False):
+    # modeling_rope_utils: default, linear, llama3; Gemma 3's local layers:
+    # default with rope_local_base_freq
+    base = cfg.local_theta if local else cfg.theta
     dim = cfg.hd
     inv = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.int64).to(DT) / dim))
-    t = cfg.rope_type
+    t = "default" if local else cfg.rope_type
     if t == "default":
         return inv
     if t == "linear":
@@ -180,9 +215,9 @@ def load_adapter(folder):
 
 # ---- forward --------------------------------------------------------------
 
-def rms_norm(x, w, eps):
+def rms_norm(x, w, eps, offset=0.0):
     var = x.pow(2).mean(-1, keepdim=True)
-    return w * (x * torch.rsqrt(var + eps))
+    return (offset + w) * (x * torch.rsqrt(var + eps))
 
 
 def rotate_half(x):
@@ -204,16 +239,30 @@ def linear(x, W, prefix, lora, name):
     return y
 
 
-def forward(cfg, W, ids, lora=None, inv=None):
-    T = len(ids)
-    h = W["model.embed_tokens.weight"][torch.tensor(ids)]
+def cos_sin(T, inv):
     pos = torch.arange(T, dtype=DT)
     freqs = torch.outer(pos, inv)
     emb = torch.cat((freqs, freqs), dim=-1)
-    cos, sin = emb.cos(), emb.sin()
+    return emb.cos(), emb.sin()
+
+
+def softcap(x, cap):
+    return x if cap is None else torch.tanh(x / cap) * cap
+
+
+def forward(cfg, W, ids, lora=None, inv=None):
+    T = len(ids)
+    h = W["model.embed_tokens.weight"][torch.tensor(ids)] * cfg.embed_scale
+    cos_g, sin_g = cos_sin(T, inv)
+    if cfg.local_theta is not None:
+        cos_l, sin_l = cos_sin(T, inv_freq(cfg, local=True))
+    off = cfg.norm_offset
     for layer in range(cfg.L):
         p = f"model.layers.{layer}."
-        x = rms_norm(h, W[p + "input_layernorm.weight"], cfg.eps)
+        cos, sin = cos_g, sin_g
+        if cfg.local_theta is not None and cfg.window[layer] is not None:
+            cos, sin = cos_l, sin_l
+        x = rms_norm(h, W[p + "input_layernorm.weight"], cfg.eps, off)
         if cfg.fused:
             # modeling_phi3: qkv = self.qkv_proj(x), then sliced
             qkv = linear(x, W, p, lora, "self_attn.qkv_proj")
@@ -226,8 +275,8 @@ def forward(cfg, W, ids, lora=None, inv=None):
         q = q.reshape(T, cfg.nh, cfg.hd)
         k = k.reshape(T, cfg.nkv, cfg.hd)
         if cfg.qk_norm:
-            q = rms_norm(q, W[p + "self_attn.q_norm.weight"], cfg.eps)
-            k = rms_norm(k, W[p + "self_attn.k_norm.weight"], cfg.eps)
+            q = rms_norm(q, W[p + "self_attn.q_norm.weight"], cfg.eps, off)
+            k = rms_norm(k, W[p + "self_attn.k_norm.weight"], cfg.eps, off)
         q = q.transpose(0, 1)
         k = k.transpose(0, 1)
         v = v.reshape(T, cfg.nkv, cfg.hd).transpose(0, 1)
@@ -236,7 +285,7 @@ def forward(cfg, W, ids, lora=None, inv=None):
         rep = cfg.nh // cfg.nkv
         k = k.repeat_interleave(rep, dim=0)
         v = v.repeat_interleave(rep, dim=0)
-        scores = (q @ k.transpose(1, 2)) / math.sqrt(cfg.hd)
+        scores = softcap((q @ k.transpose(1, 2)) * cfg.scaling, cfg.attn_cap)
         i = torch.arange(T).view(T, 1)
         j = torch.arange(T).view(1, T)
         allowed = j <= i
@@ -245,18 +294,28 @@ def forward(cfg, W, ids, lora=None, inv=None):
         scores = scores.masked_fill(~allowed, float("-inf"))
         probs = torch.softmax(scores, dim=-1)
         a = (probs @ v).transpose(0, 1).reshape(T, cfg.nh * cfg.hd)
-        h = h + linear(a, W, p, lora, "self_attn.o_proj")
-        x = rms_norm(h, W[p + "post_attention_layernorm.weight"], cfg.eps)
+        a = linear(a, W, p, lora, "self_attn.o_proj")
+        if cfg.gemma:
+            h = h + rms_norm(a, W[p + "post_attention_layernorm.weight"], cfg.eps, off)
+            x = rms_norm(h, W[p + "pre_feedforward_layernorm.weight"], cfg.eps, off)
+        else:
+            h = h + a
+            x = rms_norm(h, W[p + "post_attention_layernorm.weight"], cfg.eps)
         if cfg.fused:
             # modeling_phi3: gate, up = gate_up_proj(x).chunk(2, dim=-1)
             g, u = linear(x, W, p, lora, "mlp.gate_up_proj").chunk(2, dim=-1)
         else:
             g = linear(x, W, p, lora, "mlp.gate_proj")
             u = linear(x, W, p, lora, "mlp.up_proj")
-        h = h + linear(torch.nn.functional.silu(g) * u, W, p, lora, "mlp.down_proj")
-    h = rms_norm(h, W["model.norm.weight"], cfg.eps)
+        if cfg.gemma:
+            # gelu_pytorch_tanh
+            m = linear(torch.nn.functional.gelu(g, approximate="tanh") * u, W, p, lora, "mlp.down_proj")
+            h = h + rms_norm(m, W[p + "post_feedforward_layernorm.weight"], cfg.eps, off)
+        else:
+            h = h + linear(torch.nn.functional.silu(g) * u, W, p, lora, "mlp.down_proj")
+    h = rms_norm(h, W["model.norm.weight"], cfg.eps, off)
     head = W["model.embed_tokens.weight"] if cfg.tie or "lm_head.weight" not in W else W["lm_head.weight"]
-    return h @ head.T
+    return softcap(h @ head.T, cfg.final_cap)
 
 
 def greedy(cfg, W, ids, lora, inv, n):
