@@ -94,6 +94,23 @@ func refCases() []refCase {
 		{name: "LoRAQwen3HeadNorms", spec: func(s *model.Spec) { s.Arch = "qwen3"; s.HeadDim = 16 }, adapter: &model.AdapterSpec{Rank: 8, Alpha: 16, Seed: 15}, tol: tight},
 		{name: "Qwen3AttentionBias", spec: func(s *model.Spec) { s.Arch = "qwen3"; s.AttentionBias = true; s.Tied = true }, tol: tight},
 		{name: "LoRAPhi3Fused", spec: func(s *model.Spec) { s.Arch = "phi3"; s.SlidingWindow = 5 }, adapter: &model.AdapterSpec{Rank: 8, Seed: 16}, tol: tight},
+		// Gemma 2: sandwich norms of (1 + w), scaled embeddings, GELU(tanh),
+		// query_pre_attn_scalar, small soft-caps that bend scores and
+		// logits, layer 0 sliding and layer 1 full.
+		{name: "LoRAGemma2", spec: func(s *model.Spec) {
+			s.Arch, s.Tied, s.HeadDim, s.SlidingWindow = "gemma2", true, 16, 5
+			s.QueryPreAttnScalar, s.AttnSoftcap, s.FinalSoftcap = 24, 2, 3
+		}, adapter: &model.AdapterSpec{Rank: 8, Alpha: 16, Seed: 17}, tol: tight},
+		// Gemma 3: head norms, layer 0 sliding with the local RoPE base,
+		// layer 1 full with linear scaling of rope_theta's.
+		{name: "LoRAGemma3LocalRope", spec: func(s *model.Spec) {
+			s.Arch, s.Tied, s.HeadDim, s.SlidingWindow, s.SlidingWindowPattern = "gemma3_text", true, 16, 5, 2
+			s.RopeTheta, s.RopeLocalTheta = 1e6, 100
+			s.Rope = &model.RopeScaling{Type: model.RopeLinear, Factor: 4}
+		}, adapter: &model.AdapterSpec{Rank: 4, Alpha: 8, RSLoRA: true, Seed: 18}, tol: tight},
+		{name: "Gemma3BF16", spec: func(s *model.Spec) {
+			s.Arch, s.HeadDim, s.SlidingWindow, s.DType = "gemma3_text", 16, 4, safetensors.BF16
+		}, tol: 5e-3},
 	}...)
 }
 
