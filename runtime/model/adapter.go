@@ -628,6 +628,30 @@ func partNames(parts []Module) string {
 	return strings.Join(names, ", ")
 }
 
+// languageModelPath is a module path of a multimodal model's language model
+// (Gemma 3 4B+: language_model.model.layers.N…, or model.language_model.
+// layers.N… after transformers 4.52) as the language model's own
+// (model.layers.N…); other paths are returned as they are.
+func languageModelPath(path string) string {
+	for _, pre := range []string{"language_model.model.", "model.language_model."} {
+		if strings.HasPrefix(path, pre) {
+			return "model." + strings.TrimPrefix(path, pre)
+		}
+	}
+	return path
+}
+
+// visionPath reports whether a module path is in a multimodal model's
+// vision tower or projector, which text requests never reach.
+func visionPath(path string) bool {
+	for _, pre := range []string{"vision_tower.", "model.vision_tower.", "multi_modal_projector.", "model.multi_modal_projector."} {
+		if strings.HasPrefix(path, pre) {
+			return true
+		}
+	}
+	return false
+}
+
 type loraPair struct {
 	a, b       safetensors.Tensor
 	hasA, hasB bool
@@ -637,6 +661,7 @@ type loraPair struct {
 func (a *Adapter) collect(f *safetensors.File, info nozzle.ModelInfo, maxRank int) ([]string, error) {
 	var warnings []string
 	pairs := map[string]*loraPair{}
+	var vision []string // modules of the vision tower or projector, left out
 	for _, t := range f.Tensors() {
 		key := t.Name
 		path := strings.TrimPrefix(key, "base_model.model.")
@@ -671,7 +696,13 @@ func (a *Adapter) collect(f *safetensors.File, info nozzle.ModelInfo, maxRank in
 		if mod == "lm_head" || strings.HasSuffix(mod, ".lm_head") {
 			return nil, unsupported("LoRA on lm_head is not supported")
 		}
-		if !loraKeyRE.MatchString(mod) {
+		if visionPath(mod) {
+			if !slices.Contains(vision, mod) {
+				vision = append(vision, mod)
+			}
+			continue
+		}
+		if !loraKeyRE.MatchString(languageModelPath(mod)) {
 			return nil, unsupported("not a LoRA weight of an attention or MLP projection")
 		}
 		p := pairs[mod]
@@ -692,7 +723,15 @@ func (a *Adapter) collect(f *safetensors.File, info nozzle.ModelInfo, maxRank in
 		}
 	}
 	if len(pairs) == 0 {
+		if len(vision) > 0 {
+			return nil, fmt.Errorf("%s has LoRA weights for the vision tower only (%s, …); Nozzle serves the language model", nozzle.AdapterWeightsFile, vision[0])
+		}
 		return nil, fmt.Errorf("%s has no LoRA weights", nozzle.AdapterWeightsFile)
+	}
+	if n := len(vision); n > 0 {
+		sort.Strings(vision)
+		warnings = append(warnings, fmt.Sprintf("%d module(s) of the vision tower or projector (%s%s) have LoRA weights; Nozzle serves the language model, so they are left out.",
+			n, vision[0], map[bool]string{true: " and more", false: ""}[n > 1]))
 	}
 	mods := make([]string, 0, len(pairs))
 	for m := range pairs {
@@ -700,7 +739,7 @@ func (a *Adapter) collect(f *safetensors.File, info nozzle.ModelInfo, maxRank in
 	}
 	// Validate in (layer, module) order so errors name the first module.
 	order := func(path string) (int, int) {
-		sub := loraKeyRE.FindStringSubmatch(path)
+		sub := loraKeyRE.FindStringSubmatch(languageModelPath(path))
 		l, _ := strconv.Atoi(sub[1])
 		for i, mp := range modulePaths {
 			if mp == sub[2] {
@@ -738,7 +777,7 @@ func (a *Adapter) collect(f *safetensors.File, info nozzle.ModelInfo, maxRank in
 			continue
 		}
 		p := pairs[path]
-		sub := loraKeyRE.FindStringSubmatch(path)
+		sub := loraKeyRE.FindStringSubmatch(languageModelPath(path))
 		if !p.hasA {
 			return nil, fmt.Errorf("adapter tensor %q has no lora_A partner", p.bKey)
 		}

@@ -28,6 +28,11 @@ const (
 	ArchPhi3    = "Phi3ForCausalLM"
 	ArchGemma2  = "Gemma2ForCausalLM"
 	ArchGemma3  = "Gemma3ForCausalLM"
+	// ArchGemma3Multimodal checkpoints (Gemma 3 4B, 12B, 27B) are served
+	// as their language model: its text_config, its weights under
+	// language_model.model. (or model.language_model.); the vision tower
+	// is not loaded.
+	ArchGemma3Multimodal = "Gemma3ForConditionalGeneration"
 )
 
 type archName struct{ modelType, arch string }
@@ -128,6 +133,10 @@ type Config struct {
 	ModelType string
 	// NameOrPath is config.json's _name_or_path (may be empty).
 	NameOrPath string
+	// LanguageModelOf is the architecture of the checkpoint whose language
+	// model this is (ArchGemma3Multimodal), or "" for a language model's
+	// own checkpoint.
+	LanguageModelOf string
 
 	VocabSize        int
 	HiddenSize       int
@@ -278,6 +287,9 @@ func ParseConfig(b []byte) (*Config, error) {
 	var r rawConfig
 	if err := json.Unmarshal(b, &r); err != nil {
 		return nil, fmt.Errorf("not valid JSON: %w", err)
+	}
+	if len(r.Architectures) > 0 && r.Architectures[0] == ArchGemma3Multimodal || len(r.Architectures) == 0 && r.ModelType == "gemma3" {
+		return parseGemma3Multimodal(b)
 	}
 	c := &Config{ModelType: r.ModelType, NameOrPath: r.NameOrPath}
 	switch {
@@ -841,6 +853,61 @@ func (c *Config) EmbedScale(dt safetensors.DType) float64 {
 		f = safetensors.F16ToF32(safetensors.F32ToF16(f))
 	}
 	return float64(f)
+}
+
+// gemma3TextDefaults are Gemma3TextConfig's defaults for the fields a
+// Gemma3ForConditionalGeneration config's text_config often leaves out.
+var gemma3TextDefaults = map[string]any{
+	"vocab_size": 262208, "hidden_size": 2304, "intermediate_size": 9216, "num_hidden_layers": 26,
+	"num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 256, "max_position_embeddings": 131072,
+	"rms_norm_eps": 1e-6, "rope_theta": 1e6, "query_pre_attn_scalar": 256, "sliding_window": 4096,
+	"rope_local_base_freq": 10000.0, "sliding_window_pattern": 6,
+}
+
+// parseGemma3Multimodal parses a Gemma3ForConditionalGeneration config as
+// its language model's: text_config over Gemma3TextConfig's defaults, with
+// the token ids, dtype and name of the outer config where text_config has
+// none.
+func parseGemma3Multimodal(b []byte) (*Config, error) {
+	var outer map[string]json.RawMessage
+	if err := json.Unmarshal(b, &outer); err != nil {
+		return nil, fmt.Errorf("not valid JSON: %w", err)
+	}
+	raw, ok := outer["text_config"]
+	if !ok || !isSet(raw) {
+		return nil, fmt.Errorf("%s config has no text_config", ArchGemma3Multimodal)
+	}
+	var text map[string]json.RawMessage
+	if err := json.Unmarshal(raw, &text); err != nil {
+		return nil, fmt.Errorf("text_config is not an object: %w", err)
+	}
+	merged := map[string]json.RawMessage{}
+	for k, v := range gemma3TextDefaults {
+		merged[k], _ = json.Marshal(v)
+	}
+	for _, k := range []string{"bos_token_id", "eos_token_id", "pad_token_id", "torch_dtype", "dtype", "_name_or_path", "tie_word_embeddings"} {
+		if v, ok := outer[k]; ok {
+			merged[k] = v
+		}
+	}
+	for k, v := range text {
+		if (k == "eos_token_id" || k == "bos_token_id" || k == "pad_token_id" || k == "torch_dtype" || k == "dtype") && !isSet(v) {
+			continue // the outer config's
+		}
+		merged[k] = v
+	}
+	merged["architectures"] = json.RawMessage(`["` + ArchGemma3 + `"]`)
+	merged["model_type"] = json.RawMessage(`"gemma3_text"`)
+	mb, err := json.Marshal(merged)
+	if err != nil {
+		return nil, err
+	}
+	c, err := ParseConfig(mb)
+	if err != nil {
+		return nil, fmt.Errorf("text_config: %w", err)
+	}
+	c.LanguageModelOf = ArchGemma3Multimodal
+	return c, nil
 }
 
 // parseGemma resolves Gemma 2's and Gemma 3's own fields.

@@ -30,6 +30,15 @@ const (
 		"num_attention_heads":8,"num_hidden_layers":34,"num_key_value_heads":4,"head_dim":256,"query_pre_attn_scalar":256,
 		"rope_scaling":{"factor":8.0,"rope_type":"linear"},"rope_theta":1000000,"rope_local_base_freq":10000,"sliding_window":1024,
 		"vocab_size":262208}`
+	// google/gemma-3-4b-it: text_config leaves most fields to
+	// Gemma3TextConfig's defaults.
+	gemma3MultimodalConfig = `{"architectures": ["Gemma3ForConditionalGeneration"], "boi_token_index": 255999, "eoi_token_index": 256000,
+		"eos_token_id": [1, 106], "image_token_index": 262144, "initializer_range": 0.02, "mm_tokens_per_image": 256, "model_type": "gemma3",
+		"text_config": {"hidden_size": 2560, "intermediate_size": 10240, "model_type": "gemma3_text", "num_hidden_layers": 34,
+		"rope_scaling": {"factor": 8.0, "rope_type": "linear"}, "sliding_window": 1024},
+		"torch_dtype": "bfloat16", "transformers_version": "4.50.0.dev0",
+		"vision_config": {"hidden_size": 1152, "image_size": 896, "intermediate_size": 4304, "model_type": "siglip_vision_model",
+		"num_attention_heads": 16, "num_hidden_layers": 27, "patch_size": 14, "vision_use_head": false}}`
 	gemma3V5Config = `{"architectures":["Gemma3ForCausalLM"],"model_type":"gemma3_text","hidden_size":1152,"intermediate_size":6912,
 		"num_attention_heads":4,"num_hidden_layers":6,"num_key_value_heads":1,"head_dim":256,"sliding_window":512,
 		"layer_types":["sliding_attention","full_attention","sliding_attention","sliding_attention","sliding_attention","full_attention"],
@@ -101,6 +110,22 @@ func TestParseConfig_Gemma(t *testing.T) {
 			}
 		}
 	})
+	t.Run("Gemma3Multimodal", func(t *testing.T) {
+		c, err := model.ParseConfig([]byte(gemma3MultimodalConfig))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c.Architecture != model.ArchGemma3 || c.LanguageModelOf != model.ArchGemma3Multimodal || c.HiddenSize != 2560 ||
+			c.NumLayers != 34 || c.NumHeads != 8 || c.NumKVHeads != 4 || c.HeadDim != 256 || c.VocabSize != 262208 ||
+			c.SlidingWindow != 1024 || c.RopeScaling.Type != model.RopeLinear || c.RopeTheta != 1e6 || c.RopeLocalTheta != 1e4 ||
+			c.QueryPreAttnScalar != 256 || c.MaxPositionEmbeddings != 131072 || !c.TieWordEmbeddings || !c.QKNorm ||
+			!slices.Equal(c.EOSTokenIDs, []int{1, 106}) || c.DType != "BF16" {
+			t.Errorf("%+v", c)
+		}
+		if !c.SlidingLayer(4) || c.SlidingLayer(5) || c.SlidingLayer(11) != false {
+			t.Errorf("sliding layers: 4 %v, 5 %v, 11 %v", c.SlidingLayer(4), c.SlidingLayer(5), c.SlidingLayer(11))
+		}
+	})
 	t.Run("LayerTypesAnyOrder", func(t *testing.T) {
 		c, err := model.ParseConfig([]byte(`{"model_type":"qwen2","use_sliding_window":true,"sliding_window":16,
 			"layer_types":["sliding_attention","full_attention","sliding_attention","sliding_attention"],
@@ -133,7 +158,8 @@ func TestParseConfig_Gemma(t *testing.T) {
 		{"LocalBase", strings.Replace(gemma3Config, `"rope_local_base_freq":10000`, `"rope_local_base_freq":0`, 1), "rope_local_base_freq 0"},
 		{"Pattern", strings.Replace(gemma3Config, `"sliding_window_pattern":6`, `"sliding_window_pattern":0`, 1), "sliding_window_pattern 0"},
 		{"LocalScaled", strings.Replace(gemma3V5Config, `"sliding_attention":{"rope_type":"default"`, `"sliding_attention":{"rope_type":"linear","factor":2`, 1), "not supported for sliding layers"},
-		{"Multimodal", `{"architectures":["Gemma3ForConditionalGeneration"],"model_type":"gemma3"}`, `architecture "Gemma3ForConditionalGeneration" is not supported`},
+		{"MultimodalNoText", `{"architectures":["Gemma3ForConditionalGeneration"],"model_type":"gemma3"}`, `has no text_config`},
+		{"MultimodalBadText", strings.Replace(gemma3MultimodalConfig, `"sliding_window": 1024`, `"sliding_window": -1`, 1), `text_config: sliding_window -1`},
 	}
 	for _, tt := range errs {
 		t.Run(tt.name, func(t *testing.T) {

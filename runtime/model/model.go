@@ -373,8 +373,41 @@ func (m *Model) openShards() (lookup, error) {
 	}, nil
 }
 
+// languageModelLookup finds a multimodal checkpoint's language-model
+// tensors by their language model's own names (model.layers.0…,
+// lm_head.weight): transformers before 4.52 saved them under
+// language_model.model. and language_model.lm_head, later versions under
+// model.language_model. and lm_head.
+func languageModelLookup(find lookup) (lookup, error) {
+	for _, pre := range [][2]string{{"language_model.model.", "language_model.lm_head."}, {"model.language_model.", "lm_head."}} {
+		_, ok, err := find(pre[0] + "embed_tokens.weight")
+		if err != nil {
+			return nil, err
+		}
+		if !ok {
+			continue
+		}
+		return func(name string) (safetensors.Tensor, bool, error) {
+			switch {
+			case strings.HasPrefix(name, "model."):
+				name = pre[0] + strings.TrimPrefix(name, "model.")
+			case strings.HasPrefix(name, "lm_head."):
+				name = pre[1] + strings.TrimPrefix(name, "lm_head.")
+			}
+			return find(name)
+		}, nil
+	}
+	return nil, errors.New("model checkpoint has no language_model.model.embed_tokens.weight or model.language_model.embed_tokens.weight: not a Gemma 3 multimodal checkpoint's layout")
+}
+
 func (m *Model) collect(find lookup) error {
 	c := &m.Config
+	if c.LanguageModelOf != "" {
+		var err error
+		if find, err = languageModelLookup(find); err != nil {
+			return err
+		}
+	}
 	H, I, V := int64(c.HiddenSize), int64(c.IntermediateSize), int64(c.VocabSize)
 	q, kv := int64(c.NumHeads*c.HeadDim), int64(c.NumKVHeads*c.HeadDim)
 	m.index = map[[2]int]int{}
