@@ -90,33 +90,59 @@ func freeAddr(tb testing.TB) string {
 }
 
 // startStripeMock runs stripe-mock on addr (a free port when empty) until
-// stop or the end of the test, and returns its base URL.
+// stop or the end of the test, and returns its base URL. A free port can be
+// taken by another process between the probe and stripe-mock's bind: when
+// stripe-mock exits before it answers, it is started again on another port.
 func startStripeMock(tb testing.TB, addr string) (url string, stop func()) {
 	tb.Helper()
 	bin := stripeMockBinary(tb)
-	if addr == "" {
-		addr = freeAddr(tb)
-	}
-	cmd := exec.Command(bin, "-http-addr", addr)
-	var logs bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &logs, &logs
-	if err := cmd.Start(); err != nil {
-		tb.Fatal(err)
-	}
-	var once sync.Once
-	stop = func() {
-		once.Do(func() {
-			cmd.Process.Kill()
+	pick := addr == ""
+	for attempt := 1; ; attempt++ {
+		if pick {
+			addr = freeAddr(tb)
+		}
+		cmd := exec.Command(bin, "-http-addr", addr)
+		var logs bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &logs, &logs
+		if err := cmd.Start(); err != nil {
+			tb.Fatal(err)
+		}
+		exited := make(chan struct{})
+		go func() {
 			cmd.Wait()
-		})
+			close(exited)
+		}()
+		var once sync.Once
+		stop = func() {
+			once.Do(func() {
+				cmd.Process.Kill()
+				<-exited
+			})
+		}
+		tb.Cleanup(stop)
+		if up(tb, addr, exited, &logs, stop) {
+			return "http://" + addr, stop
+		}
+		// It exited before answering: it could not listen (the port was
+		// taken). Another port, when the test let it pick one.
+		if !pick || attempt == 5 {
+			tb.Fatalf("stripe-mock exited before listening on %s: %s", addr, logs.String())
+		}
 	}
-	tb.Cleanup(stop)
+}
+
+// up waits until the stripe-mock that exits by closing exited answers on
+// addr (true), or exits first (false).
+func up(tb testing.TB, addr string, exited chan struct{}, logs *bytes.Buffer, stop func()) bool {
 	deadline := time.Now().Add(20 * time.Second)
-	for {
+	for !isClosed(exited) {
 		c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond)
 		if err == nil {
 			c.Close()
-			break
+			// An answer from another process that holds the port while
+			// ours exits is no answer.
+			time.Sleep(20 * time.Millisecond)
+			return !isClosed(exited)
 		}
 		if time.Now().After(deadline) {
 			stop()
@@ -124,5 +150,14 @@ func startStripeMock(tb testing.TB, addr string) (url string, stop func()) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	return "http://" + addr, stop
+	return false
+}
+
+func isClosed(c chan struct{}) bool {
+	select {
+	case <-c:
+		return true
+	default:
+		return false
+	}
 }
