@@ -91,14 +91,6 @@ static inline int nz_layer_sliding(const nz_config *c, int64_t layer)
 }
 /* Gemma's soft-capping: cap·tanh(x/cap); cap 0 leaves x. */
 static inline float nz_softcap(float x, float cap) { return cap > 0 ? cap * tanhf(x / cap) : x; }
-/* The gated MLP's activation (NZ_ACT_*), in f32 as PyTorch's silu and
- * gelu(approximate="tanh"). */
-static inline float nz_act(int64_t act, float x)
-{
-	if (act == NZ_ACT_GELU_TANH)
-		return 0.5f * x * (1.0f + tanhf(0.7978845608028654f * (x + 0.044715f * x * x * x)));
-	return x / (1.0f + expf(-x));
-}
 /* The factor cos and sin are multiplied by: yarn's rope_attention_factor,
  * else 1. */
 float nz_rope_attention_factor(const nz_config *cfg);
@@ -211,6 +203,15 @@ static inline float nz_expf(float x)
 	y = nz_select(x < lo, 0.0f, y);
 	y = nz_select(x > hi, __builtin_inff(), y);
 	return nz_select(x != x, x, y);
+}
+
+/* GELU with PyTorch's tanh approximation, 0.5·x·(1 + tanh(√(2/π)·(x +
+ * 0.044715·x³))), written as x·sigmoid(2·√(2/π)·(x + 0.044715·x³)) — the
+ * same function (1 + tanh(u) = 2·sigmoid(2u)) through nz_expf, which
+ * vectorizes where tanhf does not. */
+static inline float nz_gelu_tanh(float x)
+{
+	return x / (1.0f + nz_expf(-1.5957691216057308f * (x + 0.044715f * x * x * x)));
 }
 
 /* ---- misc ------------------------------------------------------------------- */

@@ -580,7 +580,7 @@ static void silu_task(void *ctx, int64_t i, int tid)
 		add_row(u, group_delta(c, 1, t), e->I);
 		if (e->cfg.hidden_act == NZ_ACT_GELU_TANH)
 			for (int64_t j = 0; j < e->I; j++)
-				g[j] = nz_act(NZ_ACT_GELU_TANH, g[j]) * u[j];
+				g[j] = nz_gelu_tanh(g[j]) * u[j];
 		else
 			for (int64_t j = 0; j < e->I; j++)
 				g[j] = g[j] / (1.0f + nz_expf(-g[j])) * u[j];
