@@ -69,7 +69,7 @@ func benchEngine(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	lib := fs.String("engine-lib", "", "engine library (default: found by device)")
 	cache := fs.String("cache", benchCacheDir(), "folder keeping the generated model and adapters")
 	quick := fs.Bool("quick", false, "a small model: a fast check, not the figures")
-	arch := fs.String("arch", "llama", "the generated model's architecture, same shapes: llama, qwen3 (q and k head norms) or phi3 (q/k/v and gate/up fused in the checkpoint and the adapters)")
+	arch := fs.String("arch", "llama", "the generated model's architecture, same shapes: llama, qwen3 (q and k head norms), phi3 (q/k/v and gate/up fused in the checkpoint and the adapters), gemma2 (sandwich norms, GELU, soft-caps, alternating 512-token window) or gemma3 (Gemma 2's layer without soft-caps, with head norms, five windowed layers in six)")
 	batches := fs.String("batches", "", "decode batch sizes (default 1,8,32)")
 	adapters := fs.Int("adapters", 0, "adapters (default 32)")
 	rank := fs.Int("rank", 0, "adapter rank (default 16)")
@@ -86,8 +86,13 @@ func benchEngine(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	switch *arch {
 	case "llama", "qwen3", "phi3":
 		opts.Model.Arch = *arch
+	case "gemma2":
+		opts.Model.Arch, opts.Model.Tied, opts.Model.SlidingWindow = "gemma2", true, 512
+		opts.Model.AttnSoftcap, opts.Model.FinalSoftcap = 50, 30
+	case "gemma3":
+		opts.Model.Arch, opts.Model.Tied, opts.Model.SlidingWindow = "gemma3_text", true, 512
 	default:
-		return fmt.Errorf("--arch %q: want llama, qwen3 or phi3", *arch)
+		return fmt.Errorf("--arch %q: want llama, qwen3, phi3, gemma2 or gemma3", *arch)
 	}
 	if *batches != "" {
 		b, err := intList(*batches)
