@@ -73,7 +73,7 @@ func TestChatTemplate(t *testing.T) {
 	for _, c := range cases {
 		byName[c.Name] = c
 	}
-	files := map[string]string{"llama2-chat": "llama2-chat.jinja", "llama3.2-instruct": "llama3.2-instruct.jinja", "mistral-v3-tools": "mistral-v3-tools.jinja"}
+	files := map[string]string{"llama2-chat": "llama2-chat.jinja", "llama3.2-instruct": "llama3.2-instruct.jinja", "mistral-v3-tools": "mistral-v3-tools.jinja", "gemma2-it": "gemma2-it.jinja"}
 	toks := map[string]*tokenizer.Tokenizer{}
 	for _, g := range golden {
 		tok := toks[g.Template]

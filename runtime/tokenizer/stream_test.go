@@ -98,8 +98,13 @@ func TestRoundTrip(t *testing.T) {
 			tok := mustModel(t, name)
 			for i, text := range readCorpus(t) {
 				want := text
-				if name == "qwen3" {
+				switch name {
+				case "qwen3":
 					want = norm.NFC.String(text)
+				case "gemma2", "gemma3":
+					// Gemma's decoder turns every "▁" into a space,
+					// including one the text had (as in Hugging Face).
+					want = strings.ReplaceAll(text, "▁", " ")
 				}
 				for _, parse := range []bool{false, true} {
 					// Llama 2 (legacy SentencePiece): "▁" decodes to a
@@ -128,6 +133,12 @@ func TestEncode_ParseSpecial(t *testing.T) {
 		{"llama2", "x</s>", "</s>", false},
 		{"qwen3", "<|im_start|>user", "<|im_start|>", false},
 		{"qwen3", "<think>hm</think>", "<think>", true}, // an added token that is not special
+		{"gemma3", "<start_of_turn>user\nHi<end_of_turn>", "<end_of_turn>", false},
+		{"gemma3", "<bos>x", "<bos>", false},
+		{"gemma3", "a<unused6241>b", "<unused6241>", true}, // not special
+		{"gemma3", "<table><tr><td>1</td></tr></table>", "<td>", true},
+		{"gemma3", "x\n\n\ty", "\n\n", true},
+		{"gemma2", "<start_of_turn>model\n", "<start_of_turn>", false},
 		{"demo", "<|im_end|>", "<|im_end|>", false},
 	}
 	for _, tt := range tests {
@@ -173,6 +184,14 @@ func TestTokenBytes(t *testing.T) {
 		{"llama2", "<0x0A>", "\n"},
 		{"llama2", "<0xE4>", "\xe4"},
 		{"llama2", "<s>", "<s>"},
+		{"gemma3", "▁Hello", " Hello"},
+		{"gemma3", "<0x0A>", "\n"},
+		{"gemma3", "<0xE4>", "\xe4"},
+		{"gemma3", "\n\n", "\n\n"},
+		{"gemma3", "▁▁▁", "   "},
+		{"gemma3", "<end_of_turn>", "<end_of_turn>"},
+		{"gemma3", "<image_soft_token>", "<image_soft_token>"},
+		{"gemma2", "▁world", " world"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.model+"/"+tt.token, func(t *testing.T) {
@@ -219,6 +238,12 @@ func TestSpecialTokens(t *testing.T) {
 		{"llama2", "<s>", []string{"</s>"}, 32000, 3},
 		{"llama3", "<|begin_of_text|>", []string{"<|end_of_text|>", "<|eot_id|>"}, 128256, 256},
 		{"qwen3", "", []string{"<|im_end|>"}, 151669, 14},
+		// Gemma 3's eos_token is <end_of_turn>; <eos> (1) comes from
+		// generation_config.json, which the runtime adds. <image_soft_token>
+		// (262144) is past the 262,144-token vocabulary.
+		{"gemma3", "<bos>", []string{"<end_of_turn>"}, 262145, 9},
+		// Gemma 2's tokenizer_config.json has no chat template: <eos> only.
+		{"gemma2", "<bos>", []string{"<eos>"}, 256000, 6},
 	}
 	for _, tt := range tests {
 		t.Run(tt.model, func(t *testing.T) {

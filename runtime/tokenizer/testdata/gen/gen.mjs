@@ -17,14 +17,17 @@ env.allowLocalModels = false;
 const here = path.dirname(fileURLToPath(import.meta.url));
 const td = path.join(here, "..");
 const readJSON = (p) => JSON.parse(fs.readFileSync(p, "utf8"));
-const readTokenizerJSON = (dir) => {
-  const gz = path.join(dir, "tokenizer.json.gz");
-  if (fs.existsSync(gz)) return JSON.parse(zlib.gunzipSync(fs.readFileSync(gz)).toString("utf8"));
-  return readJSON(path.join(dir, "tokenizer.json"));
+// A model file, or its gzip-compressed copy (name + ".gz") where the file
+// itself is too large to commit.
+const readMaybeGz = (p) => {
+  if (fs.existsSync(p + ".gz")) return JSON.parse(zlib.gunzipSync(fs.readFileSync(p + ".gz")).toString("utf8"));
+  return readJSON(p);
 };
+const readTokenizerJSON = (dir) => readMaybeGz(path.join(dir, "tokenizer.json"));
+const readConfigJSON = (dir) => readMaybeGz(path.join(dir, "tokenizer_config.json"));
 
 const corpus = readJSON(path.join(td, "corpus.json"));
-const models = ["llama2", "llama3", "qwen3"];
+const models = ["llama2", "llama3", "qwen3", "gemma2", "gemma3"];
 if (fs.existsSync(path.join(td, "demo", "tokenizer.json"))) models.push("demo");
 
 // A tokenizer that does not recognise special tokens in the text: the
@@ -41,7 +44,7 @@ const bench = {};
 for (const name of models) {
   const dir = name === "demo" ? path.join(td, "demo") : path.join(td, "models", name);
   const tj = readTokenizerJSON(dir);
-  const cfg = readJSON(path.join(dir, "tokenizer_config.json"));
+  const cfg = readConfigJSON(dir);
   const tok = new PreTrainedTokenizer(tj, cfg);
   const tokNoParse = new PreTrainedTokenizer(withoutSpecialParsing(tj), cfg);
   const dec = (ids, skip) => tok.decode(ids, { skip_special_tokens: skip, clean_up_tokenization_spaces: false });
@@ -75,7 +78,7 @@ for (const name of models) {
 fs.writeFileSync(path.join(td, "golden", "js_bench.json"), JSON.stringify(bench, null, 1) + "\n");
 
 // Chat templates.
-const cfgOf = (m) => readJSON(path.join(td, "models", m, "tokenizer_config.json"));
+const cfgOf = (m) => readConfigJSON(path.join(td, "models", m));
 const tokenOf = (v) => (v && typeof v === "object" ? v.content : v) ?? null;
 const templates = [
   { name: "llama2-chat", model: "llama2", source: fs.readFileSync(path.join(td, "templates", "llama2-chat.jinja"), "utf8") },
@@ -84,6 +87,10 @@ const templates = [
   { name: "mistral-v3-tools", model: "llama2", source: fs.readFileSync(path.join(td, "templates", "mistral-v3-tools.jinja"), "utf8") },
   { name: "qwen3", model: "qwen3", source: cfgOf("qwen3").chat_template },
   { name: "qwen3-no-thinking", model: "qwen3", source: cfgOf("qwen3").chat_template, vars: { enable_thinking: false } },
+  // Gemma 2's tokenizer_config.json (as packaged) has no template: this is
+  // google/gemma-2-9b-it's, which refuses a system message.
+  { name: "gemma2-it", model: "gemma2", source: fs.readFileSync(path.join(td, "templates", "gemma2-it.jinja"), "utf8") },
+  { name: "gemma3", model: "gemma3", source: cfgOf("gemma3").chat_template },
 ];
 const cases = readJSON(path.join(td, "chat_cases.json"));
 // A tool call's arguments reach the template as a dict, as transformers
