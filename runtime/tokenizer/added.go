@@ -20,16 +20,29 @@ type addedToken struct {
 // leftmost-longest semantics).
 type matcher struct {
 	first  [256]bool
-	single [256]int         // index+1 of a one-byte token
-	byPair map[uint16][]int // token indexes by first two bytes, longest first
+	single [256]int           // index+1 of a one-byte token
+	byPair map[uint16]*bucket // tokens by their first two bytes
 	tokens []addedToken
 }
+
+// bucket holds the tokens that start with the same two bytes. Small
+// buckets are scanned; large ones (Gemma 3's 6,242 <unusedN> tokens,
+// Llama 3's 256 <|…|> tokens) are looked up by content,
+// once per distinct length.
+type bucket struct {
+	idx       []int          // token indexes, longest first
+	lens      []int          // distinct lengths, longest first (large buckets)
+	byContent map[string]int // content -> token index (large buckets)
+}
+
+// scanMax is the largest bucket that find scans token by token.
+const scanMax = 8
 
 func newMatcher(tokens []addedToken) *matcher {
 	if len(tokens) == 0 {
 		return nil
 	}
-	m := &matcher{tokens: tokens, byPair: map[uint16][]int{}}
+	m := &matcher{tokens: tokens, byPair: map[uint16]*bucket{}}
 	for i, tok := range tokens {
 		c := tok.content
 		m.first[c[0]] = true
@@ -38,10 +51,29 @@ func newMatcher(tokens []addedToken) *matcher {
 			continue
 		}
 		k := uint16(c[0])<<8 | uint16(c[1])
-		m.byPair[k] = append(m.byPair[k], i)
+		b := m.byPair[k]
+		if b == nil {
+			b = &bucket{}
+			m.byPair[k] = b
+		}
+		b.idx = append(b.idx, i)
 	}
-	for _, l := range m.byPair {
-		sort.SliceStable(l, func(i, j int) bool { return len(tokens[l[i]].content) > len(tokens[l[j]].content) })
+	for _, b := range m.byPair {
+		sort.SliceStable(b.idx, func(i, j int) bool { return len(tokens[b.idx[i]].content) > len(tokens[b.idx[j]].content) })
+		if len(b.idx) <= scanMax {
+			continue
+		}
+		b.byContent = make(map[string]int, len(b.idx))
+		for _, k := range b.idx {
+			c := tokens[k].content
+			if _, dup := b.byContent[c]; dup {
+				continue // the first of equal tokens wins, as in the scan
+			}
+			b.byContent[c] = k
+			if n := len(b.lens); n == 0 || b.lens[n-1] != len(c) {
+				b.lens = append(b.lens, len(c))
+			}
+		}
 	}
 	return m
 }
@@ -53,10 +85,22 @@ func (m *matcher) find(s string, from int) (tok, start, end int) {
 			continue
 		}
 		if i+1 < len(s) {
-			for _, k := range m.byPair[uint16(s[i])<<8|uint16(s[i+1])] {
-				c := m.tokens[k].content
-				if len(s)-i >= len(c) && s[i:i+len(c)] == c {
-					return k, i, i + len(c)
+			if b := m.byPair[uint16(s[i])<<8|uint16(s[i+1])]; b != nil {
+				if b.byContent == nil {
+					for _, k := range b.idx {
+						c := m.tokens[k].content
+						if len(s)-i >= len(c) && s[i:i+len(c)] == c {
+							return k, i, i + len(c)
+						}
+					}
+				} else {
+					for _, n := range b.lens {
+						if len(s)-i >= n {
+							if k, ok := b.byContent[s[i:i+n]]; ok {
+								return k, i, i + n
+							}
+						}
+					}
 				}
 			}
 		}
