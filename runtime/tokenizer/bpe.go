@@ -3,6 +3,7 @@ package tokenizer
 import (
 	"encoding/json"
 	"fmt"
+	"sort"
 	"strings"
 	"sync"
 	"unicode/utf8"
@@ -28,6 +29,10 @@ type bpe struct {
 	// per space-separated piece instead of per segment, with the same
 	// result.
 	spaceSplit bool
+	// innerSpace are the few tokens that do have a "▁" after another
+	// character (Gemma 3's ">▁</"): no cut is made inside an occurrence
+	// of one of them in the word, so the argument above still holds.
+	innerSpace []innerSpaceToken
 
 	byteID [256]int32 // id of the byte-level character of each byte, -1 if none
 	fbID   [256]int32 // id of <0xHH>, -1 if none
@@ -108,12 +113,36 @@ func parseModel(b json.RawMessage) (*bpe, error) {
 	}
 	_, hasSpace := m.Vocab[metaspace]
 	p.spaceSplit = useSpaceSplit && hasSpace && p.prefix == "" && p.suffix == "" && !p.ignoreMerges
+	unkText := ""
+	if m.UnkToken != nil {
+		unkText = *m.UnkToken
+	}
 	for s := range m.Vocab {
-		if strings.Contains(strings.TrimLeft(s, metaspace), metaspace) {
-			p.spaceSplit = false
+		if !p.spaceSplit {
 			break
 		}
+		if !strings.Contains(strings.TrimLeft(s, metaspace), metaspace) {
+			continue
+		}
+		// Symbols are text, byte-fallback tokens (<0xHH>) or the unknown
+		// token, and a merge's token is its pair's texts joined: a token
+		// holding neither "<0x" nor the unknown token's text is made of
+		// text symbols only, so it can span a cut only where it occurs
+		// in the word.
+		if len(p.innerSpace) == maxInnerSpace || strings.Contains(s, "<0x") || unkText != "" && strings.Contains(s, unkText) {
+			p.spaceSplit = false
+			p.innerSpace = nil
+			break
+		}
+		t := innerSpaceToken{s: s}
+		for j := 1; j < len(s); j++ {
+			if strings.HasPrefix(s[j:], metaspace) {
+				t.offsets = append(t.offsets, j)
+			}
+		}
+		p.innerSpace = append(p.innerSpace, t)
 	}
+	sort.Slice(p.innerSpace, func(i, j int) bool { return p.innerSpace[i].s < p.innerSpace[j].s })
 	for i := range 256 {
 		p.byteID[i], p.fbID[i] = -1, -1
 		if id, ok := m.Vocab[string(byteToRune[i])]; ok {
@@ -172,6 +201,17 @@ type mergeItem struct {
 
 const metaspace = "\u2581"
 
+// innerSpaceToken is a vocabulary token with a "▁" after another
+// character, and the byte offsets of its "▁"s after the first byte.
+type innerSpaceToken struct {
+	s       string
+	offsets []int
+}
+
+// maxInnerSpace is the most such tokens a vocabulary may have and still be
+// cut before "▁" (each is checked at every cut).
+const maxInnerSpace = 16
+
 // useSpaceSplit enables spaceSplit where the vocabulary allows it (tests
 // and benchmarks turn it off to compare).
 var useSpaceSplit = true
@@ -189,13 +229,26 @@ func (p *bpe) encodeWord(dst []int, s string, byteLevel bool, sc *bpeScratch) []
 			break
 		}
 		i += k
-		if !strings.HasSuffix(s[start:i], metaspace) {
+		if !strings.HasSuffix(s[start:i], metaspace) && !p.insideInnerSpace(s, i) {
 			dst = p.encodePiece(dst, s[start:i], false, sc)
 			start = i
 		}
 		i += len(metaspace)
 	}
 	return p.encodePiece(dst, s[start:], false, sc)
+}
+
+// insideInnerSpace reports whether the "▁" at s[i:] lies inside an
+// occurrence of a token of innerSpace, where encodeWord must not cut.
+func (p *bpe) insideInnerSpace(s string, i int) bool {
+	for _, t := range p.innerSpace {
+		for _, j := range t.offsets {
+			if j <= i && strings.HasPrefix(s[i-j:], t.s) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // encodePiece runs BPE on one word (or one space-separated piece of it).

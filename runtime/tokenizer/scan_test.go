@@ -142,44 +142,48 @@ func BenchmarkSplit(b *testing.B) {
 }
 
 // TestSpaceSplit checks that cutting SentencePiece-style words before "▁"
-// gives the same ids as running BPE on the whole word.
+// gives the same ids as running BPE on the whole word: for Llama 2, and for
+// Gemma 3, whose vocabulary has one token with a "▁" inside (">▁</").
 func TestSpaceSplit(t *testing.T) {
-	b, err := os.ReadFile("testdata/models/llama2/tokenizer.json.gz")
-	if err != nil {
-		t.Fatal(err)
-	}
-	tj, err := readMaybeGzip("testdata/models/llama2/tokenizer.json")
-	if err != nil || len(b) == 0 {
-		t.Fatal(err)
-	}
-	split, err := FromJSON(tj, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	whole, _ := FromJSON(tj, nil)
-	if !split.model.spaceSplit {
-		t.Fatal("llama2 vocabulary should allow space splitting")
-	}
-	whole.model.spaceSplit = false
-	alphabet := []rune("ab▁▁▁ 中😀\u0301xyz.,")
-	r := rand.New(rand.NewPCG(3, 5))
-	var texts []string
-	for n := 0; n < 3000; n++ {
-		rs := make([]rune, 1+r.IntN(80))
-		for i := range rs {
-			rs[i] = alphabet[r.IntN(len(alphabet))]
-		}
-		texts = append(texts, string(rs))
-	}
 	raw, _ := os.ReadFile("testdata/corpus.json")
 	var corpus []string
 	_ = json.Unmarshal(raw, &corpus)
-	texts = append(texts, strings.Join(corpus, "\n"))
-	for _, s := range texts {
-		got := fmt.Sprint(split.Encode(s, EncodeOptions{}))
-		want := fmt.Sprint(whole.Encode(s, EncodeOptions{}))
-		if got != want {
-			t.Fatalf("%q:\nsplit %s\nwhole %s", s, got, want)
-		}
+	for _, tc := range []struct {
+		model      string
+		innerSpace int
+	}{{"llama2", 0}, {"gemma3", 1}} {
+		t.Run(tc.model, func(t *testing.T) {
+			tj, err := readMaybeGzip("testdata/models/" + tc.model + "/tokenizer.json")
+			if err != nil {
+				t.Fatal(err)
+			}
+			split, err := FromJSON(tj, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			whole, _ := FromJSON(tj, nil)
+			if !split.model.spaceSplit || len(split.model.innerSpace) != tc.innerSpace {
+				t.Fatalf("spaceSplit %v with %d inner-space tokens, want true with %d", split.model.spaceSplit, len(split.model.innerSpace), tc.innerSpace)
+			}
+			whole.model.spaceSplit = false
+			alphabet := []rune("ab▁▁▁ 中😀\u0301xyz.,></>▁</")
+			r := rand.New(rand.NewPCG(3, 5))
+			var texts []string
+			for n := 0; n < 3000; n++ {
+				rs := make([]rune, 1+r.IntN(80))
+				for i := range rs {
+					rs[i] = alphabet[r.IntN(len(alphabet))]
+				}
+				texts = append(texts, string(rs))
+			}
+			texts = append(texts, strings.Join(corpus, "\n"), "a>▁</b x> </y", "<b>x</b> <i>y</i>")
+			for _, s := range texts {
+				got := fmt.Sprint(split.Encode(s, EncodeOptions{}))
+				want := fmt.Sprint(whole.Encode(s, EncodeOptions{}))
+				if got != want {
+					t.Fatalf("%q:\nsplit %s\nwhole %s", s, got, want)
+				}
+			}
+		})
 	}
 }
