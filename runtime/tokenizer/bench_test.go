@@ -1,6 +1,7 @@
 package tokenizer_test
 
 import (
+	"math/rand/v2"
 	"strings"
 	"testing"
 
@@ -32,6 +33,62 @@ func BenchmarkEncode(b *testing.B) {
 				for b.Loop() {
 					dst = tok.AppendEncode(dst[:0], text, tokenizer.EncodeOptions{})
 				}
+			})
+		}
+	}
+}
+
+// BenchmarkEncodeNewText encodes lines never seen before, made of the
+// corpus's words in random order, with the word cache warm: text as a
+// server sees it, where BenchmarkEncode's repeated text is all in the
+// cache (for tokenizers without a pre-tokenizer, whole lines).
+func BenchmarkEncodeNewText(b *testing.B) {
+	words := strings.Fields(strings.Join(readCorpus(b), " "))
+	for _, name := range models {
+		tj, cj := modelFiles(b, name)
+		for _, variant := range []string{"fast", "baseline"} {
+			tokenizer.SetUseScanners(variant == "fast")
+			tokenizer.SetSpaceSplit(variant == "fast")
+			tok, err := tokenizer.FromJSON(tj, cj)
+			tokenizer.SetUseScanners(true)
+			tokenizer.SetSpaceSplit(true)
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.Run(name+"/"+variant, func(b *testing.B) {
+				r := rand.New(rand.NewPCG(1, 2))
+				lines := make([]string, 4096)
+				newLines := func() {
+					for i := range lines {
+						var sb strings.Builder
+						for range 12 {
+							sb.WriteString(words[r.IntN(len(words))])
+							sb.WriteByte(' ')
+						}
+						lines[i] = sb.String()
+					}
+				}
+				for range 4 { // warm the cache with the words
+					newLines()
+					for _, l := range lines {
+						tok.Encode(l, tokenizer.EncodeOptions{})
+					}
+				}
+				var dst []int
+				var n, bytes int
+				b.ReportAllocs()
+				for b.Loop() {
+					if n%len(lines) == 0 {
+						b.StopTimer()
+						newLines()
+						b.StartTimer()
+					}
+					l := lines[n%len(lines)]
+					dst = tok.AppendEncode(dst[:0], l, tokenizer.EncodeOptions{})
+					n++
+					bytes += len(l)
+				}
+				b.ReportMetric(float64(bytes)/b.Elapsed().Seconds()/1e6, "MB/s")
 			})
 		}
 	}

@@ -12,7 +12,7 @@
 // TemplateProcessing, RobertaProcessing, BertProcessing, ByteLevel and
 // Sequence, and the decoders ByteLevel, Replace, ByteFallback, Fuse, Strip,
 // Metaspace, BPEDecoder and Sequence. That covers the Llama 2, Mistral,
-// TinyLlama, Llama 3, Qwen2/Qwen3 and SmolLM families. From
+// TinyLlama, Llama 3, Qwen2/Qwen3, Gemma 2/Gemma 3 and SmolLM families. From
 // tokenizer_config.json it reads the special tokens, add_bos_token and
 // add_eos_token (Llama and Gemma classes), add_prefix_space (GPT-2 family
 // classes) and the chat template.
