@@ -163,3 +163,35 @@ func TestLoad_AddPrefixSpace(t *testing.T) {
 		}
 	}
 }
+
+// TestLoad_Gemma3Folder: Gemma 3's folder as the runtime loads it (here
+// with its tokenizer_config.json gzip-compressed): <bos> prepended
+// (add_bos_token), <end_of_turn> the end of a turn, and the chat template
+// from tokenizer_config.json.
+func TestLoad_Gemma3Folder(t *testing.T) {
+	tok, err := tokenizer.Load(filepath.Join("testdata", "models", "gemma3"))
+	must(t, err)
+	if id, ok := tok.BOS(); !ok || tok.TokenText(id) != "<bos>" || id != 2 {
+		t.Fatalf("BOS = %d %v", id, ok)
+	}
+	if eos := tok.EOS(); !slices.Equal(eos, []int{106}) || tok.TokenText(106) != "<end_of_turn>" {
+		t.Fatalf("EOS = %v", eos)
+	}
+	for _, s := range []string{"<start_of_turn>", "<end_of_turn>", "<bos>", "<eos>"} {
+		if id, ok := tok.TokenID(s); !ok || !tok.IsSpecial(id) {
+			t.Errorf("%s: id %d %v, special %v", s, id, ok, tok.IsSpecial(id))
+		}
+	}
+	if ids := tok.Encode("Hi", tokenizer.EncodeOptions{AddSpecialTokens: true}); len(ids) < 2 || ids[0] != 2 {
+		t.Fatalf("ids %v: want <bos> first", ids)
+	}
+	got, err := tok.ApplyChatTemplate([]nozzle.ChatMessage{{Role: "system", Content: "Be brief."}, {Role: "user", Content: " Hi "}}, true)
+	must(t, err)
+	if want := "<bos><start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\n"; got != want {
+		t.Fatalf("got %q, want %q", got, want)
+	}
+	ids := tok.Encode(got, tokenizer.EncodeOptions{ParseSpecial: true})
+	if ids[0] != 2 || ids[1] != 105 || slices.Index(ids, 106) < 0 {
+		t.Fatalf("ids %v: want <bos> <start_of_turn> … <end_of_turn>", ids)
+	}
+}

@@ -87,13 +87,14 @@ type EncodeOptions struct {
 
 // Load reads tokenizer.json, tokenizer_config.json (optional) and
 // chat_template.jinja (optional; it wins over a chat_template in
-// tokenizer_config.json) from dir.
+// tokenizer_config.json) from dir. Either JSON file may instead be
+// gzip-compressed, with ".gz" added to its name.
 func Load(dir string) (*Tokenizer, error) {
 	tj, err := readMaybeGzip(filepath.Join(dir, TokenizerFile))
 	if err != nil {
 		return nil, fmt.Errorf("load tokenizer: %w", err)
 	}
-	cj, err := os.ReadFile(filepath.Join(dir, TokenizerConfigFile))
+	cj, err := readMaybeGzip(filepath.Join(dir, TokenizerConfigFile))
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("load tokenizer: %w", err)
 	}
