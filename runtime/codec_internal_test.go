@@ -4,9 +4,12 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"testing"
 
 	nozzle "github.com/nozzle-ai/nozzle"
+	"github.com/nozzle-ai/nozzle/runtime/model"
 	"github.com/nozzle-ai/nozzle/runtime/tokenizer"
 )
 
@@ -71,5 +74,52 @@ func TestTokenizerCodec_TemplateKwargs(t *testing.T) {
 	plain, _ := codec.ChatPrompt(msgs, tools, nil)
 	if got != plain+"<think>\n\n</think>\n\n" {
 		t.Errorf("with tools: %q", got)
+	}
+}
+
+// TestGemma3_VocabAndStops: Gemma 3's tokenizer has 262,145 tokens, one
+// more than the 1B model's vocabulary: the extra one, <image_soft_token>
+// (262144, special), is allowed but refused in text the model would read;
+// non-special tokens past the model's vocabulary are not. The stop tokens
+// are <eos> (1) and <end_of_turn> (106), as generation_config.json lists
+// them and the tokenizer's eos_token names the latter.
+func TestGemma3_VocabAndStops(t *testing.T) {
+	tk, err := tokenizer.Load(filepath.Join("tokenizer", "testdata", "models", "gemma3"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		vocab int
+		ok    bool
+	}{{262144, true}, {262208, true}, {262145, true}, {262143, false}, {256000, false}} {
+		if err := checkVocab(tk, tc.vocab); (err == nil) != tc.ok {
+			t.Errorf("checkVocab(%d) = %v, want ok %v", tc.vocab, err, tc.ok)
+		}
+	}
+	prompt, err := tk.ApplyChatTemplate([]nozzle.ChatMessage{{Role: "user", Content: "What is in <image_soft_token>?"}}, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	small := &tokenizerCodec{tk: tk, vocab: 262144}
+	if _, err := small.Encode(prompt, false); nozzle.AsError(err) == nil || nozzle.AsError(err).Code != nozzle.EINVALID || !strings.Contains(err.Error(), "<image_soft_token>") {
+		t.Fatalf("1B: err = %v, want EINVALID naming <image_soft_token>", err)
+	}
+	ids, err := small.Encode("<start_of_turn>user\nHi<end_of_turn>\n", true)
+	if err != nil || ids[0] != 2 || ids[1] != 105 {
+		t.Fatalf("1B: ids %v, %v", ids, err)
+	}
+	large := &tokenizerCodec{tk: tk, vocab: 262208}
+	if ids, err := large.Encode(prompt, false); err != nil || !slices.Contains(ids, 262144) {
+		t.Fatalf("4B: ids %v, %v", ids, err)
+	}
+	gen, err := model.ParseGenerationConfig([]byte(`{"bos_token_id": 2, "cache_implementation": "hybrid", "do_sample": true, "eos_token_id": [1, 106], "pad_token_id": 0, "top_k": 64, "top_p": 0.95}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := stopTokens(gen.EOSTokenIDs, tk.EOS()); !slices.Equal(got, []int{1, 106}) {
+		t.Fatalf("stop tokens %v, want [1 106]", got)
+	}
+	if got := stopTokens(nil, tk.EOS()); !slices.Equal(got, []int{106}) {
+		t.Fatalf("stop tokens without generation_config.json %v, want [106]", got)
 	}
 }

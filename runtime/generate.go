@@ -293,6 +293,9 @@ func (r *Runtime) promptTokens(req *nozzle.GenerateRequest) (ids []int, param st
 		}
 		ids, err := r.codec.Encode(text, false)
 		if err != nil {
+			if e := nozzle.AsError(err); e != nil {
+				return nil, "messages", false, e.WithParam("messages")
+			}
 			return nil, "messages", false, nozzle.Errorf(nozzle.EINVALID, "The messages cannot be tokenized.").WithParam("messages").Wrap(err)
 		}
 		if len(ids) == 0 {
@@ -313,6 +316,9 @@ func (r *Runtime) promptTokens(req *nozzle.GenerateRequest) (ids []int, param st
 	default:
 		ids, err := r.codec.Encode(req.Prompt, true)
 		if err != nil {
+			if e := nozzle.AsError(err); e != nil {
+				return nil, "prompt", false, e.WithParam("prompt")
+			}
 			return nil, "prompt", false, nozzle.Errorf(nozzle.EINVALID, "The prompt cannot be tokenized.").WithParam("prompt").Wrap(err)
 		}
 		if len(ids) == 0 {

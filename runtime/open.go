@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"unicode/utf8"
 
@@ -46,8 +47,8 @@ func Open(ctx context.Context, opts Options) (*Runtime, error) {
 		return nil, err
 	}
 	info := m.Info()
-	if info.VocabSize < tk.VocabSize() {
-		return nil, fmt.Errorf("open runtime: the tokenizer has %d tokens, the model's vocabulary only %d", tk.VocabSize(), info.VocabSize)
+	if err := checkVocab(tk, info.VocabSize); err != nil {
+		return nil, fmt.Errorf("open runtime: %w", err)
 	}
 	eng, device, err := startEngine(m, opts, sized)
 	if err != nil {
@@ -63,22 +64,11 @@ func Open(ctx context.Context, opts Options) (*Runtime, error) {
 		"hidden", info.HiddenSize, "kv_blocks", ei.KVNumBlocks, "kv_block_size", ei.KVBlockSize,
 		"slots", ei.MaxSlots, "max_rank", ei.MaxRank, "weight_bytes", ei.WeightBytes)
 
-	eos := map[int]bool{}
-	for _, id := range m.EOSTokenIDs() {
-		eos[id] = true
-	}
-	for _, id := range tk.EOS() {
-		eos[id] = true
-	}
-	var eosIDs []int
-	for id := range eos {
-		eosIDs = append(eosIDs, id)
-	}
 	maxRank := opts.MaxRank
 	p := parts{
 		info:  info,
 		be:    &engineBackend{e: eng, info: ei, device: device},
-		codec: &tokenizerCodec{tk: tk},
+		codec: &tokenizerCodec{tk: tk, vocab: info.VocabSize},
 		load: func(dir string) (hostAdapter, error) {
 			a, err := model.LoadAdapter(dir, info, maxRank)
 			if err != nil {
@@ -86,7 +76,7 @@ func Open(ctx context.Context, opts Options) (*Runtime, error) {
 			}
 			return modelAdapter{a}, nil
 		},
-		eos:          eosIDs,
+		eos:          stopTokens(m.EOSTokenIDs(), tk.EOS()),
 		keepTools:    tk.ToolCallTokens(),
 		keepThoughts: tk.ThoughtTokens(),
 		callsToken:   -1,
@@ -213,13 +203,49 @@ func (m modelAdapter) SizeBytes() int64 { return m.a.Manifest.SizeBytes }
 func (m modelAdapter) Rank() int        { return m.a.Manifest.Rank }
 func (m modelAdapter) Close() error     { return m.a.Close() }
 
+// checkVocab checks that every token the tokenizer can make is in the
+// model's vocabulary of vocab tokens, but for special added tokens past it
+// (Gemma 3 1B's <image_soft_token>, 262144, beside its 262,144 embeddings,
+// a token of the vision models), which the codec refuses in text.
+func checkVocab(tk *tokenizer.Tokenizer, vocab int) error {
+	for id := vocab; id < tk.VocabSize(); id++ {
+		if tk.TokenText(id) != "" && !tk.IsSpecial(id) {
+			return fmt.Errorf("the tokenizer has %d tokens, the model's vocabulary only %d", tk.VocabSize(), vocab)
+		}
+	}
+	return nil
+}
+
+// stopTokens are the ids that end generation: generation_config.json's (or
+// config.json's) end-of-sequence ids and the tokenizer's (its eos_token
+// and the chat template's end-of-turn token), ascending. Gemma 3: <eos> (1)
+// and <end_of_turn> (106).
+func stopTokens(model, tok []int) []int {
+	ids := slices.Concat(model, tok)
+	slices.Sort(ids)
+	return slices.Compact(ids)
+}
+
 // tokenizerCodec is the Hugging Face tokenizer behind Generate.
-type tokenizerCodec struct{ tk *tokenizer.Tokenizer }
+type tokenizerCodec struct {
+	tk *tokenizer.Tokenizer
+	// vocab is the model's vocabulary size: ids past it (special tokens,
+	// see checkVocab) are refused (0: not checked).
+	vocab int
+}
 
 func (c *tokenizerCodec) Encode(text string, addSpecial bool) ([]int, error) {
 	// Special-token text is parsed, as transformers' tokenizers do by
 	// default and as a rendered chat template needs.
-	return c.tk.Encode(text, tokenizer.EncodeOptions{AddSpecialTokens: addSpecial, ParseSpecial: true}), nil
+	ids := c.tk.Encode(text, tokenizer.EncodeOptions{AddSpecialTokens: addSpecial, ParseSpecial: true})
+	if c.vocab > 0 && c.vocab < c.tk.VocabSize() {
+		for _, id := range ids {
+			if id >= c.vocab {
+				return nil, nozzle.Errorf(nozzle.EINVALID, "The text holds %s, a token the model cannot read: its vocabulary has %d tokens.", c.tk.TokenText(id), c.vocab)
+			}
+		}
+	}
+	return ids, nil
 }
 
 func (c *tokenizerCodec) ChatPrompt(msgs []nozzle.ChatMessage, tools, kwargs json.RawMessage) (string, error) {
