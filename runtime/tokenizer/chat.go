@@ -85,6 +85,7 @@ func (t *Tokenizer) ApplyChatTemplateVars(messages []nozzle.ChatMessage, addGene
 		"unk_token":             jinja.NewString(t.cfg.unkToken),
 		"pad_token":             jinja.NewString(t.cfg.padToken),
 		tojsonFilter:            tojsonCallable(),
+		trimFilter:              trimCallable(),
 		"raise_exception": jinja.NewCallable("raise_exception", func(args []jinja.Value, _ map[string]jinja.Value) (jinja.Value, error) {
 			msg := "raise_exception called"
 			if len(args) > 0 {
@@ -132,7 +133,7 @@ func ReservedVar(name string) bool {
 	switch name {
 	case "messages", "add_generation_prompt", "tools", "documents",
 		"bos_token", "eos_token", "unk_token", "pad_token",
-		"raise_exception", "strftime_now", tojsonFilter:
+		"raise_exception", "strftime_now", tojsonFilter, trimFilter:
 		return true
 	}
 	return false
@@ -268,7 +269,7 @@ func (t *Tokenizer) compiledTemplate() (*jinja.Template, error) {
 			t.templateErr = ErrNoChatTemplate
 			return
 		}
-		t.template, t.templateErr = jinja.Compile(rewriteTojson(t.chatTemplate))
+		t.template, t.templateErr = jinja.Compile(rewriteFilters(t.chatTemplate))
 		if t.templateErr != nil {
 			t.templateErr = fmt.Errorf("compile chat template: %w", t.templateErr)
 		}

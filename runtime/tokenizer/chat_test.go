@@ -144,6 +144,17 @@ func TestChatTemplate_Errors(t *testing.T) {
 			t.Fatalf("got %q, %v", got, err)
 		}
 	})
+	t.Run("TrimIsPythons", func(t *testing.T) {
+		// As Python's Jinja 3.1.6 renders it (transformers): str.strip
+		// strips U+001C to U+001F and U+0085, not U+FEFF or U+200B; "|"
+		// binds before "+" (Gemma's '\n' + message['content'] | trim).
+		tok := chatTokenizer(t, `[{{ x | trim }}][{{ "abxba" | trim("ab") }}][{{ "<" + x | trim + ">" }}][{{ 5 | trim }}]`)
+		got, err := tok.ApplyChatTemplateVars(nil, false, map[string]any{"x": "\x1c\u0085 \u3000a\ufeff\u200b \t\n"})
+		must(t, err)
+		if want := "[a\ufeff\u200b][x][<a\ufeff\u200b>][5]"; got != want {
+			t.Fatalf("got %q, want %q", got, want)
+		}
+	})
 	t.Run("StrftimeNow", func(t *testing.T) {
 		tok := chatTokenizer(t, `{{ strftime_now("%Y-%m-%d|%d %b %Y|%B %A %H") }}`)
 		before := time.Now()

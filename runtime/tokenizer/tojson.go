@@ -10,6 +10,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"unicode"
 	"unicode/utf16"
 
 	"github.com/ardanlabs/jinja"
@@ -21,11 +22,21 @@ import (
 // json.dumps(x, ensure_ascii=False, indent=…, separators=…, sort_keys=…).
 const tojsonFilter = "__nozzle_tojson"
 
-var tojsonRe = regexp.MustCompile(`\|\s*tojson\b`)
+// The engine's trim strips what Go's unicode.IsSpace calls space;
+// Python's str.strip, which Jinja's trim calls, also strips U+001C to
+// U+001F. Templates are rewritten to call trimFilter (Gemma's trim every
+// message).
+const trimFilter = "__nozzle_trim"
 
-// rewriteTojson replaces "| tojson" inside {{ … }} and {% … %} tags.
-func rewriteTojson(src string) string {
-	if !strings.Contains(src, "tojson") {
+var (
+	tojsonRe = regexp.MustCompile(`\|\s*tojson\b`)
+	trimRe   = regexp.MustCompile(`\|\s*trim\b`)
+)
+
+// rewriteFilters replaces "| tojson" and "| trim" inside {{ … }} and
+// {% … %} tags with the renderer's own filters.
+func rewriteFilters(src string) string {
+	if !strings.Contains(src, "tojson") && !strings.Contains(src, "trim") {
 		return src
 	}
 	var b strings.Builder
@@ -57,11 +68,36 @@ func rewriteTojson(src string) string {
 		tag := src[i:end]
 		if closer != "#}" {
 			tag = tojsonRe.ReplaceAllString(tag, "|"+tojsonFilter)
+			tag = trimRe.ReplaceAllString(tag, "|"+trimFilter)
 		}
 		b.WriteString(src[:i])
 		b.WriteString(tag)
 		src = src[end:]
 	}
+}
+
+// trimCallable is Jinja's trim(value, chars=None): Python's
+// str(value).strip(chars).
+func trimCallable() jinja.Value {
+	return jinja.NewCallable(trimFilter, func(args []jinja.Value, kwargs map[string]jinja.Value) (jinja.Value, error) {
+		if len(args) == 0 {
+			return jinja.Undefined(), fmt.Errorf("trim: missing value")
+		}
+		s := valueText(args[0])
+		chars, ok := kwargs["chars"]
+		if len(args) > 1 {
+			chars, ok = args[1], true
+		}
+		if ok && !chars.IsNone() && !chars.IsUndefined() {
+			return jinja.NewString(strings.Trim(s, valueText(chars))), nil
+		}
+		return jinja.NewString(strings.TrimFunc(s, pyIsSpace)), nil
+	})
+}
+
+// pyIsSpace is Python's str.isspace for one character.
+func pyIsSpace(r rune) bool {
+	return unicode.IsSpace(r) || 0x1c <= r && r <= 0x1f
 }
 
 func tojsonCallable() jinja.Value {

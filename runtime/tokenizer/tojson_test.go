@@ -15,10 +15,10 @@ func TestPyFloat(t *testing.T) {
 	}
 }
 
-func TestRewriteTojson(t *testing.T) {
-	in := `{{ x | tojson }} | tojson {% set y = x|tojson(indent=2) %}{# a | tojson #}{{ "|tojson" }}`
-	want := `{{ x |__nozzle_tojson }} | tojson {% set y = x|__nozzle_tojson(indent=2) %}{# a | tojson #}{{ "|__nozzle_tojson" }}`
-	if got := rewriteTojson(in); got != want {
+func TestRewriteFilters(t *testing.T) {
+	in := `{{ x | tojson }} | tojson {% set y = x|tojson(indent=2) %}{# a | tojson #}{{ "|tojson" }}{{ m['content'] | trim + x|trim_x }}`
+	want := `{{ x |__nozzle_tojson }} | tojson {% set y = x|__nozzle_tojson(indent=2) %}{# a | tojson #}{{ "|__nozzle_tojson" }}{{ m['content'] |__nozzle_trim + x|trim_x }}`
+	if got := rewriteFilters(in); got != want {
 		t.Fatalf("got  %s\nwant %s", got, want)
 	}
 }
