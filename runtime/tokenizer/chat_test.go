@@ -222,9 +222,24 @@ func TestToolFormat(t *testing.T) {
 		{"llama2", "mistral-v3-tools.jinja", nozzle.ToolFormatMistral},
 		{"llama3", "", ""}, // Llama 3.0: no tools
 		{"llama2", "llama2-chat.jinja", ""},
+		{"gemma3", "", ""}, // Gemma 3's template renders no tools
+		{"gemma2", "gemma2-it.jinja", ""},
 	} {
 		if got := loadWithTemplate(t, tc.model, tc.file).ToolFormat(); got != tc.want {
 			t.Errorf("%s %s: %q, want %q", tc.model, tc.file, got, tc.want)
 		}
+	}
+}
+
+// TestGemma2_TemplateEOS: with Gemma 2's chat template, its <end_of_turn>
+// (107) ends generation beside eos_token <eos> (1), as
+// generation_config.json's [1, 107] does.
+func TestGemma2_TemplateEOS(t *testing.T) {
+	tok := loadWithTemplate(t, "gemma2", "gemma2-it.jinja")
+	if got := tok.EOS(); !slices.Equal(got, []int{1, 107}) || tok.TokenText(107) != "<end_of_turn>" {
+		t.Fatalf("EOS = %v, want [1 107]", got)
+	}
+	if tags, ok := tok.ThinkTags(); ok {
+		t.Fatalf("think tags %v: Gemma 2 does not reason", tags)
 	}
 }
