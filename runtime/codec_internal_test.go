@@ -112,6 +112,21 @@ func TestGemma3_VocabAndStops(t *testing.T) {
 	if ids, err := large.Encode(prompt, false); err != nil || !slices.Contains(ids, 262144) {
 		t.Fatalf("4B: ids %v, %v", ids, err)
 	}
+	// Through promptTokens, the refusal is the request's error, on the
+	// parameter that held the token.
+	r := &Runtime{codec: small, info: nozzle.ModelInfo{VocabSize: 262144}}
+	for _, req := range []*nozzle.GenerateRequest{
+		{Messages: []nozzle.ChatMessage{{Role: "user", Content: "What is in <image_soft_token>?"}}},
+		{Prompt: "<image_soft_token>"},
+	} {
+		_, param, _, err := r.promptTokens(req)
+		if e := nozzle.AsError(err); e == nil || e.Code != nozzle.EINVALID || e.Param != param || !strings.Contains(e.Message, "<image_soft_token>") {
+			t.Errorf("promptTokens: %v (param %q), want EINVALID naming the token", err, param)
+		}
+	}
+	if ids, _, _, err := r.promptTokens(&nozzle.GenerateRequest{Messages: []nozzle.ChatMessage{{Role: "user", Content: "Hi"}}}); err != nil || ids[0] != 2 {
+		t.Errorf("promptTokens: %v %v", ids, err)
+	}
 	gen, err := model.ParseGenerationConfig([]byte(`{"bos_token_id": 2, "cache_implementation": "hybrid", "do_sample": true, "eos_token_id": [1, 106], "pad_token_id": 0, "top_k": 64, "top_p": 0.95}`))
 	if err != nil {
 		t.Fatal(err)
