@@ -143,6 +143,12 @@ func (sp *splitPre) split(dst, src []piece) []piece {
 			}
 			continue
 		}
+		if sp.literal != "" && !sp.invert && !strings.Contains(p.s, sp.literal) {
+			// No match: the piece as it is, whatever the behavior (Gemma's
+			// split on " " after its normalizer replaced every space).
+			dst = append(dst, p)
+			continue
+		}
 		dst = applyBehavior(dst, p, sp.spans(p.s), sp.behavior, sp.invert)
 	}
 	return dst
