@@ -11,8 +11,10 @@ import (
 // BenchmarkEncode measures encode throughput (MB/s) on the corpus for each
 // tokenizer as configured ("fast") and, as the baseline, with regexp2
 // running the same split pattern instead of the hand-written scanner, or,
-// for Llama 2 (no split pattern), with BPE over whole segments instead of
-// space-separated pieces ("baseline").
+// for Llama 2 and Gemma (no split pattern), with BPE over whole segments
+// instead of space-separated pieces ("baseline"). The same text every
+// time: once cached, Gemma's whole lines cost a lookup each, so its
+// baseline may be the faster here (BenchmarkEncodeNewText is not).
 func BenchmarkEncode(b *testing.B) {
 	text := strings.Join(readCorpus(b), "\n")
 	for _, name := range append(models, "demo") {
