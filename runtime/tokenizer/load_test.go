@@ -92,6 +92,27 @@ func TestLoad_Config(t *testing.T) {
 			t.Fatalf("got %q, want the file's template", got)
 		}
 	})
+	// A multimodal checkpoint's processor template serves when the
+	// tokenizer has none, and only then.
+	t.Run("ProcessorTemplate", func(t *testing.T) {
+		for _, tc := range []struct{ config, want string }{{`{}`, "processor"}, {`{"chat_template": "inline"}`, "inline"}} {
+			dir := t.TempDir()
+			must(t, os.WriteFile(filepath.Join(dir, tokenizer.TokenizerFile), []byte(tj), 0o644))
+			must(t, os.WriteFile(filepath.Join(dir, tokenizer.TokenizerConfigFile), []byte(tc.config), 0o644))
+			must(t, os.WriteFile(filepath.Join(dir, tokenizer.ProcessorChatTemplateFile), []byte(`{"chat_template": "processor"}`), 0o644))
+			tok, err := tokenizer.Load(dir)
+			must(t, err)
+			if got, _ := tok.ApplyChatTemplate(nil, false); got != tc.want {
+				t.Fatalf("config %s: got %q, want %q", tc.config, got, tc.want)
+			}
+		}
+		dir := t.TempDir()
+		must(t, os.WriteFile(filepath.Join(dir, tokenizer.TokenizerFile), []byte(tj), 0o644))
+		must(t, os.WriteFile(filepath.Join(dir, tokenizer.ProcessorChatTemplateFile), []byte(`{"chat_template": 3}`), 0o644))
+		if _, err := tokenizer.Load(dir); err == nil || !strings.Contains(err.Error(), "chat_template.json") {
+			t.Fatalf("a broken chat_template.json: %v", err)
+		}
+	})
 }
 
 func TestEncode_Pipeline(t *testing.T) {

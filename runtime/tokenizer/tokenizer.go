@@ -30,6 +30,7 @@ package tokenizer
 import (
 	"bytes"
 	"compress/gzip"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -48,6 +49,9 @@ const (
 	TokenizerFile       = "tokenizer.json"
 	TokenizerConfigFile = "tokenizer_config.json"
 	ChatTemplateFile    = "chat_template.jinja"
+	// ProcessorChatTemplateFile is a multimodal model's processor template
+	// ({"chat_template": "…"}), read when the tokenizer has none.
+	ProcessorChatTemplateFile = "chat_template.json"
 )
 
 // Tokenizer encodes text to token ids and back.
@@ -87,8 +91,10 @@ type EncodeOptions struct {
 
 // Load reads tokenizer.json, tokenizer_config.json (optional) and
 // chat_template.jinja (optional; it wins over a chat_template in
-// tokenizer_config.json) from dir. Either JSON file may instead be
-// gzip-compressed, with ".gz" added to its name.
+// tokenizer_config.json) from dir; without either template, the processor's
+// chat_template.json (a multimodal checkpoint's) where there is one. Either
+// JSON file of the tokenizer may instead be gzip-compressed, with ".gz"
+// added to its name.
 func Load(dir string) (*Tokenizer, error) {
 	tj, err := readMaybeGzip(filepath.Join(dir, TokenizerFile))
 	if err != nil {
@@ -110,6 +116,25 @@ func Load(dir string) (*Tokenizer, error) {
 		t.resolveSpecialIDs()
 	case !errors.Is(err, os.ErrNotExist):
 		return nil, fmt.Errorf("load tokenizer: %w", err)
+	}
+	if t.chatTemplate == "" {
+		b, err := os.ReadFile(filepath.Join(dir, ProcessorChatTemplateFile))
+		switch {
+		case err == nil:
+			var pt struct {
+				ChatTemplate string `json:"chat_template"`
+			}
+			if err := json.Unmarshal(b, &pt); err != nil {
+				return nil, fmt.Errorf("load tokenizer: %s: %w", ProcessorChatTemplateFile, err)
+			}
+			if pt.ChatTemplate != "" {
+				t.chatTemplate = pt.ChatTemplate
+				t.eos = nil
+				t.resolveSpecialIDs()
+			}
+		case !errors.Is(err, os.ErrNotExist):
+			return nil, fmt.Errorf("load tokenizer: %w", err)
+		}
 	}
 	return t, nil
 }
