@@ -360,29 +360,23 @@ int32_t NZ_API nz_engine_finalize(nz_engine *e)
 			if (!e->have[(size_t)(l + 1) * NZ_T_COUNT + (size_t)k])
 				return nz_error(NZ_ERR_INVALID, "nz_engine_finalize: missing tensor %s of layer %lld",
 				                nz_kind_name(k), (long long)l);
-	/* q and k head norms: in every layer or in none, both or neither */
-	int64_t with[2] = {0, 0};
-	for (int32_t k = NZ_T_Q_NORM; k <= NZ_T_K_NORM; k++) {
-		for (int64_t l = 0; l < e->cfg.num_layers; l++)
-			with[k - NZ_T_Q_NORM] += e->have[(size_t)(l + 1) * NZ_T_COUNT + (size_t)k];
-		if (with[k - NZ_T_Q_NORM] != 0 && with[k - NZ_T_Q_NORM] != e->cfg.num_layers)
-			return nz_error(NZ_ERR_INVALID, "nz_engine_finalize: %s is set in %lld of %lld layers, want all or none",
-			                nz_kind_name(k), (long long)with[k - NZ_T_Q_NORM], (long long)e->cfg.num_layers);
+	/* optional pairs, each kind in every layer or in none, the two
+	 * together: Qwen3's and Gemma 3's q and k head norms, Gemma's post norms */
+	static const int32_t pairs[][2] = {{NZ_T_Q_NORM, NZ_T_K_NORM}, {NZ_T_POST_ATTN_NORM, NZ_T_POST_FFN_NORM}};
+	for (size_t i = 0; i < sizeof pairs / sizeof pairs[0]; i++) {
+		int64_t with[2] = {0, 0};
+		for (int j = 0; j < 2; j++) {
+			int32_t k = pairs[i][j];
+			for (int64_t l = 0; l < e->cfg.num_layers; l++)
+				with[j] += e->have[(size_t)(l + 1) * NZ_T_COUNT + (size_t)k];
+			if (with[j] != 0 && with[j] != e->cfg.num_layers)
+				return nz_error(NZ_ERR_INVALID, "nz_engine_finalize: %s is set in %lld of %lld layers, want all or none",
+				                nz_kind_name(k), (long long)with[j], (long long)e->cfg.num_layers);
+		}
+		if (with[0] != with[1])
+			return nz_error(NZ_ERR_INVALID, "nz_engine_finalize: %s and %s come together", nz_kind_name(pairs[i][0]),
+			                nz_kind_name(pairs[i][1]));
 	}
-	if (with[0] != with[1])
-		return nz_error(NZ_ERR_INVALID, "nz_engine_finalize: Q_NORM and K_NORM come together");
-	/* Gemma's post norms: likewise */
-	int64_t post[2] = {0, 0};
-	for (int32_t k = NZ_T_POST_ATTN_NORM; k <= NZ_T_POST_FFN_NORM; k++) {
-		for (int64_t l = 0; l < e->cfg.num_layers; l++)
-			post[k - NZ_T_POST_ATTN_NORM] += e->have[(size_t)(l + 1) * NZ_T_COUNT + (size_t)k];
-		if (post[k - NZ_T_POST_ATTN_NORM] != 0 && post[k - NZ_T_POST_ATTN_NORM] != e->cfg.num_layers)
-			return nz_error(NZ_ERR_INVALID, "nz_engine_finalize: %s is set in %lld of %lld layers, want all or none",
-			                nz_kind_name(k), (long long)post[k - NZ_T_POST_ATTN_NORM],
-			                (long long)e->cfg.num_layers);
-	}
-	if (post[0] != post[1])
-		return nz_error(NZ_ERR_INVALID, "nz_engine_finalize: POST_ATTN_NORM and POST_FFN_NORM come together");
 	int32_t st = e->ops->finalize(e->impl);
 	if (st == NZ_OK)
 		e->finalized = 1;

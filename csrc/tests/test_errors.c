@@ -404,9 +404,56 @@ static void test_head_norm_errors(void)
 	tm_free(&m);
 }
 
+/* Gemma's POST_ATTN_NORM and POST_FFN_NORM likewise; the Gemma options of
+ * nz_config are checked at create. */
+static void test_gemma_errors(void)
+{
+	nz_config c = tiny_config();
+	nz_engine *e = NULL;
+	c.hidden_act = 2;
+	CHECK_ERR(nz_engine_create(&c, &e), NZ_ERR_INVALID, "hidden_act");
+	c = tiny_config();
+	c.final_softcap = -1;
+	CHECK_ERR(nz_engine_create(&c, &e), NZ_ERR_INVALID, "final_softcap -1 must be finite and >= 0");
+	c = tiny_config();
+	c.norm_weight_offset = INFINITY;
+	CHECK_ERR(nz_engine_create(&c, &e), NZ_ERR_INVALID, "norm_weight_offset inf must be finite");
+	c = tiny_config();
+	int32_t sliding[64] = {0};
+	sliding[1] = 2;
+	c.layer_sliding = sliding;
+	CHECK_ERR(nz_engine_create(&c, &e), NZ_ERR_INVALID, "layer_sliding[1] is 2");
+	c = tiny_config();
+	tmodel m;
+	tm_init(&m, &c, 611, 0);
+	CHECK_OK(nz_engine_create(&c, &e));
+	if (!e) {
+		tm_free(&m);
+		return;
+	}
+	size_t rows = (size_t)(c.num_layers + 1) * NZ_T_COUNT;
+	for (size_t i = 0; i < rows; i++)
+		if (m.src[i])
+			CHECK_OK(tm_set(e, &m, (int)(i / NZ_T_COUNT) - 1, (int32_t)(i % NZ_T_COUNT), NZ_F32, m.src[i]));
+	float *w = calloc((size_t)c.hidden_size, sizeof(float));
+	int64_t shape[1] = {c.hidden_size};
+	for (int l = 0; l < c.num_layers; l++)
+		CHECK_OK(nz_engine_set_tensor(e, NZ_T_POST_ATTN_NORM, l, NZ_F32, w, shape, 1));
+	CHECK_ERR(nz_engine_finalize(e), NZ_ERR_INVALID, "POST_ATTN_NORM and POST_FFN_NORM come together");
+	CHECK_OK(nz_engine_set_tensor(e, NZ_T_POST_FFN_NORM, 0, NZ_F32, w, shape, 1));
+	CHECK_ERR(nz_engine_finalize(e), NZ_ERR_INVALID, "POST_FFN_NORM is set in 1 of");
+	for (int l = 1; l < c.num_layers; l++)
+		CHECK_OK(nz_engine_set_tensor(e, NZ_T_POST_FFN_NORM, l, NZ_F32, w, shape, 1));
+	CHECK_OK(nz_engine_finalize(e));
+	free(w);
+	nz_engine_destroy(e);
+	tm_free(&m);
+}
+
 int main(void)
 {
 	test_abi();
+	test_gemma_errors();
 	test_create_errors();
 	test_engine_errors();
 	test_head_norm_errors();
