@@ -15,6 +15,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "nozzle_engine.h" /* NZ_ACT_* */
+
 #ifdef NZ_EMU
 #include "emu/emu.h"
 #define NZ_LAUNCH(kern, grid, block, smem, stream, ...)                                   \
@@ -101,10 +103,19 @@ __device__ __forceinline__ void nz_rope(float x1, float x2, float c, float sn, f
 	b = __fadd_rn(__fmul_rn(x2, c), __fmul_rn(x1, sn));
 }
 
-/* The SiLU-gated MLP activation silu(g) · u, as every kernel that applies
- * it computes it (the fused GEMV and the separate SiLU kernel must agree
- * bit for bit). */
-__device__ __forceinline__ float nz_silu_mul(float g, float u) { return g / (1.0f + expf(-g)) * u; }
+/* The gated MLP activation act(g) · u (act: NZ_ACT_*, uniform across a
+ * launch), as every kernel that applies it computes it (the fused GEMV and
+ * the separate activation kernel must agree bit for bit); act(g) is
+ * nz_act's (common.h) formula: silu, or PyTorch's gelu(approximate="tanh"). */
+__device__ __forceinline__ float nz_act_mul(int act, float g, float u)
+{
+	if (act == NZ_ACT_GELU_TANH)
+		return 0.5f * g * (1.0f + tanhf(0.7978845608028654f * (g + 0.044715f * g * g * g))) * u;
+	return g / (1.0f + expf(-g)) * u;
+}
+
+/* Gemma's soft-capping cap · tanh(x / cap), for cap > 0 (nz_softcap). */
+__device__ __forceinline__ float nz_softcap_f(float x, float cap) { return cap * tanhf(x / cap); }
 
 /* ---- 8-element vector loads --------------------------------------------------
  * nz_load8(p, v) reads p[0..8) as f32; p must be 16-byte aligned (32 for

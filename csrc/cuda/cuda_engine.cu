@@ -7,7 +7,8 @@
  *    [out, in] as in the checkpoint, with q|k|v packed into one
  *    [qd+2·kvd, H] matrix and gate|up into one [2I, H] matrix, so a layer
  *    runs four GEMMs; norm weights and biases in f32 (rounded through the
- *    weight dtype first, as the CPU backend holds them);
+ *    weight dtype first, as the CPU backend holds them; a norm weight w
+ *    is kept as norm_weight_offset + w, added in f32: Gemma's 1 + w);
  *  - adapter slots: one region of max_slots × slot_stride elements; a slot
  *    holds per layer and module A [R][in] (PEFT lora_A) and B [out][R]
  *    (PEFT lora_B · scale, folded in f32 and rounded once), R = max_rank,
@@ -158,6 +159,7 @@ struct layer_w {
 	float *bqkv, *bo, *bgu, *bdown; /* f32, NULL when the model has none */
 	float *attn_norm, *ffn_norm;
 	float *q_norm, *k_norm; /* f32 [hd], NULL when the model has none (Qwen3 has them) */
+	float *post_attn_norm, *post_ffn_norm; /* f32 [H], NULL when the model has none (Gemma 2/3 have them) */
 };
 
 /* Device pointers into the step metadata (see meta_layout). */
@@ -209,6 +211,14 @@ struct cuda_engine {
 	void *embed, *lm_head;
 	float *final_norm, *inv_freq;
 	float rope_scale; /* nz_rope_attention_factor: multiplies cos and sin */
+	/* Gemma's options (nz_config), resolved: 1 for no embedding scale, the
+	 * attention scale (1/√hd by default), 0 for no soft-cap; inv_local the
+	 * sliding layers' RoPE frequencies (NULL: rope_local_theta unset), whose
+	 * cos|sin go to cs_local */
+	float norm_offset, embed_scale, attn_scale, attn_softcap, final_softcap;
+	int hidden_act;
+	int inv_local_on;
+	float *inv_local;
 	std::vector<layer_w> layers;
 	int64_t weight_bytes;
 
@@ -234,7 +244,7 @@ struct cuda_engine {
 	int64_t kv_bytes, kv_pool_elems; /* one K (or V) pool of one layer */
 
 	/* scratch */
-	float *h, *y, *yl, *q, *cs, *lv, *logits, *attn_o, *attn_ml;
+	float *h, *y, *yl, *q, *cs, *cs_local, *lv, *logits, *attn_o, *attn_ml;
 	int *attn_count;
 	void *xin, *xs;
 	int64_t ymax, xmax;
@@ -308,7 +318,8 @@ int32_t select_device(cuda_engine *e, const char *what)
 int64_t scratch_bytes(const cuda_engine *e)
 {
 	int64_t T = e->T, S = e->S;
-	return 4 * T * (e->H + 2 * e->ymax + e->qd + e->hd) + 4 * 3 * e->lv_rows * e->R + (int64_t)e->wsz * (T * e->xmax + S * e->H) +
+	return 4 * T * (e->H + 2 * e->ymax + e->qd + (e->inv_local_on ? 2 : 1) * e->hd) + 4 * 3 * e->lv_rows * e->R +
+	       (int64_t)e->wsz * (T * e->xmax + S * e->H) +
 	       4 * S * e->V + 2 * S * (int64_t)sizeof(nz_sample_out) + (int64_t)kBlasWorkspace +
 	       4 * kAttnParts * e->rows_max * (e->hd + 2) + 8 * NZ_GEMV_MAX_T * nz_gemv_fused_parts(e->H) + 4 * 4 * e->L +
 	       (int64_t)sizeof(nz_sample_part) * S * nz_sample_parts(e->V);
@@ -363,15 +374,17 @@ void cuda_destroy(void *impl)
 	cudaFree(e->lm_head);
 	cudaFree(e->final_norm);
 	cudaFree(e->inv_freq);
+	cudaFree(e->inv_local);
 	for (auto &ly : e->layers) {
-		void *ps[] = {ly.wqkv, ly.wo, ly.wgu, ly.wdown, ly.bqkv, ly.bo, ly.bgu, ly.bdown, ly.attn_norm, ly.ffn_norm, ly.q_norm, ly.k_norm};
+		void *ps[] = {ly.wqkv,   ly.wo,        ly.wgu,      ly.wdown,  ly.bqkv,   ly.bo,          ly.bgu,
+		              ly.bdown,  ly.attn_norm, ly.ffn_norm, ly.q_norm, ly.k_norm, ly.post_attn_norm, ly.post_ffn_norm};
 		for (void *p : ps)
 			cudaFree(p);
 	}
 	cudaFree(e->slot_mem);
 	cudaFree(e->rank_dev);
 	cudaFree(e->kv);
-	void *scratch[] = {e->h,       e->y,       e->yl,      e->q,       e->cs,      e->lv,         e->logits,
+	void *scratch[] = {e->h,       e->y,       e->yl,      e->q,       e->cs,      e->cs_local,   e->lv,      e->logits,
 	                   e->xin,     e->xs,      e->d_out,   e->d_meta,  e->blas_ws,    e->attn_o,
 	                   e->attn_ml, e->attn_count, e->part, e->spart, e->lora_sync};
 	for (void *p : scratch)
@@ -475,6 +488,13 @@ int32_t cuda_create(nz_config *c, void **out)
 	e->T = c->max_batch_tokens, e->S = c->max_batch_seqs;
 	e->lv_rows = std::max<int64_t>(e->T, kLoraSplitRows);
 	e->eps = (float)c->rms_norm_eps;
+	e->norm_offset = (float)c->norm_weight_offset;
+	e->embed_scale = c->embed_scale != 0 ? (float)c->embed_scale : 1.0f;
+	e->hidden_act = (int)c->hidden_act;
+	e->attn_scale = c->attn_scale != 0 ? (float)c->attn_scale : 1.0f / sqrtf((float)e->hd);
+	e->attn_softcap = c->attn_softcap > 0 ? (float)c->attn_softcap : 0.0f;
+	e->final_softcap = c->final_softcap > 0 ? (float)c->final_softcap : 0.0f;
+	e->inv_local_on = c->rope_local_theta > 0;
 	e->ymax = std::max(std::max(e->qkvd, 2 * e->I), e->H);
 	e->xmax = std::max(std::max(e->H, e->qd), e->I);
 	for (int m = 0; m < NZ_M_COUNT; m++)
@@ -567,6 +587,12 @@ int32_t cuda_create(nz_config *c, void **out)
 	FAIL(dev_alloc((void **)&e->inv_freq, inv.size() * sizeof(float), "nz_engine_create: RoPE table"));
 	FAIL_CUDA(cudaMemcpy(e->inv_freq, inv.data(), inv.size() * sizeof(float), cudaMemcpyHostToDevice),
 	          "nz_engine_create: RoPE table");
+	if (e->inv_local_on) { /* the sliding layers' (Gemma 3's rope_local_base_freq) */
+		nz_rope_local_inv_freq(c, inv.data());
+		FAIL(dev_alloc((void **)&e->inv_local, inv.size() * sizeof(float), "nz_engine_create: RoPE table"));
+		FAIL_CUDA(cudaMemcpy(e->inv_local, inv.data(), inv.size() * sizeof(float), cudaMemcpyHostToDevice),
+		          "nz_engine_create: RoPE table");
+	}
 	e->layers.assign((size_t)e->L, layer_w());
 	FAIL(host_alloc(&e->tstage, 2 * kTensorStage, "nz_engine_create: weight staging"));
 	e->use_graphs = 1;
@@ -583,9 +609,10 @@ int32_t cuda_create(nz_config *c, void **out)
 
 /* Copies n elements of src (dtype) into dst on the device, converted to
  * dst_dtype (f32 for norms and biases: rounded through the weight dtype
- * first), through the pinned staging halves. */
+ * first, then add added in f32 when it is not 0: the norm weight offset),
+ * through the pinned staging halves. */
 int32_t upload_converted(cuda_engine *e, void *dst, int32_t dst_dtype, const void *src, int32_t src_dtype, int64_t n,
-                         int via_weight_dtype)
+                         int via_weight_dtype, float add = 0.0f)
 {
 	const size_t dsz = nz_dtype_size(dst_dtype), ssz = nz_dtype_size(src_dtype);
 	const int64_t chunk = (int64_t)(kTensorStage / dsz);
@@ -599,10 +626,15 @@ int32_t upload_converted(cuda_engine *e, void *dst, int32_t dst_dtype, const voi
 		int64_t parts = nz_ceil_div(cnt, sub);
 		parallel_for(cnt >= (1 << 20) ? e->pool : NULL, parts, [&](int64_t k) {
 			int64_t a = k * sub, m = std::min(sub, cnt - a);
-			if (via_weight_dtype)
-				nz_convert_f32_via((float *)(stg + (size_t)a * dsz), s + (size_t)a * ssz, src_dtype, e->wdt, m);
-			else
+			if (via_weight_dtype) {
+				float *f = (float *)(stg + (size_t)a * dsz);
+				nz_convert_f32_via(f, s + (size_t)a * ssz, src_dtype, e->wdt, m);
+				if (add != 0.0f)
+					for (int64_t i = 0; i < m; i++)
+						f[i] = add + f[i];
+			} else {
 				nz_convert(stg + (size_t)a * dsz, dst_dtype, s + (size_t)a * ssz, src_dtype, m);
+			}
 		});
 		CUDA_TRY(cudaMemcpyAsync((unsigned char *)dst + (size_t)i0 * dsz, stg, (size_t)cnt * dsz, cudaMemcpyHostToDevice,
 		                         e->stream),
@@ -633,7 +665,7 @@ int32_t cuda_set_tensor(void *impl, int32_t kind, int32_t layer, int32_t dtype, 
 	layer_w *ly = layer >= 0 ? &e->layers[(size_t)layer] : NULL;
 	void **dst = NULL;
 	size_t total = 0, offset = 0; /* bytes of the (packed) buffer, byte offset of this tensor */
-	int as_f32 = 0, zero = 0;
+	int as_f32 = 0, zero = 0, norm = 0;
 	switch (kind) {
 	case NZ_T_EMBED:
 		dst = &e->embed, total = (size_t)n * ws;
@@ -642,19 +674,25 @@ int32_t cuda_set_tensor(void *impl, int32_t kind, int32_t layer, int32_t dtype, 
 		dst = &e->lm_head, total = (size_t)n * ws;
 		break;
 	case NZ_T_FINAL_NORM:
-		dst = (void **)&e->final_norm, total = (size_t)n * 4, as_f32 = 1;
+		dst = (void **)&e->final_norm, total = (size_t)n * 4, as_f32 = 1, norm = 1;
 		break;
 	case NZ_T_ATTN_NORM:
-		dst = (void **)&ly->attn_norm, total = (size_t)n * 4, as_f32 = 1;
+		dst = (void **)&ly->attn_norm, total = (size_t)n * 4, as_f32 = 1, norm = 1;
 		break;
 	case NZ_T_FFN_NORM:
-		dst = (void **)&ly->ffn_norm, total = (size_t)n * 4, as_f32 = 1;
+		dst = (void **)&ly->ffn_norm, total = (size_t)n * 4, as_f32 = 1, norm = 1;
 		break;
 	case NZ_T_Q_NORM:
-		dst = (void **)&ly->q_norm, total = (size_t)n * 4, as_f32 = 1;
+		dst = (void **)&ly->q_norm, total = (size_t)n * 4, as_f32 = 1, norm = 1;
 		break;
 	case NZ_T_K_NORM:
-		dst = (void **)&ly->k_norm, total = (size_t)n * 4, as_f32 = 1;
+		dst = (void **)&ly->k_norm, total = (size_t)n * 4, as_f32 = 1, norm = 1;
+		break;
+	case NZ_T_POST_ATTN_NORM:
+		dst = (void **)&ly->post_attn_norm, total = (size_t)n * 4, as_f32 = 1, norm = 1;
+		break;
+	case NZ_T_POST_FFN_NORM:
+		dst = (void **)&ly->post_ffn_norm, total = (size_t)n * 4, as_f32 = 1, norm = 1;
 		break;
 	case NZ_T_Q:
 	case NZ_T_K:
@@ -694,7 +732,8 @@ int32_t cuda_set_tensor(void *impl, int32_t kind, int32_t layer, int32_t dtype, 
 		return nz_error(NZ_ERR_INTERNAL, "%s: unexpected tensor kind %d", what, kind);
 	}
 	NZ_TRY(ensure_dev(e, dst, total, zero, what));
-	return upload_converted(e, (unsigned char *)*dst + offset, as_f32 ? NZ_F32 : e->wdt, data, dtype, n, as_f32);
+	return upload_converted(e, (unsigned char *)*dst + offset, as_f32 ? NZ_F32 : e->wdt, data, dtype, n, as_f32,
+	                        norm ? e->norm_offset : 0.0f);
 }
 
 /* ---------------------------------------------------------------------------
@@ -732,6 +771,8 @@ int32_t cuda_finalize(void *impl)
 	ALLOC(e->yl, 4 * T * e->ymax);
 	ALLOC(e->q, 4 * T * e->qd);
 	ALLOC(e->cs, 4 * T * e->hd);
+	if (e->inv_local_on)
+		ALLOC(e->cs_local, 4 * T * e->hd);
 	ALLOC(e->lv, 4 * 3 * e->lv_rows * e->R);
 	ALLOC(e->xin, (int64_t)e->wsz * T * e->xmax);
 	ALLOC(e->xs, (int64_t)e->wsz * S * e->H);
@@ -1070,13 +1111,21 @@ int32_t forward(cuda_engine *e, const meta_ptrs &m, int64_t T, int64_t n_attn, i
 		splits--;
 	if (fused && lora_grid)
 		CUDA_TRY(cudaMemsetAsync(e->lora_sync, 0, 4 * 4 * e->L, s), "nz_step: LoRA counters");
-	KTRY(nz_k_embed_norm(dt, s, T, e->embed, m.tokens, m.tok_pos, e->inv_freq, e->rope_scale, H, e->hd,
-	                     e->layers[0].attn_norm, e->eps, e->h, e->xin, e->cs),
+	KTRY(nz_k_embed_norm(dt, s, T, e->embed, e->embed_scale, m.tokens, m.tok_pos, e->inv_freq, e->rope_scale,
+	                     e->inv_local, H, e->hd, e->layers[0].attn_norm, e->eps, e->h, e->xin, e->cs, e->cs_local),
 	     "nz_step: embedding");
+	/* Gemma 2/3's post-attention and post-MLP norms (every layer or none):
+	 * the fused decode path then ends each module with a GEMV into y and
+	 * nz_k_add_norm, which leaves the residual's sum of squares as the one
+	 * partial the next fused GEMV's norm prologue reads */
+	const bool post = e->layers[0].post_attn_norm != NULL;
+	const int32_t n_part_h = post ? 1 : n_part;
 	for (int64_t l = 0; l < e->L; l++) {
 		const layer_w &ly = e->layers[(size_t)l];
 		unsigned char *kc = (unsigned char *)e->kv + (size_t)(2 * l) * pool_bytes, *vc = kc + pool_bytes;
-		int window = nz_layer_sliding(&e->cfg, l) ? (int)e->cfg.sliding_window : 0;
+		const bool sliding = nz_layer_sliding(&e->cfg, l);
+		int window = sliding ? (int)e->cfg.sliding_window : 0;
+		const float *cs = sliding && e->inv_local ? e->cs_local : e->cs; /* rope_local_theta */
 		nz_gemv_io io;
 		if (fused) {
 			memset(&io, 0, sizeof io);
@@ -1084,10 +1133,10 @@ int32_t forward(cuda_engine *e, const meta_ptrs &m, int64_t T, int64_t n_attn, i
 				io.x = e->xin; /* normed by nz_k_embed_norm */
 			} else {
 				io.h_in = e->h, io.norm_w = ly.attn_norm, io.eps = e->eps;
-				io.part_in = e->part, io.n_part_in = n_part;
+				io.part_in = e->part, io.n_part_in = n_part_h;
 			}
 			/* + bias, RoPE, q to e->q, k and v into the cache */
-			io.epi = NZ_GEMV_ROPE, io.bias = ly.bqkv, io.cs = e->cs, io.tok_pos = m.tok_pos, io.tok_seq = m.tok_seq;
+			io.epi = NZ_GEMV_ROPE, io.bias = ly.bqkv, io.cs = cs, io.tok_pos = m.tok_pos, io.tok_seq = m.tok_seq;
 			io.bt = m.bt, io.scalars = m.scalars, io.nh = (int32_t)e->nh, io.nkv = (int32_t)e->nkv;
 			io.hd = (int32_t)e->hd, io.bs = (int32_t)e->bs, io.q_out = e->q, io.kc = kc, io.vc = vc;
 			io.k_raw = ly.q_norm ? e->y : NULL; /* the head norms below */
@@ -1100,38 +1149,56 @@ int32_t forward(cuda_engine *e, const meta_ptrs &m, int64_t T, int64_t n_attn, i
 			NZ_TRY(gemm(e, e->xin, T, H, ly.wqkv, e->qkvd, e->y, "nz_step: q/k/v projection", blas_sms));
 			if (lora_grid)
 				NZ_TRY(lora_join(e));
-			KTRY(nz_k_rope_kv(dt, s, T, e->y, yl[0], lo[0], m.tok_lora, ly.bqkv, e->cs, m.tok_pos, m.tok_seq, m.bt, m.scalars,
+			KTRY(nz_k_rope_kv(dt, s, T, e->y, yl[0], lo[0], m.tok_lora, ly.bqkv, cs, m.tok_pos, m.tok_seq, m.bt, m.scalars,
 			                  (int)e->nh, (int)e->nkv, (int)e->hd, (int)e->bs, ly.q_norm != NULL, e->q, kc, vc),
 			     "nz_step: RoPE");
 		}
 		if (ly.q_norm)
-			KTRY(nz_k_qk_norm_rope(dt, s, T, e->y, ly.q_norm, ly.k_norm, e->eps, e->cs, m.tok_pos, m.tok_seq, m.bt,
+			KTRY(nz_k_qk_norm_rope(dt, s, T, e->y, ly.q_norm, ly.k_norm, e->eps, cs, m.tok_pos, m.tok_seq, m.bt,
 			                       m.scalars, (int)e->nh, (int)e->nkv, (int)e->hd, (int)e->bs, e->q, kc),
 			     "nz_step: q and k norms");
 		KTRY(nz_k_attention(dt, s, n_attn, m.attn_items, e->rows_max, e->q, kc, vc, m.tok_pos, m.tok_seq, m.bt,
-		                    m.scalars, (int)e->nh, (int)e->nkv, (int)e->hd, (int)e->bs, window, e->xin, splits,
-		                    e->attn_min_tiles, e->attn_o, e->attn_ml, e->attn_count),
+		                    m.scalars, (int)e->nh, (int)e->nkv, (int)e->hd, (int)e->bs, window, e->attn_scale,
+		                    e->attn_softcap, e->xin, splits, e->attn_min_tiles, e->attn_o, e->attn_ml, e->attn_count),
 		     "nz_step: attention");
 		if (fused) {
 			/* o projection + residual; then gate/up from the normed residual
-			 * + SiLU; then down projection + residual (whose sums of squares
-			 * the next layer's q/k/v projection normalises with) */
+			 * + activation; then down projection + residual (whose sums of
+			 * squares the next layer's q/k/v projection normalises with).
+			 * With post-norms each projection writes y, which nz_k_add_norm
+			 * normalises into the residual. */
 			memset(&io, 0, sizeof io);
-			io.x = e->xin, io.epi = NZ_GEMV_RESID, io.h = e->h, io.part_out = e->part, io.bias = ly.bo;
+			io.x = e->xin, io.bias = ly.bo;
+			if (post)
+				io.epi = NZ_GEMV_OUT, io.y = e->y;
+			else
+				io.epi = NZ_GEMV_RESID, io.h = e->h, io.part_out = e->part;
 			if (lora_grid)
 				gemv_lora(e, m, T, lora_grid, l, 1, 1, o_m, zero_c, &io.lora);
 			KTRY(nz_k_gemv_fused(dt, s, T, e->qd, ly.wo, H, &io), "nz_step: o projection");
+			if (post)
+				KTRY(nz_k_add_norm(dt, s, T, H, e->h, e->y, NULL, NULL, m.tok_lora, NULL, ly.post_attn_norm, NULL,
+				                   e->eps, NULL, e->part),
+				     "nz_step: post-attention norm");
 			memset(&io, 0, sizeof io);
-			io.h_in = e->h, io.norm_w = ly.ffn_norm, io.eps = e->eps, io.part_in = e->part, io.n_part_in = n_part;
-			io.epi = NZ_GEMV_SILU, io.x_out = e->xin, io.bias = ly.bgu;
+			io.h_in = e->h, io.norm_w = ly.ffn_norm, io.eps = e->eps, io.part_in = e->part, io.n_part_in = n_part_h;
+			io.epi = NZ_GEMV_SILU, io.x_out = e->xin, io.bias = ly.bgu, io.act = e->hidden_act;
 			if (lora_grid)
 				gemv_lora(e, m, T, lora_grid, l, 2, 2, gu_m, gu_c, &io.lora);
 			KTRY(nz_k_gemv_fused(dt, s, T, H, ly.wgu, I, &io), "nz_step: gate/up projection");
 			memset(&io, 0, sizeof io);
-			io.x = e->xin, io.epi = NZ_GEMV_RESID, io.h = e->h, io.part_out = e->part, io.bias = ly.bdown;
+			io.x = e->xin, io.bias = ly.bdown;
+			if (post)
+				io.epi = NZ_GEMV_OUT, io.y = e->y;
+			else
+				io.epi = NZ_GEMV_RESID, io.h = e->h, io.part_out = e->part;
 			if (lora_grid)
 				gemv_lora(e, m, T, lora_grid, l, 3, 1, down_m, zero_c, &io.lora);
 			KTRY(nz_k_gemv_fused(dt, s, T, I, ly.wdown, H, &io), "nz_step: down projection");
+			if (post)
+				KTRY(nz_k_add_norm(dt, s, T, H, e->h, e->y, NULL, NULL, m.tok_lora, NULL, ly.post_ffn_norm, NULL,
+				                   e->eps, NULL, l + 1 < e->L ? e->part : NULL),
+				     "nz_step: post-MLP norm");
 			continue;
 		}
 		if (lora_grid)
@@ -1139,21 +1206,24 @@ int32_t forward(cuda_engine *e, const meta_ptrs &m, int64_t T, int64_t n_attn, i
 		NZ_TRY(gemm(e, e->xin, T, e->qd, ly.wo, H, e->y, "nz_step: o projection", blas_sms));
 		if (lora_grid)
 			NZ_TRY(lora_join(e));
-		KTRY(nz_k_add_norm(dt, s, T, H, e->h, e->y, yl[1], lo[1], m.tok_lora, ly.bo, ly.ffn_norm, e->eps, e->xin),
+		KTRY(nz_k_add_norm(dt, s, T, H, e->h, e->y, yl[1], lo[1], m.tok_lora, ly.bo, ly.post_attn_norm, ly.ffn_norm,
+		                   e->eps, e->xin, NULL),
 		     "nz_step: norm");
 		if (lora_grid)
 			NZ_TRY(lora_fork(e, m, T, lora_grid, lora_few, l, 2, gu_m, gu_c, e->xin, H, lo[2], 2 * I, &lo_buf));
 		NZ_TRY(gemm(e, e->xin, T, H, ly.wgu, 2 * I, e->y, "nz_step: gate/up projection", blas_sms));
 		if (lora_grid)
 			NZ_TRY(lora_join(e));
-		KTRY(nz_k_silu(dt, s, T, I, e->y, yl[2], lo[2], m.tok_lora, ly.bgu, e->xin), "nz_step: SiLU");
+		KTRY(nz_k_silu(dt, s, T, I, e->y, yl[2], lo[2], m.tok_lora, ly.bgu, e->hidden_act, e->xin),
+		     "nz_step: MLP activation");
 		if (lora_grid)
 			NZ_TRY(lora_fork(e, m, T, lora_grid, lora_few, l, 1, down_m, zero_c, e->xin, I, lo[3], H, &lo_buf));
 		NZ_TRY(gemm(e, e->xin, T, I, ly.wdown, H, e->y, "nz_step: down projection", blas_sms));
 		if (lora_grid)
 			NZ_TRY(lora_join(e));
 		const float *next_norm = l + 1 < e->L ? e->layers[(size_t)(l + 1)].attn_norm : NULL;
-		KTRY(nz_k_add_norm(dt, s, T, H, e->h, e->y, yl[3], lo[3], m.tok_lora, ly.bdown, next_norm, e->eps, e->xin),
+		KTRY(nz_k_add_norm(dt, s, T, H, e->h, e->y, yl[3], lo[3], m.tok_lora, ly.bdown, ly.post_ffn_norm, next_norm,
+		                   e->eps, e->xin, NULL),
 		     "nz_step: norm");
 	}
 	if (ns == 0)
@@ -1161,6 +1231,8 @@ int32_t forward(cuda_engine *e, const meta_ptrs &m, int64_t T, int64_t n_attn, i
 	KTRY(nz_k_gather_norm(dt, s, ns, m.samples, e->h, H, e->final_norm, e->eps, e->xs), "nz_step: final norm");
 	const void *lm = e->cfg.tie_word_embeddings ? e->embed : e->lm_head;
 	NZ_TRY(gemm(e, e->xs, ns, H, lm, e->V, e->logits, "nz_step: LM head"));
+	if (e->final_softcap > 0) /* Gemma 2: before anything reads the logits */
+		KTRY(nz_k_softcap(s, e->logits, ns * e->V, e->final_softcap), "nz_step: logit soft-cap");
 	if (bias_grid)
 		KTRY(nz_k_logit_bias(s, bias_grid, m.scalars, e->logits, e->V), "nz_step: logit adjustments");
 	if (mask_grid)

@@ -98,18 +98,26 @@ typedef struct nz_lora_out {
 } nz_lora_out;
 size_t nz_lora_out_smem(int R);
 
-/* h[t] = embed[tokens[t]] (f32); x[t] = act(rmsnorm(h[t], norm_w));
- * cs[t] = cos|sin of tok_pos[t]·inv_freq (hd/2 each), times rope_scale. */
-cudaError_t nz_k_embed_norm(int dtype, cudaStream_t s, int64_t T, const void *embed, const int32_t *tokens,
-                            const int32_t *tok_pos, const float *inv_freq, float rope_scale, int64_t H, int64_t hd,
-                            const float *norm_w, float eps, float *h, void *x, float *cs);
+/* h[t] = embed[tokens[t]] (f32) · embed_scale (f32; 1: none);
+ * x[t] = act(rmsnorm(h[t], norm_w)); cs[t] = cos|sin of
+ * tok_pos[t]·inv_freq (hd/2 each), times rope_scale; with inv_local set,
+ * cs_local[t] likewise from inv_local, unscaled (the sliding layers'
+ * RoPE when rope_local_theta is set). */
+cudaError_t nz_k_embed_norm(int dtype, cudaStream_t s, int64_t T, const void *embed, float embed_scale,
+                            const int32_t *tokens, const int32_t *tok_pos, const float *inv_freq, float rope_scale,
+                            const float *inv_local, int64_t H, int64_t hd, const float *norm_w, float eps, float *h,
+                            void *x, float *cs, float *cs_local);
 
-/* h[t] += y[t] (+ bias) (+ the LoRA deltas for tokens with an adapter:
+/* d = y[t] (+ bias) (+ the LoRA deltas for tokens with an adapter:
  * yl[t] when yl is set (nz_k_lora_expand's output), lo's expand when lo
- * is); then, when norm_w is set, x[t] = act(rmsnorm(h[t])). */
-cudaError_t nz_k_add_norm(int dtype, cudaStream_t s, int64_t T, int64_t H, float *h, const float *y,
-                          const float *yl, const nz_lora_out *lo, const int32_t *tok_lora, const float *bias, const float *norm_w,
-                          float eps, void *x);
+ * is); with post_w set (Gemma's post-attention or post-MLP norm) d =
+ * rmsnorm(d, post_w) (d is left in y[t] first); h[t] += d; then, when
+ * norm_w is set, x[t] = act(rmsnorm(h[t])); when ss_out is, ss_out[t] =
+ * the sum of squares of h[t] (double), which a fused GEMV's norm prologue
+ * reads as its one partial (n_part_in 1). */
+cudaError_t nz_k_add_norm(int dtype, cudaStream_t s, int64_t T, int64_t H, float *h, float *y,
+                          const float *yl, const nz_lora_out *lo, const int32_t *tok_lora, const float *bias,
+                          const float *post_w, const float *norm_w, float eps, void *x, double *ss_out);
 
 /* x[i] = act(rmsnorm(h[sample_tok[i]], norm_w)) for i < n. */
 cudaError_t nz_k_gather_norm(int dtype, cudaStream_t s, int64_t n, const nz_sample_in *samples, const float *h,
@@ -135,7 +143,8 @@ cudaError_t nz_k_qk_norm_rope(int dtype, cudaStream_t s, int64_t T, const float 
 
 /* Causal (optionally windowed) attention of items (first token, count:
  * consecutive tokens of one sequence) over the paged cache; out is
- * act [T][nh·hd]. With splits > 1 each (item, KV head) spreads its keys
+ * act [T][nh·hd]. Scores are q·k · scale, then, with softcap > 0,
+ * softcap · tanh(score / softcap) (Gemma 2), before the mask. With splits > 1 each (item, KV head) spreads its keys
  * over `splits` blocks whose partial results (part_o: [items][nkv][splits]
  * [rows_max][hd], part_ml: [...][rows_max][2]) the last of them merges;
  * part_count ([items][nkv], zero before the first launch) counts them and
@@ -144,8 +153,8 @@ cudaError_t nz_k_qk_norm_rope(int dtype, cudaStream_t s, int64_t T, const float 
 cudaError_t nz_k_attention(int dtype, cudaStream_t s, int64_t n_items, const int32_t *items, int rows_max,
                            const float *q, const void *kc, const void *vc, const int32_t *tok_pos,
                            const int32_t *tok_seq, const int32_t *bt, const int32_t *scalars, int nh, int nkv,
-                           int hd, int bs, int window, void *out, int splits, int min_tiles, float *part_o,
-                           float *part_ml, int *part_count);
+                           int hd, int bs, int window, float scale, float softcap, void *out, int splits,
+                           int min_tiles, float *part_o, float *part_ml, int *part_count);
 /* Dynamic shared memory of nz_k_attention, and the one-time setup that
  * allows it (cudaFuncSetAttribute) on the current device. */
 size_t nz_attention_smem(int rows_max, int hd);
@@ -170,20 +179,23 @@ cudaError_t nz_k_gemv(int dtype, cudaStream_t s, int64_t T, const void *x, int64
  *                  (grid = nz_gemv_fused_parts(out)); as nz_k_add_norm's
  *                  first half;
  *   NZ_GEMV_SILU   W has 2·out rows (gate | up): x_out [T][out] =
- *                  act(silu(g (+ bias)) · (u (+ bias[out:]))), as nz_k_silu;
+ *                  act(a(g (+ bias)) · (u (+ bias[out:]))), as nz_k_silu
+ *                  (a: silu or GELU-tanh as io.act says);
  *   NZ_GEMV_ROPE   W is the q|k|v projection (out = qd + 2·kvd rows): the
  *                  rows (+ bias) go through RoPE into q_out and the KV
  *                  cache as nz_k_rope_kv does (rope_* fields: its
  *                  arguments); each warp takes the rows j and j + hd/2 of
  *                  one head. With k_raw (a model with q and k norms), q
  *                  and k are left as they are: q to q_out, k to k_raw
- *                  ([T][out], at its rows), for nz_k_qk_norm_rope.
+ *                  ([T][out], at its rows), for nz_k_qk_norm_rope;
+ *   NZ_GEMV_OUT    y [T][out] = x·Wᵀ (+ bias) in f32, for nz_k_add_norm
+ *                  with a post-norm (Gemma), which needs the whole row.
  * The arithmetic is the unfused kernels', operation for operation. in must
  * be a multiple of 8; with norm_w, T·in·sizeof(act) bytes of shared memory
  * (at most what nz_gemv_fused_setup allowed). The combinations the forward
- * pass uses are built: RESID from x, SILU from h, ROPE from either; others
- * return cudaErrorInvalidValue. */
-enum { NZ_GEMV_RESID = 1, NZ_GEMV_SILU = 2, NZ_GEMV_ROPE = 3 };
+ * pass uses are built: RESID and OUT from x, SILU from h, ROPE from
+ * either; others return cudaErrorInvalidValue. */
+enum { NZ_GEMV_RESID = 1, NZ_GEMV_SILU = 2, NZ_GEMV_ROPE = 3, NZ_GEMV_OUT = 4 };
 /* The LoRA of a fused GEMV's projection group (nz_gemv_io.lora) in a
  * decode step with adapters: the launch's first `blocks` blocks do the
  * group's shrink (a warp per (work item, module, rank row) of the
@@ -215,6 +227,8 @@ typedef struct nz_gemv_io {
 	float *h;           /* RESID */
 	double *part_out;   /* RESID */
 	void *x_out;        /* SILU */
+	int32_t act;        /* SILU: NZ_ACT_* */
+	float *y;           /* OUT */
 	const float *bias;  /* RESID, SILU, ROPE; NULL: none */
 	/* ROPE */
 	const float *cs;
@@ -235,11 +249,15 @@ int32_t nz_gemv_lora_blocks(int64_t items, int nmod, int R);
 /* Allows the fused variants smem bytes of dynamic shared memory. */
 cudaError_t nz_gemv_fused_setup(int dtype, size_t smem);
 
-/* x[t] = act(silu(g) · u) with g|u = y[t] (+ bias [2I]) (+ the LoRA
- * deltas of yl or lo as in nz_k_add_norm). */
+/* x[t] = act(a(g) · u) with g|u = y[t] (+ bias [2I]) (+ the LoRA
+ * deltas of yl or lo as in nz_k_add_norm); a is silu or GELU-tanh as
+ * hidden_act says (NZ_ACT_*, nz_act_mul). */
 cudaError_t nz_k_silu(int dtype, cudaStream_t s, int64_t T, int64_t I, const float *y, const float *yl,
-                      const nz_lora_out *lo,
-                      const int32_t *tok_lora, const float *bias, void *x);
+                      const nz_lora_out *lo, const int32_t *tok_lora, const float *bias, int hidden_act, void *x);
+
+/* x[i] = cap · tanh(x[i] / cap) for i < n (cap > 0): Gemma 2's soft-cap
+ * of the logits, right after the LM head. */
+cudaError_t nz_k_softcap(cudaStream_t s, float *x, int64_t n, float cap);
 
 /* LoRA shrink: v[mi][split][tok][0:r] = the split's chunk of x[tok]·A_mᵀ
  * for every token of every work item (items: [n][3] = first index into

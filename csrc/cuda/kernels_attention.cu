@@ -9,7 +9,8 @@
  * softmax in f32: per tile, scores into shared memory, per row (one warp)
  * the running max and sum, then the rescaled accumulation of P·V.
  * A key j is visible to a query at position p when j <= p and, with a
- * sliding window w, j > p - w.
+ * sliding window w, j > p - w. A score is q·k times the scale, soft-capped
+ * (cap · tanh(s / cap)) when the model asks for it (Gemma 2).
  *
  * When the step has few (item, KV head) blocks for the device (decode of a
  * small batch), the key range is split among up to `splits` blocks
@@ -33,7 +34,7 @@ __global__ void __launch_bounds__(128)
                      const T *__restrict__ kc, const T *__restrict__ vc, const int32_t *__restrict__ tok_pos,
                      const int32_t *__restrict__ tok_seq, const int32_t *__restrict__ bt,
                      const int32_t *__restrict__ scalars, int nh, int nkv, int hd, int bs, int window, float scale,
-                     T *__restrict__ out, int splits, int min_tiles, float *__restrict__ part_o,
+                     float softcap, T *__restrict__ out, int splits, int min_tiles, float *__restrict__ part_o,
                      float *__restrict__ part_ml, int *__restrict__ part_count)
 {
 	nz_pdl_begin();
@@ -114,6 +115,8 @@ __global__ void __launch_bounds__(128)
 				for (int d = 0; d < hd; d++)
 					acc += qr[d] * kr[d];
 				sc = acc * scale;
+				if (softcap > 0.0f) /* uniform */
+					sc = nz_softcap_f(sc, softcap);
 			}
 			ps[i] = sc;
 		}
@@ -234,17 +237,17 @@ template <class T>
 cudaError_t launch_attention(cudaStream_t s, int64_t n_items, const int32_t *items, int rows_max, const float *q,
                              const void *kc, const void *vc, const int32_t *tok_pos, const int32_t *tok_seq,
                              const int32_t *bt, const int32_t *scalars, int nh, int nkv, int hd, int bs, int window,
-                             void *out, int splits, int min_tiles, float *part_o, float *part_ml, int *part_count)
+                             float scale, float softcap, void *out, int splits, int min_tiles, float *part_o,
+                             float *part_ml, int *part_count)
 {
 	if (min_tiles < 1)
 		return cudaErrorInvalidValue;
 	if (splits < 1 || splits > kTile)
 		return cudaErrorInvalidValue; /* the merge keeps a row's split weights in a tile's scores */
 	size_t smem = nz_attention_smem(rows_max, hd);
-	float scale = 1.0f / sqrtf((float)hd);
 	dim3 grid((unsigned)n_items, (unsigned)nkv, (unsigned)splits);
 	NZ_LAUNCH_PDL(attention_kernel<T>, grid, dim3(kThreads), smem, s, items, rows_max, q, (const T *)kc, (const T *)vc,
-	          tok_pos, tok_seq, bt, scalars, nh, nkv, hd, bs, window, scale, (T *)out, splits, min_tiles, part_o,
+	          tok_pos, tok_seq, bt, scalars, nh, nkv, hd, bs, window, scale, softcap, (T *)out, splits, min_tiles, part_o,
 	          part_ml, part_count);
 	return cudaGetLastError();
 }
@@ -252,18 +255,19 @@ cudaError_t launch_attention(cudaStream_t s, int64_t n_items, const int32_t *ite
 cudaError_t nz_k_attention(int dtype, cudaStream_t s, int64_t n_items, const int32_t *items, int rows_max,
                            const float *q, const void *kc, const void *vc, const int32_t *tok_pos,
                            const int32_t *tok_seq, const int32_t *bt, const int32_t *scalars, int nh, int nkv,
-                           int hd, int bs, int window, void *out, int splits, int min_tiles, float *part_o,
-                           float *part_ml, int *part_count)
+                           int hd, int bs, int window, float scale, float softcap, void *out, int splits,
+                           int min_tiles, float *part_o, float *part_ml, int *part_count)
 {
 	switch (dtype) {
 	case NZ_BF16:
 		return launch_attention<__nv_bfloat16>(s, n_items, items, rows_max, q, kc, vc, tok_pos, tok_seq, bt, scalars,
-		                                       nh, nkv, hd, bs, window, out, splits, min_tiles, part_o, part_ml, part_count);
+		                                       nh, nkv, hd, bs, window, scale, softcap, out, splits, min_tiles, part_o,
+		                                       part_ml, part_count);
 	case NZ_F16:
 		return launch_attention<__half>(s, n_items, items, rows_max, q, kc, vc, tok_pos, tok_seq, bt, scalars, nh, nkv,
-		                                hd, bs, window, out, splits, min_tiles, part_o, part_ml, part_count);
+		                                hd, bs, window, scale, softcap, out, splits, min_tiles, part_o, part_ml, part_count);
 	default:
 		return launch_attention<float>(s, n_items, items, rows_max, q, kc, vc, tok_pos, tok_seq, bt, scalars, nh, nkv,
-		                               hd, bs, window, out, splits, min_tiles, part_o, part_ml, part_count);
+		                               hd, bs, window, scale, softcap, out, splits, min_tiles, part_o, part_ml, part_count);
 	}
 }

@@ -1,7 +1,9 @@
 /*
  * kernels_elementwise.cu — per-token kernels of the forward pass:
- * embedding + first RMSNorm (+ RoPE angles), residual add + RMSNorm,
- * final-norm gather, RoPE + KV-cache write, SiLU-gated MLP activation.
+ * embedding + first RMSNorm (+ RoPE angles), residual add + RMSNorm
+ * (with Gemma's post-norm of the module output first), final-norm gather,
+ * RoPE + KV-cache write, gated MLP activation (SiLU or GELU-tanh), logit
+ * soft-capping.
  * The last three add a step's LoRA deltas as they read a projection's
  * output (the expand, lora_out.cuh).
  *
@@ -26,10 +28,11 @@ const int kLoraNormThreads = 1024, kRopeThreads = 128, kQKNormThreads = 64;
 
 template <class T>
 __global__ void __launch_bounds__(256)
-    embed_norm_kernel(const T *__restrict__ embed, const int32_t *__restrict__ tokens, const int32_t *__restrict__ tok_pos,
-                      const float *__restrict__ inv_freq, float rope_scale, int64_t H, int64_t hd,
-                      const float *__restrict__ w, float eps, float *__restrict__ h, T *__restrict__ x,
-                      float *__restrict__ cs)
+    embed_norm_kernel(const T *__restrict__ embed, float escale, const int32_t *__restrict__ tokens,
+                      const int32_t *__restrict__ tok_pos, const float *__restrict__ inv_freq, float rope_scale,
+                      const float *__restrict__ inv_local, int64_t H, int64_t hd, const float *__restrict__ w,
+                      float eps, float *__restrict__ h, T *__restrict__ x, float *__restrict__ cs,
+                      float *__restrict__ cs_local)
 {
 	nz_pdl_begin();
 	__shared__ double red[32];
@@ -39,6 +42,8 @@ __global__ void __launch_bounds__(256)
 	double ss = 0;
 	for (int64_t i = threadIdx.x; i < H; i += blockDim.x) {
 		float v = nz_f32(e[i]);
+		if (escale != 1.0f) /* Gemma's embedding scale (uniform) */
+			v *= escale;
 		hr[i] = v;
 		ss += (double)v * (double)v;
 	}
@@ -59,37 +64,73 @@ __global__ void __launch_bounds__(256)
 		c[j] = (float)cos((double)a) * rope_scale;
 		c[half + j] = (float)sin((double)a) * rope_scale;
 	}
+	/* the sliding layers' table (rope_local_theta: default RoPE, factor 1) */
+	if (inv_local) {
+		float *cl = cs_local + t * hd;
+		for (int64_t j = threadIdx.x; j < half; j += blockDim.x) {
+			float a = p * inv_local[j];
+			cl[j] = (float)cos((double)a);
+			cl[half + j] = (float)sin((double)a);
+		}
+	}
 }
 
 template <class T, bool LORA>
 __global__ void __launch_bounds__(LORA ? kLoraNormThreads : kNormThreads)
-    add_norm_kernel(int64_t H, float *__restrict__ h, const float *__restrict__ y, const float *__restrict__ yl, nz_lora_out lo,
-                    const int32_t *__restrict__ tok_lora, const float *__restrict__ bias, const float *__restrict__ w,
-                    float eps, T *__restrict__ x)
+    add_norm_kernel(int64_t H, float *__restrict__ h, float *__restrict__ y, const float *__restrict__ yl, nz_lora_out lo,
+                    const int32_t *__restrict__ tok_lora, const float *__restrict__ bias,
+                    const float *__restrict__ post_w, const float *__restrict__ w, float eps, T *__restrict__ x,
+                    double *__restrict__ ss_out)
 {
 	nz_pdl_begin();
 	__shared__ double red[32];
 	NZ_DYN_SMEM(float, vs);
 	const int64_t t = blockIdx.x;
 	float *hr = h + t * H;
-	const float *yr = y + t * H;
+	float *yr = y + t * H;
 	const float *lr = yl && tok_lora[t] ? yl + t * H : NULL;
 	const int slot = LORA ? nz_lora_stage(lo, tok_lora, t, vs) : -1;
 	const int r = slot >= 0 ? nz_lora_rank(lo, slot, 0) : 0;
 	double ss = 0;
-	for (int64_t i = threadIdx.x; i < H; i += blockDim.x) {
-		float d = bias ? yr[i] + bias[i] : yr[i];
-		if (lr)
-			d += lr[i];
-		if (r)
-			d += nz_lora_delta<T>(lo, slot, vs, 0, r, i);
-		float v = hr[i] + d;
-		hr[i] = v;
-		ss += (double)v * (double)v;
+	if (post_w) {
+		/* Gemma's post-norm: the module output d (LoRA included), kept in
+		 * y, RMS normed with post_w before it joins the residual */
+		for (int64_t i = threadIdx.x; i < H; i += blockDim.x) {
+			float d = bias ? yr[i] + bias[i] : yr[i];
+			if (lr)
+				d += lr[i];
+			if (r)
+				d += nz_lora_delta<T>(lo, slot, vs, 0, r, i);
+			yr[i] = d;
+			ss += (double)d * (double)d;
+		}
+		ss = nz_block_sum(ss, red);
+		const float rp = 1.0f / sqrtf((float)(ss / (double)H) + eps);
+		ss = 0;
+		for (int64_t i = threadIdx.x; i < H; i += blockDim.x) { /* (the elements this thread wrote) */
+			float v = hr[i] + post_w[i] * (yr[i] * rp);
+			hr[i] = v;
+			ss += (double)v * (double)v;
+		}
+	} else {
+		for (int64_t i = threadIdx.x; i < H; i += blockDim.x) {
+			float d = bias ? yr[i] + bias[i] : yr[i];
+			if (lr)
+				d += lr[i];
+			if (r)
+				d += nz_lora_delta<T>(lo, slot, vs, 0, r, i);
+			float v = hr[i] + d;
+			hr[i] = v;
+			ss += (double)v * (double)v;
+		}
 	}
-	if (!w) /* the last layer: the final norm runs on the sampled tokens only */
+	if (!w && !ss_out) /* the last layer: the final norm runs on the sampled tokens only */
 		return;
 	ss = nz_block_sum(ss, red);
+	if (ss_out && threadIdx.x == 0)
+		ss_out[t] = ss;
+	if (!w)
+		return;
 	const float rn = 1.0f / sqrtf((float)(ss / (double)H) + eps);
 	T *xr = x + t * H;
 	for (int64_t i = threadIdx.x; i < H; i += blockDim.x)
@@ -255,7 +296,7 @@ __global__ void __launch_bounds__(kQKNormThreads)
 template <class T, bool LORA>
 __global__ void __launch_bounds__(256)
     silu_kernel(int64_t T_, int64_t I, const float *__restrict__ y, const float *__restrict__ yl, nz_lora_out lo,
-                const int32_t *__restrict__ tok_lora, const float *__restrict__ bias, T *__restrict__ x)
+                const int32_t *__restrict__ tok_lora, const float *__restrict__ bias, int act, T *__restrict__ x)
 {
 	nz_pdl_begin();
 	if (!LORA) {
@@ -267,7 +308,7 @@ __global__ void __launch_bounds__(256)
 				g += bias[i], u += bias[I + i];
 			if (yl && tok_lora[t])
 				g += yl[t * 2 * I + i], u += yl[t * 2 * I + I + i];
-			x[k] = nz_cvt<T>(nz_silu_mul(g, u));
+			x[k] = nz_cvt<T>(nz_act_mul(act, g, u));
 		}
 		return;
 	}
@@ -285,11 +326,19 @@ __global__ void __launch_bounds__(256)
 				g += nz_lora_delta<T>(lo, slot, vs, 0, rg, i);
 			if (ru)
 				u += nz_lora_delta<T>(lo, slot, vs, 1, ru, i);
-			x[t * I + i] = nz_cvt<T>(nz_silu_mul(g, u));
+			x[t * I + i] = nz_cvt<T>(nz_act_mul(act, g, u));
 		}
 		if (slot >= 0)
 			__syncthreads(); /* vs is restaged for the next row */
 	}
+}
+
+/* x[i] = cap · tanh(x[i] / cap) for i < n (Gemma 2's final soft-cap). */
+__global__ void __launch_bounds__(256) softcap_kernel(float *__restrict__ x, int64_t n, float cap)
+{
+	nz_pdl_begin();
+	for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
+		x[i] = nz_softcap_f(x[i], cap);
 }
 
 __global__ void __launch_bounds__(256) read_kernel(const uint4 *__restrict__ p, int64_t n, unsigned *__restrict__ sink)
@@ -324,13 +373,14 @@ __global__ void __launch_bounds__(256) read_kernel(const uint4 *__restrict__ p, 
 	}                                                                                                                  \
 	}
 
-cudaError_t nz_k_embed_norm(int dtype, cudaStream_t s, int64_t T_, const void *embed, const int32_t *tokens,
-                            const int32_t *tok_pos, const float *inv_freq, float rope_scale, int64_t H, int64_t hd,
-                            const float *norm_w, float eps, float *h, void *x, float *cs)
+cudaError_t nz_k_embed_norm(int dtype, cudaStream_t s, int64_t T_, const void *embed, float embed_scale,
+                            const int32_t *tokens, const int32_t *tok_pos, const float *inv_freq, float rope_scale,
+                            const float *inv_local, int64_t H, int64_t hd, const float *norm_w, float eps, float *h,
+                            void *x, float *cs, float *cs_local)
 {
 	NZ_DISPATCH(dtype, NZ_LAUNCH((embed_norm_kernel<T>), dim3((unsigned)T_), dim3(kNormThreads), 0, s,
-	                             (const T *)embed, tokens, tok_pos, inv_freq, rope_scale, H, hd, norm_w, eps, h,
-	                             (T *)x, cs));
+	                             (const T *)embed, embed_scale, tokens, tok_pos, inv_freq, rope_scale, inv_local, H, hd,
+	                             norm_w, eps, h, (T *)x, cs, cs_local));
 	return cudaGetLastError();
 }
 
@@ -350,18 +400,20 @@ static nz_lora_out lora_arg(const nz_lora_out *lo, size_t *smem)
 
 size_t nz_lora_out_smem(int R) { return sizeof(float) * 3 * (size_t)R; }
 
-cudaError_t nz_k_add_norm(int dtype, cudaStream_t s, int64_t T_, int64_t H, float *h, const float *y,
-                          const float *yl, const nz_lora_out *lo, const int32_t *tok_lora, const float *bias, const float *norm_w,
-                          float eps, void *x)
+cudaError_t nz_k_add_norm(int dtype, cudaStream_t s, int64_t T_, int64_t H, float *h, float *y,
+                          const float *yl, const nz_lora_out *lo, const int32_t *tok_lora, const float *bias,
+                          const float *post_w, const float *norm_w, float eps, void *x, double *ss_out)
 {
 	size_t smem;
 	const nz_lora_out la = lora_arg(lo, &smem);
 	if (lo)
 		NZ_DISPATCH(dtype, NZ_LAUNCH_PDL((add_norm_kernel<T, true>), dim3((unsigned)T_), dim3(kLoraNormThreads), smem,
-		                                 s, H, h, y, (const float *)NULL, la, tok_lora, bias, norm_w, eps, (T *)x))
+		                                 s, H, h, y, (const float *)NULL, la, tok_lora, bias, post_w, norm_w, eps, (T *)x,
+		                                 ss_out))
 	else
 		NZ_DISPATCH(dtype, NZ_LAUNCH_PDL((add_norm_kernel<T, false>), dim3((unsigned)T_), dim3(kNormThreads), 0, s, H,
-		                                 h, y, yl, la, tok_lora, bias, norm_w, eps, (T *)x))
+		                                 h, y, yl, la, tok_lora, bias, post_w, norm_w, eps, (T *)x,
+		                                 ss_out))
 	return cudaGetLastError();
 }
 
@@ -405,20 +457,26 @@ cudaError_t nz_k_qk_norm_rope(int dtype, cudaStream_t s, int64_t T_, const float
 }
 
 cudaError_t nz_k_silu(int dtype, cudaStream_t s, int64_t T_, int64_t I, const float *y, const float *yl,
-                      const nz_lora_out *lo,
-                      const int32_t *tok_lora, const float *bias, void *x)
+                      const nz_lora_out *lo, const int32_t *tok_lora, const float *bias, int act, void *x)
 {
 	size_t smem;
 	const nz_lora_out la = lora_arg(lo, &smem);
 	if (lo) {
 		const int64_t per_row = std::min<int64_t>((I + 255) / 256, 65535), rows = std::min<int64_t>(T_, 65535);
 		NZ_DISPATCH(dtype, NZ_LAUNCH_PDL((silu_kernel<T, true>), dim3((unsigned)per_row, (unsigned)rows), dim3(256), smem,
-		                                 s, T_, I, y, (const float *)NULL, la, tok_lora, bias, (T *)x))
+		                                 s, T_, I, y, (const float *)NULL, la, tok_lora, bias, act, (T *)x))
 	} else {
 		const int64_t blocks = std::min<int64_t>((T_ * I + 255) / 256, 65536);
 		NZ_DISPATCH(dtype, NZ_LAUNCH_PDL((silu_kernel<T, false>), dim3((unsigned)blocks), dim3(256), 0, s, T_, I, y, yl, la,
-		                                 tok_lora, bias, (T *)x))
+		                                 tok_lora, bias, act, (T *)x))
 	}
+	return cudaGetLastError();
+}
+
+cudaError_t nz_k_softcap(cudaStream_t s, float *x, int64_t n, float cap)
+{
+	const int64_t blocks = std::max<int64_t>(1, std::min<int64_t>((n + 255) / 256, 4096));
+	NZ_LAUNCH_PDL(softcap_kernel, dim3((unsigned)blocks), dim3(256), 0, s, x, n, cap);
 	return cudaGetLastError();
 }
 

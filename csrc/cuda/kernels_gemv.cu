@@ -11,8 +11,9 @@
  *
  * The fused variants (nz_k_gemv_fused) are the same loop with the work of
  * the small kernels around a projection folded in: an RMSNorm prologue
- * into shared memory, and epilogues for the residual add, SiLU, and RoPE
- * with the KV-cache write.
+ * into shared memory, and epilogues for the residual add, the gated
+ * activation, RoPE with the KV-cache write, and a plain f32 output (for a
+ * post-norm, Gemma's, that needs the whole row before the residual add).
  */
 #include "cuda_kernels.h"
 #include "lora_out.cuh"
@@ -324,13 +325,16 @@ __global__ void __launch_bounds__(256) gemv_fused_kernel(const T *__restrict__ W
 					}
 				}
 			}
-		} else {
+		} else if (EPI == NZ_GEMV_SILU) {
 			if (active) {
 				float g = v[0], u = v[NR - 1];
 				if (io.bias)
 					g += io.bias[o], u += io.bias[out + o];
-				((T *)io.x_out)[(int64_t)j * out + o] = nz_cvt<T>(nz_silu_mul(g, u));
+				((T *)io.x_out)[(int64_t)j * out + o] = nz_cvt<T>(nz_act_mul(io.act, g, u));
 			}
+		} else if (EPI == NZ_GEMV_OUT) {
+			if (active)
+				io.y[(int64_t)j * out + o] = io.bias ? v[0] + io.bias[o] : v[0];
 		}
 	}
 	if (EPI == NZ_GEMV_RESID) {
@@ -357,6 +361,8 @@ cudaError_t gemv_fused_launch(cudaStream_t s, int64_t T_, int64_t in, const T *W
 		NZ_LAUNCH_PDL((gemv_fused_kernel<T, 2, true, NZ_GEMV_SILU, LORA>), grid, block, smem, s, W, io, in, out, ntok);
 	else if (io.epi == NZ_GEMV_RESID && !norm)
 		NZ_LAUNCH_PDL((gemv_fused_kernel<T, 1, false, NZ_GEMV_RESID, LORA>), grid, block, smem, s, W, io, in, out, ntok);
+	else if (io.epi == NZ_GEMV_OUT && !norm)
+		NZ_LAUNCH_PDL((gemv_fused_kernel<T, 1, false, NZ_GEMV_OUT, LORA>), grid, block, smem, s, W, io, in, out, ntok);
 	else if (io.epi == NZ_GEMV_ROPE && norm)
 		NZ_LAUNCH_PDL((gemv_fused_kernel<T, 2, true, NZ_GEMV_ROPE, LORA>), grid, block, smem, s, W, io, in, out, ntok);
 	else if (io.epi == NZ_GEMV_ROPE)
