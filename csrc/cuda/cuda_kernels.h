@@ -144,11 +144,12 @@ cudaError_t nz_k_qk_norm_rope(int dtype, cudaStream_t s, int64_t T, const float 
 /* Causal (optionally windowed) attention of items (first token, count:
  * consecutive tokens of one sequence) over the paged cache; out is
  * act [T][nh·hd]. Scores are q·k · scale, then, with softcap > 0,
- * softcap · tanh(score / softcap) (Gemma 2), before the mask. With splits > 1 each (item, KV head) spreads its keys
- * over `splits` blocks whose partial results (part_o: [items][nkv][splits]
- * [rows_max][hd], part_ml: [...][rows_max][2]) the last of them merges;
- * part_count ([items][nkv], zero before the first launch) counts them and
- * is left zero. A split takes at least min_tiles key tiles (of 32): fewer
+ * softcap · tanh(score / softcap) (Gemma 2), before the mask. With
+ * splits > 1 each (item, KV head) spreads its keys over `splits` blocks
+ * whose partial results (part_o: [items][nkv][splits][rows_max][hd],
+ * part_ml: [...][rows_max][2]) the last of them merges; part_count
+ * ([items][nkv], zero before the first launch) counts them and is left
+ * zero. A split takes at least min_tiles key tiles (of 32): fewer
  * blocks, and fewer partial results to merge, for short sequences. */
 cudaError_t nz_k_attention(int dtype, cudaStream_t s, int64_t n_items, const int32_t *items, int rows_max,
                            const float *q, const void *kc, const void *vc, const int32_t *tok_pos,
@@ -229,7 +230,7 @@ typedef struct nz_gemv_io {
 	void *x_out;        /* SILU */
 	int32_t act;        /* SILU: NZ_ACT_* */
 	float *y;           /* OUT */
-	const float *bias;  /* RESID, SILU, ROPE; NULL: none */
+	const float *bias;  /* RESID, SILU, ROPE, OUT; NULL: none */
 	/* ROPE */
 	const float *cs;
 	const int32_t *tok_pos, *tok_seq, *bt, *scalars;
