@@ -105,12 +105,14 @@ __device__ __forceinline__ void nz_rope(float x1, float x2, float c, float sn, f
 
 /* The gated MLP activation act(g) · u (act: NZ_ACT_*, uniform across a
  * launch), as every kernel that applies it computes it (the fused GEMV and
- * the separate activation kernel must agree bit for bit); act(g) is
- * nz_act's (common.h) formula: silu, or PyTorch's gelu(approximate="tanh"). */
+ * the separate activation kernel must agree bit for bit): silu, or
+ * PyTorch's gelu(approximate="tanh") 0.5·g·(1 + tanh(√(2/π)·(g +
+ * 0.044715·g³))) in the CPU backend's form (nz_gelu_tanh, common.h):
+ * g·sigmoid(2·√(2/π)·(g + 0.044715·g³)), the same function. */
 __device__ __forceinline__ float nz_act_mul(int act, float g, float u)
 {
 	if (act == NZ_ACT_GELU_TANH)
-		return 0.5f * g * (1.0f + tanhf(0.7978845608028654f * (g + 0.044715f * g * g * g))) * u;
+		return g / (1.0f + expf(-1.5957691216057308f * (g + 0.044715f * g * g * g))) * u;
 	return g / (1.0f + expf(-g)) * u;
 }
 
