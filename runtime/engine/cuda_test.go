@@ -401,6 +401,29 @@ var cudaParityCases = []cudaCase{
 		s.Rope = &model.RopeScaling{Type: model.RopeYarn, Factor: 8, OriginalMaxPosition: 16, BetaFast: 4, BetaSlow: 0.5,
 			AttentionFactor: 1.2, Truncate: false}
 	}, tol: 1e-4},
+	// Gemma 2 and Gemma 3 as the gemma2-bf16 and gemma3-bf16 fixtures
+	// (golden_test.go) have them, in f32 and bf16: (1 + w) norms, the
+	// post-attention and post-MLP norms, scaled embeddings, GELU(tanh),
+	// query_pre_attn_scalar; Gemma 2's soft-caps and alternating window;
+	// Gemma 3's head norms, local RoPE base and linear scaling
+	{name: "Gemma2", spec: cudaGemma2, tol: 1e-4},
+	{name: "Gemma3", spec: cudaGemma3, tol: 1e-4},
+	// (with a final cap of 30, Gemma 2's own: under a cap of 3 the best
+	// logits crowd below the cap, closer together than bf16's rounding
+	// moves the uncapped ones, and every greedy choice is a near tie)
+	{name: "Gemma2BF16", spec: func(s *model.Spec) { cudaGemma2(s); s.DType, s.FinalSoftcap = safetensors.BF16, 30 }, tol: 2e-2},
+	{name: "Gemma3BF16", spec: func(s *model.Spec) { cudaGemma3(s); s.DType = safetensors.BF16 }, tol: 2e-2},
+}
+
+func cudaGemma2(s *model.Spec) {
+	s.Arch, s.HeadDim, s.Tied, s.SlidingWindow, s.QueryPreAttnScalar = "gemma2", 16, true, 4, 24
+	s.AttnSoftcap, s.FinalSoftcap, s.RMSNormEps = 2, 3, 1e-6
+}
+
+func cudaGemma3(s *model.Spec) {
+	s.Arch, s.NumLayers, s.NumKVHeads, s.HeadDim, s.Tied = "gemma3_text", 3, 1, 16, true
+	s.SlidingWindow, s.SlidingWindowPattern, s.RopeTheta, s.RopeLocalTheta = 5, 3, 1e6, 1e4
+	s.Rope, s.RMSNormEps = &model.RopeScaling{Type: model.RopeLinear, Factor: 2}, 1e-6
 }
 
 // TestCUDA_Parity runs the same mixed batches on both backends: six
@@ -490,7 +513,7 @@ func TestCUDA_ParityLoRAFused(t *testing.T) {
 		rank int
 	}{{"LlamaGQA", 1e-5, 0}, {"Llama3RopeHeadDim16", 1e-5, 0}, {"Qwen3HeadNorms", 1e-5, 0}, {"Phi3Fused", 1e-5, 0},
 		{"YarnQwen2HeadDim16", 1e-5, 0},
-		{"BF16", 2e-2, 0}, {"F16", 4e-3, 0}, {"Wide", 1e-5, 40}}
+		{"BF16", 2e-2, 0}, {"F16", 4e-3, 0}, {"Wide", 1e-5, 40}, {"Gemma2", 1e-5, 0}, {"Gemma3", 1e-5, 0}}
 	for _, run := range runs {
 		ci := slices.IndexFunc(cudaParityCases, func(c cudaCase) bool { return c.name == run.name })
 		tc, tol := cudaParityCases[ci], run.tol
@@ -565,6 +588,10 @@ func TestCUDA_ParityBase(t *testing.T) {
 			s.Rope = &model.RopeScaling{Type: model.RopeYarn, Factor: 4, OriginalMaxPosition: 32, BetaFast: 32, BetaSlow: 1,
 				AttentionFactor: model.YarnMscale(4, 1), Truncate: true}
 		}, tol: 1e-4},
+		// Gemma's post-norms through the fused GEMVs (each module's output
+		// into y, then the norm and residual add) and its options
+		{name: "Gemma2", spec: cudaGemma2, tol: 1e-4},
+		{name: "Gemma3BF16", spec: func(s *model.Spec) { cudaGemma3(s); s.DType = safetensors.BF16 }, tol: 2e-2},
 	}
 	none := []int{-1, -1, -1, -1, -1, -1}
 	for ci, tc := range cases {
