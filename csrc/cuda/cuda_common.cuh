@@ -116,7 +116,7 @@ __device__ __forceinline__ float nz_act_mul(int act, float g, float u)
 	return g / (1.0f + expf(-g)) * u;
 }
 
-/* Gemma's soft-capping cap · tanh(x / cap), for cap > 0 (nz_softcap). */
+/* Gemma's soft-capping cap · tanh(x / cap), for cap > 0 (nz_softcap on the CPU). */
 __device__ __forceinline__ float nz_softcap_f(float x, float cap) { return cap * tanhf(x / cap); }
 
 /* ---- 8-element vector loads --------------------------------------------------

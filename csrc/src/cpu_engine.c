@@ -649,8 +649,7 @@ static void attn_task(void *ctx, int64_t i, int tid)
 			sc[r * n + (j - lo)] = k->dot(q + r * hd, kr, hd) * scale;
 	}
 	if (e->cfg.attn_softcap > 0)
-		for (int64_t j = 0; j < nrep * n; j++)
-			sc[j] = nz_softcap(sc[j], (float)e->cfg.attn_softcap);
+		nz_softcap(sc, nrep * n, (float)e->cfg.attn_softcap);
 	for (int64_t r = 0; r < nrep; r++) {
 		float *s = sc + r * n, m = -INFINITY;
 		for (int64_t j = 0; j < n; j++)
@@ -770,8 +769,7 @@ static void sample_task(void *ctx, int64_t i, int tid)
 	int64_t s = p->sample_seq[i];
 	float *lg = e->logits + i * e->V;
 	if (e->cfg.final_softcap > 0)
-		for (int64_t j = 0; j < e->V; j++)
-			lg[j] = nz_softcap(lg[j], (float)e->cfg.final_softcap);
+		nz_softcap(lg, e->V, (float)e->cfg.final_softcap);
 	nz_sample_params sp = {.n_top = (int32_t)b->n_top};
 	if (i < p->n_sample) {
 		nz_apply_bias(lg, b, s);
