@@ -2,6 +2,7 @@ package runtime_test
 
 import (
 	"context"
+	"encoding/json"
 	"path/filepath"
 	"testing"
 
@@ -66,6 +67,19 @@ func TestGemma3_EndToEnd(t *testing.T) {
 	stop := run(ctx, rt, &nozzle.GenerateRequest{TenantID: "a", Messages: user, MaxTokens: 8, LogitBias: map[int]float64{106: 100}})
 	if stop.err != nil || stop.res.FinishReason != "stop" || stop.res.CompletionTokens > 1 || stop.text != "" {
 		t.Errorf("forced <end_of_turn>: %v %+v %q", stop.err, stop.res, stop.text)
+	}
+
+	// A JSON Schema over Gemma's 262,144 tokens (byte fallback included):
+	// the answer is an object the schema accepts.
+	js := run(ctx, rt, &nozzle.GenerateRequest{TenantID: "a", Messages: user, MaxTokens: 200, Temperature: 1,
+		ResponseFormat: nozzle.ResponseFormatJSONSchema,
+		ResponseSchema: json.RawMessage(`{"type":"object","properties":{"n":{"type":"integer"},"w":{"enum":["ja","nein"]}},"required":["n","w"],"additionalProperties":false}`)})
+	var got struct {
+		N *int    `json:"n"`
+		W *string `json:"w"`
+	}
+	if js.err != nil || js.res.FinishReason != "stop" || json.Unmarshal([]byte(js.text), &got) != nil || got.N == nil || got.W == nil {
+		t.Errorf("json_schema: %v %+v %q", js.err, js.res, js.text)
 	}
 
 	ad := &nozzle.Adapter{ID: "gemma3-lora", Name: "gemma3-lora", AdapterManifest: *m}
