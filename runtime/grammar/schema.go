@@ -20,7 +20,9 @@ import (
 //
 // Supported keywords: "type" (a name or a list of names), "properties",
 // "required", "additionalProperties" (true, false or absent), "items" (one
-// schema), "minItems" and "maxItems" (at most MaxSchemaItems), "format"
+// schema), "prefixItems" (a tuple's first items, "items" after them, or
+// none after "items": false), "minItems" and "maxItems" (at most
+// MaxSchemaItems), "format"
 // (for strings: "date-time", "date", "time", "uuid", "email", "hostname",
 // "ipv4", "ipv6" and "duration"), "pattern" (ECMA-262, as JSON Schema
 // has it: lookaround, backreferences, word boundaries and inline flags
@@ -191,6 +193,7 @@ type snode struct {
 	props     []sprop
 	anyObject bool // an object without "properties": any object
 	items     uint16
+	prefix    []uint16 // an array's first items' nodes (prefixItems); items follows them
 	minItems  int
 	maxItems  int      // -1: no limit
 	format    uint8    // a string's format (fNone: free)
@@ -434,7 +437,11 @@ func (s *Schema) itemNode(f *sframe) uint16 {
 	if f.node == anyNode|arrFrame {
 		return anyNode
 	}
-	return s.c.nodes[f.node&^arrFrame].items
+	n := &s.c.nodes[f.node&^arrFrame]
+	if int(f.pos) < len(n.prefix) {
+		return n.prefix[f.pos]
+	}
+	return n.items
 }
 
 // canAdd reports whether an array may take another item.
@@ -443,7 +450,7 @@ func (s *Schema) canAdd(f *sframe) bool {
 		return true
 	}
 	n := &s.c.nodes[f.node&^arrFrame]
-	return (n.maxItems < 0 || int(f.pos) < n.maxItems) && s.fits(n.items)
+	return (n.maxItems < 0 || int(f.pos) < n.maxItems) && s.fits(s.itemNode(f))
 }
 
 // fits reports whether a value of node n can begin (and end) at the
@@ -595,7 +602,7 @@ func (s *Schema) afterValue() {
 	n := &s.c.nodes[f.node&^arrFrame]
 	limit := n.maxItems
 	if limit < 0 {
-		limit = n.minItems
+		limit = max(n.minItems, len(n.prefix)) // past both, items alone follow
 	}
 	if int(f.pos) < limit {
 		f.pos++
@@ -1214,7 +1221,7 @@ func (c *compiler) compile(v *oval, path string, depth int, root bool) (uint16, 
 		return 0, err
 	}
 	n := snode{path: path, maxItems: -1, maxLen: -1}
-	var typ, props, req, addl, items, minI, maxI, enum, cnst, anyOf, ref, format, minL, maxL, pattern, num *oval
+	var typ, props, req, addl, items, minI, maxI, enum, cnst, anyOf, ref, format, minL, maxL, pattern, num, prefix *oval
 	anyOfKey, numKW := "anyOf", ""
 	var nk numKeywords
 	for i, k := range v.keys {
@@ -1230,6 +1237,8 @@ func (c *compiler) compile(v *oval, path string, depth int, root bool) (uint16, 
 			addl = e
 		case "items":
 			items = e
+		case "prefixItems":
+			prefix = e
 		case "minItems":
 			minI = e
 		case "maxItems":
@@ -1272,9 +1281,9 @@ func (c *compiler) compile(v *oval, path string, depth int, root bool) (uint16, 
 		}
 	}
 	others := func(except ...*oval) string {
-		for i, o := range []*oval{typ, props, req, addl, items, minI, maxI, enum, cnst, anyOf, ref, format, minL, maxL, pattern, num} {
+		for i, o := range []*oval{typ, props, req, addl, items, minI, maxI, enum, cnst, anyOf, ref, format, minL, maxL, pattern, num, prefix} {
 			if o != nil && !containsPtr(except, o) {
-				return [...]string{"type", "properties", "required", "additionalProperties", "items", "minItems", "maxItems", "enum", "const", anyOfKey, "$ref", "format", "minLength", "maxLength", "pattern", numKW}[i]
+				return [...]string{"type", "properties", "required", "additionalProperties", "items", "minItems", "maxItems", "enum", "const", anyOfKey, "$ref", "format", "minLength", "maxLength", "pattern", numKW, "prefixItems"}[i]
 			}
 		}
 		return ""
@@ -1358,13 +1367,13 @@ func (c *compiler) compile(v *oval, path string, depth int, root bool) (uint16, 
 		if (props != nil || req != nil || addl != nil) && n.types&tObject == 0 {
 			return 0, errAt(path, "object keywords for a type that is not \"object\"")
 		}
-		if (items != nil || minI != nil || maxI != nil) && n.types&tArray == 0 {
+		if (items != nil || prefix != nil || minI != nil || maxI != nil) && n.types&tArray == 0 {
 			return 0, errAt(path, "array keywords for a type that is not \"array\"")
 		}
 		if err := c.object(&n, props, req, addl, path, depth); err != nil {
 			return 0, err
 		}
-		if err := c.array(&n, items, minI, maxI, path, depth); err != nil {
+		if err := c.array(&n, items, prefix, minI, maxI, path, depth); err != nil {
 			return 0, err
 		}
 		if (format != nil || minL != nil || maxL != nil || pattern != nil) && n.types&tString == 0 {
@@ -1470,19 +1479,50 @@ func (c *compiler) object(n *snode, props, req, addl *oval, path string, depth i
 	return nil
 }
 
-func (c *compiler) array(n *snode, items, minI, maxI *oval, path string, depth int) error {
+func (c *compiler) array(n *snode, items, prefix, minI, maxI *oval, path string, depth int) error {
 	n.items = anyNode
-	if items != nil {
-		if items.kind == '[' {
-			return errAt(path+"/items", "a list of item schemas is not supported")
+	if prefix != nil {
+		// A tuple (Pydantic's tuple[int, str]): each of the first items
+		// its own schema.
+		if prefix.kind != '[' || len(prefix.vals) == 0 {
+			return errAt(path+"/prefixItems", "must be a non-empty array of schemas")
 		}
-		t, err := c.compile(items, path+"/items", depth+1, false)
-		if err != nil {
-			return err
+		if len(prefix.vals) > MaxSchemaItems {
+			return errAt(path+"/prefixItems", "more than %d schemas", MaxSchemaItems)
 		}
-		n.items = t
+		for i, v := range prefix.vals {
+			t, err := c.compile(v, fmt.Sprintf("%s/prefixItems/%d", path, i), depth+1, false)
+			if err != nil {
+				return err
+			}
+			n.prefix = append(n.prefix, t)
+		}
 	}
-	return bounds(minI, maxI, "minItems", "maxItems", path, MaxSchemaItems, &n.minItems, &n.maxItems)
+	noMore := false // "items": false after prefixItems: no item past them
+	if items != nil {
+		switch {
+		case items.kind == '[':
+			return errAt(path+"/items", "a list of item schemas is not supported (use \"prefixItems\")")
+		case items.kind == 'f' && prefix != nil:
+			noMore = true
+		default:
+			t, err := c.compile(items, path+"/items", depth+1, false)
+			if err != nil {
+				return err
+			}
+			n.items = t
+		}
+	}
+	if err := bounds(minI, maxI, "minItems", "maxItems", path, MaxSchemaItems, &n.minItems, &n.maxItems); err != nil {
+		return err
+	}
+	if noMore && (n.maxItems < 0 || n.maxItems > len(n.prefix)) {
+		n.maxItems = len(n.prefix)
+		if n.minItems > n.maxItems {
+			return errAt(path, "minItems %d is more than the %d items \"prefixItems\" and \"items\": false allow", n.minItems, n.maxItems)
+		}
+	}
+	return nil
 }
 
 // str compiles a string's "format", "minLength", "maxLength" and
@@ -1629,6 +1669,9 @@ func (c *compiler) finish(cs *compiled) error {
 			n.props[j].node = cs.resolve(n.props[j].node)
 		}
 		n.items = cs.resolve(n.items)
+		for j := range n.prefix {
+			n.prefix[j] = cs.resolve(n.prefix[j])
+		}
 		for j := range n.alts {
 			n.alts[j] = cs.resolve(n.alts[j])
 		}
@@ -1818,8 +1861,14 @@ func (cs *compiled) needs() {
 					}
 					need++
 				case c == cArr:
-					if n.minItems > 0 {
-						need = int(cs.nodes[n.items].fit)
+					for i := 0; i < n.minItems; i++ { // the items it must have
+						it := n.items
+						if i < len(n.prefix) {
+							it = n.prefix[i]
+						} else if i > len(n.prefix) {
+							break
+						}
+						need = max(need, int(cs.nodes[it].fit))
 					}
 					need++
 				}

@@ -170,6 +170,18 @@ var schemaCases = []struct {
 	{`{"type":"array","items":{"type":"integer"},"minItems":2,"maxItems":2}`,
 		[]string{`[1,2]`, `[ 1 , 2 ]`}, []string{`[1]`, `[1,2,3]`, `[]`, `[1,2.5]`}},
 	{`{"type":"array"}`, []string{`[]`, `[1,"a",{"b":[]}]`}, []string{`[,]`, `{}`}},
+	// Pydantic's tuple[int, str] and tuple[int, ...] after a str:
+	// prefixItems, then items (or none after "items": false).
+	{`{"type":"array","prefixItems":[{"type":"integer"},{"type":"string"}],"minItems":2,"maxItems":2}`,
+		[]string{`[1,"a"]`, `[ -3 , "" ]`}, []string{`["a",1]`, `[1]`, `[1,"a",2]`, `[1,2]`, `[]`}},
+	{`{"type":"array","prefixItems":[{"type":"string"},{"enum":["x","y"]}],"items":{"type":"integer"},"minItems":1}`,
+		[]string{`["a"]`, `["a","x"]`, `["a","y",1,2,3]`}, []string{`[]`, `[1]`, `["a","z"]`, `["a","x","b"]`}},
+	{tupleSchema, []string{`{"t":[1]}`, `{"t":[1,["ab",true],"a","b"]}`, `{"t":[1,[]]}`},
+		[]string{`{"t":[]}`, `{"t":[1,["abc"]]}`, `{"t":[1,["a",true,1]]}`, `{"t":[1,[],"c"]}`, `{"t":[1,[],"a","a","a","a"]}`}},
+	{`{"type":"array","prefixItems":[{"type":"boolean"},{"type":"null"}],"items":false}`,
+		[]string{`[]`, `[true]`, `[false,null]`}, []string{`[true,null,1]`, `[null]`}},
+	{`{"type":"object","properties":{"p":{"type":"array","prefixItems":[{"type":"number"},{"type":"number"}],"minItems":2,"maxItems":2}},"required":["p"]}`,
+		[]string{`{"p":[1.5,-2]}`}, []string{`{"p":[1.5]}`, `{"p":[1,2,3]}`}},
 	{defsSchema,
 		[]string{`{"steps":[{"explanation":"e","output":"o"}],"final_answer":"x"}`, `{"steps":[],"final_answer":""}`},
 		[]string{`{"steps":[{"explanation":"e"}],"final_answer":"x"}`, `{"final_answer":"x"}`}},
@@ -417,7 +429,11 @@ func TestCompileSchema_Errors(t *testing.T) {
 		{`{"not":{}}`, `"not" is not supported`},
 		{`{"if":{},"then":{}}`, `"if" is not supported`},
 		{`{"type":"array","uniqueItems":true}`, `"uniqueItems" is not supported`},
-		{`{"type":"array","prefixItems":[]}`, `"prefixItems" is not supported`},
+		{`{"type":"array","prefixItems":[]}`, `/prefixItems: must be a non-empty array of schemas`},
+		{`{"type":"array","prefixItems":{"type":"integer"}}`, `/prefixItems: must be a non-empty array of schemas`},
+		{`{"type":"string","prefixItems":[{"type":"integer"}]}`, `array keywords for a type that is not "array"`},
+		{`{"type":"array","prefixItems":[{"type":"integer"}],"items":false,"minItems":2}`, `minItems 2 is more than the 1 items`},
+		{`{"type":"array","prefixItems":[{"type":"integer","foo":1}]}`, `/prefixItems/0: "foo" is not supported`},
 		{`{"type":"object","patternProperties":{}}`, `"patternProperties" is not supported`},
 		{`{"type":"array","items":[{"type":"string"}]}`, `schema: /items: a list of item schemas is not supported`},
 		{`{"anyOf":[{"type":"string"},{"enum":["a"]}]}`, `schema: (root): alternatives 0 and 1 can both start with a string`},
@@ -611,9 +627,16 @@ func validate(v, sch, root any) bool {
 		}
 	}
 	if arr, ok := v.([]any); ok {
-		if it, ok := sc["items"]; ok {
-			for _, x := range arr {
-				if !validate(x, it, root) {
+		prefix, _ := sc["prefixItems"].([]any)
+		for i, x := range arr {
+			if i < len(prefix) {
+				if !validate(x, prefix[i], root) {
+					return false
+				}
+				continue
+			}
+			if it, ok := sc["items"]; ok {
+				if it == false || !validate(x, it, root) {
 					return false
 				}
 			}
@@ -1115,7 +1138,11 @@ func (g *gen) value(n uint16, depth int) {
 				g.buf.WriteByte(',')
 			}
 			g.ws()
-			g.value(nd.items, depth+1)
+			if i < len(nd.prefix) {
+				g.value(nd.prefix[i], depth+1)
+			} else {
+				g.value(nd.items, depth+1)
+			}
 			g.ws()
 		}
 		g.buf.WriteByte(']')
@@ -1194,7 +1221,10 @@ func TestSchema_Generated(t *testing.T) {
 }
 
 // fuzzSchemas are the schemas FuzzSchema reads texts against.
-var fuzzSchemas = []string{personSchema, treeSchema, shapeSchema, anySchema, prefixSchema, enumSchema, constSchema, rootRefSchema, formatSchema, dateTimeSchema, lengthSchema, patternSchema, boundsSchema, tightSchema, unionSchema}
+// tupleSchema: tuples (prefixItems), one open-ended and nested.
+const tupleSchema = `{"type":"object","properties":{"t":{"type":"array","prefixItems":[{"type":"integer"},{"type":"array","prefixItems":[{"type":"string","maxLength":2},{"type":"boolean"}],"items":false}],"items":{"enum":["a","b"]},"minItems":1,"maxItems":5}},"required":["t"]}`
+
+var fuzzSchemas = []string{personSchema, treeSchema, shapeSchema, anySchema, prefixSchema, enumSchema, constSchema, rootRefSchema, formatSchema, dateTimeSchema, lengthSchema, patternSchema, boundsSchema, tightSchema, unionSchema, tupleSchema}
 
 const probes = "{}[],:\"0123.eE-+tfn \\u\xc3\xa9" + "69TZdc"
 
