@@ -21,7 +21,7 @@ import (
 // Supported keywords: "type" (a name or a list of names), "properties",
 // "required", "additionalProperties" (true, false or absent), "items" (one
 // schema), "prefixItems" (a tuple's first items, "items" after them, or
-// none after "items": false), "minItems" and "maxItems" (at most
+// none after "items": false), "allOf" of one schema, "minItems" and "maxItems" (at most
 // MaxSchemaItems), "format"
 // (for strings: "date-time", "date", "time", "uuid", "email", "hostname",
 // "ipv4", "ipv6" and "duration"), "pattern" (ECMA-262, as JSON Schema
@@ -1221,7 +1221,7 @@ func (c *compiler) compile(v *oval, path string, depth int, root bool) (uint16, 
 		return 0, err
 	}
 	n := snode{path: path, maxItems: -1, maxLen: -1}
-	var typ, props, req, addl, items, minI, maxI, enum, cnst, anyOf, ref, format, minL, maxL, pattern, num, prefix *oval
+	var typ, props, req, addl, items, minI, maxI, enum, cnst, anyOf, ref, format, minL, maxL, pattern, num, prefix, allOf *oval
 	anyOfKey, numKW := "anyOf", ""
 	var nk numKeywords
 	for i, k := range v.keys {
@@ -1262,6 +1262,8 @@ func (c *compiler) compile(v *oval, path string, depth int, root bool) (uint16, 
 			anyOf, anyOfKey = e, k
 		case "$ref":
 			ref = e
+		case "allOf":
+			allOf = e
 		case "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf":
 			if num == nil {
 				num, numKW = e, k
@@ -1281,14 +1283,29 @@ func (c *compiler) compile(v *oval, path string, depth int, root bool) (uint16, 
 		}
 	}
 	others := func(except ...*oval) string {
-		for i, o := range []*oval{typ, props, req, addl, items, minI, maxI, enum, cnst, anyOf, ref, format, minL, maxL, pattern, num, prefix} {
+		for i, o := range []*oval{typ, props, req, addl, items, minI, maxI, enum, cnst, anyOf, ref, format, minL, maxL, pattern, num, prefix, allOf} {
 			if o != nil && !containsPtr(except, o) {
-				return [...]string{"type", "properties", "required", "additionalProperties", "items", "minItems", "maxItems", "enum", "const", anyOfKey, "$ref", "format", "minLength", "maxLength", "pattern", numKW, "prefixItems"}[i]
+				return [...]string{"type", "properties", "required", "additionalProperties", "items", "minItems", "maxItems", "enum", "const", anyOfKey, "$ref", "format", "minLength", "maxLength", "pattern", numKW, "prefixItems", "allOf"}[i]
 			}
 		}
 		return ""
 	}
 	switch {
+	case allOf != nil:
+		// One schema in allOf (Pydantic 1's and OpenAPI generators' way
+		// of giving a $ref a description) is that schema; more would need
+		// their intersection.
+		if o := others(allOf); o != "" {
+			return 0, errAt(path, "%q alongside \"allOf\" is not supported", o)
+		}
+		if allOf.kind != '[' || len(allOf.vals) != 1 {
+			return 0, errAt(path+"/allOf", "only a list of one schema is supported")
+		}
+		t, err := c.compile(allOf.vals[0], path+"/allOf/0", depth, false)
+		if err != nil {
+			return 0, err
+		}
+		n.kind, n.target = kRef, t
 	case ref != nil:
 		if o := others(ref); o != "" {
 			return 0, errAt(path, "%q alongside \"$ref\" is not supported", o)

@@ -176,6 +176,9 @@ var schemaCases = []struct {
 		[]string{`[1,"a"]`, `[ -3 , "" ]`}, []string{`["a",1]`, `[1]`, `[1,"a",2]`, `[1,2]`, `[]`}},
 	{`{"type":"array","prefixItems":[{"type":"string"},{"enum":["x","y"]}],"items":{"type":"integer"},"minItems":1}`,
 		[]string{`["a"]`, `["a","x"]`, `["a","y",1,2,3]`}, []string{`[]`, `[1]`, `["a","z"]`, `["a","x","b"]`}},
+	// allOf of one schema, as Pydantic 1 wraps a described $ref.
+	{`{"$defs":{"c":{"enum":["red","blue"]}},"type":"object","properties":{"c":{"allOf":[{"$ref":"#/$defs/c"}],"description":"a colour"}},"required":["c"]}`,
+		[]string{`{"c":"red"}`}, []string{`{"c":"green"}`, `{}`}},
 	{tupleSchema, []string{`{"t":[1]}`, `{"t":[1,["ab",true],"a","b"]}`, `{"t":[1,[]]}`},
 		[]string{`{"t":[]}`, `{"t":[1,["abc"]]}`, `{"t":[1,["a",true,1]]}`, `{"t":[1,[],"c"]}`, `{"t":[1,[],"a","a","a","a"]}`}},
 	{`{"type":"array","prefixItems":[{"type":"boolean"},{"type":"null"}],"items":false}`,
@@ -425,7 +428,9 @@ func TestCompileSchema_Errors(t *testing.T) {
 		{`{"type":"string","maxLength":2.5}`, `must be an integer`},
 		{`{"type":"string","maxLength":"3"}`, `must be an integer`},
 		{`{"type":"string","minLength":3,"maxLength":2}`, `schema: /maxLength: less than minLength`},
-		{`{"allOf":[{}]}`, `"allOf" is not supported`},
+		{`{"allOf":[{"type":"string"},{"maxLength":3}]}`, `schema: /allOf: only a list of one schema is supported`},
+		{`{"allOf":{"type":"string"}}`, `schema: /allOf: only a list of one schema`},
+		{`{"allOf":[{"type":"string"}],"type":"string"}`, `"type" alongside "allOf" is not supported`},
 		{`{"not":{}}`, `"not" is not supported`},
 		{`{"if":{},"then":{}}`, `"if" is not supported`},
 		{`{"type":"array","uniqueItems":true}`, `"uniqueItems" is not supported`},
@@ -524,6 +529,13 @@ func validate(v, sch, root any) bool {
 		}
 		parts := strings.Split(strings.TrimPrefix(r, "#/"), "/")
 		return validate(v, root.(map[string]any)[parts[0]].(map[string]any)[parts[1]], root)
+	}
+	if all, ok := sc["allOf"].([]any); ok {
+		for _, a := range all {
+			if !validate(v, a, root) {
+				return false
+			}
+		}
 	}
 	if alts, ok := sc["anyOf"].([]any); ok {
 		for _, a := range alts {
