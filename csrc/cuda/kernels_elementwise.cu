@@ -92,15 +92,20 @@ __global__ void __launch_bounds__(LORA ? kLoraNormThreads : kNormThreads)
 	const int slot = LORA ? nz_lora_stage(lo, tok_lora, t, vs) : -1;
 	const int r = slot >= 0 ? nz_lora_rank(lo, slot, 0) : 0;
 	double ss = 0;
+	/* the module's output d of element i: bias and LoRA delta included */
+	auto out = [&](int64_t i) {
+		float d = bias ? yr[i] + bias[i] : yr[i];
+		if (lr)
+			d += lr[i];
+		if (r)
+			d += nz_lora_delta<T>(lo, slot, vs, 0, r, i);
+		return d;
+	};
 	if (post_w) {
 		/* Gemma's post-norm: the module output d (LoRA included), kept in
 		 * y, RMS normed with post_w before it joins the residual */
 		for (int64_t i = threadIdx.x; i < H; i += blockDim.x) {
-			float d = bias ? yr[i] + bias[i] : yr[i];
-			if (lr)
-				d += lr[i];
-			if (r)
-				d += nz_lora_delta<T>(lo, slot, vs, 0, r, i);
+			float d = out(i);
 			yr[i] = d;
 			ss += (double)d * (double)d;
 		}
@@ -114,12 +119,7 @@ __global__ void __launch_bounds__(LORA ? kLoraNormThreads : kNormThreads)
 		}
 	} else {
 		for (int64_t i = threadIdx.x; i < H; i += blockDim.x) {
-			float d = bias ? yr[i] + bias[i] : yr[i];
-			if (lr)
-				d += lr[i];
-			if (r)
-				d += nz_lora_delta<T>(lo, slot, vs, 0, r, i);
-			float v = hr[i] + d;
+			float v = hr[i] + out(i);
 			hr[i] = v;
 			ss += (double)v * (double)v;
 		}

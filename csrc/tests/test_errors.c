@@ -370,22 +370,32 @@ static void test_engine_errors(void)
 	tm_free(&m);
 }
 
+/* An engine for c with every tensor of a random model m (seed) set, not
+ * finalized; NULL (m freed) when it cannot be made. */
+static nz_engine *loaded_engine(nz_config *c, tmodel *m, uint64_t seed)
+{
+	tm_init(m, c, seed, 0);
+	nz_engine *e = NULL;
+	CHECK_OK(nz_engine_create(c, &e));
+	if (!e) {
+		tm_free(m);
+		return NULL;
+	}
+	size_t rows = (size_t)(c->num_layers + 1) * NZ_T_COUNT;
+	for (size_t i = 0; i < rows; i++)
+		if (m->src[i])
+			CHECK_OK(tm_set(e, m, (int)(i / NZ_T_COUNT) - 1, (int32_t)(i % NZ_T_COUNT), NZ_F32, m->src[i]));
+	return e;
+}
+
 /* Q_NORM and K_NORM (Qwen3) are in every layer or in none. */
 static void test_head_norm_errors(void)
 {
 	nz_config c = tiny_config();
 	tmodel m;
-	tm_init(&m, &c, 610, 0);
-	nz_engine *e = NULL;
-	CHECK_OK(nz_engine_create(&c, &e));
-	if (!e) {
-		tm_free(&m);
+	nz_engine *e = loaded_engine(&c, &m, 610);
+	if (!e)
 		return;
-	}
-	size_t rows = (size_t)(c.num_layers + 1) * NZ_T_COUNT;
-	for (size_t i = 0; i < rows; i++)
-		if (m.src[i])
-			CHECK_OK(tm_set(e, &m, (int)(i / NZ_T_COUNT) - 1, (int32_t)(i % NZ_T_COUNT), NZ_F32, m.src[i]));
 	float *ones = malloc(sizeof(float) * (size_t)c.head_dim);
 	for (int64_t i = 0; i < c.head_dim; i++)
 		ones[i] = 1;
@@ -425,16 +435,8 @@ static void test_gemma_errors(void)
 	CHECK_ERR(nz_engine_create(&c, &e), NZ_ERR_INVALID, "layer_sliding[1] is 2");
 	c = tiny_config();
 	tmodel m;
-	tm_init(&m, &c, 611, 0);
-	CHECK_OK(nz_engine_create(&c, &e));
-	if (!e) {
-		tm_free(&m);
+	if (!(e = loaded_engine(&c, &m, 611)))
 		return;
-	}
-	size_t rows = (size_t)(c.num_layers + 1) * NZ_T_COUNT;
-	for (size_t i = 0; i < rows; i++)
-		if (m.src[i])
-			CHECK_OK(tm_set(e, &m, (int)(i / NZ_T_COUNT) - 1, (int32_t)(i % NZ_T_COUNT), NZ_F32, m.src[i]));
 	float *w = calloc((size_t)c.hidden_size, sizeof(float));
 	int64_t shape[1] = {c.hidden_size};
 	for (int l = 0; l < c.num_layers; l++)
