@@ -20,14 +20,7 @@ func BenchmarkEncode(b *testing.B) {
 	for _, name := range append(models, "demo") {
 		tj, cj := modelFiles(b, name)
 		for _, variant := range []string{"fast", "baseline"} {
-			tokenizer.SetUseScanners(variant == "fast")
-			tokenizer.SetSpaceSplit(variant == "fast")
-			tok, err := tokenizer.FromJSON(tj, cj)
-			tokenizer.SetUseScanners(true)
-			tokenizer.SetSpaceSplit(true)
-			if err != nil {
-				b.Fatal(err)
-			}
+			tok := variantTokenizer(b, tj, cj, variant)
 			b.Run(name+"/"+variant, func(b *testing.B) {
 				var dst []int
 				b.SetBytes(int64(len(text)))
@@ -49,14 +42,7 @@ func BenchmarkEncodeNewText(b *testing.B) {
 	for _, name := range models {
 		tj, cj := modelFiles(b, name)
 		for _, variant := range []string{"fast", "baseline"} {
-			tokenizer.SetUseScanners(variant == "fast")
-			tokenizer.SetSpaceSplit(variant == "fast")
-			tok, err := tokenizer.FromJSON(tj, cj)
-			tokenizer.SetUseScanners(true)
-			tokenizer.SetSpaceSplit(true)
-			if err != nil {
-				b.Fatal(err)
-			}
+			tok := variantTokenizer(b, tj, cj, variant)
 			b.Run(name+"/"+variant, func(b *testing.B) {
 				r := rand.New(rand.NewPCG(1, 2))
 				lines := make([]string, 4096)
@@ -138,4 +124,19 @@ func BenchmarkEncodeParallel(b *testing.B) {
 			})
 		})
 	}
+}
+
+// variantTokenizer loads a tokenizer with the fast paths (scanners, the
+// split at spaces) on for variant "fast" and off for "baseline".
+func variantTokenizer(b *testing.B, tj, cj []byte, variant string) *tokenizer.Tokenizer {
+	b.Helper()
+	tokenizer.SetUseScanners(variant == "fast")
+	tokenizer.SetSpaceSplit(variant == "fast")
+	tok, err := tokenizer.FromJSON(tj, cj)
+	tokenizer.SetUseScanners(true)
+	tokenizer.SetSpaceSplit(true)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return tok
 }
