@@ -325,11 +325,14 @@ int64_t scratch_bytes(const cuda_engine *e)
 	       (int64_t)sizeof(nz_sample_part) * S * nz_sample_parts(e->V);
 }
 
+/* The weights' device bytes at most, before they are set: every optional
+ * f32 vector counted (biases, Qwen3's and Gemma 3's head norms, Gemma's
+ * post norms). */
 int64_t weight_bytes_estimate(const cuda_engine *e)
 {
 	int64_t per_layer = e->qkvd * e->H + e->H * e->qd + 2 * e->I * e->H + e->H * e->I;
 	int64_t mats = e->V * e->H * (e->cfg.tie_word_embeddings ? 1 : 2) + e->L * per_layer;
-	int64_t vecs = e->H + e->L * (2 * e->H + e->qkvd + e->H + 2 * e->I + e->H);
+	int64_t vecs = e->H + e->L * (2 * e->H + e->qkvd + e->H + 2 * e->I + e->H + 2 * e->hd + 2 * e->H);
 	return mats * (int64_t)e->wsz + 4 * vecs;
 }
 
