@@ -268,10 +268,11 @@ func (r *refModel) forward(tokens []int32, ad refAdapter) [][]float64 {
 	T, H, hd := len(tokens), c.HiddenSize, c.HeadDim
 	nh, nkv := c.NumHeads, c.NumKVHeads
 	h := make([][]float64, T)
+	embedScale := c.EmbedScale(r.dtype)
 	for t, id := range tokens {
 		h[t] = append([]float64(nil), r.embed.w[int(id)*H:(int(id)+1)*H]...)
 		for i := range h[t] {
-			h[t][i] *= c.EmbedScale(r.dtype)
+			h[t][i] *= embedScale
 		}
 	}
 	softcap := func(x, c float64) float64 {

@@ -633,9 +633,9 @@ func partNames(parts []Module) string {
 // layers.N… after transformers 4.52) as the language model's own
 // (model.layers.N…); other paths are returned as they are.
 func languageModelPath(path string) string {
-	for _, pre := range []string{"language_model.model.", "model.language_model."} {
-		if strings.HasPrefix(path, pre) {
-			return "model." + strings.TrimPrefix(path, pre)
+	for _, pre := range languageModelLayouts {
+		if strings.HasPrefix(path, pre.model) {
+			return "model." + strings.TrimPrefix(path, pre.model)
 		}
 	}
 	return path
@@ -656,6 +656,7 @@ type loraPair struct {
 	a, b       safetensors.Tensor
 	hasA, hasB bool
 	aKey, bKey string
+	sub        []string // loraKeyRE's match of the module's language-model path: layer, projection
 }
 
 func (a *Adapter) collect(f *safetensors.File, info nozzle.ModelInfo, maxRank int) ([]string, error) {
@@ -702,12 +703,13 @@ func (a *Adapter) collect(f *safetensors.File, info nozzle.ModelInfo, maxRank in
 			}
 			continue
 		}
-		if !loraKeyRE.MatchString(languageModelPath(mod)) {
-			return nil, unsupported("not a LoRA weight of an attention or MLP projection")
-		}
 		p := pairs[mod]
 		if p == nil {
-			p = &loraPair{}
+			sub := loraKeyRE.FindStringSubmatch(languageModelPath(mod))
+			if sub == nil {
+				return nil, unsupported("not a LoRA weight of an attention or MLP projection")
+			}
+			p = &loraPair{sub: sub}
 			pairs[mod] = p
 		}
 		if isA {
@@ -739,7 +741,7 @@ func (a *Adapter) collect(f *safetensors.File, info nozzle.ModelInfo, maxRank in
 	}
 	// Validate in (layer, module) order so errors name the first module.
 	order := func(path string) (int, int) {
-		sub := loraKeyRE.FindStringSubmatch(languageModelPath(path))
+		sub := pairs[path].sub
 		l, _ := strconv.Atoi(sub[1])
 		for i, mp := range modulePaths {
 			if mp == sub[2] {
@@ -777,7 +779,7 @@ func (a *Adapter) collect(f *safetensors.File, info nozzle.ModelInfo, maxRank in
 			continue
 		}
 		p := pairs[path]
-		sub := loraKeyRE.FindStringSubmatch(languageModelPath(path))
+		sub := p.sub
 		if !p.hasA {
 			return nil, fmt.Errorf("adapter tensor %q has no lora_A partner", p.bKey)
 		}

@@ -970,7 +970,6 @@ func (c *Config) parseGemma3Rope(raw json.RawMessage, topOrig *float64) error {
 			c.RopeTheta = *theta
 		}
 	}
-	global := c.RopeScaling
 	local := Config{}
 	theta, err := local.parseRope(m["sliding_attention"], "rope_parameters.sliding_attention", topOrig)
 	if err != nil {
@@ -982,7 +981,6 @@ func (c *Config) parseGemma3Rope(raw json.RawMessage, topOrig *float64) error {
 	if theta != nil {
 		c.RopeLocalTheta = *theta
 	}
-	c.RopeScaling = global
 	return nil
 }
 

@@ -373,14 +373,22 @@ func (m *Model) openShards() (lookup, error) {
 	}, nil
 }
 
+// languageModelLayouts are where a multimodal checkpoint keeps its language
+// model's "model." and "lm_head." (transformers before 4.52, then from
+// 4.52 on); checkpoints and PEFT adapters alike.
+var languageModelLayouts = [...]struct{ model, head string }{
+	{"language_model.model.", "language_model.lm_head."},
+	{"model.language_model.", "lm_head."},
+}
+
 // languageModelLookup finds a multimodal checkpoint's language-model
 // tensors by their language model's own names (model.layers.0…,
 // lm_head.weight): transformers before 4.52 saved them under
 // language_model.model. and language_model.lm_head, later versions under
 // model.language_model. and lm_head.
 func languageModelLookup(find lookup) (lookup, error) {
-	for _, pre := range [][2]string{{"language_model.model.", "language_model.lm_head."}, {"model.language_model.", "lm_head."}} {
-		_, ok, err := find(pre[0] + "embed_tokens.weight")
+	for _, pre := range languageModelLayouts {
+		_, ok, err := find(pre.model + "embed_tokens.weight")
 		if err != nil {
 			return nil, err
 		}
@@ -390,9 +398,9 @@ func languageModelLookup(find lookup) (lookup, error) {
 		return func(name string) (safetensors.Tensor, bool, error) {
 			switch {
 			case strings.HasPrefix(name, "model."):
-				name = pre[0] + strings.TrimPrefix(name, "model.")
+				name = pre.model + strings.TrimPrefix(name, "model.")
 			case strings.HasPrefix(name, "lm_head."):
-				name = pre[1] + strings.TrimPrefix(name, "lm_head.")
+				name = pre.head + strings.TrimPrefix(name, "lm_head.")
 			}
 			return find(name)
 		}, nil

@@ -111,9 +111,7 @@ func Load(dir string) (*Tokenizer, error) {
 	tmpl, err := os.ReadFile(filepath.Join(dir, ChatTemplateFile))
 	switch {
 	case err == nil:
-		t.chatTemplate = string(tmpl)
-		t.eos = nil
-		t.resolveSpecialIDs()
+		t.setChatTemplate(string(tmpl))
 	case !errors.Is(err, os.ErrNotExist):
 		return nil, fmt.Errorf("load tokenizer: %w", err)
 	}
@@ -128,15 +126,21 @@ func Load(dir string) (*Tokenizer, error) {
 				return nil, fmt.Errorf("load tokenizer: %s: %w", ProcessorChatTemplateFile, err)
 			}
 			if pt.ChatTemplate != "" {
-				t.chatTemplate = pt.ChatTemplate
-				t.eos = nil
-				t.resolveSpecialIDs()
+				t.setChatTemplate(pt.ChatTemplate)
 			}
 		case !errors.Is(err, os.ErrNotExist):
 			return nil, fmt.Errorf("load tokenizer: %w", err)
 		}
 	}
 	return t, nil
+}
+
+// setChatTemplate replaces the template tokenizer_config.json gave, and the
+// end-of-turn ids read from it.
+func (t *Tokenizer) setChatTemplate(src string) {
+	t.chatTemplate = src
+	t.eos = nil
+	t.resolveSpecialIDs()
 }
 
 // readMaybeGzip reads path, or path+".gz" decompressed when path is absent.
