@@ -186,7 +186,7 @@ func TestConsole_TenantsTotal(t *testing.T) {
 		t.Fatalf("total row %q", row[1])
 	}
 	want := []string{fmt.Sprint(rep.Total.Requests), gateway.FormatUSD(rep.Total.CostUSD), gateway.FormatUSD(rep.Total.ChargedUSD)}
-	if rep.Total.Requests != int64(i) || rep.Total.ChargedUSD == 0 {
+	if rep.Total.Requests != int64(i) || rep.Total.ChargedUSD == 0 || rep.Total.DedicatedUSD == 0 {
 		t.Fatalf("report total %+v", rep.Total)
 	}
 	for k, c := range cells {
@@ -194,6 +194,24 @@ func TestConsole_TenantsTotal(t *testing.T) {
 			t.Errorf("total cell %d: %q, want %q", k, c[1], want[k])
 		}
 	}
+	// A tenant's page tells its saving against a dedicated GPU per adapter
+	// beside its month's GPU cost.
+	for _, r := range rep.Rows {
+		resp, page := op.page("/console/operator/tenants/" + r.TenantID)
+		wantConsoleStatus(t, resp, 200, page)
+		if want := gateway.FormatUSD(r.CostUSD) + " GPU cost (saving " + savingCell(r) + " against a dedicated GPU per adapter)"; !strings.Contains(page, want) {
+			t.Errorf("%s's page lacks %q", r.TenantName, want)
+		}
+	}
+}
+
+// savingCell is how the console writes a row's saving against a dedicated
+// GPU per adapter: a dash where there is nothing to compare with.
+func savingCell(r nozzle.ReportRow) string {
+	if r.DedicatedUSD <= 0 {
+		return "—"
+	}
+	return gateway.FormatPercent(r.SavingPercent)
 }
 
 // outcomesCell is a table row's cell of its requests that did not end

@@ -31,14 +31,20 @@ func (f *consoleFixture) adminGet(path string) (*http.Response, string) {
 // reportRowCells is how the tenant's usage page writes a report row:
 // requests, prompt and completion tokens, GPU time, the share of the
 // GPU's idle time (which, with the GPU time's, makes the GPU cost), GPU
-// cost, charged, margin.
-func reportRowCells(r nozzle.ReportRow) []string {
-	return []string{gateway.FormatInt(r.Requests), gateway.FormatInt(r.PromptTokens), gateway.FormatInt(r.CompletionTokens),
-		gateway.FormatSeconds(r.DeviceSeconds), gateway.FormatUSD(r.IdleCostUSD), gateway.FormatUSD(r.CostUSD), gateway.FormatUSD(r.ChargedUSD), gateway.FormatUSD(r.MarginUSD)}
+// cost, per adapter the saving against a dedicated GPU (whose cost the
+// cell's title tells), charged, margin.
+func reportRowCells(r nozzle.ReportRow, group string) []string {
+	cells := []string{gateway.FormatInt(r.Requests), gateway.FormatInt(r.PromptTokens), gateway.FormatInt(r.CompletionTokens),
+		gateway.FormatSeconds(r.DeviceSeconds), gateway.FormatUSD(r.IdleCostUSD), gateway.FormatUSD(r.CostUSD)}
+	if group == nozzle.GroupAdapter {
+		// per adapter, against a dedicated GPU for each
+		cells = append(cells, savingCell(r))
+	}
+	return append(cells, gateway.FormatUSD(r.ChargedUSD), gateway.FormatUSD(r.MarginUSD))
 }
 
 var (
-	tableCells   = regexp.MustCompile(`<td>([^<]*)</td>`)
+	tableCells   = regexp.MustCompile(`<td(?: title="[^"]*")?>([^<]*)</td>`)
 	outcomesLine = regexp.MustCompile(`<p class="stat-sub" data-testid="request-outcomes">([^<]*)</p>`)
 	csvHref      = regexp.MustCompile(`href="([^"]*)" download="[^"]*" id="tenant-csv-link"`)
 )
@@ -156,7 +162,7 @@ func TestConsole_TenantUsage(t *testing.T) {
 					byAdapter, adapters = rep.Total, len(rep.Data)
 				}
 				rows, total := pageRows(t, body, g.table, g.attr, g.total)
-				if want := reportRowCells(rep.Total); strings.Join(total, "|") != strings.Join(want, "|") {
+				if want := reportRowCells(rep.Total, g.group); strings.Join(total, "|") != strings.Join(want, "|") {
 					t.Errorf("per %s: total %q, the report API's %q", g.group, total, want)
 				}
 				if len(rows) != len(rep.Data) {
@@ -170,9 +176,20 @@ func TestConsole_TenantUsage(t *testing.T) {
 					if g.group == nozzle.GroupDay {
 						key = r.Time.Format("2006-01-02")
 					}
-					if got, want := strings.Join(rows[key], "|"), strings.Join(reportRowCells(r), "|"); got != want {
+					if got, want := strings.Join(rows[key], "|"), strings.Join(reportRowCells(r, g.group), "|"); got != want {
 						t.Errorf("per %s, %s: %q, the report API's %q", g.group, key, got, want)
 					}
+				}
+			}
+			// The headline's saving against a dedicated GPU per adapter
+			// is the report's.
+			if byAdapter.DedicatedUSD <= 0 {
+				t.Fatalf("the report by adapter compares with no dedicated GPU: %+v", byAdapter)
+			}
+			for _, want := range []string{`data-testid="tenant-saving">` + savingCell(byAdapter) + `<`,
+				`<td title="Dedicated GPUs: ` + gateway.FormatUSD(byAdapter.DedicatedUSD) + `">` + savingCell(byAdapter) + `</td>`} {
+				if !strings.Contains(body, want) {
+					t.Errorf("no %q on the page", want)
 				}
 			}
 			if got := outcomesLine.FindStringSubmatch(body); tc.outcomes == "" && got != nil || tc.outcomes != "" && (got == nil || got[1] != tc.outcomes) {
