@@ -103,6 +103,22 @@ __device__ __forceinline__ void nz_rope(float x1, float x2, float c, float sn, f
 	b = __fadd_rn(__fmul_rn(x2, c), __fmul_rn(x1, sn));
 }
 
+/* The dims of pair j (j < hd/2) of a head that RoPE turns together, with
+ * rh = rotary_dim/2: the first rh pairs are the rotated dims' rotate-half
+ * pairs (j, j + rh); the others pair the dims after rotary_dim the same
+ * way, (rd + k, rd + k + (hd - rd)/2) for k = j - rh, and their cos/sin
+ * table entries are 1 and 0, so nz_rope leaves them as they are. With rh =
+ * hd/2 (every dim rotated) it is (j, j + hd/2). */
+__device__ __forceinline__ void nz_rope_pair(int j, int rh, int hd, int &lo, int &hi)
+{
+	if (j < rh) {
+		lo = j, hi = j + rh;
+	} else {
+		lo = 2 * rh + (j - rh);
+		hi = lo + (hd - 2 * rh) / 2;
+	}
+}
+
 /* The gated MLP activation act(g) · u (act: NZ_ACT_*, uniform across a
  * launch), as every kernel that applies it computes it (the fused GEMV and
  * the separate activation kernel must agree bit for bit): silu, or

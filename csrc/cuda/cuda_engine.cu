@@ -205,6 +205,7 @@ struct cuda_engine {
 	size_t wsz;
 	cudaDataType wtype;
 	int64_t H, I, V, L, nh, nkv, hd, qd, kvd, qkvd, bs, nb, R, slots, T, S, lv_rows;
+	int64_t rh; /* rotary_dim / 2: the pairs RoPE rotates in a head */
 	int64_t mod_in[NZ_M_COUNT], mod_out[NZ_M_COUNT];
 	float eps;
 
@@ -483,6 +484,7 @@ int32_t cuda_create(nz_config *c, void **out)
 	e->wtype = e->wdt == NZ_BF16 ? CUDA_R_16BF : e->wdt == NZ_F16 ? CUDA_R_16F : CUDA_R_32F;
 	e->H = c->hidden_size, e->I = c->intermediate_size, e->V = c->vocab_size, e->L = c->num_layers;
 	e->nh = c->num_heads, e->nkv = c->num_kv_heads, e->hd = c->head_dim;
+	e->rh = nz_rotary_dim(c) / 2;
 	e->qd = e->nh * e->hd, e->kvd = e->nkv * e->hd, e->qkvd = e->qd + 2 * e->kvd;
 	e->bs = c->kv_block_size, e->R = c->max_rank, e->slots = c->max_slots;
 	if (e->R > NZ_LORA_OUT_MAX_R)
@@ -1115,7 +1117,7 @@ int32_t forward(cuda_engine *e, const meta_ptrs &m, int64_t T, int64_t n_attn, i
 	if (fused && lora_grid)
 		CUDA_TRY(cudaMemsetAsync(e->lora_sync, 0, 4 * 4 * e->L, s), "nz_step: LoRA counters");
 	KTRY(nz_k_embed_norm(dt, s, T, e->embed, e->embed_scale, m.tokens, m.tok_pos, e->inv_freq, e->rope_scale,
-	                     e->inv_local, H, e->hd, e->layers[0].attn_norm, e->eps, e->h, e->xin, e->cs, e->cs_local),
+	                     e->inv_local, H, e->hd, e->rh, e->layers[0].attn_norm, e->eps, e->h, e->xin, e->cs, e->cs_local),
 	     "nz_step: embedding");
 	/* Gemma 2/3's post-attention and post-MLP norms (every layer or none):
 	 * the fused decode path then ends each module with a GEMV into y and
@@ -1141,7 +1143,7 @@ int32_t forward(cuda_engine *e, const meta_ptrs &m, int64_t T, int64_t n_attn, i
 			/* + bias, RoPE, q to e->q, k and v into the cache */
 			io.epi = NZ_GEMV_ROPE, io.bias = ly.bqkv, io.cs = cs, io.tok_pos = m.tok_pos, io.tok_seq = m.tok_seq;
 			io.bt = m.bt, io.scalars = m.scalars, io.nh = (int32_t)e->nh, io.nkv = (int32_t)e->nkv;
-			io.hd = (int32_t)e->hd, io.bs = (int32_t)e->bs, io.q_out = e->q, io.kc = kc, io.vc = vc;
+			io.hd = (int32_t)e->hd, io.rh = (int32_t)e->rh, io.bs = (int32_t)e->bs, io.q_out = e->q, io.kc = kc, io.vc = vc;
 			io.k_raw = ly.q_norm ? e->y : NULL; /* the head norms below */
 			if (lora_grid)
 				gemv_lora(e, m, T, lora_grid, l, 0, 3, qkv_m, qkv_c, &io.lora);
@@ -1153,12 +1155,12 @@ int32_t forward(cuda_engine *e, const meta_ptrs &m, int64_t T, int64_t n_attn, i
 			if (lora_grid)
 				NZ_TRY(lora_join(e));
 			KTRY(nz_k_rope_kv(dt, s, T, e->y, yl[0], lo[0], m.tok_lora, ly.bqkv, cs, m.tok_pos, m.tok_seq, m.bt, m.scalars,
-			                  (int)e->nh, (int)e->nkv, (int)e->hd, (int)e->bs, ly.q_norm != NULL, e->q, kc, vc),
+			                  (int)e->nh, (int)e->nkv, (int)e->hd, (int)e->rh, (int)e->bs, ly.q_norm != NULL, e->q, kc, vc),
 			     "nz_step: RoPE");
 		}
 		if (ly.q_norm)
 			KTRY(nz_k_qk_norm_rope(dt, s, T, e->y, ly.q_norm, ly.k_norm, e->eps, cs, m.tok_pos, m.tok_seq, m.bt,
-			                       m.scalars, (int)e->nh, (int)e->nkv, (int)e->hd, (int)e->bs, e->q, kc),
+			                       m.scalars, (int)e->nh, (int)e->nkv, (int)e->hd, (int)e->rh, (int)e->bs, e->q, kc),
 			     "nz_step: q and k norms");
 		KTRY(nz_k_attention(dt, s, n_attn, m.attn_items, e->rows_max, e->q, kc, vc, m.tok_pos, m.tok_seq, m.bt,
 		                    m.scalars, (int)e->nh, (int)e->nkv, (int)e->hd, (int)e->bs, window, e->attn_scale,

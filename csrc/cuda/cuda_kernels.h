@@ -100,13 +100,14 @@ size_t nz_lora_out_smem(int R);
 
 /* h[t] = embed[tokens[t]] (f32) · embed_scale (f32; 1: none);
  * x[t] = act(rmsnorm(h[t], norm_w)); cs[t] = cos|sin of
- * tok_pos[t]·inv_freq (hd/2 each), times rope_scale; with inv_local set,
- * cs_local[t] likewise from inv_local, unscaled (the sliding layers'
- * RoPE when rope_local_theta is set). */
+ * tok_pos[t]·inv_freq (hd/2 each: the first rh = rotary_dim/2 rotate,
+ * the rest are cos 1, sin 0 — see nz_rope_pair), times rope_scale; with
+ * inv_local set, cs_local[t] likewise from inv_local, unscaled (the
+ * sliding layers' RoPE when rope_local_theta is set). */
 cudaError_t nz_k_embed_norm(int dtype, cudaStream_t s, int64_t T, const void *embed, float embed_scale,
                             const int32_t *tokens, const int32_t *tok_pos, const float *inv_freq, float rope_scale,
-                            const float *inv_local, int64_t H, int64_t hd, const float *norm_w, float eps, float *h,
-                            void *x, float *cs, float *cs_local);
+                            const float *inv_local, int64_t H, int64_t hd, int64_t rh, const float *norm_w, float eps,
+                            float *h, void *x, float *cs, float *cs_local);
 
 /* d = y[t] (+ bias) (+ the LoRA deltas for tokens with an adapter:
  * yl[t] when yl is set (nz_k_lora_expand's output), lo's expand when lo
@@ -130,7 +131,7 @@ cudaError_t nz_k_gather_norm(int dtype, cudaStream_t s, int64_t n, const nz_samp
  * and k back into y as they are, for nz_k_qk_norm_rope; v into the cache. */
 cudaError_t nz_k_rope_kv(int dtype, cudaStream_t s, int64_t T, float *y, const float *yl, const nz_lora_out *lo, const int32_t *tok_lora,
                          const float *bias, const float *cs, const int32_t *tok_pos, const int32_t *tok_seq,
-                         const int32_t *bt, const int32_t *scalars, int nh, int nkv, int hd, int bs, bool raw, float *q_out,
+                         const int32_t *bt, const int32_t *scalars, int nh, int nkv, int hd, int rh, int bs, bool raw, float *q_out,
                          void *kc, void *vc);
 
 /* After nz_k_rope_kv with raw: each head of q (q_out) and of k (y) RMS
@@ -139,7 +140,7 @@ cudaError_t nz_k_rope_kv(int dtype, cudaStream_t s, int64_t T, float *y, const f
 cudaError_t nz_k_qk_norm_rope(int dtype, cudaStream_t s, int64_t T, const float *y, const float *q_norm,
                               const float *k_norm, float eps, const float *cs, const int32_t *tok_pos,
                               const int32_t *tok_seq, const int32_t *bt, const int32_t *scalars, int nh, int nkv,
-                              int hd, int bs, float *q_out, void *kc);
+                              int hd, int rh, int bs, float *q_out, void *kc);
 
 /* Causal (optionally windowed) attention of items (first token, count:
  * consecutive tokens of one sequence) over the paged cache; out is
@@ -234,7 +235,7 @@ typedef struct nz_gemv_io {
 	/* ROPE */
 	const float *cs;
 	const int32_t *tok_pos, *tok_seq, *bt, *scalars;
-	int32_t nh, nkv, hd, bs;
+	int32_t nh, nkv, hd, rh, bs; /* rh: rotary_dim / 2 */
 	float *q_out;
 	void *kc, *vc;
 	float *k_raw;

@@ -30,7 +30,7 @@ template <class T>
 __global__ void __launch_bounds__(256)
     embed_norm_kernel(const T *__restrict__ embed, float escale, const int32_t *__restrict__ tokens,
                       const int32_t *__restrict__ tok_pos, const float *__restrict__ inv_freq, float rope_scale,
-                      const float *__restrict__ inv_local, int64_t H, int64_t hd, const float *__restrict__ w,
+                      const float *__restrict__ inv_local, int64_t H, int64_t hd, int64_t rh, const float *__restrict__ w,
                       float eps, float *__restrict__ h, T *__restrict__ x, float *__restrict__ cs,
                       float *__restrict__ cs_local)
 {
@@ -55,22 +55,23 @@ __global__ void __launch_bounds__(256)
 	/* RoPE angles as common.c computes them: the angle in f32, its cosine
 	 * and sine in double, rounded to f32, times rope_scale in f32 (yarn's
 	 * attention factor, else 1: see nz_rope_attention_factor). Every RoPE
-	 * of q and k (fused GEMV epilogues included) reads this table. */
+	 * of q and k (fused GEMV epilogues included) reads this table. Pairs
+	 * past rh (dims past rotary_dim: nz_rope_pair) get cos 1 and sin 0. */
 	const int64_t half = hd / 2;
 	const float p = (float)tok_pos[t];
 	float *c = cs + t * hd;
 	for (int64_t j = threadIdx.x; j < half; j += blockDim.x) {
-		float a = p * inv_freq[j];
-		c[j] = (float)cos((double)a) * rope_scale;
-		c[half + j] = (float)sin((double)a) * rope_scale;
+		float a = j < rh ? p * inv_freq[j] : 0.0f;
+		c[j] = j < rh ? (float)cos((double)a) * rope_scale : 1.0f;
+		c[half + j] = j < rh ? (float)sin((double)a) * rope_scale : 0.0f;
 	}
 	/* the sliding layers' table (rope_local_theta: default RoPE, factor 1) */
 	if (inv_local) {
 		float *cl = cs_local + t * hd;
 		for (int64_t j = threadIdx.x; j < half; j += blockDim.x) {
-			float a = p * inv_local[j];
-			cl[j] = (float)cos((double)a);
-			cl[half + j] = (float)sin((double)a);
+			float a = j < rh ? p * inv_local[j] : 0.0f;
+			cl[j] = j < rh ? (float)cos((double)a) : 1.0f;
+			cl[half + j] = j < rh ? (float)sin((double)a) : 0.0f;
 		}
 	}
 }
@@ -161,8 +162,8 @@ __global__ void __launch_bounds__(kRopeThreads)
     rope_kv_kernel(float *__restrict__ y, const float *__restrict__ yl, nz_lora_out lo, const int32_t *__restrict__ tok_lora,
                    const float *__restrict__ bias, const float *__restrict__ cs,
                    const int32_t *__restrict__ tok_pos, const int32_t *__restrict__ tok_seq,
-                   const int32_t *__restrict__ bt, const int32_t *__restrict__ scalars, int nh, int nkv, int hd, int bs,
-                   bool raw, float *__restrict__ q_out, T *__restrict__ kc, T *__restrict__ vc)
+                   const int32_t *__restrict__ bt, const int32_t *__restrict__ scalars, int nh, int nkv, int hd, int rh,
+                   int bs, bool raw, float *__restrict__ q_out, T *__restrict__ kc, T *__restrict__ vc)
 {
 	nz_pdl_begin();
 	NZ_DYN_SMEM(float, vs);
@@ -183,37 +184,41 @@ __global__ void __launch_bounds__(kRopeThreads)
 	float *qr = q_out + t * qd;
 	/* q feature pair i (of nh·hd/2), k pair i (of nkv·hd/2), v feature i */
 	auto q_pair = [&](int i) {
-		int hh = i / half, j = i % half, o = hh * hd + j;
-		float x1 = yr[o], x2 = yr[o + half];
+		int hh = i / half, j = i % half, dl, dh;
+		nz_rope_pair(j, rh, hd, dl, dh);
+		const int o = hh * hd + dl, o2 = hh * hd + dh;
+		float x1 = yr[o], x2 = yr[o2];
 		if (bias)
-			x1 += bias[o], x2 += bias[o + half];
+			x1 += bias[o], x2 += bias[o2];
 		if (lr)
-			x1 += lr[o], x2 += lr[o + half];
+			x1 += lr[o], x2 += lr[o2];
 		if (rq)
-			x1 += nz_lora_delta<T>(lo, slot, vs, 0, rq, o), x2 += nz_lora_delta<T>(lo, slot, vs, 0, rq, o + half);
+			x1 += nz_lora_delta<T>(lo, slot, vs, 0, rq, o), x2 += nz_lora_delta<T>(lo, slot, vs, 0, rq, o2);
 		if (raw)
-			qr[o] = x1, qr[o + half] = x2;
+			qr[o] = x1, qr[o2] = x2;
 		else
-			nz_rope(x1, x2, c[j], sn[j], qr[o], qr[o + half]);
+			nz_rope(x1, x2, c[j], sn[j], qr[o], qr[o2]);
 	};
 	auto k_pair = [&](int i) {
-		int g = i / half, j = i % half, ok = g * hd + j, o = qd + ok;
-		float x1 = yr[o], x2 = yr[o + half];
+		int g = i / half, j = i % half, dl, dh;
+		nz_rope_pair(j, rh, hd, dl, dh);
+		const int ok = g * hd + dl, ok2 = g * hd + dh, o = qd + ok, o2 = qd + ok2;
+		float x1 = yr[o], x2 = yr[o2];
 		if (bias)
-			x1 += bias[o], x2 += bias[o + half];
+			x1 += bias[o], x2 += bias[o2];
 		if (lr)
-			x1 += lr[o], x2 += lr[o + half];
+			x1 += lr[o], x2 += lr[o2];
 		if (rk)
-			x1 += nz_lora_delta<T>(lo, slot, vs, 1, rk, ok), x2 += nz_lora_delta<T>(lo, slot, vs, 1, rk, ok + half);
+			x1 += nz_lora_delta<T>(lo, slot, vs, 1, rk, ok), x2 += nz_lora_delta<T>(lo, slot, vs, 1, rk, ok2);
 		if (raw) { /* (this thread's own pair of y) */
-			yr[o] = x1, yr[o + half] = x2;
+			yr[o] = x1, yr[o2] = x2;
 			return;
 		}
 		T *dst = kc + ((blk * nkv + g) * bs + row) * hd;
 		float a, b;
 		nz_rope(x1, x2, c[j], sn[j], a, b);
-		dst[j] = nz_cvt<T>(a);
-		dst[j + half] = nz_cvt<T>(b);
+		dst[dl] = nz_cvt<T>(a);
+		dst[dh] = nz_cvt<T>(b);
 	};
 	auto v_one = [&](int i) {
 		int g = i / hd, d = i % hd, o = qd + kvd + i;
@@ -254,8 +259,8 @@ __global__ void __launch_bounds__(kQKNormThreads)
     qk_norm_rope_kernel(const float *__restrict__ y, const float *__restrict__ q_norm, const float *__restrict__ k_norm,
                         float eps, const float *__restrict__ cs, const int32_t *__restrict__ tok_pos,
                         const int32_t *__restrict__ tok_seq, const int32_t *__restrict__ bt,
-                        const int32_t *__restrict__ scalars, int nh, int nkv, int hd, int bs, float *__restrict__ q_out,
-                        T *__restrict__ kc)
+                        const int32_t *__restrict__ scalars, int nh, int nkv, int hd, int rh, int bs,
+                        float *__restrict__ q_out, T *__restrict__ kc)
 {
 	nz_pdl_begin();
 	__shared__ double red[32];
@@ -279,13 +284,15 @@ __global__ void __launch_bounds__(kQKNormThreads)
 	}
 	/* (a thread writes only the pairs it read) */
 	for (int j = threadIdx.x; j < half; j += blockDim.x) {
+		int dl, dh;
+		nz_rope_pair(j, rh, hd, dl, dh);
 		float a, b;
-		nz_rope(w[j] * (src[j] * r), w[j + half] * (src[j + half] * r), c[j], sn[j], a, b);
+		nz_rope(w[dl] * (src[dl] * r), w[dh] * (src[dh] * r), c[j], sn[j], a, b);
 		if (isq) {
-			qr[j] = a, qr[j + half] = b;
+			qr[dl] = a, qr[dh] = b;
 		} else {
-			dst[j] = nz_cvt<T>(a);
-			dst[j + half] = nz_cvt<T>(b);
+			dst[dl] = nz_cvt<T>(a);
+			dst[dh] = nz_cvt<T>(b);
 		}
 	}
 }
@@ -375,12 +382,12 @@ __global__ void __launch_bounds__(256) read_kernel(const uint4 *__restrict__ p, 
 
 cudaError_t nz_k_embed_norm(int dtype, cudaStream_t s, int64_t T_, const void *embed, float embed_scale,
                             const int32_t *tokens, const int32_t *tok_pos, const float *inv_freq, float rope_scale,
-                            const float *inv_local, int64_t H, int64_t hd, const float *norm_w, float eps, float *h,
-                            void *x, float *cs, float *cs_local)
+                            const float *inv_local, int64_t H, int64_t hd, int64_t rh, const float *norm_w, float eps,
+                            float *h, void *x, float *cs, float *cs_local)
 {
 	NZ_DISPATCH(dtype, NZ_LAUNCH((embed_norm_kernel<T>), dim3((unsigned)T_), dim3(kNormThreads), 0, s,
 	                             (const T *)embed, embed_scale, tokens, tok_pos, inv_freq, rope_scale, inv_local, H, hd,
-	                             norm_w, eps, h, (T *)x, cs, cs_local));
+	                             rh, norm_w, eps, h, (T *)x, cs, cs_local));
 	return cudaGetLastError();
 }
 
@@ -428,7 +435,7 @@ cudaError_t nz_k_gather_norm(int dtype, cudaStream_t s, int64_t n, const nz_samp
 cudaError_t nz_k_rope_kv(int dtype, cudaStream_t s, int64_t T_, float *y, const float *yl, const nz_lora_out *lo,
                          const int32_t *tok_lora, const float *bias, const float *cs, const int32_t *tok_pos,
                          const int32_t *tok_seq, const int32_t *bt, const int32_t *scalars, int nh, int nkv, int hd,
-                         int bs, bool raw, float *q_out, void *kc, void *vc)
+                         int rh, int bs, bool raw, float *q_out, void *kc, void *vc)
 {
 	size_t smem;
 	const nz_lora_out la = lora_arg(lo, &smem);
@@ -436,11 +443,11 @@ cudaError_t nz_k_rope_kv(int dtype, cudaStream_t s, int64_t T_, float *y, const 
 	const unsigned per_tok = (unsigned)(((nh + nkv) * (hd / 2) + nkv * hd + kRopeThreads - 1) / kRopeThreads);
 	if (lo)
 		NZ_DISPATCH(dtype, NZ_LAUNCH_PDL((rope_kv_kernel<T, true>), dim3((unsigned)T_, per_tok), dim3(kRopeThreads), smem, s,
-		                                 y, (const float *)NULL, la, tok_lora, bias, cs, tok_pos, tok_seq, bt, scalars, nh, nkv, hd, bs, raw,
+		                                 y, (const float *)NULL, la, tok_lora, bias, cs, tok_pos, tok_seq, bt, scalars, nh, nkv, hd, rh, bs, raw,
 		                                 q_out, (T *)kc, (T *)vc))
 	else
 		NZ_DISPATCH(dtype, NZ_LAUNCH_PDL((rope_kv_kernel<T, false>), dim3((unsigned)T_), dim3(kRopeThreads), 0, s, y, yl, la,
-		                                 tok_lora, bias, cs, tok_pos, tok_seq, bt, scalars, nh, nkv, hd, bs, raw, q_out,
+		                                 tok_lora, bias, cs, tok_pos, tok_seq, bt, scalars, nh, nkv, hd, rh, bs, raw, q_out,
 		                                 (T *)kc, (T *)vc))
 	return cudaGetLastError();
 }
@@ -448,10 +455,10 @@ cudaError_t nz_k_rope_kv(int dtype, cudaStream_t s, int64_t T_, float *y, const 
 cudaError_t nz_k_qk_norm_rope(int dtype, cudaStream_t s, int64_t T_, const float *y, const float *q_norm,
                               const float *k_norm, float eps, const float *cs, const int32_t *tok_pos,
                               const int32_t *tok_seq, const int32_t *bt, const int32_t *scalars, int nh, int nkv,
-                              int hd, int bs, float *q_out, void *kc)
+                              int hd, int rh, int bs, float *q_out, void *kc)
 {
 	NZ_DISPATCH(dtype, NZ_LAUNCH_PDL((qk_norm_rope_kernel<T>), dim3((unsigned)T_, (unsigned)(nh + nkv)), dim3(kQKNormThreads), 0,
-	                                 s, y, q_norm, k_norm, eps, cs, tok_pos, tok_seq, bt, scalars, nh, nkv, hd, bs, q_out,
+	                                 s, y, q_norm, k_norm, eps, cs, tok_pos, tok_seq, bt, scalars, nh, nkv, hd, rh, bs, q_out,
 	                                 (T *)kc))
 	return cudaGetLastError();
 }

@@ -165,11 +165,15 @@ __global__ void __launch_bounds__(256) gemv_fused_kernel(const T *__restrict__ W
 	const int n_sb = LORA ? io.lora.blocks : 0;
 	const int gb = (int)blockIdx.x - n_sb, n_gb = (int)gridDim.x - n_sb;
 	const int64_t o = (int64_t)gb * kWarps + warp;
-	/* ROPE: warp o takes rows r0 and r0 + hd/2 of head o / (hd/2) */
+	/* ROPE: warp o takes the rows of pair o % (hd/2) (nz_rope_pair) of
+	 * head o / (hd/2) */
 	const int half = io.hd / 2;
 	const int64_t rows = EPI == NZ_GEMV_ROPE ? out / 2 : out;
-	const int64_t r0 = EPI == NZ_GEMV_ROPE ? o / half * io.hd + o % half : o;
-	const int64_t r1 = EPI == NZ_GEMV_ROPE ? r0 + half : o + out; /* the second row (NR 2) */
+	int dl = 0, dh = 0;
+	if (EPI == NZ_GEMV_ROPE)
+		nz_rope_pair((int)(o % half), io.rh, io.hd, dl, dh);
+	const int64_t r0 = EPI == NZ_GEMV_ROPE ? o / half * io.hd + dl : o;
+	const int64_t r1 = EPI == NZ_GEMV_ROPE ? o / half * io.hd + dh : o + out; /* the second row (NR 2) */
 	const bool active = o < rows; /* the same in every lane of a warp */
 	const T *x = (const T *)io.x;
 	if (NORM) {
@@ -236,7 +240,7 @@ __global__ void __launch_bounds__(256) gemv_fused_kernel(const T *__restrict__ W
 			mi[0] = m;
 			mi[NR - 1] = m;
 			ol[0] = r0 - nz_pick3(lo.grp.col, m);
-			ol[NR - 1] = ol[0] + half;
+			ol[NR - 1] = ol[0] + (r1 - r0);
 		} else {
 			mi[0] = 0, ol[0] = o;
 			mi[NR - 1] = NR - 1, ol[NR - 1] = o; /* SILU: gate row o, up row o */
@@ -304,12 +308,12 @@ __global__ void __launch_bounds__(256) gemv_fused_kernel(const T *__restrict__ W
 				if (r0 >= qd + kvd) { /* v: no rotation */
 					const int64_t g = (r0 - qd - kvd) / io.hd;
 					T *dst = (T *)io.vc + rope_row(io, j, g);
-					dst[jj] = nz_cvt<T>(x1);
-					dst[jj + half] = nz_cvt<T>(x2);
+					dst[dl] = nz_cvt<T>(x1);
+					dst[dh] = nz_cvt<T>(x2);
 				} else if (io.k_raw) { /* the heads' norms and RoPE come next */
 					float *dst = r0 < qd ? io.q_out + (int64_t)j * qd + r0 : io.k_raw + (int64_t)j * out + r0;
 					dst[0] = x1;
-					dst[half] = x2;
+					dst[dh - dl] = x2;
 				} else {
 					const float *c = io.cs + (int64_t)j * io.hd, *sn = c + half;
 					float a, b;
@@ -317,11 +321,11 @@ __global__ void __launch_bounds__(256) gemv_fused_kernel(const T *__restrict__ W
 					if (r0 < qd) {
 						float *q = io.q_out + (int64_t)j * qd + r0;
 						q[0] = a;
-						q[half] = b;
+						q[dh - dl] = b;
 					} else {
 						T *dst = (T *)io.kc + rope_row(io, j, (r0 - qd) / io.hd);
-						dst[jj] = nz_cvt<T>(a);
-						dst[jj + half] = nz_cvt<T>(b);
+						dst[dl] = nz_cvt<T>(a);
+						dst[dh] = nz_cvt<T>(b);
 					}
 				}
 			}

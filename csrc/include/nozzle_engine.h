@@ -32,7 +32,7 @@
 extern "C" {
 #endif
 
-#define NZ_ABI_VERSION 6
+#define NZ_ABI_VERSION 7
 
 /* ---- status codes ------------------------------------------------------ */
 #define NZ_OK 0
@@ -106,6 +106,7 @@ enum {
 #define NZ_ROPE_LINEAR 1
 #define NZ_ROPE_LLAMA3 2
 #define NZ_ROPE_YARN 3
+#define NZ_ROPE_LONGROPE 4 /* Phi-3's: each frequency divided by its own factor (rope_ext_factors) */
 
 /* ---- activations of the gated MLP: down(act(gate(x)) * up(x)) ------------ */
 #define NZ_ACT_SILU 0      /* x·sigmoid(x) (Llama, Mistral, Qwen, Phi-3) */
@@ -160,6 +161,14 @@ typedef struct nz_config {
 	const int32_t *layer_sliding;  /* [num_layers] or NULL: 1 where a layer uses sliding_window;
 	                                  when set it replaces sliding_window_from_layer (Gemma's
 	                                  alternating layers). Copied by nz_engine_create. */
+	const float *rope_ext_factors;  /* longrope: [rotary_dim/2] factors, frequency j is
+	                                  theta^(-2j/rotary_dim) / rope_ext_factors[j] (Go picks
+	                                  the config's short_factor or long_factor); cos and sin
+	                                  are multiplied by rope_attention_factor. Copied by
+	                                  nz_engine_create; NULL for the other types. */
+	int64_t rotary_dim;            /* the first rotary_dim dims of each q and k head are
+	                                  rotated (rotate-half within them), the rest pass
+	                                  unchanged; 0 = head_dim (Phi-4-mini: 96 of 128) */
 	/* sizing */
 	int64_t max_slots;             /* adapter slots */
 	int64_t max_rank;              /* every slot is padded to this rank */

@@ -9,6 +9,7 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "backend.h"
 #include "common.h"
@@ -32,6 +33,7 @@ struct nz_engine {
 	uint64_t *tok_stamp;
 	uint64_t tstamp;
 	int32_t *layer_sliding; /* [num_layers]: cfg.layer_sliding of the backends */
+	float *rope_ext_factors; /* [rotary_dim/2] or NULL: cfg.rope_ext_factors of the backends */
 };
 
 /* Upper bounds that keep every size product far from overflow. */
@@ -91,7 +93,8 @@ static int32_t check_config(nz_config *c)
 	RANGE(num_kv_heads, 1, SMALL_MAX);
 	RANGE(head_dim, 2, SMALL_MAX);
 	RANGE(max_position, 1, INT32_MAX);
-	RANGE(rope_type, NZ_ROPE_DEFAULT, NZ_ROPE_YARN);
+	RANGE(rope_type, NZ_ROPE_DEFAULT, NZ_ROPE_LONGROPE);
+	RANGE(rotary_dim, 0, SMALL_MAX);
 	RANGE(sliding_window, 0, INT32_MAX);
 	RANGE(sliding_window_from_layer, 0, INT32_MAX);
 	RANGE(tie_word_embeddings, 0, 1);
@@ -119,7 +122,27 @@ static int32_t check_config(nz_config *c)
 		return nz_error(NZ_ERR_INVALID, FN_CREATE ": rms_norm_eps %g must be finite and >= 0", c->rms_norm_eps);
 	if (!(c->rope_theta > 0) || !isfinite(c->rope_theta))
 		return nz_error(NZ_ERR_INVALID, FN_CREATE ": rope_theta %g must be finite and > 0", c->rope_theta);
-	if (c->rope_type != NZ_ROPE_DEFAULT && (!(c->rope_factor > 0) || !isfinite(c->rope_factor)))
+	if (!c->rotary_dim)
+		c->rotary_dim = c->head_dim;
+	if (c->rotary_dim % 2 || c->rotary_dim < 2 || c->rotary_dim > c->head_dim)
+		return nz_error(NZ_ERR_INVALID, FN_CREATE ": rotary_dim %lld must be even and in 2..head_dim (%lld)",
+		                (long long)c->rotary_dim, (long long)c->head_dim);
+	if (c->rope_type == NZ_ROPE_LONGROPE) {
+		if (!c->rope_ext_factors)
+			return nz_error(NZ_ERR_INVALID, FN_CREATE ": longrope needs rope_ext_factors");
+		for (int64_t j = 0; j < c->rotary_dim / 2; j++)
+			if (!(c->rope_ext_factors[j] > 0) || !isfinite(c->rope_ext_factors[j]))
+				return nz_error(NZ_ERR_INVALID, FN_CREATE ": rope_ext_factors[%lld] %g must be finite and > 0",
+				                (long long)j, (double)c->rope_ext_factors[j]);
+		if (!(c->rope_attention_factor > 0) || !isfinite(c->rope_attention_factor))
+			return nz_error(NZ_ERR_INVALID,
+			                FN_CREATE ": longrope needs a finite rope_attention_factor > 0, got %g",
+			                c->rope_attention_factor);
+	} else if (c->rope_ext_factors) {
+		return nz_error(NZ_ERR_INVALID, FN_CREATE ": rope_ext_factors is set for a rope_type other than longrope");
+	}
+	if (c->rope_type != NZ_ROPE_DEFAULT && c->rope_type != NZ_ROPE_LONGROPE &&
+	    (!(c->rope_factor > 0) || !isfinite(c->rope_factor)))
 		return nz_error(NZ_ERR_INVALID, FN_CREATE ": rope_factor %g must be finite and > 0", c->rope_factor);
 	if (c->rope_type == NZ_ROPE_LLAMA3) {
 		if (!(c->rope_low_freq_factor > 0) || !(c->rope_high_freq_factor > c->rope_low_freq_factor) ||
@@ -210,6 +233,7 @@ static void engine_free(nz_engine *e)
 	nz_free(e->blk_owner);
 	nz_free(e->tok_stamp);
 	nz_free(e->layer_sliding);
+	nz_free(e->rope_ext_factors);
 	nz_free(e);
 }
 
@@ -237,6 +261,16 @@ int32_t NZ_API nz_engine_create(const nz_config *cfg, nz_engine **out)
 		e->layer_sliding[l] = c.sliding_window > 0 &&
 		                      (c.layer_sliding ? c.layer_sliding[l] : l >= c.sliding_window_from_layer);
 	c.layer_sliding = e->layer_sliding;
+	if (c.rope_ext_factors) { /* the same for longrope's factors */
+		size_t n = (size_t)(c.rotary_dim / 2) * sizeof(float);
+		e->rope_ext_factors = nz_alloc(n);
+		if (!e->rope_ext_factors) {
+			engine_free(e);
+			return nz_oom(FN_CREATE, n);
+		}
+		memcpy(e->rope_ext_factors, c.rope_ext_factors, n);
+		c.rope_ext_factors = e->rope_ext_factors;
+	}
 	e->ops = nz_default_backend();
 	st = e->ops->create(&c, &e->impl);
 	if (st != NZ_OK) {

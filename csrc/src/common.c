@@ -338,13 +338,20 @@ int nz_tensor_shape(const nz_config *c, int32_t kind, int64_t shape[2])
  * RoPE
  * ------------------------------------------------------------------------- */
 
+int64_t nz_rotary_dim(const nz_config *c)
+{
+	return c->rotary_dim > 0 ? c->rotary_dim : c->head_dim;
+}
+
 void nz_rope_inv_freq(const nz_config *c, float *inv)
 {
-	int64_t dim = c->head_dim, half = dim / 2;
+	int64_t dim = nz_rotary_dim(c), half = dim / 2;
 	for (int64_t j = 0; j < half; j++) {
 		float e = (float)(2 * j) / (float)dim;
 		float p = (float)pow(c->rope_theta, (double)e);
-		inv[j] = 1.0f / p;
+		/* longrope (transformers' _compute_longrope_parameters, in f32):
+		 * 1 / (factor_j · theta^(2j/dim)) */
+		inv[j] = c->rope_type == NZ_ROPE_LONGROPE ? 1.0f / (c->rope_ext_factors[j] * p) : 1.0f / p;
 	}
 	if (c->rope_type == NZ_ROPE_LINEAR) {
 		for (int64_t j = 0; j < half; j++)
@@ -376,7 +383,7 @@ void nz_rope_inv_freq(const nz_config *c, float *inv)
 		 * from the inverse of the rotation count:
 		 *   d(r) = dim·ln(orig / (2π·r)) / (2·ln(theta)),
 		 * floored/ceiled when truncate, clamped to [0, dim-1]. */
-		double dim = (double)c->head_dim, orig = (double)c->rope_original_max_position;
+		double dim = (double)nz_rotary_dim(c), orig = (double)c->rope_original_max_position;
 		double lo = dim * log(orig / (c->rope_beta_fast * 2.0 * M_PI)) / (2.0 * log(c->rope_theta));
 		double hi = dim * log(orig / (c->rope_beta_slow * 2.0 * M_PI)) / (2.0 * log(c->rope_theta));
 		if (c->rope_truncate)
@@ -415,7 +422,7 @@ void nz_rope_local_inv_freq(const nz_config *c, float *inv)
  * would change its rounding differently. */
 float nz_rope_attention_factor(const nz_config *c)
 {
-	return c->rope_type == NZ_ROPE_YARN ? (float)c->rope_attention_factor : 1.0f;
+	return c->rope_type == NZ_ROPE_YARN || c->rope_type == NZ_ROPE_LONGROPE ? (float)c->rope_attention_factor : 1.0f;
 }
 
 void nz_rope_cos_sin(const float *inv, int64_t half, int64_t pos, float scale, float *cos_out, float *sin_out)

@@ -76,8 +76,12 @@ void nz_module_dims(const nz_config *cfg, int32_t module, int64_t *in, int64_t *
 const char *nz_module_name(int32_t module);
 
 /* ---- RoPE (engine-spec §1.4.3, §1.5) --------------------------------------- */
-/* inv[0 .. head_dim/2) for cfg's rope_theta, head_dim and rope_type
- * (default, linear, llama3, yarn), in f32 as Hugging Face computes them. */
+/* The dims of a head RoPE rotates: cfg->rotary_dim, or head_dim where 0
+ * (nz_engine_create resolves it for the backends). */
+int64_t nz_rotary_dim(const nz_config *cfg);
+/* inv[0 .. rotary_dim/2) for cfg's rope_theta, rotary_dim and rope_type
+ * (default, linear, llama3, yarn, longrope), in f32 as Hugging Face
+ * computes them. */
 void nz_rope_inv_freq(const nz_config *cfg, float *inv);
 /* inv for the sliding layers when rope_local_theta > 0: default RoPE with
  * base rope_local_theta (Gemma 3's local layers). */
@@ -89,13 +93,15 @@ static inline int nz_layer_sliding(const nz_config *c, int64_t layer)
 {
 	return c->sliding_window > 0 && c->layer_sliding[layer];
 }
-/* The factor cos and sin are multiplied by: yarn's rope_attention_factor,
- * else 1. */
+/* The factor cos and sin are multiplied by: yarn's and longrope's
+ * rope_attention_factor, else 1. */
 float nz_rope_attention_factor(const nz_config *cfg);
 /* cos/sin[0 .. half) of pos·inv[j] (angle in f32, as HF), each times scale
  * (nz_rope_attention_factor) in f32. */
 void nz_rope_cos_sin(const float *inv, int64_t half, int64_t pos, float scale, float *cos_out, float *sin_out);
-/* Rotate-half RoPE of one head vector x[0 .. 2·half) in place. */
+/* Rotate-half RoPE of x[0 .. 2·half) in place: the rotated dims of one
+ * head (half = rotary_dim/2; the head's dims after them are left as they
+ * are). */
 void nz_rope_apply(float *x, int64_t half, const float *cos_v, const float *sin_v);
 
 /* ---- random numbers and sampling -------------------------------------------- */

@@ -76,6 +76,7 @@ typedef struct cpu_engine {
 	size_t wsz;
 	size_t lsz; /* bytes of a slot's element, at most (f32) */
 	int64_t H, I, V, L, nh, nkv, hd, qd, kvd, nrep, bs, nb, R, S;
+	int64_t rh; /* rotary_dim / 2: the pairs RoPE rotates in a head */
 	int64_t mod_in[NZ_M_COUNT], mod_out[NZ_M_COUNT];
 
 	void *embed, *lm_head;
@@ -104,7 +105,7 @@ typedef struct cpu_engine {
 	int32_t *seg_row;  /* [max_slots+1] first LoRA row of each segment */
 	float *lv[3];      /* [T, R] LoRA shrink outputs of a group's modules, by LoRA row */
 	float *dl[3];      /* [T, out] LoRA deltas of a group's modules by LoRA row (added by the next pass) */
-	float *cs;         /* [T, hd] cos | sin of each token's position */
+	float *cs;         /* [T, hd] cos at [0, rh) | sin at [hd/2, hd/2 + rh) of each token's position */
 	float *cs_local;   /* [T, hd] the same for the sliding layers' RoPE, or NULL */
 	float *xs;         /* [S, H] final-normed hidden of the sampled tokens */
 	float *logits;     /* [S, V] */
@@ -193,6 +194,7 @@ static int32_t cpu_create(nz_config *c, void **out)
 	e->lsz = nz_dtype_size(NZ_F32);
 	e->H = c->hidden_size, e->I = c->intermediate_size, e->V = c->vocab_size, e->L = c->num_layers;
 	e->nh = c->num_heads, e->nkv = c->num_kv_heads, e->hd = c->head_dim;
+	e->rh = nz_rotary_dim(c) / 2;
 	e->qd = e->nh * e->hd, e->kvd = e->nkv * e->hd, e->nrep = e->nh / e->nkv;
 	e->bs = c->kv_block_size, e->R = c->max_rank, e->S = c->max_batch_seqs;
 	for (int m = 0; m < NZ_M_COUNT; m++)
@@ -536,10 +538,10 @@ static void embed_task(void *ctx, int64_t i, int tid)
 			for (int64_t j = 0; j < e->H; j++)
 				h[j] *= sc;
 		}
-		nz_rope_cos_sin(e->inv_freq, e->hd / 2, c->p->tok_pos[t], e->rope_scale, e->cs + t * e->hd,
+		nz_rope_cos_sin(e->inv_freq, e->rh, c->p->tok_pos[t], e->rope_scale, e->cs + t * e->hd,
 		                e->cs + t * e->hd + e->hd / 2);
 		if (e->cs_local)
-			nz_rope_cos_sin(e->inv_freq_local, e->hd / 2, c->p->tok_pos[t], 1.0f, e->cs_local + t * e->hd,
+			nz_rope_cos_sin(e->inv_freq_local, e->rh, c->p->tok_pos[t], 1.0f, e->cs_local + t * e->hd,
 			                e->cs_local + t * e->hd + e->hd / 2);
 	}
 }
@@ -610,12 +612,12 @@ static void rope_task(void *ctx, int64_t i, int tid)
 		}
 		const float *cs = (c->local_rope ? e->cs_local : e->cs) + t * e->hd;
 		for (int64_t h = 0; h < e->nh; h++)
-			nz_rope_apply(e->q + t * e->qd + h * e->hd, half, cs, cs + half);
+			nz_rope_apply(e->q + t * e->qd + h * e->hd, e->rh, cs, cs + half);
 		int64_t s = p->tok_seq[t], pos = p->tok_pos[t];
 		int64_t blk = c->b->block_table[s * c->b->max_blocks + pos / e->bs];
 		for (int64_t g = 0; g < e->nkv; g++) {
 			float *kr = e->kk + t * e->kvd + g * e->hd;
-			nz_rope_apply(kr, half, cs, cs + half);
+			nz_rope_apply(kr, e->rh, cs, cs + half);
 			int64_t off = (blk * e->nkv + g) * e->bs * e->hd + (pos % e->bs) * e->hd;
 			memcpy(kvl + off, kr, sizeof(float) * (size_t)e->hd);
 			memcpy(kvl + e->nb * e->kv_block_elems + off, e->vv + t * e->kvd + g * e->hd,

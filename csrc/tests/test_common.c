@@ -250,6 +250,32 @@ static void test_rope(void)
 	                  4 * cos(0.01) + 2 * sin(0.01)};
 	for (int i = 0; i < 4; i++)
 		CHECK(fabs(x[i] - want[i]) < 1e-6, "hand rope[%d] = %.9g, want %.9g", i, (double)x[i], want[i]);
+
+	/* longrope over a partial rotary_dim (Phi-4-mini's shape: 96 of 128
+	 * dims): inv[j] = 1 / (ext[j] · theta^(2j/96)), the attention factor
+	 * on cos and sin */
+	nz_config p = tiny_config();
+	p.head_dim = 128;
+	p.rotary_dim = 96;
+	p.rope_theta = 10000;
+	p.rope_type = NZ_ROPE_LONGROPE;
+	p.rope_attention_factor = 1.19;
+	float ext[48], pinv[48];
+	for (int j = 0; j < 48; j++)
+		ext[j] = 1.0f + 0.5f * (float)j;
+	p.rope_ext_factors = ext;
+	CHECK(nz_rotary_dim(&p) == 96, "rotary_dim");
+	nz_rope_inv_freq(&p, pinv);
+	for (int j = 0; j < 48; j++)
+		check_rel(pinv[j], 1.0 / (ext[j] * pow(10000.0, 2.0 * j / 96.0)), 1e-6, "longrope inv");
+	CHECK(nz_rope_attention_factor(&p) == 1.19f, "longrope attention factor");
+	/* the dims past rotary_dim are left as they are */
+	float hx[8] = {1, 2, 3, 4, 5, 6, 7, 8}, hcs[2] = {0.5f, 0.25f}, hsn[2] = {0.75f, 0.125f};
+	nz_rope_apply(hx, 2, hcs, hsn); /* rotary_dim 4 of 8 */
+	const float hwant[8] = {1 * 0.5f - 3 * 0.75f, 2 * 0.25f - 4 * 0.125f, 3 * 0.5f + 1 * 0.75f, 4 * 0.25f + 2 * 0.125f,
+	                        5, 6, 7, 8};
+	for (int i = 0; i < 8; i++)
+		CHECK(hx[i] == hwant[i], "partial rope[%d] = %g, want %g", i, (double)hx[i], (double)hwant[i]);
 }
 
 static void test_expf(void)

@@ -77,8 +77,29 @@ static void test_create_errors(void)
 	c.rope_truncate = 2;
 	CHECK_ERR(nz_engine_create(&c, &e), NZ_ERR_INVALID, "rope_truncate");
 	c.rope_truncate = 1;
-	c.rope_type = NZ_ROPE_YARN + 1;
+	c.rope_type = NZ_ROPE_LONGROPE + 1;
 	CHECK_ERR(nz_engine_create(&c, &e), NZ_ERR_INVALID, "rope_type");
+	/* longrope: its factors, each finite and > 0, and an attention factor */
+	c = tiny_config();
+	c.rope_type = NZ_ROPE_LONGROPE;
+	CHECK_ERR(nz_engine_create(&c, &e), NZ_ERR_INVALID, "rope_ext_factors");
+	float ext[64];
+	for (int j = 0; j < 64; j++)
+		ext[j] = 1.0f + (float)j;
+	c.rope_ext_factors = ext;
+	CHECK_ERR(nz_engine_create(&c, &e), NZ_ERR_INVALID, "rope_attention_factor");
+	c.rope_attention_factor = 1.2;
+	ext[1] = 0;
+	CHECK_ERR(nz_engine_create(&c, &e), NZ_ERR_INVALID, "rope_ext_factors[1]");
+	ext[1] = 2;
+	c.rope_type = NZ_ROPE_YARN;
+	CHECK_ERR(nz_engine_create(&c, &e), NZ_ERR_INVALID, "rope_ext_factors is set");
+	/* rotary_dim: even, at most head_dim */
+	c = tiny_config();
+	c.rotary_dim = c.head_dim + 2;
+	CHECK_ERR(nz_engine_create(&c, &e), NZ_ERR_INVALID, "rotary_dim");
+	c.rotary_dim = 3;
+	CHECK_ERR(nz_engine_create(&c, &e), NZ_ERR_INVALID, "rotary_dim");
 	c = tiny_config();
 	c.reserved[3] = 1;
 	CHECK_ERR(nz_engine_create(&c, &e), NZ_ERR_INVALID, "reserved[3]");

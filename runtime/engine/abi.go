@@ -6,7 +6,7 @@ import "unsafe"
 // and checks every constant and struct field against these.
 
 // ABIVersion is the NZ_ABI_VERSION this package is written against.
-const ABIVersion = 6
+const ABIVersion = 7
 
 // Status codes (NZ_OK, NZ_ERR_*).
 const (
@@ -27,10 +27,11 @@ const (
 
 // RoPE types (NZ_ROPE_*).
 const (
-	nzRopeDefault = 0
-	nzRopeLinear  = 1
-	nzRopeLlama3  = 2
-	nzRopeYarn    = 3
+	nzRopeDefault  = 0
+	nzRopeLinear   = 1
+	nzRopeLlama3   = 2
+	nzRopeYarn     = 3
+	nzRopeLongrope = 4
 )
 
 // Activations of the gated MLP (NZ_ACT_*).
@@ -98,6 +99,8 @@ type nzConfig struct {
 	FinalSoftcap            float64
 	RopeLocalTheta          float64
 	LayerSliding            unsafe.Pointer
+	RopeExtFactors          unsafe.Pointer
+	RotaryDim               int64
 	MaxSlots                int64
 	MaxRank                 int64
 	KvBlockSize             int64

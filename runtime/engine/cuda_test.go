@@ -401,6 +401,10 @@ var cudaParityCases = []cudaCase{
 		s.Rope = &model.RopeScaling{Type: model.RopeYarn, Factor: 8, OriginalMaxPosition: 16, BetaFast: 4, BetaSlow: 0.5,
 			AttentionFactor: 1.2, Truncate: false}
 	}, tol: 1e-4},
+	// longrope over Phi-4-mini's partial rotary embedding (12 of 16 dims:
+	// the table's pairs past 6 are cos 1, sin 0 and pair the dims after
+	// the rotated ones, nz_rope_pair), long factors and attention √3
+	{name: "LongropePhi4Partial", spec: cudaLongropePartial, tol: 1e-4},
 	// Gemma 2 and Gemma 3 as the gemma2-bf16 and gemma3-bf16 fixtures
 	// (golden_test.go) have them, in f32 and bf16: (1 + w) norms, the
 	// post-attention and post-MLP norms, scaled embeddings, GELU(tanh),
@@ -413,6 +417,11 @@ var cudaParityCases = []cudaCase{
 	// moves the uncapped ones, and every greedy choice is a near tie)
 	{name: "Gemma2BF16", spec: func(s *model.Spec) { cudaGemma2(s); s.DType, s.FinalSoftcap = safetensors.BF16, 30 }, tol: 2e-2},
 	{name: "Gemma3BF16", spec: func(s *model.Spec) { cudaGemma3(s); s.DType = safetensors.BF16 }, tol: 2e-2},
+}
+
+func cudaLongropePartial(s *model.Spec) {
+	s.Arch, s.HeadDim, s.PartialRotaryFactor, s.MaxPosition = "phi3", 16, 0.75, 64
+	s.Rope = longropeSpec(6, 4, model.LongropeAttention(64, 4))
 }
 
 func cudaGemma2(s *model.Spec) {
@@ -588,6 +597,9 @@ func TestCUDA_ParityBase(t *testing.T) {
 			s.Rope = &model.RopeScaling{Type: model.RopeYarn, Factor: 4, OriginalMaxPosition: 32, BetaFast: 32, BetaSlow: 1,
 				AttentionFactor: model.YarnMscale(4, 1), Truncate: true}
 		}, tol: 1e-4},
+		// partial rotary and longrope through the fused GEMVs' RoPE
+		// epilogue (a warp's two rows are nz_rope_pair's)
+		{name: "LongropePhi4Partial", spec: cudaLongropePartial, tol: 1e-4},
 		// Gemma's post-norms through the fused GEMVs (each module's output
 		// into y, then the norm and residual add) and its options
 		{name: "Gemma2", spec: cudaGemma2, tol: 1e-4},

@@ -114,6 +114,8 @@ func (l *Library) NewEngine(m *model.Model, opts Options) (*Engine, error) {
 		rope = nzRopeLlama3
 	case model.RopeYarn:
 		rope = nzRopeYarn
+	case model.RopeLongrope:
+		rope = nzRopeLongrope
 	case model.RopeDefault, "":
 	default:
 		return nil, fmt.Errorf("engine: rope_type %q is not supported", c.RopeScaling.Type)
@@ -183,6 +185,17 @@ func (l *Library) NewEngine(m *model.Model, opts Options) (*Engine, error) {
 	}
 	if c.RopeScaling.Truncate {
 		cfg.RopeTruncate = 1
+	}
+	cfg.RotaryDim = int64(c.RotaryDim)
+	if rope == nzRopeLongrope {
+		// one table for every position: the context served picks it
+		f := c.RopeScaling.LongropeFactors(maxPos)
+		ext := make([]float32, len(f))
+		for j, v := range f {
+			ext[j] = float32(v) // as transformers' torch.tensor(..., dtype=float32)
+		}
+		pin.Pin(&ext[0])
+		cfg.RopeExtFactors = unsafe.Pointer(&ext[0])
 	}
 	e := &Engine{lib: l, vocab: c.VocabSize, model: m.Info()}
 	if err := l.check("nz_engine_create", func() int32 { return l.engineCreate(&cfg, &e.handle) }); err != nil {

@@ -79,6 +79,19 @@ func refCases() []refCase {
 			s.Rope = &model.RopeScaling{Type: model.RopeYarn, Factor: 3, OriginalMaxPosition: 8, BetaFast: 4, BetaSlow: 0.5,
 				AttentionFactor: 1.3, Truncate: false}
 		}, tol: tight},
+		// longrope over Phi-4-mini's partial rotary embedding: 12 of 16
+		// dims rotated, 64 positions served over an original 4, so the
+		// long factors and the default attention factor √3.
+		{name: "LoRALongropePhi4Partial", spec: func(s *model.Spec) {
+			s.Arch, s.NumHeads, s.NumKVHeads, s.MaxPosition, s.PartialRotaryFactor = "phi3", 2, 1, 64, 0.75
+			s.Rope = longropeSpec(6, 4, model.LongropeAttention(64, 4))
+		}, adapter: &model.AdapterSpec{Rank: 8, Seed: 19}, tol: tight},
+		// longrope with every dim rotated, served within the original
+		// context: the short factors, an explicit attention factor.
+		{name: "LongropeShort", spec: func(s *model.Spec) {
+			s.MaxPosition = 64
+			s.Rope = longropeSpec(4, 64, 1.2)
+		}, tol: tight},
 		{name: "ShardedF16", spec: func(s *model.Spec) { s.Shards = 3; s.DType = safetensors.F16 }, opts: func(o *engine.Options) { o.WeightDType = safetensors.F32 }, tol: tight},
 		{name: "BF16ToF32", spec: func(s *model.Spec) { s.DType = safetensors.BF16 }, opts: func(o *engine.Options) { o.WeightDType = safetensors.F32 }, tol: tight},
 		{name: "BF16Weights", spec: func(s *model.Spec) { s.DType = safetensors.BF16 }, tol: 5e-3},
@@ -112,6 +125,17 @@ func refCases() []refCase {
 			s.Arch, s.HeadDim, s.SlidingWindow, s.DType = "gemma3_text", 16, 4, safetensors.BF16
 		}, tol: 5e-3},
 	}...)
+}
+
+// longropeSpec is a longrope scaling of n factors per list (short ones
+// near 1, long ones growing to 5), over an original context of orig.
+func longropeSpec(n, orig int, attention float64) *model.RopeScaling {
+	rs := &model.RopeScaling{Type: model.RopeLongrope, Factor: 1, OriginalMaxPosition: orig, AttentionFactor: attention}
+	for j := range n {
+		rs.ShortFactor = append(rs.ShortFactor, 1+0.05*float64(j))
+		rs.LongFactor = append(rs.LongFactor, 1+4*float64(j)/float64(n-1))
+	}
+	return rs
 }
 
 // TestEngine_MatchesReference prefills a chunk of a prompt, then decodes the

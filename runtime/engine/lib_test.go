@@ -26,7 +26,7 @@ func fakeLib(t *testing.T, defines string) string {
 #define ABI ` + strconv.Itoa(engine.ABIVersion) + `
 #endif
 #ifndef CONFIG_SIZE
-#define CONFIG_SIZE 384
+#define CONFIG_SIZE 400
 #endif
 int32_t nz_abi_version(void) { return ABI; }
 int64_t nz_struct_size(int32_t w) { return w == 0 ? CONFIG_SIZE : w == 1 ? 232 : -1; }
@@ -63,7 +63,7 @@ func TestOpen_LoadChecks(t *testing.T) {
 		{"OK", "", ""},
 		{"WrongABI", "#define ABI 99", "has ABI version 99, but this build of Nozzle needs version " + strconv.Itoa(engine.ABIVersion)},
 		{"MissingSymbol", "#define NO_STEP 1", "lacks the symbol nz_step"},
-		{"StructSize", "#define CONFIG_SIZE 280", "struct nz_config is 280 bytes, Go expects 384"},
+		{"StructSize", "#define CONFIG_SIZE 280", "struct nz_config is 280 bytes, Go expects 400"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

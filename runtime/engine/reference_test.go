@@ -134,15 +134,31 @@ func newRefModel(t testing.TB, m *model.Model) *refModel {
 	return r
 }
 
-// refInvFreq is HF's inv_freq with the configured rope scaling (§1.5).
+// refRotaryDim is how many dims of a head RoPE rotates.
+func refRotaryDim(c model.Config) int {
+	if c.RotaryDim > 0 {
+		return c.RotaryDim
+	}
+	return c.HeadDim
+}
+
+// refInvFreq is HF's inv_freq with the configured rope scaling (§1.5),
+// over the rotated dims.
 func refInvFreq(c model.Config) []float64 {
-	hd := c.HeadDim
+	hd := refRotaryDim(c)
 	inv := make([]float64, hd/2)
 	for j := range inv {
 		inv[j] = 1 / math.Pow(c.RopeTheta, float64(2*j)/float64(hd))
 	}
 	rs := c.RopeScaling
 	switch rs.Type {
+	case model.RopeLongrope:
+		// _compute_longrope_parameters: each frequency over its own
+		// factor, the list the context served picks
+		ext := rs.LongropeFactors(c.MaxPositionEmbeddings)
+		for j := range inv {
+			inv[j] /= ext[j]
+		}
 	case model.RopeLinear:
 		for j := range inv {
 			inv[j] /= rs.Factor
@@ -188,9 +204,9 @@ func refInvFreq(c model.Config) []float64 {
 }
 
 // refRopeScale is the factor transformers multiplies RoPE's cos and sin by
-// (attention_scaling): yarn's attention factor, else 1.
+// (attention_scaling): yarn's and longrope's attention factor, else 1.
 func refRopeScale(c model.Config) float64 {
-	if c.RopeScaling.Type == model.RopeYarn {
+	if t := c.RopeScaling.Type; t == model.RopeYarn || t == model.RopeLongrope {
 		return c.RopeScaling.AttentionFactor
 	}
 	return 1
@@ -217,11 +233,12 @@ func headNorm(x, w []float64, eps float64) {
 	}
 }
 
-// rope rotates each head of x (heads × hd) in place, rotate-half style,
-// with layer l's frequencies.
+// rope rotates each head of x (heads × hd) in place, rotate-half style
+// over its first rotary dims (the rest as they are), with layer l's
+// frequencies.
 func (r *refModel) rope(x []float64, heads, pos, l int) {
 	hd := r.cfg.HeadDim
-	half := hd / 2
+	half := refRotaryDim(r.cfg) / 2
 	inv, scale := r.invFreq, r.ropeScale
 	if r.localInv != nil && r.cfg.SlidingLayer(l) {
 		inv, scale = r.localInv, 1

@@ -88,16 +88,20 @@ const (
 	RopeLinear  = "linear"
 	RopeLlama3  = "llama3"
 	RopeYarn    = "yarn"
+	// RopeLongrope is Phi-3's (also spelled "su"): each frequency divided
+	// by its own factor, short_factor or long_factor.
+	RopeLongrope = "longrope"
 )
 
 // RopeScaling is config.json's rope_scaling (or rope_parameters) resolved.
 type RopeScaling struct {
-	// Type is RopeDefault, RopeLinear, RopeLlama3 or RopeYarn.
+	// Type is RopeDefault, RopeLinear, RopeLlama3, RopeYarn or
+	// RopeLongrope.
 	Type string
 	// Factor divides frequencies (linear, llama3, yarn).
 	Factor float64
 	// LowFreqFactor and HighFreqFactor are llama3's; OriginalMaxPosition
-	// is llama3's and yarn's.
+	// is llama3's, yarn's and longrope's.
 	LowFreqFactor       float64
 	HighFreqFactor      float64
 	OriginalMaxPosition int
@@ -110,6 +114,30 @@ type RopeScaling struct {
 	BetaSlow        float64
 	AttentionFactor float64
 	Truncate        bool
+	// ShortFactor and LongFactor are longrope's: RotaryDim/2 divisors of
+	// the frequencies, for a context up to OriginalMaxPosition and for a
+	// longer one (LongropeFactors picks one). AttentionFactor is
+	// longrope's too: attention_factor, else transformers' default
+	// √(1 + ln(s)/ln(OriginalMaxPosition)) for s = max_position_embeddings
+	// / OriginalMaxPosition above 1, else 1.
+	ShortFactor []float64
+	LongFactor  []float64
+}
+
+// LongropeFactors returns the longrope factors an engine serving a
+// context of context tokens uses for every position: LongFactor when
+// that context reaches past OriginalMaxPosition, else ShortFactor — one
+// table for the engine's whole life, as vLLM does, so that a sequence
+// growing past OriginalMaxPosition keeps the keys it cached. (transformers
+// instead switches a whole forward pass to the long factors once the
+// sequence passes OriginalMaxPosition, so its cached keys are rotated by
+// the short ones and its new ones by the long: served past that length,
+// Nozzle's numbers are those of the long factors throughout.)
+func (rs *RopeScaling) LongropeFactors(context int) []float64 {
+	if context > rs.OriginalMaxPosition {
+		return rs.LongFactor
+	}
+	return rs.ShortFactor
 }
 
 // YarnMscale is transformers' get_mscale for YaRN: 0.1·mscale·ln(scale) + 1,
@@ -145,6 +173,9 @@ type Config struct {
 	NumHeads         int
 	NumKVHeads       int
 	HeadDim          int
+	// RotaryDim is how many of a head's dims RoPE rotates (the first
+	// ones): HeadDim, or fewer with partial_rotary_factor (Phi-4-mini).
+	RotaryDim int
 	// MaxPositionEmbeddings is the context length the model was made for.
 	MaxPositionEmbeddings int
 	RMSNormEps            float64
@@ -418,8 +449,19 @@ func ParseConfig(b []byte) (*Config, error) {
 	} else if r.HiddenAct != nil && *r.HiddenAct != ActSilu {
 		return nil, fmt.Errorf("hidden_act %q is not supported (want silu)", *r.HiddenAct)
 	}
-	if r.PartialRotaryFactor != nil && *r.PartialRotaryFactor != 1 {
-		return nil, fmt.Errorf("partial_rotary_factor %v is not supported (want 1)", *r.PartialRotaryFactor)
+	// partial_rotary_factor: Phi3ForCausalLM (Phi-4-mini) rotates the first
+	// int(head_dim·factor) dims of each head; the other architectures
+	// rotate them all.
+	c.RotaryDim = c.HeadDim
+	if f := r.PartialRotaryFactor; f != nil && *f != 1 {
+		if c.Architecture != ArchPhi3 {
+			return nil, fmt.Errorf("partial_rotary_factor %v is not supported for %s (want 1)", *f, c.Architecture)
+		}
+		rd := int(float64(c.HeadDim) * *f) // Python's int(): toward zero
+		if !(*f > 0 && *f <= 1) || rd < 2 || rd%2 != 0 {
+			return nil, fmt.Errorf("partial_rotary_factor %v must be in (0, 1] and rotate an even number of head_dim %d's dims (it rotates %d)", *f, c.HeadDim, rd)
+		}
+		c.RotaryDim = rd
 	}
 
 	// RoPE: top-level rope_theta/rope_scaling, or transformers v5
@@ -601,11 +643,113 @@ func (c *Config) parseRope(raw json.RawMessage, field string, topOrig *float64) 
 		if err := c.parseYarn(&rs, field, num, m, topOrig); err != nil {
 			return nil, err
 		}
+	case RopeLongrope, "su": // "su": Phi-3's first name for it
+		rs.Type = RopeLongrope
+		if err := c.parseLongrope(&rs, field, num, m, topOrig); err != nil {
+			return nil, err
+		}
 	default:
-		return nil, fmt.Errorf("%s rope_type %q is not supported (default, linear, llama3 and yarn are)", field, typ)
+		return nil, fmt.Errorf("%s rope_type %q is not supported (default, linear, llama3, yarn and longrope are)", field, typ)
 	}
 	c.RopeScaling = rs
 	return theta, nil
+}
+
+// parseLongrope fills rs for rope_type longrope as transformers'
+// _compute_longrope_parameters (and Phi3Config's validation) read it:
+// short_factor and long_factor, RotaryDim/2 positive numbers each; the
+// original context from the rope dict, else the top-level
+// original_max_position_embeddings (Phi-3 keeps it there), else Phi3Config's
+// default 4096 for Phi-3 and max_position_embeddings for others; and the
+// attention factor from attention_factor, else from the ratio of
+// max_position_embeddings to the original context where an original was
+// configured (Phi-3: always), else from factor.
+func (c *Config) parseLongrope(rs *RopeScaling, field string, num func(string) (*float64, error), m map[string]json.RawMessage, topOrig *float64) error {
+	factors := func(key string) ([]float64, error) {
+		v, ok := m[key]
+		if !ok || !isSet(v) {
+			return nil, fmt.Errorf("%s (rope_type longrope) needs %s", field, key)
+		}
+		var f []float64
+		if err := json.Unmarshal(v, &f); err != nil {
+			return nil, fmt.Errorf("%s.%s is not a list of numbers", field, key)
+		}
+		if len(f) != c.RotaryDim/2 {
+			return nil, fmt.Errorf("%s.%s has %d factors, want %d (half the %d dims RoPE rotates)", field, key, len(f), c.RotaryDim/2, c.RotaryDim)
+		}
+		for i, x := range f {
+			if !(x > 0) || math.IsInf(x, 0) {
+				return nil, fmt.Errorf("%s.%s[%d] is %v, want a positive number", field, key, i, x)
+			}
+		}
+		return f, nil
+	}
+	var err error
+	if rs.ShortFactor, err = factors("short_factor"); err != nil {
+		return err
+	}
+	if rs.LongFactor, err = factors("long_factor"); err != nil {
+		return err
+	}
+	orig, err := num("original_max_position_embeddings")
+	if err != nil {
+		return err
+	}
+	if orig == nil {
+		orig = topOrig
+	}
+	if orig == nil && c.Architecture == ArchPhi3 {
+		def := 4096.0 // Phi3Config's default
+		orig = &def
+	}
+	factor := 1.0
+	if orig != nil {
+		if !(*orig >= 1) || *orig != math.Trunc(*orig) || *orig > math.MaxInt32 {
+			return fmt.Errorf("original_max_position_embeddings %v is not a positive integer", *orig)
+		}
+		rs.OriginalMaxPosition = int(*orig)
+		factor = float64(c.MaxPositionEmbeddings) / *orig
+	} else {
+		rs.OriginalMaxPosition = c.MaxPositionEmbeddings
+		f, err := num("factor")
+		if err != nil {
+			return err
+		}
+		if f != nil {
+			factor = *f
+		}
+	}
+	af, err := num("attention_factor")
+	if err != nil {
+		return err
+	}
+	switch {
+	case af != nil:
+		if !(*af > 0) {
+			return fmt.Errorf("%s.attention_factor is %v, want a positive number", field, *af)
+		}
+		rs.AttentionFactor = *af
+	case orig != nil:
+		rs.AttentionFactor = LongropeAttention(c.MaxPositionEmbeddings, rs.OriginalMaxPosition)
+	default:
+		rs.AttentionFactor = longropeAttention(factor, rs.OriginalMaxPosition)
+	}
+	return nil
+}
+
+// LongropeAttention is longrope's default attention factor for a model of
+// max_position_embeddings maxPos pretrained on orig positions
+// (transformers' _compute_longrope_parameters): √(1 + ln(maxPos/orig) /
+// ln(orig)), or 1 when maxPos/orig is at most 1.
+func LongropeAttention(maxPos, orig int) float64 {
+	return longropeAttention(float64(maxPos)/float64(orig), orig)
+}
+
+func longropeAttention(factor float64, orig int) float64 {
+	if factor <= 1 || orig < 2 {
+		return 1
+	}
+	return math.Sqrt(1 + math.Log(factor)/math.Log(float64(orig)))
 }
 
 // parseYarn fills rs for rope_type yarn as transformers' (v5.0 dev,

@@ -19,7 +19,7 @@ func TestParseConfig(t *testing.T) {
 		check func(t *testing.T, c *model.Config)
 	}{
 		{"LlamaDefaults", `{"architectures":["LlamaForCausalLM"],` + base + `}`, func(t *testing.T, c *model.Config) {
-			want := model.Config{Architecture: model.ArchLlama, VocabSize: 32000, HiddenSize: 64, IntermediateSize: 128, NumLayers: 4, NumHeads: 8, NumKVHeads: 8, HeadDim: 8,
+			want := model.Config{Architecture: model.ArchLlama, VocabSize: 32000, HiddenSize: 64, IntermediateSize: 128, NumLayers: 4, NumHeads: 8, NumKVHeads: 8, HeadDim: 8, RotaryDim: 8,
 				MaxPositionEmbeddings: 2048, RMSNormEps: 1e-6, RopeTheta: 10000, RopeScaling: model.RopeScaling{Type: "default", Factor: 1}, HiddenAct: model.ActSilu, BOSTokenID: -1, PadTokenID: -1}
 			if !reflect.DeepEqual(*c, want) {
 				t.Errorf("got  %+v\nwant %+v", *c, want)
@@ -108,7 +108,7 @@ func TestParseConfig(t *testing.T) {
 		}},
 		{"Llama3Rope", `{"architectures":["LlamaForCausalLM"],"rope_theta":500000,"rope_scaling":{"rope_type":"llama3","factor":32,"low_freq_factor":1,"high_freq_factor":4,"original_max_position_embeddings":8192},` + base + `}`, func(t *testing.T, c *model.Config) {
 			want := model.RopeScaling{Type: "llama3", Factor: 32, LowFreqFactor: 1, HighFreqFactor: 4, OriginalMaxPosition: 8192}
-			if c.RopeScaling != want || c.RopeTheta != 500000 {
+			if !reflect.DeepEqual(c.RopeScaling, want) || c.RopeTheta != 500000 {
 				t.Errorf("%+v", c.RopeScaling)
 			}
 		}},
@@ -158,7 +158,7 @@ func TestParseConfig_Errors(t *testing.T) {
 		{"ModelType", `{"model_type":"gemma",` + base + `}`, `"gemma" is not supported`},
 		{"NoArch", `{` + base + `}`, "neither architectures nor model_type"},
 		{"Dynamic", `{"model_type":"llama","rope_scaling":{"type":"dynamic","factor":2},` + base + `}`, `rope_type "dynamic" is not supported`},
-		{"Longrope", `{"model_type":"llama","rope_parameters":{"rope_type":"longrope"},` + base + `}`, `rope_type "longrope" is not supported`},
+		{"Longrope", `{"model_type":"llama","rope_parameters":{"rope_type":"longrope"},` + base + `}`, "rope_parameters (rope_type longrope) needs short_factor"},
 		{"Llama3Missing", `{"model_type":"llama","rope_scaling":{"rope_type":"llama3","factor":8,"low_freq_factor":1,"high_freq_factor":4},` + base + `}`, "needs original_max_position_embeddings"},
 		{"MissingHidden", `{"model_type":"llama","intermediate_size":1,"num_hidden_layers":1,"num_attention_heads":1}`, "hidden_size is missing"},
 		{"GQA", `{"model_type":"llama","num_key_value_heads":3,` + base + `}`, "not a multiple"},

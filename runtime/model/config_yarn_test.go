@@ -2,6 +2,7 @@ package model_test
 
 import (
 	"math"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -45,7 +46,7 @@ func TestParseConfig_Yarn(t *testing.T) {
 				t.Errorf("attention factor %.17g, want %.17g", got.AttentionFactor, tt.want.AttentionFactor)
 			}
 			got.AttentionFactor = tt.want.AttentionFactor
-			if got != tt.want {
+			if !reflect.DeepEqual(got, tt.want) {
 				t.Errorf("rope = %+v\nwant   %+v", got, tt.want)
 			}
 			if c.RopeTheta != tt.theta {

@@ -80,6 +80,9 @@ type Spec struct {
 	FinalSoftcap         float64
 	RopeLocalTheta       float64
 	SlidingWindowPattern int
+	// PartialRotaryFactor, Phi-3's (Phi-4-mini), is written when set: RoPE
+	// rotates int(head_dim·factor) dims of each head.
+	PartialRotaryFactor float64
 }
 
 func (s *Spec) gemma() bool { return s.Arch == "gemma2" || s.Arch == "gemma3_text" }
@@ -332,6 +335,18 @@ func (s *Spec) config() map[string]any {
 			rope["high_freq_factor"] = s.Rope.HighFreqFactor
 			rope["original_max_position_embeddings"] = s.Rope.OriginalMaxPosition
 		}
+		if s.Rope.Type == RopeLongrope {
+			// As Phi-3's configs have it: the factors in rope_scaling,
+			// the original context at the top level, no factor; an
+			// attention factor equal to the default one is left for the
+			// parser to derive.
+			delete(rope, "factor")
+			rope["short_factor"] = s.Rope.ShortFactor
+			rope["long_factor"] = s.Rope.LongFactor
+			if s.Rope.AttentionFactor != LongropeAttention(s.MaxPosition, s.Rope.OriginalMaxPosition) {
+				rope["attention_factor"] = s.Rope.AttentionFactor
+			}
+		}
 		if s.Rope.Type == RopeYarn {
 			// As resolved by ParseConfig; an attention factor equal to
 			// the default one is left for the parser to derive.
@@ -364,6 +379,12 @@ func (s *Spec) config() map[string]any {
 		c["mlp_bias"] = s.MLPBias
 		c["pretraining_tp"] = 1
 	case "mistral", "phi3":
+		if s.Arch == "phi3" && s.PartialRotaryFactor != 0 {
+			c["partial_rotary_factor"] = s.PartialRotaryFactor
+		}
+		if s.Arch == "phi3" && s.Rope != nil && s.Rope.Type == RopeLongrope {
+			c["original_max_position_embeddings"] = s.Rope.OriginalMaxPosition
+		}
 		if s.SlidingWindow > 0 {
 			c["sliding_window"] = s.SlidingWindow
 		} else {

@@ -7,6 +7,7 @@ import (
 	"github.com/nozzle-ai/nozzle"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -84,7 +85,7 @@ func TestOpen_Generated(t *testing.T) {
 			if info.ID != "tiny-model" || info.VocabSize != 64 || info.NumKVHeads != 2 || info.HeadDim != max(spec.HeadDim, 8) {
 				t.Errorf("info = %+v", info)
 			}
-			if spec.Rope != nil && m.Config.RopeScaling != *spec.Rope {
+			if spec.Rope != nil && !reflect.DeepEqual(m.Config.RopeScaling, *spec.Rope) {
 				t.Errorf("rope = %+v", m.Config.RopeScaling)
 			}
 			if spec.RopeParameters && m.Config.RopeTheta != spec.RopeTheta {
