@@ -100,6 +100,19 @@ func fixtures() []fixture {
 			},
 		},
 		{
+			// Phi-4-mini's RoPE: longrope over the first 12 of 16 dims of
+			// each head (partial_rotary_factor 0.75), 64 positions over an
+			// original context of 4, so every prompt runs on the long
+			// factors with the default attention factor √3.
+			name: "phi4-longrope-bf16",
+			spec: model.Spec{Arch: "phi3", VocabSize: 64, HiddenSize: 32, IntermediateSize: 48, NumLayers: 2, NumHeads: 2, NumKVHeads: 1,
+				PartialRotaryFactor: 0.75, MaxPosition: 64, Rope: longropeSpec(6, 4, model.LongropeAttention(64, 4)),
+				DType: safetensors.BF16, Seed: 9001},
+			adapters: map[string]model.AdapterSpec{
+				"adapter-j": {Rank: 8, Alpha: 16, Seed: 9002, DType: safetensors.BF16},
+			},
+		},
+		{
 			name: "llama3-sharded",
 			spec: model.Spec{VocabSize: 64, HiddenSize: 32, IntermediateSize: 48, NumLayers: 2, NumHeads: 2, NumKVHeads: 1, HeadDim: 16,
 				AttentionBias: true, MLPBias: true, RopeTheta: 500000, Shards: 2, DType: safetensors.F16, Seed: 3001,

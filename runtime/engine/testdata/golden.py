@@ -3,7 +3,8 @@
 
 An independent implementation of the Hugging Face Llama / Mistral / Qwen2 /
 Qwen3 / Phi3 / Gemma2 / Gemma3 forward pass (LlamaRMSNorm, rotate-half RoPE
-with default / linear / llama3 scaling, GQA via repeat_kv, causal +
+with default / linear / llama3 / longrope scaling and Phi3's partial rotary
+factor, GQA via repeat_kv, causal +
 sliding-window mask, SiLU-gated MLP, tied embeddings, q/k/v(/o) and MLP
 biases, Qwen3's RMSNorm of each q and k head before RoPE, Phi3's fused
 qkv_proj and gate_up_proj, with LoRA on the fused modules; Gemma's
@@ -98,6 +99,21 @@ class Config:
         self.theta = rope.get("rope_theta", c.get("rope_theta", 10000.0))
         self.rope = dict(rope)
         self.rope_type = rope.get("rope_type", rope.get("type", "default"))
+        # Phi3Attention rotates the first int(head_dim · partial_rotary_factor)
+        # dims of each head (Phi-4-mini), the others pass unchanged.
+        self.rd = self.hd
+        if c["architectures"][0] == "Phi3ForCausalLM":
+            self.rd = int(self.hd * c.get("partial_rotary_factor", 1.0))
+        # _compute_longrope_parameters: the original context (Phi3Config's
+        # top-level field, default 4096), the attention factor from the ratio
+        # of max_position_embeddings to it.
+        self.rope_scale = 1.0
+        if self.rope_type in ("longrope", "su"):
+            self.rope_type = "longrope"
+            self.orig = rope.get("original_max_position_embeddings") or c.get("original_max_position_embeddings", 4096)
+            factor = c["max_position_embeddings"] / self.orig
+            self.rope_scale = rope.get("attention_factor") or (
+                math.sqrt(1 + math.log(factor) / math.log(self.orig)) if factor > 1 else 1.0)
         self.tie = c.get("tie_word_embeddings", False)
         attn_bias = self.arch in ("LlamaForCausalLM", "Qwen3ForCausalLM") and c.get("attention_bias", False)
         self.qkv_bias = self.arch == "Qwen2ForCausalLM" or attn_bias
@@ -152,15 +168,20 @@ class Config:
             self.embed_scale = float(torch.tensor(self.H ** 0.5).to(wdt))
 
 
-def inv_freq(cfg, local=False):
-    # modeling_rope_utils: default, linear, llama3; Gemma 3's local layers:
-    # default with rope_local_base_freq
+def inv_freq(cfg, local=False, seq_len=0):
+    # modeling_rope_utils: default, linear, llama3, longrope (its factors
+    # switched by the forward pass's length as longrope_frequency_update
+    # does: the long ones past the original context); Gemma 3's local
+    # layers: default with rope_local_base_freq
     base = cfg.local_theta if local else cfg.theta
-    dim = cfg.hd
+    dim = cfg.rd
     inv = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.int64).to(DT) / dim))
     t = "default" if local else cfg.rope_type
     if t == "default":
         return inv
+    if t == "longrope":
+        ext = cfg.rope["long_factor"] if seq_len > cfg.orig else cfg.rope["short_factor"]
+        return inv / torch.tensor(ext, dtype=DT)
     if t == "linear":
         return inv / cfg.rope["factor"]
     if t == "llama3":
@@ -239,11 +260,19 @@ def linear(x, W, prefix, lora, name):
     return y
 
 
-def cos_sin(T, inv):
+def cos_sin(T, inv, scale=1.0):
     pos = torch.arange(T, dtype=DT)
     freqs = torch.outer(pos, inv)
     emb = torch.cat((freqs, freqs), dim=-1)
-    return emb.cos(), emb.sin()
+    return emb.cos() * scale, emb.sin() * scale
+
+
+def apply_rope(x, cos, sin):
+    # apply_rotary_pos_emb over the first cos.shape[-1] dims (all of them
+    # but with a partial rotary factor), the rest passed on
+    rd = cos.shape[-1]
+    r, rest = x[..., :rd], x[..., rd:]
+    return torch.cat((r * cos + rotate_half(r) * sin, rest), dim=-1)
 
 
 def softcap(x, cap):
@@ -253,7 +282,9 @@ def softcap(x, cap):
 def forward(cfg, W, ids, lora=None, inv=None):
     T = len(ids)
     h = W["model.embed_tokens.weight"][torch.tensor(ids)] * cfg.embed_scale
-    cos_g, sin_g = cos_sin(T, inv)
+    if cfg.rope_type == "longrope":
+        inv = inv_freq(cfg, seq_len=T)
+    cos_g, sin_g = cos_sin(T, inv, cfg.rope_scale)
     if cfg.local_theta is not None:
         cos_l, sin_l = cos_sin(T, inv_freq(cfg, local=True))
     off = cfg.norm_offset
@@ -280,8 +311,8 @@ def forward(cfg, W, ids, lora=None, inv=None):
         q = q.transpose(0, 1)
         k = k.transpose(0, 1)
         v = v.reshape(T, cfg.nkv, cfg.hd).transpose(0, 1)
-        q = q * cos + rotate_half(q) * sin
-        k = k * cos + rotate_half(k) * sin
+        q = apply_rope(q, cos, sin)
+        k = apply_rope(k, cos, sin)
         rep = cfg.nh // cfg.nkv
         k = k.repeat_interleave(rep, dim=0)
         v = v.repeat_interleave(rep, dim=0)
@@ -334,8 +365,10 @@ def greedy(cfg, W, ids, lora, inv, n):
 
 def main():
     cases = []
-    rng = random.Random(12345)
     for name in sorted(os.listdir(MODELS)):
+        # one generator per model, so that a model added leaves the others'
+        # prompts as they were
+        rng = random.Random("golden/" + name)
         folder = os.path.join(MODELS, name)
         cfg = Config(folder)
         W = load_weights(folder)
