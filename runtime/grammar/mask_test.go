@@ -2,6 +2,7 @@ package grammar_test
 
 import (
 	"compress/gzip"
+	"encoding/json"
 	"io"
 	"math/rand/v2"
 	"os"
@@ -9,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"unicode/utf8"
 
 	"github.com/nozzle-ai/nozzle/runtime/grammar"
 	"github.com/nozzle-ai/nozzle/runtime/tokenizer"
@@ -463,5 +465,171 @@ func TestMasker_PlainCounterMatchesWalk(t *testing.T) {
 				t.Errorf("%s, after %q: the masks differ", vocab, prefix)
 			}
 		}
+	}
+}
+
+// bruteFor is brute's mask for any machine: every token fed to a copy of
+// s, the end tokens where s is done.
+func bruteFor[S any, P interface {
+	*S
+	grammar.Machine
+}](toks [][]byte, ends []int, s *S) []uint32 {
+	mask := make([]uint32, (len(toks)+31)/32)
+	if P(s).Done() {
+		for _, id := range ends {
+			mask[id/32] |= 1 << (id % 32)
+		}
+	}
+	for id, b := range toks {
+		if len(b) == 0 || isEnd(ends, id) {
+			continue
+		}
+		st, ok := *s, true
+		for _, c := range b {
+			if ok = P(&st).Feed(c); !ok {
+				break
+			}
+		}
+		if ok {
+			mask[id/32] |= 1 << (id % 32)
+		}
+	}
+	return mask
+}
+
+// TestMasker_TriggeredLeadMatchesBrute: Llama 3's JSON calls in auto mode
+// (grammar.Calls Lead, ";" between calls) on Llama 3's vocabulary: along
+// random generations under the masks — most opening with a token that
+// begins the call, some with text, whitespace or part of a character —
+// every mask is the brute-force one (the Looper's free text and the
+// start's walk alike), and a done answer that begins with '{' is calls
+// separated by ';' whose parameters follow the strict function's.
+func TestMasker_TriggeredLeadMatchesBrute(t *testing.T) {
+	toks, ends := vocabulary(t, "llama3")
+	v := grammar.NewVocab(toks, ends)
+	const params = `{"type":"object","properties":{"city":{"type":"string","maxLength":8},"unit":{"enum":["C","F"]}},` +
+		`"required":["city","unit"],"additionalProperties":false}`
+	strict, err := grammar.CompileSchema([]byte(params))
+	if err != nil {
+		t.Fatal(err)
+	}
+	anyObj, err := grammar.CompileSchema([]byte(`{"type":"object"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	start, err := grammar.Trigger(grammar.Calls{ArgsKey: "parameters", Only: true, Sep: ";", Lead: true,
+		Tools: []grammar.Tool{{Name: "get_weather", Args: strict}, {Name: "get_time", Args: anyObj}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := grammar.NewMasker[grammar.Triggered](v, 0)
+	id := func(s string) int {
+		for i, b := range toks {
+			if string(b) == s {
+				return i
+			}
+		}
+		t.Fatalf("no token %q", s)
+		return 0
+	}
+	// closers: tokens that end strings, objects and calls, preferred late
+	closes := func(b []byte) bool {
+		return len(b) > 0 && strings.IndexByte(`"}`, b[len(b)-1]) >= 0 && !strings.ContainsAny(string(b), " \n")
+	}
+	checked, calls := 0, 0
+	for seed, first := range []string{`{"`, ` {"`, "{\n", "\n\n", "\xe2\x80", "Sure", `{"`, `{"`} {
+		r := rand.New(rand.NewPCG(uint64(seed), 2))
+		s, out := start, []byte{}
+		for step := 0; step < 120; step++ {
+			mask, ok := m.Mask(&s)
+			if !ok {
+				t.Fatalf("seed %d: no token allowed after %q", seed, out)
+			}
+			if want := bruteFor[grammar.Triggered](toks, ends, &s); !slices.Equal(mask, want) {
+				t.Fatalf("seed %d, after %q: the mask is not brute force's", seed, out)
+			}
+			checked++
+			var allowed []int // whitespace allowed, seldom taken
+			for i := range toks {
+				if grammar.Allowed(mask, i) && !isEnd(ends, i) && (len(strings.TrimSpace(string(toks[i]))) > 0 || r.IntN(50) == 0) {
+					allowed = append(allowed, i)
+				}
+			}
+			if step > 1 && s.Done() && (step > 60 || r.IntN(4) == 0) || len(allowed) == 0 {
+				break
+			}
+			next := allowed[r.IntN(len(allowed))]
+			switch {
+			case step == 0 || step == 1 && len(out) > 0 && out[0] == '\n':
+				if step == 1 {
+					first = `{"`
+				}
+				if next = id(first); !grammar.Allowed(mask, next) {
+					t.Fatalf("seed %d: %q not allowed at the start", seed, first)
+				}
+			case step > 30:
+				off := r.IntN(len(allowed))
+				for k := range allowed {
+					a := allowed[(off+k)%len(allowed)]
+					if closes(toks[a]) || toks[a][0] == ';' && r.IntN(2) == 0 {
+						next = a
+						break
+					}
+				}
+			}
+			for _, c := range toks[next] {
+				if !s.Feed(c) {
+					t.Fatalf("seed %d: token %q allowed but refused after %q", seed, toks[next], out)
+				}
+			}
+			out = append(out, toks[next]...)
+		}
+		if s.Done() {
+			calls += leadCalls(t, string(out), params)
+		}
+		t.Logf("seed %d: %.160q", seed, out)
+	}
+	if calls < 3 {
+		t.Errorf("only %d calls along the walks", calls)
+	}
+	t.Logf("%d masks checked, %d calls", checked, calls)
+}
+
+// leadCalls reads text as the gateway's splitToolCalls reads Llama 3's
+// calls (its trimmed answer beginning with '{': objects separated by
+// ';'), get_weather's parameters following params; 0 for free text.
+func leadCalls(t *testing.T, text, params string) int {
+	s := strings.TrimSpace(text)
+	if !strings.HasPrefix(s, "{") {
+		return 0
+	}
+	for n := 1; ; n++ {
+		dec := json.NewDecoder(strings.NewReader(s))
+		var call struct {
+			Name       string
+			Parameters json.RawMessage
+		}
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&call); err != nil || call.Name != "get_weather" && call.Name != "get_time" || call.Parameters == nil {
+			t.Fatalf("%q: not calls (%v)", text, err)
+		}
+		if call.Name == "get_weather" {
+			var args struct {
+				City *string
+				Unit *string
+			}
+			d := json.NewDecoder(strings.NewReader(string(call.Parameters)))
+			d.DisallowUnknownFields()
+			if d.Decode(&args) != nil || args.City == nil || utf8.RuneCountInString(*args.City) > 8 || args.Unit == nil || *args.Unit != "C" && *args.Unit != "F" {
+				t.Fatalf("%q: not get_weather's parameters", call.Parameters)
+			}
+		}
+		if s = strings.TrimLeft(s[dec.InputOffset():], " \t\r\n"); s == "" {
+			return n
+		}
+		if s[0] != ';' {
+			t.Fatalf("%q: calls not separated by ';'", text)
+		}
+		s = strings.TrimLeft(s[1:], " \t\r\n")
 	}
 }

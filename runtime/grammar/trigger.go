@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"errors"
 	"slices"
+	"unicode"
+	"unicode/utf8"
 )
 
 // Triggered is free text in which tool calls are held to their form: the
@@ -11,8 +13,11 @@ import (
 // there a call, Calls.Pre ("\n"), the object {"name": N, "arguments": A}
 // and Calls.Post ("\n</tool_call>"), where N is one of the tools' names
 // and A a value of that tool's Args; after the call the text is free
-// again (or, with Calls.Only, whitespace and further calls only). Done
-// outside calls only. A value type, as Schema is.
+// again (or, with Calls.Only, whitespace and further calls only, with
+// Calls.Sep between them). With Calls.Lead a call may only begin the text
+// (Llama 3's JSON calls, which are the whole answer): the object itself,
+// after whitespace, and text that begins otherwise is free to its end.
+// Done outside calls only. A value type, as Schema is.
 //
 // The object is read in its parts, so that the name chooses the
 // arguments' machine: '{', "name", ':', the name, ',', the arguments' key,
@@ -21,8 +26,8 @@ import (
 // it), the name as encoding/json writes it and first.
 type Triggered struct {
 	c      *calls
-	phase  uint8  // tFree, tPre, tObj, tPost
-	step   uint8  // in tObj: the part being read (oOpen…oClose)
+	phase  uint8  // tFree, tPre, tObj, tPost; tLead, tText
+	step   uint8  // in tObj: the part being read (oOpen…oClose); in tFree after a call: sTag or sSep
 	space  uint8  // the run of whitespace before it
 	called bool   // a call has closed
 	at     uint16 // tFree: the tag's bytes matched; tPre, tPost, a part: bytes read
@@ -43,6 +48,17 @@ type Calls struct {
 	Tools []Tool
 	// Only: after a call, only whitespace and further calls may come.
 	Only bool
+	// Sep, where given, separates calls (Llama 3's ";"): after a call,
+	// whitespace, then Sep, whitespace and the next call — or the end,
+	// never after Sep. Needs Only; must not begin with whitespace.
+	Sep string
+	// Lead: a call may only begin the text, and with its object's '{'
+	// (Tag and Pre empty): the text's first byte other than whitespace —
+	// every character strings.TrimSpace trims, as a parser that trims
+	// the answer before it looks for a call reads it — begins a call
+	// where it is '{', and free text to the end where it is not. Needs
+	// Only (the answer is calls, or text).
+	Lead bool
 }
 
 // Tool is a function a call may name and the machine of its arguments
@@ -59,7 +75,8 @@ type calls struct {
 	parts          [oClose + 1][]byte
 	names          [][]byte // quoted, sorted
 	args           []Schema // args[i]: names[i]'s start state
-	only           bool
+	only, lead     bool
+	sep            []byte
 }
 
 // phases of a Triggered
@@ -68,7 +85,44 @@ const (
 	tPre               // in Pre
 	tObj               // in the call object (step)
 	tPost              // in Post
+	tLead              // Lead: whitespace so far (at: a character's bytes read, lo..hi the leadSpaces it may be)
+	tText              // Lead: the text began otherwise, free to its end
 )
+
+// steps of free text after a call, with Calls.Only
+const (
+	sTag = 0 // before the next call's tag (at: its bytes read)
+	sSep = 1 // before Calls.Sep (at: its bytes read)
+)
+
+// leadSpaces are the UTF-8 forms of the characters beyond ASCII that
+// strings.TrimSpace trims (unicode.IsSpace: NEL, NBSP, the Zs, U+2028,
+// U+2029), sorted; the ASCII ones are asciiSpace.
+var leadSpaces = func() [][]byte {
+	var out [][]byte
+	add := func(r rune) {
+		if r >= utf8.RuneSelf && unicode.IsSpace(r) {
+			out = append(out, utf8.AppendRune(nil, r))
+		}
+	}
+	for _, g := range unicode.White_Space.R16 {
+		for r := rune(g.Lo); r <= rune(g.Hi); r += rune(g.Stride) {
+			add(r)
+		}
+	}
+	for _, g := range unicode.White_Space.R32 {
+		for r := rune(g.Lo); r <= rune(g.Hi); r += rune(g.Stride) {
+			add(r)
+		}
+	}
+	slices.SortFunc(out, bytes.Compare)
+	return out
+}()
+
+// asciiSpace reports whether strings.TrimSpace trims b, an ASCII byte.
+func asciiSpace(b byte) bool {
+	return b == ' ' || b == '\t' || b == '\n' || b == '\v' || b == '\f' || b == '\r'
+}
 
 // parts of the call object, in order
 const (
@@ -85,10 +139,16 @@ const (
 
 // Trigger returns the start state of the calls' language: free text.
 func Trigger(c Calls) (Triggered, error) {
-	if c.Tag == "" || len(c.Tag) > 1<<15 || len(c.Pre) > 1<<15 || len(c.Post) > 1<<15 {
+	if c.Tag == "" && !c.Lead || len(c.Tag) > 1<<15 || len(c.Pre) > 1<<15 || len(c.Post) > 1<<15 || len(c.Sep) > 1<<15 {
 		return Triggered{}, errors.New("a call's tag must be given, and the texts short")
 	}
-	cs := &calls{tag: []byte(c.Tag), pre: []byte(c.Pre), post: []byte(c.Post), only: c.Only}
+	if c.Lead && (c.Tag != "" || c.Pre != "" || !c.Only) {
+		return Triggered{}, errors.New("a leading call begins with its object, and only calls follow it")
+	}
+	if c.Sep != "" && (!c.Only || asciiSpace(c.Sep[0])) {
+		return Triggered{}, errors.New("a separator comes between calls only, and not with whitespace")
+	}
+	cs := &calls{tag: []byte(c.Tag), pre: []byte(c.Pre), post: []byte(c.Post), only: c.Only, lead: c.Lead, sep: []byte(c.Sep)}
 	// the tag's failure function (Knuth–Morris–Pratt)
 	cs.fail = make([]uint16, len(cs.tag))
 	for i, k := 1, 0; i < len(cs.tag); i++ {
@@ -125,26 +185,36 @@ func Trigger(c Calls) (Triggered, error) {
 		cs.names = append(cs.names, t.q)
 		cs.args = append(cs.args, t.args)
 	}
+	if cs.lead {
+		return Triggered{c: cs, phase: tLead}, nil
+	}
 	return Triggered{c: cs}, nil
+}
+
+// narrow returns, of the sorted list[lo:hi] (entries that agree on their
+// first at bytes), the run of those whose next byte is b: list[lo:n].
+func narrow(list [][]byte, lo, hi, at int, b byte) (int, int) {
+	for lo < hi && (len(list[lo]) <= at || list[lo][at] < b) {
+		lo++
+	}
+	n := lo
+	for n < hi && len(list[n]) > at && list[n][at] == b {
+		n++
+	}
+	return lo, n
 }
 
 // Feed reads one byte (Machine).
 func (t *Triggered) Feed(b byte) bool {
 	c := t.c
 	switch t.phase {
+	case tLead:
+		return t.lead(b)
+	case tText:
+		return true
 	case tFree:
 		if t.called && c.only {
-			// whitespace between calls, or the next call's tag
-			switch {
-			case c.tag[t.at] == b:
-				t.at++
-				t.space = 0
-			case t.at == 0 && isSpace(b) && t.space < MaxSpace:
-				t.space++
-				return true
-			default:
-				return false
-			}
+			return t.between(b)
 		} else {
 			at := int(t.at)
 			for at > 0 && c.tag[at] != b {
@@ -156,11 +226,7 @@ func (t *Triggered) Feed(b byte) bool {
 			t.at = uint16(at)
 		}
 		if int(t.at) == len(c.tag) {
-			t.phase, t.at, t.space = tPre, 0, 0
-			if len(c.pre) == 0 {
-				t.phase = tObj
-				t.step = oOpen
-			}
+			t.begin()
 		}
 		return true
 	case tPre:
@@ -209,14 +275,7 @@ func (t *Triggered) Feed(b byte) bool {
 			t.lo, t.hi = 0, uint16(len(c.names))
 		}
 		// the names that go on with b (sorted: contiguous)
-		lo, hi, at := int(t.lo), int(t.hi), int(t.at)
-		for lo < hi && (len(c.names[lo]) <= at || c.names[lo][at] < b) {
-			lo++
-		}
-		n := lo
-		for n < hi && len(c.names[n]) > at && c.names[n][at] == b {
-			n++
-		}
+		lo, n := narrow(c.names, int(t.lo), int(t.hi), int(t.at), b)
 		if n == lo {
 			return false
 		}
@@ -247,16 +306,95 @@ func (t *Triggered) Feed(b byte) bool {
 	return true
 }
 
-// free ends a call: free text again.
+// begin begins a call, its tag read: Pre, or the object.
+func (t *Triggered) begin() {
+	t.phase, t.step, t.at, t.space = tPre, 0, 0, 0
+	if len(t.c.pre) == 0 {
+		t.phase, t.step = tObj, oOpen
+	}
+}
+
+// free ends a call: free text again (with Calls.Only, before the
+// separator or the next call).
 func (t *Triggered) free() {
 	*t = Triggered{c: t.c, called: true}
+	if len(t.c.sep) > 0 {
+		t.step = sSep
+	}
+}
+
+// lead reads b where only whitespace has come (Calls.Lead): more of it,
+// the object's '{' or the free text's first byte.
+func (t *Triggered) lead(b byte) bool {
+	if t.at > 0 {
+		// the next byte of a character beyond ASCII that may be a space
+		lo, n := narrow(leadSpaces, int(t.lo), int(t.hi), int(t.at), b)
+		switch {
+		case n == lo:
+			*t = Triggered{c: t.c, phase: tText}
+		case len(leadSpaces[lo]) == int(t.at)+1: // (no space's form begins another's)
+			t.at, t.lo, t.hi = 0, 0, 0
+		default:
+			t.at, t.lo, t.hi = t.at+1, uint16(lo), uint16(n)
+		}
+		return true
+	}
+	if asciiSpace(b) {
+		return true
+	}
+	if b == '{' {
+		t.begin()
+		return t.Feed(b)
+	}
+	if lo, n := narrow(leadSpaces, 0, len(leadSpaces), 0, b); n > lo {
+		t.at, t.lo, t.hi = 1, uint16(lo), uint16(n)
+		return true
+	}
+	*t = Triggered{c: t.c, phase: tText}
+	return true
+}
+
+// between reads b after a call where only calls may follow (Calls.Only):
+// whitespace, the separator, whitespace, the next call's tag.
+func (t *Triggered) between(b byte) bool {
+	c := t.c
+	switch {
+	case t.step == sSep && c.sep[t.at] == b:
+		t.at++
+		t.space = 0
+		if int(t.at) == len(c.sep) {
+			t.step, t.at = sTag, 0
+		}
+		return true
+	case t.step == sTag && len(c.tag) == 0 && !isSpace(b):
+		// the tag is the object's own '{' (Calls.Lead)
+		t.begin()
+		return t.Feed(b)
+	case t.step == sTag && len(c.tag) > 0 && c.tag[t.at] == b:
+		t.at++
+		t.space = 0
+		if int(t.at) == len(c.tag) {
+			t.begin()
+		}
+		return true
+	case t.at == 0 && isSpace(b) && t.space < MaxSpace:
+		t.space++
+		return true
+	}
+	return false
 }
 
 // Done reports whether the output may end here: outside a call, and,
-// where only calls may follow one, not in the midst of the next's tag
-// (Machine).
+// where only calls may follow one, not in the midst of the next's tag or
+// after the separator (Machine).
 func (t *Triggered) Done() bool {
-	return t.phase == tFree && (t.at == 0 || !t.called || !t.c.only)
+	switch t.phase {
+	case tLead, tText:
+		return true
+	case tFree:
+		return !t.called || !t.c.only || t.at == 0 && (t.step == sSep || len(t.c.sep) == 0)
+	}
+	return false
 }
 
 // Key identifies the state (Machine); the tools are the Masker's to know.
@@ -279,8 +417,12 @@ func b2u(b bool) byte {
 
 // Loops reports, in free text where no part of the tag is read (and text
 // may come), the tag's first byte: a token without it leaves the state as
-// it is (Looper).
+// it is (Looper); in the free text of Calls.Lead, which every token
+// leaves as it is, any byte.
 func (t *Triggered) Loops() (byte, bool) {
+	if t.phase == tText {
+		return 0, true // every token leaves it as it is: any byte will do
+	}
 	if t.phase != tFree || t.at != 0 || t.called && t.c.only {
 		return 0, false
 	}

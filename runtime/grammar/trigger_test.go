@@ -5,6 +5,7 @@ import (
 	"math/rand/v2"
 	"strings"
 	"testing"
+	"unicode/utf8"
 )
 
 // triggerSchemas: a strict function's parameters and any object (a
@@ -177,17 +178,250 @@ func triggerWeight(b byte, step int) int {
 }
 
 // FuzzTriggered: states with one key take the same bytes (the masks of
-// one are the other's), and a done output's calls are well formed.
+// one are the other's), and a done output's calls are well formed. mode:
+// 0 Hermes' calls in free text, 1 with only calls after one, 2 Llama 3's
+// leading calls (llamaCalls).
 func FuzzTriggered(f *testing.F) {
-	f.Add(false, "Hi <tool_call>\n{\"name\": \"get_time\", \"arguments\": {}}\n</tool_call>")
-	f.Add(true, callW+"\n"+callT)
-	f.Add(false, "<<tool_call>\n{\"name\":\"get_weather\",\"arguments\":{\"city\":\"a\",\"days\":-0}}\n</tool_call>ok")
-	starts := map[bool]Triggered{false: hermesCalls(f, false), true: hermesCalls(f, true)}
-	const probes = probes + "<_l>/\n"
-	f.Fuzz(func(t *testing.T, only bool, s string) {
-		st, fed := feedKeyed[Triggered](t, starts[only], s, probes)
+	f.Add(uint8(0), "Hi <tool_call>\n{\"name\": \"get_time\", \"arguments\": {}}\n</tool_call>")
+	f.Add(uint8(1), callW+"\n"+callT)
+	f.Add(uint8(0), "<<tool_call>\n{\"name\":\"get_weather\",\"arguments\":{\"city\":\"a\",\"days\":-0}}\n</tool_call>ok")
+	f.Add(uint8(2), " \n"+leadW+" ;\n"+leadT)
+	f.Add(uint8(2), "\u00a0\u2003"+leadT+";"+leadW)
+	f.Add(uint8(2), "Sure: "+leadW)
+	f.Add(uint8(2), "\xe2\x80{")
+	starts := []Triggered{hermesCalls(f, false), hermesCalls(f, true), llamaCalls(f)}
+	const probes = probes + "<_l>/\n;\t\xc2\xa0\xe2\x80"
+	f.Fuzz(func(t *testing.T, mode uint8, s string) {
+		mode %= uint8(len(starts))
+		st, fed := feedKeyed[Triggered](t, starts[mode], s, probes)
 		if fed && st.Done() {
-			callsIn(t, s)
+			if mode == 2 {
+				llamaCallsIn(t, s)
+			} else {
+				callsIn(t, s)
+			}
 		}
 	})
+}
+
+// llamaCalls is the runtime's form of Llama 3's JSON calls (Calls.Lead,
+// ";" between calls) with hermesCalls' tools.
+func llamaCalls(t testing.TB) Triggered {
+	t.Helper()
+	strict, err := CompileSchema([]byte(weatherParams))
+	if err != nil {
+		t.Fatal(err)
+	}
+	free, err := CompileSchema([]byte(anyObject))
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := Trigger(Calls{ArgsKey: "parameters", Only: true, Sep: ";", Lead: true,
+		Tools: []Tool{{"get_weather", strict}, {"get_time_zone", free}, {"get_time", free}, {"get_time", strict}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+const (
+	leadW = `{"name": "get_weather", "parameters": {"city": "Bern", "days": 3}}`
+	leadT = `{"name":"get_time","parameters":{"tz":[1,{}]}}`
+)
+
+// llamaCallsIn checks text, a done output of llamaCalls, as the gateway's
+// splitToolCalls reads Llama 3's answers: where the text, trimmed
+// (strings.TrimSpace), begins with '{', it must be calls — objects
+// separated by ';' and " \t\r\n" — each a tool's name and, under
+// "parameters", its arguments (get_weather's following its parameters);
+// it returns how many, 0 for free text.
+func llamaCallsIn(t *testing.T, text string) int {
+	s := strings.TrimSpace(text)
+	if !strings.HasPrefix(s, "{") {
+		return 0
+	}
+	n := 0
+	for {
+		s = strings.TrimLeft(s, " \t\r\n")
+		dec := json.NewDecoder(strings.NewReader(s))
+		var call map[string]json.RawMessage
+		if err := dec.Decode(&call); err != nil {
+			t.Fatalf("%q: %v", text, err)
+		}
+		var name string
+		args, ok := call["parameters"]
+		if json.Unmarshal(call["name"], &name) != nil || !ok || len(call) != 2 {
+			t.Fatalf("%q: not a call", text)
+		}
+		switch name {
+		case "get_weather":
+			if !validJSONFor(t, weatherParams, string(args)) {
+				t.Fatalf("%q: arguments not get_weather's", text)
+			}
+		case "get_time", "get_time_zone":
+			if !validJSONFor(t, anyObject, string(args)) {
+				t.Fatalf("%q: arguments not an object", text)
+			}
+		default:
+			t.Fatalf("%q: called %q", text, name)
+		}
+		n++
+		if s = strings.TrimLeft(s[dec.InputOffset():], " \t\r\n"); s == "" {
+			return n
+		}
+		if s[0] != ';' {
+			t.Fatalf("%q: calls not separated by ';'", text)
+		}
+		s = s[1:]
+	}
+}
+
+// TestTriggered_Lead: Llama 3's JSON calls (Calls.Lead, Sep ";"): an
+// answer whose first byte past whitespace is '{' is calls, separated by
+// ';', whitespace around them; any other is free text to its end.
+func TestTriggered_Lead(t *testing.T) {
+	for _, tc := range []struct {
+		text      string
+		fed, done bool
+	}{
+		{"", true, true},
+		{" \n\t\r\v\f", true, true},
+		{"Hello, world. {\"name\": 1}", true, true}, // '{' later in free text: text
+		{"Sure: {", true, true},
+		{"x{{{;}", true, true},
+		{"<tool_call>\n{", true, true},
+		{"{", true, false},
+		{" \n{", true, false},
+		{leadW, true, true},
+		{" \n\t" + leadW + " \n", true, true},
+		{"\u00a0\u3000\u2028\u0085\v\f\r" + leadT, true, true}, // all strings.TrimSpace trims
+		{"\u00a0x{", true, true},                               // text
+		{"\xc2{", true, true},                                  // not a character: text
+		{"\xe2\x80{", true, true},
+		{"\xe2\x80\x8b{", true, true}, // U+200B is no space
+		{"{x", false, false},
+		{"{ \"name\"", true, false},
+		{"{\n  \"name\" : \"get_time_zone\" ,\n\"parameters\":  {} \n}", true, true},
+		{`{"name": "other"`, false, false},
+		{`{"name": "get_times"`, false, false},
+		{`{"parameters": {}, "name": "get_time"}`, false, false}, // the name first
+		{`{"name": "get_time", "arguments": {}}`, false, false},  // Llama's key
+		{`{"name": "get_time", "parameters": []}`, false, false},
+		{`{"name": "get_time", "parameters": {}, "x": 1}`, false, false},
+		{`{"name": "get_weather", "parameters": {"city": "Bern"}}`, false, false}, // days required
+		{`{"name": "get_time", "parameters": {"x": {"y": [1, "}"]}}}`, true, true},
+		{leadW + ";", true, false}, // a call must follow
+		{leadW + " \n;", true, false},
+		{leadW + ";" + leadT, true, true},
+		{leadW + " ;\n" + leadT + "\n ; " + leadW + "\n", true, true},
+		{leadW + leadT, false, false}, // ';' between calls
+		{leadW + "\n" + leadT, false, false},
+		{leadW + ";;", false, false},
+		{leadW + "; ;", false, false},
+		{leadW + " text", false, false},
+		{leadW + "; text", false, false},
+		{leadW + "\t", false, false}, // between calls ' ' and '\n' only
+		{leadW + strings.Repeat(" ", MaxSpace), true, true},
+		{leadW + strings.Repeat(" ", MaxSpace+1), false, false},
+		{leadW + ";" + strings.Repeat("\n", MaxSpace) + leadT, true, true},
+		{leadW + ";" + strings.Repeat("\n", MaxSpace+1), false, false},
+		{strings.Repeat(" ", 3*MaxSpace) + leadW, true, true}, // leading whitespace is not counted
+	} {
+		st, fed := feedAll(llamaCalls(t), tc.text)
+		if fed != tc.fed || fed && st.Done() != tc.done {
+			t.Errorf("%q: fed %v done %v, want %v %v", tc.text, fed, fed && st.Done(), tc.fed, tc.done)
+		}
+		if fed && st.Done() {
+			llamaCallsIn(t, tc.text)
+		}
+	}
+	for _, c := range []Calls{
+		{Tag: "<tool_call>", Lead: true, Only: true},
+		{Pre: "\n", Lead: true, Only: true},
+		{Lead: true},
+		{Tag: "<tool_call>", Sep: ";"},
+		{Tag: "<tool_call>", Sep: " ;", Only: true},
+		{},
+	} {
+		c.ArgsKey, c.Tools = "parameters", []Tool{{"f", llamaCalls(t).c.args[0]}}
+		if _, err := Trigger(c); err == nil {
+			t.Errorf("%+v: no error", c)
+		}
+	}
+}
+
+// TestTriggered_LeadSpaces: every character, then '{': a call begins
+// where strings.TrimSpace trims the character (so that the gateway, which
+// trims the answer, reads no call the masks did not hold), free text
+// where it does not.
+func TestTriggered_LeadSpaces(t *testing.T) {
+	start := llamaCalls(t)
+	n := 0
+	for r := rune(0); r <= utf8.MaxRune; r++ {
+		if r == '{' || !utf8.ValidRune(r) {
+			continue
+		}
+		s := string(r) + "{"
+		st, fed := feedAll(start, s)
+		if !fed {
+			t.Fatalf("%q refused", s)
+		}
+		call, want := st.phase == tObj, strings.TrimSpace(s) == "{"
+		if call != want {
+			t.Errorf("%U then '{': a call %v, want %v", r, call, want)
+		}
+		if call {
+			n++
+		}
+	}
+	if n < 8 { // 6 in ASCII, NEL, NBSP and more (unicode.White_Space)
+		t.Errorf("only %d characters lead to a call", n)
+	}
+	t.Logf("%d characters lead to a call", n)
+}
+
+// TestTriggered_LeadNoDeadEnds: TestTriggered_NoDeadEnds for Llama 3's
+// leading calls: along random walks (most begin with whitespace and '{'),
+// every state takes some byte or is done, and every done output reads as
+// calls (or free text).
+func TestTriggered_LeadNoDeadEnds(t *testing.T) {
+	r := rand.New(rand.NewPCG(7, 8))
+	start := llamaCalls(t)
+	calls, several := 0, 0
+	for range 100 {
+		st, out := start, []byte{}
+		if r.IntN(5) > 0 {
+			lead := []string{"", " ", "\n\n", "\u00a0", "\t\u3000"}[r.IntN(5)] + "{"
+			if st, _ = feedAll(st, lead); st.phase != tObj {
+				t.Fatalf("%q: no call", lead)
+			}
+			out = append(out, lead...)
+		}
+		for step := 0; step < 3000 && !(st.Done() && step > 300); step++ {
+			b, ok := pickByte[Triggered](r, &st, func(b byte) int {
+				if b == ';' {
+					return 300
+				}
+				return byteWeight(b, step)
+			})
+			if !ok {
+				if st.Done() {
+					break
+				}
+				t.Fatalf("dead end after %q", out)
+			}
+			out = append(out, b)
+		}
+		if st.Done() {
+			n := llamaCallsIn(t, string(out))
+			calls += n
+			if n > 1 {
+				several++
+			}
+		}
+	}
+	if calls < 50 || several < 5 {
+		t.Errorf("only %d calls (%d answers of several) made along the walks", calls, several)
+	}
+	t.Logf("%d calls checked, %d answers of several", calls, several)
 }
