@@ -17,16 +17,31 @@ import (
 // (any JSON object where it is not); after a call only whitespace and
 // further calls may come, so that the answer reads as calls
 // (gateway/tools.go takes text after the calls for content, calls and
-// all). A reasoning model's thoughts are free, those its prompt opened and
-// those it opens itself (seqGrammar.think): its calls are the answer's.
-// Other formats, and tools none of them strict, are unconstrained.
+// all). On a Llama 3.1–3.3 model (ToolFormatLlama3JSON), whose calls are
+// the whole answer, an answer whose first byte past whitespace (what
+// strings.TrimSpace trims, as the gateway trims the answer) is '{' is
+// calls, {"name": N, "parameters": A} each, separated by ';' and
+// whitespace; one that begins otherwise is free text to its end. A
+// reasoning model's thoughts are free, those its prompt opened and those
+// it opens itself (seqGrammar.think): its calls are the answer's. Other
+// formats (Mistral's), and tools none of them strict, are unconstrained.
 
 // strictCallsConstraint returns the constraint of the calls req's model
 // may make, nil where none of req's tools is strict or its tool format is
-// not Hermes'. A strict function whose parameters the masks cannot
-// enforce is an EINVALID error naming tools, as OpenAI refuses them.
+// neither Hermes' nor Llama 3's JSON. A strict function whose parameters
+// the masks cannot enforce is an EINVALID error naming tools, as OpenAI
+// refuses them.
 func (r *Runtime) strictCallsConstraint(req *nozzle.GenerateRequest) (constraint, error) {
-	if r.info.ToolFormat != nozzle.ToolFormatHermes {
+	var calls grammar.Calls
+	switch r.info.ToolFormat {
+	case nozzle.ToolFormatHermes:
+		hermes, _ := toolCallForm(nozzle.ToolFormatHermes)
+		tag := strings.TrimRight(hermes.pre, " \n") // "<tool_call>": the "\n" after it is the call's
+		calls = grammar.Calls{Tag: tag, Pre: hermes.pre[len(tag):], Post: hermes.post, ArgsKey: hermes.argsKey, Only: true}
+	case nozzle.ToolFormatLlama3JSON:
+		llama, _ := toolCallForm(nozzle.ToolFormatLlama3JSON)
+		calls = grammar.Calls{ArgsKey: llama.argsKey, Lead: true, Only: true, Sep: ";"}
+	default:
 		return nil, nil
 	}
 	var defs []struct {
@@ -46,16 +61,12 @@ func (r *Runtime) strictCallsConstraint(req *nozzle.GenerateRequest) (constraint
 	if !strict {
 		return nil, nil
 	}
-	hermes, _ := toolCallForm(nozzle.ToolFormatHermes)
-	pre, post, argsKey := hermes.pre, hermes.post, hermes.argsKey
-	tag := strings.TrimRight(pre, " \n") // "<tool_call>": the "\n" after it is the call's
-	src := append([]byte(pre+"\x00"+post+"\x00"), req.Tools...)
-	e, err := r.strictCalls.get(r.grammarVocab(), src, func() (grammar.Triggered, error) {
+	// (one runtime, one format: the tools tell the languages apart)
+	e, err := r.strictCalls.get(r.grammarVocab(), req.Tools, func() (grammar.Triggered, error) {
 		anyObject, err := grammar.CompileSchema([]byte(`{"type":"object"}`))
 		if err != nil {
 			return grammar.Triggered{}, err
 		}
-		calls := grammar.Calls{Tag: tag, Pre: pre[len(tag):], Post: post, ArgsKey: argsKey, Only: true}
 		for _, d := range defs {
 			f := d.Function
 			args := anyObject

@@ -164,3 +164,160 @@ func TestQwen3_NonStrictToolsUnconstrained(t *testing.T) {
 		t.Fatalf("strict parameters not an object: %v", o.err)
 	}
 }
+
+// llamaBias pushes the Llama-shaped random model to call: `{"` raised (it
+// begins a call, and then its arguments' strings end soon), the quote
+// too, no whitespace-only tokens; with end, ';' and <|eot_id|> a little
+// less (it ends or calls again after a call); more are added to it.
+func llamaBias(t *testing.T, tk *tokenizer.Tokenizer, end bool, more map[int]float64) map[int]float64 {
+	bias := map[int]float64{1: 8}
+	for id := range tk.VocabSize() {
+		if b := tk.TokenBytes(id); len(b) > 0 && len(bytes.TrimSpace(b)) == 0 {
+			bias[id] = -100
+		}
+	}
+	for id, s := range map[int]string{1: `"`, llamaOpen: `{"`, 26: ";"} {
+		if string(tk.TokenBytes(id)) != s {
+			t.Fatalf("token %d is %q, not %q", id, tk.TokenBytes(id), s)
+		}
+	}
+	bias[llamaOpen] = 32
+	if end {
+		bias[26], bias[128009] = 28.5, 29
+	}
+	for id, v := range more {
+		bias[id] = v
+	}
+	return bias
+}
+
+// llamaOpen is Llama 3's token `{"`.
+const llamaOpen = 5018
+
+// llamaCall is a call as the gateway reads Llama 3's (splitToolCalls:
+// "parameters" or "arguments"), the arguments of strictTools' functions.
+type llamaCall struct {
+	Name       string
+	Parameters struct {
+		City *string
+		Days *json.Number
+		Unit *string
+		Zone *string
+	}
+}
+
+// TestLlama3_StrictToolCalls: with tool_choice "auto" and strict
+// functions, on the Llama-shaped random model pushed to call (`{"`
+// raised), the answer, which begins with '{', reads as the gateway reads
+// Llama 3's calls — the whole answer trimmed, objects separated by ';' —
+// and every call is one of the tools with arguments that follow its
+// parameters (required properties, integer in range, enums).
+func TestLlama3_StrictToolCalls(t *testing.T) {
+	dir := llama3Dir(t)
+	rt := openOnStore(t, runtime.Options{}, dir, nil)
+	tk, err := tokenizer.Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bias := llamaBias(t, tk, true, nil)
+	ctx := context.Background()
+	calls, several := 0, 0
+	for seed := uint64(1); seed <= 5; seed++ {
+		req := &nozzle.GenerateRequest{TenantID: "a", Messages: []nozzle.ChatMessage{{Role: "user", Content: "Weather in Bern?"}},
+			Tools: strictTools(true), MaxTokens: 400, LogitBias: bias, Temperature: 1, Seed: &seed}
+		o := run(ctx, rt, req)
+		if o.err != nil {
+			t.Fatalf("seed %d: %v", seed, o.err)
+		}
+		// the gateway's reading (gateway/tools.go splitToolCalls)
+		s := strings.TrimSpace(o.text)
+		if !strings.HasPrefix(s, "{") {
+			t.Logf("seed %d: free text: %q", seed, o.text)
+			continue
+		}
+		n := 0
+		for {
+			dec := json.NewDecoder(strings.NewReader(s))
+			dec.DisallowUnknownFields()
+			dec.UseNumber()
+			var call llamaCall
+			if err := dec.Decode(&call); err != nil {
+				if o.res.FinishReason == nozzle.FinishLength {
+					break // cut off by max_tokens (the gateway's text)
+				}
+				t.Fatalf("seed %d: not a call object (%v): %q", seed, err, o.text)
+			}
+			a := call.Parameters
+			switch call.Name {
+			case "get_weather":
+				days, err := a.Days.Int64()
+				if a.City == nil || len([]rune(*a.City)) > 12 || err != nil || days < 1 || days > 14 ||
+					a.Unit == nil || *a.Unit != "C" && *a.Unit != "F" || a.Zone != nil {
+					t.Errorf("seed %d: %q does not follow get_weather's parameters", seed, o.text)
+				}
+			case "get_time":
+				if a.Zone == nil || *a.Zone != "UTC" && *a.Zone != "CET" || a.City != nil || a.Days != nil || a.Unit != nil {
+					t.Errorf("seed %d: %q does not follow get_time's parameters", seed, o.text)
+				}
+			default:
+				t.Errorf("seed %d: called %q", seed, call.Name)
+			}
+			n++
+			if s = strings.TrimLeft(s[dec.InputOffset():], " \t\r\n"); s == "" {
+				break
+			}
+			if s[0] != ';' {
+				t.Fatalf("seed %d: text after a call: %q", seed, o.text)
+			}
+			s = strings.TrimLeft(s[1:], " \t\r\n")
+		}
+		if calls += n; n > 1 && o.res.FinishReason == nozzle.FinishStop {
+			several++ // (';' between them)
+		}
+		t.Logf("seed %d (finish %s): %q", seed, o.res.FinishReason, o.text)
+	}
+	if calls < 3 || several < 1 {
+		t.Errorf("%d calls in five answers, %d of several: the test does not test", calls, several)
+	}
+	t.Logf("%d calls, %d answers of several", calls, several)
+}
+
+// TestLlama3_StrictToolCallsFree: what does not hold a Llama 3 model's
+// answer to calls — an answer that begins with other text (`({"` raised
+// above `{"`: the `{"` after it are text), tools none of them strict (the
+// model writes `{"{"…`) — and a strict function whose parameters the masks
+// cannot enforce, or are not an object's, refused naming tools.
+func TestLlama3_StrictToolCallsFree(t *testing.T) {
+	dir := llama3Dir(t)
+	rt := openOnStore(t, runtime.Options{}, dir, nil)
+	tk, err := tokenizer.Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	const paren = 17289 // `({"`
+	if string(tk.TokenBytes(paren)) != `({"` {
+		t.Fatalf("token %d is %q", paren, tk.TokenBytes(paren))
+	}
+	req := &nozzle.GenerateRequest{TenantID: "a", Messages: []nozzle.ChatMessage{{Role: "user", Content: "Weather in Bern?"}},
+		Tools: strictTools(true), MaxTokens: 20, LogitBias: llamaBias(t, tk, false, map[int]float64{paren: 33}), Temperature: 1, Seed: new(uint64)}
+	if o := run(ctx, rt, req); o.err != nil || !strings.HasPrefix(o.text, `({"({"`) {
+		t.Errorf("text after a first token that begins no call is held? %q %v", o.text, o.err)
+	}
+	req.Tools, req.LogitBias = strictTools(false), llamaBias(t, tk, false, nil)
+	if o := run(ctx, rt, req); o.err != nil || !strings.HasPrefix(o.text, `{"{"`) {
+		t.Errorf("non-strict tools constrained the answer? %q %v", o.text, o.err)
+	}
+
+	req.Tools = json.RawMessage(`[{"type":"function","function":{"name":"f","strict":true,"parameters":{"type":"object",` +
+		`"properties":{"u":{"type":"string","format":"uri"}}}}}]`)
+	o := run(ctx, rt, req)
+	var ne *nozzle.Error
+	if !errors.As(o.err, &ne) || ne.Code != nozzle.EINVALID || ne.Param != "tools" || !strings.Contains(ne.Message, `"f"`) {
+		t.Fatalf("an unenforceable strict function: %v", o.err)
+	}
+	req.Tools = json.RawMessage(`[{"type":"function","function":{"name":"f","strict":true,"parameters":{"type":"string"}}}]`)
+	if o = run(ctx, rt, req); !errors.As(o.err, &ne) || ne.Code != nozzle.EINVALID || ne.Param != "tools" {
+		t.Fatalf("strict parameters not an object: %v", o.err)
+	}
+}

@@ -209,16 +209,7 @@ func TestMistralV11_ForcedToolCall(t *testing.T) {
 // with Llama 3's real tokenizer and Llama 3.2's chat template (the
 // tokenizer tests' copies).
 func TestLlama3_ForcedToolCall(t *testing.T) {
-	dir := t.TempDir()
-	spec := model.Spec{VocabSize: 128256, HiddenSize: 32, IntermediateSize: 64, NumLayers: 2, NumHeads: 4, NumKVHeads: 2,
-		MaxPosition: 4096, Seed: 79, EOSTokenIDs: []int{128001, 128009}, BOSTokenID: 128000}
-	if err := model.WriteRandomModel(dir, spec); err != nil {
-		t.Fatal(err)
-	}
-	writeFiles(t, dir, map[string][]byte{"tokenizer.json": tokenizerTestdata(t, "models/llama3/tokenizer.json.gz"),
-		"tokenizer_config.json": tokenizerTestdata(t, "models/llama3/tokenizer_config.json"),
-		"chat_template.jinja":   tokenizerTestdata(t, "templates/llama3.2-instruct.jinja")})
-	rt := openOnStore(t, runtime.Options{}, dir, nil)
+	rt := openOnStore(t, runtime.Options{}, llama3Dir(t), nil)
 	info, err := rt.Info(context.Background())
 	if err != nil || info.ToolFormat != nozzle.ToolFormatLlama3JSON || !info.ToolChoice {
 		t.Fatalf("info %+v %v", info, err)
@@ -241,4 +232,21 @@ func TestLlama3_ForcedToolCall(t *testing.T) {
 		t.Fatalf("not the call (finish %q, %v): %q", o.res.FinishReason, o.err, o.text)
 	}
 	t.Logf("%q", o.text)
+}
+
+// llama3Dir writes a small random Llama-shaped model with Llama 3's real
+// tokenizer and Llama 3.2's chat template (the tokenizer tests' copies)
+// into a folder.
+func llama3Dir(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	spec := model.Spec{VocabSize: 128256, HiddenSize: 32, IntermediateSize: 64, NumLayers: 2, NumHeads: 4, NumKVHeads: 2,
+		MaxPosition: 4096, Seed: 79, EOSTokenIDs: []int{128001, 128009}, BOSTokenID: 128000}
+	if err := model.WriteRandomModel(dir, spec); err != nil {
+		t.Fatal(err)
+	}
+	writeFiles(t, dir, map[string][]byte{"tokenizer.json": tokenizerTestdata(t, "models/llama3/tokenizer.json.gz"),
+		"tokenizer_config.json": tokenizerTestdata(t, "models/llama3/tokenizer_config.json"),
+		"chat_template.jinja":   tokenizerTestdata(t, "templates/llama3.2-instruct.jinja")})
+	return dir
 }
