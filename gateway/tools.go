@@ -9,6 +9,8 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/nozzle-ai/nozzle"
 )
@@ -520,9 +522,11 @@ func (t *toolStream) add(text string) string {
 	case nozzle.ToolFormatMistralV11:
 		return t.holdFrom(h, mistralCalls) // the runtime keeps the marker
 	case nozzle.ToolFormatLlama3JSON:
-		trimmed := strings.TrimLeft(h, " \t\r\n")
-		if trimmed == "" {
-			return "" // undecided: leading space is held
+		// the space splitToolCalls trims (strings.TrimSpace's), as the
+		// runtime's masks of strict functions' calls read it
+		trimmed := strings.TrimLeftFunc(h, unicode.IsSpace)
+		if trimmed == "" || !t.started && !utf8.FullRuneInString(trimmed) {
+			return "" // undecided: leading space (or a character begun) is held
 		}
 		if !t.started {
 			t.started = true
