@@ -320,7 +320,8 @@ func BenchmarkMaskerSchemaPattern(b *testing.B) {
 // (no plain-text shortcut: '<' and the tag's other bytes move the tag's
 // match, so every token is walked), free text with a tag begun ("<tool"),
 // the call's name, a string of the arguments (plain text: the shortcut)
-// and after an argument's value; beside them JSON's string made both ways
+// and after an argument's value, Llama 3's leading calls' states; beside
+// them JSON's string made both ways
 // (its walk with the shortcut, its full walk without) and the free-text
 // mask found in the cache.
 func BenchmarkMaskerTriggered(b *testing.B) {
@@ -374,6 +375,29 @@ func BenchmarkMaskerTriggered(b *testing.B) {
 					}
 				})
 			}
+		}
+		// Llama 3's leading calls: the start (whitespace so far: every
+		// token walked), the text begun otherwise (a Looper any token
+		// leaves as it is), the name
+		lead, err := grammar.Trigger(grammar.Calls{ArgsKey: "parameters", Lead: true, Only: true, Sep: ";",
+			Tools: []grammar.Tool{{Name: "get_weather", Args: params}, {Name: "get_time", Args: anyObj}}})
+		if err != nil {
+			b.Fatal(err)
+		}
+		for _, tc := range []struct{ name, prefix string }{{"lead-start", ""}, {"lead-text", "Sure"}, {"lead-name", `{"name": "get_`}} {
+			s := lead
+			for i := 0; i < len(tc.prefix); i++ {
+				if !s.Feed(tc.prefix[i]) {
+					b.Fatalf("%q refused at %d", tc.prefix, i)
+				}
+			}
+			b.Run(vocab+"/"+tc.name, func(b *testing.B) {
+				m := grammar.NewMasker[grammar.Triggered](v, 0)
+				for b.Loop() {
+					m.ClearCache()
+					m.Mask(&s)
+				}
+			})
 		}
 		var js grammar.JSON
 		for _, c := range []byte(`{"name": "Ada`) {
