@@ -23,7 +23,9 @@ import (
 // arguments' machine: '{', "name", ':', the name, ',', the arguments' key,
 // ':', the value, '}', with runs of at most MaxSpace spaces or newlines
 // between them (none before '{', as a Schema's value takes none before
-// it), the name as encoding/json writes it and first.
+// it: with Calls.Lead the whitespace before it is the text's, any at the
+// start, at most MaxSpace after a separator), the name as encoding/json
+// writes it and first.
 type Triggered struct {
 	c      *calls
 	phase  uint8  // tFree, tPre, tObj, tPost; tLead, tText
