@@ -217,16 +217,15 @@ func (t *Triggered) Feed(b byte) bool {
 	case tFree:
 		if t.called && c.only {
 			return t.between(b)
-		} else {
-			at := int(t.at)
-			for at > 0 && c.tag[at] != b {
-				at = int(c.fail[at-1])
-			}
-			if c.tag[at] == b {
-				at++
-			}
-			t.at = uint16(at)
 		}
+		at := int(t.at)
+		for at > 0 && c.tag[at] != b {
+			at = int(c.fail[at-1])
+		}
+		if c.tag[at] == b {
+			at++
+		}
+		t.at = uint16(at)
 		if int(t.at) == len(c.tag) {
 			t.begin()
 		}
