@@ -68,6 +68,13 @@ type UsageEvent struct {
 	// another event holds it already as its request id or second id.
 	AttemptID string `json:"-"`
 
+	// StoredResponse, when set, is a Responses API response to keep for
+	// its tenant (ResponseStore): the ledger stores it in the same durable
+	// write as the event, so that a response is never kept uncharged nor
+	// charged unkept; a duplicate event stores nothing. Not part of the
+	// event's own record.
+	StoredResponse *StoredResponse `json:"-"`
+
 	// CheckpointID, when set, is the request id the request's usage was
 	// checkpointed under while it ran (UsageCheckpointer.CheckpointUsage);
 	// recording the event ends that checkpoint in the same durable write,

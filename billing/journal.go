@@ -74,8 +74,9 @@ const (
 	journalFileEvery = 20 * time.Millisecond
 	journalFileBatch = 512
 	// journalMaxRecord bounds one record: the largest event, with its
-	// stored response and ids, fits with room to spare.
-	journalMaxRecord = maxResponseLen + 1<<16
+	// idempotent answer, its stored response (body and input) and ids,
+	// fits with room to spare.
+	journalMaxRecord = 3*maxResponseLen + 1<<16
 	// journalHeader is the length of the payload, a CRC-32C of the
 	// generation and the payload, and the generation: 4 bytes each,
 	// little-endian.
@@ -98,6 +99,10 @@ const (
 	// event's: that id, then the event's value encoding, or nothing when
 	// the event was recorded already.
 	recEnd = 0x82
+	// recResponse: a stored response (nozzle.UsageEvent.StoredResponse),
+	// then the record of its event (an event's value encoding, or a recEnd
+	// record with one), filed in one transaction with it.
+	recResponse = 0x83
 )
 
 // jrec is one journal record.
@@ -304,18 +309,24 @@ func appendRecord(b, scratch []byte, gen uint32, ev *nozzle.UsageEvent) ([]byte,
 func appendJournalRecord(b, scratch []byte, gen uint32, r jrec) ([]byte, []byte) {
 	var g [4]byte
 	binary.LittleEndian.PutUint32(g[:], gen)
+	scratch = scratch[:0]
+	if !r.ckpt && r.ev != nil && r.ev.StoredResponse != nil {
+		e := enc{b: append(scratch, recResponse)}
+		encodeStoredResponse(&e, r.ev.StoredResponse)
+		scratch = e.b
+	}
 	switch {
 	case r.ckpt:
 		scratch = appendEventAs(append(scratch[:0], recCheckpoint), r.ev, valueV2)
 	case r.ends != "":
-		e := enc{b: append(scratch[:0], recEnd)}
+		e := enc{b: append(scratch, recEnd)}
 		e.str(r.ends)
 		scratch = e.b
 		if r.ev != nil {
 			scratch = appendEventAs(scratch, r.ev, eventFormat(r.ev))
 		}
 	default:
-		scratch = encodeEvent(scratch, r.ev)
+		scratch = appendEventAs(scratch, r.ev, eventFormat(r.ev))
 	}
 	b = binary.LittleEndian.AppendUint32(b, uint32(len(scratch)))
 	b = binary.LittleEndian.AppendUint32(b, crc32.Update(crc32.Checksum(g[:], crc32c), crc32c, scratch))
@@ -330,6 +341,24 @@ func decodeRecord(p []byte) (jrec, error) {
 		return r, fmt.Errorf("decode journal record: %w", errCorrupt)
 	}
 	switch p[0] {
+	case recResponse:
+		d := dec{b: p[1:]}
+		sr := decodeStoredResponse(&d)
+		if d.err != nil || len(d.b) == 0 || d.b[0] == recCheckpoint || d.b[0] == recResponse {
+			return r, fmt.Errorf("decode stored response: %w", errCorrupt)
+		}
+		r, err := decodeRecord(d.b)
+		if err != nil {
+			return r, err
+		}
+		if r.ev == nil {
+			return r, fmt.Errorf("decode stored response: no event: %w", errCorrupt)
+		}
+		r.ev.StoredResponse = sr
+		if err := validateEvent(r.ev); err != nil {
+			return r, fmt.Errorf("decode journal record: %w: %w", errCorrupt, err)
+		}
+		return r, nil
 	case recCheckpoint:
 		r.ckpt = true
 		p = p[1:]

@@ -74,6 +74,10 @@ type Options struct {
 	// long reader (a backup, a check) can hold up the writer. Defaults to
 	// 1 GiB (address space, not memory).
 	InitialMmapSize int
+	// ResponseRetention is how long stored responses (the Responses
+	// API's) are kept: older ones are unreadable and are purged hourly.
+	// Zero keeps them until deleted.
+	ResponseRetention time.Duration
 }
 
 // Ledger is the bbolt-backed implementation of the root package's storage
@@ -86,6 +90,7 @@ type Ledger struct {
 	idlePolicy string
 	defPrice   nozzle.Price
 	dedicated  float64
+	retention  time.Duration // of stored responses; 0: forever
 
 	// mu guards closed; every write holds it for reading until it is
 	// committed, so Close (which takes it for writing) waits for them.
@@ -186,6 +191,9 @@ func Open(opts Options) (*Ledger, error) {
 	if opts.MaxBatch <= 0 {
 		opts.MaxBatch = 4096
 	}
+	if opts.ResponseRetention < 0 {
+		return nil, nozzle.Errorf(nozzle.EINVALID, "Response retention must not be negative.")
+	}
 	if opts.InitialMmapSize <= 0 {
 		opts.InitialMmapSize = 1 << 30
 	}
@@ -223,6 +231,7 @@ func Open(opts Options) (*Ledger, error) {
 		idlePolicy: opts.IdlePolicy,
 		defPrice:   opts.DefaultPrice,
 		dedicated:  opts.DedicatedRatePerHour,
+		retention:  opts.ResponseRetention,
 		writes:     group[*op]{max: opts.MaxBatch},
 		met:        newLedgerMetrics(opts.Metrics),
 	}
@@ -239,6 +248,10 @@ func Open(opts Options) (*Ledger, error) {
 	l.wctx, l.wcancel = context.WithCancel(context.Background())
 	l.wwg.Add(1)
 	go l.fileLoop()
+	if l.retention > 0 {
+		l.wwg.Add(1)
+		go l.responseRetentionLoop()
+	}
 	return l, nil
 }
 

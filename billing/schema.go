@@ -12,7 +12,7 @@ import (
 // docs/LEDGER.md describes it; migrations below bring older files up to it
 // on open. Version 4 has no migration of its own: the builds that knew it
 // but not 5 stamped it on a file when it first held a standard-price mark.
-const SchemaVersion = 11
+const SchemaVersion = 12
 
 // Bucket names. docs/LEDGER.md gives each bucket's keys and values.
 var (
@@ -51,6 +51,8 @@ var (
 	bOutboxPending = []byte("outbox_pending")
 	bOutboxParked  = []byte("outbox_parked")
 	bCheckpoints   = []byte("checkpoints")
+	bResponses     = []byte("responses")
+	bResponseTimes = []byte("response_times")
 )
 
 var allBuckets = [][]byte{
@@ -58,7 +60,7 @@ var allBuckets = [][]byte{
 	bRevokedKeys, bAdapters, bAdapterNames, bAdapterSHA, bAdapterGone, bAdapterGoneAt, bUsers, bUserEmails, bUserInvites,
 	bSessions, bEvents, bRequestIDs, bRollups, bHours, bMonths, bCapacity,
 	bCapHours, bCapOpen, bDirty, bBilled, bOutbox, bOutboxPending, bOutboxParked,
-	bCheckpoints, bAdapterBytes, bTenantUsers, bAttemptIDs,
+	bCheckpoints, bAdapterBytes, bTenantUsers, bAttemptIDs, bResponses, bResponseTimes,
 }
 
 var (
@@ -139,6 +141,17 @@ var migrations = []migration{
 	// request id its client saw too. The migration indexes the stored
 	// events' attempt ids (a file older than version 11 has none).
 	{To: 11, Fn: indexAttemptIDs},
+	// Version 12: the Responses API's stored responses (bucket responses,
+	// by tenant and id) and their creation times (response_times), for
+	// retention. A file older than version 12 has none.
+	{To: 12, Fn: func(tx *bolt.Tx) error {
+		for _, name := range [][]byte{bResponses, bResponseTimes} {
+			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
+				return fmt.Errorf("create bucket %s: %w", name, err)
+			}
+		}
+		return nil
+	}},
 }
 
 // rebuildBucket replaces bucket name, if there is one, with an empty one:

@@ -142,6 +142,12 @@ func validateEvent(ev *nozzle.UsageEvent) error {
 	if _, ok := statusCodes[ev.Status]; !ok {
 		return bad("Usage event status %q is not one of ok, canceled or failed.", ev.Status).WithParam("status")
 	}
+	if sr := ev.StoredResponse; sr != nil {
+		if ev.Status != nozzle.UsageOK {
+			return bad("Only a completed request's response is stored.").WithParam("stored_response")
+		}
+		return validateStoredResponse(sr, ev.TenantID)
+	}
 	return nil
 }
 
@@ -183,6 +189,11 @@ func (l *Ledger) RecordUsage(ctx context.Context, ev *nozzle.UsageEvent) (bool, 
 	// The journal keeps the event until it is filed, after the caller has
 	// moved on: the caller's buffer is not kept.
 	in.Response = bytes.Clone(in.Response)
+	if sr := in.StoredResponse; sr != nil {
+		c := *sr
+		c.Body, c.Input, c.Created = bytes.Clone(c.Body), bytes.Clone(c.Input), c.Created.UTC()
+		in.StoredResponse = &c
+	}
 	l.mu.RLock()
 	defer l.mu.RUnlock()
 	if l.closed {
@@ -215,7 +226,7 @@ func (l *Ledger) RecordUsage(ctx context.Context, ev *nozzle.UsageEvent) (bool, 
 // written when the request's event is recorded already.
 func (l *Ledger) CheckpointUsage(ctx context.Context, ev *nozzle.UsageEvent) error {
 	in := *ev
-	in.Status, in.ChargeUSD, in.Response, in.CheckpointID, in.AttemptID = nozzle.UsageInterrupted, 0, nil, "", ""
+	in.Status, in.ChargeUSD, in.Response, in.CheckpointID, in.AttemptID, in.StoredResponse = nozzle.UsageInterrupted, 0, nil, "", "", nil
 	in.Time = in.Time.UTC()
 	if err := validateEvent(&in); err != nil {
 		return err
@@ -295,6 +306,12 @@ func (w *wtx) recordEvent(ev *nozzle.UsageEvent, priced bool) (*nozzle.UsageEven
 	}
 	if out.AttemptID != "" {
 		if err := w.attempts.Put([]byte(out.AttemptID), sk); err != nil {
+			return nil, false, err
+		}
+	}
+	if out.StoredResponse != nil {
+		// In the event's transaction: both or neither.
+		if err := w.storeResponse(out.StoredResponse); err != nil {
 			return nil, false, err
 		}
 	}
