@@ -141,6 +141,13 @@ func (s *Server) complete(c *fiber.Ctx, parse func(body []byte, maxChoices int) 
 			return err
 		}
 	}
+	if j.resp != nil {
+		j.resp.store = j.resp.store && s.storesResponses()
+		if err := s.respHistory(ctx, p, j); err != nil {
+			cp.unclaim()
+			return err
+		}
+	}
 	if err := s.resolveModel(ctx, p, j); err != nil {
 		cp.unclaim()
 		return err
@@ -443,7 +450,8 @@ func (cp *completion) failure() error {
 // settle writes the request's one usage event, durably, and returns the
 // error to answer with when the request failed. body is the complete
 // non-streamed answer (nil when failed); it is stored with an idempotent
-// request's event. When the ledger already holds an idempotent request's
+// request's event, and a stored Responses answer (storedResponse) in the
+// same write. When the ledger already holds an idempotent request's
 // event (a duplicate that raced this one), settle returns the stored
 // answer.
 //
@@ -512,6 +520,8 @@ func (cp *completion) settle(body []byte) (stored []byte, err error) {
 			// takes it)
 			ev.AttemptID = clientRequestID(ev.TenantID, cp.st.id)
 		}
+		// A Responses request's answer, kept in the event's write.
+		ev.StoredResponse = cp.storedResponse(body)
 	case code == nozzle.ECANCELED && (!timedOut || cp.sent),
 		cp.sent && code != nozzle.EINTERNAL && code != nozzle.EUNAVAILABLE:
 		// The client went away, or a stream that has sent text ended
@@ -959,7 +969,7 @@ func (cp *completion) writeStream(w *bufio.Writer, conn net.Conn, events chan st
 	}
 
 	var body []byte
-	if cp.idem && cp.failure() == nil {
+	if (cp.idem || j.resp != nil && j.resp.store) && cp.failure() == nil {
 		body = cp.body(make([]byte, 0, 512))
 	}
 	cp.ckptTaken = cp.ckpt.stop()

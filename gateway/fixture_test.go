@@ -116,6 +116,9 @@ func (f *fixture) mustTenant(name string) (*nozzle.Tenant, string) {
 	f.w.mu.Lock()
 	tn := f.w.tenants[out.ID]
 	f.w.mu.Unlock()
+	if tn == nil { // kept elsewhere than in the world (withLedger)
+		tn = &nozzle.Tenant{ID: out.ID, Name: out.Name}
+	}
 	return tn, out.APIKey
 }
 

@@ -260,6 +260,10 @@ type Deps struct {
 	Ledger   nozzle.Ledger
 	Budget   nozzle.BudgetService
 	Reporter nozzle.Reporter
+	// Responses keeps the Responses API's stored responses (recorded with
+	// their usage events by Ledger); nil stores none (store is answered
+	// false, and previous_response_id finds nothing).
+	Responses nozzle.ResponseStore
 	// Users is for console code mounted through Extensions.
 	Users nozzle.UserService
 

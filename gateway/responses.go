@@ -10,19 +10,21 @@ import (
 	"github.com/nozzle-ai/nozzle"
 )
 
-// POST /v1/responses: OpenAI's Responses API, a stateless subset. A
-// request is translated into the job a chat completion builds (its input
-// items into chat messages, instructions into a system message first, its
-// flat function tools into chat tools, text.format into response_format)
-// and runs through the same machinery (Server.complete): auth, scopes,
-// limits, the budget, metering, idempotency and request ids apply as they
-// do to a chat completion. Only the answer's shape differs: a Response
-// object (appendResponse), or its stream of named events (respStream).
+// POST /v1/responses: OpenAI's Responses API, a subset. A request is
+// translated into the job a chat completion builds (its input items into
+// chat messages, instructions into a system message first, its flat
+// function tools into chat tools, text.format into response_format) and
+// runs through the same machinery (Server.complete): auth, scopes, limits,
+// the budget, metering, idempotency and request ids apply as they do to a
+// chat completion. Only the answer's shape differs: a Response object
+// (appendResponse), or its stream of named events (respStream).
 //
-// Nothing is stored: store is accepted (true or false) and ignored, so a
-// response cannot be retrieved, nor continued with previous_response_id
-// (refused, as are conversation, background, include, prompt and built-in
-// tools).
+// Stored responses (responses_store.go): a completed response is kept for
+// its tenant unless store is false — recorded with its usage event, in
+// the same durable write (nozzle.UsageEvent.StoredResponse) — and can be
+// retrieved, listed (its input items), deleted and continued with
+// previous_response_id. conversation, background, include, prompt and
+// built-in tools are refused.
 
 // respRequest is what a Responses request asks for that its answer echoes.
 type respRequest struct {
@@ -34,7 +36,12 @@ type respRequest struct {
 	parallel        bool
 	metadata        json.RawMessage // nil: {}
 	user            *string
-	store           bool
+	store           bool // asked for; Server.complete clears it where nothing stores responses
+
+	previousID string                       // previous_response_id
+	head       int                          // the messages before the input's (instructions)
+	items      []respInputItem              // the input's items, decoded
+	stored     []map[string]json.RawMessage // the input's items as stored (ids added when stored)
 }
 
 type responsesBody struct {
@@ -105,8 +112,7 @@ func parseResponses(body []byte, _ int) (*job, error) {
 		raw   json.RawMessage
 		why   string
 	}{
-		{"previous_response_id", b.PreviousResponseID, "this server stores no responses; send the whole conversation as 'input'."},
-		{"conversation", b.Conversation, "this server stores no conversations; send the whole conversation as 'input'."},
+		{"conversation", b.Conversation, "this server stores no conversations; continue a stored response with 'previous_response_id', or send the whole conversation as 'input'."},
 		{"prompt", b.Prompt, "this server stores no prompt templates."},
 		{"context_management", b.ContextManagement, "this server does not compact conversations."},
 	} {
@@ -115,7 +121,7 @@ func parseResponses(body []byte, _ int) (*job, error) {
 		}
 	}
 	if b.Background != nil && *b.Background {
-		return nil, invalidAs("unsupported_value", "background", "'background' responses are not supported by this server: it stores no responses to poll.")
+		return nil, invalidAs("unsupported_value", "background", "'background' responses are not supported by this server: a response is stored once it is complete, never polled while it runs.")
 	}
 	if !isNull(b.Include) && string(bytes.TrimSpace(b.Include)) != "[]" {
 		return nil, invalidAs("unsupported_parameter", "include", "'include' is not supported by this server: it has no additional output data to include.")
@@ -147,6 +153,16 @@ func parseResponses(body []byte, _ int) (*job, error) {
 	}
 	if b.ParallelToolCalls != nil {
 		rq.parallel = *b.ParallelToolCalls
+	}
+	if !isNull(b.PreviousResponseID) {
+		var id string
+		if json.Unmarshal(b.PreviousResponseID, &id) != nil {
+			return nil, invalidAs("invalid_type", "previous_response_id", "Invalid type for 'previous_response_id': expected a string.")
+		}
+		if id == "" || len(id) > maxResponseIDLen {
+			return nil, invalidAs("invalid_value", "previous_response_id", "Invalid 'previous_response_id': expected the id of a stored response ('resp_…').")
+		}
+		rq.previousID = id
 	}
 	if !isNull(b.Metadata) {
 		if bytes.TrimSpace(b.Metadata)[0] != '{' {
@@ -229,6 +245,7 @@ func parseResponses(body []byte, _ int) (*job, error) {
 		rq.instructions = &s
 		j.messages = append(j.messages, nozzle.ChatMessage{Role: "system", Content: s})
 	}
+	rq.head = len(j.messages)
 	if err := j.respInput(b.Input); err != nil {
 		return nil, err
 	}
@@ -236,14 +253,20 @@ func parseResponses(body []byte, _ int) (*job, error) {
 }
 
 // respInput reads the request's input (a string, or an array of items)
-// into j's messages.
+// into j's messages, and keeps its items for storing.
 func (j *job) respInput(raw json.RawMessage) error {
+	rq := j.resp
 	if isNull(raw) {
 		return invalidAs("missing_required_parameter", "input", "Missing required parameter: 'input'.")
 	}
 	var s string
 	if json.Unmarshal(raw, &s) == nil {
 		j.messages = append(j.messages, nozzle.ChatMessage{Role: "user", Content: s})
+		text, _ := json.Marshal(s)
+		role, typ := "user", "message"
+		rq.items = []respInputItem{{Type: &typ, Role: &role, Content: text}}
+		rq.stored = []map[string]json.RawMessage{{"type": json.RawMessage(`"message"`), "role": json.RawMessage(`"user"`),
+			"content": textParts("input_text", text), "status": json.RawMessage(`"completed"`)}}
 		return nil
 	}
 	n, _, _, ok := scanArray(raw)
@@ -257,15 +280,60 @@ func (j *job) respInput(raw json.RawMessage) error {
 		return arrayTooLong("input", maxChatMessages, n)
 	}
 	var items []respInputItem
-	if err := json.Unmarshal(raw, &items); err != nil {
+	var objs []map[string]json.RawMessage
+	if json.Unmarshal(raw, &items) != nil || json.Unmarshal(raw, &objs) != nil || len(objs) != len(items) {
 		return invalidAs("invalid_type", "input", "Invalid type for 'input': expected a string or an array of input items.")
 	}
+	msgs, err := respMessages(j.messages, items, 0)
+	if err != nil {
+		return err
+	}
+	j.messages = msgs
+	rq.items = items
+	rq.stored = objs
+	for _, o := range objs {
+		// As OpenAI lists them: a type, a message's content as parts.
+		if isNull(o["type"]) {
+			o["type"] = json.RawMessage(`"message"`)
+		}
+		if string(o["type"]) != `"message"` {
+			continue
+		}
+		if c := bytes.TrimSpace(o["content"]); len(c) > 0 && c[0] == '"' {
+			part := "input_text"
+			if string(o["role"]) == `"assistant"` {
+				part = "output_text"
+			}
+			o["content"] = textParts(part, c)
+		}
+		if isNull(o["status"]) {
+			o["status"] = json.RawMessage(`"completed"`)
+		}
+	}
+	return nil
+}
+
+// textParts is content of one text part of type typ, text a JSON string.
+func textParts(typ string, text json.RawMessage) json.RawMessage {
+	b := append([]byte(`[{"type":"`), typ...)
+	b = append(b, `","text":`...)
+	b = append(b, text...)
+	if typ == "output_text" {
+		b = append(b, `,"annotations":[]`...)
+	}
+	return append(b, "}]"...)
+}
+
+// respMessages appends the chat messages of items to msgs; the k-th item is
+// named input[from+k] in a refusal.
+func respMessages(msgs []nozzle.ChatMessage, items []respInputItem, from int) ([]nozzle.ChatMessage, error) {
+	j := &job{messages: msgs}
 	// A reasoning item's thoughts go with the assistant turn after it, as
 	// a chat message's reasoning_content (the template renders them where
 	// it renders thoughts).
 	thought := ""
 	for i, it := range items {
-		at := fmt.Sprintf("input[%d]", i)
+		at := fmt.Sprintf("input[%d]", from+i)
 		typ := "message"
 		if it.Type != nil {
 			typ = *it.Type
@@ -274,7 +342,7 @@ func (j *job) respInput(raw json.RawMessage) error {
 		case "reasoning":
 			var parts []respContentPart
 			if !isNull(it.Content) && json.Unmarshal(it.Content, &parts) != nil {
-				return invalidAs("invalid_type", at+".content", "Invalid type for '%s.content': expected an array of reasoning_text parts.", at)
+				return nil, invalidAs("invalid_type", at+".content", "Invalid type for '%s.content': expected an array of reasoning_text parts.", at)
 			}
 			for _, p := range parts {
 				if p.Text != nil {
@@ -284,7 +352,7 @@ func (j *job) respInput(raw json.RawMessage) error {
 			continue
 		case "message":
 			if it.Role == nil {
-				return invalidAs("missing_required_parameter", at+".role", "Missing required parameter: '%s.role'.", at)
+				return nil, invalidAs("missing_required_parameter", at+".role", "Missing required parameter: '%s.role'.", at)
 			}
 			role := *it.Role
 			switch role {
@@ -292,14 +360,14 @@ func (j *job) respInput(raw json.RawMessage) error {
 			case "developer":
 				role = "system"
 			default:
-				return invalidAs("invalid_value", at+".role", "Invalid value for '%s.role': %q is not supported; use 'user', 'system', 'developer' or 'assistant'.", at, role)
+				return nil, invalidAs("invalid_value", at+".role", "Invalid value for '%s.role': %q is not supported; use 'user', 'system', 'developer' or 'assistant'.", at, role)
 			}
 			if isNull(it.Content) {
-				return invalidAs("missing_required_parameter", at+".content", "Missing required parameter: '%s.content'.", at)
+				return nil, invalidAs("missing_required_parameter", at+".content", "Missing required parameter: '%s.content'.", at)
 			}
 			text, err := respContent(it.Content, at+".content", role == "assistant")
 			if err != nil {
-				return err
+				return nil, err
 			}
 			j.messages = append(j.messages, nozzle.ChatMessage{Role: role, Content: text})
 			if role == "assistant" {
@@ -308,18 +376,18 @@ func (j *job) respInput(raw json.RawMessage) error {
 		case "function_call":
 			switch {
 			case it.CallID == nil:
-				return invalidAs("missing_required_parameter", at+".call_id", "Missing required parameter: '%s.call_id'.", at)
+				return nil, invalidAs("missing_required_parameter", at+".call_id", "Missing required parameter: '%s.call_id'.", at)
 			case it.Name == nil:
-				return invalidAs("missing_required_parameter", at+".name", "Missing required parameter: '%s.name'.", at)
+				return nil, invalidAs("missing_required_parameter", at+".name", "Missing required parameter: '%s.name'.", at)
 			case it.Arguments == nil:
-				return invalidAs("missing_required_parameter", at+".arguments", "Missing required parameter: '%s.arguments'.", at)
+				return nil, invalidAs("missing_required_parameter", at+".arguments", "Missing required parameter: '%s.arguments'.", at)
 			}
 			call := nozzle.ToolCall{ID: *it.CallID, Type: "function", Function: nozzle.FunctionCall{Name: *it.Name, Arguments: *it.Arguments}}
 			// Calls of one turn (and the text before them) are one
 			// assistant message, as a chat answer gives them.
 			if k := len(j.messages) - 1; k >= 0 && j.messages[k].Role == "assistant" {
 				if len(j.messages[k].ToolCalls) >= maxToolCalls {
-					return arrayTooLong(at, maxToolCalls, len(j.messages[k].ToolCalls)+1)
+					return nil, arrayTooLong(at, maxToolCalls, len(j.messages[k].ToolCalls)+1)
 				}
 				j.messages[k].ToolCalls = append(j.messages[k].ToolCalls, call)
 			} else {
@@ -327,22 +395,22 @@ func (j *job) respInput(raw json.RawMessage) error {
 			}
 		case "function_call_output":
 			if it.CallID == nil {
-				return invalidAs("missing_required_parameter", at+".call_id", "Missing required parameter: '%s.call_id'.", at)
+				return nil, invalidAs("missing_required_parameter", at+".call_id", "Missing required parameter: '%s.call_id'.", at)
 			}
 			if isNull(it.Output) {
-				return invalidAs("missing_required_parameter", at+".output", "Missing required parameter: '%s.output'.", at)
+				return nil, invalidAs("missing_required_parameter", at+".output", "Missing required parameter: '%s.output'.", at)
 			}
 			out, err := respContent(it.Output, at+".output", false)
 			if err != nil {
-				return err
+				return nil, err
 			}
 			j.messages = append(j.messages, nozzle.ChatMessage{Role: "tool", Content: out, ToolCallID: *it.CallID})
 		default:
-			return invalidAs("unsupported_value", at+".type", "Invalid value for '%s.type': %q items are not supported by this server; use 'message', 'function_call', 'function_call_output' or 'reasoning'.", at, typ)
+			return nil, invalidAs("unsupported_value", at+".type", "Invalid value for '%s.type': %q items are not supported by this server; use 'message', 'function_call', 'function_call_output' or 'reasoning'.", at, typ)
 		}
 		thought = "" // only for the item right after it
 	}
-	return nil
+	return j.messages, nil
 }
 
 // respContent reads a message's content (or a call's output): a string or
@@ -543,7 +611,9 @@ func (j *job) appendResponse(dst []byte, o *respOutput, u *usage) []byte {
 	}
 	dst = append(dst, `],"parallel_tool_calls":`...)
 	dst = appendBool(dst, rq.parallel)
-	dst = append(dst, `,"previous_response_id":null,"reasoning":{"effort":null,"summary":null},"store":`...)
+	dst = append(dst, `,"previous_response_id":`...)
+	dst = appendNullableString(dst, rq.previousID)
+	dst = append(dst, `,"reasoning":{"effort":null,"summary":null},"store":`...)
 	dst = appendBool(dst, rq.store)
 	dst = append(dst, `,"temperature":`...)
 	dst = appendFloat(dst, j.temperature)

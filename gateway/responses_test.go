@@ -393,7 +393,8 @@ func TestResponses_Refused(t *testing.T) {
 	for _, tc := range []struct {
 		name, body, code, param string
 	}{
-		{"PreviousResponse", `{"model":"base","input":"hi","previous_response_id":"resp_1"}`, "unsupported_parameter", "previous_response_id"},
+		{"PreviousResponseType", `{"model":"base","input":"hi","previous_response_id":5}`, "invalid_type", "previous_response_id"},
+		{"PreviousResponseEmpty", `{"model":"base","input":"hi","previous_response_id":""}`, "invalid_value", "previous_response_id"},
 		{"Conversation", `{"model":"base","input":"hi","conversation":"conv_1"}`, "unsupported_parameter", "conversation"},
 		{"Background", `{"model":"base","input":"hi","background":true}`, "unsupported_value", "background"},
 		{"Include", `{"model":"base","input":"hi","include":["reasoning.encrypted_content"]}`, "unsupported_parameter", "include"},

@@ -21,6 +21,9 @@ import (
 //	POST   /v1/completions                  inference scope
 //	POST   /v1/chat/completions             inference scope
 //	POST   /v1/responses                    inference scope
+//	GET    /v1/responses/{id}               inference scope (a stored response)
+//	DELETE /v1/responses/{id}               inference scope
+//	GET    /v1/responses/{id}/input_items   inference scope
 //	POST   /v1/adapters                     adapters scope (multipart upload)
 //	GET    /v1/adapters                     adapters scope
 //	GET    /v1/adapters/{name}              adapters scope
@@ -69,6 +72,9 @@ func (s *Server) routes() {
 	v1.Post("/completions", inference, s.textCompletions)
 	v1.Post("/chat/completions", inference, s.chatCompletions)
 	v1.Post("/responses", inference, s.responses)
+	v1.Get("/responses/:id", inference, s.getResponse)
+	v1.Delete("/responses/:id", inference, s.deleteResponse)
+	v1.Get("/responses/:id/input_items", inference, s.responseInputItems)
 
 	adapters := s.RequireKey(nozzle.ScopeAdapters)
 	v1.Delete("/models/*", adapters, s.deleteModel)

@@ -203,6 +203,7 @@ func (m *Main) openLedger() error {
 			CompletionPerMillionUSD: m.Config.PriceCompletion,
 		},
 		DedicatedRatePerHour: m.Config.DedicatedRatePerHour,
+		ResponseRetention:    time.Duration(m.Config.ResponseRetention) * 24 * time.Hour,
 		Logger:               m.Log.With("component", "billing"),
 		Metrics:              m.Metrics,
 		SyncHoldsP:           spareP(),
@@ -454,7 +455,7 @@ func (m *Main) startGateway(ctx context.Context, ln net.Listener, internalToken 
 	}
 	gw, err := gateway.New(m.gatewayConfig(adminToken, internalToken), gateway.Deps{
 		Tenants: m.Ledger, Keys: m.Ledger, Adapters: m.Ledger, Store: store,
-		Ledger: m.Ledger, Budget: m.Ledger, Reporter: m.Ledger, Users: m.Ledger,
+		Ledger: m.Ledger, Budget: m.Ledger, Reporter: m.Ledger, Users: m.Ledger, Responses: m.Ledger,
 		Upstreams: ups, Extensions: exts,
 		PullCapacity: func() {
 			select {

@@ -1,0 +1,254 @@
+package gateway
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/gofiber/fiber/v2"
+
+	"github.com/nozzle-ai/nozzle"
+)
+
+// Stored responses: what the Responses API keeps of a response (Deps.
+// Responses, the ledger). A completed response whose request did not set
+// store to false is recorded with its usage event (settle), in the same
+// durable write, as the Response object answered and its own input items
+// (each given an id); a failed one stores nothing, and an idempotent
+// replay stores nothing again. Routes:
+//
+//	GET    /v1/responses/{id}              the Response object
+//	DELETE /v1/responses/{id}              {"id", "object": "response", "deleted": true}
+//	GET    /v1/responses/{id}/input_items  the items of the conversation it answered
+//
+// previous_response_id continues a stored response: the conversation is
+// its input items and output items (those of the responses it continued
+// first), then the request's input; its instructions are not carried
+// over. Another tenant's response, a deleted one and one past the
+// retention are not found, exactly like an id that never existed.
+
+// maxResponseIDLen bounds a response id (the ledger's ids are at most 200
+// bytes).
+const maxResponseIDLen = 200
+
+// Defaults and bounds of an input item list's page, as OpenAI's.
+const (
+	defaultItemsLimit = 20
+	maxItemsLimit     = 100
+)
+
+// storesResponses reports whether the gateway has a store for responses.
+func (s *Server) storesResponses() bool { return s.deps.Responses != nil }
+
+// previousNotFound is OpenAI's refusal of a previous_response_id that
+// names no stored response of the tenant.
+func previousNotFound(id string) error {
+	return nozzle.Errorf(nozzle.ENOTFOUND, "Previous response with id '%s' not found.", id).
+		WithParam("previous_response_id").WithReason("previous_response_not_found")
+}
+
+func responseNotFound(id string) error {
+	return nozzle.Errorf(nozzle.ENOTFOUND, "Response with id '%s' not found.", id).WithParam("response_id")
+}
+
+// respHistory puts the conversation of the response the request continues
+// (previous_response_id) before the request's input in j's messages.
+func (s *Server) respHistory(ctx context.Context, p *principal, j *job) error {
+	rq := j.resp
+	if rq == nil || rq.previousID == "" {
+		return nil
+	}
+	if !s.storesResponses() {
+		return previousNotFound(rq.previousID)
+	}
+	prev, input, output, err := s.deps.Responses.ResponseItems(ctx, p.tenant.ID, rq.previousID)
+	if nozzle.ErrorCode(err) == nozzle.ENOTFOUND || err == nil && prev.TenantID != p.tenant.ID { // never trust a store to filter
+		return previousNotFound(rq.previousID)
+	} else if err != nil {
+		return fmt.Errorf("read previous response %s: %w", rq.previousID, err)
+	}
+	earlier := make([]respInputItem, 0, len(input)+len(output)+len(rq.items))
+	for _, raw := range append(input, output...) {
+		var it respInputItem
+		if err := json.Unmarshal(raw, &it); err != nil {
+			return fmt.Errorf("previous response %s: item: %w", rq.previousID, err)
+		}
+		earlier = append(earlier, it)
+	}
+	if n := len(earlier) + len(rq.items); n > maxChatMessages {
+		return invalidAs("array_above_max_length", "previous_response_id", "The conversation is too long: the previous responses' items and 'input' are %d items, more than %d.", n, maxChatMessages)
+	}
+	msgs, err := respMessages(j.messages[:rq.head:rq.head], append(earlier, rq.items...), -len(earlier))
+	if err != nil {
+		if e := nozzle.AsError(err); e != nil && strings.HasPrefix(e.Param, "input[-") {
+			// A stored item the conversation cannot take: the store's fault.
+			return &nozzle.Error{Code: nozzle.EINTERNAL, Message: "Internal error.", Err: fmt.Errorf("previous response %s: %w", rq.previousID, err)}
+		}
+		return err
+	}
+	j.messages = msgs
+	return nil
+}
+
+// storedResponse is what the ledger keeps of a completed response whose
+// answer is body.
+func (cp *completion) storedResponse(body []byte) *nozzle.StoredResponse {
+	j := cp.j
+	rq := j.resp
+	if rq == nil || !rq.store || len(body) == 0 {
+		return nil
+	}
+	return &nozzle.StoredResponse{ID: j.id, TenantID: cp.p.tenant.ID, PreviousID: rq.previousID,
+		Created: time.Unix(j.created, 0).UTC(), Body: body, Input: j.respInputItems()}
+}
+
+// respInputItems is the request's input items as stored: each with an id
+// (its own, or one made from the response's).
+func (j *job) respInputItems() []byte {
+	rid := strings.TrimPrefix(j.id, "resp_")
+	b := []byte{'['}
+	for k, o := range j.resp.stored {
+		if k > 0 {
+			b = append(b, ',')
+		}
+		if isNull(o["id"]) {
+			prefix := "msg_"
+			switch string(o["type"]) {
+			case `"function_call"`:
+				prefix = "fc_"
+			case `"function_call_output"`:
+				prefix = "fco_"
+			case `"reasoning"`:
+				prefix = "rs_"
+			}
+			o["id"], _ = json.Marshal(prefix + rid + "_in" + strconv.Itoa(k))
+		}
+		item, err := json.Marshal(o)
+		if err != nil { // decoded from JSON: cannot fail
+			item = []byte("{}")
+		}
+		b = append(b, item...)
+	}
+	return append(b, ']')
+}
+
+// ownResponse returns the tenant's stored response id.
+func (s *Server) ownResponse(c *fiber.Ctx) (*nozzle.StoredResponse, error) {
+	id := c.Params("id")
+	if !s.storesResponses() || id == "" || len(id) > maxResponseIDLen {
+		return nil, responseNotFound(id)
+	}
+	p := principalFrom(c)
+	r, err := s.deps.Responses.StoredResponse(c.UserContext(), p.tenant.ID, id)
+	if nozzle.ErrorCode(err) == nozzle.ENOTFOUND || err == nil && r.TenantID != p.tenant.ID {
+		return nil, responseNotFound(id)
+	}
+	return r, err
+}
+
+// getResponse answers GET /v1/responses/{id}: the Response object as it
+// was answered.
+func (s *Server) getResponse(c *fiber.Ctx) error {
+	r, err := s.ownResponse(c)
+	if err != nil {
+		return err
+	}
+	c.Set(fiber.HeaderContentType, fiber.MIMEApplicationJSON)
+	return c.Send(r.Body)
+}
+
+// deleteResponse answers DELETE /v1/responses/{id}.
+func (s *Server) deleteResponse(c *fiber.Ctx) error {
+	r, err := s.ownResponse(c)
+	if err != nil {
+		return err
+	}
+	if err := s.deps.Responses.DeleteResponse(c.UserContext(), r.TenantID, r.ID); err != nil {
+		if nozzle.ErrorCode(err) == nozzle.ENOTFOUND {
+			return responseNotFound(r.ID) // deleted meanwhile
+		}
+		return err
+	}
+	return c.JSON(fiber.Map{"id": r.ID, "object": "response", "deleted": true})
+}
+
+// responseInputItems answers GET /v1/responses/{id}/input_items: a page of
+// the items of the conversation the response answered (limit, 1 to 100,
+// default 20; order asc or desc, default desc; after, an item id).
+func (s *Server) responseInputItems(c *fiber.Ctx) error {
+	limit := defaultItemsLimit
+	if v := c.Query("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > maxItemsLimit {
+			return invalidAs("invalid_value", "limit", "Invalid 'limit': expected an integer from 1 to %d.", maxItemsLimit)
+		}
+		limit = n
+	}
+	order := c.Query("order", "desc")
+	if order != "asc" && order != "desc" {
+		return invalidAs("invalid_value", "order", "Invalid 'order': expected 'asc' or 'desc'.")
+	}
+	id := c.Params("id")
+	if _, err := s.ownResponse(c); err != nil {
+		return err
+	}
+	p := principalFrom(c)
+	_, items, _, err := s.deps.Responses.ResponseItems(c.UserContext(), p.tenant.ID, id)
+	if nozzle.ErrorCode(err) == nozzle.ENOTFOUND {
+		return responseNotFound(id)
+	} else if err != nil {
+		return err
+	}
+	ids := make([]string, len(items))
+	for i, it := range items {
+		var x struct {
+			ID string `json:"id"`
+		}
+		_ = json.Unmarshal(it, &x)
+		ids[i] = x.ID
+	}
+	if order == "desc" {
+		for a, b := 0, len(items)-1; a < b; a, b = a+1, b-1 {
+			items[a], items[b] = items[b], items[a]
+			ids[a], ids[b] = ids[b], ids[a]
+		}
+	}
+	start := 0
+	if after := c.Query("after"); after != "" {
+		start = -1
+		for i, x := range ids {
+			if x == after {
+				start = i + 1
+				break
+			}
+		}
+		if start < 0 {
+			return invalidAs("invalid_value", "after", "Invalid 'after': no input item of response '%s' has id '%s'.", id, after)
+		}
+	}
+	end := min(start+limit, len(items))
+	page := items[start:end]
+	b := append([]byte(nil), `{"object":"list","data":[`...)
+	for i, it := range page {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, it...)
+	}
+	b = append(b, `],"first_id":`...)
+	if len(page) > 0 {
+		b = appendString(b, ids[start])
+		b = append(b, `,"last_id":`...)
+		b = appendString(b, ids[end-1])
+	} else {
+		b = append(b, `null,"last_id":null`...)
+	}
+	b = append(b, `,"has_more":`...)
+	b = appendBool(b, end < len(items))
+	b = append(b, '}')
+	c.Set(fiber.HeaderContentType, fiber.MIMEApplicationJSON)
+	return c.Send(b)
+}

@@ -1,0 +1,284 @@
+package gateway_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/nozzle-ai/nozzle"
+	"github.com/nozzle-ai/nozzle/billing"
+	"github.com/nozzle-ai/nozzle/gateway"
+)
+
+// withLedger puts a real ledger (a bbolt file in a temporary folder)
+// behind the gateway in place of the mocks: tenants, keys, usage and
+// stored responses. *l is set to it.
+func withLedger(t *testing.T, l **billing.Ledger) option {
+	return func(c *gateway.Config, d *gateway.Deps, f *fixture) {
+		led, err := billing.Open(billing.Options{Path: filepath.Join(t.TempDir(), "ledger.db"), Logger: quietLogger(), DefaultPrice: fixturePrice})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { led.Close() }) // after the server's shutdown, registered later
+		d.Tenants, d.Keys, d.Adapters, d.Ledger, d.Budget, d.Reporter, d.Users, d.Responses = led, led, led, led, led, led, led, led
+		*l = led
+	}
+}
+
+type inputItems struct {
+	Object  string            `json:"object"`
+	Data    []json.RawMessage `json:"data"`
+	FirstID *string           `json:"first_id"`
+	LastID  *string           `json:"last_id"`
+	HasMore bool              `json:"has_more"`
+}
+
+func (li inputItems) ids() string {
+	var ids []string
+	for _, it := range li.Data {
+		var x struct{ ID string }
+		json.Unmarshal(it, &x)
+		ids = append(ids, x.ID)
+	}
+	return strings.Join(ids, ",")
+}
+
+func listItems(t *testing.T, f *fixture, id, query string, key header) inputItems {
+	t.Helper()
+	resp := f.do(http.MethodGet, "/v1/responses/"+id+"/input_items"+query, "", key)
+	if resp.StatusCode != 200 {
+		t.Fatalf("input_items%s: %d %s", query, resp.StatusCode, readAll(t, resp))
+	}
+	var li inputItems
+	decode(t, resp, &li)
+	if li.Object != "list" {
+		t.Fatalf("object %q", li.Object)
+	}
+	return li
+}
+
+// TestResponses_Stored: a response is stored unless store is false; GET
+// answers it as it was answered; DELETE removes it; another tenant finds
+// nothing of it; store:false, failed and refused requests store nothing.
+func TestResponses_Stored(t *testing.T) {
+	var l *billing.Ledger
+	f := newFixture(t, withLedger(t, &l))
+	resp, r := postResponses(t, f, `{"model":"base","input":"Say hello","metadata":{"k":"v"}}`)
+	rid := resp.Header.Get("X-Request-Id")
+	if r.ID != "resp_"+rid {
+		t.Fatalf("id %s", r.ID)
+	}
+	var raw map[string]json.RawMessage
+	got := f.do(http.MethodGet, "/v1/responses/"+r.ID, "", f.authA())
+	body := readAll(t, got)
+	if got.StatusCode != 200 || json.Unmarshal([]byte(body), &raw) != nil || string(raw["store"]) != "true" || string(raw["id"]) != `"`+r.ID+`"` {
+		t.Fatalf("GET: %d %s", got.StatusCode, body)
+	}
+	// The same object as answered.
+	again := f.do(http.MethodPost, "/v1/responses", `{"model":"base","input":"Again"}`, f.authA())
+	answered := readAll(t, again)
+	var a struct{ ID string }
+	json.Unmarshal([]byte(answered), &a)
+	if stored := readAll(t, f.do(http.MethodGet, "/v1/responses/"+a.ID, "", f.authA())); stored != answered {
+		t.Errorf("stored\n%s\nanswered\n%s", stored, answered)
+	}
+	if ev, err := l.Usage(context.Background(), rid); err != nil || ev.Status != nozzle.UsageOK {
+		t.Fatalf("usage event %+v, %v", ev, err)
+	}
+
+	// Another tenant: not found, on every route and as a previous response.
+	for _, tc := range []struct{ method, path string }{
+		{http.MethodGet, "/v1/responses/" + r.ID}, {http.MethodDelete, "/v1/responses/" + r.ID}, {http.MethodGet, "/v1/responses/" + r.ID + "/input_items"},
+	} {
+		wantError(t, f.do(tc.method, tc.path, "", bearer(f.keyB)), 404, "invalid_request_error", "", "response_id")
+	}
+	wantError(t, f.do(http.MethodPost, "/v1/responses", `{"model":"base","input":"hi","previous_response_id":"`+r.ID+`"}`, bearer(f.keyB)),
+		404, "invalid_request_error", "previous_response_not_found", "previous_response_id")
+	wantError(t, f.do(http.MethodGet, "/v1/responses/resp_nope", "", f.authA()), 404, "invalid_request_error", "", "response_id")
+
+	// store:false: answered false, not stored.
+	_, nr := postResponses(t, f, `{"model":"base","input":"hi","store":false}`)
+	wantError(t, f.do(http.MethodGet, "/v1/responses/"+nr.ID, "", f.authA()), 404, "invalid_request_error", "", "response_id")
+	wantError(t, f.do(http.MethodPost, "/v1/responses", `{"model":"base","input":"hi","previous_response_id":"`+nr.ID+`"}`, f.authA()),
+		404, "invalid_request_error", "previous_response_not_found", "previous_response_id")
+
+	// A failed request stores nothing (its attempt is recorded, failed).
+	fail := f.do(http.MethodPost, "/v1/responses", `{"model":"base","input":"FAIL_AFTER"}`, f.authA())
+	fid := fail.Header.Get("X-Request-Id")
+	if fail.StatusCode < 500 {
+		t.Fatalf("failing request: %d", fail.StatusCode)
+	}
+	wantError(t, f.do(http.MethodGet, "/v1/responses/resp_"+fid, "", f.authA()), 404, "invalid_request_error", "", "response_id")
+	// A refused one neither.
+	wantError(t, f.do(http.MethodPost, "/v1/responses", `{"model":"base","input":"TOO_LONG"}`, f.authA()), 400, "invalid_request_error", "", "")
+
+	// DELETE, then GET: not found; DELETE again: not found.
+	del := f.do(http.MethodDelete, "/v1/responses/"+r.ID, "", f.authA())
+	if b := readAll(t, del); del.StatusCode != 200 || b != `{"deleted":true,"id":"`+r.ID+`","object":"response"}` {
+		t.Fatalf("DELETE: %d %s", del.StatusCode, b)
+	}
+	wantError(t, f.do(http.MethodGet, "/v1/responses/"+r.ID, "", f.authA()), 404, "invalid_request_error", "", "response_id")
+	wantError(t, f.do(http.MethodDelete, "/v1/responses/"+r.ID, "", f.authA()), 404, "invalid_request_error", "", "response_id")
+	// The usage stays: deleting a response is no refund.
+	if _, err := l.Usage(context.Background(), rid); err != nil {
+		t.Errorf("usage after delete: %v", err)
+	}
+}
+
+// TestResponses_Conversation: three turns through previous_response_id;
+// the model sees every earlier turn (not the earlier instructions);
+// input_items lists the conversation, paged.
+func TestResponses_Conversation(t *testing.T) {
+	var l *billing.Ledger
+	f := newFixture(t, withLedger(t, &l))
+	_, r1 := postResponses(t, f, `{"model":"base","instructions":"Be terse.","input":"My name is Ada."}`)
+	_, r2 := postResponses(t, f, `{"model":"base","previous_response_id":"`+r1.ID+`","input":[{"role":"user","content":"What is my name?"}]}`)
+	_, r3 := postResponses(t, f, `{"model":"base","instructions":"Be kind.","previous_response_id":"`+r2.ID+`","input":"And again?"}`)
+	var rr map[string]json.RawMessage
+	decode(t, f.do(http.MethodGet, "/v1/responses/"+r3.ID, "", f.authA()), &rr)
+	if string(rr["previous_response_id"]) != `"`+r2.ID+`"` {
+		t.Errorf("previous_response_id %s", rr["previous_response_id"])
+	}
+	m := f.gen.lastReq.Load().Messages
+	answer := "Hello from the fake runtime."
+	want := []nozzle.ChatMessage{{Role: "system", Content: "Be kind."}, {Role: "user", Content: "My name is Ada."}, {Role: "assistant", Content: answer},
+		{Role: "user", Content: "What is my name?"}, {Role: "assistant", Content: answer}, {Role: "user", Content: "And again?"}}
+	if len(m) != len(want) {
+		t.Fatalf("messages %+v", m)
+	}
+	for i := range want {
+		if m[i].Role != want[i].Role || m[i].Content != want[i].Content {
+			t.Errorf("message %d: %+v, want %+v", i, m[i], want[i])
+		}
+	}
+
+	all := listItems(t, f, r3.ID, "?order=asc", f.authA())
+	in := func(r responseObj, k int) string {
+		return "msg_" + strings.TrimPrefix(r.ID, "resp_") + fmt.Sprintf("_in%d", k)
+	}
+	wantIDs := []string{in(r1, 0), r1.Output[0].ID, in(r2, 0), r2.Output[0].ID, in(r3, 0)}
+	if all.ids() != strings.Join(wantIDs, ",") || all.HasMore || *all.FirstID != wantIDs[0] || *all.LastID != wantIDs[4] {
+		t.Fatalf("input items %s (first %v last %v more %v), want %s", all.ids(), *all.FirstID, *all.LastID, all.HasMore, strings.Join(wantIDs, ","))
+	}
+	var first struct {
+		Type, Role, Status string
+		Content            []struct{ Type, Text string }
+	}
+	json.Unmarshal(all.Data[0], &first)
+	if first.Type != "message" || first.Role != "user" || first.Status != "completed" || len(first.Content) != 1 || first.Content[0].Type != "input_text" || first.Content[0].Text != "My name is Ada." {
+		t.Errorf("first item %s", all.Data[0])
+	}
+	// Newest first by default, a page at a time.
+	p1 := listItems(t, f, r3.ID, "?limit=2", f.authA())
+	if p1.ids() != wantIDs[4]+","+wantIDs[3] || !p1.HasMore || *p1.LastID != wantIDs[3] {
+		t.Errorf("page 1 %s more %v", p1.ids(), p1.HasMore)
+	}
+	p2 := listItems(t, f, r3.ID, "?limit=2&after="+*p1.LastID, f.authA())
+	if p2.ids() != wantIDs[2]+","+wantIDs[1] || !p2.HasMore {
+		t.Errorf("page 2 %s more %v", p2.ids(), p2.HasMore)
+	}
+	p3 := listItems(t, f, r3.ID, "?limit=2&after="+*p2.LastID, f.authA())
+	if p3.ids() != wantIDs[0] || p3.HasMore {
+		t.Errorf("page 3 %s more %v", p3.ids(), p3.HasMore)
+	}
+	asc := listItems(t, f, r3.ID, "?order=asc&limit=1&after="+wantIDs[3], f.authA())
+	if asc.ids() != wantIDs[4] || asc.HasMore {
+		t.Errorf("asc after %s: %s", wantIDs[3], asc.ids())
+	}
+	for _, q := range []string{"?limit=0", "?limit=101", "?limit=x", "?order=up", "?after=nope"} {
+		wantError(t, f.do(http.MethodGet, "/v1/responses/"+r3.ID+"/input_items"+q, "", f.authA()), 400, "invalid_request_error", "", "")
+	}
+
+	// Deleting a turn the next one continued: it is gone, but the later
+	// turns' conversation keeps it.
+	if resp := f.do(http.MethodDelete, "/v1/responses/"+r2.ID, "", f.authA()); resp.StatusCode != 200 {
+		t.Fatalf("DELETE: %d", resp.StatusCode)
+	}
+	wantError(t, f.do(http.MethodPost, "/v1/responses", `{"model":"base","input":"hi","previous_response_id":"`+r2.ID+`"}`, f.authA()),
+		404, "invalid_request_error", "previous_response_not_found", "previous_response_id")
+	if got := listItems(t, f, r3.ID, "?order=asc", f.authA()); got.ids() != strings.Join(wantIDs, ",") {
+		t.Errorf("after deleting turn 2: %s", got.ids())
+	}
+}
+
+// TestResponses_ToolLoop: a function call, answered with a
+// function_call_output through previous_response_id: the model sees its
+// call and the output.
+func TestResponses_ToolLoop(t *testing.T) {
+	var l *billing.Ledger
+	f := newFixture(t, withLedger(t, &l), withToolFormat(nozzle.ToolFormatHermes,
+		"\n<tool", "_call>\n{\"name\": \"get_weather\", ", "\"arguments\": {\"city\": \"Zürich\"}}\n</tool_call>"))
+	_, r1 := postResponses(t, f, `{"model":"base",`+respWeatherTools+`,"input":"Weather in Zürich?"}`)
+	var fc = r1.Output[len(r1.Output)-1]
+	if fc.Type != "function_call" {
+		t.Fatalf("output %+v", r1.Output)
+	}
+	_, r2 := postResponses(t, f, `{"model":"base",`+respWeatherTools+`,"previous_response_id":"`+r1.ID+`",
+		"input":[{"type":"function_call_output","call_id":"`+fc.CallID+`","output":"{\"temp\":19}"}]}`)
+	m := f.gen.lastReq.Load().Messages
+	if len(m) != 3 || m[0].Role != "user" || m[0].Content != "Weather in Zürich?" || m[1].Role != "assistant" || len(m[1].ToolCalls) != 1 ||
+		m[1].ToolCalls[0].ID != fc.CallID || m[1].ToolCalls[0].Function.Arguments != `{"city":"Zürich"}` ||
+		m[2].Role != "tool" || m[2].ToolCallID != fc.CallID || m[2].Content != `{"temp":19}` {
+		t.Fatalf("messages %+v", m)
+	}
+	items := listItems(t, f, r2.ID, "?order=asc", f.authA())
+	var types []string
+	for _, it := range items.Data {
+		var x struct{ Type, ID string }
+		json.Unmarshal(it, &x)
+		if x.ID == "" {
+			t.Errorf("item without id: %s", it)
+		}
+		types = append(types, x.Type)
+	}
+	if strings.Join(types, ",") != "message,function_call,function_call_output" {
+		t.Errorf("item types %v", types)
+	}
+}
+
+// TestResponses_StoredStreamAndReplay: a streamed response is stored as
+// its final object; an idempotent replay stores nothing again.
+func TestResponses_StoredStreamAndReplay(t *testing.T) {
+	var l *billing.Ledger
+	f := newFixture(t, withLedger(t, &l))
+	evs := respEvents(t, readAll(t, f.do(http.MethodPost, "/v1/responses", `{"model":"base","stream":true,"input":"hi"}`, f.authA())))
+	last := evs[len(evs)-1]
+	if last.typ != "response.completed" {
+		t.Fatalf("last event %s", last.typ)
+	}
+	var final map[string]json.RawMessage
+	json.Unmarshal(last.raw["response"], &final)
+	var stored map[string]json.RawMessage
+	decode(t, f.do(http.MethodGet, "/v1/responses/"+last.response.ID, "", f.authA()), &stored)
+	for k, v := range final {
+		if string(stored[k]) != string(v) {
+			t.Errorf("stored %s = %s, streamed %s", k, stored[k], v)
+		}
+	}
+	if string(stored["store"]) != "true" {
+		t.Errorf("store %s", stored["store"])
+	}
+
+	body := `{"model":"base","input":"hi"}`
+	r1 := f.do(http.MethodPost, "/v1/responses", body, f.authA(), hdr("Idempotency-Key", "k-1"))
+	b1 := readAll(t, r1)
+	r2 := f.do(http.MethodPost, "/v1/responses", body, f.authA(), hdr("Idempotency-Key", "k-1"))
+	if b2 := readAll(t, r2); b2 != b1 || r2.Header.Get("Idempotent-Replayed") != "true" {
+		t.Fatalf("replay\n%s\n%s", b1, b2)
+	}
+	var a struct{ ID string }
+	json.Unmarshal([]byte(b1), &a)
+	if got := readAll(t, f.do(http.MethodGet, "/v1/responses/"+a.ID, "", f.authA())); got != b1 {
+		t.Errorf("stored %s", got)
+	}
+	// One response stored for the key, none for the replay's request id.
+	wantError(t, f.do(http.MethodGet, "/v1/responses/resp_"+r2.Header.Get("X-Request-Id"), "", f.authA()), 404, "invalid_request_error", "", "response_id")
+	// Two events: the stream's and the key's.
+	if res, err := l.Check(context.Background()); err != nil || res.Events != 2 || len(res.Problems) > 0 {
+		t.Errorf("ledger check %+v, %v", res, err)
+	}
+}
