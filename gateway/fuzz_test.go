@@ -234,3 +234,51 @@ func FuzzExtractArchive(f *testing.F) {
 		}
 	})
 }
+
+// FuzzParseResponses: a Responses request parses or is refused as a bad
+// request; an accepted one's input items, as stored, are a JSON array of
+// objects each with an id and a type, one per item of its input.
+func FuzzParseResponses(f *testing.F) {
+	for _, s := range []string{
+		`{"model":"base","input":"hi"}`,
+		`{"model":"base","input":"hi","store":false,"previous_response_id":"resp_1","instructions":"x"}`,
+		`{"model":"base","input":[{"role":"user","content":"a"},{"type":"message","role":"assistant","content":[{"type":"output_text","text":"b"}]}]}`,
+		`{"model":"base","input":[{"type":"function_call","call_id":"c","name":"f","arguments":"{}"},{"type":"function_call_output","call_id":"c","output":"x","id":"fco_1"}]}`,
+		`{"model":"base","input":[{"type":"reasoning","content":[{"type":"reasoning_text","text":"t"}]},{"role":"assistant","content":"a"}]}`,
+		`{"model":"base","input":"hi","previous_response_id":5}`, `{"model":"base","input":[{}]}`, `{`,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		j, err := parseResponses(body, 16)
+		if err != nil {
+			if nozzle.ErrorCode(err) != nozzle.EINVALID {
+				t.Fatalf("error code %q: %v", nozzle.ErrorCode(err), err)
+			}
+			return
+		}
+		if j.resp == nil || len(j.messages) > maxChatMessages+1 || len(j.resp.previousID) > maxResponseIDLen {
+			t.Fatalf("accepted a bad request: %+v", j)
+		}
+		j.id = "resp_x"
+		var items []map[string]json.RawMessage
+		stored := j.respInputItems()
+		if err := json.Unmarshal(stored, &items); err != nil || len(items) != len(j.resp.items) {
+			t.Fatalf("stored input items %s (%v), %d items", stored, err, len(j.resp.items))
+		}
+		for _, it := range items {
+			if isNull(it["id"]) || isNull(it["type"]) || string(it["id"]) == `""` || string(it["type"]) == `""` {
+				t.Fatalf("stored item without id or type: %s", stored)
+			}
+		}
+		// The stored items read back as the same conversation.
+		var back []respInputItem
+		if json.Unmarshal(stored, &back) != nil {
+			t.Fatalf("stored items do not decode: %s", stored)
+		}
+		msgs, err := respMessages(j.messages[:j.resp.head:j.resp.head], back, 0)
+		if err != nil || len(msgs) != len(j.messages) {
+			t.Fatalf("stored items read back as %d messages (%v), were %d: %s", len(msgs), err, len(j.messages), stored)
+		}
+	})
+}

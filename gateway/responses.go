@@ -38,10 +38,25 @@ type respRequest struct {
 	user            *string
 	store           bool // asked for; Server.complete clears it where nothing stores responses
 
-	previousID string                       // previous_response_id
-	head       int                          // the messages before the input's (instructions)
-	items      []respInputItem              // the input's items, decoded
-	stored     []map[string]json.RawMessage // the input's items as stored (ids added when stored)
+	previousID string           // previous_response_id
+	head       int              // the messages before the input's (instructions)
+	items      []respInputItem  // the input's items, decoded
+	stored     []respStoredItem // the input's items as stored (ids added when stored)
+}
+
+// respStoredItem is an input item as it is stored and listed: what the
+// conversation reads of it (decoded as respInputItem decodes it, so that
+// it reads back the same), its id and status.
+type respStoredItem struct {
+	ID        string          `json:"id"`
+	Type      string          `json:"type"`
+	Status    *string         `json:"status,omitempty"`
+	Role      *string         `json:"role,omitempty"`
+	Content   json.RawMessage `json:"content,omitempty"`
+	CallID    *string         `json:"call_id,omitempty"`
+	Name      *string         `json:"name,omitempty"`
+	Arguments *string         `json:"arguments,omitempty"`
+	Output    json.RawMessage `json:"output,omitempty"`
 }
 
 type responsesBody struct {
@@ -263,10 +278,9 @@ func (j *job) respInput(raw json.RawMessage) error {
 	if json.Unmarshal(raw, &s) == nil {
 		j.messages = append(j.messages, nozzle.ChatMessage{Role: "user", Content: s})
 		text, _ := json.Marshal(s)
-		role, typ := "user", "message"
+		role, typ, status := "user", "message", "completed"
 		rq.items = []respInputItem{{Type: &typ, Role: &role, Content: text}}
-		rq.stored = []map[string]json.RawMessage{{"type": json.RawMessage(`"message"`), "role": json.RawMessage(`"user"`),
-			"content": textParts("input_text", text), "status": json.RawMessage(`"completed"`)}}
+		rq.stored = []respStoredItem{{Type: typ, Status: &status, Role: &role, Content: textParts("input_text", text)}}
 		return nil
 	}
 	n, _, _, ok := scanArray(raw)
@@ -280,8 +294,8 @@ func (j *job) respInput(raw json.RawMessage) error {
 		return arrayTooLong("input", maxChatMessages, n)
 	}
 	var items []respInputItem
-	var objs []map[string]json.RawMessage
-	if json.Unmarshal(raw, &items) != nil || json.Unmarshal(raw, &objs) != nil || len(objs) != len(items) {
+	var stored []respStoredItem
+	if json.Unmarshal(raw, &items) != nil || json.Unmarshal(raw, &stored) != nil || len(stored) != len(items) {
 		return invalidAs("invalid_type", "input", "Invalid type for 'input': expected a string or an array of input items.")
 	}
 	msgs, err := respMessages(j.messages, items, 0)
@@ -290,24 +304,26 @@ func (j *job) respInput(raw json.RawMessage) error {
 	}
 	j.messages = msgs
 	rq.items = items
-	rq.stored = objs
-	for _, o := range objs {
+	rq.stored = stored
+	for k := range stored {
 		// As OpenAI lists them: a type, a message's content as parts.
-		if isNull(o["type"]) {
-			o["type"] = json.RawMessage(`"message"`)
+		o := &stored[k]
+		if items[k].Type == nil {
+			o.Type = "message"
 		}
-		if string(o["type"]) != `"message"` {
+		if o.Type != "message" {
 			continue
 		}
-		if c := bytes.TrimSpace(o["content"]); len(c) > 0 && c[0] == '"' {
+		if c := bytes.TrimSpace(o.Content); len(c) > 0 && c[0] == '"' {
 			part := "input_text"
-			if string(o["role"]) == `"assistant"` {
+			if o.Role != nil && *o.Role == "assistant" {
 				part = "output_text"
 			}
-			o["content"] = textParts(part, c)
+			o.Content = textParts(part, c)
 		}
-		if isNull(o["status"]) {
-			o["status"] = json.RawMessage(`"completed"`)
+		if o.Status == nil {
+			completed := "completed"
+			o.Status = &completed
 		}
 	}
 	return nil

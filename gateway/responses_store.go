@@ -110,21 +110,22 @@ func (cp *completion) storedResponse(body []byte) *nozzle.StoredResponse {
 func (j *job) respInputItems() []byte {
 	rid := strings.TrimPrefix(j.id, "resp_")
 	b := []byte{'['}
-	for k, o := range j.resp.stored {
+	for k := range j.resp.stored {
+		o := &j.resp.stored[k]
 		if k > 0 {
 			b = append(b, ',')
 		}
-		if isNull(o["id"]) {
+		if o.ID == "" {
 			prefix := "msg_"
-			switch string(o["type"]) {
-			case `"function_call"`:
+			switch o.Type {
+			case "function_call":
 				prefix = "fc_"
-			case `"function_call_output"`:
+			case "function_call_output":
 				prefix = "fco_"
-			case `"reasoning"`:
+			case "reasoning":
 				prefix = "rs_"
 			}
-			o["id"], _ = json.Marshal(prefix + rid + "_in" + strconv.Itoa(k))
+			o.ID = prefix + rid + "_in" + strconv.Itoa(k)
 		}
 		item, err := json.Marshal(o)
 		if err != nil { // decoded from JSON: cannot fail
@@ -152,6 +153,9 @@ func (s *Server) ownResponse(c *fiber.Ctx) (*nozzle.StoredResponse, error) {
 // getResponse answers GET /v1/responses/{id}: the Response object as it
 // was answered.
 func (s *Server) getResponse(c *fiber.Ctx) error {
+	if v := c.Query("stream"); v != "" && v != "false" {
+		return invalidAs("unsupported_value", "stream", "Streaming a stored response is not supported by this server: it stores finished responses only; retrieve it without 'stream'.")
+	}
 	r, err := s.ownResponse(c)
 	if err != nil {
 		return err

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/nozzle-ai/nozzle"
+	"github.com/nozzle-ai/nozzle/billing"
 )
 
 // TestOpenAISDK runs the official openai npm SDK (pinned in
@@ -49,12 +50,18 @@ func TestOpenAISDK(t *testing.T) {
 	thinker := newFixture(t, withReasoning(false, "<think>", "\nThe user", " greets me.\n", "</think>", "\n\n", "Hello!"))
 	thinkerURL := thinker.serve(t)
 
+	// Stored responses: a gateway over a real ledger.
+	var led *billing.Ledger
+	stored := newFixture(t, withLedger(t, &led), withToolFormat(nozzle.ToolFormatHermes, defaultWords...))
+	storedURL := stored.serve(t)
+
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, node, "run.mjs")
 	cmd.Dir = dir
 	cmd.Env = append(os.Environ(), "NOZZLE_URL="+url, "NOZZLE_KEY="+f.keyA, "NOZZLE_LIMITED_KEY="+limited.Key,
-		"NOZZLE_REASONING_URL="+thinkerURL, "NOZZLE_REASONING_KEY="+thinker.keyA)
+		"NOZZLE_REASONING_URL="+thinkerURL, "NOZZLE_REASONING_KEY="+thinker.keyA,
+		"NOZZLE_STORE_URL="+storedURL, "NOZZLE_STORE_KEY="+stored.keyA, "NOZZLE_STORE_OTHER_KEY="+stored.keyB)
 	out, err := cmd.CombinedOutput()
 	t.Logf("node run.mjs:\n%s", out)
 	if err != nil {
@@ -62,6 +69,12 @@ func TestOpenAISDK(t *testing.T) {
 	}
 	if !strings.Contains(string(out), "all ok") {
 		t.Fatalf("SDK script did not finish")
+	}
+	// The last stored turn (a tool's output, through previous_response_id)
+	// saw the turn before it.
+	if m := stored.gen.lastReq.Load().Messages; len(m) != 3 || m[0].Content != "Weather in Bern?" || m[1].Role != "assistant" ||
+		m[2].Role != "tool" || m[2].ToolCallID != "call_1" || m[2].Content != `{"temp":19}` {
+		t.Errorf("the stored conversation's messages the runtime got: %+v", m)
 	}
 	// The answer the SDK sent back carried its thoughts to the template.
 	if m := thinker.gen.lastReq.Load().Messages; len(m) != 3 || m[1].Role != "assistant" || m[1].ReasoningContent != "The user greets me." || m[1].Content != "Hello!" {

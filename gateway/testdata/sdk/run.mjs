@@ -2,7 +2,9 @@
 // starts a gateway on a loopback port and runs this script with
 // NOZZLE_URL, NOZZLE_KEY (full scopes) and NOZZLE_LIMITED_KEY (one request
 // a minute, already used), and a second gateway over a reasoning model
-// with NOZZLE_REASONING_URL and NOZZLE_REASONING_KEY. Each check prints
+// with NOZZLE_REASONING_URL and NOZZLE_REASONING_KEY, and a third over a
+// real ledger, which stores responses, with NOZZLE_STORE_URL,
+// NOZZLE_STORE_KEY and another tenant's NOZZLE_STORE_OTHER_KEY. Each check prints
 // "ok <name>"; the first failed assertion exits non-zero.
 import assert from 'node:assert/strict';
 import OpenAI from 'openai';
@@ -439,9 +441,9 @@ await check('responses-tools', async () => {
 });
 
 await check('responses-refused', async () => {
-  await assert.rejects(client.responses.create({ model: 'base', input: 'hi', previous_response_id: 'resp_1' }), (e) => {
+  await assert.rejects(client.responses.create({ model: 'base', input: 'hi', conversation: 'conv_1' }), (e) => {
     assert.ok(e instanceof OpenAI.BadRequestError, String(e));
-    assert.equal(e.param, 'previous_response_id');
+    assert.equal(e.param, 'conversation');
     return true;
   });
   await assert.rejects(client.responses.create({ model: 'base', input: 'hi', tools: [{ type: 'web_search' }] }), (e) => {
@@ -449,6 +451,68 @@ await check('responses-refused', async () => {
     assert.equal(e.param, 'tools[0].type');
     return true;
   });
+});
+
+const store = new OpenAI({ apiKey: process.env.NOZZLE_STORE_KEY, baseURL: process.env.NOZZLE_STORE_URL + '/v1', maxRetries: 0 });
+const other = new OpenAI({ apiKey: process.env.NOZZLE_STORE_OTHER_KEY, baseURL: process.env.NOZZLE_STORE_URL + '/v1', maxRetries: 0 });
+
+await check('responses-stored', async () => {
+  const r1 = await store.responses.create({ model: 'base', instructions: 'Be brief.', input: 'My name is Ada.' });
+  assert.equal(r1.store, true);
+  const got = await store.responses.retrieve(r1.id);
+  assert.equal(got.id, r1.id);
+  assert.equal(got.output_text, want);
+  assert.deepEqual(got.output, r1.output);
+  const r2 = await store.responses.create({ model: 'base', previous_response_id: r1.id, input: [{ role: 'user', content: 'What is my name?' }] });
+  assert.equal(r2.previous_response_id, r1.id);
+  const s3 = await store.responses.create({ model: 'base', previous_response_id: r2.id, input: 'Once more.', stream: true });
+  let r3 = null;
+  for await (const ev of s3) if (ev.type === 'response.completed') r3 = ev.response;
+  assert.equal((await store.responses.retrieve(r3.id)).output[0].content[0].text, want);
+
+  // the conversation's items, newest first by default, paged by the SDK
+  const items = [];
+  for await (const item of store.responses.inputItems.list(r3.id, { limit: 2 })) items.push(item);
+  assert.deepEqual(items.map((i) => i.type), ['message', 'message', 'message', 'message', 'message']);
+  assert.deepEqual(items.map((i) => i.role), ['user', 'assistant', 'user', 'assistant', 'user']);
+  assert.equal(items[0].content[0].text, 'Once more.');
+  assert.equal(items[4].content[0].type, 'input_text');
+  assert.equal(items[4].content[0].text, 'My name is Ada.');
+  const page = await store.responses.inputItems.list(r3.id, { order: 'asc', limit: 1 });
+  assert.equal(page.data[0].id, items[4].id);
+  assert.equal(page.has_more, true);
+
+  // another tenant finds nothing
+  await assert.rejects(other.responses.retrieve(r1.id), (e) => e instanceof OpenAI.NotFoundError);
+  await assert.rejects(other.responses.create({ model: 'base', input: 'hi', previous_response_id: r1.id }), (e) => {
+    assert.ok(e instanceof OpenAI.NotFoundError, String(e));
+    assert.equal(e.param, 'previous_response_id');
+    return true;
+  });
+
+  // deleted: gone, and not to be continued
+  await store.responses.delete(r3.id);
+  await assert.rejects(store.responses.retrieve(r3.id), (e) => e instanceof OpenAI.NotFoundError);
+  await assert.rejects(store.responses.delete(r3.id), (e) => e instanceof OpenAI.NotFoundError);
+  await assert.rejects(store.responses.create({ model: 'base', input: 'hi', previous_response_id: r3.id }), (e) => e instanceof OpenAI.NotFoundError);
+
+  // store: false is not kept
+  const gone = await store.responses.create({ model: 'base', input: 'hi', store: false });
+  assert.equal(gone.store, false);
+  await assert.rejects(store.responses.retrieve(gone.id), (e) => e instanceof OpenAI.NotFoundError);
+});
+
+await check('responses-stored-tools', async () => {
+  // a tool-calling loop through previous_response_id
+  const tools = [{ type: 'function', name: 'get_weather', parameters: { type: 'object', properties: { city: { type: 'string' } } } }];
+  const r1 = await store.responses.create({ model: 'base', tools, input: 'Weather in Bern?' });
+  const r2 = await store.responses.create({
+    model: 'base', tools, previous_response_id: r1.id,
+    input: [{ type: 'function_call_output', call_id: 'call_1', output: '{"temp":19}' }],
+  });
+  const items = await store.responses.inputItems.list(r2.id, { order: 'asc' });
+  assert.deepEqual(items.data.map((i) => i.type), ['message', 'message', 'function_call_output']);
+  assert.equal(items.data[2].call_id, 'call_1');
 });
 
 console.log('all ok');
