@@ -183,8 +183,11 @@ type LedgerCheck struct {
 	OutboxRows int `json:"outbox_rows"`
 	// Checkpoints are running requests' usage checkpoints (see
 	// UsageCheckpointer), not part of the sums.
-	Checkpoints int      `json:"checkpoints"`
-	Problems    []string `json:"problems,omitempty"`
+	Checkpoints int `json:"checkpoints"`
+	// Responses are the Responses API's stored responses (ResponseStore),
+	// deleted ones that later stored responses continue included.
+	Responses int      `json:"responses"`
+	Problems  []string `json:"problems,omitempty"`
 }
 
 // LedgerMaintainer backs up and checks the ledger while it serves.

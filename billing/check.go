@@ -41,8 +41,9 @@ func (r *CheckResult) problem(format string, args ...any) {
 // only verifies that each such record decodes and is filed under its
 // runtime. Nor are running requests' usage checkpoints: each must decode,
 // be filed under its request id, and have no event stored under that id
-// (an event ends its request's checkpoint; both would be charged). The
-// error wraps ErrInconsistent when something does not match.
+// (an event ends its request's checkpoint; both would be charged). Stored
+// responses must decode, be indexed by their time, and count the stored
+// responses that continue them. The error wraps ErrInconsistent when something does not match.
 func (l *Ledger) Check(ctx context.Context) (*CheckResult, error) {
 	res := &CheckResult{}
 	err := l.viewUsage(func(tx *bolt.Tx) error {
@@ -183,6 +184,9 @@ func (l *Ledger) Check(ctx context.Context) (*CheckResult, error) {
 			return err
 		}
 
+		if err := checkResponses(tx, res); err != nil {
+			return err
+		}
 		if err := checkListIndexes(tx, res); err != nil {
 			return err
 		}
@@ -401,4 +405,46 @@ func compareRollups(res *CheckResult, what string, b *bolt.Bucket, want map[stri
 // near compares sums of the same numbers added in different orders.
 func near(a, b float64) bool {
 	return math.Abs(a-b) <= 1e-9*math.Max(math.Abs(a), math.Abs(b))+1e-12
+}
+
+// checkResponses checks the stored responses: each decodes, is indexed by
+// its creation time (response_times, indexing no other), and counts the
+// stored responses that continue it.
+func checkResponses(tx *bolt.Tx, res *CheckResult) error {
+	times := tx.Bucket(bResponseTimes)
+	refs := map[string]uint64{}
+	counted := map[string]uint64{}
+	err := tx.Bucket(bResponses).ForEach(func(k, v []byte) error {
+		res.Responses++
+		tenantID, id, ok := readLP(k)
+		if !ok {
+			res.problem("stored response key %x", k)
+			return nil
+		}
+		r, err := decodeRespRecord(v)
+		if err != nil {
+			res.problem("stored response %q of tenant %q: %v", id, tenantID, err)
+			return nil
+		}
+		if times.Get(responseTimeKey(r.created, tenantID, string(id))) == nil {
+			res.problem("stored response %q of tenant %q is not indexed by its time", id, tenantID)
+		}
+		refs[string(k)] = r.refs
+		if r.prev != "" {
+			counted[string(responseKey(tenantID, r.prev))]++
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for k, n := range refs {
+		if counted[k] != n {
+			res.problem("stored response %x counts %d responses continuing it, %d do", k, n, counted[k])
+		}
+	}
+	if n := times.Stats().KeyN; n != res.Responses {
+		res.problem("response_times holds %d keys for %d stored responses", n, res.Responses)
+	}
+	return nil
 }

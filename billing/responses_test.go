@@ -138,6 +138,9 @@ func TestResponses_ChainAndTenants(t *testing.T) {
 			t.Errorf("other tenant deletes %s: %v", id, err)
 		}
 	}
+	if res, err := l.Check(ctx); err != nil || res.Responses != 3 || len(res.Problems) > 0 {
+		t.Fatalf("check: %+v, %v", res, err)
+	}
 	// resp_b is continued by resp_c: hidden, its items kept for resp_c.
 	if err := l.DeleteResponse(ctx, ten.ID, "resp_b"); err != nil {
 		t.Fatal(err)
@@ -164,6 +167,9 @@ func TestResponses_ChainAndTenants(t *testing.T) {
 	}
 	if _, err := l.StoredResponse(ctx, ten.ID, "resp_a"); err != nil {
 		t.Errorf("resp_a: %v", err)
+	}
+	if res, err := l.Check(ctx); err != nil || res.Responses != 1 || len(res.Problems) > 0 {
+		t.Fatalf("check: %+v, %v", res, err)
 	}
 }
 
@@ -198,6 +204,9 @@ func TestResponses_Retention(t *testing.T) {
 	}
 	if _, in, _, err := l.ResponseItems(ctx, ten.ID, "resp_new"); err != nil || itemIDs(in) != "in_resp_old,msg_resp_old,in_resp_mid,msg_resp_mid,in_resp_new" {
 		t.Errorf("resp_new's conversation: %s, %v", itemIDs(in), err)
+	}
+	if res, err := l.Check(ctx); err != nil || res.Responses != 3 || len(res.Problems) > 0 {
+		t.Fatalf("check: %+v, %v", res, err)
 	}
 	// Once resp_new expires too, the whole conversation goes.
 	clk = now.Add(29 * day)

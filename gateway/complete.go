@@ -185,6 +185,7 @@ func (s *Server) complete(c *fiber.Ctx, parse func(body []byte, maxChoices int) 
 		j.id = "cmpl-" + st.id
 	}
 	j.created = time.Now().Unix()
+	j.prepareStore()
 
 	// Admission: rate limits, then the budget, on estimates.
 	maxTokens := j.maxTokens

@@ -38,10 +38,11 @@ type respRequest struct {
 	user            *string
 	store           bool // asked for; Server.complete clears it where nothing stores responses
 
-	previousID string           // previous_response_id
-	head       int              // the messages before the input's (instructions)
-	items      []respInputItem  // the input's items, decoded
-	stored     []respStoredItem // the input's items as stored (ids added when stored)
+	previousID  string           // previous_response_id
+	head        int              // the messages before the input's (instructions)
+	items       []respInputItem  // the input's items, decoded
+	stored      []respStoredItem // the input's items as stored (ids added when stored)
+	storedInput []byte           // stored, encoded (prepareStore)
 }
 
 // respStoredItem is an input item as it is stored and listed: what the

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"strconv"
 	"strings"
 	"time"
@@ -33,6 +34,11 @@ import (
 // maxResponseIDLen bounds a response id (the ledger's ids are at most 200
 // bytes).
 const maxResponseIDLen = 200
+
+// maxStoredPart is the most the ledger keeps of a response's object and of
+// its input items, each: a request whose input items are larger is
+// answered store false, and a larger answer is not stored (logged).
+const maxStoredPart = 4 << 20
 
 // Defaults and bounds of an input item list's page, as OpenAI's.
 const (
@@ -101,8 +107,26 @@ func (cp *completion) storedResponse(body []byte) *nozzle.StoredResponse {
 	if rq == nil || !rq.store || len(body) == 0 {
 		return nil
 	}
+	if len(body) > maxStoredPart {
+		cp.s.log.LogAttrs(context.Background(), slog.LevelWarn, "response too large to store",
+			slog.String("request_id", cp.st.id), slog.Int("bytes", len(body)))
+		return nil
+	}
 	return &nozzle.StoredResponse{ID: j.id, TenantID: cp.p.tenant.ID, PreviousID: rq.previousID,
-		Created: time.Unix(j.created, 0).UTC(), Body: body, Input: j.respInputItems()}
+		Created: time.Unix(j.created, 0).UTC(), Body: body, Input: rq.storedInput}
+}
+
+// prepareStore encodes the request's input items for storing, once the
+// response's id is known, or gives up storing them when they are larger
+// than the ledger keeps.
+func (j *job) prepareStore() {
+	rq := j.resp
+	if rq == nil || !rq.store {
+		return
+	}
+	if rq.storedInput = j.respInputItems(); len(rq.storedInput) > maxStoredPart {
+		rq.store, rq.storedInput = false, nil
+	}
 }
 
 // respInputItems is the request's input items as stored: each with an id
