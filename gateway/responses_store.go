@@ -205,7 +205,8 @@ func (s *Server) deleteResponse(c *fiber.Ctx) error {
 
 // responseInputItems answers GET /v1/responses/{id}/input_items: a page of
 // the items of the conversation the response answered (limit, 1 to 100,
-// default 20; order asc or desc, default desc; after, an item id).
+// default 20; order asc or desc, default desc; after or before, an item
+// id the page starts after or ends before).
 func (s *Server) responseInputItems(c *fiber.Ctx) error {
 	limit := defaultItemsLimit
 	if v := c.Query("limit"); v != "" {
@@ -244,20 +245,39 @@ func (s *Server) responseInputItems(c *fiber.Ctx) error {
 			ids[a], ids[b] = ids[b], ids[a]
 		}
 	}
-	start := 0
-	if after := c.Query("after"); after != "" {
-		start = -1
+	find := func(param, id string) (int, error) {
 		for i, x := range ids {
-			if x == after {
-				start = i + 1
-				break
+			if x == id {
+				return i, nil
 			}
 		}
-		if start < 0 {
-			return invalidAs("invalid_value", "after", "Invalid 'after': no input item of response '%s' has id '%s'.", id, after)
-		}
+		return 0, invalidAs("invalid_value", param, "Invalid '%s': no input item of response '%s' has id '%s'.", param, c.Params("id"), id)
 	}
-	end := min(start+limit, len(items))
+	start, end := 0, len(items)
+	after, before := c.Query("after"), c.Query("before")
+	switch {
+	case after != "" && before != "":
+		return invalidAs("invalid_parameter_combination", "before", "Give 'after' or 'before', not both.")
+	case after != "":
+		i, err := find("after", after)
+		if err != nil {
+			return err
+		}
+		start, end = i+1, min(i+1+limit, len(items))
+	case before != "":
+		// the page just before it
+		i, err := find("before", before)
+		if err != nil {
+			return err
+		}
+		start, end = max(0, i-limit), i
+	default:
+		end = min(limit, len(items))
+	}
+	more := end < len(items)
+	if before != "" {
+		more = start > 0
+	}
 	page := items[start:end]
 	b := append([]byte(nil), `{"object":"list","data":[`...)
 	for i, it := range page {
@@ -275,7 +295,7 @@ func (s *Server) responseInputItems(c *fiber.Ctx) error {
 		b = append(b, `null,"last_id":null`...)
 	}
 	b = append(b, `,"has_more":`...)
-	b = appendBool(b, end < len(items))
+	b = appendBool(b, more)
 	b = append(b, '}')
 	c.Set(fiber.HeaderContentType, fiber.MIMEApplicationJSON)
 	return c.Send(b)

@@ -189,7 +189,11 @@ func TestResponses_Conversation(t *testing.T) {
 	if asc.ids() != wantIDs[4] || asc.HasMore {
 		t.Errorf("asc after %s: %s", wantIDs[3], asc.ids())
 	}
-	for _, q := range []string{"?limit=0", "?limit=101", "?limit=x", "?order=up", "?after=nope"} {
+	back := listItems(t, f, r3.ID, "?limit=2&before="+wantIDs[1], f.authA()) // desc: before the item after it
+	if back.ids() != wantIDs[3]+","+wantIDs[2] || !back.HasMore {
+		t.Errorf("before %s: %s more %v", wantIDs[1], back.ids(), back.HasMore)
+	}
+	for _, q := range []string{"?limit=0", "?limit=101", "?limit=x", "?order=up", "?after=nope", "?before=nope", "?after=" + wantIDs[0] + "&before=" + wantIDs[1]} {
 		wantError(t, f.do(http.MethodGet, "/v1/responses/"+r3.ID+"/input_items"+q, "", f.authA()), 400, "invalid_request_error", "", "")
 	}
 
