@@ -200,7 +200,9 @@ func (s *Server) deleteResponse(c *fiber.Ctx) error {
 		}
 		return err
 	}
-	return c.JSON(fiber.Map{"id": r.ID, "object": "response", "deleted": true})
+	b := appendString([]byte(`{"id":`), r.ID)
+	c.Set(fiber.HeaderContentType, fiber.MIMEApplicationJSON)
+	return c.Send(append(b, `,"object":"response","deleted":true}`...))
 }
 
 // responseInputItems answers GET /v1/responses/{id}/input_items: a page of

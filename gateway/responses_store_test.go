@@ -118,7 +118,7 @@ func TestResponses_Stored(t *testing.T) {
 
 	// DELETE, then GET: not found; DELETE again: not found.
 	del := f.do(http.MethodDelete, "/v1/responses/"+r.ID, "", f.authA())
-	if b := readAll(t, del); del.StatusCode != 200 || b != `{"deleted":true,"id":"`+r.ID+`","object":"response"}` {
+	if b := readAll(t, del); del.StatusCode != 200 || b != `{"id":"`+r.ID+`","object":"response","deleted":true}` {
 		t.Fatalf("DELETE: %d %s", del.StatusCode, b)
 	}
 	wantError(t, f.do(http.MethodGet, "/v1/responses/"+r.ID, "", f.authA()), 404, "invalid_request_error", "", "response_id")
@@ -284,5 +284,31 @@ func TestResponses_StoredStreamAndReplay(t *testing.T) {
 	// Two events: the stream's and the key's.
 	if res, err := l.Check(context.Background()); err != nil || res.Events != 2 || len(res.Problems) > 0 {
 		t.Errorf("ledger check %+v, %v", res, err)
+	}
+}
+
+// TestResponses_ReasoningContinued: a reasoning model's thoughts, stored
+// as a reasoning item, go back with the assistant's turn when the
+// response is continued.
+func TestResponses_ReasoningContinued(t *testing.T) {
+	var l *billing.Ledger
+	f := newFixture(t, withLedger(t, &l), withReasoning(false, "<think>", "\nThe user", " greets me.\n", "</think>", "\n\n", "Hello!"))
+	_, r1 := postResponses(t, f, `{"model":"base","input":"hi"}`)
+	if len(r1.Output) != 2 || r1.Output[0].Type != "reasoning" {
+		t.Fatalf("output %+v", r1.Output)
+	}
+	_, r2 := postResponses(t, f, `{"model":"base","previous_response_id":"`+r1.ID+`","input":"Again"}`)
+	if m := f.gen.lastReq.Load().Messages; len(m) != 3 || m[1].Role != "assistant" || m[1].ReasoningContent != "The user greets me." || m[1].Content != "Hello!" || m[2].Content != "Again" {
+		t.Errorf("messages %+v", m)
+	}
+	items := listItems(t, f, r2.ID, "?order=asc", f.authA())
+	var types []string
+	for _, it := range items.Data {
+		var x struct{ Type string }
+		json.Unmarshal(it, &x)
+		types = append(types, x.Type)
+	}
+	if strings.Join(types, ",") != "message,reasoning,message,message" {
+		t.Errorf("item types %v", types)
 	}
 }
