@@ -37,4 +37,8 @@ type ResponseStore interface {
 	ResponseItems(ctx context.Context, tenantID, id string) (r *StoredResponse, input, output []json.RawMessage, err error)
 	// DeleteResponse deletes the tenant's response id.
 	DeleteResponse(ctx context.Context, tenantID, id string) error
+	// StoredResponseBytes returns how many bytes of stored responses the
+	// tenant holds (Body and Input), for a cap; it may lag the responses
+	// stored moments ago.
+	StoredResponseBytes(ctx context.Context, tenantID string) (int64, error)
 }

@@ -43,7 +43,8 @@ func (r *CheckResult) problem(format string, args ...any) {
 // be filed under its request id, and have no event stored under that id
 // (an event ends its request's checkpoint; both would be charged). Stored
 // responses must decode, be indexed by their time, and count the stored
-// responses that continue them. The error wraps ErrInconsistent when something does not match.
+// responses that continue them, and each tenant's response_storage must
+// equal their bytes. The error wraps ErrInconsistent when something does not match.
 func (l *Ledger) Check(ctx context.Context) (*CheckResult, error) {
 	res := &CheckResult{}
 	err := l.viewUsage(func(tx *bolt.Tx) error {
@@ -414,6 +415,7 @@ func checkResponses(tx *bolt.Tx, res *CheckResult) error {
 	times := tx.Bucket(bResponseTimes)
 	refs := map[string]uint64{}
 	counted := map[string]uint64{}
+	sizes := map[string]int64{} // by tenant
 	err := tx.Bucket(bResponses).ForEach(func(k, v []byte) error {
 		res.Responses++
 		tenantID, id, ok := readLP(k)
@@ -430,6 +432,7 @@ func checkResponses(tx *bolt.Tx, res *CheckResult) error {
 			res.problem("stored response %q of tenant %q is not indexed by its time", id, tenantID)
 		}
 		refs[string(k)] = r.refs
+		sizes[tenantID] += r.size()
 		if r.prev != "" {
 			counted[string(responseKey(tenantID, r.prev))]++
 		}
@@ -445,6 +448,21 @@ func checkResponses(tx *bolt.Tx, res *CheckResult) error {
 	}
 	if n := times.Stats().KeyN; n != res.Responses {
 		res.problem("response_times holds %d keys for %d stored responses", n, res.Responses)
+	}
+	sb := tx.Bucket(bResponseBytes)
+	err = sb.ForEach(func(k, _ []byte) error {
+		if _, ok := sizes[string(k)]; !ok {
+			sizes[string(k)] = 0
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for tenantID, want := range sizes {
+		if got, err := responseBytes(sb, tenantID); err != nil || got != want {
+			res.problem("response_storage of tenant %q is %d (%v), its stored responses hold %d bytes", tenantID, got, err, want)
+		}
 	}
 	return nil
 }

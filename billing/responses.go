@@ -3,6 +3,7 @@ package billing
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"time"
@@ -144,7 +145,54 @@ func (w *wtx) storeResponse(sr *nozzle.StoredResponse) error {
 	if err := b.Put(k, encodeRespRecord(r)); err != nil {
 		return err
 	}
+	if err := addResponseBytes(w.tx, sr.TenantID, r.size()); err != nil {
+		return err
+	}
 	return w.tx.Bucket(bResponseTimes).Put(responseTimeKey(r.created, sr.TenantID, sr.ID), []byte{})
+}
+
+// size is what a stored response counts against its tenant's cap.
+func (r *respRecord) size() int64 { return int64(len(r.body) + len(r.input)) }
+
+// addResponseBytes adds n (negative: takes) to the tenant's bytes of
+// stored responses in bucket response_storage (uvarint; no entry at 0).
+func addResponseBytes(tx *bolt.Tx, tenantID string, n int64) error {
+	if n == 0 {
+		return nil
+	}
+	b := tx.Bucket(bResponseBytes)
+	have, err := responseBytes(b, tenantID)
+	if err != nil {
+		return err
+	}
+	if have += n; have <= 0 {
+		return b.Delete([]byte(tenantID))
+	}
+	return b.Put([]byte(tenantID), binary.AppendUvarint(nil, uint64(have)))
+}
+
+func responseBytes(b *bolt.Bucket, tenantID string) (int64, error) {
+	v := b.Get([]byte(tenantID))
+	if v == nil {
+		return 0, nil
+	}
+	n, k := binary.Uvarint(v)
+	if k != len(v) || n > 1<<62 {
+		return 0, fmt.Errorf("response storage of tenant %q: %w", tenantID, errCorrupt)
+	}
+	return int64(n), nil
+}
+
+// StoredResponseBytes returns how many bytes of stored responses the
+// tenant holds (their Response objects and input items, deleted ones
+// kept for later responses' conversations included), as filed: responses
+// still in the usage journal are not counted yet.
+func (l *Ledger) StoredResponseBytes(ctx context.Context, tenantID string) (n int64, err error) {
+	err = l.view(func(tx *bolt.Tx) error {
+		n, err = responseBytes(tx.Bucket(bResponseBytes), tenantID)
+		return err
+	})
+	return n, err
 }
 
 // expired reports whether a response created at t is past the retention.
@@ -275,8 +323,12 @@ func (l *Ledger) DeleteResponse(ctx context.Context, tenantID, id string) error 
 			if out == nil {
 				out = []json.RawMessage{}
 			}
+			was := r.size()
 			r.deleted = true
 			if r.body, err = json.Marshal(out); err != nil {
+				return err
+			}
+			if err := addResponseBytes(w.tx, tenantID, r.size()-was); err != nil {
 				return err
 			}
 			return w.tx.Bucket(bResponses).Put(responseKey(tenantID, id), encodeRespRecord(r))
@@ -295,6 +347,9 @@ func removeResponse(tx *bolt.Tx, tenantID, id string, r *respRecord, gone func(*
 			return err
 		}
 		if err := tb.Delete(responseTimeKey(r.created, tenantID, id)); err != nil {
+			return err
+		}
+		if err := addResponseBytes(tx, tenantID, -r.size()); err != nil {
 			return err
 		}
 		if r.prev == "" || n >= maxResponseChain {

@@ -141,6 +141,17 @@ func TestResponses_ChainAndTenants(t *testing.T) {
 	if res, err := l.Check(ctx); err != nil || res.Responses != 3 || len(res.Problems) > 0 {
 		t.Fatalf("check: %+v, %v", res, err)
 	}
+	size := func(id string) int64 {
+		ev := respEvent(ten.ID, "", id, "", at)
+		return int64(len(ev.StoredResponse.Body) + len(ev.StoredResponse.Input))
+	}
+	all := size("resp_a") + size("resp_b") + size("resp_c")
+	if n, err := l.StoredResponseBytes(ctx, ten.ID); err != nil || n != all {
+		t.Errorf("stored bytes %d, %v; want %d", n, err, all)
+	}
+	if n, err := l.StoredResponseBytes(ctx, other.ID); err != nil || n != 0 {
+		t.Errorf("other tenant's stored bytes %d, %v", n, err)
+	}
 	// resp_b is continued by resp_c: hidden, its items kept for resp_c.
 	if err := l.DeleteResponse(ctx, ten.ID, "resp_b"); err != nil {
 		t.Fatal(err)
@@ -170,6 +181,9 @@ func TestResponses_ChainAndTenants(t *testing.T) {
 	}
 	if res, err := l.Check(ctx); err != nil || res.Responses != 1 || len(res.Problems) > 0 {
 		t.Fatalf("check: %+v, %v", res, err)
+	}
+	if n, err := l.StoredResponseBytes(ctx, ten.ID); err != nil || n != size("resp_a") {
+		t.Errorf("stored bytes after deletes %d, %v; want %d", n, err, size("resp_a"))
 	}
 }
 
@@ -220,6 +234,9 @@ func TestResponses_Retention(t *testing.T) {
 	})
 	if left != 0 || times != 0 {
 		t.Errorf("left %d responses, %d times", left, times)
+	}
+	if n, err := l.StoredResponseBytes(ctx, ten.ID); err != nil || n != 0 {
+		t.Errorf("stored bytes after the purge %d, %v", n, err)
 	}
 }
 

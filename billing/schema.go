@@ -53,6 +53,7 @@ var (
 	bCheckpoints   = []byte("checkpoints")
 	bResponses     = []byte("responses")
 	bResponseTimes = []byte("response_times")
+	bResponseBytes = []byte("response_storage")
 )
 
 var allBuckets = [][]byte{
@@ -60,7 +61,7 @@ var allBuckets = [][]byte{
 	bRevokedKeys, bAdapters, bAdapterNames, bAdapterSHA, bAdapterGone, bAdapterGoneAt, bUsers, bUserEmails, bUserInvites,
 	bSessions, bEvents, bRequestIDs, bRollups, bHours, bMonths, bCapacity,
 	bCapHours, bCapOpen, bDirty, bBilled, bOutbox, bOutboxPending, bOutboxParked,
-	bCheckpoints, bAdapterBytes, bTenantUsers, bAttemptIDs, bResponses, bResponseTimes,
+	bCheckpoints, bAdapterBytes, bTenantUsers, bAttemptIDs, bResponses, bResponseTimes, bResponseBytes,
 }
 
 var (
@@ -142,10 +143,11 @@ var migrations = []migration{
 	// events' attempt ids (a file older than version 11 has none).
 	{To: 11, Fn: indexAttemptIDs},
 	// Version 12: the Responses API's stored responses (bucket responses,
-	// by tenant and id) and their creation times (response_times), for
-	// retention. A file older than version 12 has none.
+	// by tenant and id), their creation times (response_times), for
+	// retention, and each tenant's bytes of them (response_storage), for
+	// its cap. A file older than version 12 has none.
 	{To: 12, Fn: func(tx *bolt.Tx) error {
-		for _, name := range [][]byte{bResponses, bResponseTimes} {
+		for _, name := range [][]byte{bResponses, bResponseTimes, bResponseBytes} {
 			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 				return fmt.Errorf("create bucket %s: %w", name, err)
 			}

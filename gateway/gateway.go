@@ -75,20 +75,21 @@ import (
 
 // Defaults for zero Config fields.
 const (
-	DefaultBodyLimit          = 4 << 20 // JSON request bodies
-	DefaultUploadLimit        = 2 << 30 // adapter uploads
-	DefaultRequestTimeout     = 10 * time.Minute
-	DefaultReadTimeout        = 60 * time.Second
-	DefaultWriteTimeout       = 60 * time.Second
-	DefaultIdleTimeout        = 120 * time.Second
-	DefaultUploadTimeout      = 30 * time.Minute
-	DefaultHealthInterval     = 5 * time.Second
-	DefaultHealthTimeout      = 3 * time.Second
-	DefaultKeyTouchInterval   = 10 * time.Second
-	DefaultMaxChoices         = 16
-	DefaultTenantSequences    = 64
-	DefaultTenantAdapterBytes = 20 << 30
-	DefaultTenantUploads      = 2
+	DefaultBodyLimit           = 4 << 20 // JSON request bodies
+	DefaultUploadLimit         = 2 << 30 // adapter uploads
+	DefaultRequestTimeout      = 10 * time.Minute
+	DefaultReadTimeout         = 60 * time.Second
+	DefaultWriteTimeout        = 60 * time.Second
+	DefaultIdleTimeout         = 120 * time.Second
+	DefaultUploadTimeout       = 30 * time.Minute
+	DefaultHealthInterval      = 5 * time.Second
+	DefaultHealthTimeout       = 3 * time.Second
+	DefaultKeyTouchInterval    = 10 * time.Second
+	DefaultMaxChoices          = 16
+	DefaultTenantSequences     = 64
+	DefaultTenantResponseBytes = 1 << 30
+	DefaultTenantAdapterBytes  = 20 << 30
+	DefaultTenantUploads       = 2
 	// DefaultStreamCheckpointEvery bounds what a crash of the gateway
 	// leaves uncharged of a running stream to a second of its tokens
 	// (tens of tokens at a GPU's decode speed per sequence) for one
@@ -157,6 +158,11 @@ type Config struct {
 	// so that one tenant's flood cannot fill every batch; a request that
 	// would pass it is refused with a 429 (default 64; negative: no cap).
 	TenantSequences int
+	// TenantResponseBytes caps the bytes of stored responses (the
+	// Responses API's) one tenant may hold: once its stored responses
+	// reach it, new ones are answered "store": false and not stored until
+	// some are deleted or expire (default 1 GiB; negative: no cap).
+	TenantResponseBytes int64
 
 	// HealthInterval is the period of upstream health checks (default 5 s);
 	// HealthTimeout bounds one check (default 3 s).
@@ -211,6 +217,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.TenantSequences == 0 {
 		c.TenantSequences = DefaultTenantSequences
+	}
+	if c.TenantResponseBytes == 0 {
+		c.TenantResponseBytes = DefaultTenantResponseBytes
 	}
 	if c.TenantAdapterBytes == 0 {
 		c.TenantAdapterBytes = DefaultTenantAdapterBytes

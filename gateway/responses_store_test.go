@@ -312,3 +312,28 @@ func TestResponses_ReasoningContinued(t *testing.T) {
 		t.Errorf("item types %v", types)
 	}
 }
+
+// TestResponses_TenantCap: once a tenant's stored responses reach its cap,
+// its new responses are answered store false and not kept; another
+// tenant's are.
+func TestResponses_TenantCap(t *testing.T) {
+	var l *billing.Ledger
+	f := newFixture(t, withLedger(t, &l), withConfig(func(c *gateway.Config) { c.TenantResponseBytes = 1 }))
+	var first, second, other map[string]json.RawMessage
+	decode(t, f.do(http.MethodPost, "/v1/responses", `{"model":"base","input":"hi"}`, f.authA()), &first)
+	var id string
+	json.Unmarshal(first["id"], &id)
+	if resp := f.do(http.MethodGet, "/v1/responses/"+id, "", f.authA()); resp.StatusCode != 200 || string(first["store"]) != "true" {
+		t.Fatalf("first response: store %s, GET %d", first["store"], resp.StatusCode)
+	}
+	decode(t, f.do(http.MethodPost, "/v1/responses", `{"model":"base","input":"hi"}`, f.authA()), &second)
+	json.Unmarshal(second["id"], &id)
+	if string(second["store"]) != "false" {
+		t.Errorf("at the cap: store %s", second["store"])
+	}
+	wantError(t, f.do(http.MethodGet, "/v1/responses/"+id, "", f.authA()), 404, "invalid_request_error", "", "response_id")
+	decode(t, f.do(http.MethodPost, "/v1/responses", `{"model":"base","input":"hi"}`, bearer(f.keyB)), &other)
+	if string(other["store"]) != "true" {
+		t.Errorf("another tenant: store %s", other["store"])
+	}
+}

@@ -604,6 +604,8 @@ func (m *Main) gatewayConfig(adminToken, internalToken string) gateway.Config {
 		RequestTimeout:     m.Config.RequestTimeout,
 		// 0 in the configuration is no cap; in gateway.Config, the default
 		TenantSequences: cmp.Or(m.Config.TenantSeqs, -1),
+		// 0 in the configuration is no cap; in gateway.Config, the default
+		TenantResponseBytes: cmp.Or(int64(m.Config.TenantResponseMB)<<20, -1),
 		// 0 in the configuration is never; in gateway.Config, the default
 		StreamCheckpointEvery: cmp.Or(m.Config.StreamCkpt, -1),
 		Logger:                m.Log.With("component", "gateway"),
