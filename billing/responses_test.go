@@ -254,13 +254,13 @@ func TestLedger_Version11File(t *testing.T) {
 	if err := l.Close(); err != nil {
 		t.Fatal(err)
 	}
-	asVersion(t, path, 11, bResponses, bResponseTimes)
+	asVersion(t, path, 11, bResponses, bResponseTimes, bResponseBytes)
 
 	l = openCompat(t, path)
 	defer l.Close()
 	_ = l.view(func(tx *bolt.Tx) error {
-		if v, _ := schemaVersion(tx); v != SchemaVersion || tx.Bucket(bResponses) == nil || tx.Bucket(bResponseTimes) == nil {
-			t.Errorf("version %d, buckets %v %v", v, tx.Bucket(bResponses) != nil, tx.Bucket(bResponseTimes) != nil)
+		if v, _ := schemaVersion(tx); v != SchemaVersion || tx.Bucket(bResponses) == nil || tx.Bucket(bResponseTimes) == nil || tx.Bucket(bResponseBytes) == nil {
+			t.Errorf("version %d, buckets %v %v %v", v, tx.Bucket(bResponses) != nil, tx.Bucket(bResponseTimes) != nil, tx.Bucket(bResponseBytes) != nil)
 		}
 		return nil
 	})
@@ -270,7 +270,7 @@ func TestLedger_Version11File(t *testing.T) {
 	if _, err := l.StoredResponse(ctx, ten.ID, "resp_x"); err != nil {
 		t.Fatal(err)
 	}
-	if res, err := l.Check(ctx); err != nil || res.Events != 2 || len(res.Problems) > 0 {
+	if res, err := l.Check(ctx); err != nil || res.Events != 2 || res.Responses != 1 || len(res.Problems) > 0 {
 		t.Fatalf("check: %+v, %v", res, err)
 	}
 }
