@@ -127,6 +127,11 @@ func TestResponses_Stored(t *testing.T) {
 	if _, err := l.Usage(context.Background(), rid); err != nil {
 		t.Errorf("usage after delete: %v", err)
 	}
+	// Kept: "Again" alone (not the deleted one, the store:false one, the
+	// failed one, the refused one).
+	if res, err := l.Check(context.Background()); err != nil || res.Responses != 1 || len(res.Problems) > 0 {
+		t.Errorf("ledger check %+v, %v", res, err)
+	}
 }
 
 // TestResponses_Conversation: three turns through previous_response_id;
@@ -281,8 +286,8 @@ func TestResponses_StoredStreamAndReplay(t *testing.T) {
 	}
 	// One response stored for the key, none for the replay's request id.
 	wantError(t, f.do(http.MethodGet, "/v1/responses/resp_"+r2.Header.Get("X-Request-Id"), "", f.authA()), 404, "invalid_request_error", "", "response_id")
-	// Two events: the stream's and the key's.
-	if res, err := l.Check(context.Background()); err != nil || res.Events != 2 || len(res.Problems) > 0 {
+	// Two events, the stream's and the key's, and their two responses.
+	if res, err := l.Check(context.Background()); err != nil || res.Events != 2 || res.Responses != 2 || len(res.Problems) > 0 {
 		t.Errorf("ledger check %+v, %v", res, err)
 	}
 }
