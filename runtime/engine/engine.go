@@ -117,12 +117,16 @@ func (l *Library) NewEngine(m *model.Model, opts Options) (*Engine, error) {
 	case model.RopeLongrope:
 		rope = nzRopeLongrope
 	case model.RopeDefault, "":
+	case model.RopeDynamic: // default RoPE up to max_position_embeddings (below)
 	default:
 		return nil, fmt.Errorf("engine: rope_type %q is not supported", c.RopeScaling.Type)
 	}
 	maxPos := c.MaxPositionEmbeddings
 	if opts.MaxPosition > 0 {
 		maxPos = opts.MaxPosition
+	}
+	if c.RopeScaling.Type == model.RopeDynamic && maxPos > c.MaxPositionEmbeddings {
+		return nil, fmt.Errorf("dynamic NTK RoPE past max_position_embeddings (%d positions served) is not supported", maxPos)
 	}
 	cfg := nzConfig{
 		VocabSize:               int64(c.VocabSize),

@@ -92,6 +92,11 @@ func refCases() []refCase {
 			s.MaxPosition = 64
 			s.Rope = longropeSpec(4, 64, 1.2)
 		}, tol: tight},
+		// dynamic NTK: default RoPE within max_position_embeddings (the
+		// reference computes no scaling for it)
+		{name: "DynamicNTK", spec: func(s *model.Spec) {
+			s.Rope = &model.RopeScaling{Type: model.RopeDynamic, Factor: 2}
+		}, tol: tight},
 		{name: "ShardedF16", spec: func(s *model.Spec) { s.Shards = 3; s.DType = safetensors.F16 }, opts: func(o *engine.Options) { o.WeightDType = safetensors.F32 }, tol: tight},
 		{name: "BF16ToF32", spec: func(s *model.Spec) { s.DType = safetensors.BF16 }, opts: func(o *engine.Options) { o.WeightDType = safetensors.F32 }, tol: tight},
 		{name: "BF16Weights", spec: func(s *model.Spec) { s.DType = safetensors.BF16 }, tol: 5e-3},
@@ -594,6 +599,22 @@ func TestEngine_Sampling(t *testing.T) {
 
 // TestEngine_Errors: bad input from Go reaches Go as typed errors carrying
 // the library's message, and the engine keeps working afterwards.
+// TestEngine_DynamicPastContext: dynamic NTK RoPE is default RoPE only up
+// to max_position_embeddings, so an engine serving more is refused.
+func TestEngine_DynamicPastContext(t *testing.T) {
+	spec := tinySpec(13)
+	spec.MaxPosition = 64
+	spec.Rope = &model.RopeScaling{Type: model.RopeDynamic, Factor: 2}
+	m := openModel(t, spec)
+	opts := testOptions()
+	opts.MaxPosition = 128
+	if _, err := openLib(t).NewEngine(m, opts); err == nil || !strings.Contains(err.Error(), "dynamic NTK RoPE past max_position_embeddings") {
+		t.Fatalf("err = %v", err)
+	}
+	opts.MaxPosition = 64
+	newEngine(t, m, opts)
+}
+
 func TestEngine_Errors(t *testing.T) {
 	m := openModel(t, tinySpec(12))
 	e := newEngine(t, m, testOptions())

@@ -91,12 +91,16 @@ const (
 	// RopeLongrope is Phi-3's (also spelled "su"): each frequency divided
 	// by its own factor, short_factor or long_factor.
 	RopeLongrope = "longrope"
+	// RopeDynamic is dynamic NTK scaling: transformers raises rope_theta
+	// with the sequence's length only past max_position_embeddings, the
+	// most Nozzle serves, so within it the computation is default RoPE's.
+	RopeDynamic = "dynamic"
 )
 
 // RopeScaling is config.json's rope_scaling (or rope_parameters) resolved.
 type RopeScaling struct {
-	// Type is RopeDefault, RopeLinear, RopeLlama3, RopeYarn or
-	// RopeLongrope.
+	// Type is RopeDefault, RopeLinear, RopeLlama3, RopeYarn, RopeLongrope
+	// or RopeDynamic.
 	Type string
 	// Factor divides frequencies (linear, llama3, yarn).
 	Factor float64
@@ -618,6 +622,15 @@ func (c *Config) parseRope(raw json.RawMessage, field string, topOrig *float64) 
 		if rs.Factor, err = require("factor"); err != nil {
 			return nil, err
 		}
+	case RopeDynamic:
+		// transformers' _compute_dynamic_ntk_parameters: theta ·
+		// (factor·L/max_position_embeddings − (factor − 1))^(d/(d−2)) for
+		// a sequence of L tokens, L taken at least max_position_embeddings:
+		// theta itself for every sequence Nozzle serves (the factor is
+		// read, and checked, for the config's sake).
+		if rs.Factor, err = require("factor"); err != nil {
+			return nil, err
+		}
 	case RopeLlama3:
 		if rs.Factor, err = require("factor"); err != nil {
 			return nil, err
@@ -649,7 +662,7 @@ func (c *Config) parseRope(raw json.RawMessage, field string, topOrig *float64) 
 			return nil, err
 		}
 	default:
-		return nil, fmt.Errorf("%s rope_type %q is not supported (default, linear, llama3, yarn and longrope are)", field, typ)
+		return nil, fmt.Errorf("%s rope_type %q is not supported (default, linear, dynamic, llama3, yarn and longrope are)", field, typ)
 	}
 	c.RopeScaling = rs
 	return theta, nil

@@ -117,6 +117,11 @@ func TestParseConfig(t *testing.T) {
 				t.Errorf("%+v", c.RopeScaling)
 			}
 		}},
+		{"DynamicNTK", `{"architectures":["LlamaForCausalLM"],"rope_scaling":{"type":"dynamic","factor":2},` + base + `}`, func(t *testing.T, c *model.Config) {
+			if c.RopeScaling.Type != model.RopeDynamic || c.RopeScaling.Factor != 2 {
+				t.Errorf("%+v", c.RopeScaling)
+			}
+		}},
 		{"RopeParametersV5", `{"architectures":["LlamaForCausalLM"],"rope_parameters":{"rope_theta":1000000,"rope_type":"linear","factor":4},` + base + `}`, func(t *testing.T, c *model.Config) {
 			if c.RopeTheta != 1e6 || c.RopeScaling.Type != "linear" || c.RopeScaling.Factor != 4 {
 				t.Errorf("%+v %v", c.RopeScaling, c.RopeTheta)
@@ -157,7 +162,8 @@ func TestParseConfig_Errors(t *testing.T) {
 		{"Arch", `{"architectures":["GPT2LMHeadModel"],` + base + `}`, `"GPT2LMHeadModel" is not supported`},
 		{"ModelType", `{"model_type":"gemma",` + base + `}`, `"gemma" is not supported`},
 		{"NoArch", `{` + base + `}`, "neither architectures nor model_type"},
-		{"Dynamic", `{"model_type":"llama","rope_scaling":{"type":"dynamic","factor":2},` + base + `}`, `rope_type "dynamic" is not supported`},
+		{"DynamicNoFactor", `{"model_type":"llama","rope_scaling":{"type":"dynamic"},` + base + `}`, "rope_scaling (rope_type dynamic) needs factor"},
+		{"NTKByParts", `{"model_type":"llama","rope_scaling":{"type":"ntk-by-parts","factor":2},` + base + `}`, `rope_type "ntk-by-parts" is not supported`},
 		{"Longrope", `{"model_type":"llama","rope_parameters":{"rope_type":"longrope"},` + base + `}`, "rope_parameters (rope_type longrope) needs short_factor"},
 		{"Llama3Missing", `{"model_type":"llama","rope_scaling":{"rope_type":"llama3","factor":8,"low_freq_factor":1,"high_freq_factor":4},` + base + `}`, "needs original_max_position_embeddings"},
 		{"MissingHidden", `{"model_type":"llama","intermediate_size":1,"num_hidden_layers":1,"num_attention_heads":1}`, "hidden_size is missing"},
