@@ -3,7 +3,6 @@ package model_test
 import (
 	"encoding/json"
 	"math"
-	"reflect"
 	"strings"
 	"testing"
 
@@ -50,18 +49,8 @@ func TestParseConfig_Longrope(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			c, err := model.ParseConfig([]byte(tt.json))
-			if err != nil {
-				t.Fatal(err)
-			}
+			c := parseRope(t, tt.json, tt.want)
 			got := c.RopeScaling
-			if math.Abs(got.AttentionFactor-tt.want.AttentionFactor) > 1e-15 {
-				t.Errorf("attention factor %.17g, want %.17g", got.AttentionFactor, tt.want.AttentionFactor)
-			}
-			got.AttentionFactor = tt.want.AttentionFactor
-			if !reflect.DeepEqual(got, tt.want) {
-				t.Errorf("rope = %+v\nwant   %+v", got, tt.want)
-			}
 			if c.RotaryDim != tt.rotary {
 				t.Errorf("rotary dims %d, want %d (head_dim %d)", c.RotaryDim, tt.rotary, c.HeadDim)
 			}

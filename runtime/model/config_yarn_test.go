@@ -37,23 +37,31 @@ func TestParseConfig_Yarn(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			c, err := model.ParseConfig([]byte(tt.json))
-			if err != nil {
-				t.Fatal(err)
-			}
-			got := c.RopeScaling
-			if math.Abs(got.AttentionFactor-tt.want.AttentionFactor) > 1e-15 {
-				t.Errorf("attention factor %.17g, want %.17g", got.AttentionFactor, tt.want.AttentionFactor)
-			}
-			got.AttentionFactor = tt.want.AttentionFactor
-			if !reflect.DeepEqual(got, tt.want) {
-				t.Errorf("rope = %+v\nwant   %+v", got, tt.want)
-			}
+			c := parseRope(t, tt.json, tt.want)
 			if c.RopeTheta != tt.theta {
 				t.Errorf("rope_theta = %v, want %v", c.RopeTheta, tt.theta)
 			}
 		})
 	}
+}
+
+// parseRope parses a config.json and checks its resolved rope scaling
+// against want, the attention factor to 1e-15.
+func parseRope(t *testing.T, js string, want model.RopeScaling) *model.Config {
+	t.Helper()
+	c, err := model.ParseConfig([]byte(js))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := c.RopeScaling
+	if math.Abs(got.AttentionFactor-want.AttentionFactor) > 1e-15 {
+		t.Errorf("attention factor %.17g, want %.17g", got.AttentionFactor, want.AttentionFactor)
+	}
+	got.AttentionFactor = want.AttentionFactor
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("rope = %+v\nwant   %+v", got, want)
+	}
+	return c
 }
 
 func TestParseConfig_YarnErrors(t *testing.T) {
