@@ -121,7 +121,7 @@ func (l *Library) NewEngine(m *model.Model, opts Options) (*Engine, error) {
 	default:
 		return nil, fmt.Errorf("engine: rope_type %q is not supported", c.RopeScaling.Type)
 	}
-	maxPos := c.MaxPositionEmbeddings
+	maxPos := c.ContextLength()
 	if opts.MaxPosition > 0 {
 		maxPos = opts.MaxPosition
 	}

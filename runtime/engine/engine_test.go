@@ -437,6 +437,31 @@ func TestEngine_LongSequence(t *testing.T) {
 	checkLogits(t, "b", lb[0], ref.forward(b.tokens, nil)[46], 2e-5)
 }
 
+// TestEngine_YarnContext: a yarn model serves its original context times
+// the factor (16 × 4) past max_position_embeddings (16), matching the
+// reference there.
+func TestEngine_YarnContext(t *testing.T) {
+	spec := tinySpec(14)
+	spec.MaxPosition = 16
+	spec.Rope = &model.RopeScaling{Type: model.RopeYarn, Factor: 4, OriginalMaxPosition: 16, BetaFast: 32, BetaSlow: 1,
+		AttentionFactor: model.YarnMscale(4, 1), Truncate: true}
+	m := openModel(t, spec)
+	if n := m.Info().ContextLength; n != 64 {
+		t.Fatalf("context %d, want 64", n)
+	}
+	e := newEngine(t, m, testOptions())
+	ref := newRefModel(t, m)
+	r := rand.New(rand.NewPCG(14, 14))
+	s := &seq{tokens: randomTokens(r, 60, 96), slot: -1}
+	h := newHarness(t, e, 5)
+	var last []float32
+	for s.done < len(s.tokens) {
+		l, _ := h.mustStep(part{s, min(9, len(s.tokens)-s.done)})
+		last = l[0]
+	}
+	checkLogits(t, "position 59", last, ref.forward(s.tokens, nil)[59], 5e-5)
+}
+
 // TestEngine_Sampling: greedy picks the reference's argmax; seeded sampling
 // is deterministic and independent of the batch; logprobs and the top
 // tokens follow log_softmax of the logits.

@@ -750,6 +750,21 @@ func (c *Config) parseLongrope(rs *RopeScaling, field string, num func(string) (
 	return nil
 }
 
+// ContextLength is how many positions a sequence of the model may hold:
+// max_position_embeddings, or with yarn the original context times the
+// factor where that is longer — what YaRN's scaling is for (Qwen2.5's
+// configs keep max_position_embeddings at 32768 and add yarn with factor 4
+// for 131072, as vLLM reads them).
+func (c *Config) ContextLength() int {
+	n := c.MaxPositionEmbeddings
+	if rs := c.RopeScaling; rs.Type == RopeYarn {
+		if y := float64(rs.OriginalMaxPosition) * rs.Factor; y > float64(n) && y <= math.MaxInt32 {
+			n = int(y)
+		}
+	}
+	return n
+}
+
 // LongropeAttention is longrope's default attention factor for a model of
 // max_position_embeddings maxPos pretrained on orig positions
 // (transformers' _compute_longrope_parameters): √(1 + ln(maxPos/orig) /

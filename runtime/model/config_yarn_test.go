@@ -92,3 +92,33 @@ func TestParseConfig_YarnErrors(t *testing.T) {
 		})
 	}
 }
+
+// TestConfig_ContextLength: yarn serves its original context times its
+// factor where that is longer than max_position_embeddings (Qwen2.5's
+// 32768 with factor 4: 131072), as vLLM reads it; the other scalings, and
+// a yarn config whose max_position_embeddings was raised already, serve
+// max_position_embeddings.
+func TestConfig_ContextLength(t *testing.T) {
+	base := `"model_type":"qwen2","hidden_size":64,"intermediate_size":128,"num_hidden_layers":2,"num_attention_heads":8,"max_position_embeddings":32768`
+	for _, tt := range []struct {
+		name, rope string
+		want       int
+	}{
+		{"None", `null`, 32768},
+		{"YarnQwen25", `{"type":"yarn","factor":4.0,"original_max_position_embeddings":32768}`, 131072},
+		{"YarnRaisedAlready", `{"type":"yarn","factor":2.0,"original_max_position_embeddings":8192}`, 32768},
+		{"YarnFractional", `{"type":"yarn","factor":1.5,"original_max_position_embeddings":32768}`, 49152},
+		{"Linear", `{"type":"linear","factor":4.0}`, 32768},
+		{"Dynamic", `{"type":"dynamic","factor":4.0}`, 32768},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := model.ParseConfig([]byte(`{` + base + `,"rope_scaling":` + tt.rope + `}`))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := c.ContextLength(); got != tt.want {
+				t.Errorf("context %d, want %d", got, tt.want)
+			}
+		})
+	}
+}

@@ -147,8 +147,13 @@ func (s *Spec) headDim() int {
 // Info returns the shapes of the model the spec describes.
 func (s Spec) Info() nozzle.ModelInfo {
 	_ = s.defaults()
+	ctx := s.MaxPosition
+	if s.Rope != nil {
+		c := Config{MaxPositionEmbeddings: s.MaxPosition, RopeScaling: *s.Rope}
+		ctx = c.ContextLength()
+	}
 	return nozzle.ModelInfo{
-		Architecture: archByModelType[s.Arch], ContextLength: s.MaxPosition, VocabSize: s.VocabSize,
+		Architecture: archByModelType[s.Arch], ContextLength: ctx, VocabSize: s.VocabSize,
 		HiddenSize: s.HiddenSize, IntermediateSize: s.IntermediateSize, NumLayers: s.NumLayers,
 		NumHeads: s.NumHeads, NumKVHeads: s.NumKVHeads, HeadDim: s.headDim(),
 	}

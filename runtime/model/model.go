@@ -198,7 +198,7 @@ func (m *Model) Info() nozzle.ModelInfo {
 	return nozzle.ModelInfo{
 		ID:               m.ID,
 		Architecture:     c.Architecture,
-		ContextLength:    c.MaxPositionEmbeddings,
+		ContextLength:    c.ContextLength(),
 		VocabSize:        c.VocabSize,
 		HiddenSize:       c.HiddenSize,
 		IntermediateSize: c.IntermediateSize,
