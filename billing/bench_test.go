@@ -43,10 +43,20 @@ func TestBench(t *testing.T) {
 }
 
 // BenchmarkRecordUsage: durable usage events, from one writer (each event
-// waits for its own sync) and from 128 (they share syncs).
+// waits for its own sync) and from 128 (they share syncs); and from 128
+// with a stored Responses API response each (a 2 KiB Response object and
+// its input items, in the same durable write), against the plain ones of
+// the same run.
 func BenchmarkRecordUsage(b *testing.B) {
+	var withResponse bool
+	body := []byte(`{"id":"resp_x","object":"response","status":"completed","output":[{"id":"msg_x","type":"message","role":"assistant","content":[{"type":"output_text","text":"` + strings.Repeat("tokens ", 280) + `","annotations":[]}]}]}`)
+	input := []byte(`[{"id":"msg_in","type":"message","role":"user","content":[{"type":"input_text","text":"Summarise the report in three lines."}]}]`)
 	record := func(b *testing.B, l *billing.Ledger, tenantID string, i int64) {
-		ev := nozzle.UsageEvent{RequestID: fmt.Sprintf("req-%d-%d", i, time.Now().UnixNano()), TenantID: tenantID, AdapterID: "ad", Time: time.Now(), PromptTokens: 100, CompletionTokens: 20, DeviceSeconds: 0.05, RatePerHour: 2}
+		id := fmt.Sprintf("req-%d-%d", i, time.Now().UnixNano())
+		ev := nozzle.UsageEvent{RequestID: id, TenantID: tenantID, AdapterID: "ad", Time: time.Now(), PromptTokens: 100, CompletionTokens: 20, DeviceSeconds: 0.05, RatePerHour: 2}
+		if withResponse {
+			ev.StoredResponse = &nozzle.StoredResponse{ID: "resp_" + id, TenantID: tenantID, Created: ev.Time, Body: body, Input: input}
+		}
 		if _, err := l.RecordUsage(context.Background(), &ev); err != nil {
 			b.Fatal(err)
 		}
@@ -60,7 +70,7 @@ func BenchmarkRecordUsage(b *testing.B) {
 			record(b, l, ten.ID, i)
 		}
 	})
-	b.Run("writers=128", func(b *testing.B) {
+	many := func(b *testing.B) {
 		l := mustOpen(b, billing.Options{DefaultPrice: nozzle.Price{PromptPerMillionUSD: 1}})
 		ten := mustTenant(b, l, "acme")
 		var n atomic.Int64
@@ -71,6 +81,12 @@ func BenchmarkRecordUsage(b *testing.B) {
 				record(b, l, ten.ID, n.Add(1))
 			}
 		})
+	}
+	b.Run("writers=128", many)
+	b.Run("writers=128/stored-response", func(b *testing.B) {
+		withResponse = true
+		defer func() { withResponse = false }()
+		many(b)
 	})
 }
 

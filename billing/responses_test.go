@@ -47,7 +47,7 @@ func TestResponses_StoredWithEvent(t *testing.T) {
 		t.Fatal(err)
 	}
 	bad := respEvent(ten.ID, "req2", "resp_2", "", at)
-	bad.StoredResponse.Body = []byte("{not json")
+	bad.StoredResponse.Body = []byte(`["not an object"]`)
 	if _, err := l.RecordUsage(ctx, bad); nozzle.ErrorCode(err) != nozzle.EINVALID {
 		t.Fatalf("invalid stored response: %v", err)
 	}
