@@ -130,6 +130,10 @@ func BenchmarkHandler(b *testing.B) {
 		body := strings.Replace(benchChat, `"temperature":0`, `"temperature":0,"stream":true,"stream_options":{"include_usage":true}`, 1)
 		runBench(b, inmemClient(b, srv.Serve), "/v1/chat/completions", key, body, "[DONE]")
 	})
+	b.Run("responses", func(b *testing.B) { // the Responses API's translation to the chat path and back
+		srv, key := benchServer(b)
+		runBench(b, inmemClient(b, srv.Serve), "/v1/responses", key, `{"model":"bench-adapter","instructions":"You are terse.","input":"Say hello to the benchmark.","max_output_tokens":16,"temperature":0}`, "Hello from the stub.")
+	})
 	b.Run("completions", func(b *testing.B) {
 		srv, key := benchServer(b)
 		runBench(b, inmemClient(b, srv.Serve), "/v1/completions", key, `{"model":"base","prompt":"Once upon a time","max_tokens":16}`, "Hello from the stub.")
