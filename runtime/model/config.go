@@ -33,7 +33,23 @@ const (
 	// language_model.model. (or model.language_model.); the vision tower
 	// is not loaded.
 	ArchGemma3Multimodal = "Gemma3ForConditionalGeneration"
+	// ArchMistral3Multimodal checkpoints (Mistral Small 3.1 and 3.2) are
+	// served as their Mistral language model the same way.
+	ArchMistral3Multimodal = "Mistral3ForConditionalGeneration"
 )
+
+// multimodal are the checkpoints of a language model with a vision tower
+// that Nozzle serves as their language model (text in, text out): by
+// architecture, or by model_type where architectures is missing; the
+// language model's architecture and model_type; and the defaults of its
+// config class for the fields a text_config often leaves out.
+var multimodal = []struct {
+	arch, modelType, textArch, textModelType string
+	defaults                                 map[string]any
+}{
+	{ArchGemma3Multimodal, "gemma3", ArchGemma3, "gemma3_text", gemma3TextDefaults},
+	{ArchMistral3Multimodal, "mistral3", ArchMistral, "mistral", mistralDefaults},
+}
 
 type archName struct{ modelType, arch string }
 
@@ -55,9 +71,12 @@ var archByModelType = func() map[string]string {
 // supportedList lists one field of every supported architecture as "a, b
 // or c".
 func supportedList(field func(modelType, arch string) string) string {
-	names := make([]string, len(supported))
-	for i, s := range supported {
-		names[i] = field(s.modelType, s.arch)
+	names := make([]string, 0, len(supported)+len(multimodal))
+	for _, s := range supported {
+		names = append(names, field(s.modelType, s.arch))
+	}
+	for _, m := range multimodal {
+		names = append(names, field(m.modelType, m.arch))
 	}
 	return strings.Join(names[:len(names)-1], ", ") + " or " + names[len(names)-1]
 }
@@ -166,7 +185,8 @@ type Config struct {
 	// NameOrPath is config.json's _name_or_path (may be empty).
 	NameOrPath string
 	// LanguageModelOf is the architecture of the checkpoint whose language
-	// model this is (ArchGemma3Multimodal), or "" for a language model's
+	// model this is (ArchGemma3Multimodal, ArchMistral3Multimodal), or ""
+	// for a language model's
 	// own checkpoint.
 	LanguageModelOf string
 
@@ -323,8 +343,10 @@ func ParseConfig(b []byte) (*Config, error) {
 	if err := json.Unmarshal(b, &r); err != nil {
 		return nil, fmt.Errorf("not valid JSON: %w", err)
 	}
-	if len(r.Architectures) > 0 && r.Architectures[0] == ArchGemma3Multimodal || len(r.Architectures) == 0 && r.ModelType == "gemma3" {
-		return parseGemma3Multimodal(b)
+	for _, mm := range multimodal {
+		if len(r.Architectures) > 0 && r.Architectures[0] == mm.arch || len(r.Architectures) == 0 && r.ModelType == mm.modelType {
+			return parseMultimodal(b, mm.arch, mm.textArch, mm.textModelType, mm.defaults)
+		}
 	}
 	c := &Config{ModelType: r.ModelType, NameOrPath: r.NameOrPath}
 	switch {
@@ -1036,25 +1058,33 @@ var gemma3TextDefaults = map[string]any{
 	"rope_local_base_freq": 10000.0, "sliding_window_pattern": 6,
 }
 
-// parseGemma3Multimodal parses a Gemma3ForConditionalGeneration config as
-// its language model's: text_config over Gemma3TextConfig's defaults, with
-// the token ids, dtype and name of the outer config where text_config has
-// none.
-func parseGemma3Multimodal(b []byte) (*Config, error) {
+// mistralDefaults are MistralConfig's defaults for the fields a
+// Mistral3ForConditionalGeneration config's text_config may leave out.
+var mistralDefaults = map[string]any{
+	"vocab_size": 32000, "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
+	"num_attention_heads": 32, "num_key_value_heads": 8, "max_position_embeddings": 131072,
+	"rms_norm_eps": 1e-6, "rope_theta": 10000.0, "sliding_window": 4096,
+}
+
+// parseMultimodal parses a multimodal checkpoint's config (arch) as its
+// language model's (textArch, textModelType): text_config over its config
+// class's defaults, with the token ids, dtype and name of the outer config
+// where text_config has none.
+func parseMultimodal(b []byte, arch, textArch, textModelType string, defaults map[string]any) (*Config, error) {
 	var outer map[string]json.RawMessage
 	if err := json.Unmarshal(b, &outer); err != nil {
 		return nil, fmt.Errorf("not valid JSON: %w", err)
 	}
 	raw, ok := outer["text_config"]
 	if !ok || !isSet(raw) {
-		return nil, fmt.Errorf("%s config has no text_config", ArchGemma3Multimodal)
+		return nil, fmt.Errorf("%s config has no text_config", arch)
 	}
 	var text map[string]json.RawMessage
 	if err := json.Unmarshal(raw, &text); err != nil {
 		return nil, fmt.Errorf("text_config is not an object: %w", err)
 	}
 	merged := map[string]json.RawMessage{}
-	for k, v := range gemma3TextDefaults {
+	for k, v := range defaults {
 		merged[k], _ = json.Marshal(v)
 	}
 	for _, k := range []string{"bos_token_id", "eos_token_id", "pad_token_id", "torch_dtype", "dtype", "_name_or_path", "tie_word_embeddings"} {
@@ -1068,8 +1098,8 @@ func parseGemma3Multimodal(b []byte) (*Config, error) {
 		}
 		merged[k] = v
 	}
-	merged["architectures"] = json.RawMessage(`["` + ArchGemma3 + `"]`)
-	merged["model_type"] = json.RawMessage(`"gemma3_text"`)
+	merged["architectures"] = json.RawMessage(`["` + textArch + `"]`)
+	merged["model_type"] = json.RawMessage(`"` + textModelType + `"`)
 	mb, err := json.Marshal(merged)
 	if err != nil {
 		return nil, err
@@ -1078,7 +1108,7 @@ func parseGemma3Multimodal(b []byte) (*Config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("text_config: %w", err)
 	}
-	c.LanguageModelOf = ArchGemma3Multimodal
+	c.LanguageModelOf = arch
 	return c, nil
 }
 

@@ -405,7 +405,7 @@ func languageModelLookup(find lookup) (lookup, error) {
 			return find(name)
 		}, nil
 	}
-	return nil, errors.New("model checkpoint has no language_model.model.embed_tokens.weight or model.language_model.embed_tokens.weight: not a Gemma 3 multimodal checkpoint's layout")
+	return nil, errors.New("model checkpoint has no language_model.model.embed_tokens.weight or model.language_model.embed_tokens.weight: not a multimodal checkpoint's layout")
 }
 
 func (m *Model) collect(find lookup) error {
