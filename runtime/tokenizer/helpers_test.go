@@ -14,7 +14,7 @@ import (
 )
 
 // models are the real tokenizers under testdata/models.
-var models = []string{"llama2", "llama3", "qwen3", "gemma2", "gemma3"}
+var models = []string{"llama2", "llama3", "qwen3", "gemma2", "gemma3", "gpt4o"}
 
 var (
 	loadMu sync.Mutex

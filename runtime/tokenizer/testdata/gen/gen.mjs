@@ -27,7 +27,7 @@ const readTokenizerJSON = (dir) => readMaybeGz(path.join(dir, "tokenizer.json"))
 const readConfigJSON = (dir) => readMaybeGz(path.join(dir, "tokenizer_config.json"));
 
 const corpus = readJSON(path.join(td, "corpus.json"));
-const models = ["llama2", "llama3", "qwen3", "gemma2", "gemma3"];
+const models = ["llama2", "llama3", "qwen3", "gemma2", "gemma3", "gpt4o"];
 if (fs.existsSync(path.join(td, "demo", "tokenizer.json"))) models.push("demo");
 
 // A tokenizer that does not recognise special tokens in the text: the
