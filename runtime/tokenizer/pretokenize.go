@@ -133,9 +133,10 @@ type splitPre struct {
 func (sp *splitPre) split(dst, src []piece) []piece {
 	for _, p := range src {
 		p = materialize(p)
-		if sp.scan != nil && sp.behavior == behIsolated && !sp.invert {
-			// Fast path: every match is a piece and the scanner leaves no
-			// gaps.
+		if sp.scan != nil && (sp.behavior == behIsolated || sp.behavior == behRemoved && sp.invert) {
+			// Fast path: the scanner leaves no gaps, so every match is a
+			// piece, whether isolated or kept by removing the gaps
+			// (GPT-4o's Removed with invert).
 			for i := 0; i < len(p.s); {
 				j := sp.scan(p.s, i)
 				dst = append(dst, piece{s: p.s[i:j], first: p.first && i == 0})

@@ -5,8 +5,8 @@ import (
 	"unicode/utf8"
 )
 
-// The split patterns of the GPT-2, Llama 3 and Qwen2 tokenizers use a
-// negative lookahead, which Go's regexp rejects and which a backtracking
+// The split patterns of the GPT-2, Llama 3, Qwen2 and GPT-4o (o200k)
+// tokenizers use a negative lookahead, which Go's regexp rejects and which a backtracking
 // engine runs slowly. These scanners match them by hand: each returns the
 // end of the match that starts at i (every position starts a match).
 
@@ -15,6 +15,9 @@ const (
 	patternGPT2   = `'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+`
 	patternLlama3 = `(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+`
 	patternQwen2  = `(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+`
+	// GPT-4o's, also Phi-4-mini's and Llama 4's: words split where
+	// lower case turns to upper case, contractions kept on their word.
+	patternO200k = `[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+`
 )
 
 // scanner returns the end of the match starting at i in s.
@@ -29,6 +32,8 @@ func knownScanner(pattern string) scanner {
 		return scanLlama3
 	case patternQwen2:
 		return scanQwen2
+	case patternO200k:
+		return scanO200k
 	}
 	return nil
 }
@@ -236,6 +241,195 @@ func scanLlamaStyle(s string, i int, maxDigits int) int {
 			lastNL = j + m
 		}
 		j += m
+	}
+	if lastNL >= 0 {
+		return lastNL
+	}
+	return whitespace(s, i)
+}
+
+// Character classes of the o200k pattern. A rune may be in both upper and
+// lower: [\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}] and [\p{Ll}\p{Lm}\p{Lo}\p{M}] share
+// Lm, Lo and the marks.
+const (
+	oLetter  = 1 << iota // \p{L}
+	oNumber              // \p{N}
+	oSpace               // \s
+	oNewline             // \r or \n
+	oUpper               // [\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]
+	oLower               // [\p{Ll}\p{Lm}\p{Lo}\p{M}]
+)
+
+var asciiO200k = func() (t [128]uint8) {
+	for c := 0; c < 128; c++ {
+		t[c] = o200kRune(rune(c))
+	}
+	return
+}()
+
+// o200kRune returns the o200k classes of r.
+func o200kRune(r rune) uint8 {
+	switch {
+	case unicode.IsLetter(r):
+		switch {
+		case unicode.IsLower(r):
+			return oLetter | oLower
+		case unicode.IsUpper(r), unicode.IsTitle(r):
+			return oLetter | oUpper
+		}
+		return oLetter | oUpper | oLower // Lm, Lo
+	case unicode.IsMark(r):
+		return oUpper | oLower
+	case unicode.IsNumber(r):
+		return oNumber
+	case isSpace(r):
+		if r == '\r' || r == '\n' {
+			return oSpace | oNewline
+		}
+		return oSpace
+	}
+	return 0
+}
+
+// classO200k returns the o200k classes of the rune at i and its length.
+func classO200k(s string, i int) (uint8, int) {
+	if c := s[i]; c < utf8.RuneSelf {
+		return asciiO200k[c], 1
+	}
+	r, n := utf8.DecodeRuneInString(s[i:])
+	return o200kRune(r), n
+}
+
+// runO200k returns the end of the run of runes starting at i whose classes
+// include any of want.
+func runO200k(s string, i int, want uint8) int {
+	for i < len(s) {
+		c, n := classO200k(s, i)
+		if c&want == 0 {
+			break
+		}
+		i += n
+	}
+	return i
+}
+
+// contractionSuffix matches (?i:'s|'t|'re|'ve|'m|'ll|'d)? at i.
+func contractionSuffix(s string, i int) int {
+	if i < len(s) && s[i] == '\'' {
+		if e := contraction(s, i, true); e > 0 {
+			return e
+		}
+	}
+	return i
+}
+
+// o200kCamel matches [\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+
+// and the contraction after it at i, as a backtracking engine does: the
+// upper run, then the lower run after it, or else the upper run given back
+// to its last rune that is also lower. It returns -1 for no match.
+func o200kCamel(s string, i int) int {
+	e, lastLower := i, -1
+	for e < len(s) {
+		c, n := classO200k(s, e)
+		if c&oUpper == 0 {
+			if c&oLower != 0 {
+				return contractionSuffix(s, runO200k(s, e+n, oLower))
+			}
+			break
+		}
+		e += n
+		if c&oLower != 0 {
+			lastLower = e
+		}
+	}
+	if lastLower < 0 {
+		return -1
+	}
+	return contractionSuffix(s, lastLower)
+}
+
+// o200kUpper matches [\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*
+// and the contraction after it at i, or returns -1.
+func o200kUpper(s string, i int) int {
+	e := runO200k(s, i, oUpper)
+	if e == i {
+		return -1
+	}
+	return contractionSuffix(s, runO200k(s, e, oLower))
+}
+
+// scanO200k matches patternO200k.
+func scanO200k(s string, i int) int {
+	c, n := classO200k(s, i)
+	if c&(oLetter|oNumber|oNewline) == 0 {
+		// [^\r\n\p{L}\p{N}]? before the letters (or a mark, which may
+		// itself be the letters).
+		if i+n < len(s) {
+			if e := o200kCamel(s, i+n); e >= 0 {
+				return e
+			}
+		}
+		if e := o200kCamel(s, i); e >= 0 {
+			return e
+		}
+		if i+n < len(s) {
+			if e := o200kUpper(s, i+n); e >= 0 {
+				return e
+			}
+		}
+	} else if c&oLetter != 0 {
+		if e := o200kCamel(s, i); e >= 0 {
+			return e
+		}
+		return o200kUpper(s, i) // a letter that is not lower is upper
+	}
+	// \p{N}{1,3}
+	if c&oNumber != 0 {
+		j := i + n
+		for k := 1; k < 3 && j < len(s); k++ {
+			nc, m := classO200k(s, j)
+			if nc&oNumber == 0 {
+				break
+			}
+			j += m
+		}
+		return j
+	}
+	// ' '?[^\s\p{L}\p{N}]+[\r\n/]*
+	const notOther = oSpace | oLetter | oNumber
+	start := -1
+	if c&notOther == 0 {
+		start = i
+	} else if s[i] == ' ' && i+1 < len(s) {
+		if nc, _ := classO200k(s, i+1); nc&notOther == 0 {
+			start = i + 1
+		}
+	}
+	if start >= 0 {
+		j := start
+		for j < len(s) {
+			cc, m := classO200k(s, j)
+			if cc&notOther != 0 {
+				break
+			}
+			j += m
+		}
+		for j < len(s) && (s[j] == '\r' || s[j] == '\n' || s[j] == '/') {
+			j++
+		}
+		return j
+	}
+	// \s*[\r\n]+ : up to the last newline of the whitespace run.
+	j, lastNL := i, -1
+	for j < len(s) {
+		cc, m := classO200k(s, j)
+		if cc&oSpace == 0 {
+			break
+		}
+		j += m
+		if cc&oNewline != 0 {
+			lastNL = j
+		}
 	}
 	if lastNL >= 0 {
 		return lastNL

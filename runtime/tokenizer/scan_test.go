@@ -17,6 +17,7 @@ var scannerPatterns = []struct {
 	{"gpt2", patternGPT2},
 	{"llama3", patternLlama3},
 	{"qwen2", patternQwen2},
+	{"o200k", patternO200k},
 }
 
 // checkScanners compares the scanners' matches with regexp2's on s.
@@ -67,7 +68,10 @@ func TestScanners(t *testing.T) {
 	}
 	// Random strings over an alphabet of the characters the patterns care
 	// about.
-	alphabet := []rune("aZé中ß1٣½ \t\n\r\u00a0\u2028\u3000'sStTrReEvVmMlLdD.,!?-_()😀\u0301\u200d\u0085\x0b\x0c")
+	// For o200k: upper and lower case outside ASCII (É ω), title case (ǅ),
+	// modifier letters (ʰ ー), marks of the three kinds (U+0301 U+0903
+	// U+20DD), "/".
+	alphabet := []rune("aZé中ß1٣½ \t\n\r\u00a0\u2028\u3000'sStTrReEvVmMlLdD.,!?-_()😀\u0301\u200d\u0085\x0b\x0cÉωǅʰー\u0903\u20dd/")
 	r := rand.New(rand.NewPCG(7, 11))
 	for n := 0; n < 4000; n++ {
 		rs := make([]rune, 1+r.IntN(12))
@@ -79,7 +83,8 @@ func TestScanners(t *testing.T) {
 }
 
 func FuzzScanners(f *testing.F) {
-	for _, s := range []string{"", "  a", "'Re  \n\n x", "12345 ١٢٣", "a\r\n\r\nb", " !!\n\n", "\u3000\u3000x"} {
+	for _, s := range []string{"", "  a", "'Re  \n\n x", "12345 ١٢٣", "a\r\n\r\nb", " !!\n\n", "\u3000\u3000x",
+		"HTTPServer's ǅa'LL", "x.\n/y //\r\n/", "\u0301'S !\u0301\u0301a ʰʰA", "getHTTPResponseCode ÉCOLEnormale"} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, s string) { checkScanners(t, s) })
