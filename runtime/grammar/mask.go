@@ -33,6 +33,15 @@ type Looper interface {
 	Loops() (b byte, ok bool)
 }
 
+// Marker is a Machine that reads control tokens besides bytes: tokens
+// without bytes in the output's text (Mistral's [TOOL_CALLS] and [ARGS]),
+// which a Vocab knows as its marks (NewVocab). Mark reads mark k, the
+// Vocab's k-th, and reports false (leaving the state unusable) where it
+// cannot come next; the masker allows the mark's token where it can.
+type Marker interface {
+	Mark(k int) bool
+}
+
 // PlainCounter is a Machine that can tell, of some states, that any plain
 // text (see Plain) of at most n characters may come next, though it
 // changes the state (a string with a length limit): the masker takes
@@ -63,6 +72,8 @@ type Vocab struct {
 	// first asked for; plainChars: the most characters a plain token has
 	upTo       map[int][]uint32
 	plainChars int
+	// marks[k] is the token of mark k (Marker), -1 for none
+	marks []int32
 }
 
 // plainUpTo returns the mask of the plain-text tokens of at most n
@@ -122,9 +133,17 @@ func (v *Vocab) splitBy(b byte) *split {
 
 // NewVocab prepares a vocabulary: tokens[id] is the bytes of token id, nil
 // (or empty) for a token that never comes in the output (special and
-// control tokens); ends are the tokens that end a generation (EOS).
-func NewVocab(tokens [][]byte, ends []int) *Vocab {
+// control tokens); ends are the tokens that end a generation (EOS); marks
+// are control tokens a Marker reads (mark k is token marks[k]; -1 for a
+// vocabulary without it), tokens without bytes.
+func NewVocab(tokens [][]byte, ends []int, marks ...int) *Vocab {
 	v := &Vocab{vocab: len(tokens), words: (len(tokens) + 31) / 32}
+	for _, id := range marks {
+		if id < 0 || id >= len(tokens) {
+			id = -1
+		}
+		v.marks = append(v.marks, int32(id))
+	}
 	for _, id := range ends {
 		if id >= 0 && id < len(tokens) {
 			v.ends = append(v.ends, int32(id))
@@ -301,6 +320,13 @@ func (m *Masker[S, P]) lookup(s *S) cached {
 		walk[S, P](&sp.with, s, mask)
 	} else {
 		walk[S, P](&v.all, s, mask)
+	}
+	if _, ok := any(p).(Marker); ok {
+		for k, id := range v.marks {
+			if st := *s; id >= 0 && any(P(&st)).(Marker).Mark(k) {
+				mask[id/32] |= 1 << (id % 32)
+			}
+		}
 	}
 	c := cached{bits: mask}
 	for _, w := range mask {

@@ -3,7 +3,9 @@ package grammar
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"slices"
+	"strings"
 	"unicode"
 	"unicode/utf8"
 )
@@ -17,7 +19,10 @@ import (
 // Calls.Sep between them). With Calls.Lead a call may only begin the text
 // (Llama 3's JSON calls, which are the whole answer): the object itself,
 // after whitespace, and text that begins otherwise is free to its end.
-// Done outside calls only. A value type, as Schema is.
+// With Calls.Mark the tag is a control token, read through Mark, and
+// with Calls.Bare a call is Mistral v11's, name [ARGS] arguments. Done
+// outside calls only (and, with Calls.Bare, once a call's arguments
+// close). A value type, as Schema is.
 //
 // The object is read in its parts, so that the name chooses the
 // arguments' machine: '{', "name", ':', the name, ',', the arguments' key,
@@ -61,7 +66,29 @@ type Calls struct {
 	// where it is '{', and free text to the end where it is not. Needs
 	// Only (the answer is calls, or text).
 	Lead bool
+	// Mark: the tag is a control token (Mistral's [TOOL_CALLS]), which has
+	// no bytes in the masks' vocabulary: the machine reads it through
+	// Mark(MarkCall), and Tag is its text, which the free text may not
+	// write as text (a parser that finds the tag in the text would read a
+	// call there). Needs Only.
+	Mark bool
+	// Bare: Mistral v11's calls, [TOOL_CALLS]name[ARGS]{…}: after the tag
+	// the function's name as it is, no quotes (its bytes must be those of
+	// OpenAI's names, [A-Za-z0-9_-]), then the control token [ARGS]
+	// (Mark(MarkArgs)), which may only come where the bytes so far are a
+	// whole name, so that names that begin alike ("get", "get_time") are
+	// told apart where the name ends, then at most MaxSpace spaces or
+	// newlines and the arguments; after them, whitespace, then the end or
+	// the next call's tag. Needs Mark; no Pre, Post, Sep or Lead.
+	Bare bool
 }
+
+// The marks a Triggered reads (Marker): the Vocab's marks must be these
+// control tokens in this order.
+const (
+	MarkCall = 0 // the tag (Mistral's [TOOL_CALLS])
+	MarkArgs = 1 // between a bare call's name and its arguments (Mistral v11's [ARGS])
+)
 
 // Tool is a function a call may name and the machine of its arguments
 // (a compiled schema: its parameters, or {"type":"object"} for any).
@@ -78,6 +105,7 @@ type calls struct {
 	names          [][]byte // quoted, sorted
 	args           []Schema // args[i]: names[i]'s start state
 	only, lead     bool
+	mark, bare     bool
 	sep            []byte
 }
 
@@ -89,6 +117,7 @@ const (
 	tPost              // in Post
 	tLead              // Lead: whitespace so far (at: a character's bytes read, lo..hi the leadSpaces it may be)
 	tText              // Lead: the text began otherwise, free to its end
+	tName              // Bare: in the name (at: its bytes read, lo..hi the names it may be)
 )
 
 // steps of free text after a call, with Calls.Only
@@ -150,7 +179,11 @@ func Trigger(c Calls) (Triggered, error) {
 	if c.Sep != "" && (!c.Only || asciiSpace(c.Sep[0])) {
 		return Triggered{}, errors.New("a separator comes between calls only, and not with whitespace")
 	}
-	cs := &calls{tag: []byte(c.Tag), pre: []byte(c.Pre), post: []byte(c.Post), only: c.Only, lead: c.Lead, sep: []byte(c.Sep)}
+	if c.Mark && (c.Tag == "" || !c.Only) || c.Bare && (!c.Mark || c.Pre != "" || c.Post != "" || c.Sep != "" || c.Lead) {
+		return Triggered{}, errors.New("a control token's calls need its text and only calls after one; bare calls are name, mark, arguments")
+	}
+	cs := &calls{tag: []byte(c.Tag), pre: []byte(c.Pre), post: []byte(c.Post), only: c.Only, lead: c.Lead, sep: []byte(c.Sep),
+		mark: c.Mark, bare: c.Bare}
 	// the tag's failure function (Knuth–Morris–Pratt)
 	cs.fail = make([]uint16, len(cs.tag))
 	for i, k := 1, 0; i < len(cs.tag); i++ {
@@ -174,6 +207,12 @@ func Trigger(c Calls) (Triggered, error) {
 		q := quote(t.Name)
 		if t.Name == "" || t.Args.c == nil {
 			return Triggered{}, errors.New("a tool needs a name and its arguments' schema")
+		}
+		if c.Bare {
+			if strings.ContainsFunc(t.Name, func(r rune) bool { return r >= utf8.RuneSelf || !nameByte(byte(r)) }) {
+				return Triggered{}, fmt.Errorf("function %q: a name written bare takes only letters, digits, '_' and '-'", t.Name)
+			}
+			q = []byte(t.Name)
 		}
 		if !slices.ContainsFunc(tools, func(n named) bool { return bytes.Equal(n.q, q) }) {
 			tools = append(tools, named{q, t.Args})
@@ -227,8 +266,20 @@ func (t *Triggered) Feed(b byte) bool {
 		}
 		t.at = uint16(at)
 		if int(t.at) == len(c.tag) {
+			if c.mark {
+				return false // the control token's text: never written as text
+			}
 			t.begin()
 		}
+		return true
+	case tName:
+		// the names that go on with b (sorted: contiguous); the name ends
+		// where MarkArgs comes
+		lo, n := narrow(c.names, int(t.lo), int(t.hi), int(t.at), b)
+		if n == lo {
+			return false
+		}
+		t.lo, t.hi, t.at = uint16(lo), uint16(n), t.at+1
 		return true
 	case tPre:
 		if b != c.pre[t.at] {
@@ -257,6 +308,10 @@ func (t *Triggered) Feed(b byte) bool {
 		if in := t.inner; in.Feed(b) {
 			t.inner = in
 			return true
+		}
+		if c.bare { // the call ends with its arguments
+			t.free()
+			return t.Feed(b)
 		}
 		t.step, t.at, t.space, t.inner = oClose, 0, 0, Schema{}
 	}
@@ -310,6 +365,10 @@ func (t *Triggered) Feed(b byte) bool {
 // begin begins a call, its tag read: Pre, or the object.
 func (t *Triggered) begin() {
 	t.phase, t.step, t.at, t.space = tPre, 0, 0, 0
+	if t.c.bare {
+		t.phase, t.lo, t.hi = tName, 0, uint16(len(t.c.names))
+		return
+	}
 	if len(t.c.pre) == 0 {
 		t.phase, t.step = tObj, oOpen
 	}
@@ -371,7 +430,7 @@ func (t *Triggered) between(b byte) bool {
 		// the tag is the object's own '{' (Calls.Lead)
 		t.begin()
 		return t.Feed(b)
-	case t.step == sTag && len(c.tag) > 0 && c.tag[t.at] == b:
+	case t.step == sTag && len(c.tag) > 0 && !c.mark && c.tag[t.at] == b:
 		t.at++
 		t.space = 0
 		if int(t.at) == len(c.tag) {
@@ -394,6 +453,37 @@ func (t *Triggered) Done() bool {
 		return true
 	case tFree:
 		return !t.called || !t.c.only || t.at == 0 && (t.step == sSep || len(t.c.sep) == 0)
+	}
+	return t.bareDone()
+}
+
+// bareDone reports whether a bare call's arguments are whole (Calls.Bare):
+// the call may end here.
+func (t *Triggered) bareDone() bool {
+	return t.c.bare && t.phase == tObj && t.step == oValue && t.at > 0 && t.inner.Done()
+}
+
+// Mark reads control token k (MarkCall, MarkArgs; Marker): with
+// Calls.Mark, the tag begins a call in free text (and, with Calls.Only,
+// after a call's whitespace, or where a bare call's arguments are whole);
+// with Calls.Bare, MarkArgs ends a call's name where its bytes are one.
+func (t *Triggered) Mark(k int) bool {
+	c := t.c
+	if !c.mark {
+		return false
+	}
+	switch {
+	case k == MarkCall && t.phase == tFree && (!t.called || !c.only || t.step == sTag && t.at == 0 && len(c.sep) == 0):
+		t.begin()
+		return true
+	case k == MarkCall && t.bareDone():
+		t.free()
+		t.begin()
+		return true
+	case k == MarkArgs && t.phase == tName && t.at > 0 && len(c.names[t.lo]) == int(t.at):
+		// (sorted: the whole name comes before those it begins)
+		t.phase, t.step, t.at, t.space, t.hi = tObj, oValue, 0, 0, t.lo+1
+		return true
 	}
 	return false
 }
@@ -435,4 +525,9 @@ func (t *Triggered) Loops() (byte, bool) {
 // characters, and they move the tag's match.
 func (t *Triggered) Plain() bool {
 	return t.phase == tObj && t.step == oValue && t.at > 0 && t.inner.Plain()
+}
+
+// nameByte reports whether c may be in an OpenAI function's name.
+func nameByte(c byte) bool {
+	return 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '_' || c == '-'
 }

@@ -180,7 +180,8 @@ func triggerWeight(b byte, step int) int {
 // FuzzTriggered: states with one key take the same bytes (the masks of
 // one are the other's), and a done output's calls are well formed. mode:
 // 0 Hermes' calls in free text, 1 with only calls after one, 2 Llama 3's
-// leading calls (llamaCalls).
+// leading calls (llamaCalls), 3 Mistral v11's (v11Calls: markCall and
+// markArgs in s are the marks, which the keys' probes take too).
 func FuzzTriggered(f *testing.F) {
 	f.Add(uint8(0), "Hi <tool_call>\n{\"name\": \"get_time\", \"arguments\": {}}\n</tool_call>")
 	f.Add(uint8(1), callW+"\n"+callT)
@@ -189,10 +190,20 @@ func FuzzTriggered(f *testing.F) {
 	f.Add(uint8(2), "\u00a0\u2003"+leadT+";"+leadW)
 	f.Add(uint8(2), "Sure: "+leadW)
 	f.Add(uint8(2), "\xe2\x80{")
-	starts := []Triggered{hermesCalls(f, false), hermesCalls(f, true), llamaCalls(f)}
+	f.Add(uint8(3), "Hi "+v11W+"\n"+v11T)
+	f.Add(uint8(3), "[TOOL_CALL\x01get\x02{\"city\":\"\\u0041\",\"days\":0}\x01get_time_zone\x02{}")
+	f.Add(uint8(3), "\x01get_time\x02{}\x02")
+	starts := []Triggered{hermesCalls(f, false), hermesCalls(f, true), llamaCalls(f), v11Calls(f)}
 	const probes = probes + "<_l>/\n;\t\xc2\xa0\xe2\x80"
 	f.Fuzz(func(t *testing.T, mode uint8, s string) {
 		mode %= uint8(len(starts))
+		if mode == 3 {
+			st, fed := feedKeyedMarked(t, starts[mode], s, probes+"[TOOLCAS]_gemwhz")
+			if fed && st.Done() {
+				v11CallsIn(t, s)
+			}
+			return
+		}
 		st, fed := feedKeyed[Triggered](t, starts[mode], s, probes)
 		if fed && st.Done() {
 			if mode == 2 {
@@ -202,6 +213,52 @@ func FuzzTriggered(f *testing.F) {
 			}
 		}
 	})
+}
+
+// feedKeyedMarked is feedKeyed for a machine of marks: markCall and
+// markArgs in s are read through Mark, and the states with one key must
+// take the same probes and the same marks.
+func feedKeyedMarked(t *testing.T, start Triggered, s, probes string) (Triggered, bool) {
+	t.Helper()
+	st := start
+	seen := map[string]uint64{}
+	for j := 0; j <= len(s); j++ {
+		var took uint64
+		for k := 0; k < len(probes); k++ {
+			if p := st; p.Feed(probes[k]) {
+				took |= 1 << k
+			}
+		}
+		for k := range 2 {
+			if p := st; p.Mark(k) {
+				took |= 1 << (61 + k)
+			}
+		}
+		if st.Done() {
+			took |= 1 << 63
+		}
+		key := string(st.Key(nil))
+		if prev, ok := seen[key]; ok && prev != took {
+			t.Fatalf("%q: after %d bytes a state's key was seen with other behaviour", s, j)
+		}
+		seen[key] = took
+		if j == len(s) {
+			break
+		}
+		var ok bool
+		switch s[j] {
+		case markCall:
+			ok = st.Mark(MarkCall)
+		case markArgs:
+			ok = st.Mark(MarkArgs)
+		default:
+			ok = st.Feed(s[j])
+		}
+		if !ok {
+			return st, false
+		}
+	}
+	return st, true
 }
 
 // llamaCalls is the runtime's form of Llama 3's JSON calls (Calls.Lead,
@@ -414,6 +471,244 @@ func TestTriggered_LeadNoDeadEnds(t *testing.T) {
 		}
 		if st.Done() {
 			n := llamaCallsIn(t, string(out))
+			calls += n
+			if n > 1 {
+				several++
+			}
+		}
+	}
+	if calls < 50 || several < 5 {
+		t.Errorf("only %d calls (%d answers of several) made along the walks", calls, several)
+	}
+	t.Logf("%d calls checked, %d answers of several", calls, several)
+}
+
+// The marks of Mistral's calls in the tests' texts: the control tokens,
+// which have no bytes, written as bytes the tests read through Mark.
+const (
+	markCall = '\x01' // [TOOL_CALLS]
+	markArgs = '\x02' // [ARGS]
+)
+
+// v11Calls is the runtime's form of Mistral v11's calls (Calls.Mark,
+// Calls.Bare: [TOOL_CALLS]name[ARGS]{…}) with hermesCalls' tools and get,
+// strict too, whose name begins the others'.
+func v11Calls(t testing.TB) Triggered {
+	t.Helper()
+	strict, err := CompileSchema([]byte(weatherParams))
+	if err != nil {
+		t.Fatal(err)
+	}
+	free, err := CompileSchema([]byte(anyObject))
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := Trigger(Calls{Tag: "[TOOL_CALLS]", Mark: true, Bare: true, Only: true,
+		Tools: []Tool{{"get_weather", strict}, {"get_time_zone", free}, {"get_time", free}, {"get", strict}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+// feedMarked feeds s, markCall and markArgs through Mark.
+func feedMarked(st Triggered, s string) (Triggered, bool) {
+	for i := 0; i < len(s); i++ {
+		var ok bool
+		switch s[i] {
+		case markCall:
+			ok = st.Mark(MarkCall)
+		case markArgs:
+			ok = st.Mark(MarkArgs)
+		default:
+			ok = st.Feed(s[i])
+		}
+		if !ok {
+			return st, false
+		}
+	}
+	return st, true
+}
+
+// v11Text is a test's text as the runtime writes it: its marks as the
+// control tokens' text.
+func v11Text(s string) string {
+	return strings.NewReplacer(string(rune(markCall)), "[TOOL_CALLS]", string(rune(markArgs)), "[ARGS]").Replace(s)
+}
+
+// v11CallsIn checks text, a done output of v11Calls (marks as bytes), as
+// the gateway's splitToolCalls reads Mistral v11's answers: from the first
+// [TOOL_CALLS], calls of a function's name, [ARGS] and its arguments
+// (get_weather's and get's following weatherParams), whitespace between
+// them, nothing after them; it returns how many, 0 for free text.
+func v11CallsIn(t *testing.T, text string) int {
+	s := v11Text(text)
+	i := strings.Index(s, "[TOOL_CALLS]")
+	if i < 0 {
+		return 0
+	}
+	if i != strings.IndexByte(text, markCall) {
+		t.Fatalf("%q: the free text wrote the control token's text", text)
+	}
+	rest, n := s[i:], 0
+	for {
+		rest = strings.TrimLeft(rest, " \t\r\n")
+		if rest == "" {
+			return n
+		}
+		rest = strings.TrimLeft(strings.TrimPrefix(rest, "[TOOL_CALLS]"), " \t\r\n")
+		k := 0
+		for k < len(rest) && nameByte(rest[k]) {
+			k++
+		}
+		name := rest[:k]
+		rest, _ = strings.CutPrefix(rest[k:], "[ARGS]")
+		rest = strings.TrimLeft(rest, " \t\r\n")
+		dec := json.NewDecoder(strings.NewReader(rest))
+		var args json.RawMessage
+		if !strings.HasPrefix(rest, "{") || dec.Decode(&args) != nil {
+			t.Fatalf("%q: not calls after the marker", text)
+		}
+		switch name {
+		case "get_weather", "get":
+			if !validJSONFor(t, weatherParams, string(args)) {
+				t.Fatalf("%q: arguments not %s's", text, name)
+			}
+		case "get_time", "get_time_zone":
+			if !validJSONFor(t, anyObject, string(args)) {
+				t.Fatalf("%q: arguments not an object", text)
+			}
+		default:
+			t.Fatalf("%q: called %q", text, name)
+		}
+		n++
+		rest = rest[dec.InputOffset():]
+	}
+}
+
+const (
+	v11W = "\x01get_weather\x02{\"city\": \"Bern\", \"days\": 3}"
+	v11T = "\x01get_time\x02 {\"tz\":[1,{}]}"
+)
+
+// TestTriggered_Mistral: Mistral v11's calls (Calls.Mark, Calls.Bare):
+// free text, never the control token's text, until [TOOL_CALLS]; then a
+// name, [ARGS] where the bytes are a whole name, the arguments, and
+// after them whitespace, the end or the next call.
+func TestTriggered_Mistral(t *testing.T) {
+	for _, tc := range []struct {
+		text      string
+		fed, done bool
+	}{
+		{"", true, true},
+		{"Hello, [TOOL_CALL] [TOOL_CALLS", true, true}, // partial texts of the tag are text
+		{"[TOOL_CALLS]", false, false},                 // its whole text is not
+		{"[[TOOL_CALLS]", false, false},
+		{"x[TOOL_CALLS\x01get\x02{\"city\":\"a\",\"days\":1}", true, true},
+		{v11W, true, true},
+		{"Let me see.\n" + v11W, true, true},
+		{v11W + v11T, true, true},
+		{v11W + " \n" + v11T + "\n", true, true},
+		{"\x01get_time_zone\x02{}\x01get\x02\n{\"city\":\"a\",\"days\":-2,\"unit\":\"F\"}", true, true},
+		{"\x01", true, false},
+		{"\x01\x02", false, false}, // a name first
+		{"\x01 get", false, false},
+		{"\x01get", true, false},
+		{"\x01get\x02", true, false},
+		{"\x01get\x02{}", false, false}, // get is strict: city and days
+		{"\x01get_\x02", false, false},  // no whole name
+		{"\x01get_t\x02", false, false},
+		{"\x01get_time\x02{\"x\": 1}", true, true},
+		{"\x01get_times", false, false},
+		{"\x01other", false, false},
+		{"\x01\"get\"", false, false},
+		{"\x01get_time{}", false, false}, // [ARGS] before the arguments
+		{"\x01get_time\x02[]", false, false},
+		{"\x01get_time\x02{}x", false, false}, // nothing but calls after one
+		{"\x01get_time\x02{} [TOOL_CALLS]", false, false},
+		{"\x01get_time\x02{}\x02", false, false},
+		{"\x01get_time\x02{}\x01", true, false},
+		{"\x01get_time\x02{}\x01\x01", false, false},
+		{"\x01get\x01", false, false},
+		{"\x01get_time\x02" + strings.Repeat(" ", MaxSpace) + "{}", true, true},
+		{"\x01get_time\x02" + strings.Repeat(" ", MaxSpace+1), false, false},
+		{"\x01get_time\x02{}" + strings.Repeat("\n", MaxSpace), true, true},
+		{"\x01get_time\x02{}" + strings.Repeat("\n", MaxSpace+1), false, false},
+		{"\x01get_time\x02{}\t", false, false},
+		{"\x02", false, false},
+		{"x\x02", false, false},
+	} {
+		st, fed := feedMarked(v11Calls(t), tc.text)
+		if fed != tc.fed || fed && st.Done() != tc.done {
+			t.Errorf("%q: fed %v done %v, want %v %v", tc.text, fed, fed && st.Done(), tc.fed, tc.done)
+		}
+		if fed && st.Done() {
+			v11CallsIn(t, tc.text)
+		}
+	}
+	free, _ := CompileSchema([]byte(anyObject))
+	for _, c := range []Calls{
+		{Tag: "[TOOL_CALLS]", Mark: true, Bare: true}, // Only
+		{Mark: true, Bare: true, Only: true},          // the tag's text
+		{Tag: "[TOOL_CALLS]", Bare: true, Only: true}, // Mark
+		{Tag: "[TOOL_CALLS]", Mark: true, Bare: true, Only: true, Sep: ";"},
+		{Tag: "[TOOL_CALLS]", Mark: true, Bare: true, Only: true, Pre: " "},
+		{Tag: "[TOOL_CALLS]", Mark: true, Bare: true, Only: true, Tools: []Tool{{"get time", free}}},
+		{Tag: "[TOOL_CALLS]", Mark: true, Bare: true, Only: true, Tools: []Tool{{"héllo", free}}},
+	} {
+		if c.Tools == nil {
+			c.Tools = []Tool{{"f", free}}
+		}
+		if _, err := Trigger(c); err == nil {
+			t.Errorf("%+v: no error", c)
+		}
+	}
+	// a machine without marks reads none
+	if st := hermesCalls(t, true); st.Mark(MarkCall) {
+		t.Error("Hermes' calls took a mark")
+	}
+}
+
+// TestTriggered_MistralNoDeadEnds: along random walks of Mistral v11's
+// calls (the marks taken now and then where they may come), every state
+// takes some byte or mark or is done, and every done output reads as
+// calls (or free text).
+func TestTriggered_MistralNoDeadEnds(t *testing.T) {
+	r := rand.New(rand.NewPCG(9, 10))
+	start := v11Calls(t)
+	calls, several := 0, 0
+	for range 100 {
+		st, out := start, []byte{}
+		for step := 0; step < 2000 && !(st.Done() && step > 200 && r.IntN(3) == 0); step++ {
+			if r.IntN(10) == 0 {
+				k := r.IntN(2)
+				if p := st; p.Mark(k) {
+					st = p
+					out = append(out, markCall+byte(k))
+					continue
+				}
+			}
+			b, ok := pickByte[Triggered](r, &st, func(b byte) int {
+				if b == markCall || b == markArgs {
+					return 0 // the marks' stand-ins: no text here
+				}
+				return triggerWeight(b, step)
+			})
+			if !ok {
+				if p := st; p.Mark(MarkCall) || st.Done() {
+					break
+				}
+				if p := st; p.Mark(MarkArgs) {
+					st = p
+					out = append(out, markArgs)
+					continue
+				}
+				t.Fatalf("dead end after %q", out)
+			}
+			out = append(out, b)
+		}
+		if st.Done() {
+			n := v11CallsIn(t, string(out))
 			calls += n
 			if n > 1 {
 				several++
