@@ -657,3 +657,102 @@ func leadCalls(t *testing.T, text, params string) int {
 		s = strings.TrimLeft(s[1:], " \t\r\n")
 	}
 }
+
+// TestMasker_MarksMatchBrute: Mistral v11's calls in auto mode
+// (grammar.Calls Mark, Bare) on Llama 2's vocabulary (Mistral's, but for
+// its control tokens) with [TOOL_CALLS] and [ARGS] added as tokens without
+// bytes, the vocabulary's marks: along random generations under the masks,
+// every mask is the brute-force one, the marks' tokens allowed where the
+// state takes them (Triggered.Mark), and never the control token's text.
+func TestMasker_MarksMatchBrute(t *testing.T) {
+	toks, ends := vocabulary(t, "llama2")
+	calls, args := len(toks), len(toks)+1
+	toks = append(toks, nil, nil)
+	v := grammar.NewVocab(toks, ends, calls, args)
+	const params = `{"type":"object","properties":{"city":{"type":"string","maxLength":8},"unit":{"enum":["C","F"]}},` +
+		`"required":["city","unit"],"additionalProperties":false}`
+	strict, err := grammar.CompileSchema([]byte(params))
+	if err != nil {
+		t.Fatal(err)
+	}
+	anyObj, err := grammar.CompileSchema([]byte(`{"type":"object"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	start, err := grammar.Trigger(grammar.Calls{Tag: "[TOOL_CALLS]", Mark: true, Bare: true, Only: true,
+		Tools: []grammar.Tool{{Name: "get_weather", Args: strict}, {Name: "get", Args: anyObj}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := grammar.NewMasker[grammar.Triggered](v, 0)
+	checked, called := 0, 0
+	for seed := range 8 {
+		r := rand.New(rand.NewPCG(uint64(seed), 3))
+		s, out := start, []byte{}
+		for step := 0; step < 80; step++ {
+			mask, ok := m.Mask(&s)
+			if !ok {
+				t.Fatalf("seed %d: no token allowed after %q", seed, out)
+			}
+			want := bruteFor[grammar.Triggered](toks, ends, &s)
+			for k, id := range []int{calls, args} {
+				if p := s; p.Mark(k) {
+					want[id/32] |= 1 << (id % 32)
+				}
+			}
+			if !slices.Equal(mask, want) {
+				t.Fatalf("seed %d, after %q: the mask is not brute force's", seed, out)
+			}
+			checked++
+			var allowed []int
+			for i := range toks {
+				if grammar.Allowed(mask, i) && !isEnd(ends, i) {
+					allowed = append(allowed, i)
+				}
+			}
+			if s.Done() && step > 10 && r.IntN(6) == 0 || len(allowed) == 0 {
+				break
+			}
+			next := allowed[r.IntN(len(allowed))]
+			// the marks where they may come, often; closers late
+			for _, id := range []int{calls, args} {
+				if grammar.Allowed(mask, id) && (step > 3 || seed%2 == 0) && r.IntN(3) > 0 {
+					next = id
+				}
+			}
+			if step > 40 && next != calls && next != args {
+				off := r.IntN(len(allowed))
+				for k := range allowed {
+					if a := allowed[(off+k)%len(allowed)]; len(toks[a]) > 0 && strings.IndexByte(`"}`, toks[a][len(toks[a])-1]) >= 0 {
+						next = a
+						break
+					}
+				}
+			}
+			switch next {
+			case calls:
+				s.Mark(grammar.MarkCall)
+				out = append(out, "[TOOL_CALLS]"...)
+				called++
+			case args:
+				s.Mark(grammar.MarkArgs)
+				out = append(out, "[ARGS]"...)
+			default:
+				for _, c := range toks[next] {
+					if !s.Feed(c) {
+						t.Fatalf("seed %d: token %q allowed but refused after %q", seed, toks[next], out)
+					}
+				}
+				out = append(out, toks[next]...)
+			}
+		}
+		if strings.Count(string(out), "[TOOL_CALLS]") > strings.Count(string(out), "[ARGS]")+1 {
+			t.Fatalf("seed %d: %q", seed, out)
+		}
+		t.Logf("seed %d: %.160q", seed, out)
+	}
+	if called < 3 {
+		t.Errorf("only %d calls begun along the walks", called)
+	}
+	t.Logf("%d masks checked, %d calls begun", checked, called)
+}
