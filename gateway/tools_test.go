@@ -260,6 +260,11 @@ func TestTools_Mistral(t *testing.T) {
 		{nozzle.ToolFormatMistralV11, "OneMarkerEach", []string{"[TOOL_CALLS]get_weather[ARGS]", `{"city": "Bern"}`, `[TOOL_CALLS]get_weather[ARGS]{"city": "Basel"}`}, ""},
 		{nozzle.ToolFormatMistralV11, "MarkersSplit", []string{"[TOOL_", "CALLS]get_", "weather[AR", `GS]{"city": `, `"Bern"}[TOOL`, `_CALLS]get_weather[ARGS]{"city": "Basel"}`}, ""},
 		{nozzle.ToolFormatMistralV11, "TextBefore", []string{"Checking both. [TOOL", `_CALLS]get_weather[ARGS]{"city": "Bern"}`, `get_weather[ARGS]{"city": "Basel"}`}, "Checking both. "},
+		// the shapes strict functions' masks let a call take in auto mode:
+		// the marker's text begun in the text, never whole; whitespace
+		// after [ARGS] and between calls
+		{nozzle.ToolFormatMistralV11, "MaskShapes", []string{"Checking [TOOL_CALLS", "[TOOL_CALLS]get_", "weather[ARGS]", " \n", `{"city": "Bern"}`,
+			"\n \n[TOOL_CALLS]get_weather[ARGS]\n" + `{"city": "Basel"}`, "\n"}, "Checking [TOOL_CALLS"},
 		{nozzle.ToolFormatMistralV11, "CallIDs", []string{`[TOOL_CALLS]get_weather[CALL_ID]a1b2c3d4e[ARGS]{"city": "Bern"}`, `[TOOL_CALLS]get_weather[CALL_ID]f5g6h7i8j[ARGS]{"city": "Basel"}`}, ""},
 	} {
 		t.Run(tc.format+"/"+tc.name, func(t *testing.T) {

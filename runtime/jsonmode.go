@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"sync"
 
 	"github.com/nozzle-ai/nozzle"
@@ -30,6 +31,10 @@ type seqGrammar struct {
 	next func(text []byte) (constraint, error)
 	mid  int32
 	text []byte
+	// marks are the control tokens the constraint reads as marks
+	// (grammar.Marker; strict functions' calls in Mistral's formats),
+	// marks[k] mark k: drawn, they are fed to it as marks, not text
+	marks []int32
 	// wait, when not "", is the text that closes a reasoning model's
 	// thoughts: the object begins after it; tail keeps the end of the
 	// text so far to find it.
@@ -96,6 +101,9 @@ func (r *Runtime) newSeqGrammar(req *nozzle.GenerateRequest, open bool) (*seqGra
 			return nil, err
 		}
 		g.c = c
+		if r.info.ToolFormat == nozzle.ToolFormatMistral || r.info.ToolFormat == nozzle.ToolFormatMistralV11 {
+			g.marks = r.marks()
+		}
 		if r.info.Reasoning && req.Messages != nil && !open {
 			g.think = &r.info.ReasoningTags
 		}
@@ -202,6 +210,9 @@ type constraint interface {
 	// may come, whether any may, and whether any but an end token may
 	next() (allow []uint32, any, more bool)
 	feed(b byte) bool
+	// mark reads control token k of the vocabulary's marks (false where
+	// it cannot come, or the machine reads none)
+	mark(k int) bool
 	done() bool
 }
 
@@ -218,6 +229,10 @@ type machineConstraint[S any, P interface {
 func (c *machineConstraint[S, P]) next() ([]uint32, bool, bool) { return c.m.Lookup(&c.state) }
 func (c *machineConstraint[S, P]) feed(b byte) bool             { return P(&c.state).Feed(b) }
 func (c *machineConstraint[S, P]) done() bool                   { return P(&c.state).Done() }
+func (c *machineConstraint[S, P]) mark(k int) bool {
+	m, ok := any(P(&c.state)).(grammar.Marker)
+	return ok && m.Mark(k)
+}
 
 // grammarVocab returns the model's vocabulary prepared for masks, made on
 // first use: every token's bytes but the special tokens', which never
@@ -235,10 +250,18 @@ func (r *Runtime) grammarVocab() *grammar.Vocab {
 		for id := range r.sched.eos {
 			ends = append(ends, int(id))
 		}
-		r.vocab = grammar.NewVocab(toks, ends)
+		m := r.marks()
+		r.vocab = grammar.NewVocab(toks, ends, int(m[grammar.MarkCall]), int(m[grammar.MarkArgs]))
 		r.jsonMask = grammar.NewMasker[grammar.JSON](r.vocab, 0)
 	})
 	return r.vocab
+}
+
+// marks are the control tokens a strict functions' constraint reads as
+// marks (grammar.MarkCall, MarkArgs): Mistral's [TOOL_CALLS] and [ARGS],
+// -1 where the model has none.
+func (r *Runtime) marks() []int32 {
+	return []int32{grammar.MarkCall: int32(r.callsToken), grammar.MarkArgs: int32(r.argsToken)}
 }
 
 // jsonMasker returns the Masker of JSON objects.
@@ -284,6 +307,9 @@ func (g *seqGrammar) feed(tok int32) (end bool) {
 		return true
 	}
 	defer g.recover() // the scheduler ends a failed sequence, whatever end says
+	if k := slices.Index(g.marks, tok); k >= 0 && g.wait == "" {
+		return g.feedMark(k)
+	}
 	b := g.bytes(int(tok))
 	if g.think != nil {
 		g.head = append(g.head, b...)
@@ -340,6 +366,31 @@ func (g *seqGrammar) feed(tok int32) (end bool) {
 		g.c, g.next, g.text = c, nil, nil
 		g.lead = []int32{g.mid}
 		return !g.startable()
+	}
+	g.allow = allow
+	return !any
+}
+
+// feedMark reads mark k drawn (a control token, seqGrammar.marks); it
+// reports whether the completion must end there, as feed.
+func (g *seqGrammar) feedMark(k int) (end bool) {
+	if g.think != nil {
+		// the thoughts were not opened: what might have been their tag
+		// is the answer's text
+		head := g.head
+		g.think, g.head = nil, nil
+		for _, c := range head {
+			if !g.c.feed(c) {
+				return true
+			}
+		}
+	}
+	if !g.c.mark(k) {
+		return true // (the mask allowed it only where the state takes it)
+	}
+	allow, any, more := g.c.next()
+	if g.c.done() && !more {
+		return true
 	}
 	g.allow = allow
 	return !any

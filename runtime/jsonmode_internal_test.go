@@ -13,6 +13,7 @@ type panicky struct{}
 func (panicky) next() ([]uint32, bool, bool) { panic("mask") }
 func (panicky) feed(byte) bool               { panic("feed") }
 func (panicky) done() bool                   { return false }
+func (panicky) mark(int) bool                { panic("mark") }
 
 // TestSeqGrammar_Recovers: a machine that panics fails its sequence (an
 // internal error) instead of the scheduler's goroutine and every other

@@ -41,6 +41,12 @@ func (r *Runtime) strictCallsConstraint(req *nozzle.GenerateRequest) (constraint
 	case nozzle.ToolFormatLlama3JSON:
 		llama, _ := toolCallForm(nozzle.ToolFormatLlama3JSON)
 		calls = grammar.Calls{ArgsKey: llama.argsKey, Lead: true, Only: true, Sep: ";"}
+	case nozzle.ToolFormatMistralV11:
+		if r.callsToken < 0 || r.argsToken < 0 {
+			return nil, nil // a vocabulary without the control tokens: no calls to hold
+		}
+		v11, _ := toolCallForm(nozzle.ToolFormatMistralV11)
+		calls = grammar.Calls{Tag: v11.lead, Mark: true, Bare: true, Only: true}
 	default:
 		return nil, nil
 	}

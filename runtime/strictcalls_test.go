@@ -321,3 +321,184 @@ func TestLlama3_StrictToolCallsFree(t *testing.T) {
 		t.Fatalf("strict parameters not an object: %v", o.err)
 	}
 }
+
+// mistralStrictTools are strictTools' functions and get, strict too,
+// whose name begins the others' (Mistral v11's names are told apart where
+// [ARGS] comes).
+func mistralStrictTools(strict bool) json.RawMessage {
+	s := `,"strict":true`
+	if !strict {
+		s = ``
+	}
+	tools := strictTools(strict)
+	return append(tools[:len(tools)-1:len(tools)-1], `,{"type":"function","function":{"name":"get"`+s+`,"parameters":{"type":"object",`+
+		`"properties":{"what":{"enum":["x","y"]}},"required":["what"],"additionalProperties":false}}}]`...)
+}
+
+// mistralBias pushes mistralDir's random model (Llama 2's vocabulary and
+// the control tokens) as strictBias does Qwen's: the quote and '}'
+// raised, no whitespace-only tokens, more added to it.
+func mistralBias(t *testing.T, dir string, more map[int]float64) map[int]float64 {
+	tk, err := tokenizer.Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bias := map[int]float64{}
+	for id := range tk.VocabSize() {
+		if b := tk.TokenBytes(id); len(b) > 0 && len(bytes.TrimSpace(b)) == 0 {
+			bias[id] = -100
+		}
+	}
+	for _, s := range []string{`"`, `}`} {
+		id, ok := tk.TokenID(s)
+		if !ok {
+			t.Fatalf("no token %q", s)
+		}
+		bias[id] = 6
+	}
+	for id, v := range more {
+		bias[id] = v
+	}
+	return bias
+}
+
+// mistralArgs is a call's arguments, those of mistralStrictTools'
+// functions.
+type mistralArgs struct {
+	City *string
+	Days *json.Number
+	Unit *string
+	Zone *string
+	What *string
+}
+
+// v11Calls reads text as the gateway's splitToolCalls reads Mistral v11's
+// answers: from its first [TOOL_CALLS], calls of a function's name,
+// [ARGS] and its arguments, whitespace between them and nothing after
+// them; the strict functions' arguments must follow their parameters.
+// It returns how many; cut says a last call may be cut off (max_tokens).
+func v11Calls(t *testing.T, text string, cut bool) int {
+	t.Helper()
+	i := strings.Index(text, "[TOOL_CALLS]")
+	if i < 0 {
+		return 0
+	}
+	rest, n := text[i:], 0
+	for {
+		rest = strings.TrimLeft(rest, " \t\r\n")
+		if rest == "" {
+			return n
+		}
+		rest = strings.TrimLeft(strings.TrimPrefix(rest, "[TOOL_CALLS]"), " \t\r\n")
+		name, args, ok := strings.Cut(rest, "[ARGS]")
+		if !ok && cut {
+			return n
+		}
+		args = strings.TrimLeft(args, " \t\r\n")
+		dec := json.NewDecoder(strings.NewReader(args))
+		dec.DisallowUnknownFields()
+		dec.UseNumber()
+		var a mistralArgs
+		if !ok || !strings.HasPrefix(args, "{") {
+			t.Fatalf("not a call after [TOOL_CALLS]: %q", text)
+		}
+		if err := dec.Decode(&a); err != nil {
+			if cut {
+				return n
+			}
+			t.Fatalf("not a call's arguments (%v): %q", err, text)
+		}
+		switch name {
+		case "get_weather":
+			days, err := a.Days.Int64()
+			if a.City == nil || len([]rune(*a.City)) > 12 || err != nil || days < 1 || days > 14 ||
+				a.Unit == nil || *a.Unit != "C" && *a.Unit != "F" || a.Zone != nil || a.What != nil {
+				t.Errorf("%q does not follow get_weather's parameters", text)
+			}
+		case "get_time":
+			if a.Zone == nil || *a.Zone != "UTC" && *a.Zone != "CET" || a.City != nil || a.Days != nil || a.Unit != nil || a.What != nil {
+				t.Errorf("%q does not follow get_time's parameters", text)
+			}
+		case "get":
+			if a.What == nil || *a.What != "x" && *a.What != "y" || a.City != nil || a.Days != nil || a.Unit != nil || a.Zone != nil {
+				t.Errorf("%q does not follow get's parameters", text)
+			}
+		default:
+			t.Fatalf("called %q: %q", name, text)
+		}
+		n++
+		rest = args[dec.InputOffset():]
+	}
+}
+
+// TestMistralV11_StrictToolCalls: with tool_choice "auto" and strict
+// functions, on mistralDir's v11 model pushed to call ([TOOL_CALLS]
+// raised, [ARGS] too: it comes where the name's bytes are a whole name,
+// get's or another's), the answer reads as the gateway reads Mistral v11's
+// calls — [TOOL_CALLS]name[ARGS]{…}, one after another — and every call
+// is one of the tools with arguments that follow its parameters.
+func TestMistralV11_StrictToolCalls(t *testing.T) {
+	dir := mistralDir(t, true, true)
+	rt := openOnStore(t, runtime.Options{}, dir, nil)
+	callsTok, ok1 := rt.TokenID("[TOOL_CALLS]")
+	argsTok, ok2 := rt.TokenID("[ARGS]")
+	if !ok1 || !ok2 {
+		t.Fatal("no control tokens")
+	}
+	bias := mistralBias(t, dir, map[int]float64{callsTok: 30, argsTok: 3, 2: 27})
+	ctx := context.Background()
+	calls, several, names := 0, 0, map[string]bool{}
+	for seed := uint64(1); seed <= 6; seed++ {
+		req := &nozzle.GenerateRequest{TenantID: "a", Messages: []nozzle.ChatMessage{{Role: "user", Content: "Weather in Bern?"}},
+			Tools: mistralStrictTools(true), MaxTokens: 300, LogitBias: bias, Temperature: 1, Seed: &seed}
+		o := run(ctx, rt, req)
+		if o.err != nil {
+			t.Fatalf("seed %d: %v", seed, o.err)
+		}
+		n := v11Calls(t, o.text, o.res.FinishReason == nozzle.FinishLength)
+		if calls += n; n > 1 {
+			several++
+		}
+		for _, part := range strings.Split(o.text, "[TOOL_CALLS]")[1:] {
+			name, _, _ := strings.Cut(part, "[ARGS]")
+			names[name] = true
+		}
+		t.Logf("seed %d (finish %s): %q", seed, o.res.FinishReason, o.text)
+	}
+	if calls < 4 || several < 1 || !names["get"] || len(names) < 2 {
+		t.Errorf("%d calls in six answers, %d of several, names %v: the test does not test", calls, several, names)
+	}
+	t.Logf("%d calls, %d answers of several, names %v", calls, several, names)
+}
+
+// TestMistralV11_StrictToolCallsFree: what does not hold a Mistral v11
+// model's answer — free text before [TOOL_CALLS] (the random model's
+// text, [TOOL_CALLS] lowered), tools none of them strict (the model
+// writes [TOOL_CALLS][TOOL_CALLS]…, no name) — and a strict function
+// whose parameters the masks cannot enforce refused, naming tools.
+func TestMistralV11_StrictToolCallsFree(t *testing.T) {
+	dir := mistralDir(t, true, true)
+	rt := openOnStore(t, runtime.Options{}, dir, nil)
+	callsTok, _ := rt.TokenID("[TOOL_CALLS]")
+	hello, ok := rt.TokenID("Hello")
+	if !ok {
+		t.Fatal("no token Hello")
+	}
+	ctx := context.Background()
+	req := &nozzle.GenerateRequest{TenantID: "a", Messages: []nozzle.ChatMessage{{Role: "user", Content: "Weather in Bern?"}},
+		Tools: mistralStrictTools(true), MaxTokens: 20, LogitBias: map[int]float64{hello: 30, callsTok: -100}, Temperature: 1, Seed: new(uint64)}
+	if o := run(ctx, rt, req); o.err != nil || !strings.HasPrefix(o.text, "HelloHello") || strings.Contains(o.text, "[TOOL_CALLS]") {
+		t.Errorf("free text held? %q %v", o.text, o.err)
+	}
+	req.Tools, req.LogitBias = mistralStrictTools(false), map[int]float64{callsTok: 30}
+	if o := run(ctx, rt, req); o.err != nil || !strings.HasPrefix(o.text, "[TOOL_CALLS][TOOL_CALLS]") {
+		t.Errorf("non-strict tools constrained the answer? %q %v", o.text, o.err)
+	}
+	req.Tools = json.RawMessage(`[{"type":"function","function":{"name":"f","strict":true,"parameters":{"type":"object",` +
+		`"properties":{"u":{"type":"string","format":"uri"}}}}}]`)
+	o := run(ctx, rt, req)
+	var ne *nozzle.Error
+	if !errors.As(o.err, &ne) || ne.Code != nozzle.EINVALID || ne.Param != "tools" || !strings.Contains(ne.Message, `"f"`) {
+		t.Fatalf("an unenforceable strict function: %v", o.err)
+	}
+}
