@@ -33,13 +33,14 @@ import (
 // writes it and first.
 type Triggered struct {
 	c      *calls
-	phase  uint8  // tFree, tPre, tObj, tPost; tLead, tText
+	phase  uint8  // tFree, tPre, tObj, tPost; tLead, tText; tName; tOpen, tNext, tEnd
 	step   uint8  // in tObj: the part being read (oOpen…oClose); in tFree after a call: sTag or sSep
 	space  uint8  // the run of whitespace before it
 	called bool   // a call has closed
 	at     uint16 // tFree: the tag's bytes matched; tPre, tPost, a part: bytes read
 	lo, hi uint16 // the names that may yet be written (from oName on: lo is the one)
 	inner  Schema // in oValue: the arguments read so far
+	tagAt  uint16 // Array, from the tag on: the tag's text's bytes matched
 }
 
 // Calls says what a Triggered's calls are: the text around them, their
@@ -81,6 +82,19 @@ type Calls struct {
 	// newlines and the arguments; after them, whitespace, then the end or
 	// the next call's tag. Needs Mark; no Pre, Post, Sep or Lead.
 	Bare bool
+	// Array: Mistral's v3 calls, [TOOL_CALLS] [{"name": N, "arguments":
+	// A}, …], after a tag that may only begin the text (with Lead: where
+	// only ' ', '\t', '\r' and '\n' have come, what a parser that trims
+	// the answer and a stream that decides on its first byte alike pass
+	// over, since the decoder leaves the control token out of the text;
+	// text that begins otherwise is free to its end, never the tag's
+	// text): whitespace, '[', the call objects separated by ',', ']', then
+	// whitespace to the end, with runs of at most MaxSpace spaces or
+	// newlines between the parts; and from the tag on, the tag's text
+	// nowhere, not in a string either (a parser that finds it in the text
+	// would read the calls from there). Needs Mark and Lead; no Pre, Post
+	// or Sep.
+	Array bool
 }
 
 // The marks a Triggered reads (Marker): the Vocab's marks must be these
@@ -106,6 +120,7 @@ type calls struct {
 	args           []Schema // args[i]: names[i]'s start state
 	only, lead     bool
 	mark, bare     bool
+	array          bool
 	sep            []byte
 }
 
@@ -118,6 +133,9 @@ const (
 	tLead              // Lead: whitespace so far (at: a character's bytes read, lo..hi the leadSpaces it may be)
 	tText              // Lead: the text began otherwise, free to its end
 	tName              // Bare: in the name (at: its bytes read, lo..hi the names it may be)
+	tOpen              // Array: before '[' (at 0) or a call's '{' (at 1)
+	tNext              // Array: after a call, before ',' or ']'
+	tEnd               // Array: after ']', whitespace to the end
 )
 
 // steps of free text after a call, with Calls.Only
@@ -173,17 +191,18 @@ func Trigger(c Calls) (Triggered, error) {
 	if c.Tag == "" && !c.Lead || len(c.Tag) > 1<<15 || len(c.Pre) > 1<<15 || len(c.Post) > 1<<15 || len(c.Sep) > 1<<15 {
 		return Triggered{}, errors.New("a call's tag must be given, and the texts short")
 	}
-	if c.Lead && (c.Tag != "" || c.Pre != "" || !c.Only) {
+	if c.Lead && (c.Tag != "" && !c.Mark || c.Pre != "" || !c.Only) {
 		return Triggered{}, errors.New("a leading call begins with its object, and only calls follow it")
 	}
 	if c.Sep != "" && (!c.Only || asciiSpace(c.Sep[0])) {
 		return Triggered{}, errors.New("a separator comes between calls only, and not with whitespace")
 	}
-	if c.Mark && (c.Tag == "" || !c.Only) || c.Bare && (!c.Mark || c.Pre != "" || c.Post != "" || c.Sep != "" || c.Lead) {
+	if c.Mark && (c.Tag == "" || !c.Only || c.Bare == c.Array || c.Lead != c.Array) || c.Bare && (!c.Mark || c.Pre != "" || c.Post != "" || c.Sep != "" || c.Lead) ||
+		c.Array && (!c.Mark || c.Pre != "" || c.Post != "" || c.Sep != "") {
 		return Triggered{}, errors.New("a control token's calls need its text and only calls after one; bare calls are name, mark, arguments")
 	}
 	cs := &calls{tag: []byte(c.Tag), pre: []byte(c.Pre), post: []byte(c.Post), only: c.Only, lead: c.Lead, sep: []byte(c.Sep),
-		mark: c.Mark, bare: c.Bare}
+		mark: c.Mark, bare: c.Bare, array: c.Array}
 	// the tag's failure function (Knuth–Morris–Pratt)
 	cs.fail = make([]uint16, len(cs.tag))
 	for i, k := 1, 0; i < len(cs.tag); i++ {
@@ -248,10 +267,28 @@ func narrow(list [][]byte, lo, hi, at int, b byte) (int, int) {
 // Feed reads one byte (Machine).
 func (t *Triggered) Feed(b byte) bool {
 	c := t.c
+	if c.array && t.phase != tLead && t.phase != tText {
+		// from the tag on: never the tag's text
+		at := int(t.tagAt)
+		for at > 0 && c.tag[at] != b {
+			at = int(c.fail[at-1])
+		}
+		if c.tag[at] == b {
+			if at++; at == len(c.tag) {
+				return false
+			}
+		}
+		t.tagAt = uint16(at)
+	}
 	switch t.phase {
+	case tOpen, tNext, tEnd:
+		return t.array(b)
 	case tLead:
 		return t.lead(b)
 	case tText:
+		if c.mark {
+			return t.text(b)
+		}
 		return true
 	case tFree:
 		if t.called && c.only {
@@ -350,7 +387,9 @@ func (t *Triggered) Feed(b byte) bool {
 	t.space = 0
 	if int(t.at) == len(p) {
 		t.at = 0
-		if t.step == oClose {
+		if t.step == oClose && c.array {
+			t.phase, t.space = tNext, 0
+		} else if t.step == oClose {
 			t.phase = tPost
 			if len(c.post) == 0 {
 				t.free()
@@ -367,6 +406,10 @@ func (t *Triggered) begin() {
 	t.phase, t.step, t.at, t.space = tPre, 0, 0, 0
 	if t.c.bare {
 		t.phase, t.lo, t.hi = tName, 0, uint16(len(t.c.names))
+		return
+	}
+	if t.c.array {
+		t.phase, t.tagAt = tOpen, 0
 		return
 	}
 	if len(t.c.pre) == 0 {
@@ -386,6 +429,14 @@ func (t *Triggered) free() {
 // lead reads b where only whitespace has come (Calls.Lead): more of it,
 // the object's '{' or the free text's first byte.
 func (t *Triggered) lead(b byte) bool {
+	if t.c.mark {
+		// (Array) the tag may yet come after ASCII whitespace; else text
+		if b == ' ' || b == '\t' || b == '\r' || b == '\n' {
+			return true
+		}
+		*t = Triggered{c: t.c, phase: tText}
+		return t.text(b)
+	}
 	if t.at > 0 {
 		// the next byte of a character beyond ASCII that may be a space
 		lo, n := narrow(leadSpaces, int(t.lo), int(t.hi), int(t.at), b)
@@ -412,6 +463,51 @@ func (t *Triggered) lead(b byte) bool {
 	}
 	*t = Triggered{c: t.c, phase: tText}
 	return true
+}
+
+// text reads b in the free text of Calls.Lead with Calls.Mark, where the
+// tag may no longer come: never its text (at: its bytes matched).
+func (t *Triggered) text(b byte) bool {
+	c := t.c
+	at := int(t.at)
+	for at > 0 && c.tag[at] != b {
+		at = int(c.fail[at-1])
+	}
+	if c.tag[at] == b {
+		if at++; at == len(c.tag) {
+			return false
+		}
+	}
+	t.at = uint16(at)
+	return true
+}
+
+// array reads b around Calls.Array's call objects: whitespace, then '['
+// and a call's '{' (tOpen), ',' and the next call's '{' or ']' (tNext),
+// whitespace to the end (tEnd).
+func (t *Triggered) array(b byte) bool {
+	if isSpace(b) {
+		if t.space >= MaxSpace {
+			return false
+		}
+		t.space++
+		return true
+	}
+	switch {
+	case t.phase == tOpen && t.at == 0 && b == '[':
+		t.at, t.space = 1, 0
+		return true
+	case t.phase == tOpen && t.at == 1 && b == '{':
+		t.phase, t.step, t.at, t.space = tObj, oOpen, 0, 0
+		return t.Feed(b)
+	case t.phase == tNext && b == ',':
+		t.phase, t.at, t.space = tOpen, 1, 0
+		return true
+	case t.phase == tNext && b == ']':
+		t.phase, t.space = tEnd, 0
+		return true
+	}
+	return false
 }
 
 // between reads b after a call where only calls may follow (Calls.Only):
@@ -449,7 +545,7 @@ func (t *Triggered) between(b byte) bool {
 // after the separator (Machine).
 func (t *Triggered) Done() bool {
 	switch t.phase {
-	case tLead, tText:
+	case tLead, tText, tEnd:
 		return true
 	case tFree:
 		return !t.called || !t.c.only || t.at == 0 && (t.step == sSep || len(t.c.sep) == 0)
@@ -476,6 +572,9 @@ func (t *Triggered) Mark(k int) bool {
 	case k == MarkCall && t.phase == tFree && (!t.called || !c.only || t.step == sTag && t.at == 0 && len(c.sep) == 0):
 		t.begin()
 		return true
+	case k == MarkCall && t.phase == tLead:
+		t.begin()
+		return true
 	case k == MarkCall && t.bareDone():
 		t.free()
 		t.begin()
@@ -492,7 +591,7 @@ func (t *Triggered) Mark(k int) bool {
 func (t *Triggered) Key(dst []byte) []byte {
 	called := t.called && t.c.only // free text after a call is as before it otherwise
 	dst = append(dst, t.phase, t.step, t.space, b2u(called), byte(t.at), byte(t.at>>8),
-		byte(t.lo), byte(t.lo>>8), byte(t.hi), byte(t.hi>>8))
+		byte(t.lo), byte(t.lo>>8), byte(t.hi), byte(t.hi>>8), byte(t.tagAt), byte(t.tagAt>>8))
 	if t.phase == tObj && t.step == oValue && t.at > 0 {
 		dst = t.inner.Key(dst) // lo, in the key, says whose schema
 	}
@@ -509,8 +608,12 @@ func b2u(b bool) byte {
 // Loops reports, in free text where no part of the tag is read (and text
 // may come), the tag's first byte: a token without it leaves the state as
 // it is (Looper); in the free text of Calls.Lead, which every token
-// leaves as it is, any byte.
+// leaves as it is, any byte (with Calls.Mark, where it never writes the
+// tag's text, the tag's first byte, where no part of it is read).
 func (t *Triggered) Loops() (byte, bool) {
+	if t.phase == tText && t.c.mark {
+		return t.c.tag[0], t.at == 0 // (never the tag's text)
+	}
 	if t.phase == tText {
 		return 0, true // every token leaves it as it is: any byte will do
 	}
@@ -524,7 +627,9 @@ func (t *Triggered) Loops() (byte, bool) {
 // Free text is not plain: '<' and the tag's other bytes are plain
 // characters, and they move the tag's match.
 func (t *Triggered) Plain() bool {
-	return t.phase == tObj && t.step == oValue && t.at > 0 && t.inner.Plain()
+	// (with Calls.Array a string may not write the tag's text: its
+	// tokens are walked)
+	return !t.c.array && t.phase == tObj && t.step == oValue && t.at > 0 && t.inner.Plain()
 }
 
 // nameByte reports whether c may be in an OpenAI function's name.

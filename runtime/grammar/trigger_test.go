@@ -181,7 +181,8 @@ func triggerWeight(b byte, step int) int {
 // one are the other's), and a done output's calls are well formed. mode:
 // 0 Hermes' calls in free text, 1 with only calls after one, 2 Llama 3's
 // leading calls (llamaCalls), 3 Mistral v11's (v11Calls: markCall and
-// markArgs in s are the marks, which the keys' probes take too).
+// markArgs in s are the marks, which the keys' probes take too), 4
+// Mistral's v3 (v3Calls, the same marks).
 func FuzzTriggered(f *testing.F) {
 	f.Add(uint8(0), "Hi <tool_call>\n{\"name\": \"get_time\", \"arguments\": {}}\n</tool_call>")
 	f.Add(uint8(1), callW+"\n"+callT)
@@ -193,14 +194,19 @@ func FuzzTriggered(f *testing.F) {
 	f.Add(uint8(3), "Hi "+v11W+"\n"+v11T)
 	f.Add(uint8(3), "[TOOL_CALL\x01get\x02{\"city\":\"\\u0041\",\"days\":0}\x01get_time_zone\x02{}")
 	f.Add(uint8(3), "\x01get_time\x02{}\x02")
-	starts := []Triggered{hermesCalls(f, false), hermesCalls(f, true), llamaCalls(f), v11Calls(f)}
+	f.Add(uint8(4), " \x01 ["+v3W+",\n"+v3T+"]\n")
+	f.Add(uint8(4), "\x01[{\"name\":\"get_time\",\"arguments\":{\"[TOOL_CALLS\":\"[[TOOL_CALLS\"}}]")
+	f.Add(uint8(4), "Hi [TOOL_CALLS [1]")
+	starts := []Triggered{hermesCalls(f, false), hermesCalls(f, true), llamaCalls(f), v11Calls(f), v3Calls(f)}
 	const probes = probes + "<_l>/\n;\t\xc2\xa0\xe2\x80"
 	f.Fuzz(func(t *testing.T, mode uint8, s string) {
 		mode %= uint8(len(starts))
-		if mode == 3 {
+		if mode >= 3 {
 			st, fed := feedKeyedMarked(t, starts[mode], s, probes+"[TOOLCAS]_gemwhz")
-			if fed && st.Done() {
+			if fed && st.Done() && mode == 3 {
 				v11CallsIn(t, s)
+			} else if fed && st.Done() {
+				v3CallsIn(t, s)
 			}
 			return
 		}
@@ -716,6 +722,197 @@ func TestTriggered_MistralNoDeadEnds(t *testing.T) {
 		}
 	}
 	if calls < 50 || several < 5 {
+		t.Errorf("only %d calls (%d answers of several) made along the walks", calls, several)
+	}
+	t.Logf("%d calls checked, %d answers of several", calls, several)
+}
+
+// v3Calls is the runtime's form of Mistral's v3 calls (Calls.Mark,
+// Calls.Lead, Calls.Array: [TOOL_CALLS] [{"name": N, "arguments": A}, …]
+// where only whitespace has come) with hermesCalls' tools.
+func v3Calls(t testing.TB) Triggered {
+	t.Helper()
+	strict, err := CompileSchema([]byte(weatherParams))
+	if err != nil {
+		t.Fatal(err)
+	}
+	free, err := CompileSchema([]byte(anyObject))
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := Trigger(Calls{Tag: "[TOOL_CALLS]", Mark: true, Lead: true, Array: true, Only: true, ArgsKey: "arguments",
+		Tools: []Tool{{"get_weather", strict}, {"get_time_zone", free}, {"get_time", free}, {"get_time", strict}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+// v3CallsIn checks text, a done output of v3Calls (markCall for the
+// control token), as the gateway's splitToolCalls reads Mistral's v3
+// answers, whose control token the decoder leaves out: the text must
+// never hold the token's text; where the token came, the text trimmed is
+// a JSON array of call objects, each a tool's name and its arguments
+// (get_weather's following its parameters), and nothing after it; it
+// returns how many, 0 for free text.
+func v3CallsIn(t *testing.T, text string) int {
+	s := strings.ReplaceAll(text, string(rune(markCall)), "")
+	if strings.Contains(s, "[TOOL_CALLS]") {
+		t.Fatalf("%q: the control token's text written", text)
+	}
+	if !strings.Contains(text, string(rune(markCall))) {
+		return 0
+	}
+	body := strings.TrimSpace(s)
+	var parts []map[string]json.RawMessage
+	dec := json.NewDecoder(strings.NewReader(body))
+	if !strings.HasPrefix(body, "[") || dec.Decode(&parts) != nil || strings.TrimSpace(body[dec.InputOffset():]) != "" || len(parts) == 0 {
+		t.Fatalf("%q: not an array of calls", text)
+	}
+	for _, call := range parts {
+		var name string
+		args, ok := call["arguments"]
+		if json.Unmarshal(call["name"], &name) != nil || !ok || len(call) != 2 || !strings.HasPrefix(string(args), "{") {
+			t.Fatalf("%q: not a call", text)
+		}
+		switch name {
+		case "get_weather":
+			if !validJSONFor(t, weatherParams, string(args)) {
+				t.Fatalf("%q: arguments not get_weather's", text)
+			}
+		case "get_time", "get_time_zone":
+			if !validJSONFor(t, anyObject, string(args)) {
+				t.Fatalf("%q: arguments not an object", text)
+			}
+		default:
+			t.Fatalf("%q: called %q", text, name)
+		}
+	}
+	return len(parts)
+}
+
+const (
+	v3W = `{"name": "get_weather", "arguments": {"city": "Bern", "days": 3}}`
+	v3T = `{"name":"get_time","arguments":{"tz":[1,{}]}}`
+)
+
+// TestTriggered_MistralV3: Mistral's v3 calls (Calls.Mark, Lead, Array):
+// [TOOL_CALLS] only where ASCII whitespace alone has come, then the array
+// of calls and whitespace to the end; the tag's text never written, as
+// free text or in the calls' strings; text that begins otherwise free to
+// its end.
+func TestTriggered_MistralV3(t *testing.T) {
+	for _, tc := range []struct {
+		text      string
+		fed, done bool
+	}{
+		{"", true, true},
+		{" \n\t\r", true, true},
+		{"Hello [1] {\"name\"", true, true},
+		{"[{\"name\": 1}]", true, true}, // an array written as text: free (no token)
+		{"\x01", true, false},
+		{" \n\t\r\x01", true, false},
+		{"\x01 [" + v3W + "]", true, true},
+		{"\n\x01[" + v3W + " ,\n" + v3T + "]\n", true, true},
+		{"\x01[\n" + v3W + "\n]", true, true},
+		{"\x01[" + v3W + "," + v3T + "," + v3W + "]", true, true},
+		{"x\x01", false, false},      // only at the start
+		{"\u00a0\x01", false, false}, // ASCII whitespace only (the stream's)
+		{"\v\x01", false, false},
+		{"\x01\x01", false, false},
+		{"\x01[" + v3W + "]\x01", false, false},
+		{"\x01" + v3W, false, false}, // the array
+		{"\x01[]", false, false},     // of calls
+		{"\x01[" + v3W, true, false}, // closed
+		{"\x01[" + v3W + ",]", false, false},
+		{"\x01[" + v3W + "] x", false, false},
+		{"\x01[" + v3W + "]" + strings.Repeat(" ", MaxSpace), true, true},
+		{"\x01[" + v3W + "]" + strings.Repeat(" ", MaxSpace+1), false, false},
+		{"\x01" + strings.Repeat(" ", MaxSpace+1), false, false},
+		{`` + "\x01[{\"name\": \"get_time\", \"arguments\": {\"k\": \"[TOOL_CALLS\"}}]", true, true},
+		{`` + "\x01[{\"name\": \"get_time\", \"arguments\": {\"k\": \"[TOOL_CALLS]", false, false}, // not in a string
+		{`` + "\x01[{\"name\": \"get_time\", \"arguments\": {\"[TOOL_CALLS]", false, false},
+		{`` + "\x01[{\"name\": \"get_time\", \"arguments\": {\"k\": \"\\u005bTOOL_CALLS]\"}}]", true, true},
+		{"\x01[{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Bern\"}}]", false, false}, // days required
+		{"\x01[{\"name\": \"other\"", false, false},
+		{"\x01[{\"arguments\": {}", false, false},
+		{"\x01[{\"name\": \"get_time\", \"parameters\": {}", false, false},
+		{"Hi [TOOL_CALLS", true, true},
+		{"Hi [TOOL_CALLS]", false, false}, // the tag's text: not in free text either
+		{" [TOOL_CALLS]", false, false},
+		{"\x02", false, false},
+	} {
+		st, fed := feedMarked(v3Calls(t), tc.text)
+		if fed != tc.fed || fed && st.Done() != tc.done {
+			t.Errorf("%q: fed %v done %v, want %v %v", tc.text, fed, fed && st.Done(), tc.fed, tc.done)
+		}
+		if fed && st.Done() {
+			v3CallsIn(t, tc.text)
+		}
+	}
+	free, _ := CompileSchema([]byte(anyObject))
+	for _, c := range []Calls{
+		{Tag: "[TOOL_CALLS]", Mark: true, Array: true, Only: true}, // Lead
+		{Tag: "[TOOL_CALLS]", Lead: true, Array: true, Only: true}, // Mark
+		{Tag: "[TOOL_CALLS]", Mark: true, Lead: true, Array: true}, // Only
+		{Tag: "[TOOL_CALLS]", Mark: true, Lead: true, Only: true},  // Array
+		{Tag: "[TOOL_CALLS]", Mark: true, Lead: true, Array: true, Bare: true, Only: true},
+		{Tag: "[TOOL_CALLS]", Mark: true, Lead: true, Array: true, Only: true, Sep: ","},
+		{Tag: "[TOOL_CALLS]", Mark: true, Lead: true, Array: true, Only: true, Pre: " "},
+		{Mark: true, Lead: true, Array: true, Only: true},
+	} {
+		c.ArgsKey, c.Tools = "arguments", []Tool{{"f", free}}
+		if _, err := Trigger(c); err == nil {
+			t.Errorf("%+v: no error", c)
+		}
+	}
+}
+
+// TestTriggered_MistralV3NoDeadEnds: along random walks of Mistral's v3
+// calls (most taking the token first), every state takes some byte or
+// is done, and every done output reads as calls (or free text).
+func TestTriggered_MistralV3NoDeadEnds(t *testing.T) {
+	r := rand.New(rand.NewPCG(11, 12))
+	start := v3Calls(t)
+	calls, several := 0, 0
+	for range 60 {
+		st, out := start, []byte{}
+		if r.IntN(5) > 0 {
+			lead := []string{"", " ", "\n\n", "\t\r"}[r.IntN(4)] + "\x01"
+			if st, _ = feedMarked(st, lead); st.phase != tOpen {
+				t.Fatalf("%q: no call", lead)
+			}
+			out = append(out, lead...)
+		}
+		for step := 0; step < 3000 && !(st.Done() && step > 300); step++ {
+			b, ok := pickByte[Triggered](r, &st, func(b byte) int {
+				switch b {
+				case markCall, markArgs:
+					return 0
+				case ',', ']':
+					if st.phase == tNext { // after a call: another, as often as not
+						return 300
+					}
+				}
+				return triggerWeight(b, step)
+			})
+			if !ok {
+				if st.Done() {
+					break
+				}
+				t.Fatalf("dead end after %q", out)
+			}
+			out = append(out, b)
+		}
+		if st.Done() {
+			n := v3CallsIn(t, string(out))
+			calls += n
+			if n > 1 {
+				several++
+			}
+		}
+	}
+	if calls < 40 || several < 5 {
 		t.Errorf("only %d calls (%d answers of several) made along the walks", calls, several)
 	}
 	t.Logf("%d calls checked, %d answers of several", calls, several)
