@@ -256,6 +256,11 @@ func TestTools_Mistral(t *testing.T) {
 	}{
 		{nozzle.ToolFormatMistral, "NoMarker", []string{"[", bern, ", " + basel + "]"}, ""},
 		{nozzle.ToolFormatMistral, "Marker", []string{" [TOOL_", "CALLS] [" + bern, ", " + basel + "]"}, ""},
+		// the shapes strict functions' masks let v3 calls take in auto
+		// mode (the decoder leaves [TOOL_CALLS] out): ASCII whitespace
+		// before the array, ' ' and '\n' around its parts
+		{nozzle.ToolFormatMistral, "MaskShapes", []string{" \n", "\t[ ", "{\"name\":\"get_weather\" ,\"arguments\":\n{\"city\": \"Bern\"}}", " ,\n",
+			`{"name": "get_weather", "arguments": {"city": "Basel"} }`, "\n]", "\n"}, ""},
 		{nozzle.ToolFormatMistral, "TextBeforeMarker", []string{"Checking both. [TOOL_CALLS]", "[" + bern + ", " + basel + "]"}, "Checking both. "},
 		{nozzle.ToolFormatMistralV11, "OneMarkerEach", []string{"[TOOL_CALLS]get_weather[ARGS]", `{"city": "Bern"}`, `[TOOL_CALLS]get_weather[ARGS]{"city": "Basel"}`}, ""},
 		{nozzle.ToolFormatMistralV11, "MarkersSplit", []string{"[TOOL_", "CALLS]get_", "weather[AR", `GS]{"city": `, `"Bern"}[TOOL`, `_CALLS]get_weather[ARGS]{"city": "Basel"}`}, ""},

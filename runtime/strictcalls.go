@@ -21,16 +21,33 @@ import (
 // the whole answer, an answer whose first byte past whitespace (what
 // strings.TrimSpace trims, as the gateway trims the answer) is '{' is
 // calls, {"name": N, "parameters": A} each, separated by ';' and
-// whitespace; one that begins otherwise is free text to its end. A
-// reasoning model's thoughts are free, those its prompt opened and those
-// it opens itself (seqGrammar.think): its calls are the answer's. Other
-// formats (Mistral's), and tools none of them strict, are unconstrained.
+// whitespace; one that begins otherwise is free text to its end. Mistral's
+// calls begin with the control token [TOOL_CALLS], which has no bytes in
+// the masks' vocabulary: it is a mark (grammar.Marker, the vocabulary's
+// marks [TOOL_CALLS] and [ARGS]), allowed by the masks where the calls
+// may begin and fed to the machine as a mark when drawn (seqGrammar.marks),
+// and its text is never written as text. On a v11 model
+// (ToolFormatMistralV11: Mistral Small 3.1 and on, Magistral, Devstral)
+// the text is free until [TOOL_CALLS]; then a function's name, [ARGS]
+// where the bytes so far are a whole name (names that begin alike are
+// told apart where it comes), its arguments, and after them whitespace,
+// the end or the next [TOOL_CALLS] call. On a v3 model (ToolFormatMistral:
+// Mistral 7B v0.3, Mistral-Nemo), whose decoder leaves the token out of
+// the text, [TOOL_CALLS] may only come first (after ' ', '\t', '\r' or
+// '\n', which the gateway trims and its stream passes over), then
+// [{"name": N, "arguments": A}, …] and whitespace to the end; an answer
+// that begins otherwise is free text to its end. A vocabulary without the
+// control tokens leaves the calls unconstrained. A reasoning model's
+// thoughts are free, those its prompt opened and those it opens itself
+// (seqGrammar.think): its calls are the answer's. Other formats, and
+// tools none of them strict, are unconstrained.
 
 // strictCallsConstraint returns the constraint of the calls req's model
 // may make, nil where none of req's tools is strict or its tool format is
-// neither Hermes' nor Llama 3's JSON. A strict function whose parameters
-// the masks cannot enforce is an EINVALID error naming tools, as OpenAI
-// refuses them.
+// none of Hermes', Llama 3's JSON and Mistral's (or the vocabulary lacks
+// Mistral's control tokens). A strict function whose parameters the masks
+// cannot enforce is an EINVALID error naming tools, as OpenAI refuses
+// them.
 func (r *Runtime) strictCallsConstraint(req *nozzle.GenerateRequest) (constraint, error) {
 	var calls grammar.Calls
 	switch r.info.ToolFormat {
@@ -41,6 +58,12 @@ func (r *Runtime) strictCallsConstraint(req *nozzle.GenerateRequest) (constraint
 	case nozzle.ToolFormatLlama3JSON:
 		llama, _ := toolCallForm(nozzle.ToolFormatLlama3JSON)
 		calls = grammar.Calls{ArgsKey: llama.argsKey, Lead: true, Only: true, Sep: ";"}
+	case nozzle.ToolFormatMistral:
+		if r.callsToken < 0 {
+			return nil, nil // a vocabulary without the control token: no calls to hold
+		}
+		v3, _ := toolCallForm(nozzle.ToolFormatMistral)
+		calls = grammar.Calls{Tag: v3.lead, ArgsKey: v3.argsKey, Mark: true, Lead: true, Array: true, Only: true}
 	case nozzle.ToolFormatMistralV11:
 		if r.callsToken < 0 || r.argsToken < 0 {
 			return nil, nil // a vocabulary without the control tokens: no calls to hold

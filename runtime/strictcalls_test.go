@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 
@@ -493,6 +494,118 @@ func TestMistralV11_StrictToolCallsFree(t *testing.T) {
 	req.Tools, req.LogitBias = mistralStrictTools(false), map[int]float64{callsTok: 30}
 	if o := run(ctx, rt, req); o.err != nil || !strings.HasPrefix(o.text, "[TOOL_CALLS][TOOL_CALLS]") {
 		t.Errorf("non-strict tools constrained the answer? %q %v", o.text, o.err)
+	}
+	req.Tools = json.RawMessage(`[{"type":"function","function":{"name":"f","strict":true,"parameters":{"type":"object",` +
+		`"properties":{"u":{"type":"string","format":"uri"}}}}}]`)
+	o := run(ctx, rt, req)
+	var ne *nozzle.Error
+	if !errors.As(o.err, &ne) || ne.Code != nozzle.EINVALID || ne.Param != "tools" || !strings.Contains(ne.Message, `"f"`) {
+		t.Fatalf("an unenforceable strict function: %v", o.err)
+	}
+}
+
+// tokens are the answer's tokens (its logprobs').
+func tokens(o outcome) []string {
+	var out []string
+	for _, c := range o.chunks {
+		for _, l := range c.Logprobs {
+			out = append(out, l.Token)
+		}
+	}
+	return out
+}
+
+// TestMistral_StrictToolCalls: with tool_choice "auto" and strict
+// functions, on mistralDir's v3 model pushed to call ([TOOL_CALLS] raised,
+// "Hello" nearly as much), an answer whose first token is [TOOL_CALLS]
+// reads as the gateway reads Mistral's v3 calls — the token left out, the
+// text trimmed a JSON array of {"name", "arguments"} objects — every call
+// one of the tools with arguments that follow its parameters; one that
+// begins with text is free text, [TOOL_CALLS] never drawn in it.
+func TestMistral_StrictToolCalls(t *testing.T) {
+	dir := mistralDir(t, true, false)
+	rt := openOnStore(t, runtime.Options{}, dir, nil)
+	if info, err := rt.Info(context.Background()); err != nil || info.ToolFormat != nozzle.ToolFormatMistral {
+		t.Fatalf("info %+v %v", info, err)
+	}
+	callsTok, _ := rt.TokenID("[TOOL_CALLS]")
+	hello, _ := rt.TokenID("Hello")
+	closeArr, _ := rt.TokenID("]")
+	comma, _ := rt.TokenID(",")
+	bias := mistralBias(t, dir, map[int]float64{callsTok: 30, hello: 29, closeArr: 6, comma: 8})
+	ctx := context.Background()
+	calls, several, free := 0, 0, 0
+	for seed := uint64(1); seed <= 8; seed++ {
+		req := &nozzle.GenerateRequest{TenantID: "a", Messages: []nozzle.ChatMessage{{Role: "user", Content: "Weather in Bern?"}},
+			Tools: strictTools(true), MaxTokens: 300, LogitBias: bias, Temperature: 1, Seed: &seed, Logprobs: true}
+		o := run(ctx, rt, req)
+		if o.err != nil {
+			t.Fatalf("seed %d: %v", seed, o.err)
+		}
+		toks := tokens(o)
+		t.Logf("seed %d (finish %s): %.200q", seed, o.res.FinishReason, o.text)
+		if len(toks) == 0 || toks[0] != "[TOOL_CALLS]" {
+			if slices.Contains(toks, "[TOOL_CALLS]") || strings.Contains(o.text, "[TOOL_CALLS]") {
+				t.Fatalf("seed %d: [TOOL_CALLS] after text: %q", seed, toks)
+			}
+			free++
+			continue
+		}
+		// the gateway's reading (gateway/tools.go splitToolCalls)
+		body := strings.TrimSpace(o.text)
+		var got []struct {
+			Name      string
+			Arguments mistralArgs
+		}
+		dec := json.NewDecoder(strings.NewReader(body))
+		dec.DisallowUnknownFields()
+		dec.UseNumber()
+		if !strings.HasPrefix(body, "[") || dec.Decode(&got) != nil || strings.TrimSpace(body[dec.InputOffset():]) != "" || len(got) == 0 {
+			if o.res.FinishReason == nozzle.FinishLength {
+				continue // cut off by max_tokens
+			}
+			t.Fatalf("seed %d: not an array of calls: %q", seed, o.text)
+		}
+		for _, c := range got {
+			a := c.Arguments
+			switch c.Name {
+			case "get_weather":
+				days, err := a.Days.Int64()
+				if a.City == nil || len([]rune(*a.City)) > 12 || err != nil || days < 1 || days > 14 ||
+					a.Unit == nil || *a.Unit != "C" && *a.Unit != "F" || a.Zone != nil {
+					t.Errorf("seed %d: %q does not follow get_weather's parameters", seed, o.text)
+				}
+			case "get_time":
+				if a.Zone == nil || *a.Zone != "UTC" && *a.Zone != "CET" || a.City != nil || a.Days != nil || a.Unit != nil {
+					t.Errorf("seed %d: %q does not follow get_time's parameters", seed, o.text)
+				}
+			default:
+				t.Errorf("seed %d: called %q", seed, c.Name)
+			}
+		}
+		if calls += len(got); len(got) > 1 {
+			several++
+		}
+	}
+	if calls < 3 || several < 1 || free < 1 {
+		t.Errorf("%d calls (%d answers of several), %d free answers in eight: the test does not test", calls, several, free)
+	}
+	t.Logf("%d calls, %d answers of several, %d free", calls, several, free)
+}
+
+// TestMistral_StrictToolCallsFree: on the v3 model, tools none of them
+// strict leave the answer free (the model draws [TOOL_CALLS] again and
+// again), and a strict function whose parameters the masks cannot enforce
+// is refused, naming tools.
+func TestMistral_StrictToolCallsFree(t *testing.T) {
+	dir := mistralDir(t, true, false)
+	rt := openOnStore(t, runtime.Options{}, dir, nil)
+	callsTok, _ := rt.TokenID("[TOOL_CALLS]")
+	ctx := context.Background()
+	req := &nozzle.GenerateRequest{TenantID: "a", Messages: []nozzle.ChatMessage{{Role: "user", Content: "Weather in Bern?"}},
+		Tools: strictTools(false), MaxTokens: 5, LogitBias: map[int]float64{callsTok: 30}, Temperature: 1, Seed: new(uint64), Logprobs: true}
+	if o := run(ctx, rt, req); o.err != nil || !slices.Equal(tokens(o)[:2], []string{"[TOOL_CALLS]", "[TOOL_CALLS]"}) {
+		t.Errorf("non-strict tools constrained the answer? %q %v", tokens(o), o.err)
 	}
 	req.Tools = json.RawMessage(`[{"type":"function","function":{"name":"f","strict":true,"parameters":{"type":"object",` +
 		`"properties":{"u":{"type":"string","format":"uri"}}}}}]`)
