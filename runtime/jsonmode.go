@@ -48,6 +48,11 @@ type seqGrammar struct {
 	// are the answer's), once it is not, it reads head.
 	think *nozzle.ThinkTags
 	head  []byte
+	// openTag, with think, is the open tag where it is a control token
+	// (Magistral's [THINK]), which the masks' vocabulary lacks: allowed
+	// besides the mask while the thoughts may yet open (thinkMask)
+	openTag   []int32
+	thinkMask []uint32
 	// err: the machine failed (a fault of its own, recovered so the
 	// scheduler and every other sequence go on); the sequence ends with it
 	err error
@@ -106,6 +111,11 @@ func (r *Runtime) newSeqGrammar(req *nozzle.GenerateRequest, open bool) (*seqGra
 		}
 		if r.info.Reasoning && req.Messages != nil && !open {
 			g.think = &r.info.ReasoningTags
+			for _, id := range r.keepThoughts {
+				if string(r.codec.TokenBytes(id)) == g.think.Open {
+					g.openTag = append(g.openTag, int32(id))
+				}
+			}
 		}
 	case req.ResponseFormat == "":
 		return nil, nil
@@ -284,6 +294,16 @@ func (g *seqGrammar) mask() []uint32 {
 		clear(g.leadMask)
 		g.leadMask[g.lead[0]/32] |= 1 << (g.lead[0] % 32)
 		return g.leadMask
+	}
+	if g.think != nil && len(g.openTag) > 0 && g.allow != nil {
+		if g.thinkMask == nil {
+			g.thinkMask = make([]uint32, len(g.allow))
+		}
+		copy(g.thinkMask, g.allow)
+		for _, id := range g.openTag {
+			g.thinkMask[id/32] |= 1 << (id % 32)
+		}
+		return g.thinkMask
 	}
 	return g.allow
 }

@@ -1,6 +1,7 @@
 package runtime
 
 import (
+	"slices"
 	"testing"
 
 	"github.com/nozzle-ai/nozzle"
@@ -109,4 +110,81 @@ func TestSeqGrammar_OwnThoughts(t *testing.T) {
 	if g.feed(3) || g.think != nil || grammar.Allowed(g.mask(), 5) || !grammar.Allowed(g.mask(), 6) {
 		t.Fatalf("a call without thoughts: mask %b", g.mask())
 	}
+}
+
+// TestSeqGrammar_Marks: strict functions' calls in Mistral v11's form,
+// whose control tokens have no bytes in the masks' vocabulary: the marks
+// ([TOOL_CALLS], [ARGS]) are allowed where the calls take them and fed as
+// marks when drawn — in thoughts they are thought —; a reasoning model's
+// open tag that is a control token ([THINK]) is allowed while its
+// thoughts may yet open.
+func TestSeqGrammar_Marks(t *testing.T) {
+	const (
+		get, obj, think, calls, args, x, unthink, end = 0, 1, 2, 3, 4, 5, 6, 7
+	)
+	text := [][]byte{[]byte("get"), []byte("{}"), []byte("[THINK]"), []byte("[TOOL_CALLS]"), []byte("[ARGS]"), []byte("x"), []byte("[/THINK]"), nil}
+	vocab := [][]byte{text[0], text[1], nil, nil, nil, text[5], nil, nil} // the control tokens: no bytes
+	v := grammar.NewVocab(vocab, []int{end}, calls, args)
+	anyObj, err := grammar.CompileSchema([]byte(`{"type":"object"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	start, err := grammar.Trigger(grammar.Calls{Tag: "[TOOL_CALLS]", Mark: true, Bare: true, Only: true,
+		Tools: []grammar.Tool{{Name: "get", Args: anyObj}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := grammar.NewMasker[grammar.Triggered](v, 0)
+	tags := nozzle.MistralThinkTags
+	newG := func(reasoning bool) *seqGrammar {
+		g := &seqGrammar{c: &machineConstraint[grammar.Triggered, *grammar.Triggered]{m: m, state: start},
+			bytes: func(id int) []byte { return text[id] }, marks: []int32{calls, args}}
+		if reasoning {
+			g.think, g.openTag = &tags, []int32{think}
+		}
+		if !g.startable() {
+			t.Fatal("not startable")
+		}
+		return g
+	}
+	allows := func(g *seqGrammar, want ...int) {
+		t.Helper()
+		mk := g.mask()
+		for id := range vocab {
+			if grammar.Allowed(mk, id) != slices.Contains(want, id) {
+				t.Fatalf("mask %b, want %v", mk, want)
+			}
+		}
+	}
+	g := newG(true)
+	allows(g, get, obj, think, calls, x, end)
+	// [THINK] x [TOOL_CALLS] [/THINK]: thoughts, the mark in them thought
+	for _, tok := range []int32{think, x, calls} {
+		if g.feed(tok) || g.mask() != nil {
+			t.Fatalf("token %d: ended, or masked, in the thoughts", tok)
+		}
+	}
+	if g.feed(unthink) {
+		t.Fatal("ended at the thoughts' close")
+	}
+	allows(g, get, obj, calls, x, end)
+	// x [TOOL_CALLS] get [ARGS] {} [TOOL_CALLS] get [ARGS] {}
+	for _, step := range []struct {
+		tok  int32
+		next []int
+	}{{x, []int{get, obj, calls, x, end}}, {calls, []int{get}}, {get, []int{args}}, {args, []int{obj}},
+		{obj, []int{calls, end}}, {calls, []int{get}}, {get, []int{args}}, {args, []int{obj}}, {obj, []int{calls, end}}} {
+		if g.feed(step.tok) {
+			t.Fatalf("token %d ended the answer", step.tok)
+		}
+		allows(g, step.next...)
+	}
+	// a mark drawn first, where the thoughts may yet open: the call
+	g = newG(true)
+	if g.feed(calls) || g.think != nil {
+		t.Fatal("[TOOL_CALLS] first")
+	}
+	allows(g, get)
+	// no reasoning: no open tag
+	allows(newG(false), get, obj, calls, x, end)
 }
