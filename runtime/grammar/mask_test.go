@@ -767,3 +767,67 @@ func TestMasker_MarksMatchBrute(t *testing.T) {
 		t.Logf("%d masks checked, %d calls begun", checked, called)
 	}
 }
+
+// BenchmarkMaskerTriggeredMistral: a new state's mask of Mistral's calls
+// in auto mode on Llama 2's vocabulary (Mistral's, but for its control
+// tokens, added as the marks): v11's free text (a Looper that never
+// writes the control token's text), name and argument's string (plain:
+// the shortcut applies); v3's start (only whitespace so far), text begun
+// otherwise (a Looper again) and argument's string, which has no shortcut
+// (it may not write the control token's text either: every token walked).
+func BenchmarkMaskerTriggeredMistral(b *testing.B) {
+	toks, ends := vocabulary(b, "llama2")
+	calls, args := len(toks), len(toks)+1
+	toks = append(toks, nil, nil)
+	v := grammar.NewVocab(toks, ends, calls, args)
+	params, err := grammar.CompileSchema([]byte(`{"type":"object","properties":{"city":{"type":"string"},"days":{"type":"integer"}},` +
+		`"required":["city","days"],"additionalProperties":false}`))
+	if err != nil {
+		b.Fatal(err)
+	}
+	anyObj, err := grammar.CompileSchema([]byte(`{"type":"object"}`))
+	if err != nil {
+		b.Fatal(err)
+	}
+	tools := []grammar.Tool{{Name: "get_weather", Args: params}, {Name: "get_time", Args: anyObj}}
+	v11, err := grammar.Trigger(grammar.Calls{Tag: "[TOOL_CALLS]", Mark: true, Bare: true, Only: true, Tools: tools})
+	if err != nil {
+		b.Fatal(err)
+	}
+	v3, err := grammar.Trigger(grammar.Calls{Tag: "[TOOL_CALLS]", Mark: true, Lead: true, Array: true, Only: true, ArgsKey: "arguments", Tools: tools})
+	if err != nil {
+		b.Fatal(err)
+	}
+	// "\x01" and "\x02": the marks
+	for _, tc := range []struct {
+		name  string
+		start grammar.Triggered
+		text  string
+	}{
+		{"v11-free", v11, "Let me check."}, {"v11-name", v11, "\x01get_"}, {"v11-string", v11, "\x01get_weather\x02{\"city\": \"Bern"},
+		{"v3-start", v3, ""}, {"v3-text", v3, "Sure"}, {"v3-string", v3, "\x01[{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Bern"},
+	} {
+		s := tc.start
+		for i := 0; i < len(tc.text); i++ {
+			ok := false
+			switch tc.text[i] {
+			case 1:
+				ok = s.Mark(grammar.MarkCall)
+			case 2:
+				ok = s.Mark(grammar.MarkArgs)
+			default:
+				ok = s.Feed(tc.text[i])
+			}
+			if !ok {
+				b.Fatalf("%q refused at %d", tc.text, i)
+			}
+		}
+		b.Run(tc.name, func(b *testing.B) {
+			m := grammar.NewMasker[grammar.Triggered](v, 0)
+			for b.Loop() {
+				m.ClearCache()
+				m.Mask(&s)
+			}
+		})
+	}
+}
