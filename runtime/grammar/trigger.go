@@ -19,10 +19,12 @@ import (
 // Calls.Sep between them). With Calls.Lead a call may only begin the text
 // (Llama 3's JSON calls, which are the whole answer): the object itself,
 // after whitespace, and text that begins otherwise is free to its end.
-// With Calls.Mark the tag is a control token, read through Mark, and
-// with Calls.Bare a call is Mistral v11's, name [ARGS] arguments. Done
-// outside calls only (and, with Calls.Bare, once a call's arguments
-// close). A value type, as Schema is.
+// With Calls.Mark the tag is a control token, read through Mark: with
+// Calls.Bare a call is Mistral v11's, name [ARGS] arguments; with
+// Calls.Array and Calls.Lead the calls are Mistral's v3 JSON array after
+// the tag, which only whitespace may come before. Done outside calls only
+// (and, with Calls.Bare, once a call's arguments close; with Calls.Array,
+// once the array closes). A value type, as Schema is.
 //
 // The object is read in its parts, so that the name chooses the
 // arguments' machine: '{', "name", ':', the name, ',', the arguments' key,
@@ -116,7 +118,7 @@ type calls struct {
 	tag, pre, post []byte
 	fail           []uint16 // fail[i]: the longest proper border of tag[:i+1]
 	parts          [oClose + 1][]byte
-	names          [][]byte // quoted, sorted
+	names          [][]byte // quoted (as they are with bare), sorted
 	args           []Schema // args[i]: names[i]'s start state
 	only, lead     bool
 	mark, bare     bool
@@ -498,6 +500,7 @@ func (t *Triggered) array(b byte) bool {
 		t.at, t.space = 1, 0
 		return true
 	case t.phase == tOpen && t.at == 1 && b == '{':
+		// (Feed matches b against the tag again: '{' is none of its bytes)
 		t.phase, t.step, t.at, t.space = tObj, oOpen, 0, 0
 		return t.Feed(b)
 	case t.phase == tNext && b == ',':
