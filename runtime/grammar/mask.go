@@ -42,6 +42,15 @@ type Marker interface {
 	Mark(k int) bool
 }
 
+// PlainLooper is a Machine that can tell, of some states inside a free
+// string, a byte that plain text without it leaves the state as it is in
+// (a string that may not hold a tag's text, no part of it read: the tag's
+// first byte): the masker takes those plain tokens at once and walks the
+// others.
+type PlainLooper interface {
+	PlainLoops() (b byte, ok bool)
+}
+
 // PlainCounter is a Machine that can tell, of some states, that any plain
 // text (see Plain) of at most n characters may come next, though it
 // changes the state (a string with a length limit): the masker takes
@@ -68,6 +77,9 @@ type Vocab struct {
 	ids    []int32 // the tokens in all, sorted by their bytes
 	mu     sync.Mutex
 	splits map[byte]*split
+	// the plain tokens without a byte, and the others (PlainLooper), made
+	// when first asked for
+	plainSplits map[byte]*split
 	// the plain-text tokens of at most n characters, by n, made when
 	// first asked for; plainChars: the most characters a plain token has
 	upTo       map[int][]uint32
@@ -128,6 +140,31 @@ func (v *Vocab) splitBy(b byte) *split {
 		v.splits = map[byte]*split{}
 	}
 	v.splits[b] = sp
+	return sp
+}
+
+// plainSplitBy returns the vocabulary's tokens split by byte b and plain
+// text: the mask of the plain tokens without b, the trie of the others.
+func (v *Vocab) plainSplitBy(b byte) *split {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if sp := v.plainSplits[b]; sp != nil {
+		return sp
+	}
+	sp := &split{without: make([]uint32, v.words)}
+	var with []int32
+	for _, id := range v.ids {
+		if v.plain[id/32]&(1<<(id%32)) != 0 && bytes.IndexByte(v.tokens[id], b) < 0 {
+			sp.without[id/32] |= 1 << (id % 32)
+		} else {
+			with = append(with, id)
+		}
+	}
+	sp.with.build(v.tokens, with)
+	if v.plainSplits == nil {
+		v.plainSplits = map[byte]*split{}
+	}
+	v.plainSplits[b] = sp
 	return sp
 }
 
@@ -311,6 +348,10 @@ func (m *Masker[S, P]) lookup(s *S) cached {
 	if p.Plain() {
 		copy(mask, v.plain)
 		walk[S, P](&v.odd, s, mask)
+	} else if b, ok := plainLooping(p); ok {
+		sp := v.plainSplitBy(b)
+		copy(mask, sp.without)
+		walk[S, P](&sp.with, s, mask)
 	} else if n, ok := plainCount(p); ok {
 		copy(mask, v.plainUpTo(n))
 		walk[S, P](&v.odd, s, mask)
@@ -351,6 +392,14 @@ func (m *Masker[S, P]) lookup(s *S) cached {
 func plainCount(m Machine) (int, bool) {
 	if c, ok := m.(PlainCounter); ok {
 		return c.PlainUpTo()
+	}
+	return 0, false
+}
+
+// plainLooping is m's PlainLoops, where m is a PlainLooper.
+func plainLooping(m Machine) (byte, bool) {
+	if l, ok := m.(PlainLooper); ok {
+		return l.PlainLoops()
 	}
 	return 0, false
 }

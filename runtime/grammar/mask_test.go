@@ -831,3 +831,42 @@ func BenchmarkMaskerTriggeredMistral(b *testing.B) {
 		})
 	}
 }
+
+// TestMasker_PlainLooperMatchesBrute: inside the strings of Mistral's v3
+// calls, which may not write [TOOL_CALLS] as text, the masks made with
+// the plain tokens without '[' taken at once (PlainLooper) are brute
+// force's, in a string, a key, after a '[' and more of the tag, and after
+// an escape, on Llama 2's vocabulary with the marks.
+func TestMasker_PlainLooperMatchesBrute(t *testing.T) {
+	toks, ends := vocabulary(t, "llama2")
+	toks = append(toks, nil, nil)
+	v := grammar.NewVocab(toks, ends, len(toks)-2, len(toks)-1)
+	anyObj, err := grammar.CompileSchema([]byte(`{"type":"object"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	start, err := grammar.Trigger(grammar.Calls{Tag: "[TOOL_CALLS]", Mark: true, Lead: true, Array: true, Only: true, ArgsKey: "arguments",
+		Tools: []grammar.Tool{{Name: "f", Args: anyObj}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := grammar.NewMasker[grammar.Triggered](v, 0)
+	call := `[{"name": "f", "arguments": {"k": "`
+	for _, text := range []string{call, call + "ab", call + "x[", call + "[TOOL", call + "[TOOL_CALLS", call + `\`, call + `a", "[TOO`,
+		`[{"name": "f", "arguments": {"[TOOL_`, `[{"name": "f", "arguments": {"k": ["`} {
+		s := start
+		if !s.Mark(grammar.MarkCall) {
+			t.Fatal("no mark at the start")
+		}
+		for i := 0; i < len(text); i++ {
+			if !s.Feed(text[i]) {
+				t.Fatalf("%q refused at %d", text, i)
+			}
+		}
+		_, loops := s.PlainLoops()
+		mask, _ := m.Mask(&s)
+		if want := bruteFor[grammar.Triggered](toks, ends, &s); !slices.Equal(mask, want) {
+			t.Errorf("%q (plain loops %v): the mask is not brute force's", text, loops)
+		}
+	}
+}

@@ -630,9 +630,20 @@ func (t *Triggered) Loops() (byte, bool) {
 // Free text is not plain: '<' and the tag's other bytes are plain
 // characters, and they move the tag's match.
 func (t *Triggered) Plain() bool {
-	// (with Calls.Array a string may not write the tag's text: its
-	// tokens are walked)
+	// (with Calls.Array a string may not write the tag's text: its plain
+	// tokens without the tag's first byte are taken at once, PlainLoops,
+	// the others walked)
 	return !t.c.array && t.phase == tObj && t.step == oValue && t.at > 0 && t.inner.Plain()
+}
+
+// PlainLoops reports, inside a free string of Calls.Array's calls where no
+// part of the tag's text is read, the tag's first byte: plain text
+// without it leaves the state as it is (PlainLooper).
+func (t *Triggered) PlainLoops() (byte, bool) {
+	if !t.c.array || t.tagAt != 0 || t.phase != tObj || t.step != oValue || t.at == 0 || !t.inner.Plain() {
+		return 0, false
+	}
+	return t.c.tag[0], true
 }
 
 // nameByte reports whether c may be in an OpenAI function's name.
