@@ -1274,6 +1274,16 @@ func feedKeyed[S any, P interface {
 	Machine
 }](t *testing.T, start S, s, probes string) (S, bool) {
 	t.Helper()
+	return feedKeyedBy[S, P](t, start, s, probes, func(st *S, c byte) bool { return P(st).Feed(c) }, nil)
+}
+
+// feedKeyedBy is feedKeyed with s's bytes fed by feed and, where more is
+// not nil, more of a state's behaviour (bits 32 to 62) besides the probes.
+func feedKeyedBy[S any, P interface {
+	*S
+	Machine
+}](t *testing.T, start S, s, probes string, feed func(*S, byte) bool, more func(S) uint64) (S, bool) {
+	t.Helper()
 	st := start
 	seen := map[string]uint64{}
 	for j := 0; j <= len(s); j++ {
@@ -1282,6 +1292,9 @@ func feedKeyed[S any, P interface {
 			if p := st; P(&p).Feed(probes[k]) {
 				took |= 1 << k
 			}
+		}
+		if more != nil {
+			took |= more(st)
 		}
 		if P(&st).Done() {
 			took |= 1 << 63
@@ -1294,7 +1307,7 @@ func feedKeyed[S any, P interface {
 		if j == len(s) {
 			break
 		}
-		if !P(&st).Feed(s[j]) {
+		if !feed(&st, s[j]) {
 			return st, false
 		}
 	}

@@ -19,6 +19,13 @@ const (
 // hermesCalls is the runtime's Hermes form with get_weather strict and
 // get_time and get_time_zone not (names that share a prefix).
 func hermesCalls(t testing.TB, only bool) Triggered {
+	return triggerCalls(t, Calls{Tag: "<tool_call>", Pre: "\n", Post: "\n</tool_call>", ArgsKey: "arguments", Only: only}, "get_time")
+}
+
+// triggerCalls is c's machine with the tests' tools: get_weather strict
+// (weatherParams), get_time_zone and get_time any object, and last strict
+// too (a second get_time, or get, whose name begins the others').
+func triggerCalls(t testing.TB, c Calls, last string) Triggered {
 	t.Helper()
 	strict, err := CompileSchema([]byte(weatherParams))
 	if err != nil {
@@ -28,12 +35,67 @@ func hermesCalls(t testing.TB, only bool) Triggered {
 	if err != nil {
 		t.Fatal(err)
 	}
-	st, err := Trigger(Calls{Tag: "<tool_call>", Pre: "\n", Post: "\n</tool_call>", ArgsKey: "arguments", Only: only,
-		Tools: []Tool{{"get_weather", strict}, {"get_time_zone", free}, {"get_time", free}, {"get_time", strict}}})
+	c.Tools = []Tool{{"get_weather", strict}, {"get_time_zone", free}, {"get_time", free}, {last, strict}}
+	st, err := Trigger(c)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return st
+}
+
+// checkArgs reads a call of name with args, in text, as the gateway
+// does: name must be a tool's (get only where get is among them), and
+// get_weather's (and get's) arguments follow weatherParams, the others'
+// are an object.
+func checkArgs(t *testing.T, text, name string, args []byte, get bool) {
+	t.Helper()
+	switch {
+	case name == "get_weather" || get && name == "get":
+		if !validJSONFor(t, weatherParams, string(args)) {
+			t.Fatalf("%q: arguments not %s's", text, name)
+		}
+	case name == "get_time" || name == "get_time_zone":
+		if !validJSONFor(t, anyObject, string(args)) {
+			t.Fatalf("%q: arguments not an object", text)
+		}
+	default:
+		t.Fatalf("%q: called %q", text, name)
+	}
+}
+
+// feedCase is a text, whether a machine takes it (fed) and whether it is
+// done after it.
+type feedCase struct {
+	text      string
+	fed, done bool
+}
+
+// checkFeeds feeds each case's text to start (markCall and markArgs
+// through Mark) and checks it is taken and done as the case says; a done
+// text's calls are read by callsIn.
+func checkFeeds(t *testing.T, start Triggered, cases []feedCase, callsIn func(*testing.T, string) int) {
+	t.Helper()
+	for _, tc := range cases {
+		st, fed := feedMarked(start, tc.text)
+		if fed != tc.fed || fed && st.Done() != tc.done {
+			t.Errorf("%q: fed %v done %v, want %v %v", tc.text, fed, fed && st.Done(), tc.fed, tc.done)
+		}
+		if fed && st.Done() {
+			callsIn(t, tc.text)
+		}
+	}
+}
+
+// checkRefused checks that Trigger refuses each form, its tools and
+// arguments' key filled in by fill.
+func checkRefused(t *testing.T, forms []Calls, fill func(*Calls)) {
+	t.Helper()
+	for _, c := range forms {
+		fill(&c)
+		if _, err := Trigger(c); err == nil {
+			t.Errorf("%+v: no error", c)
+		}
+	}
 }
 
 func feedAll(st Triggered, s string) (Triggered, bool) {
@@ -112,18 +174,7 @@ func callsIn(t *testing.T, text string) int {
 		if err := json.Unmarshal([]byte(body), &call); err != nil {
 			t.Fatalf("%q: %v", body, err)
 		}
-		switch call.Name {
-		case "get_weather":
-			if !validJSONFor(t, weatherParams, string(call.Arguments)) {
-				t.Fatalf("%q: arguments not get_weather's", body)
-			}
-		case "get_time", "get_time_zone":
-			if !validJSONFor(t, anyObject, string(call.Arguments)) {
-				t.Fatalf("%q: arguments not an object", body)
-			}
-		default:
-			t.Fatalf("%q: called %q", body, call.Name)
-		}
+		checkArgs(t, body, call.Name, call.Arguments, false)
 		n++
 	}
 	return n
@@ -133,41 +184,108 @@ func callsIn(t *testing.T, text string) int {
 // whole now and then, the JSON's structure favoured), every state takes some byte or is done,
 // and every done output's calls are well formed.
 func TestTriggered_NoDeadEnds(t *testing.T) {
-	r := rand.New(rand.NewPCG(5, 6))
-	calls := 0
-	for _, only := range []bool{false, true} {
-		start := hermesCalls(t, only)
-		for range 100 {
+	walker{
+		starts: []Triggered{hermesCalls(t, false), hermesCalls(t, true)}, walks: 100, steps: 3000, settle: 300,
+		move: func(r *rand.Rand, st Triggered) string {
+			if st.phase == tFree && r.IntN(20) == 0 { // the rest of the tag, now and then
+				return string(st.c.tag[st.at:])
+			}
+			return ""
+		},
+		weight:  func(_ *Triggered, b byte, step int) int { return triggerWeight(b, step) },
+		callsIn: callsIn, minCalls: 50,
+	}.run(t, 5, 6)
+}
+
+// walker is a random walk of a Triggered machine's answers, the parts
+// the formats' walks do not share its fields: along its walks every
+// state takes some byte (or a mark) or is done, and every done output
+// reads as calls (or free text).
+type walker struct {
+	starts []Triggered // walks from each
+	walks  int         // from each start
+	steps  int         // a walk's steps at the most
+	settle int         // steps before a done walk may end
+	// stopOdds: a done walk past settle ends one step in stopOdds (0:
+	// at once)
+	stopOdds int
+	// leads: four walks in five begin with one of them (marks as bytes),
+	// after which the state is in phase leadTo
+	leads  []string
+	leadTo uint8
+	// move: a step's text taken whole (marks as bytes) instead of a
+	// byte, or ""
+	move func(r *rand.Rand, st Triggered) string
+	// weight: a byte's weight in the draw
+	weight func(st *Triggered, b byte, step int) int
+	// stuck: where no byte is taken and the state is not done, the marks
+	// to take, or end (the walk ends there); nil, or neither: a dead end
+	stuck func(st Triggered) (marks string, end bool)
+	// callsIn: a done output's calls, read as the gateway does
+	callsIn func(t *testing.T, text string) int
+	// the calls, and the answers of several, the walks must make at the
+	// least
+	minCalls, minSeveral int
+}
+
+// run walks with the random source seeded (seed1, seed2).
+func (w walker) run(t *testing.T, seed1, seed2 uint64) {
+	t.Helper()
+	r := rand.New(rand.NewPCG(seed1, seed2))
+	calls, several := 0, 0
+	for _, start := range w.starts {
+		for range w.walks {
 			st, out := start, []byte{}
-			for step := 0; step < 3000 && !(st.Done() && step > 300); step++ {
-				if st.phase == tFree && r.IntN(20) == 0 { // the rest of the tag, now and then
-					for st.phase == tFree {
-						b := st.c.tag[st.at]
-						if !st.Feed(b) {
-							t.Fatalf("the tag refused after %q", out)
-						}
-						out = append(out, b)
-					}
-					continue
+			take := func(s string) {
+				var ok bool
+				if st, ok = feedMarked(st, s); !ok {
+					t.Fatalf("%q refused after %q", s, out)
 				}
-				b, ok := pickByte[Triggered](r, &st, func(b byte) int { return triggerWeight(b, step) })
+				out = append(out, s...)
+			}
+			if w.leads != nil && r.IntN(5) > 0 {
+				lead := w.leads[r.IntN(len(w.leads))]
+				if take(lead); st.phase != w.leadTo {
+					t.Fatalf("%q: no call", lead)
+				}
+			}
+			for step := 0; step < w.steps && !(st.Done() && step > w.settle && (w.stopOdds == 0 || r.IntN(w.stopOdds) == 0)); step++ {
+				if w.move != nil {
+					if s := w.move(r, st); s != "" {
+						take(s)
+						continue
+					}
+				}
+				b, ok := pickByte[Triggered](r, &st, func(b byte) int { return w.weight(&st, b, step) })
 				if !ok {
 					if st.Done() {
 						break
+					}
+					if w.stuck != nil {
+						if marks, end := w.stuck(st); end {
+							break
+						} else if marks != "" {
+							take(marks)
+							continue
+						}
 					}
 					t.Fatalf("dead end after %q", out)
 				}
 				out = append(out, b)
 			}
 			if st.Done() {
-				calls += callsIn(t, string(out))
+				n := w.callsIn(t, string(out))
+				calls += n
+				if n > 1 {
+					several++
+				}
 			}
 		}
 	}
-	if calls < 50 {
-		t.Errorf("only %d calls made along the walks", calls)
+	if calls < w.minCalls || several < w.minSeveral {
+		t.Errorf("only %d calls (%d answers of several) made along the walks", calls, several)
 	}
-	t.Logf("%d calls checked", calls)
+	t.Logf("%d calls checked, %d answers of several", calls, several)
 }
 
 func triggerWeight(b byte, step int) int {
@@ -226,65 +344,20 @@ func FuzzTriggered(f *testing.F) {
 // take the same probes and the same marks.
 func feedKeyedMarked(t *testing.T, start Triggered, s, probes string) (Triggered, bool) {
 	t.Helper()
-	st := start
-	seen := map[string]uint64{}
-	for j := 0; j <= len(s); j++ {
-		var took uint64
-		for k := 0; k < len(probes); k++ {
-			if p := st; p.Feed(probes[k]) {
-				took |= 1 << k
-			}
-		}
+	return feedKeyedBy[Triggered](t, start, s, probes, feedMark, func(st Triggered) (took uint64) {
 		for k := range 2 {
-			if p := st; p.Mark(k) {
+			if st := st; st.Mark(k) {
 				took |= 1 << (61 + k)
 			}
 		}
-		if st.Done() {
-			took |= 1 << 63
-		}
-		key := string(st.Key(nil))
-		if prev, ok := seen[key]; ok && prev != took {
-			t.Fatalf("%q: after %d bytes a state's key was seen with other behaviour", s, j)
-		}
-		seen[key] = took
-		if j == len(s) {
-			break
-		}
-		var ok bool
-		switch s[j] {
-		case markCall:
-			ok = st.Mark(MarkCall)
-		case markArgs:
-			ok = st.Mark(MarkArgs)
-		default:
-			ok = st.Feed(s[j])
-		}
-		if !ok {
-			return st, false
-		}
-	}
-	return st, true
+		return took
+	})
 }
 
 // llamaCalls is the runtime's form of Llama 3's JSON calls (Calls.Lead,
 // ";" between calls) with hermesCalls' tools.
 func llamaCalls(t testing.TB) Triggered {
-	t.Helper()
-	strict, err := CompileSchema([]byte(weatherParams))
-	if err != nil {
-		t.Fatal(err)
-	}
-	free, err := CompileSchema([]byte(anyObject))
-	if err != nil {
-		t.Fatal(err)
-	}
-	st, err := Trigger(Calls{ArgsKey: "parameters", Only: true, Sep: ";", Lead: true,
-		Tools: []Tool{{"get_weather", strict}, {"get_time_zone", free}, {"get_time", free}, {"get_time", strict}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return st
+	return triggerCalls(t, Calls{ArgsKey: "parameters", Only: true, Sep: ";", Lead: true}, "get_time")
 }
 
 const (
@@ -316,18 +389,7 @@ func llamaCallsIn(t *testing.T, text string) int {
 		if json.Unmarshal(call["name"], &name) != nil || !ok || len(call) != 2 {
 			t.Fatalf("%q: not a call", text)
 		}
-		switch name {
-		case "get_weather":
-			if !validJSONFor(t, weatherParams, string(args)) {
-				t.Fatalf("%q: arguments not get_weather's", text)
-			}
-		case "get_time", "get_time_zone":
-			if !validJSONFor(t, anyObject, string(args)) {
-				t.Fatalf("%q: arguments not an object", text)
-			}
-		default:
-			t.Fatalf("%q: called %q", text, name)
-		}
+		checkArgs(t, text, name, args, false)
 		n++
 		if s = strings.TrimLeft(s[dec.InputOffset():], " \t\r\n"); s == "" {
 			return n
@@ -343,10 +405,7 @@ func llamaCallsIn(t *testing.T, text string) int {
 // answer whose first byte past whitespace is '{' is calls, separated by
 // ';', whitespace around them; any other is free text to its end.
 func TestTriggered_Lead(t *testing.T) {
-	for _, tc := range []struct {
-		text      string
-		fed, done bool
-	}{
+	checkFeeds(t, llamaCalls(t), []feedCase{
 		{"", true, true},
 		{" \n\t\r\v\f", true, true},
 		{"Hello, world. {\"name\": 1}", true, true}, // '{' later in free text: text
@@ -389,28 +448,17 @@ func TestTriggered_Lead(t *testing.T) {
 		{leadW + ";" + strings.Repeat("\n", MaxSpace) + leadT, true, true},
 		{leadW + ";" + strings.Repeat("\n", MaxSpace+1), false, false},
 		{strings.Repeat(" ", 3*MaxSpace) + leadW, true, true}, // leading whitespace is not counted
-	} {
-		st, fed := feedAll(llamaCalls(t), tc.text)
-		if fed != tc.fed || fed && st.Done() != tc.done {
-			t.Errorf("%q: fed %v done %v, want %v %v", tc.text, fed, fed && st.Done(), tc.fed, tc.done)
-		}
-		if fed && st.Done() {
-			llamaCallsIn(t, tc.text)
-		}
-	}
-	for _, c := range []Calls{
+	}, llamaCallsIn)
+	checkRefused(t, []Calls{
 		{Tag: "<tool_call>", Lead: true, Only: true},
 		{Pre: "\n", Lead: true, Only: true},
 		{Lead: true},
 		{Tag: "<tool_call>", Sep: ";"},
 		{Tag: "<tool_call>", Sep: " ;", Only: true},
 		{},
-	} {
+	}, func(c *Calls) {
 		c.ArgsKey, c.Tools = "parameters", []Tool{{"f", llamaCalls(t).c.args[0]}}
-		if _, err := Trigger(c); err == nil {
-			t.Errorf("%+v: no error", c)
-		}
-	}
+	})
 }
 
 // TestTriggered_LeadSpaces: every character, then '{': a call begins
@@ -448,45 +496,17 @@ func TestTriggered_LeadSpaces(t *testing.T) {
 // every state takes some byte or is done, and every done output reads as
 // calls (or free text).
 func TestTriggered_LeadNoDeadEnds(t *testing.T) {
-	r := rand.New(rand.NewPCG(7, 8))
-	start := llamaCalls(t)
-	calls, several := 0, 0
-	for range 100 {
-		st, out := start, []byte{}
-		if r.IntN(5) > 0 {
-			lead := []string{"", " ", "\n\n", "\u00a0", "\t\u3000"}[r.IntN(5)] + "{"
-			if st, _ = feedAll(st, lead); st.phase != tObj {
-				t.Fatalf("%q: no call", lead)
+	walker{
+		starts: []Triggered{llamaCalls(t)}, walks: 100, steps: 3000, settle: 300,
+		leads: []string{"{", " {", "\n\n{", "\u00a0{", "\t\u3000{"}, leadTo: tObj,
+		weight: func(_ *Triggered, b byte, step int) int {
+			if b == ';' {
+				return 300
 			}
-			out = append(out, lead...)
-		}
-		for step := 0; step < 3000 && !(st.Done() && step > 300); step++ {
-			b, ok := pickByte[Triggered](r, &st, func(b byte) int {
-				if b == ';' {
-					return 300
-				}
-				return byteWeight(b, step)
-			})
-			if !ok {
-				if st.Done() {
-					break
-				}
-				t.Fatalf("dead end after %q", out)
-			}
-			out = append(out, b)
-		}
-		if st.Done() {
-			n := llamaCallsIn(t, string(out))
-			calls += n
-			if n > 1 {
-				several++
-			}
-		}
-	}
-	if calls < 50 || several < 5 {
-		t.Errorf("only %d calls (%d answers of several) made along the walks", calls, several)
-	}
-	t.Logf("%d calls checked, %d answers of several", calls, several)
+			return byteWeight(b, step)
+		},
+		callsIn: llamaCallsIn, minCalls: 50, minSeveral: 5,
+	}.run(t, 7, 8)
 }
 
 // The marks of Mistral's calls in the tests' texts: the control tokens,
@@ -500,40 +520,28 @@ const (
 // Calls.Bare: [TOOL_CALLS]name[ARGS]{…}) with hermesCalls' tools and get,
 // strict too, whose name begins the others'.
 func v11Calls(t testing.TB) Triggered {
-	t.Helper()
-	strict, err := CompileSchema([]byte(weatherParams))
-	if err != nil {
-		t.Fatal(err)
-	}
-	free, err := CompileSchema([]byte(anyObject))
-	if err != nil {
-		t.Fatal(err)
-	}
-	st, err := Trigger(Calls{Tag: "[TOOL_CALLS]", Mark: true, Bare: true, Only: true,
-		Tools: []Tool{{"get_weather", strict}, {"get_time_zone", free}, {"get_time", free}, {"get", strict}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return st
+	return triggerCalls(t, Calls{Tag: "[TOOL_CALLS]", Mark: true, Bare: true, Only: true}, "get")
 }
 
 // feedMarked feeds s, markCall and markArgs through Mark.
 func feedMarked(st Triggered, s string) (Triggered, bool) {
 	for i := 0; i < len(s); i++ {
-		var ok bool
-		switch s[i] {
-		case markCall:
-			ok = st.Mark(MarkCall)
-		case markArgs:
-			ok = st.Mark(MarkArgs)
-		default:
-			ok = st.Feed(s[i])
-		}
-		if !ok {
+		if !feedMark(&st, s[i]) {
 			return st, false
 		}
 	}
 	return st, true
+}
+
+// feedMark feeds c to st, markCall and markArgs through Mark.
+func feedMark(st *Triggered, c byte) bool {
+	switch c {
+	case markCall:
+		return st.Mark(MarkCall)
+	case markArgs:
+		return st.Mark(MarkArgs)
+	}
+	return st.Feed(c)
 }
 
 // v11Text is a test's text as the runtime writes it: its marks as the
@@ -575,18 +583,7 @@ func v11CallsIn(t *testing.T, text string) int {
 		if !strings.HasPrefix(rest, "{") || dec.Decode(&args) != nil {
 			t.Fatalf("%q: not calls after the marker", text)
 		}
-		switch name {
-		case "get_weather", "get":
-			if !validJSONFor(t, weatherParams, string(args)) {
-				t.Fatalf("%q: arguments not %s's", text, name)
-			}
-		case "get_time", "get_time_zone":
-			if !validJSONFor(t, anyObject, string(args)) {
-				t.Fatalf("%q: arguments not an object", text)
-			}
-		default:
-			t.Fatalf("%q: called %q", text, name)
-		}
+		checkArgs(t, text, name, args, true)
 		n++
 		rest = rest[dec.InputOffset():]
 	}
@@ -602,10 +599,7 @@ const (
 // name, [ARGS] where the bytes are a whole name, the arguments, and
 // after them whitespace, the end or the next call.
 func TestTriggered_Mistral(t *testing.T) {
-	for _, tc := range []struct {
-		text      string
-		fed, done bool
-	}{
+	checkFeeds(t, v11Calls(t), []feedCase{
 		{"", true, true},
 		{"Hello, [TOOL_CALL] [TOOL_CALLS", true, true}, // partial texts of the tag are text
 		{"[TOOL_CALLS]", false, false},                 // its whole text is not
@@ -643,17 +637,9 @@ func TestTriggered_Mistral(t *testing.T) {
 		{"\x01get_time\x02{}\t", false, false},
 		{"\x02", false, false},
 		{"x\x02", false, false},
-	} {
-		st, fed := feedMarked(v11Calls(t), tc.text)
-		if fed != tc.fed || fed && st.Done() != tc.done {
-			t.Errorf("%q: fed %v done %v, want %v %v", tc.text, fed, fed && st.Done(), tc.fed, tc.done)
-		}
-		if fed && st.Done() {
-			v11CallsIn(t, tc.text)
-		}
-	}
+	}, v11CallsIn)
 	free, _ := CompileSchema([]byte(anyObject))
-	for _, c := range []Calls{
+	checkRefused(t, []Calls{
 		{Tag: "[TOOL_CALLS]", Mark: true, Bare: true}, // Only
 		{Mark: true, Bare: true, Only: true},          // the tag's text
 		{Tag: "[TOOL_CALLS]", Bare: true, Only: true}, // Mark
@@ -661,14 +647,11 @@ func TestTriggered_Mistral(t *testing.T) {
 		{Tag: "[TOOL_CALLS]", Mark: true, Bare: true, Only: true, Pre: " "},
 		{Tag: "[TOOL_CALLS]", Mark: true, Bare: true, Only: true, Tools: []Tool{{"get time", free}}},
 		{Tag: "[TOOL_CALLS]", Mark: true, Bare: true, Only: true, Tools: []Tool{{"héllo", free}}},
-	} {
+	}, func(c *Calls) {
 		if c.Tools == nil {
 			c.Tools = []Tool{{"f", free}}
 		}
-		if _, err := Trigger(c); err == nil {
-			t.Errorf("%+v: no error", c)
-		}
-	}
+	})
 	// a machine without marks reads none
 	if st := hermesCalls(t, true); st.Mark(MarkCall) {
 		t.Error("Hermes' calls took a mark")
@@ -680,72 +663,44 @@ func TestTriggered_Mistral(t *testing.T) {
 // takes some byte or mark or is done, and every done output reads as
 // calls (or free text).
 func TestTriggered_MistralNoDeadEnds(t *testing.T) {
-	r := rand.New(rand.NewPCG(9, 10))
-	start := v11Calls(t)
-	calls, several := 0, 0
-	for range 100 {
-		st, out := start, []byte{}
-		for step := 0; step < 2000 && !(st.Done() && step > 200 && r.IntN(3) == 0); step++ {
+	walker{
+		starts: []Triggered{v11Calls(t)}, walks: 100, steps: 2000, settle: 200, stopOdds: 3,
+		move: func(r *rand.Rand, st Triggered) string {
 			if r.IntN(10) == 0 {
-				k := r.IntN(2)
-				if p := st; p.Mark(k) {
-					st = p
-					out = append(out, markCall+byte(k))
-					continue
+				if k := r.IntN(2); st.Mark(k) {
+					return string(rune(markCall + k))
 				}
 			}
-			b, ok := pickByte[Triggered](r, &st, func(b byte) int {
-				if b == markCall || b == markArgs {
-					return 0 // the marks' stand-ins: no text here
-				}
-				return triggerWeight(b, step)
-			})
-			if !ok {
-				if p := st; p.Mark(MarkCall) || st.Done() {
-					break
-				}
-				if p := st; p.Mark(MarkArgs) {
-					st = p
-					out = append(out, markArgs)
-					continue
-				}
-				t.Fatalf("dead end after %q", out)
+			return ""
+		},
+		weight: markWeight,
+		stuck: func(st Triggered) (string, bool) {
+			if p := st; p.Mark(MarkCall) {
+				return "", true
 			}
-			out = append(out, b)
-		}
-		if st.Done() {
-			n := v11CallsIn(t, string(out))
-			calls += n
-			if n > 1 {
-				several++
+			if st.Mark(MarkArgs) {
+				return string(rune(markArgs)), false
 			}
-		}
+			return "", false
+		},
+		callsIn: v11CallsIn, minCalls: 50, minSeveral: 5,
+	}.run(t, 9, 10)
+}
+
+// markWeight is triggerWeight but for the marks' stand-ins, which are no
+// text here.
+func markWeight(_ *Triggered, b byte, step int) int {
+	if b == markCall || b == markArgs {
+		return 0
 	}
-	if calls < 50 || several < 5 {
-		t.Errorf("only %d calls (%d answers of several) made along the walks", calls, several)
-	}
-	t.Logf("%d calls checked, %d answers of several", calls, several)
+	return triggerWeight(b, step)
 }
 
 // v3Calls is the runtime's form of Mistral's v3 calls (Calls.Mark,
 // Calls.Lead, Calls.Array: [TOOL_CALLS] [{"name": N, "arguments": A}, …]
 // where only whitespace has come) with hermesCalls' tools.
 func v3Calls(t testing.TB) Triggered {
-	t.Helper()
-	strict, err := CompileSchema([]byte(weatherParams))
-	if err != nil {
-		t.Fatal(err)
-	}
-	free, err := CompileSchema([]byte(anyObject))
-	if err != nil {
-		t.Fatal(err)
-	}
-	st, err := Trigger(Calls{Tag: "[TOOL_CALLS]", Mark: true, Lead: true, Array: true, Only: true, ArgsKey: "arguments",
-		Tools: []Tool{{"get_weather", strict}, {"get_time_zone", free}, {"get_time", free}, {"get_time", strict}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return st
+	return triggerCalls(t, Calls{Tag: "[TOOL_CALLS]", Mark: true, Lead: true, Array: true, Only: true, ArgsKey: "arguments"}, "get_time")
 }
 
 // v3CallsIn checks text, a done output of v3Calls (markCall for the
@@ -775,18 +730,7 @@ func v3CallsIn(t *testing.T, text string) int {
 		if json.Unmarshal(call["name"], &name) != nil || !ok || len(call) != 2 || !strings.HasPrefix(string(args), "{") {
 			t.Fatalf("%q: not a call", text)
 		}
-		switch name {
-		case "get_weather":
-			if !validJSONFor(t, weatherParams, string(args)) {
-				t.Fatalf("%q: arguments not get_weather's", text)
-			}
-		case "get_time", "get_time_zone":
-			if !validJSONFor(t, anyObject, string(args)) {
-				t.Fatalf("%q: arguments not an object", text)
-			}
-		default:
-			t.Fatalf("%q: called %q", text, name)
-		}
+		checkArgs(t, text, name, args, false)
 	}
 	return len(parts)
 }
@@ -802,10 +746,7 @@ const (
 // free text or in the calls' strings; text that begins otherwise free to
 // its end.
 func TestTriggered_MistralV3(t *testing.T) {
-	for _, tc := range []struct {
-		text      string
-		fed, done bool
-	}{
+	checkFeeds(t, v3Calls(t), []feedCase{
 		{"", true, true},
 		{" \n\t\r", true, true},
 		{"Hello [1] {\"name\"", true, true},
@@ -841,17 +782,9 @@ func TestTriggered_MistralV3(t *testing.T) {
 		{"Hi [TOOL_CALLS]", false, false}, // the tag's text: not in free text either
 		{" [TOOL_CALLS]", false, false},
 		{"\x02", false, false},
-	} {
-		st, fed := feedMarked(v3Calls(t), tc.text)
-		if fed != tc.fed || fed && st.Done() != tc.done {
-			t.Errorf("%q: fed %v done %v, want %v %v", tc.text, fed, fed && st.Done(), tc.fed, tc.done)
-		}
-		if fed && st.Done() {
-			v3CallsIn(t, tc.text)
-		}
-	}
+	}, v3CallsIn)
 	free, _ := CompileSchema([]byte(anyObject))
-	for _, c := range []Calls{
+	checkRefused(t, []Calls{
 		{Tag: "[TOOL_CALLS]", Mark: true, Array: true, Only: true}, // Lead
 		{Tag: "[TOOL_CALLS]", Lead: true, Array: true, Only: true}, // Mark
 		{Tag: "[TOOL_CALLS]", Mark: true, Lead: true, Array: true}, // Only
@@ -860,60 +793,24 @@ func TestTriggered_MistralV3(t *testing.T) {
 		{Tag: "[TOOL_CALLS]", Mark: true, Lead: true, Array: true, Only: true, Sep: ","},
 		{Tag: "[TOOL_CALLS]", Mark: true, Lead: true, Array: true, Only: true, Pre: " "},
 		{Mark: true, Lead: true, Array: true, Only: true},
-	} {
+	}, func(c *Calls) {
 		c.ArgsKey, c.Tools = "arguments", []Tool{{"f", free}}
-		if _, err := Trigger(c); err == nil {
-			t.Errorf("%+v: no error", c)
-		}
-	}
+	})
 }
 
 // TestTriggered_MistralV3NoDeadEnds: along random walks of Mistral's v3
 // calls (most taking the token first), every state takes some byte or
 // is done, and every done output reads as calls (or free text).
 func TestTriggered_MistralV3NoDeadEnds(t *testing.T) {
-	r := rand.New(rand.NewPCG(11, 12))
-	start := v3Calls(t)
-	calls, several := 0, 0
-	for range 60 {
-		st, out := start, []byte{}
-		if r.IntN(5) > 0 {
-			lead := []string{"", " ", "\n\n", "\t\r"}[r.IntN(4)] + "\x01"
-			if st, _ = feedMarked(st, lead); st.phase != tOpen {
-				t.Fatalf("%q: no call", lead)
+	walker{
+		starts: []Triggered{v3Calls(t)}, walks: 60, steps: 3000, settle: 300,
+		leads: []string{"\x01", " \x01", "\n\n\x01", "\t\r\x01"}, leadTo: tOpen,
+		weight: func(st *Triggered, b byte, step int) int {
+			if (b == ',' || b == ']') && st.phase == tNext { // after a call: another, as often as not
+				return 300
 			}
-			out = append(out, lead...)
-		}
-		for step := 0; step < 3000 && !(st.Done() && step > 300); step++ {
-			b, ok := pickByte[Triggered](r, &st, func(b byte) int {
-				switch b {
-				case markCall, markArgs:
-					return 0
-				case ',', ']':
-					if st.phase == tNext { // after a call: another, as often as not
-						return 300
-					}
-				}
-				return triggerWeight(b, step)
-			})
-			if !ok {
-				if st.Done() {
-					break
-				}
-				t.Fatalf("dead end after %q", out)
-			}
-			out = append(out, b)
-		}
-		if st.Done() {
-			n := v3CallsIn(t, string(out))
-			calls += n
-			if n > 1 {
-				several++
-			}
-		}
-	}
-	if calls < 40 || several < 5 {
-		t.Errorf("only %d calls (%d answers of several) made along the walks", calls, several)
-	}
-	t.Logf("%d calls checked, %d answers of several", calls, several)
+			return markWeight(st, b, step)
+		},
+		callsIn: v3CallsIn, minCalls: 40, minSeveral: 5,
+	}.run(t, 11, 12)
 }
