@@ -5,6 +5,8 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"testing"
@@ -33,12 +35,7 @@ func strictTools(strict bool) json.RawMessage {
 // (the random model calls) and, with end, the end token nearly as much
 // (it stops between calls).
 func strictBias(t *testing.T, tk *tokenizer.Tokenizer, end bool) map[int]float64 {
-	bias := map[int]float64{1: 8, 11: 6, 92: 6} // ", "," and "}"
-	for id := range tk.VocabSize() {
-		if b := tk.TokenBytes(id); len(b) > 0 && len(bytes.TrimSpace(b)) == 0 {
-			bias[id] = -100
-		}
-	}
+	bias := blanksOut(tk, map[int]float64{1: 8, 11: 6, 92: 6}) // ", "," and "}"
 	open, ok := tk.TokenID("<tool_call>")
 	if !ok || tk.IsSpecial(open) {
 		t.Fatalf("<tool_call> is no text token of Qwen3's: %d %v", open, ok)
@@ -50,29 +47,126 @@ func strictBias(t *testing.T, tk *tokenizer.Tokenizer, end bool) map[int]float64
 	return bias
 }
 
+// blanksOut lowers tk's whitespace-only tokens in bias (the random model
+// would write little else) and returns it.
+func blanksOut(tk *tokenizer.Tokenizer, bias map[int]float64) map[int]float64 {
+	for id := range tk.VocabSize() {
+		if b := tk.TokenBytes(id); len(b) > 0 && len(bytes.TrimSpace(b)) == 0 {
+			bias[id] = -100
+		}
+	}
+	return bias
+}
+
+// openWithTokenizer opens dir's model and loads its tokenizer.
+func openWithTokenizer(t *testing.T, dir string) (*runtime.Runtime, *tokenizer.Tokenizer) {
+	t.Helper()
+	rt := openOnStore(t, runtime.Options{}, dir, nil)
+	tk, err := tokenizer.Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rt, tk
+}
+
+// weatherRequest asks "Weather in Bern?" with tools, at temperature 1,
+// with the seed.
+func weatherRequest(tools json.RawMessage, maxTokens int, bias map[int]float64, seed uint64) *nozzle.GenerateRequest {
+	return &nozzle.GenerateRequest{TenantID: "a", Messages: []nozzle.ChatMessage{{Role: "user", Content: "Weather in Bern?"}},
+		Tools: tools, MaxTokens: maxTokens, LogitBias: bias, Temperature: 1, Seed: &seed}
+}
+
+// noThinking is Qwen3's template's switch for an answer without thoughts.
+var noThinking = json.RawMessage(`{"enable_thinking": false}`)
+
+// seededRun runs req on rt; an error fails t, naming the seed.
+func seededRun(t *testing.T, rt *runtime.Runtime, req *nozzle.GenerateRequest) outcome {
+	t.Helper()
+	o := run(context.Background(), rt, req)
+	if o.err != nil {
+		t.Fatalf("seed %d: %v", *req.Seed, o.err)
+	}
+	return o
+}
+
+// strictDecoder reads s as the tests read a call: no fields but the
+// parameters', numbers as written.
+func strictDecoder(s string) *json.Decoder {
+	dec := json.NewDecoder(strings.NewReader(s))
+	dec.DisallowUnknownFields()
+	dec.UseNumber()
+	return dec
+}
+
+// callArgs is a call's arguments, those of strictTools' functions and
+// mistralStrictTools' get.
+type callArgs struct {
+	City *string
+	Days *json.Number
+	Unit *string
+	Zone *string
+	What *string
+}
+
+// checkCall fails t where name is none of strictTools' functions (nor
+// get, with get) or a does not follow its parameters (required
+// properties, integer in range, enums); what names the call in the
+// messages.
+func checkCall(t *testing.T, what, name string, a callArgs, get bool) {
+	t.Helper()
+	switch {
+	case name == "get_weather":
+		days, err := a.Days.Int64()
+		if a.City == nil || len([]rune(*a.City)) > 12 || err != nil || days < 1 || days > 14 ||
+			a.Unit == nil || *a.Unit != "C" && *a.Unit != "F" || a.Zone != nil || a.What != nil {
+			t.Errorf("%s does not follow get_weather's parameters", what)
+		}
+	case name == "get_time":
+		if a.Zone == nil || *a.Zone != "UTC" && *a.Zone != "CET" || a.City != nil || a.Days != nil || a.Unit != nil || a.What != nil {
+			t.Errorf("%s does not follow get_time's parameters", what)
+		}
+	case get && name == "get":
+		if a.What == nil || *a.What != "x" && *a.What != "y" || a.City != nil || a.Days != nil || a.Unit != nil || a.Zone != nil {
+			t.Errorf("%s does not follow get's parameters", what)
+		}
+	default:
+		t.Errorf("%s: called %q", what, name)
+	}
+}
+
+// checkStrictRefused: req with a strict function whose parameters the
+// masks cannot enforce (a format), or are not an object's, is refused,
+// naming tools (and the function).
+func checkStrictRefused(t *testing.T, rt *runtime.Runtime, req *nozzle.GenerateRequest) {
+	t.Helper()
+	ctx := context.Background()
+	req.Tools = json.RawMessage(`[{"type":"function","function":{"name":"f","strict":true,"parameters":{"type":"object",` +
+		`"properties":{"u":{"type":"string","format":"uri"}}}}}]`)
+	o := run(ctx, rt, req)
+	var ne *nozzle.Error
+	if !errors.As(o.err, &ne) || ne.Code != nozzle.EINVALID || ne.Param != "tools" || !strings.Contains(ne.Message, `"f"`) {
+		t.Fatalf("an unenforceable strict function: %v", o.err)
+	}
+	t.Logf("%v", ne)
+	req.Tools = json.RawMessage(`[{"type":"function","function":{"name":"f","strict":true,"parameters":{"type":"string"}}}]`)
+	if o = run(ctx, rt, req); !errors.As(o.err, &ne) || ne.Code != nozzle.EINVALID || ne.Param != "tools" {
+		t.Fatalf("strict parameters not an object: %v", o.err)
+	}
+}
+
 // TestQwen3_StrictToolCalls: with tool_choice "auto" and strict functions,
 // on the Qwen3-shaped random model pushed to call (<tool_call> raised),
 // every call it makes is a call object of one of the tools, its arguments
 // the function's parameters (required properties, integer in range,
 // enums), one call after another, and the answer reads as calls.
 func TestQwen3_StrictToolCalls(t *testing.T) {
-	dir := qwen3Dir(t)
-	rt := openOnStore(t, runtime.Options{}, dir, nil)
-	tk, err := tokenizer.Load(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
+	rt, tk := openWithTokenizer(t, qwen3Dir(t))
 	bias := strictBias(t, tk, true)
-	ctx := context.Background()
 	calls := 0
 	for seed := uint64(1); seed <= 5; seed++ {
-		req := &nozzle.GenerateRequest{TenantID: "a", Messages: []nozzle.ChatMessage{{Role: "user", Content: "Weather in Bern?"}},
-			Tools: strictTools(true), MaxTokens: 300, ChatTemplateKwargs: json.RawMessage(`{"enable_thinking": false}`),
-			LogitBias: bias, Temperature: 1, Seed: &seed}
-		o := run(ctx, rt, req)
-		if o.err != nil {
-			t.Fatalf("seed %d: %v", seed, o.err)
-		}
+		req := weatherRequest(strictTools(true), 300, bias, seed)
+		req.ChatTemplateKwargs = noThinking
+		o := seededRun(t, rt, req)
 		// (a raw newline is never inside a string: the tag is a call's)
 		parts := strings.Split(o.text, "<tool_call>\n")
 		if strings.TrimSpace(parts[0]) != "" {
@@ -91,34 +185,12 @@ func TestQwen3_StrictToolCalls(t *testing.T) {
 			}
 			var call struct {
 				Name      string
-				Arguments struct {
-					City *string
-					Days *json.Number
-					Unit *string
-					Zone *string
-				}
+				Arguments callArgs
 			}
-			dec := json.NewDecoder(strings.NewReader(body))
-			dec.DisallowUnknownFields()
-			dec.UseNumber()
-			if dec.Decode(&call) != nil {
+			if strictDecoder(body).Decode(&call) != nil {
 				t.Fatalf("seed %d: not a call object: %q", seed, body)
 			}
-			a := call.Arguments
-			switch call.Name {
-			case "get_weather":
-				days, err := a.Days.Int64()
-				if a.City == nil || len([]rune(*a.City)) > 12 || err != nil || days < 1 || days > 14 ||
-					a.Unit == nil || *a.Unit != "C" && *a.Unit != "F" || a.Zone != nil {
-					t.Errorf("seed %d: %q does not follow get_weather's parameters", seed, body)
-				}
-			case "get_time":
-				if a.Zone == nil || *a.Zone != "UTC" && *a.Zone != "CET" || a.City != nil || a.Days != nil || a.Unit != nil {
-					t.Errorf("seed %d: %q does not follow get_time's parameters", seed, body)
-				}
-			default:
-				t.Errorf("seed %d: called %q", seed, call.Name)
-			}
+			checkCall(t, fmt.Sprintf("seed %d: %q", seed, body), call.Name, call.Arguments, false)
 			calls++
 		}
 		t.Logf("seed %d (finish %s): %q", seed, o.res.FinishReason, o.text)
@@ -134,36 +206,13 @@ func TestQwen3_StrictToolCalls(t *testing.T) {
 // whose parameters the masks cannot enforce, or are not an object's, is
 // refused, naming tools.
 func TestQwen3_NonStrictToolsUnconstrained(t *testing.T) {
-	dir := qwen3Dir(t)
-	rt := openOnStore(t, runtime.Options{}, dir, nil)
-	tk, err := tokenizer.Load(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx := context.Background()
-	req := &nozzle.GenerateRequest{TenantID: "a", Messages: []nozzle.ChatMessage{{Role: "user", Content: "Weather in Bern?"}},
-		Tools: strictTools(false), MaxTokens: 20, ChatTemplateKwargs: json.RawMessage(`{"enable_thinking": false}`),
-		LogitBias: strictBias(t, tk, false), Temperature: 1, Seed: new(uint64)}
-	o := run(ctx, rt, req)
-	if o.err != nil {
-		t.Fatal(o.err)
-	}
-	if !strings.Contains(o.text, "<tool_call><tool_call>") {
+	rt, tk := openWithTokenizer(t, qwen3Dir(t))
+	req := weatherRequest(strictTools(false), 20, strictBias(t, tk, false), 0)
+	req.ChatTemplateKwargs = noThinking
+	if o := seededRun(t, rt, req); !strings.Contains(o.text, "<tool_call><tool_call>") {
 		t.Errorf("non-strict tools constrained the answer? %q", o.text)
 	}
-
-	req.Tools = json.RawMessage(`[{"type":"function","function":{"name":"f","strict":true,"parameters":{"type":"object",` +
-		`"properties":{"u":{"type":"string","format":"uri"}}}}}]`)
-	o = run(ctx, rt, req)
-	var ne *nozzle.Error
-	if !errors.As(o.err, &ne) || ne.Code != nozzle.EINVALID || ne.Param != "tools" || !strings.Contains(ne.Message, `"f"`) {
-		t.Fatalf("an unenforceable strict function: %v", o.err)
-	}
-	t.Logf("%v", ne)
-	req.Tools = json.RawMessage(`[{"type":"function","function":{"name":"f","strict":true,"parameters":{"type":"string"}}}]`)
-	if o = run(ctx, rt, req); !errors.As(o.err, &ne) || ne.Code != nozzle.EINVALID || ne.Param != "tools" {
-		t.Fatalf("strict parameters not an object: %v", o.err)
-	}
+	checkStrictRefused(t, rt, req)
 }
 
 // llamaBias pushes the Llama-shaped random model to call: `{"` raised (it
@@ -171,12 +220,7 @@ func TestQwen3_NonStrictToolsUnconstrained(t *testing.T) {
 // too, no whitespace-only tokens; with end, ';' and <|eot_id|> a little
 // less (it ends or calls again after a call); more are added to it.
 func llamaBias(t *testing.T, tk *tokenizer.Tokenizer, end bool, more map[int]float64) map[int]float64 {
-	bias := map[int]float64{1: 8}
-	for id := range tk.VocabSize() {
-		if b := tk.TokenBytes(id); len(b) > 0 && len(bytes.TrimSpace(b)) == 0 {
-			bias[id] = -100
-		}
-	}
+	bias := blanksOut(tk, map[int]float64{1: 8})
 	for id, s := range map[int]string{1: `"`, llamaOpen: `{"`, 26: ";"} {
 		if string(tk.TokenBytes(id)) != s {
 			t.Fatalf("token %d is %q, not %q", id, tk.TokenBytes(id), s)
@@ -186,9 +230,7 @@ func llamaBias(t *testing.T, tk *tokenizer.Tokenizer, end bool, more map[int]flo
 	if end {
 		bias[26], bias[128009] = 28.5, 29
 	}
-	for id, v := range more {
-		bias[id] = v
-	}
+	maps.Copy(bias, more)
 	return bias
 }
 
@@ -199,12 +241,7 @@ const llamaOpen = 5018
 // "parameters" or "arguments"), the arguments of strictTools' functions.
 type llamaCall struct {
 	Name       string
-	Parameters struct {
-		City *string
-		Days *json.Number
-		Unit *string
-		Zone *string
-	}
+	Parameters callArgs
 }
 
 // TestLlama3_StrictToolCalls: with tool_choice "auto" and strict
@@ -214,22 +251,11 @@ type llamaCall struct {
 // and every call is one of the tools with arguments that follow its
 // parameters (required properties, integer in range, enums).
 func TestLlama3_StrictToolCalls(t *testing.T) {
-	dir := llama3Dir(t)
-	rt := openOnStore(t, runtime.Options{}, dir, nil)
-	tk, err := tokenizer.Load(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
+	rt, tk := openWithTokenizer(t, llama3Dir(t))
 	bias := llamaBias(t, tk, true, nil)
-	ctx := context.Background()
 	calls, several := 0, 0
 	for seed := uint64(1); seed <= 5; seed++ {
-		req := &nozzle.GenerateRequest{TenantID: "a", Messages: []nozzle.ChatMessage{{Role: "user", Content: "Weather in Bern?"}},
-			Tools: strictTools(true), MaxTokens: 400, LogitBias: bias, Temperature: 1, Seed: &seed}
-		o := run(ctx, rt, req)
-		if o.err != nil {
-			t.Fatalf("seed %d: %v", seed, o.err)
-		}
+		o := seededRun(t, rt, weatherRequest(strictTools(true), 400, bias, seed))
 		// the gateway's reading (gateway/tools.go splitToolCalls)
 		s := strings.TrimSpace(o.text)
 		if !strings.HasPrefix(s, "{") {
@@ -238,9 +264,7 @@ func TestLlama3_StrictToolCalls(t *testing.T) {
 		}
 		n := 0
 		for {
-			dec := json.NewDecoder(strings.NewReader(s))
-			dec.DisallowUnknownFields()
-			dec.UseNumber()
+			dec := strictDecoder(s)
 			var call llamaCall
 			if err := dec.Decode(&call); err != nil {
 				if o.res.FinishReason == nozzle.FinishLength {
@@ -248,21 +272,7 @@ func TestLlama3_StrictToolCalls(t *testing.T) {
 				}
 				t.Fatalf("seed %d: not a call object (%v): %q", seed, err, o.text)
 			}
-			a := call.Parameters
-			switch call.Name {
-			case "get_weather":
-				days, err := a.Days.Int64()
-				if a.City == nil || len([]rune(*a.City)) > 12 || err != nil || days < 1 || days > 14 ||
-					a.Unit == nil || *a.Unit != "C" && *a.Unit != "F" || a.Zone != nil {
-					t.Errorf("seed %d: %q does not follow get_weather's parameters", seed, o.text)
-				}
-			case "get_time":
-				if a.Zone == nil || *a.Zone != "UTC" && *a.Zone != "CET" || a.City != nil || a.Days != nil || a.Unit != nil {
-					t.Errorf("seed %d: %q does not follow get_time's parameters", seed, o.text)
-				}
-			default:
-				t.Errorf("seed %d: called %q", seed, call.Name)
-			}
+			checkCall(t, fmt.Sprintf("seed %d: %q", seed, o.text), call.Name, call.Parameters, false)
 			n++
 			if s = strings.TrimLeft(s[dec.InputOffset():], " \t\r\n"); s == "" {
 				break
@@ -289,19 +299,13 @@ func TestLlama3_StrictToolCalls(t *testing.T) {
 // model writes `{"{"…`) — and a strict function whose parameters the masks
 // cannot enforce, or are not an object's, refused naming tools.
 func TestLlama3_StrictToolCallsFree(t *testing.T) {
-	dir := llama3Dir(t)
-	rt := openOnStore(t, runtime.Options{}, dir, nil)
-	tk, err := tokenizer.Load(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
+	rt, tk := openWithTokenizer(t, llama3Dir(t))
 	ctx := context.Background()
 	const paren = 17289 // `({"`
 	if string(tk.TokenBytes(paren)) != `({"` {
 		t.Fatalf("token %d is %q", paren, tk.TokenBytes(paren))
 	}
-	req := &nozzle.GenerateRequest{TenantID: "a", Messages: []nozzle.ChatMessage{{Role: "user", Content: "Weather in Bern?"}},
-		Tools: strictTools(true), MaxTokens: 20, LogitBias: llamaBias(t, tk, false, map[int]float64{paren: 33}), Temperature: 1, Seed: new(uint64)}
+	req := weatherRequest(strictTools(true), 20, llamaBias(t, tk, false, map[int]float64{paren: 33}), 0)
 	if o := run(ctx, rt, req); o.err != nil || !strings.HasPrefix(o.text, `({"({"`) {
 		t.Errorf("text after a first token that begins no call is held? %q %v", o.text, o.err)
 	}
@@ -309,18 +313,7 @@ func TestLlama3_StrictToolCallsFree(t *testing.T) {
 	if o := run(ctx, rt, req); o.err != nil || !strings.HasPrefix(o.text, `{"{"`) {
 		t.Errorf("non-strict tools constrained the answer? %q %v", o.text, o.err)
 	}
-
-	req.Tools = json.RawMessage(`[{"type":"function","function":{"name":"f","strict":true,"parameters":{"type":"object",` +
-		`"properties":{"u":{"type":"string","format":"uri"}}}}}]`)
-	o := run(ctx, rt, req)
-	var ne *nozzle.Error
-	if !errors.As(o.err, &ne) || ne.Code != nozzle.EINVALID || ne.Param != "tools" || !strings.Contains(ne.Message, `"f"`) {
-		t.Fatalf("an unenforceable strict function: %v", o.err)
-	}
-	req.Tools = json.RawMessage(`[{"type":"function","function":{"name":"f","strict":true,"parameters":{"type":"string"}}}]`)
-	if o = run(ctx, rt, req); !errors.As(o.err, &ne) || ne.Code != nozzle.EINVALID || ne.Param != "tools" {
-		t.Fatalf("strict parameters not an object: %v", o.err)
-	}
+	checkStrictRefused(t, rt, req)
 }
 
 // mistralStrictTools are strictTools' functions and get, strict too,
@@ -344,12 +337,7 @@ func mistralBias(t *testing.T, dir string, more map[int]float64) map[int]float64
 	if err != nil {
 		t.Fatal(err)
 	}
-	bias := map[int]float64{}
-	for id := range tk.VocabSize() {
-		if b := tk.TokenBytes(id); len(b) > 0 && len(bytes.TrimSpace(b)) == 0 {
-			bias[id] = -100
-		}
-	}
+	bias := blanksOut(tk, map[int]float64{})
 	for _, s := range []string{`"`, `}`} {
 		id, ok := tk.TokenID(s)
 		if !ok {
@@ -357,20 +345,8 @@ func mistralBias(t *testing.T, dir string, more map[int]float64) map[int]float64
 		}
 		bias[id] = 6
 	}
-	for id, v := range more {
-		bias[id] = v
-	}
+	maps.Copy(bias, more)
 	return bias
-}
-
-// mistralArgs is a call's arguments, those of mistralStrictTools'
-// functions.
-type mistralArgs struct {
-	City *string
-	Days *json.Number
-	Unit *string
-	Zone *string
-	What *string
 }
 
 // v11Calls reads text as the gateway's splitToolCalls reads Mistral v11's
@@ -396,10 +372,8 @@ func v11Calls(t *testing.T, text string, cut bool) int {
 			return n
 		}
 		args = strings.TrimLeft(args, " \t\r\n")
-		dec := json.NewDecoder(strings.NewReader(args))
-		dec.DisallowUnknownFields()
-		dec.UseNumber()
-		var a mistralArgs
+		dec := strictDecoder(args)
+		var a callArgs
 		if !ok || !strings.HasPrefix(args, "{") {
 			t.Fatalf("not a call after [TOOL_CALLS]: %q", text)
 		}
@@ -409,24 +383,7 @@ func v11Calls(t *testing.T, text string, cut bool) int {
 			}
 			t.Fatalf("not a call's arguments (%v): %q", err, text)
 		}
-		switch name {
-		case "get_weather":
-			days, err := a.Days.Int64()
-			if a.City == nil || len([]rune(*a.City)) > 12 || err != nil || days < 1 || days > 14 ||
-				a.Unit == nil || *a.Unit != "C" && *a.Unit != "F" || a.Zone != nil || a.What != nil {
-				t.Errorf("%q does not follow get_weather's parameters", text)
-			}
-		case "get_time":
-			if a.Zone == nil || *a.Zone != "UTC" && *a.Zone != "CET" || a.City != nil || a.Days != nil || a.Unit != nil || a.What != nil {
-				t.Errorf("%q does not follow get_time's parameters", text)
-			}
-		case "get":
-			if a.What == nil || *a.What != "x" && *a.What != "y" || a.City != nil || a.Days != nil || a.Unit != nil || a.Zone != nil {
-				t.Errorf("%q does not follow get's parameters", text)
-			}
-		default:
-			t.Fatalf("called %q: %q", name, text)
-		}
+		checkCall(t, fmt.Sprintf("%q", text), name, a, true)
 		n++
 		rest = args[dec.InputOffset():]
 	}
@@ -447,15 +404,9 @@ func TestMistralV11_StrictToolCalls(t *testing.T) {
 		t.Fatal("no control tokens")
 	}
 	bias := mistralBias(t, dir, map[int]float64{callsTok: 30, argsTok: 3, 2: 27})
-	ctx := context.Background()
 	calls, several, names := 0, 0, map[string]bool{}
 	for seed := uint64(1); seed <= 6; seed++ {
-		req := &nozzle.GenerateRequest{TenantID: "a", Messages: []nozzle.ChatMessage{{Role: "user", Content: "Weather in Bern?"}},
-			Tools: mistralStrictTools(true), MaxTokens: 300, LogitBias: bias, Temperature: 1, Seed: &seed}
-		o := run(ctx, rt, req)
-		if o.err != nil {
-			t.Fatalf("seed %d: %v", seed, o.err)
-		}
+		o := seededRun(t, rt, weatherRequest(mistralStrictTools(true), 300, bias, seed))
 		n := v11Calls(t, o.text, o.res.FinishReason == nozzle.FinishLength)
 		if calls += n; n > 1 {
 			several++
@@ -486,8 +437,7 @@ func TestMistralV11_StrictToolCallsFree(t *testing.T) {
 		t.Fatal("no token Hello")
 	}
 	ctx := context.Background()
-	req := &nozzle.GenerateRequest{TenantID: "a", Messages: []nozzle.ChatMessage{{Role: "user", Content: "Weather in Bern?"}},
-		Tools: mistralStrictTools(true), MaxTokens: 20, LogitBias: map[int]float64{hello: 30, callsTok: -100}, Temperature: 1, Seed: new(uint64)}
+	req := weatherRequest(mistralStrictTools(true), 20, map[int]float64{hello: 30, callsTok: -100}, 0)
 	if o := run(ctx, rt, req); o.err != nil || !strings.HasPrefix(o.text, "HelloHello") || strings.Contains(o.text, "[TOOL_CALLS]") {
 		t.Errorf("free text held? %q %v", o.text, o.err)
 	}
@@ -495,13 +445,7 @@ func TestMistralV11_StrictToolCallsFree(t *testing.T) {
 	if o := run(ctx, rt, req); o.err != nil || !strings.HasPrefix(o.text, "[TOOL_CALLS][TOOL_CALLS]") {
 		t.Errorf("non-strict tools constrained the answer? %q %v", o.text, o.err)
 	}
-	req.Tools = json.RawMessage(`[{"type":"function","function":{"name":"f","strict":true,"parameters":{"type":"object",` +
-		`"properties":{"u":{"type":"string","format":"uri"}}}}}]`)
-	o := run(ctx, rt, req)
-	var ne *nozzle.Error
-	if !errors.As(o.err, &ne) || ne.Code != nozzle.EINVALID || ne.Param != "tools" || !strings.Contains(ne.Message, `"f"`) {
-		t.Fatalf("an unenforceable strict function: %v", o.err)
-	}
+	checkStrictRefused(t, rt, req)
 }
 
 // tokens are the answer's tokens (its logprobs').
@@ -533,15 +477,11 @@ func TestMistral_StrictToolCalls(t *testing.T) {
 	closeArr, _ := rt.TokenID("]")
 	comma, _ := rt.TokenID(",")
 	bias := mistralBias(t, dir, map[int]float64{callsTok: 30, hello: 29, closeArr: 6, comma: 8})
-	ctx := context.Background()
 	calls, several, free := 0, 0, 0
 	for seed := uint64(1); seed <= 8; seed++ {
-		req := &nozzle.GenerateRequest{TenantID: "a", Messages: []nozzle.ChatMessage{{Role: "user", Content: "Weather in Bern?"}},
-			Tools: strictTools(true), MaxTokens: 300, LogitBias: bias, Temperature: 1, Seed: &seed, Logprobs: true}
-		o := run(ctx, rt, req)
-		if o.err != nil {
-			t.Fatalf("seed %d: %v", seed, o.err)
-		}
+		req := weatherRequest(strictTools(true), 300, bias, seed)
+		req.Logprobs = true
+		o := seededRun(t, rt, req)
 		toks := tokens(o)
 		t.Logf("seed %d (finish %s): %.200q", seed, o.res.FinishReason, o.text)
 		if len(toks) == 0 || toks[0] != "[TOOL_CALLS]" {
@@ -555,11 +495,9 @@ func TestMistral_StrictToolCalls(t *testing.T) {
 		body := strings.TrimSpace(o.text)
 		var got []struct {
 			Name      string
-			Arguments mistralArgs
+			Arguments callArgs
 		}
-		dec := json.NewDecoder(strings.NewReader(body))
-		dec.DisallowUnknownFields()
-		dec.UseNumber()
+		dec := strictDecoder(body)
 		if !strings.HasPrefix(body, "[") || dec.Decode(&got) != nil || strings.TrimSpace(body[dec.InputOffset():]) != "" || len(got) == 0 {
 			if o.res.FinishReason == nozzle.FinishLength {
 				continue // cut off by max_tokens
@@ -567,21 +505,7 @@ func TestMistral_StrictToolCalls(t *testing.T) {
 			t.Fatalf("seed %d: not an array of calls: %q", seed, o.text)
 		}
 		for _, c := range got {
-			a := c.Arguments
-			switch c.Name {
-			case "get_weather":
-				days, err := a.Days.Int64()
-				if a.City == nil || len([]rune(*a.City)) > 12 || err != nil || days < 1 || days > 14 ||
-					a.Unit == nil || *a.Unit != "C" && *a.Unit != "F" || a.Zone != nil {
-					t.Errorf("seed %d: %q does not follow get_weather's parameters", seed, o.text)
-				}
-			case "get_time":
-				if a.Zone == nil || *a.Zone != "UTC" && *a.Zone != "CET" || a.City != nil || a.Days != nil || a.Unit != nil {
-					t.Errorf("seed %d: %q does not follow get_time's parameters", seed, o.text)
-				}
-			default:
-				t.Errorf("seed %d: called %q", seed, c.Name)
-			}
+			checkCall(t, fmt.Sprintf("seed %d: %q", seed, o.text), c.Name, c.Arguments, false)
 		}
 		if calls += len(got); len(got) > 1 {
 			several++
@@ -601,17 +525,10 @@ func TestMistral_StrictToolCallsFree(t *testing.T) {
 	dir := mistralDir(t, true, false)
 	rt := openOnStore(t, runtime.Options{}, dir, nil)
 	callsTok, _ := rt.TokenID("[TOOL_CALLS]")
-	ctx := context.Background()
-	req := &nozzle.GenerateRequest{TenantID: "a", Messages: []nozzle.ChatMessage{{Role: "user", Content: "Weather in Bern?"}},
-		Tools: strictTools(false), MaxTokens: 5, LogitBias: map[int]float64{callsTok: 30}, Temperature: 1, Seed: new(uint64), Logprobs: true}
-	if o := run(ctx, rt, req); o.err != nil || !slices.Equal(tokens(o)[:2], []string{"[TOOL_CALLS]", "[TOOL_CALLS]"}) {
-		t.Errorf("non-strict tools constrained the answer? %q %v", tokens(o), o.err)
+	req := weatherRequest(strictTools(false), 5, map[int]float64{callsTok: 30}, 0)
+	req.Logprobs = true
+	if o := seededRun(t, rt, req); !slices.Equal(tokens(o)[:2], []string{"[TOOL_CALLS]", "[TOOL_CALLS]"}) {
+		t.Errorf("non-strict tools constrained the answer? %q", tokens(o))
 	}
-	req.Tools = json.RawMessage(`[{"type":"function","function":{"name":"f","strict":true,"parameters":{"type":"object",` +
-		`"properties":{"u":{"type":"string","format":"uri"}}}}}]`)
-	o := run(ctx, rt, req)
-	var ne *nozzle.Error
-	if !errors.As(o.err, &ne) || ne.Code != nozzle.EINVALID || ne.Param != "tools" || !strings.Contains(ne.Message, `"f"`) {
-		t.Fatalf("an unenforceable strict function: %v", o.err)
-	}
+	checkStrictRefused(t, rt, req)
 }
