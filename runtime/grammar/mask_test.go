@@ -315,6 +315,10 @@ func BenchmarkMaskerSchemaPattern(b *testing.B) {
 	}
 }
 
+// benchParams: get_weather's parameters in the Triggered benchmarks.
+const benchParams = `{"type":"object","properties":{"city":{"type":"string"},"days":{"type":"integer"}},` +
+	`"required":["city","days"],"additionalProperties":false}`
+
 // BenchmarkMaskerTriggered: masks made (cache cleared) in the states of a
 // strict function's calls on Llama 3's and Qwen3's vocabularies: free text
 // (no plain-text shortcut: '<' and the tag's other bytes move the tag's
@@ -328,38 +332,15 @@ func BenchmarkMaskerTriggered(b *testing.B) {
 	for _, vocab := range []string{"llama3", "qwen3"} {
 		toks, ends := vocabulary(b, vocab)
 		v := grammar.NewVocab(toks, ends)
-		params, err := grammar.CompileSchema([]byte(`{"type":"object","properties":{"city":{"type":"string"},"days":{"type":"integer"}},` +
-			`"required":["city","days"],"additionalProperties":false}`))
-		if err != nil {
-			b.Fatal(err)
-		}
-		anyObj, err := grammar.CompileSchema([]byte(`{"type":"object"}`))
-		if err != nil {
-			b.Fatal(err)
-		}
-		start, err := grammar.Trigger(grammar.Calls{Tag: "<tool_call>", Pre: "\n", Post: "\n</tool_call>", ArgsKey: "arguments",
-			Tools: []grammar.Tool{{Name: "get_weather", Args: params}, {Name: "get_time", Args: anyObj}}})
-		if err != nil {
-			b.Fatal(err)
-		}
+		tools := weatherTools(b, benchParams, "get_time")
+		start := triggerOf(b, grammar.Calls{Tag: "<tool_call>", Pre: "\n", Post: "\n</tool_call>", ArgsKey: "arguments", Tools: tools})
 		call := "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Bern"
 		for _, tc := range []struct{ name, prefix string }{
 			{"free", "Let me check."}, {"tag", "Let me check. <tool"}, {"name", "<tool_call>\n{\"name\": \"get_"},
 			{"string", call}, {"after", call + "\", \"days\": 3"},
 		} {
-			s := start
-			for i := 0; i < len(tc.prefix); i++ {
-				if !s.Feed(tc.prefix[i]) {
-					b.Fatalf("%q refused at %d", tc.prefix, i)
-				}
-			}
-			b.Run(vocab+"/"+tc.name, func(b *testing.B) {
-				m := grammar.NewMasker[grammar.Triggered](v, 0)
-				for b.Loop() {
-					m.ClearCache()
-					m.Mask(&s)
-				}
-			})
+			s := fedTriggered(b, start, tc.prefix)
+			benchFresh(b, v, vocab+"/"+tc.name, s)
 			if tc.name == "free" {
 				b.Run(vocab+"/free-full-walk", func(b *testing.B) { // the baseline: a walk of every token
 					m := grammar.NewMasker[grammar.Triggered](v, 0)
@@ -379,25 +360,9 @@ func BenchmarkMaskerTriggered(b *testing.B) {
 		// Llama 3's leading calls: the start (whitespace so far: every
 		// token walked), the text begun otherwise (a Looper any token
 		// leaves as it is), the name
-		lead, err := grammar.Trigger(grammar.Calls{ArgsKey: "parameters", Lead: true, Only: true, Sep: ";",
-			Tools: []grammar.Tool{{Name: "get_weather", Args: params}, {Name: "get_time", Args: anyObj}}})
-		if err != nil {
-			b.Fatal(err)
-		}
+		lead := triggerOf(b, grammar.Calls{ArgsKey: "parameters", Lead: true, Only: true, Sep: ";", Tools: tools})
 		for _, tc := range []struct{ name, prefix string }{{"lead-start", ""}, {"lead-text", "Sure"}, {"lead-name", `{"name": "get_`}} {
-			s := lead
-			for i := 0; i < len(tc.prefix); i++ {
-				if !s.Feed(tc.prefix[i]) {
-					b.Fatalf("%q refused at %d", tc.prefix, i)
-				}
-			}
-			b.Run(vocab+"/"+tc.name, func(b *testing.B) {
-				m := grammar.NewMasker[grammar.Triggered](v, 0)
-				for b.Loop() {
-					m.ClearCache()
-					m.Mask(&s)
-				}
-			})
+			benchFresh(b, v, vocab+"/"+tc.name, fedTriggered(b, lead, tc.prefix))
 		}
 		var js grammar.JSON
 		for _, c := range []byte(`{"name": "Ada`) {
@@ -521,6 +486,173 @@ func bruteFor[S any, P interface {
 	return mask
 }
 
+// cityParams: get_weather's parameters in the brute-force walks, a
+// city's length bounded (the Triggered's strings end soon).
+const cityParams = `{"type":"object","properties":{"city":{"type":"string","maxLength":8},"unit":{"enum":["C","F"]}},` +
+	`"required":["city","unit"],"additionalProperties":false}`
+
+// weatherTools are get_weather, its parameters params, and other, any
+// object.
+func weatherTools(tb testing.TB, params, other string) []grammar.Tool {
+	tb.Helper()
+	strict, err := grammar.CompileSchema([]byte(params))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	anyObj, err := grammar.CompileSchema([]byte(`{"type":"object"}`))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return []grammar.Tool{{Name: "get_weather", Args: strict}, {Name: other, Args: anyObj}}
+}
+
+// triggerOf is c's machine.
+func triggerOf(tb testing.TB, c grammar.Calls) grammar.Triggered {
+	tb.Helper()
+	st, err := grammar.Trigger(c)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return st
+}
+
+// fedTriggered is start after text, its bytes 1 and 2 read as the marks
+// (Mark(MarkCall), Mark(MarkArgs)).
+func fedTriggered(tb testing.TB, start grammar.Triggered, text string) grammar.Triggered {
+	tb.Helper()
+	s := start
+	for i := 0; i < len(text); i++ {
+		var ok bool
+		switch text[i] {
+		case 1:
+			ok = s.Mark(grammar.MarkCall)
+		case 2:
+			ok = s.Mark(grammar.MarkArgs)
+		default:
+			ok = s.Feed(text[i])
+		}
+		if !ok {
+			tb.Fatalf("%q refused at %d", text, i)
+		}
+	}
+	return s
+}
+
+// benchFresh times a new state's mask of s (the cache cleared).
+func benchFresh(b *testing.B, v *grammar.Vocab, name string, s grammar.Triggered) {
+	b.Run(name, func(b *testing.B) {
+		m := grammar.NewMasker[grammar.Triggered](v, 0)
+		for b.Loop() {
+			m.ClearCache()
+			m.Mask(&s)
+		}
+	})
+}
+
+// bruteWalk is random generations of a Triggered machine under the
+// masker's masks, every mask checked against brute force's (the marks'
+// tokens where the state takes them); the parts its tests do not share
+// are its fields.
+type bruteWalk struct {
+	toks   [][]byte
+	ends   []int
+	marks  []int // the vocabulary's marks' ids: marks[k] is Mark(k), written as byte k+1
+	m      *grammar.Masker[grammar.Triggered, *grammar.Triggered]
+	stream uint64 // the random source's second seed
+	steps  int    // a generation's tokens at the most
+	// draw: whether an allowed token is drawn from (nil: every one)
+	draw func(r *rand.Rand, tok []byte) bool
+	// stop: whether a done generation ends at step
+	stop func(r *rand.Rand, step int) bool
+	// past closeAfter steps a token that closer takes is preferred
+	closeAfter int
+	closer     func(r *rand.Rand, tok []byte) bool
+	// checked: the masks checked; called: the MarkCall marks taken
+	checked, called int
+}
+
+// run is a generation from start with the seed; its first tokens are
+// forced (each must be allowed). The marks, where allowed, are taken two
+// times in three (from the start on even seeds, past step 3 on odd ones).
+func (w *bruteWalk) run(t *testing.T, seed int, start grammar.Triggered, forced ...string) (grammar.Triggered, []byte) {
+	t.Helper()
+	r := rand.New(rand.NewPCG(uint64(seed), w.stream))
+	s, out := start, []byte{}
+	for step := 0; step < w.steps; step++ {
+		mask, ok := w.m.Mask(&s)
+		if !ok {
+			t.Fatalf("seed %d: no token allowed after %q", seed, out)
+		}
+		want := bruteFor[grammar.Triggered](w.toks, w.ends, &s)
+		for k, id := range w.marks {
+			if p := s; p.Mark(k) {
+				want[id/32] |= 1 << (id % 32)
+			}
+		}
+		if !slices.Equal(mask, want) {
+			t.Fatalf("seed %d, after %q: the mask is not brute force's", seed, out)
+		}
+		w.checked++
+		var allowed []int
+		for i := range w.toks {
+			if grammar.Allowed(mask, i) && !isEnd(w.ends, i) && (w.draw == nil || w.draw(r, w.toks[i])) {
+				allowed = append(allowed, i)
+			}
+		}
+		if s.Done() && w.stop(r, step) || len(allowed) == 0 {
+			break
+		}
+		next := allowed[r.IntN(len(allowed))]
+		for _, id := range w.marks {
+			if grammar.Allowed(mask, id) && (step > 3 || seed%2 == 0) && r.IntN(3) > 0 {
+				next = id
+			}
+		}
+		switch {
+		case step < len(forced):
+			if next = tokenID(t, w.toks, forced[step]); !grammar.Allowed(mask, next) {
+				t.Fatalf("seed %d: %q not allowed at the start", seed, forced[step])
+			}
+		case step > w.closeAfter && !slices.Contains(w.marks, next):
+			off := r.IntN(len(allowed))
+			for k := range allowed {
+				if a := allowed[(off+k)%len(allowed)]; w.closer(r, w.toks[a]) {
+					next = a
+					break
+				}
+			}
+		}
+		if k := slices.Index(w.marks, next); k >= 0 {
+			if !s.Mark(k) {
+				t.Fatalf("seed %d: mark %d allowed but refused after %q", seed, k, out)
+			}
+			if out = append(out, byte(k+1)); k == grammar.MarkCall {
+				w.called++
+			}
+			continue
+		}
+		for _, c := range w.toks[next] {
+			if !s.Feed(c) {
+				t.Fatalf("seed %d: token %q allowed but refused after %q", seed, w.toks[next], out)
+			}
+		}
+		out = append(out, w.toks[next]...)
+	}
+	return s, out
+}
+
+// tokenID is the id of the token whose bytes are s.
+func tokenID(t *testing.T, toks [][]byte, s string) int {
+	t.Helper()
+	for i, b := range toks {
+		if string(b) == s {
+			return i
+		}
+	}
+	t.Fatalf("no token %q", s)
+	return 0
+}
+
 // TestMasker_TriggeredLeadMatchesBrute: Llama 3's JSON calls in auto mode
 // (grammar.Calls Lead, ";" between calls) on Llama 3's vocabulary: along
 // random generations under the masks — most opening with a token that
@@ -530,93 +662,33 @@ func bruteFor[S any, P interface {
 // separated by ';' whose parameters follow the strict function's.
 func TestMasker_TriggeredLeadMatchesBrute(t *testing.T) {
 	toks, ends := vocabulary(t, "llama3")
-	v := grammar.NewVocab(toks, ends)
-	const params = `{"type":"object","properties":{"city":{"type":"string","maxLength":8},"unit":{"enum":["C","F"]}},` +
-		`"required":["city","unit"],"additionalProperties":false}`
-	strict, err := grammar.CompileSchema([]byte(params))
-	if err != nil {
-		t.Fatal(err)
+	start := triggerOf(t, grammar.Calls{ArgsKey: "parameters", Only: true, Sep: ";", Lead: true, Tools: weatherTools(t, cityParams, "get_time")})
+	w := &bruteWalk{toks: toks, ends: ends, m: grammar.NewMasker[grammar.Triggered](grammar.NewVocab(toks, ends), 0), stream: 2, steps: 120,
+		draw: func(r *rand.Rand, tok []byte) bool { // whitespace allowed, seldom taken
+			return len(strings.TrimSpace(string(tok))) > 0 || r.IntN(50) == 0
+		},
+		stop:       func(r *rand.Rand, step int) bool { return step > 1 && (step > 60 || r.IntN(4) == 0) },
+		closeAfter: 30,
+		closer: func(r *rand.Rand, b []byte) bool { // tokens that end strings, objects and calls
+			return len(b) > 0 && strings.IndexByte(`"}`, b[len(b)-1]) >= 0 && !strings.ContainsAny(string(b), " \n") || b[0] == ';' && r.IntN(2) == 0
+		},
 	}
-	anyObj, err := grammar.CompileSchema([]byte(`{"type":"object"}`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	start, err := grammar.Trigger(grammar.Calls{ArgsKey: "parameters", Only: true, Sep: ";", Lead: true,
-		Tools: []grammar.Tool{{Name: "get_weather", Args: strict}, {Name: "get_time", Args: anyObj}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	m := grammar.NewMasker[grammar.Triggered](v, 0)
-	id := func(s string) int {
-		for i, b := range toks {
-			if string(b) == s {
-				return i
-			}
-		}
-		t.Fatalf("no token %q", s)
-		return 0
-	}
-	// closers: tokens that end strings, objects and calls, preferred late
-	closes := func(b []byte) bool {
-		return len(b) > 0 && strings.IndexByte(`"}`, b[len(b)-1]) >= 0 && !strings.ContainsAny(string(b), " \n")
-	}
-	checked, calls := 0, 0
+	calls := 0
 	for seed, first := range []string{`{"`, ` {"`, "{\n", "\n\n", "\xe2\x80", "Sure", `{"`, `{"`} {
-		r := rand.New(rand.NewPCG(uint64(seed), 2))
-		s, out := start, []byte{}
-		for step := 0; step < 120; step++ {
-			mask, ok := m.Mask(&s)
-			if !ok {
-				t.Fatalf("seed %d: no token allowed after %q", seed, out)
-			}
-			if want := bruteFor[grammar.Triggered](toks, ends, &s); !slices.Equal(mask, want) {
-				t.Fatalf("seed %d, after %q: the mask is not brute force's", seed, out)
-			}
-			checked++
-			var allowed []int // whitespace allowed, seldom taken
-			for i := range toks {
-				if grammar.Allowed(mask, i) && !isEnd(ends, i) && (len(strings.TrimSpace(string(toks[i]))) > 0 || r.IntN(50) == 0) {
-					allowed = append(allowed, i)
-				}
-			}
-			if step > 1 && s.Done() && (step > 60 || r.IntN(4) == 0) || len(allowed) == 0 {
-				break
-			}
-			next := allowed[r.IntN(len(allowed))]
-			switch {
-			case step == 0 || step == 1 && len(out) > 0 && out[0] == '\n':
-				if step == 1 {
-					first = `{"`
-				}
-				if next = id(first); !grammar.Allowed(mask, next) {
-					t.Fatalf("seed %d: %q not allowed at the start", seed, first)
-				}
-			case step > 30:
-				off := r.IntN(len(allowed))
-				for k := range allowed {
-					a := allowed[(off+k)%len(allowed)]
-					if closes(toks[a]) || toks[a][0] == ';' && r.IntN(2) == 0 {
-						next = a
-						break
-					}
-				}
-			}
-			for _, c := range toks[next] {
-				if !s.Feed(c) {
-					t.Fatalf("seed %d: token %q allowed but refused after %q", seed, toks[next], out)
-				}
-			}
-			out = append(out, toks[next]...)
+		forced := []string{first}
+		if first[0] == '\n' {
+			forced = append(forced, `{"`)
 		}
+		s, out := w.run(t, seed, start, forced...)
 		if s.Done() {
-			calls += leadCalls(t, string(out), params)
+			calls += leadCalls(t, string(out), cityParams)
 		}
 		t.Logf("seed %d: %.160q", seed, out)
 	}
 	if calls < 3 {
 		t.Errorf("only %d calls along the walks", calls)
 	}
-	t.Logf("%d masks checked, %d calls", checked, calls)
+	t.Logf("%d masks checked, %d calls", w.checked, calls)
 }
 
 // leadCalls reads text as the gateway's splitToolCalls reads Llama 3's
@@ -671,87 +743,21 @@ func TestMasker_MarksMatchBrute(t *testing.T) {
 	calls, args := len(toks), len(toks)+1
 	toks = append(toks, nil, nil)
 	v := grammar.NewVocab(toks, ends, calls, args)
-	const params = `{"type":"object","properties":{"city":{"type":"string","maxLength":8},"unit":{"enum":["C","F"]}},` +
-		`"required":["city","unit"],"additionalProperties":false}`
-	strict, err := grammar.CompileSchema([]byte(params))
-	if err != nil {
-		t.Fatal(err)
-	}
-	anyObj, err := grammar.CompileSchema([]byte(`{"type":"object"}`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	tools := []grammar.Tool{{Name: "get_weather", Args: strict}, {Name: "get", Args: anyObj}}
+	tools := weatherTools(t, cityParams, "get")
 	for _, form := range []grammar.Calls{
 		{Tag: "[TOOL_CALLS]", Mark: true, Bare: true, Only: true, Tools: tools},
 		{Tag: "[TOOL_CALLS]", Mark: true, Lead: true, Array: true, Only: true, ArgsKey: "arguments", Tools: tools},
 	} {
-		start, err := grammar.Trigger(form)
-		if err != nil {
-			t.Fatal(err)
+		start := triggerOf(t, form)
+		w := &bruteWalk{toks: toks, ends: ends, marks: []int{calls, args}, m: grammar.NewMasker[grammar.Triggered](v, 0), stream: 3, steps: 80,
+			stop:       func(r *rand.Rand, step int) bool { return step > 10 && r.IntN(6) == 0 },
+			closeAfter: 40, // closers late
+			closer: func(_ *rand.Rand, b []byte) bool {
+				return len(b) > 0 && strings.IndexByte(`"}]`, b[len(b)-1]) >= 0
+			},
 		}
-		m := grammar.NewMasker[grammar.Triggered](v, 0)
-		checked, called := 0, 0
 		for seed := range 8 {
-			r := rand.New(rand.NewPCG(uint64(seed), 3))
-			s, out := start, []byte{}
-			for step := 0; step < 80; step++ {
-				mask, ok := m.Mask(&s)
-				if !ok {
-					t.Fatalf("seed %d: no token allowed after %q", seed, out)
-				}
-				want := bruteFor[grammar.Triggered](toks, ends, &s)
-				for k, id := range []int{calls, args} {
-					if p := s; p.Mark(k) {
-						want[id/32] |= 1 << (id % 32)
-					}
-				}
-				if !slices.Equal(mask, want) {
-					t.Fatalf("seed %d, after %q: the mask is not brute force's", seed, out)
-				}
-				checked++
-				var allowed []int
-				for i := range toks {
-					if grammar.Allowed(mask, i) && !isEnd(ends, i) {
-						allowed = append(allowed, i)
-					}
-				}
-				if s.Done() && step > 10 && r.IntN(6) == 0 || len(allowed) == 0 {
-					break
-				}
-				next := allowed[r.IntN(len(allowed))]
-				// the marks where they may come, often; closers late
-				for _, id := range []int{calls, args} {
-					if grammar.Allowed(mask, id) && (step > 3 || seed%2 == 0) && r.IntN(3) > 0 {
-						next = id
-					}
-				}
-				if step > 40 && next != calls && next != args {
-					off := r.IntN(len(allowed))
-					for k := range allowed {
-						if a := allowed[(off+k)%len(allowed)]; len(toks[a]) > 0 && strings.IndexByte(`"}]`, toks[a][len(toks[a])-1]) >= 0 {
-							next = a
-							break
-						}
-					}
-				}
-				switch next {
-				case calls:
-					s.Mark(grammar.MarkCall)
-					out = append(out, 1)
-					called++
-				case args:
-					s.Mark(grammar.MarkArgs)
-					out = append(out, 2)
-				default:
-					for _, c := range toks[next] {
-						if !s.Feed(c) {
-							t.Fatalf("seed %d: token %q allowed but refused after %q", seed, toks[next], out)
-						}
-					}
-					out = append(out, toks[next]...)
-				}
-			}
+			_, out := w.run(t, seed, start)
 			text := string(out)
 			if form.Bare {
 				text, _, _ = strings.Cut(text, "\x01") // (the arguments' strings may hold it)
@@ -761,10 +767,10 @@ func TestMasker_MarksMatchBrute(t *testing.T) {
 			}
 			t.Logf("seed %d: %.160q", seed, out)
 		}
-		if called < 3 {
-			t.Errorf("only %d calls begun along the walks", called)
+		if w.called < 3 {
+			t.Errorf("only %d calls begun along the walks", w.called)
 		}
-		t.Logf("%d masks checked, %d calls begun", checked, called)
+		t.Logf("%d masks checked, %d calls begun", w.checked, w.called)
 	}
 }
 
@@ -780,24 +786,9 @@ func BenchmarkMaskerTriggeredMistral(b *testing.B) {
 	calls, args := len(toks), len(toks)+1
 	toks = append(toks, nil, nil)
 	v := grammar.NewVocab(toks, ends, calls, args)
-	params, err := grammar.CompileSchema([]byte(`{"type":"object","properties":{"city":{"type":"string"},"days":{"type":"integer"}},` +
-		`"required":["city","days"],"additionalProperties":false}`))
-	if err != nil {
-		b.Fatal(err)
-	}
-	anyObj, err := grammar.CompileSchema([]byte(`{"type":"object"}`))
-	if err != nil {
-		b.Fatal(err)
-	}
-	tools := []grammar.Tool{{Name: "get_weather", Args: params}, {Name: "get_time", Args: anyObj}}
-	v11, err := grammar.Trigger(grammar.Calls{Tag: "[TOOL_CALLS]", Mark: true, Bare: true, Only: true, Tools: tools})
-	if err != nil {
-		b.Fatal(err)
-	}
-	v3, err := grammar.Trigger(grammar.Calls{Tag: "[TOOL_CALLS]", Mark: true, Lead: true, Array: true, Only: true, ArgsKey: "arguments", Tools: tools})
-	if err != nil {
-		b.Fatal(err)
-	}
+	tools := weatherTools(b, benchParams, "get_time")
+	v11 := triggerOf(b, grammar.Calls{Tag: "[TOOL_CALLS]", Mark: true, Bare: true, Only: true, Tools: tools})
+	v3 := triggerOf(b, grammar.Calls{Tag: "[TOOL_CALLS]", Mark: true, Lead: true, Array: true, Only: true, ArgsKey: "arguments", Tools: tools})
 	// "\x01" and "\x02": the marks
 	for _, tc := range []struct {
 		name  string
@@ -807,28 +798,7 @@ func BenchmarkMaskerTriggeredMistral(b *testing.B) {
 		{"v11-free", v11, "Let me check."}, {"v11-name", v11, "\x01get_"}, {"v11-string", v11, "\x01get_weather\x02{\"city\": \"Bern"},
 		{"v3-start", v3, ""}, {"v3-text", v3, "Sure"}, {"v3-string", v3, "\x01[{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Bern"},
 	} {
-		s := tc.start
-		for i := 0; i < len(tc.text); i++ {
-			ok := false
-			switch tc.text[i] {
-			case 1:
-				ok = s.Mark(grammar.MarkCall)
-			case 2:
-				ok = s.Mark(grammar.MarkArgs)
-			default:
-				ok = s.Feed(tc.text[i])
-			}
-			if !ok {
-				b.Fatalf("%q refused at %d", tc.text, i)
-			}
-		}
-		b.Run(tc.name, func(b *testing.B) {
-			m := grammar.NewMasker[grammar.Triggered](v, 0)
-			for b.Loop() {
-				m.ClearCache()
-				m.Mask(&s)
-			}
-		})
+		benchFresh(b, v, tc.name, fedTriggered(b, tc.start, tc.text))
 	}
 }
 
@@ -845,24 +815,13 @@ func TestMasker_PlainLooperMatchesBrute(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	start, err := grammar.Trigger(grammar.Calls{Tag: "[TOOL_CALLS]", Mark: true, Lead: true, Array: true, Only: true, ArgsKey: "arguments",
+	start := triggerOf(t, grammar.Calls{Tag: "[TOOL_CALLS]", Mark: true, Lead: true, Array: true, Only: true, ArgsKey: "arguments",
 		Tools: []grammar.Tool{{Name: "f", Args: anyObj}}})
-	if err != nil {
-		t.Fatal(err)
-	}
 	m := grammar.NewMasker[grammar.Triggered](v, 0)
 	call := `[{"name": "f", "arguments": {"k": "`
 	for _, text := range []string{call, call + "ab", call + "x[", call + "[TOOL", call + "[TOOL_CALLS", call + `\`, call + `a", "[TOO`,
 		`[{"name": "f", "arguments": {"[TOOL_`, `[{"name": "f", "arguments": {"k": ["`} {
-		s := start
-		if !s.Mark(grammar.MarkCall) {
-			t.Fatal("no mark at the start")
-		}
-		for i := 0; i < len(text); i++ {
-			if !s.Feed(text[i]) {
-				t.Fatalf("%q refused at %d", text, i)
-			}
-		}
+		s := fedTriggered(t, start, "\x01"+text) // the mark, then text
 		_, loops := s.PlainLoops()
 		mask, _ := m.Mask(&s)
 		if want := bruteFor[grammar.Triggered](toks, ends, &s); !slices.Equal(mask, want) {
