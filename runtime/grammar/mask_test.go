@@ -730,6 +730,15 @@ func leadCalls(t *testing.T, text, params string) int {
 	}
 }
 
+// markedVocab is Llama 2's vocabulary (Mistral's, but for its control
+// tokens) with [TOOL_CALLS] and [ARGS] added as its last two tokens,
+// without bytes: the vocabulary's marks.
+func markedVocab(tb testing.TB) ([][]byte, []int, *grammar.Vocab) {
+	toks, ends := vocabulary(tb, "llama2")
+	toks = append(toks, nil, nil)
+	return toks, ends, grammar.NewVocab(toks, ends, len(toks)-2, len(toks)-1)
+}
+
 // TestMasker_MarksMatchBrute: Mistral's calls in auto mode — v11's
 // (grammar.Calls Mark, Bare) and v3's (Mark, Lead, Array) — on Llama 2's
 // vocabulary (Mistral's, but for its control tokens) with [TOOL_CALLS]
@@ -739,10 +748,8 @@ func leadCalls(t *testing.T, text, params string) int {
 // and the control token's text never written where a parser would read
 // it as the token.
 func TestMasker_MarksMatchBrute(t *testing.T) {
-	toks, ends := vocabulary(t, "llama2")
-	calls, args := len(toks), len(toks)+1
-	toks = append(toks, nil, nil)
-	v := grammar.NewVocab(toks, ends, calls, args)
+	toks, ends, v := markedVocab(t)
+	calls, args := len(toks)-2, len(toks)-1
 	tools := weatherTools(t, cityParams, "get")
 	for _, form := range []grammar.Calls{
 		{Tag: "[TOOL_CALLS]", Mark: true, Bare: true, Only: true, Tools: tools},
@@ -782,10 +789,7 @@ func TestMasker_MarksMatchBrute(t *testing.T) {
 // otherwise (a Looper again) and argument's string, which has no shortcut
 // (it may not write the control token's text either: every token walked).
 func BenchmarkMaskerTriggeredMistral(b *testing.B) {
-	toks, ends := vocabulary(b, "llama2")
-	calls, args := len(toks), len(toks)+1
-	toks = append(toks, nil, nil)
-	v := grammar.NewVocab(toks, ends, calls, args)
+	_, _, v := markedVocab(b)
 	tools := weatherTools(b, benchParams, "get_time")
 	v11 := triggerOf(b, grammar.Calls{Tag: "[TOOL_CALLS]", Mark: true, Bare: true, Only: true, Tools: tools})
 	v3 := triggerOf(b, grammar.Calls{Tag: "[TOOL_CALLS]", Mark: true, Lead: true, Array: true, Only: true, ArgsKey: "arguments", Tools: tools})
@@ -808,9 +812,7 @@ func BenchmarkMaskerTriggeredMistral(b *testing.B) {
 // force's, in a string, a key, after a '[' and more of the tag, and after
 // an escape, on Llama 2's vocabulary with the marks.
 func TestMasker_PlainLooperMatchesBrute(t *testing.T) {
-	toks, ends := vocabulary(t, "llama2")
-	toks = append(toks, nil, nil)
-	v := grammar.NewVocab(toks, ends, len(toks)-2, len(toks)-1)
+	toks, ends, v := markedVocab(t)
 	anyObj, err := grammar.CompileSchema([]byte(`{"type":"object"}`))
 	if err != nil {
 		t.Fatal(err)
