@@ -42,3 +42,10 @@ type ResponseStore interface {
 	// stored moments ago.
 	StoredResponseBytes(ctx context.Context, tenantID string) (int64, error)
 }
+
+// ResponseNotFound is the error for a response id the tenant has no
+// readable stored response under (missing, another tenant's, deleted,
+// expired), as OpenAI words it; stores and the gateway answer alike.
+func ResponseNotFound(id string) error {
+	return Errorf(ENOTFOUND, "Response with id '%s' not found.", id).WithParam("response_id")
+}

@@ -215,20 +215,16 @@ func (l *Ledger) expired(t time.Time) bool {
 func (l *Ledger) readResponse(tx *bolt.Tx, tenantID, id string) (*respRecord, error) {
 	v := tx.Bucket(bResponses).Get(responseKey(tenantID, id))
 	if v == nil || tenantID == "" || id == "" {
-		return nil, responseNotFound(id)
+		return nil, nozzle.ResponseNotFound(id)
 	}
 	r, err := decodeRespRecord(v)
 	if err != nil {
 		return nil, fmt.Errorf("stored response %q: %w", id, err)
 	}
 	if r.deleted || l.expired(r.created) {
-		return nil, responseNotFound(id)
+		return nil, nozzle.ResponseNotFound(id)
 	}
 	return r, nil
-}
-
-func responseNotFound(id string) error {
-	return nozzle.Errorf(nozzle.ENOTFOUND, "Response with id '%s' not found.", id).WithParam("response_id")
 }
 
 // StoredResponse returns the tenant's response id; ENOTFOUND when there

@@ -56,10 +56,6 @@ func previousNotFound(id string) error {
 		WithParam("previous_response_id").WithReason("previous_response_not_found")
 }
 
-func responseNotFound(id string) error {
-	return nozzle.Errorf(nozzle.ENOTFOUND, "Response with id '%s' not found.", id).WithParam("response_id")
-}
-
 // respHistory puts the conversation of the response the request continues
 // (previous_response_id) before the request's input in j's messages.
 func (s *Server) respHistory(ctx context.Context, p *principal, j *job) error {
@@ -164,12 +160,12 @@ func (j *job) respInputItems() []byte {
 func (s *Server) ownResponse(c *fiber.Ctx) (*nozzle.StoredResponse, error) {
 	id := c.Params("id")
 	if !s.storesResponses() || id == "" || len(id) > maxResponseIDLen {
-		return nil, responseNotFound(id)
+		return nil, nozzle.ResponseNotFound(id)
 	}
 	p := principalFrom(c)
 	r, err := s.deps.Responses.StoredResponse(c.UserContext(), p.tenant.ID, id)
 	if nozzle.ErrorCode(err) == nozzle.ENOTFOUND || err == nil && r.TenantID != p.tenant.ID {
-		return nil, responseNotFound(id)
+		return nil, nozzle.ResponseNotFound(id)
 	}
 	return r, err
 }
@@ -196,7 +192,7 @@ func (s *Server) deleteResponse(c *fiber.Ctx) error {
 	}
 	if err := s.deps.Responses.DeleteResponse(c.UserContext(), r.TenantID, r.ID); err != nil {
 		if nozzle.ErrorCode(err) == nozzle.ENOTFOUND {
-			return responseNotFound(r.ID) // deleted meanwhile
+			return nozzle.ResponseNotFound(r.ID) // deleted meanwhile
 		}
 		return err
 	}
@@ -229,7 +225,7 @@ func (s *Server) responseInputItems(c *fiber.Ctx) error {
 	p := principalFrom(c)
 	_, items, _, err := s.deps.Responses.ResponseItems(c.UserContext(), p.tenant.ID, id)
 	if nozzle.ErrorCode(err) == nozzle.ENOTFOUND {
-		return responseNotFound(id)
+		return nozzle.ResponseNotFound(id)
 	} else if err != nil {
 		return err
 	}
