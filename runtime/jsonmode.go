@@ -373,6 +373,13 @@ func (g *seqGrammar) feed(tok int32) (end bool) {
 	if g.next != nil {
 		g.text = append(g.text, b...)
 	}
+	return g.advance()
+}
+
+// advance takes the constraint's next mask after what it read; it
+// reports whether the completion must end there (the machine done, or
+// moved on to the forced call's arguments that cannot start), as feed.
+func (g *seqGrammar) advance() (end bool) {
 	allow, any, more := g.c.next()
 	if g.c.done() && !more {
 		if g.next == nil {
@@ -408,10 +415,5 @@ func (g *seqGrammar) feedMark(k int) (end bool) {
 	if !g.c.mark(k) {
 		return true // (the mask allowed it only where the state takes it)
 	}
-	allow, any, more := g.c.next()
-	if g.c.done() && !more {
-		return true
-	}
-	g.allow = allow
-	return !any
+	return g.advance()
 }
