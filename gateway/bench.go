@@ -1,9 +1,13 @@
 package gateway
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"net"
+	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"slices"
 	"strings"
@@ -12,6 +16,7 @@ import (
 	"time"
 
 	"github.com/valyala/fasthttp"
+	"github.com/valyala/fasthttp/fasthttpadaptor"
 
 	"github.com/nozzle-ai/nozzle"
 )
@@ -228,4 +233,52 @@ func (g *BenchStubGenerator) Generate(ctx context.Context, req *nozzle.GenerateR
 // AdapterTier says every adapter is resident.
 func (g *BenchStubGenerator) AdapterTier(ctx context.Context, sha256 string) nozzle.Tier {
 	return nozzle.TierDevice
+}
+
+// BenchStubServer serves h, a runtime's remote protocol, on ln for
+// gateway benchmarks, with the hot path made cheap: a POST of path with
+// the bearer token gets, without running h, the answer h gave once to
+// sample (its status, content type and body, recorded when the server
+// starts); every other request goes to h. The answer is the real
+// server's bytes for the benchmark's one request, so the gateway parses
+// what it would parse from a runtime, while the stub spends a few
+// microseconds per request instead of the tens that decoding, running
+// and encoding take: on a small machine shared by the load generator,
+// the stub and the gateway, what the benchmark measures is then the
+// gateway. The request body is read but not looked at. Close the
+// returned server to stop it.
+func BenchStubServer(ln net.Listener, h http.Handler, path, token string, sample []byte) (*fasthttp.Server, error) {
+	rq := httptest.NewRequest(http.MethodPost, path, bytes.NewReader(sample))
+	rq.Header.Set("Authorization", "Bearer "+token)
+	rq.Header.Set("Content-Type", "application/json")
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, rq)
+	if rec.Code != http.StatusOK {
+		return nil, fmt.Errorf("bench stub: the upstream answered the sample with %d: %s", rec.Code, rec.Body.Bytes())
+	}
+	status, ctype, body := rec.Code, rec.Header().Get("Content-Type"), bytes.Clone(rec.Body.Bytes())
+	cacheControl := rec.Header().Get("Cache-Control")
+	auth := []byte("Bearer " + token)
+	other := fasthttpadaptor.NewFastHTTPHandler(h)
+	srv := &fasthttp.Server{
+		Handler: func(c *fasthttp.RequestCtx) {
+			if c.IsPost() && string(c.Path()) == path && bytes.Equal(c.Request.Header.Peek("Authorization"), auth) {
+				c.SetStatusCode(status)
+				c.SetContentType(ctype)
+				if cacheControl != "" {
+					c.Response.Header.Set("Cache-Control", cacheControl)
+				}
+				c.SetBody(body)
+				return
+			}
+			other(c)
+		},
+		NoDefaultServerHeader: true,
+		NoDefaultDate:         true,
+		ReadTimeout:           30 * time.Second,
+		IdleTimeout:           time.Minute,
+		Concurrency:           1 << 16,
+	}
+	go srv.Serve(ln)
+	return srv, nil
 }

@@ -2,8 +2,12 @@ package gateway_test
 
 import (
 	"context"
+	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -162,5 +166,73 @@ func TestBenchLoad(t *testing.T) {
 	}
 	if _, err := gateway.BenchLoad(t.Context(), "not a url", 1, time.Second, nil, nil); err == nil {
 		t.Error("bad url accepted")
+	}
+}
+
+// TestBenchStubServer: the generate request of the benchmark gets the
+// upstream's recorded answer without running the upstream again; any
+// other request, or one without the token, reaches the upstream.
+func TestBenchStubServer(t *testing.T) {
+	var calls atomic.Int64
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		calls.Add(1)
+		if r.Header.Get("Authorization") != "Bearer tok" {
+			http.Error(w, "no", http.StatusUnauthorized)
+			return
+		}
+		b, _ := io.ReadAll(r.Body)
+		w.Header().Set("Content-Type", "application/x-ndjson")
+		fmt.Fprintf(w, "{\"path\":%q,\"body\":%q}\n", r.URL.Path, b)
+	})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := gateway.BenchStubServer(ln, h, "/gen", "tok", []byte(`{"a":1}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Shutdown()
+	if calls.Load() != 1 {
+		t.Fatalf("%d calls to record the answer", calls.Load())
+	}
+	base := "http://" + ln.Addr().String()
+	post := func(path, token, body string) (int, string, string) {
+		t.Helper()
+		rq, _ := http.NewRequest(http.MethodPost, base+path, strings.NewReader(body))
+		if token != "" {
+			rq.Header.Set("Authorization", "Bearer "+token)
+		}
+		rs, err := http.DefaultClient.Do(rq)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer rs.Body.Close()
+		b, _ := io.ReadAll(rs.Body)
+		return rs.StatusCode, rs.Header.Get("Content-Type"), string(b)
+	}
+	want := `{"path":"/gen","body":"{\"a\":1}"}` + "\n"
+	for range 3 {
+		if code, ct, body := post("/gen", "tok", `{"other":2}`); code != 200 || ct != "application/x-ndjson" || body != want {
+			t.Errorf("replayed: %d %q %q", code, ct, body)
+		}
+	}
+	if calls.Load() != 1 {
+		t.Errorf("the upstream ran %d times for replayed answers", calls.Load()-1)
+	}
+	if code, _, body := post("/other", "tok", `x`); code != 200 || body != `{"path":"/other","body":"x"}`+"\n" {
+		t.Errorf("other path: %d %q", code, body)
+	}
+	if code, _, _ := post("/gen", "", `x`); code != http.StatusUnauthorized {
+		t.Errorf("no token: %d", code)
+	}
+	if calls.Load() != 3 {
+		t.Errorf("%d upstream calls, want 3", calls.Load())
+	}
+
+	bad, _ := net.Listen("tcp", "127.0.0.1:0")
+	defer bad.Close()
+	if _, err := gateway.BenchStubServer(bad, h, "/gen", "wrong", nil); err == nil || !strings.Contains(err.Error(), "401") {
+		t.Errorf("a failed recording: %v", err)
 	}
 }

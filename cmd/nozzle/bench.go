@@ -162,6 +162,7 @@ func benchGateway(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	dur := fs.Duration("duration", 5*time.Second, "length of each load run")
 	ledgerDir := fs.String("ledger-dir", "", "folder of the benchmark's ledger (default: a temporary folder); its file system's fsync latency is part of the figure")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the run to this file")
+	stub := fs.String("stub", "replay", "the upstream: replay (the runtime server's recorded answer to the benchmark's request, served by a lean server) or runtime (the runtime server itself answering each request through a stub generator)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -198,10 +199,25 @@ func benchGateway(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	if err != nil {
 		return err
 	}
-	upSrv := &http.Server{Handler: runtime.NewGeneratorServer(&gateway.BenchStubGenerator{}, token)}
-	go upSrv.Serve(upLn)
-	defer upSrv.Close()
+	upHandler := runtime.NewGeneratorServer(&gateway.BenchStubGenerator{}, token)
+	directBody := []byte(`{"request_id":"","tenant_id":"bench","prompt":"Hello","max_tokens":8}`)
 	upURL := "http://" + upLn.Addr().String()
+	switch *stub {
+	case "replay":
+		upSrv, err := gateway.BenchStubServer(upLn, upHandler, "/internal/v1/generate", token, directBody)
+		if err != nil {
+			upLn.Close()
+			return err
+		}
+		defer upSrv.Shutdown()
+	case "runtime":
+		upSrv := &http.Server{Handler: upHandler}
+		go upSrv.Serve(upLn)
+		defer upSrv.Close()
+	default:
+		upLn.Close()
+		return fmt.Errorf("--stub %q: want replay or runtime", *stub)
+	}
 
 	// The gateway: the real ledger (durable metering), auth, limits, and
 	// forwarding over HTTP to the stub.
@@ -243,7 +259,7 @@ func benchGateway(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	gwURL := "http://" + gwLn.Addr().String()
 	gw.CheckUpstreams(ctx)
 
-	direct := benchTarget{url: upURL + "/internal/v1/generate", body: []byte(`{"request_id":"","tenant_id":"bench","prompt":"Hello","max_tokens":8}`),
+	direct := benchTarget{url: upURL + "/internal/v1/generate", body: directBody,
 		headers: map[string]string{"Authorization": "Bearer " + token, "Content-Type": "application/json"}}
 	via := benchTarget{url: gwURL + "/v1/completions", body: []byte(`{"model":"base","prompt":"Hello","max_tokens":8}`),
 		headers: map[string]string{"Authorization": "Bearer " + secret, "Content-Type": "application/json"}}

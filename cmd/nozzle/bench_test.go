@@ -8,15 +8,21 @@ import (
 	"testing"
 )
 
-// TestBenchGateway runs `nozzle bench gateway` briefly: both paths answer
-// without errors, the ledger's sync floor and every rate come out as JSON
-// lines.
+// TestBenchGateway runs `nozzle bench gateway` briefly over either stub
+// upstream: both paths answer without errors, the ledger's sync floor and
+// every rate come out as JSON lines.
 func TestBenchGateway(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs load for a few seconds")
 	}
+	for _, stub := range []string{"replay", "runtime"} {
+		t.Run(stub, func(t *testing.T) { testBenchGateway(t, stub) })
+	}
+}
+
+func testBenchGateway(t *testing.T, stub string) {
 	var out, errb bytes.Buffer
-	code := run(context.Background(), []string{"bench", "gateway", "--rps", "200", "--duration", "300ms", "--ledger-dir", t.TempDir()}, &out, &errb)
+	code := run(context.Background(), []string{"bench", "gateway", "--rps", "200", "--duration", "300ms", "--stub", stub, "--ledger-dir", t.TempDir()}, &out, &errb)
 	if code != 0 {
 		t.Fatalf("exit %d: %s%s", code, out.String(), errb.String())
 	}
