@@ -32,7 +32,7 @@
 extern "C" {
 #endif
 
-#define NZ_ABI_VERSION 7
+#define NZ_ABI_VERSION 8
 
 /* ---- status codes ------------------------------------------------------ */
 #define NZ_OK 0
@@ -46,6 +46,11 @@ extern "C" {
 #define NZ_F32 0
 #define NZ_F16 1
 #define NZ_BF16 2
+/* weight_dtype only, never a tensor's source dtype: the engine quantizes
+ * each matrix (the seven projections, EMBED and LM_HEAD) as it is set, to
+ * int8 with one f32 scale per output row (symmetric: scale = max|w|/127,
+ * q = round(w/scale)); norms and biases stay f32. The CPU backend only. */
+#define NZ_Q8 3
 
 /* ---- base-model tensor kinds (nz_engine_set_tensor) ------------------------
  * Shapes (H hidden, I intermediate, V vocab, nh/nkv heads, hd head_dim):
@@ -140,7 +145,8 @@ typedef struct nz_config {
 	int64_t sliding_window;        /* 0 = none; else a query at position p sees keys at p-window+1..p */
 	int64_t sliding_window_from_layer; /* layers >= this use the window (Qwen2 max_window_layers) */
 	int64_t tie_word_embeddings;   /* 1 = logits use EMBED */
-	int64_t weight_dtype;          /* NZ_F32/F16/BF16: the dtype the engine keeps weights in */
+	int64_t weight_dtype;          /* NZ_F32/F16/BF16: the dtype the engine keeps weights in;
+	                                  NZ_Q8: int8 with a scale per row (CPU only) */
 	/* Gemma 2/3 (0 everywhere gives the Llama computation) */
 	double norm_weight_offset;     /* every RMSNorm (q/k head norms and the final one included)
 	                                  multiplies by (offset + w) in f32: Gemma's 1 */

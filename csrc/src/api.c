@@ -98,7 +98,7 @@ static int32_t check_config(nz_config *c)
 	RANGE(sliding_window, 0, INT32_MAX);
 	RANGE(sliding_window_from_layer, 0, INT32_MAX);
 	RANGE(tie_word_embeddings, 0, 1);
-	RANGE(weight_dtype, NZ_F32, NZ_BF16);
+	RANGE(weight_dtype, NZ_F32, NZ_Q8);
 	RANGE(max_slots, 0, SMALL_MAX);
 	RANGE(max_rank, 0, SMALL_MAX);
 	RANGE(kv_block_size, 0, SMALL_MAX);

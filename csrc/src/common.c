@@ -154,6 +154,8 @@ const char *nz_dtype_name(int32_t dtype)
 		return "f16";
 	case NZ_BF16:
 		return "bf16";
+	case NZ_Q8:
+		return "int8";
 	default:
 		return "unknown";
 	}
@@ -228,6 +230,32 @@ void nz_convert(void *dst, int32_t dst_dtype, const void *src, int32_t src_dtype
 #undef NZ_CVT_SWITCH
 #undef NZ_CVT_LOOP
 #undef NZ_ID
+
+void nz_quantize_q8(int8_t *q, float *scale, const void *src, int32_t src_dtype, int64_t rows, int64_t n)
+{
+	float row[256];
+	for (int64_t r = 0; r < rows; r++) {
+		const char *sr = (const char *)src + (size_t)(r * n) * nz_dtype_size(src_dtype);
+		float m = 0;
+		for (int64_t k0 = 0; k0 < n; k0 += 256) { /* through f32 in chunks: the loops vectorise */
+			int64_t c = n - k0 < 256 ? n - k0 : 256;
+			nz_convert(row, NZ_F32, sr + (size_t)k0 * nz_dtype_size(src_dtype), src_dtype, c);
+			for (int64_t k = 0; k < c; k++)
+				m = fabsf(row[k]) > m ? fabsf(row[k]) : m;
+		}
+		float s = m / 127.0f;
+		scale[r] = s;
+		int8_t *qr = q + r * n;
+		for (int64_t k0 = 0; k0 < n; k0 += 256) {
+			int64_t c = n - k0 < 256 ? n - k0 : 256;
+			nz_convert(row, NZ_F32, sr + (size_t)k0 * nz_dtype_size(src_dtype), src_dtype, c);
+			for (int64_t k = 0; k < c; k++) {
+				float v = s > 0 ? nearbyintf(row[k] / s) : 0.0f;
+				qr[k0 + k] = (int8_t)(v > 127.0f ? 127.0f : v < -127.0f ? -127.0f : v);
+			}
+		}
+	}
+}
 
 void nz_convert_f32_via(float *dst, const void *src, int32_t src_dtype, int32_t via_dtype, int64_t n)
 {

@@ -61,6 +61,11 @@ void nz_convert_scaled(void *dst, int32_t dst_dtype, const void *src, int32_t sr
  * value an engine keeping via_dtype would hold). */
 void nz_convert_f32_via(float *dst, const void *src, int32_t src_dtype, int32_t via_dtype, int64_t n);
 
+/* Quantizes rows × n elements of src (row-major, of src_dtype) to int8 with
+ * one scale per row (NZ_Q8): scale[r] = max_k |w[r][k]| / 127 (0 for a row
+ * of zeros), q[r][k] = round_half_even(w[r][k] / scale[r]), in [-127, 127]. */
+void nz_quantize_q8(int8_t *q, float *scale, const void *src, int32_t src_dtype, int64_t rows, int64_t n);
+
 /* ---- tensors and modules ---------------------------------------------------- */
 /* The shape a base tensor kind must have under cfg; returns ndim (1 or 2),
  * 0 for an unknown kind. */

@@ -5,7 +5,9 @@
  * Storage:
  *  - base weights in cfg.weight_dtype, row-major [out, in]; norm weights and
  *    biases in f32 (rounded through weight_dtype first, so an engine holds
- *    the values a weight_dtype checkpoint would);
+ *    the values a weight_dtype checkpoint would). NZ_Q8 matrices hold their
+ *    int8 rows and, after them (at the next 64-byte boundary), one f32 scale
+ *    per row (q8_scale); their norms and biases are the checkpoint's values;
  *  - adapter slots per (layer, module): A = [max_slots][max_rank][in] and
  *    Bt = [max_slots][max_rank][out] (lora_B transposed), each holding the
  *    adapter's own values exactly: in bf16 or f16 where the adapter's
@@ -31,7 +33,7 @@
 #include "cpu_pool.h"
 
 typedef struct cpu_layer {
-	void *w[NZ_M_COUNT];  /* [out, in] in weight dtype */
+	void *w[NZ_M_COUNT];  /* [out, in] in weight dtype (NZ_Q8: then the row scales) */
 	float *b[NZ_M_COUNT]; /* [out] or NULL */
 	float *attn_norm, *ffn_norm;
 	float *q_norm, *k_norm; /* [hd] or NULL (Qwen3's norms of each q and k head) */
@@ -190,7 +192,7 @@ static int32_t cpu_create(nz_config *c, void **out)
 		return nz_oom("nz_engine_create", sizeof *e);
 	e->k = k;
 	e->wdt = (int32_t)c->weight_dtype;
-	e->wsz = nz_dtype_size(e->wdt);
+	e->wsz = e->wdt == NZ_Q8 ? 1 : nz_dtype_size(e->wdt);
 	e->lsz = nz_dtype_size(NZ_F32);
 	e->H = c->hidden_size, e->I = c->intermediate_size, e->V = c->vocab_size, e->L = c->num_layers;
 	e->nh = c->num_heads, e->nkv = c->num_kv_heads, e->hd = c->head_dim;
@@ -298,6 +300,31 @@ static int ensure(void **slot, size_t bytes, int64_t *account)
 	return *slot != NULL;
 }
 
+/* Bytes of an NZ_Q8 matrix's int8 rows, up to where its scales begin. */
+static inline size_t q8_data_bytes(int64_t n) { return ((size_t)n + 63) & ~(size_t)63; }
+
+/* The row scales of an NZ_Q8 matrix of rows × in elements. */
+static inline const float *q8_scale(const void *w, int64_t rows, int64_t in)
+{
+	return (const float *)((const char *)w + q8_data_bytes(rows * in));
+}
+
+typedef struct quant_ctx {
+	int8_t *q;
+	float *scale;
+	const void *src;
+	int32_t sdt;
+	int64_t cols, rows, chunk;
+} quant_ctx;
+
+static void quant_task(void *ctx, int64_t i, int tid)
+{
+	quant_ctx *c = ctx;
+	int64_t r0 = i * c->chunk, n = nz_min64(c->chunk, c->rows - r0);
+	nz_quantize_q8(c->q + r0 * c->cols, c->scale + r0, (const char *)c->src + (size_t)(r0 * c->cols) * nz_dtype_size(c->sdt),
+	               c->sdt, n, c->cols);
+}
+
 static int32_t cpu_set_tensor(void *impl, int32_t kind, int32_t layer, int32_t dtype, const void *data, int64_t n)
 {
 	cpu_engine *e = impl;
@@ -341,9 +368,19 @@ static int32_t cpu_set_tensor(void *impl, int32_t kind, int32_t layer, int32_t d
 		}
 		break;
 	}
+	int64_t shape[2] = {n, 1};
+	nz_tensor_shape(&e->cfg, kind, shape);
+	int q8 = !as_f32 && e->wdt == NZ_Q8;
 	size_t bytes = (size_t)n * (as_f32 ? sizeof(float) : e->wsz);
+	if (q8) /* int8 rows, then a scale per row */
+		bytes = q8_data_bytes(n) + sizeof(float) * (size_t)shape[0];
 	if (!ensure(dst, bytes, &e->weight_bytes))
 		return nz_oom("nz_engine_set_tensor", bytes);
+	if (q8) {
+		quant_ctx qc = {*dst, (float *)q8_scale(*dst, shape[0], shape[1]), data, dtype, shape[1], shape[0], 64};
+		cpu_pool_run(e->pool, nz_ceil_div(shape[0], qc.chunk), quant_task, &qc);
+		return NZ_OK;
+	}
 	if (as_f32) {
 		nz_convert_f32_via(*dst, data, dtype, e->wdt, n);
 		if (!nz_kind_is_bias(kind) && e->cfg.norm_weight_offset != 0) /* a norm: (offset + w) in f32 */
@@ -532,7 +569,13 @@ static void embed_task(void *ctx, int64_t i, int tid)
 	for (int64_t t = t0; t < t1; t++) {
 		int64_t tok = c->b->tokens[t];
 		float *h = e->h + t * e->H;
-		nz_convert(h, NZ_F32, (const char *)e->embed + (size_t)(tok * e->H) * e->wsz, e->wdt, e->H);
+		if (e->wdt == NZ_Q8) {
+			const int8_t *q = (const int8_t *)e->embed + tok * e->H;
+			float sc = q8_scale(e->embed, e->V, e->H)[tok];
+			for (int64_t j = 0; j < e->H; j++)
+				h[j] = (float)q[j] * sc;
+		} else
+			nz_convert(h, NZ_F32, (const char *)e->embed + (size_t)(tok * e->H) * e->wsz, e->wdt, e->H);
 		if (e->cfg.embed_scale > 0) {
 			float sc = (float)e->cfg.embed_scale;
 			for (int64_t j = 0; j < e->H; j++)
@@ -680,8 +723,13 @@ static void group_task(void *ctx, int64_t i, int tid)
 	int mi = tk->mi;
 	int64_t in = c->gin, out = c->gout[mi];
 	if (tk->seg < 0) {
-		e->k->gemm[e->wdt]((const char *)c->gw[mi] + (size_t)(tk->r0 * in) * e->wsz, in, tk->r1 - tk->r0, in, c->gx,
-		                   in, c->gtok, c->gy[mi] + tk->r0, out, c->gb[mi] ? c->gb[mi] + tk->r0 : NULL);
+		const float *bias = c->gb[mi] ? c->gb[mi] + tk->r0 : NULL;
+		if (e->wdt == NZ_Q8)
+			e->k->gemm_q8((const int8_t *)c->gw[mi] + tk->r0 * in, q8_scale(c->gw[mi], out, in) + tk->r0, in,
+			              tk->r1 - tk->r0, in, c->gx, in, c->gtok, c->gy[mi] + tk->r0, out, bias);
+		else
+			e->k->gemm[e->wdt]((const char *)c->gw[mi] + (size_t)(tk->r0 * in) * e->wsz, in, tk->r1 - tk->r0, in,
+			                   c->gx, in, c->gtok, c->gy[mi] + tk->r0, out, bias);
 		return;
 	}
 	/* LoRA: shrink v = x·Aᵀ [rows, rank] (token rows gathered), scaled,

@@ -25,6 +25,8 @@ INLINE __m256 ld8(const void *w, int64_t k, int dt)
 {
 	if (dt == NZ_F32)
 		return _mm256_loadu_ps((const float *)w + k);
+	if (dt == NZ_Q8)
+		return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)((const int8_t *)w + k))));
 	__m128i h = _mm_loadu_si128((const __m128i *)((const uint16_t *)w + k));
 	if (dt == NZ_F16)
 		return _mm256_cvtph_ps(h);
@@ -35,6 +37,8 @@ INLINE float ld1(const void *w, int64_t k, int dt)
 {
 	if (dt == NZ_F32)
 		return ((const float *)w)[k];
+	if (dt == NZ_Q8)
+		return (float)((const int8_t *)w)[k];
 	uint16_t h = ((const uint16_t *)w)[k];
 	if (dt == NZ_F16)
 		return _cvtsh_ss(h);
@@ -49,9 +53,10 @@ INLINE float hsum8(__m256 v)
 	return _mm_cvtss_f32(s);
 }
 
-/* One R×TB block: Y[t][r] for r < R, t < TB. */
+/* One R×TB block: Y[t][r] for r < R, t < TB (scaled by scale[r] when
+ * scale is set: int8 rows). */
 INLINE void mk(int dt, int R, int TB, const char *w, int64_t ldw, int64_t n, const float *const *xr, float *y,
-               int64_t ldy, const float *bias)
+               int64_t ldy, const float *bias, const float *scale)
 {
 	const size_t rs = (size_t)ldw * dt_size(dt);
 	__m256 acc[MR][MT];
@@ -77,12 +82,14 @@ INLINE void mk(int dt, int R, int TB, const char *w, int64_t ldw, int64_t n, con
 			float s = hsum8(acc[r][t]);
 			for (int64_t kk = k; kk < n; kk++)
 				s = fmaf(ld1(w + r * rs, kk, dt), xr[t][kk], s);
+			if (scale)
+				s *= scale[r];
 			y[t * ldy + r] = bias ? s + bias[r] : s;
 		}
 }
 
 INLINE void gemm(int dt, const void *w, int64_t ldw, int64_t rows, int64_t n, const float *x, int64_t ldx,
-                 const int32_t *xrow, int64_t ntok, float *y, int64_t ldy, const float *bias)
+                 const int32_t *xrow, int64_t ntok, float *y, int64_t ldy, const float *bias, const float *scale)
 {
 	const size_t rs = (size_t)ldw * dt_size(dt);
 	const float *xr[MT];
@@ -91,29 +98,29 @@ INLINE void gemm(int dt, const void *w, int64_t ldw, int64_t rows, int64_t n, co
 		int64_t r = 0;
 		for (; r < rows; r += MR) {
 			const char *wr = (const char *)w + r * rs;
-			const float *br = bias ? bias + r : NULL;
+			const float *br = bias ? bias + r : NULL, *sr = scale ? scale + r : NULL;
 			int64_t t = t0;
 			if (r + MR <= rows) {
 				for (; t + MT <= t1; t += MT) {
 					rows_of(xr, x, ldx, xrow, t, MT);
-					mk(dt, MR, MT, wr, ldw, n, xr, y + t * ldy + r, ldy, br);
+					mk(dt, MR, MT, wr, ldw, n, xr, y + t * ldy + r, ldy, br, sr);
 				}
 				rows_of(xr, x, ldx, xrow, t, (int)(t1 - t));
 				if (t1 - t == 2)
-					mk(dt, MR, 2, wr, ldw, n, xr, y + t * ldy + r, ldy, br);
+					mk(dt, MR, 2, wr, ldw, n, xr, y + t * ldy + r, ldy, br, sr);
 				else if (t1 - t == 1)
-					mk(dt, MR, 1, wr, ldw, n, xr, y + t * ldy + r, ldy, br);
+					mk(dt, MR, 1, wr, ldw, n, xr, y + t * ldy + r, ldy, br, sr);
 			} else {
 				for (int64_t rr = r; rr < rows; rr++) {
 					const char *w1 = (const char *)w + rr * rs;
-					const float *b1 = bias ? bias + rr : NULL;
+					const float *b1 = bias ? bias + rr : NULL, *s1 = scale ? scale + rr : NULL;
 					for (t = t0; t + MT <= t1; t += MT) {
 						rows_of(xr, x, ldx, xrow, t, MT);
-						mk(dt, 1, MT, w1, ldw, n, xr, y + t * ldy + rr, ldy, b1);
+						mk(dt, 1, MT, w1, ldw, n, xr, y + t * ldy + rr, ldy, b1, s1);
 					}
 					for (; t < t1; t++) {
 						rows_of(xr, x, ldx, xrow, t, 1);
-						mk(dt, 1, 1, w1, ldw, n, xr, y + t * ldy + rr, ldy, b1);
+						mk(dt, 1, 1, w1, ldw, n, xr, y + t * ldy + rr, ldy, b1, s1);
 					}
 				}
 			}
@@ -124,19 +131,25 @@ INLINE void gemm(int dt, const void *w, int64_t ldw, int64_t rows, int64_t n, co
 static void gemm_f32(const void *w, int64_t ldw, int64_t rows, int64_t n, const float *x, int64_t ldx, int64_t ntok,
                      float *y, int64_t ldy, const float *bias)
 {
-	gemm(NZ_F32, w, ldw, rows, n, x, ldx, NULL, ntok, y, ldy, bias);
+	gemm(NZ_F32, w, ldw, rows, n, x, ldx, NULL, ntok, y, ldy, bias, NULL);
 }
 
 static void gemm_f16(const void *w, int64_t ldw, int64_t rows, int64_t n, const float *x, int64_t ldx, int64_t ntok,
                      float *y, int64_t ldy, const float *bias)
 {
-	gemm(NZ_F16, w, ldw, rows, n, x, ldx, NULL, ntok, y, ldy, bias);
+	gemm(NZ_F16, w, ldw, rows, n, x, ldx, NULL, ntok, y, ldy, bias, NULL);
 }
 
 static void gemm_bf16(const void *w, int64_t ldw, int64_t rows, int64_t n, const float *x, int64_t ldx, int64_t ntok,
                       float *y, int64_t ldy, const float *bias)
 {
-	gemm(NZ_BF16, w, ldw, rows, n, x, ldx, NULL, ntok, y, ldy, bias);
+	gemm(NZ_BF16, w, ldw, rows, n, x, ldx, NULL, ntok, y, ldy, bias, NULL);
+}
+
+static void gemm_q8(const int8_t *w, const float *scale, int64_t ldw, int64_t rows, int64_t n, const float *x,
+                    int64_t ldx, int64_t ntok, float *y, int64_t ldy, const float *bias)
+{
+	gemm(NZ_Q8, w, ldw, rows, n, x, ldx, NULL, ntok, y, ldy, bias, scale);
 }
 
 /* Expand: 4 vectors (32 columns) of one token at a time, Bt rows reused
@@ -144,19 +157,19 @@ static void gemm_bf16(const void *w, int64_t ldw, int64_t rows, int64_t n, const
 static void gemm_gather_f32(const void *w, int64_t ldw, int64_t rows, int64_t n, const float *x, int64_t ldx,
                           const int32_t *xrow, int64_t ntok, float *y, int64_t ldy)
 {
-	gemm(NZ_F32, w, ldw, rows, n, x, ldx, xrow, ntok, y, ldy, NULL);
+	gemm(NZ_F32, w, ldw, rows, n, x, ldx, xrow, ntok, y, ldy, NULL, NULL);
 }
 
 static void gemm_gather_f16(const void *w, int64_t ldw, int64_t rows, int64_t n, const float *x, int64_t ldx,
                           const int32_t *xrow, int64_t ntok, float *y, int64_t ldy)
 {
-	gemm(NZ_F16, w, ldw, rows, n, x, ldx, xrow, ntok, y, ldy, NULL);
+	gemm(NZ_F16, w, ldw, rows, n, x, ldx, xrow, ntok, y, ldy, NULL, NULL);
 }
 
 static void gemm_gather_bf16(const void *w, int64_t ldw, int64_t rows, int64_t n, const float *x, int64_t ldx,
                           const int32_t *xrow, int64_t ntok, float *y, int64_t ldy)
 {
-	gemm(NZ_BF16, w, ldw, rows, n, x, ldx, xrow, ntok, y, ldy, NULL);
+	gemm(NZ_BF16, w, ldw, rows, n, x, ldx, xrow, ntok, y, ldy, NULL, NULL);
 }
 
 INLINE void expand(int dt, const void *bt, int64_t ldb, int64_t rank, int64_t cols, const float *v, int64_t ldv,
@@ -333,6 +346,7 @@ static void transpose_scale_avx2(void *dst, int32_t ddt, int64_t ldd, const void
 const cpu_kernels cpu_kernels_avx2 = {
     .name = "avx2",
     .gemm = {gemm_f32, gemm_f16, gemm_bf16},
+    .gemm_q8 = gemm_q8,
     .gemm_gather = {gemm_gather_f32, gemm_gather_f16, gemm_gather_bf16},
     .expand = {expand_f32, expand_f16, expand_bf16},
     .dot = dot_avx2,

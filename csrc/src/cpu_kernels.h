@@ -25,6 +25,13 @@
 typedef void (*cpu_gemm_fn)(const void *w, int64_t ldw, int64_t rows, int64_t n, const float *x, int64_t ldx,
                             int64_t ntok, float *y, int64_t ldy, const float *bias);
 
+/* The same for int8 weights (NZ_Q8) with one scale per row:
+ * Y[t·ldy + r] = scale[r] · Σ_k W[r·ldw + k] · X[t·ldx + k]  (+ bias[r]);
+ * the dot product as above over the int8 values converted to f32, then
+ * one multiply by the row's scale. */
+typedef void (*cpu_gemm_q8_fn)(const int8_t *w, const float *scale, int64_t ldw, int64_t rows, int64_t n,
+                               const float *x, int64_t ldx, int64_t ntok, float *y, int64_t ldy, const float *bias);
+
 /* The same with the token rows gathered: Y[t·ldy + r] = W[r] · X[xrow[t]·ldx]
  * (no bias); each element computed exactly as by cpu_gemm_fn. */
 typedef void (*cpu_gemm_gather_fn)(const void *w, int64_t ldw, int64_t rows, int64_t n, const float *x,
@@ -40,6 +47,7 @@ typedef void (*cpu_expand_fn)(const void *bt, int64_t ldb, int64_t rank, int64_t
 typedef struct cpu_kernels {
 	const char *name; /* "avx2", "avx512" */
 	cpu_gemm_fn gemm[3];     /* indexed by NZ_F32, NZ_F16, NZ_BF16 */
+	cpu_gemm_q8_fn gemm_q8;
 	cpu_gemm_gather_fn gemm_gather[3];
 	cpu_expand_fn expand[3]; /* indexed by the dtype of Bt */
 	float (*dot)(const float *a, const float *b, int64_t n);
@@ -58,7 +66,7 @@ extern const cpu_kernels cpu_kernels_avx2;
 extern const cpu_kernels cpu_kernels_avx512;
 
 /* Helpers shared by the kernel files. */
-static inline size_t dt_size(int dt) { return dt == NZ_F32 ? 4 : 2; }
+static inline size_t dt_size(int dt) { return dt == NZ_F32 ? 4 : dt == NZ_Q8 ? 1 : 2; }
 
 /* Token rows of X: x + t·ldx, or x + xrow[t]·ldx (a gather) when xrow is set. */
 static inline void rows_of(const float **xr, const float *x, int64_t ldx, const int32_t *xrow, int64_t t, int n)

@@ -23,6 +23,8 @@ INLINE __m512 ld16(const void *w, int64_t k, int dt)
 {
 	if (dt == NZ_F32)
 		return _mm512_loadu_ps((const float *)w + k);
+	if (dt == NZ_Q8)
+		return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)((const int8_t *)w + k))));
 	__m256i h = _mm256_loadu_si256((const __m256i *)((const uint16_t *)w + k));
 	if (dt == NZ_F16)
 		return _mm512_cvtph_ps(h);
@@ -33,6 +35,8 @@ INLINE __m512 ld16m(const void *w, int64_t k, __mmask16 m, int dt)
 {
 	if (dt == NZ_F32)
 		return _mm512_maskz_loadu_ps(m, (const float *)w + k);
+	if (dt == NZ_Q8)
+		return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(m, (const int8_t *)w + k)));
 	__m256i h = _mm256_maskz_loadu_epi16(m, (const uint16_t *)w + k);
 	if (dt == NZ_F16)
 		return _mm512_cvtph_ps(h);
@@ -40,7 +44,7 @@ INLINE __m512 ld16m(const void *w, int64_t k, __mmask16 m, int dt)
 }
 
 INLINE void mk(int dt, int R, int TB, const char *w, int64_t ldw, int64_t n, const float *const *xr, float *y,
-               int64_t ldy, const float *bias)
+               int64_t ldy, const float *bias, const float *scale)
 {
 	const size_t rs = (size_t)ldw * dt_size(dt);
 	__m512 acc[MR][MT];
@@ -75,12 +79,14 @@ INLINE void mk(int dt, int R, int TB, const char *w, int64_t ldw, int64_t n, con
 	for (int r = 0; r < R; r++)
 		for (int t = 0; t < TB; t++) {
 			float s = _mm512_reduce_add_ps(acc[r][t]);
+			if (scale)
+				s *= scale[r];
 			y[t * ldy + r] = bias ? s + bias[r] : s;
 		}
 }
 
 INLINE void gemm(int dt, const void *w, int64_t ldw, int64_t rows, int64_t n, const float *x, int64_t ldx,
-                 const int32_t *xrow, int64_t ntok, float *y, int64_t ldy, const float *bias)
+                 const int32_t *xrow, int64_t ntok, float *y, int64_t ldy, const float *bias, const float *scale)
 {
 	const size_t rs = (size_t)ldw * dt_size(dt);
 	const float *xr[MT];
@@ -89,28 +95,28 @@ INLINE void gemm(int dt, const void *w, int64_t ldw, int64_t rows, int64_t n, co
 		int64_t r = 0;
 		for (; r + MR <= rows; r += MR) {
 			const char *wr = (const char *)w + r * rs;
-			const float *br = bias ? bias + r : NULL;
+			const float *br = bias ? bias + r : NULL, *sr = scale ? scale + r : NULL;
 			int64_t t = t0;
 			for (; t + MT <= t1; t += MT) {
 				rows_of(xr, x, ldx, xrow, t, MT);
-				mk(dt, MR, MT, wr, ldw, n, xr, y + t * ldy + r, ldy, br);
+				mk(dt, MR, MT, wr, ldw, n, xr, y + t * ldy + r, ldy, br, sr);
 			}
 			rows_of(xr, x, ldx, xrow, t, (int)(t1 - t));
 			switch (t1 - t) {
 			case 5:
-				mk(dt, MR, 5, wr, ldw, n, xr, y + t * ldy + r, ldy, br);
+				mk(dt, MR, 5, wr, ldw, n, xr, y + t * ldy + r, ldy, br, sr);
 				break;
 			case 4:
-				mk(dt, MR, 4, wr, ldw, n, xr, y + t * ldy + r, ldy, br);
+				mk(dt, MR, 4, wr, ldw, n, xr, y + t * ldy + r, ldy, br, sr);
 				break;
 			case 3:
-				mk(dt, MR, 3, wr, ldw, n, xr, y + t * ldy + r, ldy, br);
+				mk(dt, MR, 3, wr, ldw, n, xr, y + t * ldy + r, ldy, br, sr);
 				break;
 			case 2:
-				mk(dt, MR, 2, wr, ldw, n, xr, y + t * ldy + r, ldy, br);
+				mk(dt, MR, 2, wr, ldw, n, xr, y + t * ldy + r, ldy, br, sr);
 				break;
 			case 1:
-				mk(dt, MR, 1, wr, ldw, n, xr, y + t * ldy + r, ldy, br);
+				mk(dt, MR, 1, wr, ldw, n, xr, y + t * ldy + r, ldy, br, sr);
 				break;
 			default:
 				break;
@@ -118,15 +124,15 @@ INLINE void gemm(int dt, const void *w, int64_t ldw, int64_t rows, int64_t n, co
 		}
 		for (; r < rows; r++) {
 			const char *w1 = (const char *)w + r * rs;
-			const float *b1 = bias ? bias + r : NULL;
+			const float *b1 = bias ? bias + r : NULL, *s1 = scale ? scale + r : NULL;
 			int64_t t = t0;
 			for (; t + MT <= t1; t += MT) {
 				rows_of(xr, x, ldx, xrow, t, MT);
-				mk(dt, 1, MT, w1, ldw, n, xr, y + t * ldy + r, ldy, b1);
+				mk(dt, 1, MT, w1, ldw, n, xr, y + t * ldy + r, ldy, b1, s1);
 			}
 			for (; t < t1; t++) {
 				rows_of(xr, x, ldx, xrow, t, 1);
-				mk(dt, 1, 1, w1, ldw, n, xr, y + t * ldy + r, ldy, b1);
+				mk(dt, 1, 1, w1, ldw, n, xr, y + t * ldy + r, ldy, b1, s1);
 			}
 		}
 	}
@@ -135,37 +141,43 @@ INLINE void gemm(int dt, const void *w, int64_t ldw, int64_t rows, int64_t n, co
 TARGET static void gemm_f32(const void *w, int64_t ldw, int64_t rows, int64_t n, const float *x, int64_t ldx,
                             int64_t ntok, float *y, int64_t ldy, const float *bias)
 {
-	gemm(NZ_F32, w, ldw, rows, n, x, ldx, NULL, ntok, y, ldy, bias);
+	gemm(NZ_F32, w, ldw, rows, n, x, ldx, NULL, ntok, y, ldy, bias, NULL);
 }
 
 TARGET static void gemm_f16(const void *w, int64_t ldw, int64_t rows, int64_t n, const float *x, int64_t ldx,
                             int64_t ntok, float *y, int64_t ldy, const float *bias)
 {
-	gemm(NZ_F16, w, ldw, rows, n, x, ldx, NULL, ntok, y, ldy, bias);
+	gemm(NZ_F16, w, ldw, rows, n, x, ldx, NULL, ntok, y, ldy, bias, NULL);
 }
 
 TARGET static void gemm_bf16(const void *w, int64_t ldw, int64_t rows, int64_t n, const float *x, int64_t ldx,
                              int64_t ntok, float *y, int64_t ldy, const float *bias)
 {
-	gemm(NZ_BF16, w, ldw, rows, n, x, ldx, NULL, ntok, y, ldy, bias);
+	gemm(NZ_BF16, w, ldw, rows, n, x, ldx, NULL, ntok, y, ldy, bias, NULL);
 }
 
 TARGET static void gemm_gather_f32(const void *w, int64_t ldw, int64_t rows, int64_t n, const float *x, int64_t ldx,
                           const int32_t *xrow, int64_t ntok, float *y, int64_t ldy)
 {
-	gemm(NZ_F32, w, ldw, rows, n, x, ldx, xrow, ntok, y, ldy, NULL);
+	gemm(NZ_F32, w, ldw, rows, n, x, ldx, xrow, ntok, y, ldy, NULL, NULL);
 }
 
 TARGET static void gemm_gather_f16(const void *w, int64_t ldw, int64_t rows, int64_t n, const float *x, int64_t ldx,
                           const int32_t *xrow, int64_t ntok, float *y, int64_t ldy)
 {
-	gemm(NZ_F16, w, ldw, rows, n, x, ldx, xrow, ntok, y, ldy, NULL);
+	gemm(NZ_F16, w, ldw, rows, n, x, ldx, xrow, ntok, y, ldy, NULL, NULL);
 }
 
 TARGET static void gemm_gather_bf16(const void *w, int64_t ldw, int64_t rows, int64_t n, const float *x, int64_t ldx,
                           const int32_t *xrow, int64_t ntok, float *y, int64_t ldy)
 {
-	gemm(NZ_BF16, w, ldw, rows, n, x, ldx, xrow, ntok, y, ldy, NULL);
+	gemm(NZ_BF16, w, ldw, rows, n, x, ldx, xrow, ntok, y, ldy, NULL, NULL);
+}
+
+TARGET static void gemm_q8(const int8_t *w, const float *scale, int64_t ldw, int64_t rows, int64_t n,
+                           const float *x, int64_t ldx, int64_t ntok, float *y, int64_t ldy, const float *bias)
+{
+	gemm(NZ_Q8, w, ldw, rows, n, x, ldx, NULL, ntok, y, ldy, bias, scale);
 }
 
 INLINE void expand(int dt, const void *bt, int64_t ldb, int64_t rank, int64_t cols, const float *v, int64_t ldv,
@@ -330,6 +342,7 @@ TARGET static void transpose_scale_avx512(void *dst, int32_t ddt, int64_t ldd, c
 const cpu_kernels cpu_kernels_avx512 = {
     .name = "avx512",
     .gemm = {gemm_f32, gemm_f16, gemm_bf16},
+    .gemm_q8 = gemm_q8,
     .gemm_gather = {gemm_gather_f32, gemm_gather_f16, gemm_gather_bf16},
     .expand = {expand_f32, expand_f16, expand_bf16},
     .dot = dot_avx512,

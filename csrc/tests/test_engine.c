@@ -3,7 +3,8 @@
  * reference (engine-spec §1): plain Llama, Qwen2-style biases with tied
  * embeddings and an explicit head_dim, llama3 rope with a sliding window
  * and bf16 weights, yarn rope (attention factor 1.25) with head_dim 16,
- * f16 weights with linear rope; prefill chunks and decode
+ * f16 weights with linear rope, int8 weights (from f32 and from bf16,
+ * against the reference over the values the int8 rows stand for); prefill chunks and decode
  * against one prefill; multi-adapter LoRA against the reference (mixed
  * slots incl. -1, unsorted, ranks 1/8/13/max, missing modules); merged
  * weights; slot reuse; batch invariance (bit-exact, every thread count);
@@ -23,6 +24,8 @@ typedef struct variant {
 	int32_t src_dtype;
 	double tol;
 } variant;
+
+#define NVARIANTS 7
 
 static variant make_variant(int i)
 {
@@ -66,6 +69,19 @@ static variant make_variant(int i)
 		v.cfg.rope_beta_slow = 0.25;
 		v.cfg.rope_attention_factor = 1.25;
 		v.cfg.rope_truncate = 1;
+		break;
+	case 5:
+		v.name = "llama-int8";
+		v.cfg.weight_dtype = NZ_Q8;
+		break;
+	case 6:
+		v.name = "qwen2-bias-tied-int8-from-bf16";
+		v.cfg.weight_dtype = NZ_Q8;
+		v.cfg.tie_word_embeddings = 1;
+		v.cfg.head_dim = 16;
+		v.cfg.num_kv_heads = 1;
+		v.bias_mask = (1 << NZ_M_Q) | (1 << NZ_M_K) | (1 << NZ_M_V);
+		v.src_dtype = NZ_BF16;
 		break;
 	default:
 		v.name = "mha-f16-linear";
@@ -548,7 +564,7 @@ int main(void)
 	for (int i = 0; i < 2; i++) {
 		if (!cpu_isa_supported(isas[i]))
 			continue;
-		for (int vi = 0; vi < 5; vi++) {
+		for (int vi = 0; vi < NVARIANTS; vi++) {
 			test_forward(vi, isas[i]);
 			test_lora(vi, isas[i]);
 		}

@@ -1,5 +1,5 @@
 /*
- * test_kernels.c — each SIMD path's GEMM, LoRA expand, dot and axpy
+ * test_kernels.c — each SIMD path's GEMM (int8 rows included), LoRA expand, dot and axpy
  * against naive float64 loops (odd sizes included), and the batch
  * invariance of their results (any token/row split gives the same bits).
  */
@@ -87,6 +87,101 @@ static void test_gemm(const cpu_kernels *k)
 			}
 			free(wr), free(w), free(x), free(y), free(y1);
 		}
+	}
+}
+
+/* nz_quantize_q8: each row's scale is its largest magnitude / 127, and
+ * every value is within half a step of its original (the row's largest
+ * exactly ±127). */
+static void test_quantize(void)
+{
+	trng r = {9};
+	enum { ROWS = 5, N = 300 };
+	float w[ROWS * N];
+	fill_unif(&r, w, ROWS * N, -2, 2);
+	for (int i = 0; i < N; i++)
+		w[3 * N + i] = 0; /* a row of zeros */
+	uint16_t wb[ROWS * N];
+	nz_convert(wb, NZ_BF16, w, NZ_F32, ROWS * N);
+	for (int src = 0; src < 2; src++) {
+		int8_t q[ROWS * N];
+		float sc[ROWS];
+		if (src)
+			nz_quantize_q8(q, sc, wb, NZ_BF16, ROWS, N);
+		else
+			nz_quantize_q8(q, sc, w, NZ_F32, ROWS, N);
+		for (int row = 0; row < ROWS; row++) {
+			float m = 0;
+			for (int i = 0; i < N; i++)
+				m = fmaxf(m, fabsf(src ? nz_bf16_to_f32(wb[row * N + i]) : w[row * N + i]));
+			CHECK(sc[row] == m / 127.0f, "quantize row %d: scale %g for max %g", row, sc[row], m);
+			int peak = 0;
+			for (int i = 0; i < N; i++) {
+				float v = src ? nz_bf16_to_f32(wb[row * N + i]) : w[row * N + i];
+				int qi = q[row * N + i];
+				peak |= qi == 127 || qi == -127;
+				CHECK(qi >= -127 && qi <= 127 && fabsf((float)qi * sc[row] - v) <= 0.5f * sc[row] * (1 + 1e-6f),
+				      "quantize row %d col %d: %g -> %d (scale %g)", row, i, v, qi, sc[row]);
+			}
+			CHECK(row == 3 ? sc[row] == 0 : peak, "quantize row %d: no value at ±127", row);
+		}
+	}
+}
+
+/* gemm_q8 against float64 over the dequantized values; one token at a
+ * time and row/token sub-blocks give the same bits. */
+static void test_gemm_q8(const cpu_kernels *k)
+{
+	static const int64_t sizes[][3] = {{1, 1, 1}, {3, 5, 2}, {4, 16, 4}, {5, 7, 3}, {13, 67, 9}, {8, 64, 1}, {37, 128, 70}, {9, 200, 13}};
+	trng r = {2};
+	for (size_t si = 0; si < sizeof sizes / sizeof sizes[0]; si++) {
+		int64_t rows = sizes[si][0], n = sizes[si][1], nt = sizes[si][2];
+		int64_t ldw = n + 3, ldx = n + 5, ldy = rows + 2;
+		float *wf = malloc(sizeof(float) * (size_t)(rows * ldw)), *sc = malloc(sizeof(float) * (size_t)rows);
+		fill_unif(&r, wf, rows * ldw, -1, 1);
+		int8_t *w = malloc((size_t)(rows * ldw));
+		nz_quantize_q8(w, sc, wf, NZ_F32, rows, ldw);
+		float *x = malloc(sizeof(float) * (size_t)(nt * ldx));
+		fill_unif(&r, x, nt * ldx, -1, 1);
+		float bias[64];
+		fill_unif(&r, bias, 64, -1, 1);
+		float *y = malloc(sizeof(float) * (size_t)(nt * ldy)), *y1 = malloc(sizeof(float) * (size_t)(nt * ldy));
+		for (int use_bias = 0; use_bias < 2; use_bias++) {
+			const float *b = use_bias ? bias : NULL;
+			k->gemm_q8(w, sc, ldw, rows, n, x, ldx, nt, y, ldy, b);
+			double worst = 0;
+			for (int64_t t = 0; t < nt; t++)
+				for (int64_t o = 0; o < rows; o++) {
+					double s = 0, mag = 0;
+					for (int64_t i = 0; i < n; i++) {
+						double wv = (double)w[o * ldw + i] * sc[o];
+						s += wv * x[t * ldx + i];
+						mag += fabs(wv * x[t * ldx + i]);
+					}
+					s += use_bias ? bias[o] : 0;
+					mag += use_bias ? fabs(bias[o]) : 0;
+					worst = fmax(worst, fabs(y[t * ldy + o] - s) / (mag + 1e-30));
+				}
+			CHECK(worst < 1e-6, "%s gemm_q8 %lldx%lldx%lld: relative error %g", k->name, (long long)rows, (long long)n,
+			      (long long)nt, worst);
+			for (int64_t t = 0; t < nt; t++)
+				k->gemm_q8(w, sc, ldw, rows, n, x + t * ldx, ldx, 1, y1 + t * ldy, ldy, b);
+			int same = 1;
+			for (int64_t t = 0; t < nt; t++)
+				same &= memcmp(y + t * ldy, y1 + t * ldy, sizeof(float) * (size_t)rows) == 0;
+			CHECK(same, "%s gemm_q8 %lldx%lldx%lld: one token at a time differs", k->name, (long long)rows,
+			      (long long)n, (long long)nt);
+			if (rows > 1 && nt > 2) {
+				int64_t r0 = 1, t0 = 2;
+				k->gemm_q8(w + r0 * ldw, sc + r0, ldw, rows - r0, n, x + t0 * ldx, ldx, nt - t0, y1 + t0 * ldy + r0, ldy,
+				           use_bias ? bias + r0 : NULL);
+				same = 1;
+				for (int64_t t = t0; t < nt; t++)
+					same &= memcmp(y + t * ldy + r0, y1 + t * ldy + r0, sizeof(float) * (size_t)(rows - r0)) == 0;
+				CHECK(same, "%s gemm_q8: a row/token sub-block differs", k->name);
+			}
+		}
+		free(wf), free(sc), free(w), free(x), free(y), free(y1);
 	}
 }
 
@@ -233,12 +328,14 @@ int main(void)
 			continue;
 		}
 		test_gemm(paths[i]);
+		test_gemm_q8(paths[i]);
 		test_expand(paths[i]);
 		test_vec(paths[i]);
 		test_convert(paths[i]);
 		ran++;
 	}
 	CHECK(ran > 0, "no kernel path ran");
+	test_quantize();
 	/* selection honours the forced path */
 	cpu_force_isa(CPU_ISA_AVX2);
 	CHECK(cpu_kernels_select() == &cpu_kernels_avx2, "forced avx2");

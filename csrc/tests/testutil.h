@@ -152,8 +152,20 @@ static inline void tm_gen(tmodel *m, trng *r, int layer, int32_t kind)
 		fill_unif(r, p, n, -a, a);
 	}
 	float *q = malloc(sizeof(float) * (size_t)n);
-	for (int64_t i = 0; i < n; i++)
-		q[i] = round_to(p[i], (int32_t)c->weight_dtype);
+	if (c->weight_dtype == NZ_Q8) /* bf16 values: a bf16 or an f32 source holds the same */
+		for (int64_t i = 0; i < n; i++)
+			p[i] = round_to(p[i], NZ_BF16);
+	if (c->weight_dtype == NZ_Q8 && nz_tensor_shape(c, kind, s) == 2) {
+		/* the reference: the values the engine's int8 rows stand for */
+		int8_t *i8 = malloc((size_t)n);
+		float *sc = malloc(sizeof(float) * (size_t)s[0]);
+		nz_quantize_q8(i8, sc, p, NZ_F32, s[0], s[1]);
+		for (int64_t i = 0; i < n; i++)
+			q[i] = (float)i8[i] * sc[i / s[1]];
+		free(i8), free(sc);
+	} else
+		for (int64_t i = 0; i < n; i++)
+			q[i] = round_to(p[i], (int32_t)c->weight_dtype);
 	*tm_slot(m, m->src, layer, kind) = p;
 	*tm_slot(m, m->ref, layer, kind) = q;
 }

@@ -6,7 +6,7 @@ import "unsafe"
 // and checks every constant and struct field against these.
 
 // ABIVersion is the NZ_ABI_VERSION this package is written against.
-const ABIVersion = 7
+const ABIVersion = 8
 
 // Status codes (NZ_OK, NZ_ERR_*).
 const (
@@ -23,6 +23,7 @@ const (
 	nzF32  = 0
 	nzF16  = 1
 	nzBF16 = 2
+	nzQ8   = 3 // weights only: int8 rows with a scale each
 )
 
 // RoPE types (NZ_ROPE_*).

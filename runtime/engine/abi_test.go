@@ -32,7 +32,7 @@ func TestABI_Constants(t *testing.T) {
 		"NZ_ABI_VERSION": ABIVersion,
 		"NZ_OK":          nzOK, "NZ_ERR_INVALID": nzErrInvalid, "NZ_ERR_OOM": nzErrOOM,
 		"NZ_ERR_UNSUPPORTED": nzErrUnsupported, "NZ_ERR_DEVICE": nzErrDevice, "NZ_ERR_INTERNAL": nzErrInternal,
-		"NZ_F32": nzF32, "NZ_F16": nzF16, "NZ_BF16": nzBF16,
+		"NZ_F32": nzF32, "NZ_F16": nzF16, "NZ_BF16": nzBF16, "NZ_Q8": nzQ8,
 		"NZ_ROPE_DEFAULT": nzRopeDefault, "NZ_ROPE_LINEAR": nzRopeLinear, "NZ_ROPE_LLAMA3": nzRopeLlama3, "NZ_ROPE_YARN": nzRopeYarn, "NZ_ROPE_LONGROPE": nzRopeLongrope,
 		"NZ_INFO_KV_BLOCK_SIZE": nzInfoKVBlockSize, "NZ_INFO_KV_NUM_BLOCKS": nzInfoKVNumBlocks,
 		"NZ_INFO_WEIGHT_BYTES": nzInfoWeightBytes, "NZ_INFO_SLOT_BYTES": nzInfoSlotBytes, "NZ_INFO_KV_BYTES": nzInfoKVBytes,

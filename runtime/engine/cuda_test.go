@@ -442,6 +442,19 @@ func cudaGemma3(s *model.Spec) {
 // teacher-forced with the CPU's tokens. Logits, logprobs and top logprobs
 // must agree within the weight dtype's tolerance and greedy tokens must be
 // identical wherever the CPU's two best logits are not a near tie.
+// TestCUDA_Int8Refused: int8 weights are the CPU backend's; the CUDA
+// backend refuses them with an error that says so.
+func TestCUDA_Int8Refused(t *testing.T) {
+	lib := openCUDA(t)
+	m := openModel(t, tinySpec(32))
+	opts := testOptions()
+	opts.WeightDType = engine.Int8
+	_, err := lib.NewEngine(m, opts)
+	if !errors.Is(err, engine.ErrUnsupported) || !strings.Contains(err.Error(), "CPU backend only") {
+		t.Errorf("int8 weights on the CUDA backend: %v", err)
+	}
+}
+
 func TestCUDA_Parity(t *testing.T) {
 	openCUDA(t)
 	for ci, tc := range cudaParityCases {

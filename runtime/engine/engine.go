@@ -16,7 +16,8 @@ import (
 // Options size an engine. Zero fields take the backend's defaults.
 type Options struct {
 	// WeightDType is the dtype the engine keeps base weights in; "" keeps
-	// the checkpoint's.
+	// the checkpoint's. Int8 (the CPU backend only) quantizes every matrix
+	// as it is copied in: int8 with one scale per output row.
 	WeightDType safetensors.DType
 	// MaxSlots is the number of adapter slots.
 	MaxSlots int
@@ -82,6 +83,14 @@ type Engine struct {
 	}
 }
 
+// Int8 as Options.WeightDType keeps the base model's matrices (the seven
+// projections, the embedding and the LM head) in int8 with one f32 scale
+// per output row, quantized from the checkpoint when the engine is made:
+// half the memory and the bytes a decode step reads of a 16-bit
+// checkpoint, at a small loss of accuracy. Norms and biases keep their
+// values. The CPU backend only.
+const Int8 = safetensors.I8
+
 func dtypeCode(dt safetensors.DType) (int32, error) {
 	switch dt {
 	case safetensors.F32:
@@ -103,6 +112,9 @@ func (l *Library) NewEngine(m *model.Model, opts Options) (*Engine, error) {
 		wdt = m.DType
 	}
 	wcode, err := dtypeCode(wdt)
+	if wdt == Int8 {
+		wcode, err = nzQ8, nil
+	}
 	if err != nil {
 		return nil, fmt.Errorf("engine weight dtype: %w", err)
 	}

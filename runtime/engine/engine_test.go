@@ -101,6 +101,13 @@ func refCases() []refCase {
 		{name: "BF16ToF32", spec: func(s *model.Spec) { s.DType = safetensors.BF16 }, opts: func(o *engine.Options) { o.WeightDType = safetensors.F32 }, tol: tight},
 		{name: "BF16Weights", spec: func(s *model.Spec) { s.DType = safetensors.BF16 }, tol: 5e-3},
 		{name: "F16Weights", spec: func(s *model.Spec) { s.DType = safetensors.F16 }, tol: 2e-3},
+		// int8 rows against the checkpoint's own values: the quantization's
+		// error, with an adapter (its slots keep their dtype) and with tied
+		// embeddings and biases (the LM head is the int8 embedding; biases
+		// stay exact)
+		{name: "Int8WeightsLoRA", spec: func(s *model.Spec) { s.DType = safetensors.BF16 }, opts: func(o *engine.Options) { o.WeightDType = engine.Int8 },
+			adapter: &model.AdapterSpec{Rank: 8, Seed: 20, DType: safetensors.BF16}, tol: 3e-2},
+		{name: "Int8Qwen2Tied", spec: func(s *model.Spec) { s.Arch, s.Tied = "qwen2", true }, opts: func(o *engine.Options) { o.WeightDType = engine.Int8 }, tol: 3e-2},
 		{name: "LoRAAllModules", adapter: &model.AdapterSpec{Rank: 8, Seed: 11}, tol: tight},
 		{name: "LoRAPatterns", adapter: &model.AdapterSpec{
 			Rank: 8, Alpha: 12, RSLoRA: true, Seed: 12, DType: safetensors.BF16,
@@ -879,5 +886,45 @@ func TestEngine_Scoring(t *testing.T) {
 	b.Add(engine.Seq{Tokens: prompt[:18], Pos: 0, Slot: -1, Blocks: s.blocks, Score: score})
 	if err := e.Step(&b); !errors.Is(err, engine.ErrInvalid) || !strings.Contains(err.Error(), "rows of logits") {
 		t.Errorf("17 scored tokens with max_batch_seqs 16: %v", err)
+	}
+}
+
+// TestEngine_Int8Weights: int8 rows hold a bf16 checkpoint's matrices in
+// half its bytes (plus a scale per row), and the logits stay near the bf16
+// engine's.
+func TestEngine_Int8Weights(t *testing.T) {
+	openLib(t)
+	spec := tinySpec(31)
+	spec.DType = safetensors.BF16
+	m := openModel(t, spec)
+	full := newEngine(t, m, testOptions())
+	opts := testOptions()
+	opts.WeightDType = engine.Int8
+	q := newEngine(t, m, opts)
+	fb, qb := full.Info().WeightBytes, q.Info().WeightBytes
+	c := m.Config
+	rows := int64(c.VocabSize) // embedding (tied or not, the LM head's rows too)
+	if !m.Tied {
+		rows *= 2
+	}
+	rows += int64(c.NumLayers) * int64(c.NumHeads*c.HeadDim+2*c.NumKVHeads*c.HeadDim+c.HiddenSize+2*c.IntermediateSize+c.HiddenSize)
+	if qb >= fb*6/10 || qb < fb/2 {
+		t.Errorf("int8 weights take %d bytes against bf16's %d", qb, fb)
+	}
+	if slack := qb - fb/2; slack < 4*rows {
+		t.Errorf("int8 weights: %d bytes past half of bf16's, want at least a 4-byte scale for each of %d rows", slack, rows)
+	}
+	// The same prompt decoded greedily by both: the int8 logits stay near.
+	hf, hq := newHarness(t, full, 1), newHarness(t, q, 1)
+	tokens := randomTokens(rand.New(rand.NewPCG(31, 1)), 12, spec.VocabSize)
+	sf, sq := &seq{tokens: tokens, slot: -1}, &seq{tokens: tokens, slot: -1}
+	lf, _ := hf.mustStep(part{sf, len(tokens)})
+	lq, _ := hq.mustStep(part{sq, len(tokens)})
+	want := make([]float64, len(lf[0]))
+	for i, v := range lf[0] {
+		want[i] = float64(v)
+	}
+	if d, _ := logitsErr(lq[0], want); d == 0 || d > 3e-2 {
+		t.Errorf("int8 logits differ from bf16's by %.3g, want (0, 0.03]", d)
 	}
 }
