@@ -156,6 +156,43 @@ func TestDemo_EndToEnd(t *testing.T) {
 	}
 }
 
+// TestDemo_Int8Weights: a runtime keeping the demo model's weights as int8
+// serves base and adapter requests, deterministically and alike alone or
+// batched; an unknown weights option is refused.
+func TestDemo_Int8Weights(t *testing.T) {
+	rt, adapters := openDemo(t, runtime.Options{Weights: "int8"})
+	ctx := context.Background()
+	reqs := []*nozzle.GenerateRequest{
+		{TenantID: "a", Prompt: "The quick brown fox", MaxTokens: 12},
+		{TenantID: "b", Prompt: "The quick brown fox", MaxTokens: 12, Adapter: adapters["demo-code"]},
+	}
+	var alone [2]outcome
+	for i, r := range reqs {
+		if alone[i] = run(ctx, rt, r); alone[i].err != nil || alone[i].res.CompletionTokens != 12 {
+			t.Fatalf("request %d: %v %+v", i, alone[i].err, alone[i].res)
+		}
+	}
+	if alone[0].text == alone[1].text {
+		t.Errorf("the adapter changed nothing: %q", alone[0].text)
+	}
+	var both [2]outcome
+	var wg sync.WaitGroup
+	for i, r := range reqs {
+		wg.Add(1)
+		go func() { defer wg.Done(); both[i] = run(ctx, rt, r) }()
+	}
+	wg.Wait()
+	for i := range reqs {
+		if both[i].err != nil || both[i].text != alone[i].text {
+			t.Errorf("request %d: batched %q (%v), alone %q", i, both[i].text, both[i].err, alone[i].text)
+		}
+	}
+	modelDir, _ := demo(t)
+	if _, err := runtime.Open(ctx, runtime.Options{ModelDir: modelDir, EngineLib: engineLib(t), Weights: "fp4"}); err == nil || !strings.Contains(err.Error(), `weights "fp4"`) {
+		t.Errorf("weights fp4: %v", err)
+	}
+}
+
 func TestEnsureDemo_Repair(t *testing.T) {
 	dir := t.TempDir()
 	modelDir, adapters, err := runtime.EnsureDemo(dir)

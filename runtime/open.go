@@ -14,6 +14,7 @@ import (
 	nozzle "github.com/nozzle-ai/nozzle"
 	"github.com/nozzle-ai/nozzle/runtime/engine"
 	"github.com/nozzle-ai/nozzle/runtime/model"
+	"github.com/nozzle-ai/nozzle/runtime/safetensors"
 	"github.com/nozzle-ai/nozzle/runtime/tokenizer"
 )
 
@@ -54,15 +55,19 @@ func Open(ctx context.Context, opts Options) (*Runtime, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open runtime: %w", err)
 	}
-	sized.sizeFor(device, m.WeightBytes())
+	ei := eng.Info()
+	sized.sizeFor(device, ei.WeightBytes)
 	opts.MaxBatchSeqs, opts.MaxBatchTokens = sized.MaxBatchSeqs, sized.MaxBatchTokens
 	info.Device = device
 	info.ToolFormat = tk.ToolFormat()
 	info.ReasoningTags, info.Reasoning = tk.ThinkTags()
-	ei := eng.Info()
+	weights := string(m.DType)
+	if opts.Weights == "int8" {
+		weights = "int8"
+	}
 	opts.Logger.Info("engine up", "backend", ei.Backend, "threads", opts.Threads, "model", info.ID, "layers", info.NumLayers,
 		"hidden", info.HiddenSize, "kv_blocks", ei.KVNumBlocks, "kv_block_size", ei.KVBlockSize,
-		"slots", ei.MaxSlots, "max_rank", ei.MaxRank, "weight_bytes", ei.WeightBytes)
+		"slots", ei.MaxSlots, "max_rank", ei.MaxRank, "weights", weights, "weight_bytes", ei.WeightBytes)
 
 	maxRank := opts.MaxRank
 	p := parts{
@@ -135,11 +140,18 @@ func libraryPaths(lib string) (cpu, cuda string) {
 // engine: "auto" takes the CUDA library when it loads and finds a GPU,
 // else the CPU one.
 func startEngine(m *model.Model, opts, sized Options) (*engine.Engine, string, error) {
+	weightBytes, wdt := m.WeightBytes(), safetensors.DType("")
+	if opts.Weights == "int8" {
+		weightBytes, wdt = 0, engine.Int8
+		for _, w := range m.Weights() {
+			weightBytes += w.NumElements() // a byte each; the scales are noise
+		}
+	}
 	engineOptions := func(device string) engine.Options {
 		s := sized
-		s.sizeFor(device, m.WeightBytes())
+		s.sizeFor(device, weightBytes)
 		return engine.Options{
-			MaxSlots: opts.Slots, MaxRank: opts.MaxRank, KVBlockSize: opts.KVBlockSize,
+			WeightDType: wdt, MaxSlots: opts.Slots, MaxRank: opts.MaxRank, KVBlockSize: opts.KVBlockSize,
 			KVBlocks: opts.KVBlocks, KVMemoryBytes: opts.KVMemoryBytes,
 			MaxBatchTokens: s.MaxBatchTokens, MaxBatchSeqs: s.MaxBatchSeqs, Threads: opts.Threads,
 		}

@@ -48,6 +48,11 @@ type Options struct {
 	// Device is "cpu", "cuda" or "auto" (default): auto picks the CUDA
 	// library when it loads and finds a GPU, else the CPU one.
 	Device string
+	// Weights is how the engine keeps the base model's weights: "" (or
+	// "checkpoint") in the checkpoint's dtype, "int8" as int8 rows with a
+	// scale each, quantized at load (the CPU engine only: half a 16-bit
+	// checkpoint's memory and of the bytes every decode step reads).
+	Weights string
 	// Slots is the number of engine adapter slots (default 8).
 	Slots int
 	// MaxRank is the largest adapter rank accepted; slots are padded to it
@@ -187,6 +192,11 @@ func (o *Options) setDefaults() error {
 	case "auto", "cpu", "cuda":
 	default:
 		return fmt.Errorf("device %q: want auto, cpu or cuda", o.Device)
+	}
+	switch o.Weights {
+	case "", "checkpoint", "int8":
+	default:
+		return fmt.Errorf("weights %q: want checkpoint or int8", o.Weights)
 	}
 	if o.Slots <= 0 {
 		o.Slots = 8

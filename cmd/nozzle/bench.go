@@ -75,10 +75,18 @@ func benchEngine(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	rank := fs.Int("rank", 0, "adapter rank (default 16)")
 	threads := fs.Int("threads", 0, "CPU engine threads (0: every core)")
 	rounds := fs.Int("rounds", 0, "rounds per measurement, best counts (default 3)")
+	weights := fs.String("weights", "checkpoint", "engine weights: checkpoint (bf16) or int8 (CPU; decodes without an adapter are also timed with bf16 weights, side by side)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	opts := engine.BenchOptions{CacheDir: *cache, Adapters: *adapters, Rank: *rank, Threads: *threads, Rounds: *rounds}
+	switch *weights {
+	case "checkpoint":
+	case "int8":
+		opts.WeightDType = engine.Int8
+	default:
+		return fmt.Errorf("--weights %q: want checkpoint or int8", *weights)
+	}
 	opts.Model = engine.DefaultBenchModel()
 	if *quick {
 		opts.Model = engine.QuickBenchModel()

@@ -43,6 +43,7 @@ type Config struct {
 	// Runtime.
 	RuntimeID      string  `key:"runtime_id" help:"name of this runtime in usage and cost reports, unique among the gateway's runtimes (default on Fly.io: fly-<machine id>)"`
 	RatePerHour    float64 `key:"rate_per_hour" help:"cost of this runtime's machine in USD per hour (the GPU price)"`
+	Weights        string  `key:"weights" help:"how the engine keeps the base model's weights: checkpoint (its dtype) or int8 (the CPU engine only: int8 with a scale per row, quantized at start-up; half a 16-bit checkpoint's memory and faster decoding on a model larger than the processor's cache, most at small batches, at a small loss of accuracy)"`
 	Slots          int     `key:"slots" help:"adapter slots on the device"`
 	MaxRank        int     `key:"max_rank" help:"largest LoRA rank accepted (slots are padded to it; at most 256)"`
 	KVMemoryMB     int     `key:"kv_memory_mb" help:"memory for the KV cache in MiB"`
@@ -83,6 +84,7 @@ func DefaultConfig() Config {
 		Addr:              "127.0.0.1:8080",
 		Data:              "./data",
 		Device:            "auto",
+		Weights:           "checkpoint",
 		LogFormat:         "auto",
 		LogLevel:          "info",
 		HeapFloorMB:       256,
@@ -118,6 +120,14 @@ func (c *Config) Validate() error {
 	case "auto", "cpu", "cuda":
 	default:
 		return fmt.Errorf("device %q: want auto, cpu or cuda", c.Device)
+	}
+	switch c.Weights {
+	case "checkpoint", "int8":
+	default:
+		return fmt.Errorf("weights %q: want checkpoint or int8", c.Weights)
+	}
+	if c.Weights == "int8" && c.Device == "cuda" {
+		return errors.New("weights int8 with device cuda: the CUDA engine keeps the checkpoint's 16-bit weights; int8 is the CPU engine's")
 	}
 	switch c.LogFormat {
 	case "auto", "text", "json":

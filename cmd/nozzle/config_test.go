@@ -99,6 +99,8 @@ func TestLoad_Errors(t *testing.T) {
 		{"UnknownFlag", []string{"--nope"}, nil, "flag provided but not defined: -nope"},
 		{"BadInt", []string{"--slots", "x"}, nil, `slots: "x" is not a whole number`},
 		{"BadDevice", []string{"--device", "tpu"}, nil, `device "tpu": want auto, cpu or cuda`},
+		{"BadWeights", []string{"--weights", "fp4"}, nil, `weights "fp4": want checkpoint or int8`},
+		{"Int8OnCUDA", []string{"--weights", "int8", "--device", "cuda"}, nil, "weights int8 with device cuda"},
 		{"BadEnv", nil, map[string]string{"NOZZLE_MAX_RANK": "big"}, "environment NOZZLE_MAX_RANK"},
 		{"RankTooLarge", []string{"--max-rank", "512"}, nil, "max_rank 512: want 1 to 256"},
 		{"NegativeRate", []string{"--rate-per-hour", "-1"}, nil, "rate_per_hour -1: must be a finite number, not negative"},

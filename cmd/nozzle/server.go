@@ -242,6 +242,7 @@ func (m *Main) runtimeOptions(modelDir string, source runtime.AdapterSource) run
 		ModelDir:           modelDir,
 		EngineLib:          c.EngineLib,
 		Device:             c.Device,
+		Weights:            c.Weights,
 		Slots:              c.Slots,
 		MaxRank:            c.MaxRank,
 		KVMemoryBytes:      int64(c.KVMemoryMB) << 20,

@@ -46,6 +46,11 @@ type BenchOptions struct {
 	MergeAdapters int
 	// Threads is the CPU backend's worker count (0 = every core).
 	Threads int
+	// WeightDType is the engine's weight dtype ("" = the checkpoint's).
+	// With Int8, the decodes without an adapter are also measured on an
+	// engine in the checkpoint's dtype, round by round beside the int8
+	// ones, for their ratio.
+	WeightDType safetensors.DType
 	// BandwidthBytes is the buffer nz_bench_read_bandwidth reads (default
 	// 1 GiB, beyond the last-level cache).
 	BandwidthBytes int64
@@ -143,15 +148,25 @@ func Bench(ctx context.Context, lib *Library, opts BenchOptions, w io.Writer) er
 	const blockSize = 16
 	blocksPerSeq := (ctxLen + blockSize - 1) / blockSize
 	fmt.Fprintf(w, "loading %s into the engine ...\n", dir)
-	e, err := lib.NewEngine(m, Options{
-		MaxSlots: max(opts.Adapters, opts.MergeAdapters), MaxRank: opts.Rank, KVBlockSize: blockSize,
+	eopts := Options{
+		WeightDType: opts.WeightDType, MaxSlots: max(opts.Adapters, opts.MergeAdapters), MaxRank: opts.Rank, KVBlockSize: blockSize,
 		KVBlocks: maxBatch*blocksPerSeq + blocksPerSeq, MaxBatchTokens: max(maxBatch, 64), MaxBatchSeqs: maxBatch,
 		Threads: opts.Threads, MaxPosition: 4096,
-	})
+	}
+	e, err := lib.NewEngine(m, eopts)
 	if err != nil {
 		return err
 	}
 	defer e.Close()
+	var ref *Engine // the checkpoint's dtype, beside int8 weights
+	if opts.WeightDType == Int8 {
+		ropts := eopts
+		ropts.WeightDType, ropts.MaxSlots = "", 1
+		if ref, err = lib.NewEngine(m, ropts); err != nil {
+			return err
+		}
+		defer ref.Close()
+	}
 	info := e.Info()
 	adapters := make([]*model.Adapter, len(adapterDirs))
 	for i, d := range adapterDirs {
@@ -212,6 +227,16 @@ func Bench(ctx context.Context, lib *Library, opts BenchOptions, w io.Writer) er
 					best[key] = el
 				}
 				fmt.Fprintf(w, "  round %d: decode batch %2d, adapters %-8s %9.1f tokens/s\n", round+1, n, mix, float64(n*opts.Steps)/el.Seconds())
+				if ref != nil && mix == "none" {
+					el, err := benchDecode(ref, &b, slots, opts.Warmup, opts.Steps, blocksPerSeq)
+					if err != nil {
+						return err
+					}
+					if old, ok := best[key+"ref"]; !ok || el < old {
+						best[key+"ref"] = el
+					}
+					fmt.Fprintf(w, "  round %d: decode batch %2d, adapters %-8s %9.1f tokens/s (%s weights)\n", round+1, n, mix, float64(n*opts.Steps)/el.Seconds(), m.DType)
+				}
 			}
 		}
 	}
@@ -221,6 +246,13 @@ func Bench(ctx context.Context, lib *Library, opts BenchOptions, w io.Writer) er
 			v := float64(n*opts.Steps) / best[fmt.Sprint(n, mix)].Seconds()
 			tps[fmt.Sprint(n, mix)] = v
 			add(benchResult{Metric: "decode_tokens_per_second", Batch: n, Adapters: mix, Value: v, Unit: "tokens/s"})
+		}
+	}
+	if ref != nil {
+		for _, n := range opts.Batches {
+			v := float64(n*opts.Steps) / best[fmt.Sprint(n, "noneref")].Seconds()
+			add(benchResult{Metric: "int8_decode_speedup", Batch: n, Adapters: "none", Value: tps[fmt.Sprint(n, "none")], Unit: "tokens/s",
+				Baseline: v, Ratio: tps[fmt.Sprint(n, "none")] / v})
 		}
 	}
 	largest := opts.Batches[len(opts.Batches)-1]
@@ -260,8 +292,12 @@ func Bench(ctx context.Context, lib *Library, opts BenchOptions, w io.Writer) er
 
 	// Report.
 	fmt.Fprintf(w, "\nnozzle bench engine — %s, %d worker threads\n", lib.Backend(), info.Threads)
+	wname := string(m.DType)
+	if ref != nil {
+		wname = fmt.Sprintf("int8 from %s's %.2f GB", m.DType, float64(ref.Info().WeightBytes)/1e9)
+	}
 	fmt.Fprintf(w, "model: %s, %.2fB parameters, engine weights %.2f GB (%s); %d adapters of rank %d on all 7 modules (%.1f MB each)\n",
-		m.Config.Architecture, float64(engineWeightElems(m))/1e9, float64(info.WeightBytes)/1e9, m.DType, opts.Adapters, opts.Rank, float64(adapterBytes)/1e6)
+		m.Config.Architecture, float64(engineWeightElems(m))/1e9, float64(info.WeightBytes)/1e9, wname, opts.Adapters, opts.Rank, float64(adapterBytes)/1e6)
 	fmt.Fprintf(w, "read bandwidth (nz_bench_read_bandwidth, %d MiB): %.1f GB/s; decode context up to %d tokens; best of %d rounds\n\n", opts.BandwidthBytes>>20, bw/1e9, ctxLen, opts.Rounds)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "decode tokens/s\tbatch\tno adapter\tone adapter\tdistinct adapters\tdistinct vs none\t")
@@ -286,6 +322,8 @@ func Bench(ctx context.Context, lib *Library, opts BenchOptions, w io.Writer) er
 				r.Batch, r.Batch, r.Value, r.Baseline, r.Ratio)
 			fmt.Fprintf(w, "  merge-and-swap per request (mean of %d): merge %.1f ms, install %.1f ms, decode step %.1f ms, restore %.1f ms; Nozzle's step for all %d: %.1f ms\n",
 				opts.MergeRequests, 1e3*mt.merge, 1e3*mt.install, 1e3*mt.step, 1e3*mt.restore, r.Batch, 1e3*stepT)
+		case "int8_decode_speedup":
+			fmt.Fprintf(w, "int8 weights at batch %d, no adapter: %.1f tokens/s vs %.1f with %s weights = %.2fx\n", r.Batch, r.Value, r.Baseline, m.DType, r.Ratio)
 		case "multi_adapter_speedup_vs_swap_only":
 			fmt.Fprintf(w, "  even with the merge arithmetic free (swap only: %.3f tokens/s) Nozzle is %.1fx faster\n", r.Baseline, r.Ratio)
 		}
