@@ -793,9 +793,7 @@ func (cp *completion) stream(c *fiber.Ctx) error {
 
 	cp.s.detach(c, cp.st)
 	cp.ckpt = cp.s.newStreamCheckpoints(cp)
-	c.Set(fiber.HeaderContentType, "text/event-stream; charset=utf-8")
-	c.Set(fiber.HeaderCacheControl, "no-cache")
-	c.Set("X-Accel-Buffering", "no")
+	setEventStream(c)
 	// The status line goes out now, not with the first event: the runtime
 	// may have accepted every prompt before any of them produced text.
 	c.Context().Response.ImmediateHeaderFlush = true
@@ -804,6 +802,14 @@ func (cp *completion) stream(c *fiber.Ctx) error {
 		cp.writeStream(w, conn, events, held)
 	})
 	return nil
+}
+
+// setEventStream sets the headers of an answer of server-sent events: live
+// streams and replays alike.
+func setEventStream(c *fiber.Ctx) {
+	c.Set(fiber.HeaderContentType, "text/event-stream; charset=utf-8")
+	c.Set(fiber.HeaderCacheControl, "no-cache")
+	c.Set("X-Accel-Buffering", "no")
 }
 
 // awaitAccepted reads the choices' events until the runtime has accepted

@@ -264,12 +264,13 @@ func (s *Server) replay(c *fiber.Ctx, j *job, ev *nozzle.UsageEvent, fp [sha256.
 		return c.Send(answer)
 	}
 	if j.resp != nil {
-		buf, err := replayResponseStream(j, answer)
+		// The stored Response's events, as GET /v1/responses/{id}?stream=true
+		// replays them.
+		buf, err := storedEvents(make([]byte, 0, 2*len(answer)), answer, -1)
 		if err != nil {
 			return &nozzle.Error{Code: nozzle.EINTERNAL, Message: "Internal error.", Err: err}
 		}
-		c.Set(fiber.HeaderContentType, "text/event-stream; charset=utf-8")
-		c.Set(fiber.HeaderCacheControl, "no-cache")
+		setEventStream(c)
 		return c.Send(buf)
 	}
 	chunkObj := "chat.completion.chunk"
@@ -380,61 +381,6 @@ func (s *Server) replay(c *fiber.Ctx, j *job, ev *nozzle.UsageEvent, fp [sha256.
 		buf = append(buf, "}\n\n"...)
 	}
 	buf = append(buf, "data: [DONE]\n\n"...)
-	c.Set(fiber.HeaderContentType, "text/event-stream; charset=utf-8")
-	c.Set(fiber.HeaderCacheControl, "no-cache")
+	setEventStream(c)
 	return c.Send(buf)
-}
-
-// replayResponseStream turns a stored Response into the events of a
-// stream: its text in one delta, its calls and the final event.
-func replayResponseStream(j *job, answer []byte) ([]byte, error) {
-	var a struct {
-		ID        string `json:"id"`
-		CreatedAt int64  `json:"created_at"`
-		Model     string `json:"model"`
-		Status    string `json:"status"`
-		Output    []struct {
-			Type    string `json:"type"`
-			Content []struct {
-				Text string `json:"text"`
-			} `json:"content"`
-			CallID    string `json:"call_id"`
-			Name      string `json:"name"`
-			Arguments string `json:"arguments"`
-		} `json:"output"`
-		Usage struct {
-			InputTokens        int64 `json:"input_tokens"`
-			OutputTokens       int64 `json:"output_tokens"`
-			InputTokensDetails struct {
-				CachedTokens int64 `json:"cached_tokens"`
-			} `json:"input_tokens_details"`
-			OutputTokensDetails struct {
-				ReasoningTokens int64 `json:"reasoning_tokens"`
-			} `json:"output_tokens_details"`
-		} `json:"usage"`
-	}
-	if err := json.Unmarshal(answer, &a); err != nil {
-		return nil, err
-	}
-	r := *j
-	r.id, r.created, r.shownModel = a.ID, a.CreatedAt, a.Model
-	rs := &respStream{j: &r}
-	buf := rs.start(make([]byte, 0, 2*len(answer)))
-	var calls []nozzle.ToolCall
-	for _, it := range a.Output {
-		switch it.Type {
-		case "reasoning":
-			for _, p := range it.Content {
-				buf = rs.add(buf, p.Text, "")
-			}
-		case "message":
-			for _, p := range it.Content {
-				buf = rs.add(buf, "", p.Text)
-			}
-		case "function_call":
-			calls = append(calls, nozzle.ToolCall{ID: it.CallID, Type: "function", Function: nozzle.FunctionCall{Name: it.Name, Arguments: it.Arguments}})
-		}
-	}
-	u := usage{a.Usage.InputTokens, a.Usage.OutputTokens, a.Usage.InputTokensDetails.CachedTokens, a.Usage.OutputTokensDetails.ReasoningTokens}
-	return rs.finish(buf, calls, a.Status == "incomplete", u), nil
 }

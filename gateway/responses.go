@@ -788,9 +788,11 @@ func (cp *completion) responseBody(dst []byte) []byte {
 // by its type, its data carrying the type and a sequence number. The
 // answer's text is streamed as it comes; a reasoning model's thoughts and
 // the function calls, which the chat path reads whole, are sent whole.
+// The same events replay a stored Response (storedEvents).
 type respStream struct {
 	j       *job
 	seq     int64
+	skip    int64 // events numbered below it are counted, not written (a replay's starting_after+1)
 	out     int64 // the next output item's index
 	thought strings.Builder
 	thinks  bool // the reasoning item was sent
@@ -800,6 +802,10 @@ type respStream struct {
 }
 
 func (rs *respStream) event(dst []byte, typ string, fields func([]byte) []byte) []byte {
+	if rs.seq < rs.skip {
+		rs.seq++
+		return dst
+	}
 	dst = append(dst, "event: "...)
 	dst = append(dst, typ...)
 	dst = append(dst, "\ndata: {\"type\":\""...)
@@ -954,4 +960,103 @@ func (rs *respStream) fail(dst []byte, msg, code, param string) []byte {
 		d = append(d, `,"param":`...)
 		return appendNullableString(d, param)
 	})
+}
+
+// storedResponseObj is what storedEvents reads back of a stored Response
+// object: every member appendResponse writes that is not derived from
+// another.
+type storedResponseObj struct {
+	ID                 string          `json:"id"`
+	CreatedAt          int64           `json:"created_at"`
+	Status             string          `json:"status"`
+	Instructions       *string         `json:"instructions"`
+	MaxOutputTokens    *int            `json:"max_output_tokens"`
+	Model              string          `json:"model"`
+	Output             []storedItem    `json:"output"`
+	ParallelToolCalls  bool            `json:"parallel_tool_calls"`
+	PreviousResponseID *string         `json:"previous_response_id"`
+	Store              bool            `json:"store"`
+	Temperature        float64         `json:"temperature"`
+	Text               json.RawMessage `json:"text"`
+	ToolChoice         json.RawMessage `json:"tool_choice"`
+	Tools              json.RawMessage `json:"tools"`
+	TopP               float64         `json:"top_p"`
+	Usage              *struct {
+		InputTokens        int64 `json:"input_tokens"`
+		OutputTokens       int64 `json:"output_tokens"`
+		InputTokensDetails struct {
+			CachedTokens int64 `json:"cached_tokens"`
+		} `json:"input_tokens_details"`
+		OutputTokensDetails struct {
+			ReasoningTokens int64 `json:"reasoning_tokens"`
+		} `json:"output_tokens_details"`
+	} `json:"usage"`
+	User     *string         `json:"user"`
+	Metadata json.RawMessage `json:"metadata"`
+}
+
+// storedItem is an output item of a stored Response.
+type storedItem struct {
+	Type    string `json:"type"`
+	Content []struct {
+		Text string `json:"text"`
+	} `json:"content"`
+	CallID    string `json:"call_id"`
+	Name      string `json:"name"`
+	Arguments string `json:"arguments"`
+}
+
+// storedEvents appends the events of a stream answering the stored
+// Response body, as the live stream sends them for that output (respStream
+// writes both): response.created and response.in_progress, the reasoning
+// item, the message with its text in one delta, the calls, and
+// response.completed or response.incomplete carrying the Response
+// re-encoded from what body says (the same object). The events numbered
+// up to after are left out (-1: none).
+func storedEvents(dst, body []byte, after int64) ([]byte, error) {
+	var a storedResponseObj
+	if err := json.Unmarshal(body, &a); err != nil {
+		return dst, fmt.Errorf("stored response: %w", err)
+	}
+	var incomplete bool
+	switch a.Status {
+	case "completed":
+	case "incomplete":
+		incomplete = true
+	default:
+		return dst, fmt.Errorf("stored response %s: status %q", a.ID, a.Status)
+	}
+	if a.Usage == nil {
+		return dst, fmt.Errorf("stored response %s: no usage", a.ID)
+	}
+	rq := &respRequest{instructions: a.Instructions, maxOutputTokens: a.MaxOutputTokens, parallel: a.ParallelToolCalls,
+		user: a.User, store: a.Store, text: a.Text, toolChoice: a.ToolChoice, tools: a.Tools, metadata: a.Metadata}
+	if a.PreviousResponseID != nil {
+		rq.previousID = *a.PreviousResponseID
+	}
+	j := &job{kind: kindChat, resp: rq, id: a.ID, created: a.CreatedAt, shownModel: a.Model, temperature: a.Temperature, topP: a.TopP}
+	var thought, text strings.Builder
+	var calls []nozzle.ToolCall
+	for _, it := range a.Output {
+		switch it.Type {
+		case "reasoning":
+			for _, p := range it.Content {
+				thought.WriteString(p.Text)
+			}
+		case "message":
+			for _, p := range it.Content {
+				text.WriteString(p.Text)
+			}
+		case "function_call":
+			calls = append(calls, nozzle.ToolCall{ID: it.CallID, Type: "function", Function: nozzle.FunctionCall{Name: it.Name, Arguments: it.Arguments}})
+		default:
+			return dst, fmt.Errorf("stored response %s: output item of type %q", a.ID, it.Type)
+		}
+	}
+	rs := &respStream{j: j, skip: after + 1}
+	dst = rs.start(dst)
+	dst = rs.add(dst, thought.String(), "")
+	dst = rs.add(dst, "", text.String())
+	u := usage{a.Usage.InputTokens, a.Usage.OutputTokens, a.Usage.InputTokensDetails.CachedTokens, a.Usage.OutputTokensDetails.ReasoningTokens}
+	return rs.finish(dst, calls, incomplete, u), nil
 }
