@@ -3,6 +3,7 @@ package gateway
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"strconv"
@@ -21,7 +22,7 @@ import (
 // (each given an id); a failed one stores nothing, and an idempotent
 // replay stores nothing again. Routes:
 //
-//	GET    /v1/responses/{id}              the Response object
+//	GET    /v1/responses/{id}              the Response object (stream=true: its events)
 //	DELETE /v1/responses/{id}              {"id", "object": "response", "deleted": true}
 //	GET    /v1/responses/{id}/input_items  the items of the conversation it answered
 //
@@ -171,18 +172,53 @@ func (s *Server) ownResponse(c *fiber.Ctx) (*nozzle.StoredResponse, error) {
 }
 
 // getResponse answers GET /v1/responses/{id}: the Response object as it
-// was answered.
+// was answered; with stream=true, the events a stream of it sends
+// (storedEvents), those up to sequence number starting_after left out.
+// Nothing runs and nothing is charged. include and include_obfuscation
+// change nothing: there is no more output to include, and the live stream
+// obfuscates nothing either.
 func (s *Server) getResponse(c *fiber.Ctx) error {
-	if v := c.Query("stream"); v != "" && v != "false" {
-		return invalidAs("unsupported_value", "stream", "Streaming a stored response is not supported by this server: it stores finished responses only; retrieve it without 'stream'.")
+	stream := false
+	switch v := c.Query("stream"); v {
+	case "", "false":
+	case "true":
+		stream = true
+	default:
+		return invalidAs("invalid_type", "stream", "Invalid type for 'stream': expected a boolean, 'true' or 'false', but got %q instead.", v)
+	}
+	after := int64(-1)
+	if q := c.Context().QueryArgs(); q.Has("starting_after") {
+		v := string(q.Peek("starting_after"))
+		n, err := strconv.ParseInt(v, 10, 64)
+		switch {
+		case errors.Is(err, strconv.ErrRange) && n > 0:
+			n = maxEvents // past every event
+		case err != nil:
+			return invalidAs("invalid_type", "starting_after", "Invalid type for 'starting_after': expected an integer, but got %q instead.", v)
+		case n < 0:
+			return outOfRange("starting_after", float64(n), true, 0)
+		}
+		after = min(n, maxEvents)
 	}
 	r, err := s.ownResponse(c)
 	if err != nil {
 		return err
 	}
-	c.Set(fiber.HeaderContentType, fiber.MIMEApplicationJSON)
-	return c.Send(r.Body)
+	if !stream {
+		c.Set(fiber.HeaderContentType, fiber.MIMEApplicationJSON)
+		return c.Send(r.Body)
+	}
+	buf, err := storedEvents(make([]byte, 0, 2*len(r.Body)), r.Body, after)
+	if err != nil {
+		return &nozzle.Error{Code: nozzle.EINTERNAL, Message: "Internal error.", Err: err}
+	}
+	setEventStream(c)
+	return c.Send(buf)
 }
+
+// maxEvents is more events than any stored response's stream has: a
+// starting_after at or past it sends none.
+const maxEvents = 1 << 40
 
 // deleteResponse answers DELETE /v1/responses/{id}.
 func (s *Server) deleteResponse(c *fiber.Ctx) error {

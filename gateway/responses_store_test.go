@@ -342,3 +342,217 @@ func TestResponses_TenantCap(t *testing.T) {
 		t.Errorf("another tenant: store %s", other["store"])
 	}
 }
+
+// nonDelta is a stream's events but its text deltas.
+func nonDelta(evs []respEvent) []respEvent {
+	var out []respEvent
+	for _, e := range evs {
+		if e.typ != "response.output_text.delta" {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// deltaText is the text of a stream's deltas, and how many there were.
+func deltaText(evs []respEvent) (string, int) {
+	text, n := "", 0
+	for _, e := range evs {
+		if e.typ == "response.output_text.delta" {
+			var d string
+			json.Unmarshal(e.raw["delta"], &d)
+			text += d
+			n++
+		}
+	}
+	return text, n
+}
+
+// checkReplay streams body live (its response stored), then retrieves the
+// response with stream=true: the replay is the live stream with the text
+// in one delta, its events numbered from 0, every other event's payload
+// the live one's (ids, text, usage, the whole Response), the last one's
+// Response the stored object; starting_after cuts it after that event.
+// It returns the replay's events.
+func checkReplay(t *testing.T, f *fixture, body string) []respEvent {
+	t.Helper()
+	live := respEvents(t, readAll(t, f.do(http.MethodPost, "/v1/responses", body, f.authA())))
+	last := live[len(live)-1]
+	if last.response == nil || (last.typ != "response.completed" && last.typ != "response.incomplete") {
+		t.Fatalf("live stream's last event %s", last.typ)
+	}
+	id := last.response.ID
+	resp := f.do(http.MethodGet, "/v1/responses/"+id+"?stream=true", "", f.authA())
+	raw := readAll(t, resp)
+	if resp.StatusCode != 200 || resp.Header.Get("Content-Type") != "text/event-stream; charset=utf-8" || resp.Header.Get("Cache-Control") != "no-cache" {
+		t.Fatalf("GET ?stream=true: %d %s %q", resp.StatusCode, resp.Header.Get("Content-Type"), raw)
+	}
+	if strings.Contains(raw, "[DONE]") {
+		t.Errorf("a [DONE] line")
+	}
+	replay := respEvents(t, raw) // numbered from 0, in order
+
+	lt, _ := deltaText(live)
+	rt, n := deltaText(replay)
+	if want := min(len(lt), 1); rt != lt || n != want {
+		t.Errorf("replayed text %q in %d deltas, live %q", rt, n, lt)
+	}
+	a, b := nonDelta(live), nonDelta(replay)
+	if len(a) != len(b) {
+		t.Fatalf("replay's events %v, live %v", types(b), types(a))
+	}
+	for i := range a {
+		if a[i].typ != b[i].typ || len(a[i].raw) != len(b[i].raw) {
+			t.Fatalf("event %d: replayed %s %v, live %s %v", i, b[i].typ, b[i].raw, a[i].typ, a[i].raw)
+		}
+		for k, v := range a[i].raw {
+			if k != "sequence_number" && string(b[i].raw[k]) != string(v) {
+				t.Errorf("%s.%s: replayed %s, live %s", a[i].typ, k, b[i].raw[k], v)
+			}
+		}
+	}
+	// The first delta's place in the item, as the live stream's.
+	for i, e := range replay {
+		if e.typ != "response.output_text.delta" {
+			continue
+		}
+		for _, le := range live {
+			if le.typ == e.typ {
+				for _, k := range []string{"item_id", "output_index", "content_index", "logprobs"} {
+					if string(le.raw[k]) != string(e.raw[k]) {
+						t.Errorf("delta %d: %s %s, live %s", i, k, e.raw[k], le.raw[k])
+					}
+				}
+				break
+			}
+		}
+	}
+	// The last event's Response is the stored object.
+	stored := readAll(t, f.do(http.MethodGet, "/v1/responses/"+id, "", f.authA()))
+	if got := string(replay[len(replay)-1].raw["response"]); got != stored {
+		t.Errorf("replay's last Response\n%s\nstored\n%s", got, stored)
+	}
+
+	// starting_after: the events after it, numbered as before.
+	blocks := strings.SplitAfter(raw, "\n\n")
+	blocks = blocks[:len(blocks)-1] // after the last "\n\n"
+	if len(blocks) != len(replay) {
+		t.Fatalf("%d blocks, %d events", len(blocks), len(replay))
+	}
+	for _, after := range []int{0, 1, 2, len(replay) / 2, len(replay) - 2, len(replay) - 1, len(replay), 1 << 40} {
+		q := fmt.Sprintf("?stream=true&starting_after=%d", after)
+		got := readAll(t, f.do(http.MethodGet, "/v1/responses/"+id+q, "", f.authA()))
+		if want := strings.Join(blocks[min(after+1, len(blocks)):], ""); got != want {
+			t.Errorf("%s:\n%s\nwant\n%s", q, got, want)
+		}
+	}
+	// include and include_obfuscation change nothing.
+	q := "?stream=true&include_obfuscation=false&include[]=message.output_text.logprobs"
+	if got := readAll(t, f.do(http.MethodGet, "/v1/responses/"+id+q, "", f.authA())); got != raw {
+		t.Errorf("%s:\n%s", q, got)
+	}
+	return replay
+}
+
+func types(evs []respEvent) []string {
+	var out []string
+	for _, e := range evs {
+		out = append(out, e.typ)
+	}
+	return out
+}
+
+// TestResponses_RetrieveStream: GET /v1/responses/{id}?stream=true
+// replays a stored response as the events its live stream sent — a
+// message, a reasoning model's thoughts, a function call, an incomplete
+// answer — runs and charges nothing; an Idempotency-Key's streamed replay
+// is the same events; bad parameters are refused naming them; another
+// tenant's id is not found.
+func TestResponses_RetrieveStream(t *testing.T) {
+	var l *billing.Ledger
+	f := newFixture(t, withLedger(t, &l))
+	replay := checkReplay(t, f, `{"model":"base","stream":true,"input":"hi","metadata":{"k":"v"},"instructions":"Be brief.","temperature":0.5}`)
+	want := "response.created response.in_progress response.output_item.added response.content_part.added response.output_text.delta+ " +
+		"response.output_text.done response.content_part.done response.output_item.done response.completed"
+	if got := collapse(types(replay)); got != want {
+		t.Errorf("events\n%s\nwant\n%s", got, want)
+	}
+	last := replay[len(replay)-1].response
+	if last.outputText() != "Hello from the fake runtime." || last.Usage == nil || last.Usage.OutputTokens != 6 || last.Status != "completed" {
+		t.Errorf("last %+v", last)
+	}
+	inc := checkReplay(t, f, `{"model":"base","stream":true,"input":"hi","max_output_tokens":3}`)
+	if l := inc[len(inc)-1]; l.typ != "response.incomplete" || l.response.IncompleteDetails == nil || l.response.Output[0].Status != "incomplete" {
+		t.Errorf("incomplete: last event %s %+v", l.typ, l.response)
+	}
+	// A non-streamed answer replays as the stream it would have been.
+	_, r := postResponses(t, f, `{"model":"base","input":"hi"}`)
+	evs := respEvents(t, readAll(t, f.do(http.MethodGet, "/v1/responses/"+r.ID+"?stream=true", "", f.authA())))
+	if got := collapse(types(evs)); got != want || evs[len(evs)-1].response.ID != r.ID {
+		t.Errorf("events of a non-streamed response\n%s", got)
+	}
+
+	// An Idempotency-Key's streamed retry replays the same events.
+	idem := f.do(http.MethodPost, "/v1/responses", `{"model":"base","input":"again"}`, f.authA(), hdr("Idempotency-Key", "rs-1"))
+	var ir responseObj
+	decode(t, idem, &ir)
+	retry := readAll(t, f.do(http.MethodPost, "/v1/responses", `{"model":"base","input":"again","stream":true}`, f.authA(), hdr("Idempotency-Key", "rs-1")))
+	if got := readAll(t, f.do(http.MethodGet, "/v1/responses/"+ir.ID+"?stream=true", "", f.authA())); got != retry {
+		t.Errorf("retrieved\n%s\nidempotent retry\n%s", got, retry)
+	}
+
+	// Nothing ran or was charged for the retrievals: one event per POST
+	// (the retry replayed).
+	if res, err := l.Check(context.Background()); err != nil || res.Events != 4 || res.Responses != 4 || len(res.Problems) > 0 {
+		t.Errorf("ledger check %+v, %v", res, err)
+	}
+
+	for _, tc := range []struct{ query, code, param string }{
+		{"?stream=true&starting_after=-1", "integer_below_min_value", "starting_after"},
+		{"?stream=true&starting_after=x", "invalid_type", "starting_after"},
+		{"?stream=true&starting_after=1.5", "invalid_type", "starting_after"},
+		{"?stream=true&starting_after=", "invalid_type", "starting_after"},
+		{"?stream=yes", "invalid_type", "stream"},
+	} {
+		wantError(t, f.do(http.MethodGet, "/v1/responses/"+r.ID+tc.query, "", f.authA()), 400, "invalid_request_error", tc.code, tc.param)
+	}
+	// Another tenant's, or none: the non-streamed retrieve's 404.
+	for _, path := range []string{"/v1/responses/" + r.ID + "?stream=true", "/v1/responses/resp_nope?stream=true&starting_after=2"} {
+		wantError(t, f.do(http.MethodGet, path, "", bearer(f.keyB)), 404, "invalid_request_error", "", "response_id")
+		got, plain := f.do(http.MethodGet, path, "", bearer(f.keyB)), f.do(http.MethodGet, strings.Split(path, "?")[0], "", bearer(f.keyB))
+		if a, b := readAll(t, got), readAll(t, plain); got.StatusCode != plain.StatusCode || a != b {
+			t.Errorf("%s: %d %s, without stream %d %s", path, got.StatusCode, a, plain.StatusCode, b)
+		}
+	}
+}
+
+// TestResponses_RetrieveStreamItems: the replay of a reasoning model's
+// answer with a function call has its reasoning item, message and call
+// as the live stream had them.
+func TestResponses_RetrieveStreamItems(t *testing.T) {
+	var l *billing.Ledger
+	f := newFixture(t, withLedger(t, &l), withReasoning(false), withToolFormat(nozzle.ToolFormatHermes,
+		"<think>", "\nThe user", " wants weather.\n", "</think>", "\n\n", "Let me check.", "\n<tool", "_call>\n{\"name\": \"get_weather\", ",
+		"\"arguments\": {\"city\": \"Zürich\"}}\n</tool_call>"))
+	replay := checkReplay(t, f, `{"model":"base","stream":true,`+respWeatherTools+`,"input":"Weather in Zürich?"}`)
+	want := "response.created response.in_progress response.output_item.added response.output_item.done " +
+		"response.output_item.added response.content_part.added response.output_text.delta+ response.output_text.done response.content_part.done response.output_item.done " +
+		"response.output_item.added response.function_call_arguments.delta response.function_call_arguments.done response.output_item.done response.completed"
+	if got := collapse(types(replay)); got != want {
+		t.Errorf("events\n%s\nwant\n%s", got, want)
+	}
+	last := replay[len(replay)-1].response
+	if len(last.Output) != 3 || last.Output[0].Type != "reasoning" || last.Output[0].Content[0].Text != "The user wants weather." ||
+		last.outputText() != "Let me check.\n" || last.Output[2].Type != "function_call" || last.Output[2].Arguments != `{"city":"Zürich"}` {
+		t.Errorf("output %+v", last.Output)
+	}
+	// Calls alone: no message.
+	g := newFixture(t, withLedger(t, &l), withToolFormat(nozzle.ToolFormatHermes,
+		"\n<tool", "_call>\n{\"name\": \"get_weather\", ", "\"arguments\": {\"city\": \"Bern\"}}\n</tool_call>"))
+	replay = checkReplay(t, g, `{"model":"base","stream":true,`+respWeatherTools+`,"input":"Weather in Bern?"}`)
+	want = "response.created response.in_progress response.output_item.added response.function_call_arguments.delta " +
+		"response.function_call_arguments.done response.output_item.done response.completed"
+	if got := collapse(types(replay)); got != want {
+		t.Errorf("events\n%s\nwant\n%s", got, want)
+	}
+}

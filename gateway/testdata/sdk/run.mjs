@@ -502,6 +502,32 @@ await check('responses-stored', async () => {
   await assert.rejects(store.responses.retrieve(gone.id), (e) => e instanceof OpenAI.NotFoundError);
 });
 
+await check('responses-retrieve-stream', async () => {
+  // a stored response streamed back: the live stream's events, numbered from 0
+  const r = await store.responses.create({ model: 'base', input: 'Say hello' });
+  const s = await store.responses.retrieve(r.id, { stream: true });
+  let text = '', seq = -1, done = null;
+  for await (const ev of s) {
+    assert.equal(ev.sequence_number, seq + 1);
+    seq = ev.sequence_number;
+    if (ev.type === 'response.output_text.delta') text += ev.delta;
+    if (ev.type === 'response.completed') done = ev.response;
+  }
+  assert.equal(text, want);
+  assert.equal(done.id, r.id);
+  assert.deepEqual(done.output, r.output);
+  assert.deepEqual(done.usage, r.usage);
+  // resumed after an event: only those after it
+  const rest = [];
+  for await (const ev of await store.responses.retrieve(r.id, { stream: true, starting_after: seq - 1 })) rest.push(ev);
+  assert.deepEqual(rest.map((e) => [e.type, e.sequence_number]), [['response.completed', seq]]);
+  // the SDK's stream helper over a stored response
+  const final = await store.responses.stream({ response_id: r.id }).finalResponse();
+  assert.equal(final.id, r.id);
+  assert.equal(final.output[0].content[0].text, want);
+  await assert.rejects(other.responses.retrieve(r.id, { stream: true }), (e) => e instanceof OpenAI.NotFoundError);
+});
+
 await check('responses-stored-tools', async () => {
   // a tool-calling loop through previous_response_id
   const tools = [{ type: 'function', name: 'get_weather', parameters: { type: 'object', properties: { city: { type: 'string' } } } }];
