@@ -142,15 +142,9 @@ func (s *Server) complete(c *fiber.Ctx, parse func(body []byte, maxChoices int) 
 		}
 	}
 	if j.resp != nil {
-		j.resp.store = j.resp.store && s.storesResponses()
-		if j.resp.store && s.cfg.TenantResponseBytes > 0 {
-			held, err := s.deps.Responses.StoredResponseBytes(ctx, p.tenant.ID)
-			if err != nil {
-				cp.unclaim()
-				return err
-			}
-			// At its cap the tenant's new responses are answered, not kept.
-			j.resp.store = held < s.cfg.TenantResponseBytes
+		if err := s.admitStore(ctx, p, j); err != nil {
+			cp.unclaim()
+			return err
 		}
 		if err := s.respHistory(ctx, p, j); err != nil {
 			cp.unclaim()
@@ -194,7 +188,7 @@ func (s *Server) complete(c *fiber.Ctx, parse func(body []byte, maxChoices int) 
 		j.id = "cmpl-" + st.id
 	}
 	j.created = time.Now().Unix()
-	j.prepareStore()
+	j.prepareStore(s.storedPartLimit())
 
 	// Admission: rate limits, then the budget, on estimates.
 	maxTokens := j.maxTokens

@@ -182,6 +182,10 @@ type Config struct {
 	// Metrics is the registry the gateway registers its metrics in and
 	// serves at /metrics (default: a new registry).
 	Metrics *metrics.Registry
+
+	// storedPart, when positive, is the most a stored response's object
+	// and input items may each be in place of maxStoredPart (tests).
+	storedPart int
 }
 
 func (c Config) withDefaults() Config {

@@ -2,8 +2,10 @@ package gateway
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"math"
 	"strings"
 
@@ -36,7 +38,7 @@ type respRequest struct {
 	parallel        bool
 	metadata        json.RawMessage // nil: {}
 	user            *string
-	store           bool // asked for; Server.complete clears it where nothing stores responses
+	store           bool // asked for; cleared where the response will not be kept (unstore)
 
 	previousID  string           // previous_response_id
 	head        int              // the messages before the input's (instructions)
@@ -781,7 +783,17 @@ func (cp *completion) responseBody(dst []byte) []byte {
 	}
 	o.incomplete = finishReason(r.res) == nozzle.FinishLength
 	u := cp.usage()
-	return j.appendResponse(dst, o, &u)
+	start := len(dst)
+	dst = j.appendResponse(dst, o, &u)
+	if rq := j.resp; rq.store && len(dst)-start > cp.s.storedPartLimit() {
+		// More than the ledger keeps: answered, not kept, and the answer
+		// says so.
+		cp.s.log.LogAttrs(context.Background(), slog.LevelWarn, "response too large to store",
+			slog.String("request_id", cp.st.id), slog.Int("bytes", len(dst)-start))
+		rq.unstore()
+		dst = j.appendResponse(dst[:start], o, &u)
+	}
+	return dst
 }
 
 // respStream writes a Responses stream's events: each an SSE event named

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"log/slog"
 	"strconv"
 	"strings"
 	"time"
@@ -37,8 +36,8 @@ import (
 const maxResponseIDLen = 200
 
 // maxStoredPart is the most the ledger keeps of a response's object and of
-// its input items, each: a request whose input items are larger is
-// answered store false, and a larger answer is not stored (logged).
+// its input items, each: a response whose input items or answer are
+// larger is answered store false and not kept (unstore).
 const maxStoredPart = 4 << 20
 
 // Defaults and bounds of an input item list's page, as OpenAI's.
@@ -49,6 +48,50 @@ const (
 
 // storesResponses reports whether the gateway has a store for responses.
 func (s *Server) storesResponses() bool { return s.deps.Responses != nil }
+
+// storedPartLimit is maxStoredPart, or the smaller limit a test set
+// (Config.storedPart).
+func (s *Server) storedPartLimit() int {
+	if s.cfg.storedPart > 0 {
+		return s.cfg.storedPart
+	}
+	return maxStoredPart
+}
+
+// unstore gives up keeping the response a request asked to store: its
+// answer says "store": false (appendResponse reads it) and settle keeps
+// nothing. Every reason goes through it, each as soon as it is known:
+// before the request runs, no store or the tenant at its cap (admitStore);
+// once the response's id is known, input items larger than the ledger
+// keeps (prepareStore); once the answer is whole, an answer larger than
+// that (responseBody) — after a stream's response.created, which said
+// true, and before its response.completed, which says false.
+func (rq *respRequest) unstore() { rq.store, rq.storedInput = false, nil }
+
+// admitStore decides, before the request runs, whether its response may
+// be kept: not where the gateway has no store, nor once the tenant's
+// stored responses reach its cap (TenantResponseBytes).
+func (s *Server) admitStore(ctx context.Context, p *principal, j *job) error {
+	rq := j.resp
+	if rq == nil || !rq.store {
+		return nil
+	}
+	if !s.storesResponses() {
+		rq.unstore()
+		return nil
+	}
+	if s.cfg.TenantResponseBytes > 0 {
+		held, err := s.deps.Responses.StoredResponseBytes(ctx, p.tenant.ID)
+		if err != nil {
+			return err
+		}
+		// At its cap the tenant's new responses are answered, not kept.
+		if held >= s.cfg.TenantResponseBytes {
+			rq.unstore()
+		}
+	}
+	return nil
+}
 
 // previousNotFound is OpenAI's refusal of a previous_response_id that
 // names no stored response of the tenant.
@@ -97,16 +140,12 @@ func (s *Server) respHistory(ctx context.Context, p *principal, j *job) error {
 }
 
 // storedResponse is what the ledger keeps of a completed response whose
-// answer is body.
+// answer is body (responseBody: one the ledger can keep, or one that says
+// store false).
 func (cp *completion) storedResponse(body []byte) *nozzle.StoredResponse {
 	j := cp.j
 	rq := j.resp
 	if rq == nil || !rq.store || len(body) == 0 {
-		return nil
-	}
-	if len(body) > maxStoredPart {
-		cp.s.log.LogAttrs(context.Background(), slog.LevelWarn, "response too large to store",
-			slog.String("request_id", cp.st.id), slog.Int("bytes", len(body)))
 		return nil
 	}
 	return &nozzle.StoredResponse{ID: j.id, TenantID: cp.p.tenant.ID, PreviousID: rq.previousID,
@@ -114,15 +153,15 @@ func (cp *completion) storedResponse(body []byte) *nozzle.StoredResponse {
 }
 
 // prepareStore encodes the request's input items for storing, once the
-// response's id is known, or gives up storing them when they are larger
-// than the ledger keeps.
-func (j *job) prepareStore() {
+// response's id is known, or gives up storing the response when they are
+// larger than limit (storedPartLimit).
+func (j *job) prepareStore(limit int) {
 	rq := j.resp
 	if rq == nil || !rq.store {
 		return
 	}
-	if rq.storedInput = j.respInputItems(); len(rq.storedInput) > maxStoredPart {
-		rq.store, rq.storedInput = false, nil
+	if rq.storedInput = j.respInputItems(); len(rq.storedInput) > limit {
+		rq.unstore()
 	}
 }
 

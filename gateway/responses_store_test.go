@@ -556,3 +556,61 @@ func TestResponses_RetrieveStreamItems(t *testing.T) {
 		t.Errorf("events\n%s\nwant\n%s", got, want)
 	}
 }
+
+// TestResponses_TooLargeToStore: a response whose answer or input items
+// are larger than a stored response's part may be is answered, charged
+// and not kept, and its answer says "store": false — non-streamed, with
+// an Idempotency-Key (and its replay), and streamed, where
+// response.created (sent before the answer's size is known) said true and
+// response.completed says false; input items too large say false from
+// response.created on.
+func TestResponses_TooLargeToStore(t *testing.T) {
+	var l *billing.Ledger
+	const limit = 400 // a Response object is larger; the input items of "hi" are not
+	f := newFixture(t, withLedger(t, &l), withConfig(func(c *gateway.Config) { gateway.SetStoredPartLimit(c, limit) }))
+	var raw map[string]json.RawMessage
+	resp := f.do(http.MethodPost, "/v1/responses", `{"model":"base","input":"hi"}`, f.authA())
+	body := readAll(t, resp)
+	if resp.StatusCode != 200 || json.Unmarshal([]byte(body), &raw) != nil || len(body) <= limit {
+		t.Fatalf("%d %s", resp.StatusCode, body)
+	}
+	var id string
+	json.Unmarshal(raw["id"], &id)
+	if string(raw["store"]) != "false" {
+		t.Errorf("answer too large: store %s", raw["store"])
+	}
+	wantError(t, f.do(http.MethodGet, "/v1/responses/"+id, "", f.authA()), 404, "invalid_request_error", "", "response_id")
+
+	first := f.do(http.MethodPost, "/v1/responses", `{"model":"base","input":"hi"}`, f.authA(), hdr("Idempotency-Key", "big-1"))
+	b1 := readAll(t, first)
+	again := f.do(http.MethodPost, "/v1/responses", `{"model":"base","input":"hi"}`, f.authA(), hdr("Idempotency-Key", "big-1"))
+	if b2 := readAll(t, again); b2 != b1 || !strings.Contains(b1, `"store":false`) {
+		t.Errorf("idempotent\n%s\nreplayed\n%s", b1, b2)
+	}
+
+	evs := respEvents(t, readAll(t, f.do(http.MethodPost, "/v1/responses", `{"model":"base","input":"hi","stream":true}`, f.authA())))
+	created, last := evs[0], evs[len(evs)-1]
+	if string(created.raw["response"]) == "" || !strings.Contains(string(created.raw["response"]), `"store":true`) {
+		t.Errorf("response.created %s", created.raw["response"])
+	}
+	var final map[string]json.RawMessage
+	json.Unmarshal(last.raw["response"], &final)
+	if last.typ != "response.completed" || string(final["store"]) != "false" {
+		t.Errorf("%s: store %s", last.typ, final["store"])
+	}
+	wantError(t, f.do(http.MethodGet, "/v1/responses/"+last.response.ID, "", f.authA()), 404, "invalid_request_error", "", "response_id")
+
+	// Input items too large: false from the first event on.
+	big := strings.Repeat("x", limit)
+	evs = respEvents(t, readAll(t, f.do(http.MethodPost, "/v1/responses", `{"model":"base","input":"`+big+`","stream":true}`, f.authA())))
+	for _, e := range []respEvent{evs[0], evs[len(evs)-1]} {
+		if !strings.Contains(string(e.raw["response"]), `"store":false`) {
+			t.Errorf("input too large: %s %s", e.typ, e.raw["response"])
+		}
+	}
+
+	// Each answered and charged; none kept.
+	if res, err := l.Check(context.Background()); err != nil || res.Events != 4 || res.Responses != 0 || len(res.Problems) > 0 {
+		t.Errorf("ledger check %+v, %v", res, err)
+	}
+}
