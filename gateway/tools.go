@@ -45,13 +45,41 @@ const (
 
 // toolDef is one entry of a request's tools.
 type toolDef struct {
-	Type     *string `json:"type"`
-	Function *struct {
-		Name        *string         `json:"name"`
-		Description json.RawMessage `json:"description"`
-		Parameters  json.RawMessage `json:"parameters"`
-		Strict      json.RawMessage `json:"strict"`
-	} `json:"function"`
+	Type     *string      `json:"type"`
+	Function *functionDef `json:"function"`
+}
+
+// functionDef is a function a request offers the model: a tool's
+// function, or one of the legacy functions (functions.go).
+type functionDef struct {
+	Name        *string         `json:"name"`
+	Description json.RawMessage `json:"description"`
+	Parameters  json.RawMessage `json:"parameters"`
+	Strict      json.RawMessage `json:"strict"`
+}
+
+// check refuses a function whose name (missing, malformed, or one of
+// seen, which it joins) or whose parameters or description are not what
+// OpenAI takes. at names the function in the request ("tools[0].function",
+// "functions[0]"), list the array that holds it.
+func (f *functionDef) check(at, list string, seen map[string]bool) error {
+	if f.Name == nil {
+		return invalidAs("missing_required_parameter", at+".name", "Missing required parameter: '%s.name'.", at)
+	}
+	if name := *f.Name; !validFunctionName(name) {
+		return invalidAs("invalid_value", at+".name", "Invalid '%s.name': string does not match pattern. Expected a string that matches the pattern '^[a-zA-Z0-9_-]{1,64}$'.", at)
+	} else if seen[name] {
+		return invalidAs("invalid_value", at+".name", "Invalid '%s': function name %q is given twice.", list, name)
+	} else {
+		seen[name] = true
+	}
+	if p := f.Parameters; !isNull(p) && bytes.TrimSpace(p)[0] != '{' {
+		return invalidAs("invalid_type", at+".parameters", "Invalid type for '%s.parameters': expected an object (a JSON Schema).", at)
+	}
+	if d := f.Description; !isNull(d) && bytes.TrimSpace(d)[0] != '"' {
+		return invalidAs("invalid_type", at+".description", "Invalid type for '%s.description': expected a string.", at)
+	}
+	return nil
 }
 
 // parseTools checks a request's tools and tool_choice and returns the
@@ -110,21 +138,12 @@ func parseTools(raw, choice json.RawMessage) (json.RawMessage, string, error) {
 		if t.Type == nil || *t.Type != "function" {
 			return nil, "", invalidAs("invalid_value", at+".type", "Invalid value for '%s.type': only \"function\" tools are supported.", at)
 		}
-		if t.Function == nil || t.Function.Name == nil {
-			return nil, "", invalidAs("missing_required_parameter", at+".function.name", "Missing required parameter: '%s.function.name'.", at)
+		f := t.Function
+		if f == nil {
+			f = &functionDef{}
 		}
-		if name := *t.Function.Name; !validFunctionName(name) {
-			return nil, "", invalidAs("invalid_value", at+".function.name", "Invalid '%s.function.name': string does not match pattern. Expected a string that matches the pattern '^[a-zA-Z0-9_-]{1,64}$'.", at)
-		} else if seen[name] {
-			return nil, "", invalidAs("invalid_value", at+".function.name", "Invalid 'tools': function name %q is given twice.", name)
-		} else {
-			seen[name] = true
-		}
-		if p := t.Function.Parameters; !isNull(p) && bytes.TrimSpace(p)[0] != '{' {
-			return nil, "", invalidAs("invalid_type", at+".function.parameters", "Invalid type for '%s.function.parameters': expected an object (a JSON Schema).", at)
-		}
-		if d := t.Function.Description; !isNull(d) && bytes.TrimSpace(d)[0] != '"' {
-			return nil, "", invalidAs("invalid_type", at+".function.description", "Invalid type for '%s.function.description': expected a string.", at)
+		if err := f.check(at+".function", "tools", seen); err != nil {
+			return nil, "", err
 		}
 	}
 	if force != "" && force != nozzle.ToolChoiceRequired && !seen[force] {
