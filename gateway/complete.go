@@ -285,10 +285,16 @@ func (s *Server) resolveModel(ctx context.Context, p *principal, j *job) error {
 		j.fingerprint = systemFingerprint(info)
 		if len(j.tools) > 0 {
 			if info.ToolFormat == "" {
+				if j.functions {
+					return invalidAs("unsupported_value", "functions", "This model's chat template does not teach it to call functions, so 'functions' cannot be offered to it; leave them out (or set 'function_call' to \"none\").")
+				}
 				return invalidAs("unsupported_value", "tools", "This model's chat template does not teach it to call tools, so 'tools' cannot be offered to it; leave them out (or set 'tool_choice' to \"none\").")
 			}
 			j.toolFormat = info.ToolFormat
 			if j.toolChoice != "" && !info.ToolChoice {
+				if j.functions {
+					return invalidAs("unsupported_value", "function_call", "This model's function calls cannot be forced (its tool format, %s, begins with a control token, or its runtime is of an earlier version); use 'function_call' \"auto\".", info.ToolFormat)
+				}
 				return invalidAs("unsupported_value", "tool_choice", "This model's tool calls cannot be forced (its tool format, %s, begins with a control token, or its runtime is of an earlier version); use 'tool_choice' \"auto\".", info.ToolFormat)
 			}
 		}
@@ -638,7 +644,13 @@ func (cp *completion) body(dst []byte) []byte {
 				dst = appendNullableString(dst, thought)
 			}
 			dst = append(dst, `,"refusal":null`...)
-			if len(calls) > 0 {
+			switch {
+			case len(calls) > 0 && j.functions:
+				// the legacy answer: one call, the first
+				calls = calls[:1]
+				dst = append(dst, `,"function_call":`...)
+				dst = appendFunctionCall(dst, calls[0].Function)
+			case len(calls) > 0:
 				dst = append(dst, `,"tool_calls":`...)
 				dst = appendToolCalls(dst, calls, false)
 			}
@@ -649,7 +661,7 @@ func (cp *completion) body(dst []byte) []byte {
 				dst = append(dst, "null"...)
 			}
 			dst = append(dst, `,"finish_reason":`...)
-			dst = appendString(dst, callsFinish(finishReason(r.res), len(calls)))
+			dst = appendString(dst, j.callsFinish(finishReason(r.res), len(calls)))
 			dst = append(dst, '}')
 		}
 	} else {
@@ -701,9 +713,13 @@ func (cp *completion) usage() usage {
 }
 
 // callsFinish is the finish reason of a chat choice that made calls:
-// "tool_calls" where it stopped of its own accord.
-func callsFinish(reason string, calls int) string {
+// "tool_calls" where it stopped of its own accord ("function_call" for
+// legacy functions).
+func (j *job) callsFinish(reason string, calls int) string {
 	if calls > 0 && reason == nozzle.FinishStop {
+		if j.functions {
+			return "function_call"
+		}
 		return "tool_calls"
 	}
 	return reason
@@ -1060,13 +1076,16 @@ func (cp *completion) writeStream(w *bufio.Writer, conn net.Conn, events chan st
 			if held != "" {
 				buf = cp.chunk(buf, i, held, nil, false, "")
 			}
-			if calls = len(tc); calls > 0 {
+			switch calls = len(tc); {
+			case calls > 0 && j.functions:
+				buf = cp.functionCallChunks(buf, i, tc[0].Function) // the legacy answer's one call
+			case calls > 0:
 				buf = cp.toolCallsChunk(buf, i, tc)
 			}
 		} else if answer != "" {
 			buf = cp.chunk(buf, i, answer, nil, false, "")
 		}
-		buf = cp.chunk(buf, i, "", nil, false, callsFinish(finishReason(r.res), calls))
+		buf = cp.chunk(buf, i, "", nil, false, j.callsFinish(finishReason(r.res), calls))
 	}
 	if j.includeUsage {
 		buf = cp.usageChunk(buf, u)

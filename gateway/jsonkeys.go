@@ -48,11 +48,13 @@ const maxShapeMembers = 256
 var rawShapes = map[reflect.Type]map[string]reflect.Type{
 	reflect.TypeFor[chatBody](): {
 		"tools":           reflect.TypeFor[toolDef](),
+		"functions":       reflect.TypeFor[functionDef](),
 		"response_format": reflect.TypeFor[responseFormat](),
 	},
 	reflect.TypeFor[chatMessageIn](): {
-		"content":    reflect.TypeFor[contentPart](),
-		"tool_calls": reflect.TypeFor[toolCallIn](),
+		"content":       reflect.TypeFor[contentPart](),
+		"tool_calls":    reflect.TypeFor[toolCallIn](),
+		"function_call": reflect.TypeFor[functionCallIn](),
 	},
 }
 

@@ -68,6 +68,9 @@ type job struct {
 	promptOnly  bool            // legacy echo with max_tokens 0: nothing generated
 	tools       json.RawMessage // offered to the model (chat, tool_choice "auto")
 	toolFormat  string          // how the model writes calls, when tools are offered
+	// functions: the tools are the legacy functions (functions.go), and
+	// a choice's call is answered as function_call
+	functions bool
 	// reasoning: a reasoning model's chat (nozzle.ModelInfo.Reasoning),
 	// whose thoughts, between thinkTags, are given apart from the answer
 	// (nozzle.ThoughtSplit), as vLLM's reasoning parsers and DeepSeek's
@@ -459,12 +462,25 @@ func (g *guidedBody) apply(j *job) error {
 }
 
 // fromRuntime names, in the runtime's refusal of a guided output's
-// pattern or schema, the request's parameter that gave it.
+// pattern or schema, the request's parameter that gave it; in its
+// refusal of the tools or tool_choice of a request with legacy
+// functions, the legacy parameter.
 func (j *job) fromRuntime(err error) error {
-	if e := nozzle.AsError(err); e != nil && j.formatParam != "" && e.Code == nozzle.EINVALID && strings.HasPrefix(e.Param, "response_format") {
+	e := nozzle.AsError(err)
+	if e == nil || e.Code != nozzle.EINVALID {
+		return err
+	}
+	if j.formatParam != "" && strings.HasPrefix(e.Param, "response_format") {
 		c := *e
 		c.Param = j.formatParam
 		c.Message = strings.ReplaceAll(c.Message, "'response_format.json_schema.schema'", "'"+j.formatParam+"'")
+		return &c
+	}
+	if j.functions && (e.Param == "tools" || e.Param == "tool_choice") {
+		c := *e
+		legacy := map[string]string{"tools": "functions", "tool_choice": "function_call"}[e.Param]
+		c.Param = legacy
+		c.Message = strings.ReplaceAll(c.Message, "'"+e.Param+"'", "'"+legacy+"'")
 		return &c
 	}
 	return err
@@ -550,12 +566,11 @@ func adjustParam(j *job) string {
 	return "frequency_penalty"
 }
 
-// noToolsMode reports whether a tool_choice (or the legacy function_call)
-// asks for nothing a server without tools cannot give: left out, null,
-// "none" or "auto".
-func noToolsMode(raw json.RawMessage) bool {
-	var mode string
-	return isNull(raw) || json.Unmarshal(raw, &mode) == nil && (mode == "none" || mode == "auto")
+// givenArray reports whether raw, an array parameter, is given: neither
+// left out, null nor empty.
+func givenArray(raw json.RawMessage) bool {
+	n, _, _, ok := scanArray(raw)
+	return !isNull(raw) && !(ok && n == 0)
 }
 
 // responseFormat is a chat request's response_format.
@@ -613,14 +628,11 @@ func chatFormat(raw json.RawMessage) (string, json.RawMessage, error) {
 }
 
 // checkChatOutputs refuses the chat parameters that ask for output Nozzle
-// cannot give: a forced legacy function call, audio or other non-text
-// modalities, web search, and reasoning effort and verbosity (no model
-// served takes them; a reasoning model's thinking is switched, where its
-// template offers it, with chat_template_kwargs).
+// cannot give: audio or other non-text modalities, web search, and
+// reasoning effort and verbosity (no model served takes them; a reasoning
+// model's thinking is switched, where its template offers it, with
+// chat_template_kwargs).
 func checkChatOutputs(b *chatBody) error {
-	if !noToolsMode(b.FunctionCall) {
-		return invalidAs("unsupported_value", "function_call", "'function_call' other than \"none\" or \"auto\" is not supported by this server: it has no tools.")
-	}
 	for _, m := range b.Modalities {
 		if m != "text" {
 			return invalidAs("unsupported_value", "modalities", "Invalid 'modalities': %q output is not supported by this server; only \"text\" is.", m)
@@ -962,14 +974,32 @@ func parseChat(body []byte, maxChoices int) (*job, error) {
 	if j.formatParam != "" && format != "" {
 		return nil, invalidAs("invalid_parameter_combination", j.formatParam, "'%s' cannot be given with 'response_format' %q.", j.formatParam, format)
 	}
-	if j.tools, j.toolChoice, err = parseTools(b.Tools, b.ToolChoice); err != nil {
-		return nil, err
-	}
-	if j.toolChoice != "" && j.format != "" {
-		return nil, invalidAs("invalid_parameter_combination", "tool_choice", "A forced tool call ('tool_choice' %q) cannot also follow '%s'.", b.ToolChoice, cmp.Or(j.formatParam, "response_format"))
-	}
-	if !isNull(b.Functions) && string(bytes.TrimSpace(b.Functions)) != "[]" {
-		return nil, invalidAs("unsupported_parameter", "functions", "The legacy 'functions' are not supported by this server; give them as 'tools'.")
+	if j.functions = givenArray(b.Functions); j.functions {
+		// the legacy functions, read as tools
+		switch {
+		case givenArray(b.Tools):
+			return nil, invalidAs("invalid_parameter_combination", "functions", "The legacy 'functions' cannot be given with 'tools'; give them all as 'tools'.")
+		case !isNull(b.ToolChoice):
+			return nil, invalidAs("invalid_parameter_combination", "tool_choice", "'tool_choice' cannot be given with the legacy 'functions'; use 'function_call'.")
+		}
+		if j.tools, j.toolChoice, err = parseFunctions(b.Functions, b.FunctionCall); err != nil {
+			return nil, err
+		}
+		if j.toolChoice != "" && j.format != "" {
+			return nil, invalidAs("invalid_parameter_combination", "function_call", "A forced function call ('function_call' %s) cannot also follow '%s'.", bytes.TrimSpace(b.FunctionCall), cmp.Or(j.formatParam, "response_format"))
+		}
+	} else {
+		if j.tools, j.toolChoice, err = parseTools(b.Tools, b.ToolChoice); err != nil {
+			return nil, err
+		}
+		if j.toolChoice != "" && j.format != "" {
+			return nil, invalidAs("invalid_parameter_combination", "tool_choice", "A forced tool call ('tool_choice' %q) cannot also follow '%s'.", b.ToolChoice, cmp.Or(j.formatParam, "response_format"))
+		}
+		// Without functions, function_call may only say what it would
+		// say of none: "none" or "auto".
+		if _, _, err := parseFunctions(b.Functions, b.FunctionCall); err != nil {
+			return nil, err
+		}
 	}
 	if err := checkChatOutputs(&b); err != nil {
 		return nil, err
@@ -985,17 +1015,18 @@ func parseChat(body []byte, maxChoices int) (*job, error) {
 		return nil, invalidAs("empty_array", "messages", "Invalid 'messages': empty array. Expected an array with minimum length 1.")
 	}
 	j.messages = make([]nozzle.ChatMessage, len(b.Messages))
+	lastCall := "" // the id of the latest legacy function_call
 	for i, m := range b.Messages {
 		if m.Role == nil {
 			return nil, invalidAs("missing_required_parameter", fmt.Sprintf("messages[%d].role", i), "Missing required parameter: 'messages[%d].role'.", i)
 		}
 		role := *m.Role
 		switch role {
-		case "system", "user", "assistant", "tool":
+		case "system", "user", "assistant", "tool", "function":
 		case "developer":
 			role = "system"
 		default:
-			return nil, invalidAs("invalid_value", fmt.Sprintf("messages[%d].role", i), "Invalid value for 'messages[%d].role': %q is not supported; use 'system', 'developer', 'user', 'assistant' or 'tool'.", i, role)
+			return nil, invalidAs("invalid_value", fmt.Sprintf("messages[%d].role", i), "Invalid value for 'messages[%d].role': %q is not supported; use 'system', 'developer', 'user', 'assistant', 'tool' or the legacy 'function'.", i, role)
 		}
 		var calls []nozzle.ToolCall
 		if !isNull(m.ToolCalls) && string(bytes.TrimSpace(m.ToolCalls)) != "[]" {
@@ -1014,7 +1045,32 @@ func parseChat(body []byte, maxChoices int) (*job, error) {
 			callID = *m.ToolCallID
 		}
 		if !isNull(m.FunctionCall) {
-			return nil, invalidAs("unsupported_parameter", fmt.Sprintf("messages[%d].function_call", i), "The legacy 'function_call' of a message is not supported by this server; give it as 'tool_calls'.")
+			// the legacy call: the message's one tool call
+			p := fmt.Sprintf("messages[%d].function_call", i)
+			switch {
+			case role != "assistant":
+				return nil, invalidAs("invalid_value", p, "Invalid 'messages[%d]': only assistant messages carry 'function_call'.", i)
+			case calls != nil:
+				return nil, invalidAs("invalid_parameter_combination", p, "Invalid 'messages[%d]': 'function_call' cannot be given with 'tool_calls'.", i)
+			}
+			call, err := parseFunctionCallIn(m.FunctionCall, i)
+			if err != nil {
+				return nil, err
+			}
+			calls, lastCall = []nozzle.ToolCall{call}, call.ID
+		}
+		if role == "function" {
+			// the legacy result of a function: the tool message answering
+			// the latest function_call (or, with none before it, a call of
+			// its own id, which templates that pair calls and results by
+			// id refuse as they refuse such a tool message)
+			if m.Name == nil {
+				return nil, invalidAs("missing_required_parameter", fmt.Sprintf("messages[%d].name", i), "Missing required parameter: 'messages[%d].name'.", i)
+			}
+			role, callID = "tool", cmp.Or(lastCall, functionCallID(i))
+			if isNull(m.Content) {
+				m.Content = json.RawMessage(`""`) // OpenAI takes a function's null result
+			}
 		}
 		if isNull(m.Content) && role != "assistant" {
 			return nil, invalidAs("missing_required_parameter", fmt.Sprintf("messages[%d].content", i), "Missing required parameter: 'messages[%d].content'.", i)

@@ -30,6 +30,8 @@ type storedAnswer struct {
 			Content          string            `json:"content"`
 			ReasoningContent string            `json:"reasoning_content"`
 			ToolCalls        []nozzle.ToolCall `json:"tool_calls"`
+			// a request's with legacy functions
+			FunctionCall *nozzle.FunctionCall `json:"function_call"`
 		} `json:"message"`
 		Text         *string         `json:"text"`
 		Logprobs     json.RawMessage `json:"logprobs"`
@@ -305,7 +307,7 @@ func (s *Server) replay(c *fiber.Ctx, j *job, ev *nozzle.UsageEvent, fp [sha256.
 			if ch.Message != nil {
 				content, thought = ch.Message.Content, ch.Message.ReasoningContent
 			}
-			calls := ch.Message != nil && len(ch.Message.ToolCalls) > 0
+			calls := ch.Message != nil && (len(ch.Message.ToolCalls) > 0 || ch.Message.FunctionCall != nil)
 			lps := ch.Logprobs
 			if thought != "" {
 				// A reasoning model's thoughts first, with the logprobs.
@@ -333,7 +335,20 @@ func (s *Server) replay(c *fiber.Ctx, j *job, ev *nozzle.UsageEvent, fp [sha256.
 				buf = append(buf, `,"finish_reason":null}]`...)
 				buf = tail(buf)
 			}
-			if calls {
+			if calls && ch.Message.FunctionCall != nil {
+				// the legacy call: its name, then its arguments
+				fc := ch.Message.FunctionCall
+				for _, part := range [...]string{`{"name":` + string(appendString(nil, fc.Name)) + `,"arguments":""}`,
+					`{"arguments":` + string(appendString(nil, fc.Arguments)) + `}`} {
+					buf = head(buf)
+					buf = append(buf, `,"choices":[{"index":`...)
+					buf = appendInt(buf, int64(ch.Index))
+					buf = append(buf, `,"delta":{"function_call":`...)
+					buf = append(buf, part...)
+					buf = append(buf, `},"logprobs":null,"finish_reason":null}]`...)
+					buf = tail(buf)
+				}
+			} else if calls {
 				buf = head(buf)
 				buf = append(buf, `,"choices":[{"index":`...)
 				buf = appendInt(buf, int64(ch.Index))

@@ -215,6 +215,38 @@ await check('tools-stream-helper', async () => {
   assert.deepEqual(JSON.parse(done.choices[0].message.tool_calls[0].function.arguments), { city: 'Bern' });
 });
 
+await check('functions', async () => {
+  // the legacy functions and function_call, which the SDK still types:
+  // the call comes back as message.function_call, and goes back, with
+  // the function's result, in the next turn
+  const functions = [tools[0].function];
+  const r = await client.chat.completions.create({ model: 'base', functions, messages: [{ role: 'user', content: 'CALL_TOOL weather in Bern?' }] });
+  const c = r.choices[0];
+  assert.equal(c.finish_reason, 'function_call');
+  assert.equal(c.message.content, null);
+  assert.equal(c.message.tool_calls, undefined);
+  assert.equal(c.message.function_call.name, 'get_weather');
+  assert.deepEqual(JSON.parse(c.message.function_call.arguments), { city: 'Bern' });
+  const next = await client.chat.completions.create({ model: 'base', functions, function_call: 'auto', messages: [
+    { role: 'user', content: 'weather in Bern?' }, c.message,
+    { role: 'function', name: 'get_weather', content: '{"temp": 19}' }] });
+  assert.equal(next.choices[0].message.content, want);
+  assert.equal(next.choices[0].finish_reason, 'stop');
+  // streamed, read by the SDK's helper
+  const runner = client.chat.completions.stream({ model: 'base', functions, function_call: { name: 'get_weather' },
+    messages: [{ role: 'user', content: 'CALL_TOOL weather?' }] });
+  const done = await runner.finalChatCompletion();
+  assert.equal(done.choices[0].finish_reason, 'function_call');
+  assert.equal(done.choices[0].message.function_call.name, 'get_weather');
+  assert.deepEqual(JSON.parse(done.choices[0].message.function_call.arguments), { city: 'Bern' });
+  // mixed with tools: refused
+  await assert.rejects(client.chat.completions.create({ model: 'base', functions, tools, messages: [{ role: 'user', content: 'hi' }] }), (e) => {
+    assert.ok(e instanceof OpenAI.BadRequestError, String(e));
+    assert.equal(e.param, 'functions');
+    return true;
+  });
+});
+
 await check('completions-echo-logprobs', async () => {
   const r = await client.completions.create({ model: 'base', prompt: 'Hi!', echo: true, logprobs: 1, max_tokens: 1 });
   const lp = r.choices[0].logprobs;
