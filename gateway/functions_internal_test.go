@@ -1,11 +1,17 @@
 package gateway
 
 import (
+	"bytes"
+	"compress/gzip"
+	"io"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/nozzle-ai/nozzle"
+	"github.com/nozzle-ai/nozzle/runtime/tokenizer"
 )
 
 const legacyWeather = `"functions":[{"name":"get_weather","description":"Weather of a city.",` +
@@ -157,4 +163,84 @@ func TestFunctions_Parse(t *testing.T) {
 	if err != nil || j.messages[1].Role != "tool" || j.messages[1].ToolCallID != "call00001" {
 		t.Errorf("%v %+v", err, j.messages)
 	}
+}
+
+// TestFunctions_Templates: a legacy conversation (functions, an
+// assistant's function_call, the function's result) renders through real
+// chat templates exactly as the same conversation in tools' form, with
+// the ids the gateway gives: Mistral's, which pairs calls and results by
+// ids of 9 letters and digits and refuses others, and Qwen3's (Hermes).
+func TestFunctions_Templates(t *testing.T) {
+	legacy := `{"model":"base",` + legacyWeather + `,"messages":[{"role":"user","content":"Weather in Bern?"},` +
+		`{"role":"assistant","content":null,"function_call":{"name":"get_weather","arguments":"{\"city\":\"Bern\"}"}},` +
+		`{"role":"function","name":"get_weather","content":"{\"temp\":19}"}]}`
+	tools := `{"model":"base","tools":[{"type":"function","function":{"name":"get_weather","description":"Weather of a city.",` +
+		`"parameters":{"type":"object","properties":{"city":{"type":"string"}},"required":["city"]}}}],"messages":[{"role":"user","content":"Weather in Bern?"},` +
+		`{"role":"assistant","content":null,"tool_calls":[{"id":"call00001","type":"function","function":{"name":"get_weather","arguments":"{\"city\":\"Bern\"}"}}]},` +
+		`{"role":"tool","name":"get_weather","tool_call_id":"call00001","content":"{\"temp\":19}"}]}`
+	for _, tc := range []struct{ model, template string }{{"llama2", "mistral-v3-tools.jinja"}, {"qwen3", ""}} {
+		t.Run(tc.model, func(t *testing.T) {
+			tok := templateTokenizer(t, tc.model, tc.template)
+			render := func(body string) string {
+				t.Helper()
+				j, err := parseChat([]byte(body), 16)
+				if err != nil {
+					t.Fatal(err)
+				}
+				out, err := tok.ApplyChatTemplateVars(j.messages, true, map[string]any{"tools": j.tools})
+				if err != nil {
+					t.Fatalf("render: %v", err)
+				}
+				return out
+			}
+			got, want := render(legacy), render(tools)
+			if got != want || !strings.Contains(got, `{"temp":19}`) || !strings.Contains(got, "get_weather") {
+				t.Errorf("legacy:\n%s\ntools:\n%s", got, want)
+			}
+			if tc.template != "" && strings.Count(got, "call00001") != 2 {
+				t.Errorf("Mistral's prompt without the call's id in the call and its result:\n%s", got)
+			}
+		})
+	}
+}
+
+// templateTokenizer loads a test model's tokenizer from the runtime's
+// test data, with template (one of its templates) as its chat template
+// when given.
+func templateTokenizer(t *testing.T, model, template string) *tokenizer.Tokenizer {
+	t.Helper()
+	src := filepath.Join("..", "runtime", "tokenizer", "testdata")
+	dir := t.TempDir()
+	gz, err := os.ReadFile(filepath.Join(src, "models", model, "tokenizer.json.gz"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	zr, err := gzip.NewReader(bytes.NewReader(gz))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tj, err := io.ReadAll(zr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cj, err := os.ReadFile(filepath.Join(src, "models", model, "tokenizer_config.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	files := map[string][]byte{tokenizer.TokenizerFile: tj, tokenizer.TokenizerConfigFile: cj}
+	if template != "" {
+		if files[tokenizer.ChatTemplateFile], err = os.ReadFile(filepath.Join(src, "templates", template)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for name, b := range files {
+		if err := os.WriteFile(filepath.Join(dir, name), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tok, err := tokenizer.Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tok
 }
