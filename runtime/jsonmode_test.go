@@ -39,10 +39,12 @@ func text(t *testing.T, rt *runtime.Runtime, req *nozzle.GenerateRequest) (strin
 func TestDemo_JSONObject(t *testing.T) {
 	reg := metrics.NewRegistry()
 	rt, adapters := openDemo(t, runtime.Options{Metrics: reg})
-	// raising the closing brace a little keeps the random model's objects short
+	// raising the closing brace and the quote a little keeps the random
+	// model's objects and strings short
 	closer, ok := rt.TokenID("}")
-	if !ok {
-		t.Fatal("no } token")
+	quote, ok2 := rt.TokenID(`"`)
+	if !ok || !ok2 {
+		t.Fatal("no } or \" token")
 	}
 	var wg sync.WaitGroup
 	for i, ad := range []*nozzle.Adapter{nil, adapters["demo-sql"], nil, adapters["demo-chat"]} {
@@ -55,7 +57,7 @@ func TestDemo_JSONObject(t *testing.T) {
 			defer wg.Done()
 			seed := uint64(i)
 			req := &nozzle.GenerateRequest{Messages: []nozzle.ChatMessage{{Role: "user", Content: "Answer in JSON."}}, Adapter: ad,
-				MaxTokens: 400, ResponseFormat: nozzle.ResponseFormatJSONObject, LogitBias: map[int]float64{closer: 4}}
+				MaxTokens: 600, ResponseFormat: nozzle.ResponseFormatJSONObject, LogitBias: map[int]float64{closer: 4, quote: 3}}
 			if i%2 == 1 {
 				req.Temperature, req.Seed = 1, &seed
 			}

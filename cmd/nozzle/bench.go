@@ -75,11 +75,15 @@ func benchEngine(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	rank := fs.Int("rank", 0, "adapter rank (default 16)")
 	threads := fs.Int("threads", 0, "CPU engine threads (0: every core)")
 	rounds := fs.Int("rounds", 0, "rounds per measurement, best counts (default 3)")
+	context := fs.Int("context", 0, "position the timed decodes start at: a long context adds its keys and values to every step's reads (decodes without an adapter are then also timed with an f32 KV cache, side by side)")
 	weights := fs.String("weights", "checkpoint", "engine weights: checkpoint (bf16) or int8 (CPU; decodes without an adapter are also timed with bf16 weights, side by side)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	opts := engine.BenchOptions{CacheDir: *cache, Adapters: *adapters, Rank: *rank, Threads: *threads, Rounds: *rounds}
+	opts := engine.BenchOptions{CacheDir: *cache, Adapters: *adapters, Rank: *rank, Threads: *threads, Rounds: *rounds, Context: *context}
+	if *context < 0 {
+		return fmt.Errorf("--context %d: must not be negative", *context)
+	}
 	switch *weights {
 	case "checkpoint":
 	case "int8":

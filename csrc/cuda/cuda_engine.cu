@@ -422,6 +422,9 @@ int32_t cuda_create(nz_config *c, void **out)
 	if (c->weight_dtype == NZ_Q8)
 		return nz_error(NZ_ERR_UNSUPPORTED, "nz_engine_create: int8 weights (weight_dtype NZ_Q8) are served by the CPU "
 		                                    "backend only; the CUDA backend keeps weights in bf16, f16 or f32");
+	if (c->kv_f32)
+		return nz_error(NZ_ERR_UNSUPPORTED, "nz_engine_create: kv_f32 is the CPU backend's; the CUDA backend keeps the "
+		                                    "KV cache in the weight dtype");
 	int count = 0;
 	cudaError_t err = cudaGetDeviceCount(&count);
 	if (err != cudaSuccess || count == 0) {

@@ -185,7 +185,9 @@ typedef struct nz_config {
 	int64_t max_batch_seqs;        /* most sequences one step may carry */
 	int64_t num_threads;           /* CPU: worker threads; 0 = every core */
 	int64_t device_index;          /* CUDA device ordinal */
-	int64_t reserved[8];           /* zero */
+	int64_t kv_f32;                /* CPU: 1 keeps the KV cache in f32; 0 (and always on
+	                                  CUDA) in the weight dtype, bf16 for NZ_Q8 weights */
+	int64_t reserved[7];           /* zero */
 } nz_config;
 
 /* ---- one engine step -------------------------------------------------------

@@ -108,6 +108,7 @@ static int32_t check_config(nz_config *c)
 	RANGE(max_batch_seqs, 0, 1 << 20);
 	RANGE(num_threads, 0, SMALL_MAX);
 	RANGE(device_index, 0, SMALL_MAX);
+	RANGE(kv_f32, 0, 1);
 #undef RANGE
 	if (c->head_dim % 2)
 		return nz_error(NZ_ERR_INVALID, FN_CREATE ": head_dim %lld is odd (RoPE needs pairs)",
@@ -192,7 +193,7 @@ static int32_t check_config(nz_config *c)
 			if (c->layer_sliding[l] != 0 && c->layer_sliding[l] != 1)
 				return nz_error(NZ_ERR_INVALID, FN_CREATE ": layer_sliding[%lld] is %d, want 0 or 1",
 				                (long long)l, c->layer_sliding[l]);
-	for (int i = 0; i < 8; i++)
+	for (int i = 0; i < 7; i++)
 		if (c->reserved[i])
 			return nz_error(NZ_ERR_INVALID, FN_CREATE ": reserved[%d] is %lld, want 0", i,
 			                (long long)c->reserved[i]);

@@ -18,7 +18,10 @@
  *    shrink's f32 output before the expand. Rows at and past the real rank
  *    are zero and skipped (each slot/module remembers its rank, 0 = absent,
  *    its two dtypes and its scale);
- *  - KV cache in f32: [layer][K|V][block][kv_head][block_size][head_dim].
+ *  - KV cache in the weight dtype (bf16 for int8 weights; f32 with kv_f32):
+ *    [layer][K|V][block][kv_head][block_size][head_dim], as the CUDA backend
+ *    and a 16-bit checkpoint in transformers keep it; keys after RoPE and
+ *    values are rounded to it once, as they are written.
  *
  * Activations and accumulation are f32. Every parallel region splits work
  * into tasks whose results do not depend on the batch (cpu_kernels.h), so
@@ -26,6 +29,7 @@
  */
 #include <math.h>
 #include <stdio.h>
+#include <string.h>
 
 #include "backend.h"
 #include "common.h"
@@ -92,7 +96,9 @@ typedef struct cpu_engine {
 	cpu_lora *lora; /* [L][NZ_M_COUNT] */
 	cpu_slot_mod *slot_mod; /* [max_slots][L][NZ_M_COUNT] */
 
-	float *kv; /* [L][2][nb][nkv][bs][hd] */
+	void *kv; /* [L][2][nb][nkv][bs][hd] in kvdt */
+	int32_t kvdt;
+	size_t kvsz;
 	int64_t kv_block_elems, kv_layer_elems;
 
 	/* step scratch, for max_batch_tokens tokens T and max_batch_seqs S */
@@ -193,6 +199,8 @@ static int32_t cpu_create(nz_config *c, void **out)
 	e->k = k;
 	e->wdt = (int32_t)c->weight_dtype;
 	e->wsz = e->wdt == NZ_Q8 ? 1 : nz_dtype_size(e->wdt);
+	e->kvdt = c->kv_f32 ? NZ_F32 : e->wdt == NZ_Q8 ? NZ_BF16 : e->wdt;
+	e->kvsz = nz_dtype_size(e->kvdt);
 	e->lsz = nz_dtype_size(NZ_F32);
 	e->H = c->hidden_size, e->I = c->intermediate_size, e->V = c->vocab_size, e->L = c->num_layers;
 	e->nh = c->num_heads, e->nkv = c->num_kv_heads, e->hd = c->head_dim;
@@ -204,7 +212,7 @@ static int32_t cpu_create(nz_config *c, void **out)
 
 	/* KV pool size */
 	e->kv_block_elems = e->nkv * e->bs * e->hd;
-	int64_t block_bytes = e->L * 2 * e->kv_block_elems * (int64_t)sizeof(float);
+	int64_t block_bytes = e->L * 2 * e->kv_block_elems * (int64_t)e->kvsz;
 	if (c->kv_num_blocks == 0) {
 		if (c->kv_memory_bytes > 0) {
 			c->kv_num_blocks = c->kv_memory_bytes / block_bytes;
@@ -416,6 +424,9 @@ static int32_t cpu_finalize(void *impl)
 			ALLOC(lo->bt, (size_t)(slots * e->R * e->mod_out[m]) * e->lsz);
 		}
 	ALLOC(e->kv, (size_t)e->kv_bytes);
+	/* written once here, so the pool's pages are resident before the first
+	 * step instead of faulting in under the first long requests */
+	memset(e->kv, 0, (size_t)e->kv_bytes);
 	ALLOC(e->h, sizeof(float) * (size_t)(T * e->H));
 	ALLOC(e->x, sizeof(float) * (size_t)(T * e->H));
 	ALLOC(e->q, sizeof(float) * (size_t)(T * e->qd));
@@ -642,7 +653,7 @@ static void rope_task(void *ctx, int64_t i, int tid)
 	const cpu_layer *ly = &e->layers[c->layer];
 	const float eps = (float)e->cfg.rms_norm_eps;
 	int64_t t0 = i * c->tchunk, t1 = nz_min64(p->n_tokens, t0 + c->tchunk), half = e->hd / 2;
-	float *kvl = e->kv + c->layer * e->kv_layer_elems;
+	char *kvl = (char *)e->kv + (size_t)(c->layer * e->kv_layer_elems) * e->kvsz;
 	for (int64_t t = t0; t < t1; t++) {
 		add_row(e->q + t * e->qd, group_delta(c, 0, t), e->qd);
 		add_row(e->kk + t * e->kvd, group_delta(c, 1, t), e->kvd);
@@ -662,9 +673,9 @@ static void rope_task(void *ctx, int64_t i, int tid)
 			float *kr = e->kk + t * e->kvd + g * e->hd;
 			nz_rope_apply(kr, e->rh, cs, cs + half);
 			int64_t off = (blk * e->nkv + g) * e->bs * e->hd + (pos % e->bs) * e->hd;
-			memcpy(kvl + off, kr, sizeof(float) * (size_t)e->hd);
-			memcpy(kvl + e->nb * e->kv_block_elems + off, e->vv + t * e->kvd + g * e->hd,
-			       sizeof(float) * (size_t)e->hd);
+			nz_convert(kvl + (size_t)off * e->kvsz, e->kvdt, kr, NZ_F32, e->hd);
+			nz_convert(kvl + (size_t)(e->nb * e->kv_block_elems + off) * e->kvsz, e->kvdt, e->vv + t * e->kvd + g * e->hd,
+			           NZ_F32, e->hd);
 		}
 	}
 }
@@ -682,16 +693,19 @@ static void attn_task(void *ctx, int64_t i, int tid)
 		lo = nz_max64(0, pos - e->cfg.sliding_window + 1);
 	int64_t n = pos - lo + 1;
 	const int32_t *bt = c->b->block_table + p->tok_seq[t] * c->b->max_blocks;
-	const float *kl = e->kv + c->layer * e->kv_layer_elems;
-	const float *vl = kl + e->nb * e->kv_block_elems;
+	const char *kl = (const char *)e->kv + (size_t)(c->layer * e->kv_layer_elems) * e->kvsz;
+	const char *vl = kl + (size_t)(e->nb * e->kv_block_elems) * e->kvsz;
+	const size_t ksz = e->kvsz;
+	float (*dot)(const float *, const void *, int64_t) = k->dot[e->kvdt];
+	void (*axpy)(float *, float, const void *, int64_t) = k->axpy[e->kvdt];
 	float *sc = e->att_buf[tid];
 	const float *q = e->q + t * e->qd + g * nrep * hd;
 	float *o = e->att + t * e->qd + g * nrep * hd;
 	float scale = e->cfg.attn_scale > 0 ? (float)e->cfg.attn_scale : 1.0f / sqrtf((float)hd);
 	for (int64_t j = lo; j <= pos; j++) {
-		const float *kr = kl + ((int64_t)bt[j / bs] * e->nkv + g) * bs * hd + (j % bs) * hd;
+		const char *kr = kl + (size_t)(((int64_t)bt[j / bs] * e->nkv + g) * bs * hd + (j % bs) * hd) * ksz;
 		for (int64_t r = 0; r < nrep; r++)
-			sc[r * n + (j - lo)] = k->dot(q + r * hd, kr, hd) * scale;
+			sc[r * n + (j - lo)] = dot(q + r * hd, kr, hd) * scale;
 	}
 	if (e->cfg.attn_softcap > 0)
 		nz_softcap(sc, nrep * n, (float)e->cfg.attn_softcap);
@@ -709,9 +723,9 @@ static void attn_task(void *ctx, int64_t i, int tid)
 		memset(o + r * hd, 0, sizeof(float) * (size_t)hd);
 	}
 	for (int64_t j = lo; j <= pos; j++) {
-		const float *vr = vl + ((int64_t)bt[j / bs] * e->nkv + g) * bs * hd + (j % bs) * hd;
+		const char *vr = vl + (size_t)(((int64_t)bt[j / bs] * e->nkv + g) * bs * hd + (j % bs) * hd) * ksz;
 		for (int64_t r = 0; r < nrep; r++)
-			k->axpy(o + r * hd, sc[r * n + (j - lo)], vr, hd);
+			axpy(o + r * hd, sc[r * n + (j - lo)], vr, hd);
 	}
 }
 

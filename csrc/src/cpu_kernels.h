@@ -50,8 +50,10 @@ typedef struct cpu_kernels {
 	cpu_gemm_q8_fn gemm_q8;
 	cpu_gemm_gather_fn gemm_gather[3];
 	cpu_expand_fn expand[3]; /* indexed by the dtype of Bt */
-	float (*dot)(const float *a, const float *b, int64_t n);
-	void (*axpy)(float *y, float a, const float *x, int64_t n); /* y += a·x */
+	/* Attention over the KV cache, indexed by the cache's dtype (NZ_F32,
+	 * NZ_F16, NZ_BF16): a·b, and y += a·x. */
+	float (*dot[3])(const float *a, const void *b, int64_t n);
+	void (*axpy[3])(float *y, float a, const void *x, int64_t n);
 	uint64_t (*read_sum)(const void *p, int64_t bytes);          /* bandwidth probe: reads every byte */
 	/* dst[i] = src[i] for i < n, converted exactly as nz_convert does
 	 * (through f32, round to nearest even). */

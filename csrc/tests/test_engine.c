@@ -58,6 +58,7 @@ static variant make_variant(int i)
 		v.cfg.sliding_window_from_layer = 1;
 		v.bias_mask = 0x7f;
 		v.src_dtype = NZ_BF16;
+		v.cfg.kv_f32 = 1; /* the others with 16-bit weights keep a 16-bit KV cache */
 		break;
 	case 3:
 		v.name = "yarn-headdim16";
@@ -93,6 +94,11 @@ static variant make_variant(int i)
 		v.cfg.num_layers = 3;
 		break;
 	}
+	/* A 16-bit KV cache: the reference rounds its float64 keys and values
+	 * where the engine rounds float32 ones, and the two now and then land
+	 * on the two sides of a rounding boundary: one 16-bit step apart. */
+	if (v.cfg.weight_dtype != NZ_F32 && !v.cfg.kv_f32)
+		v.tol = 3e-4;
 	return v;
 }
 

@@ -103,6 +103,9 @@ static void test_create_errors(void)
 	c = tiny_config();
 	c.reserved[3] = 1;
 	CHECK_ERR(nz_engine_create(&c, &e), NZ_ERR_INVALID, "reserved[3]");
+	c.reserved[3] = 0;
+	c.kv_f32 = 2;
+	CHECK_ERR(nz_engine_create(&c, &e), NZ_ERR_INVALID, "kv_f32");
 	c = tiny_config();
 	c.kv_num_blocks = 0;
 	c.kv_memory_bytes = 100;

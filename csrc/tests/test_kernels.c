@@ -252,13 +252,31 @@ static void test_vec(const cpu_kernels *k)
 			s += (double)a[i] * b[i];
 			mag += fabs((double)a[i] * b[i]);
 		}
-		CHECK(fabs(k->dot(a, b, n) - s) <= 1e-6 * mag, "%s dot n=%lld", k->name, (long long)n);
+		CHECK(fabs(k->dot[NZ_F32](a, b, n) - s) <= 1e-6 * mag, "%s dot n=%lld", k->name, (long long)n);
 		memcpy(y, y0, sizeof y);
-		k->axpy(y, 0.75f, a, n);
+		k->axpy[NZ_F32](y, 0.75f, a, n);
 		int ok = 1;
 		for (int64_t i = 0; i < n; i++)
 			ok &= fabs(y[i] - (y0[i] + 0.75 * a[i])) <= 1e-6;
 		CHECK(ok, "%s axpy n=%lld", k->name, (long long)n);
+		/* 16-bit second operands (a KV cache in f16 or bf16): exact widening */
+		for (int d = 1; d < 3; d++) {
+			int32_t dt = dtypes[d];
+			uint16_t h[80];
+			nz_convert(h, dt, b, NZ_F32, n);
+			s = 0, mag = 0;
+			for (int64_t i = 0; i < n; i++) {
+				s += (double)a[i] * nz_load_f32(h, dt, i);
+				mag += fabs((double)a[i] * nz_load_f32(h, dt, i));
+			}
+			CHECK(fabs(k->dot[dt](a, h, n) - s) <= 1e-6 * mag, "%s dot %s n=%lld", k->name, nz_dtype_name(dt), (long long)n);
+			memcpy(y, y0, sizeof y);
+			k->axpy[dt](y, 0.75f, h, n);
+			ok = 1;
+			for (int64_t i = 0; i < n; i++)
+				ok &= fabs(y[i] - (y0[i] + 0.75 * nz_load_f32(h, dt, i))) <= 1e-6;
+			CHECK(ok, "%s axpy %s n=%lld", k->name, nz_dtype_name(dt), (long long)n);
+		}
 	}
 	/* read_sum: 64-bit words of the vector blocks, bytes of the tail */
 	unsigned char buf[1000];

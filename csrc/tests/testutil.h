@@ -393,6 +393,12 @@ static inline void ref_forward(const tmodel *m, const tadapter *ad, const int32_
 					v[i + half] = x2 * cs + x1 * sn;
 				}
 			}
+			/* the KV cache holds keys and values in the weight dtype (bf16 for int8, f32 with kv_f32) */
+			int32_t kvdt = c->kv_f32 ? NZ_F32 : c->weight_dtype == NZ_Q8 ? NZ_BF16 : (int32_t)c->weight_dtype;
+			for (int64_t i = 0; i < kvd; i++) {
+				kp[i] = round_to((float)kp[i], kvdt);
+				vp[i] = round_to((float)vp[i], kvdt);
+			}
 			int lo = 0;
 			if (c->sliding_window > 0 && l >= c->sliding_window_from_layer && p - c->sliding_window + 1 > 0)
 				lo = (int)(p - c->sliding_window + 1);

@@ -111,7 +111,8 @@ type nzConfig struct {
 	MaxBatchSeqs            int64
 	NumThreads              int64
 	DeviceIndex             int64
-	Reserved                [8]int64
+	KvF32                   int64
+	Reserved                [7]int64
 }
 
 // nzBatch mirrors struct nz_batch. Its pointers refer to Go slices pinned

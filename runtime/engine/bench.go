@@ -51,6 +51,11 @@ type BenchOptions struct {
 	// engine in the checkpoint's dtype, round by round beside the int8
 	// ones, for their ratio.
 	WeightDType safetensors.DType
+	// Context is the position the timed decodes start at (default 0): at
+	// a long one, every step also reads that many tokens' keys and values
+	// per sequence. Then the decodes without an adapter are also measured
+	// on an engine with an f32 KV cache, beside the default 16-bit one.
+	Context int
 	// BandwidthBytes is the buffer nz_bench_read_bandwidth reads (default
 	// 1 GiB, beyond the last-level cache).
 	BandwidthBytes int64
@@ -144,7 +149,7 @@ func Bench(ctx context.Context, lib *Library, opts BenchOptions, w io.Writer) er
 		maxBatch = max(maxBatch, b)
 	}
 	maxBatch = max(maxBatch, opts.MergeAdapters)
-	ctxLen := opts.Warmup + opts.Steps + 1
+	ctxLen := opts.Context + opts.Warmup + opts.Steps + 1
 	const blockSize = 16
 	blocksPerSeq := (ctxLen + blockSize - 1) / blockSize
 	fmt.Fprintf(w, "loading %s into the engine ...\n", dir)
@@ -158,10 +163,19 @@ func Bench(ctx context.Context, lib *Library, opts BenchOptions, w io.Writer) er
 		return err
 	}
 	defer e.Close()
-	var ref *Engine // the checkpoint's dtype, beside int8 weights
-	if opts.WeightDType == Int8 {
+	// The reference beside the decodes without an adapter: the
+	// checkpoint's dtype beside int8 weights, an f32 KV cache beside the
+	// 16-bit one at a long context.
+	var ref *Engine
+	refName := ""
+	if opts.WeightDType == Int8 || opts.Context > 0 {
 		ropts := eopts
 		ropts.WeightDType, ropts.MaxSlots = "", 1
+		refName = string(m.DType) + " weights"
+		if opts.Context > 0 {
+			ropts.KVF32 = true
+			refName += ", f32 KV cache"
+		}
 		if ref, err = lib.NewEngine(m, ropts); err != nil {
 			return err
 		}
@@ -218,7 +232,7 @@ func Bench(ctx context.Context, lib *Library, opts BenchOptions, w io.Writer) er
 						slots[i] = i % opts.Adapters
 					}
 				}
-				el, err := benchDecode(e, &b, slots, opts.Warmup, opts.Steps, blocksPerSeq)
+				el, err := benchDecode(e, &b, slots, opts.Context, opts.Warmup, opts.Steps, blocksPerSeq)
 				if err != nil {
 					return err
 				}
@@ -228,14 +242,14 @@ func Bench(ctx context.Context, lib *Library, opts BenchOptions, w io.Writer) er
 				}
 				fmt.Fprintf(w, "  round %d: decode batch %2d, adapters %-8s %9.1f tokens/s\n", round+1, n, mix, float64(n*opts.Steps)/el.Seconds())
 				if ref != nil && mix == "none" {
-					el, err := benchDecode(ref, &b, slots, opts.Warmup, opts.Steps, blocksPerSeq)
+					el, err := benchDecode(ref, &b, slots, opts.Context, opts.Warmup, opts.Steps, blocksPerSeq)
 					if err != nil {
 						return err
 					}
 					if old, ok := best[key+"ref"]; !ok || el < old {
 						best[key+"ref"] = el
 					}
-					fmt.Fprintf(w, "  round %d: decode batch %2d, adapters %-8s %9.1f tokens/s (%s weights)\n", round+1, n, mix, float64(n*opts.Steps)/el.Seconds(), m.DType)
+					fmt.Fprintf(w, "  round %d: decode batch %2d, adapters %-8s %9.1f tokens/s (%s)\n", round+1, n, mix, float64(n*opts.Steps)/el.Seconds(), refName)
 				}
 			}
 		}
@@ -251,7 +265,7 @@ func Bench(ctx context.Context, lib *Library, opts BenchOptions, w io.Writer) er
 	if ref != nil {
 		for _, n := range opts.Batches {
 			v := float64(n*opts.Steps) / best[fmt.Sprint(n, "noneref")].Seconds()
-			add(benchResult{Metric: "int8_decode_speedup", Batch: n, Adapters: "none", Value: tps[fmt.Sprint(n, "none")], Unit: "tokens/s",
+			add(benchResult{Metric: "decode_speedup_vs_reference", Batch: n, Adapters: "none", Value: tps[fmt.Sprint(n, "none")], Unit: "tokens/s",
 				Baseline: v, Ratio: tps[fmt.Sprint(n, "none")] / v})
 		}
 	}
@@ -271,6 +285,8 @@ func Bench(ctx context.Context, lib *Library, opts BenchOptions, w io.Writer) er
 		// Of the embedding only one row is read per token.
 		perToken -= int64(m.Config.VocabSize*m.Config.HiddenSize) * info.WeightBytes / max(1, engineWeightElems(m))
 	}
+	// At a long context the step also reads the sequence's keys and values.
+	perToken += int64(opts.Context) * info.KVBytes / max(1, int64(info.KVNumBlocks*info.KVBlockSize))
 	if t1, ok := tps[fmt.Sprint(1, "none")]; ok {
 		eff := float64(perToken) * t1 / bw
 		add(benchResult{Metric: "batch1_bandwidth_efficiency", Batch: 1, Value: eff, Unit: "fraction", Baseline: bw, Target: ">= 0.70"})
@@ -293,8 +309,17 @@ func Bench(ctx context.Context, lib *Library, opts BenchOptions, w io.Writer) er
 	// Report.
 	fmt.Fprintf(w, "\nnozzle bench engine — %s, %d worker threads\n", lib.Backend(), info.Threads)
 	wname := string(m.DType)
-	if ref != nil {
+	if opts.WeightDType == Int8 {
 		wname = fmt.Sprintf("int8 from %s's %.2f GB", m.DType, float64(ref.Info().WeightBytes)/1e9)
+	}
+	kvName := "16-bit"
+	if m.DType == "F32" {
+		kvName = "f32"
+	}
+	if opts.Context > 0 {
+		fmt.Fprintf(w, "decodes at context %d: KV cache %s, %.2f GB read per step at batch 1 (f32: %.2f GB)\n", opts.Context, kvName,
+			float64(opts.Context)*float64(info.KVBytes)/float64(info.KVNumBlocks*info.KVBlockSize)/1e9,
+			float64(opts.Context)*float64(ref.Info().KVBytes)/float64(ref.Info().KVNumBlocks*ref.Info().KVBlockSize)/1e9)
 	}
 	fmt.Fprintf(w, "model: %s, %.2fB parameters, engine weights %.2f GB (%s); %d adapters of rank %d on all 7 modules (%.1f MB each)\n",
 		m.Config.Architecture, float64(engineWeightElems(m))/1e9, float64(info.WeightBytes)/1e9, wname, opts.Adapters, opts.Rank, float64(adapterBytes)/1e6)
@@ -322,8 +347,8 @@ func Bench(ctx context.Context, lib *Library, opts BenchOptions, w io.Writer) er
 				r.Batch, r.Batch, r.Value, r.Baseline, r.Ratio)
 			fmt.Fprintf(w, "  merge-and-swap per request (mean of %d): merge %.1f ms, install %.1f ms, decode step %.1f ms, restore %.1f ms; Nozzle's step for all %d: %.1f ms\n",
 				opts.MergeRequests, 1e3*mt.merge, 1e3*mt.install, 1e3*mt.step, 1e3*mt.restore, r.Batch, 1e3*stepT)
-		case "int8_decode_speedup":
-			fmt.Fprintf(w, "int8 weights at batch %d, no adapter: %.1f tokens/s vs %.1f with %s weights = %.2fx\n", r.Batch, r.Value, r.Baseline, m.DType, r.Ratio)
+		case "decode_speedup_vs_reference":
+			fmt.Fprintf(w, "batch %d, no adapter: %.1f tokens/s vs %.1f with %s = %.2fx\n", r.Batch, r.Value, r.Baseline, refName, r.Ratio)
 		case "multi_adapter_speedup_vs_swap_only":
 			fmt.Fprintf(w, "  even with the merge arithmetic free (swap only: %.3f tokens/s) Nozzle is %.1fx faster\n", r.Baseline, r.Ratio)
 		}
@@ -392,8 +417,9 @@ func benchFiles(ctx context.Context, opts BenchOptions, w io.Writer) (string, []
 }
 
 // benchDecode runs decode steps for len(slots) sequences (sequence i on
-// slots[i]) from position 0 and times the steps after the warmup ones.
-func benchDecode(e *Engine, b *Batch, slots []int, warmup, steps, blocksPerSeq int) (time.Duration, error) {
+// slots[i]) from position context (the cache before it as the pool holds
+// it) and times the steps after the warmup ones.
+func benchDecode(e *Engine, b *Batch, slots []int, context, warmup, steps, blocksPerSeq int) (time.Duration, error) {
 	n := len(slots)
 	blocks := make([]int32, blocksPerSeq)
 	var start time.Time
@@ -406,7 +432,7 @@ func benchDecode(e *Engine, b *Batch, slots []int, warmup, steps, blocksPerSeq i
 			for k := range blocks {
 				blocks[k] = int32(i*blocksPerSeq + k)
 			}
-			b.Add(Seq{Tokens: []int32{int32((7*i + 13*s) % e.vocab)}, Pos: s, Slot: slots[i], Blocks: blocks, Sample: true})
+			b.Add(Seq{Tokens: []int32{int32((7*i + 13*s) % e.vocab)}, Pos: context + s, Slot: slots[i], Blocks: blocks, Sample: true})
 		}
 		if err := e.Step(b); err != nil {
 			return 0, err
@@ -486,7 +512,7 @@ func benchMerge(ctx context.Context, e *Engine, m *model.Model, b *Batch, adapte
 	}
 	stepT := 0.0
 	for r := 0; r < rounds; r++ {
-		step, err := benchDecode(e, b, slots, 1, 2, blocksPerSeq)
+		step, err := benchDecode(e, b, slots, 0, 1, 2, blocksPerSeq)
 		if err != nil {
 			return mt, 0, err
 		}

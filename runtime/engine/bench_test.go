@@ -8,6 +8,7 @@ import (
 	"flag"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -83,6 +84,32 @@ func TestBench(t *testing.T) {
 	}
 	if strings.Contains(out.String(), "generating") {
 		t.Error("the cached model was generated again")
+	}
+	// int8 weights at a context of 40: each decode also timed on the
+	// reference engine (bf16 weights, an f32 KV cache), with the ratio.
+	out.Reset()
+	opts.Batches, opts.WeightDType, opts.Context = []int{1, 2}, engine.Int8, 40
+	if err := engine.Bench(context.Background(), lib, opts, &out); err != nil {
+		t.Fatal(err)
+	}
+	report = out.String()
+	var refs []int
+	for _, line := range strings.Split(report, "\n") {
+		var r struct {
+			Metric          string
+			Batch           int
+			Baseline, Ratio float64
+		}
+		if json.Unmarshal([]byte(line), &r) == nil && r.Metric == "decode_speedup_vs_reference" {
+			if !(r.Baseline > 0 && r.Ratio > 0) {
+				t.Errorf("reference line %q", line)
+			}
+			refs = append(refs, r.Batch)
+		}
+	}
+	if !slices.Equal(refs, []int{1, 2}) || !strings.Contains(report, "decodes at context 40: KV cache 16-bit") ||
+		!strings.Contains(report, "int8 from BF16's") || !strings.Contains(report, "with BF16 weights, f32 KV cache") {
+		t.Errorf("int8 at a context: reference batches %v\n%s", refs, report)
 	}
 }
 

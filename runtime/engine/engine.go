@@ -40,6 +40,10 @@ type Options struct {
 	MaxPosition int
 	// DeviceIndex is the CUDA device ordinal.
 	DeviceIndex int
+	// KVF32 keeps the KV cache in f32 (the CPU backend only); otherwise
+	// it is in the weight dtype (bf16 for Int8), as transformers keeps a
+	// 16-bit model's keys and values: half the memory per token.
+	KVF32 bool
 }
 
 // Info describes a finalized engine.
@@ -174,6 +178,9 @@ func (l *Library) NewEngine(m *model.Model, opts Options) (*Engine, error) {
 	}
 	if m.Tied {
 		cfg.TieWordEmbeddings = 1
+	}
+	if opts.KVF32 {
+		cfg.KvF32 = 1
 	}
 	if c.HiddenAct == model.ActGeluTanh {
 		cfg.HiddenAct = nzActGeluTanh
