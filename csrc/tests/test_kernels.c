@@ -8,17 +8,39 @@
 
 static const int32_t dtypes[3] = {NZ_F32, NZ_F16, NZ_BF16};
 
-/* w as the kernels read it (dtype) and as float64 */
-static void *make_w(trng *r, int32_t dt, int64_t n, double *ref)
+/* w (rows of ldw) as the kernels read it (dtype; NZ_Q8: int8 rows, their
+ * scales in *scale) and as float64 */
+static void *make_w(trng *r, int32_t dt, int64_t rows, int64_t ldw, double *ref, float **scale)
 {
-	float *f = malloc(sizeof(float) * (size_t)n);
+	int64_t n = rows * ldw;
+	float *f = calloc((size_t)n, sizeof(float));
 	fill_unif(r, f, n, -1, 1);
-	void *w = malloc((size_t)n * nz_dtype_size(dt));
-	nz_convert(w, dt, f, NZ_F32, n);
-	for (int64_t i = 0; i < n; i++)
-		ref[i] = nz_load_f32(w, dt, i);
+	void *w;
+	if (dt == NZ_Q8) {
+		w = malloc((size_t)n);
+		*scale = malloc(sizeof(float) * (size_t)rows);
+		nz_quantize_q8(w, *scale, f, NZ_F32, rows, ldw);
+		for (int64_t i = 0; i < n; i++)
+			ref[i] = (double)((int8_t *)w)[i] * (*scale)[i / ldw];
+	} else {
+		w = malloc((size_t)n * nz_dtype_size(dt));
+		nz_convert(w, dt, f, NZ_F32, n);
+		for (int64_t i = 0; i < n; i++)
+			ref[i] = nz_load_f32(w, dt, i);
+	}
 	free(f);
 	return w;
+}
+
+/* The table's GEMM for dt over rows r0.. of w (int8 rows: their scales). */
+static void gemm_rows(const cpu_kernels *k, int32_t dt, const void *w, const float *scale, int64_t r0, int64_t ldw,
+                      int64_t rows, int64_t n, const float *x, int64_t ldx, int64_t nt, float *y, int64_t ldy,
+                      const float *bias)
+{
+	if (dt == NZ_Q8)
+		k->gemm_q8((const int8_t *)w + r0 * ldw, scale + r0, ldw, rows, n, x, ldx, nt, y, ldy, bias);
+	else
+		k->gemm[dt]((const char *)w + r0 * ldw * (int64_t)nz_dtype_size(dt), ldw, rows, n, x, ldx, nt, y, ldy, bias);
 }
 
 static void test_gemm(const cpu_kernels *k)
@@ -28,20 +50,22 @@ static void test_gemm(const cpu_kernels *k)
 	    {1, 1, 1}, {3, 5, 2}, {4, 16, 4}, {5, 7, 3}, {13, 67, 9}, {8, 64, 1}, {37, 128, 70}, {6, 33, 5}, {9, 200, 13},
 	};
 	trng r = {1};
-	for (int d = 0; d < 3; d++) {
-		int32_t dt = dtypes[d];
+	static const int32_t gemm_dtypes[4] = {NZ_F32, NZ_F16, NZ_BF16, NZ_Q8};
+	for (int d = 0; d < 4; d++) {
+		int32_t dt = gemm_dtypes[d];
 		for (size_t si = 0; si < sizeof sizes / sizeof sizes[0]; si++) {
 			int64_t rows = sizes[si][0], n = sizes[si][1], nt = sizes[si][2];
 			int64_t ldw = n + 3, ldx = n + 5, ldy = rows + 2;
 			double *wr = malloc(sizeof(double) * (size_t)(rows * ldw));
-			void *w = make_w(&r, dt, rows * ldw, wr);
+			float *sc = NULL;
+			void *w = make_w(&r, dt, rows, ldw, wr, &sc);
 			float *x = malloc(sizeof(float) * (size_t)(nt * ldx));
 			fill_unif(&r, x, nt * ldx, -1, 1);
 			float bias[64];
 			fill_unif(&r, bias, 64, -1, 1);
 			float *y = malloc(sizeof(float) * (size_t)(nt * ldy)), *y1 = malloc(sizeof(float) * (size_t)(nt * ldy));
 			for (int use_bias = 0; use_bias < 2; use_bias++) {
-				k->gemm[dt](w, ldw, rows, n, x, ldx, nt, y, ldy, use_bias ? bias : NULL);
+				gemm_rows(k, dt, w, sc, 0, ldw, rows, n, x, ldx, nt, y, ldy, use_bias ? bias : NULL);
 				double worst = 0;
 				for (int64_t t = 0; t < nt; t++)
 					for (int64_t o = 0; o < rows; o++) {
@@ -56,14 +80,14 @@ static void test_gemm(const cpu_kernels *k)
 				      (long long)rows, (long long)n, (long long)nt, worst);
 				/* invariance: each token alone, and row subsets, give the same bits */
 				for (int64_t t = 0; t < nt; t++)
-					k->gemm[dt](w, ldw, rows, n, x + t * ldx, ldx, 1, y1 + t * ldy, ldy, use_bias ? bias : NULL);
+					gemm_rows(k, dt, w, sc, 0, ldw, rows, n, x + t * ldx, ldx, 1, y1 + t * ldy, ldy, use_bias ? bias : NULL);
 				int same = 1;
 				for (int64_t t = 0; t < nt; t++)
 					same &= memcmp(y + t * ldy, y1 + t * ldy, sizeof(float) * (size_t)rows) == 0;
 				CHECK(same, "%s gemm %s %lldx%lldx%lld: one token at a time differs", k->name, nz_dtype_name(dt),
 				      (long long)rows, (long long)n, (long long)nt);
 				/* gathered rows (reversed order) give each row's same bits */
-				if (!use_bias) {
+				if (!use_bias && dt != NZ_Q8) {
 					int32_t xrow[128];
 					for (int64_t t = 0; t < nt; t++)
 						xrow[t] = (int32_t)(nt - 1 - t);
@@ -76,16 +100,15 @@ static void test_gemm(const cpu_kernels *k)
 				}
 				if (rows > 1 && nt > 2) {
 					int64_t r0 = 1, t0 = 2;
-					k->gemm[dt]((const char *)w + r0 * ldw * (int64_t)nz_dtype_size(dt), ldw, rows - r0, n,
-					            x + t0 * ldx, ldx, nt - t0, y1 + t0 * ldy + r0, ldy,
-					            use_bias ? bias + r0 : NULL);
+					gemm_rows(k, dt, w, sc, r0, ldw, rows - r0, n, x + t0 * ldx, ldx, nt - t0, y1 + t0 * ldy + r0, ldy,
+					          use_bias ? bias + r0 : NULL);
 					same = 1;
 					for (int64_t t = t0; t < nt; t++)
 						same &= memcmp(y + t * ldy + r0, y1 + t * ldy + r0, sizeof(float) * (size_t)(rows - r0)) == 0;
 					CHECK(same, "%s gemm %s: a row/token sub-block differs", k->name, nz_dtype_name(dt));
 				}
 			}
-			free(wr), free(w), free(x), free(y), free(y1);
+			free(wr), free(w), free(sc), free(x), free(y), free(y1);
 		}
 	}
 }
@@ -128,63 +151,6 @@ static void test_quantize(void)
 	}
 }
 
-/* gemm_q8 against float64 over the dequantized values; one token at a
- * time and row/token sub-blocks give the same bits. */
-static void test_gemm_q8(const cpu_kernels *k)
-{
-	static const int64_t sizes[][3] = {{1, 1, 1}, {3, 5, 2}, {4, 16, 4}, {5, 7, 3}, {13, 67, 9}, {8, 64, 1}, {37, 128, 70}, {9, 200, 13}};
-	trng r = {2};
-	for (size_t si = 0; si < sizeof sizes / sizeof sizes[0]; si++) {
-		int64_t rows = sizes[si][0], n = sizes[si][1], nt = sizes[si][2];
-		int64_t ldw = n + 3, ldx = n + 5, ldy = rows + 2;
-		float *wf = malloc(sizeof(float) * (size_t)(rows * ldw)), *sc = malloc(sizeof(float) * (size_t)rows);
-		fill_unif(&r, wf, rows * ldw, -1, 1);
-		int8_t *w = malloc((size_t)(rows * ldw));
-		nz_quantize_q8(w, sc, wf, NZ_F32, rows, ldw);
-		float *x = malloc(sizeof(float) * (size_t)(nt * ldx));
-		fill_unif(&r, x, nt * ldx, -1, 1);
-		float bias[64];
-		fill_unif(&r, bias, 64, -1, 1);
-		float *y = malloc(sizeof(float) * (size_t)(nt * ldy)), *y1 = malloc(sizeof(float) * (size_t)(nt * ldy));
-		for (int use_bias = 0; use_bias < 2; use_bias++) {
-			const float *b = use_bias ? bias : NULL;
-			k->gemm_q8(w, sc, ldw, rows, n, x, ldx, nt, y, ldy, b);
-			double worst = 0;
-			for (int64_t t = 0; t < nt; t++)
-				for (int64_t o = 0; o < rows; o++) {
-					double s = 0, mag = 0;
-					for (int64_t i = 0; i < n; i++) {
-						double wv = (double)w[o * ldw + i] * sc[o];
-						s += wv * x[t * ldx + i];
-						mag += fabs(wv * x[t * ldx + i]);
-					}
-					s += use_bias ? bias[o] : 0;
-					mag += use_bias ? fabs(bias[o]) : 0;
-					worst = fmax(worst, fabs(y[t * ldy + o] - s) / (mag + 1e-30));
-				}
-			CHECK(worst < 1e-6, "%s gemm_q8 %lldx%lldx%lld: relative error %g", k->name, (long long)rows, (long long)n,
-			      (long long)nt, worst);
-			for (int64_t t = 0; t < nt; t++)
-				k->gemm_q8(w, sc, ldw, rows, n, x + t * ldx, ldx, 1, y1 + t * ldy, ldy, b);
-			int same = 1;
-			for (int64_t t = 0; t < nt; t++)
-				same &= memcmp(y + t * ldy, y1 + t * ldy, sizeof(float) * (size_t)rows) == 0;
-			CHECK(same, "%s gemm_q8 %lldx%lldx%lld: one token at a time differs", k->name, (long long)rows,
-			      (long long)n, (long long)nt);
-			if (rows > 1 && nt > 2) {
-				int64_t r0 = 1, t0 = 2;
-				k->gemm_q8(w + r0 * ldw, sc + r0, ldw, rows - r0, n, x + t0 * ldx, ldx, nt - t0, y1 + t0 * ldy + r0, ldy,
-				           use_bias ? bias + r0 : NULL);
-				same = 1;
-				for (int64_t t = t0; t < nt; t++)
-					same &= memcmp(y + t * ldy + r0, y1 + t * ldy + r0, sizeof(float) * (size_t)(rows - r0)) == 0;
-				CHECK(same, "%s gemm_q8: a row/token sub-block differs", k->name);
-			}
-		}
-		free(wf), free(sc), free(w), free(x), free(y), free(y1);
-	}
-}
-
 static void test_expand(const cpu_kernels *k)
 {
 	static const int64_t sizes[][3] = {
@@ -198,7 +164,7 @@ static void test_expand(const cpu_kernels *k)
 			int64_t rank = sizes[si][0], cols = sizes[si][1], nt = sizes[si][2];
 			int64_t ldb = cols + 4, ldv = 16, ldy = cols + 1;
 			double *br = malloc(sizeof(double) * (size_t)(rank * ldb));
-			void *bt = make_w(&r, dt, rank * ldb, br);
+			void *bt = make_w(&r, dt, rank, ldb, br, NULL);
 			float *v = malloc(sizeof(float) * (size_t)(nt * ldv));
 			fill_unif(&r, v, nt * ldv, -1, 1);
 			float *y = malloc(sizeof(float) * (size_t)(nt * ldy)), *y0 = malloc(sizeof(float) * (size_t)(nt * ldy));
@@ -346,7 +312,6 @@ int main(void)
 			continue;
 		}
 		test_gemm(paths[i]);
-		test_gemm_q8(paths[i]);
 		test_expand(paths[i]);
 		test_vec(paths[i]);
 		test_convert(paths[i]);
