@@ -631,7 +631,7 @@ func (cp *completion) body(dst []byte) []byte {
 				thought, content = nozzle.SplitThoughts(content, r.open, j.thinkTags)
 			}
 			if j.toolFormat != "" {
-				content, calls = splitToolCalls(j.toolFormat, content, j.id, i)
+				content, calls = j.splitCalls(content, i)
 			}
 			dst = append(dst, `,"message":{"role":"assistant","content":`...)
 			if content == "" && (len(calls) > 0 || thought != "") {
@@ -646,8 +646,7 @@ func (cp *completion) body(dst []byte) []byte {
 			dst = append(dst, `,"refusal":null`...)
 			switch {
 			case len(calls) > 0 && j.functions:
-				// the legacy answer: one call, the first
-				calls = calls[:1]
+				// the legacy answer: its one call (splitCalls)
 				dst = append(dst, `,"function_call":`...)
 				dst = appendFunctionCall(dst, calls[0].Function)
 			case len(calls) > 0:
@@ -1045,7 +1044,7 @@ func (cp *completion) writeStream(w *bufio.Writer, conn net.Conn, events chan st
 				answer = tools[0].add(answer)
 			}
 			var held string
-			held, calls = splitToolCalls(j.toolFormat, tools[0].rest(), j.id, 0)
+			held, calls = j.splitCalls(tools[0].rest(), 0)
 			answer += held
 		}
 		buf = rs.add(buf, thought, answer)
@@ -1072,7 +1071,7 @@ func (cp *completion) writeStream(w *bufio.Writer, conn net.Conn, events chan st
 				buf = cp.chunk(buf, i, answer, nil, false, "")
 			}
 			// What was held: the calls, or text after all.
-			held, tc := splitToolCalls(j.toolFormat, tools[i].rest(), j.id, i)
+			held, tc := j.splitCalls(tools[i].rest(), i)
 			if held != "" {
 				buf = cp.chunk(buf, i, held, nil, false, "")
 			}

@@ -71,6 +71,10 @@ type job struct {
 	// functions: the tools are the legacy functions (functions.go), and
 	// a choice's call is answered as function_call
 	functions bool
+	// oneCall: a choice answers at most one call, its first (legacy
+	// functions, parallel_tool_calls false); calls the model wrote after
+	// it are dropped (splitCalls)
+	oneCall bool
 	// reasoning: a reasoning model's chat (nozzle.ModelInfo.Reasoning),
 	// whose thoughts, between thinkTags, are given apart from the answer
 	// (nozzle.ThoughtSplit), as vLLM's reasoning parsers and DeepSeek's
@@ -974,7 +978,15 @@ func parseChat(body []byte, maxChoices int) (*job, error) {
 	if j.formatParam != "" && format != "" {
 		return nil, invalidAs("invalid_parameter_combination", j.formatParam, "'%s' cannot be given with 'response_format' %q.", j.formatParam, format)
 	}
+	if !isNull(b.ParallelToolCalls) {
+		var parallel bool
+		if json.Unmarshal(b.ParallelToolCalls, &parallel) != nil {
+			return nil, invalidAs("invalid_type", "parallel_tool_calls", "Invalid type for 'parallel_tool_calls': expected a boolean, but got %s instead.", bytes.TrimSpace(b.ParallelToolCalls))
+		}
+		j.oneCall = !parallel
+	}
 	if j.functions = givenArray(b.Functions); j.functions {
+		j.oneCall = true
 		// the legacy functions, read as tools
 		switch {
 		case givenArray(b.Tools):

@@ -171,6 +171,7 @@ func parseResponses(body []byte, _ int) (*job, error) {
 	}
 	if b.ParallelToolCalls != nil {
 		rq.parallel = *b.ParallelToolCalls
+		j.oneCall = !rq.parallel
 	}
 	if !isNull(b.PreviousResponseID) {
 		var id string
@@ -779,7 +780,7 @@ func (cp *completion) responseBody(dst []byte) []byte {
 		o.thought, o.text = nozzle.SplitThoughts(o.text, r.open, j.thinkTags)
 	}
 	if j.toolFormat != "" {
-		o.text, o.calls = splitToolCalls(j.toolFormat, o.text, j.id, 0)
+		o.text, o.calls = j.splitCalls(o.text, 0)
 	}
 	o.incomplete = finishReason(r.res) == nozzle.FinishLength
 	u := cp.usage()

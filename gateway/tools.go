@@ -238,6 +238,16 @@ func toolCallID(format, answerID string, choice, k int) string {
 	return "call_" + hex.EncodeToString(h[:12])
 }
 
+// splitCalls is splitToolCalls for choice i of j's answer, keeping only
+// the first call where the request allows one (oneCall).
+func (j *job) splitCalls(text string, i int) (string, []nozzle.ToolCall) {
+	rest, calls := splitToolCalls(j.toolFormat, text, j.id, i)
+	if j.oneCall && len(calls) > 1 {
+		calls = calls[:1]
+	}
+	return rest, calls
+}
+
 // splitToolCalls finds the tool calls in a model's answer written in
 // format: the text around them (trimmed) and the calls, with ids from
 // answerID and choice. An answer without a well-formed call is all text.

@@ -467,3 +467,40 @@ func TestTools_Forced(t *testing.T) {
 	wantError(t, v11.do(http.MethodPost, "/v1/chat/completions", `{"model":"base",`+weatherTools+`,"tool_choice":"required",`+msgs+`}`, v11.authA()),
 		http.StatusBadRequest, "invalid_request_error", "unsupported_value", "tool_choice")
 }
+
+// TestTools_ParallelToolCallsFalse: with parallel_tool_calls false a
+// choice answers one call, the model's first, whole and streamed, in chat
+// and in the Responses API; true or left out answers them all; a value
+// that is not a boolean is refused.
+func TestTools_ParallelToolCallsFalse(t *testing.T) {
+	f := newFixture(t, withToolFormat(nozzle.ToolFormatLlama3JSON,
+		"{\"name\": \"get_weather\", \"parameters\": {\"city\": \"Bern\"}}", "; {\"name\": \"get_weather\", \"parameters\": {\"city\": \"Basel\"}}"))
+	for _, tc := range []struct {
+		param string
+		calls int
+	}{{`"parallel_tool_calls":false,`, 1}, {`"parallel_tool_calls":true,`, 2}, {"", 2}} {
+		body := `{"model":"base",` + tc.param + weatherTools + `,"messages":[{"role":"user","content":"Bern and Basel?"}]}`
+		var out toolAnswer
+		decode(t, f.do(http.MethodPost, "/v1/chat/completions", body, f.authA()), &out)
+		c := out.Choices[0]
+		if c.FinishReason != "tool_calls" || len(c.Message.ToolCalls) != tc.calls || c.Message.ToolCalls[0].Function.Arguments != `{"city":"Bern"}` {
+			t.Errorf("%s: answer %+v", tc.param, out)
+		}
+		_, calls, finish := streamedTools(t, readAll(t, f.do(http.MethodPost, "/v1/chat/completions", strings.Replace(body, `{"model"`, `{"stream":true,"model"`, 1), f.authA())))
+		if len(calls) != tc.calls || finish != "tool_calls" {
+			t.Errorf("%s: streamed %s %q", tc.param, calls, finish)
+		}
+		_, r := postResponses(t, f, `{"model":"base",`+tc.param+respWeatherTools+`,"input":"Bern and Basel?"}`)
+		n := 0
+		for _, o := range r.Output {
+			if o.Type == "function_call" {
+				n++
+			}
+		}
+		if n != tc.calls || r.Output[0].Arguments != `{"city":"Bern"}` {
+			t.Errorf("%s: response output %+v", tc.param, r.Output)
+		}
+	}
+	resp := f.do(http.MethodPost, "/v1/chat/completions", `{"model":"base","parallel_tool_calls":"no",`+weatherTools+`,"messages":[{"role":"user","content":"Bern?"}]}`, f.authA())
+	wantError(t, resp, 400, "invalid_request_error", "invalid_type", "parallel_tool_calls")
+}
