@@ -108,6 +108,17 @@ func refCases() []refCase {
 		{name: "Int8WeightsLoRA", spec: func(s *model.Spec) { s.DType = safetensors.BF16 }, opts: func(o *engine.Options) { o.WeightDType = engine.Int8 },
 			adapter: &model.AdapterSpec{Rank: 8, Seed: 20, DType: safetensors.BF16}, tol: 3e-2},
 		{name: "Int8Qwen2Tied", spec: func(s *model.Spec) { s.Arch, s.Tied = "qwen2", true }, opts: func(o *engine.Options) { o.WeightDType = engine.Int8 }, tol: 3e-2},
+		// Phi-3's fused projections reach the engine as parts, each
+		// quantized by its own rows; Gemma 2's scaled, tied embedding is
+		// the int8 LM head under a soft-cap (on these tiny random models
+		// the quantization moves the logits by 3–6%; a wrong scale or row
+		// would move them by far more)
+		{name: "Int8Phi3Fused", spec: func(s *model.Spec) { s.Arch, s.DType = "phi3", safetensors.BF16 }, opts: func(o *engine.Options) { o.WeightDType = engine.Int8 },
+			adapter: &model.AdapterSpec{Rank: 8, Seed: 21}, tol: 8e-2},
+		{name: "Int8Gemma2", spec: func(s *model.Spec) {
+			s.Arch, s.Tied, s.HeadDim, s.SlidingWindow, s.DType = "gemma2", true, 16, 5, safetensors.BF16
+			s.QueryPreAttnScalar, s.AttnSoftcap, s.FinalSoftcap = 24, 2, 3
+		}, opts: func(o *engine.Options) { o.WeightDType = engine.Int8 }, tol: 8e-2},
 		{name: "LoRAAllModules", adapter: &model.AdapterSpec{Rank: 8, Seed: 11}, tol: tight},
 		{name: "LoRAPatterns", adapter: &model.AdapterSpec{
 			Rank: 8, Alpha: 12, RSLoRA: true, Seed: 12, DType: safetensors.BF16,
