@@ -258,6 +258,141 @@ static void axpy_f32(float *y, float a, const void *x, int64_t n) { axpyw(NZ_F32
 static void axpy_f16(float *y, float a, const void *x, int64_t n) { axpyw(NZ_F16, y, a, x, n); }
 static void axpy_bf16(float *y, float a, const void *x, int64_t n) { axpyw(NZ_BF16, y, a, x, n); }
 
+/* Attention scores: SK keys × up to 2 query heads per register block, each
+ * key row read and widened once for the heads. The SK keys' accumulators
+ * reduce together (a transpose by hadds), each key's lanes always by the
+ * tree ((0+1)+(2+3)) + ((4+5)+(6+7)), whichever keys share the block. */
+#define SK 4
+
+INLINE __m128 hsum4x8(__m256 a0, __m256 a1, __m256 a2, __m256 a3)
+{
+	__m256 u = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
+	return _mm_add_ps(_mm256_castps256_ps128(u), _mm256_extractf128_ps(u, 1));
+}
+
+INLINE void sk(int dt, int RH, const float *q, int64_t ldq, const char *const *kr, int nk, int64_t n, float scale,
+               float *s, int64_t lds)
+{
+	__m256 acc[2][SK];
+	for (int r = 0; r < RH; r++)
+		for (int j = 0; j < SK; j++)
+			acc[r][j] = _mm256_setzero_ps();
+	int64_t i = 0;
+	for (; i + 8 <= n; i += 8) {
+		__m256 qv[2];
+		for (int r = 0; r < RH; r++)
+			qv[r] = _mm256_loadu_ps(q + r * ldq + i);
+		for (int j = 0; j < SK; j++) {
+			__m256 kv = ld8(kr[j], i, dt);
+			for (int r = 0; r < RH; r++)
+				acc[r][j] = _mm256_fmadd_ps(qv[r], kv, acc[r][j]);
+		}
+	}
+	for (int r = 0; r < RH; r++) {
+		float v[SK];
+		_mm_storeu_ps(v, hsum4x8(acc[r][0], acc[r][1], acc[r][2], acc[r][3]));
+		for (int j = 0; j < nk; j++) {
+			for (int64_t t = i; t < n; t++)
+				v[j] = fmaf(q[r * ldq + t], ld1(kr[j], t, dt), v[j]);
+			s[r * lds + j] = v[j] * scale;
+		}
+	}
+}
+
+INLINE void scores(int dt, const float *q, int64_t nq, int64_t ldq, const void *k, int64_t nk, int64_t n, float scale,
+                   float *s, int64_t lds)
+{
+	const size_t rs = (size_t)n * dt_size(dt);
+	for (int64_t j = 0; j < nk; j += SK) {
+		int m = (int)nz_min64(SK, nk - j);
+		const char *kr[SK];
+		for (int jj = 0; jj < SK; jj++)
+			kr[jj] = (const char *)k + (size_t)(j + (jj < m ? jj : 0)) * rs;
+		int64_t r = 0;
+		for (; r + 2 <= nq; r += 2)
+			sk(dt, 2, q + r * ldq, ldq, kr, m, n, scale, s + r * lds + j, lds);
+		if (r < nq)
+			sk(dt, 1, q + r * ldq, ldq, kr, m, n, scale, s + r * lds + j, lds);
+	}
+}
+
+/* P·V: up to PH heads × 16 columns per register block; each value row's
+ * columns read and widened once for the heads. */
+#define PH 4
+
+INLINE void pvk(int dt, int RH, float *o, int64_t ldo, const float *p, int64_t ldp, const char *v, int64_t nv, int64_t n)
+{
+	const size_t rs = (size_t)n * dt_size(dt);
+	int64_t d = 0;
+	for (; d + 16 <= n; d += 16) {
+		__m256 acc[PH][2];
+		for (int r = 0; r < RH; r++) {
+			acc[r][0] = _mm256_loadu_ps(o + r * ldo + d);
+			acc[r][1] = _mm256_loadu_ps(o + r * ldo + d + 8);
+		}
+		for (int64_t j = 0; j < nv; j++) {
+			const char *vr = v + (size_t)j * rs;
+			__m256 x0 = ld8(vr, d, dt), x1 = ld8(vr, d + 8, dt);
+			for (int r = 0; r < RH; r++) {
+				__m256 pb = _mm256_broadcast_ss(p + r * ldp + j);
+				acc[r][0] = _mm256_fmadd_ps(pb, x0, acc[r][0]);
+				acc[r][1] = _mm256_fmadd_ps(pb, x1, acc[r][1]);
+			}
+		}
+		for (int r = 0; r < RH; r++) {
+			_mm256_storeu_ps(o + r * ldo + d, acc[r][0]);
+			_mm256_storeu_ps(o + r * ldo + d + 8, acc[r][1]);
+		}
+	}
+	for (; d + 8 <= n; d += 8) {
+		__m256 acc[PH];
+		for (int r = 0; r < RH; r++)
+			acc[r] = _mm256_loadu_ps(o + r * ldo + d);
+		for (int64_t j = 0; j < nv; j++) {
+			__m256 x0 = ld8(v + (size_t)j * rs, d, dt);
+			for (int r = 0; r < RH; r++)
+				acc[r] = _mm256_fmadd_ps(_mm256_broadcast_ss(p + r * ldp + j), x0, acc[r]);
+		}
+		for (int r = 0; r < RH; r++)
+			_mm256_storeu_ps(o + r * ldo + d, acc[r]);
+	}
+	for (; d < n; d++)
+		for (int r = 0; r < RH; r++) {
+			float a = o[r * ldo + d];
+			for (int64_t j = 0; j < nv; j++)
+				a = fmaf(p[r * ldp + j], ld1(v + (size_t)j * rs, d, dt), a);
+			o[r * ldo + d] = a;
+		}
+}
+
+INLINE void pv(int dt, float *o, int64_t nq, int64_t ldo, const float *p, int64_t ldp, const void *v, int64_t nv,
+               int64_t n)
+{
+	int64_t r = 0;
+	for (; r + PH <= nq; r += PH)
+		pvk(dt, PH, o + r * ldo, ldo, p + r * ldp, ldp, v, nv, n);
+	switch (nq - r) {
+	case 3: pvk(dt, 3, o + r * ldo, ldo, p + r * ldp, ldp, v, nv, n); break;
+	case 2: pvk(dt, 2, o + r * ldo, ldo, p + r * ldp, ldp, v, nv, n); break;
+	case 1: pvk(dt, 1, o + r * ldo, ldo, p + r * ldp, ldp, v, nv, n); break;
+	}
+}
+
+#define ATTN_FNS(T, DT) \
+	static void attn_scores_##T(const float *q, int64_t nq, int64_t ldq, const void *k, int64_t nk, int64_t n, \
+	                            float scale, float *s, int64_t lds) \
+	{ \
+		scores(DT, q, nq, ldq, k, nk, n, scale, s, lds); \
+	} \
+	static void attn_pv_##T(float *o, int64_t nq, int64_t ldo, const float *p, int64_t ldp, const void *v, int64_t nv, \
+	                        int64_t n) \
+	{ \
+		pv(DT, o, nq, ldo, p, ldp, v, nv, n); \
+	}
+ATTN_FNS(f32, NZ_F32)
+ATTN_FNS(f16, NZ_F16)
+ATTN_FNS(bf16, NZ_BF16)
+
 static uint64_t read_sum_avx2(const void *p, int64_t bytes)
 {
 	const char *c = p;
@@ -358,6 +493,8 @@ const cpu_kernels cpu_kernels_avx2 = {
     .expand = {expand_f32, expand_f16, expand_bf16},
     .dot = {dot_f32, dot_f16, dot_bf16},
     .axpy = {axpy_f32, axpy_f16, axpy_bf16},
+    .attn_scores = {attn_scores_f32, attn_scores_f16, attn_scores_bf16},
+    .attn_pv = {attn_pv_f32, attn_pv_f16, attn_pv_bf16},
     .read_sum = read_sum_avx2,
     .convert = convert_avx2,
     .transpose_scale = transpose_scale_avx2,

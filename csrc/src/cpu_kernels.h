@@ -54,6 +54,21 @@ typedef struct cpu_kernels {
 	 * NZ_F16, NZ_BF16): a·b, and y += a·x. */
 	float (*dot[3])(const float *a, const void *b, int64_t n);
 	void (*axpy[3])(float *y, float a, const void *x, int64_t n);
+	/* The scores of nk keys (rows of n elements at k, k + n, ...) for nq
+	 * query heads: s[r·lds + j] = scale · (q[r·ldq ..] · k_j) for r < nq,
+	 * j < nk. Each score: lane-wise FMA over the full vectors of n in
+	 * ascending order, one fixed reduction tree of the lanes (the same for
+	 * every key, whatever nk, nq and the key's place in the call), then the
+	 * tail, then the scale: a key's score does not depend on which keys
+	 * share the call. */
+	void (*attn_scores[3])(const float *q, int64_t nq, int64_t ldq, const void *k, int64_t nk, int64_t n, float scale,
+	                       float *s, int64_t lds);
+	/* o[r·ldo + d] += Σ_j p[r·ldp + j] · v_j[d] for r < nq, d < n, over the
+	 * nv value rows at v, v + n, ...: per element one FMA per j ascending
+	 * (exactly what axpy per row and head gives), each row read once for
+	 * the heads. */
+	void (*attn_pv[3])(float *o, int64_t nq, int64_t ldo, const float *p, int64_t ldp, const void *v, int64_t nv,
+	                   int64_t n);
 	uint64_t (*read_sum)(const void *p, int64_t bytes);          /* bandwidth probe: reads every byte */
 	/* dst[i] = src[i] for i < n, converted exactly as nz_convert does
 	 * (through f32, round to nearest even). */

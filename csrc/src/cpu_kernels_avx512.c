@@ -263,6 +263,149 @@ TARGET static void axpy_f32(float *y, float a, const void *x, int64_t n) { axpyw
 TARGET static void axpy_f16(float *y, float a, const void *x, int64_t n) { axpyw(NZ_F16, y, a, x, n); }
 TARGET static void axpy_bf16(float *y, float a, const void *x, int64_t n) { axpyw(NZ_BF16, y, a, x, n); }
 
+/* Attention scores: SK keys × up to 2 query heads per register block, each
+ * key row read and widened once for the heads (a masked last vector for
+ * the tail). The SK keys' accumulators reduce together: each folds its
+ * halves (lane i + lane i+8), then a transpose by hadds sums the eight
+ * lanes by the tree ((0+1)+(2+3)) + ((4+5)+(6+7)), the same for every key
+ * whichever keys share the block. */
+#define SK 8
+
+INLINE __m256 hsum8x16(const __m512 *a)
+{
+	__m256 b[SK];
+	for (int j = 0; j < SK; j++)
+		b[j] = _mm256_add_ps(_mm512_castps512_ps256(a[j]), _mm512_extractf32x8_ps(a[j], 1));
+	__m256 u0 = _mm256_hadd_ps(_mm256_hadd_ps(b[0], b[1]), _mm256_hadd_ps(b[2], b[3]));
+	__m256 u1 = _mm256_hadd_ps(_mm256_hadd_ps(b[4], b[5]), _mm256_hadd_ps(b[6], b[7]));
+	return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
+}
+
+INLINE void sk(int dt, int RH, const float *q, int64_t ldq, const char *const *kr, int nk, int64_t n, float scale,
+               float *s, int64_t lds)
+{
+	__m512 acc[2][SK];
+	for (int r = 0; r < RH; r++)
+		for (int j = 0; j < SK; j++)
+			acc[r][j] = _mm512_setzero_ps();
+	int64_t i = 0;
+	for (; i + 16 <= n; i += 16) {
+		__m512 qv[2];
+		for (int r = 0; r < RH; r++)
+			qv[r] = _mm512_loadu_ps(q + r * ldq + i);
+		for (int j = 0; j < SK; j++) {
+			__m512 kv = ld16(kr[j], i, dt);
+			for (int r = 0; r < RH; r++)
+				acc[r][j] = _mm512_fmadd_ps(qv[r], kv, acc[r][j]);
+		}
+	}
+	if (i < n) {
+		__mmask16 m = (__mmask16)((1u << (n - i)) - 1u);
+		__m512 qv[2];
+		for (int r = 0; r < RH; r++)
+			qv[r] = _mm512_maskz_loadu_ps(m, q + r * ldq + i);
+		for (int j = 0; j < SK; j++) {
+			__m512 kv = ld16m(kr[j], i, m, dt);
+			for (int r = 0; r < RH; r++)
+				acc[r][j] = _mm512_fmadd_ps(qv[r], kv, acc[r][j]);
+		}
+	}
+	__m256 sv = _mm256_set1_ps(scale);
+	__mmask8 km = (__mmask8)((1u << nk) - 1u);
+	for (int r = 0; r < RH; r++)
+		_mm256_mask_storeu_ps(s + r * lds, km, _mm256_mul_ps(hsum8x16(acc[r]), sv));
+}
+
+INLINE void scores(int dt, const float *q, int64_t nq, int64_t ldq, const void *k, int64_t nk, int64_t n, float scale,
+                   float *s, int64_t lds)
+{
+	const size_t rs = (size_t)n * dt_size(dt);
+	for (int64_t j = 0; j < nk; j += SK) {
+		int m = (int)nz_min64(SK, nk - j);
+		const char *kr[SK];
+		for (int jj = 0; jj < SK; jj++)
+			kr[jj] = (const char *)k + (size_t)(j + (jj < m ? jj : 0)) * rs;
+		int64_t r = 0;
+		for (; r + 2 <= nq; r += 2)
+			sk(dt, 2, q + r * ldq, ldq, kr, m, n, scale, s + r * lds + j, lds);
+		if (r < nq)
+			sk(dt, 1, q + r * ldq, ldq, kr, m, n, scale, s + r * lds + j, lds);
+	}
+}
+
+/* P·V: up to PH heads × 32 columns per register block; each value row's
+ * columns read and widened once for the heads. */
+#define PH 8
+
+INLINE void pvk(int dt, int RH, float *o, int64_t ldo, const float *p, int64_t ldp, const char *v, int64_t nv, int64_t n)
+{
+	const size_t rs = (size_t)n * dt_size(dt);
+	int64_t d = 0;
+	for (; d + 32 <= n; d += 32) {
+		__m512 acc[PH][2];
+		for (int r = 0; r < RH; r++) {
+			acc[r][0] = _mm512_loadu_ps(o + r * ldo + d);
+			acc[r][1] = _mm512_loadu_ps(o + r * ldo + d + 16);
+		}
+		for (int64_t j = 0; j < nv; j++) {
+			const char *vr = v + (size_t)j * rs;
+			__m512 x0 = ld16(vr, d, dt), x1 = ld16(vr, d + 16, dt);
+			for (int r = 0; r < RH; r++) {
+				__m512 pb = _mm512_set1_ps(p[r * ldp + j]);
+				acc[r][0] = _mm512_fmadd_ps(pb, x0, acc[r][0]);
+				acc[r][1] = _mm512_fmadd_ps(pb, x1, acc[r][1]);
+			}
+		}
+		for (int r = 0; r < RH; r++) {
+			_mm512_storeu_ps(o + r * ldo + d, acc[r][0]);
+			_mm512_storeu_ps(o + r * ldo + d + 16, acc[r][1]);
+		}
+	}
+	for (; d < n; d += 16) {
+		__mmask16 m = n - d >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - d)) - 1u);
+		__m512 acc[PH];
+		for (int r = 0; r < RH; r++)
+			acc[r] = _mm512_maskz_loadu_ps(m, o + r * ldo + d);
+		for (int64_t j = 0; j < nv; j++) {
+			__m512 x0 = ld16m(v + (size_t)j * rs, d, m, dt);
+			for (int r = 0; r < RH; r++)
+				acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(p[r * ldp + j]), x0, acc[r]);
+		}
+		for (int r = 0; r < RH; r++)
+			_mm512_mask_storeu_ps(o + r * ldo + d, m, acc[r]);
+	}
+}
+
+INLINE void pv(int dt, float *o, int64_t nq, int64_t ldo, const float *p, int64_t ldp, const void *v, int64_t nv,
+               int64_t n)
+{
+	int64_t r = 0;
+	for (; r + PH <= nq; r += PH)
+		pvk(dt, PH, o + r * ldo, ldo, p + r * ldp, ldp, v, nv, n);
+	for (; r + 4 <= nq; r += 4)
+		pvk(dt, 4, o + r * ldo, ldo, p + r * ldp, ldp, v, nv, n);
+	switch (nq - r) {
+	case 3: pvk(dt, 3, o + r * ldo, ldo, p + r * ldp, ldp, v, nv, n); break;
+	case 2: pvk(dt, 2, o + r * ldo, ldo, p + r * ldp, ldp, v, nv, n); break;
+	case 1: pvk(dt, 1, o + r * ldo, ldo, p + r * ldp, ldp, v, nv, n); break;
+	}
+}
+
+#define ATTN_FNS(T, DT) \
+	TARGET static void attn_scores_##T(const float *q, int64_t nq, int64_t ldq, const void *k, int64_t nk, int64_t n, \
+	                                   float scale, float *s, int64_t lds) \
+	{ \
+		scores(DT, q, nq, ldq, k, nk, n, scale, s, lds); \
+	} \
+	TARGET static void attn_pv_##T(float *o, int64_t nq, int64_t ldo, const float *p, int64_t ldp, const void *v, \
+	                               int64_t nv, int64_t n) \
+	{ \
+		pv(DT, o, nq, ldo, p, ldp, v, nv, n); \
+	}
+ATTN_FNS(f32, NZ_F32)
+ATTN_FNS(f16, NZ_F16)
+ATTN_FNS(bf16, NZ_BF16)
+
 TARGET static uint64_t read_sum_avx512(const void *p, int64_t bytes)
 {
 	const char *c = p;
@@ -353,6 +496,8 @@ const cpu_kernels cpu_kernels_avx512 = {
     .expand = {expand_f32, expand_f16, expand_bf16},
     .dot = {dot_f32, dot_f16, dot_bf16},
     .axpy = {axpy_f32, axpy_f16, axpy_bf16},
+    .attn_scores = {attn_scores_f32, attn_scores_f16, attn_scores_bf16},
+    .attn_pv = {attn_pv_f32, attn_pv_f16, attn_pv_bf16},
     .read_sum = read_sum_avx512,
     .convert = convert_avx512,
     .transpose_scale = transpose_scale_avx512,

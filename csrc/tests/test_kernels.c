@@ -1,6 +1,6 @@
 /*
- * test_kernels.c — each SIMD path's GEMM (int8 rows included), LoRA expand, dot and axpy
- * against naive float64 loops (odd sizes included), and the batch
+ * test_kernels.c — each SIMD path's GEMM (int8 rows included), LoRA expand, dot, axpy
+ * and attention kernels against naive float64 loops (odd sizes included), and the batch
  * invariance of their results (any token/row split gives the same bits).
  */
 #include "cpu_kernels.h"
@@ -260,6 +260,106 @@ static void test_vec(const cpu_kernels *k)
 	CHECK(k->read_sum(buf, 1000) == want, "%s read_sum", k->name);
 }
 
+/* attn_scores and attn_pv against float64 (odd head sizes, key counts and
+ * head counts), and their invariance: a key's score and an output
+ * element's value do not depend on the keys or rows sharing the call. */
+static void test_attn(const cpu_kernels *k)
+{
+	static const int64_t sizes[][3] = {
+	    /* n (head_dim), nk (keys), nq (heads) */
+	    {64, 16, 4}, {128, 16, 2}, {128, 13, 7}, {1, 3, 1}, {5, 9, 3}, {24, 17, 5}, {40, 1, 8}, {67, 21, 9}, {96, 33, 2},
+	};
+	trng r = {5};
+	for (int d = 0; d < 3; d++) {
+		int32_t dt = dtypes[d];
+		for (size_t si = 0; si < sizeof sizes / sizeof sizes[0]; si++) {
+			int64_t n = sizes[si][0], nk = sizes[si][1], nq = sizes[si][2];
+			int64_t ldq = n + 3, lds = nk + 2, ldo = n + 1, ldp = nk + 5;
+			double *kr = malloc(sizeof(double) * (size_t)(nk * n)), *vr = malloc(sizeof(double) * (size_t)(nk * n));
+			void *kv = make_w(&r, dt, nk * n, kr), *vv = make_w(&r, dt, nk * n, vr);
+			float *q = malloc(sizeof(float) * (size_t)(nq * ldq)), *p = malloc(sizeof(float) * (size_t)(nq * ldp));
+			fill_unif(&r, q, nq * ldq, -1, 1);
+			fill_unif(&r, p, nq * ldp, 0, 1);
+			float *s = malloc(sizeof(float) * (size_t)(nq * lds)), *s1 = malloc(sizeof(float) * (size_t)(nq * lds));
+			float *o0 = malloc(sizeof(float) * (size_t)(nq * ldo)), *o = malloc(sizeof(float) * (size_t)(nq * ldo));
+			float *o1 = malloc(sizeof(float) * (size_t)(nq * ldo));
+			const float scale = 0.125f;
+			k->attn_scores[dt](q, nq, ldq, kv, nk, n, scale, s, lds);
+			double worst = 0;
+			for (int64_t h = 0; h < nq; h++)
+				for (int64_t j = 0; j < nk; j++) {
+					double want = 0, mag = 0;
+					for (int64_t i = 0; i < n; i++) {
+						want += (double)q[h * ldq + i] * kr[j * n + i];
+						mag += fabs((double)q[h * ldq + i] * kr[j * n + i]);
+					}
+					worst = fmax(worst, fabs(s[h * lds + j] - scale * want) / (scale * mag + 1e-30));
+				}
+			CHECK(worst < 1e-6, "%s attn_scores %s n=%lld nk=%lld nq=%lld: relative error %g", k->name,
+			      nz_dtype_name(dt), (long long)n, (long long)nk, (long long)nq, worst);
+			/* invariance: each key alone, each head alone, and a split of the
+			 * keys at every offset give the same bits */
+			int same = 1;
+			for (int64_t j = 0; j < nk; j++)
+				for (int64_t h = 0; h < nq; h++) {
+					float one;
+					k->attn_scores[dt](q + h * ldq, 1, ldq, (const char *)kv + (size_t)(j * n) * nz_dtype_size(dt), 1,
+					                   n, scale, &one, 1);
+					same &= memcmp(&one, &s[h * lds + j], sizeof one) == 0;
+				}
+			for (int64_t j0 = 1; j0 < nk; j0++) {
+				k->attn_scores[dt](q, nq, ldq, kv, j0, n, scale, s1, lds);
+				k->attn_scores[dt](q, nq, ldq, (const char *)kv + (size_t)(j0 * n) * nz_dtype_size(dt), nk - j0, n,
+				                   scale, s1 + j0, lds);
+				for (int64_t h = 0; h < nq; h++)
+					same &= memcmp(s1 + h * lds, s + h * lds, sizeof(float) * (size_t)nk) == 0;
+			}
+			CHECK(same, "%s attn_scores %s n=%lld nk=%lld nq=%lld: a split of the keys or heads differs", k->name,
+			      nz_dtype_name(dt), (long long)n, (long long)nk, (long long)nq);
+			/* attn_pv: against float64, and bit-identical to axpy per row and head */
+			fill_unif(&r, o0, nq * ldo, -1, 1);
+			memcpy(o, o0, sizeof(float) * (size_t)(nq * ldo));
+			k->attn_pv[dt](o, nq, ldo, p, ldp, vv, nk, n);
+			worst = 0;
+			for (int64_t h = 0; h < nq; h++)
+				for (int64_t i = 0; i < n; i++) {
+					double want = o0[h * ldo + i], mag = fabs(want);
+					for (int64_t j = 0; j < nk; j++) {
+						want += (double)p[h * ldp + j] * vr[j * n + i];
+						mag += fabs((double)p[h * ldp + j] * vr[j * n + i]);
+					}
+					worst = fmax(worst, fabs(o[h * ldo + i] - want) / (mag + 1e-30));
+				}
+			CHECK(worst < 1e-6, "%s attn_pv %s n=%lld nk=%lld nq=%lld: relative error %g", k->name, nz_dtype_name(dt),
+			      (long long)n, (long long)nk, (long long)nq, worst);
+			memcpy(o1, o0, sizeof(float) * (size_t)(nq * ldo));
+			for (int64_t j = 0; j < nk; j++)
+				for (int64_t h = 0; h < nq; h++)
+					k->axpy[dt](o1 + h * ldo, p[h * ldp + j], (const char *)vv + (size_t)(j * n) * nz_dtype_size(dt), n);
+			same = 1;
+			for (int64_t h = 0; h < nq; h++)
+				same &= memcmp(o1 + h * ldo, o + h * ldo, sizeof(float) * (size_t)n) == 0;
+			CHECK(same, "%s attn_pv %s n=%lld nk=%lld nq=%lld: differs from axpy per row and head", k->name,
+			      nz_dtype_name(dt), (long long)n, (long long)nk, (long long)nq);
+			/* rows in two calls at every split, heads one at a time: the same bits */
+			same = 1;
+			for (int64_t j0 = 1; j0 < nk; j0++) {
+				memcpy(o1, o0, sizeof(float) * (size_t)(nq * ldo));
+				for (int64_t h = 0; h < nq; h++) {
+					k->attn_pv[dt](o1 + h * ldo, 1, ldo, p + h * ldp, ldp, vv, j0, n);
+					k->attn_pv[dt](o1 + h * ldo, 1, ldo, p + h * ldp + j0, ldp,
+					               (const char *)vv + (size_t)(j0 * n) * nz_dtype_size(dt), nk - j0, n);
+				}
+				for (int64_t h = 0; h < nq; h++)
+					same &= memcmp(o1 + h * ldo, o + h * ldo, sizeof(float) * (size_t)n) == 0;
+			}
+			CHECK(same, "%s attn_pv %s n=%lld nk=%lld nq=%lld: a split of the rows or heads differs", k->name,
+			      nz_dtype_name(dt), (long long)n, (long long)nk, (long long)nq);
+			free(kr), free(vr), free(kv), free(vv), free(q), free(p), free(s), free(s1), free(o0), free(o), free(o1);
+		}
+	}
+}
+
 /* convert and transpose_scale give exactly what the scalar conversions give */
 static void test_convert(const cpu_kernels *k)
 {
@@ -314,6 +414,7 @@ int main(void)
 		test_gemm(paths[i]);
 		test_expand(paths[i]);
 		test_vec(paths[i]);
+		test_attn(paths[i]);
 		test_convert(paths[i]);
 		ran++;
 	}
