@@ -680,7 +680,42 @@ static void rope_task(void *ctx, int64_t i, int tid)
 	}
 }
 
-/* Attention of one token and one KV head (its nrep query heads). */
+/* s = softmax(s) over n scores. The maximum and the sum run in 8 lanes
+ * (score j in lane j % 8, each lane ascending), folded by a fixed tree: a
+ * sequential sum's chain of dependent adds took as long as the scores. The
+ * order depends only on n, the token's own window. */
+static void softmax_row(float *s, int64_t n)
+{
+	float m8[8], z8[8];
+	for (int l = 0; l < 8; l++)
+		m8[l] = -INFINITY, z8[l] = 0;
+	int64_t j = 0;
+	for (; j + 8 <= n; j += 8)
+		for (int l = 0; l < 8; l++)
+			m8[l] = s[j + l] > m8[l] ? s[j + l] : m8[l];
+	for (int l = 0; j < n; j++, l++)
+		m8[l] = s[j] > m8[l] ? s[j] : m8[l];
+	float m = m8[0];
+	for (int l = 1; l < 8; l++)
+		m = m8[l] > m ? m8[l] : m;
+	for (j = 0; j < n; j++)
+		s[j] = nz_expf(s[j] - m);
+	for (j = 0; j + 8 <= n; j += 8)
+		for (int l = 0; l < 8; l++)
+			z8[l] += s[j + l];
+	for (int l = 0; j < n; j++, l++)
+		z8[l] += s[j];
+	float sum = ((z8[0] + z8[1]) + (z8[2] + z8[3])) + ((z8[4] + z8[5]) + (z8[6] + z8[7]));
+	for (j = 0; j < n; j++)
+		s[j] /= sum;
+}
+
+/* Attention of one token and one KV head (its nrep query heads), a KV
+ * block's run of positions at a time: the scores of its keys for all the
+ * heads, then (after the softmax) its value rows into all the heads'
+ * outputs. Each score and output element is computed as the kernels
+ * promise whatever the run's bounds, so the result does not depend on
+ * lo's alignment or on the chunking of a prefill. */
 static void attn_task(void *ctx, int64_t i, int tid)
 {
 	step_ctx *c = ctx;
@@ -696,36 +731,27 @@ static void attn_task(void *ctx, int64_t i, int tid)
 	const char *kl = (const char *)e->kv + (size_t)(c->layer * e->kv_layer_elems) * e->kvsz;
 	const char *vl = kl + (size_t)(e->nb * e->kv_block_elems) * e->kvsz;
 	const size_t ksz = e->kvsz;
-	float (*dot)(const float *, const void *, int64_t) = k->dot[e->kvdt];
-	void (*axpy)(float *, float, const void *, int64_t) = k->axpy[e->kvdt];
 	float *sc = e->att_buf[tid];
 	const float *q = e->q + t * e->qd + g * nrep * hd;
 	float *o = e->att + t * e->qd + g * nrep * hd;
 	float scale = e->cfg.attn_scale > 0 ? (float)e->cfg.attn_scale : 1.0f / sqrtf((float)hd);
-	for (int64_t j = lo; j <= pos; j++) {
-		const char *kr = kl + (size_t)(((int64_t)bt[j / bs] * e->nkv + g) * bs * hd + (j % bs) * hd) * ksz;
-		for (int64_t r = 0; r < nrep; r++)
-			sc[r * n + (j - lo)] = dot(q + r * hd, kr, hd) * scale;
+	for (int64_t j0 = lo; j0 <= pos;) {
+		int64_t j1 = nz_min64(pos + 1, (j0 / bs + 1) * bs);
+		const char *kr = kl + (size_t)(((int64_t)bt[j0 / bs] * e->nkv + g) * bs * hd + (j0 % bs) * hd) * ksz;
+		k->attn_scores[e->kvdt](q, nrep, hd, kr, j1 - j0, hd, scale, sc + (j0 - lo), n);
+		j0 = j1;
 	}
 	if (e->cfg.attn_softcap > 0)
 		nz_softcap(sc, nrep * n, (float)e->cfg.attn_softcap);
 	for (int64_t r = 0; r < nrep; r++) {
-		float *s = sc + r * n, m = -INFINITY;
-		for (int64_t j = 0; j < n; j++)
-			m = s[j] > m ? s[j] : m;
-		float sum = 0;
-		for (int64_t j = 0; j < n; j++)
-			s[j] = nz_expf(s[j] - m);
-		for (int64_t j = 0; j < n; j++)
-			sum += s[j];
-		for (int64_t j = 0; j < n; j++)
-			s[j] /= sum;
+		softmax_row(sc + r * n, n);
 		memset(o + r * hd, 0, sizeof(float) * (size_t)hd);
 	}
-	for (int64_t j = lo; j <= pos; j++) {
-		const char *vr = vl + (size_t)(((int64_t)bt[j / bs] * e->nkv + g) * bs * hd + (j % bs) * hd) * ksz;
-		for (int64_t r = 0; r < nrep; r++)
-			axpy(o + r * hd, sc[r * n + (j - lo)], vr, hd);
+	for (int64_t j0 = lo; j0 <= pos;) {
+		int64_t j1 = nz_min64(pos + 1, (j0 / bs + 1) * bs);
+		const char *vr = vl + (size_t)(((int64_t)bt[j0 / bs] * e->nkv + g) * bs * hd + (j0 % bs) * hd) * ksz;
+		k->attn_pv[e->kvdt](o, nrep, hd, sc + (j0 - lo), n, vr, j1 - j0, hd);
+		j0 = j1;
 	}
 }
 
