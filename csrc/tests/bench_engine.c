@@ -11,6 +11,7 @@
  *       -o build/bench_engine csrc/tests/bench_engine.c csrc/src/[a-z]*.c -lm
  *   ./build/bench_engine [--preset tiny|0.5b|1b|go] [--threads N] [--steps N] [--isa avx2|avx512]
  *                        [--adapters N] [--rank R] [--only lora|bw|load|prefill|merge]
+ *                        [--prompt N]
  *
  * Figures (each a ratio against a baseline measured alternately with it in
  * the same run):
@@ -20,8 +21,9 @@
  *          step reads — all but the embedding table when it is untied — per
  *          second) / nz_bench_read_bandwidth (target >= 0.70);
  *   load:  nz_adapter_load time / memcpy of the adapter's bytes (target <= 2);
- *   prefill: prompt tokens/s of a 256-token prefill without and with an
- *          adapter (no target; a sanity check of the long-prompt path);
+ *   prefill: prompt tokens/s of a 256-token prefill (--prompt N: N tokens,
+ *          at most 2048, in steps of 256) without and with an adapter (no
+ *          target; a sanity check of the long-prompt path);
  *   merge: batched multi-adapter decode throughput / merge-and-swap
  *          (merge the request's adapter into the weights, run the request,
  *          unmerge) at 16 adapters and batch 16 (target >= 10).
@@ -261,21 +263,26 @@ static paired pair_run(int reps, timed_fn base, void *base_arg, timed_fn meas, v
 	return (paired){median(b, reps), median(m, reps), median(r, reps), median(bc, reps), median(mc, reps)};
 }
 
-/* One prefill of n tokens (one sequence from position 0, slot). */
+/* One prefill of n tokens (one sequence from position 0, slot), in steps
+ * of at most 256 tokens (max_batch_tokens). */
 static double prefill(nz_engine *e, int n, int slot)
 {
-	int32_t len = n, pos = 0, sl = slot, smp = 1, bt[32], top_k = 0, otok;
+	int32_t len = 0, pos = 0, sl = slot, smp = 0, bt[128], top_k = 0, otok;
 	float temp = 0, top_p = 1, olp;
 	uint64_t seed = 1;
-	for (int j = 0; j < 32; j++)
+	for (int j = 0; j < 128; j++)
 		bt[j] = 100 + j;
-	for (int i = 0; i < n; i++)
-		B.tok[i] = (i * 131) % 1000;
-	nz_batch b = {.n_seqs = 1, .n_tokens = n, .tokens = B.tok, .seq_len = &len, .seq_pos = &pos, .seq_slot = &sl,
-	              .seq_sample = &smp, .block_table = bt, .max_blocks = 32, .temperature = &temp, .top_p = &top_p,
-	              .top_k = &top_k, .seed = &seed, .out_token = &otok, .out_logprob = &olp};
 	double t0 = nz_now_seconds();
-	OK(nz_step(e, &b));
+	for (int p0 = 0; p0 < n; p0 += 256) {
+		len = n - p0 < 256 ? n - p0 : 256, pos = p0, smp = p0 + len == n;
+		for (int i = 0; i < len; i++)
+			B.tok[i] = ((p0 + i) * 131) % 1000;
+		nz_batch b = {.n_seqs = 1, .n_tokens = len, .tokens = B.tok, .seq_len = &len, .seq_pos = &pos,
+		              .seq_slot = &sl, .seq_sample = &smp, .block_table = bt, .max_blocks = 128,
+		              .temperature = &temp, .top_p = &top_p, .top_k = &top_k, .seed = &seed, .out_token = &otok,
+		              .out_logprob = &olp};
+		OK(nz_step(e, &b));
+	}
 	return nz_now_seconds() - t0;
 }
 
@@ -347,7 +354,7 @@ static void merge(nz_engine *e, const nz_config *c, const base_w *bw, const adap
 int main(int argc, char **argv)
 {
 	const char *pre = "tiny", *only = NULL;
-	int threads = 0, steps = 5, n_adapters = 32, rank = 16;
+	int threads = 0, steps = 5, n_adapters = 32, rank = 16, prompt = 256;
 	for (int i = 1; i + 1 < argc; i += 2) {
 		if (!strcmp(argv[i], "--preset"))
 			pre = argv[i + 1];
@@ -359,11 +366,15 @@ int main(int argc, char **argv)
 			n_adapters = atoi(argv[i + 1]);
 		else if (!strcmp(argv[i], "--rank"))
 			rank = atoi(argv[i + 1]);
+		else if (!strcmp(argv[i], "--prompt"))
+			prompt = atoi(argv[i + 1]);
 		else if (!strcmp(argv[i], "--only"))
 			only = argv[i + 1];
 		else if (!strcmp(argv[i], "--isa"))
 			cpu_force_isa(!strcmp(argv[i + 1], "avx2") ? CPU_ISA_AVX2 : CPU_ISA_AVX512);
 	}
+	if (prompt < 1 || prompt > 2048)
+		prompt = prompt < 1 ? 1 : 2048;
 	if (steps > 60)
 		steps = 60;
 	if (steps < 1)
@@ -452,12 +463,12 @@ int main(int argc, char **argv)
 		load(e, 0, &ads[0]);
 		double tb = 1e9, tl = 1e9;
 		for (int rep = 0; rep < 3; rep++) {
-			double b1 = prefill(e, 256, -1), l1 = prefill(e, 256, 0);
+			double b1 = prefill(e, prompt, -1), l1 = prefill(e, prompt, 0);
 			tb = b1 < tb ? b1 : tb;
 			tl = l1 < tl ? l1 : tl;
 		}
-		printf("prefill: 256 tokens %.0f ms (%.0f tok/s) without an adapter, %.0f ms (%.0f tok/s) with one\n", tb * 1e3,
-		       256 / tb, tl * 1e3, 256 / tl);
+		printf("prefill: %d tokens %.0f ms (%.0f tok/s) without an adapter, %.0f ms (%.0f tok/s) with one\n", prompt,
+		       tb * 1e3, tb > 0 ? prompt / tb : 0, tl * 1e3, tl > 0 ? prompt / tl : 0);
 	}
 	if (!only || !strcmp(only, "merge")) {
 		int n = 16 < n_adapters ? 16 : n_adapters;
