@@ -289,8 +289,13 @@ INLINE void sk(int dt, int RH, const float *q, int64_t ldq, const char *const *k
 		}
 	}
 	for (int r = 0; r < RH; r++) {
+		__m128 sum = hsum4x8(acc[r][0], acc[r][1], acc[r][2], acc[r][3]);
+		if (i == n && nk == SK) {
+			_mm_storeu_ps(s + r * lds, _mm_mul_ps(sum, _mm_set1_ps(scale)));
+			continue;
+		}
 		float v[SK];
-		_mm_storeu_ps(v, hsum4x8(acc[r][0], acc[r][1], acc[r][2], acc[r][3]));
+		_mm_storeu_ps(v, sum);
 		for (int j = 0; j < nk; j++) {
 			for (int64_t t = i; t < n; t++)
 				v[j] = fmaf(q[r * ldq + t], ld1(kr[j], t, dt), v[j]);
