@@ -681,8 +681,8 @@ static void rope_task(void *ctx, int64_t i, int tid)
 }
 
 /* s = softmax(s) over n scores. The maximum and the sum run in 8 lanes
- * (score j in lane j % 8, each lane ascending), folded by a fixed tree: a
- * sequential sum's chain of dependent adds took as long as the scores. The
+ * (score j in lane j % 8, each lane ascending), folded by a fixed tree,
+ * rather than one chain of dependent adds bound by the add's latency. The
  * order depends only on n, the token's own window. */
 static void softmax_row(float *s, int64_t n)
 {
