@@ -229,35 +229,6 @@ static void expand_bf16(const void *bt, int64_t ldb, int64_t rank, int64_t cols,
 	expand(NZ_BF16, bt, ldb, rank, cols, v, ldv, ntok, y, ldy);
 }
 
-INLINE float dotw(int dt, const float *a, const void *b, int64_t n)
-{
-	__m256 acc = _mm256_setzero_ps();
-	int64_t k = 0;
-	for (; k + 8 <= n; k += 8)
-		acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + k), ld8(b, k, dt), acc);
-	float s = hsum8(acc);
-	for (; k < n; k++)
-		s = fmaf(a[k], ld1(b, k, dt), s);
-	return s;
-}
-
-INLINE void axpyw(int dt, float *y, float a, const void *x, int64_t n)
-{
-	__m256 av = _mm256_set1_ps(a);
-	int64_t k = 0;
-	for (; k + 8 <= n; k += 8)
-		_mm256_storeu_ps(y + k, _mm256_fmadd_ps(av, ld8(x, k, dt), _mm256_loadu_ps(y + k)));
-	for (; k < n; k++)
-		y[k] = fmaf(a, ld1(x, k, dt), y[k]);
-}
-
-static float dot_f32(const float *a, const void *b, int64_t n) { return dotw(NZ_F32, a, b, n); }
-static float dot_f16(const float *a, const void *b, int64_t n) { return dotw(NZ_F16, a, b, n); }
-static float dot_bf16(const float *a, const void *b, int64_t n) { return dotw(NZ_BF16, a, b, n); }
-static void axpy_f32(float *y, float a, const void *x, int64_t n) { axpyw(NZ_F32, y, a, x, n); }
-static void axpy_f16(float *y, float a, const void *x, int64_t n) { axpyw(NZ_F16, y, a, x, n); }
-static void axpy_bf16(float *y, float a, const void *x, int64_t n) { axpyw(NZ_BF16, y, a, x, n); }
-
 /* Attention scores: SK keys × up to 2 query heads per register block, each
  * key row read and widened once for the heads. The SK keys' accumulators
  * reduce together (a transpose by hadds), each key's lanes always by the
@@ -496,8 +467,6 @@ const cpu_kernels cpu_kernels_avx2 = {
     .gemm_q8 = gemm_q8,
     .gemm_gather = {gemm_gather_f32, gemm_gather_f16, gemm_gather_bf16},
     .expand = {expand_f32, expand_f16, expand_bf16},
-    .dot = {dot_f32, dot_f16, dot_bf16},
-    .axpy = {axpy_f32, axpy_f16, axpy_bf16},
     .attn_scores = {attn_scores_f32, attn_scores_f16, attn_scores_bf16},
     .attn_pv = {attn_pv_f32, attn_pv_f16, attn_pv_bf16},
     .read_sum = read_sum_avx2,

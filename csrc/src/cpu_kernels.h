@@ -50,10 +50,6 @@ typedef struct cpu_kernels {
 	cpu_gemm_q8_fn gemm_q8;
 	cpu_gemm_gather_fn gemm_gather[3];
 	cpu_expand_fn expand[3]; /* indexed by the dtype of Bt */
-	/* Attention over the KV cache, indexed by the cache's dtype (NZ_F32,
-	 * NZ_F16, NZ_BF16): a·b, and y += a·x. */
-	float (*dot[3])(const float *a, const void *b, int64_t n);
-	void (*axpy[3])(float *y, float a, const void *x, int64_t n);
 	/* The scores of nk keys (rows of n elements at k, k + n, ...) for nq
 	 * query heads: s[r·lds + j] = scale · (q[r·ldq ..] · k_j) for r < nq,
 	 * j < nk. Each score: lane-wise FMA over the full vectors of n in
@@ -65,7 +61,7 @@ typedef struct cpu_kernels {
 	                       float *s, int64_t lds);
 	/* o[r·ldo + d] += Σ_j p[r·ldp + j] · v_j[d] for r < nq, d < n, over the
 	 * nv value rows at v, v + n, ...: per element one FMA per j ascending
-	 * (exactly what axpy per row and head gives), each row read once for
+	 * (exactly what fmaf per element gives), each row read once for
 	 * the heads. */
 	void (*attn_pv[3])(float *o, int64_t nq, int64_t ldo, const float *p, int64_t ldp, const void *v, int64_t nv,
 	                   int64_t n);

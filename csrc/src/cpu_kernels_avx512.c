@@ -231,38 +231,6 @@ TARGET static void expand_bf16(const void *bt, int64_t ldb, int64_t rank, int64_
 	expand(NZ_BF16, bt, ldb, rank, cols, v, ldv, ntok, y, ldy);
 }
 
-INLINE float dotw(int dt, const float *a, const void *b, int64_t n)
-{
-	__m512 acc = _mm512_setzero_ps();
-	int64_t k = 0;
-	for (; k + 16 <= n; k += 16)
-		acc = _mm512_fmadd_ps(_mm512_loadu_ps(a + k), ld16(b, k, dt), acc);
-	if (k < n) {
-		__mmask16 m = (__mmask16)((1u << (n - k)) - 1u);
-		acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + k), ld16m(b, k, m, dt), acc);
-	}
-	return _mm512_reduce_add_ps(acc);
-}
-
-INLINE void axpyw(int dt, float *y, float a, const void *x, int64_t n)
-{
-	__m512 av = _mm512_set1_ps(a);
-	int64_t k = 0;
-	for (; k + 16 <= n; k += 16)
-		_mm512_storeu_ps(y + k, _mm512_fmadd_ps(av, ld16(x, k, dt), _mm512_loadu_ps(y + k)));
-	if (k < n) {
-		__mmask16 m = (__mmask16)((1u << (n - k)) - 1u);
-		_mm512_mask_storeu_ps(y + k, m, _mm512_fmadd_ps(av, ld16m(x, k, m, dt), _mm512_maskz_loadu_ps(m, y + k)));
-	}
-}
-
-TARGET static float dot_f32(const float *a, const void *b, int64_t n) { return dotw(NZ_F32, a, b, n); }
-TARGET static float dot_f16(const float *a, const void *b, int64_t n) { return dotw(NZ_F16, a, b, n); }
-TARGET static float dot_bf16(const float *a, const void *b, int64_t n) { return dotw(NZ_BF16, a, b, n); }
-TARGET static void axpy_f32(float *y, float a, const void *x, int64_t n) { axpyw(NZ_F32, y, a, x, n); }
-TARGET static void axpy_f16(float *y, float a, const void *x, int64_t n) { axpyw(NZ_F16, y, a, x, n); }
-TARGET static void axpy_bf16(float *y, float a, const void *x, int64_t n) { axpyw(NZ_BF16, y, a, x, n); }
-
 /* Attention scores: SK keys × up to 2 query heads per register block, each
  * key row read and widened once for the heads (a masked last vector for
  * the tail). The SK keys' accumulators reduce together: each folds its
@@ -494,8 +462,6 @@ const cpu_kernels cpu_kernels_avx512 = {
     .gemm_q8 = gemm_q8,
     .gemm_gather = {gemm_gather_f32, gemm_gather_f16, gemm_gather_bf16},
     .expand = {expand_f32, expand_f16, expand_bf16},
-    .dot = {dot_f32, dot_f16, dot_bf16},
-    .axpy = {axpy_f32, axpy_f16, axpy_bf16},
     .attn_scores = {attn_scores_f32, attn_scores_f16, attn_scores_bf16},
     .attn_pv = {attn_pv_f32, attn_pv_f16, attn_pv_bf16},
     .read_sum = read_sum_avx512,
