@@ -121,50 +121,38 @@ type split struct {
 
 // splitBy returns the tokens split by byte b, made once.
 func (v *Vocab) splitBy(b byte) *split {
-	v.mu.Lock()
-	defer v.mu.Unlock()
-	if sp := v.splits[b]; sp != nil {
-		return sp
-	}
-	sp := &split{without: make([]uint32, v.words)}
-	var with []int32
-	for _, id := range v.ids {
-		if bytes.IndexByte(v.tokens[id], b) >= 0 {
-			with = append(with, id)
-		} else {
-			sp.without[id/32] |= 1 << (id % 32)
-		}
-	}
-	sp.with.build(v.tokens, with)
-	if v.splits == nil {
-		v.splits = map[byte]*split{}
-	}
-	v.splits[b] = sp
-	return sp
+	return v.cachedSplit(&v.splits, b, false)
 }
 
 // plainSplitBy returns the vocabulary's tokens split by byte b and plain
 // text: the mask of the plain tokens without b, the trie of the others.
 func (v *Vocab) plainSplitBy(b byte) *split {
+	return v.cachedSplit(&v.plainSplits, b, true)
+}
+
+// cachedSplit makes, once per byte in *cache, the split by byte b: the
+// mask of the tokens without b (and plain, when plainOnly), the trie of
+// the others.
+func (v *Vocab) cachedSplit(cache *map[byte]*split, b byte, plainOnly bool) *split {
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	if sp := v.plainSplits[b]; sp != nil {
+	if sp := (*cache)[b]; sp != nil {
 		return sp
 	}
 	sp := &split{without: make([]uint32, v.words)}
 	var with []int32
 	for _, id := range v.ids {
-		if v.plain[id/32]&(1<<(id%32)) != 0 && bytes.IndexByte(v.tokens[id], b) < 0 {
+		if bytes.IndexByte(v.tokens[id], b) < 0 && (!plainOnly || v.plain[id/32]&(1<<(id%32)) != 0) {
 			sp.without[id/32] |= 1 << (id % 32)
 		} else {
 			with = append(with, id)
 		}
 	}
 	sp.with.build(v.tokens, with)
-	if v.plainSplits == nil {
-		v.plainSplits = map[byte]*split{}
+	if *cache == nil {
+		*cache = map[byte]*split{}
 	}
-	v.plainSplits[b] = sp
+	(*cache)[b] = sp
 	return sp
 }
 

@@ -271,16 +271,9 @@ func (t *Triggered) Feed(b byte) bool {
 	c := t.c
 	if c.array && t.phase != tLead && t.phase != tText {
 		// from the tag on: never the tag's text
-		at := int(t.tagAt)
-		for at > 0 && c.tag[at] != b {
-			at = int(c.fail[at-1])
+		if t.tagAt = c.tagStep(t.tagAt, b); int(t.tagAt) == len(c.tag) {
+			return false
 		}
-		if c.tag[at] == b {
-			if at++; at == len(c.tag) {
-				return false
-			}
-		}
-		t.tagAt = uint16(at)
 	}
 	switch t.phase {
 	case tOpen, tNext, tEnd:
@@ -296,15 +289,7 @@ func (t *Triggered) Feed(b byte) bool {
 		if t.called && c.only {
 			return t.between(b)
 		}
-		at := int(t.at)
-		for at > 0 && c.tag[at] != b {
-			at = int(c.fail[at-1])
-		}
-		if c.tag[at] == b {
-			at++
-		}
-		t.at = uint16(at)
-		if int(t.at) == len(c.tag) {
+		if t.at = c.tagStep(t.at, b); int(t.at) == len(c.tag) {
 			if c.mark {
 				return false // the control token's text: never written as text
 			}
@@ -470,18 +455,22 @@ func (t *Triggered) lead(b byte) bool {
 // text reads b in the free text of Calls.Lead with Calls.Mark, where the
 // tag may no longer come: never its text (at: its bytes matched).
 func (t *Triggered) text(b byte) bool {
-	c := t.c
-	at := int(t.at)
-	for at > 0 && c.tag[at] != b {
-		at = int(c.fail[at-1])
+	t.at = t.c.tagStep(t.at, b)
+	return int(t.at) != len(t.c.tag)
+}
+
+// tagStep is the tag matcher's step (Knuth–Morris–Pratt over fail): the
+// length of the tag's longest prefix ending at b, given at, the one
+// ending before it; len(tag) when b completes the tag.
+func (c *calls) tagStep(at uint16, b byte) uint16 {
+	k := int(at)
+	for k > 0 && c.tag[k] != b {
+		k = int(c.fail[k-1])
 	}
-	if c.tag[at] == b {
-		if at++; at == len(c.tag) {
-			return false
-		}
+	if c.tag[k] == b {
+		k++
 	}
-	t.at = uint16(at)
-	return true
+	return uint16(k)
 }
 
 // array reads b around Calls.Array's call objects: whitespace, then '['
