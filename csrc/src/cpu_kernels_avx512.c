@@ -85,101 +85,6 @@ INLINE void mk(int dt, int R, int TB, const char *w, int64_t ldw, int64_t n, con
 		}
 }
 
-INLINE void gemm(int dt, const void *w, int64_t ldw, int64_t rows, int64_t n, const float *x, int64_t ldx,
-                 const int32_t *xrow, int64_t ntok, float *y, int64_t ldy, const float *bias, const float *scale)
-{
-	const size_t rs = (size_t)ldw * dt_size(dt);
-	const float *xr[MT];
-	for (int64_t t0 = 0; t0 < ntok; t0 += TOK_TILE) {
-		int64_t t1 = nz_min64(ntok, t0 + TOK_TILE);
-		int64_t r = 0;
-		for (; r + MR <= rows; r += MR) {
-			const char *wr = (const char *)w + r * rs;
-			const float *br = bias ? bias + r : NULL, *sr = scale ? scale + r : NULL;
-			int64_t t = t0;
-			for (; t + MT <= t1; t += MT) {
-				rows_of(xr, x, ldx, xrow, t, MT);
-				mk(dt, MR, MT, wr, ldw, n, xr, y + t * ldy + r, ldy, br, sr);
-			}
-			rows_of(xr, x, ldx, xrow, t, (int)(t1 - t));
-			switch (t1 - t) {
-			case 5:
-				mk(dt, MR, 5, wr, ldw, n, xr, y + t * ldy + r, ldy, br, sr);
-				break;
-			case 4:
-				mk(dt, MR, 4, wr, ldw, n, xr, y + t * ldy + r, ldy, br, sr);
-				break;
-			case 3:
-				mk(dt, MR, 3, wr, ldw, n, xr, y + t * ldy + r, ldy, br, sr);
-				break;
-			case 2:
-				mk(dt, MR, 2, wr, ldw, n, xr, y + t * ldy + r, ldy, br, sr);
-				break;
-			case 1:
-				mk(dt, MR, 1, wr, ldw, n, xr, y + t * ldy + r, ldy, br, sr);
-				break;
-			default:
-				break;
-			}
-		}
-		for (; r < rows; r++) {
-			const char *w1 = (const char *)w + r * rs;
-			const float *b1 = bias ? bias + r : NULL, *s1 = scale ? scale + r : NULL;
-			int64_t t = t0;
-			for (; t + MT <= t1; t += MT) {
-				rows_of(xr, x, ldx, xrow, t, MT);
-				mk(dt, 1, MT, w1, ldw, n, xr, y + t * ldy + r, ldy, b1, s1);
-			}
-			for (; t < t1; t++) {
-				rows_of(xr, x, ldx, xrow, t, 1);
-				mk(dt, 1, 1, w1, ldw, n, xr, y + t * ldy + r, ldy, b1, s1);
-			}
-		}
-	}
-}
-
-TARGET static void gemm_f32(const void *w, int64_t ldw, int64_t rows, int64_t n, const float *x, int64_t ldx,
-                            int64_t ntok, float *y, int64_t ldy, const float *bias)
-{
-	gemm(NZ_F32, w, ldw, rows, n, x, ldx, NULL, ntok, y, ldy, bias, NULL);
-}
-
-TARGET static void gemm_f16(const void *w, int64_t ldw, int64_t rows, int64_t n, const float *x, int64_t ldx,
-                            int64_t ntok, float *y, int64_t ldy, const float *bias)
-{
-	gemm(NZ_F16, w, ldw, rows, n, x, ldx, NULL, ntok, y, ldy, bias, NULL);
-}
-
-TARGET static void gemm_bf16(const void *w, int64_t ldw, int64_t rows, int64_t n, const float *x, int64_t ldx,
-                             int64_t ntok, float *y, int64_t ldy, const float *bias)
-{
-	gemm(NZ_BF16, w, ldw, rows, n, x, ldx, NULL, ntok, y, ldy, bias, NULL);
-}
-
-TARGET static void gemm_gather_f32(const void *w, int64_t ldw, int64_t rows, int64_t n, const float *x, int64_t ldx,
-                          const int32_t *xrow, int64_t ntok, float *y, int64_t ldy)
-{
-	gemm(NZ_F32, w, ldw, rows, n, x, ldx, xrow, ntok, y, ldy, NULL, NULL);
-}
-
-TARGET static void gemm_gather_f16(const void *w, int64_t ldw, int64_t rows, int64_t n, const float *x, int64_t ldx,
-                          const int32_t *xrow, int64_t ntok, float *y, int64_t ldy)
-{
-	gemm(NZ_F16, w, ldw, rows, n, x, ldx, xrow, ntok, y, ldy, NULL, NULL);
-}
-
-TARGET static void gemm_gather_bf16(const void *w, int64_t ldw, int64_t rows, int64_t n, const float *x, int64_t ldx,
-                          const int32_t *xrow, int64_t ntok, float *y, int64_t ldy)
-{
-	gemm(NZ_BF16, w, ldw, rows, n, x, ldx, xrow, ntok, y, ldy, NULL, NULL);
-}
-
-TARGET static void gemm_q8(const int8_t *w, const float *scale, int64_t ldw, int64_t rows, int64_t n,
-                           const float *x, int64_t ldx, int64_t ntok, float *y, int64_t ldy, const float *bias)
-{
-	gemm(NZ_Q8, w, ldw, rows, n, x, ldx, NULL, ntok, y, ldy, bias, scale);
-}
-
 INLINE void expand(int dt, const void *bt, int64_t ldb, int64_t rank, int64_t cols, const float *v, int64_t ldv,
                    int64_t ntok, float *y, int64_t ldy)
 {
@@ -211,24 +116,6 @@ INLINE void expand(int dt, const void *bt, int64_t ldb, int64_t rank, int64_t co
 			_mm512_mask_storeu_ps(y + t * ldy + o, m, acc);
 		}
 	}
-}
-
-TARGET static void expand_f32(const void *bt, int64_t ldb, int64_t rank, int64_t cols, const float *v, int64_t ldv,
-                              int64_t ntok, float *y, int64_t ldy)
-{
-	expand(NZ_F32, bt, ldb, rank, cols, v, ldv, ntok, y, ldy);
-}
-
-TARGET static void expand_f16(const void *bt, int64_t ldb, int64_t rank, int64_t cols, const float *v, int64_t ldv,
-                              int64_t ntok, float *y, int64_t ldy)
-{
-	expand(NZ_F16, bt, ldb, rank, cols, v, ldv, ntok, y, ldy);
-}
-
-TARGET static void expand_bf16(const void *bt, int64_t ldb, int64_t rank, int64_t cols, const float *v,
-                               int64_t ldv, int64_t ntok, float *y, int64_t ldy)
-{
-	expand(NZ_BF16, bt, ldb, rank, cols, v, ldv, ntok, y, ldy);
 }
 
 /* Attention scores: SK keys × up to 2 query heads per register block, each
@@ -284,23 +171,6 @@ INLINE void sk(int dt, int RH, const float *q, int64_t ldq, const char *const *k
 		_mm256_mask_storeu_ps(s + r * lds, km, _mm256_mul_ps(hsum8x16(acc[r]), sv));
 }
 
-INLINE void scores(int dt, const float *q, int64_t nq, int64_t ldq, const void *k, int64_t nk, int64_t n, float scale,
-                   float *s, int64_t lds)
-{
-	const size_t rs = (size_t)n * dt_size(dt);
-	for (int64_t j = 0; j < nk; j += SK) {
-		int m = (int)nz_min64(SK, nk - j);
-		const char *kr[SK];
-		for (int jj = 0; jj < SK; jj++)
-			kr[jj] = (const char *)k + (size_t)(j + (jj < m ? jj : 0)) * rs;
-		int64_t r = 0;
-		for (; r + 2 <= nq; r += 2)
-			sk(dt, 2, q + r * ldq, ldq, kr, m, n, scale, s + r * lds + j, lds);
-		if (r < nq)
-			sk(dt, 1, q + r * ldq, ldq, kr, m, n, scale, s + r * lds + j, lds);
-	}
-}
-
 /* P·V: up to PH heads × 32 columns per register block; each value row's
  * columns read and widened once for the heads. */
 #define PH 8
@@ -344,35 +214,7 @@ INLINE void pvk(int dt, int RH, float *o, int64_t ldo, const float *p, int64_t l
 	}
 }
 
-INLINE void pv(int dt, float *o, int64_t nq, int64_t ldo, const float *p, int64_t ldp, const void *v, int64_t nv,
-               int64_t n)
-{
-	int64_t r = 0;
-	for (; r + PH <= nq; r += PH)
-		pvk(dt, PH, o + r * ldo, ldo, p + r * ldp, ldp, v, nv, n);
-	for (; r + 4 <= nq; r += 4)
-		pvk(dt, 4, o + r * ldo, ldo, p + r * ldp, ldp, v, nv, n);
-	switch (nq - r) {
-	case 3: pvk(dt, 3, o + r * ldo, ldo, p + r * ldp, ldp, v, nv, n); break;
-	case 2: pvk(dt, 2, o + r * ldo, ldo, p + r * ldp, ldp, v, nv, n); break;
-	case 1: pvk(dt, 1, o + r * ldo, ldo, p + r * ldp, ldp, v, nv, n); break;
-	}
-}
-
-#define ATTN_FNS(T, DT) \
-	TARGET static void attn_scores_##T(const float *q, int64_t nq, int64_t ldq, const void *k, int64_t nk, int64_t n, \
-	                                   float scale, float *s, int64_t lds) \
-	{ \
-		scores(DT, q, nq, ldq, k, nk, n, scale, s, lds); \
-	} \
-	TARGET static void attn_pv_##T(float *o, int64_t nq, int64_t ldo, const float *p, int64_t ldp, const void *v, \
-	                               int64_t nv, int64_t n) \
-	{ \
-		pv(DT, o, nq, ldo, p, ldp, v, nv, n); \
-	}
-ATTN_FNS(f32, NZ_F32)
-ATTN_FNS(f16, NZ_F16)
-ATTN_FNS(bf16, NZ_BF16)
+#include "cpu_kernels_drivers.h"
 
 TARGET static uint64_t read_sum_avx512(const void *p, int64_t bytes)
 {
@@ -458,12 +300,7 @@ TARGET static void transpose_scale_avx512(void *dst, int32_t ddt, int64_t ldd, c
 
 const cpu_kernels cpu_kernels_avx512 = {
     .name = "avx512",
-    .gemm = {gemm_f32, gemm_f16, gemm_bf16},
-    .gemm_q8 = gemm_q8,
-    .gemm_gather = {gemm_gather_f32, gemm_gather_f16, gemm_gather_bf16},
-    .expand = {expand_f32, expand_f16, expand_bf16},
-    .attn_scores = {attn_scores_f32, attn_scores_f16, attn_scores_bf16},
-    .attn_pv = {attn_pv_f32, attn_pv_f16, attn_pv_bf16},
+    NZ_KERNEL_TABLE,
     .read_sum = read_sum_avx512,
     .convert = convert_avx512,
     .transpose_scale = transpose_scale_avx512,
