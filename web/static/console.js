@@ -325,6 +325,9 @@
       ],
       legend: { live: true },
       cursor: { points: { show: false } },
+      // The legend names the series; while the pointer is on the plot it
+      // also reads the day's or hour's values (console.css).
+      hooks: { setCursor: [(u) => box.classList.toggle('chart-pointing', u.cursor.idx != null)] },
     };
     const plot = new uPlot(opts, data, box);
     if (window.ResizeObserver) {

@@ -805,7 +805,22 @@ async function main() {
   await step('overview and settings show this month', async () => {
     await page.goto(U('/console/overview'));
     await page.waitForSelector('.chart-box canvas');
-    await lastBarInside(page, 'overview');
+    const bar = await lastBarInside(page, 'overview');
+    // the legend names the series; pointing at today's bar it reads its day and values
+    const legend = () => page.$$eval('.chart-box .u-legend .u-series', (rows) =>
+      rows.filter((r) => getComputedStyle(r).display !== 'none').map((r) =>
+        r.querySelector('th').innerText.trim() + (getComputedStyle(r.querySelector('th'), '::after').content.includes(':') ? ':' : '') +
+        (r.querySelector('td') ? ' ' + r.querySelector('td').innerText.trim() : '')));
+    const idle = await legend();
+    assert(idle.length === 2 && idle.every((t) => !t.includes(':') && !/\d/.test(t)), `overview legend at rest: ${JSON.stringify(idle)}`);
+    const over = await page.$eval('.chart-box .u-over', (e) => { const r = e.getBoundingClientRect(); return { y: r.top + r.height / 2 }; });
+    await page.mouse.move(bar.last - 2, over.y);
+    await page.waitForSelector('.chart-box.chart-pointing');
+    const pointing = await legend();
+    const today = new Date().toISOString().slice(0, 10);
+    assert(pointing.length === 3 && pointing[0] === `Day: ${today}` && pointing.slice(1).every((t) => /: \d/.test(t)), `overview legend pointing at today: ${JSON.stringify(pointing)}`);
+    await page.mouse.move(0, 0);
+    await page.waitForSelector('.chart-box:not(.chart-pointing)');
     // one day: one bar in the middle, not at the left of a span of years
     await page.goto(U('/console/usage?period=today'));
     await page.waitForSelector('.chart-box canvas');
