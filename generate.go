@@ -253,6 +253,15 @@ type GenerateRequest struct {
 	// ToolChoice, with Tools, forces a call: ToolChoiceRequired (one of
 	// the tools) or the name of the one to call; "" lets the model choose.
 	ToolChoice string
+	// OneCall, with Tools, says the answer holds at most one call (OpenAI's
+	// parallel_tool_calls false, the legacy functions): the runtime ends
+	// the completion once its first call is complete (FirstCall: nothing
+	// more is generated, and the text ends with the call), finish reason
+	// FinishStop. A forced call of Mistral's v3 format is then an array
+	// of one. Without it, or on a runtime of an earlier version, which
+	// ignores it, every call the model writes is generated (the gateway
+	// keeps the first).
+	OneCall bool
 	// Stop sequences end the completion; they are not included in it.
 	Stop []string
 	// Logprobs asks for each token's log-probability, TopLogprobs for that
