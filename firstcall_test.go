@@ -38,7 +38,7 @@ func TestFirstCall(t *testing.T) {
 		{nozzle.ToolFormatHermes, true, false, "Let me look.\n<tool_call>\n" + w1 + "\n</tool_call>", "Let me look.\n<tool_call>\n" + w1},
 		{nozzle.ToolFormatHermes, true, false, "<think>a <tool_call>" + w1 + "</think>\n\n<tool_call>" + w1 + "x", "<think>a <tool_call>" + w1 + "</think>\n\n<tool_call>" + w1},
 		{nozzle.ToolFormatHermes, true, true, "a <tool_call>" + w1 + "</think><tool_call>" + w1, "a <tool_call>" + w1 + "</think><tool_call>" + w1},
-		{nozzle.ToolFormatHermes, true, false, "<think>a <tool_call>" + w1, "-"},                          // thoughts never closed
+		{nozzle.ToolFormatHermes, true, false, "<think>a <tool_call>" + w1, "-"},                                // thoughts never closed
 		{nozzle.ToolFormatHermes, true, false, "<tool_call>\nget_weather()\n</tool_call><tool_call>" + w1, "-"}, // a first call that is none
 		{nozzle.ToolFormatHermes, true, false, `<tool_call>{"name": "f", "arguments": {"a": "</tool_call>"}}`, "-"},
 		{nozzle.ToolFormatHermes, true, false, `<tool_call>{"name": "", "arguments": {}}`, "-"},

@@ -139,6 +139,7 @@ func (r *Runtime) prepare(req *nozzle.GenerateRequest) (*sequence, error) {
 	}
 	q.promptOnly = req.PromptOnly
 	q.reasoning, q.thoughtsOpen = r.info.Reasoning && req.Messages != nil, open
+	q.call = r.newCallEnd(req, q.reasoning, open)
 	if req.Adapter != nil {
 		q.sha = req.Adapter.SHA256
 	}
@@ -351,14 +352,8 @@ func isSHA256(s string) bool {
 // nothing is told). The engine waits for that load before q's first
 // token, so the call comes before any completion text.
 func (r *Runtime) stream(ctx context.Context, q *sequence, req *nozzle.GenerateRequest, prompt []int32, host *hostEntry, res *nozzle.GenerateResult, emit func(nozzle.Chunk, int) error) (*nozzle.GenerateResult, error) {
-	var keep []int
-	if q.reasoning {
-		keep = append(keep, r.keepThoughts...)
-	}
-	if len(req.Tools) > 0 {
-		keep = append(keep, r.keepTools...)
-	}
-	ts := &textStream{dec: r.codec.NewStreamDecoder(keep), stops: req.Stop, logprobs: req.Logprobs || req.TopLogprobs > 0}
+	ts := &textStream{dec: r.codec.NewStreamDecoder(r.keptTokens(req, q.reasoning)), stops: req.Stop, logprobs: req.Logprobs || req.TopLogprobs > 0,
+		call: r.firstCall(req, q.reasoning, q.thoughtsOpen)}
 	if q.reasoning {
 		ts.thoughts, ts.open = nozzle.NewThoughtCounter(q.thoughtsOpen, r.info.ReasoningTags), q.thoughtsOpen
 	}
@@ -511,15 +506,20 @@ func (r *Runtime) settleText(ts *textStream, ev *seqEvent, res *nozzle.GenerateR
 }
 
 // textStream turns sampled tokens into chunks of text, holding back text
-// that could be the start of a stop sequence.
+// that could be the start of a stop sequence, and cutting it after the
+// first tool call where the request allows one.
 type textStream struct {
 	dec      streamDecoder
 	stops    []string
 	logprobs bool
-	held     string // produced, not yet emitted
-	base     int    // offset of held in the whole completion text
-	lps      []heldLogprob
-	done     bool
+	// call finds the end of the first tool call (GenerateRequest.OneCall;
+	// nil for none): once found, its offset in the whole completion text
+	// (call.End), where the text ends as at a stop sequence
+	call *nozzle.FirstCall
+	held string // produced, not yet emitted
+	base int    // offset of held in the whole completion text
+	lps  []heldLogprob
+	done bool
 	// A reasoning model's chat completion: its thoughts' tokens, and
 	// whether its prompt opened them (told with the first chunk, marked).
 	thoughts     *nozzle.ThoughtCounter
@@ -546,6 +546,7 @@ func (t *textStream) add(c codec, ev *seqEvent) (nozzle.Chunk, bool) {
 	}
 	start := t.base + len(t.held)
 	t.held += text
+	t.findCall(text)
 	if t.logprobs {
 		lp := tokenLogprob(c, ev)
 		lp.Offset = start
@@ -555,18 +556,32 @@ func (t *textStream) add(c codec, ev *seqEvent) (nozzle.Chunk, bool) {
 }
 
 func (t *textStream) flush(c codec) (nozzle.Chunk, bool) {
-	t.held += t.dec.Flush()
+	text := t.dec.Flush()
+	t.held += text
+	t.findCall(text)
 	return t.cut(true)
 }
 
+// findCall reads the next text for the end of the first tool call.
+func (t *textStream) findCall(text string) {
+	if t.call.End() < 0 {
+		t.call.Add(text)
+	}
+}
+
 // cut emits what can go out: everything before a matched stop sequence
-// (and reports the match), or everything except a tail that could still
-// grow into one; at the end, everything.
+// or up to the end of the first tool call (and reports the match), or
+// everything except a tail that could still grow into a stop sequence;
+// at the end, everything.
 func (t *textStream) cut(final bool) (nozzle.Chunk, bool) {
 	if t.done {
 		return nozzle.Chunk{}, false
 	}
-	if m := firstStop(t.held, t.stops); m >= 0 {
+	m := firstStop(t.held, t.stops)
+	if end := t.call.End(); end >= 0 && (m < 0 || end-t.base < m) {
+		m = end - t.base
+	}
+	if m >= 0 {
 		t.done = true
 		end := t.base + m
 		var lps []nozzle.TokenLogprob

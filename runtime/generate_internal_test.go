@@ -169,7 +169,7 @@ func TestWireRequest_RoundTrip(t *testing.T) {
 		MaxTokens: 5, Temperature: 0.5, TopP: 0.9, TopK: 3, Seed: &seed, Stop: []string{"s"},
 		Logprobs: true, TopLogprobs: 2, Echo: true, Stream: true,
 		LogitBias: map[int]float64{5: -100, 17: 2.5}, PresencePenalty: 0.5, FrequencyPenalty: -1,
-		ResponseFormat: nozzle.ResponseFormatJSONSchema, ResponseSchema: json.RawMessage(`{"type":"object"}`), ToolChoice: "f",
+		ResponseFormat: nozzle.ResponseFormatJSONSchema, ResponseSchema: json.RawMessage(`{"type":"object"}`), ToolChoice: "f", OneCall: true,
 	}
 	b, err := json.Marshal(toWire(in))
 	if err != nil {

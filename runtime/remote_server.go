@@ -73,12 +73,15 @@ type wireRequest struct {
 	ResponseSchema json.RawMessage `json:"response_schema,omitempty"`
 	// ToolChoice: an earlier runtime ignores it, and says so
 	// (ModelInfo.ToolChoice false).
-	ToolChoice  string `json:"tool_choice,omitempty"`
-	Logprobs    bool   `json:"logprobs"`
-	TopLogprobs int    `json:"top_logprobs"`
-	Echo        bool   `json:"echo,omitempty"`
-	PromptOnly  bool   `json:"prompt_only,omitempty"`
-	Stream      bool   `json:"stream,omitempty"`
+	ToolChoice string `json:"tool_choice,omitempty"`
+	// OneCall: an earlier runtime ignores it and generates every call
+	// (the gateway keeps the first); an earlier gateway sends none.
+	OneCall     bool `json:"one_call,omitempty"`
+	Logprobs    bool `json:"logprobs"`
+	TopLogprobs int  `json:"top_logprobs"`
+	Echo        bool `json:"echo,omitempty"`
+	PromptOnly  bool `json:"prompt_only,omitempty"`
+	Stream      bool `json:"stream,omitempty"`
 
 	// ChatTemplateKwargs: an earlier runtime ignores them, and says so
 	// (ModelInfo.ChatTemplateKwargs false).
@@ -92,7 +95,7 @@ func toWire(r *nozzle.GenerateRequest) wireRequest {
 		MaxTokens: r.MaxTokens, Temperature: r.Temperature, TopP: r.TopP, TopK: r.TopK,
 		Seed: r.Seed, Stop: r.Stop, Logprobs: r.Logprobs, TopLogprobs: r.TopLogprobs, Echo: r.Echo, PromptOnly: r.PromptOnly, Stream: r.Stream,
 		LogitBias: r.LogitBias, PresencePenalty: r.PresencePenalty, FrequencyPenalty: r.FrequencyPenalty,
-		ResponseFormat: r.ResponseFormat, ResponseSchema: r.ResponseSchema, ToolChoice: r.ToolChoice,
+		ResponseFormat: r.ResponseFormat, ResponseSchema: r.ResponseSchema, ToolChoice: r.ToolChoice, OneCall: r.OneCall,
 	}
 }
 
@@ -103,7 +106,7 @@ func (w wireRequest) request() *nozzle.GenerateRequest {
 		MaxTokens: w.MaxTokens, Temperature: w.Temperature, TopP: w.TopP, TopK: w.TopK,
 		Seed: w.Seed, Stop: w.Stop, Logprobs: w.Logprobs, TopLogprobs: w.TopLogprobs, Echo: w.Echo, PromptOnly: w.PromptOnly, Stream: w.Stream,
 		LogitBias: w.LogitBias, PresencePenalty: w.PresencePenalty, FrequencyPenalty: w.FrequencyPenalty,
-		ResponseFormat: w.ResponseFormat, ResponseSchema: w.ResponseSchema, ToolChoice: w.ToolChoice,
+		ResponseFormat: w.ResponseFormat, ResponseSchema: w.ResponseSchema, ToolChoice: w.ToolChoice, OneCall: w.OneCall,
 	}
 }
 

@@ -100,6 +100,7 @@ type sequence struct {
 	seed        uint64
 	bias        *seqBias    // logit_bias and penalties; nil for none
 	gram        *seqGrammar // the response format's constraint; nil for none
+	call        *callEnd    // ends it at its first tool call (GenerateRequest.OneCall); nil for none
 	nTop        int
 	// score asks for the prompt tokens' logprobs; prompt positions
 	// 1..scored-1 have theirs posted.
@@ -1046,6 +1047,7 @@ func (s *scheduler) step() {
 		q.tokens = append(q.tokens, tok)
 		q.bias.generated(tok)
 		formed := q.gram.feed(tok)
+		called := q.call.feed(tok)
 		q.generated++
 		if q.firstToken.IsZero() {
 			q.firstToken = t1
@@ -1064,7 +1066,7 @@ func (s *scheduler) step() {
 		case q.gram.failed() != nil:
 			s.log.Error("response format constraint failed", "err", q.gram.failed())
 			s.finish(q, "", q.gram.failed())
-		case ev.eos, formed:
+		case ev.eos, formed, called:
 			s.finish(q, nozzle.FinishStop, nil)
 		case q.generated >= q.maxTokens || len(q.tokens) >= s.ctxLen:
 			s.finish(q, nozzle.FinishLength, nil)

@@ -20,7 +20,8 @@ import (
 //   - Llama 3 JSON: the whole answer {"name": …, "parameters": …};
 //   - Mistral's v3 format: the control token [TOOL_CALLS] (forced alone,
 //     where the vocabulary has it), then " [" the calls "]", a JSON array
-//     of {"name": …, "arguments": …}, one for a named function.
+//     of {"name": …, "arguments": …}, one for a named function or where
+//     the request allows one call (GenerateRequest.OneCall).
 //
 // The arguments follow the called function's parameters where they
 // compile (grammar.CompileSchema), otherwise they are any JSON object;
@@ -70,9 +71,9 @@ func (r *Runtime) toolCallConstraint(req *nozzle.GenerateRequest) (constraint, i
 	if err != nil {
 		return nil, -1, err
 	}
-	if f.array { // calls in an array: one of a named function
+	if f.array { // calls in an array: one of a named function, or where one call is allowed
 		most := ""
-		if req.ToolChoice != nozzle.ToolChoiceRequired {
+		if req.ToolChoice != nozzle.ToolChoiceRequired || req.OneCall {
 			most = `,"maxItems":1`
 		}
 		schema = fmt.Appendf(nil, `{"type":"array","minItems":1%s,"items":%s}`, most, schema)
