@@ -72,8 +72,10 @@ type job struct {
 	// a choice's call is answered as function_call
 	functions bool
 	// oneCall: a choice answers at most one call, its first (legacy
-	// functions, parallel_tool_calls false); calls the model wrote after
-	// it are dropped (splitCalls)
+	// functions, parallel_tool_calls false): the runtime ends the
+	// completion with it (nozzle.GenerateRequest.OneCall); calls a
+	// runtime of an earlier version still wrote after it are dropped
+	// (splitCalls)
 	oneCall bool
 	// reasoning: a reasoning model's chat (nozzle.ModelInfo.Reasoning),
 	// whose thoughts, between thinkTags, are given apart from the answer
@@ -208,7 +210,7 @@ func (j *job) requests(requestID, tenantID string, maxTokens int) []*nozzle.Gene
 		for i := 0; i < j.n; i++ {
 			r := mk(i)
 			r.Messages = j.messages
-			r.Tools, r.ToolChoice = j.tools, j.toolChoice
+			r.Tools, r.ToolChoice, r.OneCall = j.tools, j.toolChoice, j.oneCall && j.tools != nil
 			r.ChatTemplateKwargs = j.templateKwargs
 			out = append(out, r)
 		}

@@ -239,9 +239,10 @@ func toolCallID(format, answerID string, choice, k int) string {
 }
 
 // splitCalls is splitToolCalls for choice i of j's answer, keeping only
-// the first call where the request allows one (oneCall).
+// the first call where the request allows one (oneCall): the runtime
+// ended the answer with it, a Mistral array then maybe open.
 func (j *job) splitCalls(text string, i int) (string, []nozzle.ToolCall) {
-	rest, calls := splitToolCalls(j.toolFormat, text, j.id, i)
+	rest, calls := splitToolCallsOf(j.toolFormat, text, j.id, i, j.oneCall)
 	if j.oneCall && len(calls) > 1 {
 		calls = calls[:1]
 	}
@@ -252,6 +253,13 @@ func (j *job) splitCalls(text string, i int) (string, []nozzle.ToolCall) {
 // format: the text around them (trimmed) and the calls, with ids from
 // answerID and choice. An answer without a well-formed call is all text.
 func splitToolCalls(format, text, answerID string, choice int) (string, []nozzle.ToolCall) {
+	return splitToolCallsOf(format, text, answerID, choice, false)
+}
+
+// splitToolCallsOf is splitToolCalls; with first, the answer may end with
+// its first call (nozzle.FirstCall, where the runtime ends an answer that
+// allows one call), which leaves Mistral's array of calls without its ']'.
+func splitToolCallsOf(format, text, answerID string, choice int, first bool) (string, []nozzle.ToolCall) {
 	var calls []nozzle.ToolCall
 	add := func(name string, args json.RawMessage) {
 		if isNull(args) {
@@ -331,7 +339,10 @@ func splitToolCalls(format, text, answerID string, choice int) (string, []nozzle
 		case strings.HasPrefix(body, "["):
 			dec := json.NewDecoder(strings.NewReader(body))
 			if dec.Decode(&parts) != nil || strings.TrimSpace(body[dec.InputOffset():]) != "" {
-				return text, nil
+				var ok bool
+				if parts, ok = openArray(body); !first || !ok {
+					return text, nil
+				}
 			}
 		case marked && strings.HasPrefix(body, "{"):
 			// one call without its array, after the marker
@@ -368,7 +379,7 @@ func splitToolCalls(format, text, answerID string, choice int) (string, []nozzle
 		if after := strings.TrimLeft(text[i+len(mistralCalls):], " \t\r\n"); strings.HasPrefix(after, "[") {
 			// the earlier format's JSON array, which such a model may
 			// still write
-			return splitToolCalls(nozzle.ToolFormatMistral, text, answerID, choice)
+			return splitToolCallsOf(nozzle.ToolFormatMistral, text, answerID, choice, first)
 		}
 		rest := text[i:]
 		for {
@@ -433,6 +444,29 @@ func thoughtEnd(text string) int {
 		return -1
 	}
 	return from + j + len(hermesThoughts.Close)
+}
+
+// openArray reads a JSON array whose ']' is cut off after an element:
+// '[', then values separated by ',' (and JSON space), to the end of s.
+func openArray(s string) ([]json.RawMessage, bool) {
+	var parts []json.RawMessage
+	s = s[1:] // '['
+	for {
+		dec := json.NewDecoder(strings.NewReader(s))
+		var v json.RawMessage
+		if dec.Decode(&v) != nil {
+			return nil, false
+		}
+		parts = append(parts, v)
+		s = strings.TrimLeft(s[dec.InputOffset():], " \t\r\n")
+		if s == "" {
+			return parts, true
+		}
+		if s[0] != ',' {
+			return nil, false
+		}
+		s = s[1:]
+	}
 }
 
 // splitCalls splits "{...}; {...}" into its objects (Llama 3 separates
