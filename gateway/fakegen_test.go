@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -118,6 +119,30 @@ func (g *fakeGen) mock() *mock.Generator {
 	}
 }
 
+// oneCallWords are words as a runtime generates them for a request that
+// allows one call (nozzle.GenerateRequest.OneCall): up to the one that
+// completes the first call, cut after the call (nozzle.FirstCall, which
+// the runtime's tests check on the engine).
+func (g *fakeGen) oneCallWords(words []string) []string {
+	var thoughts *nozzle.ThinkTags
+	open := false
+	switch {
+	case g.reasoning:
+		thoughts, open = &g.thinkTags, g.open
+	case g.toolFormat == nozzle.ToolFormatHermes:
+		thoughts = &nozzle.DefaultThinkTags
+	}
+	m := nozzle.NewFirstCall(g.toolFormat, thoughts, open)
+	off := 0
+	for i, w := range words {
+		if m.Add(w) {
+			return append(slices.Clone(words[:i]), w[:m.End()-off])
+		}
+		off += len(w)
+	}
+	return words
+}
+
 func (g *fakeGen) generate(ctx context.Context, req *nozzle.GenerateRequest, emit func(nozzle.Chunk) error) (*nozzle.GenerateResult, error) {
 	g.calls.Add(1)
 	g.w.generations.Add(1)
@@ -204,6 +229,9 @@ func (g *fakeGen) generate(ctx context.Context, req *nozzle.GenerateRequest, emi
 	if strings.Contains(prompt, "CALL_TOOL") && len(req.Tools) > 0 {
 		// a call as a Qwen-style template teaches it
 		words = []string{"<tool_call>\n", `{"name": "get_weather", `, `"arguments": {"city": "Bern"}}`, "\n</tool_call>"}
+	}
+	if req.OneCall && len(req.Tools) > 0 {
+		words = g.oneCallWords(words)
 	}
 	n := len(words)
 	if req.MaxTokens > 0 && req.MaxTokens < n {

@@ -183,9 +183,10 @@ func TestFunctions_Hermes(t *testing.T) {
 	}
 }
 
-// TestFunctions_OneCall: the legacy answer has one call; of a model's
-// several, the first. n choices each have theirs, with logprobs, streamed
-// or not.
+// TestFunctions_OneCall: the legacy answer has one call; the runtime is
+// asked to end with the model's first (nozzle.GenerateRequest.OneCall),
+// and only the tokens up to it are generated and counted. n choices each
+// have theirs, with logprobs, streamed or not.
 func TestFunctions_OneCall(t *testing.T) {
 	f := newFixture(t, withToolFormat(nozzle.ToolFormatLlama3JSON,
 		"{\"name\": \"get_weather\", \"parameters\": {\"city\": \"Bern\"}}", "; {\"name\": \"get_weather\", \"parameters\": {\"city\": \"Basel\"}}"))
@@ -200,16 +201,19 @@ func TestFunctions_OneCall(t *testing.T) {
 	}
 	for i, c := range out.Choices {
 		if c.Message.Content != nil || c.FinishReason != "function_call" || c.Message.FunctionCall == nil || c.Message.FunctionCall.Arguments != `{"city":"Bern"}` ||
-			c.Logprobs == nil || len(c.Logprobs.Content) != 2 {
+			c.Logprobs == nil || len(c.Logprobs.Content) != 1 {
 			t.Errorf("choice %d: %+v", i, c)
 		}
 	}
-	ch, usage := streamedFunctions(t, readAll(t, f.do(http.MethodPost, "/v1/chat/completions", strings.Replace(body, `{"model"`, `{"stream":true,"model"`, 1), f.authA())))
-	if len(ch) != 2 || usage != -1 {
+	if r := f.gen.lastReq.Load(); !r.OneCall || out.Usage.CompletionTokens != 2 {
+		t.Errorf("OneCall %v, %d completion tokens (one a choice)", r.OneCall, out.Usage.CompletionTokens)
+	}
+	ch, usage := streamedFunctions(t, readAll(t, f.do(http.MethodPost, "/v1/chat/completions", strings.Replace(body, `{"model"`, `{"stream":true,"stream_options":{"include_usage":true},"model"`, 1), f.authA())))
+	if len(ch) != 2 || usage != 2 {
 		t.Fatalf("streamed %+v, usage %d", ch, usage)
 	}
 	for i, s := range ch {
-		if s.content != "" || s.name != "get_weather" || s.arguments != `{"city":"Bern"}` || s.pieces != 2 || s.finish != "function_call" || s.toolCalls || s.logprobs != 2 {
+		if s.content != "" || s.name != "get_weather" || s.arguments != `{"city":"Bern"}` || s.pieces != 2 || s.finish != "function_call" || s.toolCalls || s.logprobs != 1 {
 			t.Errorf("streamed choice %d: %+v", i, s)
 		}
 	}

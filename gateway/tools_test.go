@@ -2,6 +2,7 @@ package gateway_test
 
 import (
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"regexp"
 	"strings"
@@ -470,8 +471,10 @@ func TestTools_Forced(t *testing.T) {
 
 // TestTools_ParallelToolCallsFalse: with parallel_tool_calls false a
 // choice answers one call, the model's first, whole and streamed, in chat
-// and in the Responses API; true or left out answers them all; a value
-// that is not a boolean is refused.
+// and in the Responses API: the runtime is asked to end with it
+// (nozzle.GenerateRequest.OneCall), so only the tokens up to it are
+// generated, and the usage counts those; true or left out answers them
+// all and asks for all; a value that is not a boolean is refused.
 func TestTools_ParallelToolCallsFalse(t *testing.T) {
 	f := newFixture(t, withToolFormat(nozzle.ToolFormatLlama3JSON,
 		"{\"name\": \"get_weather\", \"parameters\": {\"city\": \"Bern\"}}", "; {\"name\": \"get_weather\", \"parameters\": {\"city\": \"Basel\"}}"))
@@ -479,16 +482,33 @@ func TestTools_ParallelToolCallsFalse(t *testing.T) {
 		param string
 		calls int
 	}{{`"parallel_tool_calls":false,`, 1}, {`"parallel_tool_calls":true,`, 2}, {"", 2}} {
+		oneCall := tc.calls == 1
+		// one word a token: the first call's, then the second's
+		tokens := tc.calls
 		body := `{"model":"base",` + tc.param + weatherTools + `,"messages":[{"role":"user","content":"Bern and Basel?"}]}`
-		var out toolAnswer
+		var out struct {
+			toolAnswer
+			Usage struct {
+				CompletionTokens int `json:"completion_tokens"`
+			}
+		}
 		decode(t, f.do(http.MethodPost, "/v1/chat/completions", body, f.authA()), &out)
 		c := out.Choices[0]
 		if c.FinishReason != "tool_calls" || len(c.Message.ToolCalls) != tc.calls || c.Message.ToolCalls[0].Function.Arguments != `{"city":"Bern"}` {
 			t.Errorf("%s: answer %+v", tc.param, out)
 		}
-		_, calls, finish := streamedTools(t, readAll(t, f.do(http.MethodPost, "/v1/chat/completions", strings.Replace(body, `{"model"`, `{"stream":true,"model"`, 1), f.authA())))
-		if len(calls) != tc.calls || finish != "tool_calls" {
-			t.Errorf("%s: streamed %s %q", tc.param, calls, finish)
+		if r := f.gen.lastReq.Load(); r.OneCall != oneCall || out.Usage.CompletionTokens != tokens {
+			t.Errorf("%s: OneCall %v, %d completion tokens", tc.param, r.OneCall, out.Usage.CompletionTokens)
+		}
+		stream := strings.Replace(body, `{"model"`, `{"stream":true,"stream_options":{"include_usage":true},"model"`, 1)
+		raw := readAll(t, f.do(http.MethodPost, "/v1/chat/completions", stream, f.authA()))
+		_, calls, finish := streamedTools(t, raw)
+		if len(calls) != tc.calls || finish != "tool_calls" || !strings.Contains(raw, fmt.Sprintf(`"completion_tokens":%d,`, tokens)) {
+			t.Errorf("%s: streamed %s %q: %s", tc.param, calls, finish, raw)
+		}
+		var first struct{ Function nozzle.FunctionCall }
+		if json.Unmarshal(calls[0], &first) != nil || first.Function != c.Message.ToolCalls[0].Function {
+			t.Errorf("%s: streamed call %s, answered %+v", tc.param, calls[0], c.Message.ToolCalls[0])
 		}
 		_, r := postResponses(t, f, `{"model":"base",`+tc.param+respWeatherTools+`,"input":"Bern and Basel?"}`)
 		n := 0
@@ -497,10 +517,55 @@ func TestTools_ParallelToolCallsFalse(t *testing.T) {
 				n++
 			}
 		}
-		if n != tc.calls || r.Output[0].Arguments != `{"city":"Bern"}` {
-			t.Errorf("%s: response output %+v", tc.param, r.Output)
+		if n != tc.calls || r.Output[0].Arguments != `{"city":"Bern"}` || r.Usage == nil || r.Usage.OutputTokens != int64(tokens) || f.gen.lastReq.Load().OneCall != oneCall {
+			t.Errorf("%s: response output %+v, usage %+v", tc.param, r.Output, r.Usage)
+		}
+		evs := respEvents(t, readAll(t, f.do(http.MethodPost, "/v1/responses", `{"model":"base","stream":true,`+tc.param+respWeatherTools+`,"input":"Bern and Basel?"}`, f.authA())))
+		if last := evs[len(evs)-1].response; last == nil || len(last.Output) != tc.calls || last.Output[0].Arguments != `{"city":"Bern"}` || last.Usage.OutputTokens != int64(tokens) {
+			t.Errorf("%s: streamed response %+v", tc.param, last)
 		}
 	}
 	resp := f.do(http.MethodPost, "/v1/chat/completions", `{"model":"base","parallel_tool_calls":"no",`+weatherTools+`,"messages":[{"role":"user","content":"Bern?"}]}`, f.authA())
 	wantError(t, resp, 400, "invalid_request_error", "invalid_type", "parallel_tool_calls")
+}
+
+// TestTools_ParallelToolCallsFalseMistral: Mistral's v3 array of calls,
+// which the runtime leaves open after its first call where one is
+// allowed ("[{…}", the "," and the rest never generated), answers that
+// call, streamed and not; the Hermes form ends with its first object,
+// the text before it kept as content.
+func TestTools_ParallelToolCallsFalseMistral(t *testing.T) {
+	for _, tc := range []struct {
+		format  string
+		words   []string
+		content string
+	}{
+		{nozzle.ToolFormatMistral, []string{" [{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Bern\"}}", ", {\"name\": \"get_weather\", \"arguments\": {\"city\": \"Basel\"}}]"}, ""},
+		{nozzle.ToolFormatMistral, []string{" [{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Bern\"}},", " {\"name\": \"get_weather\", \"arguments\": {\"city\": \"Basel\"}}]"}, ""},
+		{nozzle.ToolFormatHermes, []string{"Let me check.\n", "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Bern\"}}\n", "</tool_call>\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Basel\"}}\n</tool_call>"}, "Let me check.\n"},
+	} {
+		f := newFixture(t, withToolFormat(tc.format, tc.words...))
+		body := `{"model":"base","parallel_tool_calls":false,` + weatherTools + `,"messages":[{"role":"user","content":"Bern and Basel?"}]}`
+		var out struct {
+			toolAnswer
+			Usage struct {
+				CompletionTokens int `json:"completion_tokens"`
+			}
+		}
+		decode(t, f.do(http.MethodPost, "/v1/chat/completions", body, f.authA()), &out)
+		c := out.Choices[0]
+		want := len(tc.words) - 1 // the last word is the second call's
+		if c.FinishReason != "tool_calls" || len(c.Message.ToolCalls) != 1 || c.Message.ToolCalls[0].Function.Arguments != `{"city":"Bern"}` ||
+			tc.content == "" && c.Message.Content != nil || tc.content != "" && (c.Message.Content == nil || *c.Message.Content != tc.content) || out.Usage.CompletionTokens != want {
+			t.Errorf("%s %q: answer %+v", tc.format, tc.words, out)
+		}
+		content, calls, finish := streamedTools(t, readAll(t, f.do(http.MethodPost, "/v1/chat/completions", strings.Replace(body, `{"model"`, `{"stream":true,"model"`, 1), f.authA())))
+		var first struct {
+			ID       string
+			Function nozzle.FunctionCall
+		}
+		if len(calls) != 1 || json.Unmarshal(calls[0], &first) != nil || first.Function != c.Message.ToolCalls[0].Function || content != tc.content || finish != "tool_calls" {
+			t.Errorf("%s %q: streamed %q %s %q", tc.format, tc.words, content, calls, finish)
+		}
+	}
 }
