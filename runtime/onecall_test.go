@@ -78,7 +78,8 @@ func regexOf(text string) json.RawMessage {
 // JSON, Mistral's v3 array — with OneCall ends with the token that
 // completes the first call's object: the same tokens up to it, the text
 // cut at its '}' ("};", "}]" and "},"-tokens cut within), finish "stop",
-// and only those tokens counted; without OneCall both calls come.
+// and only those tokens counted, in process and over the remote protocol;
+// without OneCall both calls come.
 func TestOneCall_Free(t *testing.T) {
 	const weather = `{"name": "get_weather", "arguments": {"city": "Bern \"}{", "unit": "C"}}`
 	const clock = `{"name": "get_time", "arguments": {"zone": "UTC"}}`
@@ -108,6 +109,18 @@ func TestOneCall_Free(t *testing.T) {
 			all, one := oneCallPair(t, rt, req, tc.format, tc.want)
 			if all.text != tc.text || all.res.FinishReason != nozzle.FinishStop || all.res.CompletionTokens <= one.res.CompletionTokens {
 				t.Fatalf("both calls: %q (finish %q, %d tokens; one call %d)", all.text, all.res.FinishReason, all.res.CompletionTokens, one.res.CompletionTokens)
+			}
+			if tc.name == "qwen3" || tc.name == "mistral" {
+				// the same over the remote protocol, streamed and not
+				c := serve(t, rt)
+				for _, stream := range []bool{false, true} {
+					r := *req
+					r.OneCall, r.Stream = true, stream
+					o := run(context.Background(), c, &r)
+					if o.err != nil || o.text != one.text || o.res.CompletionTokens != one.res.CompletionTokens || o.res.FinishReason != nozzle.FinishStop {
+						t.Fatalf("remote (stream %v): %q, %+v %v; in process %q, %d tokens", stream, o.text, o.res, o.err, one.text, one.res.CompletionTokens)
+					}
+				}
 			}
 			t.Logf("%d tokens for both calls, %d for one: %q", all.res.CompletionTokens, one.res.CompletionTokens, tokens(one)[len(tokens(one))-2:])
 		})
