@@ -74,7 +74,8 @@ func regexOf(text string) json.RawMessage {
 
 // TestOneCall_Free: a model that writes two calls where nothing
 // constrains them as calls (a regex response format writes the text: the
-// calls themselves are free) — Hermes' on Qwen3's tokenizer, Llama 3's
+// calls themselves are free) — Hermes' on Qwen3's tokenizer (and after
+// thoughts that hold a call, which is none), Llama 3's
 // JSON, Mistral's v3 array — with OneCall ends with the token that
 // completes the first call's object: the same tokens up to it, the text
 // cut at its '}' ("};", "}]" and "},"-tokens cut within), finish "stop",
@@ -93,6 +94,8 @@ func TestOneCall_Free(t *testing.T) {
 	}{
 		{"qwen3", nozzle.ToolFormatHermes, qwen3Dir, "Sure.\n<tool_call>\n" + weather + "\n</tool_call>\n<tool_call>\n" + clock + "\n</tool_call>",
 			"Sure.\n<tool_call>\n" + weather, noThinking},
+		{"qwen3-thinking", nozzle.ToolFormatHermes, qwen3Dir, "<think>\nMaybe <tool_call>\n" + clock + "\n</tool_call>\n</think>\n\n<tool_call>\n" + weather + "\n</tool_call>\n<tool_call>\n" + clock + "\n</tool_call>",
+			"<think>\nMaybe <tool_call>\n" + clock + "\n</tool_call>\n</think>\n\n<tool_call>\n" + weather, nil},
 		{"llama3", nozzle.ToolFormatLlama3JSON, llama3Dir, weatherL + "; " + clockL, weatherL, nil},
 		{"llama3-tight", nozzle.ToolFormatLlama3JSON, llama3Dir, weatherL + ";" + clockL, weatherL, nil},
 		{"mistral", nozzle.ToolFormatMistral, func(t *testing.T) string { return mistralDir(t, true, false) }, "[" + weather + ", " + clock + "]", "[" + weather, nil},
@@ -218,5 +221,26 @@ func TestOneCall_ForcedMistralArray(t *testing.T) {
 			t.Errorf("seed %d: %d tokens told, %d counted", seed, n, o.res.CompletionTokens)
 		}
 		t.Logf("seed %d: %q", seed, o.text)
+	}
+}
+
+// TestOneCall_NoCall: an answer whose first call is none as the gateway
+// reads it — text, a call object without Llama 3's required parameters —
+// ends nothing with OneCall: the same answer as without it, all of it.
+func TestOneCall_NoCall(t *testing.T) {
+	rt := openOnStore(t, runtime.Options{}, llama3Dir(t), nil)
+	for _, text := range []string{
+		`It is sunny. {"name": "get_weather", "parameters": {"city": "Bern"}}`,
+		`{"name": "get_weather"}; {"name": "get_time", "parameters": {"zone": "UTC"}}`,
+	} {
+		req := weatherRequest(strictTools(false), 400, nil, 0)
+		req.Temperature, req.Logprobs = 0, true
+		req.ResponseFormat, req.ResponseSchema = nozzle.ResponseFormatRegex, regexOf(text)
+		all := seededRun(t, rt, req)
+		req.OneCall = true
+		one := seededRun(t, rt, req)
+		if all.text != text || one.text != text || one.res.CompletionTokens != all.res.CompletionTokens || one.res.FinishReason != nozzle.FinishStop {
+			t.Errorf("%q: %q (%d tokens), without OneCall %q (%d)", text, one.text, one.res.CompletionTokens, all.text, all.res.CompletionTokens)
+		}
 	}
 }
