@@ -75,6 +75,14 @@ type UsageEvent struct {
 	// event's own record.
 	StoredResponse *StoredResponse `json:"-"`
 
+	// ConversationAppend, when set, is a Responses API response's items
+	// to append to a conversation of its tenant (ConversationStore): the
+	// ledger appends them in the same durable write as the event, so that
+	// they are appended if and only if the event is recorded; a duplicate
+	// event appends nothing. Only an ok event carries it. Not part of the
+	// event's own record.
+	ConversationAppend *ConversationAppend `json:"-"`
+
 	// CheckpointID, when set, is the request id the request's usage was
 	// checkpointed under while it ran (UsageCheckpointer.CheckpointUsage);
 	// recording the event ends that checkpoint in the same durable write,
@@ -186,8 +194,11 @@ type LedgerCheck struct {
 	Checkpoints int `json:"checkpoints"`
 	// Responses are the Responses API's stored responses (ResponseStore),
 	// deleted ones that later stored responses continue included.
-	Responses int      `json:"responses"`
-	Problems  []string `json:"problems,omitempty"`
+	Responses int `json:"responses"`
+	// Conversations are the Conversations API's conversations
+	// (ConversationStore).
+	Conversations int      `json:"conversations"`
+	Problems      []string `json:"problems,omitempty"`
 }
 
 // LedgerMaintainer backs up and checks the ledger while it serves.

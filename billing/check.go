@@ -44,7 +44,10 @@ func (r *CheckResult) problem(format string, args ...any) {
 // (an event ends its request's checkpoint; both would be charged). Stored
 // responses must decode, be indexed by their time, and count the stored
 // responses that continue them, and each tenant's response_storage must
-// equal their bytes. The error wraps ErrInconsistent when something does not match.
+// equal their bytes. Conversations must decode, and each one's items
+// decode, number fewer than its next sequence number, count as many as
+// it says, and be indexed by their ids (conversation_item_ids indexing
+// no other). The error wraps ErrInconsistent when something does not match.
 func (l *Ledger) Check(ctx context.Context) (*CheckResult, error) {
 	res := &CheckResult{}
 	err := l.viewUsage(func(tx *bolt.Tx) error {
@@ -186,6 +189,9 @@ func (l *Ledger) Check(ctx context.Context) (*CheckResult, error) {
 		}
 
 		if err := checkResponses(tx, res); err != nil {
+			return err
+		}
+		if err := checkConversations(tx, res); err != nil {
 			return err
 		}
 		if err := checkListIndexes(tx, res); err != nil {
@@ -463,6 +469,77 @@ func checkResponses(tx *bolt.Tx, res *CheckResult) error {
 		if got, err := responseBytes(sb, tenantID); err != nil || got != want {
 			res.problem("response_storage of tenant %q is %d (%v), its stored responses hold %d bytes", tenantID, got, err, want)
 		}
+	}
+	return nil
+}
+
+// checkConversations checks the conversations: each decodes; its items
+// decode, are numbered below its next sequence number, are as many as it
+// counts and are indexed by their ids; no item or index entry belongs to
+// no conversation.
+func checkConversations(tx *bolt.Tx, res *CheckResult) error {
+	type conv struct {
+		r     *convRecord
+		items uint64
+	}
+	convs := map[string]*conv{} // by convPrefix
+	err := tx.Bucket(bConversations).ForEach(func(k, v []byte) error {
+		res.Conversations++
+		tenantID, id, ok := readLP(k)
+		if !ok {
+			res.problem("conversation key %x", k)
+			return nil
+		}
+		r, err := decodeConvRecord(v)
+		if err != nil {
+			res.problem("conversation %q of tenant %q: %v", id, tenantID, err)
+			return nil
+		}
+		convs[string(convPrefix(tenantID, string(id)))] = &conv{r: r}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	ids := tx.Bucket(bConvItemIDs)
+	indexed := 0
+	err = tx.Bucket(bConvItems).ForEach(func(k, v []byte) error {
+		if len(k) < 8 {
+			res.problem("conversation item key %x", k)
+			return nil
+		}
+		prefix, seq := k[:len(k)-8], bytesU64(k[len(k)-8:])
+		c := convs[string(prefix)]
+		if c == nil {
+			res.problem("conversation item %x belongs to no conversation", k)
+			return nil
+		}
+		c.items++
+		if seq >= c.r.next {
+			res.problem("conversation item %x is numbered past its conversation's next (%d)", k, c.r.next)
+		}
+		it, err := decodeConvItem(v)
+		if err != nil {
+			res.problem("conversation item %x: %v", k, err)
+			return nil
+		}
+		if sk := ids.Get(join(prefix, []byte(it.ID))); len(sk) != 8 || bytesU64(sk) != seq {
+			res.problem("conversation item %x (%q) is not indexed by its id", k, it.ID)
+		} else {
+			indexed++
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for p, c := range convs {
+		if c.items != c.r.items {
+			res.problem("conversation %x counts %d items, holds %d", p, c.r.items, c.items)
+		}
+	}
+	if n := ids.Stats().KeyN; n != indexed {
+		res.problem("conversation_item_ids holds %d keys for %d indexed items", n, indexed)
 	}
 	return nil
 }

@@ -224,6 +224,12 @@ func FuzzDecodeJournal(f *testing.F) {
 	srs, _ := appendJournalRecord(nil, nil, 5, jrec{ev: &stored})
 	srs, _ = appendJournalRecord(srs, nil, 5, jrec{ev: &stored, ends: "c"})
 	f.Add(srs)
+	conv := stored
+	conv.ConversationAppend = &nozzle.ConversationAppend{ConversationID: "conv_1", Items: []nozzle.ConversationItem{{ID: "msg_1", Item: []byte(`{"id":"msg_1"}`)}}}
+	convs, _ := appendJournalRecord(nil, nil, 6, jrec{ev: &conv})
+	conv.StoredResponse = nil
+	convs, _ = appendJournalRecord(convs, nil, 6, jrec{ev: &conv, ends: "d"})
+	f.Add(convs)
 	f.Add([]byte{})
 	f.Fuzz(func(t *testing.T, b []byte) {
 		recs, good, gen := decodeJournal(b)
@@ -245,7 +251,9 @@ func FuzzDecodeJournal(f *testing.F) {
 			if r.ckpt != recs[i].ckpt || r.ends != recs[i].ends || (r.ev == nil) != (recs[i].ev == nil) ||
 				r.ev != nil && r.ev.RequestID != recs[i].ev.RequestID ||
 				r.ev != nil && (r.ev.StoredResponse == nil) != (recs[i].ev.StoredResponse == nil) ||
-				r.ev != nil && r.ev.StoredResponse != nil && (r.ev.StoredResponse.ID != recs[i].ev.StoredResponse.ID || !bytes.Equal(r.ev.StoredResponse.Body, recs[i].ev.StoredResponse.Body)) {
+				r.ev != nil && r.ev.StoredResponse != nil && (r.ev.StoredResponse.ID != recs[i].ev.StoredResponse.ID || !bytes.Equal(r.ev.StoredResponse.Body, recs[i].ev.StoredResponse.Body)) ||
+				r.ev != nil && (r.ev.ConversationAppend == nil) != (recs[i].ev.ConversationAppend == nil) ||
+				r.ev != nil && r.ev.ConversationAppend != nil && (r.ev.ConversationAppend.ConversationID != recs[i].ev.ConversationAppend.ConversationID || len(r.ev.ConversationAppend.Items) != len(recs[i].ev.ConversationAppend.Items)) {
 				t.Fatalf("record %d re-decodes as %+v, was %+v", i, r, recs[i])
 			}
 		}
@@ -269,5 +277,68 @@ func FuzzDecodeStoredResponse(f *testing.F) {
 		}
 		// A damaged record's items fail to read; they never panic.
 		_, _ = r.outputItems()
+	})
+}
+
+func FuzzDecodeConversation(f *testing.F) {
+	f.Add(encodeConvRecord(&convRecord{created: time.Unix(7, 0), next: 5, items: 3, metadata: map[string]string{"a": "b", "c": ""}}))
+	f.Add(encodeConvRecord(&convRecord{}))
+	f.Add([]byte{1})
+	f.Add([]byte{})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		r, err := decodeConvRecord(b)
+		if err != nil {
+			return
+		}
+		r2, err := decodeConvRecord(encodeConvRecord(r))
+		if err != nil || !r2.created.Equal(r.created) || r2.next != r.next || r2.items != r.items || len(r2.metadata) != len(r.metadata) {
+			t.Fatalf("conversation does not round-trip: %+v vs %+v (%v)", r, r2, err)
+		}
+		for k, v := range r.metadata {
+			if r2.metadata[k] != v {
+				t.Fatalf("metadata %q: %q vs %q", k, v, r2.metadata[k])
+			}
+		}
+	})
+}
+
+func FuzzDecodeConversationItem(f *testing.F) {
+	f.Add(encodeConvItem(nozzle.ConversationItem{ID: "msg_1", Item: []byte(`{"id":"msg_1"}`)}))
+	f.Add([]byte{1, 0})
+	f.Add([]byte{})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		it, err := decodeConvItem(b)
+		if err != nil {
+			return
+		}
+		it2, err := decodeConvItem(encodeConvItem(it))
+		if err != nil || it2.ID != it.ID || !bytes.Equal(it2.Item, it.Item) {
+			t.Fatalf("conversation item does not round-trip: %+v vs %+v (%v)", it, it2, err)
+		}
+	})
+}
+
+func FuzzDecodeConversationAppend(f *testing.F) {
+	e := enc{}
+	encodeConvAppend(&e, &nozzle.ConversationAppend{ConversationID: "conv_1", Items: []nozzle.ConversationItem{{ID: "a", Item: []byte(`{}`)}, {ID: "b", Item: []byte(` {"x":1}`)}}})
+	f.Add(e.b)
+	f.Add([]byte{1, 1, 'c', 0})
+	f.Add([]byte{})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		d := dec{b: b}
+		ca := decodeConvAppend(&d)
+		if d.err != nil {
+			return
+		}
+		if validateConvAppend(ca) != nil {
+			t.Fatalf("decoded an invalid append %+v", ca)
+		}
+		e := enc{}
+		encodeConvAppend(&e, ca)
+		d2 := dec{b: e.b}
+		ca2 := decodeConvAppend(&d2)
+		if d2.err != nil || len(d2.b) != 0 || ca2.ConversationID != ca.ConversationID || len(ca2.Items) != len(ca.Items) {
+			t.Fatalf("append does not round-trip: %+v vs %+v (%v)", ca, ca2, d2.err)
+		}
 	})
 }

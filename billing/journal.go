@@ -103,6 +103,11 @@ const (
 	// then the record of its event (an event's value encoding, or a recEnd
 	// record with one), filed in one transaction with it.
 	recResponse = 0x83
+	// recConversation: a response's items to append to a conversation
+	// (nozzle.UsageEvent.ConversationAppend), then the record of its event
+	// (an event's value encoding, a recEnd record with one, or a
+	// recResponse record), filed in one transaction with it.
+	recConversation = 0x84
 )
 
 // jrec is one journal record.
@@ -310,6 +315,11 @@ func appendJournalRecord(b, scratch []byte, gen uint32, r jrec) ([]byte, []byte)
 	var g [4]byte
 	binary.LittleEndian.PutUint32(g[:], gen)
 	scratch = scratch[:0]
+	if !r.ckpt && r.ev != nil && r.ev.ConversationAppend != nil {
+		e := enc{b: append(scratch, recConversation)}
+		encodeConvAppend(&e, r.ev.ConversationAppend)
+		scratch = e.b
+	}
 	if !r.ckpt && r.ev != nil && r.ev.StoredResponse != nil {
 		e := enc{b: append(scratch, recResponse)}
 		encodeStoredResponse(&e, r.ev.StoredResponse)
@@ -341,10 +351,28 @@ func decodeRecord(p []byte) (jrec, error) {
 		return r, fmt.Errorf("decode journal record: %w", errCorrupt)
 	}
 	switch p[0] {
+	case recConversation:
+		d := dec{b: p[1:]}
+		ca := decodeConvAppend(&d)
+		if d.err != nil || len(d.b) == 0 || d.b[0] == recCheckpoint || d.b[0] == recConversation {
+			return r, fmt.Errorf("decode conversation append: %w", errCorrupt)
+		}
+		r, err := decodeRecord(d.b)
+		if err != nil {
+			return r, err
+		}
+		if r.ev == nil || r.ckpt {
+			return r, fmt.Errorf("decode conversation append: no event: %w", errCorrupt)
+		}
+		r.ev.ConversationAppend = ca
+		if err := validateEvent(r.ev); err != nil {
+			return r, fmt.Errorf("decode journal record: %w: %w", errCorrupt, err)
+		}
+		return r, nil
 	case recResponse:
 		d := dec{b: p[1:]}
 		sr := decodeStoredResponse(&d)
-		if d.err != nil || len(d.b) == 0 || d.b[0] == recCheckpoint || d.b[0] == recResponse {
+		if d.err != nil || len(d.b) == 0 || d.b[0] == recCheckpoint || d.b[0] == recResponse || d.b[0] == recConversation {
 			return r, fmt.Errorf("decode stored response: %w", errCorrupt)
 		}
 		r, err := decodeRecord(d.b)

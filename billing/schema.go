@@ -12,7 +12,7 @@ import (
 // docs/LEDGER.md describes it; migrations below bring older files up to it
 // on open. Version 4 has no migration of its own: the builds that knew it
 // but not 5 stamped it on a file when it first held a standard-price mark.
-const SchemaVersion = 12
+const SchemaVersion = 13
 
 // Bucket names. docs/LEDGER.md gives each bucket's keys and values.
 var (
@@ -54,6 +54,9 @@ var (
 	bResponses     = []byte("responses")
 	bResponseTimes = []byte("response_times")
 	bResponseBytes = []byte("response_storage")
+	bConversations = []byte("conversations")
+	bConvItems     = []byte("conversation_items")
+	bConvItemIDs   = []byte("conversation_item_ids")
 )
 
 var allBuckets = [][]byte{
@@ -62,6 +65,7 @@ var allBuckets = [][]byte{
 	bSessions, bEvents, bRequestIDs, bRollups, bHours, bMonths, bCapacity,
 	bCapHours, bCapOpen, bDirty, bBilled, bOutbox, bOutboxPending, bOutboxParked,
 	bCheckpoints, bAdapterBytes, bTenantUsers, bAttemptIDs, bResponses, bResponseTimes, bResponseBytes,
+	bConversations, bConvItems, bConvItemIDs,
 }
 
 var (
@@ -148,6 +152,19 @@ var migrations = []migration{
 	// its cap. A file older than version 12 has none.
 	{To: 12, Fn: func(tx *bolt.Tx) error {
 		for _, name := range [][]byte{bResponses, bResponseTimes, bResponseBytes} {
+			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
+				return fmt.Errorf("create bucket %s: %w", name, err)
+			}
+		}
+		return nil
+	}},
+	// Version 13: the Conversations API's conversations (bucket
+	// conversations, by tenant and id) and their items
+	// (conversation_items, in order; conversation_item_ids, by id), and
+	// the journal records that append a response's items to one (0x84).
+	// A file older than version 13 has none.
+	{To: 13, Fn: func(tx *bolt.Tx) error {
+		for _, name := range [][]byte{bConversations, bConvItems, bConvItemIDs} {
 			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 				return fmt.Errorf("create bucket %s: %w", name, err)
 			}

@@ -142,6 +142,14 @@ func validateEvent(ev *nozzle.UsageEvent) error {
 	if _, ok := statusCodes[ev.Status]; !ok {
 		return bad("Usage event status %q is not one of ok, canceled or failed.", ev.Status).WithParam("status")
 	}
+	if ca := ev.ConversationAppend; ca != nil {
+		if ev.Status != nozzle.UsageOK {
+			return bad("Only a completed request's items are appended to a conversation.").WithParam("conversation_append")
+		}
+		if err := validateConvAppend(ca); err != nil {
+			return err
+		}
+	}
 	if sr := ev.StoredResponse; sr != nil {
 		if ev.Status != nozzle.UsageOK {
 			return bad("Only a completed request's response is stored.").WithParam("stored_response")
@@ -194,6 +202,13 @@ func (l *Ledger) RecordUsage(ctx context.Context, ev *nozzle.UsageEvent) (bool, 
 		c.Body, c.Input, c.Created = bytes.Clone(c.Body), bytes.Clone(c.Input), c.Created.UTC()
 		in.StoredResponse = &c
 	}
+	if ca := in.ConversationAppend; ca != nil {
+		c := nozzle.ConversationAppend{ConversationID: ca.ConversationID, Items: make([]nozzle.ConversationItem, len(ca.Items))}
+		for i, it := range ca.Items {
+			c.Items[i] = nozzle.ConversationItem{ID: it.ID, Item: bytes.Clone(it.Item)}
+		}
+		in.ConversationAppend = &c
+	}
 	l.mu.RLock()
 	defer l.mu.RUnlock()
 	if l.closed {
@@ -226,7 +241,7 @@ func (l *Ledger) RecordUsage(ctx context.Context, ev *nozzle.UsageEvent) (bool, 
 // written when the request's event is recorded already.
 func (l *Ledger) CheckpointUsage(ctx context.Context, ev *nozzle.UsageEvent) error {
 	in := *ev
-	in.Status, in.ChargeUSD, in.Response, in.CheckpointID, in.AttemptID, in.StoredResponse = nozzle.UsageInterrupted, 0, nil, "", "", nil
+	in.Status, in.ChargeUSD, in.Response, in.CheckpointID, in.AttemptID, in.StoredResponse, in.ConversationAppend = nozzle.UsageInterrupted, 0, nil, "", "", nil, nil
 	in.Time = in.Time.UTC()
 	if err := validateEvent(&in); err != nil {
 		return err
@@ -312,6 +327,12 @@ func (w *wtx) recordEvent(ev *nozzle.UsageEvent, priced bool) (*nozzle.UsageEven
 	if out.StoredResponse != nil {
 		// In the event's transaction: both or neither.
 		if err := w.storeResponse(out.StoredResponse); err != nil {
+			return nil, false, err
+		}
+	}
+	if out.ConversationAppend != nil {
+		// In the event's transaction too: appended if and only if recorded.
+		if err := w.appendConversation(out.TenantID, out.ConversationAppend); err != nil {
 			return nil, false, err
 		}
 	}
