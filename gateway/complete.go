@@ -530,8 +530,10 @@ func (cp *completion) settle(body []byte) (stored []byte, err error) {
 			// takes it)
 			ev.AttemptID = clientRequestID(ev.TenantID, cp.st.id)
 		}
-		// A Responses request's answer, kept in the event's write.
+		// A Responses request's answer, kept in the event's write, and its
+		// items, appended to its conversation in the same write.
 		ev.StoredResponse = cp.storedResponse(body)
+		ev.ConversationAppend = cp.conversationAppend(body)
 	case code == nozzle.ECANCELED && (!timedOut || cp.sent),
 		cp.sent && code != nozzle.EINTERNAL && code != nozzle.EUNAVAILABLE:
 		// The client went away, or a stream that has sent text ended
@@ -994,7 +996,7 @@ func (cp *completion) writeStream(w *bufio.Writer, conn net.Conn, events chan st
 	}
 
 	var body []byte
-	if (cp.idem || j.resp != nil && j.resp.store) && cp.failure() == nil {
+	if (cp.idem || j.resp != nil && (j.resp.store || j.resp.conversation != "")) && cp.failure() == nil {
 		body = cp.body(make([]byte, 0, 512))
 	}
 	cp.ckptTaken = cp.ckpt.stop()

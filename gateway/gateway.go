@@ -277,6 +277,11 @@ type Deps struct {
 	// their usage events by Ledger); nil stores none (store is answered
 	// false, and previous_response_id finds nothing).
 	Responses nozzle.ResponseStore
+	// Conversations keeps the Conversations API's conversations (a
+	// completed response's items are appended with its usage event by
+	// Ledger); nil keeps none (the /v1/conversations routes answer 404,
+	// and a response naming a conversation finds none).
+	Conversations nozzle.ConversationStore
 	// Users is for console code mounted through Extensions.
 	Users nozzle.UserService
 

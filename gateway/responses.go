@@ -25,8 +25,10 @@ import (
 // its tenant unless store is false — recorded with its usage event, in
 // the same durable write (nozzle.UsageEvent.StoredResponse) — and can be
 // retrieved, listed (its input items), deleted and continued with
-// previous_response_id. conversation, background, include, prompt and
-// built-in tools are refused.
+// previous_response_id. conversation names a conversation of the
+// Conversations API (conversations.go) whose items come before the input,
+// and which the completed response's items are appended to. background,
+// include, prompt and built-in tools are refused.
 
 // respRequest is what a Responses request asks for that its answer echoes.
 type respRequest struct {
@@ -40,11 +42,13 @@ type respRequest struct {
 	user            *string
 	store           bool // asked for; cleared where the response will not be kept (unstore)
 
-	previousID  string           // previous_response_id
-	head        int              // the messages before the input's (instructions)
-	items       []respInputItem  // the input's items, decoded
-	stored      []respStoredItem // the input's items as stored (ids added when stored)
-	storedInput []byte           // stored, encoded (prepareStore)
+	previousID   string           // previous_response_id
+	conversation string           // the conversation's id, or empty
+	idsAssigned  bool             // the input items have their ids (assignItemIDs)
+	head         int              // the messages before the input's (instructions)
+	items        []respInputItem  // the input's items, decoded
+	stored       []respStoredItem // the input's items as stored (ids added when stored)
+	storedInput  []byte           // stored, encoded (prepareStore)
 }
 
 // respStoredItem is an input item as it is stored and listed: what the
@@ -130,7 +134,6 @@ func parseResponses(body []byte, _ int) (*job, error) {
 		raw   json.RawMessage
 		why   string
 	}{
-		{"conversation", b.Conversation, "this server stores no conversations; continue a stored response with 'previous_response_id', or send the whole conversation as 'input'."},
 		{"prompt", b.Prompt, "this server stores no prompt templates."},
 		{"context_management", b.ContextManagement, "this server does not compact conversations."},
 	} {
@@ -182,6 +185,16 @@ func parseResponses(body []byte, _ int) (*job, error) {
 			return nil, invalidAs("invalid_value", "previous_response_id", "Invalid 'previous_response_id': expected the id of a stored response ('resp_…').")
 		}
 		rq.previousID = id
+	}
+	if !isNull(b.Conversation) {
+		if rq.previousID != "" {
+			return nil, invalidAs("invalid_parameter_combination", "conversation", "Mutually exclusive parameters: give either 'previous_response_id' or 'conversation', not both.")
+		}
+		id, err := parseConversationParam(b.Conversation)
+		if err != nil {
+			return nil, err
+		}
+		rq.conversation = id
 	}
 	if !isNull(b.Metadata) {
 		if bytes.TrimSpace(b.Metadata)[0] != '{' {
@@ -309,6 +322,13 @@ func (j *job) respInput(raw json.RawMessage) error {
 	j.messages = msgs
 	rq.items = items
 	rq.stored = stored
+	listForm(items, stored)
+	return nil
+}
+
+// listForm puts items decoded as stored in the form OpenAI lists them: a
+// type, a message's content as parts, a status.
+func listForm(items []respInputItem, stored []respStoredItem) {
 	for k := range stored {
 		// As OpenAI lists them: a type, a message's content as parts.
 		o := &stored[k]
@@ -330,7 +350,6 @@ func (j *job) respInput(raw json.RawMessage) error {
 			o.Status = &completed
 		}
 	}
-	return nil
 }
 
 // textParts is content of one text part of type typ, text a JSON string.
@@ -633,6 +652,11 @@ func (j *job) appendResponse(dst []byte, o *respOutput, u *usage) []byte {
 	dst = appendBool(dst, rq.parallel)
 	dst = append(dst, `,"previous_response_id":`...)
 	dst = appendNullableString(dst, rq.previousID)
+	if rq.conversation != "" {
+		dst = append(dst, `,"conversation":{"id":`...)
+		dst = appendString(dst, rq.conversation)
+		dst = append(dst, '}')
+	}
 	dst = append(dst, `,"reasoning":{"effort":null,"summary":null},"store":`...)
 	dst = appendBool(dst, rq.store)
 	dst = append(dst, `,"temperature":`...)
@@ -979,22 +1003,25 @@ func (rs *respStream) fail(dst []byte, msg, code, param string) []byte {
 // object: every member appendResponse writes that is not derived from
 // another.
 type storedResponseObj struct {
-	ID                 string          `json:"id"`
-	CreatedAt          int64           `json:"created_at"`
-	Status             string          `json:"status"`
-	Instructions       *string         `json:"instructions"`
-	MaxOutputTokens    *int            `json:"max_output_tokens"`
-	Model              string          `json:"model"`
-	Output             []storedItem    `json:"output"`
-	ParallelToolCalls  bool            `json:"parallel_tool_calls"`
-	PreviousResponseID *string         `json:"previous_response_id"`
-	Store              bool            `json:"store"`
-	Temperature        float64         `json:"temperature"`
-	Text               json.RawMessage `json:"text"`
-	ToolChoice         json.RawMessage `json:"tool_choice"`
-	Tools              json.RawMessage `json:"tools"`
-	TopP               float64         `json:"top_p"`
-	Usage              *struct {
+	ID                 string       `json:"id"`
+	CreatedAt          int64        `json:"created_at"`
+	Status             string       `json:"status"`
+	Instructions       *string      `json:"instructions"`
+	MaxOutputTokens    *int         `json:"max_output_tokens"`
+	Model              string       `json:"model"`
+	Output             []storedItem `json:"output"`
+	ParallelToolCalls  bool         `json:"parallel_tool_calls"`
+	PreviousResponseID *string      `json:"previous_response_id"`
+	Conversation       *struct {
+		ID string `json:"id"`
+	} `json:"conversation"`
+	Store       bool            `json:"store"`
+	Temperature float64         `json:"temperature"`
+	Text        json.RawMessage `json:"text"`
+	ToolChoice  json.RawMessage `json:"tool_choice"`
+	Tools       json.RawMessage `json:"tools"`
+	TopP        float64         `json:"top_p"`
+	Usage       *struct {
 		InputTokens        int64 `json:"input_tokens"`
 		OutputTokens       int64 `json:"output_tokens"`
 		InputTokensDetails struct {
@@ -1046,6 +1073,9 @@ func storedEvents(dst, body []byte, after int64) ([]byte, error) {
 		user: a.User, store: a.Store, text: a.Text, toolChoice: a.ToolChoice, tools: a.Tools, metadata: a.Metadata}
 	if a.PreviousResponseID != nil {
 		rq.previousID = *a.PreviousResponseID
+	}
+	if a.Conversation != nil {
+		rq.conversation = a.Conversation.ID
 	}
 	j := &job{kind: kindChat, resp: rq, id: a.ID, created: a.CreatedAt, shownModel: a.Model, temperature: a.Temperature, topP: a.TopP}
 	var thought, text strings.Builder

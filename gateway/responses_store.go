@@ -104,6 +104,22 @@ func previousNotFound(id string) error {
 // (previous_response_id) before the request's input in j's messages.
 func (s *Server) respHistory(ctx context.Context, p *principal, j *job) error {
 	rq := j.resp
+	if rq != nil && rq.conversation != "" {
+		earlier, err := s.conversationHistory(ctx, p, j)
+		if err != nil {
+			return err
+		}
+		msgs, err := respMessages(j.messages[:rq.head:rq.head], append(earlier, rq.items...), -len(earlier))
+		if err != nil {
+			if e := nozzle.AsError(err); e != nil && strings.HasPrefix(e.Param, "input[-") {
+				// A stored item the conversation cannot take: the store's fault.
+				return &nozzle.Error{Code: nozzle.EINTERNAL, Message: "Internal error.", Err: fmt.Errorf("conversation %s: %w", rq.conversation, err)}
+			}
+			return err
+		}
+		j.messages = msgs
+		return nil
+	}
 	if rq == nil || rq.previousID == "" {
 		return nil
 	}
@@ -168,24 +184,12 @@ func (j *job) prepareStore(limit int) {
 // respInputItems is the request's input items as stored: each with an id
 // (its own, or one made from the response's).
 func (j *job) respInputItems() []byte {
-	rid := strings.TrimPrefix(j.id, "resp_")
+	j.assignItemIDs()
 	b := []byte{'['}
 	for k := range j.resp.stored {
 		o := &j.resp.stored[k]
 		if k > 0 {
 			b = append(b, ',')
-		}
-		if o.ID == "" {
-			prefix := "msg_"
-			switch o.Type {
-			case "function_call":
-				prefix = "fc_"
-			case "function_call_output":
-				prefix = "fco_"
-			case "reasoning":
-				prefix = "rs_"
-			}
-			o.ID = prefix + rid + "_in" + strconv.Itoa(k)
 		}
 		item, err := json.Marshal(o)
 		if err != nil { // decoded from JSON: cannot fail
@@ -194,6 +198,24 @@ func (j *job) respInputItems() []byte {
 		b = append(b, item...)
 	}
 	return append(b, ']')
+}
+
+// assignItemIDs gives the request's input items their ids, once: an item
+// keeps its own, unless the request names a conversation (whose items'
+// ids the server gives, so that they are unique in it); one without gets
+// one made from the response's id.
+func (j *job) assignItemIDs() {
+	rq := j.resp
+	if rq.idsAssigned {
+		return
+	}
+	rq.idsAssigned = true
+	rid := strings.TrimPrefix(j.id, "resp_")
+	for k := range rq.stored {
+		if o := &rq.stored[k]; o.ID == "" || rq.conversation != "" {
+			o.ID = itemPrefix(o.Type) + rid + "_in" + strconv.Itoa(k)
+		}
+	}
 }
 
 // ownResponse returns the tenant's stored response id.

@@ -24,7 +24,7 @@ func withLedger(t *testing.T, l **billing.Ledger) option {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { led.Close() }) // after the server's shutdown, registered later
-		d.Tenants, d.Keys, d.Adapters, d.Ledger, d.Budget, d.Reporter, d.Users, d.Responses = led, led, led, led, led, led, led, led
+		d.Tenants, d.Keys, d.Adapters, d.Ledger, d.Budget, d.Reporter, d.Users, d.Responses, d.Conversations = led, led, led, led, led, led, led, led, led
 		*l = led
 	}
 }

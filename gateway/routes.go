@@ -24,6 +24,14 @@ import (
 //	GET    /v1/responses/{id}               inference scope (a stored response)
 //	DELETE /v1/responses/{id}               inference scope
 //	GET    /v1/responses/{id}/input_items   inference scope
+//	POST   /v1/conversations                inference scope (where Deps.Conversations is set)
+//	GET    /v1/conversations/{id}           inference scope
+//	POST   /v1/conversations/{id}           inference scope (its metadata)
+//	DELETE /v1/conversations/{id}           inference scope
+//	GET    /v1/conversations/{id}/items     inference scope
+//	POST   /v1/conversations/{id}/items     inference scope
+//	GET    /v1/conversations/{id}/items/{item_id}  inference scope
+//	DELETE /v1/conversations/{id}/items/{item_id}  inference scope
 //	POST   /v1/adapters                     adapters scope (multipart upload)
 //	GET    /v1/adapters                     adapters scope
 //	GET    /v1/adapters/{name}              adapters scope
@@ -75,6 +83,16 @@ func (s *Server) routes() {
 	v1.Get("/responses/:id", inference, s.getResponse)
 	v1.Delete("/responses/:id", inference, s.deleteResponse)
 	v1.Get("/responses/:id/input_items", inference, s.responseInputItems)
+	if s.storesConversations() {
+		v1.Post("/conversations", inference, s.createConversation)
+		v1.Get("/conversations/:id", inference, s.getConversation)
+		v1.Post("/conversations/:id", inference, s.updateConversation)
+		v1.Delete("/conversations/:id", inference, s.deleteConversation)
+		v1.Get("/conversations/:id/items", inference, s.listConversationItems)
+		v1.Post("/conversations/:id/items", inference, s.addConversationItems)
+		v1.Get("/conversations/:id/items/:item", inference, s.getConversationItem)
+		v1.Delete("/conversations/:id/items/:item", inference, s.deleteConversationItem)
+	}
 
 	adapters := s.RequireKey(nozzle.ScopeAdapters)
 	v1.Delete("/models/*", adapters, s.deleteModel)

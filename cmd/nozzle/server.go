@@ -456,7 +456,7 @@ func (m *Main) startGateway(ctx context.Context, ln net.Listener, internalToken 
 	}
 	gw, err := gateway.New(m.gatewayConfig(adminToken, internalToken), gateway.Deps{
 		Tenants: m.Ledger, Keys: m.Ledger, Adapters: m.Ledger, Store: store,
-		Ledger: m.Ledger, Budget: m.Ledger, Reporter: m.Ledger, Users: m.Ledger, Responses: m.Ledger,
+		Ledger: m.Ledger, Budget: m.Ledger, Reporter: m.Ledger, Users: m.Ledger, Responses: m.Ledger, Conversations: m.Ledger,
 		Upstreams: ups, Extensions: exts,
 		PullCapacity: func() {
 			select {
