@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"bytes"
 	"encoding/json"
 	"os"
 	"path/filepath"
@@ -246,6 +247,8 @@ func FuzzParseResponses(f *testing.F) {
 		`{"model":"base","input":[{"type":"function_call","call_id":"c","name":"f","arguments":"{}"},{"type":"function_call_output","call_id":"c","output":"x","id":"fco_1"}]}`,
 		`{"model":"base","input":[{"type":"reasoning","content":[{"type":"reasoning_text","text":"t"}]},{"role":"assistant","content":"a"}]}`,
 		`{"model":"base","input":"hi","previous_response_id":5}`, `{"model":"base","input":[{}]}`, `{`,
+		`{"model":"base","input":[{"role":"user","content":"a","id":"msg_1"}],"conversation":{"id":"conv_1"}}`,
+		`{"model":"base","input":"hi","conversation":"conv_1","previous_response_id":"resp_1"}`,
 	} {
 		f.Add([]byte(s))
 	}
@@ -257,7 +260,8 @@ func FuzzParseResponses(f *testing.F) {
 			}
 			return
 		}
-		if j.resp == nil || len(j.messages) > maxChatMessages+1 || len(j.resp.previousID) > maxResponseIDLen {
+		if j.resp == nil || len(j.messages) > maxChatMessages+1 || len(j.resp.previousID) > maxResponseIDLen ||
+			j.resp.conversation != "" && (!validConversationID(j.resp.conversation) || j.resp.previousID != "") {
 			t.Fatalf("accepted a bad request: %+v", j)
 		}
 		j.id = "resp_x"
@@ -279,6 +283,74 @@ func FuzzParseResponses(f *testing.F) {
 		msgs, err := respMessages(j.messages[:j.resp.head:j.resp.head], back, 0)
 		if err != nil || len(msgs) != len(j.messages) {
 			t.Fatalf("stored items read back as %d messages (%v), were %d: %s", len(msgs), err, len(j.messages), stored)
+		}
+	})
+}
+
+// FuzzConversationBody: a conversation's items, metadata and the
+// conversation member of a Responses request parse or are refused as a
+// bad request; accepted items are at most 20 JSON objects, each with its
+// own id (unique, a valid item id) and a type, that read back as input
+// items; accepted metadata keeps OpenAI's bounds; an accepted id is a
+// valid conversation id.
+func FuzzConversationBody(f *testing.F) {
+	for _, s := range []string{
+		`[{"role":"user","content":"a"},{"type":"message","role":"assistant","content":[{"type":"output_text","text":"b"}]}]`,
+		`[{"type":"function_call","call_id":"c","name":"f","arguments":"{}","id":"fc_x"},{"type":"function_call_output","call_id":"c","output":"x"}]`,
+		`[{"type":"reasoning","content":[{"type":"reasoning_text","text":"t"}]}]`,
+		`{"a":"b"}`, `"conv_1"`, `{"id":"conv_abc"}`, `[]`, `null`, `[{}]`, `{`,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		check := func(err error) {
+			if err != nil && nozzle.ErrorCode(err) != nozzle.EINVALID {
+				t.Fatalf("error code %q: %v", nozzle.ErrorCode(err), err)
+			}
+		}
+		if len(bytes.TrimSpace(raw)) == 0 || !json.Valid(raw) {
+			return // the body's decoder refuses it first
+		}
+		items, err := parseConversationItems(raw, "items", true)
+		check(err)
+		if err == nil {
+			if len(items) == 0 || len(items) > nozzle.MaxConversationItemsAdded {
+				t.Fatalf("%d items accepted", len(items))
+			}
+			seen := map[string]bool{}
+			var in []respInputItem
+			for _, it := range items {
+				var x struct{ ID, Type string }
+				if json.Unmarshal(it.Item, &x) != nil || x.ID != it.ID || !validID(it.ID) || seen[it.ID] || x.Type == "" {
+					t.Fatalf("item %s (id %q)", it.Item, it.ID)
+				}
+				seen[it.ID] = true
+				var r respInputItem
+				if json.Unmarshal(it.Item, &r) != nil {
+					t.Fatalf("item %s does not read back", it.Item)
+				}
+				in = append(in, r)
+			}
+			if _, err := respMessages(nil, in, 0); err != nil {
+				t.Fatalf("items do not read back as input: %v", err)
+			}
+		}
+		md, err := parseMetadata(raw)
+		check(err)
+		if err == nil {
+			if len(md) > nozzle.MaxConversationMetadata {
+				t.Fatalf("%d metadata pairs", len(md))
+			}
+			for k, v := range md {
+				if utf8.RuneCountInString(k) > nozzle.MaxConversationMetadataKey || utf8.RuneCountInString(v) > nozzle.MaxConversationMetadataVal {
+					t.Fatalf("metadata %q: %q", k, v)
+				}
+			}
+		}
+		id, err := parseConversationParam(raw)
+		check(err)
+		if err == nil && !validConversationID(id) {
+			t.Fatalf("conversation id %q", id)
 		}
 	})
 }
