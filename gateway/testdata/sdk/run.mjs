@@ -3,7 +3,7 @@
 // NOZZLE_URL, NOZZLE_KEY (full scopes) and NOZZLE_LIMITED_KEY (one request
 // a minute, already used), and a second gateway over a reasoning model
 // with NOZZLE_REASONING_URL and NOZZLE_REASONING_KEY, and a third over a
-// real ledger, which stores responses, with NOZZLE_STORE_URL,
+// real ledger, which stores responses and conversations, with NOZZLE_STORE_URL,
 // NOZZLE_STORE_KEY and another tenant's NOZZLE_STORE_OTHER_KEY. Each check prints
 // "ok <name>"; the first failed assertion exits non-zero.
 import assert from 'node:assert/strict';
@@ -473,11 +473,13 @@ await check('responses-tools', async () => {
 });
 
 await check('responses-refused', async () => {
-  await assert.rejects(client.responses.create({ model: 'base', input: 'hi', conversation: 'conv_1' }), (e) => {
+  await assert.rejects(client.responses.create({ model: 'base', input: 'hi', conversation: 'resp_1' }), (e) => {
     assert.ok(e instanceof OpenAI.BadRequestError, String(e));
     assert.equal(e.param, 'conversation');
     return true;
   });
+  // a server without a conversation store finds none
+  await assert.rejects(client.responses.create({ model: 'base', input: 'hi', conversation: 'conv_1' }), (e) => e instanceof OpenAI.NotFoundError);
   await assert.rejects(client.responses.create({ model: 'base', input: 'hi', tools: [{ type: 'web_search' }] }), (e) => {
     assert.equal(e.status, 400);
     assert.equal(e.param, 'tools[0].type');
@@ -558,6 +560,58 @@ await check('responses-retrieve-stream', async () => {
   assert.equal(final.id, r.id);
   assert.equal(final.output[0].content[0].text, want);
   await assert.rejects(other.responses.retrieve(r.id, { stream: true }), (e) => e instanceof OpenAI.NotFoundError);
+});
+
+await check('conversations', async () => {
+  const conv = await store.conversations.create({ metadata: { topic: 'names' }, items: [{ type: 'message', role: 'developer', content: 'Be brief.' }] });
+  assert.equal(conv.object, 'conversation');
+  assert.match(conv.id, /^conv_/);
+  assert.deepEqual(conv.metadata, { topic: 'names' });
+  assert.ok(Number.isInteger(conv.created_at));
+  // two responses in it: the second sees the first
+  const r1 = await store.responses.create({ model: 'base', conversation: conv.id, input: 'My name is Ada.' });
+  assert.deepEqual(r1.conversation, { id: conv.id });
+  const s2 = await store.responses.create({ model: 'base', conversation: { id: conv.id }, input: [{ role: 'user', content: 'What is my name?' }], stream: true });
+  let r2;
+  for await (const ev of s2) if (ev.type === 'response.completed') r2 = ev.response;
+  assert.deepEqual(r2.conversation, { id: conv.id });
+  assert.equal(r2.output[0].content[0].text, want);
+  // its items, newest first by default, a page at a time (auto-paging)
+  const items = [];
+  for await (const item of store.conversations.items.list(conv.id, { limit: 2 })) items.push(item);
+  assert.deepEqual(items.map((i) => i.type), ['message', 'message', 'message', 'message', 'message']);
+  assert.deepEqual(items.map((i) => i.role), ['assistant', 'user', 'assistant', 'user', 'developer']);
+  assert.equal(items[0].id, r2.output[0].id);
+  assert.equal(items[1].content[0].text, 'What is my name?');
+  assert.equal(items[2].id, r1.output[0].id);
+  assert.equal(items[3].content[0].type, 'input_text');
+  const asc = await store.conversations.items.list(conv.id, { order: 'asc', limit: 1 });
+  assert.equal(asc.data[0].id, items[4].id);
+  assert.equal(asc.has_more, true);
+  const one = await store.conversations.items.retrieve(items[1].id, { conversation_id: conv.id });
+  assert.deepEqual(one, items[1]);
+  // add, update, delete an item
+  const added = await store.conversations.items.create(conv.id, { items: [{ type: 'message', role: 'user', content: 'Noted.' }] });
+  assert.equal(added.object, 'list');
+  assert.equal(added.data.length, 1);
+  assert.match(added.data[0].id, /^msg_/);
+  const updated = await store.conversations.update(conv.id, { metadata: { topic: 'ada' } });
+  assert.deepEqual(updated.metadata, { topic: 'ada' });
+  assert.deepEqual((await store.conversations.retrieve(conv.id)).metadata, { topic: 'ada' });
+  const after = await store.conversations.items.delete(added.data[0].id, { conversation_id: conv.id });
+  assert.equal(after.id, conv.id);
+  await assert.rejects(store.conversations.items.retrieve(added.data[0].id, { conversation_id: conv.id }), (e) => e instanceof OpenAI.NotFoundError);
+  // conversation and previous_response_id together: refused, naming it
+  await assert.rejects(store.responses.create({ model: 'base', conversation: conv.id, previous_response_id: r1.id, input: 'hi' }),
+    (e) => e instanceof OpenAI.BadRequestError && e.param === 'conversation');
+  // another tenant's: not found
+  await assert.rejects(other.conversations.retrieve(conv.id), (e) => e instanceof OpenAI.NotFoundError);
+  await assert.rejects(other.responses.create({ model: 'base', conversation: conv.id, input: 'hi' }), (e) => e instanceof OpenAI.NotFoundError);
+  // deleted: gone
+  const del = await store.conversations.delete(conv.id);
+  assert.deepEqual(del, { id: conv.id, object: 'conversation.deleted', deleted: true });
+  await assert.rejects(store.conversations.retrieve(conv.id), (e) => e instanceof OpenAI.NotFoundError);
+  await assert.rejects(store.conversations.items.list(conv.id), (e) => e instanceof OpenAI.NotFoundError);
 });
 
 await check('responses-stored-tools', async () => {
