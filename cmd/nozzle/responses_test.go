@@ -57,3 +57,36 @@ func TestServe_StoredResponses(t *testing.T) {
 		t.Fatalf("after delete: %d %s", resp.StatusCode, b)
 	}
 }
+
+// TestServe_Conversations: the server keeps conversations in its ledger:
+// a response in one appends its items, which the next response's
+// conversation and the items list hold.
+func TestServe_Conversations(t *testing.T) {
+	m := MustRunMain(t)
+	base := "http://" + m.Addr
+	key := m.demoKey(t)
+
+	resp, b := post(t, base+"/v1/conversations", key, `{"metadata":{"k":"v"}}`)
+	var conv struct{ ID, Object string }
+	if resp.StatusCode != 200 || json.Unmarshal(b, &conv) != nil || conv.Object != "conversation" || !strings.HasPrefix(conv.ID, "conv_") {
+		t.Fatalf("create: %d %s", resp.StatusCode, b)
+	}
+	for _, in := range []string{"Hello!", "Again."} {
+		resp, b = post(t, base+"/v1/responses", key, `{"model":"demo-chat","conversation":"`+conv.ID+`","input":"`+in+`","max_output_tokens":8,"temperature":0}`)
+		if resp.StatusCode != 200 || !strings.Contains(string(b), `"conversation":{"id":"`+conv.ID+`"}`) {
+			t.Fatalf("response: %d %s", resp.StatusCode, b)
+		}
+	}
+	resp, b = get(t, base+"/v1/conversations/"+conv.ID+"/items?order=asc", key)
+	var items struct {
+		Object string
+		Data   []struct{ Type, Role string }
+	}
+	if resp.StatusCode != 200 || json.Unmarshal(b, &items) != nil || items.Object != "list" || len(items.Data) != 4 ||
+		items.Data[0].Role != "user" || items.Data[1].Role != "assistant" || items.Data[2].Role != "user" || items.Data[3].Role != "assistant" {
+		t.Fatalf("items: %d %s", resp.StatusCode, b)
+	}
+	if res := ledgerCheck(t, base, m.Config.Data); res.Conversations != 1 || len(res.Problems) > 0 {
+		t.Fatalf("ledger check %+v", res)
+	}
+}

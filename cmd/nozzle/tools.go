@@ -439,8 +439,8 @@ func runLedger(ctx context.Context, args []string, stdout, stderr io.Writer) err
 			return fmt.Errorf("read check result: %w", err)
 		}
 	}
-	fmt.Fprintf(stdout, "events %d, rollups %d, capacity intervals %d, outbox rows %d, checkpoints of running streams %d, stored responses %d\n",
-		res.Events, res.Rollups, res.Intervals, res.OutboxRows, res.Checkpoints, res.Responses)
+	fmt.Fprintf(stdout, "events %d, rollups %d, capacity intervals %d, outbox rows %d, checkpoints of running streams %d, stored responses %d, conversations %d\n",
+		res.Events, res.Rollups, res.Intervals, res.OutboxRows, res.Checkpoints, res.Responses, res.Conversations)
 	if len(res.Problems) > 0 {
 		for _, p := range res.Problems {
 			fmt.Fprintln(stdout, "problem:", p)
