@@ -161,9 +161,15 @@ func TestConversations_Routes(t *testing.T) {
 	if n := len(convItems(t, f, c.ID, "", f.authA()).Data); n != 3 {
 		t.Errorf("%d items after the other tenant's tries", n)
 	}
-	// Without a key: refused as inference is.
+	// Without a key, or with a key without the inference scope: refused
+	// as inference is.
 	if resp := f.do(http.MethodGet, "/v1/conversations/"+c.ID, ""); resp.StatusCode != 401 {
 		t.Errorf("without a key: %d", resp.StatusCode)
+	}
+	var usageKey struct{ Key string }
+	decode(t, f.do(http.MethodPost, "/v1/keys", `{"name":"usage only","scopes":["usage"]}`, f.authA()), &usageKey)
+	for _, r := range append(routes, struct{ method, path, body string }{http.MethodPost, "/v1/conversations", `{}`}) {
+		wantError(t, f.do(r.method, r.path, r.body, bearer(usageKey.Key)), 403, "permission_error", "missing_scope", "")
 	}
 
 	del := f.do(http.MethodDelete, "/v1/conversations/"+c.ID, "", f.authA())
