@@ -189,6 +189,10 @@ func (s *Server) complete(c *fiber.Ctx, parse func(body []byte, maxChoices int) 
 	}
 	j.created = time.Now().Unix()
 	j.prepareStore(s.storedPartLimit())
+	if err := j.prepareConversation(maxConversationInput); err != nil {
+		cp.unclaim()
+		return err
+	}
 
 	// Admission: rate limits, then the budget, on estimates.
 	maxTokens := j.maxTokens

@@ -510,6 +510,39 @@ func (s *Server) conversationHistory(ctx context.Context, p *principal, j *job) 
 	return out, nil
 }
 
+// maxConversationInput bounds the encoded input items a response may
+// append to a conversation (the ledger takes 8 MiB with the output items).
+const maxConversationInput = 4 << 20
+
+// maxConversationAppend is the most a response appends, input and output
+// items together: the ledger's bound.
+const maxConversationAppend = 8 << 20
+
+// prepareConversation encodes the request's input items for its
+// conversation, once the response's id is known, and refuses a request
+// whose input items are larger than limit before it runs.
+func (j *job) prepareConversation(limit int) error {
+	rq := j.resp
+	if rq == nil || rq.conversation == "" {
+		return nil
+	}
+	j.assignItemIDs()
+	n := 0
+	rq.convInput = make([]nozzle.ConversationItem, 0, len(rq.stored))
+	for k := range rq.stored {
+		b, err := json.Marshal(&rq.stored[k])
+		if err != nil { // decoded from JSON: cannot fail
+			return fmt.Errorf("encode input item: %w", err)
+		}
+		n += len(b) + len(rq.stored[k].ID)
+		rq.convInput = append(rq.convInput, nozzle.ConversationItem{ID: rq.stored[k].ID, Item: b})
+	}
+	if n > limit {
+		return invalidAs("string_above_max_length", "input", "Invalid 'input': its items are %d bytes, more than a conversation takes at once (%d).", n, limit)
+	}
+	return nil
+}
+
 // conversationAppend is what a completed response whose request named a
 // conversation appends to it: its input items (with the ids they are
 // stored under), then the output items of its answer body.
@@ -520,13 +553,10 @@ func (cp *completion) conversationAppend(body []byte) *nozzle.ConversationAppend
 		return nil
 	}
 	ca := &nozzle.ConversationAppend{ConversationID: rq.conversation}
-	j.assignItemIDs()
-	for k := range rq.stored {
-		b, err := json.Marshal(&rq.stored[k])
-		if err != nil { // decoded from JSON: cannot fail
-			continue
-		}
-		ca.Items = append(ca.Items, nozzle.ConversationItem{ID: rq.stored[k].ID, Item: b})
+	ca.Items = append(ca.Items, rq.convInput...)
+	n := 0
+	for _, it := range ca.Items {
+		n += len(it.ID) + len(it.Item)
 	}
 	var resp struct {
 		Output []json.RawMessage `json:"output"`
@@ -539,8 +569,17 @@ func (cp *completion) conversationAppend(body []byte) *nozzle.ConversationAppend
 			ID string `json:"id"`
 		}
 		if json.Unmarshal(o, &x) == nil && x.ID != "" {
-			ca.Items = append(ca.Items, nozzle.ConversationItem{ID: x.ID, Item: compactJSON(o)})
+			it := nozzle.ConversationItem{ID: x.ID, Item: compactJSON(o)}
+			n += len(it.ID) + len(it.Item)
+			ca.Items = append(ca.Items, it)
 		}
+	}
+	if n > maxConversationAppend {
+		// Never part of it: the answer is charged, the conversation left
+		// as it was (an answer this large outgrows any model's context).
+		cp.s.log.Error("conversation: a response's items are too large to append; none are", "request_id", cp.st.id,
+			"conversation", rq.conversation, "bytes", n)
+		return nil
 	}
 	if len(ca.Items) == 0 {
 		return nil

@@ -380,3 +380,39 @@ func TestConversations_ConcurrentResponses(t *testing.T) {
 	}
 	convCount(t, l)
 }
+
+// TestConversations_Limits: a conversation longer than a response may
+// read, and input items too large to append, are refused before the
+// response runs; nothing is appended or charged.
+func TestConversations_Limits(t *testing.T) {
+	var l *billing.Ledger
+	f := newFixture(t, withLedger(t, &l))
+	c := createConversation(t, f, `{}`, f.authA())
+	// Input items that encode larger than a conversation takes at once.
+	big := f.do(http.MethodPost, "/v1/responses", `{"model":"base","conversation":"`+c.ID+`","input":"`+strings.Repeat("<", 1<<20)+`"}`, f.authA())
+	wantError(t, big, 400, "invalid_request_error", "string_above_max_length", "input")
+	// 4,096 items: with any input, more than a response may read.
+	item := `{"role":"user","content":"x"}`
+	batch := "[" + strings.TrimSuffix(strings.Repeat(item+",", nozzle.MaxConversationItemsAdded), ",") + "]"
+	for n := 0; n < 4096; n += nozzle.MaxConversationItemsAdded {
+		b := batch
+		if k := 4096 - n; k < nozzle.MaxConversationItemsAdded {
+			b = "[" + strings.TrimSuffix(strings.Repeat(item+",", k), ",") + "]"
+		}
+		if resp := f.do(http.MethodPost, "/v1/conversations/"+c.ID+"/items", `{"items":`+b+`}`, f.authA()); resp.StatusCode != 200 {
+			t.Fatalf("add items: %d %s", resp.StatusCode, readAll(t, resp))
+		}
+	}
+	wantError(t, f.do(http.MethodPost, "/v1/responses", `{"model":"base","conversation":"`+c.ID+`","input":"hi"}`, f.authA()),
+		400, "invalid_request_error", "array_above_max_length", "conversation")
+	if n := len(f.events()); n != 0 {
+		t.Errorf("%d usage events for refused requests", n)
+	}
+	if res, err := l.Check(context.Background()); err != nil || res.Events != 0 || len(res.Problems) > 0 {
+		t.Errorf("ledger check %+v, %v", res, err)
+	}
+	all := convItems(t, f, c.ID, "?limit=1", f.authA())
+	if !all.HasMore {
+		t.Errorf("items %+v", all)
+	}
+}

@@ -42,13 +42,14 @@ type respRequest struct {
 	user            *string
 	store           bool // asked for; cleared where the response will not be kept (unstore)
 
-	previousID   string           // previous_response_id
-	conversation string           // the conversation's id, or empty
-	idsAssigned  bool             // the input items have their ids (assignItemIDs)
-	head         int              // the messages before the input's (instructions)
-	items        []respInputItem  // the input's items, decoded
-	stored       []respStoredItem // the input's items as stored (ids added when stored)
-	storedInput  []byte           // stored, encoded (prepareStore)
+	previousID   string                    // previous_response_id
+	conversation string                    // the conversation's id, or empty
+	idsAssigned  bool                      // the input items have their ids (assignItemIDs)
+	convInput    []nozzle.ConversationItem // the input items to append to the conversation (prepareConversation)
+	head         int                       // the messages before the input's (instructions)
+	items        []respInputItem           // the input's items, decoded
+	stored       []respStoredItem          // the input's items as stored (ids added when stored)
+	storedInput  []byte                    // stored, encoded (prepareStore)
 }
 
 // respStoredItem is an input item as it is stored and listed: what the
