@@ -7,7 +7,6 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"strconv"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -304,6 +303,20 @@ func (s *Server) ownConversation(c *fiber.Ctx) (*nozzle.Conversation, error) {
 	return conv, err
 }
 
+// ownItem returns the tenant's conversation and the item id named by the
+// path, both ids checked before the conversation is looked up.
+func (s *Server) ownItem(c *fiber.Ctx) (*nozzle.Conversation, string, error) {
+	if _, err := convParam(c); err != nil {
+		return nil, "", err
+	}
+	itemID, err := itemParam(c)
+	if err != nil {
+		return nil, "", err
+	}
+	conv, err := s.ownConversation(c)
+	return conv, itemID, err
+}
+
 // storeErr maps a store's refusal of the tenant's conversation id: not
 // found (deleted meanwhile) as it was never there.
 func storeErr(err error, id string) error {
@@ -374,20 +387,9 @@ func (s *Server) listConversationItems(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
-	page := nozzle.ConversationPage{Limit: defaultItemsLimit, Desc: true}
-	if v := c.Query("limit"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 || n > maxItemsLimit {
-			return invalidAs("invalid_value", "limit", "Invalid 'limit': expected an integer from 1 to %d.", maxItemsLimit)
-		}
-		page.Limit = n
-	}
-	switch c.Query("order", "desc") {
-	case "desc":
-	case "asc":
-		page.Desc = false
-	default:
-		return invalidAs("invalid_value", "order", "Invalid 'order': expected 'asc' or 'desc'.")
+	var page nozzle.ConversationPage
+	if page.Limit, page.Desc, err = itemsPage(c); err != nil {
+		return err
 	}
 	if q := c.Context().QueryArgs(); q.Has("after") {
 		page.After = string(q.Peek("after"))
@@ -435,21 +437,13 @@ func (s *Server) addConversationItems(c *fiber.Ctx) error {
 
 // getConversationItem answers GET /v1/conversations/{id}/items/{item_id}.
 func (s *Server) getConversationItem(c *fiber.Ctx) error {
-	id, err := convParam(c)
+	conv, itemID, err := s.ownItem(c)
 	if err != nil {
 		return err
 	}
-	itemID, err := itemParam(c)
+	it, err := s.deps.Conversations.ConversationItem(c.UserContext(), conv.TenantID, conv.ID, itemID)
 	if err != nil {
-		return err
-	}
-	if _, err := s.ownConversation(c); err != nil {
-		return err
-	}
-	p := principalFrom(c)
-	it, err := s.deps.Conversations.ConversationItem(c.UserContext(), p.tenant.ID, id, itemID)
-	if err != nil {
-		return storeErr(err, id)
+		return storeErr(err, conv.ID)
 	}
 	return sendJSON(c, it.Item)
 }
@@ -457,21 +451,13 @@ func (s *Server) getConversationItem(c *fiber.Ctx) error {
 // deleteConversationItem answers DELETE /v1/conversations/{id}/items/{item_id}:
 // the conversation.
 func (s *Server) deleteConversationItem(c *fiber.Ctx) error {
-	id, err := convParam(c)
+	conv, itemID, err := s.ownItem(c)
 	if err != nil {
 		return err
 	}
-	itemID, err := itemParam(c)
+	conv, err = s.deps.Conversations.DeleteConversationItem(c.UserContext(), conv.TenantID, conv.ID, itemID)
 	if err != nil {
-		return err
-	}
-	if _, err := s.ownConversation(c); err != nil {
-		return err
-	}
-	p := principalFrom(c)
-	conv, err := s.deps.Conversations.DeleteConversationItem(c.UserContext(), p.tenant.ID, id, itemID)
-	if err != nil {
-		return storeErr(err, id)
+		return storeErr(err, c.Params("id"))
 	}
 	return sendJSON(c, appendConversation(nil, conv))
 }

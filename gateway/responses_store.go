@@ -277,6 +277,26 @@ func (s *Server) getResponse(c *fiber.Ctx) error {
 	return c.Send(buf)
 }
 
+// itemsPage reads an item list's limit (1 to maxItemsLimit, default
+// defaultItemsLimit) and order ("asc" or "desc", the default).
+func itemsPage(c *fiber.Ctx) (limit int, desc bool, err error) {
+	limit = defaultItemsLimit
+	if v := c.Query("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > maxItemsLimit {
+			return 0, false, invalidAs("invalid_value", "limit", "Invalid 'limit': expected an integer from 1 to %d.", maxItemsLimit)
+		}
+		limit = n
+	}
+	switch c.Query("order", "desc") {
+	case "desc":
+		return limit, true, nil
+	case "asc":
+		return limit, false, nil
+	}
+	return 0, false, invalidAs("invalid_value", "order", "Invalid 'order': expected 'asc' or 'desc'.")
+}
+
 // maxEvents is more events than any stored response's stream has: a
 // starting_after at or past it sends none.
 const maxEvents = 1 << 40
@@ -303,17 +323,9 @@ func (s *Server) deleteResponse(c *fiber.Ctx) error {
 // default 20; order asc or desc, default desc; after or before, an item
 // id the page starts after or ends before).
 func (s *Server) responseInputItems(c *fiber.Ctx) error {
-	limit := defaultItemsLimit
-	if v := c.Query("limit"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 || n > maxItemsLimit {
-			return invalidAs("invalid_value", "limit", "Invalid 'limit': expected an integer from 1 to %d.", maxItemsLimit)
-		}
-		limit = n
-	}
-	order := c.Query("order", "desc")
-	if order != "asc" && order != "desc" {
-		return invalidAs("invalid_value", "order", "Invalid 'order': expected 'asc' or 'desc'.")
+	limit, desc, err := itemsPage(c)
+	if err != nil {
+		return err
 	}
 	id := c.Params("id")
 	if _, err := s.ownResponse(c); err != nil {
@@ -334,7 +346,7 @@ func (s *Server) responseInputItems(c *fiber.Ctx) error {
 		_ = json.Unmarshal(it, &x)
 		ids[i] = x.ID
 	}
-	if order == "desc" {
+	if desc {
 		for a, b := 0, len(items)-1; a < b; a, b = a+1, b-1 {
 			items[a], items[b] = items[b], items[a]
 			ids[a], ids[b] = ids[b], ids[a]
