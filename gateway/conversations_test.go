@@ -48,16 +48,7 @@ func createConversation(t *testing.T, f *fixture, body string, key header) conve
 
 func convItems(t *testing.T, f *fixture, id, query string, key header) inputItems {
 	t.Helper()
-	resp := f.do(http.MethodGet, "/v1/conversations/"+id+"/items"+query, "", key)
-	if resp.StatusCode != 200 {
-		t.Fatalf("items%s: %d %s", query, resp.StatusCode, readAll(t, resp))
-	}
-	var li inputItems
-	decode(t, resp, &li)
-	if li.Object != "list" {
-		t.Fatalf("object %q", li.Object)
-	}
-	return li
+	return getItems(t, f, "/v1/conversations/"+id+"/items"+query, key)
 }
 
 func convCount(t *testing.T, l *billing.Ledger) int {

@@ -47,11 +47,18 @@ func (li inputItems) ids() string {
 	return strings.Join(ids, ",")
 }
 
+// listItems reads a page of a response's input items.
 func listItems(t *testing.T, f *fixture, id, query string, key header) inputItems {
 	t.Helper()
-	resp := f.do(http.MethodGet, "/v1/responses/"+id+"/input_items"+query, "", key)
+	return getItems(t, f, "/v1/responses/"+id+"/input_items"+query, key)
+}
+
+// getItems reads a page of items at path (a list object).
+func getItems(t *testing.T, f *fixture, path string, key header) inputItems {
+	t.Helper()
+	resp := f.do(http.MethodGet, path, "", key)
 	if resp.StatusCode != 200 {
-		t.Fatalf("input_items%s: %d %s", query, resp.StatusCode, readAll(t, resp))
+		t.Fatalf("GET %s: %d %s", path, resp.StatusCode, readAll(t, resp))
 	}
 	var li inputItems
 	decode(t, resp, &li)
