@@ -12,7 +12,7 @@ import (
 // docs/LEDGER.md describes it; migrations below bring older files up to it
 // on open. Version 4 has no migration of its own: the builds that knew it
 // but not 5 stamped it on a file when it first held a standard-price mark.
-const SchemaVersion = 13
+const SchemaVersion = 14
 
 // Bucket names. docs/LEDGER.md gives each bucket's keys and values.
 var (
@@ -57,6 +57,8 @@ var (
 	bConversations = []byte("conversations")
 	bConvItems     = []byte("conversation_items")
 	bConvItemIDs   = []byte("conversation_item_ids")
+	bFiles         = []byte("files")
+	bBatches       = []byte("batches")
 )
 
 var allBuckets = [][]byte{
@@ -65,7 +67,7 @@ var allBuckets = [][]byte{
 	bSessions, bEvents, bRequestIDs, bRollups, bHours, bMonths, bCapacity,
 	bCapHours, bCapOpen, bDirty, bBilled, bOutbox, bOutboxPending, bOutboxParked,
 	bCheckpoints, bAdapterBytes, bTenantUsers, bAttemptIDs, bResponses, bResponseTimes, bResponseBytes,
-	bConversations, bConvItems, bConvItemIDs,
+	bConversations, bConvItems, bConvItemIDs, bFiles, bBatches,
 }
 
 var (
@@ -165,6 +167,17 @@ var migrations = []migration{
 	// A file older than version 13 has none.
 	{To: 13, Fn: func(tx *bolt.Tx) error {
 		for _, name := range [][]byte{bConversations, bConvItems, bConvItemIDs} {
+			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
+				return fmt.Errorf("create bucket %s: %w", name, err)
+			}
+		}
+		return nil
+	}},
+	// Version 14: the Files and Batch APIs' files (bucket files) and
+	// batches (bucket batches), by tenant and id. A file older than
+	// version 14 has none.
+	{To: 14, Fn: func(tx *bolt.Tx) error {
+		for _, name := range [][]byte{bFiles, bBatches} {
 			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 				return fmt.Errorf("create bucket %s: %w", name, err)
 			}

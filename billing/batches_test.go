@@ -1,0 +1,98 @@
+package billing
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/nozzle-ai/nozzle"
+)
+
+// Files and batches are kept per tenant: another tenant's are not found,
+// lists page newest first (files: either order, by purpose), and both
+// survive a reopen; OpenBatches lists the ones not final.
+func TestBatchStore(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "ledger.db")
+	l, err := Open(Options{Path: path})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	t0 := time.Unix(1700000000, 0).UTC()
+	for i := range 3 {
+		f := &nozzle.File{ID: fmt.Sprintf("file-%d", i), TenantID: "ten_a", Filename: "in.jsonl", Purpose: nozzle.FilePurposeBatch, Bytes: 10, Created: t0}
+		if i == 2 {
+			f.Purpose = nozzle.FilePurposeBatchOutput
+		}
+		if err := l.CreateFile(ctx, f); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := l.CreateFile(ctx, &nozzle.File{ID: "file-0", TenantID: "ten_a", Purpose: "batch"}); nozzle.ErrorCode(err) != nozzle.ECONFLICT {
+		t.Errorf("duplicate file: %v", err)
+	}
+	if _, err := l.File(ctx, "ten_b", "file-0"); nozzle.ErrorCode(err) != nozzle.ENOTFOUND {
+		t.Errorf("another tenant's file: %v", err)
+	}
+	files, more, err := l.Files(ctx, "ten_a", nozzle.FileQuery{Limit: 1})
+	if err != nil || len(files) != 1 || files[0].ID != "file-2" || !more {
+		t.Errorf("newest file: %v %v %v", files, more, err)
+	}
+	files, more, err = l.Files(ctx, "ten_a", nozzle.FileQuery{Limit: 5, After: "file-0", Ascending: true, Purpose: nozzle.FilePurposeBatch})
+	if err != nil || len(files) != 1 || files[0].ID != "file-1" || more {
+		t.Errorf("after file-0: %v %v %v", files, more, err)
+	}
+	if _, _, err := l.Files(ctx, "ten_b", nozzle.FileQuery{After: "file-0"}); nozzle.ErrorCode(err) != nozzle.EINVALID {
+		t.Errorf("another tenant's cursor: %v", err)
+	}
+	if n, err := l.FileBytes(ctx, "ten_a"); n != 30 || err != nil {
+		t.Errorf("bytes %d %v", n, err)
+	}
+	if err := l.DeleteFile(ctx, "ten_b", "file-1"); nozzle.ErrorCode(err) != nozzle.ENOTFOUND {
+		t.Errorf("another tenant deleted: %v", err)
+	}
+	if err := l.DeleteFile(ctx, "ten_a", "file-1"); err != nil {
+		t.Fatal(err)
+	}
+	for i, st := range []string{nozzle.BatchCompleted, nozzle.BatchInProgress, nozzle.BatchValidating} {
+		b := &nozzle.Batch{ID: fmt.Sprintf("batch_%d", i), TenantID: "ten_a", KeyID: "key_1", Endpoint: "/v1/completions", InputFileID: "file-0",
+			CompletionWindow: "24h", Status: st, Created: t0, ExpiresAt: t0.Add(nozzle.BatchWindow), Metadata: map[string]string{"k": "v"}}
+		if err := l.CreateBatch(ctx, b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b, err := l.Batch(ctx, "ten_a", "batch_1")
+	if err != nil || b.Status != nozzle.BatchInProgress || b.Metadata["k"] != "v" || !b.ExpiresAt.Equal(t0.Add(24*time.Hour)) {
+		t.Fatalf("batch %+v %v", b, err)
+	}
+	b.Completed, b.Usage.InputTokens = 5, 7
+	if err := l.UpdateBatch(ctx, b); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.Batch(ctx, "ten_b", "batch_1"); nozzle.ErrorCode(err) != nozzle.ENOTFOUND {
+		t.Errorf("another tenant's batch: %v", err)
+	}
+	if err := l.UpdateBatch(ctx, &nozzle.Batch{ID: "batch_1", TenantID: "ten_b"}); nozzle.ErrorCode(err) != nozzle.ENOTFOUND {
+		t.Errorf("another tenant's update: %v", err)
+	}
+	l.Close()
+
+	l, err = Open(Options{Path: path})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	list, more, err := l.Batches(ctx, "ten_a", "batch_2", 1)
+	if err != nil || len(list) != 1 || list[0].ID != "batch_1" || list[0].Completed != 5 || list[0].Usage.InputTokens != 7 || !more {
+		t.Errorf("batches after batch_2: %+v %v %v", list, more, err)
+	}
+	open, err := l.OpenBatches(ctx)
+	if err != nil || len(open) != 2 || open[0].ID != "batch_1" || open[1].ID != "batch_2" {
+		t.Errorf("open batches %+v %v", open, err)
+	}
+	if _, err := l.File(ctx, "ten_a", "file-1"); nozzle.ErrorCode(err) != nozzle.ENOTFOUND {
+		t.Errorf("deleted file: %v", err)
+	}
+}
