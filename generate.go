@@ -207,6 +207,10 @@ const ToolChoiceRequired = "required"
 type GenerateRequest struct {
 	RequestID string
 	TenantID  string
+	// Background marks a request of the batch class (a Batch API line):
+	// the runtime admits a waiting interactive request before any waiting
+	// background one. False is the interactive class.
+	Background bool
 	// Adapter is the adapter to apply, nil for the base model.
 	Adapter *Adapter
 

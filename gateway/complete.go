@@ -236,6 +236,11 @@ func (s *Server) complete(c *fiber.Ctx, parse func(body []byte, maxChoices int) 
 		return err
 	}
 	cp.reqs = j.requests(rid, p.tenant.ID, maxTokens)
+	if st.batch {
+		for _, r := range cp.reqs {
+			r.Background = true
+		}
+	}
 	cp.results = make([]choiceResult, len(cp.reqs))
 	cp.ctx, cp.cancel = context.WithTimeout(context.Background(), s.cfg.RequestTimeout)
 	s.genWG.Add(1)

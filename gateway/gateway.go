@@ -90,6 +90,9 @@ const (
 	DefaultTenantResponseBytes = 1 << 30
 	DefaultTenantAdapterBytes  = 20 << 30
 	DefaultTenantUploads       = 2
+	DefaultFileUploadLimit     = 200 << 20 // a Files API upload
+	DefaultTenantFileBytes     = 10 << 30
+	DefaultBatchConcurrency    = 4
 	// DefaultStreamCheckpointEvery bounds what a crash of the gateway
 	// leaves uncharged of a running stream to a second of its tokens
 	// (tens of tokens at a GPU's decode speed per sequence) for one
@@ -129,6 +132,22 @@ type Config struct {
 	// has at most TenantUploads uploads in flight at once (default 2).
 	TenantAdapterBytes int64
 	TenantUploads      int
+
+	// FilesDir is where the Files API keeps files' contents (batch input
+	// and output files); empty, with Deps.Batches nil, leaves the Files
+	// and Batch APIs out. FileUploadLimit caps one uploaded file (default
+	// 200 MiB); TenantFileBytes caps the files one tenant keeps, outputs
+	// included (default 10 GiB; negative: no cap).
+	FilesDir        string
+	FileUploadLimit int64
+	TenantFileBytes int64
+	// BatchConcurrency is how many lines of batches the batch runner runs
+	// at once, all batches together (default 4). They run at the
+	// runtime's batch priority, behind interactive requests.
+	BatchConcurrency int
+	// Now is the batch runner's clock (batches' times and their 24-hour
+	// expiry); default time.Now. For tests.
+	Now func() time.Time
 
 	// RequestTimeout bounds one completion request, generation included
 	// (default 10 min).
@@ -231,6 +250,18 @@ func (c Config) withDefaults() Config {
 	if c.TenantUploads <= 0 {
 		c.TenantUploads = DefaultTenantUploads
 	}
+	if c.FileUploadLimit <= 0 {
+		c.FileUploadLimit = DefaultFileUploadLimit
+	}
+	if c.TenantFileBytes == 0 {
+		c.TenantFileBytes = DefaultTenantFileBytes
+	}
+	if c.BatchConcurrency <= 0 {
+		c.BatchConcurrency = DefaultBatchConcurrency
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
 	if c.HealthInterval <= 0 {
 		c.HealthInterval = DefaultHealthInterval
 	}
@@ -282,6 +313,10 @@ type Deps struct {
 	// Ledger); nil keeps none (the /v1/conversations routes answer 404,
 	// and a response naming a conversation finds none).
 	Conversations nozzle.ConversationStore
+	// Batches keeps the Files and Batch APIs' files and batches (with
+	// Config.FilesDir for the files' contents); nil keeps none (the
+	// /v1/files and /v1/batches routes answer 404).
+	Batches nozzle.BatchStore
 	// Users is for console code mounted through Extensions.
 	Users nozzle.UserService
 
@@ -334,7 +369,8 @@ type Server struct {
 	held      atomic.Bool // /readyz held at 503 (Config.HoldReady)
 	met       *gatewayMetrics
 	uploads   uploadGuard
-	quotaMu   sync.Mutex // an upload's quota check and its record, one at a time
+	quotaMu   sync.Mutex   // an upload's quota check and its record, one at a time
+	runner    *batchRunner // nil without Deps.Batches
 
 	baseCtx context.Context
 	cancel  context.CancelFunc
@@ -376,6 +412,11 @@ func New(cfg Config, deps Deps) (*Server, error) {
 			return nil, fmt.Errorf("gateway: upstream %q listed twice", u.ID)
 		}
 		seen[u.ID] = true
+	}
+	if cfg.FilesDir != "" {
+		if err := os.MkdirAll(cfg.FilesDir, 0o700); err != nil {
+			return nil, fmt.Errorf("gateway: create files dir: %w", err)
+		}
 	}
 	if err := os.MkdirAll(cfg.UploadDir, 0o700); err != nil {
 		return nil, fmt.Errorf("gateway: create upload dir: %w", err)
@@ -435,6 +476,10 @@ func New(cfg Config, deps Deps) (*Server, error) {
 	s.wg.Add(2)
 	go func() { defer s.wg.Done(); s.router.loop(s.baseCtx, cfg.HealthInterval) }()
 	go func() { defer s.wg.Done(); s.touchLoop(s.baseCtx) }()
+	if s.storesBatches() {
+		s.runner = newBatchRunner(s)
+		s.runner.resume(s.baseCtx)
+	}
 	return s, nil
 }
 
@@ -514,6 +559,17 @@ func (s *Server) Shutdown(ctx context.Context) error {
 			}
 		}
 		t.Stop()
+	}
+	// The batch runner starts no more lines and waits for its running
+	// ones, which finish and are metered; then no generation starts.
+	runnerDone := make(chan struct{})
+	go func() { s.runner.shutdown(); close(runnerDone) }()
+	select {
+	case <-runnerDone:
+	case <-ctx.Done():
+		if err == nil {
+			err = ctx.Err()
+		}
 	}
 	// Generations that outlive their connection (a client gone mid-stream)
 	// are still recording their usage: wait for them.

@@ -32,6 +32,9 @@ type reqState struct {
 	client   string
 
 	principal *principal // set by RequireKey
+	// batch: a line of a batch, run by the batch runner (its
+	// generations run at the runtime's batch priority)
+	batch bool
 
 	// streaming is set by a handler that answers with a stream: the stream
 	// writes the access log and metrics when it ends.

@@ -32,6 +32,15 @@ import (
 //	POST   /v1/conversations/{id}/items     inference scope
 //	GET    /v1/conversations/{id}/items/{item_id}  inference scope
 //	DELETE /v1/conversations/{id}/items/{item_id}  inference scope
+//	POST   /v1/files                        inference scope (multipart upload; where Deps.Batches is set)
+//	GET    /v1/files                        inference scope
+//	GET    /v1/files/{id}                   inference scope
+//	GET    /v1/files/{id}/content           inference scope
+//	DELETE /v1/files/{id}                   inference scope
+//	POST   /v1/batches                      inference scope
+//	GET    /v1/batches                      inference scope
+//	GET    /v1/batches/{id}                 inference scope
+//	POST   /v1/batches/{id}/cancel          inference scope
 //	POST   /v1/adapters                     adapters scope (multipart upload)
 //	GET    /v1/adapters                     adapters scope
 //	GET    /v1/adapters/{name}              adapters scope
@@ -92,6 +101,17 @@ func (s *Server) routes() {
 		v1.Post("/conversations/:id/items", inference, s.addConversationItems)
 		v1.Get("/conversations/:id/items/:item", inference, s.getConversationItem)
 		v1.Delete("/conversations/:id/items/:item", inference, s.deleteConversationItem)
+	}
+	if s.storesBatches() {
+		v1.Post("/files", inference, s.createFile)
+		v1.Get("/files", inference, s.listFiles)
+		v1.Get("/files/:id", inference, s.getFile)
+		v1.Get("/files/:id/content", inference, s.fileContent)
+		v1.Delete("/files/:id", inference, s.deleteFile)
+		v1.Post("/batches", inference, s.createBatch)
+		v1.Get("/batches", inference, s.listBatches)
+		v1.Get("/batches/:id", inference, s.getBatch)
+		v1.Post("/batches/:id/cancel", inference, s.cancelBatch)
 	}
 
 	adapters := s.RequireKey(nozzle.ScopeAdapters)
