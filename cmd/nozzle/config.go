@@ -63,6 +63,9 @@ type Config struct {
 	TenantStoreMB  int           `key:"tenant_adapter_storage_mb" help:"gateway: most adapter storage in MiB one tenant may use (the sum of its adapters' sizes); an upload past it is refused (0: no cap)"`
 	RequestTimeout time.Duration `key:"request_timeout" help:"longest a completion may run"`
 	TenantSeqs     int           `key:"tenant_sequences" help:"gateway: most sequences (prompts × n of each request) one tenant may have running or queued at once; beyond, 429 (a request of more choices than that alone: 400) (0: no cap)"`
+	FileLimitMB    int           `key:"file_upload_limit_mb" help:"gateway: largest file uploaded to the Files API (a batch's input) in MiB"`
+	TenantFilesMB  int           `key:"tenant_file_storage_mb" help:"gateway: most MiB of files (batch inputs and outputs) one tenant may keep; an upload past it is refused (0: no cap)"`
+	BatchLines     int           `key:"batch_concurrency" help:"gateway: how many lines of batches (the Batch API) run at once, all batches together; they run behind interactive requests"`
 	StreamCkpt     time.Duration `key:"stream_checkpoint" help:"gateway: how often a running stream's usage so far is written to the ledger, so that a crash of the gateway leaves at most that long of a stream's tokens uncharged (0: never; the whole stream is then uncharged)"`
 
 	// Billing.
@@ -102,6 +105,9 @@ func DefaultConfig() Config {
 		TenantStoreMB:     20480,
 		RequestTimeout:    10 * time.Minute,
 		TenantSeqs:        64,
+		FileLimitMB:       200,
+		TenantFilesMB:     10240,
+		BatchLines:        4,
 		StreamCkpt:        time.Second,
 		IdlePolicy:        "prorata",
 		PricePrompt:       0.10,
@@ -172,7 +178,7 @@ func (c *Config) Validate() error {
 	for _, f := range []struct {
 		key string
 		v   int
-	}{{"kv_memory_mb", c.KVMemoryMB}, {"host_cache_mb", c.HostCacheMB}, {"upload_limit_mb", c.UploadLimitMB}} {
+	}{{"kv_memory_mb", c.KVMemoryMB}, {"host_cache_mb", c.HostCacheMB}, {"upload_limit_mb", c.UploadLimitMB}, {"file_upload_limit_mb", c.FileLimitMB}, {"batch_concurrency", c.BatchLines}} {
 		if f.v < 1 {
 			return fmt.Errorf("%s %d: must be positive", f.key, f.v)
 		}
@@ -191,6 +197,9 @@ func (c *Config) Validate() error {
 	}
 	if c.TenantStoreMB < 0 {
 		return fmt.Errorf("tenant_adapter_storage_mb %d: must be 0 (no cap) or more", c.TenantStoreMB)
+	}
+	if c.TenantFilesMB < 0 {
+		return fmt.Errorf("tenant_file_storage_mb %d: must be 0 (no cap) or more", c.TenantFilesMB)
 	}
 	if c.TenantSeqs < 0 {
 		return fmt.Errorf("tenant_sequences %d: must be 0 (no cap) or more", c.TenantSeqs)

@@ -456,7 +456,7 @@ func (m *Main) startGateway(ctx context.Context, ln net.Listener, internalToken 
 	}
 	gw, err := gateway.New(m.gatewayConfig(adminToken, internalToken), gateway.Deps{
 		Tenants: m.Ledger, Keys: m.Ledger, Adapters: m.Ledger, Store: store,
-		Ledger: m.Ledger, Budget: m.Ledger, Reporter: m.Ledger, Users: m.Ledger, Responses: m.Ledger, Conversations: m.Ledger,
+		Ledger: m.Ledger, Budget: m.Ledger, Reporter: m.Ledger, Users: m.Ledger, Responses: m.Ledger, Conversations: m.Ledger, Batches: m.Ledger,
 		Upstreams: ups, Extensions: exts,
 		PullCapacity: func() {
 			select {
@@ -607,6 +607,11 @@ func (m *Main) gatewayConfig(adminToken, internalToken string) gateway.Config {
 		TenantSequences: cmp.Or(m.Config.TenantSeqs, -1),
 		// 0 in the configuration is no cap; in gateway.Config, the default
 		TenantResponseBytes: cmp.Or(int64(m.Config.TenantResponseMB)<<20, -1),
+		FilesDir:            filepath.Join(m.Config.Data, "files"),
+		FileUploadLimit:     int64(m.Config.FileLimitMB) << 20,
+		// 0 in the configuration is no cap; in gateway.Config, the default
+		TenantFileBytes:  cmp.Or(int64(m.Config.TenantFilesMB)<<20, -1),
+		BatchConcurrency: m.Config.BatchLines,
 		// 0 in the configuration is never; in gateway.Config, the default
 		StreamCheckpointEvery: cmp.Or(m.Config.StreamCkpt, -1),
 		Logger:                m.Log.With("component", "gateway"),
