@@ -101,6 +101,7 @@ func (r *Runtime) prepare(req *nozzle.GenerateRequest) (*sequence, error) {
 	q := &sequence{
 		id:          r.nextID.Add(1),
 		tenantID:    req.TenantID,
+		background:  req.Background,
 		nPrompt:     len(prompt),
 		slot:        -1,
 		temperature: float32(req.Temperature),

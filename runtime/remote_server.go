@@ -76,7 +76,11 @@ type wireRequest struct {
 	ToolChoice string `json:"tool_choice,omitempty"`
 	// OneCall: an earlier runtime ignores it and generates every call
 	// (the gateway keeps the first); an earlier gateway sends none.
-	OneCall     bool `json:"one_call,omitempty"`
+	OneCall bool `json:"one_call,omitempty"`
+	// Background: the batch class (absent: interactive, as before it
+	// existed); an earlier runtime ignores it and admits the request as
+	// an interactive one.
+	Background  bool `json:"background,omitempty"`
 	Logprobs    bool `json:"logprobs"`
 	TopLogprobs int  `json:"top_logprobs"`
 	Echo        bool `json:"echo,omitempty"`
@@ -96,6 +100,7 @@ func toWire(r *nozzle.GenerateRequest) wireRequest {
 		Seed: r.Seed, Stop: r.Stop, Logprobs: r.Logprobs, TopLogprobs: r.TopLogprobs, Echo: r.Echo, PromptOnly: r.PromptOnly, Stream: r.Stream,
 		LogitBias: r.LogitBias, PresencePenalty: r.PresencePenalty, FrequencyPenalty: r.FrequencyPenalty,
 		ResponseFormat: r.ResponseFormat, ResponseSchema: r.ResponseSchema, ToolChoice: r.ToolChoice, OneCall: r.OneCall,
+		Background: r.Background,
 	}
 }
 
@@ -107,6 +112,7 @@ func (w wireRequest) request() *nozzle.GenerateRequest {
 		Seed: w.Seed, Stop: w.Stop, Logprobs: w.Logprobs, TopLogprobs: w.TopLogprobs, Echo: w.Echo, PromptOnly: w.PromptOnly, Stream: w.Stream,
 		LogitBias: w.LogitBias, PresencePenalty: w.PresencePenalty, FrequencyPenalty: w.FrequencyPenalty,
 		ResponseFormat: w.ResponseFormat, ResponseSchema: w.ResponseSchema, ToolChoice: w.ToolChoice, OneCall: w.OneCall,
+		Background: w.Background,
 	}
 }
 

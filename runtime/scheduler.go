@@ -80,9 +80,13 @@ func (m *mailbox) take(buf []seqEvent) []seqEvent {
 type sequence struct {
 	id       uint64
 	tenantID string
-	sha      string     // adapter content address, "" for the base model
-	space    string     // prefix-cache namespace: the tenant, then sha
-	host     *hostEntry // the adapter's host-cache entry
+	// background: the batch class (GenerateRequest.Background), admitted
+	// only while no interactive sequence waits.
+	background bool
+	shareKey   string     // share()'s, cached
+	sha        string     // adapter content address, "" for the base model
+	space      string     // prefix-cache namespace: the tenant, then sha
+	host       *hostEntry // the adapter's host-cache entry
 
 	tokens    []int32 // prompt, then generated tokens
 	nPrompt   int
@@ -131,6 +135,19 @@ type sequence struct {
 	out *mailbox
 }
 
+// share is the key of q's share in scheduler.tenants: its tenant, or for
+// the batch class its tenant and a suffix, so that a tenant's batch work
+// is a share of its own, with its own virtual counter.
+func (q *sequence) share() string {
+	if !q.background {
+		return q.tenantID
+	}
+	if q.shareKey == "" {
+		q.shareKey = q.tenantID + "\x00batch"
+	}
+	return q.shareKey
+}
+
 func (q *sequence) pending() int {
 	if q.promptOnly {
 		return q.nPrompt - 1 - q.computed
@@ -141,10 +158,11 @@ func (q *sequence) pending() int {
 // tenant is one tenant's share of the scheduler: a FIFO of waiting
 // sequences and S-LoRA's virtual token counter.
 type tenant struct {
-	id      string
-	counter float64
-	queue   []*sequence
-	running int
+	id         string // sequence.share()
+	background bool   // the batch class's share
+	counter    float64
+	queue      []*sequence
+	running    int
 }
 
 type inMsg struct {
@@ -344,15 +362,15 @@ func (s *scheduler) minCounter() (float64, bool) {
 }
 
 func (s *scheduler) enqueue(q *sequence, now time.Time) {
-	t := s.tenants[q.tenantID]
+	t := s.tenants[q.share()]
 	if t == nil {
 		// A tenant that becomes active starts at the lowest counter of the
 		// active ones: it cannot bank credit while idle.
-		t = &tenant{id: q.tenantID}
+		t = &tenant{id: q.share(), background: q.background}
 		if m, ok := s.minCounter(); ok {
 			t.counter = m
 		}
-		s.tenants[q.tenantID] = t
+		s.tenants[q.share()] = t
 	}
 	q.state = stWaiting
 	q.waitingSince = now
@@ -368,6 +386,14 @@ func (s *scheduler) sortedTenants() []*tenant {
 		}
 	}
 	slices.SortFunc(s.order, func(a, b *tenant) int {
+		// the interactive class before the batch class, whatever the
+		// counters
+		if a.background != b.background {
+			if b.background {
+				return -1
+			}
+			return 1
+		}
 		if a.counter != b.counter {
 			if a.counter < b.counter {
 				return -1
@@ -442,6 +468,9 @@ func (s *scheduler) fairPreempt(now time.Time) bool {
 		return false
 	}
 	want := order[0]
+	if !want.background && s.preemptBackground(want, now) {
+		return true
+	}
 	active := 0
 	for _, t := range s.tenants {
 		if t.running > 0 || len(t.queue) > 0 {
@@ -471,9 +500,31 @@ func (s *scheduler) fairPreempt(now time.Time) bool {
 		return false
 	}
 	for i := len(s.running) - 1; i >= 0; i-- {
-		if q := s.running[i]; q.tenantID == over.id {
+		if q := s.running[i]; q.share() == over.id {
 			// Where places are left and memory is short, only a
 			// preemption that frees enough of it for the head.
+			if len(s.running) < s.maxBatchSeqs && s.pool.available()+len(q.blocks) < s.pool.blocksFor(len(head.tokens))+len(s.running)-1 {
+				return false
+			}
+			s.preempt(q, now)
+			s.m.fairPreemptions.Inc()
+			return true
+		}
+	}
+	return false
+}
+
+// preemptBackground makes room for the interactive share want, kept
+// waiting, by preempting the newest running sequence of the batch class,
+// under the same conditions as a fair preemption. Reports whether it
+// preempted.
+func (s *scheduler) preemptBackground(want *tenant, now time.Time) bool {
+	head := want.queue[0]
+	if !s.resident(head) || s.followsLeader(head) {
+		return false
+	}
+	for i := len(s.running) - 1; i >= 0; i-- {
+		if q := s.running[i]; q.background {
 			if len(s.running) < s.maxBatchSeqs && s.pool.available()+len(q.blocks) < s.pool.blocksFor(len(head.tokens))+len(s.running)-1 {
 				return false
 			}
@@ -494,7 +545,13 @@ func (s *scheduler) pick(now time.Time) *sequence {
 		// admission does not force an immediate preemption.
 		reserve = len(s.running)
 	}
+	interactive := false
 	for _, t := range s.sortedTenants() {
+		if t.background && interactive {
+			// An interactive sequence waits: no batch work goes before it.
+			return nil
+		}
+		interactive = interactive || !t.background
 		n := min(len(t.queue), s.lookahead)
 		if s.pool.blocksFor(len(t.queue[0].tokens))+reserve > s.pool.available() {
 			// Memory is the fair-share resource: nobody behind the head
@@ -685,7 +742,7 @@ func (s *scheduler) warmSlots(now time.Time) {
 
 // start admits q: its prompt's KV blocks, its slot pin.
 func (s *scheduler) start(q *sequence, now time.Time) {
-	t := s.tenants[q.tenantID]
+	t := s.tenants[q.share()]
 	// The whole blocks of q's tokens that the prefix cache holds are
 	// computed already; at least the last token is left to compute, for
 	// its logits.
@@ -756,7 +813,7 @@ func (s *scheduler) preempt(q *sequence, now time.Time) {
 		q.host = s.cache.prefetch(q.sha)
 		q.waitsHost = true
 	}
-	t := s.tenants[q.tenantID]
+	t := s.tenants[q.share()]
 	t.running--
 	t.queue = slices.Insert(t.queue, 0, q)
 	s.waiting++
@@ -780,7 +837,7 @@ func (s *scheduler) unpin(q *sequence) {
 // is the finish reason when err is nil.
 func (s *scheduler) finish(q *sequence, reason string, err error) {
 	now := s.clock()
-	t := s.tenants[q.tenantID]
+	t := s.tenants[q.share()]
 	switch q.state {
 	case stRunning:
 		s.removeRunning(q)
@@ -1052,7 +1109,7 @@ func (s *scheduler) step() {
 		if q.firstToken.IsZero() {
 			q.firstToken = t1
 		}
-		if t := s.tenants[q.tenantID]; t != nil {
+		if t := s.tenants[q.share()]; t != nil {
 			t.counter += s.decodeWeight
 		}
 		ev := seqEvent{token: tok, logprob: b.OutLogprob[i], eos: s.eos[tok], dev: q.deviceSec, cached: q.cached}
