@@ -25,6 +25,7 @@ func withLedger(t *testing.T, l **billing.Ledger) option {
 		}
 		t.Cleanup(func() { led.Close() }) // after the server's shutdown, registered later
 		d.Tenants, d.Keys, d.Adapters, d.Ledger, d.Budget, d.Reporter, d.Users, d.Responses, d.Conversations = led, led, led, led, led, led, led, led, led
+		d.Batches = led // the Files and Batch APIs, with Config.FilesDir
 		*l = led
 	}
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/nozzle-ai/nozzle"
 	"github.com/nozzle-ai/nozzle/billing"
+	"github.com/nozzle-ai/nozzle/gateway"
 )
 
 // TestOpenAISDK runs the official openai npm SDK (pinned in
@@ -52,7 +53,8 @@ func TestOpenAISDK(t *testing.T) {
 
 	// Stored responses: a gateway over a real ledger.
 	var led *billing.Ledger
-	stored := newFixture(t, withLedger(t, &led), withToolFormat(nozzle.ToolFormatHermes, defaultWords...))
+	stored := newFixture(t, withLedger(t, &led), withToolFormat(nozzle.ToolFormatHermes, defaultWords...),
+		withConfig(func(c *gateway.Config) { c.FilesDir = filepath.Join(t.TempDir(), "files") }))
 	storedURL := stored.serve(t)
 
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)

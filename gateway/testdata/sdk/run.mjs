@@ -3,11 +3,11 @@
 // NOZZLE_URL, NOZZLE_KEY (full scopes) and NOZZLE_LIMITED_KEY (one request
 // a minute, already used), and a second gateway over a reasoning model
 // with NOZZLE_REASONING_URL and NOZZLE_REASONING_KEY, and a third over a
-// real ledger, which stores responses and conversations, with NOZZLE_STORE_URL,
+// real ledger, which stores responses, conversations, files and batches, with NOZZLE_STORE_URL,
 // NOZZLE_STORE_KEY and another tenant's NOZZLE_STORE_OTHER_KEY. Each check prints
 // "ok <name>"; the first failed assertion exits non-zero.
 import assert from 'node:assert/strict';
-import OpenAI from 'openai';
+import OpenAI, { toFile } from 'openai';
 import { CursorPage } from 'openai/pagination';
 
 const baseURL = process.env.NOZZLE_URL + '/v1';
@@ -560,6 +560,62 @@ await check('responses-retrieve-stream', async () => {
   assert.equal(final.id, r.id);
   assert.equal(final.output[0].content[0].text, want);
   await assert.rejects(other.responses.retrieve(r.id, { stream: true }), (e) => e instanceof OpenAI.NotFoundError);
+});
+
+await check('batches', async () => {
+  // upload a batch's input, run it, read its output
+  const lines = [
+    { custom_id: 'greet', method: 'POST', url: '/v1/chat/completions', body: { model: 'base', messages: [{ role: 'user', content: 'Say hello' }] } },
+    { custom_id: 'again', method: 'POST', url: '/v1/chat/completions', body: { model: 'base', messages: [{ role: 'user', content: 'Once more' }], max_tokens: 3 } },
+  ];
+  const jsonl = lines.map((l) => JSON.stringify(l)).join('\n') + '\n';
+  const file = await store.files.create({ file: await toFile(Buffer.from(jsonl), 'batch.jsonl'), purpose: 'batch' });
+  assert.equal(file.object, 'file');
+  assert.equal(file.purpose, 'batch');
+  assert.equal(file.bytes, Buffer.byteLength(jsonl));
+  assert.equal(file.filename, 'batch.jsonl');
+  assert.equal((await store.files.retrieve(file.id)).id, file.id);
+  assert.equal(await (await store.files.content(file.id)).text(), jsonl);
+  await assert.rejects(other.files.retrieve(file.id), (e) => e instanceof OpenAI.NotFoundError);
+  await assert.rejects(store.files.create({ file: await toFile(Buffer.from(jsonl), 'x.jsonl'), purpose: 'fine-tune' }),
+    (e) => e instanceof OpenAI.BadRequestError && e.param === 'purpose');
+
+  let batch = await store.batches.create({ input_file_id: file.id, endpoint: '/v1/chat/completions', completion_window: '24h', metadata: { job: 'sdk' } });
+  assert.equal(batch.object, 'batch');
+  assert.equal(batch.status, 'validating');
+  assert.equal(batch.expires_at, batch.created_at + 24 * 3600);
+  assert.deepEqual(batch.metadata, { job: 'sdk' });
+  for (let i = 0; i < 200 && !['completed', 'failed', 'expired', 'cancelled'].includes(batch.status); i++) {
+    await new Promise((r) => setTimeout(r, 50));
+    batch = await store.batches.retrieve(batch.id);
+  }
+  assert.equal(batch.status, 'completed', JSON.stringify(batch));
+  assert.deepEqual(batch.request_counts, { total: 2, completed: 2, failed: 0 });
+  assert.ok(batch.in_progress_at && batch.finalizing_at && batch.completed_at);
+  assert.equal(batch.usage.total_tokens, batch.usage.input_tokens + batch.usage.output_tokens);
+  assert.equal(batch.error_file_id, null);
+  const out = (await (await store.files.content(batch.output_file_id)).text()).trim().split('\n').map((l) => JSON.parse(l));
+  assert.deepEqual(out.map((o) => o.custom_id).sort(), ['again', 'greet']);
+  for (const o of out) {
+    assert.equal(o.response.status_code, 200);
+    assert.equal(o.error, null);
+    assert.ok(o.id.startsWith('batch_req_'));
+    assert.equal(o.response.body.object, 'chat.completion');
+  }
+  assert.equal(out.find((o) => o.custom_id === 'greet').response.body.choices[0].message.content, 'Hello from the fake runtime.');
+  const outFile = await store.files.retrieve(batch.output_file_id);
+  assert.equal(outFile.purpose, 'batch_output');
+
+  const listed = [];
+  for await (const b of store.batches.list({ limit: 1 })) listed.push(b.id);
+  assert.ok(listed.includes(batch.id));
+  const files = await store.files.list({ purpose: 'batch' });
+  assert.ok(files.data.some((f) => f.id === file.id));
+  await assert.rejects(store.batches.cancel(batch.id), (e) => e instanceof OpenAI.ConflictError);
+  await assert.rejects(other.batches.retrieve(batch.id), (e) => e instanceof OpenAI.NotFoundError);
+  const del = await store.files.delete(file.id);
+  assert.deepEqual(del, { id: file.id, object: 'file', deleted: true });
+  await assert.rejects(store.files.retrieve(file.id), (e) => e instanceof OpenAI.NotFoundError);
 });
 
 await check('conversations', async () => {
