@@ -464,7 +464,14 @@ func checkResponses(t *testing.T, dir string, line int, firstChat *bool) {
 		if !strings.Contains(status, " 2") {
 			continue // an error the block tolerated (curl -f in a condition): curl -f shows no body
 		}
-		if strings.Contains(ctype, "json") && !json.Valid(body) {
+		if strings.Contains(ctype, "jsonl") {
+			// JSON Lines (a batch's output file): each line parses
+			for _, line := range strings.Split(strings.TrimSpace(string(body)), "\n") {
+				if !json.Valid([]byte(line)) {
+					t.Errorf("curl %s: a line of the %s answer does not parse: %q", strings.Join(argv, " "), ctype, line)
+				}
+			}
+		} else if strings.Contains(ctype, "json") && !json.Valid(body) {
 			t.Errorf("curl %s: the %s answer does not parse: %q", strings.Join(argv, " "), ctype, body)
 		}
 		if *firstChat && containsSub(argv, "/v1/chat/completions") {
