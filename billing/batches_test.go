@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/nozzle-ai/nozzle"
+	bolt "go.etcd.io/bbolt"
 )
 
 // Files and batches are kept per tenant: another tenant's are not found,
@@ -94,5 +95,32 @@ func TestBatchStore(t *testing.T) {
 	}
 	if _, err := l.File(ctx, "ten_a", "file-1"); nozzle.ErrorCode(err) != nozzle.ENOTFOUND {
 		t.Errorf("deleted file: %v", err)
+	}
+}
+
+// Check verifies files' and batches' records: a record filed under
+// another id is a problem.
+func TestBatchStore_Check(t *testing.T) {
+	l, err := Open(Options{Path: filepath.Join(t.TempDir(), "ledger.db")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	ctx := context.Background()
+	if err := l.CreateFile(ctx, &nozzle.File{ID: "file-1", TenantID: "ten_a", Purpose: "batch", Bytes: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.CreateBatch(ctx, &nozzle.Batch{ID: "batch_1", TenantID: "ten_a", Status: nozzle.BatchInProgress}); err != nil {
+		t.Fatal(err)
+	}
+	if res, err := l.Check(ctx); err != nil || len(res.Problems) != 0 {
+		t.Fatalf("check: %v %v", res, err)
+	}
+	v, _ := encodeJSONRecord(&nozzle.File{ID: "file-2", TenantID: "ten_a"})
+	if err := l.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bFiles).Put(fileKey("ten_b", "file-2"), v) }); err != nil {
+		t.Fatal(err)
+	}
+	if res, _ := l.Check(ctx); len(res.Problems) != 1 {
+		t.Errorf("check of a misfiled file: %v", res.Problems)
 	}
 }

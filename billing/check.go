@@ -194,6 +194,9 @@ func (l *Ledger) Check(ctx context.Context) (*CheckResult, error) {
 		if err := checkConversations(tx, res); err != nil {
 			return err
 		}
+		if err := checkBatches(tx, res); err != nil {
+			return err
+		}
 		if err := checkListIndexes(tx, res); err != nil {
 			return err
 		}
@@ -540,6 +543,46 @@ func checkConversations(tx *bolt.Tx, res *CheckResult) error {
 	}
 	if n := ids.Stats().KeyN; n != indexed {
 		res.problem("conversation_item_ids holds %d keys for %d indexed items", n, indexed)
+	}
+	return nil
+}
+
+// checkBatches checks the Files and Batch APIs' records: each decodes and
+// is filed under its own tenant and id.
+func checkBatches(tx *bolt.Tx, res *CheckResult) error {
+	for _, b := range []struct {
+		name []byte
+		what string
+		rec  func() (any, func() (string, string))
+	}{
+		{bFiles, "file", func() (any, func() (string, string)) {
+			f := &nozzle.File{}
+			return f, func() (string, string) { return f.TenantID, f.ID }
+		}},
+		{bBatches, "batch", func() (any, func() (string, string)) {
+			bt := &nozzle.Batch{}
+			return bt, func() (string, string) { return bt.TenantID, bt.ID }
+		}},
+	} {
+		err := tx.Bucket(b.name).ForEach(func(k, v []byte) error {
+			tenantID, id, ok := readLP(k)
+			if !ok {
+				res.problem("%s key %x", b.what, k)
+				return nil
+			}
+			rec, ids := b.rec()
+			if err := decodeJSONRecord(v, rec, b.what); err != nil {
+				res.problem("%s %q of tenant %q: %v", b.what, id, tenantID, err)
+				return nil
+			}
+			if t, i := ids(); t != tenantID || i != string(id) {
+				res.problem("%s %q of tenant %q is filed as %q of tenant %q", b.what, i, t, id, tenantID)
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
 	}
 	return nil
 }
