@@ -495,19 +495,7 @@ func TestBatch_ResumesAfterRestart(t *testing.T) {
 	}
 	env.led.Close()
 
-	// the second server: same ledger, same files
-	led := env.open(t)
-	defer led.Close()
-	gen := newFakeGen(f.w)
-	srv, err := gateway.New(gateway.Config{UploadDir: t.TempDir(), Logger: quietLogger(), HealthInterval: time.Hour, KeyTouchInterval: time.Hour,
-		FilesDir: env.filesDir, Now: env.now, BatchConcurrency: 1},
-		gateway.Deps{Tenants: led, Keys: led, Adapters: led, Store: f.store, Ledger: led, Budget: led, Reporter: led, Responses: led, Conversations: led, Batches: led,
-			Upstreams: []gateway.Upstream{{ID: "rt0", Generator: gen.mock()}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	f2 := &fixture{t: t, w: f.w, srv: srv, gen: gen}
-	url2 := f2.serve(t)
+	url2, gen := restartBatches(t, f, env)
 	done := waitBatch(t, url2, f.keyA, b.ID, final)
 	if done.Status != "completed" || done.RequestCounts.Completed != 6 || done.RequestCounts.Failed != 0 {
 		t.Fatalf("resumed batch %+v", done)
@@ -623,5 +611,66 @@ func TestBatch_LimitsAndBudget(t *testing.T) {
 	e := outLines(t, fileContent(t, url, f.keyB, *done.ErrorFileID))["x"]
 	if e.Response == nil || e.Response.StatusCode != 429 && e.Response.StatusCode != 402 {
 		t.Errorf("budget line %+v", e)
+	}
+}
+
+// restartBatches starts a second server on the env's ledger and files
+// folder (the first one shut down and its ledger closed) and returns its
+// URL and runtime.
+func restartBatches(t *testing.T, f *fixture, env *batchEnv) (string, *fakeGen) {
+	t.Helper()
+	led := env.open(t)
+	t.Cleanup(func() { led.Close() })
+	gen := newFakeGen(f.w)
+	srv, err := gateway.New(gateway.Config{UploadDir: t.TempDir(), Logger: quietLogger(), HealthInterval: time.Hour, KeyTouchInterval: time.Hour,
+		FilesDir: env.filesDir, Now: env.now, BatchConcurrency: 1},
+		gateway.Deps{Tenants: led, Keys: led, Adapters: led, Store: f.store, Ledger: led, Budget: led, Reporter: led, Responses: led, Conversations: led, Batches: led,
+			Upstreams: []gateway.Upstream{{ID: "rt0", Generator: gen.mock()}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f2 := &fixture{t: t, w: f.w, srv: srv, gen: gen}
+	return f2.serve(t), gen
+}
+
+// A batch whose 24 hours passed while the server was down expires when it
+// starts again: the lines that completed before are in its output (not
+// run again), the others in its error file as batch_expired.
+func TestBatch_ExpiresWhileDown(t *testing.T) {
+	env := newBatchEnv(t)
+	f := newFixture(t, withBatches(t, env, func(c *gateway.Config) { c.BatchConcurrency = 1 }))
+	url := f.serve(t)
+	var input []string
+	for i := range 6 {
+		input = append(input, chatLine(fmt.Sprint("line", i), "base", fmt.Sprint("prompt ", i)))
+	}
+	in := mustUpload(t, url, f.keyA, strings.Join(input, "\n"))
+	f.gen.setDelay(40 * time.Millisecond)
+	b := createBatch(t, url, f.keyA, in.ID, "/v1/chat/completions")
+	waitBatch(t, url, f.keyA, b.ID, func(b batchObj) bool { return b.RequestCounts.Completed >= 2 })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := f.srv.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	env.led.Close()
+	env.clock.Store(int64(25 * time.Hour))
+	url2, gen := restartBatches(t, f, env)
+	done := waitBatch(t, url2, f.keyA, b.ID, final)
+	if done.Status != "expired" || done.ExpiredAt == nil || done.RequestCounts.Completed < 2 || done.OutputFileID == nil || done.ErrorFileID == nil {
+		t.Fatalf("batch %+v", done)
+	}
+	if n := gen.calls.Load(); n != 0 {
+		t.Errorf("%d lines ran after the batch expired", n)
+	}
+	out := outLines(t, fileContent(t, url2, f.keyA, *done.OutputFileID))
+	errs := outLines(t, fileContent(t, url2, f.keyA, *done.ErrorFileID))
+	if len(out) != done.RequestCounts.Completed || len(out)+len(errs) != 6 {
+		t.Errorf("%d output lines, %d expired, counts %+v", len(out), len(errs), done.RequestCounts)
+	}
+	for _, e := range errs {
+		if e.Error == nil || e.Error.Code != "batch_expired" {
+			t.Errorf("expired line %+v", e)
+		}
 	}
 }

@@ -357,9 +357,11 @@ func (r *batchRunner) runLines(run *batchRun) {
 		b.Completed, b.Failed, b.Usage = 0, 0, nozzle.BatchUsage{}
 	})
 	// A batch cancelled or expired before this start runs no new line:
-	// it collects the answers of the lines that ran.
+	// it collects the answers of the lines that ran (an expired one's
+	// others are written as expired). One finalizing runs them all again:
+	// every one ran, and those that completed are answered by the ledger.
 	run.mu.Lock()
-	replayOnly := b.Status == nozzle.BatchCancelling || b.Status == nozzle.BatchFinalizing || !s.now().Before(b.ExpiresAt)
+	replayOnly := b.Status == nozzle.BatchCancelling || !s.now().Before(b.ExpiresAt)
 	run.mu.Unlock()
 	expired := false
 	var lines sync.WaitGroup
@@ -411,13 +413,18 @@ func (r *batchRunner) runLines(run *batchRun) {
 				}
 			}
 		}
-		only := replayOnly
+		only, exp := replayOnly, expired
 		lines.Add(1)
 		go func() {
 			defer lines.Done()
 			defer func() { <-r.slots }()
 			res, ran, u := r.runLine(run, n, l, only)
 			if !ran {
+				if exp && r.ctx.Err() == nil {
+					wmu.Lock()
+					errW.Write(expiredLine(b, l))
+					wmu.Unlock()
+				}
 				return
 			}
 			wmu.Lock()
