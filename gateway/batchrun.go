@@ -215,6 +215,15 @@ func (r *batchRunner) principal(ctx context.Context, b *nozzle.Batch) (*principa
 // runner stops first.
 func (r *batchRunner) run(run *batchRun) {
 	b := run.b
+	// A gateway starting resumes its batches before a runtime is ready
+	// (the model loading, the demo's set-up): they wait for /readyz.
+	for r.s.held.Load() || !r.s.router.ready.Load() {
+		select {
+		case <-r.ctx.Done():
+			return
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 	if b.Status == nozzle.BatchValidating {
 		if !r.validate(run) {
 			return
@@ -608,14 +617,21 @@ func (r *batchRunner) runLine(run *batchRun, n int, l *batchLine, replayOnly boo
 			st.principal = p
 			err = s.complete(c, parse)
 		}
-		if e := nozzle.AsError(err); e != nil && e.Code == nozzle.ERATELIMIT && e.Reason != "request_too_large" {
+		if e := nozzle.AsError(err); e != nil && (e.Code == nozzle.ERATELIMIT && e.Reason != "request_too_large" || e.Code == nozzle.EUNAVAILABLE) {
 			s.app.ReleaseCtx(c)
-			// wait as a client would, then try again
+			// A rate limit, or no runtime to run it now (none ready, one
+			// gone mid-answer: not charged): wait as a client would, then
+			// try again.
 			wait := max(e.RetryAfter, 100*time.Millisecond)
+			if e.Code == nozzle.EUNAVAILABLE {
+				wait = max(e.RetryAfter, time.Second)
+			}
 			select {
 			case <-time.After(wait):
 				continue
 			case <-r.ctx.Done():
+				return lineResult{}, false, nozzle.BatchUsage{}
+			case <-run.cancelled:
 				return lineResult{}, false, nozzle.BatchUsage{}
 			}
 		}
