@@ -126,6 +126,9 @@ func testRandomArrivals(t *testing.T, seed uint64) {
 	const nAdapters, nReq = 10, 160
 	rt.loads.missing[fakeSHA(nAdapters-1)] = true
 
+	// A third of the requests are of the batch class (drawn from an rng
+	// of their own: the cases are the same as before the class existed).
+	bg := rand.New(rand.NewPCG(seed, 7))
 	cases := make([]propCase, nReq)
 	for i := range cases {
 		c := propCase{cancelAt: -1, emitFail: -1}
@@ -134,6 +137,7 @@ func testRandomArrivals(t *testing.T, seed uint64) {
 			TenantID:     fmt.Sprint("t", rng.IntN(4)),
 			PromptTokens: randomPrompt(rng, 1+rng.IntN(180)),
 			MaxTokens:    1 + rng.IntN(50),
+			Background:   bg.IntN(3) == 0,
 		}
 		if k := rng.IntN(nAdapters + 3); k < nAdapters {
 			req.Adapter = adapterFor(k)
