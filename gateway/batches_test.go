@@ -674,3 +674,24 @@ func TestBatch_ExpiresWhileDown(t *testing.T) {
 		}
 	}
 }
+
+// A tenant's files stay within its storage quota: an upload past it is
+// 413 file_storage_full and stores nothing; another tenant is not held
+// back by it.
+func TestBatch_FileQuota(t *testing.T) {
+	env := newBatchEnv(t)
+	f := newFixture(t, withBatches(t, env, func(c *gateway.Config) { c.TenantFileBytes = 200 }))
+	url := f.serve(t)
+	line := []byte(chatLine("a", "base", "x") + "\n") // 130 bytes: one fits, two do not
+	mustUpload(t, url, f.keyA, string(line))
+	resp := uploadFile(t, url, f.keyA, "batch", "b.jsonl", line)
+	if resp.StatusCode != 413 || !strings.Contains(readAll(t, resp), "file_storage_full") {
+		t.Errorf("upload past the quota: %d", resp.StatusCode)
+	}
+	var l struct{ Data []fileObj }
+	getJSON(t, url+"/v1/files", f.keyA, &l)
+	if len(l.Data) != 1 {
+		t.Errorf("%d files after a refused upload", len(l.Data))
+	}
+	mustUpload(t, url, f.keyB, string(line))
+}
