@@ -695,3 +695,35 @@ func TestBatch_FileQuota(t *testing.T) {
 	}
 	mustUpload(t, url, f.keyB, string(line))
 }
+
+// A batch whose input file was deleted while the server was down fails
+// when it starts again, naming the input file, instead of completing
+// empty.
+func TestBatch_InputDeletedWhileDown(t *testing.T) {
+	env := newBatchEnv(t)
+	f := newFixture(t, withBatches(t, env, func(c *gateway.Config) { c.BatchConcurrency = 1 }))
+	url := f.serve(t)
+	var input []string
+	for i := range 6 {
+		input = append(input, chatLine(fmt.Sprint("line", i), "base", "x"))
+	}
+	in := mustUpload(t, url, f.keyA, strings.Join(input, "\n"))
+	f.gen.setDelay(40 * time.Millisecond)
+	b := createBatch(t, url, f.keyA, in.ID, "/v1/chat/completions")
+	waitBatch(t, url, f.keyA, b.ID, func(b batchObj) bool { return b.RequestCounts.Completed >= 1 })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := f.srv.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := env.led.DeleteFile(ctx, f.tenantA.ID, in.ID); err != nil {
+		t.Fatal(err)
+	}
+	os.Remove(filepath.Join(env.filesDir, in.ID))
+	env.led.Close()
+	url2, _ := restartBatches(t, f, env)
+	done := waitBatch(t, url2, f.keyA, b.ID, final)
+	if done.Status != "failed" || done.Errors == nil || len(done.Errors.Data) != 1 || done.Errors.Data[0].Code != "invalid_file" {
+		t.Fatalf("batch %+v", done)
+	}
+}

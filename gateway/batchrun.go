@@ -344,6 +344,14 @@ type lineResult struct {
 func (r *batchRunner) runLines(run *batchRun) {
 	s := r.s
 	b := run.b
+	if _, err := os.Stat(s.filePath(b.InputFileID)); err != nil {
+		// its input file was deleted while it was open
+		r.update(run, func(b *nozzle.Batch) {
+			b.Status, b.FailedAt = nozzle.BatchFailed, s.now()
+			b.Errors = []nozzle.BatchError{{Code: "invalid_file", Message: "The batch's input file was deleted before it ran.", Param: "input_file_id"}}
+		})
+		return
+	}
 	outPath := filepath.Join(s.cfg.UploadDir, "batch-"+b.ID+".out")
 	errPath := filepath.Join(s.cfg.UploadDir, "batch-"+b.ID+".err")
 	outF, err1 := os.Create(outPath)
