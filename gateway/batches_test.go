@@ -308,6 +308,16 @@ func TestBatch_RunsToCompletion(t *testing.T) {
 	if n := usageRequests(t, url, f.keyA); n != 2 {
 		t.Errorf("%d requests metered, want 2", n)
 	}
+	// a line's usage, by its request id and by its Idempotency-Key
+	for _, id := range []string{out["a"].Response.RequestID, "batch:" + b.ID + ":1"} {
+		var u struct{ Status string }
+		if code := getJSON(t, url+"/v1/usage/requests/"+id, f.keyA, &u); code != 200 || u.Status != "ok" {
+			t.Errorf("usage of %s: %d %+v", id, code, u)
+		}
+		if code := getJSON(t, url+"/v1/usage/requests/"+id, f.keyB, nil); code != 404 {
+			t.Errorf("another tenant's usage of %s: %d", id, code)
+		}
+	}
 	// the output file is listed, with purpose batch_output
 	var list struct {
 		Data    []fileObj `json:"data"`
