@@ -134,8 +134,9 @@ type Config struct {
 	TenantUploads      int
 
 	// FilesDir is where the Files API keeps files' contents (batch input
-	// and output files); empty, with Deps.Batches nil, leaves the Files
-	// and Batch APIs out. FileUploadLimit caps one uploaded file (default
+	// and output files), on the same file system as UploadDir (files are
+	// moved from there); empty, or Deps.Batches nil, leaves the Files and
+	// Batch APIs out. FileUploadLimit caps one uploaded file (default
 	// 200 MiB); TenantFileBytes caps the files one tenant keeps, outputs
 	// included (default 10 GiB; negative: no cap).
 	FilesDir        string
