@@ -121,27 +121,61 @@ func uploadError(param, format string, args ...any) error {
 	return nozzle.Errorf(nozzle.EINVALID, format, args...).WithParam(param)
 }
 
+// multipartUpload checks an upload's headers: a multipart/form-data body
+// with a boundary (fields names the fields it should carry), not
+// content-encoded, its declared length within limit (else tooLarge). It
+// returns the boundary.
+func multipartUpload(c *fiber.Ctx, fields string, limit int64, tooLarge error) (string, error) {
+	mt, params, err := mime.ParseMediaType(c.Get(fiber.HeaderContentType))
+	if err != nil || mt != "multipart/form-data" || params["boundary"] == "" {
+		return "", nozzle.Errorf(nozzle.EINVALID, "Expected a multipart/form-data body with the fields %s.", fields)
+	}
+	if err := refuseEncoded(&c.Request().Header); err != nil {
+		return "", err
+	}
+	if cl := c.Request().Header.ContentLength(); int64(cl) > limit {
+		return "", tooLarge
+	}
+	return params["boundary"], nil
+}
+
+// takeUploadSlot takes one of the tenant's TenantUploads upload slots
+// (s.uploading.release gives it back), or refuses the upload of more
+// (what: "adapters", "files") with a 429.
+func (s *Server) takeUploadSlot(tenantID, what string) error {
+	if s.uploading.takeOne(tenantID, s.cfg.TenantUploads) {
+		return nil
+	}
+	return nozzle.Errorf(nozzle.ERATELIMIT, "Too many uploads in progress: this organization may upload %d %s at once. Try again when one has finished.", s.cfg.TenantUploads, what).
+		WithReason("too_many_uploads_in_flight").WithRetryAfter(5 * time.Second)
+}
+
+// uploadStream is the request's body as it arrives (the whole body where
+// the server has read it already), read within UploadTimeout.
+func (s *Server) uploadStream(c *fiber.Ctx) io.Reader {
+	if conn := c.Context().Conn(); conn != nil {
+		_ = conn.SetReadDeadline(time.Now().Add(s.cfg.UploadTimeout))
+	}
+	if body := c.Context().RequestBodyStream(); body != nil {
+		return body
+	}
+	return bytes.NewReader(c.Request().Body())
+}
+
 // createAdapter handles POST /v1/adapters: a multipart upload streamed to
 // a staging folder, validated and imported by the AdapterStore, then
 // recorded. Nothing is left behind on failure.
 func (s *Server) createAdapter(c *fiber.Ctx) (retErr error) {
 	p := principalFrom(c)
-	mt, params, err := mime.ParseMediaType(c.Get(fiber.HeaderContentType))
-	if err != nil || mt != "multipart/form-data" || params["boundary"] == "" {
-		return nozzle.Errorf(nozzle.EINVALID, "Expected a multipart/form-data body with the fields name and adapter_config.json + adapter_model.safetensors, or archive.")
-	}
-	if err := refuseEncoded(&c.Request().Header); err != nil {
-		return err
-	}
 	limit := s.cfg.UploadLimit
-	if cl := c.Request().Header.ContentLength(); int64(cl) > limit {
-		return errTooLarge(limit)
+	boundary, err := multipartUpload(c, "name and adapter_config.json + adapter_model.safetensors, or archive", limit, errTooLarge(limit))
+	if err != nil {
+		return err
 	}
 	// One tenant's uploads neither fill the disk nor keep it busy: a few
 	// at a time, within its storage quota.
-	if !s.uploading.takeOne(p.tenant.ID, s.cfg.TenantUploads) {
-		return nozzle.Errorf(nozzle.ERATELIMIT, "Too many uploads in progress: this organization may upload %d adapters at once. Try again when one has finished.", s.cfg.TenantUploads).
-			WithReason("too_many_uploads_in_flight").WithRetryAfter(5 * time.Second)
+	if err := s.takeUploadSlot(p.tenant.ID, "adapters"); err != nil {
+		return err
 	}
 	defer s.uploading.release(p.tenant.ID, 1)
 	// A tenant's adapters stay within its storage quota: an upload that
@@ -166,13 +200,7 @@ func (s *Server) createAdapter(c *fiber.Ctx) (retErr error) {
 			}()
 		}
 	}
-	if conn := c.Context().Conn(); conn != nil {
-		_ = conn.SetReadDeadline(time.Now().Add(s.cfg.UploadTimeout))
-	}
-	var body io.Reader = c.Context().RequestBodyStream()
-	if body == nil {
-		body = bytes.NewReader(c.Request().Body())
-	}
+	body := s.uploadStream(c)
 	ctx, cancel := context.WithTimeout(c.UserContext(), s.cfg.UploadTimeout)
 	defer cancel()
 
@@ -183,7 +211,7 @@ func (s *Server) createAdapter(c *fiber.Ctx) (retErr error) {
 	defer os.RemoveAll(dir)
 
 	lr := &limitReader{r: body, n: limit}
-	up, err := s.readUpload(ctx, p, multipart.NewReader(lr, params["boundary"]), dir)
+	up, err := s.readUpload(ctx, p, multipart.NewReader(lr, boundary), dir)
 	if errors.Is(err, errUploadTooLarge) {
 		return errTooLarge(limit)
 	}

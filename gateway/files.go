@@ -2,7 +2,6 @@ package gateway
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -10,7 +9,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"mime"
 	"mime/multipart"
 	"os"
 	"path/filepath"
@@ -96,29 +94,18 @@ func (s *Server) lookupFile(ctx context.Context, tenantID, id string) (*nozzle.F
 	return f, nil
 }
 
-func fileUploadError(param, format string, args ...any) error {
-	return nozzle.Errorf(nozzle.EINVALID, format, args...).WithParam(param)
-}
-
 // createFile handles POST /v1/files: a multipart upload with the fields
 // file and purpose ("batch"), streamed to disk within FileUploadLimit and
 // the tenant's file storage quota.
 func (s *Server) createFile(c *fiber.Ctx) (retErr error) {
 	p := principalFrom(c)
-	mt, params, err := mime.ParseMediaType(c.Get(fiber.HeaderContentType))
-	if err != nil || mt != "multipart/form-data" || params["boundary"] == "" {
-		return nozzle.Errorf(nozzle.EINVALID, "Expected a multipart/form-data body with the fields file and purpose.")
-	}
-	if err := refuseEncoded(&c.Request().Header); err != nil {
+	limit := s.cfg.FileUploadLimit + multipartSlack
+	boundary, err := multipartUpload(c, "file and purpose", limit, fileTooLarge(s.cfg.FileUploadLimit))
+	if err != nil {
 		return err
 	}
-	limit := s.cfg.FileUploadLimit + multipartSlack
-	if cl := c.Request().Header.ContentLength(); int64(cl) > limit {
-		return fileTooLarge(s.cfg.FileUploadLimit)
-	}
-	if !s.uploading.takeOne(p.tenant.ID, s.cfg.TenantUploads) {
-		return nozzle.Errorf(nozzle.ERATELIMIT, "Too many uploads in progress: this organization may upload %d files at once. Try again when one has finished.", s.cfg.TenantUploads).
-			WithReason("too_many_uploads_in_flight").WithRetryAfter(5 * time.Second)
+	if err := s.takeUploadSlot(p.tenant.ID, "files"); err != nil {
+		return err
 	}
 	defer s.uploading.release(p.tenant.ID, 1)
 	quota := s.cfg.TenantFileBytes
@@ -131,13 +118,7 @@ func (s *Server) createFile(c *fiber.Ctx) (retErr error) {
 			return fileStorageFull(used, quota)
 		}
 	}
-	if conn := c.Context().Conn(); conn != nil {
-		_ = conn.SetReadDeadline(time.Now().Add(s.cfg.UploadTimeout))
-	}
-	var body io.Reader = c.Context().RequestBodyStream()
-	if body == nil {
-		body = bytes.NewReader(c.Request().Body())
-	}
+	body := s.uploadStream(c)
 	tmp, err := os.CreateTemp(s.cfg.UploadDir, "upload-file-*")
 	if err != nil {
 		return fmt.Errorf("create upload file: %w", err)
@@ -147,7 +128,7 @@ func (s *Server) createFile(c *fiber.Ctx) (retErr error) {
 		os.Remove(tmp.Name())
 	}()
 	lr := &limitReader{r: body, n: limit}
-	mr := multipart.NewReader(lr, params["boundary"])
+	mr := multipart.NewReader(lr, boundary)
 	var purpose, filename string
 	var size int64
 	havePurpose, haveFile := false, false
@@ -174,7 +155,7 @@ func (s *Server) createFile(c *fiber.Ctx) (retErr error) {
 			purpose, havePurpose = string(b), true
 		case "file":
 			if haveFile {
-				return fileUploadError("file", "Send one file.")
+				return uploadError("file", "Send one file.")
 			}
 			haveFile = true
 			filename = filepath.Base(strings.ReplaceAll(part.FileName(), "\\", "/"))
@@ -201,16 +182,16 @@ func (s *Server) createFile(c *fiber.Ctx) (retErr error) {
 		stateOf(c).bodyConsumed = true
 	}
 	if !havePurpose {
-		return fileUploadError("purpose", "Missing required parameter: 'purpose'.")
+		return uploadError("purpose", "Missing required parameter: 'purpose'.")
 	}
 	if purpose != nozzle.FilePurposeBatch {
 		return invalidAs("invalid_value", "purpose", "Invalid value for 'purpose': %q is not supported here; the only supported purpose is 'batch'.", purpose)
 	}
 	if !haveFile {
-		return fileUploadError("file", "Missing required parameter: 'file'.")
+		return uploadError("file", "Missing required parameter: 'file'.")
 	}
 	if size == 0 {
-		return fileUploadError("file", "The uploaded file is empty.")
+		return uploadError("file", "The uploaded file is empty.")
 	}
 	if err := tmp.Sync(); err != nil {
 		return fmt.Errorf("sync upload: %w", err)
