@@ -251,6 +251,29 @@ func outLines(t *testing.T, raw string) map[string]outLine {
 	return out
 }
 
+// runningBatch starts a batch of n chat lines (custom ids prefix0, prefix1,
+// ...; prompts "prompt 0", ... where numbered, else "x") on a server that
+// runs one line at a time, each taking delay a token, and returns once
+// started lines have completed.
+func runningBatch(t *testing.T, n int, prefix string, numbered bool, delay time.Duration, started int) (*batchEnv, *fixture, string, batchObj) {
+	t.Helper()
+	env := newBatchEnv(t)
+	f := newFixture(t, withBatches(t, env, func(c *gateway.Config) { c.BatchConcurrency = 1 }))
+	url := f.serve(t)
+	var input []string
+	for i := range n {
+		prompt := "x"
+		if numbered {
+			prompt = fmt.Sprint("prompt ", i)
+		}
+		input = append(input, chatLine(fmt.Sprint(prefix, i), "base", prompt))
+	}
+	in := mustUpload(t, url, f.keyA, strings.Join(input, "\n"))
+	f.gen.setDelay(delay)
+	b := createBatch(t, url, f.keyA, in.ID, "/v1/chat/completions")
+	waitBatch(t, url, f.keyA, b.ID, func(b batchObj) bool { return b.RequestCounts.Completed >= started })
+	return env, f, url, b
+}
 func chatLine(id, model, content string) string {
 	return fmt.Sprintf(`{"custom_id":%q,"method":"POST","url":"/v1/chat/completions","body":%s}`, id, chatBody(model, content))
 }
@@ -483,17 +506,7 @@ func wantParam(t *testing.T, resp *http.Response, param string) {
 // ledger and files, and no line that completed before is run or charged
 // again.
 func TestBatch_ResumesAfterRestart(t *testing.T) {
-	env := newBatchEnv(t)
-	f := newFixture(t, withBatches(t, env, func(c *gateway.Config) { c.BatchConcurrency = 1 }))
-	url := f.serve(t)
-	var input []string
-	for i := range 6 {
-		input = append(input, chatLine(fmt.Sprint("line", i), "base", fmt.Sprint("prompt ", i)))
-	}
-	in := mustUpload(t, url, f.keyA, strings.Join(input, "\n"))
-	f.gen.setDelay(40 * time.Millisecond) // a line takes about 240 ms
-	b := createBatch(t, url, f.keyA, in.ID, "/v1/chat/completions")
-	waitBatch(t, url, f.keyA, b.ID, func(b batchObj) bool { return b.RequestCounts.Completed >= 2 })
+	env, f, _, b := runningBatch(t, 6, "line", true, 40*time.Millisecond, 2) // a line takes about 240 ms
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := f.srv.Shutdown(ctx); err != nil {
@@ -529,17 +542,7 @@ func TestBatch_ResumesAfterRestart(t *testing.T) {
 
 // Cancel stops new lines and ends cancelled with the partial output.
 func TestBatch_Cancel(t *testing.T) {
-	env := newBatchEnv(t)
-	f := newFixture(t, withBatches(t, env, func(c *gateway.Config) { c.BatchConcurrency = 1 }))
-	url := f.serve(t)
-	var input []string
-	for i := range 20 {
-		input = append(input, chatLine(fmt.Sprint("l", i), "base", "x"))
-	}
-	in := mustUpload(t, url, f.keyA, strings.Join(input, "\n"))
-	f.gen.setDelay(20 * time.Millisecond)
-	b := createBatch(t, url, f.keyA, in.ID, "/v1/chat/completions")
-	waitBatch(t, url, f.keyA, b.ID, func(b batchObj) bool { return b.RequestCounts.Completed >= 1 })
+	_, f, url, b := runningBatch(t, 20, "l", false, 20*time.Millisecond, 1)
 	resp := post(t, url+"/v1/batches/"+b.ID+"/cancel", f.keyA, "")
 	var c batchObj
 	decode(t, resp, &c)
@@ -561,17 +564,7 @@ func TestBatch_Cancel(t *testing.T) {
 // A batch past its 24 hours expires: the lines it did not run go to the
 // error file as batch_expired.
 func TestBatch_Expires(t *testing.T) {
-	env := newBatchEnv(t)
-	f := newFixture(t, withBatches(t, env, func(c *gateway.Config) { c.BatchConcurrency = 1 }))
-	url := f.serve(t)
-	var input []string
-	for i := range 10 {
-		input = append(input, chatLine(fmt.Sprint("l", i), "base", "x"))
-	}
-	in := mustUpload(t, url, f.keyA, strings.Join(input, "\n"))
-	f.gen.setDelay(20 * time.Millisecond)
-	b := createBatch(t, url, f.keyA, in.ID, "/v1/chat/completions")
-	waitBatch(t, url, f.keyA, b.ID, func(b batchObj) bool { return b.RequestCounts.Completed >= 1 })
+	env, f, url, b := runningBatch(t, 10, "l", false, 20*time.Millisecond, 1)
 	env.clock.Store(int64(25 * time.Hour))
 	done := waitBatch(t, url, f.keyA, b.ID, final)
 	if done.Status != "expired" || done.ExpiredAt == nil || done.ErrorFileID == nil {
@@ -647,17 +640,7 @@ func restartBatches(t *testing.T, f *fixture, env *batchEnv) (string, *fakeGen) 
 // starts again: the lines that completed before are in its output (not
 // run again), the others in its error file as batch_expired.
 func TestBatch_ExpiresWhileDown(t *testing.T) {
-	env := newBatchEnv(t)
-	f := newFixture(t, withBatches(t, env, func(c *gateway.Config) { c.BatchConcurrency = 1 }))
-	url := f.serve(t)
-	var input []string
-	for i := range 6 {
-		input = append(input, chatLine(fmt.Sprint("line", i), "base", fmt.Sprint("prompt ", i)))
-	}
-	in := mustUpload(t, url, f.keyA, strings.Join(input, "\n"))
-	f.gen.setDelay(40 * time.Millisecond)
-	b := createBatch(t, url, f.keyA, in.ID, "/v1/chat/completions")
-	waitBatch(t, url, f.keyA, b.ID, func(b batchObj) bool { return b.RequestCounts.Completed >= 2 })
+	env, f, _, b := runningBatch(t, 6, "line", true, 40*time.Millisecond, 2)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := f.srv.Shutdown(ctx); err != nil {
@@ -710,26 +693,16 @@ func TestBatch_FileQuota(t *testing.T) {
 // when it starts again, naming the input file, instead of completing
 // empty.
 func TestBatch_InputDeletedWhileDown(t *testing.T) {
-	env := newBatchEnv(t)
-	f := newFixture(t, withBatches(t, env, func(c *gateway.Config) { c.BatchConcurrency = 1 }))
-	url := f.serve(t)
-	var input []string
-	for i := range 6 {
-		input = append(input, chatLine(fmt.Sprint("line", i), "base", "x"))
-	}
-	in := mustUpload(t, url, f.keyA, strings.Join(input, "\n"))
-	f.gen.setDelay(40 * time.Millisecond)
-	b := createBatch(t, url, f.keyA, in.ID, "/v1/chat/completions")
-	waitBatch(t, url, f.keyA, b.ID, func(b batchObj) bool { return b.RequestCounts.Completed >= 1 })
+	env, f, _, b := runningBatch(t, 6, "line", false, 40*time.Millisecond, 1)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := f.srv.Shutdown(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if err := env.led.DeleteFile(ctx, f.tenantA.ID, in.ID); err != nil {
+	if err := env.led.DeleteFile(ctx, f.tenantA.ID, b.InputFileID); err != nil {
 		t.Fatal(err)
 	}
-	os.Remove(filepath.Join(env.filesDir, in.ID))
+	os.Remove(filepath.Join(env.filesDir, b.InputFileID))
 	env.led.Close()
 	url2, _ := restartBatches(t, f, env)
 	done := waitBatch(t, url2, f.keyA, b.ID, final)
