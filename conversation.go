@@ -89,6 +89,10 @@ type ConversationStore interface {
 	// DeleteConversationItem deletes the item itemID of the tenant's
 	// conversation id and returns the conversation.
 	DeleteConversationItem(ctx context.Context, tenantID, id, itemID string) (*Conversation, error)
+	// ConversationBytes returns how many bytes of conversation items the
+	// tenant holds, for its cap: items a response appends count once
+	// its usage event is recorded.
+	ConversationBytes(ctx context.Context, tenantID string) (int64, error)
 }
 
 // ConversationNotFound is the error for a conversation id the tenant has

@@ -47,7 +47,8 @@ func (r *CheckResult) problem(format string, args ...any) {
 // equal their bytes. Conversations must decode, and each one's items
 // decode, number fewer than its next sequence number, count as many as
 // it says, and be indexed by their ids (conversation_item_ids indexing
-// no other). The error wraps ErrInconsistent when something does not match.
+// no other), and each tenant's conversation_storage must equal their
+// items' bytes. The error wraps ErrInconsistent when something does not match.
 func (l *Ledger) Check(ctx context.Context) (*CheckResult, error) {
 	res := &CheckResult{}
 	err := l.viewUsage(func(tx *bolt.Tx) error {
@@ -506,6 +507,7 @@ func checkConversations(tx *bolt.Tx, res *CheckResult) error {
 	}
 	ids := tx.Bucket(bConvItemIDs)
 	indexed := 0
+	sizes := map[string]int64{} // by tenant
 	err = tx.Bucket(bConvItems).ForEach(func(k, v []byte) error {
 		if len(k) < 8 {
 			res.problem("conversation item key %x", k)
@@ -518,6 +520,9 @@ func checkConversations(tx *bolt.Tx, res *CheckResult) error {
 			return nil
 		}
 		c.items++
+		if tenantID, _, ok := readLP(prefix); ok {
+			sizes[tenantID] += convItemSize(v)
+		}
 		if seq >= c.r.next {
 			res.problem("conversation item %x is numbered past its conversation's next (%d)", k, c.r.next)
 		}
@@ -543,6 +548,21 @@ func checkConversations(tx *bolt.Tx, res *CheckResult) error {
 	}
 	if n := ids.Stats().KeyN; n != indexed {
 		res.problem("conversation_item_ids holds %d keys for %d indexed items", n, indexed)
+	}
+	sb := tx.Bucket(bConvBytes)
+	err = sb.ForEach(func(k, _ []byte) error {
+		if _, ok := sizes[string(k)]; !ok {
+			sizes[string(k)] = 0
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for tenantID, want := range sizes {
+		if got, err := conversationBytes(sb, tenantID); err != nil || got != want {
+			res.problem("conversation_storage of tenant %q is %d (%v), its conversation items hold %d bytes", tenantID, got, err, want)
+		}
 	}
 	return nil
 }

@@ -3,6 +3,7 @@ package billing
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"fmt"
 	"sort"
 	"time"
@@ -226,22 +227,73 @@ func (r *convRecord) conversation(tenantID, id string) *nozzle.Conversation {
 func appendItems(tx *bolt.Tx, tenantID, id string, r *convRecord, items []nozzle.ConversationItem) error {
 	ib, xb := tx.Bucket(bConvItems), tx.Bucket(bConvItemIDs)
 	prefix := convPrefix(tenantID, id)
+	var added int64
 	for _, it := range items {
 		xk := join(prefix, []byte(it.ID))
 		if xb.Get(xk) != nil {
 			continue
 		}
 		sk := u64key(r.next)
-		if err := ib.Put(join(prefix, sk), encodeConvItem(it)); err != nil {
+		v := encodeConvItem(it)
+		if err := ib.Put(join(prefix, sk), v); err != nil {
 			return err
 		}
 		if err := xb.Put(xk, sk); err != nil {
 			return err
 		}
+		added += convItemSize(v)
 		r.next++
 		r.items++
 	}
+	if err := addConversationBytes(tx, tenantID, added); err != nil {
+		return err
+	}
 	return tx.Bucket(bConversations).Put(convKey(tenantID, id), encodeConvRecord(r))
+}
+
+// convItemSize is what a stored conversation item (its encoded value v)
+// counts against its tenant's cap.
+func convItemSize(v []byte) int64 { return int64(len(v)) }
+
+// addConversationBytes adds n (negative: takes) to the tenant's bytes of
+// conversation items in bucket conversation_storage (uvarint; no entry
+// at 0).
+func addConversationBytes(tx *bolt.Tx, tenantID string, n int64) error {
+	if n == 0 {
+		return nil
+	}
+	b := tx.Bucket(bConvBytes)
+	have, err := conversationBytes(b, tenantID)
+	if err != nil {
+		return err
+	}
+	if have += n; have <= 0 {
+		return b.Delete([]byte(tenantID))
+	}
+	return b.Put([]byte(tenantID), binary.AppendUvarint(nil, uint64(have)))
+}
+
+func conversationBytes(b *bolt.Bucket, tenantID string) (int64, error) {
+	v := b.Get([]byte(tenantID))
+	if v == nil {
+		return 0, nil
+	}
+	n, k := binary.Uvarint(v)
+	if k != len(v) || n > 1<<62 {
+		return 0, fmt.Errorf("conversation storage of tenant %q: %w", tenantID, errCorrupt)
+	}
+	return int64(n), nil
+}
+
+// ConversationBytes returns how many bytes of conversation items the
+// tenant holds, as filed: items a response appends that are still in the
+// usage journal are not counted yet.
+func (l *Ledger) ConversationBytes(ctx context.Context, tenantID string) (n int64, err error) {
+	err = l.view(func(tx *bolt.Tx) error {
+		n, err = conversationBytes(tx.Bucket(bConvBytes), tenantID)
+		return err
+	})
+	return n, err
 }
 
 // appendConversation appends a response's items in the transaction that
@@ -322,18 +374,25 @@ func (l *Ledger) DeleteConversation(ctx context.Context, tenantID, id string) er
 			return err
 		}
 		prefix := convPrefix(tenantID, id)
+		var freed int64
 		for _, name := range [][]byte{bConvItems, bConvItemIDs} {
 			b := w.tx.Bucket(name)
 			var keys [][]byte
 			c := b.Cursor()
-			for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
+			for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
 				keys = append(keys, bytes.Clone(k))
+				if bytes.Equal(name, bConvItems) {
+					freed += convItemSize(v)
+				}
 			}
 			for _, k := range keys {
 				if err := b.Delete(k); err != nil {
 					return err
 				}
 			}
+		}
+		if err := addConversationBytes(w.tx, tenantID, -freed); err != nil {
+			return err
 		}
 		return w.tx.Bucket(bConversations).Delete(convKey(tenantID, id))
 	})
@@ -489,7 +548,14 @@ func (l *Ledger) DeleteConversationItem(ctx context.Context, tenantID, id, itemI
 		if sk == nil || itemID == "" || len(itemID) > maxIDLen {
 			return nozzle.ConversationItemNotFound(id, itemID)
 		}
-		if err := w.tx.Bucket(bConvItems).Delete(join(prefix, sk)); err != nil {
+		ik := join(prefix, sk)
+		ib := w.tx.Bucket(bConvItems)
+		if v := ib.Get(ik); v != nil {
+			if err := addConversationBytes(w.tx, tenantID, -convItemSize(v)); err != nil {
+				return err
+			}
+		}
+		if err := ib.Delete(ik); err != nil {
 			return err
 		}
 		if err := xb.Delete(xk); err != nil {

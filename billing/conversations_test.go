@@ -2,6 +2,7 @@ package billing
 
 import (
 	"context"
+	"encoding/binary"
 	"fmt"
 	"path/filepath"
 	"strings"
@@ -305,4 +306,149 @@ func TestLedger_Version12File(t *testing.T) {
 		t.Fatal(err)
 	}
 	wantConvCheck(t, l, 1)
+}
+
+func convBytesOf(items ...nozzle.ConversationItem) int64 {
+	var n int64
+	for _, it := range items {
+		n += convItemSize(encodeConvItem(it))
+	}
+	return n
+}
+
+func wantConvBytes(t *testing.T, l *Ledger, tenantID string, want int64, when string) {
+	t.Helper()
+	if got, err := l.ConversationBytes(context.Background(), tenantID); err != nil || got != want {
+		t.Fatalf("%s: conversation bytes %d, %v; want %d", when, got, err, want)
+	}
+}
+
+// TestConversations_Bytes: a tenant's bytes of conversation items follow
+// its creates, adds, responses' appends (once filed) and deletions, and
+// outlast a reopen; another tenant's are its own.
+func TestConversations_Bytes(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "ledger.db")
+	l := openHeld(t, Options{Path: path})
+	ten := heldTenant(t, l)
+	other := &nozzle.Tenant{Name: "other"}
+	if err := l.CreateTenant(ctx, other); err != nil {
+		t.Fatal(err)
+	}
+	at := time.Now().UTC()
+	wantConvBytes(t, l, ten.ID, 0, "new")
+	a, b, c := convItem("a", "one"), convItem("b", "two two"), convItem("c", "three three three")
+	if err := l.CreateConversation(ctx, &nozzle.Conversation{ID: "conv_1", TenantID: ten.ID, Created: at}, []nozzle.ConversationItem{a, b}); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.CreateConversation(ctx, &nozzle.Conversation{ID: "conv_2", TenantID: ten.ID, Created: at}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.CreateConversation(ctx, &nozzle.Conversation{ID: "conv_o", TenantID: other.ID, Created: at}, []nozzle.ConversationItem{c}); err != nil {
+		t.Fatal(err)
+	}
+	wantConvBytes(t, l, ten.ID, convBytesOf(a, b), "created")
+	wantConvBytes(t, l, other.ID, convBytesOf(c), "other tenant")
+	// An item the conversation holds already adds nothing.
+	if err := l.AddConversationItems(ctx, ten.ID, "conv_2", []nozzle.ConversationItem{c, a}); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.AddConversationItems(ctx, ten.ID, "conv_2", []nozzle.ConversationItem{c}); err != nil {
+		t.Fatal(err)
+	}
+	wantConvBytes(t, l, ten.ID, convBytesOf(a, b, c, a), "added")
+	ev := convEvent(ten.ID, "req1", "conv_1", at, "in1", "out1")
+	if _, err := l.RecordUsage(ctx, ev); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.fileJournalNow(); err != nil {
+		t.Fatal(err)
+	}
+	appended := convBytesOf(ev.ConversationAppend.Items...)
+	wantConvBytes(t, l, ten.ID, convBytesOf(a, b, c, a)+appended, "appended by a response")
+	wantConvCheck(t, l, 3)
+
+	// Journaled, not filed, at a crash: filed on open, counted once.
+	ev2 := convEvent(ten.ID, "req2", "conv_2", at, "in2")
+	if _, err := l.RecordUsage(ctx, ev2); err != nil {
+		t.Fatal(err)
+	}
+	crash(l)
+	l = openHeld(t, Options{Path: path})
+	total := convBytesOf(a, b, c, a) + appended + convBytesOf(ev2.ConversationAppend.Items...)
+	wantConvBytes(t, l, ten.ID, total, "after a crash")
+
+	if _, err := l.DeleteConversationItem(ctx, ten.ID, "conv_1", "b"); err != nil {
+		t.Fatal(err)
+	}
+	total -= convBytesOf(b)
+	wantConvBytes(t, l, ten.ID, total, "item deleted")
+	if err := l.DeleteConversation(ctx, ten.ID, "conv_2"); err != nil {
+		t.Fatal(err)
+	}
+	total -= convBytesOf(c, a) + convBytesOf(ev2.ConversationAppend.Items...)
+	wantConvBytes(t, l, ten.ID, total, "conversation deleted")
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	l = openHeld(t, Options{Path: path})
+	wantConvBytes(t, l, ten.ID, total, "reopened")
+	wantConvCheck(t, l, 2)
+	if err := l.DeleteConversation(ctx, ten.ID, "conv_1"); err != nil {
+		t.Fatal(err)
+	}
+	wantConvBytes(t, l, ten.ID, 0, "all deleted")
+	_ = l.view(func(tx *bolt.Tx) error {
+		if v := tx.Bucket(bConvBytes).Get([]byte(ten.ID)); v != nil {
+			t.Errorf("conversation_storage keeps %x for a tenant with no items", v)
+		}
+		return nil
+	})
+	wantConvBytes(t, l, other.ID, convBytesOf(c), "other tenant at the end")
+	wantConvCheck(t, l, 1)
+
+	// Check catches a wrong counter.
+	if err := l.db.Update(func(tx *bolt.Tx) error {
+		return tx.Bucket(bConvBytes).Put([]byte(other.ID), binary.AppendUvarint(nil, 7))
+	}); err != nil {
+		t.Fatal(err)
+	}
+	res, err := l.Check(ctx)
+	if err == nil || len(res.Problems) == 0 || !strings.Contains(strings.Join(res.Problems, "\n"), "conversation_storage") {
+		t.Fatalf("check of a wrong counter: %+v, %v", res, err)
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestLedger_Version14File: a version 14 file's conversation items are
+// counted into conversation_storage on open.
+func TestLedger_Version14File(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "ledger.db")
+	l := openCompat(t, path)
+	ten := heldTenant(t, l)
+	at := time.Now().UTC()
+	items := []nozzle.ConversationItem{convItem("a", "1"), convItem("b", "22")}
+	if err := l.CreateConversation(ctx, &nozzle.Conversation{ID: "conv_x", TenantID: ten.ID, Created: at}, items); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.CreateConversation(ctx, &nozzle.Conversation{ID: "conv_y", TenantID: ten.ID, Created: at}, items[1:]); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	asVersion(t, path, 14, bConvBytes)
+	l = openCompat(t, path)
+	defer l.Close()
+	_ = l.view(func(tx *bolt.Tx) error {
+		if v, _ := schemaVersion(tx); v != SchemaVersion || tx.Bucket(bConvBytes) == nil {
+			t.Errorf("version %d, bucket missing", v)
+		}
+		return nil
+	})
+	wantConvBytes(t, l, ten.ID, convBytesOf(items[0], items[1], items[1]), "migrated")
+	wantConvCheck(t, l, 2)
 }

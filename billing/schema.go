@@ -12,7 +12,7 @@ import (
 // docs/LEDGER.md describes it; migrations below bring older files up to it
 // on open. Version 4 has no migration of its own: the builds that knew it
 // but not 5 stamped it on a file when it first held a standard-price mark.
-const SchemaVersion = 14
+const SchemaVersion = 15
 
 // Bucket names. docs/LEDGER.md gives each bucket's keys and values.
 var (
@@ -57,6 +57,7 @@ var (
 	bConversations = []byte("conversations")
 	bConvItems     = []byte("conversation_items")
 	bConvItemIDs   = []byte("conversation_item_ids")
+	bConvBytes     = []byte("conversation_storage")
 	bFiles         = []byte("files")
 	bBatches       = []byte("batches")
 )
@@ -67,7 +68,7 @@ var allBuckets = [][]byte{
 	bSessions, bEvents, bRequestIDs, bRollups, bHours, bMonths, bCapacity,
 	bCapHours, bCapOpen, bDirty, bBilled, bOutbox, bOutboxPending, bOutboxParked,
 	bCheckpoints, bAdapterBytes, bTenantUsers, bAttemptIDs, bResponses, bResponseTimes, bResponseBytes,
-	bConversations, bConvItems, bConvItemIDs, bFiles, bBatches,
+	bConversations, bConvItems, bConvItemIDs, bFiles, bBatches, bConvBytes,
 }
 
 var (
@@ -184,6 +185,35 @@ var migrations = []migration{
 		}
 		return nil
 	}},
+	// Version 15: each tenant's bytes of conversation items
+	// (conversation_storage), for its cap, computed from the items the
+	// file holds.
+	{To: 15, Fn: countConversationBytes},
+}
+
+// countConversationBytes builds version 15's conversation_storage from the
+// conversation items. A key that does not name a tenant is left out
+// (Check reports it).
+func countConversationBytes(tx *bolt.Tx) error {
+	if _, err := rebuildBucket(tx, bConvBytes); err != nil {
+		return err
+	}
+	sizes := map[string]int64{}
+	err := tx.Bucket(bConvItems).ForEach(func(k, v []byte) error {
+		if tenantID, _, ok := readLP(k); ok {
+			sizes[tenantID] += convItemSize(v)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for tenantID, n := range sizes {
+		if err := addConversationBytes(tx, tenantID, n); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // rebuildBucket replaces bucket name, if there is one, with an empty one:
