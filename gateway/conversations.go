@@ -264,6 +264,11 @@ func (s *Server) createConversation(c *fiber.Ctx) error {
 		return err
 	}
 	p := principalFrom(c)
+	if len(items) > 0 {
+		if err := s.admitConversationItems(c.UserContext(), p.tenant.ID, "items"); err != nil {
+			return err
+		}
+	}
 	conv := &nozzle.Conversation{ID: "conv_" + randomHex(24), TenantID: p.tenant.ID, Created: time.Unix(time.Now().Unix(), 0).UTC(), Metadata: md}
 	if err := s.deps.Conversations.CreateConversation(c.UserContext(), conv, items); err != nil {
 		return fmt.Errorf("create conversation: %w", err)
@@ -429,6 +434,9 @@ func (s *Server) addConversationItems(c *fiber.Ctx) error {
 		return err
 	}
 	p := principalFrom(c)
+	if err := s.admitConversationItems(c.UserContext(), p.tenant.ID, "items"); err != nil {
+		return err
+	}
 	if err := s.deps.Conversations.AddConversationItems(c.UserContext(), p.tenant.ID, id, items); err != nil {
 		return storeErr(err, id)
 	}
@@ -474,6 +482,9 @@ func (s *Server) conversationHistory(ctx context.Context, p *principal, j *job) 
 		return nil, conversationNotFound(rq.conversation, "conversation")
 	} else if err != nil {
 		return nil, fmt.Errorf("read conversation %s: %w", rq.conversation, err)
+	}
+	if err := s.admitConversationItems(ctx, p.tenant.ID, "conversation"); err != nil {
+		return nil, err
 	}
 	room := maxChatMessages - len(rq.items)
 	items, err := s.deps.Conversations.AllConversationItems(ctx, p.tenant.ID, rq.conversation, max(room, 0))
@@ -571,4 +582,30 @@ func (cp *completion) conversationAppend(body []byte) *nozzle.ConversationAppend
 		return nil
 	}
 	return ca
+}
+
+// admitConversationItems refuses, before anything is stored or run, what
+// would add items to the tenant's conversations once their items reach
+// its cap (TenantConversationBytes). What was admitted under the cap
+// still appends its items: the cap is checked at admission only.
+func (s *Server) admitConversationItems(ctx context.Context, tenantID, param string) error {
+	quota := s.cfg.TenantConversationBytes
+	if quota <= 0 {
+		return nil
+	}
+	used, err := s.deps.Conversations.ConversationBytes(ctx, tenantID)
+	if err != nil {
+		return fmt.Errorf("read conversation storage: %w", err)
+	}
+	if used >= quota {
+		return conversationStorageFull(used, quota, param)
+	}
+	return nil
+}
+
+// conversationStorageFull refuses items past the tenant's conversation
+// storage quota.
+func conversationStorageFull(used, quota int64, param string) error {
+	return nozzle.Errorf(nozzle.ETOOLARGE, "This organization's conversations are at their storage quota of %s (%s used). Delete conversations or items it no longer needs.",
+		formatBytes(quota), formatBytes(used)).WithParam(param).WithReason("conversation_storage_full")
 }

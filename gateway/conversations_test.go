@@ -13,6 +13,7 @@ import (
 
 	"github.com/nozzle-ai/nozzle"
 	"github.com/nozzle-ai/nozzle/billing"
+	"github.com/nozzle-ai/nozzle/gateway"
 )
 
 type conversationObj struct {
@@ -406,4 +407,136 @@ func TestConversations_Limits(t *testing.T) {
 	if !all.HasMore {
 		t.Errorf("items %+v", all)
 	}
+}
+
+// sendPort makes one request to a server on a real port.
+func sendPort(t *testing.T, method, url, key, body string) *http.Response {
+	t.Helper()
+	req, err := http.NewRequest(method, url, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if body != "" {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	req.Header.Set("Authorization", "Bearer "+key)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp
+}
+
+// TestConversations_StorageCap, on a real port: once a tenant's
+// conversation items reach its cap, adding items, creating a conversation
+// with items and responses naming a conversation are refused (413
+// conversation_storage_full), storing, running and charging nothing;
+// deleting items frees room; another tenant is not held back.
+func TestConversations_StorageCap(t *testing.T) {
+	var l *billing.Ledger
+	f := newFixture(t, withLedger(t, &l), withConfig(func(c *gateway.Config) { c.TenantConversationBytes = 1 }))
+	base := f.serve(t)
+	ctx := context.Background()
+	create := func(key, body string) conversationObj {
+		t.Helper()
+		resp := sendPort(t, http.MethodPost, base+"/v1/conversations", key, body)
+		var c conversationObj
+		decode(t, resp, &c)
+		if c.ID == "" {
+			t.Fatalf("create: %d", resp.StatusCode)
+		}
+		return c
+	}
+	// Under the cap (nothing held), a conversation takes its first items.
+	c := create(f.keyA, `{"items":[{"role":"user","content":"hello"}]}`)
+	used, err := l.ConversationBytes(ctx, f.tenantA.ID)
+	if err != nil || used <= 0 {
+		t.Fatalf("bytes after create: %d, %v", used, err)
+	}
+	full := func(resp *http.Response, param string) {
+		t.Helper()
+		e := wantError(t, resp, 413, "invalid_request_error", "conversation_storage_full", param)
+		if !strings.Contains(e.Error.Message, "storage quota of 1 B") || !strings.Contains(e.Error.Message, fmt.Sprintf("(%d B used)", used)) {
+			t.Errorf("message %q", e.Error.Message)
+		}
+	}
+	full(sendPort(t, http.MethodPost, base+"/v1/conversations/"+c.ID+"/items", f.keyA, `{"items":[{"role":"user","content":"more"}]}`), "items")
+	full(sendPort(t, http.MethodPost, base+"/v1/conversations", f.keyA, `{"items":[{"role":"user","content":"again"}]}`), "items")
+	if n := len(convItems(t, f, c.ID, "", f.authA()).Data); n != 1 {
+		t.Fatalf("%d items after refused adds, want 1", n)
+	}
+	if got, _ := l.ConversationBytes(ctx, f.tenantA.ID); got != used {
+		t.Fatalf("bytes after refused adds: %d, want %d", got, used)
+	}
+	// A conversation without items holds no bytes: still created.
+	empty := create(f.keyA, `{}`)
+
+	// A response naming a conversation is refused before it runs or is
+	// charged, whichever conversation it names.
+	calls := f.gen.calls.Load()
+	before, err := l.Check(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []string{c.ID, empty.ID} {
+		full(sendPort(t, http.MethodPost, base+"/v1/responses", f.keyA, `{"model":"base","conversation":"`+id+`","input":"hi"}`), "conversation")
+		full(sendPort(t, http.MethodPost, base+"/v1/responses", f.keyA, `{"model":"base","stream":true,"conversation":{"id":"`+id+`"},"input":"hi"}`), "conversation")
+	}
+	after, err := l.Check(ctx)
+	if err != nil || f.gen.calls.Load() != calls || after.Events != before.Events || after.Responses != before.Responses {
+		t.Fatalf("refused responses ran or were recorded: %d calls, %d events (were %d), %v", f.gen.calls.Load()-calls, after.Events, before.Events, err)
+	}
+	// A response without a conversation is not held back.
+	if resp := sendPort(t, http.MethodPost, base+"/v1/responses", f.keyA, `{"model":"base","input":"hi"}`); resp.StatusCode != 200 {
+		t.Fatalf("response without a conversation: %d %s", resp.StatusCode, readAll(t, resp))
+	}
+	// Nor is another tenant.
+	create(f.keyB, `{"items":[{"role":"user","content":"hello"}]}`)
+
+	// Deleting the item frees room: items are taken again.
+	items := convItems(t, f, c.ID, "", f.authA())
+	if resp := sendPort(t, http.MethodDelete, base+"/v1/conversations/"+c.ID+"/items/"+*items.FirstID, f.keyA, ""); resp.StatusCode != 200 {
+		t.Fatalf("delete item: %d %s", resp.StatusCode, readAll(t, resp))
+	}
+	if got, _ := l.ConversationBytes(ctx, f.tenantA.ID); got != 0 {
+		t.Fatalf("bytes after deleting the item: %d", got)
+	}
+	if resp := sendPort(t, http.MethodPost, base+"/v1/responses", f.keyA, `{"model":"base","conversation":"`+c.ID+`","input":"hi"}`); resp.StatusCode != 200 {
+		t.Fatalf("response after freeing room: %d %s", resp.StatusCode, readAll(t, resp))
+	}
+	// Admitted under the cap, the response appended its items past it.
+	if n := len(convItems(t, f, c.ID, "", f.authA()).Data); n != 2 {
+		t.Fatalf("%d items after the admitted response, want 2", n)
+	}
+	if used, err = l.ConversationBytes(ctx, f.tenantA.ID); err != nil || used <= 0 {
+		t.Fatalf("bytes after the admitted response: %d, %v", used, err)
+	}
+	full(sendPort(t, http.MethodPost, base+"/v1/conversations/"+empty.ID+"/items", f.keyA, `{"items":[{"role":"user","content":"more"}]}`), "items")
+	// Deleting the conversation frees its room too.
+	if resp := sendPort(t, http.MethodDelete, base+"/v1/conversations/"+c.ID, f.keyA, ""); resp.StatusCode != 200 {
+		t.Fatalf("delete conversation: %d", resp.StatusCode)
+	}
+	if resp := sendPort(t, http.MethodPost, base+"/v1/conversations/"+empty.ID+"/items", f.keyA, `{"items":[{"role":"user","content":"more"}]}`); resp.StatusCode != 200 {
+		t.Fatalf("add after deleting the conversation: %d %s", resp.StatusCode, readAll(t, resp))
+	}
+	convCount(t, l)
+}
+
+// TestConversations_NoStorageCap: a negative cap (the configuration's 0)
+// takes items past any size.
+func TestConversations_NoStorageCap(t *testing.T) {
+	var l *billing.Ledger
+	f := newFixture(t, withLedger(t, &l), withConfig(func(c *gateway.Config) { c.TenantConversationBytes = -1 }))
+	base := f.serve(t)
+	c := createConversation(t, f, `{"items":[{"role":"user","content":"hello"}]}`, f.authA())
+	for i := 0; i < 3; i++ {
+		if resp := sendPort(t, http.MethodPost, base+"/v1/conversations/"+c.ID+"/items", f.keyA, `{"items":[{"role":"user","content":"more"}]}`); resp.StatusCode != 200 {
+			t.Fatalf("add %d: %d %s", i, resp.StatusCode, readAll(t, resp))
+		}
+	}
+	postResponses(t, f, `{"model":"base","conversation":"`+c.ID+`","input":"hi"}`)
+	if n := len(convItems(t, f, c.ID, "", f.authA()).Data); n != 6 {
+		t.Fatalf("%d items, want 6", n)
+	}
+	convCount(t, l)
 }

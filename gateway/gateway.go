@@ -88,6 +88,7 @@ const (
 	DefaultMaxChoices          = 16
 	DefaultTenantSequences     = 64
 	DefaultTenantResponseBytes = 1 << 30
+	DefaultTenantConvBytes     = 1 << 30
 	DefaultTenantAdapterBytes  = 20 << 30
 	DefaultTenantUploads       = 2
 	DefaultFileUploadLimit     = 200 << 20 // a Files API upload
@@ -183,6 +184,13 @@ type Config struct {
 	// reach it, new ones are answered "store": false and not stored until
 	// some are deleted or expire (default 1 GiB; negative: no cap).
 	TenantResponseBytes int64
+	// TenantConversationBytes caps the bytes of conversation items (the
+	// Conversations API's) one tenant may hold: once its conversations
+	// reach it, adding items and responses that name a conversation are
+	// refused until some items or conversations are deleted (default
+	// 1 GiB; negative: no cap). A response admitted under the cap still
+	// appends its items.
+	TenantConversationBytes int64
 
 	// HealthInterval is the period of upstream health checks (default 5 s);
 	// HealthTimeout bounds one check (default 3 s).
@@ -244,6 +252,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.TenantResponseBytes == 0 {
 		c.TenantResponseBytes = DefaultTenantResponseBytes
+	}
+	if c.TenantConversationBytes == 0 {
+		c.TenantConversationBytes = DefaultTenantConvBytes
 	}
 	if c.TenantAdapterBytes == 0 {
 		c.TenantAdapterBytes = DefaultTenantAdapterBytes

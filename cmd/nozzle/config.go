@@ -75,6 +75,7 @@ type Config struct {
 	DedicatedRatePerHour float64 `key:"dedicated_rate_per_hour" help:"hourly price of a dedicated GPU, for the saving shown to tenants (0: the rate of the runtimes that served each adapter)"`
 	ResponseRetention    int     `key:"response_retention_days" help:"days a stored response of the Responses API is kept (retrieved, listed, continued with previous_response_id); older ones are deleted hourly (0: kept until deleted)"`
 	TenantResponseMB     int     `key:"tenant_response_storage_mb" help:"most MiB of stored responses (the Responses API's) one tenant may hold; at it, new responses are answered with store false and not kept (0: no cap)"`
+	TenantConvMB         int     `key:"tenant_conversation_storage_mb" help:"most MiB of conversation items (the Conversations API's) one tenant may hold; at it, adding items and responses naming a conversation are refused until some are deleted (0: no cap)"`
 	StripeKey            Secret  `key:"stripe_key" help:"Stripe secret key; enables metered billing"`
 	StripeAPIURL         string  `key:"stripe_api_url" help:"Stripe API URL (for stripe-mock)"`
 	StripeMeterPrompt    string  `key:"stripe_meter_prompt" help:"Stripe meter event name for prompt tokens"`
@@ -114,6 +115,7 @@ func DefaultConfig() Config {
 		PriceCompletion:   0.30,
 		ResponseRetention: 30,
 		TenantResponseMB:  1024,
+		TenantConvMB:      1024,
 		StripeMeterPrompt: "nozzle_prompt_tokens",
 		StripeMeterComp:   "nozzle_completion_tokens",
 		OperatorEmail:     defaultOperatorEmail,
@@ -209,6 +211,9 @@ func (c *Config) Validate() error {
 	}
 	if c.TenantResponseMB < 0 {
 		return fmt.Errorf("tenant_response_storage_mb %d: must be 0 (no cap) or more", c.TenantResponseMB)
+	}
+	if c.TenantConvMB < 0 {
+		return fmt.Errorf("tenant_conversation_storage_mb %d: must be 0 (no cap) or more", c.TenantConvMB)
 	}
 	if c.RequestTimeout <= 0 {
 		return fmt.Errorf("request_timeout %v: must be positive", c.RequestTimeout)

@@ -607,8 +607,10 @@ func (m *Main) gatewayConfig(adminToken, internalToken string) gateway.Config {
 		TenantSequences: cmp.Or(m.Config.TenantSeqs, -1),
 		// 0 in the configuration is no cap; in gateway.Config, the default
 		TenantResponseBytes: cmp.Or(int64(m.Config.TenantResponseMB)<<20, -1),
-		FilesDir:            filepath.Join(m.Config.Data, "files"),
-		FileUploadLimit:     int64(m.Config.FileLimitMB) << 20,
+		// 0 in the configuration is no cap; in gateway.Config, the default
+		TenantConversationBytes: cmp.Or(int64(m.Config.TenantConvMB)<<20, -1),
+		FilesDir:                filepath.Join(m.Config.Data, "files"),
+		FileUploadLimit:         int64(m.Config.FileLimitMB) << 20,
 		// 0 in the configuration is no cap; in gateway.Config, the default
 		TenantFileBytes:  cmp.Or(int64(m.Config.TenantFilesMB)<<20, -1),
 		BatchConcurrency: m.Config.BatchLines,
