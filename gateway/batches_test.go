@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync/atomic"
@@ -350,8 +351,17 @@ func TestBatch_RunsToCompletion(t *testing.T) {
 	if len(list.Data) != 2 || list.Data[0].Purpose != "batch_output" {
 		t.Errorf("batch_output files %+v", list.Data)
 	}
+	// ascending: oldest first (ids begin with their millisecond, so the
+	// input, uploaded first, leads unless the batch's outputs share its
+	// millisecond), and a page of one says more follow
+	getJSON(t, url+"/v1/files?order=asc", f.keyA, &list)
+	if len(list.Data) != 3 || !slices.IsSortedFunc(list.Data, func(a, b fileObj) int { return strings.Compare(a.ID, b.ID) }) ||
+		list.Data[0].ID[:len("file-")+12] != in.ID[:len("file-")+12] {
+		t.Errorf("files, oldest first: %+v", list.Data)
+	}
+	first := list.Data[0].ID
 	getJSON(t, url+"/v1/files?order=asc&limit=1", f.keyA, &list)
-	if len(list.Data) != 1 || list.Data[0].ID != in.ID || !list.HasMore {
+	if len(list.Data) != 1 || list.Data[0].ID != first || !list.HasMore {
 		t.Errorf("first file %+v", list)
 	}
 	var bl struct {
