@@ -459,8 +459,14 @@ func checkResponses(tx *bolt.Tx, res *CheckResult) error {
 	if n := times.Stats().KeyN; n != res.Responses {
 		res.problem("response_times holds %d keys for %d stored responses", n, res.Responses)
 	}
-	sb := tx.Bucket(bResponseBytes)
-	err = sb.ForEach(func(k, _ []byte) error {
+	return checkTenantBytes(tx, bResponseBytes, sizes, "its stored responses", res)
+}
+
+// checkTenantBytes checks that each tenant's byte count in bucket name
+// (addTenantBytes) is sizes' (what holds them), and that it counts no
+// tenant sizes does not.
+func checkTenantBytes(tx *bolt.Tx, name []byte, sizes map[string]int64, what string, res *CheckResult) error {
+	err := tx.Bucket(name).ForEach(func(k, _ []byte) error {
 		if _, ok := sizes[string(k)]; !ok {
 			sizes[string(k)] = 0
 		}
@@ -470,8 +476,8 @@ func checkResponses(tx *bolt.Tx, res *CheckResult) error {
 		return err
 	}
 	for tenantID, want := range sizes {
-		if got, err := responseBytes(sb, tenantID); err != nil || got != want {
-			res.problem("response_storage of tenant %q is %d (%v), its stored responses hold %d bytes", tenantID, got, err, want)
+		if got, err := tenantBytes(tx, name, tenantID); err != nil || got != want {
+			res.problem("%s of tenant %q is %d (%v), %s hold %d bytes", name, tenantID, got, err, what, want)
 		}
 	}
 	return nil
@@ -549,22 +555,7 @@ func checkConversations(tx *bolt.Tx, res *CheckResult) error {
 	if n := ids.Stats().KeyN; n != indexed {
 		res.problem("conversation_item_ids holds %d keys for %d indexed items", n, indexed)
 	}
-	sb := tx.Bucket(bConvBytes)
-	err = sb.ForEach(func(k, _ []byte) error {
-		if _, ok := sizes[string(k)]; !ok {
-			sizes[string(k)] = 0
-		}
-		return nil
-	})
-	if err != nil {
-		return err
-	}
-	for tenantID, want := range sizes {
-		if got, err := conversationBytes(sb, tenantID); err != nil || got != want {
-			res.problem("conversation_storage of tenant %q is %d (%v), its conversation items hold %d bytes", tenantID, got, err, want)
-		}
-	}
-	return nil
+	return checkTenantBytes(tx, bConvBytes, sizes, "its conversation items", res)
 }
 
 // checkBatches checks the Files and Batch APIs' records: each decodes and

@@ -3,7 +3,6 @@ package billing
 import (
 	"bytes"
 	"context"
-	"encoding/binary"
 	"fmt"
 	"sort"
 	"time"
@@ -245,7 +244,7 @@ func appendItems(tx *bolt.Tx, tenantID, id string, r *convRecord, items []nozzle
 		r.next++
 		r.items++
 	}
-	if err := addConversationBytes(tx, tenantID, added); err != nil {
+	if err := addTenantBytes(tx, bConvBytes, tenantID, added); err != nil {
 		return err
 	}
 	return tx.Bucket(bConversations).Put(convKey(tenantID, id), encodeConvRecord(r))
@@ -255,42 +254,12 @@ func appendItems(tx *bolt.Tx, tenantID, id string, r *convRecord, items []nozzle
 // counts against its tenant's cap.
 func convItemSize(v []byte) int64 { return int64(len(v)) }
 
-// addConversationBytes adds n (negative: takes) to the tenant's bytes of
-// conversation items in bucket conversation_storage (uvarint; no entry
-// at 0).
-func addConversationBytes(tx *bolt.Tx, tenantID string, n int64) error {
-	if n == 0 {
-		return nil
-	}
-	b := tx.Bucket(bConvBytes)
-	have, err := conversationBytes(b, tenantID)
-	if err != nil {
-		return err
-	}
-	if have += n; have <= 0 {
-		return b.Delete([]byte(tenantID))
-	}
-	return b.Put([]byte(tenantID), binary.AppendUvarint(nil, uint64(have)))
-}
-
-func conversationBytes(b *bolt.Bucket, tenantID string) (int64, error) {
-	v := b.Get([]byte(tenantID))
-	if v == nil {
-		return 0, nil
-	}
-	n, k := binary.Uvarint(v)
-	if k != len(v) || n > 1<<62 {
-		return 0, fmt.Errorf("conversation storage of tenant %q: %w", tenantID, errCorrupt)
-	}
-	return int64(n), nil
-}
-
 // ConversationBytes returns how many bytes of conversation items the
 // tenant holds, as filed: items a response appends that are still in the
 // usage journal are not counted yet.
 func (l *Ledger) ConversationBytes(ctx context.Context, tenantID string) (n int64, err error) {
 	err = l.view(func(tx *bolt.Tx) error {
-		n, err = conversationBytes(tx.Bucket(bConvBytes), tenantID)
+		n, err = tenantBytes(tx, bConvBytes, tenantID)
 		return err
 	})
 	return n, err
@@ -391,7 +360,7 @@ func (l *Ledger) DeleteConversation(ctx context.Context, tenantID, id string) er
 				}
 			}
 		}
-		if err := addConversationBytes(w.tx, tenantID, -freed); err != nil {
+		if err := addTenantBytes(w.tx, bConvBytes, tenantID, -freed); err != nil {
 			return err
 		}
 		return w.tx.Bucket(bConversations).Delete(convKey(tenantID, id))
@@ -551,7 +520,7 @@ func (l *Ledger) DeleteConversationItem(ctx context.Context, tenantID, id, itemI
 		ik := join(prefix, sk)
 		ib := w.tx.Bucket(bConvItems)
 		if v := ib.Get(ik); v != nil {
-			if err := addConversationBytes(w.tx, tenantID, -convItemSize(v)); err != nil {
+			if err := addTenantBytes(w.tx, bConvBytes, tenantID, -convItemSize(v)); err != nil {
 				return err
 			}
 		}

@@ -155,7 +155,7 @@ func (w *wtx) storeResponse(sr *nozzle.StoredResponse) error {
 	if err := b.Put(k, encodeRespRecord(r)); err != nil {
 		return err
 	}
-	if err := addResponseBytes(w.tx, sr.TenantID, r.size()); err != nil {
+	if err := addTenantBytes(w.tx, bResponseBytes, sr.TenantID, r.size()); err != nil {
 		return err
 	}
 	return w.tx.Bucket(bResponseTimes).Put(responseTimeKey(r.created, sr.TenantID, sr.ID), []byte{})
@@ -164,31 +164,32 @@ func (w *wtx) storeResponse(sr *nozzle.StoredResponse) error {
 // size is what a stored response counts against its tenant's cap.
 func (r *respRecord) size() int64 { return int64(len(r.body) + len(r.input)) }
 
-// addResponseBytes adds n (negative: takes) to the tenant's bytes of
-// stored responses in bucket response_storage (uvarint; no entry at 0).
-func addResponseBytes(tx *bolt.Tx, tenantID string, n int64) error {
+// addTenantBytes adds n (negative: takes) to the tenant's byte count in
+// bucket name (response_storage, conversation_storage: a uvarint; no entry
+// at 0).
+func addTenantBytes(tx *bolt.Tx, name []byte, tenantID string, n int64) error {
 	if n == 0 {
 		return nil
 	}
-	b := tx.Bucket(bResponseBytes)
-	have, err := responseBytes(b, tenantID)
+	have, err := tenantBytes(tx, name, tenantID)
 	if err != nil {
 		return err
 	}
 	if have += n; have <= 0 {
-		return b.Delete([]byte(tenantID))
+		return tx.Bucket(name).Delete([]byte(tenantID))
 	}
-	return b.Put([]byte(tenantID), binary.AppendUvarint(nil, uint64(have)))
+	return tx.Bucket(name).Put([]byte(tenantID), binary.AppendUvarint(nil, uint64(have)))
 }
 
-func responseBytes(b *bolt.Bucket, tenantID string) (int64, error) {
-	v := b.Get([]byte(tenantID))
+// tenantBytes is the tenant's byte count in bucket name (addTenantBytes).
+func tenantBytes(tx *bolt.Tx, name []byte, tenantID string) (int64, error) {
+	v := tx.Bucket(name).Get([]byte(tenantID))
 	if v == nil {
 		return 0, nil
 	}
 	n, k := binary.Uvarint(v)
 	if k != len(v) || n > 1<<62 {
-		return 0, fmt.Errorf("response storage of tenant %q: %w", tenantID, errCorrupt)
+		return 0, fmt.Errorf("%s of tenant %q: %w", name, tenantID, errCorrupt)
 	}
 	return int64(n), nil
 }
@@ -199,7 +200,7 @@ func responseBytes(b *bolt.Bucket, tenantID string) (int64, error) {
 // still in the usage journal are not counted yet.
 func (l *Ledger) StoredResponseBytes(ctx context.Context, tenantID string) (n int64, err error) {
 	err = l.view(func(tx *bolt.Tx) error {
-		n, err = responseBytes(tx.Bucket(bResponseBytes), tenantID)
+		n, err = tenantBytes(tx, bResponseBytes, tenantID)
 		return err
 	})
 	return n, err
@@ -334,7 +335,7 @@ func (l *Ledger) DeleteResponse(ctx context.Context, tenantID, id string) error 
 			if r.body, err = json.Marshal(out); err != nil {
 				return err
 			}
-			if err := addResponseBytes(w.tx, tenantID, r.size()-was); err != nil {
+			if err := addTenantBytes(w.tx, bResponseBytes, tenantID, r.size()-was); err != nil {
 				return err
 			}
 			return w.tx.Bucket(bResponses).Put(responseKey(tenantID, id), encodeRespRecord(r))
@@ -355,7 +356,7 @@ func removeResponse(tx *bolt.Tx, tenantID, id string, r *respRecord, gone func(*
 		if err := tb.Delete(responseTimeKey(r.created, tenantID, id)); err != nil {
 			return err
 		}
-		if err := addResponseBytes(tx, tenantID, -r.size()); err != nil {
+		if err := addTenantBytes(tx, bResponseBytes, tenantID, -r.size()); err != nil {
 			return err
 		}
 		if r.prev == "" || n >= maxResponseChain {

@@ -209,7 +209,7 @@ func countConversationBytes(tx *bolt.Tx) error {
 		return err
 	}
 	for tenantID, n := range sizes {
-		if err := addConversationBytes(tx, tenantID, n); err != nil {
+		if err := addTenantBytes(tx, bConvBytes, tenantID, n); err != nil {
 			return err
 		}
 	}
