@@ -161,7 +161,7 @@ func (cs *console) parsePages(fsys fs.FS) (map[string]*template.Template, error)
 	out := map[string]*template.Template{}
 	for _, n := range names {
 		files := append(append([]string{}, cs.cfg.Layouts...), n)
-		t, err := template.New("layout.html").Funcs(cs.funcs()).ParseFS(fsys, files...)
+		t, err := template.New("layout.html").Funcs(cs.funcs()).Funcs(batchFuncs).ParseFS(fsys, files...)
 		if err != nil {
 			return nil, err
 		}
@@ -207,6 +207,9 @@ func (cs *console) mount() {
 	g.Get("/keys", tenant, cs.pageHandler(cs.keysPage))
 	g.Get("/usage", tenant, cs.pageHandler(cs.usagePage))
 	g.Get("/settings", tenant, cs.pageHandler(cs.settingsPage))
+	if cs.s.storesBatches() {
+		g.Get("/batches", tenant, cs.pageHandler(cs.batchesPage))
+	}
 
 	g.Get("/account", cs.requireSession("", false), cs.pageHandler(cs.accountPage))
 
@@ -229,6 +232,11 @@ func (cs *console) mount() {
 	api.Get("/usage/requests/:id", tapi, s.requestUsage)
 	api.Get("/models", tapi, s.listModels)
 	api.Post("/chat/completions", tapi, cs.playgroundLimits, s.chatCompletions)
+	if s.storesBatches() {
+		api.Get("/batches", tapi, s.listBatches)
+		api.Post("/batches/:id/cancel", tapi, s.cancelBatch)
+		api.Get("/files/:id/content", tapi, cs.downloadFile)
+	}
 
 	api.Post("/account/password", cs.requireSession("", true), cs.changePassword)
 

@@ -27,6 +27,9 @@ type page struct {
 	CSRF    string // the session's CSRF token, or the sign-in form's
 	BaseURL string // where the API is reached, without /v1
 	Data    any
+	// Batches: the gateway keeps files and batches (the Batch API), so
+	// the tenant's navigation offers its Batches page.
+	Batches bool
 }
 
 // contentSecurityPolicy allows the console's own files only: no inline
@@ -48,7 +51,7 @@ func (cs *console) render(c *fiber.Ctx, status int, name string, sess *consoleSe
 	if t == nil {
 		return fmt.Errorf("console: no page %q", name)
 	}
-	p := page{Nav: name, BaseURL: cs.baseURL(c), Data: data}
+	p := page{Nav: name, BaseURL: cs.baseURL(c), Data: data, Batches: cs.s.storesBatches()}
 	if sess != nil {
 		p.User, p.Tenant, p.CSRF = sess.user, sess.tenant, sess.csrf
 	} else {

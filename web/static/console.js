@@ -223,6 +223,39 @@
     run().catch((e) => { alert(e.message); }).finally(() => busy(btn, false));
   });
 
+  // ----- the Batches page while a batch runs -----
+  // Reads the batches every few seconds: a row's progress and counts
+  // change in place; a status that changed reloads the page, which then
+  // shows the batch's files and actions (not while a dialog is open).
+  const liveBatches = $('[data-batches-live]');
+  if (liveBatches) {
+    const group = (n) => Number(n || 0).toLocaleString('en-US');
+    const poll = async () => {
+      let list = null;
+      try {
+        list = await api('GET', liveBatches.dataset.batchesLive);
+      } catch (_) { /* try again at the next tick */ }
+      let changed = false;
+      for (const b of (list && list.data) || []) {
+        const row = $('tr[data-batch="' + CSS.escape(b.id) + '"]', liveBatches);
+        if (!row) continue;
+        if (b.status !== row.dataset.status) changed = true;
+        const c = b.request_counts || {};
+        const pct = c.total ? Math.floor(((c.completed || 0) + (c.failed || 0)) * 100 / c.total) : 0;
+        const bar = $('[data-field=progress]', row);
+        bar.value = pct;
+        bar.setAttribute('aria-label', b.id + ': ' + pct + '% of its requests answered');
+        $('[data-field=counts]', row).textContent = group(c.completed) + ' done' + (c.failed ? ', ' + group(c.failed) + ' failed' : '') + ' of ' + group(c.total);
+      }
+      if (changed && !$('dialog[open]')) {
+        location.reload();
+        return;
+      }
+      setTimeout(poll, 2000);
+    };
+    setTimeout(poll, 2000);
+  }
+
   // ----- tabs -----
   for (const box of $$('[data-tabs]')) {
     const tabs = $$('[role=tab]', box);

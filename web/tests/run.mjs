@@ -849,6 +849,52 @@ async function main() {
     await ph.close();
   });
 
+  let batchLines = 0; // requests the batch below made
+  if (await page.locator('nav a[href="/console/batches"]').count()) {
+    await step('a batch made with the API shows its progress, then its output downloads from the Batches page', async () => {
+      const lines = Array.from({ length: 8 }, (_, i) => JSON.stringify({ custom_id: `line-${i}`, method: 'POST', url: '/v1/chat/completions',
+        body: { model: models[0], messages: [{ role: 'user', content: `Question ${i}` }], max_tokens: 48, temperature: 0 } }));
+      const form = new FormData();
+      form.append('purpose', 'batch');
+      form.append('file', new Blob([lines.join('\n') + '\n'], { type: 'application/jsonl' }), 'questions.jsonl');
+      const up = await fetch(U('/v1/files'), { method: 'POST', headers: { Authorization: `Bearer ${key}` }, body: form });
+      const file = await up.json();
+      assert(up.status === 200, `upload → ${up.status} ${JSON.stringify(file)}`);
+      const mk = await fetch(U('/v1/batches'), { method: 'POST', headers: { Authorization: `Bearer ${key}`, 'Content-Type': 'application/json' },
+        body: JSON.stringify({ input_file_id: file.id, endpoint: '/v1/chat/completions', completion_window: '24h' }) });
+      const batch = await mk.json();
+      assert(mk.status === 200, `create batch → ${mk.status} ${JSON.stringify(batch)}`);
+      await page.goto(U('/console/batches'));
+      await checkPage(page, 'batches');
+      const row = `tr[data-batch="${batch.id}"]`;
+      assert(await page.locator(row).count() === 1, 'the new batch is not listed');
+      assert((await page.textContent(`${row} td:nth-child(2)`)).includes('questions.jsonl'), 'the input file is not named');
+      if ((await page.getAttribute(row, 'data-status')) !== 'completed') {
+        // the page follows the batch by itself, and reloads once it ends
+        assert(await page.locator('[data-batches-live]').count() === 1, 'a page with a running batch does not follow it');
+      } else {
+        log('the batch ended before its page loaded: the live updates were not seen');
+      }
+      await page.waitForSelector(`${row}[data-status="completed"]`, { timeout: 60000 });
+      assert((await page.textContent(`${row} [data-field=counts]`)).trim() === '8 done of 8', `counts: ${await page.textContent(`${row} [data-field=counts]`)}`);
+      await shot(page, 'batches-desktop');
+      const [dl] = await Promise.all([page.waitForEvent('download'), page.click(`${row} a[data-file=output]`)]);
+      assert(/\.jsonl$/.test(dl.suggestedFilename()), `download named ${dl.suggestedFilename()}`);
+      const out = readFileSync(await dl.path(), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+      const ids = out.map((l) => l.custom_id).sort();
+      assert(ids.length === 8 && ids.every((id, i) => id === `line-${i}`), `output custom ids: ${ids.join(', ')}`);
+      assert(out.every((l) => l.response && l.response.status_code === 200 && l.response.body.usage.completion_tokens > 0), 'an output line is not an answer');
+      batchLines = out.length;
+      const ph = await browser.newContext(phone);
+      await ph.addCookies(await user.cookies());
+      const p = await ph.newPage();
+      await p.goto(U('/console/batches'));
+      await checkPage(p, 'batches (phone)');
+      await shot(p, 'batches-phone');
+      await ph.close();
+    });
+  }
+
   await step('a revoked key is refused (401)', async () => {
     await page.goto(U('/console/keys'));
     const id = await page.getAttribute('tr[data-key]:not(.revoked)', 'data-key');
@@ -935,7 +981,7 @@ async function main() {
     };
     const byAdapter = await api('adapter');
     const byDay = await api('day');
-    assert(byAdapter.total.requests === 1 + answered, `the report API: ${byAdapter.total.requests} requests, want ${1 + answered}`);
+    assert(byAdapter.total.requests === 1 + answered + batchLines, `the report API: ${byAdapter.total.requests} requests, want ${1 + answered + batchLines}`);
     for (const [table, total, rep, n] of [['#tenant-adapter-table', 'tenant-adapter-total', byAdapter, byAdapter.data.length], ['#tenant-day-table', 'tenant-day-total', byDay, byDay.data.length]]) {
       const cells = await opPage.locator(`[data-testid=${total}] td`).allTextContents();
       assert(num(cells[0]) === rep.total.requests, `${table}: total ${cells[0]} requests, the report API ${rep.total.requests}`);
