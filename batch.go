@@ -80,6 +80,7 @@ type Batch struct {
 	TenantID         string            `json:"tenant_id"`
 	KeyID            string            `json:"key_id"` // the key that created it: its limits apply
 	Endpoint         string            `json:"endpoint"`
+	Model            string            `json:"model,omitempty"` // the model its first line names
 	InputFileID      string            `json:"input_file_id"`
 	CompletionWindow string            `json:"completion_window"`
 	Status           string            `json:"status"`
@@ -102,6 +103,23 @@ type Batch struct {
 	Completed int        `json:"completed"`
 	Failed    int        `json:"failed"`
 	Usage     BatchUsage `json:"usage"`
+
+	// Progress is how far a batch that runs its lines has recorded them
+	// (nil before it runs, and once it is done).
+	Progress *BatchProgress `json:"progress,omitempty"`
+}
+
+// BatchProgress is the saved progress of a batch running its lines: every
+// request of its input up to line Line (1-based), which ends at byte
+// Offset of the input file, has its answer in the batch's partial output
+// and error files, in their first OutBytes and ErrBytes bytes, and is
+// counted in the batch's Completed, Failed and Usage. A batch resumed
+// after a restart goes on from the line after Line.
+type BatchProgress struct {
+	Line     int   `json:"line"`
+	Offset   int64 `json:"offset"`
+	OutBytes int64 `json:"out_bytes"`
+	ErrBytes int64 `json:"err_bytes"`
 }
 
 // FileQuery asks for a page of a tenant's files: Limit files (1 or more)

@@ -37,6 +37,7 @@ type batchJSON struct {
 	ID               string            `json:"id"`
 	Object           string            `json:"object"`
 	Endpoint         string            `json:"endpoint"`
+	Model            string            `json:"model,omitempty"`
 	Errors           *batchErrorsJSON  `json:"errors"`
 	InputFileID      string            `json:"input_file_id"`
 	CompletionWindow string            `json:"completion_window"`
@@ -96,7 +97,7 @@ func strOrNil(s string) *string {
 
 func toBatchJSON(b *nozzle.Batch) batchJSON {
 	out := batchJSON{
-		ID: b.ID, Object: "batch", Endpoint: b.Endpoint, InputFileID: b.InputFileID, CompletionWindow: b.CompletionWindow,
+		ID: b.ID, Object: "batch", Endpoint: b.Endpoint, Model: b.Model, InputFileID: b.InputFileID, CompletionWindow: b.CompletionWindow,
 		Status: b.Status, OutputFileID: strOrNil(b.OutputFileID), ErrorFileID: strOrNil(b.ErrorFileID),
 		CreatedAt:     b.Created.Unix(),
 		InProgressAt:  unixOrNil(b.InProgressAt),
@@ -200,7 +201,7 @@ func (s *Server) createBatch(c *fiber.Ctx) error {
 	now := s.now()
 	b := &nozzle.Batch{
 		ID: newObjectID(batchPrefix, now), TenantID: p.tenant.ID, KeyID: p.key.ID,
-		Endpoint: *req.Endpoint, InputFileID: f.ID, CompletionWindow: "24h", Status: nozzle.BatchValidating,
+		Endpoint: *req.Endpoint, Model: firstLineModel(s.filePath(f.ID), s.cfg.BodyLimit), InputFileID: f.ID, CompletionWindow: "24h", Status: nozzle.BatchValidating,
 		Metadata: md, Created: now, ExpiresAt: now.Add(nozzle.BatchWindow),
 	}
 	if err := s.deps.Batches.CreateBatch(c.UserContext(), b); err != nil {
@@ -324,20 +325,34 @@ func decodeBatchLine(raw []byte, endpoint string) (*batchLine, *nozzle.BatchErro
 // blank lines are skipped), each at most max bytes; a longer one is
 // passed as nil.
 func scanLines(path string, max int, fn func(n int, line []byte) bool) error {
+	return scanLinesFrom(path, max, 0, 1, func(n int, _ int64, line []byte) bool { return fn(n, line) })
+}
+
+// scanLinesFrom is scanLines from byte offset of the file, whose line is
+// numbered first; fn also gets the offset at which the line ends (after
+// its newline).
+func scanLinesFrom(path string, max int, offset int64, first int, fn func(n int, end int64, line []byte) bool) error {
 	fh, err := os.Open(path)
 	if err != nil {
 		return fmt.Errorf("open batch input: %w", err)
 	}
 	defer fh.Close()
+	if offset > 0 {
+		if _, err := fh.Seek(offset, io.SeekStart); err != nil {
+			return fmt.Errorf("seek batch input: %w", err)
+		}
+	}
 	r := bufio.NewReaderSize(fh, 64<<10)
 	var buf []byte
-	for n := 1; ; n++ {
+	end := offset
+	for n := first; ; n++ {
 		buf = buf[:0]
 		long := false
 		var err error
 		for {
 			var part []byte
 			part, err = r.ReadSlice('\n')
+			end += int64(len(part))
 			if len(buf)+len(part) > max {
 				long = true
 			} else {
@@ -351,11 +366,11 @@ func scanLines(path string, max int, fn func(n int, line []byte) bool) error {
 			return fmt.Errorf("read batch input: %w", err)
 		}
 		if long {
-			if !fn(n, nil) {
+			if !fn(n, end, nil) {
 				return nil
 			}
 		} else if len(bytes.TrimSpace(buf)) > 0 {
-			if !fn(n, buf) {
+			if !fn(n, end, buf) {
 				return nil
 			}
 		}
@@ -363,4 +378,22 @@ func scanLines(path string, max int, fn func(n int, line []byte) bool) error {
 			return nil
 		}
 	}
+}
+
+// firstLineModel is the model the first request of the input file at
+// path names ("" if it names none a batch could run).
+func firstLineModel(path string, max int) string {
+	model := ""
+	_ = scanLines(path, max, func(_ int, raw []byte) bool {
+		var l struct {
+			Body struct {
+				Model string `json:"model"`
+			} `json:"body"`
+		}
+		if raw != nil && json.Unmarshal(raw, &l) == nil {
+			model = l.Body.Model
+		}
+		return false
+	})
+	return model
 }

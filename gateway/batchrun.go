@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -31,10 +32,18 @@ import (
 // Each line is an idempotent request of the key that created the batch:
 // its Idempotency-Key is the batch's id and the line's number, so it is
 // metered once under a ledger id derived from them (idempotencyID), and a
-// line run again — a batch resumed after a restart reruns its lines from
-// the first — is answered from the ledger without running or charging it
-// again. A line refused by a rate limit waits and is tried again; one
+// line run again is answered from the ledger without running or charging
+// it again. A line refused by a rate limit waits and is tried again; one
 // refused for the budget (or any other error) is a line of the error file.
+//
+// The answers go to partial output and error files in the files folder
+// (batchOutput), in the order of the input's lines, and the batch's saved
+// progress (nozzle.BatchProgress) says how far they hold: a batch resumed
+// after a restart keeps them and goes on from the line after, so only the
+// lines running at a crash are run again (answered from the ledger if they
+// completed). The partial files count against the tenant's file storage
+// quota while they grow; an answer that would pass it stops the batch,
+// which fails with file_storage_full.
 
 // batchSaveEvery is how often a running batch's counts are written.
 const batchSaveEvery = time.Second
@@ -47,6 +56,9 @@ type batchRunner struct {
 	wg     sync.WaitGroup
 	mu     sync.Mutex
 	active map[string]*batchRun
+
+	bytesMu sync.Mutex
+	partial map[string]int64 // bytes of each tenant's running batches' partial files
 }
 
 // batchRun is a batch the runner is running: b is its latest state, which
@@ -57,10 +69,18 @@ type batchRun struct {
 	cancelled chan struct{}
 	once      sync.Once
 	saved     time.Time
+	// live counts the answers written so far, while the lines run; b's
+	// counts are those of b.Progress, what the saved files hold.
+	live *batchCounts
+}
+
+type batchCounts struct {
+	completed, failed int
+	usage             nozzle.BatchUsage
 }
 
 func newBatchRunner(s *Server) *batchRunner {
-	r := &batchRunner{s: s, slots: make(chan struct{}, s.cfg.BatchConcurrency), active: map[string]*batchRun{}}
+	r := &batchRunner{s: s, slots: make(chan struct{}, s.cfg.BatchConcurrency), active: map[string]*batchRun{}, partial: map[string]int64{}}
 	r.ctx, r.stop = context.WithCancel(context.Background())
 	return r
 }
@@ -106,7 +126,50 @@ func (r *batchRunner) current(id string) *nozzle.Batch {
 	run.mu.Lock()
 	defer run.mu.Unlock()
 	cp := *run.b
+	if l := run.live; l != nil {
+		cp.Completed, cp.Failed, cp.Usage = l.completed, l.failed, l.usage
+	}
 	return &cp
+}
+
+// partialBytes is the size of the tenant's running batches' partial
+// output and error files.
+func (r *batchRunner) partialBytes(tenantID string) int64 {
+	if r == nil {
+		return 0
+	}
+	r.bytesMu.Lock()
+	defer r.bytesMu.Unlock()
+	return r.partial[tenantID]
+}
+
+// reserve counts n more bytes of the tenant's partial files if its files
+// stay within its storage quota with them; else it reports false and the
+// bytes the tenant uses. Uploads check the quota under the same lock.
+func (r *batchRunner) reserve(tenantID string, n int64) (bool, int64) {
+	quota := r.s.cfg.TenantFileBytes
+	r.s.quotaMu.Lock()
+	defer r.s.quotaMu.Unlock()
+	if quota > 0 {
+		used, err := r.s.filesUsed(context.Background(), tenantID)
+		if err != nil {
+			// the ledger could not be read: the answer is kept
+			r.s.log.LogAttrs(context.Background(), slog.LevelError, "batch file quota", slog.String("tenant_id", tenantID), slog.String("error", err.Error()))
+		} else if used+n > quota {
+			return false, used
+		}
+	}
+	r.addPartial(tenantID, n)
+	return true, 0
+}
+
+// addPartial adds n (negative: takes) to the tenant's partial bytes.
+func (r *batchRunner) addPartial(tenantID string, n int64) {
+	r.bytesMu.Lock()
+	defer r.bytesMu.Unlock()
+	if r.partial[tenantID] += n; r.partial[tenantID] <= 0 {
+		delete(r.partial, tenantID)
+	}
 }
 
 func (r *batchRunner) start(b *nozzle.Batch) {
@@ -252,6 +315,7 @@ func (r *batchRunner) validate(run *batchRun) bool {
 	parse := batchEndpoints[b.Endpoint]
 	seen := map[string]int{}
 	models := map[string]error{}
+	model := "" // the first line's
 	err := scanLines(s.filePath(b.InputFileID), s.cfg.BodyLimit, func(n int, raw []byte) bool {
 		total++
 		if perr != nil {
@@ -276,6 +340,9 @@ func (r *batchRunner) validate(run *batchRun) bool {
 		j, err := parse(l.Body, s.cfg.MaxChoices)
 		if err != nil {
 			return fail(lineError(n, err, "body."))
+		}
+		if model == "" {
+			model = j.model
 		}
 		if j.stream {
 			return fail(nozzle.BatchError{Code: "invalid_value", Param: "body.stream", Line: n, Message: "Streaming is not supported in a batch: leave 'stream' out or set it to false."})
@@ -304,6 +371,9 @@ func (r *batchRunner) validate(run *batchRun) bool {
 	}
 	now := s.now()
 	r.update(run, func(b *nozzle.Batch) {
+		if b.Model == "" {
+			b.Model = model
+		}
 		if len(errs) > 0 {
 			b.Status, b.FailedAt, b.Errors = nozzle.BatchFailed, now, errs
 			return
@@ -340,49 +410,323 @@ type lineResult struct {
 	line []byte
 }
 
-// runLines runs the batch's lines and finalizes it.
+// batchWindow bounds the lines of a batch started and not yet written
+// (those finished wait for the ones before them): at least this many.
+const batchWindow = 256
+
+// lineOutcome is what a finished line adds to the batch's files.
+type lineOutcome struct {
+	n       int    // the input line
+	end     int64  // the input's offset after it
+	line    []byte // the output or error file's line; nil: none
+	ok      bool   // line goes to the output file
+	counted bool   // a request that ran: counted completed or failed
+	usage   nozzle.BatchUsage
+}
+
+// batchOutput writes a running batch's answers to its partial output and
+// error files (<files>/<batch id>.out.part, .err.part) in the order of the
+// input's lines, whatever order they finish in, and saves the batch's
+// progress with the files synced: a resumed batch keeps what they hold.
+type batchOutput struct {
+	r                *batchRunner
+	run              *batchRun
+	tenantID         string
+	outPath, errPath string
+	out, errs        *os.File
+	outW, errW       *bufio.Writer
+
+	window   chan struct{} // a place per line started and not yet written
+	full     chan struct{} // closed once an answer did not fit the quota
+	fullOnce sync.Once
+
+	mu       sync.Mutex
+	pending  map[int]lineOutcome // finished lines, by sequence, waiting for those before
+	next     int                 // the sequence of the next line to write
+	at       nozzle.BatchProgress
+	counts   batchCounts
+	reserved int64 // bytes of the partial files counted in the runner's partial
+	fullUsed int64 // the tenant's bytes when an answer did not fit
+	saved    time.Time
+}
+
+func (r *batchRunner) partPath(b *nozzle.Batch, kind string) string {
+	return filepath.Join(r.s.cfg.FilesDir, b.ID+"."+kind+".part")
+}
+
+// removeParts removes the batch's partial files.
+func (r *batchRunner) removeParts(b *nozzle.Batch) {
+	for _, kind := range []string{"out", "err"} {
+		if err := os.Remove(r.partPath(b, kind)); err != nil && !os.IsNotExist(err) {
+			r.s.log.LogAttrs(context.Background(), slog.LevelWarn, "remove batch partial file", slog.String("batch_id", b.ID), slog.String("error", err.Error()))
+		}
+	}
+}
+
+// openPart opens the partial file at path cut to its first size bytes, at
+// their end.
+func openPart(path string, size int64) (*os.File, error) {
+	fh, err := os.OpenFile(path, os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	st, err := fh.Stat()
+	if err == nil && st.Size() < size {
+		err = fmt.Errorf("%s holds %d bytes, its batch's progress %d", path, st.Size(), size)
+	}
+	if err == nil {
+		err = fh.Truncate(size)
+	}
+	if err == nil {
+		_, err = fh.Seek(size, io.SeekStart)
+	}
+	if err != nil {
+		fh.Close()
+		return nil, err
+	}
+	return fh, nil
+}
+
+// openOutput opens the run's partial files: those its saved progress
+// names, cut to what it says they hold (what was written after it is
+// written again), or new ones, the batch counting again from its first
+// line (a batch without progress, or whose files were lost: the lines
+// that ran before are answered from the ledger).
+func (r *batchRunner) openOutput(run *batchRun) (*batchOutput, error) {
+	run.mu.Lock()
+	b := run.b
+	o := &batchOutput{r: r, run: run, tenantID: b.TenantID, outPath: r.partPath(b, "out"), errPath: r.partPath(b, "err"),
+		window: make(chan struct{}, max(batchWindow, 2*r.s.cfg.BatchConcurrency)), full: make(chan struct{}),
+		pending: map[int]lineOutcome{}, saved: time.Now()}
+	var p *nozzle.BatchProgress
+	if b.Progress != nil {
+		cp := *b.Progress
+		p = &cp
+	}
+	counts := batchCounts{completed: b.Completed, failed: b.Failed, usage: b.Usage}
+	run.mu.Unlock()
+	if p != nil {
+		var err error
+		st, serr := os.Stat(r.s.filePath(b.InputFileID))
+		switch {
+		case serr != nil:
+			err = serr
+		case p.Offset < 0 || p.Offset > st.Size():
+			err = fmt.Errorf("offset %d past the input's %d bytes", p.Offset, st.Size())
+		default:
+			if o.out, err = openPart(o.outPath, p.OutBytes); err == nil {
+				if o.errs, err = openPart(o.errPath, p.ErrBytes); err != nil {
+					o.out.Close()
+				}
+			}
+		}
+		if err != nil {
+			r.s.log.LogAttrs(r.ctx, slog.LevelWarn, "batch progress lost: its lines run again from the first", slog.String("batch_id", b.ID), slog.String("error", err.Error()))
+			p = nil
+		}
+	}
+	if p == nil {
+		p, counts = &nozzle.BatchProgress{}, batchCounts{}
+		var err1, err2 error
+		o.out, err1 = os.OpenFile(o.outPath, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
+		o.errs, err2 = os.OpenFile(o.errPath, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
+		if err := cmpErr(err1, err2); err != nil {
+			if o.out != nil {
+				o.out.Close()
+			}
+			if o.errs != nil {
+				o.errs.Close()
+			}
+			return nil, fmt.Errorf("create batch partial files: %w", err)
+		}
+		syncDir(r.s.cfg.FilesDir)
+	}
+	o.at, o.counts = *p, counts
+	o.outW, o.errW = bufio.NewWriter(o.out), bufio.NewWriter(o.errs)
+	o.reserved = p.OutBytes + p.ErrBytes
+	r.addPartial(o.tenantID, o.reserved)
+	r.update(run, func(b *nozzle.Batch) {
+		at := *p
+		b.Progress = &at
+		b.Completed, b.Failed, b.Usage = counts.completed, counts.failed, counts.usage
+		run.live = &batchCounts{completed: counts.completed, failed: counts.failed, usage: counts.usage}
+	})
+	return o, nil
+}
+
+func cmpErr(errs ...error) error {
+	for _, err := range errs {
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// close closes the partial files and gives back the bytes they counted.
+func (o *batchOutput) close() {
+	o.out.Close()
+	o.errs.Close()
+	o.mu.Lock()
+	n := o.reserved
+	o.reserved = 0
+	o.mu.Unlock()
+	o.r.addPartial(o.tenantID, -n)
+}
+
+// fill stops the batch: an answer would take the tenant's files (used
+// bytes) past the quota.
+func (o *batchOutput) fill(used int64) {
+	o.fullOnce.Do(func() {
+		o.mu.Lock()
+		o.fullUsed = used
+		o.mu.Unlock()
+		close(o.full)
+	})
+}
+
+func (o *batchOutput) isFull() bool {
+	select {
+	case <-o.full:
+		return true
+	default:
+		return false
+	}
+}
+
+// finish takes line seq's outcome: written once those before it are, if
+// it fits the tenant's quota (once one does not, no other answer is
+// written).
+func (o *batchOutput) finish(seq int, oc lineOutcome) {
+	if oc.line != nil {
+		fits := false
+		if !o.isFull() {
+			var used int64
+			if fits, used = o.r.reserve(o.tenantID, int64(len(oc.line))); fits {
+				o.mu.Lock()
+				o.reserved += int64(len(oc.line))
+				o.mu.Unlock()
+			} else {
+				o.fill(used)
+			}
+		}
+		if !fits {
+			oc.line, oc.counted = nil, false
+		}
+	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.pending[seq] = oc
+	for {
+		oc, ok := o.pending[o.next]
+		if !ok {
+			break
+		}
+		delete(o.pending, o.next)
+		o.next++
+		o.write(oc)
+		<-o.window
+	}
+	if time.Since(o.saved) >= batchSaveEvery {
+		if err := o.sync(); err != nil {
+			o.r.s.log.LogAttrs(context.Background(), slog.LevelError, "save batch progress", slog.String("batch_id", o.run.b.ID), slog.String("error", err.Error()))
+		}
+	}
+}
+
+// write writes oc (under mu).
+func (o *batchOutput) write(oc lineOutcome) {
+	if oc.line != nil {
+		// a write error stays in the writer: sync reports it
+		if oc.ok {
+			o.outW.Write(oc.line)
+			o.at.OutBytes += int64(len(oc.line))
+		} else {
+			o.errW.Write(oc.line)
+			o.at.ErrBytes += int64(len(oc.line))
+		}
+	}
+	o.at.Line, o.at.Offset = oc.n, oc.end
+	if oc.counted {
+		if oc.ok {
+			o.counts.completed++
+		} else {
+			o.counts.failed++
+		}
+		o.counts.usage.InputTokens += oc.usage.InputTokens
+		o.counts.usage.CachedTokens += oc.usage.CachedTokens
+		o.counts.usage.OutputTokens += oc.usage.OutputTokens
+	}
+	c := o.counts
+	o.run.mu.Lock()
+	o.run.live = &c
+	o.run.mu.Unlock()
+}
+
+// sync writes the files out to disk, then saves the batch's progress and
+// counts to match (under mu).
+func (o *batchOutput) sync() error {
+	o.saved = time.Now()
+	if err := o.outW.Flush(); err != nil {
+		return fmt.Errorf("write batch output: %w", err)
+	}
+	if err := o.errW.Flush(); err != nil {
+		return fmt.Errorf("write batch errors: %w", err)
+	}
+	if err := o.out.Sync(); err != nil {
+		return fmt.Errorf("sync batch output: %w", err)
+	}
+	if err := o.errs.Sync(); err != nil {
+		return fmt.Errorf("sync batch errors: %w", err)
+	}
+	at, c := o.at, o.counts
+	o.r.update(o.run, func(b *nozzle.Batch) {
+		b.Progress = &at
+		b.Completed, b.Failed, b.Usage = c.completed, c.failed, c.usage
+	})
+	return nil
+}
+
+// runLines runs the batch's lines, from the line after its saved
+// progress, and finalizes it.
 func (r *batchRunner) runLines(run *batchRun) {
 	s := r.s
 	b := run.b
 	if _, err := os.Stat(s.filePath(b.InputFileID)); err != nil {
 		// its input file was deleted while it was open
+		r.removeParts(b)
 		r.update(run, func(b *nozzle.Batch) {
-			b.Status, b.FailedAt = nozzle.BatchFailed, s.now()
+			b.Status, b.FailedAt, b.Progress = nozzle.BatchFailed, s.now(), nil
 			b.Errors = []nozzle.BatchError{{Code: "invalid_file", Message: "The batch's input file was deleted before it ran.", Param: "input_file_id"}}
 		})
 		return
 	}
-	outPath := filepath.Join(s.cfg.UploadDir, "batch-"+b.ID+".out")
-	errPath := filepath.Join(s.cfg.UploadDir, "batch-"+b.ID+".err")
-	outF, err1 := os.Create(outPath)
-	errF, err2 := os.Create(errPath)
-	if err1 != nil || err2 != nil {
-		s.log.LogAttrs(r.ctx, slog.LevelError, "create batch output", slog.String("batch_id", b.ID))
-		return
+	o, err := r.openOutput(run)
+	if err != nil {
+		s.log.LogAttrs(r.ctx, slog.LevelError, "open batch output", slog.String("batch_id", b.ID), slog.String("error", err.Error()))
+		return // left open: the next start tries again
 	}
-	defer func() {
-		outF.Close()
-		errF.Close()
-		os.Remove(outPath)
-		os.Remove(errPath)
-	}()
-	outW, errW := bufio.NewWriter(outF), bufio.NewWriter(errF)
-	var wmu sync.Mutex // the writers
-	// A resumed batch counts again from its first line: lines that ran
-	// before are answered from the ledger.
-	r.update(run, func(b *nozzle.Batch) {
-		b.Completed, b.Failed, b.Usage = 0, 0, nozzle.BatchUsage{}
-	})
+	defer o.close()
+	if quota := s.cfg.TenantFileBytes; quota > 0 {
+		// no room for a line: none runs
+		if used, err := s.filesUsed(r.ctx, b.TenantID); err == nil && used >= quota {
+			o.fill(used)
+		}
+	}
 	// A batch cancelled or expired before this start runs no new line:
 	// it collects the answers of the lines that ran (an expired one's
-	// others are written as expired). One finalizing runs them all again:
-	// every one ran, and those that completed are answered by the ledger.
+	// others are written as expired). One finalizing goes over the lines
+	// after its progress (those running when it stopped) again: each one
+	// ran, and those that completed are answered by the ledger.
 	run.mu.Lock()
 	replayOnly := b.Status == nozzle.BatchCancelling || !s.now().Before(b.ExpiresAt)
 	run.mu.Unlock()
+	from := o.at
+	cancelled := run.cancelled // nil once seen
 	expired := false
+	seq := 0 // the sequence of the lines taken, in input order
 	var lines sync.WaitGroup
-	err := scanLines(s.filePath(b.InputFileID), s.cfg.BodyLimit, func(n int, raw []byte) bool {
+	err = scanLinesFrom(s.filePath(b.InputFileID), s.cfg.BodyLimit, from.Offset, from.Line+1, func(n int, end int64, raw []byte) bool {
 		if raw == nil {
 			return true // validated: cannot happen
 		}
@@ -390,42 +734,47 @@ func (r *batchRunner) runLines(run *batchRun) {
 		if be != nil {
 			return true
 		}
+		select {
+		case o.window <- struct{}{}:
+		case <-r.ctx.Done():
+			return false
+		case <-o.full:
+			return false
+		}
+		k := seq
+		seq++
 		if expired || !s.now().Before(b.ExpiresAt) {
 			// OpenAI writes the lines an expired batch did not run to the
 			// error file.
 			expired = true
 			if !replayOnly {
-				wmu.Lock()
-				errW.Write(expiredLine(b, l))
-				wmu.Unlock()
+				o.finish(k, lineOutcome{n: n, end: end, line: expiredLine(b, l)})
 				return true
 			}
 		}
 		select {
-		case <-run.cancelled:
-			replayOnly = true
+		case <-cancelled:
+			replayOnly, cancelled = true, nil
 		default:
 		}
 		if r.ctx.Err() != nil {
 			return false
 		}
-		// wait for a slot, watching for cancel, stop and expiry
+		// wait for a slot, watching for cancel, stop, quota and expiry
 		for acquired := false; !acquired; {
 			select {
 			case r.slots <- struct{}{}:
 				acquired = true
 			case <-r.ctx.Done():
 				return false
-			case <-run.cancelled:
-				if !replayOnly {
-					replayOnly = true
-				}
+			case <-o.full:
+				return false
+			case <-cancelled:
+				replayOnly, cancelled = true, nil
 			case <-time.After(200 * time.Millisecond):
 				if !s.now().Before(b.ExpiresAt) && !replayOnly {
 					expired = true
-					wmu.Lock()
-					errW.Write(expiredLine(b, l))
-					wmu.Unlock()
+					o.finish(k, lineOutcome{n: n, end: end, line: expiredLine(b, l)})
 					return true
 				}
 			}
@@ -434,35 +783,17 @@ func (r *batchRunner) runLines(run *batchRun) {
 		lines.Add(1)
 		go func() {
 			defer lines.Done()
-			defer func() { <-r.slots }()
 			res, ran, u := r.runLine(run, n, l, only)
-			if !ran {
-				if exp && r.ctx.Err() == nil {
-					wmu.Lock()
-					errW.Write(expiredLine(b, l))
-					wmu.Unlock()
-				}
-				return
-			}
-			wmu.Lock()
-			if res.ok {
-				outW.Write(res.line)
-			} else {
-				errW.Write(res.line)
-			}
-			wmu.Unlock()
-			run.mu.Lock()
-			defer run.mu.Unlock()
-			if res.ok {
-				run.b.Completed++
-			} else {
-				run.b.Failed++
-			}
-			run.b.Usage.InputTokens += u.InputTokens
-			run.b.Usage.CachedTokens += u.CachedTokens
-			run.b.Usage.OutputTokens += u.OutputTokens
-			if time.Since(run.saved) >= batchSaveEvery {
-				r.save(run)
+			<-r.slots
+			switch {
+			case ran:
+				o.finish(k, lineOutcome{n: n, end: end, line: res.line, ok: res.ok, counted: true, usage: u})
+			case r.ctx.Err() != nil:
+				// stopping: not written, so the next start takes it again
+			case exp:
+				o.finish(k, lineOutcome{n: n, end: end, line: expiredLine(b, l)})
+			default:
+				o.finish(k, lineOutcome{n: n, end: end}) // not run: cancelled
 			}
 		}()
 		return true
@@ -471,33 +802,32 @@ func (r *batchRunner) runLines(run *batchRun) {
 	if err != nil {
 		s.log.LogAttrs(r.ctx, slog.LevelError, "read batch input", slog.String("batch_id", b.ID), slog.String("error", err.Error()))
 	}
-	if r.ctx.Err() != nil {
-		// stopping: the counts so far; the next start resumes the batch
-		r.update(run, func(*nozzle.Batch) {})
-		return
+	o.mu.Lock()
+	err = o.sync()
+	used := o.fullUsed
+	o.mu.Unlock()
+	if err != nil {
+		s.log.LogAttrs(r.ctx, slog.LevelError, "save batch progress", slog.String("batch_id", b.ID), slog.String("error", err.Error()))
+		return // left open: the next start goes on from the progress saved before
 	}
+	if r.ctx.Err() != nil {
+		return // stopping: the next start goes on after the progress saved
+	}
+	full := o.isFull()
 	run.mu.Lock()
-	cancelled := b.Status == nozzle.BatchCancelling
+	cancelling := b.Status == nozzle.BatchCancelling
 	run.mu.Unlock()
-	if !cancelled && !expired {
+	if !cancelling && !expired && !full {
 		r.update(run, func(b *nozzle.Batch) {
 			if b.Status != nozzle.BatchFinalizing {
 				b.Status, b.FinalizingAt = nozzle.BatchFinalizing, s.now()
 			}
 		})
 	}
-	if err := outW.Flush(); err != nil {
-		s.log.LogAttrs(r.ctx, slog.LevelError, "write batch output", slog.String("batch_id", b.ID), slog.String("error", err.Error()))
-		return
-	}
-	if err := errW.Flush(); err != nil {
-		s.log.LogAttrs(r.ctx, slog.LevelError, "write batch errors", slog.String("batch_id", b.ID), slog.String("error", err.Error()))
-		return
-	}
-	outID, err1 := r.keepOutput(b, outF, outPath, "output")
-	errID, err2 := r.keepOutput(b, errF, errPath, "error")
-	if err1 != nil || err2 != nil {
-		s.log.LogAttrs(r.ctx, slog.LevelError, "store batch output", slog.String("batch_id", b.ID))
+	outID, err1 := r.keepOutput(b, o.outPath, "output")
+	errID, err2 := r.keepOutput(b, o.errPath, "error")
+	if err := cmpErr(err1, err2); err != nil {
+		s.log.LogAttrs(r.ctx, slog.LevelError, "store batch output", slog.String("batch_id", b.ID), slog.String("error", err.Error()))
 		return // left open: the next start tries again
 	}
 	now := s.now()
@@ -505,8 +835,14 @@ func (r *batchRunner) runLines(run *batchRun) {
 	var completed, failed int
 	r.update(run, func(b *nozzle.Batch) {
 		defer func() { status, completed, failed = b.Status, b.Completed, b.Failed }()
-		b.OutputFileID, b.ErrorFileID = outID, errID
+		b.OutputFileID, b.ErrorFileID, b.Progress = outID, errID, nil
 		switch {
+		case full:
+			b.Status, b.FailedAt = nozzle.BatchFailed, now
+			b.Errors = []nozzle.BatchError{{Code: "file_storage_full", Message: fmt.Sprintf(
+				"The batch's output would take this organization's files past their storage quota of %s (%s used), so it stopped: "+
+					"its output and error files hold the answers that fit; the requests it had not started did not run. Delete files it no longer needs and run the rest in a new batch.",
+				formatBytes(s.cfg.TenantFileBytes), formatBytes(used))}}
 		case b.Status == nozzle.BatchCancelling:
 			b.Status, b.CancelledAt = nozzle.BatchCancelled, now
 		case expired:
@@ -515,36 +851,48 @@ func (r *batchRunner) runLines(run *batchRun) {
 			b.Status, b.CompletedAt = nozzle.BatchCompleted, now
 		}
 	})
+	r.removeParts(b)
 	s.log.LogAttrs(r.ctx, slog.LevelInfo, "batch done", slog.String("batch_id", b.ID), slog.String("status", status),
 		slog.Int("completed", completed), slog.Int("failed", failed))
 }
 
-// keepOutput stores the batch's output or error file (kind), if it holds
-// anything, as a file of purpose batch_output and returns its id. Its id
-// is derived from the batch's, so that a batch finalized again after a
-// crash replaces the file instead of adding one.
-func (r *batchRunner) keepOutput(b *nozzle.Batch, fh *os.File, path, kind string) (string, error) {
-	st, err := fh.Stat()
+// keepOutput stores the batch's partial output or error file (kind) at
+// path, if it holds anything, as a file of purpose batch_output and
+// returns its id. Its id is derived from the batch's, so that a batch
+// finalized again after a crash replaces the file instead of adding one;
+// the partial file stays (a hard link) until the batch is saved done.
+func (r *batchRunner) keepOutput(b *nozzle.Batch, path, kind string) (string, error) {
+	st, err := os.Stat(path)
 	if err != nil {
-		return "", err
+		return "", fmt.Errorf("stat batch %s file: %w", kind, err)
 	}
 	if st.Size() == 0 {
 		return "", nil
-	}
-	if err := fh.Sync(); err != nil {
-		return "", err
 	}
 	sum := sha256.Sum256([]byte(b.ID + "/" + kind))
 	id := filePrefix + strings.TrimPrefix(b.ID, batchPrefix)[:12] + hex.EncodeToString(sum[:8])
 	ctx := context.Background()
 	if old, err := r.s.deps.Batches.File(ctx, b.TenantID, id); err == nil && old.TenantID == b.TenantID {
 		if err := r.s.deps.Batches.DeleteFile(ctx, b.TenantID, id); err != nil {
-			return "", err
+			return "", fmt.Errorf("replace batch %s file: %w", kind, err)
 		}
 	}
+	dst := r.s.filePath(id)
+	if err := os.Remove(dst); err != nil && !os.IsNotExist(err) {
+		return "", fmt.Errorf("replace batch %s file: %w", kind, err)
+	}
+	if err := os.Link(path, dst); err != nil {
+		// no hard links here: moved (a crash before the batch is saved
+		// runs its lines again from the first, answered by the ledger)
+		if err := os.Rename(path, dst); err != nil {
+			return "", fmt.Errorf("store batch %s file: %w", kind, err)
+		}
+	}
+	syncDir(r.s.cfg.FilesDir)
 	f := &nozzle.File{ID: id, TenantID: b.TenantID, Filename: b.ID + "_" + kind + ".jsonl", Purpose: nozzle.FilePurposeBatchOutput, Bytes: st.Size(), Created: r.s.now()}
-	if err := r.s.storeFile(ctx, f, path); err != nil {
-		return "", err
+	if err := r.s.deps.Batches.CreateFile(ctx, f); err != nil {
+		os.Remove(dst)
+		return "", fmt.Errorf("record batch %s file: %w", kind, err)
 	}
 	return id, nil
 }

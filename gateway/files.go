@@ -111,7 +111,7 @@ func (s *Server) createFile(c *fiber.Ctx) (retErr error) {
 	quota := s.cfg.TenantFileBytes
 	var used int64
 	if quota > 0 {
-		if used, err = s.deps.Batches.FileBytes(c.UserContext(), p.tenant.ID); err != nil {
+		if used, err = s.filesUsed(c.UserContext(), p.tenant.ID); err != nil {
 			return err
 		}
 		if cl := c.Request().Header.ContentLength(); used >= quota || int64(cl) > quota-used+multipartSlack {
@@ -202,7 +202,7 @@ func (s *Server) createFile(c *fiber.Ctx) (retErr error) {
 	s.quotaMu.Lock()
 	defer s.quotaMu.Unlock()
 	if quota > 0 {
-		if used, err = s.deps.Batches.FileBytes(ctx, p.tenant.ID); err != nil {
+		if used, err = s.filesUsed(ctx, p.tenant.ID); err != nil {
 			return err
 		}
 		if used+size > quota {
@@ -214,6 +214,16 @@ func (s *Server) createFile(c *fiber.Ctx) (retErr error) {
 	}
 	s.log.LogAttrs(ctx, slog.LevelInfo, "file created", slog.String("tenant_id", p.tenant.ID), slog.String("file_id", f.ID), slog.Int64("bytes", size))
 	return c.JSON(toFileJSON(f))
+}
+
+// filesUsed is the tenant's bytes of files for its storage quota: its
+// files' and its running batches' partial output and error files'.
+func (s *Server) filesUsed(ctx context.Context, tenantID string) (int64, error) {
+	used, err := s.deps.Batches.FileBytes(ctx, tenantID)
+	if err != nil {
+		return 0, fmt.Errorf("sum the tenant's files: %w", err)
+	}
+	return used + s.runner.partialBytes(tenantID), nil
 }
 
 // storeFile moves the file at path into FilesDir as f.ID and records f;
