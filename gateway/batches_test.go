@@ -99,6 +99,7 @@ type batchObj struct {
 	Object        string `json:"object"`
 	Status        string `json:"status"`
 	Endpoint      string `json:"endpoint"`
+	Model         string `json:"model"`
 	InputFileID   string `json:"input_file_id"`
 	OutputFileID  *string
 	ErrorFileID   *string
@@ -302,7 +303,13 @@ func TestBatch_RunsToCompletion(t *testing.T) {
 		`{"custom_id":"c","method":"POST","url":"/v1/chat/completions","body":{"model":"base","messages":[{"role":"user","content":"three"}],"max_tokens":100000}}` + "\n"
 	in := mustUpload(t, url, f.keyA, input)
 	b := createBatch(t, url, f.keyA, in.ID, "/v1/chat/completions")
+	if b.Model != "base" {
+		t.Errorf("created batch's model %q, want the first line's", b.Model)
+	}
 	b = waitBatch(t, url, f.keyA, b.ID, final)
+	if b.Model != "base" {
+		t.Errorf("batch's model %q, want the first line's", b.Model)
+	}
 	if b.Status != "completed" || b.RequestCounts.Total != 3 || b.RequestCounts.Completed != 2 || b.RequestCounts.Failed != 1 ||
 		b.OutputFileID == nil || b.ErrorFileID == nil || b.CompletedAt == nil || b.InProgressAt == nil || b.FinalizingAt == nil {
 		t.Fatalf("batch %+v", b)
@@ -718,5 +725,228 @@ func TestBatch_InputDeletedWhileDown(t *testing.T) {
 	done := waitBatch(t, url2, f.keyA, b.ID, final)
 	if done.Status != "failed" || done.Errors == nil || len(done.Errors.Data) != 1 || done.Errors.Data[0].Code != "invalid_file" {
 		t.Fatalf("batch %+v", done)
+	}
+}
+
+// outIDs is the custom_ids of an output or error file's lines, in order.
+func outIDs(t *testing.T, raw string) []string {
+	t.Helper()
+	var ids []string
+	for _, l := range strings.Split(strings.TrimSpace(raw), "\n") {
+		if l == "" {
+			continue
+		}
+		var o outLine
+		if err := json.Unmarshal([]byte(l), &o); err != nil {
+			t.Fatalf("output line %q: %v", l, err)
+		}
+		ids = append(ids, o.CustomID)
+	}
+	return ids
+}
+
+// metric reads a counter of the server at url.
+func metric(t *testing.T, url, name string) int {
+	t.Helper()
+	resp, err := http.Get(url + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(readAll(t, resp), "\n") {
+		if v, ok := strings.CutPrefix(l, name+" "); ok {
+			var n int
+			fmt.Sscan(v, &n)
+			return n
+		}
+	}
+	return 0
+}
+
+// A batch resumed after a restart goes on from the line after its saved
+// progress: the lines answered before are neither run nor replayed from
+// the ledger again, and the output holds every line once, in input order.
+func TestBatch_ResumesFromProgress(t *testing.T) {
+	const n = 8
+	env, f, _, b := runningBatch(t, n, "line", true, 30*time.Millisecond, 3)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := f.srv.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	ranBefore := int(f.gen.calls.Load())
+	if ranBefore >= n {
+		t.Fatalf("every line ran before the shutdown (%d)", ranBefore)
+	}
+	env.led.Close()
+
+	url2, gen := restartBatches(t, f, env)
+	done := waitBatch(t, url2, f.keyA, b.ID, final)
+	if done.Status != "completed" || done.RequestCounts.Completed != n || done.RequestCounts.Failed != 0 {
+		t.Fatalf("resumed batch %+v", done)
+	}
+	// the lines that went through the request path after the restart:
+	// run by the runtime or answered from the ledger
+	ran, replayed := int(gen.calls.Load()), metric(t, url2, "nozzle_gateway_idempotent_replays_total")
+	if ran+replayed >= n || ran+ranBefore != n || replayed != 0 {
+		t.Errorf("after the restart %d lines ran and %d were replayed, %d ran before, of %d", ran, replayed, ranBefore, n)
+	}
+	want := make([]string, n)
+	for i := range want {
+		want[i] = fmt.Sprint("line", i)
+	}
+	if got := outIDs(t, fileContent(t, url2, f.keyA, *done.OutputFileID)); !slices.Equal(got, want) {
+		t.Errorf("output lines %v, want %v", got, want)
+	}
+	if got := usageRequests(t, url2, f.keyA); got != n {
+		t.Errorf("%d requests metered, want %d", got, n)
+	}
+}
+
+// A batch the gateway stops while it is cancelling keeps, when it starts
+// again, the error lines written before: its error file holds the error
+// of every line that ran, once, and its output every answer, once.
+func TestBatch_CancellingRestartKeepsErrors(t *testing.T) {
+	const n = 12
+	env := newBatchEnv(t)
+	f := newFixture(t, withBatches(t, env, func(c *gateway.Config) { c.BatchConcurrency = 1 }))
+	url := f.serve(t)
+	var input []string
+	for i := range n {
+		id := fmt.Sprint("l", i)
+		if i%2 == 1 { // refused when it runs: an error line
+			input = append(input, fmt.Sprintf(`{"custom_id":%q,"method":"POST","url":"/v1/chat/completions","body":{"model":"base","messages":[{"role":"user","content":"x"}],"max_tokens":100000}}`, id))
+		} else {
+			input = append(input, chatLine(id, "base", "x"))
+		}
+	}
+	in := mustUpload(t, url, f.keyA, strings.Join(input, "\n"))
+	f.gen.setDelay(10 * time.Millisecond)
+	b := createBatch(t, url, f.keyA, in.ID, "/v1/chat/completions")
+	waitBatch(t, url, f.keyA, b.ID, func(b batchObj) bool { return b.RequestCounts.Completed+b.RequestCounts.Failed >= 4 })
+	// a line held in the runtime while the batch is cancelled and the
+	// gateway stops: the batch is still cancelling when it stops
+	hold := make(chan struct{})
+	f.gen.hold.Store(&hold)
+	for c := f.gen.calls.Load(); f.gen.calls.Load() == c; { // a generation begun after the hold: held
+		time.Sleep(5 * time.Millisecond)
+	}
+	resp := post(t, url+"/v1/batches/"+b.ID+"/cancel", f.keyA, "")
+	if resp.StatusCode != 200 {
+		t.Fatalf("cancel: %d %s", resp.StatusCode, readAll(t, resp))
+	}
+	resp.Body.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	shut := make(chan error, 1)
+	go func() { shut <- f.srv.Shutdown(ctx) }()
+	time.Sleep(500 * time.Millisecond)
+	close(hold)
+	if err := <-shut; err != nil {
+		t.Fatal(err)
+	}
+	stored, err := env.led.Batch(ctx, f.tenantA.ID, b.ID)
+	if err != nil || stored.Status != nozzle.BatchCancelling {
+		t.Fatalf("stopped batch %+v %v", stored, err)
+	}
+	ran := stored.Completed + stored.Failed // the first lines, one at a time
+	if ran < 5 || ran >= n {
+		t.Fatalf("%d lines ran before the stop", ran)
+	}
+	env.led.Close()
+
+	url2, gen := restartBatches(t, f, env)
+	done := waitBatch(t, url2, f.keyA, b.ID, final)
+	var wantOut, wantErr []string
+	for i := range ran {
+		if i%2 == 1 {
+			wantErr = append(wantErr, fmt.Sprint("l", i))
+		} else {
+			wantOut = append(wantOut, fmt.Sprint("l", i))
+		}
+	}
+	if done.Status != "cancelled" || done.RequestCounts.Completed != len(wantOut) || done.RequestCounts.Failed != len(wantErr) ||
+		done.OutputFileID == nil || done.ErrorFileID == nil {
+		t.Fatalf("batch %+v, want %d completed and %d failed", done, len(wantOut), len(wantErr))
+	}
+	if got := outIDs(t, fileContent(t, url2, f.keyA, *done.ErrorFileID)); !slices.Equal(got, wantErr) {
+		t.Errorf("error lines %v, want %v", got, wantErr)
+	}
+	if got := outIDs(t, fileContent(t, url2, f.keyA, *done.OutputFileID)); !slices.Equal(got, wantOut) {
+		t.Errorf("output lines %v, want %v", got, wantOut)
+	}
+	if c := gen.calls.Load(); c != 0 {
+		t.Errorf("%d lines ran after the restart of a cancelled batch", c)
+	}
+}
+
+// A batch's output and error files count against the tenant's file
+// storage quota: a batch whose answers would pass it stops and fails with
+// file_storage_full, its output holding the whole lines that fit; the
+// tenant's files, listed, stay within the quota, the ledger's sum of them
+// is what is on disk, and no partial file is left.
+func TestBatch_OutputPastFileQuota(t *testing.T) {
+	// an answer's size, on a server without a quota
+	env0 := newBatchEnv(t)
+	f0 := newFixture(t, withBatches(t, env0, nil))
+	url0 := f0.serve(t)
+	in0 := mustUpload(t, url0, f0.keyA, chatLine("line0", "base", "x"))
+	b0 := waitBatch(t, url0, f0.keyA, createBatch(t, url0, f0.keyA, in0.ID, "/v1/chat/completions").ID, final)
+	if b0.OutputFileID == nil {
+		t.Fatalf("batch %+v", b0)
+	}
+	answer := int64(len(fileContent(t, url0, f0.keyA, *b0.OutputFileID)))
+
+	const n = 6
+	var lines []string
+	for i := range n {
+		lines = append(lines, chatLine(fmt.Sprint("line", i), "base", "x"))
+	}
+	input := strings.Join(lines, "\n")
+	quota := int64(len(input)) + 2*answer + answer/2 // two answers fit, not three
+	env := newBatchEnv(t)
+	f := newFixture(t, withBatches(t, env, func(c *gateway.Config) { c.TenantFileBytes, c.BatchConcurrency = quota, 1 }))
+	url := f.serve(t)
+	in := mustUpload(t, url, f.keyA, input)
+	done := waitBatch(t, url, f.keyA, createBatch(t, url, f.keyA, in.ID, "/v1/chat/completions").ID, final)
+	if done.Status != "failed" || done.FailedAt == nil || done.Errors == nil || len(done.Errors.Data) != 1 ||
+		done.Errors.Data[0].Code != "file_storage_full" || !strings.Contains(done.Errors.Data[0].Message, "quota") ||
+		done.OutputFileID == nil || done.RequestCounts.Completed != 2 {
+		t.Fatalf("batch %+v", done)
+	}
+	if got := outIDs(t, fileContent(t, url, f.keyA, *done.OutputFileID)); !slices.Equal(got, []string{"line0", "line1"}) {
+		t.Errorf("output lines %v", got)
+	}
+	var l struct{ Data []fileObj }
+	getJSON(t, url+"/v1/files", f.keyA, &l)
+	var sum int64
+	listed := map[string]bool{}
+	for _, fo := range l.Data {
+		st, err := os.Stat(filepath.Join(env.filesDir, fo.ID))
+		if err != nil || st.Size() != fo.Bytes {
+			t.Errorf("file %+v on disk: %v %v", fo, st, err)
+		}
+		sum += fo.Bytes
+		listed[fo.ID] = true
+	}
+	if len(l.Data) != 2 || sum > quota {
+		t.Errorf("%d files of %d bytes, quota %d", len(l.Data), sum, quota)
+	}
+	ctx := context.Background()
+	if got, err := env.led.FileBytes(ctx, f.tenantA.ID); err != nil || got != sum {
+		t.Errorf("ledger's file bytes %d (%v), listed %d", got, err, sum)
+	}
+	ents, _ := os.ReadDir(env.filesDir)
+	for _, e := range ents {
+		if !listed[e.Name()] {
+			t.Errorf("file %s on disk, not listed", e.Name())
+		}
+	}
+	if res, err := env.led.Check(ctx); err != nil || len(res.Problems) > 0 {
+		t.Errorf("ledger check: %v %v", res, err)
+	}
+	// the quota still holds uploads
+	resp := uploadFile(t, url, f.keyA, "batch", "b.jsonl", bytes.Repeat([]byte("x"), int(quota-sum+1)))
+	if resp.StatusCode != 413 || !strings.Contains(readAll(t, resp), "file_storage_full") {
+		t.Errorf("upload past the quota: %d", resp.StatusCode)
 	}
 }
