@@ -124,3 +124,40 @@ func TestBatchStore_Check(t *testing.T) {
 		t.Errorf("check of a misfiled file: %v", res.Problems)
 	}
 }
+
+// A batch record written before batches had a model and saved progress
+// (format 1, without "model" and "progress") still reads, with neither,
+// and one with them keeps them: the record's format is unchanged.
+func TestBatchRecord_ModelAndProgressCompat(t *testing.T) {
+	l, err := Open(Options{Path: filepath.Join(t.TempDir(), "ledger.db")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	ctx := context.Background()
+	old := []byte("\x01" + `{"id":"batch_old","tenant_id":"ten_a","key_id":"key_1","endpoint":"/v1/chat/completions","input_file_id":"file-0",` +
+		`"completion_window":"24h","status":"in_progress","created":"2026-11-01T10:00:00Z","expires_at":"2026-11-02T10:00:00Z",` +
+		`"in_progress_at":"2026-11-01T10:00:01Z","total":3,"completed":1,"failed":0,"usage":{"input_tokens":4,"cached_tokens":0,"output_tokens":5}}`)
+	if err := l.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bBatches).Put(fileKey("ten_a", "batch_old"), old) }); err != nil {
+		t.Fatal(err)
+	}
+	b, err := l.Batch(ctx, "ten_a", "batch_old")
+	if err != nil || b.Model != "" || b.Progress != nil || b.Status != nozzle.BatchInProgress || b.Total != 3 || b.Completed != 1 || b.Usage.OutputTokens != 5 {
+		t.Fatalf("old batch %+v %v", b, err)
+	}
+	if open, err := l.OpenBatches(ctx); err != nil || len(open) != 1 || open[0].Progress != nil {
+		t.Fatalf("open batches %+v %v", open, err)
+	}
+	b.Model = "base"
+	b.Progress = &nozzle.BatchProgress{Line: 2, Offset: 260, OutBytes: 500, ErrBytes: 120}
+	if err := l.UpdateBatch(ctx, b); err != nil {
+		t.Fatal(err)
+	}
+	got, err := l.Batch(ctx, "ten_a", "batch_old")
+	if err != nil || got.Model != "base" || got.Progress == nil || *got.Progress != *b.Progress {
+		t.Fatalf("batch with progress %+v %v", got, err)
+	}
+	if res, err := l.Check(ctx); err != nil || len(res.Problems) > 0 {
+		t.Errorf("check: %+v %v", res, err)
+	}
+}
