@@ -734,6 +734,9 @@ func (r *batchRunner) runLines(run *batchRun) {
 		if be != nil {
 			return true
 		}
+		if o.isFull() || r.ctx.Err() != nil {
+			return false
+		}
 		select {
 		case o.window <- struct{}{}:
 		case <-r.ctx.Done():
