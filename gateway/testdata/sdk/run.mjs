@@ -585,17 +585,19 @@ await check('batches', async () => {
   assert.equal(batch.status, 'validating');
   assert.equal(batch.expires_at, batch.created_at + 24 * 3600);
   assert.deepEqual(batch.metadata, { job: 'sdk' });
+  assert.equal(batch.model, 'base'); // the model its first line names
   for (let i = 0; i < 200 && !['completed', 'failed', 'expired', 'cancelled'].includes(batch.status); i++) {
     await new Promise((r) => setTimeout(r, 50));
     batch = await store.batches.retrieve(batch.id);
   }
   assert.equal(batch.status, 'completed', JSON.stringify(batch));
   assert.deepEqual(batch.request_counts, { total: 2, completed: 2, failed: 0 });
+  assert.equal(batch.model, 'base');
   assert.ok(batch.in_progress_at && batch.finalizing_at && batch.completed_at);
   assert.equal(batch.usage.total_tokens, batch.usage.input_tokens + batch.usage.output_tokens);
   assert.equal(batch.error_file_id, null);
   const out = (await (await store.files.content(batch.output_file_id)).text()).trim().split('\n').map((l) => JSON.parse(l));
-  assert.deepEqual(out.map((o) => o.custom_id).sort(), ['again', 'greet']);
+  assert.deepEqual(out.map((o) => o.custom_id), ['greet', 'again']); // in input order
   for (const o of out) {
     assert.equal(o.response.status_code, 200);
     assert.equal(o.error, null);
