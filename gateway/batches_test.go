@@ -950,3 +950,62 @@ func TestBatch_OutputPastFileQuota(t *testing.T) {
 		t.Errorf("upload past the quota: %d", resp.StatusCode)
 	}
 }
+
+// A batch resumed after a crash: answers its partial files hold past the
+// saved progress (written after the last save) are cut and written again
+// once; partial files that are gone make it run its lines again from the
+// first, each answered once (those that completed from the ledger).
+func TestBatch_ResumeAfterCrash(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		crash func(t *testing.T, part string)
+	}{
+		{"unsaved answers", func(t *testing.T, part string) {
+			fh, err := os.OpenFile(part, os.O_WRONLY|os.O_APPEND, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer fh.Close()
+			fmt.Fprintf(fh, `{"id":"batch_req_x","custom_id":"line7","response":{"status_code":200,"request_id":"req_x","body":{}},"error":null}`+"\n{\"partial")
+		}},
+		{"files lost", func(t *testing.T, part string) {
+			if err := os.Remove(part); err != nil {
+				t.Fatal(err)
+			}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			const n = 8
+			env, f, _, b := runningBatch(t, n, "line", true, 30*time.Millisecond, 3)
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			if err := f.srv.Shutdown(ctx); err != nil {
+				t.Fatal(err)
+			}
+			ranBefore := f.gen.calls.Load()
+			env.led.Close()
+			tc.crash(t, filepath.Join(env.filesDir, b.ID+".out.part"))
+			url2, gen := restartBatches(t, f, env)
+			done := waitBatch(t, url2, f.keyA, b.ID, final)
+			if done.Status != "completed" || done.RequestCounts.Completed != n || done.RequestCounts.Failed != 0 {
+				t.Fatalf("resumed batch %+v", done)
+			}
+			want := make([]string, n)
+			for i := range want {
+				want[i] = fmt.Sprint("line", i)
+			}
+			if got := outIDs(t, fileContent(t, url2, f.keyA, *done.OutputFileID)); !slices.Equal(got, want) {
+				t.Errorf("output lines %v, want %v", got, want)
+			}
+			if total := ranBefore + gen.calls.Load(); total != n {
+				t.Errorf("%d generations for %d lines", total, n)
+			}
+			if got := usageRequests(t, url2, f.keyA); got != n {
+				t.Errorf("%d requests metered, want %d", got, n)
+			}
+			if ents, _ := os.ReadDir(env.filesDir); len(ents) != 2 { // the input and the output
+				t.Errorf("files left: %v", ents)
+			}
+		})
+	}
+}

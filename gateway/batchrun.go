@@ -567,6 +567,12 @@ func cmpErr(errs ...error) error {
 func (o *batchOutput) close() {
 	o.out.Close()
 	o.errs.Close()
+	o.release()
+}
+
+// release gives back the bytes the partial files counted: they are the
+// batch's output and error files' now, or nobody's.
+func (o *batchOutput) release() {
 	o.mu.Lock()
 	n := o.reserved
 	o.reserved = 0
@@ -833,6 +839,7 @@ func (r *batchRunner) runLines(run *batchRun) {
 		s.log.LogAttrs(r.ctx, slog.LevelError, "store batch output", slog.String("batch_id", b.ID), slog.String("error", err.Error()))
 		return // left open: the next start tries again
 	}
+	o.release() // counted as the files' now (the partial files are links to them)
 	now := s.now()
 	var status string
 	var completed, failed int
