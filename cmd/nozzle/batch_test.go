@@ -103,8 +103,8 @@ func TestServe_BatchResumesAfterRestart(t *testing.T) {
 				RequestID  string `json:"request_id"`
 			}
 		}
-		if err := json.Unmarshal([]byte(l), &o); err != nil || o.Response.StatusCode != 200 || seen[o.CustomID] {
-			t.Fatalf("output line %s", l)
+		if err := json.Unmarshal([]byte(l), &o); err != nil || o.Response.StatusCode != 200 || seen[o.CustomID] || o.CustomID != fmt.Sprint("l", len(seen)) {
+			t.Fatalf("output line %s (lines in input order, each once)", l)
 		}
 		seen[o.CustomID] = true
 		if resp, body := get(t, base+"/v1/usage/requests/"+o.Response.RequestID, key); resp.StatusCode != 200 {
@@ -113,6 +113,9 @@ func TestServe_BatchResumesAfterRestart(t *testing.T) {
 	}
 	if len(seen) != lines {
 		t.Errorf("%d output lines", len(seen))
+	}
+	if parts, _ := filepath.Glob(filepath.Join(data, "files", "*.part")); len(parts) != 0 {
+		t.Errorf("partial files left: %v", parts)
 	}
 	_, body = get(t, base+"/v1/usage", key)
 	var u struct {
