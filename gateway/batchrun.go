@@ -7,6 +7,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -68,7 +69,6 @@ type batchRun struct {
 	b         *nozzle.Batch
 	cancelled chan struct{}
 	once      sync.Once
-	saved     time.Time
 	// live counts the answers written so far, while the lines run; b's
 	// counts are those of b.Progress, what the saved files hold.
 	live *batchCounts
@@ -125,6 +125,11 @@ func (r *batchRunner) current(id string) *nozzle.Batch {
 	}
 	run.mu.Lock()
 	defer run.mu.Unlock()
+	return run.snapshot()
+}
+
+// snapshot is a copy of the run's batch with its live counts (under mu).
+func (run *batchRun) snapshot() *nozzle.Batch {
 	cp := *run.b
 	if l := run.live; l != nil {
 		cp.Completed, cp.Failed, cp.Usage = l.completed, l.failed, l.usage
@@ -224,13 +229,11 @@ func (r *batchRunner) cancel(ctx context.Context, b *nozzle.Batch) (*nozzle.Batc
 		}
 	}
 	run.once.Do(func() { close(run.cancelled) })
-	cp := *run.b
-	return &cp, nil
+	return run.snapshot(), nil
 }
 
 // save writes the run's batch (under run.mu).
 func (r *batchRunner) save(run *batchRun) {
-	run.saved = time.Now()
 	if err := r.s.deps.Batches.UpdateBatch(context.Background(), run.b); err != nil {
 		r.s.log.LogAttrs(context.Background(), slog.LevelError, "save batch", slog.String("batch_id", run.b.ID), slog.String("error", err.Error()))
 	}
@@ -530,7 +533,7 @@ func (r *batchRunner) openOutput(run *batchRun) (*batchOutput, error) {
 		var err1, err2 error
 		o.out, err1 = os.OpenFile(o.outPath, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
 		o.errs, err2 = os.OpenFile(o.errPath, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
-		if err := cmpErr(err1, err2); err != nil {
+		if err := errors.Join(err1, err2); err != nil {
 			if o.out != nil {
 				o.out.Close()
 			}
@@ -552,15 +555,6 @@ func (r *batchRunner) openOutput(run *batchRun) (*batchOutput, error) {
 		run.live = &batchCounts{completed: counts.completed, failed: counts.failed, usage: counts.usage}
 	})
 	return o, nil
-}
-
-func cmpErr(errs ...error) error {
-	for _, err := range errs {
-		if err != nil {
-			return err
-		}
-	}
-	return nil
 }
 
 // close closes the partial files and gives back the bytes they counted.
@@ -835,7 +829,7 @@ func (r *batchRunner) runLines(run *batchRun) {
 	}
 	outID, err1 := r.keepOutput(b, o.outPath, "output")
 	errID, err2 := r.keepOutput(b, o.errPath, "error")
-	if err := cmpErr(err1, err2); err != nil {
+	if err := errors.Join(err1, err2); err != nil {
 		s.log.LogAttrs(r.ctx, slog.LevelError, "store batch output", slog.String("batch_id", b.ID), slog.String("error", err.Error()))
 		return // left open: the next start tries again
 	}
