@@ -954,7 +954,8 @@ func TestBatch_OutputPastFileQuota(t *testing.T) {
 // A batch resumed after a crash: answers its partial files hold past the
 // saved progress (written after the last save) are cut and written again
 // once; partial files that are gone make it run its lines again from the
-// first, each answered once (those that completed from the ledger).
+// first, each answered once (those that completed from the ledger); a
+// partial file of a batch not open is removed.
 func TestBatch_ResumeAfterCrash(t *testing.T) {
 	for _, tc := range []struct {
 		name  string
@@ -985,6 +986,10 @@ func TestBatch_ResumeAfterCrash(t *testing.T) {
 			ranBefore := f.gen.calls.Load()
 			env.led.Close()
 			tc.crash(t, filepath.Join(env.filesDir, b.ID+".out.part"))
+			// a done batch's partial file a crash left: removed on start
+			if err := os.WriteFile(filepath.Join(env.filesDir, "batch_"+strings.Repeat("0", 28)+".err.part"), []byte("x\n"), 0o600); err != nil {
+				t.Fatal(err)
+			}
 			url2, gen := restartBatches(t, f, env)
 			done := waitBatch(t, url2, f.keyA, b.ID, final)
 			if done.Status != "completed" || done.RequestCounts.Completed != n || done.RequestCounts.Failed != 0 {

@@ -94,6 +94,21 @@ func (r *batchRunner) resume(ctx context.Context) {
 		r.s.log.LogAttrs(ctx, slog.LevelError, "list open batches", slog.String("error", err.Error()))
 		return
 	}
+	resumed := map[string]bool{}
+	for _, b := range open {
+		resumed[b.ID] = true
+	}
+	// partial files of batches done (a crash between a batch's last save
+	// and their removal)
+	parts, _ := filepath.Glob(filepath.Join(r.s.cfg.FilesDir, batchPrefix+"*.part"))
+	for _, p := range parts {
+		id, _, _ := strings.Cut(filepath.Base(p), ".")
+		if !resumed[id] {
+			if err := os.Remove(p); err != nil {
+				r.s.log.LogAttrs(ctx, slog.LevelWarn, "remove batch partial file", slog.String("path", p), slog.String("error", err.Error()))
+			}
+		}
+	}
 	for _, b := range open {
 		r.s.log.LogAttrs(ctx, slog.LevelInfo, "resuming batch", slog.String("batch_id", b.ID), slog.String("status", b.Status))
 		r.start(b)
