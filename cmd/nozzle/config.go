@@ -64,7 +64,7 @@ type Config struct {
 	RequestTimeout time.Duration `key:"request_timeout" help:"longest a completion may run"`
 	TenantSeqs     int           `key:"tenant_sequences" help:"gateway: most sequences (prompts × n of each request) one tenant may have running or queued at once; beyond, 429 (a request of more choices than that alone: 400) (0: no cap)"`
 	FileLimitMB    int           `key:"file_upload_limit_mb" help:"gateway: largest file uploaded to the Files API (a batch's input) in MiB"`
-	TenantFilesMB  int           `key:"tenant_file_storage_mb" help:"gateway: most MiB of files (batch inputs and outputs) one tenant may keep; an upload past it is refused (0: no cap)"`
+	TenantFilesMB  int           `key:"tenant_file_storage_mb" help:"gateway: most MiB of files (batch inputs and outputs) one tenant may keep; an upload past it is refused, a batch whose output would pass it fails (0: no cap)"`
 	BatchLines     int           `key:"batch_concurrency" help:"gateway: how many lines of batches (the Batch API) run at once, all batches together; they run behind interactive requests"`
 	StreamCkpt     time.Duration `key:"stream_checkpoint" help:"gateway: how often a running stream's usage so far is written to the ledger, so that a crash of the gateway leaves at most that long of a stream's tokens uncharged (0: never; the whole stream is then uncharged)"`
 
