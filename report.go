@@ -73,6 +73,15 @@ type ReportRow struct {
 	// charged from their last checkpoint. Both are counted in Requests.
 	CanceledRequests    int64 `json:"canceled_requests"`
 	InterruptedRequests int64 `json:"interrupted_requests"`
+	// BatchRequests are those the Batch API ran (UsageEvent.Batch), and
+	// BatchPromptTokens, BatchCompletionTokens and BatchChargeUSD their
+	// part of the tokens and of ChargedUSD (priced at the batch
+	// discount). Requests, the tokens and ChargedUSD stay the totals of
+	// every request.
+	BatchRequests         int64   `json:"batch_requests"`
+	BatchPromptTokens     int64   `json:"batch_prompt_tokens"`
+	BatchCompletionTokens int64   `json:"batch_completion_tokens"`
+	BatchChargeUSD        float64 `json:"batch_charge_usd"`
 	// DeviceSeconds is active device time; IdleSeconds the share of idle
 	// time allocated to the group.
 	DeviceSeconds float64 `json:"device_seconds"`

@@ -60,7 +60,7 @@ func (r *Report) writeCSV(w io.Writer, margin bool) error {
 		header = append(header, "margin_usd")
 	}
 	header = append(header, "dedicated_usd", "saving_percent", "failed_requests", "failed_prompt_tokens", "failed_completion_tokens",
-		"canceled_requests", "interrupted_requests")
+		"canceled_requests", "interrupted_requests", "batch_requests", "batch_prompt_tokens", "batch_completion_tokens", "batch_charge_usd")
 	if err := cw.Write(header); err != nil {
 		return err
 	}
@@ -99,7 +99,8 @@ func (r *Report) writeCSV(w io.Writer, margin bool) error {
 			rec = append(rec, f(row.MarginUSD))
 		}
 		return append(rec, f(row.DedicatedUSD), f(row.SavingPercent), i(row.FailedRequests), i(row.FailedPromptTokens),
-			i(row.FailedCompletionTokens), i(row.CanceledRequests), i(row.InterruptedRequests))
+			i(row.FailedCompletionTokens), i(row.CanceledRequests), i(row.InterruptedRequests), i(row.BatchRequests), i(row.BatchPromptTokens),
+			i(row.BatchCompletionTokens), f(row.BatchChargeUSD))
 	}
 	for i := range r.Rows {
 		if err := cw.Write(line(&r.Rows[i], false)); err != nil {

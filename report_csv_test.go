@@ -81,8 +81,9 @@ func TestReport_WriteCSV(t *testing.T) {
 	})
 }
 
-// The requests that failed, were canceled or were interrupted come last,
-// in that order, in the operator's CSV and the tenant's alike.
+// The requests that failed, were canceled or were interrupted come last
+// but the batch columns, in that order, in the operator's CSV and the
+// tenant's alike.
 func TestWriteCSV_RequestOutcomes(t *testing.T) {
 	rep := &nozzle.Report{
 		GroupBy: []string{nozzle.GroupAdapter},
@@ -98,12 +99,43 @@ func TestWriteCSV_RequestOutcomes(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		tail := func(r []string) []string { return r[len(r)-5:] }
+		tail := func(r []string) []string { return r[len(r)-9 : len(r)-4] }
 		if got, want := tail(recs[0]), []string{"failed_requests", "failed_prompt_tokens", "failed_completion_tokens", "canceled_requests", "interrupted_requests"}; !slices.Equal(got, want) {
 			t.Fatalf("header ends %v, want %v", got, want)
 		}
 		for _, r := range recs[1:] {
 			if got, want := tail(r), []string{"1", "0", "0", "3", "2"}; !slices.Equal(got, want) {
+				t.Errorf("record %v ends %v, want %v", r, got, want)
+			}
+		}
+	}
+}
+
+// The batch requests' part of a row comes last, in the operator's CSV
+// and the tenant's alike: requests, prompt and completion tokens, charge.
+func TestWriteCSV_Batch(t *testing.T) {
+	rep := &nozzle.Report{
+		GroupBy: []string{nozzle.GroupAdapter},
+		Rows: []nozzle.ReportRow{{AdapterID: "ad_1", AdapterName: "sql", Requests: 9, PromptTokens: 100, CompletionTokens: 20, ChargedUSD: 0.5,
+			BatchRequests: 4, BatchPromptTokens: 40, BatchCompletionTokens: 8, BatchChargeUSD: 0.125}},
+		Total: nozzle.ReportRow{Requests: 9, PromptTokens: 100, CompletionTokens: 20, ChargedUSD: 0.5,
+			BatchRequests: 4, BatchPromptTokens: 40, BatchCompletionTokens: 8, BatchChargeUSD: 0.125},
+	}
+	for _, write := range []func(io.Writer) error{rep.WriteCSV, rep.WriteTenantCSV} {
+		var buf bytes.Buffer
+		if err := write(&buf); err != nil {
+			t.Fatal(err)
+		}
+		recs, err := csv.NewReader(&buf).ReadAll()
+		if err != nil {
+			t.Fatal(err)
+		}
+		tail := func(r []string) []string { return r[len(r)-4:] }
+		if got, want := tail(recs[0]), []string{"batch_requests", "batch_prompt_tokens", "batch_completion_tokens", "batch_charge_usd"}; !slices.Equal(got, want) {
+			t.Fatalf("header ends %v, want %v", got, want)
+		}
+		for _, r := range recs[1:] {
+			if got, want := tail(r), []string{"4", "40", "8", "0.125"}; !slices.Equal(got, want) {
 				t.Errorf("record %v ends %v, want %v", r, got, want)
 			}
 		}

@@ -82,6 +82,10 @@ func (l Limits) Validate() error {
 type Price struct {
 	PromptPerMillionUSD     float64 `json:"prompt_per_million_usd"`
 	CompletionPerMillionUSD float64 `json:"completion_per_million_usd"`
+	// BatchDiscountPercent is the share, 0 to 100, taken off the charge
+	// of a request the Batch API ran (UsageEvent.Batch). Prices stored
+	// before it existed have none.
+	BatchDiscountPercent float64 `json:"batch_discount_percent"`
 }
 
 // MaxPricePerMillionUSD is the highest price a price list takes, per
@@ -90,9 +94,22 @@ type Price struct {
 // overflow to infinity, which the ledger could not store.
 const MaxPricePerMillionUSD = 1e6
 
-// Charge returns the price of the given token counts.
+// Charge returns the price of the given token counts (undiscounted: an
+// upper bound of any request's charge for them).
 func (p Price) Charge(promptTokens, completionTokens int64) float64 {
 	return (float64(promptTokens)*p.PromptPerMillionUSD + float64(completionTokens)*p.CompletionPerMillionUSD) / 1e6
+}
+
+// ChargeEvent returns what a usage event is charged at this price: its
+// tokens' Charge, less BatchDiscountPercent of it for a request the Batch
+// API ran. It ignores the event's status (a failed request is charged
+// nothing, which is the ledger's to decide).
+func (p Price) ChargeEvent(ev *UsageEvent) float64 {
+	c := p.Charge(ev.PromptTokens, ev.CompletionTokens)
+	if ev.Batch && p.BatchDiscountPercent > 0 {
+		c *= 1 - p.BatchDiscountPercent/100
+	}
+	return c
 }
 
 // PriceVersion is a price in force from a point in time. TenantID is empty

@@ -21,6 +21,28 @@ func TestValidateTenantName(t *testing.T) {
 	}
 }
 
+// A price charges a batch request its discount off, an interactive one
+// in full; no discount charges both alike.
+func TestPrice_ChargeEvent(t *testing.T) {
+	p := nozzle.Price{PromptPerMillionUSD: 1, CompletionPerMillionUSD: 3, BatchDiscountPercent: 50}
+	ev := &nozzle.UsageEvent{PromptTokens: 1_000_000, CompletionTokens: 1_000_000}
+	if got := p.ChargeEvent(ev); got != 4 {
+		t.Errorf("interactive: %v, want 4", got)
+	}
+	ev.Batch = true
+	if got := p.ChargeEvent(ev); got != 2 {
+		t.Errorf("batch at 50%%: %v, want 2", got)
+	}
+	p.BatchDiscountPercent = 100
+	if got := p.ChargeEvent(ev); got != 0 {
+		t.Errorf("batch at 100%%: %v, want 0", got)
+	}
+	p.BatchDiscountPercent = 0
+	if got := p.ChargeEvent(ev); got != 4 {
+		t.Errorf("batch without a discount: %v, want 4", got)
+	}
+}
+
 // A return to the standard prices has no price of its own: null, not a
 // price of zero that reads as free.
 func TestPriceVersion_JSON(t *testing.T) {
@@ -29,7 +51,7 @@ func TestPriceVersion_JSON(t *testing.T) {
 		{TenantID: "ten_1", Price: nozzle.Price{PromptPerMillionUSD: 0.1, CompletionPerMillionUSD: 0.3}, EffectiveFrom: at},
 		{TenantID: "ten_1", EffectiveFrom: at.Add(time.Hour), Standard: true},
 	})
-	want := `[{"tenant_id":"ten_1","price":{"prompt_per_million_usd":0.1,"completion_per_million_usd":0.3},"effective_from":"2026-03-01T00:00:00Z"},` +
+	want := `[{"tenant_id":"ten_1","price":{"prompt_per_million_usd":0.1,"completion_per_million_usd":0.3,"batch_discount_percent":0},"effective_from":"2026-03-01T00:00:00Z"},` +
 		`{"tenant_id":"ten_1","effective_from":"2026-03-01T01:00:00Z","standard":true,"price":null}]`
 	if err != nil || string(b) != want {
 		t.Fatalf("got %s, %v\nwant %s", b, err, want)

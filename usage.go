@@ -50,8 +50,13 @@ type UsageEvent struct {
 	RatePerHour float64 `json:"rate_per_hour"`
 
 	// ChargeUSD is what the tenant is charged, set by the ledger from the
-	// price in force at Time (zero for failed requests).
+	// price in force at Time (zero for failed requests; Price.ChargeEvent).
 	ChargeUSD float64 `json:"charge_usd"`
+
+	// Batch marks a request the Batch API ran (a line of a batch's input
+	// file): charged at the price's batch discount, and counted apart in
+	// reports and Stripe's meters.
+	Batch bool `json:"batch,omitempty"`
 
 	// Response, when set, is stored with the event so that a retried
 	// request with the same idempotency key is answered from the ledger.

@@ -32,7 +32,7 @@ func (r *CheckResult) problem(format string, args ...any) {
 // if it has one, attempt_ids holding no other); the hourly rollups, the
 // all-tenant hourly totals and the monthly totals equal the sums of the
 // events (requests, prompt, cached prompt and completion tokens, device
-// time, cost and charges); the hourly capacity equals the sum of the
+// time, cost and charges, and the batch requests' part of them); the hourly capacity equals the sum of the
 // capacity intervals; the outbox never took more of an hour than it
 // holds; the indexes the tenants', keys' and adapters' lists are read
 // from, and the index of each tenant's users, hold exactly their records; and each tenant's adapter storage
@@ -219,8 +219,13 @@ func (l *Ledger) Check(ctx context.Context) (*CheckResult, error) {
 					sum.add(&r)
 				}
 			}
-			if b.PromptTokens > sum.PromptTokens || b.CompletionTokens > sum.CompletionTokens {
-				res.problem("outbox took %d/%d tokens of hour %x holding %d/%d", b.PromptTokens, b.CompletionTokens, k, sum.PromptTokens, sum.CompletionTokens)
+			if b.PromptTokens+b.BatchPromptTokens > sum.PromptTokens || b.CompletionTokens+b.BatchCompletionTokens > sum.CompletionTokens {
+				res.problem("outbox took %d/%d tokens of hour %x holding %d/%d", b.PromptTokens+b.BatchPromptTokens,
+					b.CompletionTokens+b.BatchCompletionTokens, k, sum.PromptTokens, sum.CompletionTokens)
+			}
+			if b.BatchPromptTokens > sum.Batch.PromptTokens || b.BatchCompletionTokens > sum.Batch.CompletionTokens {
+				res.problem("outbox took %d/%d batch tokens of hour %x holding %d/%d", b.BatchPromptTokens, b.BatchCompletionTokens, k,
+					sum.Batch.PromptTokens, sum.Batch.CompletionTokens)
 			}
 			return nil
 		})
@@ -400,7 +405,10 @@ func compareRollups(res *CheckResult, what string, b *bolt.Bucket, want map[stri
 			got.CachedPromptTokens != w.CachedPromptTokens ||
 			got.FailedPromptTokens != w.FailedPromptTokens || got.FailedCompletionTokens != w.FailedCompletionTokens ||
 			got.CompletionTokens != w.CompletionTokens || !near(got.DeviceSeconds, w.DeviceSeconds) ||
-			!near(got.ActiveCostUSD, w.ActiveCostUSD) || !near(got.ChargedUSD, w.ChargedUSD) {
+			!near(got.ActiveCostUSD, w.ActiveCostUSD) || !near(got.ChargedUSD, w.ChargedUSD) ||
+			got.Batch.Requests != w.Batch.Requests || got.Batch.PromptTokens != w.Batch.PromptTokens ||
+			got.Batch.CompletionTokens != w.Batch.CompletionTokens || got.Batch.FailedPromptTokens != w.Batch.FailedPromptTokens ||
+			got.Batch.FailedCompletionTokens != w.Batch.FailedCompletionTokens || !near(got.Batch.ChargedUSD, w.Batch.ChargedUSD) {
 			res.problem("%s %x is %+v, its events sum to %+v", what, k, got, *w)
 		}
 		return nil

@@ -74,7 +74,7 @@ func TestFormat1Values(t *testing.T) {
 	if err != nil || r != v1Rollup {
 		t.Fatalf("format 1 rollup decodes to %+v, %v", r, err)
 	}
-	if again := encodeRollup(&r); again[0] != valueV4 {
+	if again := encodeRollup(&r); again[0] != rollupV5 {
 		t.Fatalf("rollups are written in format %d", again[0])
 	} else if r2, err := decodeRollup(again); err != nil || r2 != r {
 		t.Fatalf("re-encoded rollup decodes to %+v, %v", r2, err)
@@ -96,7 +96,7 @@ const (
 // TestFormat4Rollup pins the bytes of formats 3 and 4; a format 3 rollup
 // decodes with no canceled or interrupted requests and the rest as stored.
 func TestFormat4Rollup(t *testing.T) {
-	if got := hex.EncodeToString(encodeRollup(&v4Rollup)); got != v4RollupHex {
+	if got := hex.EncodeToString(encodeRollupAs(&v4Rollup, valueV4)); got != v4RollupHex {
 		t.Fatalf("format 4 rollup encodes to %s, want %s", got, v4RollupHex)
 	}
 	if got := hex.EncodeToString(encodeRollupAs(&v4Rollup, valueV3)); got != v3RollupHex {
@@ -294,7 +294,7 @@ func TestLedger_Format1File(t *testing.T) {
 			t.Errorf("event formats %v", got)
 		}
 		for _, name := range []string{"rollups", "hours", "months"} {
-			if got := formats[name]; !bytes.Equal(got, []byte{valueV4}) {
+			if got := formats[name]; !bytes.Equal(got, []byte{rollupV5}) {
 				t.Errorf("%s formats %v", name, got)
 			}
 		}

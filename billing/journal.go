@@ -327,7 +327,11 @@ func appendJournalRecord(b, scratch []byte, gen uint32, r jrec) ([]byte, []byte)
 	}
 	switch {
 	case r.ckpt:
-		scratch = appendEventAs(append(scratch[:0], recCheckpoint), r.ev, valueV2)
+		f := byte(valueV2) // a checkpoint has no attempt id
+		if r.ev.Batch {
+			f = valueV6
+		}
+		scratch = appendEventAs(append(scratch[:0], recCheckpoint), r.ev, f)
 	case r.ends != "":
 		e := enc{b: append(scratch, recEnd)}
 		e.str(r.ends)
@@ -560,7 +564,7 @@ func (l *Ledger) appendUsage(batch []*jop) {
 					}
 					l.auth.putPrices(gen, ev.TenantID, hist)
 				}
-				ev.ChargeUSD = priceAt(hist, l.defPrice, ev.Time).Charge(ev.PromptTokens, ev.CompletionTokens)
+				ev.ChargeUSD = priceAt(hist, l.defPrice, ev.Time).ChargeEvent(ev)
 			}
 		}
 		for _, o := range ckpts {

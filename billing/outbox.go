@@ -52,11 +52,18 @@ var (
 	ErrDuplicate = errors.New("already recorded by the billing provider")
 )
 
-// Meters.
+// Meters. The prompt and completion meters count the tokens of
+// interactive requests; the batch ones those of requests the Batch API
+// ran (nozzle.UsageEvent.Batch), which a batch discount prices apart.
 const (
-	MeterPrompt     = "prompt"
-	MeterCompletion = "completion"
+	MeterPrompt          = "prompt"
+	MeterCompletion      = "completion"
+	MeterBatchPrompt     = "batch_prompt"
+	MeterBatchCompletion = "batch_completion"
 )
+
+// meterBytes are the meters' bytes in outbox keys.
+var meterBytes = map[string]byte{MeterPrompt: 1, MeterCompletion: 2, MeterBatchPrompt: 3, MeterBatchCompletion: 4}
 
 // OutboxOptions configure the outbox worker.
 type OutboxOptions struct {
@@ -64,6 +71,11 @@ type OutboxOptions struct {
 	// names. Default nozzle_prompt_tokens and nozzle_completion_tokens.
 	PromptEventName     string
 	CompletionEventName string
+	// BatchPromptEventName and BatchCompletionEventName are the batch
+	// meters' event names. Default nozzle_batch_prompt_tokens and
+	// nozzle_batch_completion_tokens.
+	BatchPromptEventName     string
+	BatchCompletionEventName string
 	// CloseDelay is how long after its end an hour is closed and its usage
 	// enters the outbox. Default 5 minutes. Events recorded for an hour
 	// after it closed go out as a further part of that hour.
@@ -89,6 +101,12 @@ func (o *OutboxOptions) defaults() {
 	}
 	if o.CompletionEventName == "" {
 		o.CompletionEventName = "nozzle_completion_tokens"
+	}
+	if o.BatchPromptEventName == "" {
+		o.BatchPromptEventName = "nozzle_batch_prompt_tokens"
+	}
+	if o.BatchCompletionEventName == "" {
+		o.BatchCompletionEventName = "nozzle_batch_completion_tokens"
 	}
 	if o.CloseDelay <= 0 {
 		o.CloseDelay = 5 * time.Minute
@@ -116,10 +134,7 @@ type outboxStatus struct {
 }
 
 func outboxKey(hour int64, tenantID, meter string, part uint32) []byte {
-	m := byte(1)
-	if meter == MeterCompletion {
-		m = 2
-	}
+	m := meterBytes[meter]
 	var p [4]byte
 	p[0], p[1], p[2], p[3] = byte(part>>24), byte(part>>16), byte(part>>8), byte(part)
 	return join(hourKey(hour), lp(tenantID), []byte{m}, p[:])
@@ -189,10 +204,16 @@ func (w *wtx) enqueueHour(hour int64, tenantID string, now time.Time, opts *Outb
 	}
 	// Failed requests are not billed. A file from before schema version 5
 	// billed their tokens too, so what was taken may exceed what is
-	// billable: the excess is taken off the hour's later tokens.
+	// billable: the excess is taken off the hour's later tokens. The
+	// interactive meters take the tokens of requests the Batch API did
+	// not run, the batch meters the others (an hour billed before schema
+	// version 16 had none marked batch, and took none).
 	bp, bc := sum.billable()
+	xp, xc := sum.batchBillable()
+	bp, bc = bp-xp, bc-xc
 	dp, dc := bp-b.PromptTokens, bc-b.CompletionTokens
-	if dp <= 0 && dc <= 0 {
+	dxp, dxc := xp-b.BatchPromptTokens, xc-b.BatchCompletionTokens
+	if dp <= 0 && dc <= 0 && dxp <= 0 && dxc <= 0 {
 		return 0, nil
 	}
 	part := b.Parts
@@ -200,7 +221,10 @@ func (w *wtx) enqueueHour(hour int64, tenantID string, now time.Time, opts *Outb
 	for _, m := range []struct {
 		meter, event string
 		value        int64
-	}{{MeterPrompt, opts.PromptEventName, dp}, {MeterCompletion, opts.CompletionEventName, dc}} {
+	}{
+		{MeterPrompt, opts.PromptEventName, dp}, {MeterCompletion, opts.CompletionEventName, dc},
+		{MeterBatchPrompt, opts.BatchPromptEventName, dxp}, {MeterBatchCompletion, opts.BatchCompletionEventName, dxc},
+	} {
 		if m.value <= 0 {
 			continue
 		}
@@ -225,6 +249,7 @@ func (w *wtx) enqueueHour(hour int64, tenantID string, now time.Time, opts *Outb
 		n++
 	}
 	b.PromptTokens, b.CompletionTokens, b.Parts = max(b.PromptTokens, bp), max(b.CompletionTokens, bc), part+1
+	b.BatchPromptTokens, b.BatchCompletionTokens = max(b.BatchPromptTokens, xp), max(b.BatchCompletionTokens, xc)
 	return n, bb.Put(prefix, encodeBilled(&b))
 }
 

@@ -34,6 +34,23 @@ const valueV4 = 4
 // written in format 2.
 const valueV5 = 5
 
+// valueV6 is the format of a usage event the Batch API ran
+// (nozzle.UsageEvent.Batch) since schema version 16: format 5 with its
+// attempt id possibly empty, then a flags uvarint (1: batch; a decoder
+// refuses others and none, so only batch events are written in it).
+// Older events decode as not batch, which they were not marked as.
+const valueV6 = 6
+
+// rollupV5 is the format of rollups since schema version 16: format 4
+// with the batch requests, their prompt and completion tokens, the tokens
+// of the failed ones among them, and their charge, after the charge.
+// Older rollups decode with no batch usage, which their events had none
+// of.
+const rollupV5 = 5
+
+// eventFlagBatch is the flag of a format 6 event run by the Batch API.
+const eventFlagBatch = 1
+
 // Status codes of stored usage events. Interrupted (4) is new in schema
 // version 6.
 var statusCodes = map[string]byte{nozzle.UsageOK: 1, nozzle.UsageCanceled: 2, nozzle.UsageFailed: 3, nozzle.UsageInterrupted: 4}
@@ -43,9 +60,12 @@ func encodeEvent(buf []byte, ev *nozzle.UsageEvent) []byte {
 	return encodeEventAs(buf, ev, eventFormat(ev))
 }
 
-// eventFormat is the value format ev is written in: 5 with an attempt id,
-// else 2.
+// eventFormat is the value format ev is written in: 6 for a batch
+// request, else 5 with an attempt id, else 2.
 func eventFormat(ev *nozzle.UsageEvent) byte {
+	if ev.Batch {
+		return valueV6
+	}
 	if ev.AttemptID != "" {
 		return valueV5
 	}
@@ -53,12 +73,13 @@ func eventFormat(ev *nozzle.UsageEvent) byte {
 }
 
 // encodeEventAs writes ev in value format 1 (no cached prompt tokens: what
-// builds before schema version 3 wrote), 2 or 5 (with its attempt id).
+// builds before schema version 3 wrote), 2, 5 (with its attempt id) or 6
+// (with its attempt id and flags).
 func encodeEventAs(buf []byte, ev *nozzle.UsageEvent, format byte) []byte {
 	return appendEventAs(buf[:0], ev, format)
 }
 
-// appendEventAs appends ev's encoding in value format 1, 2 or 5 to b.
+// appendEventAs appends ev's encoding in value format 1, 2, 5 or 6 to b.
 func appendEventAs(b []byte, ev *nozzle.UsageEvent, format byte) []byte {
 	e := enc{b: b}
 	e.u8(format)
@@ -86,13 +107,20 @@ func appendEventAs(b []byte, ev *nozzle.UsageEvent, format byte) []byte {
 	if format >= valueV5 {
 		e.str(ev.AttemptID)
 	}
+	if format >= valueV6 {
+		var flags uint64
+		if ev.Batch {
+			flags |= eventFlagBatch
+		}
+		e.uvarint(flags)
+	}
 	return e.b
 }
 
 func decodeEvent(b []byte) (*nozzle.UsageEvent, error) {
 	d := dec{b: b}
 	format := d.u8()
-	if format != valueV1 && format != valueV2 && format != valueV5 {
+	if format != valueV1 && format != valueV2 && format != valueV5 && format != valueV6 {
 		d.fail()
 	}
 	ev := &nozzle.UsageEvent{
@@ -120,10 +148,17 @@ func decodeEvent(b []byte) (*nozzle.UsageEvent, error) {
 	ev.RatePerHour = d.f64()
 	ev.ChargeUSD = d.f64()
 	ev.Response = d.bytesCopy()
-	if format >= valueV5 {
+	switch format {
+	case valueV5:
 		if ev.AttemptID = d.str(); ev.AttemptID == "" {
 			d.fail() // format 5 is written for an attempt id only
 		}
+	case valueV6:
+		ev.AttemptID = d.str()
+		if d.uvarint() != eventFlagBatch {
+			d.fail() // format 6 is written for a batch event only
+		}
+		ev.Batch = true
 	}
 	if err := d.done("usage event"); err != nil {
 		return nil, err
@@ -149,7 +184,30 @@ type rollup struct {
 	DeviceSeconds          float64
 	ActiveCostUSD          float64
 	ChargedUSD             float64
-	AdapterName            string
+	// Of the above, those of requests the Batch API ran (since format 6):
+	// their count, tokens, the tokens of the failed ones among them, and
+	// their charge.
+	Batch       batchSums
+	AdapterName string
+}
+
+// batchSums are the batch requests' part of a rollup.
+type batchSums struct {
+	Requests               int64
+	PromptTokens           int64
+	CompletionTokens       int64
+	FailedPromptTokens     int64
+	FailedCompletionTokens int64
+	ChargedUSD             float64
+}
+
+func (b *batchSums) add(o *batchSums) {
+	b.Requests += o.Requests
+	b.PromptTokens += o.PromptTokens
+	b.CompletionTokens += o.CompletionTokens
+	b.FailedPromptTokens += o.FailedPromptTokens
+	b.FailedCompletionTokens += o.FailedCompletionTokens
+	b.ChargedUSD += o.ChargedUSD
 }
 
 // partOf reports whether a count can be part of a whole (cached prompt
@@ -163,6 +221,12 @@ func partOf(part, whole int64) bool { return part == 0 || (part > 0 && part <= w
 // did not fail.
 func (r *rollup) billable() (prompt, completion int64) {
 	return r.PromptTokens - r.FailedPromptTokens, r.CompletionTokens - r.FailedCompletionTokens
+}
+
+// batchBillable returns the prompt and completion tokens of the batch
+// requests that did not fail: part of billable's.
+func (r *rollup) batchBillable() (prompt, completion int64) {
+	return r.Batch.PromptTokens - r.Batch.FailedPromptTokens, r.Batch.CompletionTokens - r.Batch.FailedCompletionTokens
 }
 
 // cached reads the cached prompt tokens of a format 2 value (format 1 has
@@ -191,6 +255,7 @@ func (r *rollup) add(o *rollup) {
 	r.DeviceSeconds += o.DeviceSeconds
 	r.ActiveCostUSD += o.ActiveCostUSD
 	r.ChargedUSD += o.ChargedUSD
+	r.Batch.add(&o.Batch)
 	if o.AdapterName != "" {
 		r.AdapterName = o.AdapterName
 	}
@@ -215,6 +280,17 @@ func (r *rollup) addEvent(ev *nozzle.UsageEvent) {
 	r.DeviceSeconds += ev.DeviceSeconds
 	r.ActiveCostUSD += activeCost(ev)
 	r.ChargedUSD += ev.ChargeUSD
+	if ev.Batch {
+		b := &r.Batch
+		b.Requests++
+		b.PromptTokens += ev.PromptTokens
+		b.CompletionTokens += ev.CompletionTokens
+		if ev.Status == nozzle.UsageFailed {
+			b.FailedPromptTokens += ev.PromptTokens
+			b.FailedCompletionTokens += ev.CompletionTokens
+		}
+		b.ChargedUSD += ev.ChargeUSD
+	}
 	if ev.AdapterName != "" {
 		r.AdapterName = ev.AdapterName
 	}
@@ -223,13 +299,13 @@ func (r *rollup) addEvent(ev *nozzle.UsageEvent) {
 // activeCost is the GPU cost of a request's device time.
 func activeCost(ev *nozzle.UsageEvent) float64 { return ev.DeviceSeconds * ev.RatePerHour / 3600 }
 
-func encodeRollup(r *rollup) []byte { return encodeRollupAs(r, valueV4) }
+func encodeRollup(r *rollup) []byte { return encodeRollupAs(r, rollupV5) }
 
 // encodeRollupAs writes r in value format 1, 2 (as encodeEventAs; neither
 // has the failed requests' tokens), 3 (no canceled and interrupted
-// requests) or 4.
+// requests), 4 (no batch usage) or 5.
 func encodeRollupAs(r *rollup, format byte) []byte {
-	e := enc{b: make([]byte, 0, 64+len(r.AdapterName))}
+	e := enc{b: make([]byte, 0, 96+len(r.AdapterName))}
 	e.u8(format)
 	e.varint(r.Requests)
 	e.varint(r.Failed)
@@ -249,6 +325,15 @@ func encodeRollupAs(r *rollup, format byte) []byte {
 	e.f64(r.DeviceSeconds)
 	e.f64(r.ActiveCostUSD)
 	e.f64(r.ChargedUSD)
+	if format >= rollupV5 {
+		b := &r.Batch
+		e.varint(b.Requests)
+		e.varint(b.PromptTokens)
+		e.varint(b.CompletionTokens)
+		e.varint(b.FailedPromptTokens)
+		e.varint(b.FailedCompletionTokens)
+		e.f64(b.ChargedUSD)
+	}
 	e.str(r.AdapterName)
 	return e.b
 }
@@ -256,7 +341,7 @@ func encodeRollupAs(r *rollup, format byte) []byte {
 func decodeRollup(b []byte) (rollup, error) {
 	d := dec{b: b}
 	format := d.u8()
-	if format < valueV1 || format > valueV4 {
+	if format < valueV1 || format > rollupV5 {
 		d.fail()
 	}
 	var r rollup
@@ -282,6 +367,20 @@ func decodeRollup(b []byte) (rollup, error) {
 	r.DeviceSeconds = d.f64()
 	r.ActiveCostUSD = d.f64()
 	r.ChargedUSD = d.f64()
+	if format >= rollupV5 {
+		b := &r.Batch
+		b.Requests = d.varint()
+		b.PromptTokens = d.varint()
+		b.CompletionTokens = d.varint()
+		b.FailedPromptTokens = d.varint()
+		b.FailedCompletionTokens = d.varint()
+		b.ChargedUSD = d.f64()
+		if !partOf(b.Requests, r.Requests) || !partOf(b.PromptTokens, r.PromptTokens) || !partOf(b.CompletionTokens, r.CompletionTokens) ||
+			!partOf(b.FailedPromptTokens, b.PromptTokens) || !partOf(b.FailedCompletionTokens, b.CompletionTokens) ||
+			!partOf(b.FailedPromptTokens, r.FailedPromptTokens) || !partOf(b.FailedCompletionTokens, r.FailedCompletionTokens) {
+			d.fail()
+		}
+	}
 	r.AdapterName = d.str()
 	return r, d.done("rollup")
 }
@@ -353,17 +452,32 @@ func decodeCapHour(b []byte) (capHour, error) {
 	return c, d.done("capacity hour")
 }
 
+// encodePrice writes a price: format 1 (prompt and completion per
+// million) without a batch discount, format 3 (the same, then the batch
+// discount percent; since schema version 16) with one. Prices stored
+// before version 16 are all format 1: no discount.
 func encodePrice(p nozzle.Price) []byte {
-	e := enc{b: make([]byte, 0, 17)}
-	e.u8(valueV1)
+	format := byte(valueV1)
+	if p.BatchDiscountPercent != 0 {
+		format = priceV3
+	}
+	e := enc{b: make([]byte, 0, 25)}
+	e.u8(format)
 	e.f64(p.PromptPerMillionUSD)
 	e.f64(p.CompletionPerMillionUSD)
+	if format == priceV3 {
+		e.f64(p.BatchDiscountPercent)
+	}
 	return e.b
 }
 
 // priceStandard is the value of a tenant's price version that ends its
 // override: the standard prices apply from its time (schema version 4).
 const priceStandard = 2
+
+// priceV3 is the format of a price with a batch discount (schema version
+// 16): format 1, then the discount in percent, above 0 and at most 100.
+const priceV3 = 3
 
 func encodeStandardPrice() []byte { return []byte{priceStandard} }
 
@@ -374,32 +488,57 @@ func decodePrice(b []byte) (p nozzle.Price, standard bool, err error) {
 		return nozzle.Price{}, true, nil
 	}
 	d := dec{b: b}
-	if d.u8() != valueV1 {
+	format := d.u8()
+	if format != valueV1 && format != priceV3 {
 		d.fail()
 	}
 	p = nozzle.Price{PromptPerMillionUSD: d.f64(), CompletionPerMillionUSD: d.f64()}
+	if format == priceV3 {
+		// written for a discount only, so that a price has one encoding
+		if p.BatchDiscountPercent = d.f64(); !(p.BatchDiscountPercent > 0 && p.BatchDiscountPercent <= 100) {
+			d.fail()
+		}
+	}
 	return p, false, d.done("price")
 }
 
-// billed is what the outbox has taken of a tenant's hour so far.
+// billed is what the outbox has taken of a tenant's hour so far: the
+// interactive meters' tokens (PromptTokens, CompletionTokens: those of
+// requests the Batch API did not run) and, since schema version 16, the
+// batch meters' (BatchPromptTokens, BatchCompletionTokens).
 type billed struct {
-	PromptTokens     int64
-	CompletionTokens int64
-	Parts            uint32
+	PromptTokens          int64
+	CompletionTokens      int64
+	Parts                 uint32
+	BatchPromptTokens     int64
+	BatchCompletionTokens int64
 }
 
+// encodeBilled writes format 1 (prompt, completion, parts) while the
+// outbox took no batch tokens of the hour, else format 2: format 1, then
+// the batch prompt and completion tokens. A format 1 value decodes with
+// none, which was true of every hour before schema version 16.
 func encodeBilled(b *billed) []byte {
+	format := byte(valueV1)
+	if b.BatchPromptTokens != 0 || b.BatchCompletionTokens != 0 {
+		format = valueV2
+	}
 	e := enc{}
-	e.u8(valueV1)
+	e.u8(format)
 	e.varint(b.PromptTokens)
 	e.varint(b.CompletionTokens)
 	e.uvarint(uint64(b.Parts))
+	if format == valueV2 {
+		e.varint(b.BatchPromptTokens)
+		e.varint(b.BatchCompletionTokens)
+	}
 	return e.b
 }
 
 func decodeBilled(p []byte) (billed, error) {
 	d := dec{b: p}
-	if d.u8() != valueV1 {
+	format := d.u8()
+	if format != valueV1 && format != valueV2 {
 		d.fail()
 	}
 	b := billed{PromptTokens: d.varint(), CompletionTokens: d.varint()}
@@ -408,6 +547,12 @@ func decodeBilled(p []byte) (billed, error) {
 		d.fail()
 	}
 	b.Parts = uint32(parts)
+	if format == valueV2 {
+		b.BatchPromptTokens, b.BatchCompletionTokens = d.varint(), d.varint()
+		if b.BatchPromptTokens == 0 && b.BatchCompletionTokens == 0 {
+			d.fail() // format 2 is written for batch tokens only
+		}
+	}
 	return b, d.done("billed hour")
 }
 

@@ -438,6 +438,10 @@ func (a *rowAcc) add(c *usageCell, idleCost, idleSecs float64) {
 	r.DeviceSeconds += c.r.DeviceSeconds
 	r.ActiveCostUSD += c.r.ActiveCostUSD
 	r.ChargedUSD += c.r.ChargedUSD
+	r.BatchRequests += c.r.Batch.Requests
+	r.BatchPromptTokens += c.r.Batch.PromptTokens
+	r.BatchCompletionTokens += c.r.Batch.CompletionTokens
+	r.BatchChargeUSD += c.r.Batch.ChargedUSD
 	k := adapterKey{c.tenantID, c.adapterID}
 	u := a.adapters[k]
 	if u == nil {
@@ -628,6 +632,8 @@ func (l *Ledger) buildReport(s *reportSpec, cells cellSource, tot periodTotals, 
 		func(r *nozzle.ReportRow) *float64 { return &r.IdleCostUSD })
 	apportionRows(rep.Rows, all.row.ChargedUSD,
 		func(r *nozzle.ReportRow) *float64 { return &r.ChargedUSD })
+	apportionRows(rep.Rows, all.row.BatchChargeUSD,
+		func(r *nozzle.ReportRow) *float64 { return &r.BatchChargeUSD })
 	for i := range rep.Rows {
 		rep.Rows[i] = roundRow(rep.Rows[i])
 	}
@@ -637,7 +643,7 @@ func (l *Ledger) buildReport(s *reportSpec, cells cellSource, tot periodTotals, 
 		// not sums rounded apart (which could differ in the last step);
 		// a dedicated GPU over each hour or day is not summed (see
 		// ReportRow).
-		var active, idle, charged, dedicated usdSum
+		var active, idle, charged, batchCharged, dedicated usdSum
 		var device, idleSecs secondsSum
 		for i := range rep.Rows {
 			r := &rep.Rows[i]
@@ -646,11 +652,13 @@ func (l *Ledger) buildReport(s *reportSpec, cells cellSource, tot periodTotals, 
 			active.add(r.ActiveCostUSD)
 			idle.add(r.IdleCostUSD)
 			charged.add(r.ChargedUSD)
+			batchCharged.add(r.BatchChargeUSD)
 			dedicated.add(r.DedicatedUSD)
 		}
 		t := &rep.Total
 		t.DeviceSeconds, t.IdleSeconds = device.value(), idleSecs.value()
 		t.ActiveCostUSD, t.IdleCostUSD, t.ChargedUSD = active.value(), idle.value(), charged.value()
+		t.BatchChargeUSD = batchCharged.value()
 		if !s.byHour && !s.byDay {
 			t.DedicatedUSD = dedicated.value()
 		}
@@ -716,6 +724,7 @@ func roundRow(r nozzle.ReportRow) nozzle.ReportRow {
 	r.IdleCostUSD = nozzle.RoundUSD(r.IdleCostUSD)
 	r.CostUSD = nozzle.RoundUSD(r.ActiveCostUSD + r.IdleCostUSD)
 	r.ChargedUSD = nozzle.RoundUSD(r.ChargedUSD)
+	r.BatchChargeUSD = nozzle.RoundUSD(r.BatchChargeUSD)
 	r.MarginUSD = nozzle.RoundUSD(r.ChargedUSD - r.CostUSD)
 	r.DedicatedUSD = nozzle.RoundUSD(r.DedicatedUSD)
 	r.SavingPercent = 0

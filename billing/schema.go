@@ -12,7 +12,7 @@ import (
 // docs/LEDGER.md describes it; migrations below bring older files up to it
 // on open. Version 4 has no migration of its own: the builds that knew it
 // but not 5 stamped it on a file when it first held a standard-price mark.
-const SchemaVersion = 15
+const SchemaVersion = 16
 
 // Bucket names. docs/LEDGER.md gives each bucket's keys and values.
 var (
@@ -189,6 +189,15 @@ var migrations = []migration{
 	// (conversation_storage), for its cap, computed from the items the
 	// file holds.
 	{To: 15, Fn: countConversationBytes},
+	// Version 16: batch pricing. A usage event the Batch API ran is
+	// written in value format 6 (its batch flag), rollups in format 5
+	// (the batch requests' part of them), a price with a batch discount
+	// in format 3, a billed hour with batch meters' tokens in format 2,
+	// and the outbox has two more meters (batch_prompt, batch_completion).
+	// None of these can an older build read. The migration rewrites
+	// nothing: older values still decode, with no batch usage, no batch
+	// discount and no batch tokens billed, which is what they held.
+	{To: 16, Fn: func(tx *bolt.Tx) error { return nil }},
 }
 
 // countConversationBytes builds version 15's conversation_storage from the

@@ -77,6 +77,10 @@ func WriteTable(w io.Writer, r *nozzle.Report) error {
 	if o := r.Total.Outcomes(func(n int64) string { return strconv.FormatInt(n, 10) }); o != "" {
 		fmt.Fprintf(w, "\nOf the %d requests: %s.\n", r.Total.Requests, o)
 	}
+	if t := &r.Total; t.BatchRequests > 0 {
+		fmt.Fprintf(w, "\nBatch API: %d of the %d requests, %d prompt and %d completion tokens, charged %s (at the batch discount).\n",
+			t.BatchRequests, t.Requests, t.BatchPromptTokens, t.BatchCompletionTokens, nozzle.FormatUSD(t.BatchChargeUSD))
+	}
 	if g := r.GPU; g != nil {
 		fmt.Fprintf(w, "\nGPU: up %s, active %s (utilisation %s), cost %s, idle cost %s, left with the operator %s; charged %s, margin %s\n",
 			nozzle.FormatSeconds(g.UptimeSeconds), nozzle.FormatSeconds(g.ActiveSeconds), nozzle.FormatPercent(g.Utilization*100), nozzle.FormatUSD(g.CostUSD), nozzle.FormatUSD(g.IdleCostUSD), nozzle.FormatUSD(g.OperatorIdleUSD),

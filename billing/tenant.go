@@ -203,6 +203,9 @@ func validPrice(p nozzle.Price) error {
 		p.PromptPerMillionUSD > nozzle.MaxPricePerMillionUSD || p.CompletionPerMillionUSD > nozzle.MaxPricePerMillionUSD {
 		return nozzle.Errorf(nozzle.EINVALID, "Prices must be numbers from 0 to %.0f USD per million tokens.", float64(nozzle.MaxPricePerMillionUSD)).WithParam("price")
 	}
+	if d := p.BatchDiscountPercent; !(d >= 0 && d <= 100) {
+		return nozzle.Errorf(nozzle.EINVALID, "batch_discount_percent must be a number from 0 to 100.").WithParam("batch_discount_percent")
+	}
 	return nil
 }
 

@@ -305,7 +305,7 @@ func (w *wtx) recordEvent(ev *nozzle.UsageEvent, priced bool) (*nozzle.UsageEven
 			}
 			w.prices[ev.TenantID] = hist
 		}
-		out.ChargeUSD = priceAt(hist, w.l.defPrice, ev.Time).Charge(ev.PromptTokens, ev.CompletionTokens)
+		out.ChargeUSD = priceAt(hist, w.l.defPrice, ev.Time).ChargeEvent(&out)
 	}
 	seq, err := w.events.NextSequence()
 	if err != nil {

@@ -176,6 +176,7 @@ func (s *Server) adminRevokeKey(c *fiber.Ctx) error {
 type priceRequest struct {
 	PromptPerMillionUSD     *float64   `json:"prompt_per_million_usd"`
 	CompletionPerMillionUSD *float64   `json:"completion_per_million_usd"`
+	BatchDiscountPercent    *float64   `json:"batch_discount_percent"`
 	EffectiveFrom           *time.Time `json:"effective_from"`
 	Standard                bool       `json:"standard"`
 }
@@ -193,7 +194,7 @@ func (s *Server) setPrice(c *fiber.Ctx, tenantID string) error {
 		if tenantID == "" {
 			return invalid("standard", "'standard' ends a tenant's override; the standard prices themselves are set with prices.")
 		}
-		if r.PromptPerMillionUSD != nil || r.CompletionPerMillionUSD != nil {
+		if r.PromptPerMillionUSD != nil || r.CompletionPerMillionUSD != nil || r.BatchDiscountPercent != nil {
 			return invalid("standard", "Send either prices or 'standard', not both.")
 		}
 		if err := s.deps.Tenants.UseStandardPrice(c.UserContext(), tenantID, from); err != nil {
@@ -208,6 +209,13 @@ func (s *Server) setPrice(c *fiber.Ctx, tenantID string) error {
 		return invalid("completion_per_million_usd", "completion_per_million_usd is required and must not be negative.")
 	}
 	p := nozzle.Price{PromptPerMillionUSD: *r.PromptPerMillionUSD, CompletionPerMillionUSD: *r.CompletionPerMillionUSD}
+	if d := r.BatchDiscountPercent; d != nil {
+		// absent: no discount
+		if !(*d >= 0 && *d <= 100) {
+			return invalid("batch_discount_percent", "batch_discount_percent must be a number from 0 to 100.")
+		}
+		p.BatchDiscountPercent = *d
+	}
 	if err := s.deps.Tenants.SetPrice(c.UserContext(), tenantID, p, from); err != nil {
 		return err
 	}

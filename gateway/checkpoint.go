@@ -131,6 +131,7 @@ func (c *streamCheckpoints) event() *nozzle.UsageEvent {
 		KeyID:     cp.p.key.ID,
 		Model:     j.shownModel,
 		Time:      time.Now().UTC(),
+		Batch:     cp.st.batch,
 	}
 	if j.adapter != nil {
 		ev.AdapterID, ev.AdapterName = j.adapter.ID, j.adapter.Name

@@ -498,6 +498,7 @@ func (cp *completion) settle(body []byte) (stored []byte, err error) {
 		KeyID:    p.key.ID,
 		Model:    j.shownModel,
 		Time:     time.Now().UTC(),
+		Batch:    cp.st.batch, // a line of a batch: the batch price
 	}
 	if j.adapter != nil {
 		ev.AdapterID, ev.AdapterName = j.adapter.ID, j.adapter.Name

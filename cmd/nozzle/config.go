@@ -72,6 +72,7 @@ type Config struct {
 	IdlePolicy           string  `key:"idle_policy" help:"who carries idle GPU time: prorata or operator"`
 	PricePrompt          float64 `key:"price_prompt" help:"default price in USD per million prompt tokens"`
 	PriceCompletion      float64 `key:"price_completion" help:"default price in USD per million completion tokens"`
+	PriceBatchDiscount   float64 `key:"price_batch_discount_percent" help:"default price's discount in percent (0 to 100) on requests the Batch API runs"`
 	DedicatedRatePerHour float64 `key:"dedicated_rate_per_hour" help:"hourly price of a dedicated GPU, for the saving shown to tenants (0: the rate of the runtimes that served each adapter)"`
 	ResponseRetention    int     `key:"response_retention_days" help:"days a stored response of the Responses API is kept (retrieved, listed, continued with previous_response_id); older ones are deleted hourly (0: kept until deleted)"`
 	TenantResponseMB     int     `key:"tenant_response_storage_mb" help:"most MiB of stored responses (the Responses API's) one tenant may hold; at it, new responses are answered with store false and not kept (0: no cap)"`
@@ -80,45 +81,50 @@ type Config struct {
 	StripeAPIURL         string  `key:"stripe_api_url" help:"Stripe API URL (for stripe-mock)"`
 	StripeMeterPrompt    string  `key:"stripe_meter_prompt" help:"Stripe meter event name for prompt tokens"`
 	StripeMeterComp      string  `key:"stripe_meter_completion" help:"Stripe meter event name for completion tokens"`
+	StripeMeterBatchP    string  `key:"stripe_meter_batch_prompt" help:"Stripe meter event name for prompt tokens of requests the Batch API ran"`
+	StripeMeterBatchC    string  `key:"stripe_meter_batch_completion" help:"Stripe meter event name for completion tokens of requests the Batch API ran"`
 }
 
 // DefaultConfig returns the built-in defaults.
 func DefaultConfig() Config {
 	return Config{
-		Addr:              "127.0.0.1:8080",
-		Data:              "./data",
-		Device:            "auto",
-		Weights:           "checkpoint",
-		LogFormat:         "auto",
-		LogLevel:          "info",
-		HeapFloorMB:       256,
-		PrefixCache:       true,
-		RuntimeID:         "local",
-		RatePerHour:       2.0,
-		Slots:             8,
-		MaxRank:           64,
-		KVMemoryMB:        512,
-		HostCacheMB:       1024,
-		AdapterCacheMB:    10240,
-		PrefillWeight:     1,
-		DecodeWeight:      2,
-		UploadLimitMB:     2048,
-		TenantStoreMB:     20480,
-		RequestTimeout:    10 * time.Minute,
-		TenantSeqs:        64,
-		FileLimitMB:       200,
-		TenantFilesMB:     10240,
-		BatchLines:        4,
-		StreamCkpt:        time.Second,
-		IdlePolicy:        "prorata",
-		PricePrompt:       0.10,
-		PriceCompletion:   0.30,
-		ResponseRetention: 30,
-		TenantResponseMB:  1024,
-		TenantConvMB:      1024,
-		StripeMeterPrompt: "nozzle_prompt_tokens",
-		StripeMeterComp:   "nozzle_completion_tokens",
-		OperatorEmail:     defaultOperatorEmail,
+		Addr:               "127.0.0.1:8080",
+		Data:               "./data",
+		Device:             "auto",
+		Weights:            "checkpoint",
+		LogFormat:          "auto",
+		LogLevel:           "info",
+		HeapFloorMB:        256,
+		PrefixCache:        true,
+		RuntimeID:          "local",
+		RatePerHour:        2.0,
+		Slots:              8,
+		MaxRank:            64,
+		KVMemoryMB:         512,
+		HostCacheMB:        1024,
+		AdapterCacheMB:     10240,
+		PrefillWeight:      1,
+		DecodeWeight:       2,
+		UploadLimitMB:      2048,
+		TenantStoreMB:      20480,
+		RequestTimeout:     10 * time.Minute,
+		TenantSeqs:         64,
+		FileLimitMB:        200,
+		TenantFilesMB:      10240,
+		BatchLines:         4,
+		StreamCkpt:         time.Second,
+		IdlePolicy:         "prorata",
+		PricePrompt:        0.10,
+		PriceCompletion:    0.30,
+		PriceBatchDiscount: 50,
+		ResponseRetention:  30,
+		TenantResponseMB:   1024,
+		TenantConvMB:       1024,
+		StripeMeterPrompt:  "nozzle_prompt_tokens",
+		StripeMeterComp:    "nozzle_completion_tokens",
+		StripeMeterBatchP:  "nozzle_batch_prompt_tokens",
+		StripeMeterBatchC:  "nozzle_batch_completion_tokens",
+		OperatorEmail:      defaultOperatorEmail,
 	}
 }
 
@@ -173,6 +179,9 @@ func (c *Config) Validate() error {
 		if !(f.v >= 0) || math.IsInf(f.v, 0) {
 			return fmt.Errorf("%s %g: must be a finite number, not negative", f.key, f.v)
 		}
+	}
+	if !(c.PriceBatchDiscount >= 0 && c.PriceBatchDiscount <= 100) {
+		return fmt.Errorf("price_batch_discount_percent %g: want a number from 0 to 100", c.PriceBatchDiscount)
 	}
 	if !(c.PrefillWeight > 0) || !(c.DecodeWeight > 0) || math.IsInf(c.PrefillWeight, 0) || math.IsInf(c.DecodeWeight, 0) {
 		return errors.New("prefill_weight and decode_weight must be positive finite numbers")

@@ -201,6 +201,7 @@ func (m *Main) openLedger() error {
 		DefaultPrice: nozzle.Price{
 			PromptPerMillionUSD:     m.Config.PricePrompt,
 			CompletionPerMillionUSD: m.Config.PriceCompletion,
+			BatchDiscountPercent:    m.Config.PriceBatchDiscount,
 		},
 		DedicatedRatePerHour: m.Config.DedicatedRatePerHour,
 		ResponseRetention:    time.Duration(m.Config.ResponseRetention) * 24 * time.Hour,
@@ -229,8 +230,10 @@ func (m *Main) startStripe(ctx context.Context) error {
 		return fmt.Errorf("stripe: %w", err)
 	}
 	m.Ledger.StartOutbox(sender, billing.OutboxOptions{
-		PromptEventName:     m.Config.StripeMeterPrompt,
-		CompletionEventName: m.Config.StripeMeterComp,
+		PromptEventName:          m.Config.StripeMeterPrompt,
+		CompletionEventName:      m.Config.StripeMeterComp,
+		BatchPromptEventName:     m.Config.StripeMeterBatchP,
+		BatchCompletionEventName: m.Config.StripeMeterBatchC,
 	})
 	return nil
 }

@@ -104,8 +104,9 @@ func (t *toolFlags) openLedger() (*billing.Ledger, error) {
 		return nil, fmt.Errorf("the server's settings: %w", err)
 	}
 	l, err := billing.Open(billing.Options{Path: path, LockTimeout: 200 * time.Millisecond,
-		IdlePolicy:           cfg.IdlePolicy,
-		DefaultPrice:         nozzle.Price{PromptPerMillionUSD: cfg.PricePrompt, CompletionPerMillionUSD: cfg.PriceCompletion},
+		IdlePolicy: cfg.IdlePolicy,
+		DefaultPrice: nozzle.Price{PromptPerMillionUSD: cfg.PricePrompt, CompletionPerMillionUSD: cfg.PriceCompletion,
+			BatchDiscountPercent: cfg.PriceBatchDiscount},
 		DedicatedRatePerHour: cfg.DedicatedRatePerHour})
 	if errors.Is(err, billing.ErrLocked) {
 		return nil, nil
