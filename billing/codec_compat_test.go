@@ -114,6 +114,140 @@ func TestFormat4Rollup(t *testing.T) {
 	}
 }
 
+// v5Rollup is a rollup with batch requests among its requests (format 5,
+// schema version 16); v5RollupHex pins its bytes.
+var v5Rollup = rollup{Requests: 6, Failed: 1, Canceled: 2, Interrupted: 1, PromptTokens: 2000, CachedPromptTokens: 512,
+	CompletionTokens: 70, FailedPromptTokens: 300, FailedCompletionTokens: 9, DeviceSeconds: 1.5, ActiveCostUSD: 0.25,
+	ChargedUSD: 0.5, Batch: batchSums{Requests: 3, PromptTokens: 1200, CompletionTokens: 40, FailedPromptTokens: 100,
+		FailedCompletionTokens: 5, ChargedUSD: 0.125}, AdapterName: "sql"}
+
+const v5RollupHex = "050c020402a01f80088c01d804123ff80000000000003fd00000000000003fe000000000000006e01250c8010a3fc00000000000000373716c"
+
+// TestFormat5Rollup pins format 5's bytes; formats 4 and older decode with
+// no batch usage (TestFormat4Rollup), and a format 5 rollup whose batch
+// part exceeds its whole is refused.
+func TestFormat5Rollup(t *testing.T) {
+	if got := hex.EncodeToString(encodeRollup(&v5Rollup)); got != v5RollupHex {
+		t.Fatalf("format 5 rollup encodes to %s, want %s", got, v5RollupHex)
+	}
+	b, _ := hex.DecodeString(v5RollupHex)
+	if r, err := decodeRollup(b); err != nil || r != v5Rollup {
+		t.Fatalf("format 5 rollup decodes to %+v, %v", r, err)
+	}
+	b, _ = hex.DecodeString(v4RollupHex)
+	if r, err := decodeRollup(b); err != nil || r.Batch != (batchSums{}) {
+		t.Fatalf("format 4 rollup decodes to %+v, %v", r, err)
+	}
+	for _, bs := range []batchSums{
+		{Requests: 7}, {Requests: -1}, {PromptTokens: 2001}, {CompletionTokens: 71},
+		{PromptTokens: 10, FailedPromptTokens: 11}, {CompletionTokens: 10, FailedCompletionTokens: 10 + 1},
+		{PromptTokens: 1000, FailedPromptTokens: 301}, // more than the rollup's failed tokens
+	} {
+		r := v5Rollup
+		r.Batch = bs
+		if _, err := decodeRollup(encodeRollup(&r)); !errors.Is(err, errCorrupt) {
+			t.Errorf("rollup with batch usage %+v: %v", bs, err)
+		}
+	}
+}
+
+// v6EventHex is v1Event with 512 cached prompt tokens, run by the Batch
+// API: format 6 (schema version 16), byte for byte.
+const v6EventHex = "06057265715f310574656e5f31056b65795f310461645f310373716c0373716c037274300180e0b7fb9bd4cd9931d00f8008643fe00000000000003fd00000000000003fc0000000000000000000000000000040000000000000003f50624dd2f1a9fc027b7d0001"
+
+// TestFormat6Event: a batch event is written in format 6 and decodes as
+// batch, with or without an attempt id; events of the older formats decode
+// as not batch; a format 6 value without the batch flag, or with flags
+// unknown, is refused.
+func TestFormat6Event(t *testing.T) {
+	ev := *v1Event
+	ev.Batch, ev.CachedPromptTokens = true, 512
+	if got := hex.EncodeToString(encodeEvent(nil, &ev)); got != v6EventHex {
+		t.Fatalf("format 6 event encodes to %s, want %s", got, v6EventHex)
+	}
+	b, _ := hex.DecodeString(v6EventHex)
+	got, err := decodeEvent(b)
+	if err != nil || !got.Batch || got.AttemptID != "" || got.CachedPromptTokens != 512 || got.ChargeUSD != 0.001 || got.RequestID != "req_1" {
+		t.Fatalf("format 6 event decodes to %+v, %v", got, err)
+	}
+	ev.AttemptID = "att_1"
+	if got, err := decodeEvent(encodeEvent(nil, &ev)); err != nil || !got.Batch || got.AttemptID != "att_1" {
+		t.Fatalf("batch event with an attempt id decodes to %+v, %v", got, err)
+	}
+	for _, format := range []byte{valueV1, valueV2, valueV5} {
+		if got, err := decodeEvent(encodeEventAs(nil, &ev, format)); err != nil || got.Batch {
+			t.Errorf("format %d event decodes to %+v, %v", format, got, err)
+		}
+	}
+	for _, flags := range []byte{0, 2, 3} {
+		b := encodeEvent(nil, &ev)
+		b[len(b)-1] = flags
+		if _, err := decodeEvent(b); !errors.Is(err, errCorrupt) {
+			t.Errorf("format 6 event with flags %d: %v", flags, err)
+		}
+	}
+}
+
+// A price stored before schema version 16 (format 1, as p1Hex pins) has
+// no batch discount; one with a discount is format 3 (p3Hex), and one
+// without is still written in format 1. A format 3 price must have a
+// discount above 0 and at most 100.
+const (
+	p1Hex = "013fc999999999999a3fe3333333333333"
+	p3Hex = "033fc999999999999a3fe33333333333334049000000000000"
+)
+
+func TestPriceFormats(t *testing.T) {
+	p := nozzle.Price{PromptPerMillionUSD: 0.2, CompletionPerMillionUSD: 0.6}
+	if got := hex.EncodeToString(encodePrice(p)); got != p1Hex {
+		t.Fatalf("price without a discount encodes to %s, want %s", got, p1Hex)
+	}
+	b, _ := hex.DecodeString(p1Hex)
+	if got, std, err := decodePrice(b); err != nil || std || got != p {
+		t.Fatalf("format 1 price decodes to %+v, %v, %v", got, std, err)
+	}
+	p.BatchDiscountPercent = 50
+	if got := hex.EncodeToString(encodePrice(p)); got != p3Hex {
+		t.Fatalf("price with a discount encodes to %s, want %s", got, p3Hex)
+	}
+	b, _ = hex.DecodeString(p3Hex)
+	if got, std, err := decodePrice(b); err != nil || std || got != p {
+		t.Fatalf("format 3 price decodes to %+v, %v, %v", got, std, err)
+	}
+	for _, d := range []float64{0, -1, 100.5} {
+		p.BatchDiscountPercent = d
+		e := enc{}
+		e.u8(priceV3)
+		e.f64(p.PromptPerMillionUSD)
+		e.f64(p.CompletionPerMillionUSD)
+		e.f64(d)
+		if _, _, err := decodePrice(e.b); !errors.Is(err, errCorrupt) {
+			t.Errorf("format 3 price with a discount of %v: %v", d, err)
+		}
+	}
+}
+
+// A billed hour is written in format 1 until the outbox takes batch
+// tokens of it, then in format 2 (b2Hex); format 1 decodes with none.
+const b2Hex = "02e8076401d8043c"
+
+func TestBilledFormats(t *testing.T) {
+	b := billed{PromptTokens: 500, CompletionTokens: 50, Parts: 1}
+	if got := encodeBilled(&b); got[0] != valueV1 {
+		t.Fatalf("billed hour without batch tokens is written in format %d", got[0])
+	} else if d, err := decodeBilled(got); err != nil || d != b {
+		t.Fatalf("format 1 billed hour decodes to %+v, %v", d, err)
+	}
+	b.BatchPromptTokens, b.BatchCompletionTokens = 300, 30
+	if got := hex.EncodeToString(encodeBilled(&b)); got != b2Hex {
+		t.Fatalf("billed hour with batch tokens encodes to %s, want %s", got, b2Hex)
+	}
+	raw, _ := hex.DecodeString(b2Hex)
+	if d, err := decodeBilled(raw); err != nil || d != b {
+		t.Fatalf("format 2 billed hour decodes to %+v, %v", d, err)
+	}
+}
+
 // TestDecodeCachedOutOfRange: cached prompt tokens outside 0..prompt tokens,
 // failed requests' tokens outside 0..all, or canceled or interrupted
 // requests outside 0..requests, are refused as corrupt.

@@ -17,6 +17,8 @@ func FuzzDecodeEvent(f *testing.F) {
 	f.Add(encodeEvent(nil, &nozzle.UsageEvent{RequestID: "r", TenantID: "t", Status: nozzle.UsageOK, Time: time.Unix(1, 2), PromptTokens: 3, DeviceSeconds: 0.5, Response: []byte("{}")}))
 	f.Add(encodeEvent(nil, &nozzle.UsageEvent{RequestID: "r", TenantID: "t", Status: nozzle.UsageCanceled, Time: time.Unix(1, 2), PromptTokens: 300, CachedPromptTokens: 256, CompletionTokens: 4}))
 	f.Add(encodeEventV1(v1Event))
+	f.Add(encodeEvent(nil, &nozzle.UsageEvent{RequestID: "r", TenantID: "t", Status: nozzle.UsageOK, Time: time.Unix(1, 2), PromptTokens: 3, Batch: true}))
+	f.Add(encodeEvent(nil, &nozzle.UsageEvent{RequestID: "r", TenantID: "t", Status: nozzle.UsageOK, Time: time.Unix(1, 2), PromptTokens: 3, Batch: true, AttemptID: "a"}))
 	f.Add([]byte{1})
 	f.Add([]byte{2})
 	f.Add([]byte{})
@@ -28,13 +30,17 @@ func FuzzDecodeEvent(f *testing.F) {
 		if ev.CachedPromptTokens < 0 || ev.CachedPromptTokens > max(ev.PromptTokens, 0) || (b[0] == valueV1 && ev.CachedPromptTokens != 0) {
 			t.Fatalf("event of format %d has %d of %d prompt tokens cached", b[0], ev.CachedPromptTokens, ev.PromptTokens)
 		}
+		if ev.Batch != (b[0] == valueV6) {
+			t.Fatalf("event of format %d has batch %v", b[0], ev.Batch)
+		}
 		if again := encodeEvent(nil, ev); !bytes.Equal(again, b) {
 			// Varints have one canonical form but decoders accept others,
 			// and format 1 is written again as format 2; what matters is
 			// that a re-decode gives the same event.
 			ev2, err := decodeEvent(again)
 			if err != nil || ev2.RequestID != ev.RequestID || ev2.ChargeUSD != ev.ChargeUSD || !ev2.Time.Equal(ev.Time) ||
-				ev2.PromptTokens != ev.PromptTokens || ev2.CachedPromptTokens != ev.CachedPromptTokens || ev2.CompletionTokens != ev.CompletionTokens {
+				ev2.PromptTokens != ev.PromptTokens || ev2.CachedPromptTokens != ev.CachedPromptTokens || ev2.CompletionTokens != ev.CompletionTokens ||
+				ev2.Batch != ev.Batch || ev2.AttemptID != ev.AttemptID {
 				t.Fatalf("event does not round-trip: %+v vs %+v (%v)", ev, ev2, err)
 			}
 		}
@@ -48,6 +54,8 @@ func FuzzDecodeRollup(f *testing.F) {
 	f.Add(encodeRollupAs(&rollup{Requests: 2, PromptTokens: 700, CachedPromptTokens: 512, CompletionTokens: 9, AdapterName: "a"}, valueV2))
 	f.Add(encodeRollupAs(&rollup{Requests: 3, Failed: 1, PromptTokens: 700, CompletionTokens: 9, FailedPromptTokens: 300, FailedCompletionTokens: 9, AdapterName: "a"}, valueV3))
 	f.Add(encodeRollup(&rollup{Requests: 6, Failed: 1, Canceled: 2, Interrupted: 1, PromptTokens: 700, CompletionTokens: 9, FailedPromptTokens: 300, FailedCompletionTokens: 9, AdapterName: "a"}))
+	f.Add(encodeRollupAs(&v4Rollup, valueV4))
+	f.Add(encodeRollup(&v5Rollup))
 	f.Add([]byte{1, 0})
 	f.Add([]byte{2, 0})
 	f.Fuzz(func(t *testing.T, b []byte) {
@@ -60,6 +68,12 @@ func FuzzDecodeRollup(f *testing.F) {
 		}
 		if !partOf(r.Canceled, r.Requests) || !partOf(r.Interrupted, r.Requests) || (b[0] < valueV4 && r.Canceled+r.Interrupted != 0) {
 			t.Fatalf("rollup of format %d has %d canceled and %d interrupted of %d requests", b[0], r.Canceled, r.Interrupted, r.Requests)
+		}
+		bt := r.Batch
+		if (b[0] < rollupV5 && bt != batchSums{}) || !partOf(bt.Requests, r.Requests) || !partOf(bt.PromptTokens, r.PromptTokens) ||
+			!partOf(bt.CompletionTokens, r.CompletionTokens) || !partOf(bt.FailedPromptTokens, bt.PromptTokens) ||
+			!partOf(bt.FailedCompletionTokens, bt.CompletionTokens) {
+			t.Fatalf("rollup of format %d has batch usage %+v of %+v", b[0], bt, r)
 		}
 		if r2, err := decodeRollup(encodeRollup(&r)); err != nil || r2 != r {
 			t.Fatalf("rollup does not round-trip: %+v vs %+v (%v)", r, r2, err)
@@ -95,6 +109,7 @@ func FuzzDecodeCapHour(f *testing.F) {
 
 func FuzzDecodePrice(f *testing.F) {
 	f.Add(encodePrice(nozzle.Price{PromptPerMillionUSD: 1, CompletionPerMillionUSD: 2}))
+	f.Add(encodePrice(nozzle.Price{PromptPerMillionUSD: 1, CompletionPerMillionUSD: 2, BatchDiscountPercent: 50}))
 	f.Add(encodeStandardPrice())
 	f.Fuzz(func(t *testing.T, b []byte) {
 		p, standard, err := decodePrice(b)
@@ -107,6 +122,9 @@ func FuzzDecodePrice(f *testing.F) {
 			}
 			return
 		}
+		if d := p.BatchDiscountPercent; (b[0] == valueV1 && d != 0) || !(d >= 0 && d <= 100) {
+			t.Fatalf("price of format %d has a batch discount of %v", b[0], d)
+		}
 		if p2, std2, err := decodePrice(encodePrice(p)); err != nil || std2 || p2 != p {
 			t.Fatalf("price does not round-trip")
 		}
@@ -115,6 +133,7 @@ func FuzzDecodePrice(f *testing.F) {
 
 func FuzzDecodeBilled(f *testing.F) {
 	f.Add(encodeBilled(&billed{PromptTokens: 5, CompletionTokens: 6, Parts: 2}))
+	f.Add(encodeBilled(&billed{PromptTokens: 5, CompletionTokens: 6, Parts: 2, BatchPromptTokens: 7, BatchCompletionTokens: 8}))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		v, err := decodeBilled(b)
 		if err != nil {
@@ -230,6 +249,12 @@ func FuzzDecodeJournal(f *testing.F) {
 	conv.StoredResponse = nil
 	convs, _ = appendJournalRecord(convs, nil, 6, jrec{ev: &conv, ends: "d"})
 	f.Add(convs)
+	// a batch request's event (format 6) and checkpoint (schema version 16)
+	be, bck := *ev, *ck
+	be.Batch, bck.Batch = true, true
+	bat, _ := appendJournalRecord(nil, nil, 7, jrec{ev: &bck, ckpt: true})
+	bat, _ = appendJournalRecord(bat, nil, 7, jrec{ev: &be, ends: "a"})
+	f.Add(bat)
 	f.Add([]byte{})
 	f.Fuzz(func(t *testing.T, b []byte) {
 		recs, good, gen := decodeJournal(b)
@@ -249,7 +274,7 @@ func FuzzDecodeJournal(f *testing.F) {
 		}
 		for i, r := range recs2 {
 			if r.ckpt != recs[i].ckpt || r.ends != recs[i].ends || (r.ev == nil) != (recs[i].ev == nil) ||
-				r.ev != nil && r.ev.RequestID != recs[i].ev.RequestID ||
+				r.ev != nil && (r.ev.RequestID != recs[i].ev.RequestID || r.ev.Batch != recs[i].ev.Batch) ||
 				r.ev != nil && (r.ev.StoredResponse == nil) != (recs[i].ev.StoredResponse == nil) ||
 				r.ev != nil && r.ev.StoredResponse != nil && (r.ev.StoredResponse.ID != recs[i].ev.StoredResponse.ID || !bytes.Equal(r.ev.StoredResponse.Body, recs[i].ev.StoredResponse.Body)) ||
 				r.ev != nil && (r.ev.ConversationAppend == nil) != (recs[i].ev.ConversationAppend == nil) ||
