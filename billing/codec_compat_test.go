@@ -10,6 +10,7 @@ import (
 	"hash/crc32"
 	"io"
 	"log/slog"
+	"math"
 	"os"
 	"path/filepath"
 	"strings"
@@ -670,5 +671,102 @@ func TestLedger_Version5File(t *testing.T) {
 			l.Close()
 		}
 		t.Fatalf("open of a version %d file: %v", SchemaVersion+1, err)
+	}
+}
+
+// TestLedger_Version15Prices: a file of schema version 15 — a default
+// price and a tenant's override stored in format 1 (p1Hex's bytes), and
+// rollups of format 4 — opens at version 16 with both prices read as no
+// batch discount, so batch requests priced by them are charged in full
+// (their bills do not change), whatever the binary's own default price
+// says; a discount set afterwards applies from its time; the check holds
+// with old and new rollups of the same hour.
+func TestLedger_Version15Prices(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "ledger.db")
+	l := openCompat(t, path)
+	ten := heldTenant(t, l)
+	at := time.Date(2026, 3, 4, 10, 5, 0, 0, time.UTC)
+	if _, err := l.RecordUsage(ctx, &nozzle.UsageEvent{RequestID: "old", TenantID: ten.ID, Time: at, PromptTokens: 1_000_000}); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	rewriteUsage(t, path, func(bucket string, v []byte) []byte {
+		if bucket == string(bEvents) {
+			return v
+		}
+		r, err := decodeRollup(v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return encodeRollupAs(&r, valueV4)
+	}, 15)
+	old, _ := hex.DecodeString(p1Hex) // $0.2 and $0.6 per million, as version 15 stored it
+	db, err := bolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		if err := tx.Bucket(bPrices).Put(priceKey("", at.Add(-24*time.Hour)), old); err != nil {
+			return err
+		}
+		return tx.Bucket(bPrices).Put(priceKey(ten.ID, at.Add(time.Hour)), old)
+	})
+	if cerr := db.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	l, err = Open(Options{Path: path, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		DefaultPrice: nozzle.Price{PromptPerMillionUSD: 9, CompletionPerMillionUSD: 9, BatchDiscountPercent: 50}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	if v, err := FileVersion(l); err != nil || v != 16 {
+		t.Fatalf("version %d, %v after open, want 16", v, err)
+	}
+	for _, tid := range []string{"", ten.ID} {
+		hist, err := l.Prices(ctx, tid)
+		if err != nil || len(hist) != 1 || hist[0].Price != (nozzle.Price{PromptPerMillionUSD: 0.2, CompletionPerMillionUSD: 0.6}) {
+			t.Fatalf("prices of %q: %+v, %v", tid, hist, err)
+		}
+	}
+	for _, c := range []struct {
+		id string
+		at time.Time
+	}{{"under-default", at}, {"under-override", at.Add(2 * time.Hour)}} {
+		ev := &nozzle.UsageEvent{RequestID: c.id, TenantID: ten.ID, Time: c.at, PromptTokens: 1_000_000, CompletionTokens: 1_000_000, Batch: true}
+		if _, err := l.RecordUsage(ctx, ev); err != nil {
+			t.Fatal(err)
+		}
+		if ev.ChargeUSD != 0.8 {
+			t.Errorf("batch request %s under a version 15 price charged %v, want 0.8 (no discount)", c.id, ev.ChargeUSD)
+		}
+	}
+	// A discount set now applies from its time on; the override stored
+	// before still has none.
+	if err := l.SetPrice(ctx, "", nozzle.Price{PromptPerMillionUSD: 0.2, CompletionPerMillionUSD: 0.6, BatchDiscountPercent: 50}, at.Add(30*time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	ev := &nozzle.UsageEvent{RequestID: "discounted", TenantID: ten.ID, Time: at.Add(40 * time.Minute), PromptTokens: 1_000_000, CompletionTokens: 1_000_000, Batch: true}
+	if _, err := l.RecordUsage(ctx, ev); err != nil || math.Abs(ev.ChargeUSD-0.4) > 1e-12 {
+		t.Errorf("batch request under the new default price: %v, %v, want 0.4", ev.ChargeUSD, err)
+	}
+	ev = &nozzle.UsageEvent{RequestID: "override", TenantID: ten.ID, Time: at.Add(3 * time.Hour), PromptTokens: 1_000_000, CompletionTokens: 1_000_000, Batch: true}
+	if _, err := l.RecordUsage(ctx, ev); err != nil || ev.ChargeUSD != 0.8 {
+		t.Errorf("batch request under the old override: %v, %v, want 0.8", ev.ChargeUSD, err)
+	}
+	rep, err := l.Report(ctx, nozzle.ReportQuery{TenantID: ten.ID, Start: at.Truncate(time.Hour), End: at.Truncate(time.Hour).Add(time.Hour)})
+	if err != nil || rep.Total.Requests != 3 || rep.Total.BatchRequests != 2 || rep.Total.BatchPromptTokens != 2_000_000 ||
+		math.Abs(rep.Total.BatchChargeUSD-1.2) > 1e-9 || math.Abs(rep.Total.ChargedUSD-1.2) > 1e-9 { // "old" kept its charge: none
+		t.Fatalf("report of the hour with old and new events: %+v, %v", rep.Total, err)
+	}
+	if _, err := l.Check(ctx); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -189,3 +189,67 @@ func waitFor(tb testing.TB, d time.Duration, cond func() bool) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+// TestOutbox_BatchMetersStripeMock sends an hour of interactive and batch
+// requests through the real sender to stripe-mock: four meter events, the
+// batch tokens on the batch meters' event names and only the others on
+// the interactive meters', each taken by Stripe.
+func TestOutbox_BatchMetersStripeMock(t *testing.T) {
+	ctx := context.Background()
+	hour := time.Now().UTC().Add(-2 * time.Hour).Truncate(time.Hour)
+	l, err := billing.Open(billing.Options{Path: filepath.Join(t.TempDir(), "ledger.db"), Logger: quiet,
+		DefaultPrice: nozzle.Price{PromptPerMillionUSD: 1, CompletionPerMillionUSD: 2, BatchDiscountPercent: 50}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	ten := &nozzle.Tenant{Name: "acme"}
+	if err := l.CreateTenant(ctx, ten); err != nil {
+		t.Fatal(err)
+	}
+	for _, ev := range []nozzle.UsageEvent{
+		{RequestID: "i1", TenantID: ten.ID, Time: hour.Add(time.Minute), PromptTokens: 100, CompletionTokens: 20},
+		{RequestID: "b1", TenantID: ten.ID, Time: hour.Add(2 * time.Minute), PromptTokens: 300, CompletionTokens: 60, Batch: true},
+		{RequestID: "b2", TenantID: ten.ID, Time: hour.Add(3 * time.Minute), PromptTokens: 900, CompletionTokens: 90, Batch: true, Status: nozzle.UsageFailed},
+	} {
+		if _, err := l.RecordUsage(ctx, &ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	url, _ := startStripeMock(t, "")
+	rec := &recorder{Sender: newSender(t, url)}
+	opts := billing.OutboxOptions{PollEvery: 10 * time.Millisecond, MinBackoff: 10 * time.Millisecond, MaxBackoff: 40 * time.Millisecond}
+	wctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- l.RunOutbox(wctx, rec, opts) }()
+	defer func() { cancel(); <-done }()
+	waitFor(t, 20*time.Second, func() bool {
+		st, _ := l.OutboxState(ctx)
+		return st.Sent == 4 && st.Pending == 0
+	})
+	rows, err := l.OutboxRows(ctx, billing.OutboxSent)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]struct {
+		event string
+		value int64
+	}{
+		billing.MeterPrompt:          {"nozzle_prompt_tokens", 100},
+		billing.MeterCompletion:      {"nozzle_completion_tokens", 20},
+		billing.MeterBatchPrompt:     {"nozzle_batch_prompt_tokens", 300},
+		billing.MeterBatchCompletion: {"nozzle_batch_completion_tokens", 60},
+	}
+	if len(rows) != len(want) {
+		t.Fatalf("sent rows %+v", rows)
+	}
+	for _, r := range rows {
+		w := want[r.Meter]
+		if r.EventName != w.event || r.Value != w.value || !strings.Contains(r.Identifier, "-"+r.Meter+"-") || !strings.HasPrefix(r.CustomerID, "cus_") {
+			t.Errorf("row %+v, want %s = %d", r, w.event, w.value)
+		}
+	}
+	if _, err := l.Check(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
