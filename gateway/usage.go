@@ -190,6 +190,7 @@ func (s *Server) requestUsage(c *fiber.Ctx) error {
 		"object": "request.usage", "id": shown, "model": ev.Model, "adapter": adapter, "status": ev.Status,
 		"created": ev.Time.Unix(), "prompt_tokens": ev.PromptTokens, "cached_prompt_tokens": ev.CachedPromptTokens,
 		"completion_tokens": ev.CompletionTokens, "device_seconds": nozzle.RoundSeconds(ev.DeviceSeconds), "charged_usd": nozzle.RoundUSD(ev.ChargeUSD),
+		"batch": ev.Batch,
 	})
 }
 
