@@ -1107,7 +1107,7 @@ func TestConsole_Pages(t *testing.T) {
 		{b, "/console/adapters", []string{"No adapters yet", "drag a PEFT folder"}},
 		{b, "/console/playground", []string{"nozzle-demo (base model)", `data-prompt-price="0.1"`}},
 		{b, "/console/keys", []string{"Create a key", "default", "OpenAI SDK"}},
-		{b, "/console/usage", []string{"Download CSV", "format=csv", `id="usage-table"`, `aria-label="Tokens chart; the table below has the same figures."`, `>Cached<span class="visually-hidden"> prompt tokens</span></th>`}},
+		{b, "/console/usage", []string{"Download CSV", "format=csv", `id="usage-table"`, `>Batch API<span class="visually-hidden"> charged</span></th>`, `aria-label="Tokens chart; the table below has the same figures."`, `>Cached<span class="visually-hidden"> prompt tokens</span></th>`}},
 		{b, "/console/usage?period=custom&start=2020-01-01&end=2020-01-31", []string{"No usage in this period"}},
 		{b, "/console/usage?adapter=gone-since", []string{`<option value="gone-since" selected>gone-since</option>`}}, // the filter shows what was asked
 		{b, "/console/usage?period=custom&start=2020-02-01&end=2020-01-01", []string{"The end date must not be before the start date.",
