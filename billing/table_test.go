@@ -18,7 +18,7 @@ var update = flag.Bool("update", false, "update golden files")
 
 func TestWriteTable(t *testing.T) {
 	ctx := context.Background()
-	l := mustOpen(t, billing.Options{DefaultPrice: nozzle.Price{PromptPerMillionUSD: 0.5, CompletionPerMillionUSD: 1.5}})
+	l := mustOpen(t, billing.Options{DefaultPrice: nozzle.Price{PromptPerMillionUSD: 0.5, CompletionPerMillionUSD: 1.5, BatchDiscountPercent: 50}})
 	a := mustTenant(t, l, "acme")
 	start := date("2026-03-04T10:00:00Z")
 	if err := l.RecordCapacity(ctx, []nozzle.CapacityInterval{{RuntimeID: "rt", Seq: 1, Start: start, End: start.Add(2 * time.Hour), ActiveSeconds: 720, IdleSeconds: 6480, RatePerHour: 2}}); err != nil {
@@ -30,6 +30,8 @@ func TestWriteTable(t *testing.T) {
 	}
 	mustRecord(t, l, nozzle.UsageEvent{RequestID: "1", TenantID: a.ID, AdapterID: sql.ID, AdapterName: "sql", Time: start.Add(time.Minute), PromptTokens: 1200, CachedPromptTokens: 1024, CompletionTokens: 300, DeviceSeconds: 500, RatePerHour: 2})
 	mustRecord(t, l, nozzle.UsageEvent{RequestID: "2", TenantID: a.ID, Time: start.Add(61 * time.Minute), PromptTokens: 100, CompletionTokens: 20, DeviceSeconds: 220, RatePerHour: 2})
+	// a line of a batch: charged half, and told apart under the table
+	mustRecord(t, l, nozzle.UsageEvent{RequestID: "3", TenantID: a.ID, Time: start.Add(62 * time.Minute), PromptTokens: 1000, CompletionTokens: 200, DeviceSeconds: 0, RatePerHour: 2, Batch: true})
 	rep := mustReport(t, l, nozzle.ReportQuery{Start: start, End: start.Add(2 * time.Hour), GroupBy: []string{"hour", "adapter"}})
 	// Tenant ids are random: show the rows as a tenant would see them.
 	var buf bytes.Buffer
