@@ -177,3 +177,37 @@ func TestPrices_BatchDiscountValidation(t *testing.T) {
 	wantError(t, f.do(http.MethodPost, "/admin/tenants/"+f.tenantA.ID+"/prices", `{"standard":true,"batch_discount_percent":10}`, admin),
 		400, "invalid_request_error", "", "standard")
 }
+
+// The operator's console sets and shows the batch discount with the
+// prices, for the standard list and a tenant's override, so that setting
+// prices there keeps the discount the form shows.
+func TestConsole_BatchDiscount(t *testing.T) {
+	f := newConsoleFixture(t)
+	op := f.operator()
+	f.tenantUser("acme")
+	u, err := f.deps.Users.UserByEmail(t.Context(), "dev@acme.test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, path := range []string{"/console/api/operator/prices", "/console/api/operator/tenants/" + u.TenantID + "/prices"} {
+		resp, body := op.api(http.MethodPost, path, `{"prompt_per_million_usd": 1, "completion_per_million_usd": 2, "batch_discount_percent": 35}`)
+		wantConsoleStatus(t, resp, http.StatusCreated, body)
+		resp, body = op.api(http.MethodPost, path, `{"prompt_per_million_usd": 1, "completion_per_million_usd": 2, "batch_discount_percent": 135}`)
+		if resp.StatusCode != 400 || !strings.Contains(body, "batch_discount_percent") {
+			t.Errorf("%s with a discount of 135: %d %s", path, resp.StatusCode, body)
+		}
+	}
+	for _, tid := range []string{"", u.TenantID} {
+		hist, err := f.deps.Tenants.Prices(context.Background(), tid)
+		if err != nil || len(hist) == 0 || hist[len(hist)-1].Price.BatchDiscountPercent != 35 {
+			t.Errorf("prices of %q: %+v, %v", tid, hist, err)
+		}
+	}
+	for _, path := range []string{"/console/operator", "/console/operator/tenants/" + u.TenantID} {
+		resp, body := op.page(path)
+		wantConsoleStatus(t, resp, 200, body)
+		if !strings.Contains(body, `name="batch_discount_percent"`) || !strings.Contains(body, "off for the Batch API") {
+			t.Errorf("%s has no batch discount", path)
+		}
+	}
+}
