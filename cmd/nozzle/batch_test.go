@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"math"
 	"mime/multipart"
 	"net/http"
 	"os"
@@ -120,12 +121,28 @@ func TestServe_BatchResumesAfterRestart(t *testing.T) {
 	_, body = get(t, base+"/v1/usage", key)
 	var u struct {
 		Total struct {
-			Requests int `json:"requests"`
+			Requests              int     `json:"requests"`
+			PromptTokens          int64   `json:"prompt_tokens"`
+			CompletionTokens      int64   `json:"completion_tokens"`
+			ChargedUSD            float64 `json:"charged_usd"`
+			BatchRequests         int     `json:"batch_requests"`
+			BatchPromptTokens     int64   `json:"batch_prompt_tokens"`
+			BatchCompletionTokens int64   `json:"batch_completion_tokens"`
+			BatchChargeUSD        float64 `json:"batch_charge_usd"`
 		} `json:"total"`
 	}
 	json.Unmarshal(body, &u)
 	if u.Total.Requests != lines {
 		t.Errorf("%d requests charged for %d lines: %s", u.Total.Requests, lines, body)
+	}
+	// every line is the Batch API's, charged at the default price's
+	// discount (price_batch_discount_percent, 50)
+	tot := u.Total
+	cfg := DefaultConfig()
+	want := (float64(tot.PromptTokens)*cfg.PricePrompt + float64(tot.CompletionTokens)*cfg.PriceCompletion) / 1e6 * (1 - cfg.PriceBatchDiscount/100)
+	if tot.BatchRequests != lines || tot.BatchPromptTokens != tot.PromptTokens || tot.BatchCompletionTokens != tot.CompletionTokens ||
+		tot.BatchChargeUSD != tot.ChargedUSD || math.Abs(tot.BatchChargeUSD-want) > 1e-9 || want == 0 {
+		t.Errorf("batch lines' usage %+v, want all of it batch, charged %v", tot, want)
 	}
 	admin, err := os.ReadFile(filepath.Join(data, "admin-token"))
 	if err != nil {
