@@ -106,6 +106,8 @@ func TestLoad_Errors(t *testing.T) {
 		{"NegativeRate", []string{"--rate-per-hour", "-1"}, nil, "rate_per_hour -1: must be a finite number, not negative"},
 		{"NaNRate", []string{"--rate-per-hour", "NaN"}, nil, "rate_per_hour NaN: must be a finite number"},
 		{"InfPrice", nil, map[string]string{"NOZZLE_PRICE_PROMPT": "inf"}, "price_prompt +Inf: must be a finite number"},
+		{"BatchDiscountOver100", []string{"--price-batch-discount-percent", "120"}, nil, "price_batch_discount_percent 120: want a number from 0 to 100"},
+		{"BatchDiscountNaN", nil, map[string]string{"NOZZLE_PRICE_BATCH_DISCOUNT_PERCENT": "nan"}, "price_batch_discount_percent NaN"},
 		{"NaNWeight", []string{"--decode-weight", "nan"}, nil, "decode_weight must be positive finite numbers"},
 		{"FileSyntax", []string{"--config", bad}, nil, "config file " + bad},
 		{"FileUnknownKey", []string{"--config", unknown}, nil, `unknown key "slotz"`},
@@ -158,5 +160,31 @@ func TestLoad_StreamCheckpoint(t *testing.T) {
 	if _, _, err := Load("serve", []string{"--stream-checkpoint", "-1s"}, env(nil), os.Stderr); err == nil ||
 		!strings.Contains(err.Error(), "stream_checkpoint -1s: must not be negative") {
 		t.Errorf("negative interval: %v", err)
+	}
+}
+
+// TestLoad_BatchPricing: the batch discount and the batch meters' event
+// names default as OpenAI's Batch API bills (50% off) and as the other
+// meters are named, and come from the file, the environment and flags.
+func TestLoad_BatchPricing(t *testing.T) {
+	c, _, err := Load("serve", nil, env(nil), os.Stderr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.PriceBatchDiscount != 50 || c.StripeMeterBatchP != "nozzle_batch_prompt_tokens" || c.StripeMeterBatchC != "nozzle_batch_completion_tokens" {
+		t.Errorf("defaults: %v %q %q", c.PriceBatchDiscount, c.StripeMeterBatchP, c.StripeMeterBatchC)
+	}
+	file := filepath.Join(t.TempDir(), "nozzle.toml")
+	os.WriteFile(file, []byte("price_batch_discount_percent = 25\nstripe_meter_batch_prompt = \"bp\"\n"), 0o600)
+	c, _, err = Load("serve", []string{"--config", file, "--stripe-meter-batch-completion", "bc"}, env(nil), os.Stderr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.PriceBatchDiscount != 25 || c.StripeMeterBatchP != "bp" || c.StripeMeterBatchC != "bc" {
+		t.Errorf("file and flag: %v %q %q", c.PriceBatchDiscount, c.StripeMeterBatchP, c.StripeMeterBatchC)
+	}
+	c, _, err = Load("serve", []string{"--config", file}, env(map[string]string{"NOZZLE_PRICE_BATCH_DISCOUNT_PERCENT": "0"}), os.Stderr)
+	if err != nil || c.PriceBatchDiscount != 0 {
+		t.Errorf("env: %v, %v", c.PriceBatchDiscount, err)
 	}
 }
