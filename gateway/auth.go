@@ -22,6 +22,18 @@ type principal struct {
 	state  *keyState // rate-limit and last-use state; nil for console sessions
 }
 
+// sessionKeyPrefix begins the id of the synthetic key a console
+// session's requests carry (sessionKey); a batch created on the console
+// keeps it as its KeyID.
+const sessionKeyPrefix = "console:"
+
+// sessionKey is the synthetic key of a console user's requests: every
+// scope, no limits of its own (the tenant's apply), its id naming the user.
+func sessionKey(userID, tenantID string) *nozzle.APIKey {
+	return &nozzle.APIKey{ID: sessionKeyPrefix + userID, TenantID: tenantID, Name: "console",
+		Scopes: append([]nozzle.Scope(nil), nozzle.AllScopes...)}
+}
+
 // setPrincipal makes key and tenant the caller of the request. Console
 // code that authenticates with a session calls it before reusing the
 // tenant handlers; key may then be a synthetic key carrying the scopes the

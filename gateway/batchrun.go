@@ -264,7 +264,9 @@ func (r *batchRunner) update(run *batchRun, fn func(b *nozzle.Batch)) {
 
 // principal is the caller a batch's lines run as: the key that created
 // it, as it is now (a revoked key, a suspended tenant or a key without the
-// inference scope fail the line as they would fail a live request).
+// inference scope fail the line as they would fail a live request), or
+// for a batch created on the console, its user (disabled: the lines fail)
+// under the tenant's limits.
 func (r *batchRunner) principal(ctx context.Context, b *nozzle.Batch) (*principal, error) {
 	tenant, err := r.s.deps.Tenants.Tenant(ctx, b.TenantID)
 	if err != nil {
@@ -272,6 +274,21 @@ func (r *batchRunner) principal(ctx context.Context, b *nozzle.Batch) (*principa
 	}
 	if tenant.Suspended {
 		return nil, nozzle.Errorf(nozzle.EFORBIDDEN, "Your organization's access has been suspended. Contact the operator.").WithReason("tenant_suspended")
+	}
+	if userID, ok := strings.CutPrefix(b.KeyID, sessionKeyPrefix); ok {
+		var u *nozzle.User
+		if r.s.deps.Users != nil {
+			u, err = r.s.deps.Users.User(ctx, userID)
+		}
+		switch {
+		case u == nil && (err == nil || nozzle.ErrorCode(err) == nozzle.ENOTFOUND), u != nil && u.TenantID != b.TenantID:
+			return nil, nozzle.Errorf(nozzle.EUNAUTHORIZED, "The console user who created this batch no longer exists.").WithReason("invalid_api_key")
+		case err != nil:
+			return nil, err
+		case u.Disabled:
+			return nil, nozzle.Errorf(nozzle.EUNAUTHORIZED, "The console user who created this batch has been disabled.").WithReason("invalid_api_key")
+		}
+		return &principal{key: sessionKey(u.ID, tenant.ID), tenant: tenant, state: r.s.keyStates.get(b.KeyID)}, nil
 	}
 	keys, err := r.s.deps.Keys.Keys(ctx, b.TenantID)
 	if err != nil {

@@ -234,6 +234,9 @@ func (cs *console) mount() {
 	api.Post("/chat/completions", tapi, cs.playgroundLimits, s.chatCompletions)
 	if s.storesBatches() {
 		api.Get("/batches", tapi, s.listBatches)
+		api.Post("/batches", tapi, cs.once(s.createBatch))
+		api.Post("/files", tapi, s.createFile)
+		api.Delete("/files/:id", tapi, s.deleteFile)
 		api.Post("/batches/:id/cancel", tapi, s.cancelBatch)
 		api.Get("/files/:id/content", tapi, cs.downloadFile)
 	}

@@ -320,9 +320,7 @@ func (cs *console) requireSession(role string, api bool) fiber.Handler {
 				}
 				return cs.renderError(c, err)
 			}
-			key := &nozzle.APIKey{ID: "console:" + sess.user.ID, TenantID: sess.tenant.ID, Name: "console",
-				Scopes: append([]nozzle.Scope(nil), nozzle.AllScopes...)}
-			cs.s.setPrincipal(c, key, sess.tenant)
+			cs.s.setPrincipal(c, sessionKey(sess.user.ID, sess.tenant.ID), sess.tenant)
 		}
 		return c.Next()
 	}

@@ -4,7 +4,9 @@ import (
 	"context"
 	"fmt"
 	"html/template"
+	"maps"
 	"mime"
+	"slices"
 	"strings"
 
 	"github.com/gofiber/fiber/v2"
@@ -26,6 +28,10 @@ type batchesView struct {
 	Newest, Older string
 	Active        bool   // a batch shown has not ended
 	Example       string // a model for the example request line
+	// The new batch form's bounds and choices.
+	UploadLimit int64
+	MaxRequests int
+	Endpoints   []string
 }
 
 type batchRowView struct {
@@ -54,7 +60,8 @@ func (cs *console) batchesPage(c *fiber.Ctx, sess *consoleSession) error {
 	if err != nil {
 		return err
 	}
-	v := batchesView{Example: cs.s.baseModel().ID}
+	v := batchesView{Example: cs.s.baseModel().ID, UploadLimit: cs.s.cfg.FileUploadLimit, MaxRequests: nozzle.MaxBatchRequests,
+		Endpoints: slices.Sorted(maps.Keys(batchEndpoints))}
 	for _, b := range list {
 		if b.TenantID != sess.tenant.ID {
 			continue

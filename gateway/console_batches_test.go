@@ -25,19 +25,33 @@ func withConsole() option {
 // consoleUser signs a new user of tenant in to the fixture's console.
 func (f *fixture) consoleUser(t *testing.T, tenant *nozzle.Tenant, email string) *consoleBrowser {
 	t.Helper()
+	b, _, _ := f.consoleUserOp(t, tenant, email)
+	return b
+}
+
+// consoleUserOp is consoleUser that also returns the operator's browser
+// and the user's id.
+func (f *fixture) consoleUserOp(t *testing.T, tenant *nozzle.Tenant, email string) (user, op *consoleBrowser, userID string) {
+	t.Helper()
 	cf := &consoleFixture{t: t, srv: f.srv}
-	op := cf.browser()
+	op = cf.browser()
 	if resp, body := op.login(opEmail, opPassword); resp.StatusCode != http.StatusSeeOther {
 		t.Fatalf("operator sign-in: %d %s", resp.StatusCode, body)
 	}
 	op.page("/console/operator")
 	resp, body := op.api(http.MethodPost, "/console/api/operator/tenants/"+tenant.ID+"/users", `{"email": "`+email+`", "password": "tenant-password-1"}`)
 	wantConsoleStatus(t, resp, http.StatusCreated, body)
-	b := cf.browser()
-	if resp, body := b.login(email, "tenant-password-1"); resp.StatusCode != http.StatusSeeOther {
+	var u struct {
+		ID string `json:"id"`
+	}
+	if err := json.Unmarshal([]byte(body), &u); err != nil || u.ID == "" {
+		t.Fatalf("created user: %s", body)
+	}
+	user = cf.browser()
+	if resp, body := user.login(email, "tenant-password-1"); resp.StatusCode != http.StatusSeeOther {
 		t.Fatalf("sign-in: %d %s", resp.StatusCode, body)
 	}
-	return b
+	return user, op, u.ID
 }
 
 // The Batches page lists the tenant's batches (never another tenant's)
@@ -168,5 +182,83 @@ func TestConsole_NoBatchesPage(t *testing.T) {
 	}
 	if resp, _ := u.page("/console/batches"); resp.StatusCode != http.StatusNotFound {
 		t.Errorf("batches page without the Batch API: %d", resp.StatusCode)
+	}
+}
+
+// A batch made on the console (its file uploaded, then the batch created,
+// with the session's CSRF token) runs as the console user under the
+// tenant's limits and is listed with the API's; once the operator disables
+// the user, its remaining lines fail, each with the reason, and nothing
+// more is charged.
+func TestConsole_BatchFromConsole(t *testing.T) {
+	env := newBatchEnv(t)
+	f := newFixture(t, withBatches(t, env, func(c *gateway.Config) { c.BatchConcurrency = 1 }), withConsole())
+	if err := gateway.EnsureOperator(t.Context(), env.led, opEmail, opPassword); err != nil {
+		t.Fatal(err)
+	}
+	url := f.serve(t)
+	a, op, userID := f.consoleUserOp(t, f.tenantA, "dev@acme.test")
+	_, page := a.page("/console/batches")
+	for _, want := range []string{`id="batch-form"`, `<option value="/v1/chat/completions">`, `<option value="/v1/responses">`} {
+		if !strings.Contains(page, want) {
+			t.Fatalf("the page lacks %s", want)
+		}
+	}
+	upload := func(n int) string {
+		t.Helper()
+		var lines []string
+		for i := range n {
+			lines = append(lines, chatLine(fmt.Sprint("c", i), "base", "x"))
+		}
+		body, ctype := consoleMultipart(t, map[string]string{"purpose": "batch"}, map[string][]byte{"file": []byte(strings.Join(lines, "\n"))})
+		resp := a.do(http.MethodPost, "/console/api/files", body, "Content-Type", ctype, gateway.HeaderCSRFToken, a.csrf)
+		raw := readAll(t, resp)
+		var fo fileObj
+		if resp.StatusCode != http.StatusOK || json.Unmarshal([]byte(raw), &fo) != nil || fo.Purpose != "batch" {
+			t.Fatalf("upload: %d %s", resp.StatusCode, raw)
+		}
+		return fo.ID
+	}
+	create := func(fileID string) batchObj {
+		t.Helper()
+		resp, body := a.api(http.MethodPost, "/console/api/batches", `{"input_file_id":"`+fileID+`","endpoint":"/v1/chat/completions","completion_window":"24h"}`)
+		wantConsoleStatus(t, resp, http.StatusOK, body)
+		var b batchObj
+		json.Unmarshal([]byte(body), &b)
+		return b
+	}
+
+	b := waitBatch(t, url, f.keyA, create(upload(3)).ID, final)
+	if b.Status != nozzle.BatchCompleted || b.RequestCounts.Completed != 3 || b.OutputFileID == nil {
+		t.Fatalf("console batch: %+v", b)
+	}
+	if got := outLines(t, fileContent(t, url, f.keyA, *b.OutputFileID)); len(got) != 3 {
+		t.Fatalf("output: %v", got)
+	}
+	charged := usageRequests(t, url, f.keyA)
+
+	// The file of a batch that is not created can be deleted on the console.
+	orphan := upload(1)
+	if resp, body := a.api(http.MethodDelete, "/console/api/files/"+orphan, ""); resp.StatusCode != http.StatusOK {
+		t.Fatalf("delete file: %d %s", resp.StatusCode, body)
+	}
+
+	// The user is disabled while a batch of theirs runs.
+	f.gen.setDelay(30 * time.Millisecond)
+	slow := create(upload(6))
+	waitBatch(t, url, f.keyA, slow.ID, func(b batchObj) bool { return b.RequestCounts.Completed >= 1 })
+	op.page("/console/operator")
+	if resp, body := op.api(http.MethodPatch, "/console/api/operator/users/"+userID, `{"disabled": true}`); resp.StatusCode != http.StatusOK {
+		t.Fatalf("disable: %d %s", resp.StatusCode, body)
+	}
+	slow = waitBatch(t, url, f.keyA, slow.ID, final)
+	if slow.RequestCounts.Failed == 0 || slow.RequestCounts.Completed+slow.RequestCounts.Failed != 6 || slow.ErrorFileID == nil {
+		t.Fatalf("batch of a disabled user: %+v", slow)
+	}
+	if errs := fileContent(t, url, f.keyA, *slow.ErrorFileID); !strings.Contains(errs, "has been disabled") {
+		t.Errorf("error file: %s", errs)
+	}
+	if got := usageRequests(t, url, f.keyA); got != charged+slow.RequestCounts.Completed {
+		t.Errorf("requests charged %d, want %d", got, charged+slow.RequestCounts.Completed)
 	}
 }

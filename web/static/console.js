@@ -223,6 +223,47 @@
     run().catch((e) => { alert(e.message); }).finally(() => busy(btn, false));
   });
 
+  // ----- a new batch: upload its requests, then create it -----
+  const batchForm = $('#batch-form');
+  if (batchForm) {
+    const err = $('#batch-error');
+    const input = $('#batch-file');
+    const limit = Number(batchForm.dataset.uploadLimit || 0);
+    let token = newToken(); // one batch per submission, whatever the clicks
+    batchForm.addEventListener('submit', async (ev) => {
+      ev.preventDefault();
+      err.textContent = '';
+      const btn = $('#batch-button');
+      if (btn.disabled) return;
+      const f = input.files && input.files[0];
+      if (!f) { err.textContent = 'Choose the file of requests first: a .jsonl file, one request a line.'; input.focus(); return; }
+      if (f.size === 0) { err.textContent = 'This file is empty: it needs one request a line.'; return; }
+      if (limit && f.size > limit) { err.textContent = 'This file is ' + sizeText(f.size) + ', more than the upload limit of ' + sizeText(limit) + '.'; return; }
+      const fd = new FormData();
+      fd.append('purpose', 'batch');
+      fd.append('file', f, f.name);
+      const bar = $('#batch-bar');
+      const pct = $('#batch-pct');
+      $('#batch-progress').hidden = false;
+      bar.value = 0;
+      pct.textContent = '0%';
+      busy(btn, true);
+      let file = null;
+      try {
+        file = await uploadForm('/console/api/files', fd, (p) => { bar.value = p; pct.textContent = p + '%'; });
+        await api('POST', '/console/api/batches', { input_file_id: file.id, endpoint: $('#batch-endpoint').value, completion_window: '24h' }, token);
+        location.reload(); // the button stays busy until the list shows the batch
+      } catch (e) {
+        err.textContent = e.message;
+        // the batch was not created: its file is of no use
+        if (file) api('DELETE', '/console/api/files/' + encodeURIComponent(file.id)).catch(() => {});
+        token = newToken();
+        busy(btn, false);
+        $('#batch-progress').hidden = true;
+      }
+    });
+  }
+
   // ----- the Batches page while a batch runs -----
   // Reads the batches every few seconds: a row's progress and counts
   // change in place; a status that changed reloads the page, which then
@@ -376,6 +417,35 @@
     }
   }
 
+  const sizeText = (n) => n >= 1 << 30 ? (n / (1 << 30)).toFixed(1) + ' GiB' : n >= 1 << 20 ? (n / (1 << 20)).toFixed(1) + ' MiB' :
+      n >= 1024 ? (n / 1024).toFixed(1) + ' KiB' : n + ' B';
+
+  // uploadForm posts the form data fd to url with the CSRF token, telling
+  // progress(0..100) as it goes; it resolves with the answer's JSON, or
+  // rejects with an Error that says in plain words what went wrong.
+  function uploadForm(url, fd, progress) {
+    return new Promise((resolve, reject) => {
+      const xhr = new XMLHttpRequest();
+      xhr.open('POST', url);
+      xhr.setRequestHeader('X-CSRF-Token', csrf());
+      xhr.setRequestHeader('Accept', 'application/json');
+      xhr.upload.addEventListener('progress', (e) => {
+        if (e.lengthComputable) progress(Math.floor((e.loaded / e.total) * 100));
+      });
+      xhr.addEventListener('load', () => {
+        let body = null;
+        try { body = JSON.parse(xhr.responseText); } catch (_) { /* not JSON */ }
+        if (xhr.status >= 200 && xhr.status < 300) { resolve(body); return; }
+        const id = xhr.status >= 500 ? xhr.getResponseHeader('X-Request-Id') : '';
+        reject(new Error(xhr.status === 401 ? 'Your session has ended. Reload the page and sign in again.' :
+          ((body && body.error && body.error.message) ||
+          (xhr.status === 413 ? 'The upload is too large.' : 'The upload failed (HTTP ' + xhr.status + ').')) + (id ? ' (request id ' + id + ')' : '')));
+      });
+      xhr.addEventListener('error', () => reject(new Error('The upload was interrupted. Check your connection and try again.')));
+      xhr.send(fd);
+    });
+  }
+
   // ----- adapter upload -----
   const upload = $('#upload-form');
   if (upload) {
@@ -392,8 +462,6 @@
     let refused = ''; // why the files last chosen cannot be uploaded
 
     const isArchive = (f) => /\.(tar\.gz|tgz|zip)$/i.test(f.name);
-    const sizeText = (n) => n >= 1 << 30 ? (n / (1 << 30)).toFixed(1) + ' GiB' : n >= 1 << 20 ? (n / (1 << 20)).toFixed(1) + ' MiB' :
-      n >= 1024 ? (n / 1024).toFixed(1) + ' KiB' : n + ' B';
     const suggestName = (s) => s.replace(/\.(tar\.gz|tgz|zip)$/i, '').replace(/[^A-Za-z0-9._-]+/g, '-').replace(/^[^A-Za-z0-9]+/, '').slice(0, 64);
 
     function choose(files, folderName) {
@@ -493,43 +561,20 @@
       bar.value = 0;
       pct.textContent = '0%';
       busy(btn, true);
-      const xhr = new XMLHttpRequest();
-      xhr.open('POST', '/console/api/adapters');
-      xhr.setRequestHeader('X-CSRF-Token', csrf());
-      xhr.setRequestHeader('Accept', 'application/json');
-      xhr.upload.addEventListener('progress', (e) => {
-        if (!e.lengthComputable) return;
-        const p = Math.floor((e.loaded / e.total) * 100);
-        bar.value = p;
-        pct.textContent = p + '%';
-      });
-      xhr.addEventListener('load', () => {
-        let body = null;
-        try { body = JSON.parse(xhr.responseText); } catch (_) { /* not JSON */ }
-        if (xhr.status >= 200 && xhr.status < 300) {
-          // The button stays busy until the page reloads: a second click
-          // would upload the same files again.
-          bar.value = 100;
-          pct.textContent = '100%';
-          const w = (body.warnings || []).length;
-          okMsg.textContent = 'Uploaded ' + body.name + ' (rank ' + body.rank + ')' +
-            (w ? ', with ' + w + (w === 1 ? ' warning' : ' warnings') + ' shown in the list' : '') + '. Loading the list…';
-          setTimeout(() => location.reload(), 600);
-          return;
-        }
+      uploadForm('/console/api/adapters', fd, (p) => { bar.value = p; pct.textContent = p + '%'; }).then((body) => {
+        // The button stays busy until the page reloads: a second click
+        // would upload the same files again.
+        bar.value = 100;
+        pct.textContent = '100%';
+        const w = (body.warnings || []).length;
+        okMsg.textContent = 'Uploaded ' + body.name + ' (rank ' + body.rank + ')' +
+          (w ? ', with ' + w + (w === 1 ? ' warning' : ' warnings') + ' shown in the list' : '') + '. Loading the list…';
+        setTimeout(() => location.reload(), 600);
+      }, (e) => {
         busy(btn, false);
         $('#upload-progress').hidden = true;
-        const id = xhr.status >= 500 ? xhr.getResponseHeader('X-Request-Id') : '';
-        err.textContent = xhr.status === 401 ? 'Your session has ended. Reload the page and sign in again.' :
-          ((body && body.error && body.error.message) ||
-          (xhr.status === 413 ? 'The upload is too large.' : 'The upload failed (HTTP ' + xhr.status + ').')) + (id ? ' (request id ' + id + ')' : '');
+        err.textContent = e.message;
       });
-      xhr.addEventListener('error', () => {
-        busy(btn, false);
-        $('#upload-progress').hidden = true;
-        err.textContent = 'The upload was interrupted. Check your connection and try again.';
-      });
-      xhr.send(fd);
     });
   }
 

@@ -893,6 +893,33 @@ async function main() {
       await shot(p, 'batches-phone');
       await ph.close();
     });
+
+    await step('a batch uploaded on the Batches page runs; a file with a bad line fails with the line named', async () => {
+      await page.goto(U('/console/batches'));
+      const good = [0, 1].map((i) => JSON.stringify({ custom_id: `form-${i}`, method: 'POST', url: '/v1/chat/completions',
+        body: { model: models[0], messages: [{ role: 'user', content: `Form ${i}` }], max_tokens: 4 } })).join('\n');
+      // no file chosen: said on the page, nothing sent
+      await page.click('#batch-button');
+      assert(/Choose the file/.test(await page.textContent('#batch-error')), `no file: ${await page.textContent('#batch-error')}`);
+      await page.setInputFiles('#batch-file', { name: 'form.jsonl', mimeType: 'application/jsonl', buffer: Buffer.from(good) });
+      await page.selectOption('#batch-endpoint', '/v1/chat/completions');
+      const before = await page.locator('tr[data-batch]').count();
+      await Promise.all([page.waitForEvent('framenavigated'), page.click('#batch-button')]);
+      await page.waitForSelector('tr[data-batch]');
+      assert(await page.locator('tr[data-batch]').count() === before + 1, 'the new batch is not listed');
+      const row = page.locator('tr[data-batch]').first();
+      assert((await row.textContent()).includes('form.jsonl'), 'the newest row is not the uploaded file\'s');
+      const id = await row.getAttribute('data-batch');
+      await page.waitForSelector(`tr[data-batch="${id}"][data-status="completed"]`, { timeout: 60000 });
+      batchLines += 2;
+      await page.setInputFiles('#batch-file', { name: 'bad.jsonl', mimeType: 'application/jsonl', buffer: Buffer.from('not json\n' + good) });
+      await Promise.all([page.waitForEvent('framenavigated'), page.click('#batch-button')]);
+      const bad = await page.locator('tr[data-batch]').first().getAttribute('data-batch');
+      await page.waitForSelector(`tr[data-batch="${bad}"][data-status="failed"]`, { timeout: 60000 });
+      const text = await page.textContent(`tr[data-batch="${bad}"]`);
+      assert(/Line 1: /.test(text), `the failed batch's row: ${text}`);
+      await checkPage(page, 'batches with a failed batch');
+    });
   }
 
   await step('a revoked key is refused (401)', async () => {
