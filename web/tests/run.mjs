@@ -949,6 +949,10 @@ async function main() {
     await checkPage(opPage, 'gpu');
     await opPage.waitForSelector('.chart-box canvas');
     assert(await opPage.locator('#split-table tr[data-tenant="acme"]').count() === 1, 'acme missing from the cost split');
+    if (batchLines) {
+      const batch = await opPage.textContent('#split-table tr[data-tenant="acme"] .batch-charged');
+      assert(/^Batch API \$/.test(batch.trim()) && Number(batch.replace(/[^0-9.]/g, '')) > 0, `acme's Batch API charge in the cost split: ${batch}`);
+    }
     assert(/%/.test(await opPage.textContent('[data-testid=utilization]')), 'no utilisation');
     await shot(opPage, 'operator-gpu-desktop');
     await opPage.goto(U('/console/operator'));
