@@ -237,9 +237,10 @@ type outLine struct {
 	Error *struct{ Code, Message string } `json:"error"`
 }
 
-func outLines(t *testing.T, raw string) map[string]outLine {
+// outList is an output or error file's lines, in order.
+func outList(t *testing.T, raw string) []outLine {
 	t.Helper()
-	out := map[string]outLine{}
+	var out []outLine
 	for _, l := range strings.Split(strings.TrimSpace(raw), "\n") {
 		if l == "" {
 			continue
@@ -248,6 +249,16 @@ func outLines(t *testing.T, raw string) map[string]outLine {
 		if err := json.Unmarshal([]byte(l), &o); err != nil {
 			t.Fatalf("output line %q: %v", l, err)
 		}
+		out = append(out, o)
+	}
+	return out
+}
+
+// outLines is an output or error file's lines by custom_id.
+func outLines(t *testing.T, raw string) map[string]outLine {
+	t.Helper()
+	out := map[string]outLine{}
+	for _, o := range outList(t, raw) {
 		out[o.CustomID] = o
 	}
 	return out
@@ -732,14 +743,7 @@ func TestBatch_InputDeletedWhileDown(t *testing.T) {
 func outIDs(t *testing.T, raw string) []string {
 	t.Helper()
 	var ids []string
-	for _, l := range strings.Split(strings.TrimSpace(raw), "\n") {
-		if l == "" {
-			continue
-		}
-		var o outLine
-		if err := json.Unmarshal([]byte(l), &o); err != nil {
-			t.Fatalf("output line %q: %v", l, err)
-		}
+	for _, o := range outList(t, raw) {
 		ids = append(ids, o.CustomID)
 	}
 	return ids
