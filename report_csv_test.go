@@ -90,15 +90,7 @@ func TestWriteCSV_RequestOutcomes(t *testing.T) {
 		Rows:    []nozzle.ReportRow{{AdapterID: "ad_1", AdapterName: "sql", Requests: 9, FailedRequests: 1, CanceledRequests: 3, InterruptedRequests: 2}},
 		Total:   nozzle.ReportRow{Requests: 9, FailedRequests: 1, CanceledRequests: 3, InterruptedRequests: 2},
 	}
-	for _, write := range []func(io.Writer) error{rep.WriteCSV, rep.WriteTenantCSV} {
-		var buf bytes.Buffer
-		if err := write(&buf); err != nil {
-			t.Fatal(err)
-		}
-		recs, err := csv.NewReader(&buf).ReadAll()
-		if err != nil {
-			t.Fatal(err)
-		}
+	for _, recs := range bothCSVs(t, rep) {
 		tail := func(r []string) []string { return r[len(r)-9 : len(r)-4] }
 		if got, want := tail(recs[0]), []string{"failed_requests", "failed_prompt_tokens", "failed_completion_tokens", "canceled_requests", "interrupted_requests"}; !slices.Equal(got, want) {
 			t.Fatalf("header ends %v, want %v", got, want)
@@ -121,15 +113,7 @@ func TestWriteCSV_Batch(t *testing.T) {
 		Total: nozzle.ReportRow{Requests: 9, PromptTokens: 100, CompletionTokens: 20, ChargedUSD: 0.5,
 			BatchRequests: 4, BatchPromptTokens: 40, BatchCompletionTokens: 8, BatchChargeUSD: 0.125},
 	}
-	for _, write := range []func(io.Writer) error{rep.WriteCSV, rep.WriteTenantCSV} {
-		var buf bytes.Buffer
-		if err := write(&buf); err != nil {
-			t.Fatal(err)
-		}
-		recs, err := csv.NewReader(&buf).ReadAll()
-		if err != nil {
-			t.Fatal(err)
-		}
+	for _, recs := range bothCSVs(t, rep) {
 		tail := func(r []string) []string { return r[len(r)-4:] }
 		if got, want := tail(recs[0]), []string{"batch_requests", "batch_prompt_tokens", "batch_completion_tokens", "batch_charge_usd"}; !slices.Equal(got, want) {
 			t.Fatalf("header ends %v, want %v", got, want)
@@ -233,4 +217,22 @@ func TestWriteCSV_FormulaInjection(t *testing.T) {
 			}
 		})
 	}
+}
+
+// bothCSVs is the records of rep's operator CSV and of its tenant CSV.
+func bothCSVs(t *testing.T, rep *nozzle.Report) [][][]string {
+	t.Helper()
+	var out [][][]string
+	for _, write := range []func(io.Writer) error{rep.WriteCSV, rep.WriteTenantCSV} {
+		var buf bytes.Buffer
+		if err := write(&buf); err != nil {
+			t.Fatal(err)
+		}
+		recs, err := csv.NewReader(&buf).ReadAll()
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, recs)
+	}
+	return out
 }
