@@ -86,6 +86,13 @@ type Price struct {
 	// of a request the Batch API ran (UsageEvent.Batch). Prices stored
 	// before it existed have none.
 	BatchDiscountPercent float64 `json:"batch_discount_percent"`
+	// CachedPromptPerMillionUSD is the price of a prompt token the
+	// runtime's prefix cache held (UsageEvent.CachedPromptTokens: no
+	// prefill ran for it), at most PromptPerMillionUSD. It is a price like
+	// the others: zero is free. The API, the console and the config give
+	// it the prompt price where it is left out (no discount), and prices
+	// stored before it existed read as their prompt price.
+	CachedPromptPerMillionUSD float64 `json:"cached_prompt_per_million_usd"`
 }
 
 // MaxPricePerMillionUSD is the highest price a price list takes, per
@@ -94,18 +101,24 @@ type Price struct {
 // overflow to infinity, which the ledger could not store.
 const MaxPricePerMillionUSD = 1e6
 
-// Charge returns the price of the given token counts (undiscounted: an
-// upper bound of any request's charge for them).
+// Charge returns the price of the given token counts, every prompt token
+// at the uncached prompt price and without a batch discount: an upper
+// bound of any request's charge for them (while CachedPromptPerMillionUSD
+// is at most PromptPerMillionUSD, which the price lists hold to).
 func (p Price) Charge(promptTokens, completionTokens int64) float64 {
 	return (float64(promptTokens)*p.PromptPerMillionUSD + float64(completionTokens)*p.CompletionPerMillionUSD) / 1e6
 }
 
 // ChargeEvent returns what a usage event is charged at this price: its
-// tokens' Charge, less BatchDiscountPercent of it for a request the Batch
-// API ran. It ignores the event's status (a failed request is charged
-// nothing, which is the ledger's to decide).
+// uncached prompt tokens at PromptPerMillionUSD, its cached ones
+// (CachedPromptTokens) at CachedPromptPerMillionUSD and its completion
+// tokens at CompletionPerMillionUSD, less BatchDiscountPercent of all of it
+// for a request the Batch API ran. It ignores the event's status (a failed
+// request is charged nothing, which is the ledger's to decide).
 func (p Price) ChargeEvent(ev *UsageEvent) float64 {
-	c := p.Charge(ev.PromptTokens, ev.CompletionTokens)
+	cached := min(max(ev.CachedPromptTokens, 0), ev.PromptTokens)
+	c := (float64(ev.PromptTokens-cached)*p.PromptPerMillionUSD + float64(cached)*p.CachedPromptPerMillionUSD +
+		float64(ev.CompletionTokens)*p.CompletionPerMillionUSD) / 1e6
 	if ev.Batch && p.BatchDiscountPercent > 0 {
 		c *= 1 - p.BatchDiscountPercent/100
 	}

@@ -51,7 +51,7 @@ func TestPriceVersion_JSON(t *testing.T) {
 		{TenantID: "ten_1", Price: nozzle.Price{PromptPerMillionUSD: 0.1, CompletionPerMillionUSD: 0.3}, EffectiveFrom: at},
 		{TenantID: "ten_1", EffectiveFrom: at.Add(time.Hour), Standard: true},
 	})
-	want := `[{"tenant_id":"ten_1","price":{"prompt_per_million_usd":0.1,"completion_per_million_usd":0.3,"batch_discount_percent":0},"effective_from":"2026-03-01T00:00:00Z"},` +
+	want := `[{"tenant_id":"ten_1","price":{"prompt_per_million_usd":0.1,"completion_per_million_usd":0.3,"batch_discount_percent":0,"cached_prompt_per_million_usd":0},"effective_from":"2026-03-01T00:00:00Z"},` +
 		`{"tenant_id":"ten_1","effective_from":"2026-03-01T01:00:00Z","standard":true,"price":null}]`
 	if err != nil || string(b) != want {
 		t.Fatalf("got %s, %v\nwant %s", b, err, want)

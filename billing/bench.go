@@ -116,7 +116,7 @@ func quietLedger(path string, o Options) (*Ledger, error) {
 
 func benchReport(ctx context.Context, opts BenchOptions, path string, w io.Writer) error {
 	os.Remove(path)
-	l, err := quietLedger(path, Options{DefaultPrice: nozzle.Price{PromptPerMillionUSD: 0.2, CompletionPerMillionUSD: 0.6}})
+	l, err := quietLedger(path, Options{DefaultPrice: nozzle.Price{PromptPerMillionUSD: 0.2, CompletionPerMillionUSD: 0.6, CachedPromptPerMillionUSD: 0.2}})
 	if err != nil {
 		return err
 	}
@@ -251,7 +251,7 @@ func benchAppend(ctx context.Context, opts BenchOptions, path string, w io.Write
 	var baseRate float64
 	for _, rs := range runs {
 		os.Remove(path)
-		l, err := quietLedger(path, Options{DefaultPrice: nozzle.Price{PromptPerMillionUSD: 0.2, CompletionPerMillionUSD: 0.6}})
+		l, err := quietLedger(path, Options{DefaultPrice: nozzle.Price{PromptPerMillionUSD: 0.2, CompletionPerMillionUSD: 0.6, CachedPromptPerMillionUSD: 0.2}})
 		if err != nil {
 			return err
 		}
@@ -363,7 +363,7 @@ type simTenant struct {
 
 func benchSim(ctx context.Context, opts BenchOptions, path string, w io.Writer) error {
 	os.Remove(path)
-	l, err := quietLedger(path, Options{DefaultPrice: nozzle.Price{PromptPerMillionUSD: simPricePrompt, CompletionPerMillionUSD: simPriceComplete}})
+	l, err := quietLedger(path, Options{DefaultPrice: nozzle.Price{PromptPerMillionUSD: simPricePrompt, CompletionPerMillionUSD: simPriceComplete, CachedPromptPerMillionUSD: simPricePrompt}})
 	if err != nil {
 		return err
 	}

@@ -32,7 +32,8 @@ func (r *CheckResult) problem(format string, args ...any) {
 // if it has one, attempt_ids holding no other); the hourly rollups, the
 // all-tenant hourly totals and the monthly totals equal the sums of the
 // events (requests, prompt, cached prompt and completion tokens, device
-// time, cost and charges, and the batch requests' part of them); the hourly capacity equals the sum of the
+// time, cost and charges, the batch requests' part of them, and the
+// failed and batch requests' cached prompt tokens); the hourly capacity equals the sum of the
 // capacity intervals; the outbox never took more of an hour than it
 // holds; the indexes the tenants', keys' and adapters' lists are read
 // from, and the index of each tenant's users, hold exactly their records; and each tenant's adapter storage
@@ -219,13 +220,22 @@ func (l *Ledger) Check(ctx context.Context) (*CheckResult, error) {
 					sum.add(&r)
 				}
 			}
-			if b.PromptTokens+b.BatchPromptTokens > sum.PromptTokens || b.CompletionTokens+b.BatchCompletionTokens > sum.CompletionTokens {
-				res.problem("outbox took %d/%d tokens of hour %x holding %d/%d", b.PromptTokens+b.BatchPromptTokens,
+			// the prompt meters' tokens and the cached prompt meters' are
+			// all prompt tokens (before version 17 the prompt meters' held
+			// the cached ones, and the cached meters took none)
+			prompt := b.PromptTokens + b.BatchPromptTokens + b.CachedPromptTokens + b.BatchCachedPromptTokens
+			batchPrompt := b.BatchPromptTokens + b.BatchCachedPromptTokens
+			if prompt > sum.PromptTokens || b.CompletionTokens+b.BatchCompletionTokens > sum.CompletionTokens {
+				res.problem("outbox took %d/%d tokens of hour %x holding %d/%d", prompt,
 					b.CompletionTokens+b.BatchCompletionTokens, k, sum.PromptTokens, sum.CompletionTokens)
 			}
-			if b.BatchPromptTokens > sum.Batch.PromptTokens || b.BatchCompletionTokens > sum.Batch.CompletionTokens {
-				res.problem("outbox took %d/%d batch tokens of hour %x holding %d/%d", b.BatchPromptTokens, b.BatchCompletionTokens, k,
+			if batchPrompt > sum.Batch.PromptTokens || b.BatchCompletionTokens > sum.Batch.CompletionTokens {
+				res.problem("outbox took %d/%d batch tokens of hour %x holding %d/%d", batchPrompt, b.BatchCompletionTokens, k,
 					sum.Batch.PromptTokens, sum.Batch.CompletionTokens)
+			}
+			if b.CachedPromptTokens+b.BatchCachedPromptTokens > sum.CachedPromptTokens || b.BatchCachedPromptTokens > sum.Batch.CachedPromptTokens {
+				res.problem("outbox took %d cached prompt tokens (%d batch) of hour %x holding %d (%d batch)",
+					b.CachedPromptTokens+b.BatchCachedPromptTokens, b.BatchCachedPromptTokens, k, sum.CachedPromptTokens, sum.Batch.CachedPromptTokens)
 			}
 			return nil
 		})
@@ -408,7 +418,9 @@ func compareRollups(res *CheckResult, what string, b *bolt.Bucket, want map[stri
 			!near(got.ActiveCostUSD, w.ActiveCostUSD) || !near(got.ChargedUSD, w.ChargedUSD) ||
 			got.Batch.Requests != w.Batch.Requests || got.Batch.PromptTokens != w.Batch.PromptTokens ||
 			got.Batch.CompletionTokens != w.Batch.CompletionTokens || got.Batch.FailedPromptTokens != w.Batch.FailedPromptTokens ||
-			got.Batch.FailedCompletionTokens != w.Batch.FailedCompletionTokens || !near(got.Batch.ChargedUSD, w.Batch.ChargedUSD) {
+			got.Batch.FailedCompletionTokens != w.Batch.FailedCompletionTokens || !near(got.Batch.ChargedUSD, w.Batch.ChargedUSD) ||
+			got.FailedCachedPromptTokens != w.FailedCachedPromptTokens || got.Batch.CachedPromptTokens != w.Batch.CachedPromptTokens ||
+			got.Batch.FailedCachedPromptTokens != w.Batch.FailedCachedPromptTokens {
 			res.problem("%s %x is %+v, its events sum to %+v", what, k, got, *w)
 		}
 		return nil

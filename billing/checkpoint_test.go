@@ -14,7 +14,7 @@ import (
 
 // ckPrice prices the checkpoint tests: 1 USD per million prompt tokens, 2
 // per million completion tokens.
-var ckPrice = nozzle.Price{PromptPerMillionUSD: 1, CompletionPerMillionUSD: 2}
+var ckPrice = nozzle.Price{PromptPerMillionUSD: 1, CompletionPerMillionUSD: 2, CachedPromptPerMillionUSD: 1}
 
 var ckAt = time.Date(2026, 3, 4, 10, 0, 0, 0, time.UTC)
 

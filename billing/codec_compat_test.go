@@ -75,7 +75,7 @@ func TestFormat1Values(t *testing.T) {
 	if err != nil || r != v1Rollup {
 		t.Fatalf("format 1 rollup decodes to %+v, %v", r, err)
 	}
-	if again := encodeRollup(&r); again[0] != rollupV5 {
+	if again := encodeRollup(&r); again[0] != rollupV6 {
 		t.Fatalf("rollups are written in format %d", again[0])
 	} else if r2, err := decodeRollup(again); err != nil || r2 != r {
 		t.Fatalf("re-encoded rollup decodes to %+v, %v", r2, err)
@@ -128,7 +128,7 @@ const v5RollupHex = "050c020402a01f80088c01d804123ff80000000000003fd000000000000
 // no batch usage (TestFormat4Rollup), and a format 5 rollup whose batch
 // part exceeds its whole is refused.
 func TestFormat5Rollup(t *testing.T) {
-	if got := hex.EncodeToString(encodeRollup(&v5Rollup)); got != v5RollupHex {
+	if got := hex.EncodeToString(encodeRollupAs(&v5Rollup, rollupV5)); got != v5RollupHex {
 		t.Fatalf("format 5 rollup encodes to %s, want %s", got, v5RollupHex)
 	}
 	b, _ := hex.DecodeString(v5RollupHex)
@@ -190,62 +190,107 @@ func TestFormat6Event(t *testing.T) {
 }
 
 // A price stored before schema version 16 (format 1, as p1Hex pins) has
-// no batch discount; one with a discount is format 3 (p3Hex), and one
-// without is still written in format 1. A format 3 price must have a
-// discount above 0 and at most 100.
+// no batch discount; one with a discount was format 3 (p3Hex). Neither
+// has a cached prompt price: they decode with the prompt price for it.
+// Since schema version 17 every price is written in format 4 (p4Hex),
+// whose discount is 0 to 100 and cached price 0 to the prompt price.
 const (
 	p1Hex = "013fc999999999999a3fe3333333333333"
 	p3Hex = "033fc999999999999a3fe33333333333334049000000000000"
+	p4Hex = "043fc999999999999a3fe333333333333340490000000000003fb999999999999a"
 )
 
 func TestPriceFormats(t *testing.T) {
 	p := nozzle.Price{PromptPerMillionUSD: 0.2, CompletionPerMillionUSD: 0.6}
-	if got := hex.EncodeToString(encodePrice(p)); got != p1Hex {
-		t.Fatalf("price without a discount encodes to %s, want %s", got, p1Hex)
+	if got := hex.EncodeToString(encodePriceAs(p, valueV1)); got != p1Hex {
+		t.Fatalf("format 1 price encodes to %s, want %s", got, p1Hex)
 	}
+	want := p
+	want.CachedPromptPerMillionUSD = 0.2 // what it charged cached tokens
 	b, _ := hex.DecodeString(p1Hex)
-	if got, std, err := decodePrice(b); err != nil || std || got != p {
+	if got, std, err := decodePrice(b); err != nil || std || got != want {
 		t.Fatalf("format 1 price decodes to %+v, %v, %v", got, std, err)
 	}
-	p.BatchDiscountPercent = 50
-	if got := hex.EncodeToString(encodePrice(p)); got != p3Hex {
-		t.Fatalf("price with a discount encodes to %s, want %s", got, p3Hex)
+	p.BatchDiscountPercent, want.BatchDiscountPercent = 50, 50
+	if got := hex.EncodeToString(encodePriceAs(p, priceV3)); got != p3Hex {
+		t.Fatalf("format 3 price encodes to %s, want %s", got, p3Hex)
 	}
 	b, _ = hex.DecodeString(p3Hex)
-	if got, std, err := decodePrice(b); err != nil || std || got != p {
+	if got, std, err := decodePrice(b); err != nil || std || got != want {
 		t.Fatalf("format 3 price decodes to %+v, %v, %v", got, std, err)
+	}
+	p.CachedPromptPerMillionUSD = 0.1
+	if got := hex.EncodeToString(encodePrice(p)); got != p4Hex {
+		t.Fatalf("price encodes to %s, want %s", got, p4Hex)
+	}
+	b, _ = hex.DecodeString(p4Hex)
+	if got, std, err := decodePrice(b); err != nil || std || got != p {
+		t.Fatalf("format 4 price decodes to %+v, %v, %v", got, std, err)
+	}
+	// format 4 keeps a cached price of 0 (free) and no discount as they are
+	for _, q := range []nozzle.Price{{PromptPerMillionUSD: 0.2, CompletionPerMillionUSD: 0.6},
+		{PromptPerMillionUSD: 0.2, CompletionPerMillionUSD: 0.6, CachedPromptPerMillionUSD: 0.2}} {
+		if b := encodePrice(q); b[0] != priceV4 {
+			t.Errorf("price %+v written in format %d", q, b[0])
+		} else if got, _, err := decodePrice(b); err != nil || got != q {
+			t.Errorf("price %+v decodes to %+v, %v", q, got, err)
+		}
 	}
 	for _, d := range []float64{0, -1, 100.5} {
 		p.BatchDiscountPercent = d
-		e := enc{}
-		e.u8(priceV3)
-		e.f64(p.PromptPerMillionUSD)
-		e.f64(p.CompletionPerMillionUSD)
-		e.f64(d)
-		if _, _, err := decodePrice(e.b); !errors.Is(err, errCorrupt) {
+		if _, _, err := decodePrice(encodePriceAs(p, priceV3)); !errors.Is(err, errCorrupt) {
 			t.Errorf("format 3 price with a discount of %v: %v", d, err)
 		}
 	}
+	p.BatchDiscountPercent = 50
+	for _, c := range []float64{-0.1, 0.2000001, math.NaN()} {
+		p.CachedPromptPerMillionUSD = c
+		if _, _, err := decodePrice(encodePrice(p)); !errors.Is(err, errCorrupt) {
+			t.Errorf("format 4 price with a cached price of %v: %v", c, err)
+		}
+	}
+	p.CachedPromptPerMillionUSD, p.BatchDiscountPercent = 0.1, 101
+	if _, _, err := decodePrice(encodePrice(p)); !errors.Is(err, errCorrupt) {
+		t.Errorf("format 4 price with a discount of 101: %v", err)
+	}
 }
 
-// A billed hour is written in format 1 until the outbox takes batch
+// A billed hour was written in format 1 until the outbox took batch
 // tokens of it, then in format 2 (b2Hex); format 1 decodes with none.
-const b2Hex = "02e8076401d8043c"
+// Both decode with promptHoldsCached: their prompt meters took cached
+// prompt tokens too. Since schema version 17 every billed hour is written
+// in format 3 (b3Hex), with the cached prompt meters' tokens.
+const (
+	b2Hex = "02e8076401d8043c"
+	b3Hex = "03e8076401d8043cc8013c"
+)
 
 func TestBilledFormats(t *testing.T) {
-	b := billed{PromptTokens: 500, CompletionTokens: 50, Parts: 1}
-	if got := encodeBilled(&b); got[0] != valueV1 {
-		t.Fatalf("billed hour without batch tokens is written in format %d", got[0])
+	b := billed{PromptTokens: 500, CompletionTokens: 50, Parts: 1, promptHoldsCached: true}
+	if got := encodeBilledAs(&b, valueV1); got[0] != valueV1 {
+		t.Fatalf("format 1: written in format %d", got[0])
 	} else if d, err := decodeBilled(got); err != nil || d != b {
 		t.Fatalf("format 1 billed hour decodes to %+v, %v", d, err)
 	}
 	b.BatchPromptTokens, b.BatchCompletionTokens = 300, 30
-	if got := hex.EncodeToString(encodeBilled(&b)); got != b2Hex {
-		t.Fatalf("billed hour with batch tokens encodes to %s, want %s", got, b2Hex)
+	if got := hex.EncodeToString(encodeBilledAs(&b, valueV2)); got != b2Hex {
+		t.Fatalf("format 2 billed hour encodes to %s, want %s", got, b2Hex)
 	}
 	raw, _ := hex.DecodeString(b2Hex)
 	if d, err := decodeBilled(raw); err != nil || d != b {
 		t.Fatalf("format 2 billed hour decodes to %+v, %v", d, err)
+	}
+	b.promptHoldsCached = false
+	b.CachedPromptTokens, b.BatchCachedPromptTokens = 100, 30
+	if got := hex.EncodeToString(encodeBilled(&b)); got != b3Hex {
+		t.Fatalf("billed hour encodes to %s, want %s", got, b3Hex)
+	}
+	raw, _ = hex.DecodeString(b3Hex)
+	if d, err := decodeBilled(raw); err != nil || d != b {
+		t.Fatalf("format 3 billed hour decodes to %+v, %v", d, err)
+	}
+	if got := encodeBilled(&billed{}); got[0] != valueV3 {
+		t.Fatalf("an empty billed hour is written in format %d", got[0])
 	}
 }
 
@@ -429,7 +474,7 @@ func TestLedger_Format1File(t *testing.T) {
 			t.Errorf("event formats %v", got)
 		}
 		for _, name := range []string{"rollups", "hours", "months"} {
-			if got := formats[name]; !bytes.Equal(got, []byte{rollupV5}) {
+			if got := formats[name]; !bytes.Equal(got, []byte{rollupV6}) {
 				t.Errorf("%s formats %v", name, got)
 			}
 		}
@@ -727,12 +772,12 @@ func TestLedger_Version15Prices(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer l.Close()
-	if v, err := FileVersion(l); err != nil || v != 16 {
-		t.Fatalf("version %d, %v after open, want 16", v, err)
+	if v, err := FileVersion(l); err != nil || v != SchemaVersion {
+		t.Fatalf("version %d, %v after open, want %d", v, err, SchemaVersion)
 	}
 	for _, tid := range []string{"", ten.ID} {
 		hist, err := l.Prices(ctx, tid)
-		if err != nil || len(hist) != 1 || hist[0].Price != (nozzle.Price{PromptPerMillionUSD: 0.2, CompletionPerMillionUSD: 0.6}) {
+		if err != nil || len(hist) != 1 || hist[0].Price != (nozzle.Price{PromptPerMillionUSD: 0.2, CompletionPerMillionUSD: 0.6, CachedPromptPerMillionUSD: 0.2}) {
 			t.Fatalf("prices of %q: %+v, %v", tid, hist, err)
 		}
 	}

@@ -54,16 +54,23 @@ var (
 
 // Meters. The prompt and completion meters count the tokens of
 // interactive requests; the batch ones those of requests the Batch API
-// ran (nozzle.UsageEvent.Batch), which a batch discount prices apart.
+// ran (nozzle.UsageEvent.Batch), which a batch discount prices apart. The
+// prompt meters count the prompt tokens the prefix cache did not hold;
+// the cached prompt meters (since schema version 17) those it held
+// (nozzle.UsageEvent.CachedPromptTokens), which the cached prompt price
+// prices apart.
 const (
-	MeterPrompt          = "prompt"
-	MeterCompletion      = "completion"
-	MeterBatchPrompt     = "batch_prompt"
-	MeterBatchCompletion = "batch_completion"
+	MeterPrompt            = "prompt"
+	MeterCompletion        = "completion"
+	MeterBatchPrompt       = "batch_prompt"
+	MeterBatchCompletion   = "batch_completion"
+	MeterCachedPrompt      = "cached_prompt"
+	MeterBatchCachedPrompt = "batch_cached_prompt"
 )
 
 // meterBytes are the meters' bytes in outbox keys.
-var meterBytes = map[string]byte{MeterPrompt: 1, MeterCompletion: 2, MeterBatchPrompt: 3, MeterBatchCompletion: 4}
+var meterBytes = map[string]byte{MeterPrompt: 1, MeterCompletion: 2, MeterBatchPrompt: 3, MeterBatchCompletion: 4,
+	MeterCachedPrompt: 5, MeterBatchCachedPrompt: 6}
 
 // OutboxOptions configure the outbox worker.
 type OutboxOptions struct {
@@ -76,6 +83,11 @@ type OutboxOptions struct {
 	// nozzle_batch_completion_tokens.
 	BatchPromptEventName     string
 	BatchCompletionEventName string
+	// CachedPromptEventName and BatchCachedPromptEventName are the cached
+	// prompt meters' event names. Default nozzle_cached_prompt_tokens and
+	// nozzle_batch_cached_prompt_tokens.
+	CachedPromptEventName      string
+	BatchCachedPromptEventName string
 	// CloseDelay is how long after its end an hour is closed and its usage
 	// enters the outbox. Default 5 minutes. Events recorded for an hour
 	// after it closed go out as a further part of that hour.
@@ -107,6 +119,12 @@ func (o *OutboxOptions) defaults() {
 	}
 	if o.BatchCompletionEventName == "" {
 		o.BatchCompletionEventName = "nozzle_batch_completion_tokens"
+	}
+	if o.CachedPromptEventName == "" {
+		o.CachedPromptEventName = "nozzle_cached_prompt_tokens"
+	}
+	if o.BatchCachedPromptEventName == "" {
+		o.BatchCachedPromptEventName = "nozzle_batch_cached_prompt_tokens"
 	}
 	if o.CloseDelay <= 0 {
 		o.CloseDelay = 5 * time.Minute
@@ -208,12 +226,29 @@ func (w *wtx) enqueueHour(hour int64, tenantID string, now time.Time, opts *Outb
 	// interactive meters take the tokens of requests the Batch API did
 	// not run, the batch meters the others (an hour billed before schema
 	// version 16 had none marked batch, and took none).
+	//
+	// The prompt meters take the prompt tokens the prefix cache did not
+	// hold, the cached prompt meters those it held. An hour billed before
+	// schema version 17 took both on its prompt meters: what they took
+	// counts as the cached tokens first, the rest as uncached ones, so
+	// that no token is taken twice and the rows already queued keep
+	// their identifiers.
 	bp, bc := sum.billable()
 	xp, xc := sum.batchBillable()
+	kp, xk := sum.cachedBillable()
+	kp -= xk
 	bp, bc = bp-xp, bc-xc
+	bp, xp = bp-kp, xp-xk // uncached only
+	if b.promptHoldsCached {
+		c, x := min(max(kp, 0), b.PromptTokens), min(max(xk, 0), b.BatchPromptTokens)
+		b.PromptTokens, b.CachedPromptTokens = b.PromptTokens-c, c
+		b.BatchPromptTokens, b.BatchCachedPromptTokens = b.BatchPromptTokens-x, x
+		b.promptHoldsCached = false
+	}
 	dp, dc := bp-b.PromptTokens, bc-b.CompletionTokens
 	dxp, dxc := xp-b.BatchPromptTokens, xc-b.BatchCompletionTokens
-	if dp <= 0 && dc <= 0 && dxp <= 0 && dxc <= 0 {
+	dk, dxk := kp-b.CachedPromptTokens, xk-b.BatchCachedPromptTokens
+	if dp <= 0 && dc <= 0 && dxp <= 0 && dxc <= 0 && dk <= 0 && dxk <= 0 {
 		return 0, nil
 	}
 	part := b.Parts
@@ -224,6 +259,7 @@ func (w *wtx) enqueueHour(hour int64, tenantID string, now time.Time, opts *Outb
 	}{
 		{MeterPrompt, opts.PromptEventName, dp}, {MeterCompletion, opts.CompletionEventName, dc},
 		{MeterBatchPrompt, opts.BatchPromptEventName, dxp}, {MeterBatchCompletion, opts.BatchCompletionEventName, dxc},
+		{MeterCachedPrompt, opts.CachedPromptEventName, dk}, {MeterBatchCachedPrompt, opts.BatchCachedPromptEventName, dxk},
 	} {
 		if m.value <= 0 {
 			continue
@@ -250,6 +286,7 @@ func (w *wtx) enqueueHour(hour int64, tenantID string, now time.Time, opts *Outb
 	}
 	b.PromptTokens, b.CompletionTokens, b.Parts = max(b.PromptTokens, bp), max(b.CompletionTokens, bc), part+1
 	b.BatchPromptTokens, b.BatchCompletionTokens = max(b.BatchPromptTokens, xp), max(b.BatchCompletionTokens, xc)
+	b.CachedPromptTokens, b.BatchCachedPromptTokens = max(b.CachedPromptTokens, kp), max(b.BatchCachedPromptTokens, xk)
 	return n, bb.Put(prefix, encodeBilled(&b))
 }
 

@@ -140,9 +140,9 @@ func TestLedger_BackfillRequestOutcomes(t *testing.T) {
 			{bRollups, rollupKey(acme.ID, later, ""), valueV3},
 			{bHours, hourKey(later), valueV3},
 			// rewritten by the migration, in the current format
-			{bRollups, rollupKey(acme.ID, hourOf(ckAt), "ad_1"), rollupV5},
-			{bHours, hourKey(hourOf(ckAt)), rollupV5},
-			{bMonths, monthKey(acme.ID, monthOf(ckAt)), rollupV5},
+			{bRollups, rollupKey(acme.ID, hourOf(ckAt), "ad_1"), rollupV6},
+			{bHours, hourKey(hourOf(ckAt)), rollupV6},
+			{bMonths, monthKey(acme.ID, monthOf(ckAt)), rollupV6},
 		} {
 			if v := tx.Bucket(c.b).Get(c.k); len(v) == 0 || v[0] != c.format {
 				t.Errorf("%s %x: format %v, want %d", c.b, c.k, v[:min(len(v), 1)], c.format)

@@ -48,6 +48,14 @@ const valueV6 = 6
 // of.
 const rollupV5 = 5
 
+// rollupV6 is the format of rollups since schema version 17: format 5
+// with, after the batch charge, the cached prompt tokens of the failed
+// requests, the batch requests' cached prompt tokens and those of the
+// failed ones among them: what the cached-prompt meters need. The version
+// 17 migration fills them in from the events; a rollup without any keeps
+// its older format until next written, and decodes with none.
+const rollupV6 = 6
+
 // eventFlagBatch is the flag of a format 6 event run by the Batch API.
 const eventFlagBatch = 1
 
@@ -181,10 +189,12 @@ type rollup struct {
 	// tokens nobody is billed for.
 	FailedPromptTokens     int64
 	FailedCompletionTokens int64
-	DeviceSeconds          float64
-	ActiveCostUSD          float64
-	ChargedUSD             float64
-	// Of the above, those of requests the Batch API ran (since format 6):
+	// Of CachedPromptTokens, those of failed requests (since format 6).
+	FailedCachedPromptTokens int64
+	DeviceSeconds            float64
+	ActiveCostUSD            float64
+	ChargedUSD               float64
+	// Of the above, those of requests the Batch API ran (since format 5):
 	// their count, tokens, the tokens of the failed ones among them, and
 	// their charge.
 	Batch       batchSums
@@ -199,6 +209,10 @@ type batchSums struct {
 	FailedPromptTokens     int64
 	FailedCompletionTokens int64
 	ChargedUSD             float64
+	// Of PromptTokens, those the prefix cache held, and of those, the
+	// failed requests' (since format 6).
+	CachedPromptTokens       int64
+	FailedCachedPromptTokens int64
 }
 
 func (b *batchSums) add(o *batchSums) {
@@ -208,6 +222,8 @@ func (b *batchSums) add(o *batchSums) {
 	b.FailedPromptTokens += o.FailedPromptTokens
 	b.FailedCompletionTokens += o.FailedCompletionTokens
 	b.ChargedUSD += o.ChargedUSD
+	b.CachedPromptTokens += o.CachedPromptTokens
+	b.FailedCachedPromptTokens += o.FailedCachedPromptTokens
 }
 
 // partOf reports whether a count can be part of a whole (cached prompt
@@ -227,6 +243,13 @@ func (r *rollup) billable() (prompt, completion int64) {
 // requests that did not fail: part of billable's.
 func (r *rollup) batchBillable() (prompt, completion int64) {
 	return r.Batch.PromptTokens - r.Batch.FailedPromptTokens, r.Batch.CompletionTokens - r.Batch.FailedCompletionTokens
+}
+
+// cachedBillable returns the cached prompt tokens of the requests that did
+// not fail, and of those the batch requests': parts of billable's and
+// batchBillable's prompt tokens.
+func (r *rollup) cachedBillable() (all, batch int64) {
+	return r.CachedPromptTokens - r.FailedCachedPromptTokens, r.Batch.CachedPromptTokens - r.Batch.FailedCachedPromptTokens
 }
 
 // cached reads the cached prompt tokens of a format 2 value (format 1 has
@@ -252,6 +275,7 @@ func (r *rollup) add(o *rollup) {
 	r.CompletionTokens += o.CompletionTokens
 	r.FailedPromptTokens += o.FailedPromptTokens
 	r.FailedCompletionTokens += o.FailedCompletionTokens
+	r.FailedCachedPromptTokens += o.FailedCachedPromptTokens
 	r.DeviceSeconds += o.DeviceSeconds
 	r.ActiveCostUSD += o.ActiveCostUSD
 	r.ChargedUSD += o.ChargedUSD
@@ -269,6 +293,7 @@ func (r *rollup) addEvent(ev *nozzle.UsageEvent) {
 		r.Failed++
 		r.FailedPromptTokens += ev.PromptTokens
 		r.FailedCompletionTokens += ev.CompletionTokens
+		r.FailedCachedPromptTokens += ev.CachedPromptTokens
 	case nozzle.UsageCanceled:
 		r.Canceled++
 	case nozzle.UsageInterrupted:
@@ -288,7 +313,9 @@ func (r *rollup) addEvent(ev *nozzle.UsageEvent) {
 		if ev.Status == nozzle.UsageFailed {
 			b.FailedPromptTokens += ev.PromptTokens
 			b.FailedCompletionTokens += ev.CompletionTokens
+			b.FailedCachedPromptTokens += ev.CachedPromptTokens
 		}
+		b.CachedPromptTokens += ev.CachedPromptTokens
 		b.ChargedUSD += ev.ChargeUSD
 	}
 	if ev.AdapterName != "" {
@@ -299,11 +326,12 @@ func (r *rollup) addEvent(ev *nozzle.UsageEvent) {
 // activeCost is the GPU cost of a request's device time.
 func activeCost(ev *nozzle.UsageEvent) float64 { return ev.DeviceSeconds * ev.RatePerHour / 3600 }
 
-func encodeRollup(r *rollup) []byte { return encodeRollupAs(r, rollupV5) }
+func encodeRollup(r *rollup) []byte { return encodeRollupAs(r, rollupV6) }
 
 // encodeRollupAs writes r in value format 1, 2 (as encodeEventAs; neither
 // has the failed requests' tokens), 3 (no canceled and interrupted
-// requests), 4 (no batch usage) or 5.
+// requests), 4 (no batch usage), 5 (no failed or batch cached prompt
+// tokens) or 6.
 func encodeRollupAs(r *rollup, format byte) []byte {
 	e := enc{b: make([]byte, 0, 96+len(r.AdapterName))}
 	e.u8(format)
@@ -334,6 +362,11 @@ func encodeRollupAs(r *rollup, format byte) []byte {
 		e.varint(b.FailedCompletionTokens)
 		e.f64(b.ChargedUSD)
 	}
+	if format >= rollupV6 {
+		e.varint(r.FailedCachedPromptTokens)
+		e.varint(r.Batch.CachedPromptTokens)
+		e.varint(r.Batch.FailedCachedPromptTokens)
+	}
 	e.str(r.AdapterName)
 	return e.b
 }
@@ -341,7 +374,7 @@ func encodeRollupAs(r *rollup, format byte) []byte {
 func decodeRollup(b []byte) (rollup, error) {
 	d := dec{b: b}
 	format := d.u8()
-	if format < valueV1 || format > rollupV5 {
+	if format < valueV1 || format > rollupV6 {
 		d.fail()
 	}
 	var r rollup
@@ -378,6 +411,18 @@ func decodeRollup(b []byte) (rollup, error) {
 		if !partOf(b.Requests, r.Requests) || !partOf(b.PromptTokens, r.PromptTokens) || !partOf(b.CompletionTokens, r.CompletionTokens) ||
 			!partOf(b.FailedPromptTokens, b.PromptTokens) || !partOf(b.FailedCompletionTokens, b.CompletionTokens) ||
 			!partOf(b.FailedPromptTokens, r.FailedPromptTokens) || !partOf(b.FailedCompletionTokens, r.FailedCompletionTokens) {
+			d.fail()
+		}
+	}
+	if format >= rollupV6 {
+		r.FailedCachedPromptTokens = d.varint()
+		r.Batch.CachedPromptTokens = d.varint()
+		r.Batch.FailedCachedPromptTokens = d.varint()
+		b := &r.Batch
+		if !partOf(r.FailedCachedPromptTokens, r.CachedPromptTokens) || !partOf(r.FailedCachedPromptTokens, r.FailedPromptTokens) ||
+			!partOf(b.CachedPromptTokens, r.CachedPromptTokens) || !partOf(b.CachedPromptTokens, b.PromptTokens) ||
+			!partOf(b.FailedCachedPromptTokens, b.CachedPromptTokens) || !partOf(b.FailedCachedPromptTokens, b.FailedPromptTokens) ||
+			!partOf(b.FailedCachedPromptTokens, r.FailedCachedPromptTokens) {
 			d.fail()
 		}
 	}
@@ -452,15 +497,25 @@ func decodeCapHour(b []byte) (capHour, error) {
 	return c, d.done("capacity hour")
 }
 
-// encodePrice writes a price: format 1 (prompt and completion per
-// million) without a batch discount, format 3 (the same, then the batch
-// discount percent; since schema version 16) with one. Prices stored
-// before version 16 are all format 1: no discount.
+// encodePrice writes a price in format 4 (since schema version 17):
+// prompt and completion per million, the batch discount percent, then the
+// cached prompt price per million, every field always. Formats 1 (prompt
+// and completion; no discount) and 3 (format 1, then a discount above 0)
+// are no longer written; they decode with the cached prompt price equal
+// to the prompt price, which is what they charged.
 func encodePrice(p nozzle.Price) []byte {
-	format := byte(valueV1)
-	if p.BatchDiscountPercent != 0 {
-		format = priceV3
-	}
+	e := enc{b: make([]byte, 0, 33)}
+	e.u8(priceV4)
+	e.f64(p.PromptPerMillionUSD)
+	e.f64(p.CompletionPerMillionUSD)
+	e.f64(p.BatchDiscountPercent)
+	e.f64(p.CachedPromptPerMillionUSD)
+	return e.b
+}
+
+// encodePriceAs writes p in an older format (1 or 3), as builds before
+// schema version 17 did; tests write old files with it.
+func encodePriceAs(p nozzle.Price, format byte) []byte {
 	e := enc{b: make([]byte, 0, 25)}
 	e.u8(format)
 	e.f64(p.PromptPerMillionUSD)
@@ -479,6 +534,11 @@ const priceStandard = 2
 // 16): format 1, then the discount in percent, above 0 and at most 100.
 const priceV3 = 3
 
+// priceV4 is the format of every price written since schema version 17:
+// format 1, then the batch discount in percent (0 to 100) and the cached
+// prompt price (0 to the prompt price).
+const priceV4 = 4
+
 func encodeStandardPrice() []byte { return []byte{priceStandard} }
 
 // decodePrice decodes a price version's value: a price, or the mark of
@@ -489,40 +549,74 @@ func decodePrice(b []byte) (p nozzle.Price, standard bool, err error) {
 	}
 	d := dec{b: b}
 	format := d.u8()
-	if format != valueV1 && format != priceV3 {
+	if format != valueV1 && format != priceV3 && format != priceV4 {
 		d.fail()
 	}
 	p = nozzle.Price{PromptPerMillionUSD: d.f64(), CompletionPerMillionUSD: d.f64()}
-	if format == priceV3 {
+	switch format {
+	case priceV3:
 		// written for a discount only, so that a price has one encoding
 		if p.BatchDiscountPercent = d.f64(); !(p.BatchDiscountPercent > 0 && p.BatchDiscountPercent <= 100) {
 			d.fail()
 		}
+	case priceV4:
+		if p.BatchDiscountPercent = d.f64(); !(p.BatchDiscountPercent >= 0 && p.BatchDiscountPercent <= 100) {
+			d.fail()
+		}
+		if p.CachedPromptPerMillionUSD = d.f64(); !(p.CachedPromptPerMillionUSD >= 0 && p.CachedPromptPerMillionUSD <= p.PromptPerMillionUSD) {
+			d.fail()
+		}
+	}
+	if format != priceV4 {
+		// older prices had no cached price: cached tokens were charged
+		// the prompt price, and still are
+		p.CachedPromptPerMillionUSD = p.PromptPerMillionUSD
 	}
 	return p, false, d.done("price")
 }
 
 // billed is what the outbox has taken of a tenant's hour so far: the
 // interactive meters' tokens (PromptTokens, CompletionTokens: those of
-// requests the Batch API did not run) and, since schema version 16, the
-// batch meters' (BatchPromptTokens, BatchCompletionTokens).
+// requests the Batch API did not run), since schema version 16 the batch
+// meters' (BatchPromptTokens, BatchCompletionTokens) and since version 17
+// the cached prompt meters' (CachedPromptTokens, BatchCachedPromptTokens),
+// which the prompt meters' no longer include.
 type billed struct {
-	PromptTokens          int64
-	CompletionTokens      int64
-	Parts                 uint32
-	BatchPromptTokens     int64
-	BatchCompletionTokens int64
+	PromptTokens            int64
+	CompletionTokens        int64
+	Parts                   uint32
+	BatchPromptTokens       int64
+	BatchCompletionTokens   int64
+	CachedPromptTokens      int64
+	BatchCachedPromptTokens int64
+	// promptHoldsCached marks a value of format 1 or 2: its prompt
+	// meters took cached prompt tokens too (before version 17 they had no
+	// meters of their own). enqueueHour splits them before taking more.
+	promptHoldsCached bool
 }
 
-// encodeBilled writes format 1 (prompt, completion, parts) while the
-// outbox took no batch tokens of the hour, else format 2: format 1, then
-// the batch prompt and completion tokens. A format 1 value decodes with
-// none, which was true of every hour before schema version 16.
+// encodeBilled writes format 3: prompt, completion, parts, batch prompt,
+// batch completion, cached prompt and batch cached prompt tokens. Formats
+// 1 (prompt, completion, parts) and 2 (format 1, then the batch prompt
+// and completion tokens, written for some only) are no longer written;
+// they decode with promptHoldsCached set, and no batch tokens for format
+// 1, which was true of every hour before schema version 16.
 func encodeBilled(b *billed) []byte {
-	format := byte(valueV1)
-	if b.BatchPromptTokens != 0 || b.BatchCompletionTokens != 0 {
-		format = valueV2
-	}
+	e := enc{}
+	e.u8(valueV3)
+	e.varint(b.PromptTokens)
+	e.varint(b.CompletionTokens)
+	e.uvarint(uint64(b.Parts))
+	e.varint(b.BatchPromptTokens)
+	e.varint(b.BatchCompletionTokens)
+	e.varint(b.CachedPromptTokens)
+	e.varint(b.BatchCachedPromptTokens)
+	return e.b
+}
+
+// encodeBilledAs writes b in format 1 or 2, as builds before schema
+// version 17 did; tests write old files with it.
+func encodeBilledAs(b *billed, format byte) []byte {
 	e := enc{}
 	e.u8(format)
 	e.varint(b.PromptTokens)
@@ -538,7 +632,7 @@ func encodeBilled(b *billed) []byte {
 func decodeBilled(p []byte) (billed, error) {
 	d := dec{b: p}
 	format := d.u8()
-	if format != valueV1 && format != valueV2 {
+	if format != valueV1 && format != valueV2 && format != valueV3 {
 		d.fail()
 	}
 	b := billed{PromptTokens: d.varint(), CompletionTokens: d.varint()}
@@ -547,12 +641,17 @@ func decodeBilled(p []byte) (billed, error) {
 		d.fail()
 	}
 	b.Parts = uint32(parts)
-	if format == valueV2 {
+	switch format {
+	case valueV2:
 		b.BatchPromptTokens, b.BatchCompletionTokens = d.varint(), d.varint()
 		if b.BatchPromptTokens == 0 && b.BatchCompletionTokens == 0 {
 			d.fail() // format 2 is written for batch tokens only
 		}
+	case valueV3:
+		b.BatchPromptTokens, b.BatchCompletionTokens = d.varint(), d.varint()
+		b.CachedPromptTokens, b.BatchCachedPromptTokens = d.varint(), d.varint()
 	}
+	b.promptHoldsCached = format != valueV3
 	return b, d.done("billed hour")
 }
 
@@ -569,7 +668,7 @@ const (
 type outboxRow struct {
 	Identifier string
 	TenantID   string
-	Meter      string // "prompt" or "completion"
+	Meter      string // one of the Meter constants
 	EventName  string
 	Hour       int64
 	Part       uint32

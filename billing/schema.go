@@ -12,7 +12,7 @@ import (
 // docs/LEDGER.md describes it; migrations below bring older files up to it
 // on open. Version 4 has no migration of its own: the builds that knew it
 // but not 5 stamped it on a file when it first held a standard-price mark.
-const SchemaVersion = 16
+const SchemaVersion = 17
 
 // Bucket names. docs/LEDGER.md gives each bucket's keys and values.
 var (
@@ -198,6 +198,39 @@ var migrations = []migration{
 	// nothing: older values still decode, with no batch usage, no batch
 	// discount and no batch tokens billed, which is what they held.
 	{To: 16, Fn: func(tx *bolt.Tx) error { return nil }},
+	// Version 17: a price for cached prompt tokens. Prices are written in
+	// format 4 (the batch discount and the cached prompt price always;
+	// older prices read with the cached price equal to the prompt price),
+	// rollups in format 6 (the failed and the batch requests' cached
+	// prompt tokens), billed hours in format 3 (the cached prompt meters'
+	// tokens), and the outbox has two more meters (cached_prompt,
+	// batch_cached_prompt). None of these can an older build read. The
+	// migration adds the stored events' failed and batch cached prompt
+	// tokens to the rollups that hold them; the others keep their format
+	// until next written.
+	{To: 17, Fn: backfillCachedSplit},
+}
+
+// backfillCachedSplit adds the cached prompt tokens of every stored failed
+// or batch event to its rollup, hourly and monthly total, whose older
+// formats have no such split.
+func backfillCachedSplit(tx *bolt.Tx) error {
+	return backfillRollups(tx, func(ev *nozzle.UsageEvent) *rollup {
+		if ev.CachedPromptTokens <= 0 || (ev.Status != nozzle.UsageFailed && !ev.Batch) {
+			return nil
+		}
+		r := &rollup{}
+		if ev.Status == nozzle.UsageFailed {
+			r.FailedCachedPromptTokens = ev.CachedPromptTokens
+		}
+		if ev.Batch {
+			r.Batch.CachedPromptTokens = ev.CachedPromptTokens
+			if ev.Status == nozzle.UsageFailed {
+				r.Batch.FailedCachedPromptTokens = ev.CachedPromptTokens
+			}
+		}
+		return r
+	})
 }
 
 // countConversationBytes builds version 15's conversation_storage from the

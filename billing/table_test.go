@@ -18,7 +18,7 @@ var update = flag.Bool("update", false, "update golden files")
 
 func TestWriteTable(t *testing.T) {
 	ctx := context.Background()
-	l := mustOpen(t, billing.Options{DefaultPrice: nozzle.Price{PromptPerMillionUSD: 0.5, CompletionPerMillionUSD: 1.5, BatchDiscountPercent: 50}})
+	l := mustOpen(t, billing.Options{DefaultPrice: nozzle.Price{PromptPerMillionUSD: 0.5, CompletionPerMillionUSD: 1.5, BatchDiscountPercent: 50, CachedPromptPerMillionUSD: 0.25}})
 	a := mustTenant(t, l, "acme")
 	start := date("2026-03-04T10:00:00Z")
 	if err := l.RecordCapacity(ctx, []nozzle.CapacityInterval{{RuntimeID: "rt", Seq: 1, Start: start, End: start.Add(2 * time.Hour), ActiveSeconds: 720, IdleSeconds: 6480, RatePerHour: 2}}); err != nil {

@@ -206,6 +206,10 @@ func validPrice(p nozzle.Price) error {
 	if d := p.BatchDiscountPercent; !(d >= 0 && d <= 100) {
 		return nozzle.Errorf(nozzle.EINVALID, "batch_discount_percent must be a number from 0 to 100.").WithParam("batch_discount_percent")
 	}
+	if c := p.CachedPromptPerMillionUSD; !(c >= 0 && c <= p.PromptPerMillionUSD) {
+		return nozzle.Errorf(nozzle.EINVALID, "cached_prompt_per_million_usd must be a number from 0 to prompt_per_million_usd (%g): a prompt token the prefix cache held costs no more than one it did not.",
+			p.PromptPerMillionUSD).WithParam("cached_prompt_per_million_usd")
+	}
 	return nil
 }
 

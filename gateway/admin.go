@@ -174,11 +174,14 @@ func (s *Server) adminRevokeKey(c *fiber.Ctx) error {
 // priceRequest sets a price from a time (default: now), or for a tenant
 // (standard: true) returns it to the standard prices.
 type priceRequest struct {
-	PromptPerMillionUSD     *float64   `json:"prompt_per_million_usd"`
-	CompletionPerMillionUSD *float64   `json:"completion_per_million_usd"`
-	BatchDiscountPercent    *float64   `json:"batch_discount_percent"`
-	EffectiveFrom           *time.Time `json:"effective_from"`
-	Standard                bool       `json:"standard"`
+	PromptPerMillionUSD     *float64 `json:"prompt_per_million_usd"`
+	CompletionPerMillionUSD *float64 `json:"completion_per_million_usd"`
+	BatchDiscountPercent    *float64 `json:"batch_discount_percent"`
+	// CachedPromptPerMillionUSD left out is the prompt price: no
+	// discount for cached prompt tokens (never free by omission).
+	CachedPromptPerMillionUSD *float64   `json:"cached_prompt_per_million_usd"`
+	EffectiveFrom             *time.Time `json:"effective_from"`
+	Standard                  bool       `json:"standard"`
 }
 
 func (s *Server) setPrice(c *fiber.Ctx, tenantID string) error {
@@ -194,7 +197,7 @@ func (s *Server) setPrice(c *fiber.Ctx, tenantID string) error {
 		if tenantID == "" {
 			return invalid("standard", "'standard' ends a tenant's override; the standard prices themselves are set with prices.")
 		}
-		if r.PromptPerMillionUSD != nil || r.CompletionPerMillionUSD != nil || r.BatchDiscountPercent != nil {
+		if r.PromptPerMillionUSD != nil || r.CompletionPerMillionUSD != nil || r.BatchDiscountPercent != nil || r.CachedPromptPerMillionUSD != nil {
 			return invalid("standard", "Send either prices or 'standard', not both.")
 		}
 		if err := s.deps.Tenants.UseStandardPrice(c.UserContext(), tenantID, from); err != nil {
@@ -215,6 +218,15 @@ func (s *Server) setPrice(c *fiber.Ctx, tenantID string) error {
 			return invalid("batch_discount_percent", "batch_discount_percent must be a number from 0 to 100.")
 		}
 		p.BatchDiscountPercent = *d
+	}
+	p.CachedPromptPerMillionUSD = p.PromptPerMillionUSD // absent: the prompt price
+	if v := r.CachedPromptPerMillionUSD; v != nil {
+		if !(*v >= 0 && *v <= p.PromptPerMillionUSD) {
+			return invalid("cached_prompt_per_million_usd",
+				"cached_prompt_per_million_usd must be a number from 0 to prompt_per_million_usd (%g): a prompt token the prefix cache held costs no more than one it did not.",
+				p.PromptPerMillionUSD)
+		}
+		p.CachedPromptPerMillionUSD = *v
 	}
 	if err := s.deps.Tenants.SetPrice(c.UserContext(), tenantID, p, from); err != nil {
 		return err

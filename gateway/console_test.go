@@ -33,7 +33,7 @@ var consoleKey = []byte("console test signing key, at least 32 bytes long")
 const opEmail, opPassword = "operator@example.com", "operator-password-1"
 
 // consolePrice is the default price of the console's world.
-var consolePrice = nozzle.Price{PromptPerMillionUSD: 0.1, CompletionPerMillionUSD: 0.3}
+var consolePrice = nozzle.Price{PromptPerMillionUSD: 0.1, CompletionPerMillionUSD: 0.3, CachedPromptPerMillionUSD: 0.1}
 
 // consoleFixture is a gateway with the console over an in-memory pool, an
 // operator account, and a clock tests can move.

@@ -21,7 +21,7 @@ const internalToken = "internal-secret-token"
 
 // fixturePrice is the price of the fixture's tenants: the default one and
 // a version of each tenant's own.
-var fixturePrice = nozzle.Price{PromptPerMillionUSD: 1, CompletionPerMillionUSD: 2}
+var fixturePrice = nozzle.Price{PromptPerMillionUSD: 1, CompletionPerMillionUSD: 2, CachedPromptPerMillionUSD: 1}
 
 // fixture is a gateway over mocks, with two tenants (a and b), each with a
 // full-scope key.

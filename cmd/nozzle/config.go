@@ -8,6 +8,7 @@ import (
 	"math"
 	"os"
 	"reflect"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -72,6 +73,7 @@ type Config struct {
 	IdlePolicy           string  `key:"idle_policy" help:"who carries idle GPU time: prorata or operator"`
 	PricePrompt          float64 `key:"price_prompt" help:"default price in USD per million prompt tokens"`
 	PriceCompletion      float64 `key:"price_completion" help:"default price in USD per million completion tokens"`
+	PriceCachedPrompt    float64 `key:"price_cached_prompt" help:"default price in USD per million cached prompt tokens (those the prefix cache held), at most price_prompt (left unset: half of price_prompt)"`
 	PriceBatchDiscount   float64 `key:"price_batch_discount_percent" help:"default price's discount in percent (0 to 100) on requests the Batch API runs"`
 	DedicatedRatePerHour float64 `key:"dedicated_rate_per_hour" help:"hourly price of a dedicated GPU, for the saving shown to tenants (0: the rate of the runtimes that served each adapter)"`
 	ResponseRetention    int     `key:"response_retention_days" help:"days a stored response of the Responses API is kept (retrieved, listed, continued with previous_response_id); older ones are deleted hourly (0: kept until deleted)"`
@@ -79,10 +81,12 @@ type Config struct {
 	TenantConvMB         int     `key:"tenant_conversation_storage_mb" help:"most MiB of conversation items (the Conversations API's) one tenant may hold; at it, adding items and responses naming a conversation are refused until some are deleted (0: no cap)"`
 	StripeKey            Secret  `key:"stripe_key" help:"Stripe secret key; enables metered billing"`
 	StripeAPIURL         string  `key:"stripe_api_url" help:"Stripe API URL (for stripe-mock)"`
-	StripeMeterPrompt    string  `key:"stripe_meter_prompt" help:"Stripe meter event name for prompt tokens"`
+	StripeMeterPrompt    string  `key:"stripe_meter_prompt" help:"Stripe meter event name for prompt tokens (those the prefix cache did not hold)"`
 	StripeMeterComp      string  `key:"stripe_meter_completion" help:"Stripe meter event name for completion tokens"`
-	StripeMeterBatchP    string  `key:"stripe_meter_batch_prompt" help:"Stripe meter event name for prompt tokens of requests the Batch API ran"`
+	StripeMeterBatchP    string  `key:"stripe_meter_batch_prompt" help:"Stripe meter event name for prompt tokens (not cached) of requests the Batch API ran"`
 	StripeMeterBatchC    string  `key:"stripe_meter_batch_completion" help:"Stripe meter event name for completion tokens of requests the Batch API ran"`
+	StripeMeterCachedP   string  `key:"stripe_meter_cached_prompt" help:"Stripe meter event name for cached prompt tokens (the prompt meters count the others)"`
+	StripeMeterBatchK    string  `key:"stripe_meter_batch_cached_prompt" help:"Stripe meter event name for cached prompt tokens of requests the Batch API ran"`
 }
 
 // DefaultConfig returns the built-in defaults.
@@ -116,6 +120,7 @@ func DefaultConfig() Config {
 		IdlePolicy:         "prorata",
 		PricePrompt:        0.10,
 		PriceCompletion:    0.30,
+		PriceCachedPrompt:  0.05, // half of PricePrompt; see Load
 		PriceBatchDiscount: 50,
 		ResponseRetention:  30,
 		TenantResponseMB:   1024,
@@ -124,6 +129,8 @@ func DefaultConfig() Config {
 		StripeMeterComp:    "nozzle_completion_tokens",
 		StripeMeterBatchP:  "nozzle_batch_prompt_tokens",
 		StripeMeterBatchC:  "nozzle_batch_completion_tokens",
+		StripeMeterCachedP: "nozzle_cached_prompt_tokens",
+		StripeMeterBatchK:  "nozzle_batch_cached_prompt_tokens",
 		OperatorEmail:      defaultOperatorEmail,
 	}
 }
@@ -179,6 +186,9 @@ func (c *Config) Validate() error {
 		if !(f.v >= 0) || math.IsInf(f.v, 0) {
 			return fmt.Errorf("%s %g: must be a finite number, not negative", f.key, f.v)
 		}
+	}
+	if !(c.PriceCachedPrompt >= 0 && c.PriceCachedPrompt <= c.PricePrompt) {
+		return fmt.Errorf("price_cached_prompt %g: want a number from 0 to price_prompt (%g): a cached prompt token costs no more than another", c.PriceCachedPrompt, c.PricePrompt)
 	}
 	if !(c.PriceBatchDiscount >= 0 && c.PriceBatchDiscount <= 100) {
 		return fmt.Errorf("price_batch_discount_percent %g: want a number from 0 to 100", c.PriceBatchDiscount)
@@ -399,13 +409,19 @@ func (f field) setValue(v any) error {
 
 // ReadConfigFile applies a TOML config file to c. Unknown keys are errors.
 func (c *Config) ReadConfigFile(path string) error {
+	_, err := c.readConfigFile(path)
+	return err
+}
+
+// readConfigFile is ReadConfigFile, returning the keys the file set too.
+func (c *Config) readConfigFile(path string) (map[string]any, error) {
 	buf, err := os.ReadFile(path)
 	if err != nil {
-		return fmt.Errorf("config file: %w", err)
+		return nil, fmt.Errorf("config file: %w", err)
 	}
 	var m map[string]any
 	if _, err := toml.Decode(string(buf), &m); err != nil {
-		return fmt.Errorf("config file %s: %w", path, err)
+		return nil, fmt.Errorf("config file %s: %w", path, err)
 	}
 	byKey := map[string]field{}
 	for _, f := range c.fields() {
@@ -419,13 +435,13 @@ func (c *Config) ReadConfigFile(path string) error {
 	for _, k := range keys {
 		f, ok := byKey[k]
 		if !ok {
-			return fmt.Errorf("config file %s: unknown key %q", path, k)
+			return nil, fmt.Errorf("config file %s: unknown key %q", path, k)
 		}
 		if err := f.setValue(m[k]); err != nil {
-			return fmt.Errorf("config file %s: %w", path, err)
+			return nil, fmt.Errorf("config file %s: %w", path, err)
 		}
 	}
-	return nil
+	return m, nil
 }
 
 // ApplyEnv applies NOZZLE_* environment variables found by lookup.
@@ -474,8 +490,10 @@ func Load(name string, args []string, lookup func(string) (string, bool), stderr
 			*configPath = p
 		}
 	}
+	var fileKeys map[string]any
 	if *configPath != "" {
-		if err := c.ReadConfigFile(*configPath); err != nil {
+		var err error
+		if fileKeys, err = c.readConfigFile(*configPath); err != nil {
 			return c, nil, err
 		}
 	}
@@ -490,6 +508,17 @@ func Load(name string, args []string, lookup func(string) (string, bool), stderr
 		if err := byKey[s.key].set(s.value); err != nil {
 			return c, nil, err
 		}
+	}
+	// price_cached_prompt left unset follows price_prompt at half of it
+	// (the defaults' ratio), so that a deployment that raises its prompt
+	// price keeps a cached price below it rather than one left behind.
+	set := func(key string) bool {
+		_, inFile := fileKeys[key]
+		_, inEnv := lookup(EnvName(key))
+		return inFile || inEnv || slices.ContainsFunc(flagged, func(s setting) bool { return s.key == key })
+	}
+	if !set("price_cached_prompt") {
+		c.PriceCachedPrompt = c.PricePrompt / 2
 	}
 	// On Fly.io every machine of a process group runs the same command:
 	// left unset, a runtime's id is its machine's, so that machines added

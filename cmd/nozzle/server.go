@@ -199,9 +199,10 @@ func (m *Main) openLedger() error {
 		Path:       filepath.Join(m.Config.Data, "ledger.db"),
 		IdlePolicy: m.Config.IdlePolicy,
 		DefaultPrice: nozzle.Price{
-			PromptPerMillionUSD:     m.Config.PricePrompt,
-			CompletionPerMillionUSD: m.Config.PriceCompletion,
-			BatchDiscountPercent:    m.Config.PriceBatchDiscount,
+			PromptPerMillionUSD:       m.Config.PricePrompt,
+			CompletionPerMillionUSD:   m.Config.PriceCompletion,
+			BatchDiscountPercent:      m.Config.PriceBatchDiscount,
+			CachedPromptPerMillionUSD: m.Config.PriceCachedPrompt,
 		},
 		DedicatedRatePerHour: m.Config.DedicatedRatePerHour,
 		ResponseRetention:    time.Duration(m.Config.ResponseRetention) * 24 * time.Hour,
@@ -230,10 +231,12 @@ func (m *Main) startStripe(ctx context.Context) error {
 		return fmt.Errorf("stripe: %w", err)
 	}
 	m.Ledger.StartOutbox(sender, billing.OutboxOptions{
-		PromptEventName:          m.Config.StripeMeterPrompt,
-		CompletionEventName:      m.Config.StripeMeterComp,
-		BatchPromptEventName:     m.Config.StripeMeterBatchP,
-		BatchCompletionEventName: m.Config.StripeMeterBatchC,
+		PromptEventName:            m.Config.StripeMeterPrompt,
+		CompletionEventName:        m.Config.StripeMeterComp,
+		BatchPromptEventName:       m.Config.StripeMeterBatchP,
+		BatchCompletionEventName:   m.Config.StripeMeterBatchC,
+		CachedPromptEventName:      m.Config.StripeMeterCachedP,
+		BatchCachedPromptEventName: m.Config.StripeMeterBatchK,
 	})
 	return nil
 }

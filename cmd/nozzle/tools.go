@@ -106,7 +106,7 @@ func (t *toolFlags) openLedger() (*billing.Ledger, error) {
 	l, err := billing.Open(billing.Options{Path: path, LockTimeout: 200 * time.Millisecond,
 		IdlePolicy: cfg.IdlePolicy,
 		DefaultPrice: nozzle.Price{PromptPerMillionUSD: cfg.PricePrompt, CompletionPerMillionUSD: cfg.PriceCompletion,
-			BatchDiscountPercent: cfg.PriceBatchDiscount},
+			BatchDiscountPercent: cfg.PriceBatchDiscount, CachedPromptPerMillionUSD: cfg.PriceCachedPrompt},
 		DedicatedRatePerHour: cfg.DedicatedRatePerHour})
 	if errors.Is(err, billing.ErrLocked) {
 		return nil, nil
