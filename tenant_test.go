@@ -2,6 +2,7 @@ package nozzle_test
 
 import (
 	"encoding/json"
+	"math"
 	"testing"
 	"time"
 
@@ -55,5 +56,28 @@ func TestPriceVersion_JSON(t *testing.T) {
 		`{"tenant_id":"ten_1","effective_from":"2026-03-01T01:00:00Z","standard":true,"price":null}]`
 	if err != nil || string(b) != want {
 		t.Fatalf("got %s, %v\nwant %s", b, err, want)
+	}
+}
+
+// A price charges cached prompt tokens its cached prompt price and the
+// others its prompt price, then the batch discount on all of it; cached
+// tokens beyond the prompt tokens count as no more than those.
+func TestPrice_ChargeEventCached(t *testing.T) {
+	p := nozzle.Price{PromptPerMillionUSD: 1, CompletionPerMillionUSD: 3, CachedPromptPerMillionUSD: 0.25, BatchDiscountPercent: 50}
+	ev := &nozzle.UsageEvent{PromptTokens: 1_000_000, CachedPromptTokens: 600_000, CompletionTokens: 1_000_000}
+	if got := p.ChargeEvent(ev); math.Abs(got-3.55) > 1e-12 { // 0.4 + 0.15 + 3
+		t.Errorf("interactive: %v, want 3.55", got)
+	}
+	ev.Batch = true
+	if got := p.ChargeEvent(ev); math.Abs(got-1.775) > 1e-12 {
+		t.Errorf("batch: %v, want 1.775", got)
+	}
+	ev.Batch, ev.CachedPromptTokens = false, 2_000_000
+	if got := p.ChargeEvent(ev); math.Abs(got-3.25) > 1e-12 {
+		t.Errorf("cached beyond the prompt: %v, want 3.25", got)
+	}
+	p.CachedPromptPerMillionUSD = p.PromptPerMillionUSD
+	if got, want := p.ChargeEvent(ev), p.Charge(ev.PromptTokens, ev.CompletionTokens); got != want {
+		t.Errorf("cached price = prompt price: %v, want Charge's %v", got, want)
 	}
 }

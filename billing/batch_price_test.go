@@ -143,7 +143,8 @@ func TestBatchPrice_Validation(t *testing.T) {
 }
 
 // Property: on random traces of interactive and batch requests of every
-// outcome, at a random discount, each event is charged what its price
+// outcome, with cached prompt tokens, at a random discount and cached
+// prompt price, each event is charged what its price
 // charges it (ChargeEvent; failed ones nothing); the report's charges add
 // up to the events' (the batch charges to the batch events'), its rows to
 // its total, and the check holds.
@@ -154,6 +155,7 @@ func TestBatchPrice_ChargesAddUp(t *testing.T) {
 		t.Run(fmt.Sprint(seed), func(t *testing.T) {
 			r := rand.New(rand.NewPCG(seed, 23))
 			price := nozzle.Price{PromptPerMillionUSD: r.Float64() * 5, CompletionPerMillionUSD: r.Float64() * 15, BatchDiscountPercent: float64(r.IntN(101))}
+			price.CachedPromptPerMillionUSD = price.PromptPerMillionUSD * r.Float64()
 			l := mustOpen(t, billing.Options{DefaultPrice: price})
 			tenants := mustTenants(t, l, "t", 1+r.IntN(4))
 			tr := randomTrace(r, tenants)
@@ -162,6 +164,9 @@ func TestBatchPrice_ChargesAddUp(t *testing.T) {
 			for _, ev := range tr.events {
 				ev.Batch = r.IntN(2) == 0
 				ev.Status = statuses[r.IntN(len(statuses))]
+				if ev.PromptTokens > 0 {
+					ev.CachedPromptTokens = r.Int64N(ev.PromptTokens + 1)
+				}
 				got := mustRecord(t, l, ev)
 				want := price.ChargeEvent(&got)
 				if got.Status == nozzle.UsageFailed {

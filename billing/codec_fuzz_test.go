@@ -2,6 +2,7 @@ package billing
 
 import (
 	"bytes"
+	"math"
 	"testing"
 	"time"
 
@@ -55,7 +56,9 @@ func FuzzDecodeRollup(f *testing.F) {
 	f.Add(encodeRollupAs(&rollup{Requests: 3, Failed: 1, PromptTokens: 700, CompletionTokens: 9, FailedPromptTokens: 300, FailedCompletionTokens: 9, AdapterName: "a"}, valueV3))
 	f.Add(encodeRollup(&rollup{Requests: 6, Failed: 1, Canceled: 2, Interrupted: 1, PromptTokens: 700, CompletionTokens: 9, FailedPromptTokens: 300, FailedCompletionTokens: 9, AdapterName: "a"}))
 	f.Add(encodeRollupAs(&v4Rollup, valueV4))
-	f.Add(encodeRollup(&v5Rollup))
+	f.Add(encodeRollupAs(&v5Rollup, rollupV5))
+	f.Add(encodeRollup(&rollup{Requests: 3, Failed: 1, PromptTokens: 700, CachedPromptTokens: 512, FailedPromptTokens: 300, FailedCachedPromptTokens: 200,
+		Batch: batchSums{Requests: 2, PromptTokens: 600, FailedPromptTokens: 300, CachedPromptTokens: 400, FailedCachedPromptTokens: 200}, AdapterName: "a"}))
 	f.Add([]byte{1, 0})
 	f.Add([]byte{2, 0})
 	f.Fuzz(func(t *testing.T, b []byte) {
@@ -108,8 +111,10 @@ func FuzzDecodeCapHour(f *testing.F) {
 }
 
 func FuzzDecodePrice(f *testing.F) {
+	f.Add(encodePriceAs(nozzle.Price{PromptPerMillionUSD: 1, CompletionPerMillionUSD: 2}, valueV1))
+	f.Add(encodePriceAs(nozzle.Price{PromptPerMillionUSD: 1, CompletionPerMillionUSD: 2, BatchDiscountPercent: 50}, priceV3))
+	f.Add(encodePrice(nozzle.Price{PromptPerMillionUSD: 1, CompletionPerMillionUSD: 2, BatchDiscountPercent: 50, CachedPromptPerMillionUSD: 0.5}))
 	f.Add(encodePrice(nozzle.Price{PromptPerMillionUSD: 1, CompletionPerMillionUSD: 2}))
-	f.Add(encodePrice(nozzle.Price{PromptPerMillionUSD: 1, CompletionPerMillionUSD: 2, BatchDiscountPercent: 50}))
 	f.Add(encodeStandardPrice())
 	f.Fuzz(func(t *testing.T, b []byte) {
 		p, standard, err := decodePrice(b)
@@ -125,6 +130,14 @@ func FuzzDecodePrice(f *testing.F) {
 		if d := p.BatchDiscountPercent; (b[0] == valueV1 && d != 0) || !(d >= 0 && d <= 100) {
 			t.Fatalf("price of format %d has a batch discount of %v", b[0], d)
 		}
+		if c := p.CachedPromptPerMillionUSD; b[0] != priceV4 && c != p.PromptPerMillionUSD && !math.IsNaN(c) {
+			t.Fatalf("price of format %d has a cached price of %v, not its prompt price", b[0], c)
+		} else if b[0] == priceV4 && !(c >= 0 && c <= p.PromptPerMillionUSD) {
+			t.Fatalf("format 4 price has a cached price of %v above its prompt price", c)
+		}
+		if validPrice(p) != nil {
+			return // never written (SetPrice and Open refuse it): no round trip to hold
+		}
 		if p2, std2, err := decodePrice(encodePrice(p)); err != nil || std2 || p2 != p {
 			t.Fatalf("price does not round-trip")
 		}
@@ -134,6 +147,9 @@ func FuzzDecodePrice(f *testing.F) {
 func FuzzDecodeBilled(f *testing.F) {
 	f.Add(encodeBilled(&billed{PromptTokens: 5, CompletionTokens: 6, Parts: 2}))
 	f.Add(encodeBilled(&billed{PromptTokens: 5, CompletionTokens: 6, Parts: 2, BatchPromptTokens: 7, BatchCompletionTokens: 8}))
+	f.Add(encodeBilled(&billed{PromptTokens: 5, CompletionTokens: 6, Parts: 2, BatchPromptTokens: 7, BatchCompletionTokens: 8, CachedPromptTokens: 9, BatchCachedPromptTokens: 10}))
+	f.Add(encodeBilledAs(&billed{PromptTokens: 5, CompletionTokens: 6, Parts: 2}, valueV1))
+	f.Add(encodeBilledAs(&billed{PromptTokens: 5, CompletionTokens: 6, Parts: 2, BatchPromptTokens: 7, BatchCompletionTokens: 8}, valueV2))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		v, err := decodeBilled(b)
 		if err != nil {

@@ -598,10 +598,19 @@ type billed struct {
 // encodeBilled writes format 3: prompt, completion, parts, batch prompt,
 // batch completion, cached prompt and batch cached prompt tokens. Formats
 // 1 (prompt, completion, parts) and 2 (format 1, then the batch prompt
-// and completion tokens, written for some only) are no longer written;
-// they decode with promptHoldsCached set, and no batch tokens for format
-// 1, which was true of every hour before schema version 16.
+// and completion tokens, written for some only) are written only for a
+// value read in them and not yet split (promptHoldsCached); they decode
+// with promptHoldsCached set, and no batch tokens for format 1, which was
+// true of every hour before schema version 16.
 func encodeBilled(b *billed) []byte {
+	if b.promptHoldsCached {
+		// an older value not yet split (enqueueHour splits before it
+		// writes): kept as it was
+		if b.BatchPromptTokens != 0 || b.BatchCompletionTokens != 0 {
+			return encodeBilledAs(b, valueV2)
+		}
+		return encodeBilledAs(b, valueV1)
+	}
 	e := enc{}
 	e.u8(valueV3)
 	e.varint(b.PromptTokens)
