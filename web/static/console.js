@@ -584,6 +584,9 @@
     const box = chat.closest('[data-prompt-price]');
     const pp = Number(box.dataset.promptPrice || 0);
     const cp = Number(box.dataset.completionPrice || 0);
+    // cached prompt tokens (usage.prompt_tokens_details.cached_tokens)
+    // have their own price; a page without it charges them the prompt's
+    const kp = box.dataset.cachedPromptPrice === undefined ? pp : Number(box.dataset.cachedPromptPrice);
     const transcript = $('#transcript');
     const input = $('#chat-input');
     const err = $('#chat-error');
@@ -750,13 +753,15 @@
         if (usage) {
           // The charge the ledger recorded (prices may have changed since
           // the page loaded); the page's prices only if it cannot be read.
-          let cost = (usage.prompt_tokens * pp + usage.completion_tokens * cp) / 1e6;
+          const cached = Math.min((usage.prompt_tokens_details && usage.prompt_tokens_details.cached_tokens) || 0, usage.prompt_tokens);
+          let cost = ((usage.prompt_tokens - cached) * pp + cached * kp + usage.completion_tokens * cp) / 1e6;
           const rec = await charged(reqId);
           if (rec) cost = rec.charged_usd;
           const meta = document.createElement('p');
           meta.className = 'msg-meta';
           meta.setAttribute('data-testid', 'answer-usage');
           meta.textContent = usage.prompt_tokens + ' prompt + ' + usage.completion_tokens + ' completion tokens · ' + money(cost) +
+            (cached > 0 ? ' · ' + cached + ' prompt tokens cached' : '') +
             (finish === 'length' ? ' · stopped at max tokens' : '');
           reply.appendChild(meta);
         }
