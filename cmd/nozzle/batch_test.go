@@ -123,6 +123,7 @@ func TestServe_BatchResumesAfterRestart(t *testing.T) {
 		Total struct {
 			Requests              int     `json:"requests"`
 			PromptTokens          int64   `json:"prompt_tokens"`
+			CachedPromptTokens    int64   `json:"cached_prompt_tokens"`
 			CompletionTokens      int64   `json:"completion_tokens"`
 			ChargedUSD            float64 `json:"charged_usd"`
 			BatchRequests         int     `json:"batch_requests"`
@@ -136,10 +137,12 @@ func TestServe_BatchResumesAfterRestart(t *testing.T) {
 		t.Errorf("%d requests charged for %d lines: %s", u.Total.Requests, lines, body)
 	}
 	// every line is the Batch API's, charged at the default price's
-	// discount (price_batch_discount_percent, 50)
+	// discount (price_batch_discount_percent, 50), the prompt tokens the
+	// prefix cache held at the cached prompt price (price_cached_prompt)
 	tot := u.Total
 	cfg := DefaultConfig()
-	want := (float64(tot.PromptTokens)*cfg.PricePrompt + float64(tot.CompletionTokens)*cfg.PriceCompletion) / 1e6 * (1 - cfg.PriceBatchDiscount/100)
+	want := (float64(tot.PromptTokens-tot.CachedPromptTokens)*cfg.PricePrompt + float64(tot.CachedPromptTokens)*cfg.PriceCachedPrompt +
+		float64(tot.CompletionTokens)*cfg.PriceCompletion) / 1e6 * (1 - cfg.PriceBatchDiscount/100)
 	if tot.BatchRequests != lines || tot.BatchPromptTokens != tot.PromptTokens || tot.BatchCompletionTokens != tot.CompletionTokens ||
 		tot.BatchChargeUSD != tot.ChargedUSD || math.Abs(tot.BatchChargeUSD-want) > 1e-9 || want == 0 {
 		t.Errorf("batch lines' usage %+v, want all of it batch, charged %v", tot, want)

@@ -108,6 +108,10 @@ func TestLoad_Errors(t *testing.T) {
 		{"InfPrice", nil, map[string]string{"NOZZLE_PRICE_PROMPT": "inf"}, "price_prompt +Inf: must be a finite number"},
 		{"BatchDiscountOver100", []string{"--price-batch-discount-percent", "120"}, nil, "price_batch_discount_percent 120: want a number from 0 to 100"},
 		{"BatchDiscountNaN", nil, map[string]string{"NOZZLE_PRICE_BATCH_DISCOUNT_PERCENT": "nan"}, "price_batch_discount_percent NaN"},
+		{"CachedAbovePrompt", []string{"--price-cached-prompt", "0.2"}, nil, "price_cached_prompt 0.2: want a number from 0 to price_prompt (0.1)"},
+		{"CachedNegative", nil, map[string]string{"NOZZLE_PRICE_CACHED_PROMPT": "-0.01"}, "price_cached_prompt -0.01"},
+		{"CachedNaN", nil, map[string]string{"NOZZLE_PRICE_CACHED_PROMPT": "nan"}, "price_cached_prompt NaN"},
+		{"PromptBelowCached", []string{"--price-prompt", "0.02", "--price-cached-prompt", "0.05"}, nil, "price_cached_prompt 0.05: want a number from 0 to price_prompt (0.02)"},
 		{"NaNWeight", []string{"--decode-weight", "nan"}, nil, "decode_weight must be positive finite numbers"},
 		{"FileSyntax", []string{"--config", bad}, nil, "config file " + bad},
 		{"FileUnknownKey", []string{"--config", unknown}, nil, `unknown key "slotz"`},
@@ -186,5 +190,48 @@ func TestLoad_BatchPricing(t *testing.T) {
 	c, _, err = Load("serve", []string{"--config", file}, env(map[string]string{"NOZZLE_PRICE_BATCH_DISCOUNT_PERCENT": "0"}), os.Stderr)
 	if err != nil || c.PriceBatchDiscount != 0 {
 		t.Errorf("env: %v, %v", c.PriceBatchDiscount, err)
+	}
+}
+
+// TestLoad_CachedPromptPricing: the cached prompt price defaults to half
+// the prompt price, and follows price_prompt at half of it wherever that
+// is set (file, environment, flag) while price_cached_prompt is not; set
+// itself (even to the default's value, or to 0: free), it stays as set.
+// The cached prompt meters' event names default as the others are named.
+func TestLoad_CachedPromptPricing(t *testing.T) {
+	c, _, err := Load("serve", nil, env(nil), os.Stderr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.PricePrompt != 0.1 || c.PriceCachedPrompt != 0.05 || c.StripeMeterCachedP != "nozzle_cached_prompt_tokens" ||
+		c.StripeMeterBatchK != "nozzle_batch_cached_prompt_tokens" {
+		t.Errorf("defaults: %v %v %q %q", c.PricePrompt, c.PriceCachedPrompt, c.StripeMeterCachedP, c.StripeMeterBatchK)
+	}
+	file := filepath.Join(t.TempDir(), "nozzle.toml")
+	os.WriteFile(file, []byte("price_prompt = 0.4\nstripe_meter_cached_prompt = \"cp\"\n"), 0o600)
+	both := filepath.Join(t.TempDir(), "both.toml")
+	os.WriteFile(both, []byte("price_prompt = 0.4\nprice_cached_prompt = 0.05\n"), 0o600)
+	for _, c := range []struct {
+		name   string
+		args   []string
+		env    map[string]string
+		cached float64
+	}{
+		{"prompt from the file", []string{"--config", file}, nil, 0.2},
+		{"prompt from the environment", nil, map[string]string{"NOZZLE_PRICE_PROMPT": "0.3"}, 0.15},
+		{"prompt from a flag", []string{"--price-prompt", "1"}, nil, 0.5},
+		{"both from the file", []string{"--config", both}, nil, 0.05},
+		{"cached from the environment", []string{"--config", file}, map[string]string{"NOZZLE_PRICE_CACHED_PROMPT": "0.4"}, 0.4},
+		{"cached from a flag, free", []string{"--config", file, "--price-cached-prompt", "0"}, nil, 0},
+		{"cached set to the default's value", []string{"--price-prompt", "1", "--price-cached-prompt", "0.05"}, nil, 0.05},
+	} {
+		got, _, err := Load("serve", c.args, env(c.env), os.Stderr)
+		if err != nil || got.PriceCachedPrompt != c.cached {
+			t.Errorf("%s: cached price %v, %v; want %v", c.name, got.PriceCachedPrompt, err, c.cached)
+		}
+	}
+	c, _, err = Load("serve", []string{"--config", file, "--stripe-meter-batch-cached-prompt", "bk"}, env(nil), os.Stderr)
+	if err != nil || c.StripeMeterCachedP != "cp" || c.StripeMeterBatchK != "bk" {
+		t.Errorf("meters from file and flag: %q %q, %v", c.StripeMeterCachedP, c.StripeMeterBatchK, err)
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"os"
@@ -427,8 +428,9 @@ func TestServe_JSONObject(t *testing.T) {
 
 // TestServe_CachedPromptTokens: a prompt that begins like an earlier one
 // takes its leading blocks from the prefix cache. The ledger keeps the
-// count each answer reported: /v1/usage adds it up, as JSON and CSV, and
-// the ledger check holds.
+// count each answer reported: /v1/usage adds it up, as JSON and CSV, the
+// cached tokens are charged the default cached prompt price, and the
+// ledger check holds.
 func TestServe_CachedPromptTokens(t *testing.T) {
 	m := MustRunMain(t)
 	base := "http://" + m.Addr
@@ -481,6 +483,14 @@ func TestServe_CachedPromptTokens(t *testing.T) {
 	}
 	if rep.Total.Requests != 3 || rep.Total.PromptTokens != prompt || rep.Total.CachedPromptTokens != cached {
 		t.Fatalf("usage total %+v, want 3 requests, %d prompt tokens, %d cached", rep.Total, prompt, cached)
+	}
+	// the cached tokens are charged the default cached prompt price
+	// (price_cached_prompt, half of price_prompt), the others in full
+	cfg := DefaultConfig()
+	tot := rep.Total
+	want := (float64(prompt-cached)*cfg.PricePrompt + float64(cached)*cfg.PriceCachedPrompt + float64(tot.CompletionTokens)*cfg.PriceCompletion) / 1e6
+	if math.Abs(tot.ChargedUSD-want) > 2*nozzle.USDPrecision || cfg.PriceCachedPrompt >= cfg.PricePrompt {
+		t.Fatalf("charged %v, want %v (cached tokens at %v per million)", tot.ChargedUSD, want, cfg.PriceCachedPrompt)
 	}
 	recs, err := csv.NewReader(bytes.NewReader(get("/v1/usage?format=csv"))).ReadAll()
 	if err != nil {
