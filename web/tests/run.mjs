@@ -375,8 +375,10 @@ async function main() {
     await opPage.fill('#budget', '50');
     await save('form[data-method=PATCH]');
     await opPage.fill('#tp-prompt', '0.00005');
+    await opPage.fill('#tp-cached', '0.00002'); // at most the prompt price
     await save('form[data-api$="/prices"]');
     assert(Number(await opPage.inputValue('#tp-prompt')) === 0.00005, `prompt price now ${await opPage.inputValue('#tp-prompt')}`);
+    assert(Number(await opPage.inputValue('#tp-cached')) === 0.00002, `cached prompt price now ${await opPage.inputValue('#tp-cached')}`);
     // With its own prices the tenant's page has its longest button: it
     // still fits a phone.
     const ph = await browser.newContext(phone);
@@ -409,6 +411,11 @@ async function main() {
   // the playground's answers (each metered once), however many tries the
   // steps below take
   let answered = 0;
+  // an answer's usage line (console.js): tokens, cost, cached prompt
+  // tokens when there are any; priced at the tenant's prices the
+  // playground steps set (1000, 500 cached, 2000 per million)
+  const usageLine = /(\d+) prompt \+ (\d+) completion tokens · \$([\d.e-]+)(?: · (\d+) prompt tokens cached)?/;
+  const priced = (m) => ((Number(m[1]) - Number(m[4] || 0)) * 1000 + Number(m[4] || 0) * 500 + Number(m[2]) * 2000) / 1e6;
   page.on('response', (r) => { if (r.url().endsWith('/console/api/chat/completions') && r.status() === 200) answered++; });
   page.setDefaultTimeout(15000);
 
@@ -625,6 +632,7 @@ async function main() {
     // The operator changes the tenant's prices after the page loaded: the
     // answer's cost is the charge at the new prices.
     await opPage.fill('#tp-prompt', '1000');
+    await opPage.fill('#tp-cached', '500');
     await opPage.fill('#tp-completion', '2000');
     await Promise.all([opPage.waitForEvent('framenavigated'), opPage.click('form[data-api$="/prices"] button[type=submit]')]);
     await page.fill('#chat-input', 'Write one short sentence about pooled GPUs.');
@@ -638,9 +646,9 @@ async function main() {
     const answer = await page.textContent('.msg-assistant .msg-text');
     assert(answer.trim().length > 0, 'empty answer');
     const usage = await page.textContent('[data-testid=answer-usage]');
-    const m = /(\d+) prompt \+ (\d+) completion tokens · \$([\d.e-]+)/.exec(usage);
+    const m = usageLine.exec(usage);
     assert(m, `usage line: ${usage}`);
-    const want = (Number(m[1]) * 1000 + Number(m[2]) * 2000) / 1e6;
+    const want = priced(m);
     // written as the usage page writes amounts: three significant figures
     assert(Math.abs(Number(m[3]) - want) <= want * 0.005, `usage line ${usage}: cost is not the charge at the prices in force ($${want})`);
     assert(!/0$/.test(m[3]) || /^\d+\.\d\d$/.test(m[3]), `usage line ${usage}: not written as the console writes amounts`);
@@ -649,6 +657,26 @@ async function main() {
     // an answer without thoughts has no Thoughts block
     assert((await page.locator('.msg-assistant .msg-thoughts').count()) === 0, 'a Thoughts block on an answer without thoughts');
     await shot(page, 'playground-desktop');
+  });
+
+  await step('a follow-up\'s cached prompt tokens are charged the cached prompt price', async () => {
+    // The follow-up's prompt begins as the first one did (the chat so
+    // far): the binary's prefix cache holds its leading blocks.
+    await page.fill('#chat-input', 'And one more, please.');
+    await page.click('#chat-send');
+    await page.waitForFunction(() => document.querySelectorAll('[data-testid=answer-usage]').length === 2, null, { timeout: 60000 });
+    const usage = await page.locator('.msg-assistant').last().locator('[data-testid=answer-usage]').textContent();
+    const m = usageLine.exec(usage);
+    assert(m, `usage line: ${usage}`);
+    const cached = Number(m[4] || 0);
+    if (srv.kind === 'binary') assert(cached > 0, `usage line ${usage}: no cached prompt tokens on a follow-up`);
+    const want = priced(m);
+    assert(Math.abs(Number(m[3]) - want) <= want * 0.005, `usage line ${usage}: cost is not the charge with cached tokens at the cached price ($${want})`);
+    if (cached > 0) {
+      const full = (Number(m[1]) * 1000 + Number(m[2]) * 2000) / 1e6;
+      assert(Number(m[3]) < full * 0.995, `usage line ${usage}: cached tokens charged the full prompt price ($${full})`);
+    }
+    log(`     ${usage}`);
   });
 
   await step('a stopped answer is not an error and shows what it was charged', async () => {
