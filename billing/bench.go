@@ -578,7 +578,9 @@ operator report's rows.
   its last request for an adapter deleted since; no cold starts, no
   sharing), as the usage reports count it.
 - Charged prices: %s per million prompt tokens, %s per million
-  completion tokens.
+  completion tokens. The simulated requests share no prefixes, so none of
+  their prompt tokens is cached, and the cached prompt price (set to the
+  prompt price here) changes nothing.
 
 ## Results (seed %d)
 
