@@ -24,6 +24,10 @@ var refDocs = []string{"README.md", "DEVELOPERS.md", "docs/ARCHITECTURE.md", "do
 // deliberately name something outside it; each with the reason.
 var refAllow = map[string]string{
 	"--flag": "README's configuration table's heading: the placeholder for each key's flag",
+	// DEVELOPERS.md's record of variants measured, then reverted with
+	// their switches
+	"NOZZLE_CUDA_LORA_NORM_SHRINK=0": "a reverted CUDA variant's switch",
+	"NOZZLE_CUDA_LORA_FOLD_SMALL":    "a reverted CUDA variant's switch",
 }
 
 // TestDocs_References checks the code spans (`…`, outside fenced blocks)
@@ -52,6 +56,8 @@ var refAllow = map[string]string{
 //   - `make target…` (in a span, or a line of a fenced block) must name
 //     the Makefile's targets; `--flag` (a span, its value after a space)
 //     must be a Config key's flag or one a command of cmd/nozzle defines;
+//     an environment variable `NOZZLE_…` must be a Config key's or be
+//     named in the code (Go, C, CUDA, scripts, the Makefile);
 //   - in a table row that names Go files or packages (ARCHITECTURE.md's
 //     "where each concern lives"), a bare mixed-case name (`batchRunner`,
 //     `sessionKey`, `ToolFormat`) must be declared at the top level of one
@@ -191,6 +197,7 @@ type module struct {
 	tests     map[string]bool         // Test…, Benchmark… and Fuzz… functions
 	targets   map[string]bool         // the Makefile's targets
 	flags     map[string]bool         // the binary's flags
+	env       map[string]bool         // NOZZLE_… variables
 }
 
 func loadModule(root string) (*module, error) {
@@ -204,6 +211,7 @@ func loadModule(root string) (*module, error) {
 		tests:     map[string]bool{},
 		targets:   map[string]bool{},
 		flags:     map[string]bool{},
+		env:       map[string]bool{},
 	}
 	mk, err := os.ReadFile(filepath.Join(root, "Makefile"))
 	if err != nil {
@@ -217,6 +225,7 @@ func loadModule(root string) (*module, error) {
 	def := DefaultConfig()
 	for _, f := range def.fields() {
 		m.flags[FlagName(f.key)] = true
+		m.env[EnvName(f.key)] = true
 	}
 	// Top-level folders git ignores ("/build/" in .gitignore) hold build
 	// outputs and local data, never a document's reference to the tree.
@@ -254,6 +263,15 @@ func loadModule(root string) (*module, error) {
 		}
 		dir := path.Dir(rel)
 		m.basenames[d.Name()] = append(m.basenames[d.Name()], dir)
+		if envFiles[path.Ext(rel)] || d.Name() == "Makefile" || d.Name() == "Dockerfile" {
+			b, err := os.ReadFile(p)
+			if err != nil {
+				return err
+			}
+			for _, v := range envRE.FindAllString(string(b), -1) {
+				m.env[v] = true
+			}
+		}
 		if strings.HasSuffix(rel, "_test.go") {
 			b, err := os.ReadFile(p)
 			if err != nil {
@@ -437,6 +455,9 @@ var (
 	makeTargetRE = regexp.MustCompile(`(?m)^([A-Za-z0-9_./%-]+(?: [A-Za-z0-9_./%-]+)*):(?:[^=]|$)`)
 	makeCmdRE    = regexp.MustCompile(`^make((?: [^ ]+)*)$`)
 	flagDefRE    = regexp.MustCompile(`\.(?:String|Bool|Int|Int64|Uint|Float64|Duration|Var|StringVar|BoolVar|IntVar|Int64Var|UintVar|Float64Var|DurationVar|TextVar|Func)\((?:&?[A-Za-z0-9_.]+, )?"([a-z0-9-]+)"`)
+	envFiles     = map[string]bool{".go": true, ".c": true, ".h": true, ".cu": true, ".cuh": true, ".sh": true, ".toml": true, ".js": true}
+	envRE        = regexp.MustCompile(`NOZZLE_[A-Z0-9_]+`)
+	envUseRE     = regexp.MustCompile(`^(NOZZLE_[A-Z0-9_]+)(?:=\S*)?$`)
 	flagUseRE    = regexp.MustCompile(`^--([a-z0-9][a-z0-9-]*)(?:[ =][^ ]+)?$`)
 	sourceRE     = regexp.MustCompile(`^[A-Za-z0-9_.*-]+\.(go|c|h|cu|cuh|py|sh|js|mjs|html|css|md)$`)
 	// extensions that make a dotted span a file name, not a Go name
@@ -559,6 +580,12 @@ func (m *module) checkSpan(s codeSpan, row []*goPackage) string {
 	if f := flagUseRE.FindStringSubmatch(s.text); f != nil {
 		if !m.flags[f[1]] {
 			return "no flag --" + f[1] + " in Config or cmd/nozzle's commands"
+		}
+		return ""
+	}
+	if v := envUseRE.FindStringSubmatch(s.text); v != nil {
+		if !m.env[v[1]] {
+			return "no environment variable " + v[1] + " in Config or the code"
 		}
 		return ""
 	}
