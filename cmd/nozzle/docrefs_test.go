@@ -57,7 +57,9 @@ var refAllow = map[string]string{
 //     the Makefile's targets; `--flag` (a span, its value after a space)
 //     must be a Config key's flag or one a command of cmd/nozzle defines;
 //     an environment variable `NOZZLE_…` must be a Config key's or be
-//     named in the code (Go, C, CUDA, scripts, the Makefile);
+//     named in the code (Go, C, CUDA, scripts, the Makefile); a metric or
+//     Stripe meter event name `nozzle_…` (`nozzle_runtime_adapter_drops_total{tier}`)
+//     must be a string in the Go code;
 //   - in a table row that names Go files or packages (ARCHITECTURE.md's
 //     "where each concern lives"), a bare mixed-case name (`batchRunner`,
 //     `sessionKey`, `ToolFormat`) must be declared at the top level of one
@@ -198,6 +200,7 @@ type module struct {
 	targets   map[string]bool         // the Makefile's targets
 	flags     map[string]bool         // the binary's flags
 	env       map[string]bool         // NOZZLE_… variables
+	names     map[string]bool         // "nozzle_…" strings of the Go code
 }
 
 func loadModule(root string) (*module, error) {
@@ -212,6 +215,7 @@ func loadModule(root string) (*module, error) {
 		targets:   map[string]bool{},
 		flags:     map[string]bool{},
 		env:       map[string]bool{},
+		names:     map[string]bool{},
 	}
 	mk, err := os.ReadFile(filepath.Join(root, "Makefile"))
 	if err != nil {
@@ -284,6 +288,11 @@ func loadModule(root string) (*module, error) {
 		}
 		if !strings.HasSuffix(rel, ".go") || strings.Contains("/"+rel, "/testdata/") {
 			return nil
+		}
+		if b, err := os.ReadFile(p); err == nil {
+			for _, n := range nameLitRE.FindAllStringSubmatch(string(b), -1) {
+				m.names[n[1]] = true
+			}
 		}
 		if dir == "cmd/nozzle" {
 			b, err := os.ReadFile(p)
@@ -456,6 +465,8 @@ var (
 	makeCmdRE    = regexp.MustCompile(`^make((?: [^ ]+)*)$`)
 	flagDefRE    = regexp.MustCompile(`\.(?:String|Bool|Int|Int64|Uint|Float64|Duration|Var|StringVar|BoolVar|IntVar|Int64Var|UintVar|Float64Var|DurationVar|TextVar|Func)\((?:&?[A-Za-z0-9_.]+, )?"([a-z0-9-]+)"`)
 	envFiles     = map[string]bool{".go": true, ".c": true, ".h": true, ".cu": true, ".cuh": true, ".sh": true, ".toml": true, ".js": true}
+	nameLitRE    = regexp.MustCompile(`"(nozzle_[a-z0-9_]+)"`)
+	nameUseRE    = regexp.MustCompile(`^(nozzle_[a-z0-9_]+)(?:\{[^}]*\})?$`)
 	envRE        = regexp.MustCompile(`NOZZLE_[A-Z0-9_]+`)
 	envUseRE     = regexp.MustCompile(`^(NOZZLE_[A-Z0-9_]+)(?:=\S*)?$`)
 	flagUseRE    = regexp.MustCompile(`^--([a-z0-9][a-z0-9-]*)(?:[ =][^ ]+)?$`)
@@ -589,6 +600,12 @@ func (m *module) checkSpan(s codeSpan, row []*goPackage) string {
 		}
 		return ""
 	}
+	if n := nameUseRE.FindStringSubmatch(s.text); n != nil {
+		if !m.names[n[1]] {
+			return "no metric or meter event " + n[1] + " in the Go code"
+		}
+		return ""
+	}
 	if t := testNameRE.FindStringSubmatch(s.text); t != nil {
 		if !m.tests[t[1]] {
 			return "no test function " + t[1]
@@ -704,3 +721,103 @@ func TestDocs_CodeSpans(t *testing.T) {
 		t.Errorf("got %s, want %s", got, want)
 	}
 }
+
+// TestDocs_LedgerSchema keeps docs/LEDGER.md's schema version and bucket
+// table true to billing/schema.go, and the engine ABI version DEVELOPERS.md
+// names true to csrc/include/nozzle_engine.h.
+func TestDocs_LedgerSchema(t *testing.T) {
+	root := filepath.Join("..", "..")
+	f, err := parser.ParseFile(token.NewFileSet(), filepath.Join(root, "billing", "schema.go"), nil, parser.SkipObjectResolution)
+	if err != nil {
+		t.Fatal(err)
+	}
+	version := ""
+	buckets := map[string]bool{}
+	ast.Inspect(f, func(n ast.Node) bool {
+		vs, ok := n.(*ast.ValueSpec)
+		if !ok {
+			return true
+		}
+		for i, name := range vs.Names {
+			if i >= len(vs.Values) {
+				break
+			}
+			switch v := vs.Values[i].(type) {
+			case *ast.BasicLit:
+				if name.Name == "SchemaVersion" {
+					version = v.Value
+				}
+			case *ast.CallExpr: // []byte("name"): bucket names start with b
+				if lit, ok := v.Args[0].(*ast.BasicLit); ok && len(v.Args) == 1 && strings.HasPrefix(name.Name, "b") {
+					buckets[strings.Trim(lit.Value, `"`)] = true
+				}
+			}
+		}
+		return true
+	})
+	if version == "" || len(buckets) == 0 {
+		t.Fatalf("billing/schema.go: no SchemaVersion or bucket names found (%q, %d)", version, len(buckets))
+	}
+	b, err := os.ReadFile(filepath.Join(root, "docs", "LEDGER.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc := string(b)
+	if want := "`SchemaVersion` (now **" + version + "**)"; !strings.Contains(doc, want) {
+		t.Errorf("docs/LEDGER.md does not say %s", want)
+	}
+	rows := map[string]int{}
+	table := false // in the table under "| bucket | key | value |"
+	for i, l := range strings.Split(doc, "\n") {
+		switch {
+		case strings.HasPrefix(l, "| bucket | key | value |"):
+			table = true
+		case !strings.HasPrefix(l, "|"):
+			table = false
+		case table:
+			if m := bucketRowRE.FindStringSubmatch(l); m != nil {
+				rows[m[1]] = i + 1
+			}
+		}
+	}
+	if len(rows) == 0 {
+		t.Fatal("docs/LEDGER.md: no bucket table (| bucket | key | value |)")
+	}
+	for name := range buckets {
+		if rows[name] == 0 {
+			t.Errorf("docs/LEDGER.md: no row for bucket %s in the schema table", name)
+		}
+	}
+	for name, line := range rows {
+		if !buckets[name] {
+			t.Errorf("docs/LEDGER.md:%d: bucket %s is not in billing/schema.go", line, name)
+		}
+	}
+
+	h, err := os.ReadFile(filepath.Join(root, "csrc", "include", "nozzle_engine.h"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	abi := regexp.MustCompile(`(?m)^#define NZ_ABI_VERSION (\d+)`).FindSubmatch(h)
+	if abi == nil {
+		t.Fatal("csrc/include/nozzle_engine.h: no NZ_ABI_VERSION")
+	}
+	for _, doc := range refDocs {
+		b, err := os.ReadFile(filepath.Join(root, doc))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, l := range strings.Split(string(b), "\n") {
+			if m := abiDocRE.FindStringSubmatch(l); m != nil && m[1] != string(abi[1]) {
+				t.Errorf("%s:%d: NZ_ABI_VERSION is %s, not %s", doc, i+1, abi[1], m[1])
+			}
+		}
+	}
+}
+
+var (
+	// a row of LEDGER.md's schema table: | `bucket` | key | value |
+	bucketRowRE = regexp.MustCompile("^\\| `([a-z0-9_]+)` \\| .* \\| .* \\|$")
+	// the current ABI version where a document names it: `NZ_ABI_VERSION`, 8
+	abiDocRE = regexp.MustCompile("`NZ_ABI_VERSION`,? (\\d+)")
+)
