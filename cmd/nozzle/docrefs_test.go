@@ -60,6 +60,10 @@ var refAllow = map[string]string{
 //     named in the code (Go, C, CUDA, scripts, the Makefile); a metric or
 //     Stripe meter event name `nozzle_…` (`nozzle_runtime_adapter_drops_total{tier}`)
 //     must be a string in the Go code;
+//   - an HTTP route, `METHOD /path` (`POST/GET /v1/keys`) or a bare
+//     `/v1/…`, `/admin/…`, `/internal/…`, `/console/…` path, must be one
+//     the gateway or the runtime's server registers (a {param}, <param>
+//     or … segment stands for any; a bare path may be a routes' prefix);
 //   - in a table row that names Go files or packages (ARCHITECTURE.md's
 //     "where each concern lives"), a bare mixed-case name (`batchRunner`,
 //     `sessionKey`, `ToolFormat`) must be declared at the top level of one
@@ -201,6 +205,7 @@ type module struct {
 	flags     map[string]bool         // the binary's flags
 	env       map[string]bool         // NOZZLE_… variables
 	names     map[string]bool         // "nozzle_…" strings of the Go code
+	routes    []route                 // the HTTP routes the code registers
 }
 
 func loadModule(root string) (*module, error) {
@@ -293,6 +298,13 @@ func loadModule(root string) (*module, error) {
 			for _, n := range nameLitRE.FindAllStringSubmatch(string(b), -1) {
 				m.names[n[1]] = true
 			}
+		}
+		if dir == "gateway" || dir == "runtime" {
+			b, err := os.ReadFile(p)
+			if err != nil {
+				return err
+			}
+			m.routes = append(m.routes, routesIn(string(b))...)
 		}
 		if dir == "cmd/nozzle" {
 			b, err := os.ReadFile(p)
@@ -467,6 +479,8 @@ var (
 	envFiles     = map[string]bool{".go": true, ".c": true, ".h": true, ".cu": true, ".cuh": true, ".sh": true, ".toml": true, ".js": true}
 	nameLitRE    = regexp.MustCompile(`"(nozzle_[a-z0-9_]+)"`)
 	nameUseRE    = regexp.MustCompile(`^(nozzle_[a-z0-9_]+)(?:\{[^}]*\})?$`)
+	routeUseRE   = regexp.MustCompile(`^((?:GET|POST|PUT|PATCH|DELETE)(?:/(?:GET|POST|PUT|PATCH|DELETE))*) (/.*)$`)
+	pathUseRE    = regexp.MustCompile(`^(/(?:v1|admin|internal|console)(?:/\S*)?)$`)
 	envRE        = regexp.MustCompile(`NOZZLE_[A-Z0-9_]+`)
 	envUseRE     = regexp.MustCompile(`^(NOZZLE_[A-Z0-9_]+)(?:=\S*)?$`)
 	flagUseRE    = regexp.MustCompile(`^--([a-z0-9][a-z0-9-]*)(?:[ =][^ ]+)?$`)
@@ -605,6 +619,12 @@ func (m *module) checkSpan(s codeSpan, row []*goPackage) string {
 			return "no metric or meter event " + n[1] + " in the Go code"
 		}
 		return ""
+	}
+	if r := routeUseRE.FindStringSubmatch(s.text); r != nil {
+		return m.checkRoute(r[1], r[2])
+	}
+	if r := pathUseRE.FindStringSubmatch(s.text); r != nil {
+		return m.checkRoute("", r[1])
 	}
 	if t := testNameRE.FindStringSubmatch(s.text); t != nil {
 		if !m.tests[t[1]] {
@@ -821,3 +841,87 @@ var (
 	// the current ABI version where a document names it: `NZ_ABI_VERSION`, 8
 	abiDocRE = regexp.MustCompile("`NZ_ABI_VERSION`,? (\\d+)")
 )
+
+// route is one HTTP route of the code: a method and its path's segments
+// (":x", "{x}" and "*" as registered).
+type route struct {
+	method string
+	path   []string
+}
+
+var (
+	// fiber: x := y.Group("/p", …) and x.Get("/p", …); the runtime's
+	// server: mux.HandleFunc("GET /p", …)
+	groupRE     = regexp.MustCompile(`(\w+) := ([\w.]+)\.Group\("([^"]*)"`)
+	fiberRE     = regexp.MustCompile(`([\w.]+)\.(Get|Post|Put|Patch|Delete)\("(/[^"]*)"`)
+	handleFunRE = regexp.MustCompile(`\.HandleFunc\("(?:(GET|POST|PUT|PATCH|DELETE) )?(/[^"]*)"`)
+)
+
+// routesIn returns the routes a Go file registers.
+func routesIn(src string) []route {
+	prefix := map[string]string{"app": "", "s.app": ""}
+	for _, g := range groupRE.FindAllStringSubmatch(src, -1) {
+		if p, ok := prefix[g[2]]; ok {
+			prefix[g[1]] = p + g[3]
+		}
+	}
+	var out []route
+	for _, r := range fiberRE.FindAllStringSubmatch(src, -1) {
+		p, ok := prefix[r[1]]
+		if !ok {
+			continue // a header's Get, or some other receiver
+		}
+		out = append(out, route{strings.ToUpper(r[2]), splitPath(p + r[3])})
+	}
+	for _, r := range handleFunRE.FindAllStringSubmatch(src, -1) {
+		out = append(out, route{r[1], splitPath(r[2])})
+	}
+	return out
+}
+
+func splitPath(p string) []string {
+	p, _, _ = strings.Cut(p, "?")
+	return strings.Split(strings.Trim(p, "/"), "/")
+}
+
+// checkRoute checks a route a document names: methods ("GET", "POST/GET",
+// or "" for any) and path.
+func (m *module) checkRoute(methods, p string) string {
+	doc := splitPath(p)
+	var missing []string
+	for _, method := range strings.Split(methods, "/") {
+		found := false
+		for _, r := range m.routes {
+			if (method == "" || r.method == "" || r.method == method) && routeMatch(r.path, doc, method == "") {
+				found = true
+				break
+			}
+		}
+		if !found {
+			missing = append(missing, strings.TrimSpace(method+" "+p))
+		}
+	}
+	if len(missing) > 0 {
+		return "no route " + strings.Join(missing, ", ") + " in gateway/ or runtime/"
+	}
+	return ""
+}
+
+// routeMatch tells whether a document's path segments name a route (or,
+// with prefix, the beginning of one).
+func routeMatch(route, doc []string, prefix bool) bool {
+	for i, d := range doc {
+		if i >= len(route) {
+			return false
+		}
+		r := route[i]
+		if r == "*" {
+			return true
+		}
+		any := strings.HasPrefix(d, "{") || strings.HasPrefix(d, "<") || strings.Contains(d, "…")
+		if !any && !strings.HasPrefix(r, ":") && !strings.HasPrefix(r, "{") && r != d {
+			return false
+		}
+	}
+	return len(doc) == len(route) || prefix
+}
