@@ -31,25 +31,31 @@ var refAllow = map[string]string{
 }
 
 // TestDocs_References checks the code spans (`…`, outside fenced blocks)
-// of the documents above that name this repository's files or Go code:
+// of the documents above that name this repository's files or code, so
+// that a rename or a removal fails here with the document's line
+// (go test ./cmd/nozzle -run Docs):
 //
 //   - a path whose first element is one of the repository's top-level
 //     folders (`gateway/batchrun.go`, `web/static/vendor/`,
-//     `csrc/src/cpu_*.c`) must exist, or for a pattern match a file; a bare
-//     source file name (`reasoning.go`, `cpu_kernels_drivers.h`) must be
-//     some file's name in the tree. Routes (`/v1/...`), other modules'
-//     paths and build outputs (`build/`, `bin/`: ignored by git) are not
-//     paths here;
+//     `csrc/src/cpu_*.c`, `.ci/run`) must exist, or for a pattern match a
+//     file; a bare source file name (`reasoning.go`, `cpu_kernels_drivers.h`)
+//     must be some file's name in the tree. Routes, other modules' paths
+//     (`gofiber/fiber/v2`) and build outputs and local data (`build/`,
+//     `bin/`, `data/`: top-level folders .gitignore names) are not paths
+//     here;
 //   - a qualified Go name, pkg.Name[.Member] where pkg is the name of one
 //     of the module's packages (`nozzle.FirstCall`, `grammar.Framed`,
-//     `model.Config.ContextLength`), must be declared in that package,
-//     with the member a field or method (promoted ones included) of the
-//     type; Type.Member (`Server.complete`, `UsageEvent.Batch`) must name
-//     a field or method of a type of that name declared in the module —
-//     in a package the same table row names, where one declares it. A
-//     lowercase first part that is neither (`fs.FS`, `strings.TrimSpace`,
-//     a variable) is not checked; a capitalised one that the module does
-//     not declare is reported;
+//     `model.Config.ContextLength`), must be declared in that package (a
+//     method of one of its types counts: `tokenizer.ThinkTags`), with the
+//     member a field or method, promoted ones included, of the type;
+//     Type.Member (`Server.complete`, `UsageEvent.Batch`) must name a field
+//     or method of a type of that name declared in the module — in a
+//     package the same table row names, where one declares it. A lowercase
+//     first part that is neither (`fs.FS`, `strings.TrimSpace`, a
+//     variable) is not checked, nor is a dotted name with an underscore (a
+//     JSON member's path: `usage.prompt_tokens_details.cached_tokens`) or a
+//     file name (`config.json`); a capitalised first part that the module
+//     does not declare is reported;
 //   - a test, benchmark or fuzz target's name (`TestREADME_Examples`,
 //     `TestCUDA_Parity/LongropePhi4Partial`: its subtest left out) must be
 //     a function of a _test.go file;
@@ -66,12 +72,13 @@ var refAllow = map[string]string{
 //     or … segment stands for any; a bare path may be a routes' prefix);
 //   - in a table row that names Go files or packages (ARCHITECTURE.md's
 //     "where each concern lives"), a bare mixed-case name (`batchRunner`,
-//     `sessionKey`, `ToolFormat`) must be declared at the top level of one
-//     of the packages the row names. All-lowercase words (request members,
+//     `sessionKey`, `ToolFormat`) must be declared in one of the packages
+//     the row names: at the top level, or as a field or method of one of
+//     their types (`removeAdapter`). All-lowercase words (request members,
 //     scopes) and ALL_CAPS ones (C macros) are not taken for Go names.
 //
-// The Go code is read with go/parser (no build); test files are not
-// declarations a document may name.
+// The Go code is read with go/parser and regular expressions (no build,
+// no engine); only test functions' names are taken from test files.
 func TestDocs_References(t *testing.T) {
 	root := filepath.Join("..", "..")
 	mod, err := loadModule(root)
@@ -253,7 +260,7 @@ func loadModule(root string) (*module, error) {
 		return nil, err
 	}
 	for _, e := range entries {
-		if e.IsDir() && !strings.HasPrefix(e.Name(), ".") && !ignored[e.Name()] {
+		if e.IsDir() && e.Name() != ".git" && !ignored[e.Name()] {
 			m.top[e.Name()] = true
 		}
 	}
