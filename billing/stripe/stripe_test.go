@@ -190,132 +190,96 @@ func waitFor(tb testing.TB, d time.Duration, cond func() bool) {
 	}
 }
 
-// TestOutbox_BatchMetersStripeMock sends an hour of interactive and batch
-// requests through the real sender to stripe-mock: four meter events, the
-// batch tokens on the batch meters' event names and only the others on
-// the interactive meters', each taken by Stripe.
-func TestOutbox_BatchMetersStripeMock(t *testing.T) {
-	ctx := context.Background()
-	hour := time.Now().UTC().Add(-2 * time.Hour).Truncate(time.Hour)
-	l, err := billing.Open(billing.Options{Path: filepath.Join(t.TempDir(), "ledger.db"), Logger: quiet,
-		DefaultPrice: nozzle.Price{PromptPerMillionUSD: 1, CompletionPerMillionUSD: 2, BatchDiscountPercent: 50}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	ten := &nozzle.Tenant{Name: "acme"}
-	if err := l.CreateTenant(ctx, ten); err != nil {
-		t.Fatal(err)
-	}
-	for _, ev := range []nozzle.UsageEvent{
-		{RequestID: "i1", TenantID: ten.ID, Time: hour.Add(time.Minute), PromptTokens: 100, CompletionTokens: 20},
-		{RequestID: "b1", TenantID: ten.ID, Time: hour.Add(2 * time.Minute), PromptTokens: 300, CompletionTokens: 60, Batch: true},
-		{RequestID: "b2", TenantID: ten.ID, Time: hour.Add(3 * time.Minute), PromptTokens: 900, CompletionTokens: 90, Batch: true, Status: nozzle.UsageFailed},
-	} {
-		if _, err := l.RecordUsage(ctx, &ev); err != nil {
-			t.Fatal(err)
-		}
-	}
-	url, _ := startStripeMock(t, "")
-	rec := &recorder{Sender: newSender(t, url)}
-	opts := billing.OutboxOptions{PollEvery: 10 * time.Millisecond, MinBackoff: 10 * time.Millisecond, MaxBackoff: 40 * time.Millisecond}
-	wctx, cancel := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- l.RunOutbox(wctx, rec, opts) }()
-	defer func() { cancel(); <-done }()
-	waitFor(t, 20*time.Second, func() bool {
-		st, _ := l.OutboxState(ctx)
-		return st.Sent == 4 && st.Pending == 0
-	})
-	rows, err := l.OutboxRows(ctx, billing.OutboxSent)
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := map[string]struct {
-		event string
-		value int64
-	}{
-		billing.MeterPrompt:          {"nozzle_prompt_tokens", 100},
-		billing.MeterCompletion:      {"nozzle_completion_tokens", 20},
-		billing.MeterBatchPrompt:     {"nozzle_batch_prompt_tokens", 300},
-		billing.MeterBatchCompletion: {"nozzle_batch_completion_tokens", 60},
-	}
-	if len(rows) != len(want) {
-		t.Fatalf("sent rows %+v", rows)
-	}
-	for _, r := range rows {
-		w := want[r.Meter]
-		if r.EventName != w.event || r.Value != w.value || !strings.Contains(r.Identifier, "-"+r.Meter+"-") || !strings.HasPrefix(r.CustomerID, "cus_") {
-			t.Errorf("row %+v, want %s = %d", r, w.event, w.value)
-		}
-	}
-	if _, err := l.Check(ctx); err != nil {
-		t.Fatal(err)
-	}
+type meterWant struct {
+	event string
+	value int64
 }
 
-// Against stripe-mock: the outbox sends a closed hour's cached prompt
-// tokens on the cached prompt meters (interactive and batch apart) and
-// only the uncached ones on the prompt meters, each taken by Stripe.
-func TestOutbox_CachedMetersStripeMock(t *testing.T) {
-	ctx := context.Background()
-	hour := time.Now().UTC().Add(-2 * time.Hour).Truncate(time.Hour)
-	l, err := billing.Open(billing.Options{Path: filepath.Join(t.TempDir(), "ledger.db"), Logger: quiet,
-		DefaultPrice: nozzle.Price{PromptPerMillionUSD: 1, CompletionPerMillionUSD: 2, BatchDiscountPercent: 50, CachedPromptPerMillionUSD: 0.5}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	ten := &nozzle.Tenant{Name: "acme"}
-	if err := l.CreateTenant(ctx, ten); err != nil {
-		t.Fatal(err)
-	}
-	for _, ev := range []nozzle.UsageEvent{
-		{RequestID: "i1", TenantID: ten.ID, Time: hour.Add(time.Minute), PromptTokens: 100, CachedPromptTokens: 64, CompletionTokens: 20},
-		{RequestID: "b1", TenantID: ten.ID, Time: hour.Add(2 * time.Minute), PromptTokens: 300, CachedPromptTokens: 256, CompletionTokens: 60, Batch: true},
-		{RequestID: "b2", TenantID: ten.ID, Time: hour.Add(3 * time.Minute), PromptTokens: 900, CachedPromptTokens: 512, CompletionTokens: 90, Batch: true, Status: nozzle.UsageFailed},
-	} {
-		if _, err := l.RecordUsage(ctx, &ev); err != nil {
-			t.Fatal(err)
-		}
-	}
-	url, _ := startStripeMock(t, "")
-	rec := &recorder{Sender: newSender(t, url)}
-	opts := billing.OutboxOptions{PollEvery: 10 * time.Millisecond, MinBackoff: 10 * time.Millisecond, MaxBackoff: 40 * time.Millisecond,
-		BatchCachedPromptEventName: "acme_batch_cached"}
-	wctx, cancel := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- l.RunOutbox(wctx, rec, opts) }()
-	defer func() { cancel(); <-done }()
-	waitFor(t, 20*time.Second, func() bool {
-		st, _ := l.OutboxState(ctx)
-		return st.Sent == 6 && st.Pending == 0
-	})
-	rows, err := l.OutboxRows(ctx, billing.OutboxSent)
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := map[string]struct {
-		event string
-		value int64
-	}{
-		billing.MeterPrompt:            {"nozzle_prompt_tokens", 36},
-		billing.MeterCachedPrompt:      {"nozzle_cached_prompt_tokens", 64},
-		billing.MeterCompletion:        {"nozzle_completion_tokens", 20},
-		billing.MeterBatchPrompt:       {"nozzle_batch_prompt_tokens", 44},
-		billing.MeterBatchCachedPrompt: {"acme_batch_cached", 256},
-		billing.MeterBatchCompletion:   {"nozzle_batch_completion_tokens", 60},
-	}
-	if len(rows) != len(want) {
-		t.Fatalf("sent rows %+v", rows)
-	}
-	for _, r := range rows {
-		w := want[r.Meter]
-		if r.EventName != w.event || r.Value != w.value || !strings.Contains(r.Identifier, "-"+r.Meter+"-") || !strings.HasPrefix(r.CustomerID, "cus_") {
-			t.Errorf("row %+v, want %s = %d", r, w.event, w.value)
-		}
-	}
-	if res, err := l.Check(ctx); err != nil || len(res.Problems) > 0 {
-		t.Fatalf("check: %+v, %v", res, err)
+// The outbox's meters against stripe-mock: an hour of interactive and
+// batch requests goes through the real sender as one meter event per
+// meter, each taken by Stripe — the batch tokens on the batch meters'
+// event names and only the others on the interactive meters', cached
+// prompt tokens on the cached prompt meters and only the uncached ones on
+// the prompt meters; a failed request's on none.
+func TestOutbox_MetersStripeMock(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		price  nozzle.Price
+		cached [3]int64 // the three requests' cached prompt tokens
+		opts   billing.OutboxOptions
+		want   map[string]meterWant
+	}{{
+		name:  "batch",
+		price: nozzle.Price{PromptPerMillionUSD: 1, CompletionPerMillionUSD: 2, BatchDiscountPercent: 50},
+		want: map[string]meterWant{
+			billing.MeterPrompt:          {"nozzle_prompt_tokens", 100},
+			billing.MeterCompletion:      {"nozzle_completion_tokens", 20},
+			billing.MeterBatchPrompt:     {"nozzle_batch_prompt_tokens", 300},
+			billing.MeterBatchCompletion: {"nozzle_batch_completion_tokens", 60},
+		},
+	}, {
+		name:   "cached",
+		price:  nozzle.Price{PromptPerMillionUSD: 1, CompletionPerMillionUSD: 2, BatchDiscountPercent: 50, CachedPromptPerMillionUSD: 0.5},
+		cached: [3]int64{64, 256, 512},
+		opts:   billing.OutboxOptions{BatchCachedPromptEventName: "acme_batch_cached"},
+		want: map[string]meterWant{
+			billing.MeterPrompt:            {"nozzle_prompt_tokens", 36},
+			billing.MeterCachedPrompt:      {"nozzle_cached_prompt_tokens", 64},
+			billing.MeterCompletion:        {"nozzle_completion_tokens", 20},
+			billing.MeterBatchPrompt:       {"nozzle_batch_prompt_tokens", 44},
+			billing.MeterBatchCachedPrompt: {"acme_batch_cached", 256},
+			billing.MeterBatchCompletion:   {"nozzle_batch_completion_tokens", 60},
+		},
+	}} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := context.Background()
+			hour := time.Now().UTC().Add(-2 * time.Hour).Truncate(time.Hour)
+			l, err := billing.Open(billing.Options{Path: filepath.Join(t.TempDir(), "ledger.db"), Logger: quiet, DefaultPrice: tc.price})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer l.Close()
+			ten := &nozzle.Tenant{Name: "acme"}
+			if err := l.CreateTenant(ctx, ten); err != nil {
+				t.Fatal(err)
+			}
+			for _, ev := range []nozzle.UsageEvent{
+				{RequestID: "i1", TenantID: ten.ID, Time: hour.Add(time.Minute), PromptTokens: 100, CachedPromptTokens: tc.cached[0], CompletionTokens: 20},
+				{RequestID: "b1", TenantID: ten.ID, Time: hour.Add(2 * time.Minute), PromptTokens: 300, CachedPromptTokens: tc.cached[1], CompletionTokens: 60, Batch: true},
+				{RequestID: "b2", TenantID: ten.ID, Time: hour.Add(3 * time.Minute), PromptTokens: 900, CachedPromptTokens: tc.cached[2], CompletionTokens: 90, Batch: true, Status: nozzle.UsageFailed},
+			} {
+				if _, err := l.RecordUsage(ctx, &ev); err != nil {
+					t.Fatal(err)
+				}
+			}
+			url, _ := startStripeMock(t, "")
+			rec := &recorder{Sender: newSender(t, url)}
+			opts := tc.opts
+			opts.PollEvery, opts.MinBackoff, opts.MaxBackoff = 10*time.Millisecond, 10*time.Millisecond, 40*time.Millisecond
+			wctx, cancel := context.WithCancel(ctx)
+			done := make(chan error, 1)
+			go func() { done <- l.RunOutbox(wctx, rec, opts) }()
+			defer func() { cancel(); <-done }()
+			waitFor(t, 20*time.Second, func() bool {
+				st, _ := l.OutboxState(ctx)
+				return st.Sent == len(tc.want) && st.Pending == 0
+			})
+			rows, err := l.OutboxRows(ctx, billing.OutboxSent)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(rows) != len(tc.want) {
+				t.Fatalf("sent rows %+v", rows)
+			}
+			for _, r := range rows {
+				w := tc.want[r.Meter]
+				if r.EventName != w.event || r.Value != w.value || !strings.Contains(r.Identifier, "-"+r.Meter+"-") || !strings.HasPrefix(r.CustomerID, "cus_") {
+					t.Errorf("row %+v, want %s = %d", r, w.event, w.value)
+				}
+			}
+			if res, err := l.Check(ctx); err != nil || len(res.Problems) > 0 {
+				t.Fatalf("check: %+v, %v", res, err)
+			}
+		})
 	}
 }
