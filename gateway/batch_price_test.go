@@ -182,32 +182,46 @@ func TestPrices_BatchDiscountValidation(t *testing.T) {
 // prices, for the standard list and a tenant's override, so that setting
 // prices there keeps the discount the form shows.
 func TestConsole_BatchDiscount(t *testing.T) {
+	consolePriceField(t, "batch_discount_percent", "35", "135", func(p nozzle.Price) bool { return p.BatchDiscountPercent == 35 },
+		`name="batch_discount_percent"`, "off for the Batch API")
+}
+
+// consolePriceField checks a price list field on the operator's console:
+// the standard list and a tenant's override take the value good and refuse
+// bad with a 400 naming the field, the stored price is as stored
+// says, and both price forms show pageWants. It returns the tenant's
+// user's browser.
+func consolePriceField(t *testing.T, field, good, bad string, stored func(nozzle.Price) bool, pageWants ...string) *consoleBrowser {
+	t.Helper()
 	f := newConsoleFixture(t)
 	op := f.operator()
-	f.tenantUser("acme")
+	dev, _ := f.tenantUser("acme")
 	u, err := f.deps.Users.UserByEmail(t.Context(), "dev@acme.test")
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, path := range []string{"/console/api/operator/prices", "/console/api/operator/tenants/" + u.TenantID + "/prices"} {
-		resp, body := op.api(http.MethodPost, path, `{"prompt_per_million_usd": 1, "completion_per_million_usd": 2, "batch_discount_percent": 35}`)
+		resp, body := op.api(http.MethodPost, path, `{"prompt_per_million_usd": 1, "completion_per_million_usd": 2, "`+field+`": `+good+`}`)
 		wantConsoleStatus(t, resp, http.StatusCreated, body)
-		resp, body = op.api(http.MethodPost, path, `{"prompt_per_million_usd": 1, "completion_per_million_usd": 2, "batch_discount_percent": 135}`)
-		if resp.StatusCode != 400 || !strings.Contains(body, "batch_discount_percent") {
-			t.Errorf("%s with a discount of 135: %d %s", path, resp.StatusCode, body)
+		resp, body = op.api(http.MethodPost, path, `{"prompt_per_million_usd": 1, "completion_per_million_usd": 2, "`+field+`": `+bad+`}`)
+		if resp.StatusCode != 400 || !strings.Contains(body, field) {
+			t.Errorf("%s with %s %s: %d %s", path, field, bad, resp.StatusCode, body)
 		}
 	}
 	for _, tid := range []string{"", u.TenantID} {
 		hist, err := f.deps.Tenants.Prices(context.Background(), tid)
-		if err != nil || len(hist) == 0 || hist[len(hist)-1].Price.BatchDiscountPercent != 35 {
+		if err != nil || len(hist) == 0 || !stored(hist[len(hist)-1].Price) {
 			t.Errorf("prices of %q: %+v, %v", tid, hist, err)
 		}
 	}
 	for _, path := range []string{"/console/operator", "/console/operator/tenants/" + u.TenantID} {
 		resp, body := op.page(path)
 		wantConsoleStatus(t, resp, 200, body)
-		if !strings.Contains(body, `name="batch_discount_percent"`) || !strings.Contains(body, "off for the Batch API") {
-			t.Errorf("%s has no batch discount", path)
+		for _, w := range pageWants {
+			if !strings.Contains(body, w) {
+				t.Errorf("%s lacks %s", path, w)
+			}
 		}
 	}
+	return dev
 }

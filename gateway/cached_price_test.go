@@ -145,35 +145,8 @@ func jsonNumber(v float64) string { b, _ := json.Marshal(v); return string(b) }
 // prices, for the standard list and a tenant's override; a tenant's
 // settings page shows the cached price in force.
 func TestConsole_CachedPromptPrice(t *testing.T) {
-	f := newConsoleFixture(t)
-	op := f.operator()
-	dev, _ := f.tenantUser("acme")
-	u, err := f.deps.Users.UserByEmail(t.Context(), "dev@acme.test")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, path := range []string{"/console/api/operator/prices", "/console/api/operator/tenants/" + u.TenantID + "/prices"} {
-		resp, body := op.api(http.MethodPost, path, `{"prompt_per_million_usd": 1, "completion_per_million_usd": 2, "cached_prompt_per_million_usd": 0.125}`)
-		wantConsoleStatus(t, resp, http.StatusCreated, body)
-		resp, body = op.api(http.MethodPost, path, `{"prompt_per_million_usd": 1, "completion_per_million_usd": 2, "cached_prompt_per_million_usd": 3}`)
-		if resp.StatusCode != 400 || !strings.Contains(body, "cached_prompt_per_million_usd") {
-			t.Errorf("%s with a cached price above the prompt price: %d %s", path, resp.StatusCode, body)
-		}
-	}
-	for _, tid := range []string{"", u.TenantID} {
-		hist, err := f.deps.Tenants.Prices(context.Background(), tid)
-		if err != nil || len(hist) == 0 || hist[len(hist)-1].Price.CachedPromptPerMillionUSD != 0.125 {
-			t.Errorf("prices of %q: %+v, %v", tid, hist, err)
-		}
-	}
-	for _, path := range []string{"/console/operator", "/console/operator/tenants/" + u.TenantID} {
-		resp, body := op.page(path)
-		wantConsoleStatus(t, resp, 200, body)
-		if !strings.Contains(body, `name="cached_prompt_per_million_usd"`) || !strings.Contains(body, `value="0.125"`) ||
-			!strings.Contains(body, "per million cached prompt tokens") {
-			t.Errorf("%s has no cached prompt price", path)
-		}
-	}
+	dev := consolePriceField(t, "cached_prompt_per_million_usd", "0.125", "3", func(p nozzle.Price) bool { return p.CachedPromptPerMillionUSD == 0.125 },
+		`name="cached_prompt_per_million_usd"`, `value="0.125"`, "per million cached prompt tokens")
 	resp, body := dev.page("/console/settings")
 	wantConsoleStatus(t, resp, 200, body)
 	if !strings.Contains(body, `data-testid="cached-prompt-price"`) || !strings.Contains(body, "$0.125") {
