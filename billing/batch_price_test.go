@@ -115,29 +115,44 @@ func TestBatchPrice_Checkpoint(t *testing.T) {
 // A batch discount outside 0 to 100, or not a number, is refused naming
 // its field, in a price list and in the ledger's default price alike.
 func TestBatchPrice_Validation(t *testing.T) {
+	priceFieldValidation(t, "batch_discount_percent", []float64{-1, 100.01, math.NaN(), math.Inf(1)}, []float64{0, 0.5, 50, 100},
+		func(p *nozzle.Price, v float64) { p.BatchDiscountPercent = v })
+}
+
+// priceFieldValidation checks one field of a price list, set by set: each
+// of bad is refused naming field, in a price list (the standard one and a
+// tenant's) and in the ledger's default price alike; each of good is taken
+// and reads back as set.
+func priceFieldValidation(t *testing.T, field string, bad, good []float64, set func(p *nozzle.Price, v float64)) {
+	t.Helper()
 	ctx := context.Background()
 	l := mustOpen(t, billing.Options{})
 	ten := mustTenant(t, l, "acme")
-	for _, d := range []float64{-1, 100.01, math.NaN(), math.Inf(1)} {
-		p := nozzle.Price{PromptPerMillionUSD: 1, CompletionPerMillionUSD: 1, BatchDiscountPercent: d}
+	price := func(v float64) nozzle.Price {
+		p := nozzle.Price{PromptPerMillionUSD: 1, CompletionPerMillionUSD: 1, CachedPromptPerMillionUSD: 1}
+		set(&p, v)
+		return p
+	}
+	for _, v := range bad {
+		p := price(v)
 		for _, tid := range []string{"", ten.ID} {
 			err := l.SetPrice(ctx, tid, p, time.Now())
 			wantCode(t, err, nozzle.EINVALID)
-			if e, ok := err.(*nozzle.Error); !ok || e.Param != "batch_discount_percent" {
-				t.Errorf("discount %v: %v, want the field named", d, err)
+			if e, ok := err.(*nozzle.Error); !ok || e.Param != field {
+				t.Errorf("%s %v: %v, want the field named", field, v, err)
 			}
 		}
 		if _, err := billing.Open(billing.Options{Path: filepath.Join(t.TempDir(), "l.db"), DefaultPrice: p}); err == nil {
-			t.Errorf("Open with a default discount of %v succeeded", d)
+			t.Errorf("Open with a default %s of %v succeeded", field, v)
 		}
 	}
-	for _, d := range []float64{0, 0.5, 50, 100} {
-		p := nozzle.Price{PromptPerMillionUSD: 1, CompletionPerMillionUSD: 1, BatchDiscountPercent: d}
+	for _, v := range good {
+		p := price(v)
 		if err := l.SetPrice(ctx, "", p, time.Now()); err != nil {
-			t.Errorf("discount %v: %v", d, err)
+			t.Errorf("%s %v: %v", field, v, err)
 		}
 		if got, err := l.PriceAt(ctx, ten.ID, time.Now().Add(time.Hour)); err != nil || got != p {
-			t.Errorf("discount %v reads back as %+v, %v", d, got, err)
+			t.Errorf("%s %v reads back as %+v, %v", field, v, got, err)
 		}
 	}
 }

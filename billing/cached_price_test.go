@@ -83,31 +83,8 @@ func TestCachedPrice_ChargeAndReport(t *testing.T) {
 // is refused naming its field, in a price list and in the ledger's
 // default price alike; 0 (free) and the prompt price itself are taken.
 func TestCachedPrice_Validation(t *testing.T) {
-	ctx := context.Background()
-	l := mustOpen(t, billing.Options{})
-	ten := mustTenant(t, l, "acme")
-	for _, c := range []float64{-0.01, 1.01, math.NaN(), math.Inf(1)} {
-		p := nozzle.Price{PromptPerMillionUSD: 1, CompletionPerMillionUSD: 1, CachedPromptPerMillionUSD: c}
-		for _, tid := range []string{"", ten.ID} {
-			err := l.SetPrice(ctx, tid, p, time.Now())
-			wantCode(t, err, nozzle.EINVALID)
-			if e, ok := err.(*nozzle.Error); !ok || e.Param != "cached_prompt_per_million_usd" {
-				t.Errorf("cached price %v: %v, want the field named", c, err)
-			}
-		}
-		if _, err := billing.Open(billing.Options{Path: filepath.Join(t.TempDir(), "l.db"), DefaultPrice: p}); err == nil {
-			t.Errorf("Open with a default cached price of %v succeeded", c)
-		}
-	}
-	for _, c := range []float64{0, 0.5, 1} {
-		p := nozzle.Price{PromptPerMillionUSD: 1, CompletionPerMillionUSD: 1, CachedPromptPerMillionUSD: c}
-		if err := l.SetPrice(ctx, "", p, time.Now()); err != nil {
-			t.Errorf("cached price %v: %v", c, err)
-		}
-		if got, err := l.PriceAt(ctx, ten.ID, time.Now().Add(time.Hour)); err != nil || got != p {
-			t.Errorf("cached price %v reads back as %+v, %v", c, got, err)
-		}
-	}
+	priceFieldValidation(t, "cached_prompt_per_million_usd", []float64{-0.01, 1.01, math.NaN(), math.Inf(1)}, []float64{0, 0.5, 1},
+		func(p *nozzle.Price, v float64) { p.CachedPromptPerMillionUSD = v })
 }
 
 // The outbox sends a closed hour's cached prompt tokens on the cached
