@@ -27,8 +27,15 @@ const int kPartThreads = 256;
 const int kChunk = 4096; /* logits per block of the partial pass */
 typedef unsigned long long u64;
 
+/* -0 keys as +0 and NaN as -inf (as the CPU backend's token_key): the
+ * largest key is greedy's argmax, the lowest id among the logits == max,
+ * so a scored row's top token is what greedy sampling returns there. */
 __device__ __forceinline__ u64 token_key(float logit, int id)
 {
+	if (logit != logit)
+		logit = -INFINITY;
+	else if (logit == 0.0f)
+		logit = 0.0f;
 	unsigned u = __float_as_uint(logit);
 	u = (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 	return ((u64)u << 32) | (u64)(0xffffffffu - (unsigned)id);
@@ -37,7 +44,7 @@ __device__ __forceinline__ u64 token_key(float logit, int id)
 __device__ __forceinline__ int key_id(u64 key) { return (int)(0xffffffffu - (unsigned)key); }
 
 /* The argmax key: NaN sorts as -inf, so it never wins over a number. */
-__device__ __forceinline__ u64 max_key(float logit, int id) { return token_key(logit != logit ? -INFINITY : logit, id); }
+__device__ __forceinline__ u64 max_key(float logit, int id) { return token_key(logit, id); }
 
 struct sample_smem {
 	u64 red_u64[32];

@@ -367,6 +367,27 @@ static void test_sampling(void)
 	CHECK(fabs(lp - (-2.0 - lse)) < 1e-6, "scored logprob %g want %g", (double)lp, -2.0 - lse);
 	for (int i = 0; i < 4; i++)
 		CHECK(tt[i] == want_top[i], "scored top[%d] = %d, want %d", i, tt[i], want_top[i]);
+
+	/* a scored row's top token is greedy's token: ties by lowest id,
+	 * -0 ties +0, NaN never first (speculative decoding verifies drafts
+	 * with the top token of scored rows) */
+	float odd[][6] = {
+		{0.0f, -0.0f, 0.0f, -1.0f, -0.0f, -2.0f},
+		{-1.0f, -0.0f, 0.0f, -1.0f, -0.0f, -2.0f},
+		{NAN, 1.0f, NAN, 1.0f, -3.0f, 0.5f},
+		{-INFINITY, -INFINITY, -5.0f, NAN, -5.0f, -INFINITY},
+		{2.0f, 2.0f, 2.0f, 2.0f, 2.0f, 2.0f},
+	};
+	for (int r = 0; r < (int)(sizeof odd / sizeof odd[0]); r++) {
+		nz_sample_params g = {.temperature = 0, .top_p = 1, .n_top = 3};
+		nz_sample(odd[r], 6, &g, scr, &tok, &lp, tt, tl);
+		CHECK(tt[0] == tok, "row %d: greedy %d but top token %d", r, tok, tt[0]);
+		int32_t greedy = tok;
+		g.scored = 1;
+		g.target = 5;
+		nz_sample(odd[r], 6, &g, scr, &tok, &lp, tt, tl);
+		CHECK(tt[0] == greedy, "row %d: scored top token %d, greedy %d", r, tt[0], greedy);
+	}
 	free(scr);
 
 	/* seeded draws are deterministic and follow the distribution */
