@@ -68,6 +68,11 @@ type fakeEngine struct {
 	closed    bool
 	onStep    func(n int) // called after each step with the step count
 	rowLimit  int         // rows of logits a step may have (max_batch_seqs); 0: any
+	// window, when not 0, makes the logits at a position depend only on
+	// the last window tokens up to it and the adapter (the state kept in
+	// the KV cells still hashes everything): greedy decoding falls into
+	// loops, where prompt lookup's drafts hold.
+	window int
 	// tokenLimit is the tokens a step may have (max_batch_tokens), and
 	// seqLimit the sequences in it (max_batch_seqs); 0: any.
 	tokenLimit int
@@ -82,6 +87,7 @@ type fakeEngine struct {
 type kvCell struct {
 	h   uint64
 	pos int32
+	tok int32
 	ok  bool
 }
 
@@ -220,20 +226,33 @@ func (e *fakeEngine) step(b *engine.Batch) error {
 			}
 			h = c.h
 		}
+		lh := h // the logits' key
 		for j := 0; j < ln; j++ {
 			tok := b.Tokens[off+j]
 			if tok < 0 || int(tok) >= e.vocab {
 				return fmt.Errorf("token %d out of range", tok)
 			}
 			h = mix(mix(h, uint64(tok)), ad)
-			*cell(pos + j) = kvCell{h: h, pos: int32(pos + j), ok: true}
+			*cell(pos + j) = kvCell{h: h, pos: int32(pos + j), tok: tok, ok: true}
+			lh = h
+			if e.window > 0 {
+				lh = 1469598103934665603
+				for p := max(0, pos+j-e.window+1); p <= pos+j; p++ {
+					c := cell(p)
+					if !c.ok || int(c.pos) != p {
+						return fmt.Errorf("seq %d reads position %d that is not in its cache", i, p)
+					}
+					lh = mix(lh, uint64(c.tok))
+				}
+				lh = mix(lh, ad)
+			}
 			if len(b.ScoreTarget) > 0 && b.ScoreTarget[off+j] >= 0 {
-				e.score(b, off+j, h)
+				e.score(b, off+j, lh)
 			}
 		}
 		off += ln
 		if b.SeqSample[i] == 1 {
-			e.sample(b, i, h, uint64(pos+ln))
+			e.sample(b, i, lh, uint64(pos+ln))
 		}
 	}
 	if off != len(b.Tokens) {

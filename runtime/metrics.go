@@ -16,6 +16,8 @@ type runtimeMetrics struct {
 	slotsUsed       metrics.Gauge
 	slotsPinned     metrics.Gauge
 	tokensGenerated metrics.Counter
+	specDrafted     metrics.Counter
+	specAccepted    metrics.Counter
 	promptTokens    metrics.Counter
 	preemptions     metrics.Counter
 	fairPreemptions metrics.Counter
@@ -54,6 +56,8 @@ func newRuntimeMetrics(r *metrics.Registry, utilisation func() float64) *runtime
 		slotsUsed:       r.Gauge("nozzle_runtime_adapter_slots_used", "Engine adapter slots holding an adapter."),
 		slotsPinned:     r.Gauge("nozzle_runtime_adapter_slots_pinned", "Engine adapter slots used by running sequences."),
 		tokensGenerated: r.Counter("nozzle_runtime_tokens_generated_total", "Completion tokens generated."),
+		specDrafted:     r.Counter("nozzle_runtime_spec_drafted_tokens_total", "Tokens drafted by prompt lookup for speculative decoding and verified in engine steps."),
+		specAccepted:    r.Counter("nozzle_runtime_spec_accepted_tokens_total", "Drafted tokens the engine's verification accepted (each saves a decode step)."),
 		promptTokens:    r.Counter("nozzle_runtime_prompt_tokens_total", "Prompt tokens admitted."),
 		preemptions:     r.Counter("nozzle_runtime_preemptions_total", "Sequences preempted for recompute (KV blocks ran out, or a tenant over its share of the batch made room for another)."),
 		fairPreemptions: r.Counter("nozzle_runtime_fair_preemptions_total", "Sequences of a tenant over its share of the batch preempted to admit another tenant's."),

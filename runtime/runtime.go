@@ -74,6 +74,13 @@ type Options struct {
 	MaxBatchTokens int
 	MaxBatchSeqs   int
 	PrefillChunk   int
+	// SpeculativeTokens is the most tokens drafted by prompt lookup for
+	// a greedy sequence's decode step, verified in that step (0: off);
+	// drafts only take the step's spare tokens and logit rows, and only
+	// while the step decodes at most SpeculativeMaxSeqs sequences
+	// (default 2).
+	SpeculativeTokens  int
+	SpeculativeMaxSeqs int
 	// Threads is the CPU engine's worker threads (0: every core).
 	Threads int
 	// HostCacheBytes is the budget of the host-memory adapter cache
@@ -210,6 +217,12 @@ func (o *Options) setDefaults() error {
 	o.sizeFor("cuda", 0)
 	if o.PrefillChunk <= 0 {
 		o.PrefillChunk = 256
+	}
+	if o.SpeculativeTokens < 0 {
+		return fmt.Errorf("speculative tokens %d: must not be negative (0: off)", o.SpeculativeTokens)
+	}
+	if o.SpeculativeMaxSeqs <= 0 {
+		o.SpeculativeMaxSeqs = 2
 	}
 	if o.HostCacheBytes <= 0 {
 		o.HostCacheBytes = 1 << 30
@@ -355,6 +368,8 @@ func newRuntime(opts Options, p parts) (*Runtime, error) {
 		prefillWeight:  opts.PrefillWeight,
 		decodeWeight:   opts.DecodeWeight,
 		lookahead:      16,
+		specTokens:     opts.SpeculativeTokens,
+		specMaxSeqs:    opts.SpeculativeMaxSeqs,
 		maxDrains:      max(1, opts.Slots/4),
 		wake:           make(chan struct{}, 1),
 		quit:           make(chan struct{}),

@@ -117,6 +117,8 @@ type sequence struct {
 	// reasoning: a reasoning model's chat completion, whose thoughts are
 	// counted; thoughtsOpen: its prompt opened them.
 	reasoning, thoughtsOpen bool
+	// spec is its speculative decoding history (greedy sequences).
+	spec specState
 
 	state      seqState
 	admitOrder uint64
@@ -180,6 +182,10 @@ type stepEntry struct {
 	decode bool
 	off    int // the entry's first token in the batch
 	score  bool
+	// draft is how many drafted tokens follow the decoded one (n is
+	// 1+draft); they are scheduler.drafts[dOff:dOff+draft].
+	draft int
+	dOff  int
 }
 
 // scheduler owns the engine: one goroutine, locked to its OS thread, runs
@@ -205,6 +211,11 @@ type scheduler struct {
 	decodeWeight   float64
 	lookahead      int
 	maxDrains      int
+	// specTokens is the most tokens drafted for a greedy sequence's step
+	// (0: no speculative decoding); specMaxSeqs the most decoding
+	// sequences a step may have for any of them to draft.
+	specTokens  int
+	specMaxSeqs int
 
 	mu    sync.Mutex
 	inbox []inMsg
@@ -223,6 +234,8 @@ type scheduler struct {
 	batch    engine.Batch
 	entries  []stepEntry
 	targets  []int32
+	drafts   []int32 // the step's drafted tokens (stepEntry.dOff)
+	chunk    []int32
 	scratch  []*sequence
 	msgs     []inMsg
 	order    []*tenant
@@ -1020,11 +1033,19 @@ func (s *scheduler) step() {
 	if len(s.entries) == 0 {
 		return
 	}
+	drafted := false
+	if s.specTokens > 0 && budget > 0 && rows < s.maxBatchSeqs {
+		drafted = s.planDrafts(budget, rows)
+	}
 
 	maxBlocks, nTop := 1, 0
 	for _, e := range s.entries {
 		maxBlocks = max(maxBlocks, len(e.q.blocks))
 		nTop = max(nTop, e.q.nTop)
+	}
+	if drafted {
+		// a scored row's top token is the greedy choice after it
+		nTop = max(nTop, 1)
 	}
 	b.Reset(maxBlocks, nTop)
 	for i := range s.entries {
@@ -1043,11 +1064,21 @@ func (s *scheduler) step() {
 			}
 			score = s.targets
 		}
+		tokens := q.tokens[q.computed : q.computed+e.n]
+		if e.draft > 0 {
+			// the decoded token, then the drafts, each scored against
+			// the draft after it; the last one is sampled (the bonus)
+			drafts := s.drafts[e.dOff : e.dOff+e.draft]
+			s.chunk = append(append(s.chunk[:0], q.tokens[q.computed]), drafts...)
+			tokens = s.chunk
+			s.targets = append(append(s.targets[:0], drafts...), -1)
+			score = s.targets
+		}
 		var allow []uint32
 		if e.sample {
 			allow = q.gram.mask()
 		}
-		b.Add(engine.Seq{Tokens: q.tokens[q.computed : q.computed+e.n], Pos: q.computed, Slot: q.slot, Blocks: q.blocks,
+		b.Add(engine.Seq{Tokens: tokens, Pos: q.computed, Slot: q.slot, Blocks: q.blocks,
 			Sample: e.sample, Temperature: q.temperature, TopP: q.topP, TopK: int(q.topK), Seed: q.seed, Score: score,
 			BiasTokens: q.bias.tokens(), BiasValues: q.bias.values(), Allow: allow})
 	}
@@ -1078,6 +1109,10 @@ func (s *scheduler) step() {
 	}
 	for i, e := range s.entries {
 		q := e.q
+		if e.draft > 0 {
+			s.acceptDrafts(i, e, t1)
+			continue
+		}
 		if e.score {
 			for p := q.computed; p < q.computed+e.n; p++ {
 				if t := e.off + p - q.computed; b.ScoreTarget[t] >= 0 {
@@ -1100,33 +1135,152 @@ func (s *scheduler) step() {
 		if !e.sample {
 			continue
 		}
-		tok := b.OutToken[i]
-		q.tokens = append(q.tokens, tok)
-		q.bias.generated(tok)
-		formed := q.gram.feed(tok)
-		called := q.call.feed(tok)
-		q.generated++
-		if q.firstToken.IsZero() {
-			q.firstToken = t1
-		}
-		if t := s.tenants[q.share()]; t != nil {
-			t.counter += s.decodeWeight
-		}
-		ev := seqEvent{token: tok, logprob: b.OutLogprob[i], eos: s.eos[tok], dev: q.deviceSec, cached: q.cached}
+		var topTok []int32
+		var topLP []float32
 		if q.nTop > 0 {
-			ev.topTok = slices.Clone(b.OutTopToken[i*nTop : i*nTop+q.nTop])
-			ev.topLP = slices.Clone(b.OutTopLogprob[i*nTop : i*nTop+q.nTop])
+			topTok, topLP = b.OutTopToken[i*nTop:i*nTop+q.nTop], b.OutTopLogprob[i*nTop:i*nTop+q.nTop]
 		}
-		q.out.post(ev)
-		s.m.tokensGenerated.Inc()
+		s.emit(q, b.OutToken[i], b.OutLogprob[i], topTok, topLP, t1, false)
+	}
+}
+
+// emit appends a token q generated, tells its request and finishes q when
+// the token ends it. computed says the step wrote the token's keys and
+// values too (an accepted draft). It reports whether q finished.
+func (s *scheduler) emit(q *sequence, tok int32, logprob float32, topTok []int32, topLP []float32, t1 time.Time, computed bool) bool {
+	q.tokens = append(q.tokens, tok)
+	if computed {
+		q.computed++
+		s.rememberBlocks(q)
+	}
+	q.bias.generated(tok)
+	formed := q.gram.feed(tok)
+	called := q.call.feed(tok)
+	q.generated++
+	if q.firstToken.IsZero() {
+		q.firstToken = t1
+	}
+	if t := s.tenants[q.share()]; t != nil {
+		t.counter += s.decodeWeight
+	}
+	ev := seqEvent{token: tok, logprob: logprob, eos: s.eos[tok], dev: q.deviceSec, cached: q.cached}
+	if q.nTop > 0 {
+		ev.topTok = slices.Clone(topTok)
+		ev.topLP = slices.Clone(topLP)
+	}
+	q.out.post(ev)
+	s.m.tokensGenerated.Inc()
+	switch {
+	case q.gram.failed() != nil:
+		s.log.Error("response format constraint failed", "err", q.gram.failed())
+		s.finish(q, "", q.gram.failed())
+	case ev.eos, formed, called:
+		s.finish(q, nozzle.FinishStop, nil)
+	case q.generated >= q.maxTokens || len(q.tokens) >= s.ctxLen:
+		s.finish(q, nozzle.FinishLength, nil)
+	default:
+		return false
+	}
+	return true
+}
+
+// planDrafts gives the step's decoding greedy sequences drafted tokens in
+// what the step has to spare once every decode and prefill chunk is in:
+// budget tokens and the logit rows past rows (each draft is scored, so it
+// takes a row). Drafts only take free KV blocks (never a cached one, never
+// a preemption). It reports whether any sequence drafted.
+func (s *scheduler) planDrafts(budget, rows int) bool {
+	decoding := 0
+	for _, e := range s.entries {
+		if e.n == 1 && e.sample && e.q.pending() == 1 {
+			decoding++
+		}
+	}
+	if decoding == 0 || decoding > s.specMaxSeqs {
+		return false
+	}
+	s.drafts = s.drafts[:0]
+	any := false
+	for i := range s.entries {
+		e := &s.entries[i]
+		q := e.q
+		if e.n != 1 || !e.sample || e.score || q.pending() != 1 || !specEligible(q) || s.tick < q.spec.until {
+			continue
+		}
+		// accepted drafts and the token after them stay within
+		// max_tokens and the context
+		k := min(s.specTokens, budget, s.maxBatchSeqs-rows, q.maxTokens-q.generated-1, s.ctxLen-len(q.tokens)-1)
+		if k <= 0 {
+			continue
+		}
+		off := len(s.drafts)
+		s.drafts = draftTokens(s.drafts, q.tokens, specMaxNgram, k)
+		d := len(s.drafts) - off
+		// positions q.computed..q.computed+d, in blocks q holds or free ones
+		room := (len(q.blocks)+len(s.pool.free))*s.pool.size - q.computed - 1
+		d = min(d, room)
+		s.drafts = s.drafts[:off+max(d, 0)]
+		if d <= 0 {
+			continue
+		}
+		var ok bool
+		if q.blocks, ok = s.pool.grow(q.blocks, q.computed+1+d); !ok {
+			panic("runtime: drafts grew past the free blocks")
+		}
+		e.n, e.draft, e.dOff = 1+d, d, off
+		budget -= d
+		rows += d
+		any = true
+	}
+	return any
+}
+
+// acceptDrafts settles entry i of the step, a decode with drafts: the
+// drafts up to the first whose scored row's top token differs from it are
+// accepted, then that top token (or, when every draft holds, the sampled
+// bonus token) follows; each goes out as a token of its own, until one
+// ends the sequence. Only accepted tokens count as computed: the keys and
+// values written for rejected drafts are overwritten by later steps before
+// anything reads them, and the prefix cache only sees whole blocks of
+// computed tokens.
+func (s *scheduler) acceptDrafts(i int, e stepEntry, t1 time.Time) {
+	b := &s.batch
+	q, nTop := e.q, b.NTop
+	drafts := s.drafts[e.dOff : e.dOff+e.draft]
+	a := 0
+	for a < len(drafts) && b.OutScoreTopToken[(e.off+a)*nTop] == drafts[a] {
+		a++
+	}
+	s.m.specDrafted.Add(float64(len(drafts)))
+	s.m.specAccepted.Add(float64(a))
+	q.spec.record(a, s.tick)
+	q.computed++ // the decoded token
+	for j := 0; j <= a; j++ {
+		row := e.off + j
+		var (
+			tok     int32
+			lp      float32
+			topTok  []int32
+			topLP   []float32
+			topRows = b.OutScoreTopToken
+			topLPs  = b.OutScoreTopLogprob
+			at      = row * nTop
+		)
 		switch {
-		case q.gram.failed() != nil:
-			s.log.Error("response format constraint failed", "err", q.gram.failed())
-			s.finish(q, "", q.gram.failed())
-		case ev.eos, formed, called:
-			s.finish(q, nozzle.FinishStop, nil)
-		case q.generated >= q.maxTokens || len(q.tokens) >= s.ctxLen:
-			s.finish(q, nozzle.FinishLength, nil)
+		case j < a: // an accepted draft: scored at the row before it
+			tok, lp = drafts[j], b.OutScoreLogprob[row]
+		case a < len(drafts): // the first rejected draft's correction
+			tok, lp = b.OutScoreTopToken[row*nTop], b.OutScoreTopLogprob[row*nTop]
+		default: // every draft held: the bonus token, sampled
+			tok, lp = b.OutToken[i], b.OutLogprob[i]
+			topRows, topLPs, at = b.OutTopToken, b.OutTopLogprob, i*nTop
+		}
+		if q.nTop > 0 {
+			topTok, topLP = topRows[at:at+q.nTop], topLPs[at:at+q.nTop]
+		}
+		// an accepted draft's keys and values are in the cache
+		if s.emit(q, tok, lp, topTok, topLP, t1, j < a) {
+			return
 		}
 	}
 }
