@@ -254,6 +254,8 @@ func (m *Main) runtimeOptions(modelDir string, source runtime.AdapterSource) run
 		KVMemoryBytes:      int64(c.KVMemoryMB) << 20,
 		MaxBatchTokens:     c.MaxBatchTokens,
 		MaxBatchSeqs:       c.MaxBatchSeqs,
+		SpeculativeTokens:  c.SpecTokens,
+		SpeculativeMaxSeqs: c.SpecMaxSeqs,
 		Threads:            c.Threads,
 		HostCacheBytes:     int64(c.HostCacheMB) << 20,
 		DisablePrefixCache: !c.PrefixCache,
