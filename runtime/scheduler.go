@@ -1064,8 +1064,10 @@ func (s *scheduler) step() {
 			}
 			score = s.targets
 		}
-		tokens := q.tokens[q.computed : q.computed+e.n]
-		if e.draft > 0 {
+		var tokens []int32
+		if e.draft == 0 {
+			tokens = q.tokens[q.computed : q.computed+e.n]
+		} else {
 			// the decoded token, then the drafts, each scored against
 			// the draft after it; the last one is sampled (the bonus)
 			drafts := s.drafts[e.dOff : e.dOff+e.draft]

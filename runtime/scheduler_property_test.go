@@ -58,7 +58,11 @@ import (
 //   - after Close every KV block is free or cached, no slot is pinned,
 //     nothing waits or runs, no tenant is left, every host copy of an
 //     adapter is closed;
-//   - the requests' device seconds add up to the runtime's active time.
+//   - the requests' device seconds add up to the runtime's active time;
+//   - with speculative decoding on (random draft lengths and batch caps;
+//     the fake engine's logits now and then a function of the last one or
+//     two tokens, so that greedy text loops and drafts hold), all of the
+//     above, the requests alone being decoded without it.
 //
 // The workload (limits, requests, cancellations, drops, arrival pauses)
 // is a function of the seed; how the requests interleave in the batch is
@@ -100,12 +104,15 @@ func TestScheduler_Property(t *testing.T) {
 type propLimits struct {
 	opts   runtime.Options
 	blocks int
+	// window is the fake engine's (logits that depend on the last window
+	// tokens only: greedy text loops and prompt lookup's drafts hold).
+	window int
 }
 
 func (l propLimits) String() string {
-	return fmt.Sprintf("seqs %d, tokens %d, chunk %d, blocks %d, slots %d, host %d half-MiB, prefix cache %v",
+	return fmt.Sprintf("seqs %d, tokens %d, chunk %d, blocks %d, slots %d, host %d half-MiB, prefix cache %v, speculative %d (at most %d seqs), window %d",
 		l.opts.MaxBatchSeqs, l.opts.MaxBatchTokens, l.opts.PrefillChunk, l.blocks, l.opts.Slots,
-		l.opts.HostCacheBytes>>19, !l.opts.DisablePrefixCache)
+		l.opts.HostCacheBytes>>19, !l.opts.DisablePrefixCache, l.opts.SpeculativeTokens, l.opts.SpeculativeMaxSeqs, l.window)
 }
 
 func (l propLimits) poolTokens() int { return l.blocks * 16 }
@@ -126,6 +133,15 @@ func randomLimits(rng *rand.Rand) propLimits {
 	if rng.IntN(8) == 0 {
 		l.blocks = 33 + rng.IntN(8) // more than the context holds
 	}
+	// speculative decoding (the requests alone decode without it: the
+	// same chunks prove the drafts change nothing)
+	if rng.IntN(3) > 0 {
+		l.opts.SpeculativeTokens = 1 + rng.IntN(6)
+		l.opts.SpeculativeMaxSeqs = 1 + rng.IntN(6)
+	}
+	if rng.IntN(2) == 0 {
+		l.window = 1 + rng.IntN(2)
+	}
 	return l
 }
 
@@ -138,6 +154,7 @@ func (l propLimits) start(t *testing.T, reg *metrics.Registry, errs *logErrors) 
 	rt := startFake(t, opts, l.blocks)
 	rt.eng.tokenLimit = max(opts.MaxBatchTokens, opts.MaxBatchSeqs)
 	rt.eng.seqLimit = opts.MaxBatchSeqs
+	rt.eng.window = l.window
 	rt.loads.missing[propMissing] = true
 	return rt
 }
@@ -403,6 +420,7 @@ type propTotals struct {
 	requests, ok, canceled, failed, compared, shut int
 	preemptions, fairPreemptions, prefixHits       float64
 	slotLoads, drops, steps, scored                float64
+	drafted, accepted                              float64
 }
 
 func (p *propTotals) add(o *propTotals) {
@@ -424,11 +442,13 @@ func (p *propTotals) add(o *propTotals) {
 	p.drops += o.drops
 	p.steps += o.steps
 	p.scored += o.scored
+	p.drafted += o.drafted
+	p.accepted += o.accepted
 }
 
 func (p *propTotals) String() string {
-	return fmt.Sprintf("%d requests (%d ok, %d canceled, %d failed as they must, %d ended by a close; %d compared with alone, %v scored prompts), %v steps, %v preemptions (%v fair-share), %v prefix-cache tokens, %v slot loads, %v slot drops",
-		p.requests, p.ok, p.canceled, p.failed, p.shut, p.compared, p.scored, p.steps, p.preemptions, p.fairPreemptions, p.prefixHits, p.slotLoads, p.drops)
+	return fmt.Sprintf("%d requests (%d ok, %d canceled, %d failed as they must, %d ended by a close; %d compared with alone, %v scored prompts), %v steps, %v preemptions (%v fair-share), %v prefix-cache tokens, %v slot loads, %v slot drops, %v drafted tokens (%v accepted)",
+		p.requests, p.ok, p.canceled, p.failed, p.shut, p.compared, p.scored, p.steps, p.preemptions, p.fairPreemptions, p.prefixHits, p.slotLoads, p.drops, p.drafted, p.accepted)
 }
 
 func testSchedulerProperty(t *testing.T, seed uint64) *propTotals {
@@ -715,6 +735,8 @@ func testSchedulerProperty(t *testing.T, seed uint64) *propTotals {
 	tot.slotLoads = metricValue(prom, `nozzle_runtime_adapter_loads_total{tier="device"}`)
 	tot.drops = max(0, metricValue(prom, `nozzle_runtime_adapter_drops_total{tier="device"}`))
 	tot.steps = float64(res.Steps)
+	tot.drafted = metricValue(prom, "nozzle_runtime_spec_drafted_tokens_total")
+	tot.accepted = metricValue(prom, "nozzle_runtime_spec_accepted_tokens_total")
 	t.Logf("%s; %d drops asked", tot, nDrops)
 	return tot
 }
@@ -835,6 +857,7 @@ func checkOutcome(t *testing.T, fail func(string, ...any), i int, w propReq, o p
 func runAlone(t *testing.T, l propLimits, req *nozzle.GenerateRequest) propOutcome {
 	t.Helper()
 	errs := &logErrors{}
+	l.opts.SpeculativeTokens = 0
 	rt := l.start(t, metrics.NewRegistry(), errs)
 	var o propOutcome
 	o.res, o.err = rt.Generate(context.Background(), req, func(c nozzle.Chunk) error {
