@@ -300,3 +300,53 @@ func TestDemo_Speculative(t *testing.T) {
 		}
 	}
 }
+
+// TestSpeculative_EOSInsideDraft: a prompt holding the model's own answer
+// and its eos makes the drafts run through the eos: the request stops at
+// it, nothing after it goes out or counts, exactly as without drafts.
+func TestSpeculative_EOSInsideDraft(t *testing.T) {
+	base := startFake(t, runtime.Options{MaxBatchSeqs: 8, MaxBatchTokens: 64}, 64)
+	defer closeRT(t, base)
+	reg := metrics.NewRegistry()
+	spec := startFake(t, runtime.Options{MaxBatchSeqs: 8, MaxBatchTokens: 64, SpeculativeTokens: 7, Metrics: reg}, 64)
+	defer closeRT(t, spec)
+	for _, rt := range []*testRT{base, spec} {
+		rt.eng.window, rt.eng.eosBias = 1, 1.5
+	}
+	ctx := context.Background()
+	rng := newRNG(21)
+	tried := 0
+	for i := 0; i < 200 && tried < 5; i++ {
+		prompt := randomPrompt(rng, 6)
+		first := run(ctx, base, &nozzle.GenerateRequest{TenantID: "t", PromptTokens: prompt, MaxTokens: 40, Logprobs: true})
+		if first.err != nil || first.res.FinishReason != nozzle.FinishStop || first.res.CompletionTokens < 3 {
+			continue // no eos soon enough after this prompt
+		}
+		tried++
+		// prompt, answer, eos, prompt: the model answers again, and the
+		// drafts copy the answer, its eos and the prompt after it
+		long := append([]int{}, prompt...)
+		for _, c := range first.chunks {
+			for _, lp := range c.Logprobs {
+				long = append(long, fakeTokenID(t, lp.Bytes))
+			}
+		}
+		long = append(append(long, fakeEOS), prompt...)
+		req := &nozzle.GenerateRequest{TenantID: "t", PromptTokens: long, MaxTokens: 100}
+		a0 := metricValue(promText(reg), "nozzle_runtime_spec_accepted_tokens_total")
+		want := run(ctx, base, req)
+		got := run(ctx, spec, req)
+		if d := sameOutcome(got, want); d != "" {
+			t.Errorf("prompt %d: %s", i, d)
+		}
+		if want.res.FinishReason != nozzle.FinishStop || want.res.CompletionTokens != first.res.CompletionTokens {
+			t.Errorf("prompt %d: the answer did not repeat: %+v, first %+v", i, want.res, first.res)
+		}
+		if a1 := metricValue(promText(reg), "nozzle_runtime_spec_accepted_tokens_total"); a1-a0 < float64(want.res.CompletionTokens-1) {
+			t.Errorf("prompt %d: %v drafts accepted for %d tokens", i, a1-a0, want.res.CompletionTokens)
+		}
+	}
+	if tried == 0 {
+		t.Fatal("no prompt ended with eos")
+	}
+}
