@@ -1257,6 +1257,7 @@ func (s *scheduler) acceptDrafts(i int, e stepEntry, t1 time.Time) {
 	s.m.specAccepted.Add(float64(a))
 	q.spec.record(a, s.tick)
 	q.computed++ // the decoded token
+	s.rememberBlocks(q)
 	for j := 0; j <= a; j++ {
 		row := e.off + j
 		var (
