@@ -1202,7 +1202,7 @@ func (s *scheduler) planDrafts(budget, rows int) bool {
 		return false
 	}
 	s.drafts = s.drafts[:0]
-	any := false
+	drafted := false
 	for i := range s.entries {
 		e := &s.entries[i]
 		q := e.q
@@ -1232,9 +1232,9 @@ func (s *scheduler) planDrafts(budget, rows int) bool {
 		e.n, e.draft, e.dOff = 1+d, d, off
 		budget -= d
 		rows += d
-		any = true
+		drafted = true
 	}
-	return any
+	return drafted
 }
 
 // acceptDrafts settles entry i of the step, a decode with drafts: the
