@@ -57,6 +57,7 @@ func Open(ctx context.Context, opts Options) (*Runtime, error) {
 	}
 	ei := eng.Info()
 	sized.sizeFor(device, ei.WeightBytes)
+	opts.SpeculativeTokens = specTokensFor(opts.SpeculativeTokens, device, ei.WeightBytes, cpuCacheBytes())
 	opts.MaxBatchSeqs, opts.MaxBatchTokens = sized.MaxBatchSeqs, sized.MaxBatchTokens
 	info.Device = device
 	info.ToolFormat = tk.ToolFormat()

@@ -55,3 +55,25 @@ func TestSpecStateBackoff(t *testing.T) {
 		t.Errorf("an accepted draft kept the backoff: %+v", sp)
 	}
 }
+
+func TestSpecTokensFor(t *testing.T) {
+	const cache = 32 << 20
+	tests := []struct {
+		n      int
+		device string
+		weight int64
+		want   int
+	}{
+		{SpeculativeAuto, "cpu", 1 << 30, 4}, // weights streamed from memory
+		{SpeculativeAuto, "cpu", 8 << 20, 0}, // in the cache: arithmetic-bound
+		{SpeculativeAuto, "cuda", 1 << 30, 0},
+		{0, "cpu", 1 << 30, 0},
+		{6, "cpu", 8 << 20, 6},
+		{2, "cuda", 1 << 30, 2},
+	}
+	for _, tt := range tests {
+		if got := specTokensFor(tt.n, tt.device, tt.weight, cache); got != tt.want {
+			t.Errorf("specTokensFor(%d, %s, %d) = %d, want %d", tt.n, tt.device, tt.weight, got, tt.want)
+		}
+	}
+}

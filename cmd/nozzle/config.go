@@ -51,7 +51,7 @@ type Config struct {
 	MaxBatchTokens int     `key:"max_batch_tokens" help:"most tokens in one engine step (prefill chunks and decodes; 0: 512 on a GPU, on a CPU 64, or 16 for a model that fits in its cache)"`
 	MaxBatchSeqs   int     `key:"max_batch_seqs" help:"most sequences in one engine step (0: 64 on a GPU, on a CPU 8, or 3 for a model that fits in its cache)"`
 	Threads        int     `key:"threads" help:"CPU engine threads (0: every core)"`
-	SpecTokens     int     `key:"speculative_tokens" help:"speculative decoding by prompt lookup: the most tokens drafted for a greedy request's step from its own prompt and output (n-gram match) and verified in that step; output is unchanged, copy-heavy completions decode in fewer steps (0: off)"`
+	SpecTokens     int     `key:"speculative_tokens" help:"speculative decoding by prompt lookup: the most tokens drafted for a greedy request's step from its own prompt and output (n-gram match) and verified in that step; the output is unchanged, copy-heavy completions decode in fewer steps (-1: 4 on a CPU with a model bigger than its cache, where steps are bound by reading the weights, off elsewhere; 0: off)"`
 	SpecMaxSeqs    int     `key:"speculative_max_seqs" help:"speculative decoding only drafts while a step decodes at most this many sequences (drafts take the step's spare tokens and rows of logits only)"`
 	HostCacheMB    int     `key:"host_cache_mb" help:"host memory for adapters kept ready in MiB"`
 	PrefixCache    bool    `key:"prefix_cache" help:"keep the KV blocks of prompts' whole leading blocks for later requests of the same tenant that begin the same way under the same adapter (shared system prompts, n choices, conversations): they skip that prefill"`
@@ -135,6 +135,7 @@ func DefaultConfig() Config {
 		StripeMeterBatchK:  "nozzle_batch_cached_prompt_tokens",
 		OperatorEmail:      defaultOperatorEmail,
 		SpecMaxSeqs:        2,
+		SpecTokens:         -1,
 	}
 }
 
@@ -207,8 +208,8 @@ func (c *Config) Validate() error {
 			return fmt.Errorf("%s %d: must be positive", f.key, f.v)
 		}
 	}
-	if c.SpecTokens < 0 || c.SpecTokens > 16 {
-		return fmt.Errorf("speculative_tokens %d: must be in 0..16 (0: off)", c.SpecTokens)
+	if c.SpecTokens < -1 || c.SpecTokens > 16 {
+		return fmt.Errorf("speculative_tokens %d: must be -1 (auto) or in 0..16 (0: off)", c.SpecTokens)
 	}
 	if c.SpecMaxSeqs < 1 {
 		return fmt.Errorf("speculative_max_seqs %d: must be positive", c.SpecMaxSeqs)
