@@ -41,16 +41,7 @@ func TestLedger_Version16File(t *testing.T) {
 	// as version 16 left it: rollups in format 5, a price in format 3, and
 	// hour 08:00 billed in format 1, its prompt meter holding its cached
 	// tokens
-	rewriteUsage(t, path, func(bucket string, v []byte) []byte {
-		if bucket == string(bEvents) {
-			return v
-		}
-		r, err := decodeRollup(v)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return encodeRollupAs(&r, rollupV5)
-	}, 16)
+	rollupsAs(t, path, rollupV5, 16)
 	old := nozzle.Price{PromptPerMillionUSD: 1, CompletionPerMillionUSD: 1, BatchDiscountPercent: 50}
 	db, err := bolt.Open(path, 0o600, nil)
 	if err != nil {

@@ -738,16 +738,7 @@ func TestLedger_Version15Prices(t *testing.T) {
 	if err := l.Close(); err != nil {
 		t.Fatal(err)
 	}
-	rewriteUsage(t, path, func(bucket string, v []byte) []byte {
-		if bucket == string(bEvents) {
-			return v
-		}
-		r, err := decodeRollup(v)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return encodeRollupAs(&r, valueV4)
-	}, 15)
+	rollupsAs(t, path, valueV4, 15)
 	old, _ := hex.DecodeString(p1Hex) // $0.2 and $0.6 per million, as version 15 stored it
 	db, err := bolt.Open(path, 0o600, nil)
 	if err != nil {
