@@ -254,11 +254,7 @@ func TestOutbox_BatchMeters(t *testing.T) {
 	opts := fastOutbox
 	opts.BatchCompletionEventName = "custom_batch_completion"
 	runOutbox(t, l, f, opts, func(st nozzle.OutboxState) bool { return st.Sent == 8 && st.Pending == 0 })
-	_, taken := f.snapshot()
-	want := map[string]struct {
-		event string
-		value int64
-	}{
+	f.wantTaken(t, map[string]meterWant{
 		"nz-" + a.ID + "-prompt-2026030408":             {"nozzle_prompt_tokens", 100},
 		"nz-" + a.ID + "-completion-2026030408":         {"nozzle_completion_tokens", 10},
 		"nz-" + a.ID + "-batch_prompt-2026030408-1":     {"nozzle_batch_prompt_tokens", 40},
@@ -267,16 +263,7 @@ func TestOutbox_BatchMeters(t *testing.T) {
 		"nz-" + a.ID + "-completion-2026030409":         {"nozzle_completion_tokens", 10},
 		"nz-" + a.ID + "-batch_prompt-2026030409":       {"nozzle_batch_prompt_tokens", 305},
 		"nz-" + a.ID + "-batch_completion-2026030409":   {"custom_batch_completion", 31},
-	}
-	if len(taken) != len(want) {
-		t.Fatalf("Stripe took %d events, want %d: %+v", len(taken), len(want), taken)
-	}
-	for id, w := range want {
-		got, ok := taken[id]
-		if !ok || got.EventName != w.event || got.Value != w.value {
-			t.Errorf("%s: %+v (taken %v), want %s = %d", id, got, ok, w.event, w.value)
-		}
-	}
+	})
 	rows, err := l.OutboxRows(ctx, "")
 	if err != nil {
 		t.Fatal(err)

@@ -116,11 +116,7 @@ func TestOutbox_CachedMeters(t *testing.T) {
 	opts := fastOutbox
 	opts.CachedPromptEventName = "custom_cached" // the late part is queued by the worker, with it
 	runOutbox(t, l, f, opts, func(st nozzle.OutboxState) bool { return st.Sent == 8 && st.Pending == 0 })
-	_, taken := f.snapshot()
-	want := map[string]struct {
-		event string
-		value int64
-	}{
+	f.wantTaken(t, map[string]meterWant{
 		"nz-" + a.ID + "-prompt-2026030409":              {"nozzle_prompt_tokens", 86}, // 36 + 50
 		"nz-" + a.ID + "-cached_prompt-2026030409":       {"nozzle_cached_prompt_tokens", 64},
 		"nz-" + a.ID + "-completion-2026030409":          {"nozzle_completion_tokens", 15},
@@ -129,16 +125,7 @@ func TestOutbox_CachedMeters(t *testing.T) {
 		"nz-" + a.ID + "-batch_completion-2026030409":    {"nozzle_batch_completion_tokens", 30},
 		"nz-" + a.ID + "-cached_prompt-2026030409-1":     {"custom_cached", 16},
 		"nz-" + a.ID + "-completion-2026030409-1":        {"nozzle_completion_tokens", 1},
-	}
-	if len(taken) != len(want) {
-		t.Fatalf("Stripe took %d events, want %d: %+v", len(taken), len(want), taken)
-	}
-	for id, w := range want {
-		got, ok := taken[id]
-		if !ok || got.EventName != w.event || got.Value != w.value {
-			t.Errorf("%s: %+v (taken %v), want %s = %d", id, got, ok, w.event, w.value)
-		}
-	}
+	})
 	if n, err := l.SweepOutbox(ctx, date("2026-03-04T11:00:00Z"), billing.OutboxOptions{}); err != nil || n != 0 {
 		t.Fatalf("sweep after all was sent: %d rows, %v", n, err)
 	}

@@ -65,6 +65,29 @@ func (f *fakeStripe) snapshot() ([]billing.MeterEvent, map[string]billing.MeterE
 	return append([]billing.MeterEvent(nil), f.calls...), taken
 }
 
+// meterWant is a meter event Stripe is to have taken: its event name and
+// value.
+type meterWant struct {
+	event string
+	value int64
+}
+
+// wantTaken checks that f's Stripe took exactly the events of want, by
+// identifier.
+func (f *fakeStripe) wantTaken(t *testing.T, want map[string]meterWant) {
+	t.Helper()
+	_, taken := f.snapshot()
+	if len(taken) != len(want) {
+		t.Fatalf("Stripe took %d events, want %d: %+v", len(taken), len(want), taken)
+	}
+	for id, w := range want {
+		got, ok := taken[id]
+		if !ok || got.EventName != w.event || got.Value != w.value {
+			t.Errorf("%s: %+v (taken %v), want %s = %d", id, got, ok, w.event, w.value)
+		}
+	}
+}
+
 var fastOutbox = billing.OutboxOptions{PollEvery: 5 * time.Millisecond, MinBackoff: time.Millisecond, MaxBackoff: 5 * time.Millisecond}
 
 // runOutbox runs the worker until cond holds (or fails the test after 10s).
