@@ -142,13 +142,7 @@ func TestDemo_EndToEnd(t *testing.T) {
 		t.Errorf("the adapter changed nothing: %q", alone[0].text)
 	}
 	// All at once, mixed in one batch: the same text.
-	mixed := make([]outcome, len(reqs))
-	var wg sync.WaitGroup
-	for i, r := range reqs {
-		wg.Add(1)
-		go func() { defer wg.Done(); mixed[i] = run(ctx, rt, r) }()
-	}
-	wg.Wait()
+	mixed := runAll(ctx, rt, reqs)
 	for i := range reqs {
 		if mixed[i].err != nil || mixed[i].text != alone[i].text || mixed[i].res.CompletionTokens != alone[i].res.CompletionTokens {
 			t.Errorf("request %d: mixed %q (%v), alone %q", i, mixed[i].text, mixed[i].err, alone[i].text)

@@ -39,6 +39,18 @@ func run(ctx context.Context, g nozzle.Generator, req *nozzle.GenerateRequest) o
 	return o
 }
 
+// runAll runs reqs on g all at once and returns their outcomes in order.
+func runAll(ctx context.Context, g nozzle.Generator, reqs []*nozzle.GenerateRequest) []outcome {
+	out := make([]outcome, len(reqs))
+	var wg sync.WaitGroup
+	for i, req := range reqs {
+		wg.Add(1)
+		go func() { defer wg.Done(); out[i] = run(ctx, g, req) }()
+	}
+	wg.Wait()
+	return out
+}
+
 func closeRT(t testing.TB, rt *testRT) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

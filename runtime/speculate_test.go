@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"reflect"
-	"sync"
 	"testing"
 	"time"
 
@@ -127,13 +126,7 @@ func TestSpeculative_MixedBatch(t *testing.T) {
 	for i, req := range reqs {
 		want[i] = run(ctx, base, req)
 	}
-	got := make([]outcome, len(reqs))
-	var wg sync.WaitGroup
-	for i, req := range reqs {
-		wg.Add(1)
-		go func() { defer wg.Done(); got[i] = run(ctx, spec, req) }()
-	}
-	wg.Wait()
+	got := runAll(ctx, spec, reqs)
 	for i := range reqs {
 		if d := sameOutcome(got[i], want[i]); d != "" {
 			t.Errorf("request %d (%s): %s", i, describe(reqs[i]), d)
@@ -287,13 +280,7 @@ func TestDemo_Speculative(t *testing.T) {
 		reqs = append(reqs, req)
 		want = append(want, run(ctx, base, req))
 	}
-	got := make([]outcome, len(reqs))
-	var wg sync.WaitGroup
-	for i, req := range reqs {
-		wg.Add(1)
-		go func() { defer wg.Done(); got[i] = run(ctx, spec, req) }()
-	}
-	wg.Wait()
+	got := runAll(ctx, spec, reqs)
 	for i, req := range reqs {
 		if d := sameOutcome(got[i], want[i]); d != "" {
 			t.Errorf("request %d (%s) mixed: %s", i, describe(req), d)
