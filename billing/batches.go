@@ -59,7 +59,10 @@ func (l *Ledger) CreateFile(ctx context.Context, f *nozzle.File) error {
 		if b.Get(k) != nil {
 			return nozzle.Errorf(nozzle.ECONFLICT, "File %q exists already.", f.ID)
 		}
-		return b.Put(k, v)
+		if err := b.Put(k, v); err != nil {
+			return err
+		}
+		return addTenantBytes(w.tx, bFileBytes, f.TenantID, f.Bytes)
 	})
 }
 
@@ -169,18 +172,14 @@ func cursorStep(c *bolt.Cursor, desc bool) ([]byte, []byte) {
 	return c.Next()
 }
 
-// FileBytes is the sum of the sizes of the tenant's files.
+// FileBytes is the sum of the sizes of the tenant's files, kept in
+// file_storage as files are recorded and deleted.
 func (l *Ledger) FileBytes(ctx context.Context, tenantID string) (int64, error) {
 	var sum int64
 	err := l.view(func(tx *bolt.Tx) error {
-		return scanTenant(tx.Bucket(bFiles), tenantID, "", false, func(v []byte) (bool, error) {
-			var f nozzle.File
-			if err := decodeJSONRecord(v, &f, "file"); err != nil {
-				return false, err
-			}
-			sum += f.Bytes
-			return true, nil
-		})
+		var err error
+		sum, err = tenantBytes(tx, bFileBytes, tenantID)
+		return err
 	})
 	return sum, err
 }
@@ -188,10 +187,14 @@ func (l *Ledger) FileBytes(ctx context.Context, tenantID string) (int64, error) 
 // DeleteFile deletes the tenant's file id's record.
 func (l *Ledger) DeleteFile(ctx context.Context, tenantID, id string) error {
 	return l.write(ctx, func(w *wtx) error {
-		if _, err := readFile(w.tx, tenantID, id); err != nil {
+		f, err := readFile(w.tx, tenantID, id)
+		if err != nil {
 			return err
 		}
-		return w.tx.Bucket(bFiles).Delete(fileKey(tenantID, id))
+		if err := w.tx.Bucket(bFiles).Delete(fileKey(tenantID, id)); err != nil {
+			return err
+		}
+		return addTenantBytes(w.tx, bFileBytes, tenantID, -f.Bytes)
 	})
 }
 

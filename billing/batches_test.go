@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -159,5 +160,63 @@ func TestBatchRecord_ModelAndProgressCompat(t *testing.T) {
 	}
 	if res, err := l.Check(ctx); err != nil || len(res.Problems) > 0 {
 		t.Errorf("check: %+v %v", res, err)
+	}
+}
+
+// Each tenant's file bytes (file_storage) follow its files as they are
+// recorded and deleted, a version 17 file has them counted on open, and
+// Check catches a wrong counter.
+func TestFileBytes(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "ledger.db")
+	l := openCompat(t, path)
+	want := func(l *Ledger, tenantID string, n int64, when string) {
+		t.Helper()
+		if got, err := l.FileBytes(ctx, tenantID); err != nil || got != n {
+			t.Errorf("%s: %s's file bytes %d, %v, want %d", when, tenantID, got, err, n)
+		}
+	}
+	t0 := time.Unix(1700000000, 0).UTC()
+	for i, f := range []struct {
+		tenant string
+		bytes  int64
+	}{{"ten_a", 10}, {"ten_a", 32}, {"ten_b", 7}, {"ten_a", 0}} {
+		if err := l.CreateFile(ctx, &nozzle.File{ID: fmt.Sprintf("file-%d", i), TenantID: f.tenant, Filename: "in.jsonl", Purpose: nozzle.FilePurposeBatch, Bytes: f.bytes, Created: t0}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want(l, "ten_a", 42, "recorded")
+	want(l, "ten_b", 7, "recorded")
+	want(l, "ten_c", 0, "no files")
+	if err := l.DeleteFile(ctx, "ten_a", "file-1"); err != nil {
+		t.Fatal(err)
+	}
+	want(l, "ten_a", 10, "one deleted")
+	if err := l.DeleteFile(ctx, "ten_a", "file-1"); nozzle.ErrorCode(err) != nozzle.ENOTFOUND {
+		t.Fatalf("deleted twice: %v", err)
+	}
+	want(l, "ten_a", 10, "deleted twice")
+	if res, err := l.Check(ctx); err != nil || len(res.Problems) > 0 {
+		t.Fatalf("check: %+v, %v", res, err)
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	asVersion(t, path, 17, bFileBytes)
+	l = openCompat(t, path)
+	_ = l.view(func(tx *bolt.Tx) error {
+		if v, _ := schemaVersion(tx); v != SchemaVersion || tx.Bucket(bFileBytes) == nil {
+			t.Errorf("version %d, bucket missing", v)
+		}
+		return nil
+	})
+	want(l, "ten_a", 10, "migrated")
+	want(l, "ten_b", 7, "migrated")
+	if err := l.db.Update(func(tx *bolt.Tx) error { return addTenantBytes(tx, bFileBytes, "ten_b", 1) }); err != nil {
+		t.Fatal(err)
+	}
+	if res, err := l.Check(ctx); err == nil || !strings.Contains(strings.Join(res.Problems, "\n"), "file_storage") {
+		t.Fatalf("check of a wrong counter: %+v, %v", res, err)
 	}
 }

@@ -67,8 +67,8 @@ func TestLedger_Version16File(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer l.Close()
-	if v, err := FileVersion(l); err != nil || v != 17 {
-		t.Fatalf("version %d, %v after open, want 17", v, err)
+	if v, err := FileVersion(l); err != nil || v != SchemaVersion {
+		t.Fatalf("version %d, %v after open, want %d", v, err, SchemaVersion)
 	}
 	wantCheck := func() {
 		t.Helper()

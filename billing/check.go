@@ -579,8 +579,10 @@ func checkConversations(tx *bolt.Tx, res *CheckResult) error {
 }
 
 // checkBatches checks the Files and Batch APIs' records: each decodes and
-// is filed under its own tenant and id.
+// is filed under its own tenant and id; and each tenant's file_storage is
+// the sum of its files' sizes.
 func checkBatches(tx *bolt.Tx, res *CheckResult) error {
+	sizes := map[string]int64{}
 	for _, b := range []struct {
 		name []byte
 		what string
@@ -609,11 +611,14 @@ func checkBatches(tx *bolt.Tx, res *CheckResult) error {
 			if t, i := ids(); t != tenantID || i != string(id) {
 				res.problem("%s %q of tenant %q is filed as %q of tenant %q", b.what, i, t, id, tenantID)
 			}
+			if f, ok := rec.(*nozzle.File); ok {
+				sizes[f.TenantID] += f.Bytes
+			}
 			return nil
 		})
 		if err != nil {
 			return err
 		}
 	}
-	return nil
+	return checkTenantBytes(tx, bFileBytes, sizes, "its files", res)
 }

@@ -12,7 +12,7 @@ import (
 // docs/LEDGER.md describes it; migrations below bring older files up to it
 // on open. Version 4 has no migration of its own: the builds that knew it
 // but not 5 stamped it on a file when it first held a standard-price mark.
-const SchemaVersion = 17
+const SchemaVersion = 18
 
 // Bucket names. docs/LEDGER.md gives each bucket's keys and values.
 var (
@@ -60,6 +60,7 @@ var (
 	bConvBytes     = []byte("conversation_storage")
 	bFiles         = []byte("files")
 	bBatches       = []byte("batches")
+	bFileBytes     = []byte("file_storage")
 )
 
 var allBuckets = [][]byte{
@@ -68,7 +69,7 @@ var allBuckets = [][]byte{
 	bSessions, bEvents, bRequestIDs, bRollups, bHours, bMonths, bCapacity,
 	bCapHours, bCapOpen, bDirty, bBilled, bOutbox, bOutboxPending, bOutboxParked,
 	bCheckpoints, bAdapterBytes, bTenantUsers, bAttemptIDs, bResponses, bResponseTimes, bResponseBytes,
-	bConversations, bConvItems, bConvItemIDs, bFiles, bBatches, bConvBytes,
+	bConversations, bConvItems, bConvItemIDs, bFiles, bBatches, bConvBytes, bFileBytes,
 }
 
 var (
@@ -209,6 +210,35 @@ var migrations = []migration{
 	// tokens to the rollups that hold them; the others keep their format
 	// until next written.
 	{To: 17, Fn: backfillCachedSplit},
+	// Version 18: each tenant's bytes of files (file_storage), for its
+	// quota, so that checking it is one read instead of a scan of its
+	// files; computed from the files the file holds.
+	{To: 18, Fn: countFileBytes},
+}
+
+// countFileBytes builds version 18's file_storage from the file records.
+// A record that does not decode is left out (Check reports it).
+func countFileBytes(tx *bolt.Tx) error {
+	if _, err := rebuildBucket(tx, bFileBytes); err != nil {
+		return err
+	}
+	sizes := map[string]int64{}
+	err := tx.Bucket(bFiles).ForEach(func(k, v []byte) error {
+		var f nozzle.File
+		if decodeJSONRecord(v, &f, "file") == nil {
+			sizes[f.TenantID] += f.Bytes
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for tenantID, n := range sizes {
+		if err := addTenantBytes(tx, bFileBytes, tenantID, n); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // backfillCachedSplit adds the cached prompt tokens of every stored failed
