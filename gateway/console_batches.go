@@ -109,7 +109,7 @@ func (cs *console) downloadFile(c *fiber.Ctx) error {
 		name = f.ID + ".jsonl"
 	}
 	c.Set(fiber.HeaderContentDisposition, mime.FormatMediaType("attachment", map[string]string{"filename": name}))
-	return cs.s.fileContent(c)
+	return cs.s.sendFile(c, f)
 }
 
 // batchFuncs are the Batches page's template functions.

@@ -272,6 +272,11 @@ func (s *Server) fileContent(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
+	return s.sendFile(c, f)
+}
+
+// sendFile answers with f's contents, streamed from the files folder.
+func (s *Server) sendFile(c *fiber.Ctx, f *nozzle.File) error {
 	fh, err := os.Open(s.filePath(f.ID))
 	if err != nil {
 		return fmt.Errorf("open file %s: %w", f.ID, err)
