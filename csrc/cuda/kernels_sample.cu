@@ -43,9 +43,6 @@ __device__ __forceinline__ u64 token_key(float logit, int id)
 
 __device__ __forceinline__ int key_id(u64 key) { return (int)(0xffffffffu - (unsigned)key); }
 
-/* The argmax key: NaN sorts as -inf, so it never wins over a number. */
-__device__ __forceinline__ u64 max_key(float logit, int id) { return token_key(logit, id); }
-
 struct sample_smem {
 	u64 red_u64[32];
 	double red_f64[32];
@@ -160,7 +157,7 @@ __global__ void __launch_bounds__(256) sample_part_kernel(const float *__restric
 	for (int u = 0; u < per; u++) {
 		const int i = i0 + tid + u * nt;
 		if (i < i1) {
-			u64 k = max_key(l[u], i);
+			u64 k = token_key(l[u], i);
 			best = k > best ? k : best;
 		}
 	}
@@ -213,12 +210,12 @@ __global__ void __launch_bounds__(512) sample_kernel(const float *__restrict__ l
 			l[u] = lg[i + u * nt];
 #pragma unroll
 		for (int u = 0; u < kUnroll; u++) {
-			u64 k = max_key(l[u], i + u * nt);
+			u64 k = token_key(l[u], i + u * nt);
 			best = k > best ? k : best;
 		}
 	}
 	for (; i < V; i += nt) {
-		u64 k = max_key(lg[i], i);
+		u64 k = token_key(lg[i], i);
 		best = k > best ? k : best;
 	}
 	best = nz_block_max_u64(best, sm.red_u64);

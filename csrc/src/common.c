@@ -492,12 +492,11 @@ double nz_rng_uniform(uint64_t seed, int64_t position)
 
 /* A sort key that orders tokens most likely first: the logit's bits made
  * monotonic in the high half, the complemented id in the low half (so a
- * larger key means a larger logit, or the same logit and a lower id). */
-/* A token's order key: larger logit first, then lower id. -0 keys as +0
- * and NaN as -inf, so that the first key is greedy's argmax (the lowest id
- * among the logits == max, NaN never wins): a scored row's top token is
- * the token greedy sampling returns there (speculative decoding relies on
- * it). */
+ * larger key means a larger logit, or the same logit and a lower id). -0
+ * keys as +0 and NaN as -inf, so that the first key is greedy's argmax
+ * (the lowest id among the logits == max, NaN never wins): a scored row's
+ * top token is the token greedy sampling returns there (speculative
+ * decoding relies on it). */
 static inline uint64_t token_key(float logit, int32_t id)
 {
 	uint32_t u;
