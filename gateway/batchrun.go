@@ -609,10 +609,15 @@ func (o *batchOutput) release() {
 // fill stops the batch: an answer would take the tenant's files (used
 // bytes) past the quota.
 func (o *batchOutput) fill(used int64) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.fillLocked(used)
+}
+
+// fillLocked is fill under mu.
+func (o *batchOutput) fillLocked(used int64) {
 	o.fullOnce.Do(func() {
-		o.mu.Lock()
 		o.fullUsed = used
-		o.mu.Unlock()
 		close(o.full)
 	})
 }
@@ -630,22 +635,6 @@ func (o *batchOutput) isFull() bool {
 // it fits the tenant's quota (once one does not, no other answer is
 // written).
 func (o *batchOutput) finish(seq int, oc lineOutcome) {
-	if oc.line != nil {
-		fits := false
-		if !o.isFull() {
-			var used int64
-			if fits, used = o.r.reserve(o.tenantID, int64(len(oc.line))); fits {
-				o.mu.Lock()
-				o.reserved += int64(len(oc.line))
-				o.mu.Unlock()
-			} else {
-				o.fill(used)
-			}
-		}
-		if !fits {
-			oc.line, oc.counted = nil, false
-		}
-	}
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	o.pending[seq] = oc
@@ -656,7 +645,7 @@ func (o *batchOutput) finish(seq int, oc lineOutcome) {
 		}
 		delete(o.pending, o.next)
 		o.next++
-		o.write(oc)
+		o.write(o.fit(oc))
 		<-o.window
 	}
 	if time.Since(o.saved) >= batchSaveEvery {
@@ -664,6 +653,26 @@ func (o *batchOutput) finish(seq int, oc lineOutcome) {
 			o.r.s.log.LogAttrs(context.Background(), slog.LevelError, "save batch progress", slog.String("batch_id", o.run.b.ID), slog.String("error", err.Error()))
 		}
 	}
+}
+
+// fit is oc as it is written (under mu, in the input's order, so that the
+// answers written are the first ones that fit, whatever order the lines
+// finished in): its line counted in the tenant's quota, or, once an answer
+// has not fit, without it and not counted.
+func (o *batchOutput) fit(oc lineOutcome) lineOutcome {
+	if oc.line == nil {
+		return oc
+	}
+	if !o.isFull() {
+		fits, used := o.r.reserve(o.tenantID, int64(len(oc.line)))
+		if fits {
+			o.reserved += int64(len(oc.line))
+			return oc
+		}
+		o.fillLocked(used)
+	}
+	oc.line, oc.counted = nil, false
+	return oc
 }
 
 // write writes oc (under mu).
